@@ -1,0 +1,211 @@
+"""The book: the latest quote of every (market, source slot), held in preallocated arrays.
+
+`Layout` is computed once from the config: which slot each (source, pair, kind) feeds, how a
+slot's quote converts into the market's units (inversion, conversion leg), and the order in which
+markets must be computed so that a conversion leg is priced before the markets that use it.
+
+`Book.ingest` is the hot path: it validates one quote (finite, positive, sane, not crossed, not from
+the future) and writes its mid price into every slot it feeds. Invalid quotes are dropped with a
+reason and counted; they never reach a price.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from oracled.config import Config
+from oracled.model import Quote
+
+__all__ = ["Book", "DropReason", "Layout", "SlotKey"]
+
+SlotKey = tuple[str, str, str]  # (source id, pair, kind)
+
+
+class DropReason(StrEnum):
+    """Why a quote was refused at the door; each is counted per source."""
+
+    UNKNOWN_SYMBOL = "unknown_symbol"
+    NO_PRICE = "no_price"
+    NOT_FINITE = "not_finite"
+    NON_POSITIVE = "non_positive"
+    ABSURD = "absurd"
+    CROSSED = "crossed"
+    FUTURE = "future"
+    OUT_OF_ORDER = "out_of_order"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Static shape of the core, derived from the config once."""
+
+    markets: tuple[str, ...]
+    decimals: npt.NDArray[np.int64]
+    slot_count: npt.NDArray[np.int64]
+    slot_ids: tuple[tuple[str, ...], ...]
+    slot_pairs: tuple[tuple[str, ...], ...]
+    weight: npt.NDArray[np.float64]  # (M, S), 0 where no slot
+    configured: npt.NDArray[np.bool_]  # (M, S)
+    route_via: npt.NDArray[np.int64]  # (M, S), market index of the conversion leg or -1
+    route_invert: npt.NDArray[np.bool_]  # (M, S), divide by the leg's price instead of multiply
+    layers: tuple[npt.NDArray[np.int64], ...]  # market indices, legs before their users
+    feeds: dict[SlotKey, tuple[tuple[int, bool], ...]]  # key -> ((flat slot, invert pair), ...)
+    min_sources: npt.NDArray[np.int64]
+    max_age_ms: npt.NDArray[np.int64]
+    max_deviation: npt.NDArray[np.float64]
+    circuit_breaker: npt.NDArray[np.float64]
+    confidence_limit: npt.NDArray[np.float64]
+    price_floor: npt.NDArray[np.float64]
+    price_ceiling: npt.NDArray[np.float64]
+
+    @property
+    def width(self) -> int:
+        return int(self.weight.shape[1])
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Layout:
+        markets = tuple(m.symbol for m in cfg.markets)
+        index = {sym: i for i, sym in enumerate(markets)}
+        width = max(len(m.sources) for m in cfg.markets)
+        shape = (len(markets), width)
+        weight = np.zeros(shape)
+        configured = np.zeros(shape, dtype=bool)
+        route_via = np.full(shape, -1, dtype=np.int64)
+        route_invert = np.zeros(shape, dtype=bool)
+        routes = {(r.from_, r.to): r.via for r in cfg.routes}
+        feeds: dict[SlotKey, list[tuple[int, bool]]] = {}
+        depends: dict[int, set[int]] = {i: set() for i in range(len(markets))}
+        for i, market in enumerate(cfg.markets):
+            base, quote = market.symbol.split("/")
+            for j, ms in enumerate(market.sources):
+                weight[i, j] = ms.weight
+                configured[i, j] = True
+                p_base, p_quote = ms.pair.split("/")
+                invert_pair = (p_base, p_quote) == (quote, base)
+                if not invert_pair and p_quote != quote:
+                    via = routes[(p_quote, quote)]
+                    route_via[i, j] = index[via]
+                    route_invert[i, j] = via != f"{p_quote}/{quote}"
+                    depends[i].add(index[via])
+                feeds.setdefault((ms.source, ms.pair, ms.kind), []).append(
+                    (i * width + j, invert_pair)
+                )
+        depth: dict[int, int] = {}
+
+        def level(i: int) -> int:
+            if i not in depth:
+                depth[i] = 1 + max((level(d) for d in depends[i]), default=-1)
+            return depth[i]
+
+        for i in range(len(markets)):
+            level(i)
+        layers = tuple(
+            np.array(sorted(i for i, d in depth.items() if d == lv), dtype=np.int64)
+            for lv in range(max(depth.values()) + 1)
+        )
+        glob = cfg.oracle
+        return cls(
+            markets=markets,
+            decimals=np.array([-m.price_exponent for m in cfg.markets], dtype=np.int64),
+            slot_count=np.array([len(m.sources) for m in cfg.markets], dtype=np.int64),
+            slot_ids=tuple(tuple(s.source for s in m.sources) for m in cfg.markets),
+            slot_pairs=tuple(tuple(s.pair for s in m.sources) for m in cfg.markets),
+            weight=weight,
+            configured=configured,
+            route_via=route_via,
+            route_invert=route_invert,
+            layers=layers,
+            feeds={k: tuple(v) for k, v in feeds.items()},
+            min_sources=np.array([m.min_sources for m in cfg.markets], dtype=np.int64),
+            max_age_ms=np.array([m.max_age_ms for m in cfg.markets], dtype=np.int64),
+            max_deviation=np.array([m.max_deviation for m in cfg.markets]),
+            circuit_breaker=np.array([m.circuit_breaker for m in cfg.markets]),
+            confidence_limit=np.array([m.confidence_limit for m in cfg.markets]),
+            price_floor=np.array([m.min_price or glob.min_price for m in cfg.markets]),
+            price_ceiling=np.array([m.max_price or glob.max_price for m in cfg.markets]),
+        )
+
+
+class Book:
+    """Latest valid quote per slot. Mutated only by `ingest`; read by the round."""
+
+    __slots__ = (
+        "_ceiling",
+        "_feeds",
+        "_floor",
+        "_skew",
+        "drops",
+        "latest",
+        "layout",
+        "mid",
+        "received",
+        "stamp",
+    )
+
+    def __init__(self, layout: Layout, cfg: Config) -> None:
+        self.layout = layout
+        shape = layout.weight.shape
+        self.mid = np.full(shape, np.nan)  # in market units before any conversion leg
+        self.stamp = np.full(shape, np.iinfo(np.int64).min // 2, dtype=np.int64)  # age reference
+        self.received = np.zeros(shape, dtype=np.int64)
+        self.latest: dict[SlotKey, Quote] = {}
+        self.drops: Counter[tuple[str, str]] = Counter()
+        self._feeds = layout.feeds
+        self._skew = cfg.oracle.max_clock_skew_ms
+        self._floor = cfg.oracle.min_price
+        self._ceiling = cfg.oracle.max_price
+
+    def ingest(self, quote: Quote) -> DropReason | None:
+        """Validate one quote and store it; return the drop reason, or None if it was stored."""
+        reason = self._check(quote)
+        if reason is not None:
+            self.drops[(quote.source, reason)] += 1
+        return reason
+
+    def _check(self, quote: Quote) -> DropReason | None:
+        key = (quote.source, quote.pair, quote.kind)
+        slots = self._feeds.get(key)
+        if slots is None:
+            return DropReason.UNKNOWN_SYMBOL
+        bid, ask = quote.bid, quote.ask
+        if bid is not None and ask is not None:
+            if not (math.isfinite(bid) and math.isfinite(ask)):
+                return DropReason.NOT_FINITE
+            if bid <= 0.0 or ask <= 0.0:
+                return DropReason.NON_POSITIVE
+            if bid > ask:
+                return DropReason.CROSSED
+            mid = (bid + ask) * 0.5
+        elif quote.price is not None:
+            mid = quote.price
+            if not math.isfinite(mid):
+                return DropReason.NOT_FINITE
+            if mid <= 0.0:
+                return DropReason.NON_POSITIVE
+        else:
+            return DropReason.NO_PRICE
+        if not self._floor <= mid <= self._ceiling:
+            return DropReason.ABSURD
+        venue_ts = quote.venue_ts
+        if venue_ts is None:
+            stamp = quote.recv_ts
+        elif venue_ts > quote.recv_ts + self._skew:
+            return DropReason.FUTURE
+        else:
+            stamp = venue_ts
+        flat_stamp = self.stamp.reshape(-1)
+        if stamp < flat_stamp[slots[0][0]]:
+            return DropReason.OUT_OF_ORDER
+        flat_mid = self.mid.reshape(-1)
+        flat_recv = self.received.reshape(-1)
+        for flat, invert in slots:
+            flat_mid[flat] = 1.0 / mid if invert else mid
+            flat_stamp[flat] = stamp
+            flat_recv[flat] = quote.recv_ts
+        self.latest[key] = quote
+        return None

@@ -1,0 +1,229 @@
+"""The pure core: quotes in, one report per market per round out.
+
+`Core` holds the book and the gate state and nothing else. It never reads a clock, never does
+I/O and never awaits: the caller passes `now_ms` to every round. The same quotes ingested in the
+same order with the same round times give the same reports, which is what makes `oracled replay`,
+stress runs and audits possible.
+
+A round, for each layer of markets (conversion legs first):
+1. a slot is fresh if its quote's age (venue time where sent, else receive time) is within the
+   market's `max_age_ms` and not further in the future than the clock-skew bound;
+2. routed slots are converted through the leg market's live price from this round; a leg that is
+   not live blocks the slot (reason `route`) and is never replaced by 1.0;
+3. a weighted median over fresh slots; slots deviating more than `max_deviation` from it are
+   excluded as outliers; the weighted median and quartiles are recomputed over the survivors;
+4. the gates decide the status from quorum, agreement, the circuit breaker and hysteresis;
+5. confidence is half the weighted inter-quartile range of the survivors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from oracled.aggregate.book import Book, DropReason, Layout
+from oracled.aggregate.robust import weighted_quantiles
+from oracled.config import Config
+from oracled.gates.machine import GateInputs, GateParams, GateState, step
+from oracled.model import Quote, Report, SourceValue, Status, reasons_from_bits
+
+__all__ = ["SLOT_REASONS", "Core", "RoundResult", "Transition"]
+
+# Per-slot outcome codes of a round, and the names reports use for them.
+USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(6)
+SLOT_REASONS: tuple[str | None, ...] = (None, "no_quote", "stale", "route", "bounds", "outlier")
+_STATUS_LABELS = tuple(s.label for s in Status)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A market's status change in one round, for logs and counters."""
+
+    market: str
+    old: str
+    new: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """Everything one round computed, as arrays; reports are built from it on demand."""
+
+    layout: Layout
+    ts: int
+    round: int
+    status: npt.NDArray[np.int64]
+    reasons: npt.NDArray[np.int64]
+    price: npt.NDArray[np.float64]
+    confidence: npt.NDArray[np.float64]
+    used: npt.NDArray[np.int64]
+    last_good: npt.NDArray[np.float64]
+    last_good_ts: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]  # (M, S) converted per-slot values
+    slot_reason: npt.NDArray[np.int8]  # (M, S)
+    age: npt.NDArray[np.int64]  # (M, S)
+    transitions: tuple[Transition, ...]
+
+    def report(self, i: int) -> Report:
+        """Materialize market `i`'s report: decimal strings at the market's precision."""
+        lay = self.layout
+        fmt = f".{int(lay.decimals[i])}f"
+        live = self.status[i] <= Status.DEGRADED
+        last_good = self.last_good[i]
+        sources = []
+        for j in range(int(lay.slot_count[i])):
+            code = int(self.slot_reason[i, j])
+            value = self.value[i, j]
+            has_quote = code != NO_QUOTE
+            sources.append(
+                SourceValue(
+                    id=lay.slot_ids[i][j],
+                    pair=lay.slot_pairs[i][j],
+                    value=format(value, fmt) if np.isfinite(value) else None,
+                    weight=float(lay.weight[i, j]),
+                    used=code == USED,
+                    reason=SLOT_REASONS[code],
+                    age_ms=int(self.age[i, j]) if has_quote else None,
+                )
+            )
+        return Report(
+            market=lay.markets[i],
+            ts=self.ts,
+            round=self.round,
+            status=_STATUS_LABELS[int(self.status[i])],
+            reasons=reasons_from_bits(int(self.reasons[i])),
+            price=format(self.price[i], fmt) if live else None,
+            confidence=format(self.confidence[i], fmt) if live else None,
+            last_good_price=format(last_good, fmt) if np.isfinite(last_good) else None,
+            last_good_ts=int(self.last_good_ts[i]) if self.last_good_ts[i] >= 0 else None,
+            sources=sources,
+        )
+
+    def reports(self) -> list[Report]:
+        return [self.report(i) for i in range(len(self.layout.markets))]
+
+
+class Core:
+    """Book + gates. Deterministic; see the module docstring for the round's steps."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.layout = Layout.from_config(cfg)
+        self.book = Book(self.layout, cfg)
+        self.gates = GateState(len(self.layout.markets))
+        self.index = {sym: i for i, sym in enumerate(self.layout.markets)}
+        self.rounds = 0
+        self._skew = cfg.oracle.max_clock_skew_ms
+        self._resume = cfg.oracle.resume_rounds
+        self._confirm = cfg.oracle.jump_confirm_rounds
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        return self.layout.markets
+
+    def ingest(self, quote: Quote) -> DropReason | None:
+        """Store one quote; return why it was dropped, or None."""
+        return self.book.ingest(quote)
+
+    def set_manual(self, market: str, paused: bool) -> None:
+        """Operator pause (or release). Releasing still needs the healthy streak to go live."""
+        self.gates.manual[self.index[market]] = paused
+
+    def run_round(self, now_ms: int) -> RoundResult:
+        lay, book, gates = self.layout, self.book, self.gates
+        self.rounds += 1
+        previous = gates.status.copy()
+        n_markets, width = lay.weight.shape
+        live_price = np.full(n_markets, np.nan)
+        status = np.zeros(n_markets, dtype=np.int64)
+        reasons = np.zeros(n_markets, dtype=np.int64)
+        confidence = np.full(n_markets, np.nan)
+        used_count = np.zeros(n_markets, dtype=np.int64)
+        value_all = np.full((n_markets, width), np.nan)
+        slot_reason = np.full((n_markets, width), NO_QUOTE, dtype=np.int8)
+
+        age_all = now_ms - book.stamp
+        has_quote_all = lay.configured & np.isfinite(book.mid)
+        for idx in lay.layers:
+            age = age_all[idx]
+            has_quote = has_quote_all[idx]
+            fresh = has_quote & (age <= lay.max_age_ms[idx, None]) & (age >= -self._skew)
+            via = lay.route_via[idx]
+            routed = via >= 0
+            leg = np.where(routed, live_price[np.maximum(via, 0)], 1.0)
+            leg = np.where(lay.route_invert[idx], 1.0 / leg, leg)
+            value = book.mid[idx] * leg
+            blocked = fresh & routed & ~np.isfinite(leg)
+            floor, ceiling = lay.price_floor[idx, None], lay.price_ceiling[idx, None]
+            in_bounds = (value >= floor) & (value <= ceiling)
+            usable = fresh & ~blocked & in_bounds
+            weight = lay.weight[idx]
+
+            (center,) = weighted_quantiles(value, weight, usable, (0.5,))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                deviation = np.abs(value / center[:, None] - 1.0)
+            keep = usable & (deviation <= lay.max_deviation[idx, None])
+            q25, median, q75 = weighted_quantiles(value, weight, keep, (0.25, 0.5, 0.75))
+
+            code = np.full(value.shape, NO_QUOTE, dtype=np.int8)
+            code[has_quote & ~fresh] = STALE
+            code[blocked] = ROUTE
+            code[fresh & ~blocked & ~in_bounds] = BOUNDS
+            code[usable & ~keep] = OUTLIER
+            code[keep] = USED
+
+            used = keep.sum(axis=1)
+            inputs = GateInputs(
+                candidate=median,
+                confidence=(q75 - q25) * 0.5,
+                used=used,
+                usable=usable.sum(axis=1),
+                used_weight=np.where(keep, weight, 0.0).sum(axis=1),
+                usable_weight=np.where(usable, weight, 0.0).sum(axis=1),
+                outliers=(code == OUTLIER).sum(axis=1),
+                stale=(lay.configured[idx] & ~fresh).sum(axis=1),
+                route_blocked=blocked.sum(axis=1),
+            )
+            params = GateParams(
+                min_sources=lay.min_sources[idx],
+                circuit_breaker=lay.circuit_breaker[idx],
+                confidence_limit=lay.confidence_limit[idx],
+                resume_rounds=self._resume,
+                jump_confirm_rounds=self._confirm,
+            )
+            st, rs, price = step(gates, idx, params, inputs, now_ms)
+            live_price[idx] = price
+            status[idx] = st
+            reasons[idx] = rs
+            confidence[idx] = inputs.confidence
+            used_count[idx] = used
+            value_all[idx] = value
+            slot_reason[idx] = code
+
+        changed = np.nonzero(previous != status)[0]
+        transitions = tuple(
+            Transition(
+                market=lay.markets[i],
+                old=_STATUS_LABELS[int(previous[i])],
+                new=_STATUS_LABELS[int(status[i])],
+                reasons=tuple(reasons_from_bits(int(reasons[i]))),
+            )
+            for i in changed
+        )
+        return RoundResult(
+            layout=lay,
+            ts=now_ms,
+            round=self.rounds,
+            status=status,
+            reasons=reasons,
+            price=live_price,
+            confidence=confidence,
+            used=used_count,
+            last_good=gates.last_good.copy(),
+            last_good_ts=gates.last_good_ts.copy(),
+            value=value_all,
+            slot_reason=slot_reason,
+            age=age_all,
+            transitions=transitions,
+        )

@@ -1,0 +1,135 @@
+"""The pause state machine, vectorized over markets.
+
+States: active, degraded (live, with a warning), paused (had a price, a gate stopped it) and
+unknown (no price can be formed: never had one, or a conversion leg is not live).
+
+Rules, per market and round:
+- A hard reason (quorum, dispersion, stale, route, manual, jump) stops the price at once: pausing
+  has no delay, because publishing a wrong price is worse than publishing none.
+- A jump beyond the circuit-breaker band from the last good price is held for
+  `jump_confirm_rounds` rounds. If the sources still agree on the new level after that, it is
+  accepted: one venue cannot move the median (that needs a quorum), and a real market-wide move
+  is followed after a short, bounded hold instead of being frozen forever.
+- Resuming needs `resume_rounds` consecutive healthy rounds (hysteresis), so a flapping source
+  cannot toggle the market every round. A confirmed jump counts as its own confirmation.
+- At start every market is unknown and needs the same healthy streak: never active before the
+  quorum is rebuilt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from oracled.model import REASON_BITS, Status
+
+__all__ = ["GateInputs", "GateParams", "GateState", "step"]
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+QUORUM = REASON_BITS["quorum"]
+DISPERSION = REASON_BITS["dispersion"]
+JUMP = REASON_BITS["jump"]
+STALE = REASON_BITS["stale"]
+ROUTE = REASON_BITS["route"]
+MANUAL = REASON_BITS["manual"]
+RESUMING = REASON_BITS["resuming"]
+OUTLIER = REASON_BITS["outlier"]
+THIN = REASON_BITS["thin"]
+
+
+@dataclass(frozen=True, slots=True)
+class GateParams:
+    """Per-market gate parameters for the markets of one evaluation (aligned arrays)."""
+
+    min_sources: IntArray
+    circuit_breaker: FloatArray
+    confidence_limit: FloatArray
+    resume_rounds: int
+    jump_confirm_rounds: int
+
+
+@dataclass(frozen=True, slots=True)
+class GateInputs:
+    """What the aggregation measured this round, per market."""
+
+    candidate: FloatArray  # weighted median of the surviving sources (NaN if none)
+    confidence: FloatArray  # half-width of the band around the candidate
+    used: IntArray  # sources that survived the filters
+    usable: IntArray  # fresh, valid sources before the outlier filter
+    used_weight: FloatArray
+    usable_weight: FloatArray
+    outliers: IntArray  # fresh sources excluded for deviation
+    stale: IntArray  # configured sources with no fresh quote
+    route_blocked: IntArray  # fresh sources excluded because their conversion leg is not live
+
+
+class GateState:
+    """Mutable per-market gate memory: status, last good price, streak counters."""
+
+    __slots__ = ("jump_count", "last_good", "last_good_ts", "manual", "status", "streak")
+
+    def __init__(self, markets: int) -> None:
+        self.status = np.full(markets, int(Status.UNKNOWN), dtype=np.int64)
+        self.last_good = np.full(markets, np.nan)
+        self.last_good_ts = np.full(markets, -1, dtype=np.int64)
+        self.streak = np.zeros(markets, dtype=np.int64)
+        self.jump_count = np.zeros(markets, dtype=np.int64)
+        self.manual = np.zeros(markets, dtype=bool)
+
+
+def step(
+    state: GateState, idx: IntArray, p: GateParams, x: GateInputs, now_ms: int
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """Advance the markets `idx` by one round; return (status, reasons, live price) for them."""
+    quorum_ok = x.used >= p.min_sources
+    wide = x.confidence > p.confidence_limit * x.candidate
+    no_majority = 2.0 * x.used_weight <= x.usable_weight
+    dispersion = (x.usable >= p.min_sources) & (no_majority | wide)
+
+    reasons = np.zeros(len(idx), dtype=np.int64)
+    reasons |= np.where(quorum_ok, 0, QUORUM)
+    reasons |= np.where(~quorum_ok & (x.stale > 0), STALE, 0)
+    reasons |= np.where(~quorum_ok & (x.route_blocked > 0), ROUTE, 0)
+    reasons |= np.where(dispersion, DISPERSION, 0)
+    candidate_ok = quorum_ok & ~dispersion
+
+    last_good = state.last_good[idx]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        move = np.abs(x.candidate / last_good - 1.0)
+    beyond = candidate_ok & np.isfinite(last_good) & (move > p.circuit_breaker)
+    jump_count = np.where(beyond, state.jump_count[idx] + 1, 0)
+    confirmed = beyond & (jump_count > p.jump_confirm_rounds)
+    held = beyond & ~confirmed
+    reasons |= np.where(held, JUMP, 0)
+
+    manual = state.manual[idx]
+    reasons |= np.where(manual, MANUAL, 0)
+
+    healthy = candidate_ok & ~held & ~manual
+    streak = np.where(healthy, state.streak[idx] + 1, 0)
+    was_live = state.status[idx] <= Status.DEGRADED
+    live = healthy & (was_live | (streak >= p.resume_rounds) | confirmed)
+
+    degraded_bits = np.where(x.outliers > 0, OUTLIER, 0) | np.where(
+        x.used == p.min_sources, THIN, 0
+    )
+    unknown = ((reasons & ROUTE) != 0) | ~np.isfinite(last_good)
+    status = np.where(
+        live,
+        np.where(degraded_bits != 0, int(Status.DEGRADED), int(Status.ACTIVE)),
+        np.where(unknown, int(Status.UNKNOWN), int(Status.PAUSED)),
+    )
+    reasons = np.where(live, degraded_bits, np.where(healthy, RESUMING, reasons))
+    price = np.where(live, x.candidate, np.nan)
+
+    state.status[idx] = status
+    state.streak[idx] = streak
+    state.jump_count[idx] = np.where(confirmed, 0, jump_count)
+    state.last_good[idx] = np.where(live, x.candidate, last_good)
+    state.last_good_ts[idx] = np.where(live, now_ms, state.last_good_ts[idx])
+    return status, reasons, price

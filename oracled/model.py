@@ -1,0 +1,108 @@
+"""Types shared by every layer: the normalized quote and the per-market report.
+
+A `Quote` is what a source adapter hands to the core; a `Report` is what the core hands to the
+publishers. Both are msgspec structs: cheap to build on the hot path and encoded to JSON without
+an intermediate dict. Field names of `Report` are the contract in docs/contracts.md.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Final, Literal
+
+import msgspec
+
+__all__ = [
+    "REASON_BITS",
+    "Kind",
+    "Quote",
+    "Report",
+    "SourceValue",
+    "Status",
+    "reasons_from_bits",
+]
+
+Kind = Literal["spot", "perp"]
+
+
+class Quote(msgspec.Struct, frozen=True, gc=False):
+    """One normalized price observation from one source.
+
+    Prices are floats inside the process (exact decimals only where a price leaves it).
+    `venue_ts` is the venue's own event time where it sends one; `recv_ts` is when we received it.
+    Both are integer milliseconds since the Unix epoch.
+    """
+
+    source: str
+    pair: str
+    recv_ts: int
+    price: float | None = None
+    bid: float | None = None
+    ask: float | None = None
+    kind: Kind = "spot"
+    venue_ts: int | None = None
+    volume: float | None = None
+
+
+class Status(IntEnum):
+    """A market's gate state; the order is from most to least usable."""
+
+    ACTIVE = 0
+    DEGRADED = 1
+    PAUSED = 2
+    UNKNOWN = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+# Gate reasons as bits so that a whole round can be computed as one integer array.
+REASON_BITS: Final[dict[str, int]] = {
+    "quorum": 1 << 0,  # fewer surviving sources than the market's minimum
+    "dispersion": 1 << 1,  # surviving sources do not agree (no weighted majority, wide band)
+    "jump": 1 << 2,  # price moved beyond the circuit-breaker band, waiting for confirmation
+    "stale": 1 << 3,  # quorum lost because quotes are too old
+    "route": 1 << 4,  # a conversion leg market is not live
+    "manual": 1 << 5,  # paused by an operator
+    "resuming": 1 << 6,  # healthy again, inside the hysteresis window
+    "outlier": 1 << 7,  # degraded: a source was excluded as an outlier
+    "thin": 1 << 8,  # degraded: exactly the minimum number of sources is left
+}
+_REASON_ORDER: Final = tuple(REASON_BITS.items())
+
+
+def reasons_from_bits(bits: int) -> list[str]:
+    """Decode a reason bitmask into the contract's list of names, in a fixed order."""
+    return [name for name, bit in _REASON_ORDER if bits & bit]
+
+
+class SourceValue(msgspec.Struct, frozen=True, gc=False):
+    """One source's part in a market's round: what it said and whether it counted."""
+
+    id: str
+    pair: str
+    value: str | None
+    weight: float
+    used: bool
+    reason: str | None
+    age_ms: int | None
+
+
+class Report(msgspec.Struct, frozen=True, gc=False):
+    """The result of one round for one market (docs/contracts.md, Report).
+
+    `price` is None unless status is active or degraded; the last good price lives in its own
+    field so that no consumer can mistake a frozen price for a live one.
+    """
+
+    market: str
+    ts: int
+    round: int
+    status: str
+    reasons: list[str]
+    price: str | None
+    confidence: str | None
+    last_good_price: str | None
+    last_good_ts: int | None
+    sources: list[SourceValue]
