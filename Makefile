@@ -1,0 +1,36 @@
+# The two commands of the README, plus the pieces they are made of.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= config/default.toml
+
+.PHONY: run test install install-test lint typecheck pytest demo bench clean
+
+run: install  ## install into a local virtual environment and start the daemon
+	$(VENV)/bin/oracled run --config $(CONFIG)
+
+test: install-test lint typecheck pytest  ## install everything the tests need and run them all
+
+install:
+	@scripts/bootstrap.sh
+
+install-test:
+	@scripts/bootstrap.sh test
+
+lint:
+	$(VENV)/bin/ruff check oracled tests benchmarks
+	$(VENV)/bin/ruff format --check oracled tests benchmarks
+
+typecheck:
+	$(VENV)/bin/mypy oracled
+
+pytest:
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+demo: install
+	$(VENV)/bin/oracled demo
+
+bench: install-test
+	$(PY) benchmarks/bench_round.py --markets 100,1000,5000 --sources 8,16
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis

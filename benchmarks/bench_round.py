@@ -1,0 +1,217 @@
+"""Time the pure core: one round, quote ingestion and report materialization.
+
+Builds a synthetic config (markets x sources, a quarter of the slots quoted in USDT and converted
+through the USDT/USD market), fills the book with quotes of which some are stale, some are
+outliers and some are missing, then times `Core.run_round` over many rounds. Nothing here touches
+the network or the disk except the optional JSON output.
+
+    python benchmarks/bench_round.py --markets 100,1000,5000 --sources 8,16 --rounds 200
+
+See benchmarks/README.md for what the figures mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from oracled.config import Config, parse_config
+from oracled.core import Core
+from oracled.model import Quote
+
+START_MS = 1_700_000_000_000
+ROUND_MS = 250
+# Long enough that the fresh quotes stay fresh for every timed round; stale ones are far older.
+MAX_AGE_MS = 3_600_000
+STALE_AGE_MS = 2 * MAX_AGE_MS
+
+
+@dataclass(frozen=True)
+class Result:
+    """The figures of one (markets, sources) case; times in microseconds."""
+
+    markets: int
+    sources: int
+    slots: int
+    quotes: int
+    rounds: int
+    round_median_us: float
+    round_p99_us: float
+    ingest_per_quote_us: float
+    reports_all_us: float
+    encode_all_us: float
+    live_markets: int
+
+
+def build_config(markets: int, sources: int) -> Config:
+    """Market 0 is USDT/USD (direct USD quotes only); every fourth slot elsewhere quotes USDT."""
+    source_ids = [f"s{j:02d}" for j in range(sources)]
+    market_tables: list[dict[str, Any]] = [
+        {
+            "symbol": "USDT/USD",
+            "price_exponent": -6,
+            "min_sources": min(3, sources),
+            "max_age_ms": MAX_AGE_MS,
+            "sources": [{"source": s, "pair": "USDT/USD"} for s in source_ids],
+        }
+    ]
+    for i in range(1, markets):
+        base = f"C{i:05d}"
+        market_tables.append(
+            {
+                "symbol": f"{base}/USD",
+                "price_exponent": -4,
+                "min_sources": min(3, sources),
+                "max_age_ms": MAX_AGE_MS,
+                "sources": [
+                    {
+                        "source": s,
+                        "pair": f"{base}/USDT" if j % 4 == 3 else f"{base}/USD",
+                        "weight": 1.0 + (j % 3) * 0.5,
+                    }
+                    for j, s in enumerate(source_ids)
+                ],
+            }
+        )
+    return parse_config(
+        {
+            "sources": {s: {"type": "binance"} for s in source_ids},
+            "markets": market_tables,
+            "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+        },
+        env={},
+    )
+
+
+def build_quotes(cfg: Config, now_ms: int, seed: int) -> list[Quote]:
+    """One quote per slot except ~5 % missing; ~5 % stale by venue time, ~3 % outliers."""
+    rng = random.Random(seed)
+    quotes: list[Quote] = []
+    for i, market in enumerate(cfg.markets):
+        fair = 1.0 if i == 0 else 10.0 + i
+        for ms in market.sources:
+            roll = rng.random()
+            if roll < 0.05:
+                continue
+            price = fair * (1.0 + rng.uniform(-0.001, 0.001))
+            if roll < 0.08:
+                price *= 1.5
+            venue_ts = now_ms - STALE_AGE_MS if roll > 0.95 else now_ms - rng.randrange(0, 500)
+            bid, ask = price * 0.9999, price * 1.0001
+            quotes.append(
+                Quote(
+                    source=ms.source,
+                    pair=ms.pair,
+                    recv_ts=now_ms,
+                    bid=bid,
+                    ask=ask,
+                    venue_ts=venue_ts,
+                )
+            )
+    rng.shuffle(quotes)
+    return quotes
+
+
+def _time_ns(fn: Callable[[], object]) -> int:
+    start = time.perf_counter_ns()
+    fn()
+    return time.perf_counter_ns() - start
+
+
+def run_case(markets: int, sources: int, rounds: int, seed: int) -> Result:
+    cfg = build_config(markets, sources)
+    core = Core(cfg)
+    quotes = build_quotes(cfg, START_MS, seed)
+
+    # Ingest: every quote once into a fresh book (a second pass would be refused as out of order).
+    ingest_ns = _time_ns(lambda: [core.ingest(q) for q in quotes])
+
+    # Warm up past the resume streak so that the timed rounds run the steady state.
+    now = START_MS
+    for _ in range(5):
+        now += ROUND_MS
+        core.run_round(now)
+
+    round_ns: list[int] = []
+    for _ in range(rounds):
+        now += ROUND_MS
+        start = time.perf_counter_ns()
+        result = core.run_round(now)
+        round_ns.append(time.perf_counter_ns() - start)
+
+    reports_ns = min(_time_ns(result.reports) for _ in range(3))
+    reports = result.reports()
+    encoder = msgspec.json.Encoder()
+    encode_ns = min(_time_ns(lambda: [encoder.encode(r) for r in reports]) for _ in range(3))
+
+    ordered = sorted(round_ns)
+    p99 = ordered[min(len(ordered) - 1, int(np.ceil(0.99 * len(ordered))) - 1)]
+    return Result(
+        markets=markets,
+        sources=sources,
+        slots=int(core.layout.configured.sum()),
+        quotes=len(quotes),
+        rounds=rounds,
+        round_median_us=statistics.median(round_ns) / 1e3,
+        round_p99_us=p99 / 1e3,
+        ingest_per_quote_us=ingest_ns / len(quotes) / 1e3,
+        reports_all_us=reports_ns / 1e3,
+        encode_all_us=encode_ns / 1e3,
+        live_markets=int((result.status <= 1).sum()),
+    )
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--markets", type=_ints, default=[100, 1000, 5000])
+    parser.add_argument("--sources", type=_ints, default=[8, 16])
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+
+    results = [
+        run_case(m, s, args.rounds, args.seed) for m in args.markets for s in args.sources
+    ]
+    header = (
+        f"{'markets':>7} {'sources':>7} {'slots':>7} {'round p50':>10} {'round p99':>10} "
+        f"{'ingest/q':>9} {'reports':>10} {'encode':>10} {'live':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r.markets:>7} {r.sources:>7} {r.slots:>7} {r.round_median_us / 1e3:>8.3f}ms "
+            f"{r.round_p99_us / 1e3:>8.3f}ms {r.ingest_per_quote_us:>7.2f}us "
+            f"{r.reports_all_us / 1e3:>8.2f}ms {r.encode_all_us / 1e3:>8.2f}ms {r.live_markets:>6}"
+        )
+    if args.json:
+        doc = {
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "machine": platform.machine(),
+            "results": [asdict(r) for r in results],
+        }
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(doc, out, indent=2)
+            out.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

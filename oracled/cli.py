@@ -1,0 +1,166 @@
+"""The `oracled` command: run | check-config | replay | record | demo.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage, 3 replay finished but the
+tape had malformed lines (reported on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from oracled import __version__
+from oracled.config import Config, load_config, parse_listen
+from oracled.errors import ConfigError, TapeError
+from oracled.logs import setup_logging
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = Path("config/default.toml")
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_TAPE_ERRORS = 0, 1, 2, 3
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _listen(value: str) -> str:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--listen {value!r}: {exc}") from None
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oracled", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"oracled {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
+
+    run = sub.add_parser("run", help="run the daemon")
+    with_config(run)
+    run.add_argument("--listen", type=_listen, help="HOST:PORT for the API (overrides the config)")
+
+    check = sub.add_parser("check-config", help="validate a config file and report every problem")
+    check.add_argument("file", type=Path)
+
+    replay = sub.add_parser("replay", help="run a quote tape through the core")
+    with_config(replay)
+    replay.add_argument("tape", type=Path)
+    replay.add_argument("--out", type=Path, help="JSON Lines output (default: stdout)")
+
+    record = sub.add_parser("record", help="run the daemon and write every quote to a tape")
+    with_config(record)
+    record.add_argument("--out", type=Path, required=True, help="tape file to write")
+    record.add_argument("--listen", type=_listen)
+
+    demo = sub.add_parser("demo", help="simulated venues on loopback, spikes, silences, pauses")
+    demo.add_argument("--listen", type=_listen, default="127.0.0.1:8480")
+    demo.add_argument("--venues", type=int, default=5, choices=range(3, 10), metavar="3..9")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--record", type=Path, help="also write the quotes to a tape")
+    return parser
+
+
+def _load(path: Path) -> Config:
+    cfg = load_config(path)
+    setup_logging(cfg.log.level, cfg.log.format)
+    return cfg
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    sources = sum(1 for s in cfg.sources.values() if s.enabled)
+    print(f"{args.file}: ok ({len(cfg.markets)} markets, {sources} enabled sources)")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace, record: Path | None = None) -> int:
+    from oracled.service import Service, run_service
+
+    cfg = _load(args.config)
+    run_service(Service(cfg, listen=args.listen, record=record), _loop_factory())
+    return EXIT_OK
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from oracled.replay import replay
+
+    cfg = load_config(args.config)
+    try:
+        with args.tape.open("rb") as tape:
+            if args.out:
+                with args.out.open("wb") as out:
+                    stats = replay(cfg, tape, out)
+            else:
+                stats = replay(cfg, tape, sys.stdout.buffer)
+    except BrokenPipeError:  # the reader went away (e.g. piped into head): not an error
+        return EXIT_OK
+    except OSError as exc:
+        print(f"oracled replay: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except TapeError as exc:
+        print(f"{args.tape}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for error in stats.errors:
+        print(f"{args.tape}:{error.line}: skipped: {error.message}", file=sys.stderr)
+    print(
+        f"replayed {stats.quotes} quotes ({stats.dropped} dropped by the core) in {stats.rounds} "
+        f"rounds: {stats.reports} reports; {len(stats.errors)} malformed line(s) skipped",
+        file=sys.stderr,
+    )
+    return EXIT_TAPE_ERRORS if stats.errors else EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from oracled.demo import run_demo
+
+    setup_logging("info", "auto")
+    run_demo(args.listen, args.venues, args.duration, args.record, _loop_factory())
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _cmd_check(args)
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "record":
+            return _cmd_run(args, record=args.out)
+        if args.command == "replay":
+            return _cmd_replay(args)
+        return _cmd_demo(args)
+    except ConfigError as exc:
+        print(f"oracled: refusing to start: {len(exc.problems)} config problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except OSError as exc:
+        structlog.get_logger("oracled").error("fatal", error=str(exc))
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The runtime: wires sources, the core, the hub, the API and metrics into one asyncio process.
+
+Each source runs in its own supervised task: a crash restarts it with backoff and never touches
+another source or the round. The round loop ticks on multiples of the round interval of the
+injected clock and is the only caller of `Core.run_round`. Publishing is a synchronous hand-off
+to the hub (bounded queues per subscriber), so a slow consumer cannot stall a round. SIGTERM and
+SIGINT stop everything within the shutdown budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from oracled import __version__
+from oracled.api import ApiContext, build_app
+from oracled.clock import Clock, SystemClock
+from oracled.config import Config, parse_listen
+from oracled.core import Core, RoundResult
+from oracled.metrics import Metrics, MetricsInputs
+from oracled.model import Kind, Quote
+from oracled.publish.hub import Hub
+from oracled.sources import build_source
+from oracled.sources.stats import ConnState, SourceStats
+from oracled.tape import header_line, quote_to_line
+
+__all__ = ["SHUTDOWN_BUDGET_S", "Service"]
+
+SHUTDOWN_BUDGET_S = 5.0
+_RESTART_MAX_S = 30.0
+
+
+class _TapeRecorder:
+    """Buffers tape lines in memory and writes them from a worker thread once a second."""
+
+    def __init__(self, path: Path) -> None:
+        self._file: IO[bytes] = path.open("wb")
+        self._file.write(header_line())
+        self._buffer: list[bytes] = []
+
+    def add(self, quote: Quote) -> None:
+        self._buffer.append(quote_to_line(quote))
+
+    async def flush(self) -> None:
+        lines, self._buffer = self._buffer, []
+        if lines:
+            await asyncio.to_thread(self._write, lines)
+
+    def _write(self, lines: list[bytes]) -> None:
+        self._file.writelines(lines)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._write(self._buffer)
+        self._buffer = []
+        self._file.close()
+
+
+class Service:
+    """One oracled process. `run()` returns when stopped (signal or `stop()`)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        clock: Clock | None = None,
+        listen: str | None = None,
+        record: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.host, self.port = parse_listen(listen or cfg.api.listen)
+        self.core = Core(cfg)
+        self.hub = Hub(cfg.api.stream_queue)
+        self.log = structlog.get_logger("oracled").bind(component="service")
+        self.source_stats: dict[str, SourceStats] = {
+            sid: SourceStats(source=sid) for sid, s in cfg.sources.items() if s.enabled
+        }
+        self.metrics = Metrics(
+            MetricsInputs(
+                core=self.core,
+                latest=lambda: self.hub.latest_result,
+                source_stats=self.source_stats,
+                now_ms=self.clock.now_ms,
+                stream_subscribers=lambda: self.hub.subscribers,
+                stream_dropped=lambda: self.hub.dropped_subscribers,
+            )
+        )
+        self._recorder = _TapeRecorder(record) if record else None
+        self._stop = asyncio.Event()
+        self.bound_port: int | None = None
+        self.started = asyncio.Event()
+
+    # -- the quote path -------------------------------------------------------------------
+    def on_quote(self, quote: Quote) -> None:
+        """Every source's emit callback: record, then hand to the core (which counts drops)."""
+        if self._recorder is not None:
+            self._recorder.add(quote)
+        self.core.ingest(quote)
+
+    def on_manual(self, market: str, paused: bool, actor: str) -> None:
+        self.core.set_manual(market, paused)
+        action = "pause" if paused else "resume"
+        self.metrics.manual_actions.labels(market, action).inc()
+        self.log.warning("manual gate", market=market, action=action, actor=actor)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- tasks ----------------------------------------------------------------------------
+    def _pairs(self, sid: str) -> list[tuple[str, Kind]]:
+        seen: dict[tuple[str, Kind], None] = {}
+        for market in self.cfg.markets:
+            for ms in market.sources:
+                if ms.source == sid:
+                    seen[(ms.pair, ms.kind)] = None
+        return list(seen)
+
+    async def _supervise(self, sid: str, session: aiohttp.ClientSession) -> None:
+        """Run one source forever; restart it with capped exponential backoff if it crashes."""
+        stats = self.source_stats[sid]
+        log = self.log.bind(source=sid)
+        delay = 1.0
+        while True:
+            source = build_source(
+                sid,
+                self.cfg.sources[sid],
+                self._pairs(sid),
+                self.on_quote,
+                self.clock,
+                session,
+                stats,
+            )
+            started = time.monotonic()
+            try:
+                await source.run()
+                log.error("source returned unexpectedly; restarting")
+            except asyncio.CancelledError:
+                stats.state = ConnState.STOPPED
+                raise
+            except Exception:
+                log.exception("source crashed; restarting", delay_s=delay)
+            stats.restarts += 1
+            stats.state = ConnState.DOWN
+            self.metrics.source_restarts.labels(sid).inc()
+            if time.monotonic() - started > 60.0:
+                delay = 1.0
+            await asyncio.sleep(delay)
+            delay = min(delay * 2.0, _RESTART_MAX_S)
+
+    async def _round_loop(self) -> None:
+        interval = self.cfg.oracle.round_interval_ms
+        log = self.log.bind(component="gates")
+        while True:
+            now = self.clock.now_ms()
+            tick = -(-now // interval) * interval
+            await asyncio.sleep((tick - now) / 1000.0)
+            behind = self.clock.now_ms() - tick
+            if behind > interval:  # the loop was blocked: skip to the present, do not catch up
+                tick += (behind // interval) * interval
+            self.metrics.round_lag.observe(max(0, self.clock.now_ms() - tick) / 1000.0)
+            started = time.perf_counter()
+            result = self.core.run_round(tick)
+            self.metrics.round_duration.observe(time.perf_counter() - started)
+            self.hub.publish(result)
+            self._log_transitions(result, log)
+            if self._recorder is not None and result.round % 4 == 0:
+                await self._recorder.flush()
+
+    def _log_transitions(
+        self, result: RoundResult, log: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        for t in result.transitions:
+            self.metrics.transitions.labels(t.market, t.new).inc()
+            level = log.info if t.new in ("active", "degraded") else log.warning
+            level(
+                "market status",
+                market=t.market,
+                old=t.old,
+                new=t.new,
+                reasons=list(t.reasons),
+                round=result.round,
+            )
+
+    async def _start_api(self) -> web.AppRunner:
+        ctx = ApiContext(
+            hub=self.hub,
+            core=self.core,
+            config=self.cfg,
+            source_stats=self.source_stats,
+            clock=self.clock,
+            render_metrics=self.metrics.render,
+            on_manual=self.on_manual,
+            version=__version__,
+        )
+        runner = web.AppRunner(build_app(ctx), handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        sockets = site._server.sockets if site._server else ()  # type: ignore[union-attr]
+        self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
+        admin = "on" if self.cfg.admin_token else "off (no admin token configured)"
+        self.log.info("api listening", host=self.host, port=self.bound_port, admin=admin)
+        return runner
+
+    async def run(self) -> None:
+        """Run until stopped; cancel everything and close within the shutdown budget."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        runner = await self._start_api()
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(self._round_loop(), name="round-loop")
+        ]
+        for sid, src in self.cfg.sources.items():
+            if not src.enabled:
+                self.log.info("source disabled", source=sid)
+                continue
+            if not self._pairs(sid):
+                self.log.info("source unused by any market", source=sid)
+                continue
+            tasks.append(asyncio.create_task(self._supervise(sid, session), name=f"source:{sid}"))
+        self.log.info(
+            "oracled started",
+            version=__version__,
+            markets=len(self.cfg.markets),
+            sources=len(tasks) - 1,
+            round_interval_ms=self.cfg.oracle.round_interval_ms,
+        )
+        self.started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            self.log.info("shutting down")
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_BUDGET_S - 1.0):
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    await self.hub.close()
+                    await runner.cleanup()
+                    await session.close()
+            if self._recorder is not None:
+                self._recorder.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            self.log.info("stopped")
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.log.info("signal received", signal=sig.name)
+        self.stop()
+
+
+def run_service(
+    service: Service, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
+) -> None:
+    """Run a service to completion on a fresh event loop."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(service.run())

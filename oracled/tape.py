@@ -1,0 +1,151 @@
+"""The quote tape (docs/contracts.md): read for `oracled replay`, written by `oracled record`.
+
+Reading is lenient line by line and strict about the header: a malformed line is reported with
+its line number and skipped, it never stops the replay and never enters a price. Prices travel as
+decimal strings; a recorded float is written with `repr`, the shortest string that reads back to
+the same float, so replaying a recording feeds the core exactly what the live run saw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Literal
+
+import msgspec
+
+from oracled.errors import TapeError
+from oracled.model import Quote
+
+__all__ = [
+    "TAPE_FORMAT",
+    "TAPE_VERSION",
+    "TapeLineError",
+    "header_line",
+    "quote_to_line",
+    "read_tape",
+    "write_header",
+]
+
+TAPE_FORMAT = "oracled-tape"
+TAPE_VERSION = 1
+
+
+class _Header(msgspec.Struct):
+    format: str
+    version: int
+
+
+class _Line(msgspec.Struct, forbid_unknown_fields=False):
+    ts: int
+    source: str
+    pair: str
+    kind: Literal["spot", "perp"] = "spot"
+    price: str | None = None
+    bid: str | None = None
+    ask: str | None = None
+    venue_ts: int | None = None
+    volume: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TapeLineError:
+    line: int
+    message: str
+
+
+_header_decoder = msgspec.json.Decoder(_Header)
+_line_decoder = msgspec.json.Decoder(_Line)
+
+
+def _decimal(text: str | None, key: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{key}: not a decimal string: {text!r}") from None
+
+
+def _to_quote(line: _Line) -> Quote:
+    if "/" not in line.pair or line.pair != line.pair.upper():
+        raise ValueError(f"pair: must be BASE/QUOTE in upper case, got {line.pair!r}")
+    price = _decimal(line.price, "price")
+    bid = _decimal(line.bid, "bid")
+    ask = _decimal(line.ask, "ask")
+    if price is None and (bid is None or ask is None):
+        raise ValueError("needs price or both bid and ask")
+    return Quote(
+        source=line.source,
+        pair=line.pair,
+        kind=line.kind,
+        recv_ts=line.ts,
+        price=price,
+        bid=bid,
+        ask=ask,
+        venue_ts=line.venue_ts,
+        volume=_decimal(line.volume, "volume"),
+    )
+
+
+def read_tape(lines: Iterable[bytes | str], errors: list[TapeLineError]) -> Iterator[Quote]:
+    """Yield the quotes of a tape in order; append every bad line to `errors` and skip it."""
+    it = iter(lines)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise TapeError("empty tape: the first line must be the oracled-tape header") from None
+    try:
+        header = _header_decoder.decode(first)
+    except msgspec.DecodeError as exc:
+        raise TapeError(f"line 1: not an oracled-tape header ({exc})") from None
+    if header.format != TAPE_FORMAT or header.version != TAPE_VERSION:
+        raise TapeError(
+            f"line 1: unsupported tape {header.format!r} version {header.version}"
+            f" (this build reads {TAPE_FORMAT!r} version {TAPE_VERSION})"
+        )
+    last_ts = -math.inf
+    for number, raw in enumerate(it, start=2):
+        if not raw.strip():
+            continue
+        try:
+            quote = _to_quote(_line_decoder.decode(raw))
+        except (msgspec.DecodeError, ValueError) as exc:
+            errors.append(TapeLineError(number, str(exc)))
+            continue
+        if quote.recv_ts < last_ts:
+            errors.append(TapeLineError(number, f"ts {quote.recv_ts} is before the previous line"))
+            continue
+        last_ts = quote.recv_ts
+        yield quote
+
+
+def header_line() -> bytes:
+    return msgspec.json.encode({"format": TAPE_FORMAT, "version": TAPE_VERSION}) + b"\n"
+
+
+def _num(value: float | None) -> str | None:
+    return None if value is None else repr(value)
+
+
+def quote_to_line(quote: Quote) -> bytes:
+    """One tape line for a quote (ts is the receive time)."""
+    out: dict[str, object] = {"ts": quote.recv_ts, "source": quote.source, "pair": quote.pair}
+    if quote.kind != "spot":
+        out["kind"] = quote.kind
+    for key, value in (
+        ("price", quote.price),
+        ("bid", quote.bid),
+        ("ask", quote.ask),
+        ("volume", quote.volume),
+    ):
+        if value is not None:
+            out[key] = _num(value)
+    if quote.venue_ts is not None:
+        out["venue_ts"] = quote.venue_ts
+    return msgspec.json.encode(out) + b"\n"
+
+
+def write_header(out: IO[bytes]) -> None:
+    out.write(header_line())

@@ -1,0 +1,83 @@
+"""Builders shared by the core tests: small configs as dicts, and quote feeding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from oracled.config import Config, parse_config
+from oracled.core import Core, RoundResult
+from oracled.model import Quote, Report
+
+T0 = 1_700_000_000_000
+ROUND_MS = 250
+
+
+def market(
+    symbol: str,
+    sources: Iterable[str],
+    pair: str | None = None,
+    *,
+    weights: Mapping[str, float] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A market table whose sources all quote `pair` (default: the market's own symbol)."""
+    weights = weights or {}
+    return {
+        "symbol": symbol,
+        "sources": [
+            {"source": s, "pair": pair or symbol, "weight": weights.get(s, 1.0)} for s in sources
+        ],
+        **extra,
+    }
+
+
+def config(
+    markets: list[dict[str, Any]],
+    routes: list[dict[str, str]] | None = None,
+    **oracle: Any,
+) -> Config:
+    """A validated config with every source id used by `markets` declared as a binance source."""
+    ids = sorted({s["source"] for m in markets for s in m["sources"]})
+    return parse_config(
+        {
+            "oracle": oracle,
+            "sources": {sid: {"type": "binance"} for sid in ids},
+            "markets": markets,
+            "routes": routes or [],
+        },
+        env={},
+    )
+
+
+USDT_ROUTE = {"from": "USDT", "to": "USD", "via": "USDT/USD"}
+
+
+def standard_config(**oracle: Any) -> Config:
+    """USDT/USD (4 direct), BTC/USD (5 direct), ETH/USD (4 routed via USDT), JPY/USD (3 inverted)."""
+    return config(
+        [
+            market("USDT/USD", "abcd", price_exponent=-6),
+            market("BTC/USD", "abcde"),
+            market("ETH/USD", "abcd", "ETH/USDT"),
+            market("JPY/USD", "abc", "USD/JPY", price_exponent=-8),
+        ],
+        [USDT_ROUTE],
+        **{"resume_rounds": 3, "jump_confirm_rounds": 4, **oracle},
+    )
+
+
+def quote(source: str, pair: str, price: float, ts: int, venue_ts: int | None = None) -> Quote:
+    return Quote(source=source, pair=pair, recv_ts=ts, price=price, venue_ts=venue_ts)
+
+
+def feed(core: Core, ts: int, prices: Mapping[str, Mapping[str, float]]) -> None:
+    """Ingest `prices[pair][source]` at receive time `ts`; fail loudly on any drop."""
+    for pair, by_source in prices.items():
+        for source, price in by_source.items():
+            dropped = core.ingest(quote(source, pair, price, ts))
+            assert dropped is None, (source, pair, price, dropped)
+
+
+def by_market(result: RoundResult) -> dict[str, Report]:
+    return {r.market: r for r in result.reports()}

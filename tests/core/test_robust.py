@@ -1,0 +1,141 @@
+"""weighted_quantiles against a plain-Python reference, on many random rows."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from oracled.aggregate.robust import weighted_quantiles
+
+QS = (0.25, 0.5, 0.75)
+
+
+def reference(values: list[float], weights: list[float], q: float) -> float:
+    """The documented rule, by sorting in pure Python with exact arithmetic.
+
+    The first value (ascending) whose cumulative weight reaches q*W; if the cumulative weight
+    equals q*W exactly, the mean of that value and the next one.
+    """
+    pairs = sorted((v, Fraction(w)) for v, w in zip(values, weights, strict=True) if w > 0)
+    if not pairs:
+        return math.nan
+    target = sum(w for _, w in pairs) * Fraction(q)
+    cum = Fraction(0)
+    for k, (value, weight) in enumerate(pairs):
+        cum += weight
+        if cum == target:
+            return (value + pairs[k + 1][0]) * 0.5
+        if cum > target:
+            return value
+    raise AssertionError("unreachable: q < 1")
+
+
+def _matrix(rows: list[list[float]], width: int, fill: float = math.nan) -> np.ndarray:
+    out = np.full((len(rows), width), fill)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_reference_with_integer_weights(seed: int) -> None:
+    """With exactly representable weights (ties on boundaries included) every quantile of every
+    row equals the sorted-list reference, masked-out slots and padding ignored."""
+    rng = random.Random(seed)
+    width = 12
+    rows_v, rows_w, rows_m = [], [], []
+    for _ in range(300):
+        n = rng.randrange(0, width + 1)
+        # Few distinct values so that equal values and boundary ties are common.
+        rows_v.append([float(rng.choice([1, 2, 3, 5, 8, 13, 21])) for _ in range(n)])
+        rows_w.append([float(rng.randrange(1, 5)) for _ in range(n)])
+        rows_m.append([rng.random() < 0.8 for _ in range(n)])
+    values = _matrix(rows_v, width)
+    weights = _matrix(rows_w, width, 0.0)
+    mask = np.zeros((len(rows_v), width), dtype=bool)
+    for i, row in enumerate(rows_m):
+        mask[i, : len(row)] = row
+    got = weighted_quantiles(values, weights, mask, QS)
+    for i in range(len(rows_v)):
+        kept_v = [v for v, m in zip(rows_v[i], rows_m[i], strict=True) if m]
+        kept_w = [w for w, m in zip(rows_w[i], rows_m[i], strict=True) if m]
+        for q, column in zip(QS, got, strict=True):
+            expected = reference(kept_v, kept_w, q)
+            if math.isnan(expected):
+                assert math.isnan(column[i]), (i, q)
+            else:
+                assert column[i] == expected, (i, q, kept_v, kept_w)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_reference_with_float_weights(seed: int) -> None:
+    """Arbitrary positive float weights and values: the result equals the reference."""
+    rng = np.random.default_rng(seed)
+    rows, width = 500, 16
+    values = rng.lognormal(3.0, 1.0, (rows, width))
+    weights = rng.uniform(0.01, 10.0, (rows, width))
+    mask = rng.random((rows, width)) < 0.7
+    got = weighted_quantiles(values, weights, mask, QS)
+    for i in range(rows):
+        kept_v = values[i][mask[i]].tolist()
+        kept_w = weights[i][mask[i]].tolist()
+        for q, column in zip(QS, got, strict=True):
+            expected = reference(kept_v, kept_w, q)
+            assert column[i] == expected or (math.isnan(expected) and math.isnan(column[i]))
+
+
+def test_equal_weights_give_the_textbook_median() -> None:
+    """With equal weights the 0.5 quantile is statistics.median, for odd and even counts."""
+    rng = np.random.default_rng(7)
+    for n in range(1, 17):
+        values = rng.normal(100.0, 5.0, (50, n))
+        (median,) = weighted_quantiles(values, np.ones_like(values), np.ones(values.shape, bool), (0.5,))
+        for i in range(50):
+            assert median[i] == pytest.approx(statistics.median(values[i].tolist()), rel=1e-15)
+
+
+def test_masked_nan_and_inf_never_enter_the_result() -> None:
+    """NaN or inf under a false mask bit is ignored; a row whose mask is all false is NaN."""
+    values = np.array(
+        [
+            [np.nan, 10.0, 11.0, np.inf],
+            [np.nan, np.nan, np.nan, np.nan],
+            [1.0, 2.0, 3.0, 4.0],
+        ]
+    )
+    mask = np.array(
+        [
+            [False, True, True, False],
+            [False, False, False, False],
+            [False, False, False, False],
+        ]
+    )
+    q25, median, q75 = weighted_quantiles(values, np.ones_like(values), mask, QS)
+    assert median[0] == 10.5
+    assert q25[0] == 10.0
+    assert q75[0] == 11.0
+    assert np.isnan(median[1]) and np.isnan(q25[1]) and np.isnan(q75[1])
+    assert np.isnan(median[2])
+
+
+def test_zero_total_weight_and_empty_matrix_are_nan() -> None:
+    """Rows whose masked weights sum to zero give NaN; a matrix with no rows gives empty output."""
+    values = np.array([[1.0, 2.0]])
+    (median,) = weighted_quantiles(values, np.zeros_like(values), np.ones((1, 2), bool), (0.5,))
+    assert np.isnan(median[0])
+    empty = np.zeros((0, 4))
+    (out,) = weighted_quantiles(empty, empty, np.zeros((0, 4), bool), (0.5,))
+    assert out.shape == (0,)
+
+
+def test_a_heavy_source_is_the_median() -> None:
+    """A source holding more than half of the weight is the weighted median on its own."""
+    values = np.array([[1.0, 2.0, 3.0, 100.0]])
+    weights = np.array([[1.0, 1.0, 1.0, 3.5]])
+    (median,) = weighted_quantiles(values, weights, np.ones((1, 4), bool), (0.5,))
+    assert median[0] == 100.0

@@ -1,0 +1,121 @@
+"""Replay: the tape contract of docs/contracts.md run through the real core."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from oracled.config import load_config
+from oracled.errors import TapeError
+from oracled.replay import replay
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "tapes"
+CONFIG = FIXTURES / "config.toml"
+TAPE = FIXTURES / "small.jsonl"
+
+
+def _run(tape: bytes) -> tuple[bytes, object]:
+    out = io.BytesIO()
+    stats = replay(load_config(CONFIG), io.BytesIO(tape).readlines(), out)
+    return out.getvalue(), stats
+
+
+def test_same_tape_and_config_give_byte_identical_output() -> None:
+    """Two replays of one tape produce the same bytes."""
+    first, _ = _run(TAPE.read_bytes())
+    second, _ = _run(TAPE.read_bytes())
+    assert first == second
+    assert first.count(b"\n") == 16  # 8 rounds x 2 markets
+
+
+def test_malformed_lines_are_reported_with_line_numbers_and_skipped() -> None:
+    """Each bad line is named by its number and never enters a price."""
+    _, stats = _run(TAPE.read_bytes())
+    lines = {e.line: e.message for e in stats.errors}  # type: ignore[attr-defined]
+    assert sorted(lines) == [5, 8, 10, 13, 15]
+    assert "needs price" in lines[13]
+    assert "not a decimal" in lines[15]
+    assert "upper case" in lines[10]
+
+
+def test_rounds_start_at_the_first_ts_rounded_up_and_quotes_join_at_or_after_their_ts() -> None:
+    """The first round is at ceil(first ts / interval) * interval; a quote at 1500 is in round 2000."""
+    out, _ = _run(TAPE.read_bytes())
+    reports = [msgspec.json.decode(line) for line in out.splitlines()]
+    assert reports[0]["ts"] == 1_700_000_001_000
+    assert {r["ts"] for r in reports} == {1_700_000_001_000 + k * 1000 for k in range(8)}
+    first_btc = reports[1]
+    assert first_btc["market"] == "BTC/USD"
+    ages = {s["id"]: s["age_ms"] for s in first_btc["sources"]}
+    assert ages == {"a": 505, "b": 497, "c": 496}  # venue_ts used for a, receive time for b and c
+
+
+def test_a_routed_market_is_not_priced_before_its_leg_is_live() -> None:
+    """BTC/USD from BTC/USDT waits for USDT/USD: reason route, price null, never 1.0."""
+    out, _ = _run(TAPE.read_bytes())
+    first_btc = msgspec.json.decode(out.splitlines()[1])
+    assert first_btc["status"] == "unknown"
+    assert "route" in first_btc["reasons"]
+    assert first_btc["price"] is None
+    assert [s["reason"] for s in first_btc["sources"][:2]] == ["route", "route"]
+
+
+def test_one_venue_spike_is_excluded_and_the_price_does_not_move() -> None:
+    """Venue b prints 75000 once (the fifth round); it is excluded as an outlier and the
+    price stays between the honest venues."""
+    out, _ = _run(TAPE.read_bytes())
+    btc = [msgspec.json.decode(x) for x in out.splitlines()][1::2]
+    spiked = btc[4]
+    assert spiked["status"] == "degraded"
+    assert spiked["reasons"] == ["outlier", "thin"]
+    b = next(s for s in spiked["sources"] if s["id"] == "b")
+    assert (b["used"], b["reason"]) == (False, "outlier")
+    honest = [float(s["value"]) for s in spiked["sources"] if s["used"]]
+    assert min(honest) <= float(spiked["price"]) <= max(honest) < 50_100
+    assert btc[3]["status"] == "active"
+
+
+def test_nan_price_in_the_tape_is_dropped_by_the_core_not_published() -> None:
+    """The last line carries NaN: counted as a core drop, prices stay finite."""
+    out, stats = _run(TAPE.read_bytes())
+    assert stats.dropped == 1  # type: ignore[attr-defined]
+    assert b"NaN" not in out and b"nan" not in out
+
+
+def test_a_tape_without_a_header_is_refused() -> None:
+    """The header line is required and versioned."""
+    with pytest.raises(TapeError, match="header"):
+        _run(b'{"ts": 1, "source": "a", "pair": "BTC/USD", "price": "1"}\n')
+    with pytest.raises(TapeError, match="version 2"):
+        _run(b'{"format": "oracled-tape", "version": 2}\n')
+    with pytest.raises(TapeError, match="empty"):
+        _run(b"")
+
+
+def test_cli_replay_writes_the_file_and_exits_3_when_lines_were_skipped(tmp_path: Path) -> None:
+    """`oracled replay --out` writes the same bytes as the library call and reports skipped lines."""
+    out = tmp_path / "reports.jsonl"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oracled.cli",
+            "replay",
+            "--config",
+            str(CONFIG),
+            str(TAPE),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert f"{TAPE}:8: skipped" in proc.stderr
+    assert out.read_bytes() == _run(TAPE.read_bytes())[0]
