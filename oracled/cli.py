@@ -94,9 +94,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, record: Path | None = None) -> int:
+    cfg = _load(args.config)  # before importing the runtime: a bad config fails fast
     from oracled.service import Service, run_service
 
-    cfg = _load(args.config)
     run_service(Service(cfg, listen=args.listen, record=record), _loop_factory())
     return EXIT_OK
 

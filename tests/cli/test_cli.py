@@ -1,0 +1,74 @@
+"""The `oracled` command line: exit codes and messages a person or a script relies on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BAD = """
+[sources.binance]
+type = "binance"
+
+[[markets]]
+symbol = "BTC/USD"
+min_sources = 5
+sources = [
+  { source = "binance", pair = "BTC/USD" },
+  { source = "binance", pair = "BTC/USDT", weight = 0 },
+]
+"""
+
+
+def _oracled(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oracled.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_the_shipped_default_config_is_valid_and_has_twenty_markets() -> None:
+    """check-config accepts config/default.toml, which covers at least 20 USD markets."""
+    proc = _oracled("check-config", "config/default.toml")
+    assert proc.returncode == 0, proc.stderr
+    count = int(proc.stdout.split("(")[1].split()[0])
+    assert count >= 20
+
+
+def test_check_config_reports_every_problem_with_its_key_path(tmp_path: Path) -> None:
+    """All problems at once, each with its path, and a non-zero exit."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BAD)
+    proc = _oracled("check-config", str(bad))
+    assert proc.returncode == 2
+    assert "markets[0].sources[1].weight: must be > 0" in proc.stderr
+
+
+def test_run_refuses_an_invalid_config_with_the_same_messages(tmp_path: Path) -> None:
+    """`oracled run` does not start on a config that check-config rejects."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BAD.replace("weight = 0", "weight = 1"))
+    proc = _oracled("run", "--config", str(bad), "--listen", "127.0.0.1:0")
+    assert proc.returncode == 2
+    assert "refusing to start" in proc.stderr
+    assert "markets[0].min_sources: 5 exceeds the 2 source(s) listed" in proc.stderr
+    assert "markets[0].sources[1].pair: no route converts USDT to USD" in proc.stderr
+
+
+def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A path that does not exist is named in the message."""
+    proc = _oracled("check-config", str(tmp_path / "nope.toml"))
+    assert proc.returncode == 2
+    assert "nope.toml: cannot read" in proc.stderr
+
+
+def test_a_bad_listen_address_is_a_usage_error() -> None:
+    """--listen must be HOST:PORT."""
+    proc = _oracled("run", "--listen", "localhost")
+    assert proc.returncode == 2
+    assert "must be HOST:PORT" in proc.stderr
