@@ -54,13 +54,13 @@ USDT_ROUTE = {"from": "USDT", "to": "USD", "via": "USDT/USD"}
 
 
 def standard_config(**oracle: Any) -> Config:
-    """USDT/USD (4 direct), BTC/USD (5 direct), ETH/USD (4 routed via USDT), JPY/USD (3 inverted)."""
+    """USDT/USD (4 direct), BTC/USD (5), ETH/USD (4 routed via USDT), JPY/USD (4 inverted)."""
     return config(
         [
             market("USDT/USD", "abcd", price_exponent=-6),
             market("BTC/USD", "abcde"),
             market("ETH/USD", "abcd", "ETH/USDT"),
-            market("JPY/USD", "abc", "USD/JPY", price_exponent=-8),
+            market("JPY/USD", "abcd", "USD/JPY", price_exponent=-8),
         ],
         [USDT_ROUTE],
         **{"resume_rounds": 3, "jump_confirm_rounds": 4, **oracle},
@@ -81,3 +81,39 @@ def feed(core: Core, ts: int, prices: Mapping[str, Mapping[str, float]]) -> None
 
 def by_market(result: RoundResult) -> dict[str, Report]:
     return {r.market: r for r in result.reports()}
+
+
+CALM: dict[str, dict[str, float]] = {
+    "USDT/USD": dict.fromkeys("abcd", 1.0),
+    "BTC/USD": dict.fromkeys("abcde", 50_000.0),
+    "ETH/USDT": dict.fromkeys("abcd", 2_000.0),
+    "USD/JPY": dict.fromkeys("abcd", 150.0),
+}
+
+
+class Scenario:
+    """Drives a Core round by round: quotes received at the round's time, then the round."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.core = Core(cfg)
+        self.now = T0 - ROUND_MS
+        self.last: RoundResult | None = None
+
+    def round(self, prices: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Report]:
+        self.now += ROUND_MS
+        feed(self.core, self.now, CALM if prices is None else prices)
+        self.last = self.core.run_round(self.now)
+        return by_market(self.last)
+
+    def rounds(
+        self, n: int, prices: Mapping[str, Mapping[str, float]] | None = None
+    ) -> list[dict[str, Report]]:
+        return [self.round(prices) for _ in range(n)]
+
+
+def with_prices(**changes: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """CALM with some pairs' per-source prices replaced (pair names use _ for /)."""
+    out = {pair: dict(v) for pair, v in CALM.items()}
+    for key, by_source in changes.items():
+        out[key.replace("_", "/")].update(by_source)
+    return out

@@ -94,7 +94,9 @@ def test_equal_weights_give_the_textbook_median() -> None:
     rng = np.random.default_rng(7)
     for n in range(1, 17):
         values = rng.normal(100.0, 5.0, (50, n))
-        (median,) = weighted_quantiles(values, np.ones_like(values), np.ones(values.shape, bool), (0.5,))
+        (median,) = weighted_quantiles(
+            values, np.ones_like(values), np.ones(values.shape, bool), (0.5,)
+        )
         for i in range(50):
             assert median[i] == pytest.approx(statistics.median(values[i].tolist()), rel=1e-15)
 

@@ -1,0 +1,129 @@
+"""Book.ingest: what is refused at the door (and counted), and where an accepted quote lands."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from core_helpers import T0, USDT_ROUTE, config, market, standard_config
+
+from oracled.aggregate.book import Book, DropReason, Layout
+from oracled.config import Config
+from oracled.model import Quote
+
+
+def _book(cfg: Config | None = None) -> Book:
+    cfg = cfg or standard_config(max_clock_skew_ms=2_000)
+    return Book(Layout.from_config(cfg), cfg)
+
+
+def _slot(book: Book, symbol: str, source: str) -> tuple[int, int]:
+    lay = book.layout
+    i = lay.markets.index(symbol)
+    return i, lay.slot_ids[i].index(source)
+
+
+BAD_QUOTES = [
+    (Quote("zz", "BTC/USD", T0, price=1.0), DropReason.UNKNOWN_SYMBOL),
+    (Quote("a", "DOGE/USD", T0, price=1.0), DropReason.UNKNOWN_SYMBOL),
+    (Quote("a", "BTC/USD", T0, price=1.0, kind="perp"), DropReason.UNKNOWN_SYMBOL),
+    (Quote("e", "ETH/USDT", T0, price=1.0), DropReason.UNKNOWN_SYMBOL),
+    (Quote("a", "BTC/USD", T0), DropReason.NO_PRICE),
+    (Quote("a", "BTC/USD", T0, bid=1.0), DropReason.NO_PRICE),
+    (Quote("a", "BTC/USD", T0, ask=1.0), DropReason.NO_PRICE),
+    (Quote("a", "BTC/USD", T0, price=math.nan), DropReason.NOT_FINITE),
+    (Quote("a", "BTC/USD", T0, bid=math.nan, ask=2.0), DropReason.NOT_FINITE),
+    (Quote("a", "BTC/USD", T0, price=math.inf), DropReason.NOT_FINITE),
+    (Quote("a", "BTC/USD", T0, bid=1.0, ask=math.inf), DropReason.NOT_FINITE),
+    (Quote("a", "BTC/USD", T0, price=0.0), DropReason.NON_POSITIVE),
+    (Quote("a", "BTC/USD", T0, price=-5.0), DropReason.NON_POSITIVE),
+    (Quote("a", "BTC/USD", T0, bid=-1.0, ask=2.0), DropReason.NON_POSITIVE),
+    (Quote("a", "BTC/USD", T0, bid=0.0, ask=2.0), DropReason.NON_POSITIVE),
+    (Quote("a", "BTC/USD", T0, price=2e12), DropReason.ABSURD),
+    (Quote("a", "BTC/USD", T0, price=1e-13), DropReason.ABSURD),
+    (Quote("a", "BTC/USD", T0, bid=101.0, ask=100.0), DropReason.CROSSED),
+    (Quote("a", "BTC/USD", T0, price=1.0, venue_ts=T0 + 2_001), DropReason.FUTURE),
+]
+
+
+@pytest.mark.parametrize(("bad", "reason"), BAD_QUOTES)
+def test_invalid_quotes_are_dropped_counted_and_leave_the_book_alone(
+    bad: Quote, reason: DropReason
+) -> None:
+    """Each kind of bad quote returns its reason, is counted once per (source, reason) and writes
+    nothing: every slot keeps its NaN price."""
+    book = _book()
+    assert book.ingest(bad) is reason
+    assert book.drops == {(bad.source, reason): 1}
+    assert book.ingest(bad) is reason
+    assert book.drops[(bad.source, reason)] == 2
+    assert np.isnan(book.mid).all()
+    assert book.latest == {}
+
+
+def test_venue_time_up_to_the_skew_bound_is_accepted() -> None:
+    """A venue clock ahead of ours by exactly max_clock_skew_ms is tolerated, one more ms is not."""
+    book = _book()
+    assert book.ingest(Quote("a", "BTC/USD", T0, price=1.0, venue_ts=T0 + 2_000)) is None
+    assert book.ingest(Quote("b", "BTC/USD", T0, price=1.0, venue_ts=T0 + 2_001)) is (
+        DropReason.FUTURE
+    )
+
+
+def test_an_older_quote_is_out_of_order_and_keeps_the_newer_one() -> None:
+    """A quote older than the stored one (by venue time where sent) is refused; equal time is
+    accepted as a correction; the stored price is the newest."""
+    book = _book()
+    i, j = _slot(book, "BTC/USD", "a")
+    assert book.ingest(Quote("a", "BTC/USD", T0, price=100.0, venue_ts=T0 - 10)) is None
+    assert book.ingest(Quote("a", "BTC/USD", T0 + 5, price=99.0, venue_ts=T0 - 11)) is (
+        DropReason.OUT_OF_ORDER
+    )
+    assert book.drops == {("a", DropReason.OUT_OF_ORDER): 1}
+    assert book.mid[i, j] == 100.0
+    assert book.ingest(Quote("a", "BTC/USD", T0 + 6, price=101.0, venue_ts=T0 - 10)) is None
+    assert book.mid[i, j] == 101.0
+    assert book.stamp[i, j] == T0 - 10
+    assert book.received[i, j] == T0 + 6
+    # Without a venue time, the receive time is the stamp, and it is compared the same way.
+    assert book.ingest(Quote("a", "BTC/USD", T0 - 20, price=1.0)) is DropReason.OUT_OF_ORDER
+
+
+def test_bid_and_ask_give_the_mid_and_take_precedence_over_price() -> None:
+    """With both sides present the stored value is their mid, whatever `price` says."""
+    book = _book()
+    i, j = _slot(book, "BTC/USD", "b")
+    assert book.ingest(Quote("b", "BTC/USD", T0, price=1.0, bid=99.0, ask=101.0)) is None
+    assert book.mid[i, j] == 100.0
+
+
+def test_an_inverted_pair_feeds_the_reciprocal() -> None:
+    """USD/JPY at 150 feeds the JPY/USD market with 1/150."""
+    book = _book()
+    i, j = _slot(book, "JPY/USD", "a")
+    assert book.ingest(Quote("a", "USD/JPY", T0, price=150.0)) is None
+    assert book.mid[i, j] == 1.0 / 150.0
+    assert book.latest[("a", "USD/JPY", "spot")].price == 150.0
+
+
+def test_one_quote_feeds_every_market_that_lists_it() -> None:
+    """A BTC/USDT quote lands in the BTC/USDT market as is and in BTC/USD (before conversion),
+    and a USDT/BTC market gets its reciprocal; all slots share the stamp."""
+    cfg = config(
+        [
+            market("USDT/USD", "abc"),
+            market("BTC/USDT", "abc"),
+            market("BTC/USD", "abc", "BTC/USDT"),
+            market("USDT/BTC", "abc", "BTC/USDT", price_exponent=-10),
+        ],
+        [USDT_ROUTE],
+    )
+    book = _book(cfg)
+    assert book.ingest(Quote("b", "BTC/USDT", T0, price=50_000.0, venue_ts=T0 - 3)) is None
+    got = {sym: book.mid[_slot(book, sym, "b")] for sym in ("BTC/USDT", "BTC/USD", "USDT/BTC")}
+    assert got == {"BTC/USDT": 50_000.0, "BTC/USD": 50_000.0, "USDT/BTC": 1 / 50_000.0}
+    stamps = {int(book.stamp[_slot(book, sym, "b")]) for sym in got}
+    assert stamps == {T0 - 3}
+    # Nothing else was written.
+    assert int(np.isfinite(book.mid).sum()) == 3

@@ -1,0 +1,249 @@
+"""The pause gates, driven through the real core with real quotes, round by round."""
+
+from __future__ import annotations
+
+from core_helpers import (
+    CALM,
+    ROUND_MS,
+    T0,
+    Scenario,
+    config,
+    market,
+    quote,
+    standard_config,
+    with_prices,
+)
+
+from oracled.core import Core
+from oracled.model import Report
+
+
+def _live(sc: Scenario) -> None:
+    """Warm up with calm quotes until every market (ETH/USD after its leg) is live."""
+    reports = sc.rounds(6)[-1]
+    assert {r.status for r in reports.values()} == {"active"}, reports
+
+
+def _summary(r: Report) -> tuple[str, list[str], str | None]:
+    return r.status, r.reasons, r.price
+
+
+def test_markets_are_unknown_until_the_resume_streak_is_met() -> None:
+    """At start no market is live: direct markets need resume_rounds healthy rounds, and a routed
+    market only starts counting once its leg is live (meanwhile it is unknown for `route`)."""
+    sc = Scenario(standard_config(resume_rounds=3))
+    history = sc.rounds(5)
+    btc = [_summary(h["BTC/USD"]) for h in history]
+    assert btc == [
+        ("unknown", ["resuming"], None),
+        ("unknown", ["resuming"], None),
+        ("active", [], "50000.00"),
+        ("active", [], "50000.00"),
+        ("active", [], "50000.00"),
+    ]
+    eth = [_summary(h["ETH/USD"]) for h in history]
+    assert eth == [
+        ("unknown", ["quorum", "route"], None),
+        ("unknown", ["quorum", "route"], None),
+        ("unknown", ["resuming"], None),
+        ("unknown", ["resuming"], None),
+        ("active", [], "2000.00"),
+    ]
+    assert all(h["BTC/USD"].last_good_price is None for h in history[:2])
+    assert history[0]["ETH/USD"].sources[0].reason == "route"
+    assert history[0]["ETH/USD"].sources[0].value is None
+
+
+def test_an_inverted_pair_prices_the_reciprocal_market() -> None:
+    """JPY/USD fed only by USD/JPY at 150 publishes 1/150 at its own precision."""
+    sc = Scenario(standard_config())
+    _live(sc)
+    assert sc.round()["JPY/USD"].price == "0.00666667"
+
+
+def test_a_single_venue_spike_is_excluded_and_never_moves_the_price() -> None:
+    """One source of five printing +20 % is an outlier: the market is degraded (outlier), the
+    price stays exactly where the others are, and the source is marked unused with its value."""
+    sc = Scenario(standard_config())
+    _live(sc)
+    for _ in range(10):
+        btc = sc.round(with_prices(BTC_USD={"e": 60_000.0}))["BTC/USD"]
+        assert _summary(btc) == ("degraded", ["outlier"], "50000.00")
+        e = btc.sources[4]
+        assert (e.id, e.used, e.reason, e.value) == ("e", False, "outlier", "60000.00")
+    assert _summary(sc.round()["BTC/USD"]) == ("active", [], "50000.00")
+
+
+def test_exactly_min_sources_left_is_degraded_thin() -> None:
+    """With one of four ETH sources never quoting, the three left are exactly the minimum: the
+    market is live but degraded (thin), and the silent source shows no_quote."""
+    calm_without_d = with_prices()
+    del calm_without_d["ETH/USDT"]["d"]
+    reports = Scenario(standard_config()).rounds(6, calm_without_d)[-1]
+    assert _summary(reports["ETH/USD"]) == ("degraded", ["thin"], "2000.00")
+    assert reports["ETH/USD"].sources[3].reason == "no_quote"
+
+
+def test_quorum_loss_pauses_at_once_and_keeps_the_last_good_price_apart() -> None:
+    """Three of five sources out of the market's bounds leave two: the very next round is paused
+    for quorum alone, price and confidence are null and the last good price is kept."""
+    cfg = config(
+        [market("BTC/USD", "abcde", max_price=1e6)], resume_rounds=3, jump_confirm_rounds=4
+    )
+    sc = Scenario(cfg)
+    calm = {"BTC/USD": CALM["BTC/USD"]}
+    sc.rounds(3, calm)
+    good_ts = sc.now
+    broken = {"BTC/USD": {**CALM["BTC/USD"], "c": 2e6, "d": 2e6, "e": 2e6}}
+    btc = sc.round(broken)["BTC/USD"]
+    assert _summary(btc) == ("paused", ["quorum"], None)
+    assert btc.confidence is None
+    assert (btc.last_good_price, btc.last_good_ts) == ("50000.00", good_ts)
+    assert [s.reason for s in btc.sources] == [None, None, "bounds", "bounds", "bounds"]
+    assert sc.last is not None
+    assert [(t.market, t.old, t.new) for t in sc.last.transitions] == [
+        ("BTC/USD", "active", "paused")
+    ]
+
+
+def test_resume_needs_exactly_resume_rounds_healthy_rounds() -> None:
+    """After a pause the market stays paused (resuming) for resume_rounds-1 healthy rounds and is
+    active on the resume_rounds-th; an unhealthy round in between restarts the count."""
+    sc = Scenario(standard_config(resume_rounds=4))
+    sc.rounds(8)
+    split = with_prices(BTC_USD={"c": 40_000.0, "d": 60_000.0, "e": 70_000.0})
+    assert _summary(sc.round(split)["BTC/USD"]) == ("paused", ["quorum", "dispersion"], None)
+    seen = [_summary(r["BTC/USD"]) for r in sc.rounds(2)]
+    assert seen == [("paused", ["resuming"], None)] * 2
+    assert _summary(sc.round(split)["BTC/USD"])[0] == "paused"
+    seen = [_summary(r["BTC/USD"]) for r in sc.rounds(4)]
+    assert seen == [("paused", ["resuming"], None)] * 3 + [("active", [], "50000.00")]
+
+
+def test_a_market_wide_jump_is_held_for_the_confirmation_rounds_then_followed() -> None:
+    """Every source moving +20 % (beyond the 10 % breaker) pauses the market for exactly
+    jump_confirm_rounds rounds with reason jump, then the new level is published at once."""
+    sc = Scenario(standard_config(jump_confirm_rounds=4, resume_rounds=3))
+    _live(sc)
+    moved = with_prices(BTC_USD=dict.fromkeys("abcde", 60_000.0))
+    seen = [_summary(r["BTC/USD"]) for r in sc.rounds(6, moved)]
+    assert seen == [("paused", ["jump"], None)] * 4 + [("active", [], "60000.00")] * 2
+    assert sc.round(moved)["BTC/USD"].last_good_price == "60000.00"
+
+
+def test_a_move_inside_the_breaker_is_followed_at_once() -> None:
+    """A 5 % move, inside the 10 % breaker, is published in the same round."""
+    sc = Scenario(standard_config())
+    _live(sc)
+    moved = with_prices(BTC_USD=dict.fromkeys("abcde", 52_500.0))
+    assert _summary(sc.round(moved)["BTC/USD"]) == ("active", [], "52500.00")
+
+
+def test_quotes_old_by_venue_time_are_stale_even_when_just_received() -> None:
+    """Quotes received now but stamped by the venue more than max_age_ms ago are stale: losing
+    quorum that way pauses the market with reasons quorum and stale; age counts from venue time."""
+    cfg = config([market("BTC/USD", "abcde", max_age_ms=1_000)], resume_rounds=3)
+    core = Core(cfg)
+    now = T0
+    for _ in range(3):
+        for s in "abcde":
+            assert core.ingest(quote(s, "BTC/USD", 50_000.0, now, venue_ts=now)) is None
+        result = core.run_round(now)
+        now += ROUND_MS
+    frozen = now - ROUND_MS  # c, d and e keep sending this venue time
+    statuses = []
+    for _ in range(5):
+        for s in "abcde":
+            venue_ts = now if s in "ab" else frozen
+            assert core.ingest(quote(s, "BTC/USD", 50_000.0, now, venue_ts=venue_ts)) is None
+        result = core.run_round(now)
+        btc = result.report(0)
+        statuses.append((now - frozen, btc.status, btc.reasons))
+        now += ROUND_MS
+    assert statuses == [
+        (250, "active", []),
+        (500, "active", []),
+        (750, "active", []),
+        (1000, "active", []),
+        (1250, "paused", ["quorum", "stale"]),
+    ]
+    assert [s.reason for s in btc.sources] == [None, None, "stale", "stale", "stale"]
+    assert [s.age_ms for s in btc.sources] == [0, 0, 1250, 1250, 1250]
+
+
+def test_a_paused_leg_makes_routed_markets_unknown_and_never_prices_them_at_one() -> None:
+    """With the USDT/USD leg paused, ETH/USD (only USDT-quoted sources) is unknown for route with
+    a null price, its sources show reason route and no value; BTC/USD is unaffected. When the leg
+    is back, ETH/USD (which had a price) is paused until its own healthy streak is met."""
+    sc = Scenario(standard_config(resume_rounds=3))
+    _live(sc)
+    sc.core.set_manual("USDT/USD", True)
+    reports = sc.round()
+    assert _summary(reports["USDT/USD"]) == ("paused", ["manual"], None)
+    eth = reports["ETH/USD"]
+    assert _summary(eth) == ("unknown", ["quorum", "route"], None)
+    assert eth.last_good_price == "2000.00"
+    assert [(s.used, s.reason, s.value) for s in eth.sources] == [(False, "route", None)] * 4
+    assert _summary(reports["BTC/USD"]) == ("active", [], "50000.00")
+    sc.core.set_manual("USDT/USD", False)
+    seen = [(_summary(r["USDT/USD"])[0], _summary(r["ETH/USD"])) for r in sc.rounds(6)]
+    assert seen == [
+        ("paused", ("unknown", ["quorum", "route"], None)),
+        ("paused", ("unknown", ["quorum", "route"], None)),
+        ("active", ("paused", ["resuming"], None)),
+        ("active", ("paused", ["resuming"], None)),
+        ("active", ("active", [], "2000.00")),
+        ("active", ("active", [], "2000.00")),
+    ]
+
+
+def test_a_leg_paused_by_dispersion_blocks_the_routed_market_too() -> None:
+    """A leg that loses agreement (not only a manual pause) blocks its users the same round."""
+    sc = Scenario(standard_config())
+    _live(sc)
+    split = with_prices(USDT_USD={"c": 1.2, "d": 0.8})
+    reports = sc.round(split)
+    assert reports["USDT/USD"].status == "paused"
+    assert _summary(reports["ETH/USD"]) == ("unknown", ["quorum", "route"], None)
+
+
+def test_manual_pause_is_immediate_and_release_needs_the_healthy_streak() -> None:
+    """set_manual pauses in the next round whatever the sources say; releasing it resumes only
+    after resume_rounds healthy rounds."""
+    sc = Scenario(standard_config(resume_rounds=3))
+    _live(sc)
+    sc.core.set_manual("BTC/USD", True)
+    for r in sc.rounds(3):
+        assert _summary(r["BTC/USD"]) == ("paused", ["manual"], None)
+        assert r["BTC/USD"].last_good_price == "50000.00"
+    sc.core.set_manual("BTC/USD", False)
+    seen = [_summary(r["BTC/USD"]) for r in sc.rounds(3)]
+    assert seen == [("paused", ["resuming"], None)] * 2 + [("active", [], "50000.00")]
+
+
+def test_manual_pause_before_any_price_is_unknown() -> None:
+    """A market paused by hand before it ever had a price is unknown, not paused."""
+    sc = Scenario(standard_config())
+    sc.core.set_manual("BTC/USD", True)
+    reports = sc.rounds(5)[-1]
+    assert _summary(reports["BTC/USD"]) == ("unknown", ["manual"], None)
+
+
+def test_reports_of_non_live_markets_have_no_price_but_the_last_good_one() -> None:
+    """Whatever the reason, a paused or unknown market reports price and confidence null and,
+    once it had one, the last good price with its round time."""
+    sc = Scenario(standard_config())
+    _live(sc)
+    good_ts = sc.now
+    sc.core.set_manual("USDT/USD", True)
+    moved = with_prices(BTC_USD=dict.fromkeys("abcde", 70_000.0))
+    reports = sc.round(moved)
+    for symbol, status in (("BTC/USD", "paused"), ("ETH/USD", "unknown"), ("USDT/USD", "paused")):
+        r = reports[symbol]
+        assert r.status == status
+        assert r.price is None and r.confidence is None
+        assert r.last_good_price is not None
+        assert r.last_good_ts == good_ts
+    assert reports["BTC/USD"].reasons == ["jump"]
+    assert reports["JPY/USD"].status == "active"
+    assert reports["JPY/USD"].last_good_ts == sc.now
