@@ -1,0 +1,82 @@
+"""Operator endpoints: pause and resume a market, behind a bearer token.
+
+Without a configured token the endpoints are disabled (403), so that a daemon started without one
+is never open to anyone who can reach the port. The token is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+
+import msgspec
+from aiohttp import web
+
+from oracled.api.context import ApiContext
+from oracled.api.errors import ApiError, json_response
+from oracled.api.params import path_market
+
+__all__ = ["AdminHandlers"]
+
+_ACTOR = re.compile(r"^[A-Za-z0-9_.@:\-]{1,64}$")
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="oracled-admin"'}
+
+
+class _ManualBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Optional request body: who is acting, for the audit log."""
+
+    actor: str = "api"
+
+
+_DECODER = msgspec.json.Decoder(_ManualBody)
+
+
+class AdminHandlers:
+    __slots__ = ("_ctx", "_token")
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self._ctx = ctx
+        secret = ctx.config.admin_token
+        self._token = None if secret is None else secret.get_secret_value().encode()
+
+    def _authorize(self, request: web.Request) -> None:
+        if self._token is None:
+            env = self._ctx.config.api.admin_token_env
+            where = f" (set ${env} to enable them)" if env else ""
+            raise ApiError(
+                403,
+                "admin_disabled",
+                f"admin endpoints are disabled: no admin token is configured{where}",
+            )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>", _CHALLENGE)
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            raise ApiError(401, "unauthorized", "the bearer token is not valid", _CHALLENGE)
+
+    async def _actor(self, request: web.Request) -> str:
+        raw = await request.read()
+        if not raw.strip():
+            return "api"
+        try:
+            body = _DECODER.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, "bad_request", f"body: {exc}") from None
+        if not _ACTOR.match(body.actor):
+            raise ApiError(400, "bad_request", "actor: 1-64 characters of A-Z a-z 0-9 _ . @ : -")
+        return body.actor
+
+    async def _manual(self, request: web.Request, paused: bool) -> web.Response:
+        self._authorize(request)
+        market = path_market(request.match_info["market"], self._ctx.core.index)
+        actor = await self._actor(request)
+        self._ctx.on_manual(market, paused, actor)
+        return json_response({"market": market, "paused": paused, "actor": actor})
+
+    async def pause(self, request: web.Request) -> web.Response:
+        """Pause a market at once: its price becomes null from the next round."""
+        return await self._manual(request, True)
+
+    async def resume(self, request: web.Request) -> web.Response:
+        """Release an operator pause; the market goes live after the usual healthy streak."""
+        return await self._manual(request, False)

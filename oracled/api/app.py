@@ -1,0 +1,40 @@
+"""`build_app`: the aiohttp application and its routing table (the OpenAPI document mirrors it)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from oracled.api.admin import AdminHandlers
+from oracled.api.context import ApiContext
+from oracled.api.errors import error_middleware
+from oracled.api.ops import OpsHandlers
+from oracled.api.read import ReadHandlers
+from oracled.api.stream import StreamHandler
+
+__all__ = ["CONTEXT", "build_app"]
+
+CONTEXT = web.AppKey("oracled_api_context", ApiContext)
+MAX_BODY = 16 * 1024  # admin bodies are a few bytes; nothing else takes one
+
+
+def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Application:
+    """The API application. The caller runs it (AppRunner + TCPSite) and owns the hub."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app[CONTEXT] = ctx
+    read, ops, admin = ReadHandlers(ctx), OpsHandlers(ctx), AdminHandlers(ctx)
+    stream = StreamHandler(ctx, close_timeout=stream_close_timeout)
+    app.on_shutdown.append(stream.shutdown)
+    add_get, add_post = app.router.add_get, app.router.add_post
+    add_get("/healthz", ops.healthz, allow_head=False)
+    add_get("/readyz", ops.readyz, allow_head=False)
+    add_get("/metrics", ops.metrics, allow_head=False)
+    add_get("/openapi.json", ops.openapi, allow_head=False)
+    add_get("/v1/info", read.info, allow_head=False)
+    add_get("/v1/prices", read.prices, allow_head=False)
+    add_get("/v1/prices/{market}", read.price, allow_head=False)
+    add_get("/v1/markets", read.markets, allow_head=False)
+    add_get("/v1/markets/{market}/sources", read.sources, allow_head=False)
+    add_get("/v1/stream", stream.stream, allow_head=False)
+    add_post("/v1/admin/markets/{market}/pause", admin.pause)
+    add_post("/v1/admin/markets/{market}/resume", admin.resume)
+    return app

@@ -1,0 +1,33 @@
+"""What the API reads and calls, injected by the runtime (nothing here creates its own)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from oracled.clock import Clock
+from oracled.config import Config
+from oracled.core import Core
+from oracled.publish.hub import Hub
+from oracled.sources.stats import SourceStats
+
+__all__ = ["ApiContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    """The API's window on the running daemon.
+
+    `render_metrics` may block (it walks every collector), so the API calls it in an executor.
+    `on_manual(market, paused, actor)` hands an operator pause/resume to the runtime, which
+    applies it to the core between rounds, logs it and counts it.
+    """
+
+    hub: Hub
+    core: Core
+    config: Config
+    source_stats: Mapping[str, SourceStats]
+    clock: Clock
+    render_metrics: Callable[[], tuple[bytes, str]]
+    on_manual: Callable[[str, bool, str], None]
+    version: str

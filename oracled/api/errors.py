@@ -1,0 +1,78 @@
+"""Every API error leaves as `{"error": {"code": ..., "message": ...}}`, whatever raised it.
+
+Handlers raise `ApiError`; the middleware also translates aiohttp's own HTTP exceptions (no such
+route, wrong method) and anything unexpected (500, logged), so no HTML error page ever leaks out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from oracled.errors import OracledError
+
+__all__ = ["ApiError", "encode_json", "error_middleware", "error_response", "json_response"]
+
+_log = structlog.get_logger(component="api")
+_ENCODER = msgspec.json.Encoder()
+encode_json = _ENCODER.encode
+
+# Codes for aiohttp's own exceptions, by status.
+_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(OracledError):
+    """An error answer: HTTP status, machine-readable code, human message."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        super().__init__(f"{status} {code}: {message}")
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    """A JSON response; `bytes` are sent as they are (already encoded)."""
+    data = body if isinstance(body, bytes) else encode_json(body)
+    return web.Response(body=data, status=status, content_type="application/json")
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    response = json_response({"error": {"code": code, "message": message}}, status)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _CODES.get(exc.status, "http_error")
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
+        return error_response(exc.status, code, exc.reason, keep)
+    except Exception:
+        # The one catch-all of the API: log with the traceback, answer a bare 500.
+        _log.exception("api_handler_failed", path=request.path, method=request.method)
+        return error_response(500, "internal", "internal error; see the daemon's log")

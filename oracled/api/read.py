@@ -1,0 +1,166 @@
+"""Read-only endpoints: prices, markets, per-market sources, daemon info."""
+
+from __future__ import annotations
+
+import numpy as np
+from aiohttp import web
+
+from oracled.api.context import ApiContext
+from oracled.api.errors import ApiError, encode_json, json_response
+from oracled.api.params import market_list, path_market
+from oracled.config import MarketConfig
+from oracled.model import Quote
+
+__all__ = ["ReadHandlers"]
+
+
+def _decimal(value: float | None) -> str | None:
+    """A quote's float as a plain decimal string (never exponent notation)."""
+    if value is None:
+        return None
+    return np.format_float_positional(value, trim="-")
+
+
+def _market_view(m: MarketConfig) -> dict[str, object]:
+    return {
+        "symbol": m.symbol,
+        "price_exponent": m.price_exponent,
+        "min_sources": m.min_sources,
+        "max_age_ms": m.max_age_ms,
+        "max_deviation": m.max_deviation,
+        "circuit_breaker": m.circuit_breaker,
+        "max_confidence_ratio": m.max_confidence_ratio,
+        "min_price": m.min_price,
+        "max_price": m.max_price,
+        "sources": [
+            {"source": s.source, "pair": s.pair, "kind": s.kind, "weight": s.weight}
+            for s in m.sources
+        ],
+    }
+
+
+def _quote_view(q: Quote) -> dict[str, object]:
+    return {
+        "bid": _decimal(q.bid),
+        "ask": _decimal(q.ask),
+        "price": _decimal(q.price),
+        "recv_ts": q.recv_ts,
+        "venue_ts": q.venue_ts,
+    }
+
+
+class ReadHandlers:
+    """Handlers over the hub's latest round and the static config."""
+
+    __slots__ = ("_ctx", "_known", "_markets_body")
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self._ctx = ctx
+        self._known = ctx.core.index
+        # The config does not change while running: encode its view once.
+        self._markets_body = encode_json({"markets": [_market_view(m) for m in ctx.config.markets]})
+
+    def _not_ready(self) -> ApiError:
+        return ApiError(503, "not_ready", "no round has completed yet; retry shortly")
+
+    async def prices(self, request: web.Request) -> web.Response:
+        """Latest report of every market, or of `?markets=A/B,C/D`."""
+        query = request.query
+        extra = sorted(set(query) - {"markets"})
+        if extra:
+            raise ApiError(400, "bad_query", f"unknown query parameter(s): {', '.join(extra)}")
+        selected: list[str] | None = None
+        if "markets" in query:
+            values = query.getall("markets")
+            if len(values) > 1:
+                raise ApiError(400, "bad_query", "markets: give it once, comma-separated")
+            items = [part for part in values[0].split(",") if part.strip()]
+            selected = market_list(items, self._known)
+        hub = self._ctx.hub
+        result = hub.latest_result
+        if result is None:
+            raise self._not_ready()
+        names = hub.markets if selected is None else selected
+        body = b"".join(
+            (
+                b'{"round":%d,"ts":%d,"reports":[' % (result.round, result.ts),
+                b",".join([hub.encoded(m) for m in names]),
+                b"]}",
+            )
+        )
+        return json_response(body)
+
+    async def price(self, request: web.Request) -> web.Response:
+        """Latest report of one market."""
+        market = path_market(request.match_info["market"], self._known)
+        hub = self._ctx.hub
+        if hub.latest_result is None:
+            raise self._not_ready()
+        return json_response(hub.encoded(market))
+
+    async def markets(self, request: web.Request) -> web.Response:
+        """Configured markets and their gate parameters."""
+        return json_response(self._markets_body)
+
+    async def sources(self, request: web.Request) -> web.Response:
+        """Each configured source of a market: latest quote, age, part in the last round, link."""
+        ctx = self._ctx
+        market = path_market(request.match_info["market"], self._known)
+        cfg = ctx.config.market(market)
+        assert cfg is not None  # every known market is configured
+        report = ctx.hub.report(market)
+        now = ctx.clock.now_ms()
+        latest = ctx.core.book.latest
+        rows: list[dict[str, object]] = []
+        for j, ms in enumerate(cfg.sources):
+            quote = latest.get((ms.source, ms.pair, ms.kind))
+            part = report.sources[j] if report is not None else None
+            stats = ctx.source_stats.get(ms.source)
+            stamp = None
+            if quote is not None:  # the core's age rule: venue time where sent, else receipt
+                stamp = quote.recv_ts if quote.venue_ts is None else quote.venue_ts
+            rows.append(
+                {
+                    "source": ms.source,
+                    "pair": ms.pair,
+                    "kind": ms.kind,
+                    "weight": ms.weight,
+                    "quote": None if quote is None else _quote_view(quote),
+                    "age_ms": None if stamp is None else now - stamp,
+                    "used": None if part is None else part.used,
+                    "reason": None if part is None else part.reason,
+                    "value": None if part is None else part.value,
+                    "connection": None
+                    if stats is None
+                    else {
+                        "state": stats.state.value,
+                        "last_quote_ms": stats.last_quote_ms,
+                        "last_frame_ms": stats.last_frame_ms,
+                        "reconnects": stats.reconnects,
+                        "malformed": stats.malformed,
+                    },
+                }
+            )
+        return json_response(
+            {
+                "market": market,
+                "round": None if report is None else report.round,
+                "ts": None if report is None else report.ts,
+                "now": now,
+                "sources": rows,
+            }
+        )
+
+    async def info(self, request: web.Request) -> web.Response:
+        """Version and shape of the running daemon."""
+        ctx = self._ctx
+        result = ctx.hub.latest_result
+        return json_response(
+            {
+                "version": ctx.version,
+                "round_interval_ms": ctx.config.oracle.round_interval_ms,
+                "markets": len(ctx.config.markets),
+                "round": None if result is None else result.round,
+                "ts": None if result is None else result.ts,
+            }
+        )

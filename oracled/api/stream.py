@@ -1,0 +1,158 @@
+"""`WS /v1/stream`: live reports of the markets a client subscribed to.
+
+Client -> server, JSON text frames:
+    {"op": "subscribe", "markets": ["BTC/USD"]}     (no or empty "markets": every market)
+    {"op": "unsubscribe", "markets": ["BTC/USD"]}   (no or empty "markets": all of them)
+Server -> client:
+    {"type": "subscribed" | "unsubscribed", "markets": [...the whole current set...]}
+    {"type": "report", "data": {...Report...}}      (first the latest of each added market)
+    {"type": "error", "code": "...", "message": "..."}  (the connection stays open)
+
+Report frames are the hub's pre-encoded bytes, the same object for every client; compression is
+off because it would cost one deflate per client per frame. A client that falls behind by more
+than its queue is disconnected with close code 1008 and the reason; its memory is freed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from oracled.api.context import ApiContext
+from oracled.api.errors import ApiError, encode_json
+from oracled.api.params import market_list
+from oracled.publish.hub import DROP_SLOW, Subscription, SubscriptionClosed
+
+__all__ = ["StreamHandler"]
+
+_log = structlog.get_logger(component="api.stream")
+
+MAX_CLIENT_MESSAGE = 16 * 1024  # a subscribe request naming every market fits easily
+HEARTBEAT_S = 20.0  # ping interval; a client that stops answering is closed by aiohttp
+
+
+class _ClientOp(msgspec.Struct, forbid_unknown_fields=True):
+    op: str
+    markets: list[str] | None = None
+
+
+_DECODER = msgspec.json.Decoder(_ClientOp)
+
+
+def _error(code: str, message: str) -> bytes:
+    return encode_json({"type": "error", "code": code, "message": message})
+
+
+class StreamHandler:
+    """One reader, one writer and one drop watcher per connection; the first to end closes it."""
+
+    __slots__ = ("_active", "_close_timeout", "_ctx", "_order", "_shutting_down")
+
+    def __init__(self, ctx: ApiContext, close_timeout: float = 5.0) -> None:
+        self._ctx = ctx
+        self._close_timeout = close_timeout
+        self._order = ctx.core.index  # market -> layout position, for stable listings
+        self._active: set[Subscription] = set()
+        self._shutting_down = False
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            heartbeat=HEARTBEAT_S, compress=False, max_msg_size=MAX_CLIENT_MESSAGE
+        )
+        if not ws.can_prepare(request).ok:
+            raise ApiError(
+                426,
+                "upgrade_required",
+                "this is a WebSocket endpoint; connect with a WebSocket client",
+                {"Upgrade": "websocket", "Connection": "Upgrade"},
+            )
+        await ws.prepare(request)
+        hub = self._ctx.hub
+        sub = hub.subscribe(frozenset())
+        self._active.add(sub)
+        reader = asyncio.create_task(self._read(ws, sub), name="api-stream-read")
+        writer = asyncio.create_task(self._write(ws, sub), name="api-stream-write")
+        dropped = asyncio.create_task(sub.wait_closed(), name="api-stream-dropped")
+        try:
+            await asyncio.wait((reader, writer, dropped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._active.discard(sub)
+            writer.cancel()
+            hub.unsubscribe(sub)  # no-op when the hub dropped it
+            if not ws.closed:
+                await self._close(request, ws, sub)
+            if not reader.done():
+                reader.cancel()
+            await asyncio.gather(reader, writer, dropped, return_exceptions=True)
+        return ws
+
+    async def shutdown(self, app: web.Application) -> None:
+        """Close every stream with 1001 so that a graceful shutdown does not wait on them."""
+        self._shutting_down = True
+        for sub in list(self._active):
+            self._ctx.hub.unsubscribe(sub)
+
+    async def _close(
+        self, request: web.Request, ws: web.WebSocketResponse, sub: Subscription
+    ) -> None:
+        if sub.closed_reason == DROP_SLOW:
+            code = WSCloseCode.POLICY_VIOLATION
+            message = f"slow consumer: fell more than {sub.queue_size} reports behind"
+            _log.info("stream_dropped", reason=DROP_SLOW, remote=request.remote)
+        elif self._shutting_down:
+            code, message = WSCloseCode.GOING_AWAY, "server shutting down"
+        else:
+            code, message = WSCloseCode.OK, ""
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await ws.close(code=code, message=message.encode())
+        except TimeoutError:
+            # The client reads nothing, not even the close frame: cut it off.
+            if request.transport is not None:
+                request.transport.abort()
+
+    async def _write(self, ws: web.WebSocketResponse, sub: Subscription) -> None:
+        try:
+            while True:
+                frame = await sub.get()
+                await ws.send_frame(frame, WSMsgType.TEXT)
+        except SubscriptionClosed:
+            return
+
+    async def _read(self, ws: web.WebSocketResponse, sub: Subscription) -> None:
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                await ws.send_frame(_error("bad_request", "send JSON text frames"), WSMsgType.TEXT)
+                continue
+            try:
+                reply, markets = self._apply(sub, msg.data)
+            except ApiError as exc:
+                await ws.send_frame(_error(exc.code, exc.message), WSMsgType.TEXT)
+                continue
+            # Acknowledge first, then change: the snapshot of added markets follows the ack.
+            await ws.send_frame(reply, WSMsgType.TEXT)
+            self._ctx.hub.change(sub, markets)
+
+    def _apply(self, sub: Subscription, text: str) -> tuple[bytes, frozenset[str]]:
+        """Validate one client request; return the ack and the new market set."""
+        try:
+            op = _DECODER.decode(text)
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, "bad_request", f"not a valid request: {exc}") from None
+        current = sub.markets or frozenset()
+        named = frozenset(market_list(op.markets, self._order)) if op.markets else None
+        if op.op == "subscribe":
+            markets = current | (frozenset(self._order) if named is None else named)
+            kind = "subscribed"
+        elif op.op == "unsubscribe":
+            markets = frozenset() if named is None else current - named
+            kind = "unsubscribed"
+        else:
+            raise ApiError(
+                400, "bad_request", f"op: {op.op[:32]!r} is not subscribe or unsubscribe"
+            )
+        listing = sorted(markets, key=self._order.__getitem__)
+        return encode_json({"type": kind, "markets": listing}), markets

@@ -1,0 +1,311 @@
+"""Fan-out of round results to HTTP readers and stream subscribers.
+
+The round loop calls `Hub.publish` once per round. Publishing only swaps the latest result and,
+when someone is subscribed, schedules one fan-out callback on the event loop: the round loop is
+never held up by readers, and a slow reader never holds up anyone.
+
+Reports are expensive compared with the round itself (a report is built from the round's arrays,
+about 10-20 us each), so they are materialized lazily: only for markets somebody asked for, at
+most once per round, and encoded to JSON at most once per round. Every subscriber of a market
+receives the very same `bytes` object.
+
+A subscriber has a bounded buffer of encoded stream frames. When a round's frames do not fit,
+the subscriber is dropped (`slow_consumer`) instead of growing the buffer: memory stays bounded
+by the queue size whatever the client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from collections.abc import Iterable
+
+import msgspec
+
+from oracled.aggregate.book import Layout
+from oracled.core import RoundResult
+from oracled.errors import OracledError
+from oracled.model import Report
+
+__all__ = [
+    "DROP_SHUTDOWN",
+    "DROP_SLOW",
+    "Hub",
+    "Subscription",
+    "SubscriptionClosed",
+]
+
+DROP_SLOW = "slow_consumer"  # the buffer could not take a round's frames
+DROP_SHUTDOWN = "shutdown"  # the hub was closed
+_UNSUBSCRIBED = "unsubscribed"  # closed by its owner; not counted as a drop
+
+_ENCODER = msgspec.json.Encoder()
+_FRAME_HEAD = b'{"type":"report","data":'
+_FRAME_TAIL = b"}"
+
+
+class SubscriptionClosed(OracledError):
+    """Raised by `Subscription.get` once the subscription is closed; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"subscription closed: {reason}")
+
+
+class Subscription:
+    """One consumer's bounded buffer of encoded stream frames (`{"type":"report",...}`).
+
+    A deque plus one waiter future rather than an `asyncio.Queue`: a round's frames arrive as
+    one batch (`deque.extend`, one wake-up), which keeps the fan-out cost per subscriber flat.
+    The bound is `queue_size` frames, or one round's worth of this subscription's markets if
+    that is larger (a round must always fit in an empty buffer).
+    """
+
+    __slots__ = ("_buf", "_closed_waiter", "_queue_size", "_waiter", "closed_reason", "markets")
+
+    def __init__(self, markets: frozenset[str] | None, queue_size: int) -> None:
+        self.markets = markets  # None = every market
+        self.closed_reason: str | None = None
+        self._queue_size = queue_size
+        self._buf: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed_waiter: asyncio.Future[str] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Frames buffered and not yet taken by `get`."""
+        return len(self._buf)
+
+    @property
+    def queue_size(self) -> int:
+        return self._queue_size
+
+    def wants(self, market: str) -> bool:
+        return self.markets is None or market in self.markets
+
+    async def get(self) -> bytes:
+        """The next frame; raises SubscriptionClosed once closed (pending frames are dropped)."""
+        while not self._buf:
+            if self.closed_reason is not None:
+                raise SubscriptionClosed(self.closed_reason)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._buf.popleft()
+
+    def get_nowait(self) -> bytes | None:
+        """The next frame if one is buffered, else None (lets a writer drain a batch)."""
+        return self._buf.popleft() if self._buf else None
+
+    async def wait_closed(self) -> str:
+        """Wait until the subscription is closed; return the reason."""
+        if self.closed_reason is not None:
+            return self.closed_reason
+        if self._closed_waiter is None:
+            self._closed_waiter = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self._closed_waiter)
+
+    def _offer(self, frames: tuple[bytes, ...]) -> bool:
+        """Append a round's frames; False (nothing appended) if they do not fit."""
+        if len(self._buf) + len(frames) > max(self._queue_size, len(frames)):
+            return False
+        self._buf.extend(frames)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    def _close(self, reason: str) -> None:
+        if self.closed_reason is not None:
+            return
+        self.closed_reason = reason
+        self._buf.clear()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(reason)
+
+
+class Hub:
+    """Latest round result, lazily materialized reports, and the stream subscribers."""
+
+    __slots__ = (
+        "_batches",
+        "_encoded",
+        "_fanned_round",
+        "_frames",
+        "_index",
+        "_latest",
+        "_layout",
+        "_queue_size",
+        "_reports",
+        "_scheduled",
+        "_subs",
+        "dropped_subscribers",
+    )
+
+    def __init__(self, queue_size: int = 256) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be >= 1")
+        self._queue_size = queue_size
+        self._latest: RoundResult | None = None
+        self._layout: Layout | None = None
+        self._index: dict[str, int] = {}
+        self._reports: dict[int, Report] = {}
+        self._encoded: dict[int, bytes] = {}
+        self._frames: dict[int, bytes] = {}
+        self._batches: dict[frozenset[str] | None, tuple[bytes, ...]] = {}
+        self._subs: dict[Subscription, None] = {}  # insertion-ordered set
+        self._scheduled = False
+        self._fanned_round = -1
+        self.dropped_subscribers: Counter[str] = Counter()
+
+    # -- the round side ----------------------------------------------------------------------
+
+    def publish(self, result: RoundResult) -> None:
+        """Make `result` the latest; the fan-out to subscribers runs soon after, never inside."""
+        if result.layout is not self._layout:
+            self._layout = result.layout
+            self._index = {m: i for i, m in enumerate(result.layout.markets)}
+        self._latest = result
+        # New dicts rather than clear(): the old round's objects are freed in one go, later.
+        self._reports, self._encoded, self._frames, self._batches = {}, {}, {}, {}
+        if not self._subs or self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): fan out right away
+            self._fan_out()
+            return
+        self._scheduled = True
+        loop.call_soon(self._fan_out)
+
+    def _fan_out(self) -> None:
+        self._scheduled = False
+        result = self._latest
+        if result is None or result.round == self._fanned_round:
+            return
+        self._fanned_round = result.round
+        for sub in list(self._subs):
+            frames = self._batch(sub.markets)
+            if frames and not sub._offer(frames):
+                self._drop(sub, DROP_SLOW)
+
+    # -- the reader side ---------------------------------------------------------------------
+
+    @property
+    def latest_result(self) -> RoundResult | None:
+        return self._latest
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        """Markets of the latest result, in layout order (empty before the first round)."""
+        return self._layout.markets if self._layout is not None else ()
+
+    def report(self, market: str) -> Report | None:
+        """The latest report of `market`, or None before the first round or if unknown."""
+        i = self._index.get(market)
+        if i is None or self._latest is None:
+            return None
+        return self._report(i)
+
+    def reports(self) -> list[Report]:
+        if self._latest is None:
+            return []
+        return [self._report(i) for i in range(len(self._index))]
+
+    def encoded(self, market: str) -> bytes:
+        """JSON of the latest report of `market`; LookupError if unknown or before a round."""
+        i = self._index.get(market)
+        if i is None or self._latest is None:
+            raise LookupError(f"no report for market {market!r}")
+        return self._encode(i)
+
+    def _report(self, i: int) -> Report:
+        report = self._reports.get(i)
+        if report is None:
+            assert self._latest is not None
+            report = self._reports[i] = self._latest.report(i)
+        return report
+
+    def _encode(self, i: int) -> bytes:
+        data = self._encoded.get(i)
+        if data is None:
+            data = self._encoded[i] = _ENCODER.encode(self._report(i))
+        return data
+
+    def _frame(self, i: int) -> bytes:
+        frame = self._frames.get(i)
+        if frame is None:
+            frame = self._frames[i] = b"".join((_FRAME_HEAD, self._encode(i), _FRAME_TAIL))
+        return frame
+
+    def _batch(self, markets: frozenset[str] | None) -> tuple[bytes, ...]:
+        """This round's frames for a market set, in layout order; shared by equal sets."""
+        batch = self._batches.get(markets)
+        if batch is None:
+            batch = self._batches[markets] = self._frames_for(markets)
+        return batch
+
+    def _frames_for(self, markets: Iterable[str] | None) -> tuple[bytes, ...]:
+        if self._latest is None:
+            return ()
+        if markets is None:
+            indices = list(range(len(self._index)))
+        else:
+            indices = sorted(i for m in markets if (i := self._index.get(m)) is not None)
+        return tuple(self._frame(i) for i in indices)
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    def subscribe(self, markets: frozenset[str] | None) -> Subscription:
+        """A new subscription to `markets` (None = all); it starts with their latest reports."""
+        sub = Subscription(markets, self._queue_size)
+        self._subs[sub] = None
+        self._snapshot(sub, markets)
+        return sub
+
+    def change(self, sub: Subscription, markets: frozenset[str] | None) -> None:
+        """Replace the market set of a live subscription; newly added markets get a snapshot."""
+        if sub not in self._subs:
+            return
+        before = sub.markets
+        sub.markets = markets
+        added: frozenset[str]
+        if before is None:
+            added = frozenset()  # it already receives every market
+        elif markets is None:
+            added = frozenset(m for m in self._index if m not in before)
+        else:
+            added = markets - before
+        self._snapshot(sub, added)
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Remove and close a subscription (not counted as a drop). Idempotent."""
+        if self._subs.pop(sub, False) is None:
+            sub._close(_UNSUBSCRIBED)
+
+    def close(self) -> None:
+        """Drop every subscriber (shutdown): their `get` raises SubscriptionClosed."""
+        for sub in list(self._subs):
+            self._drop(sub, DROP_SHUTDOWN)
+
+    def _snapshot(self, sub: Subscription, markets: frozenset[str] | None) -> None:
+        # While a fan-out is pending it will deliver the latest round to the new set anyway;
+        # sending a snapshot now as well would duplicate it.
+        if self._latest is None or self._scheduled or markets == frozenset():
+            return
+        frames = self._frames_for(markets)
+        if frames and not sub._offer(frames):
+            self._drop(sub, DROP_SLOW)
+
+    def _drop(self, sub: Subscription, reason: str) -> None:
+        if self._subs.pop(sub, False) is None:
+            self.dropped_subscribers[reason] += 1
+            sub._close(reason)

@@ -1,0 +1,212 @@
+"""Test parts for the API: a real Core fed with real quotes, a real Hub, the contract recorder.
+
+Every HTTP response a test receives is checked against the OpenAPI document (see
+`ContractRecorder`): an undocumented key, status or shape fails the test that produced it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import Counter as PromCounter
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from oracled.api import ApiContext
+from oracled.clock import ManualClock
+from oracled.config import Config, parse_config
+from oracled.core import Core, RoundResult
+from oracled.model import Quote
+from oracled.publish import Hub
+from oracled.sources.stats import ConnState, SourceStats
+
+T0 = 1_700_000_000_000
+TOKEN = "test-admin-token-0123456789"
+INTERVAL = 250
+
+CONFIG: dict[str, Any] = {
+    "oracle": {"round_interval_ms": INTERVAL, "resume_rounds": 1},
+    "api": {"ready_fraction": 0.5, "stream_queue": 4},
+    "sources": {name: {"type": "binance"} for name in ("alpha", "beta", "gamma")},
+    "markets": [
+        {
+            "symbol": "BTC/USD",
+            "min_sources": 2,
+            "max_age_ms": 1_000,
+            "sources": [
+                {"source": "alpha", "pair": "BTC/USD"},
+                {"source": "beta", "pair": "BTC/USD"},
+                {"source": "gamma", "pair": "BTC/USD", "weight": 2.0},
+            ],
+        },
+        {
+            "symbol": "ETH/USD",
+            "min_sources": 2,
+            "max_age_ms": 1_000,
+            "sources": [
+                {"source": "alpha", "pair": "ETH/USD"},
+                {"source": "beta", "pair": "ETH/USD"},
+            ],
+        },
+        {
+            "symbol": "SOL/USD",
+            "min_sources": 1,
+            "price_exponent": -3,
+            "max_age_ms": 1_000,
+            "sources": [{"source": "alpha", "pair": "SOL/USD"}],
+        },
+    ],
+}
+PRICES = {"BTC/USD": 64_000.0, "ETH/USD": 3_100.0, "SOL/USD": 150.0}
+
+
+def make_config(token: str | None = TOKEN, **api: Any) -> Config:
+    data = copy.deepcopy(CONFIG)
+    data["api"].update(api)
+    return parse_config(data, env={"ORACLED_ADMIN_TOKEN": token} if token else {})
+
+
+class Rig:
+    """The daemon's parts, wired by hand: the test moves the clock and runs the rounds."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.core = Core(cfg)
+        self.hub = Hub(cfg.api.stream_queue)
+        self.clock = ManualClock(T0)
+        self.stats = {
+            "alpha": SourceStats("alpha", state=ConnState.STREAMING, last_quote_ms=T0),
+            "beta": SourceStats("beta", state=ConnState.POLLING, reconnects=2),
+        }  # gamma has no stats yet: the API must cope
+        self.manual: list[tuple[str, bool, str]] = []
+        self.metric_threads: list[int] = []
+        self.registry = CollectorRegistry()
+        self.renders = PromCounter(
+            "test_renders", "Times the metrics were rendered", registry=self.registry
+        )
+
+    def quote(self, source: str, pair: str, price: float, age_ms: int = 0) -> None:
+        now = self.clock.now_ms()
+        spread = price * 1e-5
+        quote = Quote(
+            source, pair, now, bid=price - spread, ask=price + spread, venue_ts=now - age_ms
+        )
+        assert self.core.ingest(quote) is None
+
+    def step(self, markets: dict[str, float] | None = None) -> RoundResult:
+        """Advance one interval, quote every source of `markets` (default all), run and publish."""
+        self.clock.advance(INTERVAL)
+        for market in self.cfg.markets:
+            price = (PRICES if markets is None else markets).get(market.symbol)
+            if price is None:
+                continue
+            for k, ms in enumerate(market.sources):
+                self.quote(ms.source, ms.pair, price * (1 + 1e-5 * k))
+        result = self.core.run_round(self.clock.now_ms())
+        self.hub.publish(result)
+        return result
+
+    def on_manual(self, market: str, paused: bool, actor: str) -> None:
+        self.manual.append((market, paused, actor))
+        self.core.set_manual(market, paused)
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        self.metric_threads.append(threading.get_ident())
+        self.renders.inc()
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def context(self) -> ApiContext:
+        return ApiContext(
+            hub=self.hub,
+            core=self.core,
+            config=self.cfg,
+            source_stats=self.stats,
+            clock=self.clock,
+            render_metrics=self.render_metrics,
+            on_manual=self.on_manual,
+            version="9.9.9-test",
+        )
+
+
+def openapi_doc() -> dict[str, Any]:
+    data = resources.files("oracled.api").joinpath("openapi.json").read_text()
+    return dict(json.loads(data))
+
+
+def _closed(schema: Any) -> Any:
+    """A copy where every object schema with properties forbids other keys (strict, for tests)."""
+    if isinstance(schema, dict):
+        out = {k: _closed(v) for k, v in schema.items()}
+        if "properties" in out and out.get("type") == "object":
+            out.setdefault("additionalProperties", False)
+        return out
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
+
+
+@dataclass
+class ContractRecorder:
+    """Records every response of the app and checks it against the OpenAPI document."""
+
+    doc: dict[str, Any] = field(default_factory=openapi_doc)
+    seen: set[tuple[str, str, int]] = field(default_factory=set)
+    failures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        strict = _closed(self.doc)
+        resource = Resource.from_contents(strict, default_specification=DRAFT202012)
+        self._registry: Registry[Any] = Registry().with_resource("urn:oracled:openapi", resource)
+
+    def validator(self, pointer: str) -> Draft202012Validator:
+        return Draft202012Validator(
+            {"$ref": f"urn:oracled:openapi#{pointer}"}, registry=self._registry
+        )
+
+    def check(
+        self, template: str | None, method: str, status: int, ctype: str, body: bytes
+    ) -> None:
+        if template is None:  # no route matched: the generic error shape
+            assert status in (404, 405), status
+            self.validator("/components/schemas/Error").validate(json.loads(body))
+            return
+        op = self.doc["paths"][template][method.lower()]
+        documented = op["responses"].get(str(status))
+        assert documented is not None, f"{method} {template} answered undocumented {status}"
+        self.seen.add((template, method.lower(), status))
+        if "content" not in documented:
+            return
+        (media,) = documented["content"]
+        assert ctype.split(";")[0] == media, (template, ctype, media)
+        if media != "application/json":
+            return
+        escaped = template.replace("~", "~0").replace("/", "~1")
+        pointer = (
+            f"/paths/{escaped}/{method.lower()}/responses/{status}/content/application~1json/schema"
+        )
+        self.validator(pointer).validate(json.loads(body))
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        response = await handler(request)
+        if isinstance(response, web.Response):
+            resource = request.match_info.route.resource
+            template = None if resource is None else resource.canonical
+            body = response.body
+            try:
+                assert isinstance(body, bytes)
+                self.check(template, request.method, response.status, response.content_type, body)
+            except (AssertionError, ValidationError) as exc:
+                self.failures.append(f"{request.method} {request.path_qs}: {exc}")
+        return response

@@ -1,0 +1,238 @@
+"""The HTTP endpoints against a real Core, Hub and aiohttp server on loopback."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from api_rig import INTERVAL, PRICES, TOKEN, Rig, make_config
+from conftest import ClientFactory
+from yarl import URL
+
+Client = TestClient[web.Request, web.Application]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def _json(client: Client, path: str | URL, status: int = 200) -> Any:
+    resp = await client.get(path)
+    body = await resp.json()
+    assert resp.status == status, body
+    return body
+
+
+async def test_prices_before_first_round_is_503_not_ready(client: Client) -> None:
+    """Before any round, prices answer 503 with the not_ready error code, not an empty list."""
+    for path in ("/v1/prices", "/v1/prices/BTC-USD"):
+        body = await _json(client, path, 503)
+        assert body["error"]["code"] == "not_ready"
+
+
+async def test_prices_serve_latest_report_of_every_market(client: Client, rig: Rig) -> None:
+    """/v1/prices has one report per market, in config order, at each market's precision."""
+    rig.step()
+    rig.step()
+    body = await _json(client, "/v1/prices")
+    assert (body["round"], body["ts"]) == (2, rig.clock.now_ms())
+    assert [r["market"] for r in body["reports"]] == ["BTC/USD", "ETH/USD", "SOL/USD"]
+    btc, eth, sol = body["reports"]
+    assert btc["status"] == "active" and btc["reasons"] == []
+    assert abs(float(btc["price"]) - PRICES["BTC/USD"]) < 5
+    assert len(btc["price"].split(".")[1]) == 2 and len(sol["price"].split(".")[1]) == 3
+    assert eth["status"] == "degraded" and eth["reasons"] == ["thin"]
+    assert [s["id"] for s in btc["sources"]] == ["alpha", "beta", "gamma"]
+
+
+async def test_prices_query_selects_markets_in_the_order_asked(client: Client, rig: Rig) -> None:
+    """?markets= accepts both spellings, keeps the order asked and drops duplicates."""
+    rig.step()
+    body = await _json(client, "/v1/prices?markets=ETH/USD,BTC-USD,eth-usd")
+    assert [r["market"] for r in body["reports"]] == ["ETH/USD", "BTC/USD"]
+
+
+async def test_prices_bad_query_is_400_and_unknown_market_404(client: Client, rig: Rig) -> None:
+    """Malformed queries answer 400 bad_query; a well-formed but unconfigured market 404."""
+    rig.step()
+    for query in ("markets=", "markets=BTC", "market=BTC/USD", "markets=BTC/USD&markets=ETH/USD"):
+        body = await _json(client, f"/v1/prices?{query}", 400)
+        assert body["error"]["code"] == "bad_query", query
+    body = await _json(client, "/v1/prices?markets=BTC/USD,DOGE/USD", 404)
+    assert body["error"]["code"] == "unknown_market"
+    assert "DOGE/USD" in body["error"]["message"]
+
+
+async def test_one_price_accepts_dash_and_encoded_slash(client: Client, rig: Rig) -> None:
+    """/v1/prices/BTC-USD and /v1/prices/BTC%2FUSD name the same market and give the same bytes."""
+    rig.step()
+    dash = await client.get("/v1/prices/BTC-USD")
+    slash = await client.get(URL("/v1/prices/BTC%2FUSD", encoded=True))
+    assert dash.status == slash.status == 200
+    assert await dash.read() == await slash.read()
+    assert (await dash.json())["market"] == "BTC/USD"
+
+
+async def test_unknown_market_is_404_json_everywhere(client: Client, rig: Rig) -> None:
+    """An unconfigured or malformed market in a path is a 404 with the unknown_market code."""
+    rig.step()
+    for path in ("/v1/prices/DOGE-USD", "/v1/prices/nonsense", "/v1/markets/DOGE-USD/sources"):
+        body = await _json(client, path, 404)
+        assert body["error"]["code"] == "unknown_market", path
+
+
+async def test_unknown_route_and_wrong_method_answer_json_errors(client: Client) -> None:
+    """Even aiohttp's own 404/405 leave as the JSON error shape, 405 with its Allow header."""
+    body = await _json(client, "/v1/nothing-here", 404)
+    assert body["error"]["code"] == "not_found"
+    resp = await client.get("/v1/admin/markets/BTC-USD/pause")
+    assert resp.status == 405
+    assert resp.headers["Allow"] == "POST"
+    assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_stream_route_without_upgrade_is_426(client: Client) -> None:
+    """A plain GET on the stream endpoint says it needs a WebSocket upgrade."""
+    body = await _json(client, "/v1/stream", 426)
+    assert body["error"]["code"] == "upgrade_required"
+
+
+async def test_markets_list_configured_gate_params(client: Client, rig: Rig) -> None:
+    """/v1/markets shows each market's gate parameters and sources as configured."""
+    body = await _json(client, "/v1/markets")
+    btc = body["markets"][0]
+    assert btc["symbol"] == "BTC/USD"
+    assert (btc["min_sources"], btc["max_age_ms"], btc["price_exponent"]) == (2, 1000, -2)
+    assert btc["max_deviation"] == rig.cfg.markets[0].max_deviation
+    gamma = btc["sources"][2]
+    assert gamma == {"source": "gamma", "pair": "BTC/USD", "kind": "spot", "weight": 2.0}
+    assert [m["symbol"] for m in body["markets"]] == ["BTC/USD", "ETH/USD", "SOL/USD"]
+
+
+async def test_market_sources_show_quote_age_use_and_connection(client: Client, rig: Rig) -> None:
+    """Per source: latest quote, its age now, used or excluded (and why), connection state."""
+    before = await _json(client, "/v1/markets/BTC-USD/sources")
+    assert before["round"] is None
+    assert all(s["quote"] is None and s["used"] is None for s in before["sources"])
+
+    rig.step({"BTC/USD": 64_000.0})
+    rig.clock.advance(INTERVAL)
+    rig.quote("alpha", "BTC/USD", 64_000.0)
+    rig.quote("beta", "BTC/USD", 70_000.0)  # 9% off the others: excluded as an outlier
+    rig.hub.publish(rig.core.run_round(rig.clock.now_ms()))
+    rig.clock.advance(100)
+    body = await _json(client, "/v1/markets/BTC%2FUSD/sources")
+    assert body["market"] == "BTC/USD"
+    assert body["now"] == rig.clock.now_ms()
+    alpha, beta, gamma = body["sources"]
+    assert (alpha["used"], alpha["reason"], alpha["age_ms"]) == (True, None, 100)
+    assert (gamma["used"], gamma["age_ms"]) == (True, 100 + INTERVAL)  # quoted a round earlier
+    assert (beta["used"], beta["reason"]) == (False, "outlier")
+    assert float(beta["quote"]["bid"]) < 70_000.0 < float(beta["quote"]["ask"])
+    assert beta["quote"]["price"] is None
+    assert beta["value"].startswith("70000.")
+    assert alpha["connection"]["state"] == "streaming"
+    assert (beta["connection"]["state"], beta["connection"]["reconnects"]) == ("polling", 2)
+    assert gamma["connection"] is None  # no stats registered for gamma
+
+
+async def test_info_and_healthz(client: Client, rig: Rig) -> None:
+    """/v1/info reports version, interval, market count and the latest round; /healthz is 200."""
+    info = await _json(client, "/v1/info")
+    assert info == {
+        "version": "9.9.9-test",
+        "round_interval_ms": INTERVAL,
+        "markets": 3,
+        "round": None,
+        "ts": None,
+    }
+    rig.step()
+    assert (await _json(client, "/v1/info"))["round"] == 1
+    assert await _json(client, "/healthz") == {"status": "ok"}
+
+
+async def test_readyz_flips_with_the_share_of_live_markets(client: Client, rig: Rig) -> None:
+    """/readyz is 503 before a round, 200 once half the markets are live, 503 when they go stale."""
+    body = await _json(client, "/readyz", 503)
+    assert (body["ready"], body["live"], body["required"], body["round"]) == (False, 0, 2, None)
+    rig.step()
+    body = await _json(client, "/readyz", 200)
+    assert (body["ready"], body["live"], body["markets"]) == (True, 3, 3)
+    for _ in range(5):  # only SOL keeps quoting; BTC and ETH age past max_age_ms (1 s)
+        rig.step({"SOL/USD": 150.0})
+    body = await _json(client, "/readyz", 503)
+    assert (body["ready"], body["live"]) == (False, 1)
+
+
+async def test_metrics_render_in_an_executor_thread(client: Client, rig: Rig) -> None:
+    """/metrics serves what render_metrics returns, called off the event loop's thread."""
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    assert "test_renders_total 1.0" in await resp.text()
+    assert rig.metric_threads and rig.metric_threads[0] != threading.get_ident()
+
+
+async def test_admin_without_configured_token_is_403(make_client: ClientFactory) -> None:
+    """With no admin token configured the admin endpoints answer 403 admin_disabled, saying why."""
+    rig = Rig(make_config(token=None))
+    client = await make_client(rig)
+    resp = await client.post("/v1/admin/markets/BTC-USD/pause", headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 403
+    assert body["error"]["code"] == "admin_disabled"
+    assert "no admin token is configured" in body["error"]["message"]
+    assert rig.manual == []
+
+
+async def test_admin_rejects_missing_or_wrong_token_with_401(client: Client, rig: Rig) -> None:
+    """A missing, malformed or wrong bearer token is 401 with a challenge, and nothing applied."""
+    cases: list[dict[str, str]] = [
+        {},
+        {"Authorization": TOKEN},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer " + TOKEN[:-1] + "x"},
+        {"Authorization": "Basic " + TOKEN},
+    ]
+    for headers in cases:
+        resp = await client.post("/v1/admin/markets/BTC-USD/pause", headers=headers)
+        assert resp.status == 401, headers
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        assert (await resp.json())["error"]["code"] == "unauthorized"
+    assert rig.manual == []
+
+
+async def test_admin_pause_nulls_price_and_resume_restores_it(client: Client, rig: Rig) -> None:
+    """Pause via the API: next report has price null, reason manual, last_good_price kept."""
+    rig.step()
+    live = await _json(client, "/v1/prices/BTC-USD")
+    resp = await client.post(
+        "/v1/admin/markets/BTC-USD/pause", headers=AUTH, json={"actor": "alice"}
+    )
+    assert resp.status == 200
+    assert await resp.json() == {"market": "BTC/USD", "paused": True, "actor": "alice"}
+    assert rig.manual == [("BTC/USD", True, "alice")]
+
+    rig.step()
+    paused = await _json(client, "/v1/prices/BTC-USD")
+    assert (paused["status"], paused["reasons"]) == ("paused", ["manual"])
+    assert paused["price"] is None and paused["confidence"] is None
+    assert paused["last_good_price"] == live["price"]
+    assert paused["last_good_ts"] == live["ts"]
+
+    resp = await client.post("/v1/admin/markets/BTC%2FUSD/resume", headers=AUTH)
+    assert resp.status == 200
+    assert rig.manual[-1] == ("BTC/USD", False, "api")
+    rig.step()
+    assert (await _json(client, "/v1/prices/BTC-USD"))["status"] == "active"
+
+
+async def test_admin_bad_body_is_400_and_unknown_market_404(client: Client, rig: Rig) -> None:
+    """An authorized call with a broken body or an unknown market applies nothing."""
+    url = "/v1/admin/markets/BTC-USD/pause"
+    for data in (b"{not json", b'{"actor": "has spaces"}', b'{"who": "x"}'):
+        resp = await client.post(url, headers=AUTH, data=data)
+        assert resp.status == 400, data
+        assert (await resp.json())["error"]["code"] == "bad_request"
+    resp = await client.post("/v1/admin/markets/DOGE-USD/pause", headers=AUTH)
+    assert resp.status == 404
+    assert rig.manual == []
