@@ -1,0 +1,448 @@
+"""Everything a streaming source does that does not depend on the venue.
+
+A venue subclass declares its URLs and wire types and implements five small hooks (`stream_url`,
+`subscribe_message`, `on_message`, `rest_request`, `on_rest`); this module does the rest:
+
+- one WebSocket connection at a time; venue pings are answered with their own payload by the read
+  loop (autoping is off so that pings count as signs of life for the watchdog);
+- a liveness watchdog: nothing at all (no data, no ping) for ``liveness_timeout_s`` means the
+  socket is dead even if TCP says otherwise; it is closed and replaced;
+- reconnects with exponential backoff and full jitter, capped at ``reconnect_max_s`` and reset
+  after a healthy connection; a planned rotation before ``max_connection_age_s`` (or on a venue's
+  shutdown notice) reconnects at once without declaring the stream down;
+- REST polling every ``rest_poll_interval_s`` while the stream is down, stopped by the first
+  streamed quote;
+- subscription bookkeeping: every request id is tracked until its ack; a refused batch is split
+  into one request per symbol (paced under the venue's message limit) so that only the bad symbol
+  ends in ``stats.failed_instruments``, with no reconnect;
+- price hygiene: a quote whose bid or ask is unparseable, not finite, not positive, or crossed is
+  dropped here and counted (``stats.malformed`` and ``stats.dropped[reason]``). The core checks
+  again; the source drops first so that one venue's garbage never reaches the book.
+
+Only state changes are logged, never a message.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar, Final
+
+import aiohttp
+import structlog
+
+from oracled.clock import Clock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sources.stats import ConnState, SourceStats
+
+__all__ = ["Source", "backoff_delay"]
+
+_INF: Final = math.inf
+# Errors that mean "this connection or request failed", as opposed to a bug in our code.
+_NET_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError)
+# The venue's one-second message window, with a margin for jitter between our clock and theirs.
+_WINDOW_S: Final = 1.1
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Seconds to wait before reconnect number `attempt` (0-based): full jitter.
+
+    Uniform in [0, min(cap, base * 2**attempt)], so that many clients dropped at once do not
+    come back in lockstep (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/).
+    """
+    ceiling = min(cap_s, base_s * 2.0 ** min(attempt, 62))
+    return rng.uniform(0.0, ceiling)
+
+
+class Source(abc.ABC):
+    """One feed instance; `run()` streams quotes into `emit` until cancelled."""
+
+    #: Venue defaults, used when the config leaves the URL out.
+    default_ws_url: ClassVar[str]
+    default_rest_url: ClassVar[str | None] = None
+    #: Instrument kinds this venue serves; other requested pairs are marked failed.
+    kinds: ClassVar[frozenset[Kind]] = frozenset({"spot"})
+    #: Largest number of symbols put in one subscribe request.
+    max_symbols_per_request: ClassVar[int] = 100
+    #: Messages (requests, pings, pongs) the venue accepts from us per second; one slot in
+    #: each second is kept free for a pong, which must never wait.
+    max_messages_per_s: ClassVar[int] = 5
+    #: Backoff grows from this; it is reset once a connection has streamed this long.
+    backoff_base_s: ClassVar[float] = 0.5
+    healthy_after_s: ClassVar[float] = 10.0
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: SourceConfig,
+        pairs: Sequence[tuple[str, Kind]],
+        emit: Callable[[Quote], None],
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        stats: SourceStats,
+    ) -> None:
+        self.source_id = source_id
+        self.cfg = cfg
+        self.stats = stats
+        self._emit = emit
+        self._clock = clock
+        self._http = session
+        self._log = structlog.get_logger().bind(source=source_id)
+        self.ws_url = (cfg.ws_url or self.default_ws_url).rstrip("/")
+        rest = cfg.rest_url or self.default_rest_url
+        self.rest_url = rest.rstrip("/") if rest else None
+        # Symbol maps are built once; the hot path does one dict lookup per quote.
+        self._by_symbol: dict[str, tuple[str, Kind]] = {}
+        for pair, kind in pairs:
+            if kind not in self.kinds:
+                stats.failed_instruments[pair] = f"{cfg.type} does not serve {kind} instruments"
+                continue
+            symbol = cfg.instruments.get(pair) or self.venue_symbol(pair)
+            self._by_symbol[symbol] = (pair, kind)
+        self.symbols: tuple[str, ...] = tuple(self._by_symbol)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[str, ...]] = {}
+        self._outbox: asyncio.Queue[tuple[int, tuple[str, ...]]] = asyncio.Queue()
+        self._sent: deque[float] = deque()  # when we sent each recent message (rate limit)
+        self._down = asyncio.Event()  # set while the stream is down: the REST poller runs
+        self._streaming = False
+        self._rng = random.Random()
+        self._last_rx = 0.0
+        self._opened_at = 0.0
+        self._cut: str | None = None
+        self._deadline: asyncio.Timeout | None = None
+        self._watch: asyncio.TimerHandle | None = None
+
+    # ----------------------------------------------------------------- venue hooks
+
+    def venue_symbol(self, pair: str) -> str:
+        """The venue's name for a pair the config does not override (BTC/USDT -> BTCUSDT)."""
+        return pair.replace("/", "")
+
+    @abc.abstractmethod
+    def stream_url(self) -> str:
+        """Full WebSocket URL to connect to."""
+
+    @abc.abstractmethod
+    def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
+        """The text frame that subscribes `symbols` under `request_id`."""
+
+    @abc.abstractmethod
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        """Decode one frame, then call `_quote_text`, `_ack`, `_reject`, `_bad` or `_rotate`.
+
+        Never raises on bad input: a frame that cannot be used is counted with `_bad`.
+        """
+
+    @abc.abstractmethod
+    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
+        """(url, query) of one REST request for the best prices of `symbols`, or None: no REST."""
+
+    @abc.abstractmethod
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        """Decode one successful REST response body, like `on_message`."""
+
+    # ----------------------------------------------------------------- helpers for venues
+
+    def _quote_text(
+        self, symbol: str, bid: str, ask: str, recv_ts: int, venue_ts: int | None = None
+    ) -> None:
+        """Emit one quote from decimal strings, or drop and count it."""
+        try:
+            bid_f = float(bid)
+            ask_f = float(ask)
+        except ValueError:
+            self._bad("bad_number")
+            return
+        self._quote(symbol, bid_f, ask_f, recv_ts, venue_ts)
+
+    def _quote(
+        self, symbol: str, bid: float, ask: float, recv_ts: int, venue_ts: int | None = None
+    ) -> None:
+        target = self._by_symbol.get(symbol)
+        if target is None:
+            self.stats.dropped["unknown_symbol"] += 1
+            return
+        # One chained comparison per side rejects NaN, +-inf, zero and negatives together.
+        if not (0.0 < bid < _INF and 0.0 < ask < _INF):
+            finite = math.isfinite(bid) and math.isfinite(ask)
+            self._bad("non_positive" if finite else "not_finite")
+            return
+        if bid > ask:
+            self._bad("crossed")
+            return
+        pair, kind = target
+        stats = self.stats
+        stats.quotes += 1
+        stats.last_quote_ms = recv_ts
+        self._emit(
+            Quote(self.source_id, pair, recv_ts, bid=bid, ask=ask, kind=kind, venue_ts=venue_ts)
+        )
+
+    def _bad(self, reason: str) -> None:
+        """Count a frame that could not be used (decode error, wrong shape, bad price)."""
+        self.stats.malformed += 1
+        self.stats.dropped[reason] += 1
+
+    def _ack(self, request_id: int | str | None) -> None:
+        """The venue accepted a request: its symbols are live again."""
+        symbols = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+        if symbols is None:
+            self.stats.dropped["unsolicited"] += 1
+            return
+        for symbol in symbols:
+            if self.stats.failed_instruments.pop(symbol, None) is not None:
+                self._log.info("instrument recovered", symbol=symbol)
+
+    def _reject(self, request_id: int | str | None, message: str) -> None:
+        """The venue refused a request: split a batch, or mark the one symbol failed."""
+        symbols = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+        if symbols is None:
+            self.stats.dropped["venue_error"] += 1
+            self._log.warning("venue error", request_id=request_id, message=message)
+            return
+        if len(symbols) > 1:
+            for symbol in symbols:
+                self._outbox.put_nowait((next(self._ids), (symbol,)))
+            return
+        symbol = symbols[0]
+        if self.stats.failed_instruments.get(symbol) != message:
+            self._log.warning("instrument failed", symbol=symbol, message=message)
+        self.stats.failed_instruments[symbol] = message
+
+    def _rotate(self, why: str) -> None:
+        """Replace the connection now without declaring the stream down (e.g. shutdown notice)."""
+        if self._deadline is not None and self._cut is None:
+            self._cut = why
+            self._deadline.reschedule(asyncio.get_running_loop().time())
+
+    # ----------------------------------------------------------------- run loop
+
+    async def run(self) -> None:
+        """Stream until cancelled; the REST poller runs beside the stream in the same task group."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if self.rest_url is not None:
+                    tg.create_task(self._poll_loop(), name=f"source:{self.source_id}:rest")
+                await self._stream_loop()
+        finally:
+            self._set_state(ConnState.STOPPED)
+
+    async def _stream_loop(self) -> None:
+        attempt = 0
+        first = True
+        while True:
+            if not first:
+                self.stats.reconnects += 1
+            first = False
+            opened = self._clock.monotonic()
+            try:
+                why = await self._session()
+            except _NET_ERRORS as exc:
+                why = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            if self._streaming and self._clock.monotonic() - opened >= self.healthy_after_s:
+                attempt = 0
+            if why in ("max_age", "server_shutdown"):
+                continue  # planned rotation: straight back, the stream was never down
+            self._stream_down(why)
+            await asyncio.sleep(
+                backoff_delay(attempt, self.backoff_base_s, self.cfg.reconnect_max_s, self._rng)
+            )
+            attempt += 1
+
+    async def _session(self) -> str:
+        """One connection from handshake to death; returns why it ended."""
+        self._pending.clear()
+        self._outbox = asyncio.Queue()
+        self._sent.clear()
+        self._cut = None
+        timeout = aiohttp.ClientWSTimeout(
+            ws_receive=None, ws_close=min(2.0, self.cfg.liveness_timeout_s)
+        )
+        async with asyncio.timeout(self.cfg.liveness_timeout_s):
+            ws = await self._http.ws_connect(
+                self.stream_url(), autoping=False, heartbeat=None, timeout=timeout
+            )
+        async with ws:
+            self._queue_subscriptions()
+            loop = asyncio.get_running_loop()
+            self._opened_at = self._last_rx = self._clock.monotonic()
+            writer = asyncio.create_task(self._write(ws), name=f"source:{self.source_id}:write")
+            try:
+                async with asyncio.timeout(None) as deadline:
+                    self._deadline = deadline
+                    self._watch = loop.call_later(self.cfg.liveness_timeout_s, self._check)
+                    return await self._read(ws)
+            except TimeoutError:
+                return self._cut or "silent"
+            finally:
+                self._deadline = None
+                if self._watch is not None:
+                    self._watch.cancel()
+                writer.cancel()
+                await asyncio.wait((writer,))
+                if not writer.cancelled() and (bug := writer.exception()) is not None:
+                    raise bug
+
+    def _queue_subscriptions(self) -> None:
+        """Healthy symbols in batches; failed ones alone, so that they cannot spoil a batch."""
+        failed = self.stats.failed_instruments
+        good = [s for s in self.symbols if s not in failed]
+        size = self.max_symbols_per_request
+        for i in range(0, len(good), size):
+            self._outbox.put_nowait((next(self._ids), tuple(good[i : i + size])))
+        for symbol in self.symbols:
+            if symbol in failed:
+                self._outbox.put_nowait((next(self._ids), (symbol,)))
+
+    async def _write(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Send queued subscribe requests, paced under the venue's incoming-message limit."""
+        while True:
+            request_id, symbols = await self._outbox.get()
+            await self._pace()
+            self._pending[request_id] = symbols
+            try:
+                await ws.send_str(self.subscribe_message(request_id, symbols))
+            except _NET_ERRORS:
+                return  # the reader sees the closed socket and reports why
+            self._sent.append(self._clock.monotonic())
+
+    async def _pace(self) -> None:
+        """Wait until a request fits in the venue's window, leaving one slot for a pong."""
+        sent, budget = self._sent, self.max_messages_per_s - 1
+        while True:
+            now = self._clock.monotonic()
+            while sent and sent[0] <= now - _WINDOW_S:
+                sent.popleft()
+            if len(sent) < budget:
+                return
+            await asyncio.sleep(sent[0] + _WINDOW_S - now)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
+        clock, stats = self._clock, self.stats
+        text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
+        ping, pong = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG
+        while True:
+            msg = await ws.receive()
+            self._last_rx = clock.monotonic()
+            kind = msg.type
+            if kind is text or kind is binary:
+                recv_ts = clock.now_ms()
+                stats.frames += 1
+                stats.last_frame_ms = recv_ts
+                if self._streaming:
+                    self.on_message(msg.data, recv_ts)
+                else:
+                    before = stats.quotes
+                    self.on_message(msg.data, recv_ts)
+                    if stats.quotes != before:
+                        self._stream_up()
+            elif kind is ping:
+                await ws.pong(msg.data)  # the venue wants its own payload back
+                self._sent.append(self._last_rx)
+            elif kind is pong:
+                continue
+            else:
+                code = ws.close_code
+                return f"closed by venue ({code})" if code is not None else f"closed ({kind.name})"
+
+    def _check(self) -> None:
+        """Watchdog tick: cut a silent or too-old connection, else look again when it could be."""
+        deadline = self._deadline
+        if deadline is None:
+            return
+        now = self._clock.monotonic()
+        idle = now - self._last_rx
+        age = now - self._opened_at
+        liveness, max_age = self.cfg.liveness_timeout_s, self.cfg.max_connection_age_s
+        if idle >= liveness:
+            self._cut = "silent"
+        elif age >= max_age:
+            self._cut = "max_age"
+        else:
+            delay = max(min(liveness - idle, max_age - age), 0.005)
+            self._watch = asyncio.get_running_loop().call_later(delay, self._check)
+            return
+        deadline.reschedule(asyncio.get_running_loop().time())
+
+    # ----------------------------------------------------------------- REST fallback
+
+    async def _poll_loop(self) -> None:
+        """While the stream is down, poll all symbols in one request.
+
+        A batch refused with HTTP 400 (one bad symbol spoils the whole request on some venues) is
+        retried once symbol by symbol; a symbol refused alone is marked failed and left out.
+        Rate-limit answers (429, 418) are never split, so that they cannot multiply requests.
+        """
+        interval = self.cfg.rest_poll_interval_s
+        split = False
+        while True:
+            await self._down.wait()
+            symbols = [s for s in self.symbols if s not in self.stats.failed_instruments]
+            batches = [[s] for s in symbols] if split else [symbols] if symbols else []
+            split = False
+            for batch in batches:
+                request = self.rest_request(batch)
+                if request is None:
+                    break
+                status, body, error = await self._fetch(*request)
+                if not self._down.is_set():  # the stream came back during the request
+                    break
+                if error is None:
+                    recv_ts = self._clock.now_ms()
+                    self.stats.frames += 1
+                    self.stats.last_frame_ms = recv_ts
+                    self.on_rest(body, recv_ts)
+                    self._set_state(ConnState.POLLING)
+                    continue
+                self.stats.dropped["rest_error"] += 1
+                if status == 400 and len(batch) > 1:
+                    split = True
+                elif status == 400:
+                    self._log.warning("instrument failed", symbol=batch[0], message=error)
+                    self.stats.failed_instruments[batch[0]] = error
+                else:
+                    self._set_state(ConnState.DOWN, error=error)
+            await asyncio.sleep(interval)
+
+    async def _fetch(
+        self, url: str, query: Mapping[str, str]
+    ) -> tuple[int | None, bytes, str | None]:
+        """One GET: (status, body, error or None)."""
+        try:
+            async with asyncio.timeout(max(self.cfg.rest_poll_interval_s, 1.0)):
+                async with self._http.get(url, params=query) as resp:
+                    body = await resp.read()
+        except _NET_ERRORS as exc:
+            return None, b"", f"{type(exc).__name__}: {exc}".rstrip(": ")
+        if resp.status != 200:
+            return resp.status, body, f"HTTP {resp.status}: {body[:200].decode(errors='replace')}"
+        return resp.status, body, None
+
+    # ----------------------------------------------------------------- state
+
+    def _stream_up(self) -> None:
+        self._streaming = True
+        self._down.clear()
+        self._set_state(ConnState.STREAMING)
+
+    def _stream_down(self, why: str) -> None:
+        self._streaming = False
+        if not self._down.is_set():
+            self._down.set()
+            self._set_state(ConnState.DOWN, reason=why)
+
+    def _set_state(self, state: ConnState, **why: str) -> None:
+        if self.stats.state is state:
+            return
+        self.stats.state = state
+        if state is ConnState.DOWN:
+            self._log.warning("source state", state=state.value, **why)
+        else:
+            self._log.info("source state", state=state.value, **why)

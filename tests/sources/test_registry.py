@@ -1,0 +1,60 @@
+"""The registry the runtime uses to build sources."""
+
+from __future__ import annotations
+
+import aiohttp
+
+import oracled.sources as sources
+from oracled.clock import ManualClock
+from oracled.config import SourceConfig
+from oracled.sources import SOURCE_TYPES, BinanceSource, SourceStats, build_source
+
+
+def test_public_names_are_pinned() -> None:
+    """The package exports exactly what the runtime and tests rely on."""
+    assert set(sources.__all__) == {
+        "SOURCE_TYPES",
+        "BinanceSource",
+        "ConnState",
+        "Source",
+        "SourceStats",
+        "backoff_delay",
+        "build_source",
+    }
+
+
+async def test_build_source_picks_the_class_by_type() -> None:
+    """A binance config builds a BinanceSource with venue defaults and mapped symbols."""
+    assert SOURCE_TYPES["binance"] is BinanceSource
+    cfg = SourceConfig(type="binance", instruments={"XBT/USDT": "BTCUSDT"})
+    async with aiohttp.ClientSession() as http:
+        source = build_source(
+            "bn",
+            cfg,
+            [("XBT/USDT", "spot"), ("ETH/USDT", "spot")],
+            lambda q: None,
+            ManualClock(),
+            http,
+            SourceStats("bn"),
+        )
+    assert isinstance(source, BinanceSource)
+    assert source.symbols == ("BTCUSDT", "ETHUSDT")
+    assert source.stream_url() == "wss://stream.binance.com:9443/stream"
+    assert source.rest_url == "https://api.binance.com"
+
+
+async def test_perp_pairs_are_refused_by_a_spot_venue() -> None:
+    """A pair of a kind the venue does not serve is marked failed instead of subscribed."""
+    stats = SourceStats("bn")
+    async with aiohttp.ClientSession() as http:
+        source = build_source(
+            "bn",
+            SourceConfig(type="binance"),
+            [("BTC/USDT", "perp"), ("ETH/USDT", "spot")],
+            lambda q: None,
+            ManualClock(),
+            http,
+            stats,
+        )
+    assert source.symbols == ("ETHUSDT",)
+    assert "BTC/USDT" in stats.failed_instruments
