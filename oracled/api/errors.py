@@ -71,7 +71,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _CODES.get(exc.status, "http_error")
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
-        return error_response(exc.status, code, exc.reason, keep)
+        message = exc.reason
+        if exc.status == 404:
+            message = f"no endpoint at {request.path[:100]}; see /openapi.json"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed here; use {keep.get('Allow', '?')}"
+        return error_response(exc.status, code, message, keep)
     except Exception:
         # The one catch-all of the API: log with the traceback, answer a bare 500.
         _log.exception("api_handler_failed", path=request.path, method=request.method)

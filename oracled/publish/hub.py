@@ -134,7 +134,7 @@ class Hub:
     __slots__ = (
         "_batches",
         "_encoded",
-        "_fanned_round",
+        "_fanned",
         "_frames",
         "_index",
         "_latest",
@@ -159,7 +159,7 @@ class Hub:
         self._batches: dict[frozenset[str] | None, tuple[bytes, ...]] = {}
         self._subs: dict[Subscription, None] = {}  # insertion-ordered set
         self._scheduled = False
-        self._fanned_round = -1
+        self._fanned: RoundResult | None = None  # the last result delivered to subscribers
         self.dropped_subscribers: Counter[str] = Counter()
 
     # -- the round side ----------------------------------------------------------------------
@@ -185,9 +185,9 @@ class Hub:
     def _fan_out(self) -> None:
         self._scheduled = False
         result = self._latest
-        if result is None or result.round == self._fanned_round:
+        if result is None or result is self._fanned:
             return
-        self._fanned_round = result.round
+        self._fanned = result
         for sub in list(self._subs):
             frames = self._batch(sub.markets)
             if frames and not sub._offer(frames):
@@ -263,6 +263,11 @@ class Hub:
     @property
     def subscribers(self) -> int:
         return len(self._subs)
+
+    @property
+    def pending_frames(self) -> int:
+        """Frames buffered across all subscribers (a gauge; bounded by subscribers x queue)."""
+        return sum(sub.pending for sub in self._subs)
 
     def subscribe(self, markets: frozenset[str] | None) -> Subscription:
         """A new subscription to `markets` (None = all); it starts with their latest reports."""

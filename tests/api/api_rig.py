@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import Counter as PromCounter
@@ -28,6 +29,8 @@ from oracled.core import Core, RoundResult
 from oracled.model import Quote
 from oracled.publish import Hub
 from oracled.sources.stats import ConnState, SourceStats
+
+ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 T0 = 1_700_000_000_000
 TOKEN = "test-admin-token-0123456789"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
-from api_rig import ContractRecorder, Rig, make_config
+from aiohttp.test_utils import TestClient, get_port_socket
+from api_rig import ClientFactory, ContractRecorder, Rig, make_config
 
 from oracled.api import build_app
 from oracled.config import Config
@@ -29,17 +30,29 @@ def contract() -> ContractRecorder:
     return ContractRecorder()
 
 
-ClientFactory = Callable[[Rig], Awaitable[TestClient[web.Request, web.Application]]]
+def small_buffer_socket(host: str, port: int, family: socket.AddressFamily) -> socket.socket:
+    """A listening socket whose accepted connections get a small, fixed send buffer.
+
+    A stuck client then fills the server's kernel buffer after kilobytes instead of megabytes.
+    """
+    sock = get_port_socket(host, port, family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    return sock
 
 
 @pytest.fixture
 async def make_client(
     aiohttp_client: Any, contract: ContractRecorder
 ) -> AsyncIterator[ClientFactory]:
-    async def make(rig: Rig) -> TestClient[web.Request, web.Application]:
+    async def make(
+        rig: Rig, small_send_buffer: bool = False
+    ) -> TestClient[web.Request, web.Application]:
         app = build_app(rig.context(), stream_close_timeout=5.0)
         app.middlewares.insert(0, contract.middleware)
-        client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
+        kwargs = {"socket_factory": small_buffer_socket} if small_send_buffer else {}
+        client: TestClient[web.Request, web.Application] = await aiohttp_client(
+            app, server_kwargs=kwargs
+        )
         return client
 
     yield make

@@ -7,8 +7,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from api_rig import INTERVAL, PRICES, TOKEN, Rig, make_config
-from conftest import ClientFactory
+from api_rig import INTERVAL, PRICES, TOKEN, ClientFactory, Rig, make_config
 from yarl import URL
 
 Client = TestClient[web.Request, web.Application]
@@ -84,6 +83,7 @@ async def test_unknown_route_and_wrong_method_answer_json_errors(client: Client)
     """Even aiohttp's own 404/405 leave as the JSON error shape, 405 with its Allow header."""
     body = await _json(client, "/v1/nothing-here", 404)
     assert body["error"]["code"] == "not_found"
+    assert "/openapi.json" in body["error"]["message"]
     resp = await client.get("/v1/admin/markets/BTC-USD/pause")
     assert resp.status == 405
     assert resp.headers["Allow"] == "POST"

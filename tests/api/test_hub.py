@@ -1,0 +1,194 @@
+"""The Hub: lazy, once-per-round reports; shared encoded bytes; bounded, droppable subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import msgspec
+import pytest
+from api_rig import Rig, make_config
+
+from oracled.core import RoundResult
+from oracled.model import Report
+from oracled.publish import DROP_SHUTDOWN, DROP_SLOW, Hub, Subscription, SubscriptionClosed
+
+
+class CountingResult(RoundResult):
+    """A RoundResult that records which reports were materialized (round, market index)."""
+
+    calls: list[tuple[int, int]] = []  # noqa: RUF012 - shared on purpose, reset per test
+
+    def report(self, i: int) -> Report:
+        CountingResult.calls.append((self.round, i))
+        return super().report(i)
+
+
+def counting(result: RoundResult) -> CountingResult:
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    return CountingResult(**fields)
+
+
+@pytest.fixture
+def rig() -> Rig:
+    CountingResult.calls = []
+    return Rig(make_config())
+
+
+def run(rig: Rig, hub: Hub) -> CountingResult:
+    """One round of the rig published into `hub` through the counting result."""
+    result = counting(rig.step())
+    hub.publish(result)
+    return result
+
+
+def frames(sub: Subscription) -> list[bytes]:
+    out = []
+    while (frame := sub.get_nowait()) is not None:
+        out.append(frame)
+    return out
+
+
+def markets_of(batch: list[bytes]) -> list[str]:
+    return [msgspec.json.decode(f)["data"]["market"] for f in batch]
+
+
+def test_reports_materialize_lazily_once_per_round() -> None:
+    """Publishing builds no report; a request builds one, once per round, and encodes it once."""
+    rig = Rig(make_config())
+    CountingResult.calls = []
+    hub = Hub()
+    assert hub.report("BTC/USD") is None and hub.latest_result is None
+    first = run(rig, hub)
+    assert CountingResult.calls == []
+    report = hub.report("BTC/USD")
+    assert report is not None and report is hub.report("BTC/USD")
+    data = hub.encoded("BTC/USD")
+    assert data is hub.encoded("BTC/USD")
+    assert msgspec.json.decode(data, type=Report) == report
+    assert CountingResult.calls == [(first.round, 0)]
+    run(rig, hub)
+    assert hub.encoded("BTC/USD") is not data
+    assert CountingResult.calls == [(1, 0), (2, 0)]
+    assert hub.report("DOGE/USD") is None
+    with pytest.raises(LookupError):
+        hub.encoded("DOGE/USD")
+
+
+async def test_fan_out_runs_after_publish_and_only_for_subscribed_markets(rig: Rig) -> None:
+    """publish() returns before delivering; the fan-out then builds only the markets asked for."""
+    hub = Hub()
+    sub = hub.subscribe(frozenset({"ETH/USD"}))
+    run(rig, hub)
+    assert sub.pending == 0  # nothing delivered inside publish()
+    await asyncio.sleep(0)
+    (frame,) = frames(sub)
+    assert frame == b'{"type":"report","data":' + hub.encoded("ETH/USD") + b"}"
+    assert CountingResult.calls == [(1, 1)]
+
+
+async def test_subscribers_of_a_market_share_one_bytes_object(rig: Rig) -> None:
+    """Every subscriber receives the very same encoded frame: encoded once, not per client."""
+    hub = Hub()
+    subs = [hub.subscribe(frozenset({"BTC/USD"})) for _ in range(3)]
+    everything = hub.subscribe(None)
+    run(rig, hub)
+    await asyncio.sleep(0)
+    got = [frames(s) for s in subs]
+    all_frames = frames(everything)
+    assert markets_of(all_frames) == ["BTC/USD", "ETH/USD", "SOL/USD"]
+    assert all(batch[0] is all_frames[0] for batch in got)
+    assert CountingResult.calls == [(1, 0), (1, 1), (1, 2)]
+
+
+async def test_new_subscription_starts_with_latest_reports(rig: Rig) -> None:
+    """Subscribing (or adding markets) delivers the latest report of each added market at once."""
+    hub = Hub()
+    run(rig, hub)
+    sub = hub.subscribe(frozenset({"ETH/USD"}))
+    assert markets_of(frames(sub)) == ["ETH/USD"]
+    hub.change(sub, frozenset({"ETH/USD", "SOL/USD", "BTC/USD"}))
+    assert markets_of(frames(sub)) == ["BTC/USD", "SOL/USD"]  # only the added ones
+    hub.change(sub, frozenset({"SOL/USD"}))
+    assert frames(sub) == []
+    run(rig, hub)
+    await asyncio.sleep(0)
+    assert markets_of(frames(sub)) == ["SOL/USD"]
+
+
+async def test_slow_subscriber_is_dropped_others_keep_receiving(rig: Rig) -> None:
+    """A subscriber that does not read is dropped when full; memory stays bounded; others go on."""
+    hub = Hub(queue_size=4)
+    slow = hub.subscribe(None)  # three markets a round: the second round does not fit
+    fast = hub.subscribe(frozenset({"BTC/USD"}))
+    received: list[int] = []
+    for _ in range(10):
+        run(rig, hub)
+        await asyncio.sleep(0)
+        assert slow.pending <= 4 and hub.pending_frames <= 4 + 4
+        received += [msgspec.json.decode(f)["data"]["round"] for f in frames(fast)]
+    assert received == list(range(1, 11))
+    assert slow.closed_reason == DROP_SLOW
+    assert slow.pending == 0  # its backlog is freed at once
+    assert hub.dropped_subscribers == {DROP_SLOW: 1}
+    assert hub.subscribers == 1
+    with pytest.raises(SubscriptionClosed) as caught:
+        await slow.get()
+    assert caught.value.reason == DROP_SLOW
+
+
+async def test_queue_smaller_than_a_round_still_fits_one_round(rig: Rig) -> None:
+    """The bound is at least one round's frames, so a reader that keeps up is never dropped."""
+    hub = Hub(queue_size=1)
+    sub = hub.subscribe(None)
+    for _ in range(3):
+        run(rig, hub)
+        await asyncio.sleep(0)
+        assert len(frames(sub)) == 3
+    assert sub.closed_reason is None
+
+
+async def test_waiting_reader_wakes_on_report_and_on_close(rig: Rig) -> None:
+    """get() waits for the next frame; closing the hub wakes it with SubscriptionClosed."""
+    hub = Hub()
+    sub = hub.subscribe(None)
+    waiter = asyncio.create_task(sub.get())
+    closed = asyncio.create_task(sub.wait_closed())
+    await asyncio.sleep(0)
+    run(rig, hub)
+    assert markets_of([await waiter]) == ["BTC/USD"]
+    assert markets_of(frames(sub)) == ["ETH/USD", "SOL/USD"]
+    pending_get = asyncio.create_task(sub.get())
+    await asyncio.sleep(0)
+    hub.close()
+    with pytest.raises(SubscriptionClosed):
+        await pending_get
+    assert await closed == DROP_SHUTDOWN
+    assert hub.dropped_subscribers == {DROP_SHUTDOWN: 1}
+
+
+def test_unsubscribe_is_not_a_drop_and_is_idempotent() -> None:
+    """An owner leaving is not counted as a drop; unsubscribing twice is harmless."""
+    hub = Hub()
+    sub = hub.subscribe(frozenset({"BTC/USD"}))
+    assert hub.subscribers == 1
+    hub.unsubscribe(sub)
+    hub.unsubscribe(sub)
+    assert hub.subscribers == 0
+    assert sub.closed_reason == "unsubscribed"
+    assert hub.dropped_subscribers == {}
+
+
+def test_publish_without_a_running_loop_delivers_at_once() -> None:
+    """A synchronous caller (no event loop) gets the fan-out inline, so nothing is lost."""
+    rig = Rig(make_config())
+    hub = Hub()
+    sub = hub.subscribe(frozenset({"SOL/USD"}))
+    hub.publish(rig.step())
+    assert markets_of(frames(sub)) == ["SOL/USD"]
+
+
+def test_queue_size_must_be_positive() -> None:
+    """A zero-size queue would drop every subscriber; it is refused at construction."""
+    with pytest.raises(ValueError, match="queue_size"):
+        Hub(queue_size=0)

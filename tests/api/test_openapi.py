@@ -1,0 +1,164 @@
+"""The OpenAPI document: valid 3.1, exactly the app's routes, schemas that match the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp import web
+from api_rig import TOKEN, ClientFactory, ContractRecorder, Rig, make_config, openapi_doc
+from jsonschema import ValidationError  # type: ignore[import-untyped]
+from openapi_spec_validator import validate
+
+from oracled.api import CONTEXT, build_app
+from oracled.core import SLOT_REASONS
+from oracled.model import REASON_BITS, Report, SourceValue, Status
+from oracled.sources.stats import ConnState
+
+CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
+METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+def schema(name: str) -> dict[str, Any]:
+    found: dict[str, Any] = openapi_doc()["components"]["schemas"][name]
+    return found
+
+
+def test_document_is_valid_openapi_3_1() -> None:
+    """openapi-spec-validator accepts the shipped document as OpenAPI 3.1."""
+    doc = openapi_doc()
+    assert doc["openapi"].startswith("3.1")
+    validate(doc)
+
+
+def test_routes_equal_documented_paths(rig: Rig) -> None:
+    """Every route of the app is documented and every documented operation is routed."""
+    app = build_app(rig.context())
+    routed = {
+        (route.resource.canonical, route.method.lower())
+        for route in app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
+    }
+    documented = {
+        (path, method)
+        for path, item in openapi_doc()["paths"].items()
+        for method in item
+        if method in METHODS
+    }
+    assert routed == documented
+
+
+def test_report_schema_matches_the_model() -> None:
+    """Report and SourceValue schemas list exactly the struct fields, all required."""
+    for struct, name in ((Report, "Report"), (SourceValue, "SourceValue")):
+        fields = {f.encode_name for f in msgspec.structs.fields(struct)}
+        assert set(schema(name)["properties"]) == fields, name
+        assert set(schema(name)["required"]) == fields, name
+
+
+def test_schema_enums_match_the_code() -> None:
+    """Statuses, reasons, slot reasons and connection states come from the code's own lists."""
+    report = schema("Report")["properties"]
+    assert report["status"]["enum"] == [s.label for s in Status]
+    assert set(report["reasons"]["items"]["enum"]) == set(REASON_BITS)
+    slot = schema("SourceValue")["properties"]["reason"]["enum"]
+    assert set(slot) == set(SLOT_REASONS)  # including None, the "used" case
+    assert schema("Connection")["properties"]["state"]["enum"] == [s.value for s in ConnState]
+
+
+def test_report_schema_has_every_key_of_the_contract() -> None:
+    """The Report keys in docs/contracts.md are exactly the documented schema's properties."""
+    text = CONTRACTS.read_text(encoding="utf-8")
+    section = text.split("## Report", 1)[1].split("\n## ", 1)[0]
+    keys = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE))
+    assert keys == set(schema("Report")["properties"])
+
+
+async def test_served_document_is_the_shipped_one(client: Any) -> None:
+    """/openapi.json serves the document byte for byte."""
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    assert await resp.json() == openapi_doc()
+
+
+def test_contract_check_rejects_undocumented_keys_and_statuses() -> None:
+    """The response checker used by every API test fails on an extra key or status."""
+    recorder = ContractRecorder()
+    good = b'{"status":"ok"}'
+    recorder.check("/healthz", "GET", 200, "application/json", good)
+    with pytest.raises(ValidationError):
+        recorder.check("/healthz", "GET", 200, "application/json", b'{"status":"ok","x":1}')
+    with pytest.raises(AssertionError, match="undocumented 201"):
+        recorder.check("/healthz", "GET", 201, "application/json", good)
+    with pytest.raises(AssertionError):
+        recorder.check("/healthz", "GET", 200, "text/html", good)
+
+
+async def test_every_documented_response_is_produced_and_valid(
+    make_client: ClientFactory, contract: ContractRecorder
+) -> None:
+    """Drive the app into each documented status; each real body validates against its schema."""
+    rig = Rig(make_config())
+    client = await make_client(rig)
+    closed = await make_client(Rig(make_config(token=None)))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    calls: list[tuple[str, str, dict[str, Any]]] = [
+        ("GET", "/readyz", {}),  # 503
+        ("GET", "/v1/prices", {}),  # 503
+        ("GET", "/v1/prices/BTC-USD", {}),  # 503
+        ("GET", "/v1/markets/BTC-USD/sources", {}),  # before any round
+        ("GET", "/v1/stream", {}),  # 426
+    ]
+    for method, path, kw in calls:
+        await client.request(method, path, **kw)
+    rig.step()
+    admin = "/v1/admin/markets/{}/{}"
+    calls = [
+        ("GET", "/healthz", {}),
+        ("GET", "/readyz", {}),
+        ("GET", "/metrics", {}),
+        ("GET", "/openapi.json", {}),
+        ("GET", "/v1/info", {}),
+        ("GET", "/v1/prices", {}),
+        ("GET", "/v1/prices?markets=BTC", {}),
+        ("GET", "/v1/prices?markets=DOGE/USD", {}),
+        ("GET", "/v1/prices/BTC-USD", {}),
+        ("GET", "/v1/prices/DOGE-USD", {}),
+        ("GET", "/v1/markets", {}),
+        ("GET", "/v1/markets/BTC-USD/sources", {}),
+        ("GET", "/v1/markets/DOGE-USD/sources", {}),
+    ]
+    for action in ("pause", "resume"):
+        calls += [
+            ("POST", admin.format("BTC-USD", action), {"headers": auth}),
+            ("POST", admin.format("BTC-USD", action), {"headers": auth, "data": b"[]"}),
+            ("POST", admin.format("BTC-USD", action), {}),
+            ("POST", admin.format("DOGE-USD", action), {"headers": auth}),
+        ]
+    for method, path, kw in calls:
+        await client.request(method, path, **kw)
+    rig.step()  # a paused market's report, too
+    await client.get("/v1/prices")
+    for action in ("pause", "resume"):
+        await closed.post(admin.format("BTC-USD", action), headers=auth)
+
+    documented = {
+        (path, method, int(status))
+        for path, item in contract.doc["paths"].items()
+        for method, op in item.items()
+        for status in op["responses"]
+        if status not in ("default", "101")
+    }
+    assert documented - contract.seen == set()
+    assert not contract.failures
+
+
+def test_app_key_holds_the_context(rig: Rig) -> None:
+    """The context is reachable from the app (for the runtime's own sub-apps or middlewares)."""
+    ctx = rig.context()
+    app = build_app(ctx)
+    assert app[CONTEXT] is ctx
+    assert isinstance(app, web.Application)

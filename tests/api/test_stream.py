@@ -1,0 +1,187 @@
+"""WS /v1/stream: subscriptions, pre-encoded report frames, errors, and slow-consumer drops."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiohttp.client_ws import ClientWebSocketResponse
+from aiohttp.test_utils import TestClient
+from api_rig import ClientFactory, Rig
+from raw_ws import RawWebSocket
+
+from oracled.publish import DROP_SLOW
+
+Client = TestClient[web.Request, web.Application]
+SAFETY_S = 10.0  # only guards against a hang; no test depends on timing
+
+
+async def recv(ws: ClientWebSocketResponse) -> dict[str, Any]:
+    async with asyncio.timeout(SAFETY_S):
+        msg = await ws.receive()
+    assert msg.type is WSMsgType.TEXT, msg
+    data: dict[str, Any] = msg.json()
+    return data
+
+
+async def ask(ws: ClientWebSocketResponse, request: dict[str, Any] | str) -> dict[str, Any]:
+    if isinstance(request, str):
+        await ws.send_str(request)
+    else:
+        await ws.send_json(request)
+    return await recv(ws)
+
+
+def report(msg: dict[str, Any]) -> tuple[str, int]:
+    assert msg["type"] == "report", msg
+    return msg["data"]["market"], msg["data"]["round"]
+
+
+async def test_stream_sends_only_subscribed_markets(client: Client, rig: Rig) -> None:
+    """Reports arrive for the subscribed markets only, each round, after the ack and a snapshot."""
+    async with client.ws_connect("/v1/stream") as ws:
+        ack = await ask(ws, {"op": "subscribe", "markets": ["BTC-USD"]})
+        assert ack == {"type": "subscribed", "markets": ["BTC/USD"]}
+        rig.step()
+        assert report(await recv(ws)) == ("BTC/USD", 1)
+        rig.step()
+        assert report(await recv(ws)) == ("BTC/USD", 2)
+        # The next message is the ack: no other market's report slipped in.
+        ack = await ask(ws, {"op": "subscribe", "markets": ["SOL/USD"]})
+        assert ack == {"type": "subscribed", "markets": ["BTC/USD", "SOL/USD"]}
+        assert report(await recv(ws)) == ("SOL/USD", 2)  # snapshot of the added market
+        rig.step()
+        assert [report(await recv(ws)) for _ in range(2)] == [("BTC/USD", 3), ("SOL/USD", 3)]
+        ack = await ask(ws, {"op": "unsubscribe", "markets": ["BTC/USD"]})
+        assert ack == {"type": "unsubscribed", "markets": ["SOL/USD"]}
+
+
+async def test_stream_frames_are_the_hub_bytes(client: Client, rig: Rig) -> None:
+    """The frame on the wire is the hub's pre-encoded report wrapped once, byte for byte."""
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe", "markets": ["ETH/USD"]})
+        rig.step()
+        async with asyncio.timeout(SAFETY_S):
+            msg = await ws.receive()
+        expected = b'{"type":"report","data":' + rig.hub.encoded("ETH/USD") + b"}"
+        assert msg.data.encode() == expected
+
+
+async def test_subscribe_without_markets_means_all(client: Client, rig: Rig) -> None:
+    """No markets = every market; unsubscribe without markets = none; reports follow the set."""
+    rig.step()
+    async with client.ws_connect("/v1/stream") as ws:
+        ack = await ask(ws, {"op": "subscribe"})
+        assert ack["markets"] == ["BTC/USD", "ETH/USD", "SOL/USD"]
+        snapshot = [report(await recv(ws)) for _ in range(3)]
+        assert snapshot == [("BTC/USD", 1), ("ETH/USD", 1), ("SOL/USD", 1)]
+        assert (await ask(ws, {"op": "unsubscribe"})) == {"type": "unsubscribed", "markets": []}
+        rig.step()
+        await asyncio.sleep(0)
+        ack = await ask(ws, {"op": "subscribe", "markets": []})
+        assert ack["type"] == "subscribed"  # round 2 sent nothing while unsubscribed
+        assert [report(await recv(ws))[1] for _ in range(3)] == [2, 2, 2]
+
+
+async def test_bad_requests_get_error_frames_and_keep_the_connection(
+    client: Client, rig: Rig
+) -> None:
+    """Bad JSON, unknown ops, fields or markets, binary frames: an error each, nothing changes."""
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
+        cases: list[tuple[dict[str, Any] | str, str]] = [
+            ("{not json", "bad_request"),
+            ({"op": "dance"}, "bad_request"),
+            ({"op": "subscribe", "market": "ETH/USD"}, "bad_request"),
+            ({"op": "subscribe", "markets": ["DOGE/USD"]}, "unknown_market"),
+            ({"op": "subscribe", "markets": ["ETH/USD", "DOGE/USD"]}, "unknown_market"),
+            ({"op": "subscribe", "markets": ["BTC"]}, "bad_query"),
+        ]
+        for request, code in cases:
+            err = await ask(ws, request)
+            assert (err["type"], err["code"]) == ("error", code), request
+            assert err["message"]
+        await ws.send_bytes(b"\x00\x01")
+        err = await recv(ws)
+        assert err["type"] == "error"
+        rig.step()
+        assert report(await recv(ws)) == ("BTC/USD", 1)  # still subscribed to BTC only
+        ack = await ask(ws, {"op": "subscribe", "markets": ["ETH/USD"]})
+        assert ack["markets"] == ["BTC/USD", "ETH/USD"]
+
+
+async def test_paused_market_streams_null_price_with_last_good(client: Client, rig: Rig) -> None:
+    """A manually paused market streams price null and keeps last_good_price apart."""
+    rig.step()
+    good = rig.hub.report("ETH/USD")
+    assert good is not None and good.price is not None
+    rig.on_manual("ETH/USD", True, "test")
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe", "markets": ["ETH/USD"]})
+        await recv(ws)  # snapshot of round 1
+        rig.step()
+        data = (await recv(ws))["data"]
+        assert (data["status"], data["price"], data["reasons"]) == ("paused", None, ["manual"])
+        assert data["last_good_price"] == good.price
+
+
+async def test_disconnect_removes_the_subscriber(client: Client, rig: Rig) -> None:
+    """A client that leaves is unsubscribed from the hub, and not counted as a drop."""
+    ws = await client.ws_connect("/v1/stream")
+    await ask(ws, {"op": "subscribe"})
+    assert rig.hub.subscribers == 1
+    await ws.close()
+    async with asyncio.timeout(SAFETY_S):
+        while rig.hub.subscribers:  # noqa: ASYNC110 - the hub exposes no event to wait on
+            await asyncio.sleep(0.01)
+    assert rig.hub.dropped_subscribers == {}
+
+
+async def test_server_shutdown_closes_streams_with_1001(client: Client, rig: Rig) -> None:
+    """A graceful shutdown closes each stream with code 1001 instead of waiting on it."""
+    ws = await client.ws_connect("/v1/stream")
+    await ask(ws, {"op": "subscribe"})
+    async with asyncio.timeout(SAFETY_S):
+        closing = asyncio.create_task(client.server.close())
+        msg = await ws.receive()
+        await closing
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+    assert rig.hub.subscribers == 0
+
+
+async def test_slow_consumer_is_closed_1008_while_others_keep_receiving(
+    make_client: ClientFactory, rig: Rig
+) -> None:
+    """A client that stops reading is dropped (1008, reason given); memory stays bounded."""
+    client = await make_client(rig, small_send_buffer=True)
+    host, port = client.server.host, client.server.port
+    assert port is not None
+    stuck = await RawWebSocket.connect(host, port, "/v1/stream")
+    try:
+        await stuck.send_text('{"op":"subscribe"}')
+        async with client.ws_connect("/v1/stream") as good:
+            await ask(good, {"op": "subscribe", "markets": ["BTC/USD"]})
+            bound = 2 * max(rig.cfg.api.stream_queue, len(rig.cfg.markets))
+            rounds = 0
+            async with asyncio.timeout(60):  # a hang guard only: the loop ends on the drop
+                while not rig.hub.dropped_subscribers:
+                    rig.step()
+                    rounds += 1
+                    assert report(await recv(good)) == ("BTC/USD", rounds)
+                    assert rig.hub.pending_frames <= bound  # memory never grows with the backlog
+            assert rig.hub.dropped_subscribers == {DROP_SLOW: 1}
+            rig.step()
+            assert report(await recv(good)) == ("BTC/USD", rounds + 1)
+            async with asyncio.timeout(SAFETY_S):
+                frames = await stuck.read_to_eof()
+        opcode, payload = frames[-1]
+        assert opcode == 0x8  # close
+        (code,) = struct.unpack_from("!H", payload)
+        assert code == 1008
+        assert payload[2:].startswith(b"slow consumer")
+        assert all(op == 0x1 for op, _ in frames[:-1])
+        assert rig.hub.subscribers == 0
+    finally:
+        stuck.close()
