@@ -247,3 +247,28 @@ def test_reports_of_non_live_markets_have_no_price_but_the_last_good_one() -> No
     assert reports["BTC/USD"].reasons == ["jump"]
     assert reports["JPY/USD"].status == "active"
     assert reports["JPY/USD"].last_good_ts == sc.now
+
+
+def _weighted_btc(weights: dict[str, float], min_sources: int) -> Scenario:
+    cfg = config(
+        [market("BTC/USD", "abcde", weights=weights, min_sources=min_sources)], resume_rounds=1
+    )
+    return Scenario(cfg)
+
+
+def test_agreement_needs_a_majority_of_weight_not_of_count() -> None:
+    """Three light sources agreeing against two heavy dissenters (3 of 7 weight) is dispersion:
+    the market pauses although most sources by count agree."""
+    sc = _weighted_btc({"d": 2.0, "e": 2.0}, min_sources=2)
+    prices = {"BTC/USD": {"a": 50_000.0, "b": 50_000.0, "c": 50_000.0, "d": 40_000.0}}
+    prices["BTC/USD"]["e"] = 60_000.0
+    btc = sc.round(prices)["BTC/USD"]
+    assert _summary(btc) == ("unknown", ["dispersion"], None)
+
+
+def test_one_heavy_source_holding_most_weight_is_a_majority() -> None:
+    """One source with 5 of 7 weight outvotes two light dissenters: live at its price, degraded
+    for the excluded outliers and because it is the minimum of one source."""
+    sc = _weighted_btc({"a": 5.0}, min_sources=1)
+    btc = sc.round({"BTC/USD": {"a": 50_000.0, "b": 40_000.0, "c": 60_000.0}})["BTC/USD"]
+    assert _summary(btc) == ("degraded", ["outlier", "thin"], "50000.00")
