@@ -98,17 +98,19 @@ def step(
     reasons |= np.where(dispersion, DISPERSION, 0)
     candidate_ok = quorum_ok & ~dispersion
 
+    manual = state.manual[idx]
+    reasons |= np.where(manual, MANUAL, 0)
+
     last_good = state.last_good[idx]
     with np.errstate(invalid="ignore", divide="ignore"):
         move = np.abs(x.candidate / last_good - 1.0)
-    beyond = candidate_ok & np.isfinite(last_good) & (move > p.circuit_breaker)
+    # Rounds under a manual pause do not count towards confirming a jump: otherwise a release
+    # could land on a confirmed round and go live at once, skipping the healthy streak.
+    beyond = candidate_ok & ~manual & np.isfinite(last_good) & (move > p.circuit_breaker)
     jump_count = np.where(beyond, state.jump_count[idx] + 1, 0)
     confirmed = beyond & (jump_count > p.jump_confirm_rounds)
     held = beyond & ~confirmed
     reasons |= np.where(held, JUMP, 0)
-
-    manual = state.manual[idx]
-    reasons |= np.where(manual, MANUAL, 0)
 
     healthy = candidate_ok & ~held & ~manual
     streak = np.where(healthy, state.streak[idx] + 1, 0)

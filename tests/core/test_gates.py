@@ -272,3 +272,18 @@ def test_one_heavy_source_holding_most_weight_is_a_majority() -> None:
     sc = _weighted_btc({"a": 5.0}, min_sources=1)
     btc = sc.round({"BTC/USD": {"a": 50_000.0, "b": 40_000.0, "c": 60_000.0}})["BTC/USD"]
     assert _summary(btc) == ("degraded", ["outlier", "thin"], "50000.00")
+
+
+def test_rounds_under_manual_pause_do_not_confirm_a_jump() -> None:
+    """A move beyond the breaker while paused by hand is not confirmed behind the operator's
+    back: the paused rounds show only `manual`, and after release the jump is held for the full
+    jump_confirm_rounds before the new level is published (never in the first round)."""
+    sc = Scenario(standard_config(resume_rounds=3, jump_confirm_rounds=2))
+    _live(sc)
+    sc.core.set_manual("BTC/USD", True)
+    moved = with_prices(BTC_USD=dict.fromkeys("abcde", 60_000.0))
+    for r in sc.rounds(5, moved):
+        assert _summary(r["BTC/USD"]) == ("paused", ["manual"], None)
+    sc.core.set_manual("BTC/USD", False)
+    seen = [_summary(r["BTC/USD"]) for r in sc.rounds(4, moved)]
+    assert seen == [("paused", ["jump"], None)] * 2 + [("active", [], "60000.00")] * 2
