@@ -24,7 +24,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, encode_json
 from oracled.api.params import market_list
-from oracled.publish.hub import DROP_SLOW, Subscription, SubscriptionClosed
+from oracled.publish.hub import DROP_SHUTDOWN, DROP_SLOW, Subscription, SubscriptionClosed
 
 __all__ = ["StreamHandler"]
 
@@ -102,7 +102,7 @@ class StreamHandler:
             code = WSCloseCode.POLICY_VIOLATION
             message = f"slow consumer: fell more than {sub.queue_size} reports behind"
             _log.info("stream_dropped", reason=DROP_SLOW, remote=request.remote)
-        elif self._shutting_down:
+        elif self._shutting_down or sub.closed_reason == DROP_SHUTDOWN:
             code, message = WSCloseCode.GOING_AWAY, "server shutting down"
         else:
             code, message = WSCloseCode.OK, ""

@@ -80,9 +80,6 @@ class Subscription:
     def queue_size(self) -> int:
         return self._queue_size
 
-    def wants(self, market: str) -> bool:
-        return self.markets is None or market in self.markets
-
     async def get(self) -> bytes:
         """The next frame; raises SubscriptionClosed once closed (pending frames are dropped)."""
         while not self._buf:
@@ -160,7 +157,9 @@ class Hub:
         self._subs: dict[Subscription, None] = {}  # insertion-ordered set
         self._scheduled = False
         self._fanned: RoundResult | None = None  # the last result delivered to subscribers
-        self.dropped_subscribers: Counter[str] = Counter()
+        # Every reason present from the start: the metrics thread may iterate this while the
+        # loop counts, which is safe as long as no key is ever added.
+        self.dropped_subscribers: Counter[str] = Counter({DROP_SLOW: 0, DROP_SHUTDOWN: 0})
 
     # -- the round side ----------------------------------------------------------------------
 
@@ -266,8 +265,11 @@ class Hub:
 
     @property
     def pending_frames(self) -> int:
-        """Frames buffered across all subscribers (a gauge; bounded by subscribers x queue)."""
-        return sum(sub.pending for sub in self._subs)
+        """Frames buffered across all subscribers (a gauge; bounded by subscribers x queue).
+
+        Safe to read from the metrics thread: tuple() copies the keys without yielding the GIL.
+        """
+        return sum(sub.pending for sub in tuple(self._subs))
 
     def subscribe(self, markets: frozenset[str] | None) -> Subscription:
         """A new subscription to `markets` (None = all); it starts with their latest reports."""
@@ -293,13 +295,18 @@ class Hub:
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Remove and close a subscription (not counted as a drop). Idempotent."""
-        if self._subs.pop(sub, False) is None:
+        if self._subs.pop(sub, False) is None:  # values are None; False means "was not here"
             sub._close(_UNSUBSCRIBED)
 
-    def close(self) -> None:
-        """Drop every subscriber (shutdown): their `get` raises SubscriptionClosed."""
+    async def close(self) -> None:
+        """Drop every subscriber (shutdown): their `get` raises SubscriptionClosed.
+
+        The drop itself is immediate; the one yield lets the stream handlers start closing
+        their connections (with 1001) before the caller tears the server down.
+        """
         for sub in list(self._subs):
             self._drop(sub, DROP_SHUTDOWN)
+        await asyncio.sleep(0)
 
     def _snapshot(self, sub: Subscription, markets: frozenset[str] | None) -> None:
         # While a fan-out is pending it will deliver the latest round to the new set anyway;

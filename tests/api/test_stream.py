@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from api_rig import ClientFactory, Rig
 from raw_ws import RawWebSocket
 
-from oracled.publish import DROP_SLOW
+from oracled.publish import DROP_SHUTDOWN, DROP_SLOW
 
 Client = TestClient[web.Request, web.Application]
 SAFETY_S = 10.0  # only guards against a hang; no test depends on timing
@@ -136,7 +136,7 @@ async def test_disconnect_removes_the_subscriber(client: Client, rig: Rig) -> No
     async with asyncio.timeout(SAFETY_S):
         while rig.hub.subscribers:  # noqa: ASYNC110 - the hub exposes no event to wait on
             await asyncio.sleep(0.01)
-    assert rig.hub.dropped_subscribers == {}
+    assert sum(rig.hub.dropped_subscribers.values()) == 0
 
 
 async def test_server_shutdown_closes_streams_with_1001(client: Client, rig: Rig) -> None:
@@ -149,6 +149,18 @@ async def test_server_shutdown_closes_streams_with_1001(client: Client, rig: Rig
         await closing
     assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
     assert rig.hub.subscribers == 0
+
+
+async def test_hub_close_closes_streams_with_1001(client: Client, rig: Rig) -> None:
+    """Closing the hub first (the runtime's shutdown order) also ends streams with 1001."""
+    ws = await client.ws_connect("/v1/stream")
+    await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
+    await rig.hub.close()
+    async with asyncio.timeout(SAFETY_S):
+        msg = await ws.receive()
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+    assert msg.extra == "server shutting down"
+    assert rig.hub.dropped_subscribers[DROP_SHUTDOWN] == 1
 
 
 async def test_slow_consumer_is_closed_1008_while_others_keep_receiving(
@@ -166,12 +178,12 @@ async def test_slow_consumer_is_closed_1008_while_others_keep_receiving(
             bound = 2 * max(rig.cfg.api.stream_queue, len(rig.cfg.markets))
             rounds = 0
             async with asyncio.timeout(60):  # a hang guard only: the loop ends on the drop
-                while not rig.hub.dropped_subscribers:
+                while rig.hub.dropped_subscribers[DROP_SLOW] == 0:
                     rig.step()
                     rounds += 1
                     assert report(await recv(good)) == ("BTC/USD", rounds)
                     assert rig.hub.pending_frames <= bound  # memory never grows with the backlog
-            assert rig.hub.dropped_subscribers == {DROP_SLOW: 1}
+            assert rig.hub.dropped_subscribers == {DROP_SLOW: 1, DROP_SHUTDOWN: 0}
             rig.step()
             assert report(await recv(good)) == ("BTC/USD", rounds + 1)
             async with asyncio.timeout(SAFETY_S):
