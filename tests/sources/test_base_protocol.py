@@ -1,0 +1,212 @@
+"""Protocol edge cases of the base, each against a tiny scripted WebSocket server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from oracled.config import SourceConfig
+from oracled.model import Kind
+from oracled.sources import ConnState
+
+Handler = Callable[[web.WebSocketResponse, int], Awaitable[None]]
+PAIRS: list[tuple[str, Kind]] = [("BTC/USDT", "spot"), ("ETH/USDT", "spot")]
+BOOK = (
+    '{{"stream":"{lower}@bookTicker","data":{{"u":1,"s":"{sym}","b":"100.00000000",'
+    '"B":"1.00000000","a":"100.10000000","A":"1.00000000"}}}}'
+)
+
+
+class Venue:
+    """A scripted venue: `handler(ws, n)` runs for the n-th connection (0-based)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.refuse = False
+        self.rest_requests = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/stream", self._ws)
+        app.router.add_get("/api/v3/ticker/bookTicker", self._rest)
+        return app
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        if self.refuse:
+            self.connections += 1
+            return web.Response(status=404)
+        ws = web.WebSocketResponse(autoping=False, timeout=0.5)
+        await ws.prepare(request)
+        n = self.connections
+        self.connections += 1
+        await self.handler(ws, n)
+        return ws
+
+    async def _rest(self, request: web.Request) -> web.Response:
+        self.rest_requests += 1
+        return web.json_response([])
+
+
+async def next_request(ws: web.WebSocketResponse) -> dict[str, Any]:
+    """The next SUBSCRIBE (or other text message) from the client."""
+    while True:
+        msg = await ws.receive()
+        if msg.type is WSMsgType.TEXT:
+            req: dict[str, Any] = json.loads(msg.data)
+            return req
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+            raise ConnectionError("client went away")
+
+
+async def hold(ws: web.WebSocketResponse) -> None:
+    """Keep the connection open, reading whatever comes, until the client leaves."""
+    async for _ in ws:
+        pass
+
+
+async def launch(
+    venue: Venue, aiohttp_server: Any, start: Callable[..., Any], **overrides: Any
+) -> Any:
+    server = await aiohttp_server(venue.app())
+    base = str(server.make_url("")).rstrip("/")
+    values: dict[str, Any] = {
+        "type": "binance",
+        "ws_url": base.replace("http://", "ws://"),
+        "rest_url": base,
+        "liveness_timeout_s": 0.5,
+        "rest_poll_interval_s": 0.1,
+        "reconnect_max_s": 0.2,
+    }
+    values.update(overrides)
+    return start(SourceConfig(**values), PAIRS)
+
+
+async def test_pong_echoes_the_ping_payload(aiohttp_server: Any, start: Any, wait: Any) -> None:
+    """The adapter answers a venue ping with a pong carrying the same bytes, as Binance requires."""
+    echoed: list[bytes] = []
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        await ws.ping(b"venue-1795")
+        async for msg in ws:
+            if msg.type is WSMsgType.PONG:
+                echoed.append(msg.data)  # noqa: PERF401 (must fill while the socket is open)
+
+    await launch(Venue(script), aiohttp_server, start, liveness_timeout_s=5.0)
+    await wait(lambda: echoed == [b"venue-1795"])
+
+
+async def test_flat_error_frames_isolate_the_bad_symbol(
+    aiohttp_server: Any, start: Any, wait: Any
+) -> None:
+    """The docs' flat error shape refuses a batch; per-symbol retries fail only ETHUSDT."""
+    requests: list[list[str]] = []
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        while True:
+            try:
+                req = await next_request(ws)
+            except ConnectionError:
+                return
+            requests.append(req["params"])
+            if req["params"] == ["btcusdt@bookTicker"]:
+                await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+                await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+            else:
+                bad = {"code": 2, "msg": "Invalid request: invalid stream", "id": req["id"]}
+                await ws.send_str(json.dumps(bad))
+
+    venue = Venue(script)
+    run = await launch(venue, aiohttp_server, start, liveness_timeout_s=5.0)
+    await wait(lambda: "ETHUSDT" in run.stats.failed_instruments)
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    assert run.stats.failed_instruments == {"ETHUSDT": "2: Invalid request: invalid stream"}
+    assert requests == [
+        ["btcusdt@bookTicker", "ethusdt@bookTicker"],
+        ["btcusdt@bookTicker"],
+        ["ethusdt@bookTicker"],
+    ]
+    assert venue.connections == 1 and run.stats.reconnects == 0
+
+
+async def test_server_shutdown_event_rotates_without_going_down(
+    aiohttp_server: Any, start: Any, wait: Any
+) -> None:
+    """A serverShutdown notice makes the adapter reconnect at once; REST polling never starts."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+        if n == 0:
+            await ws.send_str('{"e":"serverShutdown","E":1795660000000}')
+        await hold(ws)
+
+    venue = Venue(script)
+    run = await launch(venue, aiohttp_server, start, liveness_timeout_s=5.0)
+    await wait(lambda: venue.connections == 2 and run.stats.reconnects == 1)
+    await wait(lambda: run.stats.quotes >= 2)
+    assert run.stats.state is ConnState.STREAMING
+    assert venue.rest_requests == 0
+    assert run.stats.malformed == 0
+
+
+async def test_venue_close_frame_leads_to_a_reconnect(
+    aiohttp_server: Any, start: Any, wait: Any
+) -> None:
+    """A clean close from the venue (e.g. the 24 h limit) is followed by a new connection."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+        if n == 0:
+            await ws.close(code=1001, message=b"going away")
+            return
+        await hold(ws)
+
+    venue = Venue(script)
+    run = await launch(venue, aiohttp_server, start, liveness_timeout_s=5.0)
+    await wait(lambda: venue.connections == 2 and run.stats.quotes >= 2)
+    assert run.stats.reconnects == 1
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+
+
+async def test_refused_handshakes_are_retried_with_backoff_not_in_a_hot_loop(
+    aiohttp_server: Any, start: Any
+) -> None:
+    """A venue refusing every handshake sees bounded retries, not a reconnect storm."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await hold(ws)
+
+    venue = Venue(script)
+    venue.refuse = True
+    run = await launch(venue, aiohttp_server, start, reconnect_max_s=0.2)
+    await asyncio.sleep(1.0)
+    # Full jitter capped at 0.2 s averages 0.1 s a wait: about ten tries a second, never hundreds.
+    assert 3 <= venue.connections <= 40
+    assert run.stats.reconnects == venue.connections - 1
+    assert run.stats.state in (ConnState.DOWN, ConnState.POLLING)
+
+
+async def test_ack_never_arriving_leaves_symbols_pending_not_failed(
+    aiohttp_server: Any, start: Any, wait: Any
+) -> None:
+    """Data without an ack still streams; a missing ack alone does not fail an instrument."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await next_request(ws)
+        await ws.send_str(BOOK.format(lower="ethusdt", sym="ETHUSDT"))
+        await hold(ws)
+
+    run = await launch(Venue(script), aiohttp_server, start, liveness_timeout_s=5.0)
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    assert run.stats.failed_instruments == {}
+    assert run.quotes[0].pair == "ETH/USDT"
