@@ -1,0 +1,162 @@
+"""Config loading: every bad file gives its exact messages; good files load frozen, secrets hidden.
+
+Each file under bad/ states what it must produce in its header comments:
+``# expect: <key path>: <message>`` (one line per problem, in order), ``# expect-start: <prefix>``
+where the tail of the message comes from a library (``{path}`` is the file's path), and
+``# env: NAME=value`` for the environment the file is loaded with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from oracled.config import Config, load_config, parse_config
+from oracled.errors import ConfigError
+
+HERE = Path(__file__).parent
+BAD = sorted((HERE / "bad").glob("*.toml"))
+GOOD = sorted((HERE / "good").glob("*.toml"))
+TOKEN = "s3cret-admin-token-0123456789"
+
+
+def _header(path: Path) -> tuple[list[str], list[str], dict[str, str]]:
+    expect, starts, env = [], [], {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# expect: "):
+            expect.append(line.removeprefix("# expect: "))
+        elif line.startswith("# expect-start: "):
+            starts.append(line.removeprefix("# expect-start: ").replace("{path}", str(path)))
+        elif line.startswith("# env: "):
+            name, _, value = line.removeprefix("# env: ").partition("=")
+            env[name] = value
+    return expect, starts, env
+
+
+def test_there_are_enough_distinct_bad_files_and_each_states_its_expectation() -> None:
+    """At least twelve bad configs, each declaring the problems it must produce."""
+    assert len(BAD) >= 12
+    for path in BAD:
+        expect, starts, _ = _header(path)
+        assert expect or starts, path.name
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_a_bad_config_reports_exactly_its_problems(path: Path) -> None:
+    """Loading fails with a ConfigError whose problems are exactly the declared ones, in order,
+    each naming its key path; the exception text lists them all."""
+    expect, starts, env = _header(path)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env=env)
+    problems = caught.value.problems
+    if starts:
+        assert len(problems) == len(starts)
+        for problem, start in zip(problems, starts, strict=True):
+            assert problem.startswith(start), problem
+    else:
+        assert problems == expect
+    for problem in problems:
+        assert f"  {problem}" in str(caught.value)
+
+
+def test_several_problems_are_reported_at_once() -> None:
+    """The files built to hold several problems yield several, not just the first one."""
+    for name in ("several_shape_problems", "several_relation_problems", "wrong_type"):
+        with pytest.raises(ConfigError) as caught:
+            load_config(HERE / "bad" / f"{name}.toml", env={})
+        assert len(caught.value.problems) >= 2, name
+
+
+def test_a_missing_or_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    """I/O and decoding problems are reported as ConfigError naming the file, never raw OSError."""
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(missing, env={})
+    assert caught.value.problems == [f"{missing}: cannot read (No such file or directory)"]
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"# caf\xe9\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(latin, env={})
+    assert caught.value.problems == [f"{latin}: not UTF-8 text"]
+
+
+@pytest.mark.parametrize("path", GOOD, ids=[p.stem for p in GOOD])
+def test_a_good_config_loads(path: Path) -> None:
+    """The good files load without complaint, with and without a token in the environment."""
+    assert isinstance(load_config(path, env={}), Config)
+    assert isinstance(load_config(path, env={"ORACLED_ADMIN_TOKEN": TOKEN}), Config)
+
+
+def test_the_full_config_is_read_as_written() -> None:
+    """Values, defaults, aliases (routes' `from`) and per-market overrides come through."""
+    cfg = load_config(HERE / "good" / "full.toml", env={})
+    assert cfg.oracle.resume_rounds == 3
+    assert cfg.oracle.min_price == 1e-12  # a default
+    assert cfg.api.listen == "127.0.0.1:8480"
+    assert cfg.log.format == "json"
+    assert sorted(cfg.sources) == ["backup", "binance", "binance-us"]
+    assert cfg.sources["backup"].enabled is False
+    assert cfg.sources["binance"].instruments == {"BTC/USDT": "BTCUSDT", "USDT/USD": "USDTUSD"}
+    btc = cfg.market("BTC/USD")
+    assert btc is not None
+    assert (btc.max_deviation, btc.circuit_breaker, btc.confidence_limit) == (0.02, 0.15, 0.02)
+    assert [(s.source, s.pair, s.kind, s.weight) for s in btc.sources] == [
+        ("binance", "BTC/USDT", "spot", 2.0),
+        ("binance-us", "BTC/USD", "spot", 1.0),
+        ("backup", "BTC/USD", "perp", 0.5),
+    ]
+    assert (cfg.routes[0].from_, cfg.routes[0].to, cfg.routes[0].via) == ("USDT", "USD", "USDT/USD")
+    assert cfg.market("DOGE/USD") is None
+    assert cfg.admin_token is None
+
+
+def test_every_model_is_frozen() -> None:
+    """Assigning to any field of any part of a loaded config raises."""
+    cfg = load_config(HERE / "good" / "full.toml", env={})
+    targets = [
+        (cfg, "markets", []),
+        (cfg.oracle, "resume_rounds", 1),
+        (cfg.api, "listen", "0.0.0.0:1"),
+        (cfg.log, "level", "debug"),
+        (cfg.sources["binance"], "enabled", False),
+        (cfg.markets[0], "min_sources", 1),
+        (cfg.markets[0].sources[0], "weight", 9.0),
+        (cfg.routes[0], "via", "BTC/USD"),
+    ]
+    for model, field, value in targets:
+        before = getattr(model, field)
+        with pytest.raises(pydantic.ValidationError, match="frozen"):
+            setattr(model, field, value)
+        assert getattr(model, field) == before
+
+
+def test_the_admin_token_comes_from_the_environment_and_never_shows() -> None:
+    """The token named by api.admin_token_env is read from the environment into a SecretStr; its
+    value is absent from repr, str and the JSON dump of the config."""
+    cfg = load_config(HERE / "good" / "full.toml", env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    assert cfg.admin_token is not None
+    assert cfg.admin_token.get_secret_value() == TOKEN
+    for text in (repr(cfg), str(cfg), repr(cfg.admin_token), cfg.model_dump_json()):
+        assert TOKEN not in text
+    assert "**********" in repr(cfg)
+
+
+def test_the_token_variable_name_is_configurable() -> None:
+    """A custom admin_token_env is honoured; the default variable is then ignored."""
+    data = {
+        "api": {"admin_token_env": "MY_TOKEN"},
+        "sources": {"b": {"type": "binance"}},
+        "markets": [
+            {"symbol": "BTC/USD", "min_sources": 1, "sources": [{"source": "b", "pair": "BTC/USD"}]}
+        ],
+    }
+    cfg = parse_config(data, env={"ORACLED_ADMIN_TOKEN": "x" * 8, "MY_TOKEN": TOKEN})
+    assert cfg.admin_token is not None
+    assert cfg.admin_token.get_secret_value() == TOKEN
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, env={"MY_TOKEN": "x" * 15})
+    assert caught.value.problems == [
+        "api.admin_token_env: $MY_TOKEN must hold at least 16 characters"
+    ]
