@@ -207,10 +207,10 @@ def _relations(cfg: Config) -> list[str]:
     by_symbol = {m.symbol: m for m in cfg.markets}
     routes: dict[tuple[str, str], RouteConfig] = {}
     for i, route in enumerate(cfg.routes):
-        key = (route.from_, route.to)
-        if key in routes:
+        leg = (route.from_, route.to)
+        if leg in routes:
             problems.append(f"routes[{i}]: duplicate route {route.from_} -> {route.to}")
-        routes[key] = route
+        routes[leg] = route
         if route.via not in by_symbol:
             problems.append(f"routes[{i}].via: market {route.via} is not configured")
         elif route.via not in (f"{route.from_}/{route.to}", f"{route.to}/{route.from_}"):
@@ -236,15 +236,17 @@ def _relations(cfg: Config) -> list[str]:
             if p_base != base:
                 problems.append(f"{where}.pair: {ms.pair} cannot price {market.symbol}")
                 continue
-            route = routes.get((p_quote, quote))
-            if route is None:
+            found = routes.get((p_quote, quote))
+            if found is None:
                 problems.append(
                     f"{where}.pair: no route converts {p_quote} to {quote} (add a [[routes]] entry)"
                 )
-            elif route.via == market.symbol:
-                problems.append(f"{where}.pair: route via {route.via} would price a market by itself")
+            elif found.via == market.symbol:
+                problems.append(
+                    f"{where}.pair: route via {found.via} would price a market by itself"
+                )
             else:
-                depends[market.symbol].add(route.via)
+                depends[market.symbol].add(found.via)
         if market.min_sources > len(market.sources):
             problems.append(
                 f"markets[{i}].min_sources: {market.min_sources} exceeds the "
@@ -254,7 +256,9 @@ def _relations(cfg: Config) -> list[str]:
             problems.append(f"markets[{i}].min_price: must be below max_price")
     for sid, src in cfg.sources.items():
         for pair in src.instruments:
-            if not any(ms.source == sid and ms.pair == pair for m in cfg.markets for ms in m.sources):
+            if not any(
+                ms.source == sid and ms.pair == pair for m in cfg.markets for ms in m.sources
+            ):
                 problems.append(f"sources.{sid}.instruments.{pair}: no market uses this pair")
     problems.extend(_cycles(depends, symbols))
     if cfg.oracle.min_price >= cfg.oracle.max_price:

@@ -206,8 +206,9 @@ class Service:
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         await site.start()
-        sockets = site._server.sockets if site._server else ()  # type: ignore[union-attr]
-        self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
+        server = site._server
+        sockets = getattr(server, "sockets", None) or ()
+        self.bound_port = int(sockets[0].getsockname()[1]) if sockets else self.port
         admin = "on" if self.cfg.admin_token else "off (no admin token configured)"
         self.log.info("api listening", host=self.host, port=self.bound_port, admin=admin)
         return runner

@@ -1,4 +1,4 @@
-"""Every module of the package imports on its own in a fresh interpreter (no hidden import order)."""
+"""Every module of the package imports on its own in a fresh interpreter."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def test_malformed_lines_are_reported_with_line_numbers_and_skipped() -> None:
 
 
 def test_rounds_start_at_the_first_ts_rounded_up_and_quotes_join_at_or_after_their_ts() -> None:
-    """The first round is at ceil(first ts / interval) * interval; a quote at 1500 is in round 2000."""
+    """The first round is at the first ts rounded up to the interval; a quote at 1500 joins 2000."""
     out, _ = _run(TAPE.read_bytes())
     reports = [msgspec.json.decode(line) for line in out.splitlines()]
     assert reports[0]["ts"] == 1_700_000_001_000
@@ -98,7 +98,7 @@ def test_a_tape_without_a_header_is_refused() -> None:
 
 
 def test_cli_replay_writes_the_file_and_exits_3_when_lines_were_skipped(tmp_path: Path) -> None:
-    """`oracled replay --out` writes the same bytes as the library call and reports skipped lines."""
+    """`oracled replay --out` writes the library's bytes and reports the skipped lines."""
     out = tmp_path / "reports.jsonl"
     proc = subprocess.run(
         [

@@ -1,0 +1,187 @@
+"""`oracled run` as a subprocess against Binance-protocol simulators on loopback.
+
+These tests drive the real daemon the way an operator and a downstream engine see it: the HTTP
+API, the WebSocket stream, /metrics, the admin gate, faults injected at the venues, and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from daemon import ADMIN_TOKEN, Daemon, sim_config
+
+from oracled.sim import BinanceSim
+
+PRICES = {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0, "USDTUSD": 1.0}
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def venues() -> AsyncIterator[list[BinanceSim]]:
+    sims = [BinanceSim(PRICES, seed=i, rate_hz=20.0) for i in range(5)]
+    for sim in sims:
+        await sim.start()
+    yield sims
+    for sim in sims:
+        await sim.stop()
+
+
+@pytest.fixture
+async def daemon(venues: list[BinanceSim], tmp_path: Path) -> AsyncIterator[Daemon]:
+    d = Daemon(sim_config([(s.ws_url, s.rest_url) for s in venues]), tmp_path)
+    await d.start()
+    yield d
+    await d.close()
+
+
+async def test_prices_flow_and_every_endpoint_answers(daemon: Daemon) -> None:
+    """All markets go live; prices, sources, info, readiness and metrics agree with each other."""
+    await daemon.wait_for(lambda: _ready(daemon), 20, "ready")
+    status, prices = await daemon.get("/v1/prices")
+    assert status == 200
+    by_market = {r["market"]: r for r in prices}
+    assert set(by_market) == {"USDT/USD", "BTC/USD", "ETH/USD"}
+    btc = by_market["BTC/USD"]
+    assert btc["status"] in {"active", "degraded"}
+    assert 55_000 < float(btc["price"]) < 65_000
+    assert sum(s["used"] for s in btc["sources"]) >= 3
+
+    status, detail = await daemon.get("/v1/markets/BTC-USD/sources")
+    assert status == 200, detail
+    assert [s["source"] for s in detail["sources"]] == ["v1", "v2", "v3", "v4", "v5"]
+    assert all(s["quote"] is not None and s["age_ms"] is not None for s in detail["sources"])
+
+    status, body = await daemon.get("/v1/prices/NOPE-USD")
+    assert status == 404 and "error" in body
+
+    status, text = await daemon.get("/metrics")
+    assert status == 200
+    assert 'oracled_market_status{market="BTC/USD",status="active"}' in text or (
+        'oracled_market_status{market="BTC/USD",status="degraded"} 1.0' in text
+    )
+    assert "oracled_round_duration_seconds_count" in text
+    assert 'oracled_source_up{source="v1"} 1.0' in text
+
+
+async def _ready(daemon: Daemon) -> bool:
+    status, _ = await daemon.get("/readyz")
+    return status == 200
+
+
+async def test_the_stream_delivers_each_new_report_of_subscribed_markets(daemon: Daemon) -> None:
+    """A subscriber to BTC/USD receives BTC/USD reports round after round, nothing else."""
+    await daemon.wait_status("BTC/USD", {"active", "degraded"})
+    assert daemon.session is not None
+    async with daemon.session.ws_connect(daemon.base + "/v1/stream") as ws:
+        await ws.send_json({"op": "subscribe", "markets": ["BTC/USD"]})
+        rounds: list[int] = []
+        async with asyncio.timeout(10):
+            while len(rounds) < 5:
+                msg = json.loads((await ws.receive()).data)
+                if msg["type"] == "report":
+                    assert msg["data"]["market"] == "BTC/USD"
+                    rounds.append(msg["data"]["round"])
+        assert rounds == sorted(rounds) and len(set(rounds)) == 5
+
+
+async def test_one_venue_spike_is_excluded_and_never_moves_the_price(
+    daemon: Daemon, venues: list[BinanceSim]
+) -> None:
+    """Venue 3 prints BTC 30% high: excluded as an outlier; the price stays with the others."""
+    before = await daemon.wait_status("BTC/USD", {"active", "degraded"})
+    venues[2].spike("BTCUSDT", 1.3, 30.0)
+
+    async def excluded() -> dict[str, object] | None:
+        report = await daemon.report("BTC/USD")
+        v3 = next(s for s in report["sources"] if s["id"] == "v3")
+        return report if v3["reason"] == "outlier" else None
+
+    report = await daemon.wait_for(excluded, 10, "v3 excluded as outlier")
+    assert report["status"] == "degraded" and "outlier" in report["reasons"]
+    assert abs(float(report["price"]) / float(before["price"]) - 1) < 0.01
+
+
+async def test_quorum_loss_pauses_with_null_price_then_resumes(
+    daemon: Daemon, venues: list[BinanceSim]
+) -> None:
+    """Three of five venues go silent with sockets open: paused, price null; back: active again."""
+    await daemon.wait_status("BTC/USD", {"active", "degraded"})
+    for sim in venues[:3]:
+        sim.rest_enabled = False
+        sim.silence(None)
+    paused = await daemon.wait_status("BTC/USD", {"paused", "unknown"}, limit_s=15)
+    assert paused["price"] is None and paused["confidence"] is None
+    assert paused["last_good_price"] is not None
+    assert "quorum" in paused["reasons"]
+    for sim in venues:
+        sim.rest_enabled = True
+        sim.reset()
+    resumed = await daemon.wait_status("BTC/USD", {"active", "degraded"}, limit_s=20)
+    assert resumed["price"] is not None
+    logs = daemon.logs()
+    assert '"market status"' in logs or "market status" in logs
+
+
+async def test_manual_pause_and_resume_through_the_admin_endpoint(daemon: Daemon) -> None:
+    """The bearer token is required; a manual pause shows reason manual and null price."""
+    await daemon.wait_status("ETH/USD", {"active", "degraded"})
+    status, body = await daemon.post("/v1/admin/markets/ETH-USD/pause")
+    assert status == 401, body
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    status, body = await daemon.post("/v1/admin/markets/ETH-USD/pause", headers=headers)
+    assert status == 200, body
+    paused = await daemon.wait_status("ETH/USD", {"paused"})
+    assert paused["reasons"] == ["manual"] and paused["price"] is None
+    status, _ = await daemon.post("/v1/admin/markets/ETH-USD/resume", headers=headers)
+    assert status == 200
+    await daemon.wait_status("ETH/USD", {"active", "degraded"})
+
+
+async def test_sigterm_stops_the_daemon_cleanly_within_five_seconds(daemon: Daemon) -> None:
+    """SIGTERM: exit code 0, well inside the 5 s budget, with a 'stopped' log line."""
+    await daemon.wait_status("BTC/USD", {"active", "degraded"})
+    started = time.monotonic()
+    code = await asyncio.to_thread(daemon.terminate)
+    assert code == 0, daemon.logs()[-3000:]
+    assert time.monotonic() - started < 5.0
+    assert "stopped" in daemon.logs()
+
+
+async def test_garbage_frames_are_counted_and_never_published(
+    daemon: Daemon, venues: list[BinanceSim]
+) -> None:
+    """Malformed frames and bad prices from a venue are counted as malformed or dropped."""
+    await daemon.wait_status("BTC/USD", {"active", "degraded"})
+    venues[0].garbage(50)
+
+    async def counted() -> bool:
+        _, text = await daemon.get("/metrics")
+        for line in str(text).splitlines():
+            if line.startswith('oracled_source_malformed_frames_total{source="v1"}'):
+                return float(line.split()[-1]) > 0
+        return False
+
+    await daemon.wait_for(counted, 10, "malformed frames counted")
+    report = await daemon.report("BTC/USD")
+    assert report["status"] in {"active", "degraded"}
+    assert 55_000 < float(report["price"]) < 65_000
+
+
+async def test_a_client_session_to_the_api_gets_json_errors_for_bad_requests(
+    daemon: Daemon,
+) -> None:
+    """Bad paths and bad market names are 4xx with a JSON error body."""
+    assert daemon.session is not None
+    async with daemon.session.get(daemon.base + "/v1/prices/%%%") as resp:
+        assert 400 <= resp.status < 500
+    async with daemon.session.post(daemon.base + "/v1/admin/markets/BTC-USD/pause") as resp:
+        assert resp.status == 401
+        body = await resp.json()
+        assert body["error"]["code"]
+    assert isinstance(daemon.session, aiohttp.ClientSession)
