@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
-    results = [
-        run_case(m, s, args.rounds, args.seed) for m in args.markets for s in args.sources
-    ]
+    results = [run_case(m, s, args.rounds, args.seed) for m in args.markets for s in args.sources]
     header = (
         f"{'markets':>7} {'sources':>7} {'slots':>7} {'round p50':>10} {'round p99':>10} "
         f"{'ingest/q':>9} {'reports':>10} {'encode':>10} {'live':>6}"
