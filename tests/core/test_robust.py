@@ -141,3 +141,13 @@ def test_a_heavy_source_is_the_median() -> None:
     weights = np.array([[1.0, 1.0, 1.0, 3.5]])
     (median,) = weighted_quantiles(values, weights, np.ones((1, 4), bool), (0.5,))
     assert median[0] == 100.0
+
+
+def test_weights_that_tie_in_exact_arithmetic_tie_in_floats() -> None:
+    """0.1 + 0.2 is half of 0.6 in exact arithmetic but not in floats; the median still treats it
+    as the boundary and averages the neighbours, as the reference with exact fractions does."""
+    values = np.array([[1.0, 2.0, 3.0]])
+    weights = np.array([[0.1, 0.2, 0.3]])
+    (median,) = weighted_quantiles(values, weights, np.ones((1, 3), bool), (0.5,))
+    assert median[0] == 2.5
+    assert reference([1.0, 2.0, 3.0], [1, 2, 3], 0.5) == 2.5
