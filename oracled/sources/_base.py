@@ -263,7 +263,7 @@ class Source(abc.ABC):
         self._sent.clear()
         self._cut = None
         timeout = aiohttp.ClientWSTimeout(
-            ws_receive=None, ws_close=min(2.0, self.cfg.liveness_timeout_s)
+            ws_receive=None, ws_close=min(1.0, self.cfg.liveness_timeout_s)
         )
         async with asyncio.timeout(self.cfg.liveness_timeout_s):
             ws = await self._http.ws_connect(
@@ -277,7 +277,8 @@ class Source(abc.ABC):
             try:
                 async with asyncio.timeout(None) as deadline:
                     self._deadline = deadline
-                    self._watch = loop.call_later(self.cfg.liveness_timeout_s, self._check)
+                    first = min(self.cfg.liveness_timeout_s, self.cfg.max_connection_age_s)
+                    self._watch = loop.call_later(first, self._check)
                     return await self._read(ws)
             except TimeoutError:
                 return self._cut or "silent"
