@@ -61,6 +61,7 @@ class Daemon:
         self.config.write_text(config_text)
         self.log_path = workdir / "oracled.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.argv = [sys.executable, "run"]  # [python, command]; tests may switch the command
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self, *extra: str) -> None:
@@ -68,10 +69,10 @@ class Daemon:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting, not waiting
             [
-                sys.executable,
+                self.argv[0],
                 "-m",
                 "oracled.cli",
-                "run",
+                self.argv[1],
                 "--config",
                 str(self.config),
                 "--listen",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -185,3 +186,38 @@ async def test_a_client_session_to_the_api_gets_json_errors_for_bad_requests(
         body = await resp.json()
         assert body["error"]["code"]
     assert isinstance(daemon.session, aiohttp.ClientSession)
+
+
+async def test_record_writes_a_tape_that_replay_reads_back(
+    venues: list[BinanceSim], tmp_path: Path
+) -> None:
+    """`oracled record` writes the contract's tape; `oracled replay` of it gives live reports."""
+    tape = tmp_path / "live.jsonl"
+    d = Daemon(sim_config([(s.ws_url, s.rest_url) for s in venues]), tmp_path)
+    d.argv[1] = "record"
+    await d.start("--out", str(tape))
+    try:
+        await d.wait_status("BTC/USD", {"active", "degraded"})
+        assert await asyncio.to_thread(d.terminate) == 0
+    finally:
+        await d.close()
+    lines = tape.read_bytes().splitlines()
+    assert json.loads(lines[0]) == {"format": "oracled-tape", "version": 1}
+    assert len(lines) > 50
+    out = tmp_path / "reports.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "oracled.cli",
+        "replay",
+        "--config",
+        str(d.config),
+        str(tape),
+        "--out",
+        str(out),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    reports = [json.loads(x) for x in out.read_bytes().splitlines()]
+    assert any(r["market"] == "BTC/USD" and r["price"] is not None for r in reports)
