@@ -113,9 +113,17 @@ class BinanceSim:
         ping_interval_s: float = 20.0,
         pong_timeout_s: float = 60.0,
         message_limit: int = 5,
+        market_seed: int | None = None,
+        basis_bps: float = 2.0,
     ) -> None:
         self.paths = {
-            sym.upper(): PricePath(p, seed=f"{seed}:{sym.upper()}", volatility=volatility)
+            sym.upper(): PricePath(
+                p,
+                seed=f"{seed}:{sym.upper()}",
+                volatility=volatility,
+                market_seed=None if market_seed is None else f"{market_seed}:{sym.upper()}",
+                basis_bps=basis_bps if market_seed is not None else 0.0,
+            )
             for sym, p in prices.items()
         }
         self.rate_hz = rate_hz

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def venues() -> AsyncIterator[list[BinanceSim]]:
-    sims = [BinanceSim(PRICES, seed=i, rate_hz=20.0) for i in range(5)]
+    sims = [BinanceSim(PRICES, seed=i, rate_hz=20.0, market_seed=42) for i in range(5)]
     for sim in sims:
         await sim.start()
     yield sims
