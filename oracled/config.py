@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 SOURCE_TYPES = ("binance",)
+MAX_SOURCES_PER_MARKET = 64
 _PAIR = r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$"
 _ID = r"^[a-z0-9][a-z0-9_\-]{0,39}$"
 
@@ -45,8 +46,14 @@ PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 
 
+def _as_tuple(value: Any) -> Any:
+    """TOML arrays arrive as lists; hold them as tuples so a frozen config stays frozen."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: "yes" is not a boolean and "3" is not a number in a risk config.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class OracleConfig(_Frozen):
@@ -122,7 +129,9 @@ class MarketConfig(_Frozen):
     max_confidence_ratio: Fraction | None = None
     min_price: PosFloat | None = None
     max_price: PosFloat | None = None
-    sources: Annotated[list[MarketSource], Field(min_length=1, max_length=64)]
+    sources: tuple[MarketSource, ...]  # 1 to 64 entries, checked with the relations
+
+    _sources_tuple = field_validator("sources", mode="before")(_as_tuple)
 
     @property
     def confidence_limit(self) -> float:
@@ -133,7 +142,7 @@ class MarketConfig(_Frozen):
 class RouteConfig(_Frozen):
     """Convert prices quoted in `from` into `to` through the live price of market `via`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
 
     from_: Annotated[str, Field(alias="from", pattern=r"^[A-Z0-9]{1,20}$")]
     to: Annotated[str, Field(pattern=r"^[A-Z0-9]{1,20}$")]
@@ -145,9 +154,11 @@ class Config(_Frozen):
     api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     sources: dict[Annotated[str, Field(pattern=_ID)], SourceConfig] = Field(default_factory=dict)
-    markets: Annotated[list[MarketConfig], Field(min_length=1)]
-    routes: list[RouteConfig] = Field(default_factory=list)
+    markets: tuple[MarketConfig, ...]  # at least one, checked with the relations
+    routes: tuple[RouteConfig, ...] = ()
     admin_token: SecretStr | None = None
+
+    _lists_as_tuples = field_validator("markets", "routes", mode="before")(_as_tuple)
 
     def market(self, symbol: str) -> MarketConfig | None:
         return next((m for m in self.markets if m.symbol == symbol), None)
@@ -167,7 +178,9 @@ def parse_listen(value: str) -> tuple[str, int]:
 def _path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        if isinstance(part, int):
+        if part == "[key]":  # the dict key itself failed, not its value
+            out += " (key)"
+        elif isinstance(part, int):
             out += f"[{part}]"
         else:
             out += ("." if out else "") + str(part)
@@ -189,6 +202,14 @@ def _message(error: Mapping[str, Any]) -> str:
         "finite_number": "must be a finite number",
         "too_short": "must have at least {min_length} item(s)",
         "too_long": "must have at most {max_length} item(s)",
+        "int_type": "must be an integer",
+        "float_type": "must be a number",
+        "bool_type": "must be true or false",
+        "string_type": "must be a string",
+        "tuple_type": "must be an array",
+        "list_type": "must be an array",
+        "dict_type": "must be a table",
+        "model_type": "must be a table",
     }.get(kind)
     if short:
         shown = {k: (f"{v:g}" if isinstance(v, float) else v) for k, v in ctx.items()}
@@ -200,6 +221,15 @@ def _message(error: Mapping[str, Any]) -> str:
 def _relations(cfg: Config) -> list[str]:
     """Checks that need the whole config: references, routes, cycles, quorum feasibility."""
     problems: list[str] = []
+    if not cfg.markets:
+        problems.append("markets: must have at least 1 item(s)")
+    for i, market in enumerate(cfg.markets):
+        if not 1 <= len(market.sources) <= MAX_SOURCES_PER_MARKET:
+            problems.append(
+                f"markets[{i}].sources: must list 1 to {MAX_SOURCES_PER_MARKET} sources"
+            )
+    if problems:
+        return problems
     symbols = [m.symbol for m in cfg.markets]
     for i, sym in enumerate(symbols):
         if sym in symbols[:i]:
@@ -221,15 +251,18 @@ def _relations(cfg: Config) -> list[str]:
     depends: dict[str, set[str]] = {m.symbol: set() for m in cfg.markets}
     for i, market in enumerate(cfg.markets):
         base, quote = market.symbol.split("/")
-        seen: set[tuple[str, str, str]] = set()
+        seen: dict[tuple[str, str], int] = {}
         for j, ms in enumerate(market.sources):
             where = f"markets[{i}].sources[{j}]"
             if ms.source not in cfg.sources:
                 problems.append(f"{where}.source: source {ms.source!r} is not configured")
-            key = (ms.source, ms.pair, ms.kind)
-            if key in seen:
-                problems.append(f"{where}: {ms.source} {ms.pair} is listed twice")
-            seen.add(key)
+            key = (ms.source, ms.kind)
+            if key in seen:  # independence: one venue gets one vote per market
+                problems.append(
+                    f"{where}.source: {ms.source} ({ms.kind}) is already listed as "
+                    f"sources[{seen[key]}] of this market; a venue gets one vote"
+                )
+            seen.setdefault(key, j)
             p_base, p_quote = ms.pair.split("/")
             if (p_base, p_quote) in ((base, quote), (quote, base)):
                 continue
@@ -254,12 +287,13 @@ def _relations(cfg: Config) -> list[str]:
             )
         if market.min_price and market.max_price and market.min_price >= market.max_price:
             problems.append(f"markets[{i}].min_price: must be below max_price")
-    for sid, src in cfg.sources.items():
-        for pair in src.instruments:
-            if not any(
-                ms.source == sid and ms.pair == pair for m in cfg.markets for ms in m.sources
-            ):
-                problems.append(f"sources.{sid}.instruments.{pair}: no market uses this pair")
+    used_pairs = {(ms.source, ms.pair) for m in cfg.markets for ms in m.sources}
+    problems.extend(
+        f"sources.{sid}.instruments.{pair}: no market uses this pair"
+        for sid, src in cfg.sources.items()
+        for pair in src.instruments
+        if (sid, pair) not in used_pairs
+    )
     problems.extend(_cycles(depends, symbols))
     if cfg.oracle.min_price >= cfg.oracle.max_price:
         problems.append("oracle.min_price: must be below oracle.max_price")

@@ -160,3 +160,11 @@ def test_the_token_variable_name_is_configurable() -> None:
     assert caught.value.problems == [
         "api.admin_token_env: $MY_TOKEN must hold at least 16 characters"
     ]
+
+
+def test_lists_in_a_loaded_config_are_tuples_and_cannot_grow() -> None:
+    """markets, market sources and routes are tuples: a frozen config is frozen all the way down."""
+    cfg = load_config(HERE / "good" / "full.toml")
+    assert isinstance(cfg.markets, tuple)
+    assert isinstance(cfg.routes, tuple)
+    assert all(isinstance(m.sources, tuple) for m in cfg.markets)
