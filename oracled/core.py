@@ -19,6 +19,9 @@ A round, for each layer of markets (conversion legs first):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from math import isfinite
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,7 +50,7 @@ class Transition:
     reasons: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RoundResult:
     """Everything one round computed, as arrays; reports are built from it on demand."""
 
@@ -66,38 +69,62 @@ class RoundResult:
     age: npt.NDArray[np.int64]  # (M, S)
     transitions: tuple[Transition, ...]
 
+    @cached_property
+    def _rows(self) -> tuple[list[Any], ...]:
+        """The arrays as Python lists, converted once: reading numpy scalars one by one is slow."""
+        return (
+            self.status.tolist(),
+            self.reasons.tolist(),
+            self.price.tolist(),
+            self.confidence.tolist(),
+            self.last_good.tolist(),
+            self.last_good_ts.tolist(),
+            self.value.tolist(),
+            self.slot_reason.tolist(),
+            self.age.tolist(),
+            self.layout.weight.tolist(),
+            self.layout.decimals.tolist(),
+        )
+
     def report(self, i: int) -> Report:
         """Materialize market `i`'s report: decimal strings at the market's precision."""
         lay = self.layout
-        fmt = f".{int(lay.decimals[i])}f"
-        live = self.status[i] <= Status.DEGRADED
-        last_good = self.last_good[i]
-        sources = []
-        for j in range(int(lay.slot_count[i])):
-            code = int(self.slot_reason[i, j])
-            value = self.value[i, j]
-            has_quote = code != NO_QUOTE
-            sources.append(
-                SourceValue(
-                    id=lay.slot_ids[i][j],
-                    pair=lay.slot_pairs[i][j],
-                    value=format(value, fmt) if np.isfinite(value) else None,
-                    weight=float(lay.weight[i, j]),
-                    used=code == USED,
-                    reason=SLOT_REASONS[code],
-                    age_ms=int(self.age[i, j]) if has_quote else None,
-                )
+        status, reasons, price, conf, last_good, last_good_ts, value, code, age, weight, dec = (
+            self._rows
+        )
+        fmt = f".{dec[i]}f"
+        live = status[i] <= Status.DEGRADED
+        good = last_good[i]
+        ids, pairs, values, codes, ages, weights = (
+            lay.slot_ids[i],
+            lay.slot_pairs[i],
+            value[i],
+            code[i],
+            age[i],
+            weight[i],
+        )
+        sources = [
+            SourceValue(
+                id=ids[j],
+                pair=pairs[j],
+                value=format(values[j], fmt) if isfinite(values[j]) else None,
+                weight=weights[j],
+                used=codes[j] == USED,
+                reason=SLOT_REASONS[codes[j]],
+                age_ms=ages[j] if codes[j] != NO_QUOTE else None,
             )
+            for j in range(len(ids))
+        ]
         return Report(
             market=lay.markets[i],
             ts=self.ts,
             round=self.round,
-            status=_STATUS_LABELS[int(self.status[i])],
-            reasons=reasons_from_bits(int(self.reasons[i])),
-            price=format(self.price[i], fmt) if live else None,
-            confidence=format(self.confidence[i], fmt) if live else None,
-            last_good_price=format(last_good, fmt) if np.isfinite(last_good) else None,
-            last_good_ts=int(self.last_good_ts[i]) if self.last_good_ts[i] >= 0 else None,
+            status=_STATUS_LABELS[status[i]],
+            reasons=reasons_from_bits(reasons[i]),
+            price=format(price[i], fmt) if live else None,
+            confidence=format(conf[i], fmt) if live else None,
+            last_good_price=format(good, fmt) if isfinite(good) else None,
+            last_good_ts=last_good_ts[i] if last_good_ts[i] >= 0 else None,
             sources=sources,
         )
 
@@ -182,7 +209,7 @@ class Core:
                 used_weight=np.where(keep, weight, 0.0).sum(axis=1),
                 usable_weight=np.where(usable, weight, 0.0).sum(axis=1),
                 outliers=(code == OUTLIER).sum(axis=1),
-                stale=(lay.configured[idx] & ~fresh).sum(axis=1),
+                stale=(has_quote & ~fresh).sum(axis=1),
                 route_blocked=blocked.sum(axis=1),
             )
             params = GateParams(

@@ -2,11 +2,11 @@
 
     OracledError
     ├── ConfigError        an invalid config file; carries every problem with its key path
-    ├── TapeError          an unreadable quote tape (a bad header; bad lines are skipped, not raised)
+    ├── TapeError          an unreadable quote tape (bad header; bad lines are skipped instead)
     └── SourceError        a feed misbehaved at the protocol level (bad ack, error frame)
         └── SubscribeError the venue refused a subscription
 
-Low-level errors (OSError, aiohttp, msgspec) are translated into these at the boundary that saw them.
+Low-level errors (OSError, aiohttp, msgspec) are translated at the boundary that saw them.
 """
 
 from __future__ import annotations

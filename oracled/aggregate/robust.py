@@ -16,7 +16,7 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
 # Relative slack when comparing cumulative weights with a target, so that a target that falls
-# exactly on a boundary (the even-count median) averages the two neighbours, as the plain median does.
+# exactly on a boundary (the even-count median) averages the two neighbours, like the plain median.
 _EPS = 1e-12
 
 

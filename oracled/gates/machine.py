@@ -64,7 +64,7 @@ class GateInputs:
     used_weight: FloatArray
     usable_weight: FloatArray
     outliers: IntArray  # fresh sources excluded for deviation
-    stale: IntArray  # configured sources with no fresh quote
+    stale: IntArray  # sources whose latest quote is too old
     route_blocked: IntArray  # fresh sources excluded because their conversion leg is not live
 
 
