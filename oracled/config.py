@@ -36,7 +36,10 @@ __all__ = [
     "parse_listen",
 ]
 
-SOURCE_TYPES = ("binance",)
+# Source type -> "module:Class" of its adapter, imported only when a config uses it.
+SOURCE_TYPES: dict[str, str] = {
+    "binance": "oracled.sources.binance:BinanceSource",
+}
 MAX_SOURCES_PER_MARKET = 64
 _PAIR = r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$"
 _ID = r"^[a-z0-9][a-z0-9_\-]{0,39}$"
@@ -90,7 +93,7 @@ class LogConfig(_Frozen):
 class SourceConfig(_Frozen):
     """One feed instance. Several instances may share a type (e.g. two Binance hosts)."""
 
-    type: Literal["binance"]
+    type: str
     enabled: bool = True
     ws_url: str | None = None
     rest_url: str | None = None
@@ -99,6 +102,13 @@ class SourceConfig(_Frozen):
     rest_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     max_connection_age_s: Annotated[float, Field(gt=0)] = 23 * 3600.0
+
+    @field_validator("type")
+    @classmethod
+    def _check_type(cls, value: str) -> str:
+        if value not in SOURCE_TYPES:
+            raise ValueError(f"unknown source type {value!r}; known: {', '.join(SOURCE_TYPES)}")
+        return value
 
     @field_validator("ws_url", "rest_url")
     @classmethod

@@ -24,16 +24,30 @@ from aiohttp import web
 from oracled import __version__
 from oracled.api import ApiContext, build_app
 from oracled.clock import Clock, SystemClock
-from oracled.config import Config, parse_listen
+from oracled.config import Config, SourceConfig, parse_listen
 from oracled.core import Core, RoundResult
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Kind, Quote
 from oracled.publish.hub import Hub
-from oracled.sources import build_source
+from oracled.sources import Source, build_source
 from oracled.sources.stats import ConnState, SourceStats
 from oracled.tape import header_line, quote_to_line
 
-__all__ = ["SHUTDOWN_BUDGET_S", "Service"]
+__all__ = ["SHUTDOWN_BUDGET_S", "Service", "SourceFactory"]
+
+#: Builds a source (the registry's `build_source`, or a test's own factory).
+SourceFactory = Callable[
+    [
+        str,
+        SourceConfig,
+        list[tuple[str, Kind]],
+        Callable[[Quote], None],
+        Clock,
+        aiohttp.ClientSession,
+        SourceStats,
+    ],
+    Source,
+]
 
 SHUTDOWN_BUDGET_S = 5.0
 _RESTART_MAX_S = 30.0
@@ -75,8 +89,12 @@ class Service:
         clock: Clock | None = None,
         listen: str | None = None,
         record: Path | None = None,
+        source_factory: SourceFactory = build_source,
+        restart_base_s: float = 1.0,
     ) -> None:
         self.cfg = cfg
+        self._source_factory = source_factory
+        self._restart_base_s = restart_base_s
         self.clock = clock or SystemClock()
         self.host, self.port = parse_listen(listen or cfg.api.listen)
         self.core = Core(cfg)
@@ -129,33 +147,33 @@ class Service:
         """Run one source forever; restart it with capped exponential backoff if it crashes."""
         stats = self.source_stats[sid]
         log = self.log.bind(source=sid)
-        delay = 1.0
-        while True:
-            source = build_source(
-                sid,
-                self.cfg.sources[sid],
-                self._pairs(sid),
-                self.on_quote,
-                self.clock,
-                session,
-                stats,
-            )
-            started = time.monotonic()
-            try:
-                await source.run()
-                log.error("source returned unexpectedly; restarting")
-            except asyncio.CancelledError:
-                stats.state = ConnState.STOPPED
-                raise
-            except Exception:
-                log.exception("source crashed; restarting", delay_s=delay)
-            stats.restarts += 1
-            stats.state = ConnState.DOWN
-            self.metrics.source_restarts.labels(sid).inc()
-            if time.monotonic() - started > 60.0:
-                delay = 1.0
-            await asyncio.sleep(delay)
-            delay = min(delay * 2.0, _RESTART_MAX_S)
+        delay = self._restart_base_s
+        try:
+            while True:
+                source = self._source_factory(
+                    sid,
+                    self.cfg.sources[sid],
+                    self._pairs(sid),
+                    self.on_quote,
+                    self.clock,
+                    session,
+                    stats,
+                )
+                started = time.monotonic()
+                try:
+                    await source.run()
+                    log.error("source returned unexpectedly; restarting")
+                except Exception:  # the supervisor's job: log, count, restart
+                    log.exception("source crashed; restarting", delay_s=delay)
+                stats.restarts += 1
+                stats.state = ConnState.DOWN
+                self.metrics.source_restarts.labels(sid).inc()
+                if time.monotonic() - started > 60.0:
+                    delay = self._restart_base_s
+                await asyncio.sleep(delay)
+                delay = min(delay * 2.0, _RESTART_MAX_S)
+        finally:
+            stats.state = ConnState.STOPPED
 
     async def _round_loop(self) -> None:
         interval = self.cfg.oracle.round_interval_ms

@@ -5,12 +5,13 @@ The runtime builds sources through `build_source`, which picks the class by `Sou
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
-from typing import Final
 
 import aiohttp
 
 from oracled.clock import Clock
+from oracled.config import SOURCE_TYPES as _TYPE_PATHS
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
 from oracled.sources._base import Source, backoff_delay
@@ -25,9 +26,20 @@ __all__ = [
     "SourceStats",
     "backoff_delay",
     "build_source",
+    "source_class",
 ]
 
-SOURCE_TYPES: Final[dict[str, type[Source]]] = {"binance": BinanceSource}
+
+def source_class(type_name: str) -> type[Source]:
+    """The adapter class of a source type, imported on first use."""
+    module, _, name = _TYPE_PATHS[type_name].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, Source)):
+        raise TypeError(f"{_TYPE_PATHS[type_name]} is not a Source")
+    return cls
+
+
+SOURCE_TYPES = tuple(_TYPE_PATHS)
 
 
 def build_source(
@@ -40,4 +52,4 @@ def build_source(
     stats: SourceStats,
 ) -> Source:
     """Instantiate the adapter for `cfg.type`; the config has already checked the type exists."""
-    return SOURCE_TYPES[cfg.type](source_id, cfg, pairs, emit, clock, session, stats)
+    return source_class(cfg.type)(source_id, cfg, pairs, emit, clock, session, stats)

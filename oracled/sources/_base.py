@@ -76,6 +76,11 @@ class Source(abc.ABC):
     #: Backoff grows from this; it is reset once a connection has streamed this long.
     backoff_base_s: ClassVar[float] = 0.5
     healthy_after_s: ClassVar[float] = 10.0
+    #: Seconds between the client's own application-level pings (`app_ping`), for venues that
+    #: require them (OKX, Bybit, KuCoin); None for venues that ping us or send heartbeats.
+    app_ping_interval_s: ClassVar[float | None] = None
+    #: Most symbols in one REST request (venues without a multi-symbol endpoint: 1).
+    rest_batch_size: ClassVar[int] = 1000
 
     def __init__(
         self,
@@ -128,6 +133,14 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def stream_url(self) -> str:
         """Full WebSocket URL to connect to."""
+
+    async def connect_url(self) -> str:
+        """The URL of the next connection; venues that hand out a token first override this."""
+        return self.stream_url()
+
+    def app_ping(self) -> str:
+        """The text of one application-level ping (only called if app_ping_interval_s is set)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
@@ -266,9 +279,8 @@ class Source(abc.ABC):
             ws_receive=None, ws_close=min(1.0, self.cfg.liveness_timeout_s)
         )
         async with asyncio.timeout(self.cfg.liveness_timeout_s):
-            ws = await self._http.ws_connect(
-                self.stream_url(), autoping=False, heartbeat=None, timeout=timeout
-            )
+            url = await self.connect_url()
+            ws = await self._http.ws_connect(url, autoping=False, heartbeat=None, timeout=timeout)
         async with ws:
             self._queue_subscriptions()
             loop = asyncio.get_running_loop()
@@ -303,16 +315,33 @@ class Source(abc.ABC):
                 self._outbox.put_nowait((next(self._ids), (symbol,)))
 
     async def _write(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Send queued subscribe requests, paced under the venue's incoming-message limit."""
+        """Send queued subscribe requests and app pings, paced under the venue's message limit."""
+        interval = self.app_ping_interval_s
+        next_ping = self._clock.monotonic() + interval if interval else _INF
         while True:
-            request_id, symbols = await self._outbox.get()
-            await self._pace()
-            self._pending[request_id] = symbols
+            wait = next_ping - self._clock.monotonic()
             try:
-                await ws.send_str(self.subscribe_message(request_id, symbols))
-            except _NET_ERRORS:
-                return  # the reader sees the closed socket and reports why
-            self._sent.append(self._clock.monotonic())
+                async with asyncio.timeout(max(wait, 0.0) if wait < _INF else None):
+                    request_id, symbols = await self._outbox.get()
+            except TimeoutError:
+                assert interval is not None
+                next_ping = self._clock.monotonic() + interval
+                if not await self._send(ws, self.app_ping()):
+                    return
+                continue
+            self._pending[request_id] = symbols
+            if not await self._send(ws, self.subscribe_message(request_id, symbols)):
+                return
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, text: str) -> bool:
+        """Send one paced text frame; False if the socket is gone (the reader reports why)."""
+        await self._pace()
+        try:
+            await ws.send_str(text)
+        except _NET_ERRORS:
+            return False
+        self._sent.append(self._clock.monotonic())
+        return True
 
     async def _pace(self) -> None:
         """Wait until a request fits in the venue's window, leaving one slot for a pong."""
@@ -386,7 +415,8 @@ class Source(abc.ABC):
         while True:
             await self._down.wait()
             symbols = [s for s in self.symbols if s not in self.stats.failed_instruments]
-            batches = [[s] for s in symbols] if split else [symbols] if symbols else []
+            size = 1 if split else self.rest_batch_size
+            batches = [symbols[i : i + size] for i in range(0, len(symbols), size)]
             split = False
             for batch in batches:
                 request = self.rest_request(batch)

@@ -7,7 +7,7 @@ import aiohttp
 import oracled.sources as sources
 from oracled.clock import ManualClock
 from oracled.config import SourceConfig
-from oracled.sources import SOURCE_TYPES, BinanceSource, SourceStats, build_source
+from oracled.sources import SOURCE_TYPES, BinanceSource, SourceStats, build_source, source_class
 
 
 def test_public_names_are_pinned() -> None:
@@ -20,12 +20,14 @@ def test_public_names_are_pinned() -> None:
         "SourceStats",
         "backoff_delay",
         "build_source",
+        "source_class",
     }
 
 
 async def test_build_source_picks_the_class_by_type() -> None:
     """A binance config builds a BinanceSource with venue defaults and mapped symbols."""
-    assert SOURCE_TYPES["binance"] is BinanceSource
+    assert "binance" in SOURCE_TYPES
+    assert source_class("binance") is BinanceSource
     cfg = SourceConfig(type="binance", instruments={"XBT/USDT": "BTCUSDT"})
     async with aiohttp.ClientSession() as http:
         source = build_source(
@@ -58,3 +60,9 @@ async def test_perp_pairs_are_refused_by_a_spot_venue() -> None:
         )
     assert source.symbols == ("ETHUSDT",)
     assert "BTC/USDT" in stats.failed_instruments
+
+
+def test_every_registered_type_resolves_to_a_source_class() -> None:
+    """Each type the config accepts names an importable Source subclass (a typo fails here)."""
+    for name in SOURCE_TYPES:
+        assert issubclass(source_class(name), sources.Source), name

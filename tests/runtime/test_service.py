@@ -1,0 +1,99 @@
+"""The runtime in-process: supervision keeps one broken source from hurting anything else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiohttp
+
+from oracled.clock import Clock
+from oracled.config import Config, SourceConfig, parse_config
+from oracled.model import Kind, Quote
+from oracled.service import Service
+from oracled.sim import BinanceSim
+from oracled.sources import Source, SourceStats, build_source
+
+
+class CrashingSource(Source):
+    """A source whose task dies at once, as a programming error would make it."""
+
+    default_ws_url = "ws://127.0.0.1:9"
+
+    def stream_url(self) -> str:
+        return self.default_ws_url
+
+    def subscribe_message(self, request_id: int, symbols: object) -> str:
+        return ""
+
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        return None
+
+    def rest_request(self, symbols: object) -> None:
+        return None
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        return None
+
+    async def run(self) -> None:
+        raise RuntimeError("bug in an adapter")
+
+
+def _factory(
+    sid: str,
+    cfg: SourceConfig,
+    pairs: list[tuple[str, Kind]],
+    emit: Callable[[Quote], None],
+    clock: Clock,
+    session: aiohttp.ClientSession,
+    stats: SourceStats,
+) -> Source:
+    if sid == "broken":
+        return CrashingSource(sid, cfg, pairs, emit, clock, session, stats)
+    return build_source(sid, cfg, pairs, emit, clock, session, stats)
+
+
+def _config(ws: str, rest: str) -> Config:
+    return parse_config(
+        {
+            "oracle": {"round_interval_ms": 50, "resume_rounds": 2},
+            "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
+            "sources": {
+                "good": {"type": "binance", "ws_url": ws, "rest_url": rest},
+                "broken": {"type": "binance"},
+            },
+            "markets": [
+                {
+                    "symbol": "BTC/USDT",
+                    "min_sources": 1,
+                    "sources": [
+                        {"source": "good", "pair": "BTC/USDT"},
+                        {"source": "broken", "pair": "BTC/USDT"},
+                    ],
+                }
+            ],
+        }
+    )
+
+
+async def test_a_crashing_source_is_restarted_while_rounds_and_other_sources_go_on() -> None:
+    """The broken source is restarted with backoff; the good one streams; the market is live."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        service = Service(
+            _config(sim.ws_url, sim.rest_url), source_factory=_factory, restart_base_s=0.05
+        )
+        task = asyncio.create_task(service.run())
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    await asyncio.sleep(0.05)
+                    result = service.hub.latest_result
+                    live = result is not None and int(result.status[0]) <= 1
+                    if live and service.source_stats["broken"].restarts >= 3:
+                        break
+            assert service.source_stats["good"].quotes > 0
+            assert service.core.rounds >= 3
+        finally:
+            service.stop()
+            await task
+    assert service.source_stats["broken"].state.value == "stopped"
