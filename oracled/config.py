@@ -39,6 +39,8 @@ __all__ = [
 # Source type -> "module:Class" of its adapter, imported only when a config uses it.
 SOURCE_TYPES: dict[str, str] = {
     "binance": "oracled.sources.binance:BinanceSource",
+    "binance_usdm": "oracled.sources.binance_usdm:BinanceUsdmSource",
+    "pyth_hermes": "oracled.sources.pyth_hermes:PythHermesSource",
 }
 MAX_SOURCES_PER_MARKET = 64
 _PAIR = r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$"

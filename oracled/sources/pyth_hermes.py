@@ -1,0 +1,381 @@
+"""Pyth Hermes: parsed price updates from the Server-Sent Events stream, REST latest as fallback.
+
+Docs: https://docs.pyth.network/price-feeds/api-instances-and-providers/hermes and the API
+reference at https://hermes.pyth.network/docs (``/v2/updates/price/stream``,
+``/v2/updates/price/latest``).
+
+Wire sample (one SSE event of ``GET /v2/updates/price/stream?ids[]=<id>&parsed=true``; the JSON is
+the v2 ``PriceUpdate``, here the recorded BTC/USD update, ``binary`` shortened)::
+
+    data:{"binary":{"encoding":"hex","data":["504e4155..."]},"parsed":[{"id":"e62df6c8b4a85fe1a6
+     7db44dc12de5db330f7ac66b72dc658afedf0f4a415b43","price":{"price":"5190075917635","conf":
+     "2661582364","expo":-8,"publish_time":1708363256},"ema_price":{"price":"5209141800000",
+     "conf":"3290086600","expo":-8,"publish_time":1708363256},"metadata":{"slot":125976528,
+     "proof_available_time":1708363257,"prev_publish_time":1708363255}}]}
+
+Quotes: price = ``price * 10**expo``; Pyth's confidence interval is used as the spread, ``bid =
+(price - conf) * 10**expo`` and ``ask = (price + conf) * 10**expo``, so the core's mid is exactly
+Pyth's price and the spread shows Pyth's own uncertainty. ``venue_ts = publish_time * 1000``.
+Pyth is one source among many: no extra weight, the core judges it like any venue. We read only
+the ``parsed`` JSON and never verify the signed ``binary`` payload (VAA / accumulator update):
+the JSON is trusted as the venue's word, exactly like an exchange's ticker, even where (as in one
+published v1 test fixture) the JSON and the signed payload disagree.
+
+Instruments: the config maps each canonical pair to its Pyth feed id (32 bytes hex, ``0x``
+optional, any case; e.g. ``"BTC/USD" = "0xe62d...5b43"``). There is no naming rule for ids, so
+a pair without a mapped id is marked failed at start-up; nothing is fetched to find ids.
+
+Transport: SSE, not WebSocket, so `_session` is replaced here; the base's watchdog, backoff, REST
+fallback, counting and price hygiene are reused. The feed ids travel in the URL (no subscribe
+messages, no acks). Rules from the docs and the server source that shape this file:
+
+- Hermes validates the ids when the stream opens: unknown ids answer ``404 Price ids not found:
+  0x<id>, ...``; those ids are marked failed and the stream is reopened at once without them.
+- It sends an SSE comment ``:`` after 15 s without data (axum's default keep-alive); Pythnet
+  updates every 400 ms, so any line, data or comment, counts as life for the watchdog.
+- It closes every stream after 24 h, sending ``event:error`` / ``data:Connection timeout reached
+  (24h)`` first; that is taken as a planned rotation (reconnect at once, stream never down). The
+  config's ``max_connection_age_s`` (23 h by default) rotates before it.
+- Other ``event:error`` events (e.g. a lagging server) are counted as ``venue_error``.
+- Out-of-order updates are filtered by the server (``allow_unordered`` is left false); the
+  adapter also drops, per feed, an update older than the last one by (publish_time, slot), and
+  an exact repeat (same publish_time and slot), e.g. a REST answer echoing a streamed update.
+- Public rate limit: 30 requests per 10 s per IP, then 429 for 60 s. The stream is one request
+  per connection; REST ``/v2/updates/price/latest`` takes many ids, so one poll is one request
+  for up to `rest_batch_size` ids (2 s interval by default: 5 requests per 10 s). Failed ids are
+  left out of polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar, Final
+
+import aiohttp
+import msgspec
+from multidict import MultiDict
+
+from oracled.clock import Clock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sources._base import Source
+from oracled.sources.stats import SourceStats
+
+__all__ = ["PythHermesSource", "normalize_feed_id"]
+
+_HEX_ID: Final = re.compile(r"[0-9a-f]{64}")
+_MISSING: Final = "Price ids not found:"
+_TIMEOUT_NOTICE: Final = "Connection timeout reached"
+# Exponents beyond this cannot be a real price (Pyth uses about -12..0) and could overflow floats.
+_MAX_EXPO: Final = 30
+_I64: Final = 2**63
+# A partial SSE line longer than this is not Hermes: the connection is dropped.
+_MAX_LINE: Final = 4 * 1024 * 1024
+_SSE_HEADERS: Final = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+# The stream has no total or read timeout: the base's watchdog judges liveness.
+_STREAM_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, sock_read=None)
+
+
+def normalize_feed_id(raw: str) -> str | None:
+    """A feed id as Hermes prints it (64 lower-case hex digits, no 0x), or None if malformed."""
+    text = raw.strip().lower().removeprefix("0x")
+    return text if _HEX_ID.fullmatch(text) else None
+
+
+class _Price(msgspec.Struct):
+    price: str
+    conf: str
+    expo: int
+    publish_time: int
+
+
+class _Meta(msgspec.Struct):
+    slot: int | None = None
+
+
+class _Feed(msgspec.Struct):
+    id: str
+    price: _Price
+    metadata: _Meta | None = None
+
+
+class _Update(msgspec.Struct):
+    parsed: list[_Feed]
+
+
+_UPDATE = msgspec.json.Decoder(_Update)
+
+
+class _SseLines:
+    """Incremental Server-Sent Events parser (WHATWG rules, LF or CRLF line ends).
+
+    `feed(chunk)` returns the events completed by `chunk`: ``(type, data)`` for a dispatched
+    event and ``(None, text)`` for each comment line (keep-alives).
+    """
+
+    __slots__ = ("_buf", "_data", "_type")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[str] = []
+        self._type = ""
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def feed(self, chunk: bytes) -> list[tuple[str | None, str]]:
+        *lines, self._buf = (self._buf + chunk).split(b"\n")
+        out: list[tuple[str | None, str]] = []
+        for raw in lines:
+            line = raw.removesuffix(b"\r").decode("utf-8", errors="replace")
+            if not line:
+                if self._data:
+                    out.append((self._type or "message", "\n".join(self._data)))
+                self._data, self._type = [], ""
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if not name:
+                out.append((None, value))
+            elif name == "data":
+                self._data.append(value)
+            elif name == "event":
+                self._type = value
+            # "id", "retry" and unknown fields are ignored, as the SSE rules say.
+        return out
+
+
+class PythHermesSource(Source):
+    default_ws_url: ClassVar[str] = "https://hermes.pyth.network"
+    default_rest_url: ClassVar[str | None] = "https://hermes.pyth.network"
+    #: Ids in one latest-price request: keeps the URL near 4 KB (75 characters an id).
+    rest_batch_size: ClassVar[int] = 50
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: SourceConfig,
+        pairs: Sequence[tuple[str, Kind]],
+        emit: Callable[[Quote], None],
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        stats: SourceStats,
+    ) -> None:
+        ids: dict[str, str] = {}
+        mapped: list[tuple[str, Kind]] = []
+        for pair, kind in pairs:
+            raw = cfg.instruments.get(pair)
+            feed = normalize_feed_id(raw) if raw is not None else None
+            if kind in self.kinds and feed is None:
+                stats.failed_instruments[pair] = (
+                    f"no Pyth feed id configured for {pair}"
+                    if raw is None
+                    else f"{raw!r} is not a Pyth feed id (32 bytes in hex)"
+                )
+                continue
+            if feed is not None and feed in ids.values():
+                stats.failed_instruments[pair] = f"feed id {feed} is already used by another pair"
+                continue
+            if feed is not None:
+                ids[pair] = feed
+            mapped.append((pair, kind))
+        cfg = cfg.model_copy(update={"instruments": ids})
+        super().__init__(source_id, cfg, mapped, emit, clock, session, stats)
+        # Newest (publish_time, slot) seen per feed, so that no older update overrides it.
+        self._newest: dict[str, tuple[int, int]] = {}
+
+    # ----------------------------------------------------------------- venue hooks
+
+    def venue_symbol(self, pair: str) -> str:
+        """Never reached: pairs without a mapped feed id are refused in __init__."""
+        raise LookupError(f"no Pyth feed id for {pair}")
+
+    def stream_url(self) -> str:
+        base = self.ws_url
+        if base.startswith(("ws://", "wss://")):  # the config may name the stream as ws(s)
+            base = "http" + base[2:]
+        return f"{base}/v2/updates/price/stream"
+
+    def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
+        """Hermes has no subscribe messages: the ids travel in the stream URL."""
+        raise NotImplementedError
+
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        try:
+            update = _UPDATE.decode(data)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        for feed in update.parsed:
+            self._feed(feed, recv_ts)
+
+    async def _fetch(
+        self, url: str, query: Mapping[str, str]
+    ) -> tuple[int | None, bytes, str | None]:
+        """The base's GET; a 404 naming unknown ids fails them, so the next poll leaves them out."""
+        status, body, error = await super()._fetch(url, query)
+        if status == 404:
+            self._fail_missing(body.decode(errors="replace"))
+        return status, body, error
+
+    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
+        return f"{self.rest_url}/v2/updates/price/latest", self._query(symbols)
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        self.on_message(body, recv_ts)
+
+    # ----------------------------------------------------------------- decoding
+
+    def _feed(self, feed: _Feed, recv_ts: int) -> None:
+        symbol = feed.id
+        if symbol not in self._by_symbol:
+            self.stats.dropped["unknown_symbol"] += 1
+            return
+        p = feed.price
+        try:
+            price, conf = int(p.price), int(p.conf)
+        except ValueError:
+            self._bad("bad_number")
+            return
+        # Pyth's price is an i64 and its conf a u64; beyond that a float could overflow.
+        in_range = -_I64 <= price < _I64 and -_I64 <= conf < _I64
+        if not (in_range and -_MAX_EXPO <= p.expo <= _MAX_EXPO):
+            self._bad("bad_number")
+            return
+        # Hygiene on the integers, before the order check, so that a bad update never counts
+        # as the newest one; the reasons are the base's.
+        if price <= 0:
+            self._bad("non_positive")
+            return
+        if conf < 0:
+            self._bad("crossed")  # bid = price - conf would sit above ask
+            return
+        if conf >= price:
+            self._bad("wide_confidence")  # the band reaches zero: no usable bid
+            return
+        slot = feed.metadata.slot if feed.metadata is not None else None
+        key = (p.publish_time, -1 if slot is None else slot)
+        newest = self._newest.get(symbol)
+        if newest is not None and (key < newest or (key == newest and slot is not None)):
+            self.stats.dropped["out_of_order" if key < newest else "duplicate"] += 1
+            return
+        self._newest[symbol] = key
+        # Integer sums, one correctly rounded division: no float error beyond the last bit.
+        if p.expo < 0:
+            scale = 10**-p.expo
+            bid, ask = (price - conf) / scale, (price + conf) / scale
+        else:
+            scale = 10**p.expo
+            bid, ask = float((price - conf) * scale), float((price + conf) * scale)
+        self._quote(symbol, bid, ask, recv_ts, p.publish_time * 1000)
+
+    def _query(self, ids: Sequence[str]) -> MultiDict[str]:
+        query: MultiDict[str] = MultiDict(("ids[]", i) for i in ids)
+        query.add("parsed", "true")
+        query.add("encoding", "base64")  # a third smaller than hex; we never read it anyway
+        return query
+
+    def _fail_missing(self, text: str) -> int:
+        """Mark failed the ids a ``404 Price ids not found: 0x.., 0x..`` names; return how many."""
+        _, found, listed = text.partition(_MISSING)
+        failed = 0
+        for item in listed.split(",") if found else ():
+            symbol = normalize_feed_id(item)
+            if symbol in self._by_symbol and symbol not in self.stats.failed_instruments:
+                self._log.warning("instrument failed", symbol=symbol, message=text.strip())
+                self.stats.failed_instruments[symbol] = text.strip()
+                failed += 1
+        return failed
+
+    # ----------------------------------------------------------------- SSE transport
+
+    async def _session(self) -> str:
+        """One SSE stream from request to end; returns why it ended (see the base)."""
+        self._cut = None
+        async with asyncio.timeout(self.cfg.liveness_timeout_s):
+            opened = await self._open()
+        if isinstance(opened, str):
+            return opened
+        if opened is None:  # every id failed: nothing to stream until the config changes
+            self._stream_down("no valid Pyth feed ids")
+            await asyncio.Event().wait()
+        assert opened is not None
+        try:
+            loop = asyncio.get_running_loop()
+            self._opened_at = self._last_rx = self._clock.monotonic()
+            try:
+                async with asyncio.timeout(None) as deadline:
+                    self._deadline = deadline
+                    first = min(self.cfg.liveness_timeout_s, self.cfg.max_connection_age_s)
+                    self._watch = loop.call_later(first, self._check)
+                    return await self._read_events(opened)
+            except TimeoutError:
+                return self._cut or "silent"
+            finally:
+                self._deadline = None
+                if self._watch is not None:
+                    self._watch.cancel()
+        finally:
+            opened.close()  # never hand a half-read stream back to the pool
+
+    async def _open(self) -> aiohttp.ClientResponse | str | None:
+        """Open the stream for every healthy id; unknown ids are failed and the rest retried."""
+        while True:
+            ids = [s for s in self.symbols if s not in self.stats.failed_instruments]
+            if not ids:
+                return None
+            resp = await self._http.get(
+                self.stream_url(),
+                params=self._query(ids),
+                headers=_SSE_HEADERS,
+                timeout=_STREAM_TIMEOUT,
+            )
+            if resp.status == 200:
+                return resp
+            try:
+                text = (await resp.content.read(1024)).decode(errors="replace")
+            finally:
+                resp.close()
+            if resp.status == 404 and self._fail_missing(text):
+                continue  # one more request without the unknown ids: no backoff, no storm
+            return f"HTTP {resp.status}: {text[:200]}"
+
+    async def _read_events(self, resp: aiohttp.ClientResponse) -> str:
+        clock, stats = self._clock, self.stats
+        parser = _SseLines()
+        async for chunk in resp.content.iter_any():
+            self._last_rx = clock.monotonic()
+            for kind, data in parser.feed(chunk):
+                recv_ts = clock.now_ms()
+                stats.frames += 1
+                stats.last_frame_ms = recv_ts
+                if kind is None:
+                    continue  # keep-alive comment: life, nothing else
+                before = stats.quotes
+                why = self._event(kind, data, recv_ts)
+                if why is not None:
+                    return why
+                if not self._streaming and stats.quotes != before:
+                    self._stream_up()
+            if parser.pending > _MAX_LINE:
+                self._bad("line_too_long")
+                return "line too long"
+        return "closed by venue (end of stream)"
+
+    def _event(self, kind: str, data: str, recv_ts: int) -> str | None:
+        """Handle one SSE event; a non-None result ends the connection with that reason."""
+        if kind == "message":
+            self.on_message(data, recv_ts)
+        elif kind == "error" and data.startswith(_TIMEOUT_NOTICE):
+            return "server_shutdown"  # the 24 h limit: reconnect at once, as planned
+        elif kind == "error":
+            self._reject(None, data)
+        else:
+            self._bad("unknown_event")
+        return None
