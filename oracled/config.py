@@ -39,6 +39,8 @@ __all__ = [
 # Source type -> "module:Class" of its adapter, imported only when a config uses it.
 SOURCE_TYPES: dict[str, str] = {
     "binance": "oracled.sources.binance:BinanceSource",
+    "kraken": "oracled.sources.kraken:KrakenSource",
+    "bitstamp": "oracled.sources.bitstamp:BitstampSource",
     "binance_usdm": "oracled.sources.binance_usdm:BinanceUsdmSource",
     "pyth_hermes": "oracled.sources.pyth_hermes:PythHermesSource",
 }

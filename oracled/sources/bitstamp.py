@@ -1,0 +1,222 @@
+"""Bitstamp spot: top of book from the ``order_book_<pair>`` channel, REST tickers as fallback.
+
+Docs: https://www.bitstamp.net/websocket/v2/ and https://www.bitstamp.net/api/ (Tickers).
+
+Wire sample (the ``data`` object of an order book event carries the top 100 levels a side as
+decimal strings, best first; recorded live, trimmed here)::
+
+    {"data":{"timestamp":"1641343691","microtimestamp":"1641343691406478",
+     "bids":[["3800.71","1.76200000"],...],"asks":[["3801.02","0.50000000"],...]},
+     "channel":"order_book_ethusd","event":"data"}
+
+Subscribe one channel per message, ``{"event":"bts:subscribe","data":{"channel":
+"order_book_btcusd"}}``, acked by ``{"event":"bts:subscription_succeeded","channel":
+"order_book_btcusd","data":{}}``. The protocol has no request ids: an ack names its channel, and
+a ``bts:error`` that names none is blamed on the oldest unanswered request (the venue answers in
+order). Real Bitstamp acks even channels of markets it does not list and then sends nothing;
+errors come for malformed requests. ``bts:request_reconnect`` asks the client to reconnect (the
+venue is about to drop the connection): we rotate at once, without declaring the stream down.
+
+Liveness: the venue sends no heartbeats of its own and a quiet book can stay silent for most of a
+minute, so the client sends ``{"event":"bts:heartbeat"}`` every 10 s and the venue answers
+``{"event":"bts:heartbeat","channel":"","data":{"status":"success"}}`` (keep
+``liveness_timeout_s`` above that interval; the default 30 s is). The docs give a maximum
+connection age of 90 days and a limit of 1000 channels a connection; the config's daily rotation
+comes first. The docs publish no message rate for the socket; requests are paced at 10 a second.
+Venue time is the book's ``microtimestamp``; a book older than the newest one of its pair is
+dropped here and counted as ``out_of_order``.
+
+REST ``GET /api/v2/ticker/`` answers the ticker of every pair in one request (``pair`` is
+``"BTC/USD"``, ``timestamp`` whole seconds), so a poll is one request whatever the number of
+symbols, far inside the documented 10,000 requests per 10 minutes (the per-pair
+``/api/v2/ticker/{pair}/`` would cost one request per symbol). That request names no symbol, so
+an HTTP 400 cannot blame one (Bitstamp answers rate limits that way): it is reported as 429 so
+that the base neither splits the poll nor fails a symbol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar, Final, Literal
+
+import aiohttp
+import msgspec
+
+from oracled.clock import Clock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sources._base import Source
+from oracled.sources.stats import SourceStats
+
+__all__ = ["BitstampSource"]
+
+_CHANNEL: Final = "order_book_"
+_HEARTBEAT: Final = '{"event":"bts:heartbeat"}'
+
+
+class _Book(msgspec.Struct):
+    microtimestamp: str
+    bids: list[list[str]]
+    asks: list[list[str]]
+
+
+class _BookFrame(msgspec.Struct):
+    event: Literal["data"]
+    channel: str
+    data: _Book
+
+
+class _Info(msgspec.Struct):
+    message: str = ""
+
+
+class _Control(msgspec.Struct):
+    """Acks, errors, heartbeats, reconnect requests and other events: decoded second."""
+
+    event: str
+    channel: str = ""
+    data: _Info | str | None = None
+
+
+class _RestRow(msgspec.Struct):
+    pair: str
+    bid: str | None = None
+    ask: str | None = None
+    timestamp: str | None = None
+
+
+_FRAME = msgspec.json.Decoder(_BookFrame)
+_CONTROL = msgspec.json.Decoder(_Control)
+_REST = msgspec.json.Decoder(list[_RestRow])
+_ENCODE = msgspec.json.Encoder()
+
+
+class BitstampSource(Source):
+    default_ws_url: ClassVar[str] = "wss://ws.bitstamp.net"
+    default_rest_url: ClassVar[str | None] = "https://www.bitstamp.net"
+    max_symbols_per_request: ClassVar[int] = 1  # one channel per subscribe message
+    max_messages_per_s: ClassVar[int] = 10
+    app_ping_interval_s: ClassVar[float | None] = 10.0
+    rest_batch_size: ClassVar[int] = 100_000  # one all-pairs request per poll
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: SourceConfig,
+        pairs: Sequence[tuple[str, Kind]],
+        emit: Callable[[Quote], None],
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        stats: SourceStats,
+    ) -> None:
+        super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
+        self._last_ts: dict[str, int] = {}
+
+    def venue_symbol(self, pair: str) -> str:
+        return pair.replace("/", "").lower()
+
+    def stream_url(self) -> str:
+        return f"{self.ws_url}/"
+
+    def app_ping(self) -> str:
+        return _HEARTBEAT
+
+    def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
+        (symbol,) = symbols
+        request = {"event": "bts:subscribe", "data": {"channel": f"{_CHANNEL}{symbol}"}}
+        return _ENCODE.encode(request).decode()
+
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        try:
+            frame = _FRAME.decode(data)
+        except msgspec.DecodeError:
+            self._control(data)
+            return
+        if not frame.channel.startswith(_CHANNEL):
+            self._bad("shape")  # a channel we never asked for
+            return
+        symbol, book = frame.channel[len(_CHANNEL) :], frame.data
+        if not (book.bids and book.asks and book.bids[0] and book.asks[0]):
+            self.stats.dropped["one_sided"] += 1  # a real state of a thin book, not malformed
+            return
+        try:
+            venue_ts = int(book.microtimestamp) // 1000
+        except ValueError:
+            self._bad("shape")
+            return
+        if self._in_order(symbol, venue_ts):
+            self._quote_text(symbol, book.bids[0][0], book.asks[0][0], recv_ts, venue_ts)
+
+    def _in_order(self, symbol: str, venue_ts: int) -> bool:
+        """False (and counted) for a book older than the newest one seen for its symbol."""
+        if symbol not in self._by_symbol:
+            return True
+        if venue_ts < self._last_ts.get(symbol, 0):
+            self.stats.dropped["out_of_order"] += 1
+            return False
+        self._last_ts[symbol] = venue_ts
+        return True
+
+    def _control(self, data: str | bytes) -> None:
+        try:
+            frame = _CONTROL.decode(data)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        event = frame.event
+        if event == "bts:heartbeat":
+            return  # the answer to our ping: a sign of life, already noted by the base
+        if event == "bts:subscription_succeeded":
+            self._ack(self._request_of(frame.channel))
+        elif event == "bts:error":
+            message = frame.data.message if isinstance(frame.data, _Info) else ""
+            request_id = self._request_of(frame.channel)
+            if request_id is None and not frame.channel and self._pending:
+                request_id = min(self._pending)  # answers come in order: the oldest is due
+            self._reject(request_id, message or "bts:error")
+        elif event == "bts:request_reconnect":
+            self._rotate("server_shutdown")
+        elif event != "bts:unsubscription_succeeded":
+            self._bad("shape")
+
+    def _request_of(self, channel: str) -> int | None:
+        """The pending request that subscribed `channel`, if any."""
+        if not channel.startswith(_CHANNEL):
+            return None
+        wanted = (channel[len(_CHANNEL) :],)
+        return next((rid for rid, symbols in self._pending.items() if symbols == wanted), None)
+
+    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
+        return f"{self.rest_url}/api/v2/ticker/", {}
+
+    async def _fetch(
+        self, url: str, query: Mapping[str, str]
+    ) -> tuple[int | None, bytes, str | None]:
+        """A 400 for the all-pairs request refuses the poll as a whole: report it as 429."""
+        status, body, error = await super()._fetch(url, query)
+        return (429 if status == 400 else status), body, error
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        try:
+            rows = _REST.decode(body)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        wanted = self._by_symbol
+        for row in rows:
+            symbol = row.pair.replace("/", "").lower()
+            if symbol not in wanted:
+                continue  # the answer lists every pair of the venue
+            if row.bid is None or row.ask is None:
+                self.stats.dropped["one_sided"] += 1
+                continue
+            stamp = row.timestamp or ""
+            venue_ts = int(stamp) * 1000 if stamp.isdigit() else None
+            if venue_ts is None or self._in_order(symbol, venue_ts):
+                self._quote_text(symbol, row.bid, row.ask, recv_ts, venue_ts)

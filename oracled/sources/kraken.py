@@ -1,0 +1,283 @@
+"""Kraken spot: best bid/ask from the WebSocket v2 ``ticker`` channel, REST ``Ticker`` as fallback.
+
+Docs: https://docs.kraken.com/api/docs/websocket-v2/ticker (also ``heartbeat``, ``status`` and
+``ping`` on the same site) and https://docs.kraken.com/api/docs/rest-api/get-ticker-information
+
+Wire sample (v2 ticker snapshot; numbers are JSON numbers, ``timestamp`` is RFC 3339)::
+
+    {"channel": "ticker", "type": "snapshot", "data": [{"symbol": "BTC/USD", "bid": 105944.20,
+     "bid_qty": 2.5, "ask": 105944.30, "ask_qty": 3.2, "last": 105899.40, ...,
+     "timestamp": "2022-12-25T09:30:59.123456Z"}]}
+
+Subscribe ``{"method":"subscribe","params":{"channel":"ticker","symbol":["BTC/USD"],
+"event_trigger":"bbo"},"req_id":1}`` (``bbo``: an update on every change of the best bid/offer,
+not only on trades). The venue acks each symbol of a request on its own, all under the same
+``req_id``: ``{"method":"subscribe","result":{"channel":"ticker","symbol":"BTC/USD",...},
+"success":true,"req_id":1}``, or ``{"error":"Currency pair not supported XBT/EUR",
+"method":"subscribe","success":false,"symbol":"XBT/EUR","req_id":1}`` for a bad symbol, which then
+fails that symbol alone.
+
+v2 names assets the common way (``BTC/USD``, ``DOGE/USD``); v1's ``XBT``/``XDG`` are refused, so
+`venue_symbol` translates them. Once subscribed the venue sends ``{"channel":"heartbeat"}`` about
+once a second whenever nothing else flows, so a quiet market stays alive for the watchdog without
+client pings (the optional ``{"method":"ping"}`` is not needed). A ``status`` message arrives on
+connect and whenever the engine state changes (``online``, ``maintenance``, ...); changes are
+logged. The docs give no maximum connection life; the config's daily rotation applies. Message
+rates are limited per connection by a dynamic counter (no fixed number published): this adapter
+sends one subscribe request per 50 symbols.
+
+REST ``GET /0/public/Ticker?pair=XBTUSD,ETHUSD`` answers all pairs in one request; the docs ask
+public callers to stay at about one request a second, so the default poll (every 2 s, one request
+for every symbol) is half of that. Errors come back as HTTP 200 with an ``error`` list; an unknown
+pair spoils the whole request, which is reported to the base as HTTP 400 so that it retries symbol
+by symbol and fails only the bad one. The response keys are Kraken's legacy pair names
+(``XXBTZUSD`` for ``XBTUSD``, ``XBTUSDT`` for ``XBTUSDT``, ``SOLUSD``); every form a symbol can
+come back under is mapped at construction, so nothing is fetched at start-up. REST carries no
+event time.
+
+Out-of-order frames (older ``timestamp`` than the last one of the symbol) are dropped here and
+counted as ``out_of_order``; the core checks again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar, Final, Literal
+
+import aiohttp
+import msgspec
+
+from oracled.clock import Clock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sources._base import Source
+from oracled.sources.stats import SourceStats
+
+__all__ = ["KrakenSource"]
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MS: Final = timedelta(milliseconds=1)
+# v1 and REST asset codes that v2 spells differently.
+_V2_NAMES: Final = {"XBT": "BTC", "XDG": "DOGE"}
+_LEGACY_NAMES: Final = {"BTC": "XBT", "DOGE": "XDG"}
+# A key settled alone by `_settle`; negative so that it never meets a real request id.
+_ONE: Final = -1
+
+
+class _Ticker(msgspec.Struct):
+    symbol: str
+    bid: float
+    ask: float
+    timestamp: datetime | None = None
+
+
+class _TickerFrame(msgspec.Struct):
+    channel: Literal["ticker"]
+    data: list[_Ticker]
+
+
+class _Result(msgspec.Struct):
+    symbol: str | None = None
+
+
+class _Status(msgspec.Struct):
+    system: str = ""
+
+
+class _Control(msgspec.Struct):
+    """Acks, errors, pongs, heartbeats and status: rare, so decoded second."""
+
+    channel: str = ""
+    method: str = ""
+    success: bool | None = None
+    error: str | None = None
+    symbol: str | None = None
+    result: _Result | None = None
+    req_id: int | None = None
+    data: list[_Status] | None = None
+
+
+class _RestRow(msgspec.Struct):
+    a: list[str]
+    b: list[str]
+
+
+class _RestBody(msgspec.Struct):
+    error: list[str]
+    result: dict[str, _RestRow] = msgspec.field(default_factory=dict)
+
+
+class _RestErrors(msgspec.Struct):
+    error: list[str] = msgspec.field(default_factory=list)
+
+
+_FRAME = msgspec.json.Decoder(_TickerFrame)
+_CONTROL = msgspec.json.Decoder(_Control)
+_REST = msgspec.json.Decoder(_RestBody)
+_REST_ERRORS = msgspec.json.Decoder(_RestErrors)
+_ENCODE = msgspec.json.Encoder()
+
+
+def _ms(ts: datetime) -> int:
+    """Exact integer milliseconds of an RFC 3339 time (a time without zone is UTC)."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return (ts - _EPOCH) // _MS
+
+
+def _rest_names(symbol: str) -> tuple[str, set[str]]:
+    """The REST name to ask for `symbol` and every key the answer may file it under."""
+    base, _, quote = symbol.partition("/")
+    old_base, old_quote = _LEGACY_NAMES.get(base, base), _LEGACY_NAMES.get(quote, quote)
+    asked = f"{old_base}{old_quote}"
+    keys = {
+        asked,
+        f"{base}{quote}",
+        f"X{old_base}Z{old_quote}",  # classic crypto against fiat: XXBTZUSD, XETHZEUR
+        f"X{old_base}X{old_quote}",  # classic crypto against classic crypto: XETHXXBT
+        symbol,
+    }
+    return asked, keys
+
+
+class KrakenSource(Source):
+    default_ws_url: ClassVar[str] = "wss://ws.kraken.com"
+    default_rest_url: ClassVar[str | None] = "https://api.kraken.com"
+    max_symbols_per_request: ClassVar[int] = 50
+    max_messages_per_s: ClassVar[int] = 5
+    rest_batch_size: ClassVar[int] = 100  # one Ticker request per poll; keeps the URL short
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: SourceConfig,
+        pairs: Sequence[tuple[str, Kind]],
+        emit: Callable[[Quote], None],
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        stats: SourceStats,
+    ) -> None:
+        super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
+        self._rest_name: dict[str, str] = {}
+        self._rest_key: dict[str, str] = {}
+        for symbol in self.symbols:
+            asked, keys = _rest_names(symbol)
+            self._rest_name[symbol] = asked
+            self._rest_key.update(dict.fromkeys(keys, symbol))
+        self._last_ts: dict[str, int] = {}
+        self._system = "online"
+
+    def venue_symbol(self, pair: str) -> str:
+        base, _, quote = pair.partition("/")
+        return f"{_V2_NAMES.get(base, base)}/{_V2_NAMES.get(quote, quote)}"
+
+    def stream_url(self) -> str:
+        return f"{self.ws_url}/v2"
+
+    def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
+        params = {"channel": "ticker", "symbol": list(symbols), "event_trigger": "bbo"}
+        request = {"method": "subscribe", "params": params, "req_id": request_id}
+        return _ENCODE.encode(request).decode()
+
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        try:
+            tickers = _FRAME.decode(data).data
+        except msgspec.DecodeError:
+            self._control(data)
+            return
+        if not tickers:
+            self._bad("shape")
+        for t in tickers:
+            venue_ts = None if t.timestamp is None else _ms(t.timestamp)
+            if self._in_order(t.symbol, venue_ts):
+                self._quote(t.symbol, t.bid, t.ask, recv_ts, venue_ts)
+
+    def _in_order(self, symbol: str, venue_ts: int | None) -> bool:
+        """False (and counted) for a frame older than the newest one seen for its symbol."""
+        if venue_ts is None or symbol not in self._by_symbol:
+            return True
+        if venue_ts < self._last_ts.get(symbol, 0):
+            self.stats.dropped["out_of_order"] += 1
+            return False
+        self._last_ts[symbol] = venue_ts
+        return True
+
+    def _control(self, data: str | bytes) -> None:
+        try:
+            frame = _CONTROL.decode(data)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        if frame.method == "subscribe" and frame.success is not None:
+            symbol = frame.result.symbol if frame.result is not None else frame.symbol
+            self._settle(frame.req_id, symbol, None if frame.success else frame.error or "refused")
+        elif frame.success is False:  # refused request of another kind, or a malformed one
+            self._reject(frame.req_id, frame.error or "refused")
+        elif frame.channel == "heartbeat" or frame.method == "pong":
+            return  # a sign of life; the base has already noted it
+        elif frame.channel == "status" and frame.data:
+            system = frame.data[0].system
+            if system != self._system:
+                self._log.info("venue status", system=system, previous=self._system)
+                self._system = system
+        else:
+            self._bad("shape")
+
+    def _settle(self, request_id: int | None, symbol: str | None, error: str | None) -> None:
+        """Settle one symbol of a request: Kraken acks or refuses each symbol on its own."""
+        if request_id is not None and symbol is not None:
+            batch = self._pending.get(request_id, ())
+            if symbol in batch:
+                rest = tuple(s for s in batch if s != symbol)
+                if rest:
+                    self._pending[request_id] = rest
+                else:
+                    del self._pending[request_id]
+                self._pending[_ONE] = (symbol,)
+                request_id = _ONE
+        if error is None:
+            self._ack(request_id)
+        else:
+            self._reject(request_id, error)
+
+    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
+        names = ",".join(self._rest_name[s] for s in symbols)
+        return f"{self.rest_url}/0/public/Ticker", {"pair": names}
+
+    async def _fetch(
+        self, url: str, query: Mapping[str, str]
+    ) -> tuple[int | None, bytes, str | None]:
+        """Kraken reports errors inside HTTP 200; turn them into failures the base understands."""
+        status, body, error = await super()._fetch(url, query)
+        if error is not None:
+            return status, body, error
+        try:
+            errors = _REST_ERRORS.decode(body).error
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return status, body, None  # on_rest counts the bad body
+        if not errors:
+            return status, body, None
+        unknown = any(e.startswith("EQuery:Unknown asset pair") for e in errors)
+        return (400 if unknown else status), body, "; ".join(errors)
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        try:
+            rows = _REST.decode(body).result
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        for key, row in rows.items():
+            symbol = self._rest_key.get(key)
+            if symbol is None:
+                self.stats.dropped["unknown_symbol"] += 1
+            elif not row.a or not row.b:
+                self._bad("shape")
+            else:
+                self._quote_text(symbol, row.b[0], row.a[0], recv_ts)
