@@ -39,6 +39,9 @@ __all__ = [
 # Source type -> "module:Class" of its adapter, imported only when a config uses it.
 SOURCE_TYPES: dict[str, str] = {
     "binance": "oracled.sources.binance:BinanceSource",
+    "binance_usdm": "oracled.sources.binance_usdm:BinanceUsdmSource",
+    "bybit_linear": "oracled.sources.bybit:BybitLinearSource",
+    "bybit_spot": "oracled.sources.bybit:BybitSpotSource",
     "kraken": "oracled.sources.kraken:KrakenSource",
     "bitstamp": "oracled.sources.bitstamp:BitstampSource",
     "binance_usdm": "oracled.sources.binance_usdm:BinanceUsdmSource",

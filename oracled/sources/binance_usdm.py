@@ -1,0 +1,254 @@
+"""Binance USDⓈ-M perpetuals: best bid/ask from ``@bookTicker``, mark prices kept aside.
+
+Docs: https://developers.binance.com/docs/derivatives/usds-margined-futures/websocket-market-streams,
+its "Important WebSocket Change Notice" (base URL split) and
+https://developers.binance.com/docs/derivatives/usds-margined-futures/market-data/rest-api
+
+Wire sample (the docs' bookTicker example; unlike spot it carries an event time ``E``, a
+transaction time ``T`` and an update id ``u``)::
+
+    {"e":"bookTicker","u":400900217,"E":1568014460893,"T":1568014460891,"s":"BNBUSDT",
+     "b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}
+
+The subscribe protocol is spot's (`BinanceSource`, reused here): ``SUBSCRIBE`` with
+``{"result":null,"id":N}`` acks and ``{"error":{..},"id":N}`` or flat ``{"code":..,"msg":..}``
+errors. What differs, from the docs:
+
+- Binance split the futures WebSocket by traffic class (the legacy root URLs are retired on
+  2026-04-23): book tickers live on ``/public``, mark prices on ``/market``. So quotes stream from
+  ``<ws_url>/public/stream`` and a second connection, `MarkFeed`, reads ``<ws_url>/market/stream``.
+  Each connection has its own watchdog, backoff and subscriptions (the shared base does them).
+- ``venue_ts`` is ``E`` (event time); frames whose update id ``u`` is not newer than the last one
+  seen for the symbol on this connection are dropped as ``stale`` (replays, duplicates).
+- The server pings every 3 minutes and drops a client without a pong for 10 minutes (the base
+  answers pings); a client may send 10 messages a second; a connection lives at most 24 h (the
+  config rotates at 23 h by default); 1024 streams per connection.
+- REST ``GET /fapi/v1/ticker/bookTicker`` has no multi-symbol parameter: one symbol costs weight 2,
+  all symbols weight 5. One symbol asks for it alone; more ask for all in one request and keep
+  the configured rows (5 weight per poll, far under the 2400 a minute an IP may spend).
+
+Mark prices are not quotes: `mark_feed.marks` holds the latest `MarkPrice` per pair and
+`mark_feed.stats.quotes` counts them, for the mark price component to consume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+import aiohttp
+import msgspec
+
+from oracled.clock import Clock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sources.binance import BinanceSource
+from oracled.sources.stats import SourceStats
+
+__all__ = ["BinanceUsdmSource", "MarkFeed", "MarkPrice"]
+
+
+class _Book(msgspec.Struct):
+    """A futures bookTicker; ``u`` and ``E`` are optional so that every book-shaped frame is
+    judged here, never by the spot control path."""
+
+    s: str
+    b: str
+    a: str
+    u: int | None = None
+    event_ts: int | None = msgspec.field(name="E", default=None)
+
+
+class _Combined(msgspec.Struct):
+    stream: str
+    data: _Book
+
+
+class _RestBook(msgspec.Struct):
+    symbol: str
+    bid: str = msgspec.field(name="bidPrice")
+    ask: str = msgspec.field(name="askPrice")
+    time: int | None = None
+    update_id: int = msgspec.field(name="lastUpdateId", default=0)
+
+
+class _Mark(msgspec.Struct):
+    s: str
+    p: str  # mark price
+    i: str  # index price
+    event_ts: int = msgspec.field(name="E")
+    r: str = ""  # funding rate (empty for delivery contracts)
+
+
+class _MarkFrame(msgspec.Struct):
+    stream: str
+    data: _Mark
+
+
+_FRAME = msgspec.json.Decoder(_Combined)
+_REST = msgspec.json.Decoder(list[_RestBook] | _RestBook)
+_MARK = msgspec.json.Decoder(_MarkFrame)
+_ENCODE = msgspec.json.Encoder()
+_INF: Final = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPrice:
+    """The venue's latest mark and index price of one perpetual (ms timestamps)."""
+
+    mark: float
+    index: float
+    funding_rate: float | None
+    venue_ts: int
+    recv_ts: int
+
+
+class BinanceUsdmSource(BinanceSource):
+    default_ws_url: ClassVar[str] = "wss://fstream.binance.com"
+    default_rest_url: ClassVar[str | None] = "https://fapi.binance.com"
+    kinds: ClassVar[frozenset[Kind]] = frozenset({"perp"})
+    max_messages_per_s: ClassVar[int] = 10
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: SourceConfig,
+        pairs: Sequence[tuple[str, Kind]],
+        emit: Callable[[Quote], None],
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        stats: SourceStats,
+    ) -> None:
+        super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
+        self._last_u: dict[str, int] = {}
+        self.mark_feed = MarkFeed(
+            f"{source_id}:mark",
+            cfg,
+            pairs,
+            _ignore,
+            clock,
+            session,
+            SourceStats(f"{source_id}:mark"),
+        )
+
+    async def run(self) -> None:
+        """Stream book tickers; the mark price connection runs beside it and dies with it."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.mark_feed.run(), name=f"source:{self.source_id}:mark")
+            await super().run()
+
+    def stream_url(self) -> str:
+        return f"{self.ws_url}/public/stream"
+
+    async def connect_url(self) -> str:
+        # Update ids are compared within one connection only, so that a venue-side reset of the
+        # sequence can never freeze a symbol.
+        self._last_u.clear()
+        return self.stream_url()
+
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        try:
+            book = _FRAME.decode(data).data
+        except msgspec.DecodeError:
+            self._control(data)
+            return
+        u = book.u
+        if u is not None:
+            last = self._last_u.get(book.s)
+            if last is not None and u <= last:
+                self.stats.dropped["stale"] += 1
+                return
+        before = self.stats.quotes
+        self._quote_text(book.s, book.b, book.a, recv_ts, book.event_ts)
+        if u is not None and self.stats.quotes != before:  # only good frames advance it
+            self._last_u[book.s] = u
+
+    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
+        query = {"symbol": symbols[0]} if len(symbols) == 1 else {}
+        return f"{self.rest_url}/fapi/v1/ticker/bookTicker", query
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        try:
+            decoded = _REST.decode(body)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        books = decoded if isinstance(decoded, list) else [decoded]
+        wanted = self._by_symbol
+        for book in books:
+            if book.symbol in wanted:  # an all-symbols answer lists hundreds we did not ask for
+                self._quote_text(book.symbol, book.bid, book.ask, recv_ts, book.time)
+
+
+class MarkFeed(BinanceSource):
+    """The ``/market`` connection: ``<symbol>@markPrice@1s`` into `marks`, no quotes, no REST.
+
+    Same subscribe protocol as the book connection, so it shares `BinanceSource`'s control
+    frame handling; only the stream, the payload and where it goes differ.
+    """
+
+    default_ws_url: ClassVar[str] = BinanceUsdmSource.default_ws_url
+    default_rest_url: ClassVar[str | None] = None
+    kinds: ClassVar[frozenset[Kind]] = frozenset({"perp"})
+    max_messages_per_s: ClassVar[int] = 10
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: SourceConfig,
+        pairs: Sequence[tuple[str, Kind]],
+        emit: Callable[[Quote], None],
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        stats: SourceStats,
+    ) -> None:
+        super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
+        self.rest_url = None  # marks are streamed only; the book source does the REST fallback
+        self.marks: dict[str, MarkPrice] = {}
+
+    def stream_url(self) -> str:
+        return f"{self.ws_url}/market/stream"
+
+    def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
+        params = [f"{s.lower()}@markPrice@1s" for s in symbols]
+        return _ENCODE.encode({"method": "SUBSCRIBE", "params": params, "id": request_id}).decode()
+
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        try:
+            mark = _MARK.decode(data).data
+        except msgspec.DecodeError:
+            self._control(data)
+            return
+        target = self._by_symbol.get(mark.s)
+        if target is None:
+            self.stats.dropped["unknown_symbol"] += 1
+            return
+        try:
+            price, index = float(mark.p), float(mark.i)
+            rate = float(mark.r) if mark.r else None
+        except ValueError:
+            self._bad("bad_number")
+            return
+        if not (0.0 < price < _INF and 0.0 < index < _INF):
+            finite = math.isfinite(price) and math.isfinite(index)
+            self._bad("non_positive" if finite else "not_finite")
+            return
+        self.marks[target[0]] = MarkPrice(price, index, rate, mark.event_ts, recv_ts)
+        self.stats.quotes += 1  # counted as the feed's "quotes": it marks the stream as up
+        self.stats.last_quote_ms = recv_ts
+
+    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
+        return None
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        return None
+
+
+def _ignore(quote: Quote) -> None:
+    """The mark feed emits no quotes."""

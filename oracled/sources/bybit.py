@@ -1,0 +1,352 @@
+"""Bybit v5 public streams: spot bid/ask from ``orderbook.1``, linear perpetuals from ``tickers``.
+
+Docs: https://bybit-exchange.github.io/docs/v5/ws/connect,
+https://bybit-exchange.github.io/docs/v5/websocket/public/ticker,
+https://bybit-exchange.github.io/docs/v5/websocket/public/orderbook and
+https://bybit-exchange.github.io/docs/v5/market/tickers
+
+Wire sample (the docs' linear ticker snapshot, shortened; deltas that follow carry only the
+fields that changed, so the last full state per symbol is kept and deltas are merged into it)::
+
+    {"topic":"tickers.BTCUSDT","type":"snapshot","data":{"symbol":"BTCUSDT","lastPrice":"17216.00",
+     "markPrice":"17217.33","indexPrice":"17227.36","bid1Price":"17215.50","bid1Size":"84.489",
+     "ask1Price":"17216.00","ask1Size":"83.020"},"cs":24987956059,"ts":1673272861686}
+
+The current spot ``tickers`` payload has no best bid/ask (only last price and 24 h figures), so
+spot reads level-1 order book ``orderbook.1.<SYMBOL>``: a snapshot after subscribing, then deltas
+where size ``"0"`` removes a level and ``u`` is the per-symbol update id (``u`` = 1 is a snapshot
+after a venue restart). ``venue_ts`` is the frame's ``ts`` on both. Frames older than the last one
+applied for the symbol on this connection (by ``u`` on spot, by ``ts`` on linear) are dropped as
+``stale``; a frame with a bad price is dropped whole and never merged into the kept state.
+
+Subscribe ``{"op":"subscribe","args":["tickers.BTCUSDT"],"req_id":"1"}``, ack
+``{"success":true,"ret_msg":"","conn_id":"..","req_id":"1","op":"subscribe"}``; a refusal has
+``success`` false and the reason in ``ret_msg`` (a recorded one had no ``req_id``: the refused
+topic is then looked up in the message). ``already subscribed`` counts as an ack.
+
+Rules from the docs: the client sends ``{"op":"ping"}`` every 20 s (answered with a JSON pong);
+without ping-pong or data the server cuts a connection after 10 minutes; a spot subscribe request
+takes at most 10 args, and one connection's args may not exceed 21,000 characters; no more than
+500 connections per 5 minutes per IP. Public connections have no documented maximum life (the
+config's default 23 h rotation is kept as hygiene). REST ``GET /v5/market/tickers?category=..``
+answers every symbol of a category in one request (it does carry ``bid1Price``/``ask1Price`` for
+spot), against an IP limit of 600 requests per 5 s: one request per poll.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar, Final
+
+import aiohttp
+import msgspec
+
+from oracled.clock import Clock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sources._base import Source
+from oracled.sources.stats import SourceStats
+
+__all__ = ["BybitLinearSource", "BybitSpotSource"]
+
+_INF: Final = math.inf
+_TOPIC: Final = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)+")
+
+
+class _Ticker(msgspec.Struct):
+    """A linear ticker, snapshot or delta: a missing field means "unchanged"."""
+
+    symbol: str
+    bid: str | None = msgspec.field(name="bid1Price", default=None)
+    ask: str | None = msgspec.field(name="ask1Price", default=None)
+
+
+class _TickerFrame(msgspec.Struct):
+    topic: str
+    type: str
+    ts: int
+    data: _Ticker
+
+
+class _Level1(msgspec.Struct):
+    s: str
+    b: list[tuple[str, str]]
+    a: list[tuple[str, str]]
+    u: int
+
+
+class _BookFrame(msgspec.Struct):
+    topic: str
+    type: str
+    ts: int
+    data: _Level1
+
+
+class _Control(msgspec.Struct):
+    """Operation replies (subscribe acks and refusals, pongs); rare, so decoded second."""
+
+    op: str = ""
+    success: bool | None = None
+    ret_msg: str = ""
+    req_id: str | None = None
+
+
+class _RestRow(msgspec.Struct):
+    symbol: str
+    bid: str = msgspec.field(name="bid1Price")
+    ask: str = msgspec.field(name="ask1Price")
+
+
+class _RestResult(msgspec.Struct):
+    rows: list[_RestRow] = msgspec.field(name="list", default_factory=list)
+
+
+class _Rest(msgspec.Struct):
+    code: int = msgspec.field(name="retCode")
+    msg: str = msgspec.field(name="retMsg")
+    result: _RestResult | None = None
+    time: int | None = None
+
+
+class _Top:
+    """The kept best bid and ask of one symbol, and the order key of the frame they came from."""
+
+    __slots__ = ("ask", "bid", "seq")
+
+    def __init__(self, bid: float | None, ask: float | None, seq: int) -> None:
+        self.bid, self.ask, self.seq = bid, ask, seq
+
+
+_TICKERS = msgspec.json.Decoder(_TickerFrame)
+_BOOKS = msgspec.json.Decoder(_BookFrame)
+_CONTROL = msgspec.json.Decoder(_Control)
+_REST = msgspec.json.Decoder(_Rest)
+_ENCODE = msgspec.json.Encoder()
+_PING: Final = '{"op":"ping"}'
+
+
+class _BybitSource(Source):
+    """What both Bybit categories share: subscribe protocol, pings, acks, REST, price hygiene."""
+
+    category: ClassVar[str]
+    default_rest_url: ClassVar[str | None] = "https://api.bybit.com"
+    app_ping_interval_s: ClassVar[float | None] = 20.0
+    max_messages_per_s: ClassVar[int] = 10  # not documented for public streams; kept modest
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: SourceConfig,
+        pairs: Sequence[tuple[str, Kind]],
+        emit: Callable[[Quote], None],
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        stats: SourceStats,
+    ) -> None:
+        super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
+        self._tops: dict[str, _Top] = {}  # per connection: cleared by `connect_url`
+        self._rest_single: str | None = None  # the symbol of a one-symbol REST request
+
+    def topic(self, symbol: str) -> str:
+        """The subscription topic of one venue symbol."""
+        raise NotImplementedError
+
+    def _on_data(self, data: str | bytes, recv_ts: int) -> None:
+        """Decode one data frame; raises msgspec.DecodeError for anything that is not one."""
+        raise NotImplementedError
+
+    def stream_url(self) -> str:
+        return f"{self.ws_url}/v5/public/{self.category}"
+
+    async def connect_url(self) -> str:
+        # A new connection starts with fresh snapshots: forget the old state and its order keys.
+        self._tops = {}
+        return self.stream_url()
+
+    def app_ping(self) -> str:
+        return _PING
+
+    def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
+        args = [self.topic(s) for s in symbols]
+        return _ENCODE.encode({"op": "subscribe", "args": args, "req_id": str(request_id)}).decode()
+
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        try:
+            self._on_data(data, recv_ts)
+        except msgspec.DecodeError:
+            self._control(data)
+
+    def _control(self, data: str | bytes) -> None:
+        try:
+            frame = _CONTROL.decode(data)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        if frame.op == "subscribe" and frame.success is not None:
+            if frame.success or "already subscribed" in frame.ret_msg:
+                self._ack(_request_id(frame.req_id))
+            else:
+                self._refused(frame.req_id, frame.ret_msg)
+        elif frame.op in ("ping", "pong", "unsubscribe") and frame.success is not False:
+            return  # heartbeat answers: the base already counted the frame as a sign of life
+        else:
+            self._bad("shape")
+
+    def _refused(self, req_id: str | None, message: str) -> None:
+        """A refusal without a usable id is matched to a pending request by the topic it names."""
+        request_id = _request_id(req_id)
+        if request_id not in self._pending:
+            named = set(_TOPIC.findall(message))
+            for pending_id, symbols in self._pending.items():
+                if any(self.topic(s) in named for s in symbols):
+                    request_id = pending_id
+                    break
+        self._reject(request_id, message)
+
+    def _price(self, text: str) -> float | None:
+        """A price from the wire, or None after counting why it is unusable."""
+        try:
+            value = float(text)
+        except ValueError:
+            self._bad("bad_number")
+            return None
+        if not 0.0 < value < _INF:
+            self._bad("non_positive" if math.isfinite(value) else "not_finite")
+            return None
+        return value
+
+    def _apply(self, symbol: str, top: _Top, recv_ts: int, venue_ts: int) -> None:
+        """Keep `top` and emit it, unless it is crossed (dropped) or one-sided (kept, no quote)."""
+        bid, ask = top.bid, top.ask
+        if bid is not None and ask is not None and bid > ask:
+            self._bad("crossed")
+            return
+        self._tops[symbol] = top
+        if bid is None or ask is None:
+            self.stats.dropped["one_sided"] += 1
+            return
+        self._quote(symbol, bid, ask, recv_ts, venue_ts)
+
+    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
+        query = {"category": self.category}
+        self._rest_single = symbols[0] if len(symbols) == 1 else None
+        if self._rest_single is not None:
+            query["symbol"] = self._rest_single
+        return f"{self.rest_url}/v5/market/tickers", query
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        try:
+            reply = _REST.decode(body)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        if reply.code != 0:  # Bybit answers HTTP 200 with an error code in the body
+            self.stats.dropped["rest_error"] += 1
+            if self._rest_single is not None:
+                message = f"{reply.code}: {reply.msg}"
+                self._log.warning("instrument failed", symbol=self._rest_single, message=message)
+                self.stats.failed_instruments[self._rest_single] = message
+            return
+        wanted = self._by_symbol
+        for row in reply.result.rows if reply.result else ():
+            if row.symbol in wanted:  # the category answer lists every symbol it has
+                self._quote_text(row.symbol, row.bid, row.ask, recv_ts, reply.time)
+
+
+class BybitSpotSource(_BybitSource):
+    """Bybit spot: level-1 order book per symbol (spot tickers carry no bid/ask)."""
+
+    category: ClassVar[str] = "spot"
+    default_ws_url: ClassVar[str] = "wss://stream.bybit.com"
+    kinds: ClassVar[frozenset[Kind]] = frozenset({"spot"})
+    max_symbols_per_request: ClassVar[int] = 10  # the documented spot args limit
+
+    def topic(self, symbol: str) -> str:
+        return f"orderbook.1.{symbol}"
+
+    def _on_data(self, data: str | bytes, recv_ts: int) -> None:
+        frame = _BOOKS.decode(data)
+        book = frame.data
+        symbol = book.s
+        if symbol not in self._by_symbol:
+            self.stats.dropped["unknown_symbol"] += 1
+            return
+        previous = self._tops.get(symbol)
+        snapshot = frame.type == "snapshot"
+        if previous is not None and (
+            (book.u < previous.seq and book.u != 1) if snapshot else book.u <= previous.seq
+        ):
+            self.stats.dropped["stale"] += 1
+            return
+        keep = previous if previous is not None and not snapshot else None
+        top = _Top(keep.bid if keep else None, keep.ask if keep else None, book.u)
+        for levels, is_bid in ((book.b, True), (book.a, False)):
+            for price_text, size_text in levels:
+                price = self._price(price_text)
+                if price is None:
+                    return
+                try:
+                    removed = float(size_text) == 0.0
+                except ValueError:
+                    self._bad("bad_number")
+                    return
+                current = top.bid if is_bid else top.ask
+                new = (None if current == price else current) if removed else price
+                if is_bid:
+                    top.bid = new
+                else:
+                    top.ask = new
+        self._apply(symbol, top, recv_ts, frame.ts)
+
+
+class BybitLinearSource(_BybitSource):
+    """Bybit USDT/USDC linear perpetuals: ``tickers`` snapshot, then deltas merged per symbol."""
+
+    category: ClassVar[str] = "linear"
+    default_ws_url: ClassVar[str] = "wss://stream.bybit.com"
+    kinds: ClassVar[frozenset[Kind]] = frozenset({"perp"})
+    max_symbols_per_request: ClassVar[int] = 200  # ~4,600 characters of args, under 21,000
+
+    def venue_symbol(self, pair: str) -> str:
+        """BTC/USDT -> BTCUSDT; USDC perpetuals carry the contract name: BTC/USDC -> BTCPERP."""
+        base, _, quote = pair.partition("/")
+        return f"{base}PERP" if quote == "USDC" else f"{base}{quote}"
+
+    def topic(self, symbol: str) -> str:
+        return f"tickers.{symbol}"
+
+    def _on_data(self, data: str | bytes, recv_ts: int) -> None:
+        frame = _TICKERS.decode(data)
+        ticker = frame.data
+        symbol = ticker.symbol
+        if symbol not in self._by_symbol:
+            self.stats.dropped["unknown_symbol"] += 1
+            return
+        previous = self._tops.get(symbol)
+        if previous is not None and frame.ts < previous.seq:
+            self.stats.dropped["stale"] += 1
+            return
+        keep = previous if previous is not None and frame.type != "snapshot" else None
+        top = _Top(keep.bid if keep else None, keep.ask if keep else None, frame.ts)
+        if ticker.bid is not None:
+            top.bid = self._price(ticker.bid)
+            if top.bid is None:
+                return
+        if ticker.ask is not None:
+            top.ask = self._price(ticker.ask)
+            if top.ask is None:
+                return
+        self._apply(symbol, top, recv_ts, frame.ts)
+
+
+def _request_id(req_id: str | None) -> int | str | None:
+    """Our request ids are integers sent as strings; anything else is someone else's."""
+    return int(req_id) if req_id is not None and req_id.isdigit() else req_id
