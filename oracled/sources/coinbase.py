@@ -1,0 +1,255 @@
+"""Coinbase Advanced Trade: best bid/ask from the public ``ticker`` channel, REST as fallback.
+
+Docs: https://docs.cdp.coinbase.com/coinbase-app/advanced-trade-apis/websocket/websocket-overview,
+https://docs.cdp.coinbase.com/coinbase-app/advanced-trade-apis/websocket/websocket-channels and
+https://docs.cdp.coinbase.com/api-reference/advanced-trade-api/rest-api/public/get-public-market-trades
+
+Wire sample (``ticker`` channel, as published in the venue's documentation)::
+
+    {"channel":"ticker","client_id":"","timestamp":"2026-04-07T14:30:03.000000Z","sequence_num":12,
+     "events":[{"type":"snapshot","tickers":[{"type":"ticker","product_id":"BTC-USD",
+     "price":"68900.50","best_bid":"68900.00","best_bid_quantity":"1.50000000",
+     "best_ask":"68901.00","best_ask_quantity":"0.50000000", ...}]}]}
+
+Subscribe ``{"type":"subscribe","product_ids":["BTC-USD"],"channel":"ticker"}`` and, in a second
+message (one channel per message), ``{"type":"subscribe","channel":"heartbeats"}``: public channels
+need no JWT. Each subscribe is answered, in order, by a ``subscriptions`` message listing everything
+the connection is subscribed to; the venue's error frame ``{"type":"error","message":...}`` names no
+request, so both are matched to the oldest unanswered request (first in, first out). A symbol
+missing from the acknowledged list counts as refused.
+
+Rules from the docs that shape this file: most channels close after 60-90 s without updates, so
+the ``heartbeats`` channel (one message a second) is always subscribed and keeps quiet products
+alive for the watchdog; ``sequence_num`` grows by one per message on a connection, so a message
+whose number is not above the last one seen is a replay and is dropped (``stale_sequence``);
+the envelope ``timestamp`` is the venue time of the quote. Unauthenticated messages are limited to
+8 a second per IP. No maximum connection life is documented; the configured rotation applies.
+``-USDC`` products are served on market-data channels with the data of the ``-USD`` book, so a
+``-USDC`` symbol also accepts frames for its ``-USD`` twin when that twin is not configured itself.
+REST: the public ``GET /api/v3/brokerage/market/products/{product_id}/ticker`` serves one product
+(``rest_batch_size = 1``); public endpoints allow 10 requests a second per IP, and polls are paced
+at 8 a second with a burst of 8. Its ``best_bid``/``best_ask`` carry no book time, so REST quotes
+have no ``venue_ts``. The ticker's last ``price`` is decoded but not forwarded: a quote carries bid
+and ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar, Final
+
+import aiohttp
+import msgspec
+
+from oracled.clock import Clock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sources._base import Source
+from oracled.sources.stats import SourceStats
+
+__all__ = ["CoinbaseSource"]
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MS: Final = timedelta(milliseconds=1)
+_KNOWN: Final = frozenset({"ticker", "heartbeats", "subscriptions"})
+
+
+class _Ticker(msgspec.Struct):
+    product_id: str
+    best_bid: str
+    best_ask: str
+
+
+class _Event(msgspec.Struct):
+    tickers: list[_Ticker] | None = None
+    subscriptions: dict[str, list[str]] | None = None
+
+
+class _Message(msgspec.Struct):
+    """Every frame of the feed: channel messages and the channel-less error frame."""
+
+    channel: str = ""
+    type: str = ""
+    message: str = ""
+    reason: str = ""
+    timestamp: datetime | None = None
+    sequence_num: int = -1
+    events: list[_Event] = []
+
+
+class _RestTicker(msgspec.Struct):
+    best_bid: str
+    best_ask: str
+
+
+def _usd_twin(symbol: str) -> str | None:
+    """BTC-USDC -> BTC-USD: the book whose data the venue serves for a -USDC product."""
+    return symbol[:-1] if symbol.endswith("-USDC") else None
+
+
+_DECODE = msgspec.json.Decoder(_Message)
+_REST = msgspec.json.Decoder(_RestTicker)
+_ENCODE = msgspec.json.Encoder()
+
+
+class _Pacer:
+    """A token bucket for REST calls: `burst` at once, then `rate` a second."""
+
+    __slots__ = ("_at", "_burst", "_clock", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: float, clock: Clock) -> None:
+        self._rate, self._burst, self._tokens = rate, burst, burst
+        self._clock = clock
+        self._at = clock.monotonic()
+
+    async def take(self) -> None:
+        while True:
+            now = self._clock.monotonic()
+            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+            self._at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return
+            await asyncio.sleep((1.0 - self._tokens) / self._rate)
+
+
+class CoinbaseSource(Source):
+    default_ws_url: ClassVar[str] = "wss://advanced-trade-ws.coinbase.com"
+    default_rest_url: ClassVar[str | None] = "https://api.coinbase.com"
+    max_symbols_per_request: ClassVar[int] = 100
+    max_messages_per_s: ClassVar[int] = 8
+    rest_batch_size: ClassVar[int] = 1
+    #: REST pacing inside the public limit of 10 requests a second per IP.
+    rest_rate_per_s: ClassVar[float] = 8.0
+    rest_burst: ClassVar[float] = 8.0
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: SourceConfig,
+        pairs: Sequence[tuple[str, Kind]],
+        emit: Callable[[Quote], None],
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        stats: SourceStats,
+    ) -> None:
+        super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
+        for symbol in self.symbols:
+            twin = _usd_twin(symbol)
+            if twin is not None and twin not in self._by_symbol:
+                self._by_symbol[twin] = self._by_symbol[symbol]
+        self._last_seq = -1
+        self._rest_symbol = ""
+        self._pacer = _Pacer(self.rest_rate_per_s, self.rest_burst, clock)
+
+    def venue_symbol(self, pair: str) -> str:
+        """BTC/USD -> BTC-USD."""
+        return pair.replace("/", "-")
+
+    def stream_url(self) -> str:
+        return self.ws_url
+
+    def _queue_subscriptions(self) -> None:
+        """Per connection: sequence numbers restart, heartbeats go first, then the tickers."""
+        self._last_seq = -1
+        self._outbox.put_nowait((next(self._ids), ()))
+        super()._queue_subscriptions()
+
+    def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
+        if not symbols:
+            return '{"type":"subscribe","channel":"heartbeats"}'
+        body = {"type": "subscribe", "product_ids": list(symbols), "channel": "ticker"}
+        return _ENCODE.encode(body).decode()
+
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        try:
+            msg = _DECODE.decode(data)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        channel = msg.channel
+        if channel not in _KNOWN:
+            if msg.type == "error":
+                self._error(": ".join(filter(None, (msg.message, msg.reason))) or "error")
+            elif channel:
+                self.stats.dropped["other_channel"] += 1
+            else:
+                self._bad("shape")
+            return
+        seq = msg.sequence_num
+        if seq >= 0:
+            if seq <= self._last_seq:
+                self.stats.dropped["stale_sequence"] += 1
+                return
+            self._last_seq = seq
+        if channel == "ticker":
+            stamp = msg.timestamp
+            venue_ts = None if stamp is None else (stamp - _EPOCH) // _MS
+            tickers = [t for event in msg.events for t in event.tickers or ()]
+            if not tickers:
+                self._bad("shape")
+            for t in tickers:
+                self._quote_text(t.product_id, t.best_bid, t.best_ask, recv_ts, venue_ts)
+        elif channel == "subscriptions":
+            listed: dict[str, list[str]] = {}
+            for event in msg.events:
+                listed.update(event.subscriptions or {})
+            self._answered(listed)
+
+    def _answered(self, listed: Mapping[str, list[str]]) -> None:
+        """A `subscriptions` message answers the oldest open request."""
+        if not self._pending:
+            self._ack(None)  # counted as unsolicited
+            return
+        request_id, symbols = next(iter(self._pending.items()))
+        if not symbols:
+            if "heartbeats" in listed:
+                self._ack(request_id)
+            else:
+                self._reject(request_id, "heartbeats missing from the subscriptions ack")
+            return
+        have = set(listed.get("ticker", ()))
+        missing = [s for s in symbols if s not in have and _usd_twin(s) not in have]
+        if missing:
+            self._reject(request_id, "not in the venue's subscriptions")
+        else:
+            self._ack(request_id)
+
+    def _error(self, text: str) -> None:
+        """An error frame names no request: it refuses the oldest open one."""
+        self._reject(next(iter(self._pending), None), text)
+
+    def _reject(self, request_id: int | str | None, message: str) -> None:
+        """A refused heartbeats request has no symbol to fail: count and log it only."""
+        if isinstance(request_id, int) and self._pending.get(request_id) == ():
+            del self._pending[request_id]
+            request_id = None
+        super()._reject(request_id, message)
+
+    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
+        # Polls run one at a time in one task, so the answer to this request is the next body.
+        self._rest_symbol = symbols[0]
+        url = f"{self.rest_url}/api/v3/brokerage/market/products/{symbols[0]}/ticker"
+        return url, {"limit": "1"}
+
+    async def _fetch(
+        self, url: str, query: Mapping[str, str]
+    ) -> tuple[int | None, bytes, str | None]:
+        await self._pacer.take()
+        return await super()._fetch(url, query)
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        try:
+            book = _REST.decode(body)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        self._quote_text(self._rest_symbol, book.best_bid, book.best_ask, recv_ts)

@@ -1,0 +1,201 @@
+"""Decoding Coinbase Advanced Trade frames: recorded frames, control frames and every bad frame."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from oracled.clock import ManualClock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sim.coinbase import GARBAGE
+from oracled.sources import SourceStats
+from oracled.sources.coinbase import CoinbaseSource
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "coinbase"
+TICKER = (FIXTURES / "ws_ticker.json").read_text()
+HEARTBEAT = (FIXTURES / "ws_heartbeats.json").read_text()
+SUBSCRIPTIONS = (FIXTURES / "ws_subscriptions.json").read_text()
+TRADES = (FIXTURES / "ws_market_trades.json").read_text()
+REST = (FIXTURES / "rest_market_products_ticker.json").read_bytes()
+TICKER_MS = 1_775_572_203_000  # 2026-04-07T14:30:03.000000Z
+
+
+class Harness:
+    def __init__(self, source: CoinbaseSource, stats: SourceStats, quotes: list[Quote]) -> None:
+        self.source, self.stats, self.quotes = source, stats, quotes
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    stats = SourceStats("cb")
+    quotes: list[Quote] = []
+    cfg = SourceConfig(type="coinbase", instruments={"XBT/USD": "BTC-USD"})
+    pairs: list[tuple[str, Kind]] = [("XBT/USD", "spot"), ("ETH/USD", "spot"), ("SOL/USDC", "spot")]
+    async with aiohttp.ClientSession() as http:
+        source = CoinbaseSource("cb", cfg, pairs, quotes.append, ManualClock(), http, stats)
+        yield Harness(source, stats, quotes)
+
+
+def test_recorded_ticker_becomes_a_quote_with_venue_time(harness: Harness) -> None:
+    """The documented ticker frame gives one quote: mapped pair, bid/ask, envelope time in ms."""
+    harness.source.on_message(TICKER, 1_000)
+    assert harness.quotes == [
+        Quote("cb", "XBT/USD", 1_000, bid=68_900.0, ask=68_901.0, venue_ts=TICKER_MS)
+    ]
+    assert harness.stats.malformed == 0
+    assert harness.stats.quotes == 1 and harness.stats.last_quote_ms == 1_000
+
+
+def test_ticker_as_bytes_decodes_too(harness: Harness) -> None:
+    """A frame delivered as bytes decodes like text."""
+    harness.source.on_message(TICKER.encode(), 5)
+    assert [q.pair for q in harness.quotes] == ["XBT/USD"]
+
+
+def test_heartbeat_is_life_not_data(harness: Harness) -> None:
+    """A recorded heartbeat is accepted silently: no quote, nothing malformed, nothing dropped."""
+    harness.source.on_message(HEARTBEAT, 1)
+    assert harness.quotes == []
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+def test_frame_of_another_channel_is_counted_apart(harness: Harness) -> None:
+    """A well-formed market_trades frame is not malformed, only counted as another channel."""
+    harness.source.on_message(TRADES, 1)
+    assert harness.quotes == []
+    assert harness.stats.malformed == 0
+    assert harness.stats.dropped == {"other_channel": 1}
+
+
+def test_usdc_symbol_accepts_frames_of_its_usd_twin(harness: Harness) -> None:
+    """-USDC products are served with -USD data: a SOL-USD ticker feeds the SOL/USDC pair."""
+    assert harness.source.symbols == ("BTC-USD", "ETH-USD", "SOL-USDC")
+    harness.source.on_message(TICKER.replace("BTC-USD", "SOL-USD"), 1)
+    assert [q.pair for q in harness.quotes] == ["SOL/USDC"]
+
+
+def test_duplicate_and_older_sequence_numbers_are_dropped(harness: Harness) -> None:
+    """A frame whose sequence_num is not above the last one seen is a replay and is dropped."""
+    src = harness.source
+    src.on_message(TICKER, 1)
+    src.on_message(TICKER, 2)
+    src.on_message(TICKER.replace('"sequence_num": 12', '"sequence_num": 11'), 3)
+    src.on_message(TICKER.replace('"sequence_num": 12', '"sequence_num": 13'), 4)
+    assert [q.recv_ts for q in harness.quotes] == [1, 4]
+    assert harness.stats.dropped == {"stale_sequence": 2}
+    assert harness.stats.malformed == 0
+
+
+def test_subscriptions_ack_settles_the_oldest_request(harness: Harness) -> None:
+    """The heartbeats request and the ticker request are settled in order by their acks."""
+    src, stats = harness.source, harness.stats
+    src._pending[1] = ()
+    src._pending[2] = ("BTC-USD", "ETH-USD")
+    stats.failed_instruments["ETH-USD"] = "old failure"
+    ack = (
+        '{"channel":"subscriptions","sequence_num":%d,"events":[{"subscriptions":'
+        '{"heartbeats":["heartbeats"],"ticker":["BTC-USD","ETH-USD"]}}]}'
+    )
+    src.on_message(ack % 1, 1)
+    assert list(src._pending) == [2]
+    src.on_message(ack % 2, 2)
+    assert src._pending == {}
+    assert stats.failed_instruments == {}  # an acked symbol has recovered
+    assert stats.malformed == 0 and stats.dropped == {}
+
+
+def test_symbol_missing_from_the_ack_counts_as_refused(harness: Harness) -> None:
+    """The recorded ack lists no ticker channel: a one-symbol ticker request is marked failed."""
+    src = harness.source
+    src._pending[4] = ("BTC-USD",)
+    src.on_message(SUBSCRIPTIONS, 1)
+    assert harness.stats.failed_instruments == {"BTC-USD": "not in the venue's subscriptions"}
+    assert src._pending == {}
+
+
+def test_error_frame_refuses_the_oldest_request_and_splits_a_batch(harness: Harness) -> None:
+    """An error names no request: the oldest batch is split, a single symbol is marked failed."""
+    src, stats = harness.source, harness.stats
+    error = '{"type":"error","message":"Failed to subscribe","reason":"FOO-USD is not valid"}'
+    src._pending[3] = ("BTC-USD", "ETH-USD")
+    src.on_message(error, 1)
+    queued = [src._outbox.get_nowait()[1] for _ in range(src._outbox.qsize())]
+    assert queued == [("BTC-USD",), ("ETH-USD",)]
+    assert stats.failed_instruments == {}
+    src._pending[9] = ("ETH-USD",)
+    src.on_message(error, 2)
+    assert stats.failed_instruments == {"ETH-USD": "Failed to subscribe: FOO-USD is not valid"}
+    assert stats.malformed == 0
+
+
+def test_unsolicited_acks_and_errors_are_counted(harness: Harness) -> None:
+    """Answers with nothing open, or an error for the heartbeats request, blame no symbol."""
+    src, stats = harness.source, harness.stats
+    src.on_message(SUBSCRIPTIONS, 1)
+    src.on_message('{"type":"error","message":"rate limited"}', 2)
+    src._pending[5] = ()
+    src.on_message('{"type":"error","message":"Failed to subscribe"}', 3)
+    assert stats.dropped == {"unsolicited": 1, "venue_error": 2}
+    assert stats.failed_instruments == {} and src._pending == {}
+
+
+@pytest.mark.parametrize(
+    ("index", "reason"),
+    [
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "shape"),
+        (6, "not_finite"),
+        (7, "not_finite"),
+        (8, "non_positive"),
+        (9, "non_positive"),
+        (10, "bad_number"),
+        (11, "bad_number"),
+        (12, "crossed"),
+        (13, "shape"),
+    ],
+)
+def test_garbage_is_counted_by_reason_and_never_emitted(
+    harness: Harness, index: int, reason: str
+) -> None:
+    """Broken JSON, wrong shapes, NaN/inf/zero/negative/empty/crossed prices: dropped, counted."""
+    harness.source.on_message(GARBAGE[index], 1)
+    assert harness.quotes == []
+    assert harness.stats.malformed == 1
+    assert harness.stats.dropped == {reason: 1}
+
+
+def test_every_simulator_garbage_kind_is_covered() -> None:
+    """The cases above cover the simulator's whole garbage catalogue."""
+    assert len(GARBAGE) == 14
+
+
+def test_rest_ticker_becomes_a_quote_for_the_requested_product(harness: Harness) -> None:
+    """The recorded public ticker answer is quoted for the product of the request it answers."""
+    src = harness.source
+    url, query = src.rest_request(["BTC-USD"]) or ("", {})
+    assert url == "https://api.coinbase.com/api/v3/brokerage/market/products/BTC-USD/ticker"
+    assert query == {"limit": "1"}
+    src.on_rest(REST, 42)
+    assert harness.quotes == [Quote("cb", "XBT/USD", 42, bid=68_923.66, ask=68_923.67)]
+    src.on_rest(b'{"error":"NOT_FOUND","message":"no such product"}', 43)
+    src.on_rest(b"<html>", 44)
+    assert harness.stats.dropped == {"shape": 1, "decode": 1}
+
+
+def test_subscribe_messages_follow_the_documented_shape(harness: Harness) -> None:
+    """One channel per message: tickers with product ids, heartbeats without."""
+    src = harness.source
+    assert src.subscribe_message(1, ["BTC-USD", "ETH-USD"]) == (
+        '{"type":"subscribe","product_ids":["BTC-USD","ETH-USD"],"channel":"ticker"}'
+    )
+    assert src.subscribe_message(2, []) == '{"type":"subscribe","channel":"heartbeats"}'
+    assert src.stream_url() == "wss://advanced-trade-ws.coinbase.com"
+    assert src.venue_symbol("BTC/USD") == "BTC-USD"
