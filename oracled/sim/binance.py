@@ -39,7 +39,7 @@ GARBAGE: Final[tuple[str, ...]] = (
     '{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCUSDT","b":',
     "not json at all",
     '{"stream":"btcusdt@bookTicker","data":[1,2,3]}',
-    '{"stream":"btcusdt@bookTicker","data":{"u":2,"s":"BTCUSDT","b":67000.1,"a":67000.2}}',
+    '{"stream":"btcusdt@bookTicker","data":{"u":2,"s":"BTCUSDT","b":true,"a":[67000.2]}}',
     '{"hello":"world"}',
     "[]",
     '{"stream":"btcusdt@bookTicker","data":{"u":3,"s":"BTCUSDT","b":"NaN","B":"1","a":"NaN","A":"1"}}',

@@ -183,20 +183,24 @@ class Source(abc.ABC):
             self.stats.dropped["unknown_symbol"] += 1
             return
         # One chained comparison per side rejects NaN, +-inf, zero and negatives together.
-        if not (0.0 < bid < _INF and 0.0 < ask < _INF):
-            finite = math.isfinite(bid) and math.isfinite(ask)
-            self._bad("non_positive" if finite else "not_finite")
+        if not (0.0 < bid <= ask < _INF):
+            self._reject_prices(bid, ask)
             return
-        if bid > ask:
-            self._bad("crossed")
-            return
-        pair, kind = target
         stats = self.stats
         stats.quotes += 1
         stats.last_quote_ms = recv_ts
-        self._emit(
-            Quote(self.source_id, pair, recv_ts, bid=bid, ask=ask, kind=kind, venue_ts=venue_ts)
-        )
+        # Positional arguments: this runs once per venue frame (source, pair, recv_ts, price,
+        # bid, ask, kind, venue_ts).
+        self._emit(Quote(self.source_id, target[0], recv_ts, None, bid, ask, target[1], venue_ts))
+
+    def _reject_prices(self, bid: float, ask: float) -> None:
+        """Name what was wrong with a pair of prices that failed the one-line check."""
+        if not (math.isfinite(bid) and math.isfinite(ask)):
+            self._bad("not_finite")
+        elif bid <= 0.0 or ask <= 0.0:
+            self._bad("non_positive")
+        else:
+            self._bad("crossed")
 
     def _bad(self, reason: str) -> None:
         """Count a frame that could not be used (decode error, wrong shape, bad price)."""
