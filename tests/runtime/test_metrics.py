@@ -1,0 +1,107 @@
+"""The metrics exposition: names, labels and values read from live state at scrape time."""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from oracled.config import parse_config
+from oracled.core import Core, RoundResult
+from oracled.metrics import Metrics, MetricsInputs
+from oracled.model import Quote
+from oracled.sources.stats import ConnState, SourceStats
+
+T0 = 1_700_000_000_000
+
+
+def _setup() -> tuple[Core, Metrics, dict[str, SourceStats], list[RoundResult]]:
+    cfg = parse_config(
+        {
+            "oracle": {"resume_rounds": 1},
+            "sources": {s: {"type": "binance"} for s in ("a", "b", "c")},
+            "markets": [
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 2,
+                    "sources": [{"source": s, "pair": "BTC/USD"} for s in ("a", "b", "c")],
+                },
+                {
+                    "symbol": "ETH/USD",
+                    "min_sources": 2,
+                    "sources": [{"source": s, "pair": "ETH/USD"} for s in ("a", "b")],
+                },
+            ],
+        }
+    )
+    core = Core(cfg)
+    stats = {s: SourceStats(source=s) for s in ("a", "b", "c")}
+    results: list[RoundResult] = []
+    metrics = Metrics(
+        MetricsInputs(
+            core=core,
+            latest=lambda: results[-1] if results else None,
+            source_stats=stats,
+            now_ms=lambda: T0 + 3_000,
+            stream_subscribers=lambda: 2,
+            stream_dropped=lambda: {"slow_consumer": 1},
+        )
+    )
+    return core, metrics, stats, results
+
+
+def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_market_and_source_series_follow_the_latest_round() -> None:
+    """Price and status per market; per-source counters; drops by reason from the core."""
+    core, metrics, stats, results = _setup()
+    for s, px in (("a", 100.0), ("b", 100.2), ("c", 100.1)):
+        core.ingest(Quote(s, "BTC/USD", T0, price=px))
+    core.ingest(Quote("a", "ETH/USD", T0, price=float("nan")))  # dropped: not_finite
+    core.ingest(Quote("a", "DOGE/USD", T0, price=1.0))  # dropped: unknown_symbol
+    stats["a"].frames, stats["a"].quotes, stats["a"].state = 10, 7, ConnState.STREAMING
+    stats["a"].last_quote_ms = T0
+    results.append(core.run_round(T0 + 1_000))
+    s = _samples(metrics)
+    assert s[("oracled_market_price", (("market", "BTC/USD"),))] == 100.1
+    assert s[("oracled_market_status", (("market", "BTC/USD"), ("status", "active")))] == 1.0
+    assert s[("oracled_market_status", (("market", "ETH/USD"), ("status", "unknown")))] == 1.0
+    assert math.isnan(s[("oracled_market_price", (("market", "ETH/USD"),))])
+    assert s[("oracled_market_sources_used", (("market", "BTC/USD"),))] == 3
+    for market in ("BTC/USD", "ETH/USD"):
+        states = [
+            v
+            for (n, lbl), v in s.items()
+            if n == "oracled_market_status" and ("market", market) in lbl
+        ]
+        assert sorted(states) == [0.0, 0.0, 0.0, 1.0]
+    assert s[("oracled_source_frames_total", (("source", "a"),))] == 10
+    assert s[("oracled_source_quotes_total", (("source", "a"),))] == 7
+    assert s[("oracled_source_up", (("source", "a"),))] == 1.0
+    assert s[("oracled_source_up", (("source", "b"),))] == 0.0
+    assert s[("oracled_source_last_quote_age_seconds", (("source", "a"),))] == 3.0
+    drops = (("reason", "not_finite"), ("source", "a"))
+    assert s[("oracled_quotes_dropped_total", drops)] == 1
+    assert s[("oracled_quotes_dropped_total", (("reason", "unknown_symbol"), ("source", "a")))] == 1
+    assert s[("oracled_rounds_total", ())] == 1
+    assert s[("oracled_stream_subscribers", ())] == 2
+    assert s[("oracled_stream_dropped_subscribers_total", (("reason", "slow_consumer"),))] == 1
+
+
+def test_round_histogram_and_transition_counter_are_exported() -> None:
+    """Event-driven metrics appear once observed."""
+    _, metrics, _, _ = _setup()
+    metrics.round_duration.observe(0.002)
+    metrics.transitions.labels("BTC/USD", "paused").inc()
+    s = _samples(metrics)
+    assert s[("oracled_round_duration_seconds_count", ())] == 1
+    key = ("oracled_gate_transitions_total", (("market", "BTC/USD"), ("status", "paused")))
+    assert s[key] == 1
