@@ -39,6 +39,7 @@ __all__ = [
 # Source type -> "module:Class" of its adapter, imported only when a config uses it.
 SOURCE_TYPES: dict[str, str] = {
     "binance": "oracled.sources.binance:BinanceSource",
+    "okx": "oracled.sources.okx:OkxSource",
     "coinbase": "oracled.sources.coinbase:CoinbaseSource",
     "binance_usdm": "oracled.sources.binance_usdm:BinanceUsdmSource",
     "bybit_linear": "oracled.sources.bybit:BybitLinearSource",

@@ -1,0 +1,245 @@
+"""OKX v5: best bid/ask from the public ``tickers`` channel, REST tickers as fallback.
+
+Docs: https://www.okx.com/docs-v5/en/#overview-websocket and
+https://www.okx.com/docs-v5/en/#order-book-trading-market-data-ws-tickers-channel and
+https://www.okx.com/docs-v5/en/#order-book-trading-market-data-get-tickers
+
+Wire sample (``wss://ws.okx.com:8443/ws/v5/public``, recorded live 2022-05-13)::
+
+    {"arg":{"channel":"tickers","instId":"BTC-USDT"},"data":[{"instType":"SPOT",
+     "instId":"BTC-USDT","last":"30236","lastSz":"0.0002","askPx":"30228.7","askSz":"1.55896972",
+     "bidPx":"30228.6","bidSz":"0.23393",...,"ts":"1652459224956"}]}
+
+Subscribe ``{"id":"7","op":"subscribe","args":[{"channel":"tickers","instId":"BTC-USDT"}]}``. The
+current docs accept an optional client ``id`` (up to 32 alphanumerics) and echo it; older servers
+(the 2022 recording) answer without it, so acks are matched by instrument, with the id as a hint.
+The venue acks each arg on its own, ``{"id":"7","event":"subscribe","arg":{...},"connId":".."}``,
+and refuses an unknown instrument with ``{"event":"error","code":"60018","msg":"Wrong URL or
+channel:tickers,instId:FOO-USDT doesn't exist..."}``: only that instrument is marked failed.
+``{"event":"notice","code":"64008"}`` announces a close for a service upgrade: we rotate at once.
+
+Rules from the docs that shape this file: the venue sends no pings; a connection with no data for
+30 s is closed, so the client sends the text ``ping`` (answered by ``pong``) at an interval under
+30 s; 3 connection requests a second per IP and 480 subscribe requests an hour per connection
+(requests are batched, 50 args each); no maximum connection life is documented, so the config's
+default rotation applies. A pair of kind ``perp`` maps to the USDT-margined swap ``BTC-USDT-SWAP``.
+``ts`` is the venue's event time (ms) and is carried as ``venue_ts``; a ticker older than the last
+one seen for its instrument is dropped (``dropped["out_of_order"]``). During the pre-open period
+the docs allow a crossed book, which the base drops as ``crossed``.
+
+REST ``GET /api/v5/market/tickers?instType=SPOT|SWAP`` returns every instrument of a type in one
+request (limit: 20 requests per 2 s per IP). One poll makes one request: with both kinds
+configured, polls alternate between SPOT and SWAP. A poll for a single instrument (after a refused
+batch) uses ``GET /api/v5/market/ticker?instId=..`` (same limit).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar, Final
+
+import aiohttp
+import msgspec
+
+from oracled.clock import Clock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sources._base import Source
+from oracled.sources.stats import SourceStats
+
+__all__ = ["OkxSource"]
+
+_SWAP: Final = "-SWAP"
+_INST_IN_MSG: Final = re.compile(r"instId:([A-Za-z0-9_-]+)")
+
+
+class _Arg(msgspec.Struct):
+    channel: str
+    instId: str = ""
+
+
+class _Tick(msgspec.Struct):
+    instId: str
+    bidPx: str
+    askPx: str
+    ts: str
+
+
+class _Push(msgspec.Struct):
+    arg: _Arg
+    data: list[_Tick]
+
+
+class _Control(msgspec.Struct):
+    """Event frames: acks, errors, notices, connection counts. Rare, so decoded second."""
+
+    event: str = ""
+    id: str | None = None
+    code: str = ""
+    msg: str = ""
+    arg: _Arg | None = None
+
+
+class _Rest(msgspec.Struct):
+    code: str
+    msg: str = ""
+    data: list[_Tick] = msgspec.field(default_factory=list)
+
+
+_PUSH = msgspec.json.Decoder(_Push)
+_CONTROL = msgspec.json.Decoder(_Control)
+_REST = msgspec.json.Decoder(_Rest)
+_ENCODE = msgspec.json.Encoder()
+
+
+class OkxSource(Source):
+    default_ws_url: ClassVar[str] = "wss://ws.okx.com:8443"
+    default_rest_url: ClassVar[str | None] = "https://www.okx.com"
+    kinds: ClassVar[frozenset[Kind]] = frozenset({"spot", "perp"})
+    max_symbols_per_request: ClassVar[int] = 50
+    max_messages_per_s: ClassVar[int] = 3
+    app_ping_interval_s: ClassVar[float | None] = 20.0
+    rest_batch_size: ClassVar[int] = 1000
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: SourceConfig,
+        pairs: Sequence[tuple[str, Kind]],
+        emit: Callable[[Quote], None],
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        stats: SourceStats,
+    ) -> None:
+        super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
+        # The base names instruments by pair alone; on OKX spot and swap of one pair differ.
+        self._by_symbol = {
+            self.instrument(pair, kind): (pair, kind) for pair, kind in pairs if kind in self.kinds
+        }
+        self.symbols = tuple(self._by_symbol)
+        self._last_ts: dict[str, int] = {}
+        self._rest_turn = 0
+
+    def venue_symbol(self, pair: str) -> str:
+        return pair.replace("/", "-")
+
+    def instrument(self, pair: str, kind: Kind) -> str:
+        """The instId of a pair: the config's name or BASE-QUOTE; a perp adds ``-SWAP``."""
+        spot = self.cfg.instruments.get(pair) or self.venue_symbol(pair)
+        if kind == "perp" and not spot.endswith(_SWAP):
+            return spot + _SWAP
+        return spot
+
+    def stream_url(self) -> str:
+        return f"{self.ws_url}/ws/v5/public"
+
+    def app_ping(self) -> str:
+        return "ping"
+
+    def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
+        args = [{"channel": "tickers", "instId": s} for s in symbols]
+        return _ENCODE.encode({"id": str(request_id), "op": "subscribe", "args": args}).decode()
+
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        try:
+            push = _PUSH.decode(data)
+        except msgspec.DecodeError:
+            if data not in ("pong", b"pong"):  # the answer to our ping: life, nothing more
+                self._control(data)
+            return
+        if push.arg.channel != "tickers" or not push.data:
+            self._bad("shape")
+            return
+        for tick in push.data:
+            self._tick(tick, recv_ts)
+
+    def _tick(self, tick: _Tick, recv_ts: int) -> None:
+        try:
+            ts = int(tick.ts)
+        except ValueError:
+            self._bad("bad_number")
+            return
+        symbol = tick.instId
+        if ts < self._last_ts.get(symbol, 0):
+            self.stats.dropped["out_of_order"] += 1
+            return
+        quotes = self.stats.quotes
+        self._quote_text(symbol, tick.bidPx, tick.askPx, recv_ts, ts)
+        if self.stats.quotes != quotes:  # only a price that was used moves the clock on
+            self._last_ts[symbol] = ts
+
+    def _control(self, data: str | bytes) -> None:
+        try:
+            frame = _CONTROL.decode(data)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        event = frame.event
+        request_id = int(frame.id) if frame.id and frame.id.isdigit() else None
+        if event == "subscribe" and frame.arg is not None:
+            self._settle(request_id, frame.arg.instId, None)
+        elif event == "error":
+            message = f"{frame.code}: {frame.msg}"
+            named = frame.arg.instId if frame.arg else ""
+            if not named and (found := _INST_IN_MSG.search(frame.msg)):
+                named = found.group(1)
+            if named in self._by_symbol:
+                self._settle(request_id, named, message)
+            else:
+                self._reject(request_id, message)
+        elif event == "notice":
+            self._rotate("server_shutdown")  # 64008: closing soon for a service upgrade
+        elif event == "channel-conn-count-error":
+            self.stats.dropped["venue_error"] += 1
+            self._log.warning("venue connection limit", message=frame.msg or frame.code)
+        elif event not in ("channel-conn-count", "unsubscribe"):
+            self._bad("shape")
+
+    def _settle(self, request_id: int | None, symbol: str, error: str | None) -> None:
+        """One instrument was acked or refused: OKX answers per arg, not per request."""
+        pending = self._pending
+        if request_id is None or symbol not in pending.get(request_id, ()):
+            request_id = next((r for r, syms in pending.items() if symbol in syms), None)
+        if request_id is None and error is None:
+            self.stats.dropped["unsolicited"] += 1
+            return
+        if request_id is not None:
+            rest = tuple(s for s in pending.pop(request_id) if s != symbol)
+            if rest:
+                pending[request_id] = rest
+        # Settle the one instrument through the base, which keeps the failed list and logs.
+        single = next(self._ids)
+        pending[single] = (symbol,)
+        if error is None:
+            self._ack(single)
+        else:
+            self._reject(single, error)
+
+    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
+        if len(symbols) == 1:
+            return f"{self.rest_url}/api/v5/market/ticker", {"instId": symbols[0]}
+        types = sorted({"SWAP" if s.endswith(_SWAP) else "SPOT" for s in symbols})
+        self._rest_turn += 1
+        inst_type = types[self._rest_turn % len(types)]
+        return f"{self.rest_url}/api/v5/market/tickers", {"instType": inst_type}
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        try:
+            reply = _REST.decode(body)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        if reply.code != "0":
+            self.stats.dropped["venue_error"] += 1
+            return
+        known = self._by_symbol
+        for tick in reply.data:
+            if tick.instId in known:  # a tickers reply lists every instrument of the type
+                self._tick(tick, recv_ts)

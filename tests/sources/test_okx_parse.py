@@ -1,0 +1,268 @@
+"""Decoding OKX v5 frames into quotes: real recorded frames, control events, and every bad frame."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from oracled.clock import ManualClock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sim.okx import GARBAGE
+from oracled.sources import SourceStats
+from oracled.sources.okx import OkxSource
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "okx"
+TICKERS = (FIXTURES / "ws_tickers.jsonl").read_text().splitlines()
+EVENTS = (FIXTURES / "ws_events.jsonl").read_text().splitlines()
+OTHER = (FIXTURES / "ws_other_channels.jsonl").read_text().splitlines()
+
+
+class Harness:
+    def __init__(self, source: OkxSource, stats: SourceStats, quotes: list[Quote]) -> None:
+        self.source, self.stats, self.quotes = source, stats, quotes
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    stats = SourceStats("okx")
+    quotes: list[Quote] = []
+    cfg = SourceConfig(type="okx", instruments={"BTC/USDQ": "BTC-USD-220527", "UNI/USD": "UNI-USD"})
+    pairs: list[tuple[str, Kind]] = [
+        ("BTC/USDQ", "spot"),  # a dated future named through the config
+        ("UNI/USD", "perp"),  # -> UNI-USD-SWAP
+        ("BTC/USDT", "spot"),
+        ("ETH/USDT", "spot"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        source = OkxSource("okx", cfg, pairs, quotes.append, ManualClock(), http, stats)
+        yield Harness(source, stats, quotes)
+
+
+def test_instrument_names_follow_the_venue_rule(harness: Harness) -> None:
+    """BASE/QUOTE -> BASE-QUOTE, perp adds -SWAP, config names win."""
+    assert harness.source.symbols == ("BTC-USD-220527", "UNI-USD-SWAP", "BTC-USDT", "ETH-USDT")
+    src = harness.source
+    assert src.instrument("BTC/USDT", "perp") == "BTC-USDT-SWAP"
+    assert src.instrument("SOL/USDC", "spot") == "SOL-USDC"
+
+
+async def test_spot_and_perp_of_one_pair_are_two_instruments() -> None:
+    """Asking for BTC/USDT spot and perp subscribes both BTC-USDT and BTC-USDT-SWAP."""
+    async with aiohttp.ClientSession() as http:
+        src = OkxSource(
+            "okx",
+            SourceConfig(type="okx"),
+            [("BTC/USDT", "spot"), ("BTC/USDT", "perp")],
+            lambda q: None,
+            ManualClock(),
+            http,
+            SourceStats("okx"),
+        )
+    assert src.symbols == ("BTC-USDT", "BTC-USDT-SWAP")
+    assert src._by_symbol["BTC-USDT-SWAP"] == ("BTC/USDT", "perp")
+
+
+def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness) -> None:
+    """Each real tickers frame yields one quote: pair, kind, float bid/ask and the venue's ts."""
+    for i, frame in enumerate(TICKERS):
+        harness.source.on_message(frame, 1_000 + i)
+    assert harness.stats.malformed == 0
+    assert harness.quotes == [
+        Quote("okx", "BTC/USDQ", 1_000, bid=30210.4, ask=30220.1, venue_ts=1652459223003),
+        Quote("okx", "UNI/USD", 1_001, bid=5.134, ask=5.142, kind="perp", venue_ts=1652459223143),
+        Quote("okx", "BTC/USDT", 1_002, bid=30228.6, ask=30228.7, venue_ts=1652459224956),
+        Quote("okx", "BTC/USDT", 1_003, bid=30228.6, ask=30228.7, venue_ts=1652459226124),
+        Quote("okx", "BTC/USDT", 1_004, bid=30243.4, ask=30243.5, venue_ts=1652459226240),
+    ]
+    assert harness.stats.quotes == 5
+    assert harness.stats.last_quote_ms == 1_004
+
+
+def test_recorded_acks_settle_each_instrument_of_a_request(harness: Harness) -> None:
+    """The recorded per-arg acks (no id, as in 2022) settle the request instrument by instrument."""
+    src = harness.source
+    src._pending[4] = ("BTC-USD-220527", "UNI-USD-SWAP", "BTC-USDT")
+    src.on_message(EVENTS[0], 1)
+    assert src._pending == {4: ("UNI-USD-SWAP", "BTC-USDT")}
+    for frame in EVENTS[1:]:
+        src.on_message(frame, 2)
+    assert src._pending == {}
+    assert harness.stats.malformed == 0
+    assert harness.stats.dropped == {}
+
+
+def test_ack_with_echoed_id_clears_a_failed_instrument(harness: Harness) -> None:
+    """An ack carrying the request id (current API) settles that request and revives the symbol."""
+    src, stats = harness.source, harness.stats
+    stats.failed_instruments["ETH-USDT"] = "60018: gone"
+    src._pending[9] = ("ETH-USDT",)
+    src.on_message(
+        '{"id":"9","event":"subscribe","arg":{"channel":"tickers","instId":"ETH-USDT"},'
+        '"connId":"a4d3ae55"}',
+        1,
+    )
+    assert src._pending == {}
+    assert stats.failed_instruments == {}
+
+
+def test_error_for_one_instrument_fails_only_that_one(harness: Harness) -> None:
+    """A 60018 error naming an instId fails it; the other args of the request stay pending."""
+    src, stats = harness.source, harness.stats
+    src._pending[5] = ("BTC-USDT", "ETH-USDT")
+    src.on_message(
+        '{"id":"5","event":"error","code":"60018","msg":"Wrong URL or channel:tickers,'
+        "instId:ETH-USDT doesn't exist. Please use the correct URL, channel and parameters "
+        'referring to API document.","connId":"a4d3ae55"}',
+        1,
+    )
+    assert list(stats.failed_instruments) == ["ETH-USDT"]
+    assert stats.failed_instruments["ETH-USDT"].startswith("60018: Wrong URL")
+    assert src._pending == {5: ("BTC-USDT",)}
+    assert src._outbox.qsize() == 0  # nothing is retried, nothing reconnects
+    assert stats.malformed == 0
+
+
+def test_error_without_instrument_splits_the_request(harness: Harness) -> None:
+    """A request-level error (60012) with our id is split into one request per instrument."""
+    src = harness.source
+    src._pending[6] = ("BTC-USDT", "ETH-USDT")
+    src.on_message('{"id":"6","event":"error","code":"60012","msg":"Invalid request"}', 1)
+    assert harness.stats.failed_instruments == {}
+    queued = [src._outbox.get_nowait()[1] for _ in range(src._outbox.qsize())]
+    assert queued == [("BTC-USDT",), ("ETH-USDT",)]
+
+
+def test_unsolicited_events_are_counted_not_blamed(harness: Harness) -> None:
+    """Acks for requests we never sent and errors about nothing of ours are counted only."""
+    src = harness.source
+    src.on_message('{"event":"subscribe","arg":{"channel":"tickers","instId":"ETH-USDT"}}', 1)
+    src.on_message('{"event":"error","code":"60012","msg":"Invalid request: {op:x}"}', 2)
+    assert harness.stats.dropped == {"unsolicited": 1, "venue_error": 1}
+    assert harness.stats.failed_instruments == {}
+
+
+def test_pong_and_connection_count_are_life_not_errors(harness: Harness) -> None:
+    """The text pong and channel-conn-count events are accepted silently."""
+    src = harness.source
+    src.on_message("pong", 1)
+    src.on_message(b"pong", 2)
+    src.on_message(
+        '{"event":"channel-conn-count","channel":"tickers","connCount":"2","connId":"a4d3ae55"}', 3
+    )
+    assert harness.stats.malformed == 0
+    assert harness.stats.dropped == {}
+
+
+def test_upgrade_notice_asks_for_a_rotation(harness: Harness) -> None:
+    """Notice 64008 is the venue's shutdown notice: accepted, not counted as malformed."""
+    harness.source.on_message(
+        '{"event":"notice","code":"64008","msg":"The connection will soon be closed for a '
+        'service upgrade. Please reconnect.","connId":"a4d3ae55"}',
+        1,
+    )
+    assert harness.stats.malformed == 0
+
+
+def test_older_ticker_never_overrides_a_newer_one(harness: Harness) -> None:
+    """A ticker whose ts is older than the last one seen for its instrument is dropped."""
+    src = harness.source
+    src.on_message(TICKERS[4], 1)
+    src.on_message(TICKERS[2], 2)  # an older frame arriving late
+    assert [q.venue_ts for q in harness.quotes] == [1652459226240]
+    assert harness.stats.dropped == {"out_of_order": 1}
+    assert harness.stats.malformed == 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (GARBAGE[0], "decode"),
+        (GARBAGE[1], "decode"),
+        (GARBAGE[2], "shape"),
+        (GARBAGE[3], "shape"),
+        (GARBAGE[4], "shape"),
+        (GARBAGE[5], "shape"),
+        (GARBAGE[6], "not_finite"),
+        (GARBAGE[7], "not_finite"),
+        (GARBAGE[8], "non_positive"),
+        (GARBAGE[9], "non_positive"),
+        (GARBAGE[10], "bad_number"),
+        (GARBAGE[11], "bad_number"),
+        (GARBAGE[12], "crossed"),
+        (GARBAGE[13], "shape"),
+        (OTHER[0], "shape"),
+        (OTHER[1], "shape"),
+        ("", "decode"),
+        (b"\xff\xfe", "decode"),
+    ],
+)
+def test_bad_frames_are_counted_and_never_emitted(
+    harness: Harness, frame: str | bytes, reason: str
+) -> None:
+    """Broken JSON, wrong shapes, other channels, NaN/inf/zero/negative/empty/crossed prices."""
+    harness.source.on_message(frame, 1)
+    assert harness.quotes == []
+    assert harness.stats.malformed == 1
+    assert harness.stats.dropped == {reason: 1}
+
+
+def test_every_simulator_garbage_kind_is_covered() -> None:
+    """The parametrized cases above cover the whole garbage catalogue of the simulator."""
+    assert len(GARBAGE) == 14
+
+
+def test_subscribe_message_follows_the_documented_shape(harness: Harness) -> None:
+    """One subscribe op with a string id and one tickers arg per instrument."""
+    text = harness.source.subscribe_message(5, ["BTC-USDT", "UNI-USD-SWAP"])
+    assert json.loads(text) == {
+        "id": "5",
+        "op": "subscribe",
+        "args": [
+            {"channel": "tickers", "instId": "BTC-USDT"},
+            {"channel": "tickers", "instId": "UNI-USD-SWAP"},
+        ],
+    }
+    assert harness.source.app_ping() == "ping"
+
+
+def test_rest_polls_alternate_instrument_types_one_request_each(harness: Harness) -> None:
+    """A batch of both kinds asks SWAP and SPOT by turns; one instrument uses the single ticker."""
+    src = harness.source
+    seen = [src.rest_request(list(src.symbols)) for _ in range(4)]
+    assert [q for _, q in filter(None, seen)] == [
+        {"instType": "SWAP"},
+        {"instType": "SPOT"},
+        {"instType": "SWAP"},
+        {"instType": "SPOT"},
+    ]
+    assert seen[0] is not None and seen[0][0] == "https://www.okx.com/api/v5/market/tickers"
+    one = src.rest_request(["ETH-USDT"])
+    assert one == ("https://www.okx.com/api/v5/market/ticker", {"instId": "ETH-USDT"})
+
+
+def test_rest_body_becomes_quotes_for_our_instruments_only(harness: Harness) -> None:
+    """A tickers reply lists every instrument; ours become quotes, the rest are skipped quietly."""
+    rows = [json.loads(frame)["data"][0] for frame in TICKERS[1:3]]
+    rows.append({**rows[1], "instId": "DOGE-USDT"})
+    body = json.dumps({"code": "0", "msg": "", "data": rows}).encode()
+    harness.source.on_rest(body, 42)
+    assert harness.quotes == [
+        Quote("okx", "UNI/USD", 42, bid=5.134, ask=5.142, kind="perp", venue_ts=1652459223143),
+        Quote("okx", "BTC/USDT", 42, bid=30228.6, ask=30228.7, venue_ts=1652459224956),
+    ]
+    assert harness.stats.dropped == {}
+
+
+def test_rest_errors_are_counted(harness: Harness) -> None:
+    """A business error code, a broken body and a wrong shape are counted, never raised."""
+    src = harness.source
+    src.on_rest(b'{"code":"50011","msg":"Too Many Requests","data":[]}', 1)
+    src.on_rest(b"{", 2)
+    src.on_rest(b'{"code":"0","data":{"instId":"BTC-USDT"}}', 3)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"venue_error": 1, "decode": 1, "shape": 1}
