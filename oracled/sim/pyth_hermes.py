@@ -147,6 +147,10 @@ class PythHermesSim(VenueSim):
         self.stats.errors_sent += len(self.clients)
         return len(self.clients)
 
+    async def __aenter__(self) -> PythHermesSim:
+        await self.start()
+        return self
+
     async def stop(self) -> None:
         for client in list(self.clients):
             if isinstance(client, _SseClient):  # the base would close a WebSocket

@@ -169,17 +169,19 @@ class PythHermesSource(Source):
         for pair, kind in pairs:
             raw = cfg.instruments.get(pair)
             feed = normalize_feed_id(raw) if raw is not None else None
-            if kind in self.kinds and feed is None:
+            if kind not in self.kinds:
+                pass  # the base refuses it
+            elif feed is None:
                 stats.failed_instruments[pair] = (
                     f"no Pyth feed id configured for {pair}"
                     if raw is None
                     else f"{raw!r} is not a Pyth feed id (32 bytes in hex)"
                 )
                 continue
-            if feed is not None and feed in ids.values():
+            elif feed in ids.values():
                 stats.failed_instruments[pair] = f"feed id {feed} is already used by another pair"
                 continue
-            if feed is not None:
+            else:
                 ids[pair] = feed
             mapped.append((pair, kind))
         cfg = cfg.model_copy(update={"instruments": ids})

@@ -1,0 +1,228 @@
+"""Decoding Pyth Hermes updates into quotes: real recorded responses, the SSE framing, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from oracled.clock import ManualClock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sim.pyth_hermes import GARBAGE
+from oracled.sources import SourceStats
+from oracled.sources.pyth_hermes import PythHermesSource, _SseLines, normalize_feed_id
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "pyth_hermes"
+BTC_BODY = (FIXTURES / "v2_latest_parsed_btc.json").read_bytes().strip()
+TWO_BODY = (FIXTURES / "v2_latest_base64_two_items.json").read_bytes().strip()
+V1_BODY = (FIXTURES / "v1_latest_item_with_vaa.json").read_bytes().strip()
+BTC = "e62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43"
+ETH = "ff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace"
+# The ids the recording's author put in place of the placeholders (the prices are other feeds').
+PLACEHOLDERS = {"<feed_ids[0]>": BTC, "<feed_ids[1]>": ETH}
+
+
+class Harness:
+    def __init__(self, source: PythHermesSource, stats: SourceStats, quotes: list[Quote]) -> None:
+        self.source, self.stats, self.quotes = source, stats, quotes
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    stats = SourceStats("pyth")
+    quotes: list[Quote] = []
+    cfg = SourceConfig(
+        type="pyth_hermes",
+        instruments={"BTC/USD": "0x" + BTC.upper(), "ETH/USD": ETH, "SOL/USD": "0x1234"},
+    )
+    pairs: list[tuple[str, Kind]] = [
+        ("BTC/USD", "spot"),
+        ("ETH/USD", "spot"),
+        ("SOL/USD", "spot"),
+        ("XRP/USD", "spot"),
+        ("BTC/USD", "perp"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        source = PythHermesSource("pyth", cfg, pairs, quotes.append, ManualClock(), http, stats)
+        yield Harness(source, stats, quotes)
+
+
+def with_placeholders_replaced(body: bytes) -> bytes:
+    text = body.decode()
+    for placeholder, feed in PLACEHOLDERS.items():
+        text = text.replace(placeholder, feed)
+    return text.encode()
+
+
+def test_recorded_btc_update_becomes_a_quote_around_the_pyth_price(harness: Harness) -> None:
+    """price ± conf scaled by 10**expo gives bid/ask; the mid is Pyth's price; venue_ts in ms."""
+    harness.source.on_rest(BTC_BODY, 1_000)
+    assert harness.quotes == [
+        Quote(
+            "pyth",
+            "BTC/USD",
+            1_000,
+            bid=51874.14335271,
+            ask=51927.37499999,
+            venue_ts=1_708_363_256_000,
+        )
+    ]
+    quote = harness.quotes[0]
+    assert quote.bid is not None and quote.ask is not None
+    assert (quote.bid + quote.ask) / 2 == pytest.approx(51900.75917635, abs=1e-8)
+    assert harness.stats.malformed == 0 and harness.stats.quotes == 1
+
+
+def test_recorded_two_item_update_gives_one_quote_per_feed(harness: Harness) -> None:
+    """A base64 update with two feeds (expo -8 and -5) yields two exact quotes in order."""
+    harness.source.on_rest(with_placeholders_replaced(TWO_BODY), 7)
+    assert harness.quotes == [
+        Quote("pyth", "BTC/USD", 7, bid=3.45025827, ask=3.45656905, venue_ts=1_708_529_433_000),
+        Quote("pyth", "ETH/USD", 7, bid=399.00909, ask=399.78441, venue_ts=1_708_529_433_000),
+    ]
+
+
+def test_the_same_update_as_an_sse_event_decodes_like_rest(harness: Harness) -> None:
+    """The stream's event data is the same PriceUpdate JSON as the REST body."""
+    harness.source.on_message(BTC_BODY.decode(), 3)
+    assert [(q.pair, q.bid, q.venue_ts) for q in harness.quotes] == [
+        ("BTC/USD", 51874.14335271, 1_708_363_256_000)
+    ]
+
+
+def test_placeholder_ids_are_unknown_feeds_not_malformed(harness: Harness) -> None:
+    """An update for a feed we did not ask for is counted as unknown_symbol, never raised."""
+    harness.source.on_rest(TWO_BODY, 1)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"unknown_symbol": 2}
+    assert harness.stats.malformed == 0
+
+
+def test_v1_response_is_refused_and_its_json_is_taken_without_vaa_check(harness: Harness) -> None:
+    """A legacy v1 item is not a v2 update (shape); put in a v2 envelope, its JSON price is used.
+
+    In this recording the JSON says 29206.79 while the signed VAA inside says 29319.99: we do not
+    verify VAAs, so the JSON is the venue's word, like an exchange ticker.
+    """
+    harness.source.on_rest(V1_BODY, 1)
+    assert harness.stats.dropped == {"shape": 1}
+    item = json.loads(V1_BODY)
+    v2 = {"binary": {"encoding": "base64", "data": [item["vaa"]]}, "parsed": [item]}
+    harness.source.on_rest(json.dumps(v2).encode(), 2)
+    assert [(q.bid, q.ask) for q in harness.quotes] == [(29201.69999998, 29211.89)]
+
+
+def test_feed_ids_are_normalized_and_unmapped_pairs_fail_clearly(harness: Harness) -> None:
+    """Ids lose 0x and case; a pair without an id, a malformed id or a perp pair is failed."""
+    assert harness.source.symbols == (BTC, ETH)
+    failed = harness.stats.failed_instruments
+    assert failed["XRP/USD"] == "no Pyth feed id configured for XRP/USD"
+    assert "not a Pyth feed id" in failed["SOL/USD"]
+    assert "perp" in failed["BTC/USD"]
+    assert normalize_feed_id(" 0xABCDEF" + "0" * 58) == "abcdef" + "0" * 58
+    assert normalize_feed_id("xyz") is None
+
+
+async def test_two_pairs_on_one_feed_id_keep_the_first() -> None:
+    """Mapping two pairs to the same id would merge their quotes: the second pair is failed."""
+    stats = SourceStats("pyth")
+    cfg = SourceConfig(type="pyth_hermes", instruments={"BTC/USD": BTC, "XBT/USD": "0x" + BTC})
+    pairs: list[tuple[str, Kind]] = [("BTC/USD", "spot"), ("XBT/USD", "spot")]
+    async with aiohttp.ClientSession() as http:
+        source = PythHermesSource("p", cfg, pairs, lambda q: None, ManualClock(), http, stats)
+    assert source.symbols == (BTC,)
+    assert "already used" in stats.failed_instruments["XBT/USD"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (GARBAGE[0], "decode"),
+        (GARBAGE[1], "decode"),
+        (GARBAGE[2], "shape"),
+        (GARBAGE[3], "shape"),
+        (GARBAGE[4], "shape"),
+        (GARBAGE[5], "shape"),
+        (GARBAGE[6], "bad_number"),
+        (GARBAGE[7], "non_positive"),
+        (GARBAGE[8], "non_positive"),
+        (GARBAGE[9], "bad_number"),
+        (GARBAGE[10], "crossed"),
+        (GARBAGE[11], "wide_confidence"),
+        (GARBAGE[12], "bad_number"),
+        ("", "decode"),
+        (b"\xff\xfe", "decode"),
+    ],
+)
+def test_bad_updates_are_counted_and_never_emitted(
+    harness: Harness, frame: str | bytes, reason: str
+) -> None:
+    """Broken JSON, wrong shapes, NaN/zero/negative/non-numeric/crossed values: dropped, counted."""
+    harness.source.on_message(frame, 1)
+    assert harness.quotes == []
+    assert harness.stats.malformed == 1
+    assert harness.stats.dropped == {reason: 1}
+
+
+def test_every_simulator_garbage_kind_is_covered() -> None:
+    """The parametrized cases above cover the whole garbage catalogue of the simulator."""
+    assert len(GARBAGE) == 13
+
+
+def test_older_and_repeated_updates_never_override_newer_ones(harness: Harness) -> None:
+    """Per feed, an update older by (publish_time, slot) or an exact repeat is dropped."""
+    newer = BTC_BODY
+    older_slot = BTC_BODY.replace(b'"slot":125976528', b'"slot":125976527')
+    older_time = BTC_BODY.replace(b'"publish_time":1708363256', b'"publish_time":1708363200')
+    later_slot = BTC_BODY.replace(b'"slot":125976528', b'"slot":125976529')
+    for body in (newer, older_slot, newer, older_time, later_slot):
+        harness.source.on_rest(body, 1)
+    assert len(harness.quotes) == 2  # the first and the later slot
+    assert harness.stats.dropped == {"out_of_order": 2, "duplicate": 1}
+    assert harness.stats.malformed == 0
+
+
+def test_sse_parser_splits_events_comments_and_error_events() -> None:
+    """data lines form events, ':' lines are keep-alives, event:error keeps its type; CRLF too."""
+    parser = _SseLines()
+    wire = (
+        b'data:{"a":1}\n\n:\n\nevent:error\ndata:Connection timeout reached (24h)\n\n'
+        b"id:7\r\nretry:100\r\ndata: spaced\r\ndata:two\r\n\r\nunknown:x\n\n"
+    )
+    events = [e for i in range(len(wire)) for e in parser.feed(wire[i : i + 1])]
+    assert events == [
+        ("message", '{"a":1}'),
+        (None, ""),
+        ("error", "Connection timeout reached (24h)"),
+        ("message", "spaced\ntwo"),
+    ]
+    assert parser.pending == 0
+
+
+def test_stream_and_rest_requests_follow_the_documented_shape(harness: Harness) -> None:
+    """Ids go as repeated ids[] parameters with parsed=true, on the v2 paths."""
+    src = harness.source
+    assert src.stream_url() == "https://hermes.pyth.network/v2/updates/price/stream"
+    url, query = src.rest_request([BTC, ETH]) or ("", {})
+    assert url == "https://hermes.pyth.network/v2/updates/price/latest"
+    assert list(query.items()) == [
+        ("ids[]", BTC),
+        ("ids[]", ETH),
+        ("parsed", "true"),
+        ("encoding", "base64"),
+    ]
+    with pytest.raises(NotImplementedError):
+        src.subscribe_message(1, [BTC])
+
+
+def test_not_found_answer_fails_exactly_the_named_ids(harness: Harness) -> None:
+    """Hermes's ``404 Price ids not found: 0x..`` marks those ids failed, and only ids we use."""
+    text = f"Price ids not found: 0x{ETH}, 0x{'ab' * 32}"
+    assert harness.source._fail_missing(text) == 1
+    assert harness.stats.failed_instruments[ETH] == text
+    assert BTC not in harness.stats.failed_instruments
+    assert harness.source._fail_missing("Update data not found") == 0

@@ -1,0 +1,292 @@
+"""The Pyth Hermes adapter against the loopback Hermes: streaming, faults, recovery, fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from oracled.config import SourceConfig
+from oracled.model import Kind
+from oracled.sim.pyth_hermes import GARBAGE, PythHermesSim
+from oracled.sources import ConnState
+
+BTC = "e62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43"
+ETH = "ff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace"
+UNKNOWN = "ab" * 32
+PRICES = {BTC: 67_000.0, ETH: 3_500.0}
+START = {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0, "FOO/USD": 1.0}
+PAIRS: list[tuple[str, Kind]] = [("BTC/USD", "spot"), ("ETH/USD", "spot")]
+IDS = {"BTC/USD": "0x" + BTC, "ETH/USD": ETH, "FOO/USD": UNKNOWN}
+Start = Callable[..., Any]
+Wait = Callable[..., Any]
+
+
+def pairs_seen(running: Any, since: int = 0) -> set[str]:
+    return {q.pair for q in running.quotes[since:]}
+
+
+@pytest.fixture
+async def hermes() -> AsyncIterator[PythHermesSim]:
+    async with PythHermesSim(PRICES, seed=7, rate_hz=40.0, keepalive_s=0.2) as venue:
+        yield venue
+
+
+@pytest.fixture
+def cfg(hermes: PythHermesSim, config: Callable[..., SourceConfig]) -> Callable[..., SourceConfig]:
+    """A pyth_hermes config pointing at the simulator, with overrides."""
+
+    def make(ids: dict[str, str] | None = None, **overrides: Any) -> SourceConfig:
+        instruments = ids if ids is not None else {p: IDS[p] for p, _ in PAIRS}
+        return config(
+            hermes.ws_url,
+            hermes.rest_url,
+            type="pyth_hermes",
+            instruments=instruments,
+            **overrides,
+        )
+
+    return make
+
+
+async def test_streams_quotes_for_every_feed_on_one_stream(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """One SSE stream carries both feeds; quotes bracket the venue's price with its confidence."""
+    run = start(cfg(), PAIRS)
+    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    assert hermes.stats.connections == 1 and hermes.stats.rest_requests == 0
+    assert run.stats.failed_instruments == {}
+    for q in run.quotes:
+        assert q.bid is not None and q.ask is not None and q.venue_ts is not None
+        assert 0 < q.bid < q.ask
+        assert abs((q.bid + q.ask) / 2 / START[q.pair] - 1) < 0.05
+        assert abs(q.venue_ts - q.recv_ts) < 5_000  # publish_time is wall-clock seconds
+    assert run.stats.quotes == len(run.quotes)
+
+
+async def test_keep_alive_comments_keep_a_quiet_stream_alive(
+    start: Start, config: Callable[..., SourceConfig], wait: Wait
+) -> None:
+    """With no updates for longer than the liveness timeout, keep-alives alone prevent a cut."""
+    async with PythHermesSim(PRICES, rate_hz=0.1, keepalive_s=0.1) as quiet:
+        run = start(
+            config(quiet.ws_url, quiet.rest_url, type="pyth_hermes", instruments={"BTC/USD": BTC}),
+            [("BTC/USD", "spot")],
+        )
+        await wait(lambda: quiet.stats.heartbeats_sent >= 8)  # 0.8 s, liveness is 0.5 s
+        assert run.stats.reconnects == 0 and quiet.stats.connections == 1
+        assert run.stats.frames >= 7 and run.stats.malformed == 0
+        assert quiet.stats.rest_requests == 0
+
+
+async def test_unknown_feed_id_fails_alone_without_reconnect_storm(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """Hermes's 404 for one unknown id fails that id; the stream reopens once with the others."""
+    run = start(cfg(IDS), [*PAIRS, ("FOO/USD", "spot")])
+    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
+    assert run.stats.failed_instruments[UNKNOWN] == f"Price ids not found: 0x{UNKNOWN}"
+    await asyncio.sleep(0.5)
+    assert hermes.stats.errors_sent == 1 and hermes.stats.connections == 1
+    assert run.stats.reconnects == 0
+    assert run.stats.state is ConnState.STREAMING
+
+
+async def test_no_valid_feed_id_leaves_the_source_down_without_retrying(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """When every id is refused there is nothing to stream: down, and no request loop."""
+    run = start(cfg({"FOO/USD": UNKNOWN}), [("FOO/USD", "spot")])
+    await wait(lambda: run.stats.state is ConnState.DOWN)
+    await asyncio.sleep(0.5)
+    assert hermes.stats.errors_sent == 1 and hermes.stats.connections == 0
+    assert hermes.stats.rest_requests == 0 and run.stats.reconnects == 0
+
+
+async def test_reconnects_and_resubscribes_after_disconnect(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """A dropped TCP connection is replaced with the same ids, and quotes resume."""
+    run = start(cfg(), PAIRS)
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    assert hermes.disconnect() == 1
+    await wait(lambda: run.stats.reconnects >= 1 and hermes.stats.connections >= 2)
+    seen = len(run.quotes)
+    await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
+    await wait(lambda: run.stats.state is ConnState.STREAMING and hermes.stats.active == 1)
+
+
+async def test_silent_open_stream_is_detected_and_replaced(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """A stream that stays open with no events and no keep-alives is cut by the watchdog."""
+    run = start(cfg(), PAIRS)
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    hermes.silence(None)
+    await wait(lambda: run.stats.reconnects >= 1 and hermes.stats.connections >= 2)
+    assert run.stats.state in (ConnState.DOWN, ConnState.POLLING)
+    hermes.reset()
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    await wait(lambda: hermes.stats.active == 1)  # the silent stream was closed, not leaked
+
+
+async def test_garbage_is_counted_as_malformed_and_no_bad_price_escapes(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """Every malformed event is counted once with its reason; no zero, negative or NaN price."""
+    run = start(cfg(), PAIRS)
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    before = run.stats.malformed
+    sent = hermes.garbage(2 * len(GARBAGE))
+    assert sent == 26
+    await wait(lambda: run.stats.malformed - before == sent)
+    dropped = run.stats.dropped
+    assert dropped["non_positive"] == 4 and dropped["bad_number"] == 6
+    assert dropped["crossed"] == 2 and dropped["wide_confidence"] == 2
+    for q in run.quotes:
+        assert q.bid is not None and q.ask is not None
+        assert math.isfinite(q.bid) and 0 < q.bid <= q.ask
+        assert abs(q.bid / START[q.pair] - 1) < 0.05
+    assert hermes.stats.connections == 1  # survived without a reconnect
+
+
+async def test_hermes_error_events_are_counted_without_reconnecting(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """``event:error`` (a lagging server) is a venue error: counted, the stream goes on."""
+    run = start(cfg(), PAIRS)
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    assert hermes.error_event("Lagged(3)") == 1
+    await wait(lambda: run.stats.dropped["venue_error"] == 1)
+    seen = len(run.quotes)
+    await wait(lambda: len(run.quotes) > seen + 5)
+    assert hermes.stats.connections == 1 and run.stats.malformed == 0
+
+
+async def test_burst_is_processed_in_full(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """A burst of fresh updates (each a newer slot) all become quotes."""
+    run = start(cfg(), PAIRS)
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    before = run.stats.quotes
+    queued = hermes.burst(100)
+    assert queued == 200
+    await wait(lambda: run.stats.quotes - before >= queued)
+    assert "out_of_order" not in run.stats.dropped and "duplicate" not in run.stats.dropped
+
+
+async def test_replayed_updates_never_override_newer_ones(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """Duplicates and older updates sent again are dropped; publish times never go back."""
+    run = start(cfg(), PAIRS)
+    await wait(lambda: len(run.quotes) >= 20)
+    replayed = hermes.replay_stale(20)
+    assert replayed == 20
+    dropped = run.stats.dropped
+    await wait(lambda: dropped["out_of_order"] + dropped["duplicate"] == replayed)
+    for pair in ("BTC/USD", "ETH/USD"):
+        times = [q.venue_ts or 0 for q in run.quotes if q.pair == pair]
+        assert times == sorted(times)
+    assert run.stats.malformed == 0
+
+
+async def test_a_thousandfold_jump_is_passed_on_for_the_core_to_judge(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """A plausible-looking but absurd price is not the source's call: it is emitted."""
+    run = start(cfg(), PAIRS)
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    hermes.spike(BTC, 1000.0, None)
+    await wait(lambda: any((q.bid or 0) > 900 * 67_000 for q in run.quotes))
+    assert run.stats.malformed == 0
+
+
+async def test_rest_polling_covers_a_refused_stream_and_stops_after(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """While the stream answers 503, REST polls deliver quotes; streaming again ends polling."""
+    hermes.ws_enabled = False
+    run = start(cfg(), PAIRS)
+    await wait(lambda: run.stats.state is ConnState.POLLING)
+    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
+    assert hermes.stats.connections == 0 and hermes.stats.refused >= 1
+    hermes.ws_enabled = True
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    await asyncio.sleep(0.2)  # a poll already in flight may still land
+    polls = hermes.stats.rest_requests
+    await asyncio.sleep(0.5)  # five poll intervals
+    assert hermes.stats.rest_requests == polls
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_rest_errors_are_counted_and_polling_recovers(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait, status: int
+) -> None:
+    """429/5xx while the stream is down: counted, state down, polls go on, then recover."""
+    hermes.ws_enabled = False
+    hermes.rest_status = status
+    run = start(cfg(), PAIRS)
+    await wait(lambda: run.stats.dropped["rest_error"] >= 3 and run.stats.state is ConnState.DOWN)
+    assert run.quotes == []
+    polls = hermes.stats.rest_requests
+    await asyncio.sleep(0.35)  # polling continues at its 0.1 s interval
+    assert 1 <= hermes.stats.rest_requests - polls <= 6  # paced, not hammering
+    hermes.rest_status = None
+    await wait(lambda: run.stats.state is ConnState.POLLING and len(run.quotes) > 0)
+
+
+async def test_slow_rest_answers_time_out_and_polling_recovers(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """A REST answer slower than the request timeout is an error; fast answers bring quotes."""
+    hermes.ws_enabled = False
+    hermes.rest_delay_s = 1.5
+    run = start(cfg(), PAIRS)
+    await wait(lambda: run.stats.dropped["rest_error"] >= 1 and run.stats.state is ConnState.DOWN)
+    assert run.quotes == []
+    hermes.rest_delay_s = 0.0
+    await wait(lambda: run.stats.state is ConnState.POLLING and len(run.quotes) > 0)
+
+
+async def test_rest_not_found_fails_the_unknown_id_and_polls_the_rest(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """With the stream refused, a 404 naming one id fails it; the next poll serves the others."""
+    hermes.ws_enabled = False
+    run = start(cfg(IDS), [*PAIRS, ("FOO/USD", "spot")])
+    await wait(lambda: UNKNOWN in run.stats.failed_instruments)
+    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
+    assert run.stats.state is ConnState.POLLING
+
+
+async def test_connection_is_rotated_before_its_maximum_age(
+    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+) -> None:
+    """Past max_connection_age_s the stream is replaced at once, without going down."""
+    run = start(cfg(max_connection_age_s=0.3), PAIRS)
+    await wait(lambda: hermes.stats.connections >= 3)
+    assert run.stats.reconnects >= 2
+    assert hermes.stats.rest_requests == 0 and "rest_error" not in run.stats.dropped
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+
+
+async def test_hermes_time_limit_notice_is_a_planned_rotation(
+    start: Start, config: Callable[..., SourceConfig], wait: Wait
+) -> None:
+    """Hermes's end-of-stream notice (24 h) reconnects at once: never down, never polling."""
+    async with PythHermesSim(PRICES, rate_hz=40.0, max_stream_s=0.3) as short:
+        run = start(
+            config(short.ws_url, short.rest_url, type="pyth_hermes", instruments={"BTC/USD": BTC}),
+            [("BTC/USD", "spot")],
+        )
+        await wait(lambda: short.stats.connections >= 3)
+        assert run.stats.reconnects >= 2
+        assert short.stats.rest_requests == 0 and run.stats.malformed == 0
+        await wait(lambda: run.stats.state is ConnState.STREAMING)
