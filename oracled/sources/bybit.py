@@ -288,7 +288,12 @@ class BybitSpotSource(_BybitSource):
             return
         keep = previous if previous is not None and not snapshot else None
         top = _Top(keep.bid if keep else None, keep.ask if keep else None, book.u)
+        # Level 1 keeps one price per side: a listed level replaces it (the best one, should a
+        # frame list several, as the docs' example snapshot does); size 0 at the kept price
+        # empties the side. Deletions of other prices change nothing.
         for levels, is_bid in ((book.b, True), (book.a, False)):
+            current = top.bid if is_bid else top.ask
+            best: float | None = None
             for price_text, size_text in levels:
                 price = self._price(price_text)
                 if price is None:
@@ -298,12 +303,14 @@ class BybitSpotSource(_BybitSource):
                 except ValueError:
                     self._bad("bad_number")
                     return
-                current = top.bid if is_bid else top.ask
-                new = (None if current == price else current) if removed else price
-                if is_bid:
-                    top.bid = new
-                else:
-                    top.ask = new
+                if removed:
+                    current = None if current == price else current
+                elif best is None or (price > best if is_bid else price < best):
+                    best = price
+            if is_bid:
+                top.bid = best if best is not None else current
+            else:
+                top.ask = best if best is not None else current
         self._apply(symbol, top, recv_ts, frame.ts)
 
 

@@ -1,0 +1,130 @@
+"""The Binance USD-M simulator speaks the split /public and /market protocol and its REST."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from oracled.sim.binance_usdm import GARBAGE, BinanceUsdmSim
+
+PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[BinanceUsdmSim]:
+    venue = BinanceUsdmSim(PRICES, seed=3, rate_hz=50.0, volatility=0.0, mark_interval_s=0.05)
+    async with venue:
+        yield venue
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def next_text(ws: aiohttp.ClientWebSocketResponse, within_s: float = 2.0) -> Any:
+    async with asyncio.timeout(within_s):
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                return json.loads(msg.data)
+            assert msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG), msg
+
+
+async def subscribe(ws: aiohttp.ClientWebSocketResponse, *streams: str, rid: int = 1) -> Any:
+    await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": list(streams), "id": rid}))
+    return await next_text(ws)
+
+
+async def test_public_path_serves_futures_book_tickers(
+    sim: BinanceUsdmSim, http: aiohttp.ClientSession
+) -> None:
+    """/public acks a bookTicker SUBSCRIBE and sends frames with e, u, E, T and string prices."""
+    async with http.ws_connect(f"{sim.ws_url}/public/stream") as ws:
+        assert await subscribe(ws, "btcusdt@bookTicker", rid=7) == {"result": None, "id": 7}
+        first, second = (await next_text(ws))["data"], (await next_text(ws))["data"]
+    assert set(first) == {"e", "u", "E", "T", "s", "b", "B", "a", "A"}
+    assert first["e"] == "bookTicker" and first["s"] == "BTCUSDT"
+    assert second["u"] > first["u"] and first["E"] > 1_600_000_000_000 and first["T"] < first["E"]
+    assert 0 < float(first["b"]) < 67_000.0 < float(first["a"])
+
+
+async def test_market_path_serves_mark_prices_and_paths_refuse_each_others_streams(
+    sim: BinanceUsdmSim, http: aiohttp.ClientSession
+) -> None:
+    """/market streams markPriceUpdate; a book ticker there (or a mark on /public) is refused."""
+    async with http.ws_connect(f"{sim.ws_url}/market/stream") as ws:
+        refused = await subscribe(ws, "btcusdt@bookTicker", rid=1)
+        assert refused == {"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 1}
+        assert await subscribe(ws, "ethusdt@markPrice@1s", rid=2) == {"result": None, "id": 2}
+        frame = await next_text(ws)
+        await ws.send_str('{"method":"LIST_SUBSCRIPTIONS","id":3}')
+        assert await next_text(ws) == {"result": ["ethusdt@markPrice@1s"], "id": 3}
+    assert frame["stream"] == "ethusdt@markPrice@1s"
+    data = frame["data"]
+    assert data["e"] == "markPriceUpdate" and data["s"] == "ETHUSDT"
+    assert float(data["p"]) == pytest.approx(float(data["i"]) * 1.0003)
+    async with http.ws_connect(f"{sim.ws_url}/public/stream") as ws:
+        assert "error" in await subscribe(ws, "btcusdt@markPrice")
+    assert sim.marks_sent >= 1
+
+
+async def test_streams_in_the_url_are_subscribed_at_connect(
+    sim: BinanceUsdmSim, http: aiohttp.ClientSession
+) -> None:
+    """`?streams=` subscribes on either path without a message."""
+    async with http.ws_connect(f"{sim.ws_url}/market/stream?streams=btcusdt@markPrice") as ws:
+        assert (await next_text(ws))["data"]["s"] == "BTCUSDT"
+    async with http.ws_connect(f"{sim.ws_url}/public/stream?streams=ethusdt@bookTicker") as ws:
+        assert (await next_text(ws))["data"]["s"] == "ETHUSDT"
+
+
+async def test_rest_book_ticker_one_or_all(
+    sim: BinanceUsdmSim, http: aiohttp.ClientSession
+) -> None:
+    """REST answers one symbol as an object, no symbol as the full list, an unknown one -1121."""
+    url = f"{sim.rest_url}/fapi/v1/ticker/bookTicker"
+    async with http.get(url) as resp:
+        rows = await resp.json()
+    assert [r["symbol"] for r in rows] == ["BTCUSDT", "ETHUSDT"]
+    async with http.get(url, params={"symbol": "ETHUSDT"}) as resp:
+        row = await resp.json()
+    assert set(row) == {
+        "symbol",
+        "bidPrice",
+        "bidQty",
+        "askPrice",
+        "askQty",
+        "time",
+        "lastUpdateId",
+    }
+    async with http.get(url, params={"symbol": "FOOUSDT"}) as resp:
+        assert resp.status == 400 and (await resp.json())["code"] == -1121
+    sim.rest_status = 429
+    async with http.get(url) as resp:
+        assert resp.status == 429
+    assert sim.stats.rest_requests == 4
+
+
+async def test_garbage_and_message_limit(sim: BinanceUsdmSim, http: aiohttp.ClientSession) -> None:
+    """Garbage reaches a client verbatim; more than 10 messages a second closes it with 1008."""
+    async with http.ws_connect(f"{sim.ws_url}/public/stream") as ws:
+        await subscribe(ws, "btcusdt@bookTicker")
+        assert sim.garbage(len(GARBAGE)) == len(GARBAGE)
+        seen: set[str] = set()
+        async with asyncio.timeout(2.0):
+            while not set(GARBAGE) <= seen:
+                seen.add((await ws.receive()).data)
+        for rid in range(11):
+            await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": rid}))
+        async with asyncio.timeout(2.0):
+            while (await ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                pass
+        assert ws.close_code == 1008
+    assert sim.stats.rate_limited == 1

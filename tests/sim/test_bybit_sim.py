@@ -1,0 +1,133 @@
+"""The Bybit simulator speaks the v5 public protocol on both paths and answers REST tickers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from oracled.sim.bybit import BybitSim
+
+PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[BybitSim]:
+    venue = BybitSim(PRICES, seed=4, rate_hz=50.0)
+    async with venue:
+        yield venue
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def next_json(ws: aiohttp.ClientWebSocketResponse, within_s: float = 2.0) -> Any:
+    async with asyncio.timeout(within_s):
+        msg = await ws.receive()
+    assert msg.type is aiohttp.WSMsgType.TEXT, msg
+    return json.loads(msg.data)
+
+
+async def send(ws: aiohttp.ClientWebSocketResponse, op: str, *args: str, rid: str = "1") -> Any:
+    await ws.send_str(json.dumps({"op": op, "args": list(args), "req_id": rid}))
+    return await next_json(ws)
+
+
+async def test_spot_level1_snapshot_then_deltas(sim: BybitSim, http: aiohttp.ClientSession) -> None:
+    """Spot acks with ret_msg "subscribe", sends a snapshot, then deltas with rising u and ts."""
+    async with http.ws_connect(f"{sim.ws_url}/v5/public/spot") as ws:
+        ack = await send(ws, "subscribe", "orderbook.1.BTCUSDT", rid="5")
+        assert ack == {"success": True, "ret_msg": "subscribe", "conn_id": ack["conn_id"],
+                       "req_id": "5", "op": "subscribe"}  # fmt: skip
+        snap, one, two = await next_json(ws), await next_json(ws), await next_json(ws)
+    assert snap["type"] == "snapshot" and snap["topic"] == "orderbook.1.BTCUSDT"
+    assert one["type"] == two["type"] == "delta"
+    assert snap["data"]["u"] < one["data"]["u"] < two["data"]["u"]
+    assert snap["ts"] < one["ts"] < two["ts"]
+    bid, ask = float(snap["data"]["b"][0][0]), float(snap["data"]["a"][0][0])
+    assert 0 < bid < ask
+    for level in (*one["data"]["b"], *one["data"]["a"]):
+        assert isinstance(level[0], str) and isinstance(level[1], str)
+
+
+async def test_linear_ticker_snapshot_then_partial_deltas(
+    sim: BybitSim, http: aiohttp.ClientSession
+) -> None:
+    """Linear acks with an empty ret_msg; the snapshot is full and some deltas carry no price."""
+    async with http.ws_connect(f"{sim.ws_url}/v5/public/linear") as ws:
+        assert (await send(ws, "subscribe", "tickers.ETHUSDT"))["ret_msg"] == ""
+        snap = await next_json(ws)
+        deltas = [await next_json(ws) for _ in range(8)]
+    assert snap["type"] == "snapshot" and {"bid1Price", "ask1Price", "markPrice"} <= set(
+        snap["data"]
+    )
+    assert all(d["type"] == "delta" and d["data"]["symbol"] == "ETHUSDT" for d in deltas)
+    assert any("bid1Price" not in d["data"] for d in deltas)
+    assert any("bid1Price" in d["data"] for d in deltas)
+
+
+async def test_pongs_refusals_and_limits(sim: BybitSim, http: aiohttp.ClientSession) -> None:
+    """Pings get JSON pongs; unknown, misrouted, repeated, over-long subscriptions are refused."""
+    async with http.ws_connect(f"{sim.ws_url}/v5/public/spot") as ws:
+        pong = await send(ws, "ping", rid="p")
+        assert (pong["success"], pong["ret_msg"], pong["op"]) == (True, "pong", "ping")
+        refused = await send(ws, "subscribe", "orderbook.1.BTCUSDT", "orderbook.1.FOOUSDT", rid="2")
+        assert refused["success"] is False and refused["req_id"] == "2"
+        assert refused["ret_msg"] == "Invalid symbol :[orderbook.1.FOOUSDT]"
+        assert (await send(ws, "subscribe", "tickers.BTCUSDT"))["success"] is False  # linear topic
+        many = [f"orderbook.1.{s}" for s in ["BTCUSDT", "ETHUSDT"] * 6]
+        assert (await send(ws, "subscribe", *many))["ret_msg"] == "error:args size >10"
+        assert (await send(ws, "subscribe", "orderbook.1.BTCUSDT"))["success"] is True
+        await next_json(ws)  # its snapshot
+        again = await send(ws, "subscribe", "orderbook.1.BTCUSDT")
+        assert "already subscribed" in again["ret_msg"]
+        sim.error_req_id = False
+        assert "req_id" not in await send(ws, "subscribe", "orderbook.1.FOOUSDT", rid="9")
+    assert sim.pings_received == 1 and sim.stats.errors_sent == 5
+
+
+async def test_client_that_stops_pinging_is_cut(http: aiohttp.ClientSession) -> None:
+    """With ping_timeout_s set, a client that never pings is closed and counted."""
+    venue = BybitSim(PRICES, ping_timeout_s=0.3)
+    async with venue, http.ws_connect(f"{venue.ws_url}/v5/public/linear") as ws:
+        async with asyncio.timeout(3.0):
+            while (await ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                pass
+        assert ws.closed and venue.stats.pong_timeouts == 1
+
+
+async def test_rest_tickers_per_category(sim: BybitSim, http: aiohttp.ClientSession) -> None:
+    """REST lists a category's tickers with bid1/ask1 and time; errors come as HTTP 200 codes."""
+    url = f"{sim.rest_url}/v5/market/tickers"
+    async with http.get(url, params={"category": "spot"}) as resp:
+        body = await resp.json()
+    assert body["retCode"] == 0 and body["result"]["category"] == "spot"
+    assert [r["symbol"] for r in body["result"]["list"]] == ["BTCUSDT", "ETHUSDT"]
+    row = body["result"]["list"][0]
+    assert float(row["bid1Price"]) < float(row["ask1Price"]) and body["time"] > 1e12
+    async with http.get(url, params={"category": "linear", "symbol": "ETHUSDT"}) as resp:
+        rows = (await resp.json())["result"]["list"]
+    assert [r["symbol"] for r in rows] == ["ETHUSDT"] and "markPrice" in rows[0]
+    async with http.get(url, params={"category": "linear", "symbol": "FOOUSDT"}) as resp:
+        assert resp.status == 200 and (await resp.json())["retCode"] == 10001
+    async with http.get(url, params={"category": "options"}) as resp:
+        assert (await resp.json())["retMsg"] == "Illegal category"
+    sim.rest_status = 503
+    async with http.get(url, params={"category": "spot"}) as resp:
+        assert resp.status == 503
+
+
+async def test_categories_have_their_own_price_paths(sim: BybitSim) -> None:
+    """Path keys are "<category>:<SYMBOL>": a spike on linear leaves spot alone."""
+    assert set(sim.paths) == {"spot:BTCUSDT", "spot:ETHUSDT", "linear:BTCUSDT", "linear:ETHUSDT"}
+    spot_bid, _ = sim.book("spot:BTCUSDT")
+    sim.spike("linear:BTCUSDT", 2.0, None)
+    assert sim.book("spot:BTCUSDT")[0] == spot_bid
+    assert sim.book("linear:BTCUSDT")[0] > 1.9 * spot_bid

@@ -1,0 +1,230 @@
+"""Decoding Binance USD-M frames: the documented frames, mark prices, every kind of bad frame."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from oracled.clock import ManualClock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sim.binance_usdm import GARBAGE
+from oracled.sources import SourceStats
+from oracled.sources.binance_usdm import BinanceUsdmSource, MarkPrice
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "binance_usdm"
+
+
+def combined(stream: str, name: str) -> str:
+    """A recorded raw payload, byte for byte, inside the combined-stream envelope."""
+    return f'{{"stream":"{stream}","data":{(FIXTURES / name).read_text()}}}'
+
+
+BOOK = combined("bnbusdt@bookTicker", "ws_bookTicker.json")
+MARK = combined("btcusdt@markPrice@1s", "ws_markPrice.json")
+TICKER = combined("btcusdt@ticker", "ws_24hrTicker.json")
+
+
+class Harness:
+    def __init__(self, source: BinanceUsdmSource, quotes: list[Quote]) -> None:
+        self.source, self.quotes = source, quotes
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    pairs: list[tuple[str, Kind]] = [("BNB/USDT", "perp"), ("BTC/USDT", "perp")]
+    cfg = SourceConfig(type="binance_usdm")
+    quotes: list[Quote] = []
+    async with aiohttp.ClientSession() as http:
+        source = BinanceUsdmSource(
+            "bu", cfg, pairs, quotes.append, ManualClock(), http, SourceStats("bu")
+        )
+        yield Harness(source, quotes)
+
+
+@pytest.fixture
+def source(harness: Harness) -> BinanceUsdmSource:
+    return harness.source
+
+
+@pytest.fixture
+def quotes(harness: Harness) -> list[Quote]:
+    return harness.quotes
+
+
+def test_documented_book_ticker_becomes_a_perp_quote_with_event_time(
+    source: BinanceUsdmSource, quotes: list[Quote]
+) -> None:
+    """The docs' bookTicker gives one perp quote; venue_ts is the event time E."""
+    source.on_message(BOOK, 1_000)
+    assert quotes == [
+        Quote(
+            "bu", "BNB/USDT", 1_000, bid=25.3519, ask=25.3652, kind="perp", venue_ts=1568014460893
+        )
+    ]
+    assert source.stats.quotes == 1 and source.stats.malformed == 0
+
+
+def test_older_or_repeated_update_ids_are_dropped_as_stale(
+    source: BinanceUsdmSource, quotes: list[Quote]
+) -> None:
+    """A frame whose update id u is not newer than the last applied one never overrides it."""
+    newer = BOOK.replace('"u": 400900217', '"u": 400900300').replace("25.36520000", "25.40000000")
+    source.on_message(newer, 1)
+    source.on_message(BOOK, 2)  # older u
+    source.on_message(newer, 3)  # duplicate
+    assert [q.ask for q in quotes] == [25.4]
+    assert source.stats.dropped == {"stale": 2}
+    assert source.stats.malformed == 0
+
+
+def test_a_bad_frame_does_not_advance_the_sequence(
+    source: BinanceUsdmSource, quotes: list[Quote]
+) -> None:
+    """A refused frame with a high update id does not block the good frames that follow."""
+    bad = BOOK.replace('"u": 400900217', '"u": 999999999999').replace("25.35190000", "NaN")
+    source.on_message(bad, 1)
+    source.on_message(BOOK, 2)
+    assert len(quotes) == 1
+    assert source.stats.dropped == {"not_finite": 1}
+
+
+async def test_a_new_connection_forgets_update_ids(
+    source: BinanceUsdmSource, quotes: list[Quote]
+) -> None:
+    """Update ids are compared within one connection only (a venue reset cannot freeze a pair)."""
+    source.on_message(BOOK, 1)
+    assert await source.connect_url() == "wss://fstream.binance.com/public/stream"
+    source.on_message(BOOK, 2)
+    assert len(quotes) == 2
+
+
+def test_documented_mark_price_is_kept_on_the_mark_feed(
+    source: BinanceUsdmSource, quotes: list[Quote]
+) -> None:
+    """A markPriceUpdate fills `marks` and counts, emits no quote, and is not a book frame."""
+    feed = source.mark_feed
+    feed.on_message(MARK, 7)
+    assert feed.marks == {
+        "BTC/USDT": MarkPrice(
+            mark=11794.15,
+            index=11784.62659091,
+            funding_rate=0.00038167,
+            venue_ts=1562305380000,
+            recv_ts=7,
+        )
+    }
+    assert feed.stats.quotes == 1 and feed.stats.malformed == 0
+    assert quotes == []
+    source.on_message(MARK, 8)  # on the book connection a mark frame is a wrong shape
+    assert source.stats.dropped == {"shape": 1}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [("p", "NaN", "not_finite"), ("p", "0.00000000", "non_positive"), ("i", "x", "bad_number")],
+)
+def test_bad_mark_prices_are_counted_not_kept(
+    source: BinanceUsdmSource, field: str, value: str, reason: str
+) -> None:
+    """A mark or index price that is not a positive finite number is dropped and counted."""
+    feed = source.mark_feed
+    original = {"p": "11794.15000000", "i": "11784.62659091"}[field]
+    feed.on_message(MARK.replace(f'"{field}": "{original}"', f'"{field}": "{value}"'), 1)
+    assert feed.marks == {}
+    assert feed.stats.dropped == {reason: 1}
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (GARBAGE[0], "decode"),
+        (GARBAGE[1], "decode"),
+        (GARBAGE[2], "shape"),
+        (GARBAGE[3], "shape"),
+        (GARBAGE[4], "shape"),
+        (GARBAGE[5], "shape"),
+        (GARBAGE[6], "not_finite"),
+        (GARBAGE[7], "not_finite"),
+        (GARBAGE[8], "non_positive"),
+        (GARBAGE[9], "non_positive"),
+        (GARBAGE[10], "bad_number"),
+        (GARBAGE[11], "crossed"),
+        (TICKER, "shape"),
+        ("", "decode"),
+        (b"\xff\xfe", "decode"),
+    ],
+)
+def test_bad_frames_are_counted_and_never_emitted(
+    source: BinanceUsdmSource, quotes: list[Quote], frame: str | bytes, reason: str
+) -> None:
+    """Broken JSON, wrong shapes, other streams, NaN/inf/zero/negative/crossed: dropped, counted."""
+    source.on_message(frame, 1)
+    assert quotes == []
+    assert source.stats.malformed == 1
+    assert source.stats.dropped == {reason: 1}
+
+
+def test_every_simulator_garbage_kind_is_covered() -> None:
+    """The cases above cover the simulator's whole garbage catalogue."""
+    assert len(GARBAGE) == 12
+
+
+def test_acks_and_errors_settle_requests(source: BinanceUsdmSource, quotes: list[Quote]) -> None:
+    """The spot control protocol applies: an error fails the one symbol, an ack restores it."""
+    source._pending[4] = ("BTCUSDT",)
+    source.on_message('{"code":2,"msg":"Invalid request: invalid stream","id":4}', 1)
+    assert source.stats.failed_instruments == {"BTCUSDT": "2: Invalid request: invalid stream"}
+    source._pending[5] = ("BTCUSDT",)
+    source.on_message('{"result":null,"id":5}', 2)
+    assert source.stats.failed_instruments == {}
+    assert source.stats.malformed == 0
+
+
+def test_subscriptions_and_urls_follow_the_split_endpoints(
+    source: BinanceUsdmSource, quotes: list[Quote]
+) -> None:
+    """Book tickers go to /public, mark prices to /market, both as lower-case stream names."""
+    assert source.stream_url() == "wss://fstream.binance.com/public/stream"
+    assert source.mark_feed.stream_url() == "wss://fstream.binance.com/market/stream"
+    assert source.subscribe_message(3, ["BTCUSDT"]) == (
+        '{"method":"SUBSCRIBE","params":["btcusdt@bookTicker"],"id":3}'
+    )
+    assert source.mark_feed.subscribe_message(3, ["BTCUSDT"]) == (
+        '{"method":"SUBSCRIBE","params":["btcusdt@markPrice@1s"],"id":3}'
+    )
+    assert source.mark_feed.rest_url is None  # only the book connection polls REST
+
+
+def test_rest_asks_for_one_symbol_alone_and_for_several_all_at_once(
+    source: BinanceUsdmSource, quotes: list[Quote]
+) -> None:
+    """One symbol costs weight 2 with `symbol=`; several take the all-symbols answer (weight 5)."""
+    url = "https://fapi.binance.com/fapi/v1/ticker/bookTicker"
+    assert source.rest_request(["BTCUSDT"]) == (url, {"symbol": "BTCUSDT"})
+    assert source.rest_request(["BTCUSDT", "BNBUSDT"]) == (url, {})
+
+
+def test_rest_bodies_become_quotes_and_unasked_rows_are_skipped(
+    source: BinanceUsdmSource, quotes: list[Quote]
+) -> None:
+    """An all-symbols list and a single object both decode; rows not configured are ignored."""
+
+    def row(symbol: str, bid: str, ask: str) -> str:
+        return (
+            f'{{"symbol":"{symbol}","bidPrice":"{bid}","bidQty":"1.0","askPrice":"{ask}",'
+            '"askQty":"2.0","time":1589437530011,"lastUpdateId":1027024}'
+        )
+
+    body = f"[{row('BTCUSDT', '4.00000000', '4.00000200')},{row('XYZUSDT', '1', '2')}]"
+    source.on_rest(body.encode(), 42)
+    source.on_rest(row("BNBUSDT", "0", "1").encode(), 43)
+    assert quotes == [
+        Quote("bu", "BTC/USDT", 42, bid=4.0, ask=4.000002, kind="perp", venue_ts=1589437530011)
+    ]
+    assert source.stats.dropped == {"non_positive": 1}
+    source.on_rest(b'{"code":-1121,"msg":"Invalid symbol."}', 44)
+    assert source.stats.dropped["shape"] == 1

@@ -1,0 +1,280 @@
+"""Decoding Bybit v5 frames: documented frames, state merging, control frames, bad frames."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from oracled.clock import ManualClock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sim.bybit import GARBAGE
+from oracled.sources import SourceStats
+from oracled.sources.bybit import BybitLinearSource, BybitSpotSource
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "bybit"
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+LINEAR_SNAPSHOT = fixture("ws_tickers_linear_snapshot.json")
+BOOK_SNAPSHOT = fixture("ws_orderbook_snapshot.json")
+BOOK_DELTA = fixture("ws_orderbook_delta.json")
+ACK = fixture("ws_subscribe_ack.json")
+REFUSAL = fixture("ws_subscribe_error.json")
+OTHER_TOPICS = (fixture("ws_publicTrade.json"), fixture("ws_kline.json"))
+
+
+class Harness:
+    def __init__(self, spot: BybitSpotSource, linear: BybitLinearSource) -> None:
+        self.spot, self.linear = spot, linear
+        self.quotes: list[Quote] = []
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Harness]:
+    quotes: list[Quote] = []
+    spot_pairs: list[tuple[str, Kind]] = [("BTC/USDT", "spot"), ("ETH/USDT", "spot")]
+    perp_pairs: list[tuple[str, Kind]] = [("BTC/USDT", "perp"), ("ETH/USDC", "perp")]
+    async with aiohttp.ClientSession() as http:
+        spot = BybitSpotSource(
+            "bs",
+            SourceConfig(type="bybit_spot"),
+            spot_pairs,
+            quotes.append,
+            ManualClock(),
+            http,
+            SourceStats("bs"),
+        )
+        linear = BybitLinearSource(
+            "bl",
+            SourceConfig(type="bybit_linear"),
+            perp_pairs,
+            quotes.append,
+            ManualClock(),
+            http,
+            SourceStats("bl"),
+        )
+        harness = Harness(spot, linear)
+        harness.quotes = quotes
+        yield harness
+
+
+def test_documented_linear_ticker_snapshot_becomes_a_perp_quote(h: Harness) -> None:
+    """The docs' linear ticker snapshot gives its best bid/ask, venue_ts from `ts`."""
+    h.linear.on_message(LINEAR_SNAPSHOT, 10)
+    assert h.quotes == [
+        Quote("bl", "BTC/USDT", 10, bid=17215.5, ask=17216.0, kind="perp", venue_ts=1673272861686)
+    ]
+    assert h.linear.stats.malformed == 0
+
+
+def test_linear_deltas_are_merged_into_the_last_full_state(h: Harness) -> None:
+    """A delta without prices keeps the book; a delta with one side changes only that side."""
+    h.linear.on_message(LINEAR_SNAPSHOT, 1)
+    no_price = (
+        '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
+        '"openInterest":"68745.000"},"cs":24987956060,"ts":1673272861786}'
+    )
+    one_side = (
+        '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
+        '"ask1Price":"17217.00","ask1Size":"1.0"},"cs":24987956061,"ts":1673272861886}'
+    )
+    h.linear.on_message(no_price, 2)
+    h.linear.on_message(one_side, 3)
+    assert [(q.bid, q.ask, q.venue_ts) for q in h.quotes] == [
+        (17215.5, 17216.0, 1673272861686),
+        (17215.5, 17216.0, 1673272861786),
+        (17215.5, 17217.0, 1673272861886),
+    ]
+    h.linear.on_message(one_side.replace("1673272861886", "1673272861000"), 4)  # older ts
+    assert h.linear.stats.dropped == {"stale": 1}
+    assert len(h.quotes) == 3
+
+
+def test_bad_linear_delta_is_not_merged(h: Harness) -> None:
+    """A delta with a bad price is dropped whole; the kept state still quotes afterwards."""
+    h.linear.on_message(LINEAR_SNAPSHOT, 1)
+    h.linear.on_message(GARBAGE[13], 2)  # NaN bid and ask, far-future ts
+    no_price = (
+        '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
+        '"fundingRate":"0.0001"},"cs":24987956060,"ts":1673272861786}'
+    )
+    h.linear.on_message(no_price, 3)  # the NaN frame's far-future ts was not kept either
+    assert h.linear.stats.dropped == {"not_finite": 1}
+    assert [q.bid for q in h.quotes] == [17215.5, 17215.5]
+
+
+def test_documented_level1_snapshot_and_delta(h: Harness) -> None:
+    """A snapshot quotes its best levels; a delta removing the kept ask leaves no quote."""
+    h.spot.on_message(BOOK_SNAPSHOT, 5)
+    assert h.quotes == [
+        Quote("bs", "BTC/USDT", 5, bid=27450.0, ask=27451.0, kind="spot", venue_ts=1709891679000)
+    ]
+    h.spot.on_message(BOOK_DELTA, 6)
+    assert len(h.quotes) == 1
+    assert h.spot.stats.dropped == {"one_sided": 1} and h.spot.stats.malformed == 0
+    refill = BOOK_DELTA.replace('"b": [["27450.00", "0.400"]]', '"b": []')
+    refill = refill.replace('["27451.00", "0"]', '["27452.50", "0.3"]').replace("790", "791")
+    h.spot.on_message(refill.replace("1709891679500", "1709891679600"), 7)
+    assert (h.quotes[-1].bid, h.quotes[-1].ask, h.quotes[-1].venue_ts) == (
+        27450.0,
+        27452.5,
+        1709891679600,
+    )
+
+
+def test_level1_update_ids_order_the_frames(h: Harness) -> None:
+    """Deltas not newer than the kept update id are stale; u = 1 (venue restart) resets."""
+    h.spot.on_message(BOOK_SNAPSHOT, 1)
+    h.spot.on_message(BOOK_SNAPSHOT.replace('"type": "snapshot"', '"type": "delta"'), 2)
+    assert h.spot.stats.dropped == {"stale": 1}
+    restart = BOOK_SNAPSHOT.replace('"u": 123456789', '"u": 1').replace("27450.00", "27449.75")
+    h.spot.on_message(restart, 3)
+    assert h.quotes[-1].bid == 27449.75
+
+
+def test_level1_level_replacement_and_removal(h: Harness) -> None:
+    """A new level replaces the side; size 0 removes it only if it is the kept price."""
+    h.spot.on_message(BOOK_SNAPSHOT, 1)
+    delta = (
+        '{"topic":"orderbook.1.BTCUSDT","type":"delta","ts":2,"data":{"s":"BTCUSDT",'
+        '"b":[["27450.00","0"],["27449.00","2.0"]],"a":[["27460.00","0"]],"u":123456790}}'
+    )
+    h.spot.on_message(delta, 2)
+    assert (h.quotes[-1].bid, h.quotes[-1].ask) == (27449.0, 27451.0)
+
+
+@pytest.mark.parametrize("frame", [GARBAGE[i] for i in range(len(GARBAGE))])
+def test_each_garbage_frame_counts_once_on_either_category(h: Harness, frame: str) -> None:
+    """Every simulator garbage frame is one malformed frame for spot and for linear alike."""
+    h.spot.on_message(BOOK_SNAPSHOT, 1)  # a kept state, so that deltas have something to merge
+    h.linear.on_message(LINEAR_SNAPSHOT, 1)
+    h.spot.on_message(frame, 2)
+    h.linear.on_message(frame, 2)
+    assert h.spot.stats.malformed == 1 and h.linear.stats.malformed == 1
+    assert len(h.quotes) == 2  # only the two snapshots
+
+
+@pytest.mark.parametrize(
+    ("index", "spot_reason", "linear_reason"),
+    [
+        (0, "decode", "decode"),
+        (1, "decode", "decode"),
+        (2, "shape", "shape"),
+        (5, "not_finite", "shape"),
+        (7, "non_positive", "shape"),
+        (9, "bad_number", "shape"),
+        (10, "bad_number", "shape"),
+        (11, "crossed", "shape"),
+        (12, "shape", "shape"),
+        (13, "shape", "not_finite"),
+        (14, "shape", "bad_number"),
+        (15, "shape", "non_positive"),
+        (16, "shape", "crossed"),
+        (17, "shape", "shape"),
+    ],
+)
+def test_garbage_reasons(h: Harness, index: int, spot_reason: str, linear_reason: str) -> None:
+    """Each bad frame is dropped for the reason that names what is wrong with it."""
+    h.spot.on_message(GARBAGE[index], 1)
+    h.linear.on_message(GARBAGE[index], 1)
+    assert h.spot.stats.dropped == {spot_reason: 1}
+    assert h.linear.stats.dropped == {linear_reason: 1}
+
+
+def test_other_topics_are_a_wrong_shape(h: Harness) -> None:
+    """Trade and kline frames (never subscribed) are counted as shape errors, not raised."""
+    for frame in OTHER_TOPICS:
+        h.spot.on_message(frame, 1)
+        h.linear.on_message(frame, 1)
+    assert h.spot.stats.dropped == {"shape": 2} and h.linear.stats.dropped == {"shape": 2}
+
+
+def test_acks_pongs_and_refusals(h: Harness) -> None:
+    """Acks settle requests; pongs are life only; refusals fail the symbol they name."""
+    src, stats = h.linear, h.linear.stats
+    src._pending[3] = ("BTCUSDT",)
+    src.on_message('{"success":true,"ret_msg":"","conn_id":"c","req_id":"3","op":"subscribe"}', 1)
+    assert src._pending == {}
+    src.on_message('{"success":true,"ret_msg":"pong","conn_id":"c","req_id":"","op":"ping"}', 2)
+    src.on_message('{"req_id":"x","op":"pong","args":["1675418560633"],"conn_id":"c"}', 3)
+    src.on_message(ACK, 4)  # someone else's id
+    assert stats.dropped == {"unsolicited": 1} and stats.malformed == 0
+    src._pending[4] = ("BTCPERP",)
+    refusal = (
+        '{"success":false,"ret_msg":"Invalid symbol :[tickers.BTCPERP]","conn_id":"c",'
+        '"req_id":"4","op":"subscribe"}'
+    )
+    src.on_message(refusal, 5)
+    assert stats.failed_instruments == {"BTCPERP": "Invalid symbol :[tickers.BTCPERP]"}
+
+
+def test_a_refusal_without_request_id_is_matched_by_topic(h: Harness) -> None:
+    """The recorded refusal has no req_id: the topic in its message picks the request."""
+    src, stats = h.spot, h.spot.stats
+    src.on_message(REFUSAL, 1)  # names no topic of ours: counted, blames nobody
+    assert stats.dropped == {"venue_error": 1} and stats.failed_instruments == {}
+    src._pending[7] = ("ETHUSDT",)
+    src._pending[8] = ("BTCUSDT",)
+    named = REFUSAL.replace("invalid.topic.BTCUSDT", "[orderbook.1.BTCUSDT]")
+    src.on_message(named, 2)
+    assert stats.failed_instruments == {"BTCUSDT": "Invalid topic: [orderbook.1.BTCUSDT]"}
+    assert list(src._pending) == [7]
+
+
+def test_already_subscribed_counts_as_an_ack(h: Harness) -> None:
+    """A resubscribe of a live topic (after a split batch) is not a failure."""
+    src = h.spot
+    src._pending[9] = ("BTCUSDT",)
+    src.on_message(
+        '{"success":false,"ret_msg":"error:already subscribed,topic:orderbook.1.BTCUSDT",'
+        '"conn_id":"c","req_id":"9","op":"subscribe"}',
+        1,
+    )
+    assert src._pending == {} and src.stats.failed_instruments == {}
+
+
+def test_messages_symbols_and_urls(h: Harness) -> None:
+    """Subscribe and ping texts, topics, USDC perpetual names and URLs follow the docs."""
+    assert h.spot.subscribe_message(1, ["BTCUSDT", "ETHUSDT"]) == (
+        '{"op":"subscribe","args":["orderbook.1.BTCUSDT","orderbook.1.ETHUSDT"],"req_id":"1"}'
+    )
+    assert h.linear.subscribe_message(2, ["BTCUSDT"]) == (
+        '{"op":"subscribe","args":["tickers.BTCUSDT"],"req_id":"2"}'
+    )
+    assert h.spot.app_ping() == '{"op":"ping"}' and h.linear.app_ping_interval_s == 20.0
+    assert h.linear.symbols == ("BTCUSDT", "ETHPERP")
+    assert h.spot.stream_url() == "wss://stream.bybit.com/v5/public/spot"
+    assert h.linear.stream_url() == "wss://stream.bybit.com/v5/public/linear"
+    assert h.spot.max_symbols_per_request == 10
+
+
+def test_rest_request_and_body(h: Harness) -> None:
+    """One request per category; rows not configured are skipped; error codes are counted."""
+    url = "https://api.bybit.com/v5/market/tickers"
+    assert h.linear.rest_request(["BTCUSDT", "ETHPERP"]) == (url, {"category": "linear"})
+    body = (
+        b'{"retCode":0,"retMsg":"OK","result":{"category":"linear","list":[{"symbol":"BTCUSDT",'
+        b'"bid1Price":"17215.50","bid1Size":"1","ask1Price":"17216.00","ask1Size":"1",'
+        b'"lastPrice":"17216.00"},{"symbol":"XRPUSDT","bid1Price":"0.5","ask1Price":"0.6"}]},'
+        b'"retExtInfo":{},"time":1673859087947}'
+    )
+    h.linear.on_rest(body, 9)
+    assert h.quotes == [
+        Quote("bl", "BTC/USDT", 9, bid=17215.5, ask=17216.0, kind="perp", venue_ts=1673859087947)
+    ]
+    assert h.spot.rest_request(["BTCUSDT"]) == (url, {"category": "spot", "symbol": "BTCUSDT"})
+    h.spot.on_rest(
+        b'{"retCode":10001,"retMsg":"Not supported symbols","result":{},"retExtInfo":{},"time":1}',
+        10,
+    )
+    assert h.spot.stats.failed_instruments == {"BTCUSDT": "10001: Not supported symbols"}
+    assert h.spot.stats.dropped == {"rest_error": 1}
+    h.spot.on_rest(b"<html>", 11)
+    assert h.spot.stats.dropped["decode"] == 1
