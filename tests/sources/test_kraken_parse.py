@@ -1,0 +1,259 @@
+"""Decoding Kraken v2 frames into quotes: recorded frames, control frames and every bad frame."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from oracled.clock import ManualClock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sim.kraken import GARBAGE
+from oracled.sources import SourceStats, build_source
+from oracled.sources.kraken import KrakenSource
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "kraken"
+TICKER = (FIXTURES / "ws_ticker_snapshot.json").read_text()
+ACK = (FIXTURES / "ws_subscribe_ack.json").read_text()
+PONG = (FIXTURES / "ws_pong.json").read_text()
+OTHER_CHANNELS = [
+    (FIXTURES / f"ws_{name}.json").read_text()
+    for name in ("book_snapshot", "trade_update", "ohlc_update")
+]
+V1_FRAMES = (FIXTURES / "ws_v1_frames.jsonl").read_text().splitlines()
+REST_TICKER = (FIXTURES / "rest_ticker_XBTUSDT.json").read_bytes()
+TICKER_TS = 1_671_960_659_123  # 2022-12-25T09:30:59.123456Z in whole milliseconds
+HEARTBEAT = '{"channel":"heartbeat"}'
+
+
+def status(system: str) -> str:
+    return (
+        '{"channel":"status","data":[{"api_version":"v2","connection_id":13834774380200032777,'
+        f'"system":"{system}","version":"2.0.0"}}],"type":"update"}}'
+    )
+
+
+class Harness:
+    def __init__(self, source: KrakenSource, stats: SourceStats, quotes: list[Quote]) -> None:
+        self.source, self.stats, self.quotes = source, stats, quotes
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    stats = SourceStats("kr")
+    quotes: list[Quote] = []
+    cfg = SourceConfig(type="kraken", instruments={"WBTC/USD": "WBTC/USD"})
+    pairs: list[tuple[str, Kind]] = [
+        ("BTC/USD", "spot"),
+        ("XBT/USDT", "spot"),
+        ("DOGE/USD", "spot"),
+        ("ETH/USD", "spot"),
+        ("SOL/USDC", "spot"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        source = build_source("kr", cfg, pairs, quotes.append, ManualClock(), http, stats)
+        assert isinstance(source, KrakenSource)
+        yield Harness(source, stats, quotes)
+
+
+def test_symbols_follow_the_v2_naming(harness: Harness) -> None:
+    """v2 symbols keep the slash and use BTC and DOGE, never v1's XBT and XDG."""
+    assert harness.source.symbols == ("BTC/USD", "BTC/USDT", "DOGE/USD", "ETH/USD", "SOL/USDC")
+    assert harness.source.stream_url() == "wss://ws.kraken.com/v2"
+
+
+def test_recorded_ticker_snapshot_becomes_one_quote(harness: Harness) -> None:
+    """The recorded snapshot gives the exact bid, ask and venue time in milliseconds."""
+    harness.source.on_message(TICKER, 1_000)
+    assert harness.quotes == [
+        Quote("kr", "BTC/USD", 1_000, bid=105944.2, ask=105944.3, venue_ts=TICKER_TS)
+    ]
+    assert harness.stats.malformed == 0
+    assert harness.stats.quotes == 1 and harness.stats.last_quote_ms == 1_000
+
+
+def test_ticker_as_bytes_and_without_timestamp(harness: Harness) -> None:
+    """Bytes decode like text; a ticker without `timestamp` (older docs) has no venue time."""
+    harness.source.on_message(TICKER.encode(), 5)
+    no_ts = TICKER.replace('"timestamp": "2022-12-25T09:30:59.123456Z"', '"vwap2": 1')
+    harness.source.on_message(no_ts.replace("BTC/USD", "ETH/USD"), 6)
+    assert [q.venue_ts for q in harness.quotes] == [TICKER_TS, None]
+
+
+def test_older_ticker_is_dropped_as_out_of_order(harness: Harness) -> None:
+    """A frame older than the newest emitted one for its symbol is counted and not emitted."""
+    src = harness.source
+    src.on_message(TICKER, 1)
+    src.on_message(TICKER.replace("59.123456Z", "58.000000Z"), 2)
+    src.on_message(TICKER.replace("59.123456Z", "59.123999Z"), 3)  # same millisecond: kept
+    src.on_message(TICKER.replace("59.123456Z", "59.500000Z"), 4)
+    assert [q.venue_ts for q in harness.quotes] == [TICKER_TS, TICKER_TS, TICKER_TS + 377]
+    assert harness.stats.dropped == {"out_of_order": 1}
+    assert harness.stats.malformed == 0
+
+
+def test_a_bad_price_does_not_raise_the_out_of_order_bar(harness: Harness) -> None:
+    """A dropped zero-price frame with a late timestamp does not make good frames look stale."""
+    src = harness.source
+    src.on_message(TICKER.replace("105944.20", "0.0").replace("2022-12", "2030-12"), 1)
+    src.on_message(TICKER, 2)
+    assert len(harness.quotes) == 1
+    assert harness.stats.dropped == {"non_positive": 1}
+
+
+def test_symbol_not_configured_is_dropped_not_malformed(harness: Harness) -> None:
+    """A well-formed ticker for a symbol we did not ask for is counted as unknown_symbol only."""
+    harness.source.on_message(TICKER.replace("BTC/USD", "ADA/EUR"), 1)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"unknown_symbol": 1}
+    assert harness.stats.malformed == 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (GARBAGE[0], "decode"),
+        (GARBAGE[1], "decode"),
+        (GARBAGE[2], "shape"),
+        (GARBAGE[3], "shape"),
+        (GARBAGE[4], "shape"),
+        (GARBAGE[5], "shape"),
+        (GARBAGE[6], "decode"),  # NaN is not JSON: Kraken sends numbers, never NaN
+        (GARBAGE[7], "shape"),  # 1e999 is out of the float range
+        (GARBAGE[8], "non_positive"),
+        (GARBAGE[9], "non_positive"),
+        (GARBAGE[10], "crossed"),
+        (GARBAGE[11], "shape"),
+        (GARBAGE[12], "shape"),
+        ("", "decode"),
+        (b"\xff\xfe", "decode"),
+    ],
+)
+def test_bad_frames_are_counted_and_never_emitted(
+    harness: Harness, frame: str | bytes, reason: str
+) -> None:
+    """Broken JSON, wrong shapes, NaN/zero/negative/crossed prices: dropped and counted."""
+    harness.source.on_message(frame, 1)
+    assert harness.quotes == []
+    assert harness.stats.malformed == 1
+    assert harness.stats.dropped == {reason: 1}
+
+
+def test_every_simulator_garbage_kind_is_covered() -> None:
+    """The parametrized cases above cover the whole garbage catalogue of the simulator."""
+    assert len(GARBAGE) == 13
+
+
+@pytest.mark.parametrize("frame", [*OTHER_CHANNELS, *V1_FRAMES])
+def test_frames_of_other_channels_and_of_v1_are_malformed_not_raised(
+    harness: Harness, frame: str
+) -> None:
+    """Book/trade/ohlc frames we never subscribed to, and v1 frames, are counted as shape."""
+    harness.source.on_message(frame, 1)
+    assert harness.quotes == []
+    assert harness.stats.malformed == 1
+    assert harness.stats.dropped == {"shape": 1}
+
+
+def test_heartbeat_pong_and_status_are_signs_of_life_not_errors(harness: Harness) -> None:
+    """heartbeat, pong and status frames count nothing but the frame (done by the base)."""
+    for frame in (HEARTBEAT, PONG, status("online"), status("maintenance"), status("online")):
+        harness.source.on_message(frame, 1)
+    assert harness.stats.malformed == 0
+    assert harness.stats.dropped == {}
+    assert harness.source._system == "online"
+
+
+def test_recorded_ack_settles_its_symbol(harness: Harness) -> None:
+    """The recorded per-symbol ack settles BTC/USD of request 1 and clears its failure."""
+    src, stats = harness.source, harness.stats
+    src._pending[1] = ("BTC/USD", "ETH/USD")
+    stats.failed_instruments["BTC/USD"] = "old failure"
+    src.on_message(ACK, 1)
+    assert src._pending == {1: ("ETH/USD",)}
+    assert stats.failed_instruments == {}
+    assert stats.malformed == 0 and stats.dropped == {}
+
+
+def test_per_symbol_acks_and_errors_of_one_request(harness: Harness) -> None:
+    """One request, three answers: two acks and one error; only the refused symbol fails."""
+    src, stats = harness.source, harness.stats
+    src._pending[4] = ("BTC/USD", "DOGE/USD", "ETH/USD")
+    src.on_message(ACK.replace('"req_id": 1', '"req_id": 4'), 1)
+    src.on_message(
+        '{"error":"Currency pair not supported DOGE/USD","method":"subscribe","req_id":4,'
+        '"success":false,"symbol":"DOGE/USD","time_in":"2023-09-25T09:04:31.742599Z",'
+        '"time_out":"2023-09-25T09:04:31.742648Z"}',
+        2,
+    )
+    assert stats.failed_instruments == {"DOGE/USD": "Currency pair not supported DOGE/USD"}
+    ack_eth = ACK.replace('"req_id": 1', '"req_id": 4').replace("BTC/USD", "ETH/USD")
+    src.on_message(ack_eth, 3)
+    assert src._pending == {}
+    assert src._outbox.qsize() == 0  # per-symbol errors never split or resend anything
+    assert stats.malformed == 0 and stats.dropped == {}
+
+
+def test_error_without_symbol_splits_the_request(harness: Harness) -> None:
+    """A refused request that names no symbol is retried one symbol per request by the base."""
+    src = harness.source
+    src._pending[9] = ("BTC/USD", "ETH/USD")
+    refusal = '{"error":"Exceeded msg rate","method":"subscribe","req_id":9,"success":false}'
+    src.on_message(refusal, 1)
+    queued = [src._outbox.get_nowait()[1] for _ in range(src._outbox.qsize())]
+    assert queued == [("BTC/USD",), ("ETH/USD",)]
+    assert harness.stats.failed_instruments == {}
+
+
+def test_unsolicited_acks_and_errors_are_counted(harness: Harness) -> None:
+    """Answers to requests we never sent are counted, never raised, never blamed on a symbol."""
+    harness.source.on_message(ACK.replace('"req_id": 1', '"req_id": 77'), 1)
+    harness.source.on_message('{"error":"Malformed request","success":false}', 2)
+    assert harness.stats.dropped == {"unsolicited": 1, "venue_error": 1}
+    assert harness.stats.failed_instruments == {}
+
+
+def test_subscribe_message_follows_the_documented_shape(harness: Harness) -> None:
+    """subscribe names the ticker channel, the symbols, the bbo trigger and the request id."""
+    text = harness.source.subscribe_message(3, ["BTC/USD", "ETH/USD"])
+    assert text == (
+        '{"method":"subscribe","params":{"channel":"ticker","symbol":["BTC/USD","ETH/USD"],'
+        '"event_trigger":"bbo"},"req_id":3}'
+    )
+
+
+def test_rest_request_asks_for_every_symbol_by_its_rest_name(harness: Harness) -> None:
+    """One Ticker request per poll, pairs named as REST knows them (XBT, XDG)."""
+    url, query = harness.source.rest_request(list(harness.source.symbols)) or ("", {})
+    assert url == "https://api.kraken.com/0/public/Ticker"
+    assert query == {"pair": "XBTUSD,XBTUSDT,XDGUSD,ETHUSD,SOLUSDC"}
+
+
+def test_recorded_rest_ticker_maps_its_legacy_key_back(harness: Harness) -> None:
+    """The recorded answer filed under XBTUSDT becomes a quote of the configured XBT/USDT."""
+    harness.source.on_rest(REST_TICKER, 42)
+    assert harness.quotes == [Quote("kr", "XBT/USDT", 42, bid=105944.2, ask=105944.3)]
+    assert harness.stats.malformed == 0
+
+
+def test_rest_legacy_prefixed_keys_map_back(harness: Harness) -> None:
+    """XXBTZUSD and XETHZUSD map to BTC/USD and ETH/USD; unknown keys and bad rows are counted."""
+    body = (
+        b'{"error":[],"result":{"XXBTZUSD":{"a":["67000.2","1","1.000"],"b":["67000.1","1",'
+        b'"1.000"]},"XETHZUSD":{"a":["3500.2","1","1.000"],"b":["3500.1","1","1.000"]},'
+        b'"XDGUSD":{"a":["0.2","1","1.0"],"b":["nan","1","1.0"]},"ZZZUSD":{"a":["1"],"b":["1"]},'
+        b'"SOLUSDC":{"a":[],"b":[]}}}'
+    )
+    harness.source.on_rest(body, 7)
+    assert [(q.pair, q.bid, q.ask) for q in harness.quotes] == [
+        ("BTC/USD", 67000.1, 67000.2),
+        ("ETH/USD", 3500.1, 3500.2),
+    ]
+    assert harness.stats.dropped == {"not_finite": 1, "unknown_symbol": 1, "shape": 1}
+    harness.source.on_rest(b'{"error":["EGeneral:Internal error"]}', 8)
+    assert len(harness.quotes) == 2
+    harness.source.on_rest(b"<html>", 9)
+    assert harness.stats.dropped["decode"] == 1
