@@ -189,19 +189,17 @@ class KrakenSource(Source):
         if not tickers:
             self._bad("shape")
         for t in tickers:
-            venue_ts = None if t.timestamp is None else _ms(t.timestamp)
-            if self._in_order(t.symbol, venue_ts):
-                self._quote(t.symbol, t.bid, t.ask, recv_ts, venue_ts)
-
-    def _in_order(self, symbol: str, venue_ts: int | None) -> bool:
-        """False (and counted) for a frame older than the newest one seen for its symbol."""
-        if venue_ts is None or symbol not in self._by_symbol:
-            return True
-        if venue_ts < self._last_ts.get(symbol, 0):
-            self.stats.dropped["out_of_order"] += 1
-            return False
-        self._last_ts[symbol] = venue_ts
-        return True
+            if t.timestamp is None:
+                self._quote(t.symbol, t.bid, t.ask, recv_ts)
+                continue
+            venue_ts = _ms(t.timestamp)
+            if venue_ts < self._last_ts.get(t.symbol, 0):
+                self.stats.dropped["out_of_order"] += 1  # older than a quote already emitted
+                continue
+            before = self.stats.quotes
+            self._quote(t.symbol, t.bid, t.ask, recv_ts, venue_ts)
+            if self.stats.quotes != before:  # only a good quote moves the bar
+                self._last_ts[t.symbol] = venue_ts
 
     def _control(self, data: str | bytes) -> None:
         try:
