@@ -41,6 +41,7 @@ SOURCE_TYPES: dict[str, str] = {
     "binance": "oracled.sources.binance:BinanceSource",
     "okx": "oracled.sources.okx:OkxSource",
     "coinbase": "oracled.sources.coinbase:CoinbaseSource",
+    "gemini": "oracled.sources.gemini:GeminiSource",
     "binance_usdm": "oracled.sources.binance_usdm:BinanceUsdmSource",
     "bybit_linear": "oracled.sources.bybit:BybitLinearSource",
     "bybit_spot": "oracled.sources.bybit:BybitSpotSource",

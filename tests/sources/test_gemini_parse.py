@@ -1,0 +1,239 @@
+"""Decoding Gemini v2 market data: a recorded book session, control frames and every bad frame."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from oracled.clock import ManualClock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sim.gemini import GARBAGE
+from oracled.sources import SourceStats
+from oracled.sources.gemini import GeminiSource
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "gemini"
+L2 = (FIXTURES / "ws_l2_updates.jsonl").read_text().splitlines()
+TRADE, HEARTBEAT = (FIXTURES / "ws_other.jsonl").read_text().splitlines()
+SUBSCRIBE = (FIXTURES / "ws_subscribe_request.json").read_text()
+
+# Best bid and ask after each recorded message, in session order (GRT/USD then ETH/EUR).
+EXPECTED = [
+    ("GRT/USD", 0.6157, 0.6165),
+    ("ETH/EUR", 1648.98, 1656.75),
+    ("GRT/USD", 0.6145, 0.6165),
+    ("GRT/USD", 0.6146, 0.6165),
+    ("ETH/EUR", 1648.98, 1656.75),
+    ("ETH/EUR", 1648.98, 1656.6),
+    ("GRT/USD", 0.6146, 0.6178),
+    ("GRT/USD", 0.6146, 0.6178),
+    ("GRT/USD", 0.6146, 0.6178),
+    ("GRT/USD", 0.6155, 0.6178),
+    ("GRT/USD", 0.6155, 0.6164),
+    ("ETH/EUR", 1648.98, 1656.6),
+    ("ETH/EUR", 1648.98, 1656.6),
+    ("ETH/EUR", 1648.98, 1656.6),
+    ("ETH/EUR", 1648.98, 1656.58),
+    ("ETH/EUR", 1648.98, 1656.77),
+]
+
+
+class Harness:
+    def __init__(self, source: GeminiSource, stats: SourceStats, quotes: list[Quote]) -> None:
+        self.source, self.stats, self.quotes = source, stats, quotes
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    stats = SourceStats("gm")
+    quotes: list[Quote] = []
+    cfg = SourceConfig(type="gemini")
+    pairs: list[tuple[str, Kind]] = [("GRT/USD", "spot"), ("ETH/EUR", "spot"), ("BTC/USD", "spot")]
+    async with aiohttp.ClientSession() as http:
+        source = GeminiSource("gm", cfg, pairs, quotes.append, ManualClock(), http, stats)
+        yield Harness(source, stats, quotes)
+
+
+def test_recorded_session_gives_the_exact_top_of_book_after_each_message(
+    harness: Harness,
+) -> None:
+    """Snapshots then diffs (zero quantity removes, removing the best finds the next best)."""
+    for i, frame in enumerate(L2):
+        harness.source.on_message(frame, 100 + i)
+    got = [(q.pair, q.bid, q.ask) for q in harness.quotes]
+    assert got == EXPECTED
+    assert all(q.venue_ts is None and q.kind == "spot" for q in harness.quotes)
+    assert [q.recv_ts for q in harness.quotes] == list(range(100, 100 + len(L2)))
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+def test_snapshots_acknowledge_the_request_that_asked_for_them(harness: Harness) -> None:
+    """The venue sends no ack: a request is settled once every symbol in it has its snapshot."""
+    src = harness.source
+    src._pending[1] = ("GRTUSD", "ETHEUR")
+    src.stats.failed_instruments["ETHEUR"] = "old failure"
+    src.on_message(L2[0], 1)
+    assert 1 in src._pending
+    src.on_message(L2[1], 2)
+    assert src._pending == {}
+    assert harness.stats.failed_instruments == {}
+
+
+def test_a_new_snapshot_replaces_the_book(harness: Harness) -> None:
+    """A second snapshot (it carries trades) starts the symbol's book afresh."""
+    src = harness.source
+    src.on_message(L2[0], 1)
+    src.on_message(
+        '{"type":"l2_updates","symbol":"GRTUSD","changes":[["buy","0.5","1"],["sell","0.7","1"]],'
+        '"trades":[],"auction_events":[]}',
+        2,
+    )
+    assert (harness.quotes[-1].bid, harness.quotes[-1].ask) == (0.5, 0.7)
+
+
+async def test_overdue_request_is_split_then_failed(harness: Harness) -> None:
+    """An unanswered batch is split into single requests; an unanswered single is failed."""
+    src, clock = harness.source, harness.source._clock
+    assert isinstance(clock, ManualClock)
+    src.subscribe_message(3, ["GRTUSD", "BTCUSD"])
+    src._pending[3] = ("GRTUSD", "BTCUSD")
+    src.on_message(HEARTBEAT, 1)
+    assert 3 in src._pending  # not overdue yet
+    clock.advance(31_000)  # past the default 30 s liveness timeout
+    src.on_message(HEARTBEAT, 2)
+    queued = [src._outbox.get_nowait()[1] for _ in range(src._outbox.qsize())]
+    assert queued == [("GRTUSD",), ("BTCUSD",)]
+    src.subscribe_message(4, ["BTCUSD"])
+    src._pending[4] = ("BTCUSD",)
+    clock.advance(31_000)
+    src.on_message(TRADE, 3)
+    assert harness.stats.failed_instruments == {"BTCUSD": "no snapshot within the liveness timeout"}
+
+
+def test_heartbeat_and_trade_are_life_not_data(harness: Harness) -> None:
+    """Recorded heartbeat and trade frames are accepted silently (no quote, nothing counted)."""
+    harness.source.on_message(HEARTBEAT, 1)
+    harness.source.on_message(TRADE, 2)
+    harness.source.on_message('{"type":"candles_1m_updates","symbol":"BTCUSD","changes":[]}', 3)
+    assert harness.quotes == []
+    assert harness.stats.malformed == 0
+    assert harness.stats.dropped == {"other_channel": 1}
+
+
+def test_one_sided_book_gives_no_quote(harness: Harness) -> None:
+    """A book with bids but no asks has no top of book to publish: counted, not malformed."""
+    harness.source.on_message(
+        '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","1","1"]]}', 1
+    )
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"one_sided": 1} and harness.stats.malformed == 0
+
+
+def test_error_frame_refuses_the_oldest_request(harness: Harness) -> None:
+    """An error splits the oldest batch; refused alone, a symbol is marked failed."""
+    src, stats = harness.source, harness.stats
+    error = '{"type":"error","result":"error","reason":"InvalidSymbol","message":"bad"}'
+    src._pending[2] = ("GRTUSD", "BTCUSD")
+    src.on_message(error, 1)
+    queued = [src._outbox.get_nowait()[1] for _ in range(src._outbox.qsize())]
+    assert queued == [("GRTUSD",), ("BTCUSD",)]
+    src._pending[7] = ("BTCUSD",)
+    src.on_message(error, 2)
+    assert stats.failed_instruments == {"BTCUSD": "InvalidSymbol: bad"}
+    src.on_message(error, 3)  # nothing open any more
+    assert stats.dropped == {"venue_error": 1}
+
+
+def test_unknown_symbol_is_dropped_not_malformed(harness: Harness) -> None:
+    """A well-formed book message for a symbol we did not configure is only counted."""
+    harness.source.on_message(L2[0].replace("GRTUSD", "DOGEUSD"), 1)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"unknown_symbol": 1} and harness.stats.malformed == 0
+
+
+@pytest.mark.parametrize(
+    ("index", "reason"),
+    [
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "shape"),
+        (6, "not_finite"),
+        (7, "non_positive"),
+        (8, "non_positive"),
+        (9, "bad_number"),
+        (10, "shape"),
+        (11, "bad_quantity"),
+    ],
+)
+def test_garbage_is_counted_by_reason_and_leaves_the_book_alone(
+    harness: Harness, index: int, reason: str
+) -> None:
+    """A bad frame is counted once and not applied: the next good update quotes the true top."""
+    src = harness.source
+    src.on_message(
+        '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","100","1"],["sell","101","1"]],"trades":[]}',
+        1,
+    )
+    src.on_message(GARBAGE[index], 2)
+    assert harness.stats.malformed == 1
+    assert harness.stats.dropped == {reason: 1}
+    src.on_message('{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","99","1"]]}', 3)
+    assert [(q.bid, q.ask) for q in harness.quotes] == [(100.0, 101.0), (100.0, 101.0)]
+
+
+def test_crossed_book_is_dropped_and_rebuilt_from_a_new_snapshot(harness: Harness) -> None:
+    """A diff that leaves the book crossed is counted; nothing is quoted until a resync."""
+    src = harness.source
+    src.on_message(
+        '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","100","1"],["sell","101","1"]],"trades":[]}',
+        1,
+    )
+    src.on_message(GARBAGE[-1], 2)
+    src.on_message('{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","99","1"]]}', 3)
+    assert len(harness.quotes) == 1
+    assert harness.stats.dropped == {"crossed": 1, "resync": 1}
+    src._queue_subscriptions()  # what the next connection does first
+    src.on_message(
+        '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","100","1"],["sell","101","1"]],"trades":[]}',
+        4,
+    )
+    assert harness.quotes[-1].bid == 100.0
+
+
+def test_every_simulator_garbage_kind_is_covered() -> None:
+    """The cases above cover the simulator's whole garbage catalogue."""
+    assert len(GARBAGE) == 13
+
+
+def test_rest_ticker_becomes_a_quote_for_the_requested_symbol(harness: Harness) -> None:
+    """pubticker has no symbol in its body: the quote is for the symbol that was asked for."""
+    src = harness.source
+    url, query = src.rest_request(["BTCUSD"]) or ("", {})
+    assert (url, query) == ("https://api.gemini.com/v1/pubticker/btcusd", {})
+    body = (
+        b'{"bid":"9345.70","ask":"9347.67","volume":{"BTC":"2210.50","USD":"20592180.16",'
+        b'"timestamp":1483018200000},"last":"9346.20"}'
+    )
+    src.on_rest(body, 42)
+    assert harness.quotes == [Quote("gm", "BTC/USD", 42, bid=9345.70, ask=9347.67)]
+    src.on_rest(b'{"result":"error","reason":"InvalidSymbol","message":"x"}', 43)
+    src.on_rest(b"{", 44)
+    assert harness.stats.dropped == {"shape": 1, "decode": 1}
+
+
+def test_subscribe_message_matches_the_recorded_request(harness: Harness) -> None:
+    """The subscribe request has the recorded shape; the URL is the v2 market-data path."""
+    text = harness.source.subscribe_message(1, ["BTCGBP", "LINKETH"])
+    assert (
+        text
+        == '{"type":"subscribe","subscriptions":[{"name":"l2","symbols":["BTCGBP","LINKETH"]}]}'
+    )
+    assert SUBSCRIBE.startswith(text[: text.index("[", 40) + 1])
+    assert harness.source.stream_url() == "wss://api.gemini.com/v2/marketdata"
+    assert harness.source.venue_symbol("BTC/USD") == "BTCUSD"
