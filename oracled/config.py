@@ -40,6 +40,7 @@ __all__ = [
 SOURCE_TYPES: dict[str, str] = {
     "binance": "oracled.sources.binance:BinanceSource",
     "okx": "oracled.sources.okx:OkxSource",
+    "kucoin": "oracled.sources.kucoin:KucoinSource",
     "coinbase": "oracled.sources.coinbase:CoinbaseSource",
     "gemini": "oracled.sources.gemini:GeminiSource",
     "binance_usdm": "oracled.sources.binance_usdm:BinanceUsdmSource",

@@ -120,6 +120,7 @@ class OkxSource(Source):
         self.symbols = tuple(self._by_symbol)
         self._last_ts: dict[str, int] = {}
         self._rest_turn = 0
+        self._asked: dict[int, float] = {}  # request id -> when it was sent
 
     def venue_symbol(self, pair: str) -> str:
         return pair.replace("/", "-")
@@ -138,6 +139,7 @@ class OkxSource(Source):
         return "ping"
 
     def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
+        self._asked[request_id] = self._clock.monotonic()
         args = [{"channel": "tickers", "instId": s} for s in symbols]
         return _ENCODE.encode({"id": str(request_id), "op": "subscribe", "args": args}).decode()
 
@@ -145,7 +147,9 @@ class OkxSource(Source):
         try:
             push = _PUSH.decode(data)
         except msgspec.DecodeError:
-            if data not in ("pong", b"pong"):  # the answer to our ping: life, nothing more
+            if data in ("pong", b"pong"):
+                self._on_pong()
+            else:
                 self._control(data)
             return
         if push.arg.channel != "tickers" or not push.data:
@@ -168,6 +172,17 @@ class OkxSource(Source):
         self._quote_text(symbol, tick.bidPx, tick.askPx, recv_ts, ts)
         if self.stats.quotes != quotes:  # only a price that was used moves the clock on
             self._last_ts[symbol] = ts
+
+    def _on_pong(self) -> None:
+        """Pongs keep a socket alive; a subscription unanswered for a whole ping interval means
+        the venue lost it, and a live but empty connection must not be kept forever."""
+        oldest = self._clock.monotonic() - (self.app_ping_interval_s or 0.0)
+        for request_id, sent in list(self._asked.items()):
+            if request_id not in self._pending:
+                del self._asked[request_id]
+            elif sent < oldest:
+                self._rotate("subscription not acknowledged")
+                return
 
     def _control(self, data: str | bytes) -> None:
         try:

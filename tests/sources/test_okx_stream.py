@@ -13,6 +13,7 @@ import pytest
 from oracled.clock import SystemClock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
+from oracled.sim._base import Client
 from oracled.sim.okx import GARBAGE, OkxSim
 from oracled.sources import ConnState, SourceStats
 from oracled.sources.okx import OkxSource
@@ -288,3 +289,27 @@ async def test_rest_polling_covers_a_refused_stream_and_stops_after(
     polls = venue.stats.rest_requests
     await asyncio.sleep(0.5)
     assert venue.stats.rest_requests == polls
+
+
+class DeafOkxSim(OkxSim):
+    """A venue that loses the first subscribe request it receives (no ack, no error)."""
+
+    lost = 0
+
+    def on_text(self, client: Client, text: str) -> None:
+        if text != "ping" and not self.lost:
+            self.lost += 1
+            return
+        super().on_text(client, text)
+
+
+async def test_unacknowledged_subscription_is_not_kept_alive_by_pongs(
+    start: Callable[..., Run], wait: Wait
+) -> None:
+    """A subscribe the venue never answers is noticed at a pong; the connection is replaced."""
+    deaf = DeafOkxSim(PRICES, rate_hz=40.0, message_limit=30)
+    async with deaf:
+        run = start(cls=RapidPingOkx, liveness_timeout_s=5.0, ws_url=deaf.ws_url)
+        await wait(lambda: run.seen() == ALL)
+        assert deaf.lost == 1
+        assert deaf.stats.connections == 2 and run.stats.reconnects == 1

@@ -1,0 +1,318 @@
+"""KuCoin spot: best bid/ask from the ``/market/ticker`` topic, REST level-1 ticker as fallback.
+
+Docs: https://www.kucoin.com/docs-new/websocket-api/base-info/introduction (token, welcome, ping),
+https://www.kucoin.com/docs-new/3470063w0 (ticker topic) and
+https://www.kucoin.com/docs-new/rate-limit
+
+Wire sample (recorded live 2021-04-25)::
+
+    {"data":{"sequence":"1613277183873","bestAsk":"242.951","size":"0.08000012",
+     "bestBidSize":"0.68148185","price":"243.65","time":1619378326330,"bestAskSize":"4.51280965",
+     "bestBid":"242.654"},"subject":"trade.ticker","topic":"/market/ticker:BCHSV-USDT",
+     "type":"message"}
+
+Every connection starts with ``POST /api/v1/bullet-public``, which hands out a token, the instance
+server's endpoint and its ``pingInterval``/``pingTimeout`` (ms): that is the one start-up fetch the
+venue requires, done in `connect_url` before each connection. The socket opens at
+``{endpoint}?token=..&connectId=..`` (a configured ``ws_url`` replaces the endpoint's host; the
+token still comes from the bullet call) and greets with ``{"id":..,"type":"welcome"}``;
+subscriptions wait for it. Subscribe ``{"id":7,"type":"subscribe","topic":"/market/ticker:BTC-USDT,
+ETH-USDT","privateChannel":false,"response":true}``, ack ``{"id":"7","type":"ack"}`` (the id comes
+back as a string), refusal ``{"id":"7","type":"error","code":404,"data":"topic ... is not found"}``.
+The client pings ``{"id":"..","type":"ping"}`` every ``pingInterval`` (answered by ``pong``); the
+venue drops a client silent for longer than ``pingInterval + pingTimeout``.
+
+Limits from the docs: 100 uplink messages per 10 s, 100 topics per subscribe, 400 topics per
+connection, 30 connections a minute. The token is valid for 24 h and no longer connection life is
+documented, so the config's default rotation (23 h) applies. ``time`` is the venue's event time
+(ms, carried as ``venue_ts``); ``sequence`` orders a symbol's tickers, and a ticker whose sequence
+is not newer than the last one used is dropped (``dropped["out_of_order"]``).
+
+REST (Public pool, 2000 weight per 30 s per IP): ``GET /api/v1/market/orderbook/level1?symbol=``
+costs 2 per symbol and ``GET /api/v1/market/allTickers`` 15 for all. Up to 7 symbols are polled one
+by one (2 x 7 <= 15); more take one allTickers request a poll. At a 2 s poll both stay near 225
+weight per 30 s, about a ninth of the pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar, Final
+
+import aiohttp
+import msgspec
+from yarl import URL
+
+from oracled.clock import Clock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sources._base import Source
+from oracled.sources.stats import SourceStats
+
+__all__ = ["KucoinSource"]
+
+_LEVEL1_WEIGHT: Final = 2
+_ALL_TICKERS_WEIGHT: Final = 15
+
+
+class _Ticker(msgspec.Struct):
+    sequence: str
+    bestBid: str
+    bestAsk: str
+    time: int
+
+
+class _Message(msgspec.Struct):
+    type: str
+    topic: str
+    data: _Ticker
+
+
+class _Control(msgspec.Struct):
+    """welcome, ack, pong, error and notices. Rare, so decoded second."""
+
+    type: str
+    id: str | int | None = None
+    code: int | str | None = None
+    data: msgspec.Raw = msgspec.Raw()  # an error's text; read only when it is one
+
+
+class _Server(msgspec.Struct):
+    endpoint: str
+    pingInterval: int
+    pingTimeout: int
+
+
+class _BulletData(msgspec.Struct):
+    token: str
+    instanceServers: list[_Server]
+
+
+class _Bullet(msgspec.Struct):
+    code: str
+    data: _BulletData | None = None
+
+
+class _Level1(msgspec.Struct):
+    code: str
+    data: _Ticker | None = None
+    msg: str = ""
+
+
+class _Row(msgspec.Struct):
+    symbol: str
+    buy: str | None = None
+    sell: str | None = None
+
+
+class _Snapshot(msgspec.Struct):
+    time: int
+    ticker: list[_Row]
+
+
+class _AllTickers(msgspec.Struct):
+    code: str
+    data: _Snapshot | None = None
+    msg: str = ""
+
+
+_MESSAGE = msgspec.json.Decoder(_Message)
+_CONTROL = msgspec.json.Decoder(_Control)
+_BULLET = msgspec.json.Decoder(_Bullet)
+_LEVEL1 = msgspec.json.Decoder(_Level1)
+_ALL = msgspec.json.Decoder(_AllTickers)
+_ENCODE = msgspec.json.Encoder()
+
+
+class KucoinSource(Source):
+    default_ws_url: ClassVar[str] = "wss://ws-api-spot.kucoin.com"
+    default_rest_url: ClassVar[str | None] = "https://api.kucoin.com"
+    max_symbols_per_request: ClassVar[int] = 100
+    max_messages_per_s: ClassVar[int] = 10
+    app_ping_interval_s: ClassVar[float | None] = 18.0  # replaced by the bullet's pingInterval
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: SourceConfig,
+        pairs: Sequence[tuple[str, Kind]],
+        emit: Callable[[Quote], None],
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        stats: SourceStats,
+    ) -> None:
+        super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
+        # The cheaper REST path by documented weight: one level-1 call per symbol, or allTickers.
+        per_symbol = len(self.symbols) * _LEVEL1_WEIGHT <= _ALL_TICKERS_WEIGHT
+        self.rest_batch_size = 1 if per_symbol else 1000  # type: ignore[misc]  # ClassVar in base
+        self._last_seq: dict[str, int] = {}
+        self._pings = itertools.count(1)
+        self._url = self.ws_url
+        self._welcomed = False
+        self._asked: dict[int, float] = {}  # request id -> when it was sent
+        self._rest_symbol = ""
+
+    def venue_symbol(self, pair: str) -> str:
+        return pair.replace("/", "-")
+
+    def stream_url(self) -> str:
+        """The URL of the current (or last) connection; without one, the configured host."""
+        return self._url
+
+    async def connect_url(self) -> str:
+        """Ask ``bullet-public`` for a token and a server, then build that server's URL."""
+        async with self._http.post(f"{self.rest_url}/api/v1/bullet-public") as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                raise aiohttp.ClientError(f"bullet-public: HTTP {resp.status}: {body[:200]!r}")
+        try:
+            bullet = _BULLET.decode(body)
+        except msgspec.DecodeError as exc:
+            raise aiohttp.ClientError(f"bullet-public: unreadable answer: {exc}") from exc
+        if bullet.code != "200000" or bullet.data is None or not bullet.data.instanceServers:
+            raise aiohttp.ClientError(f"bullet-public: refused: {body[:200]!r}")
+        server = bullet.data.instanceServers[0]
+        endpoint = URL(server.endpoint)
+        if self.cfg.ws_url is not None:
+            host = URL(self.cfg.ws_url)
+            endpoint = endpoint.with_scheme(host.scheme).with_host(host.host or "")
+            endpoint = endpoint.with_port(host.port)
+        query = {"token": bullet.data.token, "connectId": uuid.uuid4().hex}
+        self._url = str(endpoint.update_query(query))
+        # The venue sets the ping cadence per connection; the base reads it when the socket opens.
+        interval = server.pingInterval / 1000.0
+        self.app_ping_interval_s = interval  # type: ignore[misc]  # a ClassVar in the base
+        self._welcomed = False
+        return self._url
+
+    def _queue_subscriptions(self) -> None:
+        """Hold subscriptions until the welcome message: the venue ignores them before it."""
+
+    def app_ping(self) -> str:
+        return f'{{"id":"{next(self._pings)}","type":"ping"}}'
+
+    def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
+        self._asked[request_id] = self._clock.monotonic()
+        topic = "/market/ticker:" + ",".join(symbols)
+        return _ENCODE.encode(
+            {
+                "id": request_id,
+                "type": "subscribe",
+                "topic": topic,
+                "privateChannel": False,
+                "response": True,
+            }
+        ).decode()
+
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        try:
+            msg = _MESSAGE.decode(data)
+        except msgspec.DecodeError:
+            self._control(data)
+            return
+        if msg.type != "message" or not msg.topic.startswith("/market/ticker:"):
+            self._bad("shape")
+            return
+        self._tick(msg.topic[15:], msg.data, recv_ts)
+
+    def _tick(self, symbol: str, tick: _Ticker, recv_ts: int) -> None:
+        try:
+            seq = int(tick.sequence)
+        except ValueError:
+            self._bad("bad_number")
+            return
+        if seq <= self._last_seq.get(symbol, 0):
+            self.stats.dropped["out_of_order"] += 1
+            return
+        quotes = self.stats.quotes
+        self._quote_text(symbol, tick.bestBid, tick.bestAsk, recv_ts, tick.time)
+        if self.stats.quotes != quotes:  # only a price that was used moves the sequence on
+            self._last_seq[symbol] = seq
+
+    def _control(self, data: str | bytes) -> None:
+        try:
+            frame = _CONTROL.decode(data)
+        except msgspec.ValidationError:
+            self._bad("shape")
+            return
+        except msgspec.DecodeError:
+            self._bad("decode")
+            return
+        kind = frame.type
+        request_id = frame.id
+        if isinstance(request_id, str) and request_id.isdigit():
+            request_id = int(request_id)
+        if kind == "welcome":
+            if not self._welcomed:
+                self._welcomed = True
+                super()._queue_subscriptions()
+        elif kind == "ack":
+            self._ack(request_id)
+        elif kind == "error":
+            try:
+                text = msgspec.json.decode(frame.data) if frame.data else ""
+            except msgspec.DecodeError:
+                text = bytes(frame.data).decode(errors="replace")
+            self._reject(request_id, f"{frame.code}: {text}")
+        elif kind == "pong":
+            self._on_pong()
+        else:
+            self._bad("shape")
+
+    def _on_pong(self) -> None:
+        """Pongs keep a socket alive, so check here that it is also a useful one.
+
+        No welcome, or a subscription unanswered for a whole ping interval, means the venue lost
+        our session state; waiting longer would hold a live but empty connection forever.
+        """
+        if not self._welcomed:
+            self._rotate("no welcome before the first pong")
+            return
+        oldest = self._clock.monotonic() - (self.app_ping_interval_s or 0.0)
+        for request_id, sent in list(self._asked.items()):
+            if request_id not in self._pending:
+                del self._asked[request_id]
+            elif sent < oldest:
+                self._rotate("subscription not acknowledged")
+                return
+
+    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
+        if len(symbols) == 1:
+            self._rest_symbol = symbols[0]
+            return f"{self.rest_url}/api/v1/market/orderbook/level1", {"symbol": symbols[0]}
+        self._rest_symbol = ""
+        return f"{self.rest_url}/api/v1/market/allTickers", {}
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        try:
+            if self._rest_symbol:
+                self._on_level1(_LEVEL1.decode(body), recv_ts)
+            else:
+                self._on_all(_ALL.decode(body), recv_ts)
+        except msgspec.ValidationError:
+            self._bad("shape")
+        except msgspec.DecodeError:
+            self._bad("decode")
+
+    def _on_level1(self, reply: _Level1, recv_ts: int) -> None:
+        if reply.code != "200000":
+            self.stats.dropped["venue_error"] += 1
+        elif reply.data is None:  # the venue answers null for a symbol it does not list
+            self.stats.dropped["unknown_symbol"] += 1
+        else:
+            self._tick(self._rest_symbol, reply.data, recv_ts)
+
+    def _on_all(self, reply: _AllTickers, recv_ts: int) -> None:
+        if reply.code != "200000" or reply.data is None:
+            self.stats.dropped["venue_error"] += 1
+            return
+        known, venue_ts = self._by_symbol, reply.data.time
+        for row in reply.data.ticker:
+            if row.symbol not in known:
+                continue  # allTickers lists the whole venue
+            if row.buy is None or row.sell is None:
+                self._bad("no_book")
+                continue
+            self._quote_text(row.symbol, row.buy, row.sell, recv_ts, venue_ts)

@@ -1,0 +1,225 @@
+"""Decoding KuCoin frames into quotes: real recorded frames, control messages, every bad frame."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from oracled.clock import ManualClock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sim.kucoin import GARBAGE
+from oracled.sources import SourceStats
+from oracled.sources.kucoin import KucoinSource
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "kucoin"
+TICKERS = (FIXTURES / "ws_ticker.jsonl").read_text().splitlines()
+WELCOME, ACK = (FIXTURES / "ws_control.jsonl").read_text().splitlines()
+OTHER = (FIXTURES / "ws_other_topics.jsonl").read_text().splitlines()
+
+
+class Harness:
+    def __init__(self, source: KucoinSource, stats: SourceStats, quotes: list[Quote]) -> None:
+        self.source, self.stats, self.quotes = source, stats, quotes
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    stats = SourceStats("kc")
+    quotes: list[Quote] = []
+    cfg = SourceConfig(type="kucoin", instruments={"BSV/USDT": "BCHSV-USDT"})
+    pairs: list[tuple[str, Kind]] = [
+        ("SNX/BTC", "spot"),
+        ("BSV/USDT", "spot"),
+        ("ANKR/BTC", "spot"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        source = KucoinSource("kc", cfg, pairs, quotes.append, ManualClock(), http, stats)
+        yield Harness(source, stats, quotes)
+
+
+def test_symbols_follow_the_venue_rule(harness: Harness) -> None:
+    """BASE/QUOTE -> BASE-QUOTE; a config name wins (BSV/USDT is BCHSV-USDT on KuCoin)."""
+    assert harness.source.symbols == ("SNX-BTC", "BCHSV-USDT", "ANKR-BTC")
+
+
+def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness) -> None:
+    """Each real ticker frame yields one quote with float bid/ask and the venue's time."""
+    for i, frame in enumerate(TICKERS):
+        harness.source.on_message(frame, 1_000 + i)
+    assert harness.stats.malformed == 0
+    assert harness.quotes == [
+        Quote("kc", "SNX/BTC", 1_000, bid=0.00028678, ask=0.00028717, venue_ts=1619378326323),
+        Quote("kc", "BSV/USDT", 1_001, bid=242.654, ask=242.951, venue_ts=1619378326330),
+        Quote("kc", "ANKR/BTC", 1_002, bid=0.0000026033, ask=0.0000026192, venue_ts=1619378326388),
+        Quote("kc", "SNX/BTC", 1_003, bid=0.00028678, ask=0.00028717, venue_ts=1619378326423),
+        Quote("kc", "BSV/USDT", 1_004, bid=242.649, ask=242.951, venue_ts=1619378326430),
+    ]
+    assert harness.stats.last_quote_ms == 1_004
+
+
+def test_welcome_releases_the_held_subscriptions_once(harness: Harness) -> None:
+    """Nothing is queued at connect; the recorded welcome queues one batch, a second does not."""
+    src = harness.source
+    src._queue_subscriptions()
+    assert src._outbox.qsize() == 0
+    src.on_message(WELCOME, 1)
+    assert src._outbox.get_nowait()[1] == ("SNX-BTC", "BCHSV-USDT", "ANKR-BTC")
+    src.on_message(WELCOME, 2)
+    assert src._outbox.qsize() == 0
+    assert harness.stats.malformed == 0
+
+
+def test_recorded_ack_with_string_id_settles_the_request(harness: Harness) -> None:
+    """The venue returns our numeric id as a string ("1"); it still settles request 1."""
+    src = harness.source
+    src._pending[1] = ("SNX-BTC",)
+    harness.stats.failed_instruments["SNX-BTC"] = "404: earlier"
+    src.on_message(ACK, 1)
+    assert src._pending == {}
+    assert harness.stats.failed_instruments == {}
+
+
+def test_error_frames_fail_one_symbol_or_split_a_batch(harness: Harness) -> None:
+    """A refused one-symbol request fails that symbol; a refused batch is split, not failed."""
+    src, stats = harness.source, harness.stats
+    src._pending[3] = ("ANKR-BTC",)
+    src.on_message(
+        '{"id":"3","type":"error","code":404,"data":"topic /market/ticker:ANKR-BTC is not found"}',
+        1,
+    )
+    assert stats.failed_instruments == {
+        "ANKR-BTC": "404: topic /market/ticker:ANKR-BTC is not found"
+    }
+    src._pending[4] = ("SNX-BTC", "BCHSV-USDT")
+    src.on_message('{"id":"4","type":"error","code":404,"data":"topic is not found"}', 2)
+    queued = [src._outbox.get_nowait()[1] for _ in range(src._outbox.qsize())]
+    assert queued == [("SNX-BTC",), ("BCHSV-USDT",)]
+    assert stats.malformed == 0
+
+
+def test_pongs_and_unsolicited_replies(harness: Harness) -> None:
+    """Pongs are life only; acks and errors for unknown ids are counted, not blamed on a symbol."""
+    src = harness.source
+    src.on_message('{"id":"17","type":"pong"}', 1)
+    src.on_message('{"id":"99","type":"ack"}', 2)
+    src.on_message('{"id":null,"type":"error","code":401,"data":"token is expired"}', 3)
+    assert harness.stats.dropped == {"unsolicited": 1, "venue_error": 1}
+    assert harness.stats.failed_instruments == {}
+    assert harness.stats.malformed == 0
+
+
+def test_older_or_repeated_sequence_never_overrides_a_newer_ticker(harness: Harness) -> None:
+    """A ticker whose sequence is not newer than the last used one for its symbol is dropped."""
+    src = harness.source
+    src.on_message(TICKERS[3], 1)  # SNX-BTC sequence ...654
+    src.on_message(TICKERS[0], 2)  # SNX-BTC sequence ...653, arriving late
+    src.on_message(TICKERS[3], 3)  # a duplicate
+    assert [q.recv_ts for q in harness.quotes] == [1]
+    assert harness.stats.dropped == {"out_of_order": 2}
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (GARBAGE[0], "decode"),
+        (GARBAGE[1], "decode"),
+        (GARBAGE[2], "shape"),
+        (GARBAGE[3], "shape"),
+        (GARBAGE[4], "shape"),
+        (GARBAGE[5], "shape"),
+        (GARBAGE[6], "not_finite"),
+        (GARBAGE[7], "not_finite"),
+        (GARBAGE[8], "non_positive"),
+        (GARBAGE[9], "non_positive"),
+        (GARBAGE[10], "shape"),
+        (GARBAGE[11], "bad_number"),
+        (GARBAGE[12], "crossed"),
+        (GARBAGE[13], "shape"),
+        (OTHER[0], "shape"),
+        (OTHER[1], "shape"),
+        (OTHER[2], "shape"),
+        ("", "decode"),
+        (b"\xff\xfe", "decode"),
+    ],
+)
+def test_bad_frames_are_counted_and_never_emitted(
+    harness: Harness, frame: str | bytes, reason: str
+) -> None:
+    """Broken JSON, wrong shapes, other topics, NaN/inf/zero/negative/null/crossed prices."""
+    src = harness.source
+    src._by_symbol["BTC-USDT"] = ("BTC/USDT", "spot")
+    src.on_message(frame, 1)
+    assert harness.quotes == []
+    assert harness.stats.malformed == 1
+    assert harness.stats.dropped == {reason: 1}
+
+
+def test_every_simulator_garbage_kind_is_covered() -> None:
+    """The parametrized cases above cover the whole garbage catalogue of the simulator."""
+    assert len(GARBAGE) == 14
+
+
+def test_subscribe_and_ping_follow_the_documented_shape(harness: Harness) -> None:
+    """One subscribe names every symbol in one ticker topic; pings carry their own ids."""
+    text = harness.source.subscribe_message(5, ["SNX-BTC", "ANKR-BTC"])
+    assert json.loads(text) == {
+        "id": 5,
+        "type": "subscribe",
+        "topic": "/market/ticker:SNX-BTC,ANKR-BTC",
+        "privateChannel": False,
+        "response": True,
+    }
+    assert json.loads(harness.source.app_ping()) == {"id": "1", "type": "ping"}
+    assert json.loads(harness.source.app_ping()) == {"id": "2", "type": "ping"}
+
+
+def test_few_symbols_poll_level1_one_by_one(harness: Harness) -> None:
+    """Three symbols cost 6 weight one by one, under allTickers' 15: batches of one, level1."""
+    src = harness.source
+    assert src.rest_batch_size == 1
+    assert src.rest_request(["SNX-BTC"]) == (
+        "https://api.kucoin.com/api/v1/market/orderbook/level1",
+        {"symbol": "SNX-BTC"},
+    )
+    data = json.loads(TICKERS[0])["data"]
+    src.on_rest(json.dumps({"code": "200000", "data": data}).encode(), 42)
+    assert harness.quotes == [
+        Quote("kc", "SNX/BTC", 42, bid=0.00028678, ask=0.00028717, venue_ts=1619378326323)
+    ]
+    src.on_rest(b'{"code":"200000","data":null}', 43)
+    src.on_rest(b'{"code":"429000","msg":"Too Many Requests"}', 44)
+    assert harness.stats.dropped == {"unknown_symbol": 1, "venue_error": 1}
+
+
+async def test_many_symbols_poll_all_tickers_in_one_request() -> None:
+    """Eight or more symbols take one allTickers request; rows of other symbols are skipped."""
+    pairs: list[tuple[str, Kind]] = [(f"C{i}/USDT", "spot") for i in range(8)]
+    stats, quotes = SourceStats("kc"), []  # type: ignore[var-annotated]
+    async with aiohttp.ClientSession() as http:
+        src = KucoinSource(
+            "kc", SourceConfig(type="kucoin"), pairs, quotes.append, ManualClock(), http, stats
+        )
+    assert src.rest_batch_size == 1000
+    assert src.rest_request(list(src.symbols)) == (
+        "https://api.kucoin.com/api/v1/market/allTickers",
+        {},
+    )
+    body = {
+        "code": "200000",
+        "data": {
+            "time": 1602832092060,
+            "ticker": [
+                {"symbol": "C1-USDT", "buy": "1.5", "sell": "1.6", "last": "1.55"},
+                {"symbol": "C2-USDT", "buy": None, "sell": None, "last": None},
+                {"symbol": "ZZZ-USDT", "buy": "9", "sell": "10", "last": "9"},
+            ],
+        },
+    }
+    src.on_rest(json.dumps(body).encode(), 7)
+    assert quotes == [Quote("kc", "C1/USDT", 7, bid=1.5, ask=1.6, venue_ts=1602832092060)]
+    assert stats.dropped == {"no_book": 1}
