@@ -14,8 +14,9 @@ book's half spread, so `book(id)` gives exactly the (price - conf, price + conf)
 derive. ``publish_time`` is wall-clock seconds and ``metadata.slot`` a counter that grows with
 every update, as on Pythnet. The ``binary`` field is a fixed placeholder, not a signed update.
 
-Two deliberate simplifications: each event carries one feed (Hermes sends one event per Pythnet
-slot with every requested feed in it), and the stream has no per-IP rate limit.
+Deliberate simplifications: each event carries one feed (Hermes sends one event per Pythnet slot
+with every requested feed in it), stream events always carry base64 ``binary`` whatever the
+requested encoding, and there is no per-IP rate limit.
 
 VenueSim's sockets are WebSockets, so this module adds the SSE client (`_SseClient`, no ``ws``)
 and its writer, and overrides `stop`; every fault of the base still applies: `silence` (stream

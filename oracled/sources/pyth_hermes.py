@@ -1,8 +1,8 @@
 """Pyth Hermes: parsed price updates from the Server-Sent Events stream, REST latest as fallback.
 
-Docs: https://docs.pyth.network/price-feeds/api-instances-and-providers/hermes and the API
-reference at https://hermes.pyth.network/docs (``/v2/updates/price/stream``,
-``/v2/updates/price/latest``).
+Docs: https://docs.pyth.network/price-feeds/api-instances-and-providers/hermes (endpoints, rate
+limit), https://docs.pyth.network/api-reference/pyth-core/hermes/price_stream_sse_handler (the
+stream) and the server source, pyth-network/pyth-crosschain ``apps/hermes/server`` (``sse.rs``).
 
 Wire sample (one SSE event of ``GET /v2/updates/price/stream?ids[]=<id>&parsed=true``; the JSON is
 the v2 ``PriceUpdate``, here the recorded BTC/USD update, ``binary`` shortened)::
@@ -127,6 +127,9 @@ class _SseLines:
         return len(self._buf)
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, str]]:
+        if b"\n" not in chunk:  # a long event arriving in pieces: no line to parse yet
+            self._buf += chunk
+            return []
         *lines, self._buf = (self._buf + chunk).split(b"\n")
         out: list[tuple[str | None, str]] = []
         for raw in lines:
@@ -338,7 +341,7 @@ class PythHermesSource(Source):
                 headers=_SSE_HEADERS,
                 timeout=_STREAM_TIMEOUT,
             )
-            if resp.status == 200:
+            if resp.status == 200 and resp.content_type == "text/event-stream":
                 return resp
             try:
                 text = (await resp.content.read(1024)).decode(errors="replace")
@@ -346,6 +349,8 @@ class PythHermesSource(Source):
                 resp.close()
             if resp.status == 404 and self._fail_missing(text):
                 continue  # one more request without the unknown ids: no backoff, no storm
+            if resp.status == 200:  # e.g. a proxy's page: not a stream at all
+                return f"not an event stream ({resp.content_type})"
             return f"HTTP {resp.status}: {text[:200]}"
 
     async def _read_events(self, resp: aiohttp.ClientResponse) -> str:

@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from oracled.config import SourceConfig
 from oracled.model import Kind
@@ -290,3 +293,29 @@ async def test_hermes_time_limit_notice_is_a_planned_rotation(
         assert run.stats.reconnects >= 2
         assert short.stats.rest_requests == 0 and run.stats.malformed == 0
         await wait(lambda: run.stats.state is ConnState.STREAMING)
+
+
+async def test_a_non_stream_answer_is_a_failed_connection(
+    start: Start, config: Callable[..., SourceConfig], wait: Wait
+) -> None:
+    """A 200 that is not text/event-stream (e.g. a proxy's page) is refused and retried."""
+    hits: list[str] = []
+
+    async def page(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(text="<html>maintenance</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/v2/updates/price/stream", page)
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
+        with capture_logs() as logs:
+            run = start(
+                config(url, url, type="pyth_hermes", instruments={"BTC/USD": BTC}),
+                [("BTC/USD", "spot")],
+            )
+            await wait(lambda: len(hits) >= 3)
+        assert run.stats.reconnects >= 2 and run.quotes == [] and run.stats.frames == 0
+        assert run.stats.state is ConnState.DOWN
+        down = [e for e in logs if e.get("state") == "down" and "reason" in e]
+        assert down[0]["reason"] == "not an event stream (text/html)"
