@@ -39,6 +39,8 @@ __all__ = [
 # Source type -> "module:Class" of its adapter, imported only when a config uses it.
 SOURCE_TYPES: dict[str, str] = {
     "binance": "oracled.sources.binance:BinanceSource",
+    "kraken": "oracled.sources.kraken:KrakenSource",
+    "bitstamp": "oracled.sources.bitstamp:BitstampSource",
     "okx": "oracled.sources.okx:OkxSource",
     "kucoin": "oracled.sources.kucoin:KucoinSource",
     "coinbase": "oracled.sources.coinbase:CoinbaseSource",
@@ -46,9 +48,6 @@ SOURCE_TYPES: dict[str, str] = {
     "binance_usdm": "oracled.sources.binance_usdm:BinanceUsdmSource",
     "bybit_linear": "oracled.sources.bybit:BybitLinearSource",
     "bybit_spot": "oracled.sources.bybit:BybitSpotSource",
-    "kraken": "oracled.sources.kraken:KrakenSource",
-    "bitstamp": "oracled.sources.bitstamp:BitstampSource",
-    "binance_usdm": "oracled.sources.binance_usdm:BinanceUsdmSource",
     "pyth_hermes": "oracled.sources.pyth_hermes:PythHermesSource",
 }
 MAX_SOURCES_PER_MARKET = 64
@@ -151,8 +150,19 @@ class MarketConfig(_Frozen):
     min_price: PosFloat | None = None
     max_price: PosFloat | None = None
     sources: tuple[MarketSource, ...]  # 1 to 64 entries, checked with the relations
+    #: Perpetual instruments of this market (kind "perp"), collected for the mark price; they
+    #: never vote in the index price.
+    perp_sources: tuple[MarketSource, ...] = ()
 
     _sources_tuple = field_validator("sources", mode="before")(_as_tuple)
+
+    @field_validator("perp_sources", mode="before")
+    @classmethod
+    def _perp_kind(cls, value: Any) -> Any:
+        """Entries of perp_sources are perpetuals: their kind defaults to "perp"."""
+        if isinstance(value, list | tuple):
+            return tuple({"kind": "perp", **v} if isinstance(v, dict) else v for v in value)
+        return value
 
     @property
     def confidence_limit(self) -> float:
@@ -301,6 +311,14 @@ def _relations(cfg: Config) -> list[str]:
                 )
             else:
                 depends[market.symbol].add(found.via)
+        for j, ps in enumerate(market.perp_sources):
+            where = f"markets[{i}].perp_sources[{j}]"
+            if ps.source not in cfg.sources:
+                problems.append(f"{where}.source: source {ps.source!r} is not configured")
+            if ps.kind != "perp":
+                problems.append(f"{where}.kind: must be perp")
+            if ps.pair.split("/")[0] != base:
+                problems.append(f"{where}.pair: {ps.pair} is not a {base} contract")
         if market.min_sources > len(market.sources):
             problems.append(
                 f"markets[{i}].min_sources: {market.min_sources} exceeds the "

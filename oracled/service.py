@@ -138,7 +138,7 @@ class Service:
     def _pairs(self, sid: str) -> list[tuple[str, Kind]]:
         seen: dict[tuple[str, Kind], None] = {}
         for market in self.cfg.markets:
-            for ms in market.sources:
+            for ms in (*market.sources, *market.perp_sources):
                 if ms.source == sid:
                     seen[(ms.pair, ms.kind)] = None
         return list(seen)

@@ -55,6 +55,7 @@ class Layout:
     route_invert: npt.NDArray[np.bool_]  # (M, S), divide by the leg's price instead of multiply
     layers: tuple[npt.NDArray[np.int64], ...]  # market indices, legs before their users
     feeds: dict[SlotKey, tuple[tuple[int, bool], ...]]  # key -> ((flat slot, invert pair), ...)
+    perp_feeds: frozenset[SlotKey]  # perpetual instruments kept for the mark price, no vote
     min_sources: npt.NDArray[np.int64]
     max_age_ms: npt.NDArray[np.int64]
     max_deviation: npt.NDArray[np.float64]
@@ -121,6 +122,9 @@ class Layout:
             route_invert=route_invert,
             layers=layers,
             feeds={k: tuple(v) for k, v in feeds.items()},
+            perp_feeds=frozenset(
+                (ps.source, ps.pair, ps.kind) for m in cfg.markets for ps in m.perp_sources
+            ),
             min_sources=np.array([m.min_sources for m in cfg.markets], dtype=np.int64),
             max_age_ms=np.array([m.max_age_ms for m in cfg.markets], dtype=np.int64),
             max_deviation=np.array([m.max_deviation for m in cfg.markets]),
@@ -138,11 +142,13 @@ class Book:
         "_ceiling",
         "_feeds",
         "_floor",
+        "_perps",
         "_skew",
         "drops",
         "latest",
         "layout",
         "mid",
+        "perps",
         "received",
         "stamp",
     )
@@ -156,6 +162,8 @@ class Book:
         self.latest: dict[SlotKey, Quote] = {}
         self.drops: Counter[tuple[str, str]] = Counter()
         self._feeds = layout.feeds
+        self._perps = layout.perp_feeds
+        self.perps: dict[SlotKey, Quote] = {}  # latest valid perpetual quote, for the mark price
         self._skew = cfg.oracle.max_clock_skew_ms
         self._floor = cfg.oracle.min_price
         self._ceiling = cfg.oracle.max_price
@@ -171,6 +179,8 @@ class Book:
         key = (quote.source, quote.pair, quote.kind)
         slots = self._feeds.get(key)
         if slots is None:
+            if key in self._perps:
+                return self._check_perp(key, quote)
             return DropReason.UNKNOWN_SYMBOL
         bid, ask = quote.bid, quote.ask
         if bid is not None and ask is not None:
@@ -208,4 +218,20 @@ class Book:
             flat_stamp[flat] = stamp
             flat_recv[flat] = quote.recv_ts
         self.latest[key] = quote
+        return None
+
+    def _check_perp(self, key: SlotKey, quote: Quote) -> DropReason | None:
+        """Keep a perpetual quote for the mark price after the same sanity checks."""
+        values = [v for v in (quote.price, quote.bid, quote.ask) if v is not None]
+        if not values:
+            return DropReason.NO_PRICE
+        if not all(math.isfinite(v) for v in values):
+            return DropReason.NOT_FINITE
+        if not all(v > 0.0 for v in values):
+            return DropReason.NON_POSITIVE
+        if quote.bid is not None and quote.ask is not None and quote.bid > quote.ask:
+            return DropReason.CROSSED
+        if quote.venue_ts is not None and quote.venue_ts > quote.recv_ts + self._skew:
+            return DropReason.FUTURE
+        self.perps[key] = quote
         return None

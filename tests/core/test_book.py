@@ -10,6 +10,7 @@ from core_helpers import T0, USDT_ROUTE, config, market, standard_config
 
 from oracled.aggregate.book import Book, DropReason, Layout
 from oracled.config import Config
+from oracled.core import Core
 from oracled.model import Quote
 
 
@@ -127,3 +128,32 @@ def test_one_quote_feeds_every_market_that_lists_it() -> None:
     assert stamps == {T0 - 3}
     # Nothing else was written.
     assert int(np.isfinite(book.mid).sum()) == 3
+
+
+def test_perpetual_quotes_are_kept_for_the_mark_price_and_never_vote() -> None:
+    """A perp_sources quote is kept in book.perps after the sanity checks; the index ignores it."""
+    cfg = config(
+        [
+            market(
+                "BTC/USD",
+                ["a", "b"],
+                min_sources=2,
+                perp_sources=[{"source": "a", "pair": "BTC/USD"}],
+            )
+        ],
+        resume_rounds=1,
+    )
+    core = Core(cfg)
+    assert core.ingest(Quote("a", "BTC/USD", T0, bid=100.0, ask=100.2, kind="perp")) is None
+    assert core.ingest(Quote("a", "BTC/USD", T0, bid=float("nan"), ask=1.0, kind="perp")) == (
+        DropReason.NOT_FINITE
+    )
+    assert core.ingest(Quote("a", "BTC/USD", T0, bid=5.0, ask=4.0, kind="perp")) == (
+        DropReason.CROSSED
+    )
+    assert core.book.perps[("a", "BTC/USD", "perp")].bid == 100.0
+    core.ingest(Quote("a", "BTC/USD", T0, price=50.0))
+    core.ingest(Quote("b", "BTC/USD", T0, price=50.0))
+    report = core.run_round(T0).report(0)
+    assert report.price == "50.00"
+    assert [s.id for s in report.sources] == ["a", "b"]
