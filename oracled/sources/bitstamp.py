@@ -2,12 +2,13 @@
 
 Docs: https://www.bitstamp.net/websocket/v2/ and https://www.bitstamp.net/api/ (Tickers).
 
-Wire sample (the ``data`` object of an order book event carries the top 100 levels a side as
-decimal strings, best first; recorded live, trimmed here)::
+Wire sample (an order book event; its ``data`` object carries the top 100 levels a side as
+decimal strings, best first, the same object the REST order book answers; this one was recorded
+live on 2022-01-05, levels trimmed)::
 
-    {"data":{"timestamp":"1641343691","microtimestamp":"1641343691406478",
-     "bids":[["3800.71","1.76200000"],...],"asks":[["3801.02","0.50000000"],...]},
-     "channel":"order_book_ethusd","event":"data"}
+    {"data":{"timestamp": "1641343696", "microtimestamp": "1641343696039184",
+     "bids": [["0.99948", "3105.20768"], ...], "asks": [["0.99992", "5692.64822"], ...]},
+     "channel":"order_book_usdtusd","event":"data"}
 
 Subscribe one channel per message, ``{"event":"bts:subscribe","data":{"channel":
 "order_book_btcusd"}}``, acked by ``{"event":"bts:subscription_succeeded","channel":
@@ -144,18 +145,17 @@ class BitstampSource(Source):
         except ValueError:
             self._bad("shape")
             return
-        if self._in_order(symbol, venue_ts):
-            self._quote_text(symbol, book.bids[0][0], book.asks[0][0], recv_ts, venue_ts)
+        self._quote_in_order(symbol, book.bids[0][0], book.asks[0][0], recv_ts, venue_ts)
 
-    def _in_order(self, symbol: str, venue_ts: int) -> bool:
-        """False (and counted) for a book older than the newest one seen for its symbol."""
-        if symbol not in self._by_symbol:
-            return True
+    def _quote_in_order(self, symbol: str, bid: str, ask: str, recv_ts: int, venue_ts: int) -> None:
+        """Emit unless older than the newest quote already emitted for `symbol` (then count it)."""
         if venue_ts < self._last_ts.get(symbol, 0):
             self.stats.dropped["out_of_order"] += 1
-            return False
-        self._last_ts[symbol] = venue_ts
-        return True
+            return
+        before = self.stats.quotes
+        self._quote_text(symbol, bid, ask, recv_ts, venue_ts)
+        if self.stats.quotes != before:  # only a good quote moves the bar
+            self._last_ts[symbol] = venue_ts
 
     def _control(self, data: str | bytes) -> None:
         try:
@@ -218,5 +218,7 @@ class BitstampSource(Source):
                 continue
             stamp = row.timestamp or ""
             venue_ts = int(stamp) * 1000 if stamp.isdigit() else None
-            if venue_ts is None or self._in_order(symbol, venue_ts):
-                self._quote_text(symbol, row.bid, row.ask, recv_ts, venue_ts)
+            if venue_ts is None:
+                self._quote_text(symbol, row.bid, row.ask, recv_ts)
+            else:
+                self._quote_in_order(symbol, row.bid, row.ask, recv_ts, venue_ts)

@@ -1,0 +1,203 @@
+"""Decoding Bitstamp frames into quotes: recorded books and control frames, and every bad frame."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from oracled.clock import ManualClock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sim.bitstamp import GARBAGE
+from oracled.sources import SourceStats, build_source
+from oracled.sources.bitstamp import BitstampSource
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "bitstamp"
+ACK_SGB, ACK_ETH, TRADE, DIFF = (FIXTURES / "ws_recorded.jsonl").read_text().splitlines()
+REQUESTS = (FIXTURES / "ws_subscribe_requests.jsonl").read_text().splitlines()
+
+
+def book_event(market: str) -> str:
+    """A channel event around a recorded order book object (the channel shares its fields)."""
+    data = (FIXTURES / f"rest_order_book_{market}.json").read_text()
+    return f'{{"data":{data},"channel":"order_book_{market}","event":"data"}}'
+
+
+class Harness:
+    def __init__(self, source: BitstampSource, stats: SourceStats, quotes: list[Quote]) -> None:
+        self.source, self.stats, self.quotes = source, stats, quotes
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    stats = SourceStats("bs")
+    quotes: list[Quote] = []
+    pairs: list[tuple[str, Kind]] = [
+        ("USDT/USD", "spot"),
+        ("BAT/BTC", "spot"),
+        ("GALA/EUR", "spot"),
+        ("ETH/USD", "spot"),
+        ("BTC/USD", "spot"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        cfg = SourceConfig(type="bitstamp")
+        source = build_source("bs", cfg, pairs, quotes.append, ManualClock(), http, stats)
+        assert isinstance(source, BitstampSource)
+        yield Harness(source, stats, quotes)
+
+
+def test_symbols_are_lower_case_without_slash(harness: Harness) -> None:
+    """BTC/USD -> btcusd; the socket is the venue's root path."""
+    assert harness.source.symbols == ("usdtusd", "batbtc", "galaeur", "ethusd", "btcusd")
+    assert harness.source.stream_url() == "wss://ws.bitstamp.net/"
+
+
+def test_recorded_books_give_the_exact_top_of_book(harness: Harness) -> None:
+    """The best bid and ask of each recorded book, with its microtimestamp in milliseconds."""
+    for i, market in enumerate(("usdtusd", "batbtc", "galaeur")):
+        harness.source.on_message(book_event(market), 1_000 + i)
+    assert harness.quotes == [
+        Quote("bs", "USDT/USD", 1_000, bid=0.99948, ask=0.99992, venue_ts=1_641_343_696_039),
+        Quote("bs", "BAT/BTC", 1_001, bid=0.00002835, ask=0.00002843, venue_ts=1_641_343_696_436),
+        Quote("bs", "GALA/EUR", 1_002, bid=0.38083, ask=0.38172, venue_ts=1_641_343_696_956),
+    ]
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+def test_older_book_is_dropped_as_out_of_order(harness: Harness) -> None:
+    """A book older than the newest emitted one of its pair is counted, not emitted."""
+    frame = book_event("usdtusd")
+    harness.source.on_message(frame, 1)
+    harness.source.on_message(frame.replace("1641343696039184", "1641343695000000"), 2)
+    harness.source.on_message(frame, 3)  # a duplicate of the newest is harmless
+    assert [q.recv_ts for q in harness.quotes] == [1, 3]
+    assert harness.stats.dropped == {"out_of_order": 1}
+
+
+def test_one_sided_book_is_dropped_but_not_malformed(harness: Harness) -> None:
+    """A book with no ask (a real state of a thin market) is counted as one_sided only."""
+    frame = book_event("usdtusd")
+    empty = frame[: frame.index('"asks": [')] + '"asks": []}' + frame[frame.rindex("]}") + 2 :]
+    harness.source.on_message(empty, 1)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"one_sided": 1} and harness.stats.malformed == 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (GARBAGE[0], "decode"),
+        (GARBAGE[1], "decode"),
+        (GARBAGE[2], "shape"),
+        (GARBAGE[3], "shape"),
+        (GARBAGE[4], "shape"),
+        (GARBAGE[5], "shape"),
+        (GARBAGE[6], "not_finite"),
+        (GARBAGE[7], "not_finite"),
+        (GARBAGE[8], "non_positive"),
+        (GARBAGE[9], "non_positive"),
+        (GARBAGE[10], "bad_number"),
+        (GARBAGE[11], "crossed"),
+        (GARBAGE[12], "shape"),
+        (TRADE, "shape"),  # live_trades: a channel we never subscribe to
+        (DIFF, "shape"),  # diff_order_book: likewise
+        ('{"event":"bts:something_new","channel":"","data":{}}', "shape"),
+        ("", "decode"),
+        (b"\xff\xfe", "decode"),
+    ],
+)
+def test_bad_frames_are_counted_and_never_emitted(
+    harness: Harness, frame: str | bytes, reason: str
+) -> None:
+    """Broken JSON, wrong shapes, NaN/inf/zero/negative/crossed prices: dropped and counted."""
+    harness.source.on_message(frame, 1)
+    assert harness.quotes == []
+    assert harness.stats.malformed == 1
+    assert harness.stats.dropped == {reason: 1}
+
+
+def test_every_simulator_garbage_kind_is_covered() -> None:
+    """The parametrized cases above cover the whole garbage catalogue of the simulator."""
+    assert len(GARBAGE) == 13
+
+
+def test_garbage_with_a_future_stamp_does_not_hide_good_books(harness: Harness) -> None:
+    """A dropped bad book stamped in the future leaves the out-of-order bar where it was."""
+    harness.source.on_message(GARBAGE[8].replace("btcusd", "usdtusd"), 1)
+    harness.source.on_message(book_event("usdtusd"), 2)
+    assert len(harness.quotes) == 1
+
+
+def test_recorded_acks_settle_their_request(harness: Harness) -> None:
+    """A recorded subscription_succeeded settles the request of its channel and its failure."""
+    src, stats = harness.source, harness.stats
+    src._pending[3] = ("ethusd",)
+    stats.failed_instruments["ethusd"] = "old failure"
+    src.on_message(ACK_ETH.replace("diff_order_book_", "order_book_"), 1)
+    assert src._pending == {} and stats.failed_instruments == {}
+    src.on_message(ACK_SGB, 2)  # an ack for a channel we never asked for
+    assert stats.dropped == {"unsolicited": 1} and stats.malformed == 0
+
+
+def test_error_naming_a_channel_fails_that_symbol(harness: Harness) -> None:
+    """bts:error for our channel marks that symbol failed; others stay pending."""
+    src, stats = harness.source, harness.stats
+    src._pending.update({1: ("usdtusd",), 2: ("ethusd",)})
+    src.on_message(
+        '{"event":"bts:error","channel":"order_book_ethusd",'
+        '"data":{"code":null,"message":"Bad subscription string."}}',
+        1,
+    )
+    assert stats.failed_instruments == {"ethusd": "Bad subscription string."}
+    assert src._pending == {1: ("usdtusd",)}
+
+
+def test_error_naming_no_channel_is_blamed_on_the_oldest_request(harness: Harness) -> None:
+    """Answers come in order, so an anonymous bts:error belongs to the oldest open request."""
+    src, stats = harness.source, harness.stats
+    src._pending.update({5: ("batbtc",), 6: ("ethusd",)})
+    error = '{"event":"bts:error","channel":"","data":{"message":"Incorrect JSON format."}}'
+    src.on_message(error, 1)
+    assert stats.failed_instruments == {"batbtc": "Incorrect JSON format."}
+    src._pending.clear()
+    src.on_message(error, 2)  # nothing open: counted, blamed on nobody
+    assert stats.dropped == {"venue_error": 1}
+
+
+def test_heartbeat_answers_and_unsubscribe_acks_are_quiet(harness: Harness) -> None:
+    """The answer to our heartbeat and unsubscribe acks count nothing but the frame."""
+    src = harness.source
+    src.on_message('{"event":"bts:heartbeat","channel":"","data":{"status":"success"}}', 1)
+    src.on_message('{"event":"bts:unsubscription_succeeded","channel":"order_book_x","data":{}}', 2)
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+def test_subscribe_message_matches_the_recorded_request_shape(harness: Harness) -> None:
+    """Our request is byte for byte the recorded one, for the order_book channel."""
+    recorded = REQUESTS[0].replace("diff_order_book_", "order_book_")
+    assert harness.source.subscribe_message(1, ["sgbeur"]) == recorded
+    assert harness.source.app_ping() == '{"event":"bts:heartbeat"}'
+
+
+def test_rest_all_tickers_maps_pairs_and_skips_the_rest(harness: Harness) -> None:
+    """One all-pairs answer: our pairs become quotes (venue time in whole seconds)."""
+    url, query = harness.source.rest_request(list(harness.source.symbols)) or ("", {})
+    assert (url, dict(query)) == ("https://www.bitstamp.net/api/v2/ticker/", {})
+    body = (
+        b'[{"timestamp":"1686068944","open":"1","high":"1","low":"1","last":"0.9995",'
+        b'"volume":"1","vwap":"1","bid":"0.9994","ask":"0.9996","side":"0","open_24":"1",'
+        b'"percent_change_24":"0","pair":"USDT/USD","market_type":"SPOT"},'
+        b'{"timestamp":"1686068944","bid":"0.51","ask":"0.52","pair":"XRP/USD"},'
+        b'{"timestamp":"1686068944","bid":null,"ask":null,"pair":"ETH/USD"},'
+        b'{"timestamp":"1686068944","bid":"0","ask":"0.4","pair":"GALA/EUR"}]'
+    )
+    harness.source.on_rest(body, 9)
+    assert harness.quotes == [
+        Quote("bs", "USDT/USD", 9, bid=0.9994, ask=0.9996, venue_ts=1_686_068_944_000)
+    ]
+    assert harness.stats.dropped == {"one_sided": 1, "non_positive": 1}
+    harness.source.on_rest(b'{"status":"error"}', 10)
+    assert harness.stats.dropped["shape"] == 1
