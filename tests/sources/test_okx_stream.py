@@ -310,6 +310,8 @@ async def test_unacknowledged_subscription_is_not_kept_alive_by_pongs(
     deaf = DeafOkxSim(PRICES, rate_hz=40.0, message_limit=30)
     async with deaf:
         run = start(cls=RapidPingOkx, liveness_timeout_s=5.0, ws_url=deaf.ws_url)
-        await wait(lambda: run.seen() == ALL)
+        await wait(lambda: state(run) is ConnState.STREAMING)  # on a second connection
+        seen = len(run.quotes)
+        await wait(lambda: run.seen(seen) == ALL)
         assert deaf.lost == 1
         assert deaf.stats.connections == 2 and run.stats.reconnects == 1
