@@ -68,10 +68,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="simulated venues on loopback, spikes, silences, pauses")
     demo.add_argument(
-        "--config", type=Path, help="use this config's markets, each source on a simulator"
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="config whose sources are each served by a simulator (default: %(default)s)",
     )
     demo.add_argument("--listen", type=_listen, default="127.0.0.1:8480")
-    demo.add_argument("--venues", type=int, default=5, choices=range(3, 10), metavar="3..9")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--record", type=Path, help="also write the quotes to a tape")
     return parser
@@ -136,10 +138,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from oracled.demo import run_demo
 
-    base = _load(args.config) if args.config else None
-    if base is None:
-        setup_logging("info", "auto")
-    run_demo(args.listen, args.venues, args.duration, args.record, base, _loop_factory())
+    cfg = _load(args.config)
+    run_demo(cfg, args.listen, args.duration, args.record, _loop_factory())
     return EXIT_OK
 
 

@@ -109,16 +109,25 @@ class VenueSim(abc.ABC):
         host: str = "127.0.0.1",
         port: int = 0,
         message_limit: int = 10,
-        market_seed: int | None = None,
+        market_seed: int | Mapping[str, str] | None = None,
         basis_bps: float = 2.0,
     ) -> None:
+        # market_seed: one seed for all symbols (venues of one market share it), or a seed per
+        # symbol key so that venues naming an asset differently still walk it together.
+        def common(sym: str) -> str | None:
+            if market_seed is None:
+                return None
+            if isinstance(market_seed, Mapping):
+                return market_seed.get(sym)
+            return f"{market_seed}:{sym}"
+
         self.paths = {
             sym: PricePath(
                 p,
                 seed=f"{seed}:{sym}",
                 volatility=volatility,
-                market_seed=None if market_seed is None else f"{market_seed}:{sym}",
-                basis_bps=basis_bps if market_seed is not None else 0.0,
+                market_seed=common(sym),
+                basis_bps=basis_bps if common(sym) is not None else 0.0,
             )
             for sym, p in prices.items()
         }

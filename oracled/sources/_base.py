@@ -124,6 +124,11 @@ class Source(abc.ABC):
         self._deadline: asyncio.Timeout | None = None
         self._watch: asyncio.TimerHandle | None = None
 
+    @property
+    def instruments(self) -> Mapping[str, tuple[str, Kind]]:
+        """Venue symbol -> (canonical pair, kind), as subscribed (for tools and simulators)."""
+        return self._by_symbol
+
     # ----------------------------------------------------------------- venue hooks
 
     def venue_symbol(self, pair: str) -> str:
