@@ -41,13 +41,35 @@ from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
 from oracled.sources.stats import ConnState, SourceStats
 
-__all__ = ["Source", "backoff_delay"]
+__all__ = ["RestPacer", "Source", "backoff_delay"]
 
 _INF: Final = math.inf
 # Errors that mean "this connection or request failed", as opposed to a bug in our code.
 _NET_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError)
 # The venue's one-second message window, with a margin for jitter between our clock and theirs.
 _WINDOW_S: Final = 1.1
+
+
+class RestPacer:
+    """A token bucket for REST calls: `burst` at once, then `rate` a second."""
+
+    __slots__ = ("_at", "_burst", "_clock", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: float, clock: Clock) -> None:
+        self._rate, self._burst, self._tokens = rate, burst, burst
+        self._clock = clock
+        self._at = clock.monotonic()
+
+    async def take(self) -> None:
+        """Wait until one request fits under the venue's published rate."""
+        while True:
+            now = self._clock.monotonic()
+            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+            self._at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return
+            await asyncio.sleep((1.0 - self._tokens) / self._rate)
 
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
@@ -81,6 +103,10 @@ class Source(abc.ABC):
     app_ping_interval_s: ClassVar[float | None] = None
     #: Most symbols in one REST request (venues without a multi-symbol endpoint: 1).
     rest_batch_size: ClassVar[int] = 1000
+    #: REST requests a second allowed by the venue's public limit (None: one poll per interval
+    #: is already far inside it), and how many may go at once.
+    rest_rate_per_s: ClassVar[float | None] = None
+    rest_burst: ClassVar[float] = 1.0
 
     def __init__(
         self,
@@ -123,6 +149,8 @@ class Source(abc.ABC):
         self._cut: str | None = None
         self._deadline: asyncio.Timeout | None = None
         self._watch: asyncio.TimerHandle | None = None
+        rate = self.rest_rate_per_s
+        self._pacer = RestPacer(rate, self.rest_burst, clock) if rate else None
 
     @property
     def instruments(self) -> Mapping[str, tuple[str, Kind]]:
@@ -181,7 +209,13 @@ class Source(abc.ABC):
         self._quote(symbol, bid_f, ask_f, recv_ts, venue_ts)
 
     def _quote(
-        self, symbol: str, bid: float, ask: float, recv_ts: int, venue_ts: int | None = None
+        self,
+        symbol: str,
+        bid: float,
+        ask: float,
+        recv_ts: int,
+        venue_ts: int | None = None,
+        last: float | None = None,
     ) -> None:
         target = self._by_symbol.get(symbol)
         if target is None:
@@ -194,9 +228,11 @@ class Source(abc.ABC):
         stats = self.stats
         stats.quotes += 1
         stats.last_quote_ms = recv_ts
+        if last is not None and not 0.0 < last < _INF:
+            last = None  # a bad last price never spoils a good book; the core prices the mid
         # Positional arguments: this runs once per venue frame (source, pair, recv_ts, price,
         # bid, ask, kind, venue_ts).
-        self._emit(Quote(self.source_id, target[0], recv_ts, None, bid, ask, target[1], venue_ts))
+        self._emit(Quote(self.source_id, target[0], recv_ts, last, bid, ask, target[1], venue_ts))
 
     def _reject_prices(self, bid: float, ask: float) -> None:
         """Name what was wrong with a pair of prices that failed the one-line check."""
@@ -454,7 +490,9 @@ class Source(abc.ABC):
     async def _fetch(
         self, url: str, query: Mapping[str, str]
     ) -> tuple[int | None, bytes, str | None]:
-        """One GET: (status, body, error or None)."""
+        """One GET, paced under the venue's REST limit: (status, body, error or None)."""
+        if self._pacer is not None:
+            await self._pacer.take()
         try:
             async with asyncio.timeout(max(self.cfg.rest_poll_interval_s, 1.0)):
                 async with self._http.get(url, params=query) as resp:

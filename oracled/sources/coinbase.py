@@ -35,7 +35,6 @@ and ask.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Final
@@ -94,27 +93,6 @@ _REST = msgspec.json.Decoder(_RestTicker)
 _ENCODE = msgspec.json.Encoder()
 
 
-class _Pacer:
-    """A token bucket for REST calls: `burst` at once, then `rate` a second."""
-
-    __slots__ = ("_at", "_burst", "_clock", "_rate", "_tokens")
-
-    def __init__(self, rate: float, burst: float, clock: Clock) -> None:
-        self._rate, self._burst, self._tokens = rate, burst, burst
-        self._clock = clock
-        self._at = clock.monotonic()
-
-    async def take(self) -> None:
-        while True:
-            now = self._clock.monotonic()
-            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-            self._at = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return
-            await asyncio.sleep((1.0 - self._tokens) / self._rate)
-
-
 class CoinbaseSource(Source):
     default_ws_url: ClassVar[str] = "wss://advanced-trade-ws.coinbase.com"
     default_rest_url: ClassVar[str | None] = "https://api.coinbase.com"
@@ -142,7 +120,6 @@ class CoinbaseSource(Source):
                 self._by_symbol[twin] = self._by_symbol[symbol]
         self._last_seq = -1
         self._rest_symbol = ""
-        self._pacer = _Pacer(self.rest_rate_per_s, self.rest_burst, clock)
 
     def venue_symbol(self, pair: str) -> str:
         """BTC/USD -> BTC-USD."""
@@ -236,12 +213,6 @@ class CoinbaseSource(Source):
         self._rest_symbol = symbols[0]
         url = f"{self.rest_url}/api/v3/brokerage/market/products/{symbols[0]}/ticker"
         return url, {"limit": "1"}
-
-    async def _fetch(
-        self, url: str, query: Mapping[str, str]
-    ) -> tuple[int | None, bytes, str | None]:
-        await self._pacer.take()
-        return await super()._fetch(url, query)
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         try:

@@ -30,7 +30,6 @@ after a burst of five.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, Final
@@ -91,27 +90,6 @@ class _Side:
             self.best = price
 
 
-class _Pacer:
-    """A token bucket for REST calls: `burst` at once, then `rate` a second."""
-
-    __slots__ = ("_at", "_burst", "_clock", "_rate", "_tokens")
-
-    def __init__(self, rate: float, burst: float, clock: Clock) -> None:
-        self._rate, self._burst, self._tokens = rate, burst, burst
-        self._clock = clock
-        self._at = clock.monotonic()
-
-    async def take(self) -> None:
-        while True:
-            now = self._clock.monotonic()
-            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-            self._at = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return
-            await asyncio.sleep((1.0 - self._tokens) / self._rate)
-
-
 def _level(change: tuple[str, str, str]) -> tuple[bool, float, float] | str:
     """(is_bid, price, quantity) of one change, or the reason it is unusable."""
     side, price_s, qty_s = change
@@ -153,7 +131,6 @@ class GeminiSource(Source):
         self._asked: dict[int, float] = {}  # request id -> when it was sent
         self._resyncing = False
         self._rest_symbol = ""
-        self._pacer = _Pacer(self.rest_rate_per_s, self.rest_burst, clock)
 
     def venue_symbol(self, pair: str) -> str:
         """BTC/USD -> BTCUSD."""
@@ -252,12 +229,6 @@ class GeminiSource(Source):
         # Polls run one at a time in one task, so the answer to this request is the next body.
         self._rest_symbol = symbols[0]
         return f"{self.rest_url}/v1/pubticker/{symbols[0].lower()}", {}
-
-    async def _fetch(
-        self, url: str, query: Mapping[str, str]
-    ) -> tuple[int | None, bytes, str | None]:
-        await self._pacer.take()
-        return await super()._fetch(url, query)
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         try:
