@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from oracled.model import Status
-from oracled.sources.stats import ConnState, SourceStats
+from oracled.sources.stats import LATENCY_BOUNDS_MS, ConnState, SourceStats
 
 if TYPE_CHECKING:
     from oracled.core import Core, RoundResult
@@ -84,6 +89,21 @@ class Metrics:
             except RuntimeError:  # a dict changed size while the loop thread wrote to it; retry
                 continue
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _latency_family(stats: list[tuple[str, SourceStats]]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(
+        "oracled_source_latency_seconds",
+        "Receive time minus the venue's event time, for quotes that carry one.",
+        labels=["source"],
+    )
+    for sid, st in stats:
+        running, buckets = 0, []
+        for bound, count in zip((*LATENCY_BOUNDS_MS, None), st.latency_buckets, strict=True):
+            running += count
+            buckets.append(("+Inf" if bound is None else str(bound / 1000.0), running))
+        family.add_metric([sid], buckets, st.latency_sum_ms / 1000.0)
+    return family
 
 
 class _StateCollector:
@@ -153,6 +173,9 @@ class _StateCollector:
             last_good_age.add_metric([market], age)
         yield from (price, conf, used, status, last_good_age)
 
+    def _latency(self) -> Metric:
+        return _latency_family(sorted(self._in.source_stats.items()))
+
     def _sources(self) -> Iterator[Metric]:
         now = self._in.now_ms()
         families = {
@@ -169,6 +192,11 @@ class _StateCollector:
             ),
             "reconnects": CounterMetricFamily(
                 "oracled_source_reconnects", "Stream reconnects.", labels=["source"]
+            ),
+            "ahead": CounterMetricFamily(
+                "oracled_source_venue_time_ahead",
+                "Quotes whose venue time was ahead of our receive time (clock skew).",
+                labels=["source"],
             ),
         }
         age = GaugeMetricFamily(
@@ -194,6 +222,7 @@ class _StateCollector:
             families["malformed"].add_metric([sid], st.malformed)
             families["quotes"].add_metric([sid], st.quotes)
             families["reconnects"].add_metric([sid], st.reconnects)
+            families["ahead"].add_metric([sid], st.latency_ahead)
             last = st.last_quote_ms
             age.add_metric([sid], (now - last) / 1000.0 if last is not None else float("nan"))
             up.add_metric(
@@ -204,6 +233,7 @@ class _StateCollector:
             failed.add_metric([sid], len(st.failed_instruments))
         yield from families.values()
         yield from (age, up, state, failed)
+        yield self._latency()
         dropped = CounterMetricFamily(
             "oracled_quotes_dropped",
             "Quotes dropped before aggregation, by source and reason.",

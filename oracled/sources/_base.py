@@ -228,6 +228,8 @@ class Source(abc.ABC):
         stats = self.stats
         stats.quotes += 1
         stats.last_quote_ms = recv_ts
+        if venue_ts is not None:
+            stats.observe_latency(recv_ts - venue_ts)
         if last is not None and not 0.0 < last < _INF:
             last = None  # a bad last price never spoils a good book; the core prices the mid
         # Positional arguments: this runs once per venue frame (source, pair, recv_ts, price,

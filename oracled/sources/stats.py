@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Final
 
-__all__ = ["ConnState", "SourceStats"]
+__all__ = ["LATENCY_BOUNDS_MS", "ConnState", "SourceStats"]
+
+#: Upper bounds (ms, inclusive) of the venue-to-receive latency histogram buckets.
+LATENCY_BOUNDS_MS: Final[tuple[int, ...]] = (
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000,
+)  # fmt: skip
 
 
 class ConnState(StrEnum):
@@ -32,3 +39,16 @@ class SourceStats:
     last_frame_ms: int | None = None
     failed_instruments: dict[str, str] = field(default_factory=dict)  # symbol -> venue message
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> count (source-side drops)
+    # Venue-to-receive latency of quotes that carry a venue time: cumulative-free bucket counts
+    # (the last bucket is +Inf), their sum in ms, and quotes whose venue time was ahead of ours.
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_MS) + 1))
+    latency_sum_ms: int = 0
+    latency_ahead: int = 0
+
+    def observe_latency(self, latency_ms: int) -> None:
+        """Count one quote's receive time minus its venue time (a few hundred ns)."""
+        if latency_ms < 0:
+            self.latency_ahead += 1
+            latency_ms = 0
+        self.latency_buckets[bisect_left(LATENCY_BOUNDS_MS, latency_ms)] += 1
+        self.latency_sum_ms += latency_ms

@@ -105,3 +105,19 @@ def test_round_histogram_and_transition_counter_are_exported() -> None:
     assert s[("oracled_round_duration_seconds_count", ())] == 1
     key = ("oracled_gate_transitions_total", (("market", "BTC/USD"), ("status", "paused")))
     assert s[key] == 1
+
+
+def test_venue_latency_histogram_is_cumulative_per_source() -> None:
+    """Latencies land in their buckets; a venue time ahead of ours counts as skew, at zero."""
+    _, metrics, stats, _ = _setup()
+    for latency in (3, 40, 40, 700, 60_000, -20):
+        stats["b"].observe_latency(latency)
+    s = _samples(metrics)
+    bucket = "oracled_source_latency_seconds_bucket"
+    assert s[(bucket, (("le", "0.005"), ("source", "b")))] == 2  # 3 ms and the clamped -20 ms
+    assert s[(bucket, (("le", "0.05"), ("source", "b")))] == 4
+    assert s[(bucket, (("le", "1.0"), ("source", "b")))] == 5
+    assert s[(bucket, (("le", "+Inf"), ("source", "b")))] == 6
+    assert s[("oracled_source_latency_seconds_count", (("source", "b"),))] == 6
+    assert s[("oracled_source_latency_seconds_sum", (("source", "b"),))] == 60.783
+    assert s[("oracled_source_venue_time_ahead_total", (("source", "b"),))] == 1
