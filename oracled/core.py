@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from oracled.aggregate.book import Book, DropReason, Layout
+from oracled.aggregate.book import FLAG_BASE, Book, DropReason, Layout
 from oracled.aggregate.robust import weighted_quantiles
 from oracled.config import Config
 from oracled.gates.machine import GateInputs, GateParams, GateState, step
@@ -35,8 +35,9 @@ from oracled.model import Quote, Report, SourceValue, Status, reasons_from_bits
 __all__ = ["SLOT_REASONS", "Core", "RoundResult", "Transition"]
 
 # Per-slot outcome codes of a round, and the names reports use for them.
-USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(6)
+USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(FLAG_BASE)
 SLOT_REASONS: tuple[str | None, ...] = (None, "no_quote", "stale", "route", "bounds", "outlier")
+# Codes from FLAG_BASE on are the sources' own flags; a RoundResult names them in slot_names.
 _STATUS_LABELS = tuple(s.label for s in Status)
 
 
@@ -68,6 +69,7 @@ class RoundResult:
     slot_reason: npt.NDArray[np.int8]  # (M, S)
     age: npt.NDArray[np.int64]  # (M, S)
     transitions: tuple[Transition, ...]
+    slot_names: tuple[str | None, ...] = SLOT_REASONS  # slot code -> reason, flags included
 
     @cached_property
     def _rows(self) -> tuple[list[Any], ...]:
@@ -93,6 +95,7 @@ class RoundResult:
             self._rows
         )
         fmt = f".{dec[i]}f"
+        names = self.slot_names
         live = status[i] <= Status.DEGRADED
         good = last_good[i]
         ids, pairs, values, codes, ages, weights = (
@@ -110,7 +113,7 @@ class RoundResult:
                 value=format(values[j], fmt) if isfinite(values[j]) else None,
                 weight=weights[j],
                 used=codes[j] == USED,
-                reason=SLOT_REASONS[codes[j]],
+                reason=names[codes[j]],
                 age_ms=ages[j] if codes[j] != NO_QUOTE else None,
             )
             for j in range(len(ids))
@@ -184,7 +187,9 @@ class Core:
             blocked = fresh & routed & ~np.isfinite(leg)
             floor, ceiling = lay.price_floor[idx, None], lay.price_ceiling[idx, None]
             in_bounds = (value >= floor) & (value <= ceiling)
-            usable = fresh & ~blocked & in_bounds
+            flag = book.flag[idx]
+            flagged = fresh & (flag != 0)
+            usable = fresh & ~blocked & in_bounds & ~flagged
             weight = lay.weight[idx]
 
             (center,) = weighted_quantiles(value, weight, usable, (0.5,))
@@ -197,6 +202,7 @@ class Core:
             code[has_quote & ~fresh] = STALE
             code[blocked] = ROUTE
             code[fresh & ~blocked & ~in_bounds] = BOUNDS
+            code[flagged] = flag[flagged]
             code[usable & ~keep] = OUTLIER
             code[keep] = USED
 
@@ -211,6 +217,7 @@ class Core:
                 outliers=(code == OUTLIER).sum(axis=1),
                 stale=(has_quote & ~fresh).sum(axis=1),
                 route_blocked=blocked.sum(axis=1),
+                flagged=flagged.sum(axis=1),
             )
             params = GateParams(
                 min_sources=lay.min_sources[idx],
@@ -253,4 +260,5 @@ class Core:
             slot_reason=slot_reason,
             age=age_all,
             transitions=transitions,
+            slot_names=SLOT_REASONS + tuple(book.flag_names),
         )

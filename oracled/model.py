@@ -42,6 +42,10 @@ class Quote(msgspec.Struct, frozen=True, gc=False):
     kind: Kind = "spot"
     venue_ts: int | None = None
     volume: float | None = None
+    #: Set by a source that knows its own value is not a price (a Chainlink answer at the
+    #: aggregator's bound, a pool below its liquidity minimum, an L2 sequencer down): the slot is
+    #: excluded with this reason instead of voting.
+    flag: str | None = None
 
 
 class Status(IntEnum):
@@ -68,6 +72,7 @@ REASON_BITS: Final[dict[str, int]] = {
     "resuming": 1 << 6,  # healthy again, inside the hysteresis window
     "outlier": 1 << 7,  # degraded: a source was excluded as an outlier
     "thin": 1 << 8,  # degraded: exactly the minimum number of sources is left
+    "flagged": 1 << 9,  # quorum lost while sources flagged their own values as not prices
 }
 _REASON_ORDER: Final = tuple(REASON_BITS.items())
 

@@ -47,6 +47,7 @@ class _Line(msgspec.Struct, forbid_unknown_fields=False):
     ask: str | None = None
     venue_ts: int | None = None
     volume: str | None = None
+    flag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ def _to_quote(line: _Line) -> Quote:
         ask=ask,
         venue_ts=line.venue_ts,
         volume=_decimal(line.volume, "volume"),
+        flag=line.flag,
     )
 
 
@@ -144,6 +146,8 @@ def quote_to_line(quote: Quote) -> bytes:
             out[key] = _num(value)
     if quote.venue_ts is not None:
         out["venue_ts"] = quote.venue_ts
+    if quote.flag is not None:
+        out["flag"] = quote.flag
     return msgspec.json.encode(out) + b"\n"
 
 

@@ -22,9 +22,12 @@ import numpy.typing as npt
 from oracled.config import Config
 from oracled.model import Quote
 
-__all__ = ["Book", "DropReason", "Layout", "SlotKey"]
+__all__ = ["FLAG_BASE", "MAX_FLAGS", "Book", "DropReason", "Layout", "SlotKey"]
 
 SlotKey = tuple[str, str, str]  # (source id, pair, kind)
+#: Slot outcome codes below this are the core's own (core.SLOT_REASONS); source flags follow.
+FLAG_BASE = 6
+MAX_FLAGS = 100
 
 
 class DropReason(StrEnum):
@@ -141,10 +144,13 @@ class Book:
     __slots__ = (
         "_ceiling",
         "_feeds",
+        "_flag_codes",
         "_floor",
         "_perps",
         "_skew",
         "drops",
+        "flag",
+        "flag_names",
         "latest",
         "layout",
         "mid",
@@ -159,6 +165,10 @@ class Book:
         self.mid = np.full(shape, np.nan)  # in market units before any conversion leg
         self.stamp = np.full(shape, np.iinfo(np.int64).min // 2, dtype=np.int64)  # age reference
         self.received = np.zeros(shape, dtype=np.int64)
+        # Source flags: 0 for none, else FLAG_BASE + index into flag_names (grown on first use).
+        self.flag = np.zeros(shape, dtype=np.int8)
+        self.flag_names: list[str] = []
+        self._flag_codes: dict[str, int] = {}
         self.latest: dict[SlotKey, Quote] = {}
         self.drops: Counter[tuple[str, str]] = Counter()
         self._feeds = layout.feeds
@@ -213,12 +223,27 @@ class Book:
             return DropReason.OUT_OF_ORDER
         flat_mid = self.mid.reshape(-1)
         flat_recv = self.received.reshape(-1)
+        flag = 0 if quote.flag is None else self._flag_code(quote.flag)
+        flat_flag = self.flag.reshape(-1)
         for flat, invert in slots:
             flat_mid[flat] = 1.0 / mid if invert else mid
             flat_stamp[flat] = stamp
             flat_recv[flat] = quote.recv_ts
+            flat_flag[flat] = flag
         self.latest[key] = quote
         return None
+
+    def _flag_code(self, name: str) -> int:
+        code = self._flag_codes.get(name)
+        if code is None:
+            if len(self.flag_names) >= MAX_FLAGS:
+                name = "flagged"  # a misbehaving source cannot grow the table without bound
+                code = self._flag_codes.get(name)
+            if code is None:
+                code = FLAG_BASE + len(self.flag_names)
+                self.flag_names.append(name)
+                self._flag_codes[name] = code
+        return code
 
     def _check_perp(self, key: SlotKey, quote: Quote) -> DropReason | None:
         """Keep a perpetual quote for the mark price after the same sanity checks."""

@@ -14,6 +14,9 @@ Rules, per market and round:
   cannot toggle the market every round. A confirmed jump counts as its own confirmation.
 - At start every market is unknown and needs the same healthy streak: never active before the
   quorum is rebuilt.
+- A quorum lost to a non-live conversion leg (`route`) or to sources that flagged their own values
+  as not prices (`flagged`: a Chainlink answer at its bound, a thin pool, a sequencer down) makes
+  the market `unknown`, not `paused`: the oracle does not know the price at all.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ DISPERSION = REASON_BITS["dispersion"]
 JUMP = REASON_BITS["jump"]
 STALE = REASON_BITS["stale"]
 ROUTE = REASON_BITS["route"]
+FLAGGED = REASON_BITS["flagged"]
 MANUAL = REASON_BITS["manual"]
 RESUMING = REASON_BITS["resuming"]
 OUTLIER = REASON_BITS["outlier"]
@@ -66,6 +70,7 @@ class GateInputs:
     outliers: IntArray  # fresh sources excluded for deviation
     stale: IntArray  # sources whose latest quote is too old
     route_blocked: IntArray  # fresh sources excluded because their conversion leg is not live
+    flagged: IntArray  # fresh sources that flagged their own value as not a price
 
 
 class GateState:
@@ -95,6 +100,7 @@ def step(
     reasons |= np.where(quorum_ok, 0, QUORUM)
     reasons |= np.where(~quorum_ok & (x.stale > 0), STALE, 0)
     reasons |= np.where(~quorum_ok & (x.route_blocked > 0), ROUTE, 0)
+    reasons |= np.where(~quorum_ok & (x.flagged > 0), FLAGGED, 0)
     reasons |= np.where(dispersion, DISPERSION, 0)
     candidate_ok = quorum_ok & ~dispersion
 
@@ -120,7 +126,7 @@ def step(
     degraded_bits = np.where(x.outliers > 0, OUTLIER, 0) | np.where(
         x.used == p.min_sources, THIN, 0
     )
-    unknown = ((reasons & ROUTE) != 0) | ~np.isfinite(last_good)
+    unknown = ((reasons & (ROUTE | FLAGGED)) != 0) | ~np.isfinite(last_good)
     status = np.where(
         live,
         np.where(degraded_bits != 0, int(Status.DEGRADED), int(Status.ACTIVE)),

@@ -15,7 +15,7 @@ from core_helpers import (
 )
 
 from oracled.core import Core
-from oracled.model import Report
+from oracled.model import Quote, Report
 
 
 def _live(sc: Scenario) -> None:
@@ -287,3 +287,23 @@ def test_rounds_under_manual_pause_do_not_confirm_a_jump() -> None:
     sc.core.set_manual("BTC/USD", False)
     seen = [_summary(r["BTC/USD"]) for r in sc.rounds(4, moved)]
     assert seen == [("paused", ["jump"], None)] * 2 + [("active", [], "60000.00")] * 2
+
+
+def test_a_flagged_quote_is_excluded_with_its_reason_and_can_make_the_market_unknown() -> None:
+    """A source flagging its own value (e.g. at_bound) never votes; losing quorum to it: unknown."""
+    cfg = config([market("LUNA/USD", ["feed", "a", "b"], min_sources=2)], resume_rounds=1)
+    core = Core(cfg)
+    for s in ("feed", "a", "b"):
+        core.ingest(Quote(s, "LUNA/USD", T0, price=80.0))
+    assert core.run_round(T0).report(0).status == "active"
+    core.ingest(Quote("feed", "LUNA/USD", T0 + 250, price=0.10, flag="at_bound"))
+    core.ingest(Quote("a", "LUNA/USD", T0 + 250, price=79.0))
+    report = core.run_round(T0 + 250).report(0)
+    feed = next(s for s in report.sources if s.id == "feed")
+    assert (feed.used, feed.reason) == (False, "at_bound")
+    assert report.status == "degraded" and report.price == "79.50"  # median of a (79) and b (80)
+    core.ingest(Quote("a", "LUNA/USD", T0 + 500, price=0.2, flag="liquidity"))
+    report = core.run_round(T0 + 500).report(0)
+    assert report.status == "unknown" and report.price is None
+    assert set(report.reasons) >= {"quorum", "flagged"}
+    assert {s.reason for s in report.sources if s.id != "b"} == {"at_bound", "liquidity"}
