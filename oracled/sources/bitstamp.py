@@ -27,6 +27,15 @@ comes first. The docs publish no message rate for the socket; requests are paced
 Venue time is the book's ``microtimestamp``; a book older than the newest one of its pair is
 dropped here and counted as ``out_of_order``.
 
+Decoding: only the best level of each side is read, prices straight into floats (strict=False);
+the other levels are skipped by the decoder without building a string or a list for them (on the
+real venue a book carries 100 levels a side). A level must hold its amount as a decimal string,
+the venue's way of printing numbers, though the amount itself is not used. A frame that does not
+fit (an empty side, text that is not a number, a book printed with bare numbers, a control
+message) is decoded again with text prices and judged by the strict rules, so that every bad
+frame is named the same way. Numbers printed bare where the venue prints strings (a price beside
+a string amount, the microtimestamp) are read as those numbers.
+
 REST ``GET /api/v2/ticker/`` answers the ticker of every pair in one request (``pair`` is
 ``"BTC/USD"``, ``timestamp`` whole seconds), so a poll is one request whatever the number of
 symbols, far inside the documented 10,000 requests per 10 minutes (the per-pair
@@ -55,16 +64,44 @@ _CHANNEL: Final = "order_book_"
 _HEARTBEAT: Final = '{"event":"bts:heartbeat"}'
 
 
-class _Book(msgspec.Struct):
+class _Level(msgspec.Struct, array_like=True, gc=False):
+    """``["price", "amount"]``: the price straight into a float; see the module docstring."""
+
+    price: float
+    amount: str
+
+
+class _Best(msgspec.Struct, array_like=True, gc=False):
+    """A side of the book as an array whose first element is read; the rest are skipped
+    (an array-like struct ignores trailing elements it has no field for)."""
+
+    level: _Level
+
+
+class _Book(msgspec.Struct, gc=False):
+    microtimestamp: int
+    bids: _Best
+    asks: _Best
+
+
+class _BookFrame(msgspec.Struct, gc=False):
+    event: Literal["data"]
+    channel: str
+    data: _Book
+
+
+class _TextBook(msgspec.Struct):
     microtimestamp: str
     bids: list[list[str]]
     asks: list[list[str]]
 
 
-class _BookFrame(msgspec.Struct):
+class _TextBookFrame(msgspec.Struct):
+    """A book read with text prices: only for frames the one-pass decoder refused."""
+
     event: Literal["data"]
     channel: str
-    data: _Book
+    data: _TextBook
 
 
 class _Info(msgspec.Struct):
@@ -86,7 +123,8 @@ class _RestRow(msgspec.Struct):
     timestamp: str | None = None
 
 
-_FRAME = msgspec.json.Decoder(_BookFrame)
+_FRAME = msgspec.json.Decoder(_BookFrame, strict=False)
+_TEXT_FRAME = msgspec.json.Decoder(_TextBookFrame)
 _CONTROL = msgspec.json.Decoder(_Control)
 _REST = msgspec.json.Decoder(list[_RestRow])
 _ENCODE = msgspec.json.Encoder()
@@ -112,6 +150,7 @@ class BitstampSource(Source):
     ) -> None:
         super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
         self._last_ts: dict[str, int] = {}
+        self._channels = {_CHANNEL + symbol: symbol for symbol in self.symbols}
 
     def venue_symbol(self, pair: str) -> str:
         return pair.replace("/", "").lower()
@@ -130,6 +169,28 @@ class BitstampSource(Source):
     def on_message(self, data: str | bytes, recv_ts: int) -> None:
         try:
             frame = _FRAME.decode(data)
+        except msgspec.DecodeError:
+            self._text_frame(data, recv_ts)
+            return
+        symbol = self._channels.get(frame.channel)
+        if symbol is None:
+            self._text_frame(data, recv_ts)  # rare: let the strict path name what it is
+            return
+        book = frame.data
+        venue_ts = book.microtimestamp // 1000
+        if venue_ts < self._last_ts.get(symbol, 0):
+            self.stats.dropped["out_of_order"] += 1
+            return
+        stats = self.stats
+        quotes = stats.quotes
+        self._quote(symbol, book.bids.level.price, book.asks.level.price, recv_ts, venue_ts)
+        if stats.quotes != quotes:  # only a good quote moves the bar
+            self._last_ts[symbol] = venue_ts
+
+    def _text_frame(self, data: str | bytes, recv_ts: int) -> None:
+        """The strict path: whole books with text prices, then control messages."""
+        try:
+            frame = _TEXT_FRAME.decode(data)
         except msgspec.DecodeError:
             self._control(data)
             return

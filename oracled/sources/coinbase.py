@@ -29,15 +29,22 @@ the envelope ``timestamp`` is the venue time of the quote. Unauthenticated messa
 REST: the public ``GET /api/v3/brokerage/market/products/{product_id}/ticker`` serves one product
 (``rest_batch_size = 1``); public endpoints allow 10 requests a second per IP, and polls are paced
 at 8 a second with a burst of 8. Its ``best_bid``/``best_ask`` carry no book time, so REST quotes
-have no ``venue_ts``. The ticker's last ``price`` is decoded but not forwarded: a quote carries bid
-and ask.
+have no ``venue_ts``; its latest trade (``limit=1``) gives the last price.
+
+The ticker's ``price`` (last trade) travels as the quote's last price. Decoding: a ticker message in
+the documented shape is read in one pass with prices straight into floats (strict=False), several
+times cheaper than ``float()`` on decoded text. That pass also wants ``best_bid_quantity`` as a
+decimal string, the venue's way of printing numbers; anything else (heartbeats, acks, errors, a
+ticker out of shape) is decoded again with text prices and judged by the strict rules, so that
+every bad frame is named the same way. A ticker whose quantities are strings but whose prices are
+bare JSON numbers is read as those prices.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, Final
+from typing import Annotated, ClassVar, Final, Literal
 
 import aiohttp
 import msgspec
@@ -55,10 +62,36 @@ _MS: Final = timedelta(milliseconds=1)
 _KNOWN: Final = frozenset({"ticker", "heartbeats", "subscriptions"})
 
 
+# An RFC 3339 time with its offset: a local time could not be placed on the epoch.
+_Stamp = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class _FastTicker(msgspec.Struct, gc=False):
+    """A ticker read in one pass: prices straight into floats; see the module docstring."""
+
+    product_id: str
+    best_bid: float
+    best_ask: float
+    best_bid_quantity: str
+    price: float | None = None
+
+
+class _FastEvent(msgspec.Struct, gc=False):
+    tickers: list[_FastTicker]
+
+
+class _FastMessage(msgspec.Struct, gc=False):
+    channel: Literal["ticker"]
+    timestamp: _Stamp
+    sequence_num: int
+    events: list[_FastEvent]
+
+
 class _Ticker(msgspec.Struct):
     product_id: str
     best_bid: str
     best_ask: str
+    price: msgspec.Raw = msgspec.Raw()
 
 
 class _Event(msgspec.Struct):
@@ -73,14 +106,19 @@ class _Message(msgspec.Struct):
     type: str = ""
     message: str = ""
     reason: str = ""
-    timestamp: datetime | None = None
+    timestamp: _Stamp | None = None
     sequence_num: int = -1
     events: list[_Event] = []
+
+
+class _RestTrade(msgspec.Struct):
+    price: msgspec.Raw = msgspec.Raw()
 
 
 class _RestTicker(msgspec.Struct):
     best_bid: str
     best_ask: str
+    trades: list[_RestTrade] = []
 
 
 def _usd_twin(symbol: str) -> str | None:
@@ -88,7 +126,9 @@ def _usd_twin(symbol: str) -> str | None:
     return symbol[:-1] if symbol.endswith("-USDC") else None
 
 
+_FAST = msgspec.json.Decoder(_FastMessage, strict=False)
 _DECODE = msgspec.json.Decoder(_Message)
+_LAST = msgspec.json.Decoder(float, strict=False)
 _REST = msgspec.json.Decoder(_RestTicker)
 _ENCODE = msgspec.json.Encoder()
 
@@ -142,6 +182,31 @@ class CoinbaseSource(Source):
 
     def on_message(self, data: str | bytes, recv_ts: int) -> None:
         try:
+            msg = _FAST.decode(data)
+        except msgspec.DecodeError:
+            self._message(data, recv_ts)
+            return
+        seq = msg.sequence_num
+        if seq >= 0:
+            if seq <= self._last_seq:
+                self.stats.dropped["stale_sequence"] += 1
+                return
+            self._last_seq = seq
+        venue_ts = (msg.timestamp - _EPOCH) // _MS
+        events = msg.events
+        if len(events) == 1 and len(tickers := events[0].tickers) == 1:
+            t = tickers[0]  # the usual message: one event, one ticker
+            self._quote(t.product_id, t.best_bid, t.best_ask, recv_ts, venue_ts, t.price)
+            return
+        fast = [t for event in events for t in event.tickers]
+        if not fast:
+            self._bad("shape")
+        for t in fast:
+            self._quote(t.product_id, t.best_bid, t.best_ask, recv_ts, venue_ts, t.price)
+
+    def _message(self, data: str | bytes, recv_ts: int) -> None:
+        """The strict path: every frame that is not a ticker message in the documented shape."""
+        try:
             msg = _DECODE.decode(data)
         except msgspec.ValidationError:
             self._bad("shape")
@@ -171,12 +236,33 @@ class CoinbaseSource(Source):
             if not tickers:
                 self._bad("shape")
             for t in tickers:
-                self._quote_text(t.product_id, t.best_bid, t.best_ask, recv_ts, venue_ts)
+                self._quote_texts(t.product_id, t.best_bid, t.best_ask, recv_ts, venue_ts, t.price)
         elif channel == "subscriptions":
             listed: dict[str, list[str]] = {}
             for event in msg.events:
                 listed.update(event.subscriptions or {})
             self._answered(listed)
+
+    def _quote_texts(
+        self,
+        symbol: str,
+        bid: str,
+        ask: str,
+        recv_ts: int,
+        venue_ts: int | None,
+        last: msgspec.Raw,
+    ) -> None:
+        """Emit from decimal strings; an unreadable last price is left out, not the quote."""
+        try:
+            bid_f, ask_f = float(bid), float(ask)
+        except ValueError:
+            self._bad("bad_number")
+            return
+        try:
+            last_f = _LAST.decode(last) if last else None
+        except msgspec.DecodeError:
+            last_f = None
+        self._quote(symbol, bid_f, ask_f, recv_ts, venue_ts, last_f)
 
     def _answered(self, listed: Mapping[str, list[str]]) -> None:
         """A `subscriptions` message answers the oldest open request."""
@@ -223,4 +309,5 @@ class CoinbaseSource(Source):
         except msgspec.DecodeError:
             self._bad("decode")
             return
-        self._quote_text(self._rest_symbol, book.best_bid, book.best_ask, recv_ts)
+        last = book.trades[0].price if book.trades else msgspec.Raw()
+        self._quote_texts(self._rest_symbol, book.best_bid, book.best_ask, recv_ts, None, last)

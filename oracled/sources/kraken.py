@@ -36,7 +36,9 @@ come back under is mapped at construction, so nothing is fetched at start-up. RE
 event time.
 
 Out-of-order frames (older ``timestamp`` than the last one of the symbol) are dropped here and
-counted as ``out_of_order``; the core checks again.
+counted as ``out_of_order``; the core checks again. The ticker's ``last`` (and REST's ``c``, the
+last trade closed) travels as the quote's last price; a ``last`` that is not a number is left out
+without spoiling the book.
 """
 
 from __future__ import annotations
@@ -65,14 +67,15 @@ _LEGACY_NAMES: Final = {"BTC": "XBT", "DOGE": "XDG"}
 _ONE: Final = -1
 
 
-class _Ticker(msgspec.Struct):
+class _Ticker(msgspec.Struct, gc=False):
     symbol: str
     bid: float
     ask: float
+    last: float | str | None = None  # text here is not a price: left out, the book still counts
     timestamp: datetime | None = None
 
 
-class _TickerFrame(msgspec.Struct):
+class _TickerFrame(msgspec.Struct, gc=False):
     channel: Literal["ticker"]
     data: list[_Ticker]
 
@@ -101,6 +104,7 @@ class _Control(msgspec.Struct):
 class _RestRow(msgspec.Struct):
     a: list[str]
     b: list[str]
+    c: list[str] = []
 
 
 class _RestBody(msgspec.Struct):
@@ -189,15 +193,16 @@ class KrakenSource(Source):
         if not tickers:
             self._bad("shape")
         for t in tickers:
+            last = t.last if t.last.__class__ is float else None
             if t.timestamp is None:
-                self._quote(t.symbol, t.bid, t.ask, recv_ts)
+                self._quote(t.symbol, t.bid, t.ask, recv_ts, None, last)
                 continue
             venue_ts = _ms(t.timestamp)
             if venue_ts < self._last_ts.get(t.symbol, 0):
                 self.stats.dropped["out_of_order"] += 1  # older than a quote already emitted
                 continue
             before = self.stats.quotes
-            self._quote(t.symbol, t.bid, t.ask, recv_ts, venue_ts)
+            self._quote(t.symbol, t.bid, t.ask, recv_ts, venue_ts, last)
             if self.stats.quotes != before:  # only a good quote moves the bar
                 self._last_ts[t.symbol] = venue_ts
 
@@ -278,4 +283,17 @@ class KrakenSource(Source):
             elif not row.a or not row.b:
                 self._bad("shape")
             else:
-                self._quote_text(symbol, row.b[0], row.a[0], recv_ts)
+                self._rest_quote(symbol, row, recv_ts)
+
+    def _rest_quote(self, symbol: str, row: _RestRow, recv_ts: int) -> None:
+        """Emit from a REST row's decimal strings; an unreadable last trade is left out."""
+        try:
+            bid, ask = float(row.b[0]), float(row.a[0])
+        except ValueError:
+            self._bad("bad_number")
+            return
+        try:
+            last = float(row.c[0]) if row.c else None
+        except ValueError:
+            last = None
+        self._quote(symbol, bid, ask, recv_ts, None, last)

@@ -25,7 +25,15 @@ Rules from the docs that shape this file: the venue sends no pings; a connection
 default rotation applies. A pair of kind ``perp`` maps to the USDT-margined swap ``BTC-USDT-SWAP``.
 ``ts`` is the venue's event time (ms) and is carried as ``venue_ts``; a ticker older than the last
 one seen for its instrument is dropped (``dropped["out_of_order"]``). During the pre-open period
-the docs allow a crossed book, which the base drops as ``crossed``.
+the docs allow a crossed book, which the base drops as ``crossed``. ``last`` (the last trade)
+travels as the quote's last price, from the stream and from REST.
+
+Decoding: a tickers push in the documented shape is read in one pass with prices and ``ts``
+straight into numbers (strict=False), several times cheaper than ``float()`` on decoded text. That
+pass also wants ``bidSz`` as a decimal string, the venue's way of printing numbers; anything else
+(events, pongs, an empty side printed as ``""``, a push out of shape) is decoded again with text
+prices and judged by the strict rules, so that every bad frame is named the same way. A ticker
+whose sizes are strings but whose prices are bare JSON numbers is read as those prices.
 
 REST ``GET /api/v5/market/tickers?instType=SPOT|SWAP`` returns every instrument of a type in one
 request (limit: 20 requests per 2 s per IP). One poll makes one request: with both kinds
@@ -37,7 +45,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal
 
 import aiohttp
 import msgspec
@@ -59,11 +67,32 @@ class _Arg(msgspec.Struct):
     instId: str = ""
 
 
+class _FastTick(msgspec.Struct, gc=False):
+    """A ticker read in one pass: numbers straight into floats and ints; see the docstring."""
+
+    instId: str
+    bidPx: float
+    askPx: float
+    bidSz: str
+    ts: int
+    last: float | None = None
+
+
+class _FastArg(msgspec.Struct, gc=False):
+    channel: Literal["tickers"]
+
+
+class _FastPush(msgspec.Struct, gc=False):
+    arg: _FastArg
+    data: list[_FastTick]
+
+
 class _Tick(msgspec.Struct):
     instId: str
     bidPx: str
     askPx: str
     ts: str
+    last: msgspec.Raw = msgspec.Raw()
 
 
 class _Push(msgspec.Struct):
@@ -87,7 +116,9 @@ class _Rest(msgspec.Struct):
     data: list[_Tick] = msgspec.field(default_factory=list)
 
 
+_FAST = msgspec.json.Decoder(_FastPush, strict=False)
 _PUSH = msgspec.json.Decoder(_Push)
+_LAST = msgspec.json.Decoder(float, strict=False)
 _CONTROL = msgspec.json.Decoder(_Control)
 _REST = msgspec.json.Decoder(_Rest)
 _ENCODE = msgspec.json.Encoder()
@@ -145,6 +176,27 @@ class OkxSource(Source):
 
     def on_message(self, data: str | bytes, recv_ts: int) -> None:
         try:
+            ticks = _FAST.decode(data).data
+        except msgspec.DecodeError:
+            self._push(data, recv_ts)
+            return
+        if not ticks:
+            self._bad("shape")
+            return
+        stats, last_ts = self.stats, self._last_ts
+        for tick in ticks:
+            symbol, ts = tick.instId, tick.ts
+            if ts < last_ts.get(symbol, 0):
+                stats.dropped["out_of_order"] += 1
+                continue
+            quotes = stats.quotes
+            self._quote(symbol, tick.bidPx, tick.askPx, recv_ts, ts, tick.last)
+            if stats.quotes != quotes:  # only a price that was used moves the clock on
+                last_ts[symbol] = ts
+
+    def _push(self, data: str | bytes, recv_ts: int) -> None:
+        """The strict path: pushes with text prices, then pongs and events."""
+        try:
             push = _PUSH.decode(data)
         except msgspec.DecodeError:
             if data in ("pong", b"pong"):
@@ -168,8 +220,17 @@ class OkxSource(Source):
         if ts < self._last_ts.get(symbol, 0):
             self.stats.dropped["out_of_order"] += 1
             return
+        try:
+            bid, ask = float(tick.bidPx), float(tick.askPx)
+        except ValueError:
+            self._bad("bad_number")
+            return
+        try:
+            last = _LAST.decode(tick.last) if tick.last else None
+        except msgspec.DecodeError:
+            last = None  # no trade yet ("") or unreadable: the book is still good
         quotes = self.stats.quotes
-        self._quote_text(symbol, tick.bidPx, tick.askPx, recv_ts, ts)
+        self._quote(symbol, bid, ask, recv_ts, ts, last)
         if self.stats.quotes != quotes:  # only a price that was used moves the clock on
             self._last_ts[symbol] = ts
 

@@ -201,3 +201,26 @@ def test_rest_all_tickers_maps_pairs_and_skips_the_rest(harness: Harness) -> Non
     assert harness.stats.dropped == {"one_sided": 1, "non_positive": 1}
     harness.source.on_rest(b'{"status":"error"}', 10)
     assert harness.stats.dropped["shape"] == 1
+
+
+def test_book_out_of_the_documented_shape_gives_the_same_top(harness: Harness) -> None:
+    """A best level without its amount leaves the one-pass decoder; the text path gives the
+    same top of book, and the next book in the usual shape follows it."""
+    frame = book_event("usdtusd")
+    short = frame.replace('["0.99948", "3105.20768"]', '["0.99948"]', 1)
+    assert short != frame
+    harness.source.on_message(short, 1)
+    harness.source.on_message(frame, 2)
+    assert [(q.recv_ts, q.bid, q.ask) for q in harness.quotes] == [
+        (1, 0.99948, 0.99992),
+        (2, 0.99948, 0.99992),
+    ]
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+def test_bare_number_price_beside_a_string_amount_is_read_as_a_number(harness: Harness) -> None:
+    """The known limit of the one-pass decoder: a best level printed as [number, "amount"] gives
+    that price (a level of bare numbers only is refused, see GARBAGE)."""
+    frame = book_event("usdtusd").replace('["0.99948", "3105.20768"]', '[0.99948, "3105.20768"]')
+    harness.source.on_message(frame, 1)
+    assert [(q.bid, q.ask) for q in harness.quotes] == [(0.99948, 0.99992)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -41,10 +42,11 @@ async def harness() -> AsyncIterator[Harness]:
 
 
 def test_recorded_ticker_becomes_a_quote_with_venue_time(harness: Harness) -> None:
-    """The documented ticker frame gives one quote: mapped pair, bid/ask, envelope time in ms."""
+    """The documented ticker frame gives one quote: mapped pair, bid/ask, last price (the
+    ticker's ``price``), envelope time in ms."""
     harness.source.on_message(TICKER, 1_000)
     assert harness.quotes == [
-        Quote("cb", "XBT/USD", 1_000, bid=68_900.0, ask=68_901.0, venue_ts=TICKER_MS)
+        Quote("cb", "XBT/USD", 1_000, 68_900.5, 68_900.0, 68_901.0, venue_ts=TICKER_MS)
     ]
     assert harness.stats.malformed == 0
     assert harness.stats.quotes == 1 and harness.stats.last_quote_ms == 1_000
@@ -178,13 +180,14 @@ def test_every_simulator_garbage_kind_is_covered() -> None:
 
 
 def test_rest_ticker_becomes_a_quote_for_the_requested_product(harness: Harness) -> None:
-    """The recorded public ticker answer is quoted for the product of the request it answers."""
+    """The recorded public ticker answer is quoted for the product of the request it answers,
+    with its latest trade as the last price."""
     src = harness.source
     url, query = src.rest_request(["BTC-USD"]) or ("", {})
     assert url == "https://api.coinbase.com/api/v3/brokerage/market/products/BTC-USD/ticker"
     assert query == {"limit": "1"}
     src.on_rest(REST, 42)
-    assert harness.quotes == [Quote("cb", "XBT/USD", 42, bid=68_923.66, ask=68_923.67)]
+    assert harness.quotes == [Quote("cb", "XBT/USD", 42, 68_923.67, 68_923.66, 68_923.67)]
     src.on_rest(b'{"error":"NOT_FOUND","message":"no such product"}', 43)
     src.on_rest(b"<html>", 44)
     assert harness.stats.dropped == {"shape": 1, "decode": 1}
@@ -199,3 +202,53 @@ def test_subscribe_messages_follow_the_documented_shape(harness: Harness) -> Non
     assert src.subscribe_message(2, []) == '{"type":"subscribe","channel":"heartbeats"}'
     assert src.stream_url() == "wss://advanced-trade-ws.coinbase.com"
     assert src.venue_symbol("BTC/USD") == "BTC-USD"
+
+
+@pytest.mark.parametrize("last", ['"abc"', '""', '"0.00"', '"-1"', '"NaN"', "null", "{}"])
+def test_a_bad_last_price_never_spoils_the_book(harness: Harness, last: str) -> None:
+    """A ticker whose last price is unreadable, empty, zero, negative or NaN still gives its
+    bid and ask, without a last price, and is not counted as malformed."""
+    frame = TICKER.replace('"price": "68900.50"', f'"price": {last}')
+    assert frame != TICKER
+    harness.source.on_message(frame, 1)
+    assert harness.quotes == [
+        Quote("cb", "XBT/USD", 1, None, 68_900.0, 68_901.0, venue_ts=TICKER_MS)
+    ]
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+def test_ticker_out_of_the_documented_shape_gives_the_same_quote(harness: Harness) -> None:
+    """A ticker without best_bid_quantity leaves the one-pass decoder; the text path quotes it
+    the same, and a message of two tickers gives two quotes."""
+    data = json.loads(TICKER)
+    del data["events"][0]["tickers"][0]["best_bid_quantity"]
+    harness.source.on_message(json.dumps(data), 1)
+    two = json.loads(TICKER)
+    ticker = two["events"][0]["tickers"][0]
+    two["events"][0]["tickers"].append({**ticker, "product_id": "ETH-USD"})
+    two["sequence_num"] = 13
+    harness.source.on_message(json.dumps(two), 2)
+    assert [(q.pair, q.recv_ts, q.price, q.bid, q.ask) for q in harness.quotes] == [
+        ("XBT/USD", 1, 68_900.5, 68_900.0, 68_901.0),
+        ("XBT/USD", 2, 68_900.5, 68_900.0, 68_901.0),
+        ("ETH/USD", 2, 68_900.5, 68_900.0, 68_901.0),
+    ]
+    assert harness.stats.malformed == 0
+
+
+def test_ticker_message_without_tickers_is_a_shape_error(harness: Harness) -> None:
+    """A ticker message in the documented envelope whose event lists no ticker is malformed."""
+    data = json.loads(TICKER)
+    data["events"][0]["tickers"] = []
+    harness.source.on_message(json.dumps(data), 1)
+    assert harness.quotes == [] and harness.stats.dropped == {"shape": 1}
+
+
+def test_bare_number_prices_beside_string_quantities_are_read_as_numbers(
+    harness: Harness,
+) -> None:
+    """The known limit of the one-pass decoder: with its quantities printed as strings, a ticker
+    whose prices are bare JSON numbers gives those prices (quantities missing too: refused)."""
+    frame = TICKER.replace('"best_bid": "68900.00"', '"best_bid": 68900.0')
+    harness.source.on_message(frame.replace('"best_ask": "68901.00"', '"best_ask": 68901.0'), 1)
+    assert [(q.bid, q.ask) for q in harness.quotes] == [(68_900.0, 68_901.0)]

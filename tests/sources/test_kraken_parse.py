@@ -66,10 +66,10 @@ def test_symbols_follow_the_v2_naming(harness: Harness) -> None:
 
 
 def test_recorded_ticker_snapshot_becomes_one_quote(harness: Harness) -> None:
-    """The recorded snapshot gives the exact bid, ask and venue time in milliseconds."""
+    """The recorded snapshot gives the exact bid, ask, last price and venue time in ms."""
     harness.source.on_message(TICKER, 1_000)
     assert harness.quotes == [
-        Quote("kr", "BTC/USD", 1_000, bid=105944.2, ask=105944.3, venue_ts=TICKER_TS)
+        Quote("kr", "BTC/USD", 1_000, 105899.4, 105944.2, 105944.3, venue_ts=TICKER_TS)
     ]
     assert harness.stats.malformed == 0
     assert harness.stats.quotes == 1 and harness.stats.last_quote_ms == 1_000
@@ -233,9 +233,10 @@ def test_rest_request_asks_for_every_symbol_by_its_rest_name(harness: Harness) -
 
 
 def test_recorded_rest_ticker_maps_its_legacy_key_back(harness: Harness) -> None:
-    """The recorded answer filed under XBTUSDT becomes a quote of the configured XBT/USDT."""
+    """The recorded answer filed under XBTUSDT becomes a quote of the configured XBT/USDT, with
+    the last trade closed (``c``) as its last price."""
     harness.source.on_rest(REST_TICKER, 42)
-    assert harness.quotes == [Quote("kr", "XBT/USDT", 42, bid=105944.2, ask=105944.3)]
+    assert harness.quotes == [Quote("kr", "XBT/USDT", 42, 105899.4, 105944.2, 105944.3)]
     assert harness.stats.malformed == 0
 
 
@@ -257,3 +258,16 @@ def test_rest_legacy_prefixed_keys_map_back(harness: Harness) -> None:
     assert len(harness.quotes) == 2
     harness.source.on_rest(b"<html>", 9)
     assert harness.stats.dropped["decode"] == 1
+
+
+@pytest.mark.parametrize("last", ['"105899.4"', "0.0", "-1.0", "null"])
+def test_a_bad_last_price_never_spoils_the_book(harness: Harness, last: str) -> None:
+    """A ticker whose last price is text, zero, negative or null still gives its bid and ask,
+    without a last price, and is not counted as malformed."""
+    frame = TICKER.replace('"last": 105899.40', f'"last": {last}')
+    assert frame != TICKER
+    harness.source.on_message(frame, 1)
+    assert harness.quotes == [
+        Quote("kr", "BTC/USD", 1, None, 105944.2, 105944.3, venue_ts=TICKER_TS)
+    ]
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}

@@ -48,16 +48,24 @@ def test_symbols_follow_the_venue_rule(harness: Harness) -> None:
 
 
 def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness) -> None:
-    """Each real ticker frame yields one quote with float bid/ask and the venue's time."""
+    """Each real ticker frame yields one quote: float bid/ask, last price, the venue's time."""
     for i, frame in enumerate(TICKERS):
         harness.source.on_message(frame, 1_000 + i)
     assert harness.stats.malformed == 0
     assert harness.quotes == [
-        Quote("kc", "SNX/BTC", 1_000, bid=0.00028678, ask=0.00028717, venue_ts=1619378326323),
-        Quote("kc", "BSV/USDT", 1_001, bid=242.654, ask=242.951, venue_ts=1619378326330),
-        Quote("kc", "ANKR/BTC", 1_002, bid=0.0000026033, ask=0.0000026192, venue_ts=1619378326388),
-        Quote("kc", "SNX/BTC", 1_003, bid=0.00028678, ask=0.00028717, venue_ts=1619378326423),
-        Quote("kc", "BSV/USDT", 1_004, bid=242.649, ask=242.951, venue_ts=1619378326430),
+        Quote("kc", "SNX/BTC", 1_000, 0.00028676, 0.00028678, 0.00028717, venue_ts=1619378326323),
+        Quote("kc", "BSV/USDT", 1_001, 243.65, 242.654, 242.951, venue_ts=1619378326330),
+        Quote(
+            "kc",
+            "ANKR/BTC",
+            1_002,
+            0.0000026071,
+            0.0000026033,
+            0.0000026192,
+            venue_ts=1619378326388,
+        ),
+        Quote("kc", "SNX/BTC", 1_003, 0.00028676, 0.00028678, 0.00028717, venue_ts=1619378326423),
+        Quote("kc", "BSV/USDT", 1_004, 243.65, 242.649, 242.951, venue_ts=1619378326430),
     ]
     assert harness.stats.last_quote_ms == 1_004
 
@@ -189,7 +197,7 @@ def test_few_symbols_poll_level1_one_by_one(harness: Harness) -> None:
     data = json.loads(TICKERS[0])["data"]
     src.on_rest(json.dumps({"code": "200000", "data": data}).encode(), 42)
     assert harness.quotes == [
-        Quote("kc", "SNX/BTC", 42, bid=0.00028678, ask=0.00028717, venue_ts=1619378326323)
+        Quote("kc", "SNX/BTC", 42, 0.00028676, 0.00028678, 0.00028717, venue_ts=1619378326323)
     ]
     src.on_rest(b'{"code":"200000","data":null}', 43)
     src.on_rest(b'{"code":"429000","msg":"Too Many Requests"}', 44)
@@ -221,5 +229,39 @@ async def test_many_symbols_poll_all_tickers_in_one_request() -> None:
         },
     }
     src.on_rest(json.dumps(body).encode(), 7)
-    assert quotes == [Quote("kc", "C1/USDT", 7, bid=1.5, ask=1.6, venue_ts=1602832092060)]
+    assert quotes == [Quote("kc", "C1/USDT", 7, 1.55, 1.5, 1.6, venue_ts=1602832092060)]
     assert stats.dropped == {"no_book": 1}
+
+
+@pytest.mark.parametrize("last", ['"abc"', '""', '"0"', '"-1"', '"NaN"', "null", "{}"])
+def test_a_bad_last_price_never_spoils_the_book(harness: Harness, last: str) -> None:
+    """A ticker whose last price is unreadable, empty, zero, negative or NaN still gives its
+    bid and ask, without a last price, and is not counted as malformed."""
+    frame = TICKERS[0].replace('"price":"0.00028676"', f'"price":{last}')
+    assert frame != TICKERS[0]
+    harness.source.on_message(frame, 1)
+    assert harness.quotes == [
+        Quote("kc", "SNX/BTC", 1, None, 0.00028678, 0.00028717, venue_ts=1619378326323)
+    ]
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+def test_ticker_out_of_the_documented_shape_gives_the_same_quote(harness: Harness) -> None:
+    """A ticker without bestBidSize leaves the one-pass decoder; the text path quotes it alike."""
+    data = json.loads(TICKERS[1])
+    del data["data"]["bestBidSize"]
+    harness.source.on_message(json.dumps(data), 1)
+    harness.source.on_message(TICKERS[4], 2)  # the next ticker of the pair, in the usual shape
+    assert harness.quotes == [
+        Quote("kc", "BSV/USDT", 1, 243.65, 242.654, 242.951, venue_ts=1619378326330),
+        Quote("kc", "BSV/USDT", 2, 243.65, 242.649, 242.951, venue_ts=1619378326430),
+    ]
+    assert harness.stats.malformed == 0
+
+
+def test_bare_number_prices_beside_string_sizes_are_read_as_numbers(harness: Harness) -> None:
+    """The known limit of the one-pass decoder: with its sizes printed as strings, a ticker whose
+    prices are bare JSON numbers gives those prices (sizes missing too: refused, see above)."""
+    frame = TICKERS[1].replace('"bestBid":"242.654"', '"bestBid":242.654')
+    harness.source.on_message(frame.replace('"bestAsk":"242.951"', '"bestAsk":242.951'), 1)
+    assert [(q.bid, q.ask) for q in harness.quotes] == [(242.654, 242.951)]

@@ -68,16 +68,17 @@ async def test_spot_and_perp_of_one_pair_are_two_instruments() -> None:
 
 
 def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness) -> None:
-    """Each real tickers frame yields one quote: pair, kind, float bid/ask and the venue's ts."""
+    """Each real tickers frame yields one quote: pair, kind, float bid/ask, the last trade price
+    and the venue's ts."""
     for i, frame in enumerate(TICKERS):
         harness.source.on_message(frame, 1_000 + i)
     assert harness.stats.malformed == 0
     assert harness.quotes == [
-        Quote("okx", "BTC/USDQ", 1_000, bid=30210.4, ask=30220.1, venue_ts=1652459223003),
-        Quote("okx", "UNI/USD", 1_001, bid=5.134, ask=5.142, kind="perp", venue_ts=1652459223143),
-        Quote("okx", "BTC/USDT", 1_002, bid=30228.6, ask=30228.7, venue_ts=1652459224956),
-        Quote("okx", "BTC/USDT", 1_003, bid=30228.6, ask=30228.7, venue_ts=1652459226124),
-        Quote("okx", "BTC/USDT", 1_004, bid=30243.4, ask=30243.5, venue_ts=1652459226240),
+        Quote("okx", "BTC/USDQ", 1_000, 30218.8, 30210.4, 30220.1, venue_ts=1652459223003),
+        Quote("okx", "UNI/USD", 1_001, 5.123, 5.134, 5.142, "perp", venue_ts=1652459223143),
+        Quote("okx", "BTC/USDT", 1_002, 30236.0, 30228.6, 30228.7, venue_ts=1652459224956),
+        Quote("okx", "BTC/USDT", 1_003, 30243.5, 30228.6, 30228.7, venue_ts=1652459226124),
+        Quote("okx", "BTC/USDT", 1_004, 30243.5, 30243.4, 30243.5, venue_ts=1652459226240),
     ]
     assert harness.stats.quotes == 5
     assert harness.stats.last_quote_ms == 1_004
@@ -246,14 +247,15 @@ def test_rest_polls_alternate_instrument_types_one_request_each(harness: Harness
 
 
 def test_rest_body_becomes_quotes_for_our_instruments_only(harness: Harness) -> None:
-    """A tickers reply lists every instrument; ours become quotes, the rest are skipped quietly."""
+    """A tickers reply lists every instrument; ours become quotes with their last trade price,
+    the rest are skipped quietly."""
     rows = [json.loads(frame)["data"][0] for frame in TICKERS[1:3]]
     rows.append({**rows[1], "instId": "DOGE-USDT"})
     body = json.dumps({"code": "0", "msg": "", "data": rows}).encode()
     harness.source.on_rest(body, 42)
     assert harness.quotes == [
-        Quote("okx", "UNI/USD", 42, bid=5.134, ask=5.142, kind="perp", venue_ts=1652459223143),
-        Quote("okx", "BTC/USDT", 42, bid=30228.6, ask=30228.7, venue_ts=1652459224956),
+        Quote("okx", "UNI/USD", 42, 5.123, 5.134, 5.142, "perp", venue_ts=1652459223143),
+        Quote("okx", "BTC/USDT", 42, 30236.0, 30228.6, 30228.7, venue_ts=1652459224956),
     ]
     assert harness.stats.dropped == {}
 
@@ -266,3 +268,41 @@ def test_rest_errors_are_counted(harness: Harness) -> None:
     src.on_rest(b'{"code":"0","data":{"instId":"BTC-USDT"}}', 3)
     assert harness.quotes == []
     assert harness.stats.dropped == {"venue_error": 1, "decode": 1, "shape": 1}
+
+
+@pytest.mark.parametrize("last", ['"abc"', '""', '"0"', '"-1"', '"NaN"', "null", "{}"])
+def test_a_bad_last_price_never_spoils_the_book(harness: Harness, last: str) -> None:
+    """A ticker whose last price is unreadable, empty (no trade yet), zero, negative or NaN
+    still gives its bid and ask, without a last price, and is not counted as malformed."""
+    frame = TICKERS[2].replace('"last":"30236"', f'"last":{last}')
+    assert frame != TICKERS[2]
+    harness.source.on_message(frame, 1)
+    assert harness.quotes == [
+        Quote("okx", "BTC/USDT", 1, None, 30228.6, 30228.7, venue_ts=1652459224956)
+    ]
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+def test_ticker_out_of_the_documented_shape_gives_the_same_quote(harness: Harness) -> None:
+    """A ticker without bidSz leaves the one-pass decoder; the text path quotes it the same,
+    and a push of two tickers gives two quotes."""
+    push = json.loads(TICKERS[2])
+    del push["data"][0]["bidSz"]
+    harness.source.on_message(json.dumps(push), 1)
+    two = json.loads(TICKERS[3])
+    two["data"].append({**two["data"][0], "instId": "ETH-USDT"})
+    harness.source.on_message(json.dumps(two), 2)
+    assert [(q.pair, q.recv_ts, q.price, q.bid, q.ask) for q in harness.quotes] == [
+        ("BTC/USDT", 1, 30236.0, 30228.6, 30228.7),
+        ("BTC/USDT", 2, 30243.5, 30228.6, 30228.7),
+        ("ETH/USDT", 2, 30243.5, 30228.6, 30228.7),
+    ]
+    assert harness.stats.malformed == 0
+
+
+def test_bare_number_prices_beside_string_sizes_are_read_as_numbers(harness: Harness) -> None:
+    """The known limit of the one-pass decoder: with its sizes printed as strings, a ticker whose
+    prices are bare JSON numbers gives those prices (sizes missing too: refused, see GARBAGE)."""
+    frame = TICKERS[2].replace('"askPx":"30228.7"', '"askPx":30228.7')
+    harness.source.on_message(frame.replace('"bidPx":"30228.6"', '"bidPx":30228.6'), 1)
+    assert [(q.bid, q.ask) for q in harness.quotes] == [(30228.6, 30228.7)]
