@@ -107,7 +107,7 @@ class BybitSim(VenueSim):
         self._top: dict[str, tuple[str, str]] = {}  # last published bid/ask text per key
         self._u: dict[str, int] = {}  # update id per key (orderbook)
         self._ts: dict[str, int] = {}  # last frame time per key, strictly increasing
-        self._deltas = itertools.count()
+        self._deltas: dict[str, int] = {}  # linear deltas sent per key
         self._conn_ids = itertools.count(1)
 
     # ----------------------------------------------------------------- routes and control
@@ -276,7 +276,11 @@ class BybitSim(VenueSim):
                 f'"data":{{"s":"{name}","b":{json.dumps(bids)},"a":{json.dumps(asks)},'
                 f'"u":{u},"seq":{next(self.sequence)}}},"cts":{self._ts[key] - 2}}}'
             )
-        if next(self._deltas) % 4 == 3:  # a delta that changes no price: the state must hold
+        # Every fourth delta of each symbol changes no price: the kept state must hold. (Counted
+        # per symbol: one count for all would give these deltas always to the same symbols when
+        # their number is a multiple of four, and their prices would never move.)
+        sent = self._deltas[key] = self._deltas.get(key, 0) + 1
+        if sent % 4 == 0:
             fields = f'"symbol":"{name}","openInterest":"{path.size() * 1000:.3f}"'
         else:
             fields = (

@@ -67,6 +67,26 @@ class _Combined(msgspec.Struct):
     data: _Book
 
 
+class _FastBook(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """Exactly the documented bookTicker fields, prices read straight into floats (strict=False),
+    which is several times cheaper than float() on decoded text."""
+
+    e: str
+    u: int
+    E: int
+    T: int
+    s: str
+    b: float
+    B: float
+    a: float
+    A: float
+
+
+class _FastCombined(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    stream: str
+    data: _FastBook
+
+
 class _RestBook(msgspec.Struct):
     symbol: str
     bid: str = msgspec.field(name="bidPrice")
@@ -88,11 +108,16 @@ class _MarkFrame(msgspec.Struct):
     data: _Mark
 
 
+_FAST = msgspec.json.Decoder(_FastCombined, strict=False)
 _FRAME = msgspec.json.Decoder(_Combined)
 _REST = msgspec.json.Decoder(list[_RestBook] | _RestBook)
 _MARK = msgspec.json.Decoder(_MarkFrame)
 _ENCODE = msgspec.json.Encoder()
 _INF: Final = math.inf
+# A fast-path frame holds exactly 36 quote characters (eleven keys and seven string values).
+# Fewer means a number came bare where the venue sends quoted decimals; strict=False would have
+# taken it, so such a frame goes the slow way and is refused there as a wrong shape.
+_FAST_QUOTES: Final = 36
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +175,28 @@ class BinanceUsdmSource(BinanceSource):
         return self.stream_url()
 
     def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        try:
+            book = _FAST.decode(data).data
+        except msgspec.DecodeError:
+            self._slow(data, recv_ts)
+            return
+        if (data.count(b'"') if isinstance(data, bytes) else data.count('"')) != _FAST_QUOTES:
+            self._slow(data, recv_ts)
+            return
+        symbol, u = book.s, book.u
+        last_u = self._last_u
+        last = last_u.get(symbol)
+        if last is not None and u <= last:
+            self.stats.dropped["stale"] += 1
+            return
+        stats = self.stats
+        quotes = stats.quotes
+        self._quote(symbol, book.b, book.a, recv_ts, book.E)
+        if stats.quotes != quotes:  # only an emitted frame advances the sequence
+            last_u[symbol] = u
+
+    def _slow(self, data: str | bytes, recv_ts: int) -> None:
+        """Frames the fast path refused: other shapes, optional fields left out, bad numbers."""
         try:
             book = _FRAME.decode(data).data
         except msgspec.DecodeError:

@@ -19,7 +19,9 @@ oldest open request, and a request still without its snapshots when a heartbeat 
 connection alive past the liveness timeout is refused the same way. ``heartbeat`` frames (every
 5 s) and ``trade`` frames show life; the book messages carry no time, so quotes have no
 ``venue_ts`` (trade times are not attached to book quotes: mixing venue and receive stamps in one
-feed would make the core's ordering check compare two clocks). Book diffs have no sequence
+feed would make the core's ordering check compare two clocks). The price of the newest trade
+(from a ``trade`` frame, or the snapshot's ``trades``) rides along as the quotes' last price.
+Book diffs have no sequence
 numbers, so a replayed diff cannot be told apart; a book left crossed by one is rebuilt from a
 fresh snapshot by reconnecting (``book_crossed``).
 No maximum connection life is documented; the configured rotation applies. REST
@@ -30,9 +32,11 @@ after a burst of five.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, Final
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Annotated, ClassVar, Final, Literal
 
 import aiohttp
 import msgspec
@@ -47,6 +51,26 @@ __all__ = ["GeminiSource"]
 
 _INF: Final = math.inf
 
+# The fast path reads a plain diff (exactly ``type``, ``symbol`` and ``changes``) with prices and
+# quantities parsed straight into floats by msgspec (strict=False), and the ranges checked there
+# too: a positive finite price, a quantity >= 0. Whatever it refuses (snapshots, trades, errors,
+# any bad level) takes the slow path below, which names the reason exactly as before.
+_Price = Annotated[float, msgspec.Meta(gt=0.0, lt=sys.float_info.max)]
+_Qty = Annotated[float, msgspec.Meta(ge=0.0, lt=sys.float_info.max)]
+
+
+class _Diff(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    type: Literal["l2_updates"]
+    symbol: str
+    changes: list[tuple[Literal["buy", "sell"], _Price, _Qty]]
+
+
+# A diff holds no other strings than these: its ten quote characters plus six per level. Fewer
+# means a price or quantity came as a bare JSON number, which strict=False would have accepted;
+# such a frame goes to the slow path and is refused there as a wrong shape.
+_DIFF_QUOTES: Final = 10
+_LEVEL_QUOTES: Final = 6
+
 
 class _Message(msgspec.Struct):
     type: str = ""
@@ -56,6 +80,12 @@ class _Message(msgspec.Struct):
     trades: list[msgspec.Raw] | None = None  # present on the initial snapshot only
     reason: str = ""
     message: str = ""
+    price: str = ""  # of a trade frame
+
+
+class _Trade(msgspec.Struct):
+    event_id: int
+    price: str
 
 
 class _RestTicker(msgspec.Struct):
@@ -63,35 +93,55 @@ class _RestTicker(msgspec.Struct):
     ask: str
 
 
+_FAST = msgspec.json.Decoder(_Diff, strict=False)
 _DECODE = msgspec.json.Decoder(_Message)
+_TRADE = msgspec.json.Decoder(_Trade)
 _REST = msgspec.json.Decoder(_RestTicker)
 _ENCODE = msgspec.json.Encoder()
 _LIFE: Final = frozenset({"heartbeat", "trade"})
 
 
-class _Side:
-    """Price levels of one side, with the best price kept up to date."""
+class _Book:
+    """One symbol's price levels, its best bid and ask (-inf/inf when a side is empty) and the
+    last traded price seen on this connection."""
 
-    __slots__ = ("best", "bids", "levels")
+    __slots__ = ("ask", "asks", "bid", "bids", "last")
 
-    def __init__(self, bids: bool) -> None:
-        self.bids = bids
-        self.levels: dict[float, float] = {}
-        self.best: float | None = None
+    def __init__(self) -> None:
+        self.bids: dict[float, float] = {}
+        self.asks: dict[float, float] = {}
+        self.bid = -_INF
+        self.ask = _INF
+        self.last: float | None = None
 
-    def set(self, price: float, qty: float) -> None:
-        if qty == 0.0:
-            if self.levels.pop(price, None) is not None and price == self.best:
-                self.best = (max if self.bids else min)(self.levels, default=None)
-            return
-        self.levels[price] = qty
-        best = self.best
-        if best is None or (price > best if self.bids else price < best):
-            self.best = price
+    def apply(self, changes: Iterable[tuple[str, float, float]]) -> None:
+        """Apply checked levels; the best price is kept as levels come and go, and a side is
+        rescanned only when its best level was removed (once per message, not per level)."""
+        bids, asks, bid, ask = self.bids, self.asks, self.bid, self.ask
+        lost_bid = lost_ask = False
+        for side, price, qty in changes:
+            if side == "buy":
+                if qty:
+                    bids[price] = qty
+                    if price > bid:
+                        bid = price
+                elif bids.pop(price, None) is not None and price == bid:
+                    lost_bid = True
+            elif qty:
+                asks[price] = qty
+                if price < ask:
+                    ask = price
+            elif asks.pop(price, None) is not None and price == ask:
+                lost_ask = True
+        if lost_bid:
+            bid = max(bids) if bids else -_INF
+        if lost_ask:
+            ask = min(asks) if asks else _INF
+        self.bid, self.ask = bid, ask
 
 
-def _level(change: tuple[str, str, str]) -> tuple[bool, float, float] | str:
-    """(is_bid, price, quantity) of one change, or the reason it is unusable."""
+def _level(change: tuple[str, str, str]) -> tuple[str, float, float] | str:
+    """(side, price, quantity) of one change, or the reason it is unusable."""
     side, price_s, qty_s = change
     if side not in ("buy", "sell"):
         return "shape"
@@ -103,7 +153,21 @@ def _level(change: tuple[str, str, str]) -> tuple[bool, float, float] | str:
         return "non_positive" if math.isfinite(price) else "not_finite"
     if not 0.0 <= qty < _INF:
         return "bad_quantity"
-    return side == "buy", price, qty
+    return side, price, qty
+
+
+def _newest_trade_price(trades: Iterable[msgspec.Raw]) -> float | None:
+    """The price of the newest readable trade in a snapshot (none readable: None)."""
+    newest, price = -1, None
+    for raw in trades:
+        try:
+            trade = _TRADE.decode(raw)
+            value = float(trade.price)
+        except (msgspec.DecodeError, ValueError):
+            continue
+        if trade.event_id > newest:
+            newest, price = trade.event_id, value
+    return price
 
 
 class GeminiSource(Source):
@@ -127,7 +191,7 @@ class GeminiSource(Source):
         stats: SourceStats,
     ) -> None:
         super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
-        self._books: dict[str, tuple[_Side, _Side]] = {}
+        self._books: dict[str, _Book] = {}
         self._asked: dict[int, float] = {}  # request id -> when it was sent
         self._resyncing = False
         self._rest_symbol = ""
@@ -153,6 +217,28 @@ class GeminiSource(Source):
 
     def on_message(self, data: str | bytes, recv_ts: int) -> None:
         try:
+            diff = _FAST.decode(data)
+        except msgspec.DecodeError:
+            self._slow(data, recv_ts)
+            return
+        changes = diff.changes
+        quotes = data.count(b'"') if isinstance(data, bytes) else data.count('"')
+        book = self._books.get(diff.symbol)
+        if quotes != _DIFF_QUOTES + _LEVEL_QUOTES * len(changes):
+            self._slow(data, recv_ts)
+        elif book is None or self._resyncing:
+            self._l2(diff.symbol, changes, None, recv_ts)  # unknown symbol, resync or first diff
+        else:
+            book.apply(changes)
+            bid, ask = book.bid, book.ask
+            if -_INF < bid <= ask < _INF:
+                self._quote(diff.symbol, bid, ask, recv_ts, None, book.last)
+            else:
+                self._top(diff.symbol, book, recv_ts)
+
+    def _slow(self, data: str | bytes, recv_ts: int) -> None:
+        """Every frame the fast path refused: snapshots, trades, heartbeats, errors, bad frames."""
+        try:
             msg = _DECODE.decode(data)
         except msgspec.ValidationError:
             self._bad("shape")
@@ -162,8 +248,10 @@ class GeminiSource(Source):
             return
         kind = msg.type
         if kind == "l2_updates" and msg.changes is not None:
-            self._l2(msg, recv_ts)
+            self._l2_text(msg.symbol, msg.changes, msg.trades, recv_ts)
         elif kind in _LIFE:
+            if kind == "trade":
+                self._trade(msg)
             self._overdue()
         elif kind == "error" or msg.result == "error":
             text = ": ".join(filter(None, (msg.reason, msg.message))) or "error"
@@ -173,38 +261,71 @@ class GeminiSource(Source):
         else:
             self._bad("shape")
 
-    def _l2(self, msg: _Message, recv_ts: int) -> None:
-        symbol = msg.symbol
+    def _l2_text(
+        self,
+        symbol: str,
+        changes: list[tuple[str, str, str]],
+        trades: list[msgspec.Raw] | None,
+        recv_ts: int,
+    ) -> None:
+        """A snapshot or a diff the fast path refused: levels checked one by one."""
+        levels: list[tuple[str, float, float]] = []
+        if symbol in self._by_symbol and not self._resyncing:  # else `_l2` counts why not
+            for change in changes:
+                level = _level(change)
+                if isinstance(level, str):
+                    self._bad(level)  # the whole message is left out: a partial diff is worse
+                    return
+                levels.append(level)
+        self._l2(symbol, levels, trades, recv_ts)
+
+    def _l2(
+        self,
+        symbol: str,
+        levels: Sequence[tuple[str, float, float]],
+        trades: list[msgspec.Raw] | None,
+        recv_ts: int,
+    ) -> None:
+        """Apply checked levels; `trades` is not None on a snapshot, which starts a new book."""
         if symbol not in self._by_symbol:
             self.stats.dropped["unknown_symbol"] += 1
             return
         if self._resyncing:
             self.stats.dropped["resync"] += 1
             return
-        levels: list[tuple[bool, float, float]] = []
-        for change in msg.changes or ():
-            level = _level(change)
-            if isinstance(level, str):
-                self._bad(level)  # the whole message is left out: a partial diff is worse
-                return
-            levels.append(level)
         book = self._books.get(symbol)
-        if book is None or msg.trades is not None:
-            book = self._books[symbol] = (_Side(bids=True), _Side(bids=False))
-            self._snapshot(symbol)
-        bids, asks = book
-        for is_bid, price, qty in levels:
-            (bids if is_bid else asks).set(price, qty)
-        bid, ask = bids.best, asks.best
-        if bid is None or ask is None:
+        if book is None or trades is not None:
+            book = self._new_book(symbol)
+            if trades:
+                book.last = _newest_trade_price(trades)
+        book.apply(levels)
+        self._top(symbol, book, recv_ts)
+
+    def _new_book(self, symbol: str) -> _Book:
+        """A snapshot starts the symbol's book afresh and may settle the request that asked."""
+        book = self._books[symbol] = _Book()
+        self._snapshot(symbol)
+        return book
+
+    def _top(self, symbol: str, book: _Book, recv_ts: int) -> None:
+        """Quote the book's best bid and ask; a crossed book is rebuilt from new snapshots."""
+        bid, ask = book.bid, book.ask
+        if bid == -_INF or ask == _INF:
             self.stats.dropped["one_sided"] += 1
-            return
-        if bid > ask:
+        elif bid > ask:
             self._bad("crossed")
             self._resyncing = True
             self._rotate("book_crossed")
-            return
-        self._quote(symbol, bid, ask, recv_ts)
+        else:
+            self._quote(symbol, bid, ask, recv_ts, None, book.last)
+
+    def _trade(self, msg: _Message) -> None:
+        """Keep a trade's price as the symbol's last price; quotes carry it from then on."""
+        book = self._books.get(msg.symbol)
+        if book is not None:
+            # An unreadable trade is only a sign of life; `_quote` leaves out a bad last price.
+            with contextlib.suppress(ValueError):
+                book.last = float(msg.price)
 
     def _overdue(self) -> None:
         """A request still without snapshots after the liveness timeout counts as refused.

@@ -131,3 +131,20 @@ async def test_categories_have_their_own_price_paths(sim: BybitSim) -> None:
     sim.spike("linear:BTCUSDT", 2.0, None)
     assert sim.book("spot:BTCUSDT")[0] == spot_bid
     assert sim.book("linear:BTCUSDT")[0] > 1.9 * spot_bid
+
+
+async def test_every_linear_symbol_gets_price_deltas() -> None:
+    """Every symbol's deltas carry prices three times in four, however many symbols there are.
+
+    With one count for all symbols, four symbols in turn would give the price-less deltas always
+    to the same one, whose price would then never move.
+    """
+    symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
+    venue = BybitSim(dict.fromkeys(symbols, 100.0), seed=3, categories=("linear",))
+    priced: dict[str, int] = dict.fromkeys(symbols, 0)
+    for _ in range(8):
+        for symbol in symbols:
+            key = f"linear:{symbol}"
+            frame = json.loads(venue.data_frame(key, venue.paths[key], 0.0))
+            priced[symbol] += "bid1Price" in frame["data"]
+    assert priced == dict.fromkeys(symbols, 6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -228,3 +229,42 @@ def test_rest_bodies_become_quotes_and_unasked_rows_are_skipped(
     assert source.stats.dropped == {"non_positive": 1}
     source.on_rest(b'{"code":-1121,"msg":"Invalid symbol."}', 44)
     assert source.stats.dropped["shape"] == 1
+
+
+def _outcome(source: BinanceUsdmSource, quotes: list[Quote]) -> object:
+    return list(quotes), dict(source._last_u), dict(source.stats.dropped), source.stats.malformed
+
+
+def _compact(frame: str) -> str:
+    return json.dumps(json.loads(frame), separators=(",", ":"))
+
+
+FRAMES = [
+    _compact(BOOK),
+    BOOK,
+    _compact(BOOK.replace('"u": 400900217', '"u": 400900100')),  # older than the first
+    _compact(BOOK.replace("25.35190000", "1e1")),
+    _compact(BOOK.replace("BNBUSDT", "XRPUSDT")),
+    _compact(BOOK.replace('"A": "40.66000000"', '"A": 40.66')),  # a bare quantity: text path
+    _compact(BOOK.replace('"e": "bookTicker", ', "")),
+    *GARBAGE[2:],
+]
+
+
+@pytest.mark.parametrize("frame", FRAMES)
+def test_fast_path_agrees_with_the_text_path(
+    source: BinanceUsdmSource, quotes: list[Quote], frame: str
+) -> None:
+    """Prices read straight into floats give the same quotes, update ids and drop reasons as the
+    text path that every refused frame takes (both after the same first frame)."""
+    first = _compact(BOOK.replace('"u": 400900217', '"u": 400900200'))
+    source.on_message(first, 1)
+    source.on_message(frame, 2)
+    fast = _outcome(source, quotes)
+    quotes.clear()
+    source._last_u.clear()
+    source.stats.dropped.clear()
+    source.stats.malformed = 0
+    source._slow(first, 1)
+    source._slow(frame, 2)
+    assert _outcome(source, quotes) == fast

@@ -113,7 +113,8 @@ async def test_reconnects_and_resubscribes_after_disconnect(
     seen, marks = len(run.quotes), run.source.mark_feed.stats.quotes
     await wait(lambda: pairs_seen(run, seen) == BOTH)
     await wait(lambda: run.source.mark_feed.stats.quotes > marks)
-    assert venue.stats.requests >= 4 and venue.stats.active == 2
+    assert venue.stats.requests >= 4
+    await wait(lambda: venue.stats.active == 2)  # the venue may still count a dropped socket
 
 
 async def test_half_open_socket_is_replaced_by_the_watchdog(
@@ -126,8 +127,16 @@ async def test_half_open_socket_is_replaced_by_the_watchdog(
     await wait(lambda: run.stats.reconnects >= 1 and run.source.mark_feed.stats.reconnects >= 1)
     assert run.stats.state in (ConnState.DOWN, ConnState.POLLING)
     venue.reset()
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert venue.stats.active == 2
+    # Each connection has its own watchdog and backoff: the mark feed may come back after the
+    # book connection, and the venue may count a cut socket until its handler has seen it close.
+    marks = run.source.mark_feed
+    await wait(
+        lambda: (
+            run.stats.state is ConnState.STREAMING
+            and marks.stats.state is ConnState.STREAMING
+            and venue.stats.active == 2
+        )
+    )
 
 
 async def test_garbage_is_counted_and_no_bad_price_escapes(

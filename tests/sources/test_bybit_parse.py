@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -66,10 +67,19 @@ async def h() -> AsyncIterator[Harness]:
 
 
 def test_documented_linear_ticker_snapshot_becomes_a_perp_quote(h: Harness) -> None:
-    """The docs' linear ticker snapshot gives its best bid/ask, venue_ts from `ts`."""
+    """The docs' linear ticker snapshot gives best bid/ask, last price, and venue_ts from `ts`."""
     h.linear.on_message(LINEAR_SNAPSHOT, 10)
     assert h.quotes == [
-        Quote("bl", "BTC/USDT", 10, bid=17215.5, ask=17216.0, kind="perp", venue_ts=1673272861686)
+        Quote(
+            "bl",
+            "BTC/USDT",
+            10,
+            price=17216.0,
+            bid=17215.5,
+            ask=17216.0,
+            kind="perp",
+            venue_ts=1673272861686,
+        )
     ]
     assert h.linear.stats.malformed == 0
 
@@ -278,3 +288,119 @@ def test_rest_request_and_body(h: Harness) -> None:
     assert h.spot.stats.dropped == {"rest_error": 1}
     h.spot.on_rest(b"<html>", 11)
     assert h.spot.stats.dropped["decode"] == 1
+
+
+def test_linear_last_price_is_merged_like_the_book(h: Harness) -> None:
+    """`lastPrice` becomes the quote's price, is kept across deltas that leave it out, and a bad
+    one is left out without dropping the book."""
+    h.linear.on_message(LINEAR_SNAPSHOT, 1)
+
+    def delta(ts: int, fields: str) -> str:
+        return (
+            '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
+            f'{fields}}},"cs":24987956060,"ts":{ts}}}'
+        )
+
+    h.linear.on_message(delta(1673272861786, '"bid1Price":"17215.00"'), 2)
+    h.linear.on_message(delta(1673272861886, '"lastPrice":"17215.50"'), 3)
+    h.linear.on_message(delta(1673272861986, '"lastPrice":"abc","ask1Price":"17216.50"'), 4)
+    h.linear.on_message(delta(1673272862086, '"lastPrice":"NaN"'), 5)
+    assert [(q.price, q.bid, q.ask) for q in h.quotes] == [
+        (17216.0, 17215.5, 17216.0),
+        (17216.0, 17215.0, 17216.0),
+        (17215.5, 17215.0, 17216.0),
+        (17215.5, 17215.0, 17216.5),
+        (17215.5, 17215.0, 17216.5),
+    ]
+    assert h.linear.stats.malformed == 0 and h.linear.stats.dropped == {}
+
+
+def compact(frame: str) -> str:
+    """The same JSON without any spaces, as the venue sends it."""
+    return json.dumps(json.loads(frame), separators=(",", ":"))
+
+
+def _parseable(frames: tuple[str, ...]) -> list[str]:
+    parsed = []
+    for frame in frames:
+        try:
+            json.loads(frame)
+        except ValueError:
+            continue
+        parsed.append(frame)
+    return parsed
+
+
+SPOT_FRAMES = [
+    BOOK_DELTA,
+    BOOK_DELTA.replace('"27450.00", "0.400"', '"27452.00", "1"'),
+    BOOK_DELTA.replace('"a": [["27451.00", "0"]]', '"a": [["27450.50", "2"], ["27451.00", "0"]]'),
+    BOOK_DELTA.replace('"u": 123456790', '"u": 123456789'),
+    BOOK_SNAPSHOT.replace('"u": 123456789', '"u": 1'),
+    BOOK_SNAPSHOT.replace('"u": 123456789', '"u": 5'),
+    BOOK_SNAPSHOT.replace("BTCUSDT", "XRPUSDT"),
+    *_parseable(GARBAGE),
+]
+LINEAR_FRAMES = [
+    '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT","bid1Price":"17215.00",'
+    '"lastPrice":"17216.5"},"cs":24987956060,"ts":1673272861786}',
+    '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT","markPrice":"17217"},'
+    '"cs":24987956061,"ts":1673272861886}',
+    '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT","ask1Price":"17216"},'
+    '"cs":24987956061,"ts":1673272861000}',
+    '{"topic":"tickers.ETHPERP","type":"delta","data":{"symbol":"ETHPERP","bid1Price":"3500.1",'
+    '"ask1Price":"3500.2"},"cs":24987956061,"ts":1673272861886}',
+    '{"topic":"tickers.XRPUSDT","type":"snapshot","data":{"symbol":"XRPUSDT","bid1Price":"1",'
+    '"ask1Price":"2"},"cs":24987956061,"ts":1673272861886}',
+    *_parseable(GARBAGE),
+]
+
+
+def _spot_outcome(source: BybitSpotSource, quotes: list[Quote]) -> object:
+    tops = {s: (t.bid, t.ask, t.seq) for s, t in source._tops.items()}
+    return list(quotes), tops, dict(source.stats.dropped)
+
+
+@pytest.mark.parametrize("frame", [f for f in SPOT_FRAMES for f in (f, compact(f))])
+def test_spot_fast_path_agrees_with_the_text_path(h: Harness, frame: str) -> None:
+    """Prices read straight into floats give the same quotes, kept state and drop reasons as the
+    text path that every refused frame takes (tried on both after the same snapshot)."""
+    h.spot.on_message(compact(BOOK_SNAPSHOT), 1)
+    h.spot.on_message(frame, 2)
+    fast = _spot_outcome(h.spot, h.quotes)
+    h.quotes.clear()
+    h.spot._tops.clear()
+    h.spot.stats.dropped.clear()
+    h.spot._slow(BOOK_SNAPSHOT, 1)
+    h.spot._slow(frame, 2)
+    assert _spot_outcome(h.spot, h.quotes) == fast
+
+
+def _linear_outcome(source: BybitLinearSource, quotes: list[Quote]) -> object:
+    tops = {s: (t.bid, t.ask, t.last, t.seq) for s, t in source._tops.items()}
+    return list(quotes), tops, dict(source.stats.dropped)
+
+
+@pytest.mark.parametrize("frame", [f for f in LINEAR_FRAMES for f in (f, compact(f))])
+def test_linear_fast_path_agrees_with_the_text_path(h: Harness, frame: str) -> None:
+    """The linear fast path and the text path agree on quotes, kept state and drop reasons."""
+    h.linear.on_message(compact(LINEAR_SNAPSHOT), 1)
+    h.linear.on_message(frame, 2)
+    fast = _linear_outcome(h.linear, h.quotes)
+    h.quotes.clear()
+    h.linear._tops.clear()
+    h.linear.stats.dropped.clear()
+    h.linear._slow(LINEAR_SNAPSHOT, 1)
+    h.linear._slow(frame, 2)
+    assert _linear_outcome(h.linear, h.quotes) == fast
+
+
+@pytest.mark.parametrize("index", [12, 17])
+def test_bare_numbers_are_a_wrong_shape_even_when_compact(h: Harness, index: int) -> None:
+    """A price sent as a bare JSON number (the venue quotes every decimal) is refused as a wrong
+    shape whatever the layout, on the path that reads prices straight into floats too."""
+    for frame in (GARBAGE[index], compact(GARBAGE[index])):
+        h.spot.on_message(frame, 1)
+        h.linear.on_message(frame, 1)
+    assert h.spot.stats.dropped == {"shape": 2} and h.linear.stats.dropped == {"shape": 2}
+    assert h.quotes == []

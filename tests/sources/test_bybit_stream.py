@@ -127,7 +127,8 @@ async def test_reconnects_and_resubscribes_after_disconnect(
     seen = len(run.quotes)
     await wait(lambda: pairs_seen(run, seen) == BOTH)
     await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert venue.stats.requests >= 2 and venue.stats.active == 1
+    assert venue.stats.requests >= 2
+    await wait(lambda: venue.stats.active == 1)  # the venue may still count a dropped socket
 
 
 async def test_half_open_socket_is_replaced_by_the_watchdog(
@@ -140,7 +141,7 @@ async def test_half_open_socket_is_replaced_by_the_watchdog(
     await wait(lambda: run.stats.reconnects >= 1 and venue.stats.connections >= 2)
     venue.reset()
     await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert venue.stats.active == 1
+    await wait(lambda: venue.stats.active == 1)  # the venue may still count a cut socket
 
 
 async def test_garbage_is_counted_and_no_bad_price_escapes(

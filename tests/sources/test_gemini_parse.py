@@ -237,3 +237,66 @@ def test_subscribe_message_matches_the_recorded_request(harness: Harness) -> Non
     assert SUBSCRIBE.startswith(text[: text.index("[", 40) + 1])
     assert harness.source.stream_url() == "wss://api.gemini.com/v2/marketdata"
     assert harness.source.venue_symbol("BTC/USD") == "BTCUSD"
+
+
+def test_quotes_carry_the_newest_trade_price(harness: Harness) -> None:
+    """The snapshot's newest trade, then each trade frame, is the last price of later quotes."""
+    src = harness.source
+    for i, frame in enumerate(L2):
+        src.on_message(frame, i)
+    prices = {q.pair: q.price for q in harness.quotes}
+    assert prices == {"GRT/USD": 0.6183, "ETH/EUR": 1648.19}  # the first trade of each snapshot
+    src.on_message(TRADE.replace("ANKRUSD", "GRTUSD"), 50)
+    src.on_message(TRADE.replace("ANKRUSD", "GRTUSD").replace('"0.07946"', '"abc"'), 51)
+    src.on_message('{"type":"l2_updates","symbol":"GRTUSD","changes":[["buy","0.6101","5"]]}', 52)
+    assert harness.quotes[-1].price == 0.07946
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+def test_a_bad_trade_price_never_reaches_a_quote(harness: Harness) -> None:
+    """A trade whose price is not a positive number leaves the book quoted without a last."""
+    src = harness.source
+    src.on_message(L2[0], 1)
+    src.on_message(TRADE.replace("ANKRUSD", "GRTUSD").replace('"0.07946"', '"-1"'), 2)
+    src.on_message('{"type":"l2_updates","symbol":"GRTUSD","changes":[["buy","0.6101","5"]]}', 3)
+    assert harness.quotes[-1].price is None and harness.quotes[-1].bid == 0.6157
+
+
+def _outcome(harness: Harness) -> object:
+    books = {s: (b.bid, b.ask, b.last, sorted(b.bids), sorted(b.asks)) for s, b in
+             harness.source._books.items()}  # fmt: skip
+    return list(harness.quotes), books, dict(harness.stats.dropped), harness.source._resyncing
+
+
+DIFFS = [
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","100.5","1"],["sell","100.5","0"]]}',
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","100","0"],["sell","101","0"]]}',
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["sell","101","0"],["sell","102","1"]]}',
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","100","0"],["buy","100","2"]]}',
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[]}',
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","1e2","1.0E0"],["sell","Infinity","1"]]}',
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy"," 99","1"],["sell","101 ","-0"]]}',
+    '{"type":"l2_updates","symbol":"DOGEUSD","changes":[["buy","1","1"]]}',
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","100","1"]],"extra":1}',
+    *GARBAGE[2:],
+]
+SNAPSHOT = (
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","100","1"],["buy","99","1"],'
+    '["sell","101","1"],["sell","102","1"]],"trades":[],"auction_events":[]}'
+)
+
+
+@pytest.mark.parametrize("frame", DIFFS)
+def test_fast_path_agrees_with_the_text_path(harness: Harness, frame: str) -> None:
+    """Levels read straight into floats give the same quotes, book and drop reasons as the text
+    path that snapshots and every refused diff take (both after the same snapshot)."""
+    src = harness.source
+    src.on_message(SNAPSHOT, 1)
+    src.on_message(frame, 2)
+    fast = _outcome(harness)
+    harness.quotes.clear()
+    harness.stats.dropped.clear()
+    src._queue_subscriptions()  # a new connection: empty books, no resync
+    src._slow(SNAPSHOT, 1)
+    src._slow(frame, 2)
+    assert _outcome(harness) == fast

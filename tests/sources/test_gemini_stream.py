@@ -148,7 +148,7 @@ async def test_reconnects_and_rebuilds_the_book_after_disconnect(
     seen = len(run.quotes)
     await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
     await wait(lambda: book_matches(run, sim, "ETHUSD"))
-    assert sim.stats.active == 1
+    await wait(lambda: sim.stats.active == 1)  # the venue may still count a dropped socket
 
 
 async def test_silent_open_socket_is_replaced(
@@ -161,7 +161,7 @@ async def test_silent_open_socket_is_replaced(
     await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2)
     sim.reset()  # the request sent while silent was swallowed: it is retried once overdue
     await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert sim.stats.active == 1
+    await wait(lambda: sim.stats.active == 1)  # the venue may still count a cut socket
     assert run.stats.failed_instruments == {}
 
 
