@@ -39,11 +39,13 @@ import structlog
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources.stats import ConnState, SourceStats
+from oracled.sources.stats import LATENCY_BOUNDS_MS, LATENCY_BUCKET_OF_MS, ConnState, SourceStats
 
 __all__ = ["RestPacer", "Source", "backoff_delay"]
 
 _INF: Final = math.inf
+_LATENCY_BUCKET_OF_MS: Final = LATENCY_BUCKET_OF_MS
+_LATENCY_OVER: Final = LATENCY_BOUNDS_MS[-1]
 # Errors that mean "this connection or request failed", as opposed to a bug in our code.
 _NET_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError)
 # The venue's one-second message window, with a margin for jitter between our clock and theirs.
@@ -228,8 +230,13 @@ class Source(abc.ABC):
         stats = self.stats
         stats.quotes += 1
         stats.last_quote_ms = recv_ts
-        if venue_ts is not None:
-            stats.observe_latency(recv_ts - venue_ts)
+        if venue_ts is not None:  # the latency histogram, inlined: this runs once per quote
+            latency = recv_ts - venue_ts
+            if 0 <= latency <= _LATENCY_OVER:
+                stats.latency_buckets[_LATENCY_BUCKET_OF_MS[latency]] += 1
+                stats.latency_sum_ms += latency
+            else:
+                stats.observe_latency(latency)
         if last is not None and not 0.0 < last < _INF:
             last = None  # a bad last price never spoils a good book; the core prices the mid
         # Positional arguments: this runs once per venue frame (source, pair, recv_ts, price,
