@@ -46,6 +46,10 @@ class Quote(msgspec.Struct, frozen=True, gc=False):
     #: aggregator's bound, a pool below its liquidity minimum, an L2 sequencer down): the slot is
     #: excluded with this reason instead of voting.
     flag: str | None = None
+    #: On-chain quotes only: the block number the value was read at and that block's timestamp
+    #: (ms). `venue_ts` stays the feed's own update time, which is what staleness is measured on.
+    block: int | None = None
+    block_ts: int | None = None
 
 
 class Status(IntEnum):

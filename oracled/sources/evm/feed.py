@@ -1,0 +1,64 @@
+"""The contract between a chain reader and the on-chain feeds it serves.
+
+A `ChainReader` learns a new block, gathers every registered feed's `calls()` into one Multicall3
+`aggregate3` pinned to that block, and hands each feed back exactly its own slice of the results
+with `decode()`. Feeds therefore never do I/O: they pre-encode their calldata once, and turn
+`(success, return data)` pairs into a `Quote`, a drop reason, or nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from oracled.model import Quote
+
+__all__ = ["Block", "Call", "Feed", "FeedResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """The block a round of reads is pinned to; `timestamp` is in seconds, as the chain has it."""
+
+    number: int
+    hash: str
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One read: a contract address (0x hex) and calldata encoded once at construction."""
+
+    target: str
+    data: bytes
+
+
+#: What `Feed.decode` returns: a quote, a drop reason (counted), or None (nothing new).
+FeedResult = Quote | str | None
+
+
+class Feed(abc.ABC):
+    """One on-chain value for one canonical pair, read through a chain's reader every block.
+
+    `calls()` must return the same calls every time (the reader may cache the order); `decode()`
+    receives one `(success, return data)` per call, in that order. A call that reverted arrives
+    as `(False, revert data)`, so a feed decides itself whether a revert means "drop" or "stale".
+    """
+
+    __slots__ = ("pair", "source_id")
+
+    def __init__(self, source_id: str, pair: str) -> None:
+        self.source_id = source_id
+        self.pair = pair
+
+    @abc.abstractmethod
+    def calls(self) -> Sequence[Call]:
+        """The reads this feed needs each block, pre-encoded."""
+
+    @abc.abstractmethod
+    def decode(
+        self, results: Sequence[tuple[bool, bytes]], block: Block, recv_ts: int
+    ) -> FeedResult:
+        """A Quote (with `flag` set when the value is known not to be a price: "at_bound",
+        "liquidity", "sequencer"), or a drop reason (counted), or None (nothing new)."""
