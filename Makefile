@@ -14,7 +14,7 @@ install:
 	@scripts/bootstrap.sh
 
 install-test:
-	@scripts/bootstrap.sh test
+	@scripts/bootstrap.sh test && scripts/chain-setup.sh
 
 lint:
 	$(VENV)/bin/ruff check oracled tests benchmarks
