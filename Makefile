@@ -15,6 +15,7 @@ install:
 
 install-test:
 	@scripts/bootstrap.sh test && scripts/chain-setup.sh
+	@scripts/ops-setup.sh
 
 lint:
 	$(VENV)/bin/ruff check oracled tests benchmarks

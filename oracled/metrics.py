@@ -12,7 +12,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -21,6 +27,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from oracled import __version__
+from oracled.core import USED
 from oracled.model import Status
 from oracled.sources.stats import LATENCY_BOUNDS_MS, ConnState, SourceStats
 
@@ -79,6 +87,10 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        for sid in inputs.source_stats:  # a counter that exists at 0 makes rate() and alerts exact
+            self.source_restarts.labels(sid)
+        # process_start_time_seconds (restart alerts), CPU, memory, open fds; Linux only.
+        ProcessCollector(registry=self.registry)
         self.registry.register(_StateCollector(inputs))
 
     def render(self) -> tuple[bytes, str]:
@@ -116,6 +128,7 @@ class _StateCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._process()
         yield from self._markets()
         yield from self._sources()
         stream = GaugeMetricFamily(
@@ -131,6 +144,27 @@ class _StateCollector:
         for reason, count in sorted(self._in.stream_dropped().items()):
             dropped.add_metric([reason], count)
         yield dropped
+
+    def _process(self) -> Iterator[Metric]:
+        cfg = self._in.core.config
+        info = GaugeMetricFamily(
+            "oracled_build_info", "Always 1; the running version as a label.", labels=["version"]
+        )
+        info.add_metric([__version__], 1.0)
+        interval = GaugeMetricFamily(
+            "oracled_round_interval_seconds", "Configured time between two rounds."
+        )
+        interval.add_metric([], cfg.oracle.round_interval_ms / 1000.0)
+        sources = GaugeMetricFamily(
+            "oracled_source_info",
+            "Always 1; each source's adapter type and venue (the type up to its first '_').",
+            labels=["source", "type", "venue"],
+        )
+        for sid in sorted(self._in.source_stats):
+            src = cfg.sources.get(sid)
+            if src is not None:
+                sources.add_metric([sid, src.type, src.type.split("_", 1)[0]], 1.0)
+        yield from (info, interval, sources)
 
     def _markets(self) -> Iterator[Metric]:
         result = self._in.latest()
@@ -160,8 +194,30 @@ class _StateCollector:
             "Seconds since the market last had a live price.",
             labels=["market"],
         )
+        min_sources = GaugeMetricFamily(
+            "oracled_market_min_sources",
+            "Configured quorum: fewer used sources than this pauses the market.",
+            labels=["market"],
+        )
+        slot_value = GaugeMetricFamily(
+            "oracled_market_source_value",
+            "Each source's value for the market after conversion (NaN without a quote).",
+            labels=["market", "source"],
+        )
+        slot_used = GaugeMetricFamily(
+            "oracled_market_source_used",
+            "1 if the source's value took part in the market's latest price, else 0.",
+            labels=["market", "source"],
+        )
         labels = [s.label for s in Status]
-        for i, market in enumerate(markets):
+        lay = result.layout
+        values, codes = result.value.tolist(), result.slot_reason.tolist()
+        for i, (market, quorum) in enumerate(zip(markets, lay.min_sources.tolist(), strict=True)):
+            min_sources.add_metric([market], quorum)
+            row_values, row_codes = values[i], codes[i]
+            for j, sid in enumerate(lay.slot_ids[i]):
+                slot_value.add_metric([market, sid], row_values[j])
+                slot_used.add_metric([market, sid], 1.0 if row_codes[j] == USED else 0.0)
             live = result.status[i] <= Status.DEGRADED
             price.add_metric([market], float(result.price[i]) if live else float("nan"))
             conf.add_metric([market], float(result.confidence[i]) if live else float("nan"))
@@ -171,7 +227,7 @@ class _StateCollector:
             ts = int(result.last_good_ts[i])
             age = (result.ts - ts) / 1000.0 if ts >= 0 else float("nan")
             last_good_age.add_metric([market], age)
-        yield from (price, conf, used, status, last_good_age)
+        yield from (price, conf, used, status, last_good_age, min_sources, slot_value, slot_used)
 
     def _latency(self) -> Metric:
         return _latency_family(sorted(self._in.source_stats.items()))
