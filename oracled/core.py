@@ -139,11 +139,48 @@ class Core:
     """Book + gates. Deterministic; see the module docstring for the round's steps."""
 
     def __init__(self, cfg: Config) -> None:
+        self.config = cfg
         self.layout = Layout.from_config(cfg)
         self.book = Book(self.layout, cfg)
         self.gates = GateState(len(self.layout.markets))
         self.index = {sym: i for i, sym in enumerate(self.layout.markets)}
         self.rounds = 0
+        self._skew = cfg.oracle.max_clock_skew_ms
+        self._resume = cfg.oracle.resume_rounds
+        self._confirm = cfg.oracle.jump_confirm_rounds
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Swap in a new (already validated) config between rounds, keeping what still applies.
+
+        A market that stays keeps its gate state (status, last good price, streaks, manual pause)
+        and the latest quote of every (source, pair, kind) it still lists; thresholds take effect
+        from the next round. A new market starts `unknown` like at start-up; a removed one is gone.
+        `index` is updated in place, so holders of it see the new markets.
+        """
+        layout = Layout.from_config(cfg)
+        book = Book(layout, cfg)
+        gates = GateState(len(layout.markets))
+        old_layout, old_book, old_gates = self.layout, self.book, self.gates
+        for name in old_book.flag_names:  # the same codes as before for flags already in the book
+            book._flag_code(name)
+        for i, sym in enumerate(layout.markets):
+            j = self.index.get(sym)
+            if j is None:
+                continue
+            for attr in ("status", "last_good", "last_good_ts", "streak", "jump_count", "manual"):
+                getattr(gates, attr)[i] = getattr(old_gates, attr)[j]
+            old_slots = {key: k for k, key in enumerate(old_layout.slot_keys[j])}
+            for k, key in enumerate(layout.slot_keys[i]):
+                ok = old_slots.get(key)
+                if ok is not None:
+                    for attr in ("mid", "stamp", "received", "flag"):
+                        getattr(book, attr)[i, k] = getattr(old_book, attr)[j, ok]
+        book.latest.update((k, q) for k, q in old_book.latest.items() if k in layout.feeds)
+        book.perps.update((k, q) for k, q in old_book.perps.items() if k in layout.perp_feeds)
+        book.drops.update(old_book.drops)
+        self.config, self.layout, self.book, self.gates = cfg, layout, book, gates
+        self.index.clear()
+        self.index.update((sym, i) for i, sym in enumerate(layout.markets))
         self._skew = cfg.oracle.max_clock_skew_ms
         self._resume = cfg.oracle.resume_rounds
         self._confirm = cfg.oracle.jump_confirm_rounds

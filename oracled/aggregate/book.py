@@ -52,6 +52,7 @@ class Layout:
     slot_count: npt.NDArray[np.int64]
     slot_ids: tuple[tuple[str, ...], ...]
     slot_pairs: tuple[tuple[str, ...], ...]
+    slot_keys: tuple[tuple[SlotKey, ...], ...]  # (source, pair, kind) of every slot, per market
     weight: npt.NDArray[np.float64]  # (M, S), 0 where no slot
     configured: npt.NDArray[np.bool_]  # (M, S)
     route_via: npt.NDArray[np.int64]  # (M, S), market index of the conversion leg or -1
@@ -119,6 +120,9 @@ class Layout:
             slot_count=np.array([len(m.sources) for m in cfg.markets], dtype=np.int64),
             slot_ids=tuple(tuple(s.source for s in m.sources) for m in cfg.markets),
             slot_pairs=tuple(tuple(s.pair for s in m.sources) for m in cfg.markets),
+            slot_keys=tuple(
+                tuple((s.source, s.pair, s.kind) for s in m.sources) for m in cfg.markets
+            ),
             weight=weight,
             configured=configured,
             route_via=route_via,

@@ -15,6 +15,7 @@ from aiohttp import web
 from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, json_response
 from oracled.api.params import path_market
+from oracled.errors import ConfigError
 
 __all__ = ["AdminHandlers"]
 
@@ -80,3 +81,17 @@ class AdminHandlers:
     async def resume(self, request: web.Request) -> web.Response:
         """Release an operator pause; the market goes live after the usual healthy streak."""
         return await self._manual(request, False)
+
+    async def reload(self, request: web.Request) -> web.Response:
+        """Re-read the config file and apply it without a restart; refused whole if invalid."""
+        self._authorize(request)
+        actor = await self._actor(request)
+        if self._ctx.on_reload is None:
+            raise ApiError(409, "reload_unavailable", "this daemon was not started from a file")
+        try:
+            changes = await self._ctx.on_reload(actor)
+        except ConfigError as exc:
+            raise ApiError(
+                422, "invalid_config", "the new config was refused: " + "; ".join(exc.problems)
+            ) from None
+        return json_response({"reloaded": True, "actor": actor, **changes})

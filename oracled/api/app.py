@@ -37,4 +37,5 @@ def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Appl
     add_get("/v1/stream", stream.stream, allow_head=False)
     add_post("/v1/admin/markets/{market}/pause", admin.pause)
     add_post("/v1/admin/markets/{market}/resume", admin.resume)
+    add_post("/v1/admin/reload", admin.reload)
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from oracled.clock import Clock
@@ -31,3 +31,10 @@ class ApiContext:
     render_metrics: Callable[[], tuple[bytes, str]]
     on_manual: Callable[[str, bool, str], None]
     version: str
+    #: Reload the config file without a restart; returns what changed, raises ConfigError.
+    on_reload: Callable[[str], Awaitable[Mapping[str, object]]] | None = None
+
+    @property
+    def current_config(self) -> Config:
+        """The config in force now: the one the core runs on, which a reload replaces."""
+        return self.core.config

@@ -34,9 +34,9 @@ class OpsHandlers:
     async def readyz(self, request: web.Request) -> web.Response:
         """200 once enough markets are live in the latest round, else 503; both with counts."""
         ctx = self._ctx
-        total = len(ctx.config.markets)
+        total = len(ctx.current_config.markets)
         # ceil with a little slack so that 0.5 of 4 markets needs 2, not 3 from rounding noise.
-        required = math.ceil(ctx.config.api.ready_fraction * total - 1e-9)
+        required = math.ceil(ctx.current_config.api.ready_fraction * total - 1e-9)
         result = ctx.hub.latest_result
         live = 0 if result is None else int((result.status <= Status.DEGRADED).sum())
         ready = result is not None and live >= required

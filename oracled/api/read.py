@@ -8,7 +8,7 @@ from aiohttp import web
 from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, encode_json, json_response
 from oracled.api.params import market_list, path_market
-from oracled.config import MarketConfig
+from oracled.config import Config, MarketConfig
 from oracled.model import Quote
 
 __all__ = ["ReadHandlers"]
@@ -57,8 +57,8 @@ class ReadHandlers:
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
         self._known = ctx.core.index
-        # The config does not change while running: encode its view once.
-        self._markets_body = encode_json({"markets": [_market_view(m) for m in ctx.config.markets]})
+        # The config changes only on reload: its view is encoded once per config object.
+        self._markets_body = (ctx.current_config, self._markets_view(ctx.current_config))
 
     def _not_ready(self) -> ApiError:
         return ApiError(503, "not_ready", "no round has completed yet; retry shortly")
@@ -93,13 +93,20 @@ class ReadHandlers:
 
     async def markets(self, request: web.Request) -> web.Response:
         """Configured markets and their gate parameters."""
-        return json_response(self._markets_body)
+        cfg = self._ctx.current_config
+        if self._markets_body[0] is not cfg:
+            self._markets_body = (cfg, self._markets_view(cfg))
+        return json_response(self._markets_body[1])
+
+    @staticmethod
+    def _markets_view(cfg: Config) -> bytes:
+        return encode_json({"markets": [_market_view(m) for m in cfg.markets]})
 
     async def sources(self, request: web.Request) -> web.Response:
         """Each configured source of a market: latest quote, age, part in the last round, link."""
         ctx = self._ctx
         market = path_market(request.match_info["market"], self._known)
-        cfg = ctx.config.market(market)
+        cfg = ctx.current_config.market(market)
         assert cfg is not None  # every known market is configured
         report = ctx.hub.report(market)
         now = ctx.clock.now_ms()
@@ -151,8 +158,8 @@ class ReadHandlers:
         return json_response(
             {
                 "version": ctx.version,
-                "round_interval_ms": ctx.config.oracle.round_interval_ms,
-                "markets": len(ctx.config.markets),
+                "round_interval_ms": ctx.current_config.oracle.round_interval_ms,
+                "markets": len(ctx.current_config.markets),
                 "round": None if result is None else result.round,
                 "ts": None if result is None else result.ts,
             }

@@ -26,8 +26,10 @@ from oracled.api import ApiContext
 from oracled.clock import ManualClock
 from oracled.config import Config, parse_config
 from oracled.core import Core, RoundResult
+from oracled.errors import ConfigError
 from oracled.model import Quote
 from oracled.publish import Hub
+from oracled.reload import config_changes
 from oracled.sources.stats import ConnState, SourceStats
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -91,6 +93,7 @@ class Rig:
             "beta": SourceStats("beta", state=ConnState.POLLING, reconnects=2),
         }  # gamma has no stats yet: the API must cope
         self.manual: list[tuple[str, bool, str]] = []
+        self.next_config: Config | ConfigError | None = None  # what a reload reads
         self.metric_threads: list[int] = []
         self.registry = CollectorRegistry()
         self.renders = PromCounter(
@@ -108,7 +111,7 @@ class Rig:
     def step(self, markets: dict[str, float] | None = None) -> RoundResult:
         """Advance one interval, quote every source of `markets` (default all), run and publish."""
         self.clock.advance(INTERVAL)
-        for market in self.cfg.markets:
+        for market in self.core.config.markets:  # the config in force (a reload replaces it)
             price = (PRICES if markets is None else markets).get(market.symbol)
             if price is None:
                 continue
@@ -121,6 +124,16 @@ class Rig:
     def on_manual(self, market: str, paused: bool, actor: str) -> None:
         self.manual.append((market, paused, actor))
         self.core.set_manual(market, paused)
+
+    async def on_reload(self, actor: str) -> dict[str, object]:
+        """A reload as the runtime does it, reading `next_config` instead of a file."""
+        new = self.next_config
+        if isinstance(new, ConfigError):
+            raise new
+        assert new is not None
+        changes = config_changes(self.core.config, new)
+        self.core.reconfigure(new)
+        return changes.as_dict()
 
     def render_metrics(self) -> tuple[bytes, str]:
         self.metric_threads.append(threading.get_ident())
@@ -137,6 +150,7 @@ class Rig:
             render_metrics=self.render_metrics,
             on_manual=self.on_manual,
             version="9.9.9-test",
+            on_reload=self.on_reload if self.next_config is not None else None,
         )
 
 

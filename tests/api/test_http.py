@@ -10,6 +10,8 @@ from aiohttp.test_utils import TestClient
 from api_rig import INTERVAL, PRICES, TOKEN, ClientFactory, Rig, make_config
 from yarl import URL
 
+from oracled.errors import ConfigError
+
 Client = TestClient[web.Request, web.Application]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -236,3 +238,31 @@ async def test_admin_bad_body_is_400_and_unknown_market_404(client: Client, rig:
     resp = await client.post("/v1/admin/markets/DOGE-USD/pause", headers=AUTH)
     assert resp.status == 404
     assert rig.manual == []
+
+
+async def test_reload_applies_a_new_config_and_refuses_an_invalid_one(
+    make_client: ClientFactory,
+) -> None:
+    """POST /v1/admin/reload swaps markets in place; an invalid file is refused whole with 422."""
+    rig = Rig(make_config())
+    smaller = make_config()
+    data = smaller.model_dump(by_alias=True, exclude={"admin_token"})
+    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
+    rig.next_config = type(smaller).model_validate({**data, "admin_token": smaller.admin_token})
+    client = await make_client(rig)
+    rig.step()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    resp = await client.post("/v1/admin/reload", headers=auth, json={"actor": "ops@desk"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["markets_removed"] == ["SOL/USD"] and body["actor"] == "ops@desk"
+    assert body["markets_added"] == [] and body["needs_restart"] == []
+    markets = await (await client.get("/v1/markets")).json()
+    assert [m["symbol"] for m in markets["markets"]] == ["BTC/USD", "ETH/USD"]
+    assert (await client.get("/v1/prices/SOL-USD")).status == 404
+    rig.step()
+    assert (await client.get("/v1/prices/BTC-USD")).status == 200
+    rig.next_config = ConfigError(["markets[0].weight: must be > 0"])
+    resp = await client.post("/v1/admin/reload", headers=auth)
+    assert resp.status == 422
+    assert "markets[0].weight: must be > 0" in (await resp.json())["error"]["message"]

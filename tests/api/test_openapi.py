@@ -15,6 +15,7 @@ from openapi_spec_validator import validate
 
 from oracled.api import CONTEXT, build_app
 from oracled.core import SLOT_REASONS
+from oracled.errors import ConfigError
 from oracled.model import REASON_BITS, Report, SourceValue, Status
 from oracled.sources.stats import ConnState
 
@@ -103,8 +104,10 @@ async def test_every_documented_response_is_produced_and_valid(
 ) -> None:
     """Drive the app into each documented status; each real body validates against its schema."""
     rig = Rig(make_config())
+    rig.next_config = make_config()
     client = await make_client(rig)
     closed = await make_client(Rig(make_config(token=None)))
+    fileless = await make_client(Rig(make_config()))
     auth = {"Authorization": f"Bearer {TOKEN}"}
     calls: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", "/readyz", {}),  # 503
@@ -145,6 +148,13 @@ async def test_every_documented_response_is_produced_and_valid(
     await client.get("/v1/prices")
     for action in ("pause", "resume"):
         await closed.post(admin.format("BTC-USD", action), headers=auth)
+    await client.post("/v1/admin/reload", headers=auth)  # 200
+    await client.post("/v1/admin/reload")  # 401
+    await client.post("/v1/admin/reload", headers=auth, data=b"[]")  # 400
+    await closed.post("/v1/admin/reload", headers=auth)  # 403
+    await fileless.post("/v1/admin/reload", headers=auth)  # 409
+    rig.next_config = ConfigError(["markets[0].min_sources: must be >= 1"])
+    await client.post("/v1/admin/reload", headers=auth)  # 422
 
     documented = {
         (path, method, int(status))

@@ -1,0 +1,60 @@
+"""Core.reconfigure: a new config between rounds keeps the state that still applies."""
+
+from __future__ import annotations
+
+from core_helpers import T0, config, market
+
+from oracled.core import Core
+from oracled.model import Quote
+
+
+def _feed(core: Core, ts: int, prices: dict[str, float], pair: str = "BTC/USD") -> None:
+    for source, price in prices.items():
+        core.ingest(Quote(source, pair, ts, price=price))
+
+
+def test_a_kept_market_keeps_its_status_last_good_price_and_quotes() -> None:
+    """BTC stays live across the swap without waiting for a new streak; its quotes carry over."""
+    core = Core(config([market("BTC/USD", ["a", "b", "c"], min_sources=2)], resume_rounds=3))
+    for r in range(4):
+        _feed(core, T0 + r * 250, {"a": 100.0, "b": 100.2, "c": 100.1})
+        result = core.run_round(T0 + r * 250)
+    assert result.report(0).status == "active"
+    index = core.index
+    new = config(
+        [
+            market("ETH/USD", ["a", "b"], min_sources=2),
+            market("BTC/USD", ["c", "a", "d"], min_sources=2, max_deviation=0.05),
+        ],
+        resume_rounds=3,
+    )
+    core.reconfigure(new)
+    assert core.index is index and index == {"ETH/USD": 0, "BTC/USD": 1}
+    report = core.run_round(T0 + 1000).report(1)  # no new quotes: the old ones are still fresh
+    assert report.status in {"active", "degraded"} and report.price == "100.05"  # c and a
+    assert [(s.id, s.used) for s in report.sources] == [("c", True), ("a", True), ("d", False)]
+    assert report.last_good_price == "100.05"
+    assert core.run_round(T0 + 1250).report(0).status == "unknown"  # the new market starts unknown
+    assert core.rounds == 6
+
+
+def test_a_manual_pause_survives_a_reload_and_a_removed_market_is_gone() -> None:
+    """Operator state is not reset by a reload; quotes for a removed market are unknown symbols."""
+    two = {"min_sources": 2}
+    markets = [market("BTC/USD", ["a", "b"], **two), market("ETH/USD", ["a", "b"], **two)]
+    core = Core(config(markets, resume_rounds=1))
+    core.set_manual("BTC/USD", True)
+    core.reconfigure(config([market("BTC/USD", ["a", "b"], **two)], resume_rounds=1))
+    _feed(core, T0, {"a": 100.0, "b": 100.0})
+    report = core.run_round(T0).report(0)
+    assert report.status == "unknown" and "manual" in report.reasons
+    assert core.ingest(Quote("a", "ETH/USD", T0, price=1.0)) == "unknown_symbol"
+
+
+def test_flags_keep_their_meaning_across_a_reload() -> None:
+    """A slot flagged before the swap still shows the same flag name after it."""
+    core = Core(config([market("BTC/USD", ["a", "b"], min_sources=1)], resume_rounds=1))
+    core.ingest(Quote("a", "BTC/USD", T0, price=1.0, flag="at_bound"))
+    core.reconfigure(config([market("BTC/USD", ["b", "a"], min_sources=1)], resume_rounds=1))
+    report = core.run_round(T0).report(0)
+    assert next(s.reason for s in report.sources if s.id == "a") == "at_bound"
