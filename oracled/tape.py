@@ -48,6 +48,8 @@ class _Line(msgspec.Struct, forbid_unknown_fields=False):
     venue_ts: int | None = None
     volume: str | None = None
     flag: str | None = None
+    block: int | None = None
+    block_ts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,8 @@ def _to_quote(line: _Line) -> Quote:
         venue_ts=line.venue_ts,
         volume=_decimal(line.volume, "volume"),
         flag=line.flag,
+        block=line.block,
+        block_ts=line.block_ts,
     )
 
 
@@ -148,6 +152,9 @@ def quote_to_line(quote: Quote) -> bytes:
         out["venue_ts"] = quote.venue_ts
     if quote.flag is not None:
         out["flag"] = quote.flag
+    if quote.block is not None:  # on-chain quotes: the block they were read at
+        out["block"] = quote.block
+        out["block_ts"] = quote.block_ts
     return msgspec.json.encode(out) + b"\n"
 
 
