@@ -102,7 +102,8 @@ def _cmd_run(args: argparse.Namespace, record: Path | None = None) -> int:
     cfg = _load(args.config)  # before importing the runtime: a bad config fails fast
     from oracled.service import Service, run_service
 
-    run_service(Service(cfg, listen=args.listen, record=record), _loop_factory())
+    service = Service(cfg, listen=args.listen, record=record, config_path=args.config)
+    run_service(service, _loop_factory())
     return EXIT_OK
 
 

@@ -81,6 +81,14 @@ class Metrics:
             ["market", "action"],
             registry=self.registry,
         )
+        self.reloads = Counter(
+            "oracled_config_reloads",
+            "Config reloads (SIGHUP or the admin endpoint), applied or refused.",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("applied", "refused"):
+            self.reloads.labels(result)
         self.source_restarts = Counter(
             "oracled_source_restarts_total",
             "Source tasks restarted by the supervisor after a crash.",

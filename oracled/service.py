@@ -24,11 +24,13 @@ from aiohttp import web
 from oracled import __version__
 from oracled.api import ApiContext, build_app
 from oracled.clock import Clock, SystemClock
-from oracled.config import Config, SourceConfig, parse_listen
+from oracled.config import Config, SourceConfig, load_config, parse_listen
 from oracled.core import Core, RoundResult
+from oracled.errors import ConfigError
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Kind, Quote
 from oracled.publish.hub import Hub
+from oracled.reload import config_changes, source_pairs
 from oracled.sources import Source, build_source
 from oracled.sources.stats import ConnState, SourceStats
 from oracled.tape import header_line, quote_to_line
@@ -91,8 +93,10 @@ class Service:
         record: Path | None = None,
         source_factory: SourceFactory = build_source,
         restart_base_s: float = 1.0,
+        config_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
+        self.config_path = config_path  # re-read on SIGHUP or POST /v1/admin/reload
         self._source_factory = source_factory
         self._restart_base_s = restart_base_s
         self.clock = clock or SystemClock()
@@ -117,6 +121,10 @@ class Service:
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
         self.started = asyncio.Event()
+        self._source_tasks: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- the quote path -------------------------------------------------------------------
     def on_quote(self, quote: Quote) -> None:
@@ -136,12 +144,70 @@ class Service:
 
     # -- tasks ----------------------------------------------------------------------------
     def _pairs(self, sid: str) -> list[tuple[str, Kind]]:
-        seen: dict[tuple[str, Kind], None] = {}
-        for market in self.cfg.markets:
-            for ms in (*market.sources, *market.perp_sources):
-                if ms.source == sid:
-                    seen[(ms.pair, ms.kind)] = None
-        return list(seen)
+        return source_pairs(self.cfg, sid)  # type: ignore[return-value]  # kinds come validated
+
+    def _start_source(self, sid: str) -> None:
+        """Start the supervised task of one source, if it is enabled and used by a market."""
+        src = self.cfg.sources.get(sid)
+        if src is None:
+            return
+        if not src.enabled:
+            self.log.info("source disabled", source=sid)
+            return
+        if not self._pairs(sid):
+            self.log.info("source unused by any market", source=sid)
+            return
+        assert self._session is not None
+        self.source_stats.setdefault(sid, SourceStats(source=sid))
+        self._source_tasks[sid] = asyncio.create_task(
+            self._supervise(sid, self._session), name=f"source:{sid}"
+        )
+
+    async def _stop_source(self, sid: str) -> None:
+        task = self._source_tasks.pop(sid, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- reload ---------------------------------------------------------------------------
+    async def reload(self, actor: str = "signal") -> dict[str, object]:
+        """Re-read the config file and apply it between rounds; ConfigError leaves all as it was.
+
+        Markets and thresholds swap in the core (state kept where it still applies); exactly the
+        sources whose settings or pairs changed are stopped, started or restarted. The API
+        address, admin token and logging keep their start-up values until a restart.
+        """
+        if self.config_path is None:
+            raise ConfigError(["no config file: this daemon was not started from one"])
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                self.metrics.reloads.labels("refused").inc()
+                self.log.error("config reload refused", actor=actor, problems=exc.problems)
+                raise
+            new = new.model_copy(update={"admin_token": self.cfg.admin_token})
+            changes = config_changes(self.cfg, new)
+            self.core.reconfigure(new)
+            old_cfg, self.cfg = self.cfg, new
+            for sid in changes.sources_restarted:
+                await self._stop_source(sid)
+                if sid not in new.sources:
+                    self.source_stats.pop(sid, None)
+                if sid in old_cfg.sources or sid in new.sources:
+                    self._start_source(sid)
+            self.metrics.reloads.labels("applied").inc()
+            self.log.warning("config reloaded", actor=actor, **changes.as_dict())
+            return changes.as_dict()
+
+    def _on_hangup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload_quietly(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reload_quietly(self) -> None:
+        with contextlib.suppress(ConfigError):  # already logged and counted
+            await self.reload("SIGHUP")
 
     async def _supervise(self, sid: str, session: aiohttp.ClientSession) -> None:
         """Run one source forever; restart it with capped exponential backoff if it crashes."""
@@ -219,6 +285,7 @@ class Service:
             render_metrics=self.metrics.render,
             on_manual=self.on_manual,
             version=__version__,
+            on_reload=self.reload if self.config_path is not None else None,
         )
         runner = web.AppRunner(build_app(ctx), handle_signals=False, access_log=None)
         await runner.setup()
@@ -237,31 +304,27 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         runner = await self._start_api()
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        tasks: list[asyncio.Task[None]] = [
-            asyncio.create_task(self._round_loop(), name="round-loop")
-        ]
-        for sid, src in self.cfg.sources.items():
-            if not src.enabled:
-                self.log.info("source disabled", source=sid)
-                continue
-            if not self._pairs(sid):
-                self.log.info("source unused by any market", source=sid)
-                continue
-            tasks.append(asyncio.create_task(self._supervise(sid, session), name=f"source:{sid}"))
+        self._session = session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        round_loop = asyncio.create_task(self._round_loop(), name="round-loop")
+        for sid in self.cfg.sources:
+            self._start_source(sid)
         self.log.info(
             "oracled started",
             version=__version__,
             markets=len(self.cfg.markets),
-            sources=len(tasks) - 1,
+            sources=len(self._source_tasks),
             round_interval_ms=self.cfg.oracle.round_interval_ms,
+            reload="SIGHUP or POST /v1/admin/reload" if self.config_path else "off",
         )
         self.started.set()
         try:
             await self._stop.wait()
         finally:
             self.log.info("shutting down")
+            tasks = [round_loop, *self._source_tasks.values(), *self._background]
             for task in tasks:
                 task.cancel()
             with contextlib.suppress(TimeoutError):
@@ -272,7 +335,7 @@ class Service:
                     await session.close()
             if self._recorder is not None:
                 self._recorder.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             self.log.info("stopped")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -221,3 +222,35 @@ async def test_record_writes_a_tape_that_replay_reads_back(
     assert proc.returncode == 0, err.decode()
     reports = [json.loads(x) for x in out.read_bytes().splitlines()]
     assert any(r["market"] == "BTC/USD" and r["price"] is not None for r in reports)
+
+
+async def test_sighup_reloads_the_config_file_and_an_invalid_file_changes_nothing(
+    daemon: Daemon, venues: list[BinanceSim]
+) -> None:
+    """Edit the file, SIGHUP: ETH/USD is gone and BTC/USD stays live; a broken file is refused."""
+    await daemon.wait_status("BTC/USD", {"active", "degraded"})
+    text = daemon.config.read_text()
+    eth = text.index('[[markets]]\nsymbol = "ETH/USD"')
+    daemon.config.write_text(text[:eth])
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+
+    async def eth_gone() -> bool:
+        status, body = await daemon.get("/v1/markets")
+        return status == 200 and [m["symbol"] for m in body["markets"]] == ["USDT/USD", "BTC/USD"]
+
+    await daemon.wait_for(eth_gone, 10, "ETH/USD removed by the reload")
+    status, _ = await daemon.get("/v1/prices/ETH-USD")
+    assert status == 404
+    report = await daemon.report("BTC/USD")
+    assert report["status"] in {"active", "degraded"}  # no new warm-up: its state was kept
+
+    daemon.config.write_text(text[:eth].replace("min_sources = 3", "min_sources = 0", 1))
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    status, body = await daemon.post("/v1/admin/reload", headers=headers)
+    assert status == 422
+    assert "markets[0].min_sources: must be >= 1" in body["error"]["message"]
+    daemon.proc.send_signal(signal.SIGHUP)
+    await daemon.wait_for(lambda: "config reload refused" in daemon.logs(), 10, "refusal logged")
+    status, body = await daemon.get("/v1/markets")
+    assert [m["min_sources"] for m in body["markets"]] == [3, 3]
