@@ -1,0 +1,306 @@
+"""Uniswap v3 pool feed: a time-weighted price from `observe()`, never the spot price.
+
+Each block the pool is asked three things, all pre-encoded once:
+
+- ``observe([window, 0])``: the tick accumulators `window` seconds ago and now. Their difference
+  over the window is the arithmetic mean tick, floored as Uniswap's own OracleLibrary does
+  (`consult`), and the price is ``1.0001 ** tick`` in raw units, scaled by the tokens' decimals
+  and inverted when the market's base is token1. The seconds-per-liquidity accumulators of the
+  same call give the harmonic mean in-range liquidity over the window.
+- ``slot0()``: the spot price. It moves with one swap and can be pushed anywhere within a block,
+  so it is only a cross-check: a TWAP/spot gap above ``max_spot_gap`` is counted and logged, and
+  the TWAP is what is emitted.
+- ``liquidity()``: the in-range liquidity now. If it, or the harmonic mean over the window, is
+  below ``min_liquidity``, the pool is thin: cheap to move, its price is flagged ``liquidity``
+  (excluded, never voting) instead of being trusted.
+
+A revert of ``observe`` (the window reaches back before the oldest stored observation: ``OLD``,
+the pool's observation cardinality is too small for the window) is the drop reason
+``observe_reverted``. The venue time is the block's timestamp.
+
+Pool interface: https://docs.uniswap.org/contracts/v3/reference/core/interfaces/pool/IUniswapV3PoolDerivedState
+Rounding and the harmonic mean liquidity: ``OracleLibrary.consult`` in Uniswap/v3-periphery
+(contracts/libraries/OracleLibrary.sol).
+
+Return data is read straight from the canonical ABI layout where it has it (a few microseconds a
+feed) and through eth_abi otherwise, so a read of a hundred pools stays far inside a block's
+CPU budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Final
+
+import structlog
+from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
+from eth_abi.exceptions import DecodingError
+
+from oracled.model import Quote
+from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
+
+__all__ = [
+    "DEFAULT_MAX_SPOT_GAP",
+    "DEFAULT_TWAP_WINDOW_S",
+    "UniswapV3Feed",
+    "decode_observe",
+    "decode_slot0_sqrt_price",
+    "decode_uint128",
+    "harmonic_mean_liquidity",
+    "mean_tick",
+    "revert_reason",
+    "sqrt_price_x96_to_price",
+    "tick_to_price",
+]
+
+DEFAULT_TWAP_WINDOW_S: Final = 300
+#: Relative TWAP/spot gap above which the cross-check reports the pool (5 %).
+DEFAULT_MAX_SPOT_GAP: Final = 0.05
+
+# 4-byte selectors: keccak256 of the signature (checked in the tests against eth_utils).
+_OBSERVE: Final = bytes.fromhex("883bdbfd")  # observe(uint32[])
+_SLOT0: Final = bytes.fromhex("3850c7bd")  # slot0()
+_LIQUIDITY: Final = bytes.fromhex("1a686502")  # liquidity()
+_ERROR_STRING: Final = bytes.fromhex("08c379a0")  # Error(string), what require() reverts with
+
+_OBSERVE_TYPES: Final = ("int56[]", "uint160[]")
+_SLOT0_TYPES: Final = ("uint160", "int24", "uint16", "uint16", "uint16", "uint8", "bool")
+_UINT160_MAX: Final = (1 << 160) - 1
+_Q96: Final = float(1 << 96)
+_INT56: Final = 1 << 55
+# The canonical head of observe's two dynamic arrays of two: offsets 0x40 and 0xa0, length 2.
+_WORD_TWO: Final = (2).to_bytes(32, "big")
+_OBSERVE_HEAD: Final = (0x40).to_bytes(32, "big") + (0xA0).to_bytes(32, "big") + _WORD_TWO
+_MAX_TICK: Final = 887272  # TickMath.MAX_TICK; a mean tick beyond it is not from a real pool
+_LN_TICK_BASE: Final = math.log1p(1e-4)  # ln 1.0001, correctly rounded
+
+
+def mean_tick(tick_cumulative_then: int, tick_cumulative_now: int, window_s: int) -> int:
+    """The arithmetic mean tick over `window_s`, rounded toward negative infinity.
+
+    OracleLibrary divides with Solidity's truncation and then subtracts one for a negative,
+    inexact quotient; that is exactly Python's floor division.
+    """
+    return (tick_cumulative_now - tick_cumulative_then) // window_s
+
+
+def tick_to_price(tick: int, decimals0: int, decimals1: int) -> float:
+    """Whole token1 per whole token0 at `tick` (raw price 1.0001**tick, scaled by decimals).
+
+    As exp(tick x ln 1.0001): the float 1.0001 is off by about 1e-17, and `pow` would multiply
+    that error by the tick (2e-12 at tick 200,000); the correctly rounded logarithm keeps the
+    result within about 1e-14 over the whole tick range.
+    """
+    return math.exp(tick * _LN_TICK_BASE) * 10.0 ** (decimals0 - decimals1)
+
+
+def sqrt_price_x96_to_price(sqrt_price_x96: int, decimals0: int, decimals1: int) -> float:
+    """Whole token1 per whole token0 from slot0's Q64.96 square root of the raw price."""
+    root = sqrt_price_x96 / _Q96
+    return root * root * 10.0 ** (decimals0 - decimals1)
+
+
+def harmonic_mean_liquidity(spl_then: int, spl_now: int, window_s: int) -> int:
+    """In-range liquidity over the window from the seconds-per-liquidity accumulators (X128).
+
+    Integer arithmetic as in OracleLibrary.consult; the accumulator is a uint160 that wraps, so
+    the difference is taken modulo 2**160.
+    """
+    delta = (spl_now - spl_then) & _UINT160_MAX
+    if delta == 0:
+        return 0
+    return (window_s * _UINT160_MAX) // (delta << 32)
+
+
+def decode_observe(data: bytes) -> tuple[int, int, int, int]:
+    """(tickCumulative then, now, secondsPerLiquidityX128 then, now) from observe's return data.
+
+    The canonical layout of a two-element answer is read straight from its eight words (a few
+    microseconds, where eth_abi takes about forty); anything else goes through eth_abi, which
+    either decodes it or raises. Raises ValueError when the data is not such an answer.
+    """
+    if len(data) == 256 and data[:96] == _OBSERVE_HEAD and data[160:192] == _WORD_TWO:
+        tc0 = int.from_bytes(data[96:128], "big", signed=True)
+        tc1 = int.from_bytes(data[128:160], "big", signed=True)
+        spl0 = int.from_bytes(data[192:224], "big")
+        spl1 = int.from_bytes(data[224:256], "big")
+        if -_INT56 <= tc0 < _INT56 and -_INT56 <= tc1 < _INT56 and (spl0 | spl1) <= _UINT160_MAX:
+            return tc0, tc1, spl0, spl1
+    try:
+        ticks, spls = abi_decode(_OBSERVE_TYPES, data)
+    except (DecodingError, ValueError, OverflowError) as exc:
+        raise ValueError(f"not an observe() answer: {exc}") from exc
+    if len(ticks) != 2 or len(spls) != 2:
+        raise ValueError(f"observe() answered {len(ticks)} ticks for 2 seconds-ago values")
+    return ticks[0], ticks[1], spls[0], spls[1]
+
+
+def decode_slot0_sqrt_price(data: bytes) -> int:
+    """slot0's sqrtPriceX96 (the only field the cross-check needs); ValueError if unreadable."""
+    if len(data) == 224:
+        value = int.from_bytes(data[:32], "big")
+        if value <= _UINT160_MAX:
+            return value
+    try:
+        return int(abi_decode(_SLOT0_TYPES, data)[0])
+    except (DecodingError, ValueError, OverflowError) as exc:
+        raise ValueError(f"not a slot0() answer: {exc}") from exc
+
+
+def decode_uint128(data: bytes) -> int:
+    """A single uint128 (liquidity()); ValueError if unreadable."""
+    if len(data) == 32:
+        value = int.from_bytes(data, "big")
+        if value < 1 << 128:
+            return value
+    try:
+        (value,) = abi_decode(("uint128",), data)
+    except (DecodingError, ValueError, OverflowError) as exc:
+        raise ValueError(f"not a uint128: {exc}") from exc
+    return int(value)
+
+
+def revert_reason(data: bytes) -> str:
+    """A readable reason from revert data: the `require` message, else the raw bytes in hex."""
+    if data[:4] == _ERROR_STRING:
+        try:
+            (text,) = abi_decode(("string",), data[4:])
+        except (DecodingError, ValueError, OverflowError):
+            pass
+        else:
+            return str(text)
+    return "0x" + data.hex() if data else "(no data)"
+
+
+class UniswapV3Feed(Feed):
+    """One pool read as the TWAP of one canonical pair (`BASE/QUOTE`).
+
+    `base_is_token0` says which side of the pool the pair's base is: the pool prices token0 in
+    token1, so a pair whose base is token1 is inverted. Decimals are the tokens' own `decimals()`.
+    """
+
+    __slots__ = (
+        "_calls",
+        "_log",
+        "_observe_failing",
+        "_spot_off",
+        "base_is_token0",
+        "decimals0",
+        "decimals1",
+        "last_spot",
+        "last_spot_gap",
+        "max_spot_gap",
+        "min_liquidity",
+        "pool",
+        "spot_gaps",
+        "twap_window_s",
+    )
+
+    def __init__(
+        self,
+        source_id: str,
+        pair: str,
+        pool: str,
+        *,
+        base_is_token0: bool,
+        decimals0: int,
+        decimals1: int,
+        min_liquidity: int,
+        twap_window_s: int = DEFAULT_TWAP_WINDOW_S,
+        max_spot_gap: float = DEFAULT_MAX_SPOT_GAP,
+    ) -> None:
+        super().__init__(source_id, pair)
+        if not 0 < twap_window_s < 1 << 32:
+            raise ValueError("twap_window_s must be a positive uint32")
+        self.pool = pool
+        self.base_is_token0 = base_is_token0
+        self.decimals0 = decimals0
+        self.decimals1 = decimals1
+        self.min_liquidity = min_liquidity
+        self.twap_window_s = twap_window_s
+        self.max_spot_gap = max_spot_gap
+        observe = _OBSERVE + abi_encode(("uint32[]",), ([twap_window_s, 0],))
+        self._calls = (Call(pool, observe), Call(pool, _SLOT0), Call(pool, _LIQUIDITY))
+        #: Reads whose spot price was more than max_spot_gap away from the TWAP.
+        self.spot_gaps = 0
+        self.last_spot: float | None = None  # in pair terms, like the emitted price
+        self.last_spot_gap: float | None = None
+        self._spot_off = False
+        self._observe_failing = False
+        self._log = structlog.get_logger().bind(source=source_id, pair=pair, pool=pool)
+
+    def calls(self) -> Sequence[Call]:
+        return self._calls
+
+    def decode(
+        self, results: Sequence[tuple[bool, bytes]], block: Block, recv_ts: int
+    ) -> FeedResult:
+        (obs_ok, obs_data), (slot_ok, slot_data), (liq_ok, liq_data) = results
+        if not obs_ok:
+            if not self._observe_failing:
+                self._observe_failing = True
+                self._log.warning(
+                    "uniswap_observe_reverted",
+                    reason=revert_reason(obs_data),
+                    twap_window_s=self.twap_window_s,
+                    hint="the window reaches past the oldest observation: raise the pool's "
+                    "observation cardinality (increaseObservationCardinalityNext) or shorten "
+                    "twap_window_s",
+                )
+            return "observe_reverted"
+        if not (slot_ok and liq_ok):
+            return "call_failed"
+        try:
+            tc0, tc1, spl0, spl1 = decode_observe(obs_data)
+            sqrt_price_x96 = decode_slot0_sqrt_price(slot_data)
+            liquidity = decode_uint128(liq_data)
+        except ValueError:
+            return "malformed"
+        if sqrt_price_x96 == 0:
+            return "malformed"
+        if self._observe_failing:
+            self._observe_failing = False
+            self._log.info("uniswap_observe_recovered")
+        window = self.twap_window_s
+        tick = mean_tick(tc0, tc1, window)
+        if not -_MAX_TICK <= tick <= _MAX_TICK:
+            return "malformed"
+        twap = tick_to_price(tick, self.decimals0, self.decimals1)
+        spot = sqrt_price_x96_to_price(sqrt_price_x96, self.decimals0, self.decimals1)
+        if not self.base_is_token0:
+            twap, spot = 1.0 / twap, 1.0 / spot
+        self._cross_check(twap, spot)
+        thin = (
+            liquidity < self.min_liquidity
+            or harmonic_mean_liquidity(spl0, spl1, window) < self.min_liquidity
+        )
+        ts = block.timestamp * 1000
+        return Quote(
+            self.source_id,
+            self.pair,
+            recv_ts,
+            price=twap,
+            venue_ts=ts,
+            flag="liquidity" if thin else None,
+            block=block.number,
+            block_ts=ts,
+        )
+
+    def _cross_check(self, twap: float, spot: float) -> None:
+        """Count a TWAP/spot gap; log only when the pool enters or leaves that state."""
+        gap = abs(spot / twap - 1.0)
+        self.last_spot, self.last_spot_gap = spot, gap
+        off = gap > self.max_spot_gap
+        if off:
+            self.spot_gaps += 1
+        if off != self._spot_off:
+            self._spot_off = off
+            self._log.warning(
+                "uniswap_spot_gap" if off else "uniswap_spot_gap_closed",
+                twap=twap,
+                spot=spot,
+                gap=round(gap, 6),
+                max_spot_gap=self.max_spot_gap,
+            )
