@@ -15,6 +15,8 @@ import msgspec
 __all__ = [
     "REASON_BITS",
     "Kind",
+    "Mark",
+    "MarkEstimators",
     "Quote",
     "Report",
     "SourceValue",
@@ -98,6 +100,39 @@ class SourceValue(msgspec.Struct, frozen=True, gc=False):
     age_ms: int | None
 
 
+class MarkEstimators(msgspec.Struct, frozen=True, gc=False):
+    """The candidates the mark is the median of; null where an estimator has no inputs.
+
+    `basis_ema`: index + time-weighted EMA of (median perp mid - index), while perps are fresh.
+    `perp_median`: median of the fresh perpetual mids across venues.
+    `fallback`: index + the last EMA basis decayed by its half-life, only when no perp is fresh.
+    """
+
+    basis_ema: str | None
+    perp_median: str | None
+    fallback: str | None
+
+
+class Mark(msgspec.Struct, frozen=True, gc=False):
+    """A perpetual market's mark price and funding inputs for one round (docs/mark.md).
+
+    Present only for markets with `perp_sources`. `price` is null exactly when the index (the
+    report's own `price`) is not live, with `reason` "index"; it never outlives the gates.
+    Rates (`premium`, funding) are plain fractions per funding interval as decimal strings.
+    """
+
+    price: str | None
+    reason: str | None
+    estimators: MarkEstimators
+    basis: str | None  # this round's median perp mid - index, market precision
+    premium: str | None  # this round's premium index sample (fraction of the index)
+    perps_used: int  # fresh perpetual venues that entered this round
+    funding_rate_estimate: str | None  # the running interval's rate so far
+    last_funding_rate: str | None  # the rate of the last completed interval
+    last_funding_ts: int | None  # the end (ms) of that interval
+    next_funding_ts: int  # the end (ms) of the running interval
+
+
 class Report(msgspec.Struct, frozen=True, gc=False):
     """The result of one round for one market (docs/contracts.md, Report).
 
@@ -115,3 +150,5 @@ class Report(msgspec.Struct, frozen=True, gc=False):
     last_good_price: str | None
     last_good_ts: int | None
     sources: list[SourceValue]
+    #: Perpetual markets only (those with perp_sources): the mark price and funding inputs.
+    mark: Mark | None = None
