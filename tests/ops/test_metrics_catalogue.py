@@ -1,0 +1,148 @@
+"""docs/metrics.md against the exposition of a real registry: same names, types and labels."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from oracled.config import parse_config
+from oracled.core import Core, RoundResult
+from oracled.metrics import Metrics, MetricsInputs
+from oracled.model import Quote
+from oracled.sources.stats import ConnState, SourceStats
+
+ROOT = Path(__file__).resolve().parents[2]
+CATALOGUE = ROOT / "docs" / "metrics.md"
+T0 = 1_700_000_000_000
+_ROW = re.compile(r"^\| `([a-zA-Z_:][a-zA-Z0-9_:]*)` \|\s*(\w+)\s*\|([^|]*)\|([^|]*)\|")
+
+Entry = tuple[str, frozenset[str], str]  # type, labels, unit
+
+
+def catalogue() -> tuple[dict[str, Entry], dict[str, Entry]]:
+    """(listed metrics, planned metrics) from the tables of docs/metrics.md."""
+    listed: dict[str, Entry] = {}
+    planned: dict[str, Entry] = {}
+    target = listed
+    for line in CATALOGUE.read_text().splitlines():
+        if line.startswith("## "):
+            target = planned if line.strip() == "## Planned" else listed
+        match = _ROW.match(line)
+        if match:
+            name, kind, labels, unit = match.groups()
+            assert name not in listed and name not in planned, f"{name} listed twice"
+            label_set = frozenset(x.strip() for x in labels.split(",") if x.strip())
+            target[name] = (kind, label_set, unit.strip())
+    return listed, planned
+
+
+def populated_metrics() -> Metrics:
+    """A registry over a real core and real source counters with every family holding samples."""
+    cfg = parse_config(
+        {
+            "oracle": {"resume_rounds": 1},
+            "sources": {s: {"type": t} for s, t in (("a", "binance"), ("b", "kraken"))},
+            "markets": [
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 2,
+                    "sources": [{"source": s, "pair": "BTC/USD"} for s in ("a", "b")],
+                }
+            ],
+        },
+        env={},
+    )
+    core = Core(cfg)
+    stats = {s: SourceStats(source=s) for s in ("a", "b")}
+    results: list[RoundResult] = []
+    metrics = Metrics(
+        MetricsInputs(
+            core=core,
+            latest=lambda: results[-1] if results else None,
+            source_stats=stats,
+            now_ms=lambda: T0 + 2_000,
+            stream_subscribers=lambda: 1,
+            stream_dropped=lambda: {"slow_consumer": 1, "shutdown": 0},
+        )
+    )
+    for sid, px in (("a", 100.0), ("b", 100.1)):
+        core.ingest(Quote(sid, "BTC/USD", T0, price=px))
+        st = stats[sid]
+        st.state, st.frames, st.quotes, st.last_quote_ms = ConnState.STREAMING, 3, 1, T0
+        st.malformed, st.reconnects, st.dropped["out_of_order"] = 1, 1, 1
+        st.failed_instruments["XYZUSD"] = "unknown symbol"
+        st.observe_latency(40)
+        st.observe_latency(-5)
+    core.ingest(Quote("a", "BTC/USD", T0, price=float("nan")))  # a drop counted by the book
+    results.append(core.run_round(T0 + 1_000))
+    for t in results[-1].transitions:
+        metrics.transitions.labels(t.market, t.new).inc()
+    metrics.round_duration.observe(0.001)
+    metrics.round_lag.observe(0.0001)
+    metrics.manual_actions.labels("BTC/USD", "pause").inc()
+    metrics.source_restarts.labels("a").inc()
+    return metrics
+
+
+def exposition() -> dict[str, Entry]:
+    """Every family the registry exposes, named as Prometheus stores it (counters with _total)."""
+    body, _ = populated_metrics().render()
+    found: dict[str, tuple[str, frozenset[str]]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        assert family.samples, f"{family.name} has no samples: the fixture does not populate it"
+        name = family.name + "_total" if family.type == "counter" else family.name
+        labels = frozenset(k for s in family.samples for k in s.labels if k != "le")
+        found[name] = (family.type, labels)
+    created = {n for n in found if n.endswith("_created")}
+    # prometheus-client's companion series of its own counters and histograms (see the catalogue).
+    bases = {n.removesuffix("_created") for n in created}
+    assert all(b + "_total" in found or b in found for b in bases), created
+    return {n: (*v, "") for n, v in found.items() if n not in created}
+
+
+def test_every_exposed_metric_is_catalogued_and_every_catalogued_metric_is_exposed() -> None:
+    """A metric added to the code without docs, or documented but gone, fails here."""
+    listed, _ = catalogue()
+    exposed = exposition()
+    assert sorted(set(exposed) - set(listed)) == [], "exposed but not in docs/metrics.md"
+    assert sorted(set(listed) - set(exposed)) == [], "in docs/metrics.md but not exposed"
+
+
+def test_catalogued_types_and_labels_match_the_exposition() -> None:
+    """The type and label set written in the catalogue are the ones the exposition carries."""
+    listed, _ = catalogue()
+    exposed = exposition()
+    wrong = {
+        name: (listed[name][:2], exposed[name][:2])
+        for name in set(listed) & set(exposed)
+        if listed[name][:2] != exposed[name][:2]
+    }
+    assert wrong == {}
+
+
+def test_planned_metrics_are_not_exposed_yet() -> None:
+    """A planned metric that lands must move to its real table (with its real labels)."""
+    _, planned = catalogue()
+    assert planned, "the alerts on signer and audit errors need their planned names"
+    assert sorted(set(planned) & set(exposition())) == []
+
+
+def test_names_follow_prometheus_conventions() -> None:
+    """Prefix, _total on counters only, base units in the name, info metrics are gauges."""
+    listed, planned = catalogue()
+    problems = []
+    for name, (kind, _, unit) in {**listed, **planned}.items():
+        if not name.startswith(("oracled_", "process_")):
+            problems.append(f"{name}: no oracled_ prefix")
+        if (kind == "counter") != name.endswith("_total"):
+            problems.append(f"{name}: _total is for counters only, and every counter has it")
+        base = name.removesuffix("_total")
+        if unit in {"seconds", "bytes"} and not base.endswith("_" + unit):
+            problems.append(f"{name}: in {unit} but not named so")
+        if name.endswith("_info") and kind != "gauge":
+            problems.append(f"{name}: an info metric is a gauge")
+        if kind not in {"counter", "gauge", "histogram"}:
+            problems.append(f"{name}: unknown type {kind}")
+    assert problems == []
