@@ -8,14 +8,15 @@ round, JSON Lines, markets in config order: the same tape and config give byte-i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
 import msgspec
 
 from oracled.config import Config
-from oracled.core import Core
+from oracled.core import Core, RoundResult
+from oracled.model import Quote
 from oracled.tape import TapeLineError, read_tape
 
 __all__ = ["ReplayStats", "replay"]
@@ -34,8 +35,19 @@ def _round_up(ts: int, interval: int) -> int:
     return -(-ts // interval) * interval
 
 
-def replay(cfg: Config, lines: Iterable[bytes | str], out: IO[bytes]) -> ReplayStats:
-    """Feed the tape to a fresh core and write every round's reports to `out`."""
+def replay(
+    cfg: Config,
+    lines: Iterable[bytes | str],
+    out: IO[bytes],
+    *,
+    on_quote: Callable[[Quote], None] | None = None,
+    on_round: Callable[[RoundResult], None] | None = None,
+) -> ReplayStats:
+    """Feed the tape to a fresh core and write every round's reports to `out`.
+
+    The hooks let a caller (the stress simulator) watch the same run: `on_quote` sees every
+    readable quote before the core does, `on_round` every round's result after its reports.
+    """
     core = Core(cfg)
     interval = cfg.oracle.round_interval_ms
     stats = ReplayStats()
@@ -55,6 +67,8 @@ def replay(cfg: Config, lines: Iterable[bytes | str], out: IO[bytes]) -> ReplayS
                 stats.reports += 1
             out.write(buffer)
             buffer.clear()
+            if on_round is not None:
+                on_round(result)
             next_round += interval
             if limit is None:
                 return
@@ -65,6 +79,8 @@ def replay(cfg: Config, lines: Iterable[bytes | str], out: IO[bytes]) -> ReplayS
         elif quote.recv_ts > next_round:
             run_until(quote.recv_ts)
         stats.quotes += 1
+        if on_quote is not None:
+            on_quote(quote)
         if core.ingest(quote) is not None:
             stats.dropped += 1
     if next_round is not None:
