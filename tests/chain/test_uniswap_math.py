@@ -86,7 +86,7 @@ def error_string(message: str) -> bytes:
 
 def make_feed(
     *,
-    base_is_token0: bool = True,
+    invert: bool = False,
     decimals0: int = 18,
     decimals1: int = 18,
     min_liquidity: int = 10**15,
@@ -97,12 +97,12 @@ def make_feed(
         "uniswap-eth",
         pair,
         POOL,
-        base_is_token0=base_is_token0,
-        decimals0=decimals0,
-        decimals1=decimals1,
+        invert=invert,
+        token0_decimals=decimals0,
+        token1_decimals=decimals1,
         min_liquidity=min_liquidity,
         twap_window_s=WINDOW,
-        max_spot_gap=max_spot_gap,
+        max_spot_deviation=max_spot_gap,
     )
 
 
@@ -329,7 +329,7 @@ def test_a_normal_read_is_the_twap_stamped_with_the_block() -> None:
 
 def test_a_base_that_is_token1_is_inverted() -> None:
     """USDC (token0) / WETH (token1) prices WETH per USDC; the ETH/USDC pair inverts it."""
-    feed = make_feed(base_is_token0=False, decimals0=6, decimals1=18)
+    feed = make_feed(invert=True, decimals0=6, decimals1=18)
     quote = feed.decode(results(200312), BLOCK, RECV)
     assert isinstance(quote, Quote)
     assert quote.price == pytest.approx(2000.0, rel=1e-4)
@@ -427,7 +427,7 @@ def test_window_must_fit_observe_uint32() -> None:
     for window in (0, 1 << 32):
         with pytest.raises(ValueError):
             UniswapV3Feed(
-                "u", "ETH/USDC", POOL, base_is_token0=True, decimals0=18, decimals1=6,
+                "u", "ETH/USDC", POOL, invert=False, token0_decimals=18, token1_decimals=6,
                 min_liquidity=1, twap_window_s=window,
             )  # fmt: skip
 
@@ -435,8 +435,8 @@ def test_window_must_fit_observe_uint32() -> None:
 def test_prices_are_finite_over_the_tick_range() -> None:
     """The extreme ticks of a real pool give finite, positive prices either way round."""
     for tick in (-887272, 887272):
-        for base_is_token0 in (True, False):
-            feed = make_feed(base_is_token0=base_is_token0, decimals0=0, decimals1=18)
+        for invert in (True, False):
+            feed = make_feed(invert=invert, decimals0=0, decimals1=18)
             quote = feed.decode(results(tick), BLOCK, RECV)
             assert isinstance(quote, Quote) and quote.price is not None
             assert math.isfinite(quote.price) and quote.price > 0

@@ -8,8 +8,8 @@ Each block the pool is asked three things, all pre-encoded once:
   and inverted when the market's base is token1. The seconds-per-liquidity accumulators of the
   same call give the harmonic mean in-range liquidity over the window.
 - ``slot0()``: the spot price. It moves with one swap and can be pushed anywhere within a block,
-  so it is only a cross-check: a TWAP/spot gap above ``max_spot_gap`` is counted and logged, and
-  the TWAP is what is emitted.
+  so it is only a cross-check: a TWAP/spot gap above ``max_spot_deviation`` is counted and
+  logged, and the TWAP is what is emitted.
 - ``liquidity()``: the in-range liquidity now. If it, or the harmonic mean over the window, is
   below ``min_liquidity``, the pool is thin: cheap to move, its price is flagged ``liquidity``
   (excluded, never voting) instead of being trusted.
@@ -42,7 +42,7 @@ from oracled.model import Quote
 from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
 
 __all__ = [
-    "DEFAULT_MAX_SPOT_GAP",
+    "DEFAULT_MAX_SPOT_DEVIATION",
     "DEFAULT_TWAP_WINDOW_S",
     "UniswapV3Feed",
     "decode_observe",
@@ -57,7 +57,7 @@ __all__ = [
 
 DEFAULT_TWAP_WINDOW_S: Final = 300
 #: Relative TWAP/spot gap above which the cross-check reports the pool (5 %).
-DEFAULT_MAX_SPOT_GAP: Final = 0.05
+DEFAULT_MAX_SPOT_DEVIATION: Final = 0.05
 
 # 4-byte selectors: keccak256 of the signature (checked in the tests against eth_utils).
 _OBSERVE: Final = bytes.fromhex("883bdbfd")  # observe(uint32[])
@@ -86,20 +86,22 @@ def mean_tick(tick_cumulative_then: int, tick_cumulative_now: int, window_s: int
     return (tick_cumulative_now - tick_cumulative_then) // window_s
 
 
-def tick_to_price(tick: int, decimals0: int, decimals1: int) -> float:
+def tick_to_price(tick: int, token0_decimals: int, token1_decimals: int) -> float:
     """Whole token1 per whole token0 at `tick` (raw price 1.0001**tick, scaled by decimals).
 
     As exp(tick x ln 1.0001): the float 1.0001 is off by about 1e-17, and `pow` would multiply
     that error by the tick (2e-12 at tick 200,000); the correctly rounded logarithm keeps the
     result within about 1e-14 over the whole tick range.
     """
-    return math.exp(tick * _LN_TICK_BASE) * 10.0 ** (decimals0 - decimals1)
+    return math.exp(tick * _LN_TICK_BASE) * 10.0 ** (token0_decimals - token1_decimals)
 
 
-def sqrt_price_x96_to_price(sqrt_price_x96: int, decimals0: int, decimals1: int) -> float:
+def sqrt_price_x96_to_price(
+    sqrt_price_x96: int, token0_decimals: int, token1_decimals: int
+) -> float:
     """Whole token1 per whole token0 from slot0's Q64.96 square root of the raw price."""
     root = sqrt_price_x96 / _Q96
-    return root * root * 10.0 ** (decimals0 - decimals1)
+    return root * root * 10.0 ** (token0_decimals - token1_decimals)
 
 
 def harmonic_mean_liquidity(spl_then: int, spl_now: int, window_s: int) -> int:
@@ -177,8 +179,8 @@ def revert_reason(data: bytes) -> str:
 class UniswapV3Feed(Feed):
     """One pool read as the TWAP of one canonical pair (`BASE/QUOTE`).
 
-    `base_is_token0` says which side of the pool the pair's base is: the pool prices token0 in
-    token1, so a pair whose base is token1 is inverted. Decimals are the tokens' own `decimals()`.
+    The pool prices token0 in token1, so a pair whose base is the pool's token1 sets `invert`.
+    Decimals are the tokens' own `decimals()`.
     """
 
     __slots__ = (
@@ -186,15 +188,15 @@ class UniswapV3Feed(Feed):
         "_log",
         "_observe_failing",
         "_spot_off",
-        "base_is_token0",
-        "decimals0",
-        "decimals1",
+        "invert",
         "last_spot",
         "last_spot_gap",
-        "max_spot_gap",
+        "max_spot_deviation",
         "min_liquidity",
         "pool",
         "spot_gaps",
+        "token0_decimals",
+        "token1_decimals",
         "twap_window_s",
     )
 
@@ -204,26 +206,26 @@ class UniswapV3Feed(Feed):
         pair: str,
         pool: str,
         *,
-        base_is_token0: bool,
-        decimals0: int,
-        decimals1: int,
+        invert: bool,
+        token0_decimals: int,
+        token1_decimals: int,
         min_liquidity: int,
         twap_window_s: int = DEFAULT_TWAP_WINDOW_S,
-        max_spot_gap: float = DEFAULT_MAX_SPOT_GAP,
+        max_spot_deviation: float = DEFAULT_MAX_SPOT_DEVIATION,
     ) -> None:
         super().__init__(source_id, pair)
         if not 0 < twap_window_s < 1 << 32:
             raise ValueError("twap_window_s must be a positive uint32")
         self.pool = pool
-        self.base_is_token0 = base_is_token0
-        self.decimals0 = decimals0
-        self.decimals1 = decimals1
+        self.invert = invert
+        self.token0_decimals = token0_decimals
+        self.token1_decimals = token1_decimals
         self.min_liquidity = min_liquidity
         self.twap_window_s = twap_window_s
-        self.max_spot_gap = max_spot_gap
+        self.max_spot_deviation = max_spot_deviation
         observe = _OBSERVE + abi_encode(("uint32[]",), ([twap_window_s, 0],))
         self._calls = (Call(pool, observe), Call(pool, _SLOT0), Call(pool, _LIQUIDITY))
-        #: Reads whose spot price was more than max_spot_gap away from the TWAP.
+        #: Reads whose spot price was more than max_spot_deviation away from the TWAP.
         self.spot_gaps = 0
         self.last_spot: float | None = None  # in pair terms, like the emitted price
         self.last_spot_gap: float | None = None
@@ -267,9 +269,9 @@ class UniswapV3Feed(Feed):
         tick = mean_tick(tc0, tc1, window)
         if not -_MAX_TICK <= tick <= _MAX_TICK:
             return "malformed"
-        twap = tick_to_price(tick, self.decimals0, self.decimals1)
-        spot = sqrt_price_x96_to_price(sqrt_price_x96, self.decimals0, self.decimals1)
-        if not self.base_is_token0:
+        twap = tick_to_price(tick, self.token0_decimals, self.token1_decimals)
+        spot = sqrt_price_x96_to_price(sqrt_price_x96, self.token0_decimals, self.token1_decimals)
+        if self.invert:
             twap, spot = 1.0 / twap, 1.0 / spot
         self._cross_check(twap, spot)
         thin = (
@@ -292,7 +294,7 @@ class UniswapV3Feed(Feed):
         """Count a TWAP/spot gap; log only when the pool enters or leaves that state."""
         gap = abs(spot / twap - 1.0)
         self.last_spot, self.last_spot_gap = spot, gap
-        off = gap > self.max_spot_gap
+        off = gap > self.max_spot_deviation
         if off:
             self.spot_gaps += 1
         if off != self._spot_off:
@@ -302,5 +304,5 @@ class UniswapV3Feed(Feed):
                 twap=twap,
                 spot=spot,
                 gap=round(gap, 6),
-                max_spot_gap=self.max_spot_gap,
+                max_spot_deviation=self.max_spot_deviation,
             )

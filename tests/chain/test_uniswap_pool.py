@@ -1,0 +1,317 @@
+"""Uniswap v3 feed against real pools on the local node.
+
+The factory and pool are Uniswap's own v3-core 1.0.1 bytecode as shipped in its npm package;
+the tokens and the contract that pays the pool's mint and swap callbacks are the project's own
+test contracts. Each read goes through Multicall3's aggregate3 pinned to one block number, as
+the daemon reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, getcontext
+
+import pytest
+import pytest_asyncio
+from chain_rig import MULTICALL3, Chain
+from conftest import Deployed
+from structlog.testing import capture_logs
+
+from oracled.model import Quote
+from oracled.sources.evm.feed import Block
+from oracled.sources.evm.multicall import decode_aggregate3, encode_aggregate3
+from oracled.sources.evm.uniswap_v3 import UniswapV3Feed, tick_to_price
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+getcontext().prec = 80
+FEE = 3000  # 0.3 %, tick spacing 60
+FULL_RANGE = (-887220, 887220)  # the widest ticks on a spacing of 60
+WINDOW = 300
+MINTED = 10**40  # of every token, held by the operator that pays the pool
+ONE_TICK = 1.0001
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The factory, the pool operator and the test tokens; `usd_below`/`usd_above` sort below
+    and above both WETH and WBTC, so each can be a pool's token0 or its token1."""
+
+    factory: str
+    operator: str
+    weth: str
+    wbtc: str
+    usd_below: str
+    usd_above: str
+
+    def decimals(self, token: str) -> int:
+        return {self.weth: 18, self.wbtc: 8}.get(token, 6)
+
+
+@dataclass(frozen=True)
+class Pool:
+    address: str
+    token0: str
+    token1: str
+    decimals0: int
+    decimals1: int
+
+
+async def new_token(chain: Chain, operator: str, symbol: str, decimals: int) -> str:
+    token = await chain.deploy(
+        "TestToken", ["string", "string", "uint8"], [f"Test {symbol}", symbol, decimals]
+    )
+    await chain.transact(token, "mint(address,uint256)", operator, MINTED)
+    return token
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def tokens(chain: Chain, deployed: Deployed) -> Tokens:
+    """Deployed once per session, before any test's snapshot, so every test starts from it."""
+    factory = await chain.deploy("UniswapV3Factory")
+    operator = await chain.deploy("TestPoolOperator")
+    weth = await new_token(chain, operator, "WETH", 18)
+    wbtc = await new_token(chain, operator, "WBTC", 8)
+    low, high = sorted((int(weth, 16), int(wbtc, 16)))
+    below = above = None
+    for _ in range(64):  # addresses follow the deployer's nonce; a few tries find both sides
+        usd = await new_token(chain, operator, "USD", 6)
+        if int(usd, 16) < low and below is None:
+            below = usd
+        elif int(usd, 16) > high and above is None:
+            above = usd
+        if below and above:
+            return Tokens(factory, operator, weth, wbtc, below, above)
+    raise RuntimeError("no USD token address on both sides of WETH and WBTC")
+
+
+def sqrt_price_x96(price0_in_1: Decimal, decimals0: int, decimals1: int) -> int:
+    """slot0's root of the raw price for a human price of token0 in token1."""
+    raw = price0_in_1 * Decimal(10) ** (decimals1 - decimals0)
+    return int(raw.sqrt() * (1 << 96))
+
+
+async def make_pool(
+    chain: Chain,
+    tokens: Tokens,
+    base: str,
+    quote: str,
+    price: str,
+    *,
+    liquidity: int,
+    cardinality: int = 100,
+) -> Pool:
+    """A pool of base/quote at `price` (quote per base), with full-range liquidity."""
+    await chain.transact(tokens.factory, "createPool(address,address,uint24)", base, quote, FEE)
+    (address,) = await chain.call(
+        tokens.factory, "getPool(address,address,uint24)", base, quote, FEE, returns=["address"]
+    )
+    token0, token1 = sorted((base, quote), key=lambda a: int(a, 16))
+    d0, d1 = tokens.decimals(token0), tokens.decimals(token1)
+    human = Decimal(price) if token0 == base else 1 / Decimal(price)
+    await chain.transact(address, "initialize(uint160)", sqrt_price_x96(human, d0, d1))
+    if cardinality > 1:
+        await chain.transact(address, "increaseObservationCardinalityNext(uint16)", cardinality)
+    if liquidity:
+        await mint(chain, tokens, address, liquidity)
+    return Pool(address, token0, token1, d0, d1)
+
+
+async def mint(chain: Chain, tokens: Tokens, pool: str, liquidity: int) -> None:
+    await chain.transact(
+        tokens.operator, "mint(address,int24,int24,uint128)", pool, *FULL_RANGE, liquidity
+    )
+
+
+async def burn(chain: Chain, tokens: Tokens, pool: str, liquidity: int) -> None:
+    await chain.transact(
+        tokens.operator, "burn(address,int24,int24,uint128)", pool, *FULL_RANGE, liquidity
+    )
+
+
+async def swap(chain: Chain, tokens: Tokens, pool: str, zero_for_one: bool, amount: int) -> int:
+    """Sell `amount` of token0 (zero_for_one) or token1; return the swap's block timestamp."""
+    receipt = await chain.transact(
+        tokens.operator, "swapExactIn(address,bool,uint256)", pool, zero_for_one, amount
+    )
+    block = await chain.block(receipt["blockNumber"])
+    return int(block["timestamp"], 16)
+
+
+async def slot0_tick(chain: Chain, pool: str) -> int:
+    answer = await chain.call(
+        pool,
+        "slot0()",
+        returns=["uint160", "int24", "uint16", "uint16", "uint16", "uint8", "bool"],
+    )
+    return int(answer[1])
+
+
+def feed_for(
+    pool: Pool, base: str, *, min_liquidity: int, pair: str = "ETH/USD", window: int = WINDOW
+) -> UniswapV3Feed:
+    """The feed a config would declare for this pool: decimals and order as the tokens have them."""
+    return UniswapV3Feed(
+        "uniswap",
+        pair,
+        pool.address,
+        invert=base == pool.token1,
+        token0_decimals=pool.decimals0,
+        token1_decimals=pool.decimals1,
+        min_liquidity=min_liquidity,
+        twap_window_s=window,
+    )
+
+
+async def read(chain: Chain, feed: UniswapV3Feed) -> tuple[Quote | str | None, Block]:
+    """One round as the reader does it: aggregate3 of the feed's calls, pinned to one block."""
+    head = await chain.block()
+    block = Block(int(head["number"], 16), head["hash"], int(head["timestamp"], 16))
+    calls = feed.calls()
+    raw = await chain.rpc(
+        "eth_call",
+        [{"to": MULTICALL3, "data": "0x" + encode_aggregate3(calls).hex()}, hex(block.number)],
+    )
+    results = decode_aggregate3(bytes.fromhex(raw[2:]), len(calls))
+    return feed.decode(results, block, block.timestamp * 1000 + 250), block
+
+
+async def test_a_normal_read_is_the_pools_twap_at_the_read_block(
+    chain: Chain, tokens: Tokens, snapshot: Deployed
+) -> None:
+    """A pool resting at 3000 USD per ETH for longer than the window reads 3000 (to a tick),
+    stamped with the block it was read at."""
+    pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_above, "3000", liquidity=10**17)
+    await chain.warp(2 * WINDOW)
+    feed = feed_for(pool, tokens.weth, min_liquidity=10**16)
+    quote, block = await read(chain, feed)
+    assert isinstance(quote, Quote), quote
+    tick = await slot0_tick(chain, pool.address)
+    assert quote.price == tick_to_price(tick, 18, 6)  # resting: the mean tick is the tick
+    assert quote.price == pytest.approx(3000, rel=ONE_TICK - 1)
+    assert quote.flag is None
+    assert quote.block == block.number
+    assert quote.venue_ts == quote.block_ts == block.timestamp * 1000
+    assert feed.spot_gaps == 0
+    assert feed.last_spot == pytest.approx(3000, rel=1e-9)
+
+
+async def test_after_a_swap_the_twap_is_emitted_and_slot0_only_cross_checks(
+    chain: Chain, tokens: Tokens, snapshot: Deployed
+) -> None:
+    """A swap moves slot0 about 10 % up; one minute later the feed emits the time-weighted mean
+    of the two ticks over its window, exactly as the pool's accumulators give it, not the spot;
+    the gap to the spot is counted and logged."""
+    pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_above, "3000", liquidity=10**17)
+    await chain.warp(2 * WINDOW)
+    feed = feed_for(pool, tokens.weth, min_liquidity=10**16)
+    before = await slot0_tick(chain, pool.address)
+    # USD in (token1): the root of the price rises by amount / L, here by about 5 %.
+    swapped_at = await swap(chain, tokens, pool.address, False, 270_000 * 10**6)
+    after = await slot0_tick(chain, pool.address)
+    assert tick_to_price(after - before, 0, 0) == pytest.approx(1.10, rel=0.01)
+    await chain.warp(60)
+    with capture_logs() as logs:
+        quote, block = await read(chain, feed)
+    assert isinstance(quote, Quote), quote
+    moved = block.timestamp - swapped_at
+    assert 55 <= moved <= 65
+    expected_tick = (before * (WINDOW - moved) + after * moved) // WINDOW
+    assert quote.price == tick_to_price(expected_tick, 18, 6)
+    spot = tick_to_price(after, 18, 6)
+    assert feed.last_spot == pytest.approx(spot, rel=ONE_TICK - 1)
+    assert 3000 < quote.price < spot * 0.95
+    assert feed.spot_gaps == 1
+    assert feed.last_spot_gap is not None and feed.last_spot_gap > 0.05
+    assert [e["event"] for e in logs] == ["uniswap_spot_gap"]
+
+
+async def test_a_pool_below_the_liquidity_minimum_is_flagged(
+    chain: Chain, tokens: Tokens, snapshot: Deployed
+) -> None:
+    """The same pool is a price with a minimum below its liquidity and flagged 'liquidity'
+    with a minimum above it; the flagged quote still carries the TWAP, for the report."""
+    pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_above, "3000", liquidity=10**15)
+    await chain.warp(2 * WINDOW)
+    deep_enough = await read(chain, feed_for(pool, tokens.weth, min_liquidity=10**15))
+    too_thin = await read(chain, feed_for(pool, tokens.weth, min_liquidity=10**15 + 1))
+    assert isinstance(deep_enough[0], Quote) and deep_enough[0].flag is None
+    assert isinstance(too_thin[0], Quote) and too_thin[0].flag == "liquidity"
+    assert too_thin[0].price == deep_enough[0].price
+
+
+async def test_liquidity_pulled_or_added_late_is_judged_on_now_and_on_the_window(
+    chain: Chain, tokens: Tokens, snapshot: Deployed
+) -> None:
+    """Liquidity burnt down to a tenth flags the pool at once; liquidity added just before the
+    read does not unflag a pool that was thin over the window, until a whole window has passed
+    at the new depth."""
+    pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_above, "3000", liquidity=10**15)
+    feed = feed_for(pool, tokens.weth, min_liquidity=10**16)
+    await chain.warp(2 * WINDOW)
+    thin, _ = await read(chain, feed)
+    assert isinstance(thin, Quote) and thin.flag == "liquidity"
+    await mint(chain, tokens, pool.address, 10**17)  # now 101x deeper than over the window
+    late, _ = await read(chain, feed)
+    assert isinstance(late, Quote) and late.flag == "liquidity"
+    await chain.warp(WINDOW + 5)
+    settled, _ = await read(chain, feed)
+    assert isinstance(settled, Quote) and settled.flag is None
+    await burn(chain, tokens, pool.address, 10**17)  # back to 1e15 in range right now
+    pulled, _ = await read(chain, feed)
+    assert isinstance(pulled, Quote) and pulled.flag == "liquidity"
+
+
+@pytest.mark.parametrize(
+    ("base_name", "quote_name", "price", "pair", "token0_is_base"),
+    [
+        ("weth", "usd_above", "3000", "ETH/USD", True),  # token0 WETH 18, token1 USD 6
+        ("weth", "usd_below", "3000", "ETH/USD", False),  # token0 USD 6, token1 WETH 18: inverted
+        ("wbtc", "usd_above", "60000", "BTC/USD", True),  # 8 / 6
+        ("wbtc", "usd_below", "60000", "BTC/USD", False),  # 6 / 8, inverted
+    ],
+)
+async def test_token_order_and_decimals_either_way(
+    chain: Chain,
+    tokens: Tokens,
+    snapshot: Deployed,
+    base_name: str,
+    quote_name: str,
+    price: str,
+    pair: str,
+    token0_is_base: bool,
+) -> None:
+    """Whichever token sorts first and whichever has more decimals, the pair reads its price
+    in whole quote tokens per whole base token."""
+    base, quote_token = getattr(tokens, base_name), getattr(tokens, quote_name)
+    pool = await make_pool(chain, tokens, base, quote_token, price, liquidity=10**15)
+    assert (pool.token0 == base) is token0_is_base
+    await chain.warp(2 * WINDOW)
+    feed = feed_for(pool, base, pair=pair, min_liquidity=1)
+    assert feed.invert is not token0_is_base
+    quote, _ = await read(chain, feed)
+    assert isinstance(quote, Quote), quote
+    assert quote.price == pytest.approx(float(price), rel=ONE_TICK - 1)
+    assert feed.last_spot == pytest.approx(float(price), rel=1e-9)
+
+
+async def test_observe_reverts_when_the_window_outruns_the_observations(
+    chain: Chain, tokens: Tokens, snapshot: Deployed
+) -> None:
+    """A pool with a single observation slot forgets its history at every swap: a five-minute
+    window one minute after a swap reverts with 'OLD', dropped as observe_reverted and logged
+    with the reason and the fix; a window that fits reads."""
+    pool = await make_pool(
+        chain, tokens, tokens.weth, tokens.usd_above, "3000", liquidity=10**17, cardinality=1
+    )
+    await chain.warp(2 * WINDOW)
+    await swap(chain, tokens, pool.address, True, 10**18)
+    await chain.warp(60)
+    feed = feed_for(pool, tokens.weth, min_liquidity=1)
+    with capture_logs() as logs:
+        result, _ = await read(chain, feed)
+    assert result == "observe_reverted"
+    assert logs[0]["event"] == "uniswap_observe_reverted"
+    assert logs[0]["reason"] == "OLD"
+    short, _ = await read(chain, feed_for(pool, tokens.weth, min_liquidity=1, window=30))
+    assert isinstance(short, Quote)
