@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
+from catalogue import Entry, catalogue
 from prometheus_client.parser import text_string_to_metric_families
 
 from oracled.config import parse_config
@@ -13,29 +11,7 @@ from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
 from oracled.sources.stats import ConnState, SourceStats
 
-ROOT = Path(__file__).resolve().parents[2]
-CATALOGUE = ROOT / "docs" / "metrics.md"
 T0 = 1_700_000_000_000
-_ROW = re.compile(r"^\| `([a-zA-Z_:][a-zA-Z0-9_:]*)` \|\s*(\w+)\s*\|([^|]*)\|([^|]*)\|")
-
-Entry = tuple[str, frozenset[str], str]  # type, labels, unit
-
-
-def catalogue() -> tuple[dict[str, Entry], dict[str, Entry]]:
-    """(listed metrics, planned metrics) from the tables of docs/metrics.md."""
-    listed: dict[str, Entry] = {}
-    planned: dict[str, Entry] = {}
-    target = listed
-    for line in CATALOGUE.read_text().splitlines():
-        if line.startswith("## "):
-            target = planned if line.strip() == "## Planned" else listed
-        match = _ROW.match(line)
-        if match:
-            name, kind, labels, unit = match.groups()
-            assert name not in listed and name not in planned, f"{name} listed twice"
-            label_set = frozenset(x.strip() for x in labels.split(",") if x.strip())
-            target[name] = (kind, label_set, unit.strip())
-    return listed, planned
 
 
 def populated_metrics() -> Metrics:
