@@ -18,18 +18,33 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from oracled.errors import ConfigError
 
 __all__ = [
+    "CHAIN_SOURCE_TYPES",
     "ApiConfig",
+    "ChainConfig",
     "Config",
+    "FeedSpec",
     "LogConfig",
     "MarketConfig",
+    "MarkConfig",
     "MarketSource",
+    "NatsConfig",
     "OracleConfig",
     "RouteConfig",
+    "SequencerConfig",
+    "SigningConfig",
     "SourceConfig",
     "load_config",
     "parse_config",
@@ -49,12 +64,20 @@ SOURCE_TYPES: dict[str, str] = {
     "bybit_linear": "oracled.sources.bybit:BybitLinearSource",
     "bybit_spot": "oracled.sources.bybit:BybitSpotSource",
     "pyth_hermes": "oracled.sources.pyth_hermes:PythHermesSource",
+    "chainlink": "oracled.sources.evm.chainlink:ChainlinkSource",
+    "uniswap_v3": "oracled.sources.evm.uniswap_v3:UniswapV3Source",
+    "pyth_evm": "oracled.sources.evm.pyth_evm:PythEvmSource",
 }
+#: Source types read from a chain through its `[chains.<id>]` reader instead of a venue socket.
+CHAIN_SOURCE_TYPES: frozenset[str] = frozenset({"chainlink", "uniswap_v3", "pyth_evm"})
+#: Multicall3's address on nearly every EVM chain (the same CREATE2 deployment everywhere).
+MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
 MAX_SOURCES_PER_MARKET = 64
 _PAIR = r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$"
 _ID = r"^[a-z0-9][a-z0-9_\-]{0,39}$"
 
 Pair = Annotated[str, Field(pattern=_PAIR)]
+_ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 
@@ -100,6 +123,145 @@ class LogConfig(_Frozen):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class SigningConfig(_Frozen):
+    """Signing of every round (docs/publishing.md): the key is named here and read at start-up.
+
+    Exactly one of `key_file` (a file of mode 600 holding the hex key) and `key_env` (an
+    environment variable holding it) when enabled; the key itself never enters the config.
+    """
+
+    enabled: bool = False
+    key_file: str | None = None
+    key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+
+
+class NatsConfig(_Frozen):
+    """The NATS sink: one subject per market plus a round subject (docs/publishing.md)."""
+
+    enabled: bool = False
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    subject_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")] = (
+        "oracled"
+    )
+    #: Capture every subject of the prefix in a JetStream stream, for late consumers.
+    jetstream: bool = False
+    stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")] = "ORACLED"
+    max_age_s: Annotated[float, Field(gt=0, le=366 * 86400)] = 3600.0
+    storage: Literal["file", "memory"] = "file"
+    #: Rounds waiting for the publisher; past it the oldest is dropped and counted.
+    queue: Annotated[int, Field(ge=1, le=10_000)] = 16
+
+    _servers_tuple = field_validator("servers", mode="before")(_as_tuple)
+
+    @field_validator("servers")
+    @classmethod
+    def _check_servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one server")
+        for url in value:
+            if not re.match(r"^(nats|tls)://[^\s/]+$", url):
+                raise ValueError(f"{url!r} is not a nats:// or tls:// URL")
+        return value
+
+
+def _check_address(value: str) -> str:
+    """0x + 40 hex; a mixed-case address must carry a valid EIP-55 checksum (a typo guard)."""
+    body = value[2:]
+    if body != body.lower() and body != body.upper():
+        from eth_utils.address import to_checksum_address  # imported only for mixed case
+
+        if to_checksum_address(value) != value:
+            raise ValueError("mixed-case address with a wrong EIP-55 checksum")
+    return value
+
+
+Address = Annotated[str, Field(pattern=_ADDRESS), AfterValidator(_check_address)]
+
+
+class FeedSpec(_Frozen):
+    """One on-chain feed of a source; which keys apply depends on the source type.
+
+    chainlink: `address` (the proxy), `heartbeat_s`. pyth_evm: `feed_id`, `max_age_s`.
+    uniswap_v3: `address` (the pool), `twap_window_s`, `min_liquidity`, `token0_decimals`,
+    `token1_decimals`, `invert` (true when the pair's base is the pool's token1),
+    `max_spot_deviation` (TWAP vs slot0 cross-check).
+    """
+
+    address: Address | None = None
+    heartbeat_s: Annotated[int, Field(ge=1, le=7 * 86_400)] | None = None
+    feed_id: Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$")] | None = None
+    max_age_s: Annotated[int, Field(ge=1, le=7 * 86_400)] | None = None
+    twap_window_s: Annotated[int, Field(ge=1, le=7 * 86_400)] = 300
+    min_liquidity: Annotated[int, Field(ge=0)] | None = None
+    token0_decimals: Annotated[int, Field(ge=0, le=36)] | None = None
+    token1_decimals: Annotated[int, Field(ge=0, le=36)] | None = None
+    invert: bool = False
+    max_spot_deviation: Fraction | None = None
+
+
+# Keys each on-chain type needs in every feed spec, and keys it does not understand.
+_FEED_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "chainlink": (("address", "heartbeat_s"), ("feed_id", "max_age_s", "min_liquidity")),
+    "pyth_evm": (("feed_id", "max_age_s"), ("address", "heartbeat_s", "min_liquidity")),
+    "uniswap_v3": (
+        ("address", "min_liquidity", "token0_decimals", "token1_decimals"),
+        ("feed_id", "max_age_s", "heartbeat_s"),
+    ),
+}
+
+
+class SequencerConfig(_Frozen):
+    """An L2 sequencer uptime feed (Chainlink): answer 0 = up, 1 = down; startedAt = since."""
+
+    address: Address
+    grace_period_s: Annotated[int, Field(ge=0, le=86_400)] = 3600
+
+
+class ChainConfig(_Frozen):
+    """One EVM chain and how to reach it.
+
+    RPC URLs usually carry an API key, so the file names an environment variable holding them
+    (comma-separated); `rpc_urls` in the file is meant for loopback test nodes. With neither,
+    the chain and every source on it stay off and the daemon says so at start-up.
+    """
+
+    chain_id: Annotated[int, Field(ge=1)]
+    rpc_urls_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
+    rpc_urls: tuple[str, ...] = ()
+    ws_url: str | None = None
+    poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    cross_check: bool = False
+    #: A block older than this by our clock is not published (a node stuck or syncing).
+    max_block_age_s: Annotated[float, Field(gt=0)] = 300.0
+    multicall: Address = MULTICALL3_ADDRESS
+    sequencer: SequencerConfig | None = None
+    #: Filled by parse_config from `rpc_urls_env` (else `rpc_urls`); empty means disabled.
+    resolved_urls: tuple[str, ...] = ()
+
+    _urls_tuple = field_validator("rpc_urls", mode="before")(_as_tuple)
+
+    @field_validator("rpc_urls")
+    @classmethod
+    def _check_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            _check_http_url(url)
+        return value
+
+    @field_validator("ws_url")
+    @classmethod
+    def _check_ws(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^wss?://[^\s/]+", value):
+            raise ValueError("must be an absolute ws:// or wss:// URL")
+        return value
+
+
+def _check_http_url(url: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", url):
+        raise ValueError("each RPC URL must be an absolute http:// or https:// URL")
+    return url
+
+
 class SourceConfig(_Frozen):
     """One feed instance. Several instances may share a type (e.g. two Binance hosts)."""
 
@@ -112,6 +274,11 @@ class SourceConfig(_Frozen):
     rest_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     max_connection_age_s: Annotated[float, Field(gt=0)] = 23 * 3600.0
+    #: On-chain types only: the `[chains.<id>]` to read from, the contract all feeds share
+    #: (Pyth), and one feed spec per canonical pair.
+    chain: Annotated[str, Field(pattern=_ID)] | None = None
+    address: Address | None = None
+    feeds: dict[Pair, FeedSpec] = Field(default_factory=dict)
 
     @field_validator("type")
     @classmethod
@@ -137,6 +304,22 @@ class MarketSource(_Frozen):
     weight: PosFloat = 1.0
 
 
+class MarkConfig(_Frozen):
+    """Mark price and funding parameters of a perpetual market (docs/mark.md).
+
+    Rates are fractions per funding interval (0.0001 is 0.01 %), the Binance-style defaults.
+    """
+
+    basis_half_life_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 60.0
+    funding_interval_s: Annotated[int, Field(ge=60, le=7 * 86_400)] = 28_800
+    interest_rate: Annotated[float, Field(ge=-0.1, le=0.1, allow_inf_nan=False)] = 0.0001
+    premium_clamp: Annotated[float, Field(ge=0, le=0.1, allow_inf_nan=False)] = 0.0005
+    funding_cap: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.0075
+    #: A perpetual mid farther than this fraction from the index is ignored: one venue's broken
+    #: perp print cannot drag the mark or the premium.
+    max_perp_deviation: Fraction = 0.05
+
+
 class MarketConfig(_Frozen):
     """A published market and the gates that guard it."""
 
@@ -153,6 +336,8 @@ class MarketConfig(_Frozen):
     #: Perpetual instruments of this market (kind "perp"), collected for the mark price; they
     #: never vote in the index price.
     perp_sources: tuple[MarketSource, ...] = ()
+    #: Used only when perp_sources is not empty: without perpetuals there is no mark.
+    mark: MarkConfig = Field(default_factory=MarkConfig)
 
     _sources_tuple = field_validator("sources", mode="before")(_as_tuple)
 
@@ -184,9 +369,12 @@ class Config(_Frozen):
     oracle: OracleConfig = Field(default_factory=OracleConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    signing: SigningConfig = Field(default_factory=SigningConfig)
+    nats: NatsConfig = Field(default_factory=NatsConfig)
     sources: dict[Annotated[str, Field(pattern=_ID)], SourceConfig] = Field(default_factory=dict)
     markets: tuple[MarketConfig, ...]  # at least one, checked with the relations
     routes: tuple[RouteConfig, ...] = ()
+    chains: dict[Annotated[str, Field(pattern=_ID)], ChainConfig] = Field(default_factory=dict)
     admin_token: SecretStr | None = None
 
     _lists_as_tuples = field_validator("markets", "routes", mode="before")(_as_tuple)
@@ -315,10 +503,15 @@ def _relations(cfg: Config) -> list[str]:
             where = f"markets[{i}].perp_sources[{j}]"
             if ps.source not in cfg.sources:
                 problems.append(f"{where}.source: source {ps.source!r} is not configured")
-            if ps.kind != "perp":
+            p_base, p_quote = ps.pair.split("/")
+            if ps.kind != "perp":  # one problem per entry: the first that makes it unusable
                 problems.append(f"{where}.kind: must be perp")
-            if ps.pair.split("/")[0] != base:
+            elif p_base != base:
                 problems.append(f"{where}.pair: {ps.pair} is not a {base} contract")
+            elif p_quote != quote and (p_quote, quote) not in routes:
+                problems.append(
+                    f"{where}.pair: no route converts {p_quote} to {quote} (add a [[routes]] entry)"
+                )
         if market.min_sources > len(market.sources):
             problems.append(
                 f"markets[{i}].min_sources: {market.min_sources} exceeds the "
@@ -333,10 +526,86 @@ def _relations(cfg: Config) -> list[str]:
         for pair in src.instruments
         if (sid, pair) not in used_pairs
     )
+    problems.extend(_chain_relations(cfg))
     problems.extend(_cycles(depends, symbols))
     if cfg.oracle.min_price >= cfg.oracle.max_price:
         problems.append("oracle.min_price: must be below oracle.max_price")
+    signing = cfg.signing
+    if signing.enabled and (signing.key_file is None) == (signing.key_env is None):
+        problems.append("signing: set exactly one of key_file and key_env")
     return problems
+
+
+def _chain_relations(cfg: Config) -> list[str]:
+    """On-chain sources: their chain exists, their feeds carry the keys their type needs, and
+    every pair a market asks of them has a feed."""
+    problems: list[str] = []
+    wanted: dict[str, set[str]] = {}
+    for m in cfg.markets:
+        for ms in (*m.sources, *m.perp_sources):
+            wanted.setdefault(ms.source, set()).add(ms.pair)
+    for sid, src in cfg.sources.items():
+        where = f"sources.{sid}"
+        if src.type not in CHAIN_SOURCE_TYPES:
+            problems.extend(
+                f"{where}.{key}: only on-chain sources take this key"
+                for key in ("chain", "address")
+                if getattr(src, key) is not None
+            )
+            if src.feeds:
+                problems.append(f"{where}.feeds: only on-chain sources take this key")
+            continue
+        if src.chain is None:
+            problems.append(f"{where}.chain: is required for a {src.type} source")
+        elif src.chain not in cfg.chains:
+            problems.append(f"{where}.chain: chain {src.chain!r} is not configured")
+        if src.type == "pyth_evm" and src.address is None:
+            problems.append(f"{where}.address: the Pyth contract address is required")
+        required, foreign = _FEED_KEYS[src.type]
+        for pair, spec in src.feeds.items():
+            given = spec.model_fields_set
+            problems.extend(
+                f"{where}.feeds.{pair}.{key}: is required for {src.type}"
+                for key in required
+                if getattr(spec, key) is None
+            )
+            problems.extend(
+                f"{where}.feeds.{pair}.{key}: is not a {src.type} key"
+                for key in foreign
+                if key in given
+            )
+            if pair not in wanted.get(sid, set()):
+                problems.append(f"{where}.feeds.{pair}: no market uses this pair")
+        problems.extend(
+            f"{where}.feeds: no feed for {pair}, which a market asks of this source"
+            for pair in sorted(wanted.get(sid, set()) - set(src.feeds))
+        )
+    for cid, chain in cfg.chains.items():
+        if chain.resolved_urls:
+            problems.append(
+                f"chains.{cid}.resolved_urls: is set from the environment, not the file"
+            )
+    return problems
+
+
+def _resolve_chains(cfg: Config, env: Mapping[str, str]) -> dict[str, ChainConfig]:
+    """Each chain's RPC URLs: from its environment variable when set, else from the file."""
+    out: dict[str, ChainConfig] = {}
+    problems: list[str] = []
+    for cid, chain in cfg.chains.items():
+        urls = chain.rpc_urls
+        if chain.rpc_urls_env and env.get(chain.rpc_urls_env, "").strip():
+            urls = tuple(u.strip() for u in env[chain.rpc_urls_env].split(",") if u.strip())
+            for url in urls:
+                try:
+                    _check_http_url(url)
+                except ValueError as exc:  # never echo the URL: it may carry an API key
+                    problems.append(f"chains.{cid}.rpc_urls_env: ${chain.rpc_urls_env}: {exc}")
+                    break
+        out[cid] = chain.model_copy(update={"resolved_urls": urls})
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 def _cycles(depends: dict[str, set[str]], order: list[str]) -> list[str]:
@@ -374,7 +643,12 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     token = env.get(token_env) if token_env else None
     if token is not None and len(token) < 16:
         raise ConfigError([f"api.admin_token_env: ${token_env} must hold at least 16 characters"])
-    return cfg.model_copy(update={"admin_token": SecretStr(token) if token else None})
+    return cfg.model_copy(
+        update={
+            "admin_token": SecretStr(token) if token else None,
+            "chains": _resolve_chains(cfg, env),
+        }
+    )
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

@@ -1,0 +1,447 @@
+"""One reader per chain: learn each new block, read every feed of it in one `eth_call`.
+
+For every new block the reader sends ONE `eth_call` of Multicall3 `aggregate3` holding all the
+registered feeds' calls (plus the multicall's own `getBlockNumber()`, which proves which block
+the node executed them on, and the L2 sequencer uptime feed where configured), pinned to that
+block by hash (EIP-1898), and hands each feed exactly its slice of the results.
+
+New blocks come from a WebSocket `newHeads` subscription when the chain has a `ws_url`, else from
+polling; a poll is one JSON-RPC batch (latest header + the aggregate3 at "latest"), so a new
+block still costs one round trip. The WebSocket falls back to polling while it is down.
+
+Blocks never go backwards: a block below the last one processed is counted and not read; the
+same height with a new hash (a reorg) is read again, and each feed publishes only data newer than
+what it already published. A block older than `max_block_age_s` by our clock (a stuck node) is
+not published. With `cross_check`, the same read is repeated on a second endpoint pinned to the
+same block hash and a disagreement withholds the block and is counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiohttp
+import msgspec
+import structlog
+
+from oracled.clock import Clock
+from oracled.config import ChainConfig
+from oracled.errors import SourceError
+from oracled.model import Quote
+from oracled.sources._base import backoff_delay
+from oracled.sources.evm.feed import Block, Call, Feed
+from oracled.sources.evm.multicall import (
+    GET_BLOCK_NUMBER,
+    decode_aggregate3,
+    encode_aggregate3,
+    selector,
+)
+from oracled.sources.evm.rpc import EndpointStats, RpcClient, RpcError, RpcUnavailable
+from oracled.sources.stats import ConnState, SourceStats
+
+__all__ = ["ChainReader", "ChainStats", "decode_round"]
+
+_LATEST_ROUND: Final = selector("latestRoundData()")
+_MAX_REREADS: Final = 2
+_READ_ERRORS: Final = (RpcError, RpcUnavailable, ValueError)
+
+
+def decode_round(data: bytes) -> tuple[int, int, int, int, int]:
+    """(roundId, answer, startedAt, updatedAt, answeredInRound) of `latestRoundData()`."""
+    if len(data) < 160:
+        raise ValueError("latestRoundData answer shorter than five words")
+    answer = int.from_bytes(data[32:64], "big", signed=True)
+    return (
+        int.from_bytes(data[0:32], "big"),
+        answer,
+        int.from_bytes(data[64:96], "big"),
+        int.from_bytes(data[96:128], "big"),
+        int.from_bytes(data[128:160], "big"),
+    )
+
+
+@dataclass(slots=True)
+class ChainStats:
+    """Counters of one chain reader, exported at scrape time."""
+
+    chain: str
+    mode: str = "starting"  # "newHeads", "polling" or "starting"
+    blocks: int = 0  # blocks read and handed to the feeds
+    round_trips: int = 0  # HTTP requests made to read blocks (a batch counts once)
+    reads_failed: int = 0
+    reorgs: int = 0  # same height, new hash
+    backwards: int = 0  # a block below the last one processed (never published)
+    old_blocks: int = 0  # blocks older than max_block_age_s (not published)
+    disagreements: int = 0  # cross-check: two endpoints answered differently
+    sequencer_up: bool | None = None
+    last_block: int | None = None
+    last_block_ts: int | None = None
+    endpoints: list[EndpointStats] = field(default_factory=list)
+
+
+class _Slot:
+    """A registered feed, where its results sit in the multicall, and what it last published."""
+
+    __slots__ = ("calls", "count", "emit", "feed", "last", "start", "stats")
+
+    def __init__(self, feed: Feed, emit: Callable[[Quote], None], stats: SourceStats) -> None:
+        self.feed, self.emit, self.stats = feed, emit, stats
+        self.calls: Sequence[Call] = ()
+        self.start = self.count = 0
+        self.last: Quote | None = None  # as the feed made it, before any sequencer flag
+
+
+class _Header(msgspec.Struct):
+    number: str
+    hash: str
+    timestamp: str
+
+
+class _Head(msgspec.Struct):
+    result: _Header
+
+
+class _Notice(msgspec.Struct):
+    params: _Head | None = None
+
+
+_notice_decoder: Final = msgspec.json.Decoder(_Notice)
+
+
+def _block(header: Any) -> Block:
+    h = msgspec.convert(header, _Header)
+    return Block(int(h.number, 16), h.hash, int(h.timestamp, 16))
+
+
+def _hex_bytes(value: Any) -> bytes:
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise ValueError("eth_call result is not a hex string")
+    return bytes.fromhex(value[2:])
+
+
+class ChainReader:
+    """Reads every registered feed of one chain once per new block."""
+
+    def __init__(
+        self,
+        name: str,
+        cfg: ChainConfig,
+        rpc: RpcClient,
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.rpc = rpc
+        self._clock = clock
+        self._http = session
+        self._rng = rng or random.Random()
+        self.stats = ChainStats(chain=name, endpoints=rpc.stats)
+        self._log = structlog.get_logger("oracled").bind(component="chain", chain=name)
+        self._slots: list[_Slot] = []
+        self._prefix: list[Call] = [Call(cfg.multicall, GET_BLOCK_NUMBER)]
+        if cfg.sequencer is not None:
+            self._prefix.append(Call(cfg.sequencer.address, _LATEST_ROUND))
+        self._calldata: bytes | None = None
+        self._total = 0
+        self._last: Block | None = None
+        self._sequencer_ok = True
+        self._chain_checked = False
+        self._last_rejection: str | None = None
+
+    # -- feeds ----------------------------------------------------------------------------
+    def register(self, feed: Feed, emit: Callable[[Quote], None], stats: SourceStats) -> None:
+        """Read `feed` from the next block on; its quotes go to `emit`, its drops to `stats`."""
+        self._slots.append(_Slot(feed, emit, stats))
+        self._calldata = None
+
+    def unregister(self, feed: Feed) -> None:
+        self._slots = [s for s in self._slots if s.feed is not feed]
+        self._calldata = None
+
+    def _layout(self) -> bytes:
+        """The aggregate3 calldata for all feeds; rebuilt only when a feed's calls changed."""
+        changed = self._calldata is None
+        for slot in self._slots:
+            calls = slot.feed.calls()
+            if calls is not slot.calls:
+                slot.calls = calls
+                changed = True
+        if changed or self._calldata is None:
+            every = list(self._prefix)
+            for slot in self._slots:
+                slot.start, slot.count = len(every), len(slot.calls)
+                every.extend(slot.calls)
+            self._total = len(every)
+            self._calldata = encode_aggregate3(every)
+        return self._calldata
+
+    # -- the read -------------------------------------------------------------------------
+    async def read_block(self, block: Block) -> bool:
+        """Read and publish one block (pinned by hash); False when it was not published."""
+        if not self._accept(block):
+            return False
+        data = self._layout()
+        try:
+            raw = await self._eth_call(data, {"blockHash": block.hash})
+            results = decode_aggregate3(_hex_bytes(raw), self._total)
+        except _READ_ERRORS as exc:
+            self._read_failed(block, exc)
+            return False
+        return await self._publish(block, raw, results)
+
+    async def poll_once(self) -> bool:
+        """One poll: the latest header and the read at "latest" in one batch."""
+        data = self._layout()
+        call = {"to": self.cfg.multicall, "data": "0x" + data.hex()}
+        self.stats.round_trips += 1
+        try:
+            header, raw = await self.rpc.batch(
+                [("eth_getBlockByNumber", ["latest", False]), ("eth_call", [call, "latest"])]
+            )
+            if isinstance(header, RpcError):
+                raise header
+            block = _block(header)
+        except (*_READ_ERRORS, msgspec.ValidationError) as exc:
+            self._read_failed(None, exc)
+            return False
+        if not self._accept(block):
+            return False
+        try:
+            if isinstance(raw, RpcError):
+                raise raw
+            results = decode_aggregate3(_hex_bytes(raw), self._total)
+            if int.from_bytes(results[0][1], "big") != block.number:
+                # A block landed between the two halves of the batch: read it pinned.
+                raw = await self._eth_call(data, {"blockHash": block.hash})
+                results = decode_aggregate3(_hex_bytes(raw), self._total)
+        except _READ_ERRORS as exc:
+            self._read_failed(block, exc)
+            return False
+        return await self._publish(block, raw, results)
+
+    async def _eth_call(self, data: bytes, pin: Any) -> Any:
+        self.stats.round_trips += 1
+        return await self.rpc.call(
+            "eth_call", [{"to": self.cfg.multicall, "data": "0x" + data.hex()}, pin]
+        )
+
+    def _read_failed(self, block: Block | None, exc: Exception) -> None:
+        self.stats.reads_failed += 1
+        for slot in self._slots:
+            slot.stats.state = ConnState.DOWN
+        self._reject("read failed", block=block.number if block else None, error=str(exc)[:200])
+
+    def _reject(self, why: str, **detail: Any) -> None:
+        """Log a rejection when its kind changes, not on every block."""
+        if why != self._last_rejection:
+            self._last_rejection = why
+            self._log.warning(why, **detail)
+
+    def _accept(self, block: Block) -> bool:
+        last = self._last
+        if last is not None and block.number < last.number:
+            self.stats.backwards += 1
+            self._reject("block went backwards", block=block.number, last=last.number)
+            return False
+        if last is not None and block.number == last.number:
+            if block.hash == last.hash:
+                return False  # nothing new
+            self.stats.reorgs += 1
+            self._log.warning("reorg at the head", block=block.number, hash=block.hash)
+        age_ms = self._clock.now_ms() - block.timestamp * 1000
+        if age_ms > self.cfg.max_block_age_s * 1000:
+            self.stats.old_blocks += 1
+            self._reject("block too old", block=block.number, age_s=age_ms // 1000)
+            return False
+        return True
+
+    async def _publish(self, block: Block, raw: Any, results: list[tuple[bool, bytes]]) -> bool:
+        ok, proof = results[0]
+        if not ok or int.from_bytes(proof, "big") != block.number:
+            self._read_failed(block, ValueError("the node executed the read on another block"))
+            return False
+        if self.cfg.cross_check and len(self.rpc.urls) > 1 and not await self._agrees(block, raw):
+            return False
+        if self._last is not None and block.number < self._last.number:
+            return False  # a newer block was published while this one was being read
+        self._last = block
+        self._last_rejection = None
+        self.stats.blocks += 1
+        self.stats.last_block, self.stats.last_block_ts = block.number, block.timestamp
+        recv_ts = self._clock.now_ms()
+        state = ConnState.STREAMING if self.stats.mode == "newHeads" else ConnState.POLLING
+        for slot in self._slots:
+            slot.stats.state = state
+            slot.stats.frames += 1
+            slot.stats.last_frame_ms = recv_ts
+        self._update_sequencer(block, results, recv_ts)
+        pending = self._decode_all(self._slots, block, results, recv_ts)
+        for _ in range(_MAX_REREADS):
+            if not pending:
+                break
+            pending = await self._reread(pending, block, recv_ts)
+        return True
+
+    def _decode_all(
+        self, slots: Sequence[_Slot], block: Block, results: list[tuple[bool, bytes]], recv_ts: int
+    ) -> list[_Slot]:
+        """Hand every feed its results; return the feeds that changed their calls and said
+        nothing (they learned something, e.g. an aggregator address, and want the same block
+        read again with the new calls)."""
+        pending: list[_Slot] = []
+        for slot in slots:
+            part = results[slot.start : slot.start + slot.count]
+            try:
+                out = slot.feed.decode(part, block, recv_ts)
+            except (ValueError, ArithmeticError, IndexError) as exc:
+                slot.stats.malformed += 1
+                slot.stats.dropped["decode_error"] += 1
+                self._reject("feed decode failed", feed=slot.feed.pair, error=str(exc)[:200])
+                continue
+            if out is None:
+                if slot.feed.calls() is not slot.calls:
+                    pending.append(slot)
+            elif isinstance(out, str):
+                slot.stats.dropped[out] += 1
+            else:
+                self._emit(slot, out, block, recv_ts)
+        return pending
+
+    async def _reread(self, slots: list[_Slot], block: Block, recv_ts: int) -> list[_Slot]:
+        every: list[Call] = []
+        for slot in slots:
+            slot.calls = slot.feed.calls()
+            slot.start, slot.count = len(every), len(slot.calls)
+            every.extend(slot.calls)
+        self._calldata = None  # the block's layout changed too
+        try:
+            raw = await self._eth_call(encode_aggregate3(every), {"blockHash": block.hash})
+            results = decode_aggregate3(_hex_bytes(raw), len(every))
+        except _READ_ERRORS as exc:
+            self._read_failed(block, exc)
+            return []
+        return self._decode_all(slots, block, results, recv_ts)
+
+    def _emit(self, slot: _Slot, quote: Quote, block: Block, recv_ts: int) -> None:
+        if quote.block is None:
+            quote = msgspec.structs.replace(
+                quote, block=block.number, block_ts=block.timestamp * 1000
+            )
+        slot.last = quote
+        if not self._sequencer_ok and quote.flag is None:
+            quote = msgspec.structs.replace(quote, flag="sequencer")
+        slot.emit(quote)
+        slot.stats.quotes += 1
+        slot.stats.last_quote_ms = recv_ts
+
+    def _update_sequencer(self, block: Block, results: list[tuple[bool, bytes]], now: int) -> None:
+        """L2 only: the sequencer must be up and past its grace period, else flag every feed."""
+        seq = self.cfg.sequencer
+        if seq is None:
+            return
+        ok_call, data = results[1]
+        up = False
+        try:
+            if ok_call:
+                _, answer, started_at, _, _ = decode_round(data)
+                up = answer == 0 and 0 < started_at <= block.timestamp - seq.grace_period_s
+        except ValueError:
+            up = False
+        self.stats.sequencer_up = up
+        if up == self._sequencer_ok:
+            return
+        self._sequencer_ok = up
+        self._log.warning("sequencer gate", up=up, block=block.number)
+        for slot in self._slots:  # the last quotes change meaning now, not at their next update
+            if slot.last is not None:
+                quote = slot.last
+                if not up and quote.flag is None:
+                    quote = msgspec.structs.replace(quote, flag="sequencer")
+                slot.emit(msgspec.structs.replace(quote, recv_ts=now))
+
+    async def _agrees(self, block: Block, raw: Any) -> bool:
+        """Cross-check: the same read on another endpoint, pinned to the same block hash."""
+        other = (self.rpc.active + 1) % len(self.rpc.urls)
+        data = self._layout()
+        pin = {"blockHash": block.hash}
+        try:
+            again = await self.rpc.call_on(
+                other, "eth_call", [{"to": self.cfg.multicall, "data": "0x" + data.hex()}, pin]
+            )
+        except (RpcError, RpcUnavailable):
+            return True  # the second endpoint cannot say; the first one stands
+        if again == raw:
+            return True
+        self.stats.disagreements += 1
+        self._log.warning(
+            "endpoints disagree",
+            block=block.number,
+            first=self.rpc.stats[self.rpc.active].name,
+            second=self.rpc.stats[other].name,
+        )
+        return False
+
+    # -- block sources --------------------------------------------------------------------
+    async def check_chain_id(self) -> None:
+        """Refuse to read a node of another chain (asked once; the answer cannot change)."""
+        if self._chain_checked:
+            return
+        answer = await self.rpc.call("eth_chainId", [])
+        if not isinstance(answer, str) or int(answer, 16) != self.cfg.chain_id:
+            raise SourceError(f"chain {self.name}: node is chain {answer}, not {self.cfg.chain_id}")
+        self._chain_checked = True
+
+    async def run(self) -> None:
+        """Follow the chain until cancelled: newHeads when possible, else polling."""
+        await self.check_chain_id()
+        if self.cfg.ws_url is None:
+            await self._poll_forever()
+            return
+        attempt = 0
+        while True:
+            try:
+                await self._follow_heads(self.cfg.ws_url)
+                attempt = 0
+            except (aiohttp.ClientError, OSError, TimeoutError, SourceError, ValueError,
+                    msgspec.MsgspecError) as exc:  # fmt: skip
+                self._reject("newHeads down, polling", error=f"{type(exc).__name__}: {exc}"[:200])
+            delay = backoff_delay(attempt, 1.0, 60.0, self._rng)
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._poll_forever()
+
+    async def _poll_forever(self) -> None:
+        self.stats.mode = "polling"
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self.cfg.poll_interval_s)
+
+    async def _follow_heads(self, url: str) -> None:
+        async with self._http.ws_connect(url, heartbeat=30.0, autoping=True) as ws:
+            await ws.send_str(
+                '{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}'
+            )
+            ack = await ws.receive(timeout=self.cfg.timeout_s)
+            if ack.type != aiohttp.WSMsgType.TEXT or '"result"' not in ack.data:
+                raise SourceError("newHeads subscription refused")
+            self.stats.mode = "newHeads"
+            self._log.info("following newHeads")
+            await self.poll_once()  # the current head, without waiting for the next block
+            while True:
+                msg = await ws.receive(timeout=self.cfg.max_block_age_s)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    raise SourceError(f"newHeads socket ended ({msg.type.name})")
+                notice = _notice_decoder.decode(msg.data)
+                if notice.params is None:
+                    continue
+                h = notice.params.result
+                await self.read_block(Block(int(h.number, 16), h.hash, int(h.timestamp, 16)))

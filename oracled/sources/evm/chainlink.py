@@ -1,0 +1,181 @@
+"""Chainlink AggregatorV3 feeds, read through their proxy, and distrusted the documented ways.
+
+Per block: `latestRoundData()` and `aggregator()` on the proxy, and the current aggregator's
+`minAnswer()`/`maxAnswer()` (OCR aggregators clamp every answer into these bounds, so an answer
+sitting on one is not a market price: LUNA/USD stayed at its floor while the market fell below it).
+`decimals()` and `description()` are read once, when the aggregator is first seen or replaced;
+the reader then reads the same block again with the full set of calls.
+
+Rejected (counted drop reasons): `updatedAt == 0` (`incomplete_round`), `answer <= 0`
+(`non_positive`), `answeredInRound < roundId` (`carried_over_round`), a round older than one
+already published (`older_round`, after a reorg). Flagged (the core excludes the slot with the
+flag as reason): an answer at a bound (`at_bound`); a round older than the feed's heartbeat by
+the block's clock (`stale`). `venue_ts` is `updatedAt`.
+
+Interfaces: https://docs.chain.link/data-feeds/api-reference and
+https://docs.chain.link/data-feeds#check-the-latest-answer-against-reasonable-limits
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import structlog
+from eth_abi.abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
+
+from oracled.config import FeedSpec
+from oracled.model import Quote
+from oracled.sources.evm.chain import decode_round
+from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
+from oracled.sources.evm.multicall import selector
+from oracled.sources.evm.source import ChainSource
+
+__all__ = ["ChainlinkFeed", "ChainlinkSource"]
+
+_LATEST_ROUND: Final = selector("latestRoundData()")
+_DECIMALS: Final = selector("decimals()")
+_DESCRIPTION: Final = selector("description()")
+_AGGREGATOR: Final = selector("aggregator()")
+_MIN_ANSWER: Final = selector("minAnswer()")
+_MAX_ANSWER: Final = selector("maxAnswer()")
+
+
+def _address(data: bytes) -> str | None:
+    if len(data) < 32 or any(data[:12]):
+        return None
+    return "0x" + data[12:32].hex()
+
+
+def _int(data: bytes) -> int | None:
+    return int.from_bytes(data[:32], "big", signed=True) if len(data) >= 32 else None
+
+
+class ChainlinkFeed(Feed):
+    """One Chainlink proxy for one canonical pair."""
+
+    __slots__ = (
+        "_aggregator",
+        "_bounds",
+        "_calls",
+        "_decimals",
+        "_heartbeat_s",
+        "_last",
+        "_learning",
+        "_log",
+        "_proxy",
+        "_rejected",
+        "_scale",
+        "description",
+    )
+
+    def __init__(self, source_id: str, pair: str, spec: FeedSpec) -> None:
+        super().__init__(source_id, pair)
+        if spec.address is None or spec.heartbeat_s is None:
+            raise ValueError("a Chainlink feed needs address and heartbeat_s")
+        self._proxy = spec.address
+        self._heartbeat_s = spec.heartbeat_s
+        self._log = structlog.get_logger("oracled").bind(source=source_id, pair=pair)
+        self._aggregator: str | None = None
+        self._bounds: tuple[int, int] | None = None
+        self._decimals: int | None = None
+        self._scale = 1.0
+        self.description: str | None = None
+        # (roundId, updatedAt, flag) of the last quote, and (roundId, updatedAt) last refused.
+        self._last: tuple[int, int, str | None] | None = None
+        self._rejected: tuple[int, int] | None = None
+        self._learning = True
+        self._calls = self._learning_calls()
+
+    def _learning_calls(self) -> tuple[Call, ...]:
+        p = self._proxy
+        return (Call(p, _LATEST_ROUND), Call(p, _AGGREGATOR), Call(p, _DECIMALS),
+                Call(p, _DESCRIPTION))  # fmt: skip
+
+    def calls(self) -> Sequence[Call]:
+        return self._calls
+
+    def decode(
+        self, results: Sequence[tuple[bool, bytes]], block: Block, recv_ts: int
+    ) -> FeedResult:
+        (ok, data), (agg_ok, agg_data) = results[0], results[1]
+        aggregator = _address(agg_data) if agg_ok else None
+        aggregator = aggregator or self._proxy.lower()  # no aggregator(): the address itself
+        if self._learning:  # decimals and description, then the same block again
+            return self._learn(aggregator, results[2], results[3])
+        if aggregator != self._aggregator:
+            self._learning = True  # replaced upstream: learn it again
+            self._calls = self._learning_calls()
+            return None
+        (min_ok, min_data), (max_ok, max_data) = results[2], results[3]
+        low = _int(min_data) if min_ok else None
+        high = _int(max_data) if max_ok else None
+        self._bounds = (low, high) if low is not None and high is not None else None
+        if not ok:
+            return "call_failed"
+        round_id, answer, _started, updated_at, answered_in = decode_round(data)
+        if self._rejected == (round_id, updated_at):
+            return None  # refused already; counted once
+        reason = self._refuse(round_id, answer, updated_at, answered_in)
+        if reason is not None:
+            self._rejected = (round_id, updated_at)
+            return reason
+        flag: str | None = None
+        if self._bounds is not None and not self._bounds[0] < answer < self._bounds[1]:
+            flag = "at_bound"
+        elif block.timestamp - updated_at > self._heartbeat_s:
+            flag = "stale"
+        if self._last == (round_id, updated_at, flag):
+            return None  # nothing new in this block
+        self._last = (round_id, updated_at, flag)
+        return Quote(
+            self.source_id, self.pair, recv_ts, answer * self._scale, venue_ts=updated_at * 1000,
+            flag=flag, block=block.number, block_ts=block.timestamp * 1000,
+        )  # fmt: skip
+
+    def _refuse(self, round_id: int, answer: int, updated_at: int, answered_in: int) -> str | None:
+        if updated_at == 0:
+            return "incomplete_round"
+        if answer <= 0:
+            return "non_positive"
+        if answered_in < round_id:
+            return "carried_over_round"
+        if self._last is not None and updated_at < self._last[1]:
+            return "older_round"
+        return None
+
+    def _learn(
+        self, aggregator: str, decimals: tuple[bool, bytes], description: tuple[bool, bytes]
+    ) -> FeedResult:
+        if not decimals[0] or _int(decimals[1]) is None:
+            return "no_decimals"
+        places = _int(decimals[1]) or 0
+        if not 0 <= places <= 36:
+            return "no_decimals"
+        self._decimals = places
+        self._scale = 10.0**-places
+        if description[0]:
+            try:
+                (self.description,) = abi_decode(["string"], description[1])
+            except DecodingError:
+                self.description = None
+        self._aggregator = aggregator
+        self._learning = False
+        self._calls = (
+            Call(self._proxy, _LATEST_ROUND),
+            Call(self._proxy, _AGGREGATOR),
+            Call(aggregator, _MIN_ANSWER),
+            Call(aggregator, _MAX_ANSWER),
+        )
+        self._log.info(
+            "chainlink feed", aggregator=aggregator, decimals=places, description=self.description
+        )
+        return None
+
+
+class ChainlinkSource(ChainSource):
+    """Source type `chainlink`: one proxy per pair (`feeds.<pair>.address`, `heartbeat_s`)."""
+
+    def build_feed(self, pair: str, spec: FeedSpec) -> Feed:
+        return ChainlinkFeed(self.source_id, pair, spec)

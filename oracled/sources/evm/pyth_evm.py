@@ -1,0 +1,90 @@
+"""Pyth price feeds on an EVM chain: `getPriceUnsafe(id)` on the Pyth contract, every block.
+
+`getPriceUnsafe` returns the stored price whatever its age (`getPriceNoOlderThan` would revert
+instead, and a revert carries less information than the age), so staleness is judged here:
+`publishTime` older than the feed's `max_age_s` by the block's clock flags the quote `stale`.
+The quote is emitted like the Hermes adapter's: ``bid = (price - conf) * 10**expo``,
+``ask = (price + conf) * 10**expo``, so the core's mid is Pyth's price and its spread the
+confidence band; `venue_ts` is `publishTime`.
+
+Return value (a static struct, four words): ``(int64 price, uint64 conf, int32 expo,
+uint256 publishTime)``; https://docs.pyth.network/price-feeds/api-reference/evm/get-price-unsafe
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from oracled.config import FeedSpec
+from oracled.model import Quote
+from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
+from oracled.sources.evm.multicall import selector
+from oracled.sources.evm.source import ChainSource
+
+__all__ = ["PythEvmFeed", "PythEvmSource"]
+
+_GET_PRICE_UNSAFE: Final = selector("getPriceUnsafe(bytes32)")
+_I64: Final = 1 << 63
+_MAX_EXPO: Final = 36
+
+
+class PythEvmFeed(Feed):
+    """One Pyth price id on one Pyth contract, for one canonical pair."""
+
+    __slots__ = ("_calls", "_last", "_max_age_s")
+
+    def __init__(self, source_id: str, pair: str, contract: str, spec: FeedSpec) -> None:
+        super().__init__(source_id, pair)
+        if spec.feed_id is None or spec.max_age_s is None:
+            raise ValueError("a Pyth feed needs feed_id and max_age_s")
+        feed_id = bytes.fromhex(spec.feed_id[2:])
+        self._calls = (Call(contract, _GET_PRICE_UNSAFE + feed_id),)
+        self._max_age_s = spec.max_age_s
+        self._last: tuple[int, int, int, str | None] | None = None  # publishTime, price, conf, flag
+
+    def calls(self) -> Sequence[Call]:
+        return self._calls
+
+    def decode(
+        self, results: Sequence[tuple[bool, bytes]], block: Block, recv_ts: int
+    ) -> FeedResult:
+        ok, data = results[0]
+        if not ok:
+            return "call_failed"  # e.g. PriceFeedNotFound: the id is not on this contract
+        if len(data) < 128:
+            return "malformed"
+        price = int.from_bytes(data[0:32], "big", signed=True)
+        conf = int.from_bytes(data[32:64], "big", signed=True)
+        expo = int.from_bytes(data[64:96], "big", signed=True)
+        publish_time = int.from_bytes(data[96:128], "big")
+        if not (-_I64 <= price < _I64 and 0 <= conf < _I64 and -_MAX_EXPO <= expo <= _MAX_EXPO):
+            return "malformed"
+        last = self._last
+        if last is not None and publish_time < last[0]:
+            return "older_price"
+        flag = "stale" if block.timestamp - publish_time > self._max_age_s else None
+        if last == (publish_time, price, conf, flag):
+            return None
+        if publish_time == 0:
+            return "no_price"
+        if price <= 0:
+            return "non_positive"
+        if conf >= price:
+            return "wide_confidence"  # the band reaches zero: no usable bid
+        self._last = (publish_time, price, conf, flag)
+        scale = 10.0**expo
+        return Quote(
+            self.source_id, self.pair, recv_ts, None, (price - conf) * scale,
+            (price + conf) * scale, venue_ts=publish_time * 1000, flag=flag,
+            block=block.number, block_ts=block.timestamp * 1000,
+        )  # fmt: skip
+
+
+class PythEvmSource(ChainSource):
+    """Source type `pyth_evm`: the Pyth contract in `address`, one price id per pair."""
+
+    def build_feed(self, pair: str, spec: FeedSpec) -> Feed:
+        if self.cfg.address is None:
+            raise ValueError("a pyth_evm source needs the Pyth contract address")
+        return PythEvmFeed(self.source_id, pair, self.cfg.address, spec)
