@@ -82,8 +82,8 @@ class ChainlinkFeed(Feed):
         self._decimals: int | None = None
         self._scale = 1.0
         self.description: str | None = None
-        # (roundId, updatedAt, flag) of the last quote, and (roundId, updatedAt) last refused.
-        self._last: tuple[int, int, str | None] | None = None
+        # (roundId, updatedAt, answer, flag) of the last quote; (roundId, updatedAt) last refused.
+        self._last: tuple[int, int, int, str | None] | None = None
         self._rejected: tuple[int, int] | None = None
         self._learning = True
         self._calls = self._learning_calls()
@@ -126,9 +126,10 @@ class ChainlinkFeed(Feed):
             flag = "at_bound"
         elif block.timestamp - updated_at > self._heartbeat_s:
             flag = "stale"
-        if self._last == (round_id, updated_at, flag):
+        key = (round_id, updated_at, answer, flag)
+        if self._last == key:
             return None  # nothing new in this block
-        self._last = (round_id, updated_at, flag)
+        self._last = key
         return Quote(
             self.source_id, self.pair, recv_ts, answer * self._scale, venue_ts=updated_at * 1000,
             flag=flag, block=block.number, block_ts=block.timestamp * 1000,

@@ -1,0 +1,155 @@
+"""Chainlink feeds read from the local node: normal rounds, and every round a reader must refuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+from chain_rig import Anvil, Chain
+from conftest import Deployed
+from reading import chainlink_spec, make_reader, watch
+
+from oracled.sources.evm.chainlink import ChainlinkFeed
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chainlink"
+SET_ROUND = "setRound(uint80,int256,uint256,uint256,uint80)"
+
+
+async def test_normal_read_through_the_proxy(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A MockV3Aggregator behind a proxy reads as 3000.00 with its updatedAt as venue time and
+    the block it was read at; the first block costs one extra read to learn decimals, the next
+    block one round trip."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    head = await chain.block()
+    (_, _, _, updated_at, _) = await chain.call(
+        snapshot.eth_proxy, "latestRoundData()",
+        returns=["uint80", "int256", "uint256", "uint256", "uint80"],
+    )  # fmt: skip
+    quote = got.last
+    assert (quote.price, quote.flag, quote.venue_ts) == (3000.0, None, updated_at * 1000)
+    assert quote.block == int(head["number"], 16)
+    assert quote.block_ts == int(head["timestamp"], 16) * 1000
+    assert reader.stats.round_trips == 2
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3012_50000000)
+    assert await reader.poll_once()
+    assert got.last.price == 3012.5
+    assert reader.stats.round_trips == 3
+    assert len(got.quotes) == 2
+
+
+async def test_real_mainnet_rounds_replayed(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """The mainnet BTC/USD round of the fixture reads back exactly; the real all-zero round of a
+    phase boundary is refused as incomplete and never becomes a price."""
+    doc = json.loads((FIXTURES / "latestRoundData_BTC_USD_mainnet.json").read_text())
+    real = doc["latestRoundData_equivalent"]
+    now = await chain.timestamp()
+    await chain.transact(
+        snapshot.btc_aggregator, SET_ROUND, int(real["roundId"]), int(real["answer"]), now, now,
+        int(real["answeredInRound"]),
+    )  # fmt: skip
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    assert await reader.poll_once()
+    assert got.last.price == pytest.approx(43066.45100191, rel=1e-15)
+    zero = doc["phase_boundary_example"]["getRoundData_of_first_round_of_phase_(nonexistent)"]
+    await chain.transact(
+        snapshot.btc_aggregator, SET_ROUND, int(zero["roundId"]), int(zero["answer"]),
+        zero["startedAt"], zero["updatedAt"], int(zero["answeredInRound"]),
+    )  # fmt: skip
+    assert await reader.poll_once()
+    assert got.stats.dropped["incomplete_round"] == 1
+    assert len(got.quotes) == 1
+    await chain.mine()
+    assert await reader.poll_once()
+    assert got.stats.dropped["incomplete_round"] == 1  # one bad round is counted once
+
+
+async def test_stale_round_is_flagged(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A round older than the feed's heartbeat by the block's clock is re-published flagged
+    `stale`, so the core excludes it whatever the market's own age limit."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy, 600)))
+    assert await reader.poll_once()
+    assert got.last.flag is None
+    await chain.warp(599)
+    assert await reader.poll_once()
+    assert len(got.quotes) == 1  # inside the heartbeat: nothing new
+    await chain.warp(5)
+    assert await reader.poll_once()
+    assert (got.last.flag, got.last.price, len(got.quotes)) == ("stale", 3000.0, 2)
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3001_00000000)
+    assert await reader.poll_once()
+    assert (got.last.flag, got.last.price) == (None, 3001.0)
+
+
+async def test_answered_in_older_round_is_refused(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """answeredInRound < roundId (an answer carried over from an older round) is dropped with a
+    counted reason, and the previous good quote is not re-emitted."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    assert await reader.poll_once()
+    now = await chain.timestamp()
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 10, 61_000_00000000, now, now, 9)
+    assert await reader.poll_once()
+    assert got.stats.dropped["carried_over_round"] == 1
+    assert [q.price for q in got.quotes] == [60000.0]
+
+
+async def test_non_positive_answer_is_refused(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A negative answer is dropped as `non_positive`."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    now = await chain.timestamp()
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 7, -5, now, now, 7)
+    assert await reader.poll_once()
+    assert got.stats.dropped["non_positive"] == 1
+    assert got.quotes == []
+
+
+async def test_answer_at_min_answer_is_flagged_not_priced(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A crash below the aggregator's minAnswer is clamped on chain to the floor; the reader
+    learns the bounds through proxy.aggregator() and flags the floor value `at_bound`."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    assert await reader.poll_once()
+    assert got.last.flag is None
+    await chain.transact(snapshot.btc_aggregator, "updateAnswer(int256)", 12_00000000)
+    assert await reader.poll_once()
+    assert (got.last.price, got.last.flag) == (1000.0, "at_bound")
+
+
+async def test_aggregator_replaced_behind_the_proxy(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """When the proxy points to a new aggregator, the feed learns it again on the same block
+    and publishes the new aggregator's answer with the new bounds."""
+    reader = make_reader([anvil.url], http)
+    feed = ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy))
+    got = watch(reader, feed)
+    assert await reader.poll_once()
+    newer = await chain.deploy(
+        "TestAggregator", ["uint8", "string", "int192", "int192"], [6, "BTC / USD", 1, 10**15]
+    )
+    await chain.transact(newer, "updateAnswer(int256)", 59_000_000000)
+    await chain.transact(snapshot.btc_proxy, "setAggregator(address)", newer)
+    assert await reader.poll_once()
+    assert (got.last.price, got.last.flag) == (59000.0, None)
+    assert feed.description == "BTC / USD"

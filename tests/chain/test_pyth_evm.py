@@ -1,0 +1,81 @@
+"""Pyth on EVM read from the local node's MockPyth: the price band, staleness, unknown ids."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from chain_rig import Anvil, Chain
+from conftest import PYTH_BTC_ID, PYTH_ETH_ID, Deployed, pyth_update
+from reading import make_reader, pyth_spec, watch
+
+from oracled.sources.evm.pyth_evm import PythEvmFeed
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_normal_read_is_the_confidence_band(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """price 3000.12, conf 0.015 at expo -8 reads as bid = price - conf, ask = price + conf,
+    with publishTime as venue time; both feeds of the contract come from one block read."""
+    reader = make_reader([anvil.url], http)
+    eth = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
+    btc = watch(reader, PythEvmFeed("py", "BTC/USD", snapshot.pyth, pyth_spec(PYTH_BTC_ID)))
+    assert await reader.poll_once()
+    (price,) = await chain.call(
+        snapshot.pyth, "getPriceUnsafe(bytes32)", PYTH_ETH_ID,
+        returns=["(int64,uint64,int32,uint256)"],
+    )  # fmt: skip
+    quote = eth.last
+    assert quote.bid == pytest.approx(3000.105, rel=1e-12)
+    assert quote.ask == pytest.approx(3000.135, rel=1e-12)
+    assert quote.price is None
+    assert quote.venue_ts == price[3] * 1000
+    assert btc.last.bid == pytest.approx(59970.0, rel=1e-12)
+    assert reader.stats.round_trips == 1
+    assert quote.block == btc.last.block
+
+
+async def test_stale_price_is_flagged(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A publishTime older than max_age_s by the block's clock flags the quote `stale`; a fresh
+    update clears it."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID, 30)))
+    assert await reader.poll_once()
+    assert got.last.flag is None
+    await chain.warp(31)
+    assert await reader.poll_once()
+    assert got.last.flag == "stale"
+    now = await chain.timestamp()
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 301_000_000_000, 2_000_000, -8, now)
+    assert await reader.poll_once()
+    assert (got.last.flag, got.last.bid) == (None, pytest.approx(3009.98, rel=1e-12))
+
+
+async def test_unknown_price_id_is_dropped(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """An id the contract does not hold reverts inside the multicall: that feed is dropped with
+    `call_failed` and its neighbour in the same read is unaffected."""
+    reader = make_reader([anvil.url], http)
+    bad = watch(reader, PythEvmFeed("py", "SOL/USD", snapshot.pyth, pyth_spec(b"\x01" * 32)))
+    good = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
+    assert await reader.poll_once()
+    assert bad.stats.dropped["call_failed"] == 1
+    assert bad.quotes == []
+    assert len(good.quotes) == 1
+
+
+async def test_wide_confidence_is_dropped(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A confidence band as wide as the price has no usable bid: dropped `wide_confidence`."""
+    now = await chain.timestamp()
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 100, 100, -8, now + 1)
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
+    assert await reader.poll_once()
+    assert got.stats.dropped["wide_confidence"] == 1
+    assert got.quotes == []
