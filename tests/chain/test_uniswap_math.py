@@ -17,10 +17,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from oracled.config import FeedSpec
 from oracled.model import Quote
+from oracled.sources import source_class
 from oracled.sources.evm.feed import Block
 from oracled.sources.evm.uniswap_v3 import (
     UniswapV3Feed,
+    UniswapV3Source,
     decode_observe,
     decode_slot0_sqrt_price,
     decode_uint128,
@@ -32,6 +35,8 @@ from oracled.sources.evm.uniswap_v3 import (
 )
 
 POOL = "0x88e6A0c2dDD26FEEb64F039a2c41296FcB3f5640"  # the mainnet USDC/WETH 0.05 % pool
+TOKEN0 = "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"  # its token0 (USDC) and token1 (WETH)
+TOKEN1 = "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2"
 BLOCK = Block(number=21_000_000, hash="0x" + "ab" * 32, timestamp=1_730_000_000)
 RECV = 1_730_000_000_400
 WINDOW = 300
@@ -84,7 +89,43 @@ def error_string(message: str) -> bytes:
     return function_signature_to_4byte_selector("Error(string)") + encode(["string"], [message])
 
 
+def address_data(address: str) -> bytes:
+    return encode(["address"], [address])
+
+
+def learn(feed: UniswapV3Feed, decimals: tuple[int, int] | None = None) -> None:
+    """Take the feed through its two set-up reads, the chain agreeing with its config."""
+    assert (
+        feed.decode([(True, address_data(TOKEN0)), (True, address_data(TOKEN1))], BLOCK, RECV)
+        is None
+    )
+    found = decimals or (feed.token0_decimals, feed.token1_decimals)
+    assert feed.decode([(True, uint128_data(d)) for d in found], BLOCK, RECV) is None
+
+
 def make_feed(
+    *,
+    invert: bool = False,
+    decimals0: int = 18,
+    decimals1: int = 18,
+    min_liquidity: int = 10**15,
+    max_spot_gap: float = 0.05,
+    pair: str = "ETH/USDC",
+) -> UniswapV3Feed:
+    """A feed past its set-up reads, ready to price."""
+    feed = new_feed(
+        invert=invert,
+        decimals0=decimals0,
+        decimals1=decimals1,
+        min_liquidity=min_liquidity,
+        max_spot_gap=max_spot_gap,
+        pair=pair,
+    )
+    learn(feed)
+    return feed
+
+
+def new_feed(
     *,
     invert: bool = False,
     decimals0: int = 18,
@@ -299,6 +340,62 @@ def test_revert_reasons_are_readable() -> None:
 # ------------------------------------------------------------------ the feed
 
 
+def test_set_up_reads_the_pools_tokens_then_their_decimals() -> None:
+    """Before pricing, the feed asks the pool for token0/token1, then each token for decimals();
+    with the chain agreeing with the config it switches to its pricing calls."""
+    feed = new_feed(decimals0=6, decimals1=18)
+    selector = function_signature_to_4byte_selector
+    assert [(c.target, c.data) for c in feed.calls()] == [
+        (POOL, selector("token0()")),
+        (POOL, selector("token1()")),
+    ]
+    tokens = [(True, address_data(TOKEN0)), (True, address_data(TOKEN1))]
+    assert feed.decode(tokens, BLOCK, RECV) is None
+    assert (feed.token0, feed.token1) == (TOKEN0, TOKEN1)
+    assert [(c.target, c.data) for c in feed.calls()] == [
+        (TOKEN0, selector("decimals()")),
+        (TOKEN1, selector("decimals()")),
+    ]
+    with capture_logs() as logs:
+        assert feed.decode([(True, uint128_data(6)), (True, uint128_data(18))], BLOCK, RECV) is None
+    assert logs[0]["event"] == "uniswap_feed" and logs[0]["verified"] is True
+    assert len(feed.calls()) == 3
+
+
+def test_decimals_that_disagree_with_the_chain_stop_the_feed() -> None:
+    """A config whose decimals are not the tokens' own (e.g. token0 and token1 swapped) never
+    prices: every block is dropped as token_mismatch, with one error line naming both sides."""
+    feed = new_feed(decimals0=18, decimals1=6)  # the pool's token0 is USDC (6)
+    feed.decode([(True, address_data(TOKEN0)), (True, address_data(TOKEN1))], BLOCK, RECV)
+    on_chain = [(True, uint128_data(6)), (True, uint128_data(18))]
+    with capture_logs() as logs:
+        assert feed.decode(on_chain, BLOCK, RECV) == "token_mismatch"
+        assert feed.decode(on_chain, BLOCK, RECV) == "token_mismatch"
+    assert [e["event"] for e in logs] == ["uniswap_token_decimals_mismatch"]
+    assert logs[0]["configured"] == (18, 6) and logs[0]["on_chain"] == (6, 18)
+    assert logs[0]["log_level"] == "error"
+
+
+def test_a_token_without_decimals_leaves_the_config_unverified_but_used() -> None:
+    """A token whose decimals() reverts cannot be checked; the configured value is used and the
+    set-up line says it was not verified."""
+    feed = new_feed(decimals0=6, decimals1=18)
+    feed.decode([(True, address_data(TOKEN0)), (True, address_data(TOKEN1))], BLOCK, RECV)
+    with capture_logs() as logs:
+        assert feed.decode([(False, b""), (True, uint128_data(18))], BLOCK, RECV) is None
+    assert logs[0]["verified"] is False
+    assert isinstance(feed.decode(results(0), BLOCK, RECV), Quote)
+
+
+def test_an_address_that_is_not_a_pool_is_dropped() -> None:
+    """token0() reverting (an EOA or another contract at the address): dropped as not_a_pool."""
+    feed = new_feed()
+    with capture_logs() as logs:
+        assert feed.decode([(False, b""), (False, b"")], BLOCK, RECV) == "not_a_pool"
+        assert feed.decode([(True, b"\x01" * 32), (True, b"")], BLOCK, RECV) == "not_a_pool"
+    assert [e["event"] for e in logs] == ["uniswap_not_a_pool"]
+
+
 def test_calls_are_observe_slot0_and_liquidity_pre_encoded() -> None:
     """Three calls to the pool, calldata built once from the real selectors."""
     feed = make_feed()
@@ -430,6 +527,40 @@ def test_window_must_fit_observe_uint32() -> None:
                 "u", "ETH/USDC", POOL, invert=False, token0_decimals=18, token1_decimals=6,
                 min_liquidity=1, twap_window_s=window,
             )  # fmt: skip
+
+
+def test_a_feed_is_built_from_its_config_spec() -> None:
+    """A `uniswap_v3` feed table becomes the feed it describes; the source type resolves to the
+    Uniswap source class."""
+    spec = FeedSpec(
+        address=POOL,
+        min_liquidity=10**18,
+        token0_decimals=6,
+        token1_decimals=18,
+        invert=True,
+        twap_window_s=600,
+        max_spot_deviation=0.02,
+    )
+    feed = UniswapV3Feed.from_spec("uni", "ETH/USDC", spec)
+    assert (feed.pool, feed.invert, feed.token0_decimals, feed.token1_decimals) == (
+        POOL, True, 6, 18,
+    )  # fmt: skip
+    assert (feed.min_liquidity, feed.twap_window_s, feed.max_spot_deviation) == (10**18, 600, 0.02)
+    assert UniswapV3Feed.from_spec("uni", "ETH/USDC", FeedSpec(
+        address=POOL, min_liquidity=1, token0_decimals=6, token1_decimals=18
+    )).max_spot_deviation == 0.05  # fmt: skip
+    with pytest.raises(ValueError):
+        UniswapV3Feed.from_spec("uni", "ETH/USDC", FeedSpec(address=POOL))
+    assert source_class("uniswap_v3") is UniswapV3Source
+
+
+def test_an_older_block_than_one_priced_is_not_priced_again() -> None:
+    """The feed never publishes a block older than its last quote's (a reorg to a shorter
+    chain is the reader's to refuse; this is the feed's own guard)."""
+    feed = make_feed()
+    assert isinstance(feed.decode(results(0), BLOCK, RECV), Quote)
+    older = Block(BLOCK.number - 1, "0x" + "cd" * 32, BLOCK.timestamp - 12)
+    assert feed.decode(results(5), older, RECV) is None
 
 
 def test_prices_are_finite_over_the_tick_range() -> None:

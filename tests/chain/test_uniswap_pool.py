@@ -164,16 +164,19 @@ def feed_for(
 
 
 async def read(chain: Chain, feed: UniswapV3Feed) -> tuple[Quote | str | None, Block]:
-    """One round as the reader does it: aggregate3 of the feed's calls, pinned to one block."""
+    """One round as the reader does it: aggregate3 of the feed's calls pinned to the latest
+    block, read again on the same block while the feed is learning (it changed its calls)."""
     head = await chain.block()
     block = Block(int(head["number"], 16), head["hash"], int(head["timestamp"], 16))
-    calls = feed.calls()
-    raw = await chain.rpc(
-        "eth_call",
-        [{"to": MULTICALL3, "data": "0x" + encode_aggregate3(calls).hex()}, hex(block.number)],
-    )
-    results = decode_aggregate3(bytes.fromhex(raw[2:]), len(calls))
-    return feed.decode(results, block, block.timestamp * 1000 + 250), block
+    for _ in range(3):
+        calls = feed.calls()
+        data = "0x" + encode_aggregate3(calls).hex()
+        raw = await chain.rpc("eth_call", [{"to": MULTICALL3, "data": data}, hex(block.number)])
+        results = decode_aggregate3(bytes.fromhex(raw[2:]), len(calls))
+        out = feed.decode(results, block, block.timestamp * 1000 + 250)
+        if out is not None or feed.calls() is calls:
+            return out, block
+    raise AssertionError("the feed kept changing its calls")
 
 
 async def test_a_normal_read_is_the_pools_twap_at_the_read_block(
@@ -223,7 +226,8 @@ async def test_after_a_swap_the_twap_is_emitted_and_slot0_only_cross_checks(
     assert 3000 < quote.price < spot * 0.95
     assert feed.spot_gaps == 1
     assert feed.last_spot_gap is not None and feed.last_spot_gap > 0.05
-    assert [e["event"] for e in logs] == ["uniswap_spot_gap"]
+    assert [e["event"] for e in logs] == ["uniswap_feed", "uniswap_spot_gap"]
+    assert logs[0]["verified"] is True
 
 
 async def test_a_pool_below_the_liquidity_minimum_is_flagged(
@@ -311,7 +315,24 @@ async def test_observe_reverts_when_the_window_outruns_the_observations(
     with capture_logs() as logs:
         result, _ = await read(chain, feed)
     assert result == "observe_reverted"
-    assert logs[0]["event"] == "uniswap_observe_reverted"
-    assert logs[0]["reason"] == "OLD"
+    assert [e["event"] for e in logs] == ["uniswap_feed", "uniswap_observe_reverted"]
+    assert logs[1]["reason"] == "OLD"
     short, _ = await read(chain, feed_for(pool, tokens.weth, min_liquidity=1, window=30))
     assert isinstance(short, Quote)
+
+
+async def test_a_config_with_the_tokens_swapped_is_refused_on_the_real_pool(
+    chain: Chain, tokens: Tokens, snapshot: Deployed
+) -> None:
+    """Decimals configured the wrong way round (18/6 for a USD/WETH pool) are caught against the
+    tokens' own decimals(): dropped as token_mismatch instead of a price off by 1e24."""
+    pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_below, "3000", liquidity=10**15)
+    assert (pool.decimals0, pool.decimals1) == (6, 18)
+    await chain.warp(2 * WINDOW)
+    wrong = UniswapV3Feed(
+        "uniswap", "ETH/USD", pool.address, invert=True, token0_decimals=18, token1_decimals=6,
+        min_liquidity=1,
+    )  # fmt: skip
+    result, _ = await read(chain, wrong)
+    assert result == "token_mismatch"
+    assert (wrong.token0, wrong.token1) == (tokens.usd_below.lower(), tokens.weth.lower())

@@ -14,6 +14,12 @@ Each block the pool is asked three things, all pre-encoded once:
   below ``min_liquidity``, the pool is thin: cheap to move, its price is flagged ``liquidity``
   (excluded, never voting) instead of being trusted.
 
+Before the first read the feed checks its configuration against the chain: it asks the pool for
+``token0()``/``token1()`` and those tokens for ``decimals()``; decimals other than configured (a
+swapped or mistyped pair, which would misprice by powers of ten) are logged as an error and the
+feed drops every block as ``token_mismatch`` until the config is fixed. The reader re-reads the
+same block after each of these two steps, so the first block is still priced.
+
 A revert of ``observe`` (the window reaches back before the oldest stored observation: ``OLD``,
 the pool's observation cardinality is too small for the window) is the drop reason
 ``observe_reverted``. The venue time is the block's timestamp.
@@ -38,13 +44,17 @@ from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_abi.exceptions import DecodingError
 
+from oracled.config import FeedSpec
 from oracled.model import Quote
 from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
+from oracled.sources.evm.source import ChainSource
 
 __all__ = [
     "DEFAULT_MAX_SPOT_DEVIATION",
     "DEFAULT_TWAP_WINDOW_S",
     "UniswapV3Feed",
+    "UniswapV3Source",
+    "decode_address",
     "decode_observe",
     "decode_slot0_sqrt_price",
     "decode_uint128",
@@ -63,6 +73,9 @@ DEFAULT_MAX_SPOT_DEVIATION: Final = 0.05
 _OBSERVE: Final = bytes.fromhex("883bdbfd")  # observe(uint32[])
 _SLOT0: Final = bytes.fromhex("3850c7bd")  # slot0()
 _LIQUIDITY: Final = bytes.fromhex("1a686502")  # liquidity()
+_TOKEN0: Final = bytes.fromhex("0dfe1681")  # token0()
+_TOKEN1: Final = bytes.fromhex("d21220a7")  # token1()
+_DECIMALS: Final = bytes.fromhex("313ce567")  # decimals()
 _ERROR_STRING: Final = bytes.fromhex("08c379a0")  # Error(string), what require() reverts with
 
 _OBSERVE_TYPES: Final = ("int56[]", "uint160[]")
@@ -73,6 +86,10 @@ _INT56: Final = 1 << 55
 # The canonical head of observe's two dynamic arrays of two: offsets 0x40 and 0xa0, length 2.
 _WORD_TWO: Final = (2).to_bytes(32, "big")
 _OBSERVE_HEAD: Final = (0x40).to_bytes(32, "big") + (0xA0).to_bytes(32, "big") + _WORD_TWO
+# Set-up steps of a feed, then steady reading.
+_TOKENS: Final = 0
+_TOKEN_DECIMALS: Final = 1
+_READING: Final = 2
 _MAX_TICK: Final = 887272  # TickMath.MAX_TICK; a mean tick beyond it is not from a real pool
 _LN_TICK_BASE: Final = math.log1p(1e-4)  # ln 1.0001, correctly rounded
 
@@ -164,6 +181,13 @@ def decode_uint128(data: bytes) -> int:
     return int(value)
 
 
+def decode_address(data: bytes) -> str | None:
+    """A returned `address` as lower-case 0x hex, or None when the word is not one."""
+    if len(data) != 32 or any(data[:12]):
+        return None
+    return "0x" + data[12:].hex()
+
+
 def revert_reason(data: bytes) -> str:
     """A readable reason from revert data: the `require` message, else the raw bytes in hex."""
     if data[:4] == _ERROR_STRING:
@@ -185,8 +209,12 @@ class UniswapV3Feed(Feed):
 
     __slots__ = (
         "_calls",
+        "_last_ts",
         "_log",
+        "_mismatch_logged",
         "_observe_failing",
+        "_phase",
+        "_read_calls",
         "_spot_off",
         "invert",
         "last_spot",
@@ -195,7 +223,9 @@ class UniswapV3Feed(Feed):
         "min_liquidity",
         "pool",
         "spot_gaps",
+        "token0",
         "token0_decimals",
+        "token1",
         "token1_decimals",
         "twap_window_s",
     )
@@ -224,7 +254,14 @@ class UniswapV3Feed(Feed):
         self.twap_window_s = twap_window_s
         self.max_spot_deviation = max_spot_deviation
         observe = _OBSERVE + abi_encode(("uint32[]",), ([twap_window_s, 0],))
-        self._calls = (Call(pool, observe), Call(pool, _SLOT0), Call(pool, _LIQUIDITY))
+        self._read_calls = (Call(pool, observe), Call(pool, _SLOT0), Call(pool, _LIQUIDITY))
+        # Learnt from the chain before the first read (see the module docstring).
+        self.token0: str | None = None
+        self.token1: str | None = None
+        self._phase = _TOKENS
+        self._calls: tuple[Call, ...] = (Call(pool, _TOKEN0), Call(pool, _TOKEN1))
+        self._mismatch_logged = False
+        self._last_ts = 0
         #: Reads whose spot price was more than max_spot_deviation away from the TWAP.
         self.spot_gaps = 0
         self.last_spot: float | None = None  # in pair terms, like the emitted price
@@ -233,13 +270,42 @@ class UniswapV3Feed(Feed):
         self._observe_failing = False
         self._log = structlog.get_logger().bind(source=source_id, pair=pair, pool=pool)
 
+    @classmethod
+    def from_spec(cls, source_id: str, pair: str, spec: FeedSpec) -> UniswapV3Feed:
+        """The feed a `uniswap_v3` source's `feeds.<pair>` table describes."""
+        if (
+            spec.address is None
+            or spec.min_liquidity is None
+            or spec.token0_decimals is None
+            or spec.token1_decimals is None
+        ):
+            raise ValueError(
+                "a Uniswap v3 feed needs address, min_liquidity, token0_decimals, token1_decimals"
+            )
+        return cls(
+            source_id,
+            pair,
+            spec.address,
+            invert=spec.invert,
+            token0_decimals=spec.token0_decimals,
+            token1_decimals=spec.token1_decimals,
+            min_liquidity=spec.min_liquidity,
+            twap_window_s=spec.twap_window_s,
+            max_spot_deviation=spec.max_spot_deviation or DEFAULT_MAX_SPOT_DEVIATION,
+        )
+
     def calls(self) -> Sequence[Call]:
         return self._calls
 
     def decode(
         self, results: Sequence[tuple[bool, bytes]], block: Block, recv_ts: int
     ) -> FeedResult:
+        if self._phase != _READING:
+            return self._learn(results)
         (obs_ok, obs_data), (slot_ok, slot_data), (liq_ok, liq_data) = results
+        ts = block.timestamp * 1000
+        if ts < self._last_ts:
+            return None  # an older block than one already priced (the reader should not send it)
         if not obs_ok:
             if not self._observe_failing:
                 self._observe_failing = True
@@ -278,7 +344,7 @@ class UniswapV3Feed(Feed):
             liquidity < self.min_liquidity
             or harmonic_mean_liquidity(spl0, spl1, window) < self.min_liquidity
         )
-        ts = block.timestamp * 1000
+        self._last_ts = ts
         return Quote(
             self.source_id,
             self.pair,
@@ -289,6 +355,55 @@ class UniswapV3Feed(Feed):
             block=block.number,
             block_ts=ts,
         )
+
+    def _learn(self, results: Sequence[tuple[bool, bytes]]) -> FeedResult:
+        """The two set-up steps: the pool's tokens, then their decimals against the config."""
+        if self._phase == _TOKENS:
+            (ok0, data0), (ok1, data1) = results
+            token0 = decode_address(data0) if ok0 else None
+            token1 = decode_address(data1) if ok1 else None
+            if token0 is None or token1 is None:
+                if not self._mismatch_logged:
+                    self._mismatch_logged = True
+                    self._log.error("uniswap_not_a_pool", hint="check the feed's address")
+                return "not_a_pool"
+            self.token0, self.token1 = token0, token1
+            self._phase = _TOKEN_DECIMALS
+            self._calls = (Call(token0, _DECIMALS), Call(token1, _DECIMALS))
+            return None
+        configured = (self.token0_decimals, self.token1_decimals)
+        found: list[int | None] = []
+        for ok, data in results:
+            try:
+                found.append(decode_uint128(data) if ok else None)
+            except ValueError:
+                found.append(None)
+        if any(f is not None and f != c for f, c in zip(found, configured, strict=True)):
+            if not self._mismatch_logged:
+                self._mismatch_logged = True
+                self._log.error(
+                    "uniswap_token_decimals_mismatch",
+                    token0=self.token0,
+                    token1=self.token1,
+                    configured=configured,
+                    on_chain=tuple(found),
+                    hint="token0 is the pool's lower token address; set token0_decimals, "
+                    "token1_decimals and invert to match",
+                )
+            return "token_mismatch"
+        self._log.info(
+            "uniswap_feed",
+            token0=self.token0,
+            token1=self.token1,
+            decimals=configured,
+            verified=None not in found,
+            invert=self.invert,
+            twap_window_s=self.twap_window_s,
+            min_liquidity=self.min_liquidity,
+        )
+        self._phase = _READING
+        self._calls = self._read_calls
+        return None
 
     def _cross_check(self, twap: float, spot: float) -> None:
         """Count a TWAP/spot gap; log only when the pool enters or leaves that state."""
@@ -306,3 +421,11 @@ class UniswapV3Feed(Feed):
                 gap=round(gap, 6),
                 max_spot_deviation=self.max_spot_deviation,
             )
+
+
+class UniswapV3Source(ChainSource):
+    """Source type `uniswap_v3`: one pool per pair (`feeds.<pair>.address`, `min_liquidity`,
+    `token0_decimals`, `token1_decimals`, `invert`, `twap_window_s`, `max_spot_deviation`)."""
+
+    def build_feed(self, pair: str, spec: FeedSpec) -> Feed:
+        return UniswapV3Feed.from_spec(self.source_id, pair, spec)
