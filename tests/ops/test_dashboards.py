@@ -1,0 +1,68 @@
+"""Static checks of the Grafana dashboards and their provisioning (the live check is in
+test_prometheus.py)."""
+
+from __future__ import annotations
+
+import yaml
+from catalogue import ROOT, unknown_metrics
+from dashboards import DASHBOARDS, load, targets, variables
+
+PROVISIONING = ROOT / "grafana" / "provisioning"
+EXPECTED = {
+    "oracled-overview.json",
+    "oracled-market.json",
+    "oracled-sources.json",
+    "oracled-publishing.json",
+}
+
+
+def test_the_four_dashboards_exist_with_unique_uids_and_titles() -> None:
+    """Overview, market drill-down, source health and publishing; uids are stable links."""
+    dashes = load()
+    assert set(dashes) == EXPECTED
+    uids = [d["uid"] for d in dashes.values()]
+    titles = [d["title"] for d in dashes.values()]
+    assert len(set(uids)) == len(uids) and len(set(titles)) == len(titles)
+    assert all(uid == name.removesuffix(".json") for name, uid in zip(dashes, uids, strict=True))
+
+
+def test_every_panel_uses_the_datasource_variable_and_has_a_unique_id() -> None:
+    """Imported anywhere, the dashboards follow the chosen Prometheus, not a fixed uid."""
+    for name, dash in load().items():
+        ids = []
+        stack = list(dash["panels"])
+        while stack:
+            panel = stack.pop()
+            stack.extend(panel.get("panels", []))
+            ids.append(panel["id"])
+            if panel["type"] in {"row", "text"}:
+                continue
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, name
+            assert panel["targets"], f"{name}: {panel['title']} has no query"
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == "${datasource}", name
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+        kinds = {v.name: v.kind for v in variables(name, dash)}
+        assert kinds.get("datasource") == "datasource", name
+
+
+def test_queries_use_only_catalogued_metrics() -> None:
+    """A renamed metric cannot leave a panel silently empty."""
+    unknown = {
+        (t.dashboard, t.panel): unknown_metrics(t.expr)
+        for name, dash in load().items()
+        for t in targets(name, dash)
+    }
+    assert {k: v for k, v in unknown.items() if v} == {}
+
+
+def test_provisioning_points_at_the_dashboards_and_a_prometheus_datasource() -> None:
+    """The provider loads files of type `file`; the data source is Prometheus and the default."""
+    sources = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    providers = yaml.safe_load((PROVISIONING / "dashboards" / "oracled.yml").read_text())
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"].endswith("/dashboards/oracled")
+    assert DASHBOARDS.is_dir()
