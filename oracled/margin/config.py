@@ -1,0 +1,237 @@
+"""The accounts file: risk policy, collateral assets, instruments with their tiers, accounts.
+
+Read from TOML or JSON (by suffix) into frozen pydantic models and checked as a whole, like the
+daemon's config: every problem is reported with its key path and raised together as one
+`ConfigError`. The models are the starting state; the engine keeps its own mutable copy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from oracled.errors import ConfigError
+
+__all__ = [
+    "AccountConfig",
+    "AccountsFile",
+    "AssetConfig",
+    "InstrumentConfig",
+    "PositionConfig",
+    "RiskPolicy",
+    "StrategyConfig",
+    "Tier",
+    "load_accounts",
+    "parse_accounts",
+]
+
+_PAIR = r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$"
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_\-.]{0,63}$"
+Pair = Annotated[str, Field(pattern=_PAIR)]
+Name = Annotated[str, Field(pattern=_NAME)]
+Rate = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+Share = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+Money = Annotated[float, Field(allow_inf_nan=False)]
+PosMoney = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Multiple = Annotated[float, Field(ge=1, le=100, allow_inf_nan=False)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class Tier(_Frozen):
+    """One notional bracket: the rates apply to the part of the notional inside the bracket.
+
+    `warning` and `reduce_only` are multiples of this bracket's maintenance margin: an account
+    whose equity falls below the sum of them is called (docs/margin.md, states).
+    """
+
+    up_to: PosMoney | None = None  # upper bound of the bracket in the numeraire; None: no bound
+    initial: Rate
+    maintenance: Rate
+    warning: Multiple = 1.5
+    reduce_only: Multiple = 1.2
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Tier:
+        if self.maintenance > self.initial:
+            raise ValueError("maintenance must not exceed initial")
+        if self.reduce_only > self.warning:
+            raise ValueError("reduce_only must not exceed warning")
+        return self
+
+
+class InstrumentConfig(_Frozen):
+    """A perpetual contract on one oracle market, settled in the numeraire."""
+
+    market: Pair
+    tiers: tuple[Tier, ...] = Field(min_length=1)
+    #: Concentration limit: an account holding more notional than this is reduce-only.
+    max_notional: PosMoney | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tuples(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("tiers"), list):
+            return {**data, "tiers": tuple(data["tiers"])}
+        return data
+
+    @model_validator(mode="after")
+    def _brackets(self) -> InstrumentConfig:
+        bounds = [t.up_to for t in self.tiers]
+        if bounds[-1] is not None:
+            raise ValueError("tiers: the last tier must have no up_to (it takes the rest)")
+        inner = [b for b in bounds[:-1] if b is not None]
+        if len(inner) != len(bounds) - 1 or inner != sorted(set(inner)):
+            raise ValueError("tiers: up_to must be set and increasing on every tier but the last")
+        return self
+
+
+class AssetConfig(_Frozen):
+    """A collateral asset. The numeraire has no market; every other asset is priced by one."""
+
+    market: Pair | None = None
+    haircut: Share = 0.0
+
+
+class StrategyConfig(_Frozen):
+    """A per-strategy sub-account: its own virtual balance and limits inside one account."""
+
+    balance: Money
+    max_notional: PosMoney | None = None
+
+
+class PositionConfig(_Frozen):
+    instrument: Name
+    qty: Money  # signed, in base units: positive long, negative short
+    entry: PosMoney
+    strategy: Name | None = None
+    #: Set for an isolated position: the margin set aside for it, outside the cross pool.
+    isolated_margin: PosMoney | None = None
+
+
+class AccountConfig(_Frozen):
+    id: Name
+    collateral: dict[Name, Money] = Field(default_factory=dict)
+    positions: tuple[PositionConfig, ...] = ()
+    strategies: dict[Name, StrategyConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tuples(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("positions"), list):
+            return {**data, "positions": tuple(data["positions"])}
+        return data
+
+
+class RiskPolicy(_Frozen):
+    """How prices are trusted and what a liquidation costs (docs/margin.md, prices)."""
+
+    allow_degraded: bool = True
+    #: A report older than this (decision time minus report time) is not fresh.
+    max_report_age_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 5_000
+    #: Use the mark price of a report when it carries a live one, else the index price.
+    use_mark: bool = True
+    #: How long a paused or unknown market freezes liquidations before `after_grace` applies.
+    pause_grace_ms: Annotated[int, Field(ge=0, le=30 * 86_400_000)] = 300_000
+    after_grace: Literal["freeze", "last_good"] = "last_good"
+    #: After the grace period, maintenance on a last good price is multiplied by 1 + buffer.
+    pause_buffer: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.5
+    #: Fraction of closed notional taken from the remaining equity into the insurance fund.
+    liquidation_fee: Share = 0.005
+    #: A liquidation closes at the price moved against the position by this fraction.
+    liquidation_slippage: Share = 0.0
+    insurance_fund: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+
+
+class AccountsFile(_Frozen):
+    policy: RiskPolicy = Field(default_factory=RiskPolicy)
+    assets: dict[Name, AssetConfig]
+    instruments: dict[Name, InstrumentConfig]
+    accounts: tuple[AccountConfig, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tuples(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("accounts"), list):
+            return {**data, "accounts": tuple(data["accounts"])}
+        return data
+
+    @property
+    def numeraire(self) -> str:
+        return next(name for name, asset in self.assets.items() if asset.market is None)
+
+    def markets(self) -> tuple[str, ...]:
+        """Every oracle market the file needs, instruments first, in file order."""
+        seen = [i.market for i in self.instruments.values()]
+        seen += [a.market for a in self.assets.values() if a.market is not None]
+        return tuple(dict.fromkeys(seen))
+
+
+def _relations(f: AccountsFile) -> list[str]:
+    problems: list[str] = []
+    numeraires = [n for n, a in f.assets.items() if a.market is None]
+    if len(numeraires) != 1:
+        problems.append(f"assets: exactly one asset must have no market (found {numeraires})")
+    ids: set[str] = set()
+    for i, acct in enumerate(f.accounts):
+        where = f"accounts[{i}]"
+        if acct.id in ids:
+            problems.append(f"{where}.id: duplicate account id {acct.id!r}")
+        ids.add(acct.id)
+        problems.extend(
+            f"{where}.collateral.{asset}: unknown asset"
+            for asset in acct.collateral
+            if asset not in f.assets
+        )
+        for j, pos in enumerate(acct.positions):
+            if pos.instrument not in f.instruments:
+                problems.append(f"{where}.positions[{j}].instrument: unknown {pos.instrument!r}")
+            if pos.strategy is not None and pos.strategy not in acct.strategies:
+                problems.append(f"{where}.positions[{j}].strategy: unknown {pos.strategy!r}")
+            if pos.qty == 0 or not math.isfinite(pos.qty):
+                problems.append(f"{where}.positions[{j}].qty: must be a non-zero number")
+    return problems
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def parse_accounts(data: Any) -> AccountsFile:
+    """Validate already-parsed data; raise ConfigError listing every problem."""
+    try:
+        parsed = AccountsFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            [
+                f"{_loc(e['loc'])}: {str(e['msg']).removeprefix('Value error, ')}"
+                for e in exc.errors()
+            ]
+        ) from None
+    problems = _relations(parsed)
+    if problems:
+        raise ConfigError(problems)
+    return parsed
+
+
+def load_accounts(path: Path) -> AccountsFile:
+    """Read an accounts file: `.json` as JSON, anything else as TOML."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: {exc.strerror or exc}"]) from None
+    try:
+        data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
+    return parse_accounts(data)

@@ -1,0 +1,205 @@
+"""What the margin engine reads from a price report, and whether it may act on it.
+
+The engine consumes reports the way an outside user does: the wire form of `WS /v1/stream` and
+`GET /v1/prices` (docs/contracts.md, Report). `PriceView` keeps only what a risk decision needs;
+`PriceBook` holds the latest view per market and resolves, at a decision time, either a price the
+engine may use or the reason it must not act (docs/margin.md, prices):
+
+* `active` (or `degraded`, when the policy allows it) and fresh: the mark price when the report
+  carries a live one and the policy uses marks, else the index price;
+* otherwise frozen, with the reason; once a pause has lasted longer than the grace period, the
+  `last_good` policy uses the last good price with a wider maintenance buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from oracled.margin.config import RiskPolicy
+
+__all__ = ["Frozen", "PriceBook", "PriceRef", "PriceView", "Resolved", "WireReport"]
+
+
+class WireMark(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    price: str | None = None
+
+
+class WireReport(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """The fields of a published report the engine reads; unknown keys are ignored."""
+
+    market: str
+    ts: int
+    round: int
+    status: str
+    reasons: list[str] = []
+    price: str | None = None
+    last_good_price: str | None = None
+    last_good_ts: int | None = None
+    mark: WireMark | None = None
+    signature: str | None = None
+
+
+_wire_decoder = msgspec.json.Decoder(WireReport)
+
+
+def _num(text: str | None) -> float | None:
+    return None if text is None else float(text)
+
+
+class PriceRef(msgspec.Struct, frozen=True, gc=False):
+    """The report behind a decision, kept with it for audit."""
+
+    market: str
+    price: str | None
+    kind: str  # "mark", "index", "last_good", or "none" for a frozen market
+    status: str
+    round: int
+    ts: int
+    reasons: list[str] = []
+    signature: str | None = None
+
+
+class PriceView(msgspec.Struct, frozen=True, gc=False):
+    market: str
+    ts: int
+    round: int
+    status: str
+    reasons: tuple[str, ...]
+    price: float | None
+    price_text: str | None
+    last_good: float | None
+    last_good_text: str | None
+    last_good_ts: int | None
+    mark: float | None
+    mark_text: str | None
+    signature: str | None
+
+    @classmethod
+    def from_wire(cls, report: WireReport) -> PriceView:
+        mark_text = report.mark.price if report.mark is not None else None
+        return cls(
+            market=report.market,
+            ts=report.ts,
+            round=report.round,
+            status=report.status,
+            reasons=tuple(report.reasons),
+            price=_num(report.price),
+            price_text=report.price,
+            last_good=_num(report.last_good_price),
+            last_good_text=report.last_good_price,
+            last_good_ts=report.last_good_ts,
+            mark=_num(mark_text),
+            mark_text=mark_text,
+            signature=report.signature,
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> PriceView:
+        """One report as JSON text (the `data` of a stream frame, a replay line)."""
+        return cls.from_wire(_wire_decoder.decode(data))
+
+    @classmethod
+    def from_report(cls, report: object) -> PriceView:
+        """An in-process report (`oracled.model.Report`), read by attribute like the wire form."""
+        return cls.from_wire(msgspec.convert(report, WireReport, from_attributes=True))
+
+    @property
+    def live(self) -> bool:
+        return self.status in ("active", "degraded") and self.price is not None
+
+    def ref(self, kind: str, price: str | None) -> PriceRef:
+        return PriceRef(
+            market=self.market,
+            price=price,
+            kind=kind,
+            status=self.status,
+            round=self.round,
+            ts=self.ts,
+            reasons=list(self.reasons),
+            signature=self.signature,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A price the engine may act on: the index (or mark) value and the buffer to apply."""
+
+    value: float  # the index price: what collateral is valued at
+    position_value: float  # the mark when used, else the index: what positions are valued at
+    ref: PriceRef
+    buffer: float = 0.0  # maintenance margin multiplier minus one (0 on a live price)
+
+
+@dataclass(frozen=True, slots=True)
+class Frozen:
+    """No usable price: liquidations of exposed accounts wait, for this reason."""
+
+    reason: str
+    ref: PriceRef
+    paused_ms: int
+
+
+class PriceBook:
+    """The latest report per market, resolved against a policy at decision time."""
+
+    __slots__ = ("_live_since", "latest", "policy")
+
+    def __init__(self, policy: RiskPolicy) -> None:
+        self.policy = policy
+        self.latest: dict[str, PriceView] = {}
+        # Time the market was last seen usable: where a pause is measured from.
+        self._live_since: dict[str, int] = {}
+
+    def update(self, view: PriceView) -> None:
+        """Keep the newest report of a market; an older one arriving late is ignored."""
+        held = self.latest.get(view.market)
+        if held is not None and (view.ts, view.round) < (held.ts, held.round):
+            return
+        self.latest[view.market] = view
+        if self._usable_status(view):
+            self._live_since[view.market] = view.ts
+
+    def _usable_status(self, view: PriceView) -> bool:
+        if view.price is None:
+            return False
+        return view.status == "active" or (view.status == "degraded" and self.policy.allow_degraded)
+
+    def resolve(self, market: str, now_ms: int) -> Resolved | Frozen:
+        view = self.latest.get(market)
+        if view is None:
+            none = PriceRef(market=market, price=None, kind="none", status="unknown", round=0, ts=0)
+            return Frozen("no_report", none, 0)
+        policy = self.policy
+        age = now_ms - view.ts
+        if self._usable_status(view) and age <= policy.max_report_age_ms:
+            assert view.price is not None
+            if policy.use_mark and view.mark is not None:
+                return Resolved(view.price, view.mark, view.ref("mark", view.mark_text))
+            return Resolved(view.price, view.price, view.ref("index", view.price_text))
+        if self._usable_status(view):
+            reason = "stale_report"
+        elif view.status == "degraded":
+            reason = "degraded_not_allowed"
+        else:
+            reason = (
+                ":".join((view.status, ",".join(view.reasons))) if view.reasons else view.status
+            )
+        since = self._live_since.get(market, view.last_good_ts)
+        paused = now_ms - since if since is not None else 0
+        # A report that went quiet while live: its own price is the last good one.
+        good, good_text = (
+            (view.price, view.price_text)
+            if self._usable_status(view)
+            else (view.last_good, view.last_good_text)
+        )
+        if (
+            policy.after_grace == "last_good"
+            and since is not None
+            and paused > policy.pause_grace_ms
+            and good is not None
+        ):
+            ref = view.ref("last_good", good_text)
+            return Resolved(good, good, ref, policy.pause_buffer)
+        return Frozen(reason, view.ref("none", None), paused)

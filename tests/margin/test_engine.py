@@ -1,0 +1,206 @@
+"""The engine's decisions: liquidation, shortfall and deleveraging, freezes, the pause policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from margin_helpers import T0, spec, view
+
+from oracled.margin import (
+    FreezeCall,
+    Liquidation,
+    MarginCall,
+    MarginEngine,
+    Shortfall,
+    UnfreezeCall,
+    encode_decision,
+)
+
+FLAT: list[dict[str, Any]] = [{"initial": 0.02, "maintenance": 0.01}]
+BANKRUPT_SET: list[dict[str, Any]] = [
+    {
+        "id": "a",
+        "collateral": {"USD": 20_000},
+        "positions": [{"instrument": "BTC-PERP", "qty": 10, "entry": 50_000}],
+    },
+    {
+        "id": "b",
+        "collateral": {"USD": 100_000},
+        "positions": [{"instrument": "BTC-PERP", "qty": -10, "entry": 50_000}],
+    },
+    {
+        "id": "c",
+        "collateral": {"USD": 100_000},
+        "positions": [{"instrument": "BTC-PERP", "qty": -5, "entry": 60_000}],
+    },
+]
+
+
+def _bankrupt_engine(fund: float) -> MarginEngine:
+    policy = {"insurance_fund": fund, "liquidation_fee": 0.0}
+    return MarginEngine(spec(BANKRUPT_SET, policy=policy, tiers=FLAT))
+
+
+def test_shortfall_is_paid_by_the_insurance_fund_then_by_ranked_deleveraging() -> None:
+    """A: 20k against 10 long from 50k, closed at 47k: owes 10k; fund pays 1k, 9k deleveraged.
+
+    Bankruptcy price 47k + 10k/10 = 48k; 9 units at 1k each. C ranks first (profit ratio
+    0.2167 x leverage 1.42 = 0.31 against B's 0.06 x 3.6 = 0.22) and gives all 5; B gives 4.
+    """
+    engine = _bankrupt_engine(1_000)
+    engine.on_report(view("BTC/USD", 47_000, round=7, signature="0xsig"))
+    decisions = engine.step(T0)
+    call = next(d for d in decisions if isinstance(d, MarginCall) and d.account == "a")
+    assert call.state == "liquidatable" and call.drivers[0].round == 7
+    liq = next(d for d in decisions if isinstance(d, Liquidation))
+    assert (liq.account, liq.qty, liq.price) == ("a", 10, 47_000)
+    assert liq.bankruptcy_price == pytest.approx(48_000)
+    assert liq.driver.signature == "0xsig" and liq.driver.price == "47000.00"
+    short = next(d for d in decisions if isinstance(d, Shortfall))
+    assert short.amount == pytest.approx(10_000)
+    assert short.insurance_paid == pytest.approx(1_000) and short.insurance_fund == 0
+    assert short.socialized == pytest.approx(9_000) and short.unresolved == 0
+    assert [d.account for d in short.deleveraged] == ["c", "b"]
+    got = [(d.qty, d.price, d.loss) for d in short.deleveraged]
+    assert got == [(-5, pytest.approx(48_000), pytest.approx(5_000)), (-4, 48_000, 4_000)]
+    assert engine.accounts["c"].positions == []
+    assert engine.accounts["c"].cash["USD"] == pytest.approx(100_000 + 5 * 12_000)
+    assert engine.accounts["b"].positions[0].qty == pytest.approx(-6)
+    assert engine.accounts["b"].cash["USD"] == pytest.approx(100_000 + 4 * 2_000)
+    assert engine.accounts["a"].positions == [] and engine.accounts["a"].cash["USD"] == 0
+
+
+def test_a_large_fund_absorbs_the_whole_shortfall() -> None:
+    """With 50k in the fund nothing is socialized and no counterparty is touched."""
+    engine = _bankrupt_engine(50_000)
+    engine.on_report(view("BTC/USD", 47_000))
+    short = next(d for d in engine.step(T0) if isinstance(d, Shortfall))
+    assert short.insurance_paid == pytest.approx(10_000) and short.socialized == 0
+    assert short.insurance_fund == pytest.approx(40_000) and short.deleveraged == []
+    assert engine.accounts["c"].positions[0].qty == -5
+
+
+def test_partial_liquidation_stops_once_the_pool_is_above_maintenance() -> None:
+    """Two instruments: closing the larger one (BTC) is enough; the ETH position stays."""
+    acct: dict[str, Any] = {
+        "id": "e",
+        "collateral": {"USD": 2_000},
+        "positions": [
+            {"instrument": "BTC-PERP", "qty": 1, "entry": 50_000},
+            {"instrument": "ETH-PERP", "qty": 1, "entry": 3_000},
+        ],
+    }
+    engine = MarginEngine(spec([acct], tiers=FLAT, policy={"liquidation_fee": 0.01}))
+    engine.on_report(view("BTC/USD", 48_500))
+    engine.on_report(view("ETH/USD", 3_000))
+    # equity 2,000 - 1,500 = 500 < maintenance 485 + 150 = 635
+    decisions = engine.step(T0)
+    liqs = [d for d in decisions if isinstance(d, Liquidation)]
+    assert [d.instrument for d in liqs] == ["BTC-PERP"]
+    # 1 % of 48,500 is 485, but only 500 - 150 is spare above the ETH maintenance
+    assert liqs[0].fee == pytest.approx(350)
+    assert engine.accounts["e"].cash["USD"] == pytest.approx(150)
+    assert [p.instrument for p in engine.accounts["e"].positions] == ["ETH-PERP"]
+    assert engine.insurance_fund == pytest.approx(350)
+    assert engine.state("e") == "reduce_only"
+
+
+def test_isolated_loss_never_reaches_the_cross_pool() -> None:
+    """An isolated short wiped out beyond its margin leaves the cross collateral untouched."""
+    acct: dict[str, Any] = {
+        "id": "f",
+        "collateral": {"USD": 10_000},
+        "positions": [
+            {"instrument": "BTC-PERP", "qty": -1, "entry": 50_000, "isolated_margin": 1_000}
+        ],
+    }
+    engine = MarginEngine(spec([acct], tiers=FLAT, policy={"insurance_fund": 5_000}))
+    engine.on_report(view("BTC/USD", 52_000))
+    decisions = engine.step(T0)
+    liq = next(d for d in decisions if isinstance(d, Liquidation))
+    assert liq.scope == "isolated:BTC-PERP" and liq.bankruptcy_price == pytest.approx(51_000)
+    short = next(d for d in decisions if isinstance(d, Shortfall))
+    assert short.amount == pytest.approx(1_000) and short.insurance_paid == pytest.approx(1_000)
+    assert engine.accounts["f"].cash == {"USD": 10_000}
+
+
+def test_a_paused_market_freezes_liquidation_with_its_reason() -> None:
+    """Paused with reason jump: no liquidation, a freeze naming the market and the reason."""
+    engine = _bankrupt_engine(0)
+    engine.on_report(view("BTC/USD", 50_000, ts=T0))
+    assert [d for d in engine.step(T0) if isinstance(d, Liquidation)] == []
+    paused = view("BTC/USD", None, ts=T0 + 250, status="paused", reasons=["jump"], last_good=50_000)
+    engine.on_report(paused)
+    decisions = engine.step(T0 + 250)
+    assert not any(isinstance(d, Liquidation) for d in decisions)
+    freezes = [d for d in decisions if isinstance(d, FreezeCall)]
+    assert {d.account for d in freezes} == {"a", "b", "c"}
+    assert freezes[0].markets == ["BTC/USD"] and freezes[0].reasons == ["paused:jump"]
+    assert freezes[0].drivers[0].status == "paused"
+    # the same freeze is not repeated every step
+    assert engine.step(T0 + 500) == []
+    engine.on_report(view("BTC/USD", 47_000, ts=T0 + 750))
+    decisions = engine.step(T0 + 750)
+    assert any(isinstance(d, UnfreezeCall) for d in decisions)
+    assert any(isinstance(d, Liquidation) for d in decisions)
+
+
+def test_a_stale_report_freezes_like_a_pause() -> None:
+    """A live report older than max_report_age_ms is not acted upon."""
+    engine = MarginEngine(spec(BANKRUPT_SET, tiers=FLAT, policy={"max_report_age_ms": 1_000}))
+    engine.on_report(view("BTC/USD", 40_000, ts=T0))
+    decisions = engine.step(T0 + 1_001)
+    assert not any(isinstance(d, Liquidation) for d in decisions)
+    assert next(d for d in decisions if isinstance(d, FreezeCall)).reasons == ["stale_report"]
+
+
+def test_degraded_prices_are_used_only_when_the_policy_allows() -> None:
+    """allow_degraded = false turns a degraded report into a freeze."""
+    for allow, liquidated in ((True, True), (False, False)):
+        engine = MarginEngine(spec(BANKRUPT_SET, tiers=FLAT, policy={"allow_degraded": allow}))
+        engine.on_report(view("BTC/USD", 47_000, status="degraded", reasons=["outlier"]))
+        got = any(isinstance(d, Liquidation) for d in engine.step(T0))
+        assert got is liquidated
+
+
+def test_after_the_grace_period_the_last_good_price_is_used_with_a_wider_buffer() -> None:
+    """Frozen for the 60 s grace, then the last good 48.6k with maintenance x 1.5 liquidates.
+
+    a: equity 20,000 + 10 x (48,600 - 50,000) = 6,000 against 1 % x 486k = 4,860 (fine while
+    live), but 4,860 x 1.5 = 7,290 on the last good price after the grace period.
+    """
+    policy = {"pause_grace_ms": 60_000, "pause_buffer": 0.5, "max_report_age_ms": 1_000_000}
+    engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
+    engine.on_report(view("BTC/USD", 48_600, ts=T0))
+    assert not any(isinstance(d, Liquidation) for d in engine.step(T0))
+    paused = view(
+        "BTC/USD", None, ts=T0 + 1_000, status="paused", reasons=["stale"], last_good=48_600
+    )
+    engine.on_report(paused)
+    assert not any(isinstance(d, Liquidation) for d in engine.step(T0 + 60_000))
+    decisions = engine.step(T0 + 60_001)
+    liq = next(d for d in decisions if isinstance(d, Liquidation))
+    assert liq.driver.kind == "last_good" and liq.driver.price == "48600.00"
+    assert liq.maintenance == pytest.approx(7_290)
+
+
+def test_the_freeze_policy_never_liquidates_on_a_last_good_price() -> None:
+    """after_grace = "freeze": however long the pause, no liquidation."""
+    policy = {"after_grace": "freeze", "pause_grace_ms": 0}
+    engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
+    engine.on_report(
+        view("BTC/USD", None, ts=T0, status="paused", reasons=["quorum"], last_good=10_000)
+    )
+    assert not any(isinstance(d, Liquidation) for d in engine.step(T0 + 10**9))
+
+
+def test_decisions_encode_as_tagged_json_with_their_drivers() -> None:
+    """Every decision is one JSON object with its kind and the report that drove it."""
+    engine = _bankrupt_engine(1_000)
+    engine.on_report(view("BTC/USD", 47_000, round=9))
+    decoded = [msgspec.json.decode(encode_decision(d)) for d in engine.step(T0)]
+    assert [d["kind"] for d in decoded[:3]] == ["margin_call", "liquidation", "shortfall"]
+    assert decoded[1]["driver"]["round"] == 9 and decoded[1]["driver"]["market"] == "BTC/USD"
+    assert decoded[2]["drivers"][0]["status"] == "active"
