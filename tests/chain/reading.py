@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -22,9 +23,18 @@ class Collected:
     def __init__(self, source: str) -> None:
         self.quotes: list[Quote] = []
         self.stats = SourceStats(source)
+        self._changed = asyncio.Event()
 
     def emit(self, quote: Quote) -> None:
         self.quotes.append(quote)
+        self._changed.set()
+
+    async def until(self, done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+        """Wait for quotes until `done()` holds (a test of a reader running in the background)."""
+        async with asyncio.timeout(timeout_s):
+            while not done():
+                self._changed.clear()
+                await self._changed.wait()
 
     @property
     def last(self) -> Quote:

@@ -48,10 +48,13 @@ class RpcProxy:
         if self.mode == "wrong_id":
             return web.json_response({"jsonrpc": "2.0", "id": 999_999, "result": "0x1"})
         if self.mode == "error":
-            return web.json_response(
-                {"jsonrpc": "2.0", "id": json.loads(body).get("id"),
-                 "error": {"code": -32000, "message": "header not found"}}
-            )  # fmt: skip
+            sent = json.loads(body)
+            err = {"code": -32000, "message": "header not found"}
+            if isinstance(sent, list):
+                return web.json_response(
+                    [{"jsonrpc": "2.0", "id": r["id"], "error": err} for r in sent]
+                )
+            return web.json_response({"jsonrpc": "2.0", "id": sent["id"], "error": err})
         async with self.session.post(
             self.upstream, data=body, headers={"Content-Type": "application/json"}
         ) as resp:

@@ -1,0 +1,211 @@
+"""The chain reader against a real node and a breakable loopback proxy: fail-over, garbage,
+blocks going backwards, reorgs, the sequencer gate, newHeads, cross-checks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from chain_rig import Anvil, Chain
+from conftest import Deployed
+from reading import chainlink_spec, make_reader, watch
+from rpc_proxy import RpcProxy
+
+from oracled.config import SequencerConfig
+from oracled.errors import SourceError
+from oracled.sources.evm.chainlink import ChainlinkFeed
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SET_ROUND = "setRound(uint80,int256,uint256,uint256,uint80)"
+UPDATE_SEQ = "updateRoundData(uint80,int256,uint256,uint256)"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
+    p = await RpcProxy(anvil.url, http).start()
+    yield p
+    await p.stop()
+
+
+async def test_endpoint_dying_mid_run_fails_over(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """With the first endpoint killed between two blocks, the next block is read through the
+    second one, the failure is counted on the first, and the reader stays on the second."""
+    reader = make_reader([proxy.url, anvil.url], http, timeout_s=1.0)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    assert proxy.requests == 2
+    await proxy.stop()
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3100_00000000)
+    assert await reader.poll_once()
+    assert got.last.price == 3100.0
+    first, second = reader.rpc.stats
+    assert first.failures == 1 and first.by_kind == {"transport": 1}
+    assert second.requests >= 1
+    assert reader.rpc.active == 1
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3200_00000000)
+    assert await reader.poll_once()
+    assert first.failures == 1  # sticky: the dead endpoint is not retried on every block
+
+
+@pytest.mark.parametrize("mode", ["garbage", "wrong_id", "error"])
+async def test_endpoint_answering_garbage_fails_over(
+    anvil: Anvil,
+    http: aiohttp.ClientSession,
+    chain: Chain,
+    snapshot: Deployed,
+    proxy: RpcProxy,
+    mode: str,
+) -> None:
+    """An endpoint that answers bytes that are not JSON-RPC, an answer to another request, or a
+    server-side error is passed over for the next one; the price still comes through."""
+    proxy.mode = mode
+    reader = make_reader([proxy.url, anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    assert got.last.price == 3000.0
+    first = reader.rpc.stats[0]
+    assert first.garbage + first.failures >= 1
+    assert first.by_kind == {"node" if mode == "error" else "garbage": first.requests}
+
+
+async def test_every_endpoint_failing_publishes_nothing(
+    http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """With the only endpoint answering garbage, the read fails, is counted, and no quote or
+    stale re-emission leaves the reader; the feed's state says down."""
+    proxy.mode = "garbage"
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert not await reader.poll_once()
+    assert reader.stats.reads_failed == 1
+    assert got.quotes == []
+    assert got.stats.state == "down"
+
+
+async def test_block_going_backwards_is_never_published(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """The node falls back to an older block (a revert of its state) holding a different answer:
+    nothing from the lower block is published; once the chain grows past the last block read,
+    reading resumes."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    before = await chain.snapshot()
+    await chain.mine(3)
+    assert await reader.poll_once()
+    high = reader.stats.last_block
+    await chain.revert(before)
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 1_00000000)
+    assert not await reader.poll_once()
+    assert reader.stats.backwards == 1
+    assert [q.price for q in got.quotes] == [3000.0]
+    assert high is not None
+    await chain.mine(high - await chain.block_number() + 1)
+    assert await reader.poll_once()
+    assert got.last.price == 1.0
+    assert got.last.block == high + 1
+
+
+async def test_reorg_at_the_same_height_never_publishes_an_older_round(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A block replaced at the same height is read again (counted as a reorg), but a round
+    older than the one already published is refused, not published over it."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    now = await chain.timestamp()
+    before = await chain.snapshot()
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 20, 61_000_00000000, now, now, 20)
+    assert await reader.poll_once()
+    assert got.last.price == 61000.0
+    await chain.revert(before)
+    await chain.transact(
+        snapshot.btc_aggregator, SET_ROUND, 19, 50_000_00000000, now - 600, now - 600, 19
+    )
+    assert await reader.poll_once()  # same height, new hash: read
+    assert reader.stats.reorgs == 1
+    assert got.stats.dropped["older_round"] == 1
+    assert [q.price for q in got.quotes] == [61000.0]
+
+
+async def test_sequencer_down_or_in_grace_flags_every_feed(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """L2 gate: sequencer down flags the chain's feeds `sequencer` at once (the last quote is
+    re-emitted flagged); back up, the flag stays through the grace period and then lifts."""
+    seq = SequencerConfig(address=snapshot.sequencer, grace_period_s=600)
+    now = await chain.timestamp()
+    await chain.transact(snapshot.sequencer, UPDATE_SEQ, 1, 0, now - 3600, now - 3600)
+    reader = make_reader([anvil.url], http, sequencer=seq)
+    eth = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    btc = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    assert await reader.poll_once()
+    assert (eth.last.flag, btc.last.flag) == (None, None)
+    assert reader.stats.sequencer_up is True
+    now = await chain.timestamp()
+    await chain.transact(snapshot.sequencer, UPDATE_SEQ, 2, 1, now, now)  # down
+    assert await reader.poll_once()
+    assert (eth.last.flag, btc.last.flag) == ("sequencer", "sequencer")
+    assert eth.last.price == 3000.0
+    now = await chain.timestamp()
+    await chain.transact(snapshot.sequencer, UPDATE_SEQ, 3, 0, now, now)  # up again
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3050_00000000)
+    assert await reader.poll_once()
+    assert (eth.last.flag, eth.last.price) == ("sequencer", 3050.0)  # inside the grace period
+    await chain.warp(601)
+    assert await reader.poll_once()
+    assert (eth.last.flag, btc.last.flag) == (None, None)
+    assert reader.stats.sequencer_up is True
+
+
+async def test_new_heads_read_each_block_in_one_round_trip(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """With a ws_url the reader follows newHeads; every new block is one pinned eth_call."""
+    reader = make_reader([anvil.url], http, ws_url=anvil.ws_url)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    task = asyncio.create_task(reader.run())
+    try:
+        await got.until(lambda: bool(got.quotes) and reader.stats.mode == "newHeads")
+        trips = reader.stats.round_trips
+        await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3333_00000000)
+        await got.until(lambda: got.last.price == 3333.0)
+        assert reader.stats.round_trips == trips + 1
+        assert got.stats.state == "streaming"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_cross_check_withholds_a_block_the_endpoints_disagree_on(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """With cross_check, a second endpoint that answers a different read for the same block
+    hash is reported and the block is not published; agreeing endpoints publish."""
+    reader = make_reader([anvil.url, proxy.url], http, cross_check=True)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    assert len(got.quotes) == 1
+    proxy.mode = "tamper"
+    reader2 = make_reader([anvil.url, proxy.url], http, cross_check=True)
+    got2 = watch(reader2, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert not await reader2.poll_once()
+    assert reader2.stats.disagreements == 1
+    assert got2.quotes == []
+
+
+async def test_wrong_chain_id_is_refused(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """A node of another chain than the configured one is never read."""
+    reader = make_reader([anvil.url], http)
+    reader.cfg = reader.cfg.model_copy(update={"chain_id": 1})
+    with pytest.raises(SourceError, match="not 1"):
+        await reader.check_chain_id()
