@@ -8,19 +8,26 @@ the daemon reads.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from decimal import Decimal, getcontext
 
+import aiohttp
 import pytest
 import pytest_asyncio
-from chain_rig import MULTICALL3, Chain
+from chain_rig import MULTICALL3, Anvil, Chain
 from conftest import Deployed
+from reading import make_reader
 from structlog.testing import capture_logs
 
+from oracled.clock import SystemClock
+from oracled.config import FeedSpec, SourceConfig
 from oracled.model import Quote
 from oracled.sources.evm.feed import Block
 from oracled.sources.evm.multicall import decode_aggregate3, encode_aggregate3
-from oracled.sources.evm.uniswap_v3 import UniswapV3Feed, tick_to_price
+from oracled.sources.evm.uniswap_v3 import UniswapV3Feed, UniswapV3Source, tick_to_price
+from oracled.sources.stats import SourceStats
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -336,3 +343,46 @@ async def test_a_config_with_the_tokens_swapped_is_refused_on_the_real_pool(
     result, _ = await read(chain, wrong)
     assert result == "token_mismatch"
     assert (wrong.token0, wrong.token1) == (tokens.usd_below.lower(), tokens.weth.lower())
+
+
+async def test_the_source_reads_its_pool_through_the_chain_reader(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, tokens: Tokens, snapshot: Deployed
+) -> None:
+    """The `uniswap_v3` source built from its config table registers its feed with the chain's
+    reader: the first block costs the two set-up reads and the price, every later block one
+    round trip, and the quotes carry the block they were read at."""
+    pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_below, "3000", liquidity=10**17)
+    await chain.warp(2 * WINDOW)
+    spec = FeedSpec(
+        address=pool.address,
+        min_liquidity=10**16,
+        token0_decimals=6,
+        token1_decimals=18,
+        invert=True,
+    )
+    cfg = SourceConfig(type="uniswap_v3", chain="local", feeds={"ETH/USD": spec})
+    quotes: list[Quote] = []
+    stats = SourceStats("uni")
+    source = UniswapV3Source(
+        "uni", cfg, [("ETH/USD", "spot")], quotes.append, SystemClock(), http, stats
+    )
+    reader = make_reader([anvil.url], http)
+    source.attach(reader)
+    task = asyncio.create_task(source.run(), name="uniswap-source")
+    try:
+        await asyncio.sleep(0)  # run() registers the feeds
+        assert await reader.poll_once()
+        head = await chain.block()
+        assert len(quotes) == 1
+        assert quotes[0].price == pytest.approx(3000, rel=ONE_TICK - 1)
+        assert quotes[0].block == int(head["number"], 16)
+        assert reader.stats.round_trips == 3
+        await chain.mine()
+        assert await reader.poll_once()
+        assert len(quotes) == 2 and quotes[1].block == quotes[0].block + 1
+        assert reader.stats.round_trips == 4
+        assert stats.quotes == 2 and not stats.dropped
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
