@@ -30,6 +30,7 @@ from oracled.aggregate.book import FLAG_BASE, Book, DropReason, Layout
 from oracled.aggregate.robust import weighted_quantiles
 from oracled.config import Config
 from oracled.gates.machine import GateInputs, GateParams, GateState, step
+from oracled.mark.engine import MarkEngine, MarkRound
 from oracled.model import Quote, Report, SourceValue, Status, reasons_from_bits
 
 __all__ = ["SLOT_REASONS", "Core", "RoundResult", "Transition"]
@@ -70,6 +71,7 @@ class RoundResult:
     age: npt.NDArray[np.int64]  # (M, S)
     transitions: tuple[Transition, ...]
     slot_names: tuple[str | None, ...] = SLOT_REASONS  # slot code -> reason, flags included
+    mark: MarkRound | None = None  # perpetual markets' mark and funding; None without any
 
     @cached_property
     def _rows(self) -> tuple[list[Any], ...]:
@@ -129,6 +131,7 @@ class RoundResult:
             last_good_price=format(good, fmt) if isfinite(good) else None,
             last_good_ts=last_good_ts[i] if last_good_ts[i] >= 0 else None,
             sources=sources,
+            mark=None if self.mark is None else self.mark.mark(i, dec[i]),
         )
 
     def reports(self) -> list[Report]:
@@ -143,6 +146,7 @@ class Core:
         self.layout = Layout.from_config(cfg)
         self.book = Book(self.layout, cfg)
         self.gates = GateState(len(self.layout.markets))
+        self.marks = MarkEngine(cfg, self.layout)
         self.index = {sym: i for i, sym in enumerate(self.layout.markets)}
         self.rounds = 0
         self._skew = cfg.oracle.max_clock_skew_ms
@@ -178,7 +182,10 @@ class Core:
         book.latest.update((k, q) for k, q in old_book.latest.items() if k in layout.feeds)
         book.perps.update((k, q) for k, q in old_book.perps.items() if k in layout.perp_feeds)
         book.drops.update(old_book.drops)
+        marks = MarkEngine(cfg, layout)
+        marks.carry_from(self.marks, self.index, layout.markets)
         self.config, self.layout, self.book, self.gates = cfg, layout, book, gates
+        self.marks = marks
         self.index.clear()
         self.index.update((sym, i) for i, sym in enumerate(layout.markets))
         self._skew = cfg.oracle.max_clock_skew_ms
@@ -298,4 +305,5 @@ class Core:
             age=age_all,
             transitions=transitions,
             slot_names=SLOT_REASONS + tuple(book.flag_names),
+            mark=self.marks.step(now_ms, live_price, book.perps) if self.marks.active else None,
         )

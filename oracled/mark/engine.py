@@ -1,0 +1,350 @@
+"""Mark price and funding inputs of the perpetual markets, one step per core round.
+
+`MarkEngine.step` is called by the core after the index prices of a round are known. It reads
+the latest perpetual quotes (`Book.perps`), keeps per-market state (the basis EMA and the
+running funding interval) and returns a `MarkRound` from which reports take their `mark`
+object. Like the rest of the core it never reads a clock: time is the round's `now_ms`.
+
+Per market with perp_sources, with `x` the round's live index (NaN when not live):
+1. a perpetual quote counts if it is fresh (the market's `max_age_ms`, the clock-skew bound),
+   its conversion leg is live (the same routes as spot slots) and its mid is within
+   `max_perp_deviation` of `x`;
+2. basis = median perp mid - x updates the EMA (decayed by elapsed time); premium = median of
+   the venues' premiums is one funding sample, weighted by the time since the previous round;
+3. mark = median of the estimators that exist (see `Mark` and docs/mark.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from math import isfinite, nan
+
+import numpy as np
+import numpy.typing as npt
+
+from oracled.aggregate.book import Layout, SlotKey
+from oracled.config import Config, MarkConfig
+from oracled.mark.formulas import decay, ema_update, funding_rate, median, premium_of
+from oracled.model import Mark, MarkEstimators, Quote
+
+__all__ = ["RATE_DECIMALS", "MarkEngine", "MarkRound", "MarkValues"]
+
+RATE_DECIMALS = 8  # premium and funding rates leave the process with 8 decimals
+_RATE_FMT = f".{RATE_DECIMALS}f"
+REASON_INDEX = "index"  # the index is not live, so neither is the mark
+
+
+@dataclass(frozen=True, slots=True)
+class _Perp:
+    """One perpetual input of a market and how it converts into the market's units."""
+
+    key: SlotKey
+    via: int  # market index of the conversion leg, -1 for none
+    invert: bool  # divide by the leg's price instead of multiplying
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """A perpetual market's static inputs, derived from the config once."""
+
+    market: int
+    perps: tuple[_Perp, ...]
+    max_age_ms: int
+    max_dev: float
+    half_life_ms: float
+    interval_ms: int
+    interest: float
+    clamp: float
+    cap: float
+
+
+class _State:
+    """What a perpetual market remembers between rounds."""
+
+    __slots__ = ("acc_id", "acc_sum", "acc_weight", "ema", "ema_ts", "last_rate", "last_ts", "prev")
+
+    def __init__(self) -> None:
+        self.ema = nan  # EMA of the basis (price units); NaN until the first sample
+        self.ema_ts = 0  # time of the last basis sample
+        self.acc_id: int | None = None  # running funding interval: ((t - 1) // interval)
+        self.acc_sum = 0.0  # sum of weight x premium in the running interval
+        self.acc_weight = 0.0  # sum of weights (ms) in the running interval
+        self.last_rate = nan  # rate of the last completed interval, NaN if it had no sample
+        self.last_ts: int | None = None  # end of that interval
+        self.prev: int | None = None  # the previous round's time
+
+
+@dataclass(frozen=True, slots=True)
+class MarkValues:
+    """One market's mark outputs of one round, as floats (NaN for none)."""
+
+    price: float
+    basis_ema: float
+    perp_median: float
+    fallback: float
+    basis: float
+    premium: float
+    perps_used: int
+    funding_estimate: float
+    last_funding: float
+    last_funding_ts: int | None
+    next_funding_ts: int
+
+    def to_mark(self, decimals: int) -> Mark:
+        """The report's `mark` object: prices at the market's precision, rates at 8 decimals."""
+        fmt = f".{decimals}f"
+        return Mark(
+            price=_dec(self.price, fmt),
+            reason=None if isfinite(self.price) else REASON_INDEX,
+            estimators=MarkEstimators(
+                basis_ema=_dec(self.basis_ema, fmt),
+                perp_median=_dec(self.perp_median, fmt),
+                fallback=_dec(self.fallback, fmt),
+            ),
+            basis=_dec(self.basis, fmt),
+            premium=_dec(self.premium, _RATE_FMT),
+            perps_used=self.perps_used,
+            funding_rate_estimate=_dec(self.funding_estimate, _RATE_FMT),
+            last_funding_rate=_dec(self.last_funding, _RATE_FMT),
+            last_funding_ts=self.last_funding_ts,
+            next_funding_ts=self.next_funding_ts,
+        )
+
+
+def _dec(value: float, fmt: str) -> str | None:
+    """A decimal string, or None for NaN; never "-0.00" for a value that rounds to zero."""
+    if not isfinite(value):
+        return None
+    text = format(value, fmt)
+    if text.startswith("-") and not text.strip("-0."):
+        return text[1:]
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRound:
+    """The mark outputs of one round, by market index (perpetual markets only)."""
+
+    values: Mapping[int, MarkValues]
+
+    def mark(self, i: int, decimals: int) -> Mark | None:
+        """Market `i`'s `mark` object, or None for a market without perpetuals."""
+        found = self.values.get(i)
+        return None if found is None else found.to_mark(decimals)
+
+
+class MarkEngine:
+    """Per-market mark state; `step` once per round, after the index prices are known."""
+
+    __slots__ = ("_round_ms", "_skew", "_specs", "_states")
+
+    def __init__(self, cfg: Config, layout: Layout) -> None:
+        index = {sym: i for i, sym in enumerate(layout.markets)}
+        routes = {(r.from_, r.to): r.via for r in cfg.routes}
+        specs: list[_Spec] = []
+        for i, market in enumerate(cfg.markets):
+            if not market.perp_sources:
+                continue
+            quote_ccy = market.symbol.split("/")[1]
+            perps: list[_Perp] = []
+            for ps in market.perp_sources:
+                p_quote = ps.pair.split("/")[1]
+                via_sym = None if p_quote == quote_ccy else routes[(p_quote, quote_ccy)]
+                perps.append(
+                    _Perp(
+                        key=(ps.source, ps.pair, ps.kind),
+                        via=-1 if via_sym is None else index[via_sym],
+                        invert=via_sym is not None and via_sym != f"{p_quote}/{quote_ccy}",
+                    )
+                )
+            specs.append(_spec(i, tuple(perps), market.max_age_ms, market.mark))
+        self._specs = tuple(specs)
+        self._states = {s.market: _State() for s in self._specs}
+        self._skew = cfg.oracle.max_clock_skew_ms
+        self._round_ms = cfg.oracle.round_interval_ms
+
+    @property
+    def active(self) -> bool:
+        """True when some market has perpetuals; the core skips the step otherwise."""
+        return bool(self._specs)
+
+    def carry_from(
+        self, old: MarkEngine, old_markets: Mapping[str, int], markets: tuple[str, ...]
+    ) -> None:
+        """Keep the state of markets that stay perpetual across a config reload.
+
+        The basis EMA is kept; the funding interval is kept only if its length is unchanged
+        (a running average over a different interval grid would settle a wrong rate).
+        """
+        old_specs = {s.market: s for s in old._specs}
+        for spec in self._specs:
+            j = old_markets.get(markets[spec.market])
+            if j is None or j not in old._states:
+                continue
+            state, prior = self._states[spec.market], old._states[j]
+            state.ema, state.ema_ts, state.prev = prior.ema, prior.ema_ts, prior.prev
+            if old_specs[j].interval_ms == spec.interval_ms:
+                state.acc_id, state.acc_sum, state.acc_weight = (
+                    prior.acc_id,
+                    prior.acc_sum,
+                    prior.acc_weight,
+                )
+                state.last_rate, state.last_ts = prior.last_rate, prior.last_ts
+
+    def step(
+        self, now_ms: int, index: npt.NDArray[np.float64], perps: Mapping[SlotKey, Quote]
+    ) -> MarkRound:
+        """Advance every perpetual market by one round at `now_ms` with this round's index."""
+        live = index.tolist()
+        return MarkRound(
+            {
+                spec.market: self._market(spec, self._states[spec.market], now_ms, live, perps)
+                for spec in self._specs
+            }
+        )
+
+    def _market(
+        self,
+        spec: _Spec,
+        state: _State,
+        now: int,
+        live: list[float],
+        perps: Mapping[SlotKey, Quote],
+    ) -> MarkValues:
+        x = live[spec.market]
+        mids: list[float] = []
+        premiums: list[float] = []
+        if isfinite(x):
+            for perp in spec.perps:
+                found = _convert(perp, perps.get(perp.key), live, now, spec.max_age_ms, self._skew)
+                if found is None:
+                    continue
+                mid, bid, ask = found
+                if abs(mid / x - 1.0) > spec.max_dev:
+                    continue
+                mids.append(mid)
+                premiums.append(premium_of(x, mid, bid, ask))
+
+        perp_median = median(mids)
+        basis = perp_median - x  # NaN without a live index or a fresh perp
+        premium = median(premiums)
+        basis_ema = fallback = nan
+        if mids:
+            state.ema = ema_update(state.ema, basis, now - state.ema_ts, spec.half_life_ms)
+            state.ema_ts = now
+            basis_ema = x + state.ema
+            price = (basis_ema + perp_median) * 0.5  # the median of two estimators
+        elif isfinite(x):
+            carried = state.ema * decay(now - state.ema_ts, spec.half_life_ms)
+            fallback = x + carried if isfinite(carried) else x
+            price = fallback
+        else:
+            price = nan
+
+        estimate = self._fund(spec, state, now, premium)
+        assert state.acc_id is not None  # set by _fund
+        return MarkValues(
+            price=price,
+            basis_ema=basis_ema,
+            perp_median=perp_median,
+            fallback=fallback,
+            basis=basis,
+            premium=premium,
+            perps_used=len(mids),
+            funding_estimate=estimate,
+            last_funding=state.last_rate,
+            last_funding_ts=state.last_ts,
+            next_funding_ts=(state.acc_id + 1) * spec.interval_ms,
+        )
+
+    def _fund(self, spec: _Spec, state: _State, now: int, premium: float) -> float:
+        """Add this round's premium sample to the running interval; settle intervals that ended.
+
+        Interval k covers (k * I, (k + 1) * I]: a round exactly on a boundary closes the interval.
+        A sample's weight is the time since the previous round, cut at the interval's start.
+        """
+        size = spec.interval_ms
+        current = _interval(now, spec)
+        if state.acc_id is None:
+            state.acc_id = current
+        elif current > state.acc_id:
+            self._settle(spec, state)
+            if current > state.acc_id:  # whole intervals passed without a round
+                state.last_rate, state.last_ts = nan, current * size
+                state.acc_id = current
+        prev = state.prev if state.prev is not None else now - self._round_ms
+        state.prev = now
+        weight = now - max(prev, current * size)
+        if isfinite(premium) and weight > 0:
+            state.acc_sum += weight * premium
+            state.acc_weight += weight
+        if now == (current + 1) * size:
+            self._settle(spec, state)
+        if state.acc_weight <= 0.0:
+            return nan
+        return funding_rate(state.acc_sum / state.acc_weight, spec.interest, spec.clamp, spec.cap)
+
+    @staticmethod
+    def _settle(spec: _Spec, state: _State) -> None:
+        """Close the running interval: its rate becomes the last rate; a new interval starts."""
+        assert state.acc_id is not None
+        state.last_rate = (
+            funding_rate(state.acc_sum / state.acc_weight, spec.interest, spec.clamp, spec.cap)
+            if state.acc_weight > 0.0
+            else nan
+        )
+        state.last_ts = (state.acc_id + 1) * spec.interval_ms
+        state.acc_id += 1
+        state.acc_sum = state.acc_weight = 0.0
+
+
+def _interval(now: int, spec: _Spec) -> int:
+    return (now - 1) // spec.interval_ms
+
+
+def _spec(market: int, perps: tuple[_Perp, ...], max_age_ms: int, mk: MarkConfig) -> _Spec:
+    return _Spec(
+        market=market,
+        perps=perps,
+        max_age_ms=max_age_ms,
+        max_dev=mk.max_perp_deviation,
+        half_life_ms=mk.basis_half_life_s * 1000.0,
+        interval_ms=mk.funding_interval_s * 1000,
+        interest=mk.interest_rate,
+        clamp=mk.premium_clamp,
+        cap=mk.funding_cap,
+    )
+
+
+def _convert(
+    perp: _Perp,
+    quote: Quote | None,
+    live: list[float],
+    now: int,
+    max_age_ms: int,
+    skew: int,
+) -> tuple[float, float | None, float | None] | None:
+    """(mid, bid, ask) of a fresh perpetual quote in market units, or None if it cannot count."""
+    if quote is None:
+        return None
+    stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
+    age = now - stamp
+    if age > max_age_ms or age < -skew:
+        return None
+    bid, ask = quote.bid, quote.ask
+    if bid is not None and ask is not None:
+        mid = (bid + ask) * 0.5
+    elif quote.price is not None:
+        mid, bid, ask = quote.price, None, None
+    else:
+        return None  # a lone bid or ask is not a mid
+    if perp.via >= 0:
+        leg = live[perp.via]
+        if not isfinite(leg):
+            return None  # a leg that is not live blocks the perp, as it blocks spot slots
+        factor = 1.0 / leg if perp.invert else leg
+        mid *= factor
+        if bid is not None and ask is not None:
+            bid, ask = bid * factor, ask * factor
+    return mid, bid, ask

@@ -1,0 +1,109 @@
+"""Mark price through the real core: estimators, fallbacks, gates, conversion, reload."""
+
+from __future__ import annotations
+
+from mark_rig import B, Rig, make_config
+
+from oracled.core import Core
+from oracled.model import MarkEstimators
+
+
+def test_mark_is_the_median_of_basis_ema_and_perp_median_with_irregular_round_times() -> None:
+    """Index 100, perp 101 / 103 / 100 at 1 s, 61 s, 181 s (H = 60 s): EMA 1, 2, 0.5.
+
+    Mark = median of (index + EMA, perp median) = their mean: 101, 102.5, 100.25.
+    """
+    rig = Rig()
+    first = rig.mark(B + 1_000, p=101.0)
+    assert first.estimators == MarkEstimators("101.00", "101.00", None)
+    assert (first.price, first.basis, first.perps_used, first.reason) == ("101.00", "1.00", 1, None)
+    second = rig.mark(B + 61_000, p=103.0)
+    assert second.estimators == MarkEstimators("102.00", "103.00", None)
+    assert (second.price, second.basis) == ("102.50", "3.00")
+    third = rig.mark(B + 181_000, p=100.0)
+    assert third.estimators == MarkEstimators("100.50", "100.00", None)
+    assert (third.price, third.basis) == ("100.25", "0.00")
+
+
+def test_perp_median_spans_venues_with_a_usdt_perp_converted_through_the_live_leg() -> None:
+    """p 101.2 (USD) and q 102 USDT at USDT/USD 0.998 = 101.796: median 101.498, basis 1.498."""
+    rig = Rig()
+    mark = rig.mark(B + 1_000, usdt=0.998, p=101.2, q=102.0)
+    assert mark.perps_used == 2
+    assert mark.estimators.perp_median == "101.50"
+    assert mark.basis == "1.50"
+    assert mark.price == "101.50"  # first sample: the EMA equals the basis
+
+
+def test_a_usdt_perp_is_ignored_while_its_conversion_leg_is_not_live() -> None:
+    """Without a live USDT/USD the q perp never counts (as spot slots): only p is used."""
+    rig = Rig()
+    report = rig.round(B + 1_000, usdt=None, p=101.0, q=500.0)
+    assert report.status in ("active", "degraded")
+    assert report.mark is not None
+    assert report.mark.perps_used == 1
+    assert report.mark.estimators.perp_median == "101.00"
+
+
+def test_a_perp_far_from_the_index_is_ignored() -> None:
+    """p at 106 is 6 % from the index (limit 5 %): only q at 101 counts."""
+    rig = Rig()
+    mark = rig.mark(B + 1_000, p=106.0, q=101.0)
+    assert (mark.perps_used, mark.estimators.perp_median, mark.price) == (1, "101.00", "101.00")
+
+
+def test_without_a_fresh_perp_the_mark_falls_back_to_index_plus_the_decayed_basis() -> None:
+    """Basis EMA 1 at 1 s; at 61 s the perp is stale (max age 5 s): fallback 100 + 1 x 0.5."""
+    rig = Rig()
+    rig.mark(B + 1_000, p=101.0)
+    mark = rig.mark(B + 61_000)
+    assert mark.estimators == MarkEstimators(None, None, "100.50")
+    assert (mark.price, mark.basis, mark.premium, mark.perps_used) == ("100.50", None, None, 0)
+
+
+def test_a_perp_market_that_never_had_a_perp_quote_marks_at_the_index() -> None:
+    """No basis ever observed: the fallback is the index alone."""
+    mark = Rig().mark(B + 1_000)
+    assert mark.estimators == MarkEstimators(None, None, "100.00")
+    assert mark.price == "100.00"
+
+
+def test_a_paused_index_gives_a_null_mark_with_its_reason_even_with_fresh_perps() -> None:
+    """Spot quotes stop (stale after 5 s): the index pauses and so does the mark, reason index."""
+    rig = Rig()
+    rig.mark(B + 1_000, p=101.0)
+    report = rig.round(B + 10_000, index=None, p=101.0, q=101.0)
+    assert report.status == "paused" and report.price is None
+    assert report.mark is not None
+    assert report.mark.price is None
+    assert report.mark.reason == "index"
+    assert report.mark.estimators == MarkEstimators(None, None, None)
+    assert (report.mark.basis, report.mark.premium, report.mark.perps_used) == (None, None, 0)
+
+
+def test_markets_without_perps_publish_no_mark() -> None:
+    """USDT/USD has no perp_sources: its mark is null; a config with no perps skips the step."""
+    rig = Rig()
+    rig.round(B + 1_000, p=101.0)
+    assert rig.last is not None
+    assert rig.last.report(rig.core.index["USDT/USD"]).mark is None
+    plain = Core(make_config(perps=False))
+    result = plain.run_round(B + 1_000)
+    assert result.mark is None
+    assert all(r.mark is None for r in result.reports())
+
+
+def test_a_reload_keeps_the_basis_ema_of_a_market_that_stays_perpetual() -> None:
+    """EMA 1 before the reload; after it, perp 103 one half-life later gives EMA 2 as before."""
+    rig = Rig()
+    rig.mark(B + 1_000, p=101.0)
+    rig.core.reconfigure(make_config(mark={"premium_clamp": 0.001}))
+    mark = rig.mark(B + 61_000, p=103.0)
+    assert mark.estimators.basis_ema == "102.00"
+
+
+def test_bid_ask_perps_use_their_mid_for_the_mark() -> None:
+    """p bid 100.8 ask 101.2: mid 101, basis 1; premium (100.8 - 100) / 100 = 0.008."""
+    mark = Rig().mark(B + 1_000, p=(100.8, 101.2))
+    assert (mark.estimators.perp_median, mark.basis) == ("101.00", "1.00")
+    assert mark.premium == "0.00800000"
