@@ -1,0 +1,239 @@
+"""deploy/: what can be checked without Docker or a cluster (see deploy/README.md for the rest).
+
+Every YAML file parses; the Kubernetes manifests have the expected kinds, and their names,
+selectors, ports, probes and security settings refer to each other consistently; the example
+config inside the ConfigMap passes the daemon's own validation; Prometheus's config passes
+`promtool check config`; the systemd unit passes `systemd-analyze verify` and has its sandboxing;
+the Dockerfile is multi-stage, non-root, and checks /healthz.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from catalogue import ROOT
+
+from oracled.config import parse_config
+
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+API_VERSIONS = {
+    "ConfigMap": "v1",
+    "Secret": "v1",
+    "Service": "v1",
+    "Deployment": "apps/v1",
+    "PodDisruptionBudget": "policy/v1",
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+}
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    """Every Kubernetes object of deploy/kubernetes by kind (one object of each kind)."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    objects: dict[str, dict[str, Any]] = {}
+    for name in kustomization["resources"]:
+        for doc in yaml.safe_load_all((K8S / name).read_text()):
+            assert doc["kind"] not in objects, f"two {doc['kind']} objects"
+            objects[doc["kind"]] = doc
+    listed = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == set(kustomization["resources"]), "a manifest is missing from kustomization"
+    return objects
+
+
+def test_every_yaml_file_parses() -> None:
+    """A stray tab or indent breaks a deploy at the worst moment; catch it here."""
+    files = sorted(DEPLOY.rglob("*.yml")) + sorted(DEPLOY.rglob("*.yaml"))
+    assert len(files) >= 10
+    for path in files:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        assert docs, f"{path} is empty"
+
+
+def test_kubernetes_objects_have_their_kinds_and_api_versions() -> None:
+    """Deployment, Service, ConfigMap, Secret, PodDisruptionBudget and ServiceMonitor."""
+    objects = manifests()
+    assert {k: o["apiVersion"] for k, o in objects.items()} == API_VERSIONS
+    for obj in objects.values():
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", obj["metadata"]["name"])
+        assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "oracled"
+
+
+def test_deployment_probes_resources_and_security() -> None:
+    """Probes hit /healthz and /readyz on the container's port; non-root, read-only, no caps."""
+    objects = manifests()
+    spec = objects["Deployment"]["spec"]
+    pod = spec["template"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert spec["replicas"] >= 2
+    (container,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] in ports
+    listen = container["args"][container["args"].index("--listen") + 1]
+    assert listen == f"0.0.0.0:{ports['http']}"
+    requests = container["resources"]["requests"]
+    assert requests["cpu"] and requests["memory"]
+    assert container["resources"]["limits"]["memory"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts.get("tmp") == "/tmp", "a read-only root needs a writable /tmp"
+    config_path = container["args"][container["args"].index("--config") + 1]
+    assert Path(config_path).parent == Path(mounts["config"])
+
+
+def test_objects_refer_to_each_other() -> None:
+    """Service, PDB and ServiceMonitor select the pods; the pod uses the ConfigMap and Secret."""
+    objects = manifests()
+    pod_labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    container = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    port_names = {p["name"] for p in container["ports"]}
+    service = objects["Service"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+    assert service["metadata"]["name"] == "oracled", "the alerts select job=oracled"
+    pdb = objects["PodDisruptionBudget"]["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["minAvailable"] < objects["Deployment"]["spec"]["replicas"]
+    monitor = objects["ServiceMonitor"]["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    service_ports = {p["name"] for p in service["spec"]["ports"]}
+    assert [e["port"] for e in monitor["endpoints"]] == ["http"] and "http" in service_ports
+    assert monitor["endpoints"][0]["path"] == "/metrics"
+    volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == objects["ConfigMap"]["metadata"]["name"]
+    (env_from,) = container["envFrom"]
+    assert env_from["secretRef"]["name"] == objects["Secret"]["metadata"]["name"]
+
+
+def test_secret_holds_the_admin_token_and_signing_key_and_the_config_is_valid() -> None:
+    """The Secret has both keys; the ConfigMap's file passes the daemon's own validation."""
+    objects = manifests()
+    assert set(objects["Secret"]["stringData"]) == {"ORACLED_ADMIN_TOKEN", "ORACLED_SIGNING_KEY"}
+    text = objects["ConfigMap"]["data"]["oracled.toml"]
+    cfg = parse_config(tomllib.loads(text), env={})
+    assert cfg.api.admin_token_env in objects["Secret"]["stringData"]
+    assert cfg.markets
+
+
+def test_compose_runs_the_whole_stack_from_files_that_exist() -> None:
+    """oracled read-only, nats, prometheus with the rules, grafana with provisioning."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"oracled", "nats", "prometheus", "grafana"}
+    oracled = services["oracled"]
+    assert oracled["read_only"] is True and "/tmp" in oracled["tmpfs"]
+    assert (DEPLOY / oracled["build"]["context"] / oracled["build"]["dockerfile"]).is_file()
+    mounts: dict[str, str] = {}
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{source} does not exist"
+                mounts[target] = source
+    assert mounts["/etc/prometheus/alerts.yml"] == "./prometheus/alerts.yml"
+    assert mounts["/etc/grafana/provisioning"] == "../grafana/provisioning"
+    provider = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/oracled.yml").read_text())
+    assert mounts[provider["providers"][0]["options"]["path"]] == "../grafana/dashboards"
+    grafana_env = services["grafana"]["environment"]
+    assert grafana_env["PROMETHEUS_URL"] == "http://prometheus:9090"
+
+
+def test_promtool_accepts_the_compose_prometheus_config() -> None:
+    """The scrape config and the rule files it loads are valid for Prometheus."""
+    exe = shutil.which("promtool")
+    assert exe, "promtool is missing: run scripts/ops-setup.sh (make install-test does)"
+    done = subprocess.run(
+        [exe, "check", "config", "prometheus.yml"],
+        cwd=DEPLOY / "prometheus",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _unit() -> dict[str, list[str]]:
+    """The [Service] section of the unit as key -> values (systemd allows repeated keys)."""
+    section, out = "", {}
+    for line in (DEPLOY / "systemd" / "oracled.service").read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_systemd_unit_is_sandboxed_and_reads_secrets_from_an_environment_file() -> None:
+    """No new privileges, private /tmp, read-only system, only IP and Unix sockets."""
+    unit = _unit()
+    assert unit["NoNewPrivileges"] == ["yes"]
+    assert unit["PrivateTmp"] == ["yes"]
+    assert unit["ProtectSystem"] == ["strict"]
+    assert unit["ProtectHome"] == ["yes"]
+    assert set(unit["RestrictAddressFamilies"][0].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
+    assert unit["CapabilityBoundingSet"] == [""]
+    assert unit["User"] != ["root"]
+    assert unit["EnvironmentFile"] == ["/etc/oracled/oracled.env"]
+    assert (DEPLOY / "systemd" / "oracled.env.example").is_file()
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
+    """`systemd-analyze verify` reports nothing: every key known, every value parsed.
+
+    verify also insists that the executables exist; the daemon is not installed at /opt here,
+    so its path is replaced by `true` in a copy. Nothing else of the unit changes.
+    """
+    exe = shutil.which("systemd-analyze")
+    assert exe, "systemd-analyze is missing (Debian package systemd)"
+    text = (DEPLOY / "systemd" / "oracled.service").read_text()
+    stand_in = shutil.which("true")
+    assert stand_in
+    unit = tmp_path / "oracled.service"
+    unit.write_text(text.replace("/opt/oracled/bin/oracled", stand_in))
+    done = subprocess.run(
+        [exe, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck() -> None:
+    """At least two stages, a numeric non-root user, HEALTHCHECK on /healthz, listens on all."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = [ln.strip() for ln in text.replace("\\\n", " ").splitlines()]
+    stages = [ln for ln in lines if ln.startswith("FROM ")]
+    assert len(stages) >= 2
+    assert any("--from=build" in ln for ln in lines if ln.startswith("COPY"))
+    (user,) = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0
+    (health,) = [ln for ln in lines if ln.startswith("HEALTHCHECK ")]
+    assert "/healthz" in health
+    assert not any(ln.startswith("ADD ") for ln in lines)
+    assert '"0.0.0.0:8480"' in text and "EXPOSE 8480" in text
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    copied = [
+        path
+        for ln in lines
+        if ln.startswith("COPY ") and "--from" not in ln
+        for path in ln.split()[1:-1]
+    ]
+    assert len(copied) >= 5
+    assert [p for p in copied if f"!{p}" not in ignore and f"!{p}/" not in ignore] == []
