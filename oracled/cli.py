@@ -1,4 +1,4 @@
-"""The `oracled` command: run | check-config | replay | record | demo.
+"""The `oracled` command: run | check-config | replay | record | demo | margin | stress | scenario.
 
 Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage, 3 replay finished but the
 tape had malformed lines (reported on stderr).
@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen", type=_listen, default="127.0.0.1:8480")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--record", type=Path, help="also write the quotes to a tape")
+
+    from oracled.margin.command import add_parser as add_margin
+    from oracled.stress.command import add_parsers as add_stress
+
+    add_margin(sub)
+    add_stress(sub)
     return parser
 
 
@@ -144,6 +150,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_margin_tools(args: argparse.Namespace) -> int:
+    """The margin service and the stress simulator (docs/margin.md, docs/stress.md)."""
+    if args.command == "margin":
+        from oracled.margin.command import cmd_margin
+
+        return cmd_margin(args, _loop_factory())
+    from oracled.stress.command import cmd_scenario, cmd_stress
+
+    return cmd_stress(args) if args.command == "stress" else cmd_scenario(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -155,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args, record=args.out)
         if args.command == "replay":
             return _cmd_replay(args)
+        if args.command in ("stress", "scenario", "margin"):
+            return _cmd_margin_tools(args)
         return _cmd_demo(args)
     except ConfigError as exc:
         print(f"oracled: refusing to start: {len(exc.problems)} config problem(s)", file=sys.stderr)

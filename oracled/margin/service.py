@@ -1,0 +1,122 @@
+"""`oracled margin`: the engine fed by `WS /v1/stream`, the way an outside risk engine would be.
+
+It subscribes to the markets the accounts need, turns every report frame into the engine's view,
+and takes decisions after each report and on a steady tick of the local clock, so that a stream
+that goes quiet turns into `stale_report` freezes instead of silence. Every decision is written
+as one JSON line; connection changes are logged. A dropped connection is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import IO
+
+import aiohttp
+import msgspec
+import structlog
+
+from oracled.margin.decisions import encode_decision
+from oracled.margin.engine import MarginEngine
+from oracled.margin.prices import PriceView, WireReport
+
+__all__ = ["MarginService"]
+
+_log = structlog.get_logger(component="margin")
+
+
+class _Frame(msgspec.Struct, forbid_unknown_fields=False):
+    type: str
+    data: WireReport | None = None
+    markets: list[str] | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+_frames = msgspec.json.Decoder(_Frame)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MarginService:
+    """One stream connection (re-made when it drops) driving one engine."""
+
+    def __init__(
+        self,
+        engine: MarginEngine,
+        url: str,
+        out: IO[bytes],
+        *,
+        step_ms: int = 1_000,
+        reconnect_max_s: float = 5.0,
+        clock: Callable[[], int] = _wall_ms,
+    ) -> None:
+        self.engine = engine
+        self.url = url
+        self.out = out
+        self.step_ms = step_ms
+        self.reconnect_max_s = reconnect_max_s
+        self.clock = clock
+        self.reports = 0
+        self.decisions = 0
+        self.connected = asyncio.Event()
+
+    def _decide(self) -> None:
+        decisions = self.engine.step(self.clock())
+        for d in decisions:
+            self.out.write(encode_decision(d) + b"\n")
+        if decisions:
+            self.out.flush()
+            self.decisions += len(decisions)
+
+    def _frame(self, raw: str | bytes) -> None:
+        try:
+            frame = _frames.decode(raw)
+        except msgspec.DecodeError as exc:
+            _log.warning("bad_frame", error=str(exc)[:200])
+            return
+        if frame.type == "report" and frame.data is not None:
+            self.engine.on_report(PriceView.from_wire(frame.data))
+            self.reports += 1
+            self._decide()
+        elif frame.type == "subscribed":
+            _log.info("subscribed", markets=frame.markets)
+        elif frame.type == "error":
+            _log.warning("stream_error", code=frame.code, message=frame.message)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.step_ms / 1000)
+            self._decide()
+
+    async def _connect_once(self, session: aiohttp.ClientSession) -> None:
+        async with session.ws_connect(self.url, heartbeat=30.0) as ws:
+            await ws.send_json({"op": "subscribe", "markets": list(self.engine.markets)})
+            _log.info("connected", url=self.url)
+            self.connected.set()
+            async for msg in ws:
+                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    self._frame(msg.data)
+                elif msg.type is aiohttp.WSMsgType.ERROR:
+                    break
+        self.connected.clear()
+
+    async def run(self) -> None:
+        """Run until cancelled: reconnect with jittered backoff, step on the tick meanwhile."""
+        delay = 0.1
+        async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tg:
+            tg.create_task(self._ticker(), name="margin-tick")
+            while True:
+                try:
+                    await self._connect_once(session)
+                    delay = 0.1
+                    _log.warning("disconnected", url=self.url)
+                except (aiohttp.ClientError, OSError) as exc:
+                    self.connected.clear()
+                    _log.warning("connect_failed", url=self.url, error=str(exc)[:200])
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.reconnect_max_s)

@@ -1,0 +1,107 @@
+"""Price policies the oracle is compared with, computed from the same quotes as it sees them.
+
+* `clean_reference`: the median of every source's latest value that is fresh (within the
+  market's `max_age_ms`) and not flagged, converted through the reference price of the route's
+  leg market. It is what "the median of all venues" means in the stress results and the yardstick
+  for wrongful liquidations. It has no gates: it follows a crash at once, and it is only clean
+  because the simulator also knows which values are fresh and unflagged.
+* `plain_median`: the median of every source's latest value, whatever its age or flag, with
+  stablecoins taken at par (a naive engine's shortcut).
+* `single_venue`: one venue's latest value, at par, whatever its age or flag.
+"""
+
+from __future__ import annotations
+
+from statistics import median
+
+from oracled.config import Config, MarketConfig
+from oracled.model import Quote
+
+__all__ = ["QuoteWatch"]
+
+
+class QuoteWatch:
+    """The latest valid value of every (source, pair) on the tape, with its time and flag."""
+
+    __slots__ = ("_by_market", "_routes", "cfg", "latest")
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.latest: dict[tuple[str, str], tuple[float, int, str | None]] = {}
+        self._routes = {(r.from_, r.to): r.via for r in cfg.routes}
+        self._by_market = {m.symbol: m for m in cfg.markets}
+
+    def on_quote(self, quote: Quote) -> None:
+        if quote.kind != "spot":
+            return
+        if quote.bid is not None and quote.ask is not None:
+            value = (quote.bid + quote.ask) / 2
+        elif quote.price is not None:
+            value = quote.price
+        else:
+            return
+        if not value > 0 or value == float("inf"):
+            return
+        stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
+        self.latest[(quote.source, quote.pair)] = (value, stamp, quote.flag)
+
+    def _leg(self, market: MarketConfig, pair: str) -> str | None:
+        """The market a source's pair is converted through, or None when it quotes directly."""
+        quote_ccy = pair.split("/")[1]
+        target = market.symbol.split("/")[1]
+        if quote_ccy == target:
+            return None
+        return self._routes.get((quote_ccy, target), "")
+
+    def reference(self, now_ms: int) -> dict[str, float | None]:
+        memo: dict[str, float | None] = {}
+
+        def price(symbol: str) -> float | None:
+            if symbol in memo:
+                return memo[symbol]
+            memo[symbol] = None  # a cycle (rejected by the config anyway) resolves to nothing
+            market = self._by_market[symbol]
+            values: list[float] = []
+            for src in market.sources:
+                held = self.latest.get((src.source, src.pair))
+                if held is None:
+                    continue
+                value, stamp, flag = held
+                if flag is not None or now_ms - stamp > market.max_age_ms:
+                    continue
+                via = self._leg(market, src.pair)
+                if via is not None:
+                    leg = price(via) if via in self._by_market else None
+                    if leg is None:
+                        continue
+                    value *= leg
+                values.append(value)
+            memo[symbol] = median(values) if values else None
+            return memo[symbol]
+
+        return {m.symbol: price(m.symbol) for m in self.cfg.markets}
+
+    def plain_median(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for market in self.cfg.markets:
+            values = [
+                held[0]
+                for src in market.sources
+                if (held := self.latest.get((src.source, src.pair))) is not None
+            ]
+            out[market.symbol] = median(values) if values else None
+        return out
+
+    def single_venue(self, venue: str) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for market in self.cfg.markets:
+            held = next(
+                (
+                    self.latest.get((s.source, s.pair))
+                    for s in market.sources
+                    if s.source == venue and (s.source, s.pair) in self.latest
+                ),
+                None,
+            )
+            out[market.symbol] = held[0] if held is not None else None
+        return out

@@ -1,0 +1,286 @@
+"""Replay a tape through the core and through margin engines fed by each price policy.
+
+The core runs through `oracled.replay.replay` (its hooks show every quote and every round), so
+the oracle's reports are exactly what `oracled replay` prints. At each round every policy's
+engine gets that policy's price for each market and takes its decisions at the round's time;
+the clean reference's view of the same accounts judges each liquidation (docs/stress.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from oracled.config import Config
+from oracled.core import RoundResult
+from oracled.margin import (
+    AccountsFile,
+    Frozen,
+    Liquidation,
+    MarginEngine,
+    PriceRef,
+    PriceView,
+    Resolved,
+    Shortfall,
+    assess_cross,
+    assess_isolated,
+)
+from oracled.replay import ReplayStats, replay
+from oracled.stress.policies import QuoteWatch
+
+__all__ = ["ORACLE", "PLAIN", "REFERENCE", "PolicyRun", "StressResult", "run_stress"]
+
+ORACLE, PLAIN, REFERENCE = "oracled", "plain_median", "clean_reference"
+FOLLOW_TOLERANCE = 0.01  # a policy follows a move once it is within 1 % of the reference
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidationEvent:
+    ts: int
+    account: str
+    scope: str
+    instrument: str
+    price: float
+    wrongful: bool
+
+
+@dataclass
+class PolicyRun:
+    """One policy's engine and what it did over the run."""
+
+    name: str
+    engine: MarginEngine
+    prices: list[float | None] = field(default_factory=list)  # the primary market, per round
+    liquidations: list[LiquidationEvent] = field(default_factory=list)
+    paused_rounds: dict[str, int] = field(default_factory=dict)
+    max_error: dict[str, float] = field(default_factory=dict)
+    follow_ms: int | None = None
+    shortfall: float = 0.0
+    insurance_paid: float = 0.0
+    socialized: float = 0.0
+    unresolved: float = 0.0
+    decisions: int = 0
+
+    def liquidated(self) -> set[tuple[str, str]]:
+        return {(e.account, e.scope) for e in self.liquidations}
+
+
+@dataclass
+class StressResult:
+    header: dict[str, Any]
+    interval_ms: int
+    primary: str
+    markets: tuple[str, ...]
+    policies: dict[str, PolicyRun]
+    ts: list[int] = field(default_factory=list)
+    reference: list[float | None] = field(default_factory=list)
+    venues: dict[str, list[float | None]] = field(default_factory=dict)
+    oracle_status: list[str] = field(default_factory=list)
+    stats: ReplayStats | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """Per-policy figures for scripts; docs/stress.md describes each key."""
+        clean = self.policies[REFERENCE].liquidated()
+        out: dict[str, Any] = {}
+        for name, run in self.policies.items():
+            mine = run.liquidated()
+            out[name] = {
+                "liquidations": len(run.liquidations),
+                "wrongful_liquidations": sum(e.wrongful for e in run.liquidations),
+                "missed_liquidations": len(clean - mine),
+                "first_liquidation_ts": min((e.ts for e in run.liquidations), default=None),
+                "paused_s": {m: n * self.interval_ms / 1000 for m, n in run.paused_rounds.items()},
+                "max_error_pct": {m: round(e * 100, 4) for m, e in run.max_error.items()},
+                "follow_s": None if run.follow_ms is None else run.follow_ms / 1000,
+                "shortfall": round(run.shortfall, 2),
+                "insurance_paid": round(run.insurance_paid, 2),
+                "socialized": round(run.socialized, 2),
+                "unresolved": round(run.unresolved, 2),
+                "insurance_fund": round(run.engine.insurance_fund, 2),
+                "decisions": run.decisions,
+                "events": [
+                    {
+                        "ts": e.ts,
+                        "account": e.account,
+                        "scope": e.scope,
+                        "instrument": e.instrument,
+                        "price": e.price,
+                        "wrongful": e.wrongful,
+                    }
+                    for e in run.liquidations
+                ],
+            }
+        return {
+            "scenario": self.header.get("scenario"),
+            "primary_market": self.primary,
+            "rounds": len(self.ts),
+            "round_interval_ms": self.interval_ms,
+            "move": {
+                k: self.header.get(k) for k in ("move_market", "move_start_ms", "move_end_ms")
+            },
+            "policies": out,
+        }
+
+
+def _synthetic(market: str, ts: int, rnd: int, price: float | None) -> PriceView:
+    """A naive policy's price as a report: always live when it has a value, never gated."""
+    text = None if price is None else repr(price)
+    return PriceView(
+        market=market,
+        ts=ts,
+        round=rnd,
+        status="active" if price is not None else "unknown",
+        reasons=(),
+        price=price,
+        price_text=text,
+        last_good=price,
+        last_good_text=text,
+        last_good_ts=ts if price is not None else None,
+        mark=None,
+        mark_text=None,
+        signature=None,
+    )
+
+
+def _clean_prices(markets: Iterable[str], ref: dict[str, float | None], ts: int, rnd: int) -> Any:
+    out: dict[str, Resolved | Frozen] = {}
+    for m in markets:
+        p = ref.get(m)
+        r = PriceRef(
+            market=m,
+            price=None if p is None else repr(p),
+            kind="index",
+            status="active" if p is not None else "unknown",
+            round=rnd,
+            ts=ts,
+        )
+        out[m] = Resolved(p, p, r) if p is not None else Frozen("no_price", r, 0)
+    return out
+
+
+def _liquidatable_under(engine: MarginEngine, clean: Any) -> set[tuple[str, str]]:
+    """(account, scope) pairs the clean reference would liquidate, on this engine's accounts."""
+    out: set[tuple[str, str]] = set()
+    for account in engine.accounts.values():
+        for pos in account.positions:
+            if pos.isolated and assess_isolated(pos, engine.spec, clean).state == "liquidatable":
+                out.add((account.id, f"isolated:{pos.instrument}"))
+        if assess_cross(account, engine.spec, clean).state == "liquidatable":
+            out.add((account.id, "cross"))
+    return out
+
+
+def read_header(first_line: bytes | str) -> dict[str, Any]:
+    try:
+        header = json.loads(first_line)
+    except ValueError:
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def run_stress(
+    cfg: Config,
+    tape: Iterable[bytes | str],
+    accounts: AccountsFile,
+    *,
+    single_venue: str | None = None,
+) -> StressResult:
+    """Run the tape; `single_venue` defaults to the header's, else the primary market's first."""
+    it = iter(tape)
+    first = next(it, b"")
+    header = read_header(first)
+    markets = accounts.markets()
+    missing = [m for m in markets if cfg.market(m) is None]
+    if missing:
+        raise ValueError(f"the accounts need markets the config does not publish: {missing}")
+    primary = markets[0]
+    primary_cfg = cfg.market(primary)
+    assert primary_cfg is not None
+    venue = single_venue or header.get("single_venue") or primary_cfg.sources[0].source
+    names = (ORACLE, f"single_venue:{venue}", PLAIN, REFERENCE)
+    runs = {n: PolicyRun(n, MarginEngine(accounts)) for n in names}
+    result = StressResult(header, cfg.oracle.round_interval_ms, primary, markets, runs)
+    watch = QuoteWatch(cfg)
+    primary_sources = [(s.source, s.pair) for s in primary_cfg.sources]
+    result.venues = {f"{s}:{p}": [] for s, p in primary_sources}
+    move_market = header.get("move_market")
+    move_end = header.get("move_end_ms")
+
+    def on_round(rr: RoundResult) -> None:
+        ts, rnd = rr.ts, rr.round
+        index = {m: i for i, m in enumerate(rr.layout.markets)}
+        ref = watch.reference(ts)
+        plain = watch.plain_median()
+        single = watch.single_venue(venue)
+        oracle_views = {m: PriceView.from_report(rr.report(index[m])) for m in markets}
+        views: dict[str, dict[str, PriceView]] = {
+            ORACLE: oracle_views,
+            names[1]: {
+                m: _synthetic(m, ts, rnd, single[m] if single[m] is not None else plain[m])
+                for m in markets
+            },
+            PLAIN: {m: _synthetic(m, ts, rnd, plain[m]) for m in markets},
+            REFERENCE: {m: _synthetic(m, ts, rnd, ref[m]) for m in markets},
+        }
+        clean = _clean_prices(markets, ref, ts, rnd)
+        result.ts.append(ts)
+        result.reference.append(ref[primary])
+        result.oracle_status.append(oracle_views[primary].status)
+        for key, (s, p) in zip(result.venues, primary_sources, strict=True):
+            held = watch.latest.get((s, p))
+            result.venues[key].append(held[0] if held is not None else None)
+        for name, run in runs.items():
+            engine = run.engine
+            for view in views[name].values():
+                engine.on_report(view)
+            for m in markets:
+                v = views[name][m]
+                price = v.price if v.live else None
+                if price is None:
+                    run.paused_rounds[m] = run.paused_rounds.get(m, 0) + 1
+                else:
+                    run.paused_rounds.setdefault(m, 0)
+                    r = ref[m]
+                    if r is not None:
+                        err = abs(price / r - 1.0)
+                        run.max_error[m] = max(run.max_error.get(m, 0.0), err)
+                        if (
+                            m == move_market
+                            and isinstance(move_end, int)
+                            and run.follow_ms is None
+                            and ts >= move_end
+                            and err <= FOLLOW_TOLERANCE
+                        ):
+                            run.follow_ms = ts - move_end
+                if m == primary:
+                    run.prices.append(price)
+            judged = _liquidatable_under(engine, clean)
+            decisions = engine.step(ts)
+            run.decisions += len(decisions)
+            for d in decisions:
+                if isinstance(d, Liquidation):
+                    run.liquidations.append(
+                        LiquidationEvent(
+                            ts,
+                            d.account,
+                            d.scope,
+                            d.instrument,
+                            d.price,
+                            (d.account, d.scope) not in judged,
+                        )
+                    )
+                elif isinstance(d, Shortfall):
+                    run.shortfall += d.amount
+                    run.insurance_paid += d.insurance_paid
+                    run.socialized += d.socialized
+                    run.unresolved += d.unresolved
+
+    with open(os.devnull, "wb") as sink:
+        result.stats = replay(
+            cfg, itertools.chain([first], it), sink, on_quote=watch.on_quote, on_round=on_round
+        )
+    return result

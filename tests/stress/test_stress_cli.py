@@ -1,0 +1,100 @@
+"""`oracled scenario` and `oracled stress` end to end, and the replay hooks they rely on."""
+
+from __future__ import annotations
+
+import io
+import json
+import tomllib
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from oracled.cli import main
+from oracled.config import parse_config
+from oracled.core import RoundResult
+from oracled.model import Quote
+from oracled.replay import replay
+from oracled.stress.scenarios import build, scenario_config
+
+
+def test_scenario_then_stress_writes_table_json_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A written tape, config and accounts run through `oracled stress` like any user's files."""
+    tape, cfg, accounts = tmp_path / "t.jsonl", tmp_path / "c.toml", tmp_path / "a.json"
+    rc = main(
+        [
+            "scenario",
+            "thin_manipulation",
+            "--out",
+            str(tape),
+            "--config-out",
+            str(cfg),
+            "--accounts-out",
+            str(accounts),
+        ]
+    )
+    assert rc == 0 and tape.read_bytes() == build("thin_manipulation").tape()
+    capsys.readouterr()
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    argv = ["stress", "--config", str(cfg), "--tape", str(tape), "--accounts", str(accounts)]
+    rc = main([*argv, "--json", str(out_json), "--plot", str(out_png)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "single_venue:thin" in table and "wrongful" in table
+    summary = json.loads(out_json.read_text())
+    assert summary["scenario"] == "thin_manipulation"
+    assert set(summary["policies"]) == {
+        "oracled",
+        "single_venue:thin",
+        "plain_median",
+        "clean_reference",
+    }
+    assert summary["policies"]["oracled"]["liquidations"] == 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stress_needs_accounts_with_a_tape(tmp_path: Path) -> None:
+    """A tape without accounts is a usage error (exit 2), not a crash."""
+    tape, cfg = tmp_path / "t.jsonl", tmp_path / "c.toml"
+    tape.write_bytes(build("flash_crash").tape())
+    cfg.write_text(scenario_config())
+    assert main(["stress", "--config", str(cfg), "--tape", str(tape)]) == 2
+
+
+def test_stress_reports_bad_accounts_with_key_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An accounts file naming an unknown instrument is refused with the key path."""
+    bad = tmp_path / "a.json"
+    bad.write_text(
+        json.dumps(
+            {
+                "assets": {"USD": {}},
+                "instruments": {},
+                "accounts": [
+                    {"id": "x", "positions": [{"instrument": "NOPE", "qty": 1, "entry": 1}]}
+                ],
+            }
+        )
+    )
+    assert main(["stress", "--scenario", "flash_crash", "--accounts", str(bad)]) == 2
+    assert "accounts[0].positions[0].instrument" in capsys.readouterr().err
+
+
+def test_replay_hooks_see_every_quote_and_every_round_of_the_printed_output() -> None:
+    """on_quote sees each tape quote before the core; on_round the rounds that were printed."""
+    cfg = parse_config(tomllib.loads(scenario_config()))
+    lines = build("flash_crash").lines
+    quotes: list[Quote] = []
+    rounds: list[RoundResult] = []
+    out = io.BytesIO()
+    stats = replay(cfg, lines, out, on_quote=quotes.append, on_round=rounds.append)
+    assert len(quotes) == stats.quotes == len(lines) - 1
+    printed = [msgspec.json.decode(line) for line in out.getvalue().splitlines()]
+    from_hook = [msgspec.json.decode(msgspec.json.encode(r)) for rr in rounds for r in rr.reports()]
+    assert printed == from_hook
+    plain = io.BytesIO()
+    replay(cfg, lines, plain)
+    assert plain.getvalue() == out.getvalue()
