@@ -143,3 +143,41 @@ def test_concentration_limit_makes_the_account_reduce_only() -> None:
     a = assess_cross(engine.accounts["alice"], engine.spec, engine.prices(T0))
     assert a.state == "reduce_only"
     assert a.reasons == ("concentration:BTC-PERP",)
+
+
+def test_an_in_process_report_with_a_mark_reads_like_the_wire_form() -> None:
+    """`PriceView.from_report` takes a core Report; its live mark values positions."""
+    from oracled.margin import PriceView
+    from oracled.model import Mark, MarkEstimators, Report
+
+    estimators = MarkEstimators(basis_ema="50100.00", perp_median="50100.00", fallback=None)
+    mark = Mark(
+        price="50100.00",
+        reason=None,
+        estimators=estimators,
+        basis="100.00",
+        premium="0.002",
+        perps_used=2,
+        funding_rate_estimate="0.0001",
+        last_funding_rate=None,
+        last_funding_ts=None,
+        next_funding_ts=T0 + 28_800_000,
+    )
+    report = Report(
+        market="BTC/USD",
+        ts=T0,
+        round=3,
+        status="active",
+        reasons=[],
+        price="50000.00",
+        confidence="1.00",
+        last_good_price="50000.00",
+        last_good_ts=T0,
+        sources=[],
+        mark=mark,
+    )
+    engine = _engine([LONG])
+    engine.on_report(PriceView.from_report(report))
+    a = assess_cross(engine.accounts["alice"], engine.spec, engine.prices(T0))
+    assert a.equity == pytest.approx(10_000 + 45_000 + 50_500)
+    assert (a.drivers[0].kind, a.drivers[0].round) == ("mark", 3)
