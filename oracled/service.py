@@ -32,6 +32,7 @@ from oracled.model import Kind, Quote
 from oracled.publish.hub import Hub
 from oracled.reload import config_changes, source_pairs
 from oracled.sources import Source, build_source
+from oracled.sources.evm.runtime import ChainSet
 from oracled.sources.stats import ConnState, SourceStats
 from oracled.tape import header_line, quote_to_line
 
@@ -123,6 +124,7 @@ class Service:
         self.started = asyncio.Event()
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self.chains: ChainSet | None = None  # the chain readers, made in run()
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -156,6 +158,9 @@ class Service:
             return
         if not self._pairs(sid):
             self.log.info("source unused by any market", source=sid)
+            return
+        if self.chains is not None and not self.chains.usable(src):
+            self.log.info("source disabled: its chain has no RPC URL", source=sid, chain=src.chain)
             return
         assert self._session is not None
         self.source_stats.setdefault(sid, SourceStats(source=sid))
@@ -225,6 +230,8 @@ class Service:
                     session,
                     stats,
                 )
+                if self.chains is not None:
+                    self.chains.attach(source)  # on-chain sources read through their chain
                 started = time.monotonic()
                 try:
                     await source.run()
@@ -309,6 +316,8 @@ class Service:
         runner = await self._start_api()
         self._session = session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         round_loop = asyncio.create_task(self._round_loop(), name="round-loop")
+        self.chains = ChainSet(self.cfg, session, self.clock)
+        self._background.update(self.chains.start())
         for sid in self.cfg.sources:
             self._start_source(sid)
         self.log.info(

@@ -213,3 +213,33 @@ class Chain:
     async def revert(self, snapshot_id: str) -> None:
         if not await self.rpc("evm_revert", [snapshot_id]):
             raise RpcFailed(f"evm_revert {snapshot_id} refused")
+
+
+#: Pyth price ids used by the tests (any 32 bytes do for MockPyth).
+PYTH_ETH_ID = bytes.fromhex("ff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace")
+PYTH_BTC_ID = bytes.fromhex("e62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43")
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """The contract set every test starts from (addresses are checksummed)."""
+
+    multicall: str
+    eth_aggregator: str  # Chainlink's MockV3Aggregator, 8 decimals, 3000.00
+    eth_proxy: str  # TestAggregatorProxy over eth_aggregator
+    btc_aggregator: str  # TestAggregator with minAnswer 1000.00 / maxAnswer 1,000,000.00
+    btc_proxy: str
+    sequencer: str  # MockV3Aggregator used as an L2 sequencer uptime feed (0 = up)
+    pyth: str  # Pyth's MockPyth, valid time period 60 s, fee 1 wei
+
+
+async def pyth_update(chain: Chain, pyth: str, feed_id: bytes, price: int, conf: int,
+                      expo: int, publish_time: int) -> None:  # fmt: skip
+    """Publish one Pyth price through MockPyth's own update-data builder."""
+    (data,) = await chain.call(
+        pyth,
+        "createPriceFeedUpdateData(bytes32,int64,uint64,int32,int64,uint64,uint64,uint64)",
+        feed_id, price, conf, expo, price, conf, publish_time, max(publish_time - 1, 0),
+        returns=["bytes"],
+    )  # fmt: skip
+    await chain.transact(pyth, "updatePriceFeeds(bytes[])", [data], value=1)

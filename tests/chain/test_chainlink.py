@@ -7,8 +7,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from chain_rig import Anvil, Chain
-from conftest import Deployed
+from chain_rig import (
+    Anvil,
+    Chain,
+    Deployed,
+)
 from reading import chainlink_spec, make_reader, watch
 
 from oracled.sources.evm.chainlink import ChainlinkFeed

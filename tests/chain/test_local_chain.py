@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from chain_rig import MULTICALL3, Chain, calldata
-from conftest import PYTH_ETH_ID, Deployed
+from chain_rig import MULTICALL3, PYTH_ETH_ID, Chain, Deployed, calldata
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

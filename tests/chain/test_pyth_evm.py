@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from chain_rig import Anvil, Chain
-from conftest import PYTH_BTC_ID, PYTH_ETH_ID, Deployed, pyth_update
+from chain_rig import (
+    PYTH_BTC_ID,
+    PYTH_ETH_ID,
+    Anvil,
+    Chain,
+    Deployed,
+    pyth_update,
+)
 from reading import make_reader, pyth_spec, watch
 
 from oracled.sources.evm.pyth_evm import PythEvmFeed

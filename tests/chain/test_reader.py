@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 import pytest_asyncio
-from chain_rig import Anvil, Chain
-from conftest import Deployed
+from chain_rig import (
+    Anvil,
+    Chain,
+    Deployed,
+)
 from reading import chainlink_spec, make_reader, watch
 from rpc_proxy import RpcProxy
 

@@ -1,0 +1,78 @@
+"""The runtime's side of the chains: one supervised `ChainReader` per chain that has RPC URLs.
+
+A chain without URLs (its environment variable unset) is switched off with one clear log line
+at start-up, and so is every source on it; nothing else changes, so the default config runs
+without any RPC provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import structlog
+
+from oracled.clock import Clock
+from oracled.config import CHAIN_SOURCE_TYPES, Config, SourceConfig
+from oracled.sources._base import Source
+from oracled.sources.evm.chain import ChainReader
+from oracled.sources.evm.rpc import RpcClient, redact
+from oracled.sources.evm.source import ChainSource
+
+__all__ = ["ChainSet"]
+
+_RESTART_MAX_S = 30.0
+
+
+class ChainSet:
+    """The chain readers of one daemon, and the glue that hands them to on-chain sources."""
+
+    def __init__(self, cfg: Config, session: aiohttp.ClientSession, clock: Clock) -> None:
+        self.readers: dict[str, ChainReader] = {}
+        self._log = structlog.get_logger("oracled").bind(component="chain")
+        for cid, chain in cfg.chains.items():
+            if not chain.resolved_urls:
+                where = f"${chain.rpc_urls_env}" if chain.rpc_urls_env else "rpc_urls"
+                self._log.warning(
+                    "chain disabled: no RPC URL", chain=cid, set=where,
+                    sources=sorted(s for s, c in cfg.sources.items() if c.chain == cid),
+                )  # fmt: skip
+                continue
+            rpc = RpcClient(chain.resolved_urls, session, timeout_s=chain.timeout_s, clock=clock)
+            self.readers[cid] = ChainReader(cid, chain, rpc, clock, session)
+            self._log.info(
+                "chain enabled", chain=cid, chain_id=chain.chain_id,
+                endpoints=[redact(u) for u in chain.resolved_urls],
+                blocks="newHeads" if chain.ws_url else "polling",
+            )  # fmt: skip
+
+    def start(self) -> list[asyncio.Task[None]]:
+        return [
+            asyncio.create_task(self._supervise(reader), name=f"chain:{cid}")
+            for cid, reader in self.readers.items()
+        ]
+
+    def usable(self, src: SourceConfig) -> bool:
+        """False for an on-chain source whose chain is switched off."""
+        return src.type not in CHAIN_SOURCE_TYPES or src.chain in self.readers
+
+    def attach(self, source: Source) -> None:
+        """Give an on-chain source its chain's reader; venues pass through untouched."""
+        if isinstance(source, ChainSource) and source.cfg.chain in self.readers:
+            source.attach(self.readers[source.cfg.chain])
+
+    async def _supervise(self, reader: ChainReader) -> None:
+        """Run one reader forever; restart it with capped backoff if it fails."""
+        delay = 1.0
+        while True:
+            started = time.monotonic()
+            try:
+                await reader.run()
+                self._log.error("chain reader returned; restarting", chain=reader.name)
+            except Exception:  # the supervisor's job: log, count, restart
+                self._log.exception("chain reader crashed; restarting", chain=reader.name)
+            if time.monotonic() - started > 60.0:
+                delay = 1.0
+            await asyncio.sleep(delay)
+            delay = min(delay * 2.0, _RESTART_MAX_S)
