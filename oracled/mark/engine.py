@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from math import isfinite, nan
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -75,9 +76,12 @@ class _State:
         self.prev: int | None = None  # the previous round's time
 
 
-@dataclass(frozen=True, slots=True)
-class MarkValues:
-    """One market's mark outputs of one round, as floats (NaN for none)."""
+class MarkValues(NamedTuple):
+    """One market's mark outputs of one round, as floats (NaN for none).
+
+    A named tuple: one is built per perpetual market per round, and a tuple is built several
+    times faster than a frozen dataclass.
+    """
 
     price: float
     basis_ema: float
