@@ -35,6 +35,8 @@ from oracled.sources.stats import LATENCY_BOUNDS_MS, ConnState, SourceStats
 if TYPE_CHECKING:
     from oracled.aggregate.book import Layout
     from oracled.core import Core, RoundResult
+    from oracled.publish.nats import NatsStats
+    from oracled.publish.signer import SignerStats
 
 __all__ = ["Metrics", "MetricsInputs"]
 
@@ -51,6 +53,8 @@ class MetricsInputs:
     now_ms: Callable[[], int]
     stream_subscribers: Callable[[], int]
     stream_dropped: Callable[[], Mapping[str, int]]
+    signer: SignerStats | None = None  # None: signing off (its families read zero)
+    nats: NatsStats | None = None  # None: no NATS sink
 
 
 class Metrics:
@@ -139,6 +143,53 @@ def _latency_family(stats: list[tuple[str, SourceStats]]) -> HistogramMetricFami
     return family
 
 
+_SIGNER_REASONS = ("busy", "error")
+_NATS_REASONS = ("disconnected", "queue_full", "error")
+
+
+def _signer_families(stats: SignerStats | None) -> Iterator[Metric]:
+    """Signing of rounds (docs/publishing.md); zeros when signing is off."""
+    signed = CounterMetricFamily("oracled_signed_rounds", "Rounds hashed and signed.")
+    signed.add_metric([], stats.signed if stats is not None else 0)
+    errors = CounterMetricFamily(
+        "oracled_signer_errors",
+        "Rounds left unsigned: busy (the previous round was still being signed) or error.",
+        labels=["reason"],
+    )
+    for reason in _SIGNER_REASONS:
+        errors.add_metric([reason], stats.errors.get(reason, 0) if stats is not None else 0)
+    duration = GaugeMetricFamily(
+        "oracled_signer_last_duration_seconds",
+        "Time the latest signed round took to hash and sign, in the signer thread.",
+    )
+    duration.add_metric([], stats.last_seconds if stats is not None else 0.0)
+    yield from (signed, errors, duration)
+
+
+def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
+    """The NATS sink; zeros when it is not configured."""
+    connected = GaugeMetricFamily(
+        "oracled_nats_connected", "1 while connected to a NATS server, else 0 (also when off)."
+    )
+    connected.add_metric([], 1.0 if stats is not None and stats.connected else 0.0)
+    published = CounterMetricFamily(
+        "oracled_nats_published", "Messages handed to the NATS connection."
+    )
+    published.add_metric([], stats.published if stats is not None else 0)
+    unpublished = CounterMetricFamily(
+        "oracled_nats_unpublished",
+        "Messages not published, by reason: disconnected, queue_full, error.",
+        labels=["reason"],
+    )
+    for reason in _NATS_REASONS:
+        unpublished.add_metric(
+            [reason], stats.unpublished.get(reason, 0) if stats is not None else 0
+        )
+    reconnects = CounterMetricFamily("oracled_nats_reconnects", "Reconnects to a NATS server.")
+    reconnects.add_metric([], stats.reconnects if stats is not None else 0)
+    yield from (connected, published, unpublished, reconnects)
+
+
 class _StateCollector:
     """Reads the latest round and the plain counters; yields gauge and counter families."""
 
@@ -165,6 +216,8 @@ class _StateCollector:
         for reason, count in sorted(self._in.stream_dropped().items()):
             dropped.add_metric([reason], count)
         yield dropped
+        yield from _signer_families(self._in.signer)
+        yield from _nats_families(self._in.nats)
 
     def _process(self) -> Iterator[Metric]:
         cfg = self._in.core.config

@@ -30,6 +30,8 @@ from oracled.errors import ConfigError
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Kind, Quote
 from oracled.publish.hub import Hub
+from oracled.publish.nats import NatsSink
+from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, load_signing_key
 from oracled.reload import config_changes, source_pairs
 from oracled.sources import Source, build_source
 from oracled.sources.evm.runtime import ChainSet
@@ -104,6 +106,17 @@ class Service:
         self.host, self.port = parse_listen(listen or cfg.api.listen)
         self.core = Core(cfg)
         self.hub = Hub(cfg.api.stream_queue)
+        # Signing and the NATS sink (docs/publishing.md) take their settings at start-up only.
+        self.signer = (
+            RoundSigner(load_signing_key(cfg.signing.key_file, cfg.signing.key_env))
+            if cfg.signing.enabled
+            else None
+        )
+        self.hub.signer = self.signer.address if self.signer is not None else None
+        self.nats = NatsSink(cfg.nats) if cfg.nats.enabled else None
+        self._signer_worker = (
+            SignerWorker(self.signer, self._on_signed) if self.signer is not None else None
+        )
         self.log = structlog.get_logger("oracled").bind(component="service")
         self.source_stats: dict[str, SourceStats] = {
             sid: SourceStats(source=sid) for sid, s in cfg.sources.items() if s.enabled
@@ -116,6 +129,8 @@ class Service:
                 now_ms=self.clock.now_ms,
                 stream_subscribers=lambda: self.hub.subscribers,
                 stream_dropped=lambda: self.hub.dropped_subscribers,
+                signer=self.signer.stats if self.signer is not None else None,
+                nats=self.nats.stats if self.nats is not None else None,
             )
         )
         self._recorder = _TapeRecorder(record) if record else None
@@ -263,9 +278,22 @@ class Service:
             result = self.core.run_round(tick)
             self.metrics.round_duration.observe(time.perf_counter() - started)
             self.hub.publish(result)
+            self._publish_round(result)
             self._log_transitions(result, log)
             if self._recorder is not None and result.round % 4 == 0:
                 await self._recorder.flush()
+
+    def _publish_round(self, result: RoundResult) -> None:
+        """Hand a round to the signer (which publishes it once signed) or straight to NATS."""
+        if self._signer_worker is not None:
+            self._signer_worker.submit(result)
+        elif self.nats is not None:
+            self.nats.submit(result)
+
+    def _on_signed(self, signed: SignedRound) -> None:
+        self.hub.publish_signed(signed)
+        if self.nats is not None:
+            self.nats.submit(signed)
 
     def _log_transitions(
         self, result: RoundResult, log: structlog.typing.FilteringBoundLogger
@@ -316,6 +344,9 @@ class Service:
         runner = await self._start_api()
         self._session = session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         round_loop = asyncio.create_task(self._round_loop(), name="round-loop")
+        if self.nats is not None:
+            self._background.add(asyncio.create_task(self.nats.run(), name="nats"))
+            self.log.info("nats sink", **self.nats.describe())
         self.chains = ChainSet(self.cfg, session, self.clock)
         self._background.update(self.chains.start())
         for sid in self.cfg.sources:
@@ -327,6 +358,7 @@ class Service:
             sources=len(self._source_tasks),
             round_interval_ms=self.cfg.oracle.round_interval_ms,
             reload="SIGHUP or POST /v1/admin/reload" if self.config_path else "off",
+            signer=self.hub.signer,
         )
         self.started.set()
         try:
@@ -344,6 +376,8 @@ class Service:
                     await session.close()
             if self._recorder is not None:
                 self._recorder.close()
+            if self._signer_worker is not None:
+                self._signer_worker.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)

@@ -152,7 +152,7 @@ class ReadHandlers:
         )
 
     async def info(self, request: web.Request) -> web.Response:
-        """Version and shape of the running daemon."""
+        """Version and shape of the running daemon, and the address that signs its rounds."""
         ctx = self._ctx
         result = ctx.hub.latest_result
         return json_response(
@@ -162,5 +162,6 @@ class ReadHandlers:
                 "markets": len(ctx.current_config.markets),
                 "round": None if result is None else result.round,
                 "ts": None if result is None else result.ts,
+                "signer": ctx.hub.signer,
             }
         )

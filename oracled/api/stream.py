@@ -3,9 +3,14 @@
 Client -> server, JSON text frames:
     {"op": "subscribe", "markets": ["BTC/USD"]}     (no or empty "markets": every market)
     {"op": "unsubscribe", "markets": ["BTC/USD"]}   (no or empty "markets": all of them)
+    optional in either, for the whole connection from then on:
+    "signed": true (signed frames instead of reports), "deviation": 0.001 (a market only when it
+    moved by this fraction or changed status), "heartbeat_ms": 5000 (and at least this often)
 Server -> client:
     {"type": "subscribed" | "unsubscribed", "markets": [...the whole current set...]}
+        (plus "signed", "deviation", "heartbeat_ms" when the request set them)
     {"type": "report", "data": {...Report...}}      (first the latest of each added market)
+    {"type": "signed", "data": {...SignedPrice...}} (instead of reports, when signed)
     {"type": "error", "code": "...", "message": "..."}  (the connection stays open)
 
 Report frames are the hub's pre-encoded bytes, the same object for every client; compression is
@@ -16,6 +21,7 @@ than its queue is disconnected with close code 1008 and the reason; its memory i
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 import structlog
@@ -37,6 +43,9 @@ HEARTBEAT_S = 20.0  # ping interval; a client that stops answering is closed by 
 class _ClientOp(msgspec.Struct, forbid_unknown_fields=True):
     op: str
     markets: list[str] | None = None
+    signed: bool | None = None
+    deviation: float | None = None
+    heartbeat_ms: int | None = None
 
 
 _DECODER = msgspec.json.Decoder(_ClientOp)
@@ -128,20 +137,23 @@ class StreamHandler:
                 await ws.send_frame(_error("bad_request", "send JSON text frames"), WSMsgType.TEXT)
                 continue
             try:
-                reply, markets = self._apply(sub, msg.data)
+                reply, markets, options = self._apply(sub, msg.data)
             except ApiError as exc:
                 await ws.send_frame(_error(exc.code, exc.message), WSMsgType.TEXT)
                 continue
             # Acknowledge first, then change: the snapshot of added markets follows the ack.
             await ws.send_frame(reply, WSMsgType.TEXT)
+            if options:
+                self._ctx.hub.configure(sub, **options)
             self._ctx.hub.change(sub, markets)
 
-    def _apply(self, sub: Subscription, text: str) -> tuple[bytes, frozenset[str]]:
-        """Validate one client request; return the ack and the new market set."""
+    def _apply(self, sub: Subscription, text: str) -> tuple[bytes, frozenset[str], dict[str, Any]]:
+        """Validate one client request; return the ack, the new market set and the options."""
         try:
             op = _DECODER.decode(text)
         except msgspec.DecodeError as exc:
             raise ApiError(400, "bad_request", f"not a valid request: {exc}") from None
+        options = self._options(op)
         current = sub.markets or frozenset()
         named = frozenset(market_list(op.markets, self._order)) if op.markets else None
         if op.op == "subscribe":
@@ -155,4 +167,21 @@ class StreamHandler:
                 400, "bad_request", f"op: {op.op[:32]!r} is not subscribe or unsubscribe"
             )
         listing = sorted(markets, key=self._order.__getitem__)
-        return encode_json({"type": kind, "markets": listing}), markets
+        return encode_json({"type": kind, "markets": listing, **options}), markets, options
+
+    def _options(self, op: _ClientOp) -> dict[str, Any]:
+        """The per-connection options a request sets (frame kind, filters), validated."""
+        options: dict[str, Any] = {}
+        if op.signed is not None:
+            if op.signed and self._ctx.hub.signer is None:
+                raise ApiError(400, "signing_disabled", "this daemon does not sign its rounds")
+            options["signed"] = op.signed
+        if op.deviation is not None:
+            if not 0 < op.deviation < 1:
+                raise ApiError(400, "bad_request", "deviation: must be > 0 and < 1")
+            options["deviation"] = op.deviation
+        if op.heartbeat_ms is not None:
+            if not 1 <= op.heartbeat_ms <= 86_400_000:
+                raise ApiError(400, "bad_request", "heartbeat_ms: must be 1 to 86400000")
+            options["heartbeat_ms"] = op.heartbeat_ms
+        return options

@@ -12,13 +12,21 @@ receives the very same `bytes` object.
 A subscriber has a bounded buffer of encoded stream frames. When a round's frames do not fit,
 the subscriber is dropped (`slow_consumer`) instead of growing the buffer: memory stays bounded
 by the queue size whatever the client does.
+
+Signed rounds arrive later than their reports (they are hashed and signed off the event loop):
+`publish_signed` fans `{"type":"signed",...}` frames out to the subscriptions that asked for
+them, which receive no report frames. A subscription may also filter: with a `deviation` it gets
+a market only when the price moved by at least that fraction since the last frame it was sent
+(or the status changed), with a `heartbeat_ms` at least that often; these subscriptions get
+frames built for them alone, the others keep sharing one batch per market set.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -26,6 +34,9 @@ from oracled.aggregate.book import Layout
 from oracled.core import RoundResult
 from oracled.errors import OracledError
 from oracled.model import Report
+
+if TYPE_CHECKING:
+    from oracled.publish.signer import SignedRound
 
 __all__ = [
     "DROP_SHUTDOWN",
@@ -41,6 +52,7 @@ _UNSUBSCRIBED = "unsubscribed"  # closed by its owner; not counted as a drop
 
 _ENCODER = msgspec.json.Encoder()
 _FRAME_HEAD = b'{"type":"report","data":'
+_SIGNED_HEAD = b'{"type":"signed","data":'
 _FRAME_TAIL = b"}"
 
 
@@ -61,15 +73,51 @@ class Subscription:
     that is larger (a round must always fit in an empty buffer).
     """
 
-    __slots__ = ("_buf", "_closed_waiter", "_queue_size", "_waiter", "closed_reason", "markets")
+    __slots__ = (
+        "_buf",
+        "_closed_waiter",
+        "_queue_size",
+        "_sent",
+        "_waiter",
+        "closed_reason",
+        "deviation",
+        "heartbeat_ms",
+        "markets",
+        "signed",
+    )
 
     def __init__(self, markets: frozenset[str] | None, queue_size: int) -> None:
         self.markets = markets  # None = every market
         self.closed_reason: str | None = None
+        self.signed = False  # signed frames instead of report frames
+        self.deviation: float | None = None  # filter: a relative move that warrants a frame
+        self.heartbeat_ms: int | None = None  # filter: the longest gap between two frames
+        self._sent: dict[str, tuple[float, int, int]] = {}  # market -> (price, status, ts) sent
         self._queue_size = queue_size
         self._buf: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[str] | None = None
+
+    @property
+    def filtered(self) -> bool:
+        return self.deviation is not None or self.heartbeat_ms is not None
+
+    def _wants(self, market: str, price: float, status: int, ts: int) -> bool:
+        """The filter: a frame for `market` now? Records it as sent when it says yes."""
+        last = self._sent.get(market)
+        send = (
+            last is None
+            or last[1] != status
+            or (self.heartbeat_ms is not None and ts - last[2] >= self.heartbeat_ms)
+            or (
+                self.deviation is not None
+                and price == price  # not NaN
+                and (last[0] != last[0] or abs(price / last[0] - 1.0) >= self.deviation)
+            )
+        )
+        if send:
+            self._sent[market] = (price, status, ts)
+        return send
 
     @property
     def pending(self) -> int:
@@ -139,8 +187,13 @@ class Hub:
         "_queue_size",
         "_reports",
         "_scheduled",
+        "_signed",
+        "_signed_fanned",
+        "_signed_frames",
+        "_signed_scheduled",
         "_subs",
         "dropped_subscribers",
+        "signer",
     )
 
     def __init__(self, queue_size: int = 256) -> None:
@@ -157,6 +210,11 @@ class Hub:
         self._subs: dict[Subscription, None] = {}  # insertion-ordered set
         self._scheduled = False
         self._fanned: RoundResult | None = None  # the last result delivered to subscribers
+        self.signer: str | None = None  # the signing address, when rounds are signed
+        self._signed: SignedRound | None = None
+        self._signed_fanned: SignedRound | None = None
+        self._signed_frames: dict[int, bytes] = {}
+        self._signed_scheduled = False
         # Every reason present from the start: the metrics thread may iterate this while the
         # loop counts, which is safe as long as no key is ever added.
         self.dropped_subscribers: Counter[str] = Counter({DROP_SLOW: 0, DROP_SHUTDOWN: 0})
@@ -188,9 +246,84 @@ class Hub:
             return
         self._fanned = result
         for sub in list(self._subs):
-            frames = self._batch(sub.markets)
+            if sub.signed:
+                continue  # served by the signed fan-out
+            if sub.filtered:
+                frames = self._filtered(sub, result, self._frame)
+            else:
+                frames = self._batch(sub.markets)
             if frames and not sub._offer(frames):
                 self._drop(sub, DROP_SLOW)
+
+    def publish_signed(self, signed: SignedRound) -> None:
+        """The signed form of a round; fanned out soon after to the subscriptions that want it."""
+        if signed.result is None:
+            raise ValueError("a signed round for the hub carries its RoundResult")
+        self._signed = signed
+        self._signed_frames = {}
+        if self._signed_scheduled or not any(s.signed for s in self._subs):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._fan_out_signed()
+            return
+        self._signed_scheduled = True
+        loop.call_soon(self._fan_out_signed)
+
+    @property
+    def latest_signed(self) -> SignedRound | None:
+        return self._signed
+
+    def _fan_out_signed(self) -> None:
+        self._signed_scheduled = False
+        signed = self._signed
+        if signed is None or signed is self._signed_fanned:
+            return
+        self._signed_fanned = signed
+        result = signed.result
+        assert result is not None
+        for sub in list(self._subs):
+            if not sub.signed:
+                continue
+            frames = self._filtered(sub, result, self._signed_frame, force=not sub.filtered)
+            if frames and not sub._offer(frames):
+                self._drop(sub, DROP_SLOW)
+
+    def _signed_frame(self, i: int) -> bytes:
+        frame = self._signed_frames.get(i)
+        if frame is None:
+            assert self._signed is not None
+            frame = b"".join((_SIGNED_HEAD, self._signed.envelope(i), _FRAME_TAIL))
+            self._signed_frames[i] = frame
+        return frame
+
+    def _filtered(
+        self,
+        sub: Subscription,
+        result: RoundResult,
+        frame: Callable[[int], bytes],
+        *,
+        force: bool = False,
+        markets: Iterable[str] | None = None,
+    ) -> tuple[bytes, ...]:
+        """Frames of `sub`'s markets (or `markets`) that its filter lets through this round."""
+        index = (
+            self._index
+            if result.layout is self._layout
+            else {m: i for i, m in enumerate(result.layout.markets)}
+        )
+        wanted = sub.markets if markets is None else markets
+        if wanted is None:
+            indices: list[int] = list(range(len(index)))
+        else:
+            indices = sorted(i for m in wanted if (i := index.get(m)) is not None)
+        names, price, status = result.layout.markets, result.price, result.status
+        return tuple(
+            frame(i)
+            for i in indices
+            if force or sub._wants(names[i], float(price[i]), int(status[i]), result.ts)
+        )
 
     # -- the reader side ---------------------------------------------------------------------
 
@@ -271,6 +404,31 @@ class Hub:
         """
         return sum(sub.pending for sub in tuple(self._subs))
 
+    def configure(
+        self,
+        sub: Subscription,
+        *,
+        signed: bool | None = None,
+        deviation: float | None = None,
+        heartbeat_ms: int | None = None,
+    ) -> None:
+        """Set a live subscription's frame kind and filters (None leaves an option unchanged).
+
+        Switching to signed frames sends the latest signed frame of each subscribed market.
+        """
+        if sub not in self._subs:
+            return
+        if deviation is not None:
+            sub.deviation = deviation
+        if heartbeat_ms is not None:
+            sub.heartbeat_ms = heartbeat_ms
+        if signed is not None and signed != sub.signed:
+            if signed and self.signer is None:
+                raise ValueError("this daemon does not sign its rounds")
+            sub.signed = signed
+            sub._sent.clear()
+            self._snapshot(sub, sub.markets)
+
     def subscribe(self, markets: frozenset[str] | None) -> Subscription:
         """A new subscription to `markets` (None = all); it starts with their latest reports."""
         sub = Subscription(markets, self._queue_size)
@@ -309,11 +467,23 @@ class Hub:
         await asyncio.sleep(0)
 
     def _snapshot(self, sub: Subscription, markets: frozenset[str] | None) -> None:
+        if sub.signed:
+            signed = self._signed
+            if signed is None or self._signed_scheduled or markets == frozenset():
+                return
+            assert signed.result is not None
+            frames = self._filtered(sub, signed.result, self._signed_frame, markets=markets)
+            if frames and not sub._offer(frames):
+                self._drop(sub, DROP_SLOW)
+            return
         # While a fan-out is pending it will deliver the latest round to the new set anyway;
         # sending a snapshot now as well would duplicate it.
         if self._latest is None or self._scheduled or markets == frozenset():
             return
-        frames = self._frames_for(markets)
+        if sub.filtered:
+            frames = self._filtered(sub, self._latest, self._frame, markets=markets)
+        else:
+            frames = self._frames_for(markets)
         if frames and not sub._offer(frames):
             self._drop(sub, DROP_SLOW)
 

@@ -146,6 +146,7 @@ async def test_info_and_healthz(client: Client, rig: Rig) -> None:
         "markets": 3,
         "round": None,
         "ts": None,
+        "signer": None,  # this rig does not sign
     }
     rig.step()
     assert (await _json(client, "/v1/info"))["round"] == 1

@@ -1,0 +1,421 @@
+"""`oracled.client`: a consumer that trusts only what it can verify.
+
+`OracleClient` takes signed prices (the stream's `signed` frames, or the NATS price subjects),
+checks each against the round signature and the configured allowed signers, and keeps per market
+the latest verified price of every signer. A market's price is the median of the live, fresh
+reports of at least `quorum` distinct signers; below that the market is `unknown` (or `paused`
+when enough signers agree there is no price). Nothing it cannot verify ever moves a price: every
+refused message is counted and kept with its reason.
+
+    client = OracleClient({"0xAbc...", "0xDef..."}, quorum=2, max_age_ms=5_000)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(client.watch_ws("http://10.0.0.1:8480"))
+        tg.create_task(client.watch_ws("http://10.0.0.2:8480"))
+    ...
+    view = client.price("BTC/USD")  # MarketView(status="active", price=Decimal("64000.12"), ...)
+
+Reasons a message is refused (`Rejection.reason`):
+
+    malformed       not JSON of a known shape
+    truncated       cut off: incomplete JSON, or a proof shorter than the round's tree
+    unsigned        a plain report, without a signature
+    bad_proof       the proof does not fit the round (index outside it, a hash too many)
+    bad_signature   the signature is not a valid secp256k1 signature
+    forged          the fields, proof and signature do not match (a changed price, a wrong root,
+                    or a signature by someone other than the named signer)
+    unknown_signer  a valid signature by a key that is not allowed
+    stale           older than `max_age_ms`
+    future          ahead of the local clock by more than `max_future_ms`
+    replayed        this signer's report for this market and round was already accepted
+    reordered       older than a report already accepted from this signer for this market
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import msgspec
+import structlog
+from eth_utils.address import is_address, to_checksum_address
+
+from oracled.publish.signer import (
+    SignatureError,
+    SignedPrice,
+    leaf_hash,
+    recover_signer,
+    root_from_proof,
+    round_digest,
+)
+
+__all__ = [
+    "REASONS",
+    "MarketView",
+    "OracleClient",
+    "Rejection",
+    "SignerReport",
+    "verify",
+]
+
+REASONS = (
+    "malformed",
+    "truncated",
+    "unsigned",
+    "bad_proof",
+    "bad_signature",
+    "forged",
+    "unknown_signer",
+    "stale",
+    "future",
+    "replayed",
+    "reordered",
+)
+_LIVE = frozenset({"active", "degraded"})
+_SEEN_PER_KEY = 64  # accepted round times remembered per (signer, market) to tell replays apart
+
+_log = structlog.get_logger("oracled.client")
+
+
+class Rejection(Exception):
+    """A message the client refused; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class _Frame(msgspec.Struct):
+    """A stream frame (`{"type": ..., "data": ...}`) or a bare payload (NATS)."""
+
+    type: str | None = None
+    data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)  # empty when absent
+    signature: str | None = None
+    market: str | None = None
+
+
+_FRAME = msgspec.json.Decoder(_Frame)
+_SIGNED = msgspec.json.Decoder(SignedPrice)
+
+
+def _hex(text: str, size: int | None, what: str) -> bytes:
+    body = text.removeprefix("0x")
+    try:
+        raw = bytes.fromhex(body)
+    except ValueError:
+        raise Rejection("malformed", f"{what} is not hex") from None
+    if size is not None and len(raw) != size:
+        raise Rejection("truncated" if len(raw) < size else "malformed", f"{what} size")
+    return raw
+
+
+def _decode(data: bytes | str) -> SignedPrice:
+    """The SignedPrice in a stream frame or NATS payload; Rejection for anything else."""
+    try:
+        frame = _FRAME.decode(data)
+    except msgspec.DecodeError as exc:
+        reason = "truncated" if "truncated" in str(exc) else "malformed"
+        raise Rejection(reason, str(exc)) from None
+    if frame.type is not None:  # a stream frame
+        if frame.type == "report":
+            raise Rejection("unsigned", "a report frame carries no signature")
+        if frame.type != "signed" or not len(frame.data):
+            raise Rejection("malformed", f"frame type {frame.type!r}")
+        payload: bytes | str = frame.data
+    else:
+        if frame.signature is None and frame.market is not None:
+            raise Rejection("unsigned", "a report without a signature")
+        payload = data
+    try:
+        return _SIGNED.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise Rejection("malformed", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        reason = "truncated" if "truncated" in str(exc) else "malformed"
+        raise Rejection(reason, str(exc)) from None
+
+
+def verify(data: bytes | str, allowed: frozenset[str]) -> SignedPrice:
+    """Check one signed price against its round signature and the allowed signers.
+
+    Returns the SignedPrice when the proof leads to the signed root and the signature is by an
+    allowed signer; raises Rejection otherwise. Freshness and order are the client's business.
+    """
+    sp = _decode(data)
+    try:
+        leaf = sp.leaf()
+        hashed = leaf_hash(leaf)
+    except ValueError as exc:
+        raise Rejection("malformed", str(exc)) from None
+    proof = [_hex(h, 32, "proof") for h in sp.proof]
+    signature = _hex(sp.signature, 65, "signature")
+    claimed_root = _hex(sp.root, 32, "root")
+    if not 0 < sp.count < 1 << 32 or not 0 <= sp.round < 1 << 64:
+        raise Rejection("malformed", "count or round out of range")
+    try:
+        root = root_from_proof(hashed, sp.index, sp.count, proof)
+    except SignatureError as exc:
+        raise Rejection(exc.reason, str(exc)) from None
+    if root != claimed_root:
+        raise Rejection("forged", "the leaf and proof do not lead to the signed root")
+    try:
+        signer = recover_signer(round_digest(sp.ts, sp.round, sp.count, root), signature)
+    except SignatureError as exc:
+        raise Rejection(exc.reason, str(exc)) from None
+    if not is_address(sp.signer) or signer != to_checksum_address(sp.signer):
+        raise Rejection("forged", f"signed by {signer}, not by the named {sp.signer[:42]}")
+    if signer not in allowed:
+        raise Rejection("unknown_signer", signer)
+    return sp
+
+
+@dataclass(frozen=True, slots=True)
+class SignerReport:
+    """One signer's latest verified report of a market."""
+
+    signer: str
+    ts: int
+    round: int
+    status: str
+    price: Decimal | None  # None unless live
+    confidence: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class MarketView:
+    """What the client believes about a market now.
+
+    `status` is `active` or `degraded` with a `price` (the median of `signers`' live prices), or
+    `paused` (at least a quorum of fresh signers, but fewer than a quorum with a price), or
+    `unknown` (fewer than a quorum of fresh verified reports).
+    """
+
+    market: str
+    status: str
+    price: Decimal | None
+    ts: int | None  # the newest round time among the reports used
+    signers: tuple[str, ...]  # whose reports made the price (or the status)
+    reports: tuple[SignerReport, ...]  # every fresh verified report, one per signer
+
+
+@dataclass(slots=True)
+class _Seen:
+    latest: int = -1
+    accepted: deque[int] = field(default_factory=lambda: deque(maxlen=_SEEN_PER_KEY))
+
+
+def _median(values: list[Decimal]) -> Decimal:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    return (ordered[mid - 1] + ordered[mid]) / 2
+
+
+class OracleClient:
+    """Verifies signed prices from any number of daemons and keeps the quorum view per market."""
+
+    def __init__(
+        self,
+        allowed_signers: Iterable[str],
+        *,
+        quorum: int = 1,
+        max_age_ms: int = 5_000,
+        max_future_ms: int = 2_000,
+        now_ms: Callable[[], int] | None = None,
+        keep_rejections: int = 256,
+    ) -> None:
+        allowed = frozenset(to_checksum_address(a) for a in allowed_signers)
+        if not allowed:
+            raise ValueError("allow at least one signer")
+        if not 1 <= quorum <= len(allowed):
+            raise ValueError(f"quorum must be between 1 and the {len(allowed)} allowed signers")
+        self.allowed = allowed
+        self.quorum = quorum
+        self.max_age_ms = max_age_ms
+        self.max_future_ms = max_future_ms
+        self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+        self._latest: dict[str, dict[str, SignerReport]] = {}
+        self._seen: dict[tuple[str, str], _Seen] = {}
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter(dict.fromkeys(REASONS, 0))
+        self.rejections: deque[Rejection] = deque(maxlen=keep_rejections)
+        self.updated = asyncio.Event()  # set on every accepted report (for waiters)
+
+    # -- verification ---------------------------------------------------------------------
+
+    def feed(self, data: bytes | str) -> SignedPrice:
+        """Verify one message and, if it passes, make it its signer's latest for the market.
+
+        Raises Rejection (counted, and kept in `rejections`) for anything refused.
+        """
+        try:
+            sp = verify(data, self.allowed)
+            self._check_time(sp)
+        except Rejection as exc:
+            self.rejected[exc.reason] += 1
+            self.rejections.append(exc)
+            raise
+        self._accept(sp)
+        return sp
+
+    def offer(self, data: bytes | str) -> bool:
+        """`feed` that returns False instead of raising (for subscription loops)."""
+        try:
+            self.feed(data)
+        except Rejection:
+            return False
+        return True
+
+    def _check_time(self, sp: SignedPrice) -> None:
+        now = self._now_ms()
+        if now - sp.ts > self.max_age_ms:
+            raise Rejection("stale", f"{sp.market} round {sp.ts} is {now - sp.ts} ms old")
+        if sp.ts - now > self.max_future_ms:
+            raise Rejection("future", f"{sp.market} round {sp.ts} is ahead of the local clock")
+        signer = to_checksum_address(sp.signer)
+        seen = self._seen.get((signer, sp.market))
+        if seen is not None:
+            if sp.ts in seen.accepted:
+                raise Rejection("replayed", f"{sp.market} round {sp.ts} from {signer}")
+            if sp.ts < seen.latest:
+                raise Rejection("reordered", f"{sp.market} round {sp.ts} < {seen.latest}")
+
+    def _accept(self, sp: SignedPrice) -> None:
+        signer = to_checksum_address(sp.signer)
+        seen = self._seen.setdefault((signer, sp.market), _Seen())
+        seen.latest = sp.ts
+        seen.accepted.append(sp.ts)
+        live = sp.status in _LIVE
+        self._latest.setdefault(sp.market, {})[signer] = SignerReport(
+            signer=signer,
+            ts=sp.ts,
+            round=sp.round,
+            status=sp.status,
+            price=Decimal(int(sp.price)).scaleb(sp.expo) if live else None,
+            confidence=Decimal(int(sp.confidence)).scaleb(sp.expo) if live else None,
+        )
+        self.accepted += 1
+        self.updated.set()
+
+    # -- the quorum view ------------------------------------------------------------------
+
+    @property
+    def markets(self) -> list[str]:
+        return sorted(self._latest)
+
+    def price(self, market: str) -> MarketView:
+        """The market's verified price and status now (freshness is judged at call time)."""
+        now = self._now_ms()
+        fresh = tuple(
+            r
+            for r in self._latest.get(market, {}).values()
+            if now - r.ts <= self.max_age_ms and r.ts - now <= self.max_future_ms
+        )
+        live = [r for r in fresh if r.status in _LIVE and r.price is not None]
+        if len(live) >= self.quorum:
+            status = "active" if all(r.status == "active" for r in live) else "degraded"
+            return MarketView(
+                market=market,
+                status=status,
+                price=_median([r.price for r in live if r.price is not None]),
+                ts=max(r.ts for r in live),
+                signers=tuple(sorted(r.signer for r in live)),
+                reports=fresh,
+            )
+        if len(fresh) >= self.quorum:
+            return MarketView(
+                market,
+                "paused",
+                None,
+                max(r.ts for r in fresh),
+                tuple(sorted(r.signer for r in fresh)),
+                fresh,
+            )
+        return MarketView(market, "unknown", None, None, (), fresh)
+
+    def prices(self) -> Mapping[str, MarketView]:
+        return {m: self.price(m) for m in self.markets}
+
+    # -- subscriptions --------------------------------------------------------------------
+
+    async def watch_ws(
+        self,
+        base_url: str,
+        markets: Iterable[str] | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        reconnect_s: float = 1.0,
+        filters: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Subscribe to a daemon's `WS /v1/stream` for signed frames; reconnect forever.
+
+        `filters` passes the stream's per-subscriber options (`deviation`, `heartbeat_ms`).
+        Runs until cancelled.
+        """
+        own = session is None
+        http = session or aiohttp.ClientSession()
+        request: dict[str, Any] = {"op": "subscribe", "signed": True, **(filters or {})}
+        if markets is not None:
+            request["markets"] = list(markets)
+        log = _log.bind(url=base_url)
+        try:
+            while True:
+                try:
+                    async with http.ws_connect(base_url.rstrip("/") + "/v1/stream") as ws:
+                        await ws.send_json(request)
+                        log.info("client subscribed")
+                        async for msg in ws:
+                            if msg.type is not aiohttp.WSMsgType.TEXT:
+                                break
+                            if msg.data.startswith('{"type":"signed"') or msg.data.startswith(
+                                '{"type":"report"'
+                            ):
+                                self.offer(msg.data)
+                except (aiohttp.ClientError, OSError) as exc:
+                    log.warning("client stream failed", error=str(exc))
+                await asyncio.sleep(reconnect_s)
+        finally:
+            if own:
+                await http.close()
+
+    async def watch_nats(
+        self,
+        servers: str | list[str],
+        markets: Iterable[str] | None = None,
+        *,
+        prefix: str = "oracled",
+    ) -> None:
+        """Subscribe to `<prefix>.prices.<market>` subjects (all with `>`); run until cancelled."""
+        import nats
+
+        from oracled.publish.nats import price_subject
+
+        nc = await nats.connect(
+            servers=servers if isinstance(servers, list) else [servers],
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        subjects = (
+            [f"{prefix}.prices.>"]
+            if markets is None
+            else [price_subject(prefix, m) for m in markets]
+        )
+        try:
+            for subject in subjects:
+
+                async def handle(msg: Any) -> None:
+                    self.offer(msg.data)
+
+                await nc.subscribe(subject, cb=handle)
+            await asyncio.Event().wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()

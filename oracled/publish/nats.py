@@ -1,0 +1,263 @@
+"""The NATS sink: every round on one subject per market and on one round subject.
+
+Subjects, with the configured prefix (default `oracled`):
+
+    <prefix>.prices.<token>   one message per market per round: its SignedPrice JSON (the
+                              report JSON when signing is off); <token> is the market with its
+                              `/` made `-` (BTC/USD -> BTC-USD), which is always a valid token:
+                              market symbols are upper-case letters and digits
+    <prefix>.rounds           one message per round: the whole signed round (RoundMessage)
+
+With `jetstream = true` the sink makes sure a stream (default `ORACLED`) captures `<prefix>.>`,
+so a consumer that starts late replays what it missed. Messages go out as core publishes, which
+the stream stores without a per-message acknowledgement round trip (awaited JetStream acks run
+at a few thousand a second, fewer than the messages of one round at 1,000 markets).
+
+The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
+sends when it can. While the server is unreachable rounds are counted as unpublished (reason
+`disconnected`) rather than buffered: a price published late is worse than none, and JetStream
+keeps what it had. nats-py reconnects on its own; the sink only connects the first time (again
+and again until a server answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import nats
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from oracled.config import NatsConfig
+from oracled.publish.signer import SignedRound
+
+if TYPE_CHECKING:
+    from oracled.core import RoundResult
+
+__all__ = [
+    "UNPUBLISHED_REASONS",
+    "NatsSink",
+    "NatsStats",
+    "market_token",
+    "price_subject",
+    "round_subject",
+]
+
+#: Why a message was not published: no server, the sink's queue overflowed, a client error.
+UNPUBLISHED_REASONS = ("disconnected", "queue_full", "error")
+_YIELD_EVERY = 256  # publishes between two yields to the event loop
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def market_token(market: str) -> str:
+    """`BTC/USD` -> `BTC-USD`: the market as one subject token (no `.`, `*`, `>` or space)."""
+    return market.replace("/", "-")
+
+
+def price_subject(prefix: str, market: str) -> str:
+    return f"{prefix}.prices.{market_token(market)}"
+
+
+def round_subject(prefix: str) -> str:
+    return f"{prefix}.rounds"
+
+
+@dataclass(slots=True)
+class NatsStats:
+    """Plain counters read by the metrics collector at scrape time."""
+
+    connected: bool = False
+    published: int = 0  # messages handed to the connection
+    reconnects: int = 0
+    unpublished: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(UNPUBLISHED_REASONS, 0)
+    )
+
+
+class _UnsignedRound(msgspec.Struct):
+    ts: int
+    round: int
+    count: int
+    markets: list[str]
+
+
+class NatsSink:
+    """Publishes submitted rounds to NATS from its own task; see the module docstring."""
+
+    def __init__(self, cfg: NatsConfig, *, connect_timeout_s: float = 2.0) -> None:
+        self.cfg = cfg
+        self.stats = NatsStats()
+        self._connect_timeout_s = connect_timeout_s
+        self._queue: deque[SignedRound | RoundResult] = deque()
+        self._wakeup = asyncio.Event()
+        self._nc: NatsClient | None = None
+        self._subjects: dict[str, str] = {}
+        self._log = structlog.get_logger("oracled").bind(component="nats")
+        self.ready = asyncio.Event()  # set once connected (and the stream exists, if any)
+
+    # -- the round side ---------------------------------------------------------------------
+
+    def submit(self, batch: SignedRound | RoundResult) -> None:
+        """Queue one round (signed or not); never blocks. A full queue drops its oldest round."""
+        if len(self._queue) >= self.cfg.queue:
+            dropped = self._queue.popleft()
+            self.stats.unpublished["queue_full"] += self._size(dropped)
+        self._queue.append(batch)
+        self._wakeup.set()
+
+    @staticmethod
+    def _size(batch: SignedRound | RoundResult) -> int:
+        count = batch.count if isinstance(batch, SignedRound) else len(batch.layout.markets)
+        return count + 1  # the markets and the round message
+
+    # -- the task ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect (retrying until a server answers), then publish forever; cancel to stop."""
+        try:
+            nc = await self._connect()
+            self._nc = nc
+            await self._ensure_stream(nc)
+            self.ready.set()
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._queue:
+                    await self._publish(nc, self._queue.popleft())
+        finally:
+            self.stats.connected = False
+            if self._nc is not None:
+                with contextlib.suppress(Exception):  # closing a dead connection may raise anything
+                    await self._nc.close()
+                self._nc = None
+
+    async def _connect(self) -> NatsClient:
+        delay = 0.2
+        while True:
+            try:
+                nc = await nats.connect(
+                    servers=list(self.cfg.servers),
+                    name="oracled",
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=self._connect_timeout_s,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    closed_cb=self._on_closed,
+                )
+            except (NatsError, OSError, TimeoutError) as exc:
+                self._log.warning("nats connect failed; retrying", error=str(exc), delay_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2.0, 5.0)
+                continue
+            self.stats.connected = True
+            self._log.info(
+                "nats connected", server=str(nc.connected_url and nc.connected_url.netloc)
+            )
+            return nc
+
+    async def _ensure_stream(self, nc: NatsClient) -> None:
+        """Create (or bring up to date) the JetStream stream over the prefix's subjects."""
+        if not self.cfg.jetstream:
+            return
+        config = StreamConfig(
+            name=self.cfg.stream,
+            subjects=[f"{self.cfg.subject_prefix}.>"],
+            max_age=self.cfg.max_age_s,
+            storage=StorageType.FILE if self.cfg.storage == "file" else StorageType.MEMORY,
+        )
+        js = nc.jetstream()
+        try:
+            await js.add_stream(config)
+        except BadRequestError:  # it exists with other settings: update it
+            await js.update_stream(config)
+        except NatsError as exc:
+            self._log.error("jetstream stream not set up", stream=self.cfg.stream, error=str(exc))
+            return
+        self._log.info("jetstream stream ready", stream=self.cfg.stream)
+
+    def _messages(self, batch: SignedRound | RoundResult) -> list[tuple[str, bytes]]:
+        prefix = self.cfg.subject_prefix
+        subjects = self._subjects
+        out: list[tuple[str, bytes]] = []
+        if isinstance(batch, SignedRound):
+            for i, leaf in enumerate(batch.leaves):
+                subject = subjects.get(leaf.market)
+                if subject is None:
+                    subject = subjects[leaf.market] = price_subject(prefix, leaf.market)
+                out.append((subject, batch.envelope(i)))
+            out.append((round_subject(prefix), batch.message()))
+            return out
+        markets = batch.layout.markets
+        for i, market in enumerate(markets):
+            subject = subjects.get(market)
+            if subject is None:
+                subject = subjects[market] = price_subject(prefix, market)
+            out.append((subject, _ENCODER.encode(batch.report(i))))
+        header = _UnsignedRound(batch.ts, batch.round, len(markets), list(markets))
+        out.append((round_subject(prefix), _ENCODER.encode(header)))
+        return out
+
+    async def _publish(self, nc: NatsClient, batch: SignedRound | RoundResult) -> None:
+        if not nc.is_connected:
+            self.stats.unpublished["disconnected"] += self._size(batch)
+            return
+        messages = self._messages(batch)
+        sent = 0
+        try:
+            for subject, payload in messages:
+                await nc.publish(subject, payload)
+                sent += 1
+                if sent % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+        except NatsError as exc:
+            self.stats.unpublished["error"] += len(messages) - sent
+            self._log.warning("nats publish failed", error=str(exc), lost=len(messages) - sent)
+        self.stats.published += sent
+
+    # -- nats-py callbacks (state changes only) --------------------------------------------
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._log.debug("nats error", error=str(exc))
+
+    async def _on_disconnected(self) -> None:
+        if self.stats.connected:
+            self._log.warning("nats disconnected")
+        self.stats.connected = False
+
+    async def _on_reconnected(self) -> None:
+        self.stats.connected = True
+        self.stats.reconnects += 1
+        self._log.warning("nats reconnected")
+        if self._nc is not None:
+            await self._ensure_stream(self._nc)
+
+    async def _on_closed(self) -> None:
+        self.stats.connected = False
+
+    async def close(self) -> None:
+        """Flush what was handed to the connection (briefly) and close it."""
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=1)
+
+    def describe(self) -> dict[str, Any]:
+        """What the sink publishes where, for start-up logs."""
+        return {
+            "servers": list(self.cfg.servers),
+            "prices": f"{self.cfg.subject_prefix}.prices.<BASE-QUOTE>",
+            "rounds": round_subject(self.cfg.subject_prefix),
+            "jetstream": self.cfg.stream if self.cfg.jetstream else None,
+        }

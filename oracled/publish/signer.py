@@ -1,0 +1,606 @@
+"""Signed rounds: one EIP-712 signature over a Merkle root of a round's per-market prices.
+
+Signing each report would cost one ECDSA signature per market per round (about 0.3 ms each through
+eth-account); instead every market of a round becomes a leaf, the leaves become a Merkle tree, and
+the daemon signs one EIP-712 typed message (`OracleRound`) that carries the root. A consumer checks
+one market with its leaf, its proof (the sibling hashes up to the root) and the round signature;
+the cost of signing does not grow with the number of markets (hashing does, about 2 keccaks per
+market, which is why `RoundSigner.sign` is meant to run in a worker thread).
+
+The scheme, in full (docs/publishing.md has it for consumers):
+
+- leaf = EIP-712 struct hash of `Price(string market,uint64 ts,uint8 status,int256 price,
+  uint256 confidence,int8 expo)`, where `price` and `confidence` are the report's decimal strings
+  read as integers at the market's exponent (`"64000.12"` at expo -2 is 6400012) and 0 when the
+  market is not live; `status` is 0 active, 1 degraded, 2 paused, 3 unknown;
+- node = keccak256(left ‖ right); a node without a sibling moves up unchanged (never duplicated);
+- the signed message is `OracleRound(uint64 ts,uint64 round,uint32 count,bytes32 root)` in the
+  domain `EIP712Domain(string name,string version)` = ("oracled", "1"); signatures are 65 bytes
+  r ‖ s ‖ v with v 27 or 28 and a low s, as Ethereum's ecrecover expects.
+
+Digests are computed here with plain keccak rather than through eth-account's typed-data encoder,
+which would rebuild the type strings on every call; a test holds both to the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import coincurve
+import msgspec
+import structlog
+from Crypto.Hash import keccak as _keccak
+from eth_account import Account
+from eth_utils.address import to_checksum_address
+
+from oracled.errors import ConfigError, OracledError
+from oracled.model import Status
+
+if TYPE_CHECKING:
+    from oracled.core import RoundResult
+
+__all__ = [
+    "DOMAIN",
+    "PRICE_TYPE",
+    "ROUND_TYPE",
+    "STATUS_CODES",
+    "Leaf",
+    "RoundSigner",
+    "SignatureError",
+    "SignedPrice",
+    "SignedRound",
+    "SignerStats",
+    "SignerWorker",
+    "SigningKey",
+    "decimal_to_int",
+    "leaf_hash",
+    "load_signing_key",
+    "merkle_levels",
+    "merkle_proof",
+    "recover_signer",
+    "root_from_proof",
+    "round_digest",
+    "typed_data",
+]
+
+
+def keccak(data: bytes) -> bytes:
+    return _keccak.new(data=data, digest_bits=256).digest()
+
+
+DOMAIN: Final = {"name": "oracled", "version": "1"}
+PRICE_TYPE: Final = (
+    "Price(string market,uint64 ts,uint8 status,int256 price,uint256 confidence,int8 expo)"
+)
+ROUND_TYPE: Final = "OracleRound(uint64 ts,uint64 round,uint32 count,bytes32 root)"
+_DOMAIN_TYPE: Final = "EIP712Domain(string name,string version)"
+_PRICE_TYPEHASH: Final = keccak(PRICE_TYPE.encode())
+_ROUND_TYPEHASH: Final = keccak(ROUND_TYPE.encode())
+DOMAIN_SEPARATOR: Final = keccak(
+    keccak(_DOMAIN_TYPE.encode())
+    + keccak(DOMAIN["name"].encode())
+    + keccak(DOMAIN["version"].encode())
+)
+#: Status label -> the uint8 in a leaf (the order of `oracled.model.Status`).
+STATUS_CODES: Final[Mapping[str, int]] = {s.label: int(s) for s in Status}
+STATUS_LABELS: Final[tuple[str, ...]] = tuple(s.label for s in Status)
+_SECP256K1_N: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_INT256_MIN, _INT256_MAX = -(1 << 255), (1 << 255) - 1
+
+
+class SignatureError(OracledError):
+    """A signature, proof or signed payload that does not check out; `reason` is a short code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def _word(value: int) -> bytes:
+    """One ABI word: two's complement for negatives (int256/int8 sign-extend the same way)."""
+    return (value % (1 << 256)).to_bytes(32, "big")
+
+
+def decimal_to_int(text: str, decimals: int) -> int:
+    """A report's decimal string at `decimals` places as an integer mantissa, exactly.
+
+    Strict on purpose: the signed integer must be the very string consumers see, so a string with
+    another number of places (or anything but digits) is an error, not something to round.
+    """
+    negative = text.startswith("-")
+    whole, dot, frac = text.removeprefix("-").partition(".")
+    if len(frac) != decimals or (dot and not frac) or not whole.isdigit():
+        raise ValueError(f"{text!r} is not a decimal with {decimals} places")
+    if frac and not frac.isdigit():
+        raise ValueError(f"{text!r} is not a decimal with {decimals} places")
+    value = int(whole + frac)
+    return -value if negative else value
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """What the signature covers for one market in one round (integers only, never floats)."""
+
+    market: str
+    ts: int
+    status: int  # STATUS_CODES
+    price: int  # mantissa; 0 when not live
+    confidence: int
+    expo: int  # price = mantissa x 10**expo
+
+
+def leaf_hash(leaf: Leaf, market_hash: bytes | None = None) -> bytes:
+    """The EIP-712 struct hash of a `Price`; pass the market's keccak to skip rehashing it."""
+    if not (0 <= leaf.ts < 1 << 64 and 0 <= leaf.status < 256 and -128 <= leaf.expo < 128):
+        raise ValueError(f"leaf field out of range: {leaf}")
+    if not (_INT256_MIN <= leaf.price <= _INT256_MAX and 0 <= leaf.confidence < 1 << 256):
+        raise ValueError(f"leaf price out of range: {leaf}")
+    return keccak(
+        b"".join(
+            (
+                _PRICE_TYPEHASH,
+                market_hash or keccak(leaf.market.encode()),
+                _word(leaf.ts),
+                _word(leaf.status),
+                _word(leaf.price),
+                _word(leaf.confidence),
+                _word(leaf.expo),
+            )
+        )
+    )
+
+
+def merkle_levels(hashes: Sequence[bytes]) -> list[list[bytes]]:
+    """All levels of the tree, leaves first; a node without a sibling moves up unchanged."""
+    if not hashes:
+        raise ValueError("a round has at least one market")
+    levels = [list(hashes)]
+    level = levels[0]
+    while len(level) > 1:
+        up = [keccak(level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            up.append(level[-1])
+        levels.append(up)
+        level = up
+    return levels
+
+
+def merkle_proof(levels: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
+    """Sibling hashes from leaf `index` up to the root (levels where it has none are skipped)."""
+    proof: list[bytes] = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        if sibling < len(level):
+            proof.append(level[sibling])
+        index >>= 1
+    return proof
+
+
+def root_from_proof(leaf: bytes, index: int, count: int, proof: Sequence[bytes]) -> bytes:
+    """Fold a proof into the root it implies; SignatureError if it has the wrong length.
+
+    The shape of the tree follows from `count` alone, so a proof with a hash too many or too few
+    (a truncated one) is refused before any hashing.
+    """
+    if not 0 <= index < count:
+        raise SignatureError("bad_proof", f"index {index} outside a round of {count}")
+    node, width, used = leaf, count, 0
+    while width > 1:
+        sibling = index ^ 1
+        if sibling < width:
+            if used >= len(proof):
+                raise SignatureError("truncated", "the proof is shorter than the tree")
+            other = proof[used]
+            used += 1
+            node = keccak(node + other) if index % 2 == 0 else keccak(other + node)
+        index >>= 1
+        width = (width + 1) // 2
+    if used != len(proof):
+        raise SignatureError("bad_proof", "the proof is longer than the tree")
+    return node
+
+
+def round_digest(ts: int, round_no: int, count: int, root: bytes) -> bytes:
+    """The EIP-712 digest the daemon signs: keccak(0x1901 ‖ domain ‖ hashStruct(OracleRound))."""
+    if len(root) != 32:
+        raise ValueError("root must be 32 bytes")
+    struct_hash = keccak(_ROUND_TYPEHASH + _word(ts) + _word(round_no) + _word(count) + root)
+    return keccak(b"\x19\x01" + DOMAIN_SEPARATOR + struct_hash)
+
+
+def typed_data(ts: int, round_no: int, count: int, root: bytes) -> dict[str, Any]:
+    """The same message as an EIP-712 document, for eth-account's `encode_typed_data`."""
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+            ],
+            "OracleRound": [
+                {"name": "ts", "type": "uint64"},
+                {"name": "round", "type": "uint64"},
+                {"name": "count", "type": "uint32"},
+                {"name": "root", "type": "bytes32"},
+            ],
+        },
+        "primaryType": "OracleRound",
+        "domain": dict(DOMAIN),
+        "message": {"ts": ts, "round": round_no, "count": count, "root": root},
+    }
+
+
+def _address(public_key: coincurve.PublicKey) -> str:
+    return to_checksum_address(keccak(public_key.format(compressed=False)[1:])[-20:])
+
+
+def recover_signer(digest: bytes, signature: bytes) -> str:
+    """The checksummed address that made `signature` over `digest`; SignatureError if none did."""
+    if len(signature) != 65:
+        raise SignatureError("bad_signature", f"{len(signature)} bytes, expected 65")
+    v = signature[64]
+    s = int.from_bytes(signature[32:64], "big")
+    if v not in (27, 28) or not 0 < s <= _SECP256K1_N // 2:
+        raise SignatureError("bad_signature", "v must be 27 or 28 and s in the lower half")
+    try:
+        public = coincurve.PublicKey.from_signature_and_message(
+            signature[:64] + bytes((v - 27,)), digest, hasher=None
+        )
+    except Exception as exc:  # coincurve raises bare Exception/ValueError for bad points
+        raise SignatureError("bad_signature", "no public key matches") from exc
+    return _address(public)
+
+
+class SigningKey:
+    """A secp256k1 private key. Its repr never shows the secret; only the address leaves it."""
+
+    __slots__ = ("_account", "_key", "address")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != 32:
+            raise ValueError("a secp256k1 private key is 32 bytes")
+        self._key = coincurve.PrivateKey(secret)  # raises ValueError for 0 or >= n
+        # eth-account is the reference for the address (and signs typed data for cross-checks).
+        self._account = Account.from_key(secret)
+        self.address: str = self._account.address
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(coincurve.PrivateKey().secret)
+
+    @classmethod
+    def from_hex(cls, text: str) -> SigningKey:
+        body = text.strip().removeprefix("0x")
+        if len(body) != 64:
+            raise ValueError("expected 64 hex digits (optionally 0x-prefixed)")
+        try:
+            return cls(bytes.fromhex(body))
+        except ValueError:
+            raise ValueError("expected 64 hex digits (optionally 0x-prefixed)") from None
+
+    def hex(self) -> str:
+        """The secret as 0x-hex: for writing a new key file, nothing else."""
+        return "0x" + self._key.secret.hex()
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """65 bytes r ‖ s ‖ v (v 27/28); libsecp256k1 always returns the low-s form."""
+        raw = self._key.sign_recoverable(digest, hasher=None)
+        return raw[:64] + bytes((raw[64] + 27,))
+
+    def sign_typed(self, message: dict[str, Any]) -> bytes:
+        """Sign through eth-account's EIP-712 encoder (slower; cross-checks the fast path)."""
+        signed = self._account.sign_typed_data(full_message=message)
+        return bytes(signed.signature)
+
+    def __repr__(self) -> str:
+        return f"SigningKey(address={self.address})"
+
+
+def load_signing_key(
+    key_file: str | None, key_env: str | None, env: Mapping[str, str] | None = None
+) -> SigningKey:
+    """Read the key named by the config; ConfigError (never showing the key) if it cannot be used.
+
+    A key file must not be readable, writable or executable by group or others (like ssh keys):
+    a key that other accounts may have read is refused rather than trusted.
+    """
+    env = os.environ if env is None else env
+    if key_file is not None:
+        path = Path(key_file)
+        try:
+            mode = path.stat().st_mode
+            if stat.S_IMODE(mode) & 0o077:
+                raise ConfigError(
+                    [
+                        f"signing.key_file: {path} is accessible by group or others "
+                        f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
+                    ]
+                )
+            text = path.read_text(encoding="ascii")
+        except OSError as exc:
+            raise ConfigError(
+                [f"signing.key_file: cannot read {path} ({exc.strerror or exc})"]
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError([f"signing.key_file: {path} is not a hex key"]) from None
+        where = f"signing.key_file: {path}"
+    elif key_env is not None:
+        found = env.get(key_env)
+        if not found:
+            raise ConfigError([f"signing.key_env: ${key_env} is not set"])
+        text, where = found, f"signing.key_env: ${key_env}"
+    else:
+        raise ConfigError(["signing: set key_file or key_env"])
+    try:
+        return SigningKey.from_hex(text)
+    except ValueError as exc:
+        raise ConfigError([f"{where} does not hold a usable key ({exc})"]) from None
+
+
+class SignedPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """One market's signed price as it travels (stream `signed` frames, NATS price subjects).
+
+    `price` and `confidence` are integer strings (JSON numbers lose precision above 2**53);
+    the value is `int(price) * 10**expo`. Everything from `count` on proves it.
+    """
+
+    market: str
+    ts: int
+    round: int
+    status: str
+    price: str
+    confidence: str
+    expo: int
+    count: int
+    index: int
+    root: str
+    proof: list[str]
+    signature: str
+    signer: str
+
+    def leaf(self) -> Leaf:
+        """The leaf these fields describe; ValueError if a field cannot be one."""
+        code = STATUS_CODES.get(self.status)
+        if code is None:
+            raise ValueError(f"unknown status {self.status!r}")
+        return Leaf(self.market, self.ts, code, int(self.price), int(self.confidence), self.expo)
+
+
+class RoundLeaf(msgspec.Struct, frozen=True):
+    """One market in a round message (the round subject carries every leaf, no proofs)."""
+
+    market: str
+    status: str
+    price: str
+    confidence: str
+    expo: int
+
+
+class RoundMessage(msgspec.Struct, frozen=True):
+    """A whole signed round: rebuild the tree from `leaves` and check `root` and `signature`."""
+
+    ts: int
+    round: int
+    count: int
+    root: str
+    signature: str
+    signer: str
+    leaves: list[RoundLeaf]
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class SignerStats:
+    """Plain counters read by the metrics collector at scrape time."""
+
+    signed: int = 0  # rounds signed
+    errors: dict[str, int] = field(default_factory=lambda: {"busy": 0, "error": 0})
+    last_seconds: float = 0.0  # time the last round took to hash and sign
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SignedRound:
+    """A signed round: its leaves, the tree, the signature; envelopes are built on demand."""
+
+    ts: int
+    round: int
+    root: bytes
+    signature: bytes
+    signer: str
+    leaves: tuple[Leaf, ...]
+    levels: list[list[bytes]]
+    result: RoundResult | None = None  # what it was made from (stream filters read prices)
+    _envelopes: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.leaves)
+
+    def proof(self, index: int) -> list[bytes]:
+        return merkle_proof(self.levels, index)
+
+    def signed_price(self, index: int) -> SignedPrice:
+        leaf = self.leaves[index]
+        return SignedPrice(
+            market=leaf.market,
+            ts=leaf.ts,
+            round=self.round,
+            status=STATUS_LABELS[leaf.status],
+            price=str(leaf.price),
+            confidence=str(leaf.confidence),
+            expo=leaf.expo,
+            count=self.count,
+            index=index,
+            root="0x" + self.root.hex(),
+            proof=["0x" + h.hex() for h in self.proof(index)],
+            signature="0x" + self.signature.hex(),
+            signer=self.signer,
+        )
+
+    def envelope(self, index: int) -> bytes:
+        """The JSON of one market's `SignedPrice`, encoded once per round."""
+        data = self._envelopes.get(index)
+        if data is None:
+            data = self._envelopes[index] = _ENCODER.encode(self.signed_price(index))
+        return data
+
+    def message(self) -> bytes:
+        """The JSON of the whole round (`RoundMessage`)."""
+        return _ENCODER.encode(
+            RoundMessage(
+                ts=self.ts,
+                round=self.round,
+                count=self.count,
+                root="0x" + self.root.hex(),
+                signature="0x" + self.signature.hex(),
+                signer=self.signer,
+                leaves=[
+                    RoundLeaf(
+                        leaf.market,
+                        STATUS_LABELS[leaf.status],
+                        str(leaf.price),
+                        str(leaf.confidence),
+                        leaf.expo,
+                    )
+                    for leaf in self.leaves
+                ],
+            )
+        )
+
+
+class RoundSigner:
+    """Turns a RoundResult into a SignedRound. Thread-safe: it keeps no per-round state.
+
+    Market-name hashes are cached (names change only on reload); the rest is 1 keccak per market,
+    about 1 per market for the tree, and one signature.
+    """
+
+    __slots__ = ("_market_hashes", "key", "stats")
+
+    def __init__(self, key: SigningKey) -> None:
+        self.key = key
+        self.stats = SignerStats()
+        self._market_hashes: dict[str, bytes] = {}
+
+    @property
+    def address(self) -> str:
+        return self.key.address
+
+    def leaves(self, result: RoundResult) -> tuple[Leaf, ...]:
+        """Every market's leaf, from the same decimal strings the reports carry."""
+        status = result.status.tolist()
+        price = result.price.tolist()
+        conf = result.confidence.tolist()
+        decimals = result.layout.decimals.tolist()
+        out = []
+        for i, market in enumerate(result.layout.markets):
+            dec = decimals[i]
+            live = status[i] <= Status.DEGRADED
+            fmt = f".{dec}f"
+            out.append(
+                Leaf(
+                    market=market,
+                    ts=result.ts,
+                    status=status[i],
+                    price=decimal_to_int(format(price[i], fmt), dec) if live else 0,
+                    confidence=decimal_to_int(format(conf[i], fmt), dec) if live else 0,
+                    expo=-dec,
+                )
+            )
+        return tuple(out)
+
+    def sign_leaves(
+        self,
+        ts: int,
+        round_no: int,
+        leaves: tuple[Leaf, ...],
+        result: RoundResult | None = None,
+    ) -> SignedRound:
+        hashes = self._market_hashes
+        if len(hashes) > 4 * len(leaves) + 64:  # reloads renamed markets: start afresh
+            hashes.clear()
+        hashed = []
+        for leaf in leaves:
+            mh = hashes.get(leaf.market)
+            if mh is None:
+                mh = hashes[leaf.market] = keccak(leaf.market.encode())
+            hashed.append(leaf_hash(leaf, mh))
+        levels = merkle_levels(hashed)
+        root = levels[-1][0]
+        signature = self.key.sign_digest(round_digest(ts, round_no, len(leaves), root))
+        self.stats.signed += 1
+        return SignedRound(ts, round_no, root, signature, self.key.address, leaves, levels, result)
+
+    def sign(self, result: RoundResult) -> SignedRound:
+        """Hash and sign one round (milliseconds at 1,000 markets: call it off the event loop)."""
+        return self.sign_leaves(result.ts, result.round, self.leaves(result), result)
+
+
+class SignerWorker:
+    """Signs rounds in one worker thread and hands each SignedRound back on the event loop.
+
+    The round loop only submits: it never waits for hashing or signing. A round submitted while
+    the previous one is still being signed is skipped and counted (`busy`), so a slow signer
+    makes signed rounds sparser instead of letting them queue up and fall behind.
+    """
+
+    def __init__(self, signer: RoundSigner, on_signed: Callable[[SignedRound], None]) -> None:
+        self.signer = signer
+        self._on_signed = on_signed
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="oracled-signer")
+        self._pending: asyncio.Future[SignedRound] | None = None
+        self._log = structlog.get_logger("oracled").bind(component="signer")
+
+    def submit(self, result: RoundResult) -> None:
+        if self._pending is not None and not self._pending.done():
+            self.signer.stats.errors["busy"] += 1
+            return
+        loop = asyncio.get_running_loop()
+        self._pending = loop.run_in_executor(self._pool, self._timed_sign, result)
+        self._pending.add_done_callback(self._done)
+
+    def _timed_sign(self, result: RoundResult) -> SignedRound:
+        started = time.perf_counter()
+        signed = self.signer.sign(result)
+        self.signer.stats.last_seconds = time.perf_counter() - started
+        return signed
+
+    def _done(self, future: asyncio.Future[SignedRound]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self.signer.stats.errors["error"] += 1
+            self._log.error("round not signed", error=repr(exc))
+            return
+        self._on_signed(future.result())
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _new_key(path: Path) -> int:
+    """`python -m oracled.publish.signer new-key PATH`: write a fresh key (mode 600)."""
+    key = SigningKey.generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key.hex() + "\n")
+    print(key.address)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - a two-line operator convenience
+    if len(sys.argv) == 3 and sys.argv[1] == "new-key":
+        raise SystemExit(_new_key(Path(sys.argv[2])))
+    print("usage: python -m oracled.publish.signer new-key PATH", file=sys.stderr)
+    raise SystemExit(2)

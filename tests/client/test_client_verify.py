@@ -1,0 +1,223 @@
+"""OracleClient: verified prices only; every forged, replayed, reordered, truncated, stale,
+unsigned or wrongly signed message refused with its reason; the median over a quorum of signers."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+import pytest
+from publish_rig import INTERVAL, Rounds, make_config
+
+from oracled.client import REASONS, OracleClient, Rejection, verify
+from oracled.publish.signer import RoundSigner, SignedRound, SigningKey
+
+KEYS = [SigningKey.from_hex("0x" + f"{i:02x}" * 32) for i in range(1, 5)]
+ALLOWED = frozenset(k.address for k in KEYS[:3])  # KEYS[3] is a stranger
+
+
+class Clock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def signed_rounds(key: SigningKey, n: int, **moves: float) -> list[SignedRound]:
+    rounds = Rounds(make_config())
+    signer = RoundSigner(key)
+    return [signer.sign(rounds.step(**moves)) for _ in range(n)]
+
+
+def frame(signed: SignedRound, i: int) -> bytes:
+    return b'{"type":"signed","data":' + signed.envelope(i) + b"}"
+
+
+def edit(signed: SignedRound, i: int, **changes: object) -> bytes:
+    data = msgspec.json.decode(signed.envelope(i))
+    data.update(changes)
+    return msgspec.json.encode(data)
+
+
+def client_at(signed: SignedRound, **kwargs: object) -> tuple[OracleClient, Clock]:
+    clock = Clock(signed.ts + 10)
+    return OracleClient(ALLOWED, now_ms=clock, **kwargs), clock  # type: ignore[arg-type]
+
+
+def reason(client: OracleClient, data: bytes | str) -> str:
+    with pytest.raises(Rejection) as exc:
+        client.feed(data)
+    return exc.value.reason
+
+
+def test_a_genuine_signed_frame_is_accepted_with_its_exact_decimal_price() -> None:
+    """The stream frame verifies; the price is the integer mantissa scaled, as a Decimal."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, _ = client_at(signed)
+    sp = client.feed(frame(signed, 0))
+    assert sp.market == "BTC/USD"
+    view = client.price("BTC/USD")
+    assert view.status == "active" and view.signers == (KEYS[0].address,)
+    assert view.price == Decimal(signed.result.report(0).price)  # type: ignore[union-attr]
+    assert client.accepted == 1 and sum(client.rejected.values()) == 0
+
+
+def test_a_bare_payload_as_on_nats_is_accepted() -> None:
+    """The NATS payload (the SignedPrice without the frame) verifies the same way."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, _ = client_at(signed)
+    client.feed(signed.envelope(2))
+    assert client.price("SOL/USD").price == Decimal("150.125")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"price": "9999999"}, "forged"),  # the price changed after signing
+        ({"status": "paused"}, "forged"),
+        ({"market": "ETH/USD"}, "forged"),  # BTC's proof passed off as ETH's
+        ({"ts": 1}, "forged"),  # another round time: another digest, another recovered key
+        ({"round": 999}, "forged"),
+        ({"expo": -3}, "forged"),
+        ({"root": "0x" + "00" * 32}, "forged"),
+        ({"signer": KEYS[1].address}, "forged"),  # claims to be another allowed signer
+        ({"index": 1}, "forged"),
+        ({"index": 7}, "bad_proof"),
+        ({"count": 2}, "bad_proof"),  # a tree of 2 takes one hash less than this proof has
+        ({"status": "sideways"}, "malformed"),
+        ({"price": "12.5"}, "malformed"),
+        ({"signature": "0x1234"}, "truncated"),
+        ({"signature": "0x" + "ab" * 64 + "05"}, "bad_signature"),
+    ],
+)
+def test_tampered_fields_are_refused_with_their_reason(
+    changes: dict[str, object], expected: str
+) -> None:
+    """Any field changed after signing breaks the proof or the signature; the reason says which."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, _ = client_at(signed)
+    assert reason(client, edit(signed, 0, **changes)) == expected
+    assert client.rejected[expected] == 1
+    assert client.price("BTC/USD").status == "unknown"  # nothing refused ever moved a price
+
+
+def test_truncated_messages_and_proofs_are_refused_as_truncated() -> None:
+    """JSON cut short, and a proof with its last hash removed, are both `truncated`."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, _ = client_at(signed)
+    whole = frame(signed, 0)
+    assert reason(client, whole[: len(whole) // 2]) == "truncated"
+    proof = msgspec.json.decode(signed.envelope(0))["proof"]
+    assert reason(client, edit(signed, 0, proof=proof[:-1])) == "truncated"
+
+
+def test_unsigned_reports_are_refused() -> None:
+    """A plain report frame, or a bare report as NATS carries with signing off, is `unsigned`."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, _ = client_at(signed)
+    assert signed.result is not None
+    report = msgspec.json.encode(signed.result.report(0))
+    assert reason(client, b'{"type":"report","data":' + report + b"}") == "unsigned"
+    assert reason(client, report) == "unsigned"
+    assert reason(client, b"not json") == "malformed"
+
+
+def test_a_valid_signature_by_a_key_not_allowed_is_refused() -> None:
+    """A stranger's correctly signed round is `unknown_signer`."""
+    (signed,) = signed_rounds(KEYS[3], 1)
+    client, _ = client_at(signed)
+    assert reason(client, frame(signed, 0)) == "unknown_signer"
+
+
+def test_stale_and_future_reports_are_refused() -> None:
+    """Older than max_age_ms is `stale`; ahead of the local clock beyond the bound is `future`."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, clock = client_at(signed, max_age_ms=1_000, max_future_ms=500)
+    clock.now = signed.ts + 1_001
+    assert reason(client, frame(signed, 0)) == "stale"
+    clock.now = signed.ts - 501
+    assert reason(client, frame(signed, 0)) == "future"
+    clock.now = signed.ts
+    client.feed(frame(signed, 0))
+
+
+def test_replayed_and_reordered_reports_are_refused() -> None:
+    """The same round again is `replayed`; an older round after a newer one is `reordered`."""
+    first, second, third = signed_rounds(KEYS[0], 3)
+    client, clock = client_at(first)
+    clock.now = third.ts
+    client.feed(frame(first, 0))
+    client.feed(frame(third, 0))
+    assert reason(client, frame(third, 0)) == "replayed"
+    assert reason(client, frame(first, 0)) == "replayed"
+    assert reason(client, frame(second, 0)) == "reordered"
+    client.feed(frame(second, 1))  # order is per market: ETH's round 2 is new
+    assert client.price("BTC/USD").ts == third.ts
+
+
+def test_every_reason_is_counted_from_zero() -> None:
+    """The rejection counter lists every reason, at zero before any message."""
+    client = OracleClient(ALLOWED)
+    assert dict(client.rejected) == dict.fromkeys(REASONS, 0)
+
+
+def test_median_of_a_quorum_of_signers_ignores_one_liar() -> None:
+    """Three signers, one 30 % high: the median is an honest price."""
+    honest_a = signed_rounds(KEYS[0], 1)[0]
+    honest_b = signed_rounds(KEYS[1], 1, BTC_USD=1.0001)[0]
+    liar = signed_rounds(KEYS[2], 1, BTC_USD=1.3)[0]
+    client, _ = client_at(honest_a, quorum=2)
+    for signed in (honest_a, honest_b, liar):
+        client.feed(frame(signed, 0))
+    view = client.price("BTC/USD")
+    assert view.status == "active" and len(view.signers) == 3
+    honest = sorted(
+        Decimal(s.result.report(0).price)  # type: ignore[union-attr]
+        for s in (honest_a, honest_b)
+    )
+    assert view.price == honest[1]
+
+
+def test_below_quorum_the_market_is_unknown_and_goes_unknown_when_reports_age() -> None:
+    """One signer of a quorum of two is not enough; two are, until their reports go stale."""
+    a = signed_rounds(KEYS[0], 1)[0]
+    b = signed_rounds(KEYS[1], 1)[0]
+    client, clock = client_at(a, quorum=2, max_age_ms=1_000)
+    client.feed(frame(a, 0))
+    assert client.price("BTC/USD").status == "unknown"
+    assert client.price("BTC/USD").price is None
+    client.feed(frame(b, 0))
+    assert client.price("BTC/USD").status == "active"
+    clock.now += 1_000 + INTERVAL
+    assert client.price("BTC/USD").status == "unknown"
+
+
+def test_a_quorum_without_prices_is_paused() -> None:
+    """A quorum of fresh signers all saying the market has no price: paused, price None."""
+    rounds = [Rounds(make_config()) for _ in range(2)]
+    signed = [
+        RoundSigner(k).sign(r.core.run_round(r.now + INTERVAL))
+        for k, r in zip(KEYS[:2], rounds, strict=True)
+    ]
+    client, _ = client_at(signed[0], quorum=2)
+    for s in signed:
+        client.feed(frame(s, 0))
+    view = client.price("BTC/USD")
+    assert (view.status, view.price, len(view.signers)) == ("paused", None, 2)
+
+
+def test_verify_alone_checks_signature_and_signer_set() -> None:
+    """`verify` is the stateless part: it needs no clock and keeps nothing."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    assert verify(signed.envelope(0), ALLOWED).market == "BTC/USD"
+    with pytest.raises(Rejection, match="unknown_signer"):
+        verify(signed.envelope(0), frozenset({KEYS[1].address}))
+
+
+def test_the_client_needs_a_feasible_quorum() -> None:
+    """A quorum larger than the allowed signers, or no signers at all, is refused up front."""
+    with pytest.raises(ValueError):
+        OracleClient(ALLOWED, quorum=4)
+    with pytest.raises(ValueError):
+        OracleClient([])

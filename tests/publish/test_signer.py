@@ -1,0 +1,269 @@
+"""Signed rounds: EIP-712 digests eth-account agrees with, Merkle proofs, integer prices, keys."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import msgspec
+import pytest
+from eth_account import Account
+from eth_account.messages import _hash_eip191_message, encode_typed_data
+from hypothesis import given
+from hypothesis import strategies as st
+from publish_rig import Rounds, make_config
+
+from oracled.errors import ConfigError
+from oracled.publish.signer import (
+    DOMAIN,
+    DOMAIN_SEPARATOR,
+    Leaf,
+    RoundSigner,
+    SignatureError,
+    SignedPrice,
+    SigningKey,
+    decimal_to_int,
+    keccak,
+    leaf_hash,
+    load_signing_key,
+    merkle_levels,
+    merkle_proof,
+    recover_signer,
+    root_from_proof,
+    round_digest,
+    typed_data,
+)
+
+KEY = SigningKey.from_hex("0x" + "11" * 32)
+
+
+def test_round_digest_is_eip712_as_eth_account_computes_it() -> None:
+    """The hand-built digest equals eth-account's, and its signature recovers to the key."""
+    root = keccak(b"some root")
+    message = typed_data(1_700_000_000_250, 7, 3, root)
+    expected = _hash_eip191_message(encode_typed_data(full_message=message))
+    digest = round_digest(1_700_000_000_250, 7, 3, root)
+    assert digest == expected
+    signature = KEY.sign_digest(digest)
+    assert signature == KEY.sign_typed(message)  # deterministic (RFC 6979) and the same bytes
+    assert recover_signer(digest, signature) == KEY.address
+    signable = encode_typed_data(full_message=message)
+    assert Account.recover_message(signable, signature=signature) == KEY.address
+
+
+def test_leaf_is_the_eip712_struct_hash_of_price() -> None:
+    """A leaf hashes as EIP-712 `Price` would: checked through eth-account with that type."""
+    leaf = Leaf("BTC/USD", 1_700_000_000_250, 1, 6_400_012, 55, -2)
+    message = {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+            ],
+            "Price": [
+                {"name": "market", "type": "string"},
+                {"name": "ts", "type": "uint64"},
+                {"name": "status", "type": "uint8"},
+                {"name": "price", "type": "int256"},
+                {"name": "confidence", "type": "uint256"},
+                {"name": "expo", "type": "int8"},
+            ],
+        },
+        "primaryType": "Price",
+        "domain": dict(DOMAIN),
+        "message": {
+            "market": "BTC/USD",
+            "ts": 1_700_000_000_250,
+            "status": 1,
+            "price": 6_400_012,
+            "confidence": 55,
+            "expo": -2,
+        },
+    }
+    expected = _hash_eip191_message(encode_typed_data(full_message=message))
+    assert keccak(b"\x19\x01" + DOMAIN_SEPARATOR + leaf_hash(leaf)) == expected
+
+
+@given(st.integers(min_value=1, max_value=40))
+def test_every_leaf_proves_into_the_root_for_any_round_size(count: int) -> None:
+    """For 1 to 40 leaves, each leaf's proof folds into the root; a wrong index does not."""
+    hashes = [keccak(i.to_bytes(4, "big")) for i in range(count)]
+    levels = merkle_levels(hashes)
+    root = levels[-1][0]
+    for i, h in enumerate(hashes):
+        proof = merkle_proof(levels, i)
+        assert root_from_proof(h, i, count, proof) == root
+        if count > 1:
+            other = (i + 1) % count
+            try:
+                assert root_from_proof(h, other, count, proof) != root
+            except SignatureError as exc:  # the other index may need a proof of another length
+                assert exc.reason in {"truncated", "bad_proof"}
+
+
+def test_truncated_or_padded_proofs_are_refused_before_hashing() -> None:
+    """A proof one hash short is `truncated`, one too long or an index past the end `bad_proof`."""
+    hashes = [keccak(bytes([i])) for i in range(5)]
+    levels = merkle_levels(hashes)
+    proof = merkle_proof(levels, 2)
+    with pytest.raises(SignatureError) as short:
+        root_from_proof(hashes[2], 2, 5, proof[:-1])
+    assert short.value.reason == "truncated"
+    with pytest.raises(SignatureError) as long:
+        root_from_proof(hashes[2], 2, 5, [*proof, proof[0]])
+    assert long.value.reason == "bad_proof"
+    with pytest.raises(SignatureError) as outside:
+        root_from_proof(hashes[2], 5, 5, proof)
+    assert outside.value.reason == "bad_proof"
+
+
+def test_a_single_market_round_has_its_leaf_as_root() -> None:
+    """One market: the root is the leaf and the proof is empty."""
+    h = keccak(b"x")
+    assert merkle_levels([h])[-1][0] == h
+    assert merkle_proof(merkle_levels([h]), 0) == []
+    assert root_from_proof(h, 0, 1, []) == h
+
+
+@pytest.mark.parametrize(
+    ("text", "decimals", "value"),
+    [("64000.12", 2, 6_400_012), ("0.000022", 6, 22), ("150", 0, 150), ("-1.50", 2, -150)],
+)
+def test_decimal_strings_become_exact_integers(text: str, decimals: int, value: int) -> None:
+    """The mantissa is read from the decimal string digit for digit, never through a float."""
+    assert decimal_to_int(text, decimals) == value
+
+
+@pytest.mark.parametrize(("text", "decimals"), [("1.5", 2), ("1.", 0), ("1e5", 0), ("nan", 0)])
+def test_decimal_strings_with_other_places_are_refused(text: str, decimals: int) -> None:
+    """A string that is not exactly `decimals` places of digits is an error, not rounded."""
+    with pytest.raises(ValueError):
+        decimal_to_int(text, decimals)
+
+
+def test_leaves_carry_the_reports_decimal_strings_as_integers() -> None:
+    """Each leaf's price and confidence are the report's strings at the market's exponent."""
+    rounds = Rounds(make_config())
+    result = rounds.step()
+    leaves = RoundSigner(KEY).leaves(result)
+    for i, leaf in enumerate(leaves):
+        report = result.report(i)
+        assert leaf.market == report.market and leaf.ts == report.ts
+        assert report.price is not None and report.confidence is not None
+        digits = len(report.price.partition(".")[2])
+        assert leaf.expo == -digits
+        assert leaf.price == int(report.price.replace(".", ""))
+        assert leaf.confidence == int(report.confidence.replace(".", ""))
+        assert leaf.status == 0  # active
+
+
+def test_non_live_markets_sign_zero_prices_with_their_status() -> None:
+    """Before quorum a market is unknown: price 0, confidence 0, status 3 in the signed leaf."""
+    rounds = Rounds(make_config())
+    result = rounds.core.run_round(rounds.now + 250)  # no quotes at all
+    leaves = RoundSigner(KEY).leaves(result)
+    assert {(leaf.status, leaf.price, leaf.confidence) for leaf in leaves} == {(3, 0, 0)}
+
+
+def test_a_signed_round_proves_each_market_by_its_envelope() -> None:
+    """Every envelope decodes to a SignedPrice whose leaf and proof lead to the signed root."""
+    rounds = Rounds(make_config())
+    signed = RoundSigner(KEY).sign(rounds.step())
+    assert signed.count == 3 and signed.signer == KEY.address
+    for i in range(signed.count):
+        sp = msgspec.json.decode(signed.envelope(i), type=SignedPrice)
+        root = root_from_proof(
+            leaf_hash(sp.leaf()), sp.index, sp.count, [bytes.fromhex(p[2:]) for p in sp.proof]
+        )
+        assert "0x" + root.hex() == sp.root
+        digest = round_digest(sp.ts, sp.round, sp.count, root)
+        assert recover_signer(digest, bytes.fromhex(sp.signature[2:])) == KEY.address
+    assert signed.envelope(1) is signed.envelope(1)  # encoded once per round
+
+
+def test_the_round_message_rebuilds_the_same_root() -> None:
+    """The round subject's message lists every leaf; hashing them again gives the signed root."""
+    rounds = Rounds(make_config())
+    signed = RoundSigner(KEY).sign(rounds.step())
+    message = msgspec.json.decode(signed.message())
+    leaves = [
+        Leaf(
+            leaf["market"],
+            message["ts"],
+            ["active", "degraded", "paused", "unknown"].index(leaf["status"]),
+            int(leaf["price"]),
+            int(leaf["confidence"]),
+            leaf["expo"],
+        )
+        for leaf in message["leaves"]
+    ]
+    root = merkle_levels([leaf_hash(x) for x in leaves])[-1][0]
+    assert "0x" + root.hex() == message["root"]
+
+
+def test_a_signature_by_another_key_recovers_another_address() -> None:
+    """Recovery names whoever signed: a different key gives a different address."""
+    digest = round_digest(1, 1, 1, keccak(b"r"))
+    other = SigningKey.generate()
+    assert recover_signer(digest, other.sign_digest(digest)) == other.address != KEY.address
+
+
+def test_malformed_signatures_are_refused() -> None:
+    """Wrong length, a v that is not 27/28, or a high s are bad signatures."""
+    digest = round_digest(1, 1, 1, keccak(b"r"))
+    good = KEY.sign_digest(digest)
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    high_s = good[:32] + (n - int.from_bytes(good[32:64], "big")).to_bytes(32, "big") + good[64:]
+    for bad in (good[:64], good[:64] + b"\x05", high_s):
+        with pytest.raises(SignatureError) as exc:
+            recover_signer(digest, bad)
+        assert exc.value.reason == "bad_signature"
+
+
+def test_key_file_with_mode_600_loads_and_repr_hides_the_secret(tmp_path: Path) -> None:
+    """A private key file loads; neither repr nor str of the key shows the secret."""
+    path = tmp_path / "key"
+    path.write_text(KEY.hex() + "\n")
+    path.chmod(0o600)
+    key = load_signing_key(str(path), None)
+    assert key.address == KEY.address
+    assert KEY.hex()[2:] not in repr(key) and KEY.hex()[2:] not in str(key)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644])
+def test_key_file_readable_by_group_or_others_is_refused(tmp_path: Path, mode: int) -> None:
+    """Group- or world-accessible key files are refused with the mode in the message."""
+    path = tmp_path / "key"
+    path.write_text(KEY.hex())
+    path.chmod(mode)
+    with pytest.raises(ConfigError) as exc:
+        load_signing_key(str(path), None)
+    assert f"mode {stat.S_IMODE(os.stat(path).st_mode):o}" in str(exc.value)
+    assert KEY.hex()[2:] not in str(exc.value)
+
+
+def test_key_from_the_environment_and_its_errors_never_echo_it() -> None:
+    """A key from the environment loads; a bad or missing one is a ConfigError without the value."""
+    assert load_signing_key(None, "K", {"K": KEY.hex()}).address == KEY.address
+    with pytest.raises(ConfigError, match=r"\$K is not set"):
+        load_signing_key(None, "K", {})
+    secret_ish = "0x" + "zz" * 32
+    with pytest.raises(ConfigError) as exc:
+        load_signing_key(None, "K", {"K": secret_ish})
+    assert secret_ish not in str(exc.value)
+
+
+def test_missing_key_file_is_a_config_error(tmp_path: Path) -> None:
+    """A key file that does not exist is reported with its path."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_signing_key(str(tmp_path / "nope"), None)
+
+
+def test_signing_config_needs_exactly_one_key_source() -> None:
+    """[signing] enabled with neither or both of key_file and key_env is a config problem."""
+    with pytest.raises(ConfigError, match="exactly one of key_file and key_env"):
+        make_config(signing={"enabled": True})
+    with pytest.raises(ConfigError, match="exactly one of key_file and key_env"):
+        make_config(signing={"enabled": True, "key_file": "k", "key_env": "K"})
+    assert make_config(signing={"enabled": True, "key_env": "K"}).signing.key_env == "K"
