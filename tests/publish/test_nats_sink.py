@@ -1,0 +1,226 @@
+"""The NATS sink against a real nats-server on loopback: subjects, JetStream replay, outages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+from publish_rig import NatsServer, Rounds, make_config
+
+from oracled.client import OracleClient
+from oracled.config import NatsConfig
+from oracled.publish.nats import NatsSink, market_token, price_subject, round_subject
+from oracled.publish.signer import RoundSigner, SigningKey
+
+KEY = SigningKey.from_hex("0x" + "22" * 32)
+SAFETY_S = 15.0  # guards against hangs only
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    srv = NatsServer(tmp_path / "nats")
+    await srv.start()
+    yield srv
+    srv.stop()
+
+
+async def until(predicate: Callable[[], Any], what: str) -> None:
+    """Poll a condition on state the sink's task changes; `what` names it if it hangs."""
+    async with asyncio.timeout(SAFETY_S):
+        while not predicate():  # noqa: ASYNC110 - polling state owned by another task
+            await asyncio.sleep(0.02)
+
+
+async def consumer(url: str) -> NatsClient:
+    return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+
+
+async def running(sink: NatsSink) -> asyncio.Task[None]:
+    task = asyncio.create_task(sink.run(), name="nats-sink")
+    async with asyncio.timeout(SAFETY_S):
+        await sink.ready.wait()
+    return task
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def test_market_tokens_are_single_subject_tokens() -> None:
+    """`BTC/USD` becomes `BTC-USD`: no dot, wildcard or space can appear in a token."""
+    assert market_token("BTC/USD") == "BTC-USD"
+    assert price_subject("oracled", "ETH/USDT") == "oracled.prices.ETH-USDT"
+    assert round_subject("desk.eu") == "desk.eu.rounds"
+
+
+async def test_each_market_has_its_subject_and_the_client_verifies_them(
+    server: NatsServer,
+) -> None:
+    """A signed round lands on one subject per market plus the round subject; all verify."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
+    task = await running(sink)
+    sub_nc = await consumer(server.url)
+    received: dict[str, bytes] = {}
+
+    async def keep(msg: Any) -> None:
+        received[msg.subject] = msg.data
+
+    await sub_nc.subscribe("oracled.>", cb=keep)
+    await sub_nc.flush()
+    rounds = Rounds(make_config())
+    signed = RoundSigner(KEY).sign(rounds.step())
+    sink.submit(signed)
+    subjects = {
+        "oracled.prices.BTC-USD",
+        "oracled.prices.ETH-USD",
+        "oracled.prices.SOL-USD",
+        "oracled.rounds",
+    }
+    await until(lambda: set(received) == subjects, "every subject")
+    client = OracleClient({KEY.address}, now_ms=lambda: signed.ts)
+    for subject in subjects - {"oracled.rounds"}:
+        client.feed(received[subject])
+    assert client.price("ETH/USD").status == "active"
+    assert msgspec.json.decode(received["oracled.rounds"])["root"] == "0x" + signed.root.hex()
+    assert sink.stats.published == 4 and sink.stats.connected
+    await sub_nc.close()
+    await stop(task)
+
+
+async def test_unsigned_rounds_publish_reports_that_the_client_refuses(
+    server: NatsServer,
+) -> None:
+    """With signing off the sink sends plain reports; a verifying client counts them unsigned."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
+    task = await running(sink)
+    client = OracleClient({KEY.address})
+    watcher = asyncio.create_task(client.watch_nats(server.url, ["BTC/USD"]))
+    rounds = Rounds(make_config())
+
+    def refused() -> bool:
+        sink.submit(rounds.step())
+        return client.rejected["unsigned"] > 0
+
+    await until(refused, "an unsigned report refused")
+    assert client.accepted == 0 and client.price("BTC/USD").status == "unknown"
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    await stop(task)
+
+
+async def test_the_client_follows_a_market_over_nats(server: NatsServer) -> None:
+    """watch_nats subscribes to one market's subject and keeps its latest verified price."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
+    task = await running(sink)
+    rounds = Rounds(make_config())
+    signer = RoundSigner(KEY)
+    first = signer.sign(rounds.step())
+    client = OracleClient({KEY.address}, now_ms=lambda: first.ts, max_age_ms=60_000)
+    watcher = asyncio.create_task(client.watch_nats(server.url, ["SOL/USD"]))
+
+    def seen() -> bool:
+        sink.submit(signer.sign(rounds.step()))
+        return client.price("SOL/USD").status == "active"
+
+    await until(seen, "SOL/USD verified over NATS")
+    assert client.markets == ["SOL/USD"]  # only the subscribed subject arrived
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    await stop(task)
+
+
+async def test_a_late_consumer_replays_rounds_from_jetstream(server: NatsServer) -> None:
+    """With JetStream on, a consumer that starts after the rounds still reads all of them."""
+    cfg = NatsConfig(enabled=True, servers=(server.url,), jetstream=True, stream="LATE")
+    sink = NatsSink(cfg)
+    task = await running(sink)
+    rounds = Rounds(make_config())
+    signer = RoundSigner(KEY)
+    sent = [signer.sign(rounds.step()) for _ in range(5)]
+    for signed in sent:
+        sink.submit(signed)
+    await until(lambda: sink.stats.published == 5 * 4, "five rounds published")
+    late = await consumer(server.url)
+    js = late.jetstream()
+    await until_stream(js, "LATE", 20)
+    sub = await js.subscribe("oracled.rounds", ordered_consumer=True)
+    got = []
+    async with asyncio.timeout(SAFETY_S):
+        while len(got) < 5:
+            got.append(msgspec.json.decode((await sub.next_msg(timeout=SAFETY_S)).data)["round"])
+    assert got == [s.round for s in sent]
+    await late.close()
+    await stop(task)
+
+
+async def until_stream(js: Any, name: str, messages: int) -> None:
+    async with asyncio.timeout(SAFETY_S):
+        while (await js.stream_info(name)).state.messages < messages:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_nats_down_at_start_then_up_counts_nothing_lost_after(tmp_path: Path) -> None:
+    """No server yet: submit never blocks and rounds are counted; once one listens, they flow."""
+    srv = NatsServer(tmp_path / "late-server")
+    sink = NatsSink(NatsConfig(enabled=True, servers=(srv.url,), queue=2), connect_timeout_s=0.5)
+    task = asyncio.create_task(sink.run())
+    rounds = Rounds(make_config())
+    for _ in range(5):
+        sink.submit(rounds.step())  # the sink is not connected: only its queue of 2 is kept
+    assert sink.stats.unpublished["queue_full"] == 3 * 4
+    await srv.start()
+    try:
+        await until(lambda: sink.stats.connected, "connected once the server listens")
+        await until(lambda: sink.stats.published == 2 * 4, "the two queued rounds published")
+    finally:
+        await stop(task)
+        srv.stop()
+
+
+async def test_server_death_is_counted_and_jetstream_keeps_what_it_held(
+    server: NatsServer,
+) -> None:
+    """SIGKILL the server mid-run: rounds meanwhile are counted `disconnected`; after the restart
+    the sink reconnects by itself, and the stream holds every round from before and after."""
+    cfg = NatsConfig(enabled=True, servers=(server.url,), jetstream=True, stream="DURABLE")
+    sink = NatsSink(cfg)
+    task = await running(sink)
+    rounds = Rounds(make_config())
+    signer = RoundSigner(KEY)
+    before = [signer.sign(rounds.step()) for _ in range(3)]
+    for signed in before:
+        sink.submit(signed)
+    probe = await consumer(server.url)
+    await until_stream(probe.jetstream(), "DURABLE", 3 * 4)
+    await probe.close()
+
+    server.kill()
+    await until(lambda: not sink.stats.connected, "the sink saw the server go")
+    during = signer.sign(rounds.step())
+    sink.submit(during)
+    await until(lambda: sink.stats.unpublished["disconnected"] == 4, "the outage counted")
+
+    await server.start()  # same port, same store
+    await until(lambda: sink.stats.connected, "reconnected")
+    assert sink.stats.reconnects >= 1
+    after = signer.sign(rounds.step())
+    sink.submit(after)
+
+    late = await consumer(server.url)
+    js = late.jetstream()
+    await until_stream(js, "DURABLE", 4 * 4)
+    sub = await js.subscribe("oracled.rounds", ordered_consumer=True)
+    got = []
+    async with asyncio.timeout(SAFETY_S):
+        while len(got) < 4:
+            got.append(msgspec.json.decode((await sub.next_msg(timeout=SAFETY_S)).data)["round"])
+    assert got == [s.round for s in (*before, after)]  # nothing held was lost; `during` never left
+    await late.close()
+    await stop(task)

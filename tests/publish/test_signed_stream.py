@@ -1,0 +1,193 @@
+"""WS /v1/stream with signed frames and per-subscriber filters, on a real aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.client_ws import ClientWebSocketResponse
+from aiohttp.test_utils import TestClient
+from publish_rig import Rounds, make_config
+
+from oracled.api import ApiContext, build_app
+from oracled.client import OracleClient
+from oracled.clock import ManualClock
+from oracled.core import RoundResult
+from oracled.publish import Hub
+from oracled.publish.signer import RoundSigner, SigningKey
+
+Client = TestClient[web.Request, web.Application]
+KEY = SigningKey.from_hex("0x" + "33" * 32)
+SAFETY_S = 10.0
+
+
+class Daemonish:
+    """The round side of a daemon: a core's rounds into a hub, each signed right after."""
+
+    def __init__(self, signing: bool = True) -> None:
+        self.cfg = make_config()
+        self.rounds = Rounds(self.cfg)
+        self.hub = Hub(64)
+        self.signer = RoundSigner(KEY) if signing else None
+        self.hub.signer = KEY.address if signing else None
+
+    def step(self, **moves: float) -> RoundResult:
+        result = self.rounds.step(**moves)
+        self.hub.publish(result)
+        if self.signer is not None:
+            self.hub.publish_signed(self.signer.sign(result))
+        return result
+
+    def context(self) -> ApiContext:
+        return ApiContext(
+            hub=self.hub,
+            core=self.rounds.core,
+            config=self.cfg,
+            source_stats={},
+            clock=ManualClock(self.rounds.now),
+            render_metrics=lambda: (b"", "text/plain"),
+            on_manual=lambda market, paused, actor: None,
+            version="test",
+        )
+
+
+@pytest.fixture
+def daemon() -> Daemonish:
+    return Daemonish()
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]], daemon: Daemonish
+) -> Client:
+    return await aiohttp_client(build_app(daemon.context()))
+
+
+async def recv(ws: ClientWebSocketResponse) -> dict[str, Any]:
+    async with asyncio.timeout(SAFETY_S):
+        msg = await ws.receive()
+    assert msg.type is WSMsgType.TEXT, msg
+    data: dict[str, Any] = msg.json()
+    return data
+
+
+async def recv_raw(ws: ClientWebSocketResponse) -> str:
+    async with asyncio.timeout(SAFETY_S):
+        msg = await ws.receive()
+    assert msg.type is WSMsgType.TEXT, msg
+    return str(msg.data)
+
+
+async def fanned_out() -> None:
+    """Let the hub's fan-out callbacks run (rounds published without a yield coalesce)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_info_serves_the_signing_address(client: Client) -> None:
+    """GET /v1/info names the address whose key signs the rounds."""
+    async with client.get("/v1/info") as resp:
+        assert (await resp.json())["signer"] == KEY.address
+
+
+async def test_signed_subscribers_get_signed_frames_that_verify(
+    client: Client, daemon: Daemonish
+) -> None:
+    """A signed subscription gets a snapshot and then every round as verifiable signed frames."""
+    daemon.step()
+    verifier = OracleClient({KEY.address}, now_ms=lambda: daemon.rounds.now)
+    async with client.ws_connect("/v1/stream") as ws:
+        await ws.send_json({"op": "subscribe", "markets": ["BTC/USD"], "signed": True})
+        ack = await recv(ws)
+        assert ack == {"type": "subscribed", "markets": ["BTC/USD"], "signed": True}
+        snapshot = await recv_raw(ws)
+        assert verifier.feed(snapshot).round == 1
+        daemon.step()
+        assert verifier.feed(await recv_raw(ws)).round == 2
+    assert verifier.price("BTC/USD").status == "active"
+
+
+async def test_report_and_signed_subscribers_each_get_their_kind(
+    client: Client, daemon: Daemonish
+) -> None:
+    """One connection receives reports, the other signed frames; neither gets the other kind."""
+    async with client.ws_connect("/v1/stream") as plain, client.ws_connect("/v1/stream") as signed:
+        await plain.send_json({"op": "subscribe", "markets": ["ETH/USD"]})
+        await signed.send_json({"op": "subscribe", "markets": ["ETH/USD"], "signed": True})
+        await recv(plain), await recv(signed)
+        daemon.step()
+        assert (await recv(plain))["type"] == "report"
+        assert (await recv(signed))["type"] == "signed"
+        daemon.step()
+        assert (await recv(plain))["data"]["round"] == 2
+        assert (await recv(signed))["data"]["round"] == 2
+
+
+async def test_deviation_filter_sends_only_moves_and_status_changes(
+    client: Client, daemon: Daemonish
+) -> None:
+    """With deviation 1 %, a 0.1 % drift is held back and a 2 % move is sent."""
+    daemon.step()
+    async with client.ws_connect("/v1/stream") as ws:
+        request = {"op": "subscribe", "markets": ["BTC/USD"], "signed": True, "deviation": 0.01}
+        await ws.send_json(request)
+        assert (await recv(ws))["deviation"] == 0.01
+        first = (await recv(ws))["data"]
+        for _ in range(3):
+            daemon.step(BTC_USD=1.001)  # 0.1 % a round: under the threshold
+            await fanned_out()
+        daemon.step(BTC_USD=1.02)
+        moved = (await recv(ws))["data"]
+        assert moved["round"] == first["round"] + 4  # the three small moves were not sent
+        assert int(moved["price"]) > int(first["price"]) * 1.01
+
+
+async def test_heartbeat_filter_sends_unmoved_markets_at_least_that_often(
+    client: Client, daemon: Daemonish
+) -> None:
+    """With a deviation nothing reaches and a 1 s heartbeat, a flat market comes every 4 rounds."""
+    daemon.step()
+    async with client.ws_connect("/v1/stream") as ws:
+        await ws.send_json(
+            {"op": "subscribe", "markets": ["SOL/USD"], "deviation": 0.5, "heartbeat_ms": 1000}
+        )
+        await recv(ws)
+        start = (await recv(ws))["data"]["round"]
+        for _ in range(8):  # 250 ms rounds
+            daemon.step()
+            await fanned_out()
+        rounds = [(await recv(ws))["data"]["round"] for _ in range(2)]
+        assert rounds == [start + 4, start + 8]
+
+
+async def test_signed_request_to_a_daemon_without_a_key_is_an_error(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+) -> None:
+    """Asking for signed frames where signing is off gets `signing_disabled`; the socket stays."""
+    plain = Daemonish(signing=False)
+    client = await aiohttp_client(build_app(plain.context()))
+    async with client.ws_connect("/v1/stream") as ws:
+        await ws.send_json({"op": "subscribe", "signed": True})
+        error = await recv(ws)
+        assert (error["type"], error["code"]) == ("error", "signing_disabled")
+        await ws.send_json({"op": "subscribe", "markets": ["BTC/USD"]})
+        assert (await recv(ws))["type"] == "subscribed"
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"op": "subscribe", "deviation": 0},
+        {"op": "subscribe", "deviation": 1.5},
+        {"op": "subscribe", "heartbeat_ms": 0},
+        {"op": "subscribe", "signed": "yes"},
+    ],
+)
+async def test_bad_filter_values_get_error_frames(client: Client, request_: dict[str, Any]) -> None:
+    """Out-of-range filters and a non-boolean `signed` are refused with an error frame."""
+    async with client.ws_connect("/v1/stream") as ws:
+        await ws.send_json(request_)
+        assert (await recv(ws))["type"] == "error"
