@@ -237,7 +237,7 @@ class ChainConfig(_Frozen):
     multicall: Address = MULTICALL3_ADDRESS
     sequencer: SequencerConfig | None = None
     #: Filled by parse_config from `rpc_urls_env` (else `rpc_urls`); empty means disabled.
-    resolved_urls: tuple[str, ...] = ()
+    resolved_urls: tuple[str, ...] = Field(default=(), exclude=True)
 
     _urls_tuple = field_validator("rpc_urls", mode="before")(_as_tuple)
 
@@ -563,7 +563,6 @@ def _chain_relations(cfg: Config) -> list[str]:
             problems.append(f"{where}.address: the Pyth contract address is required")
         required, foreign = _FEED_KEYS[src.type]
         for pair, spec in src.feeds.items():
-            given = spec.model_fields_set
             problems.extend(
                 f"{where}.feeds.{pair}.{key}: is required for {src.type}"
                 for key in required
@@ -572,10 +571,8 @@ def _chain_relations(cfg: Config) -> list[str]:
             problems.extend(
                 f"{where}.feeds.{pair}.{key}: is not a {src.type} key"
                 for key in foreign
-                if key in given
+                if getattr(spec, key) is not None
             )
-            if pair not in wanted.get(sid, set()):
-                problems.append(f"{where}.feeds.{pair}: no market uses this pair")
         problems.extend(
             f"{where}.feeds: no feed for {pair}, which a market asks of this source"
             for pair in sorted(wanted.get(sid, set()) - set(src.feeds))
@@ -643,12 +640,38 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     token = env.get(token_env) if token_env else None
     if token is not None and len(token) < 16:
         raise ConfigError([f"api.admin_token_env: ${token_env} must hold at least 16 characters"])
+    chains = _resolve_chains(cfg, env)
     return cfg.model_copy(
         update={
             "admin_token": SecretStr(token) if token else None,
-            "chains": _resolve_chains(cfg, env),
+            "chains": chains,
+            "markets": _without_dark_chains(cfg, chains),
         }
     )
+
+
+def _without_dark_chains(
+    cfg: Config, chains: Mapping[str, ChainConfig]
+) -> tuple[MarketConfig, ...]:
+    """Markets without the on-chain sources of chains that have no RPC URL (the default config
+    lists them for when one is given): a source that cannot run is not a missing vote. A market
+    that would fall below its minimum keeps them and shows them as missing instead."""
+    lit = {cid for cid, chain in chains.items() if chain.resolved_urls}
+    dark = {
+        sid
+        for sid, src in cfg.sources.items()
+        if src.type in CHAIN_SOURCE_TYPES and src.chain not in lit
+    }
+    if not dark:
+        return cfg.markets
+    out: list[MarketConfig] = []
+    for market in cfg.markets:
+        kept = tuple(ms for ms in market.sources if ms.source not in dark)
+        if len(kept) == len(market.sources) or len(kept) < market.min_sources:
+            out.append(market)
+        else:
+            out.append(market.model_copy(update={"sources": kept}))
+    return tuple(out)
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

@@ -1,0 +1,118 @@
+"""The [chains] table and the on-chain source types in the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from oracled.config import parse_config
+from oracled.errors import ConfigError
+
+ETH_PROXY = "0x5f4eC3Df9cbd43714FE2740f5E3616155c5b8419"
+PYTH = "0x4305FB66699C3B2702D4d05CF36551390A4c69C6"
+ETH_ID = "0xff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace"
+
+
+def _doc(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "chains": {"eth": {"chain_id": 1, "rpc_urls_env": "TEST_ETH_RPC"}},
+        "sources": {
+            "a": {"type": "binance"},
+            "b": {"type": "kraken"},
+            "cl": {
+                "type": "chainlink",
+                "chain": "eth",
+                "feeds": {"ETH/USD": {"address": ETH_PROXY, "heartbeat_s": 3600}},
+            },
+            "py": {
+                "type": "pyth_evm",
+                "chain": "eth",
+                "address": PYTH,
+                "feeds": {"ETH/USD": {"feed_id": ETH_ID, "max_age_s": 60}},
+            },
+        },
+        "markets": [
+            {
+                "symbol": "ETH/USD",
+                "min_sources": 2,
+                "sources": [
+                    {"source": "a", "pair": "ETH/USD"},
+                    {"source": "b", "pair": "ETH/USD"},
+                    {"source": "cl", "pair": "ETH/USD"},
+                    {"source": "py", "pair": "ETH/USD"},
+                ],
+            }
+        ],
+    }
+    doc.update(overrides)
+    return doc
+
+
+def _problems(doc: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, env or {})
+    return info.value.problems
+
+
+def test_chain_without_urls_drops_its_sources_from_markets() -> None:
+    """With the RPC variable unset the chain has no URLs and its sources are no missing votes."""
+    cfg = parse_config(_doc(), {})
+    assert cfg.chains["eth"].resolved_urls == ()
+    assert [s.source for s in cfg.markets[0].sources] == ["a", "b"]
+
+
+def test_urls_come_from_the_environment_and_enable_the_chain() -> None:
+    """Comma-separated URLs in the named variable are used in order; the sources stay."""
+    cfg = parse_config(_doc(), {"TEST_ETH_RPC": "https://one.example/k1, https://two.example/k2"})
+    assert cfg.chains["eth"].resolved_urls == ("https://one.example/k1", "https://two.example/k2")
+    assert [s.source for s in cfg.markets[0].sources] == ["a", "b", "cl", "py"]
+    assert "resolved_urls" not in cfg.model_dump()["chains"]["eth"]  # never written back out
+
+
+def test_a_bad_url_in_the_environment_is_reported_without_echoing_it() -> None:
+    """A malformed URL (which may hold an API key) is named by its variable, never printed."""
+    problems = _problems(_doc(), {"TEST_ETH_RPC": "one.example/secret-key"})
+    assert problems[0].startswith("chains.eth.rpc_urls_env: $TEST_ETH_RPC:")
+    assert "secret-key" not in problems[0]
+
+
+def test_mixed_case_address_with_a_wrong_checksum_is_refused() -> None:
+    """A one-letter typo in a checksummed address is caught with its key path."""
+    doc = _doc()
+    doc["sources"]["cl"]["feeds"]["ETH/USD"]["address"] = ETH_PROXY.replace("eC3", "Ec3")
+    problems = _problems(doc)
+    assert any(
+        p.startswith("sources.cl.feeds.ETH/USD.address") and "checksum" in p for p in problems
+    )
+
+
+def test_lower_case_address_is_accepted() -> None:
+    """An all-lower-case address carries no checksum and is accepted as is."""
+    doc = _doc()
+    doc["sources"]["cl"]["feeds"]["ETH/USD"]["address"] = ETH_PROXY.lower()
+    assert parse_config(doc, {}).sources["cl"].feeds["ETH/USD"].address == ETH_PROXY.lower()
+
+
+def test_feed_keys_are_checked_per_type() -> None:
+    """A Chainlink feed needs its heartbeat and may not carry Pyth keys; Pyth needs its
+    contract address; an on-chain source needs a configured chain; venues take no feeds."""
+    doc = _doc()
+    doc["sources"]["cl"]["feeds"]["ETH/USD"] = {"address": ETH_PROXY, "feed_id": ETH_ID}
+    del doc["sources"]["py"]["address"]
+    doc["sources"]["a"]["chain"] = "eth"
+    doc["chains"] = {"other": {"chain_id": 10}}
+    problems = _problems(doc)
+    assert "sources.cl.feeds.ETH/USD.heartbeat_s: is required for chainlink" in problems
+    assert "sources.cl.feeds.ETH/USD.feed_id: is not a chainlink key" in problems
+    assert "sources.py.address: the Pyth contract address is required" in problems
+    assert "sources.cl.chain: chain 'eth' is not configured" in problems
+    assert "sources.a.chain: only on-chain sources take this key" in problems
+
+
+def test_a_pair_asked_of_an_on_chain_source_needs_a_feed() -> None:
+    """A market that asks an on-chain source for a pair without a feed spec is refused."""
+    doc = _doc()
+    doc["sources"]["cl"]["feeds"] = {}
+    problems = _problems(doc)
+    assert "sources.cl.feeds: no feed for ETH/USD, which a market asks of this source" in problems
