@@ -16,8 +16,7 @@ from decimal import Decimal, getcontext
 import aiohttp
 import pytest
 import pytest_asyncio
-from chain_rig import MULTICALL3, Anvil, Chain
-from conftest import Deployed
+from chain_rig import MULTICALL3, Anvil, Chain, Deployed
 from reading import make_reader
 from structlog.testing import capture_logs
 
