@@ -33,6 +33,7 @@ from oracled.errors import ConfigError
 __all__ = [
     "CHAIN_SOURCE_TYPES",
     "ApiConfig",
+    "AuditConfig",
     "ChainConfig",
     "Config",
     "FeedSpec",
@@ -42,6 +43,8 @@ __all__ = [
     "MarketSource",
     "NatsConfig",
     "OracleConfig",
+    "PushConfig",
+    "PushMarketConfig",
     "RouteConfig",
     "SequencerConfig",
     "SigningConfig",
@@ -176,6 +179,62 @@ def _check_address(value: str) -> str:
 
 
 Address = Annotated[str, Field(pattern=_ADDRESS), AfterValidator(_check_address)]
+
+
+class AuditConfig(_Frozen):
+    """The audit trail (docs/publishing.md): every round's inputs and outputs in SQLite.
+
+    Retention keeps whichever is smaller: `retention_days` of rounds and `max_bytes` of data
+    (0 turns either limit off). Writes happen in a worker thread; `queue` rounds may wait for it,
+    past that a round is dropped from the trail and counted, never waited for.
+    """
+
+    enabled: bool = False
+    path: str = "oracled-audit.sqlite3"
+    retention_days: Annotated[float, Field(ge=0, le=36_500, allow_inf_nan=False)] = 30.0
+    max_bytes: Annotated[int, Field(ge=0)] = 10 * 1024**3
+    queue: Annotated[int, Field(ge=1, le=100_000)] = 64
+    #: Rounds written per transaction at most (a batch also ends when the queue is empty).
+    batch_rounds: Annotated[int, Field(ge=1, le=10_000)] = 32
+
+
+class PushMarketConfig(_Frozen):
+    """Per-market overrides of the on-chain push thresholds."""
+
+    deviation: Fraction | None = None
+    heartbeat_s: Annotated[float, Field(gt=0, le=30 * 86_400, allow_inf_nan=False)] | None = None
+
+
+class PushConfig(_Frozen):
+    """The on-chain pusher (docs/publishing.md): Chainlink-style updates of an OracledFeed.
+
+    A market is pushed when its price moved by `deviation` (a fraction) since the last push, or
+    when `heartbeat_s` passed; only `active` prices are ever pushed. The key (exactly one of
+    `key_file`, mode 600, and `key_env`) is the contract's authorized pusher.
+    """
+
+    enabled: bool = False
+    chain: Annotated[str, Field(pattern=_ID)] | None = None
+    contract: Address | None = None
+    key_file: str | None = None
+    key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    deviation: Fraction = 0.005
+    heartbeat_s: Annotated[float, Field(gt=0, le=30 * 86_400, allow_inf_nan=False)] = 3600.0
+    #: The most the pusher will ever offer per gas (maxFeePerGas), in gwei.
+    max_gas_price_gwei: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 100.0
+    #: The tip it starts from, in gwei (raised by replacements, never above the cap).
+    priority_fee_gwei: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 1.0
+    #: A transaction not mined after this long is replaced (same nonce, fees +12.5 %).
+    replace_after_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 30.0
+    #: Markets per transaction at most (the most deviated and the most overdue go first).
+    max_batch: Annotated[int, Field(ge=1, le=1_000)] = 100
+    #: How often the pusher looks at the latest round.
+    interval_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 1.0
+    #: Markets to push (empty: every market).
+    markets: tuple[Pair, ...] = ()
+    overrides: dict[Pair, PushMarketConfig] = Field(default_factory=dict)
+
+    _markets_tuple = field_validator("markets", mode="before")(_as_tuple)
 
 
 class FeedSpec(_Frozen):
@@ -371,6 +430,8 @@ class Config(_Frozen):
     log: LogConfig = Field(default_factory=LogConfig)
     signing: SigningConfig = Field(default_factory=SigningConfig)
     nats: NatsConfig = Field(default_factory=NatsConfig)
+    push: PushConfig = Field(default_factory=PushConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     sources: dict[Annotated[str, Field(pattern=_ID)], SourceConfig] = Field(default_factory=dict)
     markets: tuple[MarketConfig, ...]  # at least one, checked with the relations
     routes: tuple[RouteConfig, ...] = ()
@@ -533,6 +594,29 @@ def _relations(cfg: Config) -> list[str]:
     signing = cfg.signing
     if signing.enabled and (signing.key_file is None) == (signing.key_env is None):
         problems.append("signing: set exactly one of key_file and key_env")
+    problems.extend(_push_relations(cfg, set(symbols)))
+    return problems
+
+
+def _push_relations(cfg: Config, symbols: set[str]) -> list[str]:
+    """The pusher's chain, contract and key are set, and it names only configured markets."""
+    push = cfg.push
+    problems = [
+        f"push.{where}.{sym}: market {sym} is not configured"
+        for where, names in (("markets", push.markets), ("overrides", push.overrides))
+        for sym in names
+        if sym not in symbols
+    ]
+    if not push.enabled:
+        return problems
+    if push.chain is None:
+        problems.append("push.chain: is required when the pusher is enabled")
+    elif push.chain not in cfg.chains:
+        problems.append(f"push.chain: chain {push.chain!r} is not configured")
+    if push.contract is None:
+        problems.append("push.contract: is required when the pusher is enabled")
+    if (push.key_file is None) == (push.key_env is None):
+        problems.append("push: set exactly one of key_file and key_env")
     return problems
 
 

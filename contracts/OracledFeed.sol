@@ -1,0 +1,118 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.19;
+
+/// @title OracledFeed: the latest oracled price of each market, written by one authorized pusher.
+/// @notice A market is keyed by keccak256 of its symbol (keccak256("BTC/USD")), the same hash the
+/// daemon's signed rounds use. A stored price means `price * 10**expo`; `ts` is the oracled round
+/// time in milliseconds since the Unix epoch and `round` the daemon's round number.
+/// @dev An update that is not newer than the stored one is skipped (not reverted): a batch that
+/// lands late, or a replaced transaction racing its replacement, never moves a market back in
+/// time, and one old market does not cost the rest of its batch. One storage slot per market.
+contract OracledFeed {
+    struct Feed {
+        int128 price;
+        int8 expo;
+        uint48 ts;
+        uint64 round;
+    }
+
+    address public owner;
+    address public pusher;
+    mapping(bytes32 => Feed) private feeds;
+
+    event PriceUpdated(bytes32 indexed market, int128 price, int8 expo, uint64 round, uint48 ts);
+    event PusherChanged(address indexed previous, address indexed next);
+    event OwnerChanged(address indexed previous, address indexed next);
+
+    error NotOwner();
+    error NotPusher();
+    error LengthMismatch();
+
+    constructor(address initialPusher) {
+        owner = msg.sender;
+        pusher = initialPusher;
+        emit OwnerChanged(address(0), msg.sender);
+        emit PusherChanged(address(0), initialPusher);
+    }
+
+    modifier onlyOwner() {
+        if (msg.sender != owner) revert NotOwner();
+        _;
+    }
+
+    modifier onlyPusher() {
+        if (msg.sender != pusher) revert NotPusher();
+        _;
+    }
+
+    /// @notice Rotate the pusher key (the old key can write nothing from this block on).
+    function setPusher(address next) external onlyOwner {
+        emit PusherChanged(pusher, next);
+        pusher = next;
+    }
+
+    function transferOwnership(address next) external onlyOwner {
+        emit OwnerChanged(owner, next);
+        owner = next;
+    }
+
+    /// @notice One market's price; returns false when it was not newer than the stored one.
+    function update(bytes32 market, int128 price, int8 expo, uint64 round, uint48 ts)
+        external
+        onlyPusher
+        returns (bool)
+    {
+        return _store(market, price, expo, round, ts);
+    }
+
+    /// @notice Several markets of one round; returns how many were stored (newer than before).
+    function updateBatch(
+        uint64 round,
+        uint48 ts,
+        bytes32[] calldata markets,
+        int128[] calldata prices,
+        int8[] calldata expos
+    ) external onlyPusher returns (uint256 stored) {
+        uint256 n = markets.length;
+        if (prices.length != n || expos.length != n) revert LengthMismatch();
+        for (uint256 i = 0; i < n; ++i) {
+            if (_store(markets[i], prices[i], expos[i], round, ts)) {
+                ++stored;
+            }
+        }
+    }
+
+    /// @notice The stored price of a market; all zero if it was never written.
+    function latest(bytes32 market)
+        external
+        view
+        returns (int128 price, int8 expo, uint64 round, uint48 ts)
+    {
+        Feed memory f = feeds[market];
+        return (f.price, f.expo, f.round, f.ts);
+    }
+
+    /// @notice Several markets at once (the pusher reads its starting point with one call).
+    function latestMany(bytes32[] calldata markets) external view returns (Feed[] memory out) {
+        out = new Feed[](markets.length);
+        for (uint256 i = 0; i < markets.length; ++i) {
+            out[i] = feeds[markets[i]];
+        }
+    }
+
+    function _store(bytes32 market, int128 price, int8 expo, uint64 round, uint48 ts)
+        private
+        returns (bool)
+    {
+        Feed storage f = feeds[market];
+        if (ts <= f.ts) {
+            return false;
+        }
+        f.price = price;
+        f.expo = expo;
+        f.ts = ts;
+        f.round = round;
+        emit PriceUpdated(market, price, expo, round, ts);
+        return true;
+    }
+}

@@ -1,0 +1,509 @@
+"""The on-chain pusher: Chainlink-style updates of the project's `OracledFeed` contract.
+
+A market is pushed when its price moved by at least its deviation threshold since the last
+price on chain, or when its heartbeat passed since then (both per market or global, `[push]`).
+Only `active` prices are pushed, ever: paused, unknown and degraded markets are skipped and
+counted by reason, so a consumer reading the contract sees an old `ts`, never a doubtful price.
+
+The pusher runs in its own task. The round loop only calls `submit(result)`, which replaces the
+latest result (a queue of one: a slow chain makes pushes sparser, it never stalls a round nor
+makes them queue up). Each step looks at the latest result, and sends at most one transaction at
+a time: one `updateBatch` of the most due markets (largest deviation or most overdue first, at
+most `max_batch`), signed locally with an EIP-1559 fee that never exceeds `max_gas_price_gwei`.
+
+Nonces are the pusher's own: read from the chain at start (the mined count, so transactions a
+previous run left pending are replaced rather than queued behind), then counted locally and
+re-read when the node says a nonce is too low. A transaction not mined after `replace_after_s`
+is replaced by one with the same nonce, fees raised by 12.5 % (the node's minimum bump is 10 %)
+and the latest prices; when the cap leaves no room for that bump the pusher waits and counts
+`gas_cap`. The contract ignores an update that is not newer than what it stores, so a replaced
+transaction and its replacement can never move a market back in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import aiohttp
+import structlog
+from eth_abi.abi import decode, encode
+from eth_account import Account
+from eth_utils.abi import function_signature_to_4byte_selector
+
+from oracled.clock import Clock
+from oracled.config import ChainConfig, PushConfig
+from oracled.errors import ConfigError, OracledError
+from oracled.model import Status
+from oracled.publish.signer import SigningKey, decimal_to_int, keccak, load_signing_key
+from oracled.sources.evm.rpc import RpcClient, RpcError, RpcUnavailable
+
+if TYPE_CHECKING:
+    from oracled.core import RoundResult
+
+__all__ = [
+    "SKIP_REASONS",
+    "TX_RESULTS",
+    "ChainPusher",
+    "PushError",
+    "PushStats",
+    "load_push_key",
+    "market_id",
+]
+
+#: Why a market was not pushed in a round the pusher looked at.
+SKIP_REASONS: Final = ("paused", "unknown", "degraded")
+#: What happened to transactions: sent (new nonce), replaced (same nonce, higher fee), confirmed
+#: (mined, status 1), reverted (mined, status 0), error (refused by the node), gas_cap (a push
+#: or a replacement held back because the fee it needs is above the cap).
+TX_RESULTS: Final = ("sent", "replaced", "confirmed", "reverted", "error", "gas_cap")
+_GWEI: Final = 10**9
+_BUMP_NUM, _BUMP_DEN = 9, 8  # +12.5 %: above the 10 % a node demands of a replacement
+_GAS_MARGIN: Final = 1.25
+_GAS_BASE, _GAS_PER_MARKET = 60_000, 32_000  # a first write of a market: one new slot + event
+_UPDATE_BATCH: Final = function_signature_to_4byte_selector(
+    "updateBatch(uint64,uint48,bytes32[],int128[],int8[])"
+)
+_LATEST_MANY: Final = function_signature_to_4byte_selector("latestMany(bytes32[])")
+_STATUS_NAMES: Final = tuple(s.label for s in Status)
+
+
+class PushError(OracledError):
+    """The pusher cannot run with what it was given (wrong chain, no contract at the address)."""
+
+
+def market_id(market: str) -> bytes:
+    """The contract's key of a market: keccak256 of its symbol (as the signed leaves hash it)."""
+    return keccak(market.encode())
+
+
+def load_push_key(cfg: PushConfig) -> SigningKey:
+    """The pusher's key from `push.key_file` or `push.key_env` (file mode 600 enforced)."""
+    try:
+        return load_signing_key(cfg.key_file, cfg.key_env)
+    except ConfigError as exc:  # the signer's loader names its own table; this key is ours
+        raise ConfigError([p.replace("signing", "push", 1) for p in exc.problems]) from None
+
+
+@dataclass(slots=True)
+class PushStats:
+    """Plain counters read by the metrics collector at scrape time."""
+
+    transactions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TX_RESULTS, 0))
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    updates: int = 0  # market prices confirmed on chain
+    pending: bool = False  # a transaction is in flight
+    nonce: int = -1  # the next nonce the pusher will use (-1 before start)
+
+
+@dataclass(slots=True)
+class _Stored:
+    """What the chain holds for a market, as far as the pusher knows (float for comparisons)."""
+
+    price: float
+    ts: int  # ms, the round time of the stored price
+
+
+@dataclass(slots=True)
+class _Batch:
+    round: int
+    ts: int
+    markets: list[str]
+    prices: list[int]
+    expos: list[int]
+
+    def calldata(self) -> bytes:
+        ids = [market_id(m) for m in self.markets]
+        args = encode(
+            ["uint64", "uint48", "bytes32[]", "int128[]", "int8[]"],
+            [self.round, self.ts, ids, self.prices, self.expos],
+        )
+        return _UPDATE_BATCH + args
+
+
+@dataclass(slots=True)
+class _InFlight:
+    nonce: int
+    batch: _Batch
+    max_fee: int
+    tip: int
+    sent_at: float  # clock.monotonic()
+    sent: list[tuple[str, _Batch]] = field(default_factory=list)  # (tx hash, its batch)
+    capped: bool = False  # a replacement was already held back by the cap (counted once)
+
+
+class ChainPusher:
+    """Pushes due markets of the latest round to an OracledFeed; see the module docstring.
+
+    `start()` checks the chain and reads the nonce and the stored prices; `step()` does one
+    round of work (confirm or replace the transaction in flight, else send the next batch);
+    `run()` is both in a loop, for the service. Tests drive `step()` directly.
+    """
+
+    def __init__(
+        self,
+        cfg: PushConfig,
+        chain: ChainConfig,
+        key: SigningKey,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+    ) -> None:
+        if cfg.contract is None:
+            raise PushError("push.contract is not set")
+        if not chain.resolved_urls:
+            raise PushError("the push chain has no RPC URL")
+        self.cfg = cfg
+        self.chain = chain
+        self.contract: str = cfg.contract
+        self.address = key.address
+        self._secret = bytes.fromhex(key.hex()[2:])
+        self.rpc = RpcClient(chain.resolved_urls, session, timeout_s=chain.timeout_s, clock=clock)
+        self._session = session
+        self.clock = clock
+        self.stats = PushStats()
+        self._latest: RoundResult | None = None
+        self._wakeup = asyncio.Event()
+        self._stored: dict[str, _Stored] = {}
+        self._inflight: _InFlight | None = None
+        self._nonce = -1
+        self._fee_floor: tuple[int, int] | None = None  # (max_fee, tip) a replacement must beat
+        self._counted_round = -1
+        self._capped = False
+        self._started = False
+        self._read = False  # the stored prices were read (needs the first round's markets)
+        self._only = frozenset(cfg.markets)
+        self._log = structlog.get_logger("oracled").bind(component="push")
+
+    # -- the round side -----------------------------------------------------------------------
+
+    def submit(self, result: RoundResult) -> None:
+        """Make `result` the one the next step looks at (replacing any not looked at yet)."""
+        self._latest = result
+        self._wakeup.set()
+
+    # -- the task -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start (retrying while the node is unreachable), then step every `interval_s`."""
+        delay = 0.5
+        while not self._started:
+            try:
+                await self.start()
+            except RpcUnavailable as exc:
+                self._log.warning("chain unreachable; retrying", error=str(exc), delay_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2.0, 30.0)
+        while True:
+            try:
+                await self.step()
+            except RpcUnavailable as exc:
+                self._log.warning("chain unreachable", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.interval_s):
+                    await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._inflight is None:
+                # Let a few rounds accumulate between pushes: one look per interval.
+                await asyncio.sleep(self.cfg.interval_s)
+
+    async def start(self) -> None:
+        """Check the chain id and the contract; read the nonce and the prices stored on chain."""
+        chain_id = int(await self.rpc.call("eth_chainId", []), 16)
+        if chain_id != self.chain.chain_id:
+            raise PushError(f"the node serves chain {chain_id}, not {self.chain.chain_id}")
+        code = await self.rpc.call("eth_getCode", [self.contract, "latest"])
+        if code in ("0x", "", None):
+            raise PushError(f"no contract at {self.contract}")
+        mined = int(await self.rpc.call("eth_getTransactionCount", [self.address, "latest"]), 16)
+        pending = int(await self.rpc.call("eth_getTransactionCount", [self.address, "pending"]), 16)
+        self._nonce = self.stats.nonce = mined
+        if pending > mined:
+            self._log.warning(
+                "transactions of a previous run are pending; the next pushes replace them",
+                mined=mined,
+                pending=pending,
+            )
+        await self._read_stored()
+        self._started = True
+        self._log.info(
+            "pusher started",
+            contract=self.contract,
+            pusher=self.address,
+            nonce=mined,
+            markets_on_chain=len(self._stored),
+        )
+
+    async def _read_stored(self) -> None:
+        result = self._latest
+        markets = list(result.layout.markets) if result is not None else []
+        if not markets:
+            return
+        self._read = True
+        data = _LATEST_MANY + encode(["bytes32[]"], [[market_id(m) for m in markets]])
+        raw = await self.rpc.call("eth_call", [{"to": self.contract, "data": "0x" + data.hex()}])
+        (feeds,) = decode(["(int128,int8,uint48,uint64)[]"], bytes.fromhex(raw[2:]))
+        for market, (price, expo, ts, _round) in zip(markets, feeds, strict=True):
+            if ts > 0:
+                self._stored[market] = _Stored(price * 10.0**expo, ts)
+
+    async def step(self) -> None:
+        """One unit of work: settle or replace the transaction in flight, else push what is due."""
+        if not self._started:
+            await self.start()
+        if not self._read and self._latest is not None:
+            await self._read_stored()
+        if self._inflight is not None:
+            await self._settle(self._inflight)
+            return
+        result = self._latest
+        if result is None:
+            return
+        batch = self._due(result)
+        if batch is None:
+            return
+        fees = await self._fees()
+        if fees is None:
+            return
+        await self._send(batch, self._nonce, *fees, replacing=None)
+
+    # -- deciding -----------------------------------------------------------------------------
+
+    def _threshold(self, market: str) -> tuple[float, float]:
+        over = self.cfg.overrides.get(market)
+        deviation = over.deviation if over and over.deviation else self.cfg.deviation
+        heartbeat = over.heartbeat_s if over and over.heartbeat_s else self.cfg.heartbeat_s
+        return deviation, heartbeat * 1000.0
+
+    def _due(self, result: RoundResult) -> _Batch | None:
+        """The markets of `result` to push now, most due first; counts the ones skipped."""
+        status = result.status.tolist()
+        price = result.price.tolist()
+        decimals = result.layout.decimals.tolist()
+        count = result.round != self._counted_round
+        self._counted_round = result.round
+        scored: list[tuple[float, int]] = []
+        for i, market in enumerate(result.layout.markets):
+            if self._only and market not in self._only:
+                continue
+            if status[i] != Status.ACTIVE:
+                if count:
+                    self.stats.skipped[_STATUS_NAMES[status[i]]] += 1
+                continue
+            stored = self._stored.get(market)
+            if stored is None:
+                scored.append((math.inf, i))
+                continue
+            deviation, heartbeat_ms = self._threshold(market)
+            moved = abs(price[i] / stored.price - 1.0) / deviation if stored.price else math.inf
+            waited = (result.ts - stored.ts) / heartbeat_ms
+            if result.ts > stored.ts and (moved >= 1.0 or waited >= 1.0):
+                scored.append((max(moved, waited), i))
+        if not scored:
+            return None
+        scored.sort(key=lambda item: (-item[0], item[1]))
+        chosen = sorted(i for _, i in scored[: self.cfg.max_batch])
+        markets = [result.layout.markets[i] for i in chosen]
+        prices = [decimal_to_int(format(price[i], f".{decimals[i]}f"), decimals[i]) for i in chosen]
+        return _Batch(result.round, result.ts, markets, prices, [-decimals[i] for i in chosen])
+
+    # -- fees ---------------------------------------------------------------------------------
+
+    async def _fees(self) -> tuple[int, int] | None:
+        """(maxFeePerGas, maxPriorityFeePerGas) for a new transaction, or None over the cap."""
+        block = await self.rpc.call("eth_getBlockByNumber", ["latest", False])
+        base = int(block.get("baseFeePerGas") or "0x0", 16)
+        cap = int(self.cfg.max_gas_price_gwei * _GWEI)
+        tip = min(int(self.cfg.priority_fee_gwei * _GWEI), cap)
+        if base + tip > cap:
+            self.stats.transactions["gas_cap"] += 1
+            if not self._capped:
+                self._capped = True
+                self._log.warning(
+                    "push held back: the base fee is above the gas price cap",
+                    base_fee_gwei=base / _GWEI,
+                    cap_gwei=self.cfg.max_gas_price_gwei,
+                )
+            return None
+        if self._capped:
+            self._capped = False
+            self._log.info("base fee back under the gas price cap", base_fee_gwei=base / _GWEI)
+        max_fee, tip = min(cap, 2 * base + tip), tip
+        floor = self._fee_floor
+        if floor is not None:  # a pending transaction of ours (or of a previous run) to outbid
+            max_fee, tip = max(max_fee, _bump(floor[0])), max(tip, _bump(floor[1]))
+            if max_fee > cap:
+                self.stats.transactions["gas_cap"] += 1
+                return None
+            tip = min(tip, max_fee)
+        return max_fee, tip
+
+    # -- sending and settling -----------------------------------------------------------------
+
+    async def _send(
+        self, batch: _Batch, nonce: int, max_fee: int, tip: int, *, replacing: _InFlight | None
+    ) -> None:
+        data = batch.calldata()
+        call = {"from": self.address, "to": self.contract, "data": "0x" + data.hex()}
+        try:
+            # Against the mined state: the pending one may already hold the transaction this
+            # one replaces, where the same updates are skipped as not newer and cost little.
+            estimate = int(await self.rpc.call("eth_estimateGas", [call, "latest"]), 16)
+        except RpcError as exc:
+            self.stats.transactions["error"] += 1
+            self._log.error("push would revert; not sent", error=exc.message, data=exc.data)
+            return
+        # Unused gas is not paid for; a limit too low is (the transaction reverts out of gas).
+        gas = max(int(estimate * _GAS_MARGIN), _GAS_BASE + _GAS_PER_MARKET * len(batch.markets))
+        tx = {
+            "type": 2,
+            "chainId": self.chain.chain_id,
+            "nonce": nonce,
+            "to": self.contract,
+            "value": 0,
+            "data": data,
+            "gas": gas,
+            "maxFeePerGas": max_fee,
+            "maxPriorityFeePerGas": tip,
+        }
+        signed = Account.sign_transaction(tx, self._secret)
+        try:
+            tx_hash = await self._send_raw("0x" + bytes(signed.raw_transaction).hex())
+        except RpcError as exc:
+            await self._refused(exc, max_fee, tip)
+            return
+        self._fee_floor = None
+        kind = "sent" if replacing is None else "replaced"
+        self.stats.transactions[kind] += 1
+        now = self.clock.monotonic()
+        if replacing is None:
+            self._inflight = _InFlight(nonce, batch, max_fee, tip, now, [(str(tx_hash), batch)])
+            self._nonce = self.stats.nonce = nonce + 1
+        else:
+            replacing.batch, replacing.max_fee, replacing.tip = batch, max_fee, tip
+            replacing.sent_at = now
+            replacing.sent.append((str(tx_hash), batch))
+        self.stats.pending = True
+        self._log.info(
+            "push " + kind,
+            nonce=nonce,
+            markets=len(batch.markets),
+            round=batch.round,
+            max_fee_gwei=max_fee / _GWEI,
+            tx=tx_hash,
+        )
+
+    async def _send_raw(self, raw: str) -> str:
+        """eth_sendRawTransaction, keeping the node's refusal as an RpcError whatever its code.
+
+        The shared RPC client treats -32000 answers as a node failure and fails over; for a
+        transaction they are the verdict ("nonce too low", "replacement transaction
+        underpriced") that the pusher acts on, and every endpoint would give the same one.
+        """
+        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": [raw]}
+        for url in self.rpc.urls:
+            try:
+                async with asyncio.timeout(self.chain.timeout_s):
+                    async with self._session.post(url, json=body) as resp:
+                        answer = await resp.json(content_type=None)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                continue
+            if not isinstance(answer, dict):
+                continue
+            error = answer.get("error")
+            if isinstance(error, dict):
+                raise RpcError(int(error.get("code", 0)), str(error.get("message", "")))
+            if isinstance(answer.get("result"), str):
+                return str(answer["result"])
+        raise RpcUnavailable("eth_sendRawTransaction: every endpoint failed")
+
+    async def _refused(self, exc: RpcError, max_fee: int, tip: int) -> None:
+        """The node refused a transaction: fix what can be fixed for the next step."""
+        message = exc.message.lower()
+        if "nonce too low" in message or "already known" in message:
+            mined = await self.rpc.call("eth_getTransactionCount", [self.address, "latest"])
+            self._nonce = self.stats.nonce = int(mined, 16)
+            self._log.warning("nonce out of step; re-read from the chain", nonce=self._nonce)
+        elif "underpriced" in message:
+            self._fee_floor = (max_fee, tip)  # something sits at this nonce: outbid it next time
+            self._log.warning("a pending transaction holds this nonce; raising the fee")
+        else:
+            self._log.error("push refused by the node", error=exc.message)
+        self.stats.transactions["error"] += 1
+
+    async def _settle(self, inflight: _InFlight) -> None:
+        """Confirm the transaction in flight if mined; replace it if stuck for too long."""
+        # The count first: if it says the nonce is mined, the receipts read next are there too.
+        mined = int(await self.rpc.call("eth_getTransactionCount", [self.address, "latest"]), 16)
+        for tx_hash, batch in reversed(inflight.sent):
+            receipt = await self.rpc.call("eth_getTransactionReceipt", [tx_hash])
+            if receipt is not None:
+                self._mined(inflight.nonce, batch, tx_hash, receipt)
+                return
+        if mined > inflight.nonce:  # the nonce went through under a hash we never sent
+            self._inflight, self.stats.pending = None, False
+            self._log.warning("nonce used by another transaction", nonce=inflight.nonce)
+            return
+        if self.clock.monotonic() - inflight.sent_at < self.cfg.replace_after_s:
+            return
+        await self._replace(inflight)
+
+    def _mined(self, nonce: int, batch: _Batch, tx_hash: str, receipt: dict[str, Any]) -> None:
+        self._inflight, self.stats.pending = None, False
+        if int(receipt["status"], 16) != 1:
+            self.stats.transactions["reverted"] += 1
+            self._log.error("push reverted", tx=tx_hash, nonce=nonce)
+            return
+        self.stats.transactions["confirmed"] += 1
+        self.stats.updates += len(batch.markets)
+        for market, price, expo in zip(batch.markets, batch.prices, batch.expos, strict=True):
+            stored = self._stored.get(market)
+            if stored is None or stored.ts < batch.ts:
+                self._stored[market] = _Stored(price * 10.0**expo, batch.ts)
+        self._log.info(
+            "push confirmed",
+            tx=tx_hash,
+            nonce=nonce,
+            markets=len(batch.markets),
+            block=int(receipt["blockNumber"], 16),
+        )
+
+    async def _replace(self, inflight: _InFlight) -> None:
+        """Same nonce, fees +12.5 % (at least the current market's), the latest prices."""
+        cap = int(self.cfg.max_gas_price_gwei * _GWEI)
+        max_fee, tip = _bump(inflight.max_fee), _bump(inflight.tip)
+        block = await self.rpc.call("eth_getBlockByNumber", ["latest", False])
+        base = int(block.get("baseFeePerGas") or "0x0", 16)
+        max_fee = max(max_fee, 2 * base + tip)
+        if max_fee > cap:
+            max_fee = cap
+        if max_fee < _bump(inflight.max_fee) or tip > max_fee:
+            if not inflight.capped:
+                inflight.capped = True
+                self.stats.transactions["gas_cap"] += 1
+                self._log.warning(
+                    "stuck push not replaced: the bump would exceed the gas price cap",
+                    nonce=inflight.nonce,
+                    max_fee_gwei=inflight.max_fee / _GWEI,
+                    cap_gwei=self.cfg.max_gas_price_gwei,
+                )
+            return
+        result = self._latest
+        fresh = self._due(result) if result is not None else None
+        await self._send(fresh or inflight.batch, inflight.nonce, max_fee, tip, replacing=inflight)
+
+    def describe(self) -> dict[str, Any]:
+        """Where and how the pusher pushes, for start-up logs."""
+        return {
+            "contract": self.contract,
+            "pusher": self.address,
+            "deviation": self.cfg.deviation,
+            "heartbeat_s": self.cfg.heartbeat_s,
+            "max_gas_price_gwei": self.cfg.max_gas_price_gwei,
+        }
+
+
+def _bump(value: int) -> int:
+    return -(-value * _BUMP_NUM // _BUMP_DEN)
