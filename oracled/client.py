@@ -44,7 +44,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import structlog
-from eth_utils.address import is_address, to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from oracled.publish.signer import (
     SignatureError,
@@ -62,6 +62,7 @@ __all__ = [
     "Rejection",
     "SignerReport",
     "verify",
+    "verify_signed",
 ]
 
 REASONS = (
@@ -78,6 +79,7 @@ REASONS = (
     "reordered",
 )
 _LIVE = frozenset({"active", "degraded"})
+_RECOVERED_MAX = 4096  # cached signature recoveries (a few rounds of every signer)
 _SEEN_PER_KEY = 64  # accepted round times remembered per (signer, market) to tell replays apart
 
 _log = structlog.get_logger("oracled.client")
@@ -142,11 +144,27 @@ def _decode(data: bytes | str) -> SignedPrice:
         raise Rejection(reason, str(exc)) from None
 
 
-def verify(data: bytes | str, allowed: frozenset[str]) -> SignedPrice:
+def verify(
+    data: bytes | str,
+    allowed: frozenset[str],
+    recovered: dict[tuple[bytes, bytes], str] | None = None,
+) -> SignedPrice:
+    """`verify_signed` without the signer (see there)."""
+    return verify_signed(data, allowed, recovered)[0]
+
+
+def verify_signed(
+    data: bytes | str,
+    allowed: frozenset[str],
+    recovered: dict[tuple[bytes, bytes], str] | None = None,
+) -> tuple[SignedPrice, str]:
     """Check one signed price against its round signature and the allowed signers.
 
-    Returns the SignedPrice when the proof leads to the signed root and the signature is by an
-    allowed signer; raises Rejection otherwise. Freshness and order are the client's business.
+    Returns the SignedPrice and its signer's EIP-55 address when the proof leads to the signed
+    root and the signature is by an allowed signer; raises Rejection otherwise. Freshness and
+    order are the client's business.
+    `recovered` caches (digest, signature) -> signer: every market of a round shares one
+    signature, so a client that keeps it recovers one public key per round, not per market.
     """
     sp = _decode(data)
     try:
@@ -165,15 +183,22 @@ def verify(data: bytes | str, allowed: frozenset[str]) -> SignedPrice:
         raise Rejection(exc.reason, str(exc)) from None
     if root != claimed_root:
         raise Rejection("forged", "the leaf and proof do not lead to the signed root")
-    try:
-        signer = recover_signer(round_digest(sp.ts, sp.round, sp.count, root), signature)
-    except SignatureError as exc:
-        raise Rejection(exc.reason, str(exc)) from None
-    if not is_address(sp.signer) or signer != to_checksum_address(sp.signer):
+    digest = round_digest(sp.ts, sp.round, sp.count, root)
+    signer = recovered.get((digest, signature)) if recovered is not None else None
+    if signer is None:
+        try:
+            signer = recover_signer(digest, signature)
+        except SignatureError as exc:
+            raise Rejection(exc.reason, str(exc)) from None
+        if recovered is not None:
+            if len(recovered) >= _RECOVERED_MAX:
+                recovered.clear()
+            recovered[(digest, signature)] = signer
+    if signer != sp.signer and signer.lower() != sp.signer.lower():
         raise Rejection("forged", f"signed by {signer}, not by the named {sp.signer[:42]}")
     if signer not in allowed:
         raise Rejection("unknown_signer", signer)
-    return sp
+    return sp, signer
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +269,7 @@ class OracleClient:
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self._latest: dict[str, dict[str, SignerReport]] = {}
         self._seen: dict[tuple[str, str], _Seen] = {}
+        self._recovered: dict[tuple[bytes, bytes], str] = {}
         self.accepted = 0
         self.rejected: Counter[str] = Counter(dict.fromkeys(REASONS, 0))
         self.rejections: deque[Rejection] = deque(maxlen=keep_rejections)
@@ -257,13 +283,13 @@ class OracleClient:
         Raises Rejection (counted, and kept in `rejections`) for anything refused.
         """
         try:
-            sp = verify(data, self.allowed)
-            self._check_time(sp)
+            sp, signer = verify_signed(data, self.allowed, self._recovered)
+            self._check_time(sp, signer)
         except Rejection as exc:
             self.rejected[exc.reason] += 1
             self.rejections.append(exc)
             raise
-        self._accept(sp)
+        self._accept(sp, signer)
         return sp
 
     def offer(self, data: bytes | str) -> bool:
@@ -274,13 +300,12 @@ class OracleClient:
             return False
         return True
 
-    def _check_time(self, sp: SignedPrice) -> None:
+    def _check_time(self, sp: SignedPrice, signer: str) -> None:
         now = self._now_ms()
         if now - sp.ts > self.max_age_ms:
             raise Rejection("stale", f"{sp.market} round {sp.ts} is {now - sp.ts} ms old")
         if sp.ts - now > self.max_future_ms:
             raise Rejection("future", f"{sp.market} round {sp.ts} is ahead of the local clock")
-        signer = to_checksum_address(sp.signer)
         seen = self._seen.get((signer, sp.market))
         if seen is not None:
             if sp.ts in seen.accepted:
@@ -288,8 +313,7 @@ class OracleClient:
             if sp.ts < seen.latest:
                 raise Rejection("reordered", f"{sp.market} round {sp.ts} < {seen.latest}")
 
-    def _accept(self, sp: SignedPrice) -> None:
-        signer = to_checksum_address(sp.signer)
+    def _accept(self, sp: SignedPrice, signer: str) -> None:
         seen = self._seen.setdefault((signer, sp.market), _Seen())
         seen.latest = sp.ts
         seen.accepted.append(sp.ts)

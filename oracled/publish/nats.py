@@ -8,10 +8,11 @@ Subjects, with the configured prefix (default `oracled`):
                               market symbols are upper-case letters and digits
     <prefix>.rounds           one message per round: the whole signed round (RoundMessage)
 
-With `jetstream = true` the sink makes sure a stream (default `ORACLED`) captures `<prefix>.>`,
-so a consumer that starts late replays what it missed. Messages go out as core publishes, which
-the stream stores without a per-message acknowledgement round trip (awaited JetStream acks run
-at a few thousand a second, fewer than the messages of one round at 1,000 markets).
+With `jetstream = true` the sink creates a stream (default `ORACLED`) over `<prefix>.>` if none
+exists, so a consumer that starts late replays what it missed. Messages go out as core
+publishes, which the stream stores without a per-message acknowledgement round trip (awaited
+JetStream acks run at a few thousand a second, fewer than the messages of one round at 1,000
+markets).
 
 The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
 sends when it can. While the server is unreachable rounds are counted as unpublished (reason
@@ -168,7 +169,12 @@ class NatsSink:
             return nc
 
     async def _ensure_stream(self, nc: NatsClient) -> None:
-        """Create (or bring up to date) the JetStream stream over the prefix's subjects."""
+        """Create the JetStream stream over the prefix's subjects if it is missing.
+
+        An existing stream with other settings is left as it is: operators may have raised its
+        replicas or limits on purpose (several replicas publish to one stream), and a daemon
+        must not undo that.
+        """
         if not self.cfg.jetstream:
             return
         config = StreamConfig(
@@ -180,8 +186,13 @@ class NatsSink:
         js = nc.jetstream()
         try:
             await js.add_stream(config)
-        except BadRequestError:  # it exists with other settings: update it
-            await js.update_stream(config)
+        except BadRequestError as exc:  # it exists with other settings
+            self._log.warning(
+                "jetstream stream exists with other settings; left as it is",
+                stream=self.cfg.stream,
+                detail=str(exc),
+            )
+            return
         except NatsError as exc:
             self._log.error("jetstream stream not set up", stream=self.cfg.stream, error=str(exc))
             return
