@@ -108,7 +108,13 @@ class NatsSink:
     # -- the round side ---------------------------------------------------------------------
 
     def submit(self, batch: SignedRound | RoundResult) -> None:
-        """Queue one round (signed or not); never blocks. A full queue drops its oldest round."""
+        """Queue one round (signed or not); never blocks. A full queue drops its oldest round.
+
+        Without a connection the round is counted `disconnected` and dropped at once.
+        """
+        if not self.stats.connected:
+            self.stats.unpublished["disconnected"] += self._size(batch)
+            return
         if len(self._queue) >= self.cfg.queue:
             dropped = self._queue.popleft()
             self.stats.unpublished["queue_full"] += self._size(dropped)

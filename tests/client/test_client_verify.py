@@ -221,3 +221,13 @@ def test_the_client_needs_a_feasible_quorum() -> None:
         OracleClient(ALLOWED, quorum=4)
     with pytest.raises(ValueError):
         OracleClient([])
+
+
+def test_a_cached_recovery_still_catches_a_false_signer_claim() -> None:
+    """After a round's signature is recovered once, a copy naming another signer is forged."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, _ = client_at(signed)
+    client.feed(frame(signed, 0))
+    assert reason(client, edit(signed, 1, signer=KEYS[1].address)) == "forged"
+    client.feed(frame(signed, 1))
+    assert client.price("ETH/USD").signers == (KEYS[0].address,)

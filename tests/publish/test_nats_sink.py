@@ -173,15 +173,29 @@ async def test_nats_down_at_start_then_up_counts_nothing_lost_after(tmp_path: Pa
     task = asyncio.create_task(sink.run())
     rounds = Rounds(make_config())
     for _ in range(5):
-        sink.submit(rounds.step())  # the sink is not connected: only its queue of 2 is kept
-    assert sink.stats.unpublished["queue_full"] == 3 * 4
+        sink.submit(rounds.step())  # not connected: counted and dropped, nothing queued
+    assert sink.stats.unpublished["disconnected"] == 5 * 4
     await srv.start()
     try:
         await until(lambda: sink.stats.connected, "connected once the server listens")
-        await until(lambda: sink.stats.published == 2 * 4, "the two queued rounds published")
+        sink.submit(rounds.step())
+        await until(lambda: sink.stats.published == 4, "the next round published")
+        assert sink.stats.unpublished["queue_full"] == 0
     finally:
         await stop(task)
         srv.stop()
+
+
+async def test_a_full_queue_drops_its_oldest_round_and_counts_it(server: NatsServer) -> None:
+    """Rounds submitted faster than the task runs: past `queue` rounds the oldest go, counted."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,), queue=2))
+    task = await running(sink)
+    rounds = Rounds(make_config())
+    for _ in range(5):  # no yield in between: the publisher task cannot take any yet
+        sink.submit(rounds.step())
+    assert sink.stats.unpublished["queue_full"] == 3 * 4
+    await until(lambda: sink.stats.published == 2 * 4, "the two newest rounds published")
+    await stop(task)
 
 
 async def test_server_death_is_counted_and_jetstream_keeps_what_it_held(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from pathlib import Path
@@ -22,6 +23,8 @@ from oracled.publish.signer import (
     RoundSigner,
     SignatureError,
     SignedPrice,
+    SignedRound,
+    SignerWorker,
     SigningKey,
     decimal_to_int,
     keccak,
@@ -267,3 +270,31 @@ def test_signing_config_needs_exactly_one_key_source() -> None:
     with pytest.raises(ConfigError, match="exactly one of key_file and key_env"):
         make_config(signing={"enabled": True, "key_file": "k", "key_env": "K"})
     assert make_config(signing={"enabled": True, "key_env": "K"}).signing.key_env == "K"
+
+
+async def test_the_signer_worker_skips_a_round_while_the_last_is_being_signed() -> None:
+    """Two rounds back to back: the second is counted busy and skipped, the first is delivered."""
+    rounds = Rounds(make_config())
+    signer = RoundSigner(KEY)
+    delivered: list[SignedRound] = []
+    arrived = asyncio.Event()
+
+    def on_signed(signed: SignedRound) -> None:
+        delivered.append(signed)
+        arrived.set()
+
+    worker = SignerWorker(signer, on_signed)
+    first, second = rounds.step(), rounds.step()
+    worker.submit(first)
+    worker.submit(second)  # the first's future cannot be done before the loop runs again
+    async with asyncio.timeout(10):
+        await arrived.wait()
+    assert [s.round for s in delivered] == [first.round]
+    assert signer.stats.errors == {"busy": 1, "error": 0} and signer.stats.signed == 1
+    assert signer.stats.last_seconds > 0
+    worker.submit(rounds.step())  # free again
+    arrived.clear()
+    async with asyncio.timeout(10):
+        await arrived.wait()
+    assert len(delivered) == 2
+    worker.close()
