@@ -251,7 +251,10 @@ class FeedSpec(_Frozen):
     feed_id: Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$")] | None = None
     max_age_s: Annotated[int, Field(ge=1, le=7 * 86_400)] | None = None
     twap_window_s: Annotated[int, Field(ge=1, le=7 * 86_400)] = 300
-    min_liquidity: Annotated[int, Field(ge=0)] | None = None
+    # A float too: liquidity of two 18-decimal tokens often exceeds TOML's 64-bit integers.
+    min_liquidity: (
+        Annotated[int, Field(ge=0)] | Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
+    ) = None
     token0_decimals: Annotated[int, Field(ge=0, le=36)] | None = None
     token1_decimals: Annotated[int, Field(ge=0, le=36)] | None = None
     invert: bool = False
@@ -361,6 +364,9 @@ class MarketSource(_Frozen):
     pair: Pair
     kind: Literal["spot", "perp"] = "spot"
     weight: PosFloat = 1.0
+    #: Oldest quote this source may give for this market; default: the market's max_age_ms, or,
+    #: for on-chain feeds that update on a heartbeat, the feed's own limit (see docs/config.md).
+    max_age_ms: Annotated[int, Field(ge=1, le=7 * 86_400_000)] | None = None
 
 
 class MarkConfig(_Frozen):
@@ -442,6 +448,30 @@ class Config(_Frozen):
 
     def market(self, symbol: str) -> MarketConfig | None:
         return next((m for m in self.markets if m.symbol == symbol), None)
+
+
+#: Slot age limit of an on-chain feed without a heartbeat of its own (a pool read every block).
+CHAIN_DEFAULT_MAX_AGE_MS = 60_000
+
+
+def slot_max_age_ms(cfg: Config, market: MarketConfig, ms: MarketSource) -> int:
+    """How old a quote of `ms` may be in `market`.
+
+    The market's `max_age_ms` suits venues that stream; on-chain feeds update on their own
+    schedule, so their slots default to the feed's limit: a Chainlink feed's heartbeat (+10 %,
+    the feed flags a late round itself), a Pyth EVM feed's `max_age_s`, else a minute.
+    """
+    if ms.max_age_ms is not None:
+        return ms.max_age_ms
+    src = cfg.sources.get(ms.source)
+    if src is None or src.chain is None:
+        return market.max_age_ms
+    spec = src.feeds.get(ms.pair)
+    if spec is not None and spec.heartbeat_s is not None:
+        return int(spec.heartbeat_s * 1100)
+    if spec is not None and spec.max_age_s is not None:
+        return spec.max_age_s * 1000
+    return max(market.max_age_ms, CHAIN_DEFAULT_MAX_AGE_MS)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

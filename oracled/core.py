@@ -7,7 +7,8 @@ stress runs and audits possible.
 
 A round, for each layer of markets (conversion legs first):
 1. a slot is fresh if its quote's age (venue time where sent, else receive time) is within the
-   market's `max_age_ms` and not further in the future than the clock-skew bound;
+   slot's age limit (the market's `max_age_ms`, or an on-chain feed's own, see
+   config.slot_max_age_ms) and not further in the future than the clock-skew bound;
 2. routed slots are converted through the leg market's live price from this round; a leg that is
    not live blocks the slot (reason `route`) and is never replaced by 1.0;
 3. a weighted median over fresh slots; slots deviating more than `max_deviation` from it are
@@ -222,7 +223,7 @@ class Core:
         for idx in lay.layers:
             age = age_all[idx]
             has_quote = has_quote_all[idx]
-            fresh = has_quote & (age <= lay.max_age_ms[idx, None]) & (age >= -self._skew)
+            fresh = has_quote & (age <= lay.max_age_ms[idx]) & (age >= -self._skew)
             via = lay.route_via[idx]
             routed = via >= 0
             leg = np.where(routed, live_price[np.maximum(via, 0)], 1.0)

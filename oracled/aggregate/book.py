@@ -19,7 +19,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from oracled.config import Config
+from oracled.config import Config, slot_max_age_ms
 from oracled.model import Quote
 
 __all__ = ["FLAG_BASE", "MAX_FLAGS", "Book", "DropReason", "Layout", "SlotKey"]
@@ -61,7 +61,7 @@ class Layout:
     feeds: dict[SlotKey, tuple[tuple[int, bool], ...]]  # key -> ((flat slot, invert pair), ...)
     perp_feeds: frozenset[SlotKey]  # perpetual instruments kept for the mark price, no vote
     min_sources: npt.NDArray[np.int64]
-    max_age_ms: npt.NDArray[np.int64]
+    max_age_ms: npt.NDArray[np.int64]  # (M, S): per slot (on-chain feeds have their own limits)
     max_deviation: npt.NDArray[np.float64]
     circuit_breaker: npt.NDArray[np.float64]
     confidence_limit: npt.NDArray[np.float64]
@@ -114,6 +114,10 @@ class Layout:
             for lv in range(max(depth.values()) + 1)
         )
         glob = cfg.oracle
+        max_age = np.full(shape, np.iinfo(np.int64).max // 4, dtype=np.int64)
+        for i, market in enumerate(cfg.markets):
+            for j, ms in enumerate(market.sources):
+                max_age[i, j] = slot_max_age_ms(cfg, market, ms)
         return cls(
             markets=markets,
             decimals=np.array([-m.price_exponent for m in cfg.markets], dtype=np.int64),
@@ -133,7 +137,7 @@ class Layout:
                 (ps.source, ps.pair, ps.kind) for m in cfg.markets for ps in m.perp_sources
             ),
             min_sources=np.array([m.min_sources for m in cfg.markets], dtype=np.int64),
-            max_age_ms=np.array([m.max_age_ms for m in cfg.markets], dtype=np.int64),
+            max_age_ms=max_age,
             max_deviation=np.array([m.max_deviation for m in cfg.markets]),
             circuit_breaker=np.array([m.circuit_breaker for m in cfg.markets]),
             confidence_limit=np.array([m.confidence_limit for m in cfg.markets]),

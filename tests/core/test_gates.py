@@ -307,3 +307,19 @@ def test_a_flagged_quote_is_excluded_with_its_reason_and_can_make_the_market_unk
     assert report.status == "unknown" and report.price is None
     assert set(report.reasons) >= {"quorum", "flagged"}
     assert {s.reason for s in report.sources if s.id != "b"} == {"at_bound", "liquidity"}
+
+
+def test_a_source_can_have_its_own_age_limit() -> None:
+    """A slow feed (e.g. on-chain) may be older than the market's limit without being stale."""
+    mk = market("ETH/USD", ["fast", "slow"], min_sources=2, max_age_ms=5_000)
+    mk["sources"][1]["max_age_ms"] = 60_000
+    core = Core(config([mk], resume_rounds=1))
+    core.ingest(Quote("slow", "ETH/USD", T0, price=3000.0))
+    core.ingest(Quote("fast", "ETH/USD", T0 + 29_000, price=3001.0))
+    report = core.run_round(T0 + 30_000).report(0)
+    assert [(s.id, s.used, s.reason) for s in report.sources] == [
+        ("fast", True, None),
+        ("slow", True, None),
+    ]
+    report = core.run_round(T0 + 61_000).report(0)
+    assert {s.id: s.reason for s in report.sources} == {"fast": "stale", "slow": "stale"}

@@ -239,7 +239,7 @@ class UniswapV3Feed(Feed):
         invert: bool,
         token0_decimals: int,
         token1_decimals: int,
-        min_liquidity: int,
+        min_liquidity: float,
         twap_window_s: int = DEFAULT_TWAP_WINDOW_S,
         max_spot_deviation: float = DEFAULT_MAX_SPOT_DEVIATION,
     ) -> None:
@@ -289,7 +289,7 @@ class UniswapV3Feed(Feed):
             invert=spec.invert,
             token0_decimals=spec.token0_decimals,
             token1_decimals=spec.token1_decimals,
-            min_liquidity=spec.min_liquidity,
+            min_liquidity=float(spec.min_liquidity),
             twap_window_s=spec.twap_window_s,
             max_spot_deviation=spec.max_spot_deviation or DEFAULT_MAX_SPOT_DEVIATION,
         )
