@@ -56,6 +56,7 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
             ("api.admin_token_env", old.api.admin_token_env, new.api.admin_token_env),
             ("api.stream_queue", old.api.stream_queue, new.api.stream_queue),
             ("log", old.log, new.log),
+            ("chains", old.chains, new.chains),
         )
         if a != b
     ]
