@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.client_ws import ClientWebSocketResponse
@@ -17,7 +20,7 @@ from oracled.client import OracleClient
 from oracled.clock import ManualClock
 from oracled.core import RoundResult
 from oracled.publish import Hub
-from oracled.publish.signer import RoundSigner, SigningKey
+from oracled.publish.signer import RoundSigner, SignedPrice, SigningKey
 
 Client = TestClient[web.Request, web.Application]
 KEY = SigningKey.from_hex("0x" + "33" * 32)
@@ -191,3 +194,12 @@ async def test_bad_filter_values_get_error_frames(client: Client, request_: dict
     async with client.ws_connect("/v1/stream") as ws:
         await ws.send_json(request_)
         assert (await recv(ws))["type"] == "error"
+
+
+def test_the_openapi_signed_price_schema_lists_the_struct_fields() -> None:
+    """The OpenAPI SignedPrice schema names exactly the fields of the wire struct, all required."""
+    doc = json.loads(resources.files("oracled.api").joinpath("openapi.json").read_text())
+    schema = doc["components"]["schemas"]["SignedPrice"]
+    fields = {f.encode_name for f in msgspec.structs.fields(SignedPrice)}
+    assert set(schema["properties"]) == fields
+    assert set(schema["required"]) == fields
