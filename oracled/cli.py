@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_margin(sub)
     add_stress(sub)
+    from oracled.publish.audit_cli import add_parser as add_audit
+
+    add_audit(sub)
     return parser
 
 
@@ -174,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_replay(args)
         if args.command in ("stress", "scenario", "margin"):
             return _cmd_margin_tools(args)
+        if args.command == "audit":
+            from oracled.publish.audit_cli import cmd_audit
+
+            return cmd_audit(args)
         return _cmd_demo(args)
     except ConfigError as exc:
         print(f"oracled: refusing to start: {len(exc.problems)} config problem(s)", file=sys.stderr)

@@ -35,6 +35,8 @@ from oracled.sources.stats import LATENCY_BOUNDS_MS, ConnState, SourceStats
 if TYPE_CHECKING:
     from oracled.aggregate.book import Layout
     from oracled.core import Core, RoundResult
+    from oracled.publish.audit import AuditStats
+    from oracled.publish.chain_push import PushStats
     from oracled.publish.nats import NatsStats
     from oracled.publish.signer import SignerStats
 
@@ -55,6 +57,9 @@ class MetricsInputs:
     stream_dropped: Callable[[], Mapping[str, int]]
     signer: SignerStats | None = None  # None: signing off (its families read zero)
     nats: NatsStats | None = None  # None: no NATS sink
+    audit: AuditStats | None = None  # None: no audit trail
+    push: PushStats | None = None  # None: no on-chain pusher
+    tasks: Callable[[], int] | None = None  # asyncio tasks alive on the daemon's loop (soak)
 
 
 class Metrics:
@@ -190,6 +195,64 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
     yield from (connected, published, unpublished, reconnects)
 
 
+_PUSH_TX_RESULTS = ("sent", "replaced", "confirmed", "reverted", "error", "gas_cap")
+_PUSH_SKIP_REASONS = ("paused", "unknown", "degraded")
+
+
+def _audit_families(stats: AuditStats | None) -> Iterator[Metric]:
+    """The audit trail (docs/publishing.md); zeros when it is off."""
+    up = GaugeMetricFamily(
+        "oracled_audit_up", "1 while the audit database takes writes, else 0 (also when off)."
+    )
+    up.add_metric([], 1.0 if stats is not None and stats.ok else 0.0)
+    rounds = CounterMetricFamily("oracled_audit_rounds", "Rounds written to the audit trail.")
+    rounds.add_metric([], stats.rounds if stats is not None else 0)
+    dropped = CounterMetricFamily(
+        "oracled_audit_dropped_rounds",
+        "Rounds left out of the audit trail because its queue was full.",
+    )
+    dropped.add_metric([], stats.dropped if stats is not None else 0)
+    errors = CounterMetricFamily(
+        "oracled_audit_write_errors",
+        "Rounds the audit trail could not write (database error: full disk, read-only path).",
+    )
+    errors.add_metric([], stats.write_errors if stats is not None else 0)
+    queued = GaugeMetricFamily("oracled_audit_queued_rounds", "Rounds waiting for the writer.")
+    queued.add_metric([], stats.queued if stats is not None else 0)
+    size = GaugeMetricFamily(
+        "oracled_audit_database_bytes", "Data in the audit database at the last retention check."
+    )
+    size.add_metric([], stats.bytes if stats is not None else 0)
+    yield from (up, rounds, dropped, errors, queued, size)
+
+
+def _push_families(stats: PushStats | None) -> Iterator[Metric]:
+    """The on-chain pusher; zeros when it is off."""
+    txs = CounterMetricFamily(
+        "oracled_push_transactions",
+        "Push transactions by result: sent, replaced, confirmed, reverted, error, gas_cap.",
+        labels=["result"],
+    )
+    for result in _PUSH_TX_RESULTS:
+        txs.add_metric([result], stats.transactions.get(result, 0) if stats is not None else 0)
+    skipped = CounterMetricFamily(
+        "oracled_push_skipped_markets",
+        "Markets not pushed in a round because they were not active, by status.",
+        labels=["reason"],
+    )
+    for reason in _PUSH_SKIP_REASONS:
+        skipped.add_metric([reason], stats.skipped.get(reason, 0) if stats is not None else 0)
+    updates = CounterMetricFamily(
+        "oracled_push_market_updates", "Market prices confirmed on chain by the pusher."
+    )
+    updates.add_metric([], stats.updates if stats is not None else 0)
+    pending = GaugeMetricFamily(
+        "oracled_push_pending", "1 while a push transaction is waiting to be mined, else 0."
+    )
+    pending.add_metric([], 1.0 if stats is not None and stats.pending else 0.0)
+    yield from (txs, skipped, updates, pending)
+
+
 class _StateCollector:
     """Reads the latest round and the plain counters; yields gauge and counter families."""
 
@@ -218,6 +281,14 @@ class _StateCollector:
         yield dropped
         yield from _signer_families(self._in.signer)
         yield from _nats_families(self._in.nats)
+        yield from _audit_families(self._in.audit)
+        yield from _push_families(self._in.push)
+        tasks = GaugeMetricFamily(
+            "oracled_asyncio_tasks",
+            "Asyncio tasks not yet done on the daemon's event loop (a steady count: no task leak).",
+        )
+        tasks.add_metric([], self._in.tasks() if self._in.tasks is not None else 0)
+        yield tasks
 
     def _process(self) -> Iterator[Metric]:
         cfg = self._in.core.config

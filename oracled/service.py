@@ -29,6 +29,8 @@ from oracled.core import Core, RoundResult
 from oracled.errors import ConfigError
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Kind, Quote
+from oracled.publish.audit import AuditTrail
+from oracled.publish.chain_push import ChainPusher, PushError, PushStats, load_push_key
 from oracled.publish.hub import Hub
 from oracled.publish.nats import NatsSink
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, load_signing_key
@@ -114,6 +116,11 @@ class Service:
         )
         self.hub.signer = self.signer.address if self.signer is not None else None
         self.nats = NatsSink(cfg.nats) if cfg.nats.enabled else None
+        # The audit trail and the on-chain pusher (docs/publishing.md), also start-up only.
+        self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
+        self._push_key = load_push_key(cfg.push) if cfg.push.enabled else None
+        self.push_stats = PushStats() if cfg.push.enabled else None
+        self.pusher: ChainPusher | None = None  # made in run(): it needs the HTTP session
         self._signer_worker = (
             SignerWorker(self.signer, self._on_signed) if self.signer is not None else None
         )
@@ -131,6 +138,8 @@ class Service:
                 stream_dropped=lambda: self.hub.dropped_subscribers,
                 signer=self.signer.stats if self.signer is not None else None,
                 nats=self.nats.stats if self.nats is not None else None,
+                audit=self.audit.stats if self.audit is not None else None,
+                push=self.push_stats,
             )
         )
         self._recorder = _TapeRecorder(record) if record else None
@@ -148,6 +157,8 @@ class Service:
         """Every source's emit callback: record, then hand to the core (which counts drops)."""
         if self._recorder is not None:
             self._recorder.add(quote)
+        if self.audit is not None:
+            self.audit.add_quote(quote)
         self.core.ingest(quote)
 
     def on_manual(self, market: str, paused: bool, actor: str) -> None:
@@ -279,6 +290,10 @@ class Service:
             self.metrics.round_duration.observe(time.perf_counter() - started)
             self.hub.publish(result)
             self._publish_round(result)
+            if self.audit is not None:
+                self.audit.submit(result)  # a queue put: the disk is the worker thread's
+            if self.pusher is not None:
+                self.pusher.submit(result)  # replaces the latest: the chain never holds a round
             self._log_transitions(result, log)
             if self._recorder is not None and result.round % 4 == 0:
                 await self._recorder.flush()
@@ -294,6 +309,8 @@ class Service:
         self.hub.publish_signed(signed)
         if self.nats is not None:
             self.nats.submit(signed)
+        if self.audit is not None:
+            self.audit.submit_signed(signed)
 
     def _log_transitions(
         self, result: RoundResult, log: structlog.typing.FilteringBoundLogger
@@ -343,6 +360,10 @@ class Service:
             loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         runner = await self._start_api()
         self._session = session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        if self.audit is not None:
+            self.audit.start()
+            self.log.info("audit trail", path=str(self.audit.path))
+        self._start_pusher(session)
         round_loop = asyncio.create_task(self._round_loop(), name="round-loop")
         if self.nats is not None:
             self._background.add(asyncio.create_task(self.nats.run(), name="nats"))
@@ -378,10 +399,36 @@ class Service:
                 self._recorder.close()
             if self._signer_worker is not None:
                 self._signer_worker.close()
+            if self.audit is not None:
+                self.audit.close(1.0)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             self.log.info("stopped")
+
+    def _start_pusher(self, session: aiohttp.ClientSession) -> None:
+        """Start the on-chain pusher's task if it is enabled and its chain has an RPC URL."""
+        push = self.cfg.push
+        if self._push_key is None or push.chain is None:
+            return
+        chain = self.cfg.chains[push.chain]
+        if not chain.resolved_urls:
+            self.log.warning("on-chain push off: its chain has no RPC URL", chain=push.chain)
+            return
+        self.pusher = ChainPusher(
+            push, chain, self._push_key, session, self.clock, stats=self.push_stats
+        )
+        self.log.info("on-chain push", **self.pusher.describe())
+        task = asyncio.create_task(self._run_pusher(self.pusher), name="push")
+        self._background.add(task)
+
+    async def _run_pusher(self, pusher: ChainPusher) -> None:
+        try:
+            await pusher.run()
+        except PushError as exc:  # wrong chain or no contract: nothing to retry
+            self.log.error("on-chain push stopped", error=str(exc))
+        except Exception:  # the supervisor's job: a pusher bug must not take the daemon down
+            self.log.exception("on-chain push crashed")
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self.log.info("signal received", signal=sig.name)

@@ -150,6 +150,8 @@ class ChainPusher:
         key: SigningKey,
         session: aiohttp.ClientSession,
         clock: Clock,
+        *,
+        stats: PushStats | None = None,
     ) -> None:
         if cfg.contract is None:
             raise PushError("push.contract is not set")
@@ -163,7 +165,7 @@ class ChainPusher:
         self.rpc = RpcClient(chain.resolved_urls, session, timeout_s=chain.timeout_s, clock=clock)
         self._session = session
         self.clock = clock
-        self.stats = PushStats()
+        self.stats = stats if stats is not None else PushStats()
         self._latest: RoundResult | None = None
         self._wakeup = asyncio.Event()
         self._stored: dict[str, _Stored] = {}

@@ -101,7 +101,6 @@ def test_catalogued_types_and_labels_match_the_exposition() -> None:
 def test_planned_metrics_are_not_exposed_yet() -> None:
     """A planned metric that lands must move to its real table (with its real labels)."""
     _, planned = catalogue()
-    assert planned, "the alerts on signer and audit errors need their planned names"
     assert sorted(set(planned) & set(exposition())) == []
 
 

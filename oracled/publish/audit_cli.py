@@ -1,0 +1,197 @@
+"""`oracled audit`: questions to the audit trail, answered from its SQLite database.
+
+    oracled audit --db FILE                                  what the database holds
+    oracled audit --db FILE --market BTC/USD [--from T] [--to T]
+                                             status changes with their reasons and sources
+    oracled audit --db FILE --market BTC/USD --at T          the full report in force at T
+    oracled audit --db FILE --market BTC/USD --csv OUT       every round of the market as CSV
+    oracled audit --db FILE --tape OUT [--from T] [--to T]   the stored inputs as a quote tape
+
+Times are milliseconds since the Unix epoch or ISO 8601 (`2026-11-26T12:03`, UTC unless an
+offset is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from oracled.model import Report
+from oracled.publish.audit import AuditReader, StoredReport
+
+__all__ = ["add_parser", "cmd_audit", "parse_time"]
+
+_FAR_FUTURE = 1 << 62
+
+
+def parse_time(text: str) -> int:
+    """Milliseconds since the epoch from an integer or an ISO 8601 time (UTC if naive)."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither milliseconds nor an ISO 8601 time"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def add_parser(sub: Any) -> None:
+    """Add the `audit` subcommand to the CLI's subparsers."""
+    p = sub.add_parser("audit", help="query the audit trail: timelines, CSV, quote tape")
+    p.add_argument("--db", type=Path, required=True, help="audit database (audit.path)")
+    p.add_argument("--market", help="market symbol, e.g. BTC/USD")
+    p.add_argument("--from", dest="start", type=parse_time, default=0, help="window start")
+    p.add_argument("--to", dest="end", type=parse_time, default=_FAR_FUTURE, help="window end")
+    p.add_argument("--at", type=parse_time, help="show the market's full report in force then")
+    p.add_argument("--csv", type=Path, help="write the market's rounds as CSV to this file")
+    p.add_argument("--tape", type=Path, help="write the stored quotes as a quote tape")
+
+
+def _sources(report: Report) -> str:
+    parts = []
+    for s in report.sources:
+        if s.used:
+            parts.append(f"{s.id} {s.value} used")
+        elif s.value is not None:
+            parts.append(f"{s.id} {s.value} excluded ({s.reason})")
+        else:
+            parts.append(f"{s.id} {s.reason or 'no value'}")
+    return "; ".join(parts)
+
+
+def _line(report: Report) -> str:
+    if report.price is not None:
+        what = f"price {report.price} ±{report.confidence}"
+    elif report.last_good_price is not None and report.last_good_ts is not None:
+        what = f"no price (last good {report.last_good_price} at {_iso(report.last_good_ts)})"
+    else:
+        what = "no price"
+    reasons = f" [{', '.join(report.reasons)}]" if report.reasons else ""
+    return (
+        f"{_iso(report.ts)}  round {report.round}  {report.status}{reasons}  {what}\n"
+        f"    sources: {_sources(report)}"
+    )
+
+
+def _timeline(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
+    rounds, changes, shown = 0, 0, 0
+    previous: tuple[str, tuple[str, ...]] | None = None
+    for stored in reader.reports(args.market, args.start, args.end):
+        rounds += 1
+        report = stored.report
+        state = (report.status, tuple(report.reasons))
+        if state != previous:
+            if previous is not None:
+                changes += 1
+            print(_line(report), file=out)
+            shown += 1
+            previous = state
+    if not rounds:
+        print(f"{args.market}: no rounds stored in this window", file=out)
+        return 1
+    print(f"{args.market}: {rounds} round(s), {changes} change(s) of status or reasons", file=out)
+    return 0
+
+
+def _at(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
+    found: StoredReport | None = None
+    for stored in reader.reports(args.market, 0, args.at):
+        found = stored
+    if found is None:
+        print(f"{args.market}: nothing stored at or before {_iso(args.at)}", file=out)
+        return 1
+    report = found.report
+    print(f"{args.market} at {_iso(args.at)}: the report of round {report.round}", file=out)
+    print(_line(report), file=out)
+    for s in report.sources:
+        verdict = "used" if s.used else f"excluded: {s.reason}"
+        age = "-" if s.age_ms is None else f"{s.age_ms} ms"
+        print(
+            f"    {s.id:<16} {s.pair:<12} {s.value or '-':>20}  weight {s.weight:g}  "
+            f"age {age}  {verdict}",
+            file=out,
+        )
+    if found.signature is not None:
+        print(f"    signed by {found.signer}: 0x{found.signature.hex()}", file=out)
+    return 0
+
+
+def _csv(reader: AuditReader, args: argparse.Namespace) -> int:
+    columns = [
+        *("ts_ms", "time", "round", "market", "status", "reasons", "price", "confidence"),
+        *("last_good_price", "last_good_ts", "sources_used", "sources", "signer", "signature"),
+    ]
+    rows = 0
+    with args.csv.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for stored in reader.reports(args.market, args.start, args.end):
+            r = stored.report
+            writer.writerow(
+                [
+                    r.ts,
+                    _iso(r.ts),
+                    r.round,
+                    r.market,
+                    r.status,
+                    " ".join(r.reasons),
+                    r.price or "",
+                    r.confidence or "",
+                    r.last_good_price or "",
+                    "" if r.last_good_ts is None else r.last_good_ts,
+                    sum(1 for s in r.sources if s.used),
+                    _sources(r),
+                    stored.signer or "",
+                    "" if stored.signature is None else "0x" + stored.signature.hex(),
+                ]
+            )
+            rows += 1
+    print(f"{args.csv}: {rows} round(s) of {args.market}", file=sys.stderr)
+    return 0 if rows else 1
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Run `oracled audit`; 0 when something was found, 1 when not, 2 on a bad request."""
+    try:
+        reader = AuditReader(args.db)
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        print(f"oracled audit: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.tape is not None:
+            with args.tape.open("wb") as out:
+                quotes = reader.tape(out, args.start, args.end)
+            print(f"{args.tape}: {quotes} quote(s)", file=sys.stderr)
+            return 0
+        if args.market is None:
+            span = reader.span()
+            if span is None:
+                print(f"{args.db}: empty", file=sys.stdout)
+                return 1
+            count = len(reader.rounds(*span))
+            print(f"{args.db}: {count} round(s) from {_iso(span[0])} to {_iso(span[1])}")
+            return 0
+        if args.csv is not None:
+            return _csv(reader, args)
+        if args.at is not None:
+            return _at(reader, args, sys.stdout)
+        return _timeline(reader, args, sys.stdout)
+    except sqlite3.Error as exc:
+        print(f"oracled audit: {args.db}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        reader.close()

@@ -1,0 +1,230 @@
+"""The audit trail: what it stores, the questions `oracled audit` answers, and the tape it gives
+back, all from a real core's rounds written by the real writer thread into SQLite."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from publish_rig import INTERVAL, SOURCES, T0, make_config
+
+from oracled.cli import main
+from oracled.config import AuditConfig, Config
+from oracled.core import Core
+from oracled.model import Quote
+from oracled.publish.audit import AuditReader, AuditTrail
+from oracled.publish.signer import RoundSigner, SigningKey, recover_signer, round_digest
+from oracled.replay import replay
+
+
+class Feed:
+    """Drives a core the way the daemon does: quotes arrive, then the round at the next tick;
+    every quote and round also goes to the audit trail."""
+
+    def __init__(self, cfg: Config, audit: AuditTrail) -> None:
+        self.cfg, self.core, self.audit = cfg, Core(cfg), audit
+        self.now = T0
+        self.prices = {"BTC/USD": 64_000.0, "ETH/USD": 3_100.0, "SOL/USD": 150.0}
+        self.silent: set[str] = set()
+
+    def quote(self, source: str, market: str, offset: int, factor: float = 1.0) -> None:
+        q = Quote(source, market, self.now + offset, price=self.prices[market] * factor)
+        self.audit.add_quote(q)
+        self.core.ingest(q)
+
+    def round(self, signer: RoundSigner | None = None) -> None:
+        for k, source in enumerate(SOURCES):
+            if source in self.silent:
+                continue
+            for market in self.prices:
+                self.quote(source, market, 10 + 20 * k, 1.0 + 0.0001 * k)
+        self.now += INTERVAL
+        result = self.core.run_round(self.now)
+        self.audit.submit(result)
+        if signer is not None:
+            self.audit.submit_signed(signer.sign(result))
+
+
+def trail(path: Path, **settings: Any) -> AuditTrail:
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(path), **settings))
+    audit.start()
+    return audit
+
+
+def test_rounds_are_stored_with_reports_quotes_transitions_and_signature(tmp_path: Path) -> None:
+    """Each round: one report per market, the quotes it saw, its transitions and signature."""
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    feed = Feed(make_config(), audit)
+    signer = RoundSigner(SigningKey.generate())
+    for _ in range(4):
+        feed.round(signer)
+    audit.close()
+    assert audit.stats.rounds == 4
+    assert audit.stats.ok
+    reader = AuditReader(db)
+    rounds = reader.rounds(0, T0 * 2)
+    assert [r.round for r in rounds] == [1, 2, 3, 4]
+    assert all(r.markets == 3 and r.quotes == 9 for r in rounds)
+    last = rounds[-1]
+    assert last.signature is not None and last.root is not None
+    digest = round_digest(last.ts, last.round, last.markets, last.root)
+    assert recover_signer(digest, last.signature) == signer.address == last.signer
+    stored = list(reader.reports("BTC/USD", 0, T0 * 2))
+    assert [s.report.status for s in stored] == ["active"] * 4
+    assert {s.id for s in stored[-1].report.sources} == set(SOURCES)
+    assert reader.transitions("BTC/USD", 0, T0 * 2) == [(T0 + INTERVAL, "unknown", "active")]
+    reader.close()
+
+
+def test_replaying_the_exported_tape_reproduces_the_stored_reports_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    """`oracled audit --tape` then `oracled replay`: the same JSON lines the trail holds, through
+    a pause (two sources silent) and its recovery."""
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    feed = Feed(make_config(), audit)
+    for n in range(60):
+        feed.silent = {"beta", "gamma"} if 20 <= n < 50 else set()
+        feed.round()
+    audit.close()
+    tape = tmp_path / "tape.jsonl"
+    assert main(["audit", "--db", str(db), "--tape", str(tape)]) == 0
+    out = io.BytesIO()
+    with tape.open("rb") as lines:
+        stats = replay(make_config(), lines, out)
+    assert stats.errors == [] and stats.rounds == 60
+    reader = AuditReader(db)
+    stored = b"".join(reader.report_lines(0, T0 * 2))
+    reader.close()
+    assert b'"status":"paused"' in stored and b'"status":"active"' in stored
+    assert out.getvalue() == stored
+
+
+def test_the_timeline_says_when_and_why_a_market_paused_with_its_sources(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two sources go silent: the timeline shows active, then paused with the quorum reason and
+    each source's fate (stale), then active again; --at shows the report in force."""
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    feed = Feed(make_config(), audit)
+    for n in range(80):
+        feed.silent = {"beta", "gamma"} if 10 <= n < 60 else set()
+        feed.round()
+    audit.close()
+    assert main(["audit", "--db", str(db), "--market", "BTC/USD"]) == 0
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if "round " in line and "Z  round" in line]
+    statuses = [line.split("  ")[2].split(" ")[0] for line in lines]
+    assert statuses[0] == "active" and statuses[-1] == "active"
+    assert "paused" in statuses
+    paused = next(i for i, line in enumerate(text.splitlines()) if "paused [" in line)
+    paused_line, sources_line = text.splitlines()[paused : paused + 2]
+    assert "quorum" in paused_line and "last good 64006.40" in paused_line
+    assert (
+        "alpha 64000.00 used" in sources_line and "beta 64006.40 excluded (stale)" in sources_line
+    )
+    when = paused_line.split("  ")[0]
+    assert main(["audit", "--db", str(db), "--market", "BTC/USD", "--at", when[:-1]]) == 0
+    detail = capsys.readouterr().out
+    assert "paused" in detail and "excluded: stale" in detail
+
+
+def test_csv_export_has_one_row_per_round_with_sources_and_reasons(tmp_path: Path) -> None:
+    """The compliance export: every stored round of the market, in time order."""
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    feed = Feed(make_config(), audit)
+    for _ in range(5):
+        feed.round()
+    audit.close()
+    out = tmp_path / "btc.csv"
+    start, end = str(T0 + 2 * INTERVAL), str(T0 + 4 * INTERVAL)
+    args = ["audit", "--db", str(db), "--market", "BTC/USD", "--csv", str(out)]
+    assert main([*args, "--from", start, "--to", end]) == 0
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["ts_ms"]) for r in rows] == [T0 + k * INTERVAL for k in (2, 3, 4)]
+    assert rows[0]["status"] == "active" and rows[0]["price"] == "64006.40"
+    assert rows[0]["sources_used"] == "3" and "gamma 64012.80 used" in rows[0]["sources"]
+    assert rows[0]["time"].endswith("Z")
+
+
+def test_a_full_queue_drops_rounds_and_counts_them_without_blocking(tmp_path: Path) -> None:
+    """No writer running and a queue of 2: the third and later rounds are dropped, counted."""
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(tmp_path / "a.sqlite3"), queue=2))
+    feed = Feed(make_config(), audit)
+    for _ in range(5):
+        feed.round()
+    assert audit.stats.dropped == 3
+    audit.start()
+    audit.close()
+    assert audit.stats.rounds == 2
+
+
+def test_a_full_disk_is_counted_and_reported_and_rounds_go_on(tmp_path: Path) -> None:
+    """SQLite says the database is full: the writer counts every round it loses, says why, and
+    the rounds keep coming (the core's prices are untouched)."""
+    db = tmp_path / "full.sqlite3"
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db)), page_limit=12)
+    audit.start()
+    feed = Feed(make_config(), audit)
+    for _ in range(40):
+        feed.round()
+    audit.close()
+    assert audit.stats.write_errors > 0
+    assert not audit.stats.ok
+    assert audit.stats.last_error is not None and "full" in audit.stats.last_error
+    assert feed.core.rounds == 40
+    assert audit.stats.rounds + audit.stats.write_errors == 40
+
+
+def test_retention_keeps_the_database_under_its_size_limit(tmp_path: Path) -> None:
+    """With max_bytes and a retention check at every batch, the oldest rounds are deleted."""
+    db = tmp_path / "small.sqlite3"
+    audit = AuditTrail(
+        AuditConfig(enabled=True, path=str(db), max_bytes=200_000, batch_rounds=1, queue=1000)
+    )
+    audit._retention_every_s = 0.0
+    audit.start()
+    feed = Feed(make_config(), audit)
+    for _ in range(300):
+        feed.round()
+    audit.close()
+    assert audit.stats.rounds == 300
+    assert 0 < audit.stats.bytes <= 200_000
+    reader = AuditReader(db)
+    kept = reader.rounds(0, T0 * 2)
+    reader.close()
+    assert 0 < len(kept) < 300
+    assert kept[-1].round == 300  # the newest stay
+
+
+def test_retention_by_age_deletes_rounds_older_than_the_window(tmp_path: Path) -> None:
+    """retention_days counts from the newest round: older rounds go, newer stay."""
+    db = tmp_path / "age.sqlite3"
+    window_ms = 10 * INTERVAL
+    audit = AuditTrail(
+        AuditConfig(enabled=True, path=str(db), retention_days=window_ms / 86_400_000, queue=1000)
+    )
+    audit._retention_every_s = 0.0
+    audit.start()
+    feed = Feed(make_config(), audit)
+    for _ in range(30):
+        feed.round()
+    audit.close()
+    with sqlite3.connect(db) as con:
+        newest, oldest = con.execute("SELECT max(ts), min(ts) FROM rounds").fetchone()
+        orphans = con.execute(
+            "SELECT count(*) FROM reports WHERE round_id NOT IN (SELECT id FROM rounds)"
+        ).fetchone()[0]
+    assert newest == T0 + 30 * INTERVAL
+    assert newest - window_ms - INTERVAL * audit.cfg.batch_rounds <= oldest
+    assert oldest > T0 + INTERVAL
+    assert orphans == 0
