@@ -1,0 +1,199 @@
+"""The audit trail under failure: a writer killed with SIGKILL mid-batch, and a daemon whose
+audit directory is read-only (it keeps pricing and says what is wrong)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import aiohttp
+
+from oracled.config import AuditConfig
+from oracled.publish.audit import AuditReader, AuditTrail
+from oracled.sim import BinanceSim
+
+ROOT = Path(__file__).resolve().parents[2]
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from oracled.config import AuditConfig, parse_config
+    from oracled.core import Core
+    from oracled.model import Quote
+    from oracled.publish.audit import AuditTrail
+
+    markets = [f"M{i}/USD" for i in range(300)]
+    cfg = parse_config(
+        {
+            "sources": {s: {"type": "binance"} for s in ("a", "b")},
+            "markets": [
+                {"symbol": m, "min_sources": 1,
+                 "sources": [{"source": s, "pair": m} for s in ("a", "b")]}
+                for m in markets
+            ],
+        },
+        env={},
+    )
+    core = Core(cfg)
+    audit = AuditTrail(AuditConfig(enabled=True, path=sys.argv[1], queue=10_000, batch_rounds=64))
+    audit.start()
+    now = 1_700_000_000_000
+    while True:  # until killed
+        now += 250
+        for m in markets:
+            for s in ("a", "b"):
+                q = Quote(s, m, now - 5, price=100.0)
+                audit.add_quote(q)
+                core.ingest(q)
+        audit.submit(core.run_round(now))
+        if audit._queue.qsize() > 500:
+            import time
+            time.sleep(0.01)
+    """
+)
+
+
+def test_a_writer_killed_mid_batch_leaves_whole_rounds_only(tmp_path: Path) -> None:
+    """SIGKILL while batches of 64 rounds x 300 markets are being written: the database opens,
+    passes SQLite's integrity check, and every stored round has all its reports and quotes;
+    a new writer goes on appending to it."""
+    db = tmp_path / "audit.sqlite3"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    proc = subprocess.Popen([sys.executable, str(script), str(db)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        rounds = 0
+        while rounds < 150 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if db.exists():
+                try:
+                    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                        rounds = con.execute("SELECT count(*) FROM rounds").fetchone()[0]
+                except sqlite3.OperationalError:  # schema not there yet
+                    continue
+        assert rounds >= 150, "the writer did not get going"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        torn = con.execute(
+            "SELECT count(*) FROM rounds o WHERE o.markets != "
+            "(SELECT count(*) FROM reports r WHERE r.round_id = o.id) OR o.quotes != "
+            "(SELECT count(*) FROM quotes q WHERE q.round_id = o.id)"
+        ).fetchone()[0]
+        stored = con.execute("SELECT count(*), max(round) FROM rounds").fetchone()
+    assert torn == 0
+    assert stored[0] == stored[1] >= rounds  # rounds 1..n, none missing in between
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db)))
+    audit.start()
+    audit.close()
+    assert audit.stats.write_errors == 0
+    reader = AuditReader(db)
+    assert reader.span() is not None
+    reader.close()
+
+
+#: As root, file modes bind only a process without these capabilities: the daemon runs without.
+_CAPS = "-dac_override,-dac_read_search"
+_NO_OVERRIDE = (
+    ["setpriv", f"--inh-caps={_CAPS}", f"--bounding-set={_CAPS}", "--"] if os.geteuid() == 0 else []
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_read_only_audit_directory_is_reported_and_prices_go_on(tmp_path: Path) -> None:
+    """`oracled run` with its audit database in a read-only directory (without the capability
+    to override file modes when the tests run as root): the market goes live and stays served,
+    /metrics shows the audit down with rounds counted as write errors, and the log names the
+    path and the error."""
+    shared_dir = tmp_path
+    audit_dir = shared_dir / "audit"
+    audit_dir.mkdir()
+    audit_dir.chmod(0o555)
+    port = _free_port()
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        config = shared_dir / "oracled.toml"
+        config.write_text(
+            textwrap.dedent(
+                f"""
+                [oracle]
+                round_interval_ms = 100
+                resume_rounds = 1
+                [api]
+                admin_token_env = "ORACLED_UNSET_TOKEN_FOR_THIS_TEST"
+                [log]
+                format = "json"
+                [audit]
+                enabled = true
+                path = "{audit_dir / "audit.sqlite3"}"
+                [sources.venue]
+                type = "binance"
+                ws_url = "{sim.ws_url}"
+                rest_url = "{sim.rest_url}"
+                [[markets]]
+                symbol = "BTC/USDT"
+                min_sources = 1
+                sources = [{{ source = "venue", pair = "BTC/USDT" }}]
+                """
+            )
+        )
+        log_path = shared_dir / "oracled.log"
+        env = {k: v for k, v in os.environ.items() if k != "ORACLED_UNSET_TOKEN_FOR_THIS_TEST"}
+        with log_path.open("wb") as log:
+            argv = [*_NO_OVERRIDE, sys.executable, "-m", "oracled.cli", "run"]
+            argv += ["--config", str(config), "--listen", f"127.0.0.1:{port}"]
+            proc = subprocess.Popen(  # noqa: ASYNC220 - starting it, not waiting for it
+                argv,
+                cwd=shared_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            metrics = await _wait_live_and_audit_down(port)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 10)
+    assert "oracled_audit_up 0.0" in metrics
+    errors = next(
+        line for line in metrics.splitlines() if line.startswith("oracled_audit_write_errors_total")
+    )
+    assert float(errors.split()[-1]) >= 1
+    text = log_path.read_text()
+    assert "audit trail not written" in text and "unable to open database file" in text
+    assert not (audit_dir / "audit.sqlite3").exists()
+
+
+async def _wait_live_and_audit_down(port: int) -> str:
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        async with asyncio.timeout(20):
+            while True:
+                await asyncio.sleep(0.1)
+                try:
+                    async with http.get(f"{base}/v1/prices/BTC-USDT") as resp:
+                        body = await resp.json() if resp.status == 200 else {}
+                    async with http.get(f"{base}/metrics") as resp:
+                        metrics = await resp.text()
+                except aiohttp.ClientError:
+                    continue
+                # one source at its minimum: degraded ("thin"), which still carries a price
+                live = body.get("status") in ("active", "degraded") and body.get("price")
+                if live and "oracled_audit_write_errors_total 0.0" not in metrics:
+                    return metrics
