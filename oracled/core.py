@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from oracled.aggregate.book import FLAG_BASE, Book, DropReason, Layout
-from oracled.aggregate.robust import weighted_quantiles
+from oracled.aggregate.robust import row_order, weighted_quantiles
 from oracled.config import Config
 from oracled.gates.machine import GateInputs, GateParams, GateState, step
 from oracled.mark.engine import MarkEngine, MarkRound
@@ -41,6 +41,13 @@ USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(FLAG_BASE)
 SLOT_REASONS: tuple[str | None, ...] = (None, "no_quote", "stale", "route", "bounds", "outlier")
 # Codes from FLAG_BASE on are the sources' own flags; a RoundResult names them in slot_names.
 _STATUS_LABELS = tuple(s.label for s in Status)
+
+
+def _as_slice(idx: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | slice:
+    """`idx` as a slice when it is a run of consecutive indices (sorted, as layers are)."""
+    if len(idx) and int(idx[-1]) - int(idx[0]) + 1 == len(idx):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +227,9 @@ class Core:
 
         age_all = now_ms - book.stamp
         has_quote_all = lay.configured & np.isfinite(book.mid)
-        for idx in lay.layers:
+        for layer in lay.layers:
+            # A layer of consecutive markets (the usual case) is read through views, not copies.
+            idx = _as_slice(layer)
             age = age_all[idx]
             has_quote = has_quote_all[idx]
             fresh = has_quote & (age <= lay.max_age_ms[idx]) & (age >= -self._skew)
@@ -237,11 +246,12 @@ class Core:
             usable = fresh & ~blocked & in_bounds & ~flagged
             weight = lay.weight[idx]
 
-            (center,) = weighted_quantiles(value, weight, usable, (0.5,))
+            order = row_order(value, usable)  # sorted once: `keep` below is a subset of `usable`
+            (center,) = weighted_quantiles(value, weight, usable, (0.5,), order)
             with np.errstate(invalid="ignore", divide="ignore"):
                 deviation = np.abs(value / center[:, None] - 1.0)
             keep = usable & (deviation <= lay.max_deviation[idx, None])
-            q25, median, q75 = weighted_quantiles(value, weight, keep, (0.25, 0.5, 0.75))
+            q25, median, q75 = weighted_quantiles(value, weight, keep, (0.25, 0.5, 0.75), order)
 
             code = np.full(value.shape, NO_QUOTE, dtype=np.int8)
             code[has_quote & ~fresh] = STALE

@@ -88,15 +88,16 @@ class GateState:
 
 
 def step(
-    state: GateState, idx: IntArray, p: GateParams, x: GateInputs, now_ms: int
+    state: GateState, idx: IntArray | slice, p: GateParams, x: GateInputs, now_ms: int
 ) -> tuple[IntArray, IntArray, FloatArray]:
-    """Advance the markets `idx` by one round; return (status, reasons, live price) for them."""
+    """Advance the markets `idx` (indices or a slice) by one round; return (status, reasons,
+    live price) for them."""
     quorum_ok = x.used >= p.min_sources
     wide = x.confidence > p.confidence_limit * x.candidate
     no_majority = 2.0 * x.used_weight <= x.usable_weight
     dispersion = (x.usable >= p.min_sources) & (no_majority | wide)
 
-    reasons = np.zeros(len(idx), dtype=np.int64)
+    reasons = np.zeros(len(x.candidate), dtype=np.int64)
     reasons |= np.where(quorum_ok, 0, QUORUM)
     reasons |= np.where(~quorum_ok & (x.stale > 0), STALE, 0)
     reasons |= np.where(~quorum_ok & (x.route_blocked > 0), ROUTE, 0)
