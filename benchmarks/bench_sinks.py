@@ -1,0 +1,192 @@
+"""The latency the audit trail and the on-chain pusher add, at 1,000 markets.
+
+Builds the world of `bench_round.py` (markets x sources, live prices) and measures:
+
+- audit `submit`: what the round loop pays per round (a queue put and a list swap);
+- audit write: one round (every market's report built and encoded, its quotes, one transaction)
+  in the writer thread, and the database bytes a round takes;
+- audit stall: the longest and the 99th-percentile delay of a 1 ms event-loop ticker while the
+  writer thread works through rounds submitted every `--interval-ms` (the GIL it holds);
+- push decide: the pusher's `_due` over 1,000 markets (on the event loop, once per interval);
+- push round trip: from `submit` to the batch confirmed on a real anvil (automine), per batch
+  of `--batch` markets, including the gas estimate, local signing and the receipt polls.
+
+    python benchmarks/bench_sinks.py --markets 1000 --rounds 40
+
+See benchmarks/README.md for what the figures mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from bench_round import build_config, build_quotes
+
+from oracled.clock import SystemClock
+from oracled.config import AuditConfig, ChainConfig, Config, PushConfig
+from oracled.core import Core, RoundResult
+from oracled.model import Quote
+from oracled.publish.audit import AuditTrail, _Item
+from oracled.publish.chain_push import ChainPusher
+from oracled.publish.signer import SigningKey
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000_000
+
+
+def world(
+    markets: int, sources: int, n: int
+) -> tuple[Config, list[tuple[list[Quote], RoundResult]]]:
+    """`n` rounds, each with the quotes that went into it."""
+    cfg = build_config(markets, sources)
+    core = Core(cfg)
+    out = []
+    for k in range(n):
+        now = T0 + k * cfg.oracle.round_interval_ms
+        quotes = build_quotes(cfg, now - 5, seed=k)
+        for q in quotes:
+            core.ingest(q)
+        out.append((quotes, core.run_round(now)))
+    return cfg, out
+
+
+def ms(samples: list[float]) -> dict[str, float]:
+    s = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(s) * 1e3, 3),
+        "p99_ms": round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1e3, 3),
+        "max_ms": round(s[-1] * 1e3, 3),
+    }
+
+
+async def bench_audit(
+    rounds: list[tuple[list[Quote], RoundResult]], interval_ms: int
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "audit.sqlite3"
+        audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=10_000))
+        audit.start()
+        submit: list[float] = []
+        lags: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            while not stop.is_set():
+                started = time.perf_counter()
+                await asyncio.sleep(0.001)
+                lags.append(time.perf_counter() - started - 0.001)
+
+        probe = asyncio.create_task(ticker())
+        for quotes, result in rounds:
+            for q in quotes:
+                audit.add_quote(q)
+            started = time.perf_counter()
+            audit.submit(result)
+            submit.append(time.perf_counter() - started)
+            await asyncio.sleep(interval_ms / 1000)
+        written = time.perf_counter()
+        audit.close(60.0)
+        drain = time.perf_counter() - written
+        stop.set()
+        await probe
+        # A round's write, alone: the worker's cost without the pacing of the loop above.
+        single = AuditTrail(AuditConfig(enabled=True, path=str(Path(tmp) / "one.sqlite3")))
+        single._open()
+        writes = []
+        for quotes, result in rounds:
+            started = time.perf_counter()
+            single._write([_Item(result, quotes)])
+            writes.append(time.perf_counter() - started)
+        assert single._db is not None
+        size = single._used_bytes(single._db)
+        single._db.close()
+    return {
+        "submit_us_p50": round(statistics.median(submit) * 1e6, 2),
+        "write_round": ms(writes),
+        "loop_delay_while_writing": ms(lags),
+        "drain_after_last_round_ms": round(drain * 1e3, 1),
+        "bytes_per_round": size // len(rounds),
+        "rounds_written": audit.stats.rounds,
+    }
+
+
+async def bench_push(rounds: list[tuple[list[Quote], RoundResult]], batch: int) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "tests" / "chain"))
+    from chain_rig import Chain, start_anvil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        node = start_anvil(Path(tmp) / "anvil.log")
+        try:
+            async with aiohttp.ClientSession() as http:
+                chain = Chain(node.url, http)
+                await chain.start()
+                key = SigningKey.generate()
+                await chain.rpc("anvil_setBalance", [key.address, hex(10**22)])
+                feed = await chain.deploy("OracledFeed", ["address"], [key.address])
+                cfg = PushConfig(
+                    enabled=True, chain="local", contract=feed, key_env="UNUSED",
+                    max_batch=batch, heartbeat_s=0.25, interval_s=0.01,
+                )  # fmt: skip
+                chain_cfg = ChainConfig(chain_id=31337, rpc_urls=(node.url,)).model_copy(
+                    update={"resolved_urls": (node.url,)}
+                )
+                pusher = ChainPusher(cfg, chain_cfg, key, http, SystemClock())
+                pusher.submit(rounds[0][1])
+                await pusher.start()
+                decide = []
+                for _, result in rounds:
+                    started = time.perf_counter()
+                    pusher._due(result)
+                    decide.append(time.perf_counter() - started)
+                trips = []
+                for _, result in rounds[1:]:
+                    started = time.perf_counter()
+                    pusher.submit(result)
+                    await pusher.step()
+                    while pusher.stats.pending:
+                        await pusher.step()
+                    trips.append(time.perf_counter() - started)
+                gas = [int((await chain.block())["gasUsed"], 16)]
+        finally:
+            node.stop()
+    return {
+        "decide_1000_markets": ms(decide),
+        f"round_trip_batch_{batch}": ms(trips),
+        "confirmed": pusher.stats.transactions["confirmed"],
+        "gas_of_last_batch": gas[-1],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markets", type=int, default=1000)
+    parser.add_argument("--sources", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--interval-ms", type=int, default=250)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    _, rounds = world(args.markets, args.sources, args.rounds)
+    out = {
+        "markets": args.markets,
+        "sources": args.sources,
+        "audit": asyncio.run(bench_audit(rounds, args.interval_ms)),
+        "push": asyncio.run(bench_push(rounds, args.batch)),
+    }
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
