@@ -7,6 +7,7 @@ manual clock, so replacement timing is exact; rounds come from a real core.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -315,3 +316,24 @@ async def test_only_the_pusher_key_can_write_the_contract(rig: Rig) -> None:
             1,
         )
     assert await rig.stored("BTC/USD") == (0, 0, 0, 0)
+
+
+async def test_the_pusher_task_keeps_up_with_rounds_submitted_by_a_loop(rig: Rig) -> None:
+    """`run()` as the service starts it: rounds submitted every 20 ms (only the latest is kept),
+    each a 2 % move, are pushed batch after batch by the task on its own."""
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(interval_s=0.02)
+    rounds.step()
+    pusher.submit(rounds.step())
+    task = asyncio.create_task(pusher.run())
+    try:
+        async with asyncio.timeout(10):
+            while pusher.stats.transactions["confirmed"] < 3:
+                pusher.submit(rounds.step(BTC_USD=1.02))
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    price, _, round_no, _ = await rig.stored("BTC/USD")
+    assert round_no > 2
+    assert price > 6_400_012 * 1.02**2
