@@ -8,7 +8,7 @@ executor thread: rendering thousands of series must not stall the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from oracled.publish.chain_push import PushStats
     from oracled.publish.nats import NatsStats
     from oracled.publish.signer import SignerStats
+    from oracled.sources.evm.chain import ChainStats
 
 __all__ = ["Metrics", "MetricsInputs"]
 
@@ -57,6 +58,7 @@ class MetricsInputs:
     stream_dropped: Callable[[], Mapping[str, int]]
     signer: SignerStats | None = None  # None: signing off (its families read zero)
     nats: NatsStats | None = None  # None: no NATS sink
+    chains: Callable[[], Iterable[ChainStats]] = tuple  # the chain readers running now
     audit: AuditStats | None = None  # None: no audit trail
     push: PushStats | None = None  # None: no on-chain pusher
     tasks: Callable[[], int] | None = None  # asyncio tasks alive on the daemon's loop (soak)
@@ -253,6 +255,75 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
     yield from (txs, skipped, updates, pending)
 
 
+_RPC_ERROR_KINDS = ("transport", "http", "timeout", "garbage", "node")
+_REFUSED_REASONS = (("backwards", "backwards"), ("too_old", "old_blocks"))
+
+
+def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metric]:
+    """The on-chain readers (docs/onchain.md): one series per chain, and per RPC endpoint
+    (its redacted host, unique within the chain) for requests and errors."""
+    ch = ["chain"]
+    head = GaugeMetricFamily(
+        "oracled_chain_head_block", "Number of the newest block read and published.", labels=ch
+    )
+    age = GaugeMetricFamily(
+        "oracled_chain_head_age_seconds",
+        "Our clock minus the newest published block's timestamp (NaN before the first).",
+        labels=ch,
+    )
+    counters = {
+        key: CounterMetricFamily(f"oracled_chain_{name}", doc, labels=ch)
+        for key, name, doc in (
+            ("blocks", "blocks_read", "Blocks read and handed to the feeds."),
+            ("round_trips", "round_trips", "HTTP requests made to read blocks (a batch: one)."),
+            ("reads_failed", "read_failures", "Block reads that failed on every endpoint."),
+            ("reorgs", "reorgs", "Blocks at the head's height with a new hash (re-read)."),
+            ("disagreements", "cross_check_disagreements",
+             "Blocks withheld because two endpoints answered the same read differently."),
+        )
+    }  # fmt: skip
+    refused = CounterMetricFamily(
+        "oracled_chain_blocks_refused",
+        "Blocks not published: backwards (below the last one published), too_old.",
+        labels=["chain", "reason"],
+    )
+    failovers = CounterMetricFamily(
+        "oracled_chain_failovers", "Switches to the next RPC endpoint after a failure.", labels=ch
+    )
+    requests = CounterMetricFamily(
+        "oracled_chain_rpc_requests",
+        "HTTP requests to an RPC endpoint (block reads, polls, checks).",
+        labels=["chain", "endpoint"],
+    )
+    errors = CounterMetricFamily(
+        "oracled_chain_rpc_errors",
+        "Failed requests to an RPC endpoint by kind: transport, http, timeout, garbage, node.",
+        labels=["chain", "endpoint", "kind"],
+    )
+    sequencer = GaugeMetricFamily(
+        "oracled_chain_sequencer_up",
+        "L2 chains with a sequencer feed: 1 while up and past its grace period, else 0.",
+        labels=ch,
+    )
+    for st in sorted(chains, key=lambda c: c.chain):
+        name = [st.chain]
+        head.add_metric(name, st.last_block if st.last_block is not None else float("nan"))
+        ts = st.last_block_ts
+        age.add_metric(name, now_ms / 1000.0 - ts if ts is not None else float("nan"))
+        for key, family in counters.items():
+            family.add_metric(name, getattr(st, key))
+        for reason, key in _REFUSED_REASONS:
+            refused.add_metric([st.chain, reason], getattr(st, key))
+        failovers.add_metric(name, sum(e.failovers for e in st.endpoints))
+        for ep in st.endpoints:
+            requests.add_metric([st.chain, ep.name], ep.requests)
+            for kind in _RPC_ERROR_KINDS:
+                errors.add_metric([st.chain, ep.name, kind], ep.by_kind.get(kind, 0))
+        if st.sequencer_up is not None:
+            sequencer.add_metric(name, 1.0 if st.sequencer_up else 0.0)
+    yield from (head, age, *counters.values(), refused, failovers, requests, errors, sequencer)
+
+
 class _StateCollector:
     """Reads the latest round and the plain counters; yields gauge and counter families."""
 
@@ -281,6 +352,7 @@ class _StateCollector:
         yield dropped
         yield from _signer_families(self._in.signer)
         yield from _nats_families(self._in.nats)
+        yield from _chain_families(self._in.now_ms(), self._in.chains())
         yield from _audit_families(self._in.audit)
         yield from _push_families(self._in.push)
         tasks = GaugeMetricFamily(

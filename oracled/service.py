@@ -138,6 +138,7 @@ class Service:
                 stream_dropped=lambda: self.hub.dropped_subscribers,
                 signer=self.signer.stats if self.signer is not None else None,
                 nats=self.nats.stats if self.nats is not None else None,
+                chains=lambda: self.chains.stats() if self.chains is not None else (),
                 audit=self.audit.stats if self.audit is not None else None,
                 push=self.push_stats,
             )

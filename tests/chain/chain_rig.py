@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,132 @@ async def pyth_update(chain: Chain, pyth: str, feed_id: bytes, price: int, conf:
         returns=["bytes"],
     )  # fmt: skip
     await chain.transact(pyth, "updatePriceFeeds(bytes[])", [data], value=1)
+
+
+# -- Uniswap v3: real v3-core pools, the project's own tokens and pool operator ----------------
+
+FEE = 3000  # 0.3 %, tick spacing 60
+FULL_RANGE = (-887220, 887220)  # the widest ticks on a spacing of 60
+MINTED = 10**40  # of every token, held by the operator that pays the pool
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The factory, the pool operator and the test tokens; `usd_below`/`usd_above` sort below
+    and above both WETH and WBTC, so each can be a pool's token0 or its token1."""
+
+    factory: str
+    operator: str
+    weth: str
+    wbtc: str
+    usd_below: str
+    usd_above: str
+
+    def decimals(self, token: str) -> int:
+        return {self.weth: 18, self.wbtc: 8}.get(token, 6)
+
+
+@dataclass(frozen=True)
+class Pool:
+    address: str
+    token0: str
+    token1: str
+    decimals0: int
+    decimals1: int
+
+
+async def new_token(chain: Chain, operator: str, symbol: str, decimals: int) -> str:
+    token = await chain.deploy(
+        "TestToken", ["string", "string", "uint8"], [f"Test {symbol}", symbol, decimals]
+    )
+    await chain.transact(token, "mint(address,uint256)", operator, MINTED)
+    return token
+
+
+async def deploy_tokens(chain: Chain, *, both_sides: bool = True) -> Tokens:
+    """Uniswap's v3 factory, the pool operator, WETH (18), WBTC (8) and two USD tokens (6);
+    without `both_sides`, one USD token wherever it sorts (both fields name it)."""
+    factory = await chain.deploy("UniswapV3Factory")
+    operator = await chain.deploy("TestPoolOperator")
+    weth = await new_token(chain, operator, "WETH", 18)
+    wbtc = await new_token(chain, operator, "WBTC", 8)
+    if not both_sides:
+        usd = await new_token(chain, operator, "USD", 6)
+        return Tokens(factory, operator, weth, wbtc, usd, usd)
+    low, high = sorted((int(weth, 16), int(wbtc, 16)))
+    below = above = None
+    for _ in range(64):  # addresses follow the deployer's nonce; a few tries find both sides
+        usd = await new_token(chain, operator, "USD", 6)
+        if int(usd, 16) < low and below is None:
+            below = usd
+        elif int(usd, 16) > high and above is None:
+            above = usd
+        if below and above:
+            return Tokens(factory, operator, weth, wbtc, below, above)
+    raise RuntimeError("no USD token address on both sides of WETH and WBTC")
+
+
+def sqrt_price_x96(price0_in_1: Decimal, decimals0: int, decimals1: int) -> int:
+    """slot0's root of the raw price for a human price of token0 in token1."""
+    with localcontext() as ctx:
+        ctx.prec = 80
+        raw = price0_in_1 * Decimal(10) ** (decimals1 - decimals0)
+        return int(raw.sqrt() * (1 << 96))
+
+
+async def make_pool(
+    chain: Chain,
+    tokens: Tokens,
+    base: str,
+    quote: str,
+    price: str,
+    *,
+    liquidity: int,
+    cardinality: int = 100,
+) -> Pool:
+    """A pool of base/quote at `price` (quote per base), with full-range liquidity."""
+    await chain.transact(tokens.factory, "createPool(address,address,uint24)", base, quote, FEE)
+    (address,) = await chain.call(
+        tokens.factory, "getPool(address,address,uint24)", base, quote, FEE, returns=["address"]
+    )
+    token0, token1 = sorted((base, quote), key=lambda a: int(a, 16))
+    d0, d1 = tokens.decimals(token0), tokens.decimals(token1)
+    with localcontext() as ctx:
+        ctx.prec = 80
+        human = Decimal(price) if token0 == base else 1 / Decimal(price)
+    await chain.transact(address, "initialize(uint160)", sqrt_price_x96(human, d0, d1))
+    if cardinality > 1:
+        await chain.transact(address, "increaseObservationCardinalityNext(uint16)", cardinality)
+    if liquidity:
+        await mint(chain, tokens, address, liquidity)
+    return Pool(to_checksum_address(address), token0, token1, d0, d1)
+
+
+async def mint(chain: Chain, tokens: Tokens, pool: str, liquidity: int) -> None:
+    await chain.transact(
+        tokens.operator, "mint(address,int24,int24,uint128)", pool, *FULL_RANGE, liquidity
+    )
+
+
+async def burn(chain: Chain, tokens: Tokens, pool: str, liquidity: int) -> None:
+    await chain.transact(
+        tokens.operator, "burn(address,int24,int24,uint128)", pool, *FULL_RANGE, liquidity
+    )
+
+
+async def swap(chain: Chain, tokens: Tokens, pool: str, zero_for_one: bool, amount: int) -> int:
+    """Sell `amount` of token0 (zero_for_one) or token1; return the swap's block timestamp."""
+    receipt = await chain.transact(
+        tokens.operator, "swapExactIn(address,bool,uint256)", pool, zero_for_one, amount
+    )
+    block = await chain.block(receipt["blockNumber"])
+    return int(block["timestamp"], 16)
+
+
+async def slot0_tick(chain: Chain, pool: str) -> int:
+    answer = await chain.call(
+        pool,
+        "slot0()",
+        returns=["uint160", "int24", "uint16", "uint16", "uint16", "uint8", "bool"],
+    )
+    return int(answer[1])

@@ -1,7 +1,8 @@
 """Session fixtures of the on-chain tests: one anvil, one aiohttp session, one contract set.
 
-Shared names (the `Deployed` set, Pyth ids, `pyth_update`) live in `chain_rig`: import them from
-there, never from `conftest` (another folder's conftest may own that module name in a full run).
+Shared names (the `Deployed` set, Pyth ids, `pyth_update`, the Uniswap pool helpers) live in
+`chain_rig`: import them from there, never from `conftest` (another folder's conftest may own
+that module name in a full run).
 Every test in this folder runs on the session's event loop (mark the module with
 ``pytest.mark.asyncio(loop_scope="session")``) so the node, the session and the deployed
 contracts are shared; `snapshot` puts each test's chain changes back afterwards.
@@ -15,7 +16,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from chain_rig import PYTH_BTC_ID, PYTH_ETH_ID, Anvil, Chain, Deployed, pyth_update, start_anvil
+from chain_rig import (
+    PYTH_BTC_ID,
+    PYTH_ETH_ID,
+    Anvil,
+    Chain,
+    Deployed,
+    Tokens,
+    deploy_tokens,
+    pyth_update,
+    start_anvil,
+)
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +67,13 @@ async def deployed(chain: Chain) -> Deployed:
     await pyth_update(chain, pyth, PYTH_ETH_ID, 300_012_000_000, 1_500_000, -8, now)
     await pyth_update(chain, pyth, PYTH_BTC_ID, 6_000_000_000_000, 3_000_000_000, -8, now)
     return Deployed(multicall, eth_agg, eth_proxy, btc_agg, btc_proxy, sequencer, pyth)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def tokens(chain: Chain, deployed: Deployed) -> Tokens:
+    """Uniswap's factory and the test tokens, deployed once per session after `deployed` and
+    before any test's snapshot, so every test starts from them."""
+    return await deploy_tokens(chain)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

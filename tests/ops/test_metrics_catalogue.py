@@ -9,6 +9,8 @@ from oracled.config import parse_config
 from oracled.core import Core, RoundResult
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
+from oracled.sources.evm.chain import ChainStats
+from oracled.sources.evm.rpc import EndpointStats
 from oracled.sources.stats import ConnState, SourceStats
 
 T0 = 1_700_000_000_000
@@ -41,6 +43,7 @@ def populated_metrics() -> Metrics:
             now_ms=lambda: T0 + 2_000,
             stream_subscribers=lambda: 1,
             stream_dropped=lambda: {"slow_consumer": 1, "shutdown": 0},
+            chains=lambda: [chain_stats()],
         )
     )
     for sid, px in (("a", 100.0), ("b", 100.1)):
@@ -60,6 +63,27 @@ def populated_metrics() -> Metrics:
     metrics.manual_actions.labels("BTC/USD", "pause").inc()
     metrics.source_restarts.labels("a").inc()
     return metrics
+
+
+def chain_stats() -> ChainStats:
+    """One L2 chain reader's counters, with a failing second endpoint and its sequencer up."""
+    second = EndpointStats("https://rpc.example", requests=4, failures=1, timeouts=1, failovers=1)
+    second.by_kind.update(transport=1, timeout=1)
+    return ChainStats(
+        chain="base",
+        mode="newHeads",
+        blocks=10,
+        round_trips=11,
+        reads_failed=1,
+        reorgs=1,
+        backwards=1,
+        old_blocks=1,
+        disagreements=1,
+        sequencer_up=True,
+        last_block=1_234,
+        last_block_ts=T0 // 1000,
+        endpoints=[EndpointStats("http://127.0.0.1:8545", requests=8), second],
+    )
 
 
 def exposition() -> dict[str, Entry]:

@@ -72,6 +72,19 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
 
 
+def _names(urls: Sequence[str]) -> list[str]:
+    """Redacted endpoint names, unique within a chain: two keys on one provider's host become
+    ``host`` and ``host#2`` (they are metric labels and must not collide)."""
+    names: list[str] = []
+    for url in urls:
+        name = redact(url)
+        n = 1
+        while (candidate := name if n == 1 else f"{name}#{n}") in names:
+            n += 1
+        names.append(candidate)
+    return names
+
+
 @dataclass(slots=True)
 class EndpointStats:
     """Counters of one RPC endpoint, exported at scrape time."""
@@ -81,6 +94,7 @@ class EndpointStats:
     failures: int = 0  # transport errors and server-side JSON-RPC errors
     timeouts: int = 0
     garbage: int = 0  # answers that are not JSON-RPC answers to our request
+    failovers: int = 0  # times the client left this endpoint for the next one after a failure
     last_error: str | None = None
     by_kind: dict[str, int] = field(default_factory=dict)
 
@@ -113,7 +127,7 @@ class RpcClient:
         if not urls:
             raise ValueError("RpcClient needs at least one URL")
         self.urls = tuple(urls)
-        self.stats = [EndpointStats(redact(u)) for u in self.urls]
+        self.stats = [EndpointStats(name) for name in _names(self.urls)]
         self._http = session
         self._timeout_s = timeout_s
         self._clock = clock
@@ -183,6 +197,8 @@ class RpcClient:
         st.last_error = f"{failed.kind}: {failed.detail}"[:200]
         if index == self._active:
             self._active = (index + 1) % len(self.urls)
+            if len(self.urls) > 1:
+                st.failovers += 1
 
     async def _post(self, index: int, body: bytes) -> bytes:
         self.stats[index].requests += 1

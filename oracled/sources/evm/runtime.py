@@ -16,7 +16,7 @@ import structlog
 from oracled.clock import Clock
 from oracled.config import CHAIN_SOURCE_TYPES, Config, SourceConfig
 from oracled.sources._base import Source
-from oracled.sources.evm.chain import ChainReader
+from oracled.sources.evm.chain import ChainReader, ChainStats
 from oracled.sources.evm.rpc import RpcClient, redact
 from oracled.sources.evm.source import ChainSource
 
@@ -52,6 +52,10 @@ class ChainSet:
             asyncio.create_task(self._supervise(reader), name=f"chain:{cid}")
             for cid, reader in self.readers.items()
         ]
+
+    def stats(self) -> list[ChainStats]:
+        """Every running reader's counters (read by the metrics at scrape time)."""
+        return [reader.stats for reader in self.readers.values()]
 
     def usable(self, src: SourceConfig) -> bool:
         """False for an on-chain source whose chain is switched off."""
