@@ -192,19 +192,25 @@ class KrakenSource(Source):
             return
         if not tickers:
             self._bad("shape")
+        stats, last_ts = self.stats, self._last_ts
         for t in tickers:
-            last = t.last if t.last.__class__ is float else None
-            if t.timestamp is None:
-                self._quote(t.symbol, t.bid, t.ask, recv_ts, None, last)
+            symbol, stamp, last = t.symbol, t.timestamp, t.last
+            if last.__class__ is not float:
+                last = None
+            if stamp is None:
+                self._quote(symbol, t.bid, t.ask, recv_ts, None, last)
                 continue
-            venue_ts = _ms(t.timestamp)
-            if venue_ts < self._last_ts.get(t.symbol, 0):
-                self.stats.dropped["out_of_order"] += 1  # older than a quote already emitted
+            try:
+                venue_ts = (stamp - _EPOCH) // _MS
+            except TypeError:  # a time without zone: UTC
+                venue_ts = _ms(stamp)
+            if venue_ts < last_ts.get(symbol, 0):
+                stats.dropped["out_of_order"] += 1  # older than a quote already emitted
                 continue
-            before = self.stats.quotes
-            self._quote(t.symbol, t.bid, t.ask, recv_ts, venue_ts, last)
-            if self.stats.quotes != before:  # only a good quote moves the bar
-                self._last_ts[t.symbol] = venue_ts
+            before = stats.quotes
+            self._quote(symbol, t.bid, t.ask, recv_ts, venue_ts, last)
+            if stats.quotes != before:  # only a good quote moves the bar
+                last_ts[symbol] = venue_ts
 
     def _control(self, data: str | bytes) -> None:
         try:

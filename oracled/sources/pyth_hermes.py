@@ -70,6 +70,7 @@ _MISSING: Final = "Price ids not found:"
 _TIMEOUT_NOTICE: Final = "Connection timeout reached"
 # Exponents beyond this cannot be a real price (Pyth uses about -12..0) and could overflow floats.
 _MAX_EXPO: Final = 30
+_POW10: Final = tuple(10**k for k in range(_MAX_EXPO + 1))  # no pow() per update
 _I64: Final = 2**63
 # A partial SSE line longer than this is not Hermes: the connection is dropped.
 _MAX_LINE: Final = 4 * 1024 * 1024
@@ -84,24 +85,24 @@ def normalize_feed_id(raw: str) -> str | None:
     return text if _HEX_ID.fullmatch(text) else None
 
 
-class _Price(msgspec.Struct):
+class _Price(msgspec.Struct, gc=False):
     price: str
     conf: str
     expo: int
     publish_time: int
 
 
-class _Meta(msgspec.Struct):
+class _Meta(msgspec.Struct, gc=False):
     slot: int | None = None
 
 
-class _Feed(msgspec.Struct):
+class _Feed(msgspec.Struct, gc=False):
     id: str
     price: _Price
     metadata: _Meta | None = None
 
 
-class _Update(msgspec.Struct):
+class _Update(msgspec.Struct, gc=False):
     parsed: list[_Feed]
 
 
@@ -243,14 +244,14 @@ class PythHermesSource(Source):
             self.stats.dropped["unknown_symbol"] += 1
             return
         p = feed.price
+        expo = p.expo
         try:
             price, conf = int(p.price), int(p.conf)
         except ValueError:
             self._bad("bad_number")
             return
         # Pyth's price is an i64 and its conf a u64; beyond that a float could overflow.
-        in_range = -_I64 <= price < _I64 and -_I64 <= conf < _I64
-        if not (in_range and -_MAX_EXPO <= p.expo <= _MAX_EXPO):
+        if not (-_I64 <= price < _I64 and -_I64 <= conf < _I64 and -_MAX_EXPO <= expo <= _MAX_EXPO):
             self._bad("bad_number")
             return
         # Hygiene on the integers, before the order check, so that a bad update never counts
@@ -264,21 +265,23 @@ class PythHermesSource(Source):
         if conf >= price:
             self._bad("wide_confidence")  # the band reaches zero: no usable bid
             return
-        slot = feed.metadata.slot if feed.metadata is not None else None
-        key = (p.publish_time, -1 if slot is None else slot)
+        meta = feed.metadata
+        slot = None if meta is None else meta.slot
+        publish_time = p.publish_time
+        key = (publish_time, -1 if slot is None else slot)
         newest = self._newest.get(symbol)
         if newest is not None and (key < newest or (key == newest and slot is not None)):
             self.stats.dropped["out_of_order" if key < newest else "duplicate"] += 1
             return
         self._newest[symbol] = key
         # Integer sums, one correctly rounded division: no float error beyond the last bit.
-        if p.expo < 0:
-            scale = 10**-p.expo
+        if expo < 0:
+            scale = _POW10[-expo]
             bid, ask = (price - conf) / scale, (price + conf) / scale
         else:
-            scale = 10**p.expo
+            scale = _POW10[expo]
             bid, ask = float((price - conf) * scale), float((price + conf) * scale)
-        self._quote(symbol, bid, ask, recv_ts, p.publish_time * 1000)
+        self._quote(symbol, bid, ask, recv_ts, publish_time * 1000)
 
     def _query(self, ids: Sequence[str]) -> MultiDict[str]:
         query: MultiDict[str] = MultiDict(("ids[]", i) for i in ids)

@@ -271,3 +271,12 @@ def test_a_bad_last_price_never_spoils_the_book(harness: Harness, last: str) -> 
         Quote("kr", "BTC/USD", 1, None, 105944.2, 105944.3, venue_ts=TICKER_TS)
     ]
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+def test_timestamp_without_zone_is_taken_as_utc(harness: Harness) -> None:
+    """A ticker time printed without its ``Z`` is read as UTC: the same venue time in ms."""
+    frame = TICKER.replace('"2022-12-25T09:30:59.123456Z"', '"2022-12-25T09:30:59.123456"')
+    assert frame != TICKER
+    harness.source.on_message(frame, 1)
+    assert [q.venue_ts for q in harness.quotes] == [TICKER_TS]
+    assert harness.stats.malformed == 0
