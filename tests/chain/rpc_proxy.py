@@ -21,6 +21,7 @@ class RpcProxy:
         self.session = session
         self.mode = "pass"
         self.requests = 0
+        self.user_agents: list[str] = []  # of every request, to tell web3's from our client's
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -42,6 +43,7 @@ class RpcProxy:
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests += 1
+        self.user_agents.append(request.headers.get("User-Agent", ""))
         body = await request.read()
         if self.mode == "garbage":
             return web.Response(body=b"\x00<html>upstream hiccup</html>", content_type="text/html")

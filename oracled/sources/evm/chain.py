@@ -153,7 +153,7 @@ class ChainReader:
         self._total = 0
         self._last: Block | None = None
         self._sequencer_ok = True
-        self._chain_checked = False
+        self._chain_checked: set[int] = set()  # endpoints whose chain id was verified
         self._last_rejection: str | None = None
 
     # -- feeds ----------------------------------------------------------------------------
@@ -391,13 +391,27 @@ class ChainReader:
 
     # -- block sources --------------------------------------------------------------------
     async def check_chain_id(self) -> None:
-        """Refuse to read a node of another chain (asked once; the answer cannot change)."""
-        if self._chain_checked:
-            return
-        answer = await self.rpc.call("eth_chainId", [])
-        if not isinstance(answer, str) or int(answer, 16) != self.cfg.chain_id:
-            raise SourceError(f"chain {self.name}: node is chain {answer}, not {self.cfg.chain_id}")
-        self._chain_checked = True
+        """Refuse to read a node of another chain: every endpoint is asked, through web3, once
+        (the answer cannot change). An endpoint that cannot answer now is logged and asked
+        again at the reader's next start; at least one endpoint must answer."""
+        answered = False
+        for index, st in enumerate(self.rpc.stats):
+            if index in self._chain_checked:
+                answered = True
+                continue
+            try:
+                chain_id = await self.rpc.chain_id(index)
+            except RpcUnavailable as exc:
+                self._log.warning("chain id unknown", endpoint=st.name, error=str(exc)[:200])
+                continue
+            if chain_id != self.cfg.chain_id:
+                raise SourceError(
+                    f"chain {self.name}: {st.name} is chain {chain_id}, not {self.cfg.chain_id}"
+                )
+            self._chain_checked.add(index)
+            answered = True
+        if not answered:
+            raise RpcUnavailable(f"chain {self.name}: no endpoint answered eth_chainId")
 
     async def run(self) -> None:
         """Follow the chain until cancelled: newHeads when possible, else polling."""

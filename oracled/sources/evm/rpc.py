@@ -6,6 +6,12 @@ pre-encoded calldata costs about 0.5 ms. The reader sends one `eth_call` per blo
 client is deliberately thin: one shared keep-alive aiohttp session, typed msgspec decoding of
 the envelope, and every failure counted per endpoint.
 
+Where web3 does run: `chain_id()` asks each endpoint its chain id through `AsyncWeb3` over an
+`AsyncHTTPProvider` built with `cache_allowed_requests=True` (web3 caches `eth_chainId` for the
+life of the provider) and this client's shared session injected with `cache_async_session`,
+so web3 opens no session or connection pool of its own. That is a one-off per endpoint, where
+web3's cost does not matter; the per-block read stays on the thin path.
+
 Failure handling: a transport error, a timeout, a non-200 answer, a body that is not a JSON-RPC
 answer to our request id (garbage), or a server-side JSON-RPC error (-32000..-32099, -32603:
 "header not found", rate limits, internal errors) marks the endpoint failed and the same request
@@ -19,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,6 +33,9 @@ import msgspec
 
 from oracled.clock import Clock
 from oracled.errors import SourceError
+
+if TYPE_CHECKING:
+    from web3 import AsyncWeb3
 
 __all__ = ["EndpointStats", "RpcClient", "RpcError", "RpcUnavailable", "redact"]
 
@@ -114,7 +123,7 @@ class RpcClient:
     costs one failed attempt, not one per request.
     """
 
-    __slots__ = ("_active", "_clock", "_http", "_next_id", "_timeout_s", "stats", "urls")
+    __slots__ = ("_active", "_clock", "_http", "_next_id", "_timeout_s", "_web3", "stats", "urls")
 
     def __init__(
         self,
@@ -133,6 +142,7 @@ class RpcClient:
         self._clock = clock
         self._active = 0
         self._next_id = 0
+        self._web3: list[AsyncWeb3[Any] | None] = [None] * len(self.urls)
 
     @property
     def active(self) -> int:
@@ -157,6 +167,55 @@ class RpcClient:
         except _Failed as failed:
             self._count(index, failed)
             raise RpcUnavailable(f"{method} on {self.stats[index].name}: {failed}") from None
+
+    async def chain_id(self, index: int) -> int:
+        """The chain id endpoint `index` serves, through web3 (no fail-over: each endpoint
+        answers for itself); RpcUnavailable when it cannot say."""
+        w3 = await self._web3_for(index)
+        from web3.exceptions import Web3Exception, Web3RPCError
+
+        self.stats[index].requests += 1
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                answer = await w3.eth.chain_id
+            return int(answer)
+        except TimeoutError:
+            failed = _Failed("timeout", f"no answer in {self._timeout_s:g} s")
+        except aiohttp.ClientResponseError as exc:
+            failed = _Failed("http", f"status {exc.status}")
+        except _NET_ERRORS as exc:
+            failed = _Failed("transport", type(exc).__name__)
+        except Web3RPCError as exc:
+            failed = _Failed("node", str(exc)[:120])
+        except (Web3Exception, ValueError, TypeError) as exc:
+            failed = _Failed("garbage", f"eth_chainId: {type(exc).__name__}")
+        self._count(index, failed)
+        raise RpcUnavailable(f"eth_chainId on {self.stats[index].name}: {failed}")
+
+    async def _web3_for(self, index: int) -> AsyncWeb3[Any]:
+        """One AsyncWeb3 per endpoint, made on first use over the shared session.
+
+        Configured for one-off reads: request caching on (the chain id is sent once), no
+        middleware (nothing to format or validate), no retries of its own (fail-over and its
+        counting are this client's). web3 is imported here, not at module load: importing it
+        takes seconds, and a daemon without chains never needs it.
+        """
+        w3 = self._web3[index]
+        if w3 is None:
+            from web3 import AsyncHTTPProvider, AsyncWeb3
+
+            provider = AsyncHTTPProvider(
+                self.urls[index],
+                request_kwargs={"timeout": aiohttp.ClientTimeout(total=self._timeout_s)},
+                exception_retry_configuration=None,
+                cache_allowed_requests=True,
+                # No threshold: web3 would otherwise send a second eth_chainId, uncached, to
+                # pick one for block-based cache entries, which this provider never makes.
+                request_cache_validation_threshold=None,
+            )
+            await provider.cache_async_session(self._http)
+            w3 = self._web3[index] = AsyncWeb3(provider, middleware=[])
+        return w3
 
     async def batch(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """Several requests in one HTTP round trip; each item a result or an RpcError."""

@@ -1,0 +1,119 @@
+"""The chain id check: through web3 (AsyncWeb3 over the reader's own session, request caching
+on), once per endpoint, and never trusting an endpoint that cannot say or says another chain."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from chain_rig import Anvil, Chain, Deployed
+from reading import chainlink_spec, make_reader, watch
+from rpc_proxy import RpcProxy
+from structlog.testing import capture_logs
+
+from oracled.errors import SourceError
+from oracled.sources.evm.chainlink import ChainlinkFeed
+from oracled.sources.evm.rpc import RpcUnavailable
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
+    p = await RpcProxy(anvil.url, http).start()
+    yield p
+    await p.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def traced() -> AsyncIterator[tuple[aiohttp.ClientSession, list[str]]]:
+    """A session that records the URL of every request sent through it."""
+    sent: list[str] = []
+
+    async def on_start(
+        _: aiohttp.ClientSession, __: SimpleNamespace, params: aiohttp.TraceRequestStartParams
+    ) -> None:
+        sent.append(str(params.url))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_start)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        yield session, sent
+
+
+async def test_chain_id_goes_through_web3_on_the_shared_session_once(
+    proxy: RpcProxy,
+    traced: tuple[aiohttp.ClientSession, list[str]],
+    chain: Chain,
+    snapshot: Deployed,
+) -> None:
+    """The check is made by web3 (its User-Agent), through the reader's session (no session of
+    web3's own), and asked of the endpoint once however often it is checked; the block reads
+    that follow are the reader's own requests, one per block after the first."""
+    session, sent = traced
+    reader = make_reader([proxy.url], session)
+    await reader.check_chain_id()
+    await reader.check_chain_id()
+    assert await reader.rpc.chain_id(0) == 31337  # web3's request cache answers this one
+    assert proxy.requests == 1 and "web3.py" in proxy.user_agents[0]
+    assert sent == [proxy.url]  # web3 used the session it was given
+    assert reader.rpc.stats[0].requests == 2  # asked twice of the client, sent once
+    watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()  # the first block: the feed's set-up read, then its read
+    trips = reader.stats.round_trips
+    await chain.mine()
+    assert await reader.poll_once()
+    assert reader.stats.round_trips == trips + 1
+    assert proxy.requests == 1 + reader.stats.round_trips
+    assert not any("web3.py" in agent for agent in proxy.user_agents[1:])
+
+
+async def test_an_endpoint_down_at_start_is_passed_over_and_asked_again_later(
+    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy
+) -> None:
+    """A dead first endpoint does not stop the check (the second answers); its failure is
+    counted and logged, and the next check asks only that endpoint again."""
+    reader = make_reader([proxy.url, anvil.url], http, timeout_s=1.0)
+    proxy.mode = "garbage"
+    with capture_logs() as logs:
+        await reader.check_chain_id()
+    first, second = reader.rpc.stats
+    assert first.by_kind == {"garbage": 1}
+    assert second.requests == 1 and not second.by_kind
+    assert [e["event"] for e in logs] == ["chain id unknown"]
+    proxy.mode = "pass"
+    await reader.check_chain_id()
+    assert first.requests == 2 and second.requests == 1
+    await reader.check_chain_id()
+    assert first.requests == 2 and second.requests == 1
+
+
+@pytest.mark.parametrize("mode", ["error", "stopped"])
+async def test_no_endpoint_answering_the_chain_id_stops_the_reader(
+    http: aiohttp.ClientSession, proxy: RpcProxy, mode: str
+) -> None:
+    """With no endpoint able to say which chain it serves (a server-side error, a dead port),
+    the reader refuses to start; the failure is counted by kind."""
+    reader = make_reader([proxy.url], http, timeout_s=1.0)
+    if mode == "stopped":
+        await proxy.stop()
+    else:
+        proxy.mode = mode
+    with pytest.raises(RpcUnavailable, match="no endpoint answered"):
+        await reader.check_chain_id()
+    kind = "transport" if mode == "stopped" else "node"
+    assert reader.rpc.stats[0].by_kind == {kind: 1}
+
+
+async def test_one_endpoint_of_another_chain_refuses_the_chain(
+    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy
+) -> None:
+    """An endpoint that answers another chain id (here: the config says mainnet) is a
+    misconfiguration: the reader refuses to start and names the endpoint."""
+    reader = make_reader([anvil.url, proxy.url], http)
+    reader.cfg = reader.cfg.model_copy(update={"chain_id": 1})
+    with pytest.raises(SourceError, match=r"127\.0\.0\.1:\d+ is chain 31337, not 1"):
+        await reader.check_chain_id()
