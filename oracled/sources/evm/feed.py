@@ -41,9 +41,19 @@ FeedResult = Quote | str | None
 class Feed(abc.ABC):
     """One on-chain value for one canonical pair, read through a chain's reader every block.
 
-    `calls()` must return the same calls every time (the reader may cache the order); `decode()`
-    receives one `(success, return data)` per call, in that order. A call that reverted arrives
-    as `(False, revert data)`, so a feed decides itself whether a revert means "drop" or "stale".
+    `decode()` receives one `(success, return data)` per call of `calls()`, in that order. A call
+    that reverted arrives as `(False, revert data)`, so a feed decides itself whether a revert
+    means "drop" or "stale".
+
+    `calls()` may change while the feed learns from the chain: Chainlink's feed first reads the
+    proxy's `decimals()` and `description()` and learns its aggregator, then reads that
+    aggregator's bounds instead (and learns again when the aggregator behind the proxy is
+    replaced); Uniswap's asks the pool for its tokens, then the tokens for their decimals, and
+    only then makes its steady reads. A feed that changed its calls returns None from that
+    `decode()`, and the reader reads the SAME block again with the new calls (up to twice), so
+    the first block is still priced and no round mixes blocks. Between such changes `calls()`
+    must return the same sequence object: the reader compares it by identity to know that its
+    encoded calldata still holds.
     """
 
     __slots__ = ("pair", "source_id")
