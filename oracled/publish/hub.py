@@ -283,10 +283,18 @@ class Hub:
         self._signed_fanned = signed
         result = signed.result
         assert result is not None
+        shared: dict[frozenset[str] | None, tuple[bytes, ...]] = {}  # unfiltered, by market set
         for sub in list(self._subs):
             if not sub.signed:
                 continue
-            frames = self._filtered(sub, result, self._signed_frame, force=not sub.filtered)
+            if sub.filtered:
+                frames = self._filtered(sub, result, self._signed_frame)
+            elif sub.markets in shared:
+                frames = shared[sub.markets]
+            else:
+                frames = shared[sub.markets] = self._filtered(
+                    sub, result, self._signed_frame, force=True
+                )
             if frames and not sub._offer(frames):
                 self._drop(sub, DROP_SLOW)
 

@@ -203,3 +203,16 @@ def test_the_openapi_signed_price_schema_lists_the_struct_fields() -> None:
     fields = {f.encode_name for f in msgspec.structs.fields(SignedPrice)}
     assert set(schema["properties"]) == fields
     assert set(schema["required"]) == fields
+
+
+async def test_unfiltered_signed_subscribers_of_one_market_set_share_the_frames() -> None:
+    """Signed frames are encoded once a round: equal subscriptions get the same bytes objects."""
+    d = Daemonish()
+    subs = [d.hub.subscribe(frozenset({"BTC/USD", "ETH/USD"})) for _ in range(2)]
+    for sub in subs:
+        d.hub.configure(sub, signed=True)
+    d.step()
+    await fanned_out()
+    first, second = ([sub.get_nowait() for _ in range(2)] for sub in subs)
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    assert all(frame is not None and frame.startswith(b'{"type":"signed"') for frame in first)
