@@ -57,6 +57,8 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
             ("api.stream_queue", old.api.stream_queue, new.api.stream_queue),
             ("log", old.log, new.log),
             ("chains", old.chains, new.chains),
+            ("signing", old.signing, new.signing),
+            ("nats", old.nats, new.nats),
         )
         if a != b
     ]
