@@ -9,6 +9,7 @@ from oracled.api.context import ApiContext
 from oracled.api.errors import error_middleware
 from oracled.api.ops import OpsHandlers
 from oracled.api.read import ReadHandlers
+from oracled.api.sse import SseHandler
 from oracled.api.stream import StreamHandler
 
 __all__ = ["CONTEXT", "build_app"]
@@ -24,6 +25,8 @@ def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Appl
     read, ops, admin = ReadHandlers(ctx), OpsHandlers(ctx), AdminHandlers(ctx)
     stream = StreamHandler(ctx, close_timeout=stream_close_timeout)
     app.on_shutdown.append(stream.shutdown)
+    sse = SseHandler(ctx)
+    app.on_shutdown.append(sse.shutdown)
     add_get, add_post = app.router.add_get, app.router.add_post
     add_get("/healthz", ops.healthz, allow_head=False)
     add_get("/readyz", ops.readyz, allow_head=False)
@@ -35,6 +38,7 @@ def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Appl
     add_get("/v1/markets", read.markets, allow_head=False)
     add_get("/v1/markets/{market}/sources", read.sources, allow_head=False)
     add_get("/v1/stream", stream.stream, allow_head=False)
+    add_get("/v1/events", sse.events, allow_head=False)
     add_post("/v1/admin/markets/{market}/pause", admin.pause)
     add_post("/v1/admin/markets/{market}/resume", admin.resume)
     add_post("/v1/admin/reload", admin.reload)

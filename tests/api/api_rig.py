@@ -226,4 +226,12 @@ class ContractRecorder:
                 self.check(template, request.method, response.status, response.content_type, body)
             except (AssertionError, ValidationError) as exc:
                 self.failures.append(f"{request.method} {request.path_qs}: {exc}")
+        elif response.status == 200:  # a finished stream (SSE): its status and media type count
+            resource = request.match_info.route.resource
+            template = None if resource is None else resource.canonical
+            try:
+                assert template is not None
+                self.check(template, request.method, 200, response.content_type, b"")
+            except AssertionError as exc:
+                self.failures.append(f"{request.method} {request.path_qs}: {exc}")
         return response

@@ -148,6 +148,11 @@ async def test_every_documented_response_is_produced_and_valid(
     await client.get("/v1/prices")
     for action in ("pause", "resume"):
         await closed.post(admin.format("BTC-USD", action), headers=auth)
+    events = await client.get("/v1/events?markets=BTC-USD")  # 200: a stream, closed by us
+    await events.content.readline()
+    events.close()
+    await client.get("/v1/events?markets=NOPE-USD")  # 404
+    await client.get("/v1/events?deviation=5")  # 400
     await client.post("/v1/admin/reload", headers=auth)  # 200
     await client.post("/v1/admin/reload")  # 401
     await client.post("/v1/admin/reload", headers=auth, data=b"[]")  # 400

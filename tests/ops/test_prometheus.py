@@ -44,6 +44,7 @@ def _config() -> Config:
         }
     data["oracle"].update(round_interval_ms=100, resume_rounds=3, jump_confirm_rounds=3)
     data["api"]["admin_token_env"] = "ORACLED_TEST_ADMIN_TOKEN"
+    data["audit"]["enabled"] = False  # the shipped config writes a trail in the working directory
     return Config.model_validate(data)
 
 

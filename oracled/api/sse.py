@@ -1,0 +1,111 @@
+"""`GET /v1/events`: the report stream as Server-Sent Events, for consumers without WebSockets.
+
+One-way, so the subscription is the query: `?markets=BTC/USD,ETH/USD` (default: every market),
+optional `signed=true`, `deviation=0.001` and `heartbeat_ms=5000` with the same meaning as on the
+WebSocket stream. Each event is `data: <frame>` where the frame is exactly the WebSocket stream's
+JSON (`{"type": "report", ...}` or `{"type": "signed", ...}`), the hub's shared bytes. A comment
+line every 15 s keeps proxies from timing the connection out. A client that falls behind by more
+than its queue gets a final `event: error` naming the reason and the stream ends; its memory is
+freed at once, as on the WebSocket stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from oracled.api.context import ApiContext
+from oracled.api.errors import ApiError, encode_json
+from oracled.api.params import market_list
+from oracled.publish.hub import DROP_SLOW, Subscription, SubscriptionClosed
+
+__all__ = ["SseHandler"]
+
+KEEPALIVE_S = 15.0
+_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # tell reverse proxies not to buffer the stream
+}
+
+
+class SseHandler:
+    __slots__ = ("_active", "_ctx")
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self._ctx = ctx
+        self._active: set[Subscription] = set()
+
+    def _options(self, request: web.Request) -> tuple[frozenset[str] | None, dict[str, object]]:
+        query = request.query
+        extra = sorted(set(query) - {"markets", "signed", "deviation", "heartbeat_ms"})
+        if extra:
+            raise ApiError(400, "bad_query", f"unknown query parameter(s): {', '.join(extra)}")
+        markets: frozenset[str] | None = None
+        if "markets" in query:
+            items = [m for m in query["markets"].split(",") if m.strip()]
+            markets = frozenset(market_list(items, self._ctx.core.index))
+        options: dict[str, object] = {}
+        signed = query.get("signed")
+        if signed is not None:
+            if signed not in ("true", "false"):
+                raise ApiError(400, "bad_query", "signed: true or false")
+            if signed == "true" and self._ctx.hub.signer is None:
+                raise ApiError(400, "signing_disabled", "this daemon does not sign its reports")
+            options["signed"] = signed == "true"
+        try:
+            if "deviation" in query:
+                deviation = float(query["deviation"])
+                if not 0.0 <= deviation < 1.0:
+                    raise ValueError
+                options["deviation"] = deviation
+            if "heartbeat_ms" in query:
+                heartbeat = int(query["heartbeat_ms"])
+                if not 100 <= heartbeat <= 3_600_000:
+                    raise ValueError
+                options["heartbeat_ms"] = heartbeat
+        except ValueError:
+            raise ApiError(
+                400, "bad_query", "deviation: a fraction in [0, 1); heartbeat_ms: 100 to 3600000"
+            ) from None
+        return markets, options
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        markets, options = self._options(request)
+        response = web.StreamResponse(headers=_HEADERS)
+        await response.prepare(request)
+        hub = self._ctx.hub
+        sub = hub.subscribe(markets)
+        if options:
+            hub.configure(sub, **options)  # type: ignore[arg-type]
+        self._active.add(sub)
+        try:
+            await response.write(b": oracled report stream\n\n")
+            while True:
+                try:
+                    async with asyncio.timeout(KEEPALIVE_S):
+                        frame = await sub.get()
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                await response.write(b"data: " + frame + b"\n\n")
+        except SubscriptionClosed as closed:
+            reason = closed.reason
+            message = (
+                f"slow consumer: fell more than {sub.queue_size} frames behind"
+                if reason == DROP_SLOW
+                else "server shutting down"
+            )
+            error = encode_json({"type": "error", "code": reason, "message": message})
+            await response.write(b"event: error\ndata: " + error + b"\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._active.discard(sub)
+            hub.unsubscribe(sub)
+        return response
+
+    async def shutdown(self, app: web.Application) -> None:
+        for sub in list(self._active):
+            self._ctx.hub.unsubscribe(sub)

@@ -1,0 +1,77 @@
+"""`GET /v1/events`: the report stream as Server-Sent Events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+from api_rig import ClientFactory, Rig, make_config
+
+Client = TestClient[Any, Any]
+
+
+async def next_event(resp: ClientResponse) -> tuple[str, dict[str, Any]]:
+    """Read one SSE event (skipping comments): (event name, decoded data)."""
+    name, data = "message", ""
+    while True:
+        line = (await resp.content.readline()).decode()
+        if line in ("\n", "") and data:
+            return name, json.loads(data)
+        if line.startswith("event: "):
+            name = line[7:].strip()
+        elif line.startswith("data: "):
+            data += line[6:].strip()
+
+
+async def test_events_carry_the_stream_frames_of_the_asked_markets(
+    make_client: ClientFactory,
+) -> None:
+    """Only ETH/USD frames arrive, as the WebSocket stream's JSON, round after round."""
+    rig = Rig(make_config())
+    client = await make_client(rig)
+    rig.step()
+    resp = await client.get("/v1/events?markets=ETH-USD")
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    name, first = await next_event(resp)  # the latest report, at once
+    assert (name, first["type"], first["data"]["market"]) == ("message", "report", "ETH/USD")
+    rounds = [first["data"]["round"]]
+    for _ in range(3):
+        rig.step()
+        _, frame = await next_event(resp)
+        assert frame["data"]["market"] == "ETH/USD"
+        rounds.append(frame["data"]["round"])
+    assert rounds == sorted(set(rounds))
+    resp.close()
+
+
+async def test_bad_queries_are_json_errors(client: Client) -> None:
+    """Unknown markets are 404, bad options 400, signed frames without signing 400."""
+    assert (await client.get("/v1/events?markets=NOPE-USD")).status == 404
+    for query in ("deviation=2", "heartbeat_ms=1", "signed=maybe", "colour=red", "signed=true"):
+        resp = await client.get(f"/v1/events?{query}")
+        assert resp.status == 400, query
+        assert (await resp.json())["error"]["code"] in {"bad_query", "signing_disabled"}
+
+
+async def test_a_slow_consumer_gets_a_final_error_event(make_client: ClientFactory) -> None:
+    """Past its queue the subscription is dropped: the stream ends with event: error."""
+    rig = Rig(make_config(stream_queue=2))
+    client = await make_client(rig)
+    rig.step()
+    resp = await client.get("/v1/events?markets=BTC-USD")
+    await next_event(resp)
+    sub = next(iter(rig.hub._subs))
+    for _ in range(10):  # rounds arrive faster than this client reads: the hub drops it
+        rig.step()
+        sub._offer((b'{"type":"report"}',) * 3)
+    events = []
+    while True:
+        name, data = await next_event(resp)
+        events.append((name, data.get("code")))
+        if name == "error":
+            break
+    assert events[-1] == ("error", "slow_consumer")
+    assert rig.hub.dropped_subscribers["slow_consumer"] == 1
+    resp.close()
