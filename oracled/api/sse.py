@@ -57,17 +57,17 @@ class SseHandler:
         try:
             if "deviation" in query:
                 deviation = float(query["deviation"])
-                if not 0.0 <= deviation < 1.0:
+                if not 0.0 < deviation < 1.0:
                     raise ValueError
                 options["deviation"] = deviation
             if "heartbeat_ms" in query:
                 heartbeat = int(query["heartbeat_ms"])
-                if not 100 <= heartbeat <= 3_600_000:
+                if not 1 <= heartbeat <= 86_400_000:
                     raise ValueError
                 options["heartbeat_ms"] = heartbeat
         except ValueError:
             raise ApiError(
-                400, "bad_query", "deviation: a fraction in [0, 1); heartbeat_ms: 100 to 3600000"
+                400, "bad_query", "deviation: a fraction in (0, 1); heartbeat_ms: 1 to 86400000"
             ) from None
         return markets, options
 
