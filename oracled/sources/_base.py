@@ -141,6 +141,11 @@ class Source(abc.ABC):
         self.symbols: tuple[str, ...] = tuple(self._by_symbol)
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[str, ...]] = {}
+        # When each request of this connection was sent, and the send time of the newest one the
+        # venue answered: a request older than an answered one, still unanswered a liveness
+        # period later, was dropped by the venue (see `_lost_request`).
+        self._requested_at: dict[int, float] = {}
+        self._answered_upto = -_INF
         self._outbox: asyncio.Queue[tuple[int, tuple[str, ...]]] = asyncio.Queue()
         self._sent: deque[float] = deque()  # when we sent each recent message (rate limit)
         self._down = asyncio.Event()  # set while the stream is down: the REST poller runs
@@ -263,6 +268,7 @@ class Source(abc.ABC):
         if symbols is None:
             self.stats.dropped["unsolicited"] += 1
             return
+        self._note_answer(request_id)
         for symbol in symbols:
             if self.stats.failed_instruments.pop(symbol, None) is not None:
                 self._log.info("instrument recovered", symbol=symbol)
@@ -274,6 +280,7 @@ class Source(abc.ABC):
             self.stats.dropped["venue_error"] += 1
             self._log.warning("venue error", request_id=request_id, message=message)
             return
+        self._note_answer(request_id)
         if len(symbols) > 1:
             for symbol in symbols:
                 self._outbox.put_nowait((next(self._ids), (symbol,)))
@@ -282,6 +289,21 @@ class Source(abc.ABC):
         if self.stats.failed_instruments.get(symbol) != message:
             self._log.warning("instrument failed", symbol=symbol, message=message)
         self.stats.failed_instruments[symbol] = message
+
+    def _note_answer(self, request_id: int | str | None) -> None:
+        sent = self._requested_at.pop(request_id, None) if isinstance(request_id, int) else None
+        if sent is not None and sent > self._answered_upto:
+            self._answered_upto = sent
+
+    def _lost_request(self, now: float) -> bool:
+        """A subscribe request the venue never answered while it answered a later one, for a
+        whole liveness period: it was dropped (a venue that stalls swallows what it is sent), and
+        its symbols would stay silent on a connection that otherwise looks alive. Venues that
+        never answer requests are not affected."""
+        upto, limit, pending = self._answered_upto, now - self.cfg.liveness_timeout_s, self._pending
+        return any(
+            t < upto and t <= limit for rid, t in self._requested_at.items() if rid in pending
+        )
 
     def _rotate(self, why: str) -> None:
         """Replace the connection now without declaring the stream down (e.g. shutdown notice)."""
@@ -326,6 +348,8 @@ class Source(abc.ABC):
     async def _session(self) -> str:
         """One connection from handshake to death; returns why it ended."""
         self._pending.clear()
+        self._requested_at.clear()
+        self._answered_upto = -_INF
         self._outbox = asyncio.Queue()
         self._sent.clear()
         self._cut = None
@@ -384,6 +408,7 @@ class Source(abc.ABC):
                     return
                 continue
             self._pending[request_id] = symbols
+            self._requested_at[request_id] = self._clock.monotonic()
             if not await self._send(ws, self.subscribe_message(request_id, symbols)):
                 return
 
@@ -447,6 +472,8 @@ class Source(abc.ABC):
         liveness, max_age = self.cfg.liveness_timeout_s, self.cfg.max_connection_age_s
         if idle >= liveness:
             self._cut = "silent"
+        elif self._lost_request(now):
+            self._cut = "unanswered"  # a fresh connection subscribes to everything again
         elif age >= max_age:
             self._cut = "max_age"
         else:

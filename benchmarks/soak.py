@@ -1,0 +1,755 @@
+"""Soak: the daemon against every simulated venue for a long time, with faults on a schedule.
+
+The daemon runs as `oracled run` in a subprocess, on the shipped `config/default.toml` with every
+source pointed at its loopback simulator (timings shortened so that a fault shows within seconds)
+and the audit trail on. This process runs the simulators, a stream subscriber that checks every
+published report, and a fault script that cycles through spikes, stalls, disconnects, garbage,
+bursts of duplicates, REST failures and a quorum loss, waiting after each for every market and
+source to be live again. At the end of each cycle it samples the daemon's resident memory, file
+descriptors, sockets and asyncio tasks. The first cycle is the warm-up; later samples are compared
+with the sample at its end.
+
+    python benchmarks/soak.py --duration 3600 --json soak.json
+
+What is checked (see benchmarks/README.md, "soak.py"): no bad price (a live report's price within
+the simulators' true price band, a paused or unknown report's price null), every fault recovered,
+resident memory within a few percent of the warm-up, no growth of tasks, descriptors or sockets,
+no source task crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import tomli_w
+
+from oracled.config import Config, load_config
+from oracled.sim.paths import PricePath
+from oracled.sim.venues import SimulatedVenue, simulate
+
+__all__ = ["FAULTS", "SoakOptions", "SoakResult", "main", "run_soak", "soak_config"]
+
+ROOT = Path(__file__).resolve().parents[1]
+STABLE = frozenset({"USD", "USDT", "USDC"})
+#: The fault script, in cycle order. A cycle ends with the faults that use no REST, so that
+#: the client's idle keep-alive connections to the venues have closed when it is sampled.
+FAULTS = ("rest_fail", "disconnect", "stall", "quorum_loss", "spike", "burst_replay", "garbage")
+_STATE_LINE = re.compile(r'^oracled_source_state\{source="([^"]+)",state="([^"]+)"\} (\S+)$')
+_VALUE_LINE = re.compile(
+    r"^(oracled_asyncio_tasks|oracled_source_restarts_total)(?:\{[^}]*\})? (\S+)$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SoakOptions:
+    """One soak run. `cycles` bounds the run by fault cycles, `duration_s` by time (both: first)."""
+
+    duration_s: float = 3600.0
+    cycles: int | None = None
+    window_s: float = 8.0  # how long each fault lasts
+    quorum_window_s: float = 8.0  # the quorum loss lasts at least max_age + liveness to show
+    recovery_limit_s: float = 60.0  # a fault not recovered within this counts as unrecovered
+    settle_s: float = 20.0  # calm before the end-of-cycle sample (idle keep-alives expire: 15 s)
+    warmup_cycles: int = 1
+    seed: int = 1
+    rate_hz: float = 4.0
+    max_age_ms: int = 2500
+    audit: bool = True
+    band_tolerance: float = 0.005  # a live price may be this fraction outside the true band
+    rss_growth_limit: float = 0.05
+    task_slack: int = 2
+    fd_slack: int = 4
+    keep_logs: Path | None = None  # copy the daemon's log here at the end
+
+
+@dataclass(slots=True)
+class Sample:
+    """The daemon's resources at one moment."""
+
+    t_s: float
+    cycle: int
+    rss_kb: int
+    fds: int
+    sockets: int
+    tasks: int
+
+
+@dataclass(slots=True)
+class FaultRecord:
+    cycle: int
+    fault: str
+    target: str
+    started_s: float
+    window_s: float
+    recovered_s: float | None  # seconds from the fault's end until everything was live again
+    effect_seen: bool  # the daemon showed the fault (an exclusion, a pause, malformed frames...)
+
+
+@dataclass(slots=True)
+class ReportCheck:
+    """What the stream subscriber saw."""
+
+    reports: int = 0
+    live: int = 0
+    not_live: int = 0
+    unbanded: int = 0  # live reports with no truth sample to compare with (the first second)
+    bad: int = 0
+    examples: list[str] = field(default_factory=list)
+    by_status: dict[str, int] = field(default_factory=dict)
+    outliers_seen: set[tuple[str, str]] = field(default_factory=set)  # (market, source)
+
+    def violation(self, text: str) -> None:
+        self.bad += 1
+        if len(self.examples) < 20:
+            self.examples.append(text)
+
+
+@dataclass(slots=True)
+class SoakResult:
+    options: dict[str, Any]
+    markets: int
+    sources: int
+    elapsed_s: float
+    cycles: int
+    faults: list[FaultRecord]
+    samples: list[Sample]
+    reports: ReportCheck
+    source_restarts: int
+    daemon_exit: int | None
+    problems: list[str]
+    figures: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        reports = asdict(self.reports)
+        reports["outliers_seen"] = sorted("|".join(p) for p in self.reports.outliers_seen)
+        return {
+            "options": self.options,
+            "markets": self.markets,
+            "sources": self.sources,
+            "elapsed_s": round(self.elapsed_s, 1),
+            "cycles": self.cycles,
+            "figures": self.figures,
+            "problems": self.problems,
+            "reports": reports,
+            "source_restarts": self.source_restarts,
+            "daemon_exit": self.daemon_exit,
+            "faults": [asdict(f) for f in self.faults],
+            "samples": [asdict(s) for s in self.samples],
+        }
+
+    def table(self) -> str:
+        f = self.figures
+        rows = [
+            ("markets x sources", f"{self.markets} x {self.sources}"),
+            ("elapsed", f"{self.elapsed_s / 60:.1f} min, {self.cycles} cycles"),
+            ("faults injected", f"{len(self.faults)}"),
+            ("faults recovered", f"{f['faults_recovered']:.0f} / {len(self.faults)}"),
+            ("recovery p50 / max", f"{f['recovery_p50_s']:.1f} s / {f['recovery_max_s']:.1f} s"),
+            ("reports checked", f"{self.reports.reports} ({self.reports.live} live)"),
+            ("not live, price null", f"{self.reports.not_live}"),
+            ("bad prices", f"{self.reports.bad}"),
+            ("RSS warm-up -> end", f"{f['rss_base_mb']:.1f} -> {f['rss_end_mb']:.1f} MB "
+             f"({f['rss_growth_pct']:+.2f} %)"),
+            ("RSS slope after warm-up", f"{f['rss_mb_per_hour']:+.2f} MB/h"),
+            ("tasks warm-up -> end", f"{f['tasks_base']:.0f} -> {f['tasks_end']:.0f}"),
+            ("fds warm-up -> end", f"{f['fds_base']:.0f} -> {f['fds_end']:.0f}"),
+            ("sockets warm-up -> end", f"{f['sockets_base']:.0f} -> {f['sockets_end']:.0f}"),
+            ("source task restarts", f"{self.source_restarts}"),
+            ("verdict", "ok" if not self.problems else "; ".join(self.problems)),
+        ]  # fmt: skip
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+# -- the world ---------------------------------------------------------------------------------
+
+
+def soak_config(base: Config, *, max_age_ms: int, audit_path: Path | None) -> Config:
+    """The shipped config with every market's `max_age_ms` shortened and the audit trail set."""
+    data = base.model_dump(by_alias=True, exclude={"admin_token"})
+    for market in data["markets"]:
+        market["max_age_ms"] = max_age_ms
+    data["api"]["admin_token_env"] = "ORACLED_SOAK_ADMIN_TOKEN"
+    data["log"]["format"] = "json"
+    if audit_path is not None:
+        data["audit"].update(
+            enabled=True, path=str(audit_path), max_bytes=64 * 1024**2, retention_days=1.0
+        )
+    return Config.model_validate(data)
+
+
+def _toml(cfg: Config) -> str:
+    return tomli_w.dumps(cfg.model_dump(by_alias=True, exclude={"admin_token"}, exclude_none=True))
+
+
+def _path(venue: SimulatedVenue, pair: str) -> PricePath | None:
+    key = venue.keys.get((pair, "spot"))
+    if key is None:
+        return None
+    return venue.sim.paths.get(key) or venue.sim.paths.get(pair)
+
+
+class Truth:
+    """The band every venue's honest mid spans, per market, over the last half minute.
+
+    The simulated venues of one asset walk one common path (each with a small basis); stablecoins
+    are held at 1.0, so a pair quoted in USDT or USDC has the same truth as its USD pair. A spike
+    changes what one venue prints, never its mid, so the band is what an honest oracle can print.
+    """
+
+    def __init__(self, cfg: Config, venues: Sequence[SimulatedVenue]) -> None:
+        by_id = {v.source: v for v in venues}
+        self.paths: dict[str, list[PricePath]] = {}
+        self.max_age_ms = {m.symbol: m.max_age_ms for m in cfg.markets}
+        for market in cfg.markets:
+            found = []
+            for ms in market.sources:
+                venue = by_id.get(ms.source)
+                path = _path(venue, ms.pair) if venue is not None else None
+                if path is not None and ms.pair.split("/")[1] in STABLE:
+                    found.append(path)
+            if found:
+                self.paths[market.symbol] = found
+        self.history: deque[tuple[int, dict[str, tuple[float, float]]]] = deque()
+
+    def sample(self) -> None:
+        now_ms = int(time.time() * 1000)
+        snap = {m: (min(p.mid for p in ps), max(p.mid for p in ps)) for m, ps in self.paths.items()}
+        self.history.append((now_ms, snap))
+        while self.history and self.history[0][0] < now_ms - 30_000:
+            self.history.popleft()
+
+    def band(self, market: str, ts: int) -> tuple[float, float] | None:
+        """(low, high) of the market's honest mids from `max_age_ms` before `ts` to just after."""
+        start, end = ts - self.max_age_ms.get(market, 0) - 1_000, ts + 1_000
+        lo, hi = math.inf, -math.inf
+        for at, snap in self.history:
+            if start <= at <= end and market in snap:
+                low, high = snap[market]
+                lo, hi = min(lo, low), max(hi, high)
+        return None if lo is math.inf else (lo, hi)
+
+
+def hold_stablecoins(venues: Sequence[SimulatedVenue]) -> None:
+    """Stablecoin paths keep their basis but stop walking: a USDT that drifts by a percent over
+    an hour of soak would make every USDT-quoted source an outlier against the USD-quoted ones."""
+    for venue in venues:
+        for (pair, _), key in venue.keys.items():
+            if pair.split("/")[0] in STABLE:
+                path = venue.sim.paths.get(key) or venue.sim.paths.get(pair)
+                if path is not None:
+                    path.volatility = 0.0
+
+
+# -- the daemon --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DaemonProcess:
+    """`oracled run` as a subprocess on loopback, its log in a file."""
+
+    def __init__(self, config_text: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.config = workdir / "oracled.toml"
+        self.config.write_text(config_text)
+        self.log_path = workdir / "oracled.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "oracled.cli", "run", "--config", str(self.config),
+                 "--listen", f"127.0.0.1:{self.port}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; the exit code, or None if it had to be killed."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def proc_resources(pid: int) -> tuple[int, int, int]:
+    """(resident kB, open descriptors, of which sockets) of a Linux process."""
+    rss = 0
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    fds = sockets = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        fds += 1
+        with contextlib.suppress(OSError):
+            sockets += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return rss, fds, sockets
+
+
+# -- the harness -------------------------------------------------------------------------------
+
+
+class Soak:
+    def __init__(
+        self,
+        opts: SoakOptions,
+        cfg: Config,
+        venues: list[SimulatedVenue],
+        daemon: DaemonProcess,
+        session: aiohttp.ClientSession,
+        log: Callable[[str], None],
+    ) -> None:
+        self.opts = opts
+        self.cfg = cfg
+        self.venues = venues
+        self.daemon = daemon
+        self.session = session
+        self.log = log
+        self.rng = random.Random(opts.seed)
+        self.truth = Truth(cfg, venues)
+        self.check = ReportCheck()
+        self.markets = [m.symbol for m in cfg.markets]
+        self.quoting = [v for v in venues if any(kind == "spot" for _, kind in v.keys)]
+        self.baseline_live: set[str] = set()
+        self.baseline_streaming: set[str] = set()
+        self.faults: list[FaultRecord] = []
+        self.samples: list[Sample] = []
+        self.t0 = time.monotonic()
+        self._paused_seen = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- probes ------------------------------------------------------------------------------
+    async def statuses(self) -> dict[str, str]:
+        async with self.session.get(self.daemon.base + "/v1/prices") as resp:
+            if resp.status != 200:  # 503 before the first round
+                return {}
+            body = await resp.json()
+        return {r["market"]: r["status"] for r in body}
+
+    async def scrape(self) -> tuple[dict[str, str], int, int]:
+        """(state of each source, asyncio tasks, source task restarts) from /metrics."""
+        async with self.session.get(self.daemon.base + "/metrics") as resp:
+            text = await resp.text()
+        states: dict[str, str] = {}
+        tasks = restarts = 0
+        for line in text.splitlines():
+            m = _STATE_LINE.match(line)
+            if m is not None and float(m.group(3)) == 1.0:
+                states[m.group(1)] = m.group(2)
+                continue
+            v = _VALUE_LINE.match(line)
+            if v is not None:
+                if v.group(1) == "oracled_asyncio_tasks":
+                    tasks = int(float(v.group(2)))
+                else:
+                    restarts += int(float(v.group(2)))
+        return states, tasks, restarts
+
+    async def healthy(self) -> bool:
+        statuses = await self.statuses()
+        states, _, _ = await self.scrape()
+        markets_ok = all(statuses.get(m) == "active" for m in self.baseline_live)
+        sources_ok = all(states.get(s) == "streaming" for s in self.baseline_streaming)
+        return markets_ok and sources_ok
+
+    async def sample(self, cycle: int) -> Sample:
+        _, tasks, _ = await self.scrape()
+        rss, fds, sockets = proc_resources(self.daemon.pid)
+        s = Sample(round(self.elapsed(), 1), cycle, rss, fds, sockets, tasks)
+        self.samples.append(s)
+        return s
+
+    # -- background --------------------------------------------------------------------------
+    async def sample_truth(self) -> None:
+        while True:
+            self.truth.sample()
+            await asyncio.sleep(0.1)
+
+    async def subscribe(self) -> None:
+        """Check every report the stream publishes, for the whole run."""
+        url = self.daemon.base.replace("http", "ws", 1) + "/v1/stream"
+        async with self.session.ws_connect(url, max_msg_size=0) as ws:
+            await ws.send_json({"op": "subscribe"})
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    continue
+                frame = json.loads(msg.data)
+                if frame.get("type") == "report":
+                    self.inspect(frame["data"])
+        raise RuntimeError("the daemon closed the stream")
+
+    def inspect(self, report: dict[str, Any]) -> None:
+        c = self.check
+        c.reports += 1
+        market, status, price = report["market"], report["status"], report["price"]
+        c.by_status[status] = c.by_status.get(status, 0) + 1
+        for src in report.get("sources", ()):
+            if src.get("reason") == "outlier":
+                c.outliers_seen.add((market, src["id"]))
+        if status in ("active", "degraded"):
+            c.live += 1
+            if price is None:
+                c.violation(f"{market} {status} at {report['ts']} without a price")
+                return
+            band = self.truth.band(market, report["ts"])
+            if band is None:
+                c.unbanded += 1
+                return
+            lo, hi = band
+            p, tol = float(price), self.opts.band_tolerance
+            if not lo * (1 - tol) <= p <= hi * (1 + tol):
+                c.violation(f"{market} {status} at {report['ts']}: {price} outside [{lo}, {hi}]")
+        else:
+            c.not_live += 1
+            if status == "paused":
+                self._paused_seen += 1
+            if price is not None:
+                c.violation(f"{market} {status} at {report['ts']} with price {price}")
+
+    # -- faults ------------------------------------------------------------------------------
+    def _pick(self) -> SimulatedVenue:
+        return self.rng.choice(self.quoting)
+
+    def inject(self, fault: str, cycle: int) -> tuple[str, Callable[[], Any]]:
+        """Start a fault; return its target and a probe of whether its effect showed."""
+        if fault == "spike":
+            venue = self._pick()
+            (pair, _), key = self.rng.choice([k for k in venue.keys.items() if k[0][1] == "spot"])
+            factor = self.rng.choice((1.08, 0.92))
+            venue.sim.spike(key if key in venue.sim.paths else pair, factor, None)
+            markets = {
+                m.symbol
+                for m in self.cfg.markets
+                if any(s.source == venue.source and s.pair == pair for s in m.sources)
+            }
+            return f"{venue.source} {pair} x{factor}", lambda: any(
+                (m, venue.source) in self.check.outliers_seen for m in markets
+            )
+        if fault == "stall":
+            venue = self._pick()
+            venue.sim.silence(None)  # REST still answers: the source falls back to polling
+            before = venue.sim.stats.rest_requests
+            return venue.source, lambda: venue.sim.stats.rest_requests > before
+        if fault == "disconnect":
+            venue = self._pick()
+            venue.sim.ws_enabled = False
+            before = venue.sim.stats.connections
+            dropped = venue.sim.disconnect()
+            return (
+                f"{venue.source} ({dropped} dropped)",
+                lambda: (
+                    dropped > 0
+                    or (venue.sim.stats.refused > 0 and venue.sim.stats.connections == before)
+                ),
+            )
+        if fault == "garbage":
+            venue = self._pick()
+            sent = venue.sim.garbage(40)
+            return venue.source, lambda: sent > 0
+        if fault == "burst_replay":
+            venue = self._pick()
+            queued = venue.sim.burst(10) + venue.sim.replay_stale(200)
+            return venue.source, lambda: queued > 0
+        if fault == "rest_fail":
+            venue = self._pick()
+            venue.sim.silence(None)
+            venue.sim.rest_status = self.rng.choice((429, 500, 503))
+            venue.sim.rest_delay_s = self.rng.choice((0.0, 2.0))
+            before = venue.sim.stats.rest_requests
+            return (
+                f"{venue.source} {venue.sim.rest_status} delay {venue.sim.rest_delay_s}s",
+                lambda: venue.sim.stats.rest_requests > before,
+            )
+        if fault == "quorum_loss":
+            silent = self.rng.sample(self.quoting, len(self.quoting) // 2 + 2)
+            for venue in silent:
+                venue.sim.silence(None)
+                venue.sim.rest_enabled = False
+            before = self._paused_seen
+            return ",".join(sorted(v.source for v in silent)), lambda: self._paused_seen > before
+        raise ValueError(f"unknown fault {fault!r}")
+
+    async def run_fault(self, fault: str, cycle: int) -> FaultRecord:
+        window = self.opts.quorum_window_s if fault == "quorum_loss" else self.opts.window_s
+        started = self.elapsed()
+        target, effect = self.inject(fault, cycle)
+        await asyncio.sleep(window)
+        seen = bool(effect())
+        for venue in self.venues:
+            venue.sim.reset()
+        cleared = time.monotonic()
+        recovered: float | None = None
+        deadline = cleared + self.opts.recovery_limit_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                if await self.healthy():
+                    recovered = round(time.monotonic() - cleared, 2)
+                    break
+            await asyncio.sleep(0.25)
+        seen = seen or bool(effect())
+        record = FaultRecord(cycle, fault, target, round(started, 1), window, recovered, seen)
+        self.log(
+            f"cycle {cycle} {fault:<12} {target:<40} "
+            + (f"recovered in {recovered:.1f} s" if recovered is not None else "NOT RECOVERED")
+        )
+        return record
+
+    async def settle(self) -> None:
+        """Wait until every market is active and every source streaming (the baseline)."""
+        deadline = time.monotonic() + 120.0
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                statuses = await self.statuses()
+                states, _, _ = await self.scrape()
+                simulated = {v.source for v in self.venues}  # on-chain sources have no chain
+                if (
+                    statuses
+                    and all(s == "active" for s in statuses.values())
+                    and all(states.get(sid) == "streaming" for sid in simulated)
+                ):
+                    self.baseline_live = set(statuses)
+                    self.baseline_streaming = simulated
+                    return
+            await asyncio.sleep(0.5)
+        statuses = await self.statuses()
+        states, _, _ = await self.scrape()
+        raise RuntimeError(f"the daemon never went all live: {statuses} {states}")
+
+    async def run(self) -> int:
+        """The fault cycles; returns how many ran."""
+        await self.settle()
+        self.log(f"all {len(self.baseline_live)} markets active, "
+                 f"{len(self.baseline_streaming)} sources streaming")  # fmt: skip
+        cycle = 0
+        while True:
+            for fault in FAULTS:
+                self.faults.append(await self.run_fault(fault, cycle))
+            await asyncio.sleep(self.opts.settle_s)
+            s = await self.sample(cycle)
+            self.log(f"cycle {cycle} done at {s.t_s:.0f} s: rss {s.rss_kb / 1024:.1f} MB, "
+                     f"fds {s.fds}, sockets {s.sockets}, tasks {s.tasks}")  # fmt: skip
+            cycle += 1
+            if self.opts.cycles is not None and cycle >= self.opts.cycles:
+                return cycle
+            if self.opts.cycles is None and self.elapsed() >= self.opts.duration_s:
+                return cycle
+
+
+def _slope_per_hour(points: list[tuple[float, float]]) -> float:
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mx = sum(t for t, _ in points) / n
+    my = sum(v for _, v in points) / n
+    den = sum((t - mx) ** 2 for t, _ in points)
+    return 0.0 if den == 0 else sum((t - mx) * (v - my) for t, v in points) / den * 3600.0
+
+
+def evaluate(opts: SoakOptions, soak: Soak, restarts: int, exit_code: int | None) -> SoakResult:
+    """Figures and the list of broken properties (empty: the soak passed)."""
+    problems: list[str] = []
+    after = [s for s in soak.samples if s.cycle >= opts.warmup_cycles - 1]
+    if len(after) < 2:
+        problems.append("too few cycles after the warm-up to compare resources")
+    base, end = (after[0], after[-1]) if after else (None, None)
+    recovered = [f.recovered_s for f in soak.faults if f.recovered_s is not None]
+    figures: dict[str, float] = {
+        "faults_recovered": float(len(recovered)),
+        "recovery_p50_s": sorted(recovered)[len(recovered) // 2] if recovered else math.nan,
+        "recovery_max_s": max(recovered) if recovered else math.nan,
+        "rss_base_mb": base.rss_kb / 1024 if base else math.nan,
+        "rss_end_mb": end.rss_kb / 1024 if end else math.nan,
+        "rss_growth_pct": 100.0 * (end.rss_kb / base.rss_kb - 1) if base and end else math.nan,
+        "rss_mb_per_hour": _slope_per_hour([(s.t_s, s.rss_kb / 1024) for s in after[1:]]),
+        "tasks_base": base.tasks if base else math.nan,
+        "tasks_end": end.tasks if end else math.nan,
+        "fds_base": base.fds if base else math.nan,
+        "fds_end": end.fds if end else math.nan,
+        "sockets_base": base.sockets if base else math.nan,
+        "sockets_end": end.sockets if end else math.nan,
+    }
+    if soak.check.bad:
+        problems.append(f"{soak.check.bad} bad prices published")
+    lost = [f"{f.fault}@{f.cycle}" for f in soak.faults if f.recovered_s is None]
+    if lost:
+        problems.append(f"not recovered: {', '.join(lost)}")
+    unseen = [f"{f.fault}@{f.cycle}" for f in soak.faults if not f.effect_seen]
+    if unseen:
+        problems.append(f"fault without effect: {', '.join(unseen)}")
+    if base and end:
+        if end.rss_kb > base.rss_kb * (1 + opts.rss_growth_limit):
+            problems.append(f"RSS grew {figures['rss_growth_pct']:.1f} % after the warm-up")
+        if end.tasks > base.tasks + opts.task_slack:
+            problems.append(f"asyncio tasks grew from {base.tasks} to {end.tasks}")
+        if end.fds > base.fds + opts.fd_slack:
+            problems.append(f"file descriptors grew from {base.fds} to {end.fds}")
+        if end.sockets > base.sockets + opts.fd_slack:
+            problems.append(f"sockets grew from {base.sockets} to {end.sockets}")
+    if restarts:
+        problems.append(f"{restarts} source task restarts (crashes)")
+    if exit_code not in (0, None) or exit_code is None:
+        problems.append(f"daemon did not stop cleanly on SIGTERM (exit {exit_code})")
+    return SoakResult(
+        options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        markets=len(soak.markets),
+        sources=len(soak.venues),
+        elapsed_s=soak.elapsed(),
+        cycles=len({s.cycle for s in soak.samples}),
+        faults=soak.faults,
+        samples=soak.samples,
+        reports=soak.check,
+        source_restarts=restarts,
+        daemon_exit=exit_code,
+        problems=problems,
+        figures=figures,
+    )
+
+
+async def run_soak(
+    opts: SoakOptions,
+    workdir: Path,
+    *,
+    config: Path = ROOT / "config" / "default.toml",
+    log: Callable[[str], None] = print,
+) -> SoakResult:
+    """Run one soak in `workdir` (config, daemon log, audit database) and evaluate it."""
+    base = load_config(config, env={})
+    audit = workdir / "audit.sqlite3" if opts.audit else None
+    cfg, venues = await simulate(
+        soak_config(base, max_age_ms=opts.max_age_ms, audit_path=audit),
+        seed=opts.seed,
+        rate_hz=opts.rate_hz,
+        liveness={"liveness_timeout_s": 1.5, "rest_poll_interval_s": 0.5, "reconnect_max_s": 2.0},
+    )
+    hold_stablecoins(venues)
+    daemon = DaemonProcess(_toml(cfg), workdir)
+    exit_code: int | None = None
+    restarts = 0
+    background: list[asyncio.Task[None]] = []
+    try:
+        daemon.start()
+        async with aiohttp.ClientSession() as session:
+            await _wait_healthy(daemon, session)
+            soak = Soak(opts, cfg, venues, daemon, session, log)
+            background = [
+                asyncio.create_task(soak.sample_truth(), name="soak:truth"),
+                asyncio.create_task(soak.subscribe(), name="soak:subscriber"),
+            ]
+            runner = asyncio.create_task(soak.run(), name="soak:faults")
+            done, _ = await asyncio.wait([runner, *background], return_when=asyncio.FIRST_COMPLETED)
+            if runner not in done:
+                runner.cancel()
+                for task in done:
+                    task.result()  # the subscriber or sampler failed: raise its error
+            runner.result()
+            _, _, restarts = await soak.scrape()
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        exit_code = daemon.stop()
+        if opts.keep_logs is not None:
+            opts.keep_logs.write_text(daemon.logs())
+        for venue in venues:
+            await venue.sim.stop()
+    return evaluate(opts, soak, restarts, exit_code)
+
+
+async def _wait_healthy(daemon: DaemonProcess, session: aiohttp.ClientSession) -> None:
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        if not daemon.alive():
+            raise RuntimeError(f"the daemon exited:\n{daemon.logs()[-4000:]}")
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(daemon.base + "/healthz") as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"the daemon never answered /healthz:\n{daemon.logs()[-4000:]}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=3600.0, help="seconds (default 1 h)")
+    parser.add_argument("--cycles", type=int, default=None, help="stop after this many cycles")
+    parser.add_argument("--window", type=float, default=8.0, help="seconds each fault lasts")
+    parser.add_argument("--settle", type=float, default=20.0, help="calm before each sample")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--config", type=Path, default=ROOT / "config" / "default.toml")
+    parser.add_argument("--no-audit", action="store_true", help="run without the audit trail")
+    parser.add_argument("--rss-limit", type=float, default=0.05, help="allowed RSS growth")
+    parser.add_argument("--json", type=Path, default=None, help="write the result here")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep config, log, audit here")
+    args = parser.parse_args(argv)
+    opts = SoakOptions(
+        duration_s=args.duration,
+        cycles=args.cycles,
+        window_s=args.window,
+        quorum_window_s=max(args.window, 8.0),
+        settle_s=args.settle,
+        seed=args.seed,
+        audit=not args.no_audit,
+        rss_growth_limit=args.rss_limit,
+    )
+
+    def stamp(text: str) -> None:
+        print(time.strftime("%H:%M:%S"), text, flush=True)
+
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        workdir.mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(run_soak(opts, workdir, config=args.config, log=stamp))
+    print(result.table())
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0 if not result.problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
