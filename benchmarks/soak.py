@@ -57,6 +57,7 @@ _STATE_LINE = re.compile(r'^oracled_source_state\{source="([^"]+)",state="([^"]+
 _VALUE_LINE = re.compile(
     r"^(oracled_asyncio_tasks|oracled_source_restarts_total)(?:\{[^}]*\})? (\S+)$"
 )
+_MALFORMED_LINE = re.compile(r'^oracled_source_malformed_frames_total\{source="([^"]+)"\} (\S+)$')
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +361,7 @@ class Soak:
         self.samples: list[Sample] = []
         self.t0 = time.monotonic()
         self._paused_seen = 0
+        self.malformed: dict[str, int] = {}  # per source, as of the latest scrape
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -379,6 +381,10 @@ class Soak:
         states: dict[str, str] = {}
         tasks = restarts = 0
         for line in text.splitlines():
+            bad = _MALFORMED_LINE.match(line)
+            if bad is not None:
+                self.malformed[bad.group(1)] = int(float(bad.group(2)))
+                continue
             m = _STATE_LINE.match(line)
             if m is not None and float(m.group(3)) == 1.0:
                 states[m.group(1)] = m.group(2)
@@ -391,12 +397,17 @@ class Soak:
                     restarts += int(float(v.group(2)))
         return states, tasks, restarts
 
-    async def healthy(self) -> bool:
+    async def lagging(self) -> list[str]:
+        """Markets not active and sources not streaming that were so before the faults."""
         statuses = await self.statuses()
         states, _, _ = await self.scrape()
-        markets_ok = all(statuses.get(m) == "active" for m in self.baseline_live)
-        sources_ok = all(states.get(s) == "streaming" for s in self.baseline_streaming)
-        return markets_ok and sources_ok
+        markets = [
+            f"{m}:{statuses.get(m)}" for m in self.baseline_live if statuses.get(m) != "active"
+        ]
+        sources = [
+            f"{s}:{states.get(s)}" for s in self.baseline_streaming if states.get(s) != "streaming"
+        ]
+        return sorted(markets) + sorted(sources)
 
     async def sample(self, cycle: int) -> Sample:
         _, tasks, _ = await self.scrape()
@@ -427,30 +438,20 @@ class Soak:
     def inspect(self, report: dict[str, Any]) -> None:
         c = self.check
         c.reports += 1
-        market, status, price = report["market"], report["status"], report["price"]
+        market, status = report["market"], report["status"]
         c.by_status[status] = c.by_status.get(status, 0) + 1
         for src in report.get("sources", ()):
             if src.get("reason") == "outlier":
                 c.outliers_seen.add((market, src["id"]))
-        if status in ("active", "degraded"):
-            c.live += 1
-            if price is None:
-                c.violation(f"{market} {status} at {report['ts']} without a price")
-                return
-            band = self.truth.band(market, report["ts"])
-            if band is None:
-                c.unbanded += 1
-                return
-            lo, hi = band
-            p, tol = float(price), self.opts.band_tolerance
-            if not lo * (1 - tol) <= p <= hi * (1 + tol):
-                c.violation(f"{market} {status} at {report['ts']}: {price} outside [{lo}, {hi}]")
-        else:
-            c.not_live += 1
-            if status == "paused":
-                self._paused_seen += 1
-            if price is not None:
-                c.violation(f"{market} {status} at {report['ts']} with price {price}")
+        live = status in ("active", "degraded")
+        c.live += live
+        c.not_live += not live
+        self._paused_seen += status == "paused"
+        band = self.truth.band(market, report["ts"]) if live else None
+        c.unbanded += live and band is None
+        problem = judge(report, band, self.opts.band_tolerance)
+        if problem is not None:
+            c.violation(problem)
 
     # -- faults ------------------------------------------------------------------------------
     def _pick(self) -> SimulatedVenue:
@@ -490,8 +491,9 @@ class Soak:
             )
         if fault == "garbage":
             venue = self._pick()
-            sent = venue.sim.garbage(40)
-            return venue.source, lambda: sent > 0
+            before = self.malformed.get(venue.source, 0)
+            venue.sim.garbage(40)
+            return venue.source, lambda: self.malformed.get(venue.source, 0) > before
         if fault == "burst_replay":
             venue = self._pick()
             queued = venue.sim.burst(10) + venue.sim.replay_stale(200)
@@ -526,9 +528,11 @@ class Soak:
         cleared = time.monotonic()
         recovered: float | None = None
         deadline = cleared + self.opts.recovery_limit_s
+        lagging = ["no answer"]
         while time.monotonic() < deadline:
             with contextlib.suppress(aiohttp.ClientError):
-                if await self.healthy():
+                lagging = await self.lagging()
+                if not lagging:
                     recovered = round(time.monotonic() - cleared, 2)
                     break
             await asyncio.sleep(0.25)
@@ -536,7 +540,11 @@ class Soak:
         record = FaultRecord(cycle, fault, target, round(started, 1), window, recovered, seen)
         self.log(
             f"cycle {cycle} {fault:<12} {target:<40} "
-            + (f"recovered in {recovered:.1f} s" if recovered is not None else "NOT RECOVERED")
+            + (
+                f"recovered in {recovered:.1f} s"
+                if recovered is not None
+                else f"NOT RECOVERED: {' '.join(lagging[:8])}"
+            )
         )
         return record
 
@@ -579,6 +587,21 @@ class Soak:
                 return cycle
             if self.opts.cycles is None and self.elapsed() >= self.opts.duration_s:
                 return cycle
+
+
+def judge(report: dict[str, Any], band: tuple[float, float] | None, tolerance: float) -> str | None:
+    """What is wrong with one published report, or None: a live report carries a price within
+    the true band (widened by `tolerance`, a fraction); a paused or unknown one carries none."""
+    market, status, price, ts = report["market"], report["status"], report["price"], report["ts"]
+    if status not in ("active", "degraded"):
+        return None if price is None else f"{market} {status} at {ts} with price {price}"
+    if price is None:
+        return f"{market} {status} at {ts} without a price"
+    if band is not None:
+        lo, hi = band
+        if not lo * (1 - tolerance) <= float(price) <= hi * (1 + tolerance):
+            return f"{market} {status} at {ts}: {price} outside [{lo:.8g}, {hi:.8g}]"
+    return None
 
 
 def _slope_per_hour(points: list[tuple[float, float]]) -> float:

@@ -141,6 +141,7 @@ class Service:
                 chains=lambda: self.chains.stats() if self.chains is not None else (),
                 audit=self.audit.stats if self.audit is not None else None,
                 push=self.push_stats,
+                tasks=self._count_tasks,
             )
         )
         self._recorder = _TapeRecorder(record) if record else None
@@ -152,6 +153,7 @@ class Service:
         self.chains: ChainSet | None = None  # the chain readers, made in run()
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by run(); read by /metrics
 
     # -- the quote path -------------------------------------------------------------------
     def on_quote(self, quote: Quote) -> None:
@@ -170,6 +172,12 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _count_tasks(self) -> int:
+        """Tasks alive on the running loop; safe from the metrics executor thread (asyncio
+        copies its task set before filtering it)."""
+        loop = self._loop
+        return 0 if loop is None or loop.is_closed() else len(asyncio.all_tasks(loop))
 
     # -- tasks ----------------------------------------------------------------------------
     def _pairs(self, sid: str) -> list[tuple[str, Kind]]:
@@ -353,7 +361,7 @@ class Service:
 
     async def run(self) -> None:
         """Run until stopped; cancel everything and close within the shutdown budget."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
