@@ -191,7 +191,9 @@ def soak_config(base: Config, *, max_age_ms: int, audit_path: Path | None) -> Co
         market["max_age_ms"] = max_age_ms
     data["api"]["admin_token_env"] = "ORACLED_SOAK_ADMIN_TOKEN"
     data["log"]["format"] = "json"
-    if audit_path is not None:
+    if audit_path is None:
+        data["audit"]["enabled"] = False  # the shipped config turns it on, in the working dir
+    else:
         data["audit"].update(
             enabled=True, path=str(audit_path), max_bytes=64 * 1024**2, retention_days=1.0
         )
