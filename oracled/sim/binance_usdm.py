@@ -42,13 +42,14 @@ def _ids(u: int) -> str:
     return f'"u":{_FUTURE - u},"E":{_FUTURE},"T":{_FUTURE},"s":"BTCUSDT"'
 
 
-# One of each kind of bad frame the adapter must survive: broken JSON, wrong shapes, and
-# well-formed book tickers whose prices are NaN, infinite, zero, negative, not numbers, crossed.
+# One of each kind of bad frame the adapter must survive: broken JSON, wrong shapes (null prices; a
+# bare JSON number would be a valid price), and well-formed book tickers whose prices are NaN,
+# infinite, zero, negative, not numbers, crossed.
 GARBAGE: Final[tuple[str, ...]] = (
     _book(f'{_ids(1)},"b":'),
     "not json at all",
     '{"stream":"btcusdt@bookTicker","data":[1,2,3]}',
-    _book(f'{_ids(2)},"b":67000.1,"B":"1","a":67000.2,"A":"1"'),
+    _book(f'{_ids(2)},"b":null,"B":"1","a":null,"A":"1"'),
     '{"hello":"world"}',
     "[]",
     _book(f'{_ids(3)},"b":"NaN","B":"1","a":"NaN","A":"1"'),

@@ -53,9 +53,10 @@ def _ticker(fields: str) -> str:
 
 
 # One of each kind of bad frame the adapters must survive, for both topics: broken JSON, wrong
-# shapes, and well-formed updates whose prices are NaN, infinite, zero, negative, not numbers or
-# crossed. Each is counted once as malformed by a spot or a linear client (the other topic's
-# frames are a wrong shape to it).
+# shapes (a price that is null or true; a bare JSON number would be a valid price), and
+# well-formed updates whose prices are NaN, infinite, zero, negative, not numbers or crossed. Each
+# is counted once as malformed by a spot or a linear client (the other topic's frames are a wrong
+# shape to it).
 GARBAGE: Final[tuple[str, ...]] = (
     '{"topic":"orderbook.1.BTCUSDT","type":"delta","ts":',
     "not json at all",
@@ -69,12 +70,12 @@ GARBAGE: Final[tuple[str, ...]] = (
     _level1('"b":[["abc","1"]],"a":[]'),
     _level1('"b":[["67000.00","x"]],"a":[]'),
     _level1('"b":[["70000.00","1"]],"a":[["60000.00","1"]]'),
-    _level1('"b":[[67000.1,"1"]],"a":[]'),
+    _level1('"b":[[null,"1"]],"a":[]'),
     _ticker('"bid1Price":"NaN","ask1Price":"NaN"'),
     _ticker('"bid1Price":"","ask1Price":"67000.00"'),
     _ticker('"bid1Price":"-1.00","ask1Price":"-0.50"'),
     _ticker('"bid1Price":"70000.00","ask1Price":"60000.00"'),
-    _ticker('"bid1Price":67000.1'),
+    _ticker('"bid1Price":true'),
 )
 
 

@@ -31,14 +31,15 @@ __all__ = ["GARBAGE", "GeminiSim"]
 
 _L2: Final = '{"type":"l2_updates","symbol":"BTCUSD","changes":'
 
-# One of each kind of bad frame: broken JSON, wrong shapes, levels whose price is NaN, zero,
-# negative or not a number, a bad side, a negative quantity, and (last, because it forces a
-# resync) a bid far above every ask, which leaves the book crossed.
+# One of each kind of bad frame: broken JSON, wrong shapes (a null price; a bare JSON number would
+# be a valid one), levels whose price is NaN, zero, negative or not a number, a bad side, a
+# negative quantity, and (last, because it forces a resync) a bid far above every ask, which
+# leaves the book crossed.
 GARBAGE: Final[tuple[str, ...]] = (
     _L2 + '[["buy","67000.1',
     "not json at all",
     _L2 + '"none"}',
-    _L2 + '[["buy",67000.1,1.5]]}',
+    _L2 + '[["buy",null,"1.5"]]}',
     '{"hello":"world"}',
     "[]",
     _L2 + '[["buy","NaN","1"]]}',

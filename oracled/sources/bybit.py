@@ -58,24 +58,21 @@ _TOPIC: Final = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)+")
 
 # Fast path: prices parsed straight into floats by msgspec (strict=False), several times cheaper
 # than float() on decoded text, with the range checked there too. A frame it refuses (a bad price,
-# another shape) takes the slow path, which names the reason exactly. strict=False also takes a
-# bare JSON number where Bybit sends a quoted decimal; such frames are told apart by counting
-# quote characters (see `_bare_numbers`) and left to the slow path, which calls them a wrong shape.
+# another shape) takes the slow path, which names the reason exactly. Bybit quotes every decimal,
+# but a bare JSON number is a valid price too, on both paths (as on Binance spot).
 _Price = Annotated[float, msgspec.Meta(gt=0.0, lt=sys.float_info.max)]
-_ABSENT: Final = -1  # an optional integer field the frame left out
 
 
 class _Ticker(msgspec.Struct):
     """A linear ticker, snapshot or delta: a missing field means "unchanged"."""
 
     symbol: str
-    bid: str | None = msgspec.field(name="bid1Price", default=None)
-    ask: str | None = msgspec.field(name="ask1Price", default=None)
-    last: str | None = msgspec.field(name="lastPrice", default=None)
+    bid: str | float | None = msgspec.field(name="bid1Price", default=None)
+    ask: str | float | None = msgspec.field(name="ask1Price", default=None)
+    last: str | float | None = msgspec.field(name="lastPrice", default=None)
 
 
 class _TickerFrame(msgspec.Struct):
-    topic: str
     type: str
     ts: int
     data: _Ticker
@@ -89,7 +86,6 @@ class _FastTicker(msgspec.Struct, gc=False):
 
 
 class _FastTickerFrame(msgspec.Struct, gc=False):
-    topic: str
     type: str
     ts: int
     data: _FastTicker
@@ -97,34 +93,30 @@ class _FastTickerFrame(msgspec.Struct, gc=False):
 
 class _Level1(msgspec.Struct):
     s: str
-    b: list[tuple[str, str]]
-    a: list[tuple[str, str]]
+    b: list[tuple[str | float, str | float]]
+    a: list[tuple[str | float, str | float]]
     u: int
 
 
 class _BookFrame(msgspec.Struct):
-    topic: str
     type: str
     ts: int
     data: _Level1
 
 
-class _FastLevel1(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _FastLevel1(msgspec.Struct, gc=False):
     s: str
     b: list[tuple[_Price, float]]
     a: list[tuple[_Price, float]]
     u: int
-    seq: int = _ABSENT
 
 
-class _FastBookFrame(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    """Exactly the documented level-1 fields, so that every quote character is accounted for."""
+class _FastBookFrame(msgspec.Struct, gc=False):
+    """Only the fields used; ``topic`` (it repeats ``data.s``), ``seq`` and ``cts`` are skipped."""
 
-    topic: str
     type: str
     ts: int
     data: _FastLevel1
-    cts: int = _ABSENT
 
 
 class _Control(msgspec.Struct):
@@ -174,20 +166,6 @@ _CONTROL = msgspec.json.Decoder(_Control)
 _REST = msgspec.json.Decoder(_Rest)
 _ENCODE = msgspec.json.Encoder()
 _PING: Final = '{"op":"ping"}'
-# Quote characters of a fast-path level-1 frame without its levels and optional keys: eight keys
-# (topic, type, ts, data, s, b, a, u) and three string values (topic, type, s).
-_BOOK_QUOTES: Final = 22
-
-
-def _bare_numbers(data: str | bytes) -> bool:
-    """Whether a linear ticker frame has a value that is neither a string nor one of the three
-    that never are (``data``, ``cs``, ``ts``). Each key brings a colon and two quote characters,
-    every other value two more: k colons go with 4k - 6 quote characters, fewer if a price came
-    as a bare number. (A colon inside a string also breaks the count: such a frame merely takes
-    the slow path.)"""
-    if isinstance(data, bytes):
-        return data.count(b'"') != 4 * data.count(b":") - 6
-    return data.count('"') != 4 * data.count(":") - 6
 
 
 def _best(levels: Sequence[tuple[float, float]], kept: float | None, bids: bool) -> float | None:
@@ -287,8 +265,9 @@ class _BybitSource(Source):
                     break
         self._reject(request_id, message)
 
-    def _price(self, text: str) -> float | None:
-        """A price from the wire, or None after counting why it is unusable."""
+    def _price(self, text: str | float) -> float | None:
+        """A price from the wire (text or a bare number), or None after counting why it is
+        unusable."""
         try:
             value = float(text)
         except ValueError:
@@ -372,11 +351,6 @@ class BybitSpotSource(_BybitSource):
             return
         book = frame.data
         bids, asks = book.b, book.a
-        optional = (book.seq != _ABSENT) + (frame.cts != _ABSENT)
-        quotes = _BOOK_QUOTES + 2 * optional + 4 * (len(bids) + len(asks))
-        if (data.count(b'"') if isinstance(data, bytes) else data.count('"')) != quotes:
-            self._slow(data, recv_ts)  # a price or size came as a bare number
-            return
         symbol, u = book.s, book.u
         previous = self._tops.get(symbol)
         if previous is None or u <= previous.seq or frame.type == "snapshot":
@@ -490,9 +464,6 @@ class BybitLinearSource(_BybitSource):
         try:
             frame = _FAST_TICKERS.decode(data)
         except msgspec.DecodeError:
-            self._slow(data, recv_ts)
-            return
-        if _bare_numbers(data):
             self._slow(data, recv_ts)
             return
         ticker = frame.data

@@ -53,8 +53,10 @@ _INF: Final = math.inf
 
 # The fast path reads a plain diff (exactly ``type``, ``symbol`` and ``changes``) with prices and
 # quantities parsed straight into floats by msgspec (strict=False), and the ranges checked there
-# too: a positive finite price, a quantity >= 0. Whatever it refuses (snapshots, trades, errors,
-# any bad level) takes the slow path below, which names the reason exactly as before.
+# too: a positive finite price, a quantity >= 0. Gemini quotes its decimals, but a bare JSON number
+# is a valid price or quantity too, on both paths (as on Binance spot). Whatever the fast path
+# refuses (snapshots, trades, errors, any bad level) takes the slow path below, which names the
+# reason exactly.
 _Price = Annotated[float, msgspec.Meta(gt=0.0, lt=sys.float_info.max)]
 _Qty = Annotated[float, msgspec.Meta(ge=0.0, lt=sys.float_info.max)]
 
@@ -65,27 +67,20 @@ class _Diff(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     changes: list[tuple[Literal["buy", "sell"], _Price, _Qty]]
 
 
-# A diff holds no other strings than these: its ten quote characters plus six per level. Fewer
-# means a price or quantity came as a bare JSON number, which strict=False would have accepted;
-# such a frame goes to the slow path and is refused there as a wrong shape.
-_DIFF_QUOTES: Final = 10
-_LEVEL_QUOTES: Final = 6
-
-
 class _Message(msgspec.Struct):
     type: str = ""
     result: str = ""
     symbol: str = ""
-    changes: list[tuple[str, str, str]] | None = None
+    changes: list[tuple[str, str | float, str | float]] | None = None
     trades: list[msgspec.Raw] | None = None  # present on the initial snapshot only
     reason: str = ""
     message: str = ""
-    price: str = ""  # of a trade frame
+    price: str | float = ""  # of a trade frame
 
 
 class _Trade(msgspec.Struct):
     event_id: int
-    price: str
+    price: str | float
 
 
 class _RestTicker(msgspec.Struct):
@@ -125,14 +120,24 @@ class _Book:
                     bids[price] = qty
                     if price > bid:
                         bid = price
-                elif bids.pop(price, None) is not None and price == bid:
-                    lost_bid = True
+                elif price <= bid:  # a level above the best bid is not in the book
+                    try:
+                        del bids[price]
+                    except KeyError:  # not in the book either: nothing to remove
+                        continue
+                    if price == bid:
+                        lost_bid = True
             elif qty:
                 asks[price] = qty
                 if price < ask:
                     ask = price
-            elif asks.pop(price, None) is not None and price == ask:
-                lost_ask = True
+            elif price >= ask:
+                try:
+                    del asks[price]
+                except KeyError:
+                    continue
+                if price == ask:
+                    lost_ask = True
         if lost_bid:
             bid = max(bids) if bids else -_INF
         if lost_ask:
@@ -140,7 +145,7 @@ class _Book:
         self.bid, self.ask = bid, ask
 
 
-def _level(change: tuple[str, str, str]) -> tuple[str, float, float] | str:
+def _level(change: tuple[str, str | float, str | float]) -> tuple[str, float, float] | str:
     """(side, price, quantity) of one change, or the reason it is unusable."""
     side, price_s, qty_s = change
     if side not in ("buy", "sell"):
@@ -221,20 +226,48 @@ class GeminiSource(Source):
         except msgspec.DecodeError:
             self._slow(data, recv_ts)
             return
-        changes = diff.changes
-        quotes = data.count(b'"') if isinstance(data, bytes) else data.count('"')
-        book = self._books.get(diff.symbol)
-        if quotes != _DIFF_QUOTES + _LEVEL_QUOTES * len(changes):
-            self._slow(data, recv_ts)
-        elif book is None or self._resyncing:
-            self._l2(diff.symbol, changes, None, recv_ts)  # unknown symbol, resync or first diff
+        symbol = diff.symbol
+        book = self._books.get(symbol)
+        if book is None or self._resyncing:
+            self._l2(symbol, diff.changes, None, recv_ts)  # unknown symbol, resync or first diff
+            return
+        # The common case, a diff applied to a live book, inline (what `_Book.apply` does).
+        bids, asks, bid, ask = book.bids, book.asks, book.bid, book.ask
+        lost_bid = lost_ask = False
+        for side, price, qty in diff.changes:
+            if side == "buy":
+                if qty:
+                    bids[price] = qty
+                    if price > bid:
+                        bid = price
+                elif price <= bid:  # a level above the best bid is not in the book
+                    try:
+                        del bids[price]
+                    except KeyError:  # not in the book either: nothing to remove
+                        continue
+                    if price == bid:
+                        lost_bid = True
+            elif qty:
+                asks[price] = qty
+                if price < ask:
+                    ask = price
+            elif price >= ask:
+                try:
+                    del asks[price]
+                except KeyError:
+                    continue
+                if price == ask:
+                    lost_ask = True
+        if lost_bid:
+            bid = max(bids) if bids else -_INF
+        if lost_ask:
+            ask = min(asks) if asks else _INF
+        book.bid = bid
+        book.ask = ask
+        if -_INF < bid <= ask < _INF:
+            self._quote(symbol, bid, ask, recv_ts, None, book.last)
         else:
-            book.apply(changes)
-            bid, ask = book.bid, book.ask
-            if -_INF < bid <= ask < _INF:
-                self._quote(diff.symbol, bid, ask, recv_ts, None, book.last)
-            else:
-                self._top(diff.symbol, book, recv_ts)
+            self._top(symbol, book, recv_ts)
 
     def _slow(self, data: str | bytes, recv_ts: int) -> None:
         """Every frame the fast path refused: snapshots, trades, heartbeats, errors, bad frames."""
@@ -264,7 +297,7 @@ class GeminiSource(Source):
     def _l2_text(
         self,
         symbol: str,
-        changes: list[tuple[str, str, str]],
+        changes: list[tuple[str, str | float, str | float]],
         trades: list[msgspec.Raw] | None,
         recv_ts: int,
     ) -> None:

@@ -245,8 +245,11 @@ FRAMES = [
     _compact(BOOK.replace('"u": 400900217', '"u": 400900100')),  # older than the first
     _compact(BOOK.replace("25.35190000", "1e1")),
     _compact(BOOK.replace("BNBUSDT", "XRPUSDT")),
-    _compact(BOOK.replace('"A": "40.66000000"', '"A": 40.66')),  # a bare quantity: text path
-    _compact(BOOK.replace('"e": "bookTicker", ', "")),
+    _compact(BOOK.replace('"A": "40.66000000"', '"A": 40.66')),  # a bare quantity
+    _compact(BOOK.replace('"25.35190000"', "25.3519").replace('"25.36520000"', "25.3652")),
+    _compact(BOOK.replace('"25.35190000"', "25.3519").replace('"25.36520000"', '"abc"')),
+    _compact(BOOK.replace('"25.35190000"', "25.3519")).replace('"u":400900217,', ""),
+    _compact(BOOK).replace('"e":"bookTicker",', ""),
     *GARBAGE[2:],
 ]
 
@@ -268,3 +271,22 @@ def test_fast_path_agrees_with_the_text_path(
     source._slow(first, 1)
     source._slow(frame, 2)
     assert _outcome(source, quotes) == fast
+
+
+def test_bare_number_prices_give_the_same_quote_as_quoted_ones(
+    source: BinanceUsdmSource, quotes: list[Quote]
+) -> None:
+    """A price sent as a bare JSON number instead of a quoted decimal is a valid price (as on spot):
+    the documented frame with bare prices and sizes gives exactly the quote of the quoted frame,
+    spaced or compact, with or without the optional update id."""
+    bare = BOOK
+    for text in ("25.35190000", "31.21000000", "25.36520000", "40.66000000"):
+        bare = bare.replace(f'"{text}"', text)
+    assert '"25.35190000"' not in bare
+    frames = [BOOK, bare, _compact(bare), _compact(bare).replace('"u":400900217,', "")]
+    assert '"u"' not in frames[-1]
+    for frame in frames:
+        source._last_u.clear()  # each frame on its own, not as a replay of the one before
+        source.on_message(frame, 1_000)
+    assert len(quotes) == 4 and all(q == quotes[0] for q in quotes)
+    assert quotes[0].bid == 25.3519 and source.stats.malformed == 0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -331,6 +332,11 @@ def _parseable(frames: tuple[str, ...]) -> list[str]:
     return parsed
 
 
+def _bare(frame: str) -> str:
+    """The same frame with every quoted decimal (price or size) sent as a bare JSON number."""
+    return re.sub(r'"(-?[0-9]+(?:\.[0-9]+)?)"', r"\1", frame)
+
+
 SPOT_FRAMES = [
     BOOK_DELTA,
     BOOK_DELTA.replace('"27450.00", "0.400"', '"27452.00", "1"'),
@@ -339,6 +345,8 @@ SPOT_FRAMES = [
     BOOK_SNAPSHOT.replace('"u": 123456789', '"u": 1'),
     BOOK_SNAPSHOT.replace('"u": 123456789', '"u": 5'),
     BOOK_SNAPSHOT.replace("BTCUSDT", "XRPUSDT"),
+    _bare(BOOK_DELTA),
+    _bare(BOOK_DELTA).replace("0.400", '"x"'),  # a bare price beside a size that is no number
     *_parseable(GARBAGE),
 ]
 LINEAR_FRAMES = [
@@ -352,6 +360,8 @@ LINEAR_FRAMES = [
     '"ask1Price":"3500.2"},"cs":24987956061,"ts":1673272861886}',
     '{"topic":"tickers.XRPUSDT","type":"snapshot","data":{"symbol":"XRPUSDT","bid1Price":"1",'
     '"ask1Price":"2"},"cs":24987956061,"ts":1673272861886}',
+    '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT","bid1Price":17215.0,'
+    '"ask1Price":"abc"},"cs":24987956060,"ts":1673272861786}',
     *_parseable(GARBAGE),
 ]
 
@@ -395,12 +405,25 @@ def test_linear_fast_path_agrees_with_the_text_path(h: Harness, frame: str) -> N
     assert _linear_outcome(h.linear, h.quotes) == fast
 
 
-@pytest.mark.parametrize("index", [12, 17])
-def test_bare_numbers_are_a_wrong_shape_even_when_compact(h: Harness, index: int) -> None:
-    """A price sent as a bare JSON number (the venue quotes every decimal) is refused as a wrong
-    shape whatever the layout, on the path that reads prices straight into floats too."""
-    for frame in (GARBAGE[index], compact(GARBAGE[index])):
-        h.spot.on_message(frame, 1)
-        h.linear.on_message(frame, 1)
-    assert h.spot.stats.dropped == {"shape": 2} and h.linear.stats.dropped == {"shape": 2}
-    assert h.quotes == []
+@pytest.mark.parametrize("layout", [str, compact])
+def test_bare_number_prices_give_the_same_quotes_as_quoted_ones(
+    h: Harness, layout: Callable[[str], str]
+) -> None:
+    """A price (or size) sent as a bare JSON number instead of a quoted decimal is a valid price:
+    the bare form of each frame produces exactly the quotes and kept state of the quoted form,
+    spaced or compact, on spot and on linear."""
+    delta = BOOK_DELTA.replace('[["27451.00", "0"]]', '[["27451.50", "2"]]')
+    sessions = ((h.spot, [BOOK_SNAPSHOT, delta]), (h.linear, [LINEAR_SNAPSHOT, LINEAR_FRAMES[0]]))
+    for source, frames in sessions:
+        runs = []
+        for form in (frames, [_bare(f) for f in frames]):
+            h.quotes.clear()
+            source._tops.clear()
+            for i, frame in enumerate(form):
+                source.on_message(layout(frame), i)
+            runs.append(
+                (list(h.quotes), {s: (t.bid, t.ask, t.last) for s, t in source._tops.items()})
+            )
+        assert len(runs[0][0]) == 2 and runs[1] == runs[0]
+        assert source.stats.malformed == 0 and source.stats.dropped == {}
+    assert '"27451.00"' not in _bare(BOOK_SNAPSHOT) and '"17215.50"' not in _bare(LINEAR_SNAPSHOT)

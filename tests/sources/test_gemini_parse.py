@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -278,6 +279,9 @@ DIFFS = [
     '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy"," 99","1"],["sell","101 ","-0"]]}',
     '{"type":"l2_updates","symbol":"DOGEUSD","changes":[["buy","1","1"]]}',
     '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","100","1"]],"extra":1}',
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy",100.5,1],["sell",100.7,"2"]]}',
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy",100.5,"x"]]}',
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy",100.5,1],["sell","abc","1"]]}',
     *GARBAGE[2:],
 ]
 SNAPSHOT = (
@@ -300,3 +304,25 @@ def test_fast_path_agrees_with_the_text_path(harness: Harness, frame: str) -> No
     src._slow(SNAPSHOT, 1)
     src._slow(frame, 2)
     assert _outcome(harness) == fast
+
+
+def _bare(frame: str) -> str:
+    """The same frame with every quoted decimal (price, quantity) sent as a bare JSON number."""
+    return re.sub(r'"(-?[0-9]+(?:\.[0-9]+)?)"', r"\1", frame)
+
+
+def test_bare_number_prices_give_the_same_quotes_as_quoted_ones(harness: Harness) -> None:
+    """A price or quantity sent as a bare JSON number instead of a quoted decimal is a valid one:
+    the recorded session with every decimal bare (snapshots, their trades and the diffs) gives
+    exactly the quotes, last prices included, of the quoted session."""
+    src = harness.source
+    for i, frame in enumerate(L2):
+        src.on_message(frame, 100 + i)
+    quoted = list(harness.quotes)
+    harness.quotes.clear()
+    src._queue_subscriptions()  # a new connection: empty books
+    for i, frame in enumerate(L2):
+        src.on_message(_bare(frame), 100 + i)
+    assert '"0.6157"' in L2[0] and '"0.6157"' not in _bare(L2[0])
+    assert len(quoted) == len(EXPECTED) and harness.quotes == quoted
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
