@@ -107,11 +107,20 @@ class GeminiSim(VenueSim):
         return book
 
     def data_frame(self, symbol: str, path: PricePath, now: float) -> str:
-        """The diff from the last published book to the book now."""
+        """The diff from the last published book to the book now, as the venue sends it: levels
+        that left, levels that appeared, and a new size at the top of one side (recorded Gemini
+        l2_updates carry a median of two changes; resending every level would be unrealistic)."""
         old = self._current(symbol)
-        new = self._books[symbol] = self.levels(symbol)
-        changes = [[side, price, "0"] for side, price in old if (side, price) not in new]
-        changes += [[side, price, qty] for (side, price), qty in new.items()]
+        fresh = self.levels(symbol)
+        new = {key: old.get(key, qty) for key, qty in fresh.items()}
+        side = "buy" if next(self.sequence) % 2 else "sell"
+        top = (max if side == "buy" else min)((float(p), p) for (s, p) in new if s == side)[1]
+        new[side, top] = fresh[side, top]
+        self._books[symbol] = new
+        changes = [[s, price, "0"] for s, price in old if (s, price) not in new]
+        changes += [
+            [s, price, qty] for (s, price), qty in new.items() if old.get((s, price)) != qty
+        ]
         return json.dumps(
             {"type": "l2_updates", "symbol": symbol, "changes": changes}, separators=(",", ":")
         )
