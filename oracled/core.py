@@ -20,7 +20,7 @@ A round, for each layer of markets (conversion legs first):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from math import isfinite
 from typing import Any
 
@@ -41,6 +41,12 @@ USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(FLAG_BASE)
 SLOT_REASONS: tuple[str | None, ...] = (None, "no_quote", "stale", "route", "bounds", "outlier")
 # Codes from FLAG_BASE on are the sources' own flags; a RoundResult names them in slot_names.
 _STATUS_LABELS = tuple(s.label for s in Status)
+
+
+@cache
+def _reason_names(bits: int) -> tuple[str, ...]:
+    """`reasons_from_bits`, decoded once per distinct mask (a handful occur in practice)."""
+    return tuple(reasons_from_bits(bits))
 
 
 def _as_slice(idx: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | slice:
@@ -116,24 +122,26 @@ class RoundResult:
             age[i],
             weight[i],
         )
+        # Positional fields (id, pair, value, weight, used, reason, age_ms) over zipped rows:
+        # this runs once per slot per published round, the publish path's inner loop.
         sources = [
             SourceValue(
-                id=ids[j],
-                pair=pairs[j],
-                value=format(values[j], fmt) if isfinite(values[j]) else None,
-                weight=weights[j],
-                used=codes[j] == USED,
-                reason=names[codes[j]],
-                age_ms=ages[j] if codes[j] != NO_QUOTE else None,
+                sid,
+                pair,
+                format(v, fmt) if isfinite(v) else None,
+                w,
+                c == USED,
+                names[c],
+                a if c != NO_QUOTE else None,
             )
-            for j in range(len(ids))
+            for sid, pair, v, w, c, a in zip(ids, pairs, values, weights, codes, ages, strict=False)
         ]
         return Report(
             market=lay.markets[i],
             ts=self.ts,
             round=self.round,
             status=_STATUS_LABELS[status[i]],
-            reasons=reasons_from_bits(reasons[i]),
+            reasons=list(_reason_names(reasons[i])),
             price=format(price[i], fmt) if live else None,
             confidence=format(conf[i], fmt) if live else None,
             last_good_price=format(good, fmt) if isfinite(good) else None,
