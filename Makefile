@@ -30,8 +30,14 @@ pytest:
 demo: install
 	$(VENV)/bin/oracled demo
 
-bench: install-test
-	$(PY) benchmarks/bench_round.py --markets 100,1000,5000 --sources 8,16
+BENCH_OUT ?= benchmarks/results
+bench: install-test  ## the benchmark set (a few minutes); tables on stdout, JSON in $(BENCH_OUT)
+	@mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/bench_round.py --markets 100,1000,5000 --sources 8,16 --json $(BENCH_OUT)/round.json
+	$(PY) benchmarks/bench_ingest.py --frames 20000 --repeat 3 --json $(BENCH_OUT)/ingest.json
+	$(PY) benchmarks/bench_e2e.py --markets 1000 --sources 8 --rates 8000,32000,64000 --duration 8 --json $(BENCH_OUT)/e2e.json
+	$(PY) benchmarks/bench_e2e.py --markets 1000 --sources 8 --rates 32000 --duration 8 --watch 10 --json $(BENCH_OUT)/e2e-watch10.json
+	$(PY) benchmarks/bench_e2e.py --venue binance --memory 100,1000,5000 --sources 8 --json $(BENCH_OUT)/memory.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis

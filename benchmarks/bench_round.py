@@ -188,15 +188,25 @@ def main(argv: list[str] | None = None) -> int:
     results = [run_case(m, s, args.rounds, args.seed) for m in args.markets for s in args.sources]
     header = (
         f"{'markets':>7} {'sources':>7} {'slots':>7} {'round p50':>10} {'round p99':>10} "
-        f"{'ingest/q':>9} {'reports':>10} {'encode':>10} {'live':>6}"
+        f"{'ns/slot':>8} {'ingest/q':>9} {'reports':>10} {'encode':>10} {'live':>6}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
+        # ns/slot: how the round grows; flat when the cost is per slot, high when fixed costs
+        # (one numpy call per step and layer) dominate small configs.
         print(
             f"{r.markets:>7} {r.sources:>7} {r.slots:>7} {r.round_median_us / 1e3:>8.3f}ms "
-            f"{r.round_p99_us / 1e3:>8.3f}ms {r.ingest_per_quote_us:>7.2f}us "
+            f"{r.round_p99_us / 1e3:>8.3f}ms {r.round_median_us * 1e3 / r.slots:>8.0f} "
+            f"{r.ingest_per_quote_us:>7.2f}us "
             f"{r.reports_all_us / 1e3:>8.2f}ms {r.encode_all_us / 1e3:>8.2f}ms {r.live_markets:>6}"
+        )
+    budget = [r for r in results if (r.markets, r.sources) == (1000, 16)]
+    if budget:
+        b = budget[0]
+        print(
+            f"\nbudget: one round over 1,000 x 16 under 2 ms: "
+            f"p50 {b.round_median_us / 1e3:.2f} ms, p99 {b.round_p99_us / 1e3:.2f} ms"
         )
     if args.json:
         doc = {
