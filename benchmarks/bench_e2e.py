@@ -608,9 +608,9 @@ async def run_step(args: argparse.Namespace, rate: float, workdir: Path) -> Step
         step.sent = sum(final["sent"].values())
         step.quotes = int(_sum(m2, "oracled_source_quotes"))
         dropped: dict[str, float] = {}
-        for k, v in m2.items():
-            if k.startswith("oracled_quotes_dropped{") and v:
-                reason = re.search(r'reason="([^"]+)"', k)
+        for key, v in m2.items():
+            if key.startswith("oracled_quotes_dropped{") and v:
+                reason = re.search(r'reason="([^"]+)"', key)
                 if reason:
                     dropped[reason.group(1)] = dropped.get(reason.group(1), 0.0) + v
         step.dropped = dropped
@@ -627,8 +627,8 @@ async def run_step(args: argparse.Namespace, rate: float, workdir: Path) -> Step
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await daemon.stop()
-        for w in workers:
-            await w.stop()
+        for worker in workers:
+            await worker.stop()
 
 
 async def memory_step(args: argparse.Namespace, markets: int, workdir: Path) -> dict[str, Any]:

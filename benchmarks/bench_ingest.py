@@ -148,7 +148,7 @@ class Case:
 
 
 def _adapters(
-    case: Case, session: aiohttp.ClientSession, emit: Callable[[Quote], object]
+    case: Case, session: aiohttp.ClientSession, emit: Callable[[Quote], Any]
 ) -> dict[str, Any]:
     return {
         sid: build_source(sid, cfg, pairs, emit, ManualClock(0), session, SourceStats(sid))
