@@ -445,6 +445,10 @@ class Source(abc.ABC):
                 recv_ts = clock.now_ms()
                 stats.frames += 1
                 stats.last_frame_ms = recv_ts
+                if not stats.frames & 31:
+                    # receive() returns at once while frames are buffered: without this, a burst
+                    # is read to the end before a round or a subscriber write gets the loop.
+                    await asyncio.sleep(0)
                 if self._streaming:
                     self.on_message(msg.data, recv_ts)
                 else:

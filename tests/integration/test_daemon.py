@@ -198,7 +198,12 @@ async def test_record_writes_a_tape_that_replay_reads_back(
     d.argv[1] = "record"
     await d.start("--out", str(tape))
     try:
-        await d.wait_status("BTC/USD", {"active", "degraded"})
+        live = await d.wait_status("BTC/USD", {"active", "degraded"})
+
+        async def later_rounds() -> bool:  # keep recording: the tape must reach past that round
+            return int((await d.report("BTC/USD"))["round"]) >= int(live["round"]) + 10
+
+        await d.wait_for(later_rounds, 10, "ten more rounds recorded")
         assert await asyncio.to_thread(d.terminate) == 0
     finally:
         await d.close()
