@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,12 +62,19 @@ _RESTART_MAX_S = 30.0
 
 
 class _TapeRecorder:
-    """Buffers tape lines in memory and writes them from a worker thread once a second."""
+    """Buffers tape lines in memory and writes them from a worker thread every few rounds.
+
+    Writes are strictly in order: a batch starts only after the previous one finished, and
+    closing waits for a write in flight (a cancelled round loop does not stop its thread), so
+    the tape never has lines out of order.
+    """
 
     def __init__(self, path: Path) -> None:
         self._file: IO[bytes] = path.open("wb")
         self._file.write(header_line())
         self._buffer: list[bytes] = []
+        self._lock = threading.Lock()
+        self._pending: asyncio.Future[None] | None = None
 
     def add(self, quote: Quote) -> None:
         self._buffer.append(quote_to_line(quote))
@@ -74,16 +82,26 @@ class _TapeRecorder:
     async def flush(self) -> None:
         lines, self._buffer = self._buffer, []
         if lines:
-            await asyncio.to_thread(self._write, lines)
+            loop = asyncio.get_running_loop()
+            self._pending = loop.run_in_executor(None, self._write, lines)
+            await asyncio.shield(self._pending)
+
+    async def drain(self) -> None:
+        """Wait for a batch in flight (the round loop may have been cancelled while it ran)."""
+        if self._pending is not None:
+            await asyncio.wait([self._pending])
 
     def _write(self, lines: list[bytes]) -> None:
-        self._file.writelines(lines)
-        self._file.flush()
+        with self._lock:
+            self._file.writelines(lines)
+            self._file.flush()
 
     def close(self) -> None:
-        self._write(self._buffer)
-        self._buffer = []
-        self._file.close()
+        """Write what is left after any batch in flight, then close."""
+        with self._lock:
+            self._file.writelines(self._buffer)
+            self._buffer = []
+            self._file.close()
 
 
 class Service:
@@ -405,6 +423,7 @@ class Service:
                     await runner.cleanup()
                     await session.close()
             if self._recorder is not None:
+                await self._recorder.drain()
                 self._recorder.close()
             if self._signer_worker is not None:
                 self._signer_worker.close()

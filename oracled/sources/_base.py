@@ -442,13 +442,14 @@ class Source(abc.ABC):
             self._last_rx = clock.monotonic()
             kind = msg.type
             if kind is text or kind is binary:
-                recv_ts = clock.now_ms()
                 stats.frames += 1
-                stats.last_frame_ms = recv_ts
                 if not stats.frames & 31:
                     # receive() returns at once while frames are buffered: without this, a burst
                     # is read to the end before a round or a subscriber write gets the loop.
+                    # Before the receive time is taken, so quotes leave in receive-time order.
                     await asyncio.sleep(0)
+                recv_ts = clock.now_ms()
+                stats.last_frame_ms = recv_ts
                 if self._streaming:
                     self.on_message(msg.data, recv_ts)
                 else:
