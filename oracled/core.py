@@ -19,6 +19,7 @@ A round, for each layer of markets (conversion legs first):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, cached_property
 from math import isfinite
@@ -193,7 +194,7 @@ class Core:
             for k, key in enumerate(layout.slot_keys[i]):
                 ok = old_slots.get(key)
                 if ok is not None:
-                    for attr in ("mid", "stamp", "received", "flag"):
+                    for attr in ("mid", "stamp", "flag"):
                         getattr(book, attr)[i, k] = getattr(old_book, attr)[j, ok]
         book.latest.update((k, q) for k, q in old_book.latest.items() if k in layout.feeds)
         book.perps.update((k, q) for k, q in old_book.perps.items() if k in layout.perp_feeds)
@@ -212,9 +213,15 @@ class Core:
     def markets(self) -> tuple[str, ...]:
         return self.layout.markets
 
-    def ingest(self, quote: Quote) -> DropReason | None:
-        """Store one quote; return why it was dropped, or None."""
-        return self.book.ingest(quote)
+    @property
+    def book(self) -> Book:
+        return self._book
+
+    @book.setter
+    def book(self, book: Book) -> None:
+        # `ingest` is the book's own bound method, not a wrapper: it runs once per venue frame.
+        self._book = book
+        self.ingest: Callable[[Quote], DropReason | None] = book.ingest
 
     def set_manual(self, market: str, paused: bool) -> None:
         """Operator pause (or release). Releasing still needs the healthy streak to go live."""

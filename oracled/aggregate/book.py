@@ -155,7 +155,6 @@ class Book:
         "_flag_codes",
         "_flat_flag",
         "_flat_mid",
-        "_flat_received",
         "_flat_stamp",
         "_floor",
         "_perps",
@@ -167,7 +166,6 @@ class Book:
         "layout",
         "mid",
         "perps",
-        "received",
         "stamp",
     )
 
@@ -176,7 +174,6 @@ class Book:
         shape = layout.weight.shape
         self.mid = np.full(shape, np.nan)  # in market units before any conversion leg
         self.stamp = np.full(shape, np.iinfo(np.int64).min // 2, dtype=np.int64)  # age reference
-        self.received = np.zeros(shape, dtype=np.int64)
         # Source flags: 0 for none, else FLAG_BASE + index into flag_names (grown on first use).
         self.flag = np.zeros(shape, dtype=np.int8)
         self.flag_names: list[str] = []
@@ -193,19 +190,66 @@ class Book:
         # which costs a third of numpy's item access (the arrays are never reallocated).
         self._flat_mid = self.mid.reshape(-1).data.cast("B").cast("d")
         self._flat_stamp = self.stamp.reshape(-1).data.cast("B").cast("q")
-        self._flat_received = self.received.reshape(-1).data.cast("B").cast("q")
         self._flat_flag = self.flag.reshape(-1).data.cast("B").cast("b")
 
     def ingest(self, quote: Quote) -> DropReason | None:
-        """Validate one quote and store it; return the drop reason, or None if it was stored."""
-        reason = self._check(quote)
+        """Validate one quote and store it; return the drop reason, or None if it was stored.
+
+        The hot path: one call per venue frame. A quote with bid and ask inside the price bounds,
+        no flag and a feed of its own takes the straight line below; anything else, including
+        every quote that may be dropped, goes through `_ingest_checked`, which names the reason.
+        """
+        key = (quote.source, quote.pair, quote.kind)
+        slots = self._feeds.get(key)
+        bid = quote.bid
+        ask = quote.ask
+        # One chained comparison rejects a missing side, NaN, +-inf, zero, negatives, a crossed
+        # book and both bounds (the mid of a pair inside the bounds is inside them).
+        if (
+            slots is None
+            or bid is None
+            or ask is None
+            or quote.flag is not None
+            or not self._floor <= bid <= ask <= self._ceiling
+        ):
+            return self._ingest_checked(key, slots, quote)
+        recv_ts = quote.recv_ts
+        venue_ts = quote.venue_ts
+        if venue_ts is None:
+            stamp = recv_ts
+        elif venue_ts > recv_ts + self._skew:
+            self.drops[(quote.source, DropReason.FUTURE)] += 1
+            return DropReason.FUTURE
+        else:
+            stamp = venue_ts
+        flat_stamp = self._flat_stamp
+        try:
+            if stamp < flat_stamp[slots[0][0]]:
+                self.drops[(quote.source, DropReason.OUT_OF_ORDER)] += 1
+                return DropReason.OUT_OF_ORDER
+            mid = (bid + ask) * 0.5
+            flat_mid, flat_flag = self._flat_mid, self._flat_flag
+            for flat, invert in slots:
+                flat_stamp[flat] = stamp  # first: the one write that refuses a non-int time
+                flat_mid[flat] = 1.0 / mid if invert else mid
+                flat_flag[flat] = 0
+        except TypeError:  # a time that is not an int (the memoryviews take ints only)
+            return self._ingest_checked(key, slots, quote)
+        self.latest[key] = quote
+        return None
+
+    def _ingest_checked(
+        self, key: SlotKey, slots: tuple[tuple[int, bool], ...] | None, quote: Quote
+    ) -> DropReason | None:
+        """The full path: every check in order, the drop counted with its reason."""
+        reason = self._check(key, slots, quote)
         if reason is not None:
             self.drops[(quote.source, reason)] += 1
         return reason
 
-    def _check(self, quote: Quote) -> DropReason | None:
-        key = (quote.source, quote.pair, quote.kind)
-        slots = self._feeds.get(key)
+    def _check(
+        self, key: SlotKey, slots: tuple[tuple[int, bool], ...] | None, quote: Quote
+    ) -> DropReason | None:
         if slots is None:
             if key in self._perps:
                 return self._check_perp(key, quote)
@@ -218,9 +262,9 @@ class Book:
                 return DropReason.NON_POSITIVE
             if bid > ask:
                 return DropReason.CROSSED
-            mid = (bid + ask) * 0.5
+            mid = (float(bid) + float(ask)) * 0.5  # the memoryview below takes floats only
         elif quote.price is not None:
-            mid = float(quote.price)  # the memoryview below takes floats only
+            mid = float(quote.price)
             if not math.isfinite(mid):
                 return DropReason.NOT_FINITE
             if mid <= 0.0:
@@ -239,13 +283,11 @@ class Book:
         flat_stamp = self._flat_stamp
         if stamp < flat_stamp[slots[0][0]]:
             return DropReason.OUT_OF_ORDER
-        flat_mid, flat_recv, flat_flag = self._flat_mid, self._flat_received, self._flat_flag
+        flat_mid, flat_flag = self._flat_mid, self._flat_flag
         flag = 0 if quote.flag is None else self._flag_code(quote.flag)
-        recv_ts = int(quote.recv_ts)
         for flat, invert in slots:
             flat_mid[flat] = 1.0 / mid if invert else mid
             flat_stamp[flat] = stamp
-            flat_recv[flat] = recv_ts
             flat_flag[flat] = flag
         self.latest[key] = quote
         return None

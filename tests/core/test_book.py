@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 from core_helpers import T0, USDT_ROUTE, config, market, standard_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from oracled.aggregate.book import Book, DropReason, Layout
+from oracled.aggregate.book import FLAG_BASE, Book, DropReason, Layout
 from oracled.config import Config
 from oracled.core import Core
 from oracled.model import Quote
@@ -86,7 +89,7 @@ def test_an_older_quote_is_out_of_order_and_keeps_the_newer_one() -> None:
     assert book.ingest(Quote("a", "BTC/USD", T0 + 6, price=101.0, venue_ts=T0 - 10)) is None
     assert book.mid[i, j] == 101.0
     assert book.stamp[i, j] == T0 - 10
-    assert book.received[i, j] == T0 + 6
+    assert book.latest[("a", "BTC/USD", "spot")].recv_ts == T0 + 6
     # Without a venue time, the receive time is the stamp, and it is compared the same way.
     assert book.ingest(Quote("a", "BTC/USD", T0 - 20, price=1.0)) is DropReason.OUT_OF_ORDER
 
@@ -157,3 +160,72 @@ def test_perpetual_quotes_are_kept_for_the_mark_price_and_never_vote() -> None:
     report = core.run_round(T0).report(0)
     assert report.price == "50.00"
     assert [s.id for s in report.sources] == ["a", "b"]
+
+
+_PRICES = st.one_of(
+    st.none(),
+    st.sampled_from([0.0, -1.0, math.nan, math.inf, -math.inf, 1e-12, 1e13, 1e20]),
+    st.floats(min_value=0.5, max_value=200.0),
+    st.floats(min_value=0.5, max_value=200.0),
+)
+_QUOTE_FIELDS = st.fixed_dictionaries(
+    {
+        "source": st.sampled_from(["a", "a", "b", "e", "zz"]),
+        "pair": st.sampled_from(["BTC/USD", "BTC/USD", "ETH/USDT", "USD/JPY", "DOGE/USD"]),
+        "price": _PRICES,
+        "bid": _PRICES,
+        "ask": _PRICES,
+        "kind": st.sampled_from(["spot", "spot", "spot", "perp"]),
+        "venue_lag": st.one_of(st.none(), st.integers(-3_000, 100)),
+        "float_time": st.booleans(),
+        "flag": st.sampled_from([None, None, "liquidity"]),
+    }
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_QUOTE_FIELDS, max_size=40))
+def test_the_fast_path_agrees_with_the_fully_checked_path(fields: list[dict[str, Any]]) -> None:
+    """Book.ingest takes a short cut for the usual quote; any sequence of quotes, good and bad
+    (bounds, NaN, crossed, flags, float times, unknown keys, perps, times in and out of order),
+    gives the same drop reasons, drop counts and book contents as the path that checks everything
+    in order."""
+    fast, full = _book(), _book()
+    for n, f in enumerate(fields):
+        recv_ts = T0 + 10 * n
+        lag = f["venue_lag"]
+        q = Quote(
+            f["source"],
+            f["pair"],
+            float(recv_ts) if f["float_time"] else recv_ts,
+            f["price"],
+            f["bid"],
+            f["ask"],
+            f["kind"],
+            None if lag is None else recv_ts - lag,
+            flag=f["flag"],
+        )
+        key = (q.source, q.pair, q.kind)
+        expected = full._ingest_checked(key, full._feeds.get(key), q)
+        assert fast.ingest(q) == expected, q
+    assert fast.drops == full.drops
+    np.testing.assert_array_equal(fast.mid, full.mid)
+    np.testing.assert_array_equal(fast.stamp, full.stamp)
+    np.testing.assert_array_equal(fast.flag, full.flag)
+    assert fast.latest == full.latest
+    assert fast.perps == full.perps
+
+
+def test_a_flag_lasts_until_the_next_unflagged_quote() -> None:
+    """A flagged quote marks its slot; the next plain quote of the same feed clears the mark
+    (whichever path of ingest takes it)."""
+    book = _book()
+    i, j = _slot(book, "BTC/USD", "a")
+    assert book.ingest(Quote("a", "BTC/USD", T0, bid=99.0, ask=101.0, flag="liquidity")) is None
+    assert book.flag[i, j] != 0
+    assert book.flag_names[book.flag[i, j] - FLAG_BASE] == "liquidity"
+    assert book.ingest(Quote("a", "BTC/USD", T0 + 1, bid=99.0, ask=101.0)) is None
+    assert book.flag[i, j] == 0
+    assert book.ingest(Quote("a", "BTC/USD", T0 + 2, price=100.0, flag="liquidity")) is None
+    assert book.ingest(Quote("a", "BTC/USD", T0 + 3, price=100.0)) is None
+    assert book.flag[i, j] == 0
