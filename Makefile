@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/default.toml
 
-.PHONY: run test install install-test lint typecheck pytest demo bench clean
+.PHONY: run test install install-test lint typecheck pytest demo bench soak clean
 
 run: install  ## install into a local virtual environment and start the daemon
 	$(VENV)/bin/oracled run --config $(CONFIG)
@@ -38,6 +38,11 @@ bench: install-test  ## the benchmark set (a few minutes); tables on stdout, JSO
 	$(PY) benchmarks/bench_e2e.py --markets 1000 --sources 8 --rates 8000,32000,64000 --duration 8 --json $(BENCH_OUT)/e2e.json
 	$(PY) benchmarks/bench_e2e.py --markets 1000 --sources 8 --rates 32000 --duration 8 --watch 10 --json $(BENCH_OUT)/e2e-watch10.json
 	$(PY) benchmarks/bench_e2e.py --venue binance --memory 100,1000,5000 --sources 8 --json $(BENCH_OUT)/memory.json
+
+SOAK_SECONDS ?= 14400
+soak: install-test  ## the long soak (4 h by default): faults on a schedule, checked at the end
+	@mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/soak.py --duration $(SOAK_SECONDS) --json $(BENCH_OUT)/soak.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis
