@@ -48,7 +48,8 @@ class _Book(msgspec.Struct, gc=False):
 
 
 class _Combined(msgspec.Struct, gc=False):
-    stream: str
+    """A combined-stream frame; ``stream`` is not decoded (the payload names the symbol)."""
+
     data: _Book
 
 
