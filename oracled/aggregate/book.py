@@ -158,6 +158,7 @@ class Book:
         "_flat_stamp",
         "_floor",
         "_perps",
+        "_single",
         "_skew",
         "drops",
         "flag",
@@ -181,6 +182,12 @@ class Book:
         self.latest: dict[SlotKey, Quote] = {}
         self.drops: Counter[tuple[str, str]] = Counter()
         self._feeds = layout.feeds
+        # Feeds of exactly one slot, not inverted: the straight path of `ingest` (flat index).
+        self._single = {
+            key: slots[0][0]
+            for key, slots in layout.feeds.items()
+            if len(slots) == 1 and not slots[0][1]
+        }
         self._perps = layout.perp_feeds
         self.perps: dict[SlotKey, Quote] = {}  # latest valid perpetual quote, for the mark price
         self._skew = cfg.oracle.max_clock_skew_ms
@@ -195,24 +202,25 @@ class Book:
     def ingest(self, quote: Quote) -> DropReason | None:
         """Validate one quote and store it; return the drop reason, or None if it was stored.
 
-        The hot path: one call per venue frame. A quote with bid and ask inside the price bounds,
-        no flag and a feed of its own takes the straight line below; anything else, including
-        every quote that may be dropped, goes through `_ingest_checked`, which names the reason.
+        The hot path: one call per venue frame. A quote of a feed with one plain slot (the usual
+        case), with bid and ask inside the price bounds and no flag, takes the straight line
+        below; anything else, including every quote that may be dropped for its prices, goes
+        through `_ingest_checked`, which names the reason.
         """
         key = (quote.source, quote.pair, quote.kind)
-        slots = self._feeds.get(key)
+        flat = self._single.get(key)
         bid = quote.bid
         ask = quote.ask
         # One chained comparison rejects a missing side, NaN, +-inf, zero, negatives, a crossed
         # book and both bounds (the mid of a pair inside the bounds is inside them).
         if (
-            slots is None
+            flat is None
             or bid is None
             or ask is None
             or quote.flag is not None
             or not self._floor <= bid <= ask <= self._ceiling
         ):
-            return self._ingest_checked(key, slots, quote)
+            return self._ingest_checked(key, self._feeds.get(key), quote)
         recv_ts = quote.recv_ts
         venue_ts = quote.venue_ts
         if venue_ts is None:
@@ -224,17 +232,14 @@ class Book:
             stamp = venue_ts
         flat_stamp = self._flat_stamp
         try:
-            if stamp < flat_stamp[slots[0][0]]:
+            if stamp < flat_stamp[flat]:
                 self.drops[(quote.source, DropReason.OUT_OF_ORDER)] += 1
                 return DropReason.OUT_OF_ORDER
-            mid = (bid + ask) * 0.5
-            flat_mid, flat_flag = self._flat_mid, self._flat_flag
-            for flat, invert in slots:
-                flat_stamp[flat] = stamp  # first: the one write that refuses a non-int time
-                flat_mid[flat] = 1.0 / mid if invert else mid
-                flat_flag[flat] = 0
-        except TypeError:  # a time that is not an int (the memoryviews take ints only)
-            return self._ingest_checked(key, slots, quote)
+            flat_stamp[flat] = stamp  # first: the one write that refuses a time that is no int
+        except TypeError:
+            return self._ingest_checked(key, self._feeds.get(key), quote)
+        self._flat_mid[flat] = (bid + ask) * 0.5
+        self._flat_flag[flat] = 0
         self.latest[key] = quote
         return None
 
