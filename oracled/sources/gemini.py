@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, ClassVar, Final, Literal
 
 import aiohttp
@@ -51,20 +51,24 @@ __all__ = ["GeminiSource"]
 
 _INF: Final = math.inf
 
-# The fast path reads a plain diff (exactly ``type``, ``symbol`` and ``changes``) with prices and
-# quantities parsed straight into floats by msgspec (strict=False), and the ranges checked there
-# too: a positive finite price, a quantity >= 0. Gemini quotes its decimals, but a bare JSON number
-# is a valid price or quantity too, on both paths (as on Binance spot). Whatever the fast path
-# refuses (snapshots, trades, errors, any bad level) takes the slow path below, which names the
+# The fast path reads an ``l2_updates`` message, diff or snapshot, in one pass: prices and
+# quantities parsed straight into floats by msgspec (strict=False), the ranges checked there too (a
+# positive finite price, a quantity >= 0), a snapshot's trades read as (event id, price) and every
+# other field skipped unread. A snapshot of hundreds of levels then costs about its bare decode
+# plus one pass over its levels. Gemini quotes its decimals, but a bare JSON number is a valid
+# price or quantity too, on both paths (as on Binance spot). Whatever the fast path refuses
+# (trades, heartbeats, errors, any bad level or trade) takes the slow path below, which names the
 # reason exactly.
 _Price = Annotated[float, msgspec.Meta(gt=0.0, lt=sys.float_info.max)]
 _Qty = Annotated[float, msgspec.Meta(ge=0.0, lt=sys.float_info.max)]
 
 
-class _Diff(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _L2(msgspec.Struct, gc=False):
     type: Literal["l2_updates"]
     symbol: str
     changes: list[tuple[Literal["buy", "sell"], _Price, _Qty]]
+    # Present on the initial snapshot only; read by a strict decoder of its own (`_last_trade`).
+    trades: msgspec.Raw = msgspec.Raw()
 
 
 class _Message(msgspec.Struct):
@@ -88,9 +92,11 @@ class _RestTicker(msgspec.Struct):
     ask: str
 
 
-_FAST = msgspec.json.Decoder(_Diff, strict=False)
+_FAST = msgspec.json.Decoder(_L2, strict=False)
 _DECODE = msgspec.json.Decoder(_Message)
 _TRADE = msgspec.json.Decoder(_Trade)
+_TRADES = msgspec.json.Decoder(list[_Trade])
+_RAWS = msgspec.json.Decoder(list[msgspec.Raw])
 _REST = msgspec.json.Decoder(_RestTicker)
 _ENCODE = msgspec.json.Encoder()
 _LIFE: Final = frozenset({"heartbeat", "trade"})
@@ -161,18 +167,33 @@ def _level(change: tuple[str, str | float, str | float]) -> tuple[str, float, fl
     return side, price, qty
 
 
-def _newest_trade_price(trades: Iterable[msgspec.Raw]) -> float | None:
-    """The price of the newest readable trade in a snapshot (none readable: None)."""
+def _newest(trades: Iterable[tuple[int, float]]) -> float | None:
+    """The price of the newest of a snapshot's (event id, price) trades (none: None)."""
     newest, price = -1, None
+    for event_id, value in trades:
+        if event_id > newest:
+            newest, price = event_id, value
+    return price
+
+
+def _last_trade(trades: msgspec.Raw) -> float | None:
+    """The newest trade price of a snapshot's ``trades``: one decode of the whole list, or trade
+    by trade (skipping the unreadable ones) if the list cannot be read in one piece. Raises
+    `msgspec.DecodeError` if ``trades`` is not a list at all."""
+    try:
+        return _newest([(t.event_id, float(t.price)) for t in _TRADES.decode(trades)])
+    except (msgspec.DecodeError, ValueError):
+        return _newest(_readable(_RAWS.decode(trades)))
+
+
+def _readable(trades: Iterable[msgspec.Raw]) -> Iterator[tuple[int, float]]:
+    """(event id, price) of every trade of a snapshot that can be read; the rest are skipped."""
     for raw in trades:
         try:
             trade = _TRADE.decode(raw)
-            value = float(trade.price)
+            yield trade.event_id, float(trade.price)
         except (msgspec.DecodeError, ValueError):
             continue
-        if trade.event_id > newest:
-            newest, price = trade.event_id, value
-    return price
 
 
 class GeminiSource(Source):
@@ -228,8 +249,17 @@ class GeminiSource(Source):
             return
         symbol = diff.symbol
         book = self._books.get(symbol)
+        trades = diff.trades
+        if trades:  # a snapshot
+            try:
+                last = _last_trade(trades)
+            except msgspec.DecodeError:  # trades that are not a list (or null): the slow path
+                self._slow(data, recv_ts)
+                return
+            self._l2(symbol, diff.changes, True, last, recv_ts)
+            return
         if book is None or self._resyncing:
-            self._l2(symbol, diff.changes, None, recv_ts)  # unknown symbol, resync or first diff
+            self._l2(symbol, diff.changes, False, None, recv_ts)  # unknown, resync or first diff
             return
         # The common case, a diff applied to a live book, inline (what `_Book.apply` does).
         bids, asks, bid, ask = book.bids, book.asks, book.bid, book.ask
@@ -310,16 +340,18 @@ class GeminiSource(Source):
                     self._bad(level)  # the whole message is left out: a partial diff is worse
                     return
                 levels.append(level)
-        self._l2(symbol, levels, trades, recv_ts)
+        last = None if trades is None else _newest(_readable(trades))
+        self._l2(symbol, levels, trades is not None, last, recv_ts)
 
     def _l2(
         self,
         symbol: str,
         levels: Sequence[tuple[str, float, float]],
-        trades: list[msgspec.Raw] | None,
+        snapshot: bool,
+        last: float | None,
         recv_ts: int,
     ) -> None:
-        """Apply checked levels; `trades` is not None on a snapshot, which starts a new book."""
+        """Apply checked levels; a snapshot starts a new book, its newest trade as `last`."""
         if symbol not in self._by_symbol:
             self.stats.dropped["unknown_symbol"] += 1
             return
@@ -327,10 +359,9 @@ class GeminiSource(Source):
             self.stats.dropped["resync"] += 1
             return
         book = self._books.get(symbol)
-        if book is None or trades is not None:
+        if book is None or snapshot:
             book = self._new_book(symbol)
-            if trades:
-                book.last = _newest_trade_price(trades)
+            book.last = last
         book.apply(levels)
         self._top(symbol, book, recv_ts)
 

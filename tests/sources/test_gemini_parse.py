@@ -289,11 +289,47 @@ SNAPSHOT = (
     '["sell","101","1"],["sell","102","1"]],"trades":[],"auction_events":[]}'
 )
 
+# Snapshots taken by the fast path (or refused to the slow one), with trades read the same way.
+_BOOK = (
+    '"changes":[["buy","98","1"],["sell","103","2"],["buy","97.5","0"],["sell","103","0"],'
+    '["sell","104","1"]]'
+)
+_TRADE_A = '{"type":"trade","event_id":7,"price":"98.5","quantity":"1","side":"buy"}'
+_TRADE_B = '{"type":"trade","event_id":9,"price":98.7,"quantity":"1","side":"sell"}'
+SNAPSHOTS = (
+    [
+        f'{{"type":"l2_updates","symbol":"BTCUSD",{_BOOK},"trades":[{t}],"auction_events":[]}}'
+        for t in (
+            f"{_TRADE_A},{_TRADE_B}",
+            f"{_TRADE_B},{_TRADE_A}",
+            _TRADE_A.replace('"98.5"', '"abc"') + f",{_TRADE_B}",
+            _TRADE_B.replace("98.7", '"-1"') + f",{_TRADE_A}",
+            _TRADE_B.replace("9,", '"9",') + f",{_TRADE_A}",
+            _TRADE_B.replace("9,", "9.0,") + f",{_TRADE_A}",
+            _TRADE_B.replace("9,", "-4,"),
+            f"1,{_TRADE_A}",
+            "",
+        )
+    ]
+    + [
+        f'{{"type":"l2_updates","symbol":"BTCUSD",{_BOOK},"trades":{t}}}'
+        for t in ("{}", "5", "null")
+    ]
+    + [
+        f'{{"type":"l2_updates","symbol":"BTCUSD",{_BOOK.replace(p, q)},"trades":[]}}'
+        for p, q in (('"98"', '"Infinity"'), ('"104","1"', '"104","-1"'), ('"97.5"', '"x"'))
+    ]
+    + [
+        f'{{"type":"l2_updates","symbol":"DOGEUSD",{_BOOK},"trades":[{_TRADE_A}]}}',
+    ]
+)
 
-@pytest.mark.parametrize("frame", DIFFS)
+
+@pytest.mark.parametrize("frame", DIFFS + SNAPSHOTS)
 def test_fast_path_agrees_with_the_text_path(harness: Harness, frame: str) -> None:
-    """Levels read straight into floats give the same quotes, book and drop reasons as the text
-    path that snapshots and every refused diff take (both after the same snapshot)."""
+    """Levels read straight into floats, and a snapshot's trades read in one piece, give the same
+    quotes, book, last price and drop reasons as the text path that every refused message takes
+    (both after the same snapshot)."""
     src = harness.source
     src.on_message(SNAPSHOT, 1)
     src.on_message(frame, 2)
