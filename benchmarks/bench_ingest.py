@@ -49,9 +49,10 @@ from oracled.sim.venues import SIMULATORS
 from oracled.sources import build_source
 from oracled.sources.stats import SourceStats
 
-# A recorded frame is "received" this long after its own venue time: a recorded venue time is
-# years old, and a latency past the histogram's last bound would take the source's rare path.
-RECORDED_LAG_MS = 100
+# A frame is "received" this long after its own venue time: a recorded venue time is years old,
+# some simulators stamp times from their own start (the benchmark never starts them), and a
+# latency past the histogram's last bound (or negative) would take the source's rare path.
+RECEIVE_LAG_MS = 100
 # Cycles of recorded frames whose adapters are built before one timed loop (see `_run_pass`):
 # few enough that their state stays in the CPU caches, as one adapter's does in the daemon.
 BATCH = 100
@@ -151,8 +152,8 @@ class Case:
     core_cfg: Config
     warm: list[tuple[str, bytes]] = field(default_factory=list)  # (source id, frame)
     frames: list[tuple[str, bytes]] = field(default_factory=list)
-    # Receive time of each frame (recorded frames: just after the frame's own venue time, as the
-    # daemon sees it); empty: every frame gets the run's one receive time.
+    # Receive time of each frame: just after the frame's own venue time, as the daemon sees it
+    # (frames without one: the run's receive time). Filled by `_receive_times` if left empty.
     recv: list[int] = field(default_factory=list)
 
 
@@ -207,7 +208,7 @@ def _fixture_frames(files: Sequence[str]) -> list[bytes]:
 
 def _recorded(venue_type: str, session: aiohttp.ClientSession, recv_ts: int) -> Case | None:
     """The venue's recorded frames that yield at least one quote, or None if there are none, each
-    with a receive time `RECORDED_LAG_MS` after its newest venue time (`recv_ts` if it has none)."""
+    with a receive time `RECEIVE_LAG_MS` after its newest venue time (`recv_ts` if it has none)."""
     if venue_type not in RECORDED or venue_type not in SOURCE_TYPES:
         return None
     files, pairs = RECORDED[venue_type]
@@ -224,8 +225,24 @@ def _recorded(venue_type: str, session: aiohttp.ClientSession, recv_ts: int) -> 
         if sink:
             case.frames.append((sid, frame))
             stamps = [q.venue_ts for q in sink if q.venue_ts is not None]
-            case.recv.append(max(stamps) + RECORDED_LAG_MS if stamps else recv_ts)
+            case.recv.append(max(stamps) + RECEIVE_LAG_MS if stamps else recv_ts)
     return case if case.frames else None
+
+
+def _receive_times(case: Case, session: aiohttp.ClientSession, recv_ts: int) -> list[int]:
+    """Each frame's receive time, `RECEIVE_LAG_MS` after the newest venue time among the quotes
+    it gives (`recv_ts` if none has one), from one untimed pass of the frames in order."""
+    sink: list[Quote] = []
+    adapters = _adapters(case, session, sink.append)
+    for sid, frame in case.warm:
+        adapters[sid].on_message(frame, recv_ts)
+    times: list[int] = []
+    for sid, frame in case.frames:
+        sink.clear()
+        adapters[sid].on_message(frame, recv_ts)
+        stamps = [q.venue_ts for q in sink if q.venue_ts is not None]
+        times.append(max(stamps) + RECEIVE_LAG_MS if stamps else recv_ts)
+    return times
 
 
 def _mixed(cases: Sequence[Case]) -> Case:
@@ -358,6 +375,8 @@ def _measure(
     case: Case, session: aiohttp.ClientSession, args: argparse.Namespace, cycles: int
 ) -> dict[str, Any]:
     recv_ts = int(time.time() * 1000) + 1000  # after every generated venue time
+    if not case.recv:
+        case.recv = _receive_times(case, session, recv_ts)
     floor = _time_floor(case.frames, args.repeat, cycles)
     adapter = _time_pipeline(case, session, recv_ts, args.repeat, False, cycles)
     ingest = _time_pipeline(case, session, recv_ts, args.repeat, True, cycles)
