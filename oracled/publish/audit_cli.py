@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from oracled.model import Report
-from oracled.publish.audit import AuditReader, StoredReport
+from oracled.publish.audit import AuditReader, AuditSchemaError, StoredReport
 
 __all__ = ["add_parser", "cmd_audit", "parse_time"]
 
@@ -168,7 +168,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Run `oracled audit`; 0 when something was found, 1 when not, 2 on a bad request."""
     try:
         reader = AuditReader(args.db)
-    except (FileNotFoundError, sqlite3.Error) as exc:
+    except (FileNotFoundError, sqlite3.Error, AuditSchemaError) as exc:
         print(f"oracled audit: {exc}", file=sys.stderr)
         return 2
     try:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import aiohttp
@@ -63,8 +64,8 @@ WRITER = textwrap.dedent(
 
 def test_a_writer_killed_mid_batch_leaves_whole_rounds_only(tmp_path: Path) -> None:
     """SIGKILL while batches of 64 rounds x 300 markets are being written: the database opens,
-    passes SQLite's integrity check, and every stored round has all its reports and quotes;
-    a new writer goes on appending to it."""
+    passes SQLite's integrity check, and every stored round has all its reports and its block
+    of quotes (all of them); a new writer goes on appending to it."""
     db = tmp_path / "audit.sqlite3"
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
@@ -89,11 +90,18 @@ def test_a_writer_killed_mid_batch_leaves_whole_rounds_only(tmp_path: Path) -> N
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         torn = con.execute(
             "SELECT count(*) FROM rounds o WHERE o.markets != "
-            "(SELECT count(*) FROM reports r WHERE r.round_id = o.id) OR o.quotes != "
-            "(SELECT count(*) FROM quotes q WHERE q.round_id = o.id)"
+            "(SELECT count(*) FROM reports r WHERE r.round_id = o.id)"
         ).fetchone()[0]
+        # a round's quotes are one deflated block of tape lines
+        blocks = con.execute(
+            "SELECT o.quotes, t.lines FROM rounds o LEFT JOIN tapes t ON t.round_id = o.id"
+        ).fetchall()
         stored = con.execute("SELECT count(*), max(round) FROM rounds").fetchone()
     assert torn == 0
+    assert all(
+        n == (0 if lines is None else zlib.decompress(lines, wbits=-15).count(b"\n"))
+        for n, lines in blocks
+    )
     assert stored[0] == stored[1] >= rounds  # rounds 1..n, none missing in between
     audit = AuditTrail(AuditConfig(enabled=True, path=str(db)))
     audit.start()

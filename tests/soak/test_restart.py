@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,10 @@ async def world(tmp_path: Path) -> AsyncIterator[tuple[str, Config, list[Simulat
             await venue.sim.stop()
 
 
+def _lines(block: bytes | None) -> int:
+    return 0 if block is None else zlib.decompress(block, wbits=-15).count(b"\n")
+
+
 def whole_rounds(path: Path) -> tuple[int, int]:
     """Open the trail as the next daemon would and check that it holds whole rounds only:
     every round row has all its reports and quotes, nothing points at a missing round, every
@@ -72,13 +77,13 @@ def whole_rounds(path: Path) -> tuple[int, int]:
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        torn = db.execute(
+        torn = db.execute(  # a round's quotes: one deflated block of tape lines (schema 2)
             "SELECT o.id, o.markets, o.quotes, "
             "(SELECT count(*) FROM reports r WHERE r.round_id = o.id), "
-            "(SELECT count(*) FROM quotes q WHERE q.round_id = o.id) FROM rounds o"
+            "(SELECT t.lines FROM tapes t WHERE t.round_id = o.id) FROM rounds o"
         ).fetchall()
-        assert [row for row in torn if row[1] != row[3] or row[2] != row[4]] == []
-        for table in ("reports", "quotes", "transitions"):
+        assert [row for row in torn if row[1] != row[3] or row[2] != _lines(row[4])] == []
+        for table in ("reports", "tapes", "transitions"):
             orphans = db.execute(
                 f"SELECT count(*) FROM {table} WHERE round_id NOT IN (SELECT id FROM rounds)"
             ).fetchone()

@@ -1,0 +1,54 @@
+"""Test parts for the audit trail: a core fed the way the daemon feeds it, every quote and round
+also handed to a real writer thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from publish_rig import INTERVAL, SOURCES, T0
+
+from oracled.config import AuditConfig, Config
+from oracled.core import Core, RoundResult
+from oracled.model import Quote
+from oracled.publish.audit import AuditTrail
+from oracled.publish.signer import RoundSigner
+
+
+class Feed:
+    """Drives a core the way the daemon does: quotes arrive, then the round at the next tick;
+    every quote and round also goes to the audit trail, and to `kept` (round, its quotes)."""
+
+    def __init__(self, cfg: Config, audit: AuditTrail) -> None:
+        self.cfg, self.core, self.audit = cfg, Core(cfg), audit
+        self.now = T0
+        self.prices = {"BTC/USD": 64_000.0, "ETH/USD": 3_100.0, "SOL/USD": 150.0}
+        self.silent: set[str] = set()
+        self.kept: list[tuple[RoundResult, list[Quote]]] = []
+        self._quotes: list[Quote] = []
+
+    def quote(self, source: str, market: str, offset: int, factor: float = 1.0) -> None:
+        q = Quote(source, market, self.now + offset, price=self.prices[market] * factor)
+        self.audit.add_quote(q)
+        self._quotes.append(q)
+        self.core.ingest(q)
+
+    def round(self, signer: RoundSigner | None = None) -> None:
+        for k, source in enumerate(SOURCES):
+            if source in self.silent:
+                continue
+            for market in self.prices:
+                self.quote(source, market, 10 + 20 * k, 1.0 + 0.0001 * k)
+        self.now += INTERVAL
+        result = self.core.run_round(self.now)
+        self.kept.append((result, self._quotes))
+        self._quotes = []
+        self.audit.submit(result)
+        if signer is not None:
+            self.audit.submit_signed(signer.sign(result))
+
+
+def trail(path: Path, **settings: Any) -> AuditTrail:
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(path), **settings))
+    audit.start()
+    return audit
