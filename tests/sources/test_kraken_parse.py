@@ -280,3 +280,31 @@ def test_timestamp_without_zone_is_taken_as_utc(harness: Harness) -> None:
     harness.source.on_message(frame, 1)
     assert [q.venue_ts for q in harness.quotes] == [TICKER_TS]
     assert harness.stats.malformed == 0
+
+
+# RFC 3339 forms and the whole milliseconds they stand for, worked out by hand (floor: a time
+# 0.9 ms past a millisecond is still in that millisecond).
+STAMPS = [
+    ("2022-12-25T09:30:59.123456Z", 1_671_960_659_123),
+    ("2022-12-25T09:30:59.000000Z", 1_671_960_659_000),
+    ("2022-12-25T09:30:59.999999Z", 1_671_960_659_999),
+    ("2022-12-25T09:30:59.9Z", 1_671_960_659_900),
+    ("2022-12-25T09:30:59Z", 1_671_960_659_000),
+    ("2022-12-25T10:30:59.123456+01:00", 1_671_960_659_123),
+    ("2022-12-25T01:00:59.1234-08:30", 1_671_960_659_123),
+    ("2022-12-25T09:30:59.123456z", 1_671_960_659_123),
+    ("1970-01-01T00:00:00.000999Z", 0),
+    ("2024-02-29T23:59:59.999999Z", 1_709_251_199_999),
+]
+
+
+@pytest.mark.parametrize(("stamp", "ms"), STAMPS)
+def test_venue_time_is_the_exact_millisecond_of_every_rfc3339_form(
+    harness: Harness, stamp: str, ms: int
+) -> None:
+    """Fraction of any length or none, ``Z`` or an offset: the quote's venue time is the whole
+    millisecond the ticker's time falls in, never rounded up."""
+    frame = TICKER.replace("2022-12-25T09:30:59.123456Z", stamp)
+    harness.source.on_message(frame, 1)
+    assert [q.venue_ts for q in harness.quotes] == [ms]
+    assert harness.stats.malformed == 0
