@@ -347,7 +347,7 @@ class _Report(msgspec.Struct):
 
 class _Frame(msgspec.Struct):
     type: str
-    data: _Report | None = None
+    data: _Report | list[_Report] | None = None  # a list in a batch ("reports") frame
 
 
 _DECODE = msgspec.json.Decoder(_Frame)
@@ -367,6 +367,7 @@ class Watcher:
     """
 
     markets: list[str] | None  # None: every market
+    batch: bool = False  # one frame per round ("batch": true) instead of one per report
     frames: list[tuple[float, bytes]] = field(default_factory=list)
     received: int = 0
     closed: str | None = None
@@ -379,6 +380,8 @@ class Watcher:
             request: dict[str, Any] = {"op": "subscribe"}
             if self.markets is not None:
                 request["markets"] = self.markets
+            if self.batch:
+                request["batch"] = True
             await ws.send_str(json.dumps(request))
             ready.set()
             now = time.time
@@ -402,24 +405,28 @@ class Watcher:
         out = Latency()
         for recv_ms, raw in self.frames:
             frame = _DECODE.decode(raw)
-            rep = frame.data
-            if frame.type != "report" or rep is None:
+            if frame.type == "report" and isinstance(frame.data, _Report):
+                reports = [frame.data]
+            elif frame.type == "reports" and isinstance(frame.data, list):
+                reports = frame.data
+            else:
                 continue
             counted = start_ms <= recv_ms <= end_ms
-            if counted:
-                out.round_to_sub.append(recv_ms - rep.ts)
-            for src in rep.sources:
-                if src.age_ms is None:
-                    continue
-                venue_ms = rep.ts - src.age_ms
-                key = (rep.market, src.id)
-                seen = last.get(key)
-                if seen is None or venue_ms > seen:
-                    last[key] = venue_ms
-                    if seen is not None and counted:
-                        out.frame_to_sub.append(recv_ms - venue_ms)
-                        out.frame_to_round.append(src.age_ms)
-                        out.reported += 1
+            for rep in reports:
+                if counted:
+                    out.round_to_sub.append(recv_ms - rep.ts)
+                for src in rep.sources:
+                    if src.age_ms is None:
+                        continue
+                    venue_ms = rep.ts - src.age_ms
+                    key = (rep.market, src.id)
+                    seen = last.get(key)
+                    if seen is None or venue_ms > seen:
+                        last[key] = venue_ms
+                        if seen is not None and counted:
+                            out.frame_to_sub.append(recv_ms - venue_ms)
+                            out.frame_to_round.append(src.age_ms)
+                            out.reported += 1
         return out
 
 
@@ -480,6 +487,7 @@ class Step:
     sim_queued: int = 0  # frames the simulators had built but not yet sent, at the window's end
     subscribers: int = 0
     watched_markets: int = 0
+    batch: bool = False
     subscriber_frames: int = 0
     subscriber_closed: list[str] = field(default_factory=list)
     sent: int = 0
@@ -532,7 +540,7 @@ async def run_step(args: argparse.Namespace, rate: float, workdir: Path) -> Step
         await _wait_priced(daemon, markets, 30)
         watch = None if args.watch <= 0 else [_symbol(i) for i in range(min(args.watch, markets))]
         for k in range(args.subscribers):
-            w = Watcher(watch)
+            w = Watcher(watch, batch=args.batch)
             ready = asyncio.Event()
             watchers.append(w)
             url = f"ws://127.0.0.1:{daemon.port}/v1/stream"
@@ -585,6 +593,7 @@ async def run_step(args: argparse.Namespace, rate: float, workdir: Path) -> Step
             if w.closed:
                 step.subscriber_closed.append(w.closed)
         step.subscribers = len(watchers)
+        step.batch = args.batch
         step.watched_markets = markets if watch is None else len(watch)
         step.latency_samples = len(latencies)
         step.latency_p50_ms = _pct(latencies, 0.5)
@@ -691,14 +700,14 @@ def print_steps(steps: list[Step]) -> None:
         if s.dropped or s.subscriber_closed:
             print(f"        dropped={s.dropped} closed={s.subscriber_closed}")
     header = (
-        f"{'rate':>7} {'watched':>7} | {'frame->subscriber p50/p99/max':>29} | "
+        f"{'rate':>7} {'watched':>9} | {'frame->subscriber p50/p99/max':>29} | "
         f"{'frame->round p50/p99':>20} | {'round->subscriber p50/p99/max':>29}  (ms)"
     )
     print(header)
     print("-" * len(header))
     for s in steps:
         print(
-            f"{s.target_rate:>7.0f} {s.watched_markets:>7} | "
+            f"{s.target_rate:>7.0f} {s.watched_markets:>5}{' bat' if s.batch else ' rep'} | "
             f"{_fmt(s.latency_p50_ms):>9} {_fmt(s.latency_p99_ms):>9} "
             f"{_fmt(s.latency_max_ms):>9} | {_fmt(s.frame_to_round_p50_ms):>10}"
             f"{_fmt(s.frame_to_round_p99_ms):>10} | {_fmt(s.round_to_sub_p50_ms):>9} "
@@ -732,7 +741,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.markets} markets x {args.sources} {args.venue} sources, "
             f"round {args.round_ms} ms, "
             f"{args.sim_procs} simulator processes, {args.subscribers} subscriber(s) watching "
-            f"{'every market' if args.watch <= 0 else f'{args.watch} markets'}",
+            f"{'every market' if args.watch <= 0 else f'{args.watch} markets'}"
+            f"{' in batches' if args.batch else ', one frame per report'}",
             flush=True,
         )
         steps: list[Step] = []
@@ -780,6 +790,11 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1)
     parser.add_argument(
         "--watch", type=int, default=0, help="markets per subscriber (0: every market)"
+    )
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help='subscribers ask for batches ("batch": true): one frame per round',
     )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured")

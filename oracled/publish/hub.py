@@ -4,14 +4,21 @@ The round loop calls `Hub.publish` once per round. Publishing only swaps the lat
 when someone is subscribed, schedules one fan-out callback on the event loop: the round loop is
 never held up by readers, and a slow reader never holds up anyone.
 
-Reports are expensive compared with the round itself (a report is built from the round's arrays,
-about 10-20 us each), so they are materialized lazily: only for markets somebody asked for, at
-most once per round, and encoded to JSON at most once per round. Every subscriber of a market
-receives the very same `bytes` object.
+Reports are encoded to JSON straight from the round's arrays (`ReportEncoder`, about 5 us a
+market at 8 sources, no `Report` objects), lazily: only for markets somebody asked for, at most
+once per round. Every subscriber of a market receives the very same `bytes` object. A fan-out
+that has many markets to encode does it in slices of `SLICE` markets, one per turn of the event
+loop, so that the sources keep being read while it runs; the subscribers get the round once all
+of it is encoded.
+
+A subscription may ask for batches (`batch`): one frame per round,
+`{"type":"reports","round":...,"round_ts":...,"data":[...reports...]}`, instead of one frame per
+report, which costs one WebSocket write and one read per round instead of one per market.
 
 A subscriber has a bounded buffer of encoded stream frames. When a round's frames do not fit,
 the subscriber is dropped (`slow_consumer`) instead of growing the buffer: memory stays bounded
-by the queue size whatever the client does.
+by the queue size whatever the client does. The bound counts reports, so a batch of 1,000
+reports weighs as much as 1,000 single frames.
 
 Signed rounds arrive later than their reports (they are hashed and signed off the event loop):
 `publish_signed` fans `{"type":"signed",...}` frames out to the subscriptions that asked for
@@ -25,7 +32,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -34,6 +42,7 @@ from oracled.aggregate.book import Layout
 from oracled.core import RoundResult
 from oracled.errors import OracledError
 from oracled.model import Report
+from oracled.publish.encode import ReportEncoder
 
 if TYPE_CHECKING:
     from oracled.publish.signer import SignedRound
@@ -41,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DROP_SHUTDOWN",
     "DROP_SLOW",
+    "SLICE",
     "Hub",
     "Subscription",
     "SubscriptionClosed",
@@ -54,6 +64,9 @@ _ENCODER = msgspec.json.Encoder()
 _FRAME_HEAD = b'{"type":"report","data":'
 _SIGNED_HEAD = b'{"type":"signed","data":'
 _FRAME_TAIL = b"}"
+_BATCH_HEAD = b'{"type":"reports","round":%d,"round_ts":%d,"data":['
+_BATCH_TAIL = b"]}"
+SLICE = 200  # markets encoded per turn of the event loop in a fan-out (about 1 ms)
 
 
 class SubscriptionClosed(OracledError):
@@ -69,16 +82,20 @@ class Subscription:
 
     A deque plus one waiter future rather than an `asyncio.Queue`: a round's frames arrive as
     one batch (`deque.extend`, one wake-up), which keeps the fan-out cost per subscriber flat.
-    The bound is `queue_size` frames, or one round's worth of this subscription's markets if
-    that is larger (a round must always fit in an empty buffer).
+    The bound is `queue_size` reports, or one round's worth of this subscription's markets if
+    that is larger (a round must always fit in an empty buffer); a batch frame weighs the
+    reports it carries.
     """
 
     __slots__ = (
         "_buf",
         "_closed_waiter",
+        "_load",
         "_queue_size",
         "_sent",
         "_waiter",
+        "_weights",
+        "batch",
         "closed_reason",
         "deviation",
         "heartbeat_ms",
@@ -90,11 +107,14 @@ class Subscription:
         self.markets = markets  # None = every market
         self.closed_reason: str | None = None
         self.signed = False  # signed frames instead of report frames
+        self.batch = False  # one frame of all the round's reports instead of one per report
         self.deviation: float | None = None  # filter: a relative move that warrants a frame
         self.heartbeat_ms: int | None = None  # filter: the longest gap between two frames
         self._sent: dict[str, tuple[float, int, int]] = {}  # market -> (price, status, ts) sent
         self._queue_size = queue_size
         self._buf: deque[bytes] = deque()
+        self._load = 0  # reports buffered (a batch frame counts its reports)
+        self._weights: deque[int] | None = None  # per buffered frame, once a batch was offered
         self._waiter: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[str] | None = None
 
@@ -138,11 +158,16 @@ class Subscription:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._buf.popleft()
+        return self._take()
 
     def get_nowait(self) -> bytes | None:
         """The next frame if one is buffered, else None (lets a writer drain a batch)."""
-        return self._buf.popleft() if self._buf else None
+        return self._take() if self._buf else None
+
+    def _take(self) -> bytes:
+        weights = self._weights
+        self._load -= 1 if weights is None else weights.popleft()
+        return self._buf.popleft()
 
     async def wait_closed(self) -> str:
         """Wait until the subscription is closed; return the reason."""
@@ -152,11 +177,24 @@ class Subscription:
             self._closed_waiter = asyncio.get_running_loop().create_future()
         return await asyncio.shield(self._closed_waiter)
 
-    def _offer(self, frames: tuple[bytes, ...]) -> bool:
-        """Append a round's frames; False (nothing appended) if they do not fit."""
-        if len(self._buf) + len(frames) > max(self._queue_size, len(frames)):
+    def _offer(self, frames: Sequence[bytes], weight: int | None = None) -> bool:
+        """Append a round's frames; False (nothing appended) if they do not fit.
+
+        `weight`: `frames` is one batch frame carrying that many reports.
+        """
+        n = len(frames) if weight is None else weight
+        if self._load + n > max(self._queue_size, n):
             return False
+        weights = self._weights
+        if weight is not None and weights is None:
+            weights = self._weights = deque(repeat(1, len(self._buf)))
+        if weights is not None:
+            if weight is None:
+                weights.extend(repeat(1, len(frames)))
+            else:
+                weights.append(weight)
         self._buf.extend(frames)
+        self._load += n
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -167,6 +205,7 @@ class Subscription:
             return
         self.closed_reason = reason
         self._buf.clear()
+        self._load, self._weights = 0, None
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         if self._closed_waiter is not None and not self._closed_waiter.done():
@@ -174,11 +213,11 @@ class Subscription:
 
 
 class Hub:
-    """Latest round result, lazily materialized reports, and the stream subscribers."""
+    """Latest round result, lazily encoded reports, and the stream subscribers."""
 
     __slots__ = (
-        "_batches",
         "_encoded",
+        "_encoder",
         "_fanned",
         "_frames",
         "_index",
@@ -187,6 +226,7 @@ class Hub:
         "_queue_size",
         "_reports",
         "_scheduled",
+        "_shared",
         "_signed",
         "_signed_fanned",
         "_signed_frames",
@@ -196,19 +236,21 @@ class Hub:
         "signer",
     )
 
-    def __init__(self, queue_size: int = 256) -> None:
+    def __init__(self, queue_size: int = 256, encoder: ReportEncoder | None = None) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
         self._queue_size = queue_size
+        self._encoder = encoder or ReportEncoder()
         self._latest: RoundResult | None = None
         self._layout: Layout | None = None
         self._index: dict[str, int] = {}
         self._reports: dict[int, Report] = {}
         self._encoded: dict[int, bytes] = {}
         self._frames: dict[int, bytes] = {}
-        self._batches: dict[frozenset[str] | None, tuple[bytes, ...]] = {}
+        # This round's frames per (market set, batch), shared by the subscriptions asking alike.
+        self._shared: dict[tuple[frozenset[str] | None, bool], tuple[tuple[bytes, ...], int]] = {}
         self._subs: dict[Subscription, None] = {}  # insertion-ordered set
-        self._scheduled = False
+        self._scheduled = False  # a fan-out is pending or encoding its slices
         self._fanned: RoundResult | None = None  # the last result delivered to subscribers
         self.signer: str | None = None  # the signing address, when rounds are signed
         self._signed: SignedRound | None = None
@@ -228,31 +270,62 @@ class Hub:
             self._index = {m: i for i, m in enumerate(result.layout.markets)}
         self._latest = result
         # New dicts rather than clear(): the old round's objects are freed in one go, later.
-        self._reports, self._encoded, self._frames, self._batches = {}, {}, {}, {}
+        self._reports, self._encoded, self._frames, self._shared = {}, {}, {}, {}
         if not self._subs or self._scheduled:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a synchronous caller): fan out right away
-            self._fan_out()
+            self._fan_out(sliced=False)
             return
         self._scheduled = True
         loop.call_soon(self._fan_out)
 
-    def _fan_out(self) -> None:
-        self._scheduled = False
+    def _fan_out(self, sliced: bool = True) -> None:
+        """Encode what the unfiltered subscriptions need, slice by slice, then deliver."""
         result = self._latest
         if result is None or result is self._fanned:
+            self._scheduled = False
             return
+        self._scheduled = True
+        todo = [i for i in self._wanted() if i not in self._encoded]
+        self._encode_slices(result, todo, 0, sliced)
+
+    def _encode_slices(
+        self, result: RoundResult, todo: list[int], start: int, sliced: bool
+    ) -> None:
+        if self._latest is not result:  # a newer round came in meanwhile: serve that one
+            self._fan_out(sliced)
+            return
+        end = start + SLICE if sliced else len(todo)
+        self._ensure(todo[start:end])
+        if end < len(todo):
+            asyncio.get_running_loop().call_soon(self._encode_slices, result, todo, end, sliced)
+            return
+        self._scheduled = False
         self._fanned = result
+        self._deliver(result)
+
+    def _wanted(self) -> list[int]:
+        """Markets of the unfiltered report subscriptions, in layout order."""
+        wanted: set[int] = set()
+        for sub in self._subs:
+            if sub.signed or sub.filtered:
+                continue  # signed frames are the signer's; filters decide at delivery
+            if sub.markets is None:
+                return list(range(len(self._index)))
+            wanted.update(i for m in sub.markets if (i := self._index.get(m)) is not None)
+        return sorted(wanted)
+
+    def _deliver(self, result: RoundResult) -> None:
         for sub in list(self._subs):
             if sub.signed:
                 continue  # served by the signed fan-out
             if sub.filtered:
-                frames = self._filtered(sub, result, self._frame)
+                frames, weight = self._frames_of(self._passing(sub, result), sub.batch)
             else:
-                frames = self._batch(sub.markets)
-            if frames and not sub._offer(frames):
+                frames, weight = self._shared_frames(sub.markets, sub.batch)
+            if frames and not sub._offer(frames, weight if sub.batch else None):
                 self._drop(sub, DROP_SLOW)
 
     def publish_signed(self, signed: SignedRound) -> None:
@@ -288,15 +361,18 @@ class Hub:
             if not sub.signed:
                 continue
             if sub.filtered:
-                frames = self._filtered(sub, result, self._signed_frame)
+                frames = self._signed_frames_of(self._passing(sub, result))
             elif sub.markets in shared:
                 frames = shared[sub.markets]
             else:
-                frames = shared[sub.markets] = self._filtered(
-                    sub, result, self._signed_frame, force=True
+                frames = shared[sub.markets] = self._signed_frames_of(
+                    self._passing(sub, result, force=True)
                 )
             if frames and not sub._offer(frames):
                 self._drop(sub, DROP_SLOW)
+
+    def _signed_frames_of(self, indices: list[int]) -> tuple[bytes, ...]:
+        return tuple(self._signed_frame(i) for i in indices)
 
     def _signed_frame(self, i: int) -> bytes:
         frame = self._signed_frames.get(i)
@@ -306,32 +382,73 @@ class Hub:
             self._signed_frames[i] = frame
         return frame
 
-    def _filtered(
-        self,
-        sub: Subscription,
-        result: RoundResult,
-        frame: Callable[[int], bytes],
-        *,
-        force: bool = False,
-        markets: Iterable[str] | None = None,
-    ) -> tuple[bytes, ...]:
-        """Frames of `sub`'s markets (or `markets`) that its filter lets through this round."""
+    def _indices(self, result: RoundResult, markets: Iterable[str] | None) -> list[int]:
+        """Layout positions of `markets` (None: all) in `result`, in layout order."""
         index = (
             self._index
             if result.layout is self._layout
             else {m: i for i, m in enumerate(result.layout.markets)}
         )
-        wanted = sub.markets if markets is None else markets
-        if wanted is None:
-            indices: list[int] = list(range(len(index)))
-        else:
-            indices = sorted(i for m in wanted if (i := index.get(m)) is not None)
+        if markets is None:
+            return list(range(len(index)))
+        return sorted(i for m in markets if (i := index.get(m)) is not None)
+
+    def _passing(
+        self,
+        sub: Subscription,
+        result: RoundResult,
+        *,
+        force: bool = False,
+        markets: Iterable[str] | None = None,
+    ) -> list[int]:
+        """Markets of `sub` (or `markets`) that its filter lets through this round."""
+        indices = self._indices(result, sub.markets if markets is None else markets)
+        if force:
+            return indices
         names, price, status = result.layout.markets, result.price, result.status
-        return tuple(
-            frame(i)
-            for i in indices
-            if force or sub._wants(names[i], float(price[i]), int(status[i]), result.ts)
-        )
+        wants, ts = sub._wants, result.ts
+        return [i for i in indices if wants(names[i], float(price[i]), int(status[i]), ts)]
+
+    # -- encoding ----------------------------------------------------------------------------
+
+    def _ensure(self, indices: Sequence[int]) -> None:
+        """Encode the latest reports of `indices` that are not encoded yet, in one pass."""
+        encoded = self._encoded
+        missing = [i for i in indices if i not in encoded]
+        if missing:
+            assert self._latest is not None
+            encoded.update(zip(missing, self._encoder.encode(self._latest, missing), strict=True))
+
+    def _frame(self, i: int) -> bytes:
+        frame = self._frames.get(i)
+        if frame is None:
+            frame = self._frames[i] = b"".join((_FRAME_HEAD, self._encoded[i], _FRAME_TAIL))
+        return frame
+
+    def _frames_of(self, indices: list[int], batch: bool) -> tuple[tuple[bytes, ...], int]:
+        """The frames of this round's reports of `indices` and how many reports they carry."""
+        if not indices:
+            return (), 0
+        self._ensure(indices)
+        if not batch:
+            return tuple(self._frame(i) for i in indices), len(indices)
+        latest = self._latest
+        assert latest is not None
+        encoded = self._encoded
+        body = b",".join([encoded[i] for i in indices])
+        head = _BATCH_HEAD % (latest.round, latest.ts)
+        return (b"".join((head, body, _BATCH_TAIL)),), len(indices)
+
+    def _shared_frames(
+        self, markets: frozenset[str] | None, batch: bool
+    ) -> tuple[tuple[bytes, ...], int]:
+        """This round's frames for a market set, in layout order; shared by equal requests."""
+        key = (markets, batch)
+        found = self._shared.get(key)
+        if found is None:
+            assert self._latest is not None
+            found = self._shared[key] = self._frames_of(self._indices(self._latest, markets), batch)
+        return found
 
     # -- the reader side ---------------------------------------------------------------------
 
@@ -361,7 +478,25 @@ class Hub:
         i = self._index.get(market)
         if i is None or self._latest is None:
             raise LookupError(f"no report for market {market!r}")
-        return self._encode(i)
+        data = self._encoded.get(i)
+        if data is None:
+            # One market: the Report path costs less than the array encoder's set-up.
+            data = self._encoded[i] = _ENCODER.encode(self._report(i))
+        return data
+
+    def encoded_many(self, markets: Iterable[str]) -> list[bytes]:
+        """JSON of the latest reports of `markets` (encoded in one pass: cheaper than one by
+        one); LookupError if one is unknown or before a round."""
+        index = self._index
+        if self._latest is None:
+            raise LookupError("no round yet")
+        try:
+            indices = [index[m] for m in markets]
+        except KeyError as exc:
+            raise LookupError(f"no report for market {exc.args[0]!r}") from None
+        self._ensure(indices)
+        encoded = self._encoded
+        return [encoded[i] for i in indices]
 
     def _report(self, i: int) -> Report:
         report = self._reports.get(i)
@@ -369,34 +504,6 @@ class Hub:
             assert self._latest is not None
             report = self._reports[i] = self._latest.report(i)
         return report
-
-    def _encode(self, i: int) -> bytes:
-        data = self._encoded.get(i)
-        if data is None:
-            data = self._encoded[i] = _ENCODER.encode(self._report(i))
-        return data
-
-    def _frame(self, i: int) -> bytes:
-        frame = self._frames.get(i)
-        if frame is None:
-            frame = self._frames[i] = b"".join((_FRAME_HEAD, self._encode(i), _FRAME_TAIL))
-        return frame
-
-    def _batch(self, markets: frozenset[str] | None) -> tuple[bytes, ...]:
-        """This round's frames for a market set, in layout order; shared by equal sets."""
-        batch = self._batches.get(markets)
-        if batch is None:
-            batch = self._batches[markets] = self._frames_for(markets)
-        return batch
-
-    def _frames_for(self, markets: Iterable[str] | None) -> tuple[bytes, ...]:
-        if self._latest is None:
-            return ()
-        if markets is None:
-            indices = list(range(len(self._index)))
-        else:
-            indices = sorted(i for m in markets if (i := self._index.get(m)) is not None)
-        return tuple(self._frame(i) for i in indices)
 
     # -- subscriptions -----------------------------------------------------------------------
 
@@ -419,17 +526,23 @@ class Hub:
         signed: bool | None = None,
         deviation: float | None = None,
         heartbeat_ms: int | None = None,
+        batch: bool | None = None,
     ) -> None:
         """Set a live subscription's frame kind and filters (None leaves an option unchanged).
 
         Switching to signed frames sends the latest signed frame of each subscribed market.
+        Batches are report frames only: ValueError for a subscription that would be both.
         """
         if sub not in self._subs:
             return
+        if (sub.signed if signed is None else signed) and (sub.batch if batch is None else batch):
+            raise ValueError("batches carry report frames, not signed frames")
         if deviation is not None:
             sub.deviation = deviation
         if heartbeat_ms is not None:
             sub.heartbeat_ms = heartbeat_ms
+        if batch is not None:
+            sub.batch = batch
         if signed is not None and signed != sub.signed:
             if signed and self.signer is None:
                 raise ValueError("this daemon does not sign its rounds")
@@ -437,9 +550,10 @@ class Hub:
             sub._sent.clear()
             self._snapshot(sub, sub.markets)
 
-    def subscribe(self, markets: frozenset[str] | None) -> Subscription:
+    def subscribe(self, markets: frozenset[str] | None, *, batch: bool = False) -> Subscription:
         """A new subscription to `markets` (None = all); it starts with their latest reports."""
         sub = Subscription(markets, self._queue_size)
+        sub.batch = batch
         self._subs[sub] = None
         self._snapshot(sub, markets)
         return sub
@@ -480,19 +594,18 @@ class Hub:
             if signed is None or self._signed_scheduled or markets == frozenset():
                 return
             assert signed.result is not None
-            frames = self._filtered(sub, signed.result, self._signed_frame, markets=markets)
+            frames = self._signed_frames_of(self._passing(sub, signed.result, markets=markets))
             if frames and not sub._offer(frames):
                 self._drop(sub, DROP_SLOW)
             return
         # While a fan-out is pending it will deliver the latest round to the new set anyway;
         # sending a snapshot now as well would duplicate it.
-        if self._latest is None or self._scheduled or markets == frozenset():
+        latest = self._latest
+        if latest is None or self._scheduled or markets == frozenset():
             return
-        if sub.filtered:
-            frames = self._filtered(sub, self._latest, self._frame, markets=markets)
-        else:
-            frames = self._frames_for(markets)
-        if frames and not sub._offer(frames):
+        indices = self._passing(sub, latest, force=not sub.filtered, markets=markets)
+        frames, weight = self._frames_of(indices, sub.batch)
+        if frames and not sub._offer(frames, weight if sub.batch else None):
             self._drop(sub, DROP_SLOW)
 
     def _drop(self, sub: Subscription, reason: str) -> None:

@@ -1,0 +1,204 @@
+"""The Hub's batches (one frame per round) and its fan-out in slices of markets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import pytest
+from api_rig import Rig, make_config
+
+from oracled.config import parse_config
+from oracled.core import Core
+from oracled.model import Quote
+from oracled.publish import DROP_SLOW, Hub, Subscription
+from oracled.publish.hub import SLICE
+
+
+def frames(sub: Subscription) -> list[bytes]:
+    out = []
+    while (frame := sub.get_nowait()) is not None:
+        out.append(frame)
+    return out
+
+
+def decode(frame: bytes) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.json.decode(frame)
+    return data
+
+
+async def test_a_batch_is_one_frame_of_the_same_report_bytes_in_market_order() -> None:
+    """A batch subscription gets one frame a round: `reports` with the round and its time, and
+    the very bytes a per-report subscriber gets as its frames' data, in layout order."""
+    rig = Rig(make_config())
+    hub = rig.hub
+    single = hub.subscribe(frozenset({"SOL/USD", "BTC/USD"}))
+    batch = hub.subscribe(frozenset({"SOL/USD", "BTC/USD"}), batch=True)
+    result = rig.step()
+    await asyncio.sleep(0)
+    (frame,) = frames(batch)
+    head = b'{"type":"reports","round":%d,"round_ts":%d,"data":[' % (result.round, result.ts)
+    parts = [f[len(b'{"type":"report","data":') : -1] for f in frames(single)]
+    assert frame == head + b",".join(parts) + b"]}"
+    assert [r["market"] for r in decode(frame)["data"]] == ["BTC/USD", "SOL/USD"]
+
+
+async def test_equal_batch_subscriptions_share_one_frame_and_a_snapshot_is_a_batch() -> None:
+    """Batch subscribers of one market set get the same bytes object; subscribing after a round
+    delivers the latest reports of the set as one batch frame at once."""
+    rig = Rig(make_config())
+    hub = rig.hub
+    rig.step()
+    late = hub.subscribe(None, batch=True)
+    (snapshot,) = frames(late)
+    assert [r["market"] for r in decode(snapshot)["data"]] == ["BTC/USD", "ETH/USD", "SOL/USD"]
+    other = hub.subscribe(None, batch=True)
+    frames(other)
+    rig.step()
+    await asyncio.sleep(0)
+    (a,), (b,) = frames(late), frames(other)
+    assert a is b and decode(a)["round"] == 2
+
+
+async def test_a_batch_weighs_its_reports_in_the_queue_bound() -> None:
+    """The bound counts reports: with a queue of 4, one round of 3 reports fits, two do not,
+    and the subscription is dropped as a slow consumer (memory stays bounded by reports)."""
+    cfg = make_config()  # stream_queue = 4
+    rig = Rig(cfg)
+    sub = rig.hub.subscribe(None, batch=True)
+    rig.step()
+    await asyncio.sleep(0)
+    assert sub.pending == 1 and sub.closed_reason is None
+    rig.step()
+    await asyncio.sleep(0)
+    assert sub.closed_reason == DROP_SLOW
+    assert rig.hub.dropped_subscribers[DROP_SLOW] == 1
+
+
+async def test_reading_a_batch_frees_its_weight() -> None:
+    """A reader that takes each round's batch is never dropped, round after round."""
+    rig = Rig(make_config())
+    sub = rig.hub.subscribe(None, batch=True)
+    for _ in range(10):
+        rig.step()
+        await asyncio.sleep(0)
+        assert len(decode(await sub.get())["data"]) == 3
+    assert sub.closed_reason is None and sub.pending == 0
+
+
+async def test_switching_batch_on_and_off_keeps_the_bound_right() -> None:
+    """Single frames buffered before a switch to batches are released one report each."""
+    rig = Rig(make_config(stream_queue=8))
+    hub = rig.hub
+    sub = hub.subscribe(None)
+    rig.step()
+    await asyncio.sleep(0)
+    hub.configure(sub, batch=True)
+    rig.step()
+    await asyncio.sleep(0)
+    assert sub.pending == 4  # three single frames, then one batch of three
+    taken = [decode(f)["type"] for f in frames(sub)]
+    assert taken == ["report", "report", "report", "reports"]
+    hub.configure(sub, batch=False)
+    for _ in range(2):  # 2 x 3 reports fit in 8 only if everything taken was released
+        rig.step()
+        await asyncio.sleep(0)
+    assert sub.closed_reason is None and sub.pending == 6
+
+
+async def test_filtered_batch_carries_only_the_markets_that_pass() -> None:
+    """With a deviation filter, a batch holds just the markets that moved; none: no frame."""
+    rig = Rig(make_config())
+    hub = rig.hub
+    rig.step()
+    sub = hub.subscribe(frozenset(), batch=True)
+    hub.configure(sub, deviation=0.01)
+    hub.change(sub, None)
+    (first,) = frames(sub)
+    assert len(decode(first)["data"]) == 3
+    rig.step()
+    await asyncio.sleep(0)
+    assert frames(sub) == []  # nothing moved
+    rig.step({"BTC/USD": 64_000.0, "ETH/USD": 3_500.0, "SOL/USD": 150.0})
+    await asyncio.sleep(0)
+    (moved,) = frames(sub)
+    assert [r["market"] for r in decode(moved)["data"]] == ["ETH/USD"]
+
+
+def test_batches_of_signed_frames_are_refused() -> None:
+    """Batches carry reports: a subscription cannot be both signed and batched."""
+    hub = Hub()
+    hub.signer = "0x" + "ab" * 20
+    sub = hub.subscribe(frozenset(), batch=True)
+    with pytest.raises(ValueError, match="batches"):
+        hub.configure(sub, signed=True)
+    assert not sub.signed
+    hub.configure(sub, batch=False)
+    hub.configure(sub, signed=True)
+    with pytest.raises(ValueError, match="batches"):
+        hub.configure(sub, batch=True)
+
+
+def many_markets(n: int) -> Core:
+    cfg = parse_config(
+        {
+            "oracle": {"round_interval_ms": 250, "resume_rounds": 1},
+            "sources": {"alpha": {"type": "binance"}, "beta": {"type": "binance"}},
+            "markets": [
+                {
+                    "symbol": f"C{i:04d}/USD",
+                    "min_sources": 1,
+                    "sources": [{"source": s, "pair": f"C{i:04d}/USD"} for s in ("alpha", "beta")],
+                }
+                for i in range(n)
+            ],
+        },
+        env={},
+    )
+    return Core(cfg)
+
+
+def quoted_round(core: Core, now: int) -> Any:
+    for i, market in enumerate(core.markets):
+        for source in ("alpha", "beta"):
+            core.ingest(Quote(source, market, now, price=10.0 + i))
+    return core.run_round(now)
+
+
+async def test_a_large_fan_out_is_encoded_in_slices_and_delivers_whole_rounds() -> None:
+    """More markets than a slice: the loop turns between slices (other callbacks run in
+    between), and the subscriber then gets the whole round at once, every market once."""
+    n = 2 * SLICE + 50
+    core = many_markets(n)
+    hub = Hub(queue_size=8)
+    sub = hub.subscribe(None)
+    batch = hub.subscribe(None, batch=True)
+    hub.publish(quoted_round(core, 1_700_000_000_250))
+    turns = 0
+    while sub.pending == 0:
+        turns += 1
+        await asyncio.sleep(0)
+    assert turns == 3  # three slices, one turn each
+    got = frames(sub)
+    assert len(got) == n
+    assert [decode(f)["data"]["market"] for f in got] == list(core.markets)
+    (whole,) = frames(batch)
+    assert len(decode(whole)["data"]) == n
+
+
+async def test_a_round_published_during_a_sliced_fan_out_replaces_it() -> None:
+    """If the next round arrives while the previous one is still being encoded, subscribers get
+    the newer round only, whole, and nothing of the older one."""
+    core = many_markets(SLICE + 10)
+    hub = Hub(queue_size=8)
+    sub = hub.subscribe(None)
+    hub.publish(quoted_round(core, 1_700_000_000_250))
+    await asyncio.sleep(0)  # the first slice of round 1
+    assert sub.pending == 0
+    hub.publish(quoted_round(core, 1_700_000_000_500))
+    for _ in range(4):
+        await asyncio.sleep(0)
+    rounds = {decode(f)["data"]["round"] for f in frames(sub)}
+    assert rounds == {2}
+    assert sub.pending == 0

@@ -1,0 +1,100 @@
+"""WS /v1/stream with "batch": true: one frame per round holding all its reports."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiohttp.client_ws import ClientWebSocketResponse
+from aiohttp.test_utils import TestClient
+from api_rig import Rig
+
+Client = TestClient[web.Request, web.Application]
+SAFETY_S = 10.0  # only guards against a hang; no test depends on timing
+
+
+async def recv(ws: ClientWebSocketResponse) -> dict[str, Any]:
+    async with asyncio.timeout(SAFETY_S):
+        msg = await ws.receive()
+    assert msg.type is WSMsgType.TEXT, msg
+    data: dict[str, Any] = msg.json()
+    return data
+
+
+async def ask(ws: ClientWebSocketResponse, request: dict[str, Any]) -> dict[str, Any]:
+    await ws.send_json(request)
+    return await recv(ws)
+
+
+def batch_of(msg: dict[str, Any]) -> tuple[int, list[tuple[str, int]]]:
+    assert msg["type"] == "reports", msg
+    reports = [(r["market"], r["round"]) for r in msg["data"]]
+    assert all(rnd == msg["round"] for _, rnd in reports)
+    return msg["round"], reports
+
+
+async def test_batch_subscriber_gets_one_frame_per_round(client: Client, rig: Rig) -> None:
+    """The ack echoes "batch"; the snapshot and every round come as one `reports` frame with
+    the subscribed markets in market order and the round's time."""
+    result = rig.step()
+    async with client.ws_connect("/v1/stream") as ws:
+        ack = await ask(ws, {"op": "subscribe", "markets": ["SOL/USD", "BTC/USD"], "batch": True})
+        assert ack == {"type": "subscribed", "markets": ["BTC/USD", "SOL/USD"], "batch": True}
+        snapshot = await recv(ws)
+        assert batch_of(snapshot) == (1, [("BTC/USD", 1), ("SOL/USD", 1)])
+        assert snapshot["round_ts"] == result.ts
+        rig.step()
+        assert batch_of(await recv(ws)) == (2, [("BTC/USD", 2), ("SOL/USD", 2)])
+        # Adding a market: its snapshot is a batch of its own, then rounds carry all three.
+        ack = await ask(ws, {"op": "subscribe", "markets": ["ETH/USD"]})
+        assert ack["markets"] == ["BTC/USD", "ETH/USD", "SOL/USD"] and "batch" not in ack
+        assert batch_of(await recv(ws)) == (2, [("ETH/USD", 2)])
+        rig.step()
+        _, reports = batch_of(await recv(ws))
+        assert [m for m, _ in reports] == ["BTC/USD", "ETH/USD", "SOL/USD"]
+
+
+async def test_batch_frame_is_the_hub_reports_joined(client: Client, rig: Rig) -> None:
+    """On the wire the batch holds the hub's encoded reports byte for byte."""
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe", "markets": ["ETH/USD", "BTC/USD"], "batch": True})
+        result = rig.step()
+        async with asyncio.timeout(SAFETY_S):
+            msg = await ws.receive()
+        hub = rig.hub
+        body = hub.encoded("BTC/USD") + b"," + hub.encoded("ETH/USD")
+        head = b'{"type":"reports","round":%d,"round_ts":%d,"data":[' % (result.round, result.ts)
+        assert msg.data.encode() == head + body + b"]}"
+
+
+async def test_batch_can_be_switched_off_again(client: Client, rig: Rig) -> None:
+    """Asking with "batch": false goes back to one `report` frame per market."""
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe", "markets": ["BTC/USD", "ETH/USD"], "batch": True})
+        rig.step()
+        assert batch_of(await recv(ws))[0] == 1
+        ack = await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"], "batch": False})
+        assert ack["batch"] is False
+        rig.step()
+        first, second = await recv(ws), await recv(ws)
+        assert (first["type"], second["type"]) == ("report", "report")
+        assert [first["data"]["market"], second["data"]["market"]] == ["BTC/USD", "ETH/USD"]
+
+
+async def test_batch_with_signed_frames_is_an_error(client: Client, rig: Rig) -> None:
+    """Batches carry reports only: asking for both (at once or one after the other) gets a
+    `bad_request` error frame and changes nothing; a non-boolean batch is refused too."""
+    rig.hub.signer = "0x" + "ab" * 20  # the daemon signs (no signed round is published here)
+    async with client.ws_connect("/v1/stream") as ws:
+        err = await ask(ws, {"op": "subscribe", "signed": True, "batch": True})
+        assert (err["type"], err["code"]) == ("error", "bad_request")
+        assert "batch" in err["message"]
+        ack = await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"], "batch": True})
+        assert ack["batch"] is True
+        err = await ask(ws, {"op": "subscribe", "signed": True})
+        assert (err["type"], err["code"]) == ("error", "bad_request")
+        err = await ask(ws, {"op": "subscribe", "batch": "yes"})
+        assert (err["type"], err["code"]) == ("error", "bad_request")
+        rig.step()
+        assert batch_of(await recv(ws)) == (1, [("BTC/USD", 1)])  # still reports, batched

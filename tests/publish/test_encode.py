@@ -1,0 +1,179 @@
+"""ReportEncoder: the array encoder writes exactly the bytes msgspec writes for `Report` objects."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from oracled.config import Config, parse_config
+from oracled.core import Core, RoundResult
+from oracled.model import Quote
+from oracled.publish.encode import ReportEncoder
+
+T0 = 1_700_000_000_000
+SPOT = ("a1", "b2", "c3", "d4", "e5")
+# Source flags with characters a template must escape or carry through: % " \ and non-ASCII.
+FLAGS = ("bound", 'pct%d "quoted" \\ back', "séquenceur")
+
+
+def make_config() -> Config:
+    """A leg (USDT/USD), direct and USDT-routed markets at several precisions and weights, and a
+    perpetual market with a mark; markets list different numbers of sources."""
+    markets: list[dict[str, Any]] = [
+        {
+            "symbol": "USDT/USD",
+            "price_exponent": -4,
+            "min_sources": 2,
+            "sources": [{"source": s, "pair": "USDT/USD"} for s in SPOT[:3]],
+        },
+        {
+            "symbol": "BTC/USD",
+            "price_exponent": -2,
+            "min_sources": 2,
+            "max_age_ms": 2_000,
+            "sources": [
+                {"source": "a1", "pair": "BTC/USD", "weight": 2.0},
+                {"source": "b2", "pair": "BTC/USDT", "weight": 1.5},
+                {"source": "c3", "pair": "BTC/USD", "weight": 0.1},
+                {"source": "d4", "pair": "BTC/USDT"},
+                {"source": "e5", "pair": "BTC/USD", "weight": 1e-7},
+            ],
+            "perp_sources": [
+                {"source": "p", "pair": "BTC/USD"},
+                {"source": "q", "pair": "BTC/USDT"},
+            ],
+            "mark": {},
+        },
+        {
+            "symbol": "ETH/USD",
+            "price_exponent": 0,
+            "min_sources": 3,
+            "min_price": 1_000.0,
+            "max_price": 10_000.0,
+            "sources": [{"source": s, "pair": "ETH/USD"} for s in SPOT[:4]],
+        },
+        {
+            "symbol": "PEPE/USD",
+            "price_exponent": -18,
+            "min_sources": 1,
+            "sources": [{"source": s, "pair": "PEPE/USDT", "weight": 3.0} for s in SPOT[:2]],
+        },
+    ]
+    return parse_config(
+        {
+            "oracle": {"round_interval_ms": 250, "resume_rounds": 2},
+            "sources": {s: {"type": "binance"} for s in (*SPOT, "p", "q")},
+            "markets": markets,
+            "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+        },
+        env={},
+    )
+
+
+BASE = {"USDT/USD": 1.0, "BTC/USD": 64_000.125, "ETH/USD": 3_100.5, "PEPE/USD": 0.0000123}
+
+
+def feed(core: Core, rng: random.Random, now: int) -> None:
+    """Random quotes for one round: missing, stale, future, outlying, flagged and perp ones."""
+    for m in core.config.markets:
+        for s in m.sources:
+            roll = rng.random()
+            if roll < 0.15:
+                continue  # no new quote: the slot keeps its old one, or has none
+            quote_ccy = s.pair.split("/")[1]
+            base = BASE[m.symbol] * (1.0 if quote_ccy == m.symbol.split("/")[1] else 1.0001)
+            price = base * rng.uniform(0.995, 1.005)
+            if roll < 0.22:
+                price *= rng.choice((0.5, 1.6, 40.0))  # an outlier or out of bounds
+            age = rng.choice((0, 5, 120, 1_900, 2_500, 12_000, -30))
+            flag = rng.choice(FLAGS) if roll > 0.96 else None
+            core.ingest(Quote(s.source, s.pair, now, price=price, venue_ts=now - age, flag=flag))
+        for p in m.perp_sources:
+            if rng.random() < 0.7:
+                price = BASE[m.symbol] * rng.uniform(0.99, 1.01)
+                core.ingest(Quote(p.source, p.pair, now, price=price, kind="perp"))
+    if rng.random() < 0.05:
+        core.set_manual(rng.choice(core.markets), rng.random() < 0.5)
+
+
+def reference(result: RoundResult, indices: list[int]) -> list[bytes]:
+    return [msgspec.json.encode(result.report(i)) for i in indices]
+
+
+def test_array_encoding_is_byte_identical_to_report_encoding_over_random_rounds() -> None:
+    """Over 400 random rounds (every status, stale, routed, blocked, outlying, flagged and
+    missing slots, prices at 0 to 18 decimals, marks), one long-lived encoder writes exactly
+    msgspec's bytes of `result.report(i)`, for all markets and for random subsets in any order."""
+    rng = random.Random(20_240_611)
+    core = Core(make_config())
+    encoder = ReportEncoder()
+    seen_status: set[str] = set()
+    seen_reasons: set[str | None] = set()
+    now = T0
+    for _ in range(400):
+        now += 250
+        feed(core, rng, now)
+        result = core.run_round(now)
+        every = list(range(len(core.markets)))
+        assert encoder.encode(result, every) == reference(result, every)
+        subset = rng.sample(every, rng.randint(1, len(every)))
+        assert encoder.encode(result, subset) == reference(result, subset)
+        for report in result.reports():
+            seen_status.add(report.status)
+            seen_reasons.update(s.reason for s in report.sources)
+    # The rounds did cover what they claim to cover.
+    assert seen_status == {"active", "degraded", "paused", "unknown"}
+    assert {None, "no_quote", "stale", "route", "bounds", "outlier", *FLAGS} <= seen_reasons
+
+
+def test_marks_are_spliced_into_the_report() -> None:
+    """A perpetual market's report carries its `mark` object exactly as msgspec encodes it."""
+    rng = random.Random(7)
+    core = Core(make_config())
+    encoder = ReportEncoder()
+    btc = core.index["BTC/USD"]
+    for k in range(1, 6):
+        feed(core, rng, T0 + 250 * k)
+        result = core.run_round(T0 + 250 * k)
+    (data,) = encoder.encode(result, [btc])
+    assert data == msgspec.json.encode(result.report(btc))
+    assert msgspec.json.decode(data)["mark"]["next_funding_ts"] > 0
+
+
+def test_times_beyond_float_precision_fall_back_to_the_report_path() -> None:
+    """An age or last-good time that a float cannot hold exactly is still encoded exactly."""
+    rng = random.Random(3)
+    core = Core(make_config())
+    for k in range(1, 5):
+        feed(core, rng, T0 + 250 * k)
+    result = core.run_round(T0 + 1_250)
+    huge = 2**53 + 1
+    age = result.age.copy()
+    age[:, 0] = huge
+    last_good_ts = np.where(result.last_good_ts >= 0, huge + 2, result.last_good_ts)
+    odd = dataclasses.replace(result, age=age, last_good_ts=last_good_ts)
+    every = list(range(len(core.markets)))
+    encoded = ReportEncoder().encode(odd, every)
+    assert encoded == reference(odd, every)
+    assert any(b'"age_ms":9007199254740993' in e for e in encoded)
+
+
+def test_a_new_layout_or_new_flag_names_start_from_fresh_templates() -> None:
+    """After a reconfigure (new layout) or a newly seen flag, the encoder still matches."""
+    rng = random.Random(11)
+    core = Core(make_config())
+    encoder = ReportEncoder()
+    now = T0
+    for step in range(60):
+        now += 250
+        feed(core, rng, now)
+        if step == 30:
+            core.reconfigure(make_config())
+        result = core.run_round(now)
+        every = list(range(len(core.markets)))
+        assert encoder.encode(result, every) == reference(result, every)
+    assert encoder.encode(result, []) == []
