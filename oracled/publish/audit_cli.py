@@ -8,7 +8,7 @@
     oracled audit --db FILE --tape OUT [--from T] [--to T]   the stored inputs as a quote tape
 
 Times are milliseconds since the Unix epoch or ISO 8601 (`2026-11-26T12:03`, UTC unless an
-offset is given).
+offset is given). Databases of schema version 1 and 2 give the same answers.
 """
 
 from __future__ import annotations
