@@ -22,7 +22,8 @@ Rules from the docs that shape this file: most channels close after 60-90 s with
 the ``heartbeats`` channel (one message a second) is always subscribed and keeps quiet products
 alive for the watchdog; ``sequence_num`` grows by one per message on a connection, so a message
 whose number is not above the last one seen is a replay and is dropped (``stale_sequence``);
-the envelope ``timestamp`` is the venue time of the quote. Unauthenticated messages are limited to
+the envelope ``timestamp`` (RFC 3339, nanoseconds in the docs' samples) is the venue time of the
+quote, taken to the exact millisecond. Unauthenticated messages are limited to
 8 a second per IP. No maximum connection life is documented; the configured rotation applies.
 ``-USDC`` products are served on market-data channels with the data of the ``-USD`` book, so a
 ``-USDC`` symbol also accepts frames for its ``-USD`` twin when that twin is not configured itself.
@@ -37,13 +38,15 @@ times cheaper than ``float()`` on decoded text. That pass also wants ``best_bid_
 decimal string, the venue's way of printing numbers; anything else (heartbeats, acks, errors, a
 ticker out of shape) is decoded again with text prices and judged by the strict rules, so that
 every bad frame is named the same way. A ticker whose quantities are strings but whose prices are
-bare JSON numbers is read as those prices.
+bare JSON numbers is read as those prices. The time is read as text: the first one of each second
+is parsed in full (digits past the microsecond cut, since a datetime would round nanoseconds up
+into the next millisecond), later UTC times of that second are its millisecond digits added on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Final, Literal
 
 import aiohttp
@@ -58,12 +61,47 @@ from oracled.sources.stats import SourceStats
 __all__ = ["CoinbaseSource"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MS: Final = timedelta(milliseconds=1)
 _KNOWN: Final = frozenset({"ticker", "heartbeats", "subscriptions"})
 
 
 # An RFC 3339 time with its offset: a local time could not be placed on the epoch.
 _Stamp = Annotated[datetime, msgspec.Meta(tz=True)]
+_STAMP = msgspec.json.Decoder(_Stamp)
+
+
+def _exact_ms(text: str) -> int | None:
+    """Whole milliseconds (floor) of an RFC 3339 time with offset; None if it is not one.
+
+    Digits past the microsecond are cut first: msgspec rounds them to the nearest microsecond,
+    which carries ``.122999572`` into millisecond 123 (a datetime cannot hold nanoseconds).
+    """
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        if digits > 6:
+            text = f"{head}.{rest[:6]}{rest[digits:]}"
+    try:
+        stamp = _STAMP.decode(_ENCODE.encode(text))
+    except msgspec.DecodeError:
+        return None
+    d = stamp - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
+
+
+# Epoch ms of the seconds seen lately, by their text up to the seconds' end with the dot
+# ("2023-06-23T20:31:26."): a UTC time in one of them is read as its millisecond digits added on.
+_SECONDS: dict[str, int] = {}
+_SECONDS_KEPT: Final = 64
+
+
+def _venue_ms(stamp: str) -> int | None:
+    """`_exact_ms`, and the second of a UTC time with a fraction remembered in `_SECONDS`."""
+    ms = _exact_ms(stamp)
+    if ms is not None and stamp[19:20] == "." and stamp[-1] == "Z":
+        if len(_SECONDS) >= _SECONDS_KEPT:
+            _SECONDS.clear()
+        _SECONDS[stamp[:20]] = ms - ms % 1000
+    return ms
 
 
 class _FastTicker(msgspec.Struct, gc=False):
@@ -82,7 +120,7 @@ class _FastEvent(msgspec.Struct, gc=False):
 
 class _FastMessage(msgspec.Struct, gc=False):
     channel: Literal["ticker"]
-    timestamp: _Stamp
+    timestamp: str  # read exactly by `_venue_ms`, or in the `_SECONDS` it remembers
     sequence_num: int
     events: list[_FastEvent]
 
@@ -106,7 +144,7 @@ class _Message(msgspec.Struct):
     type: str = ""
     message: str = ""
     reason: str = ""
-    timestamp: _Stamp | None = None
+    timestamp: str | None = None  # RFC 3339 with offset, or the frame is out of shape
     sequence_num: int = -1
     events: list[_Event] = []
 
@@ -186,13 +224,29 @@ class CoinbaseSource(Source):
         except msgspec.DecodeError:
             self._message(data, recv_ts)
             return
+        stamp = msg.timestamp
+        second = _SECONDS.get(stamp[:20])
+        frac = stamp[20:-1]
+        if (
+            second is not None
+            and stamp[-1] == "Z"
+            and len(frac) >= 3
+            and frac.isdigit()
+            and frac.isascii()
+        ):
+            venue_ts = second + int(frac[:3])
+        else:
+            venue = _venue_ms(stamp)
+            if venue is None:
+                self._message(data, recv_ts)  # not an RFC 3339 time: the strict path names it
+                return
+            venue_ts = venue
         seq = msg.sequence_num
         if seq >= 0:
             if seq <= self._last_seq:
                 self.stats.dropped["stale_sequence"] += 1
                 return
             self._last_seq = seq
-        venue_ts = (msg.timestamp - _EPOCH) // _MS
         events = msg.events
         if len(events) == 1 and len(tickers := events[0].tickers) == 1:
             t = tickers[0]  # the usual message: one event, one ticker
@@ -214,6 +268,11 @@ class CoinbaseSource(Source):
         except msgspec.DecodeError:
             self._bad("decode")
             return
+        stamp = msg.timestamp
+        venue_ts = None if stamp is None else _exact_ms(stamp)
+        if stamp is not None and venue_ts is None:
+            self._bad("shape")
+            return
         channel = msg.channel
         if channel not in _KNOWN:
             if msg.type == "error":
@@ -230,8 +289,6 @@ class CoinbaseSource(Source):
                 return
             self._last_seq = seq
         if channel == "ticker":
-            stamp = msg.timestamp
-            venue_ts = None if stamp is None else (stamp - _EPOCH) // _MS
             tickers = [t for event in msg.events for t in event.tickers or ()]
             if not tickers:
                 self._bad("shape")

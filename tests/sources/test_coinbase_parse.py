@@ -252,3 +252,64 @@ def test_bare_number_prices_beside_string_quantities_are_read_as_numbers(
     frame = TICKER.replace('"best_bid": "68900.00"', '"best_bid": 68900.0')
     harness.source.on_message(frame.replace('"best_ask": "68901.00"', '"best_ask": 68901.0'), 1)
     assert [(q.bid, q.ask) for q in harness.quotes] == [(68_900.0, 68_901.0)]
+
+
+# Venue times in the order one connection sends them, and the whole millisecond each stands for
+# (worked out by hand: the floor, never rounded up). The first of a second is read in full, later
+# ones in the same second from their digits; nanoseconds as in the venue's documented samples.
+SECOND = 1_687_552_286_000  # 2023-06-23T20:31:26Z
+STAMPS = [
+    ("2023-06-23T20:31:26.122969572Z", SECOND + 122),
+    ("2023-06-23T20:31:26.122999572Z", SECOND + 122),  # a microsecond reading says 123
+    ("2023-06-23T20:31:26.999999999Z", SECOND + 999),  # ... and 27.000
+    ("2023-06-23T20:31:26.5Z", SECOND + 500),
+    ("2023-06-23T20:31:26Z", SECOND),
+    ("2023-06-23T20:31:26.000000Z", SECOND),
+    ("2023-06-23T20:31:27.000999999Z", SECOND + 1_000),
+    ("2023-06-23T22:31:27.123456789+02:00", SECOND + 1_123),
+    ("2023-06-23T20:31:27.124z", SECOND + 1_124),
+    ("2023-06-23T20:31:26.001Z", SECOND + 1),  # back to an earlier second
+    ("2023-06-24T00:00:00.000000001Z", 1_687_564_800_000),
+]
+
+
+def _ticker(stamp: str, seq: int) -> str:
+    frame = json.loads(TICKER)
+    frame["timestamp"], frame["sequence_num"] = stamp, seq
+    return json.dumps(frame)
+
+
+def test_venue_time_is_the_exact_millisecond_of_every_documented_form(harness: Harness) -> None:
+    """Nanosecond, microsecond, millisecond and whole-second times, ``Z``, ``z`` or an offset,
+    in the same second or not: every quote's venue time is the millisecond its time falls in."""
+    for seq, (stamp, _) in enumerate(STAMPS, start=100):
+        harness.source.on_message(_ticker(stamp, seq), 1)
+    assert [q.venue_ts for q in harness.quotes] == [ms for _, ms in STAMPS]
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2023-06-23T20:31:26.1a3Z",
+        "2023-06-23T20:31:26.12 Z",
+        "2023-06-23T20:31:26.+12Z",
+        "2023-06-23T20:31:26.1_2Z",
+        "2023-06-23T20:31:26.١٢٣Z",
+        "2023-06-23T20:31:26.123",
+        "2023-06-23T20:31:26.123Q",
+        "2023-06-23T20:31:26.Z",
+        "2023-06-23T20:31:60.123Z",
+        "2023-06-23",
+        "",
+    ],
+)
+def test_a_time_that_is_not_rfc3339_with_offset_drops_the_frame(
+    harness: Harness, stamp: str
+) -> None:
+    """A ticker whose time is not RFC 3339 with an offset gives no quote and counts as out of
+    shape, also right after a good time of the same second (which the next ones are read by)."""
+    harness.source.on_message(_ticker("2023-06-23T20:31:26.122969572Z", 1), 1)
+    harness.source.on_message(_ticker(stamp, 2), 2)
+    assert [q.recv_ts for q in harness.quotes] == [1]
+    assert harness.stats.dropped == {"shape": 1} and harness.stats.malformed == 1
