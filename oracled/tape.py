@@ -131,31 +131,45 @@ def header_line() -> bytes:
     return msgspec.json.encode({"format": TAPE_FORMAT, "version": TAPE_VERSION}) + b"\n"
 
 
-def _num(value: float | None) -> str | None:
-    return None if value is None else repr(value)
+class _QuoteLine(msgspec.Struct, omit_defaults=True):
+    """A quote as a tape line: the contract's keys in its order, absent ones left out."""
+
+    ts: int
+    source: str
+    pair: str
+    kind: str = "spot"
+    price: str | None = None
+    bid: str | None = None
+    ask: str | None = None
+    volume: str | None = None
+    venue_ts: int | None = None
+    flag: str | None = None
+    block: int | None = None  # on-chain quotes: the block they were read at, and its time
+    block_ts: int | None = None
+
+
+_LINE_ENCODER = msgspec.json.Encoder()
 
 
 def quote_to_line(quote: Quote) -> bytes:
-    """One tape line for a quote (ts is the receive time)."""
-    out: dict[str, object] = {"ts": quote.recv_ts, "source": quote.source, "pair": quote.pair}
-    if quote.kind != "spot":
-        out["kind"] = quote.kind
-    for key, value in (
-        ("price", quote.price),
-        ("bid", quote.bid),
-        ("ask", quote.ask),
-        ("volume", quote.volume),
-    ):
-        if value is not None:
-            out[key] = _num(value)
-    if quote.venue_ts is not None:
-        out["venue_ts"] = quote.venue_ts
-    if quote.flag is not None:
-        out["flag"] = quote.flag
-    if quote.block is not None:  # on-chain quotes: the block they were read at
-        out["block"] = quote.block
-        out["block_ts"] = quote.block_ts
-    return msgspec.json.encode(out) + b"\n"
+    """One tape line for a quote (ts is the receive time). Prices are written as the shortest
+    decimal that reads back to the same float (`repr`)."""
+    price, bid, ask, volume = quote.price, quote.bid, quote.ask, quote.volume
+    line = _QuoteLine(
+        quote.recv_ts,
+        quote.source,
+        quote.pair,
+        quote.kind,
+        None if price is None else repr(price),
+        None if bid is None else repr(bid),
+        None if ask is None else repr(ask),
+        None if volume is None else repr(volume),
+        quote.venue_ts,
+        quote.flag,
+        quote.block,
+        None if quote.block is None else quote.block_ts,
+    )
+    return _LINE_ENCODER.encode(line) + b"\n"
 
 
 def write_header(out: IO[bytes]) -> None:
