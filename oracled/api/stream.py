@@ -44,6 +44,7 @@ _log = structlog.get_logger(component="api.stream")
 
 MAX_CLIENT_MESSAGE = 16 * 1024  # a subscribe request naming every market fits easily
 HEARTBEAT_S = 20.0  # ping interval; a client that stops answering is closed by aiohttp
+WRITE_SLICE = 200  # frames written to one connection between two turns of the event loop
 
 
 class _ClientOp(msgspec.Struct, forbid_unknown_fields=True):
@@ -131,10 +132,17 @@ class StreamHandler:
                 request.transport.abort()
 
     async def _write(self, ws: web.WebSocketResponse, sub: Subscription) -> None:
+        # `get` returns at once while frames are buffered, so a round of 1,000 single frames
+        # would be written in one go; a turn of the loop every WRITE_SLICE frames lets the
+        # sources (and the next round) in.
+        sent = 0
         try:
             while True:
                 frame = await sub.get()
                 await ws.send_frame(frame, WSMsgType.TEXT)
+                sent += 1
+                if sent % WRITE_SLICE == 0 and sub.pending:
+                    await asyncio.sleep(0)
         except SubscriptionClosed:
             return
 

@@ -8,7 +8,11 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiohttp.client_ws import ClientWebSocketResponse
 from aiohttp.test_utils import TestClient
-from api_rig import Rig
+from api_rig import ClientFactory, Rig
+
+from oracled.api.stream import WRITE_SLICE
+from oracled.config import Config, parse_config
+from oracled.publish.hub import SLICE
 
 Client = TestClient[web.Request, web.Application]
 SAFETY_S = 10.0  # only guards against a hang; no test depends on timing
@@ -98,3 +102,45 @@ async def test_batch_with_signed_frames_is_an_error(client: Client, rig: Rig) ->
         assert (err["type"], err["code"]) == ("error", "bad_request")
         rig.step()
         assert batch_of(await recv(ws)) == (1, [("BTC/USD", 1)])  # still reports, batched
+
+
+def wide_config(n: int) -> Config:
+    """`n` markets quoted by two sources each."""
+    return parse_config(
+        {
+            "oracle": {"round_interval_ms": 250, "resume_rounds": 1},
+            "sources": {"alpha": {"type": "binance"}, "beta": {"type": "binance"}},
+            "markets": [
+                {
+                    "symbol": f"C{i:04d}/USD",
+                    "min_sources": 1,
+                    "max_age_ms": 1_000,
+                    "sources": [{"source": s, "pair": f"C{i:04d}/USD"} for s in ("alpha", "beta")],
+                }
+                for i in range(n)
+            ],
+        },
+        env={},
+    )
+
+
+async def test_a_round_larger_than_a_write_slice_arrives_whole_and_in_order(
+    make_client: ClientFactory,
+) -> None:
+    """A round of more single frames than WRITE_SLICE (written in slices with turns of the loop
+    between them, encoded in slices too) reaches the client whole, in market order, and the
+    next round follows it; a batch subscriber gets each round as one frame."""
+    n = 2 * max(WRITE_SLICE, SLICE) + 7
+    rig = Rig(wide_config(n))
+    client = await make_client(rig)
+    prices = {m: 10.0 + i for i, m in enumerate(rig.core.markets)}
+    async with client.ws_connect("/v1/stream") as ws, client.ws_connect("/v1/stream") as wb:
+        await ask(ws, {"op": "subscribe"})
+        await ask(wb, {"op": "subscribe", "batch": True})
+        for rnd in (1, 2):
+            rig.step(prices)
+            got = [await recv(ws) for _ in range(n)]
+            assert [(m["data"]["market"], m["data"]["round"]) for m in got] == [
+                (m, rnd) for m in rig.core.markets
+            ]
+            assert batch_of(await recv(wb)) == (rnd, [(m, rnd) for m in rig.core.markets])
