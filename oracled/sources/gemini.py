@@ -11,19 +11,19 @@ Wire sample (``wss://api.gemini.com/v2/marketdata``, recorded live; shortened)::
 
 Subscribe ``{"type":"subscribe","subscriptions":[{"name":"l2","symbols":["BTCUSD"]}]}``. The first
 ``l2_updates`` of a symbol (it also carries ``trades`` and ``auction_events``) is the whole book;
-later ones change levels (``[side, price, quantity]``, quantity 0 removes the level). A small book
-per symbol is kept and its best bid and ask are published after every update. The venue sends no
-subscription ack: the snapshot of every symbol in a request acknowledges it. Errors are not
-documented for v2; a frame ``{"type":"error",...}`` (or Gemini's ``"result":"error"``) refuses the
-oldest open request, and a request still without its snapshots when a heartbeat shows the
-connection alive past the liveness timeout is refused the same way. ``heartbeat`` frames (every
+later ones change levels (``[side, price, quantity]``, quantity 0 removes the level). A book per
+symbol is kept (hundreds of levels a side on a real snapshot; the next best price is found in a
+heap when the best level leaves) and its best bid and ask are published after every update. The
+venue sends no subscription ack: the snapshot of every symbol in a request acknowledges it. Errors
+are not documented for v2; a frame ``{"type":"error",...}`` (or Gemini's ``"result":"error"``)
+refuses the oldest open request, and a request still without its snapshots when a heartbeat shows
+the connection alive past the liveness timeout is refused the same way. ``heartbeat`` frames (every
 5 s) and ``trade`` frames show life; the book messages carry no time, so quotes have no
 ``venue_ts`` (trade times are not attached to book quotes: mixing venue and receive stamps in one
-feed would make the core's ordering check compare two clocks). The price of the newest trade
-(from a ``trade`` frame, or the snapshot's ``trades``) rides along as the quotes' last price.
-Book diffs have no sequence
-numbers, so a replayed diff cannot be told apart; a book left crossed by one is rebuilt from a
-fresh snapshot by reconnecting (``book_crossed``).
+feed would make the core's ordering check compare two clocks). The price of the newest trade (from
+a ``trade`` frame, or the snapshot's ``trades``) rides along as the quotes' last price. Book diffs
+have no sequence numbers, so a replayed diff cannot be told apart; a book left crossed by one is
+rebuilt from a fresh snapshot by reconnecting (``book_crossed``).
 No maximum connection life is documented; the configured rotation applies. REST
 ``GET /v1/pubticker/{symbol}`` serves one symbol (``rest_batch_size = 1``); public endpoints allow
 120 requests a minute and Gemini asks for at most one a second, so polls are paced at one a second
@@ -36,6 +36,8 @@ import contextlib
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from heapq import heapify, heappop, heappush
+from operator import neg
 from typing import Annotated, ClassVar, Final, Literal
 
 import aiohttp
@@ -50,6 +52,8 @@ from oracled.sources.stats import SourceStats
 __all__ = ["GeminiSource"]
 
 _INF: Final = math.inf
+# Levels a side may hold and still be scanned for its next best price (see `_Book`).
+_SCAN: Final = 32
 
 # The fast path reads an ``l2_updates`` message, diff or snapshot, in one pass: prices and
 # quantities parsed straight into floats by msgspec (strict=False), the ranges checked there too (a
@@ -104,9 +108,16 @@ _LIFE: Final = frozenset({"heartbeat", "trade"})
 
 class _Book:
     """One symbol's price levels, its best bid and ask (-inf/inf when a side is empty) and the
-    last traded price seen on this connection."""
+    last traded price seen on this connection.
 
-    __slots__ = ("ask", "asks", "bid", "bids", "last")
+    When the best level of a side leaves, the next best is found by a scan of a small side, or
+    from a heap of the side's prices (bids negated), built at the first such loss and kept up by
+    pushing every new price: a real book holds hundreds of levels, and its best one leaves with
+    every trade through it. Prices removed from the side stay in the heap until they reach its
+    top; the heap is dropped (and rebuilt when next needed) once they outnumber the levels.
+    """
+
+    __slots__ = ("ask", "ask_heap", "asks", "bid", "bid_heap", "bids", "last")
 
     def __init__(self) -> None:
         self.bids: dict[float, float] = {}
@@ -114,15 +125,57 @@ class _Book:
         self.bid = -_INF
         self.ask = _INF
         self.last: float | None = None
+        self.bid_heap: list[float] | None = None
+        self.ask_heap: list[float] | None = None
+
+    def next_bid(self) -> float:
+        """The best bid after the best one left (see the class docstring)."""
+        bids = self.bids
+        if len(bids) <= _SCAN:
+            self.bid_heap = None
+            return max(bids) if bids else -_INF
+        heap = self.bid_heap
+        if heap is None:
+            heap = self.bid_heap = list(map(neg, bids))
+            heapify(heap)
+        while -heap[0] not in bids:  # every price in the book is in the heap: it stops there
+            heappop(heap)
+        return -heap[0]
+
+    def next_ask(self) -> float:
+        """The best ask after the best one left (see the class docstring)."""
+        asks = self.asks
+        if len(asks) <= _SCAN:
+            self.ask_heap = None
+            return min(asks) if asks else _INF
+        heap = self.ask_heap
+        if heap is None:
+            heap = self.ask_heap = list(asks)
+            heapify(heap)
+        while heap[0] not in asks:
+            heappop(heap)
+        return heap[0]
+
+    def trim(self) -> None:
+        """Drop a heap whose removed prices outnumber the side's levels (see the docstring)."""
+        heap = self.bid_heap
+        if heap is not None and len(heap) > 2 * len(self.bids) + _SCAN:
+            self.bid_heap = None
+        heap = self.ask_heap
+        if heap is not None and len(heap) > 2 * len(self.asks) + _SCAN:
+            self.ask_heap = None
 
     def apply(self, changes: Iterable[tuple[str, float, float]]) -> None:
-        """Apply checked levels; the best price is kept as levels come and go, and a side is
-        rescanned only when its best level was removed (once per message, not per level)."""
+        """Apply checked levels; the best price is kept as levels come and go, and the next best
+        is looked for only when the best level was removed (once per message, not per level)."""
         bids, asks, bid, ask = self.bids, self.asks, self.bid, self.ask
+        bid_heap, ask_heap = self.bid_heap, self.ask_heap
         lost_bid = lost_ask = False
         for side, price, qty in changes:
             if side == "buy":
                 if qty:
+                    if bid_heap is not None and price not in bids:
+                        heappush(bid_heap, -price)
                     bids[price] = qty
                     if price > bid:
                         bid = price
@@ -134,6 +187,8 @@ class _Book:
                     if price == bid:
                         lost_bid = True
             elif qty:
+                if ask_heap is not None and price not in asks:
+                    heappush(ask_heap, price)
                 asks[price] = qty
                 if price < ask:
                     ask = price
@@ -144,11 +199,10 @@ class _Book:
                     continue
                 if price == ask:
                     lost_ask = True
-        if lost_bid:
-            bid = max(bids) if bids else -_INF
-        if lost_ask:
-            ask = min(asks) if asks else _INF
-        self.bid, self.ask = bid, ask
+        self.bid = self.next_bid() if lost_bid else bid
+        self.ask = self.next_ask() if lost_ask else ask
+        if bid_heap is not None or ask_heap is not None:
+            self.trim()
 
 
 def _level(change: tuple[str, str | float, str | float]) -> tuple[str, float, float] | str:
@@ -263,10 +317,13 @@ class GeminiSource(Source):
             return
         # The common case, a diff applied to a live book, inline (what `_Book.apply` does).
         bids, asks, bid, ask = book.bids, book.asks, book.bid, book.ask
+        bid_heap, ask_heap = book.bid_heap, book.ask_heap
         lost_bid = lost_ask = False
         for side, price, qty in diff.changes:
             if side == "buy":
                 if qty:
+                    if bid_heap is not None and price not in bids:
+                        heappush(bid_heap, -price)
                     bids[price] = qty
                     if price > bid:
                         bid = price
@@ -278,6 +335,8 @@ class GeminiSource(Source):
                     if price == bid:
                         lost_bid = True
             elif qty:
+                if ask_heap is not None and price not in asks:
+                    heappush(ask_heap, price)
                 asks[price] = qty
                 if price < ask:
                     ask = price
@@ -288,12 +347,20 @@ class GeminiSource(Source):
                     continue
                 if price == ask:
                     lost_ask = True
-        if lost_bid:
-            bid = max(bids) if bids else -_INF
+        if lost_bid:  # a small side without a heap is scanned here, as `next_bid` would
+            if bid_heap is None and len(bids) <= _SCAN:
+                bid = max(bids) if bids else -_INF
+            else:
+                bid = book.next_bid()
         if lost_ask:
-            ask = min(asks) if asks else _INF
+            if ask_heap is None and len(asks) <= _SCAN:
+                ask = min(asks) if asks else _INF
+            else:
+                ask = book.next_ask()
         book.bid = bid
         book.ask = ask
+        if bid_heap is not None or ask_heap is not None:
+            book.trim()
         if -_INF < bid <= ask < _INF:
             self._quote(symbol, bid, ask, recv_ts, None, book.last)
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -361,4 +363,69 @@ def test_bare_number_prices_give_the_same_quotes_as_quoted_ones(harness: Harness
         src.on_message(_bare(frame), 100 + i)
     assert '"0.6157"' in L2[0] and '"0.6157"' not in _bare(L2[0])
     assert len(quoted) == len(EXPECTED) and harness.quotes == quoted
+    assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+def _deep_session(seed: int) -> tuple[list[str], list[tuple[float, float]]]:
+    """A snapshot of 150 levels a side, then 3,000 diffs that keep taking the best level away
+    (and re-adding old prices, resizing, dropping deep or absent levels; for 600 of them only a
+    deep bid is added and removed again), with the best bid and ask a plain model of the book
+    has after each message."""
+    rng = random.Random(seed)
+    bids = {round(99.99 - i * 0.01, 2): 1.0 for i in range(150)}
+    asks = {round(100.01 + i * 0.01, 2): 1.0 for i in range(150)}
+    levels = [["buy", f"{p:.2f}", "1"] for p in bids] + [["sell", f"{p:.2f}", "1"] for p in asks]
+    frames = [json.dumps({"type": "l2_updates", "symbol": "BTCUSD", "changes": levels,
+                          "trades": [], "auction_events": []})]  # fmt: skip
+    tops = [(max(bids), min(asks))]
+    for n in range(3_000):
+        changes: list[list[str]] = []
+        if 1_000 <= n < 1_600:  # deep levels come and go, the top stays: stale prices pile up
+            price = round(99.99 - (100 + n % 50) * 0.01, 2)
+            bids.pop(price, None)
+            changes = [["buy", f"{price:.2f}", "1.5"], ["buy", f"{price:.2f}", "0"]]
+        for _ in range(0 if changes else rng.randint(1, 3)):
+            side, book = ("buy", bids) if rng.random() < 0.5 else ("sell", asks)
+            grid = [round(99.99 - i * 0.01, 2) if side == "buy" else round(100.01 + i * 0.01, 2)
+                    for i in range(300)]  # fmt: skip
+            move = rng.random()
+            if move < 0.35 and len(book) > 2:
+                price = max(book) if side == "buy" else min(book)  # the best level leaves
+            elif move < 0.55:
+                price = rng.choice(grid)  # a level anywhere, present or not
+            else:
+                price = rng.choice(grid[:40])  # near the top: often one removed before
+            qty = 0.0 if move < 0.45 else rng.choice((0.5, 2.0, 3.25))
+            if qty:
+                book[price] = qty
+            else:
+                book.pop(price, None)
+            changes.append([side, f"{price:.2f}", f"{qty}"])
+        frames.append(json.dumps({"type": "l2_updates", "symbol": "BTCUSD", "changes": changes}))
+        tops.append((max(bids), min(asks)))
+    return frames, tops
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_deep_book_keeps_the_exact_top_through_thousands_of_diffs(
+    harness: Harness, seed: int
+) -> None:
+    """A book of hundreds of levels whose best level keeps leaving: after every message the quote
+    is the best bid and ask of the levels left, on the fast path and on the text path alike, and
+    the prices kept for finding the next best never grow past twice the book."""
+    frames, tops = _deep_session(seed)
+    src = harness.source
+    for read in (src.on_message, src._slow):
+        harness.quotes.clear()
+        src._queue_subscriptions()  # a new connection: empty books
+        longest = 0
+        for i, frame in enumerate(frames):
+            read(frame, i)
+            book = src._books["BTCUSD"]
+            for heap, side in ((book.bid_heap, book.bids), (book.ask_heap, book.asks)):
+                if heap is not None:
+                    assert len(heap) <= 2 * len(side) + 32
+                    longest = max(longest, len(heap))
+        assert [(q.bid, q.ask) for q in harness.quotes] == tops
+        assert longest > 32  # the heaps were used, not only the scan
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
