@@ -4,20 +4,25 @@
 encodes them: about 10 us per market at 8 sources, most of it Python objects made only to be
 encoded. `ReportEncoder` writes the very same bytes from the arrays instead:
 
-- per market, the JSON of a report is a %-format template (the names, weights and reason
-  strings as literals; `%.Nf` for the decimal strings, `%d` for ages and times). Which template
+- per market, the JSON of a report is a bytes %-format template (the names, weights and reason
+  strings as literals; `%s` for the decimal strings, `%d` for ages and times). Which template
   a market needs follows from a few small integers per market (status, reasons, which values
   are null, the slot codes); those form a key, and templates are cached per market and key, so
   in a steady state every market reuses the template of the round before;
-- the numbers of all the wanted markets come out of numpy as one float64 matrix, one row per
-  market, and `template % tuple(row)` formats a whole report in one C call. A null consumes its
-  argument with `%.0s` so that every template takes the same row.
+- a decimal string (price, confidence, last good price, each slot's value) only changes when
+  its float does: the encoder keeps each one's last float and string, and formats only those
+  whose bits changed since (a slot without a new quote keeps its value; formatting was the
+  largest part of the cost);
+- each market's arguments come out of numpy as one row of an object matrix (strings and
+  integers), and `template % tuple(row)` writes a whole report in one C call. A null consumes
+  its argument with `%.0s` (given b"" for an integer) so that every template takes the same
+  row. Bytes, not str: bytes formatting finds each `%` with memchr where str formatting reads
+  a template character by character, which halves the cost of the ~1 KB templates.
 
 Python's `%.Nf` and `format(v, ".Nf")` are the same routine, and msgspec's own encoding is used
 for every literal, so the output is byte-identical to `msgspec.json.encode(result.report(i))`
-(tests/publish/test_encode.py compares them over random rounds). What the template cannot hold
-exactly falls back to that slow path: an age or time beyond 2**53 (not representable in the
-float row); a perpetual market's `mark` object is encoded by msgspec and spliced in.
+(tests/publish/test_encode.py compares them over runs of random rounds). A perpetual market's
+`mark` object is encoded by msgspec and spliced in.
 """
 
 from __future__ import annotations
@@ -35,45 +40,57 @@ from oracled.model import Status, reasons_from_bits
 __all__ = ["ReportEncoder"]
 
 _ENC = msgspec.json.Encoder()
-_EXACT = float(2**53)  # integers up to here survive the trip through float64
-_NULL = "null%.0s"  # consumes the argument, writes null
-_SKIP = "%.0s"  # consumes the argument, writes nothing
+_NULL = b"null%.0s"  # consumes the argument, writes null
+_SKIP = b"%.0s"  # consumes the argument, writes nothing
+_DEC = b'"%s"'  # a decimal string, formatted ahead (see _Static.text)
 _MAX_TEMPLATES = 8  # per market; more distinct shapes than this means churn, start over
 _HEAD = 6  # leading columns of a row: ts, round, price, confidence, last good price and time
+_LEAD = 3  # leading decimal columns: price, confidence, last good price; then the slots' values
 
 
-def _lit(value: object) -> str:
+def _lit(value: object) -> bytes:
     """msgspec's JSON of `value` as a template literal (a `%` in it escaped)."""
-    return _ENC.encode(value).decode().replace("%", "%%")
+    return _ENC.encode(value).replace(b"%", b"%%")
 
 
 class _Static:
-    """The literal pieces of one layout's reports, made once per layout."""
+    """The literal pieces of one layout's reports, made once per layout, and the decimal strings
+    of its numbers as last formatted (kept with the layout: a new layout starts them over)."""
 
-    __slots__ = ("decimals", "fmts", "heads", "layout", "slots", "width")
+    __slots__ = ("bits", "dec", "heads", "layout", "present", "slots", "text", "width")
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.width = layout.width
-        self.decimals: list[int] = layout.decimals.tolist()
-        self.fmts = [f'"%.{d}f"' for d in self.decimals]
-        self.heads = [f'{{"market":{_lit(m)},"ts":%d,"round":%d,"status":' for m in layout.markets]
+        self.width = width = layout.width
+        self.dec = layout.decimals.astype(np.intp)
+        self.heads = [
+            b'{"market":%s,"ts":%%d,"round":%%d,"status":' % _lit(m) for m in layout.markets
+        ]
         weights = layout.weight.tolist()
         # Per configured slot: ('{"id":..,"pair":..,"value":', ',"weight":..,"used":').
-        self.slots: list[list[tuple[str, str]]] = [
+        self.slots: list[list[tuple[bytes, bytes]]] = [
             [
                 (
-                    f'{{"id":{_lit(sid)},"pair":{_lit(pair)},"value":',
-                    f',"weight":{_lit(weights[i][k])},"used":',
+                    b'{"id":%s,"pair":%s,"value":' % (_lit(sid), _lit(pair)),
+                    b',"weight":%s,"used":' % _lit(weights[i][k]),
                 )
                 for k, (sid, pair) in enumerate(zip(ids, pairs, strict=True))
             ]
             for i, (ids, pairs) in enumerate(zip(layout.slot_ids, layout.slot_pairs, strict=True))
         ]
+        # Which columns of the slot matrix are configured slots (a shorter market leaves some).
+        self.present = np.arange(width) < np.array([[len(ids)] for ids in layout.slot_ids])
+        # Per market, the decimal columns (price, confidence, last good price, each slot's
+        # value): the float's bits when last formatted and its string. NaN formats as "nan" at
+        # every precision, so both start as NaN; a null never reads its string.
+        shape = (len(layout.markets), _LEAD + width)
+        self.bits = np.full(shape, np.nan).view(np.int64)
+        self.text: npt.NDArray[np.object_] = np.full(shape, b"nan", dtype=object)
 
 
 class ReportEncoder:
-    """Encodes reports of round results; keeps its templates from one round to the next.
+    """Encodes reports of round results; keeps its templates and decimal strings from one round
+    to the next.
 
     Not thread-safe: one encoder per consumer (the hub has its own).
     """
@@ -83,7 +100,7 @@ class ReportEncoder:
     def __init__(self) -> None:
         self._static: _Static | None = None
         self._names: tuple[str | None, ...] = ()
-        self._templates: list[dict[bytes, str]] = []
+        self._templates: list[dict[bytes, bytes]] = []
 
     def _prepare(self, result: RoundResult) -> _Static:
         static = self._static
@@ -98,6 +115,33 @@ class ReportEncoder:
             self._names = result.slot_names
         return static
 
+    @staticmethod
+    def _decimals(
+        static: _Static, idx: npt.NDArray[np.intp], values: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.object_]:
+        """The decimal strings of `values` (rows of markets `idx`): formatted where a float's
+        bits differ from those last formatted in its place, else the string kept from then."""
+        cols = values.shape[1]
+        bits = values.view(np.int64).ravel()
+        changed = np.flatnonzero(bits != static.bits[idx].ravel())
+        if len(changed):
+            rows = idx[changed // cols]
+            where = rows * cols + changed % cols
+            floats = values.ravel()[changed]
+            decimals = static.dec[rows]
+            lo, hi = int(decimals.min()), int(decimals.max())
+            strings = np.empty(len(changed), dtype=object)
+            # One pass per precision that occurs (usually a single one over everything).
+            for d in range(lo, hi + 1):
+                sel = np.flatnonzero(decimals == d) if lo < hi else slice(None)
+                part = floats[sel].tolist()
+                if part:
+                    fmt = b"%%.%df" % d
+                    strings[sel] = np.fromiter(map(fmt.__mod__, part), object, len(part))
+            static.text.reshape(-1)[where] = strings
+            static.bits.reshape(-1)[where] = bits[changed]
+        return static.text[idx]
+
     def encode(self, result: RoundResult, indices: Sequence[int]) -> list[bytes]:
         """The JSON of `result.report(i)` for each `i` in `indices`, in that order."""
         if not len(indices):
@@ -106,37 +150,38 @@ class ReportEncoder:
         idx = np.asarray(indices, dtype=np.intp)
         width = static.width
         value = result.value[idx]
-        age = result.age[idx]
         code = result.slot_reason[idx]
-        status = result.status[idx]
         last_good = result.last_good[idx]
         last_good_ts = result.last_good_ts[idx]
+        dated = (code != NO_QUOTE) & static.present[idx]
+        undated = last_good_ts < 0
 
-        finite = np.isfinite(value)
-        dated = code != NO_QUOTE
-        lg_ok = np.isfinite(last_good)
-        lgts_ok = last_good_ts >= 0
-        exact = ~((dated & (np.abs(age) >= _EXACT)).any(axis=1)) & (
-            ~lgts_ok | (last_good_ts < _EXACT)
-        )
         keys = np.empty((len(idx), 3 + width), dtype=np.int16)
-        keys[:, 0] = status
+        keys[:, 0] = result.status[idx]
         keys[:, 1] = result.reasons[idx]
-        keys[:, 2] = lg_ok * 4 + lgts_ok * 2 + exact
-        keys[:, 3:] = code.astype(np.int16) * 2 + finite
+        keys[:, 2] = np.isfinite(last_good) * 4 + ~undated * 2
+        keys[:, 3:] = code.astype(np.int16) * 2 + np.isfinite(value)
         key_bytes = keys.tobytes()
         step = keys.itemsize * keys.shape[1]
 
-        rows = np.empty((len(idx), _HEAD + 2 * width), dtype=np.float64)
+        floats = np.empty((len(idx), _LEAD + width), dtype=np.float64)
+        floats[:, 0] = result.price[idx]
+        floats[:, 1] = result.confidence[idx]
+        floats[:, 2] = last_good
+        floats[:, _LEAD:] = value
+        text = self._decimals(static, idx, floats)
+        # Integers stay Python ints (exact at any size); where a null consumes one, b"".
+        rows = np.empty((len(idx), _HEAD + 2 * width), dtype=object)
         rows[:, 0] = result.ts
         rows[:, 1] = result.round
-        rows[:, 2] = result.price[idx]
-        rows[:, 3] = result.confidence[idx]
-        rows[:, 4] = last_good
-        rows[:, 5] = np.where(lgts_ok & exact, last_good_ts, 0)
-        rows[:, _HEAD::2] = value
-        rows[:, _HEAD + 1 :: 2] = np.where(dated & exact[:, None], age, 0)
-        numbers = rows.tolist()
+        rows[:, 2:5] = text[:, :_LEAD]
+        rows[:, 5] = last_good_ts
+        rows[undated, 5] = b""
+        rows[:, _HEAD::2] = text[:, _LEAD:]
+        ages = rows[:, _HEAD + 1 :: 2]
+        ages[...] = result.age[idx]
+        ages[~dated] = b""
+        args = rows.tolist()
 
         mark = result.mark
         templates = self._templates
@@ -147,40 +192,36 @@ class ReportEncoder:
             cache = templates[i]
             template = cache.get(key)
             if template is None:
-                if not exact[n]:
-                    append(_ENC.encode(result.report(i)))
-                    continue
                 if len(cache) >= _MAX_TEMPLATES:
                     cache.clear()
                 template = cache[key] = self._template(static, i, keys[n])
-            text = template % tuple(numbers[n])
+            data = template % tuple(args[n])
             if mark is None or i not in mark.values:
-                append(text.encode())
+                append(data)
             else:
-                tail = _ENC.encode(mark.mark(i, static.decimals[i]))
-                append(b"".join((text[:-5].encode(), tail, b"}")))  # "null}" -> mark
+                tail = _ENC.encode(mark.mark(i, int(static.dec[i])))
+                append(b"".join((data[:-5], tail, b"}")))  # "null}" -> mark
         return out
 
-    def _template(self, static: _Static, i: int, key: npt.NDArray[np.int16]) -> str:
+    def _template(self, static: _Static, i: int, key: npt.NDArray[np.int16]) -> bytes:
         """The format string of market `i`'s report in the state `key` describes."""
         status, reasons, flags = int(key[0]), int(key[1]), int(key[2])
-        fmt = static.fmts[i]
         live = status <= Status.DEGRADED
         names = self._names
         parts = [
             static.heads[i],
             _lit(Status(status).label),
-            ',"reasons":',
+            b',"reasons":',
             _lit(reasons_from_bits(reasons)),
-            ',"price":',
-            fmt if live else _NULL,
-            ',"confidence":',
-            fmt if live else _NULL,
-            ',"last_good_price":',
-            fmt if flags & 4 else _NULL,
-            ',"last_good_ts":',
-            "%d" if flags & 2 else _NULL,
-            ',"sources":[',
+            b',"price":',
+            _DEC if live else _NULL,
+            b',"confidence":',
+            _DEC if live else _NULL,
+            b',"last_good_price":',
+            _DEC if flags & 4 else _NULL,
+            b',"last_good_ts":',
+            b"%d" if flags & 2 else _NULL,
+            b',"sources":[',
         ]
         slots = static.slots[i]
         for k in range(static.width):
@@ -192,16 +233,16 @@ class ReportEncoder:
             reason = names[c]
             head, weight = slots[k]
             parts += (
-                "," if k else "",
+                b"," if k else b"",
                 head,
-                fmt if has_value else _NULL,
+                _DEC if has_value else _NULL,
                 weight,
-                "true" if c == USED else "false",
-                ',"reason":',
-                "null" if reason is None else _lit(reason),
-                ',"age_ms":',
-                "%d" if c != NO_QUOTE else _NULL,
-                "}",
+                b"true" if c == USED else b"false",
+                b',"reason":',
+                b"null" if reason is None else _lit(reason),
+                b',"age_ms":',
+                b"%d" if c != NO_QUOTE else _NULL,
+                b"}",
             )
-        parts.append('],"mark":null}')
-        return "".join(parts)
+        parts.append(b'],"mark":null}')
+        return b"".join(parts)

@@ -17,6 +17,11 @@ every fault the adapters must survive:
 A subclass implements `routes()` (its HTTP and WebSocket paths), `on_text(client, text)` (its
 control protocol: subscribe, ping, ...) and `data_frame(symbol, path, now)` (one price update),
 and may send periodic venue heartbeats with `heartbeat_frame()`.
+
+By default every symbol is stepped at the same instant each tick and its frames queued at once
+(simple and predictable for tests). `stagger=True` spreads a tick's symbols over the tick in
+slices of `STAGGER_SLICE_S`, each frame built when its slice is due: a benchmark then sees frames
+stamped when they leave, not a burst whose last frames are late before anyone reads them.
 """
 
 from __future__ import annotations
@@ -37,7 +42,10 @@ from aiohttp import web
 
 from oracled.sim.paths import PricePath
 
-__all__ = ["Client", "Out", "SimStats", "VenueSim"]
+__all__ = ["STAGGER_SLICE_S", "Client", "Out", "SimStats", "VenueSim"]
+
+#: With `stagger=True`, a tick's symbols go out in slices about this many seconds apart.
+STAGGER_SLICE_S = 0.005
 
 
 class Out(Enum):
@@ -111,6 +119,7 @@ class VenueSim(abc.ABC):
         message_limit: int = 10,
         market_seed: int | Mapping[str, str] | None = None,
         basis_bps: float = 2.0,
+        stagger: bool = False,
     ) -> None:
         # market_seed: one seed for all symbols (venues of one market share it), or a seed per
         # symbol key so that venues naming an asset differently still walk it together.
@@ -132,6 +141,9 @@ class VenueSim(abc.ABC):
             for sym, p in prices.items()
         }
         self.rate_hz = rate_hz
+        # stagger: each tick's symbols go out in slices spread over the tick, as a real venue's
+        # updates arrive, not all at once (the default, which the tests' timing relies on).
+        self.stagger = stagger
         self.spread_bps = spread_bps
         self.host = host
         self.port = port
@@ -377,6 +389,9 @@ class VenueSim(abc.ABC):
         return sent
 
     async def _publish(self) -> None:
+        if self.stagger:
+            await self._publish_staggered()
+            return
         interval = 1.0 / self.rate_hz
         while True:
             await asyncio.sleep(interval)
@@ -386,6 +401,26 @@ class VenueSim(abc.ABC):
                 path.step(now)
                 if not silent:
                     self._fan_out(symbol, self.data_frame(symbol, path, now))
+
+    async def _publish_staggered(self) -> None:
+        """Each tick's symbols in slices at even offsets within the tick, each frame built (and
+        so stamped) when its slice is due. Deadlines are absolute, so a late slice does not
+        delay the ones after it; one that falls behind is sent at once, never skipped."""
+        interval = 1.0 / self.rate_hz
+        items = list(self.paths.items())
+        n = max(1, min(len(items), round(interval / STAGGER_SLICE_S)))
+        bounds = [len(items) * k // n for k in range(n + 1)]
+        due = self.now()
+        while True:
+            for k in range(n):
+                due += interval / n
+                await asyncio.sleep(max(0.0, due - self.now()))
+                now = self.now()
+                silent = self.silent
+                for symbol, path in items[bounds[k] : bounds[k + 1]]:
+                    path.step(now)
+                    if not silent:
+                        self._fan_out(symbol, self.data_frame(symbol, path, now))
 
     async def _heartbeats(self) -> None:
         assert self.heartbeat_interval_s is not None

@@ -104,11 +104,13 @@ async def simulate(
     seed: int = 1,
     rate_hz: float = 4.0,
     liveness: Mapping[str, float] | None = None,
+    stagger: bool = False,
 ) -> tuple[Config, list[SimulatedVenue]]:
     """Start a simulator for every enabled source; return the re-pointed config and the venues.
 
     `liveness` overrides source settings for every source (e.g. ``liveness_timeout_s=3.0``).
     All venues share one market seed, so they walk the same prices with a small basis each.
+    `stagger` spreads each venue's updates over its tick (see `VenueSim`).
     """
     venues: list[SimulatedVenue] = []
     data = cfg.model_dump(by_alias=True, exclude={"admin_token"})
@@ -128,6 +130,7 @@ async def simulate(
                 seed=i + 1,
                 market_seed=seeds,
                 rate_hz=rate_hz,
+                stagger=stagger,
                 **extra,
             )
             await sim.start()

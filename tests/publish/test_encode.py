@@ -20,7 +20,7 @@ SPOT = ("a1", "b2", "c3", "d4", "e5")
 FLAGS = ("bound", 'pct%d "quoted" \\ back', "séquenceur")
 
 
-def make_config() -> Config:
+def make_config(btc_exponent: int = -2) -> Config:
     """A leg (USDT/USD), direct and USDT-routed markets at several precisions and weights, and a
     perpetual market with a mark; markets list different numbers of sources."""
     markets: list[dict[str, Any]] = [
@@ -32,7 +32,7 @@ def make_config() -> Config:
         },
         {
             "symbol": "BTC/USD",
-            "price_exponent": -2,
+            "price_exponent": btc_exponent,
             "min_sources": 2,
             "max_age_ms": 2_000,
             "sources": [
@@ -144,7 +144,7 @@ def test_marks_are_spliced_into_the_report() -> None:
     assert msgspec.json.decode(data)["mark"]["next_funding_ts"] > 0
 
 
-def test_times_beyond_float_precision_fall_back_to_the_report_path() -> None:
+def test_times_beyond_float_precision_are_encoded_exactly() -> None:
     """An age or last-good time that a float cannot hold exactly is still encoded exactly."""
     rng = random.Random(3)
     core = Core(make_config())
@@ -177,3 +177,60 @@ def test_a_new_layout_or_new_flag_names_start_from_fresh_templates() -> None:
         every = list(range(len(core.markets)))
         assert encoder.encode(result, every) == reference(result, every)
     assert encoder.encode(result, []) == []
+
+
+def feed_some(
+    core: Core, rng: random.Random, now: int, share: float, last: dict[tuple[str, str], float]
+) -> None:
+    """New quotes for a `share` of the slots only (the others keep their value); a third of the
+    new quotes repeat the slot's last price exactly (same value, newer age)."""
+    for m in core.config.markets:
+        for s in m.sources:
+            if rng.random() >= share:
+                continue
+            key = (s.source, s.pair)
+            price = last.get(key)
+            if price is None or rng.random() < 0.67:
+                price = BASE[m.symbol] * rng.uniform(0.995, 1.005)
+                if rng.random() < 0.05:
+                    price *= rng.choice((0.5, 40.0))  # an outlier or out of bounds
+            last[key] = price
+            age = rng.choice((0, 5, 120, 1_900, 2_500))
+            core.ingest(Quote(s.source, s.pair, now, price=price, venue_ts=now - age))
+
+
+def test_decimal_strings_kept_from_round_to_round_stay_exact() -> None:
+    """One encoder over 320 consecutive rounds in which none, few, half or all of the slots get a
+    new quote (some at the very same price), through a reconfigure that changes a market's
+    precision but not its prices, and with older rounds encoded again in between: every report
+    is msgspec's bytes, so a kept decimal string is only reused for the same float at the same
+    precision."""
+    rng = random.Random(99)
+    core = Core(make_config())
+    encoder = ReportEncoder()
+    last: dict[tuple[str, str], float] = {}
+    results: list[RoundResult] = []
+    same = changed = 0
+    now = T0
+    for n in range(320):
+        now += 250
+        feed_some(core, rng, now, (0.0, 0.05, 0.5, 1.0)[n // 10 % 4], last)
+        if n == 200:  # BTC/USD at 3 decimals instead of 2: the same floats, other strings
+            core.reconfigure(make_config(btc_exponent=-3))
+        result = core.run_round(now)
+        every = list(range(len(core.markets)))
+        assert encoder.encode(result, every) == reference(result, every)
+        subset = rng.sample(every, rng.randint(1, len(every)))
+        assert encoder.encode(result, subset) == reference(result, subset)
+        if results and results[-1].layout is result.layout:
+            before, after = results[-1].value, result.value
+            both = np.isfinite(before) & np.isfinite(after)
+            same += int((both & (before == after)).sum())
+            changed += int((both & (before != after)).sum())
+        if n % 7 == 6:  # an older round again: its floats differ from the ones kept since
+            old = results[rng.randrange(max(0, len(results) - 20), len(results))]
+            if old.layout is result.layout:
+                assert encoder.encode(old, every) == reference(old, every)
+        results.append(result)
+    # Both cases happened many times: values kept from the round before, and values changed.
+    assert same > 500 and changed > 500
