@@ -80,8 +80,10 @@ class ReadHandlers:
         if hub.latest_result is None:
             raise self._not_ready()
         names = hub.markets if selected is None else selected
-        # Joined from the per-round cache: no report is encoded twice, whoever asks.
-        return json_response(b"[" + b",".join([hub.encoded(m) for m in names]) + b"]")
+        # Joined from the per-round cache: no report is encoded twice, whoever asks. Those not
+        # encoded yet are encoded in one pass (one market alone: the Report path is cheaper).
+        parts = hub.encoded_many(names) if len(names) > 1 else [hub.encoded(m) for m in names]
+        return json_response(b"[" + b",".join(parts) + b"]")
 
     async def price(self, request: web.Request) -> web.Response:
         """Latest report of one market."""

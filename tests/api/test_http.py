@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from api_rig import INTERVAL, PRICES, TOKEN, ClientFactory, Rig, make_config
@@ -50,6 +51,25 @@ async def test_prices_query_selects_markets_in_the_order_asked(client: Client, r
     rig.step()
     body = await _json(client, "/v1/prices?markets=ETH/USD,BTC-USD,eth-usd")
     assert [r["market"] for r in body] == ["ETH/USD", "BTC/USD"]
+
+
+async def test_prices_are_byte_for_byte_the_reports_of_the_latest_round(
+    client: Client, rig: Rig
+) -> None:
+    """/v1/prices (all, a selection, one market) is exactly msgspec's JSON of the latest round's
+    reports, joined in the order asked, round after round while prices move."""
+    for k in range(3):
+        result = rig.step({m: p * (1 + 0.01 * k) for m, p in PRICES.items()})
+        for query, names in (
+            ("", ["BTC/USD", "ETH/USD", "SOL/USD"]),
+            ("?markets=SOL/USD,BTC/USD", ["SOL/USD", "BTC/USD"]),
+            ("?markets=ETH/USD", ["ETH/USD"]),
+        ):
+            resp = await client.get(f"/v1/prices{query}")
+            assert resp.status == 200
+            idx = [rig.core.index[m] for m in names]
+            want = b"[" + b",".join(msgspec.json.encode(result.report(i)) for i in idx) + b"]"
+            assert await resp.read() == want, query
 
 
 async def test_prices_bad_query_is_400_and_unknown_market_404(client: Client, rig: Rig) -> None:
