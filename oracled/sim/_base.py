@@ -20,8 +20,9 @@ and may send periodic venue heartbeats with `heartbeat_frame()`.
 
 By default every symbol is stepped at the same instant each tick and its frames queued at once
 (simple and predictable for tests). `stagger=True` spreads a tick's symbols over the tick in
-slices of `STAGGER_SLICE_S`, each frame built when its slice is due: a benchmark then sees frames
-stamped when they leave, not a burst whose last frames are late before anyone reads them.
+slices of `STAGGER_SLICE_S`, in a seeded order (`order`), each frame built when its slice is due:
+a benchmark then sees frames stamped when they leave, not a burst whose last frames are late
+before anyone reads them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import random
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -144,6 +146,12 @@ class VenueSim(abc.ABC):
         # stagger: each tick's symbols go out in slices spread over the tick, as a real venue's
         # updates arrive, not all at once (the default, which the tests' timing relies on).
         self.stagger = stagger
+        # A tick's order. Staggered: a seeded permutation, so that any few symbols (and the same
+        # symbol on several venues) sit at unrelated points of the tick, not all at its start.
+        order = list(prices)
+        if stagger:
+            random.Random(f"{seed}:stagger").shuffle(order)
+        self.order: tuple[str, ...] = tuple(order)
         self.spread_bps = spread_bps
         self.host = host
         self.port = port
@@ -407,7 +415,7 @@ class VenueSim(abc.ABC):
         so stamped) when its slice is due. Deadlines are absolute, so a late slice does not
         delay the ones after it; one that falls behind is sent at once, never skipped."""
         interval = 1.0 / self.rate_hz
-        items = list(self.paths.items())
+        items = [(symbol, self.paths[symbol]) for symbol in self.order]
         n = max(1, min(len(items), round(interval / STAGGER_SLICE_S)))
         bounds = [len(items) * k // n for k in range(n + 1)]
         due = self.now()

@@ -20,7 +20,7 @@ RATE_HZ = 2.5  # a 400 ms tick: 8 slices of one symbol, 50 ms apart
 
 
 async def tick_frames(sim: VenueSim, ticks: int) -> list[dict[str, Any]]:
-    """The ticker rows of `ticks` whole ticks, from the first frame of the first symbol on."""
+    """The ticker rows of `ticks` whole ticks, from the first frame of the tick's first symbol."""
     rows: list[dict[str, Any]] = []
     args = [{"channel": "tickers", "instId": s} for s in SYMBOLS]
     async with (
@@ -36,23 +36,34 @@ async def tick_frames(sim: VenueSim, ticks: int) -> list[dict[str, Any]]:
                 if "data" not in frame:
                     continue  # a subscription ack
                 row = frame["data"][0]
-                if rows or row["instId"] == SYMBOLS[0]:
+                if rows or row["instId"] == sim.order[0]:
                     rows.append(row)
     return rows
 
 
 async def test_staggered_ticks_send_every_symbol_once_spread_over_the_tick() -> None:
-    """Each tick sends every symbol once, in order, with venue times spread over the tick (eight
-    slices 50 ms apart: at least 200 ms from the first to the last even on a loaded machine)."""
+    """Each tick sends every symbol once, in the venue's seeded order, with venue times spread
+    over the tick (eight slices 50 ms apart: at least 200 ms from the first to the last even on
+    a loaded machine)."""
     async with OkxSim(PRICES, seed=1, rate_hz=RATE_HZ, stagger=True) as sim:
         rows = await tick_frames(sim, 3)
+    assert sorted(sim.order) == SYMBOLS
     assert Counter(r["instId"] for r in rows) == dict.fromkeys(SYMBOLS, 3)
     for t in range(3):
         tick = rows[t * 8 : (t + 1) * 8]
-        assert [r["instId"] for r in tick] == SYMBOLS
+        assert [r["instId"] for r in tick] == list(sim.order)
         stamps = [int(r["ts"]) for r in tick]
         assert stamps == sorted(stamps) and len(set(stamps)) == 8
         assert stamps[-1] - stamps[0] >= 200
+
+
+def test_the_staggered_order_is_seeded_and_differs_between_venues() -> None:
+    """The order is a permutation fixed by the venue's seed: the same seed gives the same order,
+    other seeds others (so one symbol is not at the same point of every venue's tick)."""
+    orders = [OkxSim(PRICES, seed=seed, stagger=True).order for seed in (1, 1, 2, 3)]
+    assert orders[0] == orders[1]
+    assert len({orders[0], orders[2], orders[3]}) == 3
+    assert tuple(SYMBOLS) not in orders
 
 
 async def test_by_default_a_tick_sends_every_symbol_at_once() -> None:
