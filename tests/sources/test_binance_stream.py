@@ -1,9 +1,12 @@
-"""The Binance adapter against the loopback simulator: streaming, faults, recovery, fallback."""
+"""The Binance adapter against the loopback simulator: streaming, faults, recovery, fallback.
+
+The faults every venue shares (disconnect, silence, garbage, burst, replay, absurd prices, REST
+fallback, rotation) run for this venue too, from test_stream_faults.py; this file holds the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +14,7 @@ import pytest
 
 from oracled.config import SourceConfig
 from oracled.model import Kind
-from oracled.sim import GARBAGE, BinanceSim
+from oracled.sim import BinanceSim
 from oracled.sources import ConnState
 
 PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}  # what the `sim` fixture starts from
@@ -78,53 +81,6 @@ async def test_unknown_symbol_is_marked_failed_without_reconnecting(
     assert sim.stats.requests == 4  # the batch, then one request per symbol
 
 
-async def test_reconnects_and_resubscribes_after_disconnect(
-    sim: BinanceSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """A dropped TCP connection is replaced, the symbols resubscribed, and quotes resume."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert sim.disconnect() == 1
-    await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2)
-    seen = len(run.quotes)
-    await wait(lambda: pairs_seen(run, seen) == {"BTC/USDT", "ETH/USDT"})
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert sim.stats.requests >= 2  # subscribed again on the new connection
-    assert sim.stats.active == 1
-
-
-async def test_silent_open_socket_is_detected_and_replaced(
-    sim: BinanceSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """A venue that keeps its socket open but sends nothing, not even pings, is cut off."""
-    run = start(cfg(liveness_timeout_s=0.5))
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    sim.silence(None)
-    await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2)
-    assert run.stats.state in (ConnState.DOWN, ConnState.POLLING)
-    sim.reset()
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert sim.stats.active == 1  # the silent socket was closed, not leaked
-
-
-async def test_rest_polling_covers_a_refused_stream_and_stops_after(
-    sim: BinanceSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """While WebSocket handshakes are refused, REST polls deliver quotes; streaming ends polling."""
-    sim.ws_enabled = False
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.POLLING)
-    await wait(lambda: pairs_seen(run) == {"BTC/USDT", "ETH/USDT"})
-    assert sim.stats.connections == 0 and sim.stats.refused >= 1
-    assert sim.stats.rest_requests >= 1
-    sim.ws_enabled = True
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    await asyncio.sleep(0.2)  # a poll already in flight may still land
-    polls = sim.stats.rest_requests
-    await asyncio.sleep(0.5)  # five poll intervals
-    assert sim.stats.rest_requests == polls
-
-
 async def test_rest_batch_refusal_isolates_the_bad_symbol(
     sim: BinanceSim, start: Start, cfg: Any, wait: Wait
 ) -> None:
@@ -137,47 +93,3 @@ async def test_rest_batch_refusal_isolates_the_bad_symbol(
     seen = len(run.quotes)
     await wait(lambda: pairs_seen(run, seen) == {"BTC/USDT", "ETH/USDT"})
     assert run.stats.state is ConnState.POLLING
-
-
-async def test_garbage_is_counted_as_malformed_and_no_bad_price_escapes(
-    sim: BinanceSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """Every malformed frame is counted once; no NaN, zero, negative or crossed price is emitted."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    before = run.stats.malformed
-    sent = sim.garbage(3 * len(GARBAGE))
-    assert sent == 36
-    await wait(lambda: sim.stats.garbage_sent == sent)
-    await wait(lambda: run.stats.malformed - before == sent)
-    for q in run.quotes:
-        assert q.bid is not None and q.ask is not None
-        assert math.isfinite(q.bid) and math.isfinite(q.ask) and 0 < q.bid <= q.ask
-        start_price = PRICES[q.pair.replace("/", "")]
-        assert abs(q.bid / start_price - 1) < 0.05
-    assert sim.stats.connections == 1  # garbage is survived without a reconnect
-
-
-async def test_connection_is_rotated_before_its_maximum_age(
-    sim: BinanceSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """Past max_connection_age_s the socket is replaced at once, without going down or polling."""
-    run = start(cfg(max_connection_age_s=0.3))
-    await wait(lambda: sim.stats.connections >= 3)
-    assert run.stats.reconnects >= 2
-    assert sim.stats.rest_requests == 0
-    assert "rest_error" not in run.stats.dropped
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-
-
-async def test_spiked_venue_price_is_passed_on_for_the_core_to_judge(
-    sim: BinanceSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """A plausible but wrong price is not the source's call: it is emitted, the core decides."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    sim.spike("BTCUSDT", 1.5, None)
-    await wait(
-        lambda: any(q.pair == "BTC/USDT" and (q.bid or 0) > 1.4 * 67_000 for q in run.quotes)
-    )
-    assert run.stats.malformed == 0

@@ -1,9 +1,12 @@
-"""The Bitstamp adapter against the loopback Bitstamp simulator: streaming, faults, fallback."""
+"""The Bitstamp adapter against the loopback Bitstamp simulator: streaming, faults, fallback.
+
+The faults every venue shares (disconnect, silence, garbage, burst, replay, absurd prices, REST
+fallback, rotation) run for this venue too, from test_stream_faults.py; this file holds the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
@@ -13,7 +16,7 @@ import pytest
 from oracled.clock import SystemClock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sim.bitstamp import GARBAGE, BitstampSim
+from oracled.sim.bitstamp import BitstampSim
 from oracled.sources import ConnState, SourceStats
 from oracled.sources.bitstamp import BitstampSource
 
@@ -115,92 +118,6 @@ async def test_reconnect_request_rotates_at_once_without_going_down(
     assert sim.stats.rest_requests == 0 and state(run) is ConnState.STREAMING
 
 
-async def test_reconnects_and_resubscribes_after_disconnect(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """A dropped TCP connection is replaced, the channels resubscribed, and quotes resume."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    assert sim.disconnect() == 1
-    await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2)
-    seen = len(run.quotes)
-    await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
-    assert sim.stats.requests >= 4 and sim.stats.active == 1
-
-
-async def test_half_open_socket_is_replaced_by_the_watchdog(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """A socket that stays open but carries nothing is cut and replaced."""
-    run = start(cfg(liveness_timeout_s=0.5), PAIRS)
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    sim.silence(None)
-    await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2)
-    assert state(run) in (ConnState.DOWN, ConnState.POLLING)
-    sim.reset()
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    assert sim.stats.active == 1
-
-
-async def test_garbage_is_counted_and_no_bad_price_escapes(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """Every malformed frame is counted once by reason; no NaN/zero/negative/crossed leaves."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    before = run.stats.malformed
-    sent = sim.garbage(2 * len(GARBAGE))
-    await wait(lambda: run.stats.malformed - before == sent)
-    dropped = run.stats.dropped
-    assert dropped["not_finite"] == 4 and dropped["non_positive"] == 4
-    assert dropped["bad_number"] == 2 and dropped["crossed"] == 2
-    for q in run.quotes:
-        assert q.bid is not None and q.ask is not None
-        assert math.isfinite(q.bid) and math.isfinite(q.ask) and 0 < q.bid <= q.ask
-        assert abs(q.bid / PRICES[q.pair] - 1) < 0.05
-    assert sim.stats.connections == 1
-    seen = len(run.quotes)  # the future-stamped garbage did not freeze the stream
-    await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
-
-
-async def test_burst_is_processed_in_full(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """A burst of books is decoded frame by frame: every one becomes a quote."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    quotes = run.stats.quotes
-    queued = sim.burst(200)
-    assert queued == 400
-    await wait(lambda: run.stats.quotes - quotes >= queued)
-    assert run.stats.malformed == 0 and run.stats.dropped["out_of_order"] == 0
-
-
-async def test_replayed_stale_books_never_override_newer_prices(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """Duplicated, older books are dropped by microtimestamp; emitted times only move forward."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: run.stats.quotes >= 20)
-    assert sim.replay_stale(20) > 0
-    await wait(lambda: run.stats.dropped["out_of_order"] >= 10)
-    await asyncio.sleep(0.1)
-    for pair in ("BTC/USD", "ETH/USD"):
-        stamps = [q.venue_ts or 0 for q in run.quotes if q.pair == pair]
-        assert stamps == sorted(stamps)
-
-
-async def test_thousandfold_jump_is_passed_on_for_the_core_to_judge(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """A finite, positive but absurd price is emitted as is; excluding it is the core's job."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    sim.spike("btcusd", 1000.0, None)
-    await wait(lambda: any((q.bid or 0) > 900 * 67_000 for q in run.quotes))
-    assert run.stats.malformed == 0
-
-
 async def test_rest_failures_while_down_are_counted_and_polling_goes_on(
     sim: BitstampSim, start: Start, cfg: Any, wait: Wait
 ) -> None:
@@ -226,31 +143,3 @@ async def test_rest_failures_while_down_are_counted_and_polling_goes_on(
     sim.rest_delay_s = 0.0
     await wait(lambda: state(run) is ConnState.POLLING)
     assert run.stats.failed_instruments == {}  # a 400 on the all-pairs request blames nobody
-
-
-async def test_refused_stream_falls_back_to_rest_then_resumes(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """While handshakes are refused one all-pairs REST request per poll delivers quotes."""
-    sim.ws_enabled = False
-    run = start(cfg(), PAIRS)
-    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
-    assert state(run) is ConnState.POLLING
-    assert sim.stats.connections == 0 and sim.stats.refused >= 1
-    assert sim.stats.rest_requests <= run.stats.frames  # one request per poll, all pairs in it
-    sim.ws_enabled = True
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    await asyncio.sleep(0.2)  # a poll already in flight may still land
-    polls = sim.stats.rest_requests
-    await asyncio.sleep(0.4)
-    assert sim.stats.rest_requests == polls
-
-
-async def test_connection_is_rotated_before_its_maximum_age(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """Past max_connection_age_s the socket is replaced at once, without going down or polling."""
-    run = start(cfg(max_connection_age_s=0.3), PAIRS)
-    await wait(lambda: sim.stats.connections >= 3)
-    assert run.stats.reconnects >= 2 and sim.stats.rest_requests == 0
-    await wait(lambda: state(run) is ConnState.STREAMING)

@@ -1,9 +1,12 @@
-"""The Bybit spot and linear adapters against the loopback simulator: faults, pings, fallback."""
+"""The Bybit spot and linear adapters against the loopback simulator: faults, pings, fallback.
+
+The faults every venue shares (disconnect, silence, garbage, burst, replay, absurd prices, REST
+fallback, rotation) run for this venue too, from test_stream_faults.py; this file holds the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
@@ -13,8 +16,7 @@ import pytest
 from oracled.clock import SystemClock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sim import Out
-from oracled.sim.bybit import GARBAGE, BybitSim
+from oracled.sim.bybit import BybitSim
 from oracled.sources import ConnState, SourceStats
 from oracled.sources.bybit import BybitLinearSource
 
@@ -54,10 +56,6 @@ def run_source(
 
 def pairs_seen(run: Any, since: int = 0) -> set[str]:
     return {q.pair for q in run.quotes[since:]}
-
-
-def key(kind: str, symbol: str = "BTCUSDT") -> str:
-    return f"{CATEGORY[kind]}:{symbol}"
 
 
 async def test_streams_quotes_after_one_acked_subscribe(
@@ -116,97 +114,6 @@ async def test_unknown_symbol_fails_alone_without_reconnects(
     assert run.stats.dropped["venue_error"] == 0
 
 
-async def test_reconnects_and_resubscribes_after_disconnect(
-    venue: BybitSim, run_source: Any, wait: Wait
-) -> None:
-    """A dropped connection is replaced, resubscribed, and quotes resume from a new snapshot."""
-    run = run_source()
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert venue.disconnect() == 1
-    await wait(lambda: run.stats.reconnects >= 1 and venue.stats.connections >= 2)
-    seen = len(run.quotes)
-    await wait(lambda: pairs_seen(run, seen) == BOTH)
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert venue.stats.requests >= 2
-    await wait(lambda: venue.stats.active == 1)  # the venue may still count a dropped socket
-
-
-async def test_half_open_socket_is_replaced_by_the_watchdog(
-    venue: BybitSim, run_source: Any, wait: Wait
-) -> None:
-    """A venue that sends nothing (no data, no pongs) on an open socket is cut and replaced."""
-    run = run_source()
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    venue.silence(None)
-    await wait(lambda: run.stats.reconnects >= 1 and venue.stats.connections >= 2)
-    venue.reset()
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    await wait(lambda: venue.stats.active == 1)  # the venue may still count a cut socket
-
-
-async def test_garbage_is_counted_and_no_bad_price_escapes(
-    venue: BybitSim, run_source: Any, wait: Wait
-) -> None:
-    """Each garbage frame counts once as malformed; nothing bad reaches a quote; no reconnect."""
-    run = run_source()
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    sent = venue.garbage(2 * len(GARBAGE))
-    await wait(lambda: run.stats.malformed == sent)
-    seen = len(run.quotes)
-    await wait(lambda: pairs_seen(run, seen) == BOTH)  # the kept state was not poisoned
-    for q in run.quotes:
-        assert q.bid is not None and q.ask is not None
-        assert math.isfinite(q.bid) and 0 < q.bid <= q.ask
-        assert abs(q.bid / PRICES[q.pair.replace("/", "")] - 1) < 0.05
-    assert venue.stats.connections == 1
-
-
-async def test_absurd_values_dropped_with_reasons_but_a_1000x_jump_passes(
-    venue: BybitSim, kind: str, run_source: Any, wait: Wait
-) -> None:
-    """Zero, negative and NaN prices stop at the source; a 1000x print is passed to the core."""
-    run = run_source()
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    bad = (GARBAGE[7], GARBAGE[8], GARBAGE[5]) if kind == "bybit_spot" else GARBAGE[13:16]
-    for client in venue.clients:
-        for frame in bad:
-            client.send(frame, Out.GARBAGE)
-    await wait(lambda: run.stats.malformed == 3)
-    assert run.stats.dropped["not_finite"] == 1
-    assert run.stats.dropped["non_positive"] + run.stats.dropped["bad_number"] == 2
-    venue.spike(key(kind), 1000.0, None)
-    await wait(lambda: any((q.bid or 0) > 900 * 67_000 for q in run.quotes))
-    assert run.stats.malformed == 3
-
-
-async def test_burst_is_processed_in_full(venue: BybitSim, run_source: Any, wait: Wait) -> None:
-    """Every frame of a burst becomes a quote (a linear delta without prices quotes the state)."""
-    run = run_source()
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    before = run.stats.quotes
-    queued = venue.burst(150)
-    assert queued == 300
-    await wait(lambda: run.stats.quotes - before >= queued)
-    assert run.stats.malformed == 0
-
-
-async def test_replayed_frames_never_override_newer_prices(
-    venue: BybitSim, kind: str, run_source: Any, wait: Wait
-) -> None:
-    """Replayed older frames are dropped as stale; venue times of emitted quotes never go back."""
-    run = run_source()
-    await wait(lambda: run.stats.state is ConnState.STREAMING and len(run.quotes) > 20)
-    queued = venue.replay_stale(30)
-    assert queued > 0
-    # Spot orders by update id, so every replay is stale; linear orders by ts, and a replay of
-    # the newest frame of a symbol (same ts) is a harmless duplicate that may be applied again.
-    expected = queued if kind == "bybit_spot" else queued - len(BOTH)
-    await wait(lambda: run.stats.dropped["stale"] >= expected)
-    for pair in BOTH:
-        times = [q.venue_ts or 0 for q in run.quotes if q.pair == pair]
-        assert times == sorted(times)
-
-
 async def test_rest_failures_are_counted_and_polling_recovers(
     venue: BybitSim, run_source: Any, wait: Wait
 ) -> None:
@@ -228,20 +135,3 @@ async def test_rest_failures_are_counted_and_polling_recovers(
     await wait(lambda: run.stats.state is ConnState.POLLING and pairs_seen(run) == BOTH)
     venue.ws_enabled = True
     await wait(lambda: run.stats.state is ConnState.STREAMING)
-
-
-async def test_refused_stream_falls_back_to_rest_then_streams_again(
-    venue: BybitSim, run_source: Any, wait: Wait
-) -> None:
-    """REST tickers cover a refused stream (bid/ask, venue time); streaming ends the polling."""
-    venue.ws_enabled = False
-    run = run_source()
-    await wait(lambda: run.stats.state is ConnState.POLLING and pairs_seen(run) == BOTH)
-    assert venue.stats.connections == 0 and venue.stats.refused >= 1
-    assert all(q.venue_ts is not None for q in run.quotes)
-    venue.ws_enabled = True
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    await asyncio.sleep(0.2)  # a poll already in flight may still land
-    polls = venue.stats.rest_requests
-    await asyncio.sleep(0.4)
-    assert venue.stats.rest_requests == polls

@@ -1,9 +1,12 @@
-"""The Coinbase adapter against its loopback simulator: streaming, faults, recovery, fallback."""
+"""The Coinbase adapter against its loopback simulator: streaming, faults, recovery, fallback.
+
+The faults every venue shares (disconnect, silence, garbage, burst, replay, absurd prices, REST
+fallback, rotation) run for this venue too, from test_stream_faults.py; this file holds the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +17,7 @@ import pytest
 from oracled.clock import SystemClock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sim.coinbase import GARBAGE, CoinbaseSim
+from oracled.sim.coinbase import CoinbaseSim
 from oracled.sources import ConnState, Source, SourceStats, build_source
 
 PRICES = {"BTC-USD": 67_000.0, "ETH-USD": 3_500.0}
@@ -131,91 +134,6 @@ async def test_unknown_product_fails_alone_without_reconnecting(
     assert run.source._pending == {}
 
 
-async def test_reconnects_and_resubscribes_after_disconnect(
-    sim: CoinbaseSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """A dropped connection is replaced, both channels resubscribed, and quotes resume."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert sim.disconnect() == 1
-    await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2)
-    seen = len(run.quotes)
-    await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
-    assert sim.stats.requests >= 4
-    assert sim.stats.active == 1
-
-
-async def test_silent_open_socket_is_replaced(
-    sim: CoinbaseSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """A socket that stays open but sends nothing, not even heartbeats, is cut and replaced."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    sim.silence(None)
-    await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2)
-    sim.reset()
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert sim.stats.active == 1
-
-
-async def test_garbage_is_counted_and_no_bad_price_escapes(
-    sim: CoinbaseSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """Every bad frame counts once by reason; zero, negative and NaN prices never leave."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    before = run.stats.malformed
-    sent = sim.garbage(2 * len(GARBAGE))
-    await wait(lambda: run.stats.malformed - before == sent)
-    dropped = run.stats.dropped
-    assert dropped["non_positive"] == 4 and dropped["not_finite"] == 4
-    assert dropped["bad_number"] == 4 and dropped["crossed"] == 2
-    for q in run.quotes:
-        assert q.bid is not None and q.ask is not None
-        assert math.isfinite(q.bid) and 0 < q.bid <= q.ask
-        assert abs(q.bid / PRICES[q.pair.replace("/", "-")] - 1) < 0.05
-    assert sim.stats.connections == 1
-
-
-async def test_burst_is_processed_in_full(
-    sim: CoinbaseSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """A burst of ticker frames is processed completely: none is dropped or lost."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    before = run.stats.quotes
-    queued = sim.burst(200)
-    assert queued == 400
-    await wait(lambda: run.stats.quotes - before >= queued)
-    assert run.stats.malformed == 0 and "stale_sequence" not in run.stats.dropped
-
-
-async def test_replayed_frames_never_override_newer_prices(
-    sim: CoinbaseSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """Duplicates and older frames are dropped by sequence number; venue times never go back."""
-    run = start(cfg())
-    await wait(lambda: len(run.quotes) >= 20)
-    replayed = sim.replay_stale(10)
-    assert replayed == 10
-    await wait(lambda: run.stats.dropped["stale_sequence"] == replayed)
-    await asyncio.sleep(0.1)
-    for pair in ("BTC/USD", "ETH/USD"):
-        stamps = [q.venue_ts or 0 for q in run.quotes if q.pair == pair]
-        assert stamps == sorted(stamps)
-
-
-async def test_thousandfold_jump_is_passed_on_for_the_core(
-    sim: CoinbaseSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """A positive but absurd price is not the source's call: the quote carries it."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    sim.spike("BTC-USD", 1000.0, None)
-    await wait(lambda: any((q.bid or 0) > 900 * 67_000 for q in run.quotes))
-    assert run.stats.malformed == 0
-
-
 async def test_rest_errors_and_slow_answers_while_down_then_recovery(
     sim: CoinbaseSim, start: Any, cfg: Any, wait: Wait
 ) -> None:
@@ -240,23 +158,6 @@ async def test_rest_errors_and_slow_answers_while_down_then_recovery(
     assert all(q.venue_ts is None for q in run.quotes)
 
 
-async def test_rest_polling_covers_a_refused_stream_and_stops_after(
-    sim: CoinbaseSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """While handshakes are refused REST delivers quotes; streaming resumes and polling stops."""
-    sim.ws_enabled = False
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.POLLING)
-    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
-    assert sim.stats.connections == 0 and sim.stats.refused >= 1
-    sim.ws_enabled = True
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    await asyncio.sleep(0.2)
-    polls = sim.stats.rest_requests
-    await asyncio.sleep(0.5)
-    assert sim.stats.rest_requests == polls
-
-
 async def test_rest_polls_are_paced_inside_the_public_limit(
     sim: CoinbaseSim, start: Any, cfg: Any, wait: Wait
 ) -> None:
@@ -267,13 +168,3 @@ async def test_rest_polls_are_paced_inside_the_public_limit(
     first = sim.stats.rest_requests
     await asyncio.sleep(1.0)
     assert sim.stats.rest_requests - first <= 9
-
-
-async def test_connection_is_rotated_before_its_maximum_age(
-    sim: CoinbaseSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """Past max_connection_age_s the socket is replaced without going down or polling."""
-    run = start(cfg(max_connection_age_s=0.3))
-    await wait(lambda: sim.stats.connections >= 3)
-    assert sim.stats.rest_requests == 0
-    await wait(lambda: run.stats.state is ConnState.STREAMING)

@@ -1,9 +1,12 @@
-"""The Gemini adapter against its loopback simulator: book, faults, recovery, fallback."""
+"""The Gemini adapter against its loopback simulator: book, faults, recovery, fallback.
+
+The faults every venue shares (disconnect, silence, garbage, burst, replay, absurd prices, REST
+fallback, rotation) run for this venue too, from test_stream_faults.py; this file holds the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +17,7 @@ import pytest
 from oracled.clock import SystemClock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sim.gemini import GARBAGE, GeminiSim
+from oracled.sim.gemini import GeminiSim
 from oracled.sources import ConnState, Source, SourceStats, build_source
 
 PRICES = {"BTCUSD": 67_000.0, "ETHUSD": 3_500.0}
@@ -137,66 +140,6 @@ async def test_unknown_symbol_fails_alone_without_reconnecting(
     assert sim.stats.rate_limited == 0 and run.source._pending == {}
 
 
-async def test_reconnects_and_rebuilds_the_book_after_disconnect(
-    sim: GeminiSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """A dropped connection is replaced, resubscribed, and the book rebuilt from snapshots."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert sim.disconnect() == 1
-    await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2)
-    seen = len(run.quotes)
-    await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
-    await wait(lambda: book_matches(run, sim, "ETHUSD"))
-    await wait(lambda: sim.stats.active == 1)  # the venue may still count a dropped socket
-
-
-async def test_silent_open_socket_is_replaced(
-    sim: GeminiSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """A socket that stays open but sends nothing, not even heartbeats, is cut and replaced."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    sim.silence(None)
-    await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2)
-    sim.reset()  # the request sent while silent was swallowed: it is retried once overdue
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    await wait(lambda: sim.stats.active == 1)  # the venue may still count a cut socket
-    assert run.stats.failed_instruments == {}
-
-
-async def test_garbage_is_counted_and_a_crossed_book_is_resynced(
-    sim: GeminiSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """Each bad frame counts once; the crossing one forces one resync; no bad price leaves."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    before = run.stats.malformed
-    sent = sim.garbage(len(GARBAGE))
-    await wait(lambda: run.stats.malformed - before == sent)
-    dropped = run.stats.dropped
-    assert dropped["non_positive"] == 2 and dropped["not_finite"] == 1
-    assert dropped["bad_number"] == 1 and dropped["crossed"] == 1
-    await wait(lambda: sim.stats.connections == 2)  # one resync for the crossed book
-    await wait(lambda: book_matches(run, sim, "BTCUSD"))
-    for q in run.quotes:
-        assert q.bid is not None and q.ask is not None
-        assert math.isfinite(q.bid) and 0 < q.bid <= q.ask
-        assert abs(q.bid / PRICES[q.pair.replace("/", "")] - 1) < 0.05
-
-
-async def test_burst_is_processed_in_full(sim: GeminiSim, start: Any, cfg: Any, wait: Wait) -> None:
-    """A burst of book diffs is applied completely and the book still matches the venue."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    before = run.stats.quotes
-    queued = sim.burst(200)
-    assert queued == 400
-    await wait(lambda: run.stats.quotes - before >= queued)
-    assert run.stats.malformed == 0
-    await wait(lambda: book_matches(run, sim, "BTCUSD"))
-
-
 async def test_replayed_diffs_never_leave_a_stale_book_behind(
     sim: GeminiSim, start: Any, cfg: Any, wait: Wait
 ) -> None:
@@ -212,17 +155,6 @@ async def test_replayed_diffs_never_leave_a_stale_book_behind(
     await wait(lambda: run.stats.dropped["crossed"] >= 1)
     await wait(lambda: book_matches(run, sim, "BTCUSD") and book_matches(run, sim, "ETHUSD"))
     assert all((q.bid or 0) <= (q.ask or 0) for q in run.quotes)
-
-
-async def test_thousandfold_jump_is_passed_on_for_the_core(
-    sim: GeminiSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """A positive but absurd book is not the source's call: the quote carries it."""
-    run = start(cfg())
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    sim.spike("BTCUSD", 1000.0, None)
-    await wait(lambda: any((q.bid or 0) > 900 * 67_000 for q in run.quotes))
-    assert run.stats.malformed == 0
 
 
 async def test_rest_errors_and_slow_answers_while_down_then_recovery(
@@ -246,23 +178,6 @@ async def test_rest_errors_and_slow_answers_while_down_then_recovery(
     sim.rest_delay_s = 0.0
     await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
     assert state(run) is ConnState.POLLING
-
-
-async def test_rest_polling_covers_a_refused_stream_and_stops_after(
-    sim: GeminiSim, start: Any, cfg: Any, wait: Wait
-) -> None:
-    """While handshakes are refused REST delivers quotes; streaming resumes and polling stops."""
-    sim.ws_enabled = False
-    run = start(cfg())
-    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
-    assert run.stats.state is ConnState.POLLING
-    assert sim.stats.connections == 0 and sim.stats.refused >= 1
-    sim.ws_enabled = True
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    await asyncio.sleep(0.2)
-    polls = sim.stats.rest_requests
-    await asyncio.sleep(0.5)
-    assert sim.stats.rest_requests == polls
 
 
 async def test_rest_polls_keep_to_one_a_second_after_the_burst(

@@ -1,9 +1,12 @@
-"""The Kraken adapter against the loopback Kraken simulator: streaming, faults, fallback."""
+"""The Kraken adapter against the loopback Kraken simulator: streaming, faults, fallback.
+
+The faults every venue shares (disconnect, silence, garbage, burst, replay, absurd prices, REST
+fallback, rotation) run for this venue too, from test_stream_faults.py; this file holds the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,7 +14,7 @@ import pytest
 
 from oracled.config import SourceConfig
 from oracled.model import Kind
-from oracled.sim.kraken import GARBAGE, KrakenSim
+from oracled.sim.kraken import KrakenSim
 from oracled.sources import ConnState
 
 PRICES = {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}
@@ -91,92 +94,6 @@ async def test_unknown_symbol_fails_alone_without_reconnecting(
     assert run.source._pending == {}
 
 
-async def test_reconnects_and_resubscribes_after_disconnect(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """A dropped TCP connection is replaced, the symbols resubscribed, and quotes resume."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert sim.disconnect() == 1
-    await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2)
-    seen = len(run.quotes)
-    await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
-    assert sim.stats.requests >= 2  # subscribed again on the new connection
-    assert sim.stats.active == 1
-
-
-async def test_half_open_socket_is_replaced_by_the_watchdog(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """A socket that stays open but carries nothing, not even heartbeats, is cut and replaced."""
-    run = start(cfg(liveness_timeout_s=0.5), PAIRS)
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    sim.silence(None)
-    await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2)
-    assert run.stats.state in (ConnState.DOWN, ConnState.POLLING)
-    sim.reset()
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert sim.stats.active == 1  # the silent socket was closed, not leaked
-
-
-async def test_garbage_is_counted_and_no_bad_price_escapes(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """Every malformed frame is counted once by reason; no zero/negative/crossed price leaves."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    before = run.stats.malformed
-    sent = sim.garbage(2 * len(GARBAGE))
-    await wait(lambda: run.stats.malformed - before == sent)
-    dropped = run.stats.dropped
-    assert dropped["non_positive"] == 4 and dropped["crossed"] == 2
-    assert dropped["decode"] == 6 and dropped["shape"] == 14
-    for q in run.quotes:
-        assert q.bid is not None and q.ask is not None
-        assert math.isfinite(q.bid) and math.isfinite(q.ask) and 0 < q.bid <= q.ask
-        assert abs(q.bid / PRICES[q.pair] - 1) < 0.05
-    assert sim.stats.connections == 1
-
-
-async def test_burst_is_processed_in_full(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """A burst of updates is decoded frame by frame: every one becomes a quote."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    frames, quotes = run.stats.frames, run.stats.quotes
-    queued = sim.burst(200)
-    assert queued == 400
-    await wait(lambda: run.stats.frames - frames >= queued)
-    await wait(lambda: run.stats.quotes - quotes >= queued)
-    assert run.stats.malformed == 0 and run.stats.dropped["out_of_order"] == 0
-
-
-async def test_replayed_stale_frames_never_override_newer_prices(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """Duplicated, older frames are dropped by venue time; emitted times only move forward."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: run.stats.quotes >= 20)
-    assert sim.replay_stale(20) > 0
-    await wait(lambda: run.stats.dropped["out_of_order"] >= 10)
-    await asyncio.sleep(0.1)
-    for pair in ("BTC/USD", "ETH/USD"):
-        stamps = [q.venue_ts or 0 for q in run.quotes if q.pair == pair]
-        assert stamps == sorted(stamps)
-
-
-async def test_thousandfold_jump_is_passed_on_for_the_core_to_judge(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """A finite, positive but absurd price is not the source's call: it is emitted as is."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    sim.spike("BTC/USD", 1000.0, None)
-    await wait(lambda: any((q.bid or 0) > 900 * 67_000 for q in run.quotes))
-    assert run.stats.malformed == 0
-
-
 async def test_rest_failures_while_down_are_counted_and_polling_goes_on(
     sim: KrakenSim, start: Start, cfg: Any, wait: Wait
 ) -> None:
@@ -202,24 +119,6 @@ async def test_rest_failures_while_down_are_counted_and_polling_goes_on(
     assert run.stats.failed_instruments == {}
 
 
-async def test_refused_stream_falls_back_to_rest_then_resumes(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """While handshakes are refused REST delivers quotes; streaming ends the polling."""
-    sim.ws_enabled = False
-    run = start(cfg(), PAIRS)
-    await wait(lambda: run.stats.state is ConnState.POLLING)
-    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
-    assert all(q.venue_ts is None for q in run.quotes)  # REST has no event time
-    assert sim.stats.connections == 0 and sim.stats.refused >= 1
-    sim.ws_enabled = True
-    await wait(lambda: run.stats.state is ConnState.STREAMING)
-    await asyncio.sleep(0.2)  # a poll already in flight may still land
-    polls = sim.stats.rest_requests
-    await asyncio.sleep(0.4)
-    assert sim.stats.rest_requests == polls
-
-
 async def test_rest_unknown_pair_fails_only_that_symbol(
     sim: KrakenSim, start: Start, cfg: Any, wait: Wait
 ) -> None:
@@ -232,14 +131,3 @@ async def test_rest_unknown_pair_fails_only_that_symbol(
     seen = len(run.quotes)
     await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
     assert run.stats.state is ConnState.POLLING
-
-
-async def test_connection_is_rotated_before_its_maximum_age(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
-) -> None:
-    """Past max_connection_age_s the socket is replaced at once, without going down or polling."""
-    run = start(cfg(max_connection_age_s=0.3), PAIRS)
-    await wait(lambda: sim.stats.connections >= 3)
-    assert run.stats.reconnects >= 2
-    assert sim.stats.rest_requests == 0
-    await wait(lambda: run.stats.state is ConnState.STREAMING)

@@ -1,9 +1,12 @@
-"""The KuCoin adapter against the loopback KuCoin simulator: token, streaming, faults, fallback."""
+"""The KuCoin adapter against the loopback KuCoin simulator: token, streaming, faults, fallback.
+
+The faults every venue shares (disconnect, silence, garbage, burst, replay, absurd prices, REST
+fallback, rotation) run for this venue too, from test_stream_faults.py; this file holds the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,7 +16,7 @@ import pytest
 from oracled.clock import SystemClock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sim.kucoin import GARBAGE, KucoinSim
+from oracled.sim.kucoin import KucoinSim
 from oracled.sources import ConnState, SourceStats
 from oracled.sources.kucoin import KucoinSource
 
@@ -128,89 +131,6 @@ async def test_unknown_symbol_fails_alone_without_reconnecting(
     assert venue.stats.rate_limited == 0
 
 
-async def test_reconnects_with_a_fresh_token_and_resubscribes(
-    venue: KucoinSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """A dropped connection is replaced after a new bullet call; quotes resume."""
-    run = start()
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    assert venue.disconnect() == 1
-    await wait(lambda: run.stats.reconnects >= 1 and venue.stats.connections >= 2)
-    seen = len(run.quotes)
-    await wait(lambda: run.seen(seen) == BOTH)
-    assert venue.bullets == venue.stats.connections
-    assert venue.stats.active == 1
-
-
-async def test_silent_open_socket_is_replaced(
-    venue: KucoinSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """A half-open socket (no data, no pongs) is cut by the watchdog and replaced."""
-    run = start()
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    venue.silence(None)
-    await wait(lambda: run.stats.reconnects >= 1 and venue.stats.connections >= 2)
-    venue.reset()
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    assert venue.stats.active == 1
-
-
-async def test_garbage_is_counted_and_no_bad_price_escapes(
-    venue: KucoinSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """Every malformed frame is counted once; no NaN, zero, negative or crossed price escapes."""
-    run = start()
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    sent = venue.garbage(2 * len(GARBAGE))
-    await wait(lambda: venue.stats.garbage_sent == sent)
-    await wait(lambda: run.stats.malformed == sent)
-    for q in run.quotes:
-        assert q.bid is not None and q.ask is not None
-        assert math.isfinite(q.bid) and math.isfinite(q.ask) and 0 < q.bid <= q.ask
-        assert abs(q.bid / PRICES[q.pair.replace("/", "-")] - 1) < 0.05
-    assert venue.stats.connections == 1
-
-
-async def test_burst_is_processed_in_full(
-    venue: KucoinSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """A burst of 300 updates per symbol all become quotes."""
-    run = start()
-    await wait(lambda: run.seen() == BOTH)
-    quotes = run.stats.quotes
-    assert venue.burst(300) == 600
-    await wait(lambda: run.stats.quotes - quotes >= 600)
-    assert run.stats.malformed == 0 and run.stats.dropped == {}
-
-
-async def test_replayed_frames_never_override_newer_prices(
-    venue: KucoinSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """Replayed (duplicate, late) frames are dropped by sequence; venue times never go back."""
-    run = start()
-    await wait(lambda: len(run.quotes) >= 30)
-    assert venue.replay_stale(20) == 20
-    await wait(lambda: run.stats.dropped["out_of_order"] >= 18)
-    last: dict[str, int] = {}
-    for q in run.quotes:
-        assert q.venue_ts is not None and q.venue_ts >= last.get(q.pair, 0)
-        last[q.pair] = q.venue_ts
-
-
-async def test_absurd_values_dropped_but_a_1000x_jump_passes(
-    venue: KucoinSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """NaN, zero and negative prices are dropped with their reasons; 1000x is passed on."""
-    run = start()
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    venue.garbage(10)
-    await wait(lambda: run.stats.malformed == 10)
-    assert run.stats.dropped["not_finite"] == 2 and run.stats.dropped["non_positive"] == 2
-    venue.spike("BTC-USDT", 1000.0, None)
-    await wait(lambda: any((q.bid or 0) > 60_000_000 for q in run.quotes))
-    assert run.stats.malformed == 10
-
-
 async def test_rest_failures_are_counted_and_polling_recovers(
     venue: KucoinSim, start: Callable[..., Run], wait: Wait
 ) -> None:
@@ -232,20 +152,3 @@ async def test_rest_failures_are_counted_and_polling_recovers(
     venue.rest_delay_s = 0.0
     venue.ws_enabled = True
     await wait(lambda: state(run) is ConnState.STREAMING)
-
-
-async def test_rest_polling_covers_a_refused_stream_and_stops_after(
-    venue: KucoinSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """While handshakes are refused, level-1 polls deliver quotes; streaming ends polling."""
-    venue.ws_enabled = False
-    run = start()
-    await wait(lambda: state(run) is ConnState.POLLING)
-    await wait(lambda: run.seen() == BOTH)
-    assert venue.stats.connections == 0 and venue.stats.refused >= 1
-    venue.ws_enabled = True
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    await asyncio.sleep(0.2)
-    polls = venue.stats.rest_requests
-    await asyncio.sleep(0.5)
-    assert venue.stats.rest_requests == polls

@@ -1,9 +1,12 @@
-"""The OKX adapter against the loopback OKX simulator: streaming, faults, recovery, fallback."""
+"""The OKX adapter against the loopback OKX simulator: streaming, faults, recovery, fallback.
+
+The faults every venue shares (disconnect, silence, garbage, burst, replay, absurd prices, REST
+fallback, rotation) run for this venue too, from test_stream_faults.py; this file holds the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
@@ -14,7 +17,7 @@ from oracled.clock import SystemClock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
 from oracled.sim._base import Client
-from oracled.sim.okx import GARBAGE, OkxSim
+from oracled.sim.okx import OkxSim
 from oracled.sources import ConnState, SourceStats
 from oracled.sources.okx import OkxSource
 
@@ -145,34 +148,6 @@ async def test_unknown_instrument_fails_alone_without_reconnecting(
     assert run.source._pending == {}
 
 
-async def test_reconnects_and_resubscribes_after_disconnect(
-    venue: OkxSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """A dropped TCP connection is replaced, every instrument resubscribed, quotes resume."""
-    run = start()
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    assert venue.disconnect() == 1
-    await wait(lambda: run.stats.reconnects >= 1 and venue.stats.connections >= 2)
-    seen = len(run.quotes)
-    await wait(lambda: run.seen(seen) == ALL)
-    assert venue.stats.requests >= 2
-    assert venue.stats.active == 1
-
-
-async def test_silent_open_socket_is_replaced(
-    venue: OkxSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """A half-open socket (nothing sent, pings unanswered) is cut by the watchdog and replaced."""
-    run = start(cls=FastPingOkx)
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    venue.silence(None)
-    await wait(lambda: run.stats.reconnects >= 1 and venue.stats.connections >= 2)
-    assert state(run) in (ConnState.DOWN, ConnState.POLLING)
-    venue.reset()
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    assert venue.stats.active == 1
-
-
 async def test_upgrade_notice_rotates_without_going_down(
     venue: OkxSim, start: Callable[..., Run], wait: Wait
 ) -> None:
@@ -185,68 +160,6 @@ async def test_upgrade_notice_rotates_without_going_down(
     await wait(lambda: run.seen(seen) == ALL)
     assert venue.stats.rest_requests == 0
     assert state(run) is ConnState.STREAMING
-
-
-async def test_garbage_is_counted_and_no_bad_price_escapes(
-    venue: OkxSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """Every malformed frame is counted once; no NaN, zero, negative or crossed price is emitted."""
-    run = start()
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    sent = venue.garbage(2 * len(GARBAGE))
-    await wait(lambda: venue.stats.garbage_sent == sent)
-    await wait(lambda: run.stats.malformed == sent)
-    for q in run.quotes:
-        assert q.bid is not None and q.ask is not None
-        assert math.isfinite(q.bid) and math.isfinite(q.ask) and 0 < q.bid <= q.ask
-        assert abs(q.bid / 67_000 - 1) < 0.05 or abs(q.bid / 3_500 - 1) < 0.05
-    assert venue.stats.connections == 1
-
-
-async def test_burst_is_processed_in_full(
-    venue: OkxSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """A burst of 200 updates per instrument reaches the core: every frame becomes a quote."""
-    run = start()
-    await wait(lambda: run.seen() == ALL)
-    frames, quotes = run.stats.frames, run.stats.quotes
-    queued = venue.burst(200)
-    assert queued == 600
-    await wait(lambda: run.stats.quotes - quotes >= 600)
-    assert run.stats.frames - frames >= 600
-    assert run.stats.malformed == 0 and run.stats.dropped == {}
-
-
-async def test_replayed_older_frames_never_override_newer_prices(
-    venue: OkxSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """Duplicates and late frames are dropped by event time; emitted venue times never go back."""
-    run = start()
-    await wait(lambda: len(run.quotes) >= 30)
-    queued = venue.replay_stale(20)
-    assert queued == 20
-    await wait(lambda: run.stats.dropped["out_of_order"] >= 17)
-    await asyncio.sleep(0.1)
-    last: dict[tuple[str, str], int] = {}
-    for q in run.quotes:
-        key = (q.pair, q.kind)
-        assert q.venue_ts is not None and q.venue_ts >= last.get(key, 0)
-        last[key] = q.venue_ts
-
-
-async def test_absurd_values_dropped_but_a_1000x_jump_passes(
-    venue: OkxSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """Zero, negative and NaN are dropped with their reasons; a 1000x price is the core's call."""
-    run = start()
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    venue.garbage(10)  # the first ten of the catalogue: NaN, inf, zero, negative among them
-    await wait(lambda: run.stats.malformed == 10)
-    assert run.stats.dropped["not_finite"] == 2
-    assert run.stats.dropped["non_positive"] == 2
-    venue.spike("ETH-USDT", 1000.0, None)
-    await wait(lambda: any(q.pair == "ETH/USDT" and (q.bid or 0) > 3_000_000 for q in run.quotes))
-    assert run.stats.malformed == 10
 
 
 async def test_rest_failures_are_counted_and_polling_recovers(
@@ -272,23 +185,6 @@ async def test_rest_failures_are_counted_and_polling_recovers(
     venue.rest_delay_s = 0.0
     venue.ws_enabled = True
     await wait(lambda: state(run) is ConnState.STREAMING)
-
-
-async def test_rest_polling_covers_a_refused_stream_and_stops_after(
-    venue: OkxSim, start: Callable[..., Run], wait: Wait
-) -> None:
-    """While handshakes are refused, REST polls alternate SPOT/SWAP; streaming ends polling."""
-    venue.ws_enabled = False
-    run = start()
-    await wait(lambda: state(run) is ConnState.POLLING)
-    await wait(lambda: run.seen() == ALL)
-    assert venue.stats.connections == 0 and venue.stats.refused >= 1
-    venue.ws_enabled = True
-    await wait(lambda: state(run) is ConnState.STREAMING)
-    await asyncio.sleep(0.2)  # a poll already in flight may still land
-    polls = venue.stats.rest_requests
-    await asyncio.sleep(0.5)
-    assert venue.stats.rest_requests == polls
 
 
 class DeafOkxSim(OkxSim):

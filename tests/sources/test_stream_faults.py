@@ -1,0 +1,230 @@
+"""Every venue adapter against its loopback simulator: the faults all venues share, written once.
+
+Each test runs for every case of `venue_cases.CASES` (a real simulator, a real aiohttp client, the
+real adapter); what differs between venues is a fact in the case, not a second copy of the test.
+Behaviours only one venue has stay in `test_<venue>_stream.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+import pytest
+from venue_cases import CASES, Case, Running, running_source
+
+from oracled.sim._base import VenueSim
+from oracled.sources import ConnState
+
+Wait = Callable[..., Any]
+Start = Callable[..., Any]
+
+
+@pytest.fixture(params=CASES, ids=[c.id for c in CASES])
+def case(request: pytest.FixtureRequest) -> Case:
+    """Each test runs once per venue (Bybit once per category)."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def sim(case: Case) -> AsyncIterator[VenueSim]:
+    async with case.sim() as venue:
+        yield venue
+
+
+@pytest.fixture
+async def start(
+    case: Case, sim: VenueSim, http: aiohttp.ClientSession
+) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    """Factory: `start(**config_overrides)` runs the case's adapter; stopped at teardown."""
+    async with AsyncExitStack() as stack:
+
+        async def _start(**overrides: Any) -> Running:
+            return await stack.enter_async_context(running_source(case, sim, http, **overrides))
+
+        yield _start
+
+
+async def settled(case: Case, run: Running, sim: VenueSim, wait: Wait) -> None:
+    """Wait for the case's own sign of a full recovery (a rebuilt book, a second feed)."""
+    if case.settled is not None:
+        done = case.settled(run, sim)
+        await wait(done)
+
+
+async def no_socket_leaked(case: Case, sim: VenueSim, wait: Wait) -> None:
+    """The venue holds exactly the sockets the source keeps: a cut one was closed, not leaked."""
+    if case.active_lags:  # this venue may count a dropped socket until its handler sees it close
+        await wait(lambda: sim.stats.active == case.sockets)
+    else:
+        assert sim.stats.active == case.sockets
+
+
+async def test_reconnects_and_resubscribes_after_disconnect(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """Dropped TCP connections are replaced, everything resubscribed, and quotes resume."""
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING)
+    assert sim.disconnect() == case.sockets
+    await wait(lambda: run.stats.reconnects >= 1 and sim.stats.connections >= 2 * case.sockets)
+    done = case.settled(run, sim) if case.settled is not None else None
+    seen = len(run.quotes)
+    await wait(lambda: run.keys(seen) == case.keys)
+    await wait(lambda: run.state() is ConnState.STREAMING)
+    assert sim.stats.requests >= 2 * case.subscribes  # subscribed again on the new connection
+    if done is not None:
+        await wait(done)
+    if case.after_reconnect is not None:
+        case.after_reconnect(run, sim)
+    await no_socket_leaked(case, sim, wait)
+
+
+async def test_silent_open_socket_is_replaced(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """A socket that stays open but carries nothing (no data, pings, heartbeats or pongs) is cut
+    by the watchdog and replaced; once the venue talks again the source streams, nothing failed."""
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING)
+    sim.silence(None)
+    feeds = case.feeds(run) if case.feeds is not None else [run.stats]
+    await wait(lambda: all(f.reconnects >= 1 for f in feeds))
+    await wait(lambda: sim.stats.connections >= 2 * case.sockets)
+    assert run.state() in (ConnState.DOWN, ConnState.POLLING)
+    sim.reset()  # a request sent while silent was swallowed: it is retried once overdue
+    await wait(lambda: run.state() is ConnState.STREAMING)
+    await settled(case, run, sim, wait)
+    await no_socket_leaked(case, sim, wait)
+    assert run.stats.failed_instruments == {}
+
+
+async def test_garbage_is_counted_and_no_bad_price_escapes(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """Every malformed frame counts once, by reason; no NaN, infinite, zero, negative or crossed
+    price leaves; the connection survives (or resyncs once for a crossed book) and streams on."""
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING)
+    malformed, garbage_sent = run.stats.malformed, sim.stats.garbage_sent
+    n = case.garbage_rounds * len(sim.GARBAGE)
+    sent = case.send_garbage(sim, n) if case.send_garbage is not None else sim.garbage(n)
+    assert sent == n
+    await wait(lambda: sim.stats.garbage_sent - garbage_sent == sent)
+    await wait(lambda: run.stats.malformed - malformed == sent)
+    dropped = run.stats.dropped
+    assert sum(case.garbage_reasons.values()) == sent  # the table names every frame's reason
+    for reason, count in case.garbage_reasons.items():
+        assert dropped[reason] == count, reason
+    if case.garbage_resyncs:
+        await wait(lambda: sim.stats.connections == case.sockets + case.garbage_resyncs)
+    else:
+        assert sim.stats.connections == case.sockets
+    seen = len(run.quotes)  # the kept state (sequence, book, last stamp) was not poisoned
+    await wait(lambda: run.keys(seen) == case.keys)
+    await settled(case, run, sim, wait)
+    for q in run.quotes:
+        assert q.bid is not None and q.ask is not None
+        assert math.isfinite(q.bid) and math.isfinite(q.ask) and 0 < q.bid <= q.ask
+        assert abs(q.bid / case.reference[q.pair, q.kind] - 1) < 0.05
+
+
+async def test_burst_is_processed_in_full(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """A burst of fresh frames is decoded frame by frame: every one becomes a quote, none is
+    dropped for any reason."""
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING and run.keys() == case.keys)
+    frames, quotes = run.stats.frames, run.stats.quotes
+    queued = sim.burst(case.burst)
+    assert queued == case.burst * len(case.keys)
+    await wait(lambda: run.stats.quotes - quotes >= queued)
+    assert run.stats.frames - frames >= queued
+    assert run.stats.malformed == 0 and not any(run.stats.dropped.values())
+    await settled(case, run, sim, wait)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c.replay_dropped is not None],
+    ids=[c.id for c in CASES if c.replay_dropped is not None],
+    indirect=True,
+)
+async def test_replayed_frames_never_override_newer_prices(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """Duplicated and older frames sent again are dropped (by sequence, update id or venue
+    time); the venue times of emitted quotes never go back."""
+    assert case.replay_dropped is not None
+    replay_dropped = case.replay_dropped
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING and len(run.quotes) >= 30)
+    queued = sim.replay_stale(case.replay)
+    if case.replay_exact:
+        assert queued == case.replay
+    else:
+        assert queued > 0
+    await wait(lambda: replay_dropped(run.stats.dropped, queued))
+    await asyncio.sleep(0.1)  # any replayed frame still in flight lands
+    last: dict[tuple[str, str], int] = {}
+    for q in run.quotes:
+        assert q.venue_ts is not None and q.venue_ts >= last.get((q.pair, q.kind), 0)
+        last[q.pair, q.kind] = q.venue_ts
+    assert run.stats.malformed == 0
+
+
+async def test_absurd_price_is_passed_on_for_the_core_to_judge(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """A finite, positive but wrong price (1000x, or a plausible 1.5x) is not the source's call:
+    the quote carries it and nothing counts as malformed; the core decides."""
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING)
+    symbol, key, factor, floor = case.spike
+    sim.spike(symbol, factor, None)
+    await wait(lambda: any((q.pair, q.kind) == key and (q.bid or 0) > floor for q in run.quotes))
+    assert run.stats.malformed == 0
+
+
+async def test_refused_stream_falls_back_to_rest_then_streams_again(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """While handshakes are refused, REST polls deliver quotes for every instrument; once the
+    stream is back the source streams and polling stops."""
+    sim.ws_enabled = False
+    run = await start()
+    await wait(lambda: run.state() is ConnState.POLLING)
+    await wait(lambda: run.keys() == case.keys)
+    assert run.state() is ConnState.POLLING
+    assert sim.stats.connections == 0 and sim.stats.refused >= 1
+    assert sim.stats.rest_requests >= 1
+    assert all((q.venue_ts is not None) is case.rest_venue_time for q in run.quotes)
+    assert sim.stats.rest_requests <= run.stats.frames  # every request answered before the next
+    sim.ws_enabled = True
+    await wait(lambda: run.state() is ConnState.STREAMING)
+    await asyncio.sleep(0.2)  # a poll already in flight may still land
+    polls = sim.stats.rest_requests
+    await asyncio.sleep(0.5)  # five poll intervals
+    assert sim.stats.rest_requests == polls
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c.rotation],
+    ids=[c.id for c in CASES if c.rotation],
+    indirect=True,
+)
+async def test_connection_is_rotated_before_its_maximum_age(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """Past max_connection_age_s the sockets are replaced at once, without going down or polling."""
+    run = await start(max_connection_age_s=0.3)
+    await wait(lambda: sim.stats.connections >= 3 * case.sockets)
+    assert run.stats.reconnects >= 2
+    assert sim.stats.rest_requests == 0 and "rest_error" not in run.stats.dropped
+    await wait(lambda: run.state() is ConnState.STREAMING)

@@ -1,0 +1,444 @@
+"""What the shared fault suite needs to know about each venue: one `Case` a venue (or category).
+
+`test_stream_faults.py` writes each behaviour once and runs it for every case here. A case says how
+to build the venue's simulator and its source, which pairs it streams, and the facts that differ
+from venue to venue (how many sockets, how many subscribe messages, what its garbage drops as).
+Anything a single venue does that the others do not stays in that venue's own test file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import aiohttp
+
+from oracled.clock import SystemClock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sim import BinanceSim, Out
+from oracled.sim._base import VenueSim
+from oracled.sim.binance_usdm import BinanceUsdmSim
+from oracled.sim.bitstamp import BitstampSim
+from oracled.sim.bybit import BybitSim
+from oracled.sim.coinbase import CoinbaseSim
+from oracled.sim.gemini import GeminiSim
+from oracled.sim.kraken import KrakenSim
+from oracled.sim.kucoin import KucoinSim
+from oracled.sim.okx import OkxSim
+from oracled.sim.pyth_hermes import PythHermesSim
+from oracled.sources import ConnState, Source, SourceStats, build_source
+from oracled.sources.okx import OkxSource
+
+Key = tuple[str, str]  # (pair, kind): one instrument as the core sees it
+PYTH_BTC = "e62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43"
+PYTH_ETH = "ff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace"
+
+
+@dataclass
+class Running:
+    """A source running in a task on a case's simulator, with what it emitted."""
+
+    source: Any  # the concrete adapter: tests read venue-specific attributes such as mark_feed
+    stats: SourceStats
+    quotes: list[Quote]
+    task: asyncio.Task[None]
+
+    def keys(self, since: int = 0) -> set[Key]:
+        """Instruments quoted since quote number `since`."""
+        return {(q.pair, q.kind) for q in self.quotes[since:]}
+
+    def state(self) -> ConnState:
+        """The state now (a call, so that type narrowing from an earlier assert does not stick)."""
+        return self.stats.state
+
+
+class _FastPingOkx(OkxSource):
+    """OKX with a test-sized ping interval (the venue's rule is: under 30 s), so that a silent
+    venue is noticed through unanswered pings as in production, not only through no data."""
+
+    app_ping_interval_s: ClassVar[float | None] = 0.3
+
+
+def _gemini_book_matches(run: Running, sim: VenueSim) -> Callable[[], bool]:
+    """The adapter's latest quote of each symbol equals the top of the simulator's book."""
+    assert isinstance(sim, GeminiSim)
+
+    def matches() -> bool:
+        for symbol in ("BTCUSD", "ETHUSD"):
+            levels = sim._books.get(symbol, {})
+            bids = [float(p) for side, p in levels if side == "buy"]
+            asks = [float(p) for side, p in levels if side == "sell"]
+            pair = f"{symbol[:-3]}/{symbol[-3:]}"
+            last = [q for q in run.quotes if q.pair == pair][-1:]
+            if not (last and bids and asks):
+                return False
+            if (last[0].bid, last[0].ask) != (max(bids), min(asks)):
+                return False
+        return True
+
+    return matches
+
+
+def _usdm_marks_resume(run: Running, sim: VenueSim) -> Callable[[], bool]:
+    """From now on, mark prices arrive again on their own connection, which streams too, and
+    the venue holds both sockets open."""
+    marks = run.source.mark_feed
+    count = marks.stats.quotes
+    return lambda: bool(
+        marks.stats.quotes > count
+        and marks.stats.state is ConnState.STREAMING
+        and sim.stats.active == 2
+    )
+
+
+def _usdm_book_garbage(sim: VenueSim, n: int) -> int:
+    """Garbage on the book connection only (the mark connection has a garbage list of its own)."""
+    book = next(c for c in sim.clients if c.request.path.startswith("/public"))
+    frames = [sim.GARBAGE[i % len(sim.GARBAGE)] for i in range(n)]
+    for frame in frames:
+        book.outbox.put_nowait((Out.GARBAGE, frame))
+    return len(frames)
+
+
+def _kucoin_fresh_token_each_time(run: Running, sim: VenueSim) -> None:
+    """Every connection, the replacement too, was opened with a fresh bullet token."""
+    assert isinstance(sim, KucoinSim)
+    assert sim.bullets == sim.stats.connections
+
+
+@dataclass(frozen=True)
+class Case:
+    """One venue (or one category of a venue) as the shared fault suite drives it."""
+
+    id: str  # the source type, and the pytest id
+    sim: Callable[[], VenueSim]  # the simulator at test-sized rates
+    pairs: tuple[tuple[str, Kind], ...]
+    reference: Mapping[Key, float]  # starting prices: no emitted quote may stray 5 % from these
+    spike: tuple[str, Key, float, float]  # (venue symbol, key, factor, bid the quote must pass)
+    garbage_reasons: Mapping[str, int]  # what the catalogue, sent `garbage_rounds` times, drops as
+    rest_venue_time: bool  # REST quotes carry a venue time
+    sockets: int = 1  # WebSocket connections the source keeps
+    subscribes: int = 1  # control messages a connection sends to subscribe everything
+    garbage_rounds: int = 2  # times the garbage catalogue is sent
+    garbage_resyncs: int = 0  # reconnections the catalogue forces (a crossed book: resync)
+    burst: int = 200  # fresh frames per instrument
+    replay: int = 20  # frames sent again
+    replay_exact: bool = True  # replay_stale returns exactly `replay`
+    replay_dropped: Callable[[Counter[str], int], bool] | None = None  # None: no replay test
+    active_lags: bool = False  # the venue may count a dropped socket a moment after the drop
+    rotation: bool = True  # covered by the max-connection-age test
+    # Called once a fault is over; the condition it returns must come true (book, second feed).
+    settled: Callable[[Running, VenueSim], Callable[[], bool]] | None = None
+    after_reconnect: Callable[[Running, VenueSim], None] | None = None
+    send_garbage: Callable[[VenueSim, int], int] | None = None  # default: sim.garbage(n)
+    # Every connection's counters (a second feed has its own watchdog); default: the source's.
+    feeds: Callable[[Running], list[SourceStats]] | None = None
+    cls: type[Source] | None = None  # default: the registered adapter of `id`
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> set[Key]:
+        return {(p, k) for p, k in self.pairs}
+
+    def make_config(self, sim: VenueSim, **overrides: Any) -> SourceConfig:
+        """Test-sized timings: reconnects and polls show in well under a second."""
+        values: dict[str, Any] = {
+            "type": self.id,
+            "ws_url": sim.ws_url,
+            "rest_url": sim.rest_url,
+            "liveness_timeout_s": 0.5,
+            "rest_poll_interval_s": 0.1,
+            "reconnect_max_s": 0.2,
+            **self.config,
+        }
+        if self.id == "kucoin":
+            del values["ws_url"]  # the socket's address comes from the bullet call
+        values.update(overrides)
+        return SourceConfig(**values)
+
+
+Pairs = tuple[tuple[str, Kind], ...]
+SPOT_USDT: Pairs = (("BTC/USDT", "spot"), ("ETH/USDT", "spot"))
+SPOT_USD: Pairs = (("BTC/USD", "spot"), ("ETH/USD", "spot"))
+PERP_USDT: Pairs = (("BTC/USDT", "perp"), ("ETH/USDT", "perp"))
+BINANCE_PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}
+JUMP = 900 * 67_000.0
+
+
+def _ref(pairs: tuple[tuple[str, Kind], ...], btc: float = 67_000.0) -> dict[Key, float]:
+    return {(p, k): btc if p.startswith("BTC") else 3_500.0 for p, k in pairs}
+
+
+def _at_least(reason: str, floor: int) -> Callable[[Counter[str], int], bool]:
+    return lambda dropped, _queued: dropped[reason] >= floor
+
+
+def _exactly(*reasons: str, less: int = 0) -> Callable[[Counter[str], int], bool]:
+    return lambda dropped, queued: sum(dropped[r] for r in reasons) == queued - less
+
+
+def _bybit_stale(spot: bool) -> Callable[[Counter[str], int], bool]:
+    # Spot orders by update id, so every replay is stale; linear orders by ts, and a replay of
+    # the newest frame of a symbol (same ts) is a harmless duplicate that may be applied again.
+    return lambda dropped, queued: dropped["stale"] >= (queued if spot else queued - 2)
+
+
+BYBIT_SPOT_GARBAGE = {
+    "decode": 4,
+    "shape": 18,
+    "not_finite": 4,
+    "non_positive": 4,
+    "bad_number": 4,
+    "crossed": 2,
+}
+BYBIT_LINEAR_GARBAGE = {
+    "decode": 4,
+    "shape": 24,
+    "not_finite": 2,
+    "bad_number": 2,
+    "non_positive": 2,
+    "crossed": 2,
+}
+OKX_PAIRS: tuple[tuple[str, Kind], ...] = (*SPOT_USDT, ("BTC/USDT", "perp"))
+
+CASES: tuple[Case, ...] = (
+    Case(
+        id="binance",
+        garbage_reasons={
+            "decode": 6,
+            "shape": 12,
+            "not_finite": 6,
+            "non_positive": 6,
+            "bad_number": 3,
+            "crossed": 3,
+        },
+        sim=lambda: BinanceSim(BINANCE_PRICES, seed=7, rate_hz=40.0, ping_interval_s=1.0),
+        pairs=SPOT_USDT,
+        reference=_ref(SPOT_USDT),
+        # A plausible but wrong price, not only an absurd one: still the core's call.
+        spike=("BTCUSDT", ("BTC/USDT", "spot"), 1.5, 1.4 * 67_000),
+        garbage_rounds=3,
+        rest_venue_time=False,
+    ),
+    Case(
+        id="binance_usdm",
+        garbage_reasons={
+            "decode": 4,
+            "shape": 8,
+            "not_finite": 4,
+            "non_positive": 4,
+            "bad_number": 2,
+            "crossed": 2,
+        },
+        sim=lambda: BinanceUsdmSim(
+            BINANCE_PRICES, seed=5, rate_hz=40.0, ping_interval_s=1.0, mark_interval_s=0.05
+        ),
+        pairs=PERP_USDT,
+        reference=_ref(PERP_USDT),
+        spike=("BTCUSDT", ("BTC/USDT", "perp"), 1000.0, JUMP),
+        sockets=2,
+        replay_dropped=_exactly("stale"),
+        rest_venue_time=True,  # the REST row's transaction time
+        active_lags=True,
+        settled=_usdm_marks_resume,
+        feeds=lambda run: [run.stats, run.source.mark_feed.stats],
+        send_garbage=_usdm_book_garbage,
+    ),
+    Case(
+        id="bitstamp",
+        rest_venue_time=True,
+        garbage_reasons={
+            "decode": 4,
+            "shape": 10,
+            "not_finite": 4,
+            "non_positive": 4,
+            "bad_number": 2,
+            "crossed": 2,
+        },
+        sim=lambda: BitstampSim({"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}, seed=5, rate_hz=40.0),
+        pairs=SPOT_USD,
+        reference=_ref(SPOT_USD),
+        spike=("btcusd", ("BTC/USD", "spot"), 1000.0, JUMP),
+        subscribes=2,
+        replay_exact=False,
+        replay_dropped=_at_least("out_of_order", 10),
+    ),
+    *(
+        Case(
+            id=kind,
+            sim=lambda: BybitSim(BINANCE_PRICES, seed=9, rate_hz=40.0),
+            pairs=pairs,
+            reference=_ref(pairs),
+            spike=(f"{category}:BTCUSDT", pairs[0], 1000.0, JUMP),
+            garbage_reasons=reasons,
+            burst=150,
+            replay=30,
+            replay_exact=False,
+            replay_dropped=_bybit_stale(kind == "bybit_spot"),
+            rest_venue_time=True,
+            active_lags=True,
+            rotation=False,
+        )
+        for kind, category, pairs, reasons in (
+            ("bybit_spot", "spot", SPOT_USDT, BYBIT_SPOT_GARBAGE),
+            ("bybit_linear", "linear", PERP_USDT, BYBIT_LINEAR_GARBAGE),
+        )
+    ),
+    Case(
+        id="coinbase",
+        garbage_reasons={
+            "decode": 4,
+            "shape": 10,
+            "not_finite": 4,
+            "non_positive": 4,
+            "bad_number": 4,
+            "crossed": 2,
+        },
+        sim=lambda: CoinbaseSim(
+            {"BTC-USD": 67_000.0, "ETH-USD": 3_500.0}, seed=5, rate_hz=40.0, heartbeat_s=0.1
+        ),
+        pairs=SPOT_USD,
+        reference=_ref(SPOT_USD),
+        spike=("BTC-USD", ("BTC/USD", "spot"), 1000.0, JUMP),
+        subscribes=2,  # heartbeats, then the ticker
+        replay=10,
+        replay_dropped=_exactly("stale_sequence"),
+        rest_venue_time=False,
+    ),
+    Case(
+        id="gemini",
+        rest_venue_time=False,
+        garbage_reasons={
+            "decode": 2,
+            "shape": 5,
+            "not_finite": 1,
+            "non_positive": 2,
+            "bad_number": 1,
+            "bad_quantity": 1,
+            "crossed": 1,
+        },
+        sim=lambda: GeminiSim(
+            {"BTCUSD": 67_000.0, "ETHUSD": 3_500.0}, seed=5, rate_hz=40.0, heartbeat_s=0.1
+        ),
+        pairs=SPOT_USD,
+        reference=_ref(SPOT_USD),
+        spike=("BTCUSD", ("BTC/USD", "spot"), 1000.0, JUMP),
+        garbage_rounds=1,  # a crossing frame forces a resync; one round keeps that to one
+        garbage_resyncs=1,
+        active_lags=True,
+        rotation=False,
+        settled=_gemini_book_matches,
+    ),
+    Case(
+        id="kraken",
+        garbage_reasons={"decode": 6, "shape": 14, "non_positive": 4, "crossed": 2},
+        sim=lambda: KrakenSim(
+            {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}, seed=11, rate_hz=40.0, heartbeat_s=0.2
+        ),
+        pairs=SPOT_USD,
+        reference=_ref(SPOT_USD),
+        spike=("BTC/USD", ("BTC/USD", "spot"), 1000.0, JUMP),
+        replay_exact=False,
+        replay_dropped=_at_least("out_of_order", 10),
+        rest_venue_time=False,  # REST has no event time
+    ),
+    Case(
+        id="kucoin",
+        rest_venue_time=True,
+        garbage_reasons={
+            "decode": 4,
+            "shape": 12,
+            "not_finite": 4,
+            "non_positive": 4,
+            "bad_number": 2,
+            "crossed": 2,
+        },
+        sim=lambda: KucoinSim(
+            {"BTC-USDT": 67_000.0, "ETH-USDT": 3_500.0},
+            seed=9,
+            rate_hz=40.0,
+            ping_interval_s=0.2,
+            ping_timeout_s=0.2,
+        ),
+        pairs=SPOT_USDT,
+        reference=_ref(SPOT_USDT),
+        spike=("BTC-USDT", ("BTC/USDT", "spot"), 1000.0, 60_000_000.0),
+        burst=300,
+        replay_dropped=_at_least("out_of_order", 18),
+        rotation=False,
+        after_reconnect=_kucoin_fresh_token_each_time,
+    ),
+    Case(
+        id="okx",
+        rest_venue_time=True,
+        garbage_reasons={
+            "decode": 4,
+            "shape": 10,
+            "not_finite": 4,
+            "non_positive": 4,
+            "bad_number": 4,
+            "crossed": 2,
+        },
+        sim=lambda: OkxSim(
+            {"BTC-USDT": 67_000.0, "ETH-USDT": 3_500.0, "BTC-USDT-SWAP": 67_020.0},
+            seed=5,
+            rate_hz=40.0,
+        ),
+        pairs=OKX_PAIRS,
+        reference={**_ref(OKX_PAIRS), ("BTC/USDT", "perp"): 67_020.0},
+        spike=("ETH-USDT", ("ETH/USDT", "spot"), 1000.0, 3_000_000.0),
+        replay_dropped=_at_least("out_of_order", 17),
+        rotation=False,
+        cls=_FastPingOkx,
+    ),
+    Case(
+        id="pyth_hermes",
+        rest_venue_time=True,
+        garbage_reasons={
+            "decode": 4,
+            "shape": 8,
+            "bad_number": 6,
+            "non_positive": 4,
+            "crossed": 2,
+            "wide_confidence": 2,
+        },
+        sim=lambda: PythHermesSim(
+            {PYTH_BTC: 67_000.0, PYTH_ETH: 3_500.0}, seed=7, rate_hz=40.0, keepalive_s=0.2
+        ),
+        pairs=SPOT_USD,
+        reference=_ref(SPOT_USD),
+        spike=(PYTH_BTC, ("BTC/USD", "spot"), 1000.0, JUMP),
+        subscribes=0,  # the ids are in the stream's URL
+        burst=100,
+        replay_dropped=_exactly("out_of_order", "duplicate"),
+        active_lags=True,
+        config={"instruments": {"BTC/USD": "0x" + PYTH_BTC, "ETH/USD": PYTH_ETH}},
+    ),
+)
+
+
+@asynccontextmanager
+async def running_source(
+    case: Case, sim: VenueSim, http: aiohttp.ClientSession, **overrides: Any
+) -> AsyncIterator[Running]:
+    """Run the case's adapter on `sim`; it must end only by cancellation, never by a crash."""
+    stats, quotes = SourceStats(case.id), list[Quote]()
+    cfg = case.make_config(sim, **overrides)
+    pairs = list(case.pairs)
+    if case.cls is not None:
+        source: Source = case.cls(case.id, cfg, pairs, quotes.append, SystemClock(), http, stats)
+    else:
+        source = build_source(case.id, cfg, pairs, quotes.append, SystemClock(), http, stats)
+    task = asyncio.create_task(source.run(), name=f"test:{case.id}")
+    try:
+        yield Running(source, stats, quotes, task)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if not task.cancelled():
+            task.result()
