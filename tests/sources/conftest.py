@@ -81,7 +81,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[BinanceSim]:
-    async with BinanceSim(PRICES, seed=7, rate_hz=40.0, ping_interval_s=1.0) as venue:
+    # Bound before `async with`: VenueSim.__aenter__ is annotated to return the base class, so
+    # `as venue` would type the fixture's value as VenueSim although it is this BinanceSim.
+    venue = BinanceSim(PRICES, seed=7, rate_hz=40.0, ping_interval_s=1.0)
+    async with venue:
         yield venue
 
 
