@@ -12,11 +12,20 @@ run` as a subprocess; subscribers are this process. Per rate step the script mea
 - the frame ledger: every frame sent is a quote or a counted drop (simulator counts against the
   daemon's source metrics after the venues fall silent and the daemon has drained).
 
+The simulators stagger their updates (`VenueSim(stagger=True)`: each symbol's frame is built and
+stamped when it leaves, spread over the tick, as a real venue's are; `--no-stagger` sends each
+venue's symbols in one burst per tick, stamped when the burst is built). `--pin` puts the daemon
+on one CPU and the simulators and subscribers on the others ("on one core of the benchmark
+machine").
+
 `--memory 100,1000,5000` instead starts the daemon on configs of that many markets (simulated at
-a low rate) and reports its RSS once every market is priced.
+a low rate) and reports its RSS once every market is priced. `--encode` times the stream's
+report encoder alone over rounds of the same synthetic world.
 
     python benchmarks/bench_e2e.py --markets 1000 --sources 8 --rates 8000,32000 --json out.json
+    python benchmarks/bench_e2e.py --markets 1000 --sources 8 --rates 32000 --pin --batch
     python benchmarks/bench_e2e.py --memory 100,1000,5000 --sources 8
+    python benchmarks/bench_e2e.py --encode --markets 1000 --sources 8
 
 See benchmarks/README.md for what the figures mean and the figures measured.
 """
@@ -78,7 +87,9 @@ async def _worker() -> None:
         {"sources": {s: {"type": spec["venue"]} for s in spec["sources"]}, "markets": markets},
         env={},
     )
-    pointed, venues = await simulate(cfg, seed=1, rate_hz=spec["rate_hz"])
+    pointed, venues = await simulate(
+        cfg, seed=1, rate_hz=spec["rate_hz"], stagger=spec.get("stagger", False)
+    )
     urls = {sid: [src.ws_url, src.rest_url] for sid, src in pointed.sources.items()}
     print(json.dumps(urls), flush=True)
 
@@ -114,7 +125,7 @@ class Worker:
 
     @classmethod
     async def start(
-        cls, venue: str, sources: list[str], markets: int, rate_hz: float
+        cls, venue: str, sources: list[str], markets: int, rate_hz: float, stagger: bool
     ) -> tuple[Worker, Any]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -125,7 +136,13 @@ class Worker:
         )
         worker = cls(proc)
         urls = await worker.ask(
-            {"venue": venue, "sources": sources, "markets": markets, "rate_hz": rate_hz}
+            {
+                "venue": venue,
+                "sources": sources,
+                "markets": markets,
+                "rate_hz": rate_hz,
+                "stagger": stagger,
+            }
         )
         return worker, urls
 
@@ -152,11 +169,11 @@ class Worker:
 
 
 async def _start_workers(
-    venue: str, sources: list[str], markets: int, rate_hz: float, procs: int
+    venue: str, sources: list[str], markets: int, rate_hz: float, procs: int, stagger: bool
 ) -> tuple[list[Worker], dict[str, list[str]]]:
     shares = [sources[k::procs] for k in range(procs)]
     started = await asyncio.gather(
-        *(Worker.start(venue, share, markets, rate_hz) for share in shares if share)
+        *(Worker.start(venue, share, markets, rate_hz, stagger) for share in shares if share)
     )
     urls: dict[str, list[str]] = {}
     for _, u in started:
@@ -215,7 +232,8 @@ class ProcSample:
 class Daemon:
     """`oracled run` as a subprocess on a free loopback port."""
 
-    def __init__(self, workdir: Path, config_text: str) -> None:
+    def __init__(self, workdir: Path, config_text: str, cpus: list[int] | None = None) -> None:
+        self.cpus = cpus  # CPUs the daemon may run on (None: wherever the OS puts it)
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config = workdir / "oracled.toml"
@@ -238,6 +256,9 @@ class Daemon:
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
             )
+        if self.cpus is not None:
+            # Set before the interpreter has started a thread; later threads inherit it.
+            os.sched_setaffinity(self.proc.pid, set(self.cpus))
         self.session = aiohttp.ClientSession()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -447,6 +468,16 @@ class Latency:
     reported: int = 0
 
 
+async def _loop_lag(stop: asyncio.Event, out: list[tuple[float, float]]) -> None:
+    """How late this process's event loop wakes from a 2 ms sleep: (wall ms, lateness ms).
+    The subscribers read on this loop, so this is their share of round->subscriber."""
+    clock = time.perf_counter
+    while not stop.is_set():
+        start = clock()
+        await asyncio.sleep(0.002)
+        out.append((time.time() * 1000.0, 1000.0 * (clock() - start) - 2.0))
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -484,6 +515,8 @@ class Step:
     round_to_sub_p50_ms: float | None = None
     round_to_sub_p99_ms: float | None = None
     round_to_sub_max_ms: float | None = None
+    sub_lag_p99_ms: float | None = None  # the subscribers' own event loop: late wake-ups
+    sub_lag_max_ms: float | None = None
     sim_queued: int = 0  # frames the simulators had built but not yet sent, at the window's end
     subscribers: int = 0
     watched_markets: int = 0
@@ -527,9 +560,13 @@ async def run_step(args: argparse.Namespace, rate: float, workdir: Path) -> Step
     ids = _source_ids(sources)
     rate_hz = rate / (markets * sources)
     step = Step(markets, sources, args.round_ms, rate)
-    workers, urls = await _start_workers(args.venue, ids, markets, rate_hz, args.sim_procs)
+    workers, urls = await _start_workers(
+        args.venue, ids, markets, rate_hz, args.sim_procs, args.stagger
+    )
     daemon = Daemon(
-        workdir, _config_toml(args.venue, markets, urls, args.round_ms, min(3, sources))
+        workdir,
+        _config_toml(args.venue, markets, urls, args.round_ms, min(3, sources)),
+        args.daemon_cpus,
     )
     stop = asyncio.Event()
     watchers: list[Watcher] = []
@@ -546,6 +583,8 @@ async def run_step(args: argparse.Namespace, rate: float, workdir: Path) -> Step
             url = f"ws://127.0.0.1:{daemon.port}/v1/stream"
             tasks.append(asyncio.create_task(w.run(url, stop, ready), name=f"sub{k}"))
             await asyncio.wait_for(ready.wait(), 10)
+        lags: list[tuple[float, float]] = []
+        tasks.append(asyncio.create_task(_loop_lag(stop, lags), name="loop-lag"))
         await asyncio.sleep(args.warmup)
 
         m0, p0, s0 = await daemon.metrics(), daemon.sample(), await _worker_stats(workers)
@@ -604,6 +643,9 @@ async def run_step(args: argparse.Namespace, rate: float, workdir: Path) -> Step
         step.round_to_sub_p50_ms = _pct(round_to_sub, 0.5)
         step.round_to_sub_p99_ms = _pct(round_to_sub, 0.99)
         step.round_to_sub_max_ms = max(round_to_sub) if round_to_sub else None
+        late = [lag for at, lag in lags if start_ms <= at <= end_ms]
+        step.sub_lag_p99_ms = _pct(late, 0.99)
+        step.sub_lag_max_ms = max(late) if late else None
         step.window_quotes = int(quotes_w)
         if watchers and watch is None:
             step.window_reported = reported // len(watchers)
@@ -644,10 +686,12 @@ async def memory_step(args: argparse.Namespace, markets: int, workdir: Path) -> 
     """RSS of the daemon carrying `markets` x `sources`, every market priced, after a settle."""
     ids = _source_ids(args.sources)
     workers, urls = await _start_workers(
-        args.venue, ids, markets, args.memory_rate_hz, args.sim_procs
+        args.venue, ids, markets, args.memory_rate_hz, args.sim_procs, args.stagger
     )
     daemon = Daemon(
-        workdir, _config_toml(args.venue, markets, urls, args.round_ms, min(3, args.sources))
+        workdir,
+        _config_toml(args.venue, markets, urls, args.round_ms, min(3, args.sources)),
+        args.daemon_cpus,
     )
     try:
         await daemon.start()
@@ -673,6 +717,88 @@ async def memory_step(args: argparse.Namespace, markets: int, workdir: Path) -> 
         await daemon.stop()
         for w in workers:
             await w.stop()
+
+
+# ------------------------------------------------------------------ the encoder alone
+
+
+def encode_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`ReportEncoder.encode` of every market, per round, over rounds of the e2e world (every
+    market quoted by every source) in which a given share of the slots got a new quote; the
+    msgspec encoding of `RoundResult.report(i)` (the same bytes) for comparison."""
+    import random
+
+    from oracled.config import parse_config
+    from oracled.core import Core
+    from oracled.model import Quote
+    from oracled.publish.encode import ReportEncoder
+
+    ids = _source_ids(args.sources)
+    cfg = parse_config(
+        {
+            "sources": {s: {"type": args.venue} for s in ids},
+            "markets": [
+                {
+                    "symbol": _symbol(i),
+                    "min_sources": min(3, args.sources),
+                    "max_age_ms": 10_000,
+                    "sources": [{"source": s, "pair": _symbol(i)} for s in ids],
+                }
+                for i in range(args.markets)
+            ],
+        },
+        env={},
+    )
+    report_encoder = msgspec.json.Encoder()
+    every = list(range(args.markets))
+    rows: list[dict[str, Any]] = []
+    print(f"{'requoted':>9} {'encode p50':>11} {'p99':>7} {'Report path p50':>16}  (ms)")
+    for share in (0.0, 0.05, 0.25, 1.0):
+        rng = random.Random(1)
+        core, encoder = Core(cfg), ReportEncoder()
+        slots = [(s, _symbol(i), 10.0 + i) for i in range(args.markets) for s in ids]
+        now = 1_700_000_000_000
+        times: list[float] = []
+        reference: list[float] = []
+        for n in range(args.rounds + 10):
+            now += args.round_ms
+            for source, pair, fair in slots:
+                if n == 0 or rng.random() < share:
+                    mid = fair * rng.uniform(0.999, 1.001)
+                    core.ingest(
+                        Quote(
+                            source,
+                            pair,
+                            now,
+                            bid=mid * 0.9999,
+                            ask=mid * 1.0001,
+                            venue_ts=now - rng.randrange(0, 200),
+                        )
+                    )
+            result = core.run_round(now)
+            start = time.perf_counter()
+            encoder.encode(result, every)
+            if n >= 10:
+                times.append(1000.0 * (time.perf_counter() - start))
+                if n % 20 == 0:
+                    start = time.perf_counter()
+                    [report_encoder.encode(result.report(i)) for i in every]
+                    reference.append(1000.0 * (time.perf_counter() - start))
+        row = {
+            "markets": args.markets,
+            "sources": args.sources,
+            "requoted": share,
+            "encode_p50_ms": _pct(times, 0.5),
+            "encode_p99_ms": _pct(times, 0.99),
+            "report_path_p50_ms": _pct(reference, 0.5),
+        }
+        rows.append(row)
+        print(
+            f"{share:>8.0%} {_fmt(row['encode_p50_ms'], '.2f'):>11} "
+            f"{_fmt(row['encode_p99_ms'], '.2f'):>7} {_fmt(row['report_path_p50_ms'], '.2f'):>16}",
+            flush=True,
+        )
+    return rows
 
 
 # ------------------------------------------------------------------ output
@@ -701,7 +827,8 @@ def print_steps(steps: list[Step]) -> None:
             print(f"        dropped={s.dropped} closed={s.subscriber_closed}")
     header = (
         f"{'rate':>7} {'watched':>9} | {'frame->subscriber p50/p99/max':>29} | "
-        f"{'frame->round p50/p99':>20} | {'round->subscriber p50/p99/max':>29}  (ms)"
+        f"{'frame->round p50/p99':>20} | {'round->subscriber p50/p99/max':>29} | "
+        f"{'sub lag p99/max':>15}  (ms)"
     )
     print(header)
     print("-" * len(header))
@@ -711,7 +838,8 @@ def print_steps(steps: list[Step]) -> None:
             f"{_fmt(s.latency_p50_ms):>9} {_fmt(s.latency_p99_ms):>9} "
             f"{_fmt(s.latency_max_ms):>9} | {_fmt(s.frame_to_round_p50_ms):>10}"
             f"{_fmt(s.frame_to_round_p99_ms):>10} | {_fmt(s.round_to_sub_p50_ms):>9} "
-            f"{_fmt(s.round_to_sub_p99_ms):>9} {_fmt(s.round_to_sub_max_ms):>9}"
+            f"{_fmt(s.round_to_sub_p99_ms):>9} {_fmt(s.round_to_sub_max_ms):>9} | "
+            f"{_fmt(s.sub_lag_p99_ms):>7} {_fmt(s.sub_lag_max_ms):>7}"
         )
 
 
@@ -723,6 +851,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "venue": args.venue,
         "args": {k: v for k, v in vars(args).items() if k != "json"},
     }
+    if args.encode:
+        doc["encode"] = encode_bench(args)
+        return doc
     with tempfile.TemporaryDirectory(prefix="oracled-e2e-") as tmp:
         if args.memory:
             rows = []
@@ -740,9 +871,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"{args.markets} markets x {args.sources} {args.venue} sources, "
             f"round {args.round_ms} ms, "
-            f"{args.sim_procs} simulator processes, {args.subscribers} subscriber(s) watching "
+            f"{args.sim_procs} simulator processes "
+            f"({'staggered updates' if args.stagger else 'a burst per tick'}), "
+            f"{args.subscribers} subscriber(s) watching "
             f"{'every market' if args.watch <= 0 else f'{args.watch} markets'}"
-            f"{' in batches' if args.batch else ', one frame per report'}",
+            f"{' in batches' if args.batch else ', one frame per report'}; "
+            + (
+                f"daemon on CPU {args.daemon_cpus}, simulators and subscribers on CPU "
+                f"{args.other_cpus}"
+                if args.daemon_cpus
+                else "not pinned"
+            ),
             flush=True,
         )
         steps: list[Step] = []
@@ -802,8 +941,30 @@ def main() -> None:
         "--memory", type=_ints, default=None, help="market counts: RSS runs instead of rates"
     )
     parser.add_argument("--memory-rate-hz", type=float, default=1.0)
+    parser.add_argument(
+        "--stagger",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="simulators spread each tick's updates over the tick (--no-stagger: one burst)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the daemon on the first allowed CPU, simulators and subscribers on the others",
+    )
+    parser.add_argument(
+        "--encode", action="store_true", help="time the report encoder alone (no daemon)"
+    )
+    parser.add_argument("--rounds", type=int, default=200, help="rounds per --encode case")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
+    args.daemon_cpus = args.other_cpus = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs at least two CPUs")
+        args.daemon_cpus, args.other_cpus = cpus[:1], cpus[1:]
+        os.sched_setaffinity(0, set(args.other_cpus))  # this process and the simulators
     doc = asyncio.run(main_async(args))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
