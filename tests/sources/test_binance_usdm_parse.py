@@ -6,14 +6,11 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
+from parse_cases import BINANCE_USDM, Harness, open_harness
 
-from oracled.clock import ManualClock
-from oracled.config import SourceConfig
-from oracled.model import Kind, Quote
+from oracled.model import Quote
 from oracled.sim.binance_usdm import GARBAGE
-from oracled.sources import SourceStats
 from oracled.sources.binance_usdm import BinanceUsdmSource, MarkPrice
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "binance_usdm"
@@ -26,33 +23,21 @@ def combined(stream: str, name: str) -> str:
 
 BOOK = combined("bnbusdt@bookTicker", "ws_bookTicker.json")
 MARK = combined("btcusdt@markPrice@1s", "ws_markPrice.json")
-TICKER = combined("btcusdt@ticker", "ws_24hrTicker.json")
-
-
-class Harness:
-    def __init__(self, source: BinanceUsdmSource, quotes: list[Quote]) -> None:
-        self.source, self.quotes = source, quotes
 
 
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    pairs: list[tuple[str, Kind]] = [("BNB/USDT", "perp"), ("BTC/USDT", "perp")]
-    cfg = SourceConfig(type="binance_usdm")
-    quotes: list[Quote] = []
-    async with aiohttp.ClientSession() as http:
-        source = BinanceUsdmSource(
-            "bu", cfg, pairs, quotes.append, ManualClock(), http, SourceStats("bu")
-        )
-        yield Harness(source, quotes)
+async def harness() -> AsyncIterator[Harness[BinanceUsdmSource]]:
+    async with open_harness(BINANCE_USDM) as h:
+        yield h
 
 
 @pytest.fixture
-def source(harness: Harness) -> BinanceUsdmSource:
+def source(harness: Harness[BinanceUsdmSource]) -> BinanceUsdmSource:
     return harness.source
 
 
 @pytest.fixture
-def quotes(harness: Harness) -> list[Quote]:
+def quotes(harness: Harness[BinanceUsdmSource]) -> list[Quote]:
     return harness.quotes
 
 
@@ -137,41 +122,6 @@ def test_bad_mark_prices_are_counted_not_kept(
     feed.on_message(MARK.replace(f'"{field}": "{original}"', f'"{field}": "{value}"'), 1)
     assert feed.marks == {}
     assert feed.stats.dropped == {reason: 1}
-
-
-@pytest.mark.parametrize(
-    ("frame", "reason"),
-    [
-        (GARBAGE[0], "decode"),
-        (GARBAGE[1], "decode"),
-        (GARBAGE[2], "shape"),
-        (GARBAGE[3], "shape"),
-        (GARBAGE[4], "shape"),
-        (GARBAGE[5], "shape"),
-        (GARBAGE[6], "not_finite"),
-        (GARBAGE[7], "not_finite"),
-        (GARBAGE[8], "non_positive"),
-        (GARBAGE[9], "non_positive"),
-        (GARBAGE[10], "bad_number"),
-        (GARBAGE[11], "crossed"),
-        (TICKER, "shape"),
-        ("", "decode"),
-        (b"\xff\xfe", "decode"),
-    ],
-)
-def test_bad_frames_are_counted_and_never_emitted(
-    source: BinanceUsdmSource, quotes: list[Quote], frame: str | bytes, reason: str
-) -> None:
-    """Broken JSON, wrong shapes, other streams, NaN/inf/zero/negative/crossed: dropped, counted."""
-    source.on_message(frame, 1)
-    assert quotes == []
-    assert source.stats.malformed == 1
-    assert source.stats.dropped == {reason: 1}
-
-
-def test_every_simulator_garbage_kind_is_covered() -> None:
-    """The cases above cover the simulator's whole garbage catalogue."""
-    assert len(GARBAGE) == 12
 
 
 def test_acks_and_errors_settle_requests(source: BinanceUsdmSource, quotes: list[Quote]) -> None:

@@ -5,18 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
+from parse_cases import BITSTAMP, Harness, open_harness
 
-from oracled.clock import ManualClock
-from oracled.config import SourceConfig
-from oracled.model import Kind, Quote
+from oracled.model import Quote
 from oracled.sim.bitstamp import GARBAGE
-from oracled.sources import SourceStats, build_source
 from oracled.sources.bitstamp import BitstampSource
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "bitstamp"
-ACK_SGB, ACK_ETH, TRADE, DIFF = (FIXTURES / "ws_recorded.jsonl").read_text().splitlines()
+ACK_SGB, ACK_ETH = (FIXTURES / "ws_recorded.jsonl").read_text().splitlines()[:2]
 REQUESTS = (FIXTURES / "ws_subscribe_requests.jsonl").read_text().splitlines()
 
 
@@ -26,36 +23,19 @@ def book_event(market: str) -> str:
     return f'{{"data":{data},"channel":"order_book_{market}","event":"data"}}'
 
 
-class Harness:
-    def __init__(self, source: BitstampSource, stats: SourceStats, quotes: list[Quote]) -> None:
-        self.source, self.stats, self.quotes = source, stats, quotes
-
-
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    stats = SourceStats("bs")
-    quotes: list[Quote] = []
-    pairs: list[tuple[str, Kind]] = [
-        ("USDT/USD", "spot"),
-        ("BAT/BTC", "spot"),
-        ("GALA/EUR", "spot"),
-        ("ETH/USD", "spot"),
-        ("BTC/USD", "spot"),
-    ]
-    async with aiohttp.ClientSession() as http:
-        cfg = SourceConfig(type="bitstamp")
-        source = build_source("bs", cfg, pairs, quotes.append, ManualClock(), http, stats)
-        assert isinstance(source, BitstampSource)
-        yield Harness(source, stats, quotes)
+async def harness() -> AsyncIterator[Harness[BitstampSource]]:
+    async with open_harness(BITSTAMP) as h:
+        yield h
 
 
-def test_symbols_are_lower_case_without_slash(harness: Harness) -> None:
+def test_symbols_are_lower_case_without_slash(harness: Harness[BitstampSource]) -> None:
     """BTC/USD -> btcusd; the socket is the venue's root path."""
     assert harness.source.symbols == ("usdtusd", "batbtc", "galaeur", "ethusd", "btcusd")
     assert harness.source.stream_url() == "wss://ws.bitstamp.net/"
 
 
-def test_recorded_books_give_the_exact_top_of_book(harness: Harness) -> None:
+def test_recorded_books_give_the_exact_top_of_book(harness: Harness[BitstampSource]) -> None:
     """The best bid and ask of each recorded book, with its microtimestamp in milliseconds."""
     for i, market in enumerate(("usdtusd", "batbtc", "galaeur")):
         harness.source.on_message(book_event(market), 1_000 + i)
@@ -67,7 +47,7 @@ def test_recorded_books_give_the_exact_top_of_book(harness: Harness) -> None:
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
 
-def test_older_book_is_dropped_as_out_of_order(harness: Harness) -> None:
+def test_older_book_is_dropped_as_out_of_order(harness: Harness[BitstampSource]) -> None:
     """A book older than the newest emitted one of its pair is counted, not emitted."""
     frame = book_event("usdtusd")
     harness.source.on_message(frame, 1)
@@ -77,7 +57,7 @@ def test_older_book_is_dropped_as_out_of_order(harness: Harness) -> None:
     assert harness.stats.dropped == {"out_of_order": 1}
 
 
-def test_one_sided_book_is_dropped_but_not_malformed(harness: Harness) -> None:
+def test_one_sided_book_is_dropped_but_not_malformed(harness: Harness[BitstampSource]) -> None:
     """A book with no ask (a real state of a thin market) is counted as one_sided only."""
     frame = book_event("usdtusd")
     empty = frame[: frame.index('"asks": [')] + '"asks": []}' + frame[frame.rindex("]}") + 2 :]
@@ -86,52 +66,16 @@ def test_one_sided_book_is_dropped_but_not_malformed(harness: Harness) -> None:
     assert harness.stats.dropped == {"one_sided": 1} and harness.stats.malformed == 0
 
 
-@pytest.mark.parametrize(
-    ("frame", "reason"),
-    [
-        (GARBAGE[0], "decode"),
-        (GARBAGE[1], "decode"),
-        (GARBAGE[2], "shape"),
-        (GARBAGE[3], "shape"),
-        (GARBAGE[4], "shape"),
-        (GARBAGE[5], "shape"),
-        (GARBAGE[6], "not_finite"),
-        (GARBAGE[7], "not_finite"),
-        (GARBAGE[8], "non_positive"),
-        (GARBAGE[9], "non_positive"),
-        (GARBAGE[10], "bad_number"),
-        (GARBAGE[11], "crossed"),
-        (GARBAGE[12], "shape"),
-        (TRADE, "shape"),  # live_trades: a channel we never subscribe to
-        (DIFF, "shape"),  # diff_order_book: likewise
-        ('{"event":"bts:something_new","channel":"","data":{}}', "shape"),
-        ("", "decode"),
-        (b"\xff\xfe", "decode"),
-    ],
-)
-def test_bad_frames_are_counted_and_never_emitted(
-    harness: Harness, frame: str | bytes, reason: str
+def test_garbage_with_a_future_stamp_does_not_hide_good_books(
+    harness: Harness[BitstampSource],
 ) -> None:
-    """Broken JSON, wrong shapes, NaN/inf/zero/negative/crossed prices: dropped and counted."""
-    harness.source.on_message(frame, 1)
-    assert harness.quotes == []
-    assert harness.stats.malformed == 1
-    assert harness.stats.dropped == {reason: 1}
-
-
-def test_every_simulator_garbage_kind_is_covered() -> None:
-    """The parametrized cases above cover the whole garbage catalogue of the simulator."""
-    assert len(GARBAGE) == 13
-
-
-def test_garbage_with_a_future_stamp_does_not_hide_good_books(harness: Harness) -> None:
     """A dropped bad book stamped in the future leaves the out-of-order bar where it was."""
     harness.source.on_message(GARBAGE[8].replace("btcusd", "usdtusd"), 1)
     harness.source.on_message(book_event("usdtusd"), 2)
     assert len(harness.quotes) == 1
 
 
-def test_recorded_acks_settle_their_request(harness: Harness) -> None:
+def test_recorded_acks_settle_their_request(harness: Harness[BitstampSource]) -> None:
     """A recorded subscription_succeeded settles the request of its channel and its failure."""
     src, stats = harness.source, harness.stats
     src._pending[3] = ("ethusd",)
@@ -142,7 +86,7 @@ def test_recorded_acks_settle_their_request(harness: Harness) -> None:
     assert stats.dropped == {"unsolicited": 1} and stats.malformed == 0
 
 
-def test_error_naming_a_channel_fails_that_symbol(harness: Harness) -> None:
+def test_error_naming_a_channel_fails_that_symbol(harness: Harness[BitstampSource]) -> None:
     """bts:error for our channel marks that symbol failed; others stay pending."""
     src, stats = harness.source, harness.stats
     src._pending.update({1: ("usdtusd",), 2: ("ethusd",)})
@@ -155,7 +99,9 @@ def test_error_naming_a_channel_fails_that_symbol(harness: Harness) -> None:
     assert src._pending == {1: ("usdtusd",)}
 
 
-def test_error_naming_no_channel_is_blamed_on_the_oldest_request(harness: Harness) -> None:
+def test_error_naming_no_channel_is_blamed_on_the_oldest_request(
+    harness: Harness[BitstampSource],
+) -> None:
     """Answers come in order, so an anonymous bts:error belongs to the oldest open request."""
     src, stats = harness.source, harness.stats
     src._pending.update({5: ("batbtc",), 6: ("ethusd",)})
@@ -167,7 +113,7 @@ def test_error_naming_no_channel_is_blamed_on_the_oldest_request(harness: Harnes
     assert stats.dropped == {"venue_error": 1}
 
 
-def test_heartbeat_answers_and_unsubscribe_acks_are_quiet(harness: Harness) -> None:
+def test_heartbeat_answers_and_unsubscribe_acks_are_quiet(harness: Harness[BitstampSource]) -> None:
     """The answer to our heartbeat and unsubscribe acks count nothing but the frame."""
     src = harness.source
     src.on_message('{"event":"bts:heartbeat","channel":"","data":{"status":"success"}}', 1)
@@ -175,14 +121,16 @@ def test_heartbeat_answers_and_unsubscribe_acks_are_quiet(harness: Harness) -> N
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
 
-def test_subscribe_message_matches_the_recorded_request_shape(harness: Harness) -> None:
+def test_subscribe_message_matches_the_recorded_request_shape(
+    harness: Harness[BitstampSource],
+) -> None:
     """Our request is byte for byte the recorded one, for the order_book channel."""
     recorded = REQUESTS[0].replace("diff_order_book_", "order_book_")
     assert harness.source.subscribe_message(1, ["sgbeur"]) == recorded
     assert harness.source.app_ping() == '{"event":"bts:heartbeat"}'
 
 
-def test_rest_all_tickers_maps_pairs_and_skips_the_rest(harness: Harness) -> None:
+def test_rest_all_tickers_maps_pairs_and_skips_the_rest(harness: Harness[BitstampSource]) -> None:
     """One all-pairs answer: our pairs become quotes (venue time in whole seconds)."""
     url, query = harness.source.rest_request(list(harness.source.symbols)) or ("", {})
     assert (url, dict(query)) == ("https://www.bitstamp.net/api/v2/ticker/", {})
@@ -203,7 +151,9 @@ def test_rest_all_tickers_maps_pairs_and_skips_the_rest(harness: Harness) -> Non
     assert harness.stats.dropped["shape"] == 1
 
 
-def test_book_out_of_the_documented_shape_gives_the_same_top(harness: Harness) -> None:
+def test_book_out_of_the_documented_shape_gives_the_same_top(
+    harness: Harness[BitstampSource],
+) -> None:
     """A best level without its amount leaves the one-pass decoder; the text path gives the
     same top of book, and the next book in the usual shape follows it."""
     frame = book_event("usdtusd")
@@ -218,7 +168,9 @@ def test_book_out_of_the_documented_shape_gives_the_same_top(harness: Harness) -
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
 
-def test_bare_number_price_beside_a_string_amount_is_read_as_a_number(harness: Harness) -> None:
+def test_bare_number_price_beside_a_string_amount_is_read_as_a_number(
+    harness: Harness[BitstampSource],
+) -> None:
     """The known limit of the one-pass decoder: a best level printed as [number, "amount"] gives
     that price (a level of bare numbers only is refused, see GARBAGE)."""
     frame = book_event("usdtusd").replace('["0.99948", "3105.20768"]', '[0.99948, "3105.20768"]')

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from parse_cases import BYBIT_LINEAR, BYBIT_SPOT, make_source
 
-from oracled.clock import ManualClock
-from oracled.config import SourceConfig
-from oracled.model import Kind, Quote
+from oracled.model import Quote
 from oracled.sim.bybit import GARBAGE
-from oracled.sources import SourceStats
 from oracled.sources.bybit import BybitLinearSource, BybitSpotSource
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "bybit"
@@ -29,42 +27,24 @@ BOOK_SNAPSHOT = fixture("ws_orderbook_snapshot.json")
 BOOK_DELTA = fixture("ws_orderbook_delta.json")
 ACK = fixture("ws_subscribe_ack.json")
 REFUSAL = fixture("ws_subscribe_error.json")
-OTHER_TOPICS = (fixture("ws_publicTrade.json"), fixture("ws_kline.json"))
 
 
 class Harness:
-    def __init__(self, spot: BybitSpotSource, linear: BybitLinearSource) -> None:
-        self.spot, self.linear = spot, linear
-        self.quotes: list[Quote] = []
+    """Both categories' adapters, emitting into one list of quotes."""
+
+    def __init__(
+        self, spot: BybitSpotSource, linear: BybitLinearSource, quotes: list[Quote]
+    ) -> None:
+        self.spot, self.linear, self.quotes = spot, linear, quotes
 
 
 @pytest.fixture
 async def h() -> AsyncIterator[Harness]:
     quotes: list[Quote] = []
-    spot_pairs: list[tuple[str, Kind]] = [("BTC/USDT", "spot"), ("ETH/USDT", "spot")]
-    perp_pairs: list[tuple[str, Kind]] = [("BTC/USDT", "perp"), ("ETH/USDC", "perp")]
     async with aiohttp.ClientSession() as http:
-        spot = BybitSpotSource(
-            "bs",
-            SourceConfig(type="bybit_spot"),
-            spot_pairs,
-            quotes.append,
-            ManualClock(),
-            http,
-            SourceStats("bs"),
-        )
-        linear = BybitLinearSource(
-            "bl",
-            SourceConfig(type="bybit_linear"),
-            perp_pairs,
-            quotes.append,
-            ManualClock(),
-            http,
-            SourceStats("bl"),
-        )
-        harness = Harness(spot, linear)
-        harness.quotes = quotes
-        yield harness
+        spot = make_source(BYBIT_SPOT, http, quotes)
+        linear = make_source(BYBIT_LINEAR, http, quotes)
+        yield Harness(spot, linear, quotes)
 
 
 def test_documented_linear_ticker_snapshot_becomes_a_perp_quote(h: Harness) -> None:
@@ -170,41 +150,6 @@ def test_each_garbage_frame_counts_once_on_either_category(h: Harness, frame: st
     h.linear.on_message(frame, 2)
     assert h.spot.stats.malformed == 1 and h.linear.stats.malformed == 1
     assert len(h.quotes) == 2  # only the two snapshots
-
-
-@pytest.mark.parametrize(
-    ("index", "spot_reason", "linear_reason"),
-    [
-        (0, "decode", "decode"),
-        (1, "decode", "decode"),
-        (2, "shape", "shape"),
-        (5, "not_finite", "shape"),
-        (7, "non_positive", "shape"),
-        (9, "bad_number", "shape"),
-        (10, "bad_number", "shape"),
-        (11, "crossed", "shape"),
-        (12, "shape", "shape"),
-        (13, "shape", "not_finite"),
-        (14, "shape", "bad_number"),
-        (15, "shape", "non_positive"),
-        (16, "shape", "crossed"),
-        (17, "shape", "shape"),
-    ],
-)
-def test_garbage_reasons(h: Harness, index: int, spot_reason: str, linear_reason: str) -> None:
-    """Each bad frame is dropped for the reason that names what is wrong with it."""
-    h.spot.on_message(GARBAGE[index], 1)
-    h.linear.on_message(GARBAGE[index], 1)
-    assert h.spot.stats.dropped == {spot_reason: 1}
-    assert h.linear.stats.dropped == {linear_reason: 1}
-
-
-def test_other_topics_are_a_wrong_shape(h: Harness) -> None:
-    """Trade and kline frames (never subscribed) are counted as shape errors, not raised."""
-    for frame in OTHER_TOPICS:
-        h.spot.on_message(frame, 1)
-        h.linear.on_message(frame, 1)
-    assert h.spot.stats.dropped == {"shape": 2} and h.linear.stats.dropped == {"shape": 2}
 
 
 def test_acks_pongs_and_refusals(h: Harness) -> None:

@@ -6,14 +6,10 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
+from parse_cases import COINBASE, Harness, open_harness
 
-from oracled.clock import ManualClock
-from oracled.config import SourceConfig
-from oracled.model import Kind, Quote
-from oracled.sim.coinbase import GARBAGE
-from oracled.sources import SourceStats
+from oracled.model import Quote
 from oracled.sources.coinbase import CoinbaseSource
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "coinbase"
@@ -25,23 +21,13 @@ REST = (FIXTURES / "rest_market_products_ticker.json").read_bytes()
 TICKER_MS = 1_775_572_203_000  # 2026-04-07T14:30:03.000000Z
 
 
-class Harness:
-    def __init__(self, source: CoinbaseSource, stats: SourceStats, quotes: list[Quote]) -> None:
-        self.source, self.stats, self.quotes = source, stats, quotes
-
-
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    stats = SourceStats("cb")
-    quotes: list[Quote] = []
-    cfg = SourceConfig(type="coinbase", instruments={"XBT/USD": "BTC-USD"})
-    pairs: list[tuple[str, Kind]] = [("XBT/USD", "spot"), ("ETH/USD", "spot"), ("SOL/USDC", "spot")]
-    async with aiohttp.ClientSession() as http:
-        source = CoinbaseSource("cb", cfg, pairs, quotes.append, ManualClock(), http, stats)
-        yield Harness(source, stats, quotes)
+async def harness() -> AsyncIterator[Harness[CoinbaseSource]]:
+    async with open_harness(COINBASE) as h:
+        yield h
 
 
-def test_recorded_ticker_becomes_a_quote_with_venue_time(harness: Harness) -> None:
+def test_recorded_ticker_becomes_a_quote_with_venue_time(harness: Harness[CoinbaseSource]) -> None:
     """The documented ticker frame gives one quote: mapped pair, bid/ask, last price (the
     ticker's ``price``), envelope time in ms."""
     harness.source.on_message(TICKER, 1_000)
@@ -52,20 +38,20 @@ def test_recorded_ticker_becomes_a_quote_with_venue_time(harness: Harness) -> No
     assert harness.stats.quotes == 1 and harness.stats.last_quote_ms == 1_000
 
 
-def test_ticker_as_bytes_decodes_too(harness: Harness) -> None:
+def test_ticker_as_bytes_decodes_too(harness: Harness[CoinbaseSource]) -> None:
     """A frame delivered as bytes decodes like text."""
     harness.source.on_message(TICKER.encode(), 5)
     assert [q.pair for q in harness.quotes] == ["XBT/USD"]
 
 
-def test_heartbeat_is_life_not_data(harness: Harness) -> None:
+def test_heartbeat_is_life_not_data(harness: Harness[CoinbaseSource]) -> None:
     """A recorded heartbeat is accepted silently: no quote, nothing malformed, nothing dropped."""
     harness.source.on_message(HEARTBEAT, 1)
     assert harness.quotes == []
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
 
-def test_frame_of_another_channel_is_counted_apart(harness: Harness) -> None:
+def test_frame_of_another_channel_is_counted_apart(harness: Harness[CoinbaseSource]) -> None:
     """A well-formed market_trades frame is not malformed, only counted as another channel."""
     harness.source.on_message(TRADES, 1)
     assert harness.quotes == []
@@ -73,14 +59,14 @@ def test_frame_of_another_channel_is_counted_apart(harness: Harness) -> None:
     assert harness.stats.dropped == {"other_channel": 1}
 
 
-def test_usdc_symbol_accepts_frames_of_its_usd_twin(harness: Harness) -> None:
+def test_usdc_symbol_accepts_frames_of_its_usd_twin(harness: Harness[CoinbaseSource]) -> None:
     """-USDC products are served with -USD data: a SOL-USD ticker feeds the SOL/USDC pair."""
     assert harness.source.symbols == ("BTC-USD", "ETH-USD", "SOL-USDC")
     harness.source.on_message(TICKER.replace("BTC-USD", "SOL-USD"), 1)
     assert [q.pair for q in harness.quotes] == ["SOL/USDC"]
 
 
-def test_duplicate_and_older_sequence_numbers_are_dropped(harness: Harness) -> None:
+def test_duplicate_and_older_sequence_numbers_are_dropped(harness: Harness[CoinbaseSource]) -> None:
     """A frame whose sequence_num is not above the last one seen is a replay and is dropped."""
     src = harness.source
     src.on_message(TICKER, 1)
@@ -92,7 +78,7 @@ def test_duplicate_and_older_sequence_numbers_are_dropped(harness: Harness) -> N
     assert harness.stats.malformed == 0
 
 
-def test_subscriptions_ack_settles_the_oldest_request(harness: Harness) -> None:
+def test_subscriptions_ack_settles_the_oldest_request(harness: Harness[CoinbaseSource]) -> None:
     """The heartbeats request and the ticker request are settled in order by their acks."""
     src, stats = harness.source, harness.stats
     src._pending[1] = ()
@@ -110,7 +96,7 @@ def test_subscriptions_ack_settles_the_oldest_request(harness: Harness) -> None:
     assert stats.malformed == 0 and stats.dropped == {}
 
 
-def test_symbol_missing_from_the_ack_counts_as_refused(harness: Harness) -> None:
+def test_symbol_missing_from_the_ack_counts_as_refused(harness: Harness[CoinbaseSource]) -> None:
     """The recorded ack lists no ticker channel: a one-symbol ticker request is marked failed."""
     src = harness.source
     src._pending[4] = ("BTC-USD",)
@@ -119,22 +105,21 @@ def test_symbol_missing_from_the_ack_counts_as_refused(harness: Harness) -> None
     assert src._pending == {}
 
 
-def test_error_frame_refuses_the_oldest_request_and_splits_a_batch(harness: Harness) -> None:
-    """An error names no request: the oldest batch is split, a single symbol is marked failed."""
+def test_error_frame_refuses_the_oldest_one_symbol_request(
+    harness: Harness[CoinbaseSource],
+) -> None:
+    """An error names no request: the oldest, a single symbol, is marked failed with the
+    venue's message and reason (a batch is split: test_parse_shared.py)."""
     src, stats = harness.source, harness.stats
     error = '{"type":"error","message":"Failed to subscribe","reason":"FOO-USD is not valid"}'
-    src._pending[3] = ("BTC-USD", "ETH-USD")
-    src.on_message(error, 1)
-    queued = [src._outbox.get_nowait()[1] for _ in range(src._outbox.qsize())]
-    assert queued == [("BTC-USD",), ("ETH-USD",)]
-    assert stats.failed_instruments == {}
     src._pending[9] = ("ETH-USD",)
     src.on_message(error, 2)
     assert stats.failed_instruments == {"ETH-USD": "Failed to subscribe: FOO-USD is not valid"}
+    assert src._outbox.qsize() == 0
     assert stats.malformed == 0
 
 
-def test_unsolicited_acks_and_errors_are_counted(harness: Harness) -> None:
+def test_unsolicited_acks_and_errors_are_counted(harness: Harness[CoinbaseSource]) -> None:
     """Answers with nothing open, or an error for the heartbeats request, blame no symbol."""
     src, stats = harness.source, harness.stats
     src.on_message(SUBSCRIPTIONS, 1)
@@ -145,41 +130,9 @@ def test_unsolicited_acks_and_errors_are_counted(harness: Harness) -> None:
     assert stats.failed_instruments == {} and src._pending == {}
 
 
-@pytest.mark.parametrize(
-    ("index", "reason"),
-    [
-        (0, "decode"),
-        (1, "decode"),
-        (2, "shape"),
-        (3, "shape"),
-        (4, "shape"),
-        (5, "shape"),
-        (6, "not_finite"),
-        (7, "not_finite"),
-        (8, "non_positive"),
-        (9, "non_positive"),
-        (10, "bad_number"),
-        (11, "bad_number"),
-        (12, "crossed"),
-        (13, "shape"),
-    ],
-)
-def test_garbage_is_counted_by_reason_and_never_emitted(
-    harness: Harness, index: int, reason: str
+def test_rest_ticker_becomes_a_quote_for_the_requested_product(
+    harness: Harness[CoinbaseSource],
 ) -> None:
-    """Broken JSON, wrong shapes, NaN/inf/zero/negative/empty/crossed prices: dropped, counted."""
-    harness.source.on_message(GARBAGE[index], 1)
-    assert harness.quotes == []
-    assert harness.stats.malformed == 1
-    assert harness.stats.dropped == {reason: 1}
-
-
-def test_every_simulator_garbage_kind_is_covered() -> None:
-    """The cases above cover the simulator's whole garbage catalogue."""
-    assert len(GARBAGE) == 14
-
-
-def test_rest_ticker_becomes_a_quote_for_the_requested_product(harness: Harness) -> None:
     """The recorded public ticker answer is quoted for the product of the request it answers,
     with its latest trade as the last price."""
     src = harness.source
@@ -193,7 +146,7 @@ def test_rest_ticker_becomes_a_quote_for_the_requested_product(harness: Harness)
     assert harness.stats.dropped == {"shape": 1, "decode": 1}
 
 
-def test_subscribe_messages_follow_the_documented_shape(harness: Harness) -> None:
+def test_subscribe_messages_follow_the_documented_shape(harness: Harness[CoinbaseSource]) -> None:
     """One channel per message: tickers with product ids, heartbeats without."""
     src = harness.source
     assert src.subscribe_message(1, ["BTC-USD", "ETH-USD"]) == (
@@ -205,7 +158,9 @@ def test_subscribe_messages_follow_the_documented_shape(harness: Harness) -> Non
 
 
 @pytest.mark.parametrize("last", ['"abc"', '""', '"0.00"', '"-1"', '"NaN"', "null", "{}"])
-def test_a_bad_last_price_never_spoils_the_book(harness: Harness, last: str) -> None:
+def test_a_bad_last_price_never_spoils_the_book(
+    harness: Harness[CoinbaseSource], last: str
+) -> None:
     """A ticker whose last price is unreadable, empty, zero, negative or NaN still gives its
     bid and ask, without a last price, and is not counted as malformed."""
     frame = TICKER.replace('"price": "68900.50"', f'"price": {last}')
@@ -217,7 +172,9 @@ def test_a_bad_last_price_never_spoils_the_book(harness: Harness, last: str) -> 
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
 
-def test_ticker_out_of_the_documented_shape_gives_the_same_quote(harness: Harness) -> None:
+def test_ticker_out_of_the_documented_shape_gives_the_same_quote(
+    harness: Harness[CoinbaseSource],
+) -> None:
     """A ticker without best_bid_quantity leaves the one-pass decoder; the text path quotes it
     the same, and a message of two tickers gives two quotes."""
     data = json.loads(TICKER)
@@ -236,7 +193,7 @@ def test_ticker_out_of_the_documented_shape_gives_the_same_quote(harness: Harnes
     assert harness.stats.malformed == 0
 
 
-def test_ticker_message_without_tickers_is_a_shape_error(harness: Harness) -> None:
+def test_ticker_message_without_tickers_is_a_shape_error(harness: Harness[CoinbaseSource]) -> None:
     """A ticker message in the documented envelope whose event lists no ticker is malformed."""
     data = json.loads(TICKER)
     data["events"][0]["tickers"] = []
@@ -245,7 +202,7 @@ def test_ticker_message_without_tickers_is_a_shape_error(harness: Harness) -> No
 
 
 def test_bare_number_prices_beside_string_quantities_are_read_as_numbers(
-    harness: Harness,
+    harness: Harness[CoinbaseSource],
 ) -> None:
     """The known limit of the one-pass decoder: with its quantities printed as strings, a ticker
     whose prices are bare JSON numbers gives those prices (quantities missing too: refused)."""
@@ -279,7 +236,9 @@ def _ticker(stamp: str, seq: int) -> str:
     return json.dumps(frame)
 
 
-def test_venue_time_is_the_exact_millisecond_of_every_documented_form(harness: Harness) -> None:
+def test_venue_time_is_the_exact_millisecond_of_every_documented_form(
+    harness: Harness[CoinbaseSource],
+) -> None:
     """Nanosecond, microsecond, millisecond and whole-second times, ``Z``, ``z`` or an offset,
     in the same second or not: every quote's venue time is the millisecond its time falls in."""
     for seq, (stamp, _) in enumerate(STAMPS, start=100):
@@ -305,7 +264,7 @@ def test_venue_time_is_the_exact_millisecond_of_every_documented_form(harness: H
     ],
 )
 def test_a_time_that_is_not_rfc3339_with_offset_drops_the_frame(
-    harness: Harness, stamp: str
+    harness: Harness[CoinbaseSource], stamp: str
 ) -> None:
     """A ticker whose time is not RFC 3339 with an offset gives no quote and counts as out of
     shape, also right after a good time of the same second (which the next ones are read by)."""

@@ -8,46 +8,31 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from parse_cases import KUCOIN, Harness, open_harness
 
 from oracled.clock import ManualClock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sim.kucoin import GARBAGE
 from oracled.sources import SourceStats
 from oracled.sources.kucoin import KucoinSource
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "kucoin"
 TICKERS = (FIXTURES / "ws_ticker.jsonl").read_text().splitlines()
 WELCOME, ACK = (FIXTURES / "ws_control.jsonl").read_text().splitlines()
-OTHER = (FIXTURES / "ws_other_topics.jsonl").read_text().splitlines()
-
-
-class Harness:
-    def __init__(self, source: KucoinSource, stats: SourceStats, quotes: list[Quote]) -> None:
-        self.source, self.stats, self.quotes = source, stats, quotes
 
 
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    stats = SourceStats("kc")
-    quotes: list[Quote] = []
-    cfg = SourceConfig(type="kucoin", instruments={"BSV/USDT": "BCHSV-USDT"})
-    pairs: list[tuple[str, Kind]] = [
-        ("SNX/BTC", "spot"),
-        ("BSV/USDT", "spot"),
-        ("ANKR/BTC", "spot"),
-    ]
-    async with aiohttp.ClientSession() as http:
-        source = KucoinSource("kc", cfg, pairs, quotes.append, ManualClock(), http, stats)
-        yield Harness(source, stats, quotes)
+async def harness() -> AsyncIterator[Harness[KucoinSource]]:
+    async with open_harness(KUCOIN) as h:
+        yield h
 
 
-def test_symbols_follow_the_venue_rule(harness: Harness) -> None:
+def test_symbols_follow_the_venue_rule(harness: Harness[KucoinSource]) -> None:
     """BASE/QUOTE -> BASE-QUOTE; a config name wins (BSV/USDT is BCHSV-USDT on KuCoin)."""
     assert harness.source.symbols == ("SNX-BTC", "BCHSV-USDT", "ANKR-BTC")
 
 
-def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness) -> None:
+def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness[KucoinSource]) -> None:
     """Each real ticker frame yields one quote: float bid/ask, last price, the venue's time."""
     for i, frame in enumerate(TICKERS):
         harness.source.on_message(frame, 1_000 + i)
@@ -70,7 +55,7 @@ def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness) -> Non
     assert harness.stats.last_quote_ms == 1_004
 
 
-def test_welcome_releases_the_held_subscriptions_once(harness: Harness) -> None:
+def test_welcome_releases_the_held_subscriptions_once(harness: Harness[KucoinSource]) -> None:
     """Nothing is queued at connect; the recorded welcome queues one batch, a second does not."""
     src = harness.source
     src._queue_subscriptions()
@@ -82,7 +67,7 @@ def test_welcome_releases_the_held_subscriptions_once(harness: Harness) -> None:
     assert harness.stats.malformed == 0
 
 
-def test_recorded_ack_with_string_id_settles_the_request(harness: Harness) -> None:
+def test_recorded_ack_with_string_id_settles_the_request(harness: Harness[KucoinSource]) -> None:
     """The venue returns our numeric id as a string ("1"); it still settles request 1."""
     src = harness.source
     src._pending[1] = ("SNX-BTC",)
@@ -92,7 +77,7 @@ def test_recorded_ack_with_string_id_settles_the_request(harness: Harness) -> No
     assert harness.stats.failed_instruments == {}
 
 
-def test_error_frames_fail_one_symbol_or_split_a_batch(harness: Harness) -> None:
+def test_error_frames_fail_one_symbol_or_split_a_batch(harness: Harness[KucoinSource]) -> None:
     """A refused one-symbol request fails that symbol; a refused batch is split, not failed."""
     src, stats = harness.source, harness.stats
     src._pending[3] = ("ANKR-BTC",)
@@ -110,18 +95,9 @@ def test_error_frames_fail_one_symbol_or_split_a_batch(harness: Harness) -> None
     assert stats.malformed == 0
 
 
-def test_pongs_and_unsolicited_replies(harness: Harness) -> None:
-    """Pongs are life only; acks and errors for unknown ids are counted, not blamed on a symbol."""
-    src = harness.source
-    src.on_message('{"id":"17","type":"pong"}', 1)
-    src.on_message('{"id":"99","type":"ack"}', 2)
-    src.on_message('{"id":null,"type":"error","code":401,"data":"token is expired"}', 3)
-    assert harness.stats.dropped == {"unsolicited": 1, "venue_error": 1}
-    assert harness.stats.failed_instruments == {}
-    assert harness.stats.malformed == 0
-
-
-def test_older_or_repeated_sequence_never_overrides_a_newer_ticker(harness: Harness) -> None:
+def test_older_or_repeated_sequence_never_overrides_a_newer_ticker(
+    harness: Harness[KucoinSource],
+) -> None:
     """A ticker whose sequence is not newer than the last used one for its symbol is dropped."""
     src = harness.source
     src.on_message(TICKERS[3], 1)  # SNX-BTC sequence ...654
@@ -131,48 +107,7 @@ def test_older_or_repeated_sequence_never_overrides_a_newer_ticker(harness: Harn
     assert harness.stats.dropped == {"out_of_order": 2}
 
 
-@pytest.mark.parametrize(
-    ("frame", "reason"),
-    [
-        (GARBAGE[0], "decode"),
-        (GARBAGE[1], "decode"),
-        (GARBAGE[2], "shape"),
-        (GARBAGE[3], "shape"),
-        (GARBAGE[4], "shape"),
-        (GARBAGE[5], "shape"),
-        (GARBAGE[6], "not_finite"),
-        (GARBAGE[7], "not_finite"),
-        (GARBAGE[8], "non_positive"),
-        (GARBAGE[9], "non_positive"),
-        (GARBAGE[10], "shape"),
-        (GARBAGE[11], "bad_number"),
-        (GARBAGE[12], "crossed"),
-        (GARBAGE[13], "shape"),
-        (OTHER[0], "shape"),
-        (OTHER[1], "shape"),
-        (OTHER[2], "shape"),
-        ("", "decode"),
-        (b"\xff\xfe", "decode"),
-    ],
-)
-def test_bad_frames_are_counted_and_never_emitted(
-    harness: Harness, frame: str | bytes, reason: str
-) -> None:
-    """Broken JSON, wrong shapes, other topics, NaN/inf/zero/negative/null/crossed prices."""
-    src = harness.source
-    src._by_symbol["BTC-USDT"] = ("BTC/USDT", "spot")
-    src.on_message(frame, 1)
-    assert harness.quotes == []
-    assert harness.stats.malformed == 1
-    assert harness.stats.dropped == {reason: 1}
-
-
-def test_every_simulator_garbage_kind_is_covered() -> None:
-    """The parametrized cases above cover the whole garbage catalogue of the simulator."""
-    assert len(GARBAGE) == 14
-
-
-def test_subscribe_and_ping_follow_the_documented_shape(harness: Harness) -> None:
+def test_subscribe_and_ping_follow_the_documented_shape(harness: Harness[KucoinSource]) -> None:
     """One subscribe names every symbol in one ticker topic; pings carry their own ids."""
     text = harness.source.subscribe_message(5, ["SNX-BTC", "ANKR-BTC"])
     assert json.loads(text) == {
@@ -186,7 +121,7 @@ def test_subscribe_and_ping_follow_the_documented_shape(harness: Harness) -> Non
     assert json.loads(harness.source.app_ping()) == {"id": "2", "type": "ping"}
 
 
-def test_few_symbols_poll_level1_one_by_one(harness: Harness) -> None:
+def test_few_symbols_poll_level1_one_by_one(harness: Harness[KucoinSource]) -> None:
     """Three symbols cost 6 weight one by one, under allTickers' 15: batches of one, level1."""
     src = harness.source
     assert src.rest_batch_size == 1
@@ -234,7 +169,7 @@ async def test_many_symbols_poll_all_tickers_in_one_request() -> None:
 
 
 @pytest.mark.parametrize("last", ['"abc"', '""', '"0"', '"-1"', '"NaN"', "null", "{}"])
-def test_a_bad_last_price_never_spoils_the_book(harness: Harness, last: str) -> None:
+def test_a_bad_last_price_never_spoils_the_book(harness: Harness[KucoinSource], last: str) -> None:
     """A ticker whose last price is unreadable, empty, zero, negative or NaN still gives its
     bid and ask, without a last price, and is not counted as malformed."""
     frame = TICKERS[0].replace('"price":"0.00028676"', f'"price":{last}')
@@ -246,7 +181,9 @@ def test_a_bad_last_price_never_spoils_the_book(harness: Harness, last: str) -> 
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
 
-def test_ticker_out_of_the_documented_shape_gives_the_same_quote(harness: Harness) -> None:
+def test_ticker_out_of_the_documented_shape_gives_the_same_quote(
+    harness: Harness[KucoinSource],
+) -> None:
     """A ticker without bestBidSize leaves the one-pass decoder; the text path quotes it alike."""
     data = json.loads(TICKERS[1])
     del data["data"]["bestBidSize"]
@@ -259,7 +196,9 @@ def test_ticker_out_of_the_documented_shape_gives_the_same_quote(harness: Harnes
     assert harness.stats.malformed == 0
 
 
-def test_bare_number_prices_beside_string_sizes_are_read_as_numbers(harness: Harness) -> None:
+def test_bare_number_prices_beside_string_sizes_are_read_as_numbers(
+    harness: Harness[KucoinSource],
+) -> None:
     """The known limit of the one-pass decoder: with its sizes printed as strings, a ticker whose
     prices are bare JSON numbers gives those prices (sizes missing too: refused, see above)."""
     frame = TICKERS[1].replace('"bestBid":"242.654"', '"bestBid":242.654')

@@ -8,42 +8,26 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from parse_cases import OKX, Harness, open_harness
 
 from oracled.clock import ManualClock
 from oracled.config import SourceConfig
-from oracled.model import Kind, Quote
-from oracled.sim.okx import GARBAGE
+from oracled.model import Quote
 from oracled.sources import SourceStats
 from oracled.sources.okx import OkxSource
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "okx"
 TICKERS = (FIXTURES / "ws_tickers.jsonl").read_text().splitlines()
 EVENTS = (FIXTURES / "ws_events.jsonl").read_text().splitlines()
-OTHER = (FIXTURES / "ws_other_channels.jsonl").read_text().splitlines()
-
-
-class Harness:
-    def __init__(self, source: OkxSource, stats: SourceStats, quotes: list[Quote]) -> None:
-        self.source, self.stats, self.quotes = source, stats, quotes
 
 
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    stats = SourceStats("okx")
-    quotes: list[Quote] = []
-    cfg = SourceConfig(type="okx", instruments={"BTC/USDQ": "BTC-USD-220527", "UNI/USD": "UNI-USD"})
-    pairs: list[tuple[str, Kind]] = [
-        ("BTC/USDQ", "spot"),  # a dated future named through the config
-        ("UNI/USD", "perp"),  # -> UNI-USD-SWAP
-        ("BTC/USDT", "spot"),
-        ("ETH/USDT", "spot"),
-    ]
-    async with aiohttp.ClientSession() as http:
-        source = OkxSource("okx", cfg, pairs, quotes.append, ManualClock(), http, stats)
-        yield Harness(source, stats, quotes)
+async def harness() -> AsyncIterator[Harness[OkxSource]]:
+    async with open_harness(OKX) as h:
+        yield h
 
 
-def test_instrument_names_follow_the_venue_rule(harness: Harness) -> None:
+def test_instrument_names_follow_the_venue_rule(harness: Harness[OkxSource]) -> None:
     """BASE/QUOTE -> BASE-QUOTE, perp adds -SWAP, config names win."""
     assert harness.source.symbols == ("BTC-USD-220527", "UNI-USD-SWAP", "BTC-USDT", "ETH-USDT")
     src = harness.source
@@ -67,7 +51,7 @@ async def test_spot_and_perp_of_one_pair_are_two_instruments() -> None:
     assert src._by_symbol["BTC-USDT-SWAP"] == ("BTC/USDT", "perp")
 
 
-def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness) -> None:
+def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness[OkxSource]) -> None:
     """Each real tickers frame yields one quote: pair, kind, float bid/ask, the last trade price
     and the venue's ts."""
     for i, frame in enumerate(TICKERS):
@@ -84,7 +68,7 @@ def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness) -> Non
     assert harness.stats.last_quote_ms == 1_004
 
 
-def test_recorded_acks_settle_each_instrument_of_a_request(harness: Harness) -> None:
+def test_recorded_acks_settle_each_instrument_of_a_request(harness: Harness[OkxSource]) -> None:
     """The recorded per-arg acks (no id, as in 2022) settle the request instrument by instrument."""
     src = harness.source
     src._pending[4] = ("BTC-USD-220527", "UNI-USD-SWAP", "BTC-USDT")
@@ -97,7 +81,7 @@ def test_recorded_acks_settle_each_instrument_of_a_request(harness: Harness) -> 
     assert harness.stats.dropped == {}
 
 
-def test_ack_with_echoed_id_clears_a_failed_instrument(harness: Harness) -> None:
+def test_ack_with_echoed_id_clears_a_failed_instrument(harness: Harness[OkxSource]) -> None:
     """An ack carrying the request id (current API) settles that request and revives the symbol."""
     src, stats = harness.source, harness.stats
     stats.failed_instruments["ETH-USDT"] = "60018: gone"
@@ -111,7 +95,7 @@ def test_ack_with_echoed_id_clears_a_failed_instrument(harness: Harness) -> None
     assert stats.failed_instruments == {}
 
 
-def test_error_for_one_instrument_fails_only_that_one(harness: Harness) -> None:
+def test_error_for_one_instrument_fails_only_that_one(harness: Harness[OkxSource]) -> None:
     """A 60018 error naming an instId fails it; the other args of the request stay pending."""
     src, stats = harness.source, harness.stats
     src._pending[5] = ("BTC-USDT", "ETH-USDT")
@@ -128,26 +112,7 @@ def test_error_for_one_instrument_fails_only_that_one(harness: Harness) -> None:
     assert stats.malformed == 0
 
 
-def test_error_without_instrument_splits_the_request(harness: Harness) -> None:
-    """A request-level error (60012) with our id is split into one request per instrument."""
-    src = harness.source
-    src._pending[6] = ("BTC-USDT", "ETH-USDT")
-    src.on_message('{"id":"6","event":"error","code":"60012","msg":"Invalid request"}', 1)
-    assert harness.stats.failed_instruments == {}
-    queued = [src._outbox.get_nowait()[1] for _ in range(src._outbox.qsize())]
-    assert queued == [("BTC-USDT",), ("ETH-USDT",)]
-
-
-def test_unsolicited_events_are_counted_not_blamed(harness: Harness) -> None:
-    """Acks for requests we never sent and errors about nothing of ours are counted only."""
-    src = harness.source
-    src.on_message('{"event":"subscribe","arg":{"channel":"tickers","instId":"ETH-USDT"}}', 1)
-    src.on_message('{"event":"error","code":"60012","msg":"Invalid request: {op:x}"}', 2)
-    assert harness.stats.dropped == {"unsolicited": 1, "venue_error": 1}
-    assert harness.stats.failed_instruments == {}
-
-
-def test_pong_and_connection_count_are_life_not_errors(harness: Harness) -> None:
+def test_pong_and_connection_count_are_life_not_errors(harness: Harness[OkxSource]) -> None:
     """The text pong and channel-conn-count events are accepted silently."""
     src = harness.source
     src.on_message("pong", 1)
@@ -159,7 +124,7 @@ def test_pong_and_connection_count_are_life_not_errors(harness: Harness) -> None
     assert harness.stats.dropped == {}
 
 
-def test_upgrade_notice_asks_for_a_rotation(harness: Harness) -> None:
+def test_upgrade_notice_asks_for_a_rotation(harness: Harness[OkxSource]) -> None:
     """Notice 64008 is the venue's shutdown notice: accepted, not counted as malformed."""
     harness.source.on_message(
         '{"event":"notice","code":"64008","msg":"The connection will soon be closed for a '
@@ -169,7 +134,7 @@ def test_upgrade_notice_asks_for_a_rotation(harness: Harness) -> None:
     assert harness.stats.malformed == 0
 
 
-def test_older_ticker_never_overrides_a_newer_one(harness: Harness) -> None:
+def test_older_ticker_never_overrides_a_newer_one(harness: Harness[OkxSource]) -> None:
     """A ticker whose ts is older than the last one seen for its instrument is dropped."""
     src = harness.source
     src.on_message(TICKERS[4], 1)
@@ -179,45 +144,7 @@ def test_older_ticker_never_overrides_a_newer_one(harness: Harness) -> None:
     assert harness.stats.malformed == 0
 
 
-@pytest.mark.parametrize(
-    ("frame", "reason"),
-    [
-        (GARBAGE[0], "decode"),
-        (GARBAGE[1], "decode"),
-        (GARBAGE[2], "shape"),
-        (GARBAGE[3], "shape"),
-        (GARBAGE[4], "shape"),
-        (GARBAGE[5], "shape"),
-        (GARBAGE[6], "not_finite"),
-        (GARBAGE[7], "not_finite"),
-        (GARBAGE[8], "non_positive"),
-        (GARBAGE[9], "non_positive"),
-        (GARBAGE[10], "bad_number"),
-        (GARBAGE[11], "bad_number"),
-        (GARBAGE[12], "crossed"),
-        (GARBAGE[13], "shape"),
-        (OTHER[0], "shape"),
-        (OTHER[1], "shape"),
-        ("", "decode"),
-        (b"\xff\xfe", "decode"),
-    ],
-)
-def test_bad_frames_are_counted_and_never_emitted(
-    harness: Harness, frame: str | bytes, reason: str
-) -> None:
-    """Broken JSON, wrong shapes, other channels, NaN/inf/zero/negative/empty/crossed prices."""
-    harness.source.on_message(frame, 1)
-    assert harness.quotes == []
-    assert harness.stats.malformed == 1
-    assert harness.stats.dropped == {reason: 1}
-
-
-def test_every_simulator_garbage_kind_is_covered() -> None:
-    """The parametrized cases above cover the whole garbage catalogue of the simulator."""
-    assert len(GARBAGE) == 14
-
-
-def test_subscribe_message_follows_the_documented_shape(harness: Harness) -> None:
+def test_subscribe_message_follows_the_documented_shape(harness: Harness[OkxSource]) -> None:
     """One subscribe op with a string id and one tickers arg per instrument."""
     text = harness.source.subscribe_message(5, ["BTC-USDT", "UNI-USD-SWAP"])
     assert json.loads(text) == {
@@ -231,7 +158,9 @@ def test_subscribe_message_follows_the_documented_shape(harness: Harness) -> Non
     assert harness.source.app_ping() == "ping"
 
 
-def test_rest_polls_alternate_instrument_types_one_request_each(harness: Harness) -> None:
+def test_rest_polls_alternate_instrument_types_one_request_each(
+    harness: Harness[OkxSource],
+) -> None:
     """A batch of both kinds asks SWAP and SPOT by turns; one instrument uses the single ticker."""
     src = harness.source
     seen = [src.rest_request(list(src.symbols)) for _ in range(4)]
@@ -246,7 +175,7 @@ def test_rest_polls_alternate_instrument_types_one_request_each(harness: Harness
     assert one == ("https://www.okx.com/api/v5/market/ticker", {"instId": "ETH-USDT"})
 
 
-def test_rest_body_becomes_quotes_for_our_instruments_only(harness: Harness) -> None:
+def test_rest_body_becomes_quotes_for_our_instruments_only(harness: Harness[OkxSource]) -> None:
     """A tickers reply lists every instrument; ours become quotes with their last trade price,
     the rest are skipped quietly."""
     rows = [json.loads(frame)["data"][0] for frame in TICKERS[1:3]]
@@ -260,7 +189,7 @@ def test_rest_body_becomes_quotes_for_our_instruments_only(harness: Harness) -> 
     assert harness.stats.dropped == {}
 
 
-def test_rest_errors_are_counted(harness: Harness) -> None:
+def test_rest_errors_are_counted(harness: Harness[OkxSource]) -> None:
     """A business error code, a broken body and a wrong shape are counted, never raised."""
     src = harness.source
     src.on_rest(b'{"code":"50011","msg":"Too Many Requests","data":[]}', 1)
@@ -271,7 +200,7 @@ def test_rest_errors_are_counted(harness: Harness) -> None:
 
 
 @pytest.mark.parametrize("last", ['"abc"', '""', '"0"', '"-1"', '"NaN"', "null", "{}"])
-def test_a_bad_last_price_never_spoils_the_book(harness: Harness, last: str) -> None:
+def test_a_bad_last_price_never_spoils_the_book(harness: Harness[OkxSource], last: str) -> None:
     """A ticker whose last price is unreadable, empty (no trade yet), zero, negative or NaN
     still gives its bid and ask, without a last price, and is not counted as malformed."""
     frame = TICKERS[2].replace('"last":"30236"', f'"last":{last}')
@@ -283,7 +212,9 @@ def test_a_bad_last_price_never_spoils_the_book(harness: Harness, last: str) -> 
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
 
-def test_ticker_out_of_the_documented_shape_gives_the_same_quote(harness: Harness) -> None:
+def test_ticker_out_of_the_documented_shape_gives_the_same_quote(
+    harness: Harness[OkxSource],
+) -> None:
     """A ticker without bidSz leaves the one-pass decoder; the text path quotes it the same,
     and a push of two tickers gives two quotes."""
     push = json.loads(TICKERS[2])
@@ -300,7 +231,9 @@ def test_ticker_out_of_the_documented_shape_gives_the_same_quote(harness: Harnes
     assert harness.stats.malformed == 0
 
 
-def test_bare_number_prices_beside_string_sizes_are_read_as_numbers(harness: Harness) -> None:
+def test_bare_number_prices_beside_string_sizes_are_read_as_numbers(
+    harness: Harness[OkxSource],
+) -> None:
     """The known limit of the one-pass decoder: with its sizes printed as strings, a ticker whose
     prices are bare JSON numbers gives those prices (sizes missing too: refused, see GARBAGE)."""
     frame = TICKERS[2].replace('"askPx":"30228.7"', '"askPx":30228.7')

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from parse_cases import PYTH, Harness, open_harness
 
 from oracled.clock import ManualClock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sim.pyth_hermes import GARBAGE
 from oracled.sources import SourceStats
 from oracled.sources.pyth_hermes import PythHermesSource, _SseLines, normalize_feed_id
 
@@ -26,29 +26,10 @@ ETH = "ff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace"
 PLACEHOLDERS = {"<feed_ids[0]>": BTC, "<feed_ids[1]>": ETH}
 
 
-class Harness:
-    def __init__(self, source: PythHermesSource, stats: SourceStats, quotes: list[Quote]) -> None:
-        self.source, self.stats, self.quotes = source, stats, quotes
-
-
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    stats = SourceStats("pyth")
-    quotes: list[Quote] = []
-    cfg = SourceConfig(
-        type="pyth_hermes",
-        instruments={"BTC/USD": "0x" + BTC.upper(), "ETH/USD": ETH, "SOL/USD": "0x1234"},
-    )
-    pairs: list[tuple[str, Kind]] = [
-        ("BTC/USD", "spot"),
-        ("ETH/USD", "spot"),
-        ("SOL/USD", "spot"),
-        ("XRP/USD", "spot"),
-        ("BTC/USD", "perp"),
-    ]
-    async with aiohttp.ClientSession() as http:
-        source = PythHermesSource("pyth", cfg, pairs, quotes.append, ManualClock(), http, stats)
-        yield Harness(source, stats, quotes)
+async def harness() -> AsyncIterator[Harness[PythHermesSource]]:
+    async with open_harness(PYTH) as h:
+        yield h
 
 
 def with_placeholders_replaced(body: bytes) -> bytes:
@@ -58,7 +39,9 @@ def with_placeholders_replaced(body: bytes) -> bytes:
     return text.encode()
 
 
-def test_recorded_btc_update_becomes_a_quote_around_the_pyth_price(harness: Harness) -> None:
+def test_recorded_btc_update_becomes_a_quote_around_the_pyth_price(
+    harness: Harness[PythHermesSource],
+) -> None:
     """price ± conf scaled by 10**expo gives bid/ask; the mid is Pyth's price; venue_ts in ms."""
     harness.source.on_rest(BTC_BODY, 1_000)
     assert harness.quotes == [
@@ -77,7 +60,9 @@ def test_recorded_btc_update_becomes_a_quote_around_the_pyth_price(harness: Harn
     assert harness.stats.malformed == 0 and harness.stats.quotes == 1
 
 
-def test_recorded_two_item_update_gives_one_quote_per_feed(harness: Harness) -> None:
+def test_recorded_two_item_update_gives_one_quote_per_feed(
+    harness: Harness[PythHermesSource],
+) -> None:
     """A base64 update with two feeds (expo -8 and -5) yields two exact quotes in order."""
     harness.source.on_rest(with_placeholders_replaced(TWO_BODY), 7)
     assert harness.quotes == [
@@ -86,7 +71,9 @@ def test_recorded_two_item_update_gives_one_quote_per_feed(harness: Harness) -> 
     ]
 
 
-def test_the_same_update_as_an_sse_event_decodes_like_rest(harness: Harness) -> None:
+def test_the_same_update_as_an_sse_event_decodes_like_rest(
+    harness: Harness[PythHermesSource],
+) -> None:
     """The stream's event data is the same PriceUpdate JSON as the REST body."""
     harness.source.on_message(BTC_BODY.decode(), 3)
     assert [(q.pair, q.bid, q.venue_ts) for q in harness.quotes] == [
@@ -94,7 +81,9 @@ def test_the_same_update_as_an_sse_event_decodes_like_rest(harness: Harness) -> 
     ]
 
 
-def test_placeholder_ids_are_unknown_feeds_not_malformed(harness: Harness) -> None:
+def test_placeholder_ids_are_unknown_feeds_not_malformed(
+    harness: Harness[PythHermesSource],
+) -> None:
     """An update for a feed we did not ask for is counted as unknown_symbol, never raised."""
     harness.source.on_rest(TWO_BODY, 1)
     assert harness.quotes == []
@@ -102,7 +91,9 @@ def test_placeholder_ids_are_unknown_feeds_not_malformed(harness: Harness) -> No
     assert harness.stats.malformed == 0
 
 
-def test_v1_response_is_refused_and_its_json_is_taken_without_vaa_check(harness: Harness) -> None:
+def test_v1_response_is_refused_and_its_json_is_taken_without_vaa_check(
+    harness: Harness[PythHermesSource],
+) -> None:
     """A legacy v1 item is not a v2 update (shape); put in a v2 envelope, its JSON price is used.
 
     In this recording the JSON says 29206.79 while the signed VAA inside says 29319.99: we do not
@@ -116,7 +107,9 @@ def test_v1_response_is_refused_and_its_json_is_taken_without_vaa_check(harness:
     assert [(q.bid, q.ask) for q in harness.quotes] == [(29201.69999998, 29211.89)]
 
 
-def test_feed_ids_are_normalized_and_unmapped_pairs_fail_clearly(harness: Harness) -> None:
+def test_feed_ids_are_normalized_and_unmapped_pairs_fail_clearly(
+    harness: Harness[PythHermesSource],
+) -> None:
     """Ids lose 0x and case; a pair without an id, a malformed id or a perp pair is failed."""
     assert harness.source.symbols == (BTC, ETH)
     failed = harness.stats.failed_instruments
@@ -138,42 +131,9 @@ async def test_two_pairs_on_one_feed_id_keep_the_first() -> None:
     assert "already used" in stats.failed_instruments["XBT/USD"]
 
 
-@pytest.mark.parametrize(
-    ("frame", "reason"),
-    [
-        (GARBAGE[0], "decode"),
-        (GARBAGE[1], "decode"),
-        (GARBAGE[2], "shape"),
-        (GARBAGE[3], "shape"),
-        (GARBAGE[4], "shape"),
-        (GARBAGE[5], "shape"),
-        (GARBAGE[6], "bad_number"),
-        (GARBAGE[7], "non_positive"),
-        (GARBAGE[8], "non_positive"),
-        (GARBAGE[9], "bad_number"),
-        (GARBAGE[10], "crossed"),
-        (GARBAGE[11], "wide_confidence"),
-        (GARBAGE[12], "bad_number"),
-        ("", "decode"),
-        (b"\xff\xfe", "decode"),
-    ],
-)
-def test_bad_updates_are_counted_and_never_emitted(
-    harness: Harness, frame: str | bytes, reason: str
+def test_older_and_repeated_updates_never_override_newer_ones(
+    harness: Harness[PythHermesSource],
 ) -> None:
-    """Broken JSON, wrong shapes, NaN/zero/negative/non-numeric/crossed values: dropped, counted."""
-    harness.source.on_message(frame, 1)
-    assert harness.quotes == []
-    assert harness.stats.malformed == 1
-    assert harness.stats.dropped == {reason: 1}
-
-
-def test_every_simulator_garbage_kind_is_covered() -> None:
-    """The parametrized cases above cover the whole garbage catalogue of the simulator."""
-    assert len(GARBAGE) == 13
-
-
-def test_older_and_repeated_updates_never_override_newer_ones(harness: Harness) -> None:
     """Per feed, an update older by (publish_time, slot) or an exact repeat is dropped."""
     newer = BTC_BODY
     older_slot = BTC_BODY.replace(b'"slot":125976528', b'"slot":125976527')
@@ -203,7 +163,9 @@ def test_sse_parser_splits_events_comments_and_error_events() -> None:
     assert parser.pending == 0
 
 
-def test_stream_and_rest_requests_follow_the_documented_shape(harness: Harness) -> None:
+def test_stream_and_rest_requests_follow_the_documented_shape(
+    harness: Harness[PythHermesSource],
+) -> None:
     """Ids go as repeated ids[] parameters with parsed=true, on the v2 paths."""
     src = harness.source
     assert src.stream_url() == "https://hermes.pyth.network/v2/updates/price/stream"
@@ -219,7 +181,7 @@ def test_stream_and_rest_requests_follow_the_documented_shape(harness: Harness) 
         src.subscribe_message(1, [BTC])
 
 
-def test_not_found_answer_fails_exactly_the_named_ids(harness: Harness) -> None:
+def test_not_found_answer_fails_exactly_the_named_ids(harness: Harness[PythHermesSource]) -> None:
     """Hermes's ``404 Price ids not found: 0x..`` marks those ids failed, and only ids we use."""
     text = f"Price ids not found: 0x{ETH}, 0x{'ab' * 32}"
     assert harness.source._fail_missing(text) == 1

@@ -1,0 +1,530 @@
+"""What the shared parse suite needs to know of each venue: one `ParseCase` a venue (or category).
+
+`test_parse_shared.py` writes the behaviours every adapter's decoder shares once (each frame of the
+simulator's garbage catalogue, and any other bad frame, is dropped for its own reason and never
+quoted; replies to nothing we asked are counted, never blamed on a symbol; a refused batch is split)
+and runs them for every case here. The venue's own parse file keeps what only that venue does, and
+builds its adapter from the same case with `open_harness`, so that both see the same pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+
+from oracled.clock import ManualClock
+from oracled.config import SourceConfig
+from oracled.model import Kind, Quote
+from oracled.sim import GARBAGE as BINANCE_GARBAGE
+from oracled.sim.binance_usdm import GARBAGE as BINANCE_USDM_GARBAGE
+from oracled.sim.bitstamp import GARBAGE as BITSTAMP_GARBAGE
+from oracled.sim.bybit import GARBAGE as BYBIT_GARBAGE
+from oracled.sim.coinbase import GARBAGE as COINBASE_GARBAGE
+from oracled.sim.gemini import GARBAGE as GEMINI_GARBAGE
+from oracled.sim.kraken import GARBAGE as KRAKEN_GARBAGE
+from oracled.sim.kucoin import GARBAGE as KUCOIN_GARBAGE
+from oracled.sim.okx import GARBAGE as OKX_GARBAGE
+from oracled.sim.pyth_hermes import GARBAGE as PYTH_GARBAGE
+from oracled.sources import Source, SourceStats, build_source
+from oracled.sources.binance import BinanceSource
+from oracled.sources.binance_usdm import BinanceUsdmSource
+from oracled.sources.bitstamp import BitstampSource
+from oracled.sources.bybit import BybitLinearSource, BybitSpotSource
+from oracled.sources.coinbase import CoinbaseSource
+from oracled.sources.gemini import GeminiSource
+from oracled.sources.kraken import KrakenSource
+from oracled.sources.kucoin import KucoinSource
+from oracled.sources.okx import OkxSource
+from oracled.sources.pyth_hermes import PythHermesSource
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+S = TypeVar("S", bound=Source)
+
+
+def recorded(venue: str, name: str) -> str:
+    """A recorded fixture file of `venue`, as text."""
+    return (FIXTURES / venue / name).read_text()
+
+
+def recorded_lines(venue: str, name: str) -> list[str]:
+    """A recorded fixture file of `venue` holding one frame a line."""
+    return recorded(venue, name).splitlines()
+
+
+@dataclass
+class Harness(Generic[S]):
+    """An adapter fed by hand (no socket), with what it emitted."""
+
+    source: S
+    stats: SourceStats
+    quotes: list[Quote]
+
+
+# Bad frames every decoder is handed as well: an empty message and bytes that are not UTF-8.
+UNDECODABLE: tuple[tuple[str | bytes, str], ...] = (("", "decode"), (b"\xff\xfe", "decode"))
+
+
+@dataclass(frozen=True)
+class ParseCase(Generic[S]):
+    """One venue (or one category of a venue) as the shared parse suite drives it."""
+
+    id: str  # the source type, and the pytest id
+    cls: type[S]  # the adapter the registry builds for `id`
+    name: str  # the source's name in its quotes
+    pairs: tuple[tuple[str, Kind], ...]
+    garbage: tuple[str, ...]  # the simulator's garbage catalogue
+    reasons: tuple[str, ...]  # the drop reason of each catalogue frame, in catalogue order
+    # Further bad frames and their reasons (recorded frames of channels we never subscribe to).
+    other: tuple[tuple[str | bytes, str], ...] = UNDECODABLE
+    instruments: Mapping[str, str] = field(default_factory=dict)
+    # Catalogue frames, at its end, that the venue's own file covers because they do more than
+    # drop (Gemini's crossing diff also forces a resync).
+    covered_elsewhere: int = 0
+    # Made ready before a bad frame: a kept book, or a symbol the catalogue's frames name.
+    prime: Callable[[Harness[S]], None] | None = None
+    # After the bad frame: what must still hold (the kept book was left alone).
+    settled: Callable[[Harness[S]], None] | None = None
+    # An ack and an error that answer nothing we sent (a further frame: life only).
+    unsolicited: tuple[str, ...] = ()
+    # A refusal naming no symbol, for request `split_id` asking for the two `split_symbols`.
+    split: str | None = None
+    split_id: int = 0
+    split_symbols: tuple[str, str] = ("", "")
+
+    def bad_frames(self) -> list[tuple[str | bytes, str]]:
+        """Every bad frame this case knows, with the one reason it must be dropped for."""
+        catalogue = self.garbage[: len(self.garbage) - self.covered_elsewhere]
+        return [*zip(catalogue, self.reasons, strict=True), *self.other]
+
+
+def make_source(
+    case: ParseCase[S], http: aiohttp.ClientSession, quotes: list[Quote], **config: Any
+) -> S:
+    """The case's adapter from the registry, emitting into `quotes`, on a manual clock."""
+    cfg = SourceConfig(type=case.id, instruments=dict(case.instruments), **config)
+    stats = SourceStats(case.name)
+    pairs = list(case.pairs)
+    source = build_source(case.name, cfg, pairs, quotes.append, ManualClock(), http, stats)
+    assert isinstance(source, case.cls)
+    return source
+
+
+@asynccontextmanager
+async def open_harness(case: ParseCase[S], **config: Any) -> AsyncIterator[Harness[S]]:
+    """A harness for `case` with its own HTTP session (the adapter never uses it here)."""
+    quotes: list[Quote] = []
+    async with aiohttp.ClientSession() as http:
+        source = make_source(case, http, quotes, **config)
+        yield Harness(source, source.stats, quotes)
+
+
+def _reasons(*pairs: tuple[int, str]) -> tuple[str, ...]:
+    """Reasons listed as (catalogue index, reason), checked to be in order and gapless."""
+    assert [i for i, _ in pairs] == list(range(len(pairs)))
+    return tuple(reason for _, reason in pairs)
+
+
+BINANCE = ParseCase(
+    id="binance",
+    cls=BinanceSource,
+    name="bn",
+    pairs=(("NKN/USDT", "spot"), ("LRC/BTC", "spot"), ("BLZ/WETH", "spot"), ("BTC/USDT", "spot")),
+    instruments={"BLZ/WETH": "BLZETH"},
+    garbage=BINANCE_GARBAGE,
+    reasons=_reasons(
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "shape"),
+        (6, "not_finite"),
+        (7, "not_finite"),
+        (8, "non_positive"),
+        (9, "non_positive"),
+        (10, "bad_number"),
+        (11, "crossed"),
+    ),
+    # Streams we never subscribe to (an aggTrade and a kline frame, recorded).
+    other=(
+        *((f, "shape") for f in recorded_lines("binance", "ws_other_streams.jsonl")),
+        *UNDECODABLE,
+    ),
+    unsolicited=(
+        '{"result":null,"id":99}',
+        '{"code":3,"msg":"Invalid JSON: expected value","id":null}',
+    ),
+    split='{"code":2,"msg":"Invalid request: invalid stream","id":3}',
+    split_id=3,
+    split_symbols=("NKNUSDT", "BTCUSDT"),
+)
+
+
+def _usdm_ticker() -> str:
+    """The recorded 24 h ticker in the combined-stream envelope: a stream we never subscribe to."""
+    return f'{{"stream":"btcusdt@ticker","data":{recorded("binance_usdm", "ws_24hrTicker.json")}}}'
+
+
+BINANCE_USDM = ParseCase(
+    id="binance_usdm",
+    cls=BinanceUsdmSource,
+    name="bu",
+    pairs=(("BNB/USDT", "perp"), ("BTC/USDT", "perp")),
+    garbage=BINANCE_USDM_GARBAGE,
+    reasons=BINANCE.reasons,  # the same catalogue layout as spot
+    other=((_usdm_ticker(), "shape"), *UNDECODABLE),
+)
+
+_BITSTAMP_ACK_SGB, _BITSTAMP_ACK_ETH, BITSTAMP_TRADE, BITSTAMP_DIFF = recorded_lines(
+    "bitstamp", "ws_recorded.jsonl"
+)
+BITSTAMP = ParseCase(
+    id="bitstamp",
+    cls=BitstampSource,
+    name="bs",
+    pairs=(
+        ("USDT/USD", "spot"),
+        ("BAT/BTC", "spot"),
+        ("GALA/EUR", "spot"),
+        ("ETH/USD", "spot"),
+        ("BTC/USD", "spot"),
+    ),
+    garbage=BITSTAMP_GARBAGE,
+    reasons=_reasons(
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "shape"),
+        (6, "not_finite"),
+        (7, "not_finite"),
+        (8, "non_positive"),
+        (9, "non_positive"),
+        (10, "bad_number"),
+        (11, "crossed"),
+        (12, "shape"),
+    ),
+    other=(
+        (BITSTAMP_TRADE, "shape"),  # live_trades: a channel we never subscribe to
+        (BITSTAMP_DIFF, "shape"),  # diff_order_book: likewise
+        ('{"event":"bts:something_new","channel":"","data":{}}', "shape"),
+        *UNDECODABLE,
+    ),
+)
+
+# One catalogue serves both categories; a frame of the other category's shape is a shape error.
+BYBIT_SPOT = ParseCase(
+    id="bybit_spot",
+    cls=BybitSpotSource,
+    name="bs",
+    pairs=(("BTC/USDT", "spot"), ("ETH/USDT", "spot")),
+    garbage=BYBIT_GARBAGE,
+    reasons=_reasons(
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "not_finite"),
+        (6, "not_finite"),
+        (7, "non_positive"),
+        (8, "non_positive"),
+        (9, "bad_number"),
+        (10, "bad_number"),
+        (11, "crossed"),
+        (12, "shape"),
+        (13, "shape"),
+        (14, "shape"),
+        (15, "shape"),
+        (16, "shape"),
+        (17, "shape"),
+    ),
+    # Trade and kline frames (never subscribed).
+    other=(
+        (recorded("bybit", "ws_publicTrade.json"), "shape"),
+        (recorded("bybit", "ws_kline.json"), "shape"),
+        *UNDECODABLE,
+    ),
+)
+BYBIT_LINEAR = ParseCase(
+    id="bybit_linear",
+    cls=BybitLinearSource,
+    name="bl",
+    pairs=(("BTC/USDT", "perp"), ("ETH/USDC", "perp")),
+    garbage=BYBIT_GARBAGE,
+    reasons=_reasons(
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "shape"),
+        (6, "shape"),
+        (7, "shape"),
+        (8, "shape"),
+        (9, "shape"),
+        (10, "shape"),
+        (11, "shape"),
+        (12, "shape"),
+        (13, "not_finite"),
+        (14, "bad_number"),
+        (15, "non_positive"),
+        (16, "crossed"),
+        (17, "shape"),
+    ),
+    other=BYBIT_SPOT.other,
+)
+
+COINBASE = ParseCase(
+    id="coinbase",
+    cls=CoinbaseSource,
+    name="cb",
+    pairs=(("XBT/USD", "spot"), ("ETH/USD", "spot"), ("SOL/USDC", "spot")),
+    instruments={"XBT/USD": "BTC-USD"},
+    garbage=COINBASE_GARBAGE,
+    reasons=_reasons(
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "shape"),
+        (6, "not_finite"),
+        (7, "not_finite"),
+        (8, "non_positive"),
+        (9, "non_positive"),
+        (10, "bad_number"),
+        (11, "bad_number"),
+        (12, "crossed"),
+        (13, "shape"),
+    ),
+    # An error names no request: the oldest (here the only) batch is split.
+    split='{"type":"error","message":"Failed to subscribe","reason":"FOO-USD is not valid"}',
+    split_id=3,
+    split_symbols=("BTC-USD", "ETH-USD"),
+)
+
+GEMINI_BOOK = (
+    '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","100","1"],["sell","101","1"]],'
+    '"trades":[]}'
+)
+
+
+def _gemini_book(h: Harness[GeminiSource]) -> None:
+    h.source.on_message(GEMINI_BOOK, 1)
+
+
+def _gemini_book_untouched(h: Harness[GeminiSource]) -> None:
+    """The next good update quotes the true top: the bad frame changed nothing in the book."""
+    h.source.on_message('{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","99","1"]]}', 3)
+    assert [(q.bid, q.ask) for q in h.quotes] == [(100.0, 101.0), (100.0, 101.0)]
+
+
+GEMINI = ParseCase(
+    id="gemini",
+    cls=GeminiSource,
+    name="gm",
+    pairs=(("GRT/USD", "spot"), ("ETH/EUR", "spot"), ("BTC/USD", "spot")),
+    garbage=GEMINI_GARBAGE,
+    reasons=_reasons(
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "shape"),
+        (6, "not_finite"),
+        (7, "non_positive"),
+        (8, "non_positive"),
+        (9, "bad_number"),
+        (10, "shape"),
+        (11, "bad_quantity"),
+    ),
+    covered_elsewhere=1,  # the crossing diff: dropped and resynced, test_gemini_parse.py
+    prime=_gemini_book,
+    settled=_gemini_book_untouched,
+)
+
+KRAKEN = ParseCase(
+    id="kraken",
+    cls=KrakenSource,
+    name="kr",
+    pairs=(
+        ("BTC/USD", "spot"),
+        ("XBT/USDT", "spot"),
+        ("DOGE/USD", "spot"),
+        ("ETH/USD", "spot"),
+        ("SOL/USDC", "spot"),
+    ),
+    instruments={"WBTC/USD": "WBTC/USD"},
+    garbage=KRAKEN_GARBAGE,
+    reasons=_reasons(
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "shape"),
+        (6, "decode"),  # NaN is not JSON: Kraken sends numbers, never NaN
+        (7, "shape"),  # 1e999 is out of the float range
+        (8, "non_positive"),
+        (9, "non_positive"),
+        (10, "crossed"),
+        (11, "shape"),
+        (12, "shape"),
+    ),
+    # Book/trade/ohlc frames we never subscribed to, and v1 frames (recorded).
+    other=(
+        *(
+            (recorded("kraken", f"ws_{name}.json"), "shape")
+            for name in ("book_snapshot", "trade_update", "ohlc_update")
+        ),
+        *((f, "shape") for f in recorded_lines("kraken", "ws_v1_frames.jsonl")),
+        *UNDECODABLE,
+    ),
+    unsolicited=(
+        recorded("kraken", "ws_subscribe_ack.json").replace('"req_id": 1', '"req_id": 77'),
+        '{"error":"Malformed request","success":false}',
+    ),
+    split='{"error":"Exceeded msg rate","method":"subscribe","req_id":9,"success":false}',
+    split_id=9,
+    split_symbols=("BTC/USD", "ETH/USD"),
+)
+
+
+def _kucoin_btc(h: Harness[KucoinSource]) -> None:
+    """The catalogue names BTC-USDT: make it a known symbol, so that only the frame is bad."""
+    h.source._by_symbol["BTC-USDT"] = ("BTC/USDT", "spot")
+
+
+KUCOIN = ParseCase(
+    id="kucoin",
+    cls=KucoinSource,
+    name="kc",
+    pairs=(("SNX/BTC", "spot"), ("BSV/USDT", "spot"), ("ANKR/BTC", "spot")),
+    instruments={"BSV/USDT": "BCHSV-USDT"},
+    garbage=KUCOIN_GARBAGE,
+    reasons=_reasons(
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "shape"),
+        (6, "not_finite"),
+        (7, "not_finite"),
+        (8, "non_positive"),
+        (9, "non_positive"),
+        (10, "shape"),
+        (11, "bad_number"),
+        (12, "crossed"),
+        (13, "shape"),
+    ),
+    other=(
+        *((f, "shape") for f in recorded_lines("kucoin", "ws_other_topics.jsonl")),
+        *UNDECODABLE,
+    ),
+    prime=_kucoin_btc,
+    unsolicited=(
+        '{"id":"17","type":"pong"}',  # life only
+        '{"id":"99","type":"ack"}',
+        '{"id":null,"type":"error","code":401,"data":"token is expired"}',
+    ),
+    split='{"id":"4","type":"error","code":404,"data":"topic is not found"}',
+    split_id=4,
+    split_symbols=("SNX-BTC", "BCHSV-USDT"),
+)
+
+OKX = ParseCase(
+    id="okx",
+    cls=OkxSource,
+    name="okx",
+    pairs=(
+        ("BTC/USDQ", "spot"),  # a dated future named through the config
+        ("UNI/USD", "perp"),  # -> UNI-USD-SWAP
+        ("BTC/USDT", "spot"),
+        ("ETH/USDT", "spot"),
+    ),
+    instruments={"BTC/USDQ": "BTC-USD-220527", "UNI/USD": "UNI-USD"},
+    garbage=OKX_GARBAGE,
+    reasons=_reasons(
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "shape"),
+        (6, "not_finite"),
+        (7, "not_finite"),
+        (8, "non_positive"),
+        (9, "non_positive"),
+        (10, "bad_number"),
+        (11, "bad_number"),
+        (12, "crossed"),
+        (13, "shape"),
+    ),
+    other=(
+        *((f, "shape") for f in recorded_lines("okx", "ws_other_channels.jsonl")),
+        *UNDECODABLE,
+    ),
+    unsolicited=(
+        '{"event":"subscribe","arg":{"channel":"tickers","instId":"ETH-USDT"}}',
+        '{"event":"error","code":"60012","msg":"Invalid request: {op:x}"}',
+    ),
+    # A request-level error (60012) with our id.
+    split='{"id":"6","event":"error","code":"60012","msg":"Invalid request"}',
+    split_id=6,
+    split_symbols=("BTC-USDT", "ETH-USDT"),
+)
+
+PYTH_BTC = "e62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43"
+PYTH_ETH = "ff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace"
+PYTH = ParseCase(
+    id="pyth_hermes",
+    cls=PythHermesSource,
+    name="pyth",
+    pairs=(
+        ("BTC/USD", "spot"),
+        ("ETH/USD", "spot"),
+        ("SOL/USD", "spot"),
+        ("XRP/USD", "spot"),
+        ("BTC/USD", "perp"),
+    ),
+    instruments={"BTC/USD": "0x" + PYTH_BTC.upper(), "ETH/USD": PYTH_ETH, "SOL/USD": "0x1234"},
+    garbage=PYTH_GARBAGE,
+    reasons=_reasons(
+        (0, "decode"),
+        (1, "decode"),
+        (2, "shape"),
+        (3, "shape"),
+        (4, "shape"),
+        (5, "shape"),
+        (6, "bad_number"),
+        (7, "non_positive"),
+        (8, "non_positive"),
+        (9, "bad_number"),
+        (10, "crossed"),
+        (11, "wide_confidence"),
+        (12, "bad_number"),
+    ),
+)
+
+CASES: tuple[ParseCase[Any], ...] = (
+    BINANCE,
+    BINANCE_USDM,
+    BITSTAMP,
+    BYBIT_SPOT,
+    BYBIT_LINEAR,
+    COINBASE,
+    GEMINI,
+    KRAKEN,
+    KUCOIN,
+    OKX,
+    PYTH,
+)

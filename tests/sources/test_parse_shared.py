@@ -1,0 +1,91 @@
+"""What every venue's decoder does alike, written once and run for each case of parse_cases.py.
+
+Frames are handed to the adapter directly (no socket): each bad frame is dropped for the one
+reason that names what is wrong with it and is never quoted, the simulator's whole garbage
+catalogue has a stated reason, replies to requests we never sent are counted and blamed on no
+symbol, and a refusal that names no symbol splits its request instead of failing every symbol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from parse_cases import CASES, Harness, ParseCase, open_harness
+
+BAD_FRAMES = [
+    pytest.param(case, frame, reason, id=f"{case.id}-{i}")
+    for case in CASES
+    for i, (frame, reason) in enumerate(case.bad_frames())
+]
+
+
+@pytest.fixture
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness[Any]]:
+    """A harness for the test's `case` parameter."""
+    case: ParseCase[Any] = request.getfixturevalue("case")
+    async with open_harness(case) as h:
+        yield h
+
+
+@pytest.mark.parametrize(("case", "frame", "reason"), BAD_FRAMES)
+def test_bad_frame_is_dropped_for_its_reason_and_never_quoted(
+    case: ParseCase[Any], frame: str | bytes, reason: str, harness: Harness[Any]
+) -> None:
+    """Broken JSON, wrong shapes, other channels, NaN/inf/zero/negative/crossed prices: one
+    malformed frame, dropped for exactly its reason, no quote, nothing raised; a kept book is
+    left as it was."""
+    if case.prime is not None:
+        case.prime(harness)
+    before = list(harness.quotes)
+    harness.source.on_message(frame, 2)
+    assert harness.quotes == before
+    assert harness.stats.malformed == 1
+    assert harness.stats.dropped == {reason: 1}
+    if case.settled is not None:
+        case.settled(harness)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_the_whole_garbage_catalogue_has_a_reason(case: ParseCase[Any]) -> None:
+    """Each frame the simulator can send as garbage has its reason above (or, where it does
+    more than drop, a test in the venue's own file): a frame added to the catalogue without
+    one fails here."""
+    assert len(case.reasons) + case.covered_elsewhere == len(case.garbage)
+    assert len(set(case.garbage)) == len(case.garbage)
+
+
+UNSOLICITED = [c for c in CASES if c.unsolicited]
+
+
+@pytest.mark.parametrize("case", UNSOLICITED, ids=[c.id for c in UNSOLICITED])
+def test_replies_to_nothing_we_sent_are_counted_and_blamed_on_no_symbol(
+    case: ParseCase[Any], harness: Harness[Any]
+) -> None:
+    """An ack for a request we never sent and an error about nothing of ours are counted
+    (unsolicited, venue_error), never raised, never malformed, and fail no symbol."""
+    for i, frame in enumerate(case.unsolicited):
+        harness.source.on_message(frame, i + 1)
+    assert harness.stats.dropped == {"unsolicited": 1, "venue_error": 1}
+    assert harness.stats.failed_instruments == {}
+    assert harness.stats.malformed == 0
+
+
+SPLIT = [c for c in CASES if c.split is not None]
+
+
+@pytest.mark.parametrize("case", SPLIT, ids=[c.id for c in SPLIT])
+def test_refusal_naming_no_symbol_splits_the_request(
+    case: ParseCase[Any], harness: Harness[Any]
+) -> None:
+    """A refused request of two symbols, with no symbol named, is queued again one symbol per
+    request; no symbol is marked failed."""
+    assert case.split is not None
+    source = harness.source
+    source._pending[case.split_id] = case.split_symbols
+    source.on_message(case.split, 1)
+    queued = [source._outbox.get_nowait()[1] for _ in range(source._outbox.qsize())]
+    assert queued == [(symbol,) for symbol in case.split_symbols]
+    assert harness.stats.failed_instruments == {}
+    assert harness.stats.malformed == 0
