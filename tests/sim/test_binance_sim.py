@@ -9,36 +9,23 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sim_wire import next_json
 
-from oracled.sim import GARBAGE, BinanceSim
+from oracled.sim import BinanceSim
 
 PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[BinanceSim]:
-    async with BinanceSim(PRICES, seed=3, rate_hz=50.0, volatility=0.0) as venue:
+    venue = BinanceSim(PRICES, seed=3, rate_hz=50.0, volatility=0.0)
+    async with venue:  # bound first: VenueSim.__aenter__ is typed to return the base class
         yield venue
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def next_text(ws: aiohttp.ClientWebSocketResponse, within_s: float = 2.0) -> Any:
-    async with asyncio.timeout(within_s):
-        while True:
-            msg = await ws.receive()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                return json.loads(msg.data)
-            assert msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG), msg
 
 
 async def subscribe(ws: aiohttp.ClientWebSocketResponse, *streams: str, rid: int = 1) -> Any:
     await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": list(streams), "id": rid}))
-    return await next_text(ws)
+    return await next_json(ws, pings=True)
 
 
 async def test_subscribe_is_acked_and_frames_have_the_real_shape(
@@ -47,7 +34,7 @@ async def test_subscribe_is_acked_and_frames_have_the_real_shape(
     """SUBSCRIBE gets {"result":null,"id":N}; frames are combined bookTicker frames with strings."""
     async with http.ws_connect(f"{sim.ws_url}/stream") as ws:
         assert await subscribe(ws, "btcusdt@bookTicker", rid=9) == {"result": None, "id": 9}
-        frame = await next_text(ws)
+        frame = await next_json(ws, pings=True)
     assert frame["stream"] == "btcusdt@bookTicker"
     data = frame["data"]
     assert set(data) == {"u", "s", "b", "B", "a", "A"}
@@ -65,9 +52,9 @@ async def test_unknown_symbol_gets_an_error_frame_and_nothing_is_subscribed(
         reply = await subscribe(ws, "btcusdt@bookTicker", "foousdt@bookTicker", rid=4)
         assert reply == {"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 4}
         await ws.send_str('{"method":"LIST_SUBSCRIPTIONS","id":5}')
-        assert await next_text(ws) == {"result": [], "id": 5}
+        assert await next_json(ws, pings=True) == {"result": [], "id": 5}
         await ws.send_str("{not json")
-        assert (await next_text(ws))["error"]["code"] == 3
+        assert (await next_json(ws, pings=True))["error"]["code"] == 3
 
 
 async def test_streams_in_the_url_are_subscribed_at_connect(
@@ -76,7 +63,7 @@ async def test_streams_in_the_url_are_subscribed_at_connect(
     """`/stream?streams=a/b` subscribes without a message, like the real endpoint."""
     url = f"{sim.ws_url}/stream?streams=ethusdt@bookTicker"
     async with http.ws_connect(url) as ws:
-        frame = await next_text(ws)
+        frame = await next_json(ws, pings=True)
     assert frame["data"]["s"] == "ETHUSDT"
 
 
@@ -107,38 +94,6 @@ async def test_spike_prints_a_wrong_price_for_a_while(sim: BinanceSim) -> None:
     assert spiked == pytest.approx(2 * bid)
     await asyncio.sleep(0.15)
     assert sim.book("BTCUSDT")[0] == pytest.approx(bid)
-
-
-async def test_silence_sends_nothing_at_all_until_reset(http: aiohttp.ClientSession) -> None:
-    """While silent the socket stays open with no frames and no pings; reset resumes both."""
-    venue = BinanceSim(PRICES, rate_hz=50.0, ping_interval_s=0.05)
-    async with venue, http.ws_connect(f"{venue.ws_url}/stream", autoping=False) as ws:
-        await subscribe(ws, "btcusdt@bookTicker")
-        venue.silence(None)
-        async with asyncio.timeout(2.0):  # drain what was sent before the silence began
-            while True:
-                try:
-                    await ws.receive(timeout=0.1)
-                except TimeoutError:
-                    break
-        with pytest.raises(TimeoutError):
-            await ws.receive(timeout=0.3)
-        assert not ws.closed
-        venue.reset()
-        assert (await next_text(ws))["data"]["s"] == "BTCUSDT"
-
-
-async def test_garbage_reaches_every_client(sim: BinanceSim, http: aiohttp.ClientSession) -> None:
-    """garbage(n) sends n frames from the catalogue to each connected client."""
-    async with http.ws_connect(f"{sim.ws_url}/stream") as ws:
-        await subscribe(ws, "btcusdt@bookTicker")
-        await asyncio.sleep(0.05)
-        assert sim.garbage(len(GARBAGE)) == len(GARBAGE)
-        seen: set[str] = set()
-        async with asyncio.timeout(2.0):
-            while not set(GARBAGE) <= seen:
-                seen.add((await ws.receive()).data)
-    assert sim.stats.garbage_sent == len(GARBAGE)
 
 
 async def test_disconnect_drops_every_client(sim: BinanceSim, http: aiohttp.ClientSession) -> None:

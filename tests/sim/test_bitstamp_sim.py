@@ -9,8 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sim_wire import next_json
 
-from oracled.sim.bitstamp import GARBAGE, BitstampSim, market
+from oracled.sim.bitstamp import BitstampSim, market
 
 PRICES = {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}
 
@@ -20,19 +21,6 @@ async def sim() -> AsyncIterator[BitstampSim]:
     venue = BitstampSim(PRICES, seed=3, rate_hz=50.0, volatility=0.0)
     async with venue:
         yield venue
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def next_json(ws: aiohttp.ClientWebSocketResponse, within_s: float = 2.0) -> Any:
-    async with asyncio.timeout(within_s):
-        msg = await ws.receive()
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    return json.loads(msg.data)
 
 
 async def subscribe(ws: aiohttp.ClientWebSocketResponse, channel: str) -> Any:
@@ -116,35 +104,3 @@ async def test_rest_tickers(sim: BitstampSim, http: aiohttp.ClientSession) -> No
     async with http.get(f"{sim.rest_url}/api/v2/ticker/") as resp:
         assert resp.status == 400
     assert sim.stats.rest_requests == 4
-
-
-async def test_garbage_reaches_every_client(sim: BitstampSim, http: aiohttp.ClientSession) -> None:
-    """garbage(n) sends n catalogue frames to each connected client."""
-    async with http.ws_connect(f"{sim.ws_url}/") as ws:
-        await asyncio.sleep(0.05)
-        assert sim.garbage(len(GARBAGE)) == len(GARBAGE)
-        seen: set[str] = set()
-        async with asyncio.timeout(2.0):
-            while not set(GARBAGE) <= seen:
-                seen.add((await ws.receive()).data)
-    assert sim.stats.garbage_sent == len(GARBAGE)
-
-
-async def test_silence_sends_nothing_until_reset(http: aiohttp.ClientSession) -> None:
-    """While silent the socket stays open and even heartbeats go unanswered; reset resumes."""
-    venue = BitstampSim(PRICES, rate_hz=50.0)
-    async with venue, http.ws_connect(f"{venue.ws_url}/") as ws:
-        await subscribe(ws, "order_book_btcusd")
-        venue.silence(None)
-        async with asyncio.timeout(2.0):  # drain what was queued before the silence
-            while True:
-                try:
-                    await ws.receive(timeout=0.1)
-                except TimeoutError:
-                    break
-        await ws.send_str('{"event":"bts:heartbeat"}')
-        with pytest.raises(TimeoutError):
-            await ws.receive(timeout=0.3)
-        assert not ws.closed
-        venue.reset()
-        assert (await next_json(ws))["channel"] == "order_book_btcusd"

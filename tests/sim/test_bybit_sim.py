@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sim_wire import next_json
 
 from oracled.sim.bybit import BybitSim
 
@@ -20,19 +21,6 @@ async def sim() -> AsyncIterator[BybitSim]:
     venue = BybitSim(PRICES, seed=4, rate_hz=50.0)
     async with venue:
         yield venue
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def next_json(ws: aiohttp.ClientWebSocketResponse, within_s: float = 2.0) -> Any:
-    async with asyncio.timeout(within_s):
-        msg = await ws.receive()
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    return json.loads(msg.data)
 
 
 async def send(ws: aiohttp.ClientWebSocketResponse, op: str, *args: str, rid: str = "1") -> Any:

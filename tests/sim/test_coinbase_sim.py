@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
+from sim_wire import next_json
 
-from oracled.sim.coinbase import GARBAGE, CoinbaseSim
+from oracled.sim.coinbase import CoinbaseSim
 
 PRICES = {"BTC-USD": 67_000.0, "ETH-USD": 3_500.0}
 
@@ -22,31 +21,16 @@ async def sim() -> AsyncIterator[CoinbaseSim]:
         yield venue
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def next_json(ws: aiohttp.ClientWebSocketResponse, within_s: float = 2.0) -> Any:
-    async with asyncio.timeout(within_s):
-        while True:
-            msg = await ws.receive()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                return json.loads(msg.data)
-            assert msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG), msg
-
-
 async def test_ticker_subscribe_is_acked_then_snapshot_then_updates(
     sim: CoinbaseSim, http: aiohttp.ClientSession
 ) -> None:
     """A ticker subscribe gets a subscriptions ack, a snapshot, then updates with rising seq."""
     async with http.ws_connect(sim.ws_url) as ws:
         await ws.send_str('{"type":"subscribe","product_ids":["BTC-USD"],"channel":"ticker"}')
-        ack = await next_json(ws)
+        ack = await next_json(ws, pings=True)
         assert ack["channel"] == "subscriptions"
         assert ack["events"] == [{"subscriptions": {"ticker": ["BTC-USD"]}}]
-        snapshot, update = await next_json(ws), await next_json(ws)
+        snapshot, update = await next_json(ws, pings=True), await next_json(ws, pings=True)
     assert snapshot["events"][0]["type"] == "snapshot"
     assert update["events"][0]["type"] == "update"
     assert ack["sequence_num"] < snapshot["sequence_num"] < update["sequence_num"]
@@ -63,9 +47,9 @@ async def test_heartbeats_go_only_to_subscribers(
     """The heartbeats channel needs no products; unsubscribed connections get no heartbeats."""
     async with http.ws_connect(sim.ws_url) as beating, http.ws_connect(sim.ws_url) as quiet:
         await beating.send_str('{"type":"subscribe","channel":"heartbeats"}')
-        ack = await next_json(beating)
+        ack = await next_json(beating, pings=True)
         assert ack["events"] == [{"subscriptions": {"heartbeats": ["heartbeats"]}}]
-        beat = await next_json(beating)
+        beat = await next_json(beating, pings=True)
         assert beat["channel"] == "heartbeats"
         assert beat["events"][0]["heartbeat_counter"] >= 1
         with pytest.raises(TimeoutError):
@@ -80,14 +64,14 @@ async def test_unknown_product_is_refused_whole_with_an_error_frame(
         await ws.send_str(
             '{"type":"subscribe","product_ids":["BTC-USD","FOO-USD"],"channel":"ticker"}'
         )
-        error = await next_json(ws)
+        error = await next_json(ws, pings=True)
         assert error == {
             "type": "error",
             "message": "Failed to subscribe",
             "reason": "FOO-USD is not a valid product",
         }
         await ws.send_str("{not json")
-        assert (await next_json(ws))["type"] == "error"
+        assert (await next_json(ws, pings=True))["type"] == "error"
         with pytest.raises(TimeoutError):
             await ws.receive(timeout=0.1)
     assert sim.stats.errors_sent == 2
@@ -110,31 +94,6 @@ async def test_rest_ticker_answers_the_public_shape(
     async with http.get(f"{base}/ETH-USD/ticker") as resp:
         assert resp.status == 429
     assert sim.stats.rest_requests == 3
-
-
-async def test_garbage_and_silence_reach_the_client_as_specified(
-    sim: CoinbaseSim, http: aiohttp.ClientSession
-) -> None:
-    """garbage(n) sends the catalogue; silence stops data and heartbeats alike until reset."""
-    async with http.ws_connect(sim.ws_url) as ws:
-        await ws.send_str('{"type":"subscribe","channel":"heartbeats"}')
-        await next_json(ws)
-        assert sim.garbage(len(GARBAGE)) == len(GARBAGE)
-        seen: set[str] = set()
-        async with asyncio.timeout(2.0):
-            while not set(GARBAGE) <= seen:
-                seen.add((await ws.receive()).data)
-        sim.silence(None)
-        async with asyncio.timeout(2.0):
-            while True:
-                try:
-                    await ws.receive(timeout=0.1)
-                except TimeoutError:
-                    break
-        with pytest.raises(TimeoutError):
-            await ws.receive(timeout=0.2)
-        sim.reset()
-        assert (await next_json(ws))["channel"] == "heartbeats"
 
 
 async def test_client_over_the_message_limit_is_closed(

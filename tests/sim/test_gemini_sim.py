@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from oracled.sim.gemini import GARBAGE, GeminiSim
+from oracled.sim.gemini import GeminiSim
 
 PRICES = {"BTCUSD": 67_000.0, "ETHUSD": 3_500.0}
 SUBSCRIBE = '{"type":"subscribe","subscriptions":[{"name":"l2","symbols":%s}]}'
@@ -21,12 +21,6 @@ async def sim() -> AsyncIterator[GeminiSim]:
     venue = GeminiSim(PRICES, seed=3, rate_hz=50.0, heartbeat_s=0.05)
     async with venue:
         yield venue
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def next_json(ws: aiohttp.ClientWebSocketResponse, kind: str, within_s: float = 2.0) -> Any:
@@ -104,15 +98,3 @@ async def test_rest_pubticker(sim: GeminiSim, http: aiohttp.ClientSession) -> No
     async with http.get(f"{sim.rest_url}/v1/pubticker/btcusd") as resp:
         assert resp.status == 503
     assert sim.stats.rest_requests == 3
-
-
-async def test_garbage_reaches_the_client(sim: GeminiSim, http: aiohttp.ClientSession) -> None:
-    """garbage(n) sends the whole catalogue to each client."""
-    async with http.ws_connect(f"{sim.ws_url}/v2/marketdata") as ws:
-        await asyncio.sleep(0.05)
-        assert sim.garbage(len(GARBAGE)) == len(GARBAGE)
-        seen: set[str] = set()
-        async with asyncio.timeout(2.0):
-            while not set(GARBAGE) <= seen:
-                seen.add((await ws.receive()).data)
-    assert sim.stats.garbage_sent == len(GARBAGE)

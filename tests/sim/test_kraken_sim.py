@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from sim_wire import next_json
 
-from oracled.sim.kraken import GARBAGE, KrakenSim, rest_names
+from oracled.sim.kraken import KrakenSim, rest_names
 
 PRICES = {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0, "SOL/USDT": 150.0}
 
@@ -20,19 +20,6 @@ async def sim() -> AsyncIterator[KrakenSim]:
     venue = KrakenSim(PRICES, seed=3, rate_hz=50.0, volatility=0.0, heartbeat_s=0.05)
     async with venue:
         yield venue
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def next_json(ws: aiohttp.ClientWebSocketResponse, within_s: float = 2.0) -> Any:
-    async with asyncio.timeout(within_s):
-        msg = await ws.receive()
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    return json.loads(msg.data)
 
 
 async def until(ws: aiohttp.ClientWebSocketResponse, **match: Any) -> Any:
@@ -135,38 +122,3 @@ async def test_rest_ticker(sim: KrakenSim, http: aiohttp.ClientSession) -> None:
     async with http.get(url) as resp:
         assert resp.status == 429
     assert sim.stats.rest_requests == 4
-
-
-async def test_garbage_reaches_subscribed_clients(
-    sim: KrakenSim, http: aiohttp.ClientSession
-) -> None:
-    """garbage(n) sends n catalogue frames to each connected client."""
-    async with http.ws_connect(f"{sim.ws_url}/v2") as ws:
-        await next_json(ws)  # status
-        assert sim.garbage(len(GARBAGE)) == len(GARBAGE)
-        seen: set[str] = set()
-        async with asyncio.timeout(2.0):
-            while not set(GARBAGE) <= seen:
-                seen.add((await ws.receive()).data)
-    assert sim.stats.garbage_sent == len(GARBAGE)
-
-
-async def test_silence_stops_data_and_heartbeats(http: aiohttp.ClientSession) -> None:
-    """While silent the socket stays open with nothing on it; reset resumes the stream."""
-    venue = KrakenSim(PRICES, rate_hz=50.0, heartbeat_s=0.05)
-    async with venue, http.ws_connect(f"{venue.ws_url}/v2") as ws:
-        params = {"channel": "ticker", "symbol": ["BTC/USD"]}
-        await ws.send_str(json.dumps({"method": "subscribe", "params": params}))
-        await until(ws, channel="ticker", type="update")
-        venue.silence(None)
-        async with asyncio.timeout(2.0):  # drain what was queued before the silence
-            while True:
-                try:
-                    await ws.receive(timeout=0.1)
-                except TimeoutError:
-                    break
-        with pytest.raises(TimeoutError):
-            await ws.receive(timeout=0.3)
-        assert not ws.closed
-        venue.reset()
-        assert (await until(ws, channel="ticker", type="update"))["data"][0]["symbol"] == "BTC/USD"

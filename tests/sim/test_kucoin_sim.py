@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
+from sim_wire import next_json
 
-from oracled.sim.kucoin import GARBAGE, KucoinSim
+from oracled.sim.kucoin import KucoinSim
 
 PRICES = {"BTC-USDT": 67_000.0, "ETH-USDT": 3_500.0}
 
@@ -20,19 +19,6 @@ async def sim() -> AsyncIterator[KucoinSim]:
     venue = KucoinSim(PRICES, seed=3, rate_hz=50.0, ping_interval_s=0.2, ping_timeout_s=0.2)
     async with venue:
         yield venue
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def next_json(ws: aiohttp.ClientWebSocketResponse, within_s: float = 2.0) -> Any:
-    async with asyncio.timeout(within_s):
-        msg = await ws.receive()
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    return json.loads(msg.data)
 
 
 async def connect(sim: KucoinSim, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
@@ -133,16 +119,3 @@ async def test_rest_level1_and_all_tickers(sim: KucoinSim, http: aiohttp.ClientS
     async with http.post(f"{sim.rest_url}/api/v1/bullet-public") as resp:
         assert resp.status == 503
     assert sim.stats.rest_requests == 3 and sim.bullets == 1
-
-
-async def test_garbage_reaches_every_client(sim: KucoinSim, http: aiohttp.ClientSession) -> None:
-    """garbage(n) sends n catalogue frames to each client."""
-    ws = await connect(sim, http)
-    async with ws:
-        await next_json(ws)
-        assert sim.garbage(len(GARBAGE)) == len(GARBAGE)
-        seen: set[str] = set()
-        async with asyncio.timeout(2.0):
-            while not set(GARBAGE) <= seen:
-                seen.add((await ws.receive()).data)
-    assert sim.stats.garbage_sent == len(GARBAGE)

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from oracled.sim.okx import GARBAGE, OkxSim
+from oracled.sim.okx import OkxSim
 
 PRICES = {"BTC-USDT": 67_000.0, "ETH-USDT": 3_500.0, "BTC-USDT-SWAP": 67_020.0}
 TICKER_KEYS = {
@@ -24,12 +24,6 @@ async def sim() -> AsyncIterator[OkxSim]:
     venue = OkxSim(PRICES, seed=3, rate_hz=50.0, volatility=0.0)
     async with venue:
         yield venue
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def next_text(ws: aiohttp.ClientWebSocketResponse, within_s: float = 2.0) -> Any:
@@ -135,18 +129,6 @@ async def test_event_times_strictly_increase_per_instrument(sim: OkxSim) -> None
     frames = [json.loads(sim.data_frame("BTC-USDT", path, sim.now())) for _ in range(5)]
     stamps = [int(f["data"][0]["ts"]) for f in frames]
     assert stamps == sorted(set(stamps))
-
-
-async def test_garbage_reaches_every_client(sim: OkxSim, http: aiohttp.ClientSession) -> None:
-    """garbage(n) sends n catalogue frames to each client, counted by the simulator."""
-    async with http.ws_connect(f"{sim.ws_url}/ws/v5/public") as ws:
-        await asyncio.sleep(0.05)
-        assert sim.garbage(len(GARBAGE)) == len(GARBAGE)
-        seen: set[str] = set()
-        async with asyncio.timeout(2.0):
-            while not set(GARBAGE) <= seen:
-                seen.add((await ws.receive()).data)
-    assert sim.stats.garbage_sent == len(GARBAGE)
 
 
 async def test_client_over_the_message_limit_is_closed(

@@ -26,12 +26,6 @@ async def sim() -> AsyncIterator[PythHermesSim]:
         yield venue
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def ids(*feeds: str, **extra: str) -> list[tuple[str, str]]:
     return [*(("ids[]", f) for f in feeds), *extra.items()]
 
