@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, Final
 
 import aiohttp
+import msgspec
 import structlog
 
 from oracled.clock import Clock
@@ -50,6 +51,8 @@ _LATENCY_OVER: Final = LATENCY_BOUNDS_MS[-1]
 _NET_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError)
 # The venue's one-second message window, with a margin for jitter between our clock and theirs.
 _WINDOW_S: Final = 1.1
+# A last trade price as the venue printed it, a number or a quoted decimal (strict=False).
+_LAST_PRICE: Final = msgspec.json.Decoder(float, strict=False)
 
 
 class RestPacer:
@@ -214,6 +217,29 @@ class Source(abc.ABC):
             self._bad("bad_number")
             return
         self._quote(symbol, bid_f, ask_f, recv_ts, venue_ts)
+
+    def _quote_texts(
+        self,
+        symbol: str,
+        bid: str,
+        ask: str,
+        recv_ts: int,
+        venue_ts: int | None,
+        last: msgspec.Raw,
+    ) -> None:
+        """Emit from decimal strings with the raw last trade price beside them (the strict paths
+        of Coinbase, KuCoin and OKX); an unreadable or absent last price is left out, not the
+        quote, since the book is still good."""
+        try:
+            bid_f, ask_f = float(bid), float(ask)
+        except ValueError:
+            self._bad("bad_number")
+            return
+        try:
+            last_f = _LAST_PRICE.decode(last) if last else None
+        except msgspec.DecodeError:
+            last_f = None
+        self._quote(symbol, bid_f, ask_f, recv_ts, venue_ts, last_f)
 
     def _quote(
         self,

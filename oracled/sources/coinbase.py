@@ -166,7 +166,6 @@ def _usd_twin(symbol: str) -> str | None:
 
 _FAST = msgspec.json.Decoder(_FastMessage, strict=False)
 _DECODE = msgspec.json.Decoder(_Message)
-_LAST = msgspec.json.Decoder(float, strict=False)
 _REST = msgspec.json.Decoder(_RestTicker)
 _ENCODE = msgspec.json.Encoder()
 
@@ -299,27 +298,6 @@ class CoinbaseSource(Source):
             for event in msg.events:
                 listed.update(event.subscriptions or {})
             self._answered(listed)
-
-    def _quote_texts(
-        self,
-        symbol: str,
-        bid: str,
-        ask: str,
-        recv_ts: int,
-        venue_ts: int | None,
-        last: msgspec.Raw,
-    ) -> None:
-        """Emit from decimal strings; an unreadable last price is left out, not the quote."""
-        try:
-            bid_f, ask_f = float(bid), float(ask)
-        except ValueError:
-            self._bad("bad_number")
-            return
-        try:
-            last_f = _LAST.decode(last) if last else None
-        except msgspec.DecodeError:
-            last_f = None
-        self._quote(symbol, bid_f, ask_f, recv_ts, venue_ts, last_f)
 
     def _answered(self, listed: Mapping[str, list[str]]) -> None:
         """A `subscriptions` message answers the oldest open request."""

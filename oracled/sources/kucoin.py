@@ -150,7 +150,6 @@ class _AllTickers(msgspec.Struct):
 
 _MESSAGE = msgspec.json.Decoder(_Message, strict=False)
 _TEXT_MESSAGE = msgspec.json.Decoder(_TextMessage)
-_LAST = msgspec.json.Decoder(float, strict=False)
 _CONTROL = msgspec.json.Decoder(_Control)
 _BULLET = msgspec.json.Decoder(_Bullet)
 _LEVEL1 = msgspec.json.Decoder(_Level1)
@@ -284,21 +283,6 @@ class KucoinSource(Source):
         self._quote_texts(symbol, tick.bestBid, tick.bestAsk, recv_ts, tick.time, tick.price)
         if self.stats.quotes != quotes:  # only a price that was used moves the sequence on
             self._last_seq[symbol] = seq
-
-    def _quote_texts(
-        self, symbol: str, bid: str, ask: str, recv_ts: int, venue_ts: int, last: msgspec.Raw
-    ) -> None:
-        """Emit from decimal strings; an unreadable last price is left out, not the quote."""
-        try:
-            bid_f, ask_f = float(bid), float(ask)
-        except ValueError:
-            self._bad("bad_number")
-            return
-        try:
-            last_f = _LAST.decode(last) if last else None
-        except msgspec.DecodeError:
-            last_f = None
-        self._quote(symbol, bid_f, ask_f, recv_ts, venue_ts, last_f)
 
     def _control(self, data: str | bytes) -> None:
         try:

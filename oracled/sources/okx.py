@@ -118,7 +118,6 @@ class _Rest(msgspec.Struct):
 
 _FAST = msgspec.json.Decoder(_FastPush, strict=False)
 _PUSH = msgspec.json.Decoder(_Push)
-_LAST = msgspec.json.Decoder(float, strict=False)
 _CONTROL = msgspec.json.Decoder(_Control)
 _REST = msgspec.json.Decoder(_Rest)
 _ENCODE = msgspec.json.Encoder()
@@ -220,17 +219,9 @@ class OkxSource(Source):
         if ts < self._last_ts.get(symbol, 0):
             self.stats.dropped["out_of_order"] += 1
             return
-        try:
-            bid, ask = float(tick.bidPx), float(tick.askPx)
-        except ValueError:
-            self._bad("bad_number")
-            return
-        try:
-            last = _LAST.decode(tick.last) if tick.last else None
-        except msgspec.DecodeError:
-            last = None  # no trade yet ("") or unreadable: the book is still good
         quotes = self.stats.quotes
-        self._quote(symbol, bid, ask, recv_ts, ts, last)
+        # No trade yet ("") or an unreadable last price: the book is still good.
+        self._quote_texts(symbol, tick.bidPx, tick.askPx, recv_ts, ts, tick.last)
         if self.stats.quotes != quotes:  # only a price that was used moves the clock on
             self._last_ts[symbol] = ts
 
