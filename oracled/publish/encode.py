@@ -5,18 +5,20 @@ encodes them: about 10 us per market at 8 sources, most of it Python objects mad
 encoded. `ReportEncoder` writes the very same bytes from the arrays instead:
 
 - per market, the JSON of a report is a bytes %-format template (the names, weights and reason
-  strings as literals; `%s` for the decimal strings, `%d` for ages and times). Which template
+  strings as literals; `%s` for kept decimal strings, `%d` for ages and times). Which template
   a market needs follows from a few small integers per market (status, reasons, which values
   are null, the slot codes); those form a key, and templates are cached per market and key, so
   in a steady state every market reuses the template of the round before;
 - a decimal string (price, confidence, last good price, each slot's value) only changes when
   its float does: the encoder keeps each one's last float and string, and formats only those
   whose bits changed since (a slot without a new quote keeps its value; formatting was the
-  largest part of the cost);
+  largest part of the cost). When most of a call's floats changed since those markets were
+  last encoded (every slot requoted every round), keeping strings costs more than it saves:
+  that call formats the floats in the template (`%.Nf`) instead;
 - each market's arguments come out of numpy as one row of an object matrix (strings and
   integers), and `template % tuple(row)` writes a whole report in one C call. A null consumes
-  its argument with `%.0s` (given b"" for an integer) so that every template takes the same
-  row. Bytes, not str: bytes formatting finds each `%` with memchr where str formatting reads
+  its argument with `%.0s` (given b"" in place of a number) so that every template takes the
+  same row. Bytes, not str: bytes formatting finds each `%` with memchr where str formatting reads
   a template character by character, which halves the cost of the ~1 KB templates.
 
 Python's `%.Nf` and `format(v, ".Nf")` are the same routine, and msgspec's own encoding is used
@@ -57,7 +59,7 @@ class _Static:
     """The literal pieces of one layout's reports, made once per layout, and the decimal strings
     of its numbers as last formatted (kept with the layout: a new layout starts them over)."""
 
-    __slots__ = ("bits", "dec", "heads", "layout", "present", "slots", "text", "width")
+    __slots__ = ("bits", "dec", "heads", "last", "layout", "present", "slots", "text", "width")
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
@@ -86,6 +88,7 @@ class _Static:
         shape = (len(layout.markets), _LEAD + width)
         self.bits = np.full(shape, np.nan).view(np.int64)
         self.text: npt.NDArray[np.object_] = np.full(shape, b"nan", dtype=object)
+        self.last = self.bits.copy()  # the floats' bits when each market was last encoded
 
 
 class ReportEncoder:
@@ -100,7 +103,7 @@ class ReportEncoder:
     def __init__(self) -> None:
         self._static: _Static | None = None
         self._names: tuple[str | None, ...] = ()
-        self._templates: list[dict[bytes, bytes]] = []
+        self._templates: list[dict[bytes, list[bytes | None]]] = []
 
     def _prepare(self, result: RoundResult) -> _Static:
         static = self._static
@@ -117,13 +120,15 @@ class ReportEncoder:
 
     @staticmethod
     def _decimals(
-        static: _Static, idx: npt.NDArray[np.intp], values: npt.NDArray[np.float64]
+        static: _Static,
+        idx: npt.NDArray[np.intp],
+        values: npt.NDArray[np.float64],
+        differs: npt.NDArray[np.bool_],
     ) -> npt.NDArray[np.object_]:
         """The decimal strings of `values` (rows of markets `idx`): formatted where a float's
-        bits differ from those last formatted in its place, else the string kept from then."""
+        bits differ from those last formatted in its place (`differs`), else kept from then."""
         cols = values.shape[1]
-        bits = values.view(np.int64).ravel()
-        changed = np.flatnonzero(bits != static.bits[idx].ravel())
+        changed = np.flatnonzero(differs)
         if len(changed):
             rows = idx[changed // cols]
             where = rows * cols + changed % cols
@@ -139,7 +144,7 @@ class ReportEncoder:
                     fmt = b"%%.%df" % d
                     strings[sel] = np.fromiter(map(fmt.__mod__, part), object, len(part))
             static.text.reshape(-1)[where] = strings
-            static.bits.reshape(-1)[where] = bits[changed]
+            static.bits.reshape(-1)[where] = values.view(np.int64).ravel()[changed]
         return static.text[idx]
 
     def encode(self, result: RoundResult, indices: Sequence[int]) -> list[bytes]:
@@ -153,14 +158,16 @@ class ReportEncoder:
         code = result.slot_reason[idx]
         last_good = result.last_good[idx]
         last_good_ts = result.last_good_ts[idx]
+        valued = np.isfinite(value)
+        good = np.isfinite(last_good)
         dated = (code != NO_QUOTE) & static.present[idx]
         undated = last_good_ts < 0
 
         keys = np.empty((len(idx), 3 + width), dtype=np.int16)
-        keys[:, 0] = result.status[idx]
+        keys[:, 0] = status = result.status[idx]
         keys[:, 1] = result.reasons[idx]
-        keys[:, 2] = np.isfinite(last_good) * 4 + ~undated * 2
-        keys[:, 3:] = code.astype(np.int16) * 2 + np.isfinite(value)
+        keys[:, 2] = good * 4 + ~undated * 2
+        keys[:, 3:] = code.astype(np.int16) * 2 + valued
         key_bytes = keys.tobytes()
         step = keys.itemsize * keys.shape[1]
 
@@ -169,15 +176,29 @@ class ReportEncoder:
         floats[:, 1] = result.confidence[idx]
         floats[:, 2] = last_good
         floats[:, _LEAD:] = value
-        text = self._decimals(static, idx, floats)
+        bits = floats.view(np.int64)
+        # Where most numbers changed since these markets were last encoded (every slot requoted
+        # each round), keeping their strings costs more than it saves: the floats go into the
+        # templates' `%.Nf` directly, and the kept strings wait for quieter rounds.
+        direct = 2 * int(np.count_nonzero(bits != static.last[idx])) > bits.size
+        static.last[idx] = bits
+        if direct:
+            decimal = floats.astype(object)
+            nulls = np.empty(floats.shape, dtype=np.bool_)  # what the template writes as null
+            nulls[:, :2] = (status > Status.DEGRADED)[:, None]
+            nulls[:, 2] = ~good
+            nulls[:, _LEAD:] = ~(valued & static.present[idx])
+            decimal[nulls] = b""
+        else:
+            decimal = self._decimals(static, idx, floats, bits != static.bits[idx])
         # Integers stay Python ints (exact at any size); where a null consumes one, b"".
         rows = np.empty((len(idx), _HEAD + 2 * width), dtype=object)
         rows[:, 0] = result.ts
         rows[:, 1] = result.round
-        rows[:, 2:5] = text[:, :_LEAD]
+        rows[:, 2:5] = decimal[:, :_LEAD]
         rows[:, 5] = last_good_ts
         rows[undated, 5] = b""
-        rows[:, _HEAD::2] = text[:, _LEAD:]
+        rows[:, _HEAD::2] = decimal[:, _LEAD:]
         ages = rows[:, _HEAD + 1 :: 2]
         ages[...] = result.age[idx]
         ages[~dated] = b""
@@ -190,11 +211,15 @@ class ReportEncoder:
         for n, i in enumerate(indices):
             key = key_bytes[n * step : (n + 1) * step]
             cache = templates[i]
-            template = cache.get(key)
-            if template is None:
+            pair = cache.get(key)
+            if pair is None:
                 if len(cache) >= _MAX_TEMPLATES:
                     cache.clear()
-                template = cache[key] = self._template(static, i, keys[n])
+                pair = cache[key] = [None, None]
+            template = pair[direct]
+            if template is None:  # made when first needed: "%s" kept strings, or "%.Nf"
+                dec = b'"%%.%df"' % static.dec[i] if direct else _DEC
+                template = pair[direct] = self._template(static, i, keys[n], dec)
             data = template % tuple(args[n])
             if mark is None or i not in mark.values:
                 append(data)
@@ -203,8 +228,9 @@ class ReportEncoder:
                 append(b"".join((data[:-5], tail, b"}")))  # "null}" -> mark
         return out
 
-    def _template(self, static: _Static, i: int, key: npt.NDArray[np.int16]) -> bytes:
-        """The format string of market `i`'s report in the state `key` describes."""
+    def _template(self, static: _Static, i: int, key: npt.NDArray[np.int16], dec: bytes) -> bytes:
+        """The format string of market `i`'s report in the state `key` describes, with `dec`
+        for each decimal string (`"%s"` for kept strings, `"%.Nf"` for floats)."""
         status, reasons, flags = int(key[0]), int(key[1]), int(key[2])
         live = status <= Status.DEGRADED
         names = self._names
@@ -214,11 +240,11 @@ class ReportEncoder:
             b',"reasons":',
             _lit(reasons_from_bits(reasons)),
             b',"price":',
-            _DEC if live else _NULL,
+            dec if live else _NULL,
             b',"confidence":',
-            _DEC if live else _NULL,
+            dec if live else _NULL,
             b',"last_good_price":',
-            _DEC if flags & 4 else _NULL,
+            dec if flags & 4 else _NULL,
             b',"last_good_ts":',
             b"%d" if flags & 2 else _NULL,
             b',"sources":[',
@@ -235,7 +261,7 @@ class ReportEncoder:
             parts += (
                 b"," if k else b"",
                 head,
-                _DEC if has_value else _NULL,
+                dec if has_value else _NULL,
                 weight,
                 b"true" if c == USED else b"false",
                 b',"reason":',
