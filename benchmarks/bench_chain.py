@@ -42,13 +42,13 @@ from eth_utils.abi import function_signature_to_4byte_selector
 
 from oracled.clock import SystemClock
 from oracled.config import ChainConfig, FeedSpec
+from oracled.jsonrpc import RpcClient
 from oracled.model import Quote
 from oracled.sources.evm.chain import ChainReader
 from oracled.sources.evm.chainlink import ChainlinkFeed
 from oracled.sources.evm.feed import Feed
 from oracled.sources.evm.multicall import decode_aggregate3
 from oracled.sources.evm.pyth_evm import PythEvmFeed
-from oracled.sources.evm.rpc import RpcClient
 from oracled.sources.evm.uniswap_v3 import UniswapV3Feed
 from oracled.sources.stats import SourceStats
 

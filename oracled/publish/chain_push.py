@@ -37,9 +37,9 @@ from eth_utils.abi import function_signature_to_4byte_selector
 from oracled.clock import Clock
 from oracled.config import ChainConfig, PushConfig
 from oracled.errors import ConfigError, OracledError
+from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable
 from oracled.model import Status
 from oracled.publish.signer import SigningKey, decimal_to_int, keccak, load_signing_key
-from oracled.sources.evm.rpc import RpcClient, RpcError, RpcUnavailable
 
 if TYPE_CHECKING:
     from oracled.core import RoundResult

@@ -10,10 +10,10 @@ import aiohttp
 
 from oracled.clock import SystemClock
 from oracled.config import ChainConfig, FeedSpec
+from oracled.jsonrpc import RpcClient
 from oracled.model import Quote
 from oracled.sources.evm.chain import ChainReader
 from oracled.sources.evm.feed import Feed
-from oracled.sources.evm.rpc import RpcClient
 from oracled.sources.stats import SourceStats
 
 

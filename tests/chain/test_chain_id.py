@@ -15,8 +15,8 @@ from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 
 from oracled.errors import SourceError
+from oracled.jsonrpc import RpcUnavailable
 from oracled.sources.evm.chainlink import ChainlinkFeed
-from oracled.sources.evm.rpc import RpcUnavailable
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -7,10 +7,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from oracled.config import parse_config
 from oracled.core import Core, RoundResult
+from oracled.jsonrpc import EndpointStats
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
 from oracled.sources.evm.chain import ChainStats
-from oracled.sources.evm.rpc import EndpointStats
 from oracled.sources.stats import ConnState, SourceStats
 
 T0 = 1_700_000_000_000

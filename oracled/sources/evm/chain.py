@@ -32,6 +32,7 @@ import structlog
 from oracled.clock import Clock
 from oracled.config import ChainConfig
 from oracled.errors import SourceError
+from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable
 from oracled.model import Quote
 from oracled.sources._base import backoff_delay
 from oracled.sources.evm.feed import Block, Call, Feed
@@ -41,7 +42,6 @@ from oracled.sources.evm.multicall import (
     encode_aggregate3,
     selector,
 )
-from oracled.sources.evm.rpc import EndpointStats, RpcClient, RpcError, RpcUnavailable
 from oracled.sources.stats import ConnState, SourceStats
 
 __all__ = ["ChainReader", "ChainStats", "decode_round"]

@@ -15,9 +15,9 @@ import structlog
 
 from oracled.clock import Clock
 from oracled.config import CHAIN_SOURCE_TYPES, Config, SourceConfig
+from oracled.jsonrpc import RpcClient, redact
 from oracled.sources._base import Source
 from oracled.sources.evm.chain import ChainReader, ChainStats
-from oracled.sources.evm.rpc import RpcClient, redact
 from oracled.sources.evm.source import ChainSource
 
 __all__ = ["ChainSet"]

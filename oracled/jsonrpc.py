@@ -1,5 +1,9 @@
 """Plain JSON-RPC over HTTP with fail-over between a chain's endpoints.
 
+Shared transport: the chain readers (`oracled/sources/evm/`) read feeds with it and the on-chain
+pusher (`oracled/publish/chain_push.py`) sends transactions with it, so neither layer imports the
+other.
+
 Why not web3's provider for the hot path: measured on loopback, a web3 contract call costs 2-5 ms
 of Python CPU (formatters, middleware, an `eth_chainId` per call unless cached) where a POST of
 pre-encoded calldata costs about 0.5 ms. The reader sends one `eth_call` per block, so this
