@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import aiohttp
 from aiohttp import web
@@ -229,7 +229,7 @@ class VenueSim(abc.ABC):
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> VenueSim:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
