@@ -1,27 +1,25 @@
-"""Fixtures for source tests: a running Binance simulator and sources wired to it.
+"""Fixtures for source tests: a venue's simulator and adapters wired to it.
 
-Helpers are handed out as fixtures (`wait`, `config`, `start`) so that test modules import
-nothing from this file.
+A test module names its venue in `VENUE` (a `venue_cases.Case`), or overrides the `case` fixture
+to run several; `sim` and `start` then build that venue's simulator and adapter. Helpers are
+handed out as fixtures (`wait`, `start`, `start_config`): test modules import nothing from here.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
 import pytest
+from venue_cases import Case, Running, running, running_source
 
-from oracled.clock import SystemClock
 from oracled.config import SourceConfig
-from oracled.model import Kind, Quote
-from oracled.sim import BinanceSim
-from oracled.sources import Source, SourceStats, build_source
-
-PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}
-PAIRS: list[tuple[str, Kind]] = [("BTC/USDT", "spot"), ("ETH/USDT", "spot")]
+from oracled.model import Kind
+from oracled.sim._base import VenueSim
+from oracled.sources import Source
 
 
 async def wait_for(check: Callable[[], bool], within_s: float = 5.0) -> None:
@@ -37,40 +35,10 @@ async def wait_for(check: Callable[[], bool], within_s: float = 5.0) -> None:
         pytest.fail(f"condition not met within {within_s} s")
 
 
-def fast_config(ws_url: str, rest_url: str, **overrides: Any) -> SourceConfig:
-    """Timings short enough for a test to see reconnects and polling in well under a second."""
-    values: dict[str, Any] = {
-        "type": "binance",
-        "ws_url": ws_url,
-        "rest_url": rest_url,
-        "liveness_timeout_s": 0.5,
-        "rest_poll_interval_s": 0.1,
-        "reconnect_max_s": 0.2,
-    }
-    values.update(overrides)
-    return SourceConfig(**values)
-
-
 @pytest.fixture
 def wait() -> Callable[..., Any]:
     """`await wait(check, within_s=5.0)`: poll a condition, fail the test if it never holds."""
     return wait_for
-
-
-@pytest.fixture
-def config() -> Callable[..., SourceConfig]:
-    """`config(ws_url, rest_url, **overrides)`: a SourceConfig with test-sized timings."""
-    return fast_config
-
-
-@dataclass
-class Running:
-    """A source running in a task, with what it emitted."""
-
-    source: Source
-    stats: SourceStats
-    quotes: list[Quote] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
 
 
 @pytest.fixture
@@ -80,34 +48,46 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[BinanceSim]:
-    # Bound before `async with`: VenueSim.__aenter__ is annotated to return the base class, so
-    # `as venue` would type the fixture's value as VenueSim although it is this BinanceSim.
-    venue = BinanceSim(PRICES, seed=7, rate_hz=40.0, ping_interval_s=1.0)
-    async with venue:
+def case(request: pytest.FixtureRequest) -> Case:
+    """The venue of the test's module: its `VENUE` (a module may override this fixture, as the
+    shared suite does to run every case)."""
+    venue: Case = request.module.VENUE
+    return venue
+
+
+@pytest.fixture
+async def sim(case: Case) -> AsyncIterator[VenueSim]:
+    """The case's simulator at test-sized rates, on loopback."""
+    async with case.sim() as venue:
         yield venue
 
 
 @pytest.fixture
 async def start(
+    case: Case, sim: VenueSim, http: aiohttp.ClientSession
+) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    """Factory: `await start(venue=None, pairs=None, cls=None, **config_overrides)` runs the
+    case's adapter on `sim` (or on `venue`); every one is stopped at teardown and must not have
+    crashed."""
+    async with AsyncExitStack() as stack:
+
+        async def _start(venue: VenueSim | None = None, **kw: Any) -> Running:
+            return await stack.enter_async_context(running_source(case, venue or sim, http, **kw))
+
+        yield _start
+
+
+@pytest.fixture
+async def start_config(
     http: aiohttp.ClientSession,
-) -> AsyncIterator[Callable[..., Running]]:
-    """Factory: start a source for a config and pairs; every source is cancelled at teardown."""
-    started: list[Running] = []
+) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    """Factory: `await start_config(cfg, pairs, cls=None)` runs the adapter of `cfg.type` on any
+    server (a scripted one, say); stopped at teardown like `start`'s."""
+    async with AsyncExitStack() as stack:
 
-    def _start(cfg: SourceConfig, pairs: list[tuple[str, Kind]] = PAIRS) -> Running:
-        stats = SourceStats("binance")
-        quotes: list[Quote] = []
-        source = build_source("binance", cfg, pairs, quotes.append, SystemClock(), http, stats)
-        running = Running(source, stats, quotes)
-        running.task = asyncio.create_task(source.run(), name="test:source")
-        started.append(running)
-        return running
+        async def _start(
+            cfg: SourceConfig, pairs: Sequence[tuple[str, Kind]], cls: type[Source] | None = None
+        ) -> Running:
+            return await stack.enter_async_context(running(cfg.type, cfg, pairs, http, cls))
 
-    yield _start
-    for running in started:
-        assert running.task is not None
-        running.task.cancel()
-        await asyncio.gather(running.task, return_exceptions=True)
-        if not running.task.cancelled():
-            running.task.result()  # a source must only ever end by cancellation
+        yield _start

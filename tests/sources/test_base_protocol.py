@@ -83,10 +83,12 @@ async def launch(
         "reconnect_max_s": 0.2,
     }
     values.update(overrides)
-    return start(SourceConfig(**values), PAIRS)
+    return await start(SourceConfig(**values), PAIRS)
 
 
-async def test_pong_echoes_the_ping_payload(aiohttp_server: Any, start: Any, wait: Any) -> None:
+async def test_pong_echoes_the_ping_payload(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
     """The adapter answers a venue ping with a pong carrying the same bytes, as Binance requires."""
     echoed: list[bytes] = []
 
@@ -98,12 +100,12 @@ async def test_pong_echoes_the_ping_payload(aiohttp_server: Any, start: Any, wai
             if msg.type is WSMsgType.PONG:
                 echoed.append(msg.data)  # noqa: PERF401 (must fill while the socket is open)
 
-    await launch(Venue(script), aiohttp_server, start, liveness_timeout_s=5.0)
+    await launch(Venue(script), aiohttp_server, start_config, liveness_timeout_s=5.0)
     await wait(lambda: echoed == [b"venue-1795"])
 
 
 async def test_flat_error_frames_isolate_the_bad_symbol(
-    aiohttp_server: Any, start: Any, wait: Any
+    aiohttp_server: Any, start_config: Any, wait: Any
 ) -> None:
     """The docs' flat error shape refuses a batch; per-symbol retries fail only ETHUSDT."""
     requests: list[list[str]] = []
@@ -123,7 +125,7 @@ async def test_flat_error_frames_isolate_the_bad_symbol(
                 await ws.send_str(json.dumps(bad))
 
     venue = Venue(script)
-    run = await launch(venue, aiohttp_server, start, liveness_timeout_s=5.0)
+    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
     await wait(lambda: "ETHUSDT" in run.stats.failed_instruments)
     await wait(lambda: run.stats.state is ConnState.STREAMING)
     assert run.stats.failed_instruments == {"ETHUSDT": "2: Invalid request: invalid stream"}
@@ -136,7 +138,7 @@ async def test_flat_error_frames_isolate_the_bad_symbol(
 
 
 async def test_server_shutdown_event_rotates_without_going_down(
-    aiohttp_server: Any, start: Any, wait: Any
+    aiohttp_server: Any, start_config: Any, wait: Any
 ) -> None:
     """A serverShutdown notice makes the adapter reconnect at once; REST polling never starts."""
 
@@ -149,7 +151,7 @@ async def test_server_shutdown_event_rotates_without_going_down(
         await hold(ws)
 
     venue = Venue(script)
-    run = await launch(venue, aiohttp_server, start, liveness_timeout_s=5.0)
+    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
     await wait(lambda: venue.connections == 2 and run.stats.reconnects == 1)
     await wait(lambda: run.stats.quotes >= 2)
     assert run.stats.state is ConnState.STREAMING
@@ -158,7 +160,7 @@ async def test_server_shutdown_event_rotates_without_going_down(
 
 
 async def test_venue_close_frame_leads_to_a_reconnect(
-    aiohttp_server: Any, start: Any, wait: Any
+    aiohttp_server: Any, start_config: Any, wait: Any
 ) -> None:
     """A clean close from the venue (e.g. the 24 h limit) is followed by a new connection."""
 
@@ -172,14 +174,14 @@ async def test_venue_close_frame_leads_to_a_reconnect(
         await hold(ws)
 
     venue = Venue(script)
-    run = await launch(venue, aiohttp_server, start, liveness_timeout_s=5.0)
+    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
     await wait(lambda: venue.connections == 2 and run.stats.quotes >= 2)
     assert run.stats.reconnects == 1
     await wait(lambda: run.stats.state is ConnState.STREAMING)
 
 
 async def test_refused_handshakes_are_retried_with_backoff_not_in_a_hot_loop(
-    aiohttp_server: Any, start: Any
+    aiohttp_server: Any, start_config: Any
 ) -> None:
     """A venue refusing every handshake sees bounded retries, not a reconnect storm."""
 
@@ -188,7 +190,7 @@ async def test_refused_handshakes_are_retried_with_backoff_not_in_a_hot_loop(
 
     venue = Venue(script)
     venue.refuse = True
-    run = await launch(venue, aiohttp_server, start, reconnect_max_s=0.2)
+    run = await launch(venue, aiohttp_server, start_config, reconnect_max_s=0.2)
     await asyncio.sleep(1.0)
     # Full jitter capped at 0.2 s averages 0.1 s a wait: about ten tries a second, never hundreds.
     assert 3 <= venue.connections <= 40
@@ -197,7 +199,7 @@ async def test_refused_handshakes_are_retried_with_backoff_not_in_a_hot_loop(
 
 
 async def test_ack_never_arriving_leaves_symbols_pending_not_failed(
-    aiohttp_server: Any, start: Any, wait: Any
+    aiohttp_server: Any, start_config: Any, wait: Any
 ) -> None:
     """Data without an ack still streams; a missing ack alone does not fail an instrument."""
 
@@ -206,7 +208,7 @@ async def test_ack_never_arriving_leaves_symbols_pending_not_failed(
         await ws.send_str(BOOK.format(lower="ethusdt", sym="ETHUSDT"))
         await hold(ws)
 
-    run = await launch(Venue(script), aiohttp_server, start, liveness_timeout_s=5.0)
+    run = await launch(Venue(script), aiohttp_server, start_config, liveness_timeout_s=5.0)
     await wait(lambda: run.stats.state is ConnState.STREAMING)
     assert run.stats.failed_instruments == {}
     assert run.quotes[0].pair == "ETH/USDT"

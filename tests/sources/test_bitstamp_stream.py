@@ -1,60 +1,28 @@
-"""The Bitstamp adapter against the loopback Bitstamp simulator: streaming, faults, fallback.
-
-The faults every venue shares (disconnect, silence, garbage, burst, replay, absurd prices, REST
-fallback, rotation) run for this venue too, from test_stream_faults.py; this file holds the rest.
-"""
+"""The Bitstamp adapter on its loopback simulator: a subscribe per channel, heartbeats, an unknown
+market, reconnect requests, REST failures. The faults all venues share: test_stream_faults.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import aiohttp
-import pytest
+from venue_cases import CASE, Start, Wait
 
-from oracled.clock import SystemClock
-from oracled.config import SourceConfig
-from oracled.model import Kind, Quote
 from oracled.sim.bitstamp import BitstampSim
-from oracled.sources import ConnState, SourceStats
+from oracled.sources import ConnState
 from oracled.sources.bitstamp import BitstampSource
 
-PRICES = {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}
-PAIRS: list[tuple[str, Kind]] = [("BTC/USD", "spot"), ("ETH/USD", "spot")]
-Start = Callable[..., Any]
-Wait = Callable[..., Any]
-
-
-def pairs_seen(running: Any, since: int = 0) -> set[str]:
-    return {q.pair for q in running.quotes[since:]}
-
-
-def state(running: Any) -> ConnState:
-    """The source's state now (a call, so that type checkers do not pin it between awaits)."""
-    return running.stats.state  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[BitstampSim]:
-    venue = BitstampSim(PRICES, seed=5, rate_hz=40.0)
-    async with venue:
-        yield venue
-
-
-@pytest.fixture
-def cfg(sim: BitstampSim, config: Callable[..., SourceConfig]) -> Callable[..., SourceConfig]:
-    """A bitstamp config pointing at the simulator, with overrides."""
-    return lambda **overrides: config(sim.ws_url, sim.rest_url, type="bitstamp", **overrides)
+VENUE = CASE["bitstamp"]  # what `sim` and `start` build (conftest.py)
+PRICES = {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}  # what VENUE's simulator starts from
 
 
 async def test_streams_quotes_after_one_acked_subscribe_per_channel(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
+    sim: BitstampSim, start: Start, wait: Wait
 ) -> None:
     """One bts:subscribe per pair, each acked; quotes carry the book's microtimestamp."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
-    assert state(run) is ConnState.STREAMING
+    run = await start()
+    await wait(lambda: run.pairs() == {"BTC/USD", "ETH/USD"})
+    assert run.state() is ConnState.STREAMING
     assert sim.stats.requests == 2
     await wait(lambda: run.source._pending == {})
     quote = run.quotes[-1]
@@ -69,77 +37,67 @@ class _FastHeartbeat(BitstampSource):
     app_ping_interval_s: ClassVar[float | None] = 0.1
 
 
-async def test_quiet_book_stays_alive_on_heartbeat_answers(
-    config: Callable[..., SourceConfig], http: aiohttp.ClientSession, wait: Wait
-) -> None:
+async def test_quiet_book_stays_alive_on_heartbeat_answers(start: Start, wait: Wait) -> None:
     """No book changes at all: the answers to our bts:heartbeat keep the connection alive."""
     async with BitstampSim(PRICES, rate_hz=0.1) as venue:
-        cfg = config(venue.ws_url, venue.rest_url, type="bitstamp", liveness_timeout_s=0.5)
-        stats, quotes = SourceStats("bitstamp"), list[Quote]()
-        source = _FastHeartbeat("bitstamp", cfg, PAIRS, quotes.append, SystemClock(), http, stats)
-        task = asyncio.create_task(source.run(), name="test:bitstamp")
-        try:
-            await wait(lambda: venue.stats.requests >= 12)  # 2 subscribes, then 10 heartbeats
-            await asyncio.sleep(0.6)  # more than one liveness window
-            assert venue.stats.frames_sent == 0 and quotes == []
-            assert stats.reconnects == 0 and venue.stats.connections == 1
-            assert stats.frames >= venue.stats.requests - 2  # every heartbeat was answered
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        run = await start(venue, cls=_FastHeartbeat)
+        await wait(lambda: venue.stats.requests >= 12)  # 2 subscribes, then 10 heartbeats
+        await asyncio.sleep(0.6)  # more than one liveness window
+        assert venue.stats.frames_sent == 0 and run.quotes == []
+        assert run.stats.reconnects == 0 and venue.stats.connections == 1
+        assert run.stats.frames >= venue.stats.requests - 2  # every heartbeat was answered
 
 
 async def test_unknown_market_fails_alone_without_reconnecting(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
+    sim: BitstampSim, start: Start, wait: Wait
 ) -> None:
     """bts:error for one channel fails that symbol only; the others stream on one connection."""
-    pairs: list[tuple[str, Kind]] = [*PAIRS, ("FOO/USD", "spot")]
-    run = start(cfg(), pairs)
+    run = await start(pairs=[*VENUE.pairs, ("FOO/USD", "spot")])
     await wait(lambda: "foousd" in run.stats.failed_instruments)
     assert run.stats.failed_instruments == {"foousd": "Bad subscription string."}
     seen = len(run.quotes)
-    await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
+    await wait(lambda: run.pairs(seen) == {"BTC/USD", "ETH/USD"})
     await asyncio.sleep(0.3)
     assert sim.stats.connections == 1 and run.stats.reconnects == 0
     assert sim.stats.requests == 3 and sim.stats.rate_limited == 0
 
 
 async def test_reconnect_request_rotates_at_once_without_going_down(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
+    sim: BitstampSim, start: Start, wait: Wait
 ) -> None:
     """bts:request_reconnect: a new connection at once, resubscribed, never down, no polling."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: state(run) is ConnState.STREAMING)
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING)
     assert sim.request_reconnect() == 1
     await wait(lambda: sim.stats.connections == 2 and sim.stats.active == 1)
     seen = len(run.quotes)
-    await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
+    await wait(lambda: run.pairs(seen) == {"BTC/USD", "ETH/USD"})
     assert run.stats.reconnects == 1 and sim.stats.requests == 4
-    assert sim.stats.rest_requests == 0 and state(run) is ConnState.STREAMING
+    assert sim.stats.rest_requests == 0 and run.state() is ConnState.STREAMING
 
 
 async def test_rest_failures_while_down_are_counted_and_polling_goes_on(
-    sim: BitstampSim, start: Start, cfg: Any, wait: Wait
+    sim: BitstampSim, start: Start, wait: Wait
 ) -> None:
     """429, 400, 5xx and timeouts are counted, the state is down, and nothing is failed."""
     sim.ws_enabled = False
     sim.rest_status = 429
-    run = start(cfg(), PAIRS)
+    run = await start()
     await wait(lambda: run.stats.dropped["rest_error"] >= 3)
-    assert state(run) is ConnState.DOWN and run.quotes == []
+    assert run.state() is ConnState.DOWN and run.quotes == []
     for status in (400, 503):
         sim.rest_status = status
         errors, polls = run.stats.dropped["rest_error"], sim.stats.rest_requests
         await wait(lambda floor=errors + 3: run.stats.dropped["rest_error"] >= floor)
         assert sim.stats.rest_requests - polls <= run.stats.dropped["rest_error"] - errors + 1
-        assert state(run) is ConnState.DOWN
+        assert run.state() is ConnState.DOWN
     sim.rest_status = None
-    await wait(lambda: state(run) is ConnState.POLLING)
-    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
+    await wait(lambda: run.state() is ConnState.POLLING)
+    await wait(lambda: run.pairs() == {"BTC/USD", "ETH/USD"})
     sim.rest_delay_s = 1.2  # longer than the request timeout (1 s)
     errors = run.stats.dropped["rest_error"]
     await wait(lambda: run.stats.dropped["rest_error"] > errors)
-    assert state(run) is ConnState.DOWN
+    assert run.state() is ConnState.DOWN
     sim.rest_delay_s = 0.0
-    await wait(lambda: state(run) is ConnState.POLLING)
+    await wait(lambda: run.state() is ConnState.POLLING)
     assert run.stats.failed_instruments == {}  # a 400 on the all-pairs request blames nobody

@@ -1,56 +1,25 @@
-"""The Kraken adapter against the loopback Kraken simulator: streaming, faults, fallback.
-
-The faults every venue shares (disconnect, silence, garbage, burst, replay, absurd prices, REST
-fallback, rotation) run for this venue too, from test_stream_faults.py; this file holds the rest.
-"""
+"""The Kraken adapter on its loopback simulator: per-symbol acks, heartbeats, an unknown pair on
+the stream and over REST, REST failures. The faults all venues share: test_stream_faults.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
 
-import pytest
+from venue_cases import CASE, Start, Wait
 
-from oracled.config import SourceConfig
-from oracled.model import Kind
 from oracled.sim.kraken import KrakenSim
 from oracled.sources import ConnState
 
-PRICES = {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}
-PAIRS: list[tuple[str, Kind]] = [("BTC/USD", "spot"), ("ETH/USD", "spot")]
-Start = Callable[..., Any]
-Wait = Callable[..., Any]
-
-
-def pairs_seen(running: Any, since: int = 0) -> set[str]:
-    return {q.pair for q in running.quotes[since:]}
-
-
-def state(running: Any) -> ConnState:
-    """The source's state now (a call, so that type checkers do not pin it between awaits)."""
-    return running.stats.state  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[KrakenSim]:
-    venue = KrakenSim(PRICES, seed=11, rate_hz=40.0, heartbeat_s=0.2)
-    async with venue:
-        yield venue
-
-
-@pytest.fixture
-def cfg(sim: KrakenSim, config: Callable[..., SourceConfig]) -> Callable[..., SourceConfig]:
-    """A kraken config pointing at the simulator, with overrides."""
-    return lambda **overrides: config(sim.ws_url, sim.rest_url, type="kraken", **overrides)
+VENUE = CASE["kraken"]  # what `sim` and `start` build (conftest.py)
+PRICES = {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}  # what VENUE's simulator starts from
 
 
 async def test_streams_quotes_after_per_symbol_acks(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
+    sim: KrakenSim, start: Start, wait: Wait
 ) -> None:
     """One subscribe for both symbols, one ack each; quotes carry the venue's event time."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
+    run = await start()
+    await wait(lambda: run.pairs() == {"BTC/USD", "ETH/USD"})
     assert run.stats.state is ConnState.STREAMING
     assert sim.stats.requests == 1
     await wait(lambda: run.source._pending == {})  # both acks arrived and settled the request
@@ -62,13 +31,10 @@ async def test_streams_quotes_after_per_symbol_acks(
     assert run.stats.malformed == 0
 
 
-async def test_quiet_market_stays_alive_on_heartbeats(
-    start: Start, config: Callable[..., SourceConfig], wait: Wait
-) -> None:
+async def test_quiet_market_stays_alive_on_heartbeats(start: Start, wait: Wait) -> None:
     """With no ticker update for seconds, venue heartbeats alone keep the connection alive."""
     async with KrakenSim(PRICES, rate_hz=0.1, heartbeat_s=0.1) as venue:
-        cfg = config(venue.ws_url, venue.rest_url, type="kraken", liveness_timeout_s=0.5)
-        run = start(cfg, PAIRS)
+        run = await start(venue)
         await wait(lambda: run.stats.state is ConnState.STREAMING)  # the snapshots
         quotes, frames = run.stats.quotes, venue.stats.frames_sent
         await wait(lambda: venue.stats.heartbeats_sent >= 10)  # 1 s, two liveness windows
@@ -79,15 +45,14 @@ async def test_quiet_market_stays_alive_on_heartbeats(
 
 
 async def test_unknown_symbol_fails_alone_without_reconnecting(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
+    sim: KrakenSim, start: Start, wait: Wait
 ) -> None:
     """The venue refuses one symbol of the request; it alone fails, the others stream on."""
-    pairs: list[tuple[str, Kind]] = [*PAIRS, ("FOO/USD", "spot")]
-    run = start(cfg(), pairs)
+    run = await start(pairs=[*VENUE.pairs, ("FOO/USD", "spot")])
     await wait(lambda: "FOO/USD" in run.stats.failed_instruments)
     assert run.stats.failed_instruments == {"FOO/USD": "Currency pair not supported FOO/USD"}
     seen = len(run.quotes)
-    await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
+    await wait(lambda: run.pairs(seen) == {"BTC/USD", "ETH/USD"})
     await asyncio.sleep(0.3)
     assert sim.stats.connections == 1 and run.stats.reconnects == 0
     assert sim.stats.requests == 1  # no split, no retry storm
@@ -95,39 +60,38 @@ async def test_unknown_symbol_fails_alone_without_reconnecting(
 
 
 async def test_rest_failures_while_down_are_counted_and_polling_goes_on(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
+    sim: KrakenSim, start: Start, wait: Wait
 ) -> None:
     """429, 5xx and timeouts are counted with the state down; the next good answer recovers."""
     sim.ws_enabled = False
     sim.rest_status = 429
-    run = start(cfg(), PAIRS)
+    run = await start()
     await wait(lambda: run.stats.dropped["rest_error"] >= 3)
-    assert state(run) is ConnState.DOWN and run.quotes == []
+    assert run.state() is ConnState.DOWN and run.quotes == []
     sim.rest_status = 502
     errors = run.stats.dropped["rest_error"]
     await wait(lambda: run.stats.dropped["rest_error"] >= errors + 3)
-    assert state(run) is ConnState.DOWN
+    assert run.state() is ConnState.DOWN
     sim.rest_status = None
-    await wait(lambda: state(run) is ConnState.POLLING)
-    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
+    await wait(lambda: run.state() is ConnState.POLLING)
+    await wait(lambda: run.pairs() == {"BTC/USD", "ETH/USD"})
     sim.rest_delay_s = 1.2  # longer than the request timeout (1 s)
     errors = run.stats.dropped["rest_error"]
     await wait(lambda: run.stats.dropped["rest_error"] > errors)
-    assert state(run) is ConnState.DOWN
+    assert run.state() is ConnState.DOWN
     sim.rest_delay_s = 0.0
-    await wait(lambda: state(run) is ConnState.POLLING)
+    await wait(lambda: run.state() is ConnState.POLLING)
     assert run.stats.failed_instruments == {}
 
 
 async def test_rest_unknown_pair_fails_only_that_symbol(
-    sim: KrakenSim, start: Start, cfg: Any, wait: Wait
+    sim: KrakenSim, start: Start, wait: Wait
 ) -> None:
     """Kraken's HTTP 200 'Unknown asset pair' spoils the batch; the retry isolates the bad one."""
     sim.ws_enabled = False
-    pairs: list[tuple[str, Kind]] = [*PAIRS, ("FOO/USD", "spot")]
-    run = start(cfg(), pairs)
+    run = await start(pairs=[*VENUE.pairs, ("FOO/USD", "spot")])
     await wait(lambda: "FOO/USD" in run.stats.failed_instruments)
     assert run.stats.failed_instruments["FOO/USD"] == "EQuery:Unknown asset pair"
     seen = len(run.quotes)
-    await wait(lambda: pairs_seen(run, seen) == {"BTC/USD", "ETH/USD"})
+    await wait(lambda: run.pairs(seen) == {"BTC/USD", "ETH/USD"})
     assert run.stats.state is ConnState.POLLING

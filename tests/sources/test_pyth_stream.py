@@ -1,71 +1,37 @@
-"""The Pyth Hermes adapter against the loopback Hermes: streaming, faults, recovery, fallback.
-
-The faults every venue shares (disconnect, silence, garbage, burst, replay, absurd prices, REST
-fallback, rotation) run for this venue too, from test_stream_faults.py; this file holds the rest.
-"""
+"""The Pyth Hermes adapter on its loopback Hermes: one SSE stream, keep-alives, unknown ids, error
+events, REST failures, the 24 h notice, non-stream answers. Shared faults: test_stream_faults.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
+from venue_cases import CASE, PYTH_BTC, PYTH_ETH, Start, Wait
 
-from oracled.config import SourceConfig
-from oracled.model import Kind
 from oracled.sim.pyth_hermes import PythHermesSim
 from oracled.sources import ConnState
 
-BTC = "e62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43"
-ETH = "ff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace"
+VENUE = CASE["pyth_hermes"]  # what `sim` and `start` build (conftest.py): the BTC and ETH feeds
+BTC, ETH = PYTH_BTC, PYTH_ETH
 UNKNOWN = "ab" * 32
-PRICES = {BTC: 67_000.0, ETH: 3_500.0}
+PRICES = {BTC: 67_000.0, ETH: 3_500.0}  # what VENUE's simulator starts from
 START = {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0, "FOO/USD": 1.0}
-PAIRS: list[tuple[str, Kind]] = [("BTC/USD", "spot"), ("ETH/USD", "spot")]
 IDS = {"BTC/USD": "0x" + BTC, "ETH/USD": ETH, "FOO/USD": UNKNOWN}
-Start = Callable[..., Any]
-Wait = Callable[..., Any]
-
-
-def pairs_seen(running: Any, since: int = 0) -> set[str]:
-    return {q.pair for q in running.quotes[since:]}
-
-
-@pytest.fixture
-async def hermes() -> AsyncIterator[PythHermesSim]:
-    async with PythHermesSim(PRICES, seed=7, rate_hz=40.0, keepalive_s=0.2) as venue:
-        yield venue
-
-
-@pytest.fixture
-def cfg(hermes: PythHermesSim, config: Callable[..., SourceConfig]) -> Callable[..., SourceConfig]:
-    """A pyth_hermes config pointing at the simulator, with overrides."""
-
-    def make(ids: dict[str, str] | None = None, **overrides: Any) -> SourceConfig:
-        instruments = ids if ids is not None else {p: IDS[p] for p, _ in PAIRS}
-        return config(
-            hermes.ws_url,
-            hermes.rest_url,
-            type="pyth_hermes",
-            instruments=instruments,
-            **overrides,
-        )
-
-    return make
+BTC_ONLY: dict[str, Any] = {"pairs": [("BTC/USD", "spot")], "instruments": {"BTC/USD": BTC}}
 
 
 async def test_streams_quotes_for_every_feed_on_one_stream(
-    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+    sim: PythHermesSim, start: Start, wait: Wait
 ) -> None:
     """One SSE stream carries both feeds; quotes bracket the venue's price with its confidence."""
-    run = start(cfg(), PAIRS)
-    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
+    run = await start()
+    await wait(lambda: run.pairs() == {"BTC/USD", "ETH/USD"})
     await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert hermes.stats.connections == 1 and hermes.stats.rest_requests == 0
+    assert sim.stats.connections == 1 and sim.stats.rest_requests == 0
     assert run.stats.failed_instruments == {}
     for q in run.quotes:
         assert q.bid is not None and q.ask is not None and q.venue_ts is not None
@@ -75,15 +41,10 @@ async def test_streams_quotes_for_every_feed_on_one_stream(
     assert run.stats.quotes == len(run.quotes)
 
 
-async def test_keep_alive_comments_keep_a_quiet_stream_alive(
-    start: Start, config: Callable[..., SourceConfig], wait: Wait
-) -> None:
+async def test_keep_alive_comments_keep_a_quiet_stream_alive(start: Start, wait: Wait) -> None:
     """With no updates for longer than the liveness timeout, keep-alives alone prevent a cut."""
     async with PythHermesSim(PRICES, rate_hz=0.1, keepalive_s=0.1) as quiet:
-        run = start(
-            config(quiet.ws_url, quiet.rest_url, type="pyth_hermes", instruments={"BTC/USD": BTC}),
-            [("BTC/USD", "spot")],
-        )
+        run = await start(quiet, **BTC_ONLY)
         await wait(lambda: quiet.stats.heartbeats_sent >= 8)  # 0.8 s, liveness is 0.5 s
         assert run.stats.reconnects == 0 and quiet.stats.connections == 1
         assert run.stats.frames >= 7 and run.stats.malformed == 0
@@ -91,101 +52,94 @@ async def test_keep_alive_comments_keep_a_quiet_stream_alive(
 
 
 async def test_unknown_feed_id_fails_alone_without_reconnect_storm(
-    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+    sim: PythHermesSim, start: Start, wait: Wait
 ) -> None:
     """Hermes's 404 for one unknown id fails that id; the stream reopens once with the others."""
-    run = start(cfg(IDS), [*PAIRS, ("FOO/USD", "spot")])
-    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
+    run = await start(pairs=[*VENUE.pairs, ("FOO/USD", "spot")], instruments=IDS)
+    await wait(lambda: run.pairs() == {"BTC/USD", "ETH/USD"})
     assert run.stats.failed_instruments[UNKNOWN] == f"Price ids not found: 0x{UNKNOWN}"
     await asyncio.sleep(0.5)
-    assert hermes.stats.errors_sent == 1 and hermes.stats.connections == 1
+    assert sim.stats.errors_sent == 1 and sim.stats.connections == 1
     assert run.stats.reconnects == 0
     assert run.stats.state is ConnState.STREAMING
 
 
 async def test_no_valid_feed_id_leaves_the_source_down_without_retrying(
-    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+    sim: PythHermesSim, start: Start, wait: Wait
 ) -> None:
     """When every id is refused there is nothing to stream: down, and no request loop."""
-    run = start(cfg({"FOO/USD": UNKNOWN}), [("FOO/USD", "spot")])
+    run = await start(pairs=[("FOO/USD", "spot")], instruments={"FOO/USD": UNKNOWN})
     await wait(lambda: run.stats.state is ConnState.DOWN)
     await asyncio.sleep(0.5)
-    assert hermes.stats.errors_sent == 1 and hermes.stats.connections == 0
-    assert hermes.stats.rest_requests == 0 and run.stats.reconnects == 0
+    assert sim.stats.errors_sent == 1 and sim.stats.connections == 0
+    assert sim.stats.rest_requests == 0 and run.stats.reconnects == 0
 
 
 async def test_hermes_error_events_are_counted_without_reconnecting(
-    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+    sim: PythHermesSim, start: Start, wait: Wait
 ) -> None:
     """``event:error`` (a lagging server) is a venue error: counted, the stream goes on."""
-    run = start(cfg(), PAIRS)
+    run = await start()
     await wait(lambda: run.stats.state is ConnState.STREAMING)
-    assert hermes.error_event("Lagged(3)") == 1
+    assert sim.error_event("Lagged(3)") == 1
     await wait(lambda: run.stats.dropped["venue_error"] == 1)
     seen = len(run.quotes)
     await wait(lambda: len(run.quotes) > seen + 5)
-    assert hermes.stats.connections == 1 and run.stats.malformed == 0
+    assert sim.stats.connections == 1 and run.stats.malformed == 0
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
 async def test_rest_errors_are_counted_and_polling_recovers(
-    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait, status: int
+    sim: PythHermesSim, start: Start, wait: Wait, status: int
 ) -> None:
     """429/5xx while the stream is down: counted, state down, polls go on, then recover."""
-    hermes.ws_enabled = False
-    hermes.rest_status = status
-    run = start(cfg(), PAIRS)
+    sim.ws_enabled = False
+    sim.rest_status = status
+    run = await start()
     await wait(lambda: run.stats.dropped["rest_error"] >= 3 and run.stats.state is ConnState.DOWN)
     assert run.quotes == []
-    polls = hermes.stats.rest_requests
+    polls = sim.stats.rest_requests
     await asyncio.sleep(0.35)  # polling continues at its 0.1 s interval
-    assert 1 <= hermes.stats.rest_requests - polls <= 6  # paced, not hammering
-    hermes.rest_status = None
+    assert 1 <= sim.stats.rest_requests - polls <= 6  # paced, not hammering
+    sim.rest_status = None
     await wait(lambda: run.stats.state is ConnState.POLLING and len(run.quotes) > 0)
 
 
 async def test_slow_rest_answers_time_out_and_polling_recovers(
-    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+    sim: PythHermesSim, start: Start, wait: Wait
 ) -> None:
     """A REST answer slower than the request timeout is an error; fast answers bring quotes."""
-    hermes.ws_enabled = False
-    hermes.rest_delay_s = 1.5
-    run = start(cfg(), PAIRS)
+    sim.ws_enabled = False
+    sim.rest_delay_s = 1.5
+    run = await start()
     await wait(lambda: run.stats.dropped["rest_error"] >= 1 and run.stats.state is ConnState.DOWN)
     assert run.quotes == []
-    hermes.rest_delay_s = 0.0
+    sim.rest_delay_s = 0.0
     await wait(lambda: run.stats.state is ConnState.POLLING and len(run.quotes) > 0)
 
 
 async def test_rest_not_found_fails_the_unknown_id_and_polls_the_rest(
-    hermes: PythHermesSim, start: Start, cfg: Any, wait: Wait
+    sim: PythHermesSim, start: Start, wait: Wait
 ) -> None:
     """With the stream refused, a 404 naming one id fails it; the next poll serves the others."""
-    hermes.ws_enabled = False
-    run = start(cfg(IDS), [*PAIRS, ("FOO/USD", "spot")])
+    sim.ws_enabled = False
+    run = await start(pairs=[*VENUE.pairs, ("FOO/USD", "spot")], instruments=IDS)
     await wait(lambda: UNKNOWN in run.stats.failed_instruments)
-    await wait(lambda: pairs_seen(run) == {"BTC/USD", "ETH/USD"})
+    await wait(lambda: run.pairs() == {"BTC/USD", "ETH/USD"})
     assert run.stats.state is ConnState.POLLING
 
 
-async def test_hermes_time_limit_notice_is_a_planned_rotation(
-    start: Start, config: Callable[..., SourceConfig], wait: Wait
-) -> None:
+async def test_hermes_time_limit_notice_is_a_planned_rotation(start: Start, wait: Wait) -> None:
     """Hermes's end-of-stream notice (24 h) reconnects at once: never down, never polling."""
     async with PythHermesSim(PRICES, rate_hz=40.0, max_stream_s=0.3) as short:
-        run = start(
-            config(short.ws_url, short.rest_url, type="pyth_hermes", instruments={"BTC/USD": BTC}),
-            [("BTC/USD", "spot")],
-        )
+        run = await start(short, **BTC_ONLY)
         await wait(lambda: short.stats.connections >= 3)
         assert run.stats.reconnects >= 2
         assert short.stats.rest_requests == 0 and run.stats.malformed == 0
         await wait(lambda: run.stats.state is ConnState.STREAMING)
 
 
-async def test_a_non_stream_answer_is_a_failed_connection(
-    start: Start, config: Callable[..., SourceConfig], wait: Wait
-) -> None:
+async def test_a_non_stream_answer_is_a_failed_connection(start: Start, wait: Wait) -> None:
     """A 200 that is not text/event-stream (e.g. a proxy's page) is refused and retried."""
     hits: list[str] = []
 
@@ -198,10 +152,7 @@ async def test_a_non_stream_answer_is_a_failed_connection(
     async with TestServer(app, host="127.0.0.1") as server:
         url = str(server.make_url("")).rstrip("/")
         with capture_logs() as logs:
-            run = start(
-                config(url, url, type="pyth_hermes", instruments={"BTC/USD": BTC}),
-                [("BTC/USD", "spot")],
-            )
+            run = await start(ws_url=url, rest_url=url, **BTC_ONLY)
             await wait(lambda: len(hits) >= 3)
         assert run.stats.reconnects >= 2 and run.quotes == [] and run.stats.frames == 0
         assert run.stats.state is ConnState.DOWN

@@ -9,44 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
-from typing import Any
 
-import aiohttp
 import pytest
-from venue_cases import CASES, Case, Running, running_source
+from venue_cases import CASES, Case, Running, Start, Wait
 
 from oracled.sim._base import VenueSim
 from oracled.sources import ConnState
 
-Wait = Callable[..., Any]
-Start = Callable[..., Any]
-
 
 @pytest.fixture(params=CASES, ids=[c.id for c in CASES])
 def case(request: pytest.FixtureRequest) -> Case:
-    """Each test runs once per venue (Bybit once per category)."""
+    """Each test runs once per venue (Bybit once per category); `sim` and `start` follow it."""
     return request.param  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def sim(case: Case) -> AsyncIterator[VenueSim]:
-    async with case.sim() as venue:
-        yield venue
-
-
-@pytest.fixture
-async def start(
-    case: Case, sim: VenueSim, http: aiohttp.ClientSession
-) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    """Factory: `start(**config_overrides)` runs the case's adapter; stopped at teardown."""
-    async with AsyncExitStack() as stack:
-
-        async def _start(**overrides: Any) -> Running:
-            return await stack.enter_async_context(running_source(case, sim, http, **overrides))
-
-        yield _start
 
 
 async def settled(case: Case, run: Running, sim: VenueSim, wait: Wait) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,6 +35,8 @@ from oracled.sources import ConnState, Source, SourceStats, build_source
 from oracled.sources.okx import OkxSource
 
 Key = tuple[str, str]  # (pair, kind): one instrument as the core sees it
+Start = Callable[..., Any]  # the `start` fixture: `await start(...)` gives a Running
+Wait = Callable[..., Any]  # the `wait` fixture: `await wait(check, within_s=5.0)`
 PYTH_BTC = "e62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43"
 PYTH_ETH = "ff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace"
 
@@ -52,36 +54,36 @@ class Running:
         """Instruments quoted since quote number `since`."""
         return {(q.pair, q.kind) for q in self.quotes[since:]}
 
+    def pairs(self, since: int = 0) -> set[str]:
+        """Pairs quoted since quote number `since`, whatever their kind."""
+        return {q.pair for q in self.quotes[since:]}
+
     def state(self) -> ConnState:
         """The state now (a call, so that type narrowing from an earlier assert does not stick)."""
         return self.stats.state
 
 
-class _FastPingOkx(OkxSource):
+class FastPingOkx(OkxSource):
     """OKX with a test-sized ping interval (the venue's rule is: under 30 s), so that a silent
     venue is noticed through unanswered pings as in production, not only through no data."""
 
     app_ping_interval_s: ClassVar[float | None] = 0.3
 
 
+def book_matches(run: Running, sim: GeminiSim, symbol: str) -> bool:
+    """The adapter's latest quote of `symbol` equals the top of the simulator's published book."""
+    levels = sim._books.get(symbol, {})
+    bids = [float(p) for side, p in levels if side == "buy"]
+    asks = [float(p) for side, p in levels if side == "sell"]
+    pair = f"{symbol[:-3]}/{symbol[-3:]}"
+    last = [q for q in run.quotes if q.pair == pair][-1:]
+    return bool(last and bids and asks) and (last[0].bid, last[0].ask) == (max(bids), min(asks))
+
+
 def _gemini_book_matches(run: Running, sim: VenueSim) -> Callable[[], bool]:
     """The adapter's latest quote of each symbol equals the top of the simulator's book."""
     assert isinstance(sim, GeminiSim)
-
-    def matches() -> bool:
-        for symbol in ("BTCUSD", "ETHUSD"):
-            levels = sim._books.get(symbol, {})
-            bids = [float(p) for side, p in levels if side == "buy"]
-            asks = [float(p) for side, p in levels if side == "sell"]
-            pair = f"{symbol[:-3]}/{symbol[-3:]}"
-            last = [q for q in run.quotes if q.pair == pair][-1:]
-            if not (last and bids and asks):
-                return False
-            if (last[0].bid, last[0].ask) != (max(bids), min(asks)):
-                return False
-        return True
-
-    return matches
+    return lambda: all(book_matches(run, sim, symbol) for symbol in ("BTCUSD", "ETHUSD"))
 
 
 def _usdm_marks_resume(run: Running, sim: VenueSim) -> Callable[[], bool]:
@@ -394,7 +396,7 @@ CASES: tuple[Case, ...] = (
         spike=("ETH-USDT", ("ETH/USDT", "spot"), 1000.0, 3_000_000.0),
         replay_dropped=_at_least("out_of_order", 17),
         rotation=False,
-        cls=_FastPingOkx,
+        cls=FastPingOkx,
     ),
     Case(
         id="pyth_hermes",
@@ -422,19 +424,23 @@ CASES: tuple[Case, ...] = (
 )
 
 
+CASE: Mapping[str, Case] = {c.id: c for c in CASES}  # a venue file's own case, by source type
+
+
 @asynccontextmanager
-async def running_source(
-    case: Case, sim: VenueSim, http: aiohttp.ClientSession, **overrides: Any
+async def running(
+    source_id: str,
+    cfg: SourceConfig,
+    pairs: Sequence[tuple[str, Kind]],
+    http: aiohttp.ClientSession,
+    cls: type[Source] | None = None,
 ) -> AsyncIterator[Running]:
-    """Run the case's adapter on `sim`; it must end only by cancellation, never by a crash."""
-    stats, quotes = SourceStats(case.id), list[Quote]()
-    cfg = case.make_config(sim, **overrides)
-    pairs = list(case.pairs)
-    if case.cls is not None:
-        source: Source = case.cls(case.id, cfg, pairs, quotes.append, SystemClock(), http, stats)
-    else:
-        source = build_source(case.id, cfg, pairs, quotes.append, SystemClock(), http, stats)
-    task = asyncio.create_task(source.run(), name=f"test:{case.id}")
+    """Run an adapter (the registered one of `source_id`, or `cls`); it must end only by
+    cancellation, never by a crash."""
+    stats, quotes = SourceStats(source_id), list[Quote]()
+    args = (source_id, cfg, list(pairs), quotes.append, SystemClock(), http, stats)
+    source = cls(*args) if cls is not None else build_source(*args)
+    task = asyncio.create_task(source.run(), name=f"test:{source_id}")
     try:
         yield Running(source, stats, quotes, task)
     finally:
@@ -442,3 +448,21 @@ async def running_source(
         await asyncio.gather(task, return_exceptions=True)
         if not task.cancelled():
             task.result()
+
+
+@asynccontextmanager
+async def running_source(
+    case: Case,
+    sim: VenueSim,
+    http: aiohttp.ClientSession,
+    *,
+    pairs: Sequence[tuple[str, Kind]] | None = None,
+    cls: type[Source] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Running]:
+    """Run the case's adapter (or `cls`) on `sim` for its pairs (or `pairs`), with test-sized
+    timings and config `overrides`."""
+    cfg = case.make_config(sim, **overrides)
+    chosen = pairs if pairs is not None else case.pairs
+    async with running(case.id, cfg, chosen, http, cls or case.cls) as run:
+        yield run
