@@ -1,9 +1,7 @@
 """The Binance adapter on its loopback simulator: the acked subscribe, venue pings, an unknown
-symbol on the stream and over REST. The faults all venues share run from test_stream_faults.py."""
+symbol over REST. The faults all venues share run from test_stream_faults.py."""
 
 from __future__ import annotations
-
-import asyncio
 
 from venue_cases import CASE, Start, Wait
 
@@ -43,28 +41,12 @@ async def test_answers_server_pings_and_keeps_the_connection(start: Start, wait:
         assert run.stats.reconnects == 0
 
 
-async def test_unknown_symbol_is_marked_failed_without_reconnecting(
-    sim: BinanceSim, start: Start, wait: Wait
-) -> None:
-    """An error frame for one symbol fails that symbol only; the rest stream on one connection."""
-    run = await start(pairs=[*VENUE.pairs, ("FOO/USDT", "spot")])
-    await wait(lambda: "FOOUSDT" in run.stats.failed_instruments)
-    assert "invalid stream" in run.stats.failed_instruments["FOOUSDT"]
-    seen = len(run.quotes)
-    await wait(lambda: run.pairs(seen) == {"BTC/USDT", "ETH/USDT"})
-    await asyncio.sleep(0.5)
-    assert sim.stats.connections == 1
-    assert run.stats.reconnects == 0
-    assert sim.stats.rate_limited == 0  # the split retries were paced under 5 messages/s
-    assert sim.stats.requests == 4  # the batch, then one request per symbol
-
-
 async def test_rest_batch_refusal_isolates_the_bad_symbol(
     sim: BinanceSim, start: Start, wait: Wait
 ) -> None:
     """A REST 400 for a batch is retried per symbol; only the invalid one is marked failed."""
     sim.ws_enabled = False
-    run = await start(pairs=[*VENUE.pairs, ("FOO/USDT", "spot")])
+    run = await start(pairs=[*VENUE.pairs, VENUE.unknown_pair])
     await wait(lambda: "FOOUSDT" in run.stats.failed_instruments)
     assert "-1121" in run.stats.failed_instruments["FOOUSDT"]
     seen = len(run.quotes)

@@ -1,9 +1,7 @@
 """The Binance USD-M adapter on its loopback simulator: book and mark connections, pings on both,
-an unknown symbol, REST failures. The faults all venues share run from test_stream_faults.py."""
+REST failures. The faults all venues share run from test_stream_faults.py."""
 
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 from venue_cases import CASE, Start, Wait
@@ -43,26 +41,6 @@ async def test_answers_protocol_pings_on_both_connections(start: Start, wait: Wa
         await wait(lambda: venue.stats.pongs_received >= 6)
         assert venue.stats.pong_timeouts == 0 and venue.stats.rate_limited == 0
         assert venue.stats.connections == 2 and run.stats.reconnects == 0
-
-
-async def test_unknown_symbol_fails_alone_without_reconnects(
-    sim: BinanceUsdmSim, start: Start, wait: Wait
-) -> None:
-    """An error frame for one symbol fails it on both connections; the others keep streaming."""
-    run = await start(pairs=[*VENUE.pairs, ("FOO/USDT", "perp")])
-    marks = run.source.mark_feed
-    await wait(
-        lambda: (
-            "FOOUSDT" in run.stats.failed_instruments
-            and "FOOUSDT" in marks.stats.failed_instruments
-        )
-    )
-    seen = len(run.quotes)
-    await wait(lambda: run.pairs(seen) == BOTH)
-    await asyncio.sleep(0.3)
-    assert sim.stats.connections == 2 and run.stats.reconnects == 0
-    assert sim.stats.rate_limited == 0
-    assert sim.stats.requests == 8  # per connection: the batch, then one per symbol
 
 
 async def test_rest_failures_are_counted_and_polling_recovers(

@@ -1,5 +1,5 @@
-"""The Bitstamp adapter on its loopback simulator: a subscribe per channel, heartbeats, an unknown
-market, reconnect requests, REST failures. The faults all venues share: test_stream_faults.py."""
+"""The Bitstamp adapter on its loopback simulator: a subscribe per channel, heartbeats,
+reconnect requests, REST failures. The faults all venues share: test_stream_faults.py."""
 
 from __future__ import annotations
 
@@ -46,20 +46,6 @@ async def test_quiet_book_stays_alive_on_heartbeat_answers(start: Start, wait: W
         assert venue.stats.frames_sent == 0 and run.quotes == []
         assert run.stats.reconnects == 0 and venue.stats.connections == 1
         assert run.stats.frames >= venue.stats.requests - 2  # every heartbeat was answered
-
-
-async def test_unknown_market_fails_alone_without_reconnecting(
-    sim: BitstampSim, start: Start, wait: Wait
-) -> None:
-    """bts:error for one channel fails that symbol only; the others stream on one connection."""
-    run = await start(pairs=[*VENUE.pairs, ("FOO/USD", "spot")])
-    await wait(lambda: "foousd" in run.stats.failed_instruments)
-    assert run.stats.failed_instruments == {"foousd": "Bad subscription string."}
-    seen = len(run.quotes)
-    await wait(lambda: run.pairs(seen) == {"BTC/USD", "ETH/USD"})
-    await asyncio.sleep(0.3)
-    assert sim.stats.connections == 1 and run.stats.reconnects == 0
-    assert sim.stats.requests == 3 and sim.stats.rate_limited == 0
 
 
 async def test_reconnect_request_rotates_at_once_without_going_down(

@@ -1,5 +1,5 @@
-"""The Coinbase adapter on its loopback simulator: acked subscriptions, heartbeats, an unknown
-product, REST failures and pacing. The faults all venues share run from test_stream_faults.py."""
+"""The Coinbase adapter on its loopback simulator: acked subscriptions, heartbeats,
+REST failures and pacing. The faults all venues share run from test_stream_faults.py."""
 
 from __future__ import annotations
 
@@ -42,22 +42,6 @@ async def test_heartbeats_keep_a_quiet_market_alive(
         assert quiet.stats.frames_sent == 2  # only the two snapshots
         assert run.stats.reconnects == 0 and quiet.stats.connections == 1
         assert run.stats.state is ConnState.STREAMING
-
-
-async def test_unknown_product_fails_alone_without_reconnecting(
-    sim: CoinbaseSim, start: Start, wait: Wait
-) -> None:
-    """The refused batch is split; only the unknown product fails, the rest stream on."""
-    run = await start(pairs=[*VENUE.pairs, ("FOO/USD", "spot")])
-    await wait(lambda: "FOO-USD" in run.stats.failed_instruments)
-    assert "not a valid product" in run.stats.failed_instruments["FOO-USD"]
-    seen = len(run.quotes)
-    await wait(lambda: run.pairs(seen) == {"BTC/USD", "ETH/USD"})
-    await asyncio.sleep(0.3)
-    assert sim.stats.connections == 1 and run.stats.reconnects == 0
-    assert sim.stats.requests == 5  # heartbeats, the batch, then one request per product
-    assert sim.stats.errors_sent == 2 and sim.stats.rate_limited == 0
-    assert run.source._pending == {}
 
 
 async def test_rest_errors_and_slow_answers_while_down_then_recovery(

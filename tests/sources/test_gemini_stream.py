@@ -1,4 +1,4 @@
-"""The Gemini adapter on its loopback simulator: the book, heartbeats, an unknown symbol, replayed
+"""The Gemini adapter on its loopback simulator: the book, heartbeats, replayed
 diffs, REST failures and pacing. The faults all venues share run from test_stream_faults.py."""
 
 from __future__ import annotations
@@ -39,21 +39,6 @@ async def test_heartbeats_keep_a_quiet_market_alive(start: Start, wait: Wait) ->
         assert quiet.stats.heartbeats_sent >= 5
         assert quiet.stats.frames_sent == 2  # the two snapshots only
         assert run.stats.reconnects == 0 and quiet.stats.connections == 1
-
-
-async def test_unknown_symbol_fails_alone_without_reconnecting(
-    sim: GeminiSim, start: Start, wait: Wait
-) -> None:
-    """The refused batch is split; only the unknown symbol fails, the rest stream on."""
-    run = await start(pairs=[*VENUE.pairs, ("FOO/USD", "spot")])
-    await wait(lambda: "FOOUSD" in run.stats.failed_instruments)
-    assert "InvalidSymbol" in run.stats.failed_instruments["FOOUSD"]
-    seen = len(run.quotes)
-    await wait(lambda: run.pairs(seen) == {"BTC/USD", "ETH/USD"})
-    await asyncio.sleep(0.3)
-    assert sim.stats.connections == 1 and run.stats.reconnects == 0
-    assert sim.stats.requests == 4 and sim.stats.errors_sent == 2
-    assert sim.stats.rate_limited == 0 and run.source._pending == {}
 
 
 async def test_replayed_diffs_never_leave_a_stale_book_behind(

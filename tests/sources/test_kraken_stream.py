@@ -1,9 +1,7 @@
-"""The Kraken adapter on its loopback simulator: per-symbol acks, heartbeats, an unknown pair on
-the stream and over REST, REST failures. The faults all venues share: test_stream_faults.py."""
+"""The Kraken adapter on its loopback simulator: per-symbol acks, heartbeats, an unknown pair
+over REST, REST failures. The faults all venues share: test_stream_faults.py."""
 
 from __future__ import annotations
-
-import asyncio
 
 from venue_cases import CASE, Start, Wait
 
@@ -44,21 +42,6 @@ async def test_quiet_market_stays_alive_on_heartbeats(start: Start, wait: Wait) 
         assert run.stats.state is ConnState.STREAMING
 
 
-async def test_unknown_symbol_fails_alone_without_reconnecting(
-    sim: KrakenSim, start: Start, wait: Wait
-) -> None:
-    """The venue refuses one symbol of the request; it alone fails, the others stream on."""
-    run = await start(pairs=[*VENUE.pairs, ("FOO/USD", "spot")])
-    await wait(lambda: "FOO/USD" in run.stats.failed_instruments)
-    assert run.stats.failed_instruments == {"FOO/USD": "Currency pair not supported FOO/USD"}
-    seen = len(run.quotes)
-    await wait(lambda: run.pairs(seen) == {"BTC/USD", "ETH/USD"})
-    await asyncio.sleep(0.3)
-    assert sim.stats.connections == 1 and run.stats.reconnects == 0
-    assert sim.stats.requests == 1  # no split, no retry storm
-    assert run.source._pending == {}
-
-
 async def test_rest_failures_while_down_are_counted_and_polling_goes_on(
     sim: KrakenSim, start: Start, wait: Wait
 ) -> None:
@@ -89,7 +72,7 @@ async def test_rest_unknown_pair_fails_only_that_symbol(
 ) -> None:
     """Kraken's HTTP 200 'Unknown asset pair' spoils the batch; the retry isolates the bad one."""
     sim.ws_enabled = False
-    run = await start(pairs=[*VENUE.pairs, ("FOO/USD", "spot")])
+    run = await start(pairs=[*VENUE.pairs, VENUE.unknown_pair])
     await wait(lambda: "FOO/USD" in run.stats.failed_instruments)
     assert run.stats.failed_instruments["FOO/USD"] == "EQuery:Unknown asset pair"
     seen = len(run.quotes)

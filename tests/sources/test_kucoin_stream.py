@@ -1,5 +1,5 @@
-"""The KuCoin adapter on its loopback simulator: the bullet token, its ping interval and host, an
-unknown symbol, REST failures. The faults all venues share run from test_stream_faults.py."""
+"""The KuCoin adapter on its loopback simulator: the bullet token, its ping interval and host,
+REST failures. The faults all venues share run from test_stream_faults.py."""
 
 from __future__ import annotations
 
@@ -57,20 +57,6 @@ async def test_configured_ws_url_replaces_the_endpoint_host(
         assert run.source.stream_url().startswith(f"{other.ws_url}/endpoint?token=")
         assert sim.bullets >= 1 and other.bullets == 0
         assert sim.stats.connections == 0 and other.stats.connections == 1
-
-
-async def test_unknown_symbol_fails_alone_without_reconnecting(
-    sim: KucoinSim, start: Start, wait: Wait
-) -> None:
-    """The refused batch is split; only FOO-USDT fails, on the one connection, within limits."""
-    run = await start(pairs=[*VENUE.pairs, ("FOO/USDT", "spot")])
-    await wait(lambda: "FOO-USDT" in run.stats.failed_instruments)
-    assert "404" in run.stats.failed_instruments["FOO-USDT"]
-    seen = len(run.quotes)
-    await wait(lambda: run.pairs(seen) == BOTH)
-    await asyncio.sleep(0.3)
-    assert sim.stats.connections == 1 and run.stats.reconnects == 0
-    assert sim.stats.rate_limited == 0
 
 
 async def test_rest_failures_are_counted_and_polling_recovers(

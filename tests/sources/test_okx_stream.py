@@ -1,4 +1,4 @@
-"""The OKX adapter on its loopback simulator: acks, text pings and pongs, an unknown instrument,
+"""The OKX adapter on its loopback simulator: acks, text pings and pongs,
 upgrade notices, REST failures, a lost subscribe. Shared faults: test_stream_faults.py."""
 
 from __future__ import annotations
@@ -62,21 +62,6 @@ async def test_quiet_market_stays_connected_on_pongs_alone(start: Start, wait: W
         await wait(lambda: quiet.pings_received >= 10)  # about 1 s: 2.5 liveness periods
         assert quiet.stats.connections == 1
         assert run.stats.reconnects == 0
-
-
-async def test_unknown_instrument_fails_alone_without_reconnecting(
-    sim: OkxSim, start: Start, wait: Wait
-) -> None:
-    """A 60018 error fails FOO-USDT only; the rest stream on one connection, nothing retried."""
-    run = await start(pairs=[*VENUE.pairs, ("FOO/USDT", "spot")])
-    await wait(lambda: "FOO-USDT" in run.stats.failed_instruments)
-    assert "60018" in run.stats.failed_instruments["FOO-USDT"]
-    seen = len(run.quotes)
-    await wait(lambda: run.keys(seen) == ALL)
-    await asyncio.sleep(0.3)
-    assert sim.stats.connections == 1 and run.stats.reconnects == 0
-    assert sim.stats.requests == 1  # the venue settled each arg; no split, no retry
-    assert run.source._pending == {}
 
 
 async def test_upgrade_notice_rotates_without_going_down(

@@ -11,7 +11,7 @@ import asyncio
 import math
 
 import pytest
-from venue_cases import CASES, Case, Running, Start, Wait
+from venue_cases import CASES, Case, Running, Start, Wait, control_requests
 
 from oracled.sim._base import VenueSim
 from oracled.sources import ConnState
@@ -163,6 +163,35 @@ async def test_absurd_price_is_passed_on_for_the_core_to_judge(
     sim.spike(symbol, factor, None)
     await wait(lambda: any((q.pair, q.kind) == key and (q.bid or 0) > floor for q in run.quotes))
     assert run.stats.malformed == 0
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c.unknown is not None],
+    ids=[c.id for c in CASES if c.unknown is not None],
+    indirect=True,
+)
+async def test_unknown_symbol_fails_alone_without_reconnecting(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """A symbol the venue does not list is refused: it alone fails, with the venue's words, on
+    every connection that asked for it; the rest stream on the same sockets, with no reconnect,
+    no retry storm, nothing left pending and nothing dropped."""
+    unknown = case.unknown
+    assert unknown is not None
+    run = await start(pairs=[*case.pairs, case.unknown_pair])
+    feeds = case.feeds(run) if case.feeds is not None else [run.stats]
+    await wait(lambda: all(unknown.symbol in f.failed_instruments for f in feeds))
+    for feed in feeds:
+        assert feed.failed_instruments == {unknown.symbol: unknown.says}
+    seen = len(run.quotes)
+    await wait(lambda: run.keys(seen) == case.keys)
+    await asyncio.sleep(0.5)  # long enough for a late retry or reconnect to show
+    assert sim.stats.connections == case.sockets and run.stats.reconnects == 0
+    assert control_requests(sim) == unknown.requests
+    assert sim.stats.errors_sent == unknown.errors and sim.stats.rate_limited == 0
+    assert run.source._pending == {}
+    assert run.stats.malformed == 0 and not any(run.stats.dropped.values())
 
 
 async def test_refused_stream_falls_back_to_rest_then_streams_again(

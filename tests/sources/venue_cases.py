@@ -114,6 +114,24 @@ def _kucoin_fresh_token_each_time(run: Running, sim: VenueSim) -> None:
 
 
 @dataclass(frozen=True)
+class Unknown:
+    """How a venue refuses a subscription for a symbol it does not list (FOO, quoted like the
+    case's first pair), as seen after the refusal has settled."""
+
+    symbol: str  # the venue's name for it: the key of failed_instruments
+    says: str  # the refusal as the adapter records it
+    requests: int  # control messages in all (pings aside): subscribes, the batch, any retries
+    errors: int  # error frames the venue sent
+
+
+def control_requests(sim: VenueSim) -> int:
+    """Text messages the venue received, less application pings (Bybit, KuCoin and OKX count a
+    client's text ping among its requests)."""
+    pings = sim.pings_received if isinstance(sim, (BybitSim, KucoinSim, OkxSim)) else 0
+    return sim.stats.requests - pings
+
+
+@dataclass(frozen=True)
 class Case:
     """One venue (or one category of a venue) as the shared fault suite drives it."""
 
@@ -142,10 +160,17 @@ class Case:
     feeds: Callable[[Running], list[SourceStats]] | None = None
     cls: type[Source] | None = None  # default: the registered adapter of `id`
     config: Mapping[str, Any] = field(default_factory=dict)
+    unknown: Unknown | None = None  # None: not covered by the unknown-symbol test
 
     @property
     def keys(self) -> set[Key]:
         return {(p, k) for p, k in self.pairs}
+
+    @property
+    def unknown_pair(self) -> tuple[str, Kind]:
+        """A pair no venue lists, quoted and of the kind of the case's first pair."""
+        pair, kind = self.pairs[0]
+        return f"FOO/{pair.split('/')[1]}", kind
 
     def make_config(self, sim: VenueSim, **overrides: Any) -> SourceConfig:
         """Test-sized timings: reconnects and polls show in well under a second."""
@@ -207,6 +232,10 @@ BYBIT_LINEAR_GARBAGE = {
     "crossed": 2,
 }
 OKX_PAIRS: tuple[tuple[str, Kind], ...] = (*SPOT_USDT, ("BTC/USDT", "perp"))
+OKX_60018 = (
+    "60018: Wrong URL or channel:tickers,instId:FOO-USDT doesn't exist. Please use the correct "
+    "URL, channel and parameters referring to API document."
+)
 
 CASES: tuple[Case, ...] = (
     Case(
@@ -226,6 +255,7 @@ CASES: tuple[Case, ...] = (
         spike=("BTCUSDT", ("BTC/USDT", "spot"), 1.5, 1.4 * 67_000),
         garbage_rounds=3,
         rest_venue_time=False,
+        unknown=Unknown("FOOUSDT", "2: Invalid request: invalid stream", requests=4, errors=2),
     ),
     Case(
         id="binance_usdm",
@@ -250,6 +280,8 @@ CASES: tuple[Case, ...] = (
         settled=_usdm_marks_resume,
         feeds=lambda run: [run.stats, run.source.mark_feed.stats],
         send_garbage=_usdm_book_garbage,
+        # Per connection: the batch, then one request per symbol.
+        unknown=Unknown("FOOUSDT", "2: Invalid request: invalid stream", requests=8, errors=4),
     ),
     Case(
         id="bitstamp",
@@ -269,6 +301,7 @@ CASES: tuple[Case, ...] = (
         subscribes=2,
         replay_exact=False,
         replay_dropped=_at_least("out_of_order", 10),
+        unknown=Unknown("foousd", "Bad subscription string.", requests=3, errors=1),
     ),
     *(
         Case(
@@ -285,10 +318,11 @@ CASES: tuple[Case, ...] = (
             rest_venue_time=True,
             active_lags=True,
             rotation=False,
+            unknown=Unknown("FOOUSDT", f"Invalid symbol :[{topic}.FOOUSDT]", requests=4, errors=2),
         )
-        for kind, category, pairs, reasons in (
-            ("bybit_spot", "spot", SPOT_USDT, BYBIT_SPOT_GARBAGE),
-            ("bybit_linear", "linear", PERP_USDT, BYBIT_LINEAR_GARBAGE),
+        for kind, category, topic, pairs, reasons in (
+            ("bybit_spot", "spot", "orderbook.1", SPOT_USDT, BYBIT_SPOT_GARBAGE),
+            ("bybit_linear", "linear", "tickers", PERP_USDT, BYBIT_LINEAR_GARBAGE),
         )
     ),
     Case(
@@ -311,6 +345,10 @@ CASES: tuple[Case, ...] = (
         replay=10,
         replay_dropped=_exactly("stale_sequence"),
         rest_venue_time=False,
+        # Heartbeats, the batch, then one request per product.
+        unknown=Unknown(
+            "FOO-USD", "Failed to subscribe: FOO-USD is not a valid product", requests=5, errors=2
+        ),
     ),
     Case(
         id="gemini",
@@ -335,6 +373,9 @@ CASES: tuple[Case, ...] = (
         active_lags=True,
         rotation=False,
         settled=_gemini_book_matches,
+        unknown=Unknown(
+            "FOOUSD", "InvalidSymbol: Supplied value 'FOOUSD' is not a symbol", requests=4, errors=2
+        ),
     ),
     Case(
         id="kraken",
@@ -348,6 +389,8 @@ CASES: tuple[Case, ...] = (
         replay_exact=False,
         replay_dropped=_at_least("out_of_order", 10),
         rest_venue_time=False,  # REST has no event time
+        # The venue answers each symbol of the one request: no split, no retry.
+        unknown=Unknown("FOO/USD", "Currency pair not supported FOO/USD", requests=1, errors=1),
     ),
     Case(
         id="kucoin",
@@ -374,6 +417,9 @@ CASES: tuple[Case, ...] = (
         replay_dropped=_at_least("out_of_order", 18),
         rotation=False,
         after_reconnect=_kucoin_fresh_token_each_time,
+        unknown=Unknown(
+            "FOO-USDT", "404: topic /market/ticker:FOO-USDT is not found", requests=4, errors=2
+        ),
     ),
     Case(
         id="okx",
@@ -397,6 +443,8 @@ CASES: tuple[Case, ...] = (
         replay_dropped=_at_least("out_of_order", 17),
         rotation=False,
         cls=FastPingOkx,
+        # The venue settles each arg of the one request: no split, no retry.
+        unknown=Unknown("FOO-USDT", OKX_60018, requests=1, errors=1),
     ),
     Case(
         id="pyth_hermes",
