@@ -1,4 +1,5 @@
-"""Reading a simulator's WebSocket as its clients do: the next JSON frame, and a quiet socket.
+"""Reading a simulator's WebSocket as its clients do: the next JSON frame, Binance's subscribe
+(spot and USD-M share it), and a quiet socket.
 
 Shared by the simulator tests; a venue's own framing (Gemini's typed frames, Pyth's SSE blocks)
 stays in its file.
@@ -25,6 +26,13 @@ async def next_json(ws: WS, within_s: float = 2.0, *, pings: bool = False) -> An
             if msg.type is aiohttp.WSMsgType.TEXT:
                 return json.loads(msg.data)
             assert pings and msg.type in _CONTROL, msg
+
+
+async def binance_subscribe(ws: WS, *streams: str, rid: int = 1) -> Any:
+    """Send Binance's SUBSCRIBE for `streams` as request `rid` (spot and USD-M alike) and return
+    the answer, WebSocket pings passed over."""
+    await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": list(streams), "id": rid}))
+    return await next_json(ws, pings=True)
 
 
 async def drain(ws: WS, quiet_s: float = 0.1, within_s: float = 2.0) -> None:

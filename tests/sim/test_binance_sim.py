@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
+from sim_wire import binance_subscribe as subscribe
 from sim_wire import next_json
 
 from oracled.sim import BinanceSim
@@ -21,11 +21,6 @@ async def sim() -> AsyncIterator[BinanceSim]:
     venue = BinanceSim(PRICES, seed=3, rate_hz=50.0, volatility=0.0)
     async with venue:  # bound first: VenueSim.__aenter__ is typed to return the base class
         yield venue
-
-
-async def subscribe(ws: aiohttp.ClientWebSocketResponse, *streams: str, rid: int = 1) -> Any:
-    await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": list(streams), "id": rid}))
-    return await next_json(ws, pings=True)
 
 
 async def test_subscribe_is_acked_and_frames_have_the_real_shape(

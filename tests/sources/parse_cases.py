@@ -70,6 +70,19 @@ UNDECODABLE: tuple[tuple[str | bytes, str], ...] = (("", "decode"), (b"\xff\xfe"
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A venue's refusal of a one-symbol request, then its ack of a later request for the same
+    symbol (how a failed symbol comes back)."""
+
+    symbol: str  # the venue's name for the symbol
+    refusal: str  # answers request `refusal_id`
+    refusal_id: int
+    says: str  # the failure as the adapter records it
+    ack: str  # answers request `ack_id`
+    ack_id: int
+
+
+@dataclass(frozen=True)
 class ParseCase(Generic[S]):
     """One venue (or one category of a venue) as the shared parse suite drives it."""
 
@@ -95,6 +108,7 @@ class ParseCase(Generic[S]):
     split: str | None = None
     split_id: int = 0
     split_symbols: tuple[str, str] = ("", "")
+    refusal: Refusal | None = None  # None: not covered by the refuse-then-ack test
 
     def bad_frames(self) -> list[tuple[str | bytes, str]]:
         """Every bad frame this case knows, with the one reason it must be dropped for."""
@@ -151,6 +165,14 @@ BINANCE = ParseCase(
     split='{"code":2,"msg":"Invalid request: invalid stream","id":3}',
     split_id=3,
     split_symbols=("NKNUSDT", "BTCUSDT"),
+    refusal=Refusal(  # the nested error shape; USD-M's below is the flat one
+        symbol="BTCUSDT",
+        refusal='{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":7}',
+        refusal_id=7,
+        says="2: Invalid request: invalid stream",
+        ack='{"result":null,"id":8}',
+        ack_id=8,
+    ),
 )
 
 
@@ -167,6 +189,14 @@ BINANCE_USDM = ParseCase(
     garbage=BINANCE_USDM_GARBAGE,
     reasons=BINANCE.reasons,  # the same catalogue layout as spot
     other=((_usdm_ticker(), "shape"), *UNDECODABLE),
+    refusal=Refusal(  # the spot control protocol applies
+        symbol="BTCUSDT",
+        refusal='{"code":2,"msg":"Invalid request: invalid stream","id":4}',
+        refusal_id=4,
+        says="2: Invalid request: invalid stream",
+        ack='{"result":null,"id":5}',
+        ack_id=5,
+    ),
 )
 
 _BITSTAMP_ACK_SGB, _BITSTAMP_ACK_ETH, BITSTAMP_TRADE, BITSTAMP_DIFF = recorded_lines(
@@ -342,6 +372,17 @@ KUCOIN = ParseCase(
     split='{"id":"4","type":"error","code":404,"data":"topic is not found"}',
     split_id=4,
     split_symbols=("SNX-BTC", "BCHSV-USDT"),
+    refusal=Refusal(  # the recorded ack returns our numeric id as a string ("1")
+        symbol="ANKR-BTC",
+        refusal=(
+            '{"id":"3","type":"error","code":404,'
+            '"data":"topic /market/ticker:ANKR-BTC is not found"}'
+        ),
+        refusal_id=3,
+        says="404: topic /market/ticker:ANKR-BTC is not found",
+        ack=recorded_lines("kucoin", "ws_control.jsonl")[1],
+        ack_id=1,
+    ),
 )
 
 OKX = ParseCase(

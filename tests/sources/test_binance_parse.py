@@ -49,18 +49,6 @@ def test_symbol_not_configured_is_dropped_not_malformed(harness: Harness[Binance
     assert harness.stats.malformed == 0
 
 
-def test_ack_and_error_frames_settle_requests(harness: Harness[BinanceSource]) -> None:
-    """An ack clears a failed symbol; an error on a one-symbol request marks that symbol failed."""
-    src, stats = harness.source, harness.stats
-    src._pending[7] = ("BTCUSDT",)
-    src.on_message('{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":7}', 1)
-    assert stats.failed_instruments == {"BTCUSDT": "2: Invalid request: invalid stream"}
-    src._pending[8] = ("BTCUSDT",)
-    src.on_message('{"result":null,"id":8}', 2)
-    assert stats.failed_instruments == {}
-    assert stats.malformed == 0
-
-
 def test_rest_body_becomes_quotes(harness: Harness[BinanceSource]) -> None:
     """The REST book ticker list decodes into one quote per row; bad rows are dropped."""
     body = (

@@ -124,17 +124,6 @@ def test_bad_mark_prices_are_counted_not_kept(
     assert feed.stats.dropped == {reason: 1}
 
 
-def test_acks_and_errors_settle_requests(source: BinanceUsdmSource, quotes: list[Quote]) -> None:
-    """The spot control protocol applies: an error fails the one symbol, an ack restores it."""
-    source._pending[4] = ("BTCUSDT",)
-    source.on_message('{"code":2,"msg":"Invalid request: invalid stream","id":4}', 1)
-    assert source.stats.failed_instruments == {"BTCUSDT": "2: Invalid request: invalid stream"}
-    source._pending[5] = ("BTCUSDT",)
-    source.on_message('{"result":null,"id":5}', 2)
-    assert source.stats.failed_instruments == {}
-    assert source.stats.malformed == 0
-
-
 def test_subscriptions_and_urls_follow_the_split_endpoints(
     source: BinanceUsdmSource, quotes: list[Quote]
 ) -> None:

@@ -3,7 +3,8 @@
 Frames are handed to the adapter directly (no socket): each bad frame is dropped for the one
 reason that names what is wrong with it and is never quoted, the simulator's whole garbage
 catalogue has a stated reason, replies to requests we never sent are counted and blamed on no
-symbol, and a refusal that names no symbol splits its request instead of failing every symbol.
+symbol, a refusal that names no symbol splits its request instead of failing every symbol, and
+a refusal of one symbol fails it until an ack brings it back.
 """
 
 from __future__ import annotations
@@ -89,3 +90,26 @@ def test_refusal_naming_no_symbol_splits_the_request(
     assert queued == [(symbol,) for symbol in case.split_symbols]
     assert harness.stats.failed_instruments == {}
     assert harness.stats.malformed == 0
+
+
+REFUSALS = [c for c in CASES if c.refusal is not None]
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=[c.id for c in REFUSALS])
+def test_refused_symbol_fails_alone_until_an_ack_clears_it(
+    case: ParseCase[Any], harness: Harness[Any]
+) -> None:
+    """A refused one-symbol request fails that symbol, with the venue's words; a later ack for it
+    clears the failure; each settles its request and neither counts as malformed."""
+    refusal = case.refusal
+    assert refusal is not None
+    source, stats = harness.source, harness.stats
+    source._pending[refusal.refusal_id] = (refusal.symbol,)
+    source.on_message(refusal.refusal, 1)
+    assert stats.failed_instruments == {refusal.symbol: refusal.says}
+    assert source._pending == {}
+    source._pending[refusal.ack_id] = (refusal.symbol,)
+    source.on_message(refusal.ack, 2)
+    assert stats.failed_instruments == {}
+    assert source._pending == {}
+    assert stats.malformed == 0 and source._outbox.qsize() == 0
