@@ -7,31 +7,14 @@ import struct
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from aiohttp.client_ws import ClientWebSocketResponse
 from aiohttp.test_utils import TestClient
 from api_rig import ClientFactory, Rig
 from raw_ws import RawWebSocket
+from stream_wire import SAFETY_S, ask, recv
 
 from oracled.publish import DROP_SHUTDOWN, DROP_SLOW
 
 Client = TestClient[web.Request, web.Application]
-SAFETY_S = 10.0  # only guards against a hang; no test depends on timing
-
-
-async def recv(ws: ClientWebSocketResponse) -> dict[str, Any]:
-    async with asyncio.timeout(SAFETY_S):
-        msg = await ws.receive()
-    assert msg.type is WSMsgType.TEXT, msg
-    data: dict[str, Any] = msg.json()
-    return data
-
-
-async def ask(ws: ClientWebSocketResponse, request: dict[str, Any] | str) -> dict[str, Any]:
-    if isinstance(request, str):
-        await ws.send_str(request)
-    else:
-        await ws.send_json(request)
-    return await recv(ws)
 
 
 def report(msg: dict[str, Any]) -> tuple[str, int]:

@@ -5,30 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiohttp import WSMsgType, web
-from aiohttp.client_ws import ClientWebSocketResponse
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from api_rig import ClientFactory, Rig
+from stream_wire import SAFETY_S, ask, recv
 
 from oracled.api.stream import WRITE_SLICE
 from oracled.config import Config, parse_config
 from oracled.publish.hub import SLICE
 
 Client = TestClient[web.Request, web.Application]
-SAFETY_S = 10.0  # only guards against a hang; no test depends on timing
-
-
-async def recv(ws: ClientWebSocketResponse) -> dict[str, Any]:
-    async with asyncio.timeout(SAFETY_S):
-        msg = await ws.receive()
-    assert msg.type is WSMsgType.TEXT, msg
-    data: dict[str, Any] = msg.json()
-    return data
-
-
-async def ask(ws: ClientWebSocketResponse, request: dict[str, Any]) -> dict[str, Any]:
-    await ws.send_json(request)
-    return await recv(ws)
 
 
 def batch_of(msg: dict[str, Any]) -> tuple[int, list[tuple[str, int]]]:
