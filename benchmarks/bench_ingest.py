@@ -57,6 +57,7 @@ RECEIVE_LAG_MS = 100
 # few enough that their state stays in the CPU caches, as one adapter's does in the daemon.
 BATCH = 100
 BASES = ("BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "AVAX", "LINK")
+INDEX = "index"  # the silent spot source of a market that only perpetuals quote (`_core_config`)
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
 
@@ -119,23 +120,34 @@ def _source_config(venue_type: str, pairs: Sequence[tuple[str, Kind]]) -> Source
 
 
 def _core_config(sources: dict[str, tuple[str, Sequence[tuple[str, Kind]]]]) -> Config:
-    """One market per (pair, kind) of every source, each quoted by the sources that carry it."""
-    markets: dict[str, list[dict[str, Any]]] = {}
+    """One market per pair of every source, each quoted by the sources that carry it; perpetuals
+    are the market's `perp_sources` (mark price inputs), as in the shipped config, and a market
+    quoted by perpetuals alone gets one silent spot source (`INDEX`) to be a market at all."""
+    voting: dict[str, list[dict[str, Any]]] = {}
+    perps: dict[str, list[dict[str, Any]]] = {}
     instruments: dict[str, dict[str, str]] = {}
     for sid, (venue_type, pairs) in sources.items():
         for i, (pair, kind) in enumerate(pairs):
-            markets.setdefault(pair, []).append({"source": sid, "pair": pair, "kind": kind})
+            entry = {"source": sid, "pair": pair}
+            (perps if kind == "perp" else voting).setdefault(pair, []).append(entry)
+            voting.setdefault(pair, [])
             if venue_type == "pyth_hermes":
                 instruments.setdefault(sid, {})[pair] = f"{i + 1:064x}"
+    declared = {
+        sid: {"type": t, "instruments": instruments.get(sid, {})} for sid, (t, _) in sources.items()
+    }
+    declared[INDEX] = {"type": "binance", "instruments": {}}
     return parse_config(
         {
-            "sources": {
-                sid: {"type": t, "instruments": instruments.get(sid, {})}
-                for sid, (t, _) in sources.items()
-            },
+            "sources": declared,
             "markets": [
-                {"symbol": pair, "min_sources": 1, "sources": entries}
-                for pair, entries in markets.items()
+                {
+                    "symbol": pair,
+                    "min_sources": 1,
+                    "sources": entries or [{"source": INDEX, "pair": pair}],
+                    "perp_sources": perps.get(pair, []),
+                }
+                for pair, entries in voting.items()
             ],
         },
         env={},

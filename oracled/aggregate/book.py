@@ -28,6 +28,7 @@ SlotKey = tuple[str, str, str]  # (source id, pair, kind)
 #: Slot outcome codes below this are the core's own (core.SLOT_REASONS); source flags follow.
 FLAG_BASE = 6
 MAX_FLAGS = 100
+_INF = math.inf
 
 
 class DropReason(StrEnum):
@@ -157,6 +158,7 @@ class Book:
         "_flat_mid",
         "_flat_stamp",
         "_floor",
+        "_perp_only",
         "_perps",
         "_single",
         "_skew",
@@ -189,6 +191,7 @@ class Book:
             if len(slots) == 1 and not slots[0][1]
         }
         self._perps = layout.perp_feeds
+        self._perp_only = layout.perp_feeds - layout.feeds.keys()  # a voting slot goes first
         self.perps: dict[SlotKey, Quote] = {}  # latest valid perpetual quote, for the mark price
         self._skew = cfg.oracle.max_clock_skew_ms
         self._floor = cfg.oracle.min_price
@@ -213,9 +216,10 @@ class Book:
         ask = quote.ask
         # One chained comparison rejects a missing side, NaN, +-inf, zero, negatives, a crossed
         # book and both bounds (the mid of a pair inside the bounds is inside them).
+        if flat is None:
+            return self._ingest_unsingled(key, quote)
         if (
-            flat is None
-            or bid is None
+            bid is None
             or ask is None
             or quote.flag is not None
             or not self._floor <= bid <= ask <= self._ceiling
@@ -242,6 +246,23 @@ class Book:
         self._flat_flag[flat] = 0
         self.latest[key] = quote
         return None
+
+    def _ingest_unsingled(self, key: SlotKey, quote: Quote) -> DropReason | None:
+        """A quote of no single plain slot: a perpetual for the mark price (its own straight
+        line for the usual quote: both sides and any last price finite and positive, the bid not
+        above the ask, not from the future), else the full path."""
+        if key in self._perp_only:
+            bid, ask, price, venue_ts = quote.bid, quote.ask, quote.price, quote.venue_ts
+            if (
+                bid is not None
+                and ask is not None
+                and 0.0 < bid <= ask < _INF
+                and (price is None or 0.0 < price < _INF)
+                and (venue_ts is None or venue_ts <= quote.recv_ts + self._skew)
+            ):
+                self.perps[key] = quote
+                return None
+        return self._ingest_checked(key, self._feeds.get(key), quote)
 
     def _ingest_checked(
         self, key: SlotKey, slots: tuple[tuple[int, bool], ...] | None, quote: Quote

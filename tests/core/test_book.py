@@ -183,6 +183,24 @@ _QUOTE_FIELDS = st.fixed_dictionaries(
 )
 
 
+# The standard markets, BTC/USD also priced for its mark from the perpetuals of sources a and e
+# (the strategy draws kind "perp" for every source and pair, so unknown perpetuals come up too).
+_WITH_PERPS = config(
+    [
+        market("USDT/USD", "abcd", price_exponent=-6),
+        market(
+            "BTC/USD",
+            "abcde",
+            perp_sources=[{"source": "a", "pair": "BTC/USD"}, {"source": "e", "pair": "BTC/USD"}],
+        ),
+        market("ETH/USD", "abcd", "ETH/USDT"),
+        market("JPY/USD", "abcd", "USD/JPY", price_exponent=-8),
+    ],
+    [USDT_ROUTE],
+    max_clock_skew_ms=2_000,
+)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_QUOTE_FIELDS, max_size=40))
 def test_the_fast_path_agrees_with_the_fully_checked_path(fields: list[dict[str, Any]]) -> None:
@@ -190,7 +208,7 @@ def test_the_fast_path_agrees_with_the_fully_checked_path(fields: list[dict[str,
     (bounds, NaN, crossed, flags, float times, unknown keys, perps, times in and out of order),
     gives the same drop reasons, drop counts and book contents as the path that checks everything
     in order."""
-    fast, full = _book(), _book()
+    fast, full = _book(_WITH_PERPS), _book(_WITH_PERPS)
     for n, f in enumerate(fields):
         recv_ts = T0 + 10 * n
         lag = f["venue_lag"]
