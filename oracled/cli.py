@@ -111,7 +111,9 @@ def _cmd_run(args: argparse.Namespace, record: Path | None = None) -> int:
     cfg = _load(args.config)  # before importing the runtime: a bad config fails fast
     from oracled.service import Service, run_service
 
-    service = Service(cfg, listen=args.listen, record=record, config_path=args.config)
+    service = Service(
+        cfg, listen=args.listen, record=record, config_path=args.config, freeze_gc=True
+    )
     run_service(service, _loop_factory())
     return EXIT_OK
 

@@ -27,7 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from oracled import __version__
+from oracled import __version__, gcpause
 from oracled.core import USED
 from oracled.model import Status
 from oracled.sources.stats import LATENCY_BOUNDS_MS, ConnState, SourceStats
@@ -111,6 +111,8 @@ class Metrics:
             self.source_restarts.labels(sid)
         # process_start_time_seconds (restart alerts), CPU, memory, open fds; Linux only.
         ProcessCollector(registry=self.registry)
+        gcpause.install()
+        self.registry.register(gcpause.GcCollector())
         self.registry.register(_StateCollector(inputs))
         self._latest = inputs.latest
         self._market_text: _MarketText | None = None

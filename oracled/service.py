@@ -22,7 +22,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from oracled import __version__
+from oracled import __version__, gcpause
 from oracled.api import ApiContext, build_app
 from oracled.clock import Clock, SystemClock
 from oracled.config import Config, SourceConfig, load_config, parse_listen
@@ -117,8 +117,12 @@ class Service:
         source_factory: SourceFactory = build_source,
         restart_base_s: float = 1.0,
         config_path: Path | None = None,
+        freeze_gc: bool = False,
     ) -> None:
         self.cfg = cfg
+        # `oracled run` freezes what start-up made (see oracled/gcpause.py); tests that run many
+        # services in one process leave their collector alone.
+        self._freeze_gc = freeze_gc
         self.config_path = config_path  # re-read on SIGHUP or POST /v1/admin/reload
         self._source_factory = source_factory
         self._restart_base_s = restart_base_s
@@ -408,6 +412,8 @@ class Service:
             reload="SIGHUP or POST /v1/admin/reload" if self.config_path else "off",
             signer=self.hub.signer,
         )
+        if self._freeze_gc:
+            self.log.info("start-up objects frozen", objects=gcpause.freeze())
         self.started.set()
         try:
             await self._stop.wait()

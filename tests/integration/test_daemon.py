@@ -69,6 +69,12 @@ async def test_prices_flow_and_every_endpoint_answers(daemon: Daemon) -> None:
     )
     assert "oracled_round_duration_seconds_count" in text
     assert 'oracled_source_up{source="v1"} 1.0' in text
+    # `oracled run` froze its start-up objects, and the collector's pauses are timed.
+    frozen = next(
+        line for line in text.splitlines() if line.startswith("oracled_gc_frozen_objects")
+    )
+    assert float(frozen.split()[1]) > 10_000
+    assert 'oracled_gc_pause_seconds_count{generation="0"}' in text
 
 
 async def _ready(daemon: Daemon) -> bool:
