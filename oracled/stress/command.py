@@ -61,7 +61,7 @@ def _inputs(args: argparse.Namespace) -> tuple[Config, AccountsFile, list[bytes]
     if args.config is not None:
         cfg = load_config(args.config)
     else:
-        cfg = parse_config(tomllib.loads(scenario_config()))
+        cfg = parse_config(tomllib.loads(scenario_config(args.scenario)))
     if args.accounts is not None:
         accounts = load_accounts(args.accounts)
     elif args.scenario is not None:
@@ -115,7 +115,7 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     try:
         args.out.write_bytes(scenario.tape())
         if args.config_out is not None:
-            args.config_out.write_text(scenario_config())
+            args.config_out.write_text(scenario_config(scenario.name))
         if args.accounts_out is not None:
             args.accounts_out.write_text(json.dumps(scenario_accounts(), indent=2) + "\n")
     except OSError as exc:

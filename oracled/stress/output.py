@@ -58,6 +58,15 @@ def table(summary: dict[str, Any]) -> str:
         "wrongful: liquidations the clean reference would not have made at that moment; "
         "missed: accounts it liquidated and this policy never did"
     )
+    mark = summary.get("mark")
+    if mark is not None:  # only a market with perpetuals has one; other tables stay as they were
+        used = summary["policies"][ORACLE]["price_used"]
+        lines.append(
+            f"mark: live {mark['rounds']} rounds, max err {mark['max_error_pct']:.3f} % "
+            f"(basis over index at most {mark['max_basis_pct']:.3f} %); oracled valued positions "
+            f"at the mark {used['mark']} rounds, the index {used['index']}, "
+            f"nothing {used['none']}"
+        )
     return "\n".join(lines)
 
 
@@ -81,6 +90,15 @@ def plot(result: StressResult, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(12, 6.5), dpi=100)
     for name, values in result.venues.items():
         ax.plot(xs, _series(values), color="0.75", linewidth=0.8, label=f"venue {name}")
+    if result.has_mark:
+        ax.plot(
+            xs,
+            _series(result.marks),
+            color="tab:cyan",
+            linewidth=1.2,
+            linestyle="--",
+            label="oracled mark",
+        )
     ax.plot(
         xs,
         _series(result.reference),

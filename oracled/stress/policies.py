@@ -7,7 +7,11 @@
   because the simulator also knows which values are fresh and unflagged.
 * `plain_median`: the median of every source's latest value, whatever its age or flag, with
   stablecoins taken at par (a naive engine's shortcut).
-* `single_venue`: one venue's latest value, at par, whatever its age or flag.
+* `single_venue`: one venue's latest value, at par, whatever its age or flag; a perpetual venue
+  (in the market's `perp_sources`) gives its latest perpetual mid: an engine that marks to one
+  contract venue's book.
+
+Perpetual quotes never enter the reference or the plain median: the index is made of spot.
 """
 
 from __future__ import annotations
@@ -23,16 +27,17 @@ __all__ = ["QuoteWatch"]
 class QuoteWatch:
     """The latest valid value of every (source, pair) on the tape, with its time and flag."""
 
-    __slots__ = ("_by_market", "_routes", "cfg", "latest")
+    __slots__ = ("_by_market", "_routes", "cfg", "latest", "perps")
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.latest: dict[tuple[str, str], tuple[float, int, str | None]] = {}
+        self.perps: dict[tuple[str, str], tuple[float, int, str | None]] = {}
         self._routes = {(r.from_, r.to): r.via for r in cfg.routes}
         self._by_market = {m.symbol: m for m in cfg.markets}
 
     def on_quote(self, quote: Quote) -> None:
-        if quote.kind != "spot":
+        if quote.kind not in ("spot", "perp"):
             return
         if quote.bid is not None and quote.ask is not None:
             value = (quote.bid + quote.ask) / 2
@@ -43,7 +48,8 @@ class QuoteWatch:
         if not value > 0 or value == float("inf"):
             return
         stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
-        self.latest[(quote.source, quote.pair)] = (value, stamp, quote.flag)
+        held = self.latest if quote.kind == "spot" else self.perps
+        held[(quote.source, quote.pair)] = (value, stamp, quote.flag)
 
     def _leg(self, market: MarketConfig, pair: str) -> str | None:
         """The market a source's pair is converted through, or None when it quotes directly."""
@@ -100,6 +106,13 @@ class QuoteWatch:
                     self.latest.get((s.source, s.pair))
                     for s in market.sources
                     if s.source == venue and (s.source, s.pair) in self.latest
+                ),
+                None,
+            ) or next(
+                (
+                    self.perps.get((s.source, s.pair))
+                    for s in market.perp_sources
+                    if s.source == venue and (s.source, s.pair) in self.perps
                 ),
                 None,
             )

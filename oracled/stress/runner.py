@@ -4,6 +4,10 @@ The core runs through `oracled.replay.replay` (its hooks show every quote and ev
 the oracle's reports are exactly what `oracled replay` prints. At each round every policy's
 engine gets that policy's price for each market and takes its decisions at the round's time;
 the clean reference's view of the same accounts judges each liquidation (docs/stress.md).
+
+The oracle's engine reads each report through `PriceView.from_report`, the published fields
+only, so where a report carries a live mark (a market with `perp_sources`) it values positions at
+the mark, as an outside engine would; which price each engine used is counted per round.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from oracled.stress.policies import QuoteWatch
 __all__ = ["ORACLE", "PLAIN", "REFERENCE", "PolicyRun", "StressResult", "run_stress"]
 
 ORACLE, PLAIN, REFERENCE = "oracled", "plain_median", "clean_reference"
+PRICE_KINDS = ("mark", "index", "last_good", "none")  # PriceRef.kind: what a position was valued at
 FOLLOW_TOLERANCE = 0.01  # a policy follows a move once it is within 1 % of the reference
 
 
@@ -46,6 +51,7 @@ class LiquidationEvent:
     instrument: str
     price: float
     wrongful: bool
+    price_kind: str  # the driver report's price the engine used: mark, index or last_good
 
 
 @dataclass
@@ -64,6 +70,8 @@ class PolicyRun:
     socialized: float = 0.0
     unresolved: float = 0.0
     decisions: int = 0
+    # Primary market, per round: the price the engine resolved at decision time (PRICE_KINDS).
+    price_used: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PRICE_KINDS, 0))
 
     def liquidated(self) -> set[tuple[str, str]]:
         return {(e.account, e.scope) for e in self.liquidations}
@@ -80,7 +88,29 @@ class StressResult:
     reference: list[float | None] = field(default_factory=list)
     venues: dict[str, list[float | None]] = field(default_factory=dict)
     oracle_status: list[str] = field(default_factory=list)
+    # The oracle's live mark of the primary market per round; empty when it has no perps.
+    marks: list[float | None] = field(default_factory=list)
+    has_mark: bool = False
     stats: ReplayStats | None = None
+
+    def mark_summary(self) -> dict[str, Any] | None:
+        """The oracle's mark against the clean reference and its own index; None without perps."""
+        if not self.has_mark:
+            return None
+        index = self.policies[ORACLE].prices
+        error = basis = 0.0
+        for mark, ref, idx in zip(self.marks, self.reference, index, strict=True):
+            if mark is None:
+                continue
+            if ref is not None:
+                error = max(error, abs(mark / ref - 1.0))
+            if idx is not None:
+                basis = max(basis, abs(mark / idx - 1.0))
+        return {
+            "rounds": sum(m is not None for m in self.marks),
+            "max_error_pct": round(error * 100, 4),
+            "max_basis_pct": round(basis * 100, 4),
+        }
 
     def summary(self) -> dict[str, Any]:
         """Per-policy figures for scripts; docs/stress.md describes each key."""
@@ -110,9 +140,11 @@ class StressResult:
                         "instrument": e.instrument,
                         "price": e.price,
                         "wrongful": e.wrongful,
+                        "price_kind": e.price_kind,
                     }
                     for e in run.liquidations
                 ],
+                "price_used": dict(run.price_used),
             }
         return {
             "scenario": self.header.get("scenario"),
@@ -123,6 +155,7 @@ class StressResult:
                 k: self.header.get(k) for k in ("move_market", "move_start_ms", "move_end_ms")
             },
             "policies": out,
+            "mark": self.mark_summary(),
         }
 
 
@@ -206,7 +239,10 @@ def run_stress(
     result = StressResult(header, cfg.oracle.round_interval_ms, primary, markets, runs)
     watch = QuoteWatch(cfg)
     primary_sources = [(s.source, s.pair) for s in primary_cfg.sources]
+    primary_perps = [(s.source, s.pair) for s in primary_cfg.perp_sources]
     result.venues = {f"{s}:{p}": [] for s, p in primary_sources}
+    result.venues.update({f"{s}:{p} perp": [] for s, p in primary_perps})
+    result.has_mark = bool(primary_perps)
     move_market = header.get("move_market")
     move_end = header.get("move_end_ms")
 
@@ -230,8 +266,13 @@ def run_stress(
         result.ts.append(ts)
         result.reference.append(ref[primary])
         result.oracle_status.append(oracle_views[primary].status)
-        for key, (s, p) in zip(result.venues, primary_sources, strict=True):
-            held = watch.latest.get((s, p))
+        if result.has_mark:
+            result.marks.append(oracle_views[primary].mark)
+        feeds = [(watch.latest, k) for k in primary_sources] + [
+            (watch.perps, k) for k in primary_perps
+        ]
+        for key, (latest, sp) in zip(result.venues, feeds, strict=True):
+            held = latest.get(sp)
             result.venues[key].append(held[0] if held is not None else None)
         for name, run in runs.items():
             engine = run.engine
@@ -259,6 +300,7 @@ def run_stress(
                 if m == primary:
                     run.prices.append(price)
             judged = _liquidatable_under(engine, clean)
+            run.price_used[engine.book.resolve(primary, ts).ref.kind] += 1
             decisions = engine.step(ts)
             run.decisions += len(decisions)
             for d in decisions:
@@ -271,6 +313,7 @@ def run_stress(
                             d.instrument,
                             d.price,
                             (d.account, d.scope) not in judged,
+                            d.driver.kind,
                         )
                     )
                 elif isinstance(d, Shortfall):

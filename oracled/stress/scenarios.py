@@ -5,6 +5,10 @@ one thin venue and an on-chain feed) and one set of accounts, and differs only i
 the quotes from the event time on (docs/stress.md lists each and what it must show). Tapes are
 deterministic: the same name and seed give the same bytes.
 
+Perpetuals are opt-in per scenario: only a scenario whose world has `perps` set adds three
+USDT-margined perpetual venues to BTC/USD (`scenario_config(name)`) and quotes them, so BTC/USD
+gets a mark price; every other scenario's tape and config stay what they were without them.
+
 The tape header carries what the simulator needs to judge the run: `scenario`, `single_venue`
 (the venue the naive single-venue policy reads), and for a real move `move_market`,
 `move_start_ms` and `move_end_ms`.
@@ -21,13 +25,25 @@ import msgspec
 
 from oracled.tape import TAPE_FORMAT, TAPE_VERSION
 
-__all__ = ["SCENARIOS", "Scenario", "build", "scenario_accounts", "scenario_config"]
+__all__ = [
+    "PERP_VENUES",
+    "SCENARIOS",
+    "Scenario",
+    "build",
+    "has_perps",
+    "scenario_accounts",
+    "scenario_config",
+]
 
 T0 = 1_700_000_000_000
 DURATION_S = 360
 EVENT_S = 60
 BTC0 = 50_000.0
 FLOOR = 45_000.0  # the on-chain aggregator's minimum answer in the floor scenario
+PERP_VENUES = ("p1", "p2", "p3")
+PERP_PREMIUM = 0.0001  # perpetuals trade 0.01 % over spot: a small, steady basis
+PERP_HALF_SPREAD = 0.00005
+WICK = 0.88  # the perp wick's low: -12 %, past the 10x long's liquidation (-8.3 %)
 
 SCENARIO_CONFIG = """\
 # Markets of the synthetic stress scenarios (oracled scenario / oracled stress --scenario).
@@ -136,8 +152,39 @@ def scenario_accounts() -> dict[str, Any]:
     }
 
 
-def scenario_config() -> str:
-    return SCENARIO_CONFIG
+# Added only for a scenario with perpetuals: the sources before the routes, and BTC/USD's
+# perp_sources after its spot sources (the last keys of the last market table).
+_PERP_SOURCES = """\
+# Perpetuals (this scenario only): inputs of BTC/USD's mark price, never of its index.
+[sources.p1]
+type = "binance_usdm"
+[sources.p2]
+type = "bybit_linear"
+[sources.p3]
+type = "okx"
+
+"""
+_PERP_MARKET = """\
+perp_sources = [
+  { source = "p1", pair = "BTC/USDT" },
+  { source = "p2", pair = "BTC/USDT" },
+  { source = "p3", pair = "BTC/USDT" },
+]
+"""
+
+
+def has_perps(name: str) -> bool:
+    """Whether the scenario quotes perpetuals (and its config lists them)."""
+    return SCENARIOS[name][1]().perps
+
+
+def scenario_config(name: str | None = None) -> str:
+    """The scenarios' config (TOML); with the name of a perpetual scenario, with its perps."""
+    if name is None or not has_perps(name):
+        return SCENARIO_CONFIG
+    routes = SCENARIO_CONFIG.index("[[routes]]")
+    head, tail = SCENARIO_CONFIG[:routes], SCENARIO_CONFIG[routes:]
+    return head + _PERP_SOURCES + tail + _PERP_MARKET
 
 
 @dataclass
@@ -150,6 +197,10 @@ class _World:
     btc_override: Callable[[str, float], float | None] = lambda v, t: None
     chain_flag: Callable[[float], str | None] = lambda t: None
     header: dict[str, Any] = field(default_factory=dict)
+    # Perpetuals, opt-in: when set, PERP_VENUES quote the spot truth at PERP_PREMIUM, except
+    # where `perp_override` replaces a venue's value (NaN: silent).
+    perps: bool = False
+    perp_override: Callable[[str, float], float | None] = lambda v, t: None
 
 
 def _ramp(t: float, start: float, end: float, a: float, b: float) -> float:
@@ -230,6 +281,32 @@ def _chain_floor() -> _World:
     return _World(btc=btc, btc_override=override, chain_flag=flag, header=header)
 
 
+def _perp_wick() -> _World:
+    """One perpetual venue's book is swept: -12 % in 3 s, held 10 s, back in 2 s; spot is calm."""
+    start = EVENT_S
+
+    def override(venue: str, t: float) -> float | None:
+        if venue != "p2" or not start <= t < start + 15:
+            return None
+        if t < start + 3:
+            depth = _ramp(t, start, start + 3, 1.0, WICK)
+        elif t < start + 13:
+            depth = WICK
+        else:
+            depth = _ramp(t, start + 13, start + 15, WICK, 1.0)
+        return BTC0 * depth
+
+    return _World(perps=True, perp_override=override, header={"single_venue": "p2"})
+
+
+def _perp_market_crash() -> _World:
+    """market_crash with perpetuals: spot and contracts fall together, at the same basis."""
+    world = _market_crash()
+    world.perps = True
+    world.header["single_venue"] = "p1"
+    return world
+
+
 SCENARIOS: dict[str, tuple[str, Callable[[], _World]]] = {
     "flash_crash": ("one venue prints -30 % for 20 s and recovers", _flash_crash),
     "stale_venue": ("one venue freezes while the market falls 12 %", _stale_venue),
@@ -237,6 +314,11 @@ SCENARIOS: dict[str, tuple[str, Callable[[], _World]]] = {
     "stablecoin_depeg": ("USDT falls to 0.90 USD; BTC/USD itself is flat", _stablecoin_depeg),
     "market_crash": ("every venue falls 25 % in 5 s and stays there", _market_crash),
     "chain_floor": ("the market falls 24 %; the on-chain feed sticks at its floor", _chain_floor),
+    "perp_wick": ("one perpetual venue wicks -12 % for 15 s; spot is flat", _perp_wick),
+    "perp_market_crash": (
+        "spot and perpetuals fall 25 % in 5 s together and stay there",
+        _perp_market_crash,
+    ),
 }
 
 _USD_VENUES = ("v1", "v2", "v3", "thin", "chain")
@@ -270,6 +352,8 @@ def build(name: str, seed: int = 0) -> Scenario:
     }
     enc = msgspec.json.encode
     lines = [enc(header) + b"\n"]
+    # The perps draw from their own generator, so the spot quotes do not depend on them.
+    perp_rng = random.Random(f"{name}:{seed}:perps")
     for second in range(DURATION_S):
         walk = 1.0 + 0.0004 * rng.uniform(-1, 1)  # a shared wiggle so rounds differ
         for k, venue in enumerate((*_USD_VENUES[:3], "v4", *_USD_VENUES[3:])):
@@ -296,4 +380,29 @@ def build(name: str, seed: int = 0) -> Scenario:
                 if flag is not None:
                     line["flag"] = flag
             lines.append(enc({"ts": ts, "source": venue, **line}) + b"\n")
+        if world.perps:
+            lines.extend(_perp_lines(world, second, walk, perp_rng))
     return Scenario(name, description, header, lines)
+
+
+def _perp_lines(world: _World, second: int, walk: float, rng: random.Random) -> list[bytes]:
+    """One book-ticker quote a second from each perp venue, after the spot quotes of that second."""
+    out: list[bytes] = []
+    for k, venue in enumerate(PERP_VENUES):
+        t = second + 0.35 + 0.05 * k
+        noise = 1.0 + 0.0003 * rng.uniform(-1, 1)
+        value = world.perp_override(venue, t)
+        if value is not None and value != value:  # NaN: the venue is silent
+            continue
+        usd = world.btc(t) * walk * (1.0 + PERP_PREMIUM) * noise if value is None else value
+        mid = usd / world.usdt(t)  # USDT-margined contracts
+        quote = {
+            "ts": T0 + int(t * 1000),
+            "source": venue,
+            "pair": "BTC/USDT",
+            "kind": "perp",
+            "bid": f"{mid * (1 - PERP_HALF_SPREAD):.2f}",
+            "ask": f"{mid * (1 + PERP_HALF_SPREAD):.2f}",
+        }
+        out.append(msgspec.json.encode(quote) + b"\n")
+    return out

@@ -98,3 +98,26 @@ def test_replay_hooks_see_every_quote_and_every_round_of_the_printed_output() ->
     plain = io.BytesIO()
     replay(cfg, lines, plain)
     assert plain.getvalue() == out.getvalue()
+
+
+def test_a_perp_scenario_runs_with_its_perps_from_files_and_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`oracled scenario perp_wick --config-out` writes the config with its perpetuals, and
+    `oracled stress` on those files gives the same summary as `--scenario perp_wick`: a mark,
+    the engine pricing at it, and the mark line in the table."""
+    tape, cfg, accounts = tmp_path / "t.jsonl", tmp_path / "c.toml", tmp_path / "a.json"
+    argv = ["scenario", "perp_wick", "--out", str(tape), "--config-out", str(cfg)]
+    assert main([*argv, "--accounts-out", str(accounts)]) == 0
+    assert "perp_sources" in cfg.read_text()
+    capsys.readouterr()
+    argv = ["stress", "--config", str(cfg), "--tape", str(tape), "--accounts", str(accounts)]
+    assert main([*argv, "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    from_files = json.loads(captured.out)
+    assert "mark: live" in captured.err
+    assert main(["stress", "--scenario", "perp_wick", "--json", "-"]) == 0
+    by_name = json.loads(capsys.readouterr().out)
+    assert by_name == from_files
+    assert by_name["mark"] is not None and by_name["mark"]["rounds"] > 0
+    assert by_name["policies"]["oracled"]["price_used"]["mark"] > 0
