@@ -12,23 +12,6 @@ VENUE = CASE["binance"]  # what `sim` and `start` build (conftest.py)
 PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}  # what VENUE's simulator starts from
 
 
-async def test_streams_quotes_after_one_acked_subscribe(
-    sim: BinanceSim, start: Start, wait: Wait
-) -> None:
-    """One SUBSCRIBE for all symbols is acked; quotes for every pair flow and state is streaming."""
-    run = await start()
-    await wait(lambda: run.pairs() == {"BTC/USDT", "ETH/USDT"})
-    assert run.stats.state is ConnState.STREAMING
-    assert sim.stats.requests == 1
-    assert run.stats.failed_instruments == {}
-    assert run.source._pending == {}  # the ack arrived and settled the request
-    quote = run.quotes[-1]
-    assert quote.source == "binance" and quote.kind == "spot" and quote.venue_ts is None
-    assert quote.bid is not None and quote.ask is not None and 0 < quote.bid <= quote.ask
-    assert run.stats.quotes == len(run.quotes)
-    assert run.stats.last_quote_ms == run.quotes[-1].recv_ts
-
-
 async def test_answers_server_pings_and_keeps_the_connection(start: Start, wait: Wait) -> None:
     """Every venue ping gets a pong; the venue never times the client out or rate-limits it."""
     async with BinanceSim(PRICES, ping_interval_s=0.3, pong_timeout_s=0.5) as venue:

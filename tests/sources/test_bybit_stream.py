@@ -1,5 +1,5 @@
-"""The Bybit spot and linear adapters on their loopback simulator: the acked subscribe, client
-pings, a refusal without req_id, REST failures. Shared faults: test_stream_faults.py."""
+"""The Bybit spot and linear adapters on their loopback simulator: client pings, a refusal without
+req_id. Shared faults (first connection, REST fallback among them): test_stream_faults.py."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from test_stream_faults import (
 from venue_cases import CASE, Case, Start, Wait
 
 from oracled.sim.bybit import BybitSim
-from oracled.sources import ConnState
 from oracled.sources.bybit import BybitLinearSource
 
 PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}  # what the cases' simulator starts from
-BOTH = {"BTC/USDT", "ETH/USDT"}
 
 
 @pytest.fixture(
@@ -25,20 +23,6 @@ BOTH = {"BTC/USDT", "ETH/USDT"}
 def case(request: pytest.FixtureRequest) -> Case:
     """Each test runs once per category: `sim` and `start` build that category's adapter."""
     return request.param  # type: ignore[no-any-return]
-
-
-async def test_streams_quotes_after_one_acked_subscribe(
-    sim: BybitSim, case: Case, start: Start, wait: Wait
-) -> None:
-    """One subscribe is acked, the snapshot then deltas give quotes with the venue's ts."""
-    run = await start()
-    await wait(lambda: run.pairs() == BOTH and len(run.quotes) > 10)
-    assert run.stats.state is ConnState.STREAMING
-    assert sim.stats.requests == 1 and run.source._pending == {}
-    assert run.stats.malformed == 0 and run.stats.failed_instruments == {}
-    for q in run.quotes:
-        assert q.kind == case.pairs[0][1] and q.venue_ts is not None and q.venue_ts > 1e12
-        assert q.bid is not None and q.ask is not None and 0 < q.bid <= q.ask
 
 
 async def test_client_pings_keep_a_strict_venue_happy(start_config: Start, wait: Wait) -> None:
@@ -62,26 +46,3 @@ async def test_refusal_without_req_id_still_fails_the_unknown_symbol_alone(
     still names the symbol, and everything the shared unknown-symbol test checks holds."""
     sim.error_req_id = False
     await unknown_symbol_fails_alone(case, sim, start, wait)
-
-
-async def test_rest_failures_are_counted_and_polling_recovers(
-    sim: BybitSim, case: Case, start: Start, wait: Wait
-) -> None:
-    """With the stream refused, 429, 5xx and slow REST answers keep the source down and polling."""
-    sim.ws_enabled = False
-    sim.rest_status = 429
-    run = await start()
-    await wait(lambda: run.stats.dropped["rest_error"] >= 3)
-    assert run.stats.state.value == "down" and run.quotes == []
-    sim.rest_status = 502
-    errors = run.stats.dropped["rest_error"]
-    await wait(lambda: run.stats.dropped["rest_error"] >= errors + 3)
-    sim.rest_status = None
-    sim.rest_delay_s = 1.1  # longer than the request timeout (1 s)
-    errors, polls = run.stats.dropped["rest_error"], sim.stats.rest_requests
-    await wait(lambda: run.stats.dropped["rest_error"] > errors)
-    assert sim.stats.rest_requests > polls and run.quotes == []
-    sim.rest_delay_s = 0.0
-    await wait(lambda: run.stats.state is ConnState.POLLING and run.pairs() == BOTH)
-    sim.ws_enabled = True
-    await wait(lambda: run.stats.state is ConnState.STREAMING)

@@ -1,4 +1,5 @@
-"""Every venue adapter against its loopback simulator: the faults all venues share, written once.
+"""Every venue adapter against its loopback simulator: what all venues share, written once (the
+first connection, a quiet market, the REST fallback, and the faults).
 
 Each test runs for every case of `venue_cases.CASES` (a real simulator, a real aiohttp client, the
 real adapter); what differs between venues is a fact in the case, not a second copy of the test.
@@ -36,6 +37,38 @@ async def no_socket_leaked(case: Case, sim: VenueSim, wait: Wait) -> None:
         await wait(lambda: sim.stats.active == case.sockets)
     else:
         assert sim.stats.active == case.sockets
+
+
+async def test_first_connection_streams_every_instrument(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """The first connection subscribes everything in the venue's few control messages, every
+    one acknowledged; quotes for every instrument follow (the snapshot, then updates), sound,
+    near the venue's prices and stamped (or not) with the venue's time; nothing failed, dropped
+    or polled."""
+    run = await start()
+    await wait(lambda: run.keys() == case.keys and len(run.quotes) > 10)
+    assert run.state() is ConnState.STREAMING
+    await wait(lambda: run.source._pending == {})  # every subscribe was acknowledged
+    await settled(case, run, sim, wait)
+    assert sim.stats.connections == case.sockets
+    assert control_requests(sim) == case.sockets * case.subscribes
+    assert sim.stats.rest_requests == 0
+    assert run.stats.failed_instruments == {}
+    assert run.stats.malformed == 0 and not any(run.stats.dropped.values())
+    assert run.stats.quotes == len(run.quotes)
+    assert run.stats.last_quote_ms == run.quotes[-1].recv_ts
+    for q in run.quotes:
+        assert q.source == case.id and (q.pair, q.kind) in case.keys
+        assert q.bid is not None and q.ask is not None and 0 < q.bid <= q.ask
+        reference = case.reference[q.pair, q.kind]
+        assert abs(q.bid / reference - 1) < 0.05 and abs(q.ask / reference - 1) < 0.05
+        if case.venue_lag_ms is None:
+            assert q.venue_ts is None
+        else:
+            assert q.venue_ts is not None and abs(q.recv_ts - q.venue_ts) < case.venue_lag_ms
+    if case.on_streaming is not None:
+        case.on_streaming(run, sim)
 
 
 async def test_reconnects_and_resubscribes_after_disconnect(
@@ -194,20 +227,45 @@ async def test_unknown_symbol_fails_alone_without_reconnecting(
     assert run.stats.malformed == 0 and not any(run.stats.dropped.values())
 
 
-async def test_refused_stream_falls_back_to_rest_then_streams_again(
+async def test_refused_stream_falls_back_to_rest_through_failures_then_streams_again(
     case: Case, sim: VenueSim, start: Start, wait: Wait
 ) -> None:
-    """While handshakes are refused, REST polls deliver quotes for every instrument; once the
-    stream is back the source streams and polling stops."""
+    """While handshakes are refused: failing REST answers (rate limits, server errors) are
+    counted one a request, keep the source down, blame no instrument and do not speed polling
+    up; answers (slow ones too, inside the request timeout) bring quotes for every instrument
+    (polling); one past the timeout is an error that brings none and puts the source down again;
+    once the stream is back the source streams and polling stops."""
     sim.ws_enabled = False
     run = await start()
-    await wait(lambda: run.state() is ConnState.POLLING)
-    await wait(lambda: run.keys() == case.keys)
-    assert run.state() is ConnState.POLLING
+    dropped = run.stats.dropped
+    for failing in case.rest_failures:
+        sim.rest_status = failing.status
+        errors, polls = dropped["rest_error"], sim.stats.rest_requests
+        if failing.window is not None:
+            window_s, fewest, most = failing.window
+            await asyncio.sleep(window_s)  # polling goes on at its interval, no faster
+            assert fewest <= sim.stats.rest_requests - polls <= most, failing
+        await wait(lambda floor=errors + failing.errors: dropped["rest_error"] >= floor)
+        assert run.state() is ConnState.DOWN and run.quotes == []
+        # Every request was answered (with an error) before the next one went out.
+        assert sim.stats.rest_requests - polls <= dropped["rest_error"] - errors + 1
+        assert run.state() is ConnState.DOWN and run.quotes == []
+        assert run.stats.failed_instruments == {}
+    sim.rest_status, sim.rest_delay_s = None, case.rest_slow_s  # inside the request timeout
+    await wait(lambda: run.state() is ConnState.POLLING and run.keys() == case.keys)
     assert sim.stats.connections == 0 and sim.stats.refused >= 1
-    assert sim.stats.rest_requests >= 1
+    # Every request was answered, with quotes or an error, before the next one went out.
+    assert sim.stats.rest_requests <= run.stats.frames + dropped["rest_error"]
+    sim.rest_delay_s = 1.2  # past the request timeout
+    polls = sim.stats.rest_requests
+    await wait(lambda: sim.stats.rest_requests > polls)  # earlier answers are all in
+    errors, seen = dropped["rest_error"], len(run.quotes)
+    await wait(lambda: dropped["rest_error"] > errors)
+    assert run.state() is ConnState.DOWN and len(run.quotes) == seen
+    sim.rest_delay_s = 0.0
+    await wait(lambda: run.state() is ConnState.POLLING and run.keys(seen) == case.keys)
     assert all((q.venue_ts is not None) is case.rest_venue_time for q in run.quotes)
-    assert sim.stats.rest_requests <= run.stats.frames  # every request answered before the next
+    assert run.stats.failed_instruments == {}
     sim.ws_enabled = True
     await wait(lambda: run.state() is ConnState.STREAMING)
     await asyncio.sleep(0.2)  # a poll already in flight may still land
@@ -231,3 +289,31 @@ async def test_connection_is_rotated_before_its_maximum_age(
     assert run.stats.reconnects >= 2
     assert sim.stats.rest_requests == 0 and "rest_error" not in run.stats.dropped
     await wait(lambda: run.state() is ConnState.STREAMING)
+
+
+QUIET = [c for c in CASES if c.quiet is not None]
+
+
+@pytest.mark.parametrize("case", QUIET, ids=[c.id for c in QUIET], indirect=True)
+async def test_quiet_market_is_kept_alive_by_keepalives(
+    case: Case, start: Start, wait: Wait
+) -> None:
+    """With no market data for more than twice the liveness timeout, the venue's heartbeats (or
+    its answers to the client's pings) alone keep the one connection streaming: every one is
+    read, nothing is cut, dropped or polled."""
+    quiet = case.quiet
+    assert quiet is not None
+    async with quiet.sim() as venue:
+        run = await start(venue, cls=quiet.cls, **quiet.config)
+        await wait(lambda: venue.stats.connections == 1)
+        if quiet.data_frames:  # the snapshots: streaming, then nothing more
+            await wait(lambda: run.state() is ConnState.STREAMING)
+        state, quotes = run.state(), run.stats.quotes  # no data at all: still connecting
+        await asyncio.sleep(1.2)  # more than twice the 0.5 s liveness timeout
+        await wait(lambda: quiet.keepalives(venue) >= quiet.at_least)
+        assert venue.stats.frames_sent == quiet.data_frames and run.stats.quotes == quotes
+        assert run.stats.reconnects == 0 and venue.stats.connections == 1
+        assert run.state() is state
+        sent = quiet.keepalives(venue)
+        await wait(lambda: run.stats.frames >= sent)  # every one was read (pyth: a comment line)
+        assert run.stats.malformed == 0 and venue.stats.rest_requests == 0

@@ -9,6 +9,7 @@ Anything a single venue does that the others do not stays in that venue's own te
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from oracled.sim.kucoin import KucoinSim
 from oracled.sim.okx import OkxSim
 from oracled.sim.pyth_hermes import PythHermesSim
 from oracled.sources import ConnState, Source, SourceStats, build_source
+from oracled.sources.bitstamp import BitstampSource
 from oracled.sources.okx import OkxSource
 
 Key = tuple[str, str]  # (pair, kind): one instrument as the core sees it
@@ -70,6 +72,20 @@ class FastPingOkx(OkxSource):
     app_ping_interval_s: ClassVar[float | None] = 0.3
 
 
+class RapidPingOkx(OkxSource):
+    """OKX pinging ten times a second (under a 30-a-second message limit), for a quiet market
+    that must outlive the watchdog in about a second."""
+
+    app_ping_interval_s: ClassVar[float | None] = 0.1
+    max_messages_per_s: ClassVar[int] = 30
+
+
+class FastHeartbeatBitstamp(BitstampSource):
+    """Bitstamp with a bts:heartbeat interval that fits a half-second liveness window."""
+
+    app_ping_interval_s: ClassVar[float | None] = 0.1
+
+
 def book_matches(run: Running, sim: GeminiSim, symbol: str) -> bool:
     """The adapter's latest quote of `symbol` equals the top of the simulator's published book."""
     levels = sim._books.get(symbol, {})
@@ -98,6 +114,34 @@ def _usdm_marks_resume(run: Running, sim: VenueSim) -> Callable[[], bool]:
     )
 
 
+def _usdm_marks_fill(run: Running, sim: VenueSim) -> None:
+    """The mark feed streams on its own connection (/market), a mark for each pair, each the
+    index plus the simulator's premium, and neither connection is left waiting on an ack."""
+    marks = run.source.mark_feed
+    assert marks.stats.state is ConnState.STREAMING and marks._pending == {}
+    assert set(marks.marks) == {"BTC/USDT", "ETH/USDT"} and marks.stats.quotes >= 2
+    mark = marks.marks["BTC/USDT"]
+    assert math.isclose(mark.mark, mark.index * 1.0003, rel_tol=1e-6)
+
+
+def _kucoin_one_bullet(run: Running, sim: VenueSim) -> None:
+    """One bullet token opened the one connection, at the address the bullet named."""
+    assert isinstance(sim, KucoinSim)
+    assert sim.bullets == 1 and sim.stats.connections == 1
+    assert run.source.stream_url().startswith(f"{sim.ws_url}/endpoint?token=")
+
+
+def _okx_swap_near_its_own_price(run: Running, sim: VenueSim) -> None:
+    """Swap quotes are the swap's own book (67,020), within 1 %, not the spot's."""
+    perp = [q for q in run.quotes if q.kind == "perp"]
+    assert perp and all(abs((q.bid or 0) / 67_020.0 - 1) < 0.01 for q in perp)
+
+
+def _pyth_confidence_brackets(run: Running, sim: VenueSim) -> None:
+    """Bid and ask are the price less and plus its confidence: never equal."""
+    assert all(q.bid is not None and q.ask is not None and q.bid < q.ask for q in run.quotes)
+
+
 def _usdm_book_garbage(sim: VenueSim, n: int) -> int:
     """Garbage on the book connection only (the mark connection has a garbage list of its own)."""
     book = next(c for c in sim.clients if c.request.path.startswith("/public"))
@@ -122,6 +166,55 @@ class Unknown:
     says: str  # the refusal as the adapter records it
     requests: int  # control messages in all (pings aside): subscribes, the batch, any retries
     errors: int  # error frames the venue sent
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """How a venue keeps a connection with no market data alive: its own heartbeats, or the
+    answers to the client's pings, which arrive often enough to beat the watchdog."""
+
+    sim: Callable[[], VenueSim]  # the venue with (almost) no updates and test-sized keep-alives
+    keepalives: Callable[[VenueSim], int]  # keep-alives so far (venue heartbeats, client pings)
+    at_least: int  # keep-alives by the end of the quiet spell
+    data_frames: int  # frames of market data the venue sends in all (snapshots)
+    cls: type[Source] | None = None  # an adapter pinging at a test-sized interval
+    config: Mapping[str, Any] = field(default_factory=dict)  # overrides (pairs among them)
+
+
+@dataclass(frozen=True)
+class Failing:
+    """One REST failure while the stream is refused: every request answers `status` until the
+    source has counted `errors` more; `window`: (seconds, fewest, most) requests in that time."""
+
+    status: int
+    errors: int = 3
+    window: tuple[float, int, int] | None = None
+
+
+def _heartbeats(sim: VenueSim) -> int:
+    return sim.stats.heartbeats_sent
+
+
+def _snapshots_then_heartbeats(
+    venue: Callable[..., VenueSim], prices: Mapping[str, float], rate_hz: float, at_least: int
+) -> Quiet:
+    """A venue that sends a snapshot per symbol (two), then next to nothing but its heartbeats,
+    ten a second."""
+    return Quiet(
+        sim=lambda: venue(prices, rate_hz=rate_hz, heartbeat_s=0.1),
+        keepalives=_heartbeats,
+        at_least=at_least,
+        data_frames=2,
+    )
+
+
+def _bitstamp_heartbeats(sim: VenueSim) -> int:
+    return sim.stats.requests - 2  # after the two subscribes, only bts:heartbeat
+
+
+def _okx_pings(sim: VenueSim) -> int:
+    assert isinstance(sim, OkxSim)
+    return sim.pings_received
 
 
 def control_requests(sim: VenueSim) -> int:
@@ -161,6 +254,14 @@ class Case:
     cls: type[Source] | None = None  # default: the registered adapter of `id`
     config: Mapping[str, Any] = field(default_factory=dict)
     unknown: Unknown | None = None  # None: not covered by the unknown-symbol test
+    # Stream quotes carry the venue's time, at most this far (ms) from receipt; None: no time.
+    venue_lag_ms: int | None = 2_000
+    # Venue facts checked once the first connection streams every instrument (a second feed...).
+    on_streaming: Callable[[Running, VenueSim], None] | None = None
+    # With the stream refused, REST answers these statuses in turn, each until so many errors.
+    rest_failures: tuple[Failing, ...] = (Failing(429), Failing(503))
+    rest_slow_s: float = 0.0  # how slowly REST answers once it answers again (under 1 s)
+    quiet: Quiet | None = None  # None: not covered by the quiet-market test
 
     @property
     def keys(self) -> set[Key]:
@@ -255,6 +356,7 @@ CASES: tuple[Case, ...] = (
         spike=("BTCUSDT", ("BTC/USDT", "spot"), 1.5, 1.4 * 67_000),
         garbage_rounds=3,
         rest_venue_time=False,
+        venue_lag_ms=None,  # bookTicker frames carry no event time
         unknown=Unknown("FOOUSDT", "2: Invalid request: invalid stream", requests=4, errors=2),
     ),
     Case(
@@ -280,6 +382,7 @@ CASES: tuple[Case, ...] = (
         settled=_usdm_marks_resume,
         feeds=lambda run: [run.stats, run.source.mark_feed.stats],
         send_garbage=_usdm_book_garbage,
+        on_streaming=_usdm_marks_fill,
         # Per connection: the batch, then one request per symbol.
         unknown=Unknown("FOOUSDT", "2: Invalid request: invalid stream", requests=8, errors=4),
     ),
@@ -301,6 +404,16 @@ CASES: tuple[Case, ...] = (
         subscribes=2,
         replay_exact=False,
         replay_dropped=_at_least("out_of_order", 10),
+        venue_lag_ms=1_000,  # the book's microtimestamp
+        # A 400 on the all-pairs request names no pair: it blames none.
+        rest_failures=(Failing(429), Failing(400), Failing(503)),
+        quiet=Quiet(
+            sim=lambda: BitstampSim({"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}, rate_hz=0.1),
+            keepalives=_bitstamp_heartbeats,
+            at_least=10,
+            data_frames=0,
+            cls=FastHeartbeatBitstamp,
+        ),
         unknown=Unknown("foousd", "Bad subscription string.", requests=3, errors=1),
     ),
     *(
@@ -319,6 +432,7 @@ CASES: tuple[Case, ...] = (
             active_lags=True,
             rotation=False,
             unknown=Unknown("FOOUSDT", f"Invalid symbol :[{topic}.FOOUSDT]", requests=4, errors=2),
+            rest_failures=(Failing(429), Failing(502)),
         )
         for kind, category, topic, pairs, reasons in (
             ("bybit_spot", "spot", "orderbook.1", SPOT_USDT, BYBIT_SPOT_GARBAGE),
@@ -345,6 +459,9 @@ CASES: tuple[Case, ...] = (
         replay=10,
         replay_dropped=_exactly("stale_sequence"),
         rest_venue_time=False,
+        quiet=_snapshots_then_heartbeats(
+            CoinbaseSim, {"BTC-USD": 67_000.0, "ETH-USD": 3_500.0}, rate_hz=0.01, at_least=5
+        ),
         # Heartbeats, the batch, then one request per product.
         unknown=Unknown(
             "FOO-USD", "Failed to subscribe: FOO-USD is not a valid product", requests=5, errors=2
@@ -373,6 +490,12 @@ CASES: tuple[Case, ...] = (
         active_lags=True,
         rotation=False,
         settled=_gemini_book_matches,
+        venue_lag_ms=None,  # book updates carry no time
+        # One public request a second after a burst of five: fewer errors to wait for.
+        rest_failures=(Failing(429, errors=2), Failing(502, errors=1)),
+        quiet=_snapshots_then_heartbeats(
+            GeminiSim, {"BTCUSD": 67_000.0, "ETHUSD": 3_500.0}, rate_hz=0.01, at_least=5
+        ),
         unknown=Unknown(
             "FOOUSD", "InvalidSymbol: Supplied value 'FOOUSD' is not a symbol", requests=4, errors=2
         ),
@@ -389,6 +512,11 @@ CASES: tuple[Case, ...] = (
         replay_exact=False,
         replay_dropped=_at_least("out_of_order", 10),
         rest_venue_time=False,  # REST has no event time
+        venue_lag_ms=1_000,
+        rest_failures=(Failing(429), Failing(502)),
+        quiet=_snapshots_then_heartbeats(
+            KrakenSim, {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}, rate_hz=0.1, at_least=10
+        ),
         # The venue answers each symbol of the one request: no split, no retry.
         unknown=Unknown("FOO/USD", "Currency pair not supported FOO/USD", requests=1, errors=1),
     ),
@@ -417,6 +545,9 @@ CASES: tuple[Case, ...] = (
         replay_dropped=_at_least("out_of_order", 18),
         rotation=False,
         after_reconnect=_kucoin_fresh_token_each_time,
+        on_streaming=_kucoin_one_bullet,
+        rest_failures=(Failing(429), Failing(500, window=(0.55, 4, 14))),  # 2 symbols a poll
+        rest_slow_s=0.3,
         unknown=Unknown(
             "FOO-USDT", "404: topic /market/ticker:FOO-USDT is not found", requests=4, errors=2
         ),
@@ -443,6 +574,21 @@ CASES: tuple[Case, ...] = (
         replay_dropped=_at_least("out_of_order", 17),
         rotation=False,
         cls=FastPingOkx,
+        on_streaming=_okx_swap_near_its_own_price,
+        rest_failures=(Failing(429), Failing(503, window=(0.55, 2, 7))),  # 1 request a poll
+        rest_slow_s=0.3,
+        quiet=Quiet(
+            sim=lambda: OkxSim(
+                {"BTC-USDT": 67_000.0, "ETH-USDT": 3_500.0, "BTC-USDT-SWAP": 67_020.0},
+                rate_hz=0.01,
+                message_limit=30,
+            ),
+            keepalives=_okx_pings,
+            at_least=10,
+            data_frames=0,
+            cls=RapidPingOkx,
+            config={"liveness_timeout_s": 0.4},
+        ),
         # The venue settles each arg of the one request: no split, no retry.
         unknown=Unknown("FOO-USDT", OKX_60018, requests=1, errors=1),
     ),
@@ -468,6 +614,18 @@ CASES: tuple[Case, ...] = (
         replay_dropped=_exactly("out_of_order", "duplicate"),
         active_lags=True,
         config={"instruments": {"BTC/USD": "0x" + PYTH_BTC, "ETH/USD": PYTH_ETH}},
+        venue_lag_ms=5_000,  # publish_time is in whole seconds
+        on_streaming=_pyth_confidence_brackets,
+        rest_failures=tuple(Failing(s, window=(0.35, 1, 6)) for s in (429, 500, 503)),
+        quiet=Quiet(
+            sim=lambda: PythHermesSim(
+                {PYTH_BTC: 67_000.0, PYTH_ETH: 3_500.0}, rate_hz=0.1, keepalive_s=0.1
+            ),
+            keepalives=_heartbeats,
+            at_least=8,
+            data_frames=0,
+            config={"pairs": [("BTC/USD", "spot")], "instruments": {"BTC/USD": PYTH_BTC}},
+        ),
     ),
 )
 
