@@ -80,7 +80,7 @@ async def _main(cfg: Config, listen: str, duration: float | None, record: Path |
     log: Logger = structlog.get_logger("oracled").bind(component="demo")
     simulated, venues = await simulate(cfg, liveness=_LIVENESS)
     try:
-        service = Service(simulated, listen=listen, record=record)
+        service = Service(simulated, listen=listen, record=record, freeze_gc=True)
         url = f"http://{listen}"
         market = next(
             (m.symbol for m in cfg.markets if m.symbol.startswith("BTC/")), cfg.markets[-1].symbol
