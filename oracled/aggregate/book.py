@@ -207,17 +207,18 @@ class Book:
 
         The hot path: one call per venue frame. A quote of a feed with one plain slot (the usual
         case), with bid and ask inside the price bounds and no flag, takes the straight line
-        below; anything else, including every quote that may be dropped for its prices, goes
-        through `_ingest_checked`, which names the reason.
+        below; a perpetual for the mark price has its own (`_ingest_unsingled`); anything else,
+        including every quote that may be dropped for its prices, goes through `_ingest_checked`,
+        which names the reason.
         """
         key = (quote.source, quote.pair, quote.kind)
         flat = self._single.get(key)
         bid = quote.bid
         ask = quote.ask
-        # One chained comparison rejects a missing side, NaN, +-inf, zero, negatives, a crossed
-        # book and both bounds (the mid of a pair inside the bounds is inside them).
         if flat is None:
             return self._ingest_unsingled(key, quote)
+        # One chained comparison rejects a missing side, NaN, +-inf, zero, negatives, a crossed
+        # book and both bounds (the mid of a pair inside the bounds is inside them).
         if (
             bid is None
             or ask is None
