@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,9 +24,11 @@ from oracled.core import RoundResult
 from oracled.publish import Hub
 from oracled.publish.signer import RoundSigner, SignedPrice, SigningKey
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
+from stream_wire import SAFETY_S, recv  # the stream tests' frame reader
+
 Client = TestClient[web.Request, web.Application]
 KEY = SigningKey.from_hex("0x" + "33" * 32)
-SAFETY_S = 10.0
 
 
 class Daemonish:
@@ -67,14 +71,6 @@ async def client(
     aiohttp_client: Callable[[web.Application], Awaitable[Client]], daemon: Daemonish
 ) -> Client:
     return await aiohttp_client(build_app(daemon.context()))
-
-
-async def recv(ws: ClientWebSocketResponse) -> dict[str, Any]:
-    async with asyncio.timeout(SAFETY_S):
-        msg = await ws.receive()
-    assert msg.type is WSMsgType.TEXT, msg
-    data: dict[str, Any] = msg.json()
-    return data
 
 
 async def recv_raw(ws: ClientWebSocketResponse) -> str:
