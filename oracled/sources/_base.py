@@ -31,7 +31,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, Final
+from typing import ClassVar, Final, TypeVar
 
 import aiohttp
 import msgspec
@@ -44,6 +44,7 @@ from oracled.sources.stats import LATENCY_BOUNDS_MS, LATENCY_BUCKET_OF_MS, ConnS
 
 __all__ = ["RestPacer", "Source", "backoff_delay"]
 
+_T = TypeVar("_T")
 _INF: Final = math.inf
 _LATENCY_BUCKET_OF_MS: Final = LATENCY_BUCKET_OF_MS
 _LATENCY_OVER: Final = LATENCY_BOUNDS_MS[-1]
@@ -282,6 +283,17 @@ class Source(abc.ABC):
             self._bad("non_positive")
         else:
             self._bad("crossed")
+
+    def _decoded(self, decoder: msgspec.json.Decoder[_T], data: str | bytes) -> _T | None:
+        """`data` decoded, or None with the frame counted as bad: `shape` for JSON of another
+        shape, `decode` for no JSON at all. For the rare frames; hot paths catch their own."""
+        try:
+            return decoder.decode(data)
+        except msgspec.ValidationError:
+            self._bad("shape")
+        except msgspec.DecodeError:
+            self._bad("decode")
+        return None
 
     def _bad(self, reason: str) -> None:
         """Count a frame that could not be used (decode error, wrong shape, bad price)."""

@@ -128,13 +128,8 @@ class BinanceSource(Source):
         else:  # a book frame whose prices are not numbers ("abc"): bad_number
             self._quote_text(book.s, book.b, book.a, 0)
             return
-        try:
-            frame = _CONTROL.decode(data)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        frame = self._decoded(_CONTROL, data)
+        if frame is None:
             return
         if frame.error is not None:
             self._reject(frame.id, f"{frame.error.code}: {frame.error.msg}")
@@ -152,13 +147,8 @@ class BinanceSource(Source):
         return f"{self.rest_url}/api/v3/ticker/bookTicker", query
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
-        try:
-            books = _REST.decode(body)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        books = self._decoded(_REST, body)
+        if books is None:
             return
         for book in books:
             self._quote_text(book.symbol, book.bid, book.ask, recv_ts)

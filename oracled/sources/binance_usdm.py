@@ -213,13 +213,8 @@ class BinanceUsdmSource(BinanceSource):
         return f"{self.rest_url}/fapi/v1/ticker/bookTicker", query
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
-        try:
-            decoded = _REST.decode(body)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        decoded = self._decoded(_REST, body)
+        if decoded is None:
             return
         books = decoded if isinstance(decoded, list) else [decoded]
         wanted = self._by_symbol

@@ -219,13 +219,8 @@ class BitstampSource(Source):
             self._last_ts[symbol] = venue_ts
 
     def _control(self, data: str | bytes) -> None:
-        try:
-            frame = _CONTROL.decode(data)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        frame = self._decoded(_CONTROL, data)
+        if frame is None:
             return
         event = frame.event
         if event == "bts:heartbeat":
@@ -261,13 +256,8 @@ class BitstampSource(Source):
         return (429 if status == 400 else status), body, error
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
-        try:
-            rows = _REST.decode(body)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        rows = self._decoded(_REST, body)
+        if rows is None:
             return
         wanted = self._by_symbol
         for row in rows:

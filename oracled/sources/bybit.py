@@ -236,13 +236,8 @@ class _BybitSource(Source):
             self._control(data)
 
     def _control(self, data: str | bytes) -> None:
-        try:
-            frame = _CONTROL.decode(data)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        frame = self._decoded(_CONTROL, data)
+        if frame is None:
             return
         if frame.op == "subscribe" and frame.success is not None:
             if frame.success or "already subscribed" in frame.ret_msg:
@@ -311,13 +306,8 @@ class _BybitSource(Source):
         return f"{self.rest_url}/v5/market/tickers", query
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
-        try:
-            reply = _REST.decode(body)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        reply = self._decoded(_REST, body)
+        if reply is None:
             return
         if reply.code != 0:  # Bybit answers HTTP 200 with an error code in the body
             self.stats.dropped["rest_error"] += 1

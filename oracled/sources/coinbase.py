@@ -259,13 +259,8 @@ class CoinbaseSource(Source):
 
     def _message(self, data: str | bytes, recv_ts: int) -> None:
         """The strict path: every frame that is not a ticker message in the documented shape."""
-        try:
-            msg = _DECODE.decode(data)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        msg = self._decoded(_DECODE, data)
+        if msg is None:
             return
         stamp = msg.timestamp
         venue_ts = None if stamp is None else _exact_ms(stamp)
@@ -336,13 +331,8 @@ class CoinbaseSource(Source):
         return url, {"limit": "1"}
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
-        try:
-            book = _REST.decode(body)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        book = self._decoded(_REST, body)
+        if book is None:
             return
         last = book.trades[0].price if book.trades else msgspec.Raw()
         self._quote_texts(self._rest_symbol, book.best_bid, book.best_ask, recv_ts, None, last)

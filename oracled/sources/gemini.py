@@ -368,13 +368,8 @@ class GeminiSource(Source):
 
     def _slow(self, data: str | bytes, recv_ts: int) -> None:
         """Every frame the fast path refused: snapshots, trades, heartbeats, errors, bad frames."""
-        try:
-            msg = _DECODE.decode(data)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        msg = self._decoded(_DECODE, data)
+        if msg is None:
             return
         kind = msg.type
         if kind == "l2_updates" and msg.changes is not None:
@@ -483,12 +478,7 @@ class GeminiSource(Source):
         return f"{self.rest_url}/v1/pubticker/{symbols[0].lower()}", {}
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
-        try:
-            ticker = _REST.decode(body)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        ticker = self._decoded(_REST, body)
+        if ticker is None:
             return
         self._quote_text(self._rest_symbol, ticker.bid, ticker.ask, recv_ts)

@@ -215,13 +215,8 @@ class KrakenSource(Source):
                 last_ts[symbol] = venue_ts
 
     def _control(self, data: str | bytes) -> None:
-        try:
-            frame = _CONTROL.decode(data)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        frame = self._decoded(_CONTROL, data)
+        if frame is None:
             return
         if frame.method == "subscribe" and frame.success is not None:
             symbol = frame.result.symbol if frame.result is not None else frame.symbol
@@ -276,15 +271,10 @@ class KrakenSource(Source):
         return (400 if unknown else status), body, "; ".join(errors)
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
-        try:
-            rows = _REST.decode(body).result
-        except msgspec.ValidationError:
-            self._bad("shape")
+        reply = self._decoded(_REST, body)
+        if reply is None:
             return
-        except msgspec.DecodeError:
-            self._bad("decode")
-            return
-        for key, row in rows.items():
+        for key, row in reply.result.items():
             symbol = self._rest_key.get(key)
             if symbol is None:
                 self.stats.dropped["unknown_symbol"] += 1

@@ -285,13 +285,8 @@ class KucoinSource(Source):
             self._last_seq[symbol] = seq
 
     def _control(self, data: str | bytes) -> None:
-        try:
-            frame = _CONTROL.decode(data)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        frame = self._decoded(_CONTROL, data)
+        if frame is None:
             return
         kind = frame.type
         request_id = frame.id

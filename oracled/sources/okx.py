@@ -237,13 +237,8 @@ class OkxSource(Source):
                 return
 
     def _control(self, data: str | bytes) -> None:
-        try:
-            frame = _CONTROL.decode(data)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        frame = self._decoded(_CONTROL, data)
+        if frame is None:
             return
         event = frame.event
         request_id = int(frame.id) if frame.id and frame.id.isdigit() else None
@@ -295,13 +290,8 @@ class OkxSource(Source):
         return f"{self.rest_url}/api/v5/market/tickers", {"instType": inst_type}
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
-        try:
-            reply = _REST.decode(body)
-        except msgspec.ValidationError:
-            self._bad("shape")
-            return
-        except msgspec.DecodeError:
-            self._bad("decode")
+        reply = self._decoded(_REST, body)
+        if reply is None:
             return
         if reply.code != "0":
             self.stats.dropped["venue_error"] += 1
