@@ -30,7 +30,7 @@ import itertools
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import ClassVar, Final, TypeVar
 
 import aiohttp
@@ -399,21 +399,10 @@ class Source(abc.ABC):
             ws = await self._http.ws_connect(url, autoping=False, heartbeat=None, timeout=timeout)
         async with ws:
             self._queue_subscriptions()
-            loop = asyncio.get_running_loop()
-            self._opened_at = self._last_rx = self._clock.monotonic()
             writer = asyncio.create_task(self._write(ws), name=f"source:{self.source_id}:write")
             try:
-                async with asyncio.timeout(None) as deadline:
-                    self._deadline = deadline
-                    first = min(self.cfg.liveness_timeout_s, self.cfg.max_connection_age_s)
-                    self._watch = loop.call_later(first, self._check)
-                    return await self._read(ws)
-            except TimeoutError:
-                return self._cut or "silent"
+                return await self._watched(lambda: self._read(ws))
             finally:
-                self._deadline = None
-                if self._watch is not None:
-                    self._watch.cancel()
                 writer.cancel()
                 await asyncio.wait((writer,))
                 if not writer.cancelled() and (bug := writer.exception()) is not None:
@@ -470,6 +459,24 @@ class Source(abc.ABC):
             if len(sent) < budget:
                 return
             await asyncio.sleep(sent[0] + _WINDOW_S - now)
+
+    async def _watched(self, read: Callable[[], Awaitable[str]]) -> str:
+        """Run one connection's read loop under the liveness watchdog (`_check`): the loop's
+        own reason for ending, or the one the watchdog cut it for ("silent" unless named)."""
+        loop = asyncio.get_running_loop()
+        self._opened_at = self._last_rx = self._clock.monotonic()
+        try:
+            async with asyncio.timeout(None) as deadline:
+                self._deadline = deadline
+                first = min(self.cfg.liveness_timeout_s, self.cfg.max_connection_age_s)
+                self._watch = loop.call_later(first, self._check)
+                return await read()
+        except TimeoutError:
+            return self._cut or "silent"
+        finally:
+            self._deadline = None
+            if self._watch is not None:
+                self._watch.cancel()
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         clock, stats = self._clock, self.stats

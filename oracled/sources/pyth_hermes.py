@@ -315,20 +315,7 @@ class PythHermesSource(Source):
             await asyncio.Event().wait()
         assert opened is not None
         try:
-            loop = asyncio.get_running_loop()
-            self._opened_at = self._last_rx = self._clock.monotonic()
-            try:
-                async with asyncio.timeout(None) as deadline:
-                    self._deadline = deadline
-                    first = min(self.cfg.liveness_timeout_s, self.cfg.max_connection_age_s)
-                    self._watch = loop.call_later(first, self._check)
-                    return await self._read_events(opened)
-            except TimeoutError:
-                return self._cut or "silent"
-            finally:
-                self._deadline = None
-                if self._watch is not None:
-                    self._watch.cancel()
+            return await self._watched(lambda: self._read_events(opened))
         finally:
             opened.close()  # never hand a half-read stream back to the pool
 
