@@ -3,9 +3,10 @@
 It speaks the protocol described in oracled/sources/gemini.py: ``/v2/marketdata`` takes
 ``subscribe`` messages for the ``l2`` feed, answers each new symbol with a snapshot
 ``l2_updates`` (all levels, plus ``trades`` and ``auction_events``), then sends diffs of one shared
-book per symbol (levels on a price grid around the walk; a level that disappears is sent with
-quantity 0), ``heartbeat`` frames every few seconds with the venue time in ms, ``trade`` frames on
-demand (`trade`), and ``GET /v1/pubticker/{symbol}``.
+book per symbol (levels on a price grid whose top follows the walk; a diff changes only what the
+move needs, a level that disappears is sent with quantity 0: see `GeminiSim.data_frame`),
+``heartbeat`` frames every few seconds with the venue time in ms, ``trade`` frames on demand
+(`trade`), and ``GET /v1/pubticker/{symbol}``.
 
 Assumptions where the public docs are silent: a subscribe naming an unknown symbol is refused
 whole with ``{"type":"error","result":"error","reason":"InvalidSymbol","message":...}`` (the
@@ -86,18 +87,23 @@ class GeminiSim(VenueSim):
 
     # ----------------------------------------------------------------- the book
 
-    def levels(self, symbol: str) -> dict[tuple[str, str], str]:
-        """The levels this venue would show now: (side, price text) -> quantity text."""
+    def _grid(self, symbol: str) -> tuple[str, str, float]:
+        """The best bid and ask (as sent) around the published mid now, and the price tick."""
         mid = self.paths[symbol].published(self.now())
         tick = 10.0 ** (math.floor(math.log10(mid)) - 4)
         half = max(mid * self.spread_bps / 20_000.0, tick)
-        best_bid = math.floor((mid - half) / tick)
-        best_ask = math.ceil((mid + half) / tick)
+        bid = _text(math.floor((mid - half) / tick) * tick, tick)
+        return bid, _text(math.ceil((mid + half) / tick) * tick, tick), tick
+
+    def levels(self, symbol: str) -> dict[tuple[str, str], str]:
+        """A fresh book around the mid now, `depth` levels a side on the tick grid: (side, price
+        text) -> quantity text. The book a symbol starts with; diffs evolve it from there."""
+        bid, ask, tick = self._grid(symbol)
         path = self.paths[symbol]
         book: dict[tuple[str, str], str] = {}
         for k in range(self.depth):
-            book["buy", _text((best_bid - k) * tick, tick)] = f"{path.size():.6f}"
-            book["sell", _text((best_ask + k) * tick, tick)] = f"{path.size():.6f}"
+            book["buy", _text(float(bid) - k * tick, tick)] = f"{path.size():.6f}"
+            book["sell", _text(float(ask) + k * tick, tick)] = f"{path.size():.6f}"
         return book
 
     def _current(self, symbol: str) -> dict[tuple[str, str], str]:
@@ -106,21 +112,78 @@ class GeminiSim(VenueSim):
             book = self._books[symbol] = self.levels(symbol)
         return book
 
+    def top(self, symbol: str) -> tuple[float, float]:
+        """The best bid and ask of the book this venue has published for `symbol`."""
+        book = self._current(symbol)
+        return (
+            max(float(p) for side, p in book if side == "buy"),
+            min(float(p) for side, p in book if side == "sell"),
+        )
+
     def data_frame(self, symbol: str, path: PricePath, now: float) -> str:
-        """The diff from the last published book to the book now, as the venue sends it: levels
-        that left, levels that appeared, and a new size at the top of one side (recorded Gemini
-        l2_updates carry a median of two changes; resending every level would be unrealistic)."""
-        old = self._current(symbol)
-        fresh = self.levels(symbol)
-        new = {key: old.get(key, qty) for key, qty in fresh.items()}
-        side = "buy" if next(self.sequence) % 2 else "sell"
-        top = (max if side == "buy" else min)((float(p), p) for (s, p) in new if s == side)[1]
-        new[side, top] = fresh[side, top]
-        self._books[symbol] = new
-        changes = [[s, price, "0"] for s, price in old if (s, price) not in new]
-        changes += [
-            [s, price, qty] for (s, price), qty in new.items() if old.get((s, price)) != qty
-        ]
+        """The changes that take the published book to the mid now, and no more, as the venue
+        sends them: recorded Gemini diffs carry a median of two changes (three on average), so
+        shifting the whole grid with every tick of the mid would be unrealistic (and slow).
+
+        Levels the move made wrong leave (bids above the new best bid, asks below the new best
+        ask) and the new best bid and ask appear if absent; deeper levels stay, gaps and all. A
+        frame in which the top did not move changes one level of one side: a side holding more
+        than `depth` levels loses its farthest, one holding fewer gains the free price nearest
+        its best, else the best level gets a new size. A side gains at most one level a frame,
+        and one beyond twice `depth` is trimmed at once from the far end, so the book stays
+        bounded. The best bid and ask are therefore always those of `_grid`.
+        """
+        book = self._current(symbol)
+        best_bid, best_ask, tick = self._grid(symbol)
+        bid_f, ask_f = float(best_bid), float(best_ask)
+        changes: list[list[str]] = []
+
+        def remove(side: str, price: str) -> None:
+            del book[side, price]
+            changes.append([side, price, "0"])
+
+        def add(side: str, price: str) -> None:
+            qty = book[side, price] = f"{path.size():.6f}"
+            changes.append([side, price, qty])
+
+        bids: list[tuple[float, str]] = []  # (price, price as sent), best first once sorted
+        asks: list[tuple[float, str]] = []
+        for side, price in list(book):
+            value = float(price)
+            if side == "buy":
+                if value > bid_f:
+                    remove(side, price)
+                else:
+                    bids.append((value, price))
+            elif value < ask_f:
+                remove(side, price)
+            else:
+                asks.append((value, price))
+        # Compared as numbers: after a change of tick one price may be written two ways.
+        if all(value != bid_f for value, _ in bids):
+            add("buy", best_bid)
+            bids.append((bid_f, best_bid))
+        if all(value != ask_f for value, _ in asks):
+            add("sell", best_ask)
+            asks.append((ask_f, best_ask))
+        bids.sort(reverse=True)
+        asks.sort()
+        if not changes:
+            side, levels, away = (
+                ("buy", bids, -tick) if next(self.sequence) % 2 else ("sell", asks, tick)
+            )
+            if len(levels) > self.depth:
+                remove(side, levels.pop()[1])
+            elif len(levels) < self.depth:  # fewer than `depth` held: one of these is free
+                held = {value for value, _ in levels}
+                free = (_text(levels[0][0] + away * k, tick) for k in range(1, self.depth + 1))
+                price = next(p for p in free if float(p) not in held)
+                add(side, price if float(price) > 0.0 else levels[0][1])
+            else:
+                add(side, levels[0][1])
+        for side, levels in (("buy", bids), ("sell", asks)):
+            if len(levels) > 2 * self.depth:
+                remove(side, levels[-1][1])
         return json.dumps(
             {"type": "l2_updates", "symbol": symbol, "changes": changes}, separators=(",", ":")
         )
