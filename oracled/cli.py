@@ -22,7 +22,23 @@ from oracled.logs import setup_logging
 __all__ = ["main"]
 
 DEFAULT_CONFIG = Path("config/default.toml")
+# The same file as shipped: inside the package in a wheel (pyproject's force-include), beside the
+# package in a source checkout or an editable install.
+_SHIPPED_CONFIGS = (
+    Path(__file__).resolve().parent / "default.toml",
+    Path(__file__).resolve().parent.parent / DEFAULT_CONFIG,
+)
+_DEFAULT_CONFIG_COMMANDS = frozenset({"run", "replay", "record", "demo"})
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_TAPE_ERRORS = 0, 1, 2, 3
+
+
+def default_config() -> Path:
+    """The config a command reads without `--config`: `config/default.toml` of the working
+    directory, else the shipped one, so that `oracled demo` works from any directory and from a
+    wheel. If neither exists, the relative path, which `load_config` reports as unreadable."""
+    if DEFAULT_CONFIG.is_file():
+        return DEFAULT_CONFIG
+    return next((path for path in _SHIPPED_CONFIGS if path.is_file()), DEFAULT_CONFIG)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -47,7 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
+        p.add_argument(
+            "--config",
+            type=Path,
+            help=f"TOML config file (default: {DEFAULT_CONFIG}, else the one shipped with oracled)",
+        )
 
     run = sub.add_parser("run", help="run the daemon")
     with_config(run)
@@ -70,8 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--config",
         type=Path,
-        default=DEFAULT_CONFIG,
-        help="config whose sources are each served by a simulator (default: %(default)s)",
+        help="config whose sources are each served by a simulator "
+        f"(default: {DEFAULT_CONFIG}, else the one shipped with oracled)",
     )
     demo.add_argument("--listen", type=_listen, default="127.0.0.1:8480")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -168,6 +188,8 @@ def _cmd_margin_tools(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in _DEFAULT_CONFIG_COMMANDS and args.config is None:
+        args.config = default_config()
     try:
         if args.command == "check-config":
             return _cmd_check(args)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,15 +23,25 @@ sources = [
 """
 
 
-def _oracled(*args: str) -> subprocess.CompletedProcess[str]:
+TAPE = (
+    '{"format": "oracled-tape", "version": 1}\n'
+    '{"ts": 1700000000500, "source": "%s", "pair": "%s", "bid": "60000.5", "ask": "60001.5"}\n'
+)
+
+
+def _oracled(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "oracled.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-        cwd=ROOT,
+        cwd=cwd,
     )
+
+
+def _markets(replayed: str) -> set[str]:
+    return {json.loads(line)["market"] for line in replayed.splitlines()}
 
 
 def test_the_shipped_default_config_is_valid_and_has_twenty_markets() -> None:
@@ -72,3 +84,45 @@ def test_a_bad_listen_address_is_a_usage_error() -> None:
     proc = _oracled("run", "--listen", "localhost")
     assert proc.returncode == 2
     assert "must be HOST:PORT" in proc.stderr
+
+
+def test_without_config_a_command_reads_the_shipped_config_from_any_directory(
+    tmp_path: Path,
+) -> None:
+    """Outside the project and without --config, `oracled replay` (like run, record and demo)
+    reads the shipped config/default.toml instead of failing on a relative path."""
+    tape = tmp_path / "tape.jsonl"
+    tape.write_text(TAPE % ("coinbase", "BTC/USD"))
+    proc = _oracled("replay", str(tape), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(_markets(proc.stdout)) == 23
+
+
+def test_a_config_default_toml_in_the_working_directory_comes_first(tmp_path: Path) -> None:
+    """A config/default.toml of the working directory is the default, before the shipped one."""
+    (tmp_path / "config").mkdir()
+    own = (ROOT / "tests" / "fixtures" / "tapes" / "config.toml").read_text()
+    (tmp_path / "config" / "default.toml").write_text(own)
+    tape = tmp_path / "tape.jsonl"
+    tape.write_text(TAPE % ("a", "BTC/USDT"))
+    proc = _oracled("replay", str(tape), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _markets(proc.stdout) == {"USDT/USD", "BTC/USD"}
+
+
+def test_the_wheel_carries_the_shipped_config(tmp_path: Path) -> None:
+    """A built wheel holds config/default.toml as oracled/default.toml, where an installed
+    oracled finds it."""
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    proc = subprocess.run(
+        [*build, "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("oracled-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read("oracled/default.toml")
+    assert shipped == (ROOT / "config" / "default.toml").read_bytes()
