@@ -108,7 +108,8 @@ async def test_switching_batch_on_and_off_keeps_the_bound_right() -> None:
 
 
 async def test_filtered_batch_carries_only_the_markets_that_pass() -> None:
-    """With a deviation filter, a batch holds just the markets that moved; none: no frame."""
+    """With a deviation filter, a batch holds just the markets that moved (a live move inside
+    the circuit breaker) or changed status (a pause, price null); none: no frame."""
     rig = Rig(make_config())
     hub = rig.hub
     rig.step()
@@ -120,10 +121,20 @@ async def test_filtered_batch_carries_only_the_markets_that_pass() -> None:
     rig.step()
     await asyncio.sleep(0)
     assert frames(sub) == []  # nothing moved
-    rig.step({"BTC/USD": 64_000.0, "ETH/USD": 3_500.0, "SOL/USD": 150.0})
+    # ETH +5 % (past the filter's 1 %, inside the 10 % breaker: still live), BTC +0.1 %.
+    prices = {"BTC/USD": 64_064.0, "ETH/USD": 3_255.0, "SOL/USD": 150.0}
+    rig.step(prices)
     await asyncio.sleep(0)
     (moved,) = frames(sub)
-    assert [r["market"] for r in decode(moved)["data"]] == ["ETH/USD"]
+    ((eth,),) = [decode(moved)["data"]]
+    assert (eth["market"], eth["status"]) == ("ETH/USD", "degraded")
+    assert abs(float(eth["price"]) - 3_255.0) < 1
+    rig.on_manual("SOL/USD", True, "test")  # a status change without any move
+    rig.step(prices)
+    await asyncio.sleep(0)
+    (paused,) = frames(sub)
+    ((sol,),) = [decode(paused)["data"]]
+    assert (sol["market"], sol["status"], sol["price"]) == ("SOL/USD", "paused", None)
 
 
 def test_batches_of_signed_frames_are_refused() -> None:
