@@ -128,7 +128,8 @@ async def test_report_and_signed_subscribers_each_get_their_kind(
 async def test_deviation_filter_sends_only_moves_and_status_changes(
     client: Client, daemon: Daemonish
 ) -> None:
-    """With deviation 1 %, a 0.1 % drift is held back and a 2 % move is sent."""
+    """With deviation 1 %, a 0.1 % drift is held back, a 2 % move is sent, and so is a change
+    of status that comes without any move (a manual pause)."""
     daemon.step()
     async with client.ws_connect("/v1/stream") as ws:
         request = {"op": "subscribe", "markets": ["BTC/USD"], "signed": True, "deviation": 0.01}
@@ -142,6 +143,12 @@ async def test_deviation_filter_sends_only_moves_and_status_changes(
         moved = (await recv(ws))["data"]
         assert moved["round"] == first["round"] + 4  # the three small moves were not sent
         assert int(moved["price"]) > int(first["price"]) * 1.01
+        daemon.step()  # unmoved: held back
+        await fanned_out()
+        daemon.rounds.core.set_manual("BTC/USD", True)
+        daemon.step()
+        paused = (await recv(ws))["data"]
+        assert (paused["round"], paused["status"]) == (moved["round"] + 2, "paused")
 
 
 async def test_heartbeat_filter_sends_unmoved_markets_at_least_that_often(
