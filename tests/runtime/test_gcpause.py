@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -30,12 +31,16 @@ def _samples(reg: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], .
 
 
 def test_install_is_idempotent() -> None:
+    """Installing twice leaves one callback: each collection is timed once, not twice."""
     gcpause.install()
     gcpause.install()
     assert sum(1 for cb in gc.callbacks if cb == gcpause._PAUSES.on_gc) == 1
 
 
 def test_each_collection_is_counted_in_its_generation(registry: CollectorRegistry) -> None:
+    """Collections are counted under their generation, each in the bucket its time falls in
+    (the summed seconds lie between the buckets' bounds), and exported as a cumulative
+    histogram."""
     before_counts, before_sums = gcpause.pauses()
     gc.collect(0)
     gc.collect(2)
@@ -44,6 +49,12 @@ def test_each_collection_is_counted_in_its_generation(registry: CollectorRegistr
     assert sum(counts[0]) - sum(before_counts[0]) >= 1
     assert sum(counts[2]) - sum(before_counts[2]) >= 2
     assert sums[2] > before_sums[2]
+    lower, upper = (0.0, *gcpause.BUCKETS), (*gcpause.BUCKETS, math.inf)
+    for generation in range(3):
+        # Bucket k holds pauses in (lower[k], upper[k]]: their sum is bounded by the counts.
+        least = sum(n * bound for n, bound in zip(counts[generation], lower, strict=True))
+        most = sum(n * bound for n, bound in zip(counts[generation], upper, strict=True) if n)
+        assert least * (1 - 1e-9) <= sums[generation] <= most * (1 + 1e-9), generation
 
     samples = _samples(registry)
     for generation in "012":
@@ -66,6 +77,8 @@ def test_each_collection_is_counted_in_its_generation(registry: CollectorRegistr
 def test_freeze_moves_live_objects_out_of_every_later_collection(
     registry: CollectorRegistry,
 ) -> None:
+    """freeze() moves the live objects to the permanent generation and says how many; the
+    gauge exports that count, and 0 once unfrozen."""
     assert gc.get_freeze_count() == 0
     try:
         frozen = gcpause.freeze()
