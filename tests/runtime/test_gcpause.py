@@ -50,11 +50,11 @@ def test_each_collection_is_counted_in_its_generation(registry: CollectorRegistr
     assert sum(counts[2]) - sum(before_counts[2]) >= 2
     assert sums[2] > before_sums[2]
     lower, upper = (0.0, *gcpause.BUCKETS), (*gcpause.BUCKETS, math.inf)
-    for generation in range(3):
+    for gen in range(3):
         # Bucket k holds pauses in (lower[k], upper[k]]: their sum is bounded by the counts.
-        least = sum(n * bound for n, bound in zip(counts[generation], lower, strict=True))
-        most = sum(n * bound for n, bound in zip(counts[generation], upper, strict=True) if n)
-        assert least * (1 - 1e-9) <= sums[generation] <= most * (1 + 1e-9), generation
+        least = sum(n * bound for n, bound in zip(counts[gen], lower, strict=True))
+        most = sum(n * bound for n, bound in zip(counts[gen], upper, strict=True) if n)
+        assert least * (1 - 1e-9) <= sums[gen] <= most * (1 + 1e-9), gen
 
     samples = _samples(registry)
     for generation in "012":
