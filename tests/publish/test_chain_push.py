@@ -16,10 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from publish_rig import Rounds, make_config
+from publish_rig import INTERVAL, SOURCES, Rounds, make_config
 
 from oracled.clock import ManualClock
 from oracled.config import ChainConfig, PushConfig
+from oracled.core import RoundResult
+from oracled.model import Quote
 from oracled.publish.chain_push import ChainPusher, market_id
 from oracled.publish.signer import SigningKey
 
@@ -186,6 +188,38 @@ async def test_a_paused_market_is_never_pushed_and_the_skip_is_counted(rig: Rig)
     assert (await rig.stored("ETH/USD"))[3] > before[3]
     assert pusher.stats.skipped["paused"] == 8
     assert pusher.stats.skipped["degraded"] == 0
+
+
+def _btc_outlier_round(rounds: Rounds) -> RoundResult:
+    """The next round with gamma's BTC/USD 20 % off the others: excluded, so BTC is degraded."""
+    rounds.now += INTERVAL
+    for market, price in rounds.prices.items():
+        for k, source in enumerate(SOURCES):
+            factor = 1.2 if (market, source) == ("BTC/USD", "gamma") else 1.0
+            px = price * (1 + (k - 1) * 1e-5) * factor
+            rounds.core.ingest(Quote(source, market, rounds.now - 10, price=px))
+    return rounds.core.run_round(rounds.now)
+
+
+async def test_a_degraded_market_is_never_pushed_and_the_skip_is_counted(rig: Rig) -> None:
+    """Only active prices go on chain: BTC degraded (one source excluded as an outlier) stays
+    as it was through heartbeats, counted `degraded`; the active markets go on."""
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(heartbeat_s=1.0)
+    rounds.step()
+    pusher.submit(rounds.step())
+    await pusher.start()
+    await settle(pusher)
+    before = await rig.stored("BTC/USD")
+    for _ in range(8):
+        result = _btc_outlier_round(rounds)
+        pusher.submit(result)
+        await settle(pusher)
+    assert result.report(0).status == "degraded"
+    assert await rig.stored("BTC/USD") == before
+    assert (await rig.stored("ETH/USD"))[3] > before[3]
+    assert pusher.stats.skipped["degraded"] == 8
+    assert pusher.stats.skipped["paused"] == 0
 
 
 async def test_a_stuck_transaction_is_replaced_with_the_same_nonce_and_a_higher_fee(
