@@ -274,6 +274,30 @@ def test_one_heavy_source_holding_most_weight_is_a_majority() -> None:
     assert _summary(btc) == ("degraded", ["outlier", "thin"], "50000.00")
 
 
+def test_exactly_half_of_the_weight_is_not_a_majority() -> None:
+    """Survivors holding exactly half of the usable weight (b, 2 of 4) are dispersion, not a
+    majority: the market is not priced, although b is the weighted median."""
+    sc = _weighted_btc({"b": 2.0}, min_sources=1)
+    btc = sc.round({"BTC/USD": {"a": 40_000.0, "b": 50_000.0, "c": 60_000.0}})["BTC/USD"]
+    assert _summary(btc) == ("unknown", ["dispersion"], None)
+    assert [(s.id, s.used) for s in btc.sources[:3]] == [("a", False), ("b", True), ("c", False)]
+
+
+def test_a_band_wider_than_max_confidence_ratio_is_dispersion() -> None:
+    """All five sources within max_deviation (1 %) of the median, but their confidence (half the
+    inter-quartile range, 100 on 50,000) is above max_confidence_ratio (0.1 %): dispersion. The
+    same spread under a 0.5 % limit is live."""
+    spread = {"a": 49_750.0, "b": 49_900.0, "c": 50_000.0, "d": 50_100.0, "e": 50_250.0}
+    for ratio, expected in ((0.001, ("unknown", ["dispersion"], None)), (0.005, None)):
+        cfg = config([market("BTC/USD", "abcde", max_confidence_ratio=ratio)], resume_rounds=1)
+        btc = Scenario(cfg).round({"BTC/USD": spread})["BTC/USD"]
+        assert all(s.used for s in btc.sources)
+        if expected is None:
+            assert (btc.status, btc.price, btc.confidence) == ("active", "50000.00", "100.00")
+        else:
+            assert _summary(btc) == expected
+
+
 def test_rounds_under_manual_pause_do_not_confirm_a_jump() -> None:
     """A move beyond the breaker while paused by hand is not confirmed behind the operator's
     back: the paused rounds show only `manual`, and after release the jump is held for the full
