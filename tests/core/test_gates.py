@@ -347,3 +347,17 @@ def test_a_source_can_have_its_own_age_limit() -> None:
     ]
     report = core.run_round(T0 + 61_000).report(0)
     assert {s.id: s.reason for s in report.sources} == {"fast": "stale", "slow": "stale"}
+
+
+def test_the_breaker_holds_moves_beyond_it_and_follows_a_move_of_exactly_its_size() -> None:
+    """The band is "more than circuit_breaker" (docs/pricing.md): with a 25 % breaker, a move of
+    exactly +25 % (exact in binary) is published at once; +25.0016 % is held for `jump`."""
+    sc = Scenario(config([market("BTC/USD", "abcde", circuit_breaker=0.25)], resume_rounds=3))
+
+    def btc(price: float) -> dict[str, dict[str, float]]:
+        return {"BTC/USD": dict.fromkeys("abcde", price)}
+
+    assert _summary(sc.rounds(4, btc(50_000.0))[-1]["BTC/USD"]) == ("active", [], "50000.00")
+    assert _summary(sc.round(btc(62_500.0))["BTC/USD"]) == ("active", [], "62500.00")
+    beyond = btc(78_126.0)  # 78,125 would be exactly +25 % again
+    assert _summary(sc.round(beyond)["BTC/USD"]) == ("paused", ["jump"], None)
