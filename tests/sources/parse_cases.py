@@ -2,13 +2,15 @@
 
 `test_parse_shared.py` writes the behaviours every adapter's decoder shares once (each frame of the
 simulator's garbage catalogue, and any other bad frame, is dropped for its own reason and never
-quoted; replies to nothing we asked are counted, never blamed on a symbol; a refused batch is split)
+quoted; replies to nothing we asked are counted, never blamed on a symbol; a refused batch is split;
+an older frame is dropped on the one-pass and the text decoding path alike)
 and runs them for every case here. The venue's own parse file keeps what only that venue does, and
 builds its adapter from the same case with `open_harness`, so that both see the same pairs.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -109,6 +111,15 @@ class ParseCase(Generic[S]):
     split_id: int = 0
     split_symbols: tuple[str, str] = ("", "")
     refusal: Refusal | None = None  # None: not covered by the refuse-then-ack test
+    # Two frames of one instrument, (older, newer): after the newer, the older is dropped as
+    # `stale` (by sequence or venue time). None: not covered by the shared order tests.
+    order: tuple[str, str] | None = None
+    stale: str = "out_of_order"
+    # The same frame moved off the one-pass decoder onto the text path (None: one path only).
+    text_path: Callable[[str], str] | None = None
+    # A frame with a zero bid and a stamp (or number) past both of `order`. None: the venue's
+    # sequence counts every message of the connection, a bad one too (Coinbase).
+    poisoned: Callable[[str], str] | None = None
 
     def bad_frames(self) -> list[tuple[str | bytes, str]]:
         """Every bad frame this case knows, with the one reason it must be dropped for."""
@@ -135,6 +146,13 @@ async def open_harness(case: ParseCase[S], **config: Any) -> AsyncIterator[Harne
     async with aiohttp.ClientSession() as http:
         source = make_source(case, http, quotes, **config)
         yield Harness(source, source.stats, quotes)
+
+
+def edited(frame: str, edit: Callable[[Any], None]) -> str:
+    """`frame` decoded, changed in place by `edit`, and encoded again."""
+    data = json.loads(frame)
+    edit(data)
+    return json.dumps(data)
 
 
 def _reasons(words: str) -> tuple[str, ...]:
@@ -202,6 +220,32 @@ BINANCE_USDM = ParseCase(
 _BITSTAMP_ACK_SGB, _BITSTAMP_ACK_ETH, BITSTAMP_TRADE, BITSTAMP_DIFF = recorded_lines(
     "bitstamp", "ws_recorded.jsonl"
 )
+
+
+def bitstamp_book(market: str) -> str:
+    """A channel event around a recorded order book object (the channel shares its fields)."""
+    data = recorded("bitstamp", f"rest_order_book_{market}.json")
+    return f'{{"data":{data},"channel":"order_book_{market}","event":"data"}}'
+
+
+def _bitstamp_short_level(frame: str) -> str:
+    """The best bid without its amount: the one-pass decoder refuses the level."""
+
+    def edit(d: Any) -> None:
+        d["data"]["bids"][0] = d["data"]["bids"][0][:1]
+
+    return edited(frame, edit)
+
+
+def _bitstamp_poisoned(frame: str) -> str:
+    def edit(d: Any) -> None:
+        d["data"]["bids"][0][0] = "0"
+        d["data"]["microtimestamp"] = "1741343696039184"
+
+    return edited(frame, edit)
+
+
+_BITSTAMP_NEWER = bitstamp_book("usdtusd")
 BITSTAMP = ParseCase(
     id="bitstamp",
     cls=BitstampSource,
@@ -224,6 +268,9 @@ BITSTAMP = ParseCase(
         ('{"event":"bts:something_new","channel":"","data":{}}', "shape"),
         *UNDECODABLE,
     ),
+    order=(_BITSTAMP_NEWER.replace("1641343696039184", "1641343695000000"), _BITSTAMP_NEWER),
+    text_path=_bitstamp_short_level,
+    poisoned=_bitstamp_poisoned,
 )
 
 # One catalogue serves both categories; a frame of the other category's shape is a shape error.
@@ -257,6 +304,17 @@ BYBIT_LINEAR = ParseCase(
     other=BYBIT_SPOT.other,
 )
 
+
+def _coinbase_text_path(frame: str) -> str:
+    """The ticker without best_bid_quantity: the one-pass decoder refuses it."""
+
+    def edit(d: Any) -> None:
+        del d["events"][0]["tickers"][0]["best_bid_quantity"]
+
+    return edited(frame, edit)
+
+
+_COINBASE_NEWER = recorded("coinbase", "ws_ticker.json")
 COINBASE = ParseCase(
     id="coinbase",
     cls=CoinbaseSource,
@@ -272,6 +330,9 @@ COINBASE = ParseCase(
     split='{"type":"error","message":"Failed to subscribe","reason":"FOO-USD is not valid"}',
     split_id=3,
     split_symbols=("BTC-USD", "ETH-USD"),
+    order=(_COINBASE_NEWER.replace('"sequence_num": 12', '"sequence_num": 11'), _COINBASE_NEWER),
+    stale="stale_sequence",
+    text_path=_coinbase_text_path,
 )
 
 GEMINI_BOOK = (
@@ -348,6 +409,23 @@ def _kucoin_btc(h: Harness[KucoinSource]) -> None:
     h.source._by_symbol["BTC-USDT"] = ("BTC/USDT", "spot")
 
 
+def _kucoin_text_path(frame: str) -> str:
+    """The ticker without bestBidSize: the one-pass decoder refuses it."""
+
+    def edit(d: Any) -> None:
+        del d["data"]["bestBidSize"]
+
+    return edited(frame, edit)
+
+
+def _kucoin_poisoned(frame: str) -> str:
+    def edit(d: Any) -> None:
+        d["data"].update(bestBid="0", sequence="9612844051654")
+
+    return edited(frame, edit)
+
+
+_KUCOIN_TICKERS = recorded_lines("kucoin", "ws_ticker.jsonl")
 KUCOIN = ParseCase(
     id="kucoin",
     cls=KucoinSource,
@@ -383,8 +461,29 @@ KUCOIN = ParseCase(
         ack=recorded_lines("kucoin", "ws_control.jsonl")[1],
         ack_id=1,
     ),
+    order=(_KUCOIN_TICKERS[0], _KUCOIN_TICKERS[3]),  # SNX-BTC, sequence ...653 then ...654
+    text_path=_kucoin_text_path,
+    poisoned=_kucoin_poisoned,
 )
 
+
+def _okx_text_path(frame: str) -> str:
+    """The ticker without bidSz: the one-pass decoder refuses it."""
+
+    def edit(d: Any) -> None:
+        del d["data"][0]["bidSz"]
+
+    return edited(frame, edit)
+
+
+def _okx_poisoned(frame: str) -> str:
+    def edit(d: Any) -> None:
+        d["data"][0].update(bidPx="0", ts="1752459226240")
+
+    return edited(frame, edit)
+
+
+_OKX_TICKERS = recorded_lines("okx", "ws_tickers.jsonl")
 OKX = ParseCase(
     id="okx",
     cls=OkxSource,
@@ -413,6 +512,9 @@ OKX = ParseCase(
     split='{"id":"6","event":"error","code":"60012","msg":"Invalid request"}',
     split_id=6,
     split_symbols=("BTC-USDT", "ETH-USDT"),
+    order=(_OKX_TICKERS[2], _OKX_TICKERS[4]),  # BTC-USDT, ts ...224956 then ...226240
+    text_path=_okx_text_path,
+    poisoned=_okx_poisoned,
 )
 
 PYTH_BTC = "e62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43"

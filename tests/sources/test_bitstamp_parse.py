@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from parse_cases import BITSTAMP, Harness, open_harness
+from parse_cases import bitstamp_book as book_event
 
 from oracled.model import Quote
 from oracled.sim.bitstamp import GARBAGE
@@ -15,12 +16,6 @@ from oracled.sources.bitstamp import BitstampSource
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "bitstamp"
 ACK_SGB, ACK_ETH = (FIXTURES / "ws_recorded.jsonl").read_text().splitlines()[:2]
 REQUESTS = (FIXTURES / "ws_subscribe_requests.jsonl").read_text().splitlines()
-
-
-def book_event(market: str) -> str:
-    """A channel event around a recorded order book object (the channel shares its fields)."""
-    data = (FIXTURES / f"rest_order_book_{market}.json").read_text()
-    return f'{{"data":{data},"channel":"order_book_{market}","event":"data"}}'
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 Frames are handed to the adapter directly (no socket): each bad frame is dropped for the one
 reason that names what is wrong with it and is never quoted, the simulator's whole garbage
 catalogue has a stated reason, replies to requests we never sent are counted and blamed on no
-symbol, a refusal that names no symbol splits its request instead of failing every symbol, and
-a refusal of one symbol fails it until an ack brings it back.
+symbol, a refusal that names no symbol splits its request instead of failing every symbol, a
+refusal of one symbol fails it until an ack brings it back, and an older frame never overrides a
+newer one on either decoding path, nor does a dropped bad frame move that order on.
 """
 
 from __future__ import annotations
@@ -113,3 +114,63 @@ def test_refused_symbol_fails_alone_until_an_ack_clears_it(
     assert stats.failed_instruments == {}
     assert source._pending == {}
     assert stats.malformed == 0 and source._outbox.qsize() == 0
+
+
+PATHS = ("one_pass", "text")
+
+
+def _on_path(case: ParseCase[Any], path: str, frame: str) -> str:
+    """`frame` as the decoder of `path` reads it (the text path: moved off the one-pass one)."""
+    if path == "one_pass":
+        return frame
+    assert case.text_path is not None
+    moved = case.text_path(frame)
+    assert moved != frame
+    return moved
+
+
+def _each_path(cases: list[ParseCase[Any]]) -> list[Any]:
+    """(case, path) for every decoding path each of `cases` has."""
+    return [
+        pytest.param(case, path, id=f"{case.id}-{path}")
+        for case in cases
+        for path in PATHS[: 2 if case.text_path is not None else 1]
+    ]
+
+
+ORDERED = _each_path([c for c in CASES if c.order is not None])
+
+
+@pytest.mark.parametrize(("case", "path"), ORDERED)
+def test_older_frame_never_overrides_a_newer_one_on_either_path(
+    case: ParseCase[Any], path: str, harness: Harness[Any]
+) -> None:
+    """After a newer frame of an instrument, an older one is dropped as stale, whichever decoder
+    reads them: the text path keeps the order exactly as the one-pass decoder does."""
+    assert case.order is not None
+    older, newer = (_on_path(case, path, frame) for frame in case.order)
+    harness.source.on_message(older, 1)  # quoted: nothing came before it
+    harness.source.on_message(newer, 2)
+    harness.source.on_message(older, 3)  # late: never overrides the newer price
+    assert [q.recv_ts for q in harness.quotes] == [1, 2]
+    assert harness.stats.dropped == {case.stale: 1}
+    assert harness.stats.malformed == 0
+
+
+POISONED = _each_path([c for c in CASES if c.order is not None and c.poisoned is not None])
+
+
+@pytest.mark.parametrize(("case", "path"), POISONED)
+def test_a_dropped_bad_price_does_not_move_the_order_on(
+    case: ParseCase[Any], path: str, harness: Harness[Any]
+) -> None:
+    """A frame dropped for a zero bid, though stamped (or numbered) past every good one, leaves
+    the bar where it was: later good frames are not taken for stale ones."""
+    assert case.order is not None and case.poisoned is not None
+    older, newer = case.order
+    harness.source.on_message(_on_path(case, path, case.poisoned(newer)), 1)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"non_positive": 1}
+    harness.source.on_message(_on_path(case, path, older), 2)
+    assert [q.recv_ts for q in harness.quotes] == [2]
+    assert harness.stats.dropped == {"non_positive": 1}
