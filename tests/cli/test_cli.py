@@ -55,10 +55,14 @@ def test_the_shipped_default_config_is_valid_and_has_twenty_markets() -> None:
 def test_check_config_reports_every_problem_with_its_key_path(tmp_path: Path) -> None:
     """All problems at once, each with its path, and a non-zero exit."""
     bad = tmp_path / "bad.toml"
-    bad.write_text(BAD)
+    bad.write_text(BAD.replace("min_sources = 5", "min_sources = 0"))
     proc = _oracled("check-config", str(bad))
     assert proc.returncode == 2
-    assert "markets[0].sources[1].weight: must be > 0" in proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"{bad}: 2 problem(s)",
+        "  markets[0].min_sources: must be >= 1",
+        "  markets[0].sources[1].weight: must be > 0",
+    ]
 
 
 def test_run_refuses_an_invalid_config_with_the_same_messages(tmp_path: Path) -> None:
