@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -136,6 +137,11 @@ class Daemon:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """The daemon's JSON log records of one event, oldest first."""
+        records = (json.loads(ln) for ln in self.logs().splitlines() if ln.startswith("{"))
+        return [r for r in records if r.get("event") == event]
 
     def terminate(self) -> int:
         assert self.proc is not None

@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from daemon import ADMIN_TOKEN, Daemon, sim_config
 
@@ -132,8 +131,16 @@ async def test_quorum_loss_pauses_with_null_price_then_resumes(
         sim.reset()
     resumed = await daemon.wait_status("BTC/USD", {"active", "degraded"}, limit_s=20)
     assert resumed["price"] is not None
-    logs = daemon.logs()
-    assert '"market status"' in logs or "market status" in logs
+    # The daemon logs each move: live at start-up, paused for the quorum, live again.
+    live = ("active", "degraded")
+    moves = [
+        (e["new"], e["reasons"]) for e in daemon.events("market status") if e["market"] == "BTC/USD"
+    ]
+    up = next(i for i, (new, _) in enumerate(moves) if new in live)
+    down = next((i for i, (new, _) in enumerate(moves) if i > up and new not in live), None)
+    assert down is not None, f"the quorum loss was not logged: {moves}"
+    assert moves[down][0] in ("paused", "unknown") and "quorum" in moves[down][1], moves
+    assert any(new in live for new, _ in moves[down + 1 :]), moves
 
 
 async def test_manual_pause_and_resume_through_the_admin_endpoint(daemon: Daemon) -> None:
@@ -158,7 +165,7 @@ async def test_sigterm_stops_the_daemon_cleanly_within_five_seconds(daemon: Daem
     code = await asyncio.to_thread(daemon.terminate)
     assert code == 0, daemon.logs()[-3000:]
     assert time.monotonic() - started < 5.0
-    assert "stopped" in daemon.logs()
+    assert len(daemon.events("stopped")) == 1, daemon.logs()[-3000:]
 
 
 async def test_garbage_frames_are_counted_and_never_published(
@@ -186,13 +193,18 @@ async def test_a_client_session_to_the_api_gets_json_errors_for_bad_requests(
 ) -> None:
     """Bad paths and bad market names are 4xx with a JSON error body."""
     assert daemon.session is not None
-    async with daemon.session.get(daemon.base + "/v1/prices/%%%") as resp:
-        assert 400 <= resp.status < 500
-    async with daemon.session.post(daemon.base + "/v1/admin/markets/BTC-USD/pause") as resp:
-        assert resp.status == 401
-        body = await resp.json()
-        assert body["error"]["code"]
-    assert isinstance(daemon.session, aiohttp.ClientSession)
+    for method, path, expected in (
+        ("GET", "/v1/prices/%%%", None),  # a market name that is not one
+        ("GET", "/v1/no-such-endpoint", 404),
+        ("POST", "/v1/prices", 405),
+        ("POST", "/v1/admin/markets/BTC-USD/pause", 401),
+    ):
+        async with daemon.session.request(method, daemon.base + path) as resp:
+            assert 400 <= resp.status < 500, (path, resp.status)
+            assert expected is None or resp.status == expected, (path, resp.status)
+            assert resp.content_type == "application/json", (path, resp.content_type)
+            body = await resp.json()
+            assert body["error"]["code"] and body["error"]["message"], (path, body)
 
 
 async def test_record_writes_a_tape_that_replay_reads_back(
