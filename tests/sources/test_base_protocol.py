@@ -29,6 +29,8 @@ class Venue:
         self.connections = 0
         self.refuse = False
         self.rest_requests = 0
+        self.rest_status = 200  # what every REST request is answered with
+        self.rest_asked: list[list[str]] = []  # the symbols of each REST request, in order
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -49,6 +51,9 @@ class Venue:
 
     async def _rest(self, request: web.Request) -> web.Response:
         self.rest_requests += 1
+        self.rest_asked.append(json.loads(request.query["symbols"]))
+        if self.rest_status != 200:
+            return web.json_response({"code": -1, "msg": "refused"}, status=self.rest_status)
         return web.json_response([])
 
 
@@ -67,6 +72,11 @@ async def hold(ws: web.WebSocketResponse) -> None:
     """Keep the connection open, reading whatever comes, until the client leaves."""
     async for _ in ws:
         pass
+
+
+async def hold_script(ws: web.WebSocketResponse, n: int) -> None:
+    """A venue that only holds each connection open."""
+    await hold(ws)
 
 
 async def launch(
@@ -212,3 +222,24 @@ async def test_ack_never_arriving_leaves_symbols_pending_not_failed(
     await wait(lambda: run.stats.state is ConnState.STREAMING)
     assert run.stats.failed_instruments == {}
     assert run.quotes[0].pair == "ETH/USDT"
+
+
+async def test_rate_limited_rest_batch_is_never_split(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A rate limit (429, or Binance's 418 ban) on a poll of every symbol is not a refused batch:
+    it is never retried symbol by symbol, which would multiply requests into the limit, and it
+    fails no symbol; a 400 for the same batch is split (the log tells the two apart)."""
+    venue = Venue(hold_script)
+    venue.refuse = True  # no stream: the source polls
+    both = ["BTCUSDT", "ETHUSDT"]
+    run = await launch(venue, aiohttp_server, start_config)
+    for status in (429, 418):
+        venue.rest_status, asked = status, len(venue.rest_asked)
+        await wait(lambda floor=asked + 4: len(venue.rest_asked) >= floor)
+        assert venue.rest_asked[asked + 1 :] == [both] * len(venue.rest_asked[asked + 1 :])
+        assert run.stats.failed_instruments == {}
+        assert run.stats.state is ConnState.DOWN
+    venue.rest_status, asked = 400, len(venue.rest_asked)
+    await wait(lambda: ["BTCUSDT"] in venue.rest_asked[asked:])
+    assert ["ETHUSDT"] in venue.rest_asked[asked:]
