@@ -7,9 +7,10 @@ from decimal import Decimal
 
 import msgspec
 import pytest
-from publish_rig import INTERVAL, Rounds, make_config
+from publish_rig import INTERVAL, SOURCES, Rounds, make_config
 
 from oracled.client import REASONS, OracleClient, Rejection, verify
+from oracled.model import Quote
 from oracled.publish.signer import RoundSigner, SignedRound, SigningKey
 
 KEYS = [SigningKey.from_hex("0x" + f"{i:02x}" * 32) for i in range(1, 5)]
@@ -52,14 +53,18 @@ def reason(client: OracleClient, data: bytes | str) -> str:
 
 
 def test_a_genuine_signed_frame_is_accepted_with_its_exact_decimal_price() -> None:
-    """The stream frame verifies; the price is the integer mantissa scaled, as a Decimal."""
+    """The stream frame verifies; the price and its confidence are the integer mantissas
+    scaled, as Decimals."""
     (signed,) = signed_rounds(KEYS[0], 1)
     client, _ = client_at(signed)
     sp = client.feed(frame(signed, 0))
     assert sp.market == "BTC/USD"
     view = client.price("BTC/USD")
     assert view.status == "active" and view.signers == (KEYS[0].address,)
-    assert view.price == Decimal(signed.result.report(0).price)  # type: ignore[union-attr]
+    report = signed.result.report(0)  # type: ignore[union-attr]
+    assert view.price == Decimal(report.price)
+    assert report.confidence is not None and Decimal(report.confidence) > 0
+    assert view.reports[0].confidence == Decimal(report.confidence)
     assert client.accepted == 1 and sum(client.rejected.values()) == 0
 
 
@@ -180,17 +185,42 @@ def test_median_of_a_quorum_of_signers_ignores_one_liar() -> None:
 
 
 def test_below_quorum_the_market_is_unknown_and_goes_unknown_when_reports_age() -> None:
-    """One signer of a quorum of two is not enough; two are, until their reports go stale."""
+    """One signer of a quorum of two is not enough; two are, until their reports go stale. The
+    price of two is their mean (the median of an even count), as of the newer report."""
     a = signed_rounds(KEYS[0], 1)[0]
-    b = signed_rounds(KEYS[1], 1)[0]
+    b = signed_rounds(KEYS[1], 2, BTC_USD=1.001)[-1]  # a round later, and priced higher
     client, clock = client_at(a, quorum=2, max_age_ms=1_000)
     client.feed(frame(a, 0))
     assert client.price("BTC/USD").status == "unknown"
     assert client.price("BTC/USD").price is None
     client.feed(frame(b, 0))
-    assert client.price("BTC/USD").status == "active"
+    view = client.price("BTC/USD")
+    assert view.status == "active"
+    prices = [Decimal(s.result.report(0).price) for s in (a, b)]  # type: ignore[union-attr]
+    assert prices[0] < prices[1]
+    assert view.price == (prices[0] + prices[1]) / 2
+    assert view.ts == b.ts > a.ts
     clock.now += 1_000 + INTERVAL
     assert client.price("BTC/USD").status == "unknown"
+
+
+def test_one_degraded_signer_makes_the_quorum_view_degraded() -> None:
+    """A quorum of live reports is `active` only if every one is active; one signer whose round
+    excluded an outlier (degraded) makes the view `degraded`, still with the median price."""
+    a = signed_rounds(KEYS[0], 1)[0]
+    rounds = Rounds(make_config())
+    rounds.step()
+    rounds.now += INTERVAL
+    for source, px in zip(SOURCES, (64_000.0, 64_001.0, 90_000.0), strict=True):
+        rounds.core.ingest(Quote(source, "BTC/USD", rounds.now - 10, price=px))
+    b = RoundSigner(KEYS[1]).sign(rounds.core.run_round(rounds.now))
+    assert b.result is not None and b.result.report(0).status == "degraded"
+    client, _ = client_at(a, quorum=2)
+    client.feed(frame(a, 0))
+    client.feed(frame(b, 0))
+    view = client.price("BTC/USD")
+    assert view.status == "degraded" and len(view.signers) == 2
+    assert view.price is not None
 
 
 def test_a_quorum_without_prices_is_paused() -> None:
