@@ -44,9 +44,17 @@ async def next_block(resp: aiohttp.ClientResponse, within_s: float = 2.0) -> lis
             lines.append(line)
 
 
+def ended(resp: aiohttp.ClientResponse, block: list[str]) -> bool:
+    """`block` (from `next_block`) is no block but the clean end of the stream."""
+    return not block and resp.content.at_eof()
+
+
 async def next_update(resp: aiohttp.ClientResponse) -> Any:
+    """The next ``data:`` event as JSON; the stream ending first fails the test (not a hang)."""
     while True:
         block = await next_block(resp)
+        if ended(resp, block):
+            pytest.fail("the stream ended before an update")
         if block and block[0].startswith("data:"):
             return json.loads(block[0].removeprefix("data:"))
 
@@ -223,9 +231,9 @@ async def test_disconnect_drops_every_client(
         assert sim.stats.active == 2
         assert sim.disconnect() == 2
         for resp in (one, two):
-            with pytest.raises(aiohttp.ClientPayloadError):
-                while True:
-                    await next_block(resp)
+            with pytest.raises(aiohttp.ClientPayloadError):  # not a clean end of the stream
+                while not ended(resp, await next_block(resp)):
+                    pass
     assert sim.stats.connections == 2
 
 
