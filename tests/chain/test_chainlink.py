@@ -115,21 +115,25 @@ async def test_answered_in_older_round_is_refused(
 async def test_non_positive_answer_is_refused(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:
-    """A negative answer is dropped as `non_positive`."""
+    """A negative answer, and an answer of zero, are each dropped as `non_positive`."""
     reader = make_reader([anvil.url], http)
     got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
     now = await chain.timestamp()
     await chain.transact(snapshot.btc_aggregator, SET_ROUND, 7, -5, now, now, 7)
     assert await reader.poll_once()
     assert got.stats.dropped["non_positive"] == 1
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 8, 0, now + 1, now + 1, 8)
+    assert await reader.poll_once()
+    assert got.stats.dropped["non_positive"] == 2
     assert got.quotes == []
 
 
-async def test_answer_at_min_answer_is_flagged_not_priced(
+async def test_answer_at_min_or_max_answer_is_flagged_not_priced(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:
-    """A crash below the aggregator's minAnswer is clamped on chain to the floor; the reader
-    learns the bounds through proxy.aggregator() and flags the floor value `at_bound`."""
+    """A crash below the aggregator's minAnswer is clamped on chain to the floor, a spike above
+    maxAnswer to the ceiling; the reader learns the bounds through proxy.aggregator() and flags
+    either bound value `at_bound`."""
     reader = make_reader([anvil.url], http)
     got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
     assert await reader.poll_once()
@@ -137,6 +141,12 @@ async def test_answer_at_min_answer_is_flagged_not_priced(
     await chain.transact(snapshot.btc_aggregator, "updateAnswer(int256)", 12_00000000)
     assert await reader.poll_once()
     assert (got.last.price, got.last.flag) == (1000.0, "at_bound")
+    await chain.transact(snapshot.btc_aggregator, "updateAnswer(int256)", 60_000_00000000)
+    assert await reader.poll_once()
+    assert (got.last.price, got.last.flag) == (60000.0, None)
+    await chain.transact(snapshot.btc_aggregator, "updateAnswer(int256)", 5_000_000_00000000)
+    assert await reader.poll_once()
+    assert (got.last.price, got.last.flag) == (1_000_000.0, "at_bound")
 
 
 async def test_aggregator_replaced_behind_the_proxy(

@@ -85,3 +85,24 @@ async def test_wide_confidence_is_dropped(
     assert await reader.poll_once()
     assert got.stats.dropped["wide_confidence"] == 1
     assert got.quotes == []
+
+
+async def test_an_older_publish_time_after_a_reorg_is_refused(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A block replaced at the same height by one holding an older publishTime than the price
+    already published is read (a reorg), and its price is dropped `older_price`, never
+    published over the newer one."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
+    now = await chain.timestamp()
+    before = await chain.snapshot()
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 301_000_000_000, 2_000_000, -8, now + 20)
+    assert await reader.poll_once()
+    assert got.last.bid == pytest.approx(3009.98, rel=1e-12)
+    await chain.revert(before)
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 302_000_000_000, 2_000_000, -8, now + 10)
+    assert await reader.poll_once()  # same height, new hash: read
+    assert reader.stats.reorgs == 1
+    assert got.stats.dropped["older_price"] == 1
+    assert [q.bid for q in got.quotes] == [pytest.approx(3009.98, rel=1e-12)]
