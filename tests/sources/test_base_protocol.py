@@ -31,6 +31,9 @@ class Venue:
         self.rest_requests = 0
         self.rest_status = 200  # what every REST request is answered with
         self.rest_asked: list[list[str]] = []  # the symbols of each REST request, in order
+        self.rest_rows: list[dict[str, str]] = []  # the body of a successful answer
+        self.rest_held: asyncio.Event | None = None  # set: REST answers wait until it is set
+        self.rest_answered = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -52,9 +55,12 @@ class Venue:
     async def _rest(self, request: web.Request) -> web.Response:
         self.rest_requests += 1
         self.rest_asked.append(json.loads(request.query["symbols"]))
+        if self.rest_held is not None:
+            await self.rest_held.wait()
+        self.rest_answered += 1
         if self.rest_status != 200:
             return web.json_response({"code": -1, "msg": "refused"}, status=self.rest_status)
-        return web.json_response([])
+        return web.json_response(self.rest_rows)
 
 
 async def next_request(ws: web.WebSocketResponse) -> dict[str, Any]:
@@ -243,3 +249,33 @@ async def test_rate_limited_rest_batch_is_never_split(
     venue.rest_status, asked = 400, len(venue.rest_asked)
     await wait(lambda: ["BTCUSDT"] in venue.rest_asked[asked:])
     assert ["ETHUSDT"] in venue.rest_asked[asked:]
+
+
+async def test_rest_answer_landing_after_the_stream_is_back_is_not_quoted(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A poll sent while the stream was down, answered only once the stream is back, is older
+    than the streamed prices: it is not quoted and does not put the source back to polling."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+        await hold(ws)
+
+    venue = Venue(script)
+    venue.refuse, venue.rest_held = True, asyncio.Event()
+    venue.rest_rows = [
+        {"symbol": s, "bidPrice": "50.0", "bidQty": "1", "askPrice": "50.1", "askQty": "1"}
+        for s in ("BTCUSDT", "ETHUSDT")
+    ]
+    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
+    await wait(lambda: venue.rest_requests == 1)  # the poll is out, its answer held
+    venue.refuse = False
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    venue.rest_held.set()
+    await wait(lambda: venue.rest_answered == 1)
+    await asyncio.sleep(0.3)  # the held answer lands; no further poll goes out
+    assert [(q.pair, q.bid) for q in run.quotes] == [("BTC/USDT", 100.0)]
+    assert run.stats.state is ConnState.STREAMING
+    assert venue.rest_requests == 1
