@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from oracled.clock import SystemClock
+from oracled.clock import Clock, SystemClock
 from oracled.config import ChainConfig, FeedSpec
 from oracled.jsonrpc import RpcClient
 from oracled.model import Quote
@@ -42,11 +42,18 @@ class Collected:
 
 
 def make_reader(
-    urls: Sequence[str], http: aiohttp.ClientSession, *, timeout_s: float = 2.0, **chain: Any
+    urls: Sequence[str],
+    http: aiohttp.ClientSession,
+    *,
+    timeout_s: float = 2.0,
+    clock: Clock | None = None,
+    **chain: Any,
 ) -> ChainReader:
+    """A reader of the local chain; `clock` is the reader's own (the RPC client keeps the
+    system clock for its timeouts)."""
     cfg = ChainConfig(chain_id=31337, rpc_urls=tuple(urls), timeout_s=timeout_s, **chain)
     rpc = RpcClient(list(urls), http, timeout_s=timeout_s, clock=SystemClock())
-    return ChainReader("local", cfg, rpc, SystemClock(), http)
+    return ChainReader("local", cfg, rpc, clock or SystemClock(), http)
 
 
 def watch(reader: ChainReader, feed: Feed) -> Collected:

@@ -17,6 +17,7 @@ from chain_rig import (
 from reading import chainlink_spec, make_reader, watch
 from rpc_proxy import RpcProxy
 
+from oracled.clock import ManualClock
 from oracled.config import SequencerConfig
 from oracled.errors import SourceError
 from oracled.sources.evm.chainlink import ChainlinkFeed
@@ -191,7 +192,8 @@ async def test_cross_check_withholds_a_block_the_endpoints_disagree_on(
     anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
 ) -> None:
     """With cross_check, a second endpoint that answers a different read for the same block
-    hash is reported and the block is not published; agreeing endpoints publish."""
+    hash is reported and the block is not published; agreeing endpoints publish, and so does
+    the first endpoint when the second cannot answer at all."""
     reader = make_reader([anvil.url, proxy.url], http, cross_check=True)
     got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
     assert await reader.poll_once()
@@ -202,6 +204,12 @@ async def test_cross_check_withholds_a_block_the_endpoints_disagree_on(
     assert not await reader2.poll_once()
     assert reader2.stats.disagreements == 1
     assert got2.quotes == []
+    proxy.mode = "error"  # a second endpoint that cannot answer says nothing against the first
+    reader3 = make_reader([anvil.url, proxy.url], http, cross_check=True)
+    got3 = watch(reader3, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader3.poll_once()
+    assert reader3.stats.disagreements == 0
+    assert [q.price for q in got3.quotes] == [3000.0]
 
 
 async def test_wrong_chain_id_is_refused(
@@ -212,3 +220,37 @@ async def test_wrong_chain_id_is_refused(
     reader.cfg = reader.cfg.model_copy(update={"chain_id": 1})
     with pytest.raises(SourceError, match="not 1"):
         await reader.check_chain_id()
+
+
+async def test_a_block_older_than_max_block_age_is_never_published(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A node stuck on an old head: by the reader's clock, a block exactly max_block_age_s old
+    is read, one a millisecond older is counted as old and nothing from it is published."""
+    head = await chain.block()
+    block_ms = int(head["timestamp"], 16) * 1000
+    clock = ManualClock(block_ms + 60_000 + 1)
+    reader = make_reader([anvil.url], http, clock=clock, max_block_age_s=60.0)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert not await reader.poll_once()
+    assert reader.stats.old_blocks == 1
+    assert got.quotes == []
+    clock.advance(-1)
+    assert await reader.poll_once()
+    assert reader.stats.old_blocks == 1
+    assert [q.price for q in got.quotes] == [3000.0]
+
+
+async def test_a_sequencer_feed_that_never_started_is_not_up(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A sequencer feed answering 'up' with a startedAt of 0 (not initialised yet) does not open
+    the gate: the chain's feeds are flagged `sequencer` from their first quote."""
+    seq = SequencerConfig(address=snapshot.sequencer, grace_period_s=600)
+    now = await chain.timestamp()
+    await chain.transact(snapshot.sequencer, UPDATE_SEQ, 1, 0, now, 0)
+    reader = make_reader([anvil.url], http, sequencer=seq)
+    eth = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    assert reader.stats.sequencer_up is False
+    assert (eth.last.flag, eth.last.price) == ("sequencer", 3000.0)
