@@ -217,17 +217,19 @@ async def test_observe_reverts_when_the_window_outruns_the_observations(
     assert isinstance(short, Quote)
 
 
+@pytest.mark.parametrize(("decimals0", "decimals1"), [(18, 6), (6, 8)], ids=["swapped", "token1"])
 async def test_a_config_with_the_tokens_swapped_is_refused_on_the_real_pool(
-    chain: Chain, tokens: Tokens, snapshot: Deployed
+    chain: Chain, tokens: Tokens, snapshot: Deployed, decimals0: int, decimals1: int
 ) -> None:
-    """Decimals configured the wrong way round (18/6 for a USD/WETH pool) are caught against the
-    tokens' own decimals(): dropped as token_mismatch instead of a price off by 1e24."""
+    """Decimals configured the wrong way round (18/6 for a USD/WETH pool), or wrong for one
+    token only (6/8), are caught against the tokens' own decimals(): dropped as token_mismatch
+    instead of a price off by 1e24 (or 1e10)."""
     pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_below, "3000", liquidity=10**15)
     assert (pool.decimals0, pool.decimals1) == (6, 18)
     await chain.warp(2 * WINDOW)
     wrong = UniswapV3Feed(
-        "uniswap", "ETH/USD", pool.address, invert=True, token0_decimals=18, token1_decimals=6,
-        min_liquidity=1,
+        "uniswap", "ETH/USD", pool.address, invert=True, token0_decimals=decimals0,
+        token1_decimals=decimals1, min_liquidity=1,
     )  # fmt: skip
     result, _ = await read(chain, wrong)
     assert result == "token_mismatch"
