@@ -120,6 +120,9 @@ class ParseCase(Generic[S]):
     # A frame with a zero bid and a stamp (or number) past both of `order`. None: the venue's
     # sequence counts every message of the connection, a bad one too (Coinbase).
     poisoned: Callable[[str], str] | None = None
+    # A frame whose bid equals its ask, for a venue that judges crossing itself (a kept book, a
+    # confidence band); the others leave it to the base's one check.
+    locked: str | None = None
 
     def bad_frames(self) -> list[tuple[str | bytes, str]]:
         """Every bad frame this case knows, with the one reason it must be dropped for."""
@@ -364,6 +367,7 @@ GEMINI = ParseCase(
     covered_elsewhere=1,  # the crossing diff: dropped and resynced, test_gemini_parse.py
     prime=_gemini_book,
     settled=_gemini_book_untouched,
+    locked=GEMINI_BOOK.replace('["sell","101","1"]', '["sell","100","1"]'),
 )
 
 KRAKEN = ParseCase(
@@ -536,6 +540,10 @@ PYTH = ParseCase(
         "decode decode shape shape shape shape bad_number non_positive non_positive "
         "bad_number crossed wide_confidence bad_number"
     ),
+    # The recorded BTC update with a zero confidence: the band is the price itself.
+    locked=recorded("pyth_hermes", "v2_latest_parsed_btc.json")
+    .strip()
+    .replace('"conf":"2661582364"', '"conf":"0"'),
 )
 
 CASES: tuple[ParseCase[Any], ...] = (

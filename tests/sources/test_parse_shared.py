@@ -5,7 +5,8 @@ reason that names what is wrong with it and is never quoted, the simulator's who
 catalogue has a stated reason, replies to requests we never sent are counted and blamed on no
 symbol, a refusal that names no symbol splits its request instead of failing every symbol, a
 refusal of one symbol fails it until an ack brings it back, and an older frame never overrides a
-newer one on either decoding path, nor does a dropped bad frame move that order on.
+newer one on either decoding path, nor does a dropped bad frame move that order on; a locked
+book (bid equal to ask) is a price, only a bid above the ask is crossed.
 """
 
 from __future__ import annotations
@@ -174,3 +175,33 @@ def test_a_dropped_bad_price_does_not_move_the_order_on(
     harness.source.on_message(_on_path(case, path, older), 2)
     assert [q.recv_ts for q in harness.quotes] == [2]
     assert harness.stats.dropped == {"non_positive": 1}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_a_locked_book_is_a_price_and_only_a_crossed_one_is_dropped(
+    case: ParseCase[Any], harness: Harness[Any]
+) -> None:
+    """A bid equal to the ask (a locked book, a real state of a fast market) is quoted; only a
+    bid above the ask is dropped as crossed."""
+    symbol = harness.source.symbols[0]
+    harness.source._quote(symbol, 100.0, 100.0, 1)
+    harness.source._quote(symbol, 100.0, 99.99, 2)
+    assert [(q.recv_ts, q.bid, q.ask) for q in harness.quotes] == [(1, 100.0, 100.0)]
+    assert harness.stats.dropped == {"crossed": 1}
+
+
+LOCKED = [c for c in CASES if c.locked is not None]
+
+
+@pytest.mark.parametrize("case", LOCKED, ids=[c.id for c in LOCKED])
+def test_a_locked_frame_is_quoted_not_taken_for_a_crossed_one(
+    case: ParseCase[Any], harness: Harness[Any]
+) -> None:
+    """Where the venue's decoder judges crossing itself (a kept book, a confidence band), a frame
+    with the bid equal to the ask is quoted as it is: not dropped as crossed (which would also
+    resync Gemini's book)."""
+    assert case.locked is not None
+    harness.source.on_message(case.locked, 1)
+    [quote] = harness.quotes
+    assert quote.bid is not None and quote.bid == quote.ask
+    assert harness.stats.dropped == {} and harness.stats.malformed == 0
