@@ -144,10 +144,15 @@ async def test_quorum_loss_pauses_with_null_price_then_resumes(
 
 
 async def test_manual_pause_and_resume_through_the_admin_endpoint(daemon: Daemon) -> None:
-    """The bearer token is required; a manual pause shows reason manual and null price."""
+    """The bearer token is required and a wrong one is refused; a manual pause shows reason
+    manual and null price."""
     await daemon.wait_status("ETH/USD", {"active", "degraded"})
     status, body = await daemon.post("/v1/admin/markets/ETH-USD/pause")
     assert status == 401, body
+    wrong = {"Authorization": f"Bearer {ADMIN_TOKEN[:-1]}x"}
+    status, body = await daemon.post("/v1/admin/markets/ETH-USD/pause", headers=wrong)
+    assert status == 401, body
+    assert (await daemon.report("ETH/USD"))["status"] != "paused"
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     status, body = await daemon.post("/v1/admin/markets/ETH-USD/pause", headers=headers)
     assert status == 200, body
