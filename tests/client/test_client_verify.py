@@ -41,6 +41,14 @@ def edit(signed: SignedRound, i: int, **changes: object) -> bytes:
     return msgspec.json.encode(data)
 
 
+def btc_price(signed: SignedRound) -> Decimal:
+    """The BTC/USD price the signed round carries, as a Decimal."""
+    assert signed.result is not None
+    price = signed.result.report(0).price
+    assert price is not None
+    return Decimal(price)
+
+
 def client_at(signed: SignedRound, **kwargs: object) -> tuple[OracleClient, Clock]:
     clock = Clock(signed.ts + 10)
     return OracleClient(ALLOWED, now_ms=clock, **kwargs), clock  # type: ignore[arg-type]
@@ -61,8 +69,9 @@ def test_a_genuine_signed_frame_is_accepted_with_its_exact_decimal_price() -> No
     assert sp.market == "BTC/USD"
     view = client.price("BTC/USD")
     assert view.status == "active" and view.signers == (KEYS[0].address,)
-    report = signed.result.report(0)  # type: ignore[union-attr]
-    assert view.price == Decimal(report.price)
+    assert signed.result is not None
+    report = signed.result.report(0)
+    assert view.price == btc_price(signed)
     assert report.confidence is not None and Decimal(report.confidence) > 0
     assert view.reports[0].confidence == Decimal(report.confidence)
     assert client.accepted == 1 and sum(client.rejected.values()) == 0
@@ -177,10 +186,7 @@ def test_median_of_a_quorum_of_signers_ignores_one_liar() -> None:
         client.feed(frame(signed, 0))
     view = client.price("BTC/USD")
     assert view.status == "active" and len(view.signers) == 3
-    honest = sorted(
-        Decimal(s.result.report(0).price)  # type: ignore[union-attr]
-        for s in (honest_a, honest_b)
-    )
+    honest = sorted(btc_price(s) for s in (honest_a, honest_b))
     assert view.price == honest[1]
 
 
@@ -196,7 +202,7 @@ def test_below_quorum_the_market_is_unknown_and_goes_unknown_when_reports_age() 
     client.feed(frame(b, 0))
     view = client.price("BTC/USD")
     assert view.status == "active"
-    prices = [Decimal(s.result.report(0).price) for s in (a, b)]  # type: ignore[union-attr]
+    prices = [btc_price(s) for s in (a, b)]
     assert prices[0] < prices[1]
     assert view.price == (prices[0] + prices[1]) / 2
     assert view.ts == b.ts > a.ts
