@@ -279,3 +279,38 @@ async def test_rest_answer_landing_after_the_stream_is_back_is_not_quoted(
     assert [(q.pair, q.bid) for q in run.quotes] == [("BTC/USDT", 100.0)]
     assert run.stats.state is ConnState.STREAMING
     assert venue.rest_requests == 1
+
+
+async def test_a_failed_symbol_is_asked_for_alone_on_the_next_connection(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """After a symbol failed, a new connection asks for the healthy symbols in one batch and
+    for the failed one alone, so that it cannot spoil the batch (the venue refuses a whole
+    batch for one bad stream) and the healthy ones are never asked for one by one."""
+    eth, btc = "ethusdt@bookTicker", "btcusdt@bookTicker"
+    requests: list[list[list[str]]] = [[], []]  # per connection
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        while True:
+            try:
+                req = await next_request(ws)
+            except ConnectionError:
+                return
+            requests[min(n, 1)].append(req["params"])
+            if eth in req["params"]:
+                bad = {"code": 2, "msg": "Invalid request: invalid stream", "id": req["id"]}
+                await ws.send_str(json.dumps(bad))
+                if n == 0 and req["params"] == [eth]:
+                    await ws.close(code=1001, message=b"going away")
+                    return
+            else:
+                await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+                await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+
+    venue = Venue(script)
+    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
+    await wait(lambda: len(requests[1]) >= 2)
+    assert requests[0] == [[btc, eth], [btc], [eth]]
+    assert requests[1] == [[btc], [eth]]
+    await wait(lambda: run.stats.state is ConnState.STREAMING)
+    assert run.stats.failed_instruments == {"ETHUSDT": "2: Invalid request: invalid stream"}
