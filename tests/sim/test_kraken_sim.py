@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,11 +24,13 @@ async def sim() -> AsyncIterator[KrakenSim]:
 
 
 async def until(ws: aiohttp.ClientWebSocketResponse, **match: Any) -> Any:
-    """The next message that has every key and value of `match`, skipping others."""
-    while True:
-        frame = await next_json(ws)
-        if all(frame.get(key) == value for key, value in match.items()):
-            return frame
+    """The next message that has every key and value of `match`, skipping others; none within
+    two seconds fails (heartbeats alone would otherwise keep the loop going for ever)."""
+    async with asyncio.timeout(2.0):
+        while True:
+            frame = await next_json(ws)
+            if all(frame.get(key) == value for key, value in match.items()):
+                return frame
 
 
 async def test_status_then_per_symbol_acks_then_snapshots(

@@ -65,12 +65,14 @@ async def _coinbase_beats(ws: WS) -> bool:
     return bool((await next_json(ws, pings=True))["channel"] == "heartbeats")
 
 
-async def _kraken_ticker(ws: WS) -> bool:
-    """The next BTC/USD ticker update (the status, acks and heartbeats are passed over)."""
-    while True:
-        frame = await next_json(ws)
-        if frame.get("channel") == "ticker" and frame.get("type") == "update":
-            return bool(frame["data"][0]["symbol"] == "BTC/USD")
+async def _kraken_ticker(ws: WS, within_s: float = 2.0) -> bool:
+    """The next BTC/USD ticker update (the status, acks and heartbeats are passed over); none
+    within `within_s` fails, though heartbeats keep coming."""
+    async with asyncio.timeout(within_s):
+        while True:
+            frame = await next_json(ws)
+            if frame.get("channel") == "ticker" and frame.get("type") == "update":
+                return bool(frame["data"][0]["symbol"] == "BTC/USD")
 
 
 async def _kraken_subscribe(ws: WS) -> bool:
