@@ -60,6 +60,22 @@ def test_recorded_btc_update_becomes_a_quote_around_the_pyth_price(
     assert harness.stats.malformed == 0 and harness.stats.quotes == 1
 
 
+@pytest.mark.parametrize("expo", [0, 2, 5])
+def test_a_non_negative_exponent_multiplies_price_and_confidence(
+    harness: Harness[PythHermesSource], expo: int
+) -> None:
+    """bid and ask are (price -+ conf) * 10**expo for an exponent of zero or above too (the
+    recorded feed's is -8): the scale multiplies, it never divides."""
+    body = BTC_BODY.replace(b'"expo":-8,', f'"expo":{expo},'.encode(), 1)  # the price's, not ema's
+    assert body != BTC_BODY
+    harness.source.on_rest(body, 1_000)
+    price, conf = 5190075917635, 2661582364
+    [quote] = harness.quotes
+    assert quote.bid == float((price - conf) * 10**expo)
+    assert quote.ask == float((price + conf) * 10**expo)
+    assert harness.stats.malformed == 0
+
+
 def test_recorded_two_item_update_gives_one_quote_per_feed(
     harness: Harness[PythHermesSource],
 ) -> None:
