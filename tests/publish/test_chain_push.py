@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,25 +169,10 @@ async def test_the_heartbeat_pushes_an_unchanged_price(rig: Rig) -> None:
     assert (await rig.stored("BTC/USD"))[3] == pushed_at + 2_000
 
 
-async def test_a_paused_market_is_never_pushed_and_the_skip_is_counted(rig: Rig) -> None:
-    """A manual pause: the heartbeat comes and goes, BTC stays as it was; the others go on."""
-    rounds = Rounds(make_config())
-    pusher = rig.pusher(heartbeat_s=1.0)
-    rounds.step()
-    pusher.submit(rounds.step())
-    await pusher.start()
-    await settle(pusher)
-    before = await rig.stored("BTC/USD")
+def _btc_paused_round(rounds: Rounds) -> RoundResult:
+    """The next round with BTC/USD paused by hand (and quoted 5 % higher, which must not go out)."""
     rounds.core.set_manual("BTC/USD", True)
-    for _ in range(8):
-        result = rounds.step(BTC_USD=1.05)
-        pusher.submit(result)
-        await settle(pusher)
-    assert result.report(0).status == "paused"
-    assert await rig.stored("BTC/USD") == before
-    assert (await rig.stored("ETH/USD"))[3] > before[3]
-    assert pusher.stats.skipped["paused"] == 8
-    assert pusher.stats.skipped["degraded"] == 0
+    return rounds.step(BTC_USD=1.05)
 
 
 def _btc_outlier_round(rounds: Rounds) -> RoundResult:
@@ -201,9 +186,15 @@ def _btc_outlier_round(rounds: Rounds) -> RoundResult:
     return rounds.core.run_round(rounds.now)
 
 
-async def test_a_degraded_market_is_never_pushed_and_the_skip_is_counted(rig: Rig) -> None:
-    """Only active prices go on chain: BTC degraded (one source excluded as an outlier) stays
-    as it was through heartbeats, counted `degraded`; the active markets go on."""
+@pytest.mark.parametrize(
+    ("status", "next_round"), [("paused", _btc_paused_round), ("degraded", _btc_outlier_round)]
+)
+async def test_a_market_not_active_is_never_pushed_and_the_skip_is_counted(
+    rig: Rig, status: str, next_round: Callable[[Rounds], RoundResult]
+) -> None:
+    """Only active prices go on chain: BTC paused by hand, or degraded (one source excluded as
+    an outlier), stays as it was through heartbeats, each round counted under its status; the
+    active markets go on."""
     rounds = Rounds(make_config())
     pusher = rig.pusher(heartbeat_s=1.0)
     rounds.step()
@@ -212,14 +203,14 @@ async def test_a_degraded_market_is_never_pushed_and_the_skip_is_counted(rig: Ri
     await settle(pusher)
     before = await rig.stored("BTC/USD")
     for _ in range(8):
-        result = _btc_outlier_round(rounds)
+        result = next_round(rounds)
         pusher.submit(result)
         await settle(pusher)
-    assert result.report(0).status == "degraded"
+    assert result.report(0).status == status
     assert await rig.stored("BTC/USD") == before
     assert (await rig.stored("ETH/USD"))[3] > before[3]
-    assert pusher.stats.skipped["degraded"] == 8
-    assert pusher.stats.skipped["paused"] == 0
+    assert pusher.stats.skipped[status] == 8
+    assert pusher.stats.skipped["degraded" if status == "paused" else "paused"] == 0
 
 
 async def test_a_stuck_transaction_is_replaced_with_the_same_nonce_and_a_higher_fee(
