@@ -27,7 +27,7 @@ async def test_replayed_diffs_never_leave_a_stale_book_behind(
     sim.replay_stale(len(sim._recent_frames))
     await wait(lambda: run.stats.dropped["crossed"] >= 1)
     await wait(lambda: book_matches(run, sim, "BTCUSD") and book_matches(run, sim, "ETHUSD"))
-    assert all((q.bid or 0) <= (q.ask or 0) for q in run.quotes)
+    assert all(q.bid is not None and q.ask is not None and q.bid <= q.ask for q in run.quotes)
 
 
 async def test_rest_polls_keep_to_one_a_second_after_the_burst(
