@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -74,6 +74,15 @@ async def next_request(ws: web.WebSocketResponse) -> dict[str, Any]:
             raise ConnectionError("client went away")
 
 
+async def requests_of(ws: web.WebSocketResponse) -> AsyncIterator[dict[str, Any]]:
+    """The client's requests on this connection, until it goes away."""
+    while True:
+        try:
+            yield await next_request(ws)
+        except ConnectionError:
+            return
+
+
 async def hold(ws: web.WebSocketResponse) -> None:
     """Keep the connection open, reading whatever comes, until the client leaves."""
     async for _ in ws:
@@ -127,11 +136,7 @@ async def test_flat_error_frames_isolate_the_bad_symbol(
     requests: list[list[str]] = []
 
     async def script(ws: web.WebSocketResponse, n: int) -> None:
-        while True:
-            try:
-                req = await next_request(ws)
-            except ConnectionError:
-                return
+        async for req in requests_of(ws):
             requests.append(req["params"])
             if req["params"] == ["btcusdt@bookTicker"]:
                 await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
@@ -291,11 +296,7 @@ async def test_a_failed_symbol_is_asked_for_alone_on_the_next_connection(
     requests: list[list[list[str]]] = [[], []]  # per connection
 
     async def script(ws: web.WebSocketResponse, n: int) -> None:
-        while True:
-            try:
-                req = await next_request(ws)
-            except ConnectionError:
-                return
+        async for req in requests_of(ws):
             requests[min(n, 1)].append(req["params"])
             if eth in req["params"]:
                 bad = {"code": 2, "msg": "Invalid request: invalid stream", "id": req["id"]}
