@@ -19,7 +19,7 @@ A venue subclass declares its URLs and wire types and implements five small hook
   dropped here and counted (``stats.malformed`` and ``stats.dropped[reason]``). The core checks
   again; the source drops first so that one venue's garbage never reaches the book.
 
-Only state changes are logged, never a message.
+Only state changes (and each reconnect's backoff) are logged, never a message.
 """
 
 from __future__ import annotations
@@ -378,9 +378,9 @@ class Source(abc.ABC):
             if why in ("max_age", "server_shutdown"):
                 continue  # planned rotation: straight back, the stream was never down
             self._stream_down(why)
-            await asyncio.sleep(
-                backoff_delay(attempt, self.backoff_base_s, self.cfg.reconnect_max_s, self._rng)
-            )
+            delay = backoff_delay(attempt, self.backoff_base_s, self.cfg.reconnect_max_s, self._rng)
+            self._log.info("reconnect backoff", attempt=attempt, delay_s=delay)
+            await asyncio.sleep(delay)
             attempt += 1
 
     async def _session(self) -> str:
