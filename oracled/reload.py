@@ -3,15 +3,38 @@
 Pure: compares two validated configs. The runtime applies the result (core.reconfigure for
 markets and thresholds, restarting exactly the sources whose settings or pairs changed) and
 logs it; `POST /v1/admin/reload` returns it.
+
+Some settings are read once at start-up (the round loop's interval, the listening socket, the
+sinks). A reload lists a change to one of them in `needs_restart` and the daemon goes on with the
+running value (`running_config`), so that `/v1/info` and `/metrics` show what actually runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import BaseModel
 
 from oracled.config import Config
 
-__all__ = ["ConfigChanges", "config_changes", "source_pairs"]
+__all__ = ["RESTART_ONLY", "ConfigChanges", "config_changes", "running_config", "source_pairs"]
+
+#: Settings (dotted paths into the config) that only a restart applies; a reload keeps their
+#: running values. `chains` is not kept: a reload's sources may name a new chain, and the config
+#: must stay whole; its readers still start only with the daemon (reported, as for the others).
+RESTART_ONLY: tuple[str, ...] = (
+    "oracle.round_interval_ms",
+    "api.listen",
+    "api.admin_token_env",
+    "api.stream_queue",
+    "log",
+    "signing",
+    "nats",
+    "push",
+    "audit",
+)
+_REPORTED_ONLY: tuple[str, ...] = ("chains",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,17 +73,7 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
         or source_pairs(old, sid) != source_pairs(new, sid)
     )
     needs_restart = [
-        key
-        for key, a, b in (
-            ("api.listen", old.api.listen, new.api.listen),
-            ("api.admin_token_env", old.api.admin_token_env, new.api.admin_token_env),
-            ("api.stream_queue", old.api.stream_queue, new.api.stream_queue),
-            ("log", old.log, new.log),
-            ("chains", old.chains, new.chains),
-            ("signing", old.signing, new.signing),
-            ("nats", old.nats, new.nats),
-        )
-        if a != b
+        path for path in (*RESTART_ONLY, *_REPORTED_ONLY) if _get(old, path) != _get(new, path)
     ]
     return ConfigChanges(
         markets_added=[s for s in after if s not in before],
@@ -69,3 +82,28 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
         sources_restarted=sources,
         needs_restart=needs_restart,
     )
+
+
+def running_config(old: Config, new: Config) -> Config:
+    """`new` with every `RESTART_ONLY` setting at its running value from `old`: the config a
+    reload puts in force."""
+    for path in RESTART_ONLY:
+        value = _get(old, path)
+        if _get(new, path) != value:
+            new = _replaced(new, path.split("."), value)
+    return new
+
+
+def _get(cfg: BaseModel, path: str) -> Any:
+    value: Any = cfg
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def _replaced(model: Any, names: list[str], value: Any) -> Any:
+    """A copy of `model` with the field at `names` set to `value` (the values come from a
+    validated config of the same shape, so nothing is validated again)."""
+    head, *rest = names
+    inner = _replaced(getattr(model, head), rest, value) if rest else value
+    return model.model_copy(update={head: inner})

@@ -35,7 +35,7 @@ from oracled.publish.chain_push import ChainPusher, PushError, PushStats, load_p
 from oracled.publish.hub import Hub
 from oracled.publish.nats import NatsSink
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, load_signing_key
-from oracled.reload import config_changes, source_pairs
+from oracled.reload import config_changes, running_config, source_pairs
 from oracled.sources import Source, build_source
 from oracled.sources.evm.runtime import ChainSet
 from oracled.sources.stats import ConnState, SourceStats
@@ -236,8 +236,8 @@ class Service:
         """Re-read the config file and apply it between rounds; ConfigError leaves all as it was.
 
         Markets and thresholds swap in the core (state kept where it still applies); exactly the
-        sources whose settings or pairs changed are stopped, started or restarted. The API
-        address, admin token and logging keep their start-up values until a restart.
+        sources whose settings or pairs changed are stopped, started or restarted. Settings only
+        a restart applies (`reload.RESTART_ONLY`) keep their running values and are reported.
         """
         if self.config_path is None:
             raise ConfigError(["no config file: this daemon was not started from one"])
@@ -250,6 +250,7 @@ class Service:
                 raise
             new = new.model_copy(update={"admin_token": self.cfg.admin_token})
             changes = config_changes(self.cfg, new)
+            new = running_config(self.cfg, new)  # restart-only settings keep running values
             self.core.reconfigure(new)
             old_cfg, self.cfg = self.cfg, new
             for sid in changes.sources_restarted:

@@ -29,7 +29,7 @@ from oracled.core import Core, RoundResult
 from oracled.errors import ConfigError
 from oracled.model import Quote
 from oracled.publish import Hub
-from oracled.reload import config_changes
+from oracled.reload import config_changes, running_config
 from oracled.sources.stats import ConnState, SourceStats
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -132,7 +132,7 @@ class Rig:
             raise new
         assert new is not None
         changes = config_changes(self.core.config, new)
-        self.core.reconfigure(new)
+        self.core.reconfigure(running_config(self.core.config, new))
         return changes.as_dict()
 
     def render_metrics(self) -> tuple[bytes, str]:

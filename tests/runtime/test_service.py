@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 
 from oracled.clock import Clock
-from oracled.config import Config, SourceConfig, parse_config
+from oracled.config import Config, SourceConfig, load_config, parse_config
 from oracled.model import Kind, Quote
 from oracled.service import Service
 from oracled.sim import BinanceSim
@@ -97,3 +99,76 @@ async def test_a_crashing_source_is_restarted_while_rounds_and_other_sources_go_
             service.stop()
             await task
     assert service.source_stats["broken"].state.value == "stopped"
+
+
+def _toml(ws: str, rest: str, interval_ms: int, audit: Path | None) -> str:
+    text = f"""
+[oracle]
+round_interval_ms = {interval_ms}
+
+[api]
+listen = "127.0.0.1:0"
+
+[sources.good]
+type = "binance"
+ws_url = "{ws}"
+rest_url = "{rest}"
+
+[[markets]]
+symbol = "BTC/USDT"
+min_sources = 1
+sources = [{{ source = "good", pair = "BTC/USDT" }}]
+"""
+    if audit is not None:
+        text += f'\n[audit]\nenabled = true\npath = "{audit}"\n'
+    return text
+
+
+async def _round_times(service: Service, count: int) -> list[int]:
+    """The times of the next `count` rounds, as the hub saw them."""
+    times: list[int] = []
+    async with asyncio.timeout(10):
+        while len(times) < count:
+            await asyncio.sleep(0.01)
+            result = service.hub.latest_result
+            if result is not None and (not times or result.ts != times[-1]):
+                times.append(result.ts)
+    return times
+
+
+async def test_a_reload_reports_restart_only_settings_and_keeps_running_them(
+    tmp_path: Path,
+) -> None:
+    """A new round interval and a new [audit] section are listed in `needs_restart`, and the
+    daemon goes on with what runs: rounds every 50 ms, no audit trail, and the config in force
+    (what /v1/info and /metrics read) says so, while a market change in the same file applies."""
+    async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url, 50, None))
+        service = Service(load_config(path), config_path=path)
+        task = asyncio.create_task(service.run())
+        try:
+            await _round_times(service, 3)
+            trail = tmp_path / "audit.sqlite3"
+            text = _toml(sim.ws_url, sim.rest_url, 400, trail).replace(
+                'pair = "BTC/USDT" }]',
+                'pair = "BTC/USDT" }]\n\n[[markets]]\nsymbol = "ETH/USDT"'
+                '\nmin_sources = 1\nsources = [{ source = "good", pair = "ETH/USDT" }]',
+                1,
+            )
+            path.write_text(text)
+            changes = await service.reload("test")
+            assert changes["needs_restart"] == ["oracle.round_interval_ms", "audit"]
+            assert changes["markets_added"] == ["ETH/USDT"]
+            assert service.core.markets == ("BTC/USDT", "ETH/USDT")
+            assert service.cfg.oracle.round_interval_ms == 50
+            assert not service.cfg.audit.enabled
+            times = await _round_times(service, 6)
+            assert {b - a for a, b in itertools.pairwise(times)} & {50}, times
+            assert all(t % 50 == 0 for t in times) and any(t % 400 for t in times), times
+            exposition = service.metrics.render()[0].decode()
+            assert "oracled_round_interval_seconds 0.05" in exposition
+        finally:
+            service.stop()
+            await task
+    assert not trail.exists()

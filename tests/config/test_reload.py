@@ -1,0 +1,73 @@
+"""What a reload reports and puts in force: restart-only settings keep their running values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from oracled.config import parse_config
+from oracled.reload import RESTART_ONLY, config_changes, running_config
+
+
+def _data(**sections: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "sources": {"a": {"type": "binance"}},
+        "markets": [
+            {
+                "symbol": "BTC/USDT",
+                "min_sources": 1,
+                "sources": [{"source": "a", "pair": "BTC/USDT"}],
+            }
+        ],
+    }
+    data.update(sections)
+    return data
+
+
+CHANGES: dict[str, dict[str, Any]] = {
+    "oracle.round_interval_ms": {"oracle": {"round_interval_ms": 1000}},
+    "api.listen": {"api": {"listen": "127.0.0.1:9999"}},
+    "api.admin_token_env": {"api": {"admin_token_env": "OTHER_TOKEN"}},
+    "api.stream_queue": {"api": {"stream_queue": 7}},
+    "log": {"log": {"level": "error"}},
+    "signing": {"signing": {"enabled": True, "key_env": "SIGNING_KEY"}},
+    "nats": {"nats": {"enabled": True}},
+    "push": {"push": {"enabled": False, "interval_s": 30}},
+    "audit": {"audit": {"enabled": True}},
+}
+
+
+def test_every_restart_only_setting_has_a_case() -> None:
+    """The cases below cover the whole list, so a new entry cannot go untested."""
+    assert set(CHANGES) == set(RESTART_ONLY)
+
+
+@pytest.mark.parametrize("path", RESTART_ONLY)
+def test_a_restart_only_change_is_reported_and_the_running_value_kept(path: str) -> None:
+    """The change is in `needs_restart`; the config put in force has the old value at `path` and
+    the new file's values everywhere else (a market threshold changed in the same file)."""
+    old = parse_config(_data(), env={})
+    data = _data(**CHANGES[path])
+    data["markets"][0]["max_deviation"] = 0.2
+    new = parse_config(data, env={"SIGNING_KEY": "0x" + "11" * 32})
+    assert config_changes(old, new).needs_restart == [path]
+    running = running_config(old, new)
+    section, _, key = path.partition(".")
+    kept = getattr(running, section)
+    assert (getattr(kept, key) if key else kept) == (
+        getattr(getattr(old, section), key) if key else getattr(old, section)
+    )
+    assert running.markets[0].max_deviation == 0.2
+    assert running_config(old, running) == running  # nothing left to keep
+    assert config_changes(old, running).needs_restart == []
+
+
+def test_a_new_chain_is_reported_but_taken_so_that_its_sources_stay_valid() -> None:
+    """[chains] is reported as restart-only but not kept: sources of the new file may name it."""
+    old = parse_config(_data(), env={})
+    new = parse_config(
+        _data(chains={"local": {"chain_id": 31337, "rpc_urls": ["http://127.0.0.1:8545"]}}), env={}
+    )
+    assert config_changes(old, new).needs_restart == ["chains"]
+    assert running_config(old, new).chains == new.chains
