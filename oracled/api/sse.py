@@ -76,9 +76,12 @@ class SseHandler:
         response = web.StreamResponse(headers=_HEADERS)
         await response.prepare(request)
         hub = self._ctx.hub
-        sub = hub.subscribe(markets)
+        # Options first, markets second: the snapshot of the latest reports is then sent as the
+        # frames asked for (a signed stream never starts with an unsigned report).
+        sub = hub.subscribe(frozenset())
         if options:
             hub.configure(sub, **options)  # type: ignore[arg-type]
+        hub.change(sub, markets)
         self._active.add(sub)
         try:
             await response.write(b": oracled report stream\n\n")

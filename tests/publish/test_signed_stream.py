@@ -109,6 +109,28 @@ async def test_signed_subscribers_get_signed_frames_that_verify(
     assert verifier.price("BTC/USD").status == "active"
 
 
+async def test_signed_server_sent_events_start_with_a_signed_snapshot(
+    client: Client, daemon: Daemonish
+) -> None:
+    """GET /v1/events?signed=true after a round: the very first event is the signed frame of
+    that round (never its unsigned report), then each round's signed frame, all verifying."""
+    daemon.step()
+    verifier = OracleClient({KEY.address}, now_ms=lambda: daemon.rounds.now)
+    async with client.get("/v1/events?markets=BTC-USD&signed=true") as resp:
+        assert resp.status == 200
+        for expected in (1, 2):
+            data = ""
+            async with asyncio.timeout(SAFETY_S):
+                while not data:
+                    line = (await resp.content.readline()).decode()
+                    assert line, "the event stream ended"
+                    data = line[6:].strip() if line.startswith("data: ") else ""
+            assert json.loads(data)["type"] == "signed", data
+            assert verifier.feed(data).round == expected
+            daemon.step()
+    assert verifier.price("BTC/USD").status == "active"
+
+
 async def test_report_and_signed_subscribers_each_get_their_kind(
     client: Client, daemon: Daemonish
 ) -> None:
