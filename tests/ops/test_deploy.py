@@ -237,3 +237,31 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck() -> None:
     ]
     assert len(copied) >= 5
     assert [p for p in copied if f"!{p}" not in ignore and f"!{p}/" not in ignore] == []
+
+
+def test_every_deployment_gives_the_working_directory_a_writable_place() -> None:
+    """The shipped config writes its audit trail to a relative path, so each deployment runs the
+    daemon in a writable working directory: the image's WORKDIR (owned by its user, a volume),
+    a named volume there in compose and a volume there in Kubernetes (both run the root
+    filesystem read-only), and the unit's own state directory under ProtectSystem=strict."""
+    shipped = tomllib.loads((ROOT / "config" / "default.toml").read_text())
+    assert shipped["audit"]["enabled"] and not Path(shipped["audit"]["path"]).is_absolute()
+    text = (DEPLOY / "Dockerfile").read_text()
+    runtime = text[text.rindex("\nFROM ") :].replace("\\\n", " ")
+    (workdir,) = re.findall(r"^WORKDIR (\S+)$", runtime, re.MULTILINE)
+    assert runtime.index("USER 10001") < runtime.index(f"WORKDIR {workdir}")
+    assert re.search(rf"install -d -o 10001 -g 10001 -m 0750 {workdir}\b", runtime)
+    assert f'VOLUME ["{workdir}"]' in runtime
+    oracled = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["oracled"]
+    (data,) = [v.split()[0] for v in oracled["volumes"] if v.split(":")[1] == workdir]
+    assert data.count(":") == 1 and not data.startswith(".")  # a named volume, writable
+    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == workdir]
+    assert not mount.get("readOnly", False)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume or "persistentVolumeClaim" in volume
+    unit = _unit()
+    assert unit["ProtectSystem"] == ["strict"]
+    assert unit["WorkingDirectory"] == [f"/var/lib/{unit['StateDirectory'][0]}"] == [workdir]
