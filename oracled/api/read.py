@@ -9,7 +9,7 @@ from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, encode_json, json_response
 from oracled.api.params import market_list, path_market
 from oracled.config import Config, MarketConfig
-from oracled.model import Quote
+from oracled.model import Quote, Report, SourceValue
 
 __all__ = ["ReadHandlers"]
 
@@ -49,6 +49,22 @@ def _quote_view(q: Quote) -> dict[str, object]:
     }
 
 
+def _part(report: Report | None, j: int, source: str, pair: str) -> SourceValue | None:
+    """The part of the `j`th configured source of a market in the latest round, if it had one.
+
+    A reload may add, remove or reorder a market's sources before the next round: a source is
+    found by name where its position changed, and one the round did not have has no part yet,
+    never another source's.
+    """
+    if report is None:
+        return None
+    parts = report.sources
+    if j < len(parts) and parts[j].id == source and parts[j].pair == pair:
+        return parts[j]
+    found = [p for p in parts if p.id == source and p.pair == pair]
+    return found[0] if len(found) == 1 else None
+
+
 class ReadHandlers:
     """Handlers over the hub's latest round and the static config."""
 
@@ -62,6 +78,10 @@ class ReadHandlers:
 
     def _not_ready(self) -> ApiError:
         return ApiError(503, "not_ready", "no round has completed yet; retry shortly")
+
+    def _not_priced(self) -> ApiError:
+        # A reload added the market after the latest round: the next round prices it.
+        return ApiError(503, "not_ready", "a market added by a reload has no round yet; retry")
 
     async def prices(self, request: web.Request) -> web.Response:
         """Latest report of every market, or of `?markets=A/B,C/D`: a JSON array of reports."""
@@ -82,7 +102,10 @@ class ReadHandlers:
         names = hub.markets if selected is None else selected
         # Joined from the per-round cache: no report is encoded twice, whoever asks. Those not
         # encoded yet are encoded in one pass (one market alone: the Report path is cheaper).
-        parts = hub.encoded_many(names) if len(names) > 1 else [hub.encoded(m) for m in names]
+        try:
+            parts = hub.encoded_many(names) if len(names) > 1 else [hub.encoded(m) for m in names]
+        except LookupError:
+            raise self._not_priced() from None
         return json_response(b"[" + b",".join(parts) + b"]")
 
     async def price(self, request: web.Request) -> web.Response:
@@ -91,7 +114,10 @@ class ReadHandlers:
         hub = self._ctx.hub
         if hub.latest_result is None:
             raise self._not_ready()
-        return json_response(hub.encoded(market))
+        try:
+            return json_response(hub.encoded(market))
+        except LookupError:
+            raise self._not_priced() from None
 
     async def markets(self, request: web.Request) -> web.Response:
         """Configured markets and their gate parameters."""
@@ -116,7 +142,7 @@ class ReadHandlers:
         rows: list[dict[str, object]] = []
         for j, ms in enumerate(cfg.sources):
             quote = latest.get((ms.source, ms.pair, ms.kind))
-            part = report.sources[j] if report is not None else None
+            part = _part(report, j, ms.source, ms.pair)
             stats = ctx.source_stats.get(ms.source)
             stamp = None
             if quote is not None:  # the core's age rule: venue time where sent, else receipt

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from api_rig import INTERVAL, PRICES, TOKEN, ClientFactory, Rig, make_config
+from api_rig import CONFIG, INTERVAL, PRICES, TOKEN, ClientFactory, Rig, make_config
 from yarl import URL
 
+from oracled.config import parse_config
 from oracled.errors import ConfigError
 
 Client = TestClient[web.Request, web.Application]
@@ -287,3 +290,66 @@ async def test_reload_applies_a_new_config_and_refuses_an_invalid_one(
     resp = await client.post("/v1/admin/reload", headers=auth)
     assert resp.status == 422
     assert "markets[0].weight: must be > 0" in (await resp.json())["error"]["message"]
+
+
+def _reloaded(change: Callable[[dict[str, Any]], None]) -> Rig:
+    """A rig whose next reload applies `change` to a copy of the test config."""
+    rig = Rig(make_config())
+    data = copy.deepcopy(CONFIG)
+    change(data)
+    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    return rig
+
+
+async def test_a_market_added_by_reload_is_503_until_its_first_round(
+    make_client: ClientFactory,
+) -> None:
+    """Between a reload that adds a market and the next round, asking for the new market is a
+    503 not_ready (as before any round), not a 500; the next round serves it."""
+    rig = _reloaded(
+        lambda data: data["markets"].append(
+            {
+                "symbol": "ADA/USD",
+                "min_sources": 1,
+                "max_age_ms": 1_000,
+                "sources": [{"source": "alpha", "pair": "ADA/USD"}],
+            }
+        )
+    )
+    client = await make_client(rig)
+    rig.step()
+    resp = await client.post("/v1/admin/reload", headers=AUTH)
+    assert (await resp.json())["markets_added"] == ["ADA/USD"]
+    for path in ("/v1/prices/ADA-USD", "/v1/prices?markets=BTC/USD,ADA/USD"):
+        body = await _json(client, path, 503)
+        assert body["error"]["code"] == "not_ready", path
+    assert len(await _json(client, "/v1/prices")) == 3  # the latest round's markets still serve
+    rig.step({**PRICES, "ADA/USD": 0.5})
+    assert (await _json(client, "/v1/prices/ADA-USD"))["price"] == "0.50"
+
+
+async def test_sources_after_a_reload_never_show_another_sources_part(
+    make_client: ClientFactory,
+) -> None:
+    """A reload that puts a new source first in a market, before the next round: the sources
+    view answers (no 500), the new source has no part yet, and the old one keeps its own."""
+
+    def add_delta(data: dict[str, Any]) -> None:
+        data["sources"]["delta"] = {"type": "binance"}
+        data["markets"][2]["sources"].insert(0, {"source": "delta", "pair": "SOL/USD"})
+
+    rig = _reloaded(add_delta)
+    client = await make_client(rig)
+    rig.step()
+    before = await _json(client, "/v1/markets/SOL-USD/sources")
+    (alpha,) = before["sources"]
+    assert alpha["used"] is True
+    await client.post("/v1/admin/reload", headers=AUTH)
+    body = await _json(client, "/v1/markets/SOL-USD/sources")
+    delta, alpha_now = body["sources"]
+    assert delta["source"] == "delta" and delta["used"] is None and delta["value"] is None
+    assert alpha_now["source"] == "alpha" and alpha_now["value"] == alpha["value"]
+    assert alpha_now["used"] is True
+    rig.step()
+    body = await _json(client, "/v1/markets/SOL-USD/sources")
+    assert [s["used"] for s in body["sources"]] == [True, True]
