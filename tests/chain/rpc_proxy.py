@@ -1,18 +1,30 @@
 """A loopback JSON-RPC proxy in front of anvil that a test can break on purpose.
 
-Modes: "pass" forwards every request; "garbage" answers 200 with bytes that are not JSON-RPC;
+Modes (`mode`, or one per request from `script` while it lasts):
+"pass" forwards every request; "garbage" answers 200 with bytes that are not JSON-RPC;
 "wrong_id" answers valid JSON for another request id; "tamper" forwards but changes one byte of
-every `eth_call` result (an endpoint that lies); "error" answers a server-side JSON-RPC error.
+every `eth_call` result (an endpoint that lies); "error" answers a server-side JSON-RPC error;
+"http500" answers status 500; "no_result" answers the right id with neither result nor error;
+"short_batch" forwards a batch but leaves the last answer out; "call_refused" forwards a batch
+but answers its `eth_call` with a request-fault error (-32602); "null_call" answers every
+`eth_call` with a null result; "hold" waits for `release` before forwarding (a node that hangs,
+or an answer that arrives late); "unpin" forwards an `eth_call` pinned by block hash as a read
+at "latest" (a node that ignores EIP-1898); "split" forwards a batch one request at a time and
+awaits `between()` after the first (a block landing between the two halves of a poll).
 `stop()` closes the listening socket, so the endpoint dies mid-run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+_REFUSED = {"code": -32602, "message": "invalid argument 0: hex string has odd length"}
 
 
 class RpcProxy:
@@ -20,15 +32,20 @@ class RpcProxy:
         self.upstream = upstream
         self.session = session
         self.mode = "pass"
+        self.script: list[str] = []  # modes of the next requests, one each, then `mode` again
         self.requests = 0
         self.user_agents: list[str] = []  # of every request, to tell web3's from our client's
+        self.release = asyncio.Event()  # "hold": set it to let held requests through
+        self.held = 0  # requests that reached "hold" so far
+        self.arrived = asyncio.Event()  # set whenever a request reaches "hold"
+        self.between: Callable[[], Awaitable[None]] | None = None  # "split"
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> RpcProxy:
         app = web.Application()
         app.router.add_post("/", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -37,34 +54,61 @@ class RpcProxy:
         return self
 
     async def stop(self) -> None:
+        self.release.set()  # nothing stays held past the test
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
+    async def _forward(self, body: Any) -> Any:
+        async with self.session.post(self.upstream, json=body) as resp:
+            return await resp.json(content_type=None)
+
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests += 1
         self.user_agents.append(request.headers.get("User-Agent", ""))
+        mode = self.script.pop(0) if self.script else self.mode
         body = await request.read()
-        if self.mode == "garbage":
+        if mode == "garbage":
             return web.Response(body=b"\x00<html>upstream hiccup</html>", content_type="text/html")
-        if self.mode == "wrong_id":
+        if mode == "wrong_id":
             return web.json_response({"jsonrpc": "2.0", "id": 999_999, "result": "0x1"})
-        if self.mode == "error":
-            sent = json.loads(body)
+        if mode == "http500":
+            return web.Response(status=500, text="internal error")
+        sent: Any = json.loads(body)
+        items: list[Any] = sent if isinstance(sent, list) else [sent]
+        if mode == "no_result":
+            return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"]})
+        if mode == "error":
             err = {"code": -32000, "message": "header not found"}
-            if isinstance(sent, list):
-                return web.json_response(
-                    [{"jsonrpc": "2.0", "id": r["id"], "error": err} for r in sent]
-                )
-            return web.json_response({"jsonrpc": "2.0", "id": sent["id"], "error": err})
-        async with self.session.post(
-            self.upstream, data=body, headers={"Content-Type": "application/json"}
-        ) as resp:
-            answer: Any = await resp.json(content_type=None)
-        if self.mode == "tamper":
-            items = answer if isinstance(answer, list) else [answer]
+            answers = [{"jsonrpc": "2.0", "id": r["id"], "error": err} for r in items]
+            return web.json_response(answers if isinstance(sent, list) else answers[0])
+        if mode == "hold":
+            self.held += 1
+            self.arrived.set()
+            await self.release.wait()
+        if mode == "unpin":
             for item in items:
-                result = item.get("result")
-                if isinstance(result, str) and len(result) > 200:  # an aggregate3 answer
-                    item["result"] = result[:-1] + ("0" if result[-1] != "0" else "1")
+                if item["method"] == "eth_call" and isinstance(item["params"][1], dict):
+                    item["params"][1] = "latest"
+        if mode == "split" and isinstance(sent, list):
+            answer: Any = [await self._forward(sent[0])]
+            if self.between is not None:
+                await self.between()
+            answer += [await self._forward(item) for item in sent[1:]]
+        else:
+            answer = await self._forward(sent)
+        answers: list[Any] = answer if isinstance(answer, list) else [answer]
+        for item in answers:
+            by_id = {r["id"]: r for r in items}
+            method = by_id[item["id"]]["method"]
+            result = item.get("result")
+            if mode == "tamper" and isinstance(result, str) and len(result) > 200:
+                item["result"] = result[:-1] + ("0" if result[-1] != "0" else "1")
+            if mode == "call_refused" and method == "eth_call":
+                item.pop("result", None)
+                item["error"] = _REFUSED
+            if mode == "null_call" and method == "eth_call":
+                item["result"] = None
+        if mode == "short_batch" and isinstance(answer, list):
+            answer = answer[:-1]
         return web.json_response(answer)

@@ -1,0 +1,154 @@
+"""The shared JSON-RPC client's failure handling, against anvil behind a breakable proxy: every
+kind of bad answer is counted under its kind and the request goes to the next endpoint; a
+request's own fault is raised at once, without asking another endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from chain_rig import Anvil
+from rpc_proxy import RpcProxy
+
+from oracled.clock import SystemClock
+from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ANVIL_CHAIN_ID = "0x7a69"  # 31337
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
+    p = await RpcProxy(anvil.url, http).start()
+    yield p
+    await p.stop()
+
+
+def client(urls: list[str], http: aiohttp.ClientSession, timeout_s: float = 2.0) -> RpcClient:
+    return RpcClient(urls, http, timeout_s=timeout_s, clock=SystemClock())
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind"),
+    [
+        ("hold", "timeout"),
+        ("http500", "http"),
+        ("garbage", "garbage"),
+        ("wrong_id", "garbage"),
+        ("no_result", "garbage"),
+        ("error", "node"),
+    ],
+)
+async def test_a_bad_answer_is_counted_by_kind_and_the_next_endpoint_answers(
+    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy, mode: str, kind: str
+) -> None:
+    """A node that hangs past the timeout, answers status 500, answers bytes that are not
+    JSON-RPC, answers another request id, or answers neither result nor error, or a server-side
+    error: the call still gets the second endpoint's answer, the first is counted once under
+    the failure's kind, and the client stays on the second."""
+    proxy.mode = mode
+    rpc = client([proxy.url, anvil.url], http, timeout_s=0.3)
+    assert await rpc.call("eth_chainId", []) == ANVIL_CHAIN_ID
+    first, second = rpc.stats
+    assert first.by_kind == {kind: 1}
+    assert (first.timeouts, first.garbage, first.failures) == (
+        int(kind == "timeout"),
+        int(kind == "garbage"),
+        int(kind in ("http", "node")),
+    )
+    assert first.failovers == 1 and first.last_error is not None
+    assert first.last_error.startswith(kind)
+    assert second.requests == 1 and not second.by_kind
+    assert rpc.active == 1
+
+
+async def test_every_endpoint_failing_a_call_raises_unavailable(
+    http: aiohttp.ClientSession, proxy: RpcProxy
+) -> None:
+    """With the only endpoint answering garbage, a call raises RpcUnavailable (never a made-up
+    result), and the failure is counted; a single endpoint never counts a fail-over."""
+    proxy.mode = "no_result"
+    rpc = client([proxy.url], http)
+    with pytest.raises(RpcUnavailable, match="eth_chainId: every endpoint failed"):
+        await rpc.call("eth_chainId", [])
+    assert rpc.stats[0].by_kind == {"garbage": 1}
+    assert rpc.stats[0].failovers == 0
+
+
+async def test_a_request_fault_is_raised_without_asking_another_endpoint(
+    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy
+) -> None:
+    """Bad params (-32602) are the request's own fault: RpcError with the node's code at once;
+    the second endpoint is never asked, nothing is counted as a failure, the client stays."""
+    rpc = client([anvil.url, proxy.url], http)
+    with pytest.raises(RpcError) as raised:
+        await rpc.call("eth_getBalance", ["0x1", "latest"])
+    assert raised.value.code == -32602
+    assert proxy.requests == 0
+    assert rpc.stats[0].failures == rpc.stats[0].garbage == 0 and not rpc.stats[0].by_kind
+    assert rpc.active == 0
+
+
+async def test_a_batch_answer_missing_a_request_fails_over(
+    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy
+) -> None:
+    """A batch answer that leaves out one of the requests is garbage: the whole batch goes to
+    the next endpoint, whose answer has every item."""
+    proxy.mode = "short_batch"
+    rpc = client([proxy.url, anvil.url], http)
+    chain_id, number = await rpc.batch([("eth_chainId", []), ("eth_blockNumber", [])])
+    assert chain_id == ANVIL_CHAIN_ID and isinstance(number, str) and number.startswith("0x")
+    assert rpc.stats[0].by_kind == {"garbage": 1}
+    assert rpc.stats[0].last_error == "garbage: batch answer misses a request"
+
+
+async def test_a_request_fault_inside_a_batch_is_that_items_answer(
+    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy
+) -> None:
+    """One item of a batch refused for its own fault comes back as an RpcError in its place;
+    the other items keep their results and no endpoint is failed over."""
+    proxy.mode = "call_refused"
+    rpc = client([proxy.url, anvil.url], http)
+    call = {"to": "0x0000000000000000000000000000000000000001", "data": "0x"}
+    chain_id, refused = await rpc.batch([("eth_chainId", []), ("eth_call", [call, "latest"])])
+    assert chain_id == ANVIL_CHAIN_ID
+    assert isinstance(refused, RpcError) and refused.code == -32602
+    assert not rpc.stats[0].by_kind and rpc.active == 0
+    assert rpc.stats[1].requests == 0
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("hold", "timeout"), ("http500", "http")])
+async def test_a_chain_id_that_cannot_be_read_is_counted_and_unavailable(
+    http: aiohttp.ClientSession, proxy: RpcProxy, mode: str, kind: str
+) -> None:
+    """The chain id asked through web3 of a node that hangs or answers status 500: the client
+    raises RpcUnavailable (the reader then trusts no answer of that endpoint) and counts the
+    failure under its kind."""
+    proxy.mode = mode
+    rpc = client([proxy.url], http, timeout_s=0.3)
+    with pytest.raises(RpcUnavailable, match=r"eth_chainId on http://127\.0\.0\.1"):
+        await rpc.chain_id(0)
+    assert rpc.stats[0].by_kind == {kind: 1}
+
+
+async def test_endpoint_names_are_redacted_and_unique_per_chain(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Two keys on one provider's host are two endpoints with distinct names (they are metric
+    labels), and neither name shows the path that holds the key."""
+    rpc = client(
+        ["https://rpc.example:8545/v2/KEY-ONE", "https://rpc.example:8545/v2/KEY-TWO"], http
+    )
+    assert [s.name for s in rpc.stats] == [
+        "https://rpc.example:8545",
+        "https://rpc.example:8545#2",
+    ]
+
+
+async def test_a_client_without_urls_is_refused(http: aiohttp.ClientSession) -> None:
+    """A client with no endpoint is a configuration error at construction, not at first use."""
+    with pytest.raises(ValueError, match="at least one URL"):
+        client([], http)
