@@ -596,6 +596,11 @@ def _relations(cfg: Config) -> list[str]:
             if ps.source not in cfg.sources:
                 problems.append(f"{where}.source: source {ps.source!r} is not configured")
             p_base, p_quote = ps.pair.split("/")
+            problems.extend(
+                f"{where}.{key}: not used for perpetuals (each counts the same, within the "
+                "market's max_age_ms); remove it"
+                for key in sorted(ps.model_fields_set & {"weight", "max_age_ms"})
+            )
             if ps.kind != "perp":  # one problem per entry: the first that makes it unusable
                 problems.append(f"{where}.kind: must be perp")
             elif p_base != base:
