@@ -1,4 +1,4 @@
-"""The one place where TOML and the environment are read.
+"""Where the daemon's TOML file and the environment variables it names are read.
 
 `load_config` parses a TOML file into frozen pydantic models and checks the whole thing at once:
 first the shape of every table (types, ranges), then the relations between them (sources that
@@ -6,7 +6,9 @@ exist, conversion routes that resolve, no cycles). Every problem is reported wit
 e.g. ``markets[3].sources[1].weight: must be > 0``, and raised together as one `ConfigError`.
 
 Secrets (the admin token) are named by environment variable in the file and read from the
-environment here; they are held as `SecretStr` so that they never reach a log line.
+environment here; they are held as `SecretStr` so that they never reach a log line. The signing
+key is the exception: `publish/signer.py` reads it from its file or variable when the signer is
+made, so that the key itself never enters the config.
 """
 
 from __future__ import annotations
