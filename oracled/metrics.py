@@ -340,7 +340,7 @@ class _StateCollector:
         yield from self._markets()
         yield from self._sources()
         stream = GaugeMetricFamily(
-            "oracled_stream_subscribers", "Open WebSocket stream subscriptions."
+            "oracled_stream_subscribers", "Open stream subscriptions (WebSocket and SSE)."
         )
         stream.add_metric([], self._in.stream_subscribers())
         yield stream
