@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from publish_rig import INTERVAL, SOURCES, Rounds, make_config
 
-from oracled.client import REASONS, OracleClient, Rejection, verify
+from oracled.client import REASONS, OracleClient, Rejection, verify, verify_signed
 from oracled.model import Quote
 from oracled.publish.signer import RoundSigner, SignedRound, SigningKey
 
@@ -103,6 +103,17 @@ def test_a_bare_payload_as_on_nats_is_accepted() -> None:
         ({"price": "12.5"}, "malformed"),
         ({"signature": "0x1234"}, "truncated"),
         ({"signature": "0x" + "ab" * 64 + "05"}, "bad_signature"),
+        # r = 0 passes the v and low-s checks, but no public key has such a signature
+        ({"signature": "0x" + "00" * 32 + "00" * 31 + "01" + "1b"}, "bad_signature"),
+        ({"proof": ["0x" + "zz" * 32]}, "malformed"),  # not hex
+        ({"root": "0x" + "00" * 33}, "malformed"),  # too long is malformed, not truncated
+        ({"count": 0}, "malformed"),  # no round has zero markets
+        ({"count": 1 << 32}, "malformed"),  # wider than the signed uint32
+        ({"round": -1}, "malformed"),  # outside the signed uint64
+        ({"ts": -1}, "malformed"),  # a leaf field outside its uint64
+        ({"expo": 128}, "malformed"),  # outside int8
+        ({"price": str(1 << 255)}, "malformed"),  # wider than int256
+        ({"confidence": "-1"}, "malformed"),  # a uint256 is never negative
     ],
 )
 def test_tampered_fields_are_refused_with_their_reason(
@@ -135,6 +146,33 @@ def test_unsigned_reports_are_refused() -> None:
     assert reason(client, b'{"type":"report","data":' + report + b"}") == "unsigned"
     assert reason(client, report) == "unsigned"
     assert reason(client, b"not json") == "malformed"
+
+
+def test_frames_of_other_shapes_are_refused_as_malformed() -> None:
+    """A frame of another type, a signed frame without data, and a payload missing a field
+    are `malformed`: none reaches the verification, none moves a price."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, _ = client_at(signed)
+    envelope = msgspec.json.decode(signed.envelope(0))
+    del envelope["proof"]
+    for data in (
+        b'{"type":"error","code":"bad_request","message":"no"}',
+        b'{"type":"signed"}',
+        msgspec.json.encode(envelope),
+    ):
+        assert reason(client, data) == "malformed", data
+    assert client.rejected["malformed"] == 3 and client.markets == []
+
+
+def test_the_cache_of_recovered_signers_stays_bounded() -> None:
+    """The (digest, signature) -> signer cache is emptied when full rather than growing with
+    every round; the message that found it full is still verified and cached."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    recovered = {(bytes([i % 256, i // 256]), b"sig"): "0x" for i in range(4096)}
+    assert verify_signed(signed.envelope(0), ALLOWED, recovered)[1] == KEYS[0].address
+    assert list(recovered.values()) == [KEYS[0].address]
+    verify_signed(signed.envelope(1), ALLOWED, recovered)  # the same round: a cache hit
+    assert len(recovered) == 1
 
 
 def test_a_valid_signature_by_a_key_not_allowed_is_refused() -> None:
