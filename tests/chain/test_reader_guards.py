@@ -1,0 +1,228 @@
+"""The chain reader's guards against reads that must not be published: a block that lands
+between the two halves of a poll, a node that ignores the block pin, a late answer for an older
+block, a failed or refused read, a feed whose decode breaks, a sequencer feed that cannot say."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from chain_rig import Anvil, Chain, Deployed
+from reading import chainlink_spec, make_reader, watch
+from rpc_proxy import RpcProxy
+from structlog.testing import capture_logs
+
+from oracled.config import SequencerConfig
+from oracled.sources.evm.chain import decode_round
+from oracled.sources.evm.chainlink import ChainlinkFeed
+from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
+from oracled.sources.evm.multicall import GET_BLOCK_NUMBER
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+UPDATE = "updateAnswer(int256)"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
+    p = await RpcProxy(anvil.url, http).start()
+    yield p
+    await p.stop()
+
+
+async def head(chain: Chain) -> Block:
+    h = await chain.block()
+    return Block(int(h["number"], 16), h["hash"], int(h["timestamp"], 16))
+
+
+async def test_a_block_landing_between_the_halves_of_a_poll_is_read_pinned(
+    chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The poll's header says block N, but a block N+1 (with a new answer) lands before its
+    read at "latest": the reader reads N again pinned by hash, so block N is published with
+    N's data and N+1's answer comes with N+1, never stamped as N."""
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()  # learns the feed: 3000 at the current block
+    await chain.mine()
+    n = await head(chain)
+
+    async def land_a_block() -> None:
+        await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+
+    proxy.mode, proxy.between = "split", land_a_block
+    trips = reader.stats.round_trips
+    assert await reader.poll_once()
+    assert reader.stats.reads_failed == 0
+    assert reader.stats.last_block == n.number
+    assert reader.stats.round_trips == trips + 2  # the batch, then the pinned read of N
+    assert [q.price for q in got.quotes] == [3000.0]
+    proxy.mode = "pass"
+    assert await reader.poll_once()
+    assert (got.last.price, got.last.block) == (3100.0, n.number + 1)
+
+
+async def test_a_node_that_ignores_the_block_pin_is_never_published(
+    chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A read pinned to block N that the node executes at a later head (the multicall's own
+    block number says so) is a failed read: nothing of the later block is published as N."""
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    await chain.mine()
+    n = await head(chain)
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+    proxy.mode = "unpin"
+    assert not await reader.read_block(n)
+    assert reader.stats.reads_failed == 1
+    assert reader.stats.last_block == n.number - 1
+    assert [q.price for q in got.quotes] == [3000.0]
+    assert got.stats.state == "down"
+
+
+@pytest.mark.parametrize("mode", ["error", "null_call"])
+async def test_a_failed_pinned_read_publishes_nothing(
+    chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy, mode: str
+) -> None:
+    """A newHeads block whose read fails (no endpoint answers, or the answer is not hex) is
+    counted, the feeds say down, and nothing is published; the next block reads normally."""
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+    proxy.mode = mode
+    assert not await reader.read_block(await head(chain))
+    assert reader.stats.reads_failed == 1
+    assert [q.price for q in got.quotes] == [3000.0]
+    assert got.stats.state == "down"
+    proxy.mode = "pass"
+    assert await reader.read_block(await head(chain))
+    assert got.last.price == 3100.0
+
+
+async def test_a_late_answer_for_an_older_block_is_not_published(
+    chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The read of block N hangs at the node while block N+1 is read and published: when N's
+    answer finally arrives it is dropped, so the reader never steps back to N."""
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    await chain.mine()
+    n = await head(chain)
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+    newer = await head(chain)
+    proxy.mode = "hold"
+    late = asyncio.create_task(reader.read_block(n))
+    await proxy.arrived.wait()
+    proxy.mode = "pass"
+    assert await reader.read_block(newer)
+    proxy.release.set()
+    assert not await late
+    assert reader.stats.last_block == newer.number
+    assert [(q.price, q.block) for q in got.quotes][-1] == (3100.0, newer.number)
+    assert all(q.block != n.number for q in got.quotes)
+
+
+async def test_the_same_block_polled_twice_is_handed_to_the_feeds_once(
+    http: aiohttp.ClientSession, anvil: Anvil, snapshot: Deployed
+) -> None:
+    """A poll that finds the head unchanged (same number, same hash) reads nothing new: no
+    block is counted or handed to the feeds again."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    assert not await reader.poll_once()
+    assert reader.stats.blocks == 1
+    assert got.stats.frames == 1
+    assert len(got.quotes) == 1
+
+
+async def test_a_failed_reread_after_learning_publishes_nothing_until_the_next_block(
+    chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A new Chainlink feed learns its aggregator from the poll, and the same block is read
+    again with the learned calls; when that read fails it is counted and nothing is published,
+    and the next block is priced with the learned calls."""
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    proxy.script = ["pass", "error"]
+    assert await reader.poll_once()  # the block itself was good; only its re-read failed
+    assert reader.stats.reads_failed == 1
+    assert got.quotes == []
+    assert got.stats.state == "down"
+    await chain.mine()
+    assert await reader.poll_once()
+    assert [q.price for q in got.quotes] == [3000.0]
+
+
+async def test_a_refused_read_in_the_poll_batch_is_counted_with_the_nodes_reason(
+    http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The header half of a poll answers but the read half is refused for its own fault: the
+    read fails, nothing is published, and the warning carries the node's JSON-RPC error."""
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    proxy.mode = "call_refused"
+    with capture_logs() as logs:
+        assert not await reader.poll_once()
+    assert reader.stats.reads_failed == 1
+    assert got.quotes == []
+    (warning,) = [e for e in logs if e["event"] == "read failed"]
+    assert "JSON-RPC error -32602" in warning["error"]
+
+
+class WrongShapeFeed(Feed):
+    """A feed configured against the wrong contract: it reads the multicall's block number
+    (one word) and decodes it as `latestRoundData()` (five words), which raises."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self, multicall: str) -> None:
+        super().__init__("bad", "BAD/USD")
+        self._calls = (Call(multicall, GET_BLOCK_NUMBER),)
+
+    def calls(self) -> Sequence[Call]:
+        return self._calls
+
+    def decode(
+        self, results: Sequence[tuple[bool, bytes]], block: Block, recv_ts: int
+    ) -> FeedResult:
+        decode_round(results[0][1])
+        return None
+
+
+async def test_a_feed_whose_decode_raises_is_counted_and_the_others_still_publish(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """One feed's decode raising is that feed's malformed read (counted as decode_error and
+    logged); the other feeds of the same block are published as usual."""
+    reader = make_reader([anvil.url], http)
+    bad = watch(reader, WrongShapeFeed(snapshot.multicall))
+    good = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+    assert bad.stats.malformed == 1 and bad.stats.dropped["decode_error"] == 1
+    assert bad.quotes == []
+    assert [q.price for q in good.quotes] == [3000.0]
+    assert [e["feed"] for e in logs if e["event"] == "feed decode failed"] == ["BAD/USD"]
+
+
+@pytest.mark.parametrize("where", ["no_contract", "no_latest_round"])
+async def test_a_sequencer_feed_that_cannot_answer_keeps_the_gate_shut(
+    chain: Chain, http: aiohttp.ClientSession, anvil: Anvil, snapshot: Deployed, where: str
+) -> None:
+    """An L2 sequencer feed address that answers nothing usable (an account without code, or a
+    contract without `latestRoundData()`) never counts as 'up': every feed is flagged."""
+    address = chain.account if where == "no_contract" else snapshot.pyth
+    reader = make_reader(
+        [anvil.url], http, sequencer=SequencerConfig(address=address, grace_period_s=0)
+    )
+    eth = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    assert reader.stats.sequencer_up is False
+    assert (eth.last.flag, eth.last.price) == ("sequencer", 3000.0)
