@@ -185,6 +185,42 @@ async def test_waiting_reader_wakes_on_report_and_on_close(rig: Rig) -> None:
     assert hub.dropped_subscribers == Counter({DROP_SLOW: 0, DROP_SHUTDOWN: 1})
 
 
+def test_markets_added_that_do_not_fit_drop_the_subscriber_as_slow(rig: Rig) -> None:
+    """Adding markets to a subscriber that has not read its backlog: when their snapshot does
+    not fit, it is dropped as slow (counted) rather than buffering past its bound."""
+    hub = Hub(queue_size=2)
+    run(rig, hub)
+    sub = hub.subscribe(frozenset({"BTC/USD"}))  # one frame buffered, never read
+    hub.change(sub, None)  # two more markets: three frames > a bound of two
+    assert sub.closed_reason == DROP_SLOW and sub.pending == 0
+    assert hub.dropped_subscribers[DROP_SLOW] == 1 and hub.subscribers == 0
+
+
+def test_a_dropped_subscription_ignores_late_changes(rig: Rig) -> None:
+    """A client request read after its subscription was dropped (the drop and the request
+    race on the loop) changes nothing: no snapshot is buffered for the dead subscriber and it
+    is not brought back."""
+    hub = Hub(queue_size=4)
+    run(rig, hub)
+    sub = hub.subscribe(frozenset({"BTC/USD"}))
+    frames(sub)
+    hub.unsubscribe(sub)
+    hub.change(sub, frozenset({"BTC/USD", "ETH/USD", "SOL/USD"}))
+    hub.configure(sub, batch=True, deviation=0.5)
+    assert sub.pending == 0 and hub.subscribers == 0
+    assert (sub.batch, sub.deviation) == (False, None)
+
+
+def test_signed_frames_need_a_signer() -> None:
+    """Asking the hub for signed frames when the daemon does not sign is a ValueError, and the
+    subscription keeps its report frames."""
+    hub = Hub()
+    sub = hub.subscribe(None)
+    with pytest.raises(ValueError, match="does not sign"):
+        hub.configure(sub, signed=True)
+    assert not sub.signed
+
+
 def test_unsubscribe_is_not_a_drop_and_is_idempotent() -> None:
     """An owner leaving is not counted as a drop; unsubscribing twice is harmless."""
     hub = Hub()

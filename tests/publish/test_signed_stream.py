@@ -21,7 +21,7 @@ from oracled.api import ApiContext, build_app
 from oracled.client import OracleClient
 from oracled.clock import ManualClock
 from oracled.core import RoundResult
-from oracled.publish import Hub
+from oracled.publish import DROP_SLOW, Hub
 from oracled.publish.signer import RoundSigner, SignedPrice, SigningKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
@@ -241,3 +241,51 @@ async def test_unfiltered_signed_subscribers_of_one_market_set_share_the_frames(
     first, second = ([sub.get_nowait() for _ in range(2)] for sub in subs)
     assert all(a is b for a, b in zip(first, second, strict=True))
     assert all(frame is not None and frame.startswith(b'{"type":"signed"') for frame in first)
+
+
+async def test_a_signed_subscriber_that_falls_behind_is_dropped_as_slow() -> None:
+    """A signed subscriber that does not read is dropped (counted `slow_consumer`) when a
+    round's signed frames do not fit; a signed subscriber that reads keeps receiving."""
+    d = Daemonish()
+    d.hub = Hub(queue_size=3)
+    d.hub.signer = KEY.address
+    slow, fast = d.hub.subscribe(None), d.hub.subscribe(None)
+    for sub in (slow, fast):
+        d.hub.configure(sub, signed=True)
+    rounds = []
+    for _ in range(3):
+        rounds.append(d.step().round)
+        await fanned_out()
+        got = [fast.get_nowait() or b"" for _ in range(3)]
+        assert {msgspec.json.decode(f)["data"]["round"] for f in got} == {rounds[-1]}
+    assert slow.closed_reason == DROP_SLOW and slow.pending == 0
+    assert d.hub.dropped_subscribers[DROP_SLOW] == 1 and d.hub.subscribers == 1
+
+
+async def test_switching_to_signed_frames_that_do_not_fit_drops_the_subscriber() -> None:
+    """The snapshot of signed frames sent on switching to them counts against the bound: a
+    subscriber with an unread backlog that cannot take it is dropped as slow."""
+    d = Daemonish()
+    d.hub = Hub(queue_size=3)
+    d.hub.signer = KEY.address
+    d.step()
+    await fanned_out()
+    sub = d.hub.subscribe(None)  # three report frames, never read
+    d.hub.configure(sub, signed=True)  # three signed frames more
+    assert sub.closed_reason == DROP_SLOW and d.hub.dropped_subscribers[DROP_SLOW] == 1
+
+
+def test_signed_rounds_fan_out_at_once_without_a_running_loop() -> None:
+    """A synchronous caller (no event loop) gets the signed fan-out inline; a signed round
+    without the RoundResult its filters read is refused."""
+    d = Daemonish()
+    sub = d.hub.subscribe(frozenset({"ETH/USD"}))
+    d.hub.configure(sub, signed=True)
+    d.step()
+    frame = sub.get_nowait()
+    assert frame is not None and frame.startswith(b'{"type":"signed"')
+    assert msgspec.json.decode(frame)["data"]["market"] == "ETH/USD"
+    assert d.signer is not None
+    bare = d.signer.sign_leaves(1, 1, d.signer.leaves(d.rounds.step()))
+    with pytest.raises(ValueError, match="RoundResult"):
+        d.hub.publish_signed(bare)
