@@ -14,6 +14,7 @@ from eth_account.messages import _hash_eip191_message, encode_typed_data
 from hypothesis import given
 from hypothesis import strategies as st
 from publish_rig import Rounds, make_config
+from structlog.testing import capture_logs
 
 from oracled.errors import ConfigError
 from oracled.publish.signer import (
@@ -257,6 +258,31 @@ def test_key_from_the_environment_and_its_errors_never_echo_it() -> None:
     assert secret_ish not in str(exc.value)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        ("0x" + "ab" * 31).encode(),  # a digit pair short
+        ("0x" + "00" * 32).encode(),  # zero is no secp256k1 key
+        "0x" + "\u00e9" * 64,  # not ASCII: a garbled or wrong file
+    ],
+    ids=["short", "zero", "not-ascii"],
+)
+def test_a_key_file_that_holds_no_usable_key_is_a_config_error(
+    tmp_path: Path, content: bytes | str
+) -> None:
+    """A short, zero or non-ASCII key file is a ConfigError naming the file, never a traceback,
+    and never showing what the file holds."""
+    path = tmp_path / "key"
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    else:
+        path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"signing\.key_file") as exc:
+        load_signing_key(str(path), None)
+    assert path.read_bytes().decode("utf-8")[4:] not in str(exc.value)
+
+
 def test_missing_key_file_is_a_config_error(tmp_path: Path) -> None:
     """A key file that does not exist is reported with its path."""
     with pytest.raises(ConfigError, match="cannot read"):
@@ -297,4 +323,38 @@ async def test_the_signer_worker_skips_a_round_while_the_last_is_being_signed() 
     async with asyncio.timeout(10):
         await arrived.wait()
     assert len(delivered) == 2
+    worker.close()
+
+
+async def test_a_round_that_cannot_be_signed_is_counted_logged_and_not_delivered() -> None:
+    """A round whose price no leaf can carry (wider than int256) fails in the worker: it is
+    counted as an error and logged (no stray traceback on the loop), nothing is handed on,
+    and the next round is signed."""
+    rounds = Rounds(make_config())
+    signer = RoundSigner(KEY)
+    delivered: list[SignedRound] = []
+    arrived = asyncio.Event()
+
+    def on_signed(signed: SignedRound) -> None:
+        delivered.append(signed)
+        arrived.set()
+
+    unhandled: list[dict[str, object]] = []  # the loop's own: a test-scoped loop
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unhandled.append(ctx))
+    worker = SignerWorker(signer, on_signed)
+    bad = rounds.step()
+    bad.price[0] = 1e80  # an active market priced past what a signed int256 holds
+    with capture_logs() as logs:
+        worker.submit(bad)
+        async with asyncio.timeout(10):
+            while signer.stats.errors["error"] == 0:  # noqa: ASYNC110 - the worker thread's
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0)  # the done callback runs on the loop
+    assert delivered == [] and signer.stats.signed == 0 and unhandled == []
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["round not signed"]
+    good = rounds.step()
+    worker.submit(good)  # the failed round left the worker free
+    async with asyncio.timeout(10):
+        await arrived.wait()
+    assert [s.round for s in delivered] == [good.round]
     worker.close()
