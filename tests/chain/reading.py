@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,13 +48,14 @@ def make_reader(
     *,
     timeout_s: float = 2.0,
     clock: Clock | None = None,
+    rng: random.Random | None = None,
     **chain: Any,
 ) -> ChainReader:
     """A reader of the local chain; `clock` is the reader's own (the RPC client keeps the
     system clock for its timeouts)."""
     cfg = ChainConfig(chain_id=31337, rpc_urls=tuple(urls), timeout_s=timeout_s, **chain)
     rpc = RpcClient(list(urls), http, timeout_s=timeout_s, clock=SystemClock())
-    return ChainReader("local", cfg, rpc, clock or SystemClock(), http)
+    return ChainReader("local", cfg, rpc, clock or SystemClock(), http, rng=rng)
 
 
 def watch(reader: ChainReader, feed: Feed) -> Collected:

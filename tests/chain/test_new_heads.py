@@ -1,0 +1,127 @@
+"""How the reader follows blocks when newHeads is refused, breaks, or is not configured: it
+polls meanwhile, comes back to newHeads when it can, and says so once, not on every retry."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from chain_rig import Anvil, Chain, Deployed
+from reading import Collected, chainlink_spec, make_reader, watch
+from structlog.testing import capture_logs
+from ws_relay import WsRelay
+
+from oracled.sources.evm.chainlink import ChainlinkFeed
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+UPDATE = "updateAnswer(int256)"
+
+
+class FixedDelay(random.Random):
+    """Backoff without jitter: every reconnect waits 100 ms, so retries come quickly and in a
+    known number."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return min(b, 0.1)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def relay(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[WsRelay]:
+    r = await WsRelay(anvil.ws_url, http).start()
+    yield r
+    await r.stop()
+
+
+async def until(done: Callable[[], bool]) -> None:
+    """Wait for a state of the reader running in the background (not a timing assertion: the
+    bound only turns a hang into a failure)."""
+    async with asyncio.timeout(10):
+        while not done():  # noqa: ASYNC110 - the reader's counters have no event to wait on
+            await asyncio.sleep(0.01)
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def read_by_new_heads(chain: Chain, snapshot: Deployed, got: Collected) -> None:
+    """Move the answer and wait for it: it arrives with the reader following newHeads."""
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3333_00000000)
+    await got.until(lambda: got.last.price == 3333.0)
+    assert got.stats.state == "streaming"
+
+
+async def test_a_refused_subscription_polls_meanwhile_and_returns_to_new_heads(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """A node that refuses newHeads: the reader polls (the price still comes, the feeds say
+    polling), retries the subscription with backoff, warns once per change rather than once
+    per retry, and follows newHeads as soon as the node accepts."""
+    relay.mode = "refuse"
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
+                         poll_interval_s=0.02)  # fmt: skip
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    with capture_logs() as logs:
+        task = asyncio.create_task(reader.run())
+        try:
+            await until(lambda: relay.connections >= 4)
+            assert reader.stats.mode == "polling"
+            assert [q.price for q in got.quotes] == [3000.0]
+            assert got.stats.state == "polling"
+            # Refusal 1 warns; the poll publishes (a change); refusal 2 warns; 3 and on do not.
+            down = [e for e in logs if e["event"] == "newHeads down, polling"]
+            assert len(down) == 2
+            assert "subscription refused" in down[0]["error"]
+            relay.mode = "relay"
+            await until(lambda: reader.stats.mode == "newHeads")
+            await read_by_new_heads(chain, snapshot, got)
+        finally:
+            await stop(task)
+
+
+async def test_a_new_heads_socket_that_ends_falls_back_to_polling_and_reconnects(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """The subscription is accepted and the socket then closes: the reader notices, polls, and
+    subscribes again; a socket that carries non-notice messages is followed through them."""
+    relay.mode = "drop_after_ack"
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
+                         poll_interval_s=0.02)  # fmt: skip
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    with capture_logs() as logs:
+        task = asyncio.create_task(reader.run())
+        try:
+            await until(lambda: relay.connections >= 2)
+            assert [q.price for q in got.quotes] == [3000.0]
+            down = [e for e in logs if e["event"] == "newHeads down, polling"]
+            assert "socket ended" in down[0]["error"]
+            relay.mode = "relay"
+            await until(lambda: reader.stats.mode == "newHeads")
+            await read_by_new_heads(chain, snapshot, got)
+        finally:
+            await stop(task)
+
+
+async def test_without_a_ws_url_the_reader_polls_every_interval(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A chain with no ws_url is polled: each new block's answer arrives from a poll, and the
+    feeds say polling."""
+    reader = make_reader([anvil.url], http, poll_interval_s=0.02)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    task = asyncio.create_task(reader.run())
+    try:
+        await got.until(lambda: bool(got.quotes))
+        await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+        await got.until(lambda: got.last.price == 3100.0)
+        assert reader.stats.mode == "polling"
+        assert got.stats.state == "polling"
+    finally:
+        await stop(task)

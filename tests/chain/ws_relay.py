@@ -1,0 +1,73 @@
+"""A loopback WebSocket relay in front of anvil's newHeads, breakable on purpose.
+
+Modes: "relay" forwards the subscription to anvil and every notice back (and, after the
+subscription's answer, one message that is not a notice, as nodes send); "refuse" answers the
+subscription with a JSON-RPC error; "drop_after_ack" passes the subscription's answer and then
+closes the socket. `connections` counts the sockets opened to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+
+_REFUSAL = '{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"method not found"}}'
+_CHATTER = '{"jsonrpc":"2.0","id":77,"result":true}'
+
+
+class WsRelay:
+    def __init__(self, upstream: str, session: aiohttp.ClientSession) -> None:
+        self.upstream = upstream
+        self.session = session
+        self.mode = "relay"
+        self.connections = 0
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> WsRelay:
+        app = web.Application()
+        app.router.add_get("/", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"ws://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        self.connections += 1
+        mode = self.mode
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        subscribe = await ws.receive_str()
+        if mode == "refuse":
+            await ws.send_str(_REFUSAL)
+            await ws.receive()  # until the client goes away
+            return ws
+        async with self.session.ws_connect(self.upstream) as up:
+            await up.send_str(subscribe)
+            await ws.send_str(await up.receive_str())
+            if mode == "drop_after_ack":
+                await ws.close()
+                return ws
+            await ws.send_str(_CHATTER)
+
+            async def pump() -> None:
+                async for msg in up:
+                    await ws.send_str(msg.data)
+
+            task = asyncio.create_task(pump())
+            try:
+                async for _ in ws:
+                    pass
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return ws
