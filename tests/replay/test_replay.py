@@ -119,3 +119,27 @@ def test_cli_replay_writes_the_file_and_exits_3_when_lines_were_skipped(tmp_path
     assert proc.returncode == 3, proc.stderr
     assert f"{TAPE}:8: skipped" in proc.stderr
     assert out.read_bytes() == _run(TAPE.read_bytes())[0]
+
+
+def test_a_line_older_than_the_one_before_is_reported_and_never_priced() -> None:
+    """A tape is in receive-time order: a line stamped before its predecessor (here a wild
+    USDT/USD print) is named by its number and skipped, so it cannot reach a round it was not
+    in; blank lines (a trailing newline, a gap) are no error. Replay stays deterministic."""
+    header = b'{"format": "oracled-tape", "version": 1}\n'
+    quotes = [
+        b'{"ts": 1700000000500, "source": "a", "pair": "USDT/USD", "price": "1.0001"}\n',
+        b"\n",
+        b'{"ts": 1700000000600, "source": "b", "pair": "USDT/USD", "price": "0.9999"}\n',
+        b'{"ts": 1700000000599, "source": "a", "pair": "USDT/USD", "price": "2.0"}\n',
+        b"   \n",
+    ]
+    out, stats = _run(header + b"".join(quotes))
+    errors = [(e.line, e.message) for e in stats.errors]  # type: ignore[attr-defined]
+    assert errors == [(5, "ts 1700000000599 is before the previous line")]
+    assert stats.quotes == 2  # type: ignore[attr-defined]
+    usdt = msgspec.json.decode(out.splitlines()[0])
+    assert usdt["market"] == "USDT/USD"
+    assert [(s["id"], s["value"], s["age_ms"]) for s in usdt["sources"]] == [
+        ("a", "1.0001", 500),
+        ("b", "0.9999", 400),
+    ]
