@@ -11,7 +11,7 @@ from core_helpers import T0, USDT_ROUTE, config, market, standard_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oracled.aggregate.book import FLAG_BASE, Book, DropReason, Layout
+from oracled.aggregate.book import FLAG_BASE, MAX_FLAGS, Book, DropReason, Layout
 from oracled.config import Config
 from oracled.core import Core
 from oracled.model import Quote
@@ -48,6 +48,8 @@ BAD_QUOTES = [
     (Quote("a", "BTC/USD", T0, price=1e-13), DropReason.ABSURD),
     (Quote("a", "BTC/USD", T0, bid=101.0, ask=100.0), DropReason.CROSSED),
     (Quote("a", "BTC/USD", T0, price=1.0, venue_ts=T0 + 2_001), DropReason.FUTURE),
+    # The usual quote (both sides, no flag) takes ingest's short cut: the same checks apply.
+    (Quote("a", "BTC/USD", T0, bid=1.0, ask=1.0, venue_ts=T0 + 2_001), DropReason.FUTURE),
 ]
 
 
@@ -92,6 +94,37 @@ def test_an_older_quote_is_out_of_order_and_keeps_the_newer_one() -> None:
     assert book.latest[("a", "BTC/USD", "spot")].recv_ts == T0 + 6
     # Without a venue time, the receive time is the stamp, and it is compared the same way.
     assert book.ingest(Quote("a", "BTC/USD", T0 - 20, price=1.0)) is DropReason.OUT_OF_ORDER
+
+
+def test_an_older_two_sided_quote_is_out_of_order_on_the_short_cut_too() -> None:
+    """The usual quote (bid and ask, no flag) takes ingest's short cut; one older than the
+    stored quote, by venue time or else by receive time, is refused there as well and the newer
+    price stays."""
+    book = _book()
+    i, j = _slot(book, "BTC/USD", "b")
+    assert book.ingest(Quote("b", "BTC/USD", T0, bid=99.0, ask=101.0, venue_ts=T0 - 10)) is None
+    late = Quote("b", "BTC/USD", T0 + 5, bid=49.0, ask=51.0, venue_ts=T0 - 11)
+    assert book.ingest(late) is DropReason.OUT_OF_ORDER
+    assert book.ingest(Quote("b", "BTC/USD", T0 - 20, bid=49.0, ask=51.0)) is (
+        DropReason.OUT_OF_ORDER
+    )
+    assert book.drops == {("b", DropReason.OUT_OF_ORDER): 2}
+    assert book.mid[i, j] == 100.0 and book.stamp[i, j] == T0 - 10
+
+
+def test_a_source_inventing_flags_cannot_grow_the_flag_table_without_bound() -> None:
+    """Each new flag name takes a code; past MAX_FLAGS names every new one is recorded as
+    "flagged", so a misbehaving source cannot grow the table (or overflow the small codes the
+    book stores) however many names it makes up; every quote still lands, flagged."""
+    book = _book()
+    i, j = _slot(book, "BTC/USD", "a")
+    for n in range(MAX_FLAGS + 30):
+        flag = f"made-up-{n}"
+        assert book.ingest(Quote("a", "BTC/USD", T0 + n, price=100.0, flag=flag)) is None
+        name = book.flag_names[book.flag[i, j] - FLAG_BASE]
+        assert name == (flag if n < MAX_FLAGS else "flagged")
+    assert len(book.flag_names) == MAX_FLAGS + 1
+    assert book.flag_names[-1] == "flagged"
 
 
 def test_bid_and_ask_give_the_mid_and_take_precedence_over_price() -> None:
