@@ -82,29 +82,33 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A real nats-server on 127.0.0.1 (JetStream on, its store in `store`), restartable."""
+    """A real nats-server on 127.0.0.1 (JetStream on, its store in `store`), restartable.
 
-    def __init__(self, store: Path) -> None:
+    `jetstream=False` runs it without JetStream; `settings` are extra lines of a server config
+    file (e.g. `max_payload: 1024`).
+    """
+
+    def __init__(self, store: Path, *, jetstream: bool = True, settings: str = "") -> None:
         self.port = free_port()
         self.store = store
         self.url = f"nats://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = store / "nats-server.log"
+        self.jetstream = jetstream
+        self.settings = settings
 
     async def start(self) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
+        args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.jetstream:
+            args += ["-js", "-sd", str(self.store)]
+        if self.settings:
+            conf = self.store / "nats-server.conf"
+            conf.write_text(self.settings + "\n")
+            args += ["-c", str(conf)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting, not waiting
-                [
-                    nats_server_binary(),
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-js",
-                    "-sd",
-                    str(self.store),
-                ],
+                args,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -11,7 +11,9 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.api import StreamConfig
 from publish_rig import NatsServer, Rounds, make_config
+from structlog.testing import capture_logs
 
 from oracled.client import OracleClient
 from oracled.config import NatsConfig
@@ -35,6 +37,10 @@ async def until(predicate: Callable[[], Any], what: str) -> None:
     async with asyncio.timeout(SAFETY_S):
         while not predicate():  # noqa: ASYNC110 - polling state owned by another task
             await asyncio.sleep(0.02)
+
+
+def events(logs: list[dict[str, Any]], level: str) -> list[str]:
+    return [str(e["event"]) for e in logs if e["log_level"] == level]
 
 
 async def consumer(url: str) -> NatsClient:
@@ -238,3 +244,81 @@ async def test_server_death_is_counted_and_jetstream_keeps_what_it_held(
     assert got == [s.round for s in (*before, after)]  # nothing held was lost; `during` never left
     await late.close()
     await stop(task)
+
+
+async def test_an_existing_stream_with_other_settings_is_left_as_it_is(
+    server: NatsServer,
+) -> None:
+    """Operators made the stream first, with their own limits: the sink warns, leaves it as it
+    is (its limits are not undone) and publishes into it."""
+    ops = await consumer(server.url)
+    js = ops.jetstream()
+    await js.add_stream(StreamConfig(name="OPS", subjects=["oracled.>"], max_msgs=1_000))
+    cfg = NatsConfig(enabled=True, servers=(server.url,), jetstream=True, stream="OPS")
+    sink = NatsSink(cfg)
+    with capture_logs() as logs:
+        task = await running(sink)
+    assert "jetstream stream exists with other settings; left as it is" in events(logs, "warning")
+    rounds = Rounds(make_config())
+    sink.submit(RoundSigner(KEY).sign(rounds.step()))
+    await until_stream(js, "OPS", 4)
+    assert (await js.stream_info("OPS")).config.max_msgs == 1_000
+    await ops.close()
+    await stop(task)
+
+
+async def test_a_server_without_jetstream_is_logged_and_prices_still_flow(
+    tmp_path: Path,
+) -> None:
+    """`jetstream = true` against a server that has it off: the stream cannot be made, which is
+    logged as an error, and the rounds are still published on their subjects."""
+    srv = NatsServer(tmp_path / "plain", jetstream=False)
+    await srv.start()
+    try:
+        cfg = NatsConfig(enabled=True, servers=(srv.url,), jetstream=True)
+        sink = NatsSink(cfg, connect_timeout_s=0.5)
+        with capture_logs() as logs:
+            task = await running(sink)
+        assert events(logs, "error") == ["jetstream stream not set up"]
+        listener = await consumer(srv.url)
+        got: list[str] = []
+
+        async def keep(msg: Any) -> None:
+            got.append(msg.subject)
+
+        await listener.subscribe("oracled.rounds", cb=keep)
+        await listener.flush()
+        sink.submit(Rounds(make_config()).step())
+        await until(lambda: got == ["oracled.rounds"], "the round published")
+        await listener.close()
+        await stop(task)
+    finally:
+        srv.stop()
+
+
+async def test_a_message_over_the_servers_payload_limit_is_counted_as_an_error(
+    tmp_path: Path,
+) -> None:
+    """A round message larger than the server's max_payload cannot be sent: it is counted as
+    unpublished (`error`) and logged, the prices before it went out, and the sink goes on."""
+    srv = NatsServer(tmp_path / "small", settings="max_payload: 1024")
+    await srv.start()
+    try:
+        markets = {f"C{i:02d}/USD": 10.0 + i for i in range(20)}
+        rounds = Rounds(make_config(markets), markets)
+        signer = RoundSigner(KEY)
+        signed = signer.sign(rounds.step())
+        assert len(signed.message()) > 1024 >= max(len(signed.envelope(i)) for i in range(20))
+        sink = NatsSink(NatsConfig(enabled=True, servers=(srv.url,)))
+        task = await running(sink)
+        with capture_logs() as logs:
+            sink.submit(signed)
+            await until(lambda: sink.stats.unpublished["error"] == 1, "the round message lost")
+        assert sink.stats.published == 20
+        assert events(logs, "warning") == ["nats publish failed"]
+        sink.submit(signer.sign(rounds.step()))  # the sink is still there for the next round
+        await until(lambda: sink.stats.unpublished["error"] == 2, "the next round tried")
+        assert sink.stats.published == 40
+        await stop(task)
+    finally:
+        srv.stop()
