@@ -593,15 +593,24 @@ def _relations(cfg: Config) -> list[str]:
                 )
             else:
                 depends[market.symbol].add(found.via)
+        perp_seen: dict[str, int] = {}
         for j, ps in enumerate(market.perp_sources):
             where = f"markets[{i}].perp_sources[{j}]"
             if ps.source not in cfg.sources:
                 problems.append(f"{where}.source: source {ps.source!r} is not configured")
+            if ps.source in perp_seen:  # the perpetual median counts venues, not listings
+                problems.append(
+                    f"{where}.source: {ps.source} is already listed as "
+                    f"perp_sources[{perp_seen[ps.source]}] of this market; a venue gets one vote"
+                )
+            perp_seen.setdefault(ps.source, j)
             p_base, p_quote = ps.pair.split("/")
+            unused = {"max_age_ms": ps.max_age_ms is not None, "weight": ps.weight != 1.0}
             problems.extend(
                 f"{where}.{key}: not used for perpetuals (each counts the same, within the "
                 "market's max_age_ms); remove it"
-                for key in sorted(ps.model_fields_set & {"weight", "max_age_ms"})
+                for key, is_set in unused.items()
+                if is_set
             )
             if ps.kind != "perp":  # one problem per entry: the first that makes it unusable
                 problems.append(f"{where}.kind: must be perp")
