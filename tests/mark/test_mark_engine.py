@@ -5,7 +5,7 @@ from __future__ import annotations
 from mark_rig import B, Rig, make_config
 
 from oracled.core import Core
-from oracled.model import MarkEstimators
+from oracled.model import MarkEstimators, Quote
 
 
 def test_mark_is_the_median_of_basis_ema_and_perp_median_with_irregular_round_times() -> None:
@@ -107,3 +107,34 @@ def test_bid_ask_perps_use_their_mid_for_the_mark() -> None:
     mark = Rig().mark(B + 1_000, p=(100.8, 101.2))
     assert (mark.estimators.perp_median, mark.basis) == ("101.00", "1.00")
     assert mark.premium == "0.00800000"
+
+
+def test_a_perp_with_only_a_bid_is_kept_but_never_counts() -> None:
+    """A perpetual quote with a lone bid (no ask, no last price) passes the book's checks but is
+    no mid: the mark uses q alone (101), not p's bid of 101.4."""
+    rig = Rig()
+    for source in "abc":
+        rig._ingest(Quote(source, "USDT/USD", B + 1_000, price=1.0))
+        rig._ingest(Quote(source, "BTC/USD", B + 1_000, price=100.0))
+    rig._ingest(Quote("p", "BTC/USD", B + 1_000, bid=101.4, kind="perp"))
+    mark = rig.mark(B + 1_000, q=101.0)
+    assert (mark.perps_used, mark.estimators.perp_median, mark.price) == (1, "101.00", "101.00")
+
+
+def test_a_reload_that_makes_a_market_perpetual_starts_its_mark_afresh() -> None:
+    """BTC/USD had no perpetuals before the reload, so there is no state to carry: the first
+    mark after it is computed from its own first sample (EMA = basis), as for a new market."""
+    rig = Rig(make_config(perps=False))
+    rig.round(B + 1_000)
+    rig.core.reconfigure(make_config())
+    mark = rig.mark(B + 2_000, p=102.0)
+    assert mark.estimators == MarkEstimators("102.00", "102.00", None)
+    assert (mark.basis, mark.perps_used) == ("2.00", 1)
+
+
+def test_a_basis_that_rounds_to_zero_is_never_printed_negative() -> None:
+    """A perp a thousandth below the index: the basis rounds to zero at the market's two
+    decimals and is published as "0.00", never "-0.00"."""
+    mark = Rig().mark(B + 1_000, p=99.999)
+    assert mark.basis == "0.00"
+    assert mark.estimators.basis_ema == "100.00"
