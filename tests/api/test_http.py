@@ -10,9 +10,20 @@ from typing import Any
 import msgspec
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from api_rig import CONFIG, INTERVAL, PRICES, TOKEN, ClientFactory, Rig, make_config
+from api_rig import (
+    CONFIG,
+    INTERVAL,
+    PRICES,
+    TOKEN,
+    ClientFactory,
+    ContractRecorder,
+    Rig,
+    make_config,
+)
+from structlog.testing import capture_logs
 from yarl import URL
 
+from oracled.api import build_app
 from oracled.config import parse_config
 from oracled.errors import ConfigError
 
@@ -353,3 +364,39 @@ async def test_sources_after_a_reload_never_show_another_sources_part(
     rig.step()
     body = await _json(client, "/v1/markets/SOL-USD/sources")
     assert [s["used"] for s in body["sources"]] == [True, True]
+
+
+async def test_a_list_of_more_than_256_markets_is_refused_before_any_lookup(
+    client: Client, rig: Rig
+) -> None:
+    """A query naming more markets than the limit is a 400 bad_query saying the limit, not a
+    walk through every name."""
+    rig.step()
+    names = ",".join(f"C{i}/USD" for i in range(257))
+    body = await _json(client, f"/v1/prices?markets={names}", 400)
+    assert body["error"]["code"] == "bad_query" and "at most 256" in body["error"]["message"]
+
+
+class _BrokenMetricsRig(Rig):
+    """A rig whose metrics rendering fails, as a collector with a bug would."""
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        raise RuntimeError("a collector failed")
+
+
+async def test_an_unexpected_handler_error_is_a_logged_json_500(
+    aiohttp_client: Any, contract: ContractRecorder
+) -> None:
+    """Anything a handler did not expect leaves as the JSON error shape with status 500 (no
+    HTML page, no traceback to the client) and is logged with its traceback."""
+    rig = _BrokenMetricsRig(make_config())
+    client = await aiohttp_client(build_app(rig.context()))
+    with capture_logs() as logs:
+        resp = await client.get("/metrics")
+    assert resp.status == 500 and resp.content_type == "application/json"
+    body = await resp.json()
+    contract.validator("/components/schemas/Error").validate(body)
+    assert body["error"]["code"] == "internal" and "collector" not in body["error"]["message"]
+    (event,) = [e for e in logs if e["log_level"] == "error"]
+    assert event["event"] == "api_handler_failed" and event["path"] == "/metrics"
+    assert event["exc_info"] is True
