@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+from aiohttp.resolver import AsyncResolver, DefaultResolver
 
 from oracled.clock import Clock
 from oracled.config import Config, SourceConfig, load_config, parse_config
@@ -172,3 +173,10 @@ async def test_a_reload_reports_restart_only_settings_and_keeps_running_them(
             service.stop()
             await task
     assert not trail.exists()
+
+
+def test_venue_names_are_resolved_on_the_event_loop() -> None:
+    """aiohttp's default resolver is the c-ares one (the aiodns dependency), not a thread: a
+    lookup in flight when SIGTERM comes is dropped with the loop instead of holding its close
+    until the system resolver gives up (2 s a stop measured without a network, 0.03 s with it)."""
+    assert DefaultResolver is AsyncResolver
