@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 from audit_rig import Feed, trail
-from publish_rig import INTERVAL, SOURCES, T0, make_config
+from publish_rig import INTERVAL, SOURCES, T0, Rounds, make_config
+from structlog.testing import capture_logs
 
 from oracled.cli import main
 from oracled.config import AuditConfig
 from oracled.publish.audit import AuditReader, AuditTrail
+from oracled.publish.audit_cli import parse_time
 from oracled.publish.signer import RoundSigner, SigningKey, recover_signer, round_digest
 from oracled.replay import replay
 
@@ -196,3 +198,83 @@ def test_retention_by_age_deletes_rounds_older_than_the_window(tmp_path: Path) -
     assert newest - window_ms - INTERVAL * audit.cfg.batch_rounds <= oldest
     assert oldest > T0 + INTERVAL
     assert orphans == 0
+
+
+def test_audit_answers_nothing_found_with_exit_1_and_bad_requests_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`oracled audit` says so when there is nothing to show (exit 1: an empty database, a
+    window without rounds, a time before the first round) and refuses what it cannot read
+    (exit 2: no such file, a time that is no time), so scripts can tell them apart."""
+    db = tmp_path / "audit.sqlite3"
+    empty = AuditTrail(AuditConfig(enabled=True, path=str(db)))
+    empty.start()
+    empty.submit_signed(RoundSigner(SigningKey.generate()).sign(Rounds(make_config()).step()))
+    empty.close()  # a database with its tables made and no round in it
+    capsys.readouterr()
+    assert main(["audit", "--db", str(db)]) == 1
+    assert capsys.readouterr().out.strip() == f"{db}: empty"
+
+    audit = trail(db)
+    feed = Feed(make_config(), audit)
+    for _ in range(3):
+        feed.round()
+    audit.close()
+    market = ["audit", "--db", str(db), "--market", "BTC/USD"]
+    assert main([*market, "--from", str(T0 + 10 * INTERVAL)]) == 1
+    assert "no rounds stored in this window" in capsys.readouterr().out
+    assert main([*market, "--at", str(T0)]) == 1
+    assert "nothing stored at or before 2023-11-14T22:13:20.000Z" in capsys.readouterr().out
+
+    assert main(["audit", "--db", str(tmp_path / "missing.sqlite3")]) == 2
+    assert "no such audit database" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*market, "--from", "yesterday"])
+    assert exc.value.code == 2
+    assert "'yesterday' is neither milliseconds nor an ISO 8601 time" in capsys.readouterr().err
+
+
+def test_times_with_an_offset_are_read_in_that_offset() -> None:
+    """An ISO time with an offset is that instant; without one it is UTC."""
+    assert parse_time("2023-11-14T22:13:20Z") == T0
+    assert parse_time("2023-11-15T00:13:20+02:00") == T0
+    assert parse_time("2023-11-14T22:13:20") == T0
+    assert parse_time(f" {T0} ") == T0
+
+
+def test_the_report_at_a_time_shows_the_rounds_signature(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--at` on a signed round names the signer and prints the signature that recovers to it."""
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    feed = Feed(make_config(), audit)
+    key = SigningKey.generate()
+    for _ in range(2):
+        feed.round(RoundSigner(key))
+    audit.close()
+    capsys.readouterr()
+    assert main(["audit", "--db", str(db), "--market", "ETH/USD", "--at", str(feed.now)]) == 0
+    line = capsys.readouterr().out.splitlines()[-1].strip()
+    signer, signature = line.removeprefix("signed by ").split(": ")
+    assert signer == key.address and len(bytes.fromhex(signature.removeprefix("0x"))) == 65
+
+
+def test_a_drop_episode_is_logged_once_and_its_end_once(tmp_path: Path) -> None:
+    """While the queue is full the first dropped round is logged, not every one; the first
+    round that fits again says the queue has room, with the total dropped."""
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(tmp_path / "a.sqlite3"), queue=1))
+    feed = Feed(make_config(), audit)
+    with capture_logs() as logs:
+        for _ in range(4):
+            feed.round()  # no writer yet: one queued, three dropped
+        audit.start()
+        audit.close()  # the writer empties the queue
+        feed.round()
+    assert audit.stats.dropped == 3
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("error", "audit queue full: rounds are dropped from the trail"),
+        ("info", "audit trail writing"),
+        ("warning", "audit queue has room again"),
+    ]
+    assert logs[-1]["dropped_total"] == 3

@@ -15,12 +15,13 @@ import msgspec
 import pytest
 from audit_rig import Feed, trail
 from publish_rig import T0, make_config
+from structlog.testing import capture_logs
 
 from oracled.cli import main
 from oracled.config import AuditConfig
 from oracled.core import RoundResult
 from oracled.model import Quote
-from oracled.publish.audit import SCHEMA_VERSION, AuditReader, AuditTrail
+from oracled.publish.audit import SCHEMA_VERSION, AuditReader, AuditSchemaError, AuditTrail
 from oracled.tape import header_line, quote_to_line
 
 END = T0 * 2
@@ -240,3 +241,43 @@ def test_a_round_takes_under_a_quarter_of_what_version_1_took(tmp_path: Path) ->
     per_round_v2, per_round_v1 = used_bytes(v2) / 1_000, used_bytes(v1) / 1_000
     assert per_round_v2 * 4 < per_round_v1
     assert per_round_v2 < 700
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        "CREATE TABLE users (name TEXT)",  # another program's database
+        "CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('schema', 'two')",
+    ],
+    ids=["foreign-tables", "unreadable-version"],
+)
+def test_a_database_of_unknown_schema_is_left_alone_and_its_failure_logged_once(
+    tmp_path: Path, schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """audit.path naming a SQLite file that is no audit database: the writer never touches it,
+    counts every round lost, and logs the failure once however often it retries; the reader
+    and `oracled audit` refuse it (exit 2) with the schema version unknown."""
+    db = tmp_path / "other.sqlite3"
+    with sqlite3.connect(db) as con:
+        con.executescript(schema)
+    before = db.read_bytes()
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), batch_rounds=1))
+    audit._retry_s = 0.0  # every batch tries the file again (5 s in the daemon)
+    with capture_logs() as logs:
+        audit.start()
+        feed = Feed(make_config(), audit)
+        for _ in range(3):
+            feed.round()
+            wait_for(lambda: audit.stats.write_errors == feed.core.rounds)
+        audit.close()
+    assert audit.stats.rounds == 0 and feed.core.rounds == 3
+    assert "schema version unknown" in (audit.stats.last_error or "")
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+        "audit trail not written; prices go on without it"
+    ]
+    assert db.read_bytes() == before
+    with pytest.raises(AuditSchemaError, match="schema version unknown"):
+        AuditReader(db)
+    capsys.readouterr()
+    assert main(["audit", "--db", str(db)]) == 2
+    assert "not an audit database" in capsys.readouterr().err
