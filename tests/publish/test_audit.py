@@ -278,3 +278,28 @@ def test_a_drop_episode_is_logged_once_and_its_end_once(tmp_path: Path) -> None:
         ("warning", "audit queue has room again"),
     ]
     assert logs[-1]["dropped_total"] == 3
+
+
+def test_zero_turns_the_age_limit_off_and_a_tiny_size_limit_keeps_the_newest_round(
+    tmp_path: Path,
+) -> None:
+    """retention_days = 0 deletes nothing for its age; a max_bytes no round fits under deletes
+    down to the newest round and stops there (it never empties the trail or spins)."""
+    rounds_of = {}
+    for name, settings in (("ageless", {"retention_days": 0}), ("tiny", {"max_bytes": 1})):
+        db = tmp_path / f"{name}.sqlite3"
+        audit = AuditTrail(
+            AuditConfig(enabled=True, path=str(db), batch_rounds=1, queue=100, **settings)
+        )
+        audit._retention_every_s = 0.0  # a retention check after every batch
+        audit.start()
+        feed = Feed(make_config(), audit)
+        for _ in range(6):
+            feed.round()
+        audit.close()
+        assert audit.stats.rounds == 6 and audit.stats.ok, name
+        reader = AuditReader(db)
+        rounds_of[name] = [r.round for r in reader.rounds(0, T0 * 2)]
+        assert sum(1 for _ in reader.report_lines(0, T0 * 2)) == 3 * len(rounds_of[name])
+        reader.close()
+    assert rounds_of == {"ageless": [1, 2, 3, 4, 5, 6], "tiny": [6]}
