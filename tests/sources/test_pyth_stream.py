@@ -5,6 +5,8 @@ test_stream_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +23,9 @@ UNKNOWN = "ab" * 32
 PRICES = {BTC: 67_000.0, ETH: 3_500.0}  # what VENUE's simulator starts from
 IDS = {"BTC/USD": "0x" + BTC, "ETH/USD": ETH, "FOO/USD": UNKNOWN}
 BTC_ONLY: dict[str, Any] = {"pairs": [("BTC/USD", "spot")], "instruments": {"BTC/USD": BTC}}
+FIXTURE = (
+    Path(__file__).parent.parent / "fixtures" / "pyth_hermes" / "v2_latest_parsed_btc.json"
+).read_text()
 
 
 async def test_unknown_feed_id_fails_alone_without_reconnect_storm(
@@ -100,3 +105,43 @@ async def test_a_non_stream_answer_is_a_failed_connection(start: Start, wait: Wa
         assert run.stats.state is ConnState.DOWN
         down = [e for e in logs if e.get("state") == "down" and "reason" in e]
         assert down[0]["reason"] == "not an event stream (text/html)"
+
+
+async def test_an_endless_line_is_cut_and_unknown_events_are_counted(
+    start: Start, wait: Wait
+) -> None:
+    """A stream whose line never ends (not Hermes: a broken proxy, say) would grow the buffer
+    without bound: past 4 MiB it is counted as line_too_long and the connection replaced. An
+    event type Hermes does not send is counted and skipped. The next connection streams as
+    usual."""
+    update = json.dumps({"parsed": [json.loads(FIXTURE)["parsed"][0]]}, separators=(",", ":"))
+    served: list[int] = []
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        n = len(served)
+        served.append(n)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if n == 0:
+            await resp.write(b"event:price_feed\ndata:{}\n\n")
+            await resp.write(b"data:")
+            chunk = b"7" * 65_536
+            for _ in range(5 * 1024 * 1024 // len(chunk)):
+                await resp.write(chunk)
+        else:
+            await resp.write(f"data:{update}\n\n".encode())
+            await asyncio.sleep(3600)  # hold the stream until the client leaves
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v2/updates/price/stream", stream)
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
+        with capture_logs() as logs:
+            run = await start(ws_url=url, rest_url=url, **BTC_ONLY)
+            await wait(lambda: run.stats.state is ConnState.STREAMING)
+        assert served == [0, 1] and run.stats.reconnects == 1
+        assert run.stats.dropped["unknown_event"] == run.stats.dropped["line_too_long"] == 1
+        down = [e for e in logs if e.get("state") == "down" and "reason" in e]
+        assert [e["reason"] for e in down] == ["line too long"]
+        assert [(q.pair, q.venue_ts) for q in run.quotes] == [("BTC/USD", 1_708_363_256_000)]
