@@ -139,7 +139,10 @@ def test_decimal_strings_become_exact_integers(text: str, decimals: int, value: 
     assert decimal_to_int(text, decimals) == value
 
 
-@pytest.mark.parametrize(("text", "decimals"), [("1.5", 2), ("1.", 0), ("1e5", 0), ("nan", 0)])
+@pytest.mark.parametrize(
+    ("text", "decimals"),
+    [("1.5", 2), ("1.", 0), ("1e5", 0), ("nan", 0), ("1._5", 2), ("1_0.50", 2)],  # int() takes _
+)
 def test_decimal_strings_with_other_places_are_refused(text: str, decimals: int) -> None:
     """A string that is not exactly `decimals` places of digits is an error, not rounded."""
     with pytest.raises(ValueError):
