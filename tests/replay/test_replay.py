@@ -143,3 +143,11 @@ def test_a_line_older_than_the_one_before_is_reported_and_never_priced() -> None
         ("a", "1.0001", 500),
         ("b", "0.9999", 400),
     ]
+
+
+def test_a_tape_with_a_header_and_no_quotes_replays_to_nothing() -> None:
+    """A recording that caught no quote (header, blank lines) is valid: no round is run, no
+    report written, nothing reported as skipped."""
+    out, stats = _run(b'{"format": "oracled-tape", "version": 1}\n\n')
+    assert out == b""
+    assert (stats.quotes, stats.rounds, stats.reports, stats.errors) == (0, 0, 0, [])  # type: ignore[attr-defined]
