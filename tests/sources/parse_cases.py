@@ -506,6 +506,18 @@ OKX = ParseCase(
     ),
     other=(
         *((f, "shape") for f in recorded_lines("okx", "ws_other_channels.jsonl")),
+        # A push in the ticker's shape on another channel, and a ticker whose ts is no number:
+        # both leave the one-pass decoder and are judged on the strict path.
+        (
+            '{"arg":{"channel":"index-tickers","instId":"BTC-USDT"},"data":[{"instId":'
+            '"BTC-USDT","bidPx":"30210.4","askPx":"30220.1","ts":"1652459223003"}]}',
+            "shape",
+        ),
+        (
+            '{"arg":{"channel":"tickers","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT",'
+            '"bidPx":"30210.4","askPx":"30220.1","bidSz":"4","ts":"soon"}]}',
+            "bad_number",
+        ),
         *UNDECODABLE,
     ),
     unsolicited=(

@@ -124,6 +124,16 @@ def test_bad_mark_prices_are_counted_not_kept(
     assert feed.stats.dropped == {reason: 1}
 
 
+def test_a_mark_of_a_symbol_never_subscribed_is_not_kept(source: BinanceUsdmSource) -> None:
+    """A mark price for a symbol we did not ask for is dropped as unknown_symbol: it never
+    lands under another pair and does not count as the feed's life."""
+    feed = source.mark_feed
+    feed.on_message(MARK.replace('"s": "BTCUSDT"', '"s": "XRPUSDT"'), 1)
+    assert feed.marks == {}
+    assert feed.stats.dropped == {"unknown_symbol": 1}
+    assert feed.stats.quotes == 0 and feed.stats.malformed == 0
+
+
 def test_subscriptions_and_urls_follow_the_split_endpoints(
     source: BinanceUsdmSource, quotes: list[Quote]
 ) -> None:

@@ -146,6 +146,35 @@ def test_rest_all_tickers_maps_pairs_and_skips_the_rest(harness: Harness[Bitstam
     assert harness.stats.dropped["shape"] == 1
 
 
+def test_rest_row_without_a_numeric_timestamp_is_quoted_without_venue_time(
+    harness: Harness[BitstampSource],
+) -> None:
+    """A REST row whose timestamp is missing or not whole seconds still gives its prices, with
+    no venue time (its age then counts from receipt), never a made-up one."""
+    body = (
+        b'[{"bid":"0.9994","ask":"0.9996","pair":"USDT/USD"},'
+        b'{"timestamp":"1686068944.5","bid":"0.51","ask":"0.52","pair":"GALA/EUR"}]'
+    )
+    harness.source.on_rest(body, 9)
+    assert harness.quotes == [
+        Quote("bs", "USDT/USD", 9, bid=0.9994, ask=0.9996),
+        Quote("bs", "GALA/EUR", 9, bid=0.51, ask=0.52),
+    ]
+    assert harness.stats.malformed == 0
+
+
+def test_a_book_of_a_channel_never_subscribed_is_an_unknown_symbol(
+    harness: Harness[BitstampSource],
+) -> None:
+    """A well-formed book on the channel of a pair we did not ask for leaves the one-pass path
+    and is dropped as unknown_symbol by the strict one: not a quote, not malformed."""
+    frame = book_event("usdtusd").replace("order_book_usdtusd", "order_book_xrpusd")
+    assert "order_book_xrpusd" in frame
+    harness.source.on_message(frame, 1)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"unknown_symbol": 1} and harness.stats.malformed == 0
+
+
 def test_book_out_of_the_documented_shape_gives_the_same_top(
     harness: Harness[BitstampSource],
 ) -> None:

@@ -236,6 +236,18 @@ def test_rest_request_and_body(h: Harness) -> None:
     assert h.spot.stats.dropped["decode"] == 1
 
 
+def test_an_error_code_for_a_whole_category_fails_no_symbol(h: Harness) -> None:
+    """An error code (a rate limit, say) answering the request for every symbol of a category
+    names no symbol: it is counted as a REST error and fails none of them."""
+    request = h.linear.rest_request(["BTCUSDT", "ETHPERP"])
+    assert request is not None and request[1] == {"category": "linear"}
+    h.linear.on_rest(
+        b'{"retCode":10006,"retMsg":"Too many visits!","result":{},"retExtInfo":{},"time":1}', 9
+    )
+    assert h.linear.stats.dropped == {"rest_error": 1}
+    assert h.linear.stats.failed_instruments == {} and h.quotes == []
+
+
 def test_linear_last_price_is_merged_like_the_book(h: Harness) -> None:
     """`lastPrice` becomes the quote's price, is kept across deltas that leave it out, and a bad
     one is left out without dropping the book."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from parse_cases import COINBASE, Harness, open_harness
 
 from oracled.model import Quote
+from oracled.sources import coinbase
 from oracled.sources.coinbase import CoinbaseSource
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "coinbase"
@@ -194,11 +196,35 @@ def test_ticker_out_of_the_documented_shape_gives_the_same_quote(
 
 
 def test_ticker_message_without_tickers_is_a_shape_error(harness: Harness[CoinbaseSource]) -> None:
-    """A ticker message in the documented envelope whose event lists no ticker is malformed."""
+    """A ticker message in the documented envelope whose event lists no ticker is malformed,
+    and so is one whose event has no tickers key at all (judged on the strict path)."""
     data = json.loads(TICKER)
     data["events"][0]["tickers"] = []
     harness.source.on_message(json.dumps(data), 1)
     assert harness.quotes == [] and harness.stats.dropped == {"shape": 1}
+    del data["events"][0]["tickers"]
+    data["sequence_num"] += 1
+    harness.source.on_message(json.dumps(data), 2)
+    assert harness.quotes == [] and harness.stats.dropped == {"shape": 2}
+
+
+def test_an_ack_without_heartbeats_refuses_the_heartbeats_request(
+    harness: Harness[CoinbaseSource],
+) -> None:
+    """The heartbeats request (no symbols) answered by a subscriptions message that does not
+    list heartbeats was refused: counted as a venue error and closed, with no symbol failed;
+    the ticker request behind it is still open for the next answer."""
+    src, stats = harness.source, harness.stats
+    src._pending[1] = ()
+    src._pending[2] = ("BTC-USD",)
+    ack = (
+        '{"channel":"subscriptions","sequence_num":1,"events":[{"subscriptions":'
+        '{"ticker":["BTC-USD"]}}]}'
+    )
+    src.on_message(ack, 1)
+    assert src._pending == {2: ("BTC-USD",)}
+    assert stats.dropped == {"venue_error": 1}
+    assert stats.failed_instruments == {} and stats.malformed == 0
 
 
 def test_bare_number_prices_beside_string_quantities_are_read_as_numbers(
@@ -272,3 +298,24 @@ def test_a_time_that_is_not_rfc3339_with_offset_drops_the_frame(
     harness.source.on_message(_ticker(stamp, 2), 2)
     assert [q.recv_ts for q in harness.quotes] == [1]
     assert harness.stats.dropped == {"shape": 1} and harness.stats.malformed == 1
+
+
+def test_venue_times_stay_exact_across_many_seconds_and_the_cache_stays_small(
+    harness: Harness[CoinbaseSource],
+) -> None:
+    """Three hundred tickers, each in a second of its own and twice within it: every venue time
+    is the exact millisecond, including after the remembered seconds were forgotten, and the
+    memory of seconds never holds more than its 64 entries (a long run must not grow it)."""
+    data = json.loads(TICKER)
+    expected = []
+    for n in range(300):
+        for ms in (123, 987):
+            second = TICKER_MS // 1000 + n
+            when = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            data["timestamp"] = f"{when}.{ms}456Z"
+            data["sequence_num"] = 100 + len(expected)
+            harness.source.on_message(json.dumps(data), 1)
+            expected.append(second * 1000 + ms)
+            assert len(coinbase._SECONDS) <= 64
+    assert [q.venue_ts for q in harness.quotes] == expected
+    assert harness.stats.malformed == 0

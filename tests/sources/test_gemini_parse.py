@@ -327,8 +327,8 @@ def test_bare_number_prices_give_the_same_quotes_as_quoted_ones(
 def _deep_session(seed: int) -> tuple[list[str], list[tuple[float, float]]]:
     """A snapshot of 150 levels a side, then 3,000 diffs that keep taking the best level away
     (and re-adding old prices, resizing, dropping deep or absent levels; for 600 of them only a
-    deep bid is added and removed again), with the best bid and ask a plain model of the book
-    has after each message."""
+    deep bid is added and removed again, for 600 more a deep ask), with the best bid and ask a
+    plain model of the book has after each message."""
     rng = random.Random(seed)
     bids = {round(99.99 - i * 0.01, 2): 1.0 for i in range(150)}
     asks = {round(100.01 + i * 0.01, 2): 1.0 for i in range(150)}
@@ -342,6 +342,10 @@ def _deep_session(seed: int) -> tuple[list[str], list[tuple[float, float]]]:
             price = round(99.99 - (100 + n % 50) * 0.01, 2)
             bids.pop(price, None)
             changes = [["buy", f"{price:.2f}", "1.5"], ["buy", f"{price:.2f}", "0"]]
+        elif 1_600 <= n < 2_200:  # the same on the ask side
+            price = round(100.01 + (100 + n % 50) * 0.01, 2)
+            asks.pop(price, None)
+            changes = [["sell", f"{price:.2f}", "1.5"], ["sell", f"{price:.2f}", "0"]]
         for _ in range(0 if changes else rng.randint(1, 3)):
             side, book = ("buy", bids) if rng.random() < 0.5 else ("sell", asks)
             grid = [round(99.99 - i * 0.01, 2) if side == "buy" else round(100.01 + i * 0.01, 2)

@@ -173,6 +173,19 @@ def test_rest_legacy_prefixed_keys_map_back(harness: Harness[KrakenSource]) -> N
     assert harness.stats.dropped["decode"] == 1
 
 
+def test_rest_rows_with_unreadable_numbers(harness: Harness[KrakenSource]) -> None:
+    """A REST row whose bid or ask is no number is dropped as bad_number; one whose last trade
+    is unreadable still gives its bid and ask, without a last price."""
+    body = (
+        b'{"error":[],"result":{"XXBTZUSD":{"a":["67000.2","1","1.000"],"b":["abc","1",'
+        b'"1.000"],"c":["67000.0","0.1"]},"XETHZUSD":{"a":["3500.2","1","1.000"],"b":['
+        b'"3500.1","1","1.000"],"c":["n/a","0.1"]}}}'
+    )
+    harness.source.on_rest(body, 7)
+    assert harness.quotes == [Quote("kr", "ETH/USD", 7, None, 3500.1, 3500.2)]
+    assert harness.stats.dropped == {"bad_number": 1}
+
+
 @pytest.mark.parametrize("last", ['"105899.4"', "0.0", "-1.0", "null"])
 def test_a_bad_last_price_never_spoils_the_book(harness: Harness[KrakenSource], last: str) -> None:
     """A ticker whose last price is text, zero, negative or null still gives its bid and ask,

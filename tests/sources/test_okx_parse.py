@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from parse_cases import OKX, Harness, open_harness
+from structlog.testing import capture_logs
 
 from oracled.clock import ManualClock
 from oracled.config import SourceConfig
@@ -239,3 +240,21 @@ def test_bare_number_prices_beside_string_sizes_are_read_as_numbers(
     frame = TICKERS[2].replace('"askPx":"30228.7"', '"askPx":30228.7')
     harness.source.on_message(frame.replace('"bidPx":"30228.6"', '"bidPx":30228.6'), 1)
     assert [(q.bid, q.ask) for q in harness.quotes] == [(30228.6, 30228.7)]
+
+
+def test_connection_limit_error_is_a_counted_and_logged_venue_error(
+    harness: Harness[OkxSource],
+) -> None:
+    """channel-conn-count-error (too many connections on the channel) is not a bad frame but
+    the venue refusing us: counted as venue_error and logged with the venue's message."""
+    with capture_logs() as logs:
+        harness.source.on_message(
+            '{"event":"channel-conn-count-error","channel":"tickers","connCount":"30",'
+            '"connId":"a4d3ae55","code":"60030","msg":"Connection limit exceeded"}',
+            1,
+        )
+    assert harness.stats.dropped == {"venue_error": 1}
+    assert harness.stats.malformed == 0
+    assert [(e["event"], e["message"]) for e in logs] == [
+        ("venue connection limit", "Connection limit exceeded")
+    ]
