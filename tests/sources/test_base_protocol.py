@@ -315,3 +315,28 @@ async def test_a_failed_symbol_is_asked_for_alone_on_the_next_connection(
     assert requests[1] == [[btc], [eth]]
     await wait(lambda: run.stats.state is ConnState.STREAMING)
     assert run.stats.failed_instruments == {"ETHUSDT": "2: Invalid request: invalid stream"}
+
+
+async def test_an_unsolicited_pong_is_life_not_a_frame_nor_a_close(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A venue may send a pong nobody asked for (RFC 6455 allows it as a heartbeat): it is not
+    a data frame and, unlike a close, does not end the connection; quotes go on on the same
+    socket."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+        for _ in range(3):
+            await ws.pong(b"unsolicited")
+        await ws.send_str(BOOK.format(lower="ethusdt", sym="ETHUSDT"))
+        await hold(ws)
+
+    venue = Venue(script)
+    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
+    await wait(lambda: run.stats.quotes == 2)
+    assert [q.pair for q in run.quotes] == ["BTC/USDT", "ETH/USDT"]
+    assert run.stats.frames == 3  # the ack and two books; the pongs are not frames
+    assert venue.connections == 1 and run.stats.reconnects == 0
+    assert run.stats.state is ConnState.STREAMING and run.stats.malformed == 0
