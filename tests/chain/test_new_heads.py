@@ -80,7 +80,7 @@ async def test_a_refused_subscription_polls_meanwhile_and_returns_to_new_heads(
             assert len(down) == 2
             assert "subscription refused" in down[0]["error"]
             relay.mode = "relay"
-            await until(lambda: reader.stats.mode == "newHeads")
+            await until(lambda: relay.following == 1 and reader.stats.mode == "newHeads")
             await read_by_new_heads(chain, snapshot, got)
         finally:
             await stop(task)
@@ -103,7 +103,7 @@ async def test_a_new_heads_socket_that_ends_falls_back_to_polling_and_reconnects
             down = [e for e in logs if e["event"] == "newHeads down, polling"]
             assert "socket ended" in down[0]["error"]
             relay.mode = "relay"
-            await until(lambda: reader.stats.mode == "newHeads")
+            await until(lambda: relay.following == 1 and reader.stats.mode == "newHeads")
             await read_by_new_heads(chain, snapshot, got)
         finally:
             await stop(task)

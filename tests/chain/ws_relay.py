@@ -3,7 +3,8 @@
 Modes: "relay" forwards the subscription to anvil and every notice back (and, after the
 subscription's answer, one message that is not a notice, as nodes send); "refuse" answers the
 subscription with a JSON-RPC error; "drop_after_ack" passes the subscription's answer and then
-closes the socket. `connections` counts the sockets opened to it.
+closes the socket. `connections` counts the sockets opened to it, `following` the ones
+relayed past the subscription's answer in "relay" mode.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class WsRelay:
         self.session = session
         self.mode = "relay"
         self.connections = 0
+        self.following = 0
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -57,6 +59,7 @@ class WsRelay:
             if mode == "drop_after_ack":
                 await ws.close()
                 return ws
+            self.following += 1
             await ws.send_str(_CHATTER)
 
             async def pump() -> None:
