@@ -16,17 +16,22 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from eth_account import Account
 from publish_rig import INTERVAL, SOURCES, Rounds, make_config
+from structlog.testing import capture_logs
 
 from oracled.clock import ManualClock
 from oracled.config import ChainConfig, PushConfig
 from oracled.core import RoundResult
+from oracled.errors import ConfigError
+from oracled.jsonrpc import RpcUnavailable
 from oracled.model import Quote
-from oracled.publish.chain_push import ChainPusher, market_id
+from oracled.publish.chain_push import ChainPusher, PushError, load_push_key, market_id
 from oracled.publish.signer import SigningKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chain"))
 from chain_rig import Anvil, Chain, RpcFailed, start_anvil
+from rpc_proxy import RpcProxy
 
 GWEI = 10**9
 
@@ -45,7 +50,9 @@ class Rig:
         self.chain, self.feed, self.key, self.url = chain, feed, key, url
         self.clock = ManualClock(0)
 
-    def pusher(self, **overrides: Any) -> ChainPusher:
+    def pusher(
+        self, *, urls: tuple[str, ...] = (), chain_id: int = 31337, **overrides: Any
+    ) -> ChainPusher:
         settings: dict[str, Any] = {
             "enabled": True,
             "chain": "local",
@@ -57,8 +64,9 @@ class Rig:
             **overrides,
         }
         cfg = PushConfig.model_validate(settings)
-        chain = ChainConfig(chain_id=31337, rpc_urls=(self.url,)).model_copy(
-            update={"resolved_urls": (self.url,)}
+        urls = urls or (self.url,)
+        chain = ChainConfig(chain_id=chain_id, rpc_urls=urls).model_copy(
+            update={"resolved_urls": urls}
         )
         return ChainPusher(cfg, chain, self.key, self.chain.session, self.clock)
 
@@ -362,3 +370,296 @@ async def test_the_pusher_task_keeps_up_with_rounds_submitted_by_a_loop(rig: Rig
     price, _, round_no, _ = await rig.stored("BTC/USD")
     assert round_no > 2
     assert price > 6_400_012 * 1.02**2
+
+
+# -- what the pusher must refuse, and the node's refusals it must survive -------------------------
+
+OTHER = "0x000000000000000000000000000000000000dEaD"
+PUSHER_SLOT = "0x1"  # OracledFeed storage: owner at slot 0, pusher at slot 1
+
+
+async def first_push(rig: Rig, rounds: Rounds, **overrides: Any) -> ChainPusher:
+    """A started pusher that has the first round in hand (nothing sent yet)."""
+    pusher = rig.pusher(**overrides)
+    rounds.step()
+    pusher.submit(rounds.step())
+    await pusher.start()
+    return pusher
+
+
+def sign_transfer(rig: Rig, nonce: int, max_fee: int, tip: int) -> str:
+    """A plain transfer from the pusher's own key (another program using the same key)."""
+    tx = {
+        "type": 2, "chainId": 31337, "nonce": nonce, "to": OTHER, "value": 0, "data": b"",
+        "gas": 21_000, "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip,
+    }  # fmt: skip
+    return "0x" + bytes(Account.sign_transaction(tx, rig.key.hex()).raw_transaction).hex()
+
+
+async def mined(rig: Rig, tx_hash: str) -> None:
+    """Wait for automine to mine a transaction (it answers the hash first, mines just after)."""
+    async with asyncio.timeout(10):
+        while await rig.chain.rpc("eth_getTransactionReceipt", [tx_hash]) is None:  # noqa: ASYNC110 - polled
+            await asyncio.sleep(0.002)
+
+
+@pytest.mark.parametrize("problem", ["chain", "contract"])
+async def test_a_node_of_another_chain_or_without_the_contract_is_refused_at_start(
+    rig: Rig, problem: str
+) -> None:
+    """The pusher never signs for a chain it was not configured for, nor pushes to an address
+    without code (a typo would burn gas for nothing): start() raises PushError."""
+    if problem == "chain":
+        pusher = rig.pusher(chain_id=1)
+        match = "serves chain 31337, not 1"
+    else:
+        pusher = rig.pusher(contract=OTHER)
+        match = "no contract at"
+    with pytest.raises(PushError, match=match):
+        await pusher.start()
+    assert await rig.nonce("pending") == 0
+
+
+async def test_a_pusher_without_a_contract_or_an_rpc_url_cannot_be_built() -> None:
+    """Built from code rather than a validated config, a pusher with no contract or no URL is
+    refused at construction, not at its first push."""
+    key = SigningKey.generate()
+    clock = ManualClock(0)
+    no_contract = PushConfig.model_validate({"enabled": True, "key_env": "UNUSED"})
+    with_contract = no_contract.model_copy(update={"contract": OTHER})
+    no_url = ChainConfig(chain_id=31337)
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(PushError, match=r"push\.contract is not set"):
+            ChainPusher(no_contract, no_url, key, http, clock)
+        with pytest.raises(PushError, match="no RPC URL"):
+            ChainPusher(with_contract, no_url, key, http, clock)
+
+
+def test_the_push_key_problems_name_the_push_table() -> None:
+    """A missing pusher key is reported under `push.`, the table the operator must fix, not
+    under the signer's table whose loader is shared."""
+    cfg = PushConfig.model_validate({"enabled": True, "key_env": "ORACLED_TEST_PUSH_KEY_NEVER_SET"})
+    with pytest.raises(ConfigError) as raised:
+        load_push_key(cfg)
+    assert raised.value.problems
+    assert all(p.startswith("push.") for p in raised.value.problems)
+
+
+async def test_only_the_configured_markets_are_pushed(rig: Rig) -> None:
+    """With `push.markets` set, the other markets never go on chain, however due."""
+    pusher = await first_push(rig, Rounds(make_config()), markets=["ETH/USD"])
+    await settle(pusher)
+    assert pusher.stats.updates == 1
+    assert (await rig.stored("ETH/USD"))[3] > 0
+    assert await rig.stored("BTC/USD") == (0, 0, 0, 0)
+
+
+async def test_a_round_looked_at_twice_counts_its_skips_once(rig: Rig) -> None:
+    """Skips are counted per round, not per look: two steps over one round with every market
+    paused count each market once."""
+    rounds = Rounds(make_config())
+    pusher = rig.pusher()
+    rounds.step()
+    for market in ("BTC/USD", "ETH/USD", "SOL/USD"):
+        rounds.core.set_manual(market, True)
+    pusher.submit(rounds.step())
+    await pusher.start()
+    await pusher.step()
+    await pusher.step()
+    assert pusher.stats.skipped["paused"] == 3
+    assert pusher.stats.transactions["sent"] == 0
+
+
+async def test_a_pusher_started_before_any_round_reads_the_chain_when_the_first_comes(
+    rig: Rig,
+) -> None:
+    """A restarted pusher that starts before the first round (so it cannot know which markets
+    to read) reads the stored prices with that round, and does not push again what the chain
+    already holds."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds)
+    await settle(first)
+    second = rig.pusher()
+    await second.step()  # starts; no round yet: nothing to read or push
+    assert second.stats.nonce == 1
+    second.submit(rounds.step())  # unchanged prices, heartbeat far away
+    await second.step()
+    assert second.stats.transactions["sent"] == 0
+    assert await rig.nonce("pending") == 1
+
+
+async def test_a_push_that_would_revert_is_not_sent(rig: Rig) -> None:
+    """The key is no longer the contract's pusher: the gas estimate reverts, the push is
+    counted as an error and logged, no transaction is signed away, and the nonce is kept."""
+    pusher = await first_push(rig, Rounds(make_config()))
+    await rig.chain.transact(rig.feed, "setPusher(address)", OTHER)
+    with capture_logs() as logs:
+        await pusher.step()
+    assert pusher.stats.transactions["error"] == 1
+    assert pusher.stats.transactions["sent"] == 0 and not pusher.stats.pending
+    assert pusher.stats.nonce == 0 and await rig.nonce("pending") == 0
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+        "push would revert; not sent"
+    ]
+
+
+async def test_a_transaction_reverted_on_chain_is_counted_and_the_markets_stay_due(
+    rig: Rig,
+) -> None:
+    """A push mined with status 0 is counted `reverted`, not confirmed: nothing is recorded as
+    stored, so the same markets are pushed again at the next step."""
+    pusher = await first_push(rig, Rounds(make_config()))
+    await rig.chain.rpc("evm_setAutomine", [False])
+    await pusher.step()
+    assert pusher.stats.pending
+    own = await rig.chain.rpc("eth_getStorageAt", [rig.feed, PUSHER_SLOT, "latest"])
+    other = "0x" + OTHER[2:].lower().rjust(64, "0")
+    await rig.chain.rpc("anvil_setStorageAt", [rig.feed, PUSHER_SLOT, other])
+    await rig.chain.rpc("evm_mine")
+    await pusher.step()
+    assert pusher.stats.transactions["reverted"] == 1
+    assert pusher.stats.transactions["confirmed"] == 0 and pusher.stats.updates == 0
+    assert not pusher.stats.pending
+    await rig.chain.rpc("anvil_setStorageAt", [rig.feed, PUSHER_SLOT, own])
+    await rig.chain.rpc("evm_setAutomine", [True])
+    await settle(pusher)
+    assert pusher.stats.transactions["sent"] == 2
+    assert pusher.stats.transactions["confirmed"] == 1 and pusher.stats.updates == 3
+
+
+async def test_a_nonce_taken_by_another_user_of_the_key_is_read_again(rig: Rig) -> None:
+    """Another program spent the pusher's next nonce: the node says "nonce too low", the
+    pusher counts the error, reads the nonce from the chain, and the next push goes through."""
+    pusher = await first_push(rig, Rounds(make_config()))
+    tx_hash = await rig.chain.rpc(
+        "eth_sendRawTransaction", [sign_transfer(rig, 0, 10 * GWEI, GWEI)]
+    )
+    await mined(rig, tx_hash)
+    await pusher.step()
+    assert pusher.stats.transactions["error"] == 1
+    assert pusher.stats.nonce == 1 and not pusher.stats.pending
+    await settle(pusher)
+    assert pusher.stats.transactions["confirmed"] == 1
+    assert (await rig.stored("BTC/USD"))[3] > 0
+
+
+async def test_a_nonce_mined_under_a_hash_the_pusher_never_sent_frees_the_pusher(
+    rig: Rig,
+) -> None:
+    """The push in flight is outbid at its nonce by another user of the key, and that one is
+    mined: the pusher sees its nonce used, stops waiting for its own transaction (never
+    replacing it), and pushes the markets at the next nonce."""
+    pusher = await first_push(rig, Rounds(make_config()))
+    await rig.chain.rpc("evm_setAutomine", [False])
+    await pusher.step()
+    inflight = pusher._inflight
+    assert inflight is not None
+    outbid = sign_transfer(rig, 0, inflight.max_fee * 2, inflight.tip * 2)
+    await rig.chain.rpc("eth_sendRawTransaction", [outbid])
+    await rig.chain.rpc("evm_mine")
+    with capture_logs() as logs:
+        await pusher.step()
+    assert not pusher.stats.pending
+    assert [e["event"] for e in logs] == ["nonce used by another transaction"]
+    assert pusher.stats.transactions["confirmed"] == 0
+    await rig.chain.rpc("evm_setAutomine", [True])
+    await settle(pusher)
+    assert pusher.stats.transactions["confirmed"] == 1
+    assert await rig.nonce() == 2
+    assert (await rig.stored("BTC/USD"))[3] > 0
+
+
+async def test_a_refusal_the_pusher_cannot_fix_is_logged_and_nothing_is_in_flight(
+    rig: Rig,
+) -> None:
+    """A key without funds: the node refuses the transaction, the pusher logs the node's reason
+    and counts an error; nothing waits in flight and the nonce is kept for the next try."""
+    pusher = await first_push(rig, Rounds(make_config()))
+    await rig.chain.rpc("anvil_setBalance", [rig.key.address, "0x0"])
+    with capture_logs() as logs:
+        await pusher.step()
+    assert pusher.stats.transactions["error"] == 1
+    assert not pusher.stats.pending and pusher.stats.nonce == 0
+    (refused,) = [e for e in logs if e["event"] == "push refused by the node"]
+    assert "insufficient funds" in refused["error"].lower()
+
+
+async def test_outbidding_a_pending_transaction_never_goes_above_the_cap(rig: Rig) -> None:
+    """A previous run left a transaction pending at the cap: the restarted pusher is refused as
+    underpriced, and the bump it would need is above the cap, so it holds back (counted
+    gas_cap) instead of offering more than the operator allows."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds, max_gas_price_gwei=2.0, priority_fee_gwei=1.0)
+    await rig.chain.rpc("evm_setAutomine", [False])
+    await first.step()
+    assert first._inflight is not None and first._inflight.max_fee == 2 * GWEI
+    second = rig.pusher(max_gas_price_gwei=2.0, priority_fee_gwei=1.0)
+    second.submit(rounds.step())
+    await second.start()
+    await second.step()  # same fee as the pending one: refused as underpriced
+    assert second.stats.transactions["error"] == 1
+    await second.step()
+    await second.step()
+    assert second.stats.transactions["gas_cap"] == 2
+    assert second.stats.transactions["sent"] == 0
+    assert await rig.nonce("pending") == 1
+
+
+async def test_a_raw_transaction_goes_to_the_next_endpoint_and_is_never_counted_unsent(
+    rig: Rig,
+) -> None:
+    """eth_sendRawTransaction to an endpoint answering garbage goes to the next URL; with no
+    endpoint taking it, the step fails with RpcUnavailable, nothing is counted as sent, and
+    the same nonce is used by the next push."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(rig, rounds, urls=(proxy.url, rig.url))
+        proxy.mode = "garbage"
+        await settle(pusher)
+        assert pusher.stats.transactions["confirmed"] == 1
+        proxy.mode = "pass"
+        alone = rig.pusher(urls=(proxy.url,))
+        alone.submit(rounds.step(BTC_USD=1.05))
+        await alone.start()
+        proxy.script = ["pass", "pass", "garbage"]  # fees, gas estimate, then the raw send
+        with pytest.raises(RpcUnavailable, match="eth_sendRawTransaction"):
+            await alone.step()
+        assert alone.stats.transactions["sent"] == 0 and not alone.stats.pending
+        assert alone.stats.nonce == 1
+    finally:
+        await proxy.stop()
+
+
+async def until(done: Callable[[], bool]) -> None:
+    """Wait for a state of the pusher task (the bound only turns a hang into a failure)."""
+    async with asyncio.timeout(10):
+        while not done():  # noqa: ASYNC110 - the pusher's counters have no event to wait on
+            await asyncio.sleep(0.01)
+
+
+async def test_the_pusher_task_outlasts_an_unreachable_node_at_start_and_later(rig: Rig) -> None:
+    """`run()` with the node unreachable at start retries the start (and says so); later, a
+    step that finds the node unreachable is logged and the task goes on, pushing again once
+    the node answers."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
+    rounds.step()
+    pusher.submit(rounds.step())
+    proxy.script = ["error"]  # the first request of the start: the chain id
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: pusher.stats.transactions["confirmed"] == 1)
+            proxy.mode = "error"
+            pusher.submit(rounds.step(BTC_USD=1.02))
+            await until(lambda: any(e["event"] == "chain unreachable" for e in logs))
+            proxy.mode = "pass"
+            await until(lambda: pusher.stats.transactions["confirmed"] == 2)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.stop()
+    assert [e["event"] for e in logs].count("chain unreachable; retrying") == 1
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
