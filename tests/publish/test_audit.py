@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,35 @@ def test_zero_turns_the_age_limit_off_and_a_tiny_size_limit_keeps_the_newest_rou
         assert sum(1 for _ in reader.report_lines(0, T0 * 2)) == 3 * len(rounds_of[name])
         reader.close()
     assert rounds_of == {"ageless": [1, 2, 3, 4, 5, 6], "tiny": [6]}
+
+
+def test_closing_while_the_writer_is_stuck_returns_and_a_later_close_finishes(
+    tmp_path: Path,
+) -> None:
+    """Shutdown with the database locked by someone else and the queue full: close gives up
+    after its timeout instead of raising or hanging; once the lock goes, closing again writes
+    what was queued."""
+    db = tmp_path / "locked.sqlite3"
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=1, batch_rounds=1))
+    audit.start()
+    feed = Feed(make_config(), audit)
+    feed.round()
+    deadline = time.monotonic() + 4.0  # hang guard, inside the writer's 5 s busy timeout
+    while audit.stats.rounds < 1:  # the database exists with its tables
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # the writer waits on this lock (5 s busy timeout)
+    try:
+        feed.round()
+        while not audit._queue.empty():  # the writer took it and waits on the lock
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        feed.round()  # queued: the queue is full
+        audit.close(timeout_s=0.05)  # returns: no room for the stop, the writer is stuck
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    audit.close()
+    assert audit.stats.rounds == feed.core.rounds == 3
+    assert audit.stats.write_errors == 0 and audit.stats.dropped == 0
