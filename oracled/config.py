@@ -304,7 +304,9 @@ class ChainConfig(_Frozen):
     #: Filled by parse_config from `rpc_urls_env` (else `rpc_urls`); empty means disabled.
     resolved_urls: tuple[str, ...] = Field(default=(), exclude=True)
 
-    _urls_tuple = field_validator("rpc_urls", mode="before")(_as_tuple)
+    # resolved_urls too, so that a file setting it meets the relation check that names the
+    # mistake, not a type error claiming its array is no array.
+    _urls_tuple = field_validator("rpc_urls", "resolved_urls", mode="before")(_as_tuple)
 
     @field_validator("rpc_urls")
     @classmethod
