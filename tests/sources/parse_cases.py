@@ -443,6 +443,24 @@ KUCOIN = ParseCase(
     ),
     other=(
         *((f, "shape") for f in recorded_lines("kucoin", "ws_other_topics.jsonl")),
+        # Ticker data under another message type, a ticker's data on another topic, and a
+        # sequence that is no number: each leaves the one-pass decoder for the strict path.
+        (
+            '{"type":"notice","topic":"/market/ticker:BTC-USDT","subject":"trade.ticker",'
+            '"data":{"sequence":"7","bestBid":"1.0","bestAsk":"1.1","time":1619378326330}}',
+            "shape",
+        ),
+        (
+            '{"type":"message","topic":"/market/snapshot:BTC-USDT","subject":"trade.snapshot",'
+            '"data":{"sequence":"7","bestBid":"1.0","bestAsk":"1.1","time":1619378326330}}',
+            "shape",
+        ),
+        (
+            '{"type":"message","topic":"/market/ticker:BTC-USDT","subject":"trade.ticker",'
+            '"data":{"sequence":"7th","bestBid":"1.0","bestAsk":"1.1","bestBidSize":"1",'
+            '"time":1619378326330}}',
+            "bad_number",
+        ),
         *UNDECODABLE,
     ),
     prime=_kucoin_btc,

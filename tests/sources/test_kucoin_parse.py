@@ -176,3 +176,28 @@ def test_bare_number_prices_beside_string_sizes_are_read_as_numbers(
     frame = TICKERS[1].replace('"bestBid":"242.654"', '"bestBid":242.654')
     harness.source.on_message(frame.replace('"bestAsk":"242.951"', '"bestAsk":242.951'), 1)
     assert [(q.bid, q.ask) for q in harness.quotes] == [(242.654, 242.951)]
+
+
+def test_a_ticker_on_the_topic_of_a_symbol_never_subscribed_is_an_unknown_symbol(
+    harness: Harness[KucoinSource],
+) -> None:
+    """A well-formed ticker for a symbol we did not ask for leaves the one-pass path and is
+    dropped as unknown_symbol by the strict one: not a quote, not malformed."""
+    frame = TICKERS[0].replace("/market/ticker:SNX-BTC", "/market/ticker:XRP-USDT")
+    assert frame != TICKERS[0]
+    harness.source.on_message(frame, 1)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"unknown_symbol": 1} and harness.stats.malformed == 0
+
+
+def test_rest_answers_out_of_shape_or_refused_are_counted(harness: Harness[KucoinSource]) -> None:
+    """A level-1 answer that is no JSON (decode) or JSON of another shape (shape), and an
+    allTickers answer carrying an error code (venue_error): counted, never quoted."""
+    src = harness.source
+    src.rest_request(["SNX-BTC"])  # one symbol: the level-1 endpoint
+    src.on_rest(b"<html>busy</html>", 1)
+    src.on_rest(b'{"code":200000,"data":null}', 2)  # the code is a string at KuCoin
+    src.rest_request(list(src.symbols))  # several: allTickers
+    src.on_rest(b'{"code":"429000","msg":"Too Many Requests"}', 3)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"decode": 1, "shape": 1, "venue_error": 1}
