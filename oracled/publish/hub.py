@@ -594,7 +594,8 @@ class Hub:
             if signed is None or self._signed_scheduled or markets == frozenset():
                 return
             assert signed.result is not None
-            frames = self._signed_frames_of(self._passing(sub, signed.result, markets=markets))
+            indices = self._passing(sub, signed.result, force=not sub.filtered, markets=markets)
+            frames = self._signed_frames_of(indices)
             if frames and not sub._offer(frames):
                 self._drop(sub, DROP_SLOW)
             return

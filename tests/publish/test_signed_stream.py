@@ -289,3 +289,22 @@ def test_signed_rounds_fan_out_at_once_without_a_running_loop() -> None:
     bare = d.signer.sign_leaves(1, 1, d.signer.leaves(d.rounds.step()))
     with pytest.raises(ValueError, match="RoundResult"):
         d.hub.publish_signed(bare)
+
+
+async def test_a_market_subscribed_again_gets_its_signed_snapshot_again(
+    client: Client, daemon: Daemonish
+) -> None:
+    """Unsubscribing a market and subscribing it again on a signed stream sends its latest
+    signed frame again, as it does for report frames: the re-added market is not left without
+    a price until the next round."""
+    daemon.step()
+    async with client.ws_connect("/v1/stream") as ws:
+        await ws.send_json({"op": "subscribe", "markets": ["BTC/USD"], "signed": True})
+        await recv(ws)  # ack
+        assert (await recv(ws))["data"]["round"] == 1
+        await ws.send_json({"op": "unsubscribe", "markets": ["BTC/USD"]})
+        assert (await recv(ws))["markets"] == []
+        await ws.send_json({"op": "subscribe", "markets": ["BTC/USD"]})
+        assert (await recv(ws))["markets"] == ["BTC/USD"]
+        frame = await recv(ws)
+        assert frame["type"] == "signed" and frame["data"]["round"] == 1, frame
