@@ -103,6 +103,13 @@ class _Frame(msgspec.Struct):
     market: str | None = None
 
 
+class _ErrorFrame(msgspec.Struct):
+    """`{"type": "error", "code": ..., "message": ...}`: the daemon refused a request."""
+
+    code: str = "unknown"
+    message: str = ""
+
+
 _FRAME = msgspec.json.Decoder(_Frame)
 _SIGNED = msgspec.json.Decoder(SignedPrice)
 
@@ -274,6 +281,8 @@ class OracleClient:
         self.rejected: Counter[str] = Counter(dict.fromkeys(REASONS, 0))
         self.rejections: deque[Rejection] = deque(maxlen=keep_rejections)
         self.updated = asyncio.Event()  # set on every accepted report (for waiters)
+        # Error frames a daemon sent on `watch_ws` (a refused subscription), by code.
+        self.stream_errors: Counter[str] = Counter()
 
     # -- verification ---------------------------------------------------------------------
 
@@ -382,7 +391,8 @@ class OracleClient:
         """Subscribe to a daemon's `WS /v1/stream` for signed frames; reconnect forever.
 
         `filters` passes the stream's per-subscriber options (`deviation`, `heartbeat_ms`).
-        Runs until cancelled.
+        A refused request (an error frame: `signing_disabled`, `unknown_market`...) is logged and
+        counted in `stream_errors` by its code. Runs until cancelled.
         """
         own = session is None
         http = session or aiohttp.ClientSession()
@@ -403,12 +413,23 @@ class OracleClient:
                                 '{"type":"report"'
                             ):
                                 self.offer(msg.data)
+                            elif msg.data.startswith('{"type":"error"'):
+                                self._stream_error(msg.data, log)
                 except (aiohttp.ClientError, OSError) as exc:
                     log.warning("client stream failed", error=str(exc))
                 await asyncio.sleep(reconnect_s)
         finally:
             if own:
                 await http.close()
+
+    def _stream_error(self, data: str, log: Any) -> None:
+        """An error frame: the daemon refused a request (and sends nothing for it): count, log."""
+        try:
+            frame = msgspec.json.decode(data, type=_ErrorFrame)
+        except msgspec.DecodeError:
+            frame = _ErrorFrame(code="malformed", message=data[:200])
+        self.stream_errors[frame.code] += 1
+        log.warning("client stream error", code=frame.code, message=frame.message)
 
     async def watch_nats(
         self,

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from publish_rig import Rounds, make_config
 
+from oracled.api import ApiContext, build_app
 from oracled.client import OracleClient
+from oracled.clock import ManualClock
+from oracled.publish import Hub
 from oracled.publish.signer import RoundSigner, SigningKey
 
 KEY = SigningKey.from_hex("0x" + "44" * 32)
@@ -49,3 +53,50 @@ async def test_a_binary_frame_makes_the_client_reconnect_and_ask_again() -> None
     assert requests[:3] == [{"op": "subscribe", "signed": True}] * 3
     assert client.markets == ["BTC/USD", "ETH/USD"]  # SOL/USD came after a binary frame only
     assert client.accepted == 2 and client.rejected["replayed"] >= 1  # ETH/USD again
+
+
+def _daemon_app(signing: bool) -> web.Application:
+    """The daemon's real API on one round of a real core, signed or not."""
+    cfg = make_config()
+    rounds = Rounds(cfg)
+    hub = Hub(64)
+    hub.signer = KEY.address if signing else None
+    result = rounds.step()
+    hub.publish(result)
+    if signing:
+        hub.publish_signed(RoundSigner(KEY).sign(result))
+    context = ApiContext(
+        hub=hub,
+        core=rounds.core,
+        config=cfg,
+        source_stats={},
+        clock=ManualClock(rounds.now),
+        render_metrics=lambda: (b"", "text/plain"),
+        on_manual=lambda market, paused, actor: None,
+        version="test",
+    )
+    return build_app(context)
+
+
+@pytest.mark.parametrize(
+    ("signing", "markets", "code"),
+    [(False, None, "signing_disabled"), (True, ["BTC/USD", "NOPE/USD"], "unknown_market")],
+)
+async def test_a_refused_subscription_is_counted_not_silently_ignored(
+    signing: bool, markets: list[str] | None, code: str
+) -> None:
+    """A daemon that refuses the client's subscription (it does not sign; a market it does not
+    have) answers with an error frame and then sends nothing: the client counts the error by
+    its code in `stream_errors` instead of waiting for prices in silence."""
+    client = OracleClient({KEY.address})
+    async with TestServer(_daemon_app(signing), host="127.0.0.1") as server:
+        watcher = asyncio.create_task(client.watch_ws(str(server.make_url("/")), markets))
+        try:
+            async with asyncio.timeout(SAFETY_S):
+                while not client.stream_errors:  # noqa: ASYNC110 - nothing else to wait on
+                    await asyncio.sleep(0.01)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+    assert dict(client.stream_errors) == {code: 1}
+    assert client.accepted == 0 and client.markets == []
