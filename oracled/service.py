@@ -206,24 +206,35 @@ class Service:
         return source_pairs(self.cfg, sid)  # type: ignore[return-value]  # kinds come validated
 
     def _start_source(self, sid: str) -> None:
-        """Start the supervised task of one source, if it is enabled and used by a market."""
+        """Start the supervised task of one source, if it is enabled and used by a market.
+
+        A source not started has no `oracled_source_*` series: one stuck at `up` 0 would fire
+        OracledSourceDown for a source that is off on purpose."""
         src = self.cfg.sources.get(sid)
-        if src is None:
-            return
-        if not src.enabled:
-            self.log.info("source disabled", source=sid)
+        if src is None or not src.enabled:
+            if src is not None:
+                self.log.info("source disabled", source=sid)
+            self._drop_source_series(sid)
             return
         if not self._pairs(sid):
             self.log.info("source unused by any market", source=sid)
+            self._drop_source_series(sid)
             return
         if self.chains is not None and not self.chains.usable(src):
             self.log.info("source disabled: its chain has no RPC URL", source=sid, chain=src.chain)
+            self._drop_source_series(sid)
             return
         assert self._session is not None
         self.source_stats.setdefault(sid, SourceStats(source=sid))
+        self.metrics.source_restarts.labels(sid)  # exists at 0, as for the sources of the start
         self._source_tasks[sid] = asyncio.create_task(
             self._supervise(sid, self._session), name=f"source:{sid}"
         )
+
+    def _drop_source_series(self, sid: str) -> None:
+        self.source_stats.pop(sid, None)
+        with contextlib.suppress(KeyError):
+            self.metrics.source_restarts.remove(sid)
 
     async def _stop_source(self, sid: str) -> None:
         task = self._source_tasks.pop(sid, None)
@@ -252,13 +263,10 @@ class Service:
             changes = config_changes(self.cfg, new)
             new = running_config(self.cfg, new)  # restart-only settings keep running values
             self.core.reconfigure(new)
-            old_cfg, self.cfg = self.cfg, new
+            self.cfg = new
             for sid in changes.sources_restarted:
                 await self._stop_source(sid)
-                if sid not in new.sources:
-                    self.source_stats.pop(sid, None)
-                if sid in old_cfg.sources or sid in new.sources:
-                    self._start_source(sid)
+                self._start_source(sid)
             self.metrics.reloads.labels("applied").inc()
             self.log.warning("config reloaded", actor=actor, **changes.as_dict())
             return changes.as_dict()

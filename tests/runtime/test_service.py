@@ -180,3 +180,80 @@ def test_venue_names_are_resolved_on_the_event_loop() -> None:
     lookup in flight when SIGTERM comes is dropped with the loop instead of holding its close
     until the system resolver gives up (2 s a stop measured without a network, 0.03 s with it)."""
     assert DefaultResolver is AsyncResolver
+
+
+def _source_series(service: Service, sid: str) -> list[str]:
+    """The exposition lines of one source's `oracled_source_*` families."""
+    text = service.metrics.render()[0].decode()
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith("oracled_source_") and f'source="{sid}"' in line
+    ]
+
+
+def _two_sources_toml(ws: str, rest: str, other_enabled: bool) -> str:
+    """`good` and `other` on one simulator, both in BTC/USDT; `spare` in no market."""
+    return f"""
+[oracle]
+round_interval_ms = 50
+
+[api]
+listen = "127.0.0.1:0"
+
+[sources.good]
+type = "binance"
+ws_url = "{ws}"
+rest_url = "{rest}"
+
+[sources.other]
+type = "binance"
+enabled = {"true" if other_enabled else "false"}
+ws_url = "{ws}"
+rest_url = "{rest}"
+
+[sources.spare]
+type = "binance"
+ws_url = "{ws}"
+rest_url = "{rest}"
+
+[[markets]]
+symbol = "BTC/USDT"
+min_sources = 1
+sources = [{{ source = "good", pair = "BTC/USDT" }}, {{ source = "other", pair = "BTC/USDT" }}]
+"""
+
+
+async def test_sources_that_are_not_running_have_no_source_series(tmp_path: Path) -> None:
+    """A source no market uses is never started, and one a reload disables is stopped: neither
+    keeps `oracled_source_*` series (an `oracled_source_up` stuck at 0 would fire
+    OracledSourceDown for a source that is off on purpose, as the chain sources of the shipped
+    config are without an RPC URL); a reload that enables it again brings them back."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_two_sources_toml(sim.ws_url, sim.rest_url, True))
+        service = Service(load_config(path), config_path=path)
+        task = asyncio.create_task(service.run())
+
+        async def up(sid: str) -> None:
+            line = f'oracled_source_up{{source="{sid}"}} 1.0'
+            async with asyncio.timeout(10):
+                for _ in itertools.count():
+                    if line in _source_series(service, sid):
+                        return
+                    await asyncio.sleep(0.02)
+
+        try:
+            await up("other")
+            assert _source_series(service, "spare") == []
+            path.write_text(_two_sources_toml(sim.ws_url, sim.rest_url, False))
+            changes = await service.reload("test")
+            assert changes["sources_restarted"] == ["other"]
+            assert _source_series(service, "other") == []
+            assert _source_series(service, "good") != []
+            path.write_text(_two_sources_toml(sim.ws_url, sim.rest_url, True))
+            await service.reload("test")
+            await up("other")
+        finally:
+            service.stop()
+            await task
