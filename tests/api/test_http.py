@@ -400,3 +400,19 @@ async def test_an_unexpected_handler_error_is_a_logged_json_500(
     (event,) = [e for e in logs if e["log_level"] == "error"]
     assert event["event"] == "api_handler_failed" and event["path"] == "/metrics"
     assert event["exc_info"] is True
+
+
+async def test_an_admin_body_over_the_limit_is_a_json_413_and_changes_nothing(
+    aiohttp_client: Any, contract: ContractRecorder
+) -> None:
+    """A pause request whose body is larger than the API takes (16 KiB) is refused with the
+    JSON error shape (413 payload_too_large) and pauses nothing."""
+    rig = Rig(make_config())
+    client = await aiohttp_client(build_app(rig.context()))
+    body = b'{"actor":"' + b"x" * 20_000 + b'"}'
+    resp = await client.post("/v1/admin/markets/BTC-USD/pause", headers=AUTH, data=body)
+    assert resp.status == 413
+    error = await resp.json()
+    contract.validator("/components/schemas/Error").validate(error)
+    assert error["error"]["code"] == "payload_too_large"
+    assert rig.manual == []
