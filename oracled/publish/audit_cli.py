@@ -107,15 +107,43 @@ def _timeline(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int
     return 0
 
 
+def _gap_warning(
+    reader: AuditReader, market: str, at: int, found: Report, before: int | None
+) -> str:
+    """Why the report before `at` may not have been in force at `at`: no round is stored from it
+    to the next one (a restart numbers rounds from 1 again, a dropped round skips a number), or
+    it is the newest stored and `at` lies beyond the next round it would have had; else ''."""
+    after = next(iter(reader.reports(market, found.ts + 1, _FAR_FUTURE)), None)
+    if after is None:
+        interval = None if before is None else found.ts - before
+        if interval is not None and at < found.ts + 2 * interval:
+            return ""
+        return f"warning: nothing is stored after round {found.round} at {_iso(found.ts)}"
+    if after.report.round == found.round + 1:
+        return ""
+    return (
+        f"warning: nothing is stored from round {found.round} at {_iso(found.ts)} to round "
+        f"{after.report.round} at {_iso(after.report.ts)}: the daemon was not running or its "
+        "rounds were not written; this is the last report before that time, not one known "
+        "to be in force then"
+    )
+
+
 def _at(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
     found: StoredReport | None = None
+    before: int | None = None  # the time of the round just before `found`, if consecutive
     for stored in reader.reports(args.market, 0, args.at):
+        consecutive = found is not None and stored.report.round == found.report.round + 1
+        before = found.report.ts if consecutive and found is not None else None
         found = stored
     if found is None:
         print(f"{args.market}: nothing stored at or before {_iso(args.at)}", file=out)
         return 1
     report = found.report
     print(f"{args.market} at {_iso(args.at)}: the report of round {report.round}", file=out)
+    warning = _gap_warning(reader, args.market, args.at, report, before)
+    if warning:
+        print(warning, file=out)
     print(_line(report), file=out)
     for s in report.sources:
         verdict = "used" if s.used else f"excluded: {s.reason}"

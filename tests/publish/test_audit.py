@@ -103,6 +103,42 @@ def test_the_timeline_says_when_and_why_a_market_paused_with_its_sources(
     assert "paused" in detail and "excluded: stale" in detail
 
 
+def test_the_report_at_a_time_the_trail_has_no_round_for_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon killed and started again a minute later: `--at` a moment in between prints the
+    last report before it with a warning that nothing is stored from that round to the next
+    one, so an auditor never takes a dead daemon's last price for the one in force; a moment
+    inside a run prints no warning."""
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    first = Feed(make_config(), audit)
+    for _ in range(10):
+        first.round()
+    audit.close()
+    audit = trail(db)
+    second = Feed(make_config(), audit)
+    second.now = first.now + 60_000
+    for _ in range(10):
+        second.round()
+    audit.close()
+    at = ["audit", "--db", str(db), "--market", "BTC/USD", "--at"]
+    assert main([*at, str(first.now + 30_000)]) == 0
+    out = capsys.readouterr().out
+    assert "the report of round 10" in out
+    assert (
+        "warning: nothing is stored from round 10 at 2023-11-14T22:13:22.500Z to round 1 at "
+        "2023-11-14T22:14:22.750Z" in out
+    )
+    assert main([*at, str(first.now - INTERVAL // 2)]) == 0
+    out = capsys.readouterr().out
+    assert "the report of round 9" in out and "warning" not in out
+    assert main([*at, str(second.now + 30_000)]) == 0
+    out = capsys.readouterr().out
+    assert "the report of round 10" in out
+    assert "warning: nothing is stored after round 10 at 2023-11-14T22:14:25.000Z" in out
+
+
 def test_csv_export_has_one_row_per_round_with_sources_and_reasons(tmp_path: Path) -> None:
     """The compliance export: every stored round of the market, in time order."""
     db = tmp_path / "audit.sqlite3"
