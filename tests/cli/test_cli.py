@@ -130,3 +130,51 @@ def test_the_wheel_carries_the_shipped_config(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         shipped = archive.read("oracled/default.toml")
     assert shipped == (ROOT / "config" / "default.toml").read_bytes()
+
+
+def test_a_reader_that_goes_away_is_no_error(tmp_path: Path) -> None:
+    """`oracled audit ... | head`: the timeline's reader closes the pipe after one line; the
+    command ends with exit 0 and no traceback, as `oracled replay` does."""
+    from oracled.config import parse_config
+    from oracled.core import Core
+    from oracled.model import Quote
+    from oracled.publish.audit import AuditTrail
+
+    db = tmp_path / "audit.sqlite3"
+    cfg = parse_config(
+        {
+            "oracle": {"round_interval_ms": 250, "resume_rounds": 1},
+            "sources": {s: {"type": "binance"} for s in ("a", "b", "c")},
+            "markets": [
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 2,
+                    "sources": [{"source": s, "pair": "BTC/USD"} for s in ("a", "b", "c")],
+                }
+            ],
+            "audit": {"enabled": True, "path": str(db), "queue": 4096},
+        }
+    )
+    core, audit = Core(cfg), AuditTrail(cfg.audit)
+    audit.start()
+    now = 1_700_000_000_000
+    for n in range(1_500):  # c prints 5 % away every other round: active, degraded, active...
+        for s, factor in (("a", 1.0), ("b", 1.0001), ("c", 1.05 if n % 2 else 1.0002)):
+            quote = Quote(s, "BTC/USD", now + 10, price=60_000.0 * factor)
+            audit.add_quote(quote)
+            core.ingest(quote)
+        now += 250
+        audit.submit(core.run_round(now))
+    audit.close()
+    with subprocess.Popen(
+        [sys.executable, "-m", "oracled.cli", "audit", "--db", str(db), "--market", "BTC/USD"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert b"round 1 " in proc.stdout.readline()
+        proc.stdout.close()
+        errors = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 0, errors
+    assert "Traceback" not in errors and "Broken pipe" not in errors
