@@ -11,6 +11,8 @@ from chain_rig import (
     Anvil,
     Chain,
     Deployed,
+    Tokens,
+    new_token,
 )
 from reading import chainlink_spec, make_reader, watch
 
@@ -166,3 +168,41 @@ async def test_aggregator_replaced_behind_the_proxy(
     assert await reader.poll_once()
     assert (got.last.price, got.last.flag) == (59000.0, None)
     assert feed.description == "BTC / USD"
+
+
+async def test_a_proxy_without_latest_round_data_is_dropped_as_call_failed(
+    anvil: Anvil, http: aiohttp.ClientSession, tokens: Tokens, snapshot: Deployed
+) -> None:
+    """An address with `decimals()` but no `latestRoundData()` (here an ERC-20: a wrong
+    address in the config) is learned, then every block's reverted read is dropped as
+    `call_failed`; no price is ever made of the revert."""
+    reader = make_reader([anvil.url], http)
+    feed = ChainlinkFeed("cl", "ETH/USD", chainlink_spec(tokens.weth))
+    got = watch(reader, feed)
+    assert await reader.poll_once()
+    assert feed.description is None  # no description() either
+    assert got.stats.dropped["call_failed"] == 1
+    assert got.stats.dropped["decode_error"] == 0
+    assert got.quotes == []
+
+
+@pytest.mark.parametrize("where", ["no_code", "too_many_decimals"])
+async def test_a_proxy_without_usable_decimals_is_never_priced(
+    anvil: Anvil,
+    http: aiohttp.ClientSession,
+    chain: Chain,
+    tokens: Tokens,
+    snapshot: Deployed,
+    where: str,
+) -> None:
+    """Without `decimals()` (an account with no code answers every call with nothing) or with
+    more than 36 of them, the scale of an answer is unknown: dropped `no_decimals`, no quote."""
+    if where == "no_code":
+        address = chain.account
+    else:
+        address = await new_token(chain, tokens.operator, "ODD", 40)
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(address)))
+    assert await reader.poll_once()
+    assert got.stats.dropped["no_decimals"] == 1
+    assert got.quotes == []

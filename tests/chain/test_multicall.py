@@ -35,6 +35,7 @@ def test_encode_is_aggregate3_with_failures_allowed() -> None:
         lambda d: d[:32] + (99).to_bytes(32, "big") + d[64:],  # wrong count
         lambda d: d[:128] + (2).to_bytes(32, "big") + d[160:],  # success flag that is no bool
         lambda d: (10**6).to_bytes(32, "big") + d[32:],  # offset past the end
+        lambda d: d[:192] + (4096).to_bytes(32, "big") + d[224:],  # a length past the end
     ],
 )
 def test_malformed_answers_raise(mangle: object) -> None:
