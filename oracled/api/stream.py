@@ -1,7 +1,7 @@
 """`WS /v1/stream`: live reports of the markets a client subscribed to.
 
 Client -> server, JSON text frames:
-    {"op": "subscribe", "markets": ["BTC/USD"]}     (no or empty "markets": every market)
+    {"op": "subscribe", "markets": ["BTC/USD"]}     (none: every market, even after reloads)
     {"op": "unsubscribe", "markets": ["BTC/USD"]}   (no or empty "markets": all of them)
     optional in either, for the whole connection from then on:
     "signed": true (signed frames instead of reports), "deviation": 0.001 (a market only when it
@@ -162,17 +162,23 @@ class StreamHandler:
                 self._ctx.hub.configure(sub, **options)
             self._ctx.hub.change(sub, markets)
 
-    def _apply(self, sub: Subscription, text: str) -> tuple[bytes, frozenset[str], dict[str, Any]]:
-        """Validate one client request; return the ack, the new market set and the options."""
+    def _apply(
+        self, sub: Subscription, text: str
+    ) -> tuple[bytes, frozenset[str] | None, dict[str, Any]]:
+        """Validate one client request; return the ack, the new market set (None: every
+        market, also those a reload adds later, as the event stream's default) and the
+        options."""
         try:
             op = _DECODER.decode(text)
         except msgspec.DecodeError as exc:
             raise ApiError(400, "bad_request", f"not a valid request: {exc}") from None
         options = self._options(op, sub)
-        current = sub.markets or frozenset()
+        every = frozenset(self._order)  # the markets of the config in force
+        current = every if sub.markets is None else sub.markets
         named = frozenset(market_list(op.markets, self._order)) if op.markets else None
+        markets: frozenset[str] | None
         if op.op == "subscribe":
-            markets = current | (frozenset(self._order) if named is None else named)
+            markets = None if named is None or sub.markets is None else current | named
             kind = "subscribed"
         elif op.op == "unsubscribe":
             markets = frozenset() if named is None else current - named
@@ -181,7 +187,7 @@ class StreamHandler:
             raise ApiError(
                 400, "bad_request", f"op: {op.op[:32]!r} is not subscribe or unsubscribe"
             )
-        listing = sorted(markets, key=self._order.__getitem__)
+        listing = sorted(every if markets is None else markets, key=self._order.__getitem__)
         return encode_json({"type": kind, "markets": listing, **options}), markets, options
 
     def _options(self, op: _ClientOp, sub: Subscription) -> dict[str, Any]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import struct
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
-from api_rig import ClientFactory, Rig
+from api_rig import CONFIG, PRICES, TOKEN, ClientFactory, Rig, make_config
 from raw_ws import RawWebSocket
 from stream_wire import SAFETY_S, ask, recv
 
+from oracled.config import parse_config
 from oracled.publish import DROP_SHUTDOWN, DROP_SLOW
 
 Client = TestClient[web.Request, web.Application]
@@ -180,3 +182,32 @@ async def test_slow_consumer_is_closed_1008_while_others_keep_receiving(
         assert rig.hub.subscribers == 0
     finally:
         stuck.close()
+
+
+async def test_every_market_includes_a_market_a_reload_adds(make_client: ClientFactory) -> None:
+    """A subscription to every market (no `markets`) follows the config, as the event stream's
+    default does: a market a reload adds is streamed to it without a new request, and an
+    explicit unsubscribe still works on the set of the moment."""
+    rig = Rig(make_config())
+    data = copy.deepcopy(CONFIG)
+    data["markets"].append(
+        {
+            "symbol": "DOGE/USD",
+            "min_sources": 1,
+            "max_age_ms": 1_000,
+            "sources": [{"source": "alpha", "pair": "DOGE/USD"}],
+        }
+    )
+    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    client = await make_client(rig)
+    async with client.ws_connect("/v1/stream") as ws:
+        ack = await ask(ws, {"op": "subscribe"})
+        assert ack["markets"] == ["BTC/USD", "ETH/USD", "SOL/USD"]
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        resp = await client.post("/v1/admin/reload", headers=auth)
+        assert (await resp.json())["markets_added"] == ["DOGE/USD"]
+        rig.step({**PRICES, "DOGE/USD": 0.38})
+        got = [report(await recv(ws)) for _ in range(4)]
+        assert got == [("BTC/USD", 1), ("ETH/USD", 1), ("SOL/USD", 1), ("DOGE/USD", 1)]
+        ack = await ask(ws, {"op": "unsubscribe", "markets": ["BTC/USD"]})
+        assert ack["markets"] == ["ETH/USD", "SOL/USD", "DOGE/USD"]
