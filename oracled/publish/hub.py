@@ -123,15 +123,19 @@ class Subscription:
         return self.deviation is not None or self.heartbeat_ms is not None
 
     def _wants(self, market: str, price: float, status: int, ts: int) -> bool:
-        """The filter: a frame for `market` now? Records it as sent when it says yes."""
+        """The filter: a frame for `market` now? Records it as sent when it says yes.
+
+        Only a deviation holds frames back; a heartbeat is a floor ("at least this often"),
+        so with a heartbeat alone every round passes.
+        """
         last = self._sent.get(market)
         send = (
             last is None
             or last[1] != status
+            or self.deviation is None
             or (self.heartbeat_ms is not None and ts - last[2] >= self.heartbeat_ms)
             or (
-                self.deviation is not None
-                and price == price  # not NaN
+                price == price  # not NaN
                 and (last[0] != last[0] or abs(price / last[0] - 1.0) >= self.deviation)
             )
         )

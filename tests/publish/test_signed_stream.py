@@ -191,6 +191,24 @@ async def test_heartbeat_filter_sends_unmoved_markets_at_least_that_often(
         assert rounds == [start + 4, start + 8]
 
 
+async def test_a_heartbeat_alone_is_a_floor_not_a_throttle(
+    client: Client, daemon: Daemonish
+) -> None:
+    """`heartbeat_ms` without a `deviation` only promises a frame at least that often: every
+    round still comes, so a 5 % move is not held back until the heartbeat runs out."""
+    daemon.step()
+    async with client.ws_connect("/v1/stream") as ws:
+        await ws.send_json({"op": "subscribe", "markets": ["SOL/USD"], "heartbeat_ms": 60_000})
+        assert (await recv(ws))["heartbeat_ms"] == 60_000
+        start = (await recv(ws))["data"]
+        for move in (1.0, 1.05):  # unmoved, then 5 % up
+            daemon.step(SOL_USD=move)
+            await fanned_out()
+        frames = [(await recv(ws))["data"] for _ in range(2)]
+        assert [f["round"] for f in frames] == [start["round"] + 1, start["round"] + 2]
+        assert float(frames[1]["price"]) > float(start["price"]) * 1.04
+
+
 async def test_signed_request_to_a_daemon_without_a_key_is_an_error(
     aiohttp_client: Callable[[web.Application], Awaitable[Client]],
 ) -> None:
