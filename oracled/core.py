@@ -174,10 +174,12 @@ class Core:
         """Swap in a new (already validated) config between rounds, keeping what still applies.
 
         A market that stays keeps its gate state (status, last good price, streaks, manual pause)
-        and the latest quote of every (source, pair, kind) it still lists; thresholds take effect
+        and the latest quote of every (source, pair, kind) it still lists, unless the source is
+        now disabled (its slots are `no_quote` at once, as at start-up); thresholds take effect
         from the next round. A new market starts `unknown` like at start-up; a removed one is gone.
         `index` is updated in place, so holders of it see the new markets.
         """
+        off = {sid for sid, src in cfg.sources.items() if not src.enabled}
         layout = Layout.from_config(cfg)
         book = Book(layout, cfg)
         gates = GateState(len(layout.markets))
@@ -193,11 +195,14 @@ class Core:
             old_slots = {key: k for k, key in enumerate(old_layout.slot_keys[j])}
             for k, key in enumerate(layout.slot_keys[i]):
                 ok = old_slots.get(key)
-                if ok is not None:
+                if ok is not None and key[0] not in off:
                     for attr in ("mid", "stamp", "flag"):
                         getattr(book, attr)[i, k] = getattr(old_book, attr)[j, ok]
-        book.latest.update((k, q) for k, q in old_book.latest.items() if k in layout.feeds)
-        book.perps.update((k, q) for k, q in old_book.perps.items() if k in layout.perp_feeds)
+        kept = layout.feeds.keys() - {k for k in layout.feeds if k[0] in off}
+        book.latest.update((k, q) for k, q in old_book.latest.items() if k in kept)
+        book.perps.update(
+            (k, q) for k, q in old_book.perps.items() if k in layout.perp_feeds and k[0] not in off
+        )
         book.drops.update(old_book.drops)
         marks = MarkEngine(cfg, layout)
         marks.carry_from(self.marks, self.index, layout.markets)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from core_helpers import T0, config, market
 
+from oracled.config import parse_config
 from oracled.core import Core
 from oracled.model import Quote
 
@@ -58,3 +61,27 @@ def test_flags_keep_their_meaning_across_a_reload() -> None:
     core.reconfigure(config([market("BTC/USD", ["b", "a"], min_sources=1)], resume_rounds=1))
     report = core.run_round(T0).report(0)
     assert next(s.reason for s in report.sources if s.id == "a") == "at_bound"
+
+
+def test_a_source_a_reload_disables_leaves_its_slots_at_once() -> None:
+    """An operator disables a source (one printing bad prices, say): from the next round its
+    slots show `no_quote`, as for a source disabled at start-up, and its last quote no longer
+    votes, instead of counting until it ages out and then showing `stale` for ever."""
+    markets = [market("BTC/USD", ["a", "b", "c"], min_sources=2)]
+    core = Core(config(markets, resume_rounds=1))
+    _feed(core, T0, {"a": 100.0, "b": 100.0, "c": 100.8})
+    assert all(s.used for s in core.run_round(T0).report(0).sources)
+    sources: dict[str, Any] = {sid: {"type": "binance"} for sid in ("a", "b", "c")}
+    sources["c"]["enabled"] = False
+    core.reconfigure(
+        parse_config(
+            {"oracle": {"resume_rounds": 1}, "sources": sources, "markets": markets}, env={}
+        )
+    )
+    report = core.run_round(T0 + 250).report(0)
+    assert [(s.id, s.used, s.reason, s.value) for s in report.sources] == [
+        ("a", True, None, "100.00"),
+        ("b", True, None, "100.00"),
+        ("c", False, "no_quote", None),
+    ]
+    assert report.price == "100.00"
