@@ -275,8 +275,7 @@ async def test_a_server_without_jetstream_is_logged_and_prices_still_flow(
     srv = NatsServer(tmp_path / "plain", jetstream=False)
     await srv.start()
     try:
-        cfg = NatsConfig(enabled=True, servers=(srv.url,), jetstream=True)
-        sink = NatsSink(cfg, connect_timeout_s=0.5)
+        sink = NatsSink(NatsConfig(enabled=True, servers=(srv.url,), jetstream=True))
         with capture_logs() as logs:
             task = await running(sink)
         assert events(logs, "error") == ["jetstream stream not set up"]
