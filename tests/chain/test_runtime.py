@@ -1,0 +1,117 @@
+"""The daemon's chain set: a chain without an RPC URL is switched off with its sources, and a
+reader that fails is restarted by its supervisor rather than leaving the chain unread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from chain_rig import Anvil, Deployed
+from rpc_proxy import RpcProxy
+from structlog.testing import capture_logs
+
+from oracled.clock import SystemClock
+from oracled.config import Config, parse_config
+from oracled.model import Quote
+from oracled.sources.evm.chainlink import ChainlinkSource
+from oracled.sources.evm.runtime import ChainSet
+from oracled.sources.stats import SourceStats
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+DARK_ENV = "ORACLED_TEST_DARK_CHAIN_RPC_URLS"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
+    p = await RpcProxy(anvil.url, http).start()
+    yield p
+    await p.stop()
+
+
+def config(url: str, eth_proxy: str) -> Config:
+    """A lit chain (`local`) and a dark one (its URL variable unset), a Chainlink source on
+    each, and an off-chain venue."""
+    feed = {"ETH/USD": {"address": eth_proxy, "heartbeat_s": 3600}}
+    data = {
+        "chains": {
+            "local": {"chain_id": 31337, "rpc_urls": [url], "poll_interval_s": 0.02},
+            "dark": {"chain_id": 10, "rpc_urls_env": DARK_ENV},
+        },
+        "sources": {
+            "cl": {"type": "chainlink", "chain": "local", "feeds": feed},
+            "op": {"type": "chainlink", "chain": "dark", "feeds": feed},
+            "v": {"type": "binance"},
+        },
+        "markets": [
+            {
+                "symbol": "ETH/USD",
+                "min_sources": 1,
+                "sources": [{"source": s, "pair": "ETH/USD"} for s in ("cl", "op", "v")],
+            }
+        ],
+    }
+    return parse_config(data, env={})
+
+
+async def until(done: Callable[[], bool]) -> None:
+    """Wait for a state of the tasks running in the background (the bound only turns a hang
+    into a failure)."""
+    async with asyncio.timeout(10):
+        while not done():  # noqa: ASYNC110 - log lines and quotes lists have no event
+            await asyncio.sleep(0.01)
+
+
+def source(cfg: Config, sid: str, http: aiohttp.ClientSession, emit: Callable[[Quote], None]
+           ) -> ChainlinkSource:  # fmt: skip
+    return ChainlinkSource(sid, cfg.sources[sid], [("ETH/USD", "spot")], emit, SystemClock(),
+                           http, SourceStats(sid))  # fmt: skip
+
+
+async def test_a_chain_without_an_rpc_url_is_switched_off_with_its_sources(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """Only chains with URLs get a reader; the dark one is named once in the log with the
+    variable to set and the sources it takes with it, and those sources are not usable (and
+    get no reader), while the lit chain's sources and the venues are."""
+    cfg = config(anvil.url, snapshot.eth_proxy)
+    with capture_logs() as logs:
+        chains = ChainSet(cfg, http, SystemClock())
+    assert list(chains.readers) == ["local"]
+    (dark,) = [e for e in logs if e["event"] == "chain disabled: no RPC URL"]
+    assert (dark["chain"], dark["set"], dark["sources"]) == ("dark", f"${DARK_ENV}", ["op"])
+    assert [chains.usable(cfg.sources[s]) for s in ("cl", "op", "v")] == [True, False, True]
+    lit, unlit = source(cfg, "cl", http, print), source(cfg, "op", http, print)
+    chains.attach(lit)
+    chains.attach(unlit)
+    assert lit.reader is chains.readers["local"] and unlit.reader is None
+    assert chains.stats() == [chains.readers["local"].stats]
+
+
+async def test_a_reader_that_fails_is_restarted_by_its_supervisor(
+    http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A node that cannot say its chain id at start makes the reader fail; the supervisor
+    logs it and starts the reader again, and once the node answers the chain is read."""
+    proxy.mode = "error"
+    cfg = config(proxy.url, snapshot.eth_proxy)
+    quotes: list[Quote] = []
+    chains = ChainSet(cfg, http, SystemClock())
+    cl = source(cfg, "cl", http, quotes.append)
+    chains.attach(cl)
+    with capture_logs() as logs:
+        tasks = [*chains.start(), asyncio.create_task(cl.run())]
+        try:
+            await until(lambda: any(e["event"] == "chain reader crashed; restarting" for e in logs))
+            proxy.mode = "pass"
+            await until(lambda: bool(quotes))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert quotes[0].price == 3000.0
+    crashed = [e for e in logs if e["event"] == "chain reader crashed; restarting"]
+    assert crashed and crashed[0]["chain"] == "local"
