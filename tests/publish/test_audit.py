@@ -372,3 +372,29 @@ def test_closing_while_the_writer_is_stuck_returns_and_a_later_close_finishes(
     audit.close()
     assert audit.stats.rounds == feed.core.rounds == 3
     assert audit.stats.write_errors == 0 and audit.stats.dropped == 0
+
+
+def test_a_damaged_database_is_reported_with_exit_2_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file whose reports pages are damaged (a disk fault, a bad copy) still opens; the
+    question that reads them answers exit 2 with SQLite's verdict and the file's name."""
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    feed = Feed(make_config(), audit)
+    for _ in range(5):
+        feed.round()
+    audit.close()
+    with sqlite3.connect(db) as con:
+        (root,) = con.execute(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'reports'"
+        ).fetchone()
+        (size,) = con.execute("PRAGMA page_size").fetchone()
+    with db.open("r+b") as handle:  # the reports table's root page: garbage
+        handle.seek((root - 1) * size)
+        handle.write(b"\xff" * size)
+    capsys.readouterr()
+    assert main(["audit", "--db", str(db), "--market", "BTC/USD"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"oracled audit: {db}: database disk image is malformed"
+    )
