@@ -226,3 +226,20 @@ async def test_a_sequencer_feed_that_cannot_answer_keeps_the_gate_shut(
     assert await reader.poll_once()
     assert reader.stats.sequencer_up is False
     assert (eth.last.flag, eth.last.price) == ("sequencer", 3000.0)
+
+
+async def test_a_notice_for_a_block_below_the_last_one_is_not_read(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A newHeads notice for a block below the last one published (a lagging node behind a
+    load balancer) is counted as backwards and costs no read at all."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    older = await head(chain)
+    await chain.mine()
+    assert await reader.poll_once()
+    trips = reader.stats.round_trips
+    assert not await reader.read_block(older)
+    assert reader.stats.backwards == 1
+    assert reader.stats.round_trips == trips
+    assert len(got.quotes) == 1

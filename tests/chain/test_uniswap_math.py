@@ -571,3 +571,28 @@ def test_prices_are_finite_over_the_tick_range() -> None:
             quote = feed.decode(results(tick), BLOCK, RECV)
             assert isinstance(quote, Quote) and quote.price is not None
             assert math.isfinite(quote.price) and quote.price > 0
+
+
+def test_a_token_answering_garbage_decimals_is_unverified_not_a_stop() -> None:
+    """A token whose decimals() answers bytes that are no uint (a proxy or an odd token) cannot
+    be checked: the configured value is used, unverified, rather than the feed failing to set
+    up on every block."""
+    feed = new_feed(decimals0=6, decimals1=18)
+    feed.decode([(True, address_data(TOKEN0)), (True, address_data(TOKEN1))], BLOCK, RECV)
+    with capture_logs() as logs:
+        assert feed.decode([(True, b"\x01\x02"), (True, uint128_data(18))], BLOCK, RECV) is None
+    assert logs[0]["event"] == "uniswap_feed" and logs[0]["verified"] is False
+    assert isinstance(feed.decode(results(0), BLOCK, RECV), Quote)
+
+
+def test_a_broken_require_message_is_shown_as_hex() -> None:
+    """Revert data with the Error(string) selector but no valid string after it is shown as its
+    hex, never raised while logging the reason."""
+    broken = error_string("OLD")[:4] + b"\x00" * 5
+    assert revert_reason(broken) == "0x" + broken.hex()
+
+
+def test_an_unmoved_liquidity_accumulator_reads_as_no_liquidity() -> None:
+    """Equal seconds-per-liquidity readings across the window (nothing accrued) give a harmonic
+    mean of zero, which is below any minimum, not a division by zero."""
+    assert harmonic_mean_liquidity(7, 7, 300) == 0
