@@ -211,3 +211,24 @@ async def test_every_market_includes_a_market_a_reload_adds(make_client: ClientF
         assert got == [("BTC/USD", 1), ("ETH/USD", 1), ("SOL/USD", 1), ("DOGE/USD", 1)]
         ack = await ask(ws, {"op": "unsubscribe", "markets": ["BTC/USD"]})
         assert ack["markets"] == ["ETH/USD", "SOL/USD", "DOGE/USD"]
+
+
+async def test_a_request_of_16_kib_or_more_closes_the_stream_with_1009(
+    client: Client, rig: Rig
+) -> None:
+    """A request frame under 16 KiB is read; one of 16 KiB or more closes the connection with
+    1009 (message too big) instead of being buffered, and its subscription goes (not as a
+    drop)."""
+    async with client.ws_connect("/v1/stream") as ws:
+        request = '{"op":"subscribe","markets":["BTC/USD"]}'
+        largest = request[:-1] + " " * (16 * 1024 - 1 - len(request)) + "}"
+        assert len(largest) == 16 * 1024 - 1
+        assert (await ask(ws, largest))["type"] == "subscribed"
+        await ws.send_str(largest[:-1] + " }")
+        async with asyncio.timeout(SAFETY_S):
+            msg = await ws.receive()
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1009)
+    async with asyncio.timeout(SAFETY_S):
+        while rig.hub.subscribers:  # noqa: ASYNC110 - the hub exposes no event to wait on
+            await asyncio.sleep(0.01)
+    assert sum(rig.hub.dropped_subscribers.values()) == 0
