@@ -412,8 +412,8 @@ class ChainPusher:
                         answer = await resp.json(content_type=None)
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
                 continue
-            if not isinstance(answer, dict):
-                continue
+            if not isinstance(answer, dict) or answer.get("id") != body["id"]:
+                continue  # garbage, or an answer to another request: not taken here
             error = answer.get("error")
             if isinstance(error, dict):
                 raise RpcError(int(error.get("code", 0)), str(error.get("message", "")))

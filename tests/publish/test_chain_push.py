@@ -663,3 +663,25 @@ async def test_the_pusher_task_outlasts_an_unreachable_node_at_start_and_later(r
             await proxy.stop()
     assert [e["event"] for e in logs].count("chain unreachable; retrying") == 1
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
+@pytest.mark.parametrize("mode", ["wrong_id", "no_result"])
+async def test_a_raw_send_answer_that_is_not_for_this_request_goes_to_the_next_endpoint(
+    rig: Rig, mode: str
+) -> None:
+    """An endpoint that answers eth_sendRawTransaction with a JSON-RPC answer to another
+    request id, or with no result, has not taken the transaction: the pusher sends it to the
+    next endpoint and waits for that hash, never for one the endpoint made up."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        pusher = await first_push(rig, Rounds(make_config()), urls=(proxy.url, rig.url))
+        proxy.mode = mode
+        await pusher.step()
+        inflight = pusher._inflight
+        assert inflight is not None
+        (tx_hash, _) = inflight.sent[0]
+        assert await rig.chain.rpc("eth_getTransactionByHash", [tx_hash]) is not None
+        await settle(pusher)
+        assert pusher.stats.transactions["confirmed"] == 1
+    finally:
+        await proxy.stop()
