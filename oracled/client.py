@@ -438,15 +438,34 @@ class OracleClient:
         *,
         prefix: str = "oracled",
     ) -> None:
-        """Subscribe to `<prefix>.prices.<market>` subjects (all with `>`); run until cancelled."""
+        """Subscribe to `<prefix>.prices.<market>` subjects (all with `>`); run until cancelled.
+
+        Connection trouble (a server down, at start too) is one warning line per attempt; the
+        NATS library retries by itself.
+        """
         import nats
 
         from oracled.publish.nats import price_subject
 
+        listed = servers if isinstance(servers, list) else [servers]
+        log = _log.bind(servers=listed)
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("client nats error", error=str(exc) or type(exc).__name__)
+
+        async def on_disconnected() -> None:
+            log.warning("client nats disconnected")
+
+        async def on_reconnected() -> None:
+            log.info("client nats reconnected")
+
         nc = await nats.connect(
-            servers=servers if isinstance(servers, list) else [servers],
+            servers=listed,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
         )
         subjects = (
             [f"{prefix}.prices.>"]
