@@ -189,19 +189,23 @@ class ChainPusher:
     # -- the task -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Start (retrying while the node is unreachable), then step every `interval_s`."""
+        """Start (retrying while the node is unreachable), then step every `interval_s`.
+
+        A step that fails on the node (unreachable, or refusing a read for any reason, such as
+        a rate limit some providers code 429) is logged and retried: ending this task would
+        stop on-chain pushing for the life of the daemon."""
         delay = 0.5
         while not self._started:
             try:
                 await self.start()
-            except RpcUnavailable as exc:
+            except (RpcUnavailable, RpcError) as exc:  # RpcError: e.g. a rate limit coded 429
                 self._log.warning("chain unreachable; retrying", error=str(exc), delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, 30.0)
         while True:
             try:
                 await self.step()
-            except RpcUnavailable as exc:
+            except (RpcUnavailable, RpcError) as exc:
                 self._log.warning("chain unreachable", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.cfg.interval_s):

@@ -4,13 +4,15 @@ Modes (`mode`, or one per request from `script` while it lasts):
 "pass" forwards every request; "garbage" answers 200 with bytes that are not JSON-RPC;
 "wrong_id" answers valid JSON for another request id; "tamper" forwards but changes one byte of
 every `eth_call` result (an endpoint that lies); "error" answers a server-side JSON-RPC error;
-"http500" answers status 500; "no_result" answers the right id with neither result nor error;
-"short_batch" forwards a batch but leaves the last answer out; "call_refused" forwards a batch
-but answers its `eth_call` with a request-fault error (-32602); "null_call" answers every
-`eth_call` with a null result; "hold" waits for `release` before forwarding (a node that hangs,
-or an answer that arrives late); "unpin" forwards an `eth_call` pinned by block hash as a read
-at "latest" (a node that ignores EIP-1898); "split" forwards a batch one request at a time and
-awaits `between()` after the first (a block landing between the two halves of a poll).
+"rate_limited" answers a JSON-RPC error with code 429, as some providers do for a rate limit
+(outside the server-side range, so not failed over); "http500" answers status 500;
+"no_result" answers the right id with neither result nor error; "short_batch" forwards a batch
+but leaves the last answer out; "call_refused" forwards a batch but answers its `eth_call` with
+a request-fault error (-32602); "null_call" answers every `eth_call` with a null result; "hold"
+waits for `release` before forwarding (a node that hangs, or an answer that arrives late);
+"unpin" forwards an `eth_call` pinned by block hash as a read at "latest" (a node that ignores
+EIP-1898); "split" forwards a batch one request at a time and awaits `between()` after the
+first (a block landing between the two halves of a poll).
 `stop()` closes the listening socket, so the endpoint dies mid-run.
 """
 
@@ -78,8 +80,12 @@ class RpcProxy:
         items: list[Any] = sent if isinstance(sent, list) else [sent]
         if mode == "no_result":
             return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"]})
-        if mode == "error":
-            err = {"code": -32000, "message": "header not found"}
+        if mode in ("error", "rate_limited"):
+            err = (
+                {"code": -32000, "message": "header not found"}
+                if mode == "error"
+                else {"code": 429, "message": "exceeded its compute units per second capacity"}
+            )
             answers = [{"jsonrpc": "2.0", "id": r["id"], "error": err} for r in items]
             return web.json_response(answers if isinstance(sent, list) else answers[0])
         if mode == "hold":

@@ -638,21 +638,25 @@ async def until(done: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_the_pusher_task_outlasts_an_unreachable_node_at_start_and_later(rig: Rig) -> None:
-    """`run()` with the node unreachable at start retries the start (and says so); later, a
-    step that finds the node unreachable is logged and the task goes on, pushing again once
-    the node answers."""
+@pytest.mark.parametrize("mode", ["error", "rate_limited"])
+async def test_the_pusher_task_outlasts_an_unreachable_node_at_start_and_later(
+    rig: Rig, mode: str
+) -> None:
+    """`run()` with the node unreachable at start (a server-side error on every endpoint, or a
+    rate limit answered with code 429, which is not failed over) retries the start and says
+    so; later, a step that fails the same way is logged and the task goes on, pushing again
+    once the node answers."""
     proxy = await RpcProxy(rig.url, rig.chain.session).start()
     rounds = Rounds(make_config())
     pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
     rounds.step()
     pusher.submit(rounds.step())
-    proxy.script = ["error"]  # the first request of the start: the chain id
+    proxy.script = [mode]  # the first request of the start: the chain id
     with capture_logs() as logs:
         task = asyncio.create_task(pusher.run())
         try:
             await until(lambda: pusher.stats.transactions["confirmed"] == 1)
-            proxy.mode = "error"
+            proxy.mode = mode
             pusher.submit(rounds.step(BTC_USD=1.02))
             await until(lambda: any(e["event"] == "chain unreachable" for e in logs))
             proxy.mode = "pass"
