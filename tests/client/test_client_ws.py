@@ -101,3 +101,34 @@ async def test_a_refused_subscription_is_counted_not_silently_ignored(
             await asyncio.gather(watcher, return_exceptions=True)
     assert dict(client.stream_errors) == {code: 1}
     assert client.accepted == 0 and client.markets == []
+
+
+async def test_an_unreadable_error_frame_is_counted_as_malformed() -> None:
+    """An error frame that is cut short or of the wrong shape still counts, as `malformed`, and
+    the client keeps reading the connection."""
+    signed = RoundSigner(KEY).sign(Rounds(make_config()).step())
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json()
+        await ws.send_str('{"type":"error","code":"bad_req')
+        await ws.send_str('{"type":"error","code":7}')
+        await ws.send_str('{"type":"signed","data":' + signed.envelope(0).decode() + "}")
+        await ws.receive()  # until the client goes
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    client = OracleClient({KEY.address}, now_ms=lambda: signed.ts)
+    async with TestServer(app, host="127.0.0.1") as server:
+        watcher = asyncio.create_task(client.watch_ws(str(server.make_url("/")), reconnect_s=9))
+        try:
+            async with asyncio.timeout(SAFETY_S):
+                while not client.accepted:  # noqa: ASYNC110 - the frame after the bad ones
+                    await asyncio.sleep(0.01)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+    assert dict(client.stream_errors) == {"malformed": 2}
+    assert list(client.prices()) == ["BTC/USD"]
