@@ -191,14 +191,14 @@ class ChainPusher:
     async def run(self) -> None:
         """Start (retrying while the node is unreachable), then step every `interval_s`.
 
-        A step that fails on the node (unreachable, or refusing a read for any reason, such as
-        a rate limit some providers code 429) is logged and retried: ending this task would
-        stop on-chain pushing for the life of the daemon."""
+        A step that fails on the node (unreachable, or refusing a request with a JSON-RPC code
+        outside the server-side range, e.g. a rate limit coded 429) is logged and retried:
+        ending this task would stop on-chain pushing for the life of the daemon."""
         delay = 0.5
         while not self._started:
             try:
                 await self.start()
-            except (RpcUnavailable, RpcError) as exc:  # RpcError: e.g. a rate limit coded 429
+            except (RpcUnavailable, RpcError) as exc:  # RpcError: a code not failed over
                 self._log.warning("chain unreachable; retrying", error=str(exc), delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, 30.0)

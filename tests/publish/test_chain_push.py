@@ -642,10 +642,10 @@ async def until(done: Callable[[], bool]) -> None:
 async def test_the_pusher_task_outlasts_an_unreachable_node_at_start_and_later(
     rig: Rig, mode: str
 ) -> None:
-    """`run()` with the node unreachable at start (a server-side error on every endpoint, or a
-    rate limit answered with code 429, which is not failed over) retries the start and says
-    so; later, a step that fails the same way is logged and the task goes on, pushing again
-    once the node answers."""
+    """`run()` with the node unreachable at start (a server-side error on every endpoint, or
+    a rate limit answered with JSON-RPC code 429, which is not failed over) retries the start
+    and says so; later, a step that fails the same way is logged and the task goes on,
+    pushing again once the node answers."""
     proxy = await RpcProxy(rig.url, rig.chain.session).start()
     rounds = Rounds(make_config())
     pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
