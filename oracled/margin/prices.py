@@ -144,13 +144,15 @@ class Frozen:
 class PriceBook:
     """The latest report per market, resolved against a policy at decision time."""
 
-    __slots__ = ("_live_since", "latest", "policy")
+    __slots__ = ("_last_usable", "latest", "policy")
 
     def __init__(self, policy: RiskPolicy) -> None:
         self.policy = policy
         self.latest: dict[str, PriceView] = {}
-        # Time the market was last seen usable: where a pause is measured from.
-        self._live_since: dict[str, int] = {}
+        # The last report the policy accepted: a pause is measured from it, and its price is
+        # the last good one (the daemon's `last_good_price` may be a degraded price that a
+        # policy without degraded prices refused).
+        self._last_usable: dict[str, PriceView] = {}
 
     def update(self, view: PriceView) -> None:
         """Keep the newest report of a market; an older one arriving late is ignored."""
@@ -159,7 +161,7 @@ class PriceBook:
             return
         self.latest[view.market] = view
         if self._usable_status(view):
-            self._live_since[view.market] = view.ts
+            self._last_usable[view.market] = view
 
     def _usable_status(self, view: PriceView) -> bool:
         if view.price is None:
@@ -186,14 +188,15 @@ class PriceBook:
             reason = (
                 ":".join((view.status, ",".join(view.reasons))) if view.reasons else view.status
             )
-        since = self._live_since.get(market, view.last_good_ts)
+        # A report that went quiet while live is its own last usable one. Without one seen
+        # (the engine started during the pause), the daemon's last good price is all there is.
+        last = self._last_usable.get(market)
+        since: int | None
+        if last is not None:
+            since, good, good_text = last.ts, last.price, last.price_text
+        else:
+            since, good, good_text = view.last_good_ts, view.last_good, view.last_good_text
         paused = now_ms - since if since is not None else 0
-        # A report that went quiet while live: its own price is the last good one.
-        good, good_text = (
-            (view.price, view.price_text)
-            if self._usable_status(view)
-            else (view.last_good, view.last_good_text)
-        )
         if (
             policy.after_grace == "last_good"
             and since is not None

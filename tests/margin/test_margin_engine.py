@@ -186,6 +186,26 @@ def test_after_the_grace_period_the_last_good_price_is_used_with_a_wider_buffer(
     assert liq.maintenance == pytest.approx(7_290)
 
 
+def test_with_degraded_not_allowed_the_grace_period_never_leads_to_a_degraded_price() -> None:
+    """allow_degraded = false: a market degraded past the grace period is valued at the last
+    report the policy accepted (active at 50k), not at the degraded 40k the daemon keeps
+    calling its last good price; at 40k account a would be liquidated on a price the policy
+    refused a moment before."""
+    policy = {"allow_degraded": False, "pause_grace_ms": 60_000, "max_report_age_ms": 100_000}
+    engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
+    engine.on_report(view("BTC/USD", 50_000, ts=T0))
+    assert engine.step(T0) == []
+    for k in range(1, 250):
+        ts = T0 + 250 * k
+        engine.on_report(view("BTC/USD", 40_000, ts=ts, status="degraded", reasons=["outlier"]))
+    frozen = engine.step(T0 + 60_000)
+    assert [type(d) for d in frozen] == [FreezeCall]
+    decisions = engine.step(T0 + 60_001)
+    assert not any(isinstance(d, Liquidation) for d in decisions)
+    unfreeze = next(d for d in decisions if isinstance(d, UnfreezeCall))
+    assert [(r.kind, r.price) for r in unfreeze.drivers] == [("last_good", "50000.00")]
+
+
 def test_the_freeze_policy_never_liquidates_on_a_last_good_price() -> None:
     """after_grace = "freeze": however long the pause, no liquidation."""
     policy = {"after_grace": "freeze", "pause_grace_ms": 0}
