@@ -596,3 +596,15 @@ def test_an_unmoved_liquidity_accumulator_reads_as_no_liquidity() -> None:
     """Equal seconds-per-liquidity readings across the window (nothing accrued) give a harmonic
     mean of zero, which is below any minimum, not a division by zero."""
     assert harmonic_mean_liquidity(7, 7, 300) == 0
+
+
+def test_a_decimals_answer_with_trailing_words_still_verifies_the_config() -> None:
+    """A token answering decimals() with more than one word (a proxy returning padded data)
+    is still read through the ABI decoder, so the configured decimals are verified against
+    it rather than taken on trust."""
+    assert decode_uint128(uint128_data(6) + bytes(32)) == 6
+    feed = new_feed(decimals0=18, decimals1=18)  # token0 is really 6
+    feed.decode([(True, address_data(TOKEN0)), (True, address_data(TOKEN1))], BLOCK, RECV)
+    padded = [(True, uint128_data(6) + bytes(32)), (True, uint128_data(18))]
+    with capture_logs():
+        assert feed.decode(padded, BLOCK, RECV) == "token_mismatch"
