@@ -167,6 +167,10 @@ class Service:
             )
         )
         self._recorder = _TapeRecorder(record) if record else None
+        # The tick the round loop waits for, and the quotes received after it before its round
+        # ran (see on_quote); no tick before the loop starts.
+        self._tick = 1 << 62
+        self._held: list[Quote] = []
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
         self.started = asyncio.Event()
@@ -179,12 +183,29 @@ class Service:
 
     # -- the quote path -------------------------------------------------------------------
     def on_quote(self, quote: Quote) -> None:
-        """Every source's emit callback: record, then hand to the core (which counts drops)."""
+        """Every source's emit callback: record, then hand to the core (which counts drops).
+
+        A quote received after the tick the round loop waits for, before that round ran (the
+        loop wakes a little late), is held for the next round: a replay of the tape puts it
+        there (a quote takes part in the rounds at or after its receive time), so the live
+        round must too, or its price would differ from the replay's, with a negative `age_ms`."""
         if self._recorder is not None:
             self._recorder.add(quote)
         if self.audit is not None:
             self.audit.add_quote(quote)
-        self.core.ingest(quote)
+        if quote.recv_ts > self._tick:
+            self._held.append(quote)
+        else:
+            self.core.ingest(quote)
+
+    def _release_held(self, upto: int) -> None:
+        """Hand the core the held quotes whose time has come (`ts` at or before `upto`)."""
+        held, self._held = self._held, []
+        for quote in held:
+            if quote.recv_ts <= upto:
+                self.core.ingest(quote)
+            else:
+                self._held.append(quote)
 
     def on_manual(self, market: str, paused: bool, actor: str) -> None:
         self.core.set_manual(market, paused)
@@ -319,11 +340,13 @@ class Service:
         log = self.log.bind(component="gates")
         while True:
             now = self.clock.now_ms()
-            tick = -(-now // interval) * interval
+            self._tick = tick = -(-now // interval) * interval
+            self._release_held(tick)
             await asyncio.sleep((tick - now) / 1000.0)
             behind = self.clock.now_ms() - tick
             if behind > interval:  # the loop was blocked: skip to the present, do not catch up
                 tick += (behind // interval) * interval
+                self._release_held(tick)
             self.metrics.round_lag.observe(max(0, self.clock.now_ms() - tick) / 1000.0)
             started = time.perf_counter()
             result = self.core.run_round(tick)

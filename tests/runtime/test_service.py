@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import itertools
-from collections.abc import Callable
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -13,6 +18,8 @@ from aiohttp.resolver import AsyncResolver, DefaultResolver
 from oracled.clock import Clock
 from oracled.config import Config, SourceConfig, load_config, parse_config
 from oracled.model import Kind, Quote
+from oracled.publish.audit import AuditReader
+from oracled.replay import replay
 from oracled.service import Service
 from oracled.sim import BinanceSim
 from oracled.sources import Source, SourceStats, build_source
@@ -257,3 +264,70 @@ async def test_sources_that_are_not_running_have_no_source_series(tmp_path: Path
         finally:
             service.stop()
             await task
+
+
+@contextlib.contextmanager
+def _sim_in_thread() -> Iterator[BinanceSim]:
+    """A venue on its own event loop in a thread, so that it keeps sending while the daemon's
+    loop is held, as a real venue does."""
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    sim = BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=400.0, volatility=0.001)
+
+    def serve() -> None:
+        loop.run_until_complete(sim.start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(sim.stop())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name="venue")
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield sim
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+async def _busy_loop() -> None:
+    """Hold the event loop for 4 ms every few ms, as a busy daemon's handlers do: the round
+    loop then often wakes late, after sockets that became readable in the meantime."""
+    while True:
+        await asyncio.sleep(0.003)
+        time.sleep(0.004)  # noqa: ASYNC251 - blocking the loop is the point
+
+
+async def test_a_round_never_uses_a_quote_received_after_its_tick(tmp_path: Path) -> None:
+    """The round loop wakes a little after its tick; a quote received in between waits for the
+    next round, as in a replay of the tape (a quote takes part in the rounds at or after its
+    receive time). No stored report shows a negative age, and replaying the audit trail's tape
+    gives the stored price of every round both ran."""
+    trail = tmp_path / "audit.sqlite3"
+    with _sim_in_thread() as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url, 20, trail))
+        cfg = load_config(path)
+        service = Service(cfg)
+        task = asyncio.create_task(service.run())
+        busy = asyncio.create_task(_busy_loop())
+        try:
+            await _round_times(service, 60)
+        finally:
+            busy.cancel()
+            service.stop()
+            await task
+    reader = AuditReader(trail)
+    stored = {s.report.ts: s.report for s in reader.reports("BTC/USDT", 0, 1 << 62)}
+    ages = [src.age_ms for r in stored.values() for src in r.sources if src.age_ms is not None]
+    assert len(ages) > 50 and min(ages) >= 0
+    tape = io.BytesIO()
+    reader.tape(tape, 0, 1 << 62)
+    reader.close()
+    out = io.BytesIO()
+    replay(cfg, io.BytesIO(tape.getvalue()), out)
+    replayed = {r["ts"]: r for r in map(json.loads, out.getvalue().splitlines())}
+    both = sorted(stored.keys() & replayed.keys())
+    assert len(both) > 50
+    assert [replayed[ts]["price"] for ts in both] == [stored[ts].price for ts in both]
