@@ -568,6 +568,9 @@ class Hub:
             return
         before = sub.markets
         sub.markets = markets
+        if markets is not None:  # a filter forgets what it sent of markets it no longer serves
+            for market in [m for m in sub._sent if m not in markets]:
+                del sub._sent[market]
         added: frozenset[str]
         if before is None:
             added = frozenset()  # it already receives every market

@@ -191,6 +191,29 @@ async def test_heartbeat_filter_sends_unmoved_markets_at_least_that_often(
         assert rounds == [start + 4, start + 8]
 
 
+@pytest.mark.parametrize("signed", [False, True])
+async def test_a_filtered_subscriber_gets_a_market_subscribed_again_at_once(
+    client: Client, daemon: Daemonish, signed: bool
+) -> None:
+    """With a deviation filter, unsubscribing a market and subscribing it again sends its
+    latest frame again: the filter forgets a market it no longer serves, so the re-added one
+    does not wait, priceless, for a move past the threshold or a change of status."""
+    daemon.step()
+    kind = "signed" if signed else "report"
+    async with client.ws_connect("/v1/stream") as ws:
+        request = {"op": "subscribe", "markets": ["BTC/USD"], "signed": signed, "deviation": 0.5}
+        await ws.send_json(request)
+        await recv(ws)  # ack
+        first = await recv(ws)
+        assert (first["type"], first["data"]["round"]) == (kind, 1)
+        await ws.send_json({"op": "unsubscribe", "markets": ["BTC/USD"]})
+        assert (await recv(ws))["markets"] == []
+        await ws.send_json({"op": "subscribe", "markets": ["BTC/USD"]})
+        assert (await recv(ws))["markets"] == ["BTC/USD"]
+        again = await recv(ws)
+        assert (again["type"], again["data"]["round"]) == (kind, 1), again
+
+
 async def test_a_heartbeat_alone_is_a_floor_not_a_throttle(
     client: Client, daemon: Daemonish
 ) -> None:
