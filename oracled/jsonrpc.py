@@ -75,8 +75,9 @@ _NET_ERRORS: Final = (aiohttp.ClientError, OSError)
 
 
 def _server_side(code: int) -> bool:
-    """Errors another endpoint may not have: node-side failures and limits."""
-    return -32099 <= code <= -32000 or code == -32603
+    """Errors another endpoint may not have: node-side failures and limits (some providers
+    answer a rate limit as JSON-RPC code 429, outside the reserved range)."""
+    return -32099 <= code <= -32000 or code in (-32603, 429)
 
 
 def redact(url: str) -> str:

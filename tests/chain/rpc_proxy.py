@@ -5,7 +5,7 @@ Modes (`mode`, or one per request from `script` while it lasts):
 "wrong_id" answers valid JSON for another request id; "tamper" forwards but changes one byte of
 every `eth_call` result (an endpoint that lies); "error" answers a server-side JSON-RPC error;
 "rate_limited" answers a JSON-RPC error with code 429 (a rate limit coded outside the
-server-side range, so not failed over); "http500" answers status 500;
+server-side range, as some providers do; failed over like one); "http500" answers status 500;
 "no_result" answers the right id with neither result nor error; "short_batch" forwards a batch
 but leaves the last answer out; "call_refused" forwards a batch but answers its `eth_call` with
 a request-fault error (-32602); "null_call" answers every `eth_call` with a null result; "hold"

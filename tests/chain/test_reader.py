@@ -57,7 +57,7 @@ async def test_endpoint_dying_mid_run_fails_over(
     assert first.failures == 1  # sticky: the dead endpoint is not retried on every block
 
 
-@pytest.mark.parametrize("mode", ["garbage", "wrong_id", "error"])
+@pytest.mark.parametrize("mode", ["garbage", "wrong_id", "error", "rate_limited"])
 async def test_endpoint_answering_garbage_fails_over(
     anvil: Anvil,
     http: aiohttp.ClientSession,
@@ -66,8 +66,9 @@ async def test_endpoint_answering_garbage_fails_over(
     proxy: RpcProxy,
     mode: str,
 ) -> None:
-    """An endpoint that answers bytes that are not JSON-RPC, an answer to another request, or a
-    server-side error is passed over for the next one; the price still comes through."""
+    """An endpoint that answers bytes that are not JSON-RPC, an answer to another request, a
+    server-side error or a rate limit (JSON-RPC code 429) is passed over for the next one; the
+    price still comes through."""
     proxy.mode = mode
     reader = make_reader([proxy.url, anvil.url], http)
     got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
@@ -75,7 +76,8 @@ async def test_endpoint_answering_garbage_fails_over(
     assert got.last.price == 3000.0
     first = reader.rpc.stats[0]
     assert first.garbage + first.failures >= 1
-    assert first.by_kind == {"node" if mode == "error" else "garbage": first.requests}
+    node_side = mode in ("error", "rate_limited")
+    assert first.by_kind == {"node" if node_side else "garbage": first.requests}
 
 
 async def test_every_endpoint_failing_publishes_nothing(
