@@ -415,6 +415,8 @@ class OracleClient:
                                 self.offer(msg.data)
                             elif msg.data.startswith('{"type":"error"'):
                                 self._stream_error(msg.data, log)
+                        if ws.close_code is not None:  # the daemon closed it (1008: too slow)
+                            log.warning("client stream closed", code=ws.close_code)
                 except (aiohttp.ClientError, OSError) as exc:
                     log.warning("client stream failed", error=str(exc))
                 await asyncio.sleep(reconnect_s)

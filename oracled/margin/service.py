@@ -93,7 +93,8 @@ class MarginService:
             await asyncio.sleep(self.step_ms / 1000)
             self._decide()
 
-    async def _connect_once(self, session: aiohttp.ClientSession) -> None:
+    async def _connect_once(self, session: aiohttp.ClientSession) -> int | None:
+        """One connection until it ends; the daemon's close code (1008: too slow), if it closed."""
         async with session.ws_connect(self.url, heartbeat=30.0) as ws:
             await ws.send_json({"op": "subscribe", "markets": list(self.engine.markets)})
             _log.info("connected", url=self.url)
@@ -103,7 +104,9 @@ class MarginService:
                     self._frame(msg.data)
                 elif msg.type is aiohttp.WSMsgType.ERROR:
                     break
+            code = ws.close_code
         self.connected.clear()
+        return code
 
     async def run(self) -> None:
         """Run until cancelled: reconnect with jittered backoff, step on the tick meanwhile."""
@@ -112,9 +115,9 @@ class MarginService:
             tg.create_task(self._ticker(), name="margin-tick")
             while True:
                 try:
-                    await self._connect_once(session)
+                    code = await self._connect_once(session)
                     delay = 0.1
-                    _log.warning("disconnected", url=self.url)
+                    _log.warning("disconnected", url=self.url, code=code)
                 except (aiohttp.ClientError, OSError) as exc:
                     self.connected.clear()
                     _log.warning("connect_failed", url=self.url, error=str(exc)[:200])

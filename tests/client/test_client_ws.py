@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from publish_rig import Rounds, make_config
+from structlog.testing import capture_logs
 
 from oracled.api import ApiContext, build_app
 from oracled.client import OracleClient
@@ -132,3 +133,33 @@ async def test_an_unreadable_error_frame_is_counted_as_malformed() -> None:
             await asyncio.gather(watcher, return_exceptions=True)
     assert dict(client.stream_errors) == {"malformed": 2}
     assert list(client.prices()) == ["BTC/USD"]
+
+
+async def test_a_connection_the_daemon_closes_is_logged_with_its_close_code() -> None:
+    """A daemon that closes the stream (1008: the client fell too far behind) is named in a
+    warning with the close code before the client reconnects, not passed over in silence."""
+    connections: list[int] = []
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json()
+        connections.append(1)
+        await ws.close(code=1008, message=b"slow consumer")
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    client = OracleClient({KEY.address})
+    with capture_logs() as logs:
+        async with TestServer(app, host="127.0.0.1") as server:
+            watcher = asyncio.create_task(client.watch_ws(str(server.make_url("/")), reconnect_s=0))
+            try:
+                async with asyncio.timeout(SAFETY_S):
+                    while len(connections) < 2:  # noqa: ASYNC110 - the server counts them
+                        await asyncio.sleep(0.01)
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+    closed = [e for e in logs if e["event"] == "client stream closed"]
+    assert closed and closed[0]["code"] == 1008 and closed[0]["log_level"] == "warning"
