@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from oracled.model import Report
 from oracled.publish.audit import AuditReader, AuditSchemaError, StoredReport
 
-__all__ = ["add_parser", "cmd_audit", "parse_time"]
+__all__ = ["add_parser", "cmd_audit", "market_symbol", "parse_time"]
 
 _FAR_FUTURE = 1 << 62
 
@@ -49,11 +49,17 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def market_symbol(text: str) -> str:
+    """`BTC/USD`, also written as in the API's paths (`BTC-USD`) or in lower case: a symbol
+    never holds a `-`, and the trail stores the canonical form."""
+    return text.strip().upper().replace("-", "/")
+
+
 def add_parser(sub: Any) -> None:
     """Add the `audit` subcommand to the CLI's subparsers."""
     p = sub.add_parser("audit", help="query the audit trail: timelines, CSV, quote tape")
     p.add_argument("--db", type=Path, required=True, help="audit database (audit.path)")
-    p.add_argument("--market", help="market symbol, e.g. BTC/USD")
+    p.add_argument("--market", type=market_symbol, help="market symbol, e.g. BTC/USD or BTC-USD")
     p.add_argument("--from", dest="start", type=parse_time, default=0, help="window start")
     p.add_argument("--to", dest="end", type=parse_time, default=_FAR_FUTURE, help="window end")
     p.add_argument("--at", type=parse_time, help="show the market's full report in force then")
@@ -101,7 +107,10 @@ def _timeline(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int
             shown += 1
             previous = state
     if not rounds:
-        print(f"{args.market}: no rounds stored in this window", file=out)
+        if next(iter(reader.reports(args.market, 0, _FAR_FUTURE)), None) is None:
+            print(f"{args.market}: no round of this market is stored at all", file=out)
+        else:
+            print(f"{args.market}: no rounds stored in this window", file=out)
         return 1
     print(f"{args.market}: {rounds} round(s), {changes} change(s) of status or reasons", file=out)
     return 0

@@ -398,3 +398,25 @@ def test_a_damaged_database_is_reported_with_exit_2_not_a_traceback(
     assert capsys.readouterr().err.strip() == (
         f"oracled audit: {db}: database disk image is malformed"
     )
+
+
+def test_the_market_may_be_named_as_in_the_api_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--market btc-usd` (the runbook's path form, any case) finds BTC/USD's rounds, where it
+    used to answer 'no rounds stored in this window'; a market the trail never held is named
+    as such, not as an empty window."""
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    feed = Feed(make_config(), audit)
+    for _ in range(3):
+        feed.round()
+    audit.close()
+    capsys.readouterr()  # the writer's log lines
+    market = ["audit", "--db", str(db), "--market"]
+    assert main([*market, "BTC/USD"]) == 0
+    expected = capsys.readouterr().out
+    assert main([*market, "btc-usd"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main([*market, "DOGE-USD"]) == 1
+    assert "DOGE/USD: no round of this market is stored at all" in capsys.readouterr().out
