@@ -201,8 +201,27 @@ def _csv(reader: AuditReader, args: argparse.Namespace) -> int:
     return 0 if rows else 1
 
 
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """A combination of options one of which would be silently ignored, or None."""
+    window = args.start != 0 or args.end != _FAR_FUTURE
+    if args.market is None and (args.at is not None or args.csv is not None):
+        return "--at and --csv are about one market: add --market"
+    if args.at is not None and (window or args.csv is not None or args.tape is not None):
+        return "--at shows one moment: not with --from, --to, --csv or --tape"
+    if args.tape is not None and (args.csv is not None or args.market is not None):
+        return (
+            "--tape writes every market's quotes of the window (routes need the other "
+            "markets): not with --market or --csv"
+        )
+    return None
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Run `oracled audit`; 0 when something was found, 1 when not, 2 on a bad request."""
+    problem = _usage_problem(args)
+    if problem is not None:
+        print(f"oracled audit: {problem}", file=sys.stderr)
+        return 2
     try:
         reader = AuditReader(args.db)
     except (FileNotFoundError, sqlite3.Error, AuditSchemaError) as exc:

@@ -420,3 +420,29 @@ def test_the_market_may_be_named_as_in_the_api_paths(
     assert capsys.readouterr().out == expected
     assert main([*market, "DOGE-USD"]) == 1
     assert "DOGE/USD: no round of this market is stored at all" in capsys.readouterr().out
+
+
+def test_options_that_would_be_ignored_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--at` without `--market` used to print the database's span, `--at` with `--csv` wrote
+    the CSV, `--tape` with `--market` wrote every market: each option one of them ignored is
+    now a usage error (exit 2) that says which."""
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    feed = Feed(make_config(), audit)
+    feed.round()
+    audit.close()
+    capsys.readouterr()
+    base = ["audit", "--db", str(db)]
+    csv_file, tape = str(tmp_path / "out.csv"), str(tmp_path / "out.jsonl")
+    for extra, says in (
+        (["--at", str(T0)], "add --market"),
+        (["--csv", csv_file], "add --market"),
+        (["--market", "BTC/USD", "--at", str(T0), "--csv", csv_file], "--at shows one moment"),
+        (["--market", "BTC/USD", "--at", str(T0), "--from", str(T0)], "--at shows one moment"),
+        (["--market", "BTC/USD", "--tape", tape], "not with --market or --csv"),
+    ):
+        assert main([*base, *extra]) == 2, extra
+        assert says in capsys.readouterr().err, extra
+    assert not Path(csv_file).exists() and not Path(tape).exists()
