@@ -387,10 +387,13 @@ class OracleClient:
         session: aiohttp.ClientSession | None = None,
         reconnect_s: float = 1.0,
         filters: Mapping[str, Any] | None = None,
+        heartbeat_s: float = 20.0,
     ) -> None:
         """Subscribe to a daemon's `WS /v1/stream` for signed frames; reconnect forever.
 
         `filters` passes the stream's per-subscriber options (`deviation`, `heartbeat_ms`).
+        The client pings every `heartbeat_s`: a connection whose daemon stopped answering (a
+        host gone, a network cut that sent no close) is dropped and made again, not waited on.
         A refused request (an error frame: `signing_disabled`, `unknown_market`...) is logged and
         counted in `stream_errors` by its code. Runs until cancelled.
         """
@@ -403,7 +406,8 @@ class OracleClient:
         try:
             while True:
                 try:
-                    async with http.ws_connect(base_url.rstrip("/") + "/v1/stream") as ws:
+                    url = base_url.rstrip("/") + "/v1/stream"
+                    async with http.ws_connect(url, heartbeat=heartbeat_s) as ws:
                         await ws.send_json(request)
                         log.info("client subscribed")
                         async for msg in ws:

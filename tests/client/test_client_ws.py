@@ -163,3 +163,34 @@ async def test_a_connection_the_daemon_closes_is_logged_with_its_close_code() ->
                 await asyncio.gather(watcher, return_exceptions=True)
     closed = [e for e in logs if e["event"] == "client stream closed"]
     assert closed and closed[0]["code"] == 1008 and closed[0]["log_level"] == "warning"
+
+
+async def test_a_daemon_that_stops_answering_is_left_and_connected_again() -> None:
+    """A connection whose daemon no longer answers pings (a host gone, a network cut that sent
+    no close frame) is dropped after the heartbeat and made again, instead of being waited on
+    forever while every market of the client goes unknown."""
+    connections: list[int] = []
+    release = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=False)  # deaf: never answers a ping
+        await ws.prepare(request)
+        connections.append(1)
+        await release.wait()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    client = OracleClient({KEY.address})
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("/"))
+        watcher = asyncio.create_task(client.watch_ws(url, reconnect_s=0, heartbeat_s=0.2))
+        try:
+            async with asyncio.timeout(SAFETY_S):
+                while len(connections) < 2:  # noqa: ASYNC110 - the server counts them
+                    await asyncio.sleep(0.01)
+        finally:
+            release.set()
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+    assert len(connections) >= 2
