@@ -574,6 +574,19 @@ class AuditReader:
             body = self._unpack(dict_id, stored)
             yield StoredReport(_report_decoder.decode(body), body, signer, signature)
 
+    def reports_before(self, market: str, end_ms: int) -> Iterator[StoredReport]:
+        """One market's reports at or before `end_ms`, newest first (read lazily: the report
+        in force at a time costs one row, not the whole history)."""
+        rows = self._db.execute(
+            f"SELECT {self._body_column}, o.signer, o.signature FROM reports r "
+            "JOIN rounds o ON o.id = r.round_id "
+            "WHERE r.market = ? AND r.ts <= ? ORDER BY r.ts DESC, r.round_id DESC",
+            (market, end_ms),
+        )
+        for dict_id, stored, signer, signature in rows:
+            body = self._unpack(dict_id, stored)
+            yield StoredReport(_report_decoder.decode(body), body, signer, signature)
+
     def report_lines(self, start_ms: int, end_ms: int) -> Iterator[bytes]:
         """Every stored report as the JSON line `oracled replay` prints, in round and
         market order: the byte-for-byte reference for a replay of `tape()`."""

@@ -139,12 +139,16 @@ def _gap_warning(
 
 
 def _at(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
-    found: StoredReport | None = None
+    newest = reader.reports_before(args.market, args.at)
+    found: StoredReport | None = next(newest, None)
+    previous = next(newest, None)
     before: int | None = None  # the time of the round just before `found`, if consecutive
-    for stored in reader.reports(args.market, 0, args.at):
-        consecutive = found is not None and stored.report.round == found.report.round + 1
-        before = found.report.ts if consecutive and found is not None else None
-        found = stored
+    if (
+        found is not None
+        and previous is not None
+        and previous.report.round + 1 == found.report.round
+    ):
+        before = previous.report.ts
     if found is None:
         print(f"{args.market}: nothing stored at or before {_iso(args.at)}", file=out)
         return 1
