@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 
 import structlog
 
@@ -128,13 +131,38 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_run(args: argparse.Namespace, record: Path | None = None) -> int:
+class _Hangups:
+    """SIGHUPs that come before the daemon's event loop handles them (importing the runtime
+    takes about a second): Python's default would end the process without a word, as a
+    `systemctl reload` just after `start` did. They are counted, and the daemon reloads once
+    it runs; other commands get SIGHUP's previous meaning back (`release`), and any SIGHUP
+    that came meanwhile."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: Callable[[int, FrameType | None], object] | int | None = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGHUP, self._on_hangup)
+
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def release(self) -> int:
+        """Give SIGHUP its previous handler back; return how many came meanwhile."""
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+        return self.count
+
+
+def _cmd_run(args: argparse.Namespace, hangups: _Hangups, record: Path | None = None) -> int:
     cfg = _load(args.config)  # before importing the runtime: a bad config fails fast
     from oracled.service import Service, run_service
 
     service = Service(
         cfg, listen=args.listen, record=record, config_path=args.config, freeze_gc=True
     )
+    service.early_hangups = lambda: hangups.count
     run_service(service, _loop_factory())
     return EXIT_OK
 
@@ -188,16 +216,23 @@ def _cmd_margin_tools(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    hangups = _Hangups()
+    parsed: argparse.Namespace | None = None
+    try:
+        parsed = args = _parser().parse_args(argv)
+    finally:
+        daemon = parsed is not None and parsed.command in ("run", "record")
+        if not daemon and hangups.release():
+            signal.raise_signal(signal.SIGHUP)  # not a daemon: a hang-up means what it did
     if args.command in _DEFAULT_CONFIG_COMMANDS and args.config is None:
         args.config = default_config()
     try:
         if args.command == "check-config":
             return _cmd_check(args)
         if args.command == "run":
-            return _cmd_run(args)
+            return _cmd_run(args, hangups)
         if args.command == "record":
-            return _cmd_run(args, record=args.out)
+            return _cmd_run(args, hangups, record=args.out)
         if args.command == "replay":
             return _cmd_replay(args)
         if args.command in ("stress", "scenario", "margin"):

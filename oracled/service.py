@@ -180,6 +180,8 @@ class Service:
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # set by run(); read by /metrics
+        #: SIGHUPs the command line caught before run() handles them (oracled/cli.py).
+        self.early_hangups: Callable[[], int] = lambda: 0
 
     # -- the quote path -------------------------------------------------------------------
     def on_quote(self, quote: Quote) -> None:
@@ -421,6 +423,8 @@ class Service:
                 loop.add_signal_handler(sig, self._on_signal, sig)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+            if self.early_hangups():  # a reload asked for while the process was starting
+                self._on_hangup()
         runner = await self._start_api()
         self._session = session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         if self.audit is not None:

@@ -7,6 +7,7 @@ import contextlib
 import io
 import itertools
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp.resolver import AsyncResolver, DefaultResolver
 
+from oracled.cli import _Hangups
 from oracled.clock import Clock
 from oracled.config import Config, SourceConfig, load_config, parse_config
 from oracled.model import Kind, Quote
@@ -331,3 +333,33 @@ async def test_a_round_never_uses_a_quote_received_after_its_tick(tmp_path: Path
     both = sorted(stored.keys() & replayed.keys())
     assert len(both) > 50
     assert [replayed[ts]["price"] for ts in both] == [stored[ts].price for ts in both]
+
+
+async def test_a_sighup_while_starting_is_a_reload_once_running(tmp_path: Path) -> None:
+    """`systemctl reload` just after `start`: a SIGHUP that comes while `oracled run` is still
+    importing the runtime is held by the command line (Python's default would end the process
+    without a word) and becomes a reload as soon as the daemon runs."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url, 50, None))
+        hangups = _Hangups()
+        try:
+            signal.raise_signal(signal.SIGHUP)  # would end this process without the latch
+            service = Service(load_config(path), config_path=path)
+            service.early_hangups = lambda: hangups.count
+            task = asyncio.create_task(service.run())
+            try:
+                async with asyncio.timeout(10):
+                    for _ in itertools.count():
+                        if _reloads(service, "applied"):
+                            break
+                        await asyncio.sleep(0.02)
+            finally:
+                service.stop()
+                await task
+        finally:
+            assert hangups.release() == 1  # the test's own SIGHUP handling is back
+
+
+def _reloads(service: Service, result: str) -> float:
+    return service.metrics.reloads.labels(result)._value.get()
