@@ -174,7 +174,8 @@ class StreamHandler:
             raise ApiError(400, "bad_request", f"not a valid request: {exc}") from None
         options = self._options(op, sub)
         every = frozenset(self._order)  # the markets of the config in force
-        current = every if sub.markets is None else sub.markets
+        # A market a reload removed leaves the set (it has no position to list it by).
+        current = every if sub.markets is None else sub.markets & every
         named = frozenset(market_list(op.markets, self._order)) if op.markets else None
         markets: frozenset[str] | None
         if op.op == "subscribe":

@@ -232,3 +232,30 @@ async def test_a_request_of_16_kib_or_more_closes_the_stream_with_1009(
         while rig.hub.subscribers:  # noqa: ASYNC110 - the hub exposes no event to wait on
             await asyncio.sleep(0.01)
     assert sum(rig.hub.dropped_subscribers.values()) == 0
+
+
+async def test_a_subscription_to_a_market_a_reload_removed_can_still_change(
+    make_client: ClientFactory,
+) -> None:
+    """A client subscribed to SOL/USD when a reload removes it: its next request is answered,
+    with the removed market gone from the set, where the connection used to close (1000, no
+    frame, nothing logged) on the removed market's lookup."""
+    rig = Rig(make_config())
+    data = copy.deepcopy(CONFIG)
+    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
+    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    client = await make_client(rig)
+    rig.step()
+    async with client.ws_connect("/v1/stream") as ws:
+        assert (await ask(ws, {"op": "subscribe", "markets": ["SOL/USD"]}))["markets"] == [
+            "SOL/USD"
+        ]
+        assert report(await recv(ws)) == ("SOL/USD", 1)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        resp = await client.post("/v1/admin/reload", headers=auth)
+        assert (await resp.json())["markets_removed"] == ["SOL/USD"]
+        ack = await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
+        assert ack == {"type": "subscribed", "markets": ["BTC/USD"]}
+        assert report(await recv(ws)) == ("BTC/USD", 1)
+        ack = await ask(ws, {"op": "unsubscribe", "markets": ["ETH/USD"]})
+        assert ack == {"type": "unsubscribed", "markets": ["BTC/USD"]}
