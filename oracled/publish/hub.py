@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DROP_SHUTDOWN",
     "DROP_SLOW",
+    "MARKET_REMOVED",
     "SLICE",
     "Hub",
     "Subscription",
@@ -57,6 +58,9 @@ __all__ = [
 ]
 
 DROP_SLOW = "slow_consumer"  # the buffer could not take a round's frames
+#: Error frame code: markets a subscription received were removed by a config reload.
+MARKET_REMOVED = "market_removed"
+_encode_frame = msgspec.json.Encoder().encode
 DROP_SHUTDOWN = "shutdown"  # the hub was closed
 _UNSUBSCRIBED = "unsubscribed"  # closed by its owner; not counted as a drop
 
@@ -270,8 +274,10 @@ class Hub:
     def publish(self, result: RoundResult) -> None:
         """Make `result` the latest; the fan-out to subscribers runs soon after, never inside."""
         if result.layout is not self._layout:
+            before = self._index
             self._layout = result.layout
             self._index = {m: i for i, m in enumerate(result.layout.markets)}
+            self._tell_removed([m for m in before if m not in self._index])
         self._latest = result
         # New dicts rather than clear(): the old round's objects are freed in one go, later.
         self._reports, self._encoded, self._frames, self._shared = {}, {}, {}, {}
@@ -284,6 +290,31 @@ class Hub:
             return
         self._scheduled = True
         loop.call_soon(self._fan_out)
+
+    def _tell_removed(self, removed: list[str]) -> None:
+        """A reload removed `removed`: every subscription that received one of them gets an
+        error frame naming them (code `market_removed`) instead of silence, and they leave its
+        market set, so that nobody keeps a market's last report as if more were coming."""
+        if not removed:
+            return
+        for sub in list(self._subs):
+            gone = removed if sub.markets is None else [m for m in removed if m in sub.markets]
+            if not gone:
+                continue
+            if sub.markets is not None:
+                sub.markets = sub.markets.difference(gone)
+            for market in gone:
+                sub._sent.pop(market, None)
+            frame = _encode_frame(
+                {
+                    "type": "error",
+                    "code": MARKET_REMOVED,
+                    "message": f"removed by a config reload, no more reports: {', '.join(gone)}",
+                    "markets": gone,
+                }
+            )
+            if not sub._offer([frame]):
+                self._drop(sub, DROP_SLOW)
 
     def _fan_out(self, sliced: bool = True) -> None:
         """Encode what the unfiltered subscriptions need, slice by slice, then deliver."""

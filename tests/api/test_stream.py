@@ -259,3 +259,49 @@ async def test_a_subscription_to_a_market_a_reload_removed_can_still_change(
         assert report(await recv(ws)) == ("BTC/USD", 1)
         ack = await ask(ws, {"op": "unsubscribe", "markets": ["ETH/USD"]})
         assert ack == {"type": "unsubscribed", "markets": ["BTC/USD"]}
+
+
+async def test_subscribers_of_a_market_a_reload_removed_are_told_so(
+    make_client: ClientFactory,
+) -> None:
+    """When a reload removes SOL/USD, the first round after it sends each connection that was
+    receiving SOL/USD (named, or as every market) an error frame `market_removed` naming it,
+    before that round's reports; a connection without it gets nothing of the kind, and SOL/USD
+    never appears again."""
+    rig = Rig(make_config())
+    data = copy.deepcopy(CONFIG)
+    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
+    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    client = await make_client(rig)
+    rig.step()
+    async with (
+        client.ws_connect("/v1/stream") as named,
+        client.ws_connect("/v1/stream") as every,
+        client.ws_connect("/v1/stream") as other,
+    ):
+        await ask(named, {"op": "subscribe", "markets": ["SOL/USD", "BTC/USD"]})
+        await ask(every, {"op": "subscribe"})
+        await ask(other, {"op": "subscribe", "markets": ["ETH/USD"]})
+        for ws, count in ((named, 2), (every, 3), (other, 1)):
+            [await recv(ws) for _ in range(count)]  # the snapshots
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        resp = await client.post("/v1/admin/reload", headers=auth)
+        assert (await resp.json())["markets_removed"] == ["SOL/USD"]
+        rig.step()
+        for ws in (named, every):
+            notice = await recv(ws)
+            assert (notice["type"], notice["code"], notice["markets"]) == (
+                "error",
+                "market_removed",
+                ["SOL/USD"],
+            )
+            assert "SOL/USD" in notice["message"]
+        assert report(await recv(named)) == ("BTC/USD", 2)
+        assert [report(await recv(every)) for _ in range(2)] == [("BTC/USD", 2), ("ETH/USD", 2)]
+        assert report(await recv(other)) == ("ETH/USD", 2)
+        rig.step()
+        assert report(await recv(named)) == ("BTC/USD", 3)
+        assert [report(await recv(every)) for _ in range(2)] == [("BTC/USD", 3), ("ETH/USD", 3)]
+        assert report(await recv(other)) == ("ETH/USD", 3)
+        ack = await ask(named, {"op": "subscribe", "markets": ["ETH/USD"]})
+        assert ack["markets"] == ["BTC/USD", "ETH/USD"]
