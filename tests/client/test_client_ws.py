@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,6 +20,34 @@ from oracled.publish.signer import RoundSigner, SigningKey
 
 KEY = SigningKey.from_hex("0x" + "44" * 32)
 SAFETY_S = 15.0  # guards against hangs only
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def stream_app(handler: Handler) -> web.Application:
+    """A scripted daemon: `handler` serves every connection to /v1/stream."""
+    app = web.Application()
+    app.router.add_get("/v1/stream", handler)
+    return app
+
+
+async def watch_until(
+    client: OracleClient,
+    app: web.Application,
+    done: Callable[[], bool],
+    *args: Any,
+    **kwargs: Any,
+) -> None:
+    """Run `client.watch_ws` (with `args`, `kwargs`) against `app` on loopback until `done()`
+    holds, then stop it; a wait that outlasts SAFETY_S fails the test instead of hanging."""
+    async with TestServer(app, host="127.0.0.1") as server:
+        watcher = asyncio.create_task(client.watch_ws(str(server.make_url("/")), *args, **kwargs))
+        try:
+            async with asyncio.timeout(SAFETY_S):
+                while not done():  # noqa: ASYNC110 - the conditions have no event to wait on
+                    await asyncio.sleep(0.01)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
 
 
 async def test_a_binary_frame_makes_the_client_reconnect_and_ask_again() -> None:
@@ -39,19 +68,12 @@ async def test_a_binary_frame_makes_the_client_reconnect_and_ask_again() -> None
         await ws.receive()  # until the client goes
         return ws
 
-    app = web.Application()
-    app.router.add_get("/v1/stream", stream)
     client = OracleClient({KEY.address}, now_ms=lambda: signed.ts)
-    async with TestServer(app, host="127.0.0.1") as server:
-        watcher = asyncio.create_task(client.watch_ws(str(server.make_url("/")), reconnect_s=0))
-        try:
-            async with asyncio.timeout(SAFETY_S):
-                # the third connection's ETH/USD is a replay: the client has read it
-                while len(requests) < 3 or not client.rejected["replayed"]:  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+
+    def replayed() -> bool:  # the third connection's ETH/USD is a replay: the client has read it
+        return len(requests) >= 3 and bool(client.rejected["replayed"])
+
+    await watch_until(client, stream_app(stream), replayed, reconnect_s=0)
     assert requests[:3] == [{"op": "subscribe", "signed": True}] * 3
     assert client.markets == ["BTC/USD", "ETH/USD"]  # SOL/USD came after a binary frame only
     assert client.accepted == 2
@@ -91,15 +113,7 @@ async def test_a_refused_subscription_is_counted_not_silently_ignored(
     have) answers with an error frame and then sends nothing: the client counts the error by
     its code in `stream_errors` instead of waiting for prices in silence."""
     client = OracleClient({KEY.address})
-    async with TestServer(_daemon_app(signing), host="127.0.0.1") as server:
-        watcher = asyncio.create_task(client.watch_ws(str(server.make_url("/")), markets))
-        try:
-            async with asyncio.timeout(SAFETY_S):
-                while not client.stream_errors:  # noqa: ASYNC110 - nothing else to wait on
-                    await asyncio.sleep(0.01)
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+    await watch_until(client, _daemon_app(signing), lambda: bool(client.stream_errors), markets)
     assert dict(client.stream_errors) == {code: 1}
     assert client.accepted == 0 and client.markets == []
 
@@ -119,18 +133,9 @@ async def test_an_unreadable_error_frame_is_counted_as_malformed() -> None:
         await ws.receive()  # until the client goes
         return ws
 
-    app = web.Application()
-    app.router.add_get("/v1/stream", stream)
     client = OracleClient({KEY.address}, now_ms=lambda: signed.ts)
-    async with TestServer(app, host="127.0.0.1") as server:
-        watcher = asyncio.create_task(client.watch_ws(str(server.make_url("/")), reconnect_s=9))
-        try:
-            async with asyncio.timeout(SAFETY_S):
-                while not client.accepted:  # noqa: ASYNC110 - the frame after the bad ones
-                    await asyncio.sleep(0.01)
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+    # the frame after the bad ones
+    await watch_until(client, stream_app(stream), lambda: bool(client.accepted), reconnect_s=9)
     assert dict(client.stream_errors) == {"malformed": 2}
     assert list(client.prices()) == ["BTC/USD"]
 
@@ -148,19 +153,9 @@ async def test_a_connection_the_daemon_closes_is_logged_with_its_close_code() ->
         await ws.close(code=1008, message=b"slow consumer")
         return ws
 
-    app = web.Application()
-    app.router.add_get("/v1/stream", stream)
     client = OracleClient({KEY.address})
     with capture_logs() as logs:
-        async with TestServer(app, host="127.0.0.1") as server:
-            watcher = asyncio.create_task(client.watch_ws(str(server.make_url("/")), reconnect_s=0))
-            try:
-                async with asyncio.timeout(SAFETY_S):
-                    while len(connections) < 2:  # noqa: ASYNC110 - the server counts them
-                        await asyncio.sleep(0.01)
-            finally:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+        await watch_until(client, stream_app(stream), lambda: len(connections) >= 2, reconnect_s=0)
     closed = [e for e in logs if e["event"] == "client stream closed"]
     assert closed and closed[0]["code"] == 1008 and closed[0]["log_level"] == "warning"
 
@@ -179,18 +174,15 @@ async def test_a_daemon_that_stops_answering_is_left_and_connected_again() -> No
         await release.wait()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/v1/stream", stream)
     client = OracleClient({KEY.address})
-    async with TestServer(app, host="127.0.0.1") as server:
-        url = str(server.make_url("/"))
-        watcher = asyncio.create_task(client.watch_ws(url, reconnect_s=0, heartbeat_s=0.2))
-        try:
-            async with asyncio.timeout(SAFETY_S):
-                while len(connections) < 2:  # noqa: ASYNC110 - the server counts them
-                    await asyncio.sleep(0.01)
-        finally:
-            release.set()
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+    try:
+        await watch_until(
+            client,
+            stream_app(stream),
+            lambda: len(connections) >= 2,
+            reconnect_s=0,
+            heartbeat_s=0.2,
+        )
+    finally:
+        release.set()
     assert len(connections) >= 2
