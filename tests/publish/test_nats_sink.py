@@ -73,31 +73,40 @@ async def test_each_market_has_its_subject_and_the_client_verifies_them(
     sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
     task = await running(sink)
     sub_nc = await consumer(server.url)
-    received: dict[str, bytes] = {}
+    try:
+        received: dict[str, bytes] = {}
 
-    async def keep(msg: Any) -> None:
-        received[msg.subject] = msg.data
+        async def keep(msg: Any) -> None:
+            received[msg.subject] = msg.data
 
-    await sub_nc.subscribe("oracled.>", cb=keep)
-    await sub_nc.flush()
-    rounds = Rounds(make_config())
-    signed = RoundSigner(KEY).sign(rounds.step())
-    sink.submit(signed)
-    subjects = {
-        "oracled.prices.BTC-USD",
-        "oracled.prices.ETH-USD",
-        "oracled.prices.SOL-USD",
-        "oracled.rounds",
-    }
-    await until(lambda: set(received) == subjects, "every subject")
-    client = OracleClient({KEY.address}, now_ms=lambda: signed.ts)
-    for subject in subjects - {"oracled.rounds"}:
-        client.feed(received[subject])
-    assert client.price("ETH/USD").status == "active"
-    assert msgspec.json.decode(received["oracled.rounds"])["root"] == "0x" + signed.root.hex()
-    assert sink.stats.published == 4 and sink.stats.connected
-    await sub_nc.close()
-    await stop(task)
+        await sub_nc.subscribe("oracled.>", cb=keep)
+        await sub_nc.flush()
+        rounds = Rounds(make_config())
+        signed = RoundSigner(KEY).sign(rounds.step())
+        sink.submit(signed)
+        subjects = {
+            "oracled.prices.BTC-USD",
+            "oracled.prices.ETH-USD",
+            "oracled.prices.SOL-USD",
+            "oracled.rounds",
+        }
+        try:
+            await until(lambda: subjects <= set(received), "every subject")
+        except TimeoutError:  # say what did arrive and what the sink did
+            raise AssertionError(
+                f"received {sorted(received)}; sink {sink.stats}; server log:\n"
+                + server.log.read_text()[-2000:]
+            ) from None
+        assert set(received) == subjects
+        client = OracleClient({KEY.address}, now_ms=lambda: signed.ts)
+        for subject in subjects - {"oracled.rounds"}:
+            client.feed(received[subject])
+        assert client.price("ETH/USD").status == "active"
+        assert msgspec.json.decode(received["oracled.rounds"])["root"] == "0x" + signed.root.hex()
+        assert sink.stats.published == 4 and sink.stats.connected
+    finally:
+        await sub_nc.close()
+        await stop(task)
 
 
 async def test_unsigned_rounds_publish_reports_that_the_client_refuses(
