@@ -286,10 +286,11 @@ class DaemonProcess:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "oracled.cli", "run", "--config", str(self.config),
+                [sys.executable, "-m", "oracled.cli", "run", "--config", str(self.config.resolve()),
                  "--listen", f"127.0.0.1:{self.port}"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                cwd=self.config.parent,  # relative paths of the config land in the work dir
             )  # fmt: skip
 
     @property

@@ -106,6 +106,9 @@ class OracleConfig(_Frozen):
     jump_confirm_rounds: Annotated[int, Field(ge=1, le=10_000)] = 4
     min_price: PosFloat = 1e-12
     max_price: PosFloat = 1e12
+    #: Where operator pauses are kept across restarts (oracled/manual.py), relative to the
+    #: working directory; unset, a restart lifts them.
+    manual_pauses_file: Annotated[str, Field(min_length=1)] | None = None
 
 
 class ApiConfig(_Frozen):

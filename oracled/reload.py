@@ -25,6 +25,7 @@ __all__ = ["RESTART_ONLY", "ConfigChanges", "config_changes", "running_config", 
 #: must stay whole; its readers still start only with the daemon (reported, as for the others).
 RESTART_ONLY: tuple[str, ...] = (
     "oracle.round_interval_ms",
+    "oracle.manual_pauses_file",
     "api.listen",
     "api.admin_token_env",
     "api.stream_queue",

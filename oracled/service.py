@@ -28,6 +28,7 @@ from oracled.clock import Clock, SystemClock
 from oracled.config import Config, SourceConfig, load_config, parse_listen
 from oracled.core import Core, RoundResult
 from oracled.errors import ConfigError
+from oracled.manual import ManualPauses, Pause
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Kind, Quote
 from oracled.publish.audit import AuditTrail
@@ -147,6 +148,12 @@ class Service:
             SignerWorker(self.signer, self._on_signed) if self.signer is not None else None
         )
         self.log = structlog.get_logger("oracled").bind(component="service")
+        # Operator pauses kept across restarts (oracled/manual.py): restored before any round.
+        file = cfg.oracle.manual_pauses_file
+        self.manual_pauses = ManualPauses(Path(file)) if file is not None else None
+        self._paused: dict[str, Pause] = {}
+        if self.manual_pauses is not None:
+            self._restore_pauses(self.manual_pauses.load())
         self.source_stats: dict[str, SourceStats] = {
             sid: SourceStats(source=sid) for sid, s in cfg.sources.items() if s.enabled
         }
@@ -214,6 +221,32 @@ class Service:
         action = "pause" if paused else "resume"
         self.metrics.manual_actions.labels(market, action).inc()
         self.log.warning("manual gate", market=market, action=action, actor=actor)
+        if paused:
+            self._paused[market] = Pause(actor, self.clock.now_ms())
+        else:
+            self._paused.pop(market, None)
+        self._save_pauses()
+
+    def _restore_pauses(self, kept: dict[str, Pause]) -> None:
+        """Pause again what an operator paused before the restart; a market the config no
+        longer has is dropped from the file, with a warning."""
+        for market, pause in kept.items():
+            if market in self.core.index:
+                self.core.set_manual(market, True)
+                self._paused[market] = pause
+                self.log.warning(
+                    "manual pause restored", market=market, actor=pause.actor, since_ms=pause.ts
+                )
+            else:
+                self.log.warning(
+                    "manual pause of a market no longer configured dropped", market=market
+                )
+        if len(self._paused) != len(kept):
+            self._save_pauses()
+
+    def _save_pauses(self) -> None:
+        if self.manual_pauses is not None:
+            self.manual_pauses.save(self._paused)
 
     def stop(self) -> None:
         self._stop.set()
@@ -290,6 +323,11 @@ class Service:
             for sid in changes.sources_restarted:
                 await self._stop_source(sid)
                 self._start_source(sid)
+            gone = [m for m in self._paused if m not in self.core.index]
+            for market in gone:  # a market the reload removed takes its pause with it
+                del self._paused[market]
+            if gone:
+                self._save_pauses()
             self.metrics.reloads.labels("applied").inc()
             self.log.warning("config reloaded", actor=actor, **changes.as_dict())
             return changes.as_dict()
@@ -471,6 +509,8 @@ class Service:
                 self._signer_worker.close()
             if self.audit is not None:
                 self.audit.close(1.0)
+            if self.manual_pauses is not None:
+                self.manual_pauses.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)

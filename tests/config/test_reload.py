@@ -27,6 +27,7 @@ def _data(**sections: Any) -> dict[str, Any]:
 
 CHANGES: dict[str, dict[str, Any]] = {
     "oracle.round_interval_ms": {"oracle": {"round_interval_ms": 1000}},
+    "oracle.manual_pauses_file": {"oracle": {"manual_pauses_file": "pauses.json"}},
     "api.listen": {"api": {"listen": "127.0.0.1:9999"}},
     "api.admin_token_env": {"api": {"admin_token_env": "OTHER_TOKEN"}},
     "api.stream_queue": {"api": {"stream_queue": 7}},

@@ -75,7 +75,7 @@ class Daemon:
                 "oracled.cli",
                 self.argv[1],
                 "--config",
-                str(self.config),
+                str(self.config.resolve()),
                 "--listen",
                 f"127.0.0.1:{self.port}",
                 *extra,
@@ -83,6 +83,9 @@ class Daemon:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
+            # Relative paths of the config (an audit trail, the kept manual pauses) land in the
+            # test's own directory, never in the checkout where the next run would find them.
+            cwd=self.config.parent,
         )
         self.session = aiohttp.ClientSession()
         await self.wait_for(self._healthy, 20.0, "healthz")

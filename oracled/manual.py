@@ -1,0 +1,119 @@
+"""Operator pauses that outlive the process: the manual gate's state in a small JSON file.
+
+A market an operator paused (`POST /v1/admin/markets/{market}/pause`) must not go live again
+because the daemon restarted: a deploy, a crash or the OOM killer during an incident would
+otherwise lift the pause behind the operator's back. With `oracle.manual_pauses_file` set, every
+pause and resume rewrites the file, and start-up reads it back before the first round.
+
+The file is written whole and atomically (a temporary file beside it, fsync, rename), by one
+worker thread, in the order of the actions, so that the event loop never waits on the disk and
+a crash mid-write leaves the previous version. A file that exists but cannot be read stops the
+start with a config error: the daemon cannot know which markets were meant to stay paused.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from oracled.errors import ConfigError
+
+__all__ = ["FORMAT", "ManualPauses", "Pause"]
+
+FORMAT = "oracled-manual-pauses"
+_VERSION = 1
+
+
+class Pause(msgspec.Struct, frozen=True):
+    """Who paused a market, and when (ms since the epoch, the daemon's clock)."""
+
+    actor: str
+    ts: int
+
+
+class _File(msgspec.Struct, forbid_unknown_fields=True):
+    format: str
+    version: int
+    paused: dict[str, Pause]
+
+
+_decode = msgspec.json.Decoder(_File).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class ManualPauses:
+    """The file of one daemon's manual pauses: read at start-up, rewritten after each change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manual-pauses")
+        self._log = structlog.get_logger("oracled").bind(component="manual", path=str(path))
+
+    def load(self) -> dict[str, Pause]:
+        """The pauses kept by the last run: none if the file does not exist yet (a first start);
+        ConfigError if it exists and cannot be read as this format."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ConfigError(
+                [f"oracle.manual_pauses_file: cannot read {self.path} ({exc.strerror or exc})"]
+            ) from None
+        try:
+            state = _decode(data)
+        except msgspec.DecodeError as exc:
+            raise ConfigError(
+                [
+                    f"oracle.manual_pauses_file: {self.path} is not a pause file ({exc}); "
+                    "fix it, or move it aside to start with no market paused"
+                ]
+            ) from None
+        if (state.format, state.version) != (FORMAT, _VERSION):
+            raise ConfigError(
+                [
+                    f"oracle.manual_pauses_file: {self.path} is {state.format!r} version "
+                    f"{state.version}, not {FORMAT!r} version {_VERSION}"
+                ]
+            )
+        return state.paused
+
+    def save(self, paused: Mapping[str, Pause]) -> Future[None]:
+        """Rewrite the file with `paused` in the worker thread; a failure is logged there (the
+        pause itself holds in the running process either way)."""
+        body = _encode(_File(FORMAT, _VERSION, dict(sorted(paused.items()))))
+        return self._writer.submit(self._write, body)
+
+    def close(self) -> None:
+        """Wait for the writes already asked for; no more after this."""
+        self._writer.shutdown(wait=True)
+
+    def _write(self, body: bytes) -> None:
+        directory = self.path.parent
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(body + b"\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the rename itself survives a power cut
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            self._log.error(
+                "manual pauses not saved: a restart would lift them",
+                error=exc.strerror or str(exc),
+            )

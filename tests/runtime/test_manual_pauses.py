@@ -1,0 +1,156 @@
+"""Operator pauses kept across restarts: the file itself, and a real service stopped and started."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from oracled.config import Config, parse_config
+from oracled.errors import ConfigError
+from oracled.manual import FORMAT, ManualPauses, Pause
+from oracled.service import Service
+from oracled.sim import BinanceSim
+
+MARKETS = ("BTC/USDT", "ETH/USDT")
+
+
+def test_pauses_are_written_whole_and_read_back(tmp_path: Path) -> None:
+    """A save replaces the file at once (no temporary file left beside it) and load returns
+    exactly what was saved; a later save with fewer markets forgets the others."""
+    path = tmp_path / "pauses.json"
+    pauses = ManualPauses(path)
+    kept = {"ETH/USDT": Pause("ops@desk", 1_700_000_000_000), "BTC/USDT": Pause("risk", 5)}
+    pauses.save(kept).result()
+    assert json.loads(path.read_text())["format"] == FORMAT
+    assert ManualPauses(path).load() == kept
+    pauses.save({"BTC/USDT": Pause("risk", 5)}).result()
+    pauses.close()
+    assert ManualPauses(path).load() == {"BTC/USDT": Pause("risk", 5)}
+    assert [p.name for p in tmp_path.iterdir()] == ["pauses.json"]
+
+
+def test_no_file_is_a_first_start_and_an_unreadable_file_stops_the_start(tmp_path: Path) -> None:
+    """A missing file means nothing was paused; a file that is not a pause file, another format
+    or version, or not a file at all is a config error naming the path: the daemon cannot know
+    what was meant to stay paused."""
+    assert ManualPauses(tmp_path / "none.json").load() == {}
+    cases = {
+        "garbage.json": b"{not json",
+        "shape.json": b'{"format": "oracled-manual-pauses", "version": 1, "paused": []}',
+        "format.json": b'{"format": "other", "version": 1, "paused": {}}',
+        "version.json": b'{"format": "oracled-manual-pauses", "version": 9, "paused": {}}',
+    }
+    for name, body in cases.items():
+        (tmp_path / name).write_bytes(body)
+        with pytest.raises(ConfigError) as caught:
+            ManualPauses(tmp_path / name).load()
+        assert str(tmp_path / name) in caught.value.problems[0], name
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(ConfigError, match="cannot read"):
+        ManualPauses(tmp_path / "dir.json").load()
+
+
+def test_a_failed_write_is_logged_and_the_last_good_file_stays(tmp_path: Path) -> None:
+    """A save that cannot be written (its directory is gone) is logged as an error that says a
+    restart would lift the pause; it raises nowhere and leaves the previous file as it was."""
+    path = tmp_path / "pauses.json"
+    pauses = ManualPauses(path)
+    pauses.save({"BTC/USDT": Pause("ops", 1)}).result()
+    lost = ManualPauses(tmp_path / "gone" / "pauses.json")
+    with capture_logs() as logs:
+        lost.save({"BTC/USDT": Pause("ops", 2)}).result()
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+        "manual pauses not saved: a restart would lift them"
+    ]
+    assert ManualPauses(path).load() == {"BTC/USDT": Pause("ops", 1)}
+
+
+def _config(sim: BinanceSim, pauses: Path) -> Config:
+    return parse_config(
+        {
+            "oracle": {
+                "round_interval_ms": 50,
+                "resume_rounds": 2,
+                "manual_pauses_file": str(pauses),
+            },
+            "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
+            "sources": {"v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}},
+            "markets": [
+                {"symbol": m, "min_sources": 1, "sources": [{"source": "v", "pair": m}]}
+                for m in MARKETS
+            ],
+        },
+        env={},
+    )
+
+
+async def _statuses(service: Service, rounds: int) -> list[tuple[str, str, list[str]]]:
+    """(market, status, reasons) of every market in each of the next `rounds` rounds."""
+    seen: list[tuple[str, str, list[str]]] = []
+    last = None
+    async with asyncio.timeout(10):
+        while len(seen) < rounds * len(MARKETS):
+            await asyncio.sleep(0.01)
+            result = service.hub.latest_result
+            if result is None or result.round == last:
+                continue
+            last = result.round
+            for m in MARKETS:
+                report = service.hub.report(m)
+                assert report is not None
+                seen.append((m, report.status, report.reasons))
+    return seen
+
+
+async def test_a_paused_market_stays_paused_across_a_restart(tmp_path: Path) -> None:
+    """BTC/USDT paused by an operator, the daemon stopped and started again: the new process
+    restores the pause before its first round (logged with the actor), so BTC/USDT never goes
+    live while ETH/USDT does (degraded: `thin`, one source); a resume then empties the file."""
+    path = tmp_path / "pauses.json"
+    async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}, rate_hz=40.0) as sim:
+        first = Service(_config(sim, path))
+        task = asyncio.create_task(first.run())
+        await first.started.wait()
+        first.on_manual("BTC/USDT", True, "ops@desk")
+        first.stop()
+        await task
+        assert set(ManualPauses(path).load()) == {"BTC/USDT"}
+
+        with capture_logs() as logs:
+            second = Service(_config(sim, path))
+        restored = [e for e in logs if e["event"] == "manual pause restored"]
+        assert [(e["market"], e["actor"]) for e in restored] == [("BTC/USDT", "ops@desk")]
+        task = asyncio.create_task(second.run())
+        try:
+            seen = await _statuses(second, 8)
+            assert any(m == "ETH/USDT" and status == "degraded" for m, status, _ in seen)
+            btc = [(status, reasons) for m, status, reasons in seen if m == "BTC/USDT"]
+            assert all(status not in ("active", "degraded") for status, _ in btc), btc
+            assert all("manual" in reasons for _, reasons in btc), btc
+            second.on_manual("BTC/USDT", False, "ops@desk")
+        finally:
+            second.stop()
+            await task
+    assert ManualPauses(path).load() == {}
+
+
+async def test_a_kept_pause_of_a_market_no_longer_configured_is_dropped(tmp_path: Path) -> None:
+    """The file names a market the config no longer has: start-up warns, pauses the markets it
+    knows, and rewrites the file without the stranger."""
+    path = tmp_path / "pauses.json"
+    saver = ManualPauses(path)
+    saver.save({"DOGE/USDT": Pause("ops", 1), "ETH/USDT": Pause("ops", 2)}).result()
+    async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}) as sim:
+        with capture_logs() as logs:
+            service = Service(_config(sim, path))
+        assert service.manual_pauses is not None
+        service.manual_pauses.close()  # the rewrite it asked for is on disk
+    warned = [e["market"] for e in logs if e["event"].startswith("manual pause of a market")]
+    assert warned == ["DOGE/USDT"]
+    assert bool(service.core.gates.manual[service.core.index["ETH/USDT"]])
+    assert not bool(service.core.gates.manual[service.core.index["BTC/USDT"]])
+    assert set(ManualPauses(path).load()) == {"ETH/USDT"}
