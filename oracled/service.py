@@ -333,6 +333,9 @@ class Service:
             return changes.as_dict()
 
     def _on_hangup(self) -> None:
+        if self.config_path is None:  # `oracled demo`, or a service made without a file
+            self.log.warning("SIGHUP ignored: this daemon was not started from a config file")
+            return
         task = asyncio.get_running_loop().create_task(self._reload_quietly(), name="reload")
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -7,6 +7,7 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import signal
 import threading
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp.resolver import AsyncResolver, DefaultResolver
+from structlog.testing import capture_logs
 
 from oracled.cli import _Hangups
 from oracled.clock import Clock
@@ -363,3 +365,25 @@ async def test_a_sighup_while_starting_is_a_reload_once_running(tmp_path: Path) 
 
 def _reloads(service: Service, result: str) -> float:
     return service.metrics.reloads.labels(result)._value.get()
+
+
+async def test_a_sighup_without_a_config_file_is_logged_not_silent() -> None:
+    """A daemon started without a file (`oracled demo`) cannot reload: a SIGHUP says so in the
+    log, where it used to do nothing visible, and the daemon runs on."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        service = Service(_config(sim.ws_url, sim.rest_url), source_factory=_factory)
+        task = asyncio.create_task(service.run())
+        try:
+            await service.started.wait()
+            with capture_logs() as logs:
+                os.kill(os.getpid(), signal.SIGHUP)
+                async with asyncio.timeout(5):
+                    while not logs:  # noqa: ASYNC110 - the handler runs on the loop
+                        await asyncio.sleep(0.01)
+            assert [e["event"] for e in logs] == [
+                "SIGHUP ignored: this daemon was not started from a config file"
+            ]
+            assert not task.done()
+        finally:
+            service.stop()
+            await task
