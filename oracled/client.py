@@ -26,7 +26,8 @@ Reasons a message is refused (`Rejection.reason`):
     unknown_signer  a valid signature by a key that is not allowed
     stale           older than `max_age_ms`
     future          ahead of the local clock by more than `max_future_ms`
-    replayed        this signer's report for this market and round was already accepted
+    replayed        another report for a market and round already accepted from this signer
+                    (the same report again is no rejection: it is counted in `duplicates`)
     reordered       older than a report already accepted from this signer for this market
 """
 
@@ -241,6 +242,8 @@ class MarketView:
 class _Seen:
     latest: int = -1
     accepted: deque[int] = field(default_factory=lambda: deque(maxlen=_SEEN_PER_KEY))
+    # What was accepted at each of those times: the same report again is a duplicate.
+    reports: dict[int, SignedPrice] = field(default_factory=dict)
 
 
 def _median(values: list[Decimal]) -> Decimal:
@@ -278,6 +281,9 @@ class OracleClient:
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._recovered: dict[tuple[bytes, bytes], str] = {}
         self.accepted = 0
+        # Reports accepted before that came again (a reconnect's snapshot, a second transport):
+        # harmless, so not rejections; they change nothing.
+        self.duplicates = 0
         self.rejected: Counter[str] = Counter(dict.fromkeys(REASONS, 0))
         self.rejections: deque[Rejection] = deque(maxlen=keep_rejections)
         self.updated = asyncio.Event()  # set on every accepted report (for waiters)
@@ -293,6 +299,10 @@ class OracleClient:
         """
         try:
             sp, signer = verify_signed(data, self.allowed, self._recovered)
+            seen = self._seen.get((signer, sp.market))
+            if seen is not None and seen.reports.get(sp.ts) == sp:
+                self.duplicates += 1
+                return sp
             self._check_time(sp, signer)
         except Rejection as exc:
             self.rejected[exc.reason] += 1
@@ -325,7 +335,10 @@ class OracleClient:
     def _accept(self, sp: SignedPrice, signer: str) -> None:
         seen = self._seen.setdefault((signer, sp.market), _Seen())
         seen.latest = sp.ts
+        if len(seen.accepted) == seen.accepted.maxlen:
+            seen.reports.pop(seen.accepted[0], None)
         seen.accepted.append(sp.ts)
+        seen.reports[sp.ts] = sp
         live = sp.status in _LIVE
         self._latest.setdefault(sp.market, {})[signer] = SignerReport(
             signer=signer,

@@ -195,17 +195,27 @@ def test_stale_and_future_reports_are_refused() -> None:
 
 
 def test_replayed_and_reordered_reports_are_refused() -> None:
-    """The same round again is `replayed`; an older round after a newer one is `reordered`."""
+    """Another report for a round already accepted from the signer is `replayed`; an older round
+    after a newer one is `reordered`; the very same report again (a reconnect's snapshot, a
+    second transport) is no rejection: it is counted in `duplicates` and changes nothing."""
     first, second, third = signed_rounds(KEYS[0], 3)
+    (other_first,) = signed_rounds(KEYS[0], 1, BTC_USD=1.01)  # round 1 again, priced apart
+    assert other_first.ts == first.ts
     client, clock = client_at(first)
     clock.now = third.ts
     client.feed(frame(first, 0))
     client.feed(frame(third, 0))
-    assert reason(client, frame(third, 0)) == "replayed"
-    assert reason(client, frame(first, 0)) == "replayed"
+    before = client.price("BTC/USD")
+    assert client.feed(frame(third, 0)).ts == third.ts
+    assert client.offer(frame(first, 0))
+    assert (client.duplicates, client.accepted) == (2, 2)
+    assert sum(client.rejected.values()) == 0
+    assert client.price("BTC/USD") == before  # the old round did not come back
+    assert reason(client, frame(other_first, 0)) == "replayed"
     assert reason(client, frame(second, 0)) == "reordered"
     client.feed(frame(second, 1))  # order is per market: ETH's round 2 is new
     assert client.price("BTC/USD").ts == third.ts
+    assert client.duplicates == 2
 
 
 def test_every_reason_is_counted_from_zero() -> None:

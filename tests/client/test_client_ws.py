@@ -70,8 +70,8 @@ async def test_a_binary_frame_makes_the_client_reconnect_and_ask_again() -> None
 
     client = OracleClient({KEY.address}, now_ms=lambda: signed.ts)
 
-    def replayed() -> bool:  # the third connection's ETH/USD is a replay: the client has read it
-        return len(requests) >= 3 and bool(client.rejected["replayed"])
+    def replayed() -> bool:  # the third connection's ETH/USD is a duplicate: the client read it
+        return len(requests) >= 3 and client.duplicates > 0
 
     await watch_until(client, stream_app(stream), replayed, reconnect_s=0)
     assert requests[:3] == [{"op": "subscribe", "signed": True}] * 3
