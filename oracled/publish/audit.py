@@ -31,6 +31,8 @@ other database it cannot write: logged, counted, tried again, prices go on).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -129,6 +131,28 @@ _report_decoder = msgspec.msgpack.Decoder(Report)
 
 class AuditSchemaError(OracledError):
     """The database is of a schema version this code does not write (or does not know)."""
+
+
+class AuditInUseError(OracledError):
+    """Another process writes this database: one trail, one writer."""
+
+
+def _lock(path: Path) -> int:
+    """Take the writer's lock, a file beside the database (`<db>.lock`), and return its
+    descriptor, to keep open while writing. Two writers would interleave two daemons' rounds in
+    one trail (a second daemon, or `oracled record`, on the same config); the lock is released
+    by the kernel with the process, so a killed writer never leaves it stuck."""
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AuditInUseError(
+            f"{path} is written by another process (it holds {lock}): a second daemon, or "
+            "`oracled record` beside one, needs an audit.path of its own"
+        ) from None
+    return fd
 
 
 def _make_dictionary(bodies: list[bytes]) -> bytes:
@@ -243,6 +267,7 @@ class AuditTrail:
         self._retention_at = 0.0
         self._retention_every_s = _RETENTION_EVERY_S
         self._retry_s = _RETRY_S
+        self._lock_fd: int | None = None  # the writer lock (`_lock`), held while writing
         self._dropping = False
         self._thread = threading.Thread(target=self._work, name="oracled-audit", daemon=True)
         self._log = structlog.get_logger("oracled").bind(component="audit")
@@ -311,6 +336,9 @@ class AuditTrail:
                 if self._db is not None:
                     self._db.close()
                     self._db = None
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)  # releases the lock: the next writer may start
+                    self._lock_fd = None
                 return
 
     def _open(self) -> sqlite3.Connection | None:
@@ -319,8 +347,10 @@ class AuditTrail:
         if time.monotonic() < self._retry_at:
             return None
         try:
+            if self._lock_fd is None:
+                self._lock_fd = _lock(self.path)
             db = _connect(self.path, self._page_limit)
-        except (sqlite3.Error, AuditSchemaError) as exc:
+        except (sqlite3.Error, AuditSchemaError, AuditInUseError, OSError) as exc:
             self._failed(exc, "open")
             return None
         self._db = db
@@ -430,7 +460,7 @@ class AuditTrail:
         self._packer = _Packer(cur.lastrowid, data, provisional=_provisional(len(reports), priced))
         return self._packer
 
-    def _failed(self, exc: sqlite3.Error | AuditSchemaError, stage: str) -> None:
+    def _failed(self, exc: sqlite3.Error | OracledError | OSError, stage: str) -> None:
         message = f"{stage}: {exc}"
         if self.stats.ok or self.stats.last_error != message:
             self._log.error(

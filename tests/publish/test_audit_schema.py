@@ -195,7 +195,11 @@ def test_the_writer_leaves_a_version_1_database_alone_and_prices_go_on(tmp_path:
     assert error is not None
     assert str(db) in error and "schema version 1" in error and "move the file aside" in error
     assert db.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.glob("audit*")) == ["audit.sqlite3"]
+    # nothing made beside it but the writer's lock (no journal, no second database)
+    assert sorted(p.name for p in tmp_path.glob("audit*")) == [
+        "audit.sqlite3",
+        "audit.sqlite3.lock",
+    ]
 
     db.rename(aside)
     run(feed, 4)
@@ -281,3 +285,32 @@ def test_a_database_of_unknown_schema_is_left_alone_and_its_failure_logged_once(
     capsys.readouterr()
     assert main(["audit", "--db", str(db)]) == 2
     assert "not an audit database" in capsys.readouterr().err
+
+
+def test_a_second_writer_of_the_same_trail_waits_until_the_first_lets_go(tmp_path: Path) -> None:
+    """Two trails on one file (a second daemon, or `oracled record` beside one, on the same
+    config): the second writes nothing, counts its rounds lost with an error naming the file and
+    what to do, while the first goes on; once the first closes, the second takes over."""
+    db = tmp_path / "audit.sqlite3"
+    first = Feed(make_config(), trail(db))
+    run(first, 3)
+    wait_for(lambda: first.audit.stats.rounds == 3)
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db)))
+    audit._retry_s = 0.0  # every batch tries the file again (5 s in the daemon)
+    audit.start()
+    second = Feed(make_config(), audit)
+    second.now += 60_000  # its rounds are a minute later: told apart in the trail below
+    run(second, 2)
+    wait_for(lambda: audit.stats.write_errors == 2)
+    error = audit.stats.last_error
+    assert error is not None and not audit.stats.ok
+    assert str(db) in error and "written by another process" in error and "audit.path" in error
+    run(first, 2)
+    first.audit.close()
+    assert first.audit.stats.rounds == 5 and first.audit.stats.ok
+    run(second, 2)
+    audit.close()
+    assert audit.stats.rounds == 2 and audit.stats.ok
+    reader = AuditReader(db)
+    assert [r.round for r in reader.rounds(0, END)] == [1, 2, 3, 4, 5, 3, 4]
+    reader.close()
