@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from publish_rig import INTERVAL, SOURCES, T0
+from publish_rig import INTERVAL, SOURCES, T0, make_config
 
 from oracled.config import AuditConfig, Config
 from oracled.core import Core, RoundResult
@@ -52,3 +52,16 @@ def trail(path: Path, **settings: Any) -> AuditTrail:
     audit = AuditTrail(AuditConfig(enabled=True, path=str(path), **settings))
     audit.start()
     return audit
+
+
+def recorded(path: Path, rounds: int, *, after: Feed | None = None, gap_ms: int = 0) -> Feed:
+    """A trail at `path` written `rounds` rounds by a fresh daemon-like feed, then closed; the
+    feed (its audit closed) for the test to read back. `after`: the feed of an earlier run whose
+    clock this one continues `gap_ms` later (a restart)."""
+    feed = Feed(make_config(), trail(path))
+    if after is not None:
+        feed.now = after.now + gap_ms
+    for _ in range(rounds):
+        feed.round()
+    feed.audit.close()
+    return feed

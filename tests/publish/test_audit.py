@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from audit_rig import Feed, trail
+from audit_rig import Feed, recorded, trail
 from publish_rig import INTERVAL, SOURCES, T0, Rounds, make_config
 from structlog.testing import capture_logs
 
@@ -111,17 +111,8 @@ def test_the_report_at_a_time_the_trail_has_no_round_for_says_so(
     one, so an auditor never takes a dead daemon's last price for the one in force; a moment
     inside a run prints no warning."""
     db = tmp_path / "audit.sqlite3"
-    audit = trail(db)
-    first = Feed(make_config(), audit)
-    for _ in range(10):
-        first.round()
-    audit.close()
-    audit = trail(db)
-    second = Feed(make_config(), audit)
-    second.now = first.now + 60_000
-    for _ in range(10):
-        second.round()
-    audit.close()
+    first = recorded(db, 10)
+    second = recorded(db, 10, after=first, gap_ms=60_000)
     at = ["audit", "--db", str(db), "--market", "BTC/USD", "--at"]
     assert main([*at, str(first.now + 30_000)]) == 0
     out = capsys.readouterr().out
@@ -142,11 +133,7 @@ def test_the_report_at_a_time_the_trail_has_no_round_for_says_so(
 def test_csv_export_has_one_row_per_round_with_sources_and_reasons(tmp_path: Path) -> None:
     """The compliance export: every stored round of the market, in time order."""
     db = tmp_path / "audit.sqlite3"
-    audit = trail(db)
-    feed = Feed(make_config(), audit)
-    for _ in range(5):
-        feed.round()
-    audit.close()
+    recorded(db, 5)
     out = tmp_path / "btc.csv"
     start, end = str(T0 + 2 * INTERVAL), str(T0 + 4 * INTERVAL)
     args = ["audit", "--db", str(db), "--market", "BTC/USD", "--csv", str(out)]
@@ -252,11 +239,7 @@ def test_audit_answers_nothing_found_with_exit_1_and_bad_requests_with_exit_2(
     assert main(["audit", "--db", str(db)]) == 1
     assert capsys.readouterr().out.strip() == f"{db}: empty"
 
-    audit = trail(db)
-    feed = Feed(make_config(), audit)
-    for _ in range(3):
-        feed.round()
-    audit.close()
+    recorded(db, 3)
     market = ["audit", "--db", str(db), "--market", "BTC/USD"]
     assert main([*market, "--from", str(T0 + 10 * INTERVAL)]) == 1
     assert "no rounds stored in this window" in capsys.readouterr().out
