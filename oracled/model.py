@@ -7,6 +7,7 @@ an intermediate dict. Field names of `Report` are the contract in docs/contracts
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 from typing import Final, Literal
 
@@ -21,10 +22,21 @@ __all__ = [
     "Report",
     "SourceValue",
     "Status",
+    "market_name",
     "reasons_from_bits",
 ]
 
 Kind = Literal["spot", "perp"]
+
+# A market as people write it: `BTC/USD`, `btc/usd`, or `BTC-USD` where a slash cannot go (a URL
+# path segment); symbols never hold a dash.
+_MARKET_NAME: Final = re.compile(r"^([A-Za-z0-9]{1,20})[/-]([A-Za-z0-9]{1,20})$")
+
+
+def market_name(text: str) -> str | None:
+    """`BTC-usd` -> `BTC/USD`, the canonical `BASE/QUOTE`; None if `text` cannot name a market."""
+    match = _MARKET_NAME.match(text.strip())
+    return f"{match[1]}/{match[2]}".upper() if match else None
 
 
 class Quote(msgspec.Struct, frozen=True, gc=False):

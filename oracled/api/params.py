@@ -6,26 +6,19 @@ everywhere (path, query, stream) and mapped to the canonical `BASE/QUOTE`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Container
 
 from oracled.api.errors import ApiError
+from oracled.model import market_name
 
 __all__ = ["market_list", "path_market"]
 
-_NAME = re.compile(r"^([A-Za-z0-9]{1,20})[/-]([A-Za-z0-9]{1,20})$")
 MAX_LIST = 256  # markets named in one query or stream request
-
-
-def canonical(text: str) -> str | None:
-    """`BTC-usd` -> `BTC/USD`; None if the text cannot be a market name at all."""
-    match = _NAME.match(text.strip())
-    return f"{match[1]}/{match[2]}".upper() if match else None
 
 
 def path_market(text: str, known: Container[str]) -> str:
     """A market named in a URL path; 404 unless it is configured."""
-    name = canonical(text)
+    name = market_name(text)
     if name is None or name not in known:
         raise ApiError(
             404, "unknown_market", f"market {text[:64]!r} is not configured; see /v1/markets"
@@ -44,7 +37,7 @@ def market_list(items: list[str], known: Container[str]) -> list[str]:
         raise ApiError(400, "bad_query", f"markets: at most {MAX_LIST} markets per request")
     names: dict[str, None] = {}
     for item in items:
-        name = canonical(item)
+        name = market_name(item)
         if name is None:
             raise ApiError(
                 400, "bad_query", f"markets: {item[:64]!r} is not a market name like BTC/USD"

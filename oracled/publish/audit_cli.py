@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from oracled.model import Report
+from oracled.model import Report, market_name
 from oracled.publish.audit import AuditReader, AuditSchemaError, StoredReport
 
-__all__ = ["add_parser", "cmd_audit", "market_symbol", "parse_time"]
+__all__ = ["add_parser", "cmd_audit", "parse_time"]
 
 _FAR_FUTURE = 1 << 62
 
@@ -49,17 +49,20 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def market_symbol(text: str) -> str:
-    """`BTC/USD`, also written as in the API's paths (`BTC-USD`) or in lower case: a symbol
-    never holds a `-`, and the trail stores the canonical form."""
-    return text.strip().upper().replace("-", "/")
+def _market(text: str) -> str:
+    """`--market`: `BTC/USD`, also as the API's paths write it (`BTC-USD`) or in lower case; the
+    trail stores the canonical form."""
+    name = market_name(text)
+    if name is None:
+        raise argparse.ArgumentTypeError(f"{text[:64]!r} is not a market name like BTC/USD")
+    return name
 
 
 def add_parser(sub: Any) -> None:
     """Add the `audit` subcommand to the CLI's subparsers."""
     p = sub.add_parser("audit", help="query the audit trail: timelines, CSV, quote tape")
     p.add_argument("--db", type=Path, required=True, help="audit database (audit.path)")
-    p.add_argument("--market", type=market_symbol, help="market symbol, e.g. BTC/USD or BTC-USD")
+    p.add_argument("--market", type=_market, help="market symbol, e.g. BTC/USD or BTC-USD")
     p.add_argument("--from", dest="start", type=parse_time, default=0, help="window start")
     p.add_argument("--to", dest="end", type=parse_time, default=_FAR_FUTURE, help="window end")
     p.add_argument("--at", type=parse_time, help="show the market's full report in force then")

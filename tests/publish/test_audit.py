@@ -390,11 +390,7 @@ def test_the_market_may_be_named_as_in_the_api_paths(
     used to answer 'no rounds stored in this window'; a market the trail never held is named
     as such, not as an empty window."""
     db = tmp_path / "audit.sqlite3"
-    audit = trail(db)
-    feed = Feed(make_config(), audit)
-    for _ in range(3):
-        feed.round()
-    audit.close()
+    recorded(db, 3)
     capsys.readouterr()  # the writer's log lines
     market = ["audit", "--db", str(db), "--market"]
     assert main([*market, "BTC/USD"]) == 0
@@ -403,6 +399,10 @@ def test_the_market_may_be_named_as_in_the_api_paths(
     assert capsys.readouterr().out == expected
     assert main([*market, "DOGE-USD"]) == 1
     assert "DOGE/USD: no round of this market is stored at all" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:  # not a market name at all: a usage error
+        main([*market, "BTC USD"])
+    assert bad.value.code == 2
+    assert "'BTC USD' is not a market name like BTC/USD" in capsys.readouterr().err
 
 
 def test_options_that_would_be_ignored_are_refused(
