@@ -594,24 +594,22 @@ class AuditReader:
 
     def reports(self, market: str, start_ms: int, end_ms: int) -> Iterator[StoredReport]:
         """One market's reports in time order."""
-        rows = self._db.execute(
-            f"SELECT {self._body_column}, o.signer, o.signature FROM reports r "
-            "JOIN rounds o ON o.id = r.round_id "
-            "WHERE r.market = ? AND r.ts >= ? AND r.ts <= ? ORDER BY r.ts, r.round_id",
-            (market, start_ms, end_ms),
-        )
-        for dict_id, stored, signer, signature in rows:
-            body = self._unpack(dict_id, stored)
-            yield StoredReport(_report_decoder.decode(body), body, signer, signature)
+        return self._reports(market, start_ms, end_ms, newest_first=False)
 
     def reports_before(self, market: str, end_ms: int) -> Iterator[StoredReport]:
         """One market's reports at or before `end_ms`, newest first (read lazily: the report
         in force at a time costs one row, not the whole history)."""
+        return self._reports(market, 0, end_ms, newest_first=True)
+
+    def _reports(
+        self, market: str, start_ms: int, end_ms: int, *, newest_first: bool
+    ) -> Iterator[StoredReport]:
+        order = "r.ts DESC, r.round_id DESC" if newest_first else "r.ts, r.round_id"
         rows = self._db.execute(
             f"SELECT {self._body_column}, o.signer, o.signature FROM reports r "
             "JOIN rounds o ON o.id = r.round_id "
-            "WHERE r.market = ? AND r.ts <= ? ORDER BY r.ts DESC, r.round_id DESC",
-            (market, end_ms),
+            f"WHERE r.market = ? AND r.ts >= ? AND r.ts <= ? ORDER BY {order}",
+            (market, start_ms, end_ms),
         )
         for dict_id, stored, signer, signature in rows:
             body = self._unpack(dict_id, stored)

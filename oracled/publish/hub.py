@@ -58,11 +58,11 @@ __all__ = [
 ]
 
 DROP_SLOW = "slow_consumer"  # the buffer could not take a round's frames
+DROP_SHUTDOWN = "shutdown"  # the hub was closed
+_UNSUBSCRIBED = "unsubscribed"  # closed by its owner; not counted as a drop
 #: Error frame code: markets a subscription received were removed by a config reload.
 MARKET_REMOVED = "market_removed"
 _encode_frame = msgspec.json.Encoder().encode
-DROP_SHUTDOWN = "shutdown"  # the hub was closed
-_UNSUBSCRIBED = "unsubscribed"  # closed by its owner; not counted as a drop
 
 _ENCODER = msgspec.json.Encoder()
 _FRAME_HEAD = b'{"type":"report","data":'
