@@ -24,6 +24,23 @@ def report(msg: dict[str, Any]) -> tuple[str, int]:
     return msg["data"]["market"], msg["data"]["round"]
 
 
+def rig_whose_reload_removes_sol() -> Rig:
+    """The usual rig, whose next reload reads the same config without SOL/USD."""
+    rig = Rig(make_config())
+    data = copy.deepcopy(CONFIG)
+    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
+    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    return rig
+
+
+async def reload(client: Client) -> dict[str, Any]:
+    """POST /v1/admin/reload as an operator; the changes it answers with."""
+    resp = await client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status == 200
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
 async def test_stream_sends_only_subscribed_markets(client: Client, rig: Rig) -> None:
     """Reports arrive for the subscribed markets only, each round, after the ack and a snapshot."""
     async with client.ws_connect("/v1/stream") as ws:
@@ -203,9 +220,7 @@ async def test_every_market_includes_a_market_a_reload_adds(make_client: ClientF
     async with client.ws_connect("/v1/stream") as ws:
         ack = await ask(ws, {"op": "subscribe"})
         assert ack["markets"] == ["BTC/USD", "ETH/USD", "SOL/USD"]
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        resp = await client.post("/v1/admin/reload", headers=auth)
-        assert (await resp.json())["markets_added"] == ["DOGE/USD"]
+        assert (await reload(client))["markets_added"] == ["DOGE/USD"]
         rig.step({**PRICES, "DOGE/USD": 0.38})
         got = [report(await recv(ws)) for _ in range(4)]
         assert got == [("BTC/USD", 1), ("ETH/USD", 1), ("SOL/USD", 1), ("DOGE/USD", 1)]
@@ -240,10 +255,7 @@ async def test_a_subscription_to_a_market_a_reload_removed_can_still_change(
     """A client subscribed to SOL/USD when a reload removes it: its next request is answered,
     with the removed market gone from the set, where the connection used to close (1000, no
     frame, nothing logged) on the removed market's lookup."""
-    rig = Rig(make_config())
-    data = copy.deepcopy(CONFIG)
-    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
-    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    rig = rig_whose_reload_removes_sol()
     client = await make_client(rig)
     rig.step()
     async with client.ws_connect("/v1/stream") as ws:
@@ -251,9 +263,7 @@ async def test_a_subscription_to_a_market_a_reload_removed_can_still_change(
             "SOL/USD"
         ]
         assert report(await recv(ws)) == ("SOL/USD", 1)
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        resp = await client.post("/v1/admin/reload", headers=auth)
-        assert (await resp.json())["markets_removed"] == ["SOL/USD"]
+        assert (await reload(client))["markets_removed"] == ["SOL/USD"]
         ack = await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
         assert ack == {"type": "subscribed", "markets": ["BTC/USD"]}
         assert report(await recv(ws)) == ("BTC/USD", 1)
@@ -268,10 +278,7 @@ async def test_subscribers_of_a_market_a_reload_removed_are_told_so(
     receiving SOL/USD (named, or as every market) an error frame `market_removed` naming it,
     before that round's reports; a connection without it gets nothing of the kind, and SOL/USD
     never appears again."""
-    rig = Rig(make_config())
-    data = copy.deepcopy(CONFIG)
-    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
-    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    rig = rig_whose_reload_removes_sol()
     client = await make_client(rig)
     rig.step()
     async with (
@@ -283,10 +290,9 @@ async def test_subscribers_of_a_market_a_reload_removed_are_told_so(
         await ask(every, {"op": "subscribe"})
         await ask(other, {"op": "subscribe", "markets": ["ETH/USD"]})
         for ws, count in ((named, 2), (every, 3), (other, 1)):
-            [await recv(ws) for _ in range(count)]  # the snapshots
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        resp = await client.post("/v1/admin/reload", headers=auth)
-        assert (await resp.json())["markets_removed"] == ["SOL/USD"]
+            for _ in range(count):  # the snapshots
+                await recv(ws)
+        assert (await reload(client))["markets_removed"] == ["SOL/USD"]
         rig.step()
         for ws in (named, every):
             notice = await recv(ws)

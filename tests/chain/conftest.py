@@ -27,6 +27,7 @@ from chain_rig import (
     pyth_update,
     start_anvil,
 )
+from rpc_proxy import RpcProxy
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +75,14 @@ async def tokens(chain: Chain, deployed: Deployed) -> Tokens:
     """Uniswap's factory and the test tokens, deployed once per session after `deployed` and
     before any test's snapshot, so every test starts from them."""
     return await deploy_tokens(chain)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
+    """A JSON-RPC proxy in front of the session's anvil that a test can break on purpose."""
+    p = await RpcProxy(anvil.url, http).start()
+    yield p
+    await p.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -22,13 +22,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
-    p = await RpcProxy(anvil.url, http).start()
-    yield p
-    await p.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
 async def traced() -> AsyncIterator[tuple[aiohttp.ClientSession, list[str]]]:
     """A session that records the URL of every request sent through it."""
     sent: list[str] = []

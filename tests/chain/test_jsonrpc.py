@@ -4,11 +4,8 @@ request's own fault is raised at once, without asking another endpoint."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
 import pytest
-import pytest_asyncio
 from chain_rig import Anvil
 from rpc_proxy import RpcProxy
 
@@ -18,13 +15,6 @@ from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ANVIL_CHAIN_ID = "0x7a69"  # 31337
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
-    p = await RpcProxy(anvil.url, http).start()
-    yield p
-    await p.stop()
 
 
 def client(urls: list[str], http: aiohttp.ClientSession, timeout_s: float = 2.0) -> RpcClient:

@@ -4,11 +4,9 @@ blocks going backwards, reorgs, the sequencer gate, newHeads, cross-checks."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from chain_rig import (
     Anvil,
     Chain,
@@ -26,13 +24,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SET_ROUND = "setRound(uint80,int256,uint256,uint256,uint80)"
 UPDATE_SEQ = "updateRoundData(uint80,int256,uint256,uint256)"
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
-    p = await RpcProxy(anvil.url, http).start()
-    yield p
-    await p.stop()
 
 
 async def test_endpoint_dying_mid_run_fails_over(

@@ -5,11 +5,10 @@ block, a failed or refused read, a feed whose decode breaks, a sequencer feed th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from chain_rig import Anvil, Chain, Deployed
 from reading import chainlink_spec, make_reader, watch
 from rpc_proxy import RpcProxy
@@ -24,13 +23,6 @@ from oracled.sources.evm.multicall import GET_BLOCK_NUMBER
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 UPDATE = "updateAnswer(int256)"
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
-    p = await RpcProxy(anvil.url, http).start()
-    yield p
-    await p.stop()
 
 
 async def head(chain: Chain) -> Block:

@@ -4,11 +4,10 @@ reader that fails is restarted by its supervisor rather than leaving the chain u
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from chain_rig import Anvil, Deployed
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
@@ -23,13 +22,6 @@ from oracled.sources.stats import SourceStats
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 DARK_ENV = "ORACLED_TEST_DARK_CHAIN_RPC_URLS"
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
-    p = await RpcProxy(anvil.url, http).start()
-    yield p
-    await p.stop()
 
 
 def config(url: str, eth_proxy: str) -> Config:
