@@ -97,6 +97,7 @@ _CONTROL = msgspec.json.Decoder(_Control)
 _TEXT_FRAME = msgspec.json.Decoder(_TextCombined)
 _REST = msgspec.json.Decoder(list[_RestBook])
 _ENCODE = msgspec.json.Encoder()
+_PRICE = msgspec.json.Decoder(float, strict=False)  # a decimal string as the book decoder reads it
 
 
 class BinanceSource(Source):
@@ -125,8 +126,8 @@ class BinanceSource(Source):
             book = _TEXT_FRAME.decode(data).data
         except msgspec.DecodeError:
             pass
-        else:  # a book frame whose prices are not numbers ("abc"): bad_number
-            self._quote_text(book.s, book.b, book.a, 0)
+        else:  # a book the float decoder refused: only name why, never quote it
+            self._refused_book(book.b, book.a)
             return
         frame = self._decoded(_CONTROL, data)
         if frame is None:
@@ -139,6 +140,17 @@ class BinanceSource(Source):
             self._rotate("server_shutdown")
         elif frame.id is not None and frame.data is None:
             self._ack(frame.id)
+        else:
+            self._bad("shape")
+
+    def _refused_book(self, bid: str, ask: str) -> None:
+        """A price that is no venue decimal ("abc", "1_000") is `bad_number`; readable prices
+        mean another field was of the wrong type (a futures event time that is no integer)."""
+        try:
+            _PRICE.decode(_ENCODE.encode(bid))
+            _PRICE.decode(_ENCODE.encode(ask))
+        except msgspec.DecodeError:
+            self._bad("bad_number")
         else:
             self._bad("shape")
 

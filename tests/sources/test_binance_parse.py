@@ -76,3 +76,19 @@ def test_rest_request_asks_for_all_symbols_at_once(harness: Harness[BinanceSourc
     url, query = harness.source.rest_request(["BTCUSDT", "NKNUSDT"]) or ("", {})
     assert url == "https://api.binance.com/api/v3/ticker/bookTicker"
     assert query == {"symbols": '["BTCUSDT","NKNUSDT"]'}
+
+
+@pytest.mark.parametrize("bid", ["0.3_521", " 0.3521", "0.3521 "])
+def test_book_the_float_decoder_refused_is_never_quoted(
+    harness: Harness[BinanceSource], bid: str
+) -> None:
+    """A book whose price is no venue decimal (an underscore, blanks), though Python's float()
+    would read it, is dropped as bad_number: the path that only names what was wrong never
+    quotes. It used to quote it stamped as received at time 0 (1970), which also reset the
+    source's last-quote time by 56 years (found by mutating recorded frames)."""
+    frame = BOOK_FRAMES[0].replace('"b":"0.35210000"', f'"b":"{bid}"')
+    assert frame != BOOK_FRAMES[0]
+    harness.source.on_message(frame, 7)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"bad_number": 1} and harness.stats.malformed == 1
+    assert harness.stats.last_quote_ms is None

@@ -239,3 +239,18 @@ def test_bare_number_prices_give_the_same_quote_as_quoted_ones(
         source.on_message(frame, 1_000)
     assert len(quotes) == 4 and all(q == quotes[0] for q in quotes)
     assert quotes[0].bid == 25.3519 and source.stats.malformed == 0
+
+
+@pytest.mark.parametrize("event_time", ["1568014460893.5", '"soon"', "[]"])
+def test_book_with_an_unreadable_event_time_is_dropped_not_quoted_without_it(
+    source: BinanceUsdmSource, quotes: list[Quote], event_time: str
+) -> None:
+    """A book ticker whose event time E is not an integer is a frame of the wrong shape: dropped
+    and counted, never quoted. It used to fall through to the spot text path, which quoted it
+    without its venue time, past the update-id check, stamped as received at time 0."""
+    frame = BOOK.replace('"E": 1568014460893', f'"E": {event_time}')
+    assert frame != BOOK
+    source.on_message(frame, 1_000)
+    assert quotes == []
+    assert source.stats.dropped == {"shape": 1} and source.stats.malformed == 1
+    assert source.stats.last_quote_ms is None
