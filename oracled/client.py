@@ -29,6 +29,10 @@ Reasons a message is refused (`Rejection.reason`):
     replayed        another report for a market and round already accepted from this signer
                     (the same report again is no rejection: it is counted in `duplicates`)
     reordered       older than a report already accepted from this signer for this market
+
+Refusals are also logged (`client rejected`, a warning with the reason and, for a wrong signer,
+the signer and the allowed ones), at most one line per reason every `log_every_ms`; the next
+line says how many it held back (`suppressed`), so a flood cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -89,9 +93,10 @@ _log = structlog.get_logger("oracled.client")
 class Rejection(Exception):
     """A message the client refused; `reason` is one of REASONS."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", signer: str | None = None) -> None:
         self.reason = reason
         self.detail = detail
+        self.signer = signer  # who actually signed, when that is why (unknown_signer)
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -205,7 +210,7 @@ def verify_signed(
     if signer != sp.signer and signer.lower() != sp.signer.lower():
         raise Rejection("forged", f"signed by {signer}, not by the named {sp.signer[:42]}")
     if signer not in allowed:
-        raise Rejection("unknown_signer", signer)
+        raise Rejection("unknown_signer", signer, signer=signer)
     return sp, signer
 
 
@@ -266,6 +271,7 @@ class OracleClient:
         max_future_ms: int = 2_000,
         now_ms: Callable[[], int] | None = None,
         keep_rejections: int = 256,
+        log_every_ms: int = 10_000,
     ) -> None:
         allowed = frozenset(to_checksum_address(a) for a in allowed_signers)
         if not allowed:
@@ -286,6 +292,10 @@ class OracleClient:
         self.duplicates = 0
         self.rejected: Counter[str] = Counter(dict.fromkeys(REASONS, 0))
         self.rejections: deque[Rejection] = deque(maxlen=keep_rejections)
+        self.log_every_ms = log_every_ms
+        # Per reason: when its last log line was written, and refusals since then not logged.
+        self._logged_at: dict[str, int] = {}
+        self._unlogged: Counter[str] = Counter()
         self.updated = asyncio.Event()  # set on every accepted report (for waiters)
         # Error frames a daemon sent on `watch_ws` (a refused subscription), by code.
         self.stream_errors: Counter[str] = Counter()
@@ -307,9 +317,24 @@ class OracleClient:
         except Rejection as exc:
             self.rejected[exc.reason] += 1
             self.rejections.append(exc)
+            self._log_rejection(exc)
             raise
         self._accept(sp, signer)
         return sp
+
+    def _log_rejection(self, exc: Rejection) -> None:
+        """One warning per reason per `log_every_ms` at most: an attack is seen, not a flood."""
+        now = self._now_ms()
+        last = self._logged_at.get(exc.reason)
+        if last is not None and 0 <= now - last < self.log_every_ms:
+            self._unlogged[exc.reason] += 1
+            return
+        self._logged_at[exc.reason] = now
+        fields: dict[str, Any] = {"reason": exc.reason, "detail": exc.detail[:200]}
+        if exc.signer is not None:
+            fields["signer"] = exc.signer
+            fields["allowed"] = sorted(self.allowed)
+        _log.warning("client rejected", suppressed=self._unlogged.pop(exc.reason, 0), **fields)
 
     def offer(self, data: bytes | str) -> bool:
         """`feed` that returns False instead of raising (for subscription loops)."""

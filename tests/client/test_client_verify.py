@@ -8,6 +8,7 @@ from decimal import Decimal
 import msgspec
 import pytest
 from publish_rig import INTERVAL, SOURCES, Rounds, make_config
+from structlog.testing import capture_logs
 
 from oracled.client import REASONS, OracleClient, Rejection, verify, verify_signed
 from oracled.model import Quote
@@ -180,6 +181,28 @@ def test_a_valid_signature_by_a_key_not_allowed_is_refused() -> None:
     (signed,) = signed_rounds(KEYS[3], 1)
     client, _ = client_at(signed)
     assert reason(client, frame(signed, 0)) == "unknown_signer"
+
+
+def test_a_wrong_signer_is_logged_naming_both_signers_at_most_once_per_interval() -> None:
+    """A flood of rounds signed by a stranger gives one warning naming the actual signer and
+    the allowed ones; the next, an interval later, says how many refusals it held back; every
+    refusal is counted all the same."""
+    (signed,) = signed_rounds(KEYS[3], 1)
+    client, clock = client_at(signed, log_every_ms=10_000, max_age_ms=60_000)
+    with capture_logs() as logs:
+        for _ in range(100):
+            client.offer(frame(signed, 0))
+        clock.now += 10_000
+        client.offer(frame(signed, 1))
+    lines = [e for e in logs if e["event"] == "client rejected"]
+    assert client.rejected["unknown_signer"] == 101
+    assert len(lines) == 2
+    for line in lines:
+        assert line["log_level"] == "warning"
+        assert line["reason"] == "unknown_signer"
+        assert line["signer"] == KEYS[3].address
+        assert line["allowed"] == sorted(ALLOWED)
+    assert [line["suppressed"] for line in lines] == [0, 99]
 
 
 def test_stale_and_future_reports_are_refused() -> None:
