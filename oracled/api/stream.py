@@ -21,7 +21,9 @@ off because it would cost one deflate per client per frame. A client of many mar
 for batches: one WebSocket frame a round instead of one per market is what keeps a round of
 1,000 reports within a few milliseconds for the daemon and the client alike. A client that falls
 behind by more than its queue (counted in reports) is disconnected with close code 1008 and the
-reason; its memory is freed at once.
+reason; its memory is freed at once. A client frame the server cannot read (too big, not UTF-8,
+broken framing) closes the connection with the RFC 6455 code aiohttp chose for it (1009, 1007,
+1002), logged as `stream_bad_frame` and counted as a `bad_frame` drop.
 """
 
 from __future__ import annotations
@@ -31,12 +33,18 @@ from typing import Any
 
 import msgspec
 import structlog
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, encode_json
 from oracled.api.params import market_list
-from oracled.publish.hub import DROP_SHUTDOWN, DROP_SLOW, Subscription, SubscriptionClosed
+from oracled.publish.hub import (
+    DROP_BAD_FRAME,
+    DROP_SHUTDOWN,
+    DROP_SLOW,
+    Subscription,
+    SubscriptionClosed,
+)
 
 __all__ = ["StreamHandler"]
 
@@ -90,7 +98,7 @@ class StreamHandler:
         hub = self._ctx.hub
         sub = hub.subscribe(frozenset())
         self._active.add(sub)
-        reader = asyncio.create_task(self._read(ws, sub), name="api-stream-read")
+        reader = asyncio.create_task(self._read(request, ws, sub), name="api-stream-read")
         writer = asyncio.create_task(self._write(ws, sub), name="api-stream-write")
         dropped = asyncio.create_task(sub.wait_closed(), name="api-stream-dropped")
         try:
@@ -146,8 +154,22 @@ class StreamHandler:
         except SubscriptionClosed:
             return
 
-    async def _read(self, ws: web.WebSocketResponse, sub: Subscription) -> None:
+    async def _read(
+        self, request: web.Request, ws: web.WebSocketResponse, sub: Subscription
+    ) -> None:
         async for msg in ws:
+            if msg.type is WSMsgType.ERROR:
+                # aiohttp could not read the client's frame and has already closed the
+                # connection with the fitting code (1002 protocol error, 1007 invalid UTF-8,
+                # 1009 too big): say so and count it, the close itself is done.
+                exc = msg.data
+                # The code sent, which ws.close_code no longer holds once the client hung up.
+                code = int(exc.code) if isinstance(exc, WebSocketError) else ws.close_code
+                self._ctx.hub.drop(sub, DROP_BAD_FRAME)
+                _log.warning(
+                    "stream_bad_frame", code=code, error=str(exc)[:200], remote=request.remote
+                )
+                return
             if msg.type is not WSMsgType.TEXT:
                 await ws.send_frame(_error("bad_request", "send JSON text frames"), WSMsgType.TEXT)
                 continue

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from oracled.publish.signer import SignedRound
 
 __all__ = [
+    "DROP_BAD_FRAME",
     "DROP_SHUTDOWN",
     "DROP_SLOW",
     "MARKET_REMOVED",
@@ -59,6 +60,7 @@ __all__ = [
 
 DROP_SLOW = "slow_consumer"  # the buffer could not take a round's frames
 DROP_SHUTDOWN = "shutdown"  # the hub was closed
+DROP_BAD_FRAME = "bad_frame"  # the client sent a frame the server could not read
 _UNSUBSCRIBED = "unsubscribed"  # closed by its owner; not counted as a drop
 #: Error frame code: markets a subscription received were removed by a config reload.
 MARKET_REMOVED = "market_removed"
@@ -267,7 +269,9 @@ class Hub:
         self._signed_scheduled = False
         # Every reason present from the start: the metrics thread may iterate this while the
         # loop counts, which is safe as long as no key is ever added.
-        self.dropped_subscribers: Counter[str] = Counter({DROP_SLOW: 0, DROP_SHUTDOWN: 0})
+        self.dropped_subscribers: Counter[str] = Counter(
+            {DROP_SLOW: 0, DROP_SHUTDOWN: 0, DROP_BAD_FRAME: 0}
+        )
 
     # -- the round side ----------------------------------------------------------------------
 
@@ -610,6 +614,10 @@ class Hub:
         else:
             added = markets - before
         self._snapshot(sub, added)
+
+    def drop(self, sub: Subscription, reason: str) -> None:
+        """Remove and close a subscription its connection lost for `reason`; counted, idempotent."""
+        self._drop(sub, reason)
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Remove and close a subscription (not counted as a drop). Idempotent."""

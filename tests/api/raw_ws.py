@@ -41,10 +41,13 @@ class RawWebSocket:
         return self
 
     async def send_text(self, text: str) -> None:
-        payload = text.encode()
+        await self.send_frame(0x1, text.encode())
+
+    async def send_frame(self, opcode: int, payload: bytes, rsv: int = 0) -> None:
+        """One final frame of any opcode, payload and reserved bits (0x70), valid or not."""
         assert len(payload) < 126
         masked = bytes(b ^ _MASK[i % 4] for i, b in enumerate(payload))
-        header = bytes([0x81, 0x80 | len(payload)])  # FIN + text; masked, as clients must
+        header = bytes([0x80 | rsv | opcode, 0x80 | len(payload)])  # masked, as clients must
         await self._loop.sock_sendall(self._sock, header + _MASK + masked)
 
     async def read_to_eof(self) -> list[tuple[int, bytes]]:

@@ -12,9 +12,11 @@ from aiohttp.test_utils import TestClient
 from api_rig import CONFIG, PRICES, TOKEN, ClientFactory, Rig, make_config
 from raw_ws import RawWebSocket
 from stream_wire import SAFETY_S, ask, recv
+from structlog.testing import capture_logs
 
 from oracled.config import parse_config
 from oracled.publish import DROP_SHUTDOWN, DROP_SLOW
+from oracled.publish.hub import DROP_BAD_FRAME
 
 Client = TestClient[web.Request, web.Application]
 
@@ -185,7 +187,11 @@ async def test_slow_consumer_is_closed_1008_while_others_keep_receiving(
                     rounds += 1
                     assert report(await recv(good)) == ("BTC/USD", rounds)
                     assert rig.hub.pending_frames <= bound  # memory never grows with the backlog
-            assert rig.hub.dropped_subscribers == {DROP_SLOW: 1, DROP_SHUTDOWN: 0}
+            assert rig.hub.dropped_subscribers == {
+                DROP_SLOW: 1,
+                DROP_SHUTDOWN: 0,
+                DROP_BAD_FRAME: 0,
+            }
             rig.step()
             assert report(await recv(good)) == ("BTC/USD", rounds + 1)
             async with asyncio.timeout(SAFETY_S):
@@ -232,21 +238,52 @@ async def test_a_request_of_16_kib_or_more_closes_the_stream_with_1009(
     client: Client, rig: Rig
 ) -> None:
     """A request frame under 16 KiB is read; one of 16 KiB or more closes the connection with
-    1009 (message too big) instead of being buffered, and its subscription goes (not as a
-    drop)."""
-    async with client.ws_connect("/v1/stream") as ws:
-        request = '{"op":"subscribe","markets":["BTC/USD"]}'
-        largest = request[:-1] + " " * (16 * 1024 - 1 - len(request)) + "}"
-        assert len(largest) == 16 * 1024 - 1
-        assert (await ask(ws, largest))["type"] == "subscribed"
-        await ws.send_str(largest[:-1] + " }")
+    1009 (message too big) instead of being buffered, and its subscription goes, counted as a
+    `bad_frame` drop and logged with the close code."""
+    with capture_logs() as logs:
+        async with client.ws_connect("/v1/stream") as ws:
+            request = '{"op":"subscribe","markets":["BTC/USD"]}'
+            largest = request[:-1] + " " * (16 * 1024 - 1 - len(request)) + "}"
+            assert len(largest) == 16 * 1024 - 1
+            assert (await ask(ws, largest))["type"] == "subscribed"
+            await ws.send_str(largest[:-1] + " }")
+            async with asyncio.timeout(SAFETY_S):
+                msg = await ws.receive()
+            assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1009)
         async with asyncio.timeout(SAFETY_S):
-            msg = await ws.receive()
-        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1009)
-    async with asyncio.timeout(SAFETY_S):
-        while rig.hub.subscribers:  # noqa: ASYNC110 - the hub exposes no event to wait on
-            await asyncio.sleep(0.01)
-    assert sum(rig.hub.dropped_subscribers.values()) == 0
+            while rig.hub.subscribers:  # noqa: ASYNC110 - the hub exposes no event to wait on
+                await asyncio.sleep(0.01)
+    assert rig.hub.dropped_subscribers == {DROP_SLOW: 0, DROP_SHUTDOWN: 0, DROP_BAD_FRAME: 1}
+    bad = [e for e in logs if e["event"] == "stream_bad_frame"]
+    assert [(e["code"], e["log_level"]) for e in bad] == [(1009, "warning")]
+
+
+async def test_a_frame_the_server_cannot_read_closes_with_its_rfc_6455_code_logged_and_counted(
+    client: Client, rig: Rig
+) -> None:
+    """Text that is not UTF-8 closes the connection with 1007, a frame with reserved bits set
+    with 1002 (protocol error), instead of a silent 1000: each is a `bad_frame` drop and a
+    `stream_bad_frame` warning naming the code."""
+    host, port = client.server.host, client.server.port
+    assert port is not None
+    cases = [((0x1, b'{"op":"\xff"}', 0), 1007), ((0x1, b"{}", 0x40), 1002)]
+    with capture_logs() as logs:
+        for (opcode, payload, rsv), expected in cases:
+            raw = await RawWebSocket.connect(host, port, "/v1/stream")
+            try:
+                await raw.send_frame(opcode, payload, rsv)
+                async with asyncio.timeout(SAFETY_S):
+                    frames = await raw.read_to_eof()
+            finally:
+                raw.close()
+            assert [op for op, _ in frames] == [0x8], frames  # a close, no error frame first
+            assert struct.unpack_from("!H", frames[0][1]) == (expected,)
+        async with asyncio.timeout(SAFETY_S):
+            while rig.hub.subscribers:  # noqa: ASYNC110 - the hub exposes no event to wait on
+                await asyncio.sleep(0.01)
+    assert rig.hub.dropped_subscribers[DROP_BAD_FRAME] == 2
+    bad = [e for e in logs if e["event"] == "stream_bad_frame"]
+    assert [e["code"] for e in bad] == [1007, 1002]
 
 
 async def test_a_subscription_to_a_market_a_reload_removed_can_still_change(
