@@ -203,6 +203,15 @@ class AuditConfig(_Frozen):
     #: Rounds written per transaction at most (a batch also ends when the queue is empty).
     batch_rounds: Annotated[int, Field(ge=1, le=10_000)] = 32
 
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        """Refused here: "" or "." once stopped the writer thread with a traceback at start-up
+        (no file name to put its lock file beside), and a directory is no database."""
+        if value.endswith("/") or Path(value).name in ("", ".", ".."):
+            raise ValueError("must name a file (e.g. oracled-audit.sqlite3), not a directory")
+        return value
+
 
 class PushMarketConfig(_Frozen):
     """Per-market overrides of the on-chain push thresholds."""
