@@ -832,6 +832,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    except RecursionError:  # the parser recurses per level of arrays and inline tables
+        raise ConfigError([f"{path}: not valid TOML (nested too deeply)"]) from None
     if "admin_token" in data:
         raise ConfigError(["admin_token: put the token in the environment, not the file"])
     return parse_config(data, env)
