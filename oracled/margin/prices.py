@@ -8,7 +8,9 @@ engine may use or the reason it must not act (docs/margin.md, prices):
 * `active` (or `degraded`, when the policy allows it) and fresh: the mark price when the report
   carries a live one and the policy uses marks, else the index price;
 * otherwise frozen, with the reason; once a pause has lasted longer than the grace period, the
-  `last_good` policy uses the last good price with a wider maintenance buffer.
+  `last_good` policy uses the last good price with a wider maintenance buffer;
+* a market the daemon said it does not have (`unknown_market`, `market_removed`: `unavailable`)
+  is frozen with that reason until a report of it arrives again.
 """
 
 from __future__ import annotations
@@ -144,11 +146,13 @@ class Frozen:
 class PriceBook:
     """The latest report per market, resolved against a policy at decision time."""
 
-    __slots__ = ("_last_usable", "latest", "policy")
+    __slots__ = ("_last_usable", "latest", "policy", "unavailable")
 
     def __init__(self, policy: RiskPolicy) -> None:
         self.policy = policy
         self.latest: dict[str, PriceView] = {}
+        # Markets the daemon refused or removed, with its error code: no report will come.
+        self.unavailable: dict[str, str] = {}
         # The last report the policy accepted: a pause is measured from it, and its price is
         # the last good one (the daemon's `last_good_price` may be a degraded price that a
         # policy without degraded prices refused).
@@ -160,6 +164,7 @@ class PriceBook:
         if held is not None and (view.ts, view.round) < (held.ts, held.round):
             return
         self.latest[view.market] = view
+        self.unavailable.pop(view.market, None)  # the daemon has it (again)
         if self._usable_status(view):
             self._last_usable[view.market] = view
 
@@ -168,19 +173,27 @@ class PriceBook:
             return False
         return view.status == "active" or (view.status == "degraded" and self.policy.allow_degraded)
 
+    def mark_unavailable(self, market: str, reason: str) -> None:
+        """The daemon does not (or no longer) serve `market`: freeze it with `reason` now
+        rather than wait for its last report to go stale."""
+        self.unavailable[market] = reason
+
     def resolve(self, market: str, now_ms: int) -> Resolved | Frozen:
         view = self.latest.get(market)
+        gone = self.unavailable.get(market)
         if view is None:
             none = PriceRef(market=market, price=None, kind="none", status="unknown", round=0, ts=0)
-            return Frozen("no_report", none, 0)
+            return Frozen(gone or "no_report", none, 0)
         policy = self.policy
         age = now_ms - view.ts
-        if self._usable_status(view) and age <= policy.max_report_age_ms:
+        if gone is None and self._usable_status(view) and age <= policy.max_report_age_ms:
             assert view.price is not None
             if policy.use_mark and view.mark is not None:
                 return Resolved(view.price, view.mark, view.ref("mark", view.mark_text))
             return Resolved(view.price, view.price, view.ref("index", view.price_text))
-        if self._usable_status(view):
+        if gone is not None:
+            reason = gone
+        elif self._usable_status(view):
             reason = "stale_report"
         elif view.status == "degraded":
             reason = "degraded_not_allowed"

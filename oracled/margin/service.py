@@ -4,6 +4,12 @@ It subscribes to the markets the accounts need, turns every report frame into th
 and takes decisions after each report and on a steady tick of the local clock, so that a stream
 that goes quiet turns into `stale_report` freezes instead of silence. Every decision is written
 as one JSON line; connection changes are logged. A dropped connection is retried with backoff.
+
+The daemon refuses a whole subscribe request for one market it does not have. The service does
+not let one such market cost it every price: a refused request of several markets is asked again
+market by market (the daemon answers requests in order, one frame each), and a market refused
+alone, or removed later by a reload (`market_removed`), is frozen with the daemon's code
+(`unavailable`) and logged by name, while the other markets keep their prices.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from typing import IO
 
 import aiohttp
@@ -36,6 +43,8 @@ class _Frame(msgspec.Struct, forbid_unknown_fields=False):
 
 
 _frames = msgspec.json.Decoder(_Frame)
+MAX_REQUEST = 256  # markets in one subscribe request: the daemon refuses more
+MARKET_REMOVED = "market_removed"  # the one error frame that answers no request
 
 
 def _wall_ms() -> int:
@@ -64,6 +73,13 @@ class MarginService:
         self.reports = 0
         self.decisions = 0
         self.connected = asyncio.Event()
+        # The markets of each subscribe request not answered yet, oldest first.
+        self._pending: deque[list[str]] = deque()
+
+    @property
+    def unavailable(self) -> Mapping[str, str]:
+        """Markets the daemon refused or removed, with its error code (they have no price)."""
+        return self.engine.book.unavailable
 
     def _decide(self) -> None:
         decisions = self.engine.step(self.clock())
@@ -73,20 +89,44 @@ class MarginService:
             self.out.flush()
             self.decisions += len(decisions)
 
-    def _frame(self, raw: str | bytes) -> None:
+    def _frame(self, raw: str | bytes) -> list[list[str]]:
+        """Act on one frame; return the subscribe requests to send again (market by market)."""
         try:
             frame = _frames.decode(raw)
         except msgspec.DecodeError as exc:
             _log.warning("bad_frame", error=str(exc)[:200])
-            return
+            return []
         if frame.type == "report" and frame.data is not None:
             self.engine.on_report(PriceView.from_wire(frame.data))
             self.reports += 1
             self._decide()
         elif frame.type == "subscribed":
+            if self._pending:
+                self._pending.popleft()
             _log.info("subscribed", markets=frame.markets)
+        elif frame.type == "error" and frame.code == MARKET_REMOVED:
+            self._unavailable(frame.markets or [], MARKET_REMOVED, frame.message)
         elif frame.type == "error":
-            _log.warning("stream_error", code=frame.code, message=frame.message)
+            asked = self._pending.popleft() if self._pending else []
+            if len(asked) > 1:  # one bad market refused them all: ask for each alone
+                _log.info("subscribe_refused", code=frame.code, retry=len(asked))
+                return [[m] for m in asked]
+            if asked:
+                self._unavailable(asked, frame.code or "error", frame.message)
+            else:
+                _log.warning("stream_error", code=frame.code, message=frame.message)
+        return []
+
+    def _unavailable(self, markets: list[str], code: str, message: str | None) -> None:
+        for market in markets:
+            self.engine.book.mark_unavailable(market, code)
+            _log.warning("market_unavailable", market=market, code=code, message=message)
+        if markets:
+            self._decide()
+
+    async def _subscribe(self, ws: aiohttp.ClientWebSocketResponse, markets: list[str]) -> None:
+        self._pending.append(markets)
+        await ws.send_json({"op": "subscribe", "markets": markets})
 
     async def _ticker(self) -> None:
         while True:
@@ -96,12 +136,16 @@ class MarginService:
     async def _connect_once(self, session: aiohttp.ClientSession) -> int | None:
         """One connection until it ends; the daemon's close code (1008: too slow), if it closed."""
         async with session.ws_connect(self.url, heartbeat=30.0) as ws:
-            await ws.send_json({"op": "subscribe", "markets": list(self.engine.markets)})
+            self._pending.clear()
+            markets = list(self.engine.markets)
+            for start in range(0, len(markets), MAX_REQUEST):
+                await self._subscribe(ws, markets[start : start + MAX_REQUEST])
             _log.info("connected", url=self.url)
             self.connected.set()
             async for msg in ws:
                 if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                    self._frame(msg.data)
+                    for again in self._frame(msg.data):
+                        await self._subscribe(ws, again)
                 elif msg.type is aiohttp.WSMsgType.ERROR:
                     break
             code = ws.close_code

@@ -1,0 +1,140 @@
+"""MarginService against the daemon's real API on loopback: markets it does not have, or drops."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
+from api_rig import CONFIG, TOKEN, Rig, make_config
+
+from oracled.api import build_app
+from oracled.config import parse_config
+from oracled.margin import MarginEngine, parse_accounts
+from oracled.margin.prices import Frozen, Resolved
+from oracled.margin.service import MarginService
+
+SAFETY_S = 15.0  # guards against hangs only
+
+
+def engine(holdings: dict[str, str]) -> MarginEngine:
+    """One account per asset (its id), holding only that asset, priced by its market."""
+    assets: dict[str, Any] = {"USD": {}}
+    assets.update({asset: {"market": market} for asset, market in holdings.items()})
+    accounts = [{"id": asset.lower(), "collateral": {asset: 10.0}} for asset in holdings]
+    return MarginEngine(parse_accounts({"assets": assets, "instruments": {}, "accounts": accounts}))
+
+
+async def until(done: Callable[[], bool]) -> None:
+    async with asyncio.timeout(SAFETY_S):
+        while not done():  # noqa: ASYNC110 - the service exposes no event for this
+            await asyncio.sleep(0.01)
+
+
+def standing(out: io.BytesIO) -> dict[str, list[str] | None]:
+    """Per account, the reasons of its last freeze, or None when it was unfrozen since."""
+    last: dict[str, list[str] | None] = {}
+    for line in out.getvalue().splitlines():
+        d = msgspec.json.decode(line)
+        if d["kind"] == "freeze":
+            last[d["account"]] = d["reasons"]
+        elif d["kind"] == "unfreeze":
+            last[d["account"]] = None
+    return last
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Callable[[Rig, MarginEngine], Any]]:
+    """Start the rig's API and a margin service on it; both stop after the test."""
+    stops: list[Callable[[], Any]] = []
+
+    async def start(rig: Rig, eng: MarginEngine) -> tuple[MarginService, io.BytesIO, TestServer]:
+        server = TestServer(build_app(rig.context()), host="127.0.0.1")
+        await server.start_server()
+        url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
+        out = io.BytesIO()
+        service = MarginService(eng, url, out, step_ms=60_000, clock=rig.clock.now_ms)
+        task = asyncio.create_task(service.run())
+
+        async def stop() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await server.close()
+
+        stops.append(stop)
+        return service, out, server
+
+    yield start
+    for stop in stops:
+        await stop()
+
+
+async def test_a_market_the_daemon_does_not_have_costs_only_its_own_accounts_their_price(
+    served: Callable[[Rig, MarginEngine], Any],
+) -> None:
+    """The daemon refuses a whole subscribe request for one unknown market (`unknown_market`).
+    The service asks again market by market: BTC/USD and SOL/USD are priced, the account on
+    DOGE/USD is frozen with reason `unknown_market`, and the log and `unavailable` name it."""
+    rig = Rig(make_config())
+    rig.step()
+    eng = engine({"BTC": "BTC/USD", "DOGE": "DOGE/USD", "SOL": "SOL/USD"})
+    with capture_logs() as logs:
+        service, out, _ = await served(rig, eng)
+        await until(lambda: {"BTC/USD", "SOL/USD"} <= set(eng.book.latest))
+        await until(lambda: "DOGE/USD" in service.unavailable)
+    assert dict(service.unavailable) == {"DOGE/USD": "unknown_market"}
+    prices = eng.prices(rig.clock.now_ms())
+    assert isinstance(prices["BTC/USD"], Resolved) and isinstance(prices["SOL/USD"], Resolved)
+    doge = prices["DOGE/USD"]
+    assert isinstance(doge, Frozen) and doge.reason == "unknown_market"
+    assert standing(out).get("doge") == ["unknown_market"]
+    assert standing(out).get("btc") is None and standing(out).get("sol") is None
+    named = [e for e in logs if e["event"] == "market_unavailable"]
+    assert [(e["market"], e["code"], e["log_level"]) for e in named] == [
+        ("DOGE/USD", "unknown_market", "warning")
+    ]
+
+
+async def test_a_market_a_reload_removes_freezes_its_accounts_at_once_with_the_reason(
+    served: Callable[[Rig, MarginEngine], Any],
+) -> None:
+    """A reload that removes SOL/USD sends `market_removed`: the account on SOL/USD is frozen
+    with that reason at once (not priced on its last report until it goes stale), the account
+    on BTC/USD keeps its price, and the log names the market."""
+    rig = Rig(make_config())
+    data = copy.deepcopy(CONFIG)
+    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
+    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    rig.step()
+    eng = engine({"BTC": "BTC/USD", "SOL": "SOL/USD"})
+    with capture_logs() as logs:
+        service, out, server = await served(rig, eng)
+        await until(lambda: {"BTC/USD", "SOL/USD"} <= set(eng.book.latest))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                server.make_url("/v1/admin/reload"), headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as resp,
+        ):
+            assert resp.status == 200
+        rig.step()
+        await until(lambda: "SOL/USD" in service.unavailable)
+        await until(lambda: eng.book.latest["BTC/USD"].round == 2)
+    prices = eng.prices(rig.clock.now_ms())
+    assert isinstance(prices["BTC/USD"], Resolved)
+    sol = prices["SOL/USD"]
+    assert isinstance(sol, Frozen) and sol.reason == "market_removed"
+    assert standing(out).get("sol") == ["market_removed"] and standing(out).get("btc") is None
+    named = [e for e in logs if e["event"] == "market_unavailable"]
+    assert [(e["market"], e["code"]) for e in named] == [("SOL/USD", "market_removed")]
