@@ -276,6 +276,16 @@ class FeedSpec(_Frozen):
     max_spot_deviation: Fraction | None = None
 
 
+# Keys of a venue source (a socket and its REST fallback) that an on-chain source has no use for.
+_VENUE_KEYS = (
+    "ws_url",
+    "rest_url",
+    "instruments",
+    "liveness_timeout_s",
+    "rest_poll_interval_s",
+    "reconnect_max_s",
+    "max_connection_age_s",
+)
 # Keys each on-chain type needs in every feed spec, and keys it does not understand.
 _FEED_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "chainlink": (("address", "heartbeat_s"), ("feed_id", "max_age_s", "min_liquidity")),
@@ -700,6 +710,14 @@ def _chain_relations(cfg: Config) -> list[str]:
             if src.feeds:
                 problems.append(f"{where}.feeds: only on-chain sources take this key")
             continue
+        # Venue keys would be ignored: the chain's reader, not a socket of the source, reads it.
+        chain_table = f"[chains.{src.chain or '<id>'}]"
+        problems.extend(
+            f"{where}.{key}: on-chain sources do not take this key (their chain's "
+            f"{chain_table} sets how they are read)"
+            for key in _VENUE_KEYS
+            if key in src.model_fields_set
+        )
         if src.chain is None:
             problems.append(f"{where}.chain: is required for a {src.type} source")
         elif src.chain not in cfg.chains:
