@@ -32,6 +32,11 @@ USD_LEVELS: Mapping[str, float] = {
     "SHIB": 0.000022, "USDT": 1.0, "USDC": 1.0, "USD": 1.0,
 }  # fmt: skip
 
+# Dollar stablecoins (and the dollar): a pair of two of them holds its peg instead of walking.
+# If USDT/USD walked like a coin while BTC/USDT walks BTC/USD's path, everything converted
+# through USDT/USD (USDT venues, USDT-margined perpetuals) would drift away from the USD venues.
+PEGGED: frozenset[str] = frozenset({"USD", "USDT", "USDC"})
+
 
 def usd_level(asset: str) -> float:
     return USD_LEVELS.get(asset, 10.0)
@@ -85,17 +90,21 @@ def _sim_prices(
     instruments: Mapping[str, tuple[str, Kind]],
     seed: int,
     key_of: Callable[[str, str, Kind], str],
-) -> tuple[dict[str, float], dict[str, str]]:
-    """Start prices keyed as the type's simulator expects them, and each key's common walk seed
-    (by base asset, so that BTCUSDT on one venue and BTC-USD on another move together)."""
+) -> tuple[dict[str, float], dict[str, str], set[str]]:
+    """Start prices keyed as the type's simulator expects them, each key's common walk seed
+    (by base asset, so that BTCUSDT on one venue and BTC-USD on another move together), and the
+    keys of pegged pairs (USDT/USD, USDC/USDT: they do not walk)."""
     prices: dict[str, float] = {}
     seeds: dict[str, str] = {}
+    pegged: set[str] = set()
     for symbol, (pair, kind) in instruments.items():
         base, quote = pair.split("/")
         key = pair if type_name == "bitstamp" else symbol
         prices[key] = usd_level(base) / usd_level(quote)
         seeds[key] = seeds[key_of(symbol, pair, kind)] = f"{seed}:{base}"
-    return prices, seeds
+        if base in PEGGED and quote in PEGGED:
+            pegged.add(key_of(symbol, pair, kind))  # the simulator's own key of its path
+    return prices, seeds, pegged
 
 
 async def simulate(
@@ -124,7 +133,7 @@ async def simulate(
             path, key_of, extra = SIMULATORS[src.type]
             module, _, name = path.partition(":")
             sim_cls = getattr(importlib.import_module(module), name)
-            prices, seeds = _sim_prices(src.type, adapter.instruments, seed, key_of)
+            prices, seeds, pegged = _sim_prices(src.type, adapter.instruments, seed, key_of)
             sim: VenueSim = sim_cls(
                 prices,
                 seed=i + 1,
@@ -133,6 +142,8 @@ async def simulate(
                 stagger=stagger,
                 **extra,
             )
+            for key in pegged:  # only the venue's own small basis moves them
+                sim.paths[key].volatility = 0.0
             await sim.start()
             keys = {
                 (pair, kind): key_of(symbol, pair, kind)
