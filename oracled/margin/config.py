@@ -234,4 +234,6 @@ def load_accounts(path: Path) -> AccountsFile:
         data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode())
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: {exc}"]) from None
+    except RecursionError:  # both parsers recurse per level of nesting
+        raise ConfigError([f"{path}: nested too deeply"]) from None
     return parse_accounts(data)
