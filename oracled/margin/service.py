@@ -9,7 +9,8 @@ The daemon refuses a whole subscribe request for one market it does not have. Th
 not let one such market cost it every price: a refused request of several markets is asked again
 market by market (the daemon answers requests in order, one frame each), and a market refused
 alone, or removed later by a reload (`market_removed`), is frozen with the daemon's code
-(`unavailable`) and logged by name, while the other markets keep their prices.
+(`unavailable`) and logged by name, while the other markets keep their prices. Such a market is
+asked for again every `retry_s`, so that one a reload adds (back) is priced again without a restart.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class MarginService:
         step_ms: int = 1_000,
         reconnect_max_s: float = 5.0,
         clock: Callable[[], int] = _wall_ms,
+        retry_s: float = 10.0,
     ) -> None:
         self.engine = engine
         self.url = url
@@ -70,6 +72,7 @@ class MarginService:
         self.step_ms = step_ms
         self.reconnect_max_s = reconnect_max_s
         self.clock = clock
+        self.retry_s = retry_s
         self.reports = 0
         self.decisions = 0
         self.connected = asyncio.Event()
@@ -97,6 +100,8 @@ class MarginService:
             _log.warning("bad_frame", error=str(exc)[:200])
             return []
         if frame.type == "report" and frame.data is not None:
+            if frame.data.market in self.unavailable:
+                _log.info("market_available", market=frame.data.market)
             self.engine.on_report(PriceView.from_wire(frame.data))
             self.reports += 1
             self._decide()
@@ -119,6 +124,8 @@ class MarginService:
 
     def _unavailable(self, markets: list[str], code: str, message: str | None) -> None:
         for market in markets:
+            if market in self.unavailable:
+                continue  # a retry refused again: said already, and the first reason stands
             self.engine.book.mark_unavailable(market, code)
             _log.warning("market_unavailable", market=market, code=code, message=message)
         if markets:
@@ -127,6 +134,14 @@ class MarginService:
     async def _subscribe(self, ws: aiohttp.ClientWebSocketResponse, markets: list[str]) -> None:
         self._pending.append(markets)
         await ws.send_json({"op": "subscribe", "markets": markets})
+
+    async def _retry(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Ask again, one by one, for the markets the daemon refused or removed."""
+        while True:
+            await asyncio.sleep(self.retry_s)
+            for market in list(self.unavailable):
+                _log.debug("subscribe_retry", market=market)
+                await self._subscribe(ws, [market])
 
     async def _ticker(self) -> None:
         while True:
@@ -142,12 +157,17 @@ class MarginService:
                 await self._subscribe(ws, markets[start : start + MAX_REQUEST])
             _log.info("connected", url=self.url)
             self.connected.set()
-            async for msg in ws:
-                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                    for again in self._frame(msg.data):
-                        await self._subscribe(ws, again)
-                elif msg.type is aiohttp.WSMsgType.ERROR:
-                    break
+            retry = asyncio.create_task(self._retry(ws), name="margin-retry")
+            try:
+                async for msg in ws:
+                    if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                        for again in self._frame(msg.data):
+                            await self._subscribe(ws, again)
+                    elif msg.type is aiohttp.WSMsgType.ERROR:
+                        break
+            finally:
+                retry.cancel()
+                await asyncio.gather(retry, return_exceptions=True)
             code = ws.close_code
         self.connected.clear()
         return code

@@ -64,7 +64,7 @@ async def served() -> AsyncIterator[Callable[[Rig, MarginEngine], Any]]:
         await server.start_server()
         url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
         out = io.BytesIO()
-        service = MarginService(eng, url, out, step_ms=60_000, clock=rig.clock.now_ms)
+        service = MarginService(eng, url, out, step_ms=60_000, clock=rig.clock.now_ms, retry_s=0.05)
         task = asyncio.create_task(service.run())
 
         async def stop() -> None:
@@ -138,3 +138,45 @@ async def test_a_market_a_reload_removes_freezes_its_accounts_at_once_with_the_r
     assert standing(out).get("sol") == ["market_removed"] and standing(out).get("btc") is None
     named = [e for e in logs if e["event"] == "market_unavailable"]
     assert [(e["market"], e["code"]) for e in named] == [("SOL/USD", "market_removed")]
+
+
+async def test_a_market_a_reload_adds_back_is_priced_again_without_a_restart(
+    served: Callable[[Rig, MarginEngine], Any],
+) -> None:
+    """The daemon never tells a connection that a market came back: the service asks again for
+    the markets it lost, so once a reload adds SOL/USD back, its account is unfrozen on a new
+    report (`market_available` logged), on the same connection; the refusals of the retries
+    before that are not logged again."""
+    rig = Rig(make_config())
+    full = rig.cfg
+    data = copy.deepcopy(CONFIG)
+    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
+    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    rig.step()
+    eng = engine({"BTC": "BTC/USD", "SOL": "SOL/USD"})
+
+    async def reload(server: TestServer) -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                server.make_url("/v1/admin/reload"), headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as resp,
+        ):
+            assert resp.status == 200
+
+    with capture_logs() as logs:
+        service, out, server = await served(rig, eng)
+        await until(lambda: {"BTC/USD", "SOL/USD"} <= set(eng.book.latest))
+        await reload(server)
+        rig.step()
+        await until(lambda: "SOL/USD" in service.unavailable)
+        await until(lambda: sum(e["event"] == "subscribe_retry" for e in logs) >= 3)
+        rig.next_config = full
+        await reload(server)
+        rig.step()
+        await until(lambda: "SOL/USD" not in service.unavailable)
+        await until(lambda: standing(out).get("sol", ["?"]) is None)
+    assert isinstance(eng.prices(rig.clock.now_ms())["SOL/USD"], Resolved)
+    assert [e["market"] for e in logs if e["event"] == "market_unavailable"] == ["SOL/USD"]
+    assert [e["market"] for e in logs if e["event"] == "market_available"] == ["SOL/USD"]
+    assert sum(e["event"] == "connected" for e in logs) == 1
