@@ -658,6 +658,7 @@ def _relations(cfg: Config) -> list[str]:
         for pair in src.instruments
         if (sid, pair) not in used_pairs
     )
+    problems.extend(_pyth_feed_ids(cfg))
     problems.extend(_chain_relations(cfg))
     problems.extend(_cycles(depends, symbols))
     if cfg.oracle.min_price >= cfg.oracle.max_price:
@@ -666,6 +667,36 @@ def _relations(cfg: Config) -> list[str]:
     if signing.enabled and (signing.key_file is None) == (signing.key_env is None):
         problems.append("signing: set exactly one of key_file and key_env")
     problems.extend(_push_relations(cfg, set(symbols)))
+    return problems
+
+
+def _pyth_feed_ids(cfg: Config) -> list[str]:
+    """A Pyth Hermes pair is read by its feed id, which no rule derives from the pair: each pair a
+    market asks of the source needs one, well formed and its own (else the pair could only fail
+    at start-up)."""
+    problems: list[str] = []
+    for sid, src in cfg.sources.items():
+        if src.type != "pyth_hermes":
+            continue
+        where = f"sources.{sid}.instruments"
+        seen: dict[str, str] = {}
+        for pair, raw in src.instruments.items():
+            feed = raw.strip().lower().removeprefix("0x")
+            if not re.fullmatch(r"[0-9a-f]{64}", feed):
+                problems.append(
+                    f"{where}.{pair}: {raw!r} is not a Pyth feed id (32 bytes in hex, 0x optional)"
+                )
+            elif feed in seen:
+                problems.append(f"{where}.{pair}: feed id already used for {seen[feed]}")
+            else:
+                seen[feed] = pair
+        wanted = {
+            ms.pair for m in cfg.markets for ms in (*m.sources, *m.perp_sources) if ms.source == sid
+        }
+        problems.extend(
+            f"{where}: no feed id for {pair}, which a market asks of this source"
+            for pair in sorted(wanted - set(src.instruments))
+        )
     return problems
 
 
