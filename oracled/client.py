@@ -114,6 +114,19 @@ class _ErrorFrame(msgspec.Struct):
 
     code: str = "unknown"
     message: str = ""
+    markets: list[str] = msgspec.field(default_factory=list)  # market_removed names them
+
+
+class _AckFrame(msgspec.Struct):
+    """`{"type": "subscribed", "markets": [...]}`: the connection's whole set now."""
+
+    markets: list[str] = msgspec.field(default_factory=list)
+
+
+_MAX_REQUEST = 256  # markets in one subscribe request: the daemon refuses more
+# Refusals that concern the markets named, not the request: ask for each market alone.
+_PER_MARKET = frozenset({"unknown_market", "bad_query"})
+_MARKET_REMOVED = "market_removed"  # the one error frame that answers no request
 
 
 _FRAME = msgspec.json.Decoder(_Frame)
@@ -299,6 +312,8 @@ class OracleClient:
         self.updated = asyncio.Event()  # set on every accepted report (for waiters)
         # Error frames a daemon sent on `watch_ws` (a refused subscription), by code.
         self.stream_errors: Counter[str] = Counter()
+        # Per daemon URL, the markets `watch_ws` asked for that it refused or removed, by code.
+        self.unavailable: dict[str, dict[str, str]] = {}
 
     # -- verification ---------------------------------------------------------------------
 
@@ -426,6 +441,7 @@ class OracleClient:
         reconnect_s: float = 1.0,
         filters: Mapping[str, Any] | None = None,
         heartbeat_s: float = 20.0,
+        retry_s: float = 10.0,
     ) -> None:
         """Subscribe to a daemon's `WS /v1/stream` for signed frames; reconnect forever.
 
@@ -433,30 +449,24 @@ class OracleClient:
         The client pings every `heartbeat_s`: a connection whose daemon stopped answering (a
         host gone, a network cut that sent no close) is dropped and made again, not waited on.
         A refused request (an error frame: `signing_disabled`, `unknown_market`...) is logged and
-        counted in `stream_errors` by its code. Runs until cancelled.
+        counted in `stream_errors` by its code. The daemon refuses a whole request for one
+        market it does not have: the client then asks for each market alone, so that the others
+        still come; a market refused alone, or removed by a reload (`market_removed`), is logged
+        by name, listed in `unavailable[base_url]` and asked for again every `retry_s` (a
+        reload may add it back). Runs until cancelled.
         """
         own = session is None
         http = session or aiohttp.ClientSession()
         request: dict[str, Any] = {"op": "subscribe", "signed": True, **(filters or {})}
-        if markets is not None:
-            request["markets"] = list(markets)
+        named = None if markets is None else list(dict.fromkeys(markets))
+        missing = self.unavailable.setdefault(base_url, {})
         log = _log.bind(url=base_url)
         try:
             while True:
                 try:
                     url = base_url.rstrip("/") + "/v1/stream"
                     async with http.ws_connect(url, heartbeat=heartbeat_s) as ws:
-                        await ws.send_json(request)
-                        log.info("client subscribed")
-                        async for msg in ws:
-                            if msg.type is not aiohttp.WSMsgType.TEXT:
-                                break
-                            if msg.data.startswith('{"type":"signed"') or msg.data.startswith(
-                                '{"type":"report"'
-                            ):
-                                self.offer(msg.data)
-                            elif msg.data.startswith('{"type":"error"'):
-                                self._stream_error(msg.data, log)
+                        await self._stream(ws, request, named, missing, retry_s, log)
                         if ws.close_code is not None:  # the daemon closed it (1008: too slow)
                             log.warning("client stream closed", code=ws.close_code)
                 except (aiohttp.ClientError, OSError) as exc:
@@ -466,14 +476,101 @@ class OracleClient:
             if own:
                 await http.close()
 
-    def _stream_error(self, data: str, log: Any) -> None:
-        """An error frame: the daemon refused a request (and sends nothing for it): count, log."""
+    async def _stream(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        request: dict[str, Any],
+        named: list[str] | None,
+        missing: dict[str, str],
+        retry_s: float,
+        log: Any,
+    ) -> None:
+        """One connection: subscribe, read until it ends, re-ask for the missing markets."""
+        # Each request not answered yet, oldest first: its markets (None: every market) and
+        # whether it is a retry (a retry refused again is neither counted nor logged again).
+        pending: deque[tuple[list[str] | None, bool]] = deque()
+
+        async def ask(wanted: list[str] | None, retry: bool = False) -> None:
+            pending.append((wanted, retry))
+            await ws.send_json(request if wanted is None else {**request, "markets": wanted})
+
+        async def retry_missing() -> None:
+            while True:
+                await asyncio.sleep(retry_s)
+                for market in list(missing):
+                    log.debug("client subscribe retry", market=market)
+                    await ask([market], retry=True)
+
+        if named is None:
+            await ask(None)
+        else:
+            for start in range(0, len(named), _MAX_REQUEST):
+                await ask(named[start : start + _MAX_REQUEST])
+        log.info("client subscribed")
+        retrying = asyncio.create_task(retry_missing(), name="client-retry")
+        try:
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                data: str = msg.data
+                if data.startswith(('{"type":"signed"', '{"type":"report"')):
+                    self.offer(data)
+                elif data.startswith('{"type":"subscribed"'):
+                    if pending:
+                        pending.popleft()
+                    self._acked(data, missing, log)
+                elif data.startswith('{"type":"error"'):
+                    for again in self._refused(data, pending, missing, log):
+                        await ask([again])
+        finally:
+            retrying.cancel()
+            await asyncio.gather(retrying, return_exceptions=True)
+
+    def _acked(self, data: str, missing: dict[str, str], log: Any) -> None:
+        """A subscription answered: the markets in its set are served (again)."""
+        try:
+            listed = msgspec.json.decode(data, type=_AckFrame).markets
+        except msgspec.DecodeError:
+            return
+        for market in listed:
+            if missing.pop(market, None) is not None:
+                log.info("client market available", market=market)
+
+    def _refused(
+        self,
+        data: str,
+        pending: deque[tuple[list[str] | None, bool]],
+        missing: dict[str, str],
+        log: Any,
+    ) -> list[str]:
+        """An error frame; returns the markets to ask for one by one."""
         try:
             frame = msgspec.json.decode(data, type=_ErrorFrame)
         except msgspec.DecodeError:
             frame = _ErrorFrame(code="malformed", message=data[:200])
+        if frame.code == _MARKET_REMOVED:
+            asked: list[str] | None = frame.markets
+            retry = False
+        else:
+            asked, retry = pending.popleft() if pending else (None, False)
+        if retry and asked and asked[0] in missing:
+            return []  # still refused: said already
+        if frame.code in _PER_MARKET and asked is not None and len(asked) > 1:
+            log.info("client subscription refused", code=frame.code, retry=len(asked))
+            return asked  # counted when a market is refused alone
         self.stream_errors[frame.code] += 1
+        if asked is not None and frame.code in (*_PER_MARKET, _MARKET_REMOVED):
+            for market in asked:
+                missing.setdefault(market, frame.code)
+                log.warning(
+                    "client market unavailable",
+                    market=market,
+                    code=frame.code,
+                    message=frame.message,
+                )
+            return []
         log.warning("client stream error", code=frame.code, message=frame.message)
+        return []
 
     async def watch_nats(
         self,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-import pytest
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from publish_rig import Rounds, make_config
@@ -15,8 +18,12 @@ from structlog.testing import capture_logs
 from oracled.api import ApiContext, build_app
 from oracled.client import OracleClient
 from oracled.clock import ManualClock
+from oracled.config import parse_config
 from oracled.publish import Hub
 from oracled.publish.signer import RoundSigner, SigningKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
+import api_rig  # the API tests' rig: a core, a hub and a reload, wired by hand
 
 KEY = SigningKey.from_hex("0x" + "44" * 32)
 SAFETY_S = 15.0  # guards against hangs only
@@ -79,10 +86,10 @@ async def test_a_binary_frame_makes_the_client_reconnect_and_ask_again() -> None
     assert client.accepted == 2
 
 
-def _daemon_app(signing: bool) -> web.Application:
+def _daemon_app(signing: bool, rounds: Rounds | None = None) -> web.Application:
     """The daemon's real API on one round of a real core, signed or not."""
     cfg = make_config()
-    rounds = Rounds(cfg)
+    rounds = rounds or Rounds(cfg)
     hub = Hub(64)
     hub.signer = KEY.address if signing else None
     result = rounds.step()
@@ -102,20 +109,39 @@ def _daemon_app(signing: bool) -> web.Application:
     return build_app(context)
 
 
-@pytest.mark.parametrize(
-    ("signing", "markets", "code"),
-    [(False, None, "signing_disabled"), (True, ["BTC/USD", "NOPE/USD"], "unknown_market")],
-)
-async def test_a_refused_subscription_is_counted_not_silently_ignored(
-    signing: bool, markets: list[str] | None, code: str
-) -> None:
-    """A daemon that refuses the client's subscription (it does not sign; a market it does not
-    have) answers with an error frame and then sends nothing: the client counts the error by
-    its code in `stream_errors` instead of waiting for prices in silence."""
+async def test_a_refused_subscription_is_counted_not_silently_ignored() -> None:
+    """A daemon that refuses the client's subscription (it does not sign) answers with an error
+    frame and then sends nothing: the client counts the error by its code in `stream_errors`
+    instead of waiting for prices in silence."""
     client = OracleClient({KEY.address})
-    await watch_until(client, _daemon_app(signing), lambda: bool(client.stream_errors), markets)
-    assert dict(client.stream_errors) == {code: 1}
+    await watch_until(client, _daemon_app(False), lambda: bool(client.stream_errors))
+    assert dict(client.stream_errors) == {"signing_disabled": 1}
     assert client.accepted == 0 and client.markets == []
+
+
+async def test_one_market_the_daemon_does_not_have_costs_the_client_only_that_market() -> None:
+    """The daemon refuses a whole request for one unknown market: the client asks for each
+    market alone, verifies BTC/USD and ETH/USD, and names NOPE/USD in `unavailable`, in
+    `stream_errors` (once) and in one warning; its retries, refused again, add nothing."""
+    rounds = Rounds(make_config())
+    app = _daemon_app(True, rounds)
+    client = OracleClient({KEY.address}, now_ms=lambda: rounds.now)
+    wanted = ["BTC/USD", "NOPE/USD", "ETH/USD"]
+    with capture_logs() as logs:
+
+        def done() -> bool:
+            retried = sum(e["event"] == "client subscribe retry" for e in logs)
+            return client.markets == ["BTC/USD", "ETH/USD"] and retried >= 3
+
+        await watch_until(client, app, done, wanted, retry_s=0.01)
+    [url] = client.unavailable
+    assert client.unavailable[url] == {"NOPE/USD": "unknown_market"}
+    assert dict(client.stream_errors) == {"unknown_market": 1}
+    assert client.price("BTC/USD").status == "active"
+    named = [e for e in logs if e["event"] == "client market unavailable"]
+    assert [(e["market"], e["code"], e["log_level"]) for e in named] == [
+        ("NOPE/USD", "unknown_market", "warning")
+    ]
 
 
 async def test_an_unreadable_error_frame_is_counted_as_malformed() -> None:
@@ -186,3 +212,56 @@ async def test_a_daemon_that_stops_answering_is_left_and_connected_again() -> No
     finally:
         release.set()
     assert len(connections) >= 2
+
+
+async def test_a_market_a_reload_removes_and_adds_back_comes_back_to_the_client() -> None:
+    """A reload that removes SOL/USD sends `market_removed`: the client lists it in
+    `unavailable` and logs it; the daemon never says it came back, so the client asks again,
+    and once a reload adds it back its signed prices arrive on the same connection."""
+    rig = api_rig.Rig(api_rig.make_config())
+    rig.hub.signer = KEY.address
+    full = rig.cfg
+    data = copy.deepcopy(api_rig.CONFIG)
+    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
+    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": api_rig.TOKEN})
+    signer = RoundSigner(KEY)
+
+    def step() -> None:
+        rig.hub.publish_signed(signer.sign(rig.step()))
+
+    step()
+    client = OracleClient({KEY.address}, now_ms=rig.clock.now_ms)
+    auth = {"Authorization": f"Bearer {api_rig.TOKEN}"}
+    with capture_logs() as logs:
+        async with TestServer(build_app(rig.context()), host="127.0.0.1") as server:
+            url = str(server.make_url("/"))
+            watcher = asyncio.create_task(
+                client.watch_ws(url, ["BTC/USD", "SOL/USD"], retry_s=0.01)
+            )
+            try:
+                async with asyncio.timeout(SAFETY_S), aiohttp.ClientSession() as http:
+                    while client.markets != ["BTC/USD", "SOL/USD"]:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+                    async with http.post(server.make_url("/v1/admin/reload"), headers=auth):
+                        pass
+                    step()
+                    while "SOL/USD" not in client.unavailable[url]:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+                    rig.next_config = full
+                    async with http.post(server.make_url("/v1/admin/reload"), headers=auth):
+                        pass
+                    step()
+                    while client.unavailable[url]:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+                    while client.price("SOL/USD").ts != rig.clock.now_ms():  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+    assert client.price("SOL/USD").price is not None
+    events = [(e["event"], e.get("market")) for e in logs if "market" in e["event"]]
+    assert events == [
+        ("client market unavailable", "SOL/USD"),
+        ("client market available", "SOL/USD"),
+    ]
+    assert dict(client.stream_errors) == {"market_removed": 1}
