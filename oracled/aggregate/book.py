@@ -251,7 +251,7 @@ class Book:
     def _ingest_unsingled(self, key: SlotKey, quote: Quote) -> DropReason | None:
         """A quote of no single plain slot: a perpetual for the mark price (its own straight
         line for the usual quote: both sides and any last price finite and positive, the bid not
-        above the ask, not from the future), else the full path."""
+        above the ask, not from the future, not older than the one held), else the full path."""
         if key in self._perp_only:
             bid, ask, price, venue_ts = quote.bid, quote.ask, quote.price, quote.venue_ts
             if (
@@ -261,9 +261,20 @@ class Book:
                 and (price is None or 0.0 < price < _INF)
                 and (venue_ts is None or venue_ts <= quote.recv_ts + self._skew)
             ):
-                self.perps[key] = quote
-                return None
+                reason = self._keep_perp(key, quote)
+                if reason is not None:
+                    self.drops[(quote.source, reason)] += 1
+                return reason
         return self._ingest_checked(key, self._feeds.get(key), quote)
+
+    def _keep_perp(self, key: SlotKey, quote: Quote) -> DropReason | None:
+        """Hold a checked perpetual quote unless it is older than the one held (a resent frame,
+        a REST answer behind the stream): the mark never goes back to an older price."""
+        held = self.perps.get(key)
+        if held is not None and _stamp(quote) < _stamp(held):
+            return DropReason.OUT_OF_ORDER
+        self.perps[key] = quote
+        return None
 
     def _ingest_checked(
         self, key: SlotKey, slots: tuple[tuple[int, bool], ...] | None, quote: Quote
@@ -344,5 +355,9 @@ class Book:
             return DropReason.CROSSED
         if quote.venue_ts is not None and quote.venue_ts > quote.recv_ts + self._skew:
             return DropReason.FUTURE
-        self.perps[key] = quote
-        return None
+        return self._keep_perp(key, quote)
+
+
+def _stamp(quote: Quote) -> float:
+    """The time a quote's age is counted from: the venue's event time where sent."""
+    return quote.recv_ts if quote.venue_ts is None else quote.venue_ts

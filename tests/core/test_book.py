@@ -195,6 +195,37 @@ def test_perpetual_quotes_are_kept_for_the_mark_price_and_never_vote() -> None:
     assert [s.id for s in report.sources] == ["a", "b"]
 
 
+def test_an_older_perpetual_quote_is_dropped_as_out_of_order_and_counted() -> None:
+    """A perpetual quote older than the one held (a venue resending an old frame, a REST answer
+    behind the stream) is dropped and counted as out_of_order, like a spot quote, whichever path
+    of ingest takes it: the mark never goes back to an older price."""
+    cfg = config(
+        [
+            market(
+                "BTC/USD",
+                ["a", "b"],
+                min_sources=2,
+                perp_sources=[{"source": "a", "pair": "BTC/USD"}],
+            )
+        ],
+    )
+    core = Core(cfg)
+    key = ("a", "BTC/USD", "perp")
+    newer = Quote("a", "BTC/USD", T0, bid=90.0, ask=90.2, kind="perp", venue_ts=T0 - 10)
+    assert core.ingest(newer) is None
+    older = (
+        Quote("a", "BTC/USD", T0 + 5, bid=100.0, ask=100.2, kind="perp", venue_ts=T0 - 500),
+        Quote("a", "BTC/USD", T0 + 6, price=100.1, kind="perp", venue_ts=T0 - 400),
+    )
+    for quote in older:
+        assert core.ingest(quote) == DropReason.OUT_OF_ORDER
+    assert core.book.drops[("a", DropReason.OUT_OF_ORDER)] == 2
+    assert core.book.perps[key] is newer
+    same_time = Quote("a", "BTC/USD", T0 + 7, price=90.3, kind="perp", venue_ts=T0 - 10)
+    assert core.ingest(same_time) is None
+    assert core.book.perps[key] is same_time
+
+
 _PRICES = st.one_of(
     st.none(),
     st.sampled_from([0.0, -1.0, math.nan, math.inf, -math.inf, 1e-12, 1e13, 1e20]),
