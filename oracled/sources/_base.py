@@ -540,6 +540,8 @@ class Source(abc.ABC):
         A batch refused with HTTP 400 (one bad symbol spoils the whole request on some venues) is
         retried once symbol by symbol; a symbol refused alone is marked failed and left out.
         Rate-limit answers (429, 418) are never split, so that they cannot multiply requests.
+        The source is polling only while answers bring prices (new ones, or ones we already
+        had): a 200 without any (a proxy's page, an error body, no rows of ours) leaves it down.
         """
         interval = self.cfg.rest_poll_interval_s
         split = False
@@ -549,6 +551,7 @@ class Source(abc.ABC):
             size = 1 if split else self.rest_batch_size
             batches = [symbols[i : i + size] for i in range(0, len(symbols), size)]
             split = False
+            answered, priced = False, False
             for batch in batches:
                 request = self.rest_request(batch)
                 if request is None:
@@ -560,8 +563,12 @@ class Source(abc.ABC):
                     recv_ts = self._clock.now_ms()
                     self.stats.frames += 1
                     self.stats.last_frame_ms = recv_ts
+                    progress = self._rest_progress()
                     self.on_rest(body, recv_ts)
-                    self._set_state(ConnState.POLLING)
+                    answered = True
+                    if self._rest_progress() != progress:  # a 200 alone could be a proxy's page
+                        priced = True
+                        self._set_state(ConnState.POLLING)
                     continue
                 self.stats.dropped["rest_error"] += 1
                 if status == 400 and len(batch) > 1:
@@ -571,7 +578,16 @@ class Source(abc.ABC):
                     self.stats.failed_instruments[batch[0]] = error
                 else:
                     self._set_state(ConnState.DOWN, error=error)
+            if answered and not priced and self._down.is_set():
+                self._set_state(ConnState.DOWN, error="REST answers without a usable price")
             await asyncio.sleep(interval)
+
+    def _rest_progress(self) -> tuple[int, int]:
+        """Quotes, and prices we already had (an unchanged quiet market): moved by a usable
+        answer, never by an error page, an error body or an answer without our symbols."""
+        dropped = self.stats.dropped
+        known = dropped["stale"] + dropped["out_of_order"] + dropped["stale_sequence"]
+        return self.stats.quotes, known
 
     async def _fetch(
         self, url: str, query: Mapping[str, str]

@@ -32,6 +32,7 @@ class Venue:
         self.rest_status = 200  # what every REST request is answered with
         self.rest_asked: list[list[str]] = []  # the symbols of each REST request, in order
         self.rest_rows: list[dict[str, str]] = []  # the body of a successful answer
+        self.rest_text: str | None = None  # set: a successful answer's body instead of the rows
         self.rest_held: asyncio.Event | None = None  # set: REST answers wait until it is set
         self.rest_answered = 0
 
@@ -60,6 +61,8 @@ class Venue:
         self.rest_answered += 1
         if self.rest_status != 200:
             return web.json_response({"code": -1, "msg": "refused"}, status=self.rest_status)
+        if self.rest_text is not None:
+            return web.Response(text=self.rest_text, content_type="text/html")
         return web.json_response(self.rest_rows)
 
 
@@ -254,6 +257,33 @@ async def test_rate_limited_rest_batch_is_never_split(
     venue.rest_status, asked = 400, len(venue.rest_asked)
     await wait(lambda: ["BTCUSDT"] in venue.rest_asked[asked:])
     assert ["ETHUSDT"] in venue.rest_asked[asked:]
+
+
+async def test_rest_answers_without_a_quote_leave_the_source_down_not_polling(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """An HTTP 200 that gives no quote (a proxy's HTML page, an empty body, a list without our
+    symbols) is no working fallback: the source stays down (oracled_source_up 0) with the body
+    counted, instead of claiming to poll; the first answer with quotes makes it polling, and
+    answers without a quote put it down again. Before, any 200 meant polling (found by
+    pointing a source at a REST server that answered a maintenance page)."""
+    venue = Venue(hold_script)
+    venue.refuse = True  # no stream: the source polls
+    venue.rest_text = "<html>maintenance</html>"
+    run = await launch(venue, aiohttp_server, start_config)
+    for text in ("<html>maintenance</html>", "", "[]"):
+        venue.rest_text, answered = text, venue.rest_answered
+        await wait(lambda floor=answered + 3: venue.rest_answered >= floor)
+        assert run.stats.state is ConnState.DOWN and run.quotes == []
+    assert run.stats.dropped == {"decode": run.stats.malformed}
+    venue.rest_text = None
+    venue.rest_rows = [
+        {"symbol": s, "bidPrice": "50.0", "bidQty": "1", "askPrice": "50.1", "askQty": "1"}
+        for s in ("BTCUSDT", "ETHUSDT")
+    ]
+    await wait(lambda: run.stats.state is ConnState.POLLING)
+    venue.rest_text = "<html>maintenance</html>"
+    await wait(lambda: run.stats.state is ConnState.DOWN)
 
 
 async def test_rest_answer_landing_after_the_stream_is_back_is_not_quoted(
