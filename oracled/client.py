@@ -51,6 +51,7 @@ import msgspec
 import structlog
 from eth_utils.address import to_checksum_address
 
+from oracled.model import market_name
 from oracled.publish.signer import (
     SignatureError,
     SignedPrice,
@@ -264,6 +265,11 @@ class _Seen:
     reports: dict[int, SignedPrice] = field(default_factory=dict)
 
 
+def _canonical(market: str) -> str:
+    """`btc-usd` -> `BTC/USD`; a name that cannot be a market is sent as given (and refused)."""
+    return market_name(market) or market
+
+
 def _median(values: list[Decimal]) -> Decimal:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -458,7 +464,8 @@ class OracleClient:
         own = session is None
         http = session or aiohttp.ClientSession()
         request: dict[str, Any] = {"op": "subscribe", "signed": True, **(filters or {})}
-        named = None if markets is None else list(dict.fromkeys(markets))
+        # Canonical names (`btc-usd` -> `BTC/USD`), as the daemon's answers spell them.
+        named = None if markets is None else list(dict.fromkeys(_canonical(m) for m in markets))
         missing = self.unavailable.setdefault(base_url, {})
         log = _log.bind(url=base_url)
         try:

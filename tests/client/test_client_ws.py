@@ -265,3 +265,36 @@ async def test_a_market_a_reload_removes_and_adds_back_comes_back_to_the_client(
         ("client market available", "SOL/USD"),
     ]
     assert dict(client.stream_errors) == {"market_removed": 1}
+
+
+async def test_a_market_unknown_at_first_comes_once_a_reload_adds_it_however_it_was_spelled() -> (
+    None
+):
+    """Asked for as `sol-usd` before the daemon has it, SOL/USD is listed in `unavailable` under
+    its canonical name; once a reload adds it, a retry subscribes it, it leaves `unavailable`
+    and its signed prices arrive, on the same connection."""
+    data = copy.deepcopy(api_rig.CONFIG)
+    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
+    rig = api_rig.Rig(parse_config(data, env={"ORACLED_ADMIN_TOKEN": api_rig.TOKEN}))
+    rig.hub.signer = KEY.address
+    rig.next_config = api_rig.make_config()
+    signer = RoundSigner(KEY)
+    rig.hub.publish_signed(signer.sign(rig.step()))
+    client = OracleClient({KEY.address}, now_ms=rig.clock.now_ms)
+    auth = {"Authorization": f"Bearer {api_rig.TOKEN}"}
+    async with TestServer(build_app(rig.context()), host="127.0.0.1") as server:
+        url = str(server.make_url("/"))
+        watcher = asyncio.create_task(client.watch_ws(url, ["BTC/USD", "sol-usd"], retry_s=0.01))
+        try:
+            async with asyncio.timeout(SAFETY_S), aiohttp.ClientSession() as http:
+                while client.unavailable.get(url) != {"SOL/USD": "unknown_market"}:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+                async with http.post(server.make_url("/v1/admin/reload"), headers=auth):
+                    pass
+                rig.hub.publish_signed(signer.sign(rig.step()))
+                while client.unavailable[url] or "SOL/USD" not in client.markets:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+    assert client.markets == ["BTC/USD", "SOL/USD"]
