@@ -238,6 +238,11 @@ class RpcClient:
                 self._count(index, failed)
         raise RpcUnavailable("batch: every endpoint failed")
 
+    def fail_active(self, kind: str, detail: str) -> None:
+        """Count a fault the caller found in the active endpoint's answer (a head behind the
+        chain's) and move on to the next endpoint, as after a failed request."""
+        self._count(self._active, _Failed(kind, detail))
+
     # -- internals --------------------------------------------------------------------------
     def _body(self, method: str, params: Sequence[Any]) -> tuple[bytes, int]:
         self._next_id += 1

@@ -257,7 +257,7 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
     yield from (txs, skipped, updates, pending)
 
 
-_RPC_ERROR_KINDS = ("transport", "http", "timeout", "garbage", "node")
+_RPC_ERROR_KINDS = ("transport", "http", "timeout", "garbage", "node", "behind")
 _REFUSED_REASONS = (("backwards", "backwards"), ("too_old", "old_blocks"))
 
 

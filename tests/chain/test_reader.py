@@ -4,6 +4,7 @@ blocks going backwards, reorgs, the sequencer gate, newHeads, cross-checks."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -11,6 +12,7 @@ from chain_rig import (
     Anvil,
     Chain,
     Deployed,
+    start_anvil,
 )
 from reading import chainlink_spec, make_reader, watch
 from rpc_proxy import RpcProxy
@@ -46,6 +48,55 @@ async def test_endpoint_dying_mid_run_fails_over(
     await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3200_00000000)
     assert await reader.poll_once()
     assert first.failures == 1  # sticky: the dead endpoint is not retried on every block
+
+
+async def test_an_endpoint_behind_the_chain_is_left_for_the_next_one(
+    anvil: Anvil,
+    http: aiohttp.ClientSession,
+    chain: Chain,
+    snapshot: Deployed,
+    proxy: RpcProxy,
+    tmp_path: Path,
+) -> None:
+    """One failed request moves the reader to a second endpoint whose head is far behind (a node
+    still syncing, or stuck). Its refused head counts as that endpoint's failure (`behind`), so
+    the next poll goes back to the first endpoint and the chain is read again, instead of staying
+    dark until the lagging node catches up."""
+    behind = start_anvil(tmp_path / "behind.log")  # a node of the same chain id at block 0
+    try:
+        reader = make_reader([proxy.url, behind.url], http, timeout_s=1.0)
+        got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+        assert await reader.poll_once()
+        proxy.script = ["error"]
+        assert not await reader.poll_once()  # answered by the lagging node: refused
+        assert reader.stats.backwards == 1
+        assert reader.rpc.stats[1].by_kind == {"behind": 1}
+        await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3100_00000000)
+        assert await reader.poll_once()
+        assert [q.price for q in got.quotes] == [3000.0, 3100.0]
+        assert reader.rpc.active == 0
+    finally:
+        behind.stop()
+
+
+async def test_an_endpoint_whose_head_stopped_moving_is_left_for_the_next_one(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """An endpoint that keeps answering the head already read while that head grows older than
+    max_block_age_s (a stalled node) is counted `behind` and left: the next poll asks the next
+    endpoint. A head that is merely unchanged within max_block_age_s is nothing new, not a
+    failure."""
+    head = await chain.block()
+    clock = ManualClock(int(head["timestamp"], 16) * 1000)
+    reader = make_reader([anvil.url, proxy.url], http, clock=clock, max_block_age_s=60.0)
+    watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    assert not await reader.poll_once()  # the same head, still young: nothing new
+    assert reader.rpc.stats[0].by_kind == {} and reader.rpc.active == 0
+    clock.advance(60_001)
+    assert not await reader.poll_once()
+    assert reader.rpc.stats[0].by_kind == {"behind": 1}
+    assert reader.rpc.active == 1
 
 
 @pytest.mark.parametrize("mode", ["garbage", "wrong_id", "error", "rate_limited"])

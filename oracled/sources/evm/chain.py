@@ -186,7 +186,7 @@ class ChainReader:
     # -- the read -------------------------------------------------------------------------
     async def read_block(self, block: Block) -> bool:
         """Read and publish one block (pinned by hash); False when it was not published."""
-        if not self._accept(block):
+        if self._refusal(block) is not None:
             return False
         data = self._layout()
         try:
@@ -212,7 +212,11 @@ class ChainReader:
         except (*_READ_ERRORS, msgspec.ValidationError) as exc:
             self._read_failed(None, exc)
             return False
-        if not self._accept(block):
+        endpoint = self.rpc.stats[self.rpc.active].name  # the one that answered
+        refused = self._refusal(block, endpoint=endpoint)
+        if refused is not None:
+            if refused != "same" or self._stalled():
+                self._behind(block, refused, endpoint)
             return False
         try:
             if isinstance(raw, RpcError):
@@ -245,23 +249,43 @@ class ChainReader:
             self._last_rejection = why
             self._log.warning(why, **detail)
 
-    def _accept(self, block: Block) -> bool:
+    def _refusal(self, block: Block, **where: Any) -> str | None:
+        """None when `block` is to be read; else why not: "same" (nothing new), "backwards" or
+        "too_old" (both counted and logged, with `where` it came from)."""
         last = self._last
         if last is not None and block.number < last.number:
             self.stats.backwards += 1
-            self._reject("block went backwards", block=block.number, last=last.number)
-            return False
+            self._reject("block went backwards", block=block.number, last=last.number, **where)
+            return "backwards"
         if last is not None and block.number == last.number:
             if block.hash == last.hash:
-                return False  # nothing new
+                return "same"
             self.stats.reorgs += 1
             self._log.warning("reorg at the head", block=block.number, hash=block.hash)
         age_ms = self._clock.now_ms() - block.timestamp * 1000
         if age_ms > self.cfg.max_block_age_s * 1000:
             self.stats.old_blocks += 1
-            self._reject("block too old", block=block.number, age_s=age_ms // 1000)
-            return False
-        return True
+            self._reject("block too old", block=block.number, age_s=age_ms // 1000, **where)
+            return "too_old"
+        return None
+
+    def _stalled(self) -> bool:
+        """The last block read is older than max_block_age_s by our clock: no new block since."""
+        last = self._last
+        return last is not None and (
+            self._clock.now_ms() - last.timestamp * 1000 > self.cfg.max_block_age_s * 1000
+        )
+
+    def _behind(self, block: Block, why: str, endpoint: str) -> None:
+        """The polled endpoint answered a head that is not the chain's (it lags, is syncing or
+        stalled). Count it on that endpoint and leave it, as after a failed request: the client
+        keeps the endpoint that answered, and one that answers from the past would otherwise hold
+        the reader until it caught up, however healthy the others."""
+        last = self._last.number if self._last is not None else None
+        self.rpc.fail_active("behind", f"head {block.number} {why}, last read {last}")
+        if why == "same":
+            self._reject("no new block", block=block.number, endpoint=endpoint,
+                         max_block_age_s=self.cfg.max_block_age_s)  # fmt: skip
 
     async def _publish(self, block: Block, raw: Any, results: list[tuple[bool, bytes]]) -> bool:
         ok, proof = results[0]
