@@ -133,7 +133,17 @@ class NatsServer:
             self.proc.wait(timeout=10)
         self.proc = None
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): sockets stay open and nothing is read (a hung node)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
+        self.resume()  # a frozen server would not act on SIGTERM
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

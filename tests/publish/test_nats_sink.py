@@ -255,6 +255,43 @@ async def test_server_death_is_counted_and_jetstream_keeps_what_it_held(
     await stop(task)
 
 
+async def test_a_hung_server_is_noticed_and_rounds_meanwhile_are_dropped_not_sent_late(
+    server: NatsServer,
+) -> None:
+    """A server that keeps its socket open but reads nothing (frozen): the sink notices that its
+    PING goes unanswered, shows itself disconnected and counts the rounds meanwhile instead of
+    piling them into the socket, where they would reach consumers late once the server wakes."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)), stall_timeout_s=0.3)
+    task = await running(sink)
+    listener = await consumer(server.url)
+    got: list[int] = []
+
+    async def keep(msg: Any) -> None:
+        got.append(msgspec.json.decode(msg.data)["round"])
+
+    await listener.subscribe("oracled.rounds", cb=keep)
+    await listener.flush()
+    rounds = Rounds(make_config())
+    try:
+        server.pause()
+        sink.submit(rounds.step())  # goes into the socket: the sink cannot know yet
+        await until(lambda: not sink.stats.connected, "the hung server noticed")
+        late = [rounds.step() for _ in range(5)]
+        for batch in late:
+            sink.submit(batch)
+        assert sink.stats.unpublished["disconnected"] == 5 * 4
+        server.resume()
+        await until(lambda: sink.stats.connected, "the server answering again")
+        fresh = rounds.step()
+        sink.submit(fresh)
+        await until(lambda: fresh.round in got, "the next round delivered")
+        assert not {b.round for b in late} & set(got)  # nothing from the stall arrived late
+    finally:
+        server.resume()
+        await listener.close()
+        await stop(task)
+
+
 async def test_an_existing_stream_with_other_settings_is_left_as_it_is(
     server: NatsServer,
 ) -> None:
