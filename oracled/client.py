@@ -508,7 +508,7 @@ class OracleClient:
                     log.debug("client subscribe retry", market=market)
                     await ask([market], retry=True)
 
-        if named is None:
+        if not named:  # none, or an empty list: every market, as the stream's contract says
             await ask(None)
         else:
             for start in range(0, len(named), _MAX_REQUEST):

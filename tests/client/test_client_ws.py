@@ -80,8 +80,8 @@ async def test_a_binary_frame_makes_the_client_reconnect_and_ask_again() -> None
     def replayed() -> bool:  # the third connection's ETH/USD is a duplicate: the client read it
         return len(requests) >= 3 and client.duplicates > 0
 
-    await watch_until(client, stream_app(stream), replayed, reconnect_s=0)
-    assert requests[:3] == [{"op": "subscribe", "signed": True}] * 3
+    await watch_until(client, stream_app(stream), replayed, [], reconnect_s=0)
+    assert requests[:3] == [{"op": "subscribe", "signed": True}] * 3  # [] is every market
     assert client.markets == ["BTC/USD", "ETH/USD"]  # SOL/USD came after a binary frame only
     assert client.accepted == 2
 
