@@ -54,6 +54,19 @@ _NET_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError)
 _WINDOW_S: Final = 1.1
 # A last trade price as the venue printed it, a number or a quoted decimal (strict=False).
 _LAST_PRICE: Final = msgspec.json.Decoder(float, strict=False)
+# REST answers that mean "too many requests" (418: Binance's ban for polling on through 429s),
+# and the longest wait their Retry-After is obeyed for (Binance's longest ban, 3 days).
+_RATE_LIMITED: Final = (429, 418)
+_MAX_RETRY_AFTER_S: Final = 3 * 86_400.0
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a rate-limit answer's Retry-After asks for; 0 without one in seconds form."""
+    try:
+        seconds = float(value) if value else 0.0
+    except ValueError:
+        return 0.0
+    return min(seconds, _MAX_RETRY_AFTER_S) if seconds > 0.0 else 0.0  # NaN is not > 0
 
 
 class RestPacer:
@@ -162,6 +175,7 @@ class Source(abc.ABC):
         self._watch: asyncio.TimerHandle | None = None
         rate = self.rest_rate_per_s
         self._pacer = RestPacer(rate, self.rest_burst, clock) if rate else None
+        self._retry_after_s = 0.0  # what the newest rate-limit answer asked us to wait
 
     @property
     def instruments(self) -> Mapping[str, tuple[str, Kind]]:
@@ -539,7 +553,8 @@ class Source(abc.ABC):
 
         A batch refused with HTTP 400 (one bad symbol spoils the whole request on some venues) is
         retried once symbol by symbol; a symbol refused alone is marked failed and left out.
-        Rate-limit answers (429, 418) are never split, so that they cannot multiply requests.
+        Rate-limit answers (429, 418) are never split, so that they cannot multiply requests; they
+        end the round, and the next waits as long as their Retry-After says (the venues' rule).
         The source is polling only while answers bring prices (new ones, or ones we already
         had): a 200 without any (a proxy's page, an error body, no rows of ours) leaves it down.
         """
@@ -551,7 +566,7 @@ class Source(abc.ABC):
             size = 1 if split else self.rest_batch_size
             batches = [symbols[i : i + size] for i in range(0, len(symbols), size)]
             split = False
-            answered, priced = False, False
+            answered, priced, pause = False, False, interval
             for batch in batches:
                 request = self.rest_request(batch)
                 if request is None:
@@ -578,9 +593,14 @@ class Source(abc.ABC):
                     self.stats.failed_instruments[batch[0]] = error
                 else:
                     self._set_state(ConnState.DOWN, error=error)
+                    if status in _RATE_LIMITED:  # the rest of the round would only add to it
+                        pause = max(interval, self._retry_after_s)
+                        break
+            if pause > interval:
+                self._log.warning("rest rate limited", status=status, delay_s=pause)
             if answered and not priced and self._down.is_set():
                 self._set_state(ConnState.DOWN, error="REST answers without a usable price")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(pause)
 
     def _rest_progress(self) -> tuple[int, int]:
         """Quotes, and prices we already had (an unchanged quiet market): moved by a usable
@@ -602,6 +622,8 @@ class Source(abc.ABC):
         except _NET_ERRORS as exc:
             return None, b"", f"{type(exc).__name__}: {exc}".rstrip(": ")
         if resp.status != 200:
+            limited = resp.status in _RATE_LIMITED
+            self._retry_after_s = _retry_after(resp.headers.get("Retry-After")) if limited else 0.0
             return resp.status, body, f"HTTP {resp.status}: {body[:200].decode(errors='replace')}"
         return resp.status, body, None
 

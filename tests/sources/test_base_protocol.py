@@ -33,6 +33,7 @@ class Venue:
         self.rest_asked: list[list[str]] = []  # the symbols of each REST request, in order
         self.rest_rows: list[dict[str, str]] = []  # the body of a successful answer
         self.rest_text: str | None = None  # set: a successful answer's body instead of the rows
+        self.retry_after: str | None = None  # the Retry-After header of a failing answer
         self.rest_held: asyncio.Event | None = None  # set: REST answers wait until it is set
         self.rest_answered = 0
 
@@ -60,7 +61,9 @@ class Venue:
             await self.rest_held.wait()
         self.rest_answered += 1
         if self.rest_status != 200:
-            return web.json_response({"code": -1, "msg": "refused"}, status=self.rest_status)
+            headers = {"Retry-After": self.retry_after} if self.retry_after is not None else None
+            body = {"code": -1, "msg": "refused"}
+            return web.json_response(body, status=self.rest_status, headers=headers)
         if self.rest_text is not None:
             return web.Response(text=self.rest_text, content_type="text/html")
         return web.json_response(self.rest_rows)
@@ -257,6 +260,25 @@ async def test_rate_limited_rest_batch_is_never_split(
     venue.rest_status, asked = 400, len(venue.rest_asked)
     await wait(lambda: ["BTCUSDT"] in venue.rest_asked[asked:])
     assert ["ETHUSDT"] in venue.rest_asked[asked:]
+
+
+async def test_a_rate_limit_answer_is_obeyed_for_as_long_as_it_says(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A 429 or a 418 (Binance's ban) with Retry-After: no further request until that many
+    seconds have passed, though polls are due every 0.1 s: the venue's docs make backing off the
+    client's duty, and polling on through a ban lengthens it. Before, polling went on at its
+    interval (found by reading Binance's rate-limit rules against the poll loop)."""
+    venue = Venue(hold_script)
+    venue.refuse = True  # no stream: the source polls
+    for status in (429, 418):
+        venue.rest_status, venue.retry_after = status, "30"
+        asked = venue.rest_requests
+        run = await launch(venue, aiohttp_server, start_config)
+        await wait(lambda floor=asked + 1: venue.rest_requests >= floor)
+        await asyncio.sleep(0.6)  # six poll intervals
+        assert venue.rest_requests == asked + 1, status
+        assert run.stats.dropped["rest_error"] == 1 and run.stats.state is ConnState.DOWN
 
 
 async def test_rest_answers_without_a_quote_leave_the_source_down_not_polling(
