@@ -258,7 +258,11 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
 
 
 _RPC_ERROR_KINDS = ("transport", "http", "timeout", "garbage", "node", "behind")
-_REFUSED_REASONS = (("backwards", "backwards"), ("too_old", "old_blocks"))
+_REFUSED_REASONS = (
+    ("backwards", "backwards"),
+    ("too_old", "old_blocks"),
+    ("superseded", "superseded"),
+)
 
 
 def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metric]:
@@ -286,7 +290,7 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
     }  # fmt: skip
     refused = CounterMetricFamily(
         "oracled_chain_blocks_refused",
-        "Blocks not published: backwards (below the last one published), too_old.",
+        "Blocks not published: backwards (below the last one published), too_old, superseded.",
         labels=["chain", "reason"],
     )
     failovers = CounterMetricFamily(
@@ -299,7 +303,8 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
     )
     errors = CounterMetricFamily(
         "oracled_chain_rpc_errors",
-        "Failed requests to an RPC endpoint by kind: transport, http, timeout, garbage, node.",
+        "Failed requests to an RPC endpoint by kind: transport, http, timeout, garbage, node, "
+        "behind.",
         labels=["chain", "endpoint", "kind"],
     )
     sequencer = GaugeMetricFamily(

@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 from chain_rig import Anvil, Chain, Deployed
 from reading import Collected, chainlink_spec, make_reader, watch
+from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 from ws_relay import WsRelay
 
@@ -126,5 +127,33 @@ async def test_without_a_ws_url_the_reader_polls_every_interval(
         await got.until(lambda: got.last.price == 3100.0)
         assert reader.stats.mode == "polling"
         assert got.stats.state == "polling"
+    finally:
+        await stop(task)
+
+
+async def test_heads_arriving_during_a_slow_read_are_skipped_for_the_newest(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """An RPC endpoint slower than the chain: the heads that arrive while a read is in flight
+    are not read one after the other (the reader would fall one more block behind with every
+    block, up to max_block_age_s); the next read is of the newest head, and each head passed
+    over is counted as superseded."""
+    reader = make_reader([proxy.url], http, ws_url=anvil.ws_url, timeout_s=5.0)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    task = asyncio.create_task(reader.run())
+    try:
+        await until(lambda: reader.stats.mode == "newHeads" and bool(got.quotes))
+        proxy.mode = "hold"
+        await chain.mine()  # its read is held: a slow endpoint
+        await until(lambda: proxy.held == 1)
+        await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+        newest = await chain.transact(snapshot.eth_aggregator, UPDATE, 3200_00000000)
+        await until(lambda: reader.stats.superseded == 1)  # 3100's head, passed by 3200's
+        proxy.mode = "pass"
+        proxy.release.set()
+        await got.until(lambda: got.last.price == 3200.0)
+        assert [q.price for q in got.quotes] == [3000.0, 3200.0]
+        assert reader.stats.last_block == int(newest["blockNumber"], 16)
+        assert reader.stats.superseded == 1
     finally:
         await stop(task)

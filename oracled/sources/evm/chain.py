@@ -77,6 +77,7 @@ class ChainStats:
     reorgs: int = 0  # same height, new hash
     backwards: int = 0  # a block below the last one processed (never published)
     old_blocks: int = 0  # blocks older than max_block_age_s (not published)
+    superseded: int = 0  # newHeads: heads passed over for a newer one while a read was slow
     disagreements: int = 0  # cross-check: two endpoints answered differently
     sequencer_up: bool | None = None
     last_block: int | None = None
@@ -474,12 +475,38 @@ class ChainReader:
             self.stats.mode = "newHeads"
             self._log.info("following newHeads")
             await self.poll_once()  # the current head, without waiting for the next block
-            while True:
-                msg = await ws.receive(timeout=self.cfg.max_block_age_s)
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    raise SourceError(f"newHeads socket ended ({msg.type.name})")
-                notice = _notice_decoder.decode(msg.data)
-                if notice.params is None:
-                    continue
-                h = notice.params.result
-                await self.read_block(Block(int(h.number, 16), h.hash, int(h.timestamp, 16)))
+            newest: list[Block] = []  # the newest head not read yet (at most one)
+            arrived = asyncio.Event()
+            listener = asyncio.create_task(self._listen(ws, newest, arrived))
+            try:
+                while True:
+                    waiter = asyncio.create_task(arrived.wait())
+                    await asyncio.wait((listener, waiter), return_when=asyncio.FIRST_COMPLETED)
+                    if listener.done():
+                        waiter.cancel()
+                        listener.result()  # raises why the socket ended
+                    arrived.clear()
+                    await self.read_block(newest.pop())
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    async def _listen(
+        self, ws: aiohttp.ClientWebSocketResponse, newest: list[Block], arrived: asyncio.Event
+    ) -> None:
+        """Take notices off the socket while blocks are read: a head that a newer one passes
+        before its read began is skipped (counted), so an endpoint slower than the chain costs
+        blocks, not an ever-growing lag."""
+        while True:
+            msg = await ws.receive(timeout=self.cfg.max_block_age_s)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                raise SourceError(f"newHeads socket ended ({msg.type.name})")
+            notice = _notice_decoder.decode(msg.data)
+            if notice.params is None:
+                continue
+            h = notice.params.result
+            if newest:
+                self.stats.superseded += 1
+            newest[:] = [Block(int(h.number, 16), h.hash, int(h.timestamp, 16))]
+            arrived.set()
