@@ -64,6 +64,7 @@ type = "okx"
 type = "gemini"
 [sources.chain]
 type = "pyth_hermes"
+instruments = { "BTC/USD" = "0xe62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43" }
 
 [[routes]]
 from = "USDT"
