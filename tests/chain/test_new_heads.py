@@ -157,3 +157,41 @@ async def test_heads_arriving_during_a_slow_read_are_skipped_for_the_newest(
         assert reader.stats.superseded == 1
     finally:
         await stop(task)
+
+
+class RecordedDelay(random.Random):
+    """Backoff that records each ceiling it is given (the backoff's size) and waits 10 ms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ceilings: list[float] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.ceilings.append(b)
+        return 0.01
+
+
+async def test_the_backoff_starts_again_after_a_subscription_that_delivered_heads(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """Refusals grow the reconnect backoff; once a subscription has delivered heads, the next
+    break starts from the first step again, not from where the earlier refusals left it (after a
+    few breaks over a long run the reader would otherwise always wait the longest step, polling,
+    before it came back to newHeads)."""
+    relay.mode = "refuse"
+    delays = RecordedDelay()
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=delays, poll_interval_s=0.02)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    task = asyncio.create_task(reader.run())
+    try:
+        await until(lambda: len(delays.ceilings) >= 3)
+        assert delays.ceilings[:3] == [1.0, 2.0, 4.0]
+        relay.mode = "relay"
+        await until(lambda: relay.following == 1 and reader.stats.mode == "newHeads")
+        await read_by_new_heads(chain, snapshot, got)
+        seen = len(delays.ceilings)
+        await relay.stop()  # the socket breaks after it delivered a head
+        await until(lambda: len(delays.ceilings) > seen)
+        assert delays.ceilings[seen] == 1.0
+    finally:
+        await stop(task)

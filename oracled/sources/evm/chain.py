@@ -156,6 +156,7 @@ class ChainReader:
         self._sequencer_ok = True
         self._chain_checked: set[int] = set()  # endpoints whose chain id was verified
         self._last_rejection: str | None = None
+        self._heads = 0  # newHeads notices received
 
     # -- feeds ----------------------------------------------------------------------------
     def register(self, feed: Feed, emit: Callable[[Quote], None], stats: SourceStats) -> None:
@@ -446,12 +447,14 @@ class ChainReader:
             return
         attempt = 0
         while True:
+            heads = self._heads
             try:
                 await self._follow_heads(self.cfg.ws_url)
-                attempt = 0
             except (aiohttp.ClientError, OSError, TimeoutError, SourceError, ValueError,
                     msgspec.MsgspecError) as exc:  # fmt: skip
                 self._reject("newHeads down, polling", error=f"{type(exc).__name__}: {exc}"[:200])
+            if self._heads != heads:
+                attempt = 0  # that subscription worked: this break starts the backoff again
             delay = backoff_delay(attempt, 1.0, 60.0, self._rng)
             attempt += 1
             with contextlib.suppress(TimeoutError):
@@ -506,6 +509,7 @@ class ChainReader:
             if notice.params is None:
                 continue
             h = notice.params.result
+            self._heads += 1
             if newest:
                 self.stats.superseded += 1
             newest[:] = [Block(int(h.number, 16), h.hash, int(h.timestamp, 16))]
