@@ -83,6 +83,31 @@ def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "nope.toml: cannot read" in proc.stderr
 
 
+def test_a_file_nested_too_deeply_is_a_config_problem_not_a_traceback(tmp_path: Path) -> None:
+    """TOML (the config, an accounts file) or JSON (an accounts file) nested thousands deep is
+    refused with exit 2 naming the file; the parsers' RecursionError once escaped as a traceback
+    with exit 1. Run in a fresh process: the daemon's own imports (py_ecc) raise Python's
+    recursion limit a hundredfold, so the depth that fails depends on what was imported."""
+    arrays = "[" * 5000 + "]" * 5000
+    toml = tmp_path / "deep.toml"
+    toml.write_text(f"x = {arrays}\n")
+    tables = tmp_path / "tables.toml"
+    tables.write_text("x = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n")
+    for path in (toml, tables):
+        for args in (("check-config", str(path)), ("run", "--config", str(path))):
+            proc = _oracled(*args)
+            assert proc.returncode == 2, proc.stderr
+            assert f"{path}: not valid TOML (nested too deeply)" in proc.stderr
+            assert "Traceback" not in proc.stderr
+    json_file = tmp_path / "deep.json"
+    json_file.write_text(arrays)
+    for path in (toml, json_file):
+        proc = _oracled("stress", "--scenario", "flash_crash", "--accounts", str(path))
+        assert proc.returncode == 2, proc.stderr
+        assert f"{path}: nested too deeply" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
 def test_a_bad_listen_address_is_a_usage_error() -> None:
     """--listen must be HOST:PORT."""
     proc = _oracled("run", "--listen", "localhost")

@@ -83,21 +83,6 @@ def test_stress_reports_bad_accounts_with_key_paths(
     assert "accounts[0].positions[0].instrument" in capsys.readouterr().err
 
 
-def test_an_accounts_file_nested_too_deeply_is_refused_not_a_traceback(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """JSON or TOML nested thousands deep is a config problem naming the file (exit 2); the
-    parsers' RecursionError once escaped `oracled stress` and `oracled margin` as a traceback."""
-    for name, text in (
-        ("a.json", "[" * 5000 + "]" * 5000),
-        ("a.toml", "x = " + "[" * 5000 + "]" * 5000),
-    ):
-        bad = tmp_path / name
-        bad.write_text(text)
-        assert main(["stress", "--scenario", "flash_crash", "--accounts", str(bad)]) == 2
-        assert f"{bad}: nested too deeply" in capsys.readouterr().err
-
-
 def test_replay_hooks_see_every_quote_and_every_round_of_the_printed_output() -> None:
     """on_quote sees each tape quote before the core; on_round the rounds that were printed."""
     cfg = parse_config(tomllib.loads(scenario_config()))
