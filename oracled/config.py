@@ -709,6 +709,11 @@ def _push_relations(cfg: Config, symbols: set[str]) -> list[str]:
         for sym in names
         if sym not in symbols
     ]
+    if push.priority_fee_gwei >= push.max_gas_price_gwei:  # base + tip > cap: nothing is sent
+        problems.append(
+            "push.priority_fee_gwei: must be below push.max_gas_price_gwei "
+            "(the cap covers the base fee and the tip)"
+        )
     if not push.enabled:
         return problems
     if push.chain is None:
