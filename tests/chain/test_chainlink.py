@@ -15,6 +15,7 @@ from chain_rig import (
     new_token,
 )
 from reading import chainlink_spec, make_reader, watch
+from structlog.testing import capture_logs
 
 from oracled.sources.evm.chainlink import ChainlinkFeed
 
@@ -103,15 +104,23 @@ async def test_answered_in_older_round_is_refused(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:
     """answeredInRound < roundId (an answer carried over from an older round) is dropped with a
-    counted reason, and the previous good quote is not re-emitted."""
+    counted reason, logged once (not on every block it stays the latest), and the previous
+    good quote is not re-emitted."""
     reader = make_reader([anvil.url], http)
     got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
     assert await reader.poll_once()
     now = await chain.timestamp()
     await chain.transact(snapshot.btc_aggregator, SET_ROUND, 10, 61_000_00000000, now, now, 9)
-    assert await reader.poll_once()
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+        await chain.mine()
+        assert await reader.poll_once()
     assert got.stats.dropped["carried_over_round"] == 1
     assert [q.price for q in got.quotes] == [60000.0]
+    (refused,) = [e for e in logs if e["event"] == "chainlink round refused"]
+    assert (refused["reason"], refused["round_id"], refused["answered_in_round"]) == (
+        "carried_over_round", 10, 9,
+    )  # fmt: skip
 
 
 async def test_non_positive_answer_is_refused(

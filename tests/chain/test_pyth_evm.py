@@ -13,6 +13,7 @@ from chain_rig import (
     pyth_update,
 )
 from reading import make_reader, pyth_spec, watch
+from structlog.testing import capture_logs
 
 from oracled.sources.evm.pyth_evm import PythEvmFeed
 
@@ -84,6 +85,31 @@ async def test_wide_confidence_is_dropped(
     got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
     assert await reader.poll_once()
     assert got.stats.dropped["wide_confidence"] == 1
+    assert got.quotes == []
+
+
+async def test_a_refused_price_is_counted_and_logged_once_while_it_stays(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A refused price that stays in the contract for many blocks is one refusal: counted
+    once and logged once with its reason and values (as a refused Chainlink round is), not
+    counted again on every block; the next refused price is counted and logged again."""
+    now = await chain.timestamp()
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 100, 100, -8, now + 1)
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+        await chain.mine(2)
+        assert await reader.poll_once()
+        await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, -5, 1, -8, now + 2)
+        assert await reader.poll_once()
+    assert got.stats.dropped == {"wide_confidence": 1, "non_positive": 1}
+    refused = [e for e in logs if e["event"] == "pyth price refused"]
+    assert [(e["reason"], e["price"], e["conf"]) for e in refused] == [
+        ("wide_confidence", 100, 100),
+        ("non_positive", -5, 1),
+    ]
     assert got.quotes == []
 
 

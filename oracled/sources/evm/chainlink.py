@@ -120,6 +120,10 @@ class ChainlinkFeed(Feed):
         reason = self._refuse(round_id, answer, updated_at, answered_in)
         if reason is not None:
             self._rejected = (round_id, updated_at)
+            self._log.warning(
+                "chainlink round refused", reason=reason, round_id=round_id, answer=answer,
+                updated_at=updated_at, answered_in_round=answered_in, block=block.number,
+            )  # fmt: skip
             return reason
         flag: str | None = None
         if self._bounds is not None and not self._bounds[0] < answer < self._bounds[1]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+import structlog
+
 from oracled.config import FeedSpec
 from oracled.model import Quote
 from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
@@ -32,7 +34,7 @@ _MAX_EXPO: Final = 36
 class PythEvmFeed(Feed):
     """One Pyth price id on one Pyth contract, for one canonical pair."""
 
-    __slots__ = ("_calls", "_last", "_max_age_s")
+    __slots__ = ("_calls", "_last", "_log", "_max_age_s", "_rejected")
 
     def __init__(self, source_id: str, pair: str, contract: str, spec: FeedSpec) -> None:
         super().__init__(source_id, pair)
@@ -42,6 +44,8 @@ class PythEvmFeed(Feed):
         self._calls = (Call(contract, _GET_PRICE_UNSAFE + feed_id),)
         self._max_age_s = spec.max_age_s
         self._last: tuple[int, int, int, str | None] | None = None  # publishTime, price, conf, flag
+        self._rejected: tuple[int, int, int] | None = None  # publishTime, price, conf refused last
+        self._log = structlog.get_logger("oracled").bind(source=source_id, pair=pair)
 
     def calls(self) -> Sequence[Call]:
         return self._calls
@@ -62,16 +66,16 @@ class PythEvmFeed(Feed):
             return "malformed"
         last = self._last
         if last is not None and publish_time < last[0]:
-            return "older_price"
+            return self._refused("older_price", publish_time, price, conf, block)
+        if publish_time == 0:
+            return self._refused("no_price", publish_time, price, conf, block)
+        if price <= 0:
+            return self._refused("non_positive", publish_time, price, conf, block)
+        if conf >= price:  # the band reaches zero: no usable bid
+            return self._refused("wide_confidence", publish_time, price, conf, block)
         flag = "stale" if block.timestamp - publish_time > self._max_age_s else None
         if last == (publish_time, price, conf, flag):
             return None
-        if publish_time == 0:
-            return "no_price"
-        if price <= 0:
-            return "non_positive"
-        if conf >= price:
-            return "wide_confidence"  # the band reaches zero: no usable bid
         self._last = (publish_time, price, conf, flag)
         scale = 10.0**expo
         return Quote(
@@ -79,6 +83,19 @@ class PythEvmFeed(Feed):
             (price + conf) * scale, venue_ts=publish_time * 1000, flag=flag,
             block=block.number, block_ts=block.timestamp * 1000,
         )  # fmt: skip
+
+    def _refused(
+        self, reason: str, publish_time: int, price: int, conf: int, block: Block
+    ) -> str | None:
+        """A refused price is counted and logged once, not on every block it stays stored."""
+        if self._rejected == (publish_time, price, conf):
+            return None
+        self._rejected = (publish_time, price, conf)
+        self._log.warning(
+            "pyth price refused", reason=reason, price=price, conf=conf,
+            publish_time=publish_time, block=block.number,
+        )  # fmt: skip
+        return reason
 
 
 class PythEvmSource(ChainSource):
