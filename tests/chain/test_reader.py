@@ -212,6 +212,27 @@ async def test_sequencer_down_or_in_grace_flags_every_feed(
     assert reader.stats.sequencer_up is True
 
 
+async def test_the_grace_period_ends_only_after_grace_period_s_has_passed(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A block exactly grace_period_s after the sequencer came back is still inside the grace
+    period (Chainlink's reference check and Aave's sentinel both require more time than the
+    grace period); the block a second later opens the gate."""
+    seq = SequencerConfig(address=snapshot.sequencer, grace_period_s=600)
+    now = await chain.timestamp()
+    await chain.transact(snapshot.sequencer, UPDATE_SEQ, 1, 0, now, now)
+    reader = make_reader([anvil.url], http, sequencer=seq)
+    eth = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy, 7200)))
+    await chain.rpc("evm_setNextBlockTimestamp", [now + 600])
+    await chain.mine()
+    assert await reader.poll_once()
+    assert (reader.stats.sequencer_up, eth.last.flag) == (False, "sequencer")
+    await chain.rpc("evm_setNextBlockTimestamp", [now + 601])
+    await chain.mine()
+    assert await reader.poll_once()
+    assert (reader.stats.sequencer_up, eth.last.flag) == (True, None)
+
+
 async def test_new_heads_read_each_block_in_one_round_trip(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:

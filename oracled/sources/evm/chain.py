@@ -378,7 +378,7 @@ class ChainReader:
         try:
             if ok_call:
                 _, answer, started_at, _, _ = decode_round(data)
-                up = answer == 0 and 0 < started_at <= block.timestamp - seq.grace_period_s
+                up = answer == 0 and 0 < started_at < block.timestamp - seq.grace_period_s
         except ValueError:
             up = False
         self.stats.sequencer_up = up
