@@ -752,7 +752,9 @@ def _chain_relations(cfg: Config) -> list[str]:
             f"{where}.{key}: on-chain sources do not take this key (their chain's "
             f"{chain_table} sets how they are read)"
             for key in _VENUE_KEYS
-            if key in src.model_fields_set
+            # by value, not by presence: a config dumped whole (oracled.sim) holds every default
+            if getattr(src, key)
+            != SourceConfig.model_fields[key].get_default(call_default_factory=True)
         )
         if src.chain is None:
             problems.append(f"{where}.chain: is required for a {src.type} source")

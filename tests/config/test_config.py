@@ -168,3 +168,14 @@ def test_lists_in_a_loaded_config_are_tuples_and_cannot_grow() -> None:
     assert isinstance(cfg.markets, tuple)
     assert isinstance(cfg.routes, tuple)
     assert all(isinstance(m.sources, tuple) for m in cfg.markets)
+
+
+def test_a_config_dumped_whole_parses_again_to_the_same_config() -> None:
+    """The shipped config, dumped with every default written out (as the simulators re-point it
+    for `oracled demo`), is accepted again unchanged: the checks that refuse keys an on-chain
+    source has no use for look at values that differ from the defaults, not at mere presence."""
+    root = HERE.parent.parent
+    for env in ({}, {"ORACLED_ETH_RPC_URLS": "http://127.0.0.1:8545"}):
+        cfg = load_config(root / "config" / "default.toml", env=env)
+        again = parse_config(cfg.model_dump(by_alias=True, exclude={"admin_token"}), env=env)
+        assert again == cfg
