@@ -22,10 +22,14 @@ from typing import Any
 from oracled.config import Config
 from oracled.core import RoundResult
 from oracled.margin import (
+    Account,
     AccountsFile,
+    Assessment,
+    Decision,
     Frozen,
     Liquidation,
     MarginEngine,
+    Position,
     PriceRef,
     PriceView,
     Resolved,
@@ -54,12 +58,40 @@ class LiquidationEvent:
     price_kind: str  # the driver report's price the engine used: mark, index or last_good
 
 
+Prices = dict[str, Resolved | Frozen]
+
+
+class _JudgedEngine(MarginEngine):
+    """A policy's engine that judges each liquidation just before it is decided, at the clean
+    reference prices: after the decisions before it in the same step, such as a deleveraging
+    that closed the account's profitable position at a bankruptcy price (docs/stress.md)."""
+
+    def __init__(self, spec: AccountsFile) -> None:
+        super().__init__(spec)
+        self.clean: Prices = {}
+        self.verdicts: dict[tuple[str, str], bool] = {}  # (account, scope) -> liquidatable
+
+    def _liquidate_isolated(
+        self, account: Account, pos: Position, a: Assessment, prices: Prices, now_ms: int
+    ) -> list[Decision]:
+        verdict = assess_isolated(pos, self.spec, self.clean).state == "liquidatable"
+        self.verdicts[(account.id, f"isolated:{pos.instrument}")] = verdict
+        return super()._liquidate_isolated(account, pos, a, prices, now_ms)
+
+    def _liquidate_cross(
+        self, account: Account, a: Assessment, prices: Prices, now_ms: int
+    ) -> list[Decision]:
+        verdict = assess_cross(account, self.spec, self.clean).state == "liquidatable"
+        self.verdicts[(account.id, "cross")] = verdict
+        return super()._liquidate_cross(account, a, prices, now_ms)
+
+
 @dataclass
 class PolicyRun:
     """One policy's engine and what it did over the run."""
 
     name: str
-    engine: MarginEngine
+    engine: _JudgedEngine
     prices: list[float | None] = field(default_factory=list)  # the primary market, per round
     liquidations: list[LiquidationEvent] = field(default_factory=list)
     paused_rounds: dict[str, int] = field(default_factory=dict)
@@ -179,7 +211,9 @@ def _synthetic(market: str, ts: int, rnd: int, price: float | None) -> PriceView
     )
 
 
-def _clean_prices(markets: Iterable[str], ref: dict[str, float | None], ts: int, rnd: int) -> Any:
+def _clean_prices(
+    markets: Iterable[str], ref: dict[str, float | None], ts: int, rnd: int
+) -> Prices:
     out: dict[str, Resolved | Frozen] = {}
     for m in markets:
         p = ref.get(m)
@@ -192,18 +226,6 @@ def _clean_prices(markets: Iterable[str], ref: dict[str, float | None], ts: int,
             ts=ts,
         )
         out[m] = Resolved(p, p, r) if p is not None else Frozen("no_price", r, 0)
-    return out
-
-
-def _liquidatable_under(engine: MarginEngine, clean: Any) -> set[tuple[str, str]]:
-    """(account, scope) pairs the clean reference would liquidate, on this engine's accounts."""
-    out: set[tuple[str, str]] = set()
-    for account in engine.accounts.values():
-        for pos in account.positions:
-            if pos.isolated and assess_isolated(pos, engine.spec, clean).state == "liquidatable":
-                out.add((account.id, f"isolated:{pos.instrument}"))
-        if assess_cross(account, engine.spec, clean).state == "liquidatable":
-            out.add((account.id, "cross"))
     return out
 
 
@@ -235,7 +257,7 @@ def run_stress(
     assert primary_cfg is not None
     venue = single_venue or header.get("single_venue") or primary_cfg.sources[0].source
     names = (ORACLE, f"single_venue:{venue}", PLAIN, REFERENCE)
-    runs = {n: PolicyRun(n, MarginEngine(accounts)) for n in names}
+    runs = {n: PolicyRun(n, _JudgedEngine(accounts)) for n in names}
     result = StressResult(header, cfg.oracle.round_interval_ms, primary, markets, runs)
     watch = QuoteWatch(cfg)
     primary_sources = [(s.source, s.pair) for s in primary_cfg.sources]
@@ -299,7 +321,8 @@ def run_stress(
                             run.follow_ms = ts - move_end
                 if m == primary:
                     run.prices.append(price)
-            judged = _liquidatable_under(engine, clean)
+            engine.clean = clean
+            engine.verdicts.clear()
             run.price_used[engine.book.resolve(primary, ts).ref.kind] += 1
             decisions = engine.step(ts)
             run.decisions += len(decisions)
@@ -312,7 +335,7 @@ def run_stress(
                             d.scope,
                             d.instrument,
                             d.price,
-                            (d.account, d.scope) not in judged,
+                            not engine.verdicts[(d.account, d.scope)],
                             d.driver.kind,
                         )
                     )

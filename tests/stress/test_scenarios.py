@@ -98,3 +98,36 @@ def test_unknown_scenario_names_the_known_ones() -> None:
     """A typo gets the list of scenarios back."""
     with pytest.raises(KeyError, match="flash_crash"):
         build("flash")
+
+
+def _steady_tape(btc: float, seconds: int) -> list[bytes]:
+    """Every venue of the scenarios' config quoting BTC at `btc` (USDT at par) once a second."""
+    t0 = 1_700_000_000_000
+    lines = [b'{"format":"oracled-tape","version":1}\n']
+    for second in range(seconds):
+        for k, venue in enumerate(("v1", "v2", "v3", "v4", "thin", "chain")):
+            ts = t0 + second * 1000 + 10 * k
+            if venue in ("v1", "v2", "v3", "v4"):
+                lines.append(
+                    b'{"ts":%d,"source":"%s","pair":"USDT/USD","price":"1"}\n'
+                    % (ts, venue.encode())
+                )
+            pair = b"BTC/USDT" if venue == "v4" else b"BTC/USD"
+            lines.append(
+                b'{"ts":%d,"source":"%s","pair":"%s","price":"%r"}\n'
+                % (ts, venue.encode(), pair, btc)
+            )
+    return lines
+
+
+def test_a_liquidation_a_deleveraging_caused_in_the_same_round_is_not_judged_wrongful() -> None:
+    """BTC at 97,000: the 10x short goes bankrupt and its shortfall deleverages the hedged
+    account's profitable long at the bankruptcy price, which leaves that account liquidatable,
+    so the engine liquidates it in the same round. Judged just before that decision (docs/stress.md)
+    it was liquidatable at the clean prices: no policy, the reference least of all, counts it
+    wrongful."""
+    summary = run_stress(CFG, _steady_tape(97_000.0, 20), ACCOUNTS).summary()
+    for name, policy in summary["policies"].items():
+        liquidated = [(e["account"], e["wrongful"]) for e in policy["events"]]
+        assert liquidated == [("short_10x", False), ("hedged", False)], name
+        assert policy["wrongful_liquidations"] == 0, name
