@@ -256,6 +256,17 @@ def run_stress(
     primary_cfg = cfg.market(primary)
     assert primary_cfg is not None
     venue = single_venue or header.get("single_venue") or primary_cfg.sources[0].source
+    quoting = {
+        s.source
+        for m in markets
+        if (mc := cfg.market(m)) is not None
+        for s in (*mc.sources, *mc.perp_sources)
+    }
+    if venue not in quoting:  # else its row would be the plain median under another name
+        raise ValueError(
+            f"the single venue {venue!r} quotes none of the accounts' markets; "
+            f"venues that do: {', '.join(sorted(quoting))}"
+        )
     names = (ORACLE, f"single_venue:{venue}", PLAIN, REFERENCE)
     runs = {n: PolicyRun(n, _JudgedEngine(accounts)) for n in names}
     result = StressResult(header, cfg.oracle.round_interval_ms, primary, markets, runs)

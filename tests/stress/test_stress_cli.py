@@ -83,6 +83,17 @@ def test_stress_reports_bad_accounts_with_key_paths(
     assert "accounts[0].positions[0].instrument" in capsys.readouterr().err
 
 
+def test_a_single_venue_that_quotes_none_of_the_accounts_markets_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--venue` with a typo is a usage error naming the venues that can be used, not a
+    single-venue row that silently is the plain median under another name."""
+    assert main(["stress", "--scenario", "perp_wick", "--venue", "p9"]) == 2
+    err = capsys.readouterr().err
+    assert "'p9' quotes none of the accounts' markets" in err
+    assert "chain, p1, p2, p3, thin, v1, v2, v3, v4" in err
+
+
 def test_replay_hooks_see_every_quote_and_every_round_of_the_printed_output() -> None:
     """on_quote sees each tape quote before the core; on_round the rounds that were printed."""
     cfg = parse_config(tomllib.loads(scenario_config()))
