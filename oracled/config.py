@@ -13,6 +13,7 @@ made, so that the key itself never enters the config.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -509,7 +510,26 @@ def parse_listen(value: str) -> tuple[str, int]:
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError("port must be between 0 and 65535")
-    return host.strip("[]"), port
+    host = host.strip("[]")
+    _check_host(host)
+    return host, port
+
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+
+
+def _check_host(host: str) -> None:
+    """An IP address or a host name: a wrong one is named here rather than by the resolver's bare
+    "Name or service not known" when the API binds."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9.]+", host):  # no host name is all digits (RFC 1123)
+        raise ValueError(f"{host!r} is not an IPv4 address")
+    if len(host) > 253 or not re.fullmatch(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?", host):
+        raise ValueError(f"{host!r} is not an IP address or a host name")
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from oracled.config import Config, load_config, parse_config
+from oracled.config import Config, load_config, parse_config, parse_listen
 from oracled.errors import ConfigError
 
 HERE = Path(__file__).parent
@@ -179,3 +179,15 @@ def test_a_config_dumped_whole_parses_again_to_the_same_config() -> None:
         cfg = load_config(root / "config" / "default.toml", env=env)
         again = parse_config(cfg.model_dump(by_alias=True, exclude={"admin_token"}), env=env)
         assert again == cfg
+
+
+def test_listen_takes_ip_addresses_and_host_names() -> None:
+    """api.listen (and --listen) accept IPv4, bracketed IPv6 and host names; a host that is
+    neither is refused before the daemon tries to bind it."""
+    assert parse_listen("0.0.0.0:8480") == ("0.0.0.0", 8480)
+    assert parse_listen("[::1]:8480") == ("::1", 8480)
+    assert parse_listen("localhost:0") == ("localhost", 0)
+    assert parse_listen("oracled-0.oracled.svc.cluster.local:8480")[0].endswith(".local")
+    for bad in ("1.2.3:8480", "-host:8480", "host_name:8480", "a..b:8480", "*:8480"):
+        with pytest.raises(ValueError, match="is not an"):
+            parse_listen(bad)
