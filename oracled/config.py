@@ -664,6 +664,11 @@ def _relations(cfg: Config) -> list[str]:
                 problems.append(
                     f"{where}.pair: no route converts {p_quote} to {quote} (add a [[routes]] entry)"
                 )
+        if not market.perp_sources and market.mark != MarkConfig():  # compared: dumps hold it
+            problems.append(
+                f"markets[{i}].mark: used only with perp_sources (no perpetual, no mark price); "
+                "remove it or list the market's perpetuals"
+            )
         if market.min_sources > len(market.sources):
             problems.append(
                 f"markets[{i}].min_sources: {market.min_sources} exceeds the "
