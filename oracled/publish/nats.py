@@ -20,11 +20,11 @@ sends when it can. While the server is unreachable rounds are counted as unpubli
 keeps what it had. nats-py reconnects on its own; the sink only connects the first time (again
 and again until a server answers).
 
-A server that hangs with its socket open (a frozen process, a stalled network path) would go
-unnoticed for minutes (nats-py's own pings are two minutes apart) while every round piled into the
-socket, to reach consumers all at once, late, when it woke. So after each batch the sink waits for
-the server's answer to a PING (`stall_timeout_s`); without one it shows itself disconnected, counts
-the rounds meanwhile `disconnected`, and asks again until the server answers.
+A server that hangs with its socket open (a frozen process, a stalled network path) must count as
+down too, or every round would pile into the socket and reach consumers all at once, late, when it
+woke. nats-py's pings notice it: the sink pings every `ping_interval_s` (nats-py's default is two
+minutes) and drops the connection after two unanswered, then reconnects as after any outage (to
+another server of the list, if there is one).
 """
 
 from __future__ import annotations
@@ -101,12 +101,12 @@ class NatsSink:
     """Publishes submitted rounds to NATS from its own task; see the module docstring."""
 
     def __init__(
-        self, cfg: NatsConfig, *, connect_timeout_s: float = 2.0, stall_timeout_s: float = 2.0
+        self, cfg: NatsConfig, *, connect_timeout_s: float = 2.0, ping_interval_s: int = 1
     ) -> None:
         self.cfg = cfg
         self.stats = NatsStats()
         self._connect_timeout_s = connect_timeout_s
-        self._stall_timeout_s = stall_timeout_s
+        self._ping_interval_s = ping_interval_s
         self._queue: deque[SignedRound | RoundResult] = deque()
         self._wakeup = asyncio.Event()
         self._nc: NatsClient | None = None
@@ -149,8 +149,6 @@ class NatsSink:
                 self._wakeup.clear()
                 while self._queue:
                     await self._publish(nc, self._queue.popleft())
-                if not await self._answered(nc):
-                    await self._ride_out_stall(nc)
         finally:
             self.stats.connected = False
             if self._nc is not None:
@@ -169,6 +167,8 @@ class NatsSink:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     connect_timeout=self._connect_timeout_s,
+                    ping_interval=self._ping_interval_s,
+                    max_outstanding_pings=2,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
@@ -214,37 +214,6 @@ class NatsSink:
             self._log.error("jetstream stream not set up", stream=self.cfg.stream, error=str(exc))
             return
         self._log.info("jetstream stream ready", stream=self.cfg.stream)
-
-    async def _answered(self, nc: NatsClient) -> bool:
-        """False when the server, still connected, did not answer a PING in time: it reads nothing.
-
-        A connection that is gone meanwhile counts as answered: nats-py's callbacks log and count
-        that outage.
-        """
-        if not nc.is_connected:
-            return True
-        try:
-            async with asyncio.timeout(self._stall_timeout_s):
-                await nc.flush()
-        except (NatsError, TimeoutError):
-            return not nc.is_connected
-        return True
-
-    async def _ride_out_stall(self, nc: NatsClient) -> None:
-        """Drop and count rounds (nothing more goes into the socket) until the server answers."""
-        self.stats.connected = False
-        for batch in self._queue:
-            self.stats.unpublished["disconnected"] += self._size(batch)
-        self._queue.clear()
-        self._log.warning(
-            "nats server not answering; rounds dropped until it does",
-            timeout_s=self._stall_timeout_s,
-        )
-        while not await self._answered(nc):
-            pass
-        if nc.is_connected:
-            self.stats.connected = True
-            self._log.warning("nats server answering again")
 
     def _messages(self, batch: SignedRound | RoundResult) -> list[tuple[str, bytes]]:
         prefix = self.cfg.subject_prefix

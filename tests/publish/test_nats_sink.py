@@ -258,10 +258,11 @@ async def test_server_death_is_counted_and_jetstream_keeps_what_it_held(
 async def test_a_hung_server_is_noticed_and_rounds_meanwhile_are_dropped_not_sent_late(
     server: NatsServer,
 ) -> None:
-    """A server that keeps its socket open but reads nothing (frozen): the sink notices that its
-    PING goes unanswered, shows itself disconnected and counts the rounds meanwhile instead of
-    piling them into the socket, where they would reach consumers late once the server wakes."""
-    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)), stall_timeout_s=0.3)
+    """A server that keeps its socket open but reads nothing (frozen): the sink notices its
+    pings go unanswered, shows itself disconnected and counts the rounds meanwhile instead of
+    piling them into the socket, where they would reach consumers late once the server wakes;
+    it reconnects when the server answers again."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
     task = await running(sink)
     listener = await consumer(server.url)
     got: list[int] = []
@@ -282,6 +283,7 @@ async def test_a_hung_server_is_noticed_and_rounds_meanwhile_are_dropped_not_sen
         assert sink.stats.unpublished["disconnected"] == 5 * 4
         server.resume()
         await until(lambda: sink.stats.connected, "the server answering again")
+        assert sink.stats.reconnects == 1
         fresh = rounds.step()
         sink.submit(fresh)
         await until(lambda: fresh.round in got, "the next round delivered")
