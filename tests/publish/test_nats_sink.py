@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,22 @@ async def consumer(url: str) -> NatsClient:
     return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
 
 
+async def subscribed(nc: NatsClient, subject: str, cb: Callable[[Any], Awaitable[None]]) -> None:
+    """Subscribe, and return once the server has the subscription.
+
+    nats-py's flush() is no barrier for that: its PING goes to the socket at once, ahead of the
+    SUB still waiting for the client's flusher task, so the PONG can come back before the server
+    has the subscription, and a round published meanwhile on another connection reaches nobody
+    (on a busy machine a test that publishes one round then times out). A message to ourselves,
+    queued behind the SUB, is a barrier: the server handles a connection's commands in order.
+    """
+    await nc.subscribe(subject, cb=cb)
+    inbox = nc.new_inbox()
+    echo = await nc.subscribe(inbox, max_msgs=1)
+    await nc.publish(inbox, b"")
+    await echo.next_msg(timeout=SAFETY_S)
+
+
 async def running(sink: NatsSink) -> asyncio.Task[None]:
     task = asyncio.create_task(sink.run(), name="nats-sink")
     async with asyncio.timeout(SAFETY_S):
@@ -79,8 +95,7 @@ async def test_each_market_has_its_subject_and_the_client_verifies_them(
         async def keep(msg: Any) -> None:
             received[msg.subject] = msg.data
 
-        await sub_nc.subscribe("oracled.>", cb=keep)
-        await sub_nc.flush()
+        await subscribed(sub_nc, "oracled.>", keep)
         rounds = Rounds(make_config())
         signed = RoundSigner(KEY).sign(rounds.step())
         sink.submit(signed)
@@ -270,8 +285,7 @@ async def test_a_hung_server_is_noticed_and_rounds_meanwhile_are_dropped_not_sen
     async def keep(msg: Any) -> None:
         got.append(msgspec.json.decode(msg.data)["round"])
 
-    await listener.subscribe("oracled.rounds", cb=keep)
-    await listener.flush()
+    await subscribed(listener, "oracled.rounds", keep)
     rounds = Rounds(make_config())
     try:
         server.pause()
@@ -333,8 +347,7 @@ async def test_a_server_without_jetstream_is_logged_and_prices_still_flow(
         async def keep(msg: Any) -> None:
             got.append(msg.subject)
 
-        await listener.subscribe("oracled.rounds", cb=keep)
-        await listener.flush()
+        await subscribed(listener, "oracled.rounds", keep)
         sink.submit(Rounds(make_config()).step())
         await until(lambda: got == ["oracled.rounds"], "the round published")
         await listener.close()
