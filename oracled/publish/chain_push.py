@@ -16,8 +16,10 @@ previous run left pending are replaced rather than queued behind), then counted 
 re-read when the node says a nonce is too low. A transaction not mined after `replace_after_s`
 is replaced by one with the same nonce, fees raised by 12.5 % (the node's minimum bump is 10 %)
 and the latest prices; when the cap leaves no room for that bump the pusher waits and counts
-`gas_cap`. The contract ignores an update that is not newer than what it stores, so a replaced
-transaction and its replacement can never move a market back in time.
+`gas_cap`, unless the node no longer knows the transaction (evicted, or lost by the RPC): then
+the nonce is free and it is sent again at the current fees. The contract ignores an update
+that is not newer than what it stores, so a replaced transaction and its replacement can never
+move a market back in time.
 """
 
 from __future__ import annotations
@@ -486,6 +488,9 @@ class ChainPusher:
         if max_fee > cap:
             max_fee = cap
         if max_fee < _bump(inflight.max_fee) or tip > max_fee:
+            if await self._dropped(inflight):
+                await self._send_again(inflight)
+                return
             if not inflight.capped:
                 inflight.capped = True
                 self.stats.transactions["gas_cap"] += 1
@@ -499,6 +504,24 @@ class ChainPusher:
         result = self._latest
         fresh = self._due(result) if result is not None else None
         await self._send(fresh or inflight.batch, inflight.nonce, max_fee, tip, replacing=inflight)
+
+    async def _dropped(self, inflight: _InFlight) -> bool:
+        """True when the node knows none of the hashes sent for this nonce (its pool evicted
+        them, or an RPC took the transaction and lost it): the nonce is free again."""
+        for tx_hash, _ in inflight.sent:
+            if await self.rpc.call("eth_getTransactionByHash", [tx_hash]) is not None:
+                return False
+        return True
+
+    async def _send_again(self, inflight: _InFlight) -> None:
+        """The nonce of a dropped transaction, at the current fees (no bump: nothing to beat)."""
+        fees = await self._fees()
+        if fees is None:  # the base fee is above the cap: counted; the next look tries again
+            return
+        self._log.warning("push dropped by the node; sent again", nonce=inflight.nonce)
+        result = self._latest
+        fresh = self._due(result) if result is not None else None
+        await self._send(fresh or inflight.batch, inflight.nonce, *fees, replacing=inflight)
 
     def describe(self) -> dict[str, Any]:
         """Where and how the pusher pushes, for start-up logs."""

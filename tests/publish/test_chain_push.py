@@ -299,6 +299,35 @@ async def test_a_stuck_transaction_is_not_replaced_above_the_cap(rig: Rig) -> No
     assert len(inflight.sent) == 1
 
 
+async def test_a_push_at_the_cap_that_the_node_dropped_is_sent_again(rig: Rig) -> None:
+    """At the cap no replacement is possible; but when the node no longer has the transaction
+    (evicted from its pool in a fee spike, or an RPC that took it and lost it) the nonce is free:
+    the pusher sends it again at the current fees instead of waiting for it forever."""
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(max_gas_price_gwei=2.0, priority_fee_gwei=1.0)
+    rounds.step()
+    pusher.submit(rounds.step())
+    await pusher.start()
+    await rig.chain.rpc("evm_setAutomine", [False])
+    await pusher.step()
+    inflight = pusher._inflight
+    assert inflight is not None and inflight.max_fee == 2 * GWEI
+    await rig.chain.rpc("anvil_dropTransaction", [inflight.sent[0][0]])
+    rig.clock.advance(10_000)
+    with capture_logs() as logs:
+        await pusher.step()
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "push dropped by the node; sent again"
+    ]
+    assert len(inflight.sent) == 2 and pusher.stats.transactions["gas_cap"] == 0
+    again = await rig.chain.rpc("eth_getTransactionByHash", [inflight.sent[-1][0]])
+    assert int(again["nonce"], 16) == 0 and int(again["maxFeePerGas"], 16) <= 2 * GWEI
+    await rig.chain.rpc("evm_mine")
+    await settle(pusher)
+    assert pusher.stats.transactions["confirmed"] == 1
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
 async def test_a_restarted_pusher_continues_the_nonces_and_replaces_what_was_left_pending(
     rig: Rig,
 ) -> None:
