@@ -288,9 +288,17 @@ _VENUE_KEYS = (
     "max_connection_age_s",
 )
 # Keys each on-chain type needs in every feed spec, and keys it does not understand.
+# Keys only a pool (uniswap_v3) reads.
+_POOL_KEYS = ("twap_window_s", "token0_decimals", "token1_decimals", "invert", "max_spot_deviation")
 _FEED_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "chainlink": (("address", "heartbeat_s"), ("feed_id", "max_age_s", "min_liquidity")),
-    "pyth_evm": (("feed_id", "max_age_s"), ("address", "heartbeat_s", "min_liquidity")),
+    "chainlink": (
+        ("address", "heartbeat_s"),
+        ("feed_id", "max_age_s", "min_liquidity", *_POOL_KEYS),
+    ),
+    "pyth_evm": (
+        ("feed_id", "max_age_s"),
+        ("address", "heartbeat_s", "min_liquidity", *_POOL_KEYS),
+    ),
     "uniswap_v3": (
         ("address", "min_liquidity", "token0_decimals", "token1_decimals"),
         ("feed_id", "max_age_s", "heartbeat_s"),
@@ -797,7 +805,8 @@ def _chain_relations(cfg: Config) -> list[str]:
             problems.extend(
                 f"{where}.feeds.{pair}.{key}: is not a {src.type} key"
                 for key in foreign
-                if getattr(spec, key) is not None
+                # by value: a dumped config holds the defaults (twap_window_s, invert) too
+                if getattr(spec, key) != FeedSpec.model_fields[key].get_default()
             )
         problems.extend(
             f"{where}.feeds: no feed for {pair}, which a market asks of this source"
