@@ -82,7 +82,15 @@ MAX_SOURCES_PER_MARKET = 64
 _PAIR = r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$"
 _ID = r"^[a-z0-9][a-z0-9_\-]{0,39}$"
 
-Pair = Annotated[str, Field(pattern=_PAIR)]
+
+def _check_pair(value: str) -> str:
+    base, _, quote = value.partition("/")
+    if base == quote:
+        raise ValueError("base and quote must differ")
+    return value
+
+
+Pair = Annotated[str, Field(pattern=_PAIR), AfterValidator(_check_pair)]
 _ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
