@@ -690,8 +690,19 @@ def _relations(cfg: Config) -> list[str]:
                 f"markets[{i}].min_sources: {market.min_sources} exceeds the "
                 f"{len(market.sources)} source(s) listed"
             )
-        if market.min_price and market.max_price and market.min_price >= market.max_price:
+        low, high, band = market.min_price, market.max_price, cfg.oracle
+        if low and high and low >= high:
             problems.append(f"markets[{i}].min_price: must be below max_price")
+        elif low and low >= band.max_price:  # above the global band: dropped as absurd
+            problems.append(
+                f"markets[{i}].min_price: must be below oracle.max_price ({band.max_price:g}): "
+                "no quote could pass both"
+            )
+        elif high and high <= band.min_price:
+            problems.append(
+                f"markets[{i}].max_price: must be above oracle.min_price ({band.min_price:g}): "
+                "no quote could pass both"
+            )
     used_pairs = {(ms.source, ms.pair) for m in cfg.markets for ms in m.sources}
     problems.extend(
         f"sources.{sid}.instruments.{pair}: no market uses this pair"
