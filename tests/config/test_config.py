@@ -191,3 +191,23 @@ def test_listen_takes_ip_addresses_and_host_names() -> None:
     for bad in ("1.2.3:8480", "-host:8480", "host_name:8480", "a..b:8480", "*:8480"):
         with pytest.raises(ValueError, match="is not an"):
             parse_listen(bad)
+
+
+def test_the_admin_token_loses_the_whitespace_around_it() -> None:
+    """A token read from a file or a Secret often ends in a newline, which no HTTP client can
+    send (header values are trimmed): kept, it made every admin request 401. It is stripped, as
+    the signing key is, and its length is checked without it."""
+    data = {
+        "sources": {"b": {"type": "binance"}},
+        "markets": [
+            {"symbol": "BTC/USD", "min_sources": 1, "sources": [{"source": "b", "pair": "BTC/USD"}]}
+        ],
+    }
+    cfg = parse_config(data, env={"ORACLED_ADMIN_TOKEN": f" {TOKEN}\n"})
+    assert cfg.admin_token is not None
+    assert cfg.admin_token.get_secret_value() == TOKEN
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, env={"ORACLED_ADMIN_TOKEN": "x" * 15 + "\n"})
+    assert caught.value.problems == [
+        "api.admin_token_env: $ORACLED_ADMIN_TOKEN must hold at least 16 characters"
+    ]
