@@ -61,6 +61,13 @@ class ManualPauses:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
+            if not self.path.parent.is_dir():  # no pause could ever be saved: say so now
+                raise ConfigError(
+                    [
+                        f"oracle.manual_pauses_file: {self.path}: directory "
+                        f"{self.path.parent} does not exist"
+                    ]
+                ) from None
             return {}
         except OSError as exc:
             raise ConfigError(

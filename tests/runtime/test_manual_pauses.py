@@ -54,6 +54,17 @@ def test_no_file_is_a_first_start_and_an_unreadable_file_stops_the_start(tmp_pat
         ManualPauses(tmp_path / "dir.json").load()
 
 
+def test_a_file_in_a_directory_that_does_not_exist_stops_the_start(tmp_path: Path) -> None:
+    """No pause could ever be saved there: it once started fine and said so only when an
+    operator paused a market during an incident ("a restart would lift them")."""
+    gone = tmp_path / "gone" / "pauses.json"
+    with pytest.raises(ConfigError) as caught:
+        ManualPauses(gone).load()
+    assert caught.value.problems == [
+        f"oracle.manual_pauses_file: {gone}: directory {gone.parent} does not exist"
+    ]
+
+
 def test_a_failed_write_is_logged_and_the_last_good_file_stays(tmp_path: Path) -> None:
     """A save that cannot be written (its directory is gone) is logged as an error that says a
     restart would lift the pause; it raises nowhere and leaves the previous file as it was."""
