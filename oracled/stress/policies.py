@@ -51,13 +51,22 @@ class QuoteWatch:
         held = self.latest if quote.kind == "spot" else self.perps
         held[(quote.source, quote.pair)] = (value, stamp, quote.flag)
 
-    def _leg(self, market: MarketConfig, pair: str) -> str | None:
-        """The market a source's pair is converted through, or None when it quotes directly."""
-        quote_ccy = pair.split("/")[1]
-        target = market.symbol.split("/")[1]
-        if quote_ccy == target:
-            return None
-        return self._routes.get((quote_ccy, target), "")
+    def _route(self, market: MarketConfig, pair: str) -> tuple[bool, str | None, bool]:
+        """How a source's pair prices the market, as the core converts it: (inverse pair, the
+        leg market it converts through or None, whether that leg is listed the other way round).
+        A pair that needs a leg the config does not route gives leg "" (never priced)."""
+        base, quote = market.symbol.split("/")
+        p_base, p_quote = pair.split("/")
+        if (p_base, p_quote) == (quote, base):
+            return True, None, False
+        if p_quote == quote:
+            return False, None, False
+        via = self._routes.get((p_quote, quote), "")
+        return False, via, via != f"{p_quote}/{quote}"
+
+    def _at_par(self, market: MarketConfig, pair: str, value: float) -> float:
+        """A value in the market's units with any conversion leg taken at par."""
+        return 1.0 / value if self._route(market, pair)[0] else value
 
     def reference(self, now_ms: int) -> dict[str, float | None]:
         memo: dict[str, float | None] = {}
@@ -75,12 +84,14 @@ class QuoteWatch:
                 value, stamp, flag = held
                 if flag is not None or now_ms - stamp > market.max_age_ms:
                     continue
-                via = self._leg(market, src.pair)
+                inverse, via, divide = self._route(market, src.pair)
+                if inverse:
+                    value = 1.0 / value
                 if via is not None:
                     leg = price(via) if via in self._by_market else None
                     if leg is None:
                         continue
-                    value *= leg
+                    value = value / leg if divide else value * leg
                 values.append(value)
             memo[symbol] = median(values) if values else None
             return memo[symbol]
@@ -91,7 +102,7 @@ class QuoteWatch:
         out: dict[str, float | None] = {}
         for market in self.cfg.markets:
             values = [
-                held[0]
+                self._at_par(market, src.pair, held[0])
                 for src in market.sources
                 if (held := self.latest.get((src.source, src.pair))) is not None
             ]
@@ -101,20 +112,22 @@ class QuoteWatch:
     def single_venue(self, venue: str) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
         for market in self.cfg.markets:
-            held = next(
+            value: float | None = next(
                 (
-                    self.latest.get((s.source, s.pair))
+                    self._at_par(market, s.pair, self.latest[(s.source, s.pair)][0])
                     for s in market.sources
                     if s.source == venue and (s.source, s.pair) in self.latest
                 ),
                 None,
-            ) or next(
-                (
-                    self.perps.get((s.source, s.pair))
-                    for s in market.perp_sources
-                    if s.source == venue and (s.source, s.pair) in self.perps
-                ),
-                None,
             )
-            out[market.symbol] = held[0] if held is not None else None
+            if value is None:
+                value = next(
+                    (
+                        self.perps[(s.source, s.pair)][0]
+                        for s in market.perp_sources
+                        if s.source == venue and (s.source, s.pair) in self.perps
+                    ),
+                    None,
+                )
+            out[market.symbol] = value
         return out
