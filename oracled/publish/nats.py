@@ -65,6 +65,12 @@ _YIELD_EVERY = 256  # publishes between two yields to the event loop
 _ENCODER = msgspec.json.Encoder()
 
 
+def _without_credentials(url: str) -> str:
+    """A server URL as it may be logged: `nats://user:password@host:port` without its userinfo."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
 def market_token(market: str) -> str:
     """`BTC/USD` -> `BTC-USD`: the market as one subject token (no `.`, `*`, `>` or space)."""
     return market.replace("/", "-")
@@ -181,7 +187,8 @@ class NatsSink:
                 continue
             self.stats.connected = True
             self._log.info(
-                "nats connected", server=str(nc.connected_url and nc.connected_url.netloc)
+                "nats connected",
+                server=str(nc.connected_url and nc.connected_url.netloc).rpartition("@")[2],
             )
             return nc
 
@@ -284,7 +291,7 @@ class NatsSink:
     def describe(self) -> dict[str, Any]:
         """What the sink publishes where, for start-up logs."""
         return {
-            "servers": list(self.cfg.servers),
+            "servers": [_without_credentials(url) for url in self.cfg.servers],
             "prices": f"{self.cfg.subject_prefix}.prices.<BASE-QUOTE>",
             "rounds": round_subject(self.cfg.subject_prefix),
             "jetstream": self.cfg.stream if self.cfg.jetstream else None,

@@ -382,3 +382,27 @@ async def test_a_message_over_the_servers_payload_limit_is_counted_as_an_error(
         await stop(task)
     finally:
         srv.stop()
+
+
+async def test_credentials_in_a_server_url_never_reach_the_logs(tmp_path: Path) -> None:
+    """A server URL may carry `user:password@` (the only way the config gives NATS
+    credentials): the start-up description and the connected line name the host, never the
+    password; both once logged it whole."""
+    srv = NatsServer(
+        tmp_path / "nats",
+        jetstream=False,
+        settings="authorization { user: alice, password: s3cretpw }",
+    )
+    await srv.start()
+    try:
+        url = f"nats://alice:s3cretpw@127.0.0.1:{srv.port}"
+        sink = NatsSink(NatsConfig(enabled=True, servers=(url,)))
+        with capture_logs() as logs:
+            described = sink.describe()
+            task = await running(sink)
+            await stop(task)
+        assert described["servers"] == [f"nats://127.0.0.1:{srv.port}"]
+        assert "nats connected" in events(logs, "info")
+        assert "s3cretpw" not in repr(logs)
+    finally:
+        srv.stop()
