@@ -193,6 +193,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         f"rounds: {stats.reports} reports; {len(stats.errors)} malformed line(s) skipped",
         file=sys.stderr,
     )
+    if stats.drops:  # which venue and why, as the live daemon counts them
+        counts = ", ".join(f"{s} {r} {n}" for (s, r), n in sorted(stats.drops.items()))
+        print(f"dropped by the core: {counts}", file=sys.stderr)
     return EXIT_TAPE_ERRORS if stats.errors else EXIT_OK
 
 

@@ -8,6 +8,7 @@ round, JSON Lines, markets in config order: the same tape and config give byte-i
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO
@@ -26,6 +27,7 @@ __all__ = ["ReplayStats", "replay"]
 class ReplayStats:
     quotes: int = 0
     dropped: int = 0
+    drops: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, reason) -> n
     rounds: int = 0
     reports: int = 0
     errors: list[TapeLineError] = field(default_factory=list)
@@ -81,8 +83,10 @@ def replay(
         stats.quotes += 1
         if on_quote is not None:
             on_quote(quote)
-        if core.ingest(quote) is not None:
+        reason = core.ingest(quote)
+        if reason is not None:
             stats.dropped += 1
+            stats.drops[(quote.source, str(reason))] += 1
     if next_round is not None:
         run_until(None)
     return stats

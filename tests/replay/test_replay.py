@@ -84,6 +84,7 @@ def test_nan_price_in_the_tape_is_dropped_by_the_core_not_published() -> None:
     """The last line carries NaN: counted as a core drop, prices stay finite."""
     out, stats = _run(TAPE.read_bytes())
     assert stats.dropped == 1  # type: ignore[attr-defined]
+    assert stats.drops == {("c", "not_finite"): 1}  # type: ignore[attr-defined]
     assert b"NaN" not in out and b"nan" not in out
 
 
@@ -119,6 +120,8 @@ def test_cli_replay_writes_the_file_and_exits_3_when_lines_were_skipped(tmp_path
     assert proc.returncode == 3, proc.stderr
     assert f"{TAPE}:8: skipped" in proc.stderr
     assert out.read_bytes() == _run(TAPE.read_bytes())[0]
+    # What the core dropped is named by source and reason, as the live daemon counts it.
+    assert "dropped by the core: c not_finite 1" in proc.stderr
 
 
 def test_a_line_older_than_the_one_before_is_reported_and_never_priced() -> None:
