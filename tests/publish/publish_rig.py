@@ -107,23 +107,22 @@ class NatsServer:
             conf.write_text(self.settings + "\n")
             args += ["-c", str(conf)]
         with self.log.open("ab") as log:
+            start = log.tell()
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting, not waiting
                 args,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        # Ready when this process says so in its own log, not when something answers on the
+        # port: if another program took the port meanwhile, the probe would pass while this
+        # server exits on `address already in use`, and the test would talk to a stranger.
         deadline = asyncio.get_running_loop().time() + 10.0
         while asyncio.get_running_loop().time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited:\n{self.log.read_text()}")
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
+            if b"Server is ready" in self.log.read_bytes()[start:]:
+                return
+            await asyncio.sleep(0.02)
         raise RuntimeError("nats-server did not listen in time")
 
     def kill(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,18 @@ async def running(sink: NatsSink) -> asyncio.Task[None]:
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_rig_refuses_a_port_another_program_listens_on(tmp_path: Path) -> None:
+    """The test server is ready when it says so, not when the port answers: a stranger on the
+    port (another suite's server on a busy machine) is an error, never silently used."""
+    srv = NatsServer(tmp_path / "taken")
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", srv.port))
+        stranger.listen()
+        with pytest.raises(RuntimeError, match="nats-server exited"):
+            await srv.start()
+    srv.stop()
 
 
 def test_market_tokens_are_single_subject_tokens() -> None:
