@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from chain_rig import Anvil, Chain, Deployed
 from reading import Collected, chainlink_spec, make_reader, watch
 from rpc_proxy import RpcProxy
@@ -195,3 +196,39 @@ async def test_the_backoff_starts_again_after_a_subscription_that_delivered_head
         assert delays.ceilings[seen] == 1.0
     finally:
         await stop(task)
+
+
+async def test_a_refused_handshake_is_logged_without_the_url_and_its_key(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """A provider's WebSocket URL carries its API key in the path, and a handshake it refuses
+    (a bad key, a rate limit: HTTP 401, 429) raised an error whose text is the whole URL: the
+    warning gives the status and the redacted endpoint only."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=401)
+
+    app = web.Application()
+    app.router.add_get("/ws/v3/{key}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    reader = make_reader([anvil.url], http, ws_url=f"ws://127.0.0.1:{port}/ws/v3/S3CRETKEY",
+                         rng=FixedDelay(), poll_interval_s=0.02)  # fmt: skip
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    try:
+        with capture_logs() as logs:
+            task = asyncio.create_task(reader.run())
+            try:
+                await until(lambda: any(e["event"] == "newHeads down, polling" for e in logs))
+                await got.until(lambda: bool(got.quotes))  # polled meanwhile
+            finally:
+                await stop(task)
+        down = next(e for e in logs if e["event"] == "newHeads down, polling")
+        assert "401" in down["error"]
+        assert f"ws://127.0.0.1:{port}" in down["error"]
+        assert "S3CRETKEY" not in repr(logs)
+    finally:
+        await runner.cleanup()

@@ -32,7 +32,7 @@ import structlog
 from oracled.clock import Clock
 from oracled.config import ChainConfig
 from oracled.errors import SourceError
-from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable
+from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable, redact
 from oracled.model import Quote
 from oracled.sources._base import backoff_delay
 from oracled.sources.evm.feed import Block, Call, Feed
@@ -452,7 +452,7 @@ class ChainReader:
                 await self._follow_heads(self.cfg.ws_url)
             except (aiohttp.ClientError, OSError, TimeoutError, SourceError, ValueError,
                     msgspec.MsgspecError) as exc:  # fmt: skip
-                self._reject("newHeads down, polling", error=f"{type(exc).__name__}: {exc}"[:200])
+                self._reject("newHeads down, polling", error=self._heads_error(exc)[:200])
             if self._heads != heads:
                 attempt = 0  # that subscription worked: this break starts the backoff again
             delay = backoff_delay(attempt, 1.0, 60.0, self._rng)
@@ -460,6 +460,14 @@ class ChainReader:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._poll_forever()
+
+    def _heads_error(self, exc: BaseException) -> str:
+        """The error without the WebSocket URL, which may carry an API key: a refused handshake's
+        text is the URL whole (as the client normalised it, so it is not simply replaced)."""
+        url = self.cfg.ws_url or ""
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return f"{type(exc).__name__}: {exc.status}, {exc.message!r}, {redact(url)}"
+        return f"{type(exc).__name__}: {exc}".replace(url, redact(url))
 
     async def _poll_forever(self) -> None:
         self.stats.mode = "polling"
