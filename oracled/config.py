@@ -934,7 +934,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     """Read and validate a TOML config file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte order mark is no content
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
     except UnicodeDecodeError:

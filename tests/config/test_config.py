@@ -211,3 +211,11 @@ def test_the_admin_token_loses_the_whitespace_around_it() -> None:
     assert caught.value.problems == [
         "api.admin_token_env: $ORACLED_ADMIN_TOKEN must hold at least 16 characters"
     ]
+
+
+def test_a_byte_order_mark_is_no_toml_error(tmp_path: Path) -> None:
+    """An editor that saves UTF-8 with a byte order mark: the file loads as without it, where it
+    was refused with 'Invalid statement (at line 1, column 1)', pointing at nothing visible."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + (HERE / "good" / "minimal.toml").read_bytes())
+    assert load_config(path, env={}) == load_config(HERE / "good" / "minimal.toml", env={})
