@@ -176,6 +176,7 @@ class ChainPusher:
         self._fee_floor: tuple[int, int] | None = None  # (max_fee, tip) a replacement must beat
         self._counted_round = -1
         self._capped = False
+        self._failing: str | None = None  # the failure logged for the current episode
         self._started = False
         self._read = False  # the stored prices were read (needs the first round's markets)
         self._only = frozenset(cfg.markets)
@@ -361,7 +362,7 @@ class ChainPusher:
             estimate = int(await self.rpc.call("eth_estimateGas", [call, "latest"]), 16)
         except RpcError as exc:
             self.stats.transactions["error"] += 1
-            self._log.error("push would revert; not sent", error=exc.message, data=exc.data)
+            self._failed("push would revert; not sent", error=exc.message, data=exc.data)
             return
         # Unused gas is not paid for; a limit too low is (the transaction reverts out of gas).
         gas = max(int(estimate * _GAS_MARGIN), _GAS_BASE + _GAS_PER_MARKET * len(batch.markets))
@@ -383,6 +384,9 @@ class ChainPusher:
             await self._refused(exc, max_fee, tip)
             return
         self._fee_floor = None
+        if self._failing is not None:
+            self._failing = None
+            self._log.info("pushes go through again")
         kind = "sent" if replacing is None else "replaced"
         self.stats.transactions[kind] += 1
         now = self.clock.monotonic()
@@ -438,8 +442,16 @@ class ChainPusher:
             self._fee_floor = (max_fee, tip)  # something sits at this nonce: outbid it next time
             self._log.warning("a pending transaction holds this nonce; raising the fee")
         else:
-            self._log.error("push refused by the node", error=exc.message)
+            self._failed("push refused by the node", error=exc.message)
         self.stats.transactions["error"] += 1
+
+    def _failed(self, event: str, **detail: Any) -> None:
+        """Log a failure when it starts, not at every look (one a second for as long as an
+        account stays empty); the error counter counts each, and a send that goes through
+        says the episode ended."""
+        if event != self._failing:
+            self._failing = event
+            self._log.error(event, **detail)
 
     async def _settle(self, inflight: _InFlight) -> None:
         """Confirm the transaction in flight if mined; replace it if stuck for too long."""

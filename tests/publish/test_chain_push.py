@@ -532,6 +532,25 @@ async def test_a_push_that_would_revert_is_not_sent(rig: Rig) -> None:
     ]
 
 
+async def test_an_unfunded_pusher_logs_its_refusal_once_and_says_when_pushes_resume(
+    rig: Rig,
+) -> None:
+    """The pusher's account is empty: every look is refused by the node and counted, but the
+    refusal is logged once, not every second for as long as nobody funds it; once funded, the
+    push goes through and one line says so."""
+    pusher = await first_push(rig, Rounds(make_config()))
+    await rig.chain.rpc("anvil_setBalance", [rig.key.address, "0x0"])
+    with capture_logs() as logs:
+        for _ in range(3):
+            await pusher.step()
+        assert pusher.stats.transactions["error"] == 3 and not pusher.stats.pending
+        await rig.chain.rpc("anvil_setBalance", [rig.key.address, hex(10**20)])
+        await settle(pusher)
+    assert pusher.stats.transactions["confirmed"] == 1
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["push refused by the node"]
+    assert "pushes go through again" in [e["event"] for e in logs]
+
+
 async def test_a_transaction_reverted_on_chain_is_counted_and_the_markets_stay_due(
     rig: Rig,
 ) -> None:
