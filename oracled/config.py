@@ -148,7 +148,7 @@ class SigningConfig(_Frozen):
     """
 
     enabled: bool = False
-    key_file: str | None = None
+    key_file: Annotated[str, Field(min_length=1)] | None = None
     key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
 
 
@@ -240,7 +240,7 @@ class PushConfig(_Frozen):
     enabled: bool = False
     chain: Annotated[str, Field(pattern=_ID)] | None = None
     contract: Address | None = None
-    key_file: str | None = None
+    key_file: Annotated[str, Field(min_length=1)] | None = None
     key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     deviation: Fraction = 0.005
     heartbeat_s: Annotated[float, Field(gt=0, le=30 * 86_400, allow_inf_nan=False)] = 3600.0
@@ -574,6 +574,7 @@ def _message(error: Mapping[str, Any]) -> str:
         "literal_error": "must be one of {expected}",
         "finite_number": "must be a finite number",
         "too_short": "must have at least {min_length} item(s)",
+        "string_too_short": "must have at least {min_length} character(s)",
         "too_long": "must have at most {max_length} item(s)",
         "int_type": "must be an integer",
         "float_type": "must be a number",

@@ -319,6 +319,8 @@ def load_signing_key(
         path = Path(key_file)
         try:
             mode = path.stat().st_mode
+            if not stat.S_ISREG(mode):  # else a directory would be told to chmod 600
+                raise ConfigError([f"signing.key_file: {path} is not a file"])
             if stat.S_IMODE(mode) & 0o077:
                 raise ConfigError(
                     [

@@ -293,6 +293,17 @@ def test_missing_key_file_is_a_config_error(tmp_path: Path) -> None:
         load_signing_key(str(tmp_path / "nope"), None)
 
 
+def test_a_key_file_that_is_a_directory_is_named_as_such(tmp_path: Path) -> None:
+    """A directory is not a key file: it was refused as 'accessible by group or others (mode
+    755); chmod 600 it', advice that cannot help."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o755)
+    keys.chmod(0o755)  # whatever the umask
+    with pytest.raises(ConfigError) as caught:
+        load_signing_key(str(keys), None)
+    assert caught.value.problems == [f"signing.key_file: {keys} is not a file"]
+
+
 def test_signing_config_needs_exactly_one_key_source() -> None:
     """[signing] enabled with neither or both of key_file and key_env is a config problem."""
     with pytest.raises(ConfigError, match="exactly one of key_file and key_env"):
