@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +43,15 @@ CHANGES: dict[str, dict[str, Any]] = {
 def test_every_restart_only_setting_has_a_case() -> None:
     """The cases below cover the whole list, so a new entry cannot go untested."""
     assert set(CHANGES) == set(RESTART_ONLY)
+
+
+def test_the_config_reference_names_every_restart_only_setting() -> None:
+    """docs/config.md lists what a reload cannot change; oracle.manual_pauses_file was missing
+    from that list although a reload reports it in needs_restart."""
+    doc = (Path(__file__).parents[2] / "docs" / "config.md").read_text(encoding="utf-8")
+    listed = doc.split("## Reloading without a restart", 1)[1].split("\n## ", 1)[0]
+    for path in RESTART_ONLY:
+        assert (f"`{path}`" if "." in path else f"`[{path}]`") in listed, path
 
 
 @pytest.mark.parametrize("path", RESTART_ONLY)
