@@ -7,8 +7,8 @@ object. Like the rest of the core it never reads a clock: time is the round's `n
 
 Per market with perp_sources, with `x` the round's live index (NaN when not live):
 1. a perpetual quote counts if it is fresh (the market's `max_age_ms`, the clock-skew bound),
-   its conversion leg is live (the same routes as spot slots) and its mid is within
-   `max_perp_deviation` of `x`;
+   not flagged by its source, its conversion leg is live (the same routes as spot slots) and
+   its mid is within `max_perp_deviation` of `x`;
 2. basis = median perp mid - x updates the EMA (decayed by elapsed time); premium = median of
    the venues' premiums is one funding sample, weighted by the time since the previous round;
 3. mark = median of the estimators that exist (see `Mark` and docs/mark.md).
@@ -329,8 +329,9 @@ def _convert(
     max_age_ms: int,
     skew: int,
 ) -> tuple[float, float | None, float | None] | None:
-    """(mid, bid, ask) of a fresh perpetual quote in market units, or None if it cannot count."""
-    if quote is None:
+    """(mid, bid, ask) of a fresh perpetual quote in market units, or None if it cannot count
+    (as a spot slot, a value its source flagged as not a price never counts)."""
+    if quote is None or quote.flag is not None:
         return None
     stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
     age = now - stamp

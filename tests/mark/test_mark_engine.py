@@ -52,6 +52,22 @@ def test_a_perp_far_from_the_index_is_ignored() -> None:
     assert (mark.perps_used, mark.estimators.perp_median, mark.price) == (1, "101.00", "101.00")
 
 
+def test_a_perp_quote_its_source_flagged_as_not_a_price_never_counts() -> None:
+    """p quotes 101 flagged (a source's own verdict that its value is not a price, as a spot slot
+    would be excluded): only q counts, until p quotes again without a flag."""
+    rig = Rig()
+    assert (
+        rig.core.ingest(
+            Quote("p", "BTC/USD", B + 1_000, price=101.0, kind="perp", flag="liquidity")
+        )
+        is None
+    )
+    mark = rig.mark(B + 1_000, q=100.5)
+    assert (mark.perps_used, mark.estimators.perp_median) == (1, "100.50")
+    mark = rig.mark(B + 2_000, p=101.0, q=100.5)
+    assert (mark.perps_used, mark.estimators.perp_median) == (2, "100.75")
+
+
 def test_without_a_fresh_perp_the_mark_falls_back_to_index_plus_the_decayed_basis() -> None:
     """Basis EMA 1 at 1 s; at 61 s the perp is stale (max age 5 s): fallback 100 + 1 x 0.5."""
     rig = Rig()
