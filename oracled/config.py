@@ -894,7 +894,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     token_env = cfg.api.admin_token_env
     token = env.get(token_env) if token_env else None
     if token is not None:  # a file's final newline: no client can send it, headers are trimmed
-        token = token.strip()
+        token = token.strip() or None  # empty is unset (`NAME=` in an env file): admin is off
     if token is not None and len(token) < 16:
         raise ConfigError([f"api.admin_token_env: ${token_env} must hold at least 16 characters"])
     chains = _resolve_chains(cfg, env)

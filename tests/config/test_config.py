@@ -213,6 +213,22 @@ def test_the_admin_token_loses_the_whitespace_around_it() -> None:
     ]
 
 
+def test_an_empty_token_variable_is_no_token_as_the_shipped_env_file_says() -> None:
+    """deploy/systemd/oracled.env.example ships `ORACLED_ADMIN_TOKEN=` and says that unset, the
+    admin endpoints are off; systemd (and compose's env_file) set it empty, and the daemon
+    refused to start ('must hold at least 16 characters'). Empty, or only blanks, is unset."""
+    example = HERE.parent.parent / "deploy" / "systemd" / "oracled.env.example"
+    env = dict(
+        line.split("=", 1)
+        for line in example.read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    )
+    assert env["ORACLED_ADMIN_TOKEN"] == ""
+    for value in ("", " \n"):
+        cfg = load_config(HERE / "good" / "minimal.toml", env={**env, "ORACLED_ADMIN_TOKEN": value})
+        assert cfg.admin_token is None
+
+
 def test_a_byte_order_mark_is_no_toml_error(tmp_path: Path) -> None:
     """An editor that saves UTF-8 with a byte order mark: the file loads as without it, where it
     was refused with 'Invalid statement (at line 1, column 1)', pointing at nothing visible."""
