@@ -130,6 +130,17 @@ def test_secret_holds_the_admin_token_and_signing_key_and_the_config_is_valid() 
     assert cfg.markets
 
 
+def test_the_secret_applied_as_shipped_leaves_the_admin_endpoints_off() -> None:
+    """`kubectl apply -k deploy/kubernetes` applies the Secret as it is in the repository: its
+    admin token was a placeholder of 35 characters, accepted, so every such cluster's admin
+    endpoints (pause, resume, reload) answered to a token anyone can read here. Now it is empty:
+    admin stays off until the operator puts a token of their own."""
+    objects = manifests()
+    env = {k: str(v) for k, v in objects["Secret"]["stringData"].items()}
+    cfg = parse_config(tomllib.loads(objects["ConfigMap"]["data"]["oracled.toml"]), env=env)
+    assert cfg.admin_token is None
+
+
 def test_compose_runs_the_whole_stack_from_files_that_exist() -> None:
     """oracled read-only, nats, prometheus with the rules, grafana with provisioning."""
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
