@@ -10,7 +10,7 @@ engine may use or the reason it must not act (docs/margin.md, prices):
 * otherwise frozen, with the reason; once a pause has lasted longer than the grace period, the
   `last_good` policy uses the last good price with a wider maintenance buffer;
 * a market the daemon said it does not have (`unknown_market`, `market_removed`: `unavailable`)
-  is frozen with that reason until a report of it arrives again.
+  is frozen with that reason until a report of it arrives again, grace period or not.
 """
 
 from __future__ import annotations
@@ -212,6 +212,7 @@ class PriceBook:
         paused = now_ms - since if since is not None else 0
         if (
             policy.after_grace == "last_good"
+            and gone is None  # a pause ends; a market the daemon dropped never reports again
             and since is not None
             and paused > policy.pause_grace_ms
             and good is not None

@@ -206,6 +206,27 @@ def test_with_degraded_not_allowed_the_grace_period_never_leads_to_a_degraded_pr
     assert [(r.kind, r.price) for r in unfreeze.drivers] == [("last_good", "50000.00")]
 
 
+@pytest.mark.parametrize("code", ["market_removed", "unknown_market"])
+def test_a_market_the_daemon_no_longer_serves_stays_frozen_past_the_grace_period(code: str) -> None:
+    """A market the daemon removed (or says it does not have) is frozen with that code for as
+    long as it stays away, whatever `after_grace` says: the last good price is for a pause,
+    which ends; a removed market never reports again, so that price would only grow older.
+    docs/margin.md: these freezes hold until a report of the market arrives again."""
+    policy = {"pause_grace_ms": 60_000, "pause_buffer": 0.5, "max_report_age_ms": 1_000_000}
+    engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
+    engine.on_report(view("BTC/USD", 48_600, ts=T0))
+    assert not any(isinstance(d, Liquidation) for d in engine.step(T0))
+    engine.book.mark_unavailable("BTC/USD", code)
+    frozen = engine.step(T0 + 1_000)
+    assert [type(d) for d in frozen] == [FreezeCall]
+    for later in (T0 + 60_001, T0 + 3_600_000, T0 + 10**9):
+        assert engine.step(later) == []  # no liquidation, no unfreeze on the last good price
+    assert engine.prices(T0 + 10**9)["BTC/USD"].reason == code  # type: ignore[union-attr]
+    engine.on_report(view("BTC/USD", 48_600, ts=T0 + 10**9))  # back: priced again
+    back = engine.step(T0 + 10**9)
+    assert [(type(d), [r.kind for r in d.drivers]) for d in back] == [(UnfreezeCall, ["index"])]
+
+
 def test_the_freeze_policy_never_liquidates_on_a_last_good_price() -> None:
     """after_grace = "freeze": however long the pause, no liquidation."""
     policy = {"after_grace": "freeze", "pause_grace_ms": 0}
