@@ -762,6 +762,11 @@ def _push_relations(cfg: Config, symbols: set[str]) -> list[str]:
         for sym in names
         if sym not in symbols
     ]
+    problems.extend(
+        f"push.overrides.{sym}: market {sym} is not in push.markets, so it is never pushed"
+        for sym in push.overrides
+        if push.markets and sym in symbols and sym not in push.markets
+    )
     if push.priority_fee_gwei >= push.max_gas_price_gwei:  # base + tip > cap: nothing is sent
         problems.append(
             "push.priority_fee_gwei: must be below push.max_gas_price_gwei "
