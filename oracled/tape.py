@@ -71,7 +71,17 @@ def _decimal(text: str | None, key: str) -> float | None:
         raise ValueError(f"{key}: not a decimal string: {text!r}") from None
 
 
+# Milliseconds since the epoch have 13 digits from 2001-09-09 to 2286-11-20. A `ts` in seconds,
+# in microseconds or a placeholder 0 is a malformed line: replay would otherwise run an empty
+# round every interval up to it (billions of rounds for a single line in microseconds).
+_TS_MIN, _TS_MAX = 10**12, 10**13 - 1
+
+
 def _to_quote(line: _Line) -> Quote:
+    if not _TS_MIN <= line.ts <= _TS_MAX:
+        raise ValueError(
+            f"ts {line.ts} is not milliseconds since the epoch (13 digits, 2001 to 2286)"
+        )
     if "/" not in line.pair or line.pair != line.pair.upper():
         raise ValueError(f"pair: must be BASE/QUOTE in upper case, got {line.pair!r}")
     price = _decimal(line.price, "price")

@@ -13,6 +13,7 @@ import pytest
 from oracled.config import load_config
 from oracled.errors import TapeError
 from oracled.replay import replay
+from oracled.tape import TapeLineError, read_tape
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "tapes"
 CONFIG = FIXTURES / "config.toml"
@@ -154,3 +155,25 @@ def test_a_tape_with_a_header_and_no_quotes_replays_to_nothing() -> None:
     out, stats = _run(b'{"format": "oracled-tape", "version": 1}\n\n')
     assert out == b""
     assert (stats.quotes, stats.rounds, stats.reports, stats.errors) == (0, 0, 0, [])  # type: ignore[attr-defined]
+
+
+def test_a_ts_that_is_not_milliseconds_is_reported_and_skipped_not_replayed_to() -> None:
+    """One line stamped in microseconds (or seconds, or a placeholder 0) among millisecond
+    lines is named and skipped: replay does not run the billions of empty rounds up to it (it
+    ran, writing reports, until stopped), and the millisecond lines after it still count."""
+    header = b'{"format": "oracled-tape", "version": 1}\n'
+    lines = [
+        b'{"ts": 0, "source": "a", "pair": "USDT/USD", "price": "1"}\n',
+        b'{"ts": 1700000000500, "source": "a", "pair": "USDT/USD", "price": "1.0001"}\n',
+        b'{"ts": 1700000000600000, "source": "b", "pair": "USDT/USD", "price": "0.9999"}\n',
+        b'{"ts": 1700000000, "source": "b", "pair": "USDT/USD", "price": "0.9999"}\n',
+        b'{"ts": 1700000000700, "source": "b", "pair": "USDT/USD", "price": "0.9999"}\n',
+    ]
+    tape = header + b"".join(lines)
+    errors: list[TapeLineError] = []
+    quotes = list(read_tape(tape.splitlines(keepends=True), errors))
+    assert [q.recv_ts for q in quotes] == [1700000000500, 1700000000700]
+    assert [e.line for e in errors] == [2, 4, 5]
+    assert "not milliseconds since the epoch" in errors[1].message
+    _, stats = _run(tape)
+    assert (stats.quotes, stats.rounds) == (2, 1)  # type: ignore[attr-defined]
