@@ -119,6 +119,17 @@ def _block(header: Any) -> Block:
     return Block(int(h.number, 16), h.hash, int(h.timestamp, 16))
 
 
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel a helper task and wait for it; a cancellation of the caller itself propagates."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+
+
 def _hex_bytes(value: Any) -> bytes:
     if not isinstance(value, str) or not value.startswith("0x"):
         raise ValueError("eth_call result is not a hex string")
@@ -457,9 +468,9 @@ class ChainReader:
                 attempt = 0  # that subscription worked: this break starts the backoff again
             delay = backoff_delay(attempt, 1.0, 60.0, self._rng)
             attempt += 1
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._poll_forever()
+            backed_off = asyncio.Event()
+            asyncio.get_running_loop().call_later(delay, backed_off.set)
+            await self._poll(backed_off)
 
     def _heads_error(self, exc: BaseException) -> str:
         """The error without the WebSocket URL, which may carry an API key: a refused handshake's
@@ -470,38 +481,55 @@ class ChainReader:
         return f"{type(exc).__name__}: {exc}".replace(url, redact(url))
 
     async def _poll_forever(self) -> None:
+        await self._poll(asyncio.Event())
+
+    async def _poll(self, stop: asyncio.Event) -> None:
+        """Poll every poll_interval_s until `stop` is set. A poll under way is finished, never
+        cut: a block cut between its read and its feeds' second read would count as read."""
         self.stats.mode = "polling"
-        while True:
+        while not stop.is_set():
             await self.poll_once()
-            await asyncio.sleep(self.cfg.poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.poll_interval_s):
+                    await stop.wait()
 
     async def _follow_heads(self, url: str) -> None:
-        async with self._http.ws_connect(url, heartbeat=30.0, autoping=True) as ws:
-            await ws.send_str(
-                '{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}'
-            )
-            ack = await ws.receive(timeout=self.cfg.timeout_s)
-            if ack.type != aiohttp.WSMsgType.TEXT or '"result"' not in ack.data:
-                raise SourceError("newHeads subscription refused")
-            self.stats.mode = "newHeads"
-            self._log.info("following newHeads")
-            await self.poll_once()  # the current head, without waiting for the next block
-            newest: list[Block] = []  # the newest head not read yet (at most one)
-            arrived = asyncio.Event()
-            listener = asyncio.create_task(self._listen(ws, newest, arrived))
-            try:
-                while True:
-                    waiter = asyncio.create_task(arrived.wait())
-                    await asyncio.wait((listener, waiter), return_when=asyncio.FIRST_COMPLETED)
-                    if listener.done():
-                        waiter.cancel()
-                        listener.result()  # raises why the socket ended
-                    arrived.clear()
-                    await self.read_block(newest.pop())
-            finally:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+        opened = asyncio.Event()
+        polling = asyncio.create_task(self._poll(opened))  # blocks go on while the socket opens
+        try:
+            async with self._http.ws_connect(url, heartbeat=30.0, autoping=True) as ws:
+                await ws.send_str(
+                    '{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}'
+                )
+                ack = await ws.receive(timeout=self.cfg.timeout_s)
+                if ack.type != aiohttp.WSMsgType.TEXT or '"result"' not in ack.data:
+                    raise SourceError("newHeads subscription refused")
+                opened.set()
+                await polling
+                await self.poll_once()  # the current head, without waiting for the next block
+                self.stats.mode = "newHeads"
+                self._log.info("following newHeads")
+                await self._read_heads(ws)
+        finally:
+            opened.set()
+            await polling  # its poll under way ends first; a cancellation of ours reaches it
+
+    async def _read_heads(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Read the newest head each time one arrives, until the socket fails."""
+        newest: list[Block] = []  # the newest head not read yet (at most one)
+        arrived = asyncio.Event()
+        listener = asyncio.create_task(self._listen(ws, newest, arrived))
+        try:
+            while True:
+                waiter = asyncio.create_task(arrived.wait())
+                await asyncio.wait((listener, waiter), return_when=asyncio.FIRST_COMPLETED)
+                if listener.done():
+                    waiter.cancel()
+                    listener.result()  # raises why the socket ended
+                arrived.clear()
+                await self.read_block(newest.pop())
+        finally:
+            await _stop(listener)
 
     async def _listen(
         self, ws: aiohttp.ClientWebSocketResponse, newest: list[Block], arrived: asyncio.Event
