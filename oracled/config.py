@@ -375,7 +375,7 @@ class SourceConfig(_Frozen):
     enabled: bool = True
     ws_url: str | None = None
     rest_url: str | None = None
-    instruments: dict[Pair, str] = Field(default_factory=dict)
+    instruments: dict[Pair, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
     liveness_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     rest_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
