@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import coincurve
 import nats
 from aiohttp import web
 from bench_round import ROUND_MS, START_MS, build_config, build_quotes
+from nats.aio.client import Client as NatsClient
 
 from oracled.api import ApiContext, build_app
 from oracled.client import OracleClient, verify
@@ -187,6 +188,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def subscribe_confirmed(
+    nc: NatsClient, subject: str, cb: Callable[[Any], Awaitable[None]]
+) -> None:
+    """Subscribe, and return only once the server has the subscription.
+
+    nats-py's flush() cannot tell: it writes its PING straight to the socket, while the SUB waits
+    for the client's flusher task, so the PONG may come back first and the first round published
+    after it reach no subscriber (the benchmark then waits out its 10 s and fails). The server
+    handles one connection's commands in order, so a message we send ourselves after the SUB
+    comes back only once the SUB is in place.
+    """
+    await nc.subscribe(subject, cb=cb)
+    echoed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def on_echo(_: Any) -> None:
+        if not echoed.done():
+            echoed.set_result(None)
+
+    inbox = nc.new_inbox()
+    await nc.subscribe(inbox, cb=on_echo, max_msgs=1)
+    await nc.publish(inbox, b"")
+    await asyncio.wait_for(echoed, 10)
+
+
 async def bench_nats(results: list[RoundResult], jetstream: bool) -> dict[str, Any]:
     binary = Path(sys.executable).with_name("nats-server")
     server_bin = str(binary) if binary.exists() else shutil.which("nats-server")
@@ -217,8 +242,7 @@ async def bench_nats(results: list[RoundResult], jetstream: bool) -> dict[str, A
         async def on_round(msg: Any) -> None:
             arrived.put_nowait(time.perf_counter())
 
-        await sub.subscribe("oracled.rounds", cb=on_round)
-        await sub.flush()
+        await subscribe_confirmed(sub, "oracled.rounds", on_round)
         signer = RoundSigner(KEY)
         signed = [signer.sign(r) for r in results]
         samples = []
