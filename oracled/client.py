@@ -585,11 +585,18 @@ class OracleClient:
         markets: Iterable[str] | None = None,
         *,
         prefix: str = "oracled",
+        ping_interval_s: float = 1.0,
+        max_outstanding_pings: int = 2,
     ) -> None:
         """Subscribe to `<prefix>.prices.<market>` subjects (all with `>`); run until cancelled.
 
         Connection trouble (a server down, at start too) is one warning line per attempt; the
-        NATS library retries by itself.
+        NATS library retries by itself. A server that hangs with the connection open (a frozen
+        process, a stalled path) is noticed by pings every `ping_interval_s`: once more than
+        `max_outstanding_pings` go unanswered (about 3 s by default) the connection is dropped
+        and made again, to another of `servers` if one answers. The library's own default, a
+        ping every 2 minutes, left a consumer on a hung server for minutes with prices that
+        only went stale.
         """
         import nats
 
@@ -611,6 +618,8 @@ class OracleClient:
             servers=listed,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
+            ping_interval=ping_interval_s,
+            max_outstanding_pings=max_outstanding_pings,
             error_cb=on_error,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,

@@ -49,3 +49,57 @@ async def test_an_unreachable_server_is_one_log_line_per_attempt_not_a_traceback
     assert errors and all(e["log_level"] == "warning" and e["error"] for e in errors)
     assert [r.getMessage() for r in caplog.records if r.name.startswith("nats")] == []
     assert client.price("BTC/USD").status == "active"
+
+
+# nats-py's defaults (a ping every 2 minutes, 2 outstanding) take about 6 minutes to notice.
+NOTICE_BOUND_S = 15.0
+
+
+async def test_a_frozen_server_is_dropped_within_seconds_and_prices_flow_again_on_thaw(
+    tmp_path: Path,
+) -> None:
+    """A server frozen with its socket open (SIGSTOP) is noticed by the client's own pings and
+    the connection dropped, long before nats-py's default pings would; once the server answers
+    again the client reconnects on its own and accepts the next signed price."""
+    server = NatsServer(tmp_path / "nats")
+    await server.start()
+    rounds, signer = Rounds(make_config()), RoundSigner(KEY)
+    first = signer.sign(rounds.step())
+    now = [first.ts]
+    client = OracleClient({KEY.address}, now_ms=lambda: now[0])
+
+    def said(event: str) -> bool:
+        return any(e["event"] == event for e in logs)
+
+    async def deliver(envelope: bytes) -> None:
+        """Publish from a fresh connection until the client has accepted one more report."""
+        before = client.accepted
+        publisher = await nats.connect(server.url)
+        try:
+            while client.accepted == before:
+                await publisher.publish(price_subject("oracled", "BTC/USD"), envelope)
+                await asyncio.sleep(0.05)
+        finally:
+            await publisher.close()
+
+    with capture_logs() as logs:
+        watcher = asyncio.create_task(client.watch_nats(server.url, ["BTC/USD"]))
+        try:
+            async with asyncio.timeout(SAFETY_S):
+                await deliver(first.envelope(0))
+            server.pause()
+            async with asyncio.timeout(NOTICE_BOUND_S):
+                while not said("client nats disconnected"):  # noqa: ASYNC110 - a log line
+                    await asyncio.sleep(0.05)
+            server.resume()
+            second = signer.sign(rounds.step())
+            now[0] = second.ts
+            async with asyncio.timeout(SAFETY_S):
+                while not said("client nats reconnected"):  # noqa: ASYNC110 - a log line
+                    await asyncio.sleep(0.05)
+                await deliver(second.envelope(0))
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            server.stop()
+    assert client.price("BTC/USD").ts == second.ts
