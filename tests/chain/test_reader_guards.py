@@ -168,6 +168,23 @@ async def test_a_refused_read_in_the_poll_batch_is_counted_with_the_nodes_reason
     assert "JSON-RPC error -32602" in warning["error"]
 
 
+async def test_a_multicall_address_without_a_contract_is_named_in_the_warning(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """A chain whose `multicall` address holds no contract (a chain without Multicall3 at its
+    usual address, or a mistyped one) answers every read with empty data: the read fails, and
+    the warning says what is missing and where, not only that an answer was short."""
+    missing = "0x" + "12" * 20
+    reader = make_reader([anvil.url], http, multicall=missing)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    with capture_logs() as logs:
+        assert not await reader.poll_once()
+    assert reader.stats.reads_failed == 1
+    assert got.quotes == []
+    (warning,) = [e for e in logs if e["event"] == "read failed"]
+    assert f"no contract at the multicall address {missing}" in warning["error"]
+
+
 class WrongShapeFeed(Feed):
     """A feed configured against the wrong contract: it reads the multicall's block number
     (one word) and decodes it as `latestRoundData()` (five words), which raises."""

@@ -204,7 +204,7 @@ class ChainReader:
         data = self._layout()
         try:
             raw = await self._eth_call(data, {"blockHash": block.hash})
-            results = decode_aggregate3(_hex_bytes(raw), self._total)
+            results = self._results(raw, self._total)
         except _READ_ERRORS as exc:
             self._read_failed(block, exc)
             return False
@@ -234,15 +234,25 @@ class ChainReader:
         try:
             if isinstance(raw, RpcError):
                 raise raw
-            results = decode_aggregate3(_hex_bytes(raw), self._total)
+            results = self._results(raw, self._total)
             if int.from_bytes(results[0][1], "big") != block.number:
                 # A block landed between the two halves of the batch: read it pinned.
                 raw = await self._eth_call(data, {"blockHash": block.hash})
-                results = decode_aggregate3(_hex_bytes(raw), self._total)
+                results = self._results(raw, self._total)
         except _READ_ERRORS as exc:
             self._read_failed(block, exc)
             return False
         return await self._publish(block, raw, results)
+
+    def _results(self, raw: Any, count: int) -> list[tuple[bool, bytes]]:
+        """The (success, data) pairs of an aggregate3 answer. An empty answer is what an
+        eth_call to an address without code returns: say so, it is a config to fix."""
+        data = _hex_bytes(raw)
+        if not data:
+            raise ValueError(
+                f"empty answer: no contract at the multicall address {self.cfg.multicall}"
+            )
+        return decode_aggregate3(data, count)
 
     async def _eth_call(self, data: bytes, pin: Any) -> Any:
         self.stats.round_trips += 1
@@ -361,7 +371,7 @@ class ChainReader:
         self._calldata = None  # the block's layout changed too
         try:
             raw = await self._eth_call(encode_aggregate3(every), {"blockHash": block.hash})
-            results = decode_aggregate3(_hex_bytes(raw), len(every))
+            results = self._results(raw, len(every))
         except _READ_ERRORS as exc:
             self._read_failed(block, exc)
             return []
