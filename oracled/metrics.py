@@ -62,6 +62,7 @@ class MetricsInputs:
     audit: AuditStats | None = None  # None: no audit trail
     push: PushStats | None = None  # None: no on-chain pusher
     tasks: Callable[[], int] | None = None  # asyncio tasks alive on the daemon's loop (soak)
+    caught_up: Callable[[], int] = int  # rounds computed late, unpublished (the round loop's)
 
 
 class Metrics:
@@ -392,9 +393,17 @@ class _StateCollector:
 
     def _markets(self) -> Iterator[Metric]:
         """Only the round counter: the per-market families are rendered by `_MarketText`."""
-        rounds = CounterMetricFamily("oracled_rounds", "Rounds computed since start.")
-        rounds.add_metric([], self._in.core.rounds)
-        yield rounds
+        caught_up = self._in.caught_up()
+        rounds = CounterMetricFamily(
+            "oracled_rounds", "Rounds computed on time and published since start."
+        )
+        rounds.add_metric([], self._in.core.rounds - caught_up)
+        late = CounterMetricFamily(
+            "oracled_rounds_caught_up",
+            "Rounds a blocked round loop missed and computed afterwards, unpublished.",
+        )
+        late.add_metric([], caught_up)
+        yield from (rounds, late)
 
     def _latency(self) -> Metric:
         return _latency_family(sorted(self._in.source_stats.items()))

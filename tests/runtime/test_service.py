@@ -19,7 +19,7 @@ from aiohttp.resolver import AsyncResolver, DefaultResolver
 from structlog.testing import capture_logs
 
 from oracled.cli import _Hangups
-from oracled.clock import Clock
+from oracled.clock import Clock, SystemClock
 from oracled.config import Config, SourceConfig, load_config, parse_config
 from oracled.model import Kind, Quote
 from oracled.publish.audit import AuditReader
@@ -335,6 +335,98 @@ async def test_a_round_never_uses_a_quote_received_after_its_tick(tmp_path: Path
     both = sorted(stored.keys() & replayed.keys())
     assert len(both) > 50
     assert [replayed[ts]["price"] for ts in both] == [stored[ts].price for ts in both]
+
+
+async def _stalls(count: int, seconds: float) -> None:
+    """Block the event loop `count` times for `seconds`, as a stopped or starved process is."""
+    for _ in range(count):
+        await asyncio.sleep(0.15)
+        time.sleep(seconds)  # noqa: ASYNC251 - blocking the loop is the point
+
+
+async def test_rounds_missed_while_the_loop_was_blocked_are_computed_as_a_replay_runs_them(
+    tmp_path: Path,
+) -> None:
+    """A blocked loop misses rounds; it computes them afterwards without publishing them, so
+    that the gates and the round numbers go on as a replay of the tape (which runs every round)
+    does: every stored report equals its replay in status, reasons and price, and the round
+    numbers of the two stay a constant distance apart (the live daemon ran rounds before the
+    first quote; the replay starts at it). The missed rounds are counted."""
+    trail = tmp_path / "audit.sqlite3"
+    with _sim_in_thread() as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url, 20, trail))
+        cfg = load_config(path)
+        service = Service(cfg)
+        task = asyncio.create_task(service.run())
+        try:
+            await _round_times(service, 10)
+            await _stalls(3, 0.13)
+            await _round_times(service, 10)
+        finally:
+            service.stop()
+            await task
+    caught_up = service.metrics.registry.get_sample_value("oracled_rounds_caught_up_total")
+    assert caught_up is not None and caught_up >= 3 * 5
+    reader = AuditReader(trail)
+    stored = {s.report.ts: s.report for s in reader.reports("BTC/USDT", 0, 1 << 62)}
+    tape = io.BytesIO()
+    reader.tape(tape, 0, 1 << 62)
+    reader.close()
+    out = io.BytesIO()
+    replay(cfg, io.BytesIO(tape.getvalue()), out)
+    replayed = {r["ts"]: r for r in map(json.loads, out.getvalue().splitlines())}
+    both = sorted(stored.keys() & replayed.keys())
+    assert len(both) > 20
+    assert len(replayed) - len(both) >= caught_up  # the rounds computed but never published
+    live = [(stored[ts].status, list(stored[ts].reasons), stored[ts].price) for ts in both]
+    assert live == [
+        (replayed[ts]["status"], replayed[ts]["reasons"], replayed[ts]["price"]) for ts in both
+    ]
+    assert len({stored[ts].round - replayed[ts]["round"] for ts in both}) == 1
+
+
+class _SteppedClock(SystemClock):
+    """The system clock plus an offset a test can step, as NTP steps a wall clock."""
+
+    __slots__ = ("offset_ms",)
+
+    def __init__(self, offset_ms: int) -> None:
+        self.offset_ms = offset_ms
+
+    def now_ms(self) -> int:
+        return super().now_ms() + self.offset_ms
+
+
+async def test_round_times_only_grow_when_the_wall_clock_steps_back(tmp_path: Path) -> None:
+    """A wall clock stepped back 600 ms: no round reuses or goes below an earlier round's time
+    (downstream and the tape rely on that); the rounds wait for the clock to pass the last one,
+    say so once, and go on from the next round time: in the audit trail every round's time is
+    the first one's plus one interval per round number."""
+    trail = tmp_path / "audit.sqlite3"
+    with _sim_in_thread() as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url, 20, trail))
+        clock = _SteppedClock(600)
+        service = Service(load_config(path), clock=clock)
+        task = asyncio.create_task(service.run())
+        try:
+            with capture_logs() as logs:
+                before = await _round_times(service, 10)
+                clock.offset_ms = 0
+                after = await _round_times(service, 10)
+        finally:
+            service.stop()
+            await task
+    assert after[-1] > before[-1]
+    reader = AuditReader(trail)
+    stored = [s.report for s in reader.reports("BTC/USDT", 0, 1 << 62)]
+    reader.close()
+    assert len(stored) >= 15
+    first = stored[0]
+    assert [r.ts - first.ts for r in stored] == [20 * (r.round - first.round) for r in stored]
+    warned = [e for e in logs if e["event"] == "wall clock went back: rounds wait for it"]
+    assert len(warned) == 1 and 500 <= warned[0]["by_ms"] <= 620
 
 
 async def test_a_sighup_while_starting_is_a_reload_once_running(tmp_path: Path) -> None:
