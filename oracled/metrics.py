@@ -256,6 +256,13 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
     )
     pending.add_metric([], 1.0 if stats is not None and stats.pending else 0.0)
     yield from (txs, skipped, updates, pending)
+    if stats is not None:  # absent when push is off: a 0 there would read as a stopped pusher
+        up = GaugeMetricFamily(
+            "oracled_push_up",
+            "1 while the pusher task runs past its start-up checks, else 0 (absent when off).",
+        )
+        up.add_metric([], 1.0 if stats.up else 0.0)
+        yield up
 
 
 _RPC_ERROR_KINDS = ("transport", "http", "timeout", "garbage", "node", "behind")

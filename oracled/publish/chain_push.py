@@ -99,6 +99,9 @@ class PushStats:
     updates: int = 0  # market prices confirmed on chain
     pending: bool = False  # a transaction is in flight
     nonce: int = -1  # the next nonce the pusher will use (-1 before start)
+    # True from a successful start until run() ends; it ends only on PushError (wrong chain, no
+    # contract) or a bug, with one log line, so this is the only lasting sign that pushing stopped.
+    up: bool = False
 
 
 @dataclass(slots=True)
@@ -196,7 +199,28 @@ class ChainPusher:
 
         A step that fails on the node (unreachable, or refusing a request with a JSON-RPC code
         outside the server-side range, e.g. a rate limit coded 429) is logged and retried:
-        ending this task would stop on-chain pushing for the life of the daemon."""
+        ending this task would stop on-chain pushing for the life of the daemon. `stats.up`
+        is True from a successful start until this returns or raises."""
+        try:
+            await self._start_retrying()
+            self.stats.up = True
+            while True:
+                try:
+                    await self.step()
+                except (RpcUnavailable, RpcError) as exc:
+                    self._log.warning("chain unreachable", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.cfg.interval_s):
+                        await self._wakeup.wait()
+                self._wakeup.clear()
+                if self._inflight is None:
+                    # Let a few rounds accumulate between pushes: one look per interval.
+                    await asyncio.sleep(self.cfg.interval_s)
+        finally:
+            self.stats.up = False
+
+    async def _start_retrying(self) -> None:
+        """start() until it succeeds: an unreachable node at start-up is waited for."""
         delay = 0.5
         while not self._started:
             try:
@@ -205,18 +229,6 @@ class ChainPusher:
                 self._log.warning("chain unreachable; retrying", error=str(exc), delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, 30.0)
-        while True:
-            try:
-                await self.step()
-            except (RpcUnavailable, RpcError) as exc:
-                self._log.warning("chain unreachable", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.cfg.interval_s):
-                    await self._wakeup.wait()
-            self._wakeup.clear()
-            if self._inflight is None:
-                # Let a few rounds accumulate between pushes: one look per interval.
-                await asyncio.sleep(self.cfg.interval_s)
 
     async def start(self) -> None:
         """Check the chain id and the contract; read the nonce and the prices stored on chain."""

@@ -26,6 +26,12 @@ REQUIRED = {
     "signer errors": "OracledSignerErrors",
     "audit write errors": "OracledAuditWriteErrors",
     "process restarts": "OracledRestarting",
+    # Silent failures found by later reviews, which no other alert reports.
+    "source up but quoting nothing": "OracledSourceNotQuoting",
+    "most frames of a source malformed": "OracledSourceMalformedFrames",
+    "NATS bus down for minutes": "OracledNatsNotPublishing",
+    "on-chain push stuck": "OracledPushStuck",
+    "on-chain pusher stopped": "OracledPushDown",
 }
 
 

@@ -10,6 +10,7 @@ from oracled.core import Core, RoundResult
 from oracled.jsonrpc import EndpointStats
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
+from oracled.publish.chain_push import PushStats
 from oracled.sources.evm.chain import ChainStats
 from oracled.sources.stats import ConnState, SourceStats
 
@@ -44,6 +45,7 @@ def populated_metrics() -> Metrics:
             stream_subscribers=lambda: 1,
             stream_dropped=lambda: {"slow_consumer": 1, "shutdown": 0},
             chains=lambda: [chain_stats()],
+            push=PushStats(up=True),  # push on: oracled_push_up exists only then
         )
     )
     for sid, px in (("a", 100.0), ("b", 100.1)):

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from eth_account import Account
+from prometheus_client.parser import text_string_to_metric_families
 from publish_rig import INTERVAL, SOURCES, Rounds, make_config
 from structlog.testing import capture_logs
 
@@ -25,8 +26,15 @@ from oracled.config import ChainConfig, PushConfig
 from oracled.core import RoundResult
 from oracled.errors import ConfigError
 from oracled.jsonrpc import RpcUnavailable
+from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
-from oracled.publish.chain_push import ChainPusher, PushError, load_push_key, market_id
+from oracled.publish.chain_push import (
+    ChainPusher,
+    PushError,
+    PushStats,
+    load_push_key,
+    market_id,
+)
 from oracled.publish.signer import SigningKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chain"))
@@ -737,3 +745,70 @@ async def test_a_raw_send_answer_that_is_not_for_this_request_goes_to_the_next_e
         assert pusher.stats.transactions["confirmed"] == 1
     finally:
         await proxy.stop()
+
+
+# -- oracled_push_up: the one lasting sign that the pusher stopped --------------------------------
+
+
+def push_up(stats: PushStats | None) -> float | None:
+    """oracled_push_up as a real registry exposes it for these stats (None: no such series)."""
+    rounds = Rounds(make_config())
+    metrics = Metrics(
+        MetricsInputs(
+            core=rounds.core,
+            latest=lambda: None,
+            source_stats={},
+            now_ms=lambda: rounds.now,
+            stream_subscribers=lambda: 0,
+            stream_dropped=dict,
+            push=stats,
+        )
+    )
+    body, _ = metrics.render()
+    values = [
+        s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if s.name == "oracled_push_up"
+    ]
+    assert len(values) <= 1
+    return values[0] if values else None
+
+
+async def test_push_up_is_1_while_the_task_runs_0_while_the_node_is_unreachable_at_start_and_after(
+    rig: Rig,
+) -> None:
+    """The gauge reads 0 while the start waits for an unreachable node (nothing can be pushed),
+    1 once the start's checks pass and the task pushes, and 0 again once the task has ended."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
+    rounds.step()
+    pusher.submit(rounds.step())
+    proxy.mode = "error"
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: any(e["event"] == "chain unreachable; retrying" for e in logs))
+            assert push_up(pusher.stats) == 0.0
+            proxy.mode = "pass"
+            await until(lambda: pusher.stats.transactions["confirmed"] == 1)
+            assert push_up(pusher.stats) == 1.0
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.stop()
+    assert push_up(pusher.stats) == 0.0
+
+
+async def test_a_pusher_stopped_at_start_for_want_of_a_contract_reads_push_up_0(rig: Rig) -> None:
+    """The task as the service runs it, pointed at an address without code, ends with PushError
+    (one log line in the service) and the gauge says so for as long as the daemon runs; with
+    push off there is no series at all, so no alert can mistake 'off' for 'stopped'."""
+    pusher = rig.pusher(contract=OTHER)
+    task = asyncio.create_task(pusher.run())
+    with pytest.raises(PushError, match="no contract at"):
+        async with asyncio.timeout(10):
+            await task
+    assert push_up(pusher.stats) == 0.0
+    assert push_up(None) is None
