@@ -101,6 +101,10 @@ def _as_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+#: How far ahead of our receive time a venue time may be (`oracle.max_clock_skew_ms`).
+DEFAULT_MAX_CLOCK_SKEW_MS = 2_000
+
+
 class _Frozen(BaseModel):
     # strict: "yes" is not a boolean and "3" is not a number in a risk config.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -110,7 +114,7 @@ class OracleConfig(_Frozen):
     """Round timing and the gates that apply to every market."""
 
     round_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 250
-    max_clock_skew_ms: Annotated[int, Field(ge=0, le=60_000)] = 2_000
+    max_clock_skew_ms: Annotated[int, Field(ge=0, le=60_000)] = DEFAULT_MAX_CLOCK_SKEW_MS
     resume_rounds: Annotated[int, Field(ge=1, le=10_000)] = 3
     jump_confirm_rounds: Annotated[int, Field(ge=1, le=10_000)] = 4
     min_price: PosFloat = 1e-12

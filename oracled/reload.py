@@ -67,11 +67,13 @@ def source_pairs(cfg: Config, sid: str) -> list[tuple[str, str]]:
 def config_changes(old: Config, new: Config) -> ConfigChanges:
     before = {m.symbol: m for m in old.markets}
     after = {m.symbol: m for m in new.markets}
+    skew_changed = old.oracle.max_clock_skew_ms != new.oracle.max_clock_skew_ms
     sources = sorted(
         sid
         for sid in set(old.sources) | set(new.sources)
         if old.sources.get(sid) != new.sources.get(sid)
         or source_pairs(old, sid) != source_pairs(new, sid)
+        or (skew_changed and sid in new.sources)  # each source refuses future quotes itself
     )
     needs_restart = [
         path for path in (*RESTART_ONLY, *_REPORTED_ONLY) if _get(old, path) != _get(new, path)

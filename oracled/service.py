@@ -365,6 +365,7 @@ class Service:
                     session,
                     stats,
                 )
+                source.max_clock_skew_ms = self.cfg.oracle.max_clock_skew_ms
                 if self.chains is not None:
                     self.chains.attach(source)  # on-chain sources read through their chain
                 started = time.monotonic()

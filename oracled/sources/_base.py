@@ -17,7 +17,9 @@ A venue subclass declares its URLs and wire types and implements five small hook
   ends in ``stats.failed_instruments``, with no reconnect;
 - price hygiene: a quote whose bid or ask is unparseable, not finite, not positive, or crossed is
   dropped here and counted (``stats.malformed`` and ``stats.dropped[reason]``). The core checks
-  again; the source drops first so that one venue's garbage never reaches the book.
+  again; the source drops first so that one venue's garbage never reaches the book. A quote whose
+  venue time is more than ``max_clock_skew_ms`` ahead of its receive time is dropped too
+  (``stats.dropped["future"]``, not malformed), before a venue's ordering bar moves to it.
 
 Only state changes (and each reconnect's backoff) are logged, never a message.
 """
@@ -38,7 +40,7 @@ import msgspec
 import structlog
 
 from oracled.clock import Clock
-from oracled.config import SourceConfig
+from oracled.config import DEFAULT_MAX_CLOCK_SKEW_MS, SourceConfig
 from oracled.model import Kind, Quote
 from oracled.sources.stats import LATENCY_BOUNDS_MS, LATENCY_BUCKET_OF_MS, ConnState, SourceStats
 
@@ -114,6 +116,10 @@ class Source(abc.ABC):
     #: Messages (requests, pings, pongs) the venue accepts from us per second; one slot in
     #: each second is kept free for a pong, which must never wait.
     max_messages_per_s: ClassVar[int] = 5
+    #: The core's `oracle.max_clock_skew_ms` (the service sets the configured one on each source
+    #: it builds): a quote whose venue time is further ahead of its receive time is dropped here
+    #: as `future`, before it can move a venue's ordering bar.
+    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
     #: Backoff grows from this; it is reset once a connection has streamed this long.
     backoff_base_s: ClassVar[float] = 0.5
     healthy_after_s: ClassVar[float] = 10.0
@@ -274,15 +280,21 @@ class Source(abc.ABC):
             self._reject_prices(bid, ask)
             return
         stats = self.stats
-        stats.quotes += 1
-        stats.last_quote_ms = recv_ts
         if venue_ts is not None:  # the latency histogram, inlined: this runs once per quote
             latency = recv_ts - venue_ts
             if 0 <= latency <= _LATENCY_OVER:
                 stats.latency_buckets[_LATENCY_BUCKET_OF_MS[latency]] += 1
                 stats.latency_sum_ms += latency
+            elif latency < -self.max_clock_skew_ms:
+                # Further ahead than the core accepts: refused here, so that a venue's ordering
+                # bar (which moves with every quote emitted) is not set into the future by one
+                # bad clock reading, after which every good frame would be "out of order".
+                stats.dropped["future"] += 1
+                return
             else:
                 stats.observe_latency(latency)
+        stats.quotes += 1
+        stats.last_quote_ms = recv_ts
         if last is not None and not 0.0 < last < _INF:
             last = None  # a bad last price never spoils a good book; the core prices the mid
         # Positional arguments: this runs once per venue frame (source, pair, recv_ts, price,
