@@ -123,6 +123,10 @@ class ParseCase(Generic[S]):
     # A frame whose bid equals its ask, for a venue that judges crossing itself (a kept book, a
     # confidence band); the others leave it to the base's one check.
     locked: str | None = None
+    # When `order`'s and `locked`'s frames are received: at or just after their venue times, as on
+    # a live connection (a quote received more than the clock-skew bound before its venue time is
+    # dropped as `future`). The shared tests add a millisecond a frame to it.
+    recv_ts: int = 0
 
     def bad_frames(self) -> list[tuple[str | bytes, str]]:
         """Every bad frame this case knows, with the one reason it must be dropped for."""
@@ -274,6 +278,7 @@ BITSTAMP = ParseCase(
     order=(_BITSTAMP_NEWER.replace("1641343696039184", "1641343695000000"), _BITSTAMP_NEWER),
     text_path=_bitstamp_short_level,
     poisoned=_bitstamp_poisoned,
+    recv_ts=1_641_343_696_039 + 5,  # the newer book's microtimestamp, in ms
 )
 
 # One catalogue serves both categories; a frame of the other category's shape is a shape error.
@@ -336,6 +341,7 @@ COINBASE = ParseCase(
     order=(_COINBASE_NEWER.replace('"sequence_num": 12', '"sequence_num": 11'), _COINBASE_NEWER),
     stale="stale_sequence",
     text_path=_coinbase_text_path,
+    recv_ts=1_775_572_203_000 + 5,  # the ticker's time
 )
 
 GEMINI_BOOK = (
@@ -486,6 +492,7 @@ KUCOIN = ParseCase(
     order=(_KUCOIN_TICKERS[0], _KUCOIN_TICKERS[3]),  # SNX-BTC, sequence ...653 then ...654
     text_path=_kucoin_text_path,
     poisoned=_kucoin_poisoned,
+    recv_ts=1619378326423 + 5,  # the newer ticker's time
 )
 
 
@@ -549,6 +556,7 @@ OKX = ParseCase(
     order=(_OKX_TICKERS[2], _OKX_TICKERS[4]),  # BTC-USDT, ts ...224956 then ...226240
     text_path=_okx_text_path,
     poisoned=_okx_poisoned,
+    recv_ts=1652459226240 + 5,  # the newer ticker's ts
 )
 
 PYTH_BTC = "e62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43"
@@ -574,6 +582,7 @@ PYTH = ParseCase(
     locked=recorded("pyth_hermes", "v2_latest_parsed_btc.json")
     .strip()
     .replace('"conf":"2661582364"', '"conf":"0"'),
+    recv_ts=1_708_363_256_000 + 5,  # the update's publish time
 )
 
 CASES: tuple[ParseCase[Any], ...] = (

@@ -23,6 +23,10 @@ def combined(stream: str, name: str) -> str:
 
 BOOK = combined("bnbusdt@bookTicker", "ws_bookTicker.json")
 MARK = combined("btcusdt@markPrice@1s", "ws_markPrice.json")
+# Receive times just after the frames' venue times (a quote received before its venue time by
+# more than the clock-skew bound is dropped as `future`): the bookTicker's E, the REST rows' time.
+RECV = 1568014460893 + 5
+REST_RECV = 1589437530011 + 5
 
 
 @pytest.fixture
@@ -45,11 +49,9 @@ def test_documented_book_ticker_becomes_a_perp_quote_with_event_time(
     source: BinanceUsdmSource, quotes: list[Quote]
 ) -> None:
     """The docs' bookTicker gives one perp quote; venue_ts is the event time E."""
-    source.on_message(BOOK, 1_000)
+    source.on_message(BOOK, RECV)
     assert quotes == [
-        Quote(
-            "bu", "BNB/USDT", 1_000, bid=25.3519, ask=25.3652, kind="perp", venue_ts=1568014460893
-        )
+        Quote("bu", "BNB/USDT", RECV, bid=25.3519, ask=25.3652, kind="perp", venue_ts=1568014460893)
     ]
     assert source.stats.quotes == 1 and source.stats.malformed == 0
 
@@ -59,9 +61,9 @@ def test_older_or_repeated_update_ids_are_dropped_as_stale(
 ) -> None:
     """A frame whose update id u is not newer than the last applied one never overrides it."""
     newer = BOOK.replace('"u": 400900217', '"u": 400900300').replace("25.36520000", "25.40000000")
-    source.on_message(newer, 1)
-    source.on_message(BOOK, 2)  # older u
-    source.on_message(newer, 3)  # duplicate
+    source.on_message(newer, RECV + 1)
+    source.on_message(BOOK, RECV + 2)  # older u
+    source.on_message(newer, RECV + 3)  # duplicate
     assert [q.ask for q in quotes] == [25.4]
     assert source.stats.dropped == {"stale": 2}
     assert source.stats.malformed == 0
@@ -72,8 +74,8 @@ def test_a_bad_frame_does_not_advance_the_sequence(
 ) -> None:
     """A refused frame with a high update id does not block the good frames that follow."""
     bad = BOOK.replace('"u": 400900217', '"u": 999999999999').replace("25.35190000", "NaN")
-    source.on_message(bad, 1)
-    source.on_message(BOOK, 2)
+    source.on_message(bad, RECV + 1)
+    source.on_message(BOOK, RECV + 2)
     assert len(quotes) == 1
     assert source.stats.dropped == {"not_finite": 1}
 
@@ -82,9 +84,9 @@ async def test_a_new_connection_forgets_update_ids(
     source: BinanceUsdmSource, quotes: list[Quote]
 ) -> None:
     """Update ids are compared within one connection only (a venue reset cannot freeze a pair)."""
-    source.on_message(BOOK, 1)
+    source.on_message(BOOK, RECV + 1)
     assert await source.connect_url() == "wss://fstream.binance.com/public/stream"
-    source.on_message(BOOK, 2)
+    source.on_message(BOOK, RECV + 2)
     assert len(quotes) == 2
 
 
@@ -170,13 +172,15 @@ def test_rest_bodies_become_quotes_and_unasked_rows_are_skipped(
         )
 
     body = f"[{row('BTCUSDT', '4.00000000', '4.00000200')},{row('XYZUSDT', '1', '2')}]"
-    source.on_rest(body.encode(), 42)
-    source.on_rest(row("BNBUSDT", "0", "1").encode(), 43)
+    source.on_rest(body.encode(), REST_RECV)
+    source.on_rest(row("BNBUSDT", "0", "1").encode(), REST_RECV + 1)
     assert quotes == [
-        Quote("bu", "BTC/USDT", 42, bid=4.0, ask=4.000002, kind="perp", venue_ts=1589437530011)
+        Quote(
+            "bu", "BTC/USDT", REST_RECV, bid=4.0, ask=4.000002, kind="perp", venue_ts=1589437530011
+        )
     ]
     assert source.stats.dropped == {"non_positive": 1}
-    source.on_rest(b'{"code":-1121,"msg":"Invalid symbol."}', 44)
+    source.on_rest(b'{"code":-1121,"msg":"Invalid symbol."}', REST_RECV + 2)
     assert source.stats.dropped["shape"] == 1
 
 
@@ -210,15 +214,15 @@ def test_fast_path_agrees_with_the_text_path(
     """Prices read straight into floats give the same quotes, update ids and drop reasons as the
     text path that every refused frame takes (both after the same first frame)."""
     first = _compact(BOOK.replace('"u": 400900217', '"u": 400900200'))
-    source.on_message(first, 1)
-    source.on_message(frame, 2)
+    source.on_message(first, RECV + 1)
+    source.on_message(frame, RECV + 2)
     fast = _outcome(source, quotes)
     quotes.clear()
     source._last_u.clear()
     source.stats.dropped.clear()
     source.stats.malformed = 0
-    source._slow(first, 1)
-    source._slow(frame, 2)
+    source._slow(first, RECV + 1)
+    source._slow(frame, RECV + 2)
     assert _outcome(source, quotes) == fast
 
 
@@ -236,7 +240,7 @@ def test_bare_number_prices_give_the_same_quote_as_quoted_ones(
     assert '"u"' not in frames[-1]
     for frame in frames:
         source._last_u.clear()  # each frame on its own, not as a replay of the one before
-        source.on_message(frame, 1_000)
+        source.on_message(frame, RECV)
     assert len(quotes) == 4 and all(q == quotes[0] for q in quotes)
     assert quotes[0].bid == 25.3519 and source.stats.malformed == 0
 
@@ -250,7 +254,7 @@ def test_book_with_an_unreadable_event_time_is_dropped_not_quoted_without_it(
     without its venue time, past the update-id check, stamped as received at time 0."""
     frame = BOOK.replace('"E": 1568014460893', f'"E": {event_time}')
     assert frame != BOOK
-    source.on_message(frame, 1_000)
+    source.on_message(frame, RECV)
     assert quotes == []
     assert source.stats.dropped == {"shape": 1} and source.stats.malformed == 1
     assert source.stats.last_quote_ms is None

@@ -16,6 +16,11 @@ from oracled.sources.bitstamp import BitstampSource
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "bitstamp"
 ACK_SGB, ACK_ETH = (FIXTURES / "ws_recorded.jsonl").read_text().splitlines()[:2]
 REQUESTS = (FIXTURES / "ws_subscribe_requests.jsonl").read_text().splitlines()
+# Receive times just after the venue times of the frames fed (a quote received before its venue
+# time by more than the clock-skew bound is dropped as `future`): the recorded books were stamped
+# 1_641_343_696_039 to ..._956 ms, the REST tickers 1_686_068_944 s.
+RECV = 1_641_343_697_000
+REST_RECV = 1_686_068_944_000 + 9
 
 
 @pytest.fixture
@@ -33,11 +38,13 @@ def test_symbols_are_lower_case_without_slash(harness: Harness[BitstampSource]) 
 def test_recorded_books_give_the_exact_top_of_book(harness: Harness[BitstampSource]) -> None:
     """The best bid and ask of each recorded book, with its microtimestamp in milliseconds."""
     for i, market in enumerate(("usdtusd", "batbtc", "galaeur")):
-        harness.source.on_message(book_event(market), 1_000 + i)
+        harness.source.on_message(book_event(market), RECV + i)
     assert harness.quotes == [
-        Quote("bs", "USDT/USD", 1_000, bid=0.99948, ask=0.99992, venue_ts=1_641_343_696_039),
-        Quote("bs", "BAT/BTC", 1_001, bid=0.00002835, ask=0.00002843, venue_ts=1_641_343_696_436),
-        Quote("bs", "GALA/EUR", 1_002, bid=0.38083, ask=0.38172, venue_ts=1_641_343_696_956),
+        Quote("bs", "USDT/USD", RECV, bid=0.99948, ask=0.99992, venue_ts=1_641_343_696_039),
+        Quote(
+            "bs", "BAT/BTC", RECV + 1, bid=0.00002835, ask=0.00002843, venue_ts=1_641_343_696_436
+        ),
+        Quote("bs", "GALA/EUR", RECV + 2, bid=0.38083, ask=0.38172, venue_ts=1_641_343_696_956),
     ]
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
@@ -45,10 +52,10 @@ def test_recorded_books_give_the_exact_top_of_book(harness: Harness[BitstampSour
 def test_older_book_is_dropped_as_out_of_order(harness: Harness[BitstampSource]) -> None:
     """A book older than the newest emitted one of its pair is counted, not emitted."""
     frame = book_event("usdtusd")
-    harness.source.on_message(frame, 1)
-    harness.source.on_message(frame.replace("1641343696039184", "1641343695000000"), 2)
-    harness.source.on_message(frame, 3)  # a duplicate of the newest is harmless
-    assert [q.recv_ts for q in harness.quotes] == [1, 3]
+    harness.source.on_message(frame, RECV + 1)
+    harness.source.on_message(frame.replace("1641343696039184", "1641343695000000"), RECV + 2)
+    harness.source.on_message(frame, RECV + 3)  # a duplicate of the newest is harmless
+    assert [q.recv_ts for q in harness.quotes] == [RECV + 1, RECV + 3]
     assert harness.stats.dropped == {"out_of_order": 1}
 
 
@@ -65,8 +72,8 @@ def test_garbage_with_a_future_stamp_does_not_hide_good_books(
     harness: Harness[BitstampSource],
 ) -> None:
     """A dropped bad book stamped in the future leaves the out-of-order bar where it was."""
-    harness.source.on_message(GARBAGE[8].replace("btcusd", "usdtusd"), 1)
-    harness.source.on_message(book_event("usdtusd"), 2)
+    harness.source.on_message(GARBAGE[8].replace("btcusd", "usdtusd"), RECV + 1)
+    harness.source.on_message(book_event("usdtusd"), RECV + 2)
     assert len(harness.quotes) == 1
 
 
@@ -137,12 +144,12 @@ def test_rest_all_tickers_maps_pairs_and_skips_the_rest(harness: Harness[Bitstam
         b'{"timestamp":"1686068944","bid":null,"ask":null,"pair":"ETH/USD"},'
         b'{"timestamp":"1686068944","bid":"0","ask":"0.4","pair":"GALA/EUR"}]'
     )
-    harness.source.on_rest(body, 9)
+    harness.source.on_rest(body, REST_RECV)
     assert harness.quotes == [
-        Quote("bs", "USDT/USD", 9, bid=0.9994, ask=0.9996, venue_ts=1_686_068_944_000)
+        Quote("bs", "USDT/USD", REST_RECV, bid=0.9994, ask=0.9996, venue_ts=1_686_068_944_000)
     ]
     assert harness.stats.dropped == {"one_sided": 1, "non_positive": 1}
-    harness.source.on_rest(b'{"status":"error"}', 10)
+    harness.source.on_rest(b'{"status":"error"}', REST_RECV + 1)
     assert harness.stats.dropped["shape"] == 1
 
 
@@ -183,11 +190,11 @@ def test_book_out_of_the_documented_shape_gives_the_same_top(
     frame = book_event("usdtusd")
     short = frame.replace('["0.99948", "3105.20768"]', '["0.99948"]', 1)
     assert short != frame
-    harness.source.on_message(short, 1)
-    harness.source.on_message(frame, 2)
+    harness.source.on_message(short, RECV + 1)
+    harness.source.on_message(frame, RECV + 2)
     assert [(q.recv_ts, q.bid, q.ask) for q in harness.quotes] == [
-        (1, 0.99948, 0.99992),
-        (2, 0.99948, 0.99992),
+        (RECV + 1, 0.99948, 0.99992),
+        (RECV + 2, 0.99948, 0.99992),
     ]
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
@@ -198,5 +205,5 @@ def test_bare_number_price_beside_a_string_amount_is_read_as_a_number(
     """The known limit of the one-pass decoder: a best level printed as [number, "amount"] gives
     that price (a level of bare numbers only is refused, see GARBAGE)."""
     frame = book_event("usdtusd").replace('["0.99948", "3105.20768"]', '[0.99948, "3105.20768"]')
-    harness.source.on_message(frame, 1)
+    harness.source.on_message(frame, RECV)
     assert [(q.bid, q.ask) for q in harness.quotes] == [(0.99948, 0.99992)]

@@ -27,6 +27,11 @@ BOOK_SNAPSHOT = fixture("ws_orderbook_snapshot.json")
 BOOK_DELTA = fixture("ws_orderbook_delta.json")
 ACK = fixture("ws_subscribe_ack.json")
 REFUSAL = fixture("ws_subscribe_error.json")
+# Receive times just after the venue times (`ts`) of the frames fed: a quote received before its
+# venue time by more than the clock-skew bound is dropped as `future`.
+LINEAR_RECV = 1673272862086 + 5  # the linear snapshot (...1686) and the deltas after it
+SPOT_RECV = 1709891679600 + 5  # the level 1 snapshot (...9000) and the deltas after it
+REST_RECV = 1673859087947 + 5
 
 
 class Harness:
@@ -49,12 +54,12 @@ async def h() -> AsyncIterator[Harness]:
 
 def test_documented_linear_ticker_snapshot_becomes_a_perp_quote(h: Harness) -> None:
     """The docs' linear ticker snapshot gives best bid/ask, last price, and venue_ts from `ts`."""
-    h.linear.on_message(LINEAR_SNAPSHOT, 10)
+    h.linear.on_message(LINEAR_SNAPSHOT, LINEAR_RECV)
     assert h.quotes == [
         Quote(
             "bl",
             "BTC/USDT",
-            10,
+            LINEAR_RECV,
             price=17216.0,
             bid=17215.5,
             ask=17216.0,
@@ -67,7 +72,7 @@ def test_documented_linear_ticker_snapshot_becomes_a_perp_quote(h: Harness) -> N
 
 def test_linear_deltas_are_merged_into_the_last_full_state(h: Harness) -> None:
     """A delta without prices keeps the book; a delta with one side changes only that side."""
-    h.linear.on_message(LINEAR_SNAPSHOT, 1)
+    h.linear.on_message(LINEAR_SNAPSHOT, LINEAR_RECV + 1)
     no_price = (
         '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
         '"openInterest":"68745.000"},"cs":24987956060,"ts":1673272861786}'
@@ -76,43 +81,53 @@ def test_linear_deltas_are_merged_into_the_last_full_state(h: Harness) -> None:
         '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
         '"ask1Price":"17217.00","ask1Size":"1.0"},"cs":24987956061,"ts":1673272861886}'
     )
-    h.linear.on_message(no_price, 2)
-    h.linear.on_message(one_side, 3)
+    h.linear.on_message(no_price, LINEAR_RECV + 2)
+    h.linear.on_message(one_side, LINEAR_RECV + 3)
     assert [(q.bid, q.ask, q.venue_ts) for q in h.quotes] == [
         (17215.5, 17216.0, 1673272861686),
         (17215.5, 17216.0, 1673272861786),
         (17215.5, 17217.0, 1673272861886),
     ]
-    h.linear.on_message(one_side.replace("1673272861886", "1673272861000"), 4)  # older ts
+    h.linear.on_message(one_side.replace("1673272861886", "1673272861000"), LINEAR_RECV + 4)
     assert h.linear.stats.dropped == {"stale": 1}
     assert len(h.quotes) == 3
 
 
 def test_bad_linear_delta_is_not_merged(h: Harness) -> None:
     """A delta with a bad price is dropped whole; the kept state still quotes afterwards."""
-    h.linear.on_message(LINEAR_SNAPSHOT, 1)
-    h.linear.on_message(GARBAGE[13], 2)  # NaN bid and ask, far-future ts
+    h.linear.on_message(LINEAR_SNAPSHOT, LINEAR_RECV + 1)
+    h.linear.on_message(GARBAGE[13], LINEAR_RECV + 2)  # NaN bid and ask, far-future ts
     no_price = (
         '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
         '"fundingRate":"0.0001"},"cs":24987956060,"ts":1673272861786}'
     )
-    h.linear.on_message(no_price, 3)  # the NaN frame's far-future ts was not kept either
+    h.linear.on_message(
+        no_price, LINEAR_RECV + 3
+    )  # the NaN frame's far-future ts was not kept either
     assert h.linear.stats.dropped == {"not_finite": 1}
     assert [q.bid for q in h.quotes] == [17215.5, 17215.5]
 
 
 def test_documented_level1_snapshot_and_delta(h: Harness) -> None:
     """A snapshot quotes its best levels; a delta removing the kept ask leaves no quote."""
-    h.spot.on_message(BOOK_SNAPSHOT, 5)
+    h.spot.on_message(BOOK_SNAPSHOT, SPOT_RECV + 5)
     assert h.quotes == [
-        Quote("bs", "BTC/USDT", 5, bid=27450.0, ask=27451.0, kind="spot", venue_ts=1709891679000)
+        Quote(
+            "bs",
+            "BTC/USDT",
+            SPOT_RECV + 5,
+            bid=27450.0,
+            ask=27451.0,
+            kind="spot",
+            venue_ts=1709891679000,
+        )
     ]
-    h.spot.on_message(BOOK_DELTA, 6)
+    h.spot.on_message(BOOK_DELTA, SPOT_RECV + 6)
     assert len(h.quotes) == 1
     assert h.spot.stats.dropped == {"one_sided": 1} and h.spot.stats.malformed == 0
     refill = BOOK_DELTA.replace('"b": [["27450.00", "0.400"]]', '"b": []')
     refill = refill.replace('["27451.00", "0"]', '["27452.50", "0.3"]').replace("790", "791")
-    h.spot.on_message(refill.replace("1709891679500", "1709891679600"), 7)
+    h.spot.on_message(refill.replace("1709891679500", "1709891679600"), SPOT_RECV + 7)
     assert (h.quotes[-1].bid, h.quotes[-1].ask, h.quotes[-1].venue_ts) == (
         27450.0,
         27452.5,
@@ -122,32 +137,32 @@ def test_documented_level1_snapshot_and_delta(h: Harness) -> None:
 
 def test_level1_update_ids_order_the_frames(h: Harness) -> None:
     """Deltas not newer than the kept update id are stale; u = 1 (venue restart) resets."""
-    h.spot.on_message(BOOK_SNAPSHOT, 1)
-    h.spot.on_message(BOOK_SNAPSHOT.replace('"type": "snapshot"', '"type": "delta"'), 2)
+    h.spot.on_message(BOOK_SNAPSHOT, SPOT_RECV + 1)
+    h.spot.on_message(BOOK_SNAPSHOT.replace('"type": "snapshot"', '"type": "delta"'), SPOT_RECV + 2)
     assert h.spot.stats.dropped == {"stale": 1}
     restart = BOOK_SNAPSHOT.replace('"u": 123456789', '"u": 1').replace("27450.00", "27449.75")
-    h.spot.on_message(restart, 3)
+    h.spot.on_message(restart, SPOT_RECV + 3)
     assert h.quotes[-1].bid == 27449.75
 
 
 def test_level1_level_replacement_and_removal(h: Harness) -> None:
     """A new level replaces the side; size 0 removes it only if it is the kept price."""
-    h.spot.on_message(BOOK_SNAPSHOT, 1)
+    h.spot.on_message(BOOK_SNAPSHOT, SPOT_RECV + 1)
     delta = (
         '{"topic":"orderbook.1.BTCUSDT","type":"delta","ts":2,"data":{"s":"BTCUSDT",'
         '"b":[["27450.00","0"],["27449.00","2.0"]],"a":[["27460.00","0"]],"u":123456790}}'
     )
-    h.spot.on_message(delta, 2)
+    h.spot.on_message(delta, SPOT_RECV + 2)
     assert (h.quotes[-1].bid, h.quotes[-1].ask) == (27449.0, 27451.0)
 
 
 @pytest.mark.parametrize("frame", [GARBAGE[i] for i in range(len(GARBAGE))])
 def test_each_garbage_frame_counts_once_on_either_category(h: Harness, frame: str) -> None:
     """Every simulator garbage frame is one malformed frame for spot and for linear alike."""
-    h.spot.on_message(BOOK_SNAPSHOT, 1)  # a kept state, so that deltas have something to merge
-    h.linear.on_message(LINEAR_SNAPSHOT, 1)
-    h.spot.on_message(frame, 2)
-    h.linear.on_message(frame, 2)
+    h.spot.on_message(BOOK_SNAPSHOT, SPOT_RECV + 1)  # a kept state for deltas to merge into
+    h.linear.on_message(LINEAR_SNAPSHOT, LINEAR_RECV + 1)
+    h.spot.on_message(frame, SPOT_RECV + 2)
+    h.linear.on_message(frame, LINEAR_RECV + 2)
     assert h.spot.stats.malformed == 1 and h.linear.stats.malformed == 1
     assert len(h.quotes) == 2  # only the two snapshots
 
@@ -221,9 +236,17 @@ def test_rest_request_and_body(h: Harness) -> None:
         b'"lastPrice":"17216.00"},{"symbol":"XRPUSDT","bid1Price":"0.5","ask1Price":"0.6"}]},'
         b'"retExtInfo":{},"time":1673859087947}'
     )
-    h.linear.on_rest(body, 9)
+    h.linear.on_rest(body, REST_RECV)
     assert h.quotes == [
-        Quote("bl", "BTC/USDT", 9, bid=17215.5, ask=17216.0, kind="perp", venue_ts=1673859087947)
+        Quote(
+            "bl",
+            "BTC/USDT",
+            REST_RECV,
+            bid=17215.5,
+            ask=17216.0,
+            kind="perp",
+            venue_ts=1673859087947,
+        )
     ]
     assert h.spot.rest_request(["BTCUSDT"]) == (url, {"category": "spot", "symbol": "BTCUSDT"})
     h.spot.on_rest(
@@ -251,7 +274,7 @@ def test_an_error_code_for_a_whole_category_fails_no_symbol(h: Harness) -> None:
 def test_linear_last_price_is_merged_like_the_book(h: Harness) -> None:
     """`lastPrice` becomes the quote's price, is kept across deltas that leave it out, and a bad
     one is left out without dropping the book."""
-    h.linear.on_message(LINEAR_SNAPSHOT, 1)
+    h.linear.on_message(LINEAR_SNAPSHOT, LINEAR_RECV + 1)
 
     def delta(ts: int, fields: str) -> str:
         return (
@@ -259,10 +282,12 @@ def test_linear_last_price_is_merged_like_the_book(h: Harness) -> None:
             f'{fields}}},"cs":24987956060,"ts":{ts}}}'
         )
 
-    h.linear.on_message(delta(1673272861786, '"bid1Price":"17215.00"'), 2)
-    h.linear.on_message(delta(1673272861886, '"lastPrice":"17215.50"'), 3)
-    h.linear.on_message(delta(1673272861986, '"lastPrice":"abc","ask1Price":"17216.50"'), 4)
-    h.linear.on_message(delta(1673272862086, '"lastPrice":"NaN"'), 5)
+    h.linear.on_message(delta(1673272861786, '"bid1Price":"17215.00"'), LINEAR_RECV + 2)
+    h.linear.on_message(delta(1673272861886, '"lastPrice":"17215.50"'), LINEAR_RECV + 3)
+    h.linear.on_message(
+        delta(1673272861986, '"lastPrice":"abc","ask1Price":"17216.50"'), LINEAR_RECV + 4
+    )
+    h.linear.on_message(delta(1673272862086, '"lastPrice":"NaN"'), LINEAR_RECV + 5)
     assert [(q.price, q.bid, q.ask) for q in h.quotes] == [
         (17216.0, 17215.5, 17216.0),
         (17216.0, 17215.0, 17216.0),
@@ -332,14 +357,14 @@ def _spot_outcome(source: BybitSpotSource, quotes: list[Quote]) -> object:
 def test_spot_fast_path_agrees_with_the_text_path(h: Harness, frame: str) -> None:
     """Prices read straight into floats give the same quotes, kept state and drop reasons as the
     text path that every refused frame takes (tried on both after the same snapshot)."""
-    h.spot.on_message(compact(BOOK_SNAPSHOT), 1)
-    h.spot.on_message(frame, 2)
+    h.spot.on_message(compact(BOOK_SNAPSHOT), SPOT_RECV + 1)
+    h.spot.on_message(frame, SPOT_RECV + 2)
     fast = _spot_outcome(h.spot, h.quotes)
     h.quotes.clear()
     h.spot._tops.clear()
     h.spot.stats.dropped.clear()
-    h.spot._slow(BOOK_SNAPSHOT, 1)
-    h.spot._slow(frame, 2)
+    h.spot._slow(BOOK_SNAPSHOT, SPOT_RECV + 1)
+    h.spot._slow(frame, SPOT_RECV + 2)
     assert _spot_outcome(h.spot, h.quotes) == fast
 
 
@@ -351,14 +376,14 @@ def _linear_outcome(source: BybitLinearSource, quotes: list[Quote]) -> object:
 @pytest.mark.parametrize("frame", [f for f in LINEAR_FRAMES for f in (f, compact(f))])
 def test_linear_fast_path_agrees_with_the_text_path(h: Harness, frame: str) -> None:
     """The linear fast path and the text path agree on quotes, kept state and drop reasons."""
-    h.linear.on_message(compact(LINEAR_SNAPSHOT), 1)
-    h.linear.on_message(frame, 2)
+    h.linear.on_message(compact(LINEAR_SNAPSHOT), LINEAR_RECV + 1)
+    h.linear.on_message(frame, LINEAR_RECV + 2)
     fast = _linear_outcome(h.linear, h.quotes)
     h.quotes.clear()
     h.linear._tops.clear()
     h.linear.stats.dropped.clear()
-    h.linear._slow(LINEAR_SNAPSHOT, 1)
-    h.linear._slow(frame, 2)
+    h.linear._slow(LINEAR_SNAPSHOT, LINEAR_RECV + 1)
+    h.linear._slow(frame, LINEAR_RECV + 2)
     assert _linear_outcome(h.linear, h.quotes) == fast
 
 
@@ -370,14 +395,17 @@ def test_bare_number_prices_give_the_same_quotes_as_quoted_ones(
     the bare form of each frame produces exactly the quotes and kept state of the quoted form,
     spaced or compact, on spot and on linear."""
     delta = BOOK_DELTA.replace('[["27451.00", "0"]]', '[["27451.50", "2"]]')
-    sessions = ((h.spot, [BOOK_SNAPSHOT, delta]), (h.linear, [LINEAR_SNAPSHOT, LINEAR_FRAMES[0]]))
-    for source, frames in sessions:
+    sessions = (
+        (h.spot, SPOT_RECV, [BOOK_SNAPSHOT, delta]),
+        (h.linear, LINEAR_RECV, [LINEAR_SNAPSHOT, LINEAR_FRAMES[0]]),
+    )
+    for source, recv, frames in sessions:
         runs = []
         for form in (frames, [_bare(f) for f in frames]):
             h.quotes.clear()
             source._tops.clear()
             for i, frame in enumerate(form):
-                source.on_message(layout(frame), i)
+                source.on_message(layout(frame), recv + i)
             runs.append(
                 (list(h.quotes), {s: (t.bid, t.ask, t.last) for s, t in source._tops.items()})
             )

@@ -21,6 +21,9 @@ SUBSCRIPTIONS = (FIXTURES / "ws_subscriptions.json").read_text()
 TRADES = (FIXTURES / "ws_market_trades.json").read_text()
 REST = (FIXTURES / "rest_market_products_ticker.json").read_bytes()
 TICKER_MS = 1_775_572_203_000  # 2026-04-07T14:30:03.000000Z
+# Received just after the ticker's time: a quote received before its venue time by more than the
+# clock-skew bound is dropped as `future`.
+RECV = TICKER_MS + 5
 
 
 @pytest.fixture
@@ -32,17 +35,17 @@ async def harness() -> AsyncIterator[Harness[CoinbaseSource]]:
 def test_recorded_ticker_becomes_a_quote_with_venue_time(harness: Harness[CoinbaseSource]) -> None:
     """The documented ticker frame gives one quote: mapped pair, bid/ask, last price (the
     ticker's ``price``), envelope time in ms."""
-    harness.source.on_message(TICKER, 1_000)
+    harness.source.on_message(TICKER, RECV)
     assert harness.quotes == [
-        Quote("cb", "XBT/USD", 1_000, 68_900.5, 68_900.0, 68_901.0, venue_ts=TICKER_MS)
+        Quote("cb", "XBT/USD", RECV, 68_900.5, 68_900.0, 68_901.0, venue_ts=TICKER_MS)
     ]
     assert harness.stats.malformed == 0
-    assert harness.stats.quotes == 1 and harness.stats.last_quote_ms == 1_000
+    assert harness.stats.quotes == 1 and harness.stats.last_quote_ms == RECV
 
 
 def test_ticker_as_bytes_decodes_too(harness: Harness[CoinbaseSource]) -> None:
     """A frame delivered as bytes decodes like text."""
-    harness.source.on_message(TICKER.encode(), 5)
+    harness.source.on_message(TICKER.encode(), RECV)
     assert [q.pair for q in harness.quotes] == ["XBT/USD"]
 
 
@@ -64,18 +67,18 @@ def test_frame_of_another_channel_is_counted_apart(harness: Harness[CoinbaseSour
 def test_usdc_symbol_accepts_frames_of_its_usd_twin(harness: Harness[CoinbaseSource]) -> None:
     """-USDC products are served with -USD data: a SOL-USD ticker feeds the SOL/USDC pair."""
     assert harness.source.symbols == ("BTC-USD", "ETH-USD", "SOL-USDC")
-    harness.source.on_message(TICKER.replace("BTC-USD", "SOL-USD"), 1)
+    harness.source.on_message(TICKER.replace("BTC-USD", "SOL-USD"), RECV)
     assert [q.pair for q in harness.quotes] == ["SOL/USDC"]
 
 
 def test_duplicate_and_older_sequence_numbers_are_dropped(harness: Harness[CoinbaseSource]) -> None:
     """A frame whose sequence_num is not above the last one seen is a replay and is dropped."""
     src = harness.source
-    src.on_message(TICKER, 1)
-    src.on_message(TICKER, 2)
-    src.on_message(TICKER.replace('"sequence_num": 12', '"sequence_num": 11'), 3)
-    src.on_message(TICKER.replace('"sequence_num": 12', '"sequence_num": 13'), 4)
-    assert [q.recv_ts for q in harness.quotes] == [1, 4]
+    src.on_message(TICKER, RECV + 1)
+    src.on_message(TICKER, RECV + 2)
+    src.on_message(TICKER.replace('"sequence_num": 12', '"sequence_num": 11'), RECV + 3)
+    src.on_message(TICKER.replace('"sequence_num": 12', '"sequence_num": 13'), RECV + 4)
+    assert [q.recv_ts for q in harness.quotes] == [RECV + 1, RECV + 4]
     assert harness.stats.dropped == {"stale_sequence": 2}
     assert harness.stats.malformed == 0
 
@@ -167,9 +170,9 @@ def test_a_bad_last_price_never_spoils_the_book(
     bid and ask, without a last price, and is not counted as malformed."""
     frame = TICKER.replace('"price": "68900.50"', f'"price": {last}')
     assert frame != TICKER
-    harness.source.on_message(frame, 1)
+    harness.source.on_message(frame, RECV)
     assert harness.quotes == [
-        Quote("cb", "XBT/USD", 1, None, 68_900.0, 68_901.0, venue_ts=TICKER_MS)
+        Quote("cb", "XBT/USD", RECV, None, 68_900.0, 68_901.0, venue_ts=TICKER_MS)
     ]
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
@@ -181,16 +184,16 @@ def test_ticker_out_of_the_documented_shape_gives_the_same_quote(
     the same, and a message of two tickers gives two quotes."""
     data = json.loads(TICKER)
     del data["events"][0]["tickers"][0]["best_bid_quantity"]
-    harness.source.on_message(json.dumps(data), 1)
+    harness.source.on_message(json.dumps(data), RECV + 1)
     two = json.loads(TICKER)
     ticker = two["events"][0]["tickers"][0]
     two["events"][0]["tickers"].append({**ticker, "product_id": "ETH-USD"})
     two["sequence_num"] = 13
-    harness.source.on_message(json.dumps(two), 2)
+    harness.source.on_message(json.dumps(two), RECV + 2)
     assert [(q.pair, q.recv_ts, q.price, q.bid, q.ask) for q in harness.quotes] == [
-        ("XBT/USD", 1, 68_900.5, 68_900.0, 68_901.0),
-        ("XBT/USD", 2, 68_900.5, 68_900.0, 68_901.0),
-        ("ETH/USD", 2, 68_900.5, 68_900.0, 68_901.0),
+        ("XBT/USD", RECV + 1, 68_900.5, 68_900.0, 68_901.0),
+        ("XBT/USD", RECV + 2, 68_900.5, 68_900.0, 68_901.0),
+        ("ETH/USD", RECV + 2, 68_900.5, 68_900.0, 68_901.0),
     ]
     assert harness.stats.malformed == 0
 
@@ -233,7 +236,7 @@ def test_bare_number_prices_beside_string_quantities_are_read_as_numbers(
     """The known limit of the one-pass decoder: with its quantities printed as strings, a ticker
     whose prices are bare JSON numbers gives those prices (quantities missing too: refused)."""
     frame = TICKER.replace('"best_bid": "68900.00"', '"best_bid": 68900.0')
-    harness.source.on_message(frame.replace('"best_ask": "68901.00"', '"best_ask": 68901.0'), 1)
+    harness.source.on_message(frame.replace('"best_ask": "68901.00"', '"best_ask": 68901.0'), RECV)
     assert [(q.bid, q.ask) for q in harness.quotes] == [(68_900.0, 68_901.0)]
 
 
@@ -267,8 +270,8 @@ def test_venue_time_is_the_exact_millisecond_of_every_documented_form(
 ) -> None:
     """Nanosecond, microsecond, millisecond and whole-second times, ``Z``, ``z`` or an offset,
     in the same second or not: every quote's venue time is the millisecond its time falls in."""
-    for seq, (stamp, _) in enumerate(STAMPS, start=100):
-        harness.source.on_message(_ticker(stamp, seq), 1)
+    for seq, (stamp, ms) in enumerate(STAMPS, start=100):
+        harness.source.on_message(_ticker(stamp, seq), ms + 5)  # received just after its time
     assert [q.venue_ts for q in harness.quotes] == [ms for _, ms in STAMPS]
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
@@ -294,9 +297,9 @@ def test_a_time_that_is_not_rfc3339_with_offset_drops_the_frame(
 ) -> None:
     """A ticker whose time is not RFC 3339 with an offset gives no quote and counts as out of
     shape, also right after a good time of the same second (which the next ones are read by)."""
-    harness.source.on_message(_ticker("2023-06-23T20:31:26.122969572Z", 1), 1)
-    harness.source.on_message(_ticker(stamp, 2), 2)
-    assert [q.recv_ts for q in harness.quotes] == [1]
+    harness.source.on_message(_ticker("2023-06-23T20:31:26.122969572Z", 1), SECOND + 127)
+    harness.source.on_message(_ticker(stamp, 2), SECOND + 128)
+    assert [q.recv_ts for q in harness.quotes] == [SECOND + 127]
     assert harness.stats.dropped == {"shape": 1} and harness.stats.malformed == 1
 
 
@@ -314,7 +317,7 @@ def test_venue_times_stay_exact_across_many_seconds_and_the_cache_stays_small(
             when = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
             data["timestamp"] = f"{when}.{ms}456Z"
             data["sequence_num"] = 100 + len(expected)
-            harness.source.on_message(json.dumps(data), 1)
+            harness.source.on_message(json.dumps(data), second * 1000 + ms + 5)
             expected.append(second * 1000 + ms)
             assert len(coinbase._SECONDS) <= 64
     assert [q.venue_ts for q in harness.quotes] == expected

@@ -17,6 +17,9 @@ ACK = (FIXTURES / "ws_subscribe_ack.json").read_text()
 PONG = (FIXTURES / "ws_pong.json").read_text()
 REST_TICKER = (FIXTURES / "rest_ticker_XBTUSDT.json").read_bytes()
 TICKER_TS = 1_671_960_659_123  # 2022-12-25T09:30:59.123456Z in whole milliseconds
+# Received just after the ticker's time: a quote received before its venue time by more than the
+# clock-skew bound is dropped as `future`.
+RECV = TICKER_TS + 5
 HEARTBEAT = '{"channel":"heartbeat"}'
 
 
@@ -41,29 +44,29 @@ def test_symbols_follow_the_v2_naming(harness: Harness[KrakenSource]) -> None:
 
 def test_recorded_ticker_snapshot_becomes_one_quote(harness: Harness[KrakenSource]) -> None:
     """The recorded snapshot gives the exact bid, ask, last price and venue time in ms."""
-    harness.source.on_message(TICKER, 1_000)
+    harness.source.on_message(TICKER, RECV)
     assert harness.quotes == [
-        Quote("kr", "BTC/USD", 1_000, 105899.4, 105944.2, 105944.3, venue_ts=TICKER_TS)
+        Quote("kr", "BTC/USD", RECV, 105899.4, 105944.2, 105944.3, venue_ts=TICKER_TS)
     ]
     assert harness.stats.malformed == 0
-    assert harness.stats.quotes == 1 and harness.stats.last_quote_ms == 1_000
+    assert harness.stats.quotes == 1 and harness.stats.last_quote_ms == RECV
 
 
 def test_ticker_as_bytes_and_without_timestamp(harness: Harness[KrakenSource]) -> None:
     """Bytes decode like text; a ticker without `timestamp` (older docs) has no venue time."""
-    harness.source.on_message(TICKER.encode(), 5)
+    harness.source.on_message(TICKER.encode(), RECV)
     no_ts = TICKER.replace('"timestamp": "2022-12-25T09:30:59.123456Z"', '"vwap2": 1')
-    harness.source.on_message(no_ts.replace("BTC/USD", "ETH/USD"), 6)
+    harness.source.on_message(no_ts.replace("BTC/USD", "ETH/USD"), RECV + 1)
     assert [q.venue_ts for q in harness.quotes] == [TICKER_TS, None]
 
 
 def test_older_ticker_is_dropped_as_out_of_order(harness: Harness[KrakenSource]) -> None:
     """A frame older than the newest emitted one for its symbol is counted and not emitted."""
     src = harness.source
-    src.on_message(TICKER, 1)
-    src.on_message(TICKER.replace("59.123456Z", "58.000000Z"), 2)
-    src.on_message(TICKER.replace("59.123456Z", "59.123999Z"), 3)  # same millisecond: kept
-    src.on_message(TICKER.replace("59.123456Z", "59.500000Z"), 4)
+    src.on_message(TICKER, RECV + 1)
+    src.on_message(TICKER.replace("59.123456Z", "58.000000Z"), RECV + 2)
+    src.on_message(TICKER.replace("59.123456Z", "59.123999Z"), RECV + 3)  # same ms: kept
+    src.on_message(TICKER.replace("59.123456Z", "59.500000Z"), RECV + 377 + 4)
     assert [q.venue_ts for q in harness.quotes] == [TICKER_TS, TICKER_TS, TICKER_TS + 377]
     assert harness.stats.dropped == {"out_of_order": 1}
     assert harness.stats.malformed == 0
@@ -72,8 +75,8 @@ def test_older_ticker_is_dropped_as_out_of_order(harness: Harness[KrakenSource])
 def test_a_bad_price_does_not_raise_the_out_of_order_bar(harness: Harness[KrakenSource]) -> None:
     """A dropped zero-price frame with a late timestamp does not make good frames look stale."""
     src = harness.source
-    src.on_message(TICKER.replace("105944.20", "0.0").replace("2022-12", "2030-12"), 1)
-    src.on_message(TICKER, 2)
+    src.on_message(TICKER.replace("105944.20", "0.0").replace("2022-12", "2030-12"), RECV + 1)
+    src.on_message(TICKER, RECV + 2)
     assert len(harness.quotes) == 1
     assert harness.stats.dropped == {"non_positive": 1}
 
@@ -192,9 +195,9 @@ def test_a_bad_last_price_never_spoils_the_book(harness: Harness[KrakenSource], 
     without a last price, and is not counted as malformed."""
     frame = TICKER.replace('"last": 105899.40', f'"last": {last}')
     assert frame != TICKER
-    harness.source.on_message(frame, 1)
+    harness.source.on_message(frame, RECV)
     assert harness.quotes == [
-        Quote("kr", "BTC/USD", 1, None, 105944.2, 105944.3, venue_ts=TICKER_TS)
+        Quote("kr", "BTC/USD", RECV, None, 105944.2, 105944.3, venue_ts=TICKER_TS)
     ]
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
@@ -203,7 +206,7 @@ def test_timestamp_without_zone_is_taken_as_utc(harness: Harness[KrakenSource]) 
     """A ticker time printed without its ``Z`` is read as UTC: the same venue time in ms."""
     frame = TICKER.replace('"2022-12-25T09:30:59.123456Z"', '"2022-12-25T09:30:59.123456"')
     assert frame != TICKER
-    harness.source.on_message(frame, 1)
+    harness.source.on_message(frame, RECV)
     assert [q.venue_ts for q in harness.quotes] == [TICKER_TS]
     assert harness.stats.malformed == 0
 
@@ -231,6 +234,6 @@ def test_venue_time_is_the_exact_millisecond_of_every_rfc3339_form(
     """Fraction of any length or none, ``Z`` or an offset: the quote's venue time is the whole
     millisecond the ticker's time falls in, never rounded up."""
     frame = TICKER.replace("2022-12-25T09:30:59.123456Z", stamp)
-    harness.source.on_message(frame, 1)
+    harness.source.on_message(frame, ms + 5)  # received just after its time
     assert [q.venue_ts for q in harness.quotes] == [ms]
     assert harness.stats.malformed == 0

@@ -19,6 +19,9 @@ from oracled.sources.kucoin import KucoinSource
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "kucoin"
 TICKERS = (FIXTURES / "ws_ticker.jsonl").read_text().splitlines()
 WELCOME = (FIXTURES / "ws_control.jsonl").read_text().splitlines()[0]  # its ack: parse_cases
+# Received just after the recorded tickers' times (1619378326323 to ...430): a quote received
+# before its venue time by more than the clock-skew bound is dropped as `future`.
+RECV = 1619378326430 + 5
 
 
 @pytest.fixture
@@ -35,24 +38,26 @@ def test_symbols_follow_the_venue_rule(harness: Harness[KucoinSource]) -> None:
 def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness[KucoinSource]) -> None:
     """Each real ticker frame yields one quote: float bid/ask, last price, the venue's time."""
     for i, frame in enumerate(TICKERS):
-        harness.source.on_message(frame, 1_000 + i)
+        harness.source.on_message(frame, RECV + i)
     assert harness.stats.malformed == 0
     assert harness.quotes == [
-        Quote("kc", "SNX/BTC", 1_000, 0.00028676, 0.00028678, 0.00028717, venue_ts=1619378326323),
-        Quote("kc", "BSV/USDT", 1_001, 243.65, 242.654, 242.951, venue_ts=1619378326330),
+        Quote("kc", "SNX/BTC", RECV, 0.00028676, 0.00028678, 0.00028717, venue_ts=1619378326323),
+        Quote("kc", "BSV/USDT", RECV + 1, 243.65, 242.654, 242.951, venue_ts=1619378326330),
         Quote(
             "kc",
             "ANKR/BTC",
-            1_002,
+            RECV + 2,
             0.0000026071,
             0.0000026033,
             0.0000026192,
             venue_ts=1619378326388,
         ),
-        Quote("kc", "SNX/BTC", 1_003, 0.00028676, 0.00028678, 0.00028717, venue_ts=1619378326423),
-        Quote("kc", "BSV/USDT", 1_004, 243.65, 242.649, 242.951, venue_ts=1619378326430),
+        Quote(
+            "kc", "SNX/BTC", RECV + 3, 0.00028676, 0.00028678, 0.00028717, venue_ts=1619378326423
+        ),
+        Quote("kc", "BSV/USDT", RECV + 4, 243.65, 242.649, 242.951, venue_ts=1619378326430),
     ]
-    assert harness.stats.last_quote_ms == 1_004
+    assert harness.stats.last_quote_ms == RECV + 4
 
 
 def test_welcome_releases_the_held_subscriptions_once(harness: Harness[KucoinSource]) -> None:
@@ -72,10 +77,10 @@ def test_older_or_repeated_sequence_never_overrides_a_newer_ticker(
 ) -> None:
     """A ticker whose sequence is not newer than the last used one for its symbol is dropped."""
     src = harness.source
-    src.on_message(TICKERS[3], 1)  # SNX-BTC sequence ...654
-    src.on_message(TICKERS[0], 2)  # SNX-BTC sequence ...653, arriving late
-    src.on_message(TICKERS[3], 3)  # a duplicate
-    assert [q.recv_ts for q in harness.quotes] == [1]
+    src.on_message(TICKERS[3], RECV + 1)  # SNX-BTC sequence ...654
+    src.on_message(TICKERS[0], RECV + 2)  # SNX-BTC sequence ...653, arriving late
+    src.on_message(TICKERS[3], RECV + 3)  # a duplicate
+    assert [q.recv_ts for q in harness.quotes] == [RECV + 1]
     assert harness.stats.dropped == {"out_of_order": 2}
 
 
@@ -102,12 +107,12 @@ def test_few_symbols_poll_level1_one_by_one(harness: Harness[KucoinSource]) -> N
         {"symbol": "SNX-BTC"},
     )
     data = json.loads(TICKERS[0])["data"]
-    src.on_rest(json.dumps({"code": "200000", "data": data}).encode(), 42)
+    src.on_rest(json.dumps({"code": "200000", "data": data}).encode(), RECV)
     assert harness.quotes == [
-        Quote("kc", "SNX/BTC", 42, 0.00028676, 0.00028678, 0.00028717, venue_ts=1619378326323)
+        Quote("kc", "SNX/BTC", RECV, 0.00028676, 0.00028678, 0.00028717, venue_ts=1619378326323)
     ]
-    src.on_rest(b'{"code":"200000","data":null}', 43)
-    src.on_rest(b'{"code":"429000","msg":"Too Many Requests"}', 44)
+    src.on_rest(b'{"code":"200000","data":null}', RECV + 1)
+    src.on_rest(b'{"code":"429000","msg":"Too Many Requests"}', RECV + 2)
     assert harness.stats.dropped == {"unknown_symbol": 1, "venue_error": 1}
 
 
@@ -135,8 +140,9 @@ async def test_many_symbols_poll_all_tickers_in_one_request() -> None:
             ],
         },
     }
-    src.on_rest(json.dumps(body).encode(), 7)
-    assert quotes == [Quote("kc", "C1/USDT", 7, 1.55, 1.5, 1.6, venue_ts=1602832092060)]
+    recv = 1602832092060 + 5  # just after the answer's time
+    src.on_rest(json.dumps(body).encode(), recv)
+    assert quotes == [Quote("kc", "C1/USDT", recv, 1.55, 1.5, 1.6, venue_ts=1602832092060)]
     assert stats.dropped == {"no_book": 1}
 
 
@@ -146,9 +152,9 @@ def test_a_bad_last_price_never_spoils_the_book(harness: Harness[KucoinSource], 
     bid and ask, without a last price, and is not counted as malformed."""
     frame = TICKERS[0].replace('"price":"0.00028676"', f'"price":{last}')
     assert frame != TICKERS[0]
-    harness.source.on_message(frame, 1)
+    harness.source.on_message(frame, RECV)
     assert harness.quotes == [
-        Quote("kc", "SNX/BTC", 1, None, 0.00028678, 0.00028717, venue_ts=1619378326323)
+        Quote("kc", "SNX/BTC", RECV, None, 0.00028678, 0.00028717, venue_ts=1619378326323)
     ]
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
@@ -159,11 +165,11 @@ def test_ticker_out_of_the_documented_shape_gives_the_same_quote(
     """A ticker without bestBidSize leaves the one-pass decoder; the text path quotes it alike."""
     data = json.loads(TICKERS[1])
     del data["data"]["bestBidSize"]
-    harness.source.on_message(json.dumps(data), 1)
-    harness.source.on_message(TICKERS[4], 2)  # the next ticker of the pair, in the usual shape
+    harness.source.on_message(json.dumps(data), RECV + 1)
+    harness.source.on_message(TICKERS[4], RECV + 2)  # the pair's next ticker, in the usual shape
     assert harness.quotes == [
-        Quote("kc", "BSV/USDT", 1, 243.65, 242.654, 242.951, venue_ts=1619378326330),
-        Quote("kc", "BSV/USDT", 2, 243.65, 242.649, 242.951, venue_ts=1619378326430),
+        Quote("kc", "BSV/USDT", RECV + 1, 243.65, 242.654, 242.951, venue_ts=1619378326330),
+        Quote("kc", "BSV/USDT", RECV + 2, 243.65, 242.649, 242.951, venue_ts=1619378326430),
     ]
     assert harness.stats.malformed == 0
 
@@ -174,7 +180,7 @@ def test_bare_number_prices_beside_string_sizes_are_read_as_numbers(
     """The known limit of the one-pass decoder: with its sizes printed as strings, a ticker whose
     prices are bare JSON numbers gives those prices (sizes missing too: refused, see above)."""
     frame = TICKERS[1].replace('"bestBid":"242.654"', '"bestBid":242.654')
-    harness.source.on_message(frame.replace('"bestAsk":"242.951"', '"bestAsk":242.951'), 1)
+    harness.source.on_message(frame.replace('"bestAsk":"242.951"', '"bestAsk":242.951'), RECV)
     assert [(q.bid, q.ask) for q in harness.quotes] == [(242.654, 242.951)]
 
 

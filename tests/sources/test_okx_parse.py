@@ -20,6 +20,9 @@ from oracled.sources.okx import OkxSource
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "okx"
 TICKERS = (FIXTURES / "ws_tickers.jsonl").read_text().splitlines()
 EVENTS = (FIXTURES / "ws_events.jsonl").read_text().splitlines()
+# Received just after the newest recorded ticker (ts 1652459223003 to ...6240): a quote received
+# before its venue time by more than the clock-skew bound is dropped as `future`.
+RECV = 1652459226240 + 5
 
 
 @pytest.fixture
@@ -56,17 +59,17 @@ def test_recorded_tickers_become_quotes_with_venue_time(harness: Harness[OkxSour
     """Each real tickers frame yields one quote: pair, kind, float bid/ask, the last trade price
     and the venue's ts."""
     for i, frame in enumerate(TICKERS):
-        harness.source.on_message(frame, 1_000 + i)
+        harness.source.on_message(frame, RECV + i)
     assert harness.stats.malformed == 0
     assert harness.quotes == [
-        Quote("okx", "BTC/USDQ", 1_000, 30218.8, 30210.4, 30220.1, venue_ts=1652459223003),
-        Quote("okx", "UNI/USD", 1_001, 5.123, 5.134, 5.142, "perp", venue_ts=1652459223143),
-        Quote("okx", "BTC/USDT", 1_002, 30236.0, 30228.6, 30228.7, venue_ts=1652459224956),
-        Quote("okx", "BTC/USDT", 1_003, 30243.5, 30228.6, 30228.7, venue_ts=1652459226124),
-        Quote("okx", "BTC/USDT", 1_004, 30243.5, 30243.4, 30243.5, venue_ts=1652459226240),
+        Quote("okx", "BTC/USDQ", RECV, 30218.8, 30210.4, 30220.1, venue_ts=1652459223003),
+        Quote("okx", "UNI/USD", RECV + 1, 5.123, 5.134, 5.142, "perp", venue_ts=1652459223143),
+        Quote("okx", "BTC/USDT", RECV + 2, 30236.0, 30228.6, 30228.7, venue_ts=1652459224956),
+        Quote("okx", "BTC/USDT", RECV + 3, 30243.5, 30228.6, 30228.7, venue_ts=1652459226124),
+        Quote("okx", "BTC/USDT", RECV + 4, 30243.5, 30243.4, 30243.5, venue_ts=1652459226240),
     ]
     assert harness.stats.quotes == 5
-    assert harness.stats.last_quote_ms == 1_004
+    assert harness.stats.last_quote_ms == RECV + 4
 
 
 def test_recorded_acks_settle_each_instrument_of_a_request(harness: Harness[OkxSource]) -> None:
@@ -138,8 +141,8 @@ def test_upgrade_notice_asks_for_a_rotation(harness: Harness[OkxSource]) -> None
 def test_older_ticker_never_overrides_a_newer_one(harness: Harness[OkxSource]) -> None:
     """A ticker whose ts is older than the last one seen for its instrument is dropped."""
     src = harness.source
-    src.on_message(TICKERS[4], 1)
-    src.on_message(TICKERS[2], 2)  # an older frame arriving late
+    src.on_message(TICKERS[4], RECV + 1)
+    src.on_message(TICKERS[2], RECV + 2)  # an older frame arriving late
     assert [q.venue_ts for q in harness.quotes] == [1652459226240]
     assert harness.stats.dropped == {"out_of_order": 1}
     assert harness.stats.malformed == 0
@@ -182,10 +185,10 @@ def test_rest_body_becomes_quotes_for_our_instruments_only(harness: Harness[OkxS
     rows = [json.loads(frame)["data"][0] for frame in TICKERS[1:3]]
     rows.append({**rows[1], "instId": "DOGE-USDT"})
     body = json.dumps({"code": "0", "msg": "", "data": rows}).encode()
-    harness.source.on_rest(body, 42)
+    harness.source.on_rest(body, RECV)
     assert harness.quotes == [
-        Quote("okx", "UNI/USD", 42, 5.123, 5.134, 5.142, "perp", venue_ts=1652459223143),
-        Quote("okx", "BTC/USDT", 42, 30236.0, 30228.6, 30228.7, venue_ts=1652459224956),
+        Quote("okx", "UNI/USD", RECV, 5.123, 5.134, 5.142, "perp", venue_ts=1652459223143),
+        Quote("okx", "BTC/USDT", RECV, 30236.0, 30228.6, 30228.7, venue_ts=1652459224956),
     ]
     assert harness.stats.dropped == {}
 
@@ -206,9 +209,9 @@ def test_a_bad_last_price_never_spoils_the_book(harness: Harness[OkxSource], las
     still gives its bid and ask, without a last price, and is not counted as malformed."""
     frame = TICKERS[2].replace('"last":"30236"', f'"last":{last}')
     assert frame != TICKERS[2]
-    harness.source.on_message(frame, 1)
+    harness.source.on_message(frame, RECV)
     assert harness.quotes == [
-        Quote("okx", "BTC/USDT", 1, None, 30228.6, 30228.7, venue_ts=1652459224956)
+        Quote("okx", "BTC/USDT", RECV, None, 30228.6, 30228.7, venue_ts=1652459224956)
     ]
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
 
@@ -220,14 +223,14 @@ def test_ticker_out_of_the_documented_shape_gives_the_same_quote(
     and a push of two tickers gives two quotes."""
     push = json.loads(TICKERS[2])
     del push["data"][0]["bidSz"]
-    harness.source.on_message(json.dumps(push), 1)
+    harness.source.on_message(json.dumps(push), RECV + 1)
     two = json.loads(TICKERS[3])
     two["data"].append({**two["data"][0], "instId": "ETH-USDT"})
-    harness.source.on_message(json.dumps(two), 2)
+    harness.source.on_message(json.dumps(two), RECV + 2)
     assert [(q.pair, q.recv_ts, q.price, q.bid, q.ask) for q in harness.quotes] == [
-        ("BTC/USDT", 1, 30236.0, 30228.6, 30228.7),
-        ("BTC/USDT", 2, 30243.5, 30228.6, 30228.7),
-        ("ETH/USDT", 2, 30243.5, 30228.6, 30228.7),
+        ("BTC/USDT", RECV + 1, 30236.0, 30228.6, 30228.7),
+        ("BTC/USDT", RECV + 2, 30243.5, 30228.6, 30228.7),
+        ("ETH/USDT", RECV + 2, 30243.5, 30228.6, 30228.7),
     ]
     assert harness.stats.malformed == 0
 
@@ -238,7 +241,7 @@ def test_bare_number_prices_beside_string_sizes_are_read_as_numbers(
     """The known limit of the one-pass decoder: with its sizes printed as strings, a ticker whose
     prices are bare JSON numbers gives those prices (sizes missing too: refused, see GARBAGE)."""
     frame = TICKERS[2].replace('"askPx":"30228.7"', '"askPx":30228.7')
-    harness.source.on_message(frame.replace('"bidPx":"30228.6"', '"bidPx":30228.6'), 1)
+    harness.source.on_message(frame.replace('"bidPx":"30228.6"', '"bidPx":30228.6'), RECV)
     assert [(q.bid, q.ask) for q in harness.quotes] == [(30228.6, 30228.7)]
 
 

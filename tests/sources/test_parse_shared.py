@@ -150,10 +150,11 @@ def test_older_frame_never_overrides_a_newer_one_on_either_path(
     reads them: the text path keeps the order exactly as the one-pass decoder does."""
     assert case.order is not None
     older, newer = (_on_path(case, path, frame) for frame in case.order)
-    harness.source.on_message(older, 1)  # quoted: nothing came before it
-    harness.source.on_message(newer, 2)
-    harness.source.on_message(older, 3)  # late: never overrides the newer price
-    assert [q.recv_ts for q in harness.quotes] == [1, 2]
+    recv = case.recv_ts
+    harness.source.on_message(older, recv + 1)  # quoted: nothing came before it
+    harness.source.on_message(newer, recv + 2)
+    harness.source.on_message(older, recv + 3)  # late: never overrides the newer price
+    assert [q.recv_ts for q in harness.quotes] == [recv + 1, recv + 2]
     assert harness.stats.dropped == {case.stale: 1}
     assert harness.stats.malformed == 0
 
@@ -169,11 +170,12 @@ def test_a_dropped_bad_price_does_not_move_the_order_on(
     the bar where it was: later good frames are not taken for stale ones."""
     assert case.order is not None and case.poisoned is not None
     older, newer = case.order
-    harness.source.on_message(_on_path(case, path, case.poisoned(newer)), 1)
+    recv = case.recv_ts
+    harness.source.on_message(_on_path(case, path, case.poisoned(newer)), recv + 1)
     assert harness.quotes == []
     assert harness.stats.dropped == {"non_positive": 1}
-    harness.source.on_message(_on_path(case, path, older), 2)
-    assert [q.recv_ts for q in harness.quotes] == [2]
+    harness.source.on_message(_on_path(case, path, older), recv + 2)
+    assert [q.recv_ts for q in harness.quotes] == [recv + 2]
     assert harness.stats.dropped == {"non_positive": 1}
 
 
@@ -201,7 +203,7 @@ def test_a_locked_frame_is_quoted_not_taken_for_a_crossed_one(
     with the bid equal to the ask is quoted as it is: not dropped as crossed (which would also
     resync Gemini's book)."""
     assert case.locked is not None
-    harness.source.on_message(case.locked, 1)
+    harness.source.on_message(case.locked, case.recv_ts + 1)
     [quote] = harness.quotes
     assert quote.bid is not None and quote.bid == quote.ask
     assert harness.stats.dropped == {} and harness.stats.malformed == 0

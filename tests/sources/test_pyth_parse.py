@@ -24,6 +24,10 @@ BTC = "e62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43"
 ETH = "ff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace"
 # The ids the recording's author put in place of the placeholders (the prices are other feeds').
 PLACEHOLDERS = {"<feed_ids[0]>": BTC, "<feed_ids[1]>": ETH}
+# Received just after the recordings' publish times (in whole seconds): a quote received before
+# its venue time by more than the clock-skew bound is dropped as `future`.
+RECV = 1_708_363_256_000 + 5  # the BTC update and the v1 item
+TWO_RECV = 1_708_529_433_000 + 5  # the two-item update
 
 
 @pytest.fixture
@@ -43,12 +47,12 @@ def test_recorded_btc_update_becomes_a_quote_around_the_pyth_price(
     harness: Harness[PythHermesSource],
 ) -> None:
     """price ± conf scaled by 10**expo gives bid/ask; the mid is Pyth's price; venue_ts in ms."""
-    harness.source.on_rest(BTC_BODY, 1_000)
+    harness.source.on_rest(BTC_BODY, RECV)
     assert harness.quotes == [
         Quote(
             "pyth",
             "BTC/USD",
-            1_000,
+            RECV,
             bid=51874.14335271,
             ask=51927.37499999,
             venue_ts=1_708_363_256_000,
@@ -68,7 +72,7 @@ def test_a_non_negative_exponent_multiplies_price_and_confidence(
     recorded feed's is -8): the scale multiplies, it never divides."""
     body = BTC_BODY.replace(b'"expo":-8,', f'"expo":{expo},'.encode(), 1)  # the price's, not ema's
     assert body != BTC_BODY
-    harness.source.on_rest(body, 1_000)
+    harness.source.on_rest(body, RECV)
     price, conf = 5190075917635, 2661582364
     [quote] = harness.quotes
     assert quote.bid == float((price - conf) * 10**expo)
@@ -80,10 +84,14 @@ def test_recorded_two_item_update_gives_one_quote_per_feed(
     harness: Harness[PythHermesSource],
 ) -> None:
     """A base64 update with two feeds (expo -8 and -5) yields two exact quotes in order."""
-    harness.source.on_rest(with_placeholders_replaced(TWO_BODY), 7)
+    harness.source.on_rest(with_placeholders_replaced(TWO_BODY), TWO_RECV)
     assert harness.quotes == [
-        Quote("pyth", "BTC/USD", 7, bid=3.45025827, ask=3.45656905, venue_ts=1_708_529_433_000),
-        Quote("pyth", "ETH/USD", 7, bid=399.00909, ask=399.78441, venue_ts=1_708_529_433_000),
+        Quote(
+            "pyth", "BTC/USD", TWO_RECV, bid=3.45025827, ask=3.45656905, venue_ts=1_708_529_433_000
+        ),
+        Quote(
+            "pyth", "ETH/USD", TWO_RECV, bid=399.00909, ask=399.78441, venue_ts=1_708_529_433_000
+        ),
     ]
 
 
@@ -91,7 +99,7 @@ def test_the_same_update_as_an_sse_event_decodes_like_rest(
     harness: Harness[PythHermesSource],
 ) -> None:
     """The stream's event data is the same PriceUpdate JSON as the REST body."""
-    harness.source.on_message(BTC_BODY.decode(), 3)
+    harness.source.on_message(BTC_BODY.decode(), RECV)
     assert [(q.pair, q.bid, q.venue_ts) for q in harness.quotes] == [
         ("BTC/USD", 51874.14335271, 1_708_363_256_000)
     ]
@@ -101,7 +109,7 @@ def test_placeholder_ids_are_unknown_feeds_not_malformed(
     harness: Harness[PythHermesSource],
 ) -> None:
     """An update for a feed we did not ask for is counted as unknown_symbol, never raised."""
-    harness.source.on_rest(TWO_BODY, 1)
+    harness.source.on_rest(TWO_BODY, TWO_RECV)
     assert harness.quotes == []
     assert harness.stats.dropped == {"unknown_symbol": 2}
     assert harness.stats.malformed == 0
@@ -115,11 +123,11 @@ def test_v1_response_is_refused_and_its_json_is_taken_without_vaa_check(
     In this recording the JSON says 29206.79 while the signed VAA inside says 29319.99: we do not
     verify VAAs, so the JSON is the venue's word, like an exchange ticker.
     """
-    harness.source.on_rest(V1_BODY, 1)
+    harness.source.on_rest(V1_BODY, RECV + 1)
     assert harness.stats.dropped == {"shape": 1}
     item = json.loads(V1_BODY)
     v2 = {"binary": {"encoding": "base64", "data": [item["vaa"]]}, "parsed": [item]}
-    harness.source.on_rest(json.dumps(v2).encode(), 2)
+    harness.source.on_rest(json.dumps(v2).encode(), RECV + 2)
     assert [(q.bid, q.ask) for q in harness.quotes] == [(29201.69999998, 29211.89)]
 
 
@@ -156,7 +164,7 @@ def test_older_and_repeated_updates_never_override_newer_ones(
     older_time = BTC_BODY.replace(b'"publish_time":1708363256', b'"publish_time":1708363200')
     later_slot = BTC_BODY.replace(b'"slot":125976528', b'"slot":125976529')
     for body in (newer, older_slot, newer, older_time, later_slot):
-        harness.source.on_rest(body, 1)
+        harness.source.on_rest(body, RECV)
     assert len(harness.quotes) == 2  # the first and the later slot
     assert harness.stats.dropped == {"out_of_order": 2, "duplicate": 1}
     assert harness.stats.malformed == 0
