@@ -17,7 +17,9 @@ spot reads level-1 order book ``orderbook.1.<SYMBOL>``: a snapshot after subscri
 where size ``"0"`` removes a level and ``u`` is the per-symbol update id (``u`` = 1 is a snapshot
 after a venue restart). ``venue_ts`` is the frame's ``ts`` on both. Frames older than the last one
 applied for the symbol on this connection (by ``u`` on spot, by ``ts`` on linear) are dropped as
-``stale``; a frame with a bad price is dropped whole and never merged into the kept state.
+``stale``; a frame with a bad price is dropped whole and never merged into the kept state, and so
+is a linear frame from further ahead than the clock-skew bound (``future``), whose time would
+otherwise become the bar that every later frame is stale against.
 
 Subscribe ``{"op":"subscribe","args":["tickers.BTCUSDT"],"req_id":"1"}``, ack
 ``{"success":true,"ret_msg":"","conn_id":"..","req_id":"1","op":"subscribe"}``; a refusal has
@@ -473,11 +475,35 @@ class BybitLinearSource(_BybitSource):
         if bid is None or ask is None or bid > ask:
             self._apply(symbol, previous, bid, ask, last, ts, recv_ts, ts)  # one-sided, crossed
             return
+        if ts - recv_ts > self.max_clock_skew_ms:  # what `_apply` does for a frame from the future
+            self.stats.dropped["future"] += 1
+            return
         previous.bid = bid
         previous.ask = ask
         previous.last = last
         previous.seq = ts
         self._quote(symbol, bid, ask, recv_ts, ts, last)
+
+    def _apply(
+        self,
+        symbol: str,
+        previous: _Top | None,
+        bid: float | None,
+        ask: float | None,
+        last: float | None,
+        seq: int,
+        recv_ts: int,
+        venue_ts: int,
+    ) -> None:
+        """As on spot, but a frame from further ahead than the clock-skew bound is dropped whole
+        (`future`): merged, its time would become the kept state's and every later frame of the
+        symbol would be stale until the next reconnect."""
+        if venue_ts - recv_ts > self.max_clock_skew_ms and not (
+            bid is not None and ask is not None and bid > ask  # crossed: counted as such
+        ):
+            self.stats.dropped["future"] += 1
+            return
+        super()._apply(symbol, previous, bid, ask, last, seq, recv_ts, venue_ts)
 
     def _first(self, ticker: _FastTicker, ts: int, snapshot: bool, recv_ts: int) -> None:
         """A fast-path frame with no kept state to merge into, a snapshot, or a dropped one."""

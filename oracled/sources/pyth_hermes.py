@@ -40,6 +40,7 @@ messages, no acks). Rules from the docs and the server source that shape this fi
 - Out-of-order updates are filtered by the server (``allow_unordered`` is left false); the
   adapter also drops, per feed, an update older than the last one by (publish_time, slot), and
   an exact repeat (same publish_time and slot), e.g. a REST answer echoing a streamed update.
+  Only a quoted update sets that bar: one from the future (dropped by the base) does not.
 - Public rate limit: 30 requests per 10 s per IP, then 429 for 60 s. The stream is one request
   per connection; REST ``/v2/updates/price/latest`` takes many ids, so one poll is one request
   for up to `rest_batch_size` ids (2 s interval by default: 5 requests per 10 s). Failed ids are
@@ -273,7 +274,6 @@ class PythHermesSource(Source):
         if newest is not None and (key < newest or (key == newest and slot is not None)):
             self.stats.dropped["out_of_order" if key < newest else "duplicate"] += 1
             return
-        self._newest[symbol] = key
         # Integer sums, one correctly rounded division: no float error beyond the last bit.
         if expo < 0:
             scale = _POW10[-expo]
@@ -281,7 +281,10 @@ class PythHermesSource(Source):
         else:
             scale = _POW10[expo]
             bid, ask = float((price - conf) * scale), float((price + conf) * scale)
+        quotes = self.stats.quotes
         self._quote(symbol, bid, ask, recv_ts, publish_time * 1000)
+        if self.stats.quotes != quotes:  # only a used update moves the bar (none from the future)
+            self._newest[symbol] = key
 
     def _query(self, ids: Sequence[str]) -> MultiDict[str]:
         query: MultiDict[str] = MultiDict(("ids[]", i) for i in ids)
