@@ -82,3 +82,27 @@ def test_a_new_chain_is_reported_but_taken_so_that_its_sources_stay_valid() -> N
     )
     assert config_changes(old, new).needs_restart == ["chains"]
     assert running_config(old, new).chains == new.chains
+
+
+def test_a_new_clock_skew_bound_restarts_every_source() -> None:
+    """Each source refuses quotes from further ahead than `oracle.max_clock_skew_ms` itself, with
+    the value it was built with: a reload that changes it restarts every source (a change of
+    anything else leaves the sources running)."""
+    two = {"a": {"type": "binance"}, "b": {"type": "kraken"}}
+    market = {
+        "symbol": "BTC/USDT",
+        "min_sources": 1,
+        "sources": [{"source": "a", "pair": "BTC/USDT"}, {"source": "b", "pair": "BTC/USDT"}],
+    }
+    old = parse_config(_data(sources=two, markets=[market]), env={})
+    new = parse_config(
+        _data(sources=two, markets=[market], oracle={"max_clock_skew_ms": 5_000}), env={}
+    )
+    changes = config_changes(old, new)
+    assert changes.sources_restarted == ["a", "b"]
+    assert changes.needs_restart == [] and changes.markets_changed == []
+    assert running_config(old, new).oracle.max_clock_skew_ms == 5_000  # applied, not kept
+    other = parse_config(
+        _data(sources=two, markets=[market], oracle={"jump_confirm_rounds": 9}), env={}
+    )
+    assert config_changes(old, other).sources_restarted == []

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp.resolver import AsyncResolver, DefaultResolver
@@ -265,6 +266,54 @@ async def test_sources_that_are_not_running_have_no_source_series(tmp_path: Path
             path.write_text(_two_sources_toml(sim.ws_url, sim.rest_url, True))
             await service.reload("test")
             await up("other")
+        finally:
+            service.stop()
+            await task
+
+
+async def test_a_reload_of_the_clock_skew_bound_gives_every_source_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """Sources refuse quotes from further ahead than `oracle.max_clock_skew_ms` themselves: the
+    service builds each with the configured bound, and a reload that changes it restarts every
+    source, so that the new one is applied (a source built before it would keep the old)."""
+    built: list[Source] = []
+
+    def recording(*args: Any) -> Source:
+        source = build_source(*args)
+        built.append(source)
+        return source
+
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+
+        def write(skew_ms: int) -> None:
+            text = _two_sources_toml(sim.ws_url, sim.rest_url, True)
+            path.write_text(
+                text.replace("[oracle]\n", f"[oracle]\nmax_clock_skew_ms = {skew_ms}\n")
+            )
+
+        async def running(skew_ms: int) -> None:
+            """Wait until both market sources have been built with `skew_ms`."""
+            want = {"good", "other"}
+            async with asyncio.timeout(10):
+                for _ in itertools.count():
+                    if {s.source_id for s in built if s.max_clock_skew_ms == skew_ms} == want:
+                        return
+                    await asyncio.sleep(0.02)
+
+        write(3_000)
+        service = Service(load_config(path), config_path=path, source_factory=recording)
+        task = asyncio.create_task(service.run())
+        try:
+            await running(3_000)
+            write(5_000)
+            changes = await service.reload("test")
+            assert changes["sources_restarted"] == ["good", "other", "spare"]
+            assert changes["needs_restart"] == [] and changes["markets_changed"] == []
+            await running(5_000)
+            assert service.cfg.oracle.max_clock_skew_ms == 5_000
+            assert "spare" not in {s.source_id for s in built}  # listed, but in no market: not run
         finally:
             service.stop()
             await task
