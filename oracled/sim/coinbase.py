@@ -18,6 +18,7 @@ connection sees it strictly increasing (the real venue counts per connection).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -108,6 +109,11 @@ class CoinbaseSim(VenueSim):
 
     def background(self) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self._heartbeat_loop(), name="sim:coinbase:heartbeats")]
+
+    def restart_sequence(self) -> None:
+        """Start ``sequence_num`` over from 1 on the open connections, as a venue failover
+        behind the same socket would (a fault for tests: the numbers go far back)."""
+        self.sequence = itertools.count(1)
 
     def envelope(self, channel: str, events: list[dict[str, Any]]) -> str:
         """One channel message with the next sequence number."""

@@ -21,7 +21,9 @@ missing from the acknowledged list counts as refused.
 Rules from the docs that shape this file: most channels close after 60-90 s without updates, so
 the ``heartbeats`` channel (one message a second) is always subscribed and keeps quiet products
 alive for the watchdog; ``sequence_num`` grows by one per message on a connection, so a message
-whose number is not above the last one seen is a replay and is dropped (``stale_sequence``);
+whose number is not above the last one seen is a replay and is dropped (``stale_sequence``), and
+one more than a thousand below it means the count restarted (or the last number was garbage), so the
+connection is replaced rather than every later message refused;
 the envelope ``timestamp`` (RFC 3339, nanoseconds in the docs' samples) is the venue time of the
 quote, taken to the exact millisecond. Unauthenticated messages are limited to
 8 a second per IP. No maximum connection life is documented; the configured rotation applies.
@@ -92,6 +94,9 @@ def _exact_ms(text: str) -> int | None:
 # ("2023-06-23T20:31:26."): a UTC time in one of them is read as its millisecond digits added on.
 _SECONDS: dict[str, int] = {}
 _SECONDS_KEPT: Final = 64
+#: A sequence number this far below the last one is no replay: the venue restarted its count on
+#: this connection (or the last number was garbage). Every later message would be refused.
+_SEQUENCE_RESET: Final = 1_000
 
 
 def _venue_ms(stamp: str) -> int | None:
@@ -198,6 +203,13 @@ class CoinbaseSource(Source):
         self._last_seq = -1
         self._rest_symbol = ""
 
+    def _stale_sequence(self, seq: int) -> None:
+        """Drop a message not above the last sequence number; a number far below it means the
+        count restarted, so the connection is replaced (its successor starts a count afresh)."""
+        self.stats.dropped["stale_sequence"] += 1
+        if self._last_seq - seq > _SEQUENCE_RESET:
+            self._rotate("sequence_reset")
+
     def venue_symbol(self, pair: str) -> str:
         """BTC/USD -> BTC-USD."""
         return pair.replace("/", "-")
@@ -243,7 +255,7 @@ class CoinbaseSource(Source):
         seq = msg.sequence_num
         if seq >= 0:
             if seq <= self._last_seq:
-                self.stats.dropped["stale_sequence"] += 1
+                self._stale_sequence(seq)
                 return
             self._last_seq = seq
         events = msg.events
@@ -279,7 +291,7 @@ class CoinbaseSource(Source):
         seq = msg.sequence_num
         if seq >= 0:
             if seq <= self._last_seq:
-                self.stats.dropped["stale_sequence"] += 1
+                self._stale_sequence(seq)
                 return
             self._last_seq = seq
         if channel == "ticker":

@@ -8,8 +8,25 @@ import asyncio
 from venue_cases import CASE, Start, Wait
 
 from oracled.sim.coinbase import CoinbaseSim
+from oracled.sources import ConnState
 
 VENUE = CASE["coinbase"]  # what `sim` and `start` build (conftest.py)
+
+
+async def test_a_sequence_count_that_starts_over_replaces_the_connection(
+    sim: CoinbaseSim, start: Start, wait: Wait
+) -> None:
+    """sequence_num going back to 1 on an open connection (the venue's count restarted) is no
+    replay: the connection is replaced, and the new one quotes again. Before, every later
+    message was dropped as stale_sequence while heartbeats kept the socket looking alive."""
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING)
+    sim.restart_sequence()
+    await wait(lambda: sim.stats.connections >= 2 and run.stats.reconnects == 1)
+    seen = len(run.quotes)
+    await wait(lambda: len(run.quotes) > seen)
+    assert run.stats.dropped["stale_sequence"] >= 1
+    assert run.state() is ConnState.STREAMING
 
 
 async def test_rest_polls_are_paced_inside_the_public_limit(
