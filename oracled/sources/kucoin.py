@@ -61,6 +61,8 @@ from oracled.sources.stats import SourceStats
 
 __all__ = ["KucoinSource"]
 
+#: A bullet's pingInterval outside these seconds is not believed; the documented one is 18.
+_PING_BOUNDS_S: Final = (0.2, 120.0)
 _TOPIC: Final = "/market/ticker:"
 _LEVEL1_WEIGHT: Final = 2
 _ALL_TICKERS_WEIGHT: Final = 15
@@ -215,6 +217,10 @@ class KucoinSource(Source):
         self._url = str(endpoint.update_query(query))
         # The venue sets the ping cadence per connection; the base reads it when the socket opens.
         interval = server.pingInterval / 1000.0
+        if not _PING_BOUNDS_S[0] <= interval <= _PING_BOUNDS_S[1]:
+            # 0 would mean no pings (dropped by the venue), 1 ms a flood over its message limit.
+            self._log.warning("bullet ping interval refused", ping_interval_ms=server.pingInterval)
+            interval = type(self).app_ping_interval_s or 18.0
         self.app_ping_interval_s = interval  # type: ignore[misc]  # a ClassVar in the base
         self._welcomed = False
         return self._url

@@ -51,6 +51,7 @@ class Venue:
         self.script, self.bullet = script, bullet
         self.bullets = self.connections = self.polls = 0
         self.base = ""
+        self.ping_interval_ms = 200
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -63,7 +64,11 @@ class Venue:
         self.bullets += 1
         if self.bullet is not None:
             return web.Response(body=self.bullet, content_type="application/json")
-        server = {"endpoint": f"{self.base}/endpoint", "pingInterval": 200, "pingTimeout": 200}
+        server = {
+            "endpoint": f"{self.base}/endpoint",
+            "pingInterval": self.ping_interval_ms,
+            "pingTimeout": 200,
+        }
         data = {"token": "t0k3n", "instanceServers": [server]}
         return web.json_response({"code": "200000", "data": data})
 
@@ -130,6 +135,29 @@ async def test_a_bullet_without_a_usable_server_is_a_failed_connection(
     assert venue.connections == 0
     assert {(q.pair, q.bid, q.ask) for q in run.quotes} == {("BTC/USDT", 99.0, 99.1)}
     assert not run.task.done()
+
+
+@pytest.mark.parametrize("ping_ms", [0, -5, 1, 10**9])
+async def test_a_bullet_ping_interval_beyond_reason_is_replaced_by_the_documented_one(
+    ping_ms: int, aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A bullet's pingInterval of 0 or less would mean no pings (the venue then drops the
+    client), 1 ms a flood over the venue's message limit, a billion never a ping: the client
+    pings every 18 s (the documented interval) instead, and says why."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_str('{"id":"c0nn","type":"welcome"}')
+        async for _ in ws:
+            pass
+
+    venue = Venue(script)
+    venue.ping_interval_ms = ping_ms
+    with capture_logs() as logs:
+        run = await launch(venue, aiohttp_server, start_config)
+        await wait(lambda: venue.connections >= 1)
+    assert run.source.app_ping_interval_s == 18.0
+    refused = [e for e in logs if e["event"] == "bullet ping interval refused"]
+    assert refused and refused[0]["ping_interval_ms"] == ping_ms
 
 
 async def test_a_subscription_never_acknowledged_replaces_a_socket_kept_alive_by_pongs(
