@@ -431,6 +431,10 @@ class MarkConfig(_Frozen):
     #: A perpetual mid farther than this fraction from the index is ignored: one venue's broken
     #: perp print cannot drag the mark or the premium.
     max_perp_deviation: Fraction = 0.05
+    #: Fewer perpetuals counting than this in a round: the mark falls back as with none, and no
+    #: premium is sampled. With one or two, one venue's print inside max_perp_deviation moves
+    #: their median; three or more keep it out.
+    min_perp_sources: Annotated[int, Field(ge=1, le=64)] = 1
 
 
 class MarketConfig(_Frozen):
@@ -689,6 +693,11 @@ def _relations(cfg: Config) -> list[str]:
             problems.append(
                 f"markets[{i}].mark: used only with perp_sources (no perpetual, no mark price); "
                 "remove it or list the market's perpetuals"
+            )
+        if market.perp_sources and market.mark.min_perp_sources > len(market.perp_sources):
+            problems.append(
+                f"markets[{i}].mark.min_perp_sources: {market.mark.min_perp_sources} exceeds the "
+                f"{len(market.perp_sources)} perpetual(s) listed (the mark could never use them)"
             )
         if market.min_sources > len(market.sources):
             problems.append(

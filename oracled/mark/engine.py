@@ -53,6 +53,7 @@ class _Spec:
     perps: tuple[_Perp, ...]
     max_age_ms: int
     max_dev: float
+    min_perps: int
     half_life_ms: float
     interval_ms: int
     interest: float
@@ -229,6 +230,9 @@ class MarkEngine:
                     continue
                 mids.append(mid)
                 premiums.append(premium_of(x, mid, bid, ask))
+            if len(mids) < spec.min_perps:  # too few to outvote one venue: as if none counted
+                mids.clear()
+                premiums.clear()
 
         perp_median = median(mids)
         basis = perp_median - x  # NaN without a live index or a fresh perp
@@ -313,6 +317,7 @@ def _spec(market: int, perps: tuple[_Perp, ...], max_age_ms: int, mk: MarkConfig
         perps=perps,
         max_age_ms=max_age_ms,
         max_dev=mk.max_perp_deviation,
+        min_perps=mk.min_perp_sources,
         half_life_ms=mk.basis_half_life_s * 1000.0,
         interval_ms=mk.funding_interval_s * 1000,
         interest=mk.interest_rate,

@@ -30,6 +30,12 @@ def test_defaults_are_the_documented_binance_style_values() -> None:
         ({"premium_clamp": -0.001}, "markets[1].mark.premium_clamp: must be >= 0"),
         ({"funding_cap": 0}, "markets[1].mark.funding_cap: must be > 0"),
         ({"max_perp_deviation": 1.5}, "markets[1].mark.max_perp_deviation: must be < 1"),
+        ({"min_perp_sources": 0}, "markets[1].mark.min_perp_sources: must be >= 1"),
+        (
+            {"min_perp_sources": 3},
+            "markets[1].mark.min_perp_sources: 3 exceeds the 2 perpetual(s) listed "
+            "(the mark could never use them)",
+        ),
         ({"half_life": 60}, "markets[1].mark.half_life: is not a known key"),
         ({"funding_interval_s": "8h"}, "markets[1].mark.funding_interval_s: must be an integer"),
     ],

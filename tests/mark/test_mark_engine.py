@@ -77,6 +77,25 @@ def test_without_a_fresh_perp_the_mark_falls_back_to_index_plus_the_decayed_basi
     assert (mark.price, mark.basis, mark.premium, mark.perps_used) == ("100.50", None, None, 0)
 
 
+def test_with_fewer_perps_than_min_perp_sources_the_mark_falls_back_as_with_none() -> None:
+    """min_perp_sources = 2: both perps at 101 give the mark 101 (basis EMA 1). Six seconds
+    later q is stale and p alone prints 104, inside the 5 % limit. With the default minimum of
+    one the perp median follows p to 104; with two the round counts as one without perps: the
+    fallback, index plus the basis decayed over 6 s (100 + 1 x 0.5^0.1 = 100.93), and no
+    premium sample."""
+    rig = Rig(make_config(mark={"min_perp_sources": 2}))
+    mark = rig.mark(B + 1_000, p=101.0, q=101.0)
+    assert (mark.perps_used, mark.price) == (2, "101.00")
+    mark = rig.mark(B + 1_000 + 6_000, p=104.0)  # q's quote is 6 s old: stale (max age 5 s)
+    assert mark.perps_used == 0
+    assert mark.estimators.perp_median is None and mark.premium is None
+    assert (mark.estimators.fallback, mark.price) == ("100.93", "100.93")
+    default = Rig()  # min_perp_sources = 1: the same rounds follow p
+    default.mark(B + 1_000, p=101.0, q=101.0)
+    followed = default.mark(B + 1_000 + 6_000, p=104.0)
+    assert (followed.perps_used, followed.estimators.perp_median) == (1, "104.00")
+
+
 def test_a_perp_market_that_never_had_a_perp_quote_marks_at_the_index() -> None:
     """No basis ever observed: the fallback is the index alone."""
     mark = Rig().mark(B + 1_000)
