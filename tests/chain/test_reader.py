@@ -16,6 +16,7 @@ from chain_rig import (
 )
 from reading import chainlink_spec, make_reader, watch
 from rpc_proxy import RpcProxy
+from structlog.testing import capture_logs
 
 from oracled.clock import ManualClock
 from oracled.config import SequencerConfig
@@ -210,6 +211,36 @@ async def test_sequencer_down_or_in_grace_flags_every_feed(
     assert await reader.poll_once()
     assert (eth.last.flag, btc.last.flag) == (None, None)
     assert reader.stats.sequencer_up is True
+
+
+async def test_a_chain_not_read_for_max_block_age_s_flags_its_feeds_until_read_again(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The only endpoint fails: the feeds' last values keep counting while the last block read
+    is younger than max_block_age_s (a failed request is no outage), then are re-emitted flagged
+    `chain_stale` at once, not when each feed's heartbeat (an hour here) runs out: the chain may
+    have moved on unseen. Read again, they are re-emitted unflagged without waiting for a new
+    round of the feed."""
+    clock = ManualClock(await chain.timestamp() * 1000)
+    reader = make_reader([proxy.url], http, clock=clock, max_block_age_s=5.0)
+    eth = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    assert (eth.last.flag, eth.last.price) == (None, 3000.0)
+    proxy.mode = "error"
+    assert not await reader.poll_once()
+    assert len(eth.quotes) == 1  # one failed read: nothing said yet
+    clock.advance(6_000)
+    with capture_logs() as logs:
+        assert not await reader.poll_once()
+        assert not await reader.poll_once()
+    assert [(q.flag, q.price) for q in eth.quotes[1:]] == [("chain_stale", 3000.0)]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"].count(
+        "chain not read: feeds flagged"
+    ) == 1
+    proxy.mode = "pass"
+    await chain.warp(10)
+    assert await reader.poll_once()
+    assert [(q.flag, q.price) for q in eth.quotes[2:]] == [(None, 3000.0)]
 
 
 async def test_the_grace_period_ends_only_after_grace_period_s_has_passed(

@@ -165,6 +165,7 @@ class ChainReader:
         self._total = 0
         self._last: Block | None = None
         self._sequencer_ok = True
+        self._current = True  # False once no block was read for max_block_age_s: feeds flagged
         self._chain_checked: set[int] = set()  # endpoints whose chain id was verified
         self._last_rejection: str | None = None
         self._heads = 0  # newHeads notices received
@@ -200,6 +201,7 @@ class ChainReader:
     async def read_block(self, block: Block) -> bool:
         """Read and publish one block (pinned by hash); False when it was not published."""
         if self._refusal(block) is not None:
+            self._check_current()
             return False
         data = self._layout()
         try:
@@ -265,6 +267,35 @@ class ChainReader:
         for slot in self._slots:
             slot.stats.state = ConnState.DOWN
         self._reject("read failed", block=block.number if block else None, error=str(exc)[:200])
+        self._check_current()
+
+    def _check_current(self) -> None:
+        """No block read for max_block_age_s: the feeds' last values are flagged `chain_stale`
+        now, not when each one's own heartbeat runs out (an hour for many Chainlink feeds). The
+        chain may have moved on, with new rounds this reader cannot see."""
+        if self._current and self._stalled():
+            self._current = False
+            self._log.warning(
+                "chain not read: feeds flagged", max_block_age_s=self.cfg.max_block_age_s
+            )
+            self._reemit(self._clock.now_ms())
+
+    def _reemit(self, now: int) -> None:
+        """Every feed's last quote again, with the flags of the reader's state: its meaning
+        changed now, and a feed publishes only data newer than what it has."""
+        for slot in self._slots:
+            if slot.last is not None:
+                slot.emit(msgspec.structs.replace(self._flagged(slot.last), recv_ts=now))
+
+    def _flagged(self, quote: Quote) -> Quote:
+        """`quote` flagged as the reader's state requires (a feed's own flag comes first)."""
+        if quote.flag is not None:
+            return quote
+        if not self._current:
+            return msgspec.structs.replace(quote, flag="chain_stale")
+        if not self._sequencer_ok:
+            return msgspec.structs.replace(quote, flag="sequencer")
+        return quote
 
     def _reject(self, why: str, **detail: Any) -> None:
         """Log a rejection when its kind changes, not on every block."""
@@ -309,6 +340,7 @@ class ChainReader:
         if why == "same":
             self._reject("no new block", block=block.number, endpoint=endpoint,
                          max_block_age_s=self.cfg.max_block_age_s)  # fmt: skip
+        self._check_current()
 
     async def _publish(self, block: Block, raw: Any, results: list[tuple[bool, bytes]]) -> bool:
         ok, proof = results[0]
@@ -324,6 +356,10 @@ class ChainReader:
         self.stats.blocks += 1
         self.stats.last_block, self.stats.last_block_ts = block.number, block.timestamp
         recv_ts = self._clock.now_ms()
+        if not self._current:  # read again: the last values count until the feeds update them
+            self._current = True
+            self._log.warning("chain read again: feeds unflagged", block=block.number)
+            self._reemit(recv_ts)
         state = ConnState.STREAMING if self.stats.mode == "newHeads" else ConnState.POLLING
         for slot in self._slots:
             slot.stats.state = state
@@ -383,9 +419,7 @@ class ChainReader:
                 quote, block=block.number, block_ts=block.timestamp * 1000
             )
         slot.last = quote
-        if not self._sequencer_ok and quote.flag is None:
-            quote = msgspec.structs.replace(quote, flag="sequencer")
-        slot.emit(quote)
+        slot.emit(self._flagged(quote))
         slot.stats.quotes += 1
         slot.stats.last_quote_ms = recv_ts
 
@@ -407,12 +441,7 @@ class ChainReader:
             return
         self._sequencer_ok = up
         self._log.warning("sequencer gate", up=up, block=block.number)
-        for slot in self._slots:  # the last quotes change meaning now, not at their next update
-            if slot.last is not None:
-                quote = slot.last
-                if not up and quote.flag is None:
-                    quote = msgspec.structs.replace(quote, flag="sequencer")
-                slot.emit(msgspec.structs.replace(quote, recv_ts=now))
+        self._reemit(now)  # the last quotes change meaning now, not at their next update
 
     async def _agrees(self, block: Block, raw: Any) -> bool:
         """Cross-check: the same read on another endpoint, pinned to the same block hash."""
