@@ -6,7 +6,7 @@ from aiohttp import web
 
 from oracled.api.admin import AdminHandlers
 from oracled.api.context import ApiContext
-from oracled.api.errors import error_middleware
+from oracled.api.errors import error_middleware, no_store_middleware
 from oracled.api.ops import OpsHandlers
 from oracled.api.read import ReadHandlers
 from oracled.api.sse import SseHandler
@@ -20,7 +20,9 @@ MAX_BODY = 16 * 1024  # admin bodies are a few bytes; nothing else takes one
 
 def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Application:
     """The API application. The caller runs it (AppRunner + TCPSite) and owns the hub."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[no_store_middleware, error_middleware], client_max_size=MAX_BODY
+    )
     app[CONTEXT] = ctx
     read, ops, admin = ReadHandlers(ctx), OpsHandlers(ctx), AdminHandlers(ctx)
     stream = StreamHandler(ctx, close_timeout=stream_close_timeout)

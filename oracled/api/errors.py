@@ -14,7 +14,14 @@ from aiohttp import web
 
 from oracled.errors import OracledError
 
-__all__ = ["ApiError", "encode_json", "error_middleware", "error_response", "json_response"]
+__all__ = [
+    "ApiError",
+    "encode_json",
+    "error_middleware",
+    "error_response",
+    "json_response",
+    "no_store_middleware",
+]
 
 _log = structlog.get_logger(component="api")
 _ENCODER = msgspec.json.Encoder()
@@ -28,6 +35,11 @@ _CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+
+#: Every answer: a price a cache keeps is a frozen price served as the latest, and an error (a
+#: 503 not_ready, a 404) kept by a cache would outlive its cause. no-cache is not enough: it lets
+#: a cache store the answer and decide when to revalidate.
+NO_STORE = "no-store"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -81,3 +93,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # The one catch-all of the API: log with the traceback, answer a bare 500.
         _log.exception("api_handler_failed", path=request.path, method=request.method)
         return error_response(500, "internal", "internal error; see the daemon's log")
+
+
+@web.middleware
+async def no_store_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Mark every answer not to be stored by any cache (outermost: errors are answers too).
+
+    Streams set the header themselves: their headers are sent before the handler returns.
+    """
+    response = await handler(request)
+    if not response.prepared:
+        response.headers.setdefault("Cache-Control", NO_STORE)
+    return response

@@ -16,7 +16,7 @@ import asyncio
 from aiohttp import web
 
 from oracled.api.context import ApiContext
-from oracled.api.errors import ApiError, encode_json
+from oracled.api.errors import NO_STORE, ApiError, encode_json
 from oracled.api.params import market_list
 from oracled.publish.hub import DROP_SLOW, Subscription, SubscriptionClosed
 
@@ -25,7 +25,7 @@ __all__ = ["SseHandler"]
 KEEPALIVE_S = 15.0
 _HEADERS = {
     "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
+    "Cache-Control": NO_STORE,
     "X-Accel-Buffering": "no",  # tell reverse proxies not to buffer the stream
 }
 

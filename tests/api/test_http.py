@@ -416,3 +416,38 @@ async def test_an_admin_body_over_the_limit_is_a_json_413_and_changes_nothing(
     contract.validator("/components/schemas/Error").validate(error)
     assert error["error"]["code"] == "payload_too_large"
     assert rig.manual == []
+
+
+async def test_no_answer_may_be_stored_by_a_cache(client: Client, rig: Rig) -> None:
+    """A cached price is a frozen price: every answer, prices, errors and the event stream
+    alike, says Cache-Control: no-store, so that no proxy or client cache serves an old round
+    as the latest (no-cache would still let a cache store it and revalidate at will)."""
+    before = await client.get("/v1/prices")  # 503 not_ready: must not be stored either
+    assert before.status == 503 and before.headers.get("Cache-Control") == "no-store"
+    rig.step()
+    gets = [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/info",
+        "/v1/prices",
+        "/v1/prices?markets=BTC-USD,ETH-USD",
+        "/v1/prices/BTC-USD",
+        "/v1/markets",
+        "/v1/markets/BTC-USD/sources",
+        "/v1/prices/DOGE-USD",  # 404 unknown_market
+        "/v1/prices?markets=",  # 400
+        "/v1/nothing-here",  # 404 from the router
+        "/v1/admin/reload",  # 405
+        "/v1/stream",  # 426
+    ]
+    for path in gets:
+        resp = await client.get(path)
+        assert resp.headers.get("Cache-Control") == "no-store", (path, resp.status)
+    for headers in ({}, AUTH):  # 401, then 200
+        resp = await client.post("/v1/admin/markets/BTC-USD/pause", headers=headers)
+        assert resp.headers.get("Cache-Control") == "no-store", (headers, resp.status)
+    events = await client.get("/v1/events?markets=BTC-USD")
+    assert events.status == 200 and events.headers.get("Cache-Control") == "no-store"
+    events.close()
