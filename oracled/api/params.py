@@ -6,12 +6,14 @@ everywhere (path, query, stream) and mapped to the canonical `BASE/QUOTE`.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping, Set
+
+from multidict import MultiMapping
 
 from oracled.api.errors import ApiError
 from oracled.model import market_name
 
-__all__ = ["market_list", "path_market"]
+__all__ = ["market_list", "path_market", "query_once"]
 
 MAX_LIST = 256  # markets named in one query or stream request
 
@@ -48,3 +50,19 @@ def market_list(items: list[str], known: Container[str]) -> list[str]:
         listed = ", ".join(unknown)
         raise ApiError(404, "unknown_market", f"not configured: {listed}; see /v1/markets")
     return list(names)
+
+
+def query_once(query: MultiMapping[str], allowed: Set[str]) -> Mapping[str, str]:
+    """The query's parameters, each given at most once: 400 for an unknown or repeated one.
+
+    A repeated parameter is refused, never half read: following its first value alone would
+    serve a selection or a subscription other than the one asked for.
+    """
+    extra = sorted(set(query) - allowed)
+    if extra:
+        raise ApiError(400, "bad_query", f"unknown query parameter(s): {', '.join(extra)}")
+    twice = sorted({key for key in query if len(query.getall(key)) > 1})
+    if twice:
+        listed = ", ".join(twice)
+        raise ApiError(400, "bad_query", f"{listed}: give each parameter once (lists: a,b,c)")
+    return {key: query[key] for key in query}

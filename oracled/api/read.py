@@ -7,11 +7,13 @@ from aiohttp import web
 
 from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, encode_json, json_response
-from oracled.api.params import market_list, path_market
+from oracled.api.params import market_list, path_market, query_once
 from oracled.config import Config, MarketConfig
 from oracled.model import Quote, Report, SourceValue
 
 __all__ = ["ReadHandlers"]
+
+_PRICES_PARAMETERS = frozenset({"markets"})
 
 
 def _decimal(value: float | None) -> str | None:
@@ -85,16 +87,10 @@ class ReadHandlers:
 
     async def prices(self, request: web.Request) -> web.Response:
         """Latest report of every market, or of `?markets=A/B,C/D`: a JSON array of reports."""
-        query = request.query
-        extra = sorted(set(query) - {"markets"})
-        if extra:
-            raise ApiError(400, "bad_query", f"unknown query parameter(s): {', '.join(extra)}")
+        query = query_once(request.query, _PRICES_PARAMETERS)
         selected: list[str] | None = None
         if "markets" in query:
-            values = query.getall("markets")
-            if len(values) > 1:
-                raise ApiError(400, "bad_query", "markets: give it once, comma-separated")
-            items = [part for part in values[0].split(",") if part.strip()]
+            items = [part for part in query["markets"].split(",") if part.strip()]
             selected = market_list(items, self._known)
         hub = self._ctx.hub
         if hub.latest_result is None:

@@ -17,12 +17,13 @@ from aiohttp import web
 
 from oracled.api.context import ApiContext
 from oracled.api.errors import NO_STORE, ApiError, encode_json
-from oracled.api.params import market_list
+from oracled.api.params import market_list, query_once
 from oracled.publish.hub import DROP_SLOW, Subscription, SubscriptionClosed
 
 __all__ = ["SseHandler"]
 
 KEEPALIVE_S = 15.0
+_PARAMETERS = frozenset({"markets", "signed", "deviation", "heartbeat_ms"})
 _HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": NO_STORE,
@@ -38,10 +39,7 @@ class SseHandler:
         self._active: set[Subscription] = set()
 
     def _options(self, request: web.Request) -> tuple[frozenset[str] | None, dict[str, object]]:
-        query = request.query
-        extra = sorted(set(query) - {"markets", "signed", "deviation", "heartbeat_ms"})
-        if extra:
-            raise ApiError(400, "bad_query", f"unknown query parameter(s): {', '.join(extra)}")
+        query = query_once(request.query, _PARAMETERS)
         markets: frozenset[str] | None = None
         if "markets" in query:
             items = [m for m in query["markets"].split(",") if m.strip()]

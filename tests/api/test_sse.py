@@ -83,3 +83,26 @@ async def test_a_slow_consumer_gets_a_final_error_event(make_client: ClientFacto
     assert events[-1] == ("error", "slow_consumer")
     assert rig.hub.dropped_subscribers["slow_consumer"] == 1
     resp.close()
+
+
+async def test_a_parameter_given_twice_is_refused_not_half_read(client: Client, rig: Rig) -> None:
+    """`?markets=BTC-USD&markets=ETH-USD` is a 400 bad_query, as on /v1/prices, and so is any
+    option given twice: the stream used to follow the first value alone (BTC/USD only, or
+    deviation 0.5 with a second, invalid deviation never looked at), a subscription other than
+    the one asked for with nothing to say so."""
+    rig.step()
+    for query in (
+        "markets=BTC-USD&markets=ETH-USD",
+        "markets=BTC-USD&deviation=0.5&deviation=7",
+        "signed=false&signed=false",
+        "heartbeat_ms=1000&heartbeat_ms=1000",
+    ):
+        resp = await client.get(f"/v1/events?{query}")
+        assert resp.status == 400, query
+        error = (await resp.json())["error"]
+        assert error["code"] == "bad_query", query
+        assert "once" in error["message"], query
+    # One value each is still a stream.
+    resp = await client.get("/v1/events?markets=BTC-USD,ETH-USD&deviation=0.5&heartbeat_ms=1000")
+    assert resp.status == 200
+    resp.close()
