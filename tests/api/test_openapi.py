@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -9,11 +10,21 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp import web
-from api_rig import TOKEN, ClientFactory, ContractRecorder, Rig, make_config, openapi_doc
+from api_rig import (
+    CONFIG,
+    TOKEN,
+    ClientFactory,
+    ContractRecorder,
+    Rig,
+    make_config,
+    openapi_doc,
+)
 from jsonschema import ValidationError  # type: ignore[import-untyped]
 from openapi_spec_validator import validate
+from stream_wire import ask, next_event, recv
 
 from oracled.api import CONTEXT, build_app
+from oracled.config import parse_config
 from oracled.core import SLOT_REASONS
 from oracled.errors import ConfigError
 from oracled.model import REASON_BITS, Report, SourceValue, Status
@@ -178,3 +189,50 @@ def test_app_key_holds_the_context(rig: Rig) -> None:
     app = build_app(ctx)
     assert app[CONTEXT] is ctx
     assert isinstance(app, web.Application)
+
+
+async def test_every_stream_frame_validates_against_the_stream_message_schema(
+    make_client: ClientFactory, contract: ContractRecorder
+) -> None:
+    """Each frame a WebSocket and an SSE client receive (acks with options, report and batch
+    frames, error frames of each kind, the market_removed notice of a reload) validates against
+    StreamMessage with no key left undocumented; the HTTP checks do not see these frames."""
+    rig = Rig(make_config())
+    data = copy.deepcopy(CONFIG)
+    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
+    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    client = await make_client(rig)
+    message = contract.validator("/components/schemas/StreamMessage")
+    frames: list[dict[str, Any]] = []
+    rig.step()
+    events = await client.get("/v1/events?deviation=0.5&heartbeat_ms=1000")
+    async with client.ws_connect("/v1/stream") as ws, client.ws_connect("/v1/stream") as batch:
+        frames.append(await ask(ws, {"op": "subscribe", "deviation": 0.01, "heartbeat_ms": 500}))
+        frames += [await recv(ws) for _ in range(3)]  # the snapshot
+        frames.append(await ask(ws, {"op": "nonsense"}))  # error: bad_request
+        frames.append(await ask(ws, {"op": "subscribe", "signed": True}))  # signing_disabled
+        frames.append(await ask(ws, {"op": "subscribe", "markets": ["DOGE/USD"]}))  # unknown
+        frames.append(await ask(batch, {"op": "subscribe", "batch": True}))
+        frames.append(await recv(batch))  # the snapshot, as one batch
+        resp = await client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert (await resp.json())["markets_removed"] == ["SOL/USD"]
+        rig.step()
+        frames += [await recv(ws), await recv(batch)]  # market_removed, to both
+        frames.append(await ask(ws, {"op": "unsubscribe", "markets": ["BTC/USD"]}))
+    for _ in range(3):
+        _, frame = await next_event(events)
+        frames.append(frame)
+    events.close()
+    kinds = {(f["type"], f.get("code")) for f in frames}
+    assert {
+        ("subscribed", None),
+        ("unsubscribed", None),
+        ("report", None),
+        ("reports", None),
+    } < kinds
+    assert {("error", "bad_request"), ("error", "market_removed")} < kinds
+    for frame in frames:
+        try:
+            message.validate(frame)
+        except ValidationError as exc:
+            raise AssertionError(f"{frame}: {exc.message}") from None

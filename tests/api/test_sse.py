@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
 
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from api_rig import ClientFactory, Rig, make_config
-from stream_wire import SAFETY_S
+from stream_wire import next_event
 
 Client = TestClient[Any, Any]
-
-
-async def next_event(resp: ClientResponse) -> tuple[str, dict[str, Any]]:
-    """Read one SSE event (skipping comments): (event name, decoded data). A stream that ends
-    first, or sends nothing for SAFETY_S, fails the test instead of hanging it."""
-    name, data = "message", ""
-    async with asyncio.timeout(SAFETY_S):
-        while True:
-            line = (await resp.content.readline()).decode()
-            if line in ("\n", "") and data:
-                return name, json.loads(data)
-            assert line, "the event stream ended before the next event"
-            if line.startswith("event: "):
-                name = line[7:].strip()
-            elif line.startswith("data: "):
-                data += line[6:].strip()
 
 
 async def test_events_carry_the_stream_frames_of_the_asked_markets(
