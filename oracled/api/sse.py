@@ -18,7 +18,7 @@ from aiohttp import web
 from oracled.api.context import ApiContext
 from oracled.api.errors import NO_STORE, ApiError, encode_json
 from oracled.api.params import market_list, query_once
-from oracled.publish.hub import DROP_SLOW, Subscription, SubscriptionClosed
+from oracled.publish.hub import DROP_SHUTDOWN, DROP_SLOW, Subscription, SubscriptionClosed
 
 __all__ = ["SseHandler"]
 
@@ -32,11 +32,12 @@ _HEADERS = {
 
 
 class SseHandler:
-    __slots__ = ("_active", "_ctx")
+    __slots__ = ("_active", "_ctx", "_shutting_down")
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
         self._active: set[Subscription] = set()
+        self._shutting_down = False
 
     def _options(self, request: web.Request) -> tuple[frozenset[str] | None, dict[str, object]]:
         query = query_once(request.query, _PARAMETERS)
@@ -92,12 +93,13 @@ class SseHandler:
                     continue
                 await response.write(b"data: " + frame + b"\n\n")
         except SubscriptionClosed as closed:
-            reason = closed.reason
-            message = (
-                f"slow consumer: fell more than {sub.queue_size} frames behind"
-                if reason == DROP_SLOW
-                else "server shutting down"
-            )
+            # The server's own shutdown unsubscribes (not a drop, as on the WebSocket stream);
+            # the client is told `shutdown` either way, never the hub's internal word.
+            if closed.reason == DROP_SLOW and not self._shutting_down:
+                reason = DROP_SLOW
+                message = f"slow consumer: fell more than {sub.queue_size} frames behind"
+            else:
+                reason, message = DROP_SHUTDOWN, "server shutting down"
             error = encode_json({"type": "error", "code": reason, "message": message})
             await response.write(b"event: error\ndata: " + error + b"\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
@@ -108,5 +110,7 @@ class SseHandler:
         return response
 
     async def shutdown(self, app: web.Application) -> None:
+        """End every event stream with a final `shutdown` error event."""
+        self._shutting_down = True
         for sub in list(self._active):
             self._ctx.hub.unsubscribe(sub)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -87,3 +88,24 @@ async def test_a_parameter_given_twice_is_refused_not_half_read(client: Client, 
     resp = await client.get("/v1/events?markets=BTC-USD,ETH-USD&deviation=0.5&heartbeat_ms=1000")
     assert resp.status == 200
     resp.close()
+
+
+async def test_a_shutdown_ends_the_stream_with_an_error_event_coded_shutdown(
+    make_client: ClientFactory,
+) -> None:
+    """A server shutdown and a closed hub (the runtime's two shutdown paths) both end the event
+    stream with `event: error` coded `shutdown`, the code the hub counts it under; the server's
+    own shutdown used to send the code `unsubscribed`, an internal word no document names."""
+    for close_hub in (False, True):
+        rig = Rig(make_config())
+        client = await make_client(rig)
+        rig.step()
+        resp = await client.get("/v1/events?markets=BTC-USD")
+        await next_event(resp)  # the snapshot: the subscription is in place
+        closing = asyncio.create_task(rig.hub.close() if close_hub else client.server.close())
+        name, frame = await next_event(resp)
+        await closing
+        assert (name, frame["type"], frame["code"]) == ("error", "error", "shutdown"), close_hub
+        assert frame["message"] == "server shutting down"
+        assert rig.hub.subscribers == 0
+        resp.close()
