@@ -55,7 +55,8 @@ async def test_real_mainnet_rounds_replayed(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:
     """The mainnet BTC/USD round of the fixture reads back exactly; the real all-zero round of a
-    phase boundary is refused as incomplete and never becomes a price."""
+    phase boundary is refused as incomplete and never becomes a price: the good quote before it
+    is published again once, flagged `bad_answer`."""
     doc = json.loads((FIXTURES / "latestRoundData_BTC_USD_mainnet.json").read_text())
     real = doc["latestRoundData_equivalent"]
     now = await chain.timestamp()
@@ -74,10 +75,13 @@ async def test_real_mainnet_rounds_replayed(
     )  # fmt: skip
     assert await reader.poll_once()
     assert got.stats.dropped["incomplete_round"] == 1
-    assert len(got.quotes) == 1
+    assert len(got.quotes) == 2
+    assert [q.flag for q in got.quotes] == [None, "bad_answer"]
+    assert got.last.price == pytest.approx(43066.45100191, rel=1e-15)
     await chain.mine()
     assert await reader.poll_once()
     assert got.stats.dropped["incomplete_round"] == 1  # one bad round is counted once
+    assert len(got.quotes) == 2
 
 
 async def test_stale_round_is_flagged(
@@ -105,7 +109,8 @@ async def test_answered_in_older_round_is_refused(
 ) -> None:
     """answeredInRound < roundId (an answer carried over from an older round) is dropped with a
     counted reason, logged once (not on every block it stays the latest), and the previous
-    good quote is not re-emitted."""
+    good quote is re-emitted once, flagged `bad_answer`: a feed that answers garbage now is not
+    trusted for its previous answer either."""
     reader = make_reader([anvil.url], http)
     got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
     assert await reader.poll_once()
@@ -116,7 +121,7 @@ async def test_answered_in_older_round_is_refused(
         await chain.mine()
         assert await reader.poll_once()
     assert got.stats.dropped["carried_over_round"] == 1
-    assert [q.price for q in got.quotes] == [60000.0]
+    assert [(q.price, q.flag) for q in got.quotes] == [(60000.0, None), (60000.0, "bad_answer")]
     (refused,) = [e for e in logs if e["event"] == "chainlink round refused"]
     assert (refused["reason"], refused["round_id"], refused["answered_in_round"]) == (
         "carried_over_round", 10, 9,
@@ -215,3 +220,51 @@ async def test_a_proxy_without_usable_decimals_is_never_priced(
     assert await reader.poll_once()
     assert got.stats.dropped["no_decimals"] == 1
     assert got.quotes == []
+
+
+async def test_a_garbage_answer_flags_the_previous_quote_until_a_valid_round(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """After a good round, a negative answer and then an answer of zero are dropped
+    `non_positive`; the good quote is published again at once, flagged `bad_answer` (so the
+    slot is excluded now, not when the heartbeat runs out), once however many bad blocks
+    follow, and the next valid round is published unflagged."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    assert await reader.poll_once()
+    now = await chain.timestamp()
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 7, -5, now, now, 7)
+    assert await reader.poll_once()
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 8, 0, now + 1, now + 1, 8)
+    assert await reader.poll_once()
+    await chain.mine()
+    assert await reader.poll_once()
+    assert got.stats.dropped["non_positive"] == 2
+    assert [(q.price, q.flag) for q in got.quotes] == [(60000.0, None), (60000.0, "bad_answer")]
+    assert got.quotes[1].venue_ts == got.quotes[0].venue_ts  # the same value, not a new one
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 9, 61_000_00000000, now + 2,
+                         now + 2, 9)  # fmt: skip
+    assert await reader.poll_once()
+    assert (got.last.price, got.last.flag, len(got.quotes)) == (61000.0, None, 3)
+
+
+async def test_a_reorg_that_takes_the_garbage_round_away_unflags_the_same_round(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A carried-over round flags the previous quote `bad_answer`; when a reorg replaces that
+    block with one where the good round is still the latest, the same round is published again
+    unflagged (it is not taken for "nothing new")."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    assert await reader.poll_once()
+    before = await chain.snapshot()
+    now = await chain.timestamp()
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 10, 61_000_00000000, now, now, 9)
+    assert await reader.poll_once()
+    await chain.revert(before)
+    await chain.mine()
+    assert await reader.poll_once()  # same height, new hash: read
+    assert reader.stats.reorgs == 1
+    assert [(q.price, q.flag) for q in got.quotes] == [
+        (60000.0, None), (60000.0, "bad_answer"), (60000.0, None),
+    ]  # fmt: skip

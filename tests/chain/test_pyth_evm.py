@@ -132,3 +132,46 @@ async def test_an_older_publish_time_after_a_reorg_is_refused(
     assert reader.stats.reorgs == 1
     assert got.stats.dropped["older_price"] == 1
     assert [q.bid for q in got.quotes] == [pytest.approx(3009.98, rel=1e-12)]
+
+
+async def test_a_garbage_price_flags_the_previous_quote_until_a_valid_one(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """After a good price, a negative one is dropped `non_positive` and the good quote is
+    published again, once, flagged `bad_answer`: the feed is not trusted for its previous price
+    while it answers garbage. The next valid price is published unflagged."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
+    assert await reader.poll_once()
+    now = await chain.timestamp()
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, -5, 1, -8, now + 1)
+    assert await reader.poll_once()
+    await chain.mine()
+    assert await reader.poll_once()
+    assert got.stats.dropped["non_positive"] == 1
+    assert [q.flag for q in got.quotes] == [None, "bad_answer"]
+    assert got.quotes[1].bid == got.quotes[0].bid
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 301_000_000_000, 2_000_000, -8, now + 2)
+    assert await reader.poll_once()
+    assert (got.last.flag, got.last.bid) == (None, pytest.approx(3009.98, rel=1e-12))
+
+
+async def test_a_reorg_that_takes_the_garbage_away_unflags_the_same_price(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A garbage price flags the previous quote `bad_answer`; when a reorg replaces that block
+    with one where the good price is still the latest, the same good price is published again
+    unflagged (it is not taken for "nothing new")."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
+    assert await reader.poll_once()
+    before = await chain.snapshot()
+    now = await chain.timestamp()
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 0, 0, -8, now + 1)
+    assert await reader.poll_once()
+    await chain.revert(before)
+    await chain.mine()
+    assert await reader.poll_once()  # same height, new hash: read
+    assert reader.stats.reorgs == 1
+    assert [q.flag for q in got.quotes] == [None, "bad_answer", None]
+    assert got.quotes[2].bid == got.quotes[0].bid

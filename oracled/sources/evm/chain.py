@@ -88,13 +88,14 @@ class ChainStats:
 class _Slot:
     """A registered feed, where its results sit in the multicall, and what it last published."""
 
-    __slots__ = ("calls", "count", "emit", "feed", "last", "start", "stats")
+    __slots__ = ("bad", "calls", "count", "emit", "feed", "last", "start", "stats")
 
     def __init__(self, feed: Feed, emit: Callable[[Quote], None], stats: SourceStats) -> None:
         self.feed, self.emit, self.stats = feed, emit, stats
         self.calls: Sequence[Call] = ()
         self.start = self.count = 0
         self.last: Quote | None = None  # as the feed made it, before any sequencer flag
+        self.bad = False  # the feed's latest answer was garbage: `last` is flagged bad_answer
 
 
 class _Header(msgspec.Struct):
@@ -285,10 +286,13 @@ class ChainReader:
         changed now, and a feed publishes only data newer than what it has."""
         for slot in self._slots:
             if slot.last is not None:
-                slot.emit(msgspec.structs.replace(self._flagged(slot.last), recv_ts=now))
+                slot.emit(msgspec.structs.replace(self._flagged(slot, slot.last), recv_ts=now))
 
-    def _flagged(self, quote: Quote) -> Quote:
-        """`quote` flagged as the reader's state requires (a feed's own flag comes first)."""
+    def _flagged(self, slot: _Slot, quote: Quote) -> Quote:
+        """`quote` flagged as the reader's state requires: `bad_answer` while the feed answers
+        garbage, else the feed's own flag, else the chain's (`chain_stale`, `sequencer`)."""
+        if slot.bad:
+            return msgspec.structs.replace(quote, flag="bad_answer")
         if quote.flag is not None:
             return quote
         if not self._current:
@@ -394,6 +398,8 @@ class ChainReader:
                     pending.append(slot)
             elif isinstance(out, str):
                 slot.stats.dropped[out] += 1
+                if out in slot.feed.distrusting:
+                    self._distrust(slot, recv_ts)
             else:
                 self._emit(slot, out, block, recv_ts)
         return pending
@@ -413,13 +419,24 @@ class ChainReader:
             return []
         return self._decode_all(slots, block, results, recv_ts)
 
+    def _distrust(self, slot: _Slot, now: int) -> None:
+        """The feed answered garbage: its last quote again, flagged `bad_answer`, once (the
+        slot is excluded now, not when the feed's heartbeat runs out); its next valid quote
+        clears the flag."""
+        if slot.bad:
+            return
+        slot.bad = True
+        if slot.last is not None:
+            slot.emit(msgspec.structs.replace(self._flagged(slot, slot.last), recv_ts=now))
+
     def _emit(self, slot: _Slot, quote: Quote, block: Block, recv_ts: int) -> None:
         if quote.block is None:
             quote = msgspec.structs.replace(
                 quote, block=block.number, block_ts=block.timestamp * 1000
             )
         slot.last = quote
-        slot.emit(self._flagged(quote))
+        slot.bad = False
+        slot.emit(self._flagged(slot, quote))
         slot.stats.quotes += 1
         slot.stats.last_quote_ms = recv_ts
 

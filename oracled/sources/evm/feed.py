@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from oracled.model import Quote
 
@@ -57,6 +58,12 @@ class Feed(abc.ABC):
     """
 
     __slots__ = ("pair", "source_id")
+
+    #: Drop reasons that mean the feed now answers garbage (an answer of zero, a round carried
+    #: over): its previous value is not to be trusted either, so the reader publishes that value
+    #: again flagged `bad_answer` until the feed gives a valid one. Other drops (a reverted
+    #: call, an older round after a reorg) leave the previous value voting.
+    distrusting: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, source_id: str, pair: str) -> None:
         self.source_id = source_id

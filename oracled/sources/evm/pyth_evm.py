@@ -7,6 +7,12 @@ The quote is emitted like the Hermes adapter's: ``bid = (price - conf) * 10**exp
 ``ask = (price + conf) * 10**expo``, so the core's mid is Pyth's price and its spread the
 confidence band; `venue_ts` is `publishTime`.
 
+Refused (counted drop reasons): a publishTime older than one already published (`older_price`,
+after a reorg); and garbage from the feed itself, after which its previous quote is not trusted
+either and the reader publishes it again flagged `bad_answer` until a valid price arrives:
+`malformed` words, no price yet (`no_price`), `non_positive`, a band reaching zero
+(`wide_confidence`).
+
 Return value (a static struct, four words): ``(int64 price, uint64 conf, int32 expo,
 uint256 publishTime)``; https://docs.pyth.network/price-feeds/api-reference/evm/get-price-unsafe
 """
@@ -36,6 +42,8 @@ class PythEvmFeed(Feed):
 
     __slots__ = ("_calls", "_last", "_log", "_max_age_s", "_rejected")
 
+    distrusting = frozenset({"malformed", "no_price", "non_positive", "wide_confidence"})
+
     def __init__(self, source_id: str, pair: str, contract: str, spec: FeedSpec) -> None:
         super().__init__(source_id, pair)
         if spec.feed_id is None or spec.max_age_s is None:
@@ -63,7 +71,7 @@ class PythEvmFeed(Feed):
         expo = int.from_bytes(data[64:96], "big", signed=True)
         publish_time = int.from_bytes(data[96:128], "big")
         if not (-_I64 <= price < _I64 and 0 <= conf < _I64 and -_MAX_EXPO <= expo <= _MAX_EXPO):
-            return "malformed"
+            return self._distrusted("malformed")
         last = self._last
         if last is not None and publish_time < last[0]:
             return self._refused("older_price", publish_time, price, conf, block)
@@ -91,10 +99,18 @@ class PythEvmFeed(Feed):
         if self._rejected == (publish_time, price, conf):
             return None
         self._rejected = (publish_time, price, conf)
+        self._distrusted(reason)
         self._log.warning(
             "pyth price refused", reason=reason, price=price, conf=conf,
             publish_time=publish_time, block=block.number,
         )  # fmt: skip
+        return reason
+
+    def _distrusted(self, reason: str) -> str:
+        """A garbage price: the reader now publishes the last quote flagged bad_answer, so the
+        next valid read is new even if it repeats the last price (a reorg took the bad away)."""
+        if reason in self.distrusting and self._last is not None:
+            self._last = (*self._last[:3], "bad_answer")
         return reason
 
 
