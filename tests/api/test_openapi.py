@@ -236,3 +236,16 @@ async def test_every_stream_frame_validates_against_the_stream_message_schema(
             message.validate(frame)
         except ValidationError as exc:
             raise AssertionError(f"{frame}: {exc.message}") from None
+
+
+def test_every_operation_documents_the_error_shape_for_any_status() -> None:
+    """Each operation has a `default` response with the Error shape: a status it does not list
+    (405 for a wrong method, 500, 413) still has a documented body for generated clients."""
+    missing = [
+        f"{method.upper()} {path}"
+        for path, item in openapi_doc()["paths"].items()
+        for method, op in item.items()
+        if method in METHODS
+        and op["responses"].get("default") != {"$ref": "#/components/responses/Error"}
+    ]
+    assert missing == []
