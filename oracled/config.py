@@ -35,6 +35,7 @@ from oracled.errors import ConfigError
 
 __all__ = [
     "CHAIN_SOURCE_TYPES",
+    "SOURCE_KINDS",
     "ApiConfig",
     "AuditConfig",
     "ChainConfig",
@@ -73,6 +74,15 @@ SOURCE_TYPES: dict[str, str] = {
     "chainlink": "oracled.sources.evm.chainlink:ChainlinkSource",
     "uniswap_v3": "oracled.sources.evm.uniswap_v3:UniswapV3Source",
     "pyth_evm": "oracled.sources.evm.pyth_evm:PythEvmSource",
+}
+#: Instrument kinds each source type serves: the `kinds` its adapter class declares (a test holds
+#: the two equal), here so that checking a config imports no adapter. A market entry of another
+#: kind would only be marked failed when the source starts.
+SOURCE_KINDS: dict[str, frozenset[Literal["spot", "perp"]]] = {
+    **{name: frozenset({"spot"}) for name in SOURCE_TYPES},
+    "okx": frozenset({"spot", "perp"}),
+    "binance_usdm": frozenset({"perp"}),
+    "bybit_linear": frozenset({"perp"}),
 }
 #: Source types read from a chain through its `[chains.<id>]` reader instead of a venue socket.
 CHAIN_SOURCE_TYPES: frozenset[str] = frozenset({"chainlink", "uniswap_v3", "pyth_evm"})
@@ -645,6 +655,7 @@ def _relations(cfg: Config) -> list[str]:
                     f"sources[{seen[key]}] of this market; a venue gets one vote"
                 )
             seen.setdefault(key, j)
+            problems.extend(_unserved_kind(cfg, where, ms))
             p_base, p_quote = ms.pair.split("/")
             if (p_base, p_quote) in ((base, quote), (quote, base)):
                 continue
@@ -683,6 +694,8 @@ def _relations(cfg: Config) -> list[str]:
             )
             if ps.kind != "perp":  # one problem per entry: the first that makes it unusable
                 problems.append(f"{where}.kind: must be perp")
+            elif unserved := _unserved_kind(cfg, where, ps):
+                problems.extend(unserved)
             elif p_base != base:
                 problems.append(f"{where}.pair: {ps.pair} is not a {base} contract")
             elif p_quote != quote and (p_quote, quote) not in routes:
@@ -734,6 +747,19 @@ def _relations(cfg: Config) -> list[str]:
         problems.append("signing: set exactly one of key_file and key_env")
     problems.extend(_push_relations(cfg, set(symbols)))
     return problems
+
+
+def _unserved_kind(cfg: Config, where: str, ms: MarketSource) -> list[str]:
+    """An entry of a kind its venue does not serve (a spot pair on binance_usdm, a perpetual on
+    binance) could never quote: refused here rather than marked failed when the source starts."""
+    src = cfg.sources.get(ms.source)
+    if src is None or ms.kind in SOURCE_KINDS[src.type]:
+        return []
+    served = " and ".join(sorted(SOURCE_KINDS[src.type]))
+    return [
+        f"{where}.kind: source {ms.source!r} ({src.type}) serves no {ms.kind} instruments, "
+        f"only {served}"
+    ]
 
 
 def _pyth_feed_ids(cfg: Config) -> list[str]:

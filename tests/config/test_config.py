@@ -13,7 +13,14 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from oracled.config import Config, load_config, parse_config, parse_listen
+from oracled.config import (
+    SOURCE_KINDS,
+    SOURCE_TYPES,
+    Config,
+    load_config,
+    parse_config,
+    parse_listen,
+)
 from oracled.errors import ConfigError
 
 HERE = Path(__file__).parent
@@ -235,3 +242,14 @@ def test_a_byte_order_mark_is_no_toml_error(tmp_path: Path) -> None:
     path = tmp_path / "bom.toml"
     path.write_bytes(b"\xef\xbb\xbf" + (HERE / "good" / "minimal.toml").read_bytes())
     assert load_config(path, env={}) == load_config(HERE / "good" / "minimal.toml", env={})
+
+
+def test_the_kinds_each_source_type_serves_are_those_its_adapter_declares() -> None:
+    """config.SOURCE_KINDS, which the config checks market entries against without importing
+    any adapter, says for every source type exactly what its adapter's `kinds` says: a venue
+    that gains or loses a kind cannot leave the check behind."""
+    from oracled.sources import source_class
+
+    assert set(SOURCE_KINDS) == set(SOURCE_TYPES)
+    for name in SOURCE_TYPES:
+        assert SOURCE_KINDS[name] == source_class(name).kinds, name

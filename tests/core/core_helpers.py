@@ -37,12 +37,15 @@ def config(
     routes: list[dict[str, str]] | None = None,
     **oracle: Any,
 ) -> Config:
-    """A validated config with every source id used by `markets` declared as a binance source."""
-    ids = sorted({s["source"] for m in markets for s in m["sources"]})
+    """A validated config with every source id used by `markets` declared as a binance source,
+    or as an okx source (which serves spot and perpetuals) when a market lists it among its
+    perp_sources: binance serves no perpetuals, and the config refuses a kind a venue lacks."""
+    perps = {s["source"] for m in markets for s in m.get("perp_sources", ())}
+    ids = sorted({s["source"] for m in markets for s in m["sources"]} | perps)
     return parse_config(
         {
             "oracle": oracle,
-            "sources": {sid: {"type": "binance"} for sid in ids},
+            "sources": {sid: {"type": "okx" if sid in perps else "binance"} for sid in ids},
             "markets": markets,
             "routes": routes or [],
         },

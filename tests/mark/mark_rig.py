@@ -35,7 +35,7 @@ def make_config(*, mark: dict[str, Any] | None = None, perps: bool = True, **mar
     return parse_config(
         {
             "oracle": {"round_interval_ms": 1_000, "resume_rounds": 1},
-            "sources": {s: {"type": "binance"} for s in "abcpq"},
+            "sources": {s: {"type": "okx" if s in "pq" else "binance"} for s in "abcpq"},
             "markets": [
                 {
                     "symbol": "USDT/USD",

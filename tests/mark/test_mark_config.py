@@ -52,7 +52,7 @@ def test_bad_mark_values_are_reported_with_their_key_path(
 def test_a_perp_in_another_quote_currency_needs_a_route() -> None:
     """A BTC/EUR perp on a BTC/USD market without an EUR -> USD route is refused."""
     data: dict[str, Any] = {
-        "sources": {s: {"type": "binance"} for s in "ap"},
+        "sources": {"a": {"type": "binance"}, "p": {"type": "okx"}},
         "markets": [
             {
                 "symbol": "BTC/USD",

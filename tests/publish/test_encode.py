@@ -66,7 +66,10 @@ def make_config(btc_exponent: int = -2) -> Config:
     return parse_config(
         {
             "oracle": {"round_interval_ms": 250, "resume_rounds": 2},
-            "sources": {s: {"type": "binance"} for s in (*SPOT, "p", "q")},
+            "sources": {
+                **{s: {"type": "binance"} for s in SPOT},
+                **{s: {"type": "okx"} for s in ("p", "q")},
+            },
             "markets": markets,
             "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
         },
