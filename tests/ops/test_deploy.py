@@ -27,20 +27,25 @@ API_VERSIONS = {
     "ConfigMap": "v1",
     "Secret": "v1",
     "Service": "v1",
-    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "Service/headless": "v1",
     "PodDisruptionBudget": "policy/v1",
     "ServiceMonitor": "monitoring.coreos.com/v1",
 }
 
 
 def manifests() -> dict[str, dict[str, Any]]:
-    """Every Kubernetes object of deploy/kubernetes by kind (one object of each kind)."""
+    """Every Kubernetes object of deploy/kubernetes by kind (one object of each kind, except the
+    StatefulSet's headless Service, keyed "Service/headless")."""
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     objects: dict[str, dict[str, Any]] = {}
     for name in kustomization["resources"]:
         for doc in yaml.safe_load_all((K8S / name).read_text()):
-            assert doc["kind"] not in objects, f"two {doc['kind']} objects"
-            objects[doc["kind"]] = doc
+            key = doc["kind"]
+            if key == "Service" and doc["spec"].get("clusterIP") == "None":
+                key = "Service/headless"
+            assert key not in objects, f"two {key} objects"
+            objects[key] = doc
     listed = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == set(kustomization["resources"]), "a manifest is missing from kustomization"
     return objects
@@ -56,7 +61,7 @@ def test_every_yaml_file_parses() -> None:
 
 
 def test_kubernetes_objects_have_their_kinds_and_api_versions() -> None:
-    """Deployment, Service, ConfigMap, Secret, PodDisruptionBudget and ServiceMonitor."""
+    """StatefulSet, two Services, ConfigMap, Secret, PodDisruptionBudget and ServiceMonitor."""
     objects = manifests()
     assert {k: o["apiVersion"] for k, o in objects.items()} == API_VERSIONS
     for obj in objects.values():
@@ -67,7 +72,7 @@ def test_kubernetes_objects_have_their_kinds_and_api_versions() -> None:
 def test_deployment_probes_resources_and_security() -> None:
     """Probes hit /healthz and /readyz on the container's port; non-root, read-only, no caps."""
     objects = manifests()
-    spec = objects["Deployment"]["spec"]
+    spec = objects["StatefulSet"]["spec"]
     pod = spec["template"]["spec"]
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
@@ -99,8 +104,8 @@ def test_deployment_probes_resources_and_security() -> None:
 def test_objects_refer_to_each_other() -> None:
     """Service, PDB and ServiceMonitor select the pods; the pod uses the ConfigMap and Secret."""
     objects = manifests()
-    pod_labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
-    container = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    pod_labels = objects["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
+    container = objects["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
     port_names = {p["name"] for p in container["ports"]}
     service = objects["Service"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
@@ -108,13 +113,13 @@ def test_objects_refer_to_each_other() -> None:
     assert service["metadata"]["name"] == "oracled", "the alerts select job=oracled"
     pdb = objects["PodDisruptionBudget"]["spec"]
     assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert pdb["minAvailable"] < objects["Deployment"]["spec"]["replicas"]
+    assert pdb["minAvailable"] < objects["StatefulSet"]["spec"]["replicas"]
     monitor = objects["ServiceMonitor"]["spec"]
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     service_ports = {p["name"] for p in service["spec"]["ports"]}
     assert [e["port"] for e in monitor["endpoints"]] == ["http"] and "http" in service_ports
     assert monitor["endpoints"][0]["path"] == "/metrics"
-    volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    volumes = {v["name"]: v for v in objects["StatefulSet"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["config"]["configMap"]["name"] == objects["ConfigMap"]["metadata"]["name"]
     (env_from,) = container["envFrom"]
     assert env_from["secretRef"]["name"] == objects["Secret"]["metadata"]["name"]
@@ -266,13 +271,80 @@ def test_every_deployment_gives_the_working_directory_a_writable_place() -> None
     oracled = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["oracled"]
     (data,) = [v.split()[0] for v in oracled["volumes"] if v.split(":")[1] == workdir]
     assert data.count(":") == 1 and not data.startswith(".")  # a named volume, writable
-    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
+    spec = manifests()["StatefulSet"]["spec"]
+    pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == workdir]
     assert not mount.get("readOnly", False)
-    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    volumes = pod["volumes"] + [
+        {"name": c["metadata"]["name"], "persistentVolumeClaim": c["spec"]}
+        for c in spec.get("volumeClaimTemplates", [])
+    ]
+    (volume,) = [v for v in volumes if v["name"] == mount["name"]]
     assert "emptyDir" in volume or "persistentVolumeClaim" in volume
     unit = _unit()
     assert unit["ProtectSystem"] == ["strict"]
     assert unit["WorkingDirectory"] == [f"/var/lib/{unit['StateDirectory'][0]}"] == [workdir]
+
+
+_QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes storage quantity ("12Gi", "500M", "1024") in bytes."""
+    match = re.fullmatch(r"(\d+)([KMGT]i|[kMG])?", quantity)
+    assert match, f"not a storage quantity: {quantity}"
+    number, unit = match.groups()
+    return int(number) * (_QUANTITY[unit] if unit else 1)
+
+
+def test_operator_pauses_and_the_audit_trail_outlive_a_rollout_in_kubernetes() -> None:
+    """The working directory, where the pause file (oracle.manual_pauses_file) and the audit
+    trail land, was an emptyDir: every rollout, eviction or node drain lifted every operator
+    pause and lost the trail. Now each replica of a StatefulSet has its own PersistentVolumeClaim
+    there (a volumeClaimTemplate, kept when the pod is replaced), big enough for the trail's
+    max_bytes; the StatefulSet never runs two pods of one identity, so no two processes share a
+    pause file. The example config keeps its pauses in that directory too."""
+    objects = manifests()
+    assert "Deployment" not in objects
+    spec = objects["StatefulSet"]["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    workdir = "/var/lib/oracled"
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == workdir]
+    assert mount["name"] not in {v["name"] for v in pod["volumes"]}, "a pod volume dies with it"
+    (claim,) = [c for c in spec["volumeClaimTemplates"] if c["metadata"]["name"] == mount["name"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    size = _bytes(claim["spec"]["resources"]["requests"]["storage"])
+    example = parse_config(tomllib.loads(objects["ConfigMap"]["data"]["oracled.toml"]), env={})
+    shipped = parse_config(tomllib.loads((ROOT / "config" / "default.toml").read_text()), env={})
+    for cfg in (example, shipped):
+        assert cfg.oracle.manual_pauses_file and cfg.audit.enabled
+        for path in (cfg.oracle.manual_pauses_file, cfg.audit.path):
+            assert not Path(path).is_absolute() or Path(path).parent == Path(workdir)
+        assert size >= cfg.audit.max_bytes * 1.1, "room for the WAL and the pause file"
+    # The pods' own DNS names (oracled-0.oracled-pods) for per-pod admin calls, even unready.
+    headless = objects["Service/headless"]
+    assert spec["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    assert headless["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    # Replicas are independent: one that cannot get ready must not hold back the other's start.
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"]["type"] == "RollingUpdate"
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_prometheus_scrapes_each_pod_once() -> None:
+    """The ServiceMonitor selects exactly one Service (the one named oracled, whose name is the
+    job label the alerts select): also selecting the headless Service would scrape every pod
+    twice, under job="oracled-pods", and double every alert."""
+    objects = manifests()
+    selector = objects["ServiceMonitor"]["spec"]["selector"]["matchLabels"].items()
+    selected = [
+        o["metadata"]["name"]
+        for k, o in objects.items()
+        if k.startswith("Service/") or k == "Service"
+        if selector <= o["metadata"]["labels"].items()
+    ]
+    assert selected == ["oracled"]
