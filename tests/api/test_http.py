@@ -451,3 +451,43 @@ async def test_no_answer_may_be_stored_by_a_cache(client: Client, rig: Rig) -> N
     events = await client.get("/v1/events?markets=BTC-USD")
     assert events.status == 200 and events.headers.get("Cache-Control") == "no-store"
     events.close()
+
+
+async def test_head_answers_like_get_without_the_body_except_on_streams(
+    client: Client, rig: Rig
+) -> None:
+    """HEAD, which every HTTP server must support for what it serves with GET (RFC 9110, 9.1;
+    load balancers and uptime checkers probe with it), answers each plain GET endpoint with the
+    GET answer's status and headers and no body; it used to be a 405 everywhere. The two
+    streams have no representation to describe: HEAD there stays a 405 naming GET."""
+    rig.step()
+    paths = [
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/v1/info",
+        "/v1/prices",
+        "/v1/prices?markets=BTC-USD",
+        "/v1/prices/BTC-USD",
+        "/v1/prices/DOGE-USD",  # an error answers HEAD like GET too
+        "/v1/markets",
+        "/v1/markets/BTC-USD/sources",
+    ]
+    for path in paths:
+        got = await client.get(path)
+        body = await got.read()
+        head = await client.head(path)
+        assert head.status == got.status, path
+        assert await head.read() == b"", path
+        for name in ("Content-Type", "Content-Length", "Cache-Control"):
+            assert head.headers.get(name) == got.headers.get(name), (path, name)
+        assert int(got.headers["Content-Length"]) == len(body), path
+    head = await client.head("/metrics")
+    assert head.status == 200 and head.content_type.startswith("text/plain")
+    assert await head.read() == b""
+    for path in ("/v1/stream", "/v1/events"):
+        head = await client.head(path)
+        assert head.status == 405 and head.headers["Allow"] == "GET", path
+        assert (await head.read()) == b""
+    post = await client.post("/v1/prices")  # a wrong method now names both
+    assert post.status == 405 and set(post.headers["Allow"].split(",")) == {"GET", "HEAD"}
