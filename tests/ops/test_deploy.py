@@ -23,9 +23,9 @@ from oracled.config import parse_config
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
+EXAMPLE_SECRET = K8S / "secret.example.yaml"
 API_VERSIONS = {
     "ConfigMap": "v1",
-    "Secret": "v1",
     "Service": "v1",
     "StatefulSet": "apps/v1",
     "Service/headless": "v1",
@@ -46,9 +46,17 @@ def manifests() -> dict[str, dict[str, Any]]:
                 key = "Service/headless"
             assert key not in objects, f"two {key} objects"
             objects[key] = doc
-    listed = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    listed = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", EXAMPLE_SECRET.name}
     assert listed == set(kustomization["resources"]), "a manifest is missing from kustomization"
     return objects
+
+
+def example_secret() -> dict[str, Any]:
+    """The Secret's example (created out of band, never applied by the kustomization)."""
+    (secret,) = yaml.safe_load_all(EXAMPLE_SECRET.read_text())
+    assert (secret["apiVersion"], secret["kind"]) == ("v1", "Secret")
+    assert secret["metadata"]["labels"]["app.kubernetes.io/name"] == "oracled"
+    return dict(secret)
 
 
 def test_every_yaml_file_parses() -> None:
@@ -61,10 +69,11 @@ def test_every_yaml_file_parses() -> None:
 
 
 def test_kubernetes_objects_have_their_kinds_and_api_versions() -> None:
-    """StatefulSet, two Services, ConfigMap, Secret, PodDisruptionBudget and ServiceMonitor."""
+    """StatefulSet, two Services, ConfigMap, PodDisruptionBudget, ServiceMonitor; the Secret's
+    example is a v1 Secret too."""
     objects = manifests()
     assert {k: o["apiVersion"] for k, o in objects.items()} == API_VERSIONS
-    for obj in objects.values():
+    for obj in [*objects.values(), example_secret()]:
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", obj["metadata"]["name"])
         assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "oracled"
 
@@ -122,12 +131,12 @@ def test_objects_refer_to_each_other() -> None:
     volumes = {v["name"]: v for v in objects["StatefulSet"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["config"]["configMap"]["name"] == objects["ConfigMap"]["metadata"]["name"]
     (env_from,) = container["envFrom"]
-    assert env_from["secretRef"]["name"] == objects["Secret"]["metadata"]["name"]
+    assert env_from["secretRef"]["name"] == example_secret()["metadata"]["name"]
 
 
 def test_secret_holds_the_admin_token_and_signing_key_and_the_config_is_valid() -> None:
     """The Secret has both keys; the ConfigMap's file passes the daemon's own validation."""
-    objects = manifests()
+    objects = manifests() | {"Secret": example_secret()}
     assert set(objects["Secret"]["stringData"]) == {"ORACLED_ADMIN_TOKEN", "ORACLED_SIGNING_KEY"}
     text = objects["ConfigMap"]["data"]["oracled.toml"]
     cfg = parse_config(tomllib.loads(text), env={})
@@ -139,8 +148,9 @@ def test_the_secret_applied_as_shipped_leaves_the_admin_endpoints_off() -> None:
     """`kubectl apply -k deploy/kubernetes` applies the Secret as it is in the repository: its
     admin token was a placeholder of 35 characters, accepted, so every such cluster's admin
     endpoints (pause, resume, reload) answered to a token anyone can read here. Now it is empty:
-    admin stays off until the operator puts a token of their own."""
-    objects = manifests()
+    admin stays off until the operator puts a token of their own. (The kustomization no longer
+    applies it at all; the example, applied as it is with `kubectl apply -f`, still holds this.)"""
+    objects = manifests() | {"Secret": example_secret()}
     env = {k: str(v) for k, v in objects["Secret"]["stringData"].items()}
     cfg = parse_config(tomllib.loads(objects["ConfigMap"]["data"]["oracled.toml"]), env=env)
     assert cfg.admin_token is None
@@ -348,3 +358,22 @@ def test_prometheus_scrapes_each_pod_once() -> None:
         if selector <= o["metadata"]["labels"].items()
     ]
     assert selected == ["oracled"]
+
+
+def test_applying_the_kustomization_never_overwrites_the_operators_secret() -> None:
+    """The kustomization applied the placeholder Secret: an operator who had created the real one
+    out of band, as the file says, had it overwritten by every `kubectl apply -k` (a config
+    change, an image bump), the admin token emptied (admin off) and the signing key replaced by
+    a placeholder. Now no Secret is among the applied objects; the pods still require the one
+    the example names (not optional: a missing Secret stops the pod instead of starting it
+    without the operator's keys)."""
+    objects = manifests()
+    assert "Secret" not in objects
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert not {"secretGenerator", "generators"} & set(kustomization)
+    assert EXAMPLE_SECRET.name not in kustomization["resources"]
+    (container,) = objects["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    (env_from,) = container["envFrom"]
+    assert env_from["secretRef"]["name"] == example_secret()["metadata"]["name"]
+    assert not env_from["secretRef"].get("optional", False)
+    assert "kubectl create secret generic oracled-secrets" in EXAMPLE_SECRET.read_text()
