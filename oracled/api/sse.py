@@ -12,6 +12,7 @@ freed at once, as on the WebSocket stream.
 from __future__ import annotations
 
 import asyncio
+import re
 
 from aiohttp import web
 
@@ -29,6 +30,18 @@ _HEADERS = {
     "Cache-Control": NO_STORE,
     "X-Accel-Buffering": "no",  # tell reverse proxies not to buffer the stream
 }
+
+
+# float() and int() also read `1_000`, spaces, a sign and any script's digits: a number in a
+# query is plain ASCII, as the document's integer and number types say.
+_DIGITS = re.compile(r"[0-9]{1,9}")
+_DECIMAL = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+
+
+def _plain(pattern: re.Pattern[str], text: str) -> str:
+    if pattern.fullmatch(text) is None:
+        raise ValueError(text)
+    return text
 
 
 class SseHandler:
@@ -55,12 +68,12 @@ class SseHandler:
             options["signed"] = signed == "true"
         try:
             if "deviation" in query:
-                deviation = float(query["deviation"])
+                deviation = float(_plain(_DECIMAL, query["deviation"]))
                 if not 0.0 < deviation < 1.0:
                     raise ValueError
                 options["deviation"] = deviation
             if "heartbeat_ms" in query:
-                heartbeat = int(query["heartbeat_ms"])
+                heartbeat = int(_plain(_DIGITS, query["heartbeat_ms"]))
                 if not 1 <= heartbeat <= 86_400_000:
                     raise ValueError
                 options["heartbeat_ms"] = heartbeat

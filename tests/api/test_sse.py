@@ -109,3 +109,31 @@ async def test_a_shutdown_ends_the_stream_with_an_error_event_coded_shutdown(
         assert frame["message"] == "server shutting down"
         assert rig.hub.subscribers == 0
         resp.close()
+
+
+async def test_numeric_options_are_plain_ascii_numbers(client: Client, rig: Rig) -> None:
+    """heartbeat_ms and deviation take plain ASCII numbers only, as the document's integer and
+    number types say: Python's own int() and float() also took `1_000`, ` 1000`, `+1000` and
+    Arabic-Indic or full-width digits, so a typo or a mangled query became a subscription."""
+    rig.step()
+    refused = [
+        "heartbeat_ms=1_000",
+        "heartbeat_ms=%201000",
+        "heartbeat_ms=%2B1000",
+        "heartbeat_ms=%D9%A5",  # ARABIC-INDIC DIGIT FIVE
+        "heartbeat_ms=%EF%BC%95",  # FULLWIDTH DIGIT FIVE
+        "heartbeat_ms=5.0",
+        "deviation=0.0_1",
+        "deviation=%200.01",
+        "deviation=%D9%A0.%D9%A1",
+        "deviation=nan",
+        "deviation=0x1p-4",
+    ]
+    for query in refused:
+        resp = await client.get(f"/v1/events?markets=BTC-USD&{query}")
+        assert resp.status == 400, query
+        assert (await resp.json())["error"]["code"] == "bad_query", query
+    for query in ("heartbeat_ms=1000", "deviation=0.01", "deviation=.5", "deviation=1e-3"):
+        resp = await client.get(f"/v1/events?markets=BTC-USD&{query}")
+        assert resp.status == 200, query
+        resp.close()
