@@ -20,6 +20,7 @@ import yaml
 from catalogue import ROOT
 
 from oracled.config import parse_config
+from oracled.service import SHUTDOWN_BUDGET_S
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
@@ -377,3 +378,39 @@ def test_applying_the_kustomization_never_overwrites_the_operators_secret() -> N
     assert env_from["secretRef"]["name"] == example_secret()["metadata"]["name"]
     assert not env_from["secretRef"].get("optional", False)
     assert "kubectl create secret generic oracled-secrets" in EXAMPLE_SECRET.read_text()
+
+
+def _seconds(duration: str) -> float:
+    """A compose or systemd duration ("10s", "1m30s", "90") in seconds."""
+    units = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration.replace(" ", ""), duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_every_deployment_gives_the_daemon_its_shutdown_budget_and_kubernetes_drains_first() -> None:
+    """SIGTERM stops the daemon within SHUTDOWN_BUDGET_S (tests/integration/test_daemon.py
+    proves the daemon's side): each deployment waits longer before SIGKILL, so the audit trail's
+    last batch and the pause file are closed, not cut off. In Kubernetes the pod also waited for
+    nothing before its SIGTERM, which closes the listener at once, while the Service and the
+    other nodes' proxies still sent it requests for a moment (endpoint removal is asynchronous):
+    every rollout refused some connections. Now a preStop hook keeps it serving a few seconds
+    first, and the grace period covers both."""
+    margin = 2.0  # the interpreter's own exit after the budget
+    pod = manifests()["StatefulSet"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["python", "-c"], "the image's own interpreter, as its HEALTHCHECK"
+    sleep = re.fullmatch(r"import time; time\.sleep\((\d+)\)", command[2])
+    assert sleep, command
+    delay = int(sleep[1])
+    assert 3 <= delay <= 10
+    assert pod["terminationGracePeriodSeconds"] >= delay + SHUTDOWN_BUDGET_S + margin
+    oracled = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["oracled"]
+    assert _seconds(oracled["stop_grace_period"]) >= SHUTDOWN_BUDGET_S + margin
+    assert oracled.get("stop_signal", "SIGTERM") == "SIGTERM"
+    unit = _unit()
+    assert unit["KillSignal"] == ["SIGTERM"]
+    assert _seconds(unit["TimeoutStopSec"][0]) >= SHUTDOWN_BUDGET_S + margin
+    lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    assert "STOPSIGNAL SIGTERM" in lines
