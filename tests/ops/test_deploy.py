@@ -388,7 +388,7 @@ def _seconds(duration: str) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
-def test_every_deployment_gives_the_daemon_its_shutdown_budget_and_kubernetes_drains_first() -> None:
+def test_deployments_give_the_shutdown_budget_and_kubernetes_drains_first() -> None:
     """SIGTERM stops the daemon within SHUTDOWN_BUDGET_S (tests/integration/test_daemon.py
     proves the daemon's side): each deployment waits longer before SIGKILL, so the audit trail's
     last batch and the pause file are closed, not cut off. In Kubernetes the pod also waited for
