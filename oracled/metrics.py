@@ -315,6 +315,11 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
         "behind.",
         labels=["chain", "endpoint", "kind"],
     )
+    spot_gaps = CounterMetricFamily(
+        "oracled_chain_spot_gaps",
+        "Uniswap v3 reads whose slot0 spot was beyond max_spot_deviation from the TWAP.",
+        labels=["chain", "source", "pair"],
+    )
     sequencer = GaugeMetricFamily(
         "oracled_chain_sequencer_up",
         "L2 chains with a sequencer feed: 1 while up and past its grace period, else 0.",
@@ -334,9 +339,12 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
             requests.add_metric([st.chain, ep.name], ep.requests)
             for kind in _RPC_ERROR_KINDS:
                 errors.add_metric([st.chain, ep.name, kind], ep.by_kind.get(kind, 0))
+        for (source, pair), gaps in sorted(st.spot_gaps.items()):
+            spot_gaps.add_metric([st.chain, source, pair], gaps)
         if st.sequencer_up is not None:
             sequencer.add_metric(name, 1.0 if st.sequencer_up else 0.0)
-    yield from (head, age, *counters.values(), refused, failovers, requests, errors, sequencer)
+    yield from (head, age, *counters.values(), refused, failovers, requests, errors, spot_gaps,
+                sequencer)  # fmt: skip
 
 
 class _StateCollector:

@@ -110,7 +110,7 @@ async def test_daemon_prices_from_chain_and_venues_together(
     """With a node mining every second, the daemon's ETH/USD report is active and uses all five
     sources: Chainlink (3000.00), the Uniswap pool's TWAP (3000 to a tick) and Pyth
     (3000.12 +- 0.015) read on chain in one call per block, and two venues at 3000; its metrics
-    show the chain reader following the node."""
+    show the chain reader following the node, and the pool's spot-gap counter at 0."""
     started = int(time.time())
     node = start_anvil(tmp_path / "anvil.log", "--timestamp", str(started - 600))
     daemon: Daemon | None = None
@@ -156,6 +156,10 @@ async def test_daemon_prices_from_chain_and_venues_together(
         assert blocks >= 3
         assert abs(trips - blocks) <= 1  # a scrape may fall between a read's two counters
         assert later["head_block"] >= first["head_block"] + 3
+        # The pool's TWAP/slot0 cross-check is exported from its start (resting pool: no gap).
+        _, text = await daemon.get("/metrics")
+        gaps = 'oracled_chain_spot_gaps_total{chain="local",pair="ETH/USD",source="uni"} 0.0'
+        assert gaps in text.splitlines()
     finally:
         if daemon is not None:
             await daemon.close()

@@ -26,7 +26,7 @@ from chain_rig import (
     slot0_tick,
     swap,
 )
-from reading import make_reader
+from reading import make_reader, watch
 from structlog.testing import capture_logs
 
 from oracled.clock import SystemClock
@@ -279,3 +279,32 @@ async def test_the_source_reads_its_pool_through_the_chain_reader(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_spot_gaps_are_counted_on_the_chain_reader_for_the_metrics(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, tokens: Tokens, snapshot: Deployed
+) -> None:
+    """The reader keeps each pool's TWAP/slot0 gap count in its stats (what
+    `oracled_chain_spot_gaps_total` exports): 0 from registration, one more per block read with
+    the spot beyond max_spot_deviation, and gone when the feed is unregistered."""
+    pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_above, "3000", liquidity=10**17)
+    await chain.warp(2 * WINDOW)
+    reader = make_reader([anvil.url], http)
+    feed = feed_for(pool, tokens.weth, min_liquidity=10**16)
+    got = watch(reader, feed)
+    assert reader.stats.spot_gaps == {("uniswap", "ETH/USD"): 0}
+    assert await reader.poll_once()
+    assert reader.stats.spot_gaps == {("uniswap", "ETH/USD"): 0}
+    await swap(chain, tokens, pool.address, False, 270_000 * 10**6)  # slot0 about 10 % up
+    await chain.warp(60)
+    assert await reader.poll_once()
+    await chain.mine()
+    assert await reader.poll_once()
+    assert len(got.quotes) == 3
+    assert (
+        reader.stats.spot_gaps
+        == {("uniswap", "ETH/USD"): 2}
+        == {("uniswap", "ETH/USD"): feed.spot_gaps}
+    )
+    reader.unregister(feed)
+    assert reader.stats.spot_gaps == {}

@@ -82,6 +82,7 @@ def chain_stats() -> ChainStats:
         old_blocks=1,
         disagreements=1,
         sequencer_up=True,
+        spot_gaps={("uni", "ETH/USDC"): 2},
         last_block=1_234,
         last_block_ts=T0 // 1000,
         endpoints=[EndpointStats("http://127.0.0.1:8545", requests=8), second],

@@ -80,6 +80,8 @@ class ChainStats:
     superseded: int = 0  # newHeads: heads passed over for a newer one while a read was slow
     disagreements: int = 0  # cross-check: two endpoints answered differently
     sequencer_up: bool | None = None
+    #: (source, pair) -> reads whose spot parted from the TWAP (Uniswap feeds only)
+    spot_gaps: dict[tuple[str, str], int] = field(default_factory=dict)
     last_block: int | None = None
     last_block_ts: int | None = None
     endpoints: list[EndpointStats] = field(default_factory=list)
@@ -174,12 +176,21 @@ class ChainReader:
     # -- feeds ----------------------------------------------------------------------------
     def register(self, feed: Feed, emit: Callable[[Quote], None], stats: SourceStats) -> None:
         """Read `feed` from the next block on; its quotes go to `emit`, its drops to `stats`."""
-        self._slots.append(_Slot(feed, emit, stats))
+        slot = _Slot(feed, emit, stats)
+        self._slots.append(slot)
         self._calldata = None
+        self._count_gaps(slot)
 
     def unregister(self, feed: Feed) -> None:
         self._slots = [s for s in self._slots if s.feed is not feed]
         self._calldata = None
+        self.stats.spot_gaps.pop((feed.source_id, feed.pair), None)
+
+    def _count_gaps(self, slot: _Slot) -> None:
+        """Copy a feed's spot-gap count into the chain's stats, where the metrics read it."""
+        gaps = slot.feed.spot_gap_count()
+        if gaps is not None:
+            self.stats.spot_gaps[(slot.feed.source_id, slot.feed.pair)] = gaps
 
     def _layout(self) -> bytes:
         """The aggregate3 calldata for all feeds; rebuilt only when a feed's calls changed."""
@@ -393,6 +404,7 @@ class ChainReader:
                 slot.stats.dropped["decode_error"] += 1
                 self._reject("feed decode failed", feed=slot.feed.pair, error=str(exc)[:200])
                 continue
+            self._count_gaps(slot)
             if out is None:
                 if slot.feed.calls() is not slot.calls:
                     pending.append(slot)

@@ -69,6 +69,11 @@ class Feed(abc.ABC):
         self.source_id = source_id
         self.pair = pair
 
+    def spot_gap_count(self) -> int | None:
+        """Reads whose second view of the value parted from the first (Uniswap: slot0 against
+        the TWAP), exported per feed; None for a feed without such a cross-check."""
+        return None
+
     @abc.abstractmethod
     def calls(self) -> Sequence[Call]:
         """The reads this feed needs each block, pre-encoded."""

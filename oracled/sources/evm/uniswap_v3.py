@@ -294,6 +294,9 @@ class UniswapV3Feed(Feed):
             max_spot_deviation=spec.max_spot_deviation or DEFAULT_MAX_SPOT_DEVIATION,
         )
 
+    def spot_gap_count(self) -> int | None:
+        return self.spot_gaps
+
     def calls(self) -> Sequence[Call]:
         return self._calls
 
