@@ -1,7 +1,8 @@
 """The `oracled` command: run | check-config | replay | record | demo | margin | stress | scenario.
 
 Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage, 3 replay finished but the
-tape had malformed lines (reported on stderr).
+tape had malformed lines (reported on stderr). Config warnings (`config.config_warnings`) are no
+failure: check-config prints them on stderr and exits 0, run logs them at start-up.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from types import FrameType
 import structlog
 
 from oracled import __version__
-from oracled.config import Config, load_config, parse_listen
+from oracled.config import Config, config_warnings, load_config, parse_listen
 from oracled.errors import ConfigError, TapeError
 from oracled.logs import setup_logging
 
@@ -115,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
 def _load(path: Path) -> Config:
     cfg = load_config(path)
     setup_logging(cfg.log.level, cfg.log.format)
+    log = structlog.get_logger("oracled")
+    for warning in config_warnings(cfg):  # the same lines check-config prints
+        key, _, text = warning.partition(": ")
+        log.warning("config warning", key=key, warning=text)
     return cfg
 
 
@@ -128,6 +133,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     sources = sum(1 for s in cfg.sources.values() if s.enabled)
     print(f"{args.file}: ok ({len(cfg.markets)} markets, {sources} enabled sources)")
+    for warning in config_warnings(cfg):  # not problems: the file is valid, exit 0
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "SequencerConfig",
     "SigningConfig",
     "SourceConfig",
+    "config_warnings",
     "load_config",
     "parse_config",
     "parse_listen",
@@ -973,6 +974,44 @@ def _without_dark_chains(
         else:
             out.append(market.model_copy(update={"sources": kept}))
     return tuple(out)
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Settings that load but most likely do not do what was meant, each as ``<key>: <text>``.
+
+    Not problems: each one has a use (a reload that disables a venue mid-incident leaves its
+    markets short of their quorum), so refusing it would block that. `oracled check-config`
+    prints them and `oracled run` logs them at start-up.
+    """
+    return _disabled_with_settings(cfg)
+
+
+def _disabled_with_settings(cfg: Config) -> list[str]:
+    """A publishing table given settings but left `enabled = false` (its default): easy to miss,
+    and then nothing is signed, sent or kept, silently."""
+    out: list[str] = []
+    tables: tuple[tuple[str, BaseModel], ...] = (
+        ("signing", cfg.signing),
+        ("nats", cfg.nats),
+        ("push", cfg.push),
+        ("audit", cfg.audit),
+    )
+    for name, table in tables:
+        if getattr(table, "enabled", True):
+            continue
+        # by value, not by presence: a config dumped whole (oracled.sim) holds every default
+        given = [
+            key
+            for key, field in type(table).model_fields.items()
+            if key != "enabled"
+            and getattr(table, key) != field.get_default(call_default_factory=True)
+        ]
+        if given:
+            out.append(
+                f"{name}.enabled: false, yet {', '.join(given)} set: [{name}] stays off "
+                "(set enabled = true to use it, or remove its settings)"
+            )
+    return out
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -21,6 +23,31 @@ sources = [
   { source = "binance", pair = "BTC/USDT", weight = 0 },
 ]
 """
+
+
+# Valid, with one setting that most likely does not do what was meant (a warning, not a problem);
+# the source points at a closed loopback port, so `oracled run` dials nothing outside.
+WARNED = """
+[log]
+format = "json"
+
+[nats]
+servers = ["nats://127.0.0.1:4333"]
+
+[sources.binance]
+type = "binance"
+ws_url = "ws://127.0.0.1:9/ws"
+rest_url = "http://127.0.0.1:9"
+
+[[markets]]
+symbol = "BTC/USDT"
+min_sources = 1
+sources = [{ source = "binance", pair = "BTC/USDT" }]
+"""
+NATS_WARNING = (
+    "nats.enabled: false, yet servers set: [nats] stays off "
+    "(set enabled = true to use it, or remove its settings)"
+)
 
 
 TAPE = (
@@ -74,6 +101,55 @@ def test_run_refuses_an_invalid_config_with_the_same_messages(tmp_path: Path) ->
     assert "refusing to start" in proc.stderr
     assert "markets[0].min_sources: 5 exceeds the 2 source(s) listed" in proc.stderr
     assert "markets[0].sources[1].pair: no route converts USDT to USD" in proc.stderr
+
+
+def test_check_config_prints_warnings_on_stderr_and_still_exits_0(tmp_path: Path) -> None:
+    """A valid file with a doubtful setting: the ok line on stdout, then one
+    `warning: <key>: <text>` line per warning on stderr, and exit 0 (it is no problem)."""
+    warned = tmp_path / "warned.toml"
+    warned.write_text(WARNED)
+    proc = _oracled("check-config", str(warned))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{warned}: ok (1 markets, 1 enabled sources)\n"
+    assert proc.stderr.splitlines() == [f"warning: {NATS_WARNING}"]
+    clean = tmp_path / "clean.toml"
+    clean.write_text(WARNED.replace('servers = ["nats://127.0.0.1:4333"]', ""))
+    proc = _oracled("check-config", str(clean))
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_run_logs_the_config_warnings_at_start_up(tmp_path: Path) -> None:
+    """`oracled run` logs each warning check-config prints, as a `config warning` line with
+    the key and the text, and starts anyway."""
+    warned = tmp_path / "warned.toml"
+    warned.write_text(WARNED)
+    argv = [sys.executable, "-m", "oracled.cli", "run", "--config", str(warned)]
+    proc = subprocess.Popen(
+        [*argv, "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, cwd=tmp_path, text=True
+    )
+    assert proc.stderr is not None
+    seen: list[dict[str, object]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and not any(
+            e.get("event") == "config warning" for e in seen
+        ):
+            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+            if not ready:
+                continue
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(json.loads(line))
+        assert proc.poll() is None, "the daemon stopped"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    warnings = [e for e in seen if e.get("event") == "config warning"]
+    assert [(e["key"], e["warning"], e["level"]) for e in warnings] == [
+        ("nats.enabled", NATS_WARNING.removeprefix("nats.enabled: "), "warning")
+    ]
 
 
 def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from oracled.config import (
     SOURCE_KINDS,
     SOURCE_TYPES,
     Config,
+    config_warnings,
     load_config,
     parse_config,
     parse_listen,
@@ -26,6 +27,7 @@ from oracled.errors import ConfigError
 HERE = Path(__file__).parent
 BAD = sorted((HERE / "bad").glob("*.toml"))
 GOOD = sorted((HERE / "good").glob("*.toml"))
+WARN = sorted((HERE / "warn").glob("*.toml"))
 TOKEN = "s3cret-admin-token-0123456789"
 
 
@@ -253,3 +255,25 @@ def test_the_kinds_each_source_type_serves_are_those_its_adapter_declares() -> N
     assert set(SOURCE_KINDS) == set(SOURCE_TYPES)
     for name in SOURCE_TYPES:
         assert SOURCE_KINDS[name] == source_class(name).kinds, name
+
+
+@pytest.mark.parametrize("path", WARN, ids=[p.stem for p in WARN])
+def test_a_config_that_loads_gives_exactly_its_warnings(path: Path) -> None:
+    """Each file under warn/ loads (its settings have a use, so they are not refused) and gives
+    exactly the warnings its ``# warn: <key>: <text>`` header lines state, in order; a file
+    stating none gives none."""
+    expected = [
+        line.removeprefix("# warn: ")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.startswith("# warn: ")
+    ]
+    assert config_warnings(load_config(path, env={})) == expected
+
+
+@pytest.mark.parametrize(
+    "path", [*GOOD, HERE.parents[1] / "config" / "default.toml"], ids=lambda p: p.stem
+)
+def test_the_good_configs_and_the_shipped_one_give_no_warning(path: Path) -> None:
+    """What is shipped and what is meant as a good example must not teach operators to ignore
+    warnings: none of them gives one."""
+    assert config_warnings(load_config(path, env={})) == []
