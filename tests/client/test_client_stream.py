@@ -1,0 +1,190 @@
+"""Subscriptions: the subscribe requests of one consumer of `WS /v1/stream`, without a socket.
+
+Each test plays the daemon's answers (one per request, in order) and checks what the component
+says to send and what it says changed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from oracled.client_stream import MAX_REQUEST, Refusal, Subscriptions
+
+
+def test_none_asks_for_every_market_and_an_empty_list_for_none() -> None:
+    """None is one request without names (every market); an empty list sends no request."""
+    assert Subscriptions(None).start() == [None]
+    assert Subscriptions([]).start() == []
+
+
+def test_names_are_sent_canonical_once_each_in_their_order() -> None:
+    """`sol-usd` is asked for as SOL/USD, as the daemon's answers name it; a repeat is dropped
+    and a name that cannot be a market is sent as given (for the daemon to refuse)."""
+    subs = Subscriptions(["sol-usd", "BTC/USD", "SOL/USD", "nope"])
+    assert subs.start() == [("SOL/USD", "BTC/USD", "nope")]
+
+
+def test_requests_hold_at_most_the_daemons_limit_of_markets() -> None:
+    """600 markets go out as requests of 256, 256 and 88, in order."""
+    markets = [f"M{i}/USD" for i in range(600)]
+    requests = Subscriptions(markets).start()
+    assert [len(r or ()) for r in requests] == [MAX_REQUEST, MAX_REQUEST, 88]
+    assert [m for r in requests for m in r or ()] == markets
+
+
+def test_a_request_of_several_refused_for_a_market_is_asked_again_market_by_market() -> None:
+    """`unknown_market` answering a request of three: each market is asked for alone, none is
+    unavailable yet; then the answers to those three requests are read in order, so only the
+    market refused alone becomes unavailable, with the daemon's code."""
+    subs = Subscriptions(["BTC/USD", "NOPE/USD", "ETH/USD"])
+    subs.start()
+    split = subs.refused("unknown_market")
+    assert split == Refusal(
+        "unknown_market",
+        "split",
+        ("BTC/USD", "NOPE/USD", "ETH/USD"),
+        (("BTC/USD",), ("NOPE/USD",), ("ETH/USD",)),
+    )
+    assert subs.unavailable == {}
+    assert subs.acked(["BTC/USD"]) == []
+    alone = subs.refused("unknown_market")
+    assert alone == Refusal("unknown_market", "unavailable", ("NOPE/USD",))
+    assert subs.acked(["BTC/USD", "ETH/USD"]) == []
+    assert subs.unavailable == {"NOPE/USD": "unknown_market"}
+
+
+def test_a_name_that_is_no_market_splits_a_request_too() -> None:
+    """`bad_query` (a name the daemon cannot read) concerns one market as well: split, then the
+    market refused alone is unavailable with `bad_query`."""
+    subs = Subscriptions(["BTC/USD", "nope"])
+    subs.start()
+    assert subs.refused("bad_query").kind == "split"
+    subs.acked(["BTC/USD"])
+    assert subs.refused("bad_query").markets == ("nope",)
+    assert subs.unavailable == {"nope": "bad_query"}
+
+
+@pytest.mark.parametrize("markets", [["BTC/USD", "ETH/USD"], ["BTC/USD"], None])
+def test_a_refusal_of_the_whole_request_is_an_error_not_a_split(
+    markets: list[str] | None,
+) -> None:
+    """`signing_disabled` would refuse each market alone just the same: it is an error to log,
+    nothing is asked again and no market is called unavailable."""
+    subs = Subscriptions(markets)
+    subs.start()
+    assert subs.refused("signing_disabled") == Refusal("signing_disabled", "error")
+    assert subs.unavailable == {}
+    assert subs.retry() == []
+
+
+def test_an_error_answering_no_request_is_an_error() -> None:
+    """An error frame with no request waiting (a confused daemon) is an error, and changes
+    nothing."""
+    subs = Subscriptions(["BTC/USD"])
+    assert subs.refused("unknown_market") == Refusal("unknown_market", "error")
+    assert subs.unavailable == {}
+
+
+def test_market_removed_answers_no_request() -> None:
+    """`market_removed` names its markets and answers no request: they are unavailable with
+    that code, and the next answer still pairs with the oldest request."""
+    subs = Subscriptions(["BTC/USD", "SOL/USD", "NOPE/USD"])
+    subs.start()  # one request of three, not answered yet
+    removed = subs.refused("market_removed", ["SOL/USD"])
+    assert removed == Refusal("market_removed", "unavailable", ("SOL/USD",))
+    assert subs.refused("unknown_market").kind == "split"  # it answers the request of three
+    assert subs.unavailable == {"SOL/USD": "market_removed"}
+
+
+def test_market_removed_naming_no_market_is_an_error() -> None:
+    """A `market_removed` frame without markets is logged as an error, not silently dropped."""
+    subs = Subscriptions(["BTC/USD"])
+    assert subs.refused("market_removed", []).kind == "error"
+
+
+def test_unavailable_markets_are_retried_one_by_one_and_a_refused_retry_says_nothing() -> None:
+    """`retry` asks for each unavailable market alone; refused again, it is `repeated` (not to
+    be logged or counted again) and keeps its first code; a market whose retry is unanswered is
+    not asked twice, and is once answered."""
+    subs = Subscriptions(["BTC/USD", "SOL/USD", "ETH/USD"])
+    subs.start()
+    subs.acked(["BTC/USD", "SOL/USD", "ETH/USD"])
+    subs.refused("market_removed", ["SOL/USD", "ETH/USD"])
+    assert subs.retry() == [("SOL/USD",), ("ETH/USD",)]
+    assert subs.retry() == []  # both still unanswered
+    assert subs.refused("unknown_market") == Refusal("unknown_market", "repeated")
+    assert subs.retry() == [("SOL/USD",)]  # ETH/USD's retry is still out
+    assert subs.refused("unknown_market").kind == "repeated"  # ETH/USD's
+    assert subs.refused("unknown_market").kind == "repeated"  # SOL/USD's second
+    assert subs.unavailable == {"SOL/USD": "market_removed", "ETH/USD": "market_removed"}
+
+
+def test_a_retry_refused_for_another_reason_says_nothing_either() -> None:
+    """A retry refused with a code about the request (`bad_request`) while its market is still
+    unavailable is `repeated` too: a retry every `retry_s` must not log a line each time."""
+    subs = Subscriptions(["SOL/USD"])
+    subs.start()
+    subs.refused("unknown_market")
+    subs.retry()
+    assert subs.refused("bad_request").kind == "repeated"
+    assert subs.unavailable == {"SOL/USD": "unknown_market"}
+
+
+def test_an_ack_listing_a_market_makes_it_available_again() -> None:
+    """An ack lists the connection's whole set: an unavailable market in it is served again
+    (returned once), one not in it stays unavailable and is still retried."""
+    subs = Subscriptions(["BTC/USD", "SOL/USD", "ETH/USD"])
+    subs.start()
+    subs.acked(["BTC/USD", "SOL/USD", "ETH/USD"])
+    subs.refused("market_removed", ["SOL/USD", "ETH/USD"])
+    subs.retry()
+    assert subs.acked(["BTC/USD", "SOL/USD"]) == ["SOL/USD"]  # SOL/USD's retry
+    assert subs.refused("unknown_market").kind == "repeated"  # ETH/USD's retry
+    assert subs.unavailable == {"ETH/USD": "market_removed"}
+    assert subs.retry() == [("ETH/USD",)]
+
+
+def test_a_report_of_a_market_makes_it_available_again() -> None:
+    """A report of an unavailable market says the daemon has it: True the first time only."""
+    subs = Subscriptions(["SOL/USD"])
+    subs.refused("market_removed", ["SOL/USD"])
+    assert subs.reported("SOL/USD") is True
+    assert subs.reported("SOL/USD") is False
+    assert subs.unavailable == {}
+
+
+def test_a_new_connection_forgets_unanswered_requests_but_not_unavailable_markets() -> None:
+    """`start` drops the requests the old connection never answered (their answers will not
+    come); unavailable markets stay so, and refused again on the new connection they are
+    `repeated`, not a new unavailability to log."""
+    subs = Subscriptions(["BTC/USD", "NOPE/USD"])
+    subs.start()
+    subs.refused("unknown_market")
+    subs.acked(["BTC/USD"])
+    subs.refused("unknown_market")
+    subs.retry()  # lost with the connection
+    assert subs.start() == [("BTC/USD", "NOPE/USD")]
+    assert subs.retry() == [("NOPE/USD",)]  # the lost retry no longer holds it back
+    assert subs.refused("unknown_market").kind == "split"  # answers the first request
+    subs.refused("unknown_market")  # the retry, refused again
+    subs.acked(["BTC/USD"])
+    assert subs.refused("unknown_market") == Refusal("unknown_market", "repeated")
+    assert subs.unavailable == {"NOPE/USD": "unknown_market"}
+
+
+def test_every_market_subscribed_comes_back_by_the_ack_of_a_retry() -> None:
+    """Subscribed to every market, a removed market is unavailable; its retry's ack (the
+    connection's whole set, every market) lists it once a reload adds it back."""
+    subs = Subscriptions(None)
+    subs.start()
+    subs.acked(["BTC/USD", "SOL/USD"])
+    subs.refused("market_removed", ["SOL/USD"])
+    assert subs.retry() == [("SOL/USD",)]
+    assert subs.acked(["BTC/USD", "SOL/USD"]) == ["SOL/USD"]
+
+
+def test_the_unavailable_view_cannot_be_changed_by_a_caller() -> None:
+    """`unavailable` is a read-only view: only the daemon's answers change it."""
+    subs = Subscriptions(["SOL/USD"])
+    with pytest.raises(TypeError):
+        subs.unavailable["SOL/USD"] = "x"  # type: ignore[index]
