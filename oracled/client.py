@@ -51,7 +51,7 @@ import msgspec
 import structlog
 from eth_utils.address import to_checksum_address
 
-from oracled.model import market_name
+from oracled.client_stream import Request, Subscriptions
 from oracled.publish.signer import (
     SignatureError,
     SignedPrice,
@@ -122,12 +122,6 @@ class _AckFrame(msgspec.Struct):
     """`{"type": "subscribed", "markets": [...]}`: the connection's whole set now."""
 
     markets: list[str] = msgspec.field(default_factory=list)
-
-
-_MAX_REQUEST = 256  # markets in one subscribe request: the daemon refuses more
-# Refusals that concern the markets named, not the request: ask for each market alone.
-_PER_MARKET = frozenset({"unknown_market", "bad_query"})
-_MARKET_REMOVED = "market_removed"  # the one error frame that answers no request
 
 
 _FRAME = msgspec.json.Decoder(_Frame)
@@ -265,11 +259,6 @@ class _Seen:
     reports: dict[int, SignedPrice] = field(default_factory=dict)
 
 
-def _canonical(market: str) -> str:
-    """`btc-usd` -> `BTC/USD`; a name that cannot be a market is sent as given (and refused)."""
-    return market_name(market) or market
-
-
 def _median(values: list[Decimal]) -> Decimal:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -319,7 +308,7 @@ class OracleClient:
         # Error frames a daemon sent on `watch_ws` (a refused subscription), by code.
         self.stream_errors: Counter[str] = Counter()
         # Per daemon URL, the markets `watch_ws` asked for that it refused or removed, by code.
-        self.unavailable: dict[str, dict[str, str]] = {}
+        self.unavailable: dict[str, Mapping[str, str]] = {}
 
     # -- verification ---------------------------------------------------------------------
 
@@ -456,24 +445,26 @@ class OracleClient:
         host gone, a network cut that sent no close) is dropped and made again, not waited on.
         A refused request (an error frame: `signing_disabled`, `unknown_market`...) is logged and
         counted in `stream_errors` by its code. The daemon refuses a whole request for one
-        market it does not have: the client then asks for each market alone, so that the others
-        still come; a market refused alone, or removed by a reload (`market_removed`), is logged
-        by name, listed in `unavailable[base_url]` and asked for again every `retry_s` (a
-        reload may add it back). Runs until cancelled.
+        market it does not have (`unknown_market`, `bad_query`): the client then asks for each
+        market alone, so that the others still come; a market refused alone, or removed by a
+        reload (`market_removed`), is logged by name and counted once, listed in
+        `unavailable[base_url]` and asked for again every `retry_s` (a reload may add it back)
+        until an ack lists it or a verified price of it arrives. The bookkeeping is
+        `oracled.client_stream.Subscriptions`. Runs until cancelled.
         """
         own = session is None
         http = session or aiohttp.ClientSession()
         request: dict[str, Any] = {"op": "subscribe", "signed": True, **(filters or {})}
-        # Canonical names (`btc-usd` -> `BTC/USD`), as the daemon's answers spell them.
-        named = None if markets is None else list(dict.fromkeys(_canonical(m) for m in markets))
-        missing = self.unavailable.setdefault(base_url, {})
+        # None, or an empty list: every market, as the stream's contract says.
+        subs = Subscriptions((None if markets is None else list(markets)) or None)
+        self.unavailable[base_url] = subs.unavailable
         log = _log.bind(url=base_url)
         try:
             while True:
                 try:
                     url = base_url.rstrip("/") + "/v1/stream"
                     async with http.ws_connect(url, heartbeat=heartbeat_s) as ws:
-                        await self._stream(ws, request, named, missing, retry_s, log)
+                        await self._stream(ws, request, subs, retry_s, log)
                         if ws.close_code is not None:  # the daemon closed it (1008: too slow)
                             log.warning("client stream closed", code=ws.close_code)
                 except (aiohttp.ClientError, OSError) as exc:
@@ -487,97 +478,76 @@ class OracleClient:
         self,
         ws: aiohttp.ClientWebSocketResponse,
         request: dict[str, Any],
-        named: list[str] | None,
-        missing: dict[str, str],
+        subs: Subscriptions,
         retry_s: float,
         log: Any,
     ) -> None:
-        """One connection: subscribe, read until it ends, re-ask for the missing markets."""
-        # Each request not answered yet, oldest first: its markets (None: every market) and
-        # whether it is a retry (a retry refused again is neither counted nor logged again).
-        pending: deque[tuple[list[str] | None, bool]] = deque()
+        """One connection: subscribe, read until it ends, re-ask for the unavailable markets."""
 
-        async def ask(wanted: list[str] | None, retry: bool = False) -> None:
-            pending.append((wanted, retry))
-            await ws.send_json(request if wanted is None else {**request, "markets": wanted})
+        async def send(requests: Iterable[Request]) -> None:
+            for wanted in requests:
+                await ws.send_json(request if wanted is None else {**request, "markets": wanted})
 
-        async def retry_missing() -> None:
+        async def retry_unavailable() -> None:
             while True:
                 await asyncio.sleep(retry_s)
-                for market in list(missing):
-                    log.debug("client subscribe retry", market=market)
-                    await ask([market], retry=True)
+                again = subs.retry()
+                for wanted in again:
+                    log.debug("client subscribe retry", market=wanted[0])
+                await send(again)
 
-        if not named:  # none, or an empty list: every market, as the stream's contract says
-            await ask(None)
-        else:
-            for start in range(0, len(named), _MAX_REQUEST):
-                await ask(named[start : start + _MAX_REQUEST])
+        await send(subs.start())
         log.info("client subscribed")
-        retrying = asyncio.create_task(retry_missing(), name="client-retry")
+        retrying = asyncio.create_task(retry_unavailable(), name="client-retry")
         try:
             async for msg in ws:
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     break
                 data: str = msg.data
                 if data.startswith(('{"type":"signed"', '{"type":"report"')):
-                    self.offer(data)
+                    try:
+                        market = self.feed(data).market
+                    except Rejection:
+                        continue
+                    if subs.reported(market):
+                        log.info("client market available", market=market)
                 elif data.startswith('{"type":"subscribed"'):
-                    if pending:
-                        pending.popleft()
-                    self._acked(data, missing, log)
+                    self._acked(data, subs, log)
                 elif data.startswith('{"type":"error"'):
-                    for again in self._refused(data, pending, missing, log):
-                        await ask([again])
+                    await send(self._refused(data, subs, log))
         finally:
             retrying.cancel()
             await asyncio.gather(retrying, return_exceptions=True)
 
-    def _acked(self, data: str, missing: dict[str, str], log: Any) -> None:
+    def _acked(self, data: str, subs: Subscriptions, log: Any) -> None:
         """A subscription answered: the markets in its set are served (again)."""
         try:
             listed = msgspec.json.decode(data, type=_AckFrame).markets
         except msgspec.DecodeError:
-            return
-        for market in listed:
-            if missing.pop(market, None) is not None:
-                log.info("client market available", market=market)
+            listed = []
+        for market in subs.acked(listed):
+            log.info("client market available", market=market)
 
-    def _refused(
-        self,
-        data: str,
-        pending: deque[tuple[list[str] | None, bool]],
-        missing: dict[str, str],
-        log: Any,
-    ) -> list[str]:
-        """An error frame; returns the markets to ask for one by one."""
+    def _refused(self, data: str, subs: Subscriptions, log: Any) -> tuple[Request, ...]:
+        """An error frame; returns the requests to send (a market each)."""
         try:
             frame = msgspec.json.decode(data, type=_ErrorFrame)
         except msgspec.DecodeError:
             frame = _ErrorFrame(code="malformed", message=data[:200])
-        if frame.code == _MARKET_REMOVED:
-            asked: list[str] | None = frame.markets
-            retry = False
-        else:
-            asked, retry = pending.popleft() if pending else (None, False)
-        if retry and asked and asked[0] in missing:
-            return []  # still refused: said already
-        if frame.code in _PER_MARKET and asked is not None and len(asked) > 1:
-            log.info("client subscription refused", code=frame.code, retry=len(asked))
-            return asked  # counted when a market is refused alone
+        refusal = subs.refused(frame.code, frame.markets)
+        if refusal.kind == "split":
+            log.info("client subscription refused", code=frame.code, retry=len(refusal.markets))
+            return refusal.send
+        if refusal.kind == "repeated":
+            return ()  # said already
         self.stream_errors[frame.code] += 1
-        if asked is not None and frame.code in (*_PER_MARKET, _MARKET_REMOVED):
-            for market in asked:
-                missing.setdefault(market, frame.code)
-                log.warning(
-                    "client market unavailable",
-                    market=market,
-                    code=frame.code,
-                    message=frame.message,
-                )
-            return []
-        log.warning("client stream error", code=frame.code, message=frame.message)
-        return []
+        for market in refusal.markets:
+            log.warning(
+                "client market unavailable", market=market, code=frame.code, message=frame.message
+            )
+        if refusal.kind == "error":
+            log.warning("client stream error", code=frame.code, message=frame.message)
+        return ()
 
     async def watch_nats(
         self,

@@ -298,3 +298,40 @@ async def test_a_market_unknown_at_first_comes_once_a_reload_adds_it_however_it_
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
     assert client.markets == ["BTC/USD", "SOL/USD"]
+
+
+async def test_a_market_refused_again_after_a_reconnect_is_not_logged_or_counted_again() -> None:
+    """A daemon that refuses NOPE/USD on every connection: the client lists it as unavailable,
+    logs and counts it once, not once per connection (it stays unavailable across them)."""
+    connections: list[list[list[str]]] = []  # per connection, the markets of each request
+    refused = '{"type":"error","code":"unknown_market","message":"not configured"}'
+    acked = '{"type":"subscribed","markets":["BTC/USD"]}'
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        asked: list[list[str]] = []
+        connections.append(asked)
+        for answer in (refused, acked, refused):  # the request of two, then each alone
+            asked.append((await ws.receive_json())["markets"])
+            await ws.send_str(answer)
+        await ws.close()
+        return ws
+
+    client = OracleClient({KEY.address})
+    with capture_logs() as logs:
+        await watch_until(
+            client,
+            stream_app(stream),
+            lambda: len(connections) >= 3,
+            ["BTC/USD", "NOPE/USD"],
+            reconnect_s=0,
+            retry_s=60,
+        )
+    # The third connection ended the wait, so two were read to their end.
+    assert connections[:2] == [[["BTC/USD", "NOPE/USD"], ["BTC/USD"], ["NOPE/USD"]]] * 2
+    [url] = client.unavailable
+    assert client.unavailable[url] == {"NOPE/USD": "unknown_market"}
+    assert dict(client.stream_errors) == {"unknown_market": 1}
+    named = [e["market"] for e in logs if e["event"] == "client market unavailable"]
+    assert named == ["NOPE/USD"]
