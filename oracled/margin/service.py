@@ -6,11 +6,13 @@ that goes quiet turns into `stale_report` freezes instead of silence. Every deci
 as one JSON line; connection changes are logged. A dropped connection is retried with backoff.
 
 The daemon refuses a whole subscribe request for one market it does not have. The service does
-not let one such market cost it every price: a refused request of several markets is asked again
-market by market (the daemon answers requests in order, one frame each), and a market refused
-alone, or removed later by a reload (`market_removed`), is frozen with the daemon's code
-(`unavailable`) and logged by name, while the other markets keep their prices. Such a market is
-asked for again every `retry_s`, so that one a reload adds (back) is priced again without a restart.
+not let one such market cost it every price: a request of several markets refused for a market
+(`unknown_market`, `bad_query`) is asked again market by market (the daemon answers requests in
+order, one frame each), and a market refused alone, or removed later by a reload
+(`market_removed`), is frozen with the daemon's code (`unavailable`) and logged once by name,
+while the other markets keep their prices. Such a market is asked for again every `retry_s`, so
+that one a reload adds (back) is priced again without a restart. The bookkeeping is the client
+library's (`oracled.client_stream.Subscriptions`), shared with `OracleClient.watch_ws`.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO
 
 import aiohttp
 import msgspec
 import structlog
 
+from oracled.client_stream import Request, Subscriptions
 from oracled.margin.decisions import encode_decision
 from oracled.margin.engine import MarginEngine
 from oracled.margin.prices import PriceView, WireReport
@@ -44,8 +46,6 @@ class _Frame(msgspec.Struct, forbid_unknown_fields=False):
 
 
 _frames = msgspec.json.Decoder(_Frame)
-MAX_REQUEST = 256  # markets in one subscribe request: the daemon refuses more
-MARKET_REMOVED = "market_removed"  # the one error frame that answers no request
 
 
 def _wall_ms() -> int:
@@ -76,13 +76,13 @@ class MarginService:
         self.reports = 0
         self.decisions = 0
         self.connected = asyncio.Event()
-        # The markets of each subscribe request not answered yet, oldest first.
-        self._pending: deque[list[str]] = deque()
+        # No market, no request: an empty list would ask for every market.
+        self._subs = Subscriptions(engine.markets)
 
     @property
     def unavailable(self) -> Mapping[str, str]:
         """Markets the daemon refused or removed, with its error code (they have no price)."""
-        return self.engine.book.unavailable
+        return self._subs.unavailable
 
     def _decide(self) -> None:
         decisions = self.engine.step(self.clock())
@@ -92,56 +92,63 @@ class MarginService:
             self.out.flush()
             self.decisions += len(decisions)
 
-    def _frame(self, raw: str | bytes) -> list[list[str]]:
-        """Act on one frame; return the subscribe requests to send again (market by market)."""
+    def _frame(self, raw: str | bytes) -> tuple[Request, ...]:
+        """Act on one frame; return the subscribe requests to send (a market each)."""
         try:
             frame = _frames.decode(raw)
         except msgspec.DecodeError as exc:
-            _log.warning("bad_frame", error=str(exc)[:200])
-            return []
+            if raw[:15] not in ('{"type":"error"', b'{"type":"error"'):
+                _log.warning("bad_frame", error=str(exc)[:200])
+                return ()
+            # An error frame answers a request even when it cannot be read: keep the order.
+            frame = _Frame("error", code="malformed", message=str(exc)[:200])
         if frame.type == "report" and frame.data is not None:
-            if frame.data.market in self.unavailable:
-                _log.info("market_available", market=frame.data.market)
+            if self._subs.reported(frame.data.market):
+                self._available((frame.data.market,))
             self.engine.on_report(PriceView.from_wire(frame.data))
             self.reports += 1
             self._decide()
         elif frame.type == "subscribed":
-            if self._pending:
-                self._pending.popleft()
             _log.info("subscribed", markets=frame.markets)
-        elif frame.type == "error" and frame.code == MARKET_REMOVED:
-            self._unavailable(frame.markets or [], MARKET_REMOVED, frame.message)
+            self._available(self._subs.acked(frame.markets or ()))
         elif frame.type == "error":
-            asked = self._pending.popleft() if self._pending else []
-            if len(asked) > 1:  # one bad market refused them all: ask for each alone
-                _log.info("subscribe_refused", code=frame.code, retry=len(asked))
-                return [[m] for m in asked]
-            if asked:
-                self._unavailable(asked, frame.code or "error", frame.message)
-            else:
-                _log.warning("stream_error", code=frame.code, message=frame.message)
-        return []
+            return self._refused(frame)
+        return ()
 
-    def _unavailable(self, markets: list[str], code: str, message: str | None) -> None:
-        for market in markets:
-            if market in self.unavailable:
-                continue  # a retry refused again: said already, and the first reason stands
-            self.engine.book.mark_unavailable(market, code)
-            _log.warning("market_unavailable", market=market, code=code, message=message)
-        if markets:
+    def _refused(self, frame: _Frame) -> tuple[Request, ...]:
+        refusal = self._subs.refused(frame.code or "unknown", frame.markets or ())
+        if refusal.kind == "split":  # one bad market refused them all: ask for each alone
+            _log.info("subscribe_refused", code=refusal.code, retry=len(refusal.markets))
+            return refusal.send
+        if refusal.kind == "error":
+            _log.warning("stream_error", code=refusal.code, message=frame.message)
+        for market in refusal.markets:  # newly unavailable (a retry refused again is not)
+            self.engine.book.mark_unavailable(market, refusal.code)
+            _log.warning(
+                "market_unavailable", market=market, code=refusal.code, message=frame.message
+            )
+        if refusal.markets:
             self._decide()
+        return ()
 
-    async def _subscribe(self, ws: aiohttp.ClientWebSocketResponse, markets: list[str]) -> None:
-        self._pending.append(markets)
-        await ws.send_json({"op": "subscribe", "markets": markets})
+    def _available(self, markets: Iterable[str]) -> None:
+        """The daemon serves these again: their accounts wait for a report, not for a reload."""
+        for market in markets:
+            self.engine.book.unavailable.pop(market, None)
+            _log.info("market_available", market=market)
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, requests: Iterable[Request]) -> None:
+        for markets in requests:
+            await ws.send_json({"op": "subscribe", "markets": markets})
 
     async def _retry(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Ask again, one by one, for the markets the daemon refused or removed."""
         while True:
             await asyncio.sleep(self.retry_s)
-            for market in list(self.unavailable):
+            again = self._subs.retry()
+            for (market,) in again:
                 _log.debug("subscribe_retry", market=market)
-                await self._subscribe(ws, [market])
+            await self._send(ws, again)
 
     async def _ticker(self) -> None:
         while True:
@@ -151,18 +158,14 @@ class MarginService:
     async def _connect_once(self, session: aiohttp.ClientSession) -> int | None:
         """One connection until it ends; the daemon's close code (1008: too slow), if it closed."""
         async with session.ws_connect(self.url, heartbeat=30.0) as ws:
-            self._pending.clear()
-            markets = list(self.engine.markets)
-            for start in range(0, len(markets), MAX_REQUEST):
-                await self._subscribe(ws, markets[start : start + MAX_REQUEST])
+            await self._send(ws, self._subs.start())
             _log.info("connected", url=self.url)
             self.connected.set()
             retry = asyncio.create_task(self._retry(ws), name="margin-retry")
             try:
                 async for msg in ws:
                     if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                        for again in self._frame(msg.data):
-                            await self._subscribe(ws, again)
+                        await self._send(ws, self._frame(msg.data))
                     elif msg.type is aiohttp.WSMsgType.ERROR:
                         break
             finally:

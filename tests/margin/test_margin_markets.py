@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
@@ -180,3 +181,66 @@ async def test_a_market_a_reload_adds_back_is_priced_again_without_a_restart(
     assert [e["market"] for e in logs if e["event"] == "market_unavailable"] == ["SOL/USD"]
     assert [e["market"] for e in logs if e["event"] == "market_available"] == ["SOL/USD"]
     assert sum(e["event"] == "connected" for e in logs) == 1
+
+
+async def run_scripted(
+    eng: MarginEngine, answers: list[str], done: Callable[[MarginService, list[Any]], bool]
+) -> tuple[MarginService, list[Any], list[Any]]:
+    """A scripted daemon: each subscribe request read is answered with the next of `answers`
+    (none once they run out). Runs a margin service on it until `done(service, logs)`; returns
+    the service, the requests and the logs."""
+    requests: list[Any] = []
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            requests.append(msg.json())
+            if len(requests) <= len(answers):
+                await ws.send_str(answers[len(requests) - 1])
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    with capture_logs() as logs:
+        async with TestServer(app, host="127.0.0.1") as server:
+            url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
+            service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, retry_s=60)
+            task = asyncio.create_task(service.run())
+            try:
+                await until(lambda: done(service, logs))
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    return service, requests, logs
+
+
+async def test_a_refusal_of_the_whole_request_is_not_asked_again_market_by_market() -> None:
+    """An error that refuses the request itself (`bad_request`), not one of its markets, is
+    logged as `stream_error`; the service does not ask for each market alone (each would be
+    refused alike) and calls no market unavailable."""
+    eng = engine({"BTC": "BTC/USD", "SOL": "SOL/USD"})
+    refused = '{"type":"error","code":"bad_request","message":"no"}'
+    service, requests, logs = await run_scripted(
+        eng, [refused], lambda _, logs: any("code" in e for e in logs)
+    )
+    assert requests == [{"op": "subscribe", "markets": ["BTC/USD", "SOL/USD"]}]
+    assert dict(service.unavailable) == {}
+    assert [(e["event"], e["code"]) for e in logs if "code" in e] == [
+        ("stream_error", "bad_request")
+    ]
+
+
+async def test_an_unreadable_error_frame_still_answers_its_request() -> None:
+    """After a split, BTC/USD's request is answered by an error frame the service cannot read,
+    then DOGE/USD's by `unknown_market`: the answers stay paired with their requests, so
+    DOGE/USD is unavailable, not BTC/USD."""
+    eng = engine({"BTC": "BTC/USD", "DOGE": "DOGE/USD"})
+    unknown = '{"type":"error","code":"unknown_market","message":"not configured"}'
+    answers = [unknown, '{"type":"error","code":7}', unknown]
+    service, requests, logs = await run_scripted(eng, answers, lambda s, _: bool(s.unavailable))
+    assert [r["markets"] for r in requests] == [["BTC/USD", "DOGE/USD"], ["BTC/USD"], ["DOGE/USD"]]
+    assert dict(service.unavailable) == {"DOGE/USD": "unknown_market"}
+    assert [(e["event"], e["code"]) for e in logs if e["event"] == "stream_error"] == [
+        ("stream_error", "malformed")
+    ]
