@@ -12,6 +12,7 @@ freed at once, as on the WebSocket stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 
 from aiohttp import web
@@ -114,7 +115,9 @@ class SseHandler:
             else:
                 reason, message = DROP_SHUTDOWN, "server shutting down"
             error = encode_json({"type": "error", "code": reason, "message": message})
-            await response.write(b"event: error\ndata: " + error + b"\n\n")
+            # The consumer may be leaving as well: then there is no one to tell.
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(b"event: error\ndata: " + error + b"\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

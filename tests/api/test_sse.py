@@ -8,6 +8,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from api_rig import ClientFactory, Rig, make_config
 from stream_wire import next_event
+from structlog.testing import capture_logs
+
+from oracled.publish.hub import DROP_SHUTDOWN, DROP_SLOW
 
 Client = TestClient[Any, Any]
 
@@ -137,3 +140,32 @@ async def test_numeric_options_are_plain_ascii_numbers(client: Client, rig: Rig)
         resp = await client.get(f"/v1/events?markets=BTC-USD&{query}")
         assert resp.status == 200, query
         resp.close()
+
+
+async def test_a_consumer_gone_when_its_stream_ends_is_no_handler_error(
+    make_client: ClientFactory,
+) -> None:
+    """A consumer whose connection is closing when the hub ends its stream (as a slow
+    consumer, or at shutdown) is let go quietly: the final event's write to the closing
+    connection raised out of the handler, which logged api_handler_failed with a traceback (an
+    error for the operator about a consumer that left) and tried to answer a 500; found when a
+    test's client and server closed together. Here the connection is closed from the server's
+    side, as a peer's reset starts it, right after the drop and before the handler runs."""
+    for reason in (DROP_SLOW, DROP_SHUTDOWN):
+        rig = Rig(make_config())
+        client = await make_client(rig)
+        rig.step()
+        resp = await client.get("/v1/events?markets=BTC-USD")
+        await next_event(resp)
+        server = client.server.runner.server
+        assert server is not None
+        (conn,) = server.connections
+        (sub,) = rig.hub._subs
+        assert conn.transport is not None
+        with capture_logs() as logs:
+            rig.hub.drop(sub, reason)
+            conn.transport.close()
+            await client.close()  # waits for the handler to finish
+        assert rig.hub.subscribers == 0
+        assert rig.hub.dropped_subscribers[reason] == 1
+        assert [e for e in logs if e["log_level"] in ("error", "critical")] == [], reason
