@@ -983,7 +983,38 @@ def config_warnings(cfg: Config) -> list[str]:
     markets short of their quorum), so refusing it would block that. `oracled check-config`
     prints them and `oracled run` logs them at start-up.
     """
-    return _disabled_with_settings(cfg)
+    return [*_quorum_needs_disabled(cfg), *_disabled_with_settings(cfg)]
+
+
+def _quorum_needs_disabled(cfg: Config) -> list[str]:
+    """A market whose quorum (or mark minimum) counts on a source that is `enabled = false`:
+    it cannot go live. Not refused: a reload that disables a bad venue mid-incident must apply."""
+    out: list[str] = []
+
+    def short(listed: tuple[MarketSource, ...], need: int) -> tuple[int, list[str]] | None:
+        on = sum(1 for ms in listed if cfg.sources[ms.source].enabled)
+        off = sorted({ms.source for ms in listed if not cfg.sources[ms.source].enabled})
+        return (on, off) if on < need else None
+
+    for i, market in enumerate(cfg.markets):
+        n = len(market.sources)
+        if found := short(market.sources, market.min_sources):
+            on, off = found
+            out.append(
+                f"markets[{i}].min_sources: {market.min_sources} cannot be met: {on} of the "
+                f"{n} sources listed {'is' if on == 1 else 'are'} enabled (disabled: "
+                f"{', '.join(off)}); {market.symbol} stays unknown or paused until enough are "
+                "enabled or min_sources is lowered"
+            )
+        perps, need = market.perp_sources, market.mark.min_perp_sources
+        if perps and (found := short(perps, need)):
+            on, off = found
+            out.append(
+                f"markets[{i}].mark.min_perp_sources: {need} cannot be met: {on} of the "
+                f"{len(perps)} perpetuals listed {'is' if on == 1 else 'are'} enabled (disabled: "
+                f"{', '.join(off)}); the mark falls back as with none until enough are enabled"
+            )
+    return out
 
 
 def _disabled_with_settings(cfg: Config) -> list[str]:
