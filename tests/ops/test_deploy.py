@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -414,3 +415,27 @@ def test_deployments_give_the_shutdown_budget_and_kubernetes_drains_first() -> N
     assert _seconds(unit["TimeoutStopSec"][0]) >= SHUTDOWN_BUDGET_S + margin
     lines = (DEPLOY / "Dockerfile").read_text().splitlines()
     assert "STOPSIGNAL SIGTERM" in lines
+
+
+def test_systemd_never_restarts_the_daemon_on_an_invalid_config(tmp_path: Path) -> None:
+    """The unit does not restart on the exit code `oracled run` gives an invalid config
+    (RestartPreventExitStatus). It checked the config in ExecStartPre first, and systemd applies
+    RestartPreventExitStatus to the main process only: an invalid config failed the check,
+    never reached the daemon, and Restart=on-failure started it again every RestartSec, forever,
+    instead of stopping as deploy/README.md said. The daemon validates its config itself before
+    it starts anything, so the unit has no ExecStartPre that could fail outside that rule."""
+    config = tmp_path / "oracled.toml"
+    config.write_text('[oracle]\nround_interval_ms = -1\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "oracled.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert "refusing to start" in done.stderr, done.stderr
+    unit = _unit()
+    assert unit["Restart"] == ["on-failure"]
+    assert str(done.returncode) in unit["RestartPreventExitStatus"][0].split()
+    assert "ExecStartPre" not in unit and "ExecStartPost" not in unit
