@@ -425,7 +425,7 @@ def test_systemd_never_restarts_the_daemon_on_an_invalid_config(tmp_path: Path) 
     instead of stopping as deploy/README.md said. The daemon validates its config itself before
     it starts anything, so the unit has no ExecStartPre that could fail outside that rule."""
     config = tmp_path / "oracled.toml"
-    config.write_text('[oracle]\nround_interval_ms = -1\n')
+    config.write_text("[oracle]\nround_interval_ms = -1\n")
     done = subprocess.run(
         [sys.executable, "-m", "oracled.cli", "run", "--config", str(config)],
         capture_output=True,
