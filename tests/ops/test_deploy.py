@@ -439,3 +439,25 @@ def test_systemd_never_restarts_the_daemon_on_an_invalid_config(tmp_path: Path) 
     assert unit["Restart"] == ["on-failure"]
     assert str(done.returncode) in unit["RestartPreventExitStatus"][0].split()
     assert "ExecStartPre" not in unit and "ExecStartPost" not in unit
+
+
+def test_the_compose_secrets_file_cannot_be_committed() -> None:
+    """The compose stack reads its secrets (the admin token, the signing key) from
+    deploy/oracled.env, which deploy/README.md tells the operator to create from the example;
+    git did not ignore it, so `git add -A` or `git commit -a` took the token into the history.
+    Git itself says so now; the example stays tracked."""
+    oracled = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["oracled"]
+    (env_file,) = oracled["env_file"]
+    path = (DEPLOY / env_file["path"]).relative_to(ROOT)
+    git = shutil.which("git")
+    assert git
+
+    def ignored(name: str) -> bool:
+        done = subprocess.run(
+            [git, "check-ignore", "--no-index", "-q", name], cwd=ROOT, timeout=60, check=False
+        )
+        assert done.returncode in (0, 1), done
+        return done.returncode == 0
+
+    assert ignored(str(path))
+    assert not ignored("deploy/systemd/oracled.env.example")
