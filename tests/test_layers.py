@@ -42,6 +42,7 @@ FORBIDDEN: dict[tuple[str, ...], tuple[str, ...]] = {
         "oracled.api",
         "oracled.service",
         "oracled.sim",
+        *DOWNSTREAM,
     ),
     SOURCES: (
         "oracled.core",
@@ -51,10 +52,10 @@ FORBIDDEN: dict[tuple[str, ...], tuple[str, ...]] = {
         "oracled.publish",
         "oracled.api",
         "oracled.service",
-        "oracled.margin",
         "oracled.stress",
+        *DOWNSTREAM,
     ),
-    PUBLISH: ("oracled.sources", "oracled.api", "oracled.service", "oracled.sim"),
+    PUBLISH: ("oracled.sources", "oracled.api", "oracled.service", "oracled.sim", *DOWNSTREAM),
     DOWNSTREAM: (
         "oracled.core",
         "oracled.aggregate",
