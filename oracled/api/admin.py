@@ -52,7 +52,9 @@ class AdminHandlers:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>", _CHALLENGE)
-        if not hmac.compare_digest(given.strip().encode(), self._token):
+        # aiohttp keeps header bytes that are not UTF-8 as surrogates: encode them back as they
+        # came, so that such a token is wrong like any other (strict encoding raised: a 500).
+        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
             raise ApiError(401, "unauthorized", "the bearer token is not valid", _CHALLENGE)
 
     async def _actor(self, request: web.Request) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from api_rig import (
     Rig,
     make_config,
 )
+from stream_wire import SAFETY_S
 from structlog.testing import capture_logs
 from yarl import URL
 
@@ -508,3 +510,24 @@ async def test_a_request_line_over_8190_bytes_is_the_http_layers_plain_400(
         assert (resp.status, resp.content_type) == (400, ctype), extra
     names = ",".join(["BTC-USD", "ETH-USD"] * 128)  # 256 names, 2,047 bytes
     assert (await client.get(f"{head}{names}")).status == 200
+
+
+async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(client: Client, rig: Rig) -> None:
+    """A bearer token of bytes that are not UTF-8 (sent raw: aiohttp's client cannot) is a
+    401 like any wrong token; it was a logged 500 internal, the token's text failing to encode
+    before the comparison. A token of other non-ASCII letters is a 401 too; nothing is paused."""
+    for token in (b"\xff\xfe", "tøken".encode()):
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(
+            b"POST /v1/admin/markets/BTC-USD/pause HTTP/1.1\r\nHost: oracled\r\n"
+            b"Authorization: Bearer " + token + b"\r\nContent-Length: 0\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        async with asyncio.timeout(SAFETY_S):
+            answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401 "), (token, head)
+        assert b'"code":"unauthorized"' in body, token
+    assert rig.manual == []
