@@ -13,6 +13,7 @@ made, so that the key itself never enters the config.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 import re
@@ -983,7 +984,41 @@ def config_warnings(cfg: Config) -> list[str]:
     markets short of their quorum), so refusing it would block that. `oracled check-config`
     prints them and `oracled run` logs them at start-up.
     """
-    return [*_quorum_needs_disabled(cfg), *_disabled_with_settings(cfg)]
+    return [*_quorum_needs_disabled(cfg), *_same_venue_twice(cfg), *_disabled_with_settings(cfg)]
+
+
+def _venue_urls(src: SourceConfig) -> tuple[str, ...]:
+    """The stream and REST URLs a venue source reads, defaults resolved as its adapter does."""
+    module, _, name = SOURCE_TYPES[src.type].partition(":")
+    adapter = getattr(importlib.import_module(module), name)  # only for a type listed twice
+    urls = (src.ws_url or adapter.default_ws_url, src.rest_url or adapter.default_rest_url)
+    return tuple(url.rstrip("/") for url in urls if url)
+
+
+def _same_venue_twice(cfg: Config) -> list[str]:
+    """Two ids of one type reading the same stream or REST URL in one market's list: the same
+    venue voting twice (for one kind). Not refused: a config for `oracled replay` dials nothing
+    and tells venues apart by the ids on the tape, so one type with its default URLs is a
+    placeholder there."""
+    out: list[str] = []
+    for i, market in enumerate(cfg.markets):
+        for field, listed in (("sources", market.sources), ("perp_sources", market.perp_sources)):
+            types = [cfg.sources[ms.source].type for ms in listed]
+            seen: dict[tuple[str, str, str], tuple[int, str]] = {}
+            for j, ms in enumerate(listed):
+                src = cfg.sources[ms.source]
+                if src.type in CHAIN_SOURCE_TYPES or types.count(src.type) < 2:
+                    continue
+                for url in _venue_urls(src):
+                    first = seen.setdefault((src.type, ms.kind, url), (j, ms.source))
+                    if first[1] != ms.source:
+                        out.append(
+                            f"markets[{i}].{field}[{j}].source: {ms.source} is the same venue as "
+                            f"{first[1]} ({field}[{first[0]}]): {src.type} at {url}; two votes "
+                            "for one venue (point one at another host, or list one)"
+                        )
+                        break
+    return out
 
 
 def _quorum_needs_disabled(cfg: Config) -> list[str]:
