@@ -984,7 +984,29 @@ def config_warnings(cfg: Config) -> list[str]:
     markets short of their quorum), so refusing it would block that. `oracled check-config`
     prints them and `oracled run` logs them at start-up.
     """
-    return [*_quorum_needs_disabled(cfg), *_same_venue_twice(cfg), *_disabled_with_settings(cfg)]
+    return [
+        *_quorum_needs_disabled(cfg),
+        *_same_venue_twice(cfg),
+        *_short_connection_ages(cfg),
+        *_disabled_with_settings(cfg),
+    ]
+
+
+#: Below this `max_connection_age_s` is warned about: venues keep a connection about a day.
+MIN_SANE_CONNECTION_AGE_S = 60.0
+
+
+def _short_connection_ages(cfg: Config) -> list[str]:
+    """A connection replaced every few seconds costs a reconnect and resubscribe each time and
+    counts against the venue's connection limits. Not refused: tests rotate sub-second against
+    loopback simulators."""
+    return [
+        f"sources.{sid}.max_connection_age_s: {src.max_connection_age_s:g} s replaces the "
+        "connection that often (each a reconnect and resubscribe, and counted by the venue's "
+        "connection limits); venues keep one for about a day, so use hours (default 82800)"
+        for sid, src in cfg.sources.items()
+        if src.max_connection_age_s < MIN_SANE_CONNECTION_AGE_S
+    ]
 
 
 def _venue_urls(src: SourceConfig) -> tuple[str, ...]:
