@@ -461,3 +461,36 @@ def test_the_compose_secrets_file_cannot_be_committed() -> None:
 
     assert ignored(str(path))
     assert not ignored("deploy/systemd/oracled.env.example")
+
+
+def test_every_compose_service_reports_its_health_on_the_port_it_serves() -> None:
+    """Only oracled had a health check (its image's); NATS, Prometheus and Grafana had none, so
+    `docker compose ps` could not tell a hung one from a working one, `docker compose up --wait`
+    did not wait for them, and Grafana started before Prometheus answered. Each now probes its
+    own endpoint with the image's own wget, on the port it serves; Grafana waits for a healthy
+    Prometheus, while Prometheus waits for no healthy oracled (monitoring must come up to show
+    an oracled that does not)."""
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    paths = {"nats": "/healthz", "prometheus": "/-/ready", "grafana": "/api/health"}
+    for name, path in paths.items():
+        service = services[name]
+        test = service["healthcheck"]["test"]
+        assert test[:2] == ["CMD", "wget"], test  # exec form: no shell needed
+        url = re.fullmatch(r"http://127\.0\.0\.1:(\d+)(/\S*)", test[-1])
+        assert url and url[2] == path, test
+        # NATS serves HTTP on its monitoring port only; the others on their one published port.
+        served = re.findall(r"--http_port\D+(\d+)", " ".join(service.get("command", [])))
+        served = served or [p.rsplit(":", 1)[1] for p in service["ports"]]
+        assert [url[1]] == served, (name, url[1], served)
+        assert _seconds(service["healthcheck"]["timeout"]) < _seconds(
+            service["healthcheck"]["interval"]
+        )
+    # oracled: the image's HEALTHCHECK, on the port its command listens on.
+    oracled = services["oracled"]
+    assert "healthcheck" not in oracled or oracled["healthcheck"].get("disable") is not True
+    dockerfile = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    (port,) = re.findall(r"HEALTHCHECK .*http://127\.0\.0\.1:(\d+)/healthz", dockerfile)
+    listen = oracled["command"][oracled["command"].index("--listen") + 1]
+    assert listen.rsplit(":", 1)[1] == port
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    assert services["prometheus"]["depends_on"]["oracled"]["condition"] == "service_started"
