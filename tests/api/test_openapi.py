@@ -196,7 +196,8 @@ async def test_every_stream_frame_validates_against_the_stream_message_schema(
 ) -> None:
     """Each frame a WebSocket and an SSE client receive (acks with options, report and batch
     frames, error frames of each kind, the market_removed notice of a reload) validates against
-    StreamMessage with no key left undocumented; the HTTP checks do not see these frames."""
+    StreamMessage with no key left undocumented, and each error code is one the schema names;
+    the HTTP checks do not see these frames."""
     rig = Rig(make_config())
     data = copy.deepcopy(CONFIG)
     data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
@@ -212,6 +213,7 @@ async def test_every_stream_frame_validates_against_the_stream_message_schema(
         frames.append(await ask(ws, {"op": "nonsense"}))  # error: bad_request
         frames.append(await ask(ws, {"op": "subscribe", "signed": True}))  # signing_disabled
         frames.append(await ask(ws, {"op": "subscribe", "markets": ["DOGE/USD"]}))  # unknown
+        frames.append(await ask(ws, {"op": "subscribe", "markets": ["not one"]}))  # bad_query
         frames.append(await ask(batch, {"op": "subscribe", "batch": True}))
         frames.append(await recv(batch))  # the snapshot, as one batch
         resp = await client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -231,6 +233,9 @@ async def test_every_stream_frame_validates_against_the_stream_message_schema(
         ("reports", None),
     } < kinds
     assert {("error", "bad_request"), ("error", "market_removed")} < kinds
+    (error,) = [v for v in schema("StreamMessage")["oneOf"] if "code" in v["properties"]]
+    named = set(re.findall(r"[a-z_]+", error["properties"]["code"]["description"]))
+    assert {code for kind, code in kinds if kind == "error"} <= named  # each code is documented
     for frame in frames:
         try:
             message.validate(frame)
