@@ -401,6 +401,9 @@ class SourceConfig(_Frozen):
     chain: Annotated[str, Field(pattern=_ID)] | None = None
     address: Address | None = None
     feeds: dict[Pair, FeedSpec] = Field(default_factory=dict)
+    #: Pyth sources only (pyth_hermes, pyth_evm): a confidence band (conf) wider than this
+    #: fraction of the price flags the quote `confidence`; docs/onchain.md says why 0.02.
+    max_conf_ratio: Fraction = 0.02
 
     @field_validator("type")
     @classmethod
@@ -826,6 +829,10 @@ def _push_relations(cfg: Config, symbols: set[str]) -> list[str]:
     return problems
 
 
+_PYTH_TYPES = ("pyth_hermes", "pyth_evm")
+_DEFAULT_CONF_RATIO: float = SourceConfig.model_fields["max_conf_ratio"].get_default()
+
+
 def _chain_relations(cfg: Config) -> list[str]:
     """On-chain sources: their chain exists, their feeds carry the keys their type needs, and
     every pair a market asks of them has a feed."""
@@ -836,6 +843,8 @@ def _chain_relations(cfg: Config) -> list[str]:
             wanted.setdefault(ms.source, set()).add(ms.pair)
     for sid, src in cfg.sources.items():
         where = f"sources.{sid}"
+        if src.type not in _PYTH_TYPES and src.max_conf_ratio != _DEFAULT_CONF_RATIO:
+            problems.append(f"{where}.max_conf_ratio: only Pyth sources take this key")
         if src.type not in CHAIN_SOURCE_TYPES:
             problems.extend(
                 f"{where}.{key}: only on-chain sources take this key"

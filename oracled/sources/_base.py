@@ -270,6 +270,7 @@ class Source(abc.ABC):
         recv_ts: int,
         venue_ts: int | None = None,
         last: float | None = None,
+        flag: str | None = None,
     ) -> None:
         target = self._by_symbol.get(symbol)
         if target is None:
@@ -298,8 +299,9 @@ class Source(abc.ABC):
         if last is not None and not 0.0 < last < _INF:
             last = None  # a bad last price never spoils a good book; the core prices the mid
         # Positional arguments: this runs once per venue frame (source, pair, recv_ts, price,
-        # bid, ask, kind, venue_ts).
-        self._emit(Quote(self.source_id, target[0], recv_ts, last, bid, ask, target[1], venue_ts))
+        # bid, ask, kind, venue_ts, volume, flag).
+        self._emit(Quote(self.source_id, target[0], recv_ts, last, bid, ask, target[1], venue_ts,
+                         None, flag))  # fmt: skip
 
     def _reject_prices(self, bid: float, ask: float) -> None:
         """Name what was wrong with a pair of prices that failed the one-line check."""

@@ -16,6 +16,8 @@ the v2 ``PriceUpdate``, here the recorded BTC/USD update, ``binary`` shortened):
 Quotes: price = ``price * 10**expo``; Pyth's confidence interval is used as the spread, ``bid =
 (price - conf) * 10**expo`` and ``ask = (price + conf) * 10**expo``, so the core's mid is exactly
 Pyth's price and the spread shows Pyth's own uncertainty. ``venue_ts = publish_time * 1000``.
+A band wider than the source's ``max_conf_ratio`` of the price (0.02 by default) is still
+quoted, flagged ``confidence``: the core excludes the slot with that reason (docs/onchain.md).
 Pyth is one source among many: no extra weight, the core judges it like any venue. We read only
 the ``parsed`` JSON and never verify the signed ``binary`` payload (VAA / accumulator update):
 the JSON is trusted as the venue's word, exactly like an exchange's ticker, even where (as in one
@@ -193,6 +195,7 @@ class PythHermesSource(Source):
         super().__init__(source_id, cfg, mapped, emit, clock, session, stats)
         # Newest (publish_time, slot) seen per feed, so that no older update overrides it.
         self._newest: dict[str, tuple[int, int]] = {}
+        self._max_conf_ratio = cfg.max_conf_ratio
 
     # ----------------------------------------------------------------- venue hooks
 
@@ -282,7 +285,8 @@ class PythHermesSource(Source):
             scale = _POW10[expo]
             bid, ask = float((price - conf) * scale), float((price + conf) * scale)
         quotes = self.stats.quotes
-        self._quote(symbol, bid, ask, recv_ts, publish_time * 1000)
+        flag = "confidence" if conf > price * self._max_conf_ratio else None
+        self._quote(symbol, bid, ask, recv_ts, publish_time * 1000, None, flag)
         if self.stats.quotes != quotes:  # only a used update moves the bar (none from the future)
             self._newest[symbol] = key
 

@@ -15,7 +15,10 @@ from chain_rig import (
 from reading import make_reader, pyth_spec, watch
 from structlog.testing import capture_logs
 
-from oracled.sources.evm.pyth_evm import PythEvmFeed
+from oracled.clock import SystemClock
+from oracled.config import SourceConfig
+from oracled.sources.evm.pyth_evm import PythEvmFeed, PythEvmSource
+from oracled.sources.stats import SourceStats
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -175,3 +178,46 @@ async def test_a_reorg_that_takes_the_garbage_away_unflags_the_same_price(
     assert reader.stats.reorgs == 1
     assert [q.flag for q in got.quotes] == [None, "bad_answer", None]
     assert got.quotes[2].bid == got.quotes[0].bid
+
+
+async def test_a_band_wider_than_max_conf_ratio_is_flagged_confidence(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A band of 67 % of the price (below the price: it has a bid) is quoted with its band and
+    flagged `confidence` (default max_conf_ratio 0.02), not dropped, so the slot shows why it is
+    excluded; a narrow band again is unflagged."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
+    now = await chain.timestamp()
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 300_000_000_000, 201_000_000_000, -8,
+                      now + 1)  # fmt: skip
+    assert await reader.poll_once()
+    assert (got.last.flag, got.last.bid, got.last.ask) == (
+        "confidence", pytest.approx(990.0), pytest.approx(5010.0),
+    )  # fmt: skip
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 300_000_000_000, 5_900_000_000, -8,
+                      now + 2)  # fmt: skip
+    assert await reader.poll_once()
+    assert got.last.flag is None  # 1.97 %: inside the default
+    assert not got.stats.dropped
+
+
+async def test_max_conf_ratio_comes_from_the_source_config(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """A `pyth_evm` source's `max_conf_ratio` reaches its feeds: at 0.000001 the deployed ETH
+    price's band (0.0005 % of it) is flagged `confidence`; at the default it votes."""
+    flags = []
+    for ratio in (0.000001, None):
+        extra = {} if ratio is None else {"max_conf_ratio": ratio}
+        cfg = SourceConfig(type="pyth_evm", chain="local", address=snapshot.pyth,
+                           feeds={"ETH/USD": pyth_spec(PYTH_ETH_ID)}, **extra)  # fmt: skip
+        source = PythEvmSource(
+            "py", cfg, [("ETH/USD", "spot")], lambda q: None, SystemClock(), http,
+            SourceStats("py"),
+        )  # fmt: skip
+        reader = make_reader([anvil.url], http)
+        got = watch(reader, source.feeds[0])
+        assert await reader.poll_once()
+        flags.append(got.last.flag)
+    assert flags == ["confidence", None]

@@ -212,3 +212,31 @@ def test_not_found_answer_fails_exactly_the_named_ids(harness: Harness[PythHerme
     assert harness.stats.failed_instruments[ETH] == text
     assert BTC not in harness.stats.failed_instruments
     assert harness.source._fail_missing("Update data not found") == 0
+
+
+def test_a_band_wider_than_max_conf_ratio_is_flagged_confidence(
+    harness: Harness[PythHermesSource],
+) -> None:
+    """A band of 40 % of the price (conf below the price, so it has a bid) is still Pyth's word
+    but not a usable price: quoted with its band and flagged `confidence` (default
+    max_conf_ratio 0.02), so the slot shows why it is excluded; the recorded update's 0.05 %
+    band is not flagged."""
+    harness.source.on_rest(BTC_BODY, RECV)
+    wide = BTC_BODY.replace(b'"conf":"2661582364"', b'"conf":"2076030367054"', 1)
+    wide = wide.replace(b'"publish_time":1708363256', b'"publish_time":1708363257', 1)
+    assert wide.count(b"2076030367054") == 1
+    harness.source.on_rest(wide, RECV + 1_000)
+    assert [q.flag for q in harness.quotes] == [None, "confidence"]
+    assert harness.quotes[1].bid == pytest.approx(51900.75917635 * 0.6, rel=1e-9)
+    assert harness.stats.quotes == 2 and not harness.stats.dropped
+
+
+async def test_max_conf_ratio_is_configurable_per_source() -> None:
+    """With `max_conf_ratio = 0.0001` the recorded update's band (about 0.05 % of the price)
+    is beyond the limit and flagged `confidence`; 0.001 lets it vote."""
+    async with open_harness(PYTH, max_conf_ratio=0.0001) as tight:
+        tight.source.on_rest(BTC_BODY, RECV)
+    async with open_harness(PYTH, max_conf_ratio=0.001) as loose:
+        loose.source.on_rest(BTC_BODY, RECV)
+    assert [q.flag for q in tight.quotes] == ["confidence"]
+    assert [q.flag for q in loose.quotes] == [None]

@@ -2,7 +2,9 @@
 
 `getPriceUnsafe` returns the stored price whatever its age (`getPriceNoOlderThan` would revert
 instead, and a revert carries less information than the age), so staleness is judged here:
-`publishTime` older than the feed's `max_age_s` by the block's clock flags the quote `stale`.
+`publishTime` older than the feed's `max_age_s` by the block's clock flags the quote `stale`,
+and a band wider than the source's `max_conf_ratio` of the price flags it `confidence` (as the
+Hermes adapter does).
 The quote is emitted like the Hermes adapter's: ``bid = (price - conf) * 10**expo``,
 ``ask = (price + conf) * 10**expo``, so the core's mid is Pyth's price and its spread the
 confidence band; `venue_ts` is `publishTime`.
@@ -24,28 +26,38 @@ from typing import Final
 
 import structlog
 
-from oracled.config import FeedSpec
+from oracled.config import FeedSpec, SourceConfig
 from oracled.model import Quote
 from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
 from oracled.sources.evm.multicall import selector
 from oracled.sources.evm.source import ChainSource
 
-__all__ = ["PythEvmFeed", "PythEvmSource"]
+__all__ = ["DEFAULT_MAX_CONF_RATIO", "PythEvmFeed", "PythEvmSource"]
 
 _GET_PRICE_UNSAFE: Final = selector("getPriceUnsafe(bytes32)")
 _I64: Final = 1 << 63
 _MAX_EXPO: Final = 36
+DEFAULT_MAX_CONF_RATIO: Final = float(SourceConfig.model_fields["max_conf_ratio"].get_default())
 
 
 class PythEvmFeed(Feed):
     """One Pyth price id on one Pyth contract, for one canonical pair."""
 
-    __slots__ = ("_calls", "_last", "_log", "_max_age_s", "_rejected")
+    __slots__ = ("_calls", "_last", "_log", "_max_age_s", "_max_conf_ratio", "_rejected")
 
     distrusting = frozenset({"malformed", "no_price", "non_positive", "wide_confidence"})
 
-    def __init__(self, source_id: str, pair: str, contract: str, spec: FeedSpec) -> None:
+    def __init__(
+        self,
+        source_id: str,
+        pair: str,
+        contract: str,
+        spec: FeedSpec,
+        *,
+        max_conf_ratio: float = DEFAULT_MAX_CONF_RATIO,
+    ) -> None:
         super().__init__(source_id, pair)
+        self._max_conf_ratio = max_conf_ratio
         if spec.feed_id is None or spec.max_age_s is None:
             raise ValueError("a Pyth feed needs feed_id and max_age_s")
         feed_id = bytes.fromhex(spec.feed_id[2:])
@@ -81,7 +93,11 @@ class PythEvmFeed(Feed):
             return self._refused("non_positive", publish_time, price, conf, block)
         if conf >= price:  # the band reaches zero: no usable bid
             return self._refused("wide_confidence", publish_time, price, conf, block)
-        flag = "stale" if block.timestamp - publish_time > self._max_age_s else None
+        flag: str | None = None
+        if block.timestamp - publish_time > self._max_age_s:
+            flag = "stale"
+        elif conf > price * self._max_conf_ratio:
+            flag = "confidence"
         if last == (publish_time, price, conf, flag):
             return None
         self._last = (publish_time, price, conf, flag)
@@ -120,4 +136,6 @@ class PythEvmSource(ChainSource):
     def build_feed(self, pair: str, spec: FeedSpec) -> Feed:
         if self.cfg.address is None:
             raise ValueError("a pyth_evm source needs the Pyth contract address")
-        return PythEvmFeed(self.source_id, pair, self.cfg.address, spec)
+        return PythEvmFeed(
+            self.source_id, pair, self.cfg.address, spec, max_conf_ratio=self.cfg.max_conf_ratio
+        )
