@@ -722,6 +722,7 @@ def _relations(cfg: Config) -> list[str]:
                 f"markets[{i}].min_sources: {market.min_sources} exceeds the "
                 f"{len(market.sources)} source(s) listed"
             )
+        problems.extend(_confidence_reach(i, market))
         low, high, band = market.min_price, market.max_price, cfg.oracle
         if low and high and low >= high:
             problems.append(f"markets[{i}].min_price: must be below max_price")
@@ -752,6 +753,23 @@ def _relations(cfg: Config) -> list[str]:
         problems.append("signing: set exactly one of key_file and key_env")
     problems.extend(_push_relations(cfg, set(symbols)))
     return problems
+
+
+def _confidence_reach(i: int, market: MarketConfig) -> list[str]:
+    """A band limit the band can never reach. The survivors lie within d = max_deviation of the
+    centre c, the quartiles among them and the candidate between the quartiles, so the band
+    (q3 - q1) / 2 is at most d * c and the candidate at least c * (1 - d): confidence over
+    candidate never exceeds d / (1 - d), and the dispersion band (a strict >) never fires."""
+    ratio, d = market.max_confidence_ratio, market.max_deviation
+    reach = d / (1 - d)
+    if ratio is None or ratio < reach:
+        return []
+    return [
+        f"markets[{i}].max_confidence_ratio: {ratio:g} can never be reached: the survivors lie "
+        f"within max_deviation ({d:g}) of the centre, so the band is at most {reach:g} of the "
+        "price (max_deviation / (1 - max_deviation)) and the dispersion band never pauses the "
+        "market; set it below that, or leave it out (it is then max_deviation)"
+    ]
 
 
 def _unserved_kind(cfg: Config, where: str, ms: MarketSource) -> list[str]:
@@ -995,6 +1013,7 @@ def config_warnings(cfg: Config) -> list[str]:
     """
     return [
         *_quorum_needs_disabled(cfg),
+        *_outliers_beyond_breaker(cfg),
         *_same_venue_twice(cfg),
         *_short_connection_ages(cfg),
         *_disabled_with_settings(cfg),
@@ -1015,6 +1034,20 @@ def _short_connection_ages(cfg: Config) -> list[str]:
         "connection limits); venues keep one for about a day, so use hours (default 82800)"
         for sid, src in cfg.sources.items()
         if src.max_connection_age_s < MIN_SANE_CONNECTION_AGE_S
+    ]
+
+
+def _outliers_beyond_breaker(cfg: Config) -> list[str]:
+    """max_deviation compares venues with each other within a round, circuit_breaker the price
+    with its last good value across rounds: no contradiction, so not refused. But at or above the
+    breaker, a venue further from the others than a move the breaker holds still votes, which is
+    most likely two values swapped."""
+    return [
+        f"markets[{i}].max_deviation: {m.max_deviation:g} is not below circuit_breaker "
+        f"({m.circuit_breaker:g}): a venue further from the others than a move the breaker "
+        "holds still votes (are the two swapped?)"
+        for i, m in enumerate(cfg.markets)
+        if m.max_deviation >= m.circuit_breaker
     ]
 
 

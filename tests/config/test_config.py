@@ -277,3 +277,49 @@ def test_the_good_configs_and_the_shipped_one_give_no_warning(path: Path) -> Non
     """What is shipped and what is meant as a good example must not teach operators to ignore
     warnings: none of them gives one."""
     assert config_warnings(load_config(path, env={})) == []
+
+
+def _band_round(ratio: float) -> tuple[str, list[str]]:
+    """One round of a market (max_deviation 1 %) whose survivors sit at both edges of the 1 %
+    band around the centre 100 while the candidate sits at the lower edge: the widest band
+    relative to the candidate that survivors can make, 0.9999 / 99.0001 = 1.0100 %."""
+    from oracled.core import Core
+    from oracled.model import Quote
+
+    prices = {"a": (99.0001, 2.01), "b": (100.0, 0.02), "c": (100.9999, 1.98), "x": (200.0, 0.03)}
+    cfg = parse_config(
+        {
+            "oracle": {"resume_rounds": 1},
+            "sources": {s: {"type": "coinbase"} for s in prices},
+            "markets": [
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 2,
+                    "max_confidence_ratio": ratio,
+                    "sources": [
+                        {"source": s, "pair": "BTC/USD", "weight": weight}
+                        for s, (_, weight) in prices.items()
+                    ],
+                }
+            ],
+        },
+        env={},
+    )
+    core, now = Core(cfg), 1_700_000_000_000
+    for source, (price, _) in prices.items():
+        assert core.ingest(Quote(source=source, pair="BTC/USD", recv_ts=now, price=price)) is None
+    (report,) = core.run_round(now + 1).reports()
+    return report.status, report.reasons
+
+
+def test_the_band_can_pass_max_deviation_so_only_a_ratio_beyond_its_reach_is_refused() -> None:
+    """The refusal bound of max_confidence_ratio is max_deviation / (1 - max_deviation), not
+    max_deviation: survivors at both edges of the band around the centre with the candidate at
+    the lower edge make a band of 1.0100 % of the price under max_deviation 1 %, so a ratio of
+    1.009 % (above max_deviation, below the bound) still pauses the market as dispersion, and
+    refusing it would have been wrong; 1.0101 % and above could never, and is refused."""
+    assert _band_round(0.01009) == ("unknown", ["dispersion"])
+    assert _band_round(0.0101) == ("degraded", ["outlier"])  # live: the band is 1.0100 %
+    with pytest.raises(ConfigError) as caught:
+        _band_round(0.0101011)
+    assert caught.value.problems[0].startswith("markets[0].max_confidence_ratio: 0.0101011 can")
