@@ -531,3 +531,19 @@ async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(client: Client, rig: 
         assert head.startswith(b"HTTP/1.1 401 "), (token, head)
         assert b'"code":"unauthorized"' in body, token
     assert rig.manual == []
+
+
+async def test_only_the_endpoints_with_a_query_refuse_an_unknown_parameter(
+    client: Client, rig: Rig
+) -> None:
+    """As contracts.md says: /v1/prices and /v1/events refuse a parameter they do not take
+    (400 bad_query); the endpoints without a query ignore one (a probe's cache-buster such as
+    ?_=1 keeps working), and /v1/prices/{market} answers for the market of its path."""
+    rig.step()
+    for path in ("/v1/prices?_=1", "/v1/events?_=1"):
+        body = await _json(client, path, 400)
+        assert body["error"]["code"] == "bad_query", path
+    for path in ("/healthz?_=1", "/readyz?_=1", "/v1/info?_=1", "/v1/markets?_=1"):
+        assert (await client.get(path)).status == 200, path
+    body = await _json(client, "/v1/prices/BTC-USD?markets=ETH-USD")
+    assert body["market"] == "BTC/USD"
