@@ -518,3 +518,23 @@ def test_systemd_rates_the_units_exposure_ok(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+
+
+def test_the_pod_environment_holds_only_what_the_operator_gave_it() -> None:
+    """Kubernetes adds service links to every pod's environment by default: with Services named
+    oracled and oracled-pods, ORACLED_PORT, ORACLED_SERVICE_HOST, ORACLED_PODS_PORT_8480_TCP and
+    more, in the very namespace of names the daemon reads its secrets from (ORACLED_ADMIN_TOKEN,
+    ORACLED_SIGNING_KEY, ORACLED_ETH_RPC_URLS). They are off; the pod gets the Secret, its own
+    variables and nothing else, and the daemon finds nothing by Service discovery anyway (it
+    reads the environment only for the names its config gives)."""
+    objects = manifests()
+    pod = objects["StatefulSet"]["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
+    assert pod["automountServiceAccountToken"] is False, "no API credentials either"
+    # The names links would take (the Service's name in upper case): inside the daemon's own.
+    linked = {
+        s["metadata"]["name"].upper().replace("-", "_")
+        for k, s in objects.items()
+        if k.split("/")[0] == "Service"
+    }
+    assert all(name.startswith("ORACLED") for name in linked) and len(linked) == 2
