@@ -71,6 +71,29 @@ def _error(code: str, message: str) -> bytes:
     return encode_json({"type": "error", "code": code, "message": message})
 
 
+_UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade"}
+
+
+def _refusal(request: web.Request) -> ApiError:
+    """Why a request aiohttp will not upgrade is refused, in RFC 6455's terms (4.2.1, 4.4)."""
+    headers = request.headers
+    connection = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
+    if headers.get("Upgrade", "").strip().lower() != "websocket" or "upgrade" not in connection:
+        message = "this is a WebSocket endpoint; connect with a WebSocket client"
+        return ApiError(426, "upgrade_required", message, _UPGRADE)
+    version = headers.get("Sec-WebSocket-Version", "")
+    if version not in ("13", "8", "7"):  # the versions aiohttp speaks; 13 is the standard's
+        message = f"WebSocket version {version[:16]!r} is not spoken here; use 13"
+        return ApiError(
+            426, "upgrade_required", message, _UPGRADE | {"Sec-WebSocket-Version": "13"}
+        )
+    return ApiError(
+        400,
+        "bad_request",
+        "malformed WebSocket handshake: Sec-WebSocket-Key must be 16 bytes in base64",
+    )
+
+
 class StreamHandler:
     """One reader, one writer and one drop watcher per connection; the first to end closes it."""
 
@@ -88,12 +111,7 @@ class StreamHandler:
             heartbeat=HEARTBEAT_S, compress=False, max_msg_size=MAX_CLIENT_MESSAGE
         )
         if not ws.can_prepare(request).ok:
-            raise ApiError(
-                426,
-                "upgrade_required",
-                "this is a WebSocket endpoint; connect with a WebSocket client",
-                {"Upgrade": "websocket", "Connection": "Upgrade"},
-            )
+            raise _refusal(request)
         await ws.prepare(request)
         hub = self._ctx.hub
         sub = hub.subscribe(frozenset())

@@ -547,3 +547,22 @@ async def test_only_the_endpoints_with_a_query_refuse_an_unknown_parameter(
         assert (await client.get(path)).status == 200, path
     body = await _json(client, "/v1/prices/BTC-USD?markets=ETH-USD")
     assert body["market"] == "BTC/USD"
+
+
+async def test_a_broken_websocket_handshake_says_what_is_wrong(client: Client) -> None:
+    """A WebSocket handshake of a version the server does not speak is a 426 naming the one it
+    does (Sec-WebSocket-Version: 13, RFC 6455 4.4); one with a missing or malformed key is a
+    400 bad_request (RFC 6455 4.2.1). Both were a 426 telling the client to connect with a
+    WebSocket client, which it was. A GET without an upgrade stays a 426."""
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
+    key = {"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    resp = await client.get("/v1/stream", headers={**upgrade, **key, "Sec-WebSocket-Version": "99"})
+    assert resp.status == 426 and resp.headers["Sec-WebSocket-Version"] == "13"
+    assert (await resp.json())["error"]["code"] == "upgrade_required"
+    for bad_key in ({}, {"Sec-WebSocket-Key": "c2hvcnQ="}, {"Sec-WebSocket-Key": "%%%"}):
+        headers = {**upgrade, **bad_key, "Sec-WebSocket-Version": "13"}
+        resp = await client.get("/v1/stream", headers=headers)
+        assert resp.status == 400, bad_key
+        assert (await resp.json())["error"]["code"] == "bad_request", bad_key
+    resp = await client.get("/v1/stream")
+    assert resp.status == 426 and "Sec-WebSocket-Version" not in resp.headers

@@ -30,6 +30,13 @@ from oracled.errors import ConfigError
 from oracled.model import REASON_BITS, Report, SourceValue, Status
 from oracled.sources.stats import ConnState
 
+#: A WebSocket upgrade whose key is not 16 bytes in base64.
+BROKEN_HANDSHAKE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "c2hvcnQ=",
+}
 CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
 METHODS = {"get", "post", "put", "patch", "delete"}
 
@@ -126,6 +133,7 @@ async def test_every_documented_response_is_produced_and_valid(
         ("GET", "/v1/prices/BTC-USD", {}),  # 503
         ("GET", "/v1/markets/BTC-USD/sources", {}),  # before any round
         ("GET", "/v1/stream", {}),  # 426
+        ("GET", "/v1/stream", {"headers": BROKEN_HANDSHAKE}),  # 400
     ]
     for method, path, kw in calls:
         await client.request(method, path, **kw)
