@@ -538,3 +538,42 @@ def test_the_pod_environment_holds_only_what_the_operator_gave_it() -> None:
         if k.split("/")[0] == "Service"
     }
     assert all(name.startswith("ORACLED") for name in linked) and len(linked) == 2
+
+
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|RPC_URL|CREDENTIAL", re.IGNORECASE)
+
+
+def test_no_secret_is_baked_into_the_image_or_the_manifests() -> None:
+    """Secrets reach the daemon only at run time, from the environment: the Secret in
+    Kubernetes, the environment file under compose and systemd. The image sets no variable or
+    build argument with a secret's name and its build context admits no env or key file; no
+    manifest or compose service sets one inline (a value there is in the repository and in
+    `kubectl get -o yaml` for anyone who can read the object); the configs name the variables,
+    never the values."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        word = line.split(maxsplit=1)
+        if word and word[0] in ("ENV", "ARG", "LABEL"):
+            assert not _SECRET_NAME.search(word[1]), line
+    admitted = [
+        ln[1:]
+        for ln in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if ln.startswith("!")
+    ]
+    assert not [a for a in admitted if re.search(r"\.env|\.key|secret", a)], admitted
+    objects = manifests()
+    (container,) = objects["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    for env in container.get("env", []):
+        assert "value" not in env or not _SECRET_NAME.search(env["name"]), env
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    for name, service in compose.items():
+        environment = service.get("environment", {})
+        assert not [k for k in environment if _SECRET_NAME.search(k)], name
+    configs = [
+        objects["ConfigMap"]["data"]["oracled.toml"],
+        (ROOT / "config/default.toml").read_text(),
+    ]
+    for config in configs:
+        cfg = parse_config(tomllib.loads(config), env={})
+        assert cfg.admin_token is None and cfg.api.admin_token_env
+        assert not re.search(r"^\s*(admin_token|key|private_key)\s*=", config, re.MULTILINE)
