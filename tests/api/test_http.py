@@ -501,7 +501,7 @@ async def test_a_request_line_over_8190_bytes_is_the_http_layers_plain_400(
     """As contracts.md says: a path and query one byte over the HTTP layer's 8,190 is refused
     by it with a plain-text 400 (not the API's JSON; no handler runs), one byte less reaches
     the API (here its JSON 400 for an unknown name), and 256 usual names fit with room to spare;
-    the server goes on answering."""
+    128 headers are read, 129 are that plain 400; the server goes on answering."""
     rig.step()
     head = "/v1/prices?markets="
     for extra, ctype in ((0, "application/json"), (1, "text/plain")):
@@ -510,6 +510,16 @@ async def test_a_request_line_over_8190_bytes_is_the_http_layers_plain_400(
         assert (resp.status, resp.content_type) == (400, ctype), extra
     names = ",".join(["BTC-USD", "ETH-USD"] * 128)  # 256 names, 2,047 bytes
     assert (await client.get(f"{head}{names}")).status == 200
+    for count, answer in ((128, b"HTTP/1.1 200 "), (129, b"HTTP/1.0 400 ")):
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        headers = b"".join(b"X-N%d: 1\r\n" % i for i in range(count - 2))  # and Host, Connection
+        writer.write(
+            b"GET /healthz HTTP/1.1\r\nHost: o\r\n" + headers + b"Connection: close\r\n\r\n"
+        )
+        async with asyncio.timeout(SAFETY_S):
+            assert (await reader.read()).startswith(answer), count
+        writer.close()
+        await writer.wait_closed()
 
 
 async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(client: Client, rig: Rig) -> None:
