@@ -577,3 +577,15 @@ def test_no_secret_is_baked_into_the_image_or_the_manifests() -> None:
         cfg = parse_config(tomllib.loads(config), env={})
         assert cfg.admin_token is None and cfg.api.admin_token_env
         assert not re.search(r"^\s*(admin_token|key|private_key)\s*=", config, re.MULTILINE)
+
+
+def test_an_unready_oracle_never_blocks_a_node_drain() -> None:
+    """The PodDisruptionBudget counts ready pods. When no replica was ready (every venue
+    unreachable, a bad config rolled out), the budget of one was never met and, under the
+    default policy, no eviction was allowed: every node drain and cluster upgrade hung on pods
+    that served nothing. unhealthyPodEvictionPolicy AlwaysAllow lets unready pods go; ready ones
+    are still protected down to minAvailable."""
+    objects = manifests()
+    pdb = objects["PodDisruptionBudget"]["spec"]
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert 1 <= pdb["minAvailable"] < objects["StatefulSet"]["spec"]["replicas"]
