@@ -20,7 +20,7 @@ from types import FrameType
 import structlog
 
 from oracled import __version__
-from oracled.config import Config, config_warnings, load_config, parse_listen
+from oracled.config import Config, config_warnings, load_config, log_config_warnings, parse_listen
 from oracled.errors import ConfigError, TapeError
 from oracled.logs import setup_logging
 
@@ -116,10 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load(path: Path) -> Config:
     cfg = load_config(path)
     setup_logging(cfg.log.level, cfg.log.format)
-    log = structlog.get_logger("oracled")
-    for warning in config_warnings(cfg):  # the same lines check-config prints
-        key, _, text = warning.partition(": ")
-        log.warning("config warning", key=key, warning=text)
+    log_config_warnings(cfg, structlog.get_logger("oracled"))  # the lines check-config prints
     return cfg
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "SourceConfig",
     "config_warnings",
     "load_config",
+    "log_config_warnings",
     "parse_config",
     "parse_listen",
 ]
@@ -1002,6 +1003,13 @@ def _without_dark_chains(
         else:
             out.append(market.model_copy(update={"sources": kept}))
     return tuple(out)
+
+
+def log_config_warnings(cfg: Config, log: Any) -> None:
+    """Log each of `config_warnings(cfg)` as `config warning` with its key: at start, on reload."""
+    for warning in config_warnings(cfg):
+        key, _, text = warning.partition(": ")
+        log.warning("config warning", key=key, warning=text)
 
 
 def config_warnings(cfg: Config) -> list[str]:

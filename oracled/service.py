@@ -25,7 +25,7 @@ from aiohttp import web
 from oracled import __version__, gcpause
 from oracled.api import ApiContext, build_app
 from oracled.clock import Clock, SystemClock
-from oracled.config import Config, SourceConfig, load_config, parse_listen
+from oracled.config import Config, SourceConfig, load_config, log_config_warnings, parse_listen
 from oracled.core import Core, RoundResult
 from oracled.errors import ConfigError
 from oracled.manual import ManualPauses, Pause
@@ -335,6 +335,7 @@ class Service:
                 self._save_pauses()
             self.metrics.reloads.labels("applied").inc()
             self.log.warning("config reloaded", actor=actor, **changes.as_dict())
+            log_config_warnings(new, self.log)  # valid, but maybe not what was meant
             return changes.as_dict()
 
     def _on_hangup(self) -> None:

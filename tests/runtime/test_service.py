@@ -271,6 +271,30 @@ async def test_sources_that_are_not_running_have_no_source_series(tmp_path: Path
             await task
 
 
+async def test_a_reload_logs_the_warnings_of_the_config_it_applies(tmp_path: Path) -> None:
+    """A reload that disables `other` while BTC/USDT still needs two sources is applied (an
+    operator may disable a bad venue mid-incident) and logs the config warning that the quorum
+    now needs a disabled source, as `oracled run` and check-config would say of that file."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        two = _two_sources_toml(sim.ws_url, sim.rest_url, True)
+        path.write_text(two.replace("min_sources = 1", "min_sources = 2"))
+        service = Service(load_config(path), config_path=path)
+        task = asyncio.create_task(service.run())
+        try:
+            await _round_times(service, 2)
+            one = _two_sources_toml(sim.ws_url, sim.rest_url, False)
+            path.write_text(one.replace("min_sources = 1", "min_sources = 2"))
+            with capture_logs() as logs:
+                changes = await service.reload("test")
+        finally:
+            service.stop()
+            await task
+    assert changes["sources_restarted"] == ["other"]
+    warned = [e for e in logs if e["event"] == "config warning"]
+    assert any(e["key"] == "markets[0].min_sources" and "other" in e["warning"] for e in warned)
+
+
 async def test_a_reload_of_the_clock_skew_bound_gives_every_source_the_new_one(
     tmp_path: Path,
 ) -> None:
