@@ -589,3 +589,23 @@ def test_an_unready_oracle_never_blocks_a_node_drain() -> None:
     pdb = objects["PodDisruptionBudget"]["spec"]
     assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     assert 1 <= pdb["minAvailable"] < objects["StatefulSet"]["spec"]["replicas"]
+
+
+def test_the_image_runs_the_daemon_under_an_init_that_forwards_sigterm() -> None:
+    """In a container the entrypoint is PID 1 of its namespace, and the kernel drops every
+    signal sent to PID 1 that it has no handler for: the daemon installs its SIGTERM handler on
+    its event loop, after ~2 s of imports and start-up, so a `docker stop` or pod deletion in that
+    window was ignored and the daemon ran on until SIGKILL. tini is now PID 1 and forwards
+    SIGTERM to the daemon (which, not being PID 1, stops at once before its handler exists).
+    Kubernetes keeps the entrypoint (the pod sets args, not command), and so does compose
+    (command replaces CMD only)."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    runtime = text[text.rindex("\nFROM ") :].replace("\\\n", " ")
+    assert re.search(r"^RUN .*apt-get install [^&]*\btini\b", runtime, re.MULTILINE)
+    assert "rm -rf /var/lib/apt/lists/*" in runtime
+    (entrypoint,) = re.findall(r"^ENTRYPOINT (.+)$", runtime, re.MULTILINE)
+    assert yaml.safe_load(entrypoint) == ["/usr/bin/tini", "--", "oracled"]
+    (container,) = manifests()["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    assert "command" not in container and container["args"][0] == "run"
+    oracled = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["oracled"]
+    assert "entrypoint" not in oracled and oracled["command"][0] == "run"
