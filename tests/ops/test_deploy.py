@@ -609,3 +609,15 @@ def test_the_image_runs_the_daemon_under_an_init_that_forwards_sigterm() -> None
     assert "command" not in container and container["args"][0] == "run"
     oracled = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["oracled"]
     assert "entrypoint" not in oracled and oracled["command"][0] == "run"
+
+
+def test_a_consumer_stays_on_one_replica() -> None:
+    """Each replica is an independent oracle with its own round numbers and slightly different
+    prices (deploy/README.md, *Several replicas*), and the Service balanced every request anew:
+    a consumer polling through it saw the round number jump back and forth between two counts
+    and a price move back and forth by the replicas' difference. The Service now keeps a
+    client on one pod (ClientIP affinity) for as long as that pod is ready."""
+    service = manifests()["Service"]["spec"]
+    assert service["sessionAffinity"] == "ClientIP"
+    timeout = service["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"]
+    assert timeout >= 3600
