@@ -621,3 +621,22 @@ def test_a_consumer_stays_on_one_replica() -> None:
     assert service["sessionAffinity"] == "ClientIP"
     timeout = service["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"]
     assert timeout >= 3600
+
+
+def test_the_two_replicas_never_share_a_node() -> None:
+    """Two replicas are there so that one survives what takes the other down; the spread over
+    nodes was only a preference (ScheduleAnyway), so under resource pressure both could land on
+    one node and a single node failure or drain left no replica at all. Now a node runs two only
+    when no other node can take one (DoNotSchedule by hostname with a skew of 1; a one-node test
+    cluster still runs both), and zones are preferred apart (volumes are zonal, so a hard zone
+    rule could strand a pod whose claim lives in a full zone)."""
+    spec = manifests()["StatefulSet"]["spec"]
+    pod = spec["template"]["spec"]
+    rules = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    host = rules["kubernetes.io/hostname"]
+    assert (host["maxSkew"], host["whenUnsatisfiable"]) == (1, "DoNotSchedule")
+    zone = rules["topology.kubernetes.io/zone"]
+    assert zone["whenUnsatisfiable"] == "ScheduleAnyway"
+    labels = spec["template"]["metadata"]["labels"]
+    for rule in rules.values():
+        assert rule["labelSelector"]["matchLabels"].items() <= labels.items()
