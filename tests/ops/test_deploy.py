@@ -2,9 +2,12 @@
 
 Every YAML file parses; the Kubernetes manifests have the expected kinds, and their names,
 selectors, ports, probes and security settings refer to each other consistently; the example
-config inside the ConfigMap passes the daemon's own validation; Prometheus's config passes
-`promtool check config`; the systemd unit passes `systemd-analyze verify` and has its sandboxing;
-the Dockerfile is multi-stage, non-root, and checks /healthz.
+config inside the ConfigMap passes the daemon's own validation; what must outlive a pod (the
+pause file, the audit trail) is on each pod's own claim; Prometheus's config passes `promtool
+check config`; the systemd unit passes `systemd-analyze verify`, is rated by `systemd-analyze
+security` and does not restart the daemon's invalid-config exit; stop timeouts cover the
+daemon's shutdown budget; no secret is baked in anywhere; the Dockerfile is multi-stage,
+non-root, runs tini as PID 1 and checks /healthz.
 """
 
 from __future__ import annotations
