@@ -355,6 +355,9 @@ class ChainConfig(_Frozen):
     cross_check: bool = False
     #: A block older than this by our clock is not published (a node stuck or syncing).
     max_block_age_s: Annotated[float, Field(gt=0)] = 300.0
+    #: The chain's usual block interval: newHeads silent for three of them makes the reader
+    #: poll (and subscribe again if the poll finds a block); unset, it waits max_block_age_s.
+    block_time_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
     multicall: Address = MULTICALL3_ADDRESS
     sequencer: SequencerConfig | None = None
     #: Filled by parse_config from `rpc_urls_env` (else `rpc_urls`); empty means disabled.

@@ -265,3 +265,54 @@ async def test_blocks_are_polled_while_the_new_heads_socket_is_opening(
             await stop(task)
             server.close()
             await server.wait_closed()
+
+
+async def test_a_silent_subscription_is_caught_within_a_few_block_times(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """A subscription that is accepted and then never delivers a notice (the socket up and
+    answering pings): with `block_time_s`, after three block times of silence the reader polls;
+    the poll finds the block the socket kept quiet about, so the new answer arrives, the warning
+    says why, and the reader subscribes again (not only after max_block_age_s, 300 s)."""
+    relay.mode = "silent"
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
+                         poll_interval_s=0.02, block_time_s=0.1)  # fmt: skip
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    with capture_logs() as logs:
+        task = asyncio.create_task(reader.run())
+        try:
+            await until(lambda: reader.stats.mode == "newHeads")
+            assert [q.price for q in got.quotes] == [3000.0]
+            await chain.transact(snapshot.eth_aggregator, UPDATE, 3200_00000000)
+            await got.until(lambda: got.last.price == 3200.0)
+            await until(lambda: relay.connections >= 2 and reader.stats.mode == "newHeads")
+            down = [e for e in logs if e["event"] == "newHeads down, polling"]
+            assert "silent" in down[0]["error"]
+            relay.mode = "relay"
+            await chain.mine()  # the second silent subscription is caught the same way
+            await until(lambda: relay.following == 1 and reader.stats.mode == "newHeads")
+            await read_by_new_heads(chain, snapshot, got)
+        finally:
+            await stop(task)
+
+
+async def test_a_quiet_chain_is_polled_but_keeps_its_subscription(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """No notice because no block was made: each silence of three block times costs one poll,
+    which finds nothing new, and the subscription is kept (no reconnect, no warning)."""
+    relay.mode = "silent"
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
+                         poll_interval_s=0.02, block_time_s=0.05)  # fmt: skip
+    watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    with capture_logs() as logs:
+        task = asyncio.create_task(reader.run())
+        try:
+            await until(lambda: reader.stats.mode == "newHeads")
+            trips = reader.stats.round_trips
+            await until(lambda: reader.stats.round_trips >= trips + 3)  # polled in the silence
+            assert relay.connections == 1
+            assert reader.stats.mode == "newHeads"
+            assert not [e for e in logs if e["event"] == "newHeads down, polling"]
+        finally:
+            await stop(task)

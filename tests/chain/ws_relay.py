@@ -3,8 +3,10 @@
 Modes: "relay" forwards the subscription to anvil and every notice back (and, after the
 subscription's answer, one message that is not a notice, as nodes send); "refuse" answers the
 subscription with a JSON-RPC error; "drop_after_ack" passes the subscription's answer and then
-closes the socket. `connections` counts the sockets opened to it, `following` the ones
-relayed past the subscription's answer in "relay" mode.
+closes the socket; "silent" passes the subscription's answer and then forwards nothing (the
+socket stays up and answers pings: a subscription that died on the node's side).
+`connections` counts the sockets opened to it, `following` the ones relayed past the
+subscription's answer in "relay" mode.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ class WsRelay:
             await ws.send_str(await up.receive_str())
             if mode == "drop_after_ack":
                 await ws.close()
+                return ws
+            if mode == "silent":
+                async for _ in ws:
+                    pass
                 return ws
             self.following += 1
             await ws.send_str(_CHATTER)

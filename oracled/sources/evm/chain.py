@@ -48,6 +48,7 @@ __all__ = ["ChainReader", "ChainStats", "decode_round"]
 
 _LATEST_ROUND: Final = selector("latestRoundData()")
 _MAX_REREADS: Final = 2
+_SILENT_BLOCKS: Final = 3  # block times without a newHeads notice before the reader polls
 _READ_ERRORS: Final = (RpcError, RpcUnavailable, ValueError)
 
 
@@ -172,6 +173,10 @@ class ChainReader:
         self._chain_checked: set[int] = set()  # endpoints whose chain id was verified
         self._last_rejection: str | None = None
         self._heads = 0  # newHeads notices received
+        # newHeads silent this long: poll, and subscribe again if the poll finds a new block.
+        self._silence_s = cfg.max_block_age_s
+        if cfg.block_time_s is not None:
+            self._silence_s = min(self._silence_s, _SILENT_BLOCKS * cfg.block_time_s)
 
     # -- feeds ----------------------------------------------------------------------------
     def register(self, feed: Feed, emit: Callable[[Quote], None], stats: SourceStats) -> None:
@@ -583,17 +588,31 @@ class ChainReader:
             await polling  # its poll under way ends first; a cancellation of ours reaches it
 
     async def _read_heads(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Read the newest head each time one arrives, until the socket fails."""
+        """Read the newest head each time one arrives, until the socket fails. A silence of
+        `_silence_s` (three block times) costs one poll: a subscription can die on the node's
+        side while its socket stays up and answers pings, and would otherwise blind the reader
+        for max_block_age_s. A poll that finds a new block proves it: the socket is dropped
+        (polling, then a new subscription); one that finds none means a quiet chain."""
         newest: list[Block] = []  # the newest head not read yet (at most one)
         arrived = asyncio.Event()
         listener = asyncio.create_task(self._listen(ws, newest, arrived))
         try:
             while True:
                 waiter = asyncio.create_task(arrived.wait())
-                await asyncio.wait((listener, waiter), return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    (listener, waiter), timeout=self._silence_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
                 if listener.done():
                     waiter.cancel()
                     listener.result()  # raises why the socket ended
+                if not done:
+                    waiter.cancel()
+                    if await self.poll_once():
+                        raise SourceError(
+                            f"newHeads silent for {self._silence_s:g} s while the chain moved"
+                        )
+                    continue
                 arrived.clear()
                 await self.read_block(newest.pop())
         finally:
