@@ -261,10 +261,15 @@ class Book:
                 and (price is None or 0.0 < price < _INF)
                 and (venue_ts is None or venue_ts <= quote.recv_ts + self._skew)
             ):
-                reason = self._keep_perp(key, quote)
-                if reason is not None:
-                    self.drops[(quote.source, reason)] += 1
-                return reason
+                # `_keep_perp` inlined (once per perpetual frame): not older than the one held.
+                held = self.perps.get(key)
+                if held is None or (quote.recv_ts if venue_ts is None else venue_ts) >= (
+                    held.recv_ts if held.venue_ts is None else held.venue_ts
+                ):
+                    self.perps[key] = quote
+                    return None
+                self.drops[(quote.source, DropReason.OUT_OF_ORDER)] += 1
+                return DropReason.OUT_OF_ORDER
         return self._ingest_checked(key, self._feeds.get(key), quote)
 
     def _keep_perp(self, key: SlotKey, quote: Quote) -> DropReason | None:
