@@ -376,6 +376,19 @@ async def _busy_loop() -> None:
         time.sleep(0.004)  # noqa: ASYNC251 - blocking the loop is the point
 
 
+def _stored_and_replayed(cfg: Config, trail: Path) -> tuple[dict[int, Any], dict[int, Any]]:
+    """BTC/USDT's reports in the audit trail, and those of a replay of the trail's own tape,
+    each by round time."""
+    reader = AuditReader(trail)
+    stored = {s.report.ts: s.report for s in reader.reports("BTC/USDT", 0, 1 << 62)}
+    tape = io.BytesIO()
+    reader.tape(tape, 0, 1 << 62)
+    reader.close()
+    out = io.BytesIO()
+    replay(cfg, io.BytesIO(tape.getvalue()), out)
+    return stored, {r["ts"]: r for r in map(json.loads, out.getvalue().splitlines())}
+
+
 async def test_a_round_never_uses_a_quote_received_after_its_tick(tmp_path: Path) -> None:
     """The round loop wakes a little after its tick; a quote received in between waits for the
     next round, as in a replay of the tape (a quote takes part in the rounds at or after its
@@ -395,16 +408,9 @@ async def test_a_round_never_uses_a_quote_received_after_its_tick(tmp_path: Path
             busy.cancel()
             service.stop()
             await task
-    reader = AuditReader(trail)
-    stored = {s.report.ts: s.report for s in reader.reports("BTC/USDT", 0, 1 << 62)}
+    stored, replayed = _stored_and_replayed(cfg, trail)
     ages = [src.age_ms for r in stored.values() for src in r.sources if src.age_ms is not None]
     assert len(ages) > 50 and min(ages) >= 0
-    tape = io.BytesIO()
-    reader.tape(tape, 0, 1 << 62)
-    reader.close()
-    out = io.BytesIO()
-    replay(cfg, io.BytesIO(tape.getvalue()), out)
-    replayed = {r["ts"]: r for r in map(json.loads, out.getvalue().splitlines())}
     both = sorted(stored.keys() & replayed.keys())
     assert len(both) > 50
     assert [replayed[ts]["price"] for ts in both] == [stored[ts].price for ts in both]
@@ -441,14 +447,7 @@ async def test_rounds_missed_while_the_loop_was_blocked_are_computed_as_a_replay
             await task
     caught_up = service.metrics.registry.get_sample_value("oracled_rounds_caught_up_total")
     assert caught_up is not None and caught_up >= 3 * 5
-    reader = AuditReader(trail)
-    stored = {s.report.ts: s.report for s in reader.reports("BTC/USDT", 0, 1 << 62)}
-    tape = io.BytesIO()
-    reader.tape(tape, 0, 1 << 62)
-    reader.close()
-    out = io.BytesIO()
-    replay(cfg, io.BytesIO(tape.getvalue()), out)
-    replayed = {r["ts"]: r for r in map(json.loads, out.getvalue().splitlines())}
+    stored, replayed = _stored_and_replayed(cfg, trail)
     both = sorted(stored.keys() & replayed.keys())
     assert len(both) > 20
     assert len(replayed) - len(both) >= caught_up  # the rounds computed but never published
