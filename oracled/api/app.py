@@ -12,9 +12,11 @@ from oracled.api.read import ReadHandlers
 from oracled.api.sse import SseHandler
 from oracled.api.stream import StreamHandler
 
-__all__ = ["CONTEXT", "build_app"]
+__all__ = ["CONTEXT", "READ", "build_app"]
 
 CONTEXT = web.AppKey("oracled_api_context", ApiContext)
+#: The read handlers (their `compressions` count shows that a body is gzipped once).
+READ = web.AppKey("oracled_api_read", ReadHandlers)
 MAX_BODY = 16 * 1024  # admin bodies are a few bytes; nothing else takes one
 
 
@@ -25,6 +27,7 @@ def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Appl
     )
     app[CONTEXT] = ctx
     read, ops, admin = ReadHandlers(ctx), OpsHandlers(ctx), AdminHandlers(ctx)
+    app[READ] = read
     stream = StreamHandler(ctx, close_timeout=stream_close_timeout)
     app.on_shutdown.append(stream.shutdown)
     sse = SseHandler(ctx)

@@ -9,6 +9,7 @@ from importlib import resources
 from aiohttp import web
 
 from oracled.api.context import ApiContext
+from oracled.api.encoding import Body, body_response
 from oracled.api.errors import json_response
 from oracled.model import Status
 
@@ -25,7 +26,7 @@ class OpsHandlers:
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
-        self._openapi = openapi_document()
+        self._openapi = Body(openapi_document())
 
     async def healthz(self, request: web.Request) -> web.Response:
         """The process and its event loop answer; says nothing about prices (see /readyz)."""
@@ -56,4 +57,4 @@ class OpsHandlers:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return json_response(self._openapi)
+        return body_response(request, self._openapi)

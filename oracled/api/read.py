@@ -6,14 +6,19 @@ import numpy as np
 from aiohttp import web
 
 from oracled.api.context import ApiContext
+from oracled.api.encoding import Body, body_response
 from oracled.api.errors import ApiError, encode_json, json_response
 from oracled.api.params import market_list, path_market, query_once
 from oracled.config import Config, MarketConfig
+from oracled.core import RoundResult
 from oracled.model import Quote, Report, SourceValue
 
 __all__ = ["ReadHandlers"]
 
 _PRICES_PARAMETERS = frozenset({"markets"})
+#: Distinct price bodies kept per round (the whole array, selections, single markets); past it
+#: a body is made per request. Bounded so that a client cycling selections cannot grow memory.
+ROUND_BODIES = 256
 
 
 def _decimal(value: float | None) -> str | None:
@@ -70,13 +75,35 @@ def _part(report: Report | None, j: int, source: str, pair: str) -> SourceValue 
 class ReadHandlers:
     """Handlers over the hub's latest round and the static config."""
 
-    __slots__ = ("_ctx", "_known", "_markets_body")
+    __slots__ = ("_bodies", "_ctx", "_known", "_markets_body", "_round", "compressions")
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
         self._known = ctx.core.index
         # The config changes only on reload: its view is encoded once per config object.
-        self._markets_body = (ctx.current_config, self._markets_view(ctx.current_config))
+        self._markets_body = (ctx.current_config, Body(self._markets_view(ctx.current_config)))
+        # This round's price bodies, by what was asked: every client of a round shares them.
+        self._round: RoundResult | None = None
+        self._bodies: dict[tuple[bool, tuple[str, ...] | None], Body] = {}
+        self.compressions = 0  # bodies gzipped: once per body, however many clients ask
+
+    def _answer(self, request: web.Request, body: Body) -> web.Response:
+        before = body.compressed
+        response = body_response(request, body)
+        self.compressions += body.compressed and not before
+        return response
+
+    def _round_body(
+        self, result: RoundResult, key: tuple[bool, tuple[str, ...] | None]
+    ) -> Body | None:
+        if result is not self._round:  # a new round: the old bodies go in one go
+            self._round, self._bodies = result, {}
+        return self._bodies.get(key)
+
+    def _keep(self, key: tuple[bool, tuple[str, ...] | None], body: Body) -> Body:
+        if len(self._bodies) < ROUND_BODIES:
+            self._bodies[key] = body
+        return body
 
     def _not_ready(self) -> ApiError:
         return ApiError(503, "not_ready", "no round has completed yet; retry shortly")
@@ -93,34 +120,46 @@ class ReadHandlers:
             items = [part for part in query["markets"].split(",") if part.strip()]
             selected = market_list(items, self._known)
         hub = self._ctx.hub
-        if hub.latest_result is None:
+        result = hub.latest_result
+        if result is None:
             raise self._not_ready()
-        names = hub.markets if selected is None else selected
-        # Joined from the per-round cache: no report is encoded twice, whoever asks. Those not
-        # encoded yet are encoded in one pass (one market alone: the Report path is cheaper).
-        try:
-            parts = hub.encoded_many(names) if len(names) > 1 else [hub.encoded(m) for m in names]
-        except LookupError:
-            raise self._not_priced() from None
-        return json_response(b"[" + b",".join(parts) + b"]")
+        key = (True, None if selected is None else tuple(selected))
+        body = self._round_body(result, key)
+        if body is None:
+            names = hub.markets if selected is None else selected
+            # Joined from the hub's per-round cache: no report is encoded twice, whoever asks.
+            # Those not encoded yet are encoded in one pass (one market: the Report path).
+            try:
+                parts = (
+                    hub.encoded_many(names) if len(names) > 1 else [hub.encoded(m) for m in names]
+                )
+            except LookupError:
+                raise self._not_priced() from None
+            body = self._keep(key, Body(b"[" + b",".join(parts) + b"]"))
+        return self._answer(request, body)
 
     async def price(self, request: web.Request) -> web.Response:
         """Latest report of one market."""
         market = path_market(request.match_info["market"], self._known)
         hub = self._ctx.hub
-        if hub.latest_result is None:
+        result = hub.latest_result
+        if result is None:
             raise self._not_ready()
-        try:
-            return json_response(hub.encoded(market))
-        except LookupError:
-            raise self._not_priced() from None
+        key = (False, (market,))
+        body = self._round_body(result, key)
+        if body is None:
+            try:
+                body = self._keep(key, Body(hub.encoded(market)))
+            except LookupError:
+                raise self._not_priced() from None
+        return self._answer(request, body)
 
     async def markets(self, request: web.Request) -> web.Response:
         """Configured markets and their gate parameters."""
         cfg = self._ctx.current_config
         if self._markets_body[0] is not cfg:
-            self._markets_body = (cfg, self._markets_view(cfg))
-        return json_response(self._markets_body[1])
+            self._markets_body = (cfg, Body(self._markets_view(cfg)))
+        return self._answer(request, self._markets_body[1])
 
     @staticmethod
     def _markets_view(cfg: Config) -> bytes:

@@ -7,6 +7,7 @@ Every HTTP response a test receives is checked against the OpenAPI document (see
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import threading
 from collections.abc import Awaitable, Callable
@@ -225,6 +226,8 @@ class ContractRecorder:
             body = response.body
             try:
                 assert isinstance(body, bytes)
+                if response.headers.get("Content-Encoding") == "gzip":  # checked as sent
+                    body = gzip.decompress(body)
                 self.check(template, request.method, response.status, response.content_type, body)
             except (AssertionError, ValidationError) as exc:
                 self.failures.append(f"{request.method} {request.path_qs}: {exc}")
