@@ -144,6 +144,10 @@ class ApiConfig(_Frozen):
     admin_token_env: str | None = "ORACLED_ADMIN_TOKEN"
     ready_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
     stream_queue: Annotated[int, Field(ge=1, le=100_000)] = 256
+    #: An HTTP answer not written within this is abandoned and its connection closed.
+    send_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    #: Client connections served at once; a request on one more is answered 503 and closed.
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
 
     @field_validator("listen")
     @classmethod

@@ -56,6 +56,7 @@ class MetricsInputs:
     now_ms: Callable[[], int]
     stream_subscribers: Callable[[], int]
     stream_dropped: Callable[[], Mapping[str, int]]
+    api_closed: Callable[[], Mapping[str, int]] = dict  # HTTP connections closed, by reason
     signer: SignerStats | None = None  # None: signing off (its families read zero)
     nats: NatsStats | None = None  # None: no NATS sink
     chains: Callable[[], Iterable[ChainStats]] = tuple  # the chain readers running now
@@ -373,6 +374,14 @@ class _StateCollector:
         for reason, count in sorted(self._in.stream_dropped().items()):
             dropped.add_metric([reason], count)
         yield dropped
+        closed = CounterMetricFamily(
+            "oracled_api_connections_closed",
+            "HTTP connections the API closed: a send past its deadline, or over the cap.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._in.api_closed().items()):
+            closed.add_metric([reason], count)
+        yield closed
         yield from _signer_families(self._in.signer)
         yield from _nats_families(self._in.nats)
         yield from _chain_families(self._in.now_ms(), self._in.chains())

@@ -169,6 +169,7 @@ class Service:
                 now_ms=self.clock.now_ms,
                 stream_subscribers=lambda: self.hub.subscribers,
                 stream_dropped=lambda: self.hub.dropped_subscribers,
+                api_closed=lambda: self.hub.api_closed,
                 signer=self.signer.stats if self.signer is not None else None,
                 nats=self.nats.stats if self.nats is not None else None,
                 chains=lambda: self.chains.stats() if self.chains is not None else (),

@@ -7,25 +7,31 @@ from aiohttp import web
 from oracled.api.admin import AdminHandlers
 from oracled.api.context import ApiContext
 from oracled.api.errors import error_middleware, no_store_middleware
+from oracled.api.limits import Limits
 from oracled.api.ops import OpsHandlers
 from oracled.api.read import ReadHandlers
 from oracled.api.sse import SseHandler
 from oracled.api.stream import StreamHandler
 
-__all__ = ["CONTEXT", "READ", "build_app"]
+__all__ = ["CONTEXT", "LIMITS", "READ", "build_app"]
 
 CONTEXT = web.AppKey("oracled_api_context", ApiContext)
 #: The read handlers (their `compressions` count shows that a body is gzipped once).
 READ = web.AppKey("oracled_api_read", ReadHandlers)
+#: The send deadline and connection cap (its `connections` is the count held against the cap).
+LIMITS = web.AppKey("oracled_api_limits", Limits)
 MAX_BODY = 16 * 1024  # admin bodies are a few bytes; nothing else takes one
 
 
 def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Application:
     """The API application. The caller runs it (AppRunner + TCPSite) and owns the hub."""
+    limits = Limits(ctx)  # outermost: it writes the finished answer under its deadline
     app = web.Application(
-        middlewares=[no_store_middleware, error_middleware], client_max_size=MAX_BODY
+        middlewares=[limits.middleware, no_store_middleware, error_middleware],
+        client_max_size=MAX_BODY,
     )
     app[CONTEXT] = ctx
+    app[LIMITS] = limits
     read, ops, admin = ReadHandlers(ctx), OpsHandlers(ctx), AdminHandlers(ctx)
     app[READ] = read
     stream = StreamHandler(ctx, close_timeout=stream_close_timeout)

@@ -242,6 +242,7 @@ class Hub:
         "_signed_frames",
         "_signed_scheduled",
         "_subs",
+        "api_closed",
         "dropped_subscribers",
         "signer",
     )
@@ -272,6 +273,8 @@ class Hub:
         self.dropped_subscribers: Counter[str] = Counter(
             {DROP_SLOW: 0, DROP_SHUTDOWN: 0, DROP_BAD_FRAME: 0}
         )
+        #: HTTP connections the API closed, by reason (oracled/api/limits.py); same rule.
+        self.api_closed: Counter[str] = Counter({"send_timeout": 0, "connection_limit": 0})
 
     # -- the round side ----------------------------------------------------------------------
 

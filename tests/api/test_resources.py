@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import socket
+from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from api_rig import ClientFactory, Rig
+from api_rig import ClientFactory, ContractRecorder, Rig, make_config
+from prometheus_client import Gauge
+from structlog.testing import capture_logs
 
-from oracled.api import READ
+from oracled.api import LIMITS, READ, build_app
 
 Client = TestClient[web.Request, web.Application]
 GZIP = {"Accept-Encoding": "gzip"}
@@ -90,3 +95,101 @@ async def test_streams_are_never_compressed(make_client: ClientFactory, rig: Rig
         while (line := await resp.content.readline()) == b"\n":
             pass
         assert line.startswith(b"data: {")
+
+
+async def _until(check: Any, what: str) -> None:
+    """Wait for a condition the server reaches on its own (bounded: a failure, not a hang)."""
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_an_answer_the_client_does_not_read_is_cut_at_the_send_timeout(
+    make_client: ClientFactory,
+) -> None:
+    """A client that asks for a large answer and never reads it no longer holds the handler
+    and the body forever: past `api.send_timeout_s` the connection is aborted (the client
+    gets less than the body, then the end), counted in `api_closed["send_timeout"]` and logged
+    once; the server goes on answering others."""
+    rig = Rig(make_config(send_timeout_s=0.3))
+    padding = Gauge("test_padding", "Fills /metrics", ["name"], registry=rig.registry)
+    for k in range(5_000):
+        padding.labels(f"{k:06d}-" + "x" * 40).set(1)
+    client = await make_client(rig, small_send_buffer=True)
+    size = len(await (await client.get("/metrics")).read())
+    assert size > 300_000
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        with capture_logs() as logs:
+            await loop.sock_connect(sock, (client.host, client.port))
+            await loop.sock_sendall(sock, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            await _until(lambda: rig.hub.api_closed["send_timeout"] == 1, "a send timeout")
+        received = 0
+        try:
+            while chunk := await loop.sock_recv(sock, 65536):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass  # aborted: the unsent rest was dropped
+        assert received < size
+    finally:
+        sock.close()
+    (event,) = [e for e in logs if e["event"] == "api_send_timeout"]
+    assert event["path"] == "/metrics" and event["closed"] == 1
+    assert (await client.get("/v1/info")).status == 200
+
+
+async def _get(
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str
+) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = conn
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    lines = head.split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+    body = await reader.readexactly(int(headers["content-length"]))
+    return int(lines[0].split()[1]), headers, body
+
+
+async def test_connections_beyond_the_cap_are_refused_with_503_and_closed(
+    aiohttp_client: Any, contract: ContractRecorder
+) -> None:
+    """With `api.max_connections = 2`, two keep-alive clients are served as often as they ask;
+    a request on a third connection is a 503 `too_many_connections` with `Connection: close`
+    (counted), except `/healthz`, answered on a connection then closed. Once one of the two
+    goes, a new connection is served."""
+    rig = Rig(make_config(max_connections=2))
+    rig.step()
+    client = await aiohttp_client(build_app(rig.context()))
+    limits = client.server.app[LIMITS]
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(client.host, client.port)
+
+    first, second = await connect(), await connect()
+    for conn in (first, second, first, second):
+        assert (await _get(conn, "/v1/info"))[0] == 200
+    third = await connect()
+    status, headers, body = await _get(third, "/v1/info")
+    assert status == 503 and headers["connection"] == "close"
+    assert headers["cache-control"] == "no-store" and headers["retry-after"] == "1"
+    error = json.loads(body)
+    contract.validator("/components/schemas/Error").validate(error)
+    assert error["error"]["code"] == "too_many_connections"
+    assert await third[0].read() == b""  # closed by the server
+    assert rig.hub.api_closed["connection_limit"] == 1
+    probe = await connect()
+    status, headers, _ = await _get(probe, "/healthz")
+    assert status == 200 and headers["connection"] == "close"
+    assert await probe[0].read() == b""
+    assert (await _get(first, "/v1/prices"))[0] == 200
+    first[1].close()
+    await _until(lambda: limits.connections == 1, "the server saw the close")
+    fourth = await connect()
+    assert (await _get(fourth, "/v1/info"))[0] == 200
+    for _, writer in (second, third, probe, fourth):
+        writer.close()

@@ -44,6 +44,7 @@ def populated_metrics() -> Metrics:
             now_ms=lambda: T0 + 2_000,
             stream_subscribers=lambda: 1,
             stream_dropped=lambda: {"slow_consumer": 1, "shutdown": 0},
+            api_closed=lambda: {"send_timeout": 1, "connection_limit": 0},
             chains=lambda: [chain_stats()],
             push=PushStats(up=True),  # push on: oracled_push_up exists only then
         )
