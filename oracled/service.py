@@ -195,6 +195,8 @@ class Service:
         self._loop: asyncio.AbstractEventLoop | None = None  # set by run(); read by /metrics
         #: SIGHUPs the command line caught before run() handles them (oracled/cli.py).
         self.early_hangups: Callable[[], int] = lambda: 0
+        #: The SIGTERM or SIGINT the command line caught before run() handles them, if any.
+        self.early_stop: Callable[[], signal.Signals | None] = lambda: None
 
     # -- the quote path -------------------------------------------------------------------
     def on_quote(self, quote: Quote) -> None:
@@ -497,22 +499,59 @@ class Service:
         return runner
 
     async def run(self) -> None:
-        """Run until stopped; cancel everything and close within the shutdown budget."""
+        """Run until stopped; cancel everything and close within the shutdown budget.
+
+        A stop asked for before or while it starts (`early_stop`, or a signal while the API
+        starts) starts nothing more: no half-started daemon, and no `oracled started` line."""
         loop = self._loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._on_signal, sig)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
-            if self.early_hangups():  # a reload asked for while the process was starting
-                self._on_hangup()
-        runner = await self._start_api()
+        previous = self._handle_signals(loop)
+        early = self.early_stop()
+        if early is not None:  # asked to stop while the process was starting
+            self._on_signal(early)
+        elif self.early_hangups():  # a reload asked for while the process was starting
+            self._on_hangup()
+        runner: web.AppRunner | None = None
+        session: aiohttp.ClientSession | None = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if not self._stop.is_set():
+                runner = await self._start_api()
+            if not self._stop.is_set():  # from here on nothing awaits: it starts whole
+                session = self._start(tasks)
+            await self._stop.wait()
+        finally:
+            self.log.info("shutting down")
+            tasks += [*self._source_tasks.values(), *self._background]
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_BUDGET_S - 1.0):
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    await self.hub.close()
+                    if runner is not None:
+                        await runner.cleanup()
+                    if session is not None:
+                        await session.close()
+            if self._recorder is not None:
+                await self._recorder.drain()
+                self._recorder.close()
+            if self._signer_worker is not None:
+                self._signer_worker.close()
+            if self.audit is not None:
+                self.audit.close(1.0)
+            if self.manual_pauses is not None:
+                self.manual_pauses.close()
+            self._release_signals(loop, previous)
+            self.log.info("stopped")
+
+    def _start(self, tasks: list[asyncio.Task[None]]) -> aiohttp.ClientSession:
+        """Start the round loop, the sinks and the sources (the API runs already)."""
         self._session = session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         if self.audit is not None:
             self.audit.start()
             self.log.info("audit trail", path=str(self.audit.path))
         self._start_pusher(session)
-        round_loop = asyncio.create_task(self._round_loop(), name="round-loop")
+        tasks.append(asyncio.create_task(self._round_loop(), name="round-loop"))
         if self.nats is not None:
             self._background.add(asyncio.create_task(self.nats.run(), name="nats"))
             self.log.info("nats sink", **self.nats.describe())
@@ -532,32 +571,30 @@ class Service:
         if self._freeze_gc:
             self.log.info("start-up objects frozen", objects=gcpause.freeze())
         self.started.set()
-        try:
-            await self._stop.wait()
-        finally:
-            self.log.info("shutting down")
-            tasks = [round_loop, *self._source_tasks.values(), *self._background]
-            for task in tasks:
-                task.cancel()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SHUTDOWN_BUDGET_S - 1.0):
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                    await self.hub.close()
-                    await runner.cleanup()
-                    await session.close()
-            if self._recorder is not None:
-                await self._recorder.drain()
-                self._recorder.close()
-            if self._signer_worker is not None:
-                self._signer_worker.close()
-            if self.audit is not None:
-                self.audit.close(1.0)
-            if self.manual_pauses is not None:
-                self.manual_pauses.close()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
-            self.log.info("stopped")
+        return session
+
+    def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> dict[signal.Signals, object]:
+        """Take SIGTERM, SIGINT and SIGHUP on the loop; return the handlers they had."""
+        previous: dict[signal.Signals, object] = {}
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            handler = signal.getsignal(sig)
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                if sig == signal.SIGHUP:
+                    loop.add_signal_handler(sig, self._on_hangup)
+                else:
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                previous[sig] = handler
+        return previous
+
+    def _release_signals(
+        self, loop: asyncio.AbstractEventLoop, previous: dict[signal.Signals, object]
+    ) -> None:
+        """Give the signals the handlers they had before run(): the loop's removal would leave
+        the defaults, and a SIGTERM while the process exits would end it with 143."""
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if callable(handler) or handler in (signal.SIG_DFL, signal.SIG_IGN):
+                signal.signal(sig, handler)  # type: ignore[arg-type]
 
     def _start_pusher(self, session: aiohttp.ClientSession) -> None:
         """Start the on-chain pusher's task if it is enabled and its chain has an RPC URL."""

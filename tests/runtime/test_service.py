@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp.resolver import AsyncResolver, DefaultResolver
 from structlog.testing import capture_logs
 
-from oracled.cli import _Hangups
+from oracled.cli import _Hangups, _Stops
 from oracled.clock import Clock, SystemClock
 from oracled.config import Config, SourceConfig, load_config, parse_config
 from oracled.model import Kind, Quote
@@ -551,3 +551,26 @@ async def test_a_sighup_without_a_config_file_is_logged_not_silent() -> None:
         finally:
             service.stop()
             await task
+
+
+async def test_run_gives_the_signals_their_handlers_back_when_it_returns() -> None:
+    """After `run()` returns, SIGTERM and SIGINT have the handlers they had before (the command
+    line's, which keep a late signal from ending the exiting process with 143), not the
+    defaults the event loop leaves; a stop caught early (`early_stop`) stops it unstarted."""
+    stops = _Stops()
+    try:
+        signal.raise_signal(signal.SIGTERM)  # would end this process without the latch
+        service = Service(
+            _config("ws://127.0.0.1:9", "http://127.0.0.1:9"), source_factory=_factory
+        )
+        service.early_stop = lambda: stops.signal
+        with capture_logs() as logs:
+            async with asyncio.timeout(10):
+                await service.run()
+        assert [e["event"] for e in logs] == ["signal received", "shutting down", "stopped"]
+        assert not service.started.is_set() and service.bound_port is None
+        handler = stops._on_stop
+        assert signal.getsignal(signal.SIGTERM) == handler
+        assert signal.getsignal(signal.SIGINT) == handler
+    finally:
+        assert stops.release() == signal.SIGTERM

@@ -1,0 +1,191 @@
+"""`oracled run` asked to stop at any moment of its start: it stops cleanly, exit 0.
+
+Real processes: the daemon is started as `python -m oracled.cli run`, its sources point at a
+loopback server (or at nothing), and the signal is sent at a moment the test observes from the
+outside (the process catching SIGHUP, a log line, the source's connection being accepted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+# The nats table with servers and no `enabled` is a config warning, logged by the command line
+# before it imports the runtime: a moment of start-up the test can see.
+CONFIG = """
+[log]
+format = "json"
+
+[nats]
+servers = ["nats://127.0.0.1:4333"]
+
+[sources.binance]
+type = "binance"
+ws_url = "ws://127.0.0.1:{port}/ws"
+rest_url = "http://127.0.0.1:{port}"
+
+[[markets]]
+symbol = "BTC/USDT"
+min_sources = 1
+sources = [{{ source = "binance", pair = "BTC/USDT" }}]
+"""
+
+
+class _Daemon:
+    """One `oracled run` and the JSON lines of its stderr, read as they come."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        argv = ["run", "--config", str(config), "--listen", "127.0.0.1:0"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "oracled.cli", *argv],
+            stderr=subprocess.PIPE,
+            cwd=config.parent,
+            text=True,
+        )
+        self.lines: list[str] = []
+
+    def events(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.lines]
+
+    def read_until(self, event: str, timeout_s: float = 30.0) -> dict[str, object]:
+        """Read stderr up to the first line with this event."""
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stderr], [], [], 0.5)
+            if not ready:
+                continue
+            line = self.proc.stderr.readline()
+            assert line, f"the daemon ended before {event!r}: {self.lines}"
+            self.lines.append(line)
+            entry = json.loads(line)
+            if entry["event"] == event:
+                return entry  # type: ignore[no-any-return]
+        raise AssertionError(f"no {event!r} within {timeout_s} s: {self.lines}")
+
+    def finish(self, timeout_s: float = 30.0) -> int:
+        """Wait for the exit; keep the rest of stderr."""
+        _, rest = self.proc.communicate(timeout=timeout_s)
+        self.lines.extend(rest.splitlines(keepends=True))
+        return self.proc.returncode
+
+    def catches(self, sig: signal.Signals) -> bool:
+        """Whether the process has a handler for `sig` (the SigCgt mask of /proc)."""
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+        return False
+
+
+@contextmanager
+def _daemon(tmp_path: Path, port: int) -> Iterator[_Daemon]:
+    config = tmp_path / "oracled.toml"
+    config.write_text(CONFIG.format(port=port))
+    daemon = _Daemon(config)
+    try:
+        yield daemon
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(30)
+        if daemon.proc.stderr is not None:
+            daemon.proc.stderr.close()
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def _left_running(config: Path) -> list[int]:
+    """Processes whose command line names this test's config (the daemon or any child)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:  # gone meanwhile
+                continue
+            if str(config).encode() in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def _assert_stopped_cleanly(daemon: _Daemon, sig: signal.Signals, code: int) -> list[str]:
+    """Exit 0, the signal and `stopped` logged, nothing but JSON lines, nothing left running."""
+    assert code == 0, daemon.lines
+    events = daemon.events()  # every stderr line is a log line: no traceback
+    names = [e["event"] for e in events]
+    assert [e.get("signal") for e in events if e["event"] == "signal received"] == [sig.name]
+    assert names[-1] == "stopped"
+    assert _left_running(daemon.config) == []
+    return names  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_as_soon_as_the_command_line_runs_stops_it_before_it_starts(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A stop sent the moment the command line catches signals (it then imports the runtime for
+    about a second) ends the daemon with exit 0 and `signal received` and `stopped` lines, and
+    it never starts: no API, no source. It used to end with 143 and no line for SIGTERM."""
+    with _daemon(tmp_path, 9) as daemon:
+        _wait(lambda: daemon.catches(signal.SIGHUP))  # the command line's first line ran
+        daemon.proc.send_signal(sig)
+        names = _assert_stopped_cleanly(daemon, sig, daemon.finish())
+    assert "api listening" not in names and "oracled started" not in names
+
+
+def test_a_sigterm_while_the_runtime_imports_stops_it_before_it_starts(tmp_path: Path) -> None:
+    """SIGTERM after the config is read and logged, while the runtime is being imported: exit
+    0, logged, never started (where it used to die with 143 and no line)."""
+    with _daemon(tmp_path, 9) as daemon:
+        daemon.read_until("config warning")
+        daemon.proc.send_signal(signal.SIGTERM)
+        names = _assert_stopped_cleanly(daemon, signal.SIGTERM, daemon.finish())
+    assert "api listening" not in names and "oracled started" not in names
+
+
+def test_a_sigterm_while_a_source_connects_stops_it_and_closes_everything(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the source's connection is open and unanswered (a loopback server that
+    accepts and says nothing): exit 0, the source's connection closed, the API port closed."""
+    accepted: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def accept() -> None:
+            conn, _ = server.accept()
+            accepted.append(conn)
+
+        acceptor = threading.Thread(target=accept, daemon=True)
+        acceptor.start()
+        with _daemon(tmp_path, server.getsockname()[1]) as daemon:
+            api = daemon.read_until("api listening")
+            _wait(lambda: bool(accepted))
+            daemon.proc.send_signal(signal.SIGTERM)
+            names = _assert_stopped_cleanly(daemon, signal.SIGTERM, daemon.finish())
+    assert names.index("oracled started") < names.index("signal received")
+    conn = accepted[0]
+    conn.settimeout(10)
+    with conn:
+        while conn.recv(4096):  # the daemon's handshake request, then the end of the stream
+            pass
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", int(api["port"])), timeout=5).close()  # type: ignore[call-overload]
