@@ -148,11 +148,24 @@ class ApiConfig(_Frozen):
     send_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     #: Client connections served at once; a request on one more is answered 503 and closed.
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    #: Browser origins allowed to read the API across origins (CORS); "*" for any. Empty: none.
+    cors_origins: tuple[str, ...] = ()
+
+    _cors_tuple = field_validator("cors_origins", mode="before")(_as_tuple)
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            # As a browser serializes it in Origin: scheme://host[:port], nothing after.
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ValueError(f"{origin!r} is not * or an origin like https://host[:port]")
         return value
 
 

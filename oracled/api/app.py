@@ -6,6 +6,7 @@ from aiohttp import web
 
 from oracled.api.admin import AdminHandlers
 from oracled.api.context import ApiContext
+from oracled.api.cors import Cors
 from oracled.api.errors import error_middleware, no_store_middleware
 from oracled.api.limits import Limits
 from oracled.api.ops import OpsHandlers
@@ -26,10 +27,12 @@ MAX_BODY = 16 * 1024  # admin bodies are a few bytes; nothing else takes one
 def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Application:
     """The API application. The caller runs it (AppRunner + TCPSite) and owns the hub."""
     limits = Limits(ctx)  # outermost: it writes the finished answer under its deadline
+    cors = Cors(ctx)
     app = web.Application(
-        middlewares=[limits.middleware, no_store_middleware, error_middleware],
+        middlewares=[limits.middleware, no_store_middleware, cors.middleware, error_middleware],
         client_max_size=MAX_BODY,
     )
+    app.on_response_prepare.append(cors.on_prepare)
     app[CONTEXT] = ctx
     app[LIMITS] = limits
     read, ops, admin = ReadHandlers(ctx), OpsHandlers(ctx), AdminHandlers(ctx)

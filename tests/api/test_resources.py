@@ -10,11 +10,12 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from api_rig import ClientFactory, ContractRecorder, Rig, make_config
+from api_rig import TOKEN, ClientFactory, ContractRecorder, Rig, make_config
 from prometheus_client import Gauge
 from structlog.testing import capture_logs
 
 from oracled.api import LIMITS, READ, build_app
+from oracled.errors import ConfigError
 
 Client = TestClient[web.Request, web.Application]
 GZIP = {"Accept-Encoding": "gzip"}
@@ -193,3 +194,108 @@ async def test_connections_beyond_the_cap_are_refused_with_503_and_closed(
     assert (await _get(fourth, "/v1/info"))[0] == 200
     for _, writer in (second, third, probe, fourth):
         writer.close()
+
+
+DASH = "https://dash.example"
+PREFLIGHT = {"Origin": DASH, "Access-Control-Request-Method": "GET"}
+
+
+async def test_without_cors_origins_no_cors_headers_and_no_preflight(
+    make_client: ClientFactory, rig: Rig
+) -> None:
+    """By default (`api.cors_origins` empty) nothing changes: no Access-Control-* header for
+    any Origin, and a preflight OPTIONS is the usual 405."""
+    client = await make_client(rig)
+    rig.step()
+    resp = await client.get("/v1/prices", headers={"Origin": DASH})
+    assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
+    assert "Origin" not in resp.headers.get("Vary", "")
+    pre = await client.options("/v1/prices", headers=PREFLIGHT)
+    assert pre.status == 405 and "Access-Control-Allow-Origin" not in pre.headers
+
+
+async def test_cors_allows_listed_origins_on_reads_and_events_never_on_admin(
+    make_client: ClientFactory,
+) -> None:
+    """With `api.cors_origins = ["https://dash.example"]`, a GET (answers and errors alike) and
+    the event stream from that origin carry `Access-Control-Allow-Origin` naming it and `Vary:
+    Origin`; a preflight is a 204 allowing GET and HEAD (an unknown path stays a 404); another
+    origin gets none of it; the
+    admin endpoints never do, nor answer a preflight."""
+    rig = Rig(make_config(cors_origins=[DASH]))
+    client = await make_client(rig)
+    rig.step()
+    origin = {"Origin": DASH}
+    for path in ("/v1/prices", "/v1/prices/BTC-USD", "/v1/markets", "/v1/info", "/v1/prices/X"):
+        resp = await client.get(path, headers=origin)
+        assert resp.headers.get("Access-Control-Allow-Origin") == DASH, path
+        assert "Origin" in resp.headers["Vary"], path
+    prices = await client.get("/v1/prices", headers=origin)
+    assert set(prices.headers["Vary"].replace(" ", "").split(",")) == {"Accept-Encoding", "Origin"}
+    other = await client.get("/v1/prices", headers={"Origin": "https://evil.example"})
+    assert other.status == 200 and "Access-Control-Allow-Origin" not in other.headers
+    async with client.session.get(client.make_url("/v1/events"), headers=origin) as events:
+        assert events.status == 200
+        assert events.headers.get("Access-Control-Allow-Origin") == DASH
+    pre = await client.options("/v1/events", headers=PREFLIGHT)
+    assert pre.status == 204 and pre.headers["Access-Control-Allow-Origin"] == DASH
+    assert set(pre.headers["Access-Control-Allow-Methods"].replace(" ", "").split(",")) == {
+        "GET",
+        "HEAD",
+    }
+    refused = await client.options(
+        "/v1/prices", headers={**PREFLIGHT, "Origin": "https://evil.example"}
+    )
+    assert refused.status == 405 and "Access-Control-Allow-Origin" not in refused.headers
+    unknown = await client.options("/v1/nothing", headers=PREFLIGHT)
+    assert unknown.status == 404
+    admin = "/v1/admin/markets/BTC-USD/pause"
+    post = await client.post(admin, headers={**origin, "Authorization": "Bearer wrong-token-xx"})
+    assert post.status == 401 and "Access-Control-Allow-Origin" not in post.headers
+    pre = await client.options(
+        admin, headers={**PREFLIGHT, "Access-Control-Request-Method": "POST"}
+    )
+    assert pre.status == 405 and "Access-Control-Allow-Origin" not in pre.headers
+    assert rig.manual == []
+
+
+async def test_cors_star_allows_any_origin(make_client: ClientFactory) -> None:
+    """`"*"` in `api.cors_origins` answers `Access-Control-Allow-Origin: *` to any origin."""
+    rig = Rig(make_config(cors_origins=["*"]))
+    client = await make_client(rig)
+    rig.step()
+    resp = await client.get("/v1/prices", headers={"Origin": "https://any.example"})
+    assert resp.headers.get("Access-Control-Allow-Origin") == "*"
+    pre = await client.options("/v1/prices", headers={**PREFLIGHT, "Origin": "http://x.test"})
+    assert pre.status == 204 and pre.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_cors_origins_must_be_bare_origins() -> None:
+    """An entry of `api.cors_origins` is `*` or scheme://host[:port] exactly as a browser sends
+    it in Origin (no path, no trailing slash): anything else is refused at load."""
+    for bad in ("dash.example", "https://dash.example/", "https://dash.example/app", ""):
+        try:
+            make_config(cors_origins=[bad])
+        except ConfigError as exc:
+            assert "cors_origins" in str(exc), bad
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+    assert make_config(cors_origins=["http://127.0.0.1:3000", "*"]).api.cors_origins == (
+        "http://127.0.0.1:3000",
+        "*",
+    )
+
+
+async def test_a_reload_turns_cors_on_without_a_restart(make_client: ClientFactory) -> None:
+    """The origins are read from the config in force: after `POST /v1/admin/reload` with a
+    file that lists one, answers to it carry the header; before, none did."""
+    rig = Rig(make_config())
+    rig.next_config = make_config(cors_origins=[DASH])
+    client = await make_client(rig)
+    rig.step()
+    before = await client.get("/v1/info", headers={"Origin": DASH})
+    assert "Access-Control-Allow-Origin" not in before.headers
+    reload = await client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert reload.status == 200
+    after = await client.get("/v1/info", headers={"Origin": DASH})
+    assert after.headers.get("Access-Control-Allow-Origin") == DASH
