@@ -342,6 +342,9 @@ class Service:
             return changes.as_dict()
 
     def _on_hangup(self) -> None:
+        if self._stop.is_set():  # a reload now would outlive run(): sources on a closed session
+            self.log.warning("SIGHUP ignored: the daemon is stopping")
+            return
         if self.config_path is None:  # `oracled demo`, or a service made without a file
             self.log.warning("SIGHUP ignored: this daemon was not started from a config file")
             return

@@ -574,3 +574,28 @@ async def test_run_gives_the_signals_their_handlers_back_when_it_returns() -> No
         assert signal.getsignal(signal.SIGINT) == handler
     finally:
         assert stops.release() == signal.SIGTERM
+
+
+async def test_a_sighup_while_stopping_is_no_reload(tmp_path: Path) -> None:
+    """`systemctl reload` racing `systemctl stop`: a SIGHUP that comes once the daemon is shutting
+    down is logged and ignored. It used to start a reload that outlived `run()`: a source
+    restarted on the closed session, or `config reloaded` after `shutting down`."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url, 50, None))
+        service = Service(load_config(path), config_path=path)
+        task = asyncio.create_task(service.run())
+        await service.started.wait()
+        path.write_text(_toml(sim.ws_url + "?changed", sim.rest_url, 50, None))  # a restart
+        with capture_logs() as logs:
+            service.stop()
+            os.kill(os.getpid(), signal.SIGHUP)  # handled on the loop once run() is stopping
+            async with asyncio.timeout(10):
+                await task
+        names = [t.get_name() for t in asyncio.all_tasks()]
+        left = [n for n in names if n == "reload" or n.startswith(("source:", "round-loop"))]
+    events = [e["event"] for e in logs]
+    assert left == []
+    assert "config reloaded" not in events
+    assert events[0] == "shutting down" and events[-1] == "stopped"
+    assert "SIGHUP ignored: the daemon is stopping" in events
