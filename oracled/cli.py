@@ -8,6 +8,7 @@ failure: check-config prints them on stderr and exits 0, run logs them at start-
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import sys
@@ -274,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parsed = args = _parser().parse_args(argv)
     finally:
         daemon = parsed is not None and parsed.command in ("run", "record")
-        if not daemon:  # not a daemon: a signal means what it did
+        if daemon:  # SIGQUIT: where every thread is, even with the event loop blocked
+            faulthandler.register(signal.SIGQUIT, all_threads=True)
+        else:  # not a daemon: a signal means what it did
             stop = stops.release()
             if hangups.release():
                 signal.raise_signal(signal.SIGHUP)

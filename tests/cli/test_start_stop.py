@@ -189,3 +189,28 @@ def test_a_sigterm_while_a_source_connects_stops_it_and_closes_everything(
             pass
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", int(api["port"])), timeout=5).close()  # type: ignore[call-overload]
+
+
+def test_sigquit_dumps_every_thread_and_the_daemon_runs_on(tmp_path: Path) -> None:
+    """SIGQUIT (`kill -QUIT`, or Ctrl-backslash) writes every thread's stack to stderr, the way
+    to see where a blocked loop is stuck, and the daemon runs on; SIGTERM then stops it, exit 0.
+    It used to end the process at once (exit -3): no stack, no `stopped`, the audit queue lost.
+    """
+    with _daemon(tmp_path, 9) as daemon:
+        daemon.read_until("oracled started")
+        daemon.proc.send_signal(signal.SIGQUIT)
+        assert daemon.proc.stderr is not None
+        dump: list[str] = []
+        while not any("oracled/cli.py" in line for line in dump):  # the main thread's stack
+            ready, _, _ = select.select([daemon.proc.stderr], [], [], 30)
+            assert ready, dump
+            line = daemon.proc.stderr.readline()
+            assert line, f"the daemon ended: {dump}"
+            if not line.startswith("{"):
+                dump.append(line)
+        assert any(line.startswith("Thread 0x") for line in dump)
+        assert daemon.proc.poll() is None
+        daemon.proc.send_signal(signal.SIGTERM)
+        _, rest = daemon.proc.communicate(timeout=30)  # may hold the rest of the dump
+    assert daemon.proc.returncode == 0
+    assert json.loads(rest.splitlines()[-1])["event"] == "stopped"
