@@ -1,7 +1,7 @@
 """What gzip costs and saves on `GET /v1/prices`, per round body (compressed once per round).
 
 Builds the core of `bench_round.py` (markets x sources), runs rounds past the resume streak,
-joins the `/v1/prices` body as the API does, and times `Body.gzip()` (the API's level 1) and,
+joins the `/v1/prices` body as the API does, and times `gzip_bytes` (the API's level 1) and,
 for comparison, level 6, best of `--repeat`:
 
     python benchmarks/bench_gzip.py --markets 1000 --sources 5
@@ -18,7 +18,7 @@ import zlib
 
 from bench_round import ROUND_MS, START_MS, build_config, build_quotes
 
-from oracled.api.encoding import GZIP_LEVEL, Body
+from oracled.api.encoding import GZIP_LEVEL, OFF_LOOP, gzip_bytes
 from oracled.core import Core
 from oracled.publish import Hub
 
@@ -51,15 +51,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50)
     args = parser.parse_args()
     plain = prices_body(args.markets, args.sources)
-    packed = Body(plain).gzip()
-    assert packed is not None
+    packed = gzip_bytes(plain)
     level6 = zlib.compressobj(6, zlib.DEFLATED, 31)
     out = {
         "markets": args.markets,
         "plain_bytes": len(plain),
         "gzip_bytes": len(packed),
         "ratio": round(len(plain) / len(packed), 1),
-        f"gzip_level{GZIP_LEVEL}_us": best_us(lambda: Body(plain).gzip(), args.repeat),
+        f"gzip_level{GZIP_LEVEL}_us": best_us(lambda: gzip_bytes(plain), args.repeat),
+        "off_loop": len(plain) >= OFF_LOOP,
         "gzip_level6_bytes": len(level6.compress(plain) + level6.flush()),
         "gzip_level6_us": best_us(
             lambda: (lambda c: c.compress(plain) + c.flush())(

@@ -57,4 +57,4 @@ class OpsHandlers:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return body_response(request, self._openapi)
+        return await body_response(request, self._openapi)

@@ -75,7 +75,15 @@ def _part(report: Report | None, j: int, source: str, pair: str) -> SourceValue 
 class ReadHandlers:
     """Handlers over the hub's latest round and the static config."""
 
-    __slots__ = ("_bodies", "_ctx", "_known", "_markets_body", "_round", "compressions")
+    __slots__ = (
+        "_bodies",
+        "_ctx",
+        "_known",
+        "_markets_body",
+        "_round",
+        "compressed_off_loop",
+        "compressions",
+    )
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
@@ -86,11 +94,14 @@ class ReadHandlers:
         self._round: RoundResult | None = None
         self._bodies: dict[tuple[bool, tuple[str, ...] | None], Body] = {}
         self.compressions = 0  # bodies gzipped: once per body, however many clients ask
+        self.compressed_off_loop = 0  # of which in a worker thread (large bodies)
 
-    def _answer(self, request: web.Request, body: Body) -> web.Response:
-        before = body.compressed
-        response = body_response(request, body)
-        self.compressions += body.compressed and not before
+    async def _answer(self, request: web.Request, body: Body) -> web.Response:
+        runs = body.runs
+        response = await body_response(request, body)
+        made = body.runs - runs  # compressions this request started (0 or 1)
+        self.compressions += made
+        self.compressed_off_loop += made if body.off_loop else 0
         return response
 
     def _round_body(
@@ -136,7 +147,7 @@ class ReadHandlers:
             except LookupError:
                 raise self._not_priced() from None
             body = self._keep(key, Body(b"[" + b",".join(parts) + b"]"))
-        return self._answer(request, body)
+        return await self._answer(request, body)
 
     async def price(self, request: web.Request) -> web.Response:
         """Latest report of one market."""
@@ -152,14 +163,14 @@ class ReadHandlers:
                 body = self._keep(key, Body(hub.encoded(market)))
             except LookupError:
                 raise self._not_priced() from None
-        return self._answer(request, body)
+        return await self._answer(request, body)
 
     async def markets(self, request: web.Request) -> web.Response:
         """Configured markets and their gate parameters."""
         cfg = self._ctx.current_config
         if self._markets_body[0] is not cfg:
             self._markets_body = (cfg, Body(self._markets_view(cfg)))
-        return self._answer(request, self._markets_body[1])
+        return await self._answer(request, self._markets_body[1])
 
     @staticmethod
     def _markets_view(cfg: Config) -> bytes:

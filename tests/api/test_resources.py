@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import gzip
 import json
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from api_rig import TOKEN, ClientFactory, ContractRecorder, Rig, make_config
+from api_rig import CONFIG, PRICES, TOKEN, ClientFactory, ContractRecorder, Rig, make_config
 from prometheus_client import Gauge
 from structlog.testing import capture_logs
 
 from oracled.api import LIMITS, READ, build_app
+from oracled.api.encoding import OFF_LOOP
+from oracled.config import Config, parse_config
 from oracled.errors import ConfigError
 
 Client = TestClient[web.Request, web.Application]
@@ -299,3 +304,48 @@ async def test_a_reload_turns_cors_on_without_a_restart(make_client: ClientFacto
     assert reload.status == 200
     after = await client.get("/v1/info", headers={"Origin": DASH})
     assert after.headers.get("Access-Control-Allow-Origin") == DASH
+
+
+def _many_markets(n: int) -> Config:
+    data = copy.deepcopy(CONFIG)
+    data["markets"] += [
+        {
+            "symbol": f"M{k:03d}/USD",
+            "min_sources": 1,
+            "max_age_ms": 1_000,
+            "sources": [{"source": "alpha", "pair": f"M{k:03d}/USD"}],
+        }
+        for k in range(n)
+    ]
+    return parse_config(data, env={})
+
+
+async def test_a_large_body_is_gzipped_once_off_the_loop_for_concurrent_clients(
+    make_client: ClientFactory,
+) -> None:
+    """A prices body over `OFF_LOOP` bytes is compressed in a worker thread (not on the event
+    loop, which keeps reading the venues), and clients asking at the same time in one round
+    share that single compression and get the same bytes."""
+    cfg = _many_markets(260)
+    rig = Rig(cfg)
+    client = await make_client(rig)
+    rig.step({**PRICES, **{m.symbol: 10.0 + k for k, m in enumerate(cfg.markets)}})
+    _, _, plain = await _raw(client, "/v1/prices", IDENTITY)
+    assert len(plain) > OFF_LOOP
+    read = client.server.app[READ]
+    # One worker, held busy: the compression cannot finish before all eight have asked.
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    gate = threading.Event()
+    held = loop.run_in_executor(None, gate.wait)
+    limits = client.server.app[LIMITS]
+    asked = [asyncio.create_task(_raw(client, "/v1/prices", GZIP)) for _ in range(8)]
+    await _until(lambda: limits.connections >= 8, "eight requests waiting")
+    gate.set()
+    await held
+    answers = await asyncio.gather(*asked)
+    assert {a[2] for a in answers} == {answers[0][2]}
+    assert all(a[1]["Content-Encoding"] == "gzip" for a in answers)
+    assert gzip.decompress(answers[0][2]) == plain
+    assert read.compressions == 1
+    assert read.compressed_off_loop == 1
