@@ -540,8 +540,11 @@ class Service:
                 self._recorder.close()
             if self._signer_worker is not None:
                 self._signer_worker.close()
-            if self.audit is not None:
-                self.audit.close(1.0)
+            if self.audit is not None and not self.audit.close(1.0):
+                self.log.warning(  # its worker waits for the disk or the database's lock
+                    "audit trail not finished within its 1 s: the last rounds may be missing",
+                    path=str(self.audit.path),
+                )
             if self.manual_pauses is not None:
                 self.manual_pauses.close()
             self._release_signals(loop, previous)

@@ -307,15 +307,17 @@ class AuditTrail:
         with contextlib.suppress(queue.Full):  # the round itself was dropped too, then
             self._queue.put_nowait(item)
 
-    def close(self, timeout_s: float = 3.0) -> None:
-        """Write what is queued (within `timeout_s`) and stop the worker."""
+    def close(self, timeout_s: float = 3.0) -> bool:
+        """Write what is queued (within `timeout_s`) and stop the worker; False if it has not
+        finished by then (it goes on, but a process that exits now loses what it still had)."""
         if not self._thread.is_alive():
-            return
+            return True
         try:
             self._queue.put(_STOP, timeout=timeout_s)
         except queue.Full:
-            return
+            return False
         self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     # -- the worker thread --------------------------------------------------------------------
 

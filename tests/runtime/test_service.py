@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -599,3 +600,34 @@ async def test_a_sighup_while_stopping_is_no_reload(tmp_path: Path) -> None:
     assert "config reloaded" not in events
     assert events[0] == "shutting down" and events[-1] == "stopped"
     assert "SIGHUP ignored: the daemon is stopping" in events
+
+
+async def test_a_stop_while_the_audit_writer_is_held_up_says_the_trail_may_miss_rounds(
+    tmp_path: Path,
+) -> None:
+    """A stop while the audit writer waits for the database (another connection holds its write
+    lock, as a backup or a sqlite3 shell can): after its 1 s to finish, the daemon stops anyway
+    and logs that the trail may miss its last rounds, where it used to log `stopped` alone."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path, trail = tmp_path / "oracled.toml", tmp_path / "audit.sqlite3"
+        path.write_text(_toml(sim.ws_url, sim.rest_url, 50, trail))
+        service = Service(load_config(path), config_path=path)
+        assert service.audit is not None
+        task = asyncio.create_task(service.run())
+        async with asyncio.timeout(10):
+            while service.audit.stats.rounds < 2:  # noqa: ASYNC110 - the writer is a thread
+                await asyncio.sleep(0.01)
+        blocker = sqlite3.connect(trail, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # the writer's next batch waits for this
+            await _round_times(service, 3)  # rounds submitted behind the lock
+            with capture_logs() as logs:
+                service.stop()
+                async with asyncio.timeout(10):
+                    await task
+        finally:
+            blocker.close()
+        service.audit.close(10.0)  # let the writer finish before the directory goes
+    held = [e for e in logs if e["event"].startswith("audit trail not finished")]
+    assert [(e["log_level"], e["path"]) for e in held] == [("warning", str(trail))]
+    assert [e["event"] for e in logs][-1] == "stopped"
