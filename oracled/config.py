@@ -148,6 +148,9 @@ class ApiConfig(_Frozen):
     send_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     #: Client connections served at once; a request on one more is answered 503 and closed.
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    #: A keep-alive connection idle this long is closed (aiohttp's own default is an hour, which
+    #: lets clients that vanished hold places under max_connections).
+    idle_timeout_s: Annotated[float, Field(gt=0, le=3_600)] = 75.0
     #: Browser origins allowed to read the API across origins (CORS); "*" for any. Empty: none.
     cors_origins: tuple[str, ...] = ()
 

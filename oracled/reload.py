@@ -27,6 +27,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "oracle.round_interval_ms",
     "oracle.manual_pauses_file",
     "api.listen",
+    "api.idle_timeout_s",
     "api.admin_token_env",
     "api.stream_queue",
     "log",

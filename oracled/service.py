@@ -490,7 +490,12 @@ class Service:
             version=__version__,
             on_reload=self.reload if self.config_path is not None else None,
         )
-        runner = web.AppRunner(build_app(ctx), handle_signals=False, access_log=None)
+        runner = web.AppRunner(
+            build_app(ctx),
+            handle_signals=False,
+            access_log=None,
+            keepalive_timeout=self.cfg.api.idle_timeout_s,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         await site.start()

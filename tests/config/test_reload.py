@@ -32,6 +32,7 @@ CHANGES: dict[str, dict[str, Any]] = {
     "api.listen": {"api": {"listen": "127.0.0.1:9999"}},
     "api.admin_token_env": {"api": {"admin_token_env": "OTHER_TOKEN"}},
     "api.stream_queue": {"api": {"stream_queue": 7}},
+    "api.idle_timeout_s": {"api": {"idle_timeout_s": 5.0}},
     "log": {"log": {"level": "error"}},
     "signing": {"signing": {"enabled": True, "key_env": "SIGNING_KEY"}},
     "nats": {"nats": {"enabled": True}},

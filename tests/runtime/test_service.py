@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import os
+import re
 import signal
 import sqlite3
 import threading
@@ -270,6 +271,39 @@ async def test_sources_that_are_not_running_have_no_source_series(tmp_path: Path
         finally:
             service.stop()
             await task
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_idle_timeout_s(tmp_path: Path) -> None:
+    """A client that keeps its connection open and sends nothing more is let go after
+    api.idle_timeout_s (aiohttp's own default is an hour, so vanished clients would hold
+    places under max_connections); one that keeps asking keeps it."""
+    path = tmp_path / "oracled.toml"
+    path.write_text(
+        _toml("ws://127.0.0.1:9", "http://127.0.0.1:9", 250, None).replace(
+            'listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\nidle_timeout_s = 0.5'
+        )
+    )
+    service = Service(load_config(path))
+    task = asyncio.create_task(service.run())
+    try:
+        await _round_times(service, 1)  # running: the API listens
+        assert service.bound_port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", service.bound_port)
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        for _ in range(3):  # busy: 0.3 s apart, under the timeout, the connection stays
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            assert length is not None
+            await reader.readexactly(int(length[1]))
+            await asyncio.sleep(0.3)
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # idle: closed by the daemon
+        writer.close()
+    finally:
+        service.stop()
+        await task
 
 
 async def test_a_reload_logs_the_warnings_of_the_config_it_applies(tmp_path: Path) -> None:
