@@ -269,7 +269,7 @@ def _cmd_margin_tools(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # First of all: the imports below take a fifth of a second, the runtime's another second.
-    hangups, stops = _Hangups(), _Stops()
+    stops, hangups = _Stops(), _Hangups()  # in this order: a caught SIGHUP means both are
     parsed: argparse.Namespace | None = None
     try:
         parsed = args = _parser().parse_args(argv)

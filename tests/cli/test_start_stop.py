@@ -146,7 +146,7 @@ def test_a_stop_as_soon_as_the_command_line_runs_stops_it_before_it_starts(
     about a second) ends the daemon with exit 0 and `signal received` and `stopped` lines, and
     it never starts: no API, no source. It used to end with 143 and no line for SIGTERM."""
     with _daemon(tmp_path, 9) as daemon:
-        _wait(lambda: daemon.catches(signal.SIGHUP))  # the command line's first line ran
+        _wait(lambda: daemon.catches(signal.SIGHUP) and daemon.catches(sig))  # its first line
         daemon.proc.send_signal(sig)
         names = _assert_stopped_cleanly(daemon, sig, daemon.finish())
     assert "api listening" not in names and "oracled started" not in names
