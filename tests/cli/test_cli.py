@@ -10,6 +10,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from cli_configs import warned_config
+
 ROOT = Path(__file__).resolve().parents[2]
 BAD = """
 [sources.binance]
@@ -25,25 +27,7 @@ sources = [
 """
 
 
-# Valid, with one setting that most likely does not do what was meant (a warning, not a problem);
-# the source points at a closed loopback port, so `oracled run` dials nothing outside.
-WARNED = """
-[log]
-format = "json"
-
-[nats]
-servers = ["nats://127.0.0.1:4333"]
-
-[sources.binance]
-type = "binance"
-ws_url = "ws://127.0.0.1:9/ws"
-rest_url = "http://127.0.0.1:9"
-
-[[markets]]
-symbol = "BTC/USDT"
-min_sources = 1
-sources = [{ source = "binance", pair = "BTC/USDT" }]
-"""
+WARNED = warned_config()
 NATS_WARNING = (
     "nats.enabled: false, yet servers set: [nats] stays off "
     "(set enabled = true to use it, or remove its settings)"

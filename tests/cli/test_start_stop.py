@@ -21,26 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-# The nats table with servers and no `enabled` is a config warning, logged by the command line
-# before it imports the runtime: a moment of start-up the test can see.
-CONFIG = """
-[log]
-format = "json"
-
-[nats]
-servers = ["nats://127.0.0.1:4333"]
-
-[sources.binance]
-type = "binance"
-ws_url = "ws://127.0.0.1:{port}/ws"
-rest_url = "http://127.0.0.1:{port}"
-
-[[markets]]
-symbol = "BTC/USDT"
-min_sources = 1
-sources = [{{ source = "binance", pair = "BTC/USDT" }}]
-"""
+from cli_configs import warned_config
 
 
 class _Daemon:
@@ -94,7 +75,7 @@ class _Daemon:
 @contextmanager
 def _daemon(tmp_path: Path, port: int) -> Iterator[_Daemon]:
     config = tmp_path / "oracled.toml"
-    config.write_text(CONFIG.format(port=port))
+    config.write_text(warned_config(port))
     daemon = _Daemon(config)
     try:
         yield daemon
