@@ -148,7 +148,27 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _Stops:
+class _EarlySignals:
+    """Handlers of `signals` from the first line of `main`, before the daemon's event loop
+    takes over (importing the runtime takes about a second); `_restore` gives the previous
+    handlers back, for commands that are no daemon."""
+
+    def __init__(
+        self, signals: tuple[signal.Signals, ...], handler: Callable[[int, FrameType | None], None]
+    ) -> None:
+        self._previous: dict[signal.Signals, Callable[[int, FrameType | None], object] | int] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in signals:
+                previous = signal.signal(sig, handler)
+                self._previous[sig] = signal.SIG_DFL if previous is None else previous
+
+    def _restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+
+class _Stops(_EarlySignals):
     """SIGTERMs and SIGINTs that come before the daemon's event loop handles them: Python's
     default would end the process at once, with no line and exit 143, and as PID 1 of a
     container (no handler: the kernel drops the signal) it would run on until SIGKILL. The
@@ -158,11 +178,7 @@ class _Stops:
 
     def __init__(self) -> None:
         self.signal: signal.Signals | None = None
-        self._previous: dict[signal.Signals, Callable[[int, FrameType | None], object] | int] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous = signal.signal(sig, self._on_stop)
-                self._previous[sig] = signal.SIG_DFL if previous is None else previous
+        super().__init__((signal.SIGTERM, signal.SIGINT), self._on_stop)
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is None:
@@ -170,33 +186,26 @@ class _Stops:
 
     def release(self) -> signal.Signals | None:
         """Give SIGTERM and SIGINT their previous handlers back; return the one that came."""
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous = {}
+        self._restore()
         return self.signal
 
 
-class _Hangups:
-    """SIGHUPs that come before the daemon's event loop handles them (importing the runtime
-    takes about a second): Python's default would end the process without a word, as a
-    `systemctl reload` just after `start` did. They are counted, and the daemon reloads once
-    it runs; other commands get SIGHUP's previous meaning back (`release`), and any SIGHUP
-    that came meanwhile."""
+class _Hangups(_EarlySignals):
+    """SIGHUPs that come before the daemon's event loop handles them: Python's default would
+    end the process without a word, as a `systemctl reload` just after `start` did. They are
+    counted, and the daemon reloads once it runs; other commands get SIGHUP's previous meaning
+    back (`release`), and any SIGHUP that came meanwhile."""
 
     def __init__(self) -> None:
         self.count = 0
-        self._previous: Callable[[int, FrameType | None], object] | int | None = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGHUP, self._on_hangup)
+        super().__init__((signal.SIGHUP,), self._on_hangup)
 
     def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
 
     def release(self) -> int:
         """Give SIGHUP its previous handler back; return how many came meanwhile."""
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
+        self._restore()
         return self.count
 
 
