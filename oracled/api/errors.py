@@ -97,7 +97,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def no_store_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Mark every answer not to be stored by any cache (outermost: errors are answers too).
+    """Mark every answer not to be stored by any cache (outside the error middleware: errors are
+    answers too; the connection cap's own 503 sets it itself).
 
     Streams set the header themselves: their headers are sent before the handler returns.
     """
