@@ -3,6 +3,7 @@
     OracledError
     ├── ConfigError        an invalid config file; carries every problem with its key path
     ├── TapeError          an unreadable quote tape (bad header; bad lines are skipped instead)
+    ├── ServiceStopping    a reload asked for once the daemon is stopping: refused, nothing changes
     └── SourceError        a feed misbehaved at the protocol level (bad ack, error frame)
         └── SubscribeError the venue refused a subscription
 
@@ -11,7 +12,14 @@ Low-level errors (OSError, aiohttp, msgspec) are translated at the boundary that
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "OracledError", "SourceError", "SubscribeError", "TapeError"]
+__all__ = [
+    "ConfigError",
+    "OracledError",
+    "ServiceStopping",
+    "SourceError",
+    "SubscribeError",
+    "TapeError",
+]
 
 
 class OracledError(Exception):
@@ -28,6 +36,10 @@ class ConfigError(OracledError):
 
 class TapeError(OracledError):
     """A quote tape that cannot be replayed at all."""
+
+
+class ServiceStopping(OracledError):
+    """The daemon is stopping: a reload now would start sources that outlive it."""
 
 
 class SourceError(OracledError):

@@ -27,7 +27,7 @@ from oracled.api import ApiContext, build_app
 from oracled.clock import Clock, SystemClock
 from oracled.config import Config, SourceConfig, load_config, log_config_warnings, parse_listen
 from oracled.core import Core, RoundResult
-from oracled.errors import ConfigError
+from oracled.errors import ConfigError, ServiceStopping
 from oracled.manual import ManualPauses, Pause
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Kind, Quote
@@ -274,6 +274,8 @@ class Service:
 
         A source not started has no `oracled_source_*` series: one stuck at `up` 0 would fire
         OracledSourceDown for a source that is off on purpose."""
+        if self._stop.is_set():  # a reload the stop overtook: run() no longer collects tasks
+            return
         src = self.cfg.sources.get(sid)
         if src is None or not src.enabled:
             if src is not None:
@@ -316,13 +318,16 @@ class Service:
         """
         if self.config_path is None:
             raise ConfigError(["no config file: this daemon was not started from one"])
+        self._refuse_if_stopping(actor)
         async with self._reload_lock:
+            self._refuse_if_stopping(actor)  # the stop began while an earlier reload ran
             try:
                 new = await asyncio.to_thread(load_config, self.config_path)
             except ConfigError as exc:
                 self.metrics.reloads.labels("refused").inc()
                 self.log.error("config reload refused", actor=actor, problems=exc.problems)
                 raise
+            self._refuse_if_stopping(actor)  # the stop began while the file was read
             new = new.model_copy(update={"admin_token": self.cfg.admin_token})
             changes = config_changes(self.cfg, new)
             new = running_config(self.cfg, new)  # restart-only settings keep running values
@@ -341,6 +346,13 @@ class Service:
             log_config_warnings(new, self.log)  # valid, but maybe not what was meant
             return changes.as_dict()
 
+    def _refuse_if_stopping(self, actor: str) -> None:
+        """A reload once the stop began (an admin request in the API's last moments, or one
+        that was reading its file) would start sources that outlive run(): refuse it."""
+        if self._stop.is_set():
+            self.log.warning("config reload refused: the daemon is stopping", actor=actor)
+            raise ServiceStopping("the daemon is stopping; the reload was not applied")
+
     def _on_hangup(self) -> None:
         if self._stop.is_set():  # a reload now would outlive run(): sources on a closed session
             self.log.warning("SIGHUP ignored: the daemon is stopping")
@@ -353,7 +365,7 @@ class Service:
         task.add_done_callback(self._background.discard)
 
     async def _reload_quietly(self) -> None:
-        with contextlib.suppress(ConfigError):  # already logged and counted
+        with contextlib.suppress(ConfigError, ServiceStopping):  # already logged
             await self.reload("SIGHUP")
 
     async def _supervise(self, sid: str, session: aiohttp.ClientSession) -> None:

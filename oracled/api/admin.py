@@ -15,7 +15,7 @@ from aiohttp import web
 from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, json_response
 from oracled.api.params import path_market
-from oracled.errors import ConfigError
+from oracled.errors import ConfigError, ServiceStopping
 
 __all__ = ["AdminHandlers"]
 
@@ -96,4 +96,6 @@ class AdminHandlers:
             raise ApiError(
                 422, "invalid_config", "the new config was refused: " + "; ".join(exc.problems)
             ) from None
+        except ServiceStopping as exc:  # the stop began first: nothing was applied
+            raise ApiError(503, "stopping", str(exc)) from None
         return json_response({"reloaded": True, "actor": actor, **changes})

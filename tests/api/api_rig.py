@@ -27,7 +27,7 @@ from oracled.api import ApiContext
 from oracled.clock import ManualClock
 from oracled.config import Config, parse_config
 from oracled.core import Core, RoundResult
-from oracled.errors import ConfigError
+from oracled.errors import OracledError
 from oracled.model import Quote
 from oracled.publish import Hub
 from oracled.reload import config_changes, running_config
@@ -94,7 +94,7 @@ class Rig:
             "beta": SourceStats("beta", state=ConnState.POLLING, reconnects=2),
         }  # gamma has no stats yet: the API must cope
         self.manual: list[tuple[str, bool, str]] = []
-        self.next_config: Config | ConfigError | None = None  # what a reload reads
+        self.next_config: Config | OracledError | None = None  # what a reload reads (or raises)
         self.metric_threads: list[int] = []
         self.registry = CollectorRegistry()
         self.renders = PromCounter(
@@ -129,7 +129,7 @@ class Rig:
     async def on_reload(self, actor: str) -> dict[str, object]:
         """A reload as the runtime does it, reading `next_config` instead of a file."""
         new = self.next_config
-        if isinstance(new, ConfigError):
+        if isinstance(new, OracledError):
             raise new
         assert new is not None
         changes = config_changes(self.core.config, new)

@@ -26,7 +26,7 @@ from stream_wire import ask, next_event, recv
 from oracled.api import CONTEXT, build_app
 from oracled.config import parse_config
 from oracled.core import SLOT_REASONS
-from oracled.errors import ConfigError
+from oracled.errors import ConfigError, ServiceStopping
 from oracled.model import REASON_BITS, Report, SourceValue, Status
 from oracled.sources.stats import ConnState
 
@@ -179,6 +179,8 @@ async def test_every_documented_response_is_produced_and_valid(
     await fileless.post("/v1/admin/reload", headers=auth)  # 409
     rig.next_config = ConfigError(["markets[0].min_sources: must be >= 1"])
     await client.post("/v1/admin/reload", headers=auth)  # 422
+    rig.next_config = ServiceStopping("the daemon is stopping")
+    await client.post("/v1/admin/reload", headers=auth)  # 503
 
     documented = {
         (path, method, int(status))

@@ -1,0 +1,123 @@
+"""The runtime's stop against the admin API's reload: nothing a reload starts outlives `run()`."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+
+import aiohttp
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from oracled.config import load_config
+from oracled.errors import ServiceStopping
+from oracled.service import Service
+from oracled.sim import BinanceSim
+
+TOKEN = "lifecycle-token-0123456789"
+
+
+def _toml(ws: str, rest: str) -> str:
+    return f"""
+[oracle]
+round_interval_ms = 50
+
+[api]
+listen = "127.0.0.1:0"
+
+[sources.good]
+type = "binance"
+ws_url = "{ws}"
+rest_url = "{rest}"
+
+[[markets]]
+symbol = "BTC/USDT"
+min_sources = 1
+sources = [{{ source = "good", pair = "BTC/USDT" }}]
+"""
+
+
+def _service(path: Path) -> Service:
+    cfg = load_config(path).model_copy(update={"admin_token": SecretStr(TOKEN)})
+    return Service(cfg, config_path=path)
+
+
+async def _reader_waits(fifo: Path) -> int:
+    """Open `fifo` for writing once a reader has it open (the reload's `load_config`)."""
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+            await asyncio.sleep(0.01)
+
+
+def _left_behind() -> list[str]:
+    names = [t.get_name() for t in asyncio.all_tasks()]
+    return [n for n in names if n == "reload" or n.startswith(("source:", "round-loop"))]
+
+
+async def test_an_admin_reload_that_stop_overtakes_is_refused_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    """`POST /v1/admin/reload` racing a stop: the reload was reading its file when the stop
+    began. It is answered 503 `stopping` and applies nothing; it used to apply the new file
+    after `shutting down` and restart a changed source on the closing session, a task that
+    outlived `run()` (the SIGHUP path was guarded, the admin one was not)."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url))
+        service = _service(path)
+        task = asyncio.create_task(service.run())
+        await service.started.wait()
+        path.unlink()
+        os.mkfifo(path)  # the reload's read waits until the test writes the new file
+        url = f"http://127.0.0.1:{service.bound_port}/v1/admin/reload"
+        async with aiohttp.ClientSession() as http:
+            post = asyncio.create_task(http.post(url, headers={"Authorization": f"Bearer {TOKEN}"}))
+            fd = await _reader_waits(path)
+            with capture_logs() as logs:
+                service.stop()
+                async with asyncio.timeout(10):
+                    while "shutting down" not in [e["event"] for e in logs]:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+                changed = _toml(sim.ws_url + "?changed", sim.rest_url)  # a source restart
+                os.write(fd, changed.encode())
+                os.close(fd)
+                async with asyncio.timeout(10):
+                    resp = await post
+                    body = await resp.json()
+                    await task
+            left = _left_behind()
+    events = [e["event"] for e in logs]
+    assert (resp.status, body["error"]["code"]) == (503, "stopping")
+    assert left == []
+    assert "config reloaded" not in events
+    assert events[0] == "shutting down" and events[-1] == "stopped"
+    assert service.cfg.sources["good"].ws_url == sim.ws_url
+
+
+async def test_a_reload_asked_once_stopping_is_refused(tmp_path: Path) -> None:
+    """A reload asked for after the stop began (the admin endpoint's request in the last
+    milliseconds before the API closes) raises `ServiceStopping` before reading the file."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url))
+        service = _service(path)
+        task = asyncio.create_task(service.run())
+        await service.started.wait()
+        service.stop()
+        try:
+            await service.reload("test")
+        except ServiceStopping as exc:
+            refused: Exception | None = exc
+        else:
+            refused = None
+        async with asyncio.timeout(10):
+            await task
+    assert isinstance(refused, ServiceStopping)
+    assert service.metrics.reloads.labels("applied")._value.get() == 0
