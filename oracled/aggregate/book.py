@@ -324,8 +324,11 @@ class Book:
         else:
             stamp = int(venue_ts)
         flat_stamp = self._flat_stamp
-        if stamp < flat_stamp[slots[0][0]]:
-            return DropReason.OUT_OF_ORDER
+        # Every slot of a feed, not the first: after a reload a new market's slot on a kept
+        # feed holds nothing yet, and the others still hold the time an older quote must not pass.
+        for flat, _ in slots:
+            if stamp < flat_stamp[flat]:
+                return DropReason.OUT_OF_ORDER
         flat_mid, flat_flag = self._flat_mid, self._flat_flag
         flag = 0 if quote.flag is None else self._flag_code(quote.flag)
         for flat, invert in slots:

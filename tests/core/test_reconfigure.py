@@ -85,3 +85,29 @@ def test_a_source_a_reload_disables_leaves_its_slots_at_once() -> None:
         ("c", False, "no_quote", None),
     ]
     assert report.price == "100.00"
+
+
+def test_a_market_added_on_a_shared_feed_keeps_the_feeds_ordering_bar() -> None:
+    """Source a's BTC/USDT feeds BTC/USD through the USDT leg. A reload adds a BTC/USDT market
+    (listed first) on the same feed: its new slot holds no quote yet, but a quote older than the
+    one BTC/USD holds is still `out_of_order`, not written over BTC/USD's newer value (found by
+    reloading a routed config by hand: the older quote was taken and BTC/USD's slot went back)."""
+    usdt = market("USDT/USD", ["a", "b"], min_sources=1)
+    btc = market("BTC/USD", ["a", "b"], "BTC/USDT", min_sources=1)
+    route = [{"from": "USDT", "to": "USD", "via": "USDT/USD"}]
+    core = Core(config([usdt, btc], route, resume_rounds=1))
+    for source in "ab":
+        assert core.ingest(Quote(source, "USDT/USD", T0, price=0.9)) is None
+        assert core.ingest(Quote(source, "BTC/USDT", T0, venue_ts=T0, price=50_000.0)) is None
+    new_market = market("BTC/USDT", ["a"], min_sources=1)
+    core.reconfigure(config([new_market, usdt, btc], route, resume_rounds=1))
+    older = Quote("a", "BTC/USDT", T0 + 250, venue_ts=T0 - 100, price=40_000.0)
+    assert core.ingest(older) == "out_of_order"
+    report = core.run_round(T0 + 250).report(2)
+    assert [(s.id, s.value) for s in report.sources] == [("a", "45000.00"), ("b", "45000.00")]
+    assert core.book.drops[("a", "out_of_order")] == 1
+    newer = Quote("a", "BTC/USDT", T0 + 500, venue_ts=T0 + 400, price=51_000.0)
+    assert core.ingest(newer) is None  # a newer quote fills both slots, the new one included
+    result = core.run_round(T0 + 500)
+    assert result.report(0).sources[0].value == "51000.00"
+    assert result.report(2).sources[0].value == "45900.00"  # 51,000 x 0.9
