@@ -211,6 +211,54 @@ async def test_metrics_render_in_an_executor_thread(client: Client, rig: Rig) ->
     assert rig.metric_threads and rig.metric_threads[0] != threading.get_ident()
 
 
+class _HeldMetricsRig(Rig):
+    """A rig whose metrics render waits for the test's word, counting the renders started."""
+
+    def __init__(self) -> None:
+        super().__init__(make_config())
+        self.release = threading.Event()
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        with self._lock:
+            self.calls += 1
+            calls = self.calls
+        self.release.wait(10.0)
+        return f"renders {calls}\n".encode(), "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def test_scrapes_that_arrive_during_a_render_share_it(aiohttp_client: Any) -> None:
+    """Twenty scrapes at once cost one render, all get its text, and a later scrape renders
+    anew: a scrape storm must not start a render thread per request (they took the GIL from
+    the round loop)."""
+    rig = _HeldMetricsRig()
+    app = build_app(rig.context())
+    arrived = 0
+    all_in = asyncio.Event()
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        nonlocal arrived
+        arrived += request.path == "/metrics"
+        if arrived == 20:
+            all_in.set()
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app.middlewares.append(count)  # innermost: the handler runs right after the count
+    client: Client = await aiohttp_client(app)
+    scrapes = [asyncio.create_task(client.get("/metrics")) for _ in range(20)]
+    async with asyncio.timeout(10):
+        await all_in.wait()
+    rig.release.set()
+    answers = await asyncio.gather(*scrapes)
+    assert [r.status for r in answers] == [200] * 20
+    assert {await r.text() for r in answers} == {"renders 1\n"}
+    assert rig.calls == 1
+    assert await (await client.get("/metrics")).text() == "renders 2\n"
+
+
 async def test_admin_without_configured_token_is_403(make_client: ClientFactory) -> None:
     """With no admin token configured the admin endpoints answer 403 admin_disabled, saying why."""
     rig = Rig(make_config(token=None))
