@@ -215,6 +215,15 @@ class Chain:
         if not await self.rpc("evm_revert", [snapshot_id]):
             raise RpcFailed(f"evm_revert {snapshot_id} refused")
 
+    async def reorg(self, depth: int) -> None:
+        """Replace the last `depth` blocks with as many empty ones (anvil_reorg): the head keeps
+        its height under a new hash, and the transactions of the old blocks are gone."""
+        await self.rpc("anvil_reorg", [depth, []])
+
+    async def rollback(self, depth: int) -> None:
+        """Drop the last `depth` blocks (anvil_rollback): the head goes back."""
+        await self.rpc("anvil_rollback", [depth])
+
 
 #: Pyth price ids used by the tests (any 32 bytes do for MockPyth).
 PYTH_ETH_ID = bytes.fromhex("ff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace")

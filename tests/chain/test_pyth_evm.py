@@ -116,12 +116,13 @@ async def test_a_refused_price_is_counted_and_logged_once_while_it_stays(
     assert got.quotes == []
 
 
-async def test_an_older_publish_time_after_a_reorg_is_refused(
+async def test_an_older_publish_time_after_a_reorg_is_refused_and_the_newer_withdrawn(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:
     """A block replaced at the same height by one holding an older publishTime than the price
     already published is read (a reorg), and its price is dropped `older_price`, never
-    published over the newer one."""
+    published over the newer one; the newer one, no longer on the chain, is published again
+    flagged `reorged` (excluded) instead of voting on."""
     reader = make_reader([anvil.url], http)
     got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
     now = await chain.timestamp()
@@ -134,7 +135,9 @@ async def test_an_older_publish_time_after_a_reorg_is_refused(
     assert await reader.poll_once()  # same height, new hash: read
     assert reader.stats.reorgs == 1
     assert got.stats.dropped["older_price"] == 1
-    assert [q.bid for q in got.quotes] == [pytest.approx(3009.98, rel=1e-12)]
+    assert [(q.bid, q.flag) for q in got.quotes] == [
+        (pytest.approx(3009.98, rel=1e-12), None), (pytest.approx(3009.98, rel=1e-12), "reorged"),
+    ]  # fmt: skip
 
 
 async def test_a_garbage_price_flags_the_previous_quote_until_a_valid_one(

@@ -165,7 +165,8 @@ async def test_reorg_at_the_same_height_never_publishes_an_older_round(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:
     """A block replaced at the same height is read again (counted as a reorg), but a round
-    older than the one already published is refused, not published over it."""
+    older than the one already published is refused, not published over it: the core orders a
+    slot by venue time and would refuse it too."""
     reader = make_reader([anvil.url], http)
     got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
     now = await chain.timestamp()
@@ -180,7 +181,66 @@ async def test_reorg_at_the_same_height_never_publishes_an_older_round(
     assert await reader.poll_once()  # same height, new hash: read
     assert reader.stats.reorgs == 1
     assert got.stats.dropped["older_round"] == 1
-    assert [q.price for q in got.quotes] == [61000.0]
+    assert [q.price for q in got.quotes if q.flag is None] == [61000.0]
+
+
+async def test_a_round_reorged_out_is_published_again_flagged_until_a_newer_one(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A round published from a block that a reorg then replaces (anvil_reorg: same height, the
+    round's transaction gone) is no longer on the chain: its quote is published again, once,
+    flagged `reorged` (excluded, never voting), logged with the block, and the drop counted
+    (`older_round`); the earlier round that the chain holds again cannot replace it, since the
+    core orders a slot by venue time. The next round newer than the withdrawn one clears it."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    assert await reader.poll_once()
+    await chain.warp(10)  # the round below is younger than the one set at deployment
+    now = await chain.timestamp()
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 20, 61_000_00000000, now, now, 20)
+    assert await reader.poll_once()
+    await chain.reorg(1)
+    with capture_logs() as logs:
+        assert await reader.poll_once()  # same height, new hash: read
+        await chain.mine()
+        assert await reader.poll_once()
+    assert reader.stats.reorgs == 1
+    assert got.stats.dropped["older_round"] == 1
+    assert [(q.price, q.flag) for q in got.quotes] == [
+        (60000.0, None), (61000.0, None), (61000.0, "reorged"),
+    ]  # fmt: skip
+    assert got.quotes[2].venue_ts == got.quotes[1].venue_ts  # the same value, withdrawn
+    withdrawn = [e for e in logs if e["event"] == "published value reorged out: flagged"]
+    assert [(e["pair"], e["block"]) for e in withdrawn] == [("BTC/USD", got.quotes[1].block)]
+    await chain.transact(
+        snapshot.btc_aggregator, SET_ROUND, 21, 62_000_00000000, now + 1, now + 1, 21
+    )
+    assert await reader.poll_once()
+    assert (got.last.price, got.last.flag) == (62000.0, None)
+
+
+async def test_a_round_taken_away_by_a_rollback_is_flagged_once_the_chain_grows_back(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """The head goes back below the block a round was published from (anvil_rollback): the
+    lower heads are refused (`backwards`, as from a lagging endpoint), and the first block read
+    past the old height, which no longer holds the round, publishes the round again flagged
+    `reorged`. If the same round comes back (mined again), it is published unflagged."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    await chain.warp(10)  # the round below is younger than the one set at deployment
+    now = await chain.timestamp()
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 20, 61_000_00000000, now, now, 20)
+    assert await reader.poll_once()
+    await chain.rollback(1)
+    assert not await reader.poll_once()
+    assert reader.stats.backwards == 1
+    await chain.mine(2)
+    assert await reader.poll_once()
+    assert [(q.price, q.flag) for q in got.quotes] == [(61000.0, None), (61000.0, "reorged")]
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 20, 61_000_00000000, now, now, 20)
+    assert await reader.poll_once()
+    assert [(q.price, q.flag) for q in got.quotes[2:]] == [(61000.0, None)]
 
 
 async def test_sequencer_down_or_in_grace_flags_every_feed(

@@ -555,12 +555,13 @@ def test_a_feed_is_built_from_its_config_spec() -> None:
 
 
 def test_an_older_block_than_one_priced_is_not_priced_again() -> None:
-    """The feed never publishes a block older than its last quote's (a reorg to a shorter
-    chain is the reader's to refuse; this is the feed's own guard)."""
+    """The feed never publishes a block stamped earlier than its last quote's: it is dropped
+    `older_block`, a reason the reader takes for a reorg (the block last priced is gone)."""
     feed = make_feed()
     assert isinstance(feed.decode(results(0), BLOCK, RECV), Quote)
-    older = Block(BLOCK.number - 1, "0x" + "cd" * 32, BLOCK.timestamp - 12)
-    assert feed.decode(results(5), older, RECV) is None
+    older = Block(BLOCK.number, "0x" + "cd" * 32, BLOCK.timestamp - 12)
+    assert feed.decode(results(5), older, RECV) == "older_block"
+    assert "older_block" in feed.reorged
 
 
 def test_prices_are_finite_over_the_tick_range() -> None:

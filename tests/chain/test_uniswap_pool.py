@@ -308,3 +308,39 @@ async def test_spot_gaps_are_counted_on_the_chain_reader_for_the_metrics(
     )
     reader.unregister(feed)
     assert reader.stats.spot_gaps == {}
+
+
+async def test_a_twap_reorged_out_for_an_earlier_block_is_flagged_until_a_later_one(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, tokens: Tokens, snapshot: Deployed
+) -> None:
+    """A swap's TWAP is published, then a reorg replaces its blocks with empty ones stamped
+    earlier (anvil_reorg drops the time travel): the canonical TWAP is older by venue time than
+    the one published, so it cannot replace it. The published one, from blocks the chain no
+    longer holds, is published again flagged `reorged` (once; the drop counted `older_block`
+    on every such block) instead of voting on; the first block later than it prices the pool
+    again without the swap."""
+    pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_above, "3000", liquidity=10**17)
+    await chain.warp(2 * WINDOW)
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, feed_for(pool, tokens.weth, min_liquidity=10**16))
+    assert await reader.poll_once()
+    await swap(chain, tokens, pool.address, False, 270_000 * 10**6)  # slot0 about 10 % up
+    await chain.warp(60)
+    assert await reader.poll_once()
+    moved = got.last
+    assert moved.price is not None and moved.price > 3000 * ONE_TICK
+    await chain.reorg(2)
+    assert await chain.timestamp() * 1000 < moved.venue_ts  # stamped earlier
+    assert await reader.poll_once()
+    await chain.mine()
+    assert await reader.poll_once()
+    assert reader.stats.reorgs == 1
+    assert got.stats.dropped["older_block"] == 2
+    assert [(q.price, q.flag) for q in got.quotes[1:]] == [
+        (moved.price, None), (moved.price, "reorged"),
+    ]  # fmt: skip
+    await chain.rpc("evm_setNextBlockTimestamp", [moved.venue_ts // 1000 + 1])
+    await chain.mine()
+    assert await reader.poll_once()
+    assert got.last.flag is None
+    assert got.last.price == pytest.approx(3000, rel=ONE_TICK - 1)

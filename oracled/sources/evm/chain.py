@@ -9,11 +9,13 @@ New blocks come from a WebSocket `newHeads` subscription when the chain has a `w
 polling; a poll is one JSON-RPC batch (latest header + the aggregate3 at "latest"), so a new
 block still costs one round trip. The WebSocket falls back to polling while it is down.
 
-Blocks never go backwards: a block below the last one processed is counted and not read; the
-same height with a new hash (a reorg) is read again, and each feed publishes only data newer than
-what it already published. A block older than `max_block_age_s` by our clock (a stuck node) is
-not published. With `cross_check`, the same read is repeated on a second endpoint pinned to the
-same block hash and a disagreement withholds the block and is counted and logged.
+Blocks never go backwards: a block below the last one processed is counted and not read; the same
+height with a new hash (a reorg) is read again, and each feed publishes only data newer than what
+it already published; a feed that finds older data (the chain no longer holds the value it
+published) has that value re-emitted flagged `reorged` until it has newer. A block older than
+`max_block_age_s` by our clock (a stuck node) is not published. With `cross_check`, the same read
+is repeated on a second endpoint pinned to the same block hash and a disagreement withholds the
+block and is counted and logged.
 """
 
 from __future__ import annotations
@@ -91,14 +93,16 @@ class ChainStats:
 class _Slot:
     """A registered feed, where its results sit in the multicall, and what it last published."""
 
-    __slots__ = ("bad", "calls", "count", "emit", "feed", "last", "start", "stats")
+    __slots__ = ("calls", "count", "emit", "feed", "flag", "last", "start", "stats")
 
     def __init__(self, feed: Feed, emit: Callable[[Quote], None], stats: SourceStats) -> None:
         self.feed, self.emit, self.stats = feed, emit, stats
         self.calls: Sequence[Call] = ()
         self.start = self.count = 0
         self.last: Quote | None = None  # as the feed made it, before any sequencer flag
-        self.bad = False  # the feed's latest answer was garbage: `last` is flagged bad_answer
+        # `last` withdrawn until the feed's next quote: "bad_answer" (the feed's latest answer
+        # was garbage) or "reorged" (the chain no longer holds it)
+        self.flag: str | None = None
 
 
 class _Header(msgspec.Struct):
@@ -306,9 +310,10 @@ class ChainReader:
 
     def _flagged(self, slot: _Slot, quote: Quote) -> Quote:
         """`quote` flagged as the reader's state requires: `bad_answer` while the feed answers
-        garbage, else the feed's own flag, else the chain's (`chain_stale`, `sequencer`)."""
-        if slot.bad:
-            return msgspec.structs.replace(quote, flag="bad_answer")
+        garbage or `reorged` while the chain no longer holds it, else the feed's own flag, else
+        the chain's (`chain_stale`, `sequencer`)."""
+        if slot.flag is not None:
+            return msgspec.structs.replace(quote, flag=slot.flag)
         if quote.flag is not None:
             return quote
         if not self._current:
@@ -416,7 +421,9 @@ class ChainReader:
             elif isinstance(out, str):
                 slot.stats.dropped[out] += 1
                 if out in slot.feed.distrusting:
-                    self._distrust(slot, recv_ts)
+                    self._withdraw(slot, "bad_answer", block, recv_ts)
+                elif out in slot.feed.reorged:
+                    self._withdraw(slot, "reorged", block, recv_ts)
             else:
                 self._emit(slot, out, block, recv_ts)
         return pending
@@ -436,14 +443,20 @@ class ChainReader:
             return []
         return self._decode_all(slots, block, results, recv_ts)
 
-    def _distrust(self, slot: _Slot, now: int) -> None:
-        """The feed answered garbage: its last quote again, flagged `bad_answer`, once (the
-        slot is excluded now, not when the feed's heartbeat runs out); its next valid quote
-        clears the flag."""
-        if slot.bad:
+    def _withdraw(self, slot: _Slot, flag: str, block: Block, now: int) -> None:
+        """The feed's last quote is not to vote: it answered garbage (`bad_answer`), or the
+        chain no longer holds that value (`reorged`). The quote again with that flag, once (the
+        slot is excluded now, not when the feed's heartbeat runs out); the feed's next valid
+        quote clears the flag. `bad_answer` is not replaced by `reorged`."""
+        if slot.flag in (flag, "bad_answer"):
             return
-        slot.bad = True
+        slot.flag = flag
         if slot.last is not None:
+            if flag == "reorged":
+                self._log.warning(
+                    "published value reorged out: flagged", source=slot.feed.source_id,
+                    pair=slot.feed.pair, block=slot.last.block, read_at=block.number,
+                )  # fmt: skip
             slot.emit(msgspec.structs.replace(self._flagged(slot, slot.last), recv_ts=now))
 
     def _emit(self, slot: _Slot, quote: Quote, block: Block, recv_ts: int) -> None:
@@ -452,7 +465,7 @@ class ChainReader:
                 quote, block=block.number, block_ts=block.timestamp * 1000
             )
         slot.last = quote
-        slot.bad = False
+        slot.flag = None
         slot.emit(self._flagged(slot, quote))
         slot.stats.quotes += 1
         slot.stats.last_quote_ms = recv_ts

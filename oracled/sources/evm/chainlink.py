@@ -8,11 +8,12 @@ the reader then reads the same block again with the full set of calls.
 
 Rejected (counted drop reasons): `updatedAt == 0` (`incomplete_round`), `answer <= 0`
 (`non_positive`), `answeredInRound < roundId` (`carried_over_round`), a round older than one
-already published (`older_round`, after a reorg). The first three are garbage from the feed
-itself, so its previous quote is not trusted either: the reader publishes it again flagged
-`bad_answer` until a valid round arrives. Flagged (the core excludes the slot with the
-flag as reason): an answer at a bound (`at_bound`); a round older than the feed's heartbeat by
-the block's clock (`stale`). `venue_ts` is `updatedAt`.
+already published (`older_round`, after a reorg). The first three are garbage from the feed itself,
+so its previous quote is not trusted either: the reader publishes it again flagged `bad_answer`
+until a valid round arrives; after `older_round` the published round is no longer on the chain, and
+the reader publishes it again flagged `reorged`. Flagged (the core excludes the slot with the flag
+as reason): an answer at a bound (`at_bound`); a round older than the feed's heartbeat by the
+block's clock (`stale`). `venue_ts` is `updatedAt`.
 
 Interfaces: https://docs.chain.link/data-feeds/api-reference and
 https://docs.chain.link/data-feeds#check-the-latest-answer-against-reasonable-limits
@@ -73,6 +74,7 @@ class ChainlinkFeed(Feed):
     )
 
     distrusting = frozenset({"incomplete_round", "non_positive", "carried_over_round"})
+    reorged = frozenset({"older_round"})
 
     def __init__(self, source_id: str, pair: str, spec: FeedSpec) -> None:
         super().__init__(source_id, pair)
@@ -124,10 +126,11 @@ class ChainlinkFeed(Feed):
         reason = self._refuse(round_id, answer, updated_at, answered_in)
         if reason is not None:
             self._rejected = (round_id, updated_at)
-            if reason in self.distrusting and self._last is not None:
-                # The reader now publishes the last quote flagged bad_answer: the next valid
-                # read is new, even the same round again (a reorg took the bad one away).
-                self._last = (*self._last[:3], "bad_answer")
+            if self._last is not None:
+                # The reader now publishes the last quote flagged (bad_answer or reorged): the
+                # next valid read is new, even the same round again (a reorg took the bad one
+                # away, or brought the reorged one back).
+                self._last = (*self._last[:3], reason)
             self._log.warning(
                 "chainlink round refused", reason=reason, round_id=round_id, answer=answer,
                 updated_at=updated_at, answered_in_round=answered_in, block=block.number,

@@ -62,8 +62,13 @@ class Feed(abc.ABC):
     #: Drop reasons that mean the feed now answers garbage (an answer of zero, a round carried
     #: over): its previous value is not to be trusted either, so the reader publishes that value
     #: again flagged `bad_answer` until the feed gives a valid one. Other drops (a reverted
-    #: call, an older round after a reorg) leave the previous value voting.
+    #: call) leave the previous value voting.
     distrusting: ClassVar[frozenset[str]] = frozenset()
+    #: Drop reasons that mean the chain no longer holds the value last published: the block read
+    #: holds an older one (a reorg took the newer one away). The reader publishes the last value
+    #: again flagged `reorged` until the feed has a newer one; the older value cannot take its
+    #: place, since the core orders a slot's quotes by venue time.
+    reorged: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, source_id: str, pair: str) -> None:
         self.source_id = source_id

@@ -46,6 +46,7 @@ class PythEvmFeed(Feed):
     __slots__ = ("_calls", "_last", "_log", "_max_age_s", "_max_conf_ratio", "_rejected")
 
     distrusting = frozenset({"malformed", "no_price", "non_positive", "wide_confidence"})
+    reorged = frozenset({"older_price"})
 
     def __init__(
         self,
@@ -123,10 +124,12 @@ class PythEvmFeed(Feed):
         return reason
 
     def _distrusted(self, reason: str) -> str:
-        """A garbage price: the reader now publishes the last quote flagged bad_answer, so the
-        next valid read is new even if it repeats the last price (a reorg took the bad away)."""
-        if reason in self.distrusting and self._last is not None:
-            self._last = (*self._last[:3], "bad_answer")
+        """A garbage price, or one older than the last (a reorg took the last away): the reader
+        now publishes the last quote flagged (bad_answer or reorged), so the next valid read is
+        new even if it repeats the last price (a reorg took the bad away, or brought the last
+        back)."""
+        if (reason in self.distrusting or reason in self.reorged) and self._last is not None:
+            self._last = (*self._last[:3], reason)
         return reason
 
 

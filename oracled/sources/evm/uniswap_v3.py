@@ -22,7 +22,9 @@ same block after each of these two steps, so the first block is still priced.
 
 A revert of ``observe`` (the window reaches back before the oldest stored observation: ``OLD``,
 the pool's observation cardinality is too small for the window) is the drop reason
-``observe_reverted``. The venue time is the block's timestamp.
+``observe_reverted``. The venue time is the block's timestamp; a block stamped earlier than the
+last one priced (a reorg replaced the blocks the last price came from) is ``older_block``, and
+the reader withdraws that price (flagged ``reorged``) until a later block prices the pool again.
 
 Pool interface: https://docs.uniswap.org/contracts/v3/reference/core/interfaces/pool/IUniswapV3PoolDerivedState
 Rounding and the harmonic mean liquidity: ``OracleLibrary.consult`` in Uniswap/v3-periphery
@@ -207,6 +209,8 @@ class UniswapV3Feed(Feed):
     Decimals are the tokens' own `decimals()`.
     """
 
+    reorged = frozenset({"older_block"})
+
     __slots__ = (
         "_calls",
         "_last_ts",
@@ -308,7 +312,7 @@ class UniswapV3Feed(Feed):
         (obs_ok, obs_data), (slot_ok, slot_data), (liq_ok, liq_data) = results
         ts = block.timestamp * 1000
         if ts < self._last_ts:
-            return None  # an older block than one already priced (the reader should not send it)
+            return "older_block"  # the chain no longer holds the block last priced (a reorg)
         if not obs_ok:
             if not self._observe_failing:
                 self._observe_failing = True
