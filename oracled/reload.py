@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from oracled.config import Config
+from oracled.config import Config, MarketConfig
 
 __all__ = ["RESTART_ONLY", "ConfigChanges", "config_changes", "running_config", "source_pairs"]
 
@@ -82,10 +82,24 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
     return ConfigChanges(
         markets_added=[s for s in after if s not in before],
         markets_removed=[s for s in before if s not in after],
-        markets_changed=[s for s in after if s in before and before[s] != after[s]],
+        markets_changed=[
+            s
+            for s in after
+            if s in before
+            and (before[s] != after[s] or _legs(old, before[s]) != _legs(new, after[s]))
+        ],
         sources_restarted=sources,
         needs_restart=needs_restart,
     )
+
+
+def _legs(cfg: Config, market: MarketConfig) -> list[str | None]:
+    """The leg market each of a market's source entries converts through (None: no leg). A
+    market whose legs change is priced differently even when its own table did not change."""
+    routes = {(r.from_, r.to): r.via for r in cfg.routes}
+    base, quote = market.symbol.split("/")
+    pairs = (e.pair.split("/") for e in (*market.sources, *market.perp_sources))
+    return [routes.get((pq, quote)) if pb == base and pq != quote else None for pb, pq in pairs]
 
 
 def running_config(old: Config, new: Config) -> Config:

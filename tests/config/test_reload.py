@@ -107,3 +107,31 @@ def test_a_new_clock_skew_bound_restarts_every_source() -> None:
         _data(sources=two, markets=[market], oracle={"jump_confirm_rounds": 9}), env={}
     )
     assert config_changes(old, other).sources_restarted == []
+
+
+def test_a_market_whose_conversion_leg_changed_is_reported_as_changed() -> None:
+    """A reload that only points the USDT route at the inverted leg market (USD/USDT instead of
+    USDT/USD) changes how BTC/USD is priced: BTC/USD is in `markets_changed`. Markets that only
+    use the direct or the inverse pair of a leg are not (found by reloading a routed config by
+    hand: the reload said nothing had changed)."""
+    sources = {"a": {"type": "binance"}, "b": {"type": "kraken"}}
+
+    def markets(via: str) -> dict[str, Any]:
+        one = {"min_sources": 1}
+        return _data(
+            sources=sources,
+            markets=[
+                {**one, "symbol": "USDT/USD", "sources": [{"source": "b", "pair": "USD/USDT"}]},
+                {**one, "symbol": "USD/USDT", "sources": [{"source": "b", "pair": "USD/USDT"}]},
+                {**one, "symbol": "BTC/USD", "sources": [{"source": "a", "pair": "BTC/USDT"}]},
+                {**one, "symbol": "ETH/USD", "sources": [{"source": "a", "pair": "ETH/USD"}]},
+            ],
+            routes=[{"from": "USDT", "to": "USD", "via": via}],
+        )
+
+    old = parse_config(markets("USDT/USD"), env={})
+    new = parse_config(markets("USD/USDT"), env={})
+    changes = config_changes(old, new)
+    assert changes.markets_changed == ["BTC/USD"]
+    assert changes.markets_added == changes.markets_removed == changes.sources_restarted == []
+    assert config_changes(old, old).empty
