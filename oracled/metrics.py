@@ -43,7 +43,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Metrics", "MetricsInputs"]
 
-_ROUND_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Up to the longest round interval the config takes (60 s): histogram_quantile never answers more
+# than the last finite bound, and the alerts compare these with a share of the interval.
+_ROUND_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from oracled.config import parse_config
+from oracled.config import OracleConfig, parse_config
 from oracled.core import Core, RoundResult
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
@@ -121,3 +121,24 @@ def test_venue_latency_histogram_is_cumulative_per_source() -> None:
     assert s[("oracled_source_latency_seconds_count", (("source", "b"),))] == 6
     assert s[("oracled_source_latency_seconds_sum", (("source", "b"),))] == 60.783
     assert s[("oracled_source_venue_time_ahead_total", (("source", "b"),))] == 1
+
+
+def test_round_histograms_reach_past_the_longest_round_interval() -> None:
+    """The round duration and lag histograms have a finite bucket at or above the longest round
+    interval the config takes: histogram_quantile never answers more than the last finite bound,
+    so with buckets ending at 1 s the publish-lag alert (p99 lag over half the interval) could
+    not fire at intervals of 2 s or more, nor the over-budget one past 4 s."""
+    field = OracleConfig.model_fields["round_interval_ms"]
+    (bound,) = [m.le for m in field.metadata if getattr(m, "le", None) is not None]
+    _, metrics, _, _ = _setup()
+    for name in ("oracled_round_duration_seconds", "oracled_round_lag_seconds"):
+        (family,) = [
+            f
+            for f in text_string_to_metric_families(metrics.render()[0].decode())
+            if f.name == name
+        ]
+        finite = [
+            float(s.labels["le"]) for s in family.samples if s.labels.get("le", "+Inf") != "+Inf"
+        ]
+        assert max(finite) >= bound / 1000.0, name
+        assert min(finite) <= 0.0005, name  # a small round still reads in sub-millisecond steps
