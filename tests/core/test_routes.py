@@ -1,0 +1,124 @@
+"""Conversion routes, checked against hand computations: inverted legs, chained legs, bounds in
+the market's units, the leg's full precision and what the confidence band does (not) carry."""
+
+from __future__ import annotations
+
+from core_helpers import T0, config, market, quote
+
+from oracled.core import Core
+from oracled.model import Report
+
+USDT_VIA_INVERSE = {"from": "USDT", "to": "USD", "via": "USD/USDT"}
+EUR_ROUTE = {"from": "EUR", "to": "USD", "via": "EUR/USD"}
+
+
+def _round(core: Core, ts: int, quotes: list[tuple[str, str, float]]) -> dict[str, Report]:
+    for source, pair, price in quotes:
+        assert core.ingest(quote(source, pair, price, ts)) is None
+    return {r.market: r for r in core.run_round(ts).reports()}
+
+
+def test_a_chained_route_through_an_inverted_leg_is_computed_legs_first() -> None:
+    """BTC/USD (listed first) is quoted in EUR; EUR/USD is quoted in USDT; the USDT leg is the
+    inverted market USD/USDT at 1.25. By hand: EUR/USD = 1.5 / 1.25 = 1.2 and BTC/USD =
+    53,000 x 1.2 = 63,600, in the first round, whatever the order of the markets in the config."""
+    core = Core(
+        config(
+            [
+                market("BTC/USD", "ab", "BTC/EUR", min_sources=2),
+                market("EUR/USD", "ab", "EUR/USDT", min_sources=2, price_exponent=-5),
+                market("USD/USDT", "ab", min_sources=2, price_exponent=-4),
+            ],
+            [EUR_ROUTE, USDT_VIA_INVERSE],
+            resume_rounds=1,
+        )
+    )
+    reports = _round(
+        core,
+        T0,
+        [
+            *((s, "USD/USDT", 1.25) for s in "ab"),
+            *((s, "EUR/USDT", 1.5) for s in "ab"),
+            *((s, "BTC/EUR", 53_000.0) for s in "ab"),
+        ],
+    )
+    assert reports["EUR/USD"].price == "1.20000"
+    assert reports["BTC/USD"].price == "63600.00"
+    assert [s.value for s in reports["BTC/USD"].sources] == ["63600.00", "63600.00"]
+
+
+def test_the_markets_bounds_apply_to_the_converted_value() -> None:
+    """BTC/USD has max_price 70,000. With USDT at 0.8 USD, a BTC/USDT quote of 80,000 is 64,000 USD
+    and used, though 80,000 is above the band; one of 90,000 USDT is 72,000 USD: excluded as
+    `bounds`, its converted value shown. The band is the market's, in the market's units."""
+    core = Core(
+        config(
+            [
+                market("USDT/USD", "ab", min_sources=2, price_exponent=-4),
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 2,
+                    "max_price": 70_000,
+                    "sources": [
+                        {"source": "a", "pair": "BTC/USDT"},
+                        {"source": "b", "pair": "BTC/USD"},
+                        {"source": "c", "pair": "BTC/USD"},
+                    ],
+                },
+            ],
+            [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+            resume_rounds=1,
+        )
+    )
+    legs = [("a", "USDT/USD", 0.8), ("b", "USDT/USD", 0.8)]
+    direct = [("b", "BTC/USD", 64_000.0), ("c", "BTC/USD", 64_000.0)]
+    btc = _round(core, T0, [*legs, *direct, ("a", "BTC/USDT", 80_000.0)])["BTC/USD"]
+    a = btc.sources[0]
+    assert (a.value, a.reason) == ("64000.00", None)
+    btc = _round(core, T0 + 250, [*legs, *direct, ("a", "BTC/USDT", 90_000.0)])["BTC/USD"]
+    a = btc.sources[0]
+    assert (a.value, a.used, a.reason) == ("72000.00", False, "bounds")
+    assert btc.price == "64000.00"
+
+
+def test_the_leg_converts_at_full_precision_not_at_its_published_rounding() -> None:
+    """USDT/USD publishes two decimals: 0.9951 is shown as "1.00". A BTC/USDT quote of 60,000
+    converts to 60,000 x 0.9951 = 59,706, not 60,000 x 1.00."""
+    core = Core(
+        config(
+            [
+                market("USDT/USD", "ab", min_sources=2),
+                market("BTC/USD", "ab", "BTC/USDT", min_sources=2),
+            ],
+            [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+            resume_rounds=1,
+        )
+    )
+    reports = _round(
+        core,
+        T0,
+        [*((s, "USDT/USD", 0.9951) for s in "ab"), *((s, "BTC/USDT", 60_000.0) for s in "ab")],
+    )
+    assert reports["USDT/USD"].price == "1.00"
+    assert reports["BTC/USD"].price == "59706.00"
+
+
+def test_the_legs_own_band_is_not_added_to_a_routed_markets_confidence() -> None:
+    """The USDT/USD venues disagree (0.98, 1.00, 1.02: quartiles 0.98 and 1.02 by cumulative
+    weight, so confidence 0.02), the ETH/USDT venues agree at 2,000. Every ETH/USD value is 2,000 x
+    the one leg price 1.00, so ETH/USD's confidence is 0.00: the leg's uncertainty is published
+    with the leg market, not carried into the markets that convert through it."""
+    core = Core(
+        config(
+            [
+                market("USDT/USD", "abc", min_sources=3, max_deviation=0.05, price_exponent=-4),
+                market("ETH/USD", "abc", "ETH/USDT", min_sources=3),
+            ],
+            [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+            resume_rounds=1,
+        )
+    )
+    leg = [("a", "USDT/USD", 0.98), ("b", "USDT/USD", 1.0), ("c", "USDT/USD", 1.02)]
+    reports = _round(core, T0, [*leg, *((s, "ETH/USDT", 2_000.0) for s in "abc")])
+    assert (reports["USDT/USD"].price, reports["USDT/USD"].confidence) == ("1.0000", "0.0200")
+    assert (reports["ETH/USD"].price, reports["ETH/USD"].confidence) == ("2000.00", "0.00")
