@@ -6,23 +6,33 @@ exactly as in production, only pointed at loopback. The script cycles through: n
 venue printing a spike (excluded as an outlier, price unmoved); one venue going silent with its
 socket open (detected, its quotes age out); a majority of venues silent (quorum lost: markets pause
 with `price: null`); recovery (markets resume after the hysteresis window).
+
+Its prices are simulated and faulted on purpose, so nothing of them leaves loopback under the
+operator's name, whatever the config says: rounds are signed by a throwaway key (the signed
+stream still shows, but no consumer that trusts the configured key accepts them), and the NATS
+sink and the on-chain pusher are off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from oracled.config import Config
+from oracled.publish.signer import SigningKey
 from oracled.service import Service
 from oracled.sim.venues import SimulatedVenue, simulate
 
 __all__ = ["run_demo"]
 
 Logger = structlog.typing.FilteringBoundLogger
+
+# The variable the throwaway signing key is handed to the service in (the demo's own process).
+_THROWAWAY_KEY_ENV = "ORACLED_DEMO_THROWAWAY_SIGNING_KEY"
 
 # Short liveness settings so that the faults show within seconds.
 _LIVENESS = {"liveness_timeout_s": 3.0, "rest_poll_interval_s": 1.0, "reconnect_max_s": 5.0}
@@ -76,9 +86,31 @@ async def _script(venues: list[SimulatedVenue], market: str, log: Logger) -> Non
         await asyncio.sleep(15)
 
 
+def _loopback_only(cfg: Config, log: Logger) -> Config:
+    """`cfg` with a throwaway signing key and without the sinks that reach other systems
+    (NATS, the on-chain pusher): simulated prices must never pass for the operator's."""
+    update: dict[str, object] = {}
+    if cfg.signing.enabled:
+        key = SigningKey.generate()
+        os.environ[_THROWAWAY_KEY_ENV] = key.hex()
+        update["signing"] = cfg.signing.model_copy(
+            update={"key_file": None, "key_env": _THROWAWAY_KEY_ENV}
+        )
+        log.warning(
+            "demo: rounds signed by a throwaway key, not the configured one", signer=key.address
+        )
+    for sink in ("nats", "push"):
+        table = getattr(cfg, sink)
+        if table.enabled:
+            update[sink] = table.model_copy(update={"enabled": False})
+            log.warning("demo: sink off", sink=sink, why="simulated prices stay on loopback")
+    return cfg.model_copy(update=update)
+
+
 async def _main(cfg: Config, listen: str, duration: float | None, record: Path | None) -> None:
     log: Logger = structlog.get_logger("oracled").bind(component="demo")
     simulated, venues = await simulate(cfg, liveness=_LIVENESS)
+    simulated = _loopback_only(simulated, log)
     try:
         service = Service(simulated, listen=listen, record=record, freeze_gc=True)
         url = f"http://{listen}"

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import Daemon
+from daemon import Daemon, free_port
+
+from oracled.publish.signer import SigningKey
 
 ROOT = Path(__file__).resolve().parents[2]
 SPIKE_EVENT = "demo: one venue prints 8% too high"
@@ -68,3 +70,71 @@ async def test_the_demo_prices_every_market_excludes_its_spike_and_stops_cleanly
     assert demo.proc is not None
     assert await asyncio.to_thread(demo.proc.wait, 30) == 0, demo.logs()[-2000:]
     assert any(e["event"] == "stopped" for e in _events(demo))
+
+
+DEMO_SINKS_CONFIG = """
+[oracle]
+round_interval_ms = 100
+
+[log]
+format = "json"
+
+[signing]
+enabled = true
+key_file = "signing.key"
+
+[nats]
+enabled = true
+servers = ["nats://127.0.0.1:{nats_port}"]
+
+[chains.eth]
+chain_id = 1
+rpc_urls = ["http://127.0.0.1:{rpc_port}"]
+
+[push]
+enabled = true
+chain = "eth"
+contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+key_file = "push.key"
+
+[sources.binance]
+type = "binance"
+
+[sources.coinbase]
+type = "coinbase"
+
+[[markets]]
+symbol = "BTC/USD"
+min_sources = 1
+sources = [{{ source = "binance", pair = "BTC/USD" }}, {{ source = "coinbase", pair = "BTC/USD" }}]
+"""
+
+
+async def test_the_demo_never_signs_publishes_or_pushes_with_the_configured_keys(
+    tmp_path: Path,
+) -> None:
+    """Run on a production config (signing key, NATS servers, an on-chain pusher), the demo's
+    simulated prices, spiked and paused on purpose, are signed by a throwaway key instead of
+    the configured one (so no consumer that trusts that key accepts them), and neither the NATS
+    sink nor the pusher runs. Found by running the demo on a signing config: /v1/info served
+    the configured signer, and the pusher and NATS sink started with the configured keys."""
+    configured = SigningKey.generate()
+    for name in ("signing.key", "push.key"):
+        (tmp_path / name).write_text(configured.hex())
+        (tmp_path / name).chmod(0o600)
+    text = DEMO_SINKS_CONFIG.format(nats_port=free_port(), rpc_port=free_port())
+    d = Daemon(text, tmp_path)
+    d.argv = [sys.executable, "demo"]
+    try:
+        await d.start("--duration", "30")
+        status, info = await d.get("/v1/info")
+        assert status == 200
+        assert info["signer"] not in (None, configured.address), info
+        throwaway = d.events("demo: rounds signed by a throwaway key, not the configured one")
+        assert [e["signer"] for e in throwaway] == [info["signer"]]
+        _, text = await d.get("/metrics")
+        assert "oracled_push_up" not in text
+        assert not d.events("nats sink") and not d.events("on-chain push")
+        assert {e["sink"] for e in d.events("demo: sink off")} == {"nats", "push"}
+    finally:
+        await d.close()
