@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from oracled.config import Config
+    from oracled.service import Service
 
 __all__ = ["main"]
 
@@ -38,6 +39,8 @@ _SHIPPED_CONFIGS = (
     Path(__file__).resolve().parent.parent / DEFAULT_CONFIG,
 )
 _DEFAULT_CONFIG_COMMANDS = frozenset({"run", "replay", "record", "demo"})
+#: Commands that run the daemon: they keep the early signal latches and hand them to it.
+_DAEMON_COMMANDS = frozenset({"run", "record", "demo"})
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_TAPE_ERRORS = 0, 1, 2, 3
 
 
@@ -209,6 +212,16 @@ class _Hangups(_EarlySignals):
         return self.count
 
 
+def _latched(hangups: _Hangups, stops: _Stops) -> Callable[[Service], None]:
+    """Hand a daemon's service the signals the command line caught before its loop ran."""
+
+    def hand_over(service: Service) -> None:
+        service.early_hangups = lambda: hangups.count
+        service.early_stop = lambda: stops.signal
+
+    return hand_over
+
+
 def _cmd_run(
     args: argparse.Namespace, hangups: _Hangups, stops: _Stops, record: Path | None = None
 ) -> int:
@@ -218,8 +231,7 @@ def _cmd_run(
     service = Service(
         cfg, listen=args.listen, record=record, config_path=args.config, freeze_gc=True
     )
-    service.early_hangups = lambda: hangups.count
-    service.early_stop = lambda: stops.signal
+    _latched(hangups, stops)(service)
     run_service(service, _loop_factory())
     return EXIT_OK
 
@@ -257,11 +269,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_TAPE_ERRORS if stats.errors else EXIT_OK
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _cmd_demo(args: argparse.Namespace, hangups: _Hangups, stops: _Stops) -> int:
+    cfg = _load(args.config)
     from oracled.demo import run_demo
 
-    cfg = _load(args.config)
-    run_demo(cfg, args.listen, args.duration, args.record, _loop_factory())
+    run_demo(
+        cfg, args.listen, args.duration, args.record, _loop_factory(), _latched(hangups, stops)
+    )
     return EXIT_OK
 
 
@@ -283,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parsed = args = _parser().parse_args(argv)
     finally:
-        daemon = parsed is not None and parsed.command in ("run", "record")
+        daemon = parsed is not None and parsed.command in _DAEMON_COMMANDS
         if daemon:  # SIGQUIT: where every thread is, even with the event loop blocked
             faulthandler.register(signal.SIGQUIT, all_threads=True)
         else:  # not a daemon: a signal means what it did
@@ -309,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from oracled.publish.audit_cli import cmd_audit
 
             return cmd_audit(args)
-        return _cmd_demo(args)
+        return _cmd_demo(args, hangups, stops)
     except ConfigError as exc:
         print(f"oracled: refusing to start: {len(exc.problems)} config problem(s)", file=sys.stderr)
         for problem in exc.problems:

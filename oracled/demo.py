@@ -107,12 +107,19 @@ def _loopback_only(cfg: Config, log: Logger) -> Config:
     return cfg.model_copy(update=update)
 
 
-async def _main(cfg: Config, listen: str, duration: float | None, record: Path | None) -> None:
+async def _main(
+    cfg: Config,
+    listen: str,
+    duration: float | None,
+    record: Path | None,
+    prepare: Callable[[Service], None],
+) -> None:
     log: Logger = structlog.get_logger("oracled").bind(component="demo")
     simulated, venues = await simulate(cfg, liveness=_LIVENESS)
     simulated = _loopback_only(simulated, log)
     try:
         service = Service(simulated, listen=listen, record=record, freeze_gc=True)
+        prepare(service)  # the command line's early signals: a stop while starting is a stop
         url = f"http://{listen}"
         market = next(
             (m.symbol for m in cfg.markets if m.symbol.startswith("BTC/")), cfg.markets[-1].symbol
@@ -141,6 +148,8 @@ def run_demo(
     duration: float | None,
     record: Path | None,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    prepare: Callable[[Service], None] = lambda service: None,
 ) -> None:
+    """Run the demo to its end (`duration`, or a stop); `prepare` sees the service first."""
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_main(cfg, listen, duration, record))
+        runner.run(_main(cfg, listen, duration, record, prepare))

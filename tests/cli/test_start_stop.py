@@ -1,4 +1,5 @@
-"""`oracled run` asked to stop at any moment of its start: it stops cleanly, exit 0.
+"""`oracled run` (and `oracled demo`) asked to stop at any moment of its start: it stops
+cleanly, exit 0.
 
 Real processes: the daemon is started as `python -m oracled.cli run`, its sources point at a
 loopback server (or at nothing), and the signal is sent at a moment the test observes from the
@@ -25,11 +26,11 @@ from cli_configs import warned_config
 
 
 class _Daemon:
-    """One `oracled run` and the JSON lines of its stderr, read as they come."""
+    """One `oracled run` (or `demo`) and the JSON lines of its stderr, read as they come."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, command: str = "run") -> None:
         self.config = config
-        argv = ["run", "--config", str(config), "--listen", "127.0.0.1:0"]
+        argv = [command, "--config", str(config), "--listen", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "oracled.cli", *argv],
             stderr=subprocess.PIPE,
@@ -73,10 +74,10 @@ class _Daemon:
 
 
 @contextmanager
-def _daemon(tmp_path: Path, port: int) -> Iterator[_Daemon]:
+def _daemon(tmp_path: Path, port: int, command: str = "run") -> Iterator[_Daemon]:
     config = tmp_path / "oracled.toml"
     config.write_text(warned_config(port))
-    daemon = _Daemon(config)
+    daemon = _Daemon(config, command)
     try:
         yield daemon
     finally:
@@ -127,6 +128,21 @@ def test_a_stop_as_soon_as_the_command_line_runs_stops_it_before_it_starts(
     about a second) ends the daemon with exit 0 and `signal received` and `stopped` lines, and
     it never starts: no API, no source. It used to end with 143 and no line for SIGTERM."""
     with _daemon(tmp_path, 9) as daemon:
+        _wait(lambda: daemon.catches(signal.SIGHUP) and daemon.catches(sig))  # its first line
+        daemon.proc.send_signal(sig)
+        names = _assert_stopped_cleanly(daemon, sig, daemon.finish())
+    assert "api listening" not in names and "oracled started" not in names
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_as_soon_as_the_demo_runs_stops_it_before_it_starts(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """`oracled demo` keeps a stop sent while it starts, as `oracled run` does: exit 0, the
+    signal and `stopped` logged, the daemon never started. It used to give the signals back
+    after parsing its arguments, and a SIGTERM in its first second or so ended it with 143
+    and not one log line (found by sending SIGTERM 0.3, 0.8 and 1.3 s after start)."""
+    with _daemon(tmp_path, 9, "demo") as daemon:
         _wait(lambda: daemon.catches(signal.SIGHUP) and daemon.catches(sig))  # its first line
         daemon.proc.send_signal(sig)
         names = _assert_stopped_cleanly(daemon, sig, daemon.finish())
