@@ -122,3 +122,52 @@ def test_the_legs_own_band_is_not_added_to_a_routed_markets_confidence() -> None
     reports = _round(core, T0, [*leg, *((s, "ETH/USDT", 2_000.0) for s in "abc")])
     assert (reports["USDT/USD"].price, reports["USDT/USD"].confidence) == ("1.0000", "0.0200")
     assert (reports["ETH/USD"].price, reports["ETH/USD"].confidence) == ("2000.00", "0.00")
+
+
+def test_after_a_leg_pause_each_level_of_a_chain_waits_for_its_own_streak() -> None:
+    """BTC/USD converts through EUR/USD, which converts through USD/USDT (resume_rounds 3). The
+    USDT leg is paused by hand, then released: it is live on the third round, EUR/USD two rounds
+    after it (its streak starts the round its leg is live), BTC/USD two rounds after EUR/USD."""
+    core = Core(
+        config(
+            [
+                market("BTC/USD", "ab", "BTC/EUR", min_sources=2),
+                market("EUR/USD", "ab", "EUR/USDT", min_sources=2),
+                market("USD/USDT", "ab", min_sources=2),
+            ],
+            [EUR_ROUTE, USDT_VIA_INVERSE],
+            resume_rounds=3,
+        )
+    )
+    quotes = [
+        *((s, "USD/USDT", 1.25) for s in "ab"),
+        *((s, "EUR/USDT", 1.5) for s in "ab"),
+        *((s, "BTC/EUR", 53_000.0) for s in "ab"),
+    ]
+    ts = T0
+    for _ in range(9):
+        ts += 250
+        reports = _round(core, ts, quotes)
+    assert {r.status for r in reports.values()} == {"degraded"}  # live, thin: two of two
+    core.set_manual("USD/USDT", True)
+    ts += 250
+    reports = _round(core, ts, quotes)
+    statuses = [reports[m].status for m in ("USD/USDT", "EUR/USD", "BTC/USD")]
+    assert statuses == ["paused", "unknown", "unknown"]
+    assert reports["BTC/USD"].reasons == ["quorum", "route"]  # its leg EUR/USD is not live
+    core.set_manual("USD/USDT", False)
+    live: list[tuple[bool, ...]] = []
+    for _ in range(7):
+        ts += 250
+        reports = _round(core, ts, quotes)
+        live.append(tuple(reports[m].price is not None for m in ("USD/USDT", "EUR/USD", "BTC/USD")))
+    assert live == [
+        (False, False, False),
+        (False, False, False),
+        (True, False, False),
+        (True, False, False),
+        (True, True, False),
+        (True, True, False),
+        (True, True, True),
+    ]
+    assert reports["BTC/USD"].price == "63600.00"
