@@ -16,7 +16,8 @@ refused message is counted and kept with its reason.
 
 Reasons a message is refused (`Rejection.reason`):
 
-    malformed       not JSON of a known shape
+    malformed       not JSON of a known shape, or signed values spelled otherwise than the
+                    daemon writes them (`+5`, ` 5`, `05`, a hash without `0x`)
     truncated       cut off: incomplete JSON, or a proof shorter than the round's tree
     unsigned        a plain report, without a signature
     bad_proof       the proof does not fit the round (index outside it, a hash too many)
@@ -128,11 +129,17 @@ _FRAME = msgspec.json.Decoder(_Frame)
 _SIGNED = msgspec.json.Decoder(SignedPrice)
 
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
 def _hex(text: str, size: int | None, what: str) -> bytes:
-    body = text.removeprefix("0x")
+    """`0x` and hex digits, nothing else (bytes.fromhex alone would skip spaces)."""
+    body = text[2:]
+    if not text.startswith("0x") or not _HEX_DIGITS.issuperset(body):
+        raise Rejection("malformed", f"{what} is not 0x and hex digits")
     try:
         raw = bytes.fromhex(body)
-    except ValueError:
+    except ValueError:  # an odd number of digits
         raise Rejection("malformed", f"{what} is not hex") from None
     if size is not None and len(raw) != size:
         raise Rejection("truncated" if len(raw) < size else "malformed", f"{what} size")

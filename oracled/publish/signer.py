@@ -375,7 +375,20 @@ class SignedPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
         code = STATUS_CODES.get(self.status)
         if code is None:
             raise ValueError(f"unknown status {self.status!r}")
-        return Leaf(self.market, self.ts, code, int(self.price), int(self.confidence), self.expo)
+        price, confidence = _integer(self.price), _integer(self.confidence)
+        return Leaf(self.market, self.ts, code, price, confidence, self.expo)
+
+
+def _integer(text: str) -> int:
+    """An integer as the daemon writes it: ASCII digits, a minus for negatives, no leading zero.
+
+    `int()` alone also reads "+5", " 5", "0_5" and other scripts' digits: a message spelled so
+    would verify and be handed on with a string other consumers cannot read.
+    """
+    value = int(text) if text.isascii() else None
+    if value is None or str(value) != text:
+        raise ValueError(f"{text[:80]!r} is not an integer as the daemon writes it")
+    return value
 
 
 class RoundLeaf(msgspec.Struct, frozen=True):

@@ -3,7 +3,9 @@ unsigned or wrongly signed message refused with its reason; the median over a qu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 import pytest
@@ -126,6 +128,41 @@ def test_tampered_fields_are_refused_with_their_reason(
     assert reason(client, edit(signed, 0, **changes)) == expected
     assert client.rejected[expected] == 1
     assert client.price("BTC/USD").status == "unknown"  # nothing refused ever moved a price
+
+
+ARABIC_INDIC = str.maketrans("0123456789", "".join(chr(0x660 + d) for d in range(10)))
+
+
+@pytest.mark.parametrize(
+    ("field", "rewrite"),
+    [
+        ("price", lambda v: "+" + v),
+        ("price", lambda v: " " + v + "\n"),
+        ("price", lambda v: "000" + v),
+        ("price", lambda v: v[:2] + "_" + v[2:]),
+        ("price", lambda v: v.translate(ARABIC_INDIC)),  # int() reads other scripts' digits
+        ("confidence", lambda v: "0" + v),
+        ("root", lambda v: v.removeprefix("0x")),
+        ("root", lambda v: "0X" + v[2:]),
+        ("signature", lambda v: v[:10] + " " + v[10:]),  # bytes.fromhex skips spaces
+        ("proof", lambda v: [h[:4] + " " + h[4:] for h in v]),
+    ],
+)
+def test_the_same_signed_values_written_otherwise_are_refused(
+    field: str, rewrite: Callable[[Any], Any]
+) -> None:
+    """A message whose fields hold the signed values in another spelling than the contract's
+    (integers as ASCII digits without sign or leading zeros, hashes as `0x` and hex digits) is
+    `malformed`: the client would otherwise hand it on as verified, with a price string other
+    consumers (JavaScript's BigInt, Go's big.Int) cannot read. Found by feeding such rewrites
+    of a real daemon's signed frame to the client: every one was accepted."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, _ = client_at(signed)
+    original = msgspec.json.decode(signed.envelope(0))
+    assert reason(client, edit(signed, 0, **{field: rewrite(original[field])})) == "malformed"
+    assert client.price("BTC/USD").status == "unknown"
+    client.feed(signed.envelope(0))  # the message as signed still verifies
+    assert client.accepted == 1
 
 
 def test_truncated_messages_and_proofs_are_refused_as_truncated() -> None:
