@@ -8,6 +8,7 @@ executor thread: rendering thousands of series must not stall the event loop.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -122,6 +123,16 @@ class Metrics:
         self.registry.register(_StateCollector(inputs))
         self._latest = inputs.latest
         self._market_text: _MarketText | None = None
+
+    def forget_market(self, market: str) -> None:
+        """Drop the counters of a market a reload removed, as its gauges are: the series stay
+        bounded by the markets in force, however many reloads add and remove markets."""
+        for status in _STATUS_LABELS:
+            with contextlib.suppress(KeyError):  # a status the market never changed to
+                self.transitions.remove(market, status)
+        for action in ("pause", "resume"):
+            with contextlib.suppress(KeyError):
+                self.manual_actions.remove(market, action)
 
     def render(self) -> tuple[bytes, str]:
         """Exposition text and its content type; call from an executor thread."""
@@ -500,9 +511,11 @@ class _StateCollector:
             labels=["source", "reason"],
         )
         merged: dict[tuple[str, str], int] = {}
+        running = dict(self._in.source_stats)  # the book keeps counts of sources since stopped
         for (sid, reason), count in list(self._in.core.book.drops.items()):
-            merged[(sid, str(reason))] = merged.get((sid, str(reason)), 0) + count
-        for sid, st in list(self._in.source_stats.items()):
+            if sid in running:
+                merged[(sid, str(reason))] = merged.get((sid, str(reason)), 0) + count
+        for sid, st in running.items():
             for reason, count in list(st.dropped.items()):
                 merged[(sid, reason)] = merged.get((sid, reason), 0) + count
         for (sid, reason), count in sorted(merged.items()):

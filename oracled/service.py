@@ -336,6 +336,8 @@ class Service:
             for sid in changes.sources_restarted:
                 await self._stop_source(sid)
                 self._start_source(sid)
+            for market in changes.markets_removed:  # its gauges went with the layout
+                self.metrics.forget_market(market)
             gone = [m for m in self._paused if m not in self.core.index]
             for market in gone:  # a market the reload removed takes its pause with it
                 del self._paused[market]

@@ -142,3 +142,15 @@ def test_round_histograms_reach_past_the_longest_round_interval() -> None:
         ]
         assert max(finite) >= bound / 1000.0, name
         assert min(finite) <= 0.0005, name  # a small round still reads in sub-millisecond steps
+
+
+def test_drops_of_a_source_no_longer_running_leave_the_exposition() -> None:
+    """A source a reload stopped (its stats gone) has no `oracled_quotes_dropped_total` series
+    left behind from the book's counts, like its other series; running sources keep theirs."""
+    core, metrics, stats, _ = _setup()
+    core.ingest(Quote("a", "BTC/USD", T0, price=float("nan")))  # a drop counted by the book
+    core.ingest(Quote("b", "BTC/USD", T0, price=float("nan")))
+    del stats["a"]  # as the runtime does for a source a reload stops
+    s = _samples(metrics)
+    dropped = {lbl for name, lbl in s if name == "oracled_quotes_dropped_total"}
+    assert dropped == {(("reason", "not_finite"), ("source", "b"))}

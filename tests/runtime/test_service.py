@@ -189,6 +189,44 @@ async def test_a_reload_reports_restart_only_settings_and_keeps_running_them(
     assert not trail.exists()
 
 
+async def test_a_reload_that_removes_a_market_removes_its_counters(tmp_path: Path) -> None:
+    """The gate-transition and admin-action series of a market a reload removed leave the
+    exposition with its gauges, so the series stay bounded by the config in force (reloads that
+    add and remove markets must not pile up series); a market that stays keeps its counts."""
+    async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        both = _toml(sim.ws_url, sim.rest_url, 50, None) + (
+            '\n[[markets]]\nsymbol = "ETH/USDT"\nmin_sources = 1'
+            '\nsources = [{ source = "good", pair = "ETH/USDT" }]\n'
+        )
+        path.write_text(both)
+        service = Service(load_config(path), config_path=path)
+        task = asyncio.create_task(service.run())
+        try:
+            for _ in range(200):  # each market's first change of status (to live) is counted
+                exposition = service.metrics.render()[0].decode()
+                if all(
+                    f'transitions_total{{market="{m}/USDT"' in exposition for m in ("BTC", "ETH")
+                ):
+                    break
+                await _round_times(service, 1)
+            assert 'oracled_gate_transitions_total{market="ETH/USDT"' in exposition
+            service.on_manual("ETH/USDT", True, "test")
+            assert 'oracled_admin_actions_total{action="pause",market="ETH/USDT"} 1.0' in (
+                service.metrics.render()[0].decode()
+            )
+            path.write_text(_toml(sim.ws_url, sim.rest_url, 50, None))
+            changes = await service.reload("test")
+            assert changes["markets_removed"] == ["ETH/USDT"]
+            await _round_times(service, 2)
+            exposition = service.metrics.render()[0].decode()
+            assert [line for line in exposition.splitlines() if "ETH/USDT" in line] == []
+            assert 'oracled_gate_transitions_total{market="BTC/USDT"' in exposition
+        finally:
+            service.stop()
+            await task
+
+
 def test_venue_names_are_resolved_on_the_event_loop() -> None:
     """aiohttp's default resolver is the c-ares one (the aiodns dependency), not a thread: a
     lookup in flight when SIGTERM comes is dropped with the loop instead of holding its close
