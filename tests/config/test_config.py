@@ -190,6 +190,18 @@ def test_a_config_dumped_whole_parses_again_to_the_same_config() -> None:
         assert again == cfg
 
 
+def test_no_shipped_mark_follows_one_venue_where_more_are_listed() -> None:
+    """A market of the shipped config that lists several perpetuals needs two of them counting
+    for its mark and funding samples (docs/mark.md: with one, that venue's print alone moves
+    the mark); a market with a single perpetual can need only that one."""
+    cfg = load_config(HERE.parent.parent / "config" / "default.toml", env={})
+    perpetual = [m for m in cfg.markets if m.perp_sources]
+    assert len(perpetual) >= 20
+    for market in perpetual:
+        need = min(2, len(market.perp_sources))
+        assert market.mark.min_perp_sources >= need, market.symbol
+
+
 def test_listen_takes_ip_addresses_and_host_names() -> None:
     """api.listen (and --listen) accept IPv4, bracketed IPv6 and host names; a host that is
     neither is refused before the daemon tries to bind it."""

@@ -123,3 +123,12 @@ def test_the_docs_table_lists_every_shipped_proxy_with_its_heartbeat(dark: Confi
         cells = [c.strip() for c in matches[0].strip("|").split("|")]
         assert cells[0] == pair
         assert cells[2] == f"{spec.heartbeat_s} s"
+
+
+def test_the_shipped_chain_knows_its_block_time(lit: Config) -> None:
+    """Ethereum's slot is 12 s: set in the shipped chain, an operator who adds a ws_url gets a
+    silent newHeads subscription noticed after three blocks, not after max_block_age_s (300 s);
+    polling, the key changes nothing."""
+    chain = lit.chains["ethereum"]
+    assert chain.block_time_s == 12
+    assert 3 * chain.block_time_s < chain.max_block_age_s
