@@ -210,16 +210,23 @@ async def test_a_proxy_without_usable_decimals_is_never_priced(
     where: str,
 ) -> None:
     """Without `decimals()` (an account with no code answers every call with nothing) or with
-    more than 36 of them, the scale of an answer is unknown: dropped `no_decimals`, no quote."""
+    more than 36 of them, the scale of an answer is unknown: dropped `no_decimals` on every
+    block, no quote, and one error naming the address (a wrong address in the config is
+    otherwise only a counter)."""
     if where == "no_code":
         address = chain.account
     else:
         address = await new_token(chain, tokens.operator, "ODD", 40)
     reader = make_reader([anvil.url], http)
     got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(address)))
-    assert await reader.poll_once()
-    assert got.stats.dropped["no_decimals"] == 1
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+        await chain.mine()
+        assert await reader.poll_once()
+    assert got.stats.dropped["no_decimals"] == 2
     assert got.quotes == []
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [(e["event"], e["proxy"]) for e in errors] == [("chainlink feed unusable", address)]
 
 
 async def test_a_garbage_answer_flags_the_previous_quote_until_a_valid_round(

@@ -70,6 +70,7 @@ class ChainlinkFeed(Feed):
         "_proxy",
         "_rejected",
         "_scale",
+        "_unusable_logged",
         "description",
     )
 
@@ -92,6 +93,7 @@ class ChainlinkFeed(Feed):
         self._last: tuple[int, int, int, str | None] | None = None
         self._rejected: tuple[int, int] | None = None
         self._learning = True
+        self._unusable_logged = False
         self._calls = self._learning_calls()
 
     def _learning_calls(self) -> tuple[Call, ...]:
@@ -164,10 +166,15 @@ class ChainlinkFeed(Feed):
     def _learn(
         self, aggregator: str, decimals: tuple[bool, bytes], description: tuple[bool, bytes]
     ) -> FeedResult:
-        if not decimals[0] or _int(decimals[1]) is None:
-            return "no_decimals"
-        places = _int(decimals[1]) or 0
-        if not 0 <= places <= 36:
+        places = _int(decimals[1]) if decimals[0] else None
+        if places is None or not 0 <= places <= 36:
+            if not self._unusable_logged:  # a wrong address: else only a counter would say so
+                self._unusable_logged = True
+                self._log.error(
+                    "chainlink feed unusable", proxy=self._proxy, decimals=places,
+                    hint="no decimals() from 0 to 36 at this address: check it is the feed's "
+                    "proxy on this chain",
+                )  # fmt: skip
             return "no_decimals"
         self._decimals = places
         self._scale = 10.0**-places
