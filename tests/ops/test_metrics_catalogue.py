@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from catalogue import Entry, catalogue
+import re
+
+from catalogue import CATALOGUE, ROOT, Entry, catalogue
 from prometheus_client.parser import text_string_to_metric_families
 
+from oracled.aggregate.book import DropReason
 from oracled.config import parse_config
 from oracled.core import Core, RoundResult
 from oracled.jsonrpc import EndpointStats
@@ -149,3 +152,29 @@ def test_names_follow_prometheus_conventions() -> None:
         if kind not in {"counter", "gauge", "histogram"}:
             problems.append(f"{name}: unknown type {kind}")
     assert problems == []
+
+
+_COUNTED = re.compile(r"dropped\[([^\]]+)\]|_bad\(([^)]*)\)")
+_DROP_ROW = re.compile(r"^\| `([a-z_]+)` \(")
+
+
+def _code_drop_reasons() -> set[str]:
+    """The literal reasons the venue adapters and the chain reader count, and the book's."""
+    found = {str(reason) for reason in DropReason}
+    for path in sorted((ROOT / "oracled" / "sources").rglob("*.py")):
+        for match in _COUNTED.finditer(path.read_text()):
+            found.update(re.findall(r'"(\w+)"', match.group(1) or match.group(2)))
+    return found
+
+
+def test_every_drop_reason_counted_in_the_code_is_documented() -> None:
+    """Each `reason` value the venue adapters, the chain reader and the book can give
+    oracled_quotes_dropped_total has its row under Drop reasons in docs/metrics.md (an operator
+    who sees `resync` or `unsolicited` finds what it means). Reasons that reach the counter
+    through a variable (Gemini's level check, the on-chain feeds' answers) are not seen here."""
+    text = CATALOGUE.read_text()
+    section = text[text.index("## Drop reasons") : text.index("## Planned")]
+    documented = {m.group(1) for line in section.splitlines() if (m := _DROP_ROW.match(line))}
+    code = _code_drop_reasons()
+    assert len(code) > 20, code  # the scan finds the counted reasons at all
+    assert sorted(code - documented) == []
