@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -269,6 +270,30 @@ def test_the_openapi_signed_price_schema_lists_the_struct_fields() -> None:
     fields = {f.encode_name for f in msgspec.structs.fields(SignedPrice)}
     assert set(schema["properties"]) == fields
     assert set(schema["required"]) == fields
+
+
+@pytest.mark.parametrize(
+    "text", ["0", "5", "-5", "6400012", "-6400012", "05", "-0", "+5", " 5", "5_0", "", "-", "1.5"]
+)
+def test_the_openapi_integer_patterns_accept_what_the_client_verifies(text: str) -> None:
+    """The schema's `price` and `confidence` patterns match a string exactly when the client
+    reads it as a signed integer: the schema let '05' and '-0' through, which no daemon writes
+    and the client refuses (found comparing the two after making the client strict)."""
+    doc = json.loads(resources.files("oracled.api").joinpath("openapi.json").read_text())
+    props = doc["components"]["schemas"]["SignedPrice"]["properties"]
+    (signed,) = [RoundSigner(SigningKey.generate()).sign(Rounds(make_config()).step())]
+    base = msgspec.json.decode(signed.envelope(0))
+    for field, pattern in (
+        ("price", props["price"]["pattern"]),
+        ("confidence", props["confidence"]["pattern"]),
+    ):
+        sp = msgspec.convert(dict(base, **{field: text}), SignedPrice)
+        try:
+            sp.leaf()
+            reads = not (field == "confidence" and text.startswith("-"))
+        except ValueError:
+            reads = False
+        assert (re.fullmatch(pattern, text) is not None) == reads, (field, text)
 
 
 async def test_unfiltered_signed_subscribers_of_one_market_set_share_the_frames() -> None:
