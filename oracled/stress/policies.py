@@ -1,7 +1,8 @@
 """Price policies the oracle is compared with, computed from the same quotes as it sees them.
 
-* `clean_reference`: the median of every source's latest value that is fresh (within the
-  market's `max_age_ms`) and not flagged, converted through the reference price of the route's
+* `clean_reference`: the median of every source's latest value that is fresh (within its slot's
+  age limit, as the core ages it: the market's `max_age_ms` unless the slot or its on-chain feed
+  sets its own) and not flagged, converted through the reference price of the route's
   leg market. It is what "the median of all venues" means in the stress results and the yardstick
   for wrongful liquidations. It has no gates: it follows a crash at once, and it is only clean
   because the simulator also knows which values are fresh and unflagged.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from statistics import median
 
-from oracled.config import Config, MarketConfig
+from oracled.config import Config, MarketConfig, slot_max_age_ms
 from oracled.model import Quote
 
 __all__ = ["QuoteWatch"]
@@ -27,7 +28,7 @@ __all__ = ["QuoteWatch"]
 class QuoteWatch:
     """The latest valid value of every (source, pair) on the tape, with its time and flag."""
 
-    __slots__ = ("_by_market", "_routes", "cfg", "latest", "perps")
+    __slots__ = ("_by_market", "_max_age", "_routes", "cfg", "latest", "perps")
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -35,6 +36,10 @@ class QuoteWatch:
         self.perps: dict[tuple[str, str], tuple[float, int, str | None]] = {}
         self._routes = {(r.from_, r.to): r.via for r in cfg.routes}
         self._by_market = {m.symbol: m for m in cfg.markets}
+        # Per market, each slot's age limit, as the core's layout holds it.
+        self._max_age = {
+            m.symbol: [slot_max_age_ms(cfg, m, s) for s in m.sources] for m in cfg.markets
+        }
 
     def on_quote(self, quote: Quote) -> None:
         if quote.kind not in ("spot", "perp"):
@@ -77,12 +82,12 @@ class QuoteWatch:
             memo[symbol] = None  # a cycle (rejected by the config anyway) resolves to nothing
             market = self._by_market[symbol]
             values: list[float] = []
-            for src in market.sources:
+            for src, max_age in zip(market.sources, self._max_age[symbol], strict=True):
                 held = self.latest.get((src.source, src.pair))
                 if held is None:
                     continue
                 value, stamp, flag = held
-                if flag is not None or now_ms - stamp > market.max_age_ms:
+                if flag is not None or now_ms - stamp > max_age:
                     continue
                 inverse, via, divide = self._route(market, src.pair)
                 if inverse:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from oracled.config import Config, parse_config
+from oracled.core import Core
 from oracled.model import Quote
 from oracled.stress.policies import QuoteWatch
 
@@ -54,3 +55,56 @@ def test_inverse_pairs_and_legs_convert_like_the_core() -> None:
     assert reference["BTC/USD"] == pytest.approx(50_000.0)
     assert watch.plain_median()["JPY/USD"] == pytest.approx(1 / 150)
     assert watch.single_venue("a")["JPY/USD"] == pytest.approx(1 / 150)
+
+
+PROXY = "0x5f4eC3Df9cbd43714FE2740f5E3616155c5b8419"
+
+
+def test_the_clean_reference_ages_each_slot_by_its_own_limit_like_the_core() -> None:
+    """A Chainlink slot (heartbeat 3600 s) quoted 30 s ago and a venue slot with its own 60 s
+    `max_age_ms` quoted 40 s ago are fresh for the core in a market of `max_age_ms` 5 s, so the
+    clean reference takes them too: the median of 3,000, 3,002, 3,010 and 3,020, as the core
+    uses exactly these four; the fifth venue, 40 s old on the market's limit, is stale for both."""
+    cfg = parse_config(
+        {
+            "chains": {"eth": {"chain_id": 1, "rpc_urls_env": "TEST_ETH_RPC"}},
+            "sources": {
+                **{v: {"type": "binance"} for v in ("a", "b", "slow", "late")},
+                "cl": {
+                    "type": "chainlink",
+                    "chain": "eth",
+                    "feeds": {"ETH/USD": {"address": PROXY, "heartbeat_s": 3600}},
+                },
+            },
+            "markets": [
+                {
+                    "symbol": "ETH/USD",
+                    "min_sources": 1,
+                    "max_age_ms": 5_000,
+                    "sources": [
+                        {"source": "a", "pair": "ETH/USD"},
+                        {"source": "b", "pair": "ETH/USD"},
+                        {"source": "cl", "pair": "ETH/USD"},
+                        {"source": "slow", "pair": "ETH/USD", "max_age_ms": 60_000},
+                        {"source": "late", "pair": "ETH/USD"},
+                    ],
+                }
+            ],
+        },
+        env={"TEST_ETH_RPC": "http://127.0.0.1:8545"},
+    )
+    now = T0 + 60_000
+    quotes = [
+        Quote("a", "ETH/USD", now - 1_000, price=3_000.0),
+        Quote("b", "ETH/USD", now - 1_000, price=3_002.0),
+        Quote("cl", "ETH/USD", now - 30_000, price=3_010.0),
+        Quote("slow", "ETH/USD", now - 40_000, price=3_020.0),
+        Quote("late", "ETH/USD", now - 40_000, price=2_000.0),
+    ]
+    watch, core = QuoteWatch(cfg), Core(cfg)
+    for q in quotes:
+        watch.on_quote(q)
+        assert core.ingest(q) is None
+    report = core.run_round(now).report(0)
+    assert [s.reason for s in report.sources] == [None, None, None, None, "stale"]
+    assert watch.reference(now)["ETH/USD"] == pytest.approx(3_006.0)
