@@ -69,6 +69,10 @@ class MetricsInputs:
     push: PushStats | None = None  # None: no on-chain pusher
     tasks: Callable[[], int] | None = None  # asyncio tasks alive on the daemon's loop (soak)
     caught_up: Callable[[], int] = int  # rounds computed late, unpublished (the round loop's)
+    # Rounds published on time, as the round loop counts them: one integer, so that a scrape in
+    # the middle of a catch-up cannot count rounds that `caught_up` does not yet hold. None:
+    # the core's rounds less `caught_up` (a registry without a round loop).
+    published: Callable[[], int] | None = None
 
 
 class Metrics:
@@ -433,10 +437,13 @@ class _StateCollector:
     def _markets(self) -> Iterator[Metric]:
         """Only the round counter: the per-market families are rendered by `_MarketText`."""
         caught_up = self._in.caught_up()
+        published = self._in.published
         rounds = CounterMetricFamily(
             "oracled_rounds", "Rounds computed on time and published since start."
         )
-        rounds.add_metric([], self._in.core.rounds - caught_up)
+        rounds.add_metric(
+            [], published() if published is not None else self._in.core.rounds - caught_up
+        )
         late = CounterMetricFamily(
             "oracled_rounds_caught_up",
             "Rounds a blocked round loop missed and computed afterwards, unpublished.",

@@ -134,6 +134,7 @@ class Service:
         self.host, self.port = parse_listen(listen or cfg.api.listen)
         self.core = Core(cfg)
         self.rounds_caught_up = 0  # rounds the round loop computed late, unpublished
+        self.rounds_published = 0  # rounds the round loop computed on time and published
         self.hub = Hub(cfg.api.stream_queue)
         # Signing and the NATS sink (docs/publishing.md) take their settings at start-up only.
         self.signer = (
@@ -177,6 +178,7 @@ class Service:
                 push=self.push_stats,
                 tasks=self._count_tasks,
                 caught_up=lambda: self.rounds_caught_up,
+                published=lambda: self.rounds_published,
             )
         )
         self._recorder = _TapeRecorder(record) if record else None
@@ -432,6 +434,7 @@ class Service:
             self.metrics.round_lag.observe(max(0, self.clock.now_ms() - tick) / 1000.0)
             started = time.perf_counter()
             result = self.core.run_round(tick)
+            self.rounds_published += 1
             last = tick
             self.metrics.round_duration.observe(time.perf_counter() - started)
             self.hub.publish(result)

@@ -496,6 +496,44 @@ async def _stalls(count: int, seconds: float) -> None:
         time.sleep(seconds)  # noqa: ASYNC251 - blocking the loop is the point
 
 
+class _SelfScrapingService(Service):
+    """A daemon that reads its own `oracled_rounds_total` after every round it computes, caught-up
+    rounds included: the moments at which a scrape in the executor thread can land."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.rounds_seen: list[float | None] = []
+
+    def _log_transitions(self, result: Any, log: Any) -> None:
+        super()._log_transitions(result, log)
+        self.rounds_seen.append(self.metrics.registry.get_sample_value("oracled_rounds_total"))
+
+
+async def test_rounds_total_never_goes_back_while_missed_rounds_are_caught_up(
+    tmp_path: Path,
+) -> None:
+    """oracled_rounds_total read at any moment, in the middle of a catch-up too, never exceeds a
+    later reading: it counted the rounds being caught up until the catch-up ended and then took
+    them back, which Prometheus reads as a counter reset (rate and increase jump by the whole
+    count, right when the loop stalled and OracledRoundsStalled should see fewer rounds)."""
+    with _sim_in_thread() as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url, 20, None))
+        service = _SelfScrapingService(load_config(path))
+        task = asyncio.create_task(service.run())
+        try:
+            await _round_times(service, 5)
+            await _stalls(2, 0.13)
+            await _round_times(service, 5)
+        finally:
+            service.stop()
+            await task
+    assert service.rounds_caught_up >= 2 * 5
+    seen = [v for v in service.rounds_seen if v is not None]
+    assert len(seen) > service.rounds_caught_up
+    assert [b - a for a, b in itertools.pairwise(seen) if b < a] == []
+
+
 async def test_rounds_missed_while_the_loop_was_blocked_are_computed_as_a_replay_runs_them(
     tmp_path: Path,
 ) -> None:
