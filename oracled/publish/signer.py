@@ -607,9 +607,17 @@ class SignerWorker:
 
 
 def _new_key(path: Path) -> int:
-    """`python -m oracled.publish.signer new-key PATH`: write a fresh key (mode 600)."""
+    """`python -m oracled.publish.signer new-key PATH`: write a fresh key (mode 600).
+
+    Never over an existing file (that may be the key in use); a path it cannot create is one
+    line naming it, exit code 1.
+    """
     key = SigningKey.generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        print(f"new-key: cannot create {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     with os.fdopen(fd, "w") as out:
         out.write(key.hex() + "\n")
     print(key.address)

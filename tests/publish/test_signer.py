@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -373,3 +375,41 @@ async def test_a_round_that_cannot_be_signed_is_counted_logged_and_not_delivered
         await arrived.wait()
     assert [s.round for s in delivered] == [good.round]
     worker.close()
+
+
+def _new_key_command(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oracled.publish.signer", "new-key", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_new_key_writes_a_private_key_file_and_prints_its_address(tmp_path: Path) -> None:
+    """The documented `new-key` command writes a mode 600 key that loads, and prints its
+    address (the one to add to the consumers' allowed sets)."""
+    path = tmp_path / "signing.key"
+    done = _new_key_command(path)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert done.stdout.strip() == load_signing_key(str(path), None).address
+
+
+@pytest.mark.parametrize("case", ["exists", "no_directory"])
+def test_new_key_refuses_a_path_it_cannot_create_with_a_message(tmp_path: Path, case: str) -> None:
+    """An existing file is never overwritten and a missing directory is named: both are one
+    line on stderr and exit code 1, not a traceback. Found by running the rotation steps of
+    docs/publishing.md twice: the second `new-key` on the same path ended in FileExistsError."""
+    path = tmp_path / "signing.key" if case == "exists" else tmp_path / "missing" / "signing.key"
+    if case == "exists":
+        path.write_text("keep me\n")
+    done = _new_key_command(path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and str(path) in done.stderr, done.stderr
+    assert done.stdout == ""
+    if case == "exists":
+        assert path.read_text() == "keep me\n"
+    else:
+        assert not path.parent.exists()
