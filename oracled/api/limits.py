@@ -10,9 +10,9 @@ the client does not read), so both are a middleware, the outermost one:
   once a minute with the number since the last line.
 - At most `api.max_connections` client connections are served at once (keep-alive, streams and
   all). A request on a connection beyond it is answered 503 `too_many_connections` and its
-  connection closed (counted, reason `connection_limit`). `/healthz` and the admin endpoints
-  are answered even then, on a connection closed after the answer, so that a probe or an
-  operator gets through a flood.
+  connection closed (counted, reason `connection_limit`). `/healthz`, `/metrics` and the admin
+  endpoints are answered even then, on a connection closed after the answer, so that a probe,
+  Prometheus or an operator gets through a flood (a failed scrape reads as a dead daemon).
 
 Both are read from the config in force on each request, so a reload changes them.
 """
@@ -34,7 +34,7 @@ __all__ = ["CLOSED_LIMIT", "CLOSED_SEND_TIMEOUT", "LOG_EVERY_S", "Limits"]
 CLOSED_SEND_TIMEOUT = "send_timeout"
 CLOSED_LIMIT = "connection_limit"
 LOG_EVERY_S = 60.0
-_EXEMPT_PREFIXES = ("/healthz", "/v1/admin/")
+_EXEMPT_PREFIXES = ("/healthz", "/metrics", "/v1/admin/")
 
 _log = structlog.get_logger(component="api")
 

@@ -201,6 +201,26 @@ async def test_connections_beyond_the_cap_are_refused_with_503_and_closed(
         writer.close()
 
 
+async def test_a_scrape_beyond_the_connection_cap_is_answered(aiohttp_client: Any) -> None:
+    """With every place under `api.max_connections` taken, Prometheus's scrape of `/metrics` on a
+    new connection is still answered (then the connection closed), as `/healthz` is: a flood of
+    clients must not read as a dead daemon (OracledDown) and hide the metrics that show it."""
+    rig = Rig(make_config(max_connections=1))
+    rig.step()
+    client = await aiohttp_client(build_app(rig.context()))
+    held = await asyncio.open_connection(client.host, client.port)
+    assert (await _get(held, "/v1/info"))[0] == 200
+    scraper = await asyncio.open_connection(client.host, client.port)
+    status, headers, body = await _get(scraper, "/metrics")
+    assert status == 200 and headers["connection"] == "close"
+    assert b"test_renders_total" in body
+    assert await scraper[0].read() == b""
+    refused = await asyncio.open_connection(client.host, client.port)
+    assert (await _get(refused, "/v1/prices"))[0] == 503  # the cap still holds for the rest
+    for _, writer in (held, scraper, refused):
+        writer.close()
+
+
 DASH = "https://dash.example"
 PREFLIGHT = {"Origin": DASH, "Access-Control-Request-Method": "GET"}
 
