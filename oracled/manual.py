@@ -9,10 +9,15 @@ The file is written whole and atomically (a temporary file beside it, fsync, ren
 worker thread, in the order of the actions, so that the event loop never waits on the disk and
 a crash mid-write leaves the previous version. A file that exists but cannot be read stops the
 start with a config error: the daemon cannot know which markets were meant to stay paused.
+
+One process writes the file: the writer holds a lock file beside it (`<path>.lock`). Two daemons
+on one file would each rewrite it with their own pauses only, and a restart would lift the
+other's; the one without the lock writes nothing and logs each pause it could not keep.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Mapping
@@ -54,6 +59,7 @@ class ManualPauses:
         self.path = path
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manual-pauses")
         self._log = structlog.get_logger("oracled").bind(component="manual", path=str(path))
+        self._lock_fd: int | None = None  # held from `claim` (or the first save) to `close`
 
     def load(self) -> dict[str, Pause]:
         """The pauses kept by the last run: none if the file does not exist yet (a first start);
@@ -91,6 +97,35 @@ class ManualPauses:
             )
         return state.paused
 
+    def claim(self) -> bool:
+        """Become the file's one writer (the daemon does at start-up); False, with a warning,
+        if another process writes it: pauses made here are then not kept."""
+        refused = self._take_lock()
+        if refused is not None:
+            self._log.warning("manual pauses will not be kept: " + refused)
+        return refused is None
+
+    def _take_lock(self) -> str | None:
+        """Take the lock if not held; why not, if it cannot be (the kernel releases it with the
+        process, so a killed daemon never leaves it stuck)."""
+        if self._lock_fd is not None:
+            return None
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            return f"cannot open {lock} ({exc.strerror or exc})"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return (
+                f"{self.path} is written by another process (it holds {lock}): a second "
+                "daemon needs a manual_pauses_file of its own"
+            )
+        self._lock_fd = fd
+        return None
+
     def save(self, paused: Mapping[str, Pause]) -> Future[None]:
         """Rewrite the file with `paused` in the worker thread; a failure is logged there (the
         pause itself holds in the running process either way)."""
@@ -98,11 +133,18 @@ class ManualPauses:
         return self._writer.submit(self._write, body)
 
     def close(self) -> None:
-        """Wait for the writes already asked for; no more after this."""
+        """Wait for the writes already asked for, then let the file go; no more after this."""
         self._writer.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _write(self, body: bytes) -> None:
         directory = self.path.parent
+        refused = self._take_lock()
+        if refused is not None:
+            self._log.error("manual pauses not saved: a restart would lift them", error=refused)
+            return
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
             try:

@@ -158,7 +158,9 @@ class Service:
         self.manual_pauses = ManualPauses(Path(file)) if file is not None else None
         self._paused: dict[str, Pause] = {}
         if self.manual_pauses is not None:
-            self._restore_pauses(self.manual_pauses.load())
+            kept = self.manual_pauses.load()
+            self.manual_pauses.claim()  # another daemon on the file: logged, pauses not kept
+            self._restore_pauses(kept)
         self.source_stats: dict[str, SourceStats] = {
             sid: SourceStats(source=sid) for sid, s in cfg.sources.items() if s.enabled
         }

@@ -30,7 +30,7 @@ def test_pauses_are_written_whole_and_read_back(tmp_path: Path) -> None:
     pauses.save({"BTC/USDT": Pause("risk", 5)}).result()
     pauses.close()
     assert ManualPauses(path).load() == {"BTC/USDT": Pause("risk", 5)}
-    assert [p.name for p in tmp_path.iterdir()] == ["pauses.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pauses.json", "pauses.json.lock"]
 
 
 def test_no_file_is_a_first_start_and_an_unreadable_file_stops_the_start(tmp_path: Path) -> None:
@@ -155,6 +155,7 @@ async def test_a_kept_pause_of_a_market_no_longer_configured_is_dropped(tmp_path
     path = tmp_path / "pauses.json"
     saver = ManualPauses(path)
     saver.save({"DOGE/USDT": Pause("ops", 1), "ETH/USDT": Pause("ops", 2)}).result()
+    saver.close()  # the previous run's writer, gone
     async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}) as sim:
         with capture_logs() as logs:
             service = Service(_config(sim, path))
@@ -165,3 +166,39 @@ async def test_a_kept_pause_of_a_market_no_longer_configured_is_dropped(tmp_path
     assert bool(service.core.gates.manual[service.core.index["ETH/USDT"]])
     assert not bool(service.core.gates.manual[service.core.index["BTC/USDT"]])
     assert set(ManualPauses(path).load()) == {"ETH/USDT"}
+
+
+async def test_a_second_daemon_on_the_same_pauses_file_cannot_lift_the_first_ones_pause(
+    tmp_path: Path,
+) -> None:
+    """Two daemons started on one config (one pauses file): alice pauses BTC/USDT on the first,
+    bob ETH/USDT on the second. The file keeps alice's pause and the second daemon logs that it
+    keeps none; it used to rewrite the file with bob's pause alone, so that a restart of the
+    first lifted alice's pause behind her back (found by running two daemons on one state
+    directory)."""
+    path = tmp_path / "pauses.json"
+    async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}, rate_hz=40.0) as sim:
+        first = Service(_config(sim, path))
+        with capture_logs() as start_logs:
+            second = Service(_config(sim, path))
+        tasks = [asyncio.create_task(s.run()) for s in (first, second)]
+        with capture_logs() as logs:  # until both stopped: their writes are done then
+            try:
+                await first.started.wait()
+                await second.started.wait()
+                first.on_manual("BTC/USDT", True, "alice")
+                second.on_manual("ETH/USDT", True, "bob")
+            finally:
+                first.stop()
+                second.stop()
+                await asyncio.gather(*tasks)
+        third = Service(_config(sim, path))  # the first, restarted
+        assert third.manual_pauses is not None
+        third.manual_pauses.close()
+    assert ManualPauses(path).load() == {"BTC/USDT": first._paused["BTC/USDT"]}
+    assert bool(third.core.gates.manual[third.core.index["BTC/USDT"]])
+    warned = [e["event"] for e in start_logs if e["log_level"] == "warning"]
+    assert [w for w in warned if w.startswith("manual pauses will not be kept")], start_logs
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["manual pauses not saved: a restart would lift them"]
+    assert "written by another process" in errors[0]["error"]
