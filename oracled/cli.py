@@ -1,4 +1,4 @@
-"""The `oracled` command: run | check-config | replay | record | demo | margin | stress | scenario.
+"""The `oracled` command: run, check-config, replay, record, demo, audit, margin, stress, scenario.
 
 Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage, 3 replay finished but the
 tape had malformed lines (reported on stderr). Config warnings (`config.config_warnings`) are no
@@ -98,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     record = sub.add_parser("record", help="run the daemon and write every quote to a tape")
     with_config(record)
     record.add_argument("--out", type=Path, required=True, help="tape file to write")
-    record.add_argument("--listen", type=_listen)
+    record.add_argument(
+        "--listen", type=_listen, help="HOST:PORT for the API (overrides the config)"
+    )
 
     demo = sub.add_parser("demo", help="simulated venues on loopback, spikes, silences, pauses")
     demo.add_argument(
@@ -107,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         help="config whose sources are each served by a simulator "
         f"(default: {DEFAULT_CONFIG}, else the one shipped with oracled)",
     )
-    demo.add_argument("--listen", type=_listen, default="127.0.0.1:8480")
+    demo.add_argument("--listen", type=_listen, help="HOST:PORT for the API (overrides the config)")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--record", type=Path, help="also write the quotes to a tape")
 
@@ -274,7 +276,12 @@ def _cmd_demo(args: argparse.Namespace, hangups: _Hangups, stops: _Stops) -> int
     from oracled.demo import run_demo
 
     run_demo(
-        cfg, args.listen, args.duration, args.record, _loop_factory(), _latched(hangups, stops)
+        cfg,
+        args.listen or cfg.api.listen,
+        args.duration,
+        args.record,
+        _loop_factory(),
+        _latched(hangups, stops),
     )
     return EXIT_OK
 

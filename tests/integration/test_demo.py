@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from daemon import Daemon, free_port
+from daemon import Daemon, free_port, sim_config
 
 from oracled.publish.signer import SigningKey
 
@@ -138,3 +140,37 @@ async def test_the_demo_never_signs_publishes_or_pushes_with_the_configured_keys
         assert {e["sink"] for e in d.events("demo: sink off")} == {"nats", "push"}
     finally:
         await d.close()
+
+
+async def test_without_listen_the_demo_serves_where_its_config_says(tmp_path: Path) -> None:
+    """`oracled demo --config FILE` serves the API on the file's `api.listen`, as `oracled run`
+    does; `--listen` only overrides it. Found following docs/config.md: the demo's own default
+    (127.0.0.1:8480) won, so a config's address was ignored without a word."""
+    port = free_port()
+    urls = [(f"ws://127.0.0.1:9/{i}", f"http://127.0.0.1:9/{i}") for i in range(3)]
+    text = sim_config(urls).replace("[api]\n", f'[api]\nlisten = "127.0.0.1:{port}"\n', 1)
+    config = tmp_path / "demo.toml"
+    config.write_text(text)
+    log = (tmp_path / "demo.log").open("wb")
+    proc = subprocess.Popen(  # noqa: ASYNC220 - starting, not waiting
+        [sys.executable, "-m", "oracled.cli", "demo", "--config", str(config), "--duration", "60"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(30):  # a hang guard: the loop ends when it answers
+                while True:
+                    assert proc.poll() is None, (tmp_path / "demo.log").read_text()[-2000:]
+                    try:
+                        async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    await asyncio.sleep(0.1)
+    finally:
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        log.close()
