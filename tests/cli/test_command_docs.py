@@ -1,0 +1,50 @@
+"""The command lines the docs show against the `oracled` parser: every option both ways."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from oracled.cli import _parser
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", ROOT / "deploy" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _options() -> dict[str, set[str]]:
+    """Subcommand -> its long options (--help aside)."""
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        name: {o for act in sub._actions for o in act.option_strings if o.startswith("--")}
+        - {"--help"}
+        for name, sub in commands.choices.items()
+    }
+
+
+def _shown() -> dict[str, set[str]]:
+    """Subcommand -> the options the docs write after `oracled <subcommand>` on one line."""
+    names = "|".join(re.escape(name) for name in _options())
+    shown: dict[str, set[str]] = {}
+    for path in DOCS:
+        for match in re.finditer(rf"oracled ({names})\b([^\n`|]*)", path.read_text()):
+            shown.setdefault(match.group(1), set()).update(
+                re.findall(r"--[a-z][a-z-]*", match.group(2))
+            )
+    return shown
+
+
+def test_every_option_the_docs_show_exists() -> None:
+    """An option a doc shows that the command does not take is a usage error for its reader."""
+    options, shown = _options(), _shown()
+    assert {
+        name: flags - options[name] for name, flags in shown.items() if flags - options[name]
+    } == {}
+
+
+def test_every_option_of_every_command_is_shown_in_the_docs() -> None:
+    """An option nobody wrote down is one nobody uses (`record --listen`, `margin --log-format`
+    were such until this test)."""
+    options, shown = _options(), _shown()
+    hidden = {name: flags - shown.get(name, set()) for name, flags in options.items()}
+    assert {name: flags for name, flags in hidden.items() if flags} == {}
