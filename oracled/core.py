@@ -19,7 +19,7 @@ A round, for each layer of markets (conversion legs first):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, cached_property
 from math import isfinite
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from oracled.aggregate.book import FLAG_BASE, Book, DropReason, Layout
+from oracled.aggregate.book import FLAG_BASE, Book, DropReason, Layout, SlotKey
 from oracled.aggregate.robust import row_order, weighted_quantiles
 from oracled.config import Config
 from oracled.gates.machine import GateInputs, GateParams, GateState, step
@@ -155,6 +155,23 @@ class RoundResult:
         return [self.report(i) for i in range(len(self.layout.markets))]
 
 
+def _moved_pairs(old: Config, new: Config, keys: Iterable[SlotKey]) -> set[tuple[str, str]]:
+    """The (source, pair) of `keys` that the source reads from elsewhere under `new`: another
+    type, chain or contract, or another instrument or feed for the pair."""
+    moved: set[tuple[str, str]] = set()
+    for sid, pair, _ in keys:
+        before, after = old.sources.get(sid), new.sources.get(sid)
+        if before is None or after is None:
+            continue
+        if (before.type, before.chain, before.address) != (
+            after.type, after.chain, after.address
+        ) or (before.instruments.get(pair), before.feeds.get(pair)) != (
+            after.instruments.get(pair), after.feeds.get(pair)
+        ):  # fmt: skip
+            moved.add((sid, pair))
+    return moved
+
+
 class Core:
     """Book + gates. Deterministic; see the module docstring for the round's steps."""
 
@@ -175,12 +192,15 @@ class Core:
 
         A market that stays keeps its gate state (status, last good price, streaks, manual pause)
         and the latest quote of every (source, pair, kind) it still lists, unless the source is
-        now disabled (its slots are `no_quote` at once, as at start-up); thresholds take effect
+        now disabled or reads that pair from elsewhere (another feed, contract, chain or
+        instrument: the old value is not the new feed's, and would keep its newer stamp as the
+        bar); such slots are `no_quote` at once, as at start-up. Thresholds take effect
         from the next round. A new market starts `unknown` like at start-up; a removed one is gone.
         `index` is updated in place, so holders of it see the new markets.
         """
         off = {sid for sid, src in cfg.sources.items() if not src.enabled}
         layout = Layout.from_config(cfg)
+        moved = _moved_pairs(self.config, cfg, {*layout.feeds, *layout.perp_feeds})
         book = Book(layout, cfg)
         gates = GateState(len(layout.markets))
         old_layout, old_book, old_gates = self.layout, self.book, self.gates
@@ -195,13 +215,15 @@ class Core:
             old_slots = {key: k for k, key in enumerate(old_layout.slot_keys[j])}
             for k, key in enumerate(layout.slot_keys[i]):
                 ok = old_slots.get(key)
-                if ok is not None and key[0] not in off:
+                if ok is not None and key[0] not in off and key[:2] not in moved:
                     for attr in ("mid", "stamp", "flag"):
                         getattr(book, attr)[i, k] = getattr(old_book, attr)[j, ok]
-        kept = layout.feeds.keys() - {k for k in layout.feeds if k[0] in off}
+        kept = layout.feeds.keys() - {k for k in layout.feeds if k[0] in off or k[:2] in moved}
         book.latest.update((k, q) for k, q in old_book.latest.items() if k in kept)
         book.perps.update(
-            (k, q) for k, q in old_book.perps.items() if k in layout.perp_feeds and k[0] not in off
+            (k, q)
+            for k, q in old_book.perps.items()
+            if k in layout.perp_feeds and k[0] not in off and k[:2] not in moved
         )
         book.drops.update(old_book.drops)
         marks = MarkEngine(cfg, layout)

@@ -6,7 +6,7 @@ from typing import Any
 
 from core_helpers import T0, config, market
 
-from oracled.config import parse_config
+from oracled.config import Config, parse_config
 from oracled.core import Core
 from oracled.model import Quote
 
@@ -111,3 +111,41 @@ def test_a_market_added_on_a_shared_feed_keeps_the_feeds_ordering_bar() -> None:
     result = core.run_round(T0 + 500)
     assert result.report(0).sources[0].value == "51000.00"
     assert result.report(2).sources[0].value == "45900.00"  # 51,000 x 0.9
+
+
+def _chainlink_config(proxy: str) -> Config:
+    """ETH/USD from two venues and a Chainlink proxy on a loopback chain."""
+    feeds = {"ETH/USD": {"address": proxy, "heartbeat_s": 3600}}
+    return parse_config(
+        {
+            "oracle": {"resume_rounds": 1},
+            "chains": {"local": {"chain_id": 31337, "rpc_urls": ["http://127.0.0.1:8545"]}},
+            "sources": {
+                "a": {"type": "binance"},
+                "b": {"type": "binance"},
+                "cl": {"type": "chainlink", "chain": "local", "feeds": feeds},
+            },
+            "markets": [market("ETH/USD", ["a", "b", "cl"], min_sources=2)],
+        },
+        env={},
+    )
+
+
+def test_a_pair_a_reload_reads_from_another_feed_starts_its_slot_afresh() -> None:
+    """A reload points an on-chain source's pair at another contract (an operator correcting
+    a proxy address): the old contract's value stops voting at once (`no_quote`), and the new
+    contract's round is taken although older than it. Found by reloading a running daemon onto
+    another Chainlink proxy: its round was dropped `out_of_order` and the old proxy's answer
+    kept voting until its heartbeat ran out. A reload that leaves the feed alone keeps it."""
+    core = Core(_chainlink_config("0x5f4eC3Df9cbd43714FE2740f5E3616155c5b8419"))
+    _feed(core, T0, {"a": 3000.0, "b": 3000.0})
+    assert core.ingest(Quote("cl", "ETH/USD", T0, venue_ts=T0 - 10_000, price=3300.0)) is None
+    core.reconfigure(_chainlink_config("0x5f4eC3Df9cbd43714FE2740f5E3616155c5b8419"))
+    assert next(s.value for s in core.run_round(T0).report(0).sources if s.id == "cl") == "3300.00"
+    core.reconfigure(_chainlink_config("0xF4030086522a5bEEa4988F8cA5B36dbC97BeE88c"))
+    report = core.run_round(T0 + 250).report(0)
+    assert [(s.id, s.reason) for s in report.sources if s.id == "cl"] == [("cl", "no_quote")]
+    older = Quote("cl", "ETH/USD", T0 + 250, venue_ts=T0 - 70_000, price=3010.0)
+    assert core.ingest(older) is None
+    report = core.run_round(T0 + 500).report(0)
+    assert [(s.id, s.value) for s in report.sources if s.id == "cl"] == [("cl", "3010.00")]
