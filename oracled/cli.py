@@ -235,7 +235,7 @@ def _cmd_run(
     )
     _latched(hangups, stops)(service)
     run_service(service, _loop_factory())
-    return EXIT_OK
+    return EXIT_OK if service.tape_error is None else EXIT_FAILURE  # logged where it happened
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

@@ -70,25 +70,33 @@ class _TapeRecorder:
 
     Writes are strictly in order: a batch starts only after the previous one finished, and
     closing waits for a write in flight (a cancelled round loop does not stop its thread), so
-    the tape never has lines out of order.
+    the tape never has lines out of order. A write that fails (a full disk) stops the recording
+    for good, never the rounds: the tape stays a prefix of the quotes, without a gap a replay
+    could not see, and `error` says why.
     """
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._file: IO[bytes] = path.open("wb")
         self._file.write(header_line())
         self._buffer: list[bytes] = []
         self._lock = threading.Lock()
         self._pending: asyncio.Future[None] | None = None
+        self.error: str | None = None  # the write error that stopped the recording
 
     def add(self, quote: Quote) -> None:
-        self._buffer.append(quote_to_line(quote))
+        if self.error is None:
+            self._buffer.append(quote_to_line(quote))
 
-    async def flush(self) -> None:
+    async def flush(self) -> str | None:
+        """Write the buffered lines; return the write error the first time one happens."""
         lines, self._buffer = self._buffer, []
-        if lines:
+        if lines and self.error is None:
             loop = asyncio.get_running_loop()
             self._pending = loop.run_in_executor(None, self._write, lines)
             await asyncio.shield(self._pending)
+            return self.error
+        return None
 
     async def drain(self) -> None:
         """Wait for a batch in flight (the round loop may have been cancelled while it ran)."""
@@ -97,15 +105,29 @@ class _TapeRecorder:
 
     def _write(self, lines: list[bytes]) -> None:
         with self._lock:
-            self._file.writelines(lines)
-            self._file.flush()
+            if self.error is not None:
+                return
+            try:
+                self._file.writelines(lines)
+                self._file.flush()
+            except OSError as exc:
+                self.error = str(exc)
 
-    def close(self) -> None:
-        """Write what is left after any batch in flight, then close."""
+    def close(self) -> str | None:
+        """Write what is left after any batch in flight, then close; return the write error
+        if this is where the first one happened."""
         with self._lock:
-            self._file.writelines(self._buffer)
-            self._buffer = []
-            self._file.close()
+            first = self.error is None
+            lines, self._buffer = self._buffer, []
+            try:
+                if first:
+                    self._file.writelines(lines)
+                self._file.close()
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    self._file.close()  # a second try finds the buffer gone, and closes
+                self.error = self.error or str(exc)
+            return self.error if first else None
 
 
 class Service:
@@ -447,7 +469,22 @@ class Service:
                 self.pusher.submit(result)  # replaces the latest: the chain never holds a round
             self._log_transitions(result, log)
             if self._recorder is not None and result.round % 4 == 0:
-                await self._recorder.flush()
+                error = await self._recorder.flush()
+                if error is not None:
+                    self._tape_failed(error)
+
+    @property
+    def tape_error(self) -> str | None:
+        """Why `record`'s tape stopped short (it is complete up to there), or None."""
+        return None if self._recorder is None else self._recorder.error
+
+    def _tape_failed(self, error: str) -> None:
+        assert self._recorder is not None
+        self.log.error(
+            "tape not written: recording stopped; prices go on",
+            path=str(self._recorder.path),
+            error=error,
+        )
 
     def _catch_up(
         self, first: int, missed: int, interval: int, log: structlog.typing.FilteringBoundLogger
@@ -561,7 +598,9 @@ class Service:
                         await session.close()
             if self._recorder is not None:
                 await self._recorder.drain()
-                self._recorder.close()
+                error = self._recorder.close()
+                if error is not None:
+                    self._tape_failed(error)
             if self._signer_worker is not None:
                 self._signer_worker.close()
             if self.audit is not None and not self.audit.close(1.0):
