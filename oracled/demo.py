@@ -87,8 +87,9 @@ async def _script(venues: list[SimulatedVenue], market: str, log: Logger) -> Non
 
 
 def _loopback_only(cfg: Config, log: Logger) -> Config:
-    """`cfg` with a throwaway signing key and without the sinks that reach other systems
-    (NATS, the on-chain pusher): simulated prices must never pass for the operator's."""
+    """`cfg` with a throwaway signing key, without the sinks that reach other systems (NATS,
+    the on-chain pusher) and without the daemon's state (the audit trail, the operator pauses
+    file): simulated prices must never pass for the operator's, nor a demo resume lift a pause."""
     update: dict[str, object] = {}
     if cfg.signing.enabled:
         key = SigningKey.generate()
@@ -104,6 +105,14 @@ def _loopback_only(cfg: Config, log: Logger) -> Config:
         if table.enabled:
             update[sink] = table.model_copy(update={"enabled": False})
             log.warning("demo: sink off", sink=sink, why="simulated prices stay on loopback")
+    if cfg.audit.enabled:
+        update["audit"] = cfg.audit.model_copy(update={"enabled": False})
+        log.warning("demo: state off", state="audit", why="the trail records real rounds only")
+    if cfg.oracle.manual_pauses_file is not None:
+        update["oracle"] = cfg.oracle.model_copy(update={"manual_pauses_file": None})
+        log.warning(
+            "demo: state off", state="manual_pauses_file", why="operator pauses are not the demo's"
+        )
     return cfg.model_copy(update=update)
 
 

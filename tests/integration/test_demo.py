@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from daemon import Daemon, free_port, sim_config
+from daemon import ADMIN_TOKEN, Daemon, free_port, sim_config
 
 from oracled.publish.signer import SigningKey
 
@@ -174,3 +174,60 @@ async def test_without_listen_the_demo_serves_where_its_config_says(tmp_path: Pa
         proc.terminate()
         assert await asyncio.to_thread(proc.wait, 30) == 0
         log.close()
+
+
+DEMO_STATE_CONFIG = """
+[oracle]
+round_interval_ms = 100
+manual_pauses_file = "pauses.json"
+
+[api]
+admin_token_env = "ORACLED_TEST_ADMIN_TOKEN"
+
+[audit]
+enabled = true
+path = "audit.sqlite3"
+
+[log]
+format = "json"
+
+[sources.binance]
+type = "binance"
+
+[[markets]]
+symbol = "BTC/USD"
+min_sources = 1
+sources = [{ source = "binance", pair = "BTC/USD" }]
+"""
+
+
+async def test_the_demo_leaves_the_configured_audit_trail_and_pauses_file_alone(
+    tmp_path: Path,
+) -> None:
+    """Run on a production config (its audit trail and its operator pauses file), the demo
+    writes no simulated round into the trail and neither reads nor rewrites the pauses: a
+    resume in the demo does not lift the operator's real pause. It used to do both (found by
+    running the demo in a directory holding a daemon's state: `oracled-audit.sqlite3` filled
+    with the script's spikes and pauses, and a demo resume emptied the pauses file)."""
+    pauses = tmp_path / "pauses.json"
+    pauses.write_text(
+        '{"format":"oracled-manual-pauses","version":1,'
+        '"paused":{"BTC/USD":{"actor":"ops","ts":1700000000000}}}\n'
+    )
+    kept = pauses.read_bytes()
+    d = Daemon(DEMO_STATE_CONFIG, tmp_path)
+    d.argv = [sys.executable, "demo"]
+    try:
+        await d.start("--duration", "30")
+        await d.wait_status("BTC/USD", {"active", "degraded"})  # not paused: no real pause read
+        status, body = await d.post(
+            "/v1/admin/markets/BTC-USD/resume",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert status == 200, body
+        assert d.terminate() == 0
+    finally:
+        await d.close()
+    assert pauses.read_bytes() == kept
+    assert not (tmp_path / "audit.sqlite3").exists()
+    assert {e["state"] for e in d.events("demo: state off")} == {"audit", "manual_pauses_file"}
