@@ -52,6 +52,8 @@ _LATENCY_BUCKET_OF_MS: Final = LATENCY_BUCKET_OF_MS
 _LATENCY_OVER: Final = LATENCY_BOUNDS_MS[-1]
 # Errors that mean "this connection or request failed", as opposed to a bug in our code.
 _NET_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError)
+# Venue errors that name none of our requests are logged at most this often.
+_LOG_EVERY_S: Final = 60.0
 # The venue's one-second message window, with a margin for jitter between our clock and theirs.
 _WINDOW_S: Final = 1.1
 # A last trade price as the venue printed it, a number or a quoted decimal (strict=False).
@@ -169,6 +171,8 @@ class Source(abc.ABC):
         # period later, was dropped by the venue (see `_lost_request`).
         self._requested_at: dict[int, float] = {}
         self._answered_upto = -_INF
+        self._error_logged_at = -_INF  # when a venue error was last logged (one a minute)
+        self._errors_unlogged = 0  # venue errors held back since
         self._outbox: asyncio.Queue[tuple[int, tuple[str, ...]]] = asyncio.Queue()
         self._sent: deque[float] = deque()  # when we sent each recent message (rate limit)
         self._down = asyncio.Event()  # set while the stream is down: the REST poller runs
@@ -344,7 +348,7 @@ class Source(abc.ABC):
         symbols = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
         if symbols is None:
             self.stats.dropped["venue_error"] += 1
-            self._log.warning("venue error", request_id=request_id, message=message)
+            self._venue_error(request_id, message)
             return
         self._note_answer(request_id)
         if len(symbols) > 1:
@@ -355,6 +359,19 @@ class Source(abc.ABC):
         if self.stats.failed_instruments.get(symbol) != message:
             self._log.warning("instrument failed", symbol=symbol, message=message)
         self.stats.failed_instruments[symbol] = message
+
+    def _venue_error(self, request_id: int | str | None, message: str) -> None:
+        """Log an error that names none of our requests: the first at once, then at most one line
+        a minute saying how many were held back, so that a venue repeating one with every frame
+        cannot flood the log (each is counted as `venue_error` all the same)."""
+        now = self._clock.monotonic()
+        if now - self._error_logged_at < _LOG_EVERY_S:
+            self._errors_unlogged += 1
+            return
+        self._log.warning(
+            "venue error", request_id=request_id, message=message, suppressed=self._errors_unlogged
+        )
+        self._error_logged_at, self._errors_unlogged = now, 0
 
     def _note_answer(self, request_id: int | str | None) -> None:
         sent = self._requested_at.pop(request_id, None) if isinstance(request_id, int) else None

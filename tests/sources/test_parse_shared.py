@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from parse_cases import CASES, Harness, ParseCase, open_harness
+from structlog.testing import capture_logs
 
 BAD_FRAMES = [
     pytest.param(case, frame, reason, id=f"{case.id}-{i}")
@@ -73,6 +74,22 @@ def test_replies_to_nothing_we_sent_are_counted_and_blamed_on_no_symbol(
     assert harness.stats.dropped == {"unsolicited": 1, "venue_error": 1}
     assert harness.stats.failed_instruments == {}
     assert harness.stats.malformed == 0
+
+
+@pytest.mark.parametrize("case", UNSOLICITED, ids=[c.id for c in UNSOLICITED])
+def test_a_venue_repeating_errors_is_counted_each_time_and_logged_once_a_minute(
+    case: ParseCase[Any], harness: Harness[Any]
+) -> None:
+    """A venue that sends an error about nothing of ours with every frame has each counted, but
+    the log gets one line (then at most one a minute, saying how many it held back): a hostile
+    or broken venue cannot fill the disk through the log."""
+    with capture_logs() as logs:
+        for i in range(200):
+            for frame in case.unsolicited:
+                harness.source.on_message(frame, i + 1)
+    assert harness.stats.dropped["venue_error"] == 200
+    warned = [e for e in logs if e["event"] == "venue error"]
+    assert len(warned) == 1 and warned[0]["suppressed"] == 0
 
 
 SPLIT = [c for c in CASES if c.split is not None]
