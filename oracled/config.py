@@ -1048,6 +1048,20 @@ def config_warnings(cfg: Config) -> list[str]:
         *_same_venue_twice(cfg),
         *_short_connection_ages(cfg),
         *_disabled_with_settings(cfg),
+        *_heads_without_block_time(cfg),
+    ]
+
+
+def _heads_without_block_time(cfg: Config) -> list[str]:
+    """A newHeads subscription can die on the node's side with its socket up; the reader notices
+    after three block times, which it knows only from block_time_s (docs/onchain.md asks for it
+    on every chain read through ws_url). Not refused: the reader still works, only blind longer."""
+    return [
+        f"chains.{cid}.block_time_s: unset with a ws_url, so a newHeads subscription that dies "
+        f"silently is noticed only after max_block_age_s ({chain.max_block_age_s:g} s); set the "
+        "chain's block interval (12 for Ethereum, 2 for Base and Optimism)"
+        for cid, chain in cfg.chains.items()
+        if chain.ws_url is not None and chain.block_time_s is None
     ]
 
 
