@@ -9,6 +9,7 @@ the same float, so replaying a recording feeds the core exactly what the live ru
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Literal
@@ -62,13 +63,21 @@ _header_decoder = msgspec.json.Decoder(_Header)
 _line_decoder = msgspec.json.Decoder(_Line)
 
 
+# ASCII digits, an optional minus, fraction and exponent (`repr` writes `1e-07`), or NaN and the
+# infinities `record` writes for such a live value (the core drops them). float() alone would
+# also take `1_000`, spaces, a plus and digits of any script.
+_DECIMAL = re.compile(
+    r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|-?(?:nan|inf|infinity)",
+    re.IGNORECASE,
+)
+
+
 def _decimal(text: str | None, key: str) -> float | None:
     if text is None:
         return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{key}: not a decimal string: {text!r}") from None
+    if _DECIMAL.fullmatch(text) is None:
+        raise ValueError(f"{key}: not a decimal string: {text!r}")
+    return float(text)
 
 
 # Milliseconds since the epoch have 13 digits from 2001-09-09 to 2286-11-20. A `ts` in seconds,
@@ -112,9 +121,11 @@ def read_tape(lines: Iterable[bytes | str], errors: list[TapeLineError]) -> Iter
         first = next(it)
     except StopIteration:
         raise TapeError("empty tape: the first line must be the oracled-tape header") from None
+    if first[:3] == b"\xef\xbb\xbf" or first[:1] == "\ufeff":  # a byte order mark: RFC 8259
+        first = first[3:] if isinstance(first, bytes) else first[1:]  # lets a reader skip it
     try:
         header = _header_decoder.decode(first)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # not UTF-8; nested deep
         raise TapeError(f"line 1: not an oracled-tape header ({exc})") from None
     if header.format != TAPE_FORMAT or header.version != TAPE_VERSION:
         raise TapeError(
@@ -127,7 +138,7 @@ def read_tape(lines: Iterable[bytes | str], errors: list[TapeLineError]) -> Iter
             continue
         try:
             quote = _to_quote(_line_decoder.decode(raw))
-        except (msgspec.DecodeError, ValueError) as exc:
+        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
             errors.append(TapeLineError(number, str(exc)))
             continue
         if quote.recv_ts < last_ts:

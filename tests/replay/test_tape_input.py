@@ -1,0 +1,109 @@
+"""What an auditor's tape may hold that `record` never writes: each such line is named and
+skipped, or read as the contract says; none stops the replay or enters a price unread."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from oracled.config import load_config
+from oracled.errors import TapeError
+from oracled.model import Quote
+from oracled.replay import replay
+from oracled.tape import TapeLineError, quote_to_line, read_tape
+
+CONFIG = Path(__file__).parent.parent / "fixtures" / "tapes" / "config.toml"
+HEADER = b'{"format": "oracled-tape", "version": 1}\n'
+GOOD = b'{"ts": 1700000000500, "source": "a", "pair": "USDT/USD", "price": "1.0001"}\n'
+
+
+def _read(tape: bytes) -> tuple[list[Quote], list[TapeLineError]]:
+    errors: list[TapeLineError] = []
+    quotes = list(read_tape(io.BytesIO(tape), errors))
+    return quotes, errors
+
+
+def _price_line(price: str) -> bytes:
+    return b'{"ts": 1700000000600, "source": "b", "pair": "USDT/USD", "price": "%s"}\n' % (
+        price.encode()
+    )
+
+
+@pytest.mark.parametrize(
+    "price",
+    ["1_000", " 1.0", "1.0 ", r"1.0\n", "\u0661\u0662\u0663", "\uff11", "+1", "0x1p0", "1,5", "."],
+)
+def test_a_price_that_is_no_plain_decimal_string_is_reported_and_skipped(price: str) -> None:
+    """Python's float() reads '1_000' as 1000, Arabic-Indic or full-width digits as numbers, and
+    takes signs and spaces: such a string is no decimal string, so the line is named and skipped
+    (the line after it still counts), as the contract says of every line that cannot be read."""
+    quotes, errors = _read(HEADER + _price_line(price) + GOOD)
+    assert [(e.line, "not a decimal string" in e.message) for e in errors] == [(2, True)]
+    assert [q.price for q in quotes] == [1.0001]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("64000.5", 64000.5), ("1e-05", 1e-05), ("1.5E+22", 1.5e22), ("-2", -2.0), (".5", 0.5)],
+)
+def test_decimal_strings_with_an_exponent_or_a_minus_are_read(text: str, value: float) -> None:
+    """An exponent is what `record` writes for very small or large values (repr); a minus is a
+    bad value the core drops, not a line that cannot be read."""
+    quotes, errors = _read(HEADER + _price_line(text))
+    assert errors == []
+    assert [q.price for q in quotes] == [value]
+
+
+def test_every_value_record_writes_reads_back_the_same() -> None:
+    """Whatever float a live source hands over, NaN and infinities included, its tape line is
+    read back as the same value: the stricter reading refuses nothing `record` writes."""
+    values = [64000.1, 1e-07, 1.5e22, 5e-324, 1.7976931348623157e308, -0.0, float("inf")]
+    lines = [
+        quote_to_line(Quote("a", "USDT/USD", 1700000000500 + i, price=v, bid=v, ask=v))
+        for i, v in enumerate([*values, float("-inf")])
+    ]
+    nan = quote_to_line(Quote("a", "USDT/USD", 1700000000600, price=float("nan")))
+    quotes, errors = _read(HEADER + b"".join(lines) + nan)
+    assert errors == []
+    assert [(q.price, q.bid, q.ask) for q in quotes[:-2]] == [(v, v, v) for v in values]
+    assert quotes[-2].price == float("-inf")
+    assert quotes[-1].price != quotes[-1].price  # NaN: read, then dropped by the core
+
+
+def test_a_line_nested_too_deep_is_reported_and_the_replay_goes_on() -> None:
+    """An unknown key holding JSON nested 100,000 deep made the decoder raise RecursionError,
+    which stopped the replay with a traceback; it is a line that cannot be read."""
+    deep = b'{"ts": 1700000000400, "source": "a", "pair": "USDT/USD", "price": "1", "x": '
+    deep += b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    out = io.BytesIO()
+    stats = replay(load_config(CONFIG), io.BytesIO(HEADER + deep + GOOD), out)
+    assert [e.line for e in stats.errors] == [2]
+    assert stats.quotes == 1
+    assert out.getvalue().count(b"\n") == 2  # one round, both markets
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'{"format": "oracled-tape\xff", "version": 1}\n',  # not UTF-8
+        b'{"format": "oracled-tape", "version": 1, "x": ' + b"[" * 99_999 + b"]" * 99_999 + b"}\n",
+    ],
+)
+def test_a_header_that_cannot_be_read_is_a_tape_error_not_a_traceback(header: bytes) -> None:
+    """A header that is not UTF-8 raised UnicodeDecodeError, one nested too deep RecursionError:
+    both ended `oracled replay` with a traceback instead of naming line 1."""
+    with pytest.raises(TapeError, match="line 1: not an oracled-tape header"):
+        _read(header + GOOD)
+
+
+def test_a_byte_order_mark_before_the_header_is_allowed() -> None:
+    """Editors on Windows start UTF-8 files with a byte order mark; JSON readers may ignore it
+    (RFC 8259), and the tape's reader does: before, the tape was refused with 'invalid
+    character (byte 0)'. A mark anywhere else is an unreadable line as before."""
+    quotes, errors = _read(b"\xef\xbb\xbf" + HEADER + GOOD + b"\xef\xbb\xbf" + GOOD)
+    assert [q.price for q in quotes] == [1.0001]
+    assert [e.line for e in errors] == [3]
+    quotes, errors = _read(("\ufeff" + HEADER.decode()).encode())
+    assert (quotes, errors) == ([], [])
