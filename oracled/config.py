@@ -760,7 +760,7 @@ def _relations(cfg: Config) -> list[str]:
                 f"markets[{i}].max_price: must be above oracle.min_price ({band.min_price:g}): "
                 "no quote could pass both"
             )
-    used_pairs = {(ms.source, ms.pair) for m in cfg.markets for ms in m.sources}
+    used_pairs = {(ms.source, ms.pair) for m in cfg.markets for ms in (*m.sources, *m.perp_sources)}
     problems.extend(
         f"sources.{sid}.instruments.{pair}: no market uses this pair"
         for sid, src in cfg.sources.items()
