@@ -243,7 +243,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from oracled.replay import replay
 
     cfg = load_config(args.config)
+    if args.out is None and sys.stdout is None:  # `>&-`: Python has no stdout at all
+        print("oracled replay: stdout is closed: give --out FILE", file=sys.stderr)
+        return EXIT_FAILURE
     try:
+        # Opening --out for writing empties it: were it the tape, the recording would be lost.
+        if args.out is not None and args.out.exists() and args.out.samefile(args.tape):
+            print(f"oracled replay: --out is the tape itself ({args.out})", file=sys.stderr)
+            return EXIT_CONFIG
         with args.tape.open("rb") as tape:
             if args.out:
                 with args.out.open("wb") as out:

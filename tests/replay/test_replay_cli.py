@@ -1,0 +1,51 @@
+"""`oracled replay` as a shell script runs it: where the output cannot go, it says so and exits
+non-zero, without a traceback and without harming the tape."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "tapes"
+CONFIG = FIXTURES / "config.toml"
+TAPE = FIXTURES / "small.jsonl"
+
+
+def test_a_closed_stdout_is_a_clear_error_not_a_traceback() -> None:
+    """`oracled replay TAPE >&-` (stdout closed, so Python's sys.stdout is None) ended with
+    AttributeError: 'NoneType' object has no attribute 'buffer'."""
+    command = f"exec '{sys.executable}' -m oracled.cli replay --config '{CONFIG}' '{TAPE}' >&-"
+    proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "stdout is closed" in proc.stderr
+
+
+def test_out_naming_the_tape_itself_is_refused_and_the_tape_kept(tmp_path: Path) -> None:
+    """`--out` naming the tape (here through a second name) opened it for writing, which
+    emptied it before it was read: the recording was lost and the error blamed an 'empty tape'.
+    It is a usage error (exit 2) and the tape is untouched."""
+    tape = tmp_path / "tape.jsonl"
+    shutil.copyfile(TAPE, tape)
+    (tmp_path / "same.jsonl").symlink_to(tape)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oracled.cli",
+            "replay",
+            "--config",
+            str(CONFIG),
+            str(tape),
+            "--out",
+            str(tmp_path / "same.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "--out is the tape itself" in proc.stderr
+    assert tape.read_bytes() == TAPE.read_bytes()
