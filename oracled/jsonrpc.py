@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 __all__ = ["EndpointStats", "RpcClient", "RpcError", "RpcUnavailable", "redact"]
 
 
+#: An answer larger than this is garbage (a read of a hundred feeds is about 100 kB): a broken
+#: or hostile endpoint, or a compressed bomb, must not grow the process's memory without bound.
+_MAX_ANSWER_BYTES: Final = 16 * 1024 * 1024
+
+
 class RpcError(SourceError):
     """The node answered with a JSON-RPC error that is the request's own fault."""
 
@@ -119,6 +124,18 @@ class _Failed(Exception):
     def __init__(self, kind: str, detail: str) -> None:
         self.kind, self.detail = kind, detail
         super().__init__(f"{kind}: {detail}")
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The (decompressed) body, read no further than `_MAX_ANSWER_BYTES`."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > _MAX_ANSWER_BYTES:
+            raise _Failed("garbage", f"answer over {_MAX_ANSWER_BYTES >> 20} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class RpcClient:
@@ -278,10 +295,9 @@ class RpcClient:
                     data=body,
                     headers={"Content-Type": "application/json"},
                 ) as resp:
-                    raw = await resp.read()
                     if resp.status != 200:
                         raise _Failed("http", f"status {resp.status}")
-                    return raw
+                    return await _read_capped(resp)
         except TimeoutError:
             raise _Failed("timeout", f"no answer in {self._timeout_s:g} s") from None
         except _NET_ERRORS as exc:

@@ -12,7 +12,8 @@ a request-fault error (-32602); "null_call" answers every `eth_call` with a null
 waits for `release` before forwarding (a node that hangs, or an answer that arrives late);
 "unpin" forwards an `eth_call` pinned by block hash as a read at "latest" (a node that ignores
 EIP-1898); "split" forwards a batch one request at a time and awaits `between()` after the
-first (a block landing between the two halves of a poll).
+first (a block landing between the two halves of a poll); "huge" answers the right id with a
+result of `HUGE` bytes (an endpoint that sends far more than any read, broken or hostile).
 `stop()` closes the listening socket, so the endpoint dies mid-run.
 """
 
@@ -27,6 +28,7 @@ import aiohttp
 from aiohttp import web
 
 _REFUSED = {"code": -32602, "message": "invalid argument 0: hex string has odd length"}
+HUGE = 20 * 1024 * 1024
 
 
 class RpcProxy:
@@ -78,6 +80,10 @@ class RpcProxy:
             return web.Response(status=500, text="internal error")
         sent: Any = json.loads(body)
         items: list[Any] = sent if isinstance(sent, list) else [sent]
+        if mode == "huge":
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": items[0]["id"], "result": "0x" + "0" * HUGE}
+            )
         if mode == "no_result":
             return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"]})
         if mode in ("error", "rate_limited"):

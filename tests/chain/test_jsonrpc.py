@@ -30,13 +30,15 @@ def client(urls: list[str], http: aiohttp.ClientSession, timeout_s: float = 2.0)
         ("wrong_id", "garbage"),
         ("no_result", "garbage"),
         ("error", "node"),
+        ("huge", "garbage"),
     ],
 )
 async def test_a_bad_answer_is_counted_by_kind_and_the_next_endpoint_answers(
     anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy, mode: str, kind: str
 ) -> None:
     """A node that hangs past the timeout, answers status 500, answers bytes that are not
-    JSON-RPC, answers another request id, or answers neither result nor error, or a server-side
+    JSON-RPC, answers another request id, or answers neither result nor error, answers more
+    than any read could (20 MiB: read no further than the 16 MiB cap), or a server-side
     error: the call still gets the second endpoint's answer, the first is counted once under
     the failure's kind, and the client stays on the second."""
     proxy.mode = mode
