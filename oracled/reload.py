@@ -65,6 +65,11 @@ def source_pairs(cfg: Config, sid: str) -> list[tuple[str, str]]:
     return list(seen)
 
 
+def _enabled(cfg: Config, sid: str) -> bool:
+    src = cfg.sources.get(sid)
+    return src is not None and src.enabled
+
+
 def config_changes(old: Config, new: Config) -> ConfigChanges:
     before = {m.symbol: m for m in old.markets}
     after = {m.symbol: m for m in new.markets}
@@ -72,9 +77,12 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
     sources = sorted(
         sid
         for sid in set(old.sources) | set(new.sources)
-        if old.sources.get(sid) != new.sources.get(sid)
-        or source_pairs(old, sid) != source_pairs(new, sid)
-        or (skew_changed and sid in new.sources)  # each source refuses future quotes itself
+        if (_enabled(old, sid) or _enabled(new, sid))  # off in both: runs in neither
+        and (
+            old.sources.get(sid) != new.sources.get(sid)
+            or source_pairs(old, sid) != source_pairs(new, sid)
+            or skew_changed  # each source refuses future quotes itself
+        )
     )
     needs_restart = [
         path for path in (*RESTART_ONLY, *_REPORTED_ONLY) if _get(old, path) != _get(new, path)

@@ -135,3 +135,25 @@ def test_a_market_whose_conversion_leg_changed_is_reported_as_changed() -> None:
     assert changes.markets_changed == ["BTC/USD"]
     assert changes.markets_added == changes.markets_removed == changes.sources_restarted == []
     assert config_changes(old, old).empty
+
+
+def test_a_source_disabled_before_and_after_is_not_reported_restarted() -> None:
+    """A reload lists in `sources_restarted` only sources it starts, stops or restarts: one that
+    is `enabled = false` in both files runs in neither, whatever else changed about it. Found
+    by reloading the daemon to remove a market while a venue stayed disabled: the answer listed
+    that venue as restarted (and the log said 'source disabled' once more)."""
+    sources = {"a": {"type": "binance"}, "off": {"type": "kraken", "enabled": False}}
+    market = {
+        "symbol": "BTC/USDT",
+        "min_sources": 1,
+        "sources": [{"source": "a", "pair": "BTC/USDT"}, {"source": "off", "pair": "BTC/USDT"}],
+    }
+    eth = {**market, "symbol": "ETH/USDT"}
+    eth["sources"] = [{"source": s, "pair": "ETH/USDT"} for s in ("a", "off")]
+    old = parse_config(_data(sources=sources, markets=[market, eth]), env={})
+    new = parse_config(_data(sources=sources, markets=[market]), env={})
+    assert config_changes(old, new).sources_restarted == ["a"]
+    enabled = {**sources, "off": {"type": "kraken"}}
+    new = parse_config(_data(sources=enabled, markets=[market]), env={})
+    assert config_changes(old, new).sources_restarted == ["a", "off"]
+    assert config_changes(new, old).sources_restarted == ["a", "off"]
