@@ -122,3 +122,15 @@ def test_the_mark_table_lists_every_mark_setting_with_its_default() -> None:
     assert set(rows) == set(fields)
     for key, default in rows.items():
         assert float(default) == fields[key].default, key
+
+
+def test_every_source_type_is_in_the_reference_and_its_venue_table() -> None:
+    """The `type` row of docs/config.md names every adapter, and each has its section: a venue
+    type a row of docs/sources.md's table, an on-chain type its mention in docs/onchain.md."""
+    text = (DOCS / "config.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `type` | required |"))
+    assert set(re.findall(r"`([a-z_0-9]+)`", row)) >= set(c.SOURCE_TYPES)
+    venues = set(re.findall(r"^\| `([a-z_0-9]+)`", (DOCS / "sources.md").read_text(), re.M))
+    assert venues == set(c.SOURCE_TYPES) - c.CHAIN_SOURCE_TYPES
+    onchain = (DOCS / "onchain.md").read_text()
+    assert all(f"`{name}`" in onchain for name in c.CHAIN_SOURCE_TYPES)
