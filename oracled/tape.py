@@ -93,6 +93,8 @@ def _to_quote(line: _Line) -> Quote:
         )
     if "/" not in line.pair or line.pair != line.pair.upper():
         raise ValueError(f"pair: must be BASE/QUOTE in upper case, got {line.pair!r}")
+    if line.flag == "":
+        raise ValueError("flag: empty (a flag names why the value is not a price)")
     price = _decimal(line.price, "price")
     bid = _decimal(line.bid, "bid")
     ask = _decimal(line.ask, "ask")

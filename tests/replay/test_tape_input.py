@@ -107,3 +107,15 @@ def test_a_byte_order_mark_before_the_header_is_allowed() -> None:
     assert [e.line for e in errors] == [3]
     quotes, errors = _read(("\ufeff" + HEADER.decode()).encode())
     assert (quotes, errors) == ([], [])
+
+
+def test_an_empty_flag_is_a_line_that_cannot_be_read() -> None:
+    """A flag names why a value is no price, and the report shows it as the source's reason: an
+    empty one excluded the source with reason "" (false to a reader's `if reason`, though the
+    source was not used). No source sets one, so the line is named and skipped."""
+    flagged = (
+        b'{"ts": 1700000000400, "source": "b", "pair": "USDT/USD", "price": "1", "flag": ""}\n'
+    )
+    quotes, errors = _read(HEADER + flagged + GOOD)
+    assert [(e.line, "flag" in e.message) for e in errors] == [(2, True)]
+    assert [q.source for q in quotes] == ["a"]
