@@ -10,6 +10,7 @@ SIGINT stop everything within the shutdown budget.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import signal
 import threading
@@ -128,6 +129,24 @@ class _TapeRecorder:
                     self._file.close()  # a second try finds the buffer gone, and closes
                 self.error = self.error or str(exc)
             return self.error if first else None
+
+
+async def _read_config(path: Path) -> Config:
+    """`load_config` in a daemon thread of its own. A read that never returns (a FIFO, a hung
+    network mount) must not hold the process: the loop's executor is joined on the way out
+    (and its threads at interpreter exit), so a stop would log `stopped` and never end."""
+    future: concurrent.futures.Future[Config] = concurrent.futures.Future()
+
+    def read() -> None:
+        if not future.set_running_or_notify_cancel():  # the reload was cancelled first
+            return
+        try:
+            future.set_result(load_config(path))
+        except BaseException as exc:  # handed to the awaiting reload
+            future.set_exception(exc)
+
+    threading.Thread(target=read, name="config-read", daemon=True).start()
+    return await asyncio.wrap_future(future)
 
 
 class Service:
@@ -348,7 +367,7 @@ class Service:
         async with self._reload_lock:
             self._refuse_if_stopping(actor)  # the stop began while an earlier reload ran
             try:
-                new = await asyncio.to_thread(load_config, self.config_path)
+                new = await _read_config(self.config_path)
             except ConfigError as exc:
                 self.metrics.reloads.labels("refused").inc()
                 self.log.error("config reload refused", actor=actor, problems=exc.problems)
