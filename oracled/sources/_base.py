@@ -360,7 +360,9 @@ class Source(abc.ABC):
             self._log.warning("instrument failed", symbol=symbol, message=message)
         self.stats.failed_instruments[symbol] = message
 
-    def _venue_error(self, request_id: int | str | None, message: str) -> None:
+    def _venue_error(
+        self, request_id: int | str | None, message: str, event: str = "venue error"
+    ) -> None:
         """Log an error that names none of our requests: the first at once, then at most one line
         a minute saying how many were held back, so that a venue repeating one with every frame
         cannot flood the log (each is counted as `venue_error` all the same)."""
@@ -369,7 +371,7 @@ class Source(abc.ABC):
             self._errors_unlogged += 1
             return
         self._log.warning(
-            "venue error", request_id=request_id, message=message, suppressed=self._errors_unlogged
+            event, request_id=request_id, message=message, suppressed=self._errors_unlogged
         )
         self._error_logged_at, self._errors_unlogged = now, 0
 

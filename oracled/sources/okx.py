@@ -257,7 +257,7 @@ class OkxSource(Source):
             self._rotate("server_shutdown")  # 64008: closing soon for a service upgrade
         elif event == "channel-conn-count-error":
             self.stats.dropped["venue_error"] += 1
-            self._log.warning("venue connection limit", message=frame.msg or frame.code)
+            self._venue_error(None, frame.msg or frame.code, "venue connection limit")
         elif event not in ("channel-conn-count", "unsubscribe"):
             self._bad("shape")
 

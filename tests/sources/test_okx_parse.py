@@ -261,3 +261,19 @@ def test_connection_limit_error_is_a_counted_and_logged_venue_error(
     assert [(e["event"], e["message"]) for e in logs] == [
         ("venue connection limit", "Connection limit exceeded")
     ]
+
+
+def test_a_venue_repeating_the_connection_limit_error_is_logged_once_a_minute(
+    harness: Harness[OkxSource],
+) -> None:
+    """The connection-limit error sent with every frame is counted each time but logged once,
+    like any venue error: a venue cannot flood the log with it."""
+    with capture_logs() as logs:
+        for i in range(100):
+            harness.source.on_message(
+                '{"event":"channel-conn-count-error","channel":"tickers","connCount":"30",'
+                '"connId":"a4d3ae55","code":"60030","msg":"Connection limit exceeded"}',
+                i + 1,
+            )
+    assert harness.stats.dropped == {"venue_error": 100}
+    assert [e["event"] for e in logs] == ["venue connection limit"]
