@@ -185,19 +185,25 @@ async def test_aggregator_replaced_behind_the_proxy(
 
 
 async def test_a_proxy_without_latest_round_data_is_dropped_as_call_failed(
-    anvil: Anvil, http: aiohttp.ClientSession, tokens: Tokens, snapshot: Deployed
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, tokens: Tokens, snapshot: Deployed
 ) -> None:
     """An address with `decimals()` but no `latestRoundData()` (here an ERC-20: a wrong
     address in the config) is learned, then every block's reverted read is dropped as
-    `call_failed`; no price is ever made of the revert."""
+    `call_failed`; no price is ever made of the revert, and one warning names the proxy (a
+    counter alone would not say which address to check)."""
     reader = make_reader([anvil.url], http)
     feed = ChainlinkFeed("cl", "ETH/USD", chainlink_spec(tokens.weth))
     got = watch(reader, feed)
-    assert await reader.poll_once()
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+        await chain.mine()
+        assert await reader.poll_once()
     assert feed.description is None  # no description() either
-    assert got.stats.dropped["call_failed"] == 1
+    assert got.stats.dropped["call_failed"] == 2
     assert got.stats.dropped["decode_error"] == 0
     assert got.quotes == []
+    warned = [e for e in logs if e["event"] == "chainlink round unreadable"]
+    assert [(e["proxy"], e["pair"]) for e in warned] == [(tokens.weth, "ETH/USD")]
 
 
 @pytest.mark.parametrize("where", ["no_code", "too_many_decimals"])

@@ -65,17 +65,23 @@ async def test_stale_price_is_flagged(
 
 
 async def test_unknown_price_id_is_dropped(
-    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:
     """An id the contract does not hold reverts inside the multicall: that feed is dropped with
-    `call_failed` and its neighbour in the same read is unaffected."""
+    `call_failed` on every block, with one warning naming the id and the revert (Pyth's
+    PriceFeedNotFound, 0x14aebe68), and its neighbour in the same read is unaffected."""
     reader = make_reader([anvil.url], http)
     bad = watch(reader, PythEvmFeed("py", "SOL/USD", snapshot.pyth, pyth_spec(b"\x01" * 32)))
     good = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
-    assert await reader.poll_once()
-    assert bad.stats.dropped["call_failed"] == 1
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+        await chain.mine()
+        assert await reader.poll_once()
+    assert bad.stats.dropped["call_failed"] == 2
     assert bad.quotes == []
     assert len(good.quotes) == 1
+    warned = [e for e in logs if e["event"] == "pyth price unreadable"]
+    assert [(e["feed_id"], e["revert"]) for e in warned] == [("0x" + "01" * 32, "0x14aebe68")]
 
 
 async def test_wide_confidence_is_dropped(

@@ -61,6 +61,7 @@ class ChainlinkFeed(Feed):
     __slots__ = (
         "_aggregator",
         "_bounds",
+        "_call_failing",
         "_calls",
         "_decimals",
         "_heartbeat_s",
@@ -94,6 +95,7 @@ class ChainlinkFeed(Feed):
         self._rejected: tuple[int, int] | None = None
         self._learning = True
         self._unusable_logged = False
+        self._call_failing = False  # logged once while latestRoundData() reverts
         self._calls = self._learning_calls()
 
     def _learning_calls(self) -> tuple[Call, ...]:
@@ -121,7 +123,14 @@ class ChainlinkFeed(Feed):
         high = _int(max_data) if max_ok else None
         self._bounds = (low, high) if low is not None and high is not None else None
         if not ok:
+            if not self._call_failing:
+                self._call_failing = True
+                self._log.warning(
+                    "chainlink round unreadable", proxy=self._proxy, revert="0x" + data[:4].hex(),
+                    block=block.number, hint="latestRoundData() reverts: check the proxy address",
+                )  # fmt: skip
             return "call_failed"
+        self._call_failing = False
         round_id, answer, _started, updated_at, answered_in = decode_round(data)
         if self._rejected == (round_id, updated_at):
             return None  # refused already; counted once

@@ -43,7 +43,16 @@ DEFAULT_MAX_CONF_RATIO: Final = float(SourceConfig.model_fields["max_conf_ratio"
 class PythEvmFeed(Feed):
     """One Pyth price id on one Pyth contract, for one canonical pair."""
 
-    __slots__ = ("_calls", "_last", "_log", "_max_age_s", "_max_conf_ratio", "_rejected")
+    __slots__ = (
+        "_call_failing",
+        "_calls",
+        "_feed_id",
+        "_last",
+        "_log",
+        "_max_age_s",
+        "_max_conf_ratio",
+        "_rejected",
+    )
 
     distrusting = frozenset({"malformed", "no_price", "non_positive", "wide_confidence"})
     reorged = frozenset({"older_price"})
@@ -62,7 +71,9 @@ class PythEvmFeed(Feed):
         if spec.feed_id is None or spec.max_age_s is None:
             raise ValueError("a Pyth feed needs feed_id and max_age_s")
         feed_id = bytes.fromhex(spec.feed_id[2:])
+        self._feed_id = spec.feed_id
         self._calls = (Call(contract, _GET_PRICE_UNSAFE + feed_id),)
+        self._call_failing = False  # logged once while the read reverts
         self._max_age_s = spec.max_age_s
         self._last: tuple[int, int, int, str | None] | None = None  # publishTime, price, conf, flag
         self._rejected: tuple[int, int, int] | None = None  # publishTime, price, conf refused last
@@ -75,8 +86,15 @@ class PythEvmFeed(Feed):
         self, results: Sequence[tuple[bool, bytes]], block: Block, recv_ts: int
     ) -> FeedResult:
         ok, data = results[0]
-        if not ok:
-            return "call_failed"  # e.g. PriceFeedNotFound: the id is not on this contract
+        if not ok:  # e.g. PriceFeedNotFound (0x14aebe68): the id is not on this contract
+            if not self._call_failing:
+                self._call_failing = True
+                self._log.warning(
+                    "pyth price unreadable", feed_id=self._feed_id, revert="0x" + data[:4].hex(),
+                    block=block.number, hint="check the feed id and the Pyth contract address",
+                )  # fmt: skip
+            return "call_failed"
+        self._call_failing = False
         if len(data) < 128:
             return "malformed"
         price = int.from_bytes(data[0:32], "big", signed=True)
