@@ -395,7 +395,7 @@ class ChainReader:
         for _ in range(_MAX_REREADS):
             if not pending:
                 break
-            pending = await self._reread(pending, block, recv_ts)
+            pending = await self._reread(pending, block)
         return True
 
     def _decode_all(
@@ -428,7 +428,7 @@ class ChainReader:
                 self._emit(slot, out, block, recv_ts)
         return pending
 
-    async def _reread(self, slots: list[_Slot], block: Block, recv_ts: int) -> list[_Slot]:
+    async def _reread(self, slots: list[_Slot], block: Block) -> list[_Slot]:
         every: list[Call] = []
         for slot in slots:
             slot.calls = slot.feed.calls()
@@ -441,7 +441,9 @@ class ChainReader:
         except _READ_ERRORS as exc:
             self._read_failed(block, exc)
             return []
-        return self._decode_all(slots, block, results, recv_ts)
+        # Received now, not when the block was first read: other sources stamped quotes while
+        # this answer was on the wire, and the tape is in receive-time order.
+        return self._decode_all(slots, block, results, self._clock.now_ms())
 
     def _withdraw(self, slot: _Slot, flag: str, block: Block, now: int) -> None:
         """The feed's last quote is not to vote: it answered garbage (`bad_answer`), or the
