@@ -412,6 +412,9 @@ class Service:
         task.add_done_callback(self._background.discard)
 
     async def _reload_quietly(self) -> None:
+        # A SIGHUP while starting reloads once the sources run: a reload applied before they
+        # start would restart a source without the HTTP session (a stop cancels this wait).
+        await self.started.wait()
         with contextlib.suppress(ConfigError, ServiceStopping):  # already logged
             await self.reload("SIGHUP")
 

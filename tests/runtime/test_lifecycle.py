@@ -121,3 +121,30 @@ async def test_a_reload_asked_once_stopping_is_refused(tmp_path: Path) -> None:
             await task
     assert isinstance(refused, ServiceStopping)
     assert service.metrics.reloads.labels("applied")._value.get() == 0
+
+
+async def test_a_sighup_while_starting_reloads_a_changed_source_once_the_daemon_runs(
+    tmp_path: Path,
+) -> None:
+    """The file edited after the daemon read it (its source's URL), and a SIGHUP while it
+    starts: the reload is applied once the daemon runs, every time. It used to start at once
+    and, when its read finished before the sources started (about one start in four here),
+    died on the missing HTTP session: no `config reloaded`, not counted, and a `Task exception
+    was never retrieved` on stderr. Repeated, since the old code lost the race only sometimes."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        for attempt in range(20):
+            path = tmp_path / f"oracled-{attempt}.toml"
+            path.write_text(_toml(sim.ws_url, sim.rest_url))
+            service = _service(path)
+            path.write_text(_toml(sim.ws_url + "?changed", sim.rest_url))
+            service.early_hangups = lambda: 1
+            task = asyncio.create_task(service.run())
+            try:
+                async with asyncio.timeout(10):
+                    await service.started.wait()
+                    while not service.metrics.reloads.labels("applied")._value.get():  # noqa: ASYNC110
+                        await asyncio.sleep(0.005)
+            finally:
+                service.stop()
+                await task
+            assert service.cfg.sources["good"].ws_url == sim.ws_url + "?changed", attempt
