@@ -59,6 +59,8 @@ __all__ = [
     "log_config_warnings",
     "parse_config",
     "parse_listen",
+    "slot_max_age_ms",
+    "slot_route",
 ]
 
 # Source type -> "module:Class" of its adapter, imported only when a config uses it.
@@ -563,6 +565,16 @@ def slot_max_age_ms(cfg: Config, market: MarketConfig, ms: MarketSource) -> int:
     if spec is not None and spec.max_age_s is not None:
         return spec.max_age_s * 1000
     return max(market.max_age_ms, CHAIN_DEFAULT_MAX_AGE_MS)
+
+
+def slot_route(cfg: Config, market: MarketConfig, pair: str) -> str | None:
+    """The conversion leg market (a `[[routes]]` entry's `via`) that a source quoting `pair`
+    prices `market` through, or None for the market's own pair or its inverse."""
+    base, quote = market.symbol.split("/")
+    p_base, p_quote = pair.split("/")
+    if p_quote == quote or (p_base, p_quote) == (quote, base):
+        return None
+    return next((r.via for r in cfg.routes if (r.from_, r.to) == (p_quote, quote)), None)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

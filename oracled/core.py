@@ -115,16 +115,17 @@ class RoundResult:
         names = self.slot_names
         live = status[i] <= Status.DEGRADED
         good = last_good[i]
-        ids, pairs, values, codes, ages, weights = (
+        ids, pairs, values, codes, ages, weights, vias = (
             lay.slot_ids[i],
             lay.slot_pairs[i],
             value[i],
             code[i],
             age[i],
             weight[i],
+            lay.slot_via[i],
         )
-        # Positional fields (id, pair, value, weight, used, reason, age_ms) over zipped rows:
-        # this runs once per slot per published round, the publish path's inner loop.
+        # Positional fields (id, pair, value, weight, used, reason, age_ms, via) over zipped
+        # rows: this runs once per slot per published round, the publish path's inner loop.
         sources = [
             SourceValue(
                 sid,
@@ -134,8 +135,11 @@ class RoundResult:
                 c == USED,
                 names[c],
                 a if c != NO_QUOTE else None,
+                via,
             )
-            for sid, pair, v, w, c, a in zip(ids, pairs, values, weights, codes, ages, strict=False)
+            for sid, pair, v, w, c, a, via in zip(
+                ids, pairs, values, weights, codes, ages, vias, strict=False
+            )
         ]
         return Report(
             market=lay.markets[i],

@@ -100,8 +100,12 @@ def reasons_from_bits(bits: int) -> list[str]:
     return [name for name, bit in _REASON_ORDER if bits & bit]
 
 
-class SourceValue(msgspec.Struct, frozen=True, gc=False):
-    """One source's part in a market's round: what it said and whether it counted."""
+class SourceValue(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """One source's part in a market's round: what it said and whether it counted.
+
+    `via` names the conversion leg market of a routed slot (docs/pricing.md §3); it is left out
+    of the encoding for every other slot (`omit_defaults`), so their bytes are as before.
+    """
 
     id: str
     pair: str
@@ -110,6 +114,7 @@ class SourceValue(msgspec.Struct, frozen=True, gc=False):
     used: bool
     reason: str | None
     age_ms: int | None
+    via: str | None = None
 
 
 class MarkEstimators(msgspec.Struct, frozen=True, gc=False):

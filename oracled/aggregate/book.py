@@ -54,6 +54,7 @@ class Layout:
     slot_ids: tuple[tuple[str, ...], ...]
     slot_pairs: tuple[tuple[str, ...], ...]
     slot_keys: tuple[tuple[SlotKey, ...], ...]  # (source, pair, kind) of every slot, per market
+    slot_via: tuple[tuple[str | None, ...], ...]  # conversion leg market of every slot, or None
     weight: npt.NDArray[np.float64]  # (M, S), 0 where no slot
     configured: npt.NDArray[np.bool_]  # (M, S)
     route_via: npt.NDArray[np.int64]  # (M, S), market index of the conversion leg or -1
@@ -127,6 +128,10 @@ class Layout:
             slot_pairs=tuple(tuple(s.pair for s in m.sources) for m in cfg.markets),
             slot_keys=tuple(
                 tuple((s.source, s.pair, s.kind) for s in m.sources) for m in cfg.markets
+            ),
+            slot_via=tuple(
+                tuple(markets[v] if v >= 0 else None for v in row[: len(m.sources)])
+                for m, row in zip(cfg.markets, route_via.tolist(), strict=True)
             ),
             weight=weight,
             configured=configured,

@@ -9,7 +9,7 @@ from oracled.api.context import ApiContext
 from oracled.api.encoding import Body, body_response
 from oracled.api.errors import ApiError, encode_json, json_response
 from oracled.api.params import market_list, path_market, query_once
-from oracled.config import Config, MarketConfig
+from oracled.config import Config, MarketConfig, MarketSource, slot_route
 from oracled.core import RoundResult
 from oracled.model import Quote, Report, SourceValue
 
@@ -28,7 +28,25 @@ def _decimal(value: float | None) -> str | None:
     return np.format_float_positional(value, trim="-")
 
 
-def _market_view(m: MarketConfig) -> dict[str, object]:
+def _routed(cfg: Config, m: MarketConfig, s: MarketSource, row: dict[str, object]) -> None:
+    """Name the conversion leg of a routed slot in its row (`via`); other rows go without."""
+    via = slot_route(cfg, m, s.pair)
+    if via is not None:
+        row["via"] = via
+
+
+def _source_view(cfg: Config, m: MarketConfig, s: MarketSource) -> dict[str, object]:
+    row: dict[str, object] = {
+        "source": s.source,
+        "pair": s.pair,
+        "kind": s.kind,
+        "weight": s.weight,
+    }
+    _routed(cfg, m, s, row)
+    return row
+
+
+def _market_view(cfg: Config, m: MarketConfig) -> dict[str, object]:
     return {
         "symbol": m.symbol,
         "price_exponent": m.price_exponent,
@@ -39,10 +57,7 @@ def _market_view(m: MarketConfig) -> dict[str, object]:
         "max_confidence_ratio": m.max_confidence_ratio,
         "min_price": m.min_price,
         "max_price": m.max_price,
-        "sources": [
-            {"source": s.source, "pair": s.pair, "kind": s.kind, "weight": s.weight}
-            for s in m.sources
-        ],
+        "sources": [_source_view(cfg, m, s) for s in m.sources],
     }
 
 
@@ -174,13 +189,14 @@ class ReadHandlers:
 
     @staticmethod
     def _markets_view(cfg: Config) -> bytes:
-        return encode_json({"markets": [_market_view(m) for m in cfg.markets]})
+        return encode_json({"markets": [_market_view(cfg, m) for m in cfg.markets]})
 
     async def sources(self, request: web.Request) -> web.Response:
         """Each configured source of a market: latest quote, age, part in the last round, link."""
         ctx = self._ctx
         market = path_market(request.match_info["market"], self._known)
-        cfg = ctx.current_config.market(market)
+        config = ctx.current_config
+        cfg = config.market(market)
         assert cfg is not None  # every known market is configured
         report = ctx.hub.report(market)
         now = ctx.clock.now_ms()
@@ -193,28 +209,28 @@ class ReadHandlers:
             stamp = None
             if quote is not None:  # the core's age rule: venue time where sent, else receipt
                 stamp = quote.recv_ts if quote.venue_ts is None else quote.venue_ts
-            rows.append(
-                {
-                    "source": ms.source,
-                    "pair": ms.pair,
-                    "kind": ms.kind,
-                    "weight": ms.weight,
-                    "quote": None if quote is None else _quote_view(quote),
-                    "age_ms": None if stamp is None else now - stamp,
-                    "used": None if part is None else part.used,
-                    "reason": None if part is None else part.reason,
-                    "value": None if part is None else part.value,
-                    "connection": None
-                    if stats is None
-                    else {
-                        "state": stats.state.value,
-                        "last_quote_ms": stats.last_quote_ms,
-                        "last_frame_ms": stats.last_frame_ms,
-                        "reconnects": stats.reconnects,
-                        "malformed": stats.malformed,
-                    },
-                }
-            )
+            row: dict[str, object] = {
+                "source": ms.source,
+                "pair": ms.pair,
+                "kind": ms.kind,
+                "weight": ms.weight,
+                "quote": None if quote is None else _quote_view(quote),
+                "age_ms": None if stamp is None else now - stamp,
+                "used": None if part is None else part.used,
+                "reason": None if part is None else part.reason,
+                "value": None if part is None else part.value,
+                "connection": None
+                if stats is None
+                else {
+                    "state": stats.state.value,
+                    "last_quote_ms": stats.last_quote_ms,
+                    "last_frame_ms": stats.last_frame_ms,
+                    "reconnects": stats.reconnects,
+                    "malformed": stats.malformed,
+                },
+            }
+            _routed(config, cfg, ms, row)
+            rows.append(row)
         return json_response(
             {
                 "market": market,

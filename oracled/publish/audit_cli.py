@@ -73,12 +73,13 @@ def add_parser(sub: Any) -> None:
 def _sources(report: Report) -> str:
     parts = []
     for s in report.sources:
+        name = s.id if s.via is None else f"{s.id} (via {s.via})"
         if s.used:
-            parts.append(f"{s.id} {s.value} used")
+            parts.append(f"{name} {s.value} used")
         elif s.value is not None:
-            parts.append(f"{s.id} {s.value} excluded ({s.reason})")
+            parts.append(f"{name} {s.value} excluded ({s.reason})")
         else:
-            parts.append(f"{s.id} {s.reason or 'no value'}")
+            parts.append(f"{name} {s.reason or 'no value'}")
     return "; ".join(parts)
 
 
@@ -164,9 +165,10 @@ def _at(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
     for s in report.sources:
         verdict = "used" if s.used else f"excluded: {s.reason}"
         age = "-" if s.age_ms is None else f"{s.age_ms} ms"
+        via = "" if s.via is None else f"  via {s.via}"
         print(
             f"    {s.id:<16} {s.pair:<12} {s.value or '-':>20}  weight {s.weight:g}  "
-            f"age {age}  {verdict}",
+            f"age {age}  {verdict}{via}",
             file=out,
         )
     if found.signature is not None:

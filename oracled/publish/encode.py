@@ -59,7 +59,18 @@ class _Static:
     """The literal pieces of one layout's reports, made once per layout, and the decimal strings
     of its numbers as last formatted (kept with the layout: a new layout starts them over)."""
 
-    __slots__ = ("bits", "dec", "heads", "last", "layout", "present", "slots", "text", "width")
+    __slots__ = (
+        "bits",
+        "dec",
+        "heads",
+        "last",
+        "layout",
+        "present",
+        "slots",
+        "tails",
+        "text",
+        "width",
+    )
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
@@ -79,6 +90,11 @@ class _Static:
                 for k, (sid, pair) in enumerate(zip(ids, pairs, strict=True))
             ]
             for i, (ids, pairs) in enumerate(zip(layout.slot_ids, layout.slot_pairs, strict=True))
+        ]
+        # Per configured slot, its closing literal: a routed slot names its leg (`via`).
+        self.tails: list[list[bytes]] = [
+            [b"}" if via is None else b',"via":%s}' % _lit(via) for via in vias]
+            for vias in layout.slot_via
         ]
         # Which columns of the slot matrix are configured slots (a shorter market leaves some).
         self.present = np.arange(width) < np.array([[len(ids)] for ids in layout.slot_ids])
@@ -250,6 +266,7 @@ class ReportEncoder:
             b',"sources":[',
         ]
         slots = static.slots[i]
+        tails = static.tails[i]
         for k in range(static.width):
             if k >= len(slots):
                 parts.append(_SKIP + _SKIP)  # a slot this market does not have
@@ -268,7 +285,7 @@ class ReportEncoder:
                 b"null" if reason is None else _lit(reason),
                 b',"age_ms":',
                 b"%d" if c != NO_QUOTE else _NULL,
-                b"}",
+                tails[k],
             )
         parts.append(b'],"mark":null}')
         return b"".join(parts)

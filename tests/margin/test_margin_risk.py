@@ -181,3 +181,35 @@ def test_an_in_process_report_with_a_mark_reads_like_the_wire_form() -> None:
     a = assess_cross(engine.accounts["alice"], engine.spec, engine.prices(T0))
     assert a.equity == pytest.approx(10_000 + 45_000 + 50_500)
     assert (a.drivers[0].kind, a.drivers[0].round) == ("mark", 3)
+
+
+def test_a_report_whose_routed_slots_name_their_leg_reads_as_any_other() -> None:
+    """A slot's `via` (routed slots only) is nothing the engine reads: the report's JSON and
+    the in-process report give the same view, priced as without it."""
+    import msgspec
+
+    from oracled.margin import PriceView
+    from oracled.model import Report, SourceValue
+
+    routed = SourceValue("b", "BTC/USDT", "49990.00", 1.0, True, None, 120, via="USDT/USD")
+    direct = SourceValue("a", "BTC/USD", "50010.00", 1.0, True, None, 80)
+    report = Report(
+        market="BTC/USD",
+        ts=T0,
+        round=3,
+        status="active",
+        reasons=[],
+        price="50000.00",
+        confidence="10.00",
+        last_good_price="50000.00",
+        last_good_ts=T0,
+        sources=[direct, routed],
+    )
+    data = msgspec.json.encode(report)
+    assert b'"via":"USDT/USD"' in data
+    wire, local = PriceView.from_json(data), PriceView.from_report(report)
+    assert wire == local
+    engine = _engine([LONG])
+    engine.on_report(wire)
+    a = assess_cross(engine.accounts["alice"], engine.spec, engine.prices(T0))
+    assert a.equity == pytest.approx(10_000 + 45_000 + 50_000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from publish_rig import INTERVAL, SOURCES, T0, Rounds, make_config
 from structlog.testing import capture_logs
 
 from oracled.cli import main
-from oracled.config import AuditConfig
+from oracled.config import AuditConfig, parse_config
 from oracled.publish.audit import AuditReader, AuditTrail
 from oracled.publish.audit_cli import parse_time
 from oracled.publish.signer import RoundSigner, SigningKey, recover_signer, round_digest
@@ -429,3 +430,57 @@ def test_options_that_would_be_ignored_are_refused(
         assert main([*base, *extra]) == 2, extra
         assert says in capsys.readouterr().err, extra
     assert not Path(csv_file).exists() and not Path(tape).exists()
+
+
+def test_the_trail_keeps_the_leg_of_routed_slots_and_the_timeline_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BTC/USD quoted only in BTC/USDT through USDT/USD: the stored reports keep each slot's
+    `via`, the timeline's sources say `(via USDT/USD)` (also while the leg has no price and the
+    slots are excluded as `route`), and `--at` prints it; a direct slot names no leg."""
+    cfg = parse_config(
+        {
+            "oracle": {"round_interval_ms": INTERVAL, "resume_rounds": 1},
+            "sources": {name: {"type": "binance"} for name in SOURCES},
+            "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+            "markets": [
+                {
+                    "symbol": "USDT/USD",
+                    "price_exponent": -4,
+                    "min_sources": 2,
+                    "sources": [{"source": s, "pair": "USDT/USD"} for s in SOURCES],
+                },
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 2,
+                    "sources": [{"source": s, "pair": "BTC/USDT"} for s in SOURCES],
+                },
+            ],
+        },
+        env={},
+    )
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    feed = Feed(cfg, audit)
+    feed.prices = {"BTC/USDT": 64_000.0}  # no leg yet: every slot blocked
+    feed.round()
+    feed.prices = {"USDT/USD": 0.999, "BTC/USDT": 64_000.0}
+    for _ in range(3):
+        feed.round()
+    audit.close()
+    reader = AuditReader(db)
+    stored = [s.report for s in reader.reports("BTC/USD", 0, T0 * 2)]
+    legs = [s.report for s in reader.reports("USDT/USD", 0, T0 * 2)]
+    reader.close()
+    assert {s.via for r in stored for s in r.sources} == {"USDT/USD"}
+    assert {s.via for r in legs for s in r.sources} == {None}
+    assert [r.status for r in stored] == ["unknown", "active", "active", "active"]
+    assert main(["audit", "--db", str(db), "--market", "BTC/USD"]) == 0
+    text = capsys.readouterr().out
+    assert "alpha (via USDT/USD) route" in text
+    assert re.search(r"; gamma \(via USDT/USD\) 639\d\d\.\d\d used", text)
+    last = stored[-1].ts
+    assert main(["audit", "--db", str(db), "--market", "BTC/USD", "--at", str(last)]) == 0
+    assert "used  via USDT/USD" in capsys.readouterr().out
+    assert main(["audit", "--db", str(db), "--market", "USDT/USD"]) == 0
+    assert "via" not in capsys.readouterr().out

@@ -116,6 +116,7 @@ def test_array_encoding_is_byte_identical_to_report_encoding_over_random_rounds(
     encoder = ReportEncoder()
     seen_status: set[str] = set()
     seen_reasons: set[str | None] = set()
+    seen_via: set[tuple[str, str | None]] = set()
     now = T0
     for _ in range(400):
         now += 250
@@ -128,8 +129,16 @@ def test_array_encoding_is_byte_identical_to_report_encoding_over_random_rounds(
         for report in result.reports():
             seen_status.add(report.status)
             seen_reasons.update(s.reason for s in report.sources)
-    # The rounds did cover what they claim to cover.
+            seen_via.update((s.pair, s.via) for s in report.sources)
+    # The rounds did cover what they claim to cover, routed slots naming their leg among them.
     assert seen_status == {"active", "degraded", "paused", "unknown"}
+    assert seen_via == {
+        ("USDT/USD", None),
+        ("BTC/USD", None),
+        ("ETH/USD", None),
+        ("BTC/USDT", "USDT/USD"),
+        ("PEPE/USDT", "USDT/USD"),
+    }
     assert {None, "no_quote", "stale", "route", "bounds", "outlier", *FLAGS} <= seen_reasons
 
 
@@ -237,3 +246,24 @@ def test_decimal_strings_kept_from_round_to_round_stay_exact() -> None:
         results.append(result)
     # Both cases happened many times: values kept from the round before, and values changed.
     assert same > 500 and changed > 500
+
+
+def test_routed_slots_name_their_leg_and_others_carry_no_via_key() -> None:
+    """A slot quoted in USDT carries `"via":"USDT/USD"` after `age_ms`, in both the array
+    encoding and msgspec's, whatever its state; a direct slot has no `via` key at all."""
+    rng = random.Random(5)
+    core = Core(make_config())
+    encoder = ReportEncoder()
+    for k in range(1, 4):
+        feed(core, rng, T0 + 250 * k)
+        result = core.run_round(T0 + 250 * k)
+    every = list(range(len(core.markets)))
+    encoded = encoder.encode(result, every)
+    assert encoded == reference(result, every)
+    for data in encoded:
+        for slot in msgspec.json.decode(data)["sources"]:
+            if slot["pair"].endswith("/USDT"):
+                assert list(slot)[-2:] == ["age_ms", "via"]
+                assert slot["via"] == "USDT/USD"
+            else:
+                assert "via" not in slot

@@ -57,13 +57,15 @@ def test_rounds_start_at_the_first_ts_rounded_up_and_quotes_join_at_or_after_the
 
 
 def test_a_routed_market_is_not_priced_before_its_leg_is_live() -> None:
-    """BTC/USD from BTC/USDT waits for USDT/USD: reason route, price null, never 1.0."""
+    """BTC/USD from BTC/USDT waits for USDT/USD: reason route, price null, never 1.0; the
+    blocked slots name the leg they wait for (`via`), the direct one has no `via` key."""
     out, _ = _run(TAPE.read_bytes())
     first_btc = msgspec.json.decode(out.splitlines()[1])
     assert first_btc["status"] == "unknown"
     assert "route" in first_btc["reasons"]
     assert first_btc["price"] is None
     assert [s["reason"] for s in first_btc["sources"][:2]] == ["route", "route"]
+    assert [s.get("via", "-") for s in first_btc["sources"]] == ["USDT/USD", "USDT/USD", "-"]
 
 
 def test_one_venue_spike_is_excluded_and_the_price_does_not_move() -> None:
