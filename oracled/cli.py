@@ -241,6 +241,10 @@ def _cmd_run(
 def _cmd_replay(args: argparse.Namespace) -> int:
     from oracled.config import load_config
     from oracled.replay import replay
+    from oracled.tape import TapeLineError
+
+    def skipped(error: TapeLineError) -> None:  # as met: a long bad tape is not held to the end
+        print(f"{args.tape}:{error.line}: skipped: {error.message}", file=sys.stderr)
 
     cfg = load_config(args.config)
     if args.out is None and sys.stdout is None:  # `>&-`: Python has no stdout at all
@@ -254,9 +258,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         with args.tape.open("rb") as tape:
             if args.out:
                 with args.out.open("wb") as out:
-                    stats = replay(cfg, tape, out)
+                    stats = replay(cfg, tape, out, on_error=skipped)
             else:
-                stats = replay(cfg, tape, sys.stdout.buffer)
+                stats = replay(cfg, tape, sys.stdout.buffer, on_error=skipped)
     except BrokenPipeError:  # the reader went away (e.g. piped into head): not an error
         return EXIT_OK
     except OSError as exc:
@@ -265,17 +269,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except TapeError as exc:
         print(f"{args.tape}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    for error in stats.errors:
-        print(f"{args.tape}:{error.line}: skipped: {error.message}", file=sys.stderr)
     print(
         f"replayed {stats.quotes} quotes ({stats.dropped} dropped by the core) in {stats.rounds} "
-        f"rounds: {stats.reports} reports; {len(stats.errors)} malformed line(s) skipped",
+        f"rounds: {stats.reports} reports; {stats.malformed} malformed line(s) skipped",
         file=sys.stderr,
     )
     if stats.drops:  # which venue and why, as the live daemon counts them
         counts = ", ".join(f"{s} {r} {n}" for (s, r), n in sorted(stats.drops.items()))
         print(f"dropped by the core: {counts}", file=sys.stderr)
-    return EXIT_TAPE_ERRORS if stats.errors else EXIT_OK
+    return EXIT_TAPE_ERRORS if stats.malformed else EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace, hangups: _Hangups, stops: _Stops) -> int:

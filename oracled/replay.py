@@ -30,7 +30,23 @@ class ReplayStats:
     drops: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, reason) -> n
     rounds: int = 0
     reports: int = 0
+    malformed: int = 0  # lines skipped; kept in `errors` unless an `on_error` hook took them
     errors: list[TapeLineError] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Errors:
+    """Counts the skipped lines, and keeps them or hands them to the caller's hook."""
+
+    stats: ReplayStats
+    hook: Callable[[TapeLineError], None] | None
+
+    def append(self, error: TapeLineError, /) -> None:
+        self.stats.malformed += 1
+        if self.hook is None:
+            self.stats.errors.append(error)
+        else:
+            self.hook(error)
 
 
 def _round_up(ts: int, interval: int) -> int:
@@ -44,11 +60,14 @@ def replay(
     *,
     on_quote: Callable[[Quote], None] | None = None,
     on_round: Callable[[RoundResult], None] | None = None,
+    on_error: Callable[[TapeLineError], None] | None = None,
 ) -> ReplayStats:
     """Feed the tape to a fresh core and write every round's reports to `out`.
 
     The hooks let a caller (the stress simulator) watch the same run: `on_quote` sees every
     readable quote before the core does, `on_round` every round's result after its reports.
+    `on_error` gets each skipped line when it is met, instead of `stats.errors` keeping it: a
+    long tape of bad lines would otherwise be held in memory to the end.
     """
     core = Core(cfg)
     interval = cfg.oracle.round_interval_ms
@@ -75,7 +94,7 @@ def replay(
             if limit is None:
                 return
 
-    for quote in read_tape(lines, stats.errors):
+    for quote in read_tape(lines, _Errors(stats, on_error)):
         if next_round is None:
             next_round = _round_up(quote.recv_ts, interval)
         elif quote.recv_ts > next_round:

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import IO, Literal, Protocol
 
 import msgspec
 
@@ -22,6 +22,7 @@ from oracled.model import Quote
 __all__ = [
     "TAPE_FORMAT",
     "TAPE_VERSION",
+    "ErrorSink",
     "TapeLineError",
     "header_line",
     "quote_to_line",
@@ -57,6 +58,12 @@ class _Line(msgspec.Struct, forbid_unknown_fields=False):
 class TapeLineError:
     line: int
     message: str
+
+
+class ErrorSink(Protocol):
+    """Where `read_tape` puts the lines it skips: a list, or anything that reports them."""
+
+    def append(self, error: TapeLineError, /) -> None: ...
 
 
 _header_decoder = msgspec.json.Decoder(_Header)
@@ -116,7 +123,7 @@ def _to_quote(line: _Line) -> Quote:
     )
 
 
-def read_tape(lines: Iterable[bytes | str], errors: list[TapeLineError]) -> Iterator[Quote]:
+def read_tape(lines: Iterable[bytes | str], errors: ErrorSink) -> Iterator[Quote]:
     """Yield the quotes of a tape in order; append every bad line to `errors` and skip it."""
     it = iter(lines)
     try:
