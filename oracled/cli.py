@@ -235,7 +235,8 @@ def _cmd_run(
     )
     _latched(hangups, stops)(service)
     run_service(service, _loop_factory())
-    return EXIT_OK if service.tape_error is None else EXIT_FAILURE  # logged where it happened
+    failed = service.failed or service.tape_error is not None  # logged where it happened
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

@@ -231,6 +231,7 @@ class Service:
         self._held: list[Quote] = []
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
+        self.failed = False  # stopped by an error, not asked to: `oracled run` exits 1
         self.started = asyncio.Event()
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -642,7 +643,9 @@ class Service:
             self.audit.start()
             self.log.info("audit trail", path=str(self.audit.path))
         self._start_pusher(session)
-        tasks.append(asyncio.create_task(self._round_loop(), name="round-loop"))
+        rounds = asyncio.create_task(self._round_loop(), name="round-loop")
+        rounds.add_done_callback(self._on_round_loop_done)
+        tasks.append(rounds)
         if self.nats is not None:
             self._background.add(asyncio.create_task(self.nats.run(), name="nats"))
             self.log.info("nats sink", **self.nats.describe())
@@ -663,6 +666,19 @@ class Service:
             self.log.info("start-up objects frozen", objects=gcpause.freeze())
         self.started.set()
         return session
+
+    def _on_round_loop_done(self, task: asyncio.Task[None]) -> None:
+        """The round loop ends only when cancelled. An error in a round would leave every price
+        at its last round, served as live: stop, marked failed (the command exits 1, and a
+        supervisor restarts it), with the traceback."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.failed = True
+        self.log.error(
+            "round loop crashed: stopping, or prices would stay at the last round",
+            exc_info=task.exception(),
+        )
+        self.stop()
 
     def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> dict[signal.Signals, object]:
         """Take SIGTERM, SIGINT and SIGHUP on the loop; return the handlers they had."""

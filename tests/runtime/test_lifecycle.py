@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from oracled.config import load_config
+from oracled.core import RoundResult
 from oracled.errors import ServiceStopping
 from oracled.service import Service
 from oracled.sim import BinanceSim
@@ -148,3 +149,39 @@ async def test_a_sighup_while_starting_reloads_a_changed_source_once_the_daemon_
                 service.stop()
                 await task
             assert service.cfg.sources["good"].ws_url == sim.ws_url + "?changed", attempt
+
+
+class _BrokenRounds(Service):
+    """A daemon whose rounds hit a bug from the third on (a test double of the runtime's own
+    round hand-off, standing for any error in a round)."""
+
+    def _publish_round(self, result: RoundResult) -> None:
+        if result.round >= 3:
+            raise RuntimeError("bug in a round")
+        super()._publish_round(result)
+
+
+async def test_a_crashed_round_loop_stops_the_daemon_with_the_error_logged(
+    tmp_path: Path,
+) -> None:
+    """An error in a round ends the round loop: the daemon stops by itself, marked failed (the
+    command exits 1, so systemd's Restart=on-failure restarts it), with the traceback logged.
+    It used to run on without a word, its API serving the last round's prices as live for
+    ever; the error surfaced nowhere (the stop's gather swallowed it)."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url))
+        service = _BrokenRounds(load_config(path), config_path=path)
+        with capture_logs() as logs:
+            task = asyncio.create_task(service.run())
+            try:
+                async with asyncio.timeout(10):
+                    await asyncio.shield(task)
+            finally:
+                service.stop()
+                await task
+    crashed = [e for e in logs if e["event"].startswith("round loop crashed")]
+    assert [e["log_level"] for e in crashed] == ["error"]
+    assert isinstance(crashed[0]["exc_info"], RuntimeError)
+    assert service.failed
+    assert [e["event"] for e in logs][-1] == "stopped"
