@@ -102,7 +102,7 @@ class ManualPauses:
         if another process writes it: pauses made here are then not kept."""
         refused = self._take_lock()
         if refused is not None:
-            self._log.warning("manual pauses will not be kept: " + refused)
+            self._log.warning("manual pauses will not be kept", error=refused)
         return refused is None
 
     def _take_lock(self) -> str | None:
