@@ -188,22 +188,19 @@ class StreamHandler:
                     "stream_bad_frame", code=code, error=str(exc)[:200], remote=request.remote
                 )
                 return
-            # Answers go through the subscription's buffer, behind the frames already in it:
-            # written at once, an ack overtook them (a snapshot came after 'unsubscribed').
-            hub = self._ctx.hub
             if msg.type is not WSMsgType.TEXT:
-                hub.reply(sub, _error("bad_request", "send JSON text frames"))
+                await ws.send_frame(_error("bad_request", "send JSON text frames"), WSMsgType.TEXT)
                 continue
             try:
                 reply, markets, options = self._apply(sub, msg.data)
             except ApiError as exc:
-                hub.reply(sub, _error(exc.code, exc.message))
+                await ws.send_frame(_error(exc.code, exc.message), WSMsgType.TEXT)
                 continue
             # Acknowledge first, then change: the snapshot of added markets follows the ack.
-            hub.reply(sub, reply)
+            await ws.send_frame(reply, WSMsgType.TEXT)
             if options:
-                hub.configure(sub, **options)
-            hub.change(sub, markets)
+                self._ctx.hub.configure(sub, **options)
+            self._ctx.hub.change(sub, markets)
 
     def _apply(
         self, sub: Subscription, text: str

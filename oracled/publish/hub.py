@@ -618,13 +618,6 @@ class Hub:
             added = markets - before
         self._snapshot(sub, added)
 
-    def reply(self, sub: Subscription, frame: bytes) -> None:
-        """Queue an answer to the client's request (an ack, an error) behind the frames already
-        buffered for it, so that the client reads them in the order of its requests; an answer
-        that does not fit drops the subscription as too slow, like a round."""
-        if sub in self._subs and not sub._offer([frame]):
-            self._drop(sub, DROP_SLOW)
-
     def drop(self, sub: Subscription, reason: str) -> None:
         """Remove and close a subscription its connection lost for `reason`; counted, idempotent."""
         self._drop(sub, reason)
