@@ -224,8 +224,9 @@ def parse_accounts(data: Any) -> AccountsFile:
     return parsed
 
 
-def load_accounts(path: Path) -> AccountsFile:
+def load_accounts(path: str | Path) -> AccountsFile:
     """Read an accounts file: `.json` as JSON, anything else as TOML."""
+    path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:

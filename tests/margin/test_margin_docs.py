@@ -1,0 +1,23 @@
+"""docs/margin.md as a reader uses it: its accounts file loads through the library call shown."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from oracled.margin import load_accounts
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "margin.md"
+
+
+def test_the_documented_accounts_file_loads_from_a_path_given_as_text(tmp_path: Path) -> None:
+    """The TOML example of docs/margin.md is a valid accounts file, and `load_accounts(path)` of
+    the Library section takes the path as a string too. Found running that snippet: a str path
+    failed with AttributeError ('str' object has no attribute 'read_bytes')."""
+    match = re.search(r"```toml\n(.*?)```", DOC.read_text(), re.S)
+    assert match is not None
+    path = tmp_path / "accounts.toml"
+    path.write_text(match.group(1))
+    spec = load_accounts(str(path))
+    assert spec == load_accounts(path)
+    assert [a.id for a in spec.accounts] == ["alice"]
