@@ -198,9 +198,16 @@ class StreamHandler:
                 continue
             # Acknowledge first, then change: the snapshot of added markets follows the ack.
             await ws.send_frame(reply, WSMsgType.TEXT)
+            # A switch of frame kind sends a snapshot of the set it finds: an unsubscribe
+            # leaves the set first, so that no frame of a market it removed follows its ack.
+            hub = self._ctx.hub
+            removes = markets is not None and (sub.markets is None or markets <= sub.markets)
+            if removes:
+                hub.change(sub, markets)
             if options:
-                self._ctx.hub.configure(sub, **options)
-            self._ctx.hub.change(sub, markets)
+                hub.configure(sub, **options)
+            if not removes:
+                hub.change(sub, markets)
 
     def _apply(
         self, sub: Subscription, text: str

@@ -374,3 +374,28 @@ async def test_a_market_subscribed_again_gets_its_signed_snapshot_again(
         assert (await recv(ws))["markets"] == ["BTC/USD"]
         frame = await recv(ws)
         assert frame["type"] == "signed" and frame["data"]["round"] == 1, frame
+
+
+@pytest.mark.parametrize("to_signed", [True, False])
+async def test_an_unsubscribe_that_switches_the_frame_kind_sends_no_frame_of_what_it_dropped(
+    client: Client, daemon: Daemonish, to_signed: bool
+) -> None:
+    """`unsubscribe` with `signed` set to the other kind: the snapshot of the switch covers the
+    markets that remain, never the one just unsubscribed (the switch was applied before the
+    unsubscribe, so after `"unsubscribed", "markets": ["ETH/USD"]` came a BTC/USD frame; found
+    by hand on a running daemon, unsubscribing every market with `signed: true`)."""
+    daemon.step()
+    kind = "signed" if to_signed else "report"
+    async with client.ws_connect("/v1/stream") as ws:
+        markets = ["BTC/USD", "ETH/USD"]
+        await ws.send_json({"op": "subscribe", "markets": markets, "signed": not to_signed})
+        assert (await recv(ws))["type"] == "subscribed"
+        assert {(await recv(ws))["data"]["market"] for _ in markets} == set(markets)
+        await ws.send_json({"op": "unsubscribe", "markets": ["BTC/USD"], "signed": to_signed})
+        assert (await recv(ws))["markets"] == ["ETH/USD"]
+        daemon.step()
+        frames = [await recv(ws), await recv(ws)]  # the switch's snapshot, then round 2
+        assert [(f["type"], f["data"]["market"], f["data"]["round"]) for f in frames] == [
+            (kind, "ETH/USD", 1),
+            (kind, "ETH/USD", 2),
+        ]
