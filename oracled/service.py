@@ -333,7 +333,17 @@ class Service:
             self._drop_source_series(sid)
             return
         if self.chains is not None and not self.chains.usable(src):
-            self.log.info("source disabled: its chain has no RPC URL", source=sid, chain=src.chain)
+            chain = self.cfg.chains.get(src.chain or "")
+            if chain is not None and chain.resolved_urls:  # a reload added it: readers start once
+                self.log.warning(
+                    "source not started: its chain is read from the next restart",
+                    source=sid,
+                    chain=src.chain,
+                )
+            else:
+                self.log.info(
+                    "source disabled: its chain has no RPC URL", source=sid, chain=src.chain
+                )
             self._drop_source_series(sid)
             return
         assert self._session is not None

@@ -185,3 +185,46 @@ async def test_a_crashed_round_loop_stops_the_daemon_with_the_error_logged(
     assert isinstance(crashed[0]["exc_info"], RuntimeError)
     assert service.failed
     assert [e["event"] for e in logs][-1] == "stopped"
+
+
+_NEW_CHAIN = """
+[chains.fresh]
+chain_id = 31337
+rpc_urls = ["http://127.0.0.1:9"]
+
+[sources.cl]
+type = "chainlink"
+chain = "fresh"
+feeds."BTC/USD" = { address = "0x5FbDB2315678afecb367f032d93F642f64180aa3", heartbeat_s = 3600 }
+
+[[markets]]
+symbol = "BTC/USD"
+min_sources = 1
+sources = [{ source = "cl", pair = "BTC/USD" }]
+"""
+
+
+async def test_a_reload_adding_a_chain_says_its_sources_wait_for_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A reload that adds a chain (with its RPC URL) and a source on it: the chain's reader
+    starts only with the daemon, so the source waits for a restart, and the log says so. It
+    used to say `source disabled: its chain has no RPC URL`, sending the operator after a URL
+    that is there."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url))
+        service = _service(path)
+        task = asyncio.create_task(service.run())
+        try:
+            await service.started.wait()
+            path.write_text(_toml(sim.ws_url, sim.rest_url) + _NEW_CHAIN)
+            with capture_logs() as logs:
+                changes = await service.reload("test")
+        finally:
+            service.stop()
+            await task
+    assert changes["needs_restart"] == ["chains"]
+    events = [(e["event"], e.get("source"), e.get("chain")) for e in logs]
+    assert ("source not started: its chain is read from the next restart", "cl", "fresh") in events
+    assert not [e for e in events if e[0] == "source disabled: its chain has no RPC URL"]
