@@ -99,14 +99,14 @@ def cmd_stress(args: argparse.Namespace) -> int:
         print(table(summary), file=sys.stderr)
     else:
         print(table(summary))
-        if args.json is not None:
+    try:
+        if args.json is not None and str(args.json) != "-":
             args.json.write_text(text)
-    if args.plot is not None:
-        try:
+        if args.plot is not None:
             plot(result, args.plot)
-        except RuntimeError as exc:
-            print(f"oracled stress: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
+    except (OSError, RuntimeError) as exc:  # a file not written, or no matplotlib
+        print(f"oracled stress: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

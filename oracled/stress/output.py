@@ -147,5 +147,7 @@ def plot(result: StressResult, path: Path) -> None:
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path, format="png")  # whatever the name: matplotlib would guess from it
+    finally:
+        plt.close(fig)

@@ -132,3 +132,33 @@ def test_a_perp_scenario_runs_with_its_perps_from_files_and_by_name(
     assert by_name == from_files
     assert by_name["mark"] is not None and by_name["mark"]["rounds"] > 0
     assert by_name["policies"]["oracled"]["price_used"]["mark"] > 0
+
+
+@pytest.mark.parametrize(("option", "name"), [("--json", "out.json"), ("--plot", "out.png")])
+def test_an_output_file_that_cannot_be_written_is_a_clear_error_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, name: str
+) -> None:
+    """`--json` or `--plot` into a directory that does not exist: exit 1 with `oracled stress:`
+    and the path on stderr, after the table; stdout holds the table only, no log line (it had
+    been a structured `fatal` log line on stdout, mixed into what a script reads)."""
+    target = tmp_path / "missing" / name
+    rc = main(["stress", "--scenario", "flash_crash", option, str(target)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert captured.err.startswith("oracled stress: ") and str(target) in captured.err
+    assert "fatal" not in captured.out
+    assert captured.out.startswith("scenario: flash_crash")
+    assert captured.out.rstrip().endswith("this policy never did")
+
+
+def test_the_plot_is_a_png_whatever_the_file_is_called(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--plot` writes a PNG (the help says so) also to a name without `.png` or with another
+    extension; matplotlib would pick the format from the extension and crash with a traceback
+    on one it does not know (`.txt`)."""
+    for name in ("plot.txt", "plot"):
+        target = tmp_path / name
+        assert main(["stress", "--scenario", "flash_crash", "--plot", str(target)]) == 0
+        assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert capsys.readouterr().err == ""
