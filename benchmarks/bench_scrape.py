@@ -4,10 +4,12 @@ Builds the core of `bench_round.py` (markets x sources, a quarter of the slots c
 USDT/USD), fills it and runs rounds, gives every source its counters, latency histogram and drops,
 then:
 
-- times `Metrics.render()` (the whole exposition, as `GET /metrics` serves it);
+- times `Metrics.render()` (the whole exposition, as `GET /metrics` serves it), and the render
+  followed by its gzip compression (what a scrape by Prometheus, which asks for gzip, costs the
+  worker thread);
 - runs an asyncio loop with a 1 ms ticker and measures the longest gap between its wake-ups, idle,
-  while scrapes run the way the API runs them (`run_in_executor`, a worker thread), and while the
-  same render runs inline on the loop (what the executor avoids).
+  while scrapes run the way the API runs them (render and gzip in `run_in_executor`, a worker
+  thread), and while the same render runs inline on the loop (what the executor avoids).
 
 The render holds the GIL, so a worker thread does not make it free for the loop: the interpreter
 switches threads every `sys.getswitchinterval()` (5 ms by default), which bounds the stall instead
@@ -32,6 +34,7 @@ from dataclasses import asdict, dataclass
 from bench_round import ROUND_MS, START_MS, build_config, build_quotes
 from prometheus_client.parser import text_string_to_metric_families
 
+from oracled.api.encoding import gzip_bytes
 from oracled.core import Core, RoundResult
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.sources.stats import ConnState, SourceStats
@@ -47,8 +50,11 @@ class Result:
     sources: int
     series: int
     bytes: int
+    gzip_bytes: int
     render_median_ms: float
     render_p99_ms: float
+    render_gzip_median_ms: float
+    render_gzip_p99_ms: float
     idle_max_gap_ms: float
     executor_max_gap_ms: float
     executor_p99_gap_ms: float
@@ -112,7 +118,7 @@ async def _stalls(metrics: Metrics, scrapes: int) -> tuple[list[float], list[flo
 
     async def in_executor() -> None:
         for _ in range(scrapes):
-            await loop.run_in_executor(None, metrics.render)
+            await loop.run_in_executor(None, _render_gzip, metrics)
 
     task = asyncio.ensure_future(in_executor())
     executor = await _max_gaps(0.0, task)
@@ -129,6 +135,11 @@ async def _stalls(metrics: Metrics, scrapes: int) -> tuple[list[float], list[flo
     return idle, executor, blocked
 
 
+def _render_gzip(metrics: Metrics) -> bytes:
+    """A scrape as Prometheus gets it: the render, then gzip, in one worker thread."""
+    return gzip_bytes(metrics.render()[0])
+
+
 def _p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[max(0, int(0.99 * len(ordered)) - 1)]
@@ -138,19 +149,25 @@ def run_case(markets: int, sources: int, renders: int, scrapes: int) -> Result:
     metrics = build(markets, sources)
     body, _ = metrics.render()
     series = sum(len(f.samples) for f in text_string_to_metric_families(body.decode()))
-    times = []
+    times, packed = [], []
     for _ in range(renders):
         start = time.perf_counter()
         metrics.render()
         times.append((time.perf_counter() - start) * 1000.0)
+        start = time.perf_counter()
+        _render_gzip(metrics)
+        packed.append((time.perf_counter() - start) * 1000.0)
     idle, executor, inline = asyncio.run(_stalls(metrics, scrapes))
     return Result(
         markets=markets,
         sources=sources,
         series=series,
         bytes=len(body),
+        gzip_bytes=len(gzip_bytes(body)),
         render_median_ms=statistics.median(times),
         render_p99_ms=_p99(times),
+        render_gzip_median_ms=statistics.median(packed),
+        render_gzip_p99_ms=_p99(packed),
         idle_max_gap_ms=max(idle),
         executor_max_gap_ms=max(executor),
         executor_p99_gap_ms=_p99(executor),
@@ -176,15 +193,18 @@ def main(argv: list[str] | None = None) -> int:
         run_case(m, s, args.renders, args.scrapes) for m in args.markets for s in args.sources
     ]
     header = (
-        f"{'markets':>7} {'sources':>7} {'series':>7} {'bytes':>9} {'render p50':>11} "
-        f"{'render p99':>11} {'idle gap':>9} {'exec gap':>9} {'exec p99':>9} {'inline gap':>11}"
+        f"{'markets':>7} {'sources':>7} {'series':>7} {'bytes':>9} {'gzipped':>8} "
+        f"{'render p50':>11} {'render p99':>11} {'+gzip p50':>10} {'+gzip p99':>10} "
+        f"{'idle gap':>9} {'exec gap':>9} {'exec p99':>9} {'inline gap':>11}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         print(
-            f"{r.markets:>7} {r.sources:>7} {r.series:>7} {r.bytes:>9} "
-            f"{r.render_median_ms:>9.1f}ms {r.render_p99_ms:>9.1f}ms {r.idle_max_gap_ms:>7.1f}ms "
+            f"{r.markets:>7} {r.sources:>7} {r.series:>7} {r.bytes:>9} {r.gzip_bytes:>8} "
+            f"{r.render_median_ms:>9.1f}ms {r.render_p99_ms:>9.1f}ms "
+            f"{r.render_gzip_median_ms:>8.1f}ms {r.render_gzip_p99_ms:>8.1f}ms "
+            f"{r.idle_max_gap_ms:>7.1f}ms "
             f"{r.executor_max_gap_ms:>7.1f}ms {r.executor_p99_gap_ms:>7.1f}ms "
             f"{r.inline_max_gap_ms:>9.1f}ms"
         )

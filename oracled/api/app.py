@@ -14,11 +14,13 @@ from oracled.api.read import ReadHandlers
 from oracled.api.sse import SseHandler
 from oracled.api.stream import StreamHandler
 
-__all__ = ["CONTEXT", "LIMITS", "READ", "build_app"]
+__all__ = ["CONTEXT", "LIMITS", "OPS", "READ", "build_app"]
 
 CONTEXT = web.AppKey("oracled_api_context", ApiContext)
 #: The read handlers (their `compressions` count shows that a body is gzipped once).
 READ = web.AppKey("oracled_api_read", ReadHandlers)
+#: The ops handlers (their `compressions` count shows that a `/metrics` render is gzipped once).
+OPS = web.AppKey("oracled_api_ops", OpsHandlers)
 #: The send deadline and connection cap (its `connections` is the count held against the cap).
 LIMITS = web.AppKey("oracled_api_limits", Limits)
 MAX_BODY = 16 * 1024  # admin bodies are a few bytes; nothing else takes one
@@ -37,6 +39,7 @@ def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Appl
     app[LIMITS] = limits
     read, ops, admin = ReadHandlers(ctx), OpsHandlers(ctx), AdminHandlers(ctx)
     app[READ] = read
+    app[OPS] = ops
     stream = StreamHandler(ctx, close_timeout=stream_close_timeout)
     app.on_shutdown.append(stream.shutdown)
     sse = SseHandler(ctx)

@@ -17,8 +17,8 @@ from api_rig import CONFIG, PRICES, TOKEN, ClientFactory, ContractRecorder, Rig,
 from prometheus_client import Gauge
 from structlog.testing import capture_logs
 
-from oracled.api import LIMITS, READ, build_app
-from oracled.api.encoding import OFF_LOOP
+from oracled.api import LIMITS, OPS, READ, build_app
+from oracled.api.encoding import MIN_GZIP, OFF_LOOP
 from oracled.config import Config, parse_config
 from oracled.errors import ConfigError
 
@@ -369,3 +369,95 @@ async def test_a_large_body_is_gzipped_once_off_the_loop_for_concurrent_clients(
     assert gzip.decompress(answers[0][2]) == plain
     assert read.compressions == 1
     assert read.compressed_off_loop == 1
+
+
+_EXPOSITION = "".join(f'm{{k="{k}"}} {k}.0\n' for k in range(400)).encode()  # 6 KB of metrics
+_PROM_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _MetricsRig(Rig):
+    """A rig whose exposition is fixed (so two scrapes can be compared byte for byte) and whose
+    render can be held until the test releases it; it counts renders and their threads."""
+
+    def __init__(self, hold: bool = False) -> None:
+        super().__init__(make_config())
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+        self.calls = 0
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        self.metric_threads.append(threading.get_ident())
+        self.calls += 1
+        self.release.wait(10.0)
+        return _EXPOSITION, _PROM_TEXT
+
+
+async def test_metrics_are_gzipped_in_the_render_thread_for_a_scraper_that_asks(
+    make_client: ClientFactory,
+) -> None:
+    """`/metrics` with `Accept-Encoding: gzip` (what Prometheus sends) is the exposition gzipped,
+    with `Vary: Accept-Encoding` and the Prometheus content type; compressed with the render in
+    its worker thread, once per render. A scraper that does not ask (none, `identity`,
+    `gzip;q=0`) gets the text as it is, uncompressed."""
+    rig = _MetricsRig()
+    assert len(_EXPOSITION) >= MIN_GZIP
+    client = await make_client(rig)
+    ops = client.server.app[OPS]
+    status, headers, packed = await _raw(client, "/metrics", GZIP)
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert headers["Vary"] == "Accept-Encoding" and headers["Content-Type"] == _PROM_TEXT
+    assert gzip.decompress(packed) == _EXPOSITION and len(packed) < len(_EXPOSITION) // 3
+    assert ops.compressions == 1
+    assert rig.metric_threads[0] != threading.get_ident()
+    for refused in (IDENTITY, {"Accept-Encoding": "gzip;q=0"}):
+        status, headers, plain = await _raw(client, "/metrics", refused)
+        assert status == 200 and "Content-Encoding" not in headers, refused
+        assert headers["Vary"] == "Accept-Encoding"
+        assert plain == _EXPOSITION
+    async with client.session.get(  # no Accept-Encoding at all (aiohttp would add one)
+        client.make_url("/metrics"), skip_auto_headers=["Accept-Encoding"], auto_decompress=False
+    ) as resp:
+        assert resp.status == 200 and "Content-Encoding" not in resp.headers
+        assert await resp.read() == _EXPOSITION
+    assert ops.compressions == 1  # nobody asked: nothing compressed
+    assert rig.calls == 4
+
+
+async def test_scrapes_sharing_a_render_share_its_compression_whoever_started_it(
+    aiohttp_client: Any,
+) -> None:
+    """A render started by a scraper that did not ask for gzip, joined by ten that do and
+    four that do not: one render and one compression (off the loop) for all, the ten get the
+    same gzip bytes and the four the text."""
+    rig = _MetricsRig(hold=True)
+    app = build_app(rig.context())
+    arrived = 0
+    all_in = asyncio.Event()
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        nonlocal arrived
+        arrived += request.path == "/metrics"
+        if arrived == 15:
+            all_in.set()
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app.middlewares.append(count)  # innermost: the handler runs right after the count
+    client: Client = await aiohttp_client(app)
+    first = asyncio.create_task(_raw(client, "/metrics", IDENTITY))
+    await _until(lambda: rig.calls == 1, "the first scrape's render started")
+    packed = [asyncio.create_task(_raw(client, "/metrics", GZIP)) for _ in range(10)]
+    plain = [asyncio.create_task(_raw(client, "/metrics", IDENTITY)) for _ in range(4)]
+    async with asyncio.timeout(10):
+        await all_in.wait()
+    rig.release.set()
+    zipped = await asyncio.gather(*packed)
+    texts = await asyncio.gather(first, *plain)
+    assert {a[2] for a in zipped} == {zipped[0][2]}
+    assert all(a[1]["Content-Encoding"] == "gzip" for a in zipped)
+    assert gzip.decompress(zipped[0][2]) == _EXPOSITION
+    assert all("Content-Encoding" not in a[1] and a[2] == _EXPOSITION for a in texts)
+    assert rig.calls == 1
+    assert client.server.app[OPS].compressions == 1

@@ -20,6 +20,7 @@ from catalogue import ROOT, catalogue
 from daemon import ADMIN_TOKEN, Daemon
 from dashboards import load, regex_alternation, substitute, targets, variables
 from promserver import Prometheus
+from scrape_proxy import ScrapeProxy
 
 from oracled.config import Config, load_config
 from oracled.sim.venues import SimulatedVenue, simulate
@@ -48,23 +49,26 @@ def _config() -> Config:
     return Config.model_validate(data)
 
 
+Stack = tuple[Daemon, list[SimulatedVenue], Prometheus, ScrapeProxy]
+
+
 @pytest.fixture
-async def stack(
-    tmp_path: Path,
-) -> AsyncIterator[tuple[Daemon, list[SimulatedVenue], Prometheus]]:
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """The daemon, its venues, and a Prometheus scraping it through a `ScrapeProxy`."""
     liveness = {"liveness_timeout_s": 1.0, "rest_poll_interval_s": 0.5, "reconnect_max_s": 1.0}
     cfg, venues = await simulate(_config(), rate_hz=10.0, liveness=liveness)
     text = tomli_w.dumps(cfg.model_dump(by_alias=True, exclude={"admin_token"}, exclude_none=True))
     daemon = Daemon(text, tmp_path)
-    prom = Prometheus(
-        tmp_path, f"127.0.0.1:{daemon.port}", [ROOT / "deploy" / "prometheus" / "alerts.yml"]
-    )
+    proxy = ScrapeProxy(daemon.base)
+    prom = Prometheus(tmp_path, proxy.target, [ROOT / "deploy" / "prometheus" / "alerts.yml"])
     try:
         await daemon.start()
+        await proxy.start()
         await prom.start()
-        yield daemon, venues, prom
+        yield daemon, venues, prom, proxy
     finally:
         await prom.close()
+        await proxy.close()
         await daemon.close()
         for venue in venues:
             await venue.sim.stop()
@@ -92,11 +96,9 @@ async def _resolve(prom: Prometheus, dash_name: str, dash: dict[str, Any]) -> di
     return values
 
 
-async def test_every_dashboard_variable_and_panel_query_returns_series(
-    stack: tuple[Daemon, list[SimulatedVenue], Prometheus],
-) -> None:
+async def test_every_dashboard_variable_and_panel_query_returns_series(stack: Stack) -> None:
     """Grafana's queries, sent to a Prometheus that scraped the daemon, are valid and not empty."""
-    daemon, venues, prom = stack
+    daemon, venues, prom, _ = stack
     await prom.wait_for('oracled_market_status{job="oracled", status="active"} == 1', 30)
     dashes = load()
     values = {name: await _resolve(prom, name, dash) for name, dash in dashes.items()}
@@ -133,10 +135,10 @@ async def test_every_dashboard_variable_and_panel_query_returns_series(
 
 
 async def test_alert_rules_evaluate_cleanly_and_the_stored_metrics_are_catalogued(
-    stack: tuple[Daemon, list[SimulatedVenue], Prometheus],
+    stack: Stack,
 ) -> None:
     """Every rule evaluates without error on real series; every stored oracled_ name is known."""
-    _, _, prom = stack
+    _, _, prom, _ = stack
     await prom.wait_for("count_over_time(oracled_rounds_total[1m]) >= 5", 30)
     deadline = time.monotonic() + 15
     while True:
@@ -163,3 +165,21 @@ async def test_alert_rules_evaluate_cleanly_and_the_stored_metrics_are_catalogue
         if base not in listed:
             unknown.append(name)
     assert unknown == []
+
+
+async def test_prometheus_asks_for_gzip_and_gets_it_and_reads_every_series(stack: Stack) -> None:
+    """A real Prometheus sends `Accept-Encoding: gzip`; the daemon answers gzipped (the
+    exposition is mostly repeated label text, several times smaller packed) and Prometheus
+    reads it all: the target is up and every sample of a plain scrape is stored."""
+    daemon, _, prom, proxy = stack
+    await prom.wait_for('oracled_market_status{job="oracled", status="active"} == 1', 30)
+    await prom.wait_for('up{job="oracled"} == 1', 10)
+    scrapes = list(proxy.scrapes)
+    assert scrapes and {s.accept_encoding for s in scrapes} == {"gzip"}, scrapes
+    assert {(s.status, s.content_encoding) for s in scrapes} == {(200, "gzip")}, scrapes
+    status, text = await daemon.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert status == 200 and text.startswith("# HELP")
+    assert scrapes[-1].size * 4 < len(text.encode())
+    samples = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    (stored,) = await prom.wait_for('scrape_samples_scraped{job="oracled"}', 10)
+    assert abs(float(stored["value"][1]) - samples) <= samples // 20  # sources come and go
