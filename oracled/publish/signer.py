@@ -330,8 +330,11 @@ def load_signing_key(
                 )
             text = path.read_text(encoding="ascii")
         except OSError as exc:
+            # A relative path is read from the working directory, not beside the config file:
+            # say which file that was, or "no such file" contradicts an `ls` by the config.
+            hint = "" if path.is_absolute() else "; relative to the working directory"
             raise ConfigError(
-                [f"signing.key_file: cannot read {path} ({exc.strerror or exc})"]
+                [f"signing.key_file: cannot read {path.absolute()} ({exc.strerror or exc}{hint})"]
             ) from None
         except UnicodeDecodeError:
             raise ConfigError([f"signing.key_file: {path} is not a hex key"]) from None

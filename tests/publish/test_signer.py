@@ -413,3 +413,34 @@ def test_new_key_refuses_a_path_it_cannot_create_with_a_message(tmp_path: Path, 
         assert path.read_text() == "keep me\n"
     else:
         assert not path.parent.exists()
+
+
+def test_a_relative_key_file_not_found_names_the_directory_it_was_looked_for_in(
+    tmp_path: Path,
+) -> None:
+    """`key_file = "signing.key"` is read from the working directory, not the config's: when
+    it is not there, the refusal says where it looked. Found starting `oracled run` from
+    another directory with the key beside the config: 'cannot read signing.key (No such file
+    or directory)' while `ls` beside the config showed it."""
+    (tmp_path / "signing.key").write_text(SigningKey.generate().hex())
+    (tmp_path / "signing.key").chmod(0o600)
+    config = tmp_path / "oracled.toml"
+    config.write_text(
+        '[signing]\nenabled = true\nkey_file = "signing.key"\n\n'
+        '[sources.binance]\ntype = "binance"\n\n'
+        '[[markets]]\nsymbol = "BTC/USD"\nmin_sources = 1\n'
+        'sources = [{ source = "binance", pair = "BTC/USD" }]\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "oracled.cli", "run", "--config", str(config)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"signing.key_file: cannot read {elsewhere / 'signing.key'}" in done.stderr
+    assert "relative to the working directory" in done.stderr
