@@ -8,7 +8,9 @@ Why not web3's provider for the hot path: measured on loopback, a web3 contract 
 of Python CPU (formatters, middleware, an `eth_chainId` per call unless cached) where a POST of
 pre-encoded calldata costs about 0.5 ms. The reader sends one `eth_call` per block, so this
 client is deliberately thin: one shared keep-alive aiohttp session, typed msgspec decoding of
-the envelope, and every failure counted per endpoint.
+the envelope, and every failure counted per endpoint. It sends no JSON-RPC batches: some
+providers refuse them (an error object instead of the array, or an HTTP 4xx, as JSON-RPC 2.0
+section 6 allows a server that cannot take a batch), and the reader needs none.
 
 Where web3 does run: `chain_id()` asks each endpoint its chain id through `AsyncWeb3` over an
 `AsyncHTTPProvider` built with `cache_allowed_requests=True` (web3 caches `eth_chainId` for the
@@ -74,7 +76,6 @@ class _Answer(msgspec.Struct):
 
 
 _decode_one: Final = msgspec.json.Decoder(_Answer)
-_decode_many: Final = msgspec.json.Decoder(list[_Answer])
 _encode: Final = msgspec.json.Encoder()
 _NET_ERRORS: Final = (aiohttp.ClientError, OSError)
 
@@ -239,22 +240,6 @@ class RpcClient:
             w3 = self._web3[index] = AsyncWeb3(provider, middleware=[])
         return w3
 
-    async def batch(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """Several requests in one HTTP round trip; each item a result or an RpcError."""
-        first = self._next_id + 1
-        items = [
-            {"jsonrpc": "2.0", "id": first + i, "method": m, "params": list(p)}
-            for i, (m, p) in enumerate(requests)
-        ]
-        self._next_id += len(items)
-        body = _encode.encode(items)
-        for index in self._order():
-            try:
-                return await self._many(index, body, first, len(items))
-            except _Failed as failed:
-                self._count(index, failed)
-        raise RpcUnavailable("batch: every endpoint failed")
-
     def fail_active(self, kind: str, detail: str) -> None:
         """Count a fault the caller found in the active endpoint's answer (a head behind the
         chain's) and move on to the next endpoint, as after a failed request."""
@@ -315,25 +300,6 @@ class RpcClient:
         if sticky:
             self._active = index
         return result
-
-    async def _many(self, index: int, body: bytes, first: int, count: int) -> list[Any]:
-        raw = await self._post(index, body)
-        try:
-            answers = _decode_many.decode(raw)
-        except msgspec.DecodeError:
-            raise _Failed("garbage", "not a JSON-RPC batch answer") from None
-        by_id = {a.id: a for a in answers}
-        out: list[Any] = []
-        for rid in range(first, first + count):
-            answer = by_id.get(rid)
-            if answer is None:
-                raise _Failed("garbage", "batch answer misses a request")
-            try:
-                out.append(self._result(answer))
-            except RpcError as exc:
-                out.append(exc)
-        self._active = index
-        return out
 
     @staticmethod
     def _result(answer: _Answer) -> Any:

@@ -309,7 +309,7 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
         key: CounterMetricFamily(f"oracled_chain_{name}", doc, labels=ch)
         for key, name, doc in (
             ("blocks", "blocks_read", "Blocks read and handed to the feeds."),
-            ("round_trips", "round_trips", "HTTP requests made to read blocks (a batch: one)."),
+            ("round_trips", "round_trips", "HTTP requests made to read blocks."),
             ("reads_failed", "read_failures", "Block reads that failed on every endpoint."),
             ("reorgs", "reorgs", "Blocks at the head's height with a new hash (re-read)."),
             ("disagreements", "cross_check_disagreements",

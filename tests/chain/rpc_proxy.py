@@ -6,14 +6,16 @@ Modes (`mode`, or one per request from `script` while it lasts):
 every `eth_call` result (an endpoint that lies); "error" answers a server-side JSON-RPC error;
 "rate_limited" answers a JSON-RPC error with code 429 (a rate limit coded outside the
 server-side range, as some providers do; failed over like one); "http500" answers status 500;
-"no_result" answers the right id with neither result nor error; "short_batch" forwards a batch
-but leaves the last answer out; "call_refused" forwards a batch but answers its `eth_call` with
-a request-fault error (-32602); "null_call" answers every `eth_call` with a null result; "hold"
-waits for `release` before forwarding (a node that hangs, or an answer that arrives late);
-"unpin" forwards an `eth_call` pinned by block hash as a read at "latest" (a node that ignores
-EIP-1898); "split" forwards a batch one request at a time and awaits `between()` after the
-first (a block landing between the two halves of a poll); "huge" answers the right id with a
-result of `HUGE` bytes (an endpoint that sends far more than any read, broken or hostile).
+"no_result" answers the right id with neither result nor error; "call_refused" forwards but
+answers an `eth_call` with a request-fault error (-32602); "null_call" answers every `eth_call`
+with a null result; "hold" waits for `release` before forwarding (a node that hangs, or an
+answer that arrives late); "unpin" forwards an `eth_call` pinned by block hash as a read at
+"latest" (a node that ignores EIP-1898); "huge" answers the right id with a result of `HUGE`
+bytes (an endpoint that sends far more than any read, broken or hostile);
+"no_batch" answers every batch (a JSON array) with one JSON-RPC error object, id null, as
+providers that refuse batches do (JSON-RPC 2.0 section 6 lets a server answer a batch it cannot
+take with a single response object), and "no_batch_http" refuses it with status 400; both
+forward single requests. `methods` lists the method of every request received, in order.
 `stop()` closes the listening socket, so the endpoint dies mid-run.
 """
 
@@ -21,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 _REFUSED = {"code": -32602, "message": "invalid argument 0: hex string has odd length"}
+_NO_BATCH = {"code": -32600, "message": "batch requests are not supported"}
 HUGE = 20 * 1024 * 1024
 
 
@@ -38,11 +40,11 @@ class RpcProxy:
         self.mode = "pass"
         self.script: list[str] = []  # modes of the next requests, one each, then `mode` again
         self.requests = 0
+        self.methods: list[str] = []
         self.user_agents: list[str] = []  # of every request, to tell web3's from our client's
         self.release = asyncio.Event()  # "hold": set it to let held requests through
         self.held = 0  # requests that reached "hold" so far
         self.arrived = asyncio.Event()  # set whenever a request reaches "hold"
-        self.between: Callable[[], Awaitable[None]] | None = None  # "split"
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -80,6 +82,11 @@ class RpcProxy:
             return web.Response(status=500, text="internal error")
         sent: Any = json.loads(body)
         items: list[Any] = sent if isinstance(sent, list) else [sent]
+        self.methods += [item.get("method", "") for item in items]
+        if mode == "no_batch_http" and isinstance(sent, list):
+            return web.Response(status=400, text="batch requests are not supported")
+        if mode == "no_batch" and isinstance(sent, list):
+            return web.json_response({"jsonrpc": "2.0", "id": None, "error": _NO_BATCH})
         if mode == "huge":
             return web.json_response(
                 {"jsonrpc": "2.0", "id": items[0]["id"], "result": "0x" + "0" * HUGE}
@@ -102,13 +109,7 @@ class RpcProxy:
             for item in items:
                 if item["method"] == "eth_call" and isinstance(item["params"][1], dict):
                     item["params"][1] = "latest"
-        if mode == "split" and isinstance(sent, list):
-            answer: Any = [await self._forward(sent[0])]
-            if self.between is not None:
-                await self.between()
-            answer += [await self._forward(item) for item in sent[1:]]
-        else:
-            answer = await self._forward(sent)
+        answer: Any = await self._forward(sent)
         answers: list[Any] = answer if isinstance(answer, list) else [answer]
         for item in answers:
             by_id = {r["id"]: r for r in items}
@@ -121,6 +122,4 @@ class RpcProxy:
                 item["error"] = _REFUSED
             if mode == "null_call" and method == "eth_call":
                 item["result"] = None
-        if mode == "short_batch" and isinstance(answer, list):
-            answer = answer[:-1]
         return web.json_response(answer)

@@ -45,7 +45,8 @@ async def test_chain_id_goes_through_web3_on_the_shared_session_once(
 ) -> None:
     """The check is made by web3 (its User-Agent), through the reader's session (no session of
     web3's own), and asked of the endpoint once however often it is checked; the block reads
-    that follow are the reader's own requests, one per block after the first."""
+    that follow are the reader's own requests, two per polled block after the first (the head,
+    then the read)."""
     session, sent = traced
     reader = make_reader([proxy.url], session)
     await reader.check_chain_id()
@@ -59,7 +60,7 @@ async def test_chain_id_goes_through_web3_on_the_shared_session_once(
     trips = reader.stats.round_trips
     await chain.mine()
     assert await reader.poll_once()
-    assert reader.stats.round_trips == trips + 1
+    assert reader.stats.round_trips == trips + 2
     assert proxy.requests == 1 + reader.stats.round_trips
     assert not any("web3.py" in agent for agent in proxy.user_agents[1:])
 

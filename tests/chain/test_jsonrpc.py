@@ -85,34 +85,6 @@ async def test_a_request_fault_is_raised_without_asking_another_endpoint(
     assert rpc.active == 0
 
 
-async def test_a_batch_answer_missing_a_request_fails_over(
-    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy
-) -> None:
-    """A batch answer that leaves out one of the requests is garbage: the whole batch goes to
-    the next endpoint, whose answer has every item."""
-    proxy.mode = "short_batch"
-    rpc = client([proxy.url, anvil.url], http)
-    chain_id, number = await rpc.batch([("eth_chainId", []), ("eth_blockNumber", [])])
-    assert chain_id == ANVIL_CHAIN_ID and isinstance(number, str) and number.startswith("0x")
-    assert rpc.stats[0].by_kind == {"garbage": 1}
-    assert rpc.stats[0].last_error == "garbage: batch answer misses a request"
-
-
-async def test_a_request_fault_inside_a_batch_is_that_items_answer(
-    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy
-) -> None:
-    """One item of a batch refused for its own fault comes back as an RpcError in its place;
-    the other items keep their results and no endpoint is failed over."""
-    proxy.mode = "call_refused"
-    rpc = client([proxy.url, anvil.url], http)
-    call = {"to": "0x0000000000000000000000000000000000000001", "data": "0x"}
-    chain_id, refused = await rpc.batch([("eth_chainId", []), ("eth_call", [call, "latest"])])
-    assert chain_id == ANVIL_CHAIN_ID
-    assert isinstance(refused, RpcError) and refused.code == -32602
-    assert not rpc.stats[0].by_kind and rpc.active == 0
-    assert rpc.stats[1].requests == 0
-
-
 @pytest.mark.parametrize(("mode", "kind"), [("hold", "timeout"), ("http500", "http")])
 async def test_a_chain_id_that_cannot_be_read_is_counted_and_unavailable(
     http: aiohttp.ClientSession, proxy: RpcProxy, mode: str, kind: str

@@ -42,7 +42,7 @@ async def test_normal_read_is_the_confidence_band(
     assert quote.price is None
     assert quote.venue_ts == price[3] * 1000
     assert btc.last.bid == pytest.approx(59970.0, rel=1e-12)
-    assert reader.stats.round_trips == 1
+    assert reader.stats.round_trips == 2  # the head, then the read
     assert quote.block == btc.last.block
 
 

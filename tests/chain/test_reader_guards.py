@@ -1,5 +1,5 @@
 """The chain reader's guards against reads that must not be published: a block that lands
-between the two halves of a poll, a node that ignores the block pin, a late answer for an older
+between a poll's head and its read, a node that ignores the block pin, a late answer for an older
 block, a failed or refused read, a feed whose decode breaks, a sequencer feed that cannot say."""
 
 from __future__ import annotations
@@ -30,29 +30,28 @@ async def head(chain: Chain) -> Block:
     return Block(int(h["number"], 16), h["hash"], int(h["timestamp"], 16))
 
 
-async def test_a_block_landing_between_the_halves_of_a_poll_is_read_pinned(
+async def test_a_block_landing_between_the_polled_head_and_its_read_is_read_pinned(
     chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
 ) -> None:
-    """The poll's header says block N, but a block N+1 (with a new answer) lands before its
-    read at "latest": the reader reads N again pinned by hash, so block N is published with
-    N's data and N+1's answer comes with N+1, never stamped as N."""
+    """The poll's head is block N, and a block N+1 (with a new answer) lands while N's read is
+    on its way: the read is pinned to N's hash, so block N is published with N's data and N+1's
+    answer comes with N+1, never stamped as N."""
     reader = make_reader([proxy.url], http)
     got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
     assert await reader.poll_once()  # learns the feed: 3000 at the current block
     await chain.mine()
     n = await head(chain)
-
-    async def land_a_block() -> None:
-        await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
-
-    proxy.mode, proxy.between = "split", land_a_block
+    proxy.script = ["pass", "hold"]  # the head passes; its read waits for the next block
     trips = reader.stats.round_trips
-    assert await reader.poll_once()
+    poll = asyncio.create_task(reader.poll_once())
+    await proxy.arrived.wait()
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+    proxy.release.set()
+    assert await poll
     assert reader.stats.reads_failed == 0
     assert reader.stats.last_block == n.number
-    assert reader.stats.round_trips == trips + 2  # the batch, then the pinned read of N
+    assert reader.stats.round_trips == trips + 2  # the head, then the read pinned to N
     assert [q.price for q in got.quotes] == [3000.0]
-    proxy.mode = "pass"
     assert await reader.poll_once()
     assert (got.last.price, got.last.block) == (3100.0, n.number + 1)
 
@@ -142,7 +141,7 @@ async def test_a_failed_reread_after_learning_publishes_nothing_until_the_next_b
     and the next block is priced with the learned calls."""
     reader = make_reader([proxy.url], http)
     got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
-    proxy.script = ["pass", "error"]
+    proxy.script = ["pass", "pass", "error"]  # the head, the read, then the re-read fails
     assert await reader.poll_once()  # the block itself was good; only its re-read failed
     assert reader.stats.reads_failed == 1
     assert got.quotes == []
@@ -152,10 +151,10 @@ async def test_a_failed_reread_after_learning_publishes_nothing_until_the_next_b
     assert [q.price for q in got.quotes] == [3000.0]
 
 
-async def test_a_refused_read_in_the_poll_batch_is_counted_with_the_nodes_reason(
+async def test_a_refused_read_of_a_polled_block_is_counted_with_the_nodes_reason(
     http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
 ) -> None:
-    """The header half of a poll answers but the read half is refused for its own fault: the
+    """A poll's head answers but the block's read is refused for its own fault: the
     read fails, nothing is published, and the warning carries the node's JSON-RPC error."""
     reader = make_reader([proxy.url], http)
     got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
