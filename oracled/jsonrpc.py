@@ -23,7 +23,10 @@ answer to our request id (garbage), or a server-side JSON-RPC error (-32000..-32
 "header not found", rate limits, internal errors) marks the endpoint failed and the same request
 goes to the next URL. Errors that are the request's own fault (bad params, method not found,
 execution reverted) are raised as `RpcError` without fail-over: another endpoint would say the
-same. When every endpoint failed, `RpcUnavailable` is raised.
+same. So is `UnknownBlock`, a read pinned to a block hash the node does not hold (EIP-1898's
+-32001 "Resource not found", or a node-side error saying "not found"): a reorg took the block
+away, which is the chain's doing, not the endpoint's. When every endpoint failed,
+`RpcUnavailable` is raised.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from oracled.errors import SourceError
 if TYPE_CHECKING:
     from web3 import AsyncWeb3
 
-__all__ = ["EndpointStats", "RpcClient", "RpcError", "RpcUnavailable", "redact"]
+__all__ = ["EndpointStats", "RpcClient", "RpcError", "RpcUnavailable", "UnknownBlock", "redact"]
 
 
 #: An answer larger than this is garbage (a read of a hundred feeds is about 100 kB): a broken
@@ -57,6 +60,11 @@ class RpcError(SourceError):
     def __init__(self, code: int, message: str, data: object = None) -> None:
         self.code, self.message, self.data = code, message, data
         super().__init__(f"JSON-RPC error {code}: {message}")
+
+
+class UnknownBlock(RpcError):
+    """A request pinned to a block hash that the node does not hold: a reorg orphaned the block
+    (or the node has not seen it yet). Neither counted against the endpoint nor failed over."""
 
 
 class RpcUnavailable(SourceError):
@@ -84,6 +92,17 @@ def _server_side(code: int) -> bool:
     """Errors another endpoint may not have: node-side failures and limits (some providers
     answer a rate limit as JSON-RPC code 429, outside the reserved range)."""
     return -32099 <= code <= -32000 or code in (-32603, 429)
+
+
+def _block_unknown(err: _Error) -> bool:
+    """The node's way of saying it has no block of that hash: EIP-1898 recommends -32001
+    "Resource not found" (anvil's answer); geth says "header for hash not found" under -32000."""
+    return err.code == -32001 or (_server_side(err.code) and "not found" in err.message.lower())
+
+
+def _pinned(params: Sequence[Any]) -> bool:
+    """The request is pinned to a block by hash (EIP-1898)."""
+    return any(isinstance(p, dict) and "blockHash" in p for p in params)
 
 
 def redact(url: str) -> str:
@@ -175,9 +194,10 @@ class RpcClient:
     async def call(self, method: str, params: Sequence[Any]) -> Any:
         """One request; the result, or RpcError / RpcUnavailable."""
         body, rid = self._body(method, params)
+        pinned = _pinned(params)
         for index in self._order():
             try:
-                return await self._one(index, body, rid)
+                return await self._one(index, body, rid, pinned=pinned)
             except _Failed as failed:
                 self._count(index, failed)
         raise RpcUnavailable(f"{method}: every endpoint failed")
@@ -186,7 +206,7 @@ class RpcClient:
         """One request to one given endpoint, no fail-over (cross-checks)."""
         body, rid = self._body(method, params)
         try:
-            return await self._one(index, body, rid, sticky=False)
+            return await self._one(index, body, rid, sticky=False, pinned=_pinned(params))
         except _Failed as failed:
             self._count(index, failed)
             raise RpcUnavailable(f"{method} on {self.stats[index].name}: {failed}") from None
@@ -288,7 +308,9 @@ class RpcClient:
         except _NET_ERRORS as exc:
             raise _Failed("transport", type(exc).__name__) from None
 
-    async def _one(self, index: int, body: bytes, rid: int, *, sticky: bool = True) -> Any:
+    async def _one(
+        self, index: int, body: bytes, rid: int, *, sticky: bool = True, pinned: bool = False
+    ) -> Any:
         raw = await self._post(index, body)
         try:
             answer = _decode_one.decode(raw)
@@ -296,6 +318,9 @@ class RpcClient:
             raise _Failed("garbage", "not a JSON-RPC answer") from None
         if answer.id != rid:
             raise _Failed("garbage", "answer to another request id")
+        err = answer.error
+        if pinned and err is not None and _block_unknown(err):
+            raise UnknownBlock(err.code, err.message, err.data)
         result = self._result(answer)
         if sticky:
             self._active = index

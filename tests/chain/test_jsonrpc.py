@@ -10,7 +10,7 @@ from chain_rig import Anvil
 from rpc_proxy import RpcProxy
 
 from oracled.clock import SystemClock
-from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable
+from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable, UnknownBlock
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -83,6 +83,25 @@ async def test_a_request_fault_is_raised_without_asking_another_endpoint(
     assert proxy.requests == 0
     assert rpc.stats[0].failures == rpc.stats[0].garbage == 0 and not rpc.stats[0].by_kind
     assert rpc.active == 0
+
+
+async def test_a_read_pinned_to_a_block_the_node_does_not_hold_is_unknown_block(
+    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy
+) -> None:
+    """A read pinned to a block hash the node does not have (anvil's EIP-1898 answer: -32001
+    "Resource not found") raises UnknownBlock at once: a block a reorg took away is no fault
+    of the endpoint, so nothing is counted and no other endpoint is asked. The same error for a
+    request not pinned by hash is still a node-side failure, failed over."""
+    rpc = client([proxy.url, anvil.url], http)
+    call = {"to": "0x0000000000000000000000000000000000000001", "data": "0x"}
+    with pytest.raises(UnknownBlock) as raised:
+        await rpc.call("eth_call", [call, {"blockHash": "0x" + "ab" * 32}])
+    assert raised.value.code == -32001
+    assert [st.requests for st in rpc.stats] == [1, 0]
+    assert not rpc.stats[0].by_kind and rpc.active == 0
+    proxy.mode = "error"  # -32000 "header not found" for a read at "latest": fails over
+    assert await rpc.call("eth_call", [call, "latest"]) == "0x"
+    assert rpc.stats[0].by_kind == {"node": 1} and rpc.active == 1
 
 
 @pytest.mark.parametrize(("mode", "kind"), [("hold", "timeout"), ("http500", "http")])

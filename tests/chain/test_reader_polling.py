@@ -1,15 +1,17 @@
 """What a poll asks of the endpoint: the head alone while there is nothing new, single requests
-(never a batch, which some providers refuse), and the feeds read only for a block not read yet."""
+(never a batch, which some providers refuse), and the feeds read only for a block not read yet;
+and a block that a reorg takes away before its read, which is not the endpoint's failure."""
 
 from __future__ import annotations
 
 import aiohttp
 import pytest
-from chain_rig import Chain, Deployed
+from chain_rig import Anvil, Chain, Deployed
 from reading import chainlink_spec, make_reader, watch
 from rpc_proxy import RpcProxy
 
 from oracled.sources.evm.chainlink import ChainlinkFeed
+from oracled.sources.evm.feed import Block
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -52,3 +54,32 @@ async def test_an_endpoint_that_refuses_batches_is_read(
     assert [q.price for q in got.quotes] == [3000.0, 3100.0]
     assert reader.stats.reads_failed == 0
     assert reader.rpc.stats[0].by_kind == {}
+
+
+async def test_a_block_reorged_out_before_its_read_is_read_at_the_new_head(
+    anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A head whose block a reorg replaces before its read (the node answers the pinned read
+    "Resource not found") is no endpoint failure: nothing is counted against the endpoints, the
+    reader does not fail over or mark its feeds down, and it reads the chain's new head instead."""
+    reader = make_reader([proxy.url, anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    assert await reader.poll_once()
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+    gone = await head(chain)
+    await chain.reorg(1)  # the same height under a new hash, without the update
+    now = await head(chain)
+    assert (now.number, now.hash != gone.hash) == (gone.number, True)
+    blocks = reader.stats.blocks
+    assert await reader.read_block(gone)
+    assert (reader.stats.blocks, reader.stats.last_block) == (blocks + 1, now.number)
+    assert reader.stats.reads_failed == 0
+    assert [st.by_kind for st in reader.rpc.stats] == [{}, {}]
+    assert reader.rpc.active == 0
+    assert got.stats.state == "polling"
+    assert [q.price for q in got.quotes] == [3000.0]  # the update went with its block
+
+
+async def head(chain: Chain) -> Block:
+    h = await chain.block()
+    return Block(int(h["number"], 16), h["hash"], int(h["timestamp"], 16))

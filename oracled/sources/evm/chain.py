@@ -35,7 +35,14 @@ import structlog
 from oracled.clock import Clock
 from oracled.config import ChainConfig
 from oracled.errors import SourceError
-from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable, redact
+from oracled.jsonrpc import (
+    EndpointStats,
+    RpcClient,
+    RpcError,
+    RpcUnavailable,
+    UnknownBlock,
+    redact,
+)
 from oracled.model import Quote
 from oracled.sources._base import backoff_delay
 from oracled.sources.evm.feed import Block, Call, Feed
@@ -233,6 +240,9 @@ class ChainReader:
         small request, not the whole `aggregate3` again: providers bill per call, and at a 2 s
         poll on 12 s blocks five polls in six find nothing new. A single request, not a batch,
         because some providers refuse JSON-RPC batches."""
+        return await self._poll_head(again=True)
+
+    async def _poll_head(self, *, again: bool) -> bool:
         self.stats.round_trips += 1
         try:
             block = _block(await self.rpc.call("eth_getBlockByNumber", ["latest", False]))
@@ -245,13 +255,25 @@ class ChainReader:
             if refused != "same" or self._stalled():
                 self._behind(block, refused, endpoint)
             return False
-        return await self._read(block)
+        return await self._read(block, again=again)
 
-    async def _read(self, block: Block) -> bool:
+    async def _read(self, block: Block, *, again: bool = True) -> bool:
+        """Read `block` pinned by hash. A node that no longer holds it (a reorg took it away
+        between its head and its read) is not failing: the chain's head is read instead, once."""
         data = self._layout()
         try:
             raw = await self._eth_call(data, {"blockHash": block.hash})
             results = self._results(raw, self._total)
+        except UnknownBlock as exc:
+            if not again:
+                self._read_failed(block, exc)
+                return False
+            self.stats.reorgs += 1
+            self._log.warning(
+                "block gone before its read: reading the head", block=block.number,
+                hash=block.hash, endpoint=self.rpc.stats[self.rpc.active].name,
+            )  # fmt: skip
+            return await self._poll_head(again=False)
         except _READ_ERRORS as exc:
             self._read_failed(block, exc)
             return False
