@@ -13,6 +13,9 @@
   contract venue's book.
 
 Perpetual quotes never enter the reference or the plain median: the index is made of spot.
+Quotes the core refuses at the door as not a price or out of time (crossed, NaN, zero or
+negative, outside the oracle's band, from the future, older than the one held) are no value
+for any policy: the naive ones ignore age and flags, not the quote's own validity.
 """
 
 from __future__ import annotations
@@ -28,7 +31,17 @@ __all__ = ["QuoteWatch"]
 class QuoteWatch:
     """The latest valid value of every (source, pair) on the tape, with its time and flag."""
 
-    __slots__ = ("_by_market", "_max_age", "_routes", "cfg", "latest", "perps")
+    __slots__ = (
+        "_by_market",
+        "_ceiling",
+        "_floor",
+        "_max_age",
+        "_routes",
+        "_skew",
+        "cfg",
+        "latest",
+        "perps",
+    )
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -36,15 +49,22 @@ class QuoteWatch:
         self.perps: dict[tuple[str, str], tuple[float, int, str | None]] = {}
         self._routes = {(r.from_, r.to): r.via for r in cfg.routes}
         self._by_market = {m.symbol: m for m in cfg.markets}
+        self._floor, self._ceiling = cfg.oracle.min_price, cfg.oracle.max_price
+        self._skew = cfg.oracle.max_clock_skew_ms
         # Per market, each slot's age limit, as the core's layout holds it.
         self._max_age = {
             m.symbol: [slot_max_age_ms(cfg, m, s) for s in m.sources] for m in cfg.markets
         }
 
     def on_quote(self, quote: Quote) -> None:
+        """Hold the quote's value unless the core would refuse it at the door (docs/pricing.md
+        §1): crossed, not finite or positive, outside the oracle's band (spot), from the future,
+        or older than the value held."""
         if quote.kind not in ("spot", "perp"):
             return
         if quote.bid is not None and quote.ask is not None:
+            if quote.bid > quote.ask:
+                return
             value = (quote.bid + quote.ask) / 2
         elif quote.price is not None:
             value = quote.price
@@ -52,9 +72,18 @@ class QuoteWatch:
             return
         if not value > 0 or value == float("inf"):
             return
-        stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
+        if quote.kind == "spot" and not self._floor <= value <= self._ceiling:
+            return
+        venue_ts = quote.venue_ts
+        if venue_ts is not None and venue_ts > quote.recv_ts + self._skew:
+            return
+        stamp = venue_ts if venue_ts is not None else quote.recv_ts
         held = self.latest if quote.kind == "spot" else self.perps
-        held[(quote.source, quote.pair)] = (value, stamp, quote.flag)
+        key = (quote.source, quote.pair)
+        before = held.get(key)
+        if before is not None and stamp < before[1]:
+            return
+        held[key] = (value, stamp, quote.flag)
 
     def _route(self, market: MarketConfig, pair: str) -> tuple[bool, str | None, bool]:
         """How a source's pair prices the market, as the core converts it: (inverse pair, the

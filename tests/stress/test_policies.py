@@ -108,3 +108,47 @@ def test_the_clean_reference_ages_each_slot_by_its_own_limit_like_the_core() -> 
     report = core.run_round(now).report(0)
     assert [s.reason for s in report.sources] == [None, None, None, None, "stale"]
     assert watch.reference(now)["ETH/USD"] == pytest.approx(3_006.0)
+
+
+def test_quotes_the_core_refuses_at_the_door_are_no_value_for_any_policy() -> None:
+    """A crossed book, a venue time ten minutes ahead of receipt, a price outside the oracle's
+    band and a quote older than the one held are dropped by the core (docs/pricing.md §1); the
+    watch ignores them too. Before, the future quote (60,000) stayed 'fresh' for ten minutes
+    and was the clean reference alone once the real quotes went stale, though the oracle never
+    saw it."""
+    cfg = parse_config(
+        {
+            "oracle": {"max_price": 1_000_000.0},
+            "sources": {v: {"type": "binance"} for v in ("a", "b", "c", "d")},
+            "markets": [
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 1,
+                    "max_age_ms": 5_000,
+                    "sources": [{"source": v, "pair": "BTC/USD"} for v in ("a", "b", "c", "d")],
+                }
+            ],
+        },
+        env={},
+    )
+    quotes = [
+        Quote("a", "BTC/USD", T0, price=50_000.0),
+        Quote("b", "BTC/USD", T0, price=50_010.0),
+        Quote("b", "BTC/USD", T0, bid=51_000.0, ask=50_900.0),  # crossed
+        Quote("c", "BTC/USD", T0, venue_ts=T0 + 600_000, price=60_000.0),  # future
+        Quote("d", "BTC/USD", T0, price=50_020.0),
+        Quote("d", "BTC/USD", T0, price=2_000_000.0),  # absurd
+        Quote("a", "BTC/USD", T0, venue_ts=T0 - 1_000, price=40_000.0),  # out of order
+    ]
+    watch, core = QuoteWatch(cfg), Core(cfg)
+    refused = []
+    for q in quotes:
+        watch.on_quote(q)
+        reason = core.ingest(q)
+        if reason is not None:
+            refused.append(str(reason))
+    assert refused == ["crossed", "future", "absurd", "out_of_order"]
+    assert watch.reference(T0 + 1_000)["BTC/USD"] == pytest.approx(50_010.0)
+    assert watch.plain_median()["BTC/USD"] == pytest.approx(50_010.0)
+    assert [watch.single_venue(v)["BTC/USD"] for v in ("a", "c")] == [50_000.0, None]
+    assert watch.reference(T0 + 60_000)["BTC/USD"] is None  # all stale: no clean value
