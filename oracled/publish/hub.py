@@ -285,6 +285,8 @@ class Hub:
             self._layout = result.layout
             self._index = {m: i for i, m in enumerate(result.layout.markets)}
             self._tell_removed([m for m in before if m not in self._index])
+            # A signed round of the old layout may list removed markets: no snapshot from it.
+            self._signed, self._signed_frames = None, {}
         self._latest = result
         # New dicts rather than clear(): the old round's objects are freed in one go, later.
         self._reports, self._encoded, self._frames, self._shared = {}, {}, {}, {}
@@ -374,6 +376,10 @@ class Hub:
         """The signed form of a round; fanned out soon after to the subscriptions that want it."""
         if signed.result is None:
             raise ValueError("a signed round for the hub carries its RoundResult")
+        if self._layout is not None and signed.result.layout is not self._layout:
+            # Signed after a reload changed the markets (the signer thread was late): it may
+            # carry markets the subscribers were told are removed. The next round is signed.
+            return
         self._signed = signed
         self._signed_frames = {}
         if self._signed_scheduled or not any(s.signed for s in self._subs):
