@@ -42,7 +42,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -174,7 +174,7 @@ def _decode(data: bytes | str) -> SignedPrice:
 
 def verify(
     data: bytes | str,
-    allowed: frozenset[str],
+    allowed: Collection[str],
     recovered: dict[tuple[bytes, bytes], str] | None = None,
 ) -> SignedPrice:
     """`verify_signed` without the signer (see there)."""
@@ -183,7 +183,7 @@ def verify(
 
 def verify_signed(
     data: bytes | str,
-    allowed: frozenset[str],
+    allowed: Collection[str],
     recovered: dict[tuple[bytes, bytes], str] | None = None,
 ) -> tuple[SignedPrice, str]:
     """Check one signed price against its round signature and the allowed signers.
@@ -224,7 +224,9 @@ def verify_signed(
             recovered[(digest, signature)] = signer
     if signer != sp.signer and signer.lower() != sp.signer.lower():
         raise Rejection("forged", f"signed by {signer}, not by the named {sp.signer[:42]}")
-    if signer not in allowed:
+    # `allowed` as the caller wrote it (OracleClient passes EIP-55): any case counts, checked
+    # only on the way to a refusal.
+    if signer not in allowed and signer.lower() not in {a.lower() for a in allowed}:
         raise Rejection("unknown_signer", signer, signer=signer)
     return sp, signer
 

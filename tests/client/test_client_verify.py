@@ -359,6 +359,18 @@ def test_verify_alone_checks_signature_and_signer_set() -> None:
         verify(signed.envelope(0), frozenset({KEYS[1].address}))
 
 
+def test_verify_alone_compares_signers_case_insensitively() -> None:
+    """`verify(payload, allowed)` takes addresses as written anywhere (lower case, EIP-55, a set
+    or a list), as docs/publishing.md's step 1 says: compare case-insensitively. Found calling
+    it as documented with a lower-case address: the daemon's own signer was `unknown_signer`."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    address = KEYS[0].address
+    for allowed in ({address.lower()}, [address.upper().replace("0X", "0x")], frozenset({address})):
+        assert verify(signed.envelope(0), allowed).market == "BTC/USD"
+    with pytest.raises(Rejection, match="unknown_signer"):
+        verify(signed.envelope(0), {KEYS[1].address.lower()})
+
+
 def test_the_client_needs_a_feasible_quorum() -> None:
     """A quorum larger than the allowed signers, or no signers at all, is refused up front."""
     with pytest.raises(ValueError):
