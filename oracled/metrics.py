@@ -290,6 +290,7 @@ _REFUSED_REASONS = (
     ("backwards", "backwards"),
     ("too_old", "old_blocks"),
     ("superseded", "superseded"),
+    ("unknown", "unknown"),
 )
 
 
@@ -318,7 +319,8 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
     }  # fmt: skip
     refused = CounterMetricFamily(
         "oracled_chain_blocks_refused",
-        "Blocks not published: backwards (below the last one published), too_old, superseded.",
+        "Blocks not published: backwards (below the last one published), too_old, superseded, "
+        "unknown (the node did not hold it at its read).",
         labels=["chain", "reason"],
     )
     failovers = CounterMetricFamily(

@@ -73,6 +73,7 @@ async def test_a_block_reorged_out_before_its_read_is_read_at_the_new_head(
     blocks = reader.stats.blocks
     assert await reader.read_block(gone)
     assert (reader.stats.blocks, reader.stats.last_block) == (blocks + 1, now.number)
+    assert reader.stats.unknown == 1
     assert reader.stats.reads_failed == 0
     assert [st.by_kind for st in reader.rpc.stats] == [{}, {}]
     assert reader.rpc.active == 0

@@ -84,6 +84,7 @@ def chain_stats() -> ChainStats:
         reorgs=1,
         backwards=1,
         old_blocks=1,
+        unknown=1,
         disagreements=1,
         sequencer_up=True,
         spot_gaps={("uni", "ETH/USDC"): 2},

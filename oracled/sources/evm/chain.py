@@ -89,6 +89,7 @@ class ChainStats:
     backwards: int = 0  # a block below the last one processed (never published)
     old_blocks: int = 0  # blocks older than max_block_age_s (not published)
     superseded: int = 0  # newHeads: heads passed over for a newer one while a read was slow
+    unknown: int = 0  # heads the node did not hold at their read (reorged out, or a node behind)
     disagreements: int = 0  # cross-check: two endpoints answered differently
     sequencer_up: bool | None = None
     #: (source, pair) -> reads whose spot parted from the TWAP (Uniswap feeds only)
@@ -258,8 +259,9 @@ class ChainReader:
         return await self._read(block, again=again)
 
     async def _read(self, block: Block, *, again: bool = True) -> bool:
-        """Read `block` pinned by hash. A node that no longer holds it (a reorg took it away
-        between its head and its read) is not failing: the chain's head is read instead, once."""
+        """Read `block` pinned by hash. A node that does not hold it (a reorg took it away
+        between its head and its read, or a load-balanced node behind the one that named it) is
+        not failing: the block is counted as refused (`unknown`) and the head is read, once."""
         data = self._layout()
         try:
             raw = await self._eth_call(data, {"blockHash": block.hash})
@@ -268,9 +270,9 @@ class ChainReader:
             if not again:
                 self._read_failed(block, exc)
                 return False
-            self.stats.reorgs += 1
+            self.stats.unknown += 1
             self._log.warning(
-                "block gone before its read: reading the head", block=block.number,
+                "block unknown to the node at its read: reading the head", block=block.number,
                 hash=block.hash, endpoint=self.rpc.stats[self.rpc.active].name,
             )  # fmt: skip
             return await self._poll_head(again=False)
