@@ -1,0 +1,120 @@
+"""A consumer that knows only docs/publishing.md verifies what the daemon signs.
+
+Nothing here comes from `oracled.publish.signer` or `oracled.client`: the leaf is the EIP-712
+struct hash written out with eth-abi and pycryptodome's keccak, the proof is folded by the
+documented steps, and the round is recovered through eth-account's own EIP-712 encoder. If the
+daemon's scheme and its documentation drift apart, this fails.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from Crypto.Hash import keccak as _keccak
+from eth_abi import encode as abi_encode
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from publish_rig import Rounds, make_config
+
+from oracled.publish.signer import RoundSigner, SigningKey
+
+KEY = SigningKey.from_hex("0x" + "5a" * 32)
+STATUS = {"active": 0, "degraded": 1, "paused": 2, "unknown": 3}  # the docs' table
+PRICE_TYPE = "Price(string market,uint64 ts,uint8 status,int256 price,uint256 confidence,int8 expo)"
+
+
+def keccak(data: bytes) -> bytes:
+    return bytes(_keccak.new(digest_bits=256, data=data).digest())
+
+
+def leaf(market: str, ts: int, status: str, price: str, confidence: str, expo: int) -> bytes:
+    """Step 2: hashStruct(Price) = keccak(typeHash ‖ keccak(market) ‖ the other fields)."""
+    fields = abi_encode(
+        ["bytes32", "uint64", "uint8", "int256", "uint256", "int8"],
+        [keccak(market.encode()), ts, STATUS[status], int(price), int(confidence), expo],
+    )
+    return keccak(keccak(PRICE_TYPE.encode()) + fields)
+
+
+def fold(node: bytes, index: int, count: int, proof: list[bytes]) -> bytes:
+    """Step 3, as the docs word it."""
+    width, used = count, 0
+    while width > 1:
+        if index % 2 == 0 and index + 1 < width:
+            node, used = keccak(node + proof[used]), used + 1
+        elif index % 2 == 1:
+            node, used = keccak(proof[used] + node), used + 1
+        index, width = index // 2, (width + 1) // 2
+    assert used == len(proof), "use exactly all the hashes of the proof"
+    return node
+
+
+def recover(ts: int, round_no: int, count: int, root: bytes, signature: str) -> str:
+    """Step 5, the docs' own eth-account snippet."""
+    message = {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+            ],
+            "OracleRound": [
+                {"name": "ts", "type": "uint64"},
+                {"name": "round", "type": "uint64"},
+                {"name": "count", "type": "uint32"},
+                {"name": "root", "type": "bytes32"},
+            ],
+        },
+        "primaryType": "OracleRound",
+        "domain": {"name": "oracled", "version": "1"},
+        "message": {"ts": ts, "round": round_no, "count": count, "root": root},
+    }
+    sig = bytes.fromhex(signature.removeprefix("0x"))
+    return str(Account.recover_message(encode_typed_data(full_message=message), signature=sig))
+
+
+def verify(sp: dict[str, Any]) -> str:
+    """Steps 2 to 5 over one SignedPrice; returns the recovered signer."""
+    node = leaf(sp["market"], sp["ts"], sp["status"], sp["price"], sp["confidence"], sp["expo"])
+    proof = [bytes.fromhex(h[2:]) for h in sp["proof"]]
+    root = fold(node, sp["index"], sp["count"], proof)
+    assert "0x" + root.hex() == sp["root"]
+    return recover(sp["ts"], sp["round"], sp["count"], root, sp["signature"])
+
+
+@pytest.mark.parametrize("markets", [1, 2, 3, 5])
+def test_every_signed_price_verifies_by_the_documented_steps_alone(markets: int) -> None:
+    """For rounds of 1 to 5 markets (trees with and without unpaired nodes), each market's
+    SignedPrice JSON, as the stream and NATS carry it, verifies by the docs' steps and
+    recovers the daemon's address, and the RoundMessage's leaves rebuild its root."""
+    prices = {f"M{i}/USD": 10.0 + i for i in range(markets)}
+    signed = RoundSigner(KEY).sign(Rounds(make_config(prices)).step())
+    for i in range(markets):
+        sp = msgspec.json.decode(signed.envelope(i))
+        assert verify(sp) == sp["signer"] == KEY.address
+    whole = msgspec.json.decode(signed.message())
+    level = [leaf(x["market"], whole["ts"], x["status"], x["price"], x["confidence"], x["expo"])
+             for x in whole["leaves"]]  # fmt: skip
+    while len(level) > 1:
+        up = [keccak(level[k] + level[k + 1]) for k in range(0, len(level) - 1, 2)]
+        level = up + level[-1:] if len(level) % 2 else up
+    assert "0x" + level[0].hex() == whole["root"]
+    assert recover(whole["ts"], whole["round"], whole["count"], level[0], whole["signature"]) == (
+        KEY.address
+    )
+
+
+def test_a_paused_market_cannot_be_passed_off_as_active_by_the_documented_check() -> None:
+    """A market paused in the round is signed with status 2 and price 0: claiming `active` (or
+    the last price) gives another leaf, so the documented check fails on the root."""
+    rounds = Rounds(make_config())
+    rounds.step()
+    rounds.prices["BTC/USD"] *= 1.5  # beyond the breaker: BTC/USD pauses on the jump
+    signed = RoundSigner(KEY).sign(rounds.step())
+    sp = msgspec.json.decode(signed.envelope(0))
+    assert (sp["market"], sp["status"], sp["price"]) == ("BTC/USD", "paused", "0")
+    assert verify(sp) == KEY.address
+    for forged in ({"status": "active"}, {"status": "active", "price": "6400012"}):
+        with pytest.raises(AssertionError):
+            verify({**sp, **forged})
