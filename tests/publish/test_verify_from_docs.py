@@ -1,7 +1,7 @@
 """A consumer that knows only docs/publishing.md verifies what the daemon signs.
 
 Nothing here comes from `oracled.publish.signer` or `oracled.client`: the leaf is the EIP-712
-struct hash written out with eth-abi and pycryptodome's keccak, the proof is folded by the
+struct hash written out with eth-abi and eth-utils' keccak, the proof is folded by the
 documented steps, and the round is recovered through eth-account's own EIP-712 encoder. If the
 daemon's scheme and its documentation drift apart, this fails.
 """
@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 import pytest
-from Crypto.Hash import keccak as _keccak
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from eth_utils.crypto import keccak as _keccak
 from publish_rig import Rounds, make_config
 
 from oracled.publish.signer import RoundSigner, SigningKey
@@ -26,7 +26,7 @@ PRICE_TYPE = "Price(string market,uint64 ts,uint8 status,int256 price,uint256 co
 
 
 def keccak(data: bytes) -> bytes:
-    return bytes(_keccak.new(digest_bits=256, data=data).digest())
+    return bytes(_keccak(data))
 
 
 def leaf(market: str, ts: int, status: str, price: str, confidence: str, expo: int) -> bytes:
