@@ -7,8 +7,11 @@ pause and resume rewrites the file, and start-up reads it back before the first 
 
 The file is written whole and atomically (a temporary file beside it, fsync, rename), by one
 worker thread, in the order of the actions, so that the event loop never waits on the disk and
-a crash mid-write leaves the previous version. A file that exists but cannot be read stops the
-start with a config error: the daemon cannot know which markets were meant to stay paused.
+a crash mid-write leaves the previous version. The admin API awaits the write before it answers:
+a pause answered 200 is on disk, and one that could not be written is answered with an error
+(it holds in memory, not across a restart), counted and shown in `stats`. A file that exists
+but cannot be read stops the start with a config error: the daemon cannot know which markets
+were meant to stay paused.
 
 One process writes the file: the writer holds a lock file beside it (`<path>.lock`). Two daemons
 on one file would each rewrite it with their own pauses only, and a restart would lift the
@@ -22,6 +25,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -29,7 +33,7 @@ import structlog
 
 from oracled.errors import ConfigError
 
-__all__ = ["FORMAT", "ManualPauses", "Pause"]
+__all__ = ["FORMAT", "ManualPauses", "Pause", "PauseStats"]
 
 FORMAT = "oracled-manual-pauses"
 _VERSION = 1
@@ -40,6 +44,15 @@ class Pause(msgspec.Struct, frozen=True):
 
     actor: str
     ts: int
+
+
+@dataclass(slots=True)
+class PauseStats:
+    """What /metrics shows of the file: saves that failed, and whether the latest is on disk
+    (plain values written by the worker thread, read at scrape time)."""
+
+    failures: int = 0
+    kept: bool = True
 
 
 class _File(msgspec.Struct, forbid_unknown_fields=True):
@@ -60,6 +73,7 @@ class ManualPauses:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manual-pauses")
         self._log = structlog.get_logger("oracled").bind(component="manual", path=str(path))
         self._lock_fd: int | None = None  # held from `claim` (or the first save) to `close`
+        self.stats = PauseStats()
 
     def load(self) -> dict[str, Pause]:
         """The pauses kept by the last run: none if the file does not exist yet (a first start);
@@ -126,9 +140,10 @@ class ManualPauses:
         self._lock_fd = fd
         return None
 
-    def save(self, paused: Mapping[str, Pause]) -> Future[None]:
-        """Rewrite the file with `paused` in the worker thread; a failure is logged there (the
-        pause itself holds in the running process either way)."""
+    def save(self, paused: Mapping[str, Pause]) -> Future[str | None]:
+        """Rewrite the file with `paused` in the worker thread; the future gives why it could
+        not be written, or None once it is on disk. A failure is also logged and counted there
+        (the pause itself holds in the running process either way)."""
         body = _encode(_File(FORMAT, _VERSION, dict(sorted(paused.items()))))
         return self._writer.submit(self._write, body)
 
@@ -139,12 +154,16 @@ class ManualPauses:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _write(self, body: bytes) -> None:
+    def _write(self, body: bytes) -> str | None:
+        error = self._take_lock() or self._replace(body)
+        if error is not None:
+            self.stats.failures += 1
+            self._log.error("manual pauses not saved: a restart would lift them", error=error)
+        self.stats.kept = error is None
+        return error
+
+    def _replace(self, body: bytes) -> str | None:
         directory = self.path.parent
-        refused = self._take_lock()
-        if refused is not None:
-            self._log.error("manual pauses not saved: a restart would lift them", error=refused)
-            return
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
             try:
@@ -162,7 +181,5 @@ class ManualPauses:
             finally:
                 os.close(dir_fd)
         except OSError as exc:
-            self._log.error(
-                "manual pauses not saved: a restart would lift them",
-                error=exc.strerror or str(exc),
-            )
+            return exc.strerror or str(exc)
+        return None

@@ -36,6 +36,7 @@ from oracled.sources.stats import LATENCY_BOUNDS_MS, ConnState, SourceStats
 if TYPE_CHECKING:
     from oracled.aggregate.book import Layout
     from oracled.core import Core, RoundResult
+    from oracled.manual import PauseStats
     from oracled.publish.audit import AuditStats
     from oracled.publish.chain_push import PushStats
     from oracled.publish.nats import NatsStats
@@ -73,6 +74,7 @@ class MetricsInputs:
     # the middle of a catch-up cannot count rounds that `caught_up` does not yet hold. None:
     # the core's rounds less `caught_up` (a registry without a round loop).
     published: Callable[[], int] | None = None
+    manual: PauseStats | None = None  # None: no manual_pauses_file
 
 
 class Metrics:
@@ -285,6 +287,24 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
         yield up
 
 
+def _manual_families(stats: PauseStats | None) -> Iterator[Metric]:
+    """The operator pauses file (oracled/manual.py); the failures read zero without one."""
+    failures = CounterMetricFamily(
+        "oracled_manual_pauses_save_failures",
+        "Saves of the operator pauses file that failed (the pause held, not across a restart).",
+    )
+    failures.add_metric([], stats.failures if stats is not None else 0)
+    yield failures
+    if stats is not None:  # absent without a file: nothing is meant to be kept then
+        kept = GaugeMetricFamily(
+            "oracled_manual_pauses_kept",
+            "1 while the pauses in force are on disk, 0 after a failed save (absent without a "
+            "file).",
+        )
+        kept.add_metric([], 1.0 if stats.kept else 0.0)
+        yield kept
+
+
 _RPC_ERROR_KINDS = ("transport", "http", "timeout", "garbage", "node", "behind")
 _REFUSED_REASONS = (
     ("backwards", "backwards"),
@@ -408,6 +428,7 @@ class _StateCollector:
         yield from _chain_families(self._in.now_ms(), self._in.chains())
         yield from _audit_families(self._in.audit)
         yield from _push_families(self._in.push)
+        yield from _manual_families(self._in.manual)
         tasks = GaugeMetricFamily(
             "oracled_asyncio_tasks",
             "Asyncio tasks not yet done on the daemon's event loop (a steady count: no task leak).",

@@ -222,6 +222,7 @@ class Service:
                 tasks=self._count_tasks,
                 caught_up=lambda: self.rounds_caught_up,
                 published=lambda: self.rounds_published,
+                manual=self.manual_pauses.stats if self.manual_pauses is not None else None,
             )
         )
         self._recorder = _TapeRecorder(record) if record else None
@@ -270,7 +271,11 @@ class Service:
             else:
                 self._held.append(quote)
 
-    def on_manual(self, market: str, paused: bool, actor: str) -> None:
+    def on_manual(
+        self, market: str, paused: bool, actor: str
+    ) -> concurrent.futures.Future[str | None] | None:
+        """Apply an operator pause or resume at once; the save of the pauses file, whose result
+        is why it could not be written (None: on disk), or None without a file."""
         self.core.set_manual(market, paused)
         action = "pause" if paused else "resume"
         self.metrics.manual_actions.labels(market, action).inc()
@@ -279,7 +284,7 @@ class Service:
             self._paused[market] = Pause(actor, self.clock.now_ms())
         else:
             self._paused.pop(market, None)
-        self._save_pauses()
+        return self._save_pauses()
 
     def _restore_pauses(self, kept: dict[str, Pause]) -> None:
         """Pause again what an operator paused before the restart; a market the config no
@@ -298,9 +303,8 @@ class Service:
         if len(self._paused) != len(kept):
             self._save_pauses()
 
-    def _save_pauses(self) -> None:
-        if self.manual_pauses is not None:
-            self.manual_pauses.save(self._paused)
+    def _save_pauses(self) -> concurrent.futures.Future[str | None] | None:
+        return None if self.manual_pauses is None else self.manual_pauses.save(self._paused)
 
     def stop(self) -> None:
         self._stop.set()

@@ -6,6 +6,7 @@ is never open to anyone who can reach the port. The token is compared in constan
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 
@@ -73,7 +74,19 @@ class AdminHandlers:
         self._authorize(request)
         market = path_market(request.match_info["market"], self._ctx.core.index)
         actor = await self._actor(request)
-        self._ctx.on_manual(market, paused, actor)
+        saving = self._ctx.on_manual(market, paused, actor)
+        # The answer waits for the pauses file (its thread writes and fsyncs): a 200 is a pause
+        # a kill -9 right after it cannot lift.
+        error = None if saving is None else await asyncio.wrap_future(saving)
+        if error is not None:
+            done = "paused" if paused else "resumed"
+            after = "lift the pause" if paused else "pause it again"
+            raise ApiError(
+                500,
+                "not_saved",
+                f"{market} is {done} in this process, but the pauses file could not be written "
+                f"({error}): a restart would {after}",
+            )
         return json_response({"market": market, "paused": paused, "actor": actor})
 
     async def pause(self, request: web.Request) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from oracled.clock import Clock
@@ -20,7 +21,8 @@ class ApiContext:
 
     `render_metrics` may block (it walks every collector), so the API calls it in an executor.
     `on_manual(market, paused, actor)` hands an operator pause/resume to the runtime, which
-    applies it to the core between rounds, logs it and counts it.
+    applies it to the core between rounds, logs it and counts it; with a pauses file it returns
+    the file's save, whose result is why it could not be written (None: on disk).
     """
 
     hub: Hub
@@ -29,7 +31,7 @@ class ApiContext:
     source_stats: Mapping[str, SourceStats]
     clock: Clock
     render_metrics: Callable[[], tuple[bytes, str]]
-    on_manual: Callable[[str, bool, str], None]
+    on_manual: Callable[[str, bool, str], Future[str | None] | None]
     version: str
     #: Reload the config file without a restart; returns what changed, raises ConfigError.
     on_reload: Callable[[str], Awaitable[Mapping[str, object]]] | None = None

@@ -11,6 +11,7 @@ import gzip
 import json
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -94,6 +95,7 @@ class Rig:
             "beta": SourceStats("beta", state=ConnState.POLLING, reconnects=2),
         }  # gamma has no stats yet: the API must cope
         self.manual: list[tuple[str, bool, str]] = []
+        self.save_error: str | None = None  # why the pauses file "could not be written"
         self.next_config: Config | OracledError | None = None  # what a reload reads (or raises)
         self.metric_threads: list[int] = []
         self.registry = CollectorRegistry()
@@ -122,9 +124,13 @@ class Rig:
         self.hub.publish(result)
         return result
 
-    def on_manual(self, market: str, paused: bool, actor: str) -> None:
+    def on_manual(self, market: str, paused: bool, actor: str) -> Future[str | None]:
+        """Apply it; the pauses file's save is done at once, failed with `save_error` if set."""
         self.manual.append((market, paused, actor))
         self.core.set_manual(market, paused)
+        saved: Future[str | None] = Future()
+        saved.set_result(self.save_error)
+        return saved
 
     async def on_reload(self, actor: str) -> dict[str, object]:
         """A reload as the runtime does it, reading `next_config` instead of a file."""

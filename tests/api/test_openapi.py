@@ -170,6 +170,10 @@ async def test_every_documented_response_is_produced_and_valid(
         await client.request(method, path, **kw)
     rig.step()  # a paused market's report, too
     await client.get("/v1/prices")
+    rig.save_error = "No space left on device"  # applied, not kept: 500 not_saved
+    for action in ("pause", "resume"):
+        await client.post(admin.format("BTC-USD", action), headers=auth)
+    rig.save_error = None
     for action in ("pause", "resume"):
         await closed.post(admin.format("BTC-USD", action), headers=auth)
     events = await client.get("/v1/events?markets=BTC-USD")  # 200: a stream, closed by us

@@ -11,6 +11,7 @@ from oracled.aggregate.book import DropReason
 from oracled.config import parse_config
 from oracled.core import Core, RoundResult
 from oracled.jsonrpc import EndpointStats
+from oracled.manual import PauseStats
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
 from oracled.publish.chain_push import PushStats
@@ -50,6 +51,7 @@ def populated_metrics() -> Metrics:
             api_closed=lambda: {"send_timeout": 1, "connection_limit": 0},
             chains=lambda: [chain_stats()],
             push=PushStats(up=True),  # push on: oracled_push_up exists only then
+            manual=PauseStats(failures=1, kept=False),  # a pauses file: its gauge exists then
         )
     )
     for sid, px in (("a", 100.0), ("b", 100.1)):

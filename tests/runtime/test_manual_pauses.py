@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
+import aiohttp
 import pytest
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from oracled.config import Config, parse_config
@@ -203,3 +206,89 @@ async def test_a_second_daemon_on_the_same_pauses_file_cannot_lift_the_first_one
     errors = [e for e in logs if e["log_level"] == "error"]
     assert [e["event"] for e in errors] == ["manual pauses not saved: a restart would lift them"]
     assert "written by another process" in errors[0]["error"]
+
+
+TOKEN = "pauses-token-0123456789"
+
+
+def _admin_service(sim: BinanceSim, pauses: Path) -> Service:
+    cfg = _config(sim, pauses)
+    return Service(cfg.model_copy(update={"admin_token": SecretStr(TOKEN)}))
+
+
+async def _admin(http: aiohttp.ClientSession, service: Service, action: str) -> tuple[int, str]:
+    url = f"http://127.0.0.1:{service.bound_port}/v1/admin/markets/BTC-USDT/{action}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with http.post(url, headers=auth, json={"actor": "ops"}) as response:
+        return response.status, await response.text()
+
+
+async def _metric(http: aiohttp.ClientSession, service: Service, name: str) -> float:
+    async with http.get(f"http://127.0.0.1:{service.bound_port}/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not exposed")
+
+
+async def test_an_admin_pause_is_on_disk_when_it_is_answered(tmp_path: Path) -> None:
+    """Each admin pause and resume is in the pauses file by the time its 200 arrives, so a
+    kill -9 right after the answer cannot lift it. The handler used to answer at once while
+    the worker thread still wrote and fsynced the file: the file lagged the answers (found
+    reading the handler while exploring the daemon's lifecycle)."""
+    path = tmp_path / "pauses.json"
+    async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}) as sim:
+        service = _admin_service(sim, path)
+        task = asyncio.create_task(service.run())
+        try:
+            await service.started.wait()
+            async with aiohttp.ClientSession() as http:
+                for _ in range(5):
+                    assert (await _admin(http, service, "pause"))[0] == 200
+                    assert set(ManualPauses(path).load()) == {"BTC/USDT"}
+                    assert (await _admin(http, service, "resume"))[0] == 200
+                    assert ManualPauses(path).load() == {}
+        finally:
+            service.stop()
+            await task
+
+
+async def test_a_pause_that_cannot_be_saved_is_an_error_counted_and_shown(
+    tmp_path: Path,
+) -> None:
+    """The pauses file's directory is gone (a lost volume): an admin pause is still applied,
+    but answered 500 `not_saved` with a message saying it holds only until a restart; the
+    failure is counted and `oracled_manual_pauses_kept` is 0 until a pause is written again.
+    It used to be answered 200, with only an error log line."""
+    state = tmp_path / "state"
+    state.mkdir()
+    path = state / "pauses.json"
+    async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}) as sim:
+        service = _admin_service(sim, path)
+        task = asyncio.create_task(service.run())
+        try:
+            await service.started.wait()
+            async with aiohttp.ClientSession() as http:
+                assert await _metric(http, service, "oracled_manual_pauses_kept") == 1.0
+                shutil.rmtree(state)
+                with capture_logs() as logs:
+                    status, body = await _admin(http, service, "pause")
+                assert status == 500, body
+                error = json.loads(body)["error"]
+                assert error["code"] == "not_saved"
+                assert error["message"].startswith("BTC/USDT is paused in this process")
+                assert error["message"].endswith("a restart would lift the pause")
+                assert bool(service.core.gates.manual[service.core.index["BTC/USDT"]])
+                assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+                    "manual pauses not saved: a restart would lift them"
+                ]
+                failures = "oracled_manual_pauses_save_failures_total"
+                assert await _metric(http, service, failures) == 1.0
+                assert await _metric(http, service, "oracled_manual_pauses_kept") == 0.0
+                state.mkdir()
+                assert (await _admin(http, service, "pause"))[0] == 200
+                assert await _metric(http, service, "oracled_manual_pauses_kept") == 1.0
+                assert set(ManualPauses(path).load()) == {"BTC/USDT"}
+        finally:
+            service.stop()
+            await task
