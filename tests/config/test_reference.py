@@ -134,3 +134,24 @@ def test_every_source_type_is_in_the_reference_and_its_venue_table() -> None:
     assert venues == set(c.SOURCE_TYPES) - c.CHAIN_SOURCE_TYPES
     onchain = (DOCS / "onchain.md").read_text()
     assert all(f"`{name}`" in onchain for name in c.CHAIN_SOURCE_TYPES)
+
+
+def test_the_warnings_table_lists_exactly_the_warnings_the_warn_files_give() -> None:
+    """docs/config.md's Warnings table names each kind of `config warning` (key paths with
+    `[i]`, `[j]`, `<id>` for the indices and names), and each has a file under
+    tests/config/warn/ that gives it: a new warning is documented and tested, or this fails."""
+    produced: set[str] = set()
+    for path in sorted((Path(__file__).parent / "warn").glob("*.toml")):
+        for warning in c.config_warnings(c.load_config(path, env={})):
+            key = warning.split(": ", 1)[0]
+            key = re.sub(r"^markets\[\d+\]", "markets[i]", key)
+            key = re.sub(r"(sources|perp_sources)\[\d+\]", r"\1[j]", key)
+            produced.add(re.sub(r"^(sources|chains)\.[^.]+\.", r"\1.<id>.", key))
+    section = (DOCS / "config.md").read_text().split("\n## Warnings\n", 1)[1].split("\n## ", 1)[0]
+    table = {
+        key
+        for line in section.splitlines()
+        if line.startswith("| `")
+        for key in re.findall(r"`([^`]+)`", line.split("|")[1])
+    }
+    assert produced == table
