@@ -13,11 +13,13 @@ EXPECTED = {
     "oracled-market.json",
     "oracled-sources.json",
     "oracled-publishing.json",
+    "oracled-chains.json",
 }
 
 
-def test_the_four_dashboards_exist_with_unique_uids_and_titles() -> None:
-    """Overview, market drill-down, source health and publishing; uids are stable links."""
+def test_the_five_dashboards_exist_with_unique_uids_and_titles() -> None:
+    """Overview, market drill-down, source health, publishing and on-chain; uids are stable
+    links."""
     dashes = load()
     assert set(dashes) == EXPECTED
     uids = [d["uid"] for d in dashes.values()]

@@ -1,9 +1,11 @@
 """Dashboards and alert rules against a real Prometheus scraping a real daemon.
 
 The daemon runs as `oracled run` on the shipped config's venues (BTC/USD and its stablecoin
-legs), each source on its own loopback simulator; a Prometheus from the distribution's package
-scrapes it every second with the alert rules loaded. Then every variable query and every panel
-query of every dashboard is evaluated through Prometheus's HTTP API, as Grafana would send it.
+legs), each source on its own loopback simulator, with its Ethereum chain on a local node
+(tests/ops/chain_stack.py: a Chainlink feed, a sequencer feed, the on-chain pusher); a
+Prometheus from the distribution's package scrapes it every second with the alert rules
+loaded. Then every variable query and every panel query of every dashboard is evaluated
+through Prometheus's HTTP API, as Grafana would send it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 import tomli_w
 from catalogue import ROOT, catalogue
+from chain_stack import LocalChain, start_local_chain
 from daemon import ADMIN_TOKEN, Daemon
 from dashboards import load, regex_alternation, substitute, targets, variables
 from promserver import Prometheus
@@ -31,10 +34,11 @@ KEEP = {"USDT/USD", "USDC/USD", "BTC/USD"}
 BUILTINS = {"__rate_interval": "15s", "__interval": "5s", "__range": "1m"}
 
 
-def _config() -> Config:
+def _config(chain: LocalChain) -> Config:
     cfg = load_config(ROOT / "config" / "default.toml", env={})
     data = cfg.model_dump(by_alias=True, exclude={"admin_token"})
     data["markets"] = [m for m in data["markets"] if m["symbol"] in KEEP]
+    chain.configure(data)
     for market in data["markets"]:
         market["max_age_ms"] = 1500
     used = {(s["source"], s["pair"]) for m in data["markets"] for s in m["sources"]}
@@ -49,29 +53,36 @@ def _config() -> Config:
     return Config.model_validate(data)
 
 
-Stack = tuple[Daemon, list[SimulatedVenue], Prometheus, ScrapeProxy]
+Stack = tuple[Daemon, list[SimulatedVenue], Prometheus, ScrapeProxy, LocalChain]
 
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     """The daemon, its venues, and a Prometheus scraping it through a `ScrapeProxy`."""
     liveness = {"liveness_timeout_s": 1.0, "rest_poll_interval_s": 0.5, "reconnect_max_s": 1.0}
-    cfg, venues = await simulate(_config(), rate_hz=10.0, liveness=liveness)
-    text = tomli_w.dumps(cfg.model_dump(by_alias=True, exclude={"admin_token"}, exclude_none=True))
-    daemon = Daemon(text, tmp_path)
-    proxy = ScrapeProxy(daemon.base)
-    prom = Prometheus(tmp_path, proxy.target, [ROOT / "deploy" / "prometheus" / "alerts.yml"])
+    chain = await start_local_chain(tmp_path)
+    venues: list[SimulatedVenue] = []
     try:
-        await daemon.start()
-        await proxy.start()
-        await prom.start()
-        yield daemon, venues, prom, proxy
+        cfg, venues = await simulate(_config(chain), rate_hz=10.0, liveness=liveness)
+        text = tomli_w.dumps(
+            cfg.model_dump(by_alias=True, exclude={"admin_token"}, exclude_none=True)
+        )
+        daemon = Daemon(text, tmp_path)
+        proxy = ScrapeProxy(daemon.base)
+        prom = Prometheus(tmp_path, proxy.target, [ROOT / "deploy" / "prometheus" / "alerts.yml"])
+        try:
+            await daemon.start()
+            await proxy.start()
+            await prom.start()
+            yield daemon, venues, prom, proxy, chain
+        finally:
+            await prom.close()
+            await proxy.close()
+            await daemon.close()
     finally:
-        await prom.close()
-        await proxy.close()
-        await daemon.close()
         for venue in venues:
             await venue.sim.stop()
+        chain.node.stop()
 
 
 async def _resolve(prom: Prometheus, dash_name: str, dash: dict[str, Any]) -> dict[str, str]:
@@ -98,13 +109,14 @@ async def _resolve(prom: Prometheus, dash_name: str, dash: dict[str, Any]) -> di
 
 async def test_every_dashboard_variable_and_panel_query_returns_series(stack: Stack) -> None:
     """Grafana's queries, sent to a Prometheus that scraped the daemon, are valid and not empty."""
-    daemon, venues, prom, _ = stack
+    daemon, venues, prom, _, chain = stack
     await prom.wait_for('oracled_market_status{job="oracled", status="active"} == 1', 30)
     dashes = load()
     values = {name: await _resolve(prom, name, dash) for name, dash in dashes.items()}
 
     # What the panels watch has to happen at least once: a manual pause (on the market the
-    # drill-down opens first, which stays paused), duplicate and malformed frames from the venues.
+    # drill-down opens first, which stays paused), duplicate and malformed frames from the venues,
+    # a Chainlink round the feed must refuse (answer 0: dropped as non_positive).
     market = values["oracled-market.json"]["market"]
     status, body = await daemon.post(
         f"/v1/admin/markets/{market.replace('/', '-')}/pause",
@@ -116,7 +128,9 @@ async def test_every_dashboard_variable_and_panel_query_returns_series(stack: St
         venue.sim.garbage(2)
     await prom.wait_for('oracled_market_status{status="paused"} == 1', 15)
     await prom.wait_for("oracled_admin_actions_total", 15)
+    await chain.publish_btc(0)
     await prom.wait_for("oracled_quotes_dropped_total", 15)
+    await prom.wait_for('oracled_quotes_dropped_total{source="chainlink"}', 15)
     await prom.wait_for("count_over_time(oracled_rounds_total[15s]) >= 10", 20)
 
     problems = []
@@ -138,7 +152,7 @@ async def test_alert_rules_evaluate_cleanly_and_the_stored_metrics_are_catalogue
     stack: Stack,
 ) -> None:
     """Every rule evaluates without error on real series; every stored oracled_ name is known."""
-    _, _, prom, _ = stack
+    _, _, prom, _, _ = stack
     await prom.wait_for("count_over_time(oracled_rounds_total[1m]) >= 5", 30)
     deadline = time.monotonic() + 15
     while True:
@@ -171,7 +185,7 @@ async def test_prometheus_asks_for_gzip_and_gets_it_and_reads_every_series(stack
     """A real Prometheus sends `Accept-Encoding: gzip`; the daemon answers gzipped (the
     exposition is mostly repeated label text, several times smaller packed) and Prometheus
     reads it all: the target is up and every sample of a plain scrape is stored."""
-    daemon, _, prom, proxy = stack
+    daemon, _, prom, proxy, _ = stack
     await prom.wait_for('oracled_market_status{job="oracled", status="active"} == 1', 30)
     await prom.wait_for('up{job="oracled"} == 1', 10)
     scrapes = list(proxy.scrapes)
