@@ -66,38 +66,62 @@ _RESTART_MAX_S = 30.0
 MAX_CATCH_UP_ROUNDS = 2_400
 
 
+#: Bytes of tape lines that may wait while a write is in flight: a disk or a reader slower than
+#: the quotes for that long (minutes at the shipped config's rate) stops the recording.
+TAPE_BACKLOG_BYTES = 64 << 20
+
+
 class _TapeRecorder:
     """Buffers tape lines in memory and writes them from a worker thread every few rounds.
 
-    Writes are strictly in order: a batch starts only after the previous one finished, and
-    closing waits for a write in flight (a cancelled round loop does not stop its thread), so
-    the tape never has lines out of order. A write that fails (a full disk) stops the recording
-    for good, never the rounds: the tape stays a prefix of the quotes, without a gap a replay
-    could not see, and `error` says why.
+    The round never waits for the disk: while a batch is being written, new lines wait for the
+    next flush. Writes are strictly in order: a batch starts only after the previous one
+    finished, and closing waits for a write in flight, so the tape never has lines out of
+    order. A write that fails (a full disk), or lines waiting past `max_backlog` bytes, stop the
+    recording for good, never the rounds: the tape stays a prefix of the quotes, without a gap
+    a replay could not see, and `error` says why.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_backlog: int = TAPE_BACKLOG_BYTES) -> None:
         self.path = path
         self._file: IO[bytes] = path.open("wb")
         self._file.write(header_line())
         self._buffer: list[bytes] = []
+        self._backlog = 0  # bytes in _buffer
+        self._max_backlog = max_backlog
         self._lock = threading.Lock()
         self._pending: asyncio.Future[None] | None = None
-        self.error: str | None = None  # the write error that stopped the recording
+        self.error: str | None = None  # what stopped the recording
+        self._told = False
 
     def add(self, quote: Quote) -> None:
         if self.error is None:
-            self._buffer.append(quote_to_line(quote))
+            line = quote_to_line(quote)
+            self._buffer.append(line)
+            self._backlog += len(line)
+            if self._backlog > self._max_backlog:
+                self.error = (
+                    f"more than {self._max_backlog} bytes of quotes waited for the tape's writes"
+                    " (a disk or reader that fell behind)"
+                )
+                self._buffer, self._backlog = [], 0
 
-    async def flush(self) -> str | None:
-        """Write the buffered lines; return the write error the first time one happens."""
-        lines, self._buffer = self._buffer, []
-        if lines and self.error is None:
-            loop = asyncio.get_running_loop()
-            self._pending = loop.run_in_executor(None, self._write, lines)
-            await asyncio.shield(self._pending)
-            return self.error
-        return None
+    def flush(self) -> None:
+        """Hand the buffered lines to the writer thread, unless the last batch is still being
+        written: then they wait for the next flush."""
+        if self.error is not None or not self._buffer:
+            return
+        if self._pending is not None and not self._pending.done():
+            return
+        lines, self._buffer, self._backlog = self._buffer, [], 0
+        self._pending = asyncio.get_running_loop().run_in_executor(None, self._write, lines)
+
+    def take_error(self) -> str | None:
+        """What stopped the recording, the first time it is asked after it happened."""
+        if self.error is None or self._told:
+            return None
+        self._told = True
+        return self.error
 
     async def drain(self) -> None:
         """Wait for a batch in flight (the round loop may have been cancelled while it ran)."""
@@ -115,20 +139,19 @@ class _TapeRecorder:
                 self.error = str(exc)
 
     def close(self) -> str | None:
-        """Write what is left after any batch in flight, then close; return the write error
-        if this is where the first one happened."""
+        """Write what is left after any batch in flight, then close; return what stopped the
+        recording if it was not told yet."""
         with self._lock:
-            first = self.error is None
             lines, self._buffer = self._buffer, []
             try:
-                if first:
+                if self.error is None:
                     self._file.writelines(lines)
                 self._file.close()
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     self._file.close()  # a second try finds the buffer gone, and closes
                 self.error = self.error or str(exc)
-            return self.error if first else None
+        return self.take_error()
 
 
 async def _read_config(path: Path) -> Config:
@@ -506,7 +529,8 @@ class Service:
                 self.pusher.submit(result)  # replaces the latest: the chain never holds a round
             self._log_transitions(result, log)
             if self._recorder is not None and result.round % 4 == 0:
-                error = await self._recorder.flush()
+                self._recorder.flush()  # hands over, never waits: the disk may be slow
+                error = self._recorder.take_error()
                 if error is not None:
                     self._tape_failed(error)
 

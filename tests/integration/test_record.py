@@ -1,15 +1,22 @@
-"""`oracled record` when its tape cannot be written: prices go on, the failure is loud."""
+"""`oracled record` when its tape cannot be written, or only slowly: prices go on, the tape
+stays a clean prefix of the quotes, and a failure is loud."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from daemon import Daemon, sim_config
 
+from oracled.model import Quote
+from oracled.service import _TapeRecorder
 from oracled.sim import BinanceSim
+from oracled.tape import TapeLineError, quote_to_line, read_tape
 
 PRICES = {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0, "USDTUSD": 1.0}
 pytestmark = pytest.mark.integration
@@ -51,3 +58,94 @@ async def test_a_tape_that_cannot_be_written_stops_the_tape_not_the_rounds(
         assert "fatal" not in d.logs()
     finally:
         await d.close()
+
+
+class StalledReader:
+    """The reading end of a FIFO that takes nothing until `go` is set, then everything: a
+    reader (`--out >(gzip > tape.gz)`) or a disk that stops for a while."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path = path
+        self.go = threading.Event()
+        self.data = b""
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with self.path.open("rb") as fifo:  # blocks until the writer opens it
+            self.go.wait()
+            self.data = fifo.read()
+
+    def finish(self) -> bytes:
+        self.go.set()
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+        return self.data
+
+
+def _clean_tape(data: bytes) -> list[Quote]:
+    errors: list[TapeLineError] = []
+    quotes = list(read_tape(io.BytesIO(data), errors))
+    assert errors == []
+    assert data.endswith(b"\n")
+    return quotes
+
+
+async def test_a_tape_written_slowly_never_holds_the_rounds(
+    venues: list[BinanceSim], tmp_path: Path
+) -> None:
+    """The round loop awaited each tape write: once the FIFO's reader stopped taking (its
+    64 KiB filled in a few seconds), no round ran and the API served the same round until the
+    reader went on. Now the lines wait in memory while a write is in flight, the rounds go on,
+    and the tape the reader gets in the end is whole and in order."""
+    reader = StalledReader(tmp_path / "tape.fifo")
+    d = Daemon(sim_config([(s.ws_url, s.rest_url) for s in venues]), tmp_path)
+    d.argv[1] = "record"
+    try:
+        await d.start("--out", str(reader.path))
+
+        async def rounds_go_on() -> bool:
+            status, body = await d.get("/v1/prices/BTC-USD")
+            return status == 200 and int(body["round"]) >= 100
+
+        await d.wait_for(rounds_go_on, 20, "rounds while the tape's reader takes nothing")
+        assert d.events("tape not written: recording stopped; prices go on") == []
+        reader.go.set()  # the writes blocked so far go through, then the rest
+        assert await asyncio.to_thread(d.terminate) == 0
+        assert len(_clean_tape(await asyncio.to_thread(reader.finish))) > 1_000
+    finally:
+        reader.go.set()
+        await d.close()
+
+
+async def test_a_backlog_past_its_limit_stops_the_recording_at_a_clean_prefix(
+    tmp_path: Path,
+) -> None:
+    """A sink that stays stopped must not grow the daemon's memory without end: past the
+    backlog limit the recording stops with an error said once, the lines already handed to
+    the writer are written whole, and nothing after them."""
+    reader = StalledReader(tmp_path / "tape.fifo")
+    recorder = await asyncio.to_thread(_TapeRecorder, reader.path, 200_000)
+
+    def quotes(first: int, n: int) -> list[Quote]:
+        return [
+            Quote("a", "BTC/USD", 1_700_000_000_000 + k, 64_000.5) for k in range(first, first + n)
+        ]
+
+    for quote in quotes(0, 1_000):  # ~80 kB: more than the FIFO holds, so the write blocks
+        recorder.add(quote)
+    recorder.flush()
+    assert recorder.take_error() is None
+    for quote in quotes(1_000, 3_000):  # ~240 kB waiting behind the blocked write
+        recorder.add(quote)
+    recorder.flush()
+    error = recorder.take_error()
+    assert error is not None and "behind" in error
+    assert recorder.take_error() is None  # said once
+    reader.go.set()
+    await recorder.drain()  # the blocked write goes through
+    assert recorder.close() is None
+    data = await asyncio.to_thread(reader.finish)
+    assert [q.recv_ts for q in _clean_tape(data)] == [q.recv_ts for q in quotes(0, 1_000)]
+    assert len(quote_to_line(quotes(0, 1)[0])) * 1_000 > 65_536
