@@ -2,7 +2,9 @@
 
 Pure: compares two validated configs. The runtime applies the result (core.reconfigure for
 markets and thresholds, restarting exactly the sources whose settings or pairs changed) and
-logs it; `POST /v1/admin/reload` returns it.
+logs it; `POST /v1/admin/reload` returns it. `settings_changed` names every changed setting the
+reload applies, so that a new threshold (`oracle.resume_rounds`, `api.cors_origins`) is not
+answered with "nothing changed".
 
 Some settings are read once at start-up (the round loop's interval, the listening socket, the
 sinks). A reload lists a change to one of them in `needs_restart` and the daemon goes on with the
@@ -11,6 +13,7 @@ running value (`running_config`), so that `/v1/info` and `/metrics` show what ac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +49,9 @@ class ConfigChanges:
     markets_changed: list[str]
     sources_restarted: list[str]  # started, stopped or restarted
     needs_restart: list[str]  # changed settings that only a restart applies
+    # Every changed setting the reload applies, as a dotted path (`oracle.resume_rounds`,
+    # `markets.BTC/USD.max_deviation`, `sources.a.ws_url`; a table added or removed: its own path).
+    settings_changed: list[str]
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -98,7 +104,41 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
         ],
         sources_restarted=sources,
         needs_restart=needs_restart,
+        settings_changed=[
+            path
+            for path in _changed(old, new, "")
+            if not any(
+                path == kept or path.startswith(kept + ".")
+                for kept in (*RESTART_ONLY, *_REPORTED_ONLY)
+            )
+        ],
     )
+
+
+def _changed(old: Any, new: Any, path: str) -> Iterator[str]:
+    """The dotted paths of the settings that differ: tables and markets (by symbol) are walked
+    into, lists are one setting. The admin token (kept from the start) is never compared."""
+    if old == new:
+        return
+    if isinstance(old, tuple) and path == "markets":
+        old, new = {m.symbol: m for m in old}, {m.symbol: m for m in new}
+    if isinstance(old, BaseModel) and type(old) is type(new):
+        for name, info in type(old).model_fields.items():
+            if not info.exclude and name != "admin_token":
+                yield from _changed(getattr(old, name), getattr(new, name), _join(path, name))
+    elif isinstance(old, dict) and isinstance(new, dict):
+        for key in {**old, **new}:
+            if key not in old or key not in new:
+                if old.get(key) != new.get(key):
+                    yield _join(path, str(key))
+            else:
+                yield from _changed(old[key], new[key], _join(path, str(key)))
+    else:
+        yield path
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
 
 
 def _legs(cfg: Config, market: MarketConfig) -> list[str | None]:

@@ -157,3 +157,68 @@ def test_a_source_disabled_before_and_after_is_not_reported_restarted() -> None:
     new = parse_config(_data(sources=enabled, markets=[market]), env={})
     assert config_changes(old, new).sources_restarted == ["a", "off"]
     assert config_changes(new, old).sources_restarted == ["a", "off"]
+
+
+def _perp_data() -> dict[str, Any]:
+    data = _data(sources={"a": {"type": "binance"}, "p": {"type": "binance_usdm"}})
+    data["markets"][0]["perp_sources"] = [{"source": "p", "pair": "BTC/USDT", "kind": "perp"}]
+    return data
+
+
+def _edit(path: str, value: Any) -> dict[str, Any]:
+    """`_perp_data()` with the value at a dotted path (list items by index) set."""
+    data = _perp_data()
+    *heads, last = path.split(".")
+    node: Any = data
+    for name in heads:
+        node = node[int(name)] if name.isdigit() else node.setdefault(name, {})
+    node[last] = value
+    return data
+
+
+APPLIED: dict[str, tuple[str, Any, list[str]]] = {
+    # case: (dotted path into the file, new value, settings_changed)
+    "resume_rounds": ("oracle.resume_rounds", 9, ["oracle.resume_rounds"]),
+    "jump_confirm_rounds": ("oracle.jump_confirm_rounds", 9, ["oracle.jump_confirm_rounds"]),
+    "min_price": ("oracle.min_price", 0.5, ["oracle.min_price"]),
+    "max_price": ("oracle.max_price", 1e9, ["oracle.max_price"]),
+    "clock_skew": ("oracle.max_clock_skew_ms", 900, ["oracle.max_clock_skew_ms"]),
+    "cors": ("api.cors_origins", ["*"], ["api.cors_origins"]),
+    "max_connections": ("api.max_connections", 10, ["api.max_connections"]),
+    "send_timeout": ("api.send_timeout_s", 3.0, ["api.send_timeout_s"]),
+    "market_gate": ("markets.0.max_deviation", 0.2, ["markets.BTC/USDT.max_deviation"]),
+    "market_bound": ("markets.0.min_price", 10.0, ["markets.BTC/USDT.min_price"]),
+    "mark": ("markets.0.mark.funding_cap", 0.01, ["markets.BTC/USDT.mark.funding_cap"]),
+    "slot_weight": ("markets.0.sources.0.weight", 2.0, ["markets.BTC/USDT.sources"]),
+    "source": ("sources.a.liveness_timeout_s", 5.0, ["sources.a.liveness_timeout_s"]),
+}
+
+
+@pytest.mark.parametrize("case", APPLIED)
+def test_every_applied_change_is_named_in_settings_changed(case: str) -> None:
+    """A reload of a threshold used to answer with every list empty ("nothing changed") though
+    it applied it: found reloading `oracle.resume_rounds` on a running daemon. Each applied
+    setting is now named by its dotted path (markets by symbol), and nothing else is."""
+    path, value, expected = APPLIED[case]
+    old = parse_config(_perp_data(), env={})
+    new = parse_config(_edit(path, value), env={})
+    changes = config_changes(old, new)
+    assert changes.settings_changed == expected
+    assert changes.needs_restart == [] and not config_changes(old, old).settings_changed
+    per_market = path.startswith("markets.")
+    assert changes.markets_changed == (["BTC/USDT"] if per_market else [])
+
+
+def test_restart_only_settings_and_added_tables_are_named_once() -> None:
+    """A restart-only setting is in `needs_restart` only (the reload does not apply it); a market
+    or source added or removed is named as a whole, not key by key."""
+    old = parse_config(_data(), env={})
+    data = _data(log={"level": "error"}, oracle={"round_interval_ms": 1000, "resume_rounds": 5})
+    data["sources"]["b"] = {"type": "kraken"}
+    eth = {"symbol": "ETH/USDT", "min_sources": 1, "sources": [{"source": "b", "pair": "ETH/USDT"}]}
+    data["markets"].append(eth)
+    changes = config_changes(old, parse_config(data, env={}))
+    assert changes.needs_restart == ["oracle.round_interval_ms", "log"]
+    assert changes.settings_changed == ["oracle.resume_rounds", "sources.b", "markets.ETH/USDT"]
+    back = config_changes(parse_config(data, env={}), old)
+    assert back.settings_changed == ["oracle.resume_rounds", "sources.b", "markets.ETH/USDT"]
