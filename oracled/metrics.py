@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -588,6 +589,13 @@ _MARKET_FAMILIES = (
 )
 
 
+_EXCLUDED = "oracled_source_excluded_slots"
+_EXCLUDED_HEAD = (
+    f"# HELP {_EXCLUDED} Market slots of the source left out of the latest round's price, "
+    f"by reason (the core's or the source's flag).\n# TYPE {_EXCLUDED} gauge\n"
+)
+
+
 class _MarketText:
     """The per-market and per-(market, source) gauges, written as exposition text by hand.
 
@@ -601,6 +609,8 @@ class _MarketText:
         "_heads",
         "_min_sources",
         "_prefixes",
+        "_slot_source",
+        "_slot_sources",
         "_slot_used",
         "_slot_value",
         "_status",
@@ -645,6 +655,37 @@ class _MarketText:
             ]
             for m, ids in zip(markets, layout.slot_ids, strict=True)
         ]
+        # Each slot's source as an index (-1 where a market has fewer slots than the widest),
+        # so that a scrape counts the exclusions per source and reason in one bincount.
+        voting = sorted({sid for ids in layout.slot_ids for sid in ids})
+        index = {sid: k for k, sid in enumerate(voting)}
+        source = np.full(layout.weight.shape, -1, dtype=np.int64)
+        for i, ids in enumerate(layout.slot_ids):
+            source[i, : len(ids)] = [index[sid] for sid in ids]
+        self._slot_source = source
+        self._slot_sources = [_escape(sid) for sid in voting]
+
+    def _excluded(self, result: RoundResult) -> list[str]:
+        """`oracled_source_excluded_slots`: every voting source x every reason the round can
+        name (the core's and the flags the book has seen), 0 included, so a series does not
+        vanish when its last slot comes back."""
+        names = result.slot_names
+        width = len(names)
+        valid = self._slot_source >= 0
+        keys = self._slot_source[valid] * width + result.slot_reason[valid].astype(np.int64)
+        counts = np.bincount(keys, minlength=len(self._slot_sources) * width)
+        rows = counts.reshape(len(self._slot_sources), width).tolist()
+        out = [_EXCLUDED_HEAD]
+        for sid, row in zip(self._slot_sources, rows, strict=True):
+            merged: dict[str, int] = {}
+            for code, name in enumerate(names):
+                if code != USED and name is not None:  # a flag may share a core name (stale)
+                    merged[name] = merged.get(name, 0) + row[code]
+            out += [
+                f'{_EXCLUDED}{{source="{sid}",reason="{_escape(name)}"}} {float(n)}\n'
+                for name, n in merged.items()
+            ]
+        return out
 
     def render(self, result: RoundResult) -> str:
         status = result.status.tolist()
@@ -679,4 +720,5 @@ class _MarketText:
         out.append(heads[7])
         for lines, row_codes in zip(self._slot_used, codes, strict=True):
             out += [line[c == USED] for line, c in zip(lines, row_codes, strict=False)]
+        out += self._excluded(result)
         return "".join(out)

@@ -154,3 +154,27 @@ def test_drops_of_a_source_no_longer_running_leave_the_exposition() -> None:
     s = _samples(metrics)
     dropped = {lbl for name, lbl in s if name == "oracled_quotes_dropped_total"}
     assert dropped == {(("reason", "not_finite"), ("source", "b"))}
+
+
+def test_excluded_slots_are_counted_per_source_and_reason_flags_included() -> None:
+    """`oracled_source_excluded_slots` counts each source's market slots left out of the latest
+    price by reason: a source's flag under the flag's name (one named like a core reason, such
+    as `stale`, adds to it), a missing quote as `no_quote`; every voting source has every
+    reason the round can name, 0 included, and a used slot counts nowhere."""
+    core, metrics, _, results = _setup()
+    core.ingest(Quote("a", "BTC/USD", T0, price=100.0, flag="stale"))
+    core.ingest(Quote("a", "ETH/USD", T0, price=2_000.0, flag="sequencer"))
+    for s in ("b", "c"):
+        core.ingest(Quote(s, "BTC/USD", T0, price=100.0))
+    results.append(core.run_round(T0 + 1_000))  # ETH/USD: b has no quote
+    s = _samples(metrics)
+    excluded = {
+        (dict(labels)["source"], dict(labels)["reason"]): value
+        for (name, labels), value in s.items()
+        if name == "oracled_source_excluded_slots"
+    }
+    reasons = {"no_quote", "stale", "route", "bounds", "outlier", "sequencer"}
+    assert set(excluded) == {(src, r) for src in ("a", "b", "c") for r in reasons}
+    nonzero = {k: v for k, v in excluded.items() if v}
+    assert nonzero == {("a", "stale"): 1.0, ("a", "sequencer"): 1.0, ("b", "no_quote"): 1.0}
+    assert s[("oracled_market_sources_used", (("market", "BTC/USD"),))] == 2
