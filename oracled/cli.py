@@ -41,6 +41,8 @@ _SHIPPED_CONFIGS = (
 _DEFAULT_CONFIG_COMMANDS = frozenset({"run", "replay", "record", "demo"})
 #: Commands that run the daemon: they keep the early signal latches and hand them to it.
 _DAEMON_COMMANDS = frozenset({"run", "record", "demo"})
+#: Long-running commands that keep the stop latch (not SIGHUP's: they do not reload).
+_STOPPED_COMMANDS = _DAEMON_COMMANDS | {"margin"}
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_TAPE_ERRORS = 0, 1, 2, 3
 
 
@@ -296,12 +298,12 @@ def _cmd_demo(args: argparse.Namespace, hangups: _Hangups, stops: _Stops) -> int
     return EXIT_OK
 
 
-def _cmd_margin_tools(args: argparse.Namespace) -> int:
+def _cmd_margin_tools(args: argparse.Namespace, stops: _Stops) -> int:
     """The margin service and the stress simulator (docs/margin.md, docs/stress.md)."""
-    if args.command == "margin":
+    if args.command == "margin":  # a stop while it starts is a stop, as for the daemon
         from oracled.margin.command import cmd_margin
 
-        return cmd_margin(args, _loop_factory())
+        return cmd_margin(args, _loop_factory(), lambda: stops.signal)
     from oracled.stress.command import cmd_scenario, cmd_stress
 
     return cmd_stress(args) if args.command == "stress" else cmd_scenario(args)
@@ -314,11 +316,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parsed = args = _parser().parse_args(argv)
     finally:
-        daemon = parsed is not None and parsed.command in _DAEMON_COMMANDS
-        if daemon:  # SIGQUIT: where every thread is, even with the event loop blocked
+        command = None if parsed is None else parsed.command
+        if (
+            command in _DAEMON_COMMANDS
+        ):  # SIGQUIT: where every thread is, even with the loop blocked
             faulthandler.register(signal.SIGQUIT, all_threads=True)
-        else:  # not a daemon: a signal means what it did
-            stop = stops.release()
+        else:  # not a daemon: a signal means what it did (but a stop of `margin` is kept)
+            stop = None if command in _STOPPED_COMMANDS else stops.release()
             if hangups.release():
                 signal.raise_signal(signal.SIGHUP)
             if stop is not None:
@@ -335,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             return _cmd_replay(args)
         if args.command in ("stress", "scenario", "margin"):
-            return _cmd_margin_tools(args)
+            return _cmd_margin_tools(args, stops)
         if args.command == "audit":
             from oracled.publish.audit_cli import cmd_audit
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
+
 from oracled.errors import ConfigError
 
 if TYPE_CHECKING:  # the service loads only when the command runs
@@ -29,20 +31,47 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     margin.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
 
 
-async def _serve(service: MarginService) -> None:
+async def _serve(service: MarginService, early_stop: Callable[[], signal.Signals | None]) -> None:
+    """Run until SIGTERM or SIGINT, or not at all if one came while the command started
+    (`early_stop`, the command line's latch): either way logged, and the exit is 0."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    log = structlog.get_logger(component="margin")
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("signal received", signal=sig.name)
+        task.cancel()
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
         with contextlib.suppress(NotImplementedError):  # not on every platform
-            loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await service.run()
+            loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        early = early_stop()
+        if early is not None:  # asked to stop while the command was starting: start nothing
+            log.info("signal received", signal=early.name)
+        else:
+            with contextlib.suppress(asyncio.CancelledError):
+                await service.run()
+    finally:
+        # The handlers they had (the command line's latch): the loop's removal would leave the
+        # defaults, and a SIGTERM while the process exits would end it with 143.
+        for sig, handler in previous.items():
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+            if handler is not None:
+                signal.signal(sig, handler)
+        log.info("stopped")
 
 
 def cmd_margin(
-    args: argparse.Namespace, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
+    args: argparse.Namespace,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    early_stop: Callable[[], signal.Signals | None] = lambda: None,
 ) -> int:
+    """Run the margin service; `early_stop` gives the SIGTERM or SIGINT the command line caught
+    before the event loop took the signals, if any (it then stops before connecting)."""
     from oracled.logs import setup_logging
     from oracled.margin.config import load_accounts
     from oracled.margin.engine import MarginEngine
@@ -61,5 +90,5 @@ def cmd_margin(
     setup_logging("info", args.log_format)
     service = MarginService(MarginEngine(spec), args.url, sys.stdout.buffer, step_ms=args.step_ms)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(service))
+        runner.run(_serve(service, early_stop))
     return 0

@@ -1,5 +1,5 @@
-"""`oracled run` (and `oracled demo`) asked to stop at any moment of its start: it stops
-cleanly, exit 0.
+"""`oracled run` (and `oracled demo`, `oracled margin`) asked to stop at any moment of its
+start: it stops cleanly, exit 0.
 
 Real processes: the daemon is started as `python -m oracled.cli run`, its sources point at a
 loopback server (or at nothing), and the signal is sent at a moment the test observes from the
@@ -28,9 +28,9 @@ from cli_configs import warned_config
 class _Daemon:
     """One `oracled run` (or `demo`) and the JSON lines of its stderr, read as they come."""
 
-    def __init__(self, config: Path, command: str = "run") -> None:
+    def __init__(self, config: Path, command: str = "run", argv: list[str] | None = None) -> None:
         self.config = config
-        argv = [command, "--config", str(config), "--listen", "127.0.0.1:0"]
+        argv = argv or [command, "--config", str(config), "--listen", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "oracled.cli", *argv],
             stderr=subprocess.PIPE,
@@ -147,6 +147,46 @@ def test_a_stop_as_soon_as_the_demo_runs_stops_it_before_it_starts(
         daemon.proc.send_signal(sig)
         names = _assert_stopped_cleanly(daemon, sig, daemon.finish())
     assert "api listening" not in names and "oracled started" not in names
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_as_soon_as_the_margin_service_runs_stops_it_before_it_connects(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """`oracled margin` keeps a stop sent while it starts (it imports its runtime for a second
+    or so), as the daemon does: exit 0, `signal received` and `stopped` logged, no connection
+    tried. A SIGTERM in its first second or two used to end it with 143 and no line at all
+    (found sending SIGTERM 0.2 to 2 s after start)."""
+    accounts = tmp_path / "accounts.json"  # the test's path names it: _left_running finds it
+    accounts.write_text(
+        json.dumps(
+            {
+                "assets": {"USD": {}},
+                "instruments": {
+                    "BTC-PERP": {
+                        "market": "BTC/USD",
+                        "tiers": [{"initial": 0.02, "maintenance": 0.01}],
+                    }
+                },
+                "accounts": [{"id": "a", "collateral": {"USD": 1_000}}],
+            }
+        )
+    )
+    argv = ["margin", "--accounts", str(accounts), "--url", "ws://127.0.0.1:9/v1/stream"]
+    daemon = _Daemon(accounts, argv=[*argv, "--log-format", "json"])
+    try:
+        # SIGHUP is caught from its first line until the arguments are parsed: that is when
+        # SIGTERM and SIGINT are surely the latch's (SIGINT has Python's own handler before).
+        _wait(lambda: daemon.catches(signal.SIGHUP) and daemon.catches(sig))
+        daemon.proc.send_signal(sig)
+        names = _assert_stopped_cleanly(daemon, sig, daemon.finish())
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(30)
+        if daemon.proc.stderr is not None:
+            daemon.proc.stderr.close()
+    assert "connect_failed" not in names
 
 
 def test_a_sigterm_while_the_runtime_imports_stops_it_before_it_starts(tmp_path: Path) -> None:
