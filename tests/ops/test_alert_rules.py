@@ -32,6 +32,7 @@ REQUIRED = {
     "NATS bus down for minutes": "OracledNatsNotPublishing",
     "on-chain push stuck": "OracledPushStuck",
     "on-chain pusher stopped": "OracledPushDown",
+    "on-chain pushes all failing while the pusher runs": "OracledPushFailing",
     "on-chain chain not read (its sources stay up)": "OracledChainNotRead",
 }
 
