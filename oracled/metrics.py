@@ -336,6 +336,8 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
             ("reorgs", "reorgs", "Blocks at the head's height with a new hash (re-read)."),
             ("disagreements", "cross_check_disagreements",
              "Blocks withheld because two endpoints answered the same read differently."),
+            ("restarts", "reader_restarts",
+             "Reader restarts by its supervisor: a failed start, or a crash."),
         )
     }  # fmt: skip
     refused = CounterMetricFamily(

@@ -83,11 +83,14 @@ async def test_a_chain_without_an_rpc_url_is_switched_off_with_its_sources(
     assert chains.stats() == [chains.readers["local"].stats]
 
 
-async def test_a_reader_that_fails_is_restarted_by_its_supervisor(
+async def test_a_chain_unreachable_at_start_is_retried_without_a_traceback(
     http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
 ) -> None:
-    """A node that cannot say its chain id at start makes the reader fail; the supervisor
-    logs it and starts the reader again, and once the node answers the chain is read."""
+    """A node that cannot say its chain id at start (it answers HTTP errors) is an operational
+    condition, not a bug: the supervisor logs `chain unreachable; retrying` as a warning with
+    the error and no traceback, counts the restart, and once the node answers the chain is
+    read. It used to log `chain reader crashed; restarting` with a traceback, which the runbook
+    tells operators to file as a bug (found starting a daemon on an endpoint that was down)."""
     proxy.mode = "error"
     cfg = config(proxy.url, snapshot.eth_proxy)
     quotes: list[Quote] = []
@@ -97,7 +100,7 @@ async def test_a_reader_that_fails_is_restarted_by_its_supervisor(
     with capture_logs() as logs:
         tasks = [*chains.start(), asyncio.create_task(cl.run())]
         try:
-            await until(lambda: any(e["event"] == "chain reader crashed; restarting" for e in logs))
+            await until(lambda: any(e["event"] == "chain unreachable; retrying" for e in logs))
             proxy.mode = "pass"
             await until(lambda: bool(quotes))
         finally:
@@ -105,5 +108,34 @@ async def test_a_reader_that_fails_is_restarted_by_its_supervisor(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
     assert quotes[0].price == 3000.0
-    crashed = [e for e in logs if e["event"] == "chain reader crashed; restarting"]
-    assert crashed and crashed[0]["chain"] == "local"
+    retried = [e for e in logs if e["event"] == "chain unreachable; retrying"]
+    assert [(e["chain"], e["log_level"]) for e in retried[:1]] == [("local", "warning")]
+    assert "eth_chainId" in retried[0]["error"] and "delay_s" in retried[0]
+    assert not any("exc_info" in e for e in logs)
+    assert not any(e["event"] == "chain reader crashed; restarting" for e in logs)
+    assert chains.readers["local"].stats.restarts == len(retried)
+
+
+async def test_an_endpoint_of_another_chain_is_an_error_without_a_traceback(
+    http: aiohttp.ClientSession, snapshot: Deployed, anvil: Anvil
+) -> None:
+    """An endpoint that serves another chain (a misconfigured URL) stops the reader's start:
+    logged as an error naming the endpoint and both chain ids, without a traceback, counted,
+    and retried with backoff; nothing of the chain is read."""
+    cfg = config(anvil.url, snapshot.eth_proxy)
+    chain = cfg.chains["local"].model_copy(update={"chain_id": 1})
+    cfg = cfg.model_copy(update={"chains": {**cfg.chains, "local": chain}})
+    chains = ChainSet(cfg, http, SystemClock())
+    with capture_logs() as logs:
+        tasks = chains.start()
+        try:
+            await until(lambda: chains.readers["local"].stats.restarts >= 1)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    refused = [e for e in logs if e["event"] == "chain reader refused; retrying"]
+    assert [(e["chain"], e["log_level"]) for e in refused] == [("local", "error")]
+    assert "is chain 31337, not 1" in refused[0]["error"]
+    assert not any("exc_info" in e for e in logs)
+    assert chains.readers["local"].stats.blocks == 0

@@ -91,6 +91,7 @@ class ChainStats:
     superseded: int = 0  # newHeads: heads passed over for a newer one while a read was slow
     unknown: int = 0  # heads the node did not hold at their read (reorged out, or a node behind)
     disagreements: int = 0  # cross-check: two endpoints answered differently
+    restarts: int = 0  # the reader started again by its supervisor (a failed start, a crash)
     sequencer_up: bool | None = None
     #: (source, pair) -> reads whose spot parted from the TWAP (Uniswap feeds only)
     spot_gaps: dict[tuple[str, str], int] = field(default_factory=dict)

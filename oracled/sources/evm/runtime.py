@@ -15,7 +15,8 @@ import structlog
 
 from oracled.clock import Clock
 from oracled.config import CHAIN_SOURCE_TYPES, Config, SourceConfig
-from oracled.jsonrpc import RpcClient, redact
+from oracled.errors import SourceError
+from oracled.jsonrpc import RpcClient, RpcUnavailable, redact
 from oracled.sources._base import Source
 from oracled.sources.evm.chain import ChainReader, ChainStats
 from oracled.sources.evm.source import ChainSource
@@ -67,15 +68,25 @@ class ChainSet:
             source.attach(self.readers[source.cfg.chain])
 
     async def _supervise(self, reader: ChainReader) -> None:
-        """Run one reader forever; restart it with capped backoff if it fails."""
+        """Run one reader forever; restart it with capped backoff if it fails.
+
+        A start the endpoints refuse (none answers eth_chainId, or one serves another chain)
+        is an operational condition, logged with its error and no traceback; anything else is
+        a bug, logged with its traceback. Both are counted and retried."""
         delay = 1.0
+        log = self._log.bind(chain=reader.name)
         while True:
             started = time.monotonic()
             try:
                 await reader.run()
-                self._log.error("chain reader returned; restarting", chain=reader.name)
+                log.error("chain reader returned; restarting")
+            except RpcUnavailable as exc:  # no endpoint answered: down, or not reachable yet
+                log.warning("chain unreachable; retrying", error=str(exc)[:200], delay_s=delay)
+            except SourceError as exc:  # an endpoint of another chain: a misconfiguration
+                log.error("chain reader refused; retrying", error=str(exc)[:200], delay_s=delay)
             except Exception:  # the supervisor's job: log, count, restart
-                self._log.exception("chain reader crashed; restarting", chain=reader.name)
+                log.exception("chain reader crashed; restarting", delay_s=delay)
+            reader.stats.restarts += 1
             if time.monotonic() - started > 60.0:
                 delay = 1.0
             await asyncio.sleep(delay)
