@@ -72,12 +72,13 @@ TAPE_BACKLOG_BYTES = 64 << 20
 
 
 class _TapeRecorder:
-    """Buffers tape lines in memory and writes them from a worker thread every few rounds.
+    """Buffers tape lines in memory and writes them from a thread every few rounds.
 
     The round never waits for the disk: while a batch is being written, new lines wait for the
     next flush. Writes are strictly in order: a batch starts only after the previous one
-    finished, and closing waits for a write in flight, so the tape never has lines out of
-    order. A write that fails (a full disk), or lines waiting past `max_backlog` bytes, stop the
+    finished, and closing waits for a write in flight (1 s at most: a write stuck for good
+    leaves the tape without its last lines, said as an error), so the tape never has lines out
+    of order. A write that fails (a full disk), or lines waiting past `max_backlog` bytes, stop the
     recording for good, never the rounds: the tape stays a prefix of the quotes, without a gap
     a replay could not see, and `error` says why.
     """
@@ -90,7 +91,7 @@ class _TapeRecorder:
         self._backlog = 0  # bytes in _buffer
         self._max_backlog = max_backlog
         self._lock = threading.Lock()
-        self._pending: asyncio.Future[None] | None = None
+        self._pending: concurrent.futures.Future[None] | None = None
         self.error: str | None = None  # what stopped the recording
         self._told = False
 
@@ -114,7 +115,16 @@ class _TapeRecorder:
         if self._pending is not None and not self._pending.done():
             return
         lines, self._buffer, self._backlog = self._buffer, [], 0
-        self._pending = asyncio.get_running_loop().run_in_executor(None, self._write, lines)
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def write() -> None:
+            self._write(lines)
+            done.set_result(None)
+
+        # A daemon thread of its own, not the loop's executor: a write that never returns (a
+        # reader that stopped for good, a hung mount) would hold the process at its exit.
+        threading.Thread(target=write, name="tape-write", daemon=True).start()
+        self._pending = done
 
     def take_error(self) -> str | None:
         """What stopped the recording, the first time it is asked after it happened."""
@@ -123,10 +133,10 @@ class _TapeRecorder:
         self._told = True
         return self.error
 
-    async def drain(self) -> None:
-        """Wait for a batch in flight (the round loop may have been cancelled while it ran)."""
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for a batch in flight, `timeout_s` at most (a stop stays within its budget)."""
         if self._pending is not None:
-            await asyncio.wait([self._pending])
+            await asyncio.wait([asyncio.wrap_future(self._pending)], timeout=timeout_s)
 
     def _write(self, lines: list[bytes]) -> None:
         with self._lock:
@@ -141,16 +151,21 @@ class _TapeRecorder:
     def close(self) -> str | None:
         """Write what is left after any batch in flight, then close; return what stopped the
         recording if it was not told yet."""
-        with self._lock:
+        if not self._lock.acquire(blocking=False):  # a write still stuck after `drain`
+            if self.error is None:
+                self.error = "a write did not finish at the stop: the tape's last lines are missing"
+            return self.take_error()
+        try:
             lines, self._buffer = self._buffer, []
-            try:
-                if self.error is None:
-                    self._file.writelines(lines)
-                self._file.close()
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    self._file.close()  # a second try finds the buffer gone, and closes
-                self.error = self.error or str(exc)
+            if self.error is None:
+                self._file.writelines(lines)
+            self._file.close()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._file.close()  # a second try finds the buffer gone, and closes
+            self.error = self.error or str(exc)
+        finally:
+            self._lock.release()
         return self.take_error()
 
 
@@ -658,7 +673,7 @@ class Service:
                     if session is not None:
                         await session.close()
             if self._recorder is not None:
-                await self._recorder.drain()
+                await self._recorder.drain(1.0)
                 error = self._recorder.close()
                 if error is not None:
                     self._tape_failed(error)

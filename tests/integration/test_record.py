@@ -144,8 +144,34 @@ async def test_a_backlog_past_its_limit_stops_the_recording_at_a_clean_prefix(
     assert error is not None and "behind" in error
     assert recorder.take_error() is None  # said once
     reader.go.set()
-    await recorder.drain()  # the blocked write goes through
+    await recorder.drain(5.0)  # the blocked write goes through
     assert recorder.close() is None
     data = await asyncio.to_thread(reader.finish)
     assert [q.recv_ts for q in _clean_tape(data)] == [q.recv_ts for q in quotes(0, 1_000)]
     assert len(quote_to_line(quotes(0, 1)[0])) * 1_000 > 65_536
+
+
+async def test_a_stop_does_not_wait_for_a_tape_write_that_never_returns(
+    venues: list[BinanceSim], tmp_path: Path
+) -> None:
+    """SIGTERM stops the daemon within its budget even with a write stuck for good (a reader
+    that never takes another byte, a hung mount): the stop waited for the write, so the
+    process ran on until the reader went away. It now gives the write 1 s, says the tape's
+    last lines are missing, and exits 1."""
+    reader = StalledReader(tmp_path / "tape.fifo")
+    d = Daemon(sim_config([(s.ws_url, s.rest_url) for s in venues]), tmp_path)
+    d.argv[1] = "record"
+    try:
+        await d.start("--out", str(reader.path))
+
+        async def pipe_full() -> bool:  # well past the rounds that fill the FIFO's 64 KiB
+            status, body = await d.get("/v1/prices/BTC-USD")
+            return status == 200 and int(body["round"]) >= 60
+
+        await d.wait_for(pipe_full, 20, "rounds past a full FIFO")
+        assert await asyncio.to_thread(d.terminate) == 1  # waits 10 s at most
+        (event,) = d.events("tape not written: recording stopped; prices go on")
+        assert "did not finish" in event["error"]
+    finally:
+        reader.go.set()
+        await d.close()
