@@ -3,9 +3,11 @@
 * `clean_reference`: the median of every source's latest value that is fresh (within its slot's
   age limit, as the core ages it: the market's `max_age_ms` unless the slot or its on-chain feed
   sets its own) and not flagged, converted through the reference price of the route's
-  leg market. It is what "the median of all venues" means in the stress results and the yardstick
-  for wrongful liquidations. It has no gates: it follows a crash at once, and it is only clean
-  because the simulator also knows which values are fresh and unflagged.
+  leg market, and inside the market's price bounds (its own `min_price`/`max_price`, else the
+  oracle's) as the core bounds the converted value. It is what "the median of all venues"
+  means in the stress results and the yardstick for wrongful liquidations. It has no gates: it
+  follows a crash at once, and it is only clean because the simulator also knows which values
+  are fresh and unflagged.
 * `plain_median`: the median of every source's latest value, whatever its age or flag, with
   stablecoins taken at par (a naive engine's shortcut).
 * `single_venue`: one venue's latest value, at par, whatever its age or flag; a perpetual venue
@@ -32,6 +34,7 @@ class QuoteWatch:
     """The latest valid value of every (source, pair) on the tape, with its time and flag."""
 
     __slots__ = (
+        "_bounds",
         "_by_market",
         "_ceiling",
         "_floor",
@@ -51,6 +54,11 @@ class QuoteWatch:
         self._by_market = {m.symbol: m for m in cfg.markets}
         self._floor, self._ceiling = cfg.oracle.min_price, cfg.oracle.max_price
         self._skew = cfg.oracle.max_clock_skew_ms
+        # Per market, the bounds of a converted value (slot reason `bounds` in the core).
+        self._bounds = {
+            m.symbol: (m.min_price or self._floor, m.max_price or self._ceiling)
+            for m in cfg.markets
+        }
         # Per market, each slot's age limit, as the core's layout holds it.
         self._max_age = {
             m.symbol: [slot_max_age_ms(cfg, m, s) for s in m.sources] for m in cfg.markets
@@ -111,6 +119,7 @@ class QuoteWatch:
             memo[symbol] = None  # a cycle (rejected by the config anyway) resolves to nothing
             market = self._by_market[symbol]
             values: list[float] = []
+            floor, ceiling = self._bounds[symbol]
             for src, max_age in zip(market.sources, self._max_age[symbol], strict=True):
                 held = self.latest.get((src.source, src.pair))
                 if held is None:
@@ -126,7 +135,8 @@ class QuoteWatch:
                     if leg is None:
                         continue
                     value = value / leg if divide else value * leg
-                values.append(value)
+                if floor <= value <= ceiling:
+                    values.append(value)
             memo[symbol] = median(values) if values else None
             return memo[symbol]
 

@@ -152,3 +152,46 @@ def test_quotes_the_core_refuses_at_the_door_are_no_value_for_any_policy() -> No
     assert watch.plain_median()["BTC/USD"] == pytest.approx(50_010.0)
     assert [watch.single_venue(v)["BTC/USD"] for v in ("a", "c")] == [50_000.0, None]
     assert watch.reference(T0 + 60_000)["BTC/USD"] is None  # all stale: no clean value
+
+
+def test_the_clean_reference_drops_values_outside_the_markets_own_bounds_like_the_core() -> None:
+    """A market's own `min_price`/`max_price` bound the converted value in the core (slot reason
+    `bounds`); the clean reference drops the same values. With USDT at 0.50 USD, BTC/USDT at
+    100,000 is 50,000 USD, inside BTC/USD's [45,000, 55,000] though the venue's figure is not,
+    and BTC/USDT at 60,000 is 30,000 USD, outside. Before, the reference took the two 30,000s
+    and was 40,050 where the oracle priced 50,005."""
+    venues = ("a", "b", "c", "d")
+    cfg = parse_config(
+        {
+            "sources": {v: {"type": "binance"} for v in venues},
+            "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+            "markets": [
+                {
+                    "symbol": "USDT/USD",
+                    "price_exponent": -6,
+                    "min_sources": 1,
+                    "sources": [{"source": v, "pair": "USDT/USD"} for v in venues],
+                },
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 1,
+                    "max_deviation": 0.5,
+                    "min_price": 45_000.0,
+                    "max_price": 55_000.0,
+                    "sources": [{"source": v, "pair": "BTC/USDT"} for v in venues],
+                },
+            ],
+        },
+        env={},
+    )
+    watch, core = QuoteWatch(cfg), Core(cfg)
+    quotes = [Quote(v, "USDT/USD", T0, price=0.5) for v in venues]
+    for v, price in zip(venues, (100_000.0, 100_020.0, 60_000.0, 60_200.0), strict=True):
+        quotes.append(Quote(v, "BTC/USDT", T0, price=price))
+    for q in quotes:
+        watch.on_quote(q)
+        assert core.ingest(q) is None
+    for k in range(1, 6):  # the leg market goes live after its resume rounds
+        report = core.run_round(T0 + 100 * k).report(core.index["BTC/USD"])
+    assert [s.reason for s in report.sources] == [None, None, "bounds", "bounds"]
+    assert watch.reference(T0 + 500)["BTC/USD"] == pytest.approx(50_005.0)
