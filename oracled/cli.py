@@ -1,8 +1,9 @@
 """The `oracled` command: run, check-config, replay, record, demo, audit, margin, stress, scenario.
 
-Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage, 3 replay finished but the
-tape had malformed lines (reported on stderr). Config warnings (`config.config_warnings`) are no
-failure: check-config prints them on stderr and exits 0, run logs them at start-up.
+Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage, 3 replay (or stress)
+finished but the tape had malformed lines (reported on stderr). Config warnings
+(`config.config_warnings`) are no failure: check-config prints them on stderr and exits 0, run
+logs them at start-up.
 """
 
 from __future__ import annotations

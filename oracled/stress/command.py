@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the heavy parts load only when a command runs, not for `ora
 
 __all__ = ["add_parsers", "cmd_scenario", "cmd_stress"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TAPE_ERRORS = 0, 1, 2, 3
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,9 +90,13 @@ def cmd_stress(args: argparse.Namespace) -> int:
         print(f"oracled stress: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     summary = result.summary()
+    tape = args.tape if args.tape is not None else f"scenario {args.scenario}"
+    malformed = 0 if result.stats is None else result.stats.malformed
     if result.stats is not None:
-        for error in result.stats.errors:
-            print(f"tape:{error.line}: skipped: {error.message}", file=sys.stderr)
+        for error in result.stats.errors:  # as `oracled replay` names them
+            print(f"{tape}:{error.line}: skipped: {error.message}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"oracled stress: warning: {warning}", file=sys.stderr)
     text = json.dumps(summary, indent=2) + "\n"
     if args.json is not None and str(args.json) == "-":
         sys.stdout.write(text)
@@ -107,7 +111,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError) as exc:  # a file not written, or no matplotlib
         print(f"oracled stress: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    return EXIT_OK
+    return EXIT_TAPE_ERRORS if malformed else EXIT_OK  # results written, but of a partial tape
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:

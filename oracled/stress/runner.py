@@ -124,6 +124,9 @@ class StressResult:
     marks: list[float | None] = field(default_factory=list)
     has_mark: bool = False
     stats: ReplayStats | None = None
+    # What the run could not do as the inputs ask, such as a follow time for a move on a market
+    # the accounts do not hold (printed on stderr by the command).
+    warnings: list[str] = field(default_factory=list)
 
     def mark_summary(self) -> dict[str, Any] | None:
         """The oracle's mark against the clean reference and its own index; None without perps."""
@@ -278,6 +281,16 @@ def run_stress(
     result.has_mark = bool(primary_perps)
     move_market = header.get("move_market")
     move_end = header.get("move_end_ms")
+    if move_market is not None and move_market not in markets:
+        result.warnings.append(
+            f"the tape's move_market {move_market!r} is none of the accounts' markets "
+            f"({', '.join(markets)}): follow_s is null for every policy"
+        )
+    elif move_market is not None and not isinstance(move_end, int):
+        result.warnings.append(
+            f"the tape's move_end_ms is {move_end!r}, not a time in ms: "
+            "follow_s is null for every policy"
+        )
 
     def on_round(rr: RoundResult) -> None:
         ts, rnd = rr.ts, rr.round

@@ -162,3 +162,53 @@ def test_the_plot_is_a_png_whatever_the_file_is_called(
         assert main(["stress", "--scenario", "flash_crash", "--plot", str(target)]) == 0
         assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert capsys.readouterr().err == ""
+
+
+def _scenario_files(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    tape, cfg, accounts = tmp_path / "t.jsonl", tmp_path / "c.toml", tmp_path / "a.json"
+    argv = ["scenario", name, "--out", str(tape), "--config-out", str(cfg)]
+    assert main([*argv, "--accounts-out", str(accounts)]) == 0
+    return tape, cfg, accounts
+
+
+def test_a_tape_with_skipped_lines_is_exit_3_like_replay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`oracled stress` on a tape with a malformed line writes its results from the rest and
+    exits 3, naming the line by the tape's path, as `oracled replay` does on the same tape.
+    Before, it exited 0 and printed `tape:6: skipped`, while replay exited 3."""
+    tape, cfg, accounts = _scenario_files(tmp_path, "flash_crash")
+    lines = tape.read_bytes().splitlines(keepends=True)
+    tape.write_bytes(b"".join([*lines[:5], b"not a quote\n", *lines[5:]]))
+    capsys.readouterr()
+    out_json = tmp_path / "r.json"
+    argv = ["stress", "--config", str(cfg), "--tape", str(tape), "--accounts", str(accounts)]
+    assert main([*argv, "--json", str(out_json)]) == 3
+    out, err = capsys.readouterr()
+    assert f"{tape}:6: skipped: " in err and "oracled" in out
+    assert json.loads(out_json.read_text())["rounds"] > 0
+    assert main(["replay", "--config", str(cfg), str(tape), "--out", str(tmp_path / "o")]) == 3
+    assert f"{tape}:6: skipped: " in capsys.readouterr().err
+
+
+def test_a_move_on_a_market_the_accounts_do_not_hold_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tape whose header declares its move on a market none of the accounts hold cannot give
+    a follow time: stderr says so instead of `follow_s` being null without a word (the run
+    itself is fine: exit 0). The scenario's own header gives follow times and no warning."""
+    tape, cfg, accounts = _scenario_files(tmp_path, "market_crash")
+    argv = ["stress", "--config", str(cfg), "--tape", str(tape), "--accounts", str(accounts)]
+    capsys.readouterr()
+    assert main([*argv, "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err
+    assert json.loads(out)["policies"]["oracled"]["follow_s"] is not None
+    header, rest = tape.read_bytes().split(b"\n", 1)
+    moved = json.loads(header) | {"move_market": "ETH/USD"}
+    tape.write_bytes(json.dumps(moved).encode() + b"\n" + rest)
+    assert main([*argv, "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    said = "oracled stress: warning: the tape's move_market 'ETH/USD' is none of the accounts'"
+    assert said in err
+    assert json.loads(out)["policies"]["oracled"]["follow_s"] is None
