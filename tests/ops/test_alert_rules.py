@@ -33,6 +33,7 @@ REQUIRED = {
     "on-chain push stuck": "OracledPushStuck",
     "on-chain pusher stopped": "OracledPushDown",
     "on-chain pushes all failing while the pusher runs": "OracledPushFailing",
+    "rounds dropped from the audit trail without a write error": "OracledAuditRoundsDropped",
     "on-chain chain not read (its sources stay up)": "OracledChainNotRead",
 }
 
