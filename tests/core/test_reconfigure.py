@@ -149,3 +149,24 @@ def test_a_pair_a_reload_reads_from_another_feed_starts_its_slot_afresh() -> Non
     assert core.ingest(older) is None
     report = core.run_round(T0 + 500).report(0)
     assert [(s.id, s.value) for s in report.sources if s.id == "cl"] == [("cl", "3010.00")]
+
+
+def test_reloaded_jump_confirmation_and_global_bounds_apply_from_the_next_round() -> None:
+    """A 30 % move held as a jump under `jump_confirm_rounds = 50` is followed in the rounds
+    after a reload to 2 (the held count carries over); a reload of `oracle.max_price` below the
+    price then excludes every source as `bounds` in the next round."""
+    btc = [market("BTC/USD", ["a", "b", "c"], min_sources=2, circuit_breaker=0.1)]
+    core = Core(config(btc, resume_rounds=1, jump_confirm_rounds=50))
+    ts = T0
+    for price in (100.0, 100.0, 130.0, 130.0, 130.0):
+        ts += 250
+        _feed(core, ts, {"a": price, "b": price, "c": price})
+        report = core.run_round(ts).report(0)
+    assert report.price is None and "jump" in report.reasons  # held: 3 of 50 rounds
+    core.reconfigure(config(btc, resume_rounds=1, jump_confirm_rounds=2))
+    ts += 250
+    _feed(core, ts, {"a": 130.0, "b": 130.0, "c": 130.0})
+    assert core.run_round(ts).report(0).price == "130.00"
+    core.reconfigure(config(btc, resume_rounds=1, jump_confirm_rounds=2, max_price=120.0))
+    report = core.run_round(ts + 250).report(0)
+    assert report.price is None and [s.reason for s in report.sources] == ["bounds"] * 3

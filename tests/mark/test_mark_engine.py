@@ -173,3 +173,16 @@ def test_a_basis_that_rounds_to_zero_is_never_printed_negative() -> None:
     mark = Rig().mark(B + 1_000, p=99.999)
     assert mark.basis == "0.00"
     assert mark.estimators.basis_ema == "100.00"
+
+
+def test_a_reloaded_perp_deviation_limit_applies_from_the_next_round() -> None:
+    """p at 106 is 6 % from the index: ignored under the 5 % limit, counted from the round after
+    a reload that raises `max_perp_deviation` to 10 %, and ignored again after one that brings
+    it back (a reload that reports a mark setting changed must apply it)."""
+    rig = Rig()
+    assert rig.mark(B + 1_000, p=106.0, q=101.0).perps_used == 1
+    rig.core.reconfigure(make_config(mark={"max_perp_deviation": 0.1}))
+    mark = rig.mark(B + 2_000, p=106.0, q=101.0)
+    assert (mark.perps_used, mark.estimators.perp_median) == (2, "103.50")
+    rig.core.reconfigure(make_config())
+    assert rig.mark(B + 3_000, p=106.0, q=101.0).perps_used == 1
