@@ -220,7 +220,11 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
         )
     reconnects = CounterMetricFamily("oracled_nats_reconnects", "Reconnects to a NATS server.")
     reconnects.add_metric([], stats.reconnects if stats is not None else 0)
-    yield from (connected, published, unpublished, reconnects)
+    restarts = CounterMetricFamily(
+        "oracled_nats_sink_restarts", "Starts of the NATS sink's task again after a crash (a bug)."
+    )
+    restarts.add_metric([], stats.restarts if stats is not None else 0)
+    yield from (connected, published, unpublished, reconnects, restarts)
 
 
 _PUSH_TX_RESULTS = ("sent", "replaced", "confirmed", "reverted", "error", "gas_cap")

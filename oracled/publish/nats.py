@@ -25,12 +25,19 @@ down too, or every round would pile into the socket and reach consumers all at o
 woke. nats-py's pings notice it: the sink pings every `ping_interval_s` (nats-py's default is two
 minutes) and drops the connection after two unanswered, then reconnects as after any outage (to
 another server of the list, if there is one).
+
+The task supervises itself: an error other than the client's own (which `_publish` counts and
+logs) is a bug that would otherwise end the task without a word while the daemon claims to
+publish. It is logged with its traceback, counted (`restarts`; the round it was sending and
+those queued, which would be late, as `error`), and the sink connects again after a backoff
+(1 s doubling to 30 s).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -61,6 +68,7 @@ __all__ = [
 #: Why a message was not published: no server, the sink's queue overflowed, a client error.
 UNPUBLISHED_REASONS = ("disconnected", "queue_full", "error")
 _YIELD_EVERY = 256  # publishes between two yields to the event loop
+_RESTART_MAX_S = 30.0
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -91,6 +99,7 @@ class NatsStats:
     connected: bool = False
     published: int = 0  # messages handed to the connection
     reconnects: int = 0
+    restarts: int = 0  # the sink's task started again after a crash
     unpublished: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(UNPUBLISHED_REASONS, 0)
     )
@@ -107,9 +116,15 @@ class NatsSink:
     """Publishes submitted rounds to NATS from its own task; see the module docstring."""
 
     def __init__(
-        self, cfg: NatsConfig, *, connect_timeout_s: float = 2.0, ping_interval_s: int = 1
+        self,
+        cfg: NatsConfig,
+        *,
+        connect_timeout_s: float = 2.0,
+        ping_interval_s: int = 1,
+        restart_base_s: float = 1.0,
     ) -> None:
         self.cfg = cfg
+        self._restart_base_s = restart_base_s
         self.stats = NatsStats()
         self._connect_timeout_s = connect_timeout_s
         self._ping_interval_s = ping_interval_s
@@ -144,7 +159,25 @@ class NatsSink:
     # -- the task ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect (retrying until a server answers), then publish forever; cancel to stop."""
+        """Connect (retrying until a server answers), then publish forever; cancel to stop. A
+        crash is logged, counted and followed by a new start after a backoff."""
+        delay = self._restart_base_s
+        while True:
+            started = time.monotonic()
+            try:
+                await self._run_once()
+            except Exception:  # the supervisor's job: log, count, restart
+                lost = sum(self._size(batch) for batch in self._queue)
+                self._queue.clear()  # late by the backoff: dropped, as while disconnected
+                self.stats.unpublished["error"] += lost
+                self.stats.restarts += 1
+                self._log.exception("nats sink crashed; restarting", delay_s=delay, lost=lost)
+            if time.monotonic() - started > 60.0:
+                delay = self._restart_base_s
+            await asyncio.sleep(delay)
+            delay = min(delay * 2.0, _RESTART_MAX_S)
+
+    async def _run_once(self) -> None:
         try:
             nc = await self._connect()
             self._nc = nc
@@ -248,18 +281,23 @@ class NatsSink:
         if not nc.is_connected:
             self.stats.unpublished["disconnected"] += self._size(batch)
             return
-        messages = self._messages(batch)
         sent = 0
         try:
+            messages = self._messages(batch)
             for subject, payload in messages:
                 await nc.publish(subject, payload)
                 sent += 1
                 if sent % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
         except NatsError as exc:
-            self.stats.unpublished["error"] += len(messages) - sent
-            self._log.warning("nats publish failed", error=str(exc), lost=len(messages) - sent)
-        self.stats.published += sent
+            lost = self._size(batch) - sent
+            self.stats.unpublished["error"] += lost
+            self._log.warning("nats publish failed", error=str(exc), lost=lost)
+        except Exception:  # a bug: the rest of this round is lost, and `run` restarts
+            self.stats.unpublished["error"] += self._size(batch) - sent
+            raise
+        finally:
+            self.stats.published += sent
 
     # -- nats-py callbacks (state changes only) --------------------------------------------
 

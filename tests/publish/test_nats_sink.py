@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -227,6 +228,36 @@ async def test_nats_down_at_start_then_up_counts_nothing_lost_after(tmp_path: Pa
     finally:
         await stop(task)
         srv.stop()
+
+
+async def test_a_crash_of_the_sink_is_logged_counted_and_followed_by_a_new_start(
+    server: NatsServer,
+) -> None:
+    """An error that is not the NATS client's own (here a signed round with a status code
+    that has no label, as a status added without one would make) is logged with its traceback,
+    counts a restart and the round as unpublished `error`, and the sink connects again and
+    publishes the next round. It used to end the sink's task without a word while the daemon
+    went on as if it published (found reading the sink's task, which caught only NatsError)."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)), restart_base_s=0.05)
+    task = await running(sink)
+    try:
+        rounds = Rounds(make_config())
+        signer = RoundSigner(KEY)
+        signed = signer.sign(rounds.step())
+        leaves = (dataclasses.replace(signed.leaves[0], status=9), *signed.leaves[1:])
+        with capture_logs() as logs:
+            sink.submit(dataclasses.replace(signed, leaves=leaves))
+            await until(lambda: sink.stats.restarts == 1, "the crash counted")
+            await until(lambda: sink.stats.connected, "connected again")
+        crashed = [e for e in logs if e["event"] == "nats sink crashed; restarting"]
+        assert [(e["log_level"], e["lost"]) for e in crashed] == [("error", 0)]
+        assert crashed[0]["exc_info"] is True
+        assert sink.stats.unpublished["error"] == 4 and sink.stats.published == 0
+        sink.submit(signer.sign(rounds.step()))
+        await until(lambda: sink.stats.published == 4, "the next round published")
+        assert not task.done()
+    finally:
+        await stop(task)
 
 
 async def test_a_full_queue_drops_its_oldest_round_and_counts_it(server: NatsServer) -> None:
