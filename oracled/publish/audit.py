@@ -586,6 +586,11 @@ class AuditReader:
         first, last = self._db.execute("SELECT min(ts), max(ts) FROM rounds").fetchone()
         return None if first is None else (int(first), int(last))
 
+    def round_count(self) -> int:
+        """Rounds stored, counted by SQLite (a month's trail holds millions)."""
+        (count,) = self._db.execute("SELECT count(*) FROM rounds").fetchone()
+        return int(count)
+
     def rounds(self, start_ms: int, end_ms: int) -> list[AuditRound]:
         rows = self._db.execute(
             "SELECT id, ts, round, markets, quotes, signature, signer, root FROM rounds "

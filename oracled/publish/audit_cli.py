@@ -247,7 +247,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             if span is None:
                 print(f"{args.db}: empty", file=sys.stdout)
                 return 1
-            count = len(reader.rounds(*span))
+            count = reader.round_count()
             print(f"{args.db}: {count} round(s) from {_iso(span[0])} to {_iso(span[1])}")
             return 0
         if args.csv is not None:
