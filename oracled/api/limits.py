@@ -10,7 +10,8 @@ the client does not read), so both are a middleware, the outermost one:
   once a minute with the number since the last line.
 - At most `api.max_connections` client connections are served at once (keep-alive, streams and
   all). A request on a connection beyond it is answered 503 `too_many_connections` and its
-  connection closed (counted, reason `connection_limit`). `/healthz`, `/metrics` and the admin
+  connection closed (counted, reason `connection_limit`, and logged like a send timeout: consumers
+  refused are an incident the operator must hear of). `/healthz`, `/metrics` and the admin
   endpoints are answered even then, on a connection closed after the answer, so that a probe,
   Prometheus or an operator gets through a flood (a failed scrape reads as a dead daemon).
 
@@ -49,8 +50,9 @@ class Limits:
         # Connections that have made a request, by aiohttp's per-connection protocol object;
         # insertion-ordered. A closed one has no transport and is pruned when the cap is near.
         self._open: dict[RequestHandler, None] = {}
-        self._last_log = -LOG_EVERY_S
-        self._unlogged = 0
+        # Per reason: when the last line was logged, and how many were closed since.
+        self._last_log = dict.fromkeys((CLOSED_SEND_TIMEOUT, CLOSED_LIMIT), -LOG_EVERY_S)
+        self._unlogged = dict.fromkeys((CLOSED_SEND_TIMEOUT, CLOSED_LIMIT), 0)
 
     @property
     def connections(self) -> int:
@@ -80,7 +82,12 @@ class Limits:
             response = await handler(request)
             response.force_close()
         else:
-            self._ctx.hub.api_closed[CLOSED_LIMIT] += 1
+            self._closed(
+                CLOSED_LIMIT,
+                "api_connection_limit",
+                request,
+                max_connections=self._ctx.current_config.api.max_connections,
+            )
             response = error_response(
                 503,
                 "too_many_connections",
@@ -102,15 +109,24 @@ class Limits:
         transport = request.transport
         if transport is not None:
             transport.abort()  # close() would keep the unsent bytes until they drain
-        self._ctx.hub.api_closed[CLOSED_SEND_TIMEOUT] += 1
-        self._unlogged += 1
+        self._closed(
+            CLOSED_SEND_TIMEOUT,
+            "api_send_timeout",
+            request,
+            timeout_s=self._ctx.current_config.api.send_timeout_s,
+        )
+
+    def _closed(self, reason: str, event: str, request: web.Request, **fields: float) -> None:
+        """Count a connection the API closed; log it at most once a minute per reason."""
+        self._ctx.hub.api_closed[reason] += 1
+        self._unlogged[reason] += 1
         now = time.monotonic()
-        if now - self._last_log >= LOG_EVERY_S:
+        if now - self._last_log[reason] >= LOG_EVERY_S:
             _log.warning(
-                "api_send_timeout",
+                event,
                 path=request.path,
                 remote=request.remote,
-                closed=self._unlogged,  # since the last such line
-                timeout_s=self._ctx.current_config.api.send_timeout_s,
+                closed=self._unlogged[reason],  # since the last such line
+                **fields,
             )
-            self._last_log, self._unlogged = now, 0
+            self._last_log[reason], self._unlogged[reason] = now, 0

@@ -166,8 +166,9 @@ async def test_connections_beyond_the_cap_are_refused_with_503_and_closed(
 ) -> None:
     """With `api.max_connections = 2`, two keep-alive clients are served as often as they ask;
     a request on a third connection is a 503 `too_many_connections` with `Connection: close`
-    (counted), except `/healthz`, answered on a connection then closed. Once one of the two
-    goes, a new connection is served."""
+    (counted, and logged as `api_connection_limit` at most once a minute with the number
+    refused since the last line), except `/healthz`, answered on a connection then closed.
+    Once one of the two goes, a new connection is served."""
     rig = Rig(make_config(max_connections=2))
     rig.step()
     client = await aiohttp_client(build_app(rig.context()))
@@ -180,14 +181,22 @@ async def test_connections_beyond_the_cap_are_refused_with_503_and_closed(
     for conn in (first, second, first, second):
         assert (await _get(conn, "/v1/info"))[0] == 200
     third = await connect()
-    status, headers, body = await _get(third, "/v1/info")
+    with capture_logs() as logs:
+        status, headers, body = await _get(third, "/v1/info")
+        for _ in range(3):  # refused too, within the minute: counted, not logged again
+            extra = await connect()
+            assert (await _get(extra, "/v1/info"))[0] == 503
+            extra[1].close()
+    (event,) = [e for e in logs if e["event"] == "api_connection_limit"]
+    assert event["log_level"] == "warning" and event["max_connections"] == 2
+    assert event["closed"] == 1 and event["path"] == "/v1/info"
     assert status == 503 and headers["connection"] == "close"
     assert headers["cache-control"] == "no-store" and headers["retry-after"] == "1"
     error = json.loads(body)
     contract.validator("/components/schemas/Error").validate(error)
     assert error["error"]["code"] == "too_many_connections"
     assert await third[0].read() == b""  # closed by the server
-    assert rig.hub.api_closed["connection_limit"] == 1
+    assert rig.hub.api_closed["connection_limit"] == 4
     probe = await connect()
     status, headers, _ = await _get(probe, "/healthz")
     assert status == 200 and headers["connection"] == "close"

@@ -34,6 +34,7 @@ REQUIRED = {
     "on-chain pusher stopped": "OracledPushDown",
     "on-chain pushes all failing while the pusher runs": "OracledPushFailing",
     "rounds dropped from the audit trail without a write error": "OracledAuditRoundsDropped",
+    "consumers refused over the API's connection cap": "OracledApiConnectionLimit",
     "on-chain chain not read (its sources stay up)": "OracledChainNotRead",
 }
 
