@@ -86,8 +86,11 @@ def cmd_stress(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"oracled stress: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (OSError, TapeError) as exc:
+    except OSError as exc:
         print(f"oracled stress: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except TapeError as exc:  # named by the tape's path, as `oracled replay` does
+        print(f"oracled stress: {args.tape}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     summary = result.summary()
     tape = args.tape if args.tape is not None else f"scenario {args.scenario}"

@@ -249,8 +249,8 @@ def run_stress(
 ) -> StressResult:
     """Run the tape; `single_venue` defaults to the header's, else the primary market's first."""
     it = iter(tape)
-    first = next(it, b"")
-    header = read_header(first)
+    first = next(it, None)  # None: an empty tape, which the replay refuses as such
+    header = read_header(first) if first is not None else {}
     markets = accounts.markets()
     missing = [m for m in markets if cfg.market(m) is None]
     if missing:
@@ -370,7 +370,6 @@ def run_stress(
                     run.unresolved += d.unresolved
 
     with open(os.devnull, "wb") as sink:
-        result.stats = replay(
-            cfg, itertools.chain([first], it), sink, on_quote=watch.on_quote, on_round=on_round
-        )
+        lines = itertools.chain([] if first is None else [first], it)
+        result.stats = replay(cfg, lines, sink, on_quote=watch.on_quote, on_round=on_round)
     return result

@@ -212,3 +212,19 @@ def test_a_move_on_a_market_the_accounts_do_not_hold_is_said(
     said = "oracled stress: warning: the tape's move_market 'ETH/USD' is none of the accounts'"
     assert said in err
     assert json.loads(out)["policies"]["oracled"]["follow_s"] is None
+
+
+def test_an_empty_tape_is_said_to_be_empty_and_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty tape is exit 1 with the tape's path and 'empty tape', as `oracled replay` says
+    it. Before, stress said 'line 1: not an oracled-tape header (Input data was truncated)',
+    without naming the file."""
+    _, cfg, accounts = _scenario_files(tmp_path, "flash_crash")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    capsys.readouterr()
+    argv = ["stress", "--config", str(cfg), "--tape", str(empty), "--accounts", str(accounts)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"oracled stress: {empty}: empty tape: the first line must be the oracled-tape" in err
