@@ -545,6 +545,28 @@ class StoredReport:
     signature: bytes | None
 
 
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """Open for reading only. The path goes into the URI quoted: a `#` or `?` in a file name
+    would otherwise end the path there, and SQLite open (and make) another file read-write.
+
+    Reading a WAL database needs its `-wal` and `-shm` files, which SQLite makes when they are
+    missing (after its writer stopped); in a directory the reader may not write (another user's
+    state directory, read-only media) it cannot, so a stopped trail, whose `-wal` is gone or
+    empty and whose every round is in the file itself, is read as it is (`immutable`)."""
+    uri = path.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+    except sqlite3.Error as exc:
+        db.close()
+        wal = path.with_name(path.name + "-wal")
+        unwritten = wal.exists() and wal.stat().st_size > 0  # rounds not yet in the file
+        if exc.sqlite_errorcode != sqlite3.SQLITE_READONLY_DIRECTORY or unwritten:
+            raise
+        db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+    return db
+
+
 class AuditReader:
     """Read-only queries over an audit database of schema version 1 or 2 (the `oracled audit`
     command, tests): the same answers from either."""
@@ -553,7 +575,7 @@ class AuditReader:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such audit database")
-        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self._db = _open_read_only(path)
         try:
             version = _schema_version(self._db)
             if version not in (1, SCHEMA_VERSION):

@@ -513,3 +513,17 @@ def test_the_summary_counts_rounds_without_reading_them_all_into_memory(
         tracemalloc.stop()
     assert capsys.readouterr().out.startswith(f"{db}: {3 + extra} round(s) from ")
     assert peak < 1_000_000
+
+
+def test_a_database_whose_name_holds_a_hash_or_question_mark_is_the_one_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--db 'trail#2?.sqlite3'`: the name went into SQLite's URI as it was, so `#` ended the
+    path there and the reader opened (and made, read-write, since `?mode=ro` was cut off with
+    it) a file named `trail`, then called the real trail no audit database."""
+    db = tmp_path / "trail#2?.sqlite3"
+    recorded(db, 3)
+    capsys.readouterr()
+    assert main(["audit", "--db", str(db)]) == 0
+    assert capsys.readouterr().out.startswith(f"{db}: 3 round(s) from ")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(db.name)) == []

@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import aiohttp
+from publish_rig import Rounds, make_config
 
 from oracled.config import AuditConfig
 from oracled.publish.audit import AuditReader, AuditTrail
@@ -207,3 +208,38 @@ async def _wait_live_and_audit_down(port: int) -> str:
                 live = body.get("status") in ("active", "degraded") and body.get("price")
                 if live and "oracled_audit_write_errors_total 0.0" not in metrics:
                     return metrics
+
+
+def test_a_stopped_trail_in_a_directory_the_reader_cannot_write_is_read(tmp_path: Path) -> None:
+    """`oracled audit` on a trail whose writer has stopped, in a directory the reader may not
+    write (another user's state directory, a copy on read-only media): SQLite needs to make the
+    `-wal` and `-shm` files beside a WAL database to read it, and answered "attempt to write a
+    readonly database" (exit 2); the reader now reads the file as it is, answers, and leaves the
+    directory as it was."""
+    db = tmp_path / "trail" / "audit.sqlite3"
+    db.parent.mkdir()
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db)))
+    audit.start()
+    rounds = Rounds(make_config())
+    for _ in range(3):
+        audit.submit(rounds.step())
+    assert audit.close()
+    assert sorted(p.name for p in db.parent.iterdir()) == ["audit.sqlite3", "audit.sqlite3.lock"]
+    db.chmod(0o444)
+    db.parent.chmod(0o555)
+    try:
+        done = subprocess.run(
+            [*_NO_OVERRIDE, sys.executable, "-m", "oracled.cli", "audit", "--db", str(db)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (done.returncode, done.stderr) == (0, "")
+        assert done.stdout.startswith(f"{db}: 3 round(s) from ")
+        assert sorted(p.name for p in db.parent.iterdir()) == [
+            "audit.sqlite3",
+            "audit.sqlite3.lock",
+        ]
+    finally:
+        db.parent.chmod(0o755)
