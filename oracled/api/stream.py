@@ -188,19 +188,22 @@ class StreamHandler:
                     "stream_bad_frame", code=code, error=str(exc)[:200], remote=request.remote
                 )
                 return
+            # Answers go through the subscription's buffer, behind the frames already in it:
+            # written straight to the socket, an ack overtook them (a snapshot of a market
+            # came after the 'unsubscribed' that removed it).
+            hub = self._ctx.hub
             if msg.type is not WSMsgType.TEXT:
-                await ws.send_frame(_error("bad_request", "send JSON text frames"), WSMsgType.TEXT)
+                await hub.reply(sub, _error("bad_request", "send JSON text frames"))
                 continue
             try:
                 reply, markets, options = self._apply(sub, msg.data)
             except ApiError as exc:
-                await ws.send_frame(_error(exc.code, exc.message), WSMsgType.TEXT)
+                await hub.reply(sub, _error(exc.code, exc.message))
                 continue
             # Acknowledge first, then change: the snapshot of added markets follows the ack.
-            await ws.send_frame(reply, WSMsgType.TEXT)
+            await hub.reply(sub, reply)
             # A switch of frame kind sends a snapshot of the set it finds: an unsubscribe
             # leaves the set first, so that no frame of a market it removed follows its ack.
-            hub = self._ctx.hub
             removes = markets is not None and (sub.markets is None or markets <= sub.markets)
             if removes:
                 hub.change(sub, markets)

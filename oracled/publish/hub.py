@@ -94,11 +94,13 @@ class Subscription:
     """
 
     __slots__ = (
+        "_answered",
         "_buf",
         "_closed_waiter",
         "_load",
         "_queue_size",
         "_sent",
+        "_taken",
         "_waiter",
         "_weights",
         "batch",
@@ -123,6 +125,9 @@ class Subscription:
         self._weights: deque[int] | None = None  # per buffered frame, once a batch was offered
         self._waiter: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[str] | None = None
+        self._taken = 0  # frames taken by the writer since the start
+        # An answer's place in the frame count and the future its request's reader awaits
+        self._answered: tuple[int, asyncio.Future[None]] | None = None
 
     @property
     def filtered(self) -> bool:
@@ -177,7 +182,34 @@ class Subscription:
     def _take(self) -> bytes:
         weights = self._weights
         self._load -= 1 if weights is None else weights.popleft()
+        self._taken += 1
+        answered = self._answered
+        if answered is not None and self._taken >= answered[0]:
+            self._answered = None
+            if not answered[1].done():
+                answered[1].set_result(None)
         return self._buf.popleft()
+
+    async def _answer(self, frame: bytes) -> None:
+        """Queue an answer to the client's request behind the frames buffered, and wait until
+        the writer has taken it.
+
+        An answer weighs nothing against the bound (it is no report: a full buffer must not
+        drop a client for being told what it asked), and waiting for it is the reader's
+        backpressure: one request is answered at a time, as a direct write of the answer did.
+        """
+        if self.closed_reason is not None:
+            return
+        if self._weights is None:
+            self._weights = deque(repeat(1, len(self._buf)))
+        self._weights.append(0)
+        self._buf.append(frame)
+        done = asyncio.get_running_loop().create_future()
+        self._answered = (self._taken + len(self._buf), done)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        await done
 
     async def wait_closed(self) -> str:
         """Wait until the subscription is closed; return the reason."""
@@ -216,6 +248,9 @@ class Subscription:
         self.closed_reason = reason
         self._buf.clear()
         self._load, self._weights = 0, None
+        answered, self._answered = self._answered, None
+        if answered is not None and not answered[1].done():
+            answered[1].set_result(None)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         if self._closed_waiter is not None and not self._closed_waiter.done():
@@ -623,6 +658,13 @@ class Hub:
         else:
             added = markets - before
         self._snapshot(sub, added)
+
+    async def reply(self, sub: Subscription, frame: bytes) -> None:
+        """Send an answer to the client's request (an ack, an error) behind the frames already
+        buffered for it, so that the client reads them in the order of its requests; returns
+        once the writer has taken it (at once for a subscription no longer served)."""
+        if sub in self._subs:
+            await sub._answer(frame)
 
     def drop(self, sub: Subscription, reason: str) -> None:
         """Remove and close a subscription its connection lost for `reason`; counted, idempotent."""

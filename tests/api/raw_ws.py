@@ -18,6 +18,7 @@ class RawWebSocket:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._loop = asyncio.get_running_loop()
+        self._pending = bytearray()  # received and not yet returned by read_frames
 
     @classmethod
     async def connect(cls, host: str, port: int, path: str, rcvbuf: int = 4096) -> RawWebSocket:
@@ -45,10 +46,23 @@ class RawWebSocket:
 
     async def send_frame(self, opcode: int, payload: bytes, rsv: int = 0) -> None:
         """One final frame of any opcode, payload and reserved bits (0x70), valid or not."""
-        assert len(payload) < 126
-        masked = bytes(b ^ _MASK[i % 4] for i, b in enumerate(payload))
-        header = bytes([0x80 | rsv | opcode, 0x80 | len(payload)])  # masked, as clients must
-        await self._loop.sock_sendall(self._sock, header + _MASK + masked)
+        await self._loop.sock_sendall(self._sock, _client_frame(opcode, payload, rsv))
+
+    async def send_texts(self, *texts: str) -> None:
+        """Several text frames in one write, so that the server reads them all at once."""
+        data = b"".join(_client_frame(0x1, text.encode()) for text in texts)
+        await self._loop.sock_sendall(self._sock, data)
+
+    async def read_frames(self, count: int) -> list[tuple[int, bytes]]:
+        """The next `count` frames the server sends (fails if it closes first)."""
+        while len(frames := parse_frames(bytes(self._pending))) < count:
+            chunk = await self._loop.sock_recv(self._sock, 65536)
+            assert chunk, f"the server closed after {len(frames)} of {count} frames"
+            self._pending += chunk
+        taken = frames[:count]
+        used = sum(_frame_size(payload) for _, payload in taken)
+        del self._pending[:used]
+        return taken
 
     async def read_to_eof(self) -> list[tuple[int, bytes]]:
         """Everything the server sent until it closed the connection, as (opcode, payload)."""
@@ -61,18 +75,34 @@ class RawWebSocket:
         self._sock.close()
 
 
+def _client_frame(opcode: int, payload: bytes, rsv: int = 0) -> bytes:
+    assert len(payload) < 126
+    masked = bytes(b ^ _MASK[i % 4] for i, b in enumerate(payload))
+    header = bytes([0x80 | rsv | opcode, 0x80 | len(payload)])  # masked, as clients must
+    return header + _MASK + masked
+
+
+def _frame_size(payload: bytes) -> int:
+    """Bytes of an unmasked server frame carrying `payload`."""
+    n = len(payload)
+    return n + (2 if n < 126 else 4 if n < 65536 else 10)
+
+
 def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """Split unmasked server frames (RFC 6455 section 5.2)."""
+    """Split unmasked server frames (RFC 6455 section 5.2); a frame not wholly in `data` is left
+    out."""
     frames, pos = [], 0
-    while pos < len(data):
+    while pos + 2 <= len(data):
         opcode, length = data[pos] & 0x0F, data[pos + 1] & 0x7F
-        pos += 2
+        head = 2 + {126: 2, 127: 8}.get(length, 0)
+        if pos + head > len(data):
+            break
         if length == 126:
-            (length,) = struct.unpack_from("!H", data, pos)
-            pos += 2
+            (length,) = struct.unpack_from("!H", data, pos + 2)
         elif length == 127:
-            (length,) = struct.unpack_from("!Q", data, pos)
-            pos += 8
-        frames.append((opcode, data[pos : pos + length]))
-        pos += length
+            (length,) = struct.unpack_from("!Q", data, pos + 2)
+        if pos + head + length > len(data):
+            break
+        frames.append((opcode, data[pos + head : pos + head + length]))
+        pos += head + length
     return frames
