@@ -24,6 +24,7 @@ REQUIRED = {
     "round duration over budget": "OracledRoundOverBudget",
     "publish lag": "OracledPublishLag",
     "signer errors": "OracledSignerErrors",
+    "signer skipping a steady share of rounds": "OracledSignerBusy",
     "audit write errors": "OracledAuditWriteErrors",
     "process restarts": "OracledRestarting",
     # Silent failures found by later reviews, which no other alert reports.
