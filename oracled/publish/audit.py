@@ -646,7 +646,8 @@ class AuditReader:
 
     def report_lines(self, start_ms: int, end_ms: int) -> Iterator[bytes]:
         """Every stored report as the JSON line `oracled replay` prints, in round and
-        market order: the byte-for-byte reference for a replay of `tape()`."""
+        market order: the byte-for-byte reference for a replay of `tape()` (but for `round`,
+        which replay counts from the tape's first quote and the daemon from its start)."""
         encoder = msgspec.json.Encoder()
         rows = self._db.execute(
             f"SELECT {self._body_column} FROM reports r JOIN rounds o ON o.id = r.round_id "
@@ -672,8 +673,9 @@ class AuditReader:
         """Write the stored inputs of the rounds in the window as a quote tape; return quotes.
 
         Replaying it with the daemon's config gives the stored reports of those rounds, when
-        the window starts at the daemon's first round that had quotes (replay numbers rounds
-        from there) and no round was dropped from the trail (docs/publishing.md).
+        the window starts at the daemon's first round that had quotes and no round was dropped
+        from the trail (docs/publishing.md); their `round` is less by the rounds the daemon ran
+        before that one (replay numbers rounds from its first quote).
         """
         out.write(header_line())
         if self.version == 1:
