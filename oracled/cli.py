@@ -1,9 +1,9 @@
 """The `oracled` command: run, check-config, replay, record, demo, audit, margin, stress, scenario.
 
 Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage, 3 replay (or stress)
-finished but the tape had malformed lines (reported on stderr). Config warnings
-(`config.config_warnings`) are no failure: check-config prints them on stderr and exits 0, run
-logs them at start-up.
+finished but the tape had malformed lines (reported on stderr), 130 replay interrupted (SIGINT):
+its output is incomplete. Config warnings (`config.config_warnings`) are no failure:
+check-config prints them on stderr and exits 0, run logs them at start-up.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ _DAEMON_COMMANDS = frozenset({"run", "record", "demo"})
 #: Long-running commands that keep the stop latch (not SIGHUP's: they do not reload).
 _STOPPED_COMMANDS = _DAEMON_COMMANDS | {"margin"}
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_TAPE_ERRORS = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that SIGINT ended
 
 
 def default_config() -> Path:
@@ -267,6 +268,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 stats = replay(cfg, tape, sys.stdout.buffer, on_error=skipped)
     except BrokenPipeError:  # the reader went away (e.g. piped into head): not an error
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C, `timeout -s INT`: what was written is not the whole tape
+        print("oracled replay: interrupted: the output is incomplete", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except OSError as exc:
         print(f"oracled replay: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -4,6 +4,7 @@ non-zero, without a traceback and without harming the tape."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,31 @@ def test_out_naming_the_tape_itself_is_refused_and_the_tape_kept(tmp_path: Path)
     assert proc.returncode == 2, proc.stderr
     assert "--out is the tape itself" in proc.stderr
     assert tape.read_bytes() == TAPE.read_bytes()
+
+
+def test_an_interrupted_replay_says_its_output_is_incomplete_and_exits_130(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C (or `timeout -s INT`) stopped a replay at once with exit 0 and not a word, so a
+    script took the reports written so far for the whole tape. It now says the output is
+    incomplete and exits 130, as a shell reports a command that SIGINT ended."""
+    tape = tmp_path / "gap.jsonl"
+    line = '{"ts": %d, "source": "a", "pair": "USDT/USD", "price": "1.0001"}\n'
+    day = 86_400_000  # a quote, then one a day later: 86,401 rounds to write
+    tape.write_text(
+        '{"format": "oracled-tape", "version": 1}\n'
+        + line % 1_700_000_000_500
+        + line % (1_700_000_000_500 + day)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oracled.cli", "replay", "--config", str(CONFIG), str(tape)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(b'{"market":"USDT/USD"')  # it is replaying
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert b"interrupted: the output is incomplete" in err
+    assert b"Traceback" not in err
