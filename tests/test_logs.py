@@ -5,11 +5,24 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import socket
+from collections.abc import Iterator
 
+import pytest
+import structlog
 from aiohttp import web
 
 from oracled.logs import setup_logging
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """setup_logging configures the process: give the next tests what they had."""
+    handlers = list(logging.getLogger().handlers)
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = handlers
 
 
 async def test_a_request_aiohttp_cannot_parse_is_logged_as_one_json_line() -> None:
@@ -40,7 +53,5 @@ async def test_a_request_aiohttp_cannot_parse_is_logged_as_one_json_line() -> No
     assert refused["event"].startswith("Error handling request")
     assert refused["level"] == "error" and "LineTooLong" in refused["exception"]
     setup_logging("info", "json", stream=io.StringIO())  # once more: still one handler
-    import logging
-
     ours = [h for h in logging.getLogger().handlers if h.get_name() == "oracled"]
     assert len(ours) == 1
