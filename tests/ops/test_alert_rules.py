@@ -37,6 +37,8 @@ REQUIRED = {
     "rounds dropped from the audit trail without a write error": "OracledAuditRoundsDropped",
     "consumers refused over the API's connection cap": "OracledApiConnectionLimit",
     "on-chain chain not read (its sources stay up)": "OracledChainNotRead",
+    "L2 sequencer down: every feed of the chain excluded in silence": "OracledSequencerDown",
+    "open file descriptors near the process limit": "OracledFileDescriptorsNearLimit",
 }
 
 
