@@ -15,7 +15,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -400,11 +400,13 @@ class Service:
         with contextlib.suppress(KeyError):
             self.metrics.source_restarts.remove(sid)
 
-    async def _stop_source(self, sid: str) -> None:
-        task = self._source_tasks.pop(sid, None)
-        if task is not None:
+    async def _stop_sources(self, sids: Iterable[str]) -> None:
+        """Cancel every one of `sids` at once, then wait for them all: none streams on while
+        another closes its connection."""
+        tasks = [task for sid in sids if (task := self._source_tasks.pop(sid, None)) is not None]
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- reload ---------------------------------------------------------------------------
     async def reload(self, actor: str = "signal") -> dict[str, object]:
@@ -429,10 +431,13 @@ class Service:
             new = new.model_copy(update={"admin_token": self.cfg.admin_token})
             changes = config_changes(self.cfg, new)
             new = running_config(self.cfg, new)  # restart-only settings keep running values
+            # Stopped, all at once, before the swap: a source still running under the new
+            # config would put its old feed's (or, disabled, any) quotes in the new book.
+            await self._stop_sources(changes.sources_restarted)
+            self._refuse_if_stopping(actor)  # the stop began while the sources stopped
             self.core.reconfigure(new)
             self.cfg = new
             for sid in changes.sources_restarted:
-                await self._stop_source(sid)
                 self._start_source(sid)
             for market in changes.markets_removed:  # its gauges went with the layout
                 self.metrics.forget_market(market)
