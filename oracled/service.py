@@ -272,6 +272,8 @@ class Service:
         self.bound_port: int | None = None
         self.failed = False  # stopped by an error, not asked to: `oracled run` exits 1
         self.started = asyncio.Event()
+        #: Time for tasks, the API and the sinks to stop (tests shorten it).
+        self.shutdown_budget_s = SHUTDOWN_BUDGET_S
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self.chains: ChainSet | None = None  # the chain readers, made in run()
@@ -669,13 +671,21 @@ class Service:
             tasks += [*self._source_tasks.values(), *self._background]
             for task in tasks:
                 task.cancel()
+            deadline = loop.time() + self.shutdown_budget_s - 1.0
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SHUTDOWN_BUDGET_S - 1.0):
+                async with asyncio.timeout_at(deadline):
                     await asyncio.gather(*tasks, return_exceptions=True)
+            # A task that outlived the budget (a bug, a blocking library) must not leave the API
+            # listening or the session's sockets open: they close whatever the tasks did, with
+            # at least half a second each.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(max(deadline, loop.time() + 0.5)):
                     await self.hub.close()
                     if runner is not None:
                         await runner.cleanup()
-                    if session is not None:
+            if session is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
                         await session.close()
             if self._recorder is not None:
                 await self._recorder.drain(1.0)

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.resolver import AsyncResolver, DefaultResolver
 from structlog.testing import capture_logs
 
@@ -741,3 +743,49 @@ async def test_a_stop_while_the_audit_writer_is_held_up_says_the_trail_may_miss_
     held = [e for e in logs if e["event"].startswith("audit trail not finished")]
     assert [(e["log_level"], e["path"]) for e in held] == [("warning", str(trail))]
     assert [e["event"] for e in logs][-1] == "stopped"
+
+
+class _StubbornSource(CrashingSource):
+    """A source that, cancelled, holds on until `release` is set: a task that outlives the
+    shutdown budget (a blocking call in a library, a bug)."""
+
+    release = asyncio.Event()
+
+    async def run(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await self.release.wait()
+            raise
+
+
+async def test_the_api_and_the_session_close_even_when_a_task_outlives_the_shutdown_budget() -> (
+    None
+):
+    """A source task that does not end within the shutdown budget: `run()` still returns, the
+    API no longer listens and the sources' HTTP session is closed (its sockets, and no
+    `Unclosed client session` at exit). Both used to be closed only inside the budget, after
+    every task had ended, so a task that outlived it left the API port open and the session
+    too (found reading the stop while exploring it)."""
+
+    def stubborn(sid: str, *args: Any) -> Source:
+        return _StubbornSource(sid, *args)
+
+    service = Service(_config("ws://127.0.0.1:9", "http://127.0.0.1:9"), source_factory=stubborn)
+    service.shutdown_budget_s = 1.2  # 0.2 s for the tasks
+    _StubbornSource.release = asyncio.Event()
+    task = asyncio.create_task(service.run())
+    try:
+        await service.started.wait()
+        session = service._session
+        assert session is not None and not session.closed
+        service.stop()
+        async with asyncio.timeout(10):
+            await task
+        assert session.closed
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", service.bound_port), timeout=5).close()
+    finally:
+        _StubbornSource.release.set()
+        left = [t for t in asyncio.all_tasks() if t.get_name().startswith("source:")]
+        await asyncio.gather(*left, return_exceptions=True)
