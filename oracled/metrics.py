@@ -9,7 +9,7 @@ executor thread: rendering thousands of series must not stall the event loop.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -129,6 +129,7 @@ class Metrics:
         self.registry.register(gcpause.GcCollector())
         self.registry.register(_StateCollector(inputs))
         self._latest = inputs.latest
+        self._source_stats = inputs.source_stats  # live: the sources running now
         self._market_text: _MarketText | None = None
 
     def forget_market(self, market: str) -> None:
@@ -158,7 +159,7 @@ class Metrics:
         text = self._market_text
         if text is None or text.layout is not result.layout:  # first round, or a config reload
             text = self._market_text = _MarketText(result.layout)
-        return text.render(result).encode()
+        return text.render(result, self._source_stats.keys()).encode()
 
 
 def _latency_family(stats: list[tuple[str, SourceStats]]) -> HistogramMetricFamily:
@@ -669,12 +670,13 @@ class _MarketText:
         for i, ids in enumerate(layout.slot_ids):
             source[i, : len(ids)] = [index[sid] for sid in ids]
         self._slot_source = source
-        self._slot_sources = [_escape(sid) for sid in voting]
+        self._slot_sources = voting
 
-    def _excluded(self, result: RoundResult) -> list[str]:
-        """`oracled_source_excluded_slots`: every voting source x every reason the round can
-        name (the core's and the flags the book has seen), 0 included, so a series does not
-        vanish when its last slot comes back."""
+    def _excluded(self, result: RoundResult, running: Collection[str]) -> list[str]:
+        """`oracled_source_excluded_slots`: every voting source that runs x every reason the
+        round can name (the core's and the flags the book has seen), 0 included, so a series
+        does not vanish when its last slot comes back. A source that does not run (disabled,
+        or on a chain without an RPC URL) has no `oracled_source_*` series, as documented."""
         names = result.slot_names
         width = len(names)
         valid = self._slot_source >= 0
@@ -683,17 +685,21 @@ class _MarketText:
         rows = counts.reshape(len(self._slot_sources), width).tolist()
         out = [_EXCLUDED_HEAD]
         for sid, row in zip(self._slot_sources, rows, strict=True):
+            if sid not in running:
+                continue
+            label = _escape(sid)
             merged: dict[str, int] = {}
             for code, name in enumerate(names):
                 if code != USED and name is not None:  # a flag may share a core name (stale)
                     merged[name] = merged.get(name, 0) + row[code]
             out += [
-                f'{_EXCLUDED}{{source="{sid}",reason="{_escape(name)}"}} {float(n)}\n'
+                f'{_EXCLUDED}{{source="{label}",reason="{_escape(name)}"}} {float(n)}\n'
                 for name, n in merged.items()
             ]
         return out
 
-    def render(self, result: RoundResult) -> str:
+    def render(self, result: RoundResult, running: Collection[str]) -> str:
+        """The per-market families and the exclusions of the sources in `running`."""
         status = result.status.tolist()
         live = [code <= Status.DEGRADED for code in status]
         price, conf = result.price.tolist(), result.confidence.tolist()
@@ -726,5 +732,5 @@ class _MarketText:
         out.append(heads[7])
         for lines, row_codes in zip(self._slot_used, codes, strict=True):
             out += [line[c == USED] for line, c in zip(lines, row_codes, strict=False)]
-        out += self._excluded(result)
+        out += self._excluded(result, running)
         return "".join(out)
