@@ -232,14 +232,14 @@ class ChainPusher:
 
     async def start(self) -> None:
         """Check the chain id and the contract; read the nonce and the prices stored on chain."""
-        chain_id = int(await self.rpc.call("eth_chainId", []), 16)
+        chain_id = await self._quantity("eth_chainId", [])
         if chain_id != self.chain.chain_id:
             raise PushError(f"the node serves chain {chain_id}, not {self.chain.chain_id}")
         code = await self.rpc.call("eth_getCode", [self.contract, "latest"])
         if code in ("0x", "", None):
             raise PushError(f"no contract at {self.contract}")
-        mined = int(await self.rpc.call("eth_getTransactionCount", [self.address, "latest"]), 16)
-        pending = int(await self.rpc.call("eth_getTransactionCount", [self.address, "pending"]), 16)
+        mined = await self._quantity("eth_getTransactionCount", [self.address, "latest"])
+        pending = await self._quantity("eth_getTransactionCount", [self.address, "pending"])
         self._nonce = self.stats.nonce = mined
         if pending > mined:
             self._log.warning(
@@ -256,6 +256,16 @@ class ChainPusher:
             nonce=mined,
             markets_on_chain=len(self._stored),
         )
+
+    async def _quantity(self, method: str, params: list[Any]) -> int:
+        """A hex quantity the node answers; RpcUnavailable if the answer is none (a null, a
+        number in another form): a node misbehaving at start is waited for, as an unreachable
+        one, not a crash that ends the pusher for the life of the daemon."""
+        answer = await self.rpc.call(method, params)
+        try:
+            return int(answer, 16)
+        except (TypeError, ValueError):
+            raise RpcUnavailable(f"{method}: {answer!r:.40} is not a hex quantity") from None
 
     async def _read_stored(self) -> None:
         result = self._latest

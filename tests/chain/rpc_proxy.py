@@ -6,7 +6,8 @@ Modes (`mode`, or one per request from `script` while it lasts):
 every `eth_call` result (an endpoint that lies); "error" answers a server-side JSON-RPC error;
 "rate_limited" answers a JSON-RPC error with code 429 (a rate limit coded outside the
 server-side range, as some providers do; failed over like one); "http500" answers status 500;
-"no_result" answers the right id with neither result nor error; "call_refused" forwards but
+"no_result" answers the right id with neither result nor error; "null_result" answers it with
+a null result (a node that has no answer but says so wrongly); "call_refused" forwards but
 answers an `eth_call` with a request-fault error (-32602); "null_call" answers every `eth_call`
 with a null result; "hold" waits for `release` before forwarding (a node that hangs, or an
 answer that arrives late); "unpin" forwards an `eth_call` pinned by block hash as a read at
@@ -93,6 +94,8 @@ class RpcProxy:
             )
         if mode == "no_result":
             return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"]})
+        if mode == "null_result":
+            return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"], "result": None})
         if mode in ("error", "rate_limited"):
             err = (
                 {"code": -32000, "message": "header not found"}

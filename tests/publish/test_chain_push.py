@@ -725,6 +725,33 @@ async def test_the_pusher_task_outlasts_an_unreachable_node_at_start_and_later(
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
 
 
+async def test_a_node_that_answers_null_at_start_is_waited_for_not_a_crash(rig: Rig) -> None:
+    """A node whose answers to the start's requests are null (the chain id, then the nonce) is
+    retried as an unreachable node: `chain unreachable; retrying`, no traceback, and the pusher
+    pushes once it answers. `int(None, 16)` used to end the pusher's task with `on-chain push
+    crashed`, for the life of the daemon (found pointing a daemon's push chain at an endpoint
+    that answered every request with a null result)."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
+    rounds.step()
+    pusher.submit(rounds.step())
+    # the chain id; then, with it answered, the contract's code and the mined nonce
+    proxy.script = ["null_result", "pass", "pass", "null_result"]
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: pusher.stats.transactions["confirmed"] == 1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.stop()
+    retried = [e for e in logs if e["event"] == "chain unreachable; retrying"]
+    assert [e["log_level"] for e in retried] == ["warning", "warning"]
+    assert "eth_chainId" in retried[0]["error"] and "None" in retried[0]["error"]
+    assert not any("exc_info" in e for e in logs)
+
+
 @pytest.mark.parametrize("mode", ["wrong_id", "no_result"])
 async def test_a_raw_send_answer_that_is_not_for_this_request_goes_to_the_next_endpoint(
     rig: Rig, mode: str
