@@ -2,10 +2,10 @@
 
 The daemon runs as `oracled run` on the shipped config's venues (BTC/USD and its stablecoin
 legs), each source on its own loopback simulator, with its Ethereum chain on a local node
-(tests/ops/chain_stack.py: a Chainlink feed, a sequencer feed, the on-chain pusher); a
-Prometheus from the distribution's package scrapes it every second with the alert rules
-loaded. Then every variable query and every panel query of every dashboard is evaluated
-through Prometheus's HTTP API, as Grafana would send it.
+(tests/ops/chain_stack.py: a Chainlink feed, a Uniswap v3 pool with TWAP history, a sequencer
+feed, the on-chain pusher); a Prometheus from the distribution's package scrapes it every second
+with the alert rules loaded. Then every variable query and every panel query of every dashboard
+is evaluated through Prometheus's HTTP API, as Grafana would send it.
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ async def test_every_dashboard_variable_and_panel_query_returns_series(stack: St
         venue.sim.garbage(2)
     await prom.wait_for('oracled_market_status{status="paused"} == 1', 15)
     await prom.wait_for("oracled_admin_actions_total", 15)
+    # The pool quotes its TWAP (an outlier at 60000, not `no_quote`): it has a window of history.
+    await prom.wait_for('oracled_source_excluded_slots{source="uniswap",reason="outlier"} == 1', 15)
     await chain.publish_btc(0)
     await prom.wait_for("oracled_quotes_dropped_total", 15)
     await prom.wait_for('oracled_quotes_dropped_total{source="chainlink"}', 15)
