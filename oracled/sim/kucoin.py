@@ -91,6 +91,10 @@ class KucoinSim(VenueSim):
         self._epoch_ms = 0.0
         self._epoch_loop = 0.0
 
+    def restart_sequence(self, start: int = 1) -> None:
+        """Number the next tickers from `start` again, as after a restart of the venue's engine."""
+        self._seq = itertools.count(start)
+
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v1/bullet-public", self._bullet)
         app.router.add_get("/endpoint", self._endpoint)

@@ -26,8 +26,8 @@ Limits from the docs: 100 uplink messages per 10 s, 100 topics per subscribe, 40
 connection, 30 connections a minute. The token is valid for 24 h and no longer connection life is
 documented, so the config's default rotation (23 h) applies. ``time`` is the venue's event time
 (ms, carried as ``venue_ts``); ``sequence`` orders a symbol's tickers, and a ticker whose sequence
-is not newer than the last one used is dropped (``dropped["out_of_order"]``). ``price`` is the
-last trade and travels as the quote's last price.
+is not newer than the last one used on the connection is dropped (``dropped["out_of_order"]``).
+``price`` is the last trade and travels as the quote's last price.
 
 Decoding: a ticker in the documented shape is read in one pass with prices straight into floats
 (several times cheaper than ``float()`` on decoded text). That pass also wants ``bestBidSize`` as a
@@ -223,6 +223,9 @@ class KucoinSource(Source):
             interval = type(self).app_ping_interval_s or 18.0
         self.app_ping_interval_s = interval  # type: ignore[misc]  # a ClassVar in the base
         self._welcomed = False
+        # Sequences are compared within one connection only (as Binance USD-M's update ids): a
+        # counter the venue restarted lower must not freeze a symbol until the daemon restarts.
+        self._last_seq.clear()
         return self._url
 
     def _queue_subscriptions(self) -> None:

@@ -39,3 +39,18 @@ async def test_configured_ws_url_replaces_the_endpoint_host(
         assert run.source.stream_url().startswith(f"{other.ws_url}/endpoint?token=")
         assert sim.bullets >= 1 and other.bullets == 0
         assert sim.stats.connections == 0 and other.stats.connections == 1
+
+
+async def test_a_sequence_that_restarted_lower_is_followed_after_a_reconnect(
+    sim: KucoinSim, start: Start, wait: Wait
+) -> None:
+    """Ticker sequences are compared within one connection only: once the venue's counter has
+    restarted lower (an engine restart), the next connection prices again instead of dropping
+    every ticker as out of order until the daemon restarts."""
+    run = await start(liveness_timeout_s=2.0)
+    await wait(lambda: run.pairs() == BOTH)
+    sim.restart_sequence()
+    assert sim.disconnect() == 1
+    await wait(lambda: sim.stats.connections == 2)
+    since = len(run.quotes)
+    await wait(lambda: run.pairs(since) == BOTH)
