@@ -256,11 +256,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("oracled replay: stdout is closed: give --out FILE", file=sys.stderr)
         return EXIT_FAILURE
     try:
+        tape = args.tape.open("rb")
+    except OSError as exc:  # missing, a directory, unreadable: a bad argument, like a config
+        print(f"oracled replay: {args.tape}: cannot read ({exc.strerror})", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
         # Opening --out for writing empties it: were it the tape, the recording would be lost.
         if args.out is not None and args.out.exists() and args.out.samefile(args.tape):
             print(f"oracled replay: --out is the tape itself ({args.out})", file=sys.stderr)
+            tape.close()
             return EXIT_CONFIG
-        with args.tape.open("rb") as tape:
+        with tape:
             if args.out:
                 with args.out.open("wb") as out:
                     stats = replay(cfg, tape, out, on_error=skipped)

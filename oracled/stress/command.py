@@ -56,7 +56,11 @@ def _inputs(args: argparse.Namespace) -> tuple[Config, AccountsFile, list[bytes]
     if args.scenario is not None:
         lines = build(args.scenario, args.seed).lines
     else:
-        with args.tape.open("rb") as f:
+        try:
+            f = args.tape.open("rb")
+        except OSError as exc:  # missing or unreadable: a bad argument, as `oracled replay` says
+            raise ValueError(f"{args.tape}: cannot read ({exc.strerror})") from exc
+        with f:
             lines = f.readlines()
     if args.config is not None:
         cfg = load_config(args.config)
