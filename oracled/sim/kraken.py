@@ -6,7 +6,8 @@ request's ``req_id`` (``success:false`` with ``error`` and ``symbol`` for a pair
 then a ``snapshot`` per symbol and ``update`` frames whose prices are JSON numbers and whose
 ``timestamp`` is RFC 3339; ``{"channel":"heartbeat"}`` once a ``heartbeat_s`` to subscribed
 clients; ``{"method":"ping"}`` answered with ``pong``; and ``GET /0/public/Ticker?pair=...`` with
-Kraken's REST shape: asked by altname (``XBTUSD``), filed under the legacy key (``XXBTZUSD``),
+Kraken's REST shape: asked by altname (``XBTUSD``), filed under the legacy key (``XXBTZUSD``;
+``USDTZUSD`` for ``USDTUSD``, ``ZEURZUSD`` for ``EURUSD``),
 errors as HTTP 200 with an ``error`` list (``EQuery:Unknown asset pair`` spoils the request).
 
 Deliberate simplifications: heartbeats go out every interval, not only when nothing else flowed;
@@ -37,6 +38,8 @@ _LEGACY: Final = {"BTC": "XBT", "DOGE": "XDG"}
 # Assets whose legacy REST pair keys carry X/Z prefixes (XXBTZUSD, XETHZUSD).
 _CLASSIC: Final = frozenset({"XBT", "ETH", "LTC", "XRP", "XLM", "ETC", "XMR", "ZEC", "MLN", "REP"})
 _FIAT: Final = frozenset({"USD", "EUR", "GBP", "JPY", "CAD"})
+# Keys that follow neither rule: USDT/USD is filed with a Z on the quote side only.
+_IRREGULAR: Final = {"USDTUSD": "USDTZUSD"}
 
 _T: Final = '{"channel":"ticker","type":"update","data":[{"symbol":"BTC/USD",'
 # One of each kind of bad frame the adapter must survive: broken JSON, wrong shapes, prices that
@@ -77,7 +80,9 @@ def rest_names(symbol: str) -> tuple[str, str]:
         return alt, f"X{base}Z{quote}"
     if base in _CLASSIC and quote in _CLASSIC:
         return alt, f"X{base}X{quote}"
-    return alt, alt
+    if base in _FIAT and quote in _FIAT:
+        return alt, f"Z{base}Z{quote}"  # ZEURZUSD
+    return alt, _IRREGULAR.get(alt, alt)
 
 
 class KrakenSim(VenueSim):

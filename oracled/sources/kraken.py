@@ -31,7 +31,8 @@ public callers to stay at about one request a second, so the default poll (every
 for every symbol) is half of that. Errors come back as HTTP 200 with an ``error`` list; an unknown
 pair spoils the whole request, which is reported to the base as HTTP 400 so that it retries symbol
 by symbol and fails only the bad one. The response keys are Kraken's legacy pair names
-(``XXBTZUSD`` for ``XBTUSD``, ``XBTUSDT`` for ``XBTUSDT``, ``SOLUSD``); every form a symbol can
+(``XXBTZUSD`` for ``XBTUSD``, ``XBTUSDT`` for ``XBTUSDT``, ``SOLUSD``, ``USDTZUSD`` for ``USDTUSD``,
+``ZEURZUSD`` for ``EURUSD``); every form a symbol can
 come back under is mapped at construction, so nothing is fetched at start-up. REST carries no
 event time.
 
@@ -135,13 +136,12 @@ def _rest_names(symbol: str) -> tuple[str, set[str]]:
     base, _, quote = symbol.partition("/")
     old_base, old_quote = _LEGACY_NAMES.get(base, base), _LEGACY_NAMES.get(quote, quote)
     asked = f"{old_base}{old_quote}"
+    # Legacy keys prefix classic crypto with X and fiat with Z, on either side or on one only:
+    # XXBTZUSD, XETHXXBT, ZEURZUSD, and USDTZUSD for USDT/USD. Every combination is accepted.
     keys = {
-        asked,
-        f"{base}{quote}",
-        f"X{old_base}Z{old_quote}",  # classic crypto against fiat: XXBTZUSD, XETHZEUR
-        f"X{old_base}X{old_quote}",  # classic crypto against classic crypto: XETHXXBT
-        symbol,
+        f"{left}{old_base}{right}{old_quote}" for left in ("", "X", "Z") for right in ("", "X", "Z")
     }
+    keys.update((f"{base}{quote}", symbol))
     return asked, keys
 
 

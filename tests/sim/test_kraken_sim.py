@@ -105,6 +105,8 @@ def test_rest_names_follow_krakens_legacy_keys() -> None:
     assert rest_names("BTC/USDT") == ("XBTUSDT", "XBTUSDT")
     assert rest_names("DOGE/USD") == ("XDGUSD", "XDGUSD")
     assert rest_names("SOL/USD") == ("SOLUSD", "SOLUSD")
+    assert rest_names("USDT/USD") == ("USDTUSD", "USDTZUSD")  # Z on the quote side only
+    assert rest_names("EUR/USD") == ("EURUSD", "ZEURZUSD")  # fiat against fiat: Z on both
 
 
 async def test_rest_ticker(sim: KrakenSim, http: aiohttp.ClientSession) -> None:

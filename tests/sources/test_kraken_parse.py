@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -174,6 +175,26 @@ def test_rest_legacy_prefixed_keys_map_back(harness: Harness[KrakenSource]) -> N
     assert len(harness.quotes) == 2
     harness.source.on_rest(b"<html>", 9)
     assert harness.stats.dropped["decode"] == 1
+
+
+async def test_rest_keys_with_a_prefix_on_one_side_only_map_back() -> None:
+    """Kraken files a few pairs under keys prefixed on one side only: USDT/USD comes back as
+    USDTZUSD (asked as USDTUSD), EUR/USD as ZEURZUSD. Both are quotes of their pairs, not
+    unknown symbols (USDT/USD is the shipped config's conversion leg for every USDT market)."""
+    case = dataclasses.replace(KRAKEN, pairs=(("USDT/USD", "spot"), ("EUR/USD", "spot")))
+    async with open_harness(case) as h:
+        _, query = h.source.rest_request(list(h.source.symbols)) or ("", {})
+        assert query == {"pair": "USDTUSD,EURUSD"}
+        body = (
+            b'{"error":[],"result":{"USDTZUSD":{"a":["1.0002","1","1.000"],"b":["1.0001","1",'
+            b'"1.000"]},"ZEURZUSD":{"a":["1.1602","1","1.000"],"b":["1.1601","1","1.000"]}}}'
+        )
+        h.source.on_rest(body, 7)
+        assert [(q.pair, q.bid, q.ask) for q in h.quotes] == [
+            ("USDT/USD", 1.0001, 1.0002),
+            ("EUR/USD", 1.1601, 1.1602),
+        ]
+        assert h.stats.dropped == {}
 
 
 def test_rest_rows_with_unreadable_numbers(harness: Harness[KrakenSource]) -> None:
