@@ -9,7 +9,10 @@ The file is written whole and atomically (a temporary file beside it, fsync, ren
 worker thread, in the order of the actions, so that the event loop never waits on the disk and
 a crash mid-write leaves the previous version. The admin API awaits the write before it answers:
 a pause answered 200 is on disk, and one that could not be written is answered with an error
-(it holds in memory, not across a restart), counted and shown in `stats`. A file that exists
+(it holds in memory, not across a restart), counted and shown in `stats`. A write that does not
+finish within `SAVE_TIMEOUT_S` (a hung network mount) is such an error too: the answer cannot
+wait for a disk that may never come back. The worker is a daemon thread, and the stop waits
+for it a bounded time, so a stuck write never holds the process at its exit. A file that exists
 but cannot be read stops the start with a config error: the daemon cannot know which markets
 were meant to stay paused.
 
@@ -22,9 +25,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +38,12 @@ import structlog
 
 from oracled.errors import ConfigError
 
-__all__ = ["FORMAT", "ManualPauses", "Pause", "PauseStats"]
+__all__ = ["FORMAT", "SAVE_TIMEOUT_S", "ManualPauses", "Pause", "PauseStats"]
 
 FORMAT = "oracled-manual-pauses"
 _VERSION = 1
+#: Seconds a save may take before it is answered as not saved (the write itself goes on).
+SAVE_TIMEOUT_S = 5.0
 
 
 class Pause(msgspec.Struct, frozen=True):
@@ -70,7 +77,13 @@ class ManualPauses:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manual-pauses")
+        self._queue: queue.SimpleQueue[tuple[bytes, Future[str | None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._writer = threading.Thread(target=self._work, name="manual-pauses", daemon=True)
+        self._writer.start()
+        self._answer = threading.Lock()  # the writer and the timer settle a save's future
+        self.save_timeout_s = SAVE_TIMEOUT_S
         self._log = structlog.get_logger("oracled").bind(component="manual", path=str(path))
         self._lock_fd: int | None = None  # held from `claim` (or the first save) to `close`
         self.stats = PauseStats()
@@ -142,25 +155,59 @@ class ManualPauses:
 
     def save(self, paused: Mapping[str, Pause]) -> Future[str | None]:
         """Rewrite the file with `paused` in the worker thread; the future gives why it could
-        not be written, or None once it is on disk. A failure is also logged and counted there
+        not be written, or None once it is on disk, within `save_timeout_s` either way (a write
+        still running then is answered as failed). A failure is also logged and counted there
         (the pause itself holds in the running process either way)."""
         body = _encode(_File(FORMAT, _VERSION, dict(sorted(paused.items()))))
-        return self._writer.submit(self._write, body)
+        done: Future[str | None] = Future()
+        done.set_running_or_notify_cancel()
+        timer = threading.Timer(self.save_timeout_s, self._expire, (done,))
+        timer.daemon = True
+        timer.start()
+        done.add_done_callback(lambda _: timer.cancel())
+        self._queue.put((body, done))
+        return done
 
-    def close(self) -> None:
-        """Wait for the writes already asked for, then let the file go; no more after this."""
-        self._writer.shutdown(wait=True)
+    def close(self, timeout_s: float = 1.0) -> bool:
+        """Wait `timeout_s` at most for the writes already asked for, then let the file go;
+        no more after this. False if a write is still stuck (it is left behind, the lock with
+        it: the kernel releases that with the process)."""
+        self._queue.put(None)
+        self._writer.join(timeout_s)
+        if self._writer.is_alive():
+            return False
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        return True
 
-    def _write(self, body: bytes) -> str | None:
-        error = self._take_lock() or self._replace(body)
-        if error is not None:
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            body, done = job
+            error = self._take_lock() or self._replace(body)
+            with self._answer:
+                self.stats.kept = error is None
+                late = done.done()  # answered, counted and logged as failed by `_expire`
+                if error is not None and not late:
+                    self.stats.failures += 1
+                    self._log.error(
+                        "manual pauses not saved: a restart would lift them", error=error
+                    )
+                elif late:
+                    self._log.warning("manual pauses write ended late", error=error)
+                if not late:
+                    done.set_result(error)
+
+    def _expire(self, done: Future[str | None]) -> None:
+        """The save took longer than its bound: answer it as failed, counted and logged."""
+        with self._answer:
+            if done.done():
+                return
+            error = f"the write did not finish within {self.save_timeout_s:g} s (a hung disk?)"
             self.stats.failures += 1
+            self.stats.kept = False
             self._log.error("manual pauses not saved: a restart would lift them", error=error)
-        self.stats.kept = error is None
-        return error
+            done.set_result(error)
 
     def _replace(self, body: bytes) -> str | None:
         directory = self.path.parent

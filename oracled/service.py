@@ -699,8 +699,11 @@ class Service:
                     "audit trail not finished within its 1 s: the last rounds may be missing",
                     path=str(self.audit.path),
                 )
-            if self.manual_pauses is not None:
-                self.manual_pauses.close()
+            if self.manual_pauses is not None and not self.manual_pauses.close(0.5):
+                self.log.warning(  # its thread is left to the disk; it holds no exit
+                    "manual pauses file not closed: a write is stuck",
+                    path=str(self.manual_pauses.path),
+                )
             self._release_signals(loop, previous)
             self.log.info("stopped")
 

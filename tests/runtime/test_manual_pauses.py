@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import aiohttp
@@ -292,3 +295,53 @@ async def test_a_pause_that_cannot_be_saved_is_an_error_counted_and_shown(
         finally:
             service.stop()
             await task
+
+
+async def test_a_save_that_hangs_is_answered_not_saved_in_time_and_the_stop_does_not_wait(
+    tmp_path: Path,
+) -> None:
+    """A write of the pauses file that never returns (a hung network mount; here the kernel
+    holds the open of the lock file behind a lease the test keeps) once held the admin call
+    forever, and the stop too (it joined the writer thread on the loop). The call is now
+    answered 500 `not_saved` after `save_timeout_s`, counted and logged, and the daemon still
+    stops within its budget, leaving the stuck write behind."""
+    path = tmp_path / "pauses.json"
+    lock = tmp_path / "pauses.json.lock"
+    lock.touch()
+    holder = os.open(lock, os.O_RDONLY)  # another daemon's lock: each save re-opens the file
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    sigio = signal.signal(signal.SIGIO, signal.SIG_IGN)  # the lease's break notice
+    try:
+        async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}) as sim:
+            service = _admin_service(sim, path)
+            assert service.manual_pauses is not None
+            service.manual_pauses.save_timeout_s = 0.5
+            service.shutdown_budget_s = 2.0
+            task = asyncio.create_task(service.run())
+            try:
+                await service.started.wait()
+                fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_RDLCK)  # opens for write wait
+                async with aiohttp.ClientSession() as http:
+                    with capture_logs() as logs:
+                        async with asyncio.timeout(5):
+                            status, body = await _admin(http, service, "pause")
+                    assert status == 500, body
+                    error = json.loads(body)["error"]
+                    assert error["code"] == "not_saved"
+                    assert "did not finish within 0.5 s" in error["message"]
+                    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+                        "manual pauses not saved: a restart would lift them"
+                    ]
+                    failures = "oracled_manual_pauses_save_failures_total"
+                    assert await _metric(http, service, failures) == 1.0
+                    assert await _metric(http, service, "oracled_manual_pauses_kept") == 0.0
+                assert bool(service.core.gates.manual[service.core.index["BTC/USDT"]])
+            finally:
+                service.stop()
+                with capture_logs() as logs:
+                    async with asyncio.timeout(service.shutdown_budget_s + 1.0):
+                        await task
+            assert "manual pauses file not closed: a write is stuck" in [e["event"] for e in logs]
+    finally:
+        os.close(holder)  # ends the lease: the stuck open goes on, and its thread ends
+        signal.signal(signal.SIGIO, sigio)
