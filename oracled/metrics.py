@@ -17,6 +17,7 @@ import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -115,6 +116,14 @@ class Metrics:
         )
         for result in ("applied", "refused"):
             self.reloads.labels(result)
+        # The state, not only the count: after a refused reload the daemon runs on a config that
+        # is no longer the file's, and a restart would refuse the file (exit 2).
+        self.reload_ok = Gauge(
+            "oracled_config_last_reload_successful",
+            "1 while the latest config reload was applied (or none was asked); 0 once refused.",
+            registry=self.registry,
+        )
+        self.reload_ok.set(1)
         self.source_restarts = Counter(
             "oracled_source_restarts_total",
             "Source tasks restarted by the supervisor after a crash.",

@@ -427,6 +427,7 @@ class Service:
                 new = await _read_config(self.config_path)
             except ConfigError as exc:
                 self.metrics.reloads.labels("refused").inc()
+                self.metrics.reload_ok.set(0)
                 self.log.error("config reload refused", actor=actor, problems=exc.problems)
                 raise
             self._refuse_if_stopping(actor)  # the stop began while the file was read
@@ -449,6 +450,7 @@ class Service:
             if gone:
                 self._save_pauses()
             self.metrics.reloads.labels("applied").inc()
+            self.metrics.reload_ok.set(1)
             self.log.warning("config reloaded", actor=actor, **changes.as_dict())
             log_config_warnings(new, self.log)  # valid, but maybe not what was meant
             return changes.as_dict()

@@ -39,6 +39,7 @@ REQUIRED = {
     "on-chain chain not read (its sources stay up)": "OracledChainNotRead",
     "L2 sequencer down: every feed of the chain excluded in silence": "OracledSequencerDown",
     "open file descriptors near the process limit": "OracledFileDescriptorsNearLimit",
+    "a refused reload: a restart would refuse the file": "OracledConfigReloadRefused",
 }
 
 

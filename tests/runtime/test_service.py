@@ -26,6 +26,7 @@ from structlog.testing import capture_logs
 from oracled.cli import _Hangups, _Stops
 from oracled.clock import Clock, SystemClock
 from oracled.config import Config, SourceConfig, load_config, parse_config
+from oracled.errors import ConfigError
 from oracled.model import Kind, Quote
 from oracled.publish.audit import AuditReader
 from oracled.replay import replay
@@ -368,6 +369,44 @@ async def test_a_reload_logs_the_warnings_of_the_config_it_applies(tmp_path: Pat
     assert changes["sources_restarted"] == ["other"]
     warned = [e for e in logs if e["event"] == "config warning"]
     assert any(e["key"] == "markets[0].min_sources" and "other" in e["warning"] for e in warned)
+
+
+def _reload_ok(service: Service) -> str | None:
+    """The value of oracled_config_last_reload_successful in the exposition (None if absent)."""
+    found = re.search(
+        r"^oracled_config_last_reload_successful (\S+)$",
+        service.metrics.render()[0].decode(),
+        flags=re.M,
+    )
+    return found.group(1) if found else None
+
+
+async def test_a_refused_reload_is_a_gauge_until_a_reload_is_applied(tmp_path: Path) -> None:
+    """A reload refused (the file on disk does not validate) sets
+    oracled_config_last_reload_successful to 0, and it stays 0 while the daemon runs on its old
+    config: a SIGHUP has no one to answer, and a restart would refuse the same file (exit 2), so
+    the state must be visible, not only a counter that grew once. A reload applied sets it back
+    to 1; a daemon that has not reloaded reports 1 (it started from a valid file)."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        good = _toml(sim.ws_url, sim.rest_url, 50, None)
+        path.write_text(good)
+        service = Service(load_config(path), config_path=path)
+        task = asyncio.create_task(service.run())
+        try:
+            await _round_times(service, 2)
+            assert _reload_ok(service) == "1.0"
+            path.write_text(good.replace("round_interval_ms = 50", "round_interval_ms = -5"))
+            with contextlib.suppress(ConfigError):
+                await service.reload("test")
+            await _round_times(service, 2)
+            assert _reload_ok(service) == "0.0"
+            path.write_text(good)
+            await service.reload("test")
+            assert _reload_ok(service) == "1.0"
+        finally:
+            service.stop()
+            await task
 
 
 async def test_a_reload_of_the_clock_skew_bound_gives_every_source_the_new_one(
