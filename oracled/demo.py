@@ -27,7 +27,14 @@ from oracled.publish.signer import SigningKey
 from oracled.service import Service
 from oracled.sim.venues import SimulatedVenue, simulate
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_NO_RELOAD", "run_demo"]
+
+#: A reload would re-read the file's real venue URLs into a daemon whose sources were pointed at
+#: simulators (and turn its sinks back on): the demo never reloads, and says so.
+DEMO_NO_RELOAD = (
+    "oracled demo does not reload its config (its sources point at simulators): "
+    "stop it and start it again"
+)
 
 Logger = structlog.typing.FilteringBoundLogger
 
@@ -128,6 +135,7 @@ async def _main(
     simulated = _loopback_only(simulated, log)
     try:
         service = Service(simulated, listen=listen, record=record, freeze_gc=True)
+        service.no_reload = DEMO_NO_RELOAD
         prepare(service)  # the command line's early signals: a stop while starting is a stop
         url = f"http://{listen}"
         market = next(

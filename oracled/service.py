@@ -60,6 +60,7 @@ SourceFactory = Callable[
 ]
 
 SHUTDOWN_BUDGET_S = 5.0
+NO_CONFIG_FILE = "this daemon was not started from a config file"
 _RESTART_MAX_S = 30.0
 #: Most rounds a blocked round loop computes afterwards (10 minutes at 250 ms, a few seconds of
 #: CPU at 1,000 markets); a longer stall skips the rest, and says so.
@@ -207,6 +208,8 @@ class Service:
         # services in one process leave their collector alone.
         self._freeze_gc = freeze_gc
         self.config_path = config_path  # re-read on SIGHUP or POST /v1/admin/reload
+        #: Why a reload is refused without a config file: SIGHUP's log line, the API's 409.
+        self.no_reload = NO_CONFIG_FILE
         self._source_factory = source_factory
         self._restart_base_s = restart_base_s
         self.clock = clock or SystemClock()
@@ -419,7 +422,7 @@ class Service:
         a restart applies (`reload.RESTART_ONLY`) keep their running values and are reported.
         """
         if self.config_path is None:
-            raise ConfigError(["no config file: this daemon was not started from one"])
+            raise ConfigError([self.no_reload])
         self._refuse_if_stopping(actor)
         async with self._reload_lock:
             self._refuse_if_stopping(actor)  # the stop began while an earlier reload ran
@@ -467,7 +470,7 @@ class Service:
             self.log.warning("SIGHUP ignored: the daemon is stopping")
             return
         if self.config_path is None:  # `oracled demo`, or a service made without a file
-            self.log.warning("SIGHUP ignored: this daemon was not started from a config file")
+            self.log.warning(f"SIGHUP ignored: {self.no_reload}")
             return
         task = asyncio.get_running_loop().create_task(self._reload_quietly(), name="reload")
         self._background.add(task)
@@ -630,6 +633,7 @@ class Service:
             on_manual=self.on_manual,
             version=__version__,
             on_reload=self.reload if self.config_path is not None else None,
+            reload_unavailable=self.no_reload,
         )
         runner = web.AppRunner(
             build_app(ctx),
@@ -732,7 +736,9 @@ class Service:
             markets=len(self.cfg.markets),
             sources=len(self._source_tasks),
             round_interval_ms=self.cfg.oracle.round_interval_ms,
-            reload="SIGHUP or POST /v1/admin/reload" if self.config_path else "off",
+            reload="SIGHUP or POST /v1/admin/reload"
+            if self.config_path
+            else f"off: {self.no_reload}",
             signer=self.hub.signer,
         )
         if self._freeze_gc:

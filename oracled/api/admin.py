@@ -102,7 +102,7 @@ class AdminHandlers:
         self._authorize(request)
         actor = await self._actor(request)
         if self._ctx.on_reload is None:
-            raise ApiError(409, "reload_unavailable", "this daemon was not started from a file")
+            raise ApiError(409, "reload_unavailable", self._ctx.reload_unavailable)
         try:
             changes = await self._ctx.on_reload(actor)
         except ConfigError as exc:

@@ -35,6 +35,8 @@ class ApiContext:
     version: str
     #: Reload the config file without a restart; returns what changed, raises ConfigError.
     on_reload: Callable[[str], Awaitable[Mapping[str, object]]] | None = None
+    #: Why there is no `on_reload`: the 409's message (`oracled demo` says it never reloads).
+    reload_unavailable: str = "this daemon was not started from a config file"
 
     @property
     def current_config(self) -> Config:

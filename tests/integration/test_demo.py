@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import aiohttp
 import pytest
 from daemon import ADMIN_TOKEN, Daemon, free_port, sim_config
 
+from oracled.demo import DEMO_NO_RELOAD
 from oracled.publish.signer import SigningKey
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,3 +233,32 @@ async def test_the_demo_leaves_the_configured_audit_trail_and_pauses_file_alone(
     assert pauses.read_bytes() == kept
     assert not (tmp_path / "audit.sqlite3").exists()
     assert {e["state"] for e in d.events("demo: state off")} == {"audit", "manual_pauses_file"}
+
+
+async def test_the_demo_says_it_does_not_reload_on_sighup_and_on_the_endpoint(
+    tmp_path: Path,
+) -> None:
+    """`oracled demo --config FILE` answered SIGHUP and POST /v1/admin/reload with 'not started
+    from a (config) file', which is false (found running the demo with a file): both now say
+    that the demo does not reload, and it runs on."""
+    d = Daemon(DEMO_STATE_CONFIG, tmp_path)
+    d.argv = [sys.executable, "demo"]
+    try:
+        await d.start("--duration", "30")
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        ignored = await d.wait_for(
+            lambda: next((e for e in _events(d) if e["event"].startswith("SIGHUP ignored")), None),
+            10,
+            "the SIGHUP's log line",
+        )
+        assert ignored["event"] == f"SIGHUP ignored: {DEMO_NO_RELOAD}"
+        status, body = await d.post(
+            "/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert status == 409, body
+        assert body["error"] == {"code": "reload_unavailable", "message": DEMO_NO_RELOAD}
+        assert "does not reload" in d.events("oracled started")[0]["reload"]
+        assert d.terminate() == 0
+    finally:
+        await d.close()
