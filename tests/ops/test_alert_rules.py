@@ -30,6 +30,7 @@ REQUIRED = {
     # Silent failures found by later reviews, which no other alert reports.
     "source up but quoting nothing": "OracledSourceNotQuoting",
     "most frames of a source malformed": "OracledSourceMalformedFrames",
+    "instruments refused by a venue (the source stays up)": "OracledSourceInstrumentsRefused",
     "NATS bus down for minutes": "OracledNatsNotPublishing",
     "on-chain push stuck": "OracledPushStuck",
     "on-chain pusher stopped": "OracledPushDown",
