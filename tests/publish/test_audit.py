@@ -527,3 +527,33 @@ def test_a_database_whose_name_holds_a_hash_or_question_mark_is_the_one_read(
     assert main(["audit", "--db", str(db)]) == 0
     assert capsys.readouterr().out.startswith(f"{db}: 3 round(s) from ")
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(db.name)) == []
+
+
+def test_retention_cuts_a_large_excess_a_step_at_a_time_between_batches(tmp_path: Path) -> None:
+    """A trail far above its limits (a lowered max_bytes, a daemon back after days) is cut in
+    transactions of about a retention step's bytes, one after each batch of new rounds, until
+    under the limit: one transaction deleting it all held the writer thread for as long (at the
+    shipped 10 GiB about 20 s, past the 64-round queue: rounds dropped) and left a `-wal` file as
+    big as what it deleted, which SQLite keeps, beyond max_bytes."""
+    db = tmp_path / "audit.sqlite3"
+    feed = recorded(db, 1500)
+    with sqlite3.connect(db) as con:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (pages,) = con.execute("PRAGMA page_count").fetchone()
+        (size,) = con.execute("PRAGMA page_size").fetchone()
+    limit, step = pages * size // 5, pages * size // 20
+    sizes = []
+    for _ in range(30):  # a batch of one round, then its retention step, each time
+        audit = AuditTrail(AuditConfig(enabled=True, path=str(db), max_bytes=limit))
+        audit._retention_step_bytes = step
+        audit.start()
+        feed.audit = audit
+        feed.round()
+        assert audit.close()
+        assert audit.stats.rounds == 1
+        sizes.append(audit.stats.bytes)
+        if sizes[-1] <= limit:
+            break
+    assert sizes[0] > limit  # not all at once
+    assert 0 < sizes[-1] <= limit  # but there in the end
+    assert sizes == sorted(sizes, reverse=True)
