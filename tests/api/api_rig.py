@@ -6,6 +6,7 @@ Every HTTP response a test receives is checked against the OpenAPI document (see
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import gzip
 import json
@@ -251,3 +252,48 @@ class ContractRecorder:
             except AssertionError as exc:
                 self.failures.append(f"{request.method} {request.path_qs}: {exc}")
         return response
+
+
+PROM_TEXT = "text/plain; version=0.0.4; charset=utf-8"  # a held render's content type
+
+
+class HeldMetricsRig(Rig):
+    """A rig whose `/metrics` render waits for the test's word (`release`; set at once unless
+    `hold`), counting the renders started and the threads they ran on; `body(n)` is the n-th
+    render's text."""
+
+    def __init__(self, body: Callable[[int], bytes], hold: bool = True) -> None:
+        super().__init__(make_config())
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+        self.calls = 0
+        self._body = body
+        self._lock = threading.Lock()  # renders that wrongly overlap must still count right
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        self.metric_threads.append(threading.get_ident())
+        with self._lock:
+            self.calls += 1
+            calls = self.calls
+        self.release.wait(10.0)
+        return self._body(calls), PROM_TEXT
+
+
+def count_arrivals(app: web.Application, path: str, count: int) -> asyncio.Event:
+    """An event set once `count` requests for `path` have reached the handlers (a middleware
+    appended last, so innermost: the handler runs right after the count)."""
+    arrived = 0
+    all_in = asyncio.Event()
+
+    @web.middleware
+    async def counting(request: web.Request, handler: Any) -> web.StreamResponse:
+        nonlocal arrived
+        arrived += request.path == path
+        if arrived == count:
+            all_in.set()
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app.middlewares.append(counting)
+    return all_in

@@ -18,7 +18,9 @@ from api_rig import (
     TOKEN,
     ClientFactory,
     ContractRecorder,
+    HeldMetricsRig,
     Rig,
+    count_arrivals,
     make_config,
 )
 from stream_wire import SAFETY_S
@@ -211,42 +213,13 @@ async def test_metrics_render_in_an_executor_thread(client: Client, rig: Rig) ->
     assert rig.metric_threads and rig.metric_threads[0] != threading.get_ident()
 
 
-class _HeldMetricsRig(Rig):
-    """A rig whose metrics render waits for the test's word, counting the renders started."""
-
-    def __init__(self) -> None:
-        super().__init__(make_config())
-        self.release = threading.Event()
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def render_metrics(self) -> tuple[bytes, str]:
-        with self._lock:
-            self.calls += 1
-            calls = self.calls
-        self.release.wait(10.0)
-        return f"renders {calls}\n".encode(), "text/plain; version=0.0.4; charset=utf-8"
-
-
 async def test_scrapes_that_arrive_during_a_render_share_it(aiohttp_client: Any) -> None:
     """Twenty scrapes at once cost one render, all get its text, and a later scrape renders
     anew: a scrape storm must not start a render thread per request (they took the GIL from
     the round loop)."""
-    rig = _HeldMetricsRig()
+    rig = HeldMetricsRig(lambda n: f"renders {n}\n".encode())
     app = build_app(rig.context())
-    arrived = 0
-    all_in = asyncio.Event()
-
-    @web.middleware
-    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
-        nonlocal arrived
-        arrived += request.path == "/metrics"
-        if arrived == 20:
-            all_in.set()
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    app.middlewares.append(count)  # innermost: the handler runs right after the count
+    all_in = count_arrivals(app, "/metrics", 20)
     client: Client = await aiohttp_client(app)
     scrapes = [asyncio.create_task(client.get("/metrics")) for _ in range(20)]
     async with asyncio.timeout(10):

@@ -13,7 +13,18 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from api_rig import CONFIG, PRICES, TOKEN, ClientFactory, ContractRecorder, Rig, make_config
+from api_rig import (
+    CONFIG,
+    PRICES,
+    PROM_TEXT,
+    TOKEN,
+    ClientFactory,
+    ContractRecorder,
+    HeldMetricsRig,
+    Rig,
+    count_arrivals,
+    make_config,
+)
 from prometheus_client import Gauge
 from structlog.testing import capture_logs
 
@@ -381,25 +392,6 @@ async def test_a_large_body_is_gzipped_once_off_the_loop_for_concurrent_clients(
 
 
 _EXPOSITION = "".join(f'm{{k="{k}"}} {k}.0\n' for k in range(400)).encode()  # 6 KB of metrics
-_PROM_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class _MetricsRig(Rig):
-    """A rig whose exposition is fixed (so two scrapes can be compared byte for byte) and whose
-    render can be held until the test releases it; it counts renders and their threads."""
-
-    def __init__(self, hold: bool = False) -> None:
-        super().__init__(make_config())
-        self.release = threading.Event()
-        if not hold:
-            self.release.set()
-        self.calls = 0
-
-    def render_metrics(self) -> tuple[bytes, str]:
-        self.metric_threads.append(threading.get_ident())
-        self.calls += 1
-        self.release.wait(10.0)
-        return _EXPOSITION, _PROM_TEXT
 
 
 async def test_metrics_are_gzipped_in_the_render_thread_for_a_scraper_that_asks(
@@ -409,13 +401,13 @@ async def test_metrics_are_gzipped_in_the_render_thread_for_a_scraper_that_asks(
     with `Vary: Accept-Encoding` and the Prometheus content type; compressed with the render in
     its worker thread, once per render. A scraper that does not ask (none, `identity`,
     `gzip;q=0`) gets the text as it is, uncompressed."""
-    rig = _MetricsRig()
+    rig = HeldMetricsRig(lambda _: _EXPOSITION, hold=False)
     assert len(_EXPOSITION) >= MIN_GZIP
     client = await make_client(rig)
     ops = client.server.app[OPS]
     status, headers, packed = await _raw(client, "/metrics", GZIP)
     assert status == 200 and headers["Content-Encoding"] == "gzip"
-    assert headers["Vary"] == "Accept-Encoding" and headers["Content-Type"] == _PROM_TEXT
+    assert headers["Vary"] == "Accept-Encoding" and headers["Content-Type"] == PROM_TEXT
     assert gzip.decompress(packed) == _EXPOSITION and len(packed) < len(_EXPOSITION) // 3
     assert ops.compressions == 1
     assert rig.metric_threads[0] != threading.get_ident()
@@ -439,21 +431,9 @@ async def test_scrapes_sharing_a_render_share_its_compression_whoever_started_it
     """A render started by a scraper that did not ask for gzip, joined by ten that do and
     four that do not: one render and one compression (off the loop) for all, the ten get the
     same gzip bytes and the four the text."""
-    rig = _MetricsRig(hold=True)
+    rig = HeldMetricsRig(lambda _: _EXPOSITION)
     app = build_app(rig.context())
-    arrived = 0
-    all_in = asyncio.Event()
-
-    @web.middleware
-    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
-        nonlocal arrived
-        arrived += request.path == "/metrics"
-        if arrived == 15:
-            all_in.set()
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    app.middlewares.append(count)  # innermost: the handler runs right after the count
+    all_in = count_arrivals(app, "/metrics", 15)
     client: Client = await aiohttp_client(app)
     first = asyncio.create_task(_raw(client, "/metrics", IDENTITY))
     await _until(lambda: rig.calls == 1, "the first scrape's render started")

@@ -351,6 +351,28 @@ async def test_subscribers_of_a_market_a_reload_removed_are_told_so(
         assert ack["markets"] == ["BTC/USD", "ETH/USD"]
 
 
+async def _frames_after(
+    make_client: ClientFactory, rig: Rig, requests: tuple[str, ...], count: int
+) -> list[dict[str, Any]]:
+    """The first `count` frames the server sends for `requests`, written in one TCP write on a
+    raw socket (so that the server reads them all at once), after one round."""
+    rig.step()
+    client = await make_client(rig)
+    host, port = client.server.host, client.server.port
+    assert port is not None
+    ws = await RawWebSocket.connect(host, port, "/v1/stream")
+    try:
+        await ws.send_texts(*requests)
+        async with asyncio.timeout(SAFETY_S):
+            return [json.loads(payload) for _, payload in await ws.read_frames(count)]
+    finally:
+        ws.close()
+
+
+_SUBSCRIBE_BTC = '{"op":"subscribe","markets":["BTC/USD"]}'
+_UNSUBSCRIBE_BTC = '{"op":"unsubscribe","markets":["BTC/USD"]}'
+
+
 async def test_an_ack_comes_after_the_frames_of_the_requests_before_it(
     make_client: ClientFactory, rig: Rig
 ) -> None:
@@ -358,22 +380,10 @@ async def test_an_ack_comes_after_the_frames_of_the_requests_before_it(
     read at once give the ack, the snapshot, then the unsubscribe's ack, after which no report
     of the market comes. Found running the demo: the snapshot came after 'unsubscribed', because
     the ack was written at once while the snapshot waited in the subscription's buffer."""
-    rig.step()
-    client = await make_client(rig)
-    host, port = client.server.host, client.server.port
-    assert port is not None
-    ws = await RawWebSocket.connect(host, port, "/v1/stream")
-    try:
-        await ws.send_texts(
-            '{"op":"subscribe","markets":["BTC/USD"]}', '{"op":"unsubscribe","markets":["BTC/USD"]}'
-        )
-        async with asyncio.timeout(SAFETY_S):
-            frames = [json.loads(payload) for _, payload in await ws.read_frames(3)]
-        assert [f["type"] for f in frames] == ["subscribed", "report", "unsubscribed"]
-        assert report(frames[1]) == ("BTC/USD", 1)
-        assert frames[2]["markets"] == []
-    finally:
-        ws.close()
+    frames = await _frames_after(make_client, rig, (_SUBSCRIBE_BTC, _UNSUBSCRIBE_BTC), 3)
+    assert [f["type"] for f in frames] == ["subscribed", "report", "unsubscribed"]
+    assert report(frames[1]) == ("BTC/USD", 1)
+    assert frames[2]["markets"] == []
 
 
 async def test_answers_to_many_requests_read_at_once_keep_order_and_do_not_count_as_reports(
@@ -383,20 +393,6 @@ async def test_answers_to_many_requests_read_at_once_keep_order_and_do_not_count
     order, each subscribe's snapshot between its ack and the next, and the client is not
     dropped as slow: answers weigh nothing against the report bound (the rig's is 4), and the
     reader takes the next request only once the writer has taken the last answer."""
-    rig.step()
-    client = await make_client(rig)
-    host, port = client.server.host, client.server.port
-    assert port is not None
-    ws = await RawWebSocket.connect(host, port, "/v1/stream")
-    try:
-        pair = (
-            '{"op":"subscribe","markets":["BTC/USD"]}',
-            '{"op":"unsubscribe","markets":["BTC/USD"]}',
-        )
-        await ws.send_texts(*(pair * 20))
-        async with asyncio.timeout(SAFETY_S):
-            frames = [json.loads(payload) for _, payload in await ws.read_frames(60)]
-        assert [f["type"] for f in frames] == ["subscribed", "report", "unsubscribed"] * 20
-        assert all(report(f) == ("BTC/USD", 1) for f in frames[1::3])
-    finally:
-        ws.close()
+    frames = await _frames_after(make_client, rig, (_SUBSCRIBE_BTC, _UNSUBSCRIBE_BTC) * 20, 60)
+    assert [f["type"] for f in frames] == ["subscribed", "report", "unsubscribed"] * 20
+    assert all(report(f) == ("BTC/USD", 1) for f in frames[1::3])
