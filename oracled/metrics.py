@@ -292,7 +292,16 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
         "oracled_push_pending", "1 while a push transaction is waiting to be mined, else 0."
     )
     pending.add_metric([], 1.0 if stats is not None and stats.pending else 0.0)
-    yield from (txs, skipped, updates, pending)
+    bad = CounterMetricFamily(
+        "oracled_push_bad_answers",
+        "Node answers the pusher could not read (not a hex quantity, a receipt without status).",
+    )
+    bad.add_metric([], stats.bad_answers if stats is not None else 0)
+    restarts = CounterMetricFamily(
+        "oracled_push_restarts", "Starts of the pusher's task again after a crash (a bug)."
+    )
+    restarts.add_metric([], stats.restarts if stats is not None else 0)
+    yield from (txs, skipped, updates, pending, bad, restarts)
     if stats is not None:  # absent when push is off: a 0 there would read as a stopped pusher
         up = GaugeMetricFamily(
             "oracled_push_up",

@@ -799,12 +799,11 @@ class Service:
         self._background.add(task)
 
     async def _run_pusher(self, pusher: ChainPusher) -> None:
+        """The pusher restarts itself after a crash; only a PushError ends it."""
         try:
             await pusher.run()
         except PushError as exc:  # wrong chain or no contract: nothing to retry
             self.log.error("on-chain push stopped", error=str(exc))
-        except Exception:  # the supervisor's job: a pusher bug must not take the daemon down
-            self.log.exception("on-chain push crashed")
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self.log.info("signal received", signal=sig.name)

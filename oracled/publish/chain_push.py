@@ -20,6 +20,12 @@ and the latest prices; when the cap leaves no room for that bump the pusher wait
 the nonce is free and it is sent again at the current fees. The contract ignores an update
 that is not newer than what it stores, so a replaced transaction and its replacement can never
 move a market back in time.
+
+The task supervises itself, as the NATS sink does: an unreachable node, or an answer it cannot
+read (a base fee, gas estimate or nonce that is not a hex quantity, a receipt without a status),
+is logged and retried with a backoff; a crash (a bug) is logged with its traceback, counted in
+`restarts`, and the pusher starts again from the chain's state after a backoff (1 s doubling to
+30 s). Only a `PushError` (wrong chain, no contract) ends it: a restart would find the same.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -71,6 +78,12 @@ _UPDATE_BATCH: Final = function_signature_to_4byte_selector(
 )
 _LATEST_MANY: Final = function_signature_to_4byte_selector("latestMany(bytes32[])")
 _STATUS_NAMES: Final = tuple(s.label for s in Status)
+_RESTART_MAX_S: Final = 30.0
+
+
+class _BadAnswer(RpcUnavailable):
+    """The node answered, but not in a form the pusher can read: treated as an unreachable
+    node (retried), and counted."""
 
 
 class PushError(OracledError):
@@ -99,9 +112,11 @@ class PushStats:
     updates: int = 0  # market prices confirmed on chain
     pending: bool = False  # a transaction is in flight
     nonce: int = -1  # the next nonce the pusher will use (-1 before start)
-    # True from a successful start until run() ends; it ends only on PushError (wrong chain, no
-    # contract) or a bug, with one log line, so this is the only lasting sign that pushing stopped.
+    # True from a successful start until run() ends or crashes; it ends only on PushError (wrong
+    # chain, no contract), with one log line, so this is the only lasting sign that pushing stopped.
     up: bool = False
+    bad_answers: int = 0  # node answers the pusher could not read (retried)
+    restarts: int = 0  # the task started again after a crash (a bug)
 
 
 @dataclass(slots=True)
@@ -184,6 +199,7 @@ class ChainPusher:
         self._read = False  # the stored prices were read (needs the first round's markets)
         self._only = frozenset(cfg.markets)
         self._log = structlog.get_logger("oracled").bind(component="push")
+        self.restart_base_s = 1.0  # the first backoff after a crash (tests shorten it)
 
     # -- the round side -----------------------------------------------------------------------
 
@@ -195,20 +211,56 @@ class ChainPusher:
     # -- the task -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Start (retrying while the node is unreachable), then step every `interval_s`.
+        """Start (retrying while the node is unreachable), then step every `interval_s`; a
+        crash is logged, counted and followed by a new start after a backoff. Ends only on a
+        PushError (raised). `stats.up` is True from a successful start until a crash or the end.
+        """
+        delay = self.restart_base_s
+        while True:
+            started = time.monotonic()
+            try:
+                await self._run_once()
+            except Exception as exc:
+                if isinstance(exc, PushError):
+                    raise
+                self.stats.restarts += 1
+                self._log.exception("on-chain push crashed; restarting", delay_s=delay)
+                self._reset()
+            if time.monotonic() - started > 60.0:
+                delay = self.restart_base_s
+            await asyncio.sleep(delay)
+            delay = min(delay * 2.0, _RESTART_MAX_S)
 
-        A step that fails on the node (unreachable, or refusing a request with a JSON-RPC code
-        outside the server-side range, e.g. a rate limit coded 429) is logged and retried:
-        ending this task would stop on-chain pushing for the life of the daemon. `stats.up`
-        is True from a successful start until this returns or raises."""
+    def _reset(self) -> None:
+        """Forget what a crashed run knew: the next start reads the chain again (nonce, stored
+        prices; a transaction left pending is replaced), and the round that may have caused the
+        crash is dropped: the next round is looked at."""
+        self._started = self._read = False
+        self._inflight, self._fee_floor, self._latest = None, None, None
+        self.stats.pending = False
+        self._stored.clear()
+
+    async def _run_once(self) -> None:
+        """A step that fails on the node (unreachable, refusing a request with a JSON-RPC code
+        outside the server-side range, e.g. a rate limit coded 429, or answering in a form the
+        pusher cannot read) is logged and retried, backing off while it lasts: ending this
+        task would stop on-chain pushing."""
         try:
             await self._start_retrying()
             self.stats.up = True
+            failing = 0
             while True:
                 try:
                     await self.step()
+                    failing = 0
+                except _BadAnswer as exc:
+                    failing += 1
+                    self._log.error("bad answer from the node; retrying", error=str(exc))
                 except (RpcUnavailable, RpcError) as exc:
+                    failing += 1
                     self._log.warning("chain unreachable", error=str(exc))
+                if failing:  # 2x the interval per failure in a row, 30 s at most
+                    await asyncio.sleep(min(self.cfg.interval_s * 2.0**failing, _RESTART_MAX_S))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.cfg.interval_s):
                         await self._wakeup.wait()
@@ -261,11 +313,24 @@ class ChainPusher:
         """A hex quantity the node answers; RpcUnavailable if the answer is none (a null, a
         number in another form): a node misbehaving at start is waited for, as an unreachable
         one, not a crash that ends the pusher for the life of the daemon."""
-        answer = await self.rpc.call(method, params)
-        try:
-            return int(answer, 16)
-        except (TypeError, ValueError):
-            raise RpcUnavailable(f"{method}: {answer!r:.40} is not a hex quantity") from None
+        return self._hex(method, await self.rpc.call(method, params))
+
+    def _hex(self, what: str, answer: Any) -> int:
+        """`answer` as a hex quantity; a counted _BadAnswer if it is not one."""
+        if isinstance(answer, str) and answer.startswith("0x"):
+            with contextlib.suppress(ValueError):
+                return int(answer, 16)
+        self.stats.bad_answers += 1
+        raise _BadAnswer(f"{what}: {answer!r:.40} is not a hex quantity")
+
+    async def _base_fee(self) -> int:
+        """The latest block's base fee (0 on a chain without EIP-1559)."""
+        block = await self.rpc.call("eth_getBlockByNumber", ["latest", False])
+        if not isinstance(block, dict):
+            self.stats.bad_answers += 1
+            raise _BadAnswer(f"eth_getBlockByNumber: {block!r:.40} is not a block")
+        base = block.get("baseFeePerGas")
+        return 0 if base is None else self._hex("eth_getBlockByNumber baseFeePerGas", base)
 
     async def _read_stored(self) -> None:
         result = self._latest
@@ -275,7 +340,14 @@ class ChainPusher:
         self._read = True
         data = _LATEST_MANY + encode(["bytes32[]"], [[market_id(m) for m in markets]])
         raw = await self.rpc.call("eth_call", [{"to": self.contract, "data": "0x" + data.hex()}])
-        (feeds,) = decode(["(int128,int8,uint48,uint64)[]"], bytes.fromhex(raw[2:]))
+        try:
+            (feeds,) = decode(["(int128,int8,uint48,uint64)[]"], bytes.fromhex(raw[2:]))
+            if len(feeds) != len(markets):
+                raise ValueError(f"{len(feeds)} feeds for {len(markets)} markets")
+        except Exception as exc:  # eth_abi's decoding errors, a result that is not hex
+            self._read = False
+            self.stats.bad_answers += 1
+            raise _BadAnswer(f"eth_call latestMany: {raw!r:.40} unreadable ({exc})") from None
         for market, (price, expo, ts, _round) in zip(markets, feeds, strict=True):
             if ts > 0:
                 self._stored[market] = _Stored(price * 10.0**expo, ts)
@@ -344,8 +416,7 @@ class ChainPusher:
 
     async def _fees(self) -> tuple[int, int] | None:
         """(maxFeePerGas, maxPriorityFeePerGas) for a new transaction, or None over the cap."""
-        block = await self.rpc.call("eth_getBlockByNumber", ["latest", False])
-        base = int(block.get("baseFeePerGas") or "0x0", 16)
+        base = await self._base_fee()
         cap = int(self.cfg.max_gas_price_gwei * _GWEI)
         tip = min(int(self.cfg.priority_fee_gwei * _GWEI), cap)
         if base + tip > cap:
@@ -381,7 +452,7 @@ class ChainPusher:
         try:
             # Against the mined state: the pending one may already hold the transaction this
             # one replaces, where the same updates are skipped as not newer and cost little.
-            estimate = int(await self.rpc.call("eth_estimateGas", [call, "latest"]), 16)
+            estimate = await self._quantity("eth_estimateGas", [call, "latest"])
         except RpcError as exc:
             self.stats.transactions["error"] += 1
             self._failed("push would revert; not sent", error=exc.message, data=exc.data)
@@ -457,8 +528,8 @@ class ChainPusher:
         """The node refused a transaction: fix what can be fixed for the next step."""
         message = exc.message.lower()
         if "nonce too low" in message or "already known" in message:
-            mined = await self.rpc.call("eth_getTransactionCount", [self.address, "latest"])
-            self._nonce = self.stats.nonce = int(mined, 16)
+            mined = await self._quantity("eth_getTransactionCount", [self.address, "latest"])
+            self._nonce = self.stats.nonce = mined
             self._log.warning("nonce out of step; re-read from the chain", nonce=self._nonce)
         elif "underpriced" in message:
             self._fee_floor = (max_fee, tip)  # something sits at this nonce: outbid it next time
@@ -478,11 +549,18 @@ class ChainPusher:
     async def _settle(self, inflight: _InFlight) -> None:
         """Confirm the transaction in flight if mined; replace it if stuck for too long."""
         # The count first: if it says the nonce is mined, the receipts read next are there too.
-        mined = int(await self.rpc.call("eth_getTransactionCount", [self.address, "latest"]), 16)
+        mined = await self._quantity("eth_getTransactionCount", [self.address, "latest"])
         for tx_hash, batch in reversed(inflight.sent):
             receipt = await self.rpc.call("eth_getTransactionReceipt", [tx_hash])
             if receipt is not None:
-                self._mined(inflight.nonce, batch, tx_hash, receipt)
+                if not isinstance(receipt, dict):
+                    self.stats.bad_answers += 1
+                    raise _BadAnswer(f"eth_getTransactionReceipt: {receipt!r:.40} not a receipt")
+                status = self._hex("eth_getTransactionReceipt status", receipt.get("status"))
+                block = self._hex(
+                    "eth_getTransactionReceipt blockNumber", receipt.get("blockNumber")
+                )
+                self._mined(inflight.nonce, batch, tx_hash, status, block)
                 return
         if mined > inflight.nonce:  # the nonce went through under a hash we never sent
             self._inflight, self.stats.pending = None, False
@@ -492,9 +570,9 @@ class ChainPusher:
             return
         await self._replace(inflight)
 
-    def _mined(self, nonce: int, batch: _Batch, tx_hash: str, receipt: dict[str, Any]) -> None:
+    def _mined(self, nonce: int, batch: _Batch, tx_hash: str, status: int, block: int) -> None:
         self._inflight, self.stats.pending = None, False
-        if int(receipt["status"], 16) != 1:
+        if status != 1:
             self.stats.transactions["reverted"] += 1
             self._log.error("push reverted", tx=tx_hash, nonce=nonce)
             return
@@ -509,15 +587,14 @@ class ChainPusher:
             tx=tx_hash,
             nonce=nonce,
             markets=len(batch.markets),
-            block=int(receipt["blockNumber"], 16),
+            block=block,
         )
 
     async def _replace(self, inflight: _InFlight) -> None:
         """Same nonce, fees +12.5 % (at least the current market's), the latest prices."""
         cap = int(self.cfg.max_gas_price_gwei * _GWEI)
         max_fee, tip = _bump(inflight.max_fee), _bump(inflight.tip)
-        block = await self.rpc.call("eth_getBlockByNumber", ["latest", False])
-        base = int(block.get("baseFeePerGas") or "0x0", 16)
+        base = await self._base_fee()
         max_fee = max(max_fee, 2 * base + tip)
         if max_fee > cap:
             max_fee = cap

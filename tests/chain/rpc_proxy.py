@@ -13,11 +13,13 @@ with a null result; "hold" waits for `release` before forwarding (a node that ha
 answer that arrives late); "unpin" forwards an `eth_call` pinned by block hash as a read at
 "latest" (a node that ignores EIP-1898); "huge" answers the right id with a result of `HUGE`
 bytes (an endpoint that sends far more than any read, broken or hostile);
-"no_batch" answers every batch (a JSON array) with one JSON-RPC error object, id null, as
-providers that refuse batches do (JSON-RPC 2.0 section 6 lets a server answer a batch it cannot
-take with a single response object), and "no_batch_http" refuses it with status 400; both
-forward single requests. `methods` lists the method of every request received, in order.
-`stop()` closes the listening socket, so the endpoint dies mid-run.
+"mangle" forwards but answers the pusher's numbers in forms no node should send (a block
+without a hex base fee, a gas estimate and a nonce that are not hex quantities, a receipt with
+no status; `MANGLED`); "no_batch" answers every batch (a JSON array) with one JSON-RPC error
+object, id null, as providers that refuse batches do (JSON-RPC 2.0 section 6 lets a server
+answer a batch it cannot take with a single response object), and "no_batch_http" refuses it
+with status 400; both forward single requests. `methods` lists the method of every request
+received, in order. `stop()` closes the listening socket, so the endpoint dies mid-run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from aiohttp import web
 _REFUSED = {"code": -32602, "message": "invalid argument 0: hex string has odd length"}
 _NO_BATCH = {"code": -32600, "message": "batch requests are not supported"}
 HUGE = 20 * 1024 * 1024
+#: "mangle": the answer given to each method instead of the node's (a receipt only if mined).
+MANGLED: dict[str, Any] = {
+    "eth_getBlockByNumber": {"number": "0x1", "baseFeePerGas": 7},
+    "eth_estimateGas": "plenty",
+    "eth_getTransactionCount": "0xnonce",
+    "eth_getTransactionReceipt": {"blockNumber": "0x1"},
+}
 
 
 class RpcProxy:
@@ -125,4 +134,6 @@ class RpcProxy:
                 item["error"] = _REFUSED
             if mode == "null_call" and method == "eth_call":
                 item["result"] = None
+            if mode == "mangle" and method in MANGLED and result is not None:
+                item["result"] = MANGLED[method]
         return web.json_response(answer)

@@ -8,6 +8,7 @@ manual clock, so replacement timing is exact; rounds come from a real core.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -39,7 +40,7 @@ from oracled.publish.signer import SigningKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chain"))
 from chain_rig import Anvil, Chain, RpcFailed, start_anvil
-from rpc_proxy import RpcProxy
+from rpc_proxy import MANGLED, RpcProxy
 
 GWEI = 10**9
 
@@ -839,3 +840,80 @@ async def test_a_pusher_stopped_at_start_for_want_of_a_contract_reads_push_up_0(
             await task
     assert push_up(pusher.stats) == 0.0
     assert push_up(None) is None
+
+
+@pytest.mark.parametrize("method", list(MANGLED))
+async def test_a_node_answer_the_pusher_cannot_read_is_a_counted_error_it_outlives(
+    rig: Rig, method: str
+) -> None:
+    """A node that answers a step's request in a form no node should (a base fee, gas estimate
+    or nonce that is not a hex quantity, a receipt without a status) is logged as an error,
+    counted in `bad_answers`, and retried after a backoff; the task goes on and pushes once the
+    answers are right again. Each of these once ended the task with an uncaught ValueError,
+    TypeError or KeyError: on-chain pushing stopped for the life of the daemon (found reading
+    `step()` after the null-at-start fix)."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
+    rounds.step()
+    pusher.submit(rounds.step())
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: pusher.stats.transactions["confirmed"] == 1)
+            proxy.mode = "pass"
+            proxy.script = []
+            original = dict(MANGLED)
+            MANGLED.clear()
+            MANGLED[method] = original[method]
+            try:
+                proxy.mode = "mangle"
+                pusher.submit(rounds.step(BTC_USD=1.02))
+                await until(lambda: task.done() or pusher.stats.bad_answers >= 2)
+                assert not task.done()
+                proxy.mode = "pass"
+                await until(lambda: pusher.stats.transactions["confirmed"] == 2)
+            finally:
+                MANGLED.clear()
+                MANGLED.update(original)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.stop()
+    bad = [e for e in logs if e["event"] == "bad answer from the node; retrying"]
+    assert bad and all(e["log_level"] == "error" and method in e["error"] for e in bad)
+    assert not any("exc_info" in e for e in logs)
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
+async def test_a_crashed_pusher_is_started_again_counted_and_logged_with_its_traceback(
+    rig: Rig,
+) -> None:
+    """A bug in a step (here a round whose arrays do not match its markets, which `_due`
+    cannot index) is logged with its traceback, counted in `restarts`, and the pusher starts
+    again after a backoff, from the chain's state (nonce, stored prices), with
+    `oracled_push_up` 0 meanwhile; it then pushes the next good round. The crash used to end
+    the task for the life of the daemon."""
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(interval_s=0.02)
+    pusher.restart_base_s = 0.05
+    rounds.step()
+    pusher.submit(rounds.step())
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: pusher.stats.transactions["confirmed"] == 1)
+            good = rounds.step(BTC_USD=1.02)
+            pusher.submit(dataclasses.replace(good, status=good.status[:1]))
+            await until(lambda: task.done() or pusher.stats.restarts == 1)
+            assert not task.done()
+            pusher.submit(good)
+            await until(lambda: pusher.stats.transactions["confirmed"] == 2)
+            assert push_up(pusher.stats) == 1.0
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    crashed = [e for e in logs if e["event"] == "on-chain push crashed; restarting"]
+    assert len(crashed) == 1 and crashed[0]["log_level"] == "error"
+    assert "exc_info" in crashed[0]
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
