@@ -7,8 +7,8 @@
     oracled audit --db FILE --market BTC/USD --csv OUT       every round of the market as CSV
     oracled audit --db FILE --tape OUT [--from T] [--to T]   the stored inputs as a quote tape
 
-Times are milliseconds since the Unix epoch or ISO 8601 (`2026-11-26T12:03`, UTC unless an
-offset is given). Databases of schema version 1 and 2 give the same answers.
+Times are milliseconds since the Unix epoch (13 digits; seconds are refused) or ISO 8601
+(`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1 and 2 give the same answers.
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ def parse_time(text: str) -> int:
     """Milliseconds since the epoch from an integer or an ISO 8601 time (UTC if naive)."""
     text = text.strip()
     if text.isdigit():
+        # 13 digits from 2001 to 2286; `date +%s` seconds would be read as a day in 1970
+        if text != "0" and len(text.lstrip("0")) != 13:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not milliseconds since the epoch (13 digits; seconds have 10, "
+                "microseconds 16): give milliseconds or an ISO 8601 time"
+            )
         return int(text)
     try:
         moment = datetime.fromisoformat(text)

@@ -3,6 +3,7 @@ back, all from a real core's rounds written by the real writer thread into SQLit
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import re
@@ -557,3 +558,19 @@ def test_retention_cuts_a_large_excess_a_step_at_a_time_between_batches(tmp_path
     assert sizes[0] > limit  # not all at once
     assert 0 < sizes[-1] <= limit  # but there in the end
     assert sizes == sorted(sizes, reverse=True)
+
+
+def test_a_time_in_seconds_or_microseconds_is_refused_not_read_as_milliseconds() -> None:
+    """`--from 1700000000` (seconds, as `date +%s` prints) was read as milliseconds: 1970-01-20,
+    a window that silently held the whole trail; microseconds were a time past 50,000 AD. Whole
+    numbers other than 13-digit milliseconds (and 0, the start of the trail) are refused with a
+    message that says so, as the quote tape refuses such a `ts`."""
+    assert parse_time("0") == 0
+    assert parse_time(str(T0)) == T0
+    for text in ("1700000000", "1700000000000000", "170000000000"):
+        with pytest.raises(argparse.ArgumentTypeError) as exc:
+            parse_time(text)
+        assert str(exc.value) == (
+            f"{text!r} is not milliseconds since the epoch (13 digits; seconds have 10, "
+            "microseconds 16): give milliseconds or an ISO 8601 time"
+        )
