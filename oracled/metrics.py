@@ -443,7 +443,7 @@ class _StateCollector:
         yield dropped
         closed = CounterMetricFamily(
             "oracled_api_connections_closed",
-            "HTTP connections the API closed: a send past its deadline, or over the cap.",
+            "HTTP connections the API closed: a late send, over the cap, or a request unparsed.",
             labels=["reason"],
         )
         for reason, count in sorted(self._in.api_closed().items()):

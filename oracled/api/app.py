@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from oracled.api.admin import AdminHandlers
+from oracled.api.badrequests import ServerLog
 from oracled.api.context import ApiContext
 from oracled.api.cors import Cors
 from oracled.api.errors import error_middleware, no_store_middleware
@@ -33,6 +34,8 @@ def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Appl
     app = web.Application(
         middlewares=[limits.middleware, no_store_middleware, cors.middleware, error_middleware],
         client_max_size=MAX_BODY,
+        # A client's unparseable bytes: counted, logged once a minute, no traceback.
+        handler_args={"logger": ServerLog(ctx)},
     )
     app.on_response_prepare.append(cors.on_prepare)
     app[CONTEXT] = ctx

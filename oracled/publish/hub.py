@@ -309,7 +309,9 @@ class Hub:
             {DROP_SLOW: 0, DROP_SHUTDOWN: 0, DROP_BAD_FRAME: 0}
         )
         #: HTTP connections the API closed, by reason (oracled/api/limits.py); same rule.
-        self.api_closed: Counter[str] = Counter({"send_timeout": 0, "connection_limit": 0})
+        self.api_closed: Counter[str] = Counter(
+            {"send_timeout": 0, "connection_limit": 0, "bad_request": 0, "request_too_long": 0}
+        )
 
     # -- the round side ----------------------------------------------------------------------
 

@@ -1,0 +1,71 @@
+"""Requests aiohttp cannot parse: counted by reason, logged at most once a minute, no traceback.
+
+aiohttp answers each one 400 itself and closes its connection, before any handler or middleware
+runs, and logged each as an error with a traceback (`Error handling request from ...`): any
+client could fill the log at will with garbage bytes or a request line over 8 KiB, and each
+traceback read as a bug of the daemon. Its server logger is replaced, per application, by
+`ServerLog`: a client's unparseable bytes are counted in
+`oracled_api_connections_closed_total{reason}` (`request_too_long`: a request line or header
+over aiohttp's limit; `bad_request`: anything else it cannot parse) and logged as
+`api_bad_request`, at most once a minute per reason with the number since the last line; every
+other record (an exception that is our bug) goes to aiohttp's logger as before, traceback
+included.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.log import server_logger
+
+from oracled.api.context import ApiContext
+from oracled.api.limits import LOG_EVERY_S
+
+__all__ = ["BAD_REQUEST_REASONS", "CLOSED_BAD_REQUEST", "CLOSED_TOO_LONG", "ServerLog"]
+
+CLOSED_BAD_REQUEST = "bad_request"
+CLOSED_TOO_LONG = "request_too_long"
+BAD_REQUEST_REASONS = (CLOSED_BAD_REQUEST, CLOSED_TOO_LONG)
+_MAX_ERROR = 120  # characters of aiohttp's message kept: it quotes the client's bytes
+
+_log = structlog.get_logger(component="api")
+
+
+class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger for one application (`Application(handler_args=...)`)."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        super().__init__(server_logger, {})
+        self._ctx = ctx
+        self._last_log = dict.fromkeys(BAD_REQUEST_REASONS, -LOG_EVERY_S)
+        self._unlogged = dict.fromkeys(BAD_REQUEST_REASONS, 0)
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            self._bad_request(exc, args[0] if args else None)
+        else:
+            super().log(level, msg, *args, **kwargs)
+
+    def _bad_request(self, exc: HttpProcessingError, remote: object) -> None:
+        reason = CLOSED_TOO_LONG if isinstance(exc, LineTooLong) else CLOSED_BAD_REQUEST
+        self._ctx.hub.api_closed[reason] += 1
+        self._unlogged[reason] += 1
+        now = time.monotonic()
+        if now - self._last_log[reason] < LOG_EVERY_S:
+            return
+        lines = str(exc.message).strip().splitlines()
+        error = lines[0] if lines else type(exc).__name__
+        fields: Mapping[str, object] = {
+            "reason": reason,
+            "remote": None if remote is None else str(remote),
+            "error": error[:_MAX_ERROR],
+            "closed": self._unlogged[reason],  # since the last such line
+        }
+        _log.warning("api_bad_request", **fields)
+        self._last_log[reason], self._unlogged[reason] = now, 0
