@@ -8,7 +8,8 @@
     oracled audit --db FILE --tape OUT [--from T] [--to T]   the stored inputs as a quote tape
 
 Times are milliseconds since the Unix epoch (13 digits; seconds are refused) or ISO 8601
-(`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1 and 2 give the same answers.
+(`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1 and 2 give
+the same answers.
 """
 
 from __future__ import annotations
@@ -231,9 +232,23 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _overwrites_database(args: argparse.Namespace) -> str | None:
+    """An output (`--tape`, `--csv`) that is the database or a file SQLite keeps beside it:
+    opening it for writing would empty the trail, a live daemon's too."""
+    flag, out = ("--tape", args.tape) if args.tape is not None else ("--csv", args.csv)
+    if out is None:
+        return None
+    db = args.db.resolve()
+    files = {db.with_name(db.name + end) for end in ("", "-wal", "-shm", "-journal", ".lock")}
+    same = out.exists() and args.db.exists() and out.samefile(args.db)  # a hard link too
+    if same or out.resolve() in files:
+        return f"{flag} {out} is the database {args.db} or one of its files: nothing written"
+    return None
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Run `oracled audit`; 0 when something was found, 1 when not, 2 on a bad request."""
-    problem = _usage_problem(args)
+    problem = _usage_problem(args) or _overwrites_database(args)
     if problem is not None:
         print(f"oracled audit: {problem}", file=sys.stderr)
         return 2

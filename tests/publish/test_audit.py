@@ -574,3 +574,26 @@ def test_a_time_in_seconds_or_microseconds_is_refused_not_read_as_milliseconds()
             f"{text!r} is not milliseconds since the epoch (13 digits; seconds have 10, "
             "microseconds 16): give milliseconds or an ISO 8601 time"
         )
+
+
+def test_an_output_that_is_the_database_itself_is_refused_and_the_trail_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--tape` or `--csv` naming the trail (a slip of the shell history, `--db` and the output
+    swapped) opened it for writing, which empties it: the trail, a live daemon's too, was gone
+    (2.8 MB to 38 bytes) and the command answered "database disk image is malformed". It is
+    refused with exit 2 before anything is opened for writing, also for the database's `-wal`,
+    and the trail reads as before."""
+    db = tmp_path / "audit.sqlite3"
+    recorded(db, 3)
+    size = db.stat().st_size
+    for option in (["--tape"], ["--market", "BTC/USD", "--csv"]):
+        for target in (db, tmp_path / "." / db.name, db.with_name(db.name + "-wal")):
+            capsys.readouterr()
+            assert main(["audit", "--db", str(db), *option, str(target)]) == 2
+            assert capsys.readouterr().err == (
+                f"oracled audit: {option[-1]} {target} is the database {db} or one of its "
+                "files: nothing written\n"
+            )
+    assert db.stat().st_size == size
+    assert main(["audit", "--db", str(db)]) == 0
