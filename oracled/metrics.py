@@ -520,6 +520,11 @@ class _StateCollector:
             "reconnects": CounterMetricFamily(
                 "oracled_source_reconnects", "Stream reconnects.", labels=["source"]
             ),
+            "sequence_resets": CounterMetricFamily(
+                "oracled_source_sequence_resets",
+                "Venue counter bars (update ids, sequences) judged bad and forgotten.",
+                labels=["source"],
+            ),
             "ahead": CounterMetricFamily(
                 "oracled_source_venue_time_ahead",
                 "Quotes whose venue time was ahead of our receive time (clock skew).",
@@ -549,6 +554,7 @@ class _StateCollector:
             families["malformed"].add_metric([sid], st.malformed)
             families["quotes"].add_metric([sid], st.quotes)
             families["reconnects"].add_metric([sid], st.reconnects)
+            families["sequence_resets"].add_metric([sid], st.sequence_resets)
             families["ahead"].add_metric([sid], st.latency_ahead)
             last = st.last_quote_ms
             age.add_metric([sid], (now - last) / 1000.0 if last is not None else float("nan"))

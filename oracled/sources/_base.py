@@ -19,7 +19,14 @@ A venue subclass declares its URLs and wire types and implements five small hook
   dropped here and counted (``stats.malformed`` and ``stats.dropped[reason]``). The core checks
   again; the source drops first so that one venue's garbage never reaches the book. A quote whose
   venue time is more than ``max_clock_skew_ms`` ahead of its receive time is dropped too
-  (``stats.dropped["future"]``, not malformed), before a venue's ordering bar moves to it.
+  (``stats.dropped["future"]``, not malformed), before a venue's ordering bar moves to it;
+- a venue counter that stopped being believable (`_counter_refused`): an adapter that orders a
+  symbol's frames by a venue counter (an update id, a sequence) asks here before it drops a frame
+  whose counter is not above the bar; a frame newer by venue time whose counter fell below half
+  the bar, or the `COUNTER_RESET_AFTER`-th such frame in a row, means the venue restarted its
+  count or the frame that set the bar was bad: the bar is forgotten, the frame used, and the
+  reset counted (``stats.sequence_resets``) and logged. Otherwise one far-ahead number would
+  freeze the symbol on a connection that looks healthy until the next reconnect.
 
 Only state changes (and each reconnect's backoff) are logged, never a message.
 """
@@ -44,7 +51,7 @@ from oracled.config import DEFAULT_MAX_CLOCK_SKEW_MS, SourceConfig
 from oracled.model import Kind, Quote
 from oracled.sources.stats import LATENCY_BOUNDS_MS, LATENCY_BUCKET_OF_MS, ConnState, SourceStats
 
-__all__ = ["RestPacer", "Source", "backoff_delay"]
+__all__ = ["COUNTER_RESET_AFTER", "RestPacer", "Source", "backoff_delay"]
 
 _T = TypeVar("_T")
 _INF: Final = math.inf
@@ -62,6 +69,9 @@ _LAST_PRICE: Final = msgspec.json.Decoder(float, strict=False)
 # and the longest wait their Retry-After is obeyed for (Binance's longest ban, 3 days).
 _RATE_LIMITED: Final = (429, 418)
 _MAX_RETRY_AFTER_S: Final = 3 * 86_400.0
+#: Frames of one symbol refused in a row by a venue counter while newer by venue time than the
+#: frame that set the bar, after which the bar is judged bad (`Source._counter_refused`).
+COUNTER_RESET_AFTER: Final = 5
 
 
 def _retry_after(value: str | None) -> float:
@@ -186,6 +196,8 @@ class Source(abc.ABC):
         rate = self.rest_rate_per_s
         self._pacer = RestPacer(rate, self.rest_burst, clock) if rate else None
         self._retry_after_s = 0.0  # what the newest rate-limit answer asked us to wait
+        # Per symbol: the counter bar the current refusals were counted against, and how many.
+        self._counter_refusals: dict[str, tuple[int, int]] = {}
 
     @property
     def instruments(self) -> Mapping[str, tuple[str, Kind]]:
@@ -306,6 +318,39 @@ class Source(abc.ABC):
         # bid, ask, kind, venue_ts, volume, flag).
         self._emit(Quote(self.source_id, target[0], recv_ts, last, bid, ask, target[1], venue_ts,
                          None, flag))  # fmt: skip
+
+    def _counter_refused(
+        self,
+        symbol: str,
+        bar: int,
+        bar_ts: int | None,
+        seq: int,
+        venue_ts: int | None,
+        reason: str,
+    ) -> bool:
+        """A frame whose venue counter `seq` is not above the symbol's `bar` (set by a frame of
+        venue time `bar_ts`): True if it is dropped (counted as `reason`), False if the bar is
+        judged bad instead, and the adapter forgets it and uses the frame.
+
+        The bar is bad when a frame newer by venue time has a counter below half of it (the
+        venue restarted its count, or the bar came from a garbage number), or when
+        `COUNTER_RESET_AFTER` such newer frames in a row were refused by it. Replays and
+        duplicates are never newer than the bar, so they are only dropped.
+        """
+        newer = venue_ts is not None and bar_ts is not None and venue_ts > bar_ts
+        if newer:
+            held = self._counter_refusals.get(symbol)
+            count = held[1] + 1 if held is not None and held[0] == bar else 1
+            if seq < bar // 2 or count >= COUNTER_RESET_AFTER:
+                self._counter_refusals.pop(symbol, None)
+                self.stats.sequence_resets += 1
+                self._log.warning(
+                    "sequence reset", symbol=symbol, bar=bar, seq=seq, refused_in_a_row=count - 1
+                )
+                return False
+            self._counter_refusals[symbol] = (bar, count)
+        self.stats.dropped[reason] += 1
+        return True
 
     def _reject_prices(self, bid: float, ask: float) -> None:
         """Name what was wrong with a pair of prices that failed the one-line check."""
@@ -433,6 +478,7 @@ class Source(abc.ABC):
     async def _session(self) -> str:
         """One connection from handshake to death; returns why it ended."""
         self._pending.clear()
+        self._counter_refusals.clear()  # adapters compare counters within one connection
         self._requested_at.clear()
         self._answered_upto = -_INF
         self._outbox = asyncio.Queue()

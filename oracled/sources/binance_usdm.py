@@ -19,7 +19,10 @@ errors. What differs, from the docs:
   ``<ws_url>/public/stream`` and a second connection, `MarkFeed`, reads ``<ws_url>/market/stream``.
   Each connection has its own watchdog, backoff and subscriptions (the shared base does them).
 - ``venue_ts`` is ``E`` (event time); frames whose update id ``u`` is not newer than the last one
-  seen for the symbol on this connection are dropped as ``stale`` (replays, duplicates).
+  seen for the symbol on this connection are dropped as ``stale`` (replays, duplicates), unless
+  the base judges that last id bad (`Source._counter_refused`: an id below half of it, or five
+  frames in a row refused while their ``E`` is past its frame's): then it is forgotten, so that
+  one far-ahead id cannot freeze a symbol until the next reconnect.
 - The server pings every 3 minutes and drops a client without a pong for 10 minutes (the base
   answers pings); a client may send 10 messages a second; a connection lives at most 24 h (the
   config rotates at 23 h by default); 1024 streams per connection.
@@ -143,6 +146,7 @@ class BinanceUsdmSource(BinanceSource):
     ) -> None:
         super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
         self._last_u: dict[str, int] = {}
+        self._last_e: dict[str, int | None] = {}  # the event time of the frame that set each id
         self.mark_feed = MarkFeed(
             f"{source_id}:mark",
             cfg,
@@ -166,6 +170,7 @@ class BinanceUsdmSource(BinanceSource):
         # Update ids are compared within one connection only, so that a venue-side reset of the
         # sequence can never freeze a symbol.
         self._last_u.clear()
+        self._last_e.clear()
         return self.stream_url()
 
     def on_message(self, data: str | bytes, recv_ts: int) -> None:
@@ -179,13 +184,21 @@ class BinanceUsdmSource(BinanceSource):
             self._quote(book.s, book.b, book.a, recv_ts, book.E)
             return
         symbol, last_u, stats = book.s, self._last_u, self.stats
-        if u <= last_u.get(symbol, _NEVER):
-            stats.dropped["stale"] += 1
+        bar = last_u.get(symbol, _NEVER)
+        if u <= bar and self._refused(symbol, bar, u, book.E):
             return
         quotes = stats.quotes
         self._quote(symbol, book.b, book.a, recv_ts, book.E)
         if stats.quotes != quotes:  # only an emitted frame advances the sequence
             last_u[symbol] = u
+            self._last_e[symbol] = book.E
+
+    def _refused(self, symbol: str, bar: float, u: int, event_ts: int | None) -> bool:
+        """A frame whose update id is not above the symbol's: dropped as `stale`, unless the base
+        judges the kept id bad (then it is forgotten and the frame used)."""
+        return self._counter_refused(
+            symbol, int(bar), self._last_e.get(symbol), u, event_ts, "stale"
+        )
 
     def _slow(self, data: str | bytes, recv_ts: int) -> None:
         """Frames the float decoder refused: a price that is not a number, other shapes."""
@@ -195,8 +208,8 @@ class BinanceUsdmSource(BinanceSource):
             self._control(data)
             return
         u = book.u
-        if u is not None and u <= self._last_u.get(book.s, _NEVER):
-            self.stats.dropped["stale"] += 1
+        bar = self._last_u.get(book.s, _NEVER)
+        if u is not None and u <= bar and self._refused(book.s, bar, u, book.E):
             return
         try:
             bid, ask = float(book.b), float(book.a)
@@ -207,6 +220,7 @@ class BinanceUsdmSource(BinanceSource):
         self._quote(book.s, bid, ask, recv_ts, book.E)
         if u is not None and self.stats.quotes != before:  # only good frames advance it
             self._last_u[book.s] = u
+            self._last_e[book.s] = book.E
 
     def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
         query = {"symbol": symbols[0]} if len(symbols) == 1 else {}

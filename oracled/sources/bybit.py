@@ -17,9 +17,13 @@ spot reads level-1 order book ``orderbook.1.<SYMBOL>``: a snapshot after subscri
 where size ``"0"`` removes a level and ``u`` is the per-symbol update id (``u`` = 1 is a snapshot
 after a venue restart). ``venue_ts`` is the frame's ``ts`` on both. Frames older than the last one
 applied for the symbol on this connection (by ``u`` on spot, by ``ts`` on linear) are dropped as
-``stale``; a frame with a bad price is dropped whole and never merged into the kept state, and so
-is a linear frame from further ahead than the clock-skew bound (``future``), whose time would
-otherwise become the bar that every later frame is stale against.
+``stale`` (on spot, unless the base judges the kept ``u`` bad, `Source._counter_refused`: a ``u``
+below half of it, or five frames in a row refused while their ``ts`` is past its frame's; then the
+symbol's kept state is dropped and the frame read as its first, so that one far-ahead ``u``
+cannot freeze a symbol until the next reconnect); a frame with a bad price is dropped whole and
+never merged into the kept state, and so is a linear frame from further ahead than the clock-skew
+bound (``future``), whose time would otherwise become the bar that every later frame is stale
+against.
 
 Subscribe ``{"op":"subscribe","args":["tickers.BTCUSDT"],"req_id":"1"}``, ack
 ``{"success":true,"ret_msg":"","conn_id":"..","req_id":"1","op":"subscribe"}``; a refusal has
@@ -148,16 +152,18 @@ class _Rest(msgspec.Struct):
 
 
 class _Top:
-    """The kept best bid, ask and last price of one symbol, and the order key of the frame they
-    came from."""
+    """The kept best bid, ask and last price of one symbol, and the order key and venue time of
+    the frame they came from."""
 
-    __slots__ = ("ask", "bid", "last", "seq")
+    __slots__ = ("ask", "bid", "last", "seq", "ts")
 
-    def __init__(self, bid: float | None, ask: float | None, last: float | None, seq: int) -> None:
-        self.bid, self.ask, self.last, self.seq = bid, ask, last, seq
+    def __init__(
+        self, bid: float | None, ask: float | None, last: float | None, seq: int, ts: int
+    ) -> None:
+        self.bid, self.ask, self.last, self.seq, self.ts = bid, ask, last, seq, ts
 
 
-_DROPPED: Final = _Top(None, None, None, 0)  # `_admit`: the frame was counted and dropped
+_DROPPED: Final = _Top(None, None, None, 0, 0)  # `_admit`: the frame was counted and dropped
 
 
 _TICKERS = msgspec.json.Decoder(_TickerFrame)
@@ -292,9 +298,10 @@ class _BybitSource(Source):
             self._bad("crossed")
             return
         if previous is None:
-            self._tops[symbol] = _Top(bid, ask, last, seq)
+            self._tops[symbol] = _Top(bid, ask, last, seq, venue_ts)
         else:  # updated in place: one allocation less per frame
             previous.bid, previous.ask, previous.last, previous.seq = bid, ask, last, seq
+            previous.ts = venue_ts
         if bid is None or ask is None:
             self.stats.dropped["one_sided"] += 1
             return
@@ -374,6 +381,7 @@ class BybitSpotSource(_BybitSource):
         previous.bid = bid
         previous.ask = ask
         previous.seq = u
+        previous.ts = frame.ts
         self._quote(symbol, bid, ask, recv_ts, frame.ts)
 
     def _first(
@@ -387,7 +395,7 @@ class BybitSpotSource(_BybitSource):
         ts: int,
     ) -> None:
         """A fast-path frame with no kept state to apply to, a snapshot, or a dropped one."""
-        previous = self._admit(symbol, u, snapshot)
+        previous = self._admit(symbol, u, snapshot, ts)
         if previous is _DROPPED:
             return
         keep = previous is not None and not snapshot
@@ -395,10 +403,11 @@ class BybitSpotSource(_BybitSource):
         ask = _best(asks, previous.ask if keep else None, False)  # type: ignore[union-attr]
         self._apply(symbol, previous, bid, ask, None, u, recv_ts, ts)
 
-    def _admit(self, symbol: str, u: int, snapshot: bool) -> _Top | None:
+    def _admit(self, symbol: str, u: int, snapshot: bool, ts: int) -> _Top | None:
         """The kept state of a frame's symbol, or _DROPPED after counting why the frame is not
         used: a symbol we did not ask for, or an update id not newer than the kept one (a
-        snapshot may restart at u = 1)."""
+        snapshot may restart at u = 1). A kept id the base judges bad is dropped with its
+        state: the frame is then the symbol's first."""
         if symbol not in self._by_symbol:
             self.stats.dropped["unknown_symbol"] += 1
             return _DROPPED
@@ -406,15 +415,17 @@ class BybitSpotSource(_BybitSource):
         if previous is not None and (
             (u < previous.seq and u != 1) if snapshot else u <= previous.seq
         ):
-            self.stats.dropped["stale"] += 1
-            return _DROPPED
+            if self._counter_refused(symbol, previous.seq, previous.ts, u, ts, "stale"):
+                return _DROPPED
+            del self._tops[symbol]
+            return None
         return previous
 
     def _on_data(self, data: str | bytes, recv_ts: int) -> None:
         frame = _BOOKS.decode(data)
         book = frame.data
         snapshot = frame.type == "snapshot"
-        previous = self._admit(book.s, book.u, snapshot)
+        previous = self._admit(book.s, book.u, snapshot, frame.ts)
         if previous is _DROPPED:
             return
         sides: list[list[tuple[float, float]]] = []

@@ -26,7 +26,10 @@ Limits from the docs: 100 uplink messages per 10 s, 100 topics per subscribe, 40
 connection, 30 connections a minute. The token is valid for 24 h and no longer connection life is
 documented, so the config's default rotation (23 h) applies. ``time`` is the venue's event time
 (ms, carried as ``venue_ts``); ``sequence`` orders a symbol's tickers, and a ticker whose sequence
-is not newer than the last one used on the connection is dropped (``dropped["out_of_order"]``).
+is not newer than the last one used on the connection is dropped (``dropped["out_of_order"]``),
+unless the base judges that last sequence bad (`Source._counter_refused`: a sequence below half
+of it, or five tickers in a row refused while their ``time`` is past its ticker's): then it is
+forgotten, so that one far-ahead number cannot freeze a symbol until the next reconnect.
 ``price`` is the last trade and travels as the quote's last price.
 
 Decoding: a ticker in the documented shape is read in one pass with prices straight into floats
@@ -181,6 +184,7 @@ class KucoinSource(Source):
         per_symbol = len(self.symbols) * _LEVEL1_WEIGHT <= _ALL_TICKERS_WEIGHT
         self.rest_batch_size = 1 if per_symbol else 1000  # type: ignore[misc]  # ClassVar in base
         self._last_seq: dict[str, int] = {}
+        self._last_time: dict[str, int] = {}  # the venue time of the ticker that set each sequence
         self._topics = {_TOPIC + symbol: symbol for symbol in self.symbols}
         self._pings = itertools.count(1)
         self._url = self.ws_url
@@ -226,6 +230,7 @@ class KucoinSource(Source):
         # Sequences are compared within one connection only (as Binance USD-M's update ids): a
         # counter the venue restarted lower must not freeze a symbol until the daemon restarts.
         self._last_seq.clear()
+        self._last_time.clear()
         return self._url
 
     def _queue_subscriptions(self) -> None:
@@ -259,13 +264,20 @@ class KucoinSource(Source):
             return
         tick, stats, last_seq = msg.data, self.stats, self._last_seq
         seq = tick.sequence
-        if seq <= last_seq.get(symbol, 0):
-            stats.dropped["out_of_order"] += 1
+        bar = last_seq.get(symbol, 0)
+        if seq <= bar and self._refused(symbol, bar, seq, tick.time):
             return
         quotes = stats.quotes
         self._quote(symbol, tick.bestBid, tick.bestAsk, recv_ts, tick.time, tick.price)
         if stats.quotes != quotes:  # only a price that was used moves the sequence on
             last_seq[symbol] = seq
+            self._last_time[symbol] = tick.time
+
+    def _refused(self, symbol: str, bar: int, seq: int, venue_ts: int) -> bool:
+        """A ticker whose sequence is not above the symbol's: dropped as `out_of_order`, unless
+        the base judges the kept one bad (then it is forgotten and the ticker used)."""
+        bar_ts = self._last_time.get(symbol)
+        return self._counter_refused(symbol, bar, bar_ts, seq, venue_ts, "out_of_order")
 
     def _text_message(self, data: str | bytes, recv_ts: int) -> None:
         """The strict path: text prices, then control messages."""
@@ -285,13 +297,14 @@ class KucoinSource(Source):
         except ValueError:
             self._bad("bad_number")
             return
-        if seq <= self._last_seq.get(symbol, 0):
-            self.stats.dropped["out_of_order"] += 1
+        bar = self._last_seq.get(symbol, 0)
+        if seq <= bar and self._refused(symbol, bar, seq, tick.time):
             return
         quotes = self.stats.quotes
         self._quote_texts(symbol, tick.bestBid, tick.bestAsk, recv_ts, tick.time, tick.price)
         if self.stats.quotes != quotes:  # only a price that was used moves the sequence on
             self._last_seq[symbol] = seq
+            self._last_time[symbol] = tick.time
 
     def _control(self, data: str | bytes) -> None:
         frame = self._decoded(_CONTROL, data)

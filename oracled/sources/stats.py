@@ -43,6 +43,7 @@ class SourceStats:
     quotes: int = 0  # normalized quotes handed to the core
     reconnects: int = 0
     restarts: int = 0  # the supervisor restarted the task after a crash
+    sequence_resets: int = 0  # venue counter bars judged bad (Source._counter_refused)
     last_quote_ms: int | None = None  # receive time of the newest quote
     last_frame_ms: int | None = None
     failed_instruments: dict[str, str] = field(default_factory=dict)  # symbol -> venue message

@@ -258,3 +258,47 @@ def test_book_with_an_unreadable_event_time_is_dropped_not_quoted_without_it(
     assert quotes == []
     assert source.stats.dropped == {"shape": 1} and source.stats.malformed == 1
     assert source.stats.last_quote_ms is None
+
+
+def _book(u: int, event_ts: int, ask: str = "25.36520000") -> str:
+    """The recorded book ticker with another update id, event time and ask."""
+    return (
+        BOOK.replace('"u": 400900217', f'"u": {u}')
+        .replace('"E": 1568014460893', f'"E": {event_ts}')
+        .replace("25.36520000", ask)
+    )
+
+
+def test_one_far_ahead_update_id_does_not_freeze_the_symbol(
+    source: BinanceUsdmSource, quotes: list[Quote]
+) -> None:
+    """A frame with good prices and u = 10^15 is used, but the next frames (ids back where they
+    were, event times moving on) are not refused until the next reconnect: the far-ahead id is
+    forgotten at once (counted and logged as a sequence reset) and the symbol streams on."""
+    e = 1568014460893
+    source.on_message(_book(400900217, e), RECV)
+    source.on_message(_book(10**15, e + 1), RECV + 1)
+    source.on_message(_book(400900218, e + 2, "25.40000000"), RECV + 2)
+    source.on_message(_book(400900219, e + 3, "25.41000000"), RECV + 3)
+    assert [q.ask for q in quotes] == [25.3652, 25.3652, 25.4, 25.41]
+    assert source.stats.sequence_resets == 1
+    assert source.stats.dropped == {}
+
+
+def test_an_id_a_little_ahead_is_forgotten_after_five_newer_frames_in_a_row(
+    source: BinanceUsdmSource, quotes: list[Quote]
+) -> None:
+    """An id only a little ahead is believed at first (frames are refused as stale); the fifth
+    frame in a row that it refuses while newer by event time resets it. Replays (older event
+    times) are dropped without counting towards a reset."""
+    e = 1568014460893
+    source.on_message(_book(400900217 + 10**6, e), RECV)
+    for i in range(1, 5):
+        source.on_message(_book(400900217 + i, e + i), RECV + i)
+        source.on_message(_book(400900217 + i, e - 1), RECV + i)  # a replay: older
+    assert len(quotes) == 1 and source.stats.dropped == {"stale": 8}
+    source.on_message(_book(400900222, e + 5, "25.40000000"), RECV + 5)
+    assert [q.ask for q in quotes] == [25.3652, 25.4]
+    assert source.stats.sequence_resets == 1
+    source.on_message(_book(400900221, e + 6), RECV + 6)  # below the new bar: stale again
+    assert len(quotes) == 2 and source.stats.dropped == {"stale": 9}

@@ -412,3 +412,41 @@ def test_bare_number_prices_give_the_same_quotes_as_quoted_ones(
         assert len(runs[0][0]) == 2 and runs[1] == runs[0]
         assert source.stats.malformed == 0 and source.stats.dropped == {}
     assert '"27451.00"' not in _bare(BOOK_SNAPSHOT) and '"17215.50"' not in _bare(LINEAR_SNAPSHOT)
+
+
+def _level1(kind: str, u: int, ts: int, bid: str, ask: str) -> str:
+    """A spot level-1 frame of BTCUSDT with one level a side."""
+    return (
+        f'{{"topic":"orderbook.1.BTCUSDT","type":"{kind}","ts":{ts},"data":{{"s":"BTCUSDT",'
+        f'"b":[["{bid}","1.0"]],"a":[["{ask}","1.0"]],"u":{u}}}}}'
+    )
+
+
+def test_one_far_ahead_spot_update_id_does_not_freeze_the_symbol(h: Harness) -> None:
+    """A spot delta with good prices and u = 10^15 is used, but the frames after it (ids back
+    where they were, times moving on) are not refused until the next reconnect: the far-ahead id
+    is forgotten with the state it set, and the next frame is read as the symbol's first."""
+    t = 1709891679000
+    h.spot.on_message(_level1("snapshot", 123456789, t, "27450.00", "27451.00"), SPOT_RECV)
+    h.spot.on_message(_level1("delta", 10**15, t + 100, "27450.50", "27451.00"), SPOT_RECV + 1)
+    h.spot.on_message(_level1("delta", 123456790, t + 200, "27449.00", "27450.00"), SPOT_RECV + 2)
+    h.spot.on_message(_level1("delta", 123456791, t + 300, "27448.00", "27449.00"), SPOT_RECV + 3)
+    assert [q.bid for q in h.quotes] == [27450.0, 27450.5, 27449.0, 27448.0]
+    assert h.spot.stats.sequence_resets == 1 and h.spot.stats.dropped == {}
+
+
+def test_a_spot_update_id_a_little_ahead_is_forgotten_after_five_newer_frames(
+    h: Harness,
+) -> None:
+    """An id a little ahead refuses four newer frames (text path and fast path alike) as
+    stale; the fifth in a row resets it. A replayed frame (older ts) never counts."""
+    t = 1709891679000
+    h.spot.on_message(_level1("snapshot", 123457789, t, "27450.00", "27451.00"), SPOT_RECV)
+    for i in range(1, 5):
+        h.spot.on_message(_level1("delta", 123456789 + i, t + i, "27449.00", "27450.00"), SPOT_RECV)
+        h.spot.on_message(_level1("delta", 123456789 + i, t - 1, "27449.00", "27450.00"), SPOT_RECV)
+    assert len(h.quotes) == 1 and h.spot.stats.dropped == {"stale": 8}
+    h.spot.on_message(_level1("delta", 123456795, t + 5, "NaN", "27450.00"), SPOT_RECV)
+    assert h.spot.stats.sequence_resets == 1 and h.spot.stats.dropped["not_finite"] == 1
+    h.spot.on_message(_level1("delta", 123456796, t + 6, "27447.00", "27448.00"), SPOT_RECV)
+    assert [q.bid for q in h.quotes] == [27450.0, 27447.0]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from parse_cases import KUCOIN, Harness, open_harness
+from parse_cases import KUCOIN, Harness, edited, open_harness
 
 from oracled.clock import ManualClock
 from oracled.config import SourceConfig
@@ -207,3 +207,43 @@ def test_rest_answers_out_of_shape_or_refused_are_counted(harness: Harness[Kucoi
     src.on_rest(b'{"code":"429000","msg":"Too Many Requests"}', 3)
     assert harness.quotes == []
     assert harness.stats.dropped == {"decode": 1, "shape": 1, "venue_error": 1}
+
+
+def _snx(sequence: int, time_ms: int, ask: str = "0.00028717") -> str:
+    """The recorded SNX-BTC ticker with another sequence, time and best ask."""
+
+    def edit(d: dict[str, dict[str, object]]) -> None:
+        d["data"].update(sequence=str(sequence), time=time_ms, bestAsk=ask)
+
+    return edited(TICKERS[0], edit)
+
+
+def test_one_far_ahead_sequence_does_not_freeze_the_symbol(harness: Harness[KucoinSource]) -> None:
+    """A ticker with good prices and sequence 10^15 is used, but the tickers after it (sequences
+    back where they were, times moving on) are not refused until the next reconnect: the
+    far-ahead sequence is forgotten at once, counted as a sequence reset."""
+    src, t = harness.source, 1619378326323
+    src.on_message(_snx(1612844051653, t), RECV)
+    src.on_message(_snx(10**15, t + 1), RECV + 1)
+    src.on_message(_snx(1612844051654, t + 2, "0.00028720"), RECV + 2)
+    src.on_message(_snx(1612844051655, t + 3, "0.00028721"), RECV + 3)
+    assert [q.ask for q in harness.quotes] == [0.00028717, 0.00028717, 0.0002872, 0.00028721]
+    assert harness.stats.sequence_resets == 1 and harness.stats.dropped == {}
+
+
+def test_a_sequence_a_little_ahead_is_forgotten_after_five_newer_tickers_in_a_row(
+    harness: Harness[KucoinSource],
+) -> None:
+    """A sequence only a little ahead refuses newer tickers as out of order four times; the
+    fifth in a row resets it. Late tickers (older times) never count towards a reset; the
+    strict path (text prices) follows the same rule."""
+    src, t, seq = harness.source, 1619378326323, 1612844051653
+    src.on_message(_snx(seq + 1000, t), RECV)
+    for i in range(1, 5):
+        src.on_message(_snx(seq + i, t + i), RECV + i)
+        src.on_message(_snx(seq + i, t - 1), RECV + i)  # late: older than the bar's ticker
+    assert len(harness.quotes) == 1 and harness.stats.dropped == {"out_of_order": 8}
+    text = _snx(seq + 5, t + 5, "0.00028720").replace('"bestBidSize": "3.70422021", ', "")
+    src.on_message(text, RECV + 5)
+    assert [q.ask for q in harness.quotes] == [0.00028717, 0.0002872]
+    assert harness.stats.sequence_resets == 1
