@@ -1,0 +1,93 @@
+"""Edges of a round's slot filters that a one-character change in core.py would cross: the
+inclusive price bounds, quotes from ahead of the round's clock, and which reason a slot that is
+both stale and routed through a dead leg gets."""
+
+from __future__ import annotations
+
+from core_helpers import T0, config, market, quote
+
+from oracled.core import Core
+from oracled.model import Quote
+
+
+def test_values_exactly_at_the_market_bounds_are_in_bounds() -> None:
+    """The market's [min_price, max_price] band is closed: sources at exactly 40,000 and 60,000
+    with bounds 40,000..60,000 vote (all three are needed for the quorum), and the price is the
+    median, 50,000."""
+    btc = market(
+        "BTC/USD",
+        "abc",
+        min_sources=3,
+        min_price=40_000,
+        max_price=60_000,
+        max_deviation=0.25,
+        circuit_breaker=0.5,
+    )
+    core = Core(config([btc], resume_rounds=1))
+    for s, price in zip("abc", (40_000.0, 50_000.0, 60_000.0), strict=True):
+        assert core.ingest(quote(s, "BTC/USD", price, T0)) is None
+    report = core.run_round(T0).report(0)
+    assert [(s.id, s.used, s.reason) for s in report.sources] == [
+        ("a", True, None),
+        ("b", True, None),
+        ("c", True, None),
+    ]
+    assert (report.status, report.price) == ("degraded", "50000.00")  # degraded: thin
+
+
+def _round_with_c_ahead_by(ahead_ms: int) -> tuple[bool, str, str | None]:
+    """Round at T0 with a and b received at T0 and c received `ahead_ms` after the round's time
+    (max_clock_skew_ms 1,000); returns (c used, status, price)."""
+    core = Core(config([market("BTC/USD", "abc", min_sources=3)], resume_rounds=1,
+                       max_clock_skew_ms=1_000))  # fmt: skip
+    for s in "ab":
+        assert core.ingest(quote(s, "BTC/USD", 50_000.0, T0)) is None
+    assert core.ingest(quote("c", "BTC/USD", 50_000.0, T0 + ahead_ms)) is None
+    report = core.run_round(T0).report(0)
+    return report.sources[2].used, report.status, report.price
+
+
+def test_a_quote_from_ahead_of_the_round_counts_only_within_the_clock_skew_bound() -> None:
+    """A quote stamped up to max_clock_skew_ms after the round's time is fresh and votes; one
+    stamped a millisecond later is not a price of this round: it does not vote, and without it
+    the market has no quorum and no price."""
+    assert _round_with_c_ahead_by(1_000) == (True, "degraded", "50000.00")
+    assert _round_with_c_ahead_by(1_001) == (False, "unknown", None)
+
+
+def test_a_stale_routed_slot_is_stale_not_route() -> None:
+    """Freshness comes first (the round's step 1): a routed source whose own quote is too old is
+    excluded as `stale` even while its leg is not live, so the operator looks at the venue, and
+    the market (quorum lost) says `quorum, stale`, not `route`."""
+    btc = market("BTC/USD", "ab", min_sources=3, max_age_ms=1_000)
+    btc["sources"].append({"source": "r", "pair": "BTC/USDT"})
+    cfg = config(
+        [market("USDT/USD", ["u1", "u2", "u3"]), btc],
+        [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+        resume_rounds=1,
+    )
+    core = Core(cfg)
+    assert core.ingest(quote("r", "BTC/USDT", 50_000.0, T0)) is None
+    for s in "ab":
+        assert core.ingest(quote(s, "BTC/USD", 50_000.0, T0 + 2_000)) is None
+    report = core.run_round(T0 + 2_000).report(1)
+    assert {s.id: s.reason for s in report.sources} == {"a": None, "b": None, "r": "stale"}
+    assert (report.status, report.reasons) == ("unknown", ["quorum", "stale"])
+
+
+def test_a_stale_slot_whose_last_quote_was_flagged_is_stale() -> None:
+    """A flag belongs to the quote that carried it: once that quote is too old the slot is
+    `stale` like any other, and the market (quorum lost) says `quorum, stale`, not `flagged`
+    (which would make it `unknown` as if the source were still reporting a non-price)."""
+    core = Core(config([market("BTC/USD", "abc", min_sources=3, max_age_ms=1_000)],
+                       resume_rounds=1))  # fmt: skip
+    for s in "abc":
+        assert core.ingest(quote(s, "BTC/USD", 50_000.0, T0)) is None
+    assert core.run_round(T0).report(0).status == "degraded"
+    flagged = Quote("c", "BTC/USD", T0 + 250, price=1.0, flag="liquidity")
+    assert core.ingest(flagged) is None
+    for s in "ab":
+        assert core.ingest(quote(s, "BTC/USD", 50_000.0, T0 + 2_000)) is None
+    report = core.run_round(T0 + 2_000).report(0)
+    assert report.sources[2].reason == "stale"
+    assert (report.status, report.reasons) == ("paused", ["quorum", "stale"])
