@@ -25,6 +25,7 @@ from aiohttp import web
 
 from oracled import __version__, gcpause
 from oracled.api import ApiContext, build_app
+from oracled.api.limits import FD_RESERVE, open_file_limit_short
 from oracled.clock import Clock, SystemClock
 from oracled.config import Config, SourceConfig, load_config, log_config_warnings, parse_listen
 from oracled.core import Core, RoundResult
@@ -456,6 +457,7 @@ class Service:
             self.metrics.reload_ok.set(1)
             self.log.warning("config reloaded", actor=actor, **changes.as_dict())
             log_config_warnings(new, self.log)  # valid, but maybe not what was meant
+            self._check_open_file_limit()
             return changes.as_dict()
 
     def _refuse_if_stopping(self, actor: str) -> None:
@@ -649,7 +651,21 @@ class Service:
         self.bound_port = int(sockets[0].getsockname()[1]) if sockets else self.port
         admin = "on" if self.cfg.admin_token else "off (no admin token configured)"
         self.log.info("api listening", host=self.host, port=self.bound_port, admin=admin)
+        self._check_open_file_limit()
         return runner
+
+    def _check_open_file_limit(self) -> None:
+        """Say so when api.max_connections cannot be reached: the kernel's limit comes first."""
+        cap = self.cfg.api.max_connections
+        limit = open_file_limit_short(cap)
+        if limit is not None:
+            self.log.warning(
+                "open-file limit below api.max_connections",
+                limit=limit,
+                max_connections=cap,
+                reserve=FD_RESERVE,
+                fix="raise the limit (LimitNOFILE, ulimit -n) or lower api.max_connections",
+            )
 
     async def run(self) -> None:
         """Run until stopped; cancel everything and close within the shutdown budget.

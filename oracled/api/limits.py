@@ -21,6 +21,7 @@ Both are read from the config in force on each request, so a reload changes them
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 
 import structlog
@@ -30,7 +31,14 @@ from aiohttp.web_protocol import RequestHandler
 from oracled.api.context import ApiContext
 from oracled.api.errors import NO_STORE, Handler, error_response
 
-__all__ = ["CLOSED_LIMIT", "CLOSED_SEND_TIMEOUT", "LOG_EVERY_S", "Limits"]
+__all__ = [
+    "CLOSED_LIMIT",
+    "CLOSED_SEND_TIMEOUT",
+    "FD_RESERVE",
+    "LOG_EVERY_S",
+    "Limits",
+    "open_file_limit_short",
+]
 
 CLOSED_SEND_TIMEOUT = "send_timeout"
 CLOSED_LIMIT = "connection_limit"
@@ -38,6 +46,19 @@ LOG_EVERY_S = 60.0
 _EXEMPT_PREFIXES = ("/healthz", "/metrics", "/v1/admin/")
 
 _log = structlog.get_logger(component="api")
+
+#: Descriptors kept for all but API clients: venue and RPC sockets, the audit database, logs.
+FD_RESERVE = 64
+
+
+def open_file_limit_short(max_connections: int) -> int | None:
+    """The process's soft open-file limit when it cannot hold `max_connections` clients and
+    `FD_RESERVE` more, else None. Past the limit the event loop accepts a connection and closes
+    it unanswered: no 503, no count, no log line, so the cap must fit under the limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= max_connections + FD_RESERVE:
+        return None
+    return soft
 
 
 class Limits:
