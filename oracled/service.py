@@ -15,9 +15,9 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiohttp
 import structlog
@@ -278,6 +278,7 @@ class Service:
         self.started = asyncio.Event()
         #: Time for tasks, the API and the sinks to stop (tests shorten it).
         self.shutdown_budget_s = SHUTDOWN_BUDGET_S
+        self.stop_deadline: float | None = None  # the loop's time the stop must end by
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self.chains: ChainSet | None = None  # the chain readers, made in run()
@@ -690,13 +691,16 @@ class Service:
             await self._stop.wait()
         finally:
             self.log.info("shutting down")
+            self.stop_deadline = loop.time() + self.shutdown_budget_s
             tasks += [*self._source_tasks.values(), *self._background]
             for task in tasks:
                 task.cancel()
             deadline = loop.time() + self.shutdown_budget_s - 1.0
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:  # not gather: cancelled at the deadline, it waits for a task that ignores it
+                done, _ = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+                for task in done:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: a task that failed has logged it
             # A task that outlived the budget (a bug, a blocking library) must not leave the API
             # listening or the session's sockets open: they close whatever the tasks did, with
             # at least half a second each.
@@ -829,6 +833,45 @@ class Service:
 def run_service(
     service: Service, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
 ) -> None:
-    """Run a service to completion on a fresh event loop."""
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(service.run())
+    """Run a service to completion on a fresh event loop, and close the loop within the stop's
+    budget. `asyncio.Runner` (and `asyncio.run`) close by cancelling the tasks left and waiting
+    for them with no limit: one that ignores its cancellation would keep the process forever.
+    Here it is logged by name and abandoned once the budget is spent."""
+    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(service.run())
+    finally:
+        try:
+            loop.run_until_complete(_abandon_stragglers(service))
+            for closing in (loop.shutdown_asyncgens(), loop.shutdown_default_executor()):
+                loop.run_until_complete(_within(closing, 0.5))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+async def _within(closing: Coroutine[Any, Any, None], timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await closing
+
+
+async def _abandon_stragglers(service: Service) -> None:
+    """Cancel the tasks `run()` left (a request handler, a task that outlived its cancel) and
+    wait for them until the stop's deadline (0.1 s at least); log and leave the others."""
+    loop = asyncio.get_running_loop()
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    deadline = service.stop_deadline if service.stop_deadline is not None else loop.time()
+    _, pending = await asyncio.wait(tasks, timeout=max(0.1, deadline - loop.time()))
+    for task in tasks:
+        if task in pending:
+            service.log.warning("task ignored its cancellation; abandoned", task=task.get_name())
+        elif not task.cancelled() and task.exception() is not None:
+            service.log.error(
+                "task failed at the stop", task=task.get_name(), exc_info=task.exception()
+            )

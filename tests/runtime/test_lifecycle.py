@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from pydantic import SecretStr
@@ -14,8 +18,9 @@ from structlog.testing import capture_logs
 from oracled.config import load_config
 from oracled.core import RoundResult
 from oracled.errors import ServiceStopping
-from oracled.service import Service
+from oracled.service import Service, run_service
 from oracled.sim import BinanceSim
+from oracled.sources import Source
 
 TOKEN = "lifecycle-token-0123456789"
 
@@ -228,3 +233,59 @@ async def test_a_reload_adding_a_chain_says_its_sources_wait_for_a_restart(
     events = [(e["event"], e.get("source"), e.get("chain")) for e in logs]
     assert ("source not started: its chain is read from the next restart", "cl", "fresh") in events
     assert not [e for e in events if e[0] == "source disabled: its chain has no RPC URL"]
+
+
+class _DeafSource(Source):
+    """A source whose task ignores every cancellation (a library that swallows it, a bug)."""
+
+    default_ws_url = "ws://127.0.0.1:9"
+
+    def stream_url(self) -> str:
+        return self.default_ws_url
+
+    def subscribe_message(self, request_id: int, symbols: object) -> str:
+        return ""
+
+    def on_message(self, data: str | bytes, recv_ts: int) -> None:
+        return None
+
+    def rest_request(self, symbols: object) -> None:
+        return None
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        return None
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+
+def test_a_task_that_ignores_cancellation_is_named_and_abandoned_within_the_budget(
+    tmp_path: Path,
+) -> None:
+    """`run_service` (what `oracled run` calls) with a source task that swallows every cancel:
+    the stop still ends within the shutdown budget, and the task is logged by name as
+    abandoned. `run()` returned after the budget, but `asyncio.Runner.close()` then cancelled the
+    task again and waited for it with no limit: the process never exited (found following up
+    the lifecycle fixes)."""
+    path = tmp_path / "oracled.toml"
+    path.write_text(_toml("ws://127.0.0.1:9", "http://127.0.0.1:9"))
+
+    def deaf(sid: str, *args: Any) -> Source:
+        return _DeafSource(sid, *args)
+
+    service = Service(load_config(path), source_factory=deaf)
+    service.shutdown_budget_s = 1.5
+    with capture_logs() as logs:
+        runner = threading.Thread(target=run_service, args=(service, None), daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 10
+        while not service.started.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert service.started.is_set() and service._loop is not None
+        service._loop.call_soon_threadsafe(service.stop)
+        runner.join(service.shutdown_budget_s + 1.0)  # the bound only turns a hang into a failure
+        assert not runner.is_alive(), "the stop waited on the deaf task"
+    abandoned = [e for e in logs if e["event"] == "task ignored its cancellation; abandoned"]
+    assert [(e["log_level"], e["task"]) for e in abandoned] == [("warning", "source:good")]
