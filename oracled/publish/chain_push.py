@@ -337,7 +337,6 @@ class ChainPusher:
         markets = list(result.layout.markets) if result is not None else []
         if not markets:
             return
-        self._read = True
         data = _LATEST_MANY + encode(["bytes32[]"], [[market_id(m) for m in markets]])
         raw = await self.rpc.call("eth_call", [{"to": self.contract, "data": "0x" + data.hex()}])
         try:
@@ -345,9 +344,9 @@ class ChainPusher:
             if len(feeds) != len(markets):
                 raise ValueError(f"{len(feeds)} feeds for {len(markets)} markets")
         except Exception as exc:  # eth_abi's decoding errors, a result that is not hex
-            self._read = False
             self.stats.bad_answers += 1
             raise _BadAnswer(f"eth_call latestMany: {raw!r:.40} unreadable ({exc})") from None
+        self._read = True  # only now: a failed read is tried again, never taken as "nothing"
         for market, (price, expo, ts, _round) in zip(markets, feeds, strict=True):
             if ts > 0:
                 self._stored[market] = _Stored(price * 10.0**expo, ts)

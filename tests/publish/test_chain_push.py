@@ -526,6 +526,31 @@ async def test_a_pusher_started_before_any_round_reads_the_chain_when_the_first_
     assert await rig.nonce("pending") == 1
 
 
+async def test_a_read_of_the_stored_prices_that_fails_is_tried_again_not_taken_as_empty(
+    rig: Rig,
+) -> None:
+    """A restarted pusher whose read of the stored prices fails (the node unreachable for that
+    one request) reads them again at the next step. It used to mark them read before the
+    request, so after one failure it took the chain as holding nothing and pushed every
+    market again, prices unchanged and the heartbeat far away (found reading `step()`)."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds)
+    await settle(first)
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        second = rig.pusher(urls=(proxy.url,))
+        await second.step()  # starts; no round yet: nothing to read or push
+        second.submit(rounds.step())  # unchanged prices, heartbeat far away
+        proxy.script = ["error"]  # the eth_call of the stored prices
+        with pytest.raises(RpcUnavailable):
+            await second.step()
+        await second.step()
+        assert second.stats.transactions["sent"] == 0
+        assert await rig.nonce("pending") == 1
+    finally:
+        await proxy.stop()
+
+
 async def test_a_push_that_would_revert_is_not_sent(rig: Rig) -> None:
     """The key is no longer the contract's pusher: the gas estimate reverts, the push is
     counted as an error and logged, no transaction is signed away, and the nonce is kept."""
