@@ -39,6 +39,7 @@ REQUIRED = {
     "consumers refused over the API's connection cap": "OracledApiConnectionLimit",
     "on-chain chain not read (its sources stay up)": "OracledChainNotRead",
     "L2 sequencer down: every feed of the chain excluded in silence": "OracledSequencerDown",
+    "Uniswap spot held away from its TWAP (the TWAP still votes)": "OracledUniswapSpotGap",
     "open file descriptors near the process limit": "OracledFileDescriptorsNearLimit",
     "a refused reload: a restart would refuse the file": "OracledConfigReloadRefused",
 }
