@@ -1059,6 +1059,7 @@ def config_warnings(cfg: Config) -> list[str]:
         *_outliers_beyond_breaker(cfg),
         *_same_venue_twice(cfg),
         *_short_connection_ages(cfg),
+        *_over_connection_limits(cfg),
         *_disabled_with_settings(cfg),
         *_heads_without_block_time(cfg),
     ]
@@ -1075,6 +1076,67 @@ def _heads_without_block_time(cfg: Config) -> list[str]:
         for cid, chain in cfg.chains.items()
         if chain.ws_url is not None and chain.block_time_s is None
     ]
+
+
+#: Subscriptions the venues' docs allow on one connection, by source type: (most, what they are,
+#: venue). Each instrument is one of them (Binance USD-M's mark connection has as many as its book
+#: connection). Bybit limits characters instead: `_BYBIT_ARGS_CHARS`.
+_CONNECTION_LIMITS: dict[str, tuple[int, str, str]] = {
+    "binance": (1024, "streams", "Binance"),
+    "binance_usdm": (1024, "streams", "Binance USD-M"),
+    "kucoin": (400, "topics", "KuCoin"),
+    "bitstamp": (1000, "channels", "Bitstamp"),
+}
+#: Bybit: the subscription args of one connection, all topics together, in characters.
+_BYBIT_ARGS_CHARS = 21_000
+_BYBIT_TOPICS = {"bybit_spot": "orderbook.1.", "bybit_linear": "tickers."}
+
+
+def _bybit_symbol(src: SourceConfig, pair: str) -> str:
+    """The venue symbol the adapter subscribes for `pair` (its rule, or the instruments table)."""
+    base, _, quote = pair.partition("/")
+    if src.type == "bybit_linear" and quote == "USDC":
+        quote = "PERP"
+    return src.instruments.get(pair) or f"{base}{quote}"
+
+
+def _over_connection_limits(cfg: Config) -> list[str]:
+    """A source serves all its instruments on one connection; past the venue's documented limit
+    the venue refuses subscriptions (each then a failed instrument, priced by no one here) and
+    the source is only partly served. Not refused: the instruments within the limit still work,
+    and a reload must not be blocked by it mid-incident."""
+    out: list[str] = []
+    for sid, src in cfg.sources.items():
+        kinds = SOURCE_KINDS.get(src.type, frozenset())
+        pairs = {
+            ms.pair
+            for market in cfg.markets
+            for ms in (*market.sources, *market.perp_sources)
+            if ms.source == sid and ms.kind in kinds
+        }
+        advice = (
+            f"split its markets over several sources of type {src.type} (each has a connection "
+            "of its own)"
+        )
+        if src.type in _CONNECTION_LIMITS:
+            most, what, venue = _CONNECTION_LIMITS[src.type]
+            if len(pairs) > most:
+                out.append(
+                    f"sources.{sid}: {len(pairs)} instruments on one connection, over {venue}'s "
+                    f"limit of {most} {what} a connection: the venue refuses the rest, which "
+                    f"this source never prices; {advice}"
+                )
+        elif src.type in _BYBIT_TOPICS:
+            prefix = _BYBIT_TOPICS[src.type]
+            chars = sum(len(prefix) + len(_bybit_symbol(src, pair)) for pair in pairs)
+            if chars > _BYBIT_ARGS_CHARS:
+                out.append(
+                    f"sources.{sid}: the subscription args of {len(pairs)} instruments come to "
+                    f"{chars} characters on one connection, over Bybit's limit of "
+                    f"{_BYBIT_ARGS_CHARS}: the venue refuses the rest, which this source never "
+                    f"prices; {advice}"
+                )
+    return out
 
 
 #: Below this `max_connection_age_s` is warned about: venues keep a connection about a day.

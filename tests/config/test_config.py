@@ -335,3 +335,56 @@ def test_the_band_can_pass_max_deviation_so_only_a_ratio_beyond_its_reach_is_ref
     with pytest.raises(ConfigError) as caught:
         _band_round(0.0101011)
     assert caught.value.problems[0].startswith("markets[0].max_confidence_ratio: 0.0101011 can")
+
+
+def _one_venue(type_: str, count: int, **source: object) -> Config:
+    """`count` spot markets C0000/USDT, C0001/USDT... all quoted by one source `v` of `type_`."""
+    pairs = [f"C{i:04d}/USDT" for i in range(count)]
+    return parse_config(
+        {
+            "sources": {"v": {"type": type_, **source}},
+            "markets": [
+                {"symbol": p, "min_sources": 1, "sources": [{"source": "v", "pair": p}]}
+                for p in pairs
+            ],
+        },
+        env={},
+    )
+
+
+@pytest.mark.parametrize(
+    ("type_", "most", "text"),
+    [
+        ("kucoin", 400, "over KuCoin's limit of 400 topics a connection"),
+        ("binance", 1024, "over Binance's limit of 1024 streams a connection"),
+        ("bitstamp", 1000, "over Bitstamp's limit of 1000 channels a connection"),
+    ],
+)
+def test_more_instruments_than_the_venue_serves_on_a_connection_are_warned_about(
+    type_: str, most: int, text: str
+) -> None:
+    """A source with more instruments than its venue allows on one connection is only partly
+    served (the venue refuses the rest): the config warns, naming the venue's limit; at the
+    limit it does not."""
+    assert [w for w in config_warnings(_one_venue(type_, most)) if "a connection" in w] == []
+    warnings = config_warnings(_one_venue(type_, most + 1))
+    assert warnings == [
+        f"sources.v: {most + 1} instruments on one connection, {text}: the venue refuses the "
+        f"rest, which this source never prices; split its markets over several sources of type "
+        f"{type_} (each has a connection of its own)"
+    ]
+
+
+def test_bybit_subscription_args_over_21000_characters_are_warned_about() -> None:
+    """Bybit limits a connection's subscription args to 21,000 characters: 1000 level-1 topics
+    of 21 characters (orderbook.1.C0000USDT) fit, 1001 do not; a long symbol from the
+    instruments table counts at its length."""
+    assert config_warnings(_one_venue("bybit_spot", 1000)) == []
+    assert config_warnings(_one_venue("bybit_spot", 1001)) == [
+        "sources.v: the subscription args of 1001 instruments come to 21021 characters on one "
+        "connection, over Bybit's limit of 21000: the venue refuses the rest, which this source "
+        "never prices; split its markets over several sources of type bybit_spot (each has a "
+        "connection of its own)"
+    ]
+    longer = _one_venue("bybit_spot", 1000, instruments={"C0000/USDT": "C0000USDTX"})
+    assert [w.split(":")[0] for w in config_warnings(longer)] == ["sources.v"]

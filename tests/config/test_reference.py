@@ -146,7 +146,7 @@ def test_the_warnings_table_lists_exactly_the_warnings_the_warn_files_give() -> 
             key = warning.split(": ", 1)[0]
             key = re.sub(r"^markets\[\d+\]", "markets[i]", key)
             key = re.sub(r"(sources|perp_sources)\[\d+\]", r"\1[j]", key)
-            produced.add(re.sub(r"^(sources|chains)\.[^.]+\.", r"\1.<id>.", key))
+            produced.add(re.sub(r"^(sources|chains)\.[^.]+(\.|$)", r"\1.<id>\2", key))
     section = (DOCS / "config.md").read_text().split("\n## Warnings\n", 1)[1].split("\n## ", 1)[0]
     table = {
         key
