@@ -54,3 +54,17 @@ async def test_a_sequence_that_restarted_lower_is_followed_after_a_reconnect(
     await wait(lambda: sim.stats.connections == 2)
     since = len(run.quotes)
     await wait(lambda: run.pairs(since) == BOTH)
+
+
+async def test_a_sequence_that_restarted_lower_is_followed_on_the_same_connection(
+    sim: KucoinSim, start: Start, wait: Wait
+) -> None:
+    """An engine restart that numbers tickers from 1 again on an open connection does not
+    silence the pairs until the next reconnect: the first newer ticker far below the kept
+    sequence resets it (counted), and both pairs price on without a reconnect."""
+    run = await start(liveness_timeout_s=2.0)
+    await wait(lambda: run.pairs() == BOTH)
+    sim.restart_sequence()
+    since = len(run.quotes)
+    await wait(lambda: run.pairs(since) == BOTH and run.stats.sequence_resets == 2)
+    assert sim.stats.connections == 1 and run.stats.reconnects == 0
