@@ -31,6 +31,7 @@ REQUIRED = {
     "source up but quoting nothing": "OracledSourceNotQuoting",
     "most frames of a source malformed": "OracledSourceMalformedFrames",
     "instruments refused by a venue (the source stays up)": "OracledSourceInstrumentsRefused",
+    "a source crashed and was restarted (a bug; it may stay mostly up)": "OracledSourceCrashed",
     "NATS bus down for minutes": "OracledNatsNotPublishing",
     "on-chain push stuck": "OracledPushStuck",
     "on-chain pusher stopped": "OracledPushDown",
