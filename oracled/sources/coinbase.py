@@ -23,7 +23,7 @@ the ``heartbeats`` channel (one message a second) is always subscribed and keeps
 alive for the watchdog; ``sequence_num`` grows by one per message on a connection, so a message
 whose number is not above the last one seen is a replay and is dropped (``stale_sequence``), and
 one more than a thousand below it means the count restarted (or the last number was garbage), so the
-connection is replaced rather than every later message refused;
+connection is replaced rather than every later message refused (counted in ``sequence_resets``);
 the envelope ``timestamp`` (RFC 3339, nanoseconds in the docs' samples) is the venue time of the
 quote, taken to the exact millisecond. Unauthenticated messages are limited to
 8 a second per IP. No maximum connection life is documented; the configured rotation applies.
@@ -207,7 +207,10 @@ class CoinbaseSource(Source):
         """Drop a message not above the last sequence number; a number far below it means the
         count restarted, so the connection is replaced (its successor starts a count afresh)."""
         self.stats.dropped["stale_sequence"] += 1
-        if self._last_seq - seq > _SEQUENCE_RESET:
+        if self._last_seq - seq > _SEQUENCE_RESET and self._cut is None:
+            # Counted and logged once a connection, like the other venues' counter resets.
+            self.stats.sequence_resets += 1
+            self._log.warning("sequence reset", bar=self._last_seq, seq=seq)
             self._rotate("sequence_reset")
 
     def venue_symbol(self, pair: str) -> str:

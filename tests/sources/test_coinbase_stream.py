@@ -17,8 +17,9 @@ async def test_a_sequence_count_that_starts_over_replaces_the_connection(
     sim: CoinbaseSim, start: Start, wait: Wait
 ) -> None:
     """sequence_num going back to 1 on an open connection (the venue's count restarted) is no
-    replay: the connection is replaced, and the new one quotes again. Before, every later
-    message was dropped as stale_sequence while heartbeats kept the socket looking alive."""
+    replay: the connection is replaced (counted as a sequence reset), and the new one quotes
+    again. Before, every later message was dropped as stale_sequence while heartbeats kept the
+    socket looking alive."""
     run = await start()
     await wait(lambda: run.state() is ConnState.STREAMING)
     sim.restart_sequence()
@@ -26,6 +27,7 @@ async def test_a_sequence_count_that_starts_over_replaces_the_connection(
     seen = len(run.quotes)
     await wait(lambda: len(run.quotes) > seen)
     assert run.stats.dropped["stale_sequence"] >= 1
+    assert run.stats.sequence_resets == 1  # counted once, however many frames came before the cut
     assert run.state() is ConnState.STREAMING
 
 
