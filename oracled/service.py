@@ -279,6 +279,10 @@ class Service:
         #: Time for tasks, the API and the sinks to stop (tests shorten it).
         self.shutdown_budget_s = SHUTDOWN_BUDGET_S
         self.stop_deadline: float | None = None  # the loop's time the stop must end by
+        #: When (clock.monotonic()) the round loop last published, or started: /readyz, /healthz.
+        self.round_at: float | None = None
+        #: The floors of their round-age limits (oracled/api/ops.py; tests lower them).
+        self.ready_min_s, self.alive_min_s = 5.0, 60.0
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self.chains: ChainSet | None = None  # the chain readers, made in run()
@@ -526,6 +530,7 @@ class Service:
         log = self.log.bind(component="gates")
         last = -1  # the last round's time: each round is the one after it, none is left out
         waiting = False  # for a wall clock that went back to pass the last round again
+        self.round_at = self.clock.monotonic()  # /healthz counts a first round's wait from here
         while True:
             now = self.clock.now_ms()
             tick = last + interval if last >= 0 else -(-now // interval) * interval
@@ -552,6 +557,7 @@ class Service:
             last = tick
             self.metrics.round_duration.observe(time.perf_counter() - started)
             self.hub.publish(result)
+            self.round_at = self.clock.monotonic()
             self._publish_round(result)
             if self.audit is not None:
                 self.audit.submit(result)  # a queue put: the disk is the worker thread's
@@ -637,6 +643,9 @@ class Service:
             version=__version__,
             on_reload=self.reload if self.config_path is not None else None,
             reload_unavailable=self.no_reload,
+            round_at=lambda: self.round_at,
+            ready_min_s=self.ready_min_s,
+            alive_min_s=self.alive_min_s,
         )
         runner = web.AppRunner(
             build_app(ctx),

@@ -37,6 +37,12 @@ class ApiContext:
     on_reload: Callable[[str], Awaitable[Mapping[str, object]]] | None = None
     #: Why there is no `on_reload`: the 409's message (`oracled demo` says it never reloads).
     reload_unavailable: str = "this daemon was not started from a config file"
+    #: When (`clock.monotonic()`) the round loop last published a round, or started; None
+    #: before it starts. /readyz and /healthz fail when it is too long ago (oracled/api/ops.py).
+    round_at: Callable[[], float | None] = lambda: None
+    #: The floors of those limits in seconds, whatever the round interval (tests lower them).
+    ready_min_s: float = 5.0
+    alive_min_s: float = 60.0
 
     @property
     def current_config(self) -> Config:

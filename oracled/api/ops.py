@@ -14,7 +14,15 @@ from oracled.api.encoding import MIN_GZIP, Body, accepts_gzip, body_response, gz
 from oracled.api.errors import json_response
 from oracled.model import Status
 
-__all__ = ["OpsHandlers", "openapi_document"]
+__all__ = ["ALIVE_ROUNDS", "READY_ROUNDS", "OpsHandlers", "openapi_document"]
+
+#: No round published for this many round intervals (at least `ApiContext.ready_min_s`, 5 s):
+#: not ready, whatever the latest round said. A loop that is stuck but not crashed (waiting for
+#: a wall clock stepped back, say) served one old round as the latest and stayed ready for ever.
+READY_ROUNDS = 3
+#: ... for this many (at least `alive_min_s`, 60 s): not alive either, so that a supervisor
+#: restarts a loop that does not recover; a start (no round yet) counts from the loop's start.
+ALIVE_ROUNDS = 10
 
 
 def openapi_document() -> bytes:
@@ -63,27 +71,57 @@ class OpsHandlers:
         self._render: asyncio.Future[_Scrape] | None = None  # the render in flight
         self.compressions = 0  # /metrics bodies gzipped: at most once per render
 
+    def _round_age(self) -> float | None:
+        """Seconds since the round loop last published (or started), None before it runs."""
+        at = self._ctx.round_at()
+        return None if at is None else max(0.0, self._ctx.clock.monotonic() - at)
+
+    def _limit_s(self, rounds: int, floor_s: float) -> float:
+        return max(rounds * self._ctx.current_config.oracle.round_interval_ms / 1000.0, floor_s)
+
     async def healthz(self, request: web.Request) -> web.Response:
-        """The process and its event loop answer; says nothing about prices (see /readyz)."""
-        return json_response({"status": "ok"})
+        """The event loop answers and the round loop publishes; says nothing about prices."""
+        age = self._round_age()
+        limit = self._limit_s(ALIVE_ROUNDS, self._ctx.alive_min_s)
+        if age is None or age <= limit:
+            return json_response({"status": "ok"})
+        result = self._ctx.hub.latest_result
+        body = {
+            "status": "stalled",
+            "reason": f"no round for {age:.1f} s (limit {limit:g} s): the round loop is stuck",
+            "round": None if result is None else result.round,
+            "round_age_s": round(age, 3),
+        }
+        return json_response(body, 503)
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """200 once enough markets are live in the latest round, else 503; both with counts."""
+        """200 while enough markets are live in a recent round, else 503 with the reason."""
         ctx = self._ctx
         total = len(ctx.current_config.markets)
         # ceil with a little slack so that 0.5 of 4 markets needs 2, not 3 from rounding noise.
         required = math.ceil(ctx.current_config.api.ready_fraction * total - 1e-9)
         result = ctx.hub.latest_result
         live = 0 if result is None else int((result.status <= Status.DEGRADED).sum())
-        ready = result is not None and live >= required
+        age = None if result is None else self._round_age()
+        limit = self._limit_s(READY_ROUNDS, ctx.ready_min_s)
+        if result is None:
+            reason: str | None = "no round yet"
+        elif age is not None and age > limit:
+            reason = f"the latest round is {age:.1f} s old (limit {limit:g} s): rounds stalled"
+        elif live < required:
+            reason = f"{live} of {total} markets live, {required} required"
+        else:
+            reason = None
         body = {
-            "ready": ready,
+            "ready": reason is None,
             "live": live,
             "markets": total,
             "required": required,
             "round": None if result is None else result.round,
+            "round_age_s": None if age is None else round(age, 3),
+            "reason": reason,
         }
-        return json_response(body, 200 if ready else 503)
+        return json_response(body, 200 if reason is None else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus exposition; rendering walks every collector, so it runs off the loop.

@@ -99,6 +99,7 @@ class Rig:
         self.save_error: str | None = None  # why the pauses file "could not be written"
         self.next_config: Config | OracledError | None = None  # what a reload reads (or raises)
         self.metric_threads: list[int] = []
+        self.round_at: float | None = None  # as the round loop stamps it: the last publish
         self.registry = CollectorRegistry()
         self.renders = PromCounter(
             "test_renders", "Times the metrics were rendered", registry=self.registry
@@ -123,6 +124,7 @@ class Rig:
                 self.quote(ms.source, ms.pair, price * (1 + 1e-5 * k))
         result = self.core.run_round(self.clock.now_ms())
         self.hub.publish(result)
+        self.round_at = self.clock.monotonic()
         return result
 
     def on_manual(self, market: str, paused: bool, actor: str) -> Future[str | None]:
@@ -159,6 +161,7 @@ class Rig:
             on_manual=self.on_manual,
             version="9.9.9-test",
             on_reload=self.on_reload if self.next_config is not None else None,
+            round_at=lambda: self.round_at,
         )
 
 

@@ -202,6 +202,58 @@ async def test_readyz_flips_with_the_share_of_live_markets(client: Client, rig: 
         rig.step({"SOL/USD": 150.0})
     body = await _json(client, "/readyz", 503)
     assert (body["ready"], body["live"]) == (False, 1)
+    assert body["reason"] == "1 of 3 markets live, 2 required"
+
+
+async def test_readyz_and_healthz_fail_when_no_round_is_published_for_too_long(
+    client: Client, rig: Rig
+) -> None:
+    """A round loop that stops publishing (stuck, not crashed) no longer leaves the daemon ready
+    for ever on its last round: past 3 intervals and 5 s /readyz is 503 naming the reason, past
+    10 intervals and 60 s /healthz is 503 too (a supervisor restarts it); a new round heals
+    both. /healthz is 200 before the first round (the loop has not started)."""
+    assert await _json(client, "/healthz") == {"status": "ok"}
+    rig.step()
+    body = await _json(client, "/readyz", 200)
+    assert (body["round_age_s"], body["reason"]) == (0.0, None)
+    rig.clock.advance(5_000)  # at the limit: still ready
+    assert (await _json(client, "/readyz", 200))["round_age_s"] == 5.0
+    rig.clock.advance(1)
+    body = await _json(client, "/readyz", 503)
+    assert (body["ready"], body["live"], body["round"], body["round_age_s"]) == (False, 3, 1, 5.001)
+    assert body["reason"] == "the latest round is 5.0 s old (limit 5 s): rounds stalled"
+    assert await _json(client, "/healthz") == {"status": "ok"}
+    rig.clock.advance(55_000)
+    body = await _json(client, "/healthz", 503)
+    assert body == {
+        "status": "stalled",
+        "reason": "no round for 60.0 s (limit 60 s): the round loop is stuck",
+        "round": 1,
+        "round_age_s": 60.001,
+    }
+    rig.step()
+    assert await _json(client, "/healthz") == {"status": "ok"}
+    assert (await _json(client, "/readyz", 200))["round"] == 2
+
+
+async def test_the_round_age_limits_grow_with_a_long_round_interval(
+    make_client: ClientFactory,
+) -> None:
+    """With 60 s rounds a round is normally up to 60 s old: not ready only past 180 s (3
+    intervals), not alive only past 600 s (10 intervals)."""
+    data = copy.deepcopy(CONFIG)
+    data["oracle"]["round_interval_ms"] = 60_000
+    rig = Rig(parse_config(data, env={}))
+    client = await make_client(rig)
+    rig.step()
+    rig.clock.advance(180_000)
+    await _json(client, "/readyz", 200)
+    rig.clock.advance(1)
+    assert "(limit 180 s)" in (await _json(client, "/readyz", 503))["reason"]
+    rig.clock.advance(419_999)
+    await _json(client, "/healthz")
+    rig.clock.advance(1)
+    assert "(limit 600 s)" in (await _json(client, "/healthz", 503))["reason"]
 
 
 async def test_metrics_render_in_an_executor_thread(client: Client, rig: Rig) -> None:

@@ -190,6 +190,9 @@ async def test_every_documented_response_is_produced_and_valid(
     await client.post("/v1/admin/reload", headers=auth)  # 422
     rig.next_config = ServiceStopping("the daemon is stopping")
     await client.post("/v1/admin/reload", headers=auth)  # 503
+    rig.clock.advance(61_000)  # no round for a minute: the round loop stalled
+    await client.get("/healthz")  # 503
+    await client.get("/readyz")  # 503, stalled
 
     documented = {
         (path, method, int(status))

@@ -1,0 +1,104 @@
+"""A round loop that is stuck, not crashed, fails readiness and then liveness, and heals.
+
+The stall is a real one: the wall clock steps back an hour (as NTP or an operator can step it),
+and the round loop waits for it to pass the last round again rather than publish rounds that go
+back in time. It used to stay ready for ever, serving its last round as the latest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from structlog.testing import capture_logs
+
+from oracled.config import parse_config
+from oracled.service import Service
+from oracled.sim import BinanceSim
+
+
+class SteppedClock:
+    """The real clock, whose wall time the test can step back (monotonic time never is)."""
+
+    def __init__(self) -> None:
+        self.back_ms = 0
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 - self.back_ms
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+async def _until(
+    probe: Callable[[], Awaitable[tuple[int, Any]]], status: int, what: str
+) -> dict[str, Any]:
+    """Poll until `probe` answers `status` (bounded: a failure, not a hang); its body."""
+    async with asyncio.timeout(10):
+        while True:
+            code, body = await probe()
+            if code == status:
+                return dict(body)
+            await asyncio.sleep(0.05)
+    raise AssertionError(what)  # pragma: no cover - the timeout raises first
+
+
+async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -> None:
+    """With the wall clock stepped back an hour the loop publishes nothing: /readyz turns 503
+    (reason: rounds stalled) after its limit, /healthz 503 `stalled` after its longer one, the
+    latest round number stays put; with the clock back, rounds resume and both answer 200."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        cfg = parse_config(
+            {
+                "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
+                "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
+                "sources": {
+                    "v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
+                },
+                "markets": [
+                    {
+                        "symbol": "BTC/USDT",
+                        "min_sources": 1,
+                        "sources": [{"source": "v", "pair": "BTC/USDT"}],
+                    }
+                ],
+            }
+        )
+        clock = SteppedClock()
+        service = Service(cfg, clock=clock)
+        service.ready_min_s, service.alive_min_s = 0.4, 1.2  # the floors, shortened for the test
+        task = asyncio.create_task(service.run())
+        try:
+            await service.started.wait()
+            base = f"http://127.0.0.1:{service.bound_port}"
+            async with aiohttp.ClientSession() as http:
+
+                def probe(path: str) -> Callable[[], Awaitable[tuple[int, Any]]]:
+                    async def get() -> tuple[int, Any]:
+                        async with http.get(base + path) as resp:
+                            return resp.status, await resp.json()
+
+                    return get
+
+                await _until(probe("/readyz"), 200, "ready at first")
+                with capture_logs() as logs:
+                    clock.back_ms = 3_600_000
+                    stalled = await _until(probe("/readyz"), 503, "not ready once stalled")
+                    assert stalled["reason"].endswith("(limit 0.4 s): rounds stalled"), stalled
+                    assert stalled["live"] == 1  # the last round said live: not enough
+                    code, health = await probe("/healthz")()
+                    assert (code, health) == (200, {"status": "ok"})  # not dead yet
+                    health = await _until(probe("/healthz"), 503, "not alive once stuck")
+                    assert health["status"] == "stalled" and health["round_age_s"] > 1.2
+                    assert health["round"] == stalled["round"]  # no round in between
+                assert "wall clock went back: rounds wait for it" in [e["event"] for e in logs]
+                clock.back_ms = 0
+                await _until(probe("/healthz"), 200, "alive again")
+                ready = await _until(probe("/readyz"), 200, "ready again")
+                assert ready["round"] > stalled["round"] and ready["reason"] is None
+        finally:
+            service.stop()
+            await task
