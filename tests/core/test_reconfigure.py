@@ -170,3 +170,58 @@ def test_reloaded_jump_confirmation_and_global_bounds_apply_from_the_next_round(
     core.reconfigure(config(btc, resume_rounds=1, jump_confirm_rounds=2, max_price=120.0))
     report = core.run_round(ts + 250).report(0)
     assert report.price is None and [s.reason for s in report.sources] == ["bounds"] * 3
+
+
+def _btc_core(**oracle: Any) -> Core:
+    return Core(config([market("BTC/USD", ["a", "b", "c"], min_sources=3)], **oracle))
+
+
+def test_a_reload_keeps_a_resuming_market_s_healthy_streak() -> None:
+    """A market two healthy rounds into a resume_rounds=3 streak is live on the very next round
+    after a reload (the streak is part of the gate state a kept market keeps), not three later."""
+    core = _btc_core(resume_rounds=3)
+    for r in range(2):
+        _feed(core, T0 + r * 250, dict.fromkeys("abc", 100.0))
+        assert core.run_round(T0 + r * 250).report(0).status == "unknown"
+    core.reconfigure(config([market("BTC/USD", ["a", "b", "c"], min_sources=3)], resume_rounds=3))
+    _feed(core, T0 + 500, dict.fromkeys("abc", 100.0))
+    assert core.run_round(T0 + 500).report(0).status == "degraded"  # live (thin)
+
+
+def test_a_reloaded_resume_rounds_applies_from_the_next_round() -> None:
+    """resume_rounds lowered from 5 to 1 by a reload: the next healthy round is live at once."""
+    core = _btc_core(resume_rounds=5)
+    _feed(core, T0, dict.fromkeys("abc", 100.0))
+    assert core.run_round(T0).report(0).reasons == ["resuming"]
+    core.reconfigure(config([market("BTC/USD", ["a", "b", "c"], min_sources=3)], resume_rounds=1))
+    _feed(core, T0 + 250, dict.fromkeys("abc", 100.0))
+    assert core.run_round(T0 + 250).report(0).status == "degraded"  # live (thin)
+
+
+def test_a_reloaded_clock_skew_bound_applies_to_the_round_s_freshness() -> None:
+    """max_clock_skew_ms raised from 1 s to 5 s by a reload: a quote received 3 s after the round's
+    time, not fresh under the old bound, is fresh and votes under the new one."""
+    cfg = {"resume_rounds": 1}
+    core = _btc_core(max_clock_skew_ms=1_000, **cfg)
+    _feed(core, T0, {"a": 100.0, "b": 100.0})
+    _feed(core, T0 + 3_000, {"c": 100.0})
+    assert core.run_round(T0).report(0).sources[2].used is False
+    core.reconfigure(
+        config([market("BTC/USD", ["a", "b", "c"], min_sources=3)], max_clock_skew_ms=5_000, **cfg)
+    )
+    report = core.run_round(T0 + 250).report(0)
+    assert report.sources[2].used is True and report.price == "100.00"
+
+
+def test_a_reload_keeps_the_latest_quotes_and_the_drop_counts() -> None:
+    """The book's latest quote per slot (what /v1/markets/{market}/sources shows) and its drop
+    counts (the oracled_quotes_dropped_total counter, which must never go back) survive a reload."""
+    core = _btc_core(resume_rounds=1)
+    _feed(core, T0, {"a": 100.0, "b": 100.0})
+    assert core.ingest(Quote("a", "BTC/USD", T0 - 1, price=99.0)) is not None  # out of order
+    drops = dict(core.book.drops)
+    assert sum(drops.values()) == 1
+    latest = dict(core.book.latest)
+    core.reconfigure(config([market("BTC/USD", ["a", "b", "c"], min_sources=3)], resume_rounds=1))
+    assert dict(core.book.drops) == drops
+    assert dict(core.book.latest) == latest and len(latest) == 2

@@ -91,3 +91,42 @@ def test_a_stale_slot_whose_last_quote_was_flagged_is_stale() -> None:
     report = core.run_round(T0 + 2_000).report(0)
     assert report.sources[2].reason == "stale"
     assert (report.status, report.reasons) == ("paused", ["quorum", "stale"])
+
+
+def test_a_source_exactly_max_deviation_from_the_centre_is_kept() -> None:
+    """Outliers are values *more than* max_deviation from the centre: with a 25 % limit and a
+    centre of 50,000, a source at 62,500 (exactly +25 %, exact in binary) votes."""
+    btc = market("BTC/USD", "abcde", max_deviation=0.25, circuit_breaker=0.5)
+    core = Core(config([btc], resume_rounds=1))
+    for s, price in zip("abcde", (50_000.0,) * 4 + (62_500.0,), strict=True):
+        assert core.ingest(quote(s, "BTC/USD", price, T0)) is None
+    report = core.run_round(T0).report(0)
+    assert all(s.used for s in report.sources)
+    assert (report.status, report.reasons, report.price) == ("active", [], "50000.00")
+
+
+def test_age_ms_is_null_only_for_a_source_without_a_quote() -> None:
+    """The contract's `age_ms` is null without a quote: a source that never quoted has none, a
+    quoted one has its age at the round's time (300 ms), stale or not."""
+    core = Core(config([market("BTC/USD", "abcd", min_sources=2)], resume_rounds=1))
+    for s in "abc":
+        assert core.ingest(quote(s, "BTC/USD", 50_000.0, T0)) is None
+    report = core.run_round(T0 + 300).report(0)
+    assert [(s.id, s.reason, s.age_ms) for s in report.sources] == [
+        ("a", None, 300),
+        ("b", None, 300),
+        ("c", None, 300),
+        ("d", "no_quote", None),
+    ]
+
+
+def test_a_recovery_is_a_transition_as_much_as_a_pause() -> None:
+    """Transitions (logged and counted) name every status change, the way back up included:
+    unknown to active when the streak is met, active to paused, paused to active."""
+    core = Core(config([market("BTC/USD", "abc", min_sources=2, max_price=1e6)], resume_rounds=1))
+    seen = []
+    for r, prices in enumerate(((50_000.0,) * 3, (50_000.0, 2e6, 2e6), (50_000.0,) * 3)):
+        for s, price in zip("abc", prices, strict=True):
+            assert core.ingest(quote(s, "BTC/USD", price, T0 + r * 250)) is None
+        seen += [(t.old, t.new) for t in core.run_round(T0 + r * 250).transitions]
+    assert seen == [("unknown", "active"), ("active", "paused"), ("paused", "active")]
