@@ -172,3 +172,19 @@ def test_an_order_sorted_over_a_superset_mask_gives_the_same_quantiles(seed: int
         reused = weighted_quantiles(values, weights, mask, QS, order)
         for a, b in zip(fresh, reused, strict=True):
             assert np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "weights", [(0.1, 0.7, 0.8), (0.1, 1.3, 1.4)], ids=["sum_rounds_below", "sum_rounds_above"]
+)
+def test_a_median_boundary_lost_to_float_rounding_still_averages_the_neighbours(
+    weights: tuple[float, float, float],
+) -> None:
+    """With weights a, b, a + b (exact in decimal) the median falls on the boundary after the
+    second value, so it is the mean of 2 and 3. In floats the cumulative weight a + b lands just
+    below half the total (0.1 + 0.7) or just above it (0.1 + 1.3); the median must still be 2.5,
+    as the exact reference says, not 3 or 2."""
+    values = np.array([[1.0, 2.0, 3.0]])
+    (median,) = weighted_quantiles(values, np.array([weights]), np.ones((1, 3), bool), (0.5,))
+    assert median[0] == 2.5
+    assert reference([1.0, 2.0, 3.0], [Fraction(str(w)) for w in weights], 0.5) == 2.5
