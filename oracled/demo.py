@@ -24,7 +24,7 @@ import structlog
 
 from oracled.config import Config
 from oracled.publish.signer import SigningKey
-from oracled.service import Service
+from oracled.service import Service, run_to_end
 from oracled.sim.venues import SimulatedVenue, simulate
 
 __all__ = ["DEMO_NO_RELOAD", "run_demo"]
@@ -167,6 +167,13 @@ def run_demo(
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
     prepare: Callable[[Service], None] = lambda service: None,
 ) -> None:
-    """Run the demo to its end (`duration`, or a stop); `prepare` sees the service first."""
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_main(cfg, listen, duration, record, prepare))
+    """Run the demo to its end (`duration`, or a stop); `prepare` sees the service first.
+    The loop closes within the service's stop budget, as `oracled run`'s does."""
+    services: list[Service] = []
+
+    def prepared(service: Service) -> None:
+        services.append(service)
+        prepare(service)
+
+    main = _main(cfg, listen, duration, record, prepared)
+    run_to_end(main, loop_factory, lambda: services[0] if services else None)

@@ -44,7 +44,7 @@ from oracled.sources.evm.runtime import ChainSet
 from oracled.sources.stats import ConnState, SourceStats
 from oracled.tape import header_line, quote_to_line
 
-__all__ = ["SHUTDOWN_BUDGET_S", "Service", "SourceFactory"]
+__all__ = ["SHUTDOWN_BUDGET_S", "Service", "SourceFactory", "run_service", "run_to_end"]
 
 #: Builds a source (the registry's `build_source`, or a test's own factory).
 SourceFactory = Callable[
@@ -842,17 +842,26 @@ class Service:
 def run_service(
     service: Service, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
 ) -> None:
-    """Run a service to completion on a fresh event loop, and close the loop within the stop's
-    budget. `asyncio.Runner` (and `asyncio.run`) close by cancelling the tasks left and waiting
-    for them with no limit: one that ignores its cancellation would keep the process forever.
-    Here it is logged by name and abandoned once the budget is spent."""
+    """Run a service to completion on a fresh event loop; see `run_to_end`."""
+    run_to_end(service.run(), loop_factory, lambda: service)
+
+
+def run_to_end(
+    main: Coroutine[Any, Any, None],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    service: Callable[[], Service | None],
+) -> None:
+    """Run `main` on a fresh event loop, and close the loop within the stop's budget of the
+    `service` it ran (None: 0.1 s). `asyncio.Runner` (and `asyncio.run`) close by cancelling the
+    tasks left and waiting for them with no limit: one that ignores its cancellation would keep
+    the process forever. Here it is logged by name and abandoned once the budget is spent."""
     loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(service.run())
+        loop.run_until_complete(main)
     finally:
         try:
-            loop.run_until_complete(_abandon_stragglers(service))
+            loop.run_until_complete(_abandon_stragglers(service()))
             for closing in (loop.shutdown_asyncgens(), loop.shutdown_default_executor()):
                 loop.run_until_complete(_within(closing, 0.5))
         finally:
@@ -866,7 +875,7 @@ async def _within(closing: Coroutine[Any, Any, None], timeout_s: float) -> None:
             await closing
 
 
-async def _abandon_stragglers(service: Service) -> None:
+async def _abandon_stragglers(service: Service | None) -> None:
     """Cancel the tasks `run()` left (a request handler, a task that outlived its cancel) and
     wait for them until the stop's deadline (0.1 s at least); log and leave the others."""
     loop = asyncio.get_running_loop()
@@ -875,12 +884,12 @@ async def _abandon_stragglers(service: Service) -> None:
         return
     for task in tasks:
         task.cancel()
-    deadline = service.stop_deadline if service.stop_deadline is not None else loop.time()
-    _, pending = await asyncio.wait(tasks, timeout=max(0.1, deadline - loop.time()))
+    deadline = service.stop_deadline if service is not None else None
+    timeout = max(0.1, (deadline or loop.time()) - loop.time())
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    log = service.log if service is not None else structlog.get_logger("oracled")
     for task in tasks:
         if task in pending:
-            service.log.warning("task ignored its cancellation; abandoned", task=task.get_name())
+            log.warning("task ignored its cancellation; abandoned", task=task.get_name())
         elif not task.cancelled() and task.exception() is not None:
-            service.log.error(
-                "task failed at the stop", task=task.get_name(), exc_info=task.exception()
-            )
+            log.error("task failed at the stop", task=task.get_name(), exc_info=task.exception())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 from daemon import ADMIN_TOKEN, Daemon, free_port, sim_config
+from structlog.testing import capture_logs
 
-from oracled.demo import DEMO_NO_RELOAD
+from oracled.config import parse_config
+from oracled.demo import DEMO_NO_RELOAD, run_demo
 from oracled.publish.signer import SigningKey
+from oracled.service import Service
 
 ROOT = Path(__file__).resolve().parents[2]
 SPIKE_EVENT = "demo: one venue prints 8% too high"
@@ -262,3 +267,44 @@ async def test_the_demo_says_it_does_not_reload_on_sighup_and_on_the_endpoint(
         assert d.terminate() == 0
     finally:
         await d.close()
+
+
+def test_a_demo_task_that_ignores_cancellation_does_not_hold_the_demo_at_its_end() -> None:
+    """`oracled demo` closes its loop as `oracled run` does: a task that swallows every cancel
+    (here one the test starts beside the service) is logged by name and left once the stop's
+    budget is spent. The demo used `asyncio.Runner`, whose close waited for it forever."""
+    cfg = parse_config(
+        {
+            "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
+            "sources": {"v": {"type": "binance"}},
+            "markets": [
+                {
+                    "symbol": "BTC/USDT",
+                    "min_sources": 1,
+                    "sources": [{"source": "v", "pair": "BTC/USDT"}],
+                }
+            ],
+        },
+        env={},
+    )
+
+    async def deaf() -> None:
+        while True:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    def prepare(service: Service) -> None:
+        service.shutdown_budget_s = 1.5
+        asyncio.get_running_loop().create_task(deaf(), name="deaf")
+
+    with capture_logs() as logs:
+        demo = threading.Thread(
+            target=run_demo,
+            args=(cfg, f"127.0.0.1:{free_port()}", 0.5, None, None, prepare),
+            daemon=True,
+        )
+        demo.start()
+        demo.join(15)  # the bound only turns a hang into a failure
+        assert not demo.is_alive(), "the demo's end waited on the deaf task"
+    abandoned = [e for e in logs if e["event"] == "task ignored its cancellation; abandoned"]
+    assert [e["task"] for e in abandoned] == ["deaf"]
