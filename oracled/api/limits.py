@@ -124,6 +124,8 @@ class Limits:
                 await response.write_eof()
         except TimeoutError:
             self._send_timed_out(request)
+        except ConnectionError:  # the client went away first: its choice, as aiohttp takes it
+            pass  # not a 500 with a traceback per request, which any client could cause
         return response  # aiohttp finishes it: a no-op, or a write to an aborted transport
 
     def _send_timed_out(self, request: web.Request) -> None:

@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
+import threading
 from collections.abc import Iterator
 
 import pytest
+from aiohttp import web
 from api_rig import ClientFactory, Rig, make_config
 from structlog.testing import capture_logs
+
+from oracled.api import build_app
+from oracled.config import Config
 
 LONG_LINE = b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"
 GARBAGE = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n"
@@ -41,6 +48,19 @@ def aiohttp_records() -> Iterator[_Records]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+class _HeldRig(Rig):
+    """A rig whose /metrics render waits until the test releases it (in its worker thread)."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.rendering, self.release = threading.Event(), threading.Event()
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        self.rendering.set()
+        self.release.wait(5)
+        return super().render_metrics()
 
 
 async def _send(host: str, port: int, data: bytes) -> bytes:
@@ -80,3 +100,45 @@ async def test_unparseable_requests_are_counted_by_reason_and_logged_once_withou
     noisy = [r for r in aiohttp_records.records if r.exc_info or r.levelno >= logging.WARNING]
     assert not noisy, [r.getMessage() for r in noisy]
     assert (await client.get("/healthz")).status == 200  # the server answers on
+
+
+async def test_a_client_that_resets_before_its_answer_is_not_logged_as_a_server_error(
+    aiohttp_records: _Records,
+) -> None:
+    """A client that sends a request and resets its connection before the answer (a scrape
+    timing out, a load balancer's probe) made one error line with a traceback per request
+    (`Error handling request ... Cannot write to closing transport`: 50 for 50 such requests to
+    a running demo): the connection limits middleware writes answers itself and let the
+    ConnectionError escape, where aiohttp's own writer takes a client gone as nothing to report.
+    Nothing is logged now, and the server answers on. Served as the daemon serves it (an
+    AppRunner: the test server cancels handlers whose client went away, so it never writes)."""
+    rig = _HeldRig(make_config())
+    runner = web.AppRunner(build_app(rig.context()), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = "127.0.0.1", int(runner.addresses[0][1])
+    try:
+        with capture_logs() as logs:
+            for _ in range(5):
+                sock = socket.create_connection((host, port))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert await asyncio.to_thread(rig.rendering.wait, 5)  # the handler runs
+                rig.rendering.clear()
+                sock.close()  # linger 0: a reset, not a polite close
+                await asyncio.sleep(0.05)  # the server sees the reset
+                rig.release.set()  # the render ends; its answer goes to a reset connection
+                await asyncio.sleep(0.05)
+                rig.release.clear()
+        assert rig.renders._value.get() == 5  # every answer was made, and its write tried
+        rig.release.set()
+        assert (await _send(host, port, b"GET /healthz HTTP/1.0\r\n\r\n")).startswith(
+            b"HTTP/1.0 200 "
+        )
+    finally:
+        rig.release.set()
+        await runner.cleanup()
+    assert not [e for e in logs if e["log_level"] in ("warning", "error")], logs
+    noisy = [r for r in aiohttp_records.records if r.exc_info or r.levelno >= logging.WARNING]
+    assert not noisy, [r.getMessage() for r in noisy]
