@@ -1079,8 +1079,7 @@ def _heads_without_block_time(cfg: Config) -> list[str]:
 
 
 #: Subscriptions the venues' docs allow on one connection, by source type: (most, what they are,
-#: venue). Each instrument is one of them (Binance USD-M's mark connection has as many as its book
-#: connection). Bybit limits characters instead: `_BYBIT_ARGS_CHARS`.
+#: venue). Each instrument is one of them. Bybit limits characters instead: `_BYBIT_ARGS_CHARS`.
 _CONNECTION_LIMITS: dict[str, tuple[int, str, str]] = {
     "binance": (1024, "streams", "Binance"),
     "binance_usdm": (1024, "streams", "Binance USD-M"),

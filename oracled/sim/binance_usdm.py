@@ -1,36 +1,32 @@
-"""A loopback Binance USDⓈ-M futures venue: ``/public`` book tickers, ``/market`` mark prices, REST.
+"""A loopback Binance USDⓈ-M futures venue: ``/public`` book tickers and REST.
 
 It speaks the real wire protocol (see oracled/sources/binance_usdm.py for the docs): combined
-``<symbol>@bookTicker`` frames with ``e``/``u``/``E``/``T`` on ``/public/stream``,
-``<symbol>@markPrice`` and ``<symbol>@markPrice@1s`` frames on ``/market/stream`` (each path
-accepts only its own streams, as the venue's URL split asks), the spot-style ``SUBSCRIBE`` /
-``UNSUBSCRIBE`` / ``LIST_SUBSCRIPTIONS`` control messages with their acks and errors, protocol
-pings every 3 minutes with a 10 minute pong deadline, the 10 incoming messages a second limit,
-and ``GET /fapi/v1/ticker/bookTicker`` (one symbol, or all of them).
+``<symbol>@bookTicker`` frames with ``e``/``u``/``E``/``T`` on ``/public/stream``, the spot-style
+``SUBSCRIBE`` / ``UNSUBSCRIBE`` / ``LIST_SUBSCRIPTIONS`` control messages with their acks and
+errors (`BinanceSim`'s), protocol pings every 3 minutes with a 10 minute pong deadline, the 10
+incoming messages a second limit, and ``GET /fapi/v1/ticker/bookTicker`` (one symbol, or all of
+them). The venue's other paths (``/market`` mark prices among them) are not served: the adapter
+does not use them.
 
-As in `BinanceSim`, an unknown or misrouted stream gets an error frame and refuses the whole
-request (the real venue accepts a well-formed unknown stream and stays silent), so that the
-adapter's error path can be exercised. Every fault of `VenueSim` applies to both paths.
+As in `BinanceSim`, an unknown stream gets an error frame and refuses the whole request (the real
+venue accepts a well-formed unknown stream and stays silent), so that the adapter's error path
+can be exercised. Every fault of `VenueSim` applies.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 from aiohttp import web
 
-from oracled.sim._base import Client, Out
 from oracled.sim.binance import BinanceSim
 from oracled.sim.paths import PricePath
 
 __all__ = ["GARBAGE", "BinanceUsdmSim"]
 
 _BOOK: Final = "@bookTicker"
-_MARKS: Final = ("@markPrice@1s", "@markPrice")
 _FUTURE: Final = 9_999_999_999_999  # update id and time far ahead: no garbage is dropped as stale
 
 
@@ -74,8 +70,6 @@ class BinanceUsdmSim(BinanceSim):
         ping_interval_s: float = 180.0,
         pong_timeout_s: float = 600.0,
         message_limit: int = 10,
-        mark_interval_s: float = 1.0,
-        mark_premium_bps: float = 3.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -85,28 +79,10 @@ class BinanceUsdmSim(BinanceSim):
             message_limit=message_limit,
             **kwargs,
         )
-        self.mark_interval_s = mark_interval_s
-        self.mark_premium_bps = mark_premium_bps
-        self.marks_sent = 0
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/public/stream", self.ws_handler)
-        app.router.add_get("/market/stream", self.ws_handler)
         app.router.add_get("/fapi/v1/ticker/bookTicker", self._futures_rest)
-
-    def background(self) -> list[asyncio.Task[None]]:
-        return [
-            *super().background(),
-            asyncio.create_task(self._publish_marks(), name="sim:binance_usdm:marks"),
-        ]
-
-    def on_connect(self, client: Client) -> None:
-        client.state["marks"] = set()
-        for name in filter(None, client.request.query.get("streams", "").split("/")):
-            self._add(client, name)
-
-    def on_text(self, client: Client, text: str) -> None:
-        client.send(json.dumps(self._futures_control(client, text), separators=(",", ":")))
 
     def data_frame(self, symbol: str, path: PricePath, now: float) -> str:
         mid = path.published(now)
@@ -118,82 +94,6 @@ class BinanceUsdmSim(BinanceSim):
             f'"b":"{mid - half:.8f}","B":"{path.size():.3f}",'
             f'"a":"{mid + half:.8f}","A":"{path.size():.3f}"}}}}'
         )
-
-    def mark_frame(self, symbol: str, stream: str) -> str:
-        """One ``markPriceUpdate`` as the venue sends it (mark = mid plus a small premium)."""
-        index = self.paths[symbol].published(self.now())
-        mark = index * (1 + self.mark_premium_bps / 10_000.0)
-        ms = int(time.time() * 1000)
-        return (
-            f'{{"stream":"{stream}","data":{{"e":"markPriceUpdate","E":{ms},"s":"{symbol}",'
-            f'"p":"{mark:.8f}","P":"{mark:.8f}","i":"{index:.8f}","r":"0.00010000",'
-            f'"T":{ms - ms % 28_800_000 + 28_800_000}}}}}'
-        )
-
-    async def _publish_marks(self) -> None:
-        while True:
-            await asyncio.sleep(self.mark_interval_s)
-            if self.silent:
-                continue
-            for client in self.clients:
-                for stream in sorted(self._marks_of(client)):
-                    symbol = stream.split("@", 1)[0].upper()
-                    client.outbox.put_nowait((Out.DATA, self.mark_frame(symbol, stream)))
-                    self.marks_sent += 1
-
-    @staticmethod
-    def _marks_of(client: Client) -> set[str]:
-        marks = client.state["marks"]
-        assert isinstance(marks, set)
-        return marks
-
-    def _stream_symbol(self, client: Client, stream: str) -> str | None:
-        """The symbol of a stream this client's path serves, or None."""
-        public = client.request.path.startswith("/public")
-        suffixes = (_BOOK,) if public else _MARKS
-        for suffix in suffixes:
-            if stream.endswith(suffix):
-                symbol = stream[: -len(suffix)]
-                if symbol == symbol.lower() and symbol.upper() in self.paths:
-                    return symbol.upper()
-        return None
-
-    def _add(self, client: Client, stream: str) -> bool:
-        symbol = self._stream_symbol(client, stream)
-        if symbol is None:
-            return False
-        if stream.endswith(_BOOK):
-            client.streams.add(symbol)
-        else:
-            self._marks_of(client).add(stream)
-        return True
-
-    def _futures_control(self, client: Client, text: str) -> dict[str, Any]:
-        try:
-            req = json.loads(text)
-        except ValueError:
-            return self._error(3, "Invalid JSON: expected value at line 1 column 1", None)
-        if not isinstance(req, dict) or "method" not in req:
-            return self._error(2, "Invalid request: missing field `method`", None)
-        request_id, method = req.get("id"), req["method"]
-        params = req.get("params", [])
-        if method == "LIST_SUBSCRIPTIONS":
-            books = [f"{s.lower()}{_BOOK}" for s in client.streams]
-            return {"result": sorted([*books, *self._marks_of(client)]), "id": request_id}
-        if method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
-            return self._error(2, f"Invalid request: unknown variant {method!s}", request_id)
-        if not isinstance(params, list) or not all(
-            isinstance(p, str) and self._stream_symbol(client, p) for p in params
-        ):
-            return self._error(2, "Invalid request: invalid stream", request_id)
-        for stream in params:
-            if method == "SUBSCRIBE":
-                self._add(client, stream)
-            elif stream.endswith(_BOOK):
-                client.streams.discard(stream[: -len(_BOOK)].upper())
-            else:
-                self._marks_of(client).discard(stream)
-        return {"result": None, "id": request_id}
 
     async def _futures_rest(self, request: web.Request) -> web.Response:
         refused = await self.rest_gate()

@@ -1,4 +1,4 @@
-"""Binance USDⓈ-M perpetuals: best bid/ask from ``@bookTicker``, mark prices kept aside.
+"""Binance USDⓈ-M perpetuals: best bid/ask from ``@bookTicker``, on one connection.
 
 Docs: https://developers.binance.com/docs/derivatives/usds-margined-futures/websocket-market-streams,
 its "Important WebSocket Change Notice" (base URL split) and
@@ -15,9 +15,11 @@ The subscribe protocol is spot's (`BinanceSource`, reused here): ``SUBSCRIBE`` w
 errors. What differs, from the docs:
 
 - Binance split the futures WebSocket by traffic class (the legacy root URLs are retired on
-  2026-04-23): book tickers live on ``/public``, mark prices on ``/market``. So quotes stream from
-  ``<ws_url>/public/stream`` and a second connection, `MarkFeed`, reads ``<ws_url>/market/stream``.
-  Each connection has its own watchdog, backoff and subscriptions (the shared base does them).
+  2026-04-23): book tickers live on ``/public``, so quotes stream from ``<ws_url>/public/stream``.
+  The venue's own mark prices (``<sym>@markPrice@1s`` on ``/market``) are not read: the mark
+  engine computes its mark from the perpetual books (docs/mark.md), and a second connection would
+  cost one to the venue and a failure mode for nothing. Using venue marks would be a change of
+  the documented mark formula.
 - ``venue_ts`` is ``E`` (event time); frames whose update id ``u`` is not newer than the last one
   seen for the symbol on this connection are dropped as ``stale`` (replays, duplicates), unless
   the base judges that last id bad (`Source._counter_refused`: an id below half of it, or five
@@ -29,17 +31,12 @@ errors. What differs, from the docs:
 - REST ``GET /fapi/v1/ticker/bookTicker`` has no multi-symbol parameter: one symbol costs weight 2,
   all symbols weight 5. One symbol asks for it alone; more ask for all in one request and keep
   the configured rows (5 weight per poll, far under the 2400 a minute an IP may spend).
-
-Mark prices are not quotes: `mark_feed.marks` holds the latest `MarkPrice` per pair and
-`mark_feed.stats.quotes` counts them, for the mark price component to consume.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import ClassVar, Final
 
 import aiohttp
@@ -51,7 +48,7 @@ from oracled.model import Kind, Quote
 from oracled.sources.binance import BinanceSource
 from oracled.sources.stats import SourceStats
 
-__all__ = ["BinanceUsdmSource", "MarkFeed", "MarkPrice"]
+__all__ = ["BinanceUsdmSource"]
 
 
 class _Book(msgspec.Struct, gc=False):
@@ -95,37 +92,10 @@ class _RestBook(msgspec.Struct):
     update_id: int = msgspec.field(name="lastUpdateId", default=0)
 
 
-class _Mark(msgspec.Struct):
-    s: str
-    p: str  # mark price
-    i: str  # index price
-    event_ts: int = msgspec.field(name="E")
-    r: str = ""  # funding rate (empty for delivery contracts)
-
-
-class _MarkFrame(msgspec.Struct):
-    stream: str
-    data: _Mark
-
-
 _FRAME = msgspec.json.Decoder(_Combined, strict=False)
 _TEXT_FRAME = msgspec.json.Decoder(_TextCombined)
 _REST = msgspec.json.Decoder(list[_RestBook] | _RestBook)
-_MARK = msgspec.json.Decoder(_MarkFrame)
-_ENCODE = msgspec.json.Encoder()
-_INF: Final = math.inf
 _NEVER: Final = -math.inf  # the update id "seen" for a symbol with none yet: every id is newer
-
-
-@dataclass(frozen=True, slots=True)
-class MarkPrice:
-    """The venue's latest mark and index price of one perpetual (ms timestamps)."""
-
-    mark: float
-    index: float
-    funding_rate: float | None
-    venue_ts: int
-    recv_ts: int
 
 
 class BinanceUsdmSource(BinanceSource):
@@ -147,21 +117,6 @@ class BinanceUsdmSource(BinanceSource):
         super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
         self._last_u: dict[str, int] = {}
         self._last_e: dict[str, int | None] = {}  # the event time of the frame that set each id
-        self.mark_feed = MarkFeed(
-            f"{source_id}:mark",
-            cfg,
-            pairs,
-            _ignore,
-            clock,
-            session,
-            SourceStats(f"{source_id}:mark"),
-        )
-
-    async def run(self) -> None:
-        """Stream book tickers; the mark price connection runs beside it and dies with it."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.mark_feed.run(), name=f"source:{self.source_id}:mark")
-            await super().run()
 
     def stream_url(self) -> str:
         return f"{self.ws_url}/public/stream"
@@ -235,71 +190,3 @@ class BinanceUsdmSource(BinanceSource):
         for book in books:
             if book.symbol in wanted:  # an all-symbols answer lists hundreds we did not ask for
                 self._quote_text(book.symbol, book.bid, book.ask, recv_ts, book.time)
-
-
-class MarkFeed(BinanceSource):
-    """The ``/market`` connection: ``<symbol>@markPrice@1s`` into `marks`, no quotes, no REST.
-
-    Same subscribe protocol as the book connection, so it shares `BinanceSource`'s control
-    frame handling; only the stream, the payload and where it goes differ.
-    """
-
-    default_ws_url: ClassVar[str] = BinanceUsdmSource.default_ws_url
-    default_rest_url: ClassVar[str | None] = None
-    kinds: ClassVar[frozenset[Kind]] = frozenset({"perp"})
-    max_messages_per_s: ClassVar[int] = 10
-
-    def __init__(
-        self,
-        source_id: str,
-        cfg: SourceConfig,
-        pairs: Sequence[tuple[str, Kind]],
-        emit: Callable[[Quote], None],
-        clock: Clock,
-        session: aiohttp.ClientSession,
-        stats: SourceStats,
-    ) -> None:
-        super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
-        self.rest_url = None  # marks are streamed only; the book source does the REST fallback
-        self.marks: dict[str, MarkPrice] = {}
-
-    def stream_url(self) -> str:
-        return f"{self.ws_url}/market/stream"
-
-    def subscribe_message(self, request_id: int, symbols: Sequence[str]) -> str:
-        params = [f"{s.lower()}@markPrice@1s" for s in symbols]
-        return _ENCODE.encode({"method": "SUBSCRIBE", "params": params, "id": request_id}).decode()
-
-    def on_message(self, data: str | bytes, recv_ts: int) -> None:
-        try:
-            mark = _MARK.decode(data).data
-        except msgspec.DecodeError:
-            self._control(data)
-            return
-        target = self._by_symbol.get(mark.s)
-        if target is None:
-            self.stats.dropped["unknown_symbol"] += 1
-            return
-        try:
-            price, index = float(mark.p), float(mark.i)
-            rate = float(mark.r) if mark.r else None
-        except ValueError:
-            self._bad("bad_number")
-            return
-        if not (0.0 < price < _INF and 0.0 < index < _INF):
-            finite = math.isfinite(price) and math.isfinite(index)
-            self._bad("non_positive" if finite else "not_finite")
-            return
-        self.marks[target[0]] = MarkPrice(price, index, rate, mark.event_ts, recv_ts)
-        self.stats.quotes += 1  # counted as the feed's "quotes": it marks the stream as up
-        self.stats.last_quote_ms = recv_ts
-
-    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
-        return None
-
-    def on_rest(self, body: bytes, recv_ts: int) -> None:
-        return None
-
-
-def _ignore(quote: Quote) -> None:
-    """The mark feed emits no quotes."""

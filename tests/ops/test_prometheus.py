@@ -59,8 +59,7 @@ Stack = tuple[Daemon, list[SimulatedVenue], Prometheus, ScrapeProxy, LocalChain]
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     """The daemon, its venues, and a Prometheus scraping it through a `ScrapeProxy`."""
-    # 3 s, not less: binance_usdm's mark connection gets a frame a second (markPrice@1s), so a
-    # 1 s watchdog cut it as silent between two frames, every other second.
+    # 3 s: well above the 10 Hz venues' frame gaps, so no source is cut as silent on a busy machine.
     liveness = {"liveness_timeout_s": 3.0, "rest_poll_interval_s": 0.5, "reconnect_max_s": 1.0}
     chain = await start_local_chain(tmp_path)
     venues: list[SimulatedVenue] = []

@@ -1,4 +1,4 @@
-"""The Binance USD-M simulator speaks the split /public and /market protocol and its REST."""
+"""The Binance USD-M simulator speaks the /public book ticker protocol and its REST."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}
 
 @pytest.fixture
 async def sim() -> AsyncIterator[BinanceUsdmSim]:
-    venue = BinanceUsdmSim(PRICES, seed=3, rate_hz=50.0, volatility=0.0, mark_interval_s=0.05)
+    venue = BinanceUsdmSim(PRICES, seed=3, rate_hz=50.0, volatility=0.0)
     async with venue:
         yield venue
 
@@ -39,32 +39,26 @@ async def test_public_path_serves_futures_book_tickers(
     assert 0 < float(first["b"]) < 67_000.0 < float(first["a"])
 
 
-async def test_market_path_serves_mark_prices_and_paths_refuse_each_others_streams(
+async def test_public_path_refuses_mark_price_streams_and_market_is_not_served(
     sim: BinanceUsdmSim, http: aiohttp.ClientSession
 ) -> None:
-    """/market streams markPriceUpdate; a book ticker there (or a mark on /public) is refused."""
-    async with http.ws_connect(f"{sim.ws_url}/market/stream") as ws:
-        refused = await subscribe(ws, "btcusdt@bookTicker", rid=1)
-        assert refused == {"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 1}
-        assert await subscribe(ws, "ethusdt@markPrice@1s", rid=2) == {"result": None, "id": 2}
-        frame = await next_json(ws, pings=True)
-        await ws.send_str('{"method":"LIST_SUBSCRIPTIONS","id":3}')
-        assert await next_json(ws, pings=True) == {"result": ["ethusdt@markPrice@1s"], "id": 3}
-    assert frame["stream"] == "ethusdt@markPrice@1s"
-    data = frame["data"]
-    assert data["e"] == "markPriceUpdate" and data["s"] == "ETHUSDT"
-    assert float(data["p"]) == pytest.approx(float(data["i"]) * 1.0003)
+    """/public refuses a mark price stream; /market (the venue's mark prices, which the adapter
+    does not read) is not served."""
     async with http.ws_connect(f"{sim.ws_url}/public/stream") as ws:
-        assert "error" in await subscribe(ws, "btcusdt@markPrice")
-    assert sim.marks_sent >= 1
+        refused = await subscribe(ws, "btcusdt@markPrice@1s", rid=1)
+        assert refused == {"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 1}
+        await ws.send_str('{"method":"LIST_SUBSCRIPTIONS","id":2}')
+        assert await next_json(ws, pings=True) == {"result": [], "id": 2}
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused_path:
+        await http.ws_connect(f"{sim.ws_url}/market/stream")
+    assert refused_path.value.status == 404
+    assert sim.stats.connections == 1
 
 
 async def test_streams_in_the_url_are_subscribed_at_connect(
     sim: BinanceUsdmSim, http: aiohttp.ClientSession
 ) -> None:
-    """`?streams=` subscribes on either path without a message."""
-    async with http.ws_connect(f"{sim.ws_url}/market/stream?streams=btcusdt@markPrice") as ws:
-        assert (await next_json(ws, pings=True))["data"]["s"] == "BTCUSDT"
+    """`?streams=` subscribes at connect without a message."""
     async with http.ws_connect(f"{sim.ws_url}/public/stream?streams=ethusdt@bookTicker") as ws:
         assert (await next_json(ws, pings=True))["data"]["s"] == "ETHUSDT"
 

@@ -129,7 +129,7 @@ CASES = (
     ),
     SimCase(
         id="binance_usdm",
-        sim=lambda: BinanceUsdmSim(BINANCE_PRICES, seed=3, rate_hz=50.0, mark_interval_s=0.05),
+        sim=lambda: BinanceUsdmSim(BINANCE_PRICES, seed=3, rate_hz=50.0),
         garbage=BINANCE_USDM_GARBAGE,
         connect=_path("/public/stream"),
         ready=_binance_subscribe,

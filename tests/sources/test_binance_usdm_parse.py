@@ -1,4 +1,4 @@
-"""Decoding Binance USD-M frames: the documented frames, mark prices, every kind of bad frame."""
+"""Decoding Binance USD-M frames: the documented frames, every kind of bad frame."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from parse_cases import BINANCE_USDM, Harness, open_harness
 
 from oracled.model import Quote
 from oracled.sim.binance_usdm import GARBAGE
-from oracled.sources.binance_usdm import BinanceUsdmSource, MarkPrice
+from oracled.sources.binance_usdm import BinanceUsdmSource
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "binance_usdm"
 
@@ -90,65 +90,24 @@ async def test_a_new_connection_forgets_update_ids(
     assert len(quotes) == 2
 
 
-def test_documented_mark_price_is_kept_on_the_mark_feed(
+def test_a_mark_price_frame_is_a_wrong_shape_not_a_quote(
     source: BinanceUsdmSource, quotes: list[Quote]
 ) -> None:
-    """A markPriceUpdate fills `marks` and counts, emits no quote, and is not a book frame."""
-    feed = source.mark_feed
-    feed.on_message(MARK, 7)
-    assert feed.marks == {
-        "BTC/USDT": MarkPrice(
-            mark=11794.15,
-            index=11784.62659091,
-            funding_rate=0.00038167,
-            venue_ts=1562305380000,
-            recv_ts=7,
-        )
-    }
-    assert feed.stats.quotes == 1 and feed.stats.malformed == 0
+    """A markPriceUpdate (a stream the source does not subscribe) is dropped as `shape` and
+    counted: its mark or index price never becomes a quote."""
+    source.on_message(MARK, RECV)
     assert quotes == []
-    source.on_message(MARK, 8)  # on the book connection a mark frame is a wrong shape
     assert source.stats.dropped == {"shape": 1}
 
 
-@pytest.mark.parametrize(
-    ("field", "value", "reason"),
-    [("p", "NaN", "not_finite"), ("p", "0.00000000", "non_positive"), ("i", "x", "bad_number")],
-)
-def test_bad_mark_prices_are_counted_not_kept(
-    source: BinanceUsdmSource, field: str, value: str, reason: str
-) -> None:
-    """A mark or index price that is not a positive finite number is dropped and counted."""
-    feed = source.mark_feed
-    original = {"p": "11794.15000000", "i": "11784.62659091"}[field]
-    feed.on_message(MARK.replace(f'"{field}": "{original}"', f'"{field}": "{value}"'), 1)
-    assert feed.marks == {}
-    assert feed.stats.dropped == {reason: 1}
-
-
-def test_a_mark_of_a_symbol_never_subscribed_is_not_kept(source: BinanceUsdmSource) -> None:
-    """A mark price for a symbol we did not ask for is dropped as unknown_symbol: it never
-    lands under another pair and does not count as the feed's life."""
-    feed = source.mark_feed
-    feed.on_message(MARK.replace('"s": "BTCUSDT"', '"s": "XRPUSDT"'), 1)
-    assert feed.marks == {}
-    assert feed.stats.dropped == {"unknown_symbol": 1}
-    assert feed.stats.quotes == 0 and feed.stats.malformed == 0
-
-
-def test_subscriptions_and_urls_follow_the_split_endpoints(
+def test_subscriptions_and_url_follow_the_split_endpoints(
     source: BinanceUsdmSource, quotes: list[Quote]
 ) -> None:
-    """Book tickers go to /public, mark prices to /market, both as lower-case stream names."""
+    """Book tickers are read from /public, as lower-case stream names."""
     assert source.stream_url() == "wss://fstream.binance.com/public/stream"
-    assert source.mark_feed.stream_url() == "wss://fstream.binance.com/market/stream"
     assert source.subscribe_message(3, ["BTCUSDT"]) == (
         '{"method":"SUBSCRIBE","params":["btcusdt@bookTicker"],"id":3}'
     )
-    assert source.mark_feed.subscribe_message(3, ["BTCUSDT"]) == (
-        '{"method":"SUBSCRIBE","params":["btcusdt@markPrice@1s"],"id":3}'
-    )
-    assert source.mark_feed.rest_url is None  # only the book connection polls REST
 
 
 def test_rest_asks_for_one_symbol_alone_and_for_several_all_at_once(

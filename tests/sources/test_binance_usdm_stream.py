@@ -1,21 +1,43 @@
-"""The Binance USD-M adapter on its loopback simulator: protocol pings on both its connections.
-The faults all venues share (first connection, mark feed and REST fallback among them) run from
+"""The Binance USD-M adapter on its loopback simulator: one connection, protocol pings answered.
+The faults all venues share (first connection, reconnects, REST fallback among them) run from
 test_stream_faults.py."""
 
 from __future__ import annotations
 
+from aiohttp import web
 from venue_cases import CASE, Start, Wait
 
 from oracled.sim.binance_usdm import BinanceUsdmSim
+from oracled.sources import ConnState
 
 VENUE = CASE["binance_usdm"]  # what `sim` and `start` build (conftest.py)
 PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}  # what VENUE's simulator starts from
 
 
-async def test_answers_protocol_pings_on_both_connections(start: Start, wait: Wait) -> None:
-    """Server pings get pongs on both sockets; nothing is timed out or rate limited."""
-    async with BinanceUsdmSim(PRICES, ping_interval_s=0.2, pong_timeout_s=0.5) as venue:
+class PathRecordingSim(BinanceUsdmSim):
+    """The simulator, also answering every path it does not serve with 404 and recording it."""
+
+    def __init__(self) -> None:
+        super().__init__(PRICES, ping_interval_s=0.2, pong_timeout_s=0.5)
+        self.other_paths: list[str] = []
+
+    def routes(self, app: web.Application) -> None:
+        super().routes(app)
+        app.router.add_route("*", "/{tail:.*}", self._other)
+
+    async def _other(self, request: web.Request) -> web.Response:
+        self.other_paths.append(request.path)
+        return web.Response(status=404)
+
+
+async def test_opens_one_connection_and_answers_its_pings(start: Start, wait: Wait) -> None:
+    """The source keeps a single WebSocket, to /public/stream: no second connection (the mark
+    price stream it once opened on /market fed nothing) and no request to any other path. Server
+    pings get pongs; nothing is timed out or rate limited."""
+    async with PathRecordingSim() as venue:
         run = await start(venue)
-        await wait(lambda: venue.stats.pongs_received >= 6)
+        await wait(lambda: run.state() is ConnState.STREAMING and venue.stats.pongs_received >= 4)
         assert venue.stats.pong_timeouts == 0 and venue.stats.rate_limited == 0
-        assert venue.stats.connections == 2 and run.stats.reconnects == 0
+        assert venue.stats.connections == 1 and venue.stats.active == 1
+        assert [c.request.path for c in venue.clients] == ["/public/stream"]
+        assert venue.other_paths == [] and run.stats.reconnects == 0

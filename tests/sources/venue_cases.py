@@ -9,7 +9,6 @@ Anything a single venue does that the others do not stays in that venue's own te
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -21,7 +20,7 @@ import aiohttp
 from oracled.clock import SystemClock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sim import BinanceSim, Out
+from oracled.sim import BinanceSim
 from oracled.sim._base import VenueSim
 from oracled.sim.binance_usdm import BinanceUsdmSim
 from oracled.sim.bitstamp import BitstampSim
@@ -47,7 +46,7 @@ PYTH_ETH = "ff61491a931112ddf1bd8147cd1b641375f79f5825126d665480874634fd0ace"
 class Running:
     """A source running in a task on a case's simulator, with what it emitted."""
 
-    source: Any  # the concrete adapter: tests read venue-specific attributes such as mark_feed
+    source: Any  # the concrete adapter: tests read venue-specific attributes
     stats: SourceStats
     quotes: list[Quote]
     task: asyncio.Task[None]
@@ -102,28 +101,6 @@ def _gemini_book_matches(run: Running, sim: VenueSim) -> Callable[[], bool]:
     return lambda: all(book_matches(run, sim, symbol) for symbol in ("BTCUSD", "ETHUSD"))
 
 
-def _usdm_marks_resume(run: Running, sim: VenueSim) -> Callable[[], bool]:
-    """From now on, mark prices arrive again on their own connection, which streams too, and
-    the venue holds both sockets open."""
-    marks = run.source.mark_feed
-    count = marks.stats.quotes
-    return lambda: bool(
-        marks.stats.quotes > count
-        and marks.stats.state is ConnState.STREAMING
-        and sim.stats.active == 2
-    )
-
-
-def _usdm_marks_fill(run: Running, sim: VenueSim) -> None:
-    """The mark feed streams on its own connection (/market), a mark for each pair, each the
-    index plus the simulator's premium, and neither connection is left waiting on an ack."""
-    marks = run.source.mark_feed
-    assert marks.stats.state is ConnState.STREAMING and marks._pending == {}
-    assert set(marks.marks) == {"BTC/USDT", "ETH/USDT"} and marks.stats.quotes >= 2
-    mark = marks.marks["BTC/USDT"]
-    assert math.isclose(mark.mark, mark.index * 1.0003, rel_tol=1e-6)
-
-
 def _kucoin_one_bullet(run: Running, sim: VenueSim) -> None:
     """One bullet token opened the one connection, at the address the bullet named."""
     assert isinstance(sim, KucoinSim)
@@ -140,15 +117,6 @@ def _okx_swap_near_its_own_price(run: Running, sim: VenueSim) -> None:
 def _pyth_confidence_brackets(run: Running, sim: VenueSim) -> None:
     """Bid and ask are the price less and plus its confidence: never equal."""
     assert all(q.bid is not None and q.ask is not None and q.bid < q.ask for q in run.quotes)
-
-
-def _usdm_book_garbage(sim: VenueSim, n: int) -> int:
-    """Garbage on the book connection only (the mark connection has a garbage list of its own)."""
-    book = next(c for c in sim.clients if c.request.path.startswith("/public"))
-    frames = [sim.GARBAGE[i % len(sim.GARBAGE)] for i in range(n)]
-    for frame in frames:
-        book.outbox.put_nowait((Out.GARBAGE, frame))
-    return len(frames)
 
 
 def _kucoin_fresh_token_each_time(run: Running, sim: VenueSim) -> None:
@@ -369,22 +337,15 @@ CASES: tuple[Case, ...] = (
             "bad_number": 2,
             "crossed": 2,
         },
-        sim=lambda: BinanceUsdmSim(
-            BINANCE_PRICES, seed=5, rate_hz=40.0, ping_interval_s=1.0, mark_interval_s=0.05
-        ),
+        sim=lambda: BinanceUsdmSim(BINANCE_PRICES, seed=5, rate_hz=40.0, ping_interval_s=1.0),
         pairs=PERP_USDT,
         reference=_ref(PERP_USDT),
         spike=("BTCUSDT", ("BTC/USDT", "perp"), 1000.0, JUMP),
-        sockets=2,
         replay_dropped=_exactly("stale"),
         rest_venue_time=True,  # the REST row's transaction time
         active_lags=True,
-        settled=_usdm_marks_resume,
-        feeds=lambda run: [run.stats, run.source.mark_feed.stats],
-        send_garbage=_usdm_book_garbage,
-        on_streaming=_usdm_marks_fill,
-        # Per connection: the batch, then one request per symbol.
-        unknown=Unknown("FOOUSDT", "2: Invalid request: invalid stream", requests=8, errors=4),
+        # The batch, then one request per symbol.
+        unknown=Unknown("FOOUSDT", "2: Invalid request: invalid stream", requests=4, errors=2),
     ),
     Case(
         id="bitstamp",
