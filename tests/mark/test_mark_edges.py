@@ -1,0 +1,134 @@
+"""Edges of the mark engine that a one-character change in it would cross: the perp filters'
+exact limits, routed perps through an inverted leg and with a bid and ask, and the funding state
+across a boundary and across reloads. Index 100 unless said; premium of a single price p is
+(p - 100) / 100; interest 0.0001, clamp 0.0005 (the defaults), so a premium above 0.0006 gives
+F = premium - 0.0005."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mark_rig import SPOT, B, Rig, make_config
+
+from oracled.config import DEFAULT_MAX_CLOCK_SKEW_MS, parse_config
+from oracled.core import Core
+from oracled.model import Quote
+
+MINUTE = {"funding_interval_s": 60}
+
+
+def _spot(rig: Rig, now: int) -> None:
+    for source in SPOT:
+        rig._ingest(Quote(source, "USDT/USD", now, price=1.0))
+        rig._ingest(Quote(source, "BTC/USD", now, price=100.0))
+
+
+def test_a_perp_exactly_max_perp_deviation_from_the_index_counts() -> None:
+    """The filter drops perps *farther* than max_perp_deviation: with 0.25 (exact in binary), a
+    perp at 125 on an index of 100 is exactly at the limit and counts."""
+    rig = Rig(make_config(mark={"max_perp_deviation": 0.25}))
+    mark = rig.mark(B + 1_000, p=125.0)
+    assert (mark.perps_used, mark.estimators.perp_median) == (1, "125.00")
+
+
+def test_a_perp_quote_counts_up_to_its_age_limit_by_venue_time() -> None:
+    """BTC/USD's max_age_ms is 5,000: a perp quote 5,000 ms old counts, 5,001 ms old does not;
+    the age is by the venue's time where sent (received just now, sent 5,001 ms ago: too old)."""
+    rig = Rig()
+    rig._ingest(Quote("p", "BTC/USD", B, price=101.0, kind="perp"))
+    _spot(rig, B + 5_000)
+    assert rig.mark(B + 5_000).perps_used == 1
+    _spot(rig, B + 5_001)
+    assert rig.mark(B + 5_001).perps_used == 0
+    rig._ingest(Quote("q", "BTC/USDT", B + 6_000, price=101.0, venue_ts=B + 999, kind="perp"))
+    assert rig.mark(B + 6_000).perps_used == 0
+
+
+def test_a_perp_quote_from_ahead_of_the_round_counts_only_within_the_clock_skew() -> None:
+    """A perp quote received max_clock_skew_ms after the round's time counts in that round; one
+    received a millisecond later is not a price of this round and does not."""
+    for ahead, used in ((DEFAULT_MAX_CLOCK_SKEW_MS, 1), (DEFAULT_MAX_CLOCK_SKEW_MS + 1, 0)):
+        rig = Rig()
+        rig._ingest(Quote("p", "BTC/USD", B + 1_000 + ahead, price=101.0, kind="perp"))
+        assert rig.mark(B + 1_000).perps_used == used, ahead
+
+
+def _inverted_leg_config() -> Any:
+    """BTC/USD with a BTC/USDT perp converted through USD/USDT, a leg listed the other way."""
+    spot = [{"source": s, "pair": "BTC/USD"} for s in SPOT]
+    return parse_config(
+        {
+            "oracle": {"round_interval_ms": 1_000, "resume_rounds": 1},
+            "sources": {s: {"type": "okx" if s == "q" else "binance"} for s in "abcq"},
+            "markets": [
+                {
+                    "symbol": "USD/USDT",
+                    "price_exponent": -4,
+                    "min_sources": 2,
+                    "sources": [{"source": s, "pair": "USD/USDT"} for s in SPOT],
+                },
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 2,
+                    "sources": spot,
+                    "perp_sources": [{"source": "q", "pair": "BTC/USDT"}],
+                },
+            ],
+            "routes": [{"from": "USDT", "to": "USD", "via": "USD/USDT"}],
+        },
+        env={},
+    )
+
+
+def test_a_perp_through_an_inverted_leg_is_divided_by_it() -> None:
+    """USD/USDT at 0.8 (a USDT is worth 1.25 USD): a BTC/USDT perp at 100 is 100 / 0.8 = 125 USD,
+    which on an index of 125 counts and is the perp median (times 0.8 it would be 80, too far)."""
+    core = Core(_inverted_leg_config())
+    for s in SPOT:
+        assert core.ingest(Quote(s, "USD/USDT", B, price=0.8)) is None
+        assert core.ingest(Quote(s, "BTC/USD", B, price=125.0)) is None
+    assert core.ingest(Quote("q", "BTC/USDT", B, price=100.0, kind="perp")) is None
+    mark = core.run_round(B).report(1).mark
+    assert mark is not None
+    assert (mark.perps_used, mark.estimators.perp_median) == (1, "125.00")
+
+
+def test_a_routed_perp_s_bid_and_ask_are_converted_for_the_premium() -> None:
+    """USDT/USD at 0.5: q's bid 202 and ask 206 USDT are 101 and 103 USD, so the impact premium
+    on an index of 100 is (101 - 100) / 100 = 0.01, not (202 - 100) / 100."""
+    mark = Rig().mark(B + 1_000, usdt=0.5, q=(202.0, 206.0))
+    assert (mark.perps_used, mark.estimators.perp_median) == (1, "102.00")
+    assert mark.premium == "0.01000000"
+
+
+def test_a_sample_straddling_a_boundary_weighs_only_its_time_after_it() -> None:
+    """Rounds at 50 s, 61 s and 62 s with premiums 0.002, 0.002, 0.004: in the interval from 60 s
+    the 61 s sample weighs 1 s (not the 11 s since the 50 s round) and the 62 s one 1 s, so the
+    estimate is F(0.003) = 0.0025 (with 11 s it would be F(0.0021667) = 0.0016667)."""
+    rig = Rig(make_config(mark=MINUTE))
+    rig.mark(B + 50_000, p=100.2)
+    rig.mark(B + 61_000, p=100.2)
+    assert rig.mark(B + 62_000, p=100.4).funding_rate_estimate == "0.00250000"
+
+
+def test_a_reload_keeps_the_running_funding_interval_and_the_time_of_the_last_round() -> None:
+    """Premium 0.002 at 10 s (weight 1 s: the first round's interval), a reload, then 0.004 at
+    40 s: the second sample weighs the 30 s since the round before the reload, so the estimate is
+    F((0.002 x 1 + 0.004 x 30) / 31) = F(0.0039355) = 0.0034355."""
+    rig = Rig(make_config(mark=MINUTE))
+    rig.mark(B + 10_000, p=100.2)
+    rig.core.reconfigure(make_config(mark=MINUTE))
+    assert rig.mark(B + 40_000, p=100.4).funding_rate_estimate == "0.00343548"
+
+
+def test_a_reload_that_changes_the_funding_interval_restarts_the_running_average() -> None:
+    """A sample of 0.002 at 10 s in a 60 s interval, then a reload to 120 s intervals: the old
+    sample belongs to another grid and is dropped, so 0.004 at 20 s (weight 10 s) alone gives
+    F(0.004) = 0.0035 (keeping it would give F(0.0038182) = 0.0033182), and no rate is settled."""
+    rig = Rig(make_config(mark=MINUTE))
+    rig.mark(B + 10_000, p=100.2)
+    rig.core.reconfigure(make_config(mark={"funding_interval_s": 120}))
+    mark = rig.mark(B + 20_000, p=100.4)
+    assert mark.funding_rate_estimate == "0.00350000"
+    assert (mark.last_funding_rate, mark.last_funding_ts) == (None, None)
+    assert mark.next_funding_ts == B + 120_000
