@@ -135,6 +135,9 @@ class Source(abc.ABC):
     #: Backoff grows from this; it is reset once a connection has streamed this long.
     backoff_base_s: ClassVar[float] = 0.5
     healthy_after_s: ClassVar[float] = 10.0
+    #: Reasons a connection ends that are planned replacements: reconnect at once, never down,
+    #: no backoff, no REST polling (the old connection was healthy up to the cut).
+    planned_cuts: ClassVar[frozenset[str]] = frozenset({"max_age", "server_shutdown"})
     #: Seconds between the client's own application-level pings (`app_ping`), for venues that
     #: require them (OKX, Bybit, KuCoin); None for venues that ping us or send heartbeats.
     app_ping_interval_s: ClassVar[float | None] = None
@@ -467,7 +470,7 @@ class Source(abc.ABC):
                 why = f"{type(exc).__name__}: {exc}".rstrip(": ")
             if self._streaming and self._clock.monotonic() - opened >= self.healthy_after_s:
                 attempt = 0
-            if why in ("max_age", "server_shutdown"):
+            if why in self.planned_cuts:
                 continue  # planned rotation: straight back, the stream was never down
             self._stream_down(why)
             delay = backoff_delay(attempt, self.backoff_base_s, self.cfg.reconnect_max_s, self._rng)

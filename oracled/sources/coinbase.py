@@ -23,7 +23,8 @@ the ``heartbeats`` channel (one message a second) is always subscribed and keeps
 alive for the watchdog; ``sequence_num`` grows by one per message on a connection, so a message
 whose number is not above the last one seen is a replay and is dropped (``stale_sequence``), and
 one more than a thousand below it means the count restarted (or the last number was garbage), so the
-connection is replaced rather than every later message refused (counted in ``sequence_resets``);
+connection is replaced at once, as planned (never down, no backoff, no REST), rather than every
+later message refused (counted in ``sequence_resets``);
 the envelope ``timestamp`` (RFC 3339, nanoseconds in the docs' samples) is the venue time of the
 quote, taken to the exact millisecond. Unauthenticated messages are limited to
 8 a second per IP. No maximum connection life is documented; the configured rotation applies.
@@ -184,6 +185,8 @@ class CoinbaseSource(Source):
     #: REST pacing inside the public limit of 10 requests a second per IP.
     rest_rate_per_s: ClassVar[float] = 8.0
     rest_burst: ClassVar[float] = 8.0
+    #: A restarted sequence_num is the venue's count, not our link, failing: replace as planned.
+    planned_cuts: ClassVar[frozenset[str]] = Source.planned_cuts | {"sequence_reset"}
 
     def __init__(
         self,

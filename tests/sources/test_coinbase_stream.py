@@ -31,6 +31,37 @@ async def test_a_sequence_count_that_starts_over_replaces_the_connection(
     assert run.state() is ConnState.STREAMING
 
 
+async def test_a_sequence_reset_is_a_planned_replacement_not_a_failure(
+    sim: CoinbaseSim, start: Start, wait: Wait
+) -> None:
+    """The connection replaced for a restarted sequence_num is replaced at once, like the
+    rotation before max_connection_age_s: the source never goes down and never polls REST.
+    Before, it went through the failure path: state down (OracledSourceDown's series), a
+    reconnect backoff, and REST polls while it waited."""
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING)
+    states: list[ConnState] = []
+
+    async def watch() -> None:
+        while True:
+            states.append(run.state())
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        sim.restart_sequence()
+        await wait(lambda: run.stats.sequence_resets == 1 and sim.stats.connections >= 2)
+        seen = len(run.quotes)
+        await wait(lambda: len(run.quotes) > seen)
+        await asyncio.sleep(0.05)  # a REST poll the failure path started would be in by now
+    finally:
+        watcher.cancel()
+        await asyncio.wait((watcher,))
+    assert set(states) == {ConnState.STREAMING}
+    assert sim.stats.rest_requests == 0 and "rest_error" not in run.stats.dropped
+    assert run.stats.reconnects == 1
+
+
 async def test_rest_polls_are_paced_inside_the_public_limit(
     sim: CoinbaseSim, start: Start, wait: Wait
 ) -> None:
