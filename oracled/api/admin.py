@@ -12,6 +12,7 @@ import re
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, json_response
@@ -59,7 +60,15 @@ class AdminHandlers:
             raise ApiError(401, "unauthorized", "the bearer token is not valid", _CHALLENGE)
 
     async def _actor(self, request: web.Request) -> str:
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except RequestPayloadError as exc:  # the client's body (its encoding), not our bug
+            reason = " ".join(str(exc).split())[:120]
+            raise ApiError(400, "bad_request", f"body: cannot be read ({reason})") from None
+        except ConnectionError:  # the client went away mid-body: nobody reads the answer
+            raise ApiError(
+                400, "bad_request", "body: the connection closed before its end"
+            ) from None
         if not raw.strip():
             return "api"
         try:

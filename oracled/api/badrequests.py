@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.log import server_logger
+from aiohttp.web_protocol import RequestPayloadError
 
 from oracled.api.context import ApiContext
 from oracled.api.limits import LOG_EVERY_S
@@ -47,20 +48,21 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
-        if isinstance(exc, HttpProcessingError):
+        # RequestPayloadError: a body that cannot be decoded (a bad Content-Encoding), met when
+        # aiohttp drains what a handler did not read, after the answer.
+        if isinstance(exc, HttpProcessingError | RequestPayloadError):
             self._bad_request(exc, args[0] if args else None)
         else:
             super().log(level, msg, *args, **kwargs)
 
-    def _bad_request(self, exc: HttpProcessingError, remote: object) -> None:
+    def _bad_request(self, exc: HttpProcessingError | RequestPayloadError, remote: object) -> None:
         reason = CLOSED_TOO_LONG if isinstance(exc, LineTooLong) else CLOSED_BAD_REQUEST
         self._ctx.hub.api_closed[reason] += 1
         self._unlogged[reason] += 1
         now = time.monotonic()
         if now - self._last_log[reason] < LOG_EVERY_S:
             return
-        lines = str(exc.message).strip().splitlines()
-        error = lines[0] if lines else type(exc).__name__
+        error = " ".join(str(getattr(exc, "message", None) or exc).split()) or type(exc).__name__
         fields: Mapping[str, object] = {
             "reason": reason,
             "remote": None if remote is None else str(remote),

@@ -5,6 +5,7 @@ traceback, so any client could flood the log; found sending garbage to a running
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import struct
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
-from api_rig import ClientFactory, Rig, make_config
+from api_rig import TOKEN, ClientFactory, Rig, make_config
 from structlog.testing import capture_logs
 
 from oracled.api import build_app
@@ -140,5 +141,37 @@ async def test_a_client_that_resets_before_its_answer_is_not_logged_as_a_server_
         rig.release.set()
         await runner.cleanup()
     assert not [e for e in logs if e["log_level"] in ("warning", "error")], logs
+    noisy = [r for r in aiohttp_records.records if r.exc_info or r.levelno >= logging.WARNING]
+    assert not noisy, [r.getMessage() for r in noisy]
+
+
+async def test_a_body_that_cannot_be_decoded_is_a_client_error_not_a_traceback(
+    make_client: ClientFactory, aiohttp_records: _Records
+) -> None:
+    """A body sent with `Content-Encoding: gzip` that is not gzip made, on any endpoint, an
+    `Unhandled exception` error line with a traceback per request once aiohttp drained it after
+    the answer (found sending one to /healthz of a running demo), and on the admin endpoints a
+    500 `internal` as well. It is now a 400 `bad_request` from the admin endpoints, and counted
+    as `bad_request` and logged once, without a traceback, wherever it comes."""
+    rig = Rig(make_config())
+    client = await make_client(rig)
+    host, port = str(client.host), int(client.port)  # type: ignore[arg-type]
+    bad_body = b"Content-Encoding: gzip\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde"
+    with capture_logs() as logs:
+        for _ in range(3):
+            answer = await _send(host, port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + bad_body)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+        auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+        pause = b"POST /v1/admin/markets/BTC-USD/pause HTTP/1.1\r\nHost: t\r\n" + auth + bad_body
+        answer = await _send(host, port, pause)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:300]
+    error = json.loads(body)["error"]
+    assert error["code"] == "bad_request" and "content-encoding" in error["message"], error
+    assert rig.manual == []  # nothing paused
+    assert rig.hub.api_closed["bad_request"] == 4
+    assert [(e["event"], e["reason"]) for e in logs if e["log_level"] != "debug"] == [
+        ("api_bad_request", "bad_request")
+    ]
     noisy = [r for r in aiohttp_records.records if r.exc_info or r.levelno >= logging.WARNING]
     assert not noisy, [r.getMessage() for r in noisy]
