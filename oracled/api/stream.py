@@ -23,12 +23,14 @@ for batches: one WebSocket frame a round instead of one per market is what keeps
 behind by more than its queue (counted in reports) is disconnected with close code 1008 and the
 reason; its memory is freed at once. A client frame the server cannot read (too big, not UTF-8,
 broken framing) closes the connection with the RFC 6455 code aiohttp chose for it (1009, 1007,
-1002), logged as `stream_bad_frame` and counted as a `bad_frame` drop.
+1002), counted as a `bad_frame` drop and logged as `stream_bad_frame`, at most once a minute per
+close code with `closed`, the number since the last line (any client can send such frames).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import msgspec
@@ -37,6 +39,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, encode_json
+from oracled.api.limits import LOG_EVERY_S
 from oracled.api.params import market_list
 from oracled.publish.hub import (
     DROP_BAD_FRAME,
@@ -49,6 +52,8 @@ from oracled.publish.hub import (
 __all__ = ["StreamHandler"]
 
 _log = structlog.get_logger(component="api.stream")
+#: The close codes aiohttp gives a frame it cannot read: protocol error, not UTF-8, too big.
+_BAD_FRAME_CODES = frozenset({1002, 1007, 1009})
 
 MAX_CLIENT_MESSAGE = 16 * 1024  # a subscribe request naming every market fits easily
 HEARTBEAT_S = 20.0  # ping interval; a client that stops answering is closed by aiohttp
@@ -97,7 +102,15 @@ def _refusal(request: web.Request) -> ApiError:
 class StreamHandler:
     """One reader, one writer and one drop watcher per connection; the first to end closes it."""
 
-    __slots__ = ("_active", "_close_timeout", "_ctx", "_order", "_shutting_down")
+    __slots__ = (
+        "_active",
+        "_bad_logged",
+        "_bad_unlogged",
+        "_close_timeout",
+        "_ctx",
+        "_order",
+        "_shutting_down",
+    )
 
     def __init__(self, ctx: ApiContext, close_timeout: float = 5.0) -> None:
         self._ctx = ctx
@@ -105,6 +118,10 @@ class StreamHandler:
         self._order = ctx.core.index  # market -> layout position, for stable listings
         self._active: set[Subscription] = set()
         self._shutting_down = False
+        # Per close code (a few RFC 6455 codes): when the last line was logged, and how many
+        # bad frames since.
+        self._bad_logged: dict[int | None, float] = {}
+        self._bad_unlogged: dict[int | None, int] = {}
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
@@ -172,6 +189,17 @@ class StreamHandler:
         except SubscriptionClosed:
             return
 
+    def _bad_frame(self, code: int | None, error: str, remote: str | None) -> None:
+        """Log a bad frame at most once a minute per close code, with the count since."""
+        key = code if code in _BAD_FRAME_CODES else None  # bounded, whatever a client sends
+        closed = self._bad_unlogged.get(key, 0) + 1
+        now = time.monotonic()
+        if now - self._bad_logged.get(key, -LOG_EVERY_S) < LOG_EVERY_S:
+            self._bad_unlogged[key] = closed
+            return
+        _log.warning("stream_bad_frame", code=code, error=error, remote=remote, closed=closed)
+        self._bad_logged[key], self._bad_unlogged[key] = now, 0
+
     async def _read(
         self, request: web.Request, ws: web.WebSocketResponse, sub: Subscription
     ) -> None:
@@ -184,9 +212,7 @@ class StreamHandler:
                 # The code sent, which ws.close_code no longer holds once the client hung up.
                 code = int(exc.code) if isinstance(exc, WebSocketError) else ws.close_code
                 self._ctx.hub.drop(sub, DROP_BAD_FRAME)
-                _log.warning(
-                    "stream_bad_frame", code=code, error=str(exc)[:200], remote=request.remote
-                )
+                self._bad_frame(code, str(exc)[:200], request.remote)
                 return
             # Answers go through the subscription's buffer, behind the frames already in it:
             # written straight to the socket, an ack overtook them (a snapshot of a market

@@ -287,6 +287,32 @@ async def test_a_frame_the_server_cannot_read_closes_with_its_rfc_6455_code_logg
     assert [e["code"] for e in bad] == [1007, 1002]
 
 
+async def test_bad_frames_are_logged_at_most_once_a_minute_per_close_code(
+    client: Client, rig: Rig
+) -> None:
+    """Each connection that sent a frame the server cannot read wrote a `stream_bad_frame`
+    warning, so any client could flood the log by reconnecting (found sending broken frames to a
+    running demo); every one is still counted as a `bad_frame` drop, but a code is logged once a
+    minute, with `closed`, the number since its last line."""
+    host, port = client.server.host, client.server.port
+    assert port is not None
+    with capture_logs() as logs:
+        for rsv in (0x40, 0x20, 0x10, 0x40, 0x20):  # reserved bits set: 1002 every time
+            raw = await RawWebSocket.connect(host, port, "/v1/stream")
+            try:
+                await raw.send_frame(0x1, b"{}", rsv)
+                async with asyncio.timeout(SAFETY_S):
+                    await raw.read_to_eof()
+            finally:
+                raw.close()
+        async with asyncio.timeout(SAFETY_S):
+            while rig.hub.subscribers:  # noqa: ASYNC110 - the hub exposes no event to wait on
+                await asyncio.sleep(0.01)
+    assert rig.hub.dropped_subscribers[DROP_BAD_FRAME] == 5
+    bad = [e for e in logs if e["event"] == "stream_bad_frame"]
+    assert [(e["code"], e["closed"]) for e in bad] == [(1002, 1)]
+
+
 async def test_a_subscription_to_a_market_a_reload_removed_can_still_change(
     make_client: ClientFactory,
 ) -> None:
