@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import re
 
+import structlog
 from aiohttp import web
 
 from oracled.api.context import ApiContext
@@ -23,6 +24,8 @@ from oracled.api.params import market_list, query_once
 from oracled.publish.hub import DROP_SHUTDOWN, DROP_SLOW, Subscription, SubscriptionClosed
 
 __all__ = ["SseHandler"]
+
+_log = structlog.get_logger(component="api.sse")
 
 KEEPALIVE_S = 15.0
 _PARAMETERS = frozenset({"markets", "signed", "deviation", "heartbeat_ms"})
@@ -112,6 +115,8 @@ class SseHandler:
             if closed.reason == DROP_SLOW and not self._shutting_down:
                 reason = DROP_SLOW
                 message = f"slow consumer: fell more than {sub.queue_size} frames behind"
+                # Logged as on the WebSocket stream: the count alone names no consumer.
+                _log.info("stream_dropped", reason=DROP_SLOW, remote=request.remote)
             else:
                 reason, message = DROP_SHUTDOWN, "server shutting down"
             error = encode_json({"type": "error", "code": reason, "message": message})

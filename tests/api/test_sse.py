@@ -49,24 +49,30 @@ async def test_bad_queries_are_json_errors(client: Client) -> None:
 
 
 async def test_a_slow_consumer_gets_a_final_error_event(make_client: ClientFactory) -> None:
-    """Past its queue the subscription is dropped: the stream ends with event: error."""
+    """Past its queue the subscription is dropped: the stream ends with event: error, and the
+    drop is logged with the consumer's address (`stream_dropped`, as on the WebSocket stream),
+    so that an operator can tell which downstream keeps falling behind. Before, an SSE drop was
+    counted only."""
     rig = Rig(make_config(stream_queue=2))
     client = await make_client(rig)
     rig.step()
-    resp = await client.get("/v1/events?markets=BTC-USD")
-    await next_event(resp)
-    sub = next(iter(rig.hub._subs))
-    for _ in range(10):  # rounds arrive faster than this client reads: the hub drops it
-        rig.step()
-        sub._offer((b'{"type":"report"}',) * 3)
-    events = []
-    while True:
-        name, data = await next_event(resp)
-        events.append((name, data.get("code")))
-        if name == "error":
-            break
+    with capture_logs() as logs:
+        resp = await client.get("/v1/events?markets=BTC-USD")
+        await next_event(resp)
+        sub = next(iter(rig.hub._subs))
+        for _ in range(10):  # rounds arrive faster than this client reads: the hub drops it
+            rig.step()
+            sub._offer((b'{"type":"report"}',) * 3)
+        events = []
+        while True:
+            name, data = await next_event(resp)
+            events.append((name, data.get("code")))
+            if name == "error":
+                break
     assert events[-1] == ("error", "slow_consumer")
     assert rig.hub.dropped_subscribers["slow_consumer"] == 1
+    dropped = [e for e in logs if e["event"] == "stream_dropped"]
+    assert [(e["reason"], e["remote"]) for e in dropped] == [(DROP_SLOW, "127.0.0.1")]
     resp.close()
 
 
