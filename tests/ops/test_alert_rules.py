@@ -43,6 +43,8 @@ REQUIRED = {
     "Uniswap spot held away from its TWAP (the TWAP still votes)": "OracledUniswapSpotGap",
     "open file descriptors near the process limit": "OracledFileDescriptorsNearLimit",
     "a refused reload: a restart would refuse the file": "OracledConfigReloadRefused",
+    "our clock behind the venues' (most sources see venue times ahead)": "OracledClockBehind",
+    "stream consumers dropped as slow again and again": "OracledStreamConsumersDropped",
 }
 
 
