@@ -225,3 +225,22 @@ def test_a_reload_keeps_the_latest_quotes_and_the_drop_counts() -> None:
     core.reconfigure(config([market("BTC/USD", ["a", "b", "c"], min_sources=3)], resume_rounds=1))
     assert dict(core.book.drops) == drops
     assert dict(core.book.latest) == latest and len(latest) == 2
+
+
+def test_a_reload_that_changes_a_source_s_venue_starts_its_slots_afresh() -> None:
+    """Source c moves from one venue type to another under the same id and pair: its old
+    venue's quote stops voting at once (`no_quote`) and is no longer shown as its latest; a
+    reload that disables a source forgets its latest quote too."""
+    markets = [market("BTC/USD", ["a", "b", "c"], min_sources=2)]
+    core = Core(config(markets, resume_rounds=1))
+    _feed(core, T0, {"a": 100.0, "b": 100.0, "c": 100.2})
+    assert core.run_round(T0).report(0).sources[2].used
+    sources: dict[str, Any] = {sid: {"type": "binance"} for sid in ("a", "b", "c")}
+    sources["c"] = {"type": "okx"}
+    doc = {"oracle": {"resume_rounds": 1}, "sources": sources, "markets": markets}
+    core.reconfigure(parse_config(doc, env={}))
+    assert core.run_round(T0 + 250).report(0).sources[2].reason == "no_quote"
+    assert ("c", "BTC/USD", "spot") not in core.book.latest
+    sources["b"]["enabled"] = False
+    core.reconfigure(parse_config(doc, env={}))
+    assert set(core.book.latest) == {("a", "BTC/USD", "spot")}

@@ -130,3 +130,34 @@ def test_a_recovery_is_a_transition_as_much_as_a_pause() -> None:
             assert core.ingest(quote(s, "BTC/USD", price, T0 + r * 250)) is None
         seen += [(t.old, t.new) for t in core.run_round(T0 + r * 250).transitions]
     assert seen == [("unknown", "active"), ("active", "paused"), ("paused", "active")]
+
+
+def test_a_round_result_keeps_its_own_last_good_price_after_later_rounds() -> None:
+    """Reports are built from a RoundResult on demand, possibly after later rounds have run: a
+    paused round's last good price and time stay those of that round (50,000 at T0), not the
+    ones a later round moved on to (52,000 at T0 + 500)."""
+    core = Core(config([market("BTC/USD", "abc", min_sources=2, max_price=1e6)], resume_rounds=1))
+    for r, prices in enumerate(((50_000.0,) * 3, (50_000.0, 2e6, 2e6), (52_000.0,) * 3)):
+        for s, price in zip("abc", prices, strict=True):
+            assert core.ingest(quote(s, "BTC/USD", price, T0 + r * 250)) is None
+        result = core.run_round(T0 + r * 250)
+        if r == 1:
+            paused = result
+    assert result.report(0).last_good_price == "52000.00"
+    report = paused.report(0)
+    assert (report.status, report.last_good_price, report.last_good_ts) == (
+        "paused",
+        "50000.00",
+        T0,
+    )
+
+
+def test_the_round_result_counts_the_sources_that_voted() -> None:
+    """RoundResult.used (the metrics' sources-used figure) is the number of voting sources: 3
+    of 4 here, the fourth excluded as an outlier."""
+    core = Core(config([market("BTC/USD", "abcd", min_sources=2)], resume_rounds=1))
+    for s, price in zip("abcd", (50_000.0,) * 3 + (60_000.0,), strict=True):
+        assert core.ingest(quote(s, "BTC/USD", price, T0)) is None
+    result = core.run_round(T0)
+    assert result.used.tolist() == [3]
+    assert [s.used for s in result.report(0).sources] == [True, True, True, False]

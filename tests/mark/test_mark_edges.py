@@ -132,3 +132,26 @@ def test_a_reload_that_changes_the_funding_interval_restarts_the_running_average
     assert mark.funding_rate_estimate == "0.00350000"
     assert (mark.last_funding_rate, mark.last_funding_ts) == (None, None)
     assert mark.next_funding_ts == B + 120_000
+
+
+def test_a_perp_source_a_reload_disables_stops_counting_at_once() -> None:
+    """p and q both count; a reload disables p: from the next round only q counts (p's last
+    quote, still fresh, does not), as for a spot slot."""
+    rig = Rig()
+    assert rig.mark(B + 1_000, p=101.0, q=101.0).perps_used == 2
+    cfg = make_config()
+    doc = cfg.model_dump(by_alias=True)
+    doc["sources"]["p"]["enabled"] = False
+    rig.core.reconfigure(parse_config(doc, env={}))
+    assert rig.mark(B + 2_000).perps_used == 1
+
+
+def test_a_perp_a_reload_reads_from_another_instrument_starts_afresh() -> None:
+    """A reload points p's BTC/USD at another instrument of its venue: the old instrument's quote
+    stops counting at once; q, unchanged, keeps counting."""
+    rig = Rig()
+    assert rig.mark(B + 1_000, p=101.0, q=101.0).perps_used == 2
+    doc = make_config().model_dump(by_alias=True)
+    doc["sources"]["p"]["instruments"] = {"BTC/USD": "BTC-USDC-SWAP"}
+    rig.core.reconfigure(parse_config(doc, env={}))
+    assert rig.mark(B + 2_000).perps_used == 1
