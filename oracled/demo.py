@@ -24,7 +24,8 @@ import structlog
 
 from oracled.config import Config
 from oracled.publish.signer import SigningKey
-from oracled.service import Service, run_to_end
+from oracled.runloop import run_to_end
+from oracled.service import Service
 from oracled.sim.venues import SimulatedVenue, simulate
 
 __all__ = ["DEMO_NO_RELOAD", "run_demo"]
@@ -176,4 +177,9 @@ def run_demo(
         prepare(service)
 
     main = _main(cfg, listen, duration, record, prepared)
-    run_to_end(main, loop_factory, lambda: services[0] if services else None)
+    run_to_end(
+        main,
+        loop_factory,
+        lambda: services[0].stop_deadline if services else None,
+        lambda: services[0].log if services else structlog.get_logger("oracled"),
+    )

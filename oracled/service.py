@@ -15,9 +15,9 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import aiohttp
 import structlog
@@ -39,12 +39,13 @@ from oracled.publish.hub import Hub
 from oracled.publish.nats import NatsSink
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, load_signing_key
 from oracled.reload import config_changes, running_config, source_pairs
+from oracled.runloop import run_to_end
 from oracled.sources import Source, build_source
 from oracled.sources.evm.runtime import ChainSet
 from oracled.sources.stats import ConnState, SourceStats
 from oracled.tape import header_line, quote_to_line
 
-__all__ = ["SHUTDOWN_BUDGET_S", "Service", "SourceFactory", "run_service", "run_to_end"]
+__all__ = ["SHUTDOWN_BUDGET_S", "Service", "SourceFactory", "run_service"]
 
 #: Builds a source (the registry's `build_source`, or a test's own factory).
 SourceFactory = Callable[
@@ -842,54 +843,6 @@ class Service:
 def run_service(
     service: Service, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
 ) -> None:
-    """Run a service to completion on a fresh event loop; see `run_to_end`."""
-    run_to_end(service.run(), loop_factory, lambda: service)
-
-
-def run_to_end(
-    main: Coroutine[Any, Any, None],
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
-    service: Callable[[], Service | None],
-) -> None:
-    """Run `main` on a fresh event loop, and close the loop within the stop's budget of the
-    `service` it ran (None: 0.1 s). `asyncio.Runner` (and `asyncio.run`) close by cancelling the
-    tasks left and waiting for them with no limit: one that ignores its cancellation would keep
-    the process forever. Here it is logged by name and abandoned once the budget is spent."""
-    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(main)
-    finally:
-        try:
-            loop.run_until_complete(_abandon_stragglers(service()))
-            for closing in (loop.shutdown_asyncgens(), loop.shutdown_default_executor()):
-                loop.run_until_complete(_within(closing, 0.5))
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-
-
-async def _within(closing: Coroutine[Any, Any, None], timeout_s: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            await closing
-
-
-async def _abandon_stragglers(service: Service | None) -> None:
-    """Cancel the tasks `run()` left (a request handler, a task that outlived its cancel) and
-    wait for them until the stop's deadline (0.1 s at least); log and leave the others."""
-    loop = asyncio.get_running_loop()
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    if not tasks:
-        return
-    for task in tasks:
-        task.cancel()
-    deadline = service.stop_deadline if service is not None else None
-    timeout = max(0.1, (deadline or loop.time()) - loop.time())
-    _, pending = await asyncio.wait(tasks, timeout=timeout)
-    log = service.log if service is not None else structlog.get_logger("oracled")
-    for task in tasks:
-        if task in pending:
-            log.warning("task ignored its cancellation; abandoned", task=task.get_name())
-        elif not task.cancelled() and task.exception() is not None:
-            log.error("task failed at the stop", task=task.get_name(), exc_info=task.exception())
+    """Run a service to completion on a fresh event loop, the loop closed within the stop's
+    budget (`runloop.run_to_end`)."""
+    run_to_end(service.run(), loop_factory, lambda: service.stop_deadline, lambda: service.log)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from oracled.errors import ConfigError
+from oracled.runloop import run_to_end
 
 if TYPE_CHECKING:  # the service loads only when the command runs
     from oracled.margin.service import MarginService
@@ -89,6 +90,6 @@ def cmd_margin(
         return 2
     setup_logging("info", args.log_format)
     service = MarginService(MarginEngine(spec), args.url, sys.stdout.buffer, step_ms=args.step_ms)
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(service, early_stop))
+    # Not asyncio.Runner: its close waits with no limit for a task that ignores its cancel.
+    run_to_end(_serve(service, early_stop), loop_factory)
     return 0
