@@ -12,7 +12,16 @@ from oracled.core import Core
 from oracled.publish.hub import Hub
 from oracled.sources.stats import SourceStats
 
-__all__ = ["ApiContext"]
+__all__ = ["ALIVE_ROUNDS", "READY_ROUNDS", "ApiContext"]
+
+#: No round published for this many round intervals (at least `ApiContext.ready_min_s`, 5 s):
+#: not ready, whatever the latest round said, and the price endpoints answer 503 `stalled`. A
+#: loop that is stuck but not crashed (waiting for a wall clock stepped back, say) served one
+#: old round as the latest, as live prices, and stayed ready for ever.
+READY_ROUNDS = 3
+#: ... for this many (at least `alive_min_s`, 60 s): not alive either, so that a supervisor
+#: restarts a loop that does not recover; a start (no round yet) counts from the loop's start.
+ALIVE_ROUNDS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +57,12 @@ class ApiContext:
     def current_config(self) -> Config:
         """The config in force now: the one the core runs on, which a reload replaces."""
         return self.core.config
+
+    def round_age_s(self) -> float | None:
+        """Seconds since the round loop last published (or started), None before it runs."""
+        at = self.round_at()
+        return None if at is None else max(0.0, self.clock.monotonic() - at)
+
+    def round_limit_s(self, rounds: int, floor_s: float) -> float:
+        """`rounds` round intervals of the config in force, `floor_s` at least."""
+        return max(rounds * self.current_config.oracle.round_interval_ms / 1000.0, floor_s)

@@ -9,20 +9,12 @@ from importlib import resources
 
 from aiohttp import web
 
-from oracled.api.context import ApiContext
+from oracled.api.context import ALIVE_ROUNDS, READY_ROUNDS, ApiContext
 from oracled.api.encoding import MIN_GZIP, Body, accepts_gzip, body_response, gzip_bytes
 from oracled.api.errors import json_response
 from oracled.model import Status
 
 __all__ = ["ALIVE_ROUNDS", "READY_ROUNDS", "OpsHandlers", "openapi_document"]
-
-#: No round published for this many round intervals (at least `ApiContext.ready_min_s`, 5 s):
-#: not ready, whatever the latest round said. A loop that is stuck but not crashed (waiting for
-#: a wall clock stepped back, say) served one old round as the latest and stayed ready for ever.
-READY_ROUNDS = 3
-#: ... for this many (at least `alive_min_s`, 60 s): not alive either, so that a supervisor
-#: restarts a loop that does not recover; a start (no round yet) counts from the loop's start.
-ALIVE_ROUNDS = 10
 
 
 def openapi_document() -> bytes:
@@ -71,18 +63,10 @@ class OpsHandlers:
         self._render: asyncio.Future[_Scrape] | None = None  # the render in flight
         self.compressions = 0  # /metrics bodies gzipped: at most once per render
 
-    def _round_age(self) -> float | None:
-        """Seconds since the round loop last published (or started), None before it runs."""
-        at = self._ctx.round_at()
-        return None if at is None else max(0.0, self._ctx.clock.monotonic() - at)
-
-    def _limit_s(self, rounds: int, floor_s: float) -> float:
-        return max(rounds * self._ctx.current_config.oracle.round_interval_ms / 1000.0, floor_s)
-
     async def healthz(self, request: web.Request) -> web.Response:
         """The event loop answers and the round loop publishes; says nothing about prices."""
-        age = self._round_age()
-        limit = self._limit_s(ALIVE_ROUNDS, self._ctx.alive_min_s)
+        age = self._ctx.round_age_s()
+        limit = self._ctx.round_limit_s(ALIVE_ROUNDS, self._ctx.alive_min_s)
         if age is None or age <= limit:
             return json_response({"status": "ok"})
         result = self._ctx.hub.latest_result
@@ -102,8 +86,8 @@ class OpsHandlers:
         required = math.ceil(ctx.current_config.api.ready_fraction * total - 1e-9)
         result = ctx.hub.latest_result
         live = 0 if result is None else int((result.status <= Status.DEGRADED).sum())
-        age = None if result is None else self._round_age()
-        limit = self._limit_s(READY_ROUNDS, ctx.ready_min_s)
+        age = None if result is None else ctx.round_age_s()
+        limit = ctx.round_limit_s(READY_ROUNDS, ctx.ready_min_s)
         if result is None:
             reason: str | None = "no round yet"
         elif age is not None and age > limit:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from aiohttp import web
 
-from oracled.api.context import ApiContext
+from oracled.api.context import READY_ROUNDS, ApiContext
 from oracled.api.encoding import Body, body_response
 from oracled.api.errors import ApiError, encode_json, json_response
 from oracled.api.params import market_list, path_market, query_once
@@ -134,6 +134,21 @@ class ReadHandlers:
     def _not_ready(self) -> ApiError:
         return ApiError(503, "not_ready", "no round has completed yet; retry shortly")
 
+    def _check_fresh(self) -> None:
+        """Refuse to serve a round the loop has not followed for READY_ROUNDS intervals (5 s at
+        least): a stuck loop's last round would be read as live prices. 503 `stalled`, as
+        /readyz is then; the streams send nothing new and their reports carry their `ts`."""
+        ctx = self._ctx
+        age = ctx.round_age_s()
+        limit = ctx.round_limit_s(READY_ROUNDS, ctx.ready_min_s)
+        if age is not None and age > limit:
+            raise ApiError(
+                503,
+                "stalled",
+                f"the latest round is {age:.1f} s old (limit {limit:g} s): rounds have stalled,"
+                " so its prices are not served as current; retry shortly",
+            )
+
     def _not_priced(self) -> ApiError:
         # A reload added the market after the latest round: the next round prices it.
         return ApiError(503, "not_ready", "a market added by a reload has no round yet; retry")
@@ -149,6 +164,7 @@ class ReadHandlers:
         result = hub.latest_result
         if result is None:
             raise self._not_ready()
+        self._check_fresh()
         key = (True, None if selected is None else tuple(selected))
         body = self._round_body(result, key)
         if body is None:
@@ -171,6 +187,7 @@ class ReadHandlers:
         result = hub.latest_result
         if result is None:
             raise self._not_ready()
+        self._check_fresh()
         key = (False, (market,))
         body = self._round_body(result, key)
         if body is None:

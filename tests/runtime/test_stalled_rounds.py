@@ -49,7 +49,9 @@ async def _until(
 async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -> None:
     """With the wall clock stepped back an hour the loop publishes nothing: /readyz turns 503
     (reason: rounds stalled) after its limit, /healthz 503 `stalled` after its longer one, the
-    latest round number stays put; with the clock back, rounds resume and both answer 200."""
+    latest round number stays put, and the price endpoints refuse the last round with 503
+    `stalled` rather than serve it as current; with the clock back, rounds resume and all
+    answer 200."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         cfg = parse_config(
             {
@@ -89,6 +91,10 @@ async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -
                     stalled = await _until(probe("/readyz"), 503, "not ready once stalled")
                     assert stalled["reason"].endswith("(limit 0.4 s): rounds stalled"), stalled
                     assert stalled["live"] == 1  # the last round said live: not enough
+                    for path in ("/v1/prices", "/v1/prices/BTC-USDT"):
+                        code, refused = await probe(path)()
+                        assert code == 503 and refused["error"]["code"] == "stalled", refused
+                        assert "rounds have stalled" in refused["error"]["message"]
                     code, health = await probe("/healthz")()
                     assert (code, health) == (200, {"status": "ok"})  # not dead yet
                     health = await _until(probe("/healthz"), 503, "not alive once stuck")
@@ -99,6 +105,8 @@ async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -
                 await _until(probe("/healthz"), 200, "alive again")
                 ready = await _until(probe("/readyz"), 200, "ready again")
                 assert ready["round"] > stalled["round"] and ready["reason"] is None
+                code, prices = await probe("/v1/prices")()
+                assert code == 200 and prices[0]["price"] is not None
         finally:
             service.stop()
             await task
