@@ -6,7 +6,8 @@ WebSocket stream. Each event is `data: <frame>` where the frame is exactly the W
 JSON (`{"type": "report", ...}` or `{"type": "signed", ...}`), the hub's shared bytes. A comment
 line every 15 s keeps proxies from timing the connection out. A client that falls behind by more
 than its queue gets a final `event: error` naming the reason and the stream ends; its memory is
-freed at once, as on the WebSocket stream.
+freed at once, as on the WebSocket stream, and a client that reads nothing for
+`api.send_timeout_s` after that (its handler waiting on a write) has its connection aborted.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class SseHandler:
             hub.configure(sub, **options)  # type: ignore[arg-type]
         hub.change(sub, markets)
         self._active.add(sub)
+        cut = asyncio.create_task(self._cut_when_dropped(request, sub), name="api-sse-dropped")
         try:
             await response.write(b": oracled report stream\n\n")
             while True:
@@ -115,8 +117,6 @@ class SseHandler:
             if closed.reason == DROP_SLOW and not self._shutting_down:
                 reason = DROP_SLOW
                 message = f"slow consumer: fell more than {sub.queue_size} frames behind"
-                # Logged as on the WebSocket stream: the count alone names no consumer.
-                _log.info("stream_dropped", reason=DROP_SLOW, remote=request.remote)
             else:
                 reason, message = DROP_SHUTDOWN, "server shutting down"
             error = encode_json({"type": "error", "code": reason, "message": message})
@@ -126,9 +126,25 @@ class SseHandler:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
+            cut.cancel()
+            if sub.closed_reason == DROP_SLOW and not self._shutting_down:
+                # Logged as on the WebSocket stream: the count alone names no consumer.
+                _log.info("stream_dropped", reason=DROP_SLOW, remote=request.remote)
             self._active.discard(sub)
             hub.unsubscribe(sub)
         return response
+
+    async def _cut_when_dropped(self, request: web.Request, sub: Subscription) -> None:
+        """A slow consumer dropped while the handler waits on a write the client does not read:
+        abort the connection send_timeout_s later, as the WebSocket stream closes such a
+        consumer; otherwise it and its buffers are held for as long as the client keeps the
+        socket open. A client that reads on in time gets the final error event instead, and
+        this task is cancelled."""
+        if await sub.wait_closed() != DROP_SLOW or self._shutting_down:
+            return
+        await asyncio.sleep(self._ctx.current_config.api.send_timeout_s)
+        if request.transport is not None:
+            request.transport.abort()  # close() would keep the unsent bytes until they drain
 
     async def shutdown(self, app: web.Application) -> None:
         """End every event stream with a final `shutdown` error event."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -74,6 +75,43 @@ async def test_a_slow_consumer_gets_a_final_error_event(make_client: ClientFacto
     dropped = [e for e in logs if e["event"] == "stream_dropped"]
     assert [(e["reason"], e["remote"]) for e in dropped] == [(DROP_SLOW, "127.0.0.1")]
     resp.close()
+
+
+async def test_a_consumer_that_stops_reading_is_cut_off_after_its_drop(
+    make_client: ClientFactory,
+) -> None:
+    """An event stream whose client stops reading altogether is dropped by the hub and,
+    send_timeout_s later, its connection is aborted (its buffered bytes freed) and the drop
+    logged with its address, as the WebSocket stream closes such a consumer. Before, the handler
+    waited in its write for as long as the client kept the socket open: the connection and its
+    buffers were held for ever after the drop (no longer a subscriber in any metric), and the
+    drop was logged only if the client ever read again. Found with a raw client that stopped
+    reading /v1/events on a running demo: the server's send queue held 2 MB a minute later."""
+    rig = Rig(make_config(stream_queue=2, send_timeout_s=0.2))
+    client = await make_client(rig, small_send_buffer=True)
+    server = client.server.runner.server
+    assert server is not None and client.server.port is not None
+    loop = asyncio.get_running_loop()
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    stuck.setblocking(False)
+    try:
+        await loop.sock_connect(stuck, (client.server.host, client.server.port))
+        await loop.sock_sendall(stuck, b"GET /v1/events HTTP/1.1\r\nHost: oracled\r\n\r\n")
+        with capture_logs() as logs:
+            async with asyncio.timeout(60):  # a hang guard only: the loops end on their own
+                while rig.hub.dropped_subscribers[DROP_SLOW] == 0:
+                    rig.step()
+                    await asyncio.sleep(0.001)  # the handler writes until the socket is full
+                while server.connections:  # noqa: ASYNC110 - aiohttp exposes no event for it
+                    await asyncio.sleep(0.01)
+                # The handler, woken by the abort, logs as it ends.
+                while not any(e["event"] == "stream_dropped" for e in logs):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        dropped = [e for e in logs if e["event"] == "stream_dropped"]
+        assert [(e["reason"], e["remote"]) for e in dropped] == [(DROP_SLOW, "127.0.0.1")]
+    finally:
+        stuck.close()
 
 
 async def test_a_parameter_given_twice_is_refused_not_half_read(client: Client, rig: Rig) -> None:
