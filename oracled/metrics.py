@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from oracled import __version__, gcpause
 from oracled.core import USED
+from oracled.mark.engine import MODES
 from oracled.model import Status
 from oracled.sources.stats import LATENCY_BOUNDS_MS, ConnState, SourceStats
 
@@ -620,6 +621,30 @@ _MARKET_FAMILIES = (
 )
 
 
+_MARK_FAMILIES = (
+    ("oracled_mark_price", "Mark price of a perpetual market (NaN while its index is not live)."),
+    ("oracled_mark_perps_used", "Perpetuals that counted in the market's latest mark."),
+    (
+        "oracled_mark_mode",
+        "1 for what made the latest mark (perps, fallback, none), 0 for the others.",
+    ),
+)
+_MARK_HEADS = [f"# HELP {name} {doc}\n# TYPE {name} gauge\n" for name, doc in _MARK_FAMILIES]
+
+
+def _mark_lines(market: str) -> tuple[str, str, dict[str, str]]:
+    """A perpetual market's label parts: price and perps-used prefixes, and its mode block per
+    mode (built once per layout, like the market families)."""
+    price, used, mode = (name for name, _ in _MARK_FAMILIES)
+    blocks = {
+        now: "".join(
+            f'{mode}{{market="{market}",mode="{m}"}} {1.0 if m == now else 0.0}\n' for m in MODES
+        )
+        for now in MODES
+    }
+    return f'{price}{{market="{market}"}} ', f'{used}{{market="{market}"}} ', blocks
+
+
 _EXCLUDED = "oracled_source_excluded_slots"
 _EXCLUDED_HEAD = (
     f"# HELP {_EXCLUDED} Market slots of the source left out of the latest round's price, "
@@ -638,6 +663,7 @@ class _MarketText:
 
     __slots__ = (
         "_heads",
+        "_marks",
         "_min_sources",
         "_prefixes",
         "_slot_source",
@@ -695,6 +721,21 @@ class _MarketText:
             source[i, : len(ids)] = [index[sid] for sid in ids]
         self._slot_source = source
         self._slot_sources = voting
+        self._marks = [_mark_lines(m) for m in markets]
+
+    def _mark(self, result: RoundResult) -> list[str]:
+        """The perpetual markets' mark families (none without a perpetual market)."""
+        if result.mark is None or not result.mark.values:
+            return []
+        found = sorted(result.mark.values.items())
+        marks = [(self._marks[i], v) for i, v in found]
+        out = [_MARK_HEADS[0]]
+        out += [f"{lines[0]}{_num(v.price)}\n" for lines, v in marks]
+        out.append(_MARK_HEADS[1])
+        out += [f"{lines[1]}{v.perps_used}\n" for lines, v in marks]
+        out.append(_MARK_HEADS[2])
+        out += [lines[2][v.mode] for lines, v in marks]
+        return out
 
     def _excluded(self, result: RoundResult, running: Collection[str]) -> list[str]:
         """`oracled_source_excluded_slots`: every voting source that runs x every reason the
@@ -757,4 +798,5 @@ class _MarketText:
         for lines, row_codes in zip(self._slot_used, codes, strict=True):
             out += [line[c == USED] for line, c in zip(lines, row_codes, strict=False)]
         out += self._excluded(result, running)
+        out += self._mark(result)
         return "".join(out)

@@ -219,6 +219,9 @@ class Service:
         self.core = Core(cfg)
         self.rounds_caught_up = 0  # rounds the round loop computed late, unpublished
         self.rounds_published = 0  # rounds the round loop computed on time and published
+        # Each perpetual market's last mark mode other than "none" (docs/mark.md), so that a
+        # mark entering or leaving the fallback is logged once per change, not once per round.
+        self._mark_modes: dict[str, str] = {}
         self.hub = Hub(cfg.api.stream_queue)
         # Signing and the NATS sink (docs/publishing.md) take their settings at start-up only.
         self.signer = (
@@ -631,6 +634,37 @@ class Service:
                 reasons=list(t.reasons),
                 round=result.round,
             )
+        if result.mark is not None:
+            self._log_mark_modes(result, log)
+
+    def _log_mark_modes(
+        self, result: RoundResult, log: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        """`mark fallback` when a market's mark enters the fallback (fewer perpetuals than
+        `min_perp_sources` count), `mark from perpetuals` when it leaves it. A round without a
+        live index ("none") changes nothing: the market's status line says why."""
+        assert result.mark is not None
+        markets, modes = result.layout.markets, self._mark_modes
+        for i, values in result.mark.values.items():
+            mode = values.mode
+            if mode == "none" or modes.get(markets[i]) == mode:
+                continue
+            was = modes.get(markets[i])
+            modes[markets[i]] = mode
+            if mode == "fallback":
+                log.warning(
+                    "mark fallback",
+                    market=markets[i],
+                    perps_used=values.perps_used,
+                    round=result.round,
+                )
+            elif was is not None:
+                log.info(
+                    "mark from perpetuals",
+                    market=markets[i],
+                    perps_used=values.perps_used,
+                    round=result.round,
+                )
 
     async def _start_api(self) -> web.AppRunner:
         ctx = ApiContext(

@@ -29,11 +29,14 @@ from oracled.config import Config, MarkConfig
 from oracled.mark.formulas import decay, ema_update, funding_rate, median, premium_of
 from oracled.model import Mark, MarkEstimators, Quote
 
-__all__ = ["RATE_DECIMALS", "MarkEngine", "MarkRound", "MarkValues"]
+__all__ = ["MODES", "RATE_DECIMALS", "MarkEngine", "MarkRound", "MarkValues"]
 
 RATE_DECIMALS = 8  # premium and funding rates leave the process with 8 decimals
 _RATE_FMT = f".{RATE_DECIMALS}f"
 REASON_INDEX = "index"  # the index is not live, so neither is the mark
+# What a market's mark is made of in a round: the perpetuals (basis EMA and perp median), the
+# fallback (fewer than min_perp_sources counted), or nothing (the index is not live).
+MODES = ("perps", "fallback", "none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,13 @@ class MarkValues(NamedTuple):
     last_funding: float
     last_funding_ts: int | None
     next_funding_ts: int
+
+    @property
+    def mode(self) -> str:
+        """Which of `MODES` made this round's mark (metrics and the fallback log line)."""
+        if not isfinite(self.price):
+            return "none"
+        return "perps" if isfinite(self.perp_median) else "fallback"
 
     def to_mark(self, decimals: int) -> Mark:
         """The report's `mark` object: prices at the market's precision, rates at 8 decimals."""

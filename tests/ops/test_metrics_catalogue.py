@@ -26,12 +26,16 @@ def populated_metrics() -> Metrics:
     cfg = parse_config(
         {
             "oracle": {"resume_rounds": 1},
-            "sources": {s: {"type": t} for s, t in (("a", "binance"), ("b", "kraken"))},
+            "sources": {
+                s: {"type": t}
+                for s, t in (("a", "binance"), ("b", "kraken"), ("p", "bybit_linear"))
+            },
             "markets": [
                 {
                     "symbol": "BTC/USD",
                     "min_sources": 2,
                     "sources": [{"source": s, "pair": "BTC/USD"} for s in ("a", "b")],
+                    "perp_sources": [{"source": "p", "pair": "BTC/USD"}],  # the mark families
                 }
             ],
         },
