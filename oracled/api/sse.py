@@ -121,9 +121,11 @@ class SseHandler:
                 reason, message = DROP_SHUTDOWN, "server shutting down"
             error = encode_json({"type": "error", "code": reason, "message": message})
             # The consumer may be leaving as well: then there is no one to tell.
-            with contextlib.suppress(ConnectionResetError):
+            with contextlib.suppress(ConnectionError):
                 await response.write(b"event: error\ndata: " + error + b"\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError):
+            # ConnectionError, not only ConnectionResetError: a write pending when the client
+            # resets raises aiohttp's bare ConnectionError("Connection lost").
             pass
         finally:
             cut.cancel()

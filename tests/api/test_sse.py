@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -110,6 +111,46 @@ async def test_a_consumer_that_stops_reading_is_cut_off_after_its_drop(
                     await asyncio.sleep(0.01)
         dropped = [e for e in logs if e["event"] == "stream_dropped"]
         assert [(e["reason"], e["remote"]) for e in dropped] == [(DROP_SLOW, "127.0.0.1")]
+    finally:
+        stuck.close()
+
+
+async def test_a_consumer_that_resets_its_connection_mid_write_is_no_handler_error(
+    make_client: ClientFactory,
+) -> None:
+    """A client that stopped reading and then resets its connection (closes it with data
+    unread: a crash, a killed process) ends its stream quietly, like one that closes while the
+    handler waits for a round. Before, aiohttp's ConnectionError("Connection lost") from the
+    pending write was not caught: each such client wrote an api_handler_failed error with a
+    traceback. Found on a running demo: two raw /v1/events clients that stopped reading and
+    closed gave two tracebacks."""
+    rig = Rig(make_config(stream_queue=2))
+    client = await make_client(rig, small_send_buffer=True)
+    server = client.server.runner.server
+    assert server is not None and client.server.port is not None
+    # As the daemon serves (aiohttp's default): a lost connection does not cancel its handler,
+    # whose pending write raises instead. The test server cancels handlers.
+    server.handler_cancellation = False
+    loop = asyncio.get_running_loop()
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    stuck.setblocking(False)
+    try:
+        await loop.sock_connect(stuck, (client.server.host, client.server.port))
+        await loop.sock_sendall(stuck, b"GET /v1/events HTTP/1.1\r\nHost: oracled\r\n\r\n")
+        with capture_logs() as logs:
+            async with asyncio.timeout(60):  # a hang guard only: the loops end on their own
+                while rig.hub.dropped_subscribers[DROP_SLOW] == 0:
+                    rig.step()
+                    await asyncio.sleep(0.001)  # the handler writes until the socket is full
+                # The handler now waits on a write: reset the connection under it.
+                stuck.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                stuck.close()
+                while server.connections:  # noqa: ASYNC110 - aiohttp exposes no event for it
+                    await asyncio.sleep(0.01)
+                while not any(e["event"] == "stream_dropped" for e in logs):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # the handler has ended
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == []
     finally:
         stuck.close()
 
