@@ -644,6 +644,29 @@ class AuditReader:
         )
         return [AuditRound(*row) for row in rows]
 
+    def round_reports(
+        self, start_ms: int, end_ms: int
+    ) -> Iterator[tuple[AuditRound, list[Report]]]:
+        """Every round in the window with its reports in tree order (`oracled audit --verify`),
+        read in one pass: a round without reports comes with an empty list."""
+        rows = self._db.execute(
+            "SELECT o.id, o.ts, o.round, o.markets, o.quotes, o.signature, o.signer, o.root, "
+            f"{self._body_column} FROM rounds o LEFT JOIN reports r ON r.round_id = o.id "
+            "WHERE o.ts >= ? AND o.ts <= ? ORDER BY o.id, r.pos",
+            (start_ms, end_ms),
+        )
+        current: AuditRound | None = None
+        reports: list[Report] = []
+        for *head, dict_id, stored in rows:
+            if current is None or current.id != head[0]:
+                if current is not None:
+                    yield current, reports
+                current, reports = AuditRound(*head), []
+            if stored is not None:
+                reports.append(_report_decoder.decode(self._unpack(dict_id, stored)))
+        if current is not None:
+            yield current, reports
+
     def reports(self, market: str, start_ms: int, end_ms: int) -> Iterator[StoredReport]:
         """One market's reports in time order."""
         return self._reports(market, start_ms, end_ms, newest_first=False)

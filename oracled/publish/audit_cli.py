@@ -6,6 +6,8 @@
     oracled audit --db FILE --market BTC/USD --at T          the full report in force at T
     oracled audit --db FILE --market BTC/USD --csv OUT       every round of the market as CSV
     oracled audit --db FILE --tape OUT [--from T] [--to T]   the stored inputs as a quote tape
+    oracled audit --db FILE --verify [--config FILE] [--signer ADDR] [--from T] [--to T]
+                                             prove every stored round against its signature
 
 Times are milliseconds since the Unix epoch (13 digits; seconds are refused) or ISO 8601
 (`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1 and 2 give
@@ -20,10 +22,14 @@ import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from oracled.errors import ConfigError
 from oracled.model import Report, market_name
 from oracled.publish.audit import AuditReader, AuditSchemaError, StoredReport
+
+if TYPE_CHECKING:  # the check (eth-account, coincurve) is imported only when a command needs it
+    from oracled.publish.audit_verify import RoundCheck
 
 __all__ = ["add_parser", "cmd_audit", "parse_time"]
 
@@ -75,6 +81,22 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--at", type=parse_time, help="show the market's full report in force then")
     p.add_argument("--csv", type=Path, help="write the market's rounds as CSV to this file")
     p.add_argument("--tape", type=Path, help="write the stored quotes as a quote tape")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="rebuild every stored round's Merkle root from its reports and recover its signer "
+        "(exit 0 all signed rounds match, 1 no round, 2 bad request, 3 a mismatch, "
+        "4 rounds not checkable: give --config)",
+    )
+    p.add_argument(
+        "--config",
+        help="with --verify: the daemon's config (the exponent of a market that had no price)",
+    )
+    p.add_argument(
+        "--signer",
+        action="append",
+        help="with --verify: an address you trust (repeatable); a round by another key mismatches",
+    )
 
 
 def _sources(report: Report) -> str:
@@ -178,9 +200,30 @@ def _at(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
             f"age {age}  {verdict}{via}",
             file=out,
         )
-    if found.signature is not None:
-        print(f"    signed by {found.signer}: 0x{found.signature.hex()}", file=out)
-    return 0
+    if found.signature is None:
+        print("    not signed", file=out)
+        return 0
+    check = _check_at(reader, args, report)
+    signature = f"0x{found.signature.hex()}"
+    if check.verdict == "ok":
+        print(f"    signed by {check.signer} (verified against the round): {signature}", file=out)
+        return 0
+    if check.verdict == "unchecked":
+        print(f"    signature {signature} not checked: {check.detail}", file=out)
+        return 0
+    print(f"    SIGNATURE MISMATCH: {check.detail} (signature {signature})", file=out)
+    return 3
+
+
+def _check_at(reader: AuditReader, args: argparse.Namespace, report: Report) -> RoundCheck:
+    """The `--verify` check of the round `report` belongs to: a signer column is no proof."""
+    from oracled.publish.audit_verify import RoundCheck, check_round, exponents_of, trusted_check
+
+    exponents = {} if args.config is None else exponents_of(args.config)
+    for stored, reports in reader.round_reports(report.ts, report.ts):
+        if stored.round == report.round:
+            return trusted_check(check_round(stored, reports, exponents), args.signer or ())
+    return RoundCheck("unchecked", detail="its round row is gone")
 
 
 def _csv(reader: AuditReader, args: argparse.Namespace) -> int:
@@ -220,6 +263,10 @@ def _csv(reader: AuditReader, args: argparse.Namespace) -> int:
 def _usage_problem(args: argparse.Namespace) -> str | None:
     """A combination of options one of which would be silently ignored, or None."""
     window = args.start != 0 or args.end != _FAR_FUTURE
+    if args.verify and (args.at is not None or args.csv is not None or args.tape is not None):
+        return "--verify checks rounds: not with --at, --csv or --tape"
+    if not (args.verify or args.at is not None) and (args.config is not None or args.signer):
+        return "--config and --signer go with --verify or --at"
     if args.market is None and (args.at is not None or args.csv is not None):
         return "--at and --csv are about one market: add --market"
     if args.at is not None and (window or args.csv is not None or args.tape is not None):
@@ -247,7 +294,8 @@ def _overwrites_database(args: argparse.Namespace) -> str | None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """Run `oracled audit`; 0 when something was found, 1 when not, 2 on a bad request."""
+    """Run `oracled audit`; 0 when something was found, 1 when not, 2 on a bad request
+    (`--verify`: 3 when a round does not match its signature, 4 when some could not be checked)."""
     problem = _usage_problem(args) or _overwrites_database(args)
     if problem is not None:
         print(f"oracled audit: {problem}", file=sys.stderr)
@@ -258,6 +306,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"oracled audit: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.verify:
+            from oracled.publish.audit_verify import cmd_verify
+
+            return cmd_verify(reader, args, sys.stdout)
         if args.tape is not None:
             with args.tape.open("wb") as out:
                 quotes = reader.tape(out, args.start, args.end)
@@ -278,6 +330,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return _timeline(reader, args, sys.stdout)
     except sqlite3.Error as exc:
         print(f"oracled audit: {args.db}: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"oracled audit: --config: {exc}", file=sys.stderr)
         return 2
     finally:
         reader.close()

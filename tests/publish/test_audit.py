@@ -268,7 +268,8 @@ def test_times_with_an_offset_are_read_in_that_offset() -> None:
 def test_the_report_at_a_time_shows_the_rounds_signature(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`--at` on a signed round names the signer and prints the signature that recovers to it."""
+    """`--at` on a signed round names the signer recovered (and checked against the round) and
+    prints the signature that recovers to it."""
     db = tmp_path / "audit.sqlite3"
     audit = trail(db)
     feed = Feed(make_config(), audit)
@@ -279,7 +280,7 @@ def test_the_report_at_a_time_shows_the_rounds_signature(
     capsys.readouterr()
     assert main(["audit", "--db", str(db), "--market", "ETH/USD", "--at", str(feed.now)]) == 0
     line = capsys.readouterr().out.splitlines()[-1].strip()
-    signer, signature = line.removeprefix("signed by ").split(": ")
+    signer, signature = line.removeprefix("signed by ").split(" (verified against the round): ")
     assert signer == key.address and len(bytes.fromhex(signature.removeprefix("0x"))) == 65
 
 

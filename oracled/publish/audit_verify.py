@@ -1,0 +1,254 @@
+"""`oracled audit --verify`: prove the stored rounds from the trail alone, or find what was changed.
+
+The `rounds` table keeps each signed round's Merkle root, signature and signer; the `reports`
+table keeps every market's report. None of those columns is evidence by itself: anyone who can
+write the file can change a price, a status or the signer's address. This check trusts none of
+them. For every stored round it rebuilds the leaves from the stored reports (status, price and
+confidence, at the market's exponent), folds them into the root, recovers the address that made
+the stored signature over that root, and compares both with what the round row says.
+
+The exponent of a market is read from the report's own decimal strings (price, confidence, last
+good price, a source's value: all are written at the market's places); a market with none of
+them in a round (no quote since the start) needs it from the config (`--config`). A CLI mode only:
+nothing here runs in the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final, TextIO
+
+from oracled.model import Report
+from oracled.publish.audit import AuditReader, AuditRound
+from oracled.publish.signer import (
+    STATUS_CODES,
+    Leaf,
+    SignatureError,
+    decimal_to_int,
+    leaf_hash,
+    merkle_levels,
+    recover_signer,
+    round_digest,
+)
+
+__all__ = [
+    "EXIT_EMPTY",
+    "EXIT_MISMATCH",
+    "EXIT_OK",
+    "EXIT_UNCHECKED",
+    "RoundCheck",
+    "VerifySummary",
+    "check_round",
+    "cmd_verify",
+    "exponents_of",
+    "print_summary",
+    "trusted_check",
+    "verify_trail",
+]
+
+EXIT_OK: Final = 0  # every signed round in range matched (unsigned ones are only counted)
+EXIT_EMPTY: Final = 1  # no round in range
+EXIT_MISMATCH: Final = 3  # at least one round is not what its signature says
+EXIT_UNCHECKED: Final = 4  # no mismatch, but some signed rounds could not be rebuilt
+_SHOWN: Final = 5  # mismatched and unchecked rounds listed in full
+
+
+@dataclass(frozen=True, slots=True)
+class RoundCheck:
+    """The verdict on one stored round: `ok`, `unsigned`, `mismatch` or `unchecked`."""
+
+    verdict: str
+    signer: str | None = None  # recovered from the signature, when it recovers
+    detail: str = ""
+
+
+def _decimals(text: str) -> int:
+    return len(text.partition(".")[2])
+
+
+def _exponent(report: Report, configured: Mapping[str, int]) -> int | None:
+    """The market's exponent in this round: from any decimal string of the report, which the
+    daemon writes at the market's places, else the config's; None when neither has it."""
+    for text in (report.price, report.confidence, report.last_good_price):
+        if text is not None:
+            return -_decimals(text)
+    for source in report.sources:
+        if source.value is not None:
+            return -_decimals(source.value)
+    return configured.get(report.market)
+
+
+def _leaf(report: Report, expo: int) -> Leaf:
+    """The leaf the daemon signed for this report; ValueError if the report cannot be one."""
+    code = STATUS_CODES.get(report.status)
+    if code is None:
+        raise ValueError(f"{report.market}: unknown status {report.status!r}")
+    price = confidence = 0
+    if report.status in ("active", "degraded"):
+        if report.price is None or report.confidence is None:
+            raise ValueError(f"{report.market}: {report.status} without a price")
+        price = decimal_to_int(report.price, -expo)
+        confidence = decimal_to_int(report.confidence, -expo)
+    return Leaf(report.market, report.ts, code, price, confidence, expo)
+
+
+def check_round(
+    stored: AuditRound, reports: list[Report], configured: Mapping[str, int]
+) -> RoundCheck:
+    """Rebuild one round's root from its reports and recover its signer; see the module doc."""
+    if stored.signature is None:
+        return RoundCheck("unsigned")
+    if stored.root is None or len(stored.root) != 32:
+        return RoundCheck("mismatch", detail="signature stored without a 32-byte root")
+    try:
+        recovered = recover_signer(
+            round_digest(stored.ts, stored.round, stored.markets, stored.root), stored.signature
+        )
+    except SignatureError as exc:
+        return RoundCheck("mismatch", detail=f"the stored signature does not recover ({exc})")
+    problems = []
+    if recovered.lower() != (stored.signer or "").lower():
+        problems.append(f"signer column says {stored.signer}, the signature is by {recovered}")
+    if len(reports) != stored.markets:
+        problems.append(f"{len(reports)} report(s) stored for a round of {stored.markets}")
+    leaves = []
+    missing = []
+    for report in reports:
+        expo = _exponent(report, configured)
+        if expo is None:
+            missing.append(report.market)
+            continue
+        try:
+            leaves.append(_leaf(report, expo))
+        except ValueError as exc:
+            problems.append(f"report not signable: {exc}")
+    if missing and not problems:
+        return RoundCheck(
+            "unchecked",
+            recovered,
+            f"no exponent for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+            "(no decimal in its report): give --config",
+        )
+    if not problems and leaves:
+        root = merkle_levels([leaf_hash(leaf) for leaf in leaves])[-1][0]
+        if root != stored.root:
+            problems.append(
+                "the stored reports do not give the signed root: a status or price was changed"
+            )
+    if problems:
+        return RoundCheck("mismatch", recovered, "; ".join(problems))
+    return RoundCheck("ok", recovered)
+
+
+def trusted_check(check: RoundCheck, signers: Iterable[str]) -> RoundCheck:
+    """`check`, made a mismatch when it holds and `signers` (`--signer`) does not list the key
+    that signed: whoever rewrote the reports could sign them again with a key of their own."""
+    trusted = {s.lower() for s in signers}
+    if check.verdict == "ok" and trusted and (check.signer or "").lower() not in trusted:
+        return RoundCheck("mismatch", check.signer, f"signed by {check.signer}, not by a --signer")
+    return check
+
+
+@dataclass(slots=True)
+class VerifySummary:
+    """Counts over the rounds checked, with the first few that failed."""
+
+    rounds: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    signers: Counter[str] = field(default_factory=Counter)  # recovered, of matching rounds
+    untrusted: int = 0  # matching rounds by a key outside --signer
+    #: the first few rounds of each verdict but `ok`, with what was found
+    shown: dict[str, list[tuple[AuditRound, RoundCheck]]] = field(default_factory=dict)
+    first: int | None = None
+    last: int | None = None
+
+    def add(self, stored: AuditRound, check: RoundCheck) -> None:
+        self.rounds += 1
+        self.first = stored.ts if self.first is None else self.first
+        self.last = stored.ts
+        self.verdicts[check.verdict] += 1
+        if check.verdict == "ok" and check.signer is not None:
+            self.signers[check.signer] += 1
+        if check.verdict != "ok":
+            shown = self.shown.setdefault(check.verdict, [])
+            if len(shown) < _SHOWN:
+                shown.append((stored, check))
+
+    def exit_code(self) -> int:
+        if not self.rounds:
+            return EXIT_EMPTY
+        if self.verdicts["mismatch"]:
+            return EXIT_MISMATCH
+        return EXIT_UNCHECKED if self.verdicts["unchecked"] else EXIT_OK
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def verify_trail(
+    reader: AuditReader,
+    start_ms: int,
+    end_ms: int,
+    *,
+    market: str | None = None,
+    exponents: Mapping[str, int] | None = None,
+    signers: Iterable[str] = (),
+) -> VerifySummary:
+    """Check every stored round in the window (with `market`, the rounds that hold it)."""
+    trusted = list(signers)
+    summary = VerifySummary()
+    for stored, reports in reader.round_reports(start_ms, end_ms):
+        if market is not None and all(r.market != market for r in reports):
+            continue
+        summary.add(stored, trusted_check(check_round(stored, reports, exponents or {}), trusted))
+    return summary
+
+
+def print_summary(summary: VerifySummary, out: TextIO) -> None:
+    """The report an auditor reads: counts, the keys that signed, the first rounds that failed."""
+    if summary.first is None or summary.last is None:
+        print("no round stored in this window", file=out)
+        return
+    v = summary.verdicts
+    print(
+        f"{summary.rounds} round(s) checked from {_iso(summary.first)} to {_iso(summary.last)}: "
+        f"{v['ok']} signed and matching, {v['unsigned']} unsigned, {v['mismatch']} mismatched, "
+        f"{v['unchecked']} not checked",
+        file=out,
+    )
+    for signer, count in summary.signers.most_common():
+        print(f"    signed by {signer}: {count} round(s)", file=out)
+    for verdict in ("mismatch", "unchecked", "unsigned"):
+        shown = summary.shown.get(verdict, [])
+        for stored, check in shown:
+            what = check.detail or "no signature stored: its reports are the trail's word only"
+            print(f"{verdict}: round {stored.round} at {_iso(stored.ts)}: {what}", file=out)
+        if v[verdict] > len(shown):
+            print(f"{verdict}: ... and {v[verdict] - len(shown)} more", file=out)
+
+
+def exponents_of(config_path: str) -> dict[str, int]:
+    """Each configured market's exponent (`--config`); ConfigError if the file cannot be used."""
+    from oracled.config import load_config
+
+    return {m.symbol: m.price_exponent for m in load_config(config_path).markets}
+
+
+def cmd_verify(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
+    """`oracled audit --verify`: the summary on `out`, exit code as in the module constants."""
+    exponents = {} if args.config is None else exponents_of(args.config)
+    summary = verify_trail(
+        reader,
+        args.start,
+        args.end,
+        market=args.market,
+        exponents=exponents,
+        signers=args.signer or (),
+    )
+    print_summary(summary, out)
+    return summary.exit_code()

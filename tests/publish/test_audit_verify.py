@@ -1,0 +1,174 @@
+"""`oracled audit --verify` and `--at` prove a stored round from its signature, not from the
+columns that claim it: a trail written by the real writer thread from real signed rounds, then
+changed in SQLite the way anyone who can write the file could change it."""
+
+from __future__ import annotations
+
+import sqlite3
+import zlib
+from pathlib import Path
+
+import msgspec
+import pytest
+from audit_rig import Feed, trail
+from publish_rig import T0, make_config
+
+from oracled.cli import main
+from oracled.model import Report
+from oracled.publish.signer import RoundSigner, SigningKey
+
+KEY = SigningKey.from_hex("0x" + "5a" * 32)
+OTHER = "0x0000000000000000000000000000000000000001"
+
+
+def written(path: Path, rounds: int = 6, *, markets: dict[str, float] | None = None) -> None:
+    """A trail of `rounds` signed rounds of a daemon-like feed (BTC, ETH at -2, SOL at -3)."""
+    feed = Feed(make_config(markets), trail(path))
+    signer = RoundSigner(KEY)
+    for _ in range(rounds):
+        feed.round(signer)
+    assert feed.audit.close()
+
+
+def change_report(path: Path, round_no: int, market: str, **fields: object) -> None:
+    """Rewrite one stored report body (decoded, changed, deflated again with its dictionary)."""
+    db = sqlite3.connect(path)
+    (round_id,) = db.execute("SELECT id FROM rounds WHERE round = ?", (round_no,)).fetchone()
+    dict_id, body = db.execute(
+        "SELECT dict, body FROM reports WHERE round_id = ? AND market = ?", (round_id, market)
+    ).fetchone()
+    (zdict,) = db.execute("SELECT data FROM dictionaries WHERE id = ?", (dict_id,)).fetchone()
+    report = msgspec.msgpack.decode(
+        zlib.decompressobj(-15, zdict=zdict).decompress(body), type=Report
+    )
+    packer = zlib.compressobj(3, zlib.DEFLATED, -15, 8, zdict=zdict)
+    new = msgspec.msgpack.encode(msgspec.structs.replace(report, **fields))
+    db.execute(
+        "UPDATE reports SET body = ? WHERE round_id = ? AND market = ?",
+        (packer.compress(new) + packer.flush(), round_id, market),
+    )
+    db.commit()
+    db.close()
+
+
+def sql(path: Path, statement: str) -> None:
+    db = sqlite3.connect(path)
+    db.execute(statement)
+    db.commit()
+    db.close()
+
+
+def test_an_untouched_trail_verifies_and_names_the_key_that_signed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every signed round rebuilds to its stored root and recovers the daemon's address: exit 0,
+    the count and the signer in the summary; `--signer` with that address passes too."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    assert main(["audit", "--db", str(db), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "6 round(s) checked" in out and "6 signed and matching, 0 unsigned, 0 mismatched" in out
+    assert f"signed by {KEY.address}: 6 round(s)" in out
+    assert main(["audit", "--db", str(db), "--verify", "--signer", KEY.address.lower()]) == 0
+
+
+def test_a_signer_column_changed_to_another_address_is_a_mismatch_for_verify_and_at(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bug: `--at` printed `signed by <the signer column>` unchecked, so an address written
+    there was shown as the round's signer. Now `--at` recovers the signer from the signature and
+    says the column disagrees (exit 3), and `--verify` counts the round as mismatched."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, f"UPDATE rounds SET signer = '{OTHER}' WHERE round = 4")
+    at = ["audit", "--db", str(db), "--market", "BTC/USD", "--at"]
+    assert main([*at, str(T0 + 4 * 250)]) == 3
+    out = capsys.readouterr().out
+    assert f"signed by {OTHER}" not in out
+    assert (
+        f"SIGNATURE MISMATCH: signer column says {OTHER}, the signature is by {KEY.address}" in out
+    )
+    assert main([*at, str(T0 + 3 * 250)]) == 0
+    assert f"signed by {KEY.address} (verified against the round)" in capsys.readouterr().out
+    assert main(["audit", "--db", str(db), "--verify"]) == 3
+    out = capsys.readouterr().out
+    assert "5 signed and matching, 0 unsigned, 1 mismatched" in out
+    assert f"mismatch: round 4 at 2023-11-14T22:13:21.000Z: signer column says {OTHER}" in out
+
+
+def test_a_stored_price_or_status_changed_no_longer_gives_the_signed_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A price moved by one cent in one report, or a market made to look active, leaves the
+    signature recovering the daemon's key over the stored root, but the reports rebuild another
+    root: a mismatch naming the round, exit 3."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    change_report(db, 2, "ETH/USD", price="3100.51")
+    change_report(db, 5, "SOL/USD", status="degraded")
+    assert main(["audit", "--db", str(db), "--verify"]) == 3
+    out = capsys.readouterr().out
+    assert "4 signed and matching, 0 unsigned, 2 mismatched" in out
+    changed = "the stored reports do not give the signed root: a status or price was changed"
+    assert f"mismatch: round 2 at 2023-11-14T22:13:20.500Z: {changed}" in out
+    assert f"mismatch: round 5 at 2023-11-14T22:13:21.250Z: {changed}" in out
+    assert main(["audit", "--db", str(db), "--market", "ETH/USD", "--at", str(T0 + 500)]) == 3
+    assert "SIGNATURE MISMATCH: the stored reports do not give" in capsys.readouterr().out
+
+
+def test_unsigned_rounds_are_counted_and_listed_but_are_no_mismatch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A round without a signature (signing off, or skipped as busy) proves nothing either way:
+    counted and listed as the trail's word only, exit 0 when every signed one matches."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, "UPDATE rounds SET signature = NULL, signer = NULL, root = NULL WHERE round = 3")
+    assert main(["audit", "--db", str(db), "--verify", "--from", str(T0 + 500)]) == 0
+    out = capsys.readouterr().out
+    assert "5 round(s) checked" in out and "4 signed and matching, 1 unsigned, 0 mismatched" in out
+    assert "unsigned: round 3 at 2023-11-14T22:13:20.750Z: no signature stored" in out
+
+
+def test_a_market_that_never_had_a_price_needs_the_config_for_its_exponent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A market no source ever quoted has no decimal string in its reports, yet its exponent is
+    in its signed leaf: without `--config` its rounds are not checked (exit 4, saying so), with
+    the daemon's config they all match; a config giving another exponent makes them mismatch."""
+    db = tmp_path / "audit.sqlite3"
+    markets = {"BTC/USD": 1.0, "ETH/USD": 1.0, "SOL/USD": 1.0, "DOGE/USD": 1.0}
+    written(db, 3, markets=markets)  # the feed quotes BTC, ETH and SOL only
+    assert main(["audit", "--db", str(db), "--verify"]) == 4
+    out = capsys.readouterr().out
+    assert "0 signed and matching, 0 unsigned, 0 mismatched, 3 not checked" in out
+    assert "no exponent for DOGE/USD (no decimal in its report): give --config" in out
+    config = tmp_path / "oracled.toml"
+    table = "\n".join(
+        f'[[markets]]\nsymbol = "{m}"\nprice_exponent = {-3 if m.startswith("SOL") else -2}\n'
+        f'min_sources = 1\nsources = [{{ source = "alpha", pair = "{m}" }}]\n'
+        for m in markets
+    )
+    config.write_text('[sources.alpha]\ntype = "binance"\n' + table)
+    assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 0
+    assert "3 signed and matching" in capsys.readouterr().out
+    config.write_text(config.read_text().replace("price_exponent = -2", "price_exponent = -4"))
+    assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 3
+
+
+def test_a_key_not_given_with_signer_is_a_mismatch_and_bad_requests_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rewritten reports signed again with another key are consistent in themselves: `--signer`
+    with the addresses the auditor trusts turns them into mismatches. Options that would be
+    ignored, an unreadable config and nothing in range are refused or said."""
+    db = tmp_path / "audit.sqlite3"
+    written(db, 2)
+    assert main(["audit", "--db", str(db), "--verify", "--signer", OTHER]) == 3
+    assert f"signed by {KEY.address}, not by a --signer" in capsys.readouterr().out
+    assert main(["audit", "--db", str(db), "--verify", "--tape", str(tmp_path / "t")]) == 2
+    assert main(["audit", "--db", str(db), "--config", str(db)]) == 2
+    missing = str(tmp_path / "none.toml")
+    assert main(["audit", "--db", str(db), "--verify", "--config", missing]) == 2
+    assert "--config" in capsys.readouterr().err
+    assert main(["audit", "--db", str(db), "--verify", "--from", str(T0 * 2)]) == 1
