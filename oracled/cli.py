@@ -1,14 +1,16 @@
 """The `oracled` command: run, check-config, replay, record, demo, audit, margin, stress, scenario.
 
 Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage, 3 replay (or stress)
-finished but the tape had malformed lines (reported on stderr), 130 replay interrupted (SIGINT):
-its output is incomplete. Config warnings (`config.config_warnings`) are no failure:
+finished but the tape had malformed lines (reported on stderr), 4 replay (or stress) stopped at
+a gap between quotes longer than --max-gap, 130 replay interrupted (SIGINT): its output is
+incomplete. Config warnings (`config.config_warnings`) are no failure:
 check-config prints them on stderr and exits 0, run logs them at start-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import os
 import signal
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from oracled import __version__
 from oracled.errors import ConfigError, TapeError
+from oracled.tape import DEFAULT_MAX_GAP_MS, max_gap_ms
 
 # The rest is imported where it is used: `main` catches signals first (see `_Stops`), and
 # pydantic, structlog and asyncio take a fifth of a second to import.
@@ -44,7 +47,7 @@ _DEFAULT_CONFIG_COMMANDS = frozenset({"run", "replay", "record", "demo"})
 _DAEMON_COMMANDS = frozenset({"run", "record", "demo"})
 #: Long-running commands that keep the stop latch (not SIGHUP's: they do not reload).
 _STOPPED_COMMANDS = _DAEMON_COMMANDS | {"margin"}
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_TAPE_ERRORS = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_TAPE_ERRORS, EXIT_TAPE_GAP = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that SIGINT ended
 
 
@@ -96,12 +99,24 @@ def _parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="run a quote tape through the core")
     with_config(replay)
-    replay.add_argument("tape", type=Path)
+    replay.add_argument("tape", type=Path, help="the tape ('-': stdin)")
     replay.add_argument("--out", type=Path, help="JSON Lines output (default: stdout)")
+    replay.add_argument(
+        "--max-gap",
+        type=max_gap_ms,
+        default=DEFAULT_MAX_GAP_MS,
+        metavar="SECONDS",
+        help="stop (exit 4) at a gap between quotes longer than this (default: 86400; 0: none)",
+    )
 
     record = sub.add_parser("record", help="run the daemon and write every quote to a tape")
     with_config(record)
     record.add_argument("--out", type=Path, required=True, help="tape file to write")
+    record.add_argument(
+        "--append",
+        action="store_true",
+        help="continue a tape that exists (recorded with the same config) instead of refusing",
+    )
     record.add_argument(
         "--listen", type=_listen, help="HOST:PORT for the API (overrides the config)"
     )
@@ -234,9 +249,18 @@ def _cmd_run(
     cfg = _load(args.config)  # before importing the runtime: a bad config fails fast
     from oracled.service import Service, run_service
 
-    service = Service(
-        cfg, listen=args.listen, record=record, config_path=args.config, freeze_gc=True
-    )
+    try:
+        service = Service(
+            cfg,
+            listen=args.listen,
+            record=record,
+            record_append=record is not None and args.append,
+            config_path=args.config,
+            freeze_gc=True,
+        )
+    except TapeError as exc:  # the tape exists, or another recorder writes it: left untouched
+        print(f"oracled record: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     _latched(hangups, stops)(service)
     run_service(service, _loop_factory())
     failed = service.failed or service.tape_error is not None  # logged where it happened
@@ -246,32 +270,55 @@ def _cmd_run(
 def _cmd_replay(args: argparse.Namespace) -> int:
     from oracled.config import load_config
     from oracled.replay import replay
-    from oracled.tape import TapeLineError
+    from oracled.tape import TapeGapError, TapeHeader, TapeLineError, pricing_digest
+
+    stdin = str(args.tape) == "-"
+    name = "<stdin>" if stdin else str(args.tape)
 
     def skipped(error: TapeLineError) -> None:  # as met: a long bad tape is not held to the end
-        print(f"{args.tape}:{error.line}: skipped: {error.message}", file=sys.stderr)
+        print(f"{name}:{error.line}: skipped: {error.message}", file=sys.stderr)
 
     cfg = load_config(args.config)
+
+    def check_config(header: TapeHeader) -> None:  # another config is allowed: said, once
+        digest = pricing_digest(cfg)
+        if header.config_sha256 is not None and header.config_sha256 != digest:
+            print(
+                f"{name}: warning: recorded with another pricing config (sha256"
+                f" {header.config_sha256[:12]}, {args.config} is {digest[:12]}): the reports"
+                " may differ from the live ones",
+                file=sys.stderr,
+            )
+
     if args.out is None and sys.stdout is None:  # `>&-`: Python has no stdout at all
         print("oracled replay: stdout is closed: give --out FILE", file=sys.stderr)
         return EXIT_FAILURE
+    if stdin and sys.stdin is None:
+        print("oracled replay: stdin is closed: give the tape's path", file=sys.stderr)
+        return EXIT_FAILURE
+    options = {"on_error": skipped, "on_header": check_config, "max_gap_ms": args.max_gap}
     try:
-        tape = args.tape.open("rb")
+        tape = sys.stdin.buffer if stdin else args.tape.open("rb")
     except OSError as exc:  # missing, a directory, unreadable: a bad argument, like a config
         print(f"oracled replay: {args.tape}: cannot read ({exc.strerror})", file=sys.stderr)
         return EXIT_CONFIG
     try:
         # Opening --out for writing empties it: were it the tape, the recording would be lost.
-        if args.out is not None and args.out.exists() and args.out.samefile(args.tape):
+        if (
+            not stdin
+            and args.out is not None
+            and args.out.exists()
+            and args.out.samefile(args.tape)
+        ):
             print(f"oracled replay: --out is the tape itself ({args.out})", file=sys.stderr)
             tape.close()
             return EXIT_CONFIG
-        with tape:
+        with contextlib.nullcontext(tape) if stdin else tape:
             if args.out:
                 with args.out.open("wb") as out:
-                    stats = replay(cfg, tape, out, on_error=skipped)
+                    stats = replay(cfg, tape, out, **options)
             else:
-                stats = replay(cfg, tape, sys.stdout.buffer, on_error=skipped)
+                stats = replay(cfg, tape, sys.stdout.buffer, **options)
     except BrokenPipeError:  # the reader went away (e.g. piped into head): not an error
         return EXIT_OK
     except KeyboardInterrupt:  # Ctrl-C, `timeout -s INT`: what was written is not the whole tape
@@ -280,8 +327,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"oracled replay: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except TapeGapError as exc:  # the output ends with the last round before the gap
+        print(f"{name}: {exc} (--max-gap 0 replays any gap)", file=sys.stderr)
+        return EXIT_TAPE_GAP
     except TapeError as exc:
-        print(f"{args.tape}: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(
         f"replayed {stats.quotes} quotes ({stats.dropped} dropped by the core) in {stats.rounds} "
@@ -298,15 +348,19 @@ def _cmd_demo(args: argparse.Namespace, hangups: _Hangups, stops: _Stops) -> int
     cfg = _load(args.config)
     from oracled.demo import run_demo
 
-    run_demo(
-        cfg,
-        args.listen or cfg.api.listen,
-        args.duration,
-        args.record,
-        _loop_factory(),
-        _latched(hangups, stops),
-    )
-    return EXIT_OK
+    try:
+        ok = run_demo(
+            cfg,
+            args.listen or cfg.api.listen,
+            args.duration,
+            args.record,
+            _loop_factory(),
+            _latched(hangups, stops),
+        )
+    except TapeError as exc:  # the tape exists, or a recorder writes it: left untouched
+        print(f"oracled demo: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK if ok else EXIT_FAILURE  # a failure is logged where it happened
 
 
 def _cmd_margin_tools(args: argparse.Namespace, stops: _Stops) -> int:

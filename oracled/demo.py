@@ -167,9 +167,10 @@ def run_demo(
     record: Path | None,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
     prepare: Callable[[Service], None] = lambda service: None,
-) -> None:
+) -> bool:
     """Run the demo to its end (`duration`, or a stop); `prepare` sees the service first.
-    The loop closes within the service's stop budget, as `oracled run`'s does."""
+    The loop closes within the service's stop budget, as `oracled run`'s does. False if the
+    daemon failed or the tape (`record`) stopped short: `oracled record` exits 1 for those."""
     services: list[Service] = []
 
     def prepared(service: Service) -> None:
@@ -183,3 +184,5 @@ def run_demo(
         lambda: services[0].stop_deadline if services else None,
         lambda: services[0].log if services else structlog.get_logger("oracled"),
     )
+    service = services[0]  # prepared before anything ran, or `main` raised
+    return not (service.failed or service.tape_error is not None)

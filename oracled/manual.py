@@ -23,7 +23,6 @@ other's; the one without the lock writes nothing and logs each pause it could no
 
 from __future__ import annotations
 
-import fcntl
 import os
 import queue
 import tempfile
@@ -37,6 +36,7 @@ import msgspec
 import structlog
 
 from oracled.errors import ConfigError
+from oracled.lockfile import LockHeldError, lock_beside
 
 __all__ = ["FORMAT", "SAVE_TIMEOUT_S", "ManualPauses", "Pause", "PauseStats"]
 
@@ -137,19 +137,15 @@ class ManualPauses:
         process, so a killed daemon never leaves it stuck)."""
         if self._lock_fd is not None:
             return None
-        lock = self.path.with_name(self.path.name + ".lock")
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            return f"cannot open {lock} ({exc.strerror or exc})"
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+            fd = lock_beside(self.path)
+        except LockHeldError as exc:
             return (
-                f"{self.path} is written by another process (it holds {lock}): a second "
+                f"{self.path} is written by another process (it holds {exc.lock}): a second "
                 "daemon needs a manual_pauses_file of its own"
             )
+        except OSError as exc:
+            return f"cannot lock {self.path} ({exc.strerror or exc})"
         self._lock_fd = fd
         return None
 

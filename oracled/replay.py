@@ -18,7 +18,7 @@ import msgspec
 from oracled.config import Config
 from oracled.core import Core, RoundResult
 from oracled.model import Quote
-from oracled.tape import TapeLineError, read_tape
+from oracled.tape import DEFAULT_MAX_GAP_MS, TapeGapError, TapeHeader, TapeLineError, read_tape
 
 __all__ = ["ReplayStats", "replay"]
 
@@ -61,13 +61,20 @@ def replay(
     on_quote: Callable[[Quote], None] | None = None,
     on_round: Callable[[RoundResult], None] | None = None,
     on_error: Callable[[TapeLineError], None] | None = None,
+    on_header: Callable[[TapeHeader], None] | None = None,
+    max_gap_ms: int | None = DEFAULT_MAX_GAP_MS,
 ) -> ReplayStats:
     """Feed the tape to a fresh core and write every round's reports to `out`.
 
     The hooks let a caller (the stress simulator) watch the same run: `on_quote` sees every
     readable quote before the core does, `on_round` every round's result after its reports.
     `on_error` gets each skipped line when it is met, instead of `stats.errors` keeping it: a
-    long tape of bad lines would otherwise be held in memory to the end.
+    long tape of bad lines would otherwise be held in memory to the end. `on_header` sees the
+    tape's header first.
+
+    A gap longer than `max_gap_ms` (None or 0: no limit) between consecutive quotes ends the
+    replay as if the tape ended before it (its last round is written), then raises
+    TapeGapError: nothing past the gap is written.
     """
     core = Core(cfg)
     interval = cfg.oracle.round_interval_ms
@@ -94,18 +101,24 @@ def replay(
             if limit is None:
                 return
 
-    for quote in read_tape(lines, _Errors(stats, on_error)):
-        if next_round is None:
-            next_round = _round_up(quote.recv_ts, interval)
-        elif quote.recv_ts > next_round:
-            run_until(quote.recv_ts)
-        stats.quotes += 1
-        if on_quote is not None:
-            on_quote(quote)
-        reason = core.ingest(quote)
-        if reason is not None:
-            stats.dropped += 1
-            stats.drops[(quote.source, str(reason))] += 1
+    quotes = read_tape(lines, _Errors(stats, on_error), on_header=on_header, max_gap_ms=max_gap_ms)
+    try:
+        for quote in quotes:
+            if next_round is None:
+                next_round = _round_up(quote.recv_ts, interval)
+            elif quote.recv_ts > next_round:
+                run_until(quote.recv_ts)
+            stats.quotes += 1
+            if on_quote is not None:
+                on_quote(quote)
+            reason = core.ingest(quote)
+            if reason is not None:
+                stats.dropped += 1
+                stats.drops[(quote.source, str(reason))] += 1
+    except TapeGapError:
+        if next_round is not None:
+            run_until(None)
+        raise
     if next_round is not None:
         run_until(None)
     return stats

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +31,8 @@ from oracled.api.limits import FD_RESERVE, open_file_limit_short
 from oracled.clock import Clock, SystemClock
 from oracled.config import Config, SourceConfig, load_config, log_config_warnings, parse_listen
 from oracled.core import Core, RoundResult
-from oracled.errors import ConfigError, ServiceStopping
+from oracled.errors import ConfigError, ServiceStopping, TapeError
+from oracled.lockfile import LockHeldError, lock_beside
 from oracled.manual import ManualPauses, Pause
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Kind, Quote
@@ -43,7 +46,7 @@ from oracled.runloop import run_to_end
 from oracled.sources import Source, build_source
 from oracled.sources.evm.runtime import ChainSet
 from oracled.sources.stats import ConnState, SourceStats
-from oracled.tape import header_line, quote_to_line
+from oracled.tape import header_line, pricing_digest, quote_to_line, read_header
 
 __all__ = ["SHUTDOWN_BUDGET_S", "Service", "SourceFactory", "run_service"]
 
@@ -86,10 +89,17 @@ class _TapeRecorder:
     a replay could not see, and `error` says why.
     """
 
-    def __init__(self, path: Path, max_backlog: int = TAPE_BACKLOG_BYTES) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_backlog: int = TAPE_BACKLOG_BYTES,
+        *,
+        append: bool = False,
+        config_sha256: str | None = None,
+    ) -> None:
         self.path = path
-        self._file: IO[bytes] = path.open("wb")
-        self._file.write(header_line())
+        self._file: IO[bytes] | None = None
+        self._lock_fd: int | None = None
         self._buffer: list[bytes] = []
         self._backlog = 0  # bytes in _buffer
         self._max_backlog = max_backlog
@@ -97,6 +107,77 @@ class _TapeRecorder:
         self._pending: concurrent.futures.Future[None] | None = None
         self.error: str | None = None  # what stopped the recording
         self._told = False
+        #: The line number of a torn last line `append` found and ended (a crash mid-write).
+        self.torn_line: int | None = None
+        header = header_line(config_sha256)
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):  # a FIFO (`--out >(gzip > t.gz)`), /dev/stdout: the open
+            self._open_later(header)  # waits for a reader, which must not hold a stop
+            return
+        try:
+            self._lock_fd = lock_beside(path)
+        except LockHeldError as exc:
+            raise TapeError(
+                f"{path} is written by another `oracled record` (it holds {exc.lock})"
+            ) from None
+        if path.exists() and path.stat().st_size > 0:
+            if not append:
+                raise TapeError(
+                    f"{path} already holds a tape ({path.stat().st_size} bytes): refusing to"
+                    " overwrite it; give --append to continue it, or another --out"
+                )
+            self._file = self._continue(config_sha256)
+        else:
+            self._file = path.open("wb")
+            self._file.write(header)
+
+    def _continue(self, config_sha256: str | None) -> IO[bytes]:
+        """Open an existing tape for appending: its header must be one this build writes, with
+        the same config digest (a tape has one header, true for every line of it). A last line
+        without its newline (the process died mid-write) is ended, not cut: the torn bytes stay
+        as the evidence of the crash (a replay reports the line as unreadable)."""
+        with self.path.open("rb") as tape:
+            first = tape.readline()
+            tape.seek(-1, os.SEEK_END)
+            torn = tape.read(1) != b"\n"
+            lines = 0
+            if torn:
+                tape.seek(0)
+                lines = sum(1 for _ in tape)
+        existing = read_header(first)
+        if existing.config_sha256 != config_sha256:
+            raise TapeError(
+                f"{self.path} was recorded with another pricing config (sha256"
+                f" {existing.config_sha256}): --append continues a tape only with its own config;"
+                " record to another --out"
+            )
+        file = self.path.open("ab")
+        if torn:
+            file.write(b"\n")
+            self.torn_line = lines
+        return file
+
+    def _open_later(self, header: bytes) -> None:
+        """Open a path that is no regular file in a thread of its own, as the first write: the
+        flushes wait for it like for any write, and a stop while nobody reads a FIFO ends the
+        recording (`close`) instead of hanging the process before its loop ran."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def open_() -> None:
+            with self._lock:
+                try:
+                    file = self.path.open("wb")
+                    file.write(header)
+                    self._file = file
+                except OSError as exc:
+                    self.error = str(exc)
+            done.set_result(None)
+
+        threading.Thread(target=open_, name="tape-open", daemon=True).start()
+        self._pending = done
 
     def add(self, quote: Quote) -> None:
         if self.error is None:
@@ -143,7 +224,7 @@ class _TapeRecorder:
 
     def _write(self, lines: list[bytes]) -> None:
         with self._lock:
-            if self.error is not None:
+            if self.error is not None or self._file is None:
                 return
             try:
                 self._file.writelines(lines)
@@ -155,20 +236,27 @@ class _TapeRecorder:
         """Write what is left after any batch in flight, then close; return what stopped the
         recording if it was not told yet."""
         if not self._lock.acquire(blocking=False):  # a write still stuck after `drain`
-            if self.error is None:
+            if self.error is None and self._file is None:
+                self.error = f"nobody opened {self.path} for reading: nothing was recorded"
+            elif self.error is None:
                 self.error = "a write did not finish at the stop: the tape's last lines are missing"
             return self.take_error()
+        file, lines, self._buffer = self._file, self._buffer, []
         try:
-            lines, self._buffer = self._buffer, []
-            if self.error is None:
-                self._file.writelines(lines)
-            self._file.close()
+            if file is not None:
+                if self.error is None:
+                    file.writelines(lines)
+                file.close()
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                self._file.close()  # a second try finds the buffer gone, and closes
+            if file is not None:  # always: only its writes raise
+                with contextlib.suppress(OSError):
+                    file.close()  # a second try finds the buffer gone, and closes
             self.error = self.error or str(exc)
         finally:
             self._lock.release()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # the next recorder may continue the tape
+                self._lock_fd = None
         return self.take_error()
 
 
@@ -200,6 +288,7 @@ class Service:
         clock: Clock | None = None,
         listen: str | None = None,
         record: Path | None = None,
+        record_append: bool = False,
         source_factory: SourceFactory = build_source,
         restart_base_s: float = 1.0,
         config_path: Path | None = None,
@@ -271,7 +360,20 @@ class Service:
                 manual=self.manual_pauses.stats if self.manual_pauses is not None else None,
             )
         )
-        self._recorder = _TapeRecorder(record) if record else None
+        # Before the port is bound: a tape that may not be written (one that exists, one that
+        # another recorder writes) refuses the start (TapeError) and leaves the file untouched.
+        self._recorder = (
+            _TapeRecorder(record, append=record_append, config_sha256=pricing_digest(cfg))
+            if record
+            else None
+        )
+        if self._recorder is not None and self._recorder.torn_line is not None:
+            self.log.warning(
+                "tape: its last line was torn (a stop mid-write): ended it, and appending after"
+                " it; a replay reports that line as unreadable",
+                path=str(record),
+                line=self._recorder.torn_line,
+            )
         # The tick the round loop waits for, and the quotes received after it before its round
         # ran (see on_quote); no tick before the loop starts.
         self._tick = 1 << 62

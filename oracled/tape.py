@@ -8,35 +8,66 @@ the same float, so replaying a recording feeds the core exactly what the live ru
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
 from oracled.errors import TapeError
 from oracled.model import Quote
 
+if TYPE_CHECKING:  # pydantic loads only where a digest is made: `oracled --help` stays quick
+    from oracled.config import Config
+
 __all__ = [
+    "DEFAULT_MAX_GAP_MS",
     "TAPE_FORMAT",
     "TAPE_VERSION",
     "ErrorSink",
+    "TapeGapError",
+    "TapeHeader",
     "TapeLineError",
     "header_line",
+    "max_gap_ms",
+    "pricing_digest",
     "quote_to_line",
+    "read_header",
     "read_tape",
     "write_header",
 ]
 
 TAPE_FORMAT = "oracled-tape"
 TAPE_VERSION = 1
+#: Longest gap between consecutive quotes a replay runs through (a day: a restart, a weekend
+#: without a venue); past it the replay stops (TapeGapError): a mistyped year in one `ts` would
+#: otherwise be days of CPU and terabytes of reports.
+DEFAULT_MAX_GAP_MS = 86_400_000
 
 
-class _Header(msgspec.Struct):
+class TapeHeader(msgspec.Struct, forbid_unknown_fields=False):
+    """Line 1. `config_sha256` (written by `record`, absent from older tapes and from tapes
+    other tools write) is `pricing_digest` of the config the recording ran with."""
+
     format: str
     version: int
+    config_sha256: str | None = None
+
+
+class TapeGapError(TapeError):
+    """Two consecutive quotes further apart than the replay's `max_gap_ms`: replaying the gap
+    would run every round in it (a mistyped year is days of rounds)."""
+
+    def __init__(self, line: int, gap_ms: int, max_gap_ms: int) -> None:
+        self.line, self.gap_ms, self.max_gap_ms = line, gap_ms, max_gap_ms
+        super().__init__(
+            f"line {line}: {gap_ms / 1000:g} s after the quote before it, more than the"
+            f" {max_gap_ms / 1000:g} s --max-gap allows: stopped there"
+        )
 
 
 class _Line(msgspec.Struct, forbid_unknown_fields=False):
@@ -66,7 +97,7 @@ class ErrorSink(Protocol):
     def append(self, error: TapeLineError, /) -> None: ...
 
 
-_header_decoder = msgspec.json.Decoder(_Header)
+_header_decoder = msgspec.json.Decoder(TapeHeader)
 _line_decoder = msgspec.json.Decoder(_Line)
 
 
@@ -123,13 +154,9 @@ def _to_quote(line: _Line) -> Quote:
     )
 
 
-def read_tape(lines: Iterable[bytes | str], errors: ErrorSink) -> Iterator[Quote]:
-    """Yield the quotes of a tape in order; append every bad line to `errors` and skip it."""
-    it = iter(lines)
-    try:
-        first = next(it)
-    except StopIteration:
-        raise TapeError("empty tape: the first line must be the oracled-tape header") from None
+def read_header(first: bytes | str) -> TapeHeader:
+    """Line 1 of a tape (a byte order mark before it is skipped); TapeError if it is none this
+    build reads."""
     if first[:3] == b"\xef\xbb\xbf" or first[:1] == "\ufeff":  # a byte order mark: RFC 8259
         first = first[3:] if isinstance(first, bytes) else first[1:]  # lets a reader skip it
     try:
@@ -141,6 +168,28 @@ def read_tape(lines: Iterable[bytes | str], errors: ErrorSink) -> Iterator[Quote
             f"line 1: unsupported tape {header.format!r} version {header.version}"
             f" (this build reads {TAPE_FORMAT!r} version {TAPE_VERSION})"
         )
+    return header
+
+
+def read_tape(
+    lines: Iterable[bytes | str],
+    errors: ErrorSink,
+    *,
+    on_header: Callable[[TapeHeader], None] | None = None,
+    max_gap_ms: int | None = None,
+) -> Iterator[Quote]:
+    """Yield the quotes of a tape in order; append every bad line to `errors` and skip it.
+
+    `on_header` sees line 1 before any quote. With `max_gap_ms`, a quote further than that
+    after the one before it raises TapeGapError instead of being yielded."""
+    it = iter(lines)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise TapeError("empty tape: the first line must be the oracled-tape header") from None
+    header = read_header(first)
+    if on_header is not None:
+        on_header(header)
     last_ts = -math.inf
     for number, raw in enumerate(it, start=2):
         if not raw.strip():
@@ -153,12 +202,48 @@ def read_tape(lines: Iterable[bytes | str], errors: ErrorSink) -> Iterator[Quote
         if quote.recv_ts < last_ts:
             errors.append(TapeLineError(number, f"ts {quote.recv_ts} is before the previous line"))
             continue
+        if max_gap_ms and last_ts > -math.inf and quote.recv_ts - last_ts > max_gap_ms:
+            raise TapeGapError(number, int(quote.recv_ts - last_ts), max_gap_ms)
         last_ts = quote.recv_ts
         yield quote
 
 
-def header_line() -> bytes:
-    return msgspec.json.encode({"format": TAPE_FORMAT, "version": TAPE_VERSION}) + b"\n"
+def header_line(config_sha256: str | None = None) -> bytes:
+    """Line 1; `record` adds the digest of its config (`pricing_digest`)."""
+    header: dict[str, object] = {"format": TAPE_FORMAT, "version": TAPE_VERSION}
+    if config_sha256 is not None:
+        header["config_sha256"] = config_sha256
+    return msgspec.json.encode(header) + b"\n"
+
+
+def max_gap_ms(value: str) -> int | None:
+    """`--max-gap SECONDS` of `replay` and `stress` (an argparse type): 0 is no limit."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"--max-gap {value!r}: not a number of seconds >= 0")
+    return round(seconds * 1000) or None
+
+
+def pricing_digest(cfg: Config) -> str:
+    """SHA-256 (hex) of what in `cfg` decides the prices a replay computes: `[oracle]` but its
+    pauses file, the markets, the routes and every slot's age limit (which an on-chain
+    source's feeds set). URLs, the API, logging, signing and the sinks are left out, so the
+    demo's rewritten config and a move to other hosts keep the digest."""
+    from oracled.config import slot_max_age_ms
+
+    body = {
+        "oracle": cfg.oracle.model_dump(mode="json", exclude={"manual_pauses_file"}),
+        "markets": [m.model_dump(mode="json") for m in cfg.markets],
+        "routes": [r.model_dump(mode="json", by_alias=True) for r in cfg.routes],
+        "slot_max_age_ms": [
+            [slot_max_age_ms(cfg, m, ms) for ms in (*m.sources, *m.perp_sources)]
+            for m in cfg.markets
+        ],
+    }
+    return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
 
 
 class _QuoteLine(msgspec.Struct, omit_defaults=True):

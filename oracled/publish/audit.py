@@ -31,7 +31,6 @@ other database it cannot write: logged, counted, tried again, prices go on).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import queue
 import sqlite3
@@ -48,6 +47,7 @@ import structlog
 
 from oracled.config import AuditConfig
 from oracled.errors import OracledError
+from oracled.lockfile import LockHeldError, lock_beside
 from oracled.model import Quote, Report
 from oracled.tape import header_line, quote_to_line
 
@@ -145,17 +145,13 @@ def _lock(path: Path) -> int:
     descriptor, to keep open while writing. Two writers would interleave two daemons' rounds in
     one trail (a second daemon, or `oracled record`, on the same config); the lock is released
     by the kernel with the process, so a killed writer never leaves it stuck."""
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        return lock_beside(path)
+    except LockHeldError as exc:
         raise AuditInUseError(
-            f"{path} is written by another process (it holds {lock}): a second daemon, or "
+            f"{path} is written by another process (it holds {exc.lock}): a second daemon, or "
             "`oracled record` beside one, needs an audit.path of its own"
         ) from None
-    return fd
 
 
 def _make_dictionary(bodies: list[bytes]) -> bytes:

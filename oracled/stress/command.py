@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from oracled.errors import ConfigError, TapeError
 from oracled.stress.scenarios import SCENARIOS, build, scenario_accounts, scenario_config
+from oracled.tape import DEFAULT_MAX_GAP_MS, TapeGapError, max_gap_ms
 
 if TYPE_CHECKING:  # the heavy parts load only when a command runs, not for `oracled run`
     from oracled.config import Config
@@ -18,7 +19,7 @@ if TYPE_CHECKING:  # the heavy parts load only when a command runs, not for `ora
 
 __all__ = ["add_parsers", "cmd_scenario", "cmd_stress"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TAPE_ERRORS = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TAPE_ERRORS, EXIT_TAPE_GAP = 0, 1, 2, 3, 4
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +35,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     stress.add_argument("--seed", type=int, default=0, help="scenario seed (default: 0)")
     stress.add_argument("--accounts", type=Path, help="accounts file (default with --scenario)")
     stress.add_argument("--venue", help="the venue of the single-venue policy")
+    stress.add_argument(
+        "--max-gap",
+        type=max_gap_ms,
+        default=DEFAULT_MAX_GAP_MS,
+        metavar="SECONDS",
+        help="stop (exit 4) at a gap between quotes longer than this (default: 86400; 0: none)",
+    )
     stress.add_argument("--json", type=Path, help="write the results as JSON here ('-': stdout)")
     stress.add_argument("--plot", type=Path, help="write a PNG of price paths here")
 
@@ -81,7 +89,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
 
     try:
         cfg, accounts, lines = _inputs(args)
-        result = run_stress(cfg, lines, accounts, single_venue=args.venue)
+        result = run_stress(cfg, lines, accounts, single_venue=args.venue, max_gap_ms=args.max_gap)
     except ConfigError as exc:
         print(f"oracled stress: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
@@ -93,6 +101,9 @@ def cmd_stress(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"oracled stress: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except TapeGapError as exc:  # no results: they would be of the tape before the gap only
+        print(f"oracled stress: {args.tape}: {exc} (--max-gap 0 replays any gap)", file=sys.stderr)
+        return EXIT_TAPE_GAP
     except TapeError as exc:  # named by the tape's path, as `oracled replay` does
         print(f"oracled stress: {args.tape}: {exc}", file=sys.stderr)
         return EXIT_FAILURE

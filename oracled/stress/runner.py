@@ -39,6 +39,7 @@ from oracled.margin import (
 )
 from oracled.replay import ReplayStats, replay
 from oracled.stress.policies import QuoteWatch
+from oracled.tape import DEFAULT_MAX_GAP_MS
 
 __all__ = ["ORACLE", "PLAIN", "REFERENCE", "PolicyRun", "StressResult", "run_stress"]
 
@@ -246,8 +247,10 @@ def run_stress(
     accounts: AccountsFile,
     *,
     single_venue: str | None = None,
+    max_gap_ms: int | None = DEFAULT_MAX_GAP_MS,
 ) -> StressResult:
-    """Run the tape; `single_venue` defaults to the header's, else the primary market's first."""
+    """Run the tape; `single_venue` defaults to the header's, else the primary market's first.
+    A gap past `max_gap_ms` raises TapeGapError, as `replay` does."""
     it = iter(tape)
     first = next(it, None)  # None: an empty tape, which the replay refuses as such
     header = read_header(first) if first is not None else {}
@@ -371,5 +374,7 @@ def run_stress(
 
     with open(os.devnull, "wb") as sink:
         lines = itertools.chain([] if first is None else [first], it)
-        result.stats = replay(cfg, lines, sink, on_quote=watch.on_quote, on_round=on_round)
+        result.stats = replay(
+            cfg, lines, sink, on_quote=watch.on_quote, on_round=on_round, max_gap_ms=max_gap_ms
+        )
     return result

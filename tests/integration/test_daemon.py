@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from daemon import ADMIN_TOKEN, Daemon, sim_config
 
+from oracled.config import load_config
 from oracled.sim import BinanceSim
+from oracled.tape import pricing_digest
 
 PRICES = {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0, "USDTUSD": 1.0}
 pytestmark = pytest.mark.integration
@@ -231,7 +233,8 @@ async def test_record_writes_a_tape_that_replay_reads_back(
     finally:
         await d.close()
     lines = tape.read_bytes().splitlines()
-    assert json.loads(lines[0]) == {"format": "oracled-tape", "version": 1}
+    digest = pricing_digest(load_config(d.config))  # what replay compares its config with
+    assert json.loads(lines[0]) == {"format": "oracled-tape", "version": 1, "config_sha256": digest}
     assert len(lines) > 50
     out = tmp_path / "reports.jsonl"
     proc = await asyncio.create_subprocess_exec(
@@ -248,6 +251,7 @@ async def test_record_writes_a_tape_that_replay_reads_back(
     )
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
+    assert b"warning" not in err  # the config it was recorded with
     reports = [json.loads(x) for x in out.read_bytes().splitlines()]
     # The replayed rounds price BTC/USD live from the tape, where the daemon priced it live.
     replayed = [

@@ -308,3 +308,33 @@ def test_a_demo_task_that_ignores_cancellation_does_not_hold_the_demo_at_its_end
         assert not demo.is_alive(), "the demo's end waited on the deaf task"
     abandoned = [e for e in logs if e["event"] == "task ignored its cancellation; abandoned"]
     assert [e["task"] for e in abandoned] == ["deaf"]
+
+
+def test_the_demo_exits_as_record_does_when_its_tape_fails(tmp_path: Path) -> None:
+    """`demo --record` on a full disk logged the failed tape and still exited 0, where `record`
+    exits 1 for the same incomplete tape; it now exits 1 too. A tape that exists is refused
+    (exit 2) and kept, as by `record`."""
+    config = tmp_path / "oracled.toml"
+    config.write_text((ROOT / "config" / "default.toml").read_text())
+
+    def demo(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                *(sys.executable, "-m", "oracled.cli", "demo", "--config", str(config)),
+                *("--listen", f"127.0.0.1:{free_port()}", "--duration", "2", *args),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
+    full = demo("--record", "/dev/full")
+    assert full.returncode == 1, full.stderr[-3000:]
+    assert "No space left on device" in full.stderr
+    tape = tmp_path / "t.jsonl"
+    tape.write_text('{"format": "oracled-tape", "version": 1}\n')
+    kept = demo("--record", str(tape))
+    assert kept.returncode == 2, kept.stderr[-3000:]
+    assert "already holds a tape" in kept.stderr
+    assert tape.read_text() == '{"format": "oracled-tape", "version": 1}\n'

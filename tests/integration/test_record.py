@@ -126,7 +126,8 @@ async def test_a_backlog_past_its_limit_stops_the_recording_at_a_clean_prefix(
     backlog limit the recording stops with an error said once, the lines already handed to
     the writer are written whole, and nothing after them."""
     reader = StalledReader(tmp_path / "tape.fifo")
-    recorder = await asyncio.to_thread(_TapeRecorder, reader.path, 200_000)
+    recorder = _TapeRecorder(reader.path, 200_000)
+    await recorder.drain(5.0)  # a FIFO is opened by the writer thread, once a reader comes
 
     def quotes(first: int, n: int) -> list[Quote]:
         return [

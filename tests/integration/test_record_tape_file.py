@@ -1,0 +1,170 @@
+"""`oracled record` and the file it writes: an existing tape is never emptied, one tape has one
+writer, `--append` continues a tape without losing a byte, and a FIFO nobody reads holds no stop."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from daemon import Daemon, free_port, sim_config
+
+from oracled.config import load_config
+from oracled.model import Quote
+from oracled.sim import BinanceSim
+from oracled.tape import (
+    TapeHeader,
+    TapeLineError,
+    header_line,
+    pricing_digest,
+    quote_to_line,
+    read_tape,
+)
+
+PRICES = {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0, "USDTUSD": 1.0}
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def venues() -> AsyncIterator[list[BinanceSim]]:
+    sims = [BinanceSim(PRICES, seed=i, rate_hz=20.0, market_seed=42) for i in range(3)]
+    for sim in sims:
+        await sim.start()
+    yield sims
+    for sim in sims:
+        await sim.stop()
+
+
+def _recorder(venues: list[BinanceSim], tmp_path: Path) -> Daemon:
+    d = Daemon(sim_config([(s.ws_url, s.rest_url) for s in venues]), tmp_path)
+    d.argv[1] = "record"
+    return d
+
+
+def _record(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A second `oracled record` in the foreground, on a free port."""
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "oracled.cli", "record", "--config", str(config)),
+            *("--listen", f"127.0.0.1:{free_port()}", *args),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def _read(data: bytes) -> tuple[list[TapeHeader], list[Quote], list[TapeLineError]]:
+    headers: list[TapeHeader] = []
+    errors: list[TapeLineError] = []
+    quotes = list(read_tape(io.BytesIO(data), errors, on_header=headers.append))
+    return headers, quotes, errors
+
+
+async def _rounds(d: Daemon, n: int) -> None:
+    async def past() -> bool:
+        status, body = await d.get("/v1/prices/BTC-USD")
+        return status == 200 and int(body["round"]) >= n
+
+    await d.wait_for(past, 20, f"round {n}")
+
+
+def test_an_existing_tape_is_refused_and_left_whole(tmp_path: Path) -> None:
+    """`record --out t.jsonl` opened the tape for writing before it bound its port: run again
+    (a restart after a crash, a mistyped command) it emptied the tape, even when it then failed
+    to start. It now refuses a tape that holds anything (exit 2, a line that says what to do)
+    and leaves it byte for byte; an empty file is written as before."""
+    config = tmp_path / "oracled.toml"
+    config.write_text(sim_config([("ws://127.0.0.1:9/ws", "http://127.0.0.1:9")] * 3))
+    tape = tmp_path / "t.jsonl"
+    kept = header_line() + quote_to_line(Quote("v1", "BTC/USDT", 1_700_000_000_000, 60_000.5))
+    tape.write_bytes(kept)
+    proc = _record(config, "--out", str(tape))
+    assert proc.returncode == 2, proc.stderr
+    assert "already holds a tape" in proc.stderr and "--append" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert tape.read_bytes() == kept
+
+
+async def test_a_second_recorder_cannot_write_the_tape_the_first_is_writing(
+    venues: list[BinanceSim], tmp_path: Path
+) -> None:
+    """Two recorders on one path both wrote into it, interleaving their lines. The first holds
+    a lock beside the tape (`<tape>.lock`, as the audit trail does); the second, even with
+    --append, is refused with exit 2, and the first one's tape stays clean."""
+    d = _recorder(venues, tmp_path)
+    tape = tmp_path / "t.jsonl"
+    try:
+        await d.start("--out", str(tape))
+        await _rounds(d, 10)
+        proc = await asyncio.to_thread(_record, d.config, "--out", str(tape), "--append")
+        assert proc.returncode == 2, proc.stderr
+        assert "written by another `oracled record`" in proc.stderr
+        await _rounds(d, 20)
+        assert await asyncio.to_thread(d.terminate) == 0
+    finally:
+        await d.close()
+    headers, quotes, errors = _read(tape.read_bytes())
+    assert len(headers) == 1 and errors == [] and len(quotes) > 50
+
+
+async def test_append_continues_the_tape_and_ends_a_torn_last_line(
+    venues: list[BinanceSim], tmp_path: Path
+) -> None:
+    """A recorder killed mid-write leaves a last line without its newline; `--append` ends that
+    line (its bytes stay: a replay reports it as unreadable) and adds the new quotes after the
+    old ones under the one header; a tape recorded with another pricing config is refused."""
+    d = _recorder(venues, tmp_path)
+    digest = pricing_digest(load_config(d.config))
+    old = [Quote("v1", "BTC/USDT", 1_700_000_000_000 + k, 60_000.5) for k in range(3)]
+    before = header_line(digest) + b"".join(quote_to_line(q) for q in old)
+    tape = tmp_path / "t.jsonl"
+    tape.write_bytes(before + b'{"ts":17000000')  # torn by a crash: line 5
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(header_line("0" * 64) + quote_to_line(old[0]))
+    proc = await asyncio.to_thread(_record, d.config, "--out", str(other), "--append")
+    assert proc.returncode == 2, proc.stderr
+    assert "another pricing config" in proc.stderr
+    try:
+        await d.start("--out", str(tape), "--append")
+        await _rounds(d, 10)
+        assert await asyncio.to_thread(d.terminate) == 0
+    finally:
+        await d.close()
+    (torn,) = d.events(
+        "tape: its last line was torn (a stop mid-write): ended it, and appending after it;"
+        " a replay reports that line as unreadable"
+    )
+    assert torn["line"] == 5
+    data = tape.read_bytes()
+    assert data.startswith(before + b'{"ts":17000000\n')
+    headers, quotes, errors = _read(data)
+    assert [h.config_sha256 for h in headers] == [digest]
+    assert [e.line for e in errors] == [5]
+    assert quotes[:3] == old and len(quotes) > 50
+
+
+async def test_a_fifo_nobody_reads_does_not_hold_the_start_or_the_stop(
+    venues: list[BinanceSim], tmp_path: Path
+) -> None:
+    """`record --out FIFO` with no reader blocked in its open before the daemon started, where
+    SIGTERM was only noted: the process ran on until a reader came or SIGKILL. The FIFO is now
+    opened by the tape's writer thread: the daemon starts and prices, and a stop ends it with
+    exit 1 and the reason (nothing was recorded)."""
+    fifo = tmp_path / "tape.fifo"
+    os.mkfifo(fifo)
+    d = _recorder(venues, tmp_path)
+    try:
+        await d.start("--out", str(fifo))  # the API answers: the start did not wait
+        await _rounds(d, 5)
+        assert await asyncio.to_thread(d.terminate) == 1
+    finally:
+        await d.close()
+    (event,) = d.events("tape not written: recording stopped; prices go on")
+    assert "nobody opened" in event["error"]
