@@ -12,6 +12,7 @@ from oracled.api.params import market_list, path_market, query_once
 from oracled.config import Config, MarketConfig, MarketSource, slot_route
 from oracled.core import RoundResult
 from oracled.model import Quote, Report, SourceValue
+from oracled.sources.stats import SourceStats
 
 __all__ = ["ReadHandlers"]
 
@@ -68,6 +69,16 @@ def _quote_view(q: Quote) -> dict[str, object]:
         "price": _decimal(q.price),
         "recv_ts": q.recv_ts,
         "venue_ts": q.venue_ts,
+    }
+
+
+def _connection(stats: SourceStats) -> dict[str, object]:
+    return {
+        "state": stats.state.value,
+        "last_quote_ms": stats.last_quote_ms,
+        "last_frame_ms": stats.last_frame_ms,
+        "reconnects": stats.reconnects,
+        "malformed": stats.malformed,
     }
 
 
@@ -236,15 +247,7 @@ class ReadHandlers:
                 "used": None if part is None else part.used,
                 "reason": None if part is None else part.reason,
                 "value": None if part is None else part.value,
-                "connection": None
-                if stats is None
-                else {
-                    "state": stats.state.value,
-                    "last_quote_ms": stats.last_quote_ms,
-                    "last_frame_ms": stats.last_frame_ms,
-                    "reconnects": stats.reconnects,
-                    "malformed": stats.malformed,
-                },
+                "connection": None if stats is None else _connection(stats),
             }
             _routed(config, cfg, ms, row)
             rows.append(row)
@@ -255,8 +258,49 @@ class ReadHandlers:
                 "ts": None if report is None else report.ts,
                 "now": now,
                 "sources": rows,
+                "perp_sources": self._perp_rows(config, cfg, now),
             }
         )
+
+    def _perp_rows(self, config: Config, cfg: MarketConfig, now: int) -> list[dict[str, object]]:
+        """The market's perp_sources as the mark engine saw them in the latest round: used, or
+        why not (docs/mark.md), and the mid in market units; empty for a spot-only market."""
+        ctx = self._ctx
+        result = ctx.hub.latest_result
+        values = None
+        decimals = 0
+        # Only a round of the config in force: after a reload, until the next round, the
+        # entries have no part yet rather than another entry's.
+        if result is not None and result.mark is not None and result.layout is ctx.core.layout:
+            i = ctx.core.index.get(cfg.symbol)
+            if i is not None:
+                values = result.mark.values.get(i)
+                decimals = int(result.layout.decimals[i])
+        rows: list[dict[str, object]] = []
+        for k, ps in enumerate(cfg.perp_sources):
+            quote = ctx.core.book.perps.get((ps.source, ps.pair, ps.kind))
+            stats = ctx.source_stats.get(ps.source)
+            stamp = None
+            if quote is not None:
+                stamp = quote.recv_ts if quote.venue_ts is None else quote.venue_ts
+            known = values is not None and k < len(values.perp_reasons)
+            mid = values.perp_mids[k] if values is not None and known else float("nan")
+            row: dict[str, object] = {
+                "source": ps.source,
+                "pair": ps.pair,
+                "kind": ps.kind,
+                "quote": None if quote is None else _quote_view(quote),
+                "age_ms": None if stamp is None else now - stamp,
+                "used": None if values is None or not known else values.perp_reasons[k] is None,
+                "reason": values.perp_reasons[k] if values is not None and known else None,
+                "value": None if mid != mid else f"{mid:.{decimals}f}",
+                "connection": None if stats is None else _connection(stats),
+            }
+            via = slot_route(config, cfg, ps.pair)
+            if via is not None:
+                row["via"] = via
+            rows.append(row)
+        return rows
 
     async def info(self, request: web.Request) -> web.Response:
         """Version and shape of the running daemon, and the address that signs its rounds."""

@@ -29,7 +29,7 @@ from oracled.config import Config, MarkConfig
 from oracled.mark.formulas import decay, ema_update, funding_rate, median, premium_of
 from oracled.model import Mark, MarkEstimators, Quote
 
-__all__ = ["MODES", "RATE_DECIMALS", "MarkEngine", "MarkRound", "MarkValues"]
+__all__ = ["MODES", "PERP_REASONS", "RATE_DECIMALS", "MarkEngine", "MarkRound", "MarkValues"]
 
 RATE_DECIMALS = 8  # premium and funding rates leave the process with 8 decimals
 _RATE_FMT = f".{RATE_DECIMALS}f"
@@ -37,6 +37,12 @@ REASON_INDEX = "index"  # the index is not live, so neither is the mark
 # What a market's mark is made of in a round: the perpetuals (basis EMA and perp median), the
 # fallback (fewer than min_perp_sources counted), or nothing (the index is not live).
 MODES = ("perps", "fallback", "none")
+# Why a perpetual did not count in a round (docs/mark.md, Inputs): no quote held, flagged by its
+# source, too old or too far ahead, a lone bid or ask, its conversion leg not live, too far from
+# the index, fewer counting than min_perp_sources, or no live index (nothing was checked).
+PERP_REASONS = (
+    "no_quote", "flagged", "stale", "future", "one_sided", "route", "deviation", "too_few", "index"
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,10 @@ class MarkValues(NamedTuple):
     last_funding: float
     last_funding_ts: int | None
     next_funding_ts: int
+    # Per entry of the market's perp_sources, in config order: None if it counted, else why
+    # not (one of PERP_REASONS), and its mid in market units (NaN without one).
+    perp_reasons: tuple[str | None, ...] = ()
+    perp_mids: tuple[float, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -230,19 +240,30 @@ class MarkEngine:
         x = live[spec.market]
         mids: list[float] = []
         premiums: list[float] = []
+        reasons: list[str | None] = []
+        seen: list[float] = []
         if isfinite(x):
             for perp in spec.perps:
                 found = _convert(perp, perps.get(perp.key), live, now, spec.max_age_ms, self._skew)
-                if found is None:
+                if isinstance(found, str):
+                    reasons.append(found)
+                    seen.append(nan)
                     continue
                 mid, bid, ask = found
+                seen.append(mid)
                 if abs(mid / x - 1.0) > spec.max_dev:
+                    reasons.append("deviation")
                     continue
+                reasons.append(None)
                 mids.append(mid)
                 premiums.append(premium_of(x, mid, bid, ask))
             if len(mids) < spec.min_perps:  # too few to outvote one venue: as if none counted
                 mids.clear()
                 premiums.clear()
+                reasons = ["too_few" if r is None else r for r in reasons]
+        else:
+            reasons = ["index"] * len(spec.perps)
+            seen = [nan] * len(spec.perps)
 
         perp_median = median(mids)
         basis = perp_median - x  # NaN without a live index or a fresh perp
@@ -274,6 +295,8 @@ class MarkEngine:
             last_funding=state.last_rate,
             last_funding_ts=state.last_ts,
             next_funding_ts=(state.acc_id + 1) * spec.interval_ms,
+            perp_reasons=tuple(reasons),
+            perp_mids=tuple(seen),
         )
 
     def _fund(self, spec: _Spec, state: _State, now: int, premium: float) -> float:
@@ -343,26 +366,30 @@ def _convert(
     now: int,
     max_age_ms: int,
     skew: int,
-) -> tuple[float, float | None, float | None] | None:
-    """(mid, bid, ask) of a fresh perpetual quote in market units, or None if it cannot count
+) -> tuple[float, float | None, float | None] | str:
+    """(mid, bid, ask) of a fresh perpetual quote in market units, or why it cannot count
     (as a spot slot, a value its source flagged as not a price never counts)."""
-    if quote is None or quote.flag is not None:
-        return None
+    if quote is None:
+        return "no_quote"
+    if quote.flag is not None:
+        return "flagged"
     stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
     age = now - stamp
-    if age > max_age_ms or age < -skew:
-        return None
+    if age > max_age_ms:
+        return "stale"
+    if age < -skew:
+        return "future"
     bid, ask = quote.bid, quote.ask
     if bid is not None and ask is not None:
         mid = (bid + ask) * 0.5
     elif quote.price is not None:
         mid, bid, ask = quote.price, None, None
     else:
-        return None  # a lone bid or ask is not a mid
+        return "one_sided"  # a lone bid or ask is not a mid
     if perp.via >= 0:
         leg = live[perp.via]
         if not isfinite(leg):
-            return None  # a leg that is not live blocks the perp, as it blocks spot slots
+            return "route"  # a leg that is not live blocks the perp, as it blocks spot slots
         factor = 1.0 / leg if perp.invert else leg
         mid *= factor
         if bid is not None and ask is not None:

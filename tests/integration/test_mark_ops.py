@@ -65,8 +65,9 @@ async def test_a_mark_in_fallback_shows_in_metrics_and_is_logged_once_per_change
     tmp_path: Path,
 ) -> None:
     """With both perpetual venues silent, oracled_mark_mode says fallback and perps_used 0 while
-    the mark price stays published; `mark fallback` is logged once (not per round) and `mark
-    from perpetuals` once the venues are back, when the metrics say perps again."""
+    the mark price stays published, and /v1/markets/BTC-USD/sources lists both perp_sources as
+    not used, stale; `mark fallback` is logged once (not per round) and `mark from perpetuals`
+    once the venues are back, when the metrics say perps again."""
     cfg, venues = await simulate(parse_config(_config(), env={}), rate_hz=10.0, liveness=LIVENESS)
     daemon = Daemon(
         tomli_w.dumps(cfg.model_dump(by_alias=True, exclude={"admin_token"}, exclude_none=True)),
@@ -82,6 +83,11 @@ async def test_a_mark_in_fallback_shows_in_metrics_and_is_logged_once_per_change
 
         before = await daemon.wait_for(lambda: mode("perps"), 20.0, "mark from perps")
         assert before[("oracled_mark_perps_used",)] == 2.0
+        _, listed = await daemon.get("/v1/markets/BTC-USD/sources")
+        perps = {row["source"]: row for row in listed["perp_sources"]}
+        assert set(perps) == set(PERPS) and {p["kind"] for p in perps.values()} == {"perp"}
+        assert all(p["used"] is True and p["reason"] is None for p in perps.values()), perps
+        assert all(p["value"] is not None and p["via"] == "USDT/USD" for p in perps.values())
         assert before[("oracled_mark_mode", "fallback")] == 0.0
         for venue in venues:
             if venue.source in PERPS:
@@ -92,6 +98,10 @@ async def test_a_mark_in_fallback_shows_in_metrics_and_is_logged_once_per_change
         report = await daemon.report("BTC/USD")
         assert report["mark"]["estimators"]["fallback"] is not None
         assert during[("oracled_mark_price",)] > 0.0
+        _, listed = await daemon.get("/v1/markets/BTC-USD/sources")
+        assert [(p["used"], p["reason"]) for p in listed["perp_sources"]] == [(False, "stale")] * 2
+        _, usdt = await daemon.get("/v1/markets/USDT-USD/sources")
+        assert usdt["perp_sources"] == []
         await asyncio.sleep(1.0)  # more rounds in fallback: still one line
         assert len(daemon.events("mark fallback")) == 1
         (entered,) = daemon.events("mark fallback")
