@@ -250,5 +250,8 @@ def cmd_verify(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> in
         exponents=exponents,
         signers=args.signer or (),
     )
-    print_summary(summary, out)
+    if args.market is not None and not summary.rounds:
+        print(f"{args.market}: no round that holds it is stored in this window", file=out)
+    else:
+        print_summary(summary, out)
     return summary.exit_code()

@@ -172,3 +172,8 @@ def test_a_key_not_given_with_signer_is_a_mismatch_and_bad_requests_exit_2(
     assert main(["audit", "--db", str(db), "--verify", "--config", missing]) == 2
     assert "--config" in capsys.readouterr().err
     assert main(["audit", "--db", str(db), "--verify", "--from", str(T0 * 2)]) == 1
+    assert "no round stored in this window" in capsys.readouterr().out
+    assert main(["audit", "--db", str(db), "--verify", "--market", "XRP/USD"]) == 1
+    assert "XRP/USD: no round that holds it is stored" in capsys.readouterr().out
+    assert main(["audit", "--db", str(db), "--verify", "--market", "eth-usd"]) == 0
+    assert "2 round(s) checked" in capsys.readouterr().out
