@@ -127,11 +127,10 @@ def check_round(
         except ValueError as exc:
             problems.append(f"report not signable: {exc}")
     if missing and not problems:
+        names = f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+        where = "not a market of --config" if configured else "give --config"
         return RoundCheck(
-            "unchecked",
-            recovered,
-            f"no exponent for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
-            "(no decimal in its report): give --config",
+            "unchecked", recovered, f"no exponent for {names} (no decimal in its report): {where}"
         )
     if not problems and leaves:
         root = merkle_levels([leaf_hash(leaf) for leaf in leaves])[-1][0]

@@ -135,7 +135,8 @@ def test_a_market_that_never_had_a_price_needs_the_config_for_its_exponent(
 ) -> None:
     """A market no source ever quoted has no decimal string in its reports, yet its exponent is
     in its signed leaf: without `--config` its rounds are not checked (exit 4, saying so), with
-    the daemon's config they all match; a config giving another exponent makes them mismatch."""
+    the daemon's config they all match; a config without the market says so (exit 4), and one
+    giving another exponent makes them mismatch."""
     db = tmp_path / "audit.sqlite3"
     markets = {"BTC/USD": 1.0, "ETH/USD": 1.0, "SOL/USD": 1.0, "DOGE/USD": 1.0}
     written(db, 3, markets=markets)  # the feed quotes BTC, ETH and SOL only
@@ -152,6 +153,12 @@ def test_a_market_that_never_had_a_price_needs_the_config_for_its_exponent(
     config.write_text('[sources.alpha]\ntype = "binance"\n' + table)
     assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 0
     assert "3 signed and matching" in capsys.readouterr().out
+    config.write_text(config.read_text().replace("DOGE/USD", "XRP/USD"))
+    assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 4
+    assert "no exponent for DOGE/USD (no decimal in its report): not a market of --config" in (
+        capsys.readouterr().out
+    )
+    config.write_text(config.read_text().replace("XRP/USD", "DOGE/USD"))
     config.write_text(config.read_text().replace("price_exponent = -2", "price_exponent = -4"))
     assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 3
 
