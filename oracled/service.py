@@ -114,6 +114,8 @@ class _TapeRecorder:
             mode = path.stat().st_mode
         except FileNotFoundError:
             mode = stat.S_IFREG
+        if stat.S_ISDIR(mode):  # said before the start, not at the first write
+            raise TapeError(f"{path} is a directory: --out names the tape file")
         if not stat.S_ISREG(mode):  # a FIFO (`--out >(gzip > t.gz)`), /dev/stdout: the open
             self._open_later(header)  # waits for a reader, which must not hold a stop
             return
@@ -123,6 +125,8 @@ class _TapeRecorder:
             raise TapeError(
                 f"{path} is written by another `oracled record` (it holds {exc.lock})"
             ) from None
+        except OSError as exc:  # no such directory, no permission: the tape could not be either
+            raise TapeError(f"{path}: cannot write beside it ({exc.strerror or exc})") from None
         if path.exists() and path.stat().st_size > 0:
             if not append:
                 raise TapeError(

@@ -92,6 +92,19 @@ def test_an_existing_tape_is_refused_and_left_whole(tmp_path: Path) -> None:
     assert tape.read_bytes() == kept
 
 
+def test_a_tape_path_that_cannot_be_written_is_refused_before_the_start(tmp_path: Path) -> None:
+    """`--out` naming a directory started the daemon, which priced without a tape and said so
+    only at its first write (exit 1 at the stop); one in a directory that does not exist ended
+    in a `fatal` line naming the lock file. Both are refused at once, naming the tape (exit 2)."""
+    config = tmp_path / "oracled.toml"
+    config.write_text(sim_config([("ws://127.0.0.1:9/ws", "http://127.0.0.1:9")] * 3))
+    for out, why in ((tmp_path, "is a directory"), (tmp_path / "no" / "t.jsonl", "cannot write")):
+        proc = _record(config, "--out", str(out))
+        assert proc.returncode == 2, proc.stderr
+        assert f"oracled record: {out}" in proc.stderr and why in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
 async def test_a_second_recorder_cannot_write_the_tape_the_first_is_writing(
     venues: list[BinanceSim], tmp_path: Path
 ) -> None:
