@@ -71,6 +71,15 @@ def _market(text: str) -> str:
     return name
 
 
+def _address(text: str) -> str:
+    """`--signer`: an Ethereum address (0x and 40 hex digits, any case); a typo would otherwise
+    make every round a mismatch."""
+    body = text.strip().removeprefix("0x")
+    if len(body) != 40 or any(c not in "0123456789abcdefABCDEF" for c in body):
+        raise argparse.ArgumentTypeError(f"{text[:64]!r} is not an address (0x and 40 hex digits)")
+    return "0x" + body
+
+
 def add_parser(sub: Any) -> None:
     """Add the `audit` subcommand to the CLI's subparsers."""
     p = sub.add_parser("audit", help="query the audit trail: timelines, CSV, quote tape")
@@ -95,6 +104,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--signer",
         action="append",
+        type=_address,
         help="with --verify: an address you trust (repeatable); a round by another key mismatches",
     )
 

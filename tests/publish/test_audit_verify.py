@@ -174,6 +174,10 @@ def test_a_key_not_given_with_signer_is_a_mismatch_and_bad_requests_exit_2(
     assert main(["audit", "--db", str(db), "--verify", "--signer", OTHER]) == 3
     assert f"signed by {KEY.address}, not by a --signer" in capsys.readouterr().out
     assert main(["audit", "--db", str(db), "--verify", "--tape", str(tmp_path / "t")]) == 2
+    with pytest.raises(SystemExit) as refused:  # argparse's exit for a bad value
+        main(["audit", "--db", str(db), "--verify", "--signer", KEY.address[:-1]])
+    assert refused.value.code == 2
+    assert "is not an address" in capsys.readouterr().err
     assert main(["audit", "--db", str(db), "--config", str(db)]) == 2
     missing = str(tmp_path / "none.toml")
     assert main(["audit", "--db", str(db), "--verify", "--config", missing]) == 2
