@@ -53,6 +53,13 @@ async def make_client(
         client: TestClient[web.Request, web.Application] = await aiohttp_client(
             app, server_kwargs=kwargs
         )
+        # Serve as the daemon does (aiohttp's AppRunner default): a lost connection does not
+        # cancel its handler, whose pending write raises instead. aiohttp's test server cancels
+        # handlers, which hid handler error paths the daemon takes (an SSE write to a reset
+        # client gave the daemon a traceback and a 500 while every test passed).
+        server = client.server.runner.server if client.server.runner is not None else None
+        assert server is not None
+        server.handler_cancellation = False
         return client
 
     yield make
