@@ -143,16 +143,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: Path) -> Config:
+def _load(path: Path) -> tuple[Config, str]:
+    """The config and the sha256 of its file (kept in the audit trail)."""
     import structlog
 
-    from oracled.config import load_config, log_config_warnings
+    from oracled.config import log_config_warnings, read_config
     from oracled.logs import setup_logging
 
-    cfg = load_config(path)
+    cfg, digest = read_config(path)
     setup_logging(cfg.log.level, cfg.log.format)
     log_config_warnings(cfg, structlog.get_logger("oracled"))  # the lines check-config prints
-    return cfg
+    return cfg, digest
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -246,7 +247,7 @@ def _latched(hangups: _Hangups, stops: _Stops) -> Callable[[Service], None]:
 def _cmd_run(
     args: argparse.Namespace, hangups: _Hangups, stops: _Stops, record: Path | None = None
 ) -> int:
-    cfg = _load(args.config)  # before importing the runtime: a bad config fails fast
+    cfg, digest = _load(args.config)  # before importing the runtime: a bad config fails fast
     from oracled.service import Service, run_service
 
     try:
@@ -256,6 +257,7 @@ def _cmd_run(
             record=record,
             record_append=record is not None and args.append,
             config_path=args.config,
+            config_sha256=digest,
             freeze_gc=True,
         )
     except TapeError as exc:  # the tape exists, or another recorder writes it: left untouched
@@ -345,7 +347,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, hangups: _Hangups, stops: _Stops) -> int:
-    cfg = _load(args.config)
+    cfg, _ = _load(args.config)
     from oracled.demo import run_demo
 
     try:

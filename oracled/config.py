@@ -13,6 +13,7 @@ made, so that the key itself never enters the config.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import ipaddress
 import os
@@ -1264,13 +1265,22 @@ def _disabled_with_settings(cfg: Config) -> list[str]:
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a TOML config file."""
+    return read_config(path, env)[0]
+
+
+def read_config(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[Config, str]:
+    """`load_config`, and the sha256 of the bytes it parsed (the audit trail's record of the
+    config in force): the file is read once, so the digest is of what was applied."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte order mark is no content
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: a byte order mark is no content
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # the newlines read_text gave
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -1279,4 +1289,4 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError([f"{path}: not valid TOML (nested too deeply)"]) from None
     if "admin_token" in data:
         raise ConfigError(["admin_token: put the token in the environment, not the file"])
-    return parse_config(data, env)
+    return parse_config(data, env), hashlib.sha256(raw).hexdigest()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import stat
@@ -29,7 +31,7 @@ from oracled import __version__, gcpause
 from oracled.api import ApiContext, build_app
 from oracled.api.limits import FD_RESERVE, open_file_limit_short
 from oracled.clock import Clock, SystemClock
-from oracled.config import Config, SourceConfig, load_config, log_config_warnings, parse_listen
+from oracled.config import Config, SourceConfig, log_config_warnings, parse_listen, read_config
 from oracled.core import Core, RoundResult
 from oracled.errors import ConfigError, ServiceStopping, TapeError
 from oracled.lockfile import LockHeldError, lock_beside
@@ -264,17 +266,18 @@ class _TapeRecorder:
         return self.take_error()
 
 
-async def _read_config(path: Path) -> Config:
-    """`load_config` in a daemon thread of its own. A read that never returns (a FIFO, a hung
-    network mount) must not hold the process: the loop's executor is joined on the way out
-    (and its threads at interpreter exit), so a stop would log `stopped` and never end."""
-    future: concurrent.futures.Future[Config] = concurrent.futures.Future()
+async def _read_config(path: Path) -> tuple[Config, str]:
+    """`read_config` (the config and its file's sha256) in a daemon thread of its own. A read
+    that never returns (a FIFO, a hung network mount) must not hold the process: the loop's
+    executor is joined on the way out (and its threads at interpreter exit), so a stop would
+    log `stopped` and never end."""
+    future: concurrent.futures.Future[tuple[Config, str]] = concurrent.futures.Future()
 
     def read() -> None:
         if not future.set_running_or_notify_cancel():  # the reload was cancelled first
             return
         try:
-            future.set_result(load_config(path))
+            future.set_result(read_config(path))
         except BaseException as exc:  # handed to the awaiting reload
             future.set_exception(exc)
 
@@ -296,6 +299,7 @@ class Service:
         source_factory: SourceFactory = build_source,
         restart_base_s: float = 1.0,
         config_path: Path | None = None,
+        config_sha256: str | None = None,
         freeze_gc: bool = False,
     ) -> None:
         self.cfg = cfg
@@ -326,6 +330,11 @@ class Service:
         self.nats = NatsSink(cfg.nats) if cfg.nats.enabled else None
         # The audit trail and the on-chain pusher (docs/publishing.md), also start-up only.
         self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
+        if self.audit is not None:  # the config in force, first in the trail (docs/publishing.md)
+            # the sha256 of the file `cfg` came from; without it (the demo, tests), of the settings
+            digest = config_sha256 or hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+            path_text = None if config_path is None else str(config_path)
+            self.audit.record_config(self.clock.now_ms(), "start", "start", path_text, digest, "{}")
         self._push_key = load_push_key(cfg.push) if cfg.push.enabled else None
         self.push_stats = PushStats() if cfg.push.enabled else None
         self.pusher: ChainPusher | None = None  # made in run(): it needs the HTTP session
@@ -439,6 +448,8 @@ class Service:
         action = "pause" if paused else "resume"
         self.metrics.manual_actions.labels(market, action).inc()
         self.log.warning("manual gate", market=market, action=action, actor=actor)
+        if self.audit is not None:
+            self.audit.record_action(self.clock.now_ms(), actor, action, market)
         if paused:
             self._paused[market] = Pause(actor, self.clock.now_ms())
         else:
@@ -452,6 +463,8 @@ class Service:
             if market in self.core.index:
                 self.core.set_manual(market, True)
                 self._paused[market] = pause
+                if self.audit is not None:
+                    self.audit.record_action(self.clock.now_ms(), pause.actor, "restore", market)
                 self.log.warning(
                     "manual pause restored", market=market, actor=pause.actor, since_ms=pause.ts
                 )
@@ -543,7 +556,7 @@ class Service:
         async with self._reload_lock:
             self._refuse_if_stopping(actor)  # the stop began while an earlier reload ran
             try:
-                new = await _read_config(self.config_path)
+                new, digest = await _read_config(self.config_path)
             except ConfigError as exc:
                 self.metrics.reloads.labels("refused").inc()
                 self.metrics.reload_ok.set(0)
@@ -571,6 +584,15 @@ class Service:
             self.metrics.reloads.labels("applied").inc()
             self.metrics.reload_ok.set(1)
             self.log.warning("config reloaded", actor=actor, **changes.as_dict())
+            if self.audit is not None:
+                self.audit.record_config(
+                    self.clock.now_ms(),
+                    "reload",
+                    actor,
+                    str(self.config_path),
+                    digest,
+                    json.dumps(changes.as_dict(), sort_keys=True, default=str),
+                )
             log_config_warnings(new, self.log)  # valid, but maybe not what was meant
             self._check_open_file_limit()
             return changes.as_dict()

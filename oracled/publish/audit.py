@@ -26,6 +26,13 @@ is made once and copied per row: a copy costs a fraction of priming a new one. A
 lines go in as one deflated block (`tapes`), one row instead of one per quote. The reader
 reads version 1 databases too; the writer refuses them (`AuditSchemaError`, handled like any
 other database it cannot write: logged, counted, tried again, prices go on).
+
+Version 3 adds what an operator did (`actions`: a manual pause or resume, its actor and time)
+and the config in force (`configs`: each load and reload, the sha256 of its text and what the
+reload changed), so "who paused BTC/USD at 14:02, under which config" is answered by the trail
+alone, and an index on `transitions (round_id)` for retention's deletes. They travel through the
+same queue and thread as the rounds. A version 2 database is brought to version 3 in place, in
+one transaction that only adds (its rows stay as they are).
 """
 
 from __future__ import annotations
@@ -62,11 +69,33 @@ __all__ = [
     "AuditSchemaError",
     "AuditStats",
     "AuditTrail",
+    "ConfigLoad",
+    "OperatorAction",
     "StoredReport",
 ]
 
-SCHEMA_VERSION: Final = 2
-#: Version 2, created in one transaction, so a database either has all of it or none.
+SCHEMA_VERSION: Final = 3
+#: What version 3 adds to version 2 (also the migration of a version 2 database). Operator
+#: actions and config loads are a few rows a day: read without an index, and never deleted by
+#: retention (the config in force at an old round is the last one loaded before it).
+_V3_TABLES: Final = """
+CREATE TABLE actions (
+    ts INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    market TEXT NOT NULL
+);
+CREATE TABLE configs (
+    ts INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    path TEXT,
+    sha256 TEXT NOT NULL,
+    changes TEXT NOT NULL
+);
+CREATE INDEX transitions_round ON transitions (round_id);
+"""
+#: Version 3, created in one transaction, so a database either has all of it or none.
 _SCHEMA: Final = f"""
 BEGIN;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -109,6 +138,7 @@ CREATE TABLE transitions (
     reasons TEXT NOT NULL
 );
 CREATE INDEX transitions_market_ts ON transitions (market, ts);
+{_V3_TABLES}
 INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}');
 COMMIT;
 """
@@ -188,6 +218,7 @@ class AuditStats:
 
     rounds: int = 0  # rounds written
     dropped: int = 0  # rounds dropped because the queue was full
+    dropped_events: int = 0  # operator actions and config loads dropped (the queue was full)
     write_errors: int = 0  # rounds lost to a database error
     ok: bool = False  # the last open/write succeeded
     last_error: str | None = None
@@ -199,6 +230,24 @@ class AuditStats:
 class _Item:
     result: RoundResult
     quotes: list[Quote]
+
+
+@dataclass(frozen=True, slots=True)
+class _Action:
+    ts: int
+    actor: str
+    action: str  # pause or resume
+    market: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Config:
+    ts: int
+    event: str  # start or reload
+    actor: str
+    path: str | None
+    sha256: str
+    changes: str  # JSON: what a reload changed, {} at start
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,11 +276,12 @@ def _schema_version(db: sqlite3.Connection) -> int | None:
 
 
 def _connect(path: Path, page_limit: int | None) -> sqlite3.Connection:
-    """Open (or create) a version 2 database for writing; refuse any other version."""
+    """Open (or create) a version 3 database for writing, bringing a version 2 one to version 3;
+    refuse any other version."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         version = _schema_version(db)  # before any pragma: another version's file stays as it is
-        if version is not None and version != SCHEMA_VERSION:
+        if version is not None and version not in (2, SCHEMA_VERSION):
             raise AuditSchemaError(
                 f"{path} is an audit database of schema version {version or 'unknown'}; "
                 f"this oracled writes version {SCHEMA_VERSION} and leaves it as it is: move the "
@@ -244,6 +294,11 @@ def _connect(path: Path, page_limit: int | None) -> sqlite3.Connection:
             db.execute(f"PRAGMA max_page_count={int(page_limit)}")
         if version is None:
             db.executescript(_SCHEMA)
+        elif version == 2:  # only adds: its rows stay, and all of it or none is committed
+            db.executescript(
+                f"BEGIN IMMEDIATE;{_V3_TABLES}"
+                f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema';COMMIT;"
+            )
     except (sqlite3.Error, AuditSchemaError):
         db.close()
         raise
@@ -306,6 +361,25 @@ class AuditTrail:
         item = _Signed(signed.ts, signed.round, signed.root, signed.signature, signed.signer)
         with contextlib.suppress(queue.Full):  # the round itself was dropped too, then
             self._queue.put_nowait(item)
+
+    def record_action(self, ts: int, actor: str, action: str, market: str) -> None:
+        """Keep an operator's manual pause or resume; never blocks (a full queue drops it,
+        counted in `stats.dropped_events` and logged)."""
+        self._put_event(_Action(ts, actor, action, market))
+
+    def record_config(
+        self, ts: int, event: str, actor: str, path: str | None, sha256: str, changes: str
+    ) -> None:
+        """Keep a config load (`start`) or reload: the sha256 of its text and, for a reload,
+        what it changed (JSON); never blocks."""
+        self._put_event(_Config(ts, event, actor, path, sha256, changes))
+
+    def _put_event(self, event: _Action | _Config) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.stats.dropped_events += 1
+            self._log.error("audit queue full: an operator event is dropped", event=repr(event))
 
     def close(self, timeout_s: float = 3.0) -> bool:
         """Write what is queued (within `timeout_s`) and stop the worker; False if it has not
@@ -384,6 +458,17 @@ class AuditTrail:
             for item in items:
                 if isinstance(item, _Item):
                     self._insert(db, item)
+                elif isinstance(item, _Action):
+                    db.execute(
+                        "INSERT INTO actions (ts, actor, action, market) VALUES (?, ?, ?, ?)",
+                        (item.ts, item.actor, item.action, item.market),
+                    )
+                elif isinstance(item, _Config):
+                    db.execute(
+                        "INSERT INTO configs (ts, event, actor, path, sha256, changes) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (item.ts, item.event, item.actor, item.path, item.sha256, item.changes),
+                    )
                 elif isinstance(item, _Signed):
                     db.execute(
                         "UPDATE rounds SET root = ?, signature = ?, signer = ? "
@@ -586,9 +671,32 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
     return db
 
 
+@dataclass(frozen=True, slots=True)
+class OperatorAction:
+    """A manual pause or resume (schema version 3)."""
+
+    ts: int
+    actor: str
+    action: str
+    market: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigLoad:
+    """A config the daemon loaded at start or on a reload (schema version 3)."""
+
+    ts: int
+    event: str
+    actor: str
+    path: str | None
+    sha256: str
+    changes: str
+
+
 class AuditReader:
-    """Read-only queries over an audit database of schema version 1 or 2 (the `oracled audit`
-    command, tests): the same answers from either."""
+    """Read-only queries over an audit database of schema version 1, 2 or 3 (the `oracled audit`
+    command, tests): the same answers from each; operator actions and config loads are in
+    version 3 only (older ones answer none)."""
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
@@ -597,10 +705,10 @@ class AuditReader:
         self._db = _open_read_only(path)
         try:
             version = _schema_version(self._db)
-            if version not in (1, SCHEMA_VERSION):
+            if version not in (1, 2, SCHEMA_VERSION):
                 raise AuditSchemaError(
                     f"{path}: not an audit database this oracled reads "
-                    f"(schema version {version or 'unknown'}; it reads 1 and {SCHEMA_VERSION})"
+                    f"(schema version {version or 'unknown'}; it reads 1 to {SCHEMA_VERSION})"
                 )
         except (sqlite3.Error, AuditSchemaError):
             self._db.close()
@@ -698,6 +806,50 @@ class AuditReader:
         )
         for dict_id, stored in rows:
             yield encoder.encode(_report_decoder.decode(self._unpack(dict_id, stored))) + b"\n"
+
+    def actions(self, market: str, start_ms: int, end_ms: int) -> list[OperatorAction]:
+        """A market's manual pauses and resumes in the window, oldest first."""
+        if self.version < 3:
+            return []
+        rows = self._db.execute(
+            "SELECT ts, actor, action, market FROM actions "
+            "WHERE market = ? AND ts >= ? AND ts <= ? ORDER BY ts, rowid",
+            (market, start_ms, end_ms),
+        )
+        return [OperatorAction(*row) for row in rows]
+
+    def configs(self, start_ms: int, end_ms: int) -> list[ConfigLoad]:
+        """The config loads and reloads in the window, oldest first."""
+        if self.version < 3:
+            return []
+        rows = self._db.execute(
+            "SELECT ts, event, actor, path, sha256, changes FROM configs "
+            "WHERE ts >= ? AND ts <= ? ORDER BY ts, rowid",
+            (start_ms, end_ms),
+        )
+        return [ConfigLoad(*row) for row in rows]
+
+    def config_at(self, ts: int) -> ConfigLoad | None:
+        """The config in force at `ts`: the last one loaded at or before it."""
+        if self.version < 3:
+            return None
+        row = self._db.execute(
+            "SELECT ts, event, actor, path, sha256, changes FROM configs WHERE ts <= ? "
+            "ORDER BY ts DESC, rowid DESC LIMIT 1",
+            (ts,),
+        ).fetchone()
+        return None if row is None else ConfigLoad(*row)
+
+    def action_at(self, market: str, ts: int) -> OperatorAction | None:
+        """A market's last manual pause or resume at or before `ts`."""
+        if self.version < 3:
+            return None
+        row = self._db.execute(
+            "SELECT ts, actor, action, market FROM actions WHERE market = ? AND ts <= ? "
+            "ORDER BY ts DESC, rowid DESC LIMIT 1",
+            (market, ts),
+        ).fetchone()
+        return None if row is None else OperatorAction(*row)
 
     def markets(self) -> list[str]:
         return [m for (m,) in self._db.execute("SELECT DISTINCT market FROM transitions")]

@@ -10,8 +10,9 @@
                                              prove every stored round against its signature
 
 Times are milliseconds since the Unix epoch (13 digits; seconds are refused) or ISO 8601
-(`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1 and 2 give
-the same answers.
+(`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1, 2 and 3
+give the same answers; version 3 adds operator actions (manual pause, resume) and config loads
+to the timeline and `--at`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from oracled.errors import ConfigError
 from oracled.model import Report, market_name
-from oracled.publish.audit import AuditReader, AuditSchemaError, StoredReport
+from oracled.publish.audit import (
+    AuditReader,
+    AuditSchemaError,
+    ConfigLoad,
+    OperatorAction,
+    StoredReport,
+)
 
 if TYPE_CHECKING:  # the check (eth-account, coincurve) is imported only when a command needs it
     from oracled.publish.audit_verify import RoundCheck
@@ -136,12 +143,33 @@ def _line(report: Report) -> str:
     )
 
 
+def _config_text(load: ConfigLoad) -> str:
+    where = "" if load.path is None else f" {load.path}"
+    text = f"config {load.event} by {load.actor}: sha256 {load.sha256}{where}"
+    return text if load.event == "start" else f"{text} changes {load.changes}"
+
+
+def _action_text(action: OperatorAction) -> str:
+    return f"operator {action.actor}: {action.action} {action.market}"
+
+
+def _events(reader: AuditReader, args: argparse.Namespace) -> list[tuple[int, str]]:
+    """The market's operator actions and every config load in the window, in time order."""
+    events = [(a.ts, _action_text(a)) for a in reader.actions(args.market, args.start, args.end)]
+    events += [(c.ts, _config_text(c)) for c in reader.configs(args.start, args.end)]
+    return sorted(events, key=lambda event: event[0])
+
+
 def _timeline(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
     rounds, changes, shown = 0, 0, 0
     previous: tuple[str, tuple[str, ...]] | None = None
+    events = _events(reader, args)
     for stored in reader.reports(args.market, args.start, args.end):
         rounds += 1
         report = stored.report
+        while events and events[0][0] < report.ts:  # done before this round was computed
+            ts, text = events.pop(0)
+            print(f"{_iso(ts)}  {text}", file=out)
         state = (report.status, tuple(report.reasons))
         if state != previous:
             if previous is not None:
@@ -149,6 +177,8 @@ def _timeline(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int
             print(_line(report), file=out)
             shown += 1
             previous = state
+    for ts, text in events:
+        print(f"{_iso(ts)}  {text}", file=out)
     if not rounds:
         if next(iter(reader.reports(args.market, 0, _FAR_FUTURE)), None) is None:
             print(f"{args.market}: no round of this market is stored at all", file=out)
@@ -200,6 +230,12 @@ def _at(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
     warning = _gap_warning(reader, args.market, args.at, report, before)
     if warning:
         print(warning, file=out)
+    config = reader.config_at(report.ts)
+    if config is not None:
+        print(f"config in force: {_config_text(config)} at {_iso(config.ts)}", file=out)
+    action = reader.action_at(args.market, report.ts)
+    if action is not None:
+        print(f"last operator action: {_action_text(action)} at {_iso(action.ts)}", file=out)
     print(_line(report), file=out)
     for s in report.sources:
         verdict = "used" if s.used else f"excluded: {s.reason}"

@@ -1,4 +1,4 @@
-"""The audit database's schema version 2 (reports deflated against a stored dictionary, a
+"""The audit database's schema (version 2 brought reports deflated against a stored dictionary, a
 round's quotes in one block): what it gives back is exactly what the rounds made, it reads like a
 version 1 database, the writer leaves a version 1 database alone, and a round takes a fraction of
 its raw size."""
@@ -112,7 +112,7 @@ def test_reports_and_quotes_come_back_exactly_as_the_rounds_made_them(tmp_path: 
     assert feed.audit.stats.rounds == 10 and feed.audit.stats.ok
 
     reader = AuditReader(db)
-    assert reader.version == SCHEMA_VERSION == 2
+    assert reader.version == SCHEMA_VERSION == 3
     for market in feed.prices:
         stored = list(reader.reports(market, 0, END))
         expected = [r for result, _ in feed.kept for r in result.reports() if r.market == market]
@@ -207,7 +207,7 @@ def test_the_writer_leaves_a_version_1_database_alone_and_prices_go_on(tmp_path:
     assert audit.stats.ok and audit.stats.rounds == 4 and audit.stats.write_errors == 3
     assert feed.core.rounds == 7  # the core never waited for the trail
     reader = AuditReader(db)
-    assert reader.version == 2 and [r.round for r in reader.rounds(0, END)] == [4, 5, 6, 7]
+    assert reader.version == 3 and [r.round for r in reader.rounds(0, END)] == [4, 5, 6, 7]
     reader.close()
     reader = AuditReader(aside)
     assert reader.version == 1 and len(reader.rounds(0, END)) == 5

@@ -1,0 +1,154 @@
+"""Operator actions (manual pause, resume) and config loads in the audit trail (schema version
+3): a real Service on a loopback venue writes them, `oracled audit` shows them, and a version 2
+database is brought to version 3 in place."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+from audit_rig import recorded, trail
+
+from oracled.cli import main
+from oracled.config import read_config
+from oracled.publish.audit import AuditReader
+from oracled.service import Service
+from oracled.sim import BinanceSim
+
+_CONFIG = """
+[oracle]
+round_interval_ms = 50
+resume_rounds = 1
+
+[api]
+listen = "127.0.0.1:0"
+
+[audit]
+enabled = true
+path = "{db}"
+
+[sources.venue]
+type = "binance"
+ws_url = "{ws}"
+rest_url = "{rest}"
+
+[[markets]]
+symbol = "BTC/USDT"
+min_sources = 1
+max_deviation = {deviation}
+sources = [{{ source = "venue", pair = "BTC/USDT" }}]
+"""
+
+
+async def _rounds_written(service: Service, more: int) -> None:
+    assert service.audit is not None
+    target = service.audit.stats.rounds + more
+    async with asyncio.timeout(20):
+        while service.audit.stats.rounds < target:  # noqa: ASYNC110 - a counter of the writer thread
+            await asyncio.sleep(0.02)
+
+
+async def test_who_paused_a_market_and_under_which_config_is_answered_by_the_trail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A running daemon pauses and resumes a market by hand (actor `alice`) and reloads its config
+    (actor `bob`): the trail keeps each action with its actor and time, and the config in force
+    from the start with the sha256 of its file and then the reload's with what it changed. The
+    timeline shows them among the status changes, and `--at` a time after the pause names the
+    config in force then and who paused the market."""
+    db = tmp_path / "audit.sqlite3"
+    path = tmp_path / "oracled.toml"
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0, volatility=0.001) as sim:
+        fields = {"db": db, "ws": sim.ws_url, "rest": sim.rest_url}
+        first = _CONFIG.format(deviation=0.02, **fields)
+        second = _CONFIG.format(deviation=0.03, **fields)
+        path.write_text(first)
+        cfg, digest = read_config(path, env={})
+        service = Service(cfg, config_path=path, config_sha256=digest)
+        task = asyncio.create_task(service.run())
+        try:
+            await _rounds_written(service, 10)
+            service.on_manual("BTC/USDT", True, "alice")
+            await _rounds_written(service, 5)
+            path.write_text(second)
+            await service.reload("bob")
+            await _rounds_written(service, 5)
+            service.on_manual("BTC/USDT", False, "alice")
+            await _rounds_written(service, 5)
+        finally:
+            service.stop()
+            await task
+    reader = AuditReader(db)
+    actions = reader.actions("BTC/USDT", 0, 1 << 62)
+    configs = reader.configs(0, 1 << 62)
+    paused = [
+        r.report for r in reader.reports("BTC/USDT", 0, 1 << 62) if "manual" in r.report.reasons
+    ]
+    reader.close()
+    assert [(a.actor, a.action) for a in actions] == [("alice", "pause"), ("alice", "resume")]
+    sha = [hashlib.sha256(text.encode()).hexdigest() for text in (first, second)]
+    assert [(c.event, c.actor, c.sha256) for c in configs] == [
+        ("start", "start", sha[0]),
+        ("reload", "bob", sha[1]),
+    ]
+    assert "BTC/USDT" in configs[1].changes and configs[0].path == str(path)
+    assert paused and actions[0].ts <= paused[0].ts
+
+    assert main(["audit", "--db", str(db), "--market", "BTC/USDT"]) == 0
+    timeline = capsys.readouterr().out
+    assert f"config start by start: sha256 {sha[0]}" in timeline
+    assert "operator alice: pause BTC/USDT" in timeline
+    assert f"config reload by bob: sha256 {sha[1]}" in timeline
+    assert timeline.index("operator alice: pause") < timeline.index("paused [manual")
+    assert timeline.index("config reload by bob") < timeline.index("operator alice: resume")
+
+    assert main(["audit", "--db", str(db), "--market", "BTC/USDT", "--at", str(paused[0].ts)]) == 0
+    at = capsys.readouterr().out
+    assert f"config in force: config start by start: sha256 {sha[0]}" in at
+    assert "last operator action: operator alice: pause BTC/USDT" in at
+
+
+def _as_version_2(db: Path) -> None:
+    """Take a version 3 database back to version 2's layout: what a daemon before version 3
+    left on disk (the same tables but the two of version 3, the same rows)."""
+    with sqlite3.connect(db) as con:
+        con.executescript(
+            "DROP TABLE actions; DROP TABLE configs; DROP INDEX transitions_round;"
+            "UPDATE meta SET value = '2' WHERE key = 'schema';"
+        )
+    con.close()
+
+
+def test_a_version_2_database_is_read_and_brought_to_version_3_in_place(tmp_path: Path) -> None:
+    """A version 2 trail (a daemon before version 3) is read as it is (no actions, no configs),
+    and the writer brings it to version 3 without losing a round: it keeps appending, records
+    actions, and the index on transitions (round_id) retention deletes by is there."""
+    db = tmp_path / "audit.sqlite3"
+    feed = recorded(db, 6)
+    _as_version_2(db)
+    reader = AuditReader(db)
+    assert reader.version == 2 and len(reader.rounds(0, 1 << 62)) == 6
+    assert reader.actions("BTC/USD", 0, 1 << 62) == [] and reader.config_at(1 << 62) is None
+    reader.close()
+
+    audit = trail(db)
+    feed.audit = audit
+    feed.round()
+    audit.record_action(feed.now, "carol", "pause", "BTC/USD")
+    assert audit.close()
+    assert audit.stats.ok and audit.stats.write_errors == 0
+    reader = AuditReader(db)
+    assert reader.version == 3 and len(reader.rounds(0, 1 << 62)) == 7
+    assert [(a.actor, a.action) for a in reader.actions("BTC/USD", 0, 1 << 62)] == [
+        ("carol", "pause")
+    ]
+    reader.close()
+    with sqlite3.connect(db) as con:
+        indexes = {
+            name for (name,) in con.execute("SELECT name FROM sqlite_schema WHERE type='index'")
+        }
+    con.close()
+    assert "transitions_round" in indexes
