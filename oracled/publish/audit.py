@@ -37,6 +37,7 @@ one transaction that only adds (its rows stay as they are).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import queue
@@ -223,6 +224,8 @@ class AuditStats:
     write_errors: int = 0  # rounds lost to a database error
     ok: bool = False  # the last open/write succeeded
     last_error: str | None = None
+    #: signatures lost to a full queue while their round was queued: it reads as unsigned
+    signatures_dropped: int = 0
     queued: int = 0  # rounds waiting for the worker
     bytes: int = 0  # data in the database (pages in use), after the last retention check
 
@@ -330,6 +333,8 @@ class AuditTrail:
         self._retry_s = _RETRY_S
         self._lock_fd: int | None = None  # the writer lock (`_lock`), held while writing
         self._dropping = False
+        self._dropped_recently: collections.deque[tuple[int, int]] = collections.deque(maxlen=8)
+        self._dropping_signatures = False
         self._thread = threading.Thread(target=self._work, name="oracled-audit", daemon=True)
         self._log = structlog.get_logger("oracled").bind(component="audit")
 
@@ -349,6 +354,7 @@ class AuditTrail:
             self._queue.put_nowait(_Item(result, quotes))
         except queue.Full:
             self.stats.dropped += 1
+            self._dropped_recently.append((result.ts, result.round))
             if not self._dropping:
                 self._dropping = True
                 self._log.error(
@@ -365,8 +371,22 @@ class AuditTrail:
     def submit_signed(self, signed: SignedRound) -> None:
         """Attach a round's signature (it arrives after the round, from the signer thread)."""
         item = _Signed(signed.ts, signed.round, signed.root, signed.signature, signed.signer)
-        with contextlib.suppress(queue.Full):  # the round itself was dropped too, then
+        try:
             self._queue.put_nowait(item)
+        except queue.Full:
+            if (signed.ts, signed.round) in self._dropped_recently:
+                return  # the round itself was dropped too, and counted
+            # its round is stored (or queued) and will read as unsigned in `oracled audit`
+            self.stats.signatures_dropped += 1
+            if not self._dropping_signatures:
+                self._dropping_signatures = True
+                self._log.error(
+                    "audit queue full: a stored round's signature is dropped from the trail",
+                    queue=self.cfg.queue,
+                    round=signed.round,
+                )
+            return
+        self._dropping_signatures = False
 
     def record_action(self, ts: int, actor: str, action: str, market: str) -> None:
         """Keep an operator's manual pause or resume; never blocks (a full queue drops it,

@@ -335,6 +335,31 @@ def test_a_drop_episode_is_logged_once_and_its_end_once(tmp_path: Path) -> None:
     assert logs[-1]["dropped_total"] == 3
 
 
+def test_a_signature_that_finds_the_queue_full_is_counted_and_logged_not_silently_lost(
+    tmp_path: Path,
+) -> None:
+    """A round queued, then its signature arriving at a full queue: the round is stored but
+    unsigned. That used to be dropped in silence (as if the round had been dropped too); now it
+    is counted and logged once. A signature of a round that was itself dropped stays silent
+    (the round is counted)."""
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(tmp_path / "a.sqlite3"), queue=1))
+    feed = Feed(make_config(), audit)
+    signer = RoundSigner(SigningKey.generate())
+    with capture_logs() as logs:
+        feed.round(signer)  # no writer yet: the round is queued, its signature finds it full
+        feed.round(signer)  # this round is dropped, and so is its signature
+        audit.start()
+        audit.close()
+    assert (audit.stats.dropped, audit.stats.signatures_dropped) == (1, 1)
+    lost = [e for e in logs if "signature" in e["event"]]
+    assert [(e["event"], e["round"]) for e in lost] == [
+        ("audit queue full: a stored round's signature is dropped from the trail", 1)
+    ]
+    reader = AuditReader(tmp_path / "a.sqlite3")
+    assert [(r.round, r.signature) for r in reader.rounds(0, T0 * 2)] == [(1, None)]
+    reader.close()
+
+
 def test_zero_turns_the_age_limit_off_and_a_tiny_size_limit_keeps_the_newest_round(
     tmp_path: Path,
 ) -> None:
