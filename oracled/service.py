@@ -28,6 +28,7 @@ import structlog
 from aiohttp import web
 
 from oracled import __version__, gcpause
+from oracled.aggregate.book import Layout
 from oracled.api import ApiContext, build_app
 from oracled.api.limits import FD_RESERVE, open_file_limit_short
 from oracled.clock import Clock, SystemClock
@@ -319,6 +320,7 @@ class Service:
         # Each perpetual market's last mark mode other than "none" (docs/mark.md), so that a
         # mark entering or leaving the fallback is logged once per change, not once per round.
         self._mark_modes: dict[str, str] = {}
+        self._mark_layout: Layout | None = None  # the layout `_mark_modes` was pruned for
         self.hub = Hub(cfg.api.stream_queue)
         # Signing and the NATS sink (docs/publishing.md) take their settings at start-up only.
         self.signer = (
@@ -762,6 +764,11 @@ class Service:
                 reasons=list(t.reasons),
                 round=result.round,
             )
+        if result.layout is not self._mark_layout:  # a reload: a market no longer perpetual
+            self._mark_layout = result.layout  # forgets its mode, so a later mark is a new one
+            kept = () if result.mark is None else result.mark.values
+            perpetual = {result.layout.markets[i] for i in kept}
+            self._mark_modes = {m: v for m, v in self._mark_modes.items() if m in perpetual}
         if result.mark is not None:
             self._log_mark_modes(result, log)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
-from daemon import Daemon
+from daemon import ADMIN_TOKEN, Daemon
 from prometheus_client.parser import text_string_to_metric_families
 
 from oracled.config import parse_config
@@ -25,7 +26,7 @@ SPOT = {"binance": "BTC/USDT", "coinbase": "BTC/USD", "kraken": "BTC/USD"}
 LIVENESS = {"liveness_timeout_s": 5.0, "rest_poll_interval_s": 0.5, "reconnect_max_s": 1.0}
 
 
-def _config() -> dict[str, object]:
+def _config() -> dict[str, Any]:
     return {
         "oracle": {"round_interval_ms": 100, "resume_rounds": 2, "jump_confirm_rounds": 2},
         "api": {"admin_token_env": "ORACLED_TEST_ADMIN_TOKEN"},
@@ -113,6 +114,42 @@ async def test_a_mark_in_fallback_shows_in_metrics_and_is_logged_once_per_change
         assert len(daemon.events("mark fallback")) == 1
         (left,) = daemon.events("mark from perpetuals")
         assert left["market"] == "BTC/USD" and left["perps_used"] >= 1
+    finally:
+        await daemon.close()
+        for venue in venues:
+            await venue.sim.stop()
+
+
+async def test_a_mark_still_in_fallback_after_its_perps_were_removed_and_listed_again_is_logged(
+    tmp_path: Path,
+) -> None:
+    """Each perpetual's mid is beyond a tiny max_perp_deviation, so the mark stays in fallback.
+    A reload drops BTC/USD's perp_sources and a second lists them again: the market's mark is a
+    new one, in fallback, and `mark fallback` is logged again (2 lines), not taken for the one
+    before the first reload."""
+    data = _config()
+    data["markets"][1]["mark"] = {"max_perp_deviation": 1e-9}
+    cfg, venues = await simulate(parse_config(data, env={}), rate_hz=10.0, liveness=LIVENESS)
+    dump = cfg.model_dump(by_alias=True, exclude={"admin_token"}, exclude_none=True)
+    daemon = Daemon(tomli_w.dumps(dump), tmp_path)
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    try:
+        await daemon.start()
+        await daemon.wait_for(lambda: daemon.events("mark fallback"), 20.0, "mark fallback")
+        perps = dump["markets"][1].pop("perp_sources")
+        mark = dump["markets"][1].pop("mark")
+        daemon.config.write_text(tomli_w.dumps(dump))
+        status, body = await daemon.post("/v1/admin/reload", headers=auth)
+        assert status == 200, body
+        await asyncio.sleep(0.5)  # rounds without a perpetual market
+        dump["markets"][1].update(perp_sources=perps, mark=mark)
+        daemon.config.write_text(tomli_w.dumps(dump))
+        status, body = await daemon.post("/v1/admin/reload", headers=auth)
+        assert status == 200, body
+        await daemon.wait_for(
+            lambda: len(daemon.events("mark fallback")) == 2, 10.0, "a second mark fallback"
+        )
+        assert daemon.events("mark from perpetuals") == []
     finally:
         await daemon.close()
         for venue in venues:
