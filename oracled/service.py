@@ -143,7 +143,8 @@ class _TapeRecorder:
 
     def _continue(self, config_sha256: str | None) -> IO[bytes]:
         """Open an existing tape for appending: its header must be one this build writes, with
-        the same config digest (a tape has one header, true for every line of it). A last line
+        the same config digest if it has one (a tape has one header, true for every line of it;
+        one without a digest, from an older build or `audit --tape`, claims none). A last line
         without its newline (the process died mid-write) is ended, not cut: the torn bytes stay
         as the evidence of the crash (a replay reports the line as unreadable)."""
         with self.path.open("rb") as tape:
@@ -155,7 +156,7 @@ class _TapeRecorder:
                 tape.seek(0)
                 lines = sum(1 for _ in tape)
         existing = read_header(first)
-        if existing.config_sha256 != config_sha256:
+        if existing.config_sha256 not in (None, config_sha256):
             raise TapeError(
                 f"{self.path} was recorded with another pricing config (sha256"
                 f" {existing.config_sha256}): --append continues a tape only with its own config;"

@@ -46,7 +46,7 @@ def _recorder(venues: list[BinanceSim], tmp_path: Path) -> Daemon:
     return d
 
 
-def _record(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _record(config: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """A second `oracled record` in the foreground, on a free port."""
     return subprocess.run(
         [
@@ -56,7 +56,7 @@ def _record(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         check=False,
-        timeout=30,
+        timeout=timeout,
     )
 
 
@@ -144,6 +144,10 @@ async def test_append_continues_the_tape_and_ends_a_torn_last_line(
     proc = await asyncio.to_thread(_record, d.config, "--out", str(other), "--append")
     assert proc.returncode == 2, proc.stderr
     assert "another pricing config" in proc.stderr
+    bare = tmp_path / "bare.jsonl"  # no digest (an older build, `audit --tape`): claims none
+    bare.write_bytes(header_line() + quote_to_line(old[0]))
+    with pytest.raises(subprocess.TimeoutExpired):  # it records, until the timeout stops it
+        await asyncio.to_thread(_record, d.config, "--out", str(bare), "--append", timeout=6)
     try:
         await d.start("--out", str(tape), "--append")
         await _rounds(d, 10)
