@@ -265,7 +265,7 @@ def _check_at(reader: AuditReader, args: argparse.Namespace, report: Report) -> 
     """The `--verify` check of the round `report` belongs to: a signer column is no proof."""
     from oracled.publish.audit_verify import RoundCheck, check_round, exponents_of, trusted_check
 
-    exponents = {} if args.config is None else exponents_of(args.config)
+    exponents = {} if args.config is None else exponents_of(args.config)[0]
     for stored, reports in reader.round_reports(report.ts, report.ts):
         if stored.round == report.round:
             return trusted_check(check_round(stored, reports, exponents), args.signer or ())

@@ -44,6 +44,7 @@ __all__ = [
     "VerifySummary",
     "check_round",
     "cmd_verify",
+    "config_note",
     "exponents_of",
     "print_summary",
     "trusted_check",
@@ -231,16 +232,36 @@ def print_summary(summary: VerifySummary, out: TextIO) -> None:
             print(f"{verdict}: ... and {v[verdict] - len(shown)} more", file=out)
 
 
-def exponents_of(config_path: str) -> dict[str, int]:
-    """Each configured market's exponent (`--config`); ConfigError if the file cannot be used."""
-    from oracled.config import load_config
+def exponents_of(config_path: str) -> tuple[dict[str, int], str]:
+    """Each configured market's exponent (`--config`) and the sha256 of the file's text, as the
+    trail records a config the daemon loaded; ConfigError if the file cannot be used."""
+    from oracled.config import read_config
 
-    return {m.symbol: m.price_exponent for m in load_config(config_path).markets}
+    cfg, sha256 = read_config(config_path)
+    return {m.symbol: m.price_exponent for m in cfg.markets}, sha256
+
+
+def config_note(reader: AuditReader, path: str, sha256: str) -> str:
+    """A line when the trail recorded the configs the daemon loaded (schema 3) and `--config` is
+    none of them: its exponents may not be the ones the daemon signed with; else ''."""
+    loaded = reader.configs(0, 1 << 62)
+    if not loaded or any(c.sha256 == sha256 for c in loaded):
+        return ""
+    return (
+        f"note: --config {path} (sha256 {sha256[:12]}...) is none of the {len(loaded)} config(s) "
+        "this trail recorded the daemon loading: an exponent taken from it may not be the one "
+        "signed (a mismatch then is the file's, not the trail's)"
+    )
 
 
 def cmd_verify(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
     """`oracled audit --verify`: the summary on `out`, exit code as in the module constants."""
-    exponents = {} if args.config is None else exponents_of(args.config)
+    exponents: dict[str, int] = {}
+    if args.config is not None:
+        exponents, sha256 = exponents_of(args.config)
+        note = config_note(reader, args.config, sha256)
+        if note:
+            print(note, file=out)
     summary = verify_trail(
         reader,
         args.start,

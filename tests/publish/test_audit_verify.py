@@ -14,6 +14,7 @@ from audit_rig import Feed, trail
 from publish_rig import T0, make_config
 
 from oracled.cli import main
+from oracled.config import read_config
 from oracled.model import Report
 from oracled.publish.signer import RoundSigner, SigningKey
 
@@ -21,9 +22,18 @@ KEY = SigningKey.from_hex("0x" + "5a" * 32)
 OTHER = "0x0000000000000000000000000000000000000001"
 
 
-def written(path: Path, rounds: int = 6, *, markets: dict[str, float] | None = None) -> None:
-    """A trail of `rounds` signed rounds of a daemon-like feed (BTC, ETH at -2, SOL at -3)."""
+def written(
+    path: Path,
+    rounds: int = 6,
+    *,
+    markets: dict[str, float] | None = None,
+    config: Path | None = None,
+) -> None:
+    """A trail of `rounds` signed rounds of a daemon-like feed (BTC, ETH at -2, SOL at -3);
+    `config`: a file recorded as the config the daemon loaded, as the service records it."""
     feed = Feed(make_config(markets), trail(path))
+    if config is not None:
+        feed.audit.record_config(T0, "start", "daemon", str(config), read_config(config)[1], "")
     signer = RoundSigner(KEY)
     for _ in range(rounds):
         feed.round(signer)
@@ -188,3 +198,28 @@ def test_a_key_not_given_with_signer_is_a_mismatch_and_bad_requests_exit_2(
     assert "XRP/USD: no round that holds it is stored" in capsys.readouterr().out
     assert main(["audit", "--db", str(db), "--verify", "--market", "eth-usd"]) == 0
     assert "2 round(s) checked" in capsys.readouterr().out
+
+
+def test_a_config_the_trail_never_recorded_is_pointed_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trail that recorded the configs the daemon loaded (their sha256) and a `--config` that
+    is none of them: a note says its exponents may not be the signed ones; the daemon's own file
+    gives no note."""
+    db, config = tmp_path / "audit.sqlite3", tmp_path / "oracled.toml"
+    config.write_text(
+        '[sources.alpha]\ntype = "binance"\n'
+        + "".join(
+            f'[[markets]]\nsymbol = "{m}"\nprice_exponent = {-3 if m.startswith("SOL") else -2}\n'
+            f'min_sources = 1\nsources = [{{ source = "alpha", pair = "{m}" }}]\n'
+            for m in ("BTC/USD", "ETH/USD", "SOL/USD")
+        )
+    )
+    written(db, 2, config=config)
+    assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    config.write_text(config.read_text() + "# edited since\n")
+    assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: --config {config} (sha256 " in out
+    assert "is none of the 1 config(s) this trail recorded the daemon loading" in out
