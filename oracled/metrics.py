@@ -255,6 +255,16 @@ def _audit_families(stats: AuditStats | None) -> Iterator[Metric]:
         "Rounds left out of the audit trail because its queue was full.",
     )
     dropped.add_metric([], stats.dropped if stats is not None else 0)
+    events = CounterMetricFamily(
+        "oracled_audit_dropped_events",
+        "Operator actions and config loads left out of the audit trail: its queue was full.",
+    )
+    events.add_metric([], stats.dropped_events if stats is not None else 0)
+    signatures = CounterMetricFamily(
+        "oracled_audit_dropped_signatures",
+        "Signatures left out of the audit trail (queue full): their rounds read as unsigned.",
+    )
+    signatures.add_metric([], stats.signatures_dropped if stats is not None else 0)
     errors = CounterMetricFamily(
         "oracled_audit_write_errors",
         "Rounds the audit trail could not write (database error: full disk, read-only path).",
@@ -271,7 +281,7 @@ def _audit_families(stats: AuditStats | None) -> Iterator[Metric]:
         "oracled_audit_database_bytes", "Data in the audit database at the last retention check."
     )
     size.add_metric([], stats.bytes if stats is not None else 0)
-    yield from (up, rounds, dropped, errors, full, queued, size)
+    yield from (up, rounds, dropped, events, signatures, errors, full, queued, size)
 
 
 def _push_families(stats: PushStats | None) -> Iterator[Metric]:
