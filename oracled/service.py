@@ -899,6 +899,8 @@ class Service:
                 if error is not None:
                     self._tape_failed(error)
             if self._signer_worker is not None:
+                if not await self._signer_worker.drain(0.5):
+                    self.log.warning("the last round's signature was not ready at the stop")
                 self._signer_worker.close()
             if self.audit is not None and not self.audit.close(1.0):
                 self.log.warning(  # its worker waits for the disk or the database's lock

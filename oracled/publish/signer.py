@@ -605,6 +605,23 @@ class SignerWorker:
             return
         self._on_signed(future.result())
 
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the round being signed, so that its signature reaches the
+        sinks (the audit trail) before they close: stopped at once, the last round of every run
+        was stored unsigned. False if it was not done in time (it is left to the thread)."""
+        pending = self._pending
+        if pending is None or pending.done():
+            return True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(pending)
+        except TimeoutError:
+            return False
+        except Exception:
+            return True
+        await asyncio.sleep(0)  # `_done` runs as a callback: let it hand the signature on
+        return True
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
