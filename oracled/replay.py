@@ -101,7 +101,15 @@ def replay(
             if limit is None:
                 return
 
-    quotes = read_tape(lines, _Errors(stats, on_error), on_header=on_header, max_gap_ms=max_gap_ms)
+    def header_seen(header: TapeHeader) -> None:
+        if header.first_round is not None:  # an audit tape: number rounds as the daemon did
+            core.rounds = header.first_round - 1
+        if on_header is not None:
+            on_header(header)
+
+    quotes = read_tape(
+        lines, _Errors(stats, on_error), on_header=header_seen, max_gap_ms=max_gap_ms
+    )
     try:
         for quote in quotes:
             if next_round is None:

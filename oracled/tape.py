@@ -51,11 +51,14 @@ DEFAULT_MAX_GAP_MS = 86_400_000
 
 class TapeHeader(msgspec.Struct, forbid_unknown_fields=False):
     """Line 1. `config_sha256` (written by `record`, absent from older tapes and from tapes
-    other tools write) is `pricing_digest` of the config the recording ran with."""
+    other tools write) is `pricing_digest` of the config the recording ran with. `first_round`
+    (written by `oracled audit --tape`) is the daemon's number of the round the tape's first
+    quote went into: replay numbers its rounds from it, as the daemon did."""
 
     format: str
     version: int
     config_sha256: str | None = None
+    first_round: int | None = None
 
 
 class TapeGapError(TapeError):
@@ -168,6 +171,8 @@ def read_header(first: bytes | str) -> TapeHeader:
             f"line 1: unsupported tape {header.format!r} version {header.version}"
             f" (this build reads {TAPE_FORMAT!r} version {TAPE_VERSION})"
         )
+    if header.first_round is not None and header.first_round < 1:
+        raise TapeError(f"line 1: first_round {header.first_round} is not a round number (1 up)")
     return header
 
 
@@ -208,11 +213,14 @@ def read_tape(
         yield quote
 
 
-def header_line(config_sha256: str | None = None) -> bytes:
-    """Line 1; `record` adds the digest of its config (`pricing_digest`)."""
+def header_line(config_sha256: str | None = None, first_round: int | None = None) -> bytes:
+    """Line 1; `record` adds the digest of its config (`pricing_digest`), `oracled audit --tape`
+    the number of the round its first quote went into."""
     header: dict[str, object] = {"format": TAPE_FORMAT, "version": TAPE_VERSION}
     if config_sha256 is not None:
         header["config_sha256"] = config_sha256
+    if first_round is not None:
+        header["first_round"] = first_round
     return msgspec.json.encode(header) + b"\n"
 
 

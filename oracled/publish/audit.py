@@ -859,8 +859,7 @@ class AuditReader:
 
     def report_lines(self, start_ms: int, end_ms: int) -> Iterator[bytes]:
         """Every stored report as the JSON line `oracled replay` prints, in round and
-        market order: the byte-for-byte reference for a replay of `tape()` (but for `round`,
-        which replay counts from the tape's first quote and the daemon from its start)."""
+        market order: the byte-for-byte reference for a replay of `tape()`."""
         encoder = msgspec.json.Encoder()
         rows = self._db.execute(
             f"SELECT {self._body_column} FROM reports r JOIN rounds o ON o.id = r.round_id "
@@ -929,12 +928,17 @@ class AuditReader:
     def tape(self, out: IO[bytes], start_ms: int, end_ms: int) -> int:
         """Write the stored inputs of the rounds in the window as a quote tape; return quotes.
 
-        Replaying it with the daemon's config gives the stored reports of those rounds, when
-        the window starts at the daemon's first round that had quotes and no round was dropped
-        from the trail (docs/publishing.md); their `round` is less by the rounds the daemon ran
-        before that one (replay numbers rounds from its first quote).
+        Replaying it with the daemon's config gives the stored reports of those rounds byte for
+        byte, when the window starts at the daemon's first round that had quotes and no round
+        was dropped from the trail (docs/publishing.md): the header's `first_round`, the
+        number of the round the first quote went into, is where replay numbers rounds from.
         """
-        out.write(header_line())
+        first = self._db.execute(  # the round the first quote went into: replay numbers from it
+            "SELECT o.round FROM rounds o WHERE o.ts >= ? AND o.ts <= ? AND o.quotes > 0 "
+            "ORDER BY o.id LIMIT 1",
+            (start_ms, end_ms),
+        ).fetchone()
+        out.write(header_line(first_round=None if first is None else int(first[0])))
         if self.version == 1:
             return self._tape_v1(out, start_ms, end_ms)
         rows = self._db.execute(

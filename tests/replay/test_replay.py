@@ -179,3 +179,23 @@ def test_a_ts_that_is_not_milliseconds_is_reported_and_skipped_not_replayed_to()
     assert "not milliseconds since the epoch" in errors[1].message
     _, stats = _run(tape)
     assert (stats.quotes, stats.rounds) == (2, 1)  # type: ignore[attr-defined]
+
+
+def test_a_first_round_in_the_header_is_where_replay_numbers_its_rounds_from() -> None:
+    """An audit tape's header names the daemon's round its first quote went into
+    (`first_round`): replay numbers its rounds from there, so the reports equal the stored ones
+    `round` included; the rest of every report is as without the key. A `first_round` below 1
+    is a header that cannot be read."""
+    plain, _ = _run(TAPE.read_bytes())
+    header, rest = TAPE.read_bytes().split(b"\n", 1)
+    numbered = header[:-1] + b', "first_round": 41}\n' + rest
+    out, stats = _run(numbered)
+    rounds = [msgspec.json.decode(line)["round"] for line in out.splitlines()]
+    assert rounds[0] == 41 and rounds[-1] == 40 + stats.rounds  # type: ignore[attr-defined]
+    renumbered = b"".join(
+        line.replace(b'"round":%d,' % n, b'"round":%d,' % (n - 40), 1) + b"\n"
+        for line, n in zip(out.splitlines(), rounds, strict=True)
+    )
+    assert renumbered == plain
+    with pytest.raises(TapeError, match="first_round 0"):
+        _run(header[:-1] + b', "first_round": 0}\n' + rest)
