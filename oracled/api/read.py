@@ -59,6 +59,9 @@ def _market_view(cfg: Config, m: MarketConfig) -> dict[str, object]:
         "min_price": m.min_price,
         "max_price": m.max_price,
         "sources": [_source_view(cfg, m, s) for s in m.sources],
+        # Additive: the mark configuration, none for a spot-only market (no perpetual, no mark).
+        "perp_sources": [_source_view(cfg, m, s) for s in m.perp_sources],
+        "mark": m.mark.model_dump() if m.perp_sources else None,
     }
 
 

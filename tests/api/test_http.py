@@ -148,6 +148,25 @@ async def test_markets_list_configured_gate_params(client: Client, rig: Rig) -> 
     assert [m["symbol"] for m in body["markets"]] == ["BTC/USD", "ETH/USD", "SOL/USD"]
 
 
+async def test_markets_list_perp_sources_and_mark_settings(make_client: ClientFactory) -> None:
+    """/v1/markets shows a perpetual market's perp_sources and mark settings as configured, and
+    an empty list and null for a spot-only market: the mark setup is visible over the API."""
+    data = copy.deepcopy(CONFIG)
+    data["sources"]["delta"] = {"type": "binance_usdm"}
+    data["markets"][0]["perp_sources"] = [{"source": "delta", "pair": "BTC/USD"}]
+    data["markets"][0]["mark"] = {"funding_interval_s": 3_600, "min_perp_sources": 1}
+    rig = Rig(parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN}))
+    client = await make_client(rig)
+    btc, eth, _ = (await _json(client, "/v1/markets"))["markets"]
+    assert btc["perp_sources"] == [
+        {"source": "delta", "pair": "BTC/USD", "kind": "perp", "weight": 1.0}
+    ]
+    mark = btc["mark"]
+    assert (mark["funding_interval_s"], mark["min_perp_sources"]) == (3_600, 1)
+    assert mark["max_perp_deviation"] == rig.cfg.markets[0].mark.max_perp_deviation
+    assert (eth["perp_sources"], eth["mark"]) == ([], None)
+
+
 async def test_market_sources_show_quote_age_use_and_connection(client: Client, rig: Rig) -> None:
     """Per source: latest quote, its age now, used or excluded (and why), connection state."""
     before = await _json(client, "/v1/markets/BTC-USD/sources")
