@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -177,7 +178,7 @@ class _TapeRecorder:
         def open_() -> None:
             with self._lock:
                 try:
-                    file = self.path.open("wb")
+                    file = self._open_for_a_reader()
                     file.write(header)
                     self._file = file
                 except OSError as exc:
@@ -186,6 +187,23 @@ class _TapeRecorder:
 
         threading.Thread(target=open_, name="tape-open", daemon=True).start()
         self._pending = done
+
+    def _open_for_a_reader(self) -> IO[bytes]:
+        """Open the path, saying so when that waits for a FIFO's reader: the daemon runs on
+        meanwhile, and an operator must see why its tape stays empty."""
+        try:  # a FIFO without a reader refuses a non-blocking open (ENXIO) instead of waiting
+            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+        else:
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "wb")
+        log = structlog.get_logger("oracled").bind(component="tape", path=str(self.path))
+        log.info("tape: waiting for a reader")
+        file = self.path.open("wb")
+        log.info("tape: reader connected")
+        return file
 
     def add(self, quote: Quote) -> None:
         if self.error is None:

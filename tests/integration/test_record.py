@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from daemon import Daemon, sim_config
+from structlog.testing import capture_logs
 
 from oracled.model import Quote
 from oracled.service import _TapeRecorder
@@ -117,6 +118,32 @@ async def test_a_tape_written_slowly_never_holds_the_rounds(
     finally:
         reader.go.set()
         await d.close()
+
+
+async def test_a_fifo_without_a_reader_is_said_then_its_reader_too(tmp_path: Path) -> None:
+    """`record --out FIFO` with nobody reading yet waited in silence: the recorder now says
+    "tape: waiting for a reader" (info, with the path) while its open blocks, and says so again
+    once a reader came; then the tape is written as usual."""
+    path = tmp_path / "tape.fifo"
+    os.mkfifo(path)
+    with capture_logs() as logs:
+        recorder = _TapeRecorder(path)
+        for _ in range(500):  # the writer thread's open, 5 s at most
+            if any(e["event"] == "tape: waiting for a reader" for e in logs):
+                break
+            await asyncio.sleep(0.01)
+        waiting = [e for e in logs if e["event"] == "tape: waiting for a reader"]
+        assert [(e["log_level"], e["path"]) for e in waiting] == [("info", str(path))]
+        assert not any(e["event"] == "tape: reader connected" for e in logs)
+        reading = asyncio.create_task(asyncio.to_thread(path.read_bytes))
+        await recorder.drain(5.0)
+        (came,) = [e for e in logs if e["event"] == "tape: reader connected"]
+        assert (came["log_level"], came["path"]) == ("info", str(path))
+        recorder.add(Quote("a", "BTC/USD", 1_700_000_000_000, 64_000.5))
+        recorder.flush()
+        await recorder.drain(5.0)
+        assert recorder.close() is None
+    assert [q.price for q in _clean_tape(await reading)] == [64_000.5]
 
 
 async def test_a_backlog_past_its_limit_stops_the_recording_at_a_clean_prefix(
