@@ -270,18 +270,13 @@ def _audit_families(stats: AuditStats | None) -> Iterator[Metric]:
         "Rounds the audit trail could not write (database error: full disk, read-only path).",
     )
     errors.add_metric([], stats.write_errors if stats is not None else 0)
-    full = CounterMetricFamily(
-        "oracled_audit_full_deleted_rounds",
-        "Oldest rounds deleted to make room after a write found the database or disk full.",
-    )
-    full.add_metric([], stats.full_deletes if stats is not None else 0)
     queued = GaugeMetricFamily("oracled_audit_queued_rounds", "Rounds waiting for the writer.")
     queued.add_metric([], stats.queued if stats is not None else 0)
     size = GaugeMetricFamily(
         "oracled_audit_database_bytes", "Data in the audit database at the last retention check."
     )
     size.add_metric([], stats.bytes if stats is not None else 0)
-    yield from (up, rounds, dropped, events, signatures, errors, full, queued, size)
+    yield from (up, rounds, dropped, events, signatures, errors, queued, size)
 
 
 def _push_families(stats: PushStats | None) -> Iterator[Metric]:

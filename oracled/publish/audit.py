@@ -220,7 +220,6 @@ class AuditStats:
     rounds: int = 0  # rounds written
     dropped: int = 0  # rounds dropped because the queue was full
     dropped_events: int = 0  # operator actions and config loads dropped (the queue was full)
-    full_deletes: int = 0  # oldest rounds deleted to make room after a write found it full
     write_errors: int = 0  # rounds lost to a database error
     ok: bool = False  # the last open/write succeeded
     last_error: str | None = None
@@ -261,11 +260,6 @@ class _Signed:
     root: bytes
     signature: bytes
     signer: str
-
-
-def _full(exc: sqlite3.Error) -> bool:
-    """SQLite's "database or disk is full" (also its max_page_count)."""
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 def _schema_version(db: sqlite3.Connection) -> int | None:
@@ -473,7 +467,7 @@ class AuditTrail:
         dict_id, markets, priced, data = row
         return _Packer(dict_id, data, provisional=_provisional(markets, priced))
 
-    def _write(self, items: list[object], *, made_room: bool = False) -> None:
+    def _write(self, items: list[object]) -> None:
         rounds = sum(1 for item in items if isinstance(item, _Item))
         db = self._open()
         if db is None:
@@ -505,9 +499,6 @@ class AuditTrail:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            if not made_room and _full(exc) and self._make_room(db, exc):
-                self._write(items, made_room=True)  # once: the room it made, or the usual failure
-                return
             self.stats.write_errors += rounds
             self._failed(exc, "write")
             return
@@ -575,40 +566,6 @@ class AuditTrail:
         # in use from here on; a rolled back batch drops it again (_failed forgets the packer)
         self._packer = _Packer(cur.lastrowid, data, provisional=_provisional(len(reports), priced))
         return self._packer
-
-    def _make_room(self, db: sqlite3.Connection, exc: sqlite3.Error) -> bool:
-        """After a write found the database or disk full: delete the oldest rounds, a retention
-        step's worth (the newest round stays), so that the pages they free inside the file take
-        the batch; True when some went. Retention alone runs after a successful write only, so
-        without this a full disk kept the trail down until someone freed space."""
-        try:
-            self._packer = self._load_packer(db)  # the rolled back batch may have made one
-            first, last = db.execute("SELECT min(id), max(id) FROM rounds").fetchone()
-            if first is None or first >= last:
-                return False
-            used = self._used_bytes(db)
-            budget = max(1, (last - first + 1) * self._retention_step_bytes // max(used, 1))
-            step = min(budget, last - first)
-            self._delete_before(db, first + step)
-            self.stats.bytes = self._used_bytes(db)
-        except sqlite3.Error as error:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            self._log.error(
-                "audit database full and the oldest rounds could not be deleted",
-                path=str(self.path),
-                error=str(error),
-            )
-            return False
-        self.stats.full_deletes += step
-        self._log.warning(
-            "audit database full: the oldest rounds were deleted to make room",
-            path=str(self.path),
-            error=str(exc),
-            rounds_deleted=step,
-            rounds_deleted_total=self.stats.full_deletes,
-        )
-        return True
 
     def _failed(self, exc: sqlite3.Error | OracledError | OSError, stage: str) -> None:
         message = f"{stage}: {exc}"

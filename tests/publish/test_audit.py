@@ -162,11 +162,10 @@ def test_a_full_queue_drops_rounds_and_counts_them_without_blocking(tmp_path: Pa
 
 
 def test_a_full_disk_is_counted_and_reported_and_rounds_go_on(tmp_path: Path) -> None:
-    """SQLite says the database is full and deleting old rounds cannot help (too small for even
-    its tables): the writer counts every round it loses, says why, and the rounds keep coming
-    (the core's prices are untouched)."""
+    """SQLite says the database is full: the writer counts every round it loses, says why, and
+    the rounds keep coming (the core's prices are untouched)."""
     db = tmp_path / "full.sqlite3"
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db)), page_limit=13)
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db)), page_limit=15)
     audit.start()
     feed = Feed(make_config(), audit)
     for _ in range(40):
@@ -176,37 +175,8 @@ def test_a_full_disk_is_counted_and_reported_and_rounds_go_on(tmp_path: Path) ->
     assert not audit.stats.ok
     assert audit.stats.last_error is not None and "full" in audit.stats.last_error
     assert feed.core.rounds == 40
-    assert audit.stats.rounds == 0 and audit.stats.full_deletes == 0
+    assert audit.stats.rounds > 0  # the database was made, then filled up
     assert audit.stats.rounds + audit.stats.write_errors == 40
-
-
-def test_a_full_database_deletes_its_oldest_rounds_and_writes_on(tmp_path: Path) -> None:
-    """A write that finds the database full (SQLite's max_page_count here, a full disk in
-    production) deletes the oldest rounds and tries the batch again: no round is lost after that,
-    the trail stays up, and the deletions are counted and logged. Before, retention ran after a
-    successful write only, so the trail stayed down, losing every round, until someone made room."""
-    db = tmp_path / "full.sqlite3"
-    audit = AuditTrail(
-        AuditConfig(enabled=True, path=str(db), batch_rounds=1, queue=1000), page_limit=20
-    )
-    audit._retention_step_bytes = 16 * 1024  # a few rounds a step, not the whole trail
-    audit.start()
-    feed = Feed(make_config(), audit)
-    with capture_logs() as logs:
-        for _ in range(200):
-            feed.round()
-        assert audit.close()
-    assert audit.stats.rounds == 200 and audit.stats.write_errors == 0 and audit.stats.ok
-    assert audit.stats.full_deletes > 0
-    full = [e for e in logs if e["event"].startswith("audit database full")]
-    assert full and all(e["rounds_deleted"] > 0 for e in full)
-    assert sum(e["rounds_deleted"] for e in full) == audit.stats.full_deletes
-    reader = AuditReader(db)
-    kept = reader.rounds(0, T0 * 2)
-    decoded = sum(1 for _ in reader.report_lines(0, T0 * 2))
-    reader.close()
-    assert 1 < len(kept) < 200 and kept[-1].round == 200  # the newest stay, whole
-    assert decoded == 3 * len(kept)
 
 
 def test_retention_keeps_the_database_under_its_size_limit(tmp_path: Path) -> None:
