@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 
 import structlog
 from aiohttp import web
 
 from oracled.api.context import ApiContext
 from oracled.api.errors import NO_STORE, ApiError, encode_json
+from oracled.api.lograte import LogEveryMinute
 from oracled.api.params import market_list, query_once
 from oracled.publish.hub import DROP_SHUTDOWN, DROP_SLOW, Subscription, SubscriptionClosed
 
@@ -50,12 +52,13 @@ def _plain(pattern: re.Pattern[str], text: str) -> str:
 
 
 class SseHandler:
-    __slots__ = ("_active", "_ctx", "_shutting_down")
+    __slots__ = ("_active", "_ctx", "_dropped_log", "_shutting_down")
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
         self._active: set[Subscription] = set()
         self._shutting_down = False
+        self._dropped_log = LogEveryMinute()  # a client can stall on purpose, again and again
 
     def _options(self, request: web.Request) -> tuple[frozenset[str] | None, dict[str, object]]:
         query = query_once(request.query, _PARAMETERS)
@@ -131,7 +134,11 @@ class SseHandler:
             cut.cancel()
             if sub.closed_reason == DROP_SLOW and not self._shutting_down:
                 # Logged as on the WebSocket stream: the count alone names no consumer.
-                _log.info("stream_dropped", reason=DROP_SLOW, remote=request.remote)
+                dropped = self._dropped_log.due(DROP_SLOW, time.monotonic())
+                if dropped is not None:
+                    _log.info(
+                        "stream_dropped", reason=DROP_SLOW, remote=request.remote, dropped=dropped
+                    )
             self._active.discard(sub)
             hub.unsubscribe(sub)
         return response

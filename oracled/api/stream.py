@@ -39,7 +39,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, encode_json
-from oracled.api.limits import LOG_EVERY_S
+from oracled.api.lograte import LogEveryMinute
 from oracled.api.params import market_list
 from oracled.publish.hub import (
     DROP_BAD_FRAME,
@@ -104,10 +104,9 @@ class StreamHandler:
 
     __slots__ = (
         "_active",
-        "_bad_logged",
-        "_bad_unlogged",
         "_close_timeout",
         "_ctx",
+        "_log_every_minute",
         "_order",
         "_shutting_down",
     )
@@ -118,10 +117,9 @@ class StreamHandler:
         self._order = ctx.core.index  # market -> layout position, for stable listings
         self._active: set[Subscription] = set()
         self._shutting_down = False
-        # Per close code (a few RFC 6455 codes): when the last line was logged, and how many
-        # bad frames since.
-        self._bad_logged: dict[int | None, float] = {}
-        self._bad_unlogged: dict[int | None, int] = {}
+        # Lines any client can cause: bad frames (per close code, a few RFC 6455 codes) and
+        # slow-consumer drops, each at most once a minute with the number since.
+        self._log_every_minute = LogEveryMinute()
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
@@ -161,7 +159,11 @@ class StreamHandler:
         if sub.closed_reason == DROP_SLOW:
             code = WSCloseCode.POLICY_VIOLATION
             message = f"slow consumer: fell more than {sub.queue_size} reports behind"
-            _log.info("stream_dropped", reason=DROP_SLOW, remote=request.remote)
+            dropped = self._log_every_minute.due(DROP_SLOW, time.monotonic())
+            if dropped is not None:  # a client that stalls on purpose again and again: no flood
+                _log.info(
+                    "stream_dropped", reason=DROP_SLOW, remote=request.remote, dropped=dropped
+                )
         elif self._shutting_down or sub.closed_reason == DROP_SHUTDOWN:
             code, message = WSCloseCode.GOING_AWAY, "server shutting down"
         else:
@@ -192,13 +194,9 @@ class StreamHandler:
     def _bad_frame(self, code: int | None, error: str, remote: str | None) -> None:
         """Log a bad frame at most once a minute per close code, with the count since."""
         key = code if code in _BAD_FRAME_CODES else None  # bounded, whatever a client sends
-        closed = self._bad_unlogged.get(key, 0) + 1
-        now = time.monotonic()
-        if now - self._bad_logged.get(key, -LOG_EVERY_S) < LOG_EVERY_S:
-            self._bad_unlogged[key] = closed
-            return
-        _log.warning("stream_bad_frame", code=code, error=error, remote=remote, closed=closed)
-        self._bad_logged[key], self._bad_unlogged[key] = now, 0
+        closed = self._log_every_minute.due(("bad_frame", key), time.monotonic())
+        if closed is not None:
+            _log.warning("stream_bad_frame", code=code, error=error, remote=remote, closed=closed)
 
     async def _read(
         self, request: web.Request, ws: web.WebSocketResponse, sub: Subscription

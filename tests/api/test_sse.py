@@ -78,6 +78,37 @@ async def test_a_slow_consumer_gets_a_final_error_event(make_client: ClientFacto
     resp.close()
 
 
+async def test_slow_consumer_drops_are_logged_at_most_once_a_minute(
+    make_client: ClientFactory,
+) -> None:
+    """Each slow consumer's drop wrote a `stream_dropped` line, so a client that reconnects and
+    stalls on purpose could flood the log; every drop is still counted, but a line is written
+    at most once a minute, with the `remote` of its first drop and `dropped`, the number since
+    the last line."""
+    rig = Rig(make_config(stream_queue=2))
+    client = await make_client(rig)
+    rig.step()
+    with capture_logs() as logs:
+        for _ in range(3):
+            resp = await client.get("/v1/events?markets=BTC-USD")
+            await next_event(resp)
+            sub = next(iter(rig.hub._subs))
+            for _ in range(10):  # rounds arrive faster than this client reads: it is dropped
+                rig.step()
+                sub._offer((b'{"type":"report"}',) * 3)
+            while (await next_event(resp))[0] != "error":
+                pass
+            resp.close()
+            async with asyncio.timeout(5):
+                while rig.hub.subscribers:  # noqa: ASYNC110 - the hub exposes no event for it
+                    await asyncio.sleep(0.01)
+    assert rig.hub.dropped_subscribers[DROP_SLOW] == 3
+    dropped = [e for e in logs if e["event"] == "stream_dropped"]
+    assert [(e["reason"], e["remote"], e["dropped"]) for e in dropped] == [
+        (DROP_SLOW, "127.0.0.1", 1)
+    ]
+
+
 async def test_a_consumer_that_stops_reading_is_cut_off_after_its_drop(
     make_client: ClientFactory,
 ) -> None:

@@ -208,6 +208,37 @@ async def test_slow_consumer_is_closed_1008_while_others_keep_receiving(
         stuck.close()
 
 
+async def test_slow_consumer_drops_are_logged_at_most_once_a_minute(
+    make_client: ClientFactory,
+) -> None:
+    """Each slow consumer closed 1008 wrote a `stream_dropped` line, so a client that reconnects
+    and stalls on purpose could flood the log; every drop is still counted, but a line is
+    written at most once a minute, with the `remote` of its first drop and `dropped`, the
+    number since the last line."""
+    rig = Rig(make_config(stream_queue=2))
+    client = await make_client(rig)
+    with capture_logs() as logs:
+        for _ in range(3):
+            async with client.ws_connect("/v1/stream") as ws:
+                await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
+                sub = next(iter(rig.hub._subs))
+                for _ in range(10):  # frames faster than this client reads: it is dropped
+                    rig.step()
+                    sub._offer((b'{"type":"report"}',) * 3)
+                async with asyncio.timeout(SAFETY_S):
+                    while (msg := await ws.receive()).type is not WSMsgType.CLOSE:
+                        pass
+                assert msg.data == 1008
+            async with asyncio.timeout(SAFETY_S):
+                while rig.hub.subscribers:  # noqa: ASYNC110 - the hub exposes no event for it
+                    await asyncio.sleep(0.01)
+    assert rig.hub.dropped_subscribers[DROP_SLOW] == 3
+    dropped = [e for e in logs if e["event"] == "stream_dropped"]
+    assert [(e["reason"], e["remote"], e["dropped"]) for e in dropped] == [
+        (DROP_SLOW, "127.0.0.1", 1)
+    ]
+
+
 async def test_every_market_includes_a_market_a_reload_adds(make_client: ClientFactory) -> None:
     """A subscription to every market (no `markets`) follows the config, as the event stream's
     default does: a market a reload adds is streamed to it without a new request, and an
