@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import Counter as PromCounter
@@ -75,6 +75,18 @@ CONFIG: dict[str, Any] = {
     ],
 }
 PRICES = {"BTC/USD": 64_000.0, "ETH/USD": 3_100.0, "SOL/USD": 150.0}
+
+
+class DaemonServer(TestServer):
+    """A loopback test server that serves as the daemon does (aiohttp's AppRunner default): a
+    lost connection does not cancel its handler, whose pending write raises instead. aiohttp's
+    test server cancels handlers, which hid handler error paths the daemon takes (an SSE write
+    to a reset client gave the daemon a traceback and a 500 while every test passed)."""
+
+    async def start_server(self, **kwargs: Any) -> None:
+        await super().start_server(**kwargs)
+        assert self.runner is not None and self.runner.server is not None
+        self.runner.server.handler_cancellation = False
 
 
 def make_config(token: str | None = TOKEN, **api: Any) -> Config:

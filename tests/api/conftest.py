@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, get_port_socket
-from api_rig import ClientFactory, ContractRecorder, Rig, make_config
+from api_rig import ClientFactory, ContractRecorder, DaemonServer, Rig, make_config
 
 from oracled.api import build_app
 from oracled.config import Config
@@ -51,15 +51,8 @@ async def make_client(
         app.middlewares.insert(0, contract.middleware)
         kwargs = {"socket_factory": small_buffer_socket} if small_send_buffer else {}
         client: TestClient[web.Request, web.Application] = await aiohttp_client(
-            app, server_kwargs=kwargs
+            DaemonServer(app, **kwargs)  # served as the daemon serves it
         )
-        # Serve as the daemon does (aiohttp's AppRunner default): a lost connection does not
-        # cancel its handler, whose pending write raises instead. aiohttp's test server cancels
-        # handlers, which hid handler error paths the daemon takes (an SSE write to a reset
-        # client gave the daemon a traceback and a 500 while every test passed).
-        server = client.server.runner.server if client.server.runner is not None else None
-        assert server is not None
-        server.handler_cancellation = False
         return client
 
     yield make

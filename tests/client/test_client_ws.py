@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from publish_rig import Rounds, make_config
 from structlog.testing import capture_logs
 
@@ -46,7 +45,7 @@ async def watch_until(
 ) -> None:
     """Run `client.watch_ws` (with `args`, `kwargs`) against `app` on loopback until `done()`
     holds, then stop it; a wait that outlasts SAFETY_S fails the test instead of hanging."""
-    async with TestServer(app, host="127.0.0.1") as server:
+    async with api_rig.DaemonServer(app, host="127.0.0.1") as server:
         watcher = asyncio.create_task(client.watch_ws(str(server.make_url("/")), *args, **kwargs))
         try:
             async with asyncio.timeout(SAFETY_S):
@@ -191,26 +190,21 @@ async def test_a_daemon_that_stops_answering_is_left_and_connected_again() -> No
     no close frame) is dropped after the heartbeat and made again, instead of being waited on
     forever while every market of the client goes unknown."""
     connections: list[int] = []
-    release = asyncio.Event()
 
     async def stream(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=False)  # deaf: never answers a ping
         await ws.prepare(request)
         connections.append(1)
-        await release.wait()
+        # Reads (pings too) until the client leaves: a handler that waited past the server's
+        # close would hold it, as the daemon's close waits for its handlers.
+        async for _ in ws:
+            pass
         return ws
 
     client = OracleClient({KEY.address})
-    try:
-        await watch_until(
-            client,
-            stream_app(stream),
-            lambda: len(connections) >= 2,
-            reconnect_s=0,
-            heartbeat_s=0.2,
-        )
-    finally:
-        release.set()
+    await watch_until(
+        client, stream_app(stream), lambda: len(connections) >= 2, reconnect_s=0, heartbeat_s=0.2
+    )
     assert len(connections) >= 2
 
 
@@ -233,7 +227,7 @@ async def test_a_market_a_reload_removes_and_adds_back_comes_back_to_the_client(
     client = OracleClient({KEY.address}, now_ms=rig.clock.now_ms)
     auth = {"Authorization": f"Bearer {api_rig.TOKEN}"}
     with capture_logs() as logs:
-        async with TestServer(build_app(rig.context()), host="127.0.0.1") as server:
+        async with api_rig.DaemonServer(build_app(rig.context()), host="127.0.0.1") as server:
             url = str(server.make_url("/"))
             watcher = asyncio.create_task(
                 client.watch_ws(url, ["BTC/USD", "SOL/USD"], retry_s=0.01)
@@ -282,7 +276,7 @@ async def test_a_market_unknown_at_first_comes_once_a_reload_adds_it_however_it_
     rig.hub.publish_signed(signer.sign(rig.step()))
     client = OracleClient({KEY.address}, now_ms=rig.clock.now_ms)
     auth = {"Authorization": f"Bearer {api_rig.TOKEN}"}
-    async with TestServer(build_app(rig.context()), host="127.0.0.1") as server:
+    async with api_rig.DaemonServer(build_app(rig.context()), host="127.0.0.1") as server:
         url = str(server.make_url("/"))
         watcher = asyncio.create_task(client.watch_ws(url, ["BTC/USD", "sol-usd"], retry_s=0.01))
         try:

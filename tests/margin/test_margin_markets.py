@@ -14,11 +14,10 @@ import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
-from api_rig import CONFIG, TOKEN, Rig, make_config
+from api_rig import CONFIG, TOKEN, DaemonServer, Rig, make_config
 
 from oracled.api import build_app
 from oracled.config import parse_config
@@ -60,8 +59,8 @@ async def served() -> AsyncIterator[Callable[[Rig, MarginEngine], Any]]:
     """Start the rig's API and a margin service on it; both stop after the test."""
     stops: list[Callable[[], Any]] = []
 
-    async def start(rig: Rig, eng: MarginEngine) -> tuple[MarginService, io.BytesIO, TestServer]:
-        server = TestServer(build_app(rig.context()), host="127.0.0.1")
+    async def start(rig: Rig, eng: MarginEngine) -> tuple[MarginService, io.BytesIO, DaemonServer]:
+        server = DaemonServer(build_app(rig.context()), host="127.0.0.1")
         await server.start_server()
         url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
         out = io.BytesIO()
@@ -156,7 +155,7 @@ async def test_a_market_a_reload_adds_back_is_priced_again_without_a_restart(
     rig.step()
     eng = engine({"BTC": "BTC/USD", "SOL": "SOL/USD"})
 
-    async def reload(server: TestServer) -> None:
+    async def reload(server: DaemonServer) -> None:
         async with (
             aiohttp.ClientSession() as http,
             http.post(
@@ -203,7 +202,7 @@ async def run_scripted(
     app = web.Application()
     app.router.add_get("/v1/stream", stream)
     with capture_logs() as logs:
-        async with TestServer(app, host="127.0.0.1") as server:
+        async with DaemonServer(app, host="127.0.0.1") as server:
             url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
             service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, retry_s=60)
             task = asyncio.create_task(service.run())
