@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import subprocess
@@ -297,15 +298,20 @@ def test_a_demo_task_that_ignores_cancellation_does_not_hold_the_demo_at_its_end
         service.shutdown_budget_s = 1.5
         asyncio.get_running_loop().create_task(deaf(), name="deaf")
 
-    with capture_logs() as logs:
-        demo = threading.Thread(
-            target=run_demo,
-            args=(cfg, f"127.0.0.1:{free_port()}", 0.5, None, None, prepare),
-            daemon=True,
-        )
-        demo.start()
-        demo.join(15)  # the bound only turns a hang into a failure
-        assert not demo.is_alive(), "the demo's end waited on the deaf task"
+    try:
+        with capture_logs() as logs:
+            demo = threading.Thread(
+                target=run_demo,
+                args=(cfg, f"127.0.0.1:{free_port()}", 0.5, None, None, prepare),
+                daemon=True,
+            )
+            demo.start()
+            demo.join(15)  # the bound only turns a hang into a failure
+            assert not demo.is_alive(), "the demo's end waited on the deaf task"
+    finally:
+        # The demo froze this process's objects out of the collector, as `oracled demo` does
+        # its own: give them back, or later tests (tests/runtime/test_gcpause.py) find them.
+        gc.unfreeze()
     abandoned = [e for e in logs if e["event"] == "task ignored its cancellation; abandoned"]
     assert [e["task"] for e in abandoned] == ["deaf"]
 
