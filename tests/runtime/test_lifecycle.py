@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from inert_source import InertSource
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -235,25 +236,8 @@ async def test_a_reload_adding_a_chain_says_its_sources_wait_for_a_restart(
     assert not [e for e in events if e[0] == "source disabled: its chain has no RPC URL"]
 
 
-class _DeafSource(Source):
+class _DeafSource(InertSource):
     """A source whose task ignores every cancellation (a library that swallows it, a bug)."""
-
-    default_ws_url = "ws://127.0.0.1:9"
-
-    def stream_url(self) -> str:
-        return self.default_ws_url
-
-    def subscribe_message(self, request_id: int, symbols: object) -> str:
-        return ""
-
-    def on_message(self, data: str | bytes, recv_ts: int) -> None:
-        return None
-
-    def rest_request(self, symbols: object) -> None:
-        return None
-
-    def on_rest(self, body: bytes, recv_ts: int) -> None:
-        return None
 
     async def run(self) -> None:
         while True:

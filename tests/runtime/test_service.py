@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.resolver import AsyncResolver, DefaultResolver
+from inert_source import InertSource
 from structlog.testing import capture_logs
 
 from oracled.cli import _Hangups, _Stops
@@ -35,25 +36,8 @@ from oracled.sim import BinanceSim
 from oracled.sources import Source, SourceStats, build_source
 
 
-class CrashingSource(Source):
+class CrashingSource(InertSource):
     """A source whose task dies at once, as a programming error would make it."""
-
-    default_ws_url = "ws://127.0.0.1:9"
-
-    def stream_url(self) -> str:
-        return self.default_ws_url
-
-    def subscribe_message(self, request_id: int, symbols: object) -> str:
-        return ""
-
-    def on_message(self, data: str | bytes, recv_ts: int) -> None:
-        return None
-
-    def rest_request(self, symbols: object) -> None:
-        return None
-
-    def on_rest(self, body: bytes, recv_ts: int) -> None:
-        return None
 
     async def run(self) -> None:
         raise RuntimeError("bug in an adapter")
