@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -109,6 +111,30 @@ async def test_slow_consumer_drops_are_logged_at_most_once_a_minute(
     ]
 
 
+@contextlib.asynccontextmanager
+async def _reader_that_stops(client: TestClient[Any, Any]) -> AsyncIterator[socket.socket]:
+    """A raw /v1/events client with a 2 KiB receive buffer that never reads (closed after)."""
+    loop = asyncio.get_running_loop()
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    stuck.setblocking(False)
+    try:
+        assert client.server.port is not None
+        await loop.sock_connect(stuck, (client.server.host, client.server.port))
+        await loop.sock_sendall(stuck, b"GET /v1/events HTTP/1.1\r\nHost: oracled\r\n\r\n")
+        yield stuck
+    finally:
+        stuck.close()
+
+
+async def _until_dropped_as_slow(rig: Rig) -> None:
+    """Publish rounds until the hub drops a subscriber as slow (the handler writes until the
+    socket is full)."""
+    while rig.hub.dropped_subscribers[DROP_SLOW] == 0:
+        rig.step()
+        await asyncio.sleep(0.001)
+
+
 async def test_a_consumer_that_stops_reading_is_cut_off_after_its_drop(
     make_client: ClientFactory,
 ) -> None:
@@ -123,18 +149,10 @@ async def test_a_consumer_that_stops_reading_is_cut_off_after_its_drop(
     client = await make_client(rig, small_send_buffer=True)
     server = client.server.runner.server
     assert server is not None and client.server.port is not None
-    loop = asyncio.get_running_loop()
-    stuck = socket.socket()
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-    stuck.setblocking(False)
-    try:
-        await loop.sock_connect(stuck, (client.server.host, client.server.port))
-        await loop.sock_sendall(stuck, b"GET /v1/events HTTP/1.1\r\nHost: oracled\r\n\r\n")
+    async with _reader_that_stops(client):
         with capture_logs() as logs:
             async with asyncio.timeout(60):  # a hang guard only: the loops end on their own
-                while rig.hub.dropped_subscribers[DROP_SLOW] == 0:
-                    rig.step()
-                    await asyncio.sleep(0.001)  # the handler writes until the socket is full
+                await _until_dropped_as_slow(rig)
                 while server.connections:  # noqa: ASYNC110 - aiohttp exposes no event for it
                     await asyncio.sleep(0.01)
                 # The handler, woken by the abort, logs as it ends.
@@ -142,8 +160,6 @@ async def test_a_consumer_that_stops_reading_is_cut_off_after_its_drop(
                     await asyncio.sleep(0.01)
         dropped = [e for e in logs if e["event"] == "stream_dropped"]
         assert [(e["reason"], e["remote"]) for e in dropped] == [(DROP_SLOW, "127.0.0.1")]
-    finally:
-        stuck.close()
 
 
 async def test_a_consumer_that_resets_its_connection_mid_write_is_no_handler_error(
@@ -160,18 +176,10 @@ async def test_a_consumer_that_resets_its_connection_mid_write_is_no_handler_err
     server = client.server.runner.server if client.server.runner is not None else None
     assert server is not None and client.server.port is not None
     assert not server.handler_cancellation  # served as the daemon serves (conftest)
-    loop = asyncio.get_running_loop()
-    stuck = socket.socket()
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-    stuck.setblocking(False)
-    try:
-        await loop.sock_connect(stuck, (client.server.host, client.server.port))
-        await loop.sock_sendall(stuck, b"GET /v1/events HTTP/1.1\r\nHost: oracled\r\n\r\n")
+    async with _reader_that_stops(client) as stuck:
         with capture_logs() as logs:
             async with asyncio.timeout(60):  # a hang guard only: the loops end on their own
-                while rig.hub.dropped_subscribers[DROP_SLOW] == 0:
-                    rig.step()
-                    await asyncio.sleep(0.001)  # the handler writes until the socket is full
+                await _until_dropped_as_slow(rig)
                 # The handler now waits on a write: reset the connection under it.
                 stuck.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 stuck.close()
@@ -180,8 +188,6 @@ async def test_a_consumer_that_resets_its_connection_mid_write_is_no_handler_err
                 while not any(e["event"] == "stream_dropped" for e in logs):  # noqa: ASYNC110
                     await asyncio.sleep(0.01)  # the handler has ended
         assert [e["event"] for e in logs if e["log_level"] == "error"] == []
-    finally:
-        stuck.close()
 
 
 async def test_a_parameter_given_twice_is_refused_not_half_read(client: Client, rig: Rig) -> None:
