@@ -255,6 +255,11 @@ def _audit_families(stats: AuditStats | None) -> Iterator[Metric]:
         "Rounds left out of the audit trail because its queue was full.",
     )
     dropped.add_metric([], stats.dropped if stats is not None else 0)
+    quotes = CounterMetricFamily(
+        "oracled_audit_dropped_quotes",
+        "Quotes of dropped rounds past the carry cap: the audit tape lacks them.",
+    )
+    quotes.add_metric([], stats.dropped_quotes if stats is not None else 0)
     events = CounterMetricFamily(
         "oracled_audit_dropped_events",
         "Operator actions and config loads left out of the audit trail: its queue was full.",
@@ -276,7 +281,7 @@ def _audit_families(stats: AuditStats | None) -> Iterator[Metric]:
         "oracled_audit_database_bytes", "Data in the audit database at the last retention check."
     )
     size.add_metric([], stats.bytes if stats is not None else 0)
-    yield from (up, rounds, dropped, events, signatures, errors, queued, size)
+    yield from (up, rounds, dropped, quotes, events, signatures, errors, queued, size)
 
 
 def _push_families(stats: PushStats | None) -> Iterator[Metric]:

@@ -8,8 +8,9 @@ and the round's signature when signing is on. That answers "why was this price w
 the stored reports.
 
 Writes never hold up a round: the round loop hands the `RoundResult` and the quote buffer to a
-bounded queue (`submit` never blocks; a full queue drops the round and counts it), and one worker
-thread builds the reports, encodes them (msgpack, then deflate with a preset dictionary) and
+bounded queue (`submit` never blocks; a full queue drops the round and counts it, and its quotes
+go in with the next round queued, up to `carry_max` of them, so the tape stays whole), and one
+worker thread builds the reports, encodes them (msgpack, then deflate with a preset dictionary) and
 writes a batch of rounds per transaction.
 SQLite runs in WAL mode, one transaction per batch, so a process killed at any moment leaves
 whole rounds only. A failing database (full disk, read-only directory) is logged once per state
@@ -158,6 +159,9 @@ _RETENTION_EVERY_S: Final = 30.0
 #: 570 MB in 11.7 s, with the queue (64 rounds, 16 s at 4 a second) far from full.
 _RETENTION_STEP_BYTES: Final = 32 * 1024 * 1024
 _STOP: Final = object()
+#: Quotes of dropped rounds kept for the next queued round at most (~200 B each: ~20 MB); past
+#: it a stuck writer would grow them without end, so they are dropped, counted and logged.
+_CARRY_MAX: Final = 100_000
 
 _encoder = msgspec.msgpack.Encoder()
 _report_decoder = msgspec.msgpack.Decoder(Report)
@@ -219,6 +223,8 @@ class AuditStats:
 
     rounds: int = 0  # rounds written
     dropped: int = 0  # rounds dropped because the queue was full
+    #: quotes of dropped rounds past the carry cap: the tape lacks them from there
+    dropped_quotes: int = 0
     dropped_events: int = 0  # operator actions and config loads dropped (the queue was full)
     write_errors: int = 0  # rounds lost to a database error
     ok: bool = False  # the last open/write succeeded
@@ -327,6 +333,9 @@ class AuditTrail:
         self._retry_s = _RETRY_S
         self._lock_fd: int | None = None  # the writer lock (`_lock`), held while writing
         self._dropping = False
+        self._dropping_quotes = False
+        #: quotes of dropped rounds carried to the next queued round at most (tests lower it)
+        self.carry_max = _CARRY_MAX
         self._dropped_recently: collections.deque[tuple[int, int]] = collections.deque(maxlen=8)
         self._dropping_signatures = False
         self._thread = threading.Thread(target=self._work, name="oracled-audit", daemon=True)
@@ -342,12 +351,26 @@ class AuditTrail:
         self._quotes.append(quote)
 
     def submit(self, result: RoundResult) -> None:
-        """Hand a round and its inputs to the worker; never blocks (a full queue drops it)."""
+        """Hand a round and its inputs to the worker; never blocks. A full queue drops the
+        round, not its quotes: they go in with the next round queued (a later price may rest on
+        them, and the tape replays to it only with them), up to `carry_max` quotes."""
         quotes, self._quotes = self._quotes, []
         try:
             self._queue.put_nowait(_Item(result, quotes))
         except queue.Full:
             self.stats.dropped += 1
+            if len(quotes) <= self.carry_max:
+                self._quotes = quotes  # the next round's quotes are appended after them
+            else:
+                self.stats.dropped_quotes += len(quotes)
+                if not self._dropping_quotes:
+                    self._dropping_quotes = True
+                    self._log.error(
+                        "audit queue full: quotes of dropped rounds are dropped from the tape",
+                        carry_max=self.carry_max,
+                        quotes=len(quotes),
+                        round=result.round,
+                    )
             self._dropped_recently.append((result.ts, result.round))
             if not self._dropping:
                 self._dropping = True
@@ -357,6 +380,7 @@ class AuditTrail:
                     round=result.round,
                 )
             return
+        self._dropping_quotes = False
         if self._dropping:
             self._dropping = False
             self._log.warning("audit queue has room again", dropped_total=self.stats.dropped)

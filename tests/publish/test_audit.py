@@ -161,6 +161,56 @@ def test_a_full_queue_drops_rounds_and_counts_them_without_blocking(tmp_path: Pa
     assert audit.stats.rounds == 2
 
 
+def test_a_dropped_rounds_quotes_go_into_the_next_stored_round_so_the_tape_keeps_them(
+    tmp_path: Path,
+) -> None:
+    """No writer running and a queue of 2: rounds 3 to 6 are dropped, but their quotes are not;
+    they go in with the next round that is queued, so the exported tape holds every quote fed,
+    in order, and a replay of it gives the rounds after the gap as they were published (a later
+    round's price may rest on a quote that arrived in a dropped round)."""
+    db = tmp_path / "a.sqlite3"
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=2))
+    feed = Feed(make_config(), audit)
+    for _ in range(6):
+        feed.round()
+    assert audit.stats.dropped == 4
+    audit.start()
+    while audit.stats.rounds < 2:  # the writer empties the queue
+        time.sleep(0.01)
+    feed.round()  # fits again
+    audit.close()
+    fed = [q for _, quotes in feed.kept for q in quotes]
+    reader = AuditReader(db)
+    tape = io.BytesIO()
+    assert reader.tape(tape, 0, T0 * 2) == len(fed)
+    assert [r.quotes for r in reader.rounds(0, T0 * 2)] == [9, 9, 45]
+    last = reader.report_lines(feed.kept[-1][0].ts, T0 * 2)
+    stored_last = b"".join(last)
+    reader.close()
+    out = io.BytesIO()
+    stats = replay(make_config(), io.BytesIO(tape.getvalue()), out)
+    assert stats.errors == [] and stats.quotes == len(fed) and stats.rounds == 7
+    assert out.getvalue().endswith(stored_last)
+
+
+def test_quotes_carried_past_dropped_rounds_are_capped_counted_and_logged(tmp_path: Path) -> None:
+    """A writer that stays stuck must not grow the carried quotes without limit: past the cap
+    they are dropped, counted in `stats.dropped_quotes` and logged once per episode, and the
+    next stored round holds only what came after."""
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(tmp_path / "a.sqlite3"), queue=1))
+    audit.carry_max = 20  # quotes carried at most; a round brings 9
+    feed = Feed(make_config(), audit)
+    with capture_logs() as logs:
+        for _ in range(4):  # 1 queued; 9 carried, 18, then 27 > 20: all 27 dropped
+            feed.round()
+    assert audit.stats.dropped == 3 and audit.stats.dropped_quotes == 27
+    carry_lines = [e for e in logs if e["event"].startswith("audit queue full: quotes")]
+    assert len(carry_lines) == 1 and carry_lines[0]["log_level"] == "error"
+    audit.start()
+    audit.close()
+    assert audit.stats.rounds == 1
+
+
 def test_a_full_disk_is_counted_and_reported_and_rounds_go_on(tmp_path: Path) -> None:
     """SQLite says the database is full: the writer counts every round it loses, says why, and
     the rounds keep coming (the core's prices are untouched)."""
