@@ -25,7 +25,7 @@ from aiohttp.log import server_logger
 from aiohttp.web_protocol import RequestPayloadError
 
 from oracled.api.context import ApiContext
-from oracled.api.limits import LOG_EVERY_S
+from oracled.lograte import LogEveryMinute
 
 __all__ = ["BAD_REQUEST_REASONS", "CLOSED_BAD_REQUEST", "CLOSED_TOO_LONG", "ServerLog"]
 
@@ -43,8 +43,7 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def __init__(self, ctx: ApiContext) -> None:
         super().__init__(server_logger, {})
         self._ctx = ctx
-        self._last_log = dict.fromkeys(BAD_REQUEST_REASONS, -LOG_EVERY_S)
-        self._unlogged = dict.fromkeys(BAD_REQUEST_REASONS, 0)
+        self._log_every_minute = LogEveryMinute()  # keyed by reason
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
@@ -58,16 +57,14 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def _bad_request(self, exc: HttpProcessingError | RequestPayloadError, remote: object) -> None:
         reason = CLOSED_TOO_LONG if isinstance(exc, LineTooLong) else CLOSED_BAD_REQUEST
         self._ctx.hub.api_closed[reason] += 1
-        self._unlogged[reason] += 1
-        now = time.monotonic()
-        if now - self._last_log[reason] < LOG_EVERY_S:
+        closed = self._log_every_minute.due(reason, time.monotonic())
+        if closed is None:
             return
         error = " ".join(str(getattr(exc, "message", None) or exc).split()) or type(exc).__name__
         fields: Mapping[str, object] = {
             "reason": reason,
             "remote": None if remote is None else str(remote),
             "error": error[:_MAX_ERROR],
-            "closed": self._unlogged[reason],  # since the last such line
+            "closed": closed,  # since the last such line, this one included
         }
         _log.warning("api_bad_request", **fields)
-        self._last_log[reason], self._unlogged[reason] = now, 0

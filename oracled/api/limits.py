@@ -30,19 +30,18 @@ from aiohttp.web_protocol import RequestHandler
 
 from oracled.api.context import ApiContext
 from oracled.api.errors import NO_STORE, Handler, error_response
+from oracled.lograte import LogEveryMinute
 
 __all__ = [
     "CLOSED_LIMIT",
     "CLOSED_SEND_TIMEOUT",
     "FD_RESERVE",
-    "LOG_EVERY_S",
     "Limits",
     "open_file_limit_short",
 ]
 
 CLOSED_SEND_TIMEOUT = "send_timeout"
 CLOSED_LIMIT = "connection_limit"
-LOG_EVERY_S = 60.0
 _EXEMPT_PREFIXES = ("/healthz", "/metrics", "/v1/admin/")
 
 _log = structlog.get_logger(component="api")
@@ -64,16 +63,14 @@ def open_file_limit_short(max_connections: int) -> int | None:
 class Limits:
     """The send deadline and the connection cap of one application."""
 
-    __slots__ = ("_ctx", "_last_log", "_open", "_unlogged")
+    __slots__ = ("_ctx", "_log_every_minute", "_open")
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
         # Connections that have made a request, by aiohttp's per-connection protocol object;
         # insertion-ordered. A closed one has no transport and is pruned when the cap is near.
         self._open: dict[RequestHandler, None] = {}
-        # Per reason: when the last line was logged, and how many were closed since.
-        self._last_log = dict.fromkeys((CLOSED_SEND_TIMEOUT, CLOSED_LIMIT), -LOG_EVERY_S)
-        self._unlogged = dict.fromkeys((CLOSED_SEND_TIMEOUT, CLOSED_LIMIT), 0)
+        self._log_every_minute = LogEveryMinute()  # keyed by reason
 
     @property
     def connections(self) -> int:
@@ -142,14 +139,12 @@ class Limits:
     def _closed(self, reason: str, event: str, request: web.Request, **fields: float) -> None:
         """Count a connection the API closed; log it at most once a minute per reason."""
         self._ctx.hub.api_closed[reason] += 1
-        self._unlogged[reason] += 1
-        now = time.monotonic()
-        if now - self._last_log[reason] >= LOG_EVERY_S:
+        closed = self._log_every_minute.due(reason, time.monotonic())
+        if closed is not None:
             _log.warning(
                 event,
                 path=request.path,
                 remote=request.remote,
-                closed=self._unlogged[reason],  # since the last such line
+                closed=closed,  # since the last such line, this one included
                 **fields,
             )
-            self._last_log[reason], self._unlogged[reason] = now, 0

@@ -22,8 +22,8 @@ from aiohttp import web
 
 from oracled.api.context import ApiContext
 from oracled.api.errors import NO_STORE, ApiError, encode_json
-from oracled.api.lograte import LogEveryMinute
 from oracled.api.params import market_list, query_once
+from oracled.lograte import LogEveryMinute
 from oracled.publish.hub import DROP_SHUTDOWN, DROP_SLOW, Subscription, SubscriptionClosed
 
 __all__ = ["SseHandler"]

@@ -39,8 +39,8 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, encode_json
-from oracled.api.lograte import LogEveryMinute
 from oracled.api.params import market_list
+from oracled.lograte import LogEveryMinute
 from oracled.publish.hub import (
     DROP_BAD_FRAME,
     DROP_SHUTDOWN,

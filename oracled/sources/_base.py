@@ -48,6 +48,7 @@ import structlog
 
 from oracled.clock import Clock
 from oracled.config import DEFAULT_MAX_CLOCK_SKEW_MS, SourceConfig
+from oracled.lograte import LogEveryMinute
 from oracled.model import Kind, Quote
 from oracled.sources.stats import LATENCY_BOUNDS_MS, LATENCY_BUCKET_OF_MS, ConnState, SourceStats
 
@@ -59,8 +60,6 @@ _LATENCY_BUCKET_OF_MS: Final = LATENCY_BUCKET_OF_MS
 _LATENCY_OVER: Final = LATENCY_BOUNDS_MS[-1]
 # Errors that mean "this connection or request failed", as opposed to a bug in our code.
 _NET_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError)
-# Venue errors that name none of our requests are logged at most this often.
-_LOG_EVERY_S: Final = 60.0
 # The venue's one-second message window, with a margin for jitter between our clock and theirs.
 _WINDOW_S: Final = 1.1
 # A last trade price as the venue printed it, a number or a quoted decimal (strict=False).
@@ -184,8 +183,7 @@ class Source(abc.ABC):
         # period later, was dropped by the venue (see `_lost_request`).
         self._requested_at: dict[int, float] = {}
         self._answered_upto = -_INF
-        self._error_logged_at = -_INF  # when a venue error was last logged (one a minute)
-        self._errors_unlogged = 0  # venue errors held back since
+        self._venue_errors = LogEveryMinute()  # venue errors naming none of our requests
         self._outbox: asyncio.Queue[tuple[int, tuple[str, ...]]] = asyncio.Queue()
         self._sent: deque[float] = deque()  # when we sent each recent message (rate limit)
         self._down = asyncio.Event()  # set while the stream is down: the REST poller runs
@@ -414,14 +412,11 @@ class Source(abc.ABC):
         """Log an error that names none of our requests: the first at once, then at most one line
         a minute saying how many were held back, so that a venue repeating one with every frame
         cannot flood the log (each is counted as `venue_error` all the same)."""
-        now = self._clock.monotonic()
-        if now - self._error_logged_at < _LOG_EVERY_S:
-            self._errors_unlogged += 1
+        count = self._venue_errors.due("venue_error", self._clock.monotonic())
+        if count is None:
             return
-        self._log.warning(
-            event, request_id=request_id, message=message, suppressed=self._errors_unlogged
-        )
-        self._error_logged_at, self._errors_unlogged = now, 0
+        suppressed = count - 1  # held back since the last line: this one is logged
+        self._log.warning(event, request_id=request_id, message=message, suppressed=suppressed)
 
     def _note_answer(self, request_id: int | str | None) -> None:
         sent = self._requested_at.pop(request_id, None) if isinstance(request_id, int) else None

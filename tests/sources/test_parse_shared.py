@@ -18,6 +18,8 @@ import pytest
 from parse_cases import CASES, Harness, ParseCase, open_harness
 from structlog.testing import capture_logs
 
+from oracled.clock import ManualClock
+
 BAD_FRAMES = [
     pytest.param(case, frame, reason, id=f"{case.id}-{i}")
     for case in CASES
@@ -90,6 +92,28 @@ def test_a_venue_repeating_errors_is_counted_each_time_and_logged_once_a_minute(
     assert harness.stats.dropped["venue_error"] == 200
     warned = [e for e in logs if e["event"] == "venue error"]
     assert len(warned) == 1 and warned[0]["suppressed"] == 0
+
+
+@pytest.mark.parametrize("case", UNSOLICITED, ids=[c.id for c in UNSOLICITED])
+def test_the_next_minutes_venue_error_line_says_how_many_were_held_back(
+    case: ParseCase[Any], harness: Harness[Any]
+) -> None:
+    """Venue errors held back within a minute of a line are not lost: the first one a minute
+    later is logged with their number (`suppressed`, itself not included), and the count
+    starts again from there."""
+    clock = harness.source._clock
+    assert isinstance(clock, ManualClock)
+    error = case.unsolicited[-1]
+    with capture_logs() as logs:
+        for _ in range(5):  # one line, four held back
+            harness.source.on_message(error, 1)
+        clock.advance(59_999)
+        harness.source.on_message(error, 1)  # still within the minute: held back
+        clock.advance(1)
+        harness.source.on_message(error, 1)  # a minute after the first line
+        harness.source.on_message(error, 1)
+    assert harness.stats.dropped["venue_error"] == 8
+    assert [e["suppressed"] for e in logs if e["event"] == "venue error"] == [0, 5]
 
 
 SPLIT = [c for c in CASES if c.split is not None]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from oracled.api.limits import LOG_EVERY_S
-from oracled.api.lograte import LogEveryMinute
+from oracled.lograte import LOG_EVERY_S, LogEveryMinute
 
 
 def test_a_line_a_minute_per_key_with_the_number_since_the_last() -> None:

@@ -1,14 +1,17 @@
-"""At most one log line a minute per key, with the number held back: for events any client can
-cause again and again (broken frames, stalled streams), which must be heard of without letting
-that client flood the log."""
+"""At most one log line a minute per key, with the number held back: for events a peer can cause
+again and again (an API client's broken frames or stalled streams, a venue's error with every
+frame), which must be heard of without letting that peer flood the log.
+
+It sits at the package's top so that every layer (the API, the sources) can use it."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Final
 
-from oracled.api.limits import LOG_EVERY_S
+__all__ = ["LOG_EVERY_S", "LogEveryMinute"]
 
-__all__ = ["LogEveryMinute"]
+LOG_EVERY_S: Final = 60.0
 
 
 class LogEveryMinute:
