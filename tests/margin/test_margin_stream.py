@@ -1,14 +1,19 @@
-"""MarginService against a real aiohttp server on loopback that closes the stream on it."""
+"""MarginService against a real aiohttp server on loopback that closes the stream on it. The
+server stands in for the daemon's API, so it serves as the daemon does (api_rig.DaemonServer)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import sys
+from pathlib import Path
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from margin_helpers import spec
 from structlog.testing import capture_logs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
+from api_rig import DaemonServer
 
 from oracled.margin import MarginEngine
 from oracled.margin.service import MarginService
@@ -34,7 +39,7 @@ async def test_a_stream_the_daemon_closes_is_logged_with_its_close_code() -> Non
     app.router.add_get("/v1/stream", stream)
     engine = MarginEngine(spec([{"id": "a", "collateral": {"USD": 1_000}}]))
     with capture_logs() as logs:
-        async with TestServer(app, host="127.0.0.1") as server:
+        async with DaemonServer(app, host="127.0.0.1") as server:
             url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
             service = MarginService(engine, url, io.BytesIO(), reconnect_max_s=0.1)
             task = asyncio.create_task(service.run())
