@@ -697,6 +697,16 @@ class Service:
             self._tick = tick
             self._release_held(tick)
             await asyncio.sleep((tick - now) / 1000.0)
+            if self.clock.now_ms() <= tick:
+                # A quote is stamped and handed over in one step, so once the clock has passed
+                # the tick every quote stamped with it is in: one that came after the round,
+                # still in its millisecond, would take part in the next round here and in this
+                # one in a replay (a quote takes part in the rounds at or after its time). From
+                # the top: a clock that went back meanwhile is waited for there, and logged.
+                if last < 0:
+                    last = tick - interval  # the first round keeps its time, not the next one
+                await asyncio.sleep(0.001)
+                continue
             behind = self.clock.now_ms() - tick
             if behind > interval:  # the loop was late: the missed rounds, then the present
                 missed = behind // interval

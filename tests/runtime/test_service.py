@@ -514,6 +514,41 @@ async def test_a_round_never_uses_a_quote_received_after_its_tick(tmp_path: Path
     assert [replayed[ts]["price"] for ts in both] == [stored[ts].price for ts in both]
 
 
+class _CoarseClock(SystemClock):
+    """The system clock read in steps of 10 ms, as a coarse wall clock reads (some virtual
+    machines' clocks); the same millisecond then lasts long enough to matter."""
+
+    __slots__ = ()
+
+    def now_ms(self) -> int:
+        return super().now_ms() // 10 * 10
+
+
+async def test_a_round_runs_only_once_its_millisecond_has_passed(tmp_path: Path) -> None:
+    """A quote received in the very millisecond of a round's tick takes part in that round, as
+    in a replay of the tape (a quote takes part in the rounds at or after its receive time): the
+    round waits for the wall clock to pass its tick, so a quote stamped with it cannot arrive
+    after the round ran. Found running the audit tape's replay test under load: one round in a
+    few runs had the replay's price from a quote stamped at the tick (age 0) and the stored one
+    the quote before it (age 21); a clock read in 10 ms steps makes it every round."""
+    trail = tmp_path / "audit.sqlite3"
+    with _sim_in_thread() as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url, 50, trail))
+        cfg = load_config(path)
+        service = Service(cfg, clock=_CoarseClock())
+        task = asyncio.create_task(service.run())
+        try:
+            await _round_times(service, 30)
+        finally:
+            service.stop()
+            await task
+    stored, replayed = _stored_and_replayed(cfg, trail)
+    both = sorted(stored.keys() & replayed.keys())
+    assert len(both) > 20
+    assert [replayed[ts]["price"] for ts in both] == [stored[ts].price for ts in both]
+
+
 async def _stalls(count: int, seconds: float) -> None:
     """Block the event loop `count` times for `seconds`, as a stopped or starved process is."""
     for _ in range(count):
