@@ -242,46 +242,60 @@ _PUSH_TX_RESULTS = ("sent", "replaced", "confirmed", "reverted", "error", "gas_c
 _PUSH_SKIP_REASONS = ("paused", "unknown", "degraded")
 
 
+#: The audit trail's counters and gauges: (name, help, the AuditStats field it reads).
+_AUDIT_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("oracled_audit_rounds", "Rounds written to the audit trail.", "rounds"),
+    (
+        "oracled_audit_dropped_rounds",
+        "Rounds left out of the audit trail because its queue was full.",
+        "dropped",
+    ),
+    (
+        "oracled_audit_dropped_quotes",
+        "Quotes of dropped rounds past the carry cap: the audit tape lacks them.",
+        "dropped_quotes",
+    ),
+    (
+        "oracled_audit_dropped_events",
+        "Operator actions and config loads left out of the audit trail: its queue was full.",
+        "dropped_events",
+    ),
+    (
+        "oracled_audit_dropped_signatures",
+        "Signatures left out of the audit trail (queue full): their rounds read as unsigned.",
+        "signatures_dropped",
+    ),
+    (
+        "oracled_audit_write_errors",
+        "Rounds the audit trail could not write (database error: full disk, read-only path).",
+        "write_errors",
+    ),
+)
+_AUDIT_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("oracled_audit_queued_rounds", "Rounds waiting for the writer.", "queued"),
+    (
+        "oracled_audit_database_bytes",
+        "Data in the audit database at the last retention check.",
+        "bytes",
+    ),
+)
+
+
 def _audit_families(stats: AuditStats | None) -> Iterator[Metric]:
     """The audit trail (docs/publishing.md); zeros when it is off."""
     up = GaugeMetricFamily(
         "oracled_audit_up", "1 while the audit database takes writes, else 0 (also when off)."
     )
     up.add_metric([], 1.0 if stats is not None and stats.ok else 0.0)
-    rounds = CounterMetricFamily("oracled_audit_rounds", "Rounds written to the audit trail.")
-    rounds.add_metric([], stats.rounds if stats is not None else 0)
-    dropped = CounterMetricFamily(
-        "oracled_audit_dropped_rounds",
-        "Rounds left out of the audit trail because its queue was full.",
-    )
-    dropped.add_metric([], stats.dropped if stats is not None else 0)
-    quotes = CounterMetricFamily(
-        "oracled_audit_dropped_quotes",
-        "Quotes of dropped rounds past the carry cap: the audit tape lacks them.",
-    )
-    quotes.add_metric([], stats.dropped_quotes if stats is not None else 0)
-    events = CounterMetricFamily(
-        "oracled_audit_dropped_events",
-        "Operator actions and config loads left out of the audit trail: its queue was full.",
-    )
-    events.add_metric([], stats.dropped_events if stats is not None else 0)
-    signatures = CounterMetricFamily(
-        "oracled_audit_dropped_signatures",
-        "Signatures left out of the audit trail (queue full): their rounds read as unsigned.",
-    )
-    signatures.add_metric([], stats.signatures_dropped if stats is not None else 0)
-    errors = CounterMetricFamily(
-        "oracled_audit_write_errors",
-        "Rounds the audit trail could not write (database error: full disk, read-only path).",
-    )
-    errors.add_metric([], stats.write_errors if stats is not None else 0)
-    queued = GaugeMetricFamily("oracled_audit_queued_rounds", "Rounds waiting for the writer.")
-    queued.add_metric([], stats.queued if stats is not None else 0)
-    size = GaugeMetricFamily(
-        "oracled_audit_database_bytes", "Data in the audit database at the last retention check."
-    )
-    size.add_metric([], stats.bytes if stats is not None else 0)
-    yield from (up, rounds, dropped, quotes, events, signatures, errors, queued, size)
+    yield up
+    for name, text, field in _AUDIT_COUNTERS:
+        counter = CounterMetricFamily(name, text)
+        counter.add_metric([], getattr(stats, field) if stats is not None else 0)
+        yield counter
+    for name, text, field in _AUDIT_GAUGES:
+        gauge = GaugeMetricFamily(name, text)
+        gauge.add_metric([], getattr(stats, field) if stats is not None else 0)
+        yield gauge
 
 
 def _push_families(stats: PushStats | None) -> Iterator[Metric]:
