@@ -95,9 +95,13 @@ def _server_side(code: int) -> bool:
 
 
 def _block_unknown(err: _Error) -> bool:
-    """The node's way of saying it has no block of that hash: EIP-1898 recommends -32001
-    "Resource not found" (anvil's answer); geth says "header for hash not found" under -32000."""
-    return err.code == -32001 or (_server_side(err.code) and "not found" in err.message.lower())
+    """The node's way of saying it has no block of that hash, or none on its canonical chain:
+    EIP-1898 recommends -32001 "Resource not found" (anvil's answer); geth says "header for hash
+    not found", or "hash ... is not currently canonical" for `requireCanonical`, under -32000."""
+    message = err.message.lower()
+    return err.code == -32001 or (
+        _server_side(err.code) and ("not found" in message or "not currently canonical" in message)
+    )
 
 
 def _pinned(params: Sequence[Any]) -> bool:

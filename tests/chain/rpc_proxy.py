@@ -51,6 +51,7 @@ class RpcProxy:
         self.script: list[str] = []  # modes of the next requests, one each, then `mode` again
         self.requests = 0
         self.methods: list[str] = []
+        self.pins: list[Any] = []  # the block argument of every eth_call
         self.user_agents: list[str] = []  # of every request, to tell web3's from our client's
         self.release = asyncio.Event()  # "hold": set it to let held requests through
         self.held = 0  # requests that reached "hold" so far
@@ -93,6 +94,7 @@ class RpcProxy:
         sent: Any = json.loads(body)
         items: list[Any] = sent if isinstance(sent, list) else [sent]
         self.methods += [item.get("method", "") for item in items]
+        self.pins += [item["params"][1] for item in items if item.get("method") == "eth_call"]
         if mode == "no_batch_http" and isinstance(sent, list):
             return web.Response(status=400, text="batch requests are not supported")
         if mode == "no_batch" and isinstance(sent, list):
@@ -105,12 +107,19 @@ class RpcProxy:
             return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"]})
         if mode == "null_result":
             return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"], "result": None})
-        if mode in ("error", "rate_limited"):
-            err = (
-                {"code": -32000, "message": "header not found"}
-                if mode == "error"
-                else {"code": 429, "message": "exceeded its compute units per second capacity"}
-            )
+        if mode in ("error", "rate_limited", "not_canonical"):
+            err = {
+                "error": {"code": -32000, "message": "header not found"},
+                "rate_limited": {
+                    "code": 429,
+                    "message": "exceeded its compute units per second capacity",
+                },
+                # geth's answer to a read pinned with requireCanonical to an orphaned block
+                "not_canonical": {
+                    "code": -32000,
+                    "message": "hash 0x" + "ab" * 32 + " is not currently canonical",
+                },
+            }[mode]
             answers = [{"jsonrpc": "2.0", "id": r["id"], "error": err} for r in items]
             return web.json_response(answers if isinstance(sent, list) else answers[0])
         if mode == "hold":

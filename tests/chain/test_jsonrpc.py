@@ -104,6 +104,22 @@ async def test_a_read_pinned_to_a_block_the_node_does_not_hold_is_unknown_block(
     assert rpc.stats[0].by_kind == {"node": 1} and rpc.active == 1
 
 
+async def test_a_pinned_read_of_a_block_off_the_canonical_chain_is_unknown_block(
+    http: aiohttp.ClientSession, proxy: RpcProxy
+) -> None:
+    """geth's answer to a read pinned with requireCanonical to a block a reorg orphaned (-32000
+    "hash ... is not currently canonical") is the reorg's, not the endpoint's fault: it raises
+    UnknownBlock, nothing counted, no other endpoint asked."""
+    proxy.mode = "not_canonical"
+    rpc = client([proxy.url, proxy.url], http)
+    call = {"to": "0x0000000000000000000000000000000000000001", "data": "0x"}
+    pin = {"blockHash": "0x" + "ab" * 32, "requireCanonical": True}
+    with pytest.raises(UnknownBlock, match="not currently canonical"):
+        await rpc.call("eth_call", [call, pin])
+    assert [st.requests for st in rpc.stats] == [1, 0]
+    assert not rpc.stats[0].by_kind and rpc.active == 0
+
+
 @pytest.mark.parametrize(("mode", "kind"), [("hold", "timeout"), ("http500", "http")])
 async def test_a_chain_id_that_cannot_be_read_is_counted_and_unavailable(
     http: aiohttp.ClientSession, proxy: RpcProxy, mode: str, kind: str

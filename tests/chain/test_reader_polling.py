@@ -23,7 +23,8 @@ async def test_an_idle_poll_asks_for_the_head_alone(
 ) -> None:
     """A poll that finds the block already read sends one eth_getBlockByNumber and no eth_call
     (providers bill per call, and most polls find nothing new); a poll that finds a new block
-    reads it with one eth_call, and its new answer is published."""
+    reads it with one eth_call pinned to its hash with requireCanonical, and its new answer is
+    published."""
     reader = make_reader([proxy.url], http)
     got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
     assert await reader.poll_once()
@@ -37,6 +38,11 @@ async def test_an_idle_poll_asks_for_the_head_alone(
     assert proxy.methods == ["eth_getBlockByNumber", "eth_call"]
     assert [q.price for q in got.quotes] == [3000.0, 3100.0]
     assert reader.stats.reads_failed == 0
+    # Every read is pinned to its block by hash, and only while it is canonical (EIP-1898).
+    assert proxy.pins and all(
+        set(pin) == {"blockHash", "requireCanonical"} and pin["requireCanonical"] is True
+        for pin in proxy.pins
+    )
 
 
 @pytest.mark.parametrize("mode", ["no_batch", "no_batch_http"])

@@ -154,6 +154,13 @@ def _hex_bytes(value: Any) -> bytes:
     return bytes.fromhex(value[2:])
 
 
+def _pin(block: Block) -> dict[str, Any]:
+    """A read pinned to `block` by hash, and only while it is on the node's canonical chain
+    (EIP-1898 `requireCanonical`): geth and others otherwise serve a block a reorg already
+    orphaned, whose values would be published until the reorg is noticed and withdrawn."""
+    return {"blockHash": block.hash, "requireCanonical": True}
+
+
 class ChainReader:
     """Reads every registered feed of one chain once per new block."""
 
@@ -265,7 +272,7 @@ class ChainReader:
         not failing: the block is counted as refused (`unknown`) and the head is read, once."""
         data = self._layout()
         try:
-            raw = await self._eth_call(data, {"blockHash": block.hash})
+            raw = await self._eth_call(data, _pin(block))
             results = self._results(raw, self._total)
         except UnknownBlock as exc:
             if not again:
@@ -451,7 +458,7 @@ class ChainReader:
             every.extend(slot.calls)
         self._calldata = None  # the block's layout changed too
         try:
-            raw = await self._eth_call(encode_aggregate3(every), {"blockHash": block.hash})
+            raw = await self._eth_call(encode_aggregate3(every), _pin(block))
             results = self._results(raw, len(every))
         except _READ_ERRORS as exc:
             self._read_failed(block, exc)
@@ -511,7 +518,7 @@ class ChainReader:
         """Cross-check: the same read on another endpoint, pinned to the same block hash."""
         other = (self.rpc.active + 1) % len(self.rpc.urls)
         data = self._layout()
-        pin = {"blockHash": block.hash}
+        pin = _pin(block)
         try:
             again = await self.rpc.call_on(
                 other, "eth_call", [{"to": self.cfg.multicall, "data": "0x" + data.hex()}, pin]
