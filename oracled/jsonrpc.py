@@ -195,13 +195,18 @@ class RpcClient:
         """Index of the endpoint the next request goes to first."""
         return self._active
 
-    async def call(self, method: str, params: Sequence[Any]) -> Any:
-        """One request; the result, or RpcError / RpcUnavailable."""
+    async def call(self, method: str, params: Sequence[Any], *, required: bool = False) -> Any:
+        """One request; the result, or RpcError / RpcUnavailable. `required`: a null result is
+        garbage from that endpoint (the latest block, which every node has), counted and failed
+        over, not an answer."""
         body, rid = self._body(method, params)
         pinned = _pinned(params)
         for index in self._order():
             try:
-                return await self._one(index, body, rid, pinned=pinned)
+                result = await self._one(index, body, rid, pinned=pinned)
+                if required and result is None:
+                    raise _Failed("garbage", f"{method}: null result")
+                return result
             except _Failed as failed:
                 self._count(index, failed)
         raise RpcUnavailable(f"{method}: every endpoint failed")

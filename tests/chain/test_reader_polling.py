@@ -90,3 +90,18 @@ async def test_a_block_reorged_out_before_its_read_is_read_at_the_new_head(
 async def head(chain: Chain) -> Block:
     h = await chain.block()
     return Block(int(h["number"], 16), h["hash"], int(h["timestamp"], 16))
+
+
+async def test_a_null_head_is_garbage_from_its_endpoint_and_the_next_one_is_asked(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """An endpoint that answers the latest block with null (every node has a latest block) is
+    counted as garbage and left for the next endpoint, whose head is read in the same poll;
+    before, the poll failed as a read failure and the next poll asked the same endpoint."""
+    reader = make_reader([proxy.url, anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    proxy.mode = "null_result"
+    assert await reader.poll_once()
+    assert [q.price for q in got.quotes] == [3000.0]
+    assert reader.stats.reads_failed == 0
+    assert reader.rpc.stats[0].by_kind == {"garbage": 1} and reader.rpc.active == 1

@@ -254,7 +254,9 @@ class ChainReader:
     async def _poll_head(self, *, again: bool) -> bool:
         self.stats.round_trips += 1
         try:
-            block = _block(await self.rpc.call("eth_getBlockByNumber", ["latest", False]))
+            block = _block(
+                await self.rpc.call("eth_getBlockByNumber", ["latest", False], required=True)
+            )
         except (*_READ_ERRORS, msgspec.ValidationError) as exc:
             self._read_failed(None, exc)
             return False
