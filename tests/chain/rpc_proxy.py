@@ -94,7 +94,11 @@ class RpcProxy:
         sent: Any = json.loads(body)
         items: list[Any] = sent if isinstance(sent, list) else [sent]
         self.methods += [item.get("method", "") for item in items]
-        self.pins += [item["params"][1] for item in items if item.get("method") == "eth_call"]
+        self.pins += [
+            params[1] if len(params) > 1 else None
+            for item in items
+            if item.get("method") == "eth_call" and isinstance(params := item.get("params"), list)
+        ]
         if mode == "no_batch_http" and isinstance(sent, list):
             return web.Response(status=400, text="batch requests are not supported")
         if mode == "no_batch" and isinstance(sent, list):
