@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 from inert_source import InertSource
+from one_venue import one_venue_toml
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -24,26 +25,6 @@ from oracled.sim import BinanceSim
 from oracled.sources import Source
 
 TOKEN = "lifecycle-token-0123456789"
-
-
-def _toml(ws: str, rest: str) -> str:
-    return f"""
-[oracle]
-round_interval_ms = 50
-
-[api]
-listen = "127.0.0.1:0"
-
-[sources.good]
-type = "binance"
-ws_url = "{ws}"
-rest_url = "{rest}"
-
-[[markets]]
-symbol = "BTC/USDT"
-min_sources = 1
-sources = [{{ source = "good", pair = "BTC/USDT" }}]
-"""
 
 
 def _service(path: Path) -> Service:
@@ -77,7 +58,7 @@ async def test_an_admin_reload_that_stop_overtakes_is_refused_and_starts_nothing
     outlived `run()` (the SIGHUP path was guarded, the admin one was not)."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url))
         service = _service(path)
         task = asyncio.create_task(service.run())
         await service.started.wait()
@@ -92,7 +73,7 @@ async def test_an_admin_reload_that_stop_overtakes_is_refused_and_starts_nothing
                 async with asyncio.timeout(10):
                     while "shutting down" not in [e["event"] for e in logs]:  # noqa: ASYNC110
                         await asyncio.sleep(0.01)
-                changed = _toml(sim.ws_url + "?changed", sim.rest_url)  # a source restart
+                changed = one_venue_toml(sim.ws_url + "?changed", sim.rest_url)  # a source restart
                 os.write(fd, changed.encode())
                 os.close(fd)
                 async with asyncio.timeout(10):
@@ -113,7 +94,7 @@ async def test_a_reload_asked_once_stopping_is_refused(tmp_path: Path) -> None:
     milliseconds before the API closes) raises `ServiceStopping` before reading the file."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url))
         service = _service(path)
         task = asyncio.create_task(service.run())
         await service.started.wait()
@@ -141,9 +122,9 @@ async def test_a_sighup_while_starting_reloads_a_changed_source_once_the_daemon_
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         for attempt in range(20):
             path = tmp_path / f"oracled-{attempt}.toml"
-            path.write_text(_toml(sim.ws_url, sim.rest_url))
+            path.write_text(one_venue_toml(sim.ws_url, sim.rest_url))
             service = _service(path)
-            path.write_text(_toml(sim.ws_url + "?changed", sim.rest_url))
+            path.write_text(one_venue_toml(sim.ws_url + "?changed", sim.rest_url))
             service.early_hangups = lambda: 1
             task = asyncio.create_task(service.run())
             try:
@@ -176,7 +157,7 @@ async def test_a_crashed_round_loop_stops_the_daemon_with_the_error_logged(
     ever; the error surfaced nowhere (the stop's gather swallowed it)."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url))
         service = _BrokenRounds(load_config(path), config_path=path)
         with capture_logs() as logs:
             task = asyncio.create_task(service.run())
@@ -219,12 +200,12 @@ async def test_a_reload_adding_a_chain_says_its_sources_wait_for_a_restart(
     that is there."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url))
         service = _service(path)
         task = asyncio.create_task(service.run())
         try:
             await service.started.wait()
-            path.write_text(_toml(sim.ws_url, sim.rest_url) + _NEW_CHAIN)
+            path.write_text(one_venue_toml(sim.ws_url, sim.rest_url) + _NEW_CHAIN)
             with capture_logs() as logs:
                 changes = await service.reload("test")
         finally:
@@ -254,7 +235,7 @@ def test_a_task_that_ignores_cancellation_is_named_and_abandoned_within_the_budg
     task again and waited for it with no limit: the process never exited (found following up
     the lifecycle fixes)."""
     path = tmp_path / "oracled.toml"
-    path.write_text(_toml("ws://127.0.0.1:9", "http://127.0.0.1:9"))
+    path.write_text(one_venue_toml("ws://127.0.0.1:9", "http://127.0.0.1:9"))
 
     def deaf(sid: str, *args: Any) -> Source:
         return _DeafSource(sid, *args)

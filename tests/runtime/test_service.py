@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 from aiohttp.resolver import AsyncResolver, DefaultResolver
 from inert_source import InertSource
+from one_venue import one_venue_toml
 from structlog.testing import capture_logs
 
 from oracled.cli import _Hangups, _Stops
@@ -103,29 +104,6 @@ async def test_a_crashing_source_is_restarted_while_rounds_and_other_sources_go_
     assert service.source_stats["broken"].state.value == "stopped"
 
 
-def _toml(ws: str, rest: str, interval_ms: int, audit: Path | None) -> str:
-    text = f"""
-[oracle]
-round_interval_ms = {interval_ms}
-
-[api]
-listen = "127.0.0.1:0"
-
-[sources.good]
-type = "binance"
-ws_url = "{ws}"
-rest_url = "{rest}"
-
-[[markets]]
-symbol = "BTC/USDT"
-min_sources = 1
-sources = [{{ source = "good", pair = "BTC/USDT" }}]
-"""
-    if audit is not None:
-        text += f'\n[audit]\nenabled = true\npath = "{audit}"\n'
-    return text
-
-
 async def _round_times(service: Service, count: int) -> list[int]:
     """The times of the next `count` rounds, as the hub saw them."""
     times: list[int] = []
@@ -146,13 +124,13 @@ async def test_a_reload_reports_restart_only_settings_and_keeps_running_them(
     (what /v1/info and /metrics read) says so, while a market change in the same file applies."""
     async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}, rate_hz=20.0) as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url, 50, None))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 50, None))
         service = Service(load_config(path), config_path=path)
         task = asyncio.create_task(service.run())
         try:
             await _round_times(service, 3)
             trail = tmp_path / "audit.sqlite3"
-            text = _toml(sim.ws_url, sim.rest_url, 400, trail).replace(
+            text = one_venue_toml(sim.ws_url, sim.rest_url, 400, trail).replace(
                 'pair = "BTC/USDT" }]',
                 'pair = "BTC/USDT" }]\n\n[[markets]]\nsymbol = "ETH/USDT"'
                 '\nmin_sources = 1\nsources = [{ source = "good", pair = "ETH/USDT" }]',
@@ -182,7 +160,7 @@ async def test_a_reload_that_removes_a_market_removes_its_counters(tmp_path: Pat
     add and remove markets must not pile up series); a market that stays keeps its counts."""
     async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}, rate_hz=20.0) as sim:
         path = tmp_path / "oracled.toml"
-        both = _toml(sim.ws_url, sim.rest_url, 50, None) + (
+        both = one_venue_toml(sim.ws_url, sim.rest_url, 50, None) + (
             '\n[[markets]]\nsymbol = "ETH/USDT"\nmin_sources = 1'
             '\nsources = [{ source = "good", pair = "ETH/USDT" }]\n'
         )
@@ -202,7 +180,7 @@ async def test_a_reload_that_removes_a_market_removes_its_counters(tmp_path: Pat
             assert 'oracled_admin_actions_total{action="pause",market="ETH/USDT"} 1.0' in (
                 service.metrics.render()[0].decode()
             )
-            path.write_text(_toml(sim.ws_url, sim.rest_url, 50, None))
+            path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 50, None))
             changes = await service.reload("test")
             assert changes["markets_removed"] == ["ETH/USDT"]
             await _round_times(service, 2)
@@ -304,7 +282,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_idle_timeout_s(tmp_
     places under max_connections); one that keeps asking keeps it."""
     path = tmp_path / "oracled.toml"
     path.write_text(
-        _toml("ws://127.0.0.1:9", "http://127.0.0.1:9", 250, None).replace(
+        one_venue_toml("ws://127.0.0.1:9", "http://127.0.0.1:9", 250, None).replace(
             'listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\nidle_timeout_s = 0.5'
         )
     )
@@ -373,7 +351,7 @@ async def test_a_refused_reload_is_a_gauge_until_a_reload_is_applied(tmp_path: P
     to 1; a daemon that has not reloaded reports 1 (it started from a valid file)."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         path = tmp_path / "oracled.toml"
-        good = _toml(sim.ws_url, sim.rest_url, 50, None)
+        good = one_venue_toml(sim.ws_url, sim.rest_url, 50, None)
         path.write_text(good)
         service = Service(load_config(path), config_path=path)
         task = asyncio.create_task(service.run())
@@ -495,7 +473,7 @@ async def test_a_round_never_uses_a_quote_received_after_its_tick(tmp_path: Path
     trail = tmp_path / "audit.sqlite3"
     with _sim_in_thread() as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url, 20, trail))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 20, trail))
         cfg = load_config(path)
         service = Service(cfg)
         task = asyncio.create_task(service.run())
@@ -534,7 +512,7 @@ async def test_a_round_runs_only_once_its_millisecond_has_passed(tmp_path: Path)
     trail = tmp_path / "audit.sqlite3"
     with _sim_in_thread() as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url, 50, trail))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 50, trail))
         cfg = load_config(path)
         service = Service(cfg, clock=_CoarseClock())
         task = asyncio.create_task(service.run())
@@ -578,7 +556,7 @@ async def test_rounds_total_never_goes_back_while_missed_rounds_are_caught_up(
     count, right when the loop stalled and OracledRoundsStalled should see fewer rounds)."""
     with _sim_in_thread() as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url, 20, None))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 20, None))
         service = _SelfScrapingService(load_config(path))
         task = asyncio.create_task(service.run())
         try:
@@ -605,7 +583,7 @@ async def test_rounds_missed_while_the_loop_was_blocked_are_computed_as_a_replay
     trail = tmp_path / "audit.sqlite3"
     with _sim_in_thread() as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url, 20, trail))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 20, trail))
         cfg = load_config(path)
         service = Service(cfg)
         task = asyncio.create_task(service.run())
@@ -649,7 +627,7 @@ async def test_round_times_only_grow_when_the_wall_clock_steps_back(tmp_path: Pa
     trail = tmp_path / "audit.sqlite3"
     with _sim_in_thread() as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url, 20, trail))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 20, trail))
         clock = _SteppedClock(600)
         service = Service(load_config(path), clock=clock)
         task = asyncio.create_task(service.run())
@@ -678,7 +656,7 @@ async def test_a_sighup_while_starting_is_a_reload_once_running(tmp_path: Path) 
     without a word) and becomes a reload as soon as the daemon runs."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url, 50, None))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 50, None))
         hangups = _Hangups()
         try:
             signal.raise_signal(signal.SIGHUP)  # would end this process without the latch
@@ -753,11 +731,13 @@ async def test_a_sighup_while_stopping_is_no_reload(tmp_path: Path) -> None:
     restarted on the closed session, or `config reloaded` after `shutting down`."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         path = tmp_path / "oracled.toml"
-        path.write_text(_toml(sim.ws_url, sim.rest_url, 50, None))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 50, None))
         service = Service(load_config(path), config_path=path)
         task = asyncio.create_task(service.run())
         await service.started.wait()
-        path.write_text(_toml(sim.ws_url + "?changed", sim.rest_url, 50, None))  # a restart
+        path.write_text(
+            one_venue_toml(sim.ws_url + "?changed", sim.rest_url, 50, None)
+        )  # a restart
         with capture_logs() as logs:
             service.stop()
             os.kill(os.getpid(), signal.SIGHUP)  # handled on the loop once run() is stopping
@@ -780,7 +760,7 @@ async def test_a_stop_while_the_audit_writer_is_held_up_says_the_trail_may_miss_
     and logs that the trail may miss its last rounds, where it used to log `stopped` alone."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         path, trail = tmp_path / "oracled.toml", tmp_path / "audit.sqlite3"
-        path.write_text(_toml(sim.ws_url, sim.rest_url, 50, trail))
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 50, trail))
         service = Service(load_config(path), config_path=path)
         assert service.audit is not None
         task = asyncio.create_task(service.run())

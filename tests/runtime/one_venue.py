@@ -1,0 +1,30 @@
+"""The runtime tests' smallest config: one Binance venue (a loopback simulator) quoting one
+market, with the API on a free port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def one_venue_toml(ws: str, rest: str, interval_ms: int = 50, audit: Path | None = None) -> str:
+    """Source `good` at `ws`/`rest` quoting BTC/USDT alone; an audit trail at `audit` if given."""
+    text = f"""
+[oracle]
+round_interval_ms = {interval_ms}
+
+[api]
+listen = "127.0.0.1:0"
+
+[sources.good]
+type = "binance"
+ws_url = "{ws}"
+rest_url = "{rest}"
+
+[[markets]]
+symbol = "BTC/USDT"
+min_sources = 1
+sources = [{{ source = "good", pair = "BTC/USDT" }}]
+"""
+    if audit is not None:
+        text += f'\n[audit]\nenabled = true\npath = "{audit}"\n'
+    return text
