@@ -101,11 +101,24 @@ def replay(
             if limit is None:
                 return
 
+    numbering: TapeHeader | None = None  # an audit tape's: number rounds as the daemon did
+
     def header_seen(header: TapeHeader) -> None:
-        if header.first_round is not None:  # an audit tape: number rounds as the daemon did
+        nonlocal numbering
+        if header.first_round is not None:
+            numbering = header
             core.rounds = header.first_round - 1
         if on_header is not None:
             on_header(header)
+
+    def first_round_at(tick: int) -> None:
+        """Number the replay's first round (at `tick`) as the daemon numbered the round then:
+        the header's round may come later (its quotes include those of dropped rounds)."""
+        if numbering is None or numbering.first_round_ts is None:
+            return
+        assert numbering.first_round is not None
+        number = numbering.first_round + (tick - numbering.first_round_ts) // interval
+        core.rounds = max(1, number) - 1  # below 1: a config with another interval
 
     quotes = read_tape(
         lines, _Errors(stats, on_error), on_header=header_seen, max_gap_ms=max_gap_ms
@@ -114,6 +127,7 @@ def replay(
         for quote in quotes:
             if next_round is None:
                 next_round = _round_up(quote.recv_ts, interval)
+                first_round_at(next_round)
             elif quote.recv_ts > next_round:
                 run_until(quote.recv_ts)
             stats.quotes += 1

@@ -52,13 +52,18 @@ DEFAULT_MAX_GAP_MS = 86_400_000
 class TapeHeader(msgspec.Struct, forbid_unknown_fields=False):
     """Line 1. `config_sha256` (written by `record`, absent from older tapes and from tapes
     other tools write) is `pricing_digest` of the config the recording ran with. `first_round`
-    (written by `oracled audit --tape`) is the daemon's number of the round the tape's first
-    quote went into: replay numbers its rounds from it, as the daemon did."""
+    (written by `oracled audit --tape`) is the daemon's number of a round: replay numbers its
+    rounds from it, as the daemon did. With `first_round_ts`, the time of that round (ms), it
+    numbers the round at time t `first_round + (t - first_round_ts) / interval`: the stored
+    round that holds the first quotes is not always the one they went into (a round dropped
+    from the trail passes its quotes to the next one stored); without it, `first_round` is the
+    number of the tape's first round."""
 
     format: str
     version: int
     config_sha256: str | None = None
     first_round: int | None = None
+    first_round_ts: int | None = None
 
 
 class TapeGapError(TapeError):
@@ -173,6 +178,8 @@ def read_header(first: bytes | str) -> TapeHeader:
         )
     if header.first_round is not None and header.first_round < 1:
         raise TapeError(f"line 1: first_round {header.first_round} is not a round number (1 up)")
+    if header.first_round_ts is not None and header.first_round is None:
+        raise TapeError("line 1: first_round_ts without first_round (the round it is the time of)")
     return header
 
 
@@ -213,14 +220,20 @@ def read_tape(
         yield quote
 
 
-def header_line(config_sha256: str | None = None, first_round: int | None = None) -> bytes:
+def header_line(
+    config_sha256: str | None = None,
+    first_round: int | None = None,
+    first_round_ts: int | None = None,
+) -> bytes:
     """Line 1; `record` adds the digest of its config (`pricing_digest`), `oracled audit --tape`
-    the number of the round its first quote went into."""
+    the number and time of the stored round that holds its first quotes."""
     header: dict[str, object] = {"format": TAPE_FORMAT, "version": TAPE_VERSION}
     if config_sha256 is not None:
         header["config_sha256"] = config_sha256
     if first_round is not None:
         header["first_round"] = first_round
+    if first_round_ts is not None:
+        header["first_round_ts"] = first_round_ts
     return msgspec.json.encode(header) + b"\n"
 
 

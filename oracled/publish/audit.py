@@ -910,16 +910,21 @@ class AuditReader:
         """Write the stored inputs of the rounds in the window as a quote tape; return quotes.
 
         Replaying it with the daemon's config gives the stored reports of those rounds byte for
-        byte, when the window starts at the daemon's first round that had quotes and no round
-        was dropped from the trail (docs/publishing.md): the header's `first_round`, the
-        number of the round the first quote went into, is where replay numbers rounds from.
+        byte, when the window starts at the daemon's first round that had quotes
+        (docs/publishing.md). The header names the first stored round with quotes, its number
+        and time (`first_round`, `first_round_ts`): replay numbers its rounds from them, also
+        when the rounds the first quotes went into were dropped from the trail and their quotes
+        stored with that later round.
         """
-        first = self._db.execute(  # the round the first quote went into: replay numbers from it
-            "SELECT o.round FROM rounds o WHERE o.ts >= ? AND o.ts <= ? AND o.quotes > 0 "
+        first = self._db.execute(  # the first stored round with quotes: replay numbers from it
+            "SELECT o.round, o.ts FROM rounds o WHERE o.ts >= ? AND o.ts <= ? AND o.quotes > 0 "
             "ORDER BY o.id LIMIT 1",
             (start_ms, end_ms),
         ).fetchone()
-        out.write(header_line(first_round=None if first is None else int(first[0])))
+        if first is None:
+            out.write(header_line())
+        else:
+            out.write(header_line(first_round=int(first[0]), first_round_ts=int(first[1])))
         if self.version == 1:
             return self._tape_v1(out, start_ms, end_ms)
         rows = self._db.execute(

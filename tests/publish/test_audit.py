@@ -12,6 +12,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import msgspec
 import pytest
 from audit_rig import Feed, recorded, trail
 from publish_rig import INTERVAL, SOURCES, T0, Rounds, make_config
@@ -191,6 +192,55 @@ def test_a_dropped_rounds_quotes_go_into_the_next_stored_round_so_the_tape_keeps
     stats = replay(make_config(), io.BytesIO(tape.getvalue()), out)
     assert stats.errors == [] and stats.quotes == len(fed) and stats.rounds == 7
     assert out.getvalue().endswith(stored_last)
+
+
+def test_a_tape_whose_first_quoted_rounds_were_dropped_replays_with_the_daemons_round_numbers(
+    tmp_path: Path,
+) -> None:
+    """The first two rounds with quotes find the queue full (two silent rounds hold it): their
+    quotes are stored with round 5, the first stored round with quotes. The exported tape's
+    header names round 5 and its time, and the replay numbers the round its first quote went
+    into 3, as the daemon did: every replayed report equals the one published live, and those
+    of round 5 the stored ones, byte for byte (before, the header said 5 and the replay
+    numbered rounds 3 to 5 as 5 to 7). The two silent rounds, before any quote, have no replay."""
+    db = tmp_path / "a.sqlite3"
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=2))
+    feed = Feed(make_config(), audit)
+    feed.silent = set(SOURCES)
+    feed.round()
+    feed.round()  # rounds 1 and 2, without quotes, fill the queue
+    feed.silent = set()
+    feed.round()
+    feed.round()  # rounds 3 and 4 are dropped; their quotes are carried
+    assert audit.stats.dropped == 2
+    audit.start()
+    while audit.stats.rounds < 2:  # the writer empties the queue
+        time.sleep(0.01)
+    feed.round()  # round 5: stored with the quotes of rounds 3, 4 and 5
+    audit.close()
+    reader = AuditReader(db)
+    assert [(r.round, r.quotes) for r in reader.rounds(0, T0 * 2)] == [(1, 0), (2, 0), (5, 27)]
+    stored = b"".join(reader.report_lines(feed.kept[4][0].ts, T0 * 2))
+    reader.close()
+    tape = tmp_path / "tape.jsonl"
+    assert main(["audit", "--db", str(db), "--tape", str(tape)]) == 0
+    header = tape.read_bytes().split(b"\n", 1)[0]
+    assert msgspec.json.decode(header) == {
+        "format": "oracled-tape",
+        "version": 1,
+        "first_round": 5,
+        "first_round_ts": feed.kept[4][0].ts,
+    }
+    out = io.BytesIO()
+    with tape.open("rb") as lines:
+        stats = replay(make_config(), lines, out)
+    encoder = msgspec.json.Encoder()
+    live = b"".join(
+        encoder.encode(r) + b"\n" for result, _ in feed.kept[2:] for r in result.reports()
+    )
+    assert stats.errors == [] and stats.rounds == 3
+    assert out.getvalue() == live
+    assert out.getvalue().endswith(stored) and b'"round":5,' in stored
 
 
 def test_quotes_carried_past_dropped_rounds_are_capped_counted_and_logged(tmp_path: Path) -> None:

@@ -122,8 +122,9 @@ def test_reports_and_quotes_come_back_exactly_as_the_rounds_made_them(tmp_path: 
     out = io.BytesIO()
     count = reader.tape(out, 0, END)
     lines = b"".join(quote_to_line(q) for _, quotes in feed.kept for q in quotes)
-    first = next(result.round for result, quotes in feed.kept if quotes)
-    assert out.getvalue() == header_line(first_round=first) + lines
+    first = next(result for result, quotes in feed.kept if quotes)
+    header = header_line(first_round=first.round, first_round_ts=first.ts)
+    assert out.getvalue() == header + lines
     assert count == sum(len(quotes) for _, quotes in feed.kept) == lines.count(b"\n")
     reader.close()
 

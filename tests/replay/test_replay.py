@@ -199,3 +199,28 @@ def test_a_first_round_in_the_header_is_where_replay_numbers_its_rounds_from() -
     assert renumbered == plain
     with pytest.raises(TapeError, match="first_round 0"):
         _run(header[:-1] + b', "first_round": 0}\n' + rest)
+
+
+def test_a_first_round_with_its_time_numbers_the_round_at_that_time() -> None:
+    """`first_round_ts` is the time of the round `first_round` numbers (an audit tape's first
+    stored round with quotes, which may hold those of earlier rounds dropped from the trail):
+    the replay's first round, two intervals before it, is numbered two less, and the rest of
+    every report is as without the keys. `first_round_ts` alone names no round: unreadable."""
+    plain, _ = _run(TAPE.read_bytes())
+    header, rest = TAPE.read_bytes().split(b"\n", 1)
+    first_tick = 1_700_000_001_000  # the first quote's ts rounded up to the 1 s interval
+    numbered = header[:-1] + b', "first_round": 41, "first_round_ts": %d}\n' % (first_tick + 2000)
+    out, stats = _run(numbered + rest)
+    rounds = [msgspec.json.decode(line)["round"] for line in out.splitlines()]
+    assert rounds[0] == 39 and rounds[-1] == 38 + stats.rounds  # type: ignore[attr-defined]
+    renumbered = b"".join(
+        line.replace(b'"round":%d,' % n, b'"round":%d,' % (n - 38), 1) + b"\n"
+        for line, n in zip(out.splitlines(), rounds, strict=True)
+    )
+    assert renumbered == plain
+    at_first, _ = _run(
+        header[:-1] + b', "first_round": 41, "first_round_ts": %d}\n' % first_tick + rest
+    )
+    assert at_first == _run(header[:-1] + b', "first_round": 41}\n' + rest)[0]
+    with pytest.raises(TapeError, match="first_round_ts without first_round"):
+        _run(header[:-1] + b', "first_round_ts": %d}\n' % first_tick + rest)
