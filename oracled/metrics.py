@@ -380,6 +380,11 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
         "Our clock minus the newest published block's timestamp (NaN before the first).",
         labels=ch,
     )
+    limit = GaugeMetricFamily(
+        "oracled_chain_max_block_age_seconds",
+        "Configured max_block_age_s: a head older than this flags every feed chain_stale.",
+        labels=ch,
+    )
     counters = {
         key: CounterMetricFamily(f"oracled_chain_{name}", doc, labels=ch)
         for key, name, doc in (
@@ -428,6 +433,7 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
         head.add_metric(name, st.last_block if st.last_block is not None else float("nan"))
         ts = st.last_block_ts
         age.add_metric(name, now_ms / 1000.0 - ts if ts is not None else float("nan"))
+        limit.add_metric(name, st.max_block_age_s)
         for key, family in counters.items():
             family.add_metric(name, getattr(st, key))
         for reason, key in _REFUSED_REASONS:
@@ -441,8 +447,8 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
             spot_gaps.add_metric([st.chain, source, pair], gaps)
         if st.sequencer_up is not None:
             sequencer.add_metric(name, 1.0 if st.sequencer_up else 0.0)
-    yield from (head, age, *counters.values(), refused, failovers, requests, errors, spot_gaps,
-                sequencer)  # fmt: skip
+    yield from (head, age, limit, *counters.values(), refused, failovers, requests, errors,
+                spot_gaps, sequencer)  # fmt: skip
 
 
 class _StateCollector:

@@ -58,7 +58,8 @@ def _config(
         "[oracle]\nround_interval_ms = 100\n",
         '[api]\nadmin_token_env = "ORACLED_TEST_ADMIN_TOKEN"\n',
         '[log]\nformat = "json"\n',
-        f'[chains.local]\nchain_id = 31337\nrpc_urls = ["{node.url}"]\nws_url = "{node.ws_url}"\n',
+        f'[chains.local]\nchain_id = 31337\nrpc_urls = ["{node.url}"]\nws_url = "{node.ws_url}"\n'
+        "max_block_age_s = 120\n",
         '[sources.cl]\ntype = "chainlink"\nchain = "local"\n'
         f'feeds."ETH/USD" = {{ address = "{proxy}", heartbeat_s = 3600 }}\n',
         '[sources.uni]\ntype = "uniswap_v3"\nchain = "local"\n'
@@ -110,7 +111,8 @@ async def test_daemon_prices_from_chain_and_venues_together(
     """With a node mining every second, the daemon's ETH/USD report is active and uses all five
     sources: Chainlink (3000.00), the Uniswap pool's TWAP (3000 to a tick) and Pyth
     (3000.12 +- 0.015) read on chain in one call per block, and two venues at 3000; its metrics
-    show the chain reader following the node, and the pool's spot-gap counter at 0."""
+    show the chain reader following the node, the chain's own max_block_age_s (which its alert
+    compares the head's age with), and the pool's spot-gap counter at 0."""
     started = int(time.time())
     node = start_anvil(tmp_path / "anvil.log", "--timestamp", str(started - 600))
     daemon: Daemon | None = None
@@ -160,6 +162,7 @@ async def test_daemon_prices_from_chain_and_venues_together(
         _, text = await daemon.get("/metrics")
         gaps = 'oracled_chain_spot_gaps_total{chain="local",pair="ETH/USD",source="uni"} 0.0'
         assert gaps in text.splitlines()
+        assert 'oracled_chain_max_block_age_seconds{chain="local"} 120.0' in text.splitlines()
     finally:
         if daemon is not None:
             await daemon.close()

@@ -81,6 +81,9 @@ class ChainStats:
     """Counters of one chain reader, exported at scrape time."""
 
     chain: str
+    #: The chain's configured `max_block_age_s` (the reader's, which a reload does not change):
+    #: exported so that the chain's alert compares the head's age with its own limit.
+    max_block_age_s: float = 300.0
     mode: str = "starting"  # "newHeads", "polling" or "starting"
     blocks: int = 0  # blocks read and handed to the feeds
     round_trips: int = 0  # HTTP requests made to read blocks (a batch counts once)
@@ -180,7 +183,9 @@ class ChainReader:
         self._clock = clock
         self._http = session
         self._rng = rng or random.Random()
-        self.stats = ChainStats(chain=name, endpoints=rpc.stats)
+        self.stats = ChainStats(
+            chain=name, max_block_age_s=cfg.max_block_age_s, endpoints=rpc.stats
+        )
         self._log = structlog.get_logger("oracled").bind(component="chain", chain=name)
         self._slots: list[_Slot] = []
         self._prefix: list[Call] = [Call(cfg.multicall, GET_BLOCK_NUMBER)]
