@@ -9,7 +9,9 @@ connection's whole set) or an `error` frame. It refuses a whole request for one 
 not have (`unknown_market`, or `bad_query` for a name that is no market), so a request of several
 markets refused so is asked again market by market; a market refused alone, or named by a
 `market_removed` error frame (sent after a reload, answering no request), is unavailable with the
-daemon's code until an ack lists it or a report of it arrives. The daemon never says that a
+daemon's code until an ack lists it or a report of it arrives. A `stalled` error frame (the
+daemon's rounds have stalled: sent after an ack in place of the latest round's snapshot) answers
+no request either and concerns no market: it is an error to log. The daemon never says that a
 market came back, hence `retry`: ask for the unavailable markets again, one by one.
 """
 
@@ -23,13 +25,22 @@ from typing import Literal
 
 from oracled.model import market_name
 
-__all__ = ["MARKET_REMOVED", "MAX_REQUEST", "PER_MARKET", "Refusal", "Request", "Subscriptions"]
+__all__ = [
+    "MARKET_REMOVED",
+    "MAX_REQUEST",
+    "PER_MARKET",
+    "STALLED",
+    "Refusal",
+    "Request",
+    "Subscriptions",
+]
 
 MAX_REQUEST = 256  # markets in one subscribe request: the daemon refuses more
 # Refusals that concern the markets named, not the request: ask for each market alone. Others
 # (`signing_disabled`, `bad_request`...) would refuse each market alone just the same.
 PER_MARKET = frozenset({"unknown_market", "bad_query"})
-MARKET_REMOVED = "market_removed"  # the one error frame that answers no request
+MARKET_REMOVED = "market_removed"  # an error frame that answers no request: names markets
+STALLED = "stalled"  # an error frame that answers no request: the daemon's rounds have stalled
 
 #: The markets of one subscribe request; None asks for every market (also those added later).
 Request = tuple[str, ...] | None
@@ -122,6 +133,8 @@ class Subscriptions:
 
     def refused(self, code: str, markets: Iterable[str] = ()) -> Refusal:
         """An error frame with `code` (`markets`: those a `market_removed` frame names)."""
+        if code == STALLED:
+            return Refusal(code, "error")  # after an ack: the next answer is another request's
         if code == MARKET_REMOVED:
             asked: Request = tuple(markets)
             retry = False

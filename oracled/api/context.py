@@ -66,3 +66,14 @@ class ApiContext:
     def round_limit_s(self, rounds: int, floor_s: float) -> float:
         """`rounds` round intervals of the config in force, `floor_s` at least."""
         return max(rounds * self.current_config.oracle.round_interval_ms / 1000.0, floor_s)
+
+    def stalled(self) -> str | None:
+        """Why the latest round is not served as current, or None while rounds come: the round
+        loop has published none for `READY_ROUNDS` intervals (`ready_min_s` at least), so its
+        last round would be read as live prices. Every answer built from it says so (code
+        `stalled`): the price endpoints, the streams' snapshots, /readyz."""
+        age = self.round_age_s()
+        limit = self.round_limit_s(READY_ROUNDS, self.ready_min_s)
+        if age is None or age <= limit:
+            return None
+        return f"the latest round is {age:.1f} s old (limit {limit:g} s): rounds have stalled"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from aiohttp import web
 
-from oracled.api.context import READY_ROUNDS, ApiContext
+from oracled.api.context import ApiContext
 from oracled.api.encoding import Body, body_response
 from oracled.api.errors import ApiError, encode_json, json_response
 from oracled.api.params import market_list, path_market, query_once
@@ -151,16 +151,14 @@ class ReadHandlers:
     def _check_fresh(self) -> None:
         """Refuse to serve a round the loop has not followed for READY_ROUNDS intervals (5 s at
         least): a stuck loop's last round would be read as live prices. 503 `stalled`, as
-        /readyz is then; the streams send nothing new and their reports carry their `ts`."""
-        ctx = self._ctx
-        age = ctx.round_age_s()
-        limit = ctx.round_limit_s(READY_ROUNDS, ctx.ready_min_s)
-        if age is not None and age > limit:
+        /readyz is then; the streams send no snapshot of it (an error frame `stalled` instead)
+        and their reports carry their `ts`."""
+        stalled = self._ctx.stalled()
+        if stalled is not None:
             raise ApiError(
                 503,
                 "stalled",
-                f"the latest round is {age:.1f} s old (limit {limit:g} s): rounds have stalled,"
-                " so its prices are not served as current; retry shortly",
+                f"{stalled}, so its prices are not served as current; retry shortly",
             )
 
     def _not_priced(self) -> ApiError:

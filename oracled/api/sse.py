@@ -3,7 +3,9 @@
 One-way, so the subscription is the query: `?markets=BTC/USD,ETH/USD` (default: every market),
 optional `signed=true`, `deviation=0.001` and `heartbeat_ms=5000` with the same meaning as on the
 WebSocket stream. Each event is `data: <frame>` where the frame is exactly the WebSocket stream's
-JSON (`{"type": "report", ...}` or `{"type": "signed", ...}`), the hub's shared bytes. A comment
+JSON (`{"type": "report", ...}` or `{"type": "signed", ...}`), the hub's shared bytes; opened
+while the round loop is stalled, it starts with the `stalled` error frame instead of the latest
+round's snapshot, as a plain event (the stream goes on with the next round). A comment
 line every 15 s keeps proxies from timing the connection out. A client that falls behind by more
 than its queue gets a final `event: error` naming the reason and the stream ends; its memory is
 freed at once, as on the WebSocket stream, and a client that reads nothing for
@@ -23,6 +25,7 @@ from aiohttp import web
 from oracled.api.context import ApiContext
 from oracled.api.errors import NO_STORE, ApiError, encode_json
 from oracled.api.params import market_list, query_once
+from oracled.api.stream import stalled_frame
 from oracled.lograte import LogEveryMinute
 from oracled.publish.hub import DROP_SHUTDOWN, DROP_SLOW, Subscription, SubscriptionClosed
 
@@ -101,11 +104,16 @@ class SseHandler:
         sub = hub.subscribe(frozenset())
         if options:
             hub.configure(sub, **options)  # type: ignore[arg-type]
-        hub.change(sub, markets)
+        # While rounds have stalled, the `stalled` error frame instead of the latest round's
+        # snapshot (not `event: error`: the stream goes on, with the next round).
+        stalled = None if hub.latest_result is None else stalled_frame(self._ctx)
+        hub.change(sub, markets, snapshot=stalled is None)
         self._active.add(sub)
         cut = asyncio.create_task(self._cut_when_dropped(request, sub), name="api-sse-dropped")
         try:
             await response.write(b": oracled report stream\n\n")
+            if stalled is not None:
+                await response.write(b"data: " + stalled + b"\n\n")
             while True:
                 try:
                     async with asyncio.timeout(KEEPALIVE_S):

@@ -15,6 +15,8 @@ Server -> client:
         (with "batch": a round's reports, in market order; the snapshot of added markets too)
     {"type": "signed", "data": {...SignedPrice...}} (instead of reports, when signed)
     {"type": "error", "code": "...", "message": "..."}  (the connection stays open)
+        (code `stalled`, after an ack, in place of a snapshot: the round loop is stalled and
+        its latest round is no current price, as the price endpoints' 503 `stalled` says)
 
 Report frames are the hub's pre-encoded bytes, the same object for every client; compression is
 off because it would cost one deflate per client per frame. A client of many markets should ask
@@ -49,7 +51,7 @@ from oracled.publish.hub import (
     SubscriptionClosed,
 )
 
-__all__ = ["StreamHandler"]
+__all__ = ["STALLED", "StreamHandler", "stalled_frame"]
 
 _log = structlog.get_logger(component="api.stream")
 #: The close codes aiohttp gives a frame it cannot read: protocol error, not UTF-8, too big.
@@ -72,8 +74,23 @@ class _ClientOp(msgspec.Struct, forbid_unknown_fields=True):
 _DECODER = msgspec.json.Decoder(_ClientOp)
 
 
+#: Error frame code, not an answer to a request: the latest round is old and its snapshot is held
+#: back (as the price endpoints answer 503 `stalled`); the stream goes on with the next round.
+STALLED = "stalled"
+
+
 def _error(code: str, message: str) -> bytes:
     return encode_json({"type": "error", "code": code, "message": message})
+
+
+def stalled_frame(ctx: ApiContext) -> bytes | None:
+    """The `stalled` error frame while rounds have stalled (both streams send it in place of
+    the latest round's snapshot), else None."""
+    stalled = ctx.stalled()
+    if stalled is None:
+        return None
+    message = f"{stalled}, so no snapshot of it is sent; reports follow with the next round"
+    return _error(STALLED, message)
 
 
 _UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade"}
@@ -224,17 +241,40 @@ class StreamHandler:
             except ApiError as exc:
                 await hub.reply(sub, _error(exc.code, exc.message))
                 continue
+            # While rounds have stalled the latest round is no current price: what would have
+            # been its snapshot is one `stalled` error frame instead (as the price endpoints
+            # answer 503 `stalled`); the markets are subscribed and the next round flows.
+            stalled = self._stalled(sub, markets, options)
+            snapshot = stalled is None
             # Acknowledge first, then change: the snapshot of added markets follows the ack.
             await hub.reply(sub, reply)
             # A switch of frame kind sends a snapshot of the set it finds: an unsubscribe
             # leaves the set first, so that no frame of a market it removed follows its ack.
             removes = markets is not None and (sub.markets is None or markets <= sub.markets)
             if removes:
-                hub.change(sub, markets)
+                hub.change(sub, markets, snapshot=snapshot)
             if options:
-                hub.configure(sub, **options)
+                hub.configure(sub, **options, snapshot=snapshot)
             if not removes:
-                hub.change(sub, markets)
+                hub.change(sub, markets, snapshot=snapshot)
+            if stalled is not None:
+                await hub.reply(sub, stalled)
+
+    def _stalled(
+        self, sub: Subscription, markets: frozenset[str] | None, options: dict[str, Any]
+    ) -> bytes | None:
+        """The `stalled` error frame a request gets in place of its snapshot (markets it adds,
+        a switch of frame kind) while rounds have stalled; None when it gets its snapshot."""
+        if self._ctx.hub.latest_result is None:
+            return None  # no round yet: no snapshot either way
+        before = sub.markets
+        adds = before is not None and (
+            bool(frozenset(self._order) - before) if markets is None else bool(markets - before)
+        )
+        switches = options.get("signed", sub.signed) != sub.signed
+        if not (adds or switches):
+            return None
+        return stalled_frame(self._ctx)
 
     def _apply(
         self, sub: Subscription, text: str

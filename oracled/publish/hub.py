@@ -612,10 +612,12 @@ class Hub:
         deviation: float | None = None,
         heartbeat_ms: int | None = None,
         batch: bool | None = None,
+        snapshot: bool = True,
     ) -> None:
         """Set a live subscription's frame kind and filters (None leaves an option unchanged).
 
-        Switching to signed frames sends the latest signed frame of each subscribed market.
+        Switching to signed frames sends the latest signed frame of each subscribed market
+        (not with `snapshot=False`: the API's word that the latest round is no current price).
         Batches are report frames only: ValueError for a subscription that would be both.
         """
         if sub not in self._subs:
@@ -633,7 +635,8 @@ class Hub:
                 raise ValueError("this daemon does not sign its rounds")
             sub.signed = signed
             sub._sent.clear()
-            self._snapshot(sub, sub.markets)
+            if snapshot:
+                self._snapshot(sub, sub.markets)
 
     def subscribe(self, markets: frozenset[str] | None, *, batch: bool = False) -> Subscription:
         """A new subscription to `markets` (None = all); it starts with their latest reports."""
@@ -643,8 +646,11 @@ class Hub:
         self._snapshot(sub, markets)
         return sub
 
-    def change(self, sub: Subscription, markets: frozenset[str] | None) -> None:
-        """Replace the market set of a live subscription; newly added markets get a snapshot."""
+    def change(
+        self, sub: Subscription, markets: frozenset[str] | None, *, snapshot: bool = True
+    ) -> None:
+        """Replace the market set of a live subscription; newly added markets get a snapshot
+        (not with `snapshot=False`: they wait for the next round)."""
         if sub not in self._subs:
             return
         before = sub.markets
@@ -659,7 +665,8 @@ class Hub:
             added = frozenset(m for m in self._index if m not in before)
         else:
             added = markets - before
-        self._snapshot(sub, added)
+        if snapshot:
+            self._snapshot(sub, added)
 
     async def reply(self, sub: Subscription, frame: bytes) -> None:
         """Send an answer to the client's request (an ack, an error) behind the frames already

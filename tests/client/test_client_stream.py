@@ -96,6 +96,17 @@ def test_market_removed_answers_no_request() -> None:
     assert subs.unavailable == {"SOL/USD": "market_removed"}
 
 
+def test_stalled_answers_no_request() -> None:
+    """`stalled` (sent after an ack, in place of the snapshot, while the daemon's rounds have
+    stalled) is an error to log that concerns no market, and the next answer still pairs with
+    the oldest request: a request of several refused later is still split."""
+    subs = Subscriptions(["BTC/USD", "NOPE/USD"])
+    subs.start()  # one request of two, not answered yet
+    assert subs.refused("stalled") == Refusal("stalled", "error")
+    assert subs.refused("unknown_market").kind == "split"  # it answers the request of two
+    assert subs.unavailable == {}
+
+
 def test_market_removed_naming_no_market_is_an_error() -> None:
     """A `market_removed` frame without markets is logged as an error, not silently dropped."""
     subs = Subscriptions(["BTC/USD"])

@@ -1,0 +1,157 @@
+"""Both streams while the round loop is stalled (not crashed): the latest round is old, and a
+snapshot of it would be read as live prices. The price endpoints answer 503 `stalled` then; the
+streams send an error frame `stalled` in place of the snapshot and go on with the next round.
+
+The stall is the rig's round loop not stepping while the clock runs on, past the limit of 3
+intervals and at least 5 s (`ready_min_s`), as in tests/api/test_http.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from api_rig import ContractRecorder, Rig, make_config
+from stream_wire import ask, next_event, recv
+
+from oracled.core import RoundResult
+from oracled.publish.signer import RoundSigner, SigningKey
+
+Client = TestClient[web.Request, web.Application]
+STALL_MS = 5_001  # past the 5 s floor of the readiness limit (3 intervals are 750 ms)
+
+
+def is_stalled(frame: dict[str, Any]) -> bool:
+    """A `stalled` error frame, in the error frame's shape and nothing more."""
+    assert set(frame) == {"type", "code", "message"}, frame
+    return frame["type"] == "error" and frame["code"] == "stalled"
+
+
+def report(frame: dict[str, Any]) -> tuple[str, int]:
+    assert frame["type"] == "report", frame
+    return frame["data"]["market"], frame["data"]["round"]
+
+
+class SigningRig(Rig):
+    """The rig with a signing daemon's hub: each round is signed right after it is published."""
+
+    KEY = SigningKey.from_hex("0x" + "44" * 32)
+
+    def __init__(self) -> None:
+        super().__init__(make_config())
+        self.signer = RoundSigner(self.KEY)
+        self.hub.signer = self.KEY.address
+
+    def step(self, markets: dict[str, float] | None = None) -> RoundResult:
+        result = super().step(markets)
+        self.hub.publish_signed(self.signer.sign(result))
+        return result
+
+
+async def test_a_subscribe_while_rounds_have_stalled_gets_stalled_instead_of_a_snapshot(
+    client: Client, rig: Rig, contract: ContractRecorder
+) -> None:
+    """At the limit the snapshot is sent as before; past it, a subscribe that adds markets gets
+    its ack and then one `stalled` error frame (with the same words as the 503 `stalled` of
+    /v1/prices at that moment) and no report of the old round; a request that adds nothing gets
+    its ack alone. The markets are subscribed: the next round's reports flow, and once rounds
+    come again a subscribe gets its snapshot."""
+    rig.step()
+    rig.clock.advance(5_000)  # at the limit: still current
+    async with client.ws_connect("/v1/stream") as ws:
+        assert (await ask(ws, {"op": "subscribe", "markets": ["SOL/USD"]}))["type"] == "subscribed"
+        assert report(await recv(ws)) == ("SOL/USD", 1)
+        rig.clock.advance(1)
+        async with client.get("/v1/prices") as resp:
+            assert resp.status == 503
+            refused = (await resp.json())["error"]
+        assert refused["code"] == "stalled"
+        ack = await ask(ws, {"op": "subscribe", "markets": ["BTC-USD", "ETH-USD"]})
+        assert ack == {"type": "subscribed", "markets": ["BTC/USD", "ETH/USD", "SOL/USD"]}
+        stalled = await recv(ws)
+        assert is_stalled(stalled), stalled
+        contract.validator("/components/schemas/StreamMessage").validate(stalled)
+        # Both say how old the round is, against which limit, in the same words.
+        assert stalled["message"].split(", so ")[0] == refused["message"].split(", so ")[0]
+        assert stalled["message"].startswith("the latest round is 5.0 s old (limit 5 s)")
+        assert stalled["message"].endswith("reports follow with the next round")
+        # Nothing added: its ack alone (the next frame is the next request's ack).
+        ack = await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
+        assert ack["type"] == "subscribed"
+        assert (await ask(ws, {"op": "unsubscribe", "markets": ["ETH/USD"]}))["markets"] == [
+            "BTC/USD",
+            "SOL/USD",
+        ]
+        rig.step()  # the loop is back: round 2 flows to the whole set
+        assert [report(await recv(ws)) for _ in range(2)] == [("BTC/USD", 2), ("SOL/USD", 2)]
+        await ask(ws, {"op": "subscribe", "markets": ["ETH/USD"]})
+        assert report(await recv(ws)) == ("ETH/USD", 2)  # a snapshot again
+
+
+async def test_a_subscribe_to_every_market_while_stalled_gets_stalled_once(
+    client: Client, rig: Rig
+) -> None:
+    """`subscribe` without markets (every market) on a new connection while stalled: the ack,
+    one `stalled` frame, and none of the old round's reports, in batches neither."""
+    rig.step()
+    rig.clock.advance(STALL_MS)
+    async with client.ws_connect("/v1/stream") as ws:
+        ack = await ask(ws, {"op": "subscribe", "batch": True})
+        assert ack["markets"] == ["BTC/USD", "ETH/USD", "SOL/USD"] and ack["batch"] is True
+        assert is_stalled(await recv(ws))
+        rig.step()
+        batch = await recv(ws)
+        assert (batch["type"], batch["round"], len(batch["data"])) == ("reports", 2, 3)
+
+
+async def test_a_switch_to_signed_frames_while_stalled_gets_stalled_not_the_old_signatures(
+    make_client: Any,
+) -> None:
+    """A switch to signed frames sends the latest signed round of the set; while stalled it is
+    the `stalled` frame instead, and the next round comes signed."""
+    rig = SigningRig()
+    client = await make_client(rig)
+    rig.step()
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
+        assert report(await recv(ws)) == ("BTC/USD", 1)
+        rig.clock.advance(STALL_MS)
+        # The same market again: nothing added, only the switch would have had a snapshot.
+        ack = await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"], "signed": True})
+        assert (ack["markets"], ack["signed"]) == (["BTC/USD"], True)
+        assert is_stalled(await recv(ws))
+        rig.step()
+        signed = await recv(ws)
+        assert (signed["type"], signed["data"]["round"]) == ("signed", 2)
+
+
+async def test_server_sent_events_while_stalled_start_with_stalled_not_the_old_round(
+    client: Client, rig: Rig
+) -> None:
+    """GET /v1/events while stalled: its first event is the `stalled` frame (a plain data event,
+    not `event: error`: the stream goes on), never the old round's report; then the next
+    round. Before the stall the first event is the snapshot."""
+    rig.step()
+    async with client.get("/v1/events?markets=BTC-USD") as resp:
+        name, frame = await next_event(resp)
+        assert (name, report(frame)) == ("message", ("BTC/USD", 1))
+    rig.clock.advance(STALL_MS)
+    async with client.get("/v1/events?markets=BTC-USD") as resp:
+        assert resp.status == 200
+        name, frame = await next_event(resp)
+        assert name == "message" and is_stalled(frame), frame
+        rig.step()
+        name, frame = await next_event(resp)
+        assert (name, report(frame)) == ("message", ("BTC/USD", 2))
+
+
+async def test_no_stalled_frame_before_the_first_round(client: Client, rig: Rig) -> None:
+    """Before the first round there is no snapshot to hold back and no `stalled` frame (the
+    price endpoints say `not_ready`): the first frame after the ack is the first round's."""
+    rig.round_at = rig.clock.monotonic()  # the loop started...
+    rig.clock.advance(STALL_MS)  # ...and has published nothing for longer than the limit
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
+        rig.step()
+        assert report(await recv(ws)) == ("BTC/USD", 1)
