@@ -75,7 +75,7 @@ class SseHandler:
             if signed not in ("true", "false"):
                 raise ApiError(400, "bad_query", "signed: true or false")
             if signed == "true" and self._ctx.hub.signer is None:
-                raise ApiError(400, "signing_disabled", "this daemon does not sign its reports")
+                raise ApiError(400, "signing_disabled", "this daemon does not sign its rounds")
             options["signed"] = signed == "true"
         try:
             if "deviation" in query:

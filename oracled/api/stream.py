@@ -18,6 +18,10 @@ Server -> client:
         (code `stalled`, after an ack, in place of a snapshot: the round loop is stalled and
         its latest round is no current price, as the price endpoints' 503 `stalled` says)
 
+A stream the server ends is closed with a reason that starts with the code the event stream's
+final error event carries (`slow_consumer: ...`, `shutdown: ...`); docs/contracts.md has the
+table of every code.
+
 Report frames are the hub's pre-encoded bytes, the same object for every client; compression is
 off because it would cost one deflate per client per frame. A client of many markets should ask
 for batches: one WebSocket frame a round instead of one per market is what keeps a round of
@@ -175,14 +179,14 @@ class StreamHandler:
     ) -> None:
         if sub.closed_reason == DROP_SLOW:
             code = WSCloseCode.POLICY_VIOLATION
-            message = f"slow consumer: fell more than {sub.queue_size} reports behind"
+            message = f"{DROP_SLOW}: fell more than {sub.queue_size} reports behind"
             dropped = self._log_every_minute.due(DROP_SLOW, time.monotonic())
             if dropped is not None:  # a client that stalls on purpose again and again: no flood
                 _log.info(
                     "stream_dropped", reason=DROP_SLOW, remote=request.remote, dropped=dropped
                 )
         elif self._shutting_down or sub.closed_reason == DROP_SHUTDOWN:
-            code, message = WSCloseCode.GOING_AWAY, "server shutting down"
+            code, message = WSCloseCode.GOING_AWAY, f"{DROP_SHUTDOWN}: server shutting down"
         else:
             code, message = WSCloseCode.OK, ""
         try:
