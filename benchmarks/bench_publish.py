@@ -88,14 +88,14 @@ def timed(fn: Callable[[], Any], n: int) -> list[float]:
 
 
 def bench_sign(results: list[RoundResult]) -> dict[str, Any]:
-    signer = RoundSigner(KEY)
+    signer = RoundSigner(KEY, "test")
     m = len(results[0].layout.markets)
     it = iter(results * 2)
     whole = timed(lambda: signer.sign(next(it)), len(results))
     leaves = signer.leaves(results[0])
     leaf_t = timed(lambda: signer.leaves(results[0]), 10)
     hash_t = timed(lambda: merkle_levels([leaf_hash(x) for x in leaves]), 10)
-    digest = round_digest(1, 1, m, b"\0" * 32)
+    digest = round_digest(1, 1, m, b"\0" * 32, "test")
     one_sig = timed(lambda: KEY.sign_digest(digest), 200)
     eth_account_sig = timed(lambda: KEY._account.unsafe_sign_hash(digest), 50)
     p50 = statistics.median(whole)
@@ -116,9 +116,9 @@ def bench_verify(signed: SignedRound) -> dict[str, Any]:
     allowed = frozenset({KEY.address})
     t = time.perf_counter()
     for env in envelopes:
-        verify(env, allowed)
+        verify(env, allowed, deployment="test")
     uncached = time.perf_counter() - t
-    client = OracleClient(allowed, now_ms=lambda: signed.ts)
+    client = OracleClient(allowed, deployment="test", now_ms=lambda: signed.ts)
     t = time.perf_counter()
     for env in envelopes:
         client.feed(env)
@@ -130,7 +130,7 @@ def bench_verify(signed: SignedRound) -> dict[str, Any]:
 
 
 def bench_envelopes(results: list[RoundResult]) -> dict[str, Any]:
-    signer = RoundSigner(KEY)
+    signer = RoundSigner(KEY, "test")
     fresh = [signer.sign(r) for r in results[:10]]
     it = iter(fresh)
 
@@ -161,7 +161,7 @@ async def bench_stream(results: list[RoundResult]) -> dict[str, Any]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    signer = RoundSigner(KEY)
+    signer = RoundSigner(KEY, "test")
     signed = [signer.sign(r) for r in results]
     m = signed[0].count
     samples = []
@@ -243,7 +243,7 @@ async def bench_nats(results: list[RoundResult], jetstream: bool) -> dict[str, A
             arrived.put_nowait(time.perf_counter())
 
         await subscribe_confirmed(sub, "oracled.rounds", on_round)
-        signer = RoundSigner(KEY)
+        signer = RoundSigner(KEY, "test")
         signed = [signer.sign(r) for r in results]
         samples = []
         for s in signed:
@@ -275,7 +275,7 @@ def main() -> None:
         "coincurve": coincurve.__version__ if hasattr(coincurve, "__version__") else "?",
     }
     out.update(bench_sign(results))
-    out.update(bench_verify(RoundSigner(KEY).sign(results[0])))
+    out.update(bench_verify(RoundSigner(KEY, "test").sign(results[0])))
     out.update(bench_envelopes(results))
     out.update(asyncio.run(bench_stream(results)))
     out.update(asyncio.run(bench_nats(results, jetstream=False)))

@@ -7,7 +7,7 @@ reports of at least `quorum` distinct signers; below that the market is `unknown
 when enough signers agree there is no price). Nothing it cannot verify ever moves a price: every
 refused message is counted and kept with its reason.
 
-    client = OracleClient({"0xAbc...", "0xDef..."}, quorum=2, max_age_ms=5_000)
+    client = OracleClient({"0xAbc...", "0xDef..."}, deployment="production", quorum=2)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(client.watch_ws("http://10.0.0.1:8480"))
         tg.create_task(client.watch_ws("http://10.0.0.2:8480"))
@@ -25,6 +25,8 @@ Reasons a message is refused (`Rejection.reason`):
     forged          the fields, proof and signature do not match (a changed price, a wrong root,
                     or a signature by someone other than the named signer)
     unknown_signer  a valid signature by a key that is not allowed
+    wrong_deployment  signed for another deployment than the client's (or a message of the
+                    old format, which names none): a staging price at a production consumer
     stale           older than `max_age_ms`
     future          ahead of the local clock by more than `max_future_ms`
     replayed        another report for a market and round already accepted from this signer
@@ -80,6 +82,7 @@ REASONS = (
     "bad_signature",
     "forged",
     "unknown_signer",
+    "wrong_deployment",
     "stale",
     "future",
     "replayed",
@@ -175,26 +178,44 @@ def _decode(data: bytes | str) -> SignedPrice:
 def verify(
     data: bytes | str,
     allowed: Collection[str],
+    *,
+    deployment: str,
     recovered: dict[tuple[bytes, bytes], str] | None = None,
 ) -> SignedPrice:
     """`verify_signed` without the signer (see there)."""
-    return verify_signed(data, allowed, recovered)[0]
+    return verify_signed(data, allowed, deployment=deployment, recovered=recovered)[0]
 
 
 def verify_signed(
     data: bytes | str,
     allowed: Collection[str],
+    *,
+    deployment: str,
     recovered: dict[tuple[bytes, bytes], str] | None = None,
 ) -> tuple[SignedPrice, str]:
     """Check one signed price against its round signature and the allowed signers.
 
     Returns the SignedPrice and its signer's EIP-55 address when the proof leads to the signed
-    root and the signature is by an allowed signer; raises Rejection otherwise. Freshness and
-    order are the client's business.
+    root and the signature is by an allowed signer in the domain of `deployment` (the one this
+    consumer expects: the message's own `deployment` only names the one it claims, so a claim
+    of another one is refused early with a clear reason, and the signature is always checked
+    against `deployment`); raises Rejection otherwise. Freshness and order are the client's
+    business.
     `recovered` caches (digest, signature) -> signer: every market of a round shares one
     signature, so a client that keeps it recovers one public key per round, not per market.
     """
+    if not deployment:
+        raise ValueError("deployment: name the deployment whose signatures to accept")
     sp = _decode(data)
+    if sp.deployment != deployment:
+        claimed = (
+            "none (the format before deployments)"
+            if sp.deployment is None
+            else (repr(sp.deployment[:64]))
+        )
+        raise Rejection(
+            "wrong_deployment", f"signed for deployment {claimed}, expected {deployment!r}"
+        )
     try:
         leaf = sp.leaf()
         hashed = leaf_hash(leaf)
@@ -211,7 +232,7 @@ def verify_signed(
         raise Rejection(exc.reason, str(exc)) from None
     if root != claimed_root:
         raise Rejection("forged", "the leaf and proof do not lead to the signed root")
-    digest = round_digest(sp.ts, sp.round, sp.count, root)
+    digest = round_digest(sp.ts, sp.round, sp.count, root, deployment)
     signer = recovered.get((digest, signature)) if recovered is not None else None
     if signer is None:
         try:
@@ -283,6 +304,7 @@ class OracleClient:
         self,
         allowed_signers: Iterable[str],
         *,
+        deployment: str,
         quorum: int = 1,
         max_age_ms: int = 5_000,
         max_future_ms: int = 2_000,
@@ -295,7 +317,10 @@ class OracleClient:
             raise ValueError("allow at least one signer")
         if not 1 <= quorum <= len(allowed):
             raise ValueError(f"quorum must be between 1 and the {len(allowed)} allowed signers")
+        if not deployment:
+            raise ValueError("deployment: name the deployment whose signatures to accept")
         self.allowed = allowed
+        self.deployment = deployment
         self.quorum = quorum
         self.max_age_ms = max_age_ms
         self.max_future_ms = max_future_ms
@@ -327,7 +352,9 @@ class OracleClient:
         Raises Rejection (counted, and kept in `rejections`) for anything refused.
         """
         try:
-            sp, signer = verify_signed(data, self.allowed, self._recovered)
+            sp, signer = verify_signed(
+                data, self.allowed, deployment=self.deployment, recovered=self._recovered
+            )
             seen = self._seen.get((signer, sp.market))
             if seen is not None and seen.reports.get(sp.ts) == sp:
                 self.duplicates += 1

@@ -185,11 +185,15 @@ class SigningConfig(_Frozen):
 
     Exactly one of `key_file` (a file of mode 600 holding the hex key) and `key_env` (an
     environment variable holding it) when enabled; the key itself never enters the config.
+    `deployment` names this installation in the signed domain (its EIP-712 `salt`), so that a
+    key shared by two deployments cannot make one's prices pass for the other's; it has no
+    default, since one default shared by every deployment would undo exactly that.
     """
 
     enabled: bool = False
     key_file: Annotated[str, Field(min_length=1)] | None = None
     key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    deployment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
 
 
 class NatsConfig(_Frozen):
@@ -788,6 +792,11 @@ def _relations(cfg: Config) -> list[str]:
     signing = cfg.signing
     if signing.enabled and (signing.key_file is None) == (signing.key_env is None):
         problems.append("signing: set exactly one of key_file and key_env")
+    if signing.enabled and signing.deployment is None:
+        problems.append(
+            "signing.deployment: required when signing is enabled: a name for this deployment "
+            '(e.g. "production"), which consumers check every signature against'
+        )
     problems.extend(_push_relations(cfg, set(symbols)))
     return problems
 

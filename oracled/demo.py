@@ -39,6 +39,8 @@ DEMO_NO_RELOAD = (
 
 Logger = structlog.typing.FilteringBoundLogger
 
+#: The deployment the demo signs for (docs/publishing.md, *Deployment*), never the config's.
+DEPLOYMENT = "demo"
 # The variable the throwaway signing key is handed to the service in (the demo's own process).
 _THROWAWAY_KEY_ENV = "ORACLED_DEMO_THROWAWAY_SIGNING_KEY"
 
@@ -102,11 +104,15 @@ def _loopback_only(cfg: Config, log: Logger) -> Config:
     if cfg.signing.enabled:
         key = SigningKey.generate()
         os.environ[_THROWAWAY_KEY_ENV] = key.hex()
+        # Its own deployment too: the demo's rounds are signed in the domain "demo", never in
+        # the operator's, whatever key a consumer might have been told to trust.
         update["signing"] = cfg.signing.model_copy(
-            update={"key_file": None, "key_env": _THROWAWAY_KEY_ENV}
+            update={"key_file": None, "key_env": _THROWAWAY_KEY_ENV, "deployment": DEPLOYMENT}
         )
         log.warning(
-            "demo: rounds signed by a throwaway key, not the configured one", signer=key.address
+            "demo: rounds signed by a throwaway key, not the configured one",
+            signer=key.address,
+            deployment=DEPLOYMENT,
         )
     for sink in ("nats", "push"):
         table = getattr(cfg, sink)

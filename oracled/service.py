@@ -343,7 +343,10 @@ class Service:
         self.hub = Hub(cfg.api.stream_queue)
         # Signing and the NATS sink (docs/publishing.md) take their settings at start-up only.
         self.signer = (
-            RoundSigner(load_signing_key(cfg.signing.key_file, cfg.signing.key_env))
+            RoundSigner(
+                load_signing_key(cfg.signing.key_file, cfg.signing.key_env),
+                cfg.signing.deployment or "",  # required when enabled (config validation)
+            )
             if cfg.signing.enabled
             else None
         )

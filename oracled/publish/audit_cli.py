@@ -6,7 +6,8 @@
     oracled audit --db FILE --market BTC/USD --at T          the full report in force at T
     oracled audit --db FILE --market BTC/USD --csv OUT       every round of the market as CSV
     oracled audit --db FILE --tape OUT [--from T] [--to T]   the stored inputs as a quote tape
-    oracled audit --db FILE --verify [--config FILE] [--signer ADDR] [--from T] [--to T]
+    oracled audit --db FILE --verify --deployment NAME [--config FILE] [--signer ADDR]
+                                             [--from T] [--to T]
                                              prove every stored round against its signature
 
 Times are milliseconds since the Unix epoch (13 digits; seconds are refused) or ISO 8601
@@ -102,7 +103,12 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="rebuild every stored round's Merkle root from its reports and recover its signer "
         "(exit 0 all signed rounds match, 1 no round, 2 bad request, 3 a mismatch, "
-        "4 rounds not checkable: give --config)",
+        "4 rounds not checkable: give --config or --deployment)",
+    )
+    p.add_argument(
+        "--deployment",
+        help="with --verify or --at: the deployment the rounds were signed for (the daemon's "
+        "signing.deployment; default: --config's)",
     )
     p.add_argument(
         "--config",
@@ -263,12 +269,20 @@ def _at(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
 
 def _check_at(reader: AuditReader, args: argparse.Namespace, report: Report) -> RoundCheck:
     """The `--verify` check of the round `report` belongs to: a signer column is no proof."""
-    from oracled.publish.audit_verify import RoundCheck, check_round, exponents_of, trusted_check
+    from oracled.publish.audit_verify import (
+        RoundCheck,
+        check_round,
+        deployment_of,
+        exponents_of,
+        trusted_check,
+    )
 
     exponents = {} if args.config is None else exponents_of(args.config)[0]
+    deployment = deployment_of(args)
     for stored, reports in reader.round_reports(report.ts, report.ts):
         if stored.round == report.round:
-            return trusted_check(check_round(stored, reports, exponents), args.signer or ())
+            check = check_round(stored, reports, exponents, deployment)
+            return trusted_check(check, args.signer or ())
     return RoundCheck("unchecked", detail="its round row is gone")
 
 
@@ -311,8 +325,10 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     window = args.start != 0 or args.end != _FAR_FUTURE
     if args.verify and (args.at is not None or args.csv is not None or args.tape is not None):
         return "--verify checks rounds: not with --at, --csv or --tape"
-    if not (args.verify or args.at is not None) and (args.config is not None or args.signer):
-        return "--config and --signer go with --verify or --at"
+    if not (args.verify or args.at is not None) and (
+        args.config is not None or args.signer or args.deployment is not None
+    ):
+        return "--config, --signer and --deployment go with --verify or --at"
     if args.market is None and (args.at is not None or args.csv is not None):
         return "--at and --csv are about one market: add --market"
     if args.at is not None and (window or args.csv is not None or args.tape is not None):

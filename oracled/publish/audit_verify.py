@@ -5,7 +5,10 @@ table keeps every market's report. None of those columns is evidence by itself: 
 write the file can change a price, a status or the signer's address. This check trusts none of
 them. For every stored round it rebuilds the leaves from the stored reports (status, price and
 confidence, at the market's exponent), folds them into the root, recovers the address that made
-the stored signature over that root, and compares both with what the round row says.
+the stored signature over that root, and compares both with what the round row says. The
+signature is checked in the domain of the deployment the auditor names (`--deployment`, or the
+`signing.deployment` of `--config`), never one the trail says: a round signed by the same key for
+another deployment (staging) then does not recover the trail's signer.
 
 The exponent of a market is read from the report's own decimal strings (price, confidence, last
 good price, a source's value: all are written at the market's places); a market with none of
@@ -45,6 +48,7 @@ __all__ = [
     "check_round",
     "cmd_verify",
     "config_note",
+    "deployment_of",
     "exponents_of",
     "print_summary",
     "trusted_check",
@@ -97,18 +101,29 @@ def _leaf(report: Report, expo: int) -> Leaf:
     return Leaf(report.market, report.ts, code, price, confidence, expo)
 
 
+NO_DEPLOYMENT: Final = (
+    "no deployment to check the signature in: give --deployment (or a --config with "
+    "signing.deployment)"
+)
+
+
 def check_round(
-    stored: AuditRound, reports: list[Report], configured: Mapping[str, int]
+    stored: AuditRound,
+    reports: list[Report],
+    configured: Mapping[str, int],
+    deployment: str | None,
 ) -> RoundCheck:
-    """Rebuild one round's root from its reports and recover its signer; see the module doc."""
+    """Rebuild one round's root from its reports and recover its signer in `deployment`'s
+    domain (None: a signed round is not checked); see the module doc."""
     if stored.signature is None:
         return RoundCheck("unsigned")
+    if not deployment:
+        return RoundCheck("unchecked", detail=NO_DEPLOYMENT)
     if stored.root is None or len(stored.root) != 32:
         return RoundCheck("mismatch", detail="signature stored without a 32-byte root")
     try:
-        recovered = recover_signer(
-            round_digest(stored.ts, stored.round, stored.markets, stored.root), stored.signature
-        )
+        digest = round_digest(stored.ts, stored.round, stored.markets, stored.root, deployment)
+        recovered = recover_signer(digest, stored.signature)
     except SignatureError as exc:
         return RoundCheck("mismatch", detail=f"the stored signature does not recover ({exc})")
     problems = []
@@ -198,14 +213,17 @@ def verify_trail(
     market: str | None = None,
     exponents: Mapping[str, int] | None = None,
     signers: Iterable[str] = (),
+    deployment: str | None = None,
 ) -> VerifySummary:
-    """Check every stored round in the window (with `market`, the rounds that hold it)."""
+    """Check every stored round in the window (with `market`, the rounds that hold it) in the
+    domain of `deployment` (without one, signed rounds are counted as not checked)."""
     trusted = list(signers)
     summary = VerifySummary()
     for stored, reports in reader.round_reports(start_ms, end_ms):
         if market is not None and all(r.market != market for r in reports):
             continue
-        summary.add(stored, trusted_check(check_round(stored, reports, exponents or {}), trusted))
+        check = check_round(stored, reports, exponents or {}, deployment)
+        summary.add(stored, trusted_check(check, trusted))
     return summary
 
 
@@ -241,6 +259,18 @@ def exponents_of(config_path: str) -> tuple[dict[str, int], str]:
     return {m.symbol: m.price_exponent for m in cfg.markets}, sha256
 
 
+def deployment_of(args: argparse.Namespace) -> str | None:
+    """The deployment to check signatures in: `--deployment`, else `--config`'s
+    `signing.deployment`, else None. Never the trail's: it is the auditor's to name."""
+    if args.deployment is not None:
+        return str(args.deployment)
+    if args.config is None:
+        return None
+    from oracled.config import read_config
+
+    return read_config(args.config)[0].signing.deployment
+
+
 def config_note(reader: AuditReader, path: str, sha256: str) -> str:
     """A line when the trail recorded the configs the daemon loaded (schema 3) and `--config` is
     none of them: its exponents may not be the ones the daemon signed with; else ''."""
@@ -269,6 +299,7 @@ def cmd_verify(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> in
         market=args.market,
         exponents=exponents,
         signers=args.signer or (),
+        deployment=deployment_of(args),
     )
     if args.market is not None and not summary.rounds:
         print(f"{args.market}: no round that holds it is stored in this window", file=out)

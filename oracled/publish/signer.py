@@ -15,8 +15,10 @@ The scheme, in full (docs/publishing.md has it for consumers):
   market is not live; `status` is 0 active, 1 degraded, 2 paused, 3 unknown;
 - node = keccak256(left ‖ right); a node without a sibling moves up unchanged (never duplicated);
 - the signed message is `OracleRound(uint64 ts,uint64 round,uint32 count,bytes32 root)` in the
-  domain `EIP712Domain(string name,string version)` = ("oracled", "1"); signatures are 65 bytes
-  r ‖ s ‖ v with v 27 or 28 and a low s, as Ethereum's ecrecover expects.
+  domain `EIP712Domain(string name,string version,bytes32 salt)` = ("oracled", "2",
+  keccak256(deployment)), where the deployment is the operator's name for this installation
+  (`signing.deployment`): one key used by two deployments signs for neither of the other;
+  signatures are 65 bytes r ‖ s ‖ v with v 27 or 28 and a low s, as Ethereum's ecrecover expects.
 
 Digests are computed here with plain keccak rather than through eth-account's typed-data encoder,
 which would rebuild the type strings on every call; a test holds both to the same bytes.
@@ -32,6 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -62,6 +65,8 @@ __all__ = [
     "SignerWorker",
     "SigningKey",
     "decimal_to_int",
+    "deployment_salt",
+    "domain_separator",
     "leaf_hash",
     "load_signing_key",
     "merkle_levels",
@@ -79,19 +84,15 @@ def keccak(data: bytes) -> bytes:
     return bytes(_keccak_256(data).digest())
 
 
-DOMAIN: Final = {"name": "oracled", "version": "1"}
+#: The fixed part of the EIP-712 domain; the `salt` is the deployment's (`domain_separator`).
+DOMAIN: Final = {"name": "oracled", "version": "2"}
 PRICE_TYPE: Final = (
     "Price(string market,uint64 ts,uint8 status,int256 price,uint256 confidence,int8 expo)"
 )
 ROUND_TYPE: Final = "OracleRound(uint64 ts,uint64 round,uint32 count,bytes32 root)"
-_DOMAIN_TYPE: Final = "EIP712Domain(string name,string version)"
+_DOMAIN_TYPE: Final = "EIP712Domain(string name,string version,bytes32 salt)"
 _PRICE_TYPEHASH: Final = keccak(PRICE_TYPE.encode())
 _ROUND_TYPEHASH: Final = keccak(ROUND_TYPE.encode())
-DOMAIN_SEPARATOR: Final = keccak(
-    keccak(_DOMAIN_TYPE.encode())
-    + keccak(DOMAIN["name"].encode())
-    + keccak(DOMAIN["version"].encode())
-)
 #: Status label -> the uint8 in a leaf (the order of `oracled.model.Status`).
 STATUS_CODES: Final[Mapping[str, int]] = {s.label: int(s) for s in Status}
 STATUS_LABELS: Final[tuple[str, ...]] = tuple(s.label for s in Status)
@@ -211,21 +212,48 @@ def root_from_proof(leaf: bytes, index: int, count: int, proof: Sequence[bytes])
     return node
 
 
-def round_digest(ts: int, round_no: int, count: int, root: bytes) -> bytes:
-    """The EIP-712 digest the daemon signs: keccak(0x1901 ‖ domain ‖ hashStruct(OracleRound))."""
+def deployment_salt(deployment: str) -> bytes:
+    """The domain's `salt`: keccak256 of the deployment name's UTF-8 bytes."""
+    if not deployment:
+        raise ValueError("a deployment name is required")
+    return keccak(deployment.encode())
+
+
+@lru_cache(maxsize=16)
+def domain_separator(deployment: str) -> bytes:
+    """hashStruct(EIP712Domain) for ("oracled", version, keccak256(deployment)).
+
+    Cached: a consumer checks every message against one or two deployments, and the separator
+    is four keccaks it would otherwise repeat per message.
+    """
+    return keccak(
+        keccak(_DOMAIN_TYPE.encode())
+        + keccak(DOMAIN["name"].encode())
+        + keccak(DOMAIN["version"].encode())
+        + deployment_salt(deployment)
+    )
+
+
+def round_digest(ts: int, round_no: int, count: int, root: bytes, deployment: str) -> bytes:
+    """The EIP-712 digest the daemon signs: keccak(0x1901 ‖ domain ‖ hashStruct(OracleRound)).
+
+    `deployment` is the one the signer was configured with, or, for a consumer, the one it
+    expects: never a message's own claim, or any deployment's signature would pass.
+    """
     if len(root) != 32:
         raise ValueError("root must be 32 bytes")
     struct_hash = keccak(_ROUND_TYPEHASH + _word(ts) + _word(round_no) + _word(count) + root)
-    return keccak(b"\x19\x01" + DOMAIN_SEPARATOR + struct_hash)
+    return keccak(b"\x19\x01" + domain_separator(deployment) + struct_hash)
 
 
-def typed_data(ts: int, round_no: int, count: int, root: bytes) -> dict[str, Any]:
+def typed_data(ts: int, round_no: int, count: int, root: bytes, deployment: str) -> dict[str, Any]:
     """The same message as an EIP-712 document, for eth-account's `encode_typed_data`."""
     return {
         "types": {
             "EIP712Domain": [
                 {"name": "name", "type": "string"},
                 {"name": "version", "type": "string"},
+                {"name": "salt", "type": "bytes32"},
             ],
             "OracleRound": [
                 {"name": "ts", "type": "uint64"},
@@ -235,7 +263,7 @@ def typed_data(ts: int, round_no: int, count: int, root: bytes) -> dict[str, Any
             ],
         },
         "primaryType": "OracleRound",
-        "domain": dict(DOMAIN),
+        "domain": {**DOMAIN, "salt": deployment_salt(deployment)},
         "message": {"ts": ts, "round": round_no, "count": count, "root": root},
     }
 
@@ -356,7 +384,10 @@ class SignedPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     """One market's signed price as it travels (stream `signed` frames, NATS price subjects).
 
     `price` and `confidence` are integer strings (JSON numbers lose precision above 2**53);
-    the value is `int(price) * 10**expo`. Everything from `count` on proves it.
+    the value is `int(price) * 10**expo`. Everything from `count` on proves it. `deployment`
+    says which domain it was signed in, so that a consumer can tell a message of another
+    deployment apart; a consumer checks against the deployment it expects, never this field
+    (None: a message of the old format, which named none).
     """
 
     market: str
@@ -372,6 +403,7 @@ class SignedPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     proof: list[str]
     signature: str
     signer: str
+    deployment: str | None = None
 
     def leaf(self) -> Leaf:
         """The leaf these fields describe; ValueError if a field cannot be one."""
@@ -414,6 +446,7 @@ class RoundMessage(msgspec.Struct, frozen=True):
     signature: str
     signer: str
     leaves: list[RoundLeaf]
+    deployment: str | None = None  # as in SignedPrice: a label, never what is checked
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -439,6 +472,7 @@ class SignedRound:
     signer: str
     leaves: tuple[Leaf, ...]
     levels: list[list[bytes]]
+    deployment: str
     result: RoundResult | None = None  # what it was made from (stream filters read prices)
     _envelopes: dict[int, bytes] = field(default_factory=dict)
 
@@ -465,6 +499,7 @@ class SignedRound:
             proof=["0x" + h.hex() for h in self.proof(index)],
             signature="0x" + self.signature.hex(),
             signer=self.signer,
+            deployment=self.deployment,
         )
 
     def envelope(self, index: int) -> bytes:
@@ -494,6 +529,7 @@ class SignedRound:
                     )
                     for leaf in self.leaves
                 ],
+                deployment=self.deployment,
             )
         )
 
@@ -505,10 +541,12 @@ class RoundSigner:
     about 1 per market for the tree, and one signature.
     """
 
-    __slots__ = ("_market_hashes", "key", "stats")
+    __slots__ = ("_market_hashes", "deployment", "key", "stats")
 
-    def __init__(self, key: SigningKey) -> None:
+    def __init__(self, key: SigningKey, deployment: str) -> None:
+        domain_separator(deployment)  # ValueError now for an empty name, not at the first round
         self.key = key
+        self.deployment = deployment
         self.stats = SignerStats()
         self._market_hashes: dict[str, bytes] = {}
 
@@ -557,9 +595,12 @@ class RoundSigner:
             hashed.append(leaf_hash(leaf, mh))
         levels = merkle_levels(hashed)
         root = levels[-1][0]
-        signature = self.key.sign_digest(round_digest(ts, round_no, len(leaves), root))
+        digest = round_digest(ts, round_no, len(leaves), root, self.deployment)
+        signature = self.key.sign_digest(digest)
         self.stats.signed += 1
-        return SignedRound(ts, round_no, root, signature, self.key.address, leaves, levels, result)
+        return SignedRound(
+            ts, round_no, root, signature, self.key.address, leaves, levels, self.deployment, result
+        )
 
     def sign(self, result: RoundResult) -> SignedRound:
         """Hash and sign one round (milliseconds at 1,000 markets: call it off the event loop)."""

@@ -40,7 +40,7 @@ class SigningRig(Rig):
 
     def __init__(self) -> None:
         super().__init__(make_config())
-        self.signer = RoundSigner(self.KEY)
+        self.signer = RoundSigner(self.KEY, "test")
         self.hub.signer = self.KEY.address
 
     def step(self, markets: dict[str, float] | None = None) -> RoundResult:

@@ -26,8 +26,8 @@ async def test_an_unreachable_server_is_one_log_line_per_attempt_not_a_traceback
     (the NATS library's own error log, a full traceback every half second, stays silent),
     and once the server listens it connects and accepts signed prices."""
     server = NatsServer(tmp_path / "nats")  # the port is chosen; nothing listens yet
-    signed = RoundSigner(KEY).sign(Rounds(make_config()).step())
-    client = OracleClient({KEY.address}, now_ms=lambda: signed.ts)
+    signed = RoundSigner(KEY, "test").sign(Rounds(make_config()).step())
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: signed.ts)
     caplog.set_level(logging.DEBUG, logger="nats")
     with capture_logs() as logs:
         watcher = asyncio.create_task(client.watch_nats(server.url, ["BTC/USD"]))
@@ -63,10 +63,10 @@ async def test_a_frozen_server_is_dropped_within_seconds_and_prices_flow_again_o
     again the client reconnects on its own and accepts the next signed price."""
     server = NatsServer(tmp_path / "nats")
     await server.start()
-    rounds, signer = Rounds(make_config()), RoundSigner(KEY)
+    rounds, signer = Rounds(make_config()), RoundSigner(KEY, "test")
     first = signer.sign(rounds.step())
     now = [first.ts]
-    client = OracleClient({KEY.address}, now_ms=lambda: now[0])
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: now[0])
 
     def said(event: str) -> bool:
         return any(e["event"] == event for e in logs)

@@ -28,9 +28,11 @@ class Clock:
         return self.now
 
 
-def signed_rounds(key: SigningKey, n: int, **moves: float) -> list[SignedRound]:
+def signed_rounds(
+    key: SigningKey, n: int, deployment: str = "test", **moves: float
+) -> list[SignedRound]:
     rounds = Rounds(make_config())
-    signer = RoundSigner(key)
+    signer = RoundSigner(key, deployment)
     return [signer.sign(rounds.step(**moves)) for _ in range(n)]
 
 
@@ -54,7 +56,7 @@ def btc_price(signed: SignedRound) -> Decimal:
 
 def client_at(signed: SignedRound, **kwargs: object) -> tuple[OracleClient, Clock]:
     clock = Clock(signed.ts + 10)
-    return OracleClient(ALLOWED, now_ms=clock, **kwargs), clock  # type: ignore[arg-type]
+    return OracleClient(ALLOWED, deployment="test", now_ms=clock, **kwargs), clock  # type: ignore[arg-type]
 
 
 def reason(client: OracleClient, data: bytes | str) -> str:
@@ -207,9 +209,11 @@ def test_the_cache_of_recovered_signers_stays_bounded() -> None:
     every round; the message that found it full is still verified and cached."""
     (signed,) = signed_rounds(KEYS[0], 1)
     recovered = {(bytes([i % 256, i // 256]), b"sig"): "0x" for i in range(4096)}
-    assert verify_signed(signed.envelope(0), ALLOWED, recovered)[1] == KEYS[0].address
+    found = verify_signed(signed.envelope(0), ALLOWED, deployment="test", recovered=recovered)
+    assert found[1] == KEYS[0].address
     assert list(recovered.values()) == [KEYS[0].address]
-    verify_signed(signed.envelope(1), ALLOWED, recovered)  # the same round: a cache hit
+    # the same round: a cache hit
+    verify_signed(signed.envelope(1), ALLOWED, deployment="test", recovered=recovered)
     assert len(recovered) == 1
 
 
@@ -218,6 +222,31 @@ def test_a_valid_signature_by_a_key_not_allowed_is_refused() -> None:
     (signed,) = signed_rounds(KEYS[3], 1)
     client, _ = client_at(signed)
     assert reason(client, frame(signed, 0)) == "unknown_signer"
+
+
+def test_a_round_signed_by_an_allowed_key_for_another_deployment_is_refused() -> None:
+    """An allowed key that also signs for staging: its staging rounds are `wrong_deployment` at
+    a client of deployment "test" (the detail names both); relabelled as "test" they are
+    `forged`, since the client checks the signature in its own domain, not the claimed one; a
+    message naming no deployment (the old format) is `wrong_deployment` too. None moves a price,
+    and the same key's rounds for "test" are accepted."""
+    (staging,) = signed_rounds(KEYS[0], 1, deployment="staging")
+    client, _ = client_at(staging)
+    with pytest.raises(Rejection) as exc:
+        client.feed(frame(staging, 0))
+    assert exc.value.reason == "wrong_deployment"
+    assert "'staging'" in exc.value.detail and "'test'" in exc.value.detail
+    assert reason(client, edit(staging, 0, deployment="test")) == "forged"
+    old = msgspec.json.decode(staging.envelope(0))
+    del old["deployment"]
+    assert reason(client, msgspec.json.encode(old)) == "wrong_deployment"
+    assert client.rejected["wrong_deployment"] == 2 and client.markets == []
+    (ours,) = signed_rounds(KEYS[0], 1)
+    assert client.offer(frame(ours, 0))
+    with pytest.raises(ValueError, match="deployment"):
+        OracleClient(ALLOWED, deployment="")
+    with pytest.raises(ValueError, match="deployment"):
+        verify(frame(ours, 0), ALLOWED, deployment="")
 
 
 def test_a_wrong_signer_is_logged_naming_both_signers_at_most_once_per_interval() -> None:
@@ -280,7 +309,7 @@ def test_replayed_and_reordered_reports_are_refused() -> None:
 
 def test_every_reason_is_counted_from_zero() -> None:
     """The rejection counter lists every reason, at zero before any message."""
-    client = OracleClient(ALLOWED)
+    client = OracleClient(ALLOWED, deployment="test")
     assert dict(client.rejected) == dict.fromkeys(REASONS, 0)
 
 
@@ -327,7 +356,7 @@ def test_one_degraded_signer_makes_the_quorum_view_degraded() -> None:
     rounds.now += INTERVAL
     for source, px in zip(SOURCES, (64_000.0, 64_001.0, 90_000.0), strict=True):
         rounds.core.ingest(Quote(source, "BTC/USD", rounds.now - 10, price=px))
-    b = RoundSigner(KEYS[1]).sign(rounds.core.run_round(rounds.now))
+    b = RoundSigner(KEYS[1], "test").sign(rounds.core.run_round(rounds.now))
     assert b.result is not None and b.result.report(0).status == "degraded"
     client, _ = client_at(a, quorum=2)
     client.feed(frame(a, 0))
@@ -341,7 +370,7 @@ def test_a_quorum_without_prices_is_paused() -> None:
     """A quorum of fresh signers all saying the market has no price: paused, price None."""
     rounds = [Rounds(make_config()) for _ in range(2)]
     signed = [
-        RoundSigner(k).sign(r.core.run_round(r.now + INTERVAL))
+        RoundSigner(k, "test").sign(r.core.run_round(r.now + INTERVAL))
         for k, r in zip(KEYS[:2], rounds, strict=True)
     ]
     client, _ = client_at(signed[0], quorum=2)
@@ -354,9 +383,9 @@ def test_a_quorum_without_prices_is_paused() -> None:
 def test_verify_alone_checks_signature_and_signer_set() -> None:
     """`verify` is the stateless part: it needs no clock and keeps nothing."""
     (signed,) = signed_rounds(KEYS[0], 1)
-    assert verify(signed.envelope(0), ALLOWED).market == "BTC/USD"
+    assert verify(signed.envelope(0), ALLOWED, deployment="test").market == "BTC/USD"
     with pytest.raises(Rejection, match="unknown_signer"):
-        verify(signed.envelope(0), frozenset({KEYS[1].address}))
+        verify(signed.envelope(0), frozenset({KEYS[1].address}), deployment="test")
 
 
 def test_verify_alone_compares_signers_case_insensitively() -> None:
@@ -366,17 +395,17 @@ def test_verify_alone_compares_signers_case_insensitively() -> None:
     (signed,) = signed_rounds(KEYS[0], 1)
     address = KEYS[0].address
     for allowed in ({address.lower()}, [address.upper().replace("0X", "0x")], frozenset({address})):
-        assert verify(signed.envelope(0), allowed).market == "BTC/USD"
+        assert verify(signed.envelope(0), allowed, deployment="test").market == "BTC/USD"
     with pytest.raises(Rejection, match="unknown_signer"):
-        verify(signed.envelope(0), {KEYS[1].address.lower()})
+        verify(signed.envelope(0), {KEYS[1].address.lower()}, deployment="test")
 
 
 def test_the_client_needs_a_feasible_quorum() -> None:
     """A quorum larger than the allowed signers, or no signers at all, is refused up front."""
     with pytest.raises(ValueError):
-        OracleClient(ALLOWED, quorum=4)
+        OracleClient(ALLOWED, deployment="test", quorum=4)
     with pytest.raises(ValueError):
-        OracleClient([])
+        OracleClient([], deployment="test")
 
 
 def test_a_cached_recovery_still_catches_a_false_signer_claim() -> None:

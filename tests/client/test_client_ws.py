@@ -60,7 +60,7 @@ async def test_a_binary_frame_makes_the_client_reconnect_and_ask_again() -> None
     """A frame that is not JSON text ends that connection: the client reconnects, sends its
     subscription (every market, signed) again, and what follows the bad frame on the old
     connection is never read."""
-    signed = RoundSigner(KEY).sign(Rounds(make_config()).step())
+    signed = RoundSigner(KEY, "test").sign(Rounds(make_config()).step())
     requests: list[dict[str, Any]] = []
 
     async def stream(request: web.Request) -> web.WebSocketResponse:
@@ -74,7 +74,7 @@ async def test_a_binary_frame_makes_the_client_reconnect_and_ask_again() -> None
         await ws.receive()  # until the client goes
         return ws
 
-    client = OracleClient({KEY.address}, now_ms=lambda: signed.ts)
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: signed.ts)
 
     def replayed() -> bool:  # the third connection's ETH/USD is a duplicate: the client read it
         return len(requests) >= 3 and client.duplicates > 0
@@ -94,7 +94,7 @@ def _daemon_app(signing: bool, rounds: Rounds | None = None) -> web.Application:
     result = rounds.step()
     hub.publish(result)
     if signing:
-        hub.publish_signed(RoundSigner(KEY).sign(result))
+        hub.publish_signed(RoundSigner(KEY, "test").sign(result))
     context = ApiContext(
         hub=hub,
         core=rounds.core,
@@ -112,7 +112,7 @@ async def test_a_refused_subscription_is_counted_not_silently_ignored() -> None:
     """A daemon that refuses the client's subscription (it does not sign) answers with an error
     frame and then sends nothing: the client counts the error by its code in `stream_errors`
     instead of waiting for prices in silence."""
-    client = OracleClient({KEY.address})
+    client = OracleClient({KEY.address}, deployment="test")
     await watch_until(client, _daemon_app(False), lambda: bool(client.stream_errors))
     assert dict(client.stream_errors) == {"signing_disabled": 1}
     assert client.accepted == 0 and client.markets == []
@@ -124,7 +124,7 @@ async def test_one_market_the_daemon_does_not_have_costs_the_client_only_that_ma
     `stream_errors` (once) and in one warning; its retries, refused again, add nothing."""
     rounds = Rounds(make_config())
     app = _daemon_app(True, rounds)
-    client = OracleClient({KEY.address}, now_ms=lambda: rounds.now)
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: rounds.now)
     wanted = ["BTC/USD", "NOPE/USD", "ETH/USD"]
     with capture_logs() as logs:
 
@@ -146,7 +146,7 @@ async def test_one_market_the_daemon_does_not_have_costs_the_client_only_that_ma
 async def test_an_unreadable_error_frame_is_counted_as_malformed() -> None:
     """An error frame that is cut short or of the wrong shape still counts, as `malformed`, and
     the client keeps reading the connection."""
-    signed = RoundSigner(KEY).sign(Rounds(make_config()).step())
+    signed = RoundSigner(KEY, "test").sign(Rounds(make_config()).step())
 
     async def stream(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -158,7 +158,7 @@ async def test_an_unreadable_error_frame_is_counted_as_malformed() -> None:
         await ws.receive()  # until the client goes
         return ws
 
-    client = OracleClient({KEY.address}, now_ms=lambda: signed.ts)
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: signed.ts)
     # the frame after the bad ones
     await watch_until(client, stream_app(stream), lambda: bool(client.accepted), reconnect_s=9)
     assert dict(client.stream_errors) == {"malformed": 2}
@@ -178,7 +178,7 @@ async def test_a_connection_the_daemon_closes_is_logged_with_its_close_code() ->
         await ws.close(code=1008, message=b"slow consumer")
         return ws
 
-    client = OracleClient({KEY.address})
+    client = OracleClient({KEY.address}, deployment="test")
     with capture_logs() as logs:
         await watch_until(client, stream_app(stream), lambda: len(connections) >= 2, reconnect_s=0)
     closed = [e for e in logs if e["event"] == "client stream closed"]
@@ -201,7 +201,7 @@ async def test_a_daemon_that_stops_answering_is_left_and_connected_again() -> No
             pass
         return ws
 
-    client = OracleClient({KEY.address})
+    client = OracleClient({KEY.address}, deployment="test")
     await watch_until(
         client, stream_app(stream), lambda: len(connections) >= 2, reconnect_s=0, heartbeat_s=0.2
     )
@@ -218,13 +218,13 @@ async def test_a_market_a_reload_removes_and_adds_back_comes_back_to_the_client(
     data = copy.deepcopy(api_rig.CONFIG)
     data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
     rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": api_rig.TOKEN})
-    signer = RoundSigner(KEY)
+    signer = RoundSigner(KEY, "test")
 
     def step() -> None:
         rig.hub.publish_signed(signer.sign(rig.step()))
 
     step()
-    client = OracleClient({KEY.address}, now_ms=rig.clock.now_ms)
+    client = OracleClient({KEY.address}, deployment="test", now_ms=rig.clock.now_ms)
     auth = {"Authorization": f"Bearer {api_rig.TOKEN}"}
     with capture_logs() as logs:
         async with api_rig.DaemonServer(build_app(rig.context()), host="127.0.0.1") as server:
@@ -272,9 +272,9 @@ async def test_a_market_unknown_at_first_comes_once_a_reload_adds_it_however_it_
     rig = api_rig.Rig(parse_config(data, env={"ORACLED_ADMIN_TOKEN": api_rig.TOKEN}))
     rig.hub.signer = KEY.address
     rig.next_config = api_rig.make_config()
-    signer = RoundSigner(KEY)
+    signer = RoundSigner(KEY, "test")
     rig.hub.publish_signed(signer.sign(rig.step()))
-    client = OracleClient({KEY.address}, now_ms=rig.clock.now_ms)
+    client = OracleClient({KEY.address}, deployment="test", now_ms=rig.clock.now_ms)
     auth = {"Authorization": f"Bearer {api_rig.TOKEN}"}
     async with api_rig.DaemonServer(build_app(rig.context()), host="127.0.0.1") as server:
         url = str(server.make_url("/"))
@@ -312,7 +312,7 @@ async def test_a_market_refused_again_after_a_reconnect_is_not_logged_or_counted
         await ws.close()
         return ws
 
-    client = OracleClient({KEY.address})
+    client = OracleClient({KEY.address}, deployment="test")
     with capture_logs() as logs:
         await watch_until(
             client,

@@ -58,7 +58,7 @@ async def test_daemon_serves_while_nats_is_down_then_publishes_signed_rounds(
     key_file.write_text(key.hex())
     key_file.chmod(0o400)
     config += (
-        f'\n[signing]\nenabled = true\nkey_file = "{key_file}"\n'
+        f'\n[signing]\nenabled = true\ndeployment = "test"\nkey_file = "{key_file}"\n'
         f'\n[nats]\nenabled = true\nservers = ["{server.url}"]\n'
     )
     daemon = Daemon(config, tmp_path)
@@ -80,7 +80,7 @@ async def test_daemon_serves_while_nats_is_down_then_publishes_signed_rounds(
         assert metric(text, "oracled_signed_rounds_total") > 0
 
         await server.start()
-        client = OracleClient({key.address}, max_age_ms=2_000)
+        client = OracleClient({key.address}, deployment="test", max_age_ms=2_000)
         watcher = asyncio.create_task(client.watch_nats(server.url, ["BTC/USD"]))
         try:
             live = {"active", "degraded"}  # three venues at min_sources 3: degraded (thin)

@@ -42,7 +42,7 @@ def signing_daemon(name: str, sims: list[BinanceSim], tmp_path: Path) -> tuple[D
     key_file.write_text(key.hex() + "\n")
     key_file.chmod(0o600)
     config = sim_config([(s.ws_url, s.rest_url) for s in sims])
-    config += f'\n[signing]\nenabled = true\nkey_file = "{key_file}"\n'
+    config += f'\n[signing]\nenabled = true\ndeployment = "test"\nkey_file = "{key_file}"\n'
     return Daemon(config, workdir), key.address
 
 
@@ -82,8 +82,8 @@ async def test_median_of_three_signed_replicas_survives_a_liar_and_a_stop(
     for d, address in zip(daemons, addresses, strict=True):
         status, info = await d.get("/v1/info")
         assert status == 200 and info["signer"] == address
-    quorum = OracleClient(addresses, quorum=3, max_age_ms=2_000)
-    strict = OracleClient(addresses[:2], quorum=2, max_age_ms=2_000)
+    quorum = OracleClient(addresses, deployment="test", quorum=3, max_age_ms=2_000)
+    strict = OracleClient(addresses[:2], deployment="test", quorum=2, max_age_ms=2_000)
     watchers = [
         asyncio.create_task(c.watch_ws(d.base, ["BTC/USD"], reconnect_s=0.2))
         for c in (quorum, strict)

@@ -91,6 +91,7 @@ format = "json"
 
 [signing]
 enabled = true
+deployment = "production"
 key_file = "signing.key"
 
 [nats]
@@ -125,7 +126,8 @@ async def test_the_demo_never_signs_publishes_or_pushes_with_the_configured_keys
 ) -> None:
     """Run on a production config (signing key, NATS servers, an on-chain pusher), the demo's
     simulated prices, spiked and paused on purpose, are signed by a throwaway key instead of
-    the configured one (so no consumer that trusts that key accepts them), and neither the NATS
+    the configured one (so no consumer that trusts that key accepts them) for the deployment
+    "demo" (never the configured one), and neither the NATS
     sink nor the pusher runs. Found by running the demo on a signing config: /v1/info served
     the configured signer, and the pusher and NATS sink started with the configured keys."""
     configured = SigningKey.generate()
@@ -142,6 +144,7 @@ async def test_the_demo_never_signs_publishes_or_pushes_with_the_configured_keys
         assert info["signer"] not in (None, configured.address), info
         throwaway = d.events("demo: rounds signed by a throwaway key, not the configured one")
         assert [e["signer"] for e in throwaway] == [info["signer"]]
+        assert [e["deployment"] for e in throwaway] == ["demo"]  # not the config's "production"
         _, text = await d.get("/metrics")
         assert "oracled_push_up" not in text
         assert not d.events("nats sink") and not d.events("on-chain push")

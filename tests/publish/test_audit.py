@@ -31,7 +31,7 @@ def test_rounds_are_stored_with_reports_quotes_transitions_and_signature(tmp_pat
     db = tmp_path / "audit.sqlite3"
     audit = trail(db)
     feed = Feed(make_config(), audit)
-    signer = RoundSigner(SigningKey.generate())
+    signer = RoundSigner(SigningKey.generate(), "test")
     for _ in range(4):
         feed.round(signer)
     audit.close()
@@ -43,7 +43,7 @@ def test_rounds_are_stored_with_reports_quotes_transitions_and_signature(tmp_pat
     assert all(r.markets == 3 and r.quotes == 9 for r in rounds)
     last = rounds[-1]
     assert last.signature is not None and last.root is not None
-    digest = round_digest(last.ts, last.round, last.markets, last.root)
+    digest = round_digest(last.ts, last.round, last.markets, last.root, "test")
     assert recover_signer(digest, last.signature) == signer.address == last.signer
     stored = list(reader.reports("BTC/USD", 0, T0 * 2))
     assert [s.report.status for s in stored] == ["active"] * 4
@@ -337,7 +337,9 @@ def test_audit_answers_nothing_found_with_exit_1_and_bad_requests_with_exit_2(
     db = tmp_path / "audit.sqlite3"
     empty = AuditTrail(AuditConfig(enabled=True, path=str(db)))
     empty.start()
-    empty.submit_signed(RoundSigner(SigningKey.generate()).sign(Rounds(make_config()).step()))
+    empty.submit_signed(
+        RoundSigner(SigningKey.generate(), "test").sign(Rounds(make_config()).step())
+    )
     empty.close()  # a database with its tables made and no round in it
     capsys.readouterr()
     assert main(["audit", "--db", str(db)]) == 1
@@ -376,10 +378,11 @@ def test_the_report_at_a_time_shows_the_rounds_signature(
     feed = Feed(make_config(), audit)
     key = SigningKey.generate()
     for _ in range(2):
-        feed.round(RoundSigner(key))
+        feed.round(RoundSigner(key, "test"))
     audit.close()
     capsys.readouterr()
-    assert main(["audit", "--db", str(db), "--market", "ETH/USD", "--at", str(feed.now)]) == 0
+    at = ["audit", "--db", str(db), "--deployment", "test", "--market", "ETH/USD", "--at"]
+    assert main([*at, str(feed.now)]) == 0
     line = capsys.readouterr().out.splitlines()[-1].strip()
     signer, signature = line.removeprefix("signed by ").split(" (verified against the round): ")
     assert signer == key.address and len(bytes.fromhex(signature.removeprefix("0x"))) == 65
@@ -414,7 +417,7 @@ def test_a_signature_that_finds_the_queue_full_is_counted_and_logged_not_silentl
     (the round is counted)."""
     audit = AuditTrail(AuditConfig(enabled=True, path=str(tmp_path / "a.sqlite3"), queue=1))
     feed = Feed(make_config(), audit)
-    signer = RoundSigner(SigningKey.generate())
+    signer = RoundSigner(SigningKey.generate(), "test")
     with capture_logs() as logs:
         feed.round(signer)  # no writer yet: the round is queued, its signature finds it full
         feed.round(signer)  # this round is dropped, and so is its signature

@@ -34,7 +34,7 @@ def written(
     feed = Feed(make_config(markets), trail(path))
     if config is not None:
         feed.audit.record_config(T0, "start", "daemon", str(config), read_config(config)[1], "")
-    signer = RoundSigner(KEY)
+    signer = RoundSigner(KEY, "test")
     for _ in range(rounds):
         feed.round(signer)
     assert feed.audit.close()
@@ -75,11 +75,25 @@ def test_an_untouched_trail_verifies_and_names_the_key_that_signed(
     the count and the signer in the summary; `--signer` with that address passes too."""
     db = tmp_path / "audit.sqlite3"
     written(db)
-    assert main(["audit", "--db", str(db), "--verify"]) == 0
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "test"]) == 0
     out = capsys.readouterr().out
     assert "6 round(s) checked" in out and "6 signed and matching, 0 unsigned, 0 mismatched" in out
     assert f"signed by {KEY.address}: 6 round(s)" in out
-    assert main(["audit", "--db", str(db), "--verify", "--signer", KEY.address.lower()]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                "--db",
+                str(db),
+                "--verify",
+                "--deployment",
+                "test",
+                "--signer",
+                KEY.address.lower(),
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_signer_column_changed_to_another_address_is_a_mismatch_for_verify_and_at(
@@ -91,7 +105,7 @@ def test_a_signer_column_changed_to_another_address_is_a_mismatch_for_verify_and
     db = tmp_path / "audit.sqlite3"
     written(db)
     sql(db, f"UPDATE rounds SET signer = '{OTHER}' WHERE round = 4")
-    at = ["audit", "--db", str(db), "--market", "BTC/USD", "--at"]
+    at = ["audit", "--db", str(db), "--deployment", "test", "--market", "BTC/USD", "--at"]
     assert main([*at, str(T0 + 4 * 250)]) == 3
     out = capsys.readouterr().out
     assert f"signed by {OTHER}" not in out
@@ -100,7 +114,7 @@ def test_a_signer_column_changed_to_another_address_is_a_mismatch_for_verify_and
     )
     assert main([*at, str(T0 + 3 * 250)]) == 0
     assert f"signed by {KEY.address} (verified against the round)" in capsys.readouterr().out
-    assert main(["audit", "--db", str(db), "--verify"]) == 3
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "test"]) == 3
     out = capsys.readouterr().out
     assert "5 signed and matching, 0 unsigned, 1 mismatched" in out
     assert f"mismatch: round 4 at 2023-11-14T22:13:21.000Z: signer column says {OTHER}" in out
@@ -116,13 +130,28 @@ def test_a_stored_price_or_status_changed_no_longer_gives_the_signed_root(
     written(db)
     change_report(db, 2, "ETH/USD", price="3100.51")
     change_report(db, 5, "SOL/USD", status="degraded")
-    assert main(["audit", "--db", str(db), "--verify"]) == 3
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "test"]) == 3
     out = capsys.readouterr().out
     assert "4 signed and matching, 0 unsigned, 2 mismatched" in out
     changed = "the stored reports do not give the signed root: a status or price was changed"
     assert f"mismatch: round 2 at 2023-11-14T22:13:20.500Z: {changed}" in out
     assert f"mismatch: round 5 at 2023-11-14T22:13:21.250Z: {changed}" in out
-    assert main(["audit", "--db", str(db), "--market", "ETH/USD", "--at", str(T0 + 500)]) == 3
+    assert (
+        main(
+            [
+                "audit",
+                "--db",
+                str(db),
+                "--deployment",
+                "test",
+                "--market",
+                "ETH/USD",
+                "--at",
+                str(T0 + 500),
+            ]
+        )
+        == 3
+    )
     assert "SIGNATURE MISMATCH: the stored reports do not give" in capsys.readouterr().out
 
 
@@ -134,7 +163,12 @@ def test_unsigned_rounds_are_counted_and_listed_but_are_no_mismatch(
     db = tmp_path / "audit.sqlite3"
     written(db)
     sql(db, "UPDATE rounds SET signature = NULL, signer = NULL, root = NULL WHERE round = 3")
-    assert main(["audit", "--db", str(db), "--verify", "--from", str(T0 + 500)]) == 0
+    assert (
+        main(
+            ["audit", "--db", str(db), "--verify", "--deployment", "test", "--from", str(T0 + 500)]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "5 round(s) checked" in out and "4 signed and matching, 1 unsigned, 0 mismatched" in out
     assert "unsigned: round 3 at 2023-11-14T22:13:20.750Z: no signature stored" in out
@@ -150,7 +184,7 @@ def test_a_market_that_never_had_a_price_needs_the_config_for_its_exponent(
     db = tmp_path / "audit.sqlite3"
     markets = {"BTC/USD": 1.0, "ETH/USD": 1.0, "SOL/USD": 1.0, "DOGE/USD": 1.0}
     written(db, 3, markets=markets)  # the feed quotes BTC, ETH and SOL only
-    assert main(["audit", "--db", str(db), "--verify"]) == 4
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "test"]) == 4
     out = capsys.readouterr().out
     assert "0 signed and matching, 0 unsigned, 0 mismatched, 3 not checked" in out
     assert "no exponent for DOGE/USD (no decimal in its report): give --config" in out
@@ -161,16 +195,31 @@ def test_a_market_that_never_had_a_price_needs_the_config_for_its_exponent(
         for m in markets
     )
     config.write_text('[sources.alpha]\ntype = "binance"\n' + table)
-    assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 0
+    assert (
+        main(
+            ["audit", "--db", str(db), "--verify", "--deployment", "test", "--config", str(config)]
+        )
+        == 0
+    )
     assert "3 signed and matching" in capsys.readouterr().out
     config.write_text(config.read_text().replace("DOGE/USD", "XRP/USD"))
-    assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 4
+    assert (
+        main(
+            ["audit", "--db", str(db), "--verify", "--deployment", "test", "--config", str(config)]
+        )
+        == 4
+    )
     assert "no exponent for DOGE/USD (no decimal in its report): not a market of --config" in (
         capsys.readouterr().out
     )
     config.write_text(config.read_text().replace("XRP/USD", "DOGE/USD"))
     config.write_text(config.read_text().replace("price_exponent = -2", "price_exponent = -4"))
-    assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 3
+    assert (
+        main(
+            ["audit", "--db", str(db), "--verify", "--deployment", "test", "--config", str(config)]
+        )
+        == 3
+    )
 
 
 def test_a_key_not_given_with_signer_is_a_mismatch_and_bad_requests_exit_2(
@@ -181,22 +230,61 @@ def test_a_key_not_given_with_signer_is_a_mismatch_and_bad_requests_exit_2(
     ignored, an unreadable config and nothing in range are refused or said."""
     db = tmp_path / "audit.sqlite3"
     written(db, 2)
-    assert main(["audit", "--db", str(db), "--verify", "--signer", OTHER]) == 3
+    assert (
+        main(["audit", "--db", str(db), "--verify", "--deployment", "test", "--signer", OTHER]) == 3
+    )
     assert f"signed by {KEY.address}, not by a --signer" in capsys.readouterr().out
-    assert main(["audit", "--db", str(db), "--verify", "--tape", str(tmp_path / "t")]) == 2
+    assert (
+        main(
+            [
+                "audit",
+                "--db",
+                str(db),
+                "--verify",
+                "--deployment",
+                "test",
+                "--tape",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 2
+    )
     with pytest.raises(SystemExit) as refused:  # argparse's exit for a bad value
-        main(["audit", "--db", str(db), "--verify", "--signer", KEY.address[:-1]])
+        main(
+            [
+                "audit",
+                "--db",
+                str(db),
+                "--verify",
+                "--deployment",
+                "test",
+                "--signer",
+                KEY.address[:-1],
+            ]
+        )
     assert refused.value.code == 2
     assert "is not an address" in capsys.readouterr().err
     assert main(["audit", "--db", str(db), "--config", str(db)]) == 2
     missing = str(tmp_path / "none.toml")
-    assert main(["audit", "--db", str(db), "--verify", "--config", missing]) == 2
+    assert (
+        main(["audit", "--db", str(db), "--verify", "--deployment", "test", "--config", missing])
+        == 2
+    )
     assert "--config" in capsys.readouterr().err
-    assert main(["audit", "--db", str(db), "--verify", "--from", str(T0 * 2)]) == 1
+    assert (
+        main(["audit", "--db", str(db), "--verify", "--deployment", "test", "--from", str(T0 * 2)])
+        == 1
+    )
     assert "no round stored in this window" in capsys.readouterr().out
-    assert main(["audit", "--db", str(db), "--verify", "--market", "XRP/USD"]) == 1
+    assert (
+        main(["audit", "--db", str(db), "--verify", "--deployment", "test", "--market", "XRP/USD"])
+        == 1
+    )
     assert "XRP/USD: no round that holds it is stored" in capsys.readouterr().out
-    assert main(["audit", "--db", str(db), "--verify", "--market", "eth-usd"]) == 0
+    assert (
+        main(["audit", "--db", str(db), "--verify", "--deployment", "test", "--market", "eth-usd"])
+        == 0
+    )
     assert "2 round(s) checked" in capsys.readouterr().out
 
 
@@ -216,10 +304,50 @@ def test_a_config_the_trail_never_recorded_is_pointed_out(
         )
     )
     written(db, 2, config=config)
-    assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 0
+    assert (
+        main(
+            ["audit", "--db", str(db), "--verify", "--deployment", "test", "--config", str(config)]
+        )
+        == 0
+    )
     assert "note:" not in capsys.readouterr().out
     config.write_text(config.read_text() + "# edited since\n")
-    assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 0
+    assert (
+        main(
+            ["audit", "--db", str(db), "--verify", "--deployment", "test", "--config", str(config)]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"note: --config {config} (sha256 " in out
     assert "is none of the 1 config(s) this trail recorded the daemon loading" in out
+
+
+def test_signatures_are_checked_in_the_deployment_the_auditor_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The trail is signed for deployment "test". Without a deployment its signed rounds are not
+    checked (exit 4, saying what to give); named "staging" (the same key's other deployment)
+    they mismatch, the signature recovering another address than the signer column; the
+    daemon's config with `signing.deployment = "test"` proves them, and `--deployment` wins over
+    the config's; `--deployment` without `--verify` or `--at` is refused (exit 2)."""
+    db = tmp_path / "audit.sqlite3"
+    written(db, 3)
+    assert main(["audit", "--db", str(db), "--verify"]) == 4
+    out = capsys.readouterr().out
+    assert "3 not checked" in out and "give --deployment (or a --config with" in out
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "staging"]) == 3
+    out = capsys.readouterr().out
+    assert "3 mismatched" in out and f"signer column says {KEY.address}" in out
+    config = tmp_path / "oracled.toml"
+    config.write_text(
+        '[signing]\nenabled = true\nkey_env = "K"\ndeployment = "test"\n\n'
+        '[sources.alpha]\ntype = "binance"\n\n'
+        '[[markets]]\nsymbol = "BTC/USD"\nmin_sources = 1\n'
+        'sources = [{ source = "alpha", pair = "BTC/USD" }]\n'
+    )
+    assert main(["audit", "--db", str(db), "--verify", "--config", str(config)]) == 0
+    assert "3 signed and matching" in capsys.readouterr().out
+    with_config = ["audit", "--db", str(db), "--verify", "--config", str(config)]
+    assert main([*with_config, "--deployment", "staging"]) == 3
+    assert main(["audit", "--db", str(db), "--deployment", "test"]) == 2

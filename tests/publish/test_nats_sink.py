@@ -111,7 +111,7 @@ async def test_each_market_has_its_subject_and_the_client_verifies_them(
 
         await subscribed(sub_nc, "oracled.>", keep)
         rounds = Rounds(make_config())
-        signed = RoundSigner(KEY).sign(rounds.step())
+        signed = RoundSigner(KEY, "test").sign(rounds.step())
         sink.submit(signed)
         subjects = {
             "oracled.prices.BTC-USD",
@@ -127,7 +127,7 @@ async def test_each_market_has_its_subject_and_the_client_verifies_them(
                 + server.log.read_text()[-2000:]
             ) from None
         assert set(received) == subjects
-        client = OracleClient({KEY.address}, now_ms=lambda: signed.ts)
+        client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: signed.ts)
         for subject in subjects - {"oracled.rounds"}:
             client.feed(received[subject])
         assert client.price("ETH/USD").status == "active"
@@ -144,7 +144,7 @@ async def test_unsigned_rounds_publish_reports_that_the_client_refuses(
     """With signing off the sink sends plain reports; a verifying client counts them unsigned."""
     sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
     task = await running(sink)
-    client = OracleClient({KEY.address})
+    client = OracleClient({KEY.address}, deployment="test")
     watcher = asyncio.create_task(client.watch_nats(server.url, ["BTC/USD"]))
     rounds = Rounds(make_config())
 
@@ -164,9 +164,11 @@ async def test_the_client_follows_a_market_over_nats(server: NatsServer) -> None
     sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
     task = await running(sink)
     rounds = Rounds(make_config())
-    signer = RoundSigner(KEY)
+    signer = RoundSigner(KEY, "test")
     first = signer.sign(rounds.step())
-    client = OracleClient({KEY.address}, now_ms=lambda: first.ts, max_age_ms=60_000)
+    client = OracleClient(
+        {KEY.address}, deployment="test", now_ms=lambda: first.ts, max_age_ms=60_000
+    )
     watcher = asyncio.create_task(client.watch_nats(server.url, ["SOL/USD"]))
 
     def seen() -> bool:
@@ -186,7 +188,7 @@ async def test_a_late_consumer_replays_rounds_from_jetstream(server: NatsServer)
     sink = NatsSink(cfg)
     task = await running(sink)
     rounds = Rounds(make_config())
-    signer = RoundSigner(KEY)
+    signer = RoundSigner(KEY, "test")
     sent = [signer.sign(rounds.step()) for _ in range(5)]
     for signed in sent:
         sink.submit(signed)
@@ -242,7 +244,7 @@ async def test_a_crash_of_the_sink_is_logged_counted_and_followed_by_a_new_start
     task = await running(sink)
     try:
         rounds = Rounds(make_config())
-        signer = RoundSigner(KEY)
+        signer = RoundSigner(KEY, "test")
         signed = signer.sign(rounds.step())
         leaves = (dataclasses.replace(signed.leaves[0], status=9), *signed.leaves[1:])
         with capture_logs() as logs:
@@ -281,7 +283,7 @@ async def test_server_death_is_counted_and_jetstream_keeps_what_it_held(
     sink = NatsSink(cfg)
     task = await running(sink)
     rounds = Rounds(make_config())
-    signer = RoundSigner(KEY)
+    signer = RoundSigner(KEY, "test")
     before = [signer.sign(rounds.step()) for _ in range(3)]
     for signed in before:
         sink.submit(signed)
@@ -366,7 +368,7 @@ async def test_an_existing_stream_with_other_settings_is_left_as_it_is(
         task = await running(sink)
     assert "jetstream stream exists with other settings; left as it is" in events(logs, "warning")
     rounds = Rounds(make_config())
-    sink.submit(RoundSigner(KEY).sign(rounds.step()))
+    sink.submit(RoundSigner(KEY, "test").sign(rounds.step()))
     await until_stream(js, "OPS", 4)
     assert (await js.stream_info("OPS")).config.max_msgs == 1_000
     await ops.close()
@@ -410,7 +412,7 @@ async def test_a_message_over_the_servers_payload_limit_is_counted_as_an_error(
     try:
         markets = {f"C{i:02d}/USD": 10.0 + i for i in range(20)}
         rounds = Rounds(make_config(markets), markets)
-        signer = RoundSigner(KEY)
+        signer = RoundSigner(KEY, "test")
         signed = signer.sign(rounds.step())
         assert len(signed.message()) > 1024 >= max(len(signed.envelope(i)) for i in range(20))
         sink = NatsSink(NatsConfig(enabled=True, servers=(srv.url,)))

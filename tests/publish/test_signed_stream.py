@@ -39,7 +39,7 @@ class Daemonish:
         self.cfg = make_config()
         self.rounds = Rounds(self.cfg)
         self.hub = Hub(64)
-        self.signer = RoundSigner(KEY) if signing else None
+        self.signer = RoundSigner(KEY, "test") if signing else None
         self.hub.signer = KEY.address if signing else None
 
     def step(self, **moves: float) -> RoundResult:
@@ -98,7 +98,7 @@ async def test_signed_subscribers_get_signed_frames_that_verify(
 ) -> None:
     """A signed subscription gets a snapshot and then every round as verifiable signed frames."""
     daemon.step()
-    verifier = OracleClient({KEY.address}, now_ms=lambda: daemon.rounds.now)
+    verifier = OracleClient({KEY.address}, deployment="test", now_ms=lambda: daemon.rounds.now)
     async with client.ws_connect("/v1/stream") as ws:
         await ws.send_json({"op": "subscribe", "markets": ["BTC/USD"], "signed": True})
         ack = await recv(ws)
@@ -116,7 +116,7 @@ async def test_signed_server_sent_events_start_with_a_signed_snapshot(
     """GET /v1/events?signed=true after a round: the very first event is the signed frame of
     that round (never its unsigned report), then each round's signed frame, all verifying."""
     daemon.step()
-    verifier = OracleClient({KEY.address}, now_ms=lambda: daemon.rounds.now)
+    verifier = OracleClient({KEY.address}, deployment="test", now_ms=lambda: daemon.rounds.now)
     async with client.get("/v1/events?markets=BTC-USD&signed=true") as resp:
         assert resp.status == 200
         for expected in (1, 2):
@@ -281,7 +281,7 @@ def test_the_openapi_integer_patterns_accept_what_the_client_verifies(text: str)
     and the client refuses (found comparing the two after making the client strict)."""
     doc = json.loads(resources.files("oracled.api").joinpath("openapi.json").read_text())
     props = doc["components"]["schemas"]["SignedPrice"]["properties"]
-    (signed,) = [RoundSigner(SigningKey.generate()).sign(Rounds(make_config()).step())]
+    (signed,) = [RoundSigner(SigningKey.generate(), "test").sign(Rounds(make_config()).step())]
     base = msgspec.json.decode(signed.envelope(0))
     for field, pattern in (
         ("price", props["price"]["pattern"]),

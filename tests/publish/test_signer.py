@@ -21,7 +21,6 @@ from structlog.testing import capture_logs
 from oracled.errors import ConfigError
 from oracled.publish.signer import (
     DOMAIN,
-    DOMAIN_SEPARATOR,
     Leaf,
     RoundSigner,
     SignatureError,
@@ -30,6 +29,8 @@ from oracled.publish.signer import (
     SignerWorker,
     SigningKey,
     decimal_to_int,
+    deployment_salt,
+    domain_separator,
     keccak,
     leaf_hash,
     load_signing_key,
@@ -47,9 +48,9 @@ KEY = SigningKey.from_hex("0x" + "11" * 32)
 def test_round_digest_is_eip712_as_eth_account_computes_it() -> None:
     """The hand-built digest equals eth-account's, and its signature recovers to the key."""
     root = keccak(b"some root")
-    message = typed_data(1_700_000_000_250, 7, 3, root)
+    message = typed_data(1_700_000_000_250, 7, 3, root, "production")
     expected = _hash_eip191_message(encode_typed_data(full_message=message))
-    digest = round_digest(1_700_000_000_250, 7, 3, root)
+    digest = round_digest(1_700_000_000_250, 7, 3, root, "production")
     assert digest == expected
     signature = KEY.sign_digest(digest)
     assert signature == KEY.sign_typed(message)  # deterministic (RFC 6979) and the same bytes
@@ -66,6 +67,7 @@ def test_leaf_is_the_eip712_struct_hash_of_price() -> None:
             "EIP712Domain": [
                 {"name": "name", "type": "string"},
                 {"name": "version", "type": "string"},
+                {"name": "salt", "type": "bytes32"},
             ],
             "Price": [
                 {"name": "market", "type": "string"},
@@ -77,7 +79,7 @@ def test_leaf_is_the_eip712_struct_hash_of_price() -> None:
             ],
         },
         "primaryType": "Price",
-        "domain": dict(DOMAIN),
+        "domain": {**DOMAIN, "salt": deployment_salt("test")},
         "message": {
             "market": "BTC/USD",
             "ts": 1_700_000_000_250,
@@ -88,7 +90,7 @@ def test_leaf_is_the_eip712_struct_hash_of_price() -> None:
         },
     }
     expected = _hash_eip191_message(encode_typed_data(full_message=message))
-    assert keccak(b"\x19\x01" + DOMAIN_SEPARATOR + leaf_hash(leaf)) == expected
+    assert keccak(b"\x19\x01" + domain_separator("test") + leaf_hash(leaf)) == expected
 
 
 @settings(deadline=None)  # a loaded machine (or coverage tracing) is no failure of the tree
@@ -156,7 +158,7 @@ def test_leaves_carry_the_reports_decimal_strings_as_integers() -> None:
     """Each leaf's price and confidence are the report's strings at the market's exponent."""
     rounds = Rounds(make_config())
     result = rounds.step()
-    leaves = RoundSigner(KEY).leaves(result)
+    leaves = RoundSigner(KEY, "test").leaves(result)
     for i, leaf in enumerate(leaves):
         report = result.report(i)
         assert leaf.market == report.market and leaf.ts == report.ts
@@ -172,14 +174,14 @@ def test_non_live_markets_sign_zero_prices_with_their_status() -> None:
     """Before quorum a market is unknown: price 0, confidence 0, status 3 in the signed leaf."""
     rounds = Rounds(make_config())
     result = rounds.core.run_round(rounds.now + 250)  # no quotes at all
-    leaves = RoundSigner(KEY).leaves(result)
+    leaves = RoundSigner(KEY, "test").leaves(result)
     assert {(leaf.status, leaf.price, leaf.confidence) for leaf in leaves} == {(3, 0, 0)}
 
 
 def test_a_signed_round_proves_each_market_by_its_envelope() -> None:
     """Every envelope decodes to a SignedPrice whose leaf and proof lead to the signed root."""
     rounds = Rounds(make_config())
-    signed = RoundSigner(KEY).sign(rounds.step())
+    signed = RoundSigner(KEY, "test").sign(rounds.step())
     assert signed.count == 3 and signed.signer == KEY.address
     for i in range(signed.count):
         sp = msgspec.json.decode(signed.envelope(i), type=SignedPrice)
@@ -187,7 +189,7 @@ def test_a_signed_round_proves_each_market_by_its_envelope() -> None:
             leaf_hash(sp.leaf()), sp.index, sp.count, [bytes.fromhex(p[2:]) for p in sp.proof]
         )
         assert "0x" + root.hex() == sp.root
-        digest = round_digest(sp.ts, sp.round, sp.count, root)
+        digest = round_digest(sp.ts, sp.round, sp.count, root, "test")
         assert recover_signer(digest, bytes.fromhex(sp.signature[2:])) == KEY.address
     assert signed.envelope(1) is signed.envelope(1)  # encoded once per round
 
@@ -195,7 +197,7 @@ def test_a_signed_round_proves_each_market_by_its_envelope() -> None:
 def test_the_round_message_rebuilds_the_same_root() -> None:
     """The round subject's message lists every leaf; hashing them again gives the signed root."""
     rounds = Rounds(make_config())
-    signed = RoundSigner(KEY).sign(rounds.step())
+    signed = RoundSigner(KEY, "test").sign(rounds.step())
     message = msgspec.json.decode(signed.message())
     leaves = [
         Leaf(
@@ -212,16 +214,36 @@ def test_the_round_message_rebuilds_the_same_root() -> None:
     assert "0x" + root.hex() == message["root"]
 
 
+def test_the_deployment_is_the_domain_salt_and_separates_signatures() -> None:
+    """One key signing the same round for two deployments makes two signatures that each
+    recover the key only in their own domain: in the other's they name another address, so a
+    staging round can never pass for a production one. The salt is keccak256 of the name, as
+    docs/publishing.md says, and a signer without a deployment is refused at construction."""
+    assert deployment_salt("production") == keccak(b"production")
+    root = keccak(b"r")
+    prod = round_digest(1, 1, 1, root, "production")
+    staging = round_digest(1, 1, 1, root, "staging")
+    assert prod != staging
+    signature = KEY.sign_digest(staging)
+    assert recover_signer(staging, signature) == KEY.address
+    assert recover_signer(prod, signature) != KEY.address
+    signed = RoundSigner(KEY, "staging").sign(Rounds(make_config()).step())
+    assert msgspec.json.decode(signed.envelope(0))["deployment"] == "staging"
+    assert msgspec.json.decode(signed.message())["deployment"] == "staging"
+    with pytest.raises(ValueError, match="deployment"):
+        RoundSigner(KEY, "")
+
+
 def test_a_signature_by_another_key_recovers_another_address() -> None:
     """Recovery names whoever signed: a different key gives a different address."""
-    digest = round_digest(1, 1, 1, keccak(b"r"))
+    digest = round_digest(1, 1, 1, keccak(b"r"), "test")
     other = SigningKey.generate()
     assert recover_signer(digest, other.sign_digest(digest)) == other.address != KEY.address
 
 
 def test_malformed_signatures_are_refused() -> None:
     """Wrong length, a v that is not 27/28, or a high s are bad signatures."""
-    digest = round_digest(1, 1, 1, keccak(b"r"))
+    digest = round_digest(1, 1, 1, keccak(b"r"), "test")
     good = KEY.sign_digest(digest)
     n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
     high_s = good[:32] + (n - int.from_bytes(good[32:64], "big")).to_bytes(32, "big") + good[64:]
@@ -308,17 +330,30 @@ def test_a_key_file_that_is_a_directory_is_named_as_such(tmp_path: Path) -> None
 
 def test_signing_config_needs_exactly_one_key_source() -> None:
     """[signing] enabled with neither or both of key_file and key_env is a config problem."""
+    named = {"enabled": True, "deployment": "prod"}
     with pytest.raises(ConfigError, match="exactly one of key_file and key_env"):
-        make_config(signing={"enabled": True})
+        make_config(signing=named)
     with pytest.raises(ConfigError, match="exactly one of key_file and key_env"):
-        make_config(signing={"enabled": True, "key_file": "k", "key_env": "K"})
-    assert make_config(signing={"enabled": True, "key_env": "K"}).signing.key_env == "K"
+        make_config(signing={**named, "key_file": "k", "key_env": "K"})
+    assert make_config(signing={**named, "key_env": "K"}).signing.key_env == "K"
+
+
+def test_signing_config_needs_a_deployment_name() -> None:
+    """[signing] enabled without `deployment` is a config problem naming the key (no default:
+    one shared by every deployment would let a staging price pass in production); a name with
+    a space is refused by its shape; with one, it is the signer's."""
+    with pytest.raises(ConfigError, match=r"signing\.deployment: required when signing is enabled"):
+        make_config(signing={"enabled": True, "key_env": "K"})
+    with pytest.raises(ConfigError, match=r"signing\.deployment"):
+        make_config(signing={"enabled": True, "key_env": "K", "deployment": "prod uction"})
+    cfg = make_config(signing={"enabled": True, "key_env": "K", "deployment": "staging-eu"})
+    assert cfg.signing.deployment == "staging-eu"
 
 
 async def test_the_signer_worker_skips_a_round_while_the_last_is_being_signed() -> None:
     """Two rounds back to back: the second is counted busy and skipped, the first is delivered."""
     rounds = Rounds(make_config())
-    signer = RoundSigner(KEY)
+    signer = RoundSigner(KEY, "test")
     delivered: list[SignedRound] = []
     arrived = asyncio.Event()
 
@@ -348,7 +383,7 @@ async def test_a_round_that_cannot_be_signed_is_counted_logged_and_not_delivered
     counted as an error and logged (no stray traceback on the loop), nothing is handed on,
     and the next round is signed."""
     rounds = Rounds(make_config())
-    signer = RoundSigner(KEY)
+    signer = RoundSigner(KEY, "test")
     delivered: list[SignedRound] = []
     arrived = asyncio.Event()
 
@@ -426,7 +461,7 @@ def test_a_relative_key_file_not_found_names_the_directory_it_was_looked_for_in(
     (tmp_path / "signing.key").chmod(0o600)
     config = tmp_path / "oracled.toml"
     config.write_text(
-        '[signing]\nenabled = true\nkey_file = "signing.key"\n\n'
+        '[signing]\nenabled = true\ndeployment = "test"\nkey_file = "signing.key"\n\n'
         '[sources.binance]\ntype = "binance"\n\n'
         '[[markets]]\nsymbol = "BTC/USD"\nmin_sources = 1\n'
         'sources = [{ source = "binance", pair = "BTC/USD" }]\n'

@@ -22,7 +22,7 @@ class _SlowSigner(RoundSigner):
     __slots__ = ("began", "last")
 
     def __init__(self, key: SigningKey) -> None:
-        super().__init__(key)
+        super().__init__(key, "test")
         self.began = threading.Event()
         self.last = -1
 
@@ -48,7 +48,7 @@ async def test_the_round_being_signed_at_the_stop_is_stored_signed(tmp_path: Pat
                 "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
                 "api": {"listen": "127.0.0.1:0"},
                 "audit": {"enabled": True, "path": str(tmp_path / "audit.sqlite3")},
-                "signing": {"enabled": True, "key_file": str(key_file)},
+                "signing": {"enabled": True, "key_file": str(key_file), "deployment": "test"},
                 "sources": {
                     "venue": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
                 },

@@ -21,6 +21,7 @@ from publish_rig import Rounds, make_config
 from oracled.publish.signer import RoundSigner, SigningKey
 
 KEY = SigningKey.from_hex("0x" + "5a" * 32)
+DEPLOYMENT = "test"  # what this consumer was configured with, never read from a message
 STATUS = {"active": 0, "degraded": 1, "paused": 2, "unknown": 3}  # the docs' table
 PRICE_TYPE = "Price(string market,uint64 ts,uint8 status,int256 price,uint256 confidence,int8 expo)"
 
@@ -51,13 +52,17 @@ def fold(node: bytes, index: int, count: int, proof: list[bytes]) -> bytes:
     return node
 
 
-def recover(ts: int, round_no: int, count: int, root: bytes, signature: str) -> str:
-    """Step 5, the docs' own eth-account snippet."""
+def recover(
+    ts: int, round_no: int, count: int, root: bytes, signature: str, deployment: str = DEPLOYMENT
+) -> str:
+    """Step 5, the docs' own eth-account snippet, in the domain of `deployment` (the one this
+    consumer expects)."""
     message = {
         "types": {
             "EIP712Domain": [
                 {"name": "name", "type": "string"},
                 {"name": "version", "type": "string"},
+                {"name": "salt", "type": "bytes32"},
             ],
             "OracleRound": [
                 {"name": "ts", "type": "uint64"},
@@ -67,20 +72,22 @@ def recover(ts: int, round_no: int, count: int, root: bytes, signature: str) -> 
             ],
         },
         "primaryType": "OracleRound",
-        "domain": {"name": "oracled", "version": "1"},
+        "domain": {"name": "oracled", "version": "2", "salt": keccak(deployment.encode())},
         "message": {"ts": ts, "round": round_no, "count": count, "root": root},
     }
     sig = bytes.fromhex(signature.removeprefix("0x"))
     return str(Account.recover_message(encode_typed_data(full_message=message), signature=sig))
 
 
-def verify(sp: dict[str, Any]) -> str:
-    """Steps 2 to 5 over one SignedPrice; returns the recovered signer."""
+def verify(sp: dict[str, Any], deployment: str = DEPLOYMENT) -> str:
+    """Steps 1 to 5 over one SignedPrice (step 1's deployment check; the signer check is the
+    callers'); returns the recovered signer."""
+    assert sp["deployment"] == deployment, "signed for another deployment"
     node = leaf(sp["market"], sp["ts"], sp["status"], sp["price"], sp["confidence"], sp["expo"])
     proof = [bytes.fromhex(h[2:]) for h in sp["proof"]]
     root = fold(node, sp["index"], sp["count"], proof)
     assert "0x" + root.hex() == sp["root"]
-    return recover(sp["ts"], sp["round"], sp["count"], root, sp["signature"])
+    return recover(sp["ts"], sp["round"], sp["count"], root, sp["signature"], deployment)
 
 
 @pytest.mark.parametrize("markets", [1, 2, 3, 5])
@@ -89,7 +96,7 @@ def test_every_signed_price_verifies_by_the_documented_steps_alone(markets: int)
     SignedPrice JSON, as the stream and NATS carry it, verifies by the docs' steps and
     recovers the daemon's address, and the RoundMessage's leaves rebuild its root."""
     prices = {f"M{i}/USD": 10.0 + i for i in range(markets)}
-    signed = RoundSigner(KEY).sign(Rounds(make_config(prices)).step())
+    signed = RoundSigner(KEY, "test").sign(Rounds(make_config(prices)).step())
     for i in range(markets):
         sp = msgspec.json.decode(signed.envelope(i))
         assert verify(sp) == sp["signer"] == KEY.address
@@ -111,10 +118,22 @@ def test_a_paused_market_cannot_be_passed_off_as_active_by_the_documented_check(
     rounds = Rounds(make_config())
     rounds.step()
     rounds.prices["BTC/USD"] *= 1.5  # beyond the breaker: BTC/USD pauses on the jump
-    signed = RoundSigner(KEY).sign(rounds.step())
+    signed = RoundSigner(KEY, "test").sign(rounds.step())
     sp = msgspec.json.decode(signed.envelope(0))
     assert (sp["market"], sp["status"], sp["price"]) == ("BTC/USD", "paused", "0")
     assert verify(sp) == KEY.address
     for forged in ({"status": "active"}, {"status": "active", "price": "6400012"}):
         with pytest.raises(AssertionError):
             verify({**sp, **forged})
+
+
+def test_a_round_signed_for_another_deployment_fails_the_documented_check() -> None:
+    """The same key signing for `staging`: a production consumer refuses the message by its
+    `deployment`, and one rewritten to claim `production` recovers another address than the
+    key's in the production domain, so the documented signer check refuses it too."""
+    signed = RoundSigner(KEY, "staging").sign(Rounds(make_config()).step())
+    sp = msgspec.json.decode(signed.envelope(0))
+    assert verify(sp, "staging") == KEY.address
+    with pytest.raises(AssertionError, match="another deployment"):
+        verify(sp, "production")
+    assert verify({**sp, "deployment": "production"}, "production") != KEY.address
