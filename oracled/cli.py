@@ -281,8 +281,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"{name}:{error.line}: skipped: {error.message}", file=sys.stderr)
 
     cfg = load_config(args.config)
+    audit_tape = False  # `oracled audit --tape` wrote it: a gap's advice names that command
 
     def check_config(header: TapeHeader) -> None:  # another config is allowed: said, once
+        nonlocal audit_tape
+        audit_tape = header.first_round is not None
         digest = pricing_digest(cfg)
         if header.config_sha256 is not None and header.config_sha256 != digest:
             print(
@@ -330,7 +333,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"oracled replay: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except TapeGapError as exc:  # the output ends with the last round before the gap
-        print(f"{name}: {exc} (--max-gap 0 replays any gap)", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
+        interval, markets = cfg.oracle.round_interval_ms, len(cfg.markets)
+        for line in exc.advice(interval, markets, name, str(args.config), audit=audit_tape):
+            print(f"  {line}", file=sys.stderr)
         return EXIT_TAPE_GAP
     except TapeError as exc:
         print(f"{name}: {exc}", file=sys.stderr)

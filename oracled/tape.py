@@ -12,8 +12,10 @@ import argparse
 import hashlib
 import math
 import re
+import shlex
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Literal, Protocol
 
 import msgspec
@@ -68,14 +70,50 @@ class TapeHeader(msgspec.Struct, forbid_unknown_fields=False):
 
 class TapeGapError(TapeError):
     """Two consecutive quotes further apart than the replay's `max_gap_ms`: replaying the gap
-    would run every round in it (a mistyped year is days of rounds)."""
+    would run every round in it (a mistyped year is days of rounds). `ts` is the time of the
+    quote after the gap."""
 
-    def __init__(self, line: int, gap_ms: int, max_gap_ms: int) -> None:
-        self.line, self.gap_ms, self.max_gap_ms = line, gap_ms, max_gap_ms
+    def __init__(self, line: int, gap_ms: int, max_gap_ms: int, ts: int) -> None:
+        self.line, self.gap_ms, self.max_gap_ms, self.ts = line, gap_ms, max_gap_ms, ts
         super().__init__(
-            f"line {line}: {gap_ms / 1000:g} s after the quote before it, more than the"
-            f" {max_gap_ms / 1000:g} s --max-gap allows: stopped there"
+            f"line {line}: no quote for {_seconds(gap_ms)} s ({gap_ms / 3_600_000:.1f} h, from"
+            f" {_iso(ts - gap_ms)} to {_iso(ts)}), more than --max-gap {_seconds(max_gap_ms)} s:"
+            " stopped there; the output ends with the round after the last quote before it"
         )
+
+    def advice(
+        self, interval_ms: int, markets: int, tape: str, config: str, *, audit: bool
+    ) -> list[str]:
+        """What the operator can do, as lines: a daemon that ran through the gap published a
+        round every interval, which a replay gives only by running them all; one that was
+        stopped numbered its rounds from 1 again with its gates afresh, which no replay of the
+        whole tape gives (the part after the gap replays on its own)."""
+        rounds = self.gap_ms // interval_ms
+        lift = -(-self.gap_ms // 1000)
+        if audit:  # its header numbers the rounds of the first run: export the part again
+            start = _iso(self.ts - interval_ms)
+            part = f"oracled audit --db DB --tape OUT --from {start}, then replay OUT"
+        else:
+            path = "TAPE" if tape.startswith("<") else shlex.quote(tape)
+            replay = f"oracled replay --config {shlex.quote(config)} -"
+            part = f"(head -n 1 {path}; tail -n +{self.line} {path}) | {replay}"
+        return [
+            f"if the daemon ran through the gap (a round every {interval_ms} ms without quotes):"
+            f" --max-gap {lift} replays it as the daemon published it, {rounds:,} rounds"
+            f" ({rounds * markets:,} reports) in the gap",
+            "if it was stopped in the gap (its rounds after a restart are numbered from 1 again"
+            " and its gates start afresh, which no replay of the whole tape gives): replay the"
+            f" part from line {self.line} on by itself: {part}",
+        ]
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:.3f}".rstrip("0").rstrip(".")
+
+
+def _iso(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class _Line(msgspec.Struct, forbid_unknown_fields=False):
@@ -215,7 +253,7 @@ def read_tape(
             errors.append(TapeLineError(number, f"ts {quote.recv_ts} is before the previous line"))
             continue
         if max_gap_ms and last_ts > -math.inf and quote.recv_ts - last_ts > max_gap_ms:
-            raise TapeGapError(number, int(quote.recv_ts - last_ts), max_gap_ms)
+            raise TapeGapError(number, int(quote.recv_ts - last_ts), max_gap_ms, quote.recv_ts)
         last_ts = quote.recv_ts
         yield quote
 
