@@ -8,7 +8,7 @@ from oracled.api.admin import AdminHandlers
 from oracled.api.badrequests import ServerLog
 from oracled.api.context import ApiContext
 from oracled.api.cors import Cors
-from oracled.api.errors import error_middleware, no_store_middleware
+from oracled.api.errors import Handler, error_middleware, expect_handler, no_store_middleware
 from oracled.api.limits import Limits
 from oracled.api.ops import OpsHandlers
 from oracled.api.read import ReadHandlers
@@ -47,7 +47,14 @@ def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Appl
     app.on_shutdown.append(stream.shutdown)
     sse = SseHandler(ctx)
     app.on_shutdown.append(sse.shutdown)
-    add_get, add_post = app.router.add_get, app.router.add_post
+    router = app.router
+
+    def add_get(path: str, handler: Handler, *, allow_head: bool = True) -> None:
+        router.add_get(path, handler, allow_head=allow_head, expect_handler=expect_handler)
+
+    def add_post(path: str, handler: Handler) -> None:
+        router.add_post(path, handler, expect_handler=expect_handler)
+
     # GET routes answer HEAD too (RFC 9110 9.1; probes use it), except the two streams.
     add_get("/healthz", ops.healthz)
     add_get("/readyz", ops.readyz)

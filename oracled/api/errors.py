@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from oracled.errors import OracledError
 
@@ -19,6 +19,7 @@ __all__ = [
     "encode_json",
     "error_middleware",
     "error_response",
+    "expect_handler",
     "json_response",
     "no_store_middleware",
 ]
@@ -105,4 +106,31 @@ async def no_store_middleware(request: web.Request, handler: Handler) -> web.Str
     response = await handler(request)
     if not response.prepared:
         response.headers.setdefault("Cache-Control", NO_STORE)
+    return response
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """Every route's `Expect` handler (aiohttp's `expect_handler`, run before the middlewares).
+
+    `100-continue` is answered with the interim 100 as aiohttp's own handler does; any other
+    expectation is a 417 in the API's error shape, where aiohttp's answer is plain text. HTTP/1.0
+    has no expectations (RFC 9110 10.1.1): ignored, as aiohttp does.
+    """
+    if request.version < HttpVersion11:
+        return None
+    expect = request.headers.get("Expect", "")
+    if expect.strip().lower() == "100-continue":
+        await request.writer.write(_CONTINUE)
+        request.writer.output_size = 0  # the answer proper has not started (aiohttp does so)
+        return None
+    response = error_response(
+        417,
+        "expectation_failed",
+        f"Expect: {expect[:64]!r} cannot be met; only 100-continue is",
+        {"Cache-Control": NO_STORE},  # the middlewares that set it do not run for this answer
+    )
+    response.force_close()  # a body the client sends anyway is not a next request
     return response

@@ -48,6 +48,12 @@ class RawWebSocket:
         """One final frame of any opcode, payload and reserved bits (0x70), valid or not."""
         await self._loop.sock_sendall(self._sock, _client_frame(opcode, payload, rsv))
 
+    async def send_unmasked(self, opcode: int, payload: bytes) -> None:
+        """One final frame without the mask every client frame must carry (RFC 6455 5.1)."""
+        assert len(payload) < 126
+        frame = bytes([0x80 | opcode, len(payload)]) + payload
+        await self._loop.sock_sendall(self._sock, frame)
+
     async def send_texts(self, *texts: str) -> None:
         """Several text frames in one write, so that the server reads them all at once."""
         data = b"".join(_client_frame(0x1, text.encode()) for text in texts)

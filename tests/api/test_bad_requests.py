@@ -175,3 +175,117 @@ async def test_a_body_that_cannot_be_decoded_is_a_client_error_not_a_traceback(
     ]
     noisy = [r for r in aiohttp_records.records if r.exc_info or r.levelno >= logging.WARNING]
     assert not noisy, [r.getMessage() for r in noisy]
+
+
+def _head(answer: bytes) -> tuple[str, dict[str, str], bytes]:
+    """An answer's status line, its headers (names in lower case) and its body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines)
+    return status, {k.lower(): v for k, v in fields.items()}, body
+
+
+async def test_an_expectation_other_than_100_continue_is_a_json_417(
+    make_client: ClientFactory,
+) -> None:
+    """`Expect` with anything but 100-continue was answered by aiohttp's route handler, before
+    the middlewares, with a plain-text 417 (`Unknown Expect: ...`). On every route it is now the
+    API's error shape (`expectation_failed`, no-store, the connection closed after it: a body
+    that follows is not a next request); over HTTP/1.0, which has no expectations, it is
+    ignored."""
+    client = await make_client(Rig(make_config()))
+    host, port = str(client.host), int(client.port)  # type: ignore[arg-type]
+    for request in (
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nExpect: bogus\r\n\r\n",
+        b"GET /v1/prices/BTC-USD HTTP/1.1\r\nHost: t\r\nExpect: 100-continue, x\r\n\r\n",
+        b"POST /v1/admin/reload HTTP/1.1\r\nHost: t\r\nExpect: x\r\nContent-Length: 2\r\n\r\n{}",
+    ):
+        status, headers, body = _head(await _send(host, port, request))  # closed, or it hangs
+        assert status == "HTTP/1.1 417 Expectation Failed", (request, status)
+        assert headers["content-type"] == "application/json", headers
+        assert headers["cache-control"] == "no-store"
+        error = json.loads(body)["error"]
+        assert error["code"] == "expectation_failed", error
+        assert error["message"].endswith("cannot be met; only 100-continue is"), error
+    ignored = b"GET /healthz HTTP/1.0\r\nExpect: bogus\r\n\r\n"
+    assert (await _send(host, port, ignored)).startswith(b"HTTP/1.0 200 ")
+
+
+async def test_100_continue_is_answered_before_the_body_is_sent(
+    make_client: ClientFactory,
+) -> None:
+    """A client that sends `Expect: 100-continue` and waits gets the interim 100, then sends
+    its body, which is read: the admin pause is applied with the actor it names."""
+    rig = Rig(make_config())
+    client = await make_client(rig)
+    body = b'{"actor": "alice"}'
+    reader, writer = await asyncio.open_connection(str(client.host), client.port)
+    try:
+        writer.write(
+            b"POST /v1/admin/markets/BTC-USD/pause HTTP/1.1\r\nHost: t\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n".encode()
+            + f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(5):
+            interim = await reader.readuntil(b"\r\n\r\n")
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(body + b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            answer = await reader.read()
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert answer.count(b"HTTP/1.1 200 ") == 2  # the connection served the next request too
+    assert rig.manual == [("BTC/USD", True, "alice")]
+
+
+#: What aiohttp's HTTP parser refuses before any handler, middleware or signal runs: its own
+#: plain-text 400 over HTTP/1.0 (docs/contracts.md, *HTTP answers*). aiohttp has no hook for
+#: these answers short of replacing its request handler class, which is internal.
+PARSER_REFUSALS = {
+    "request line": b"NOT HTTP\r\n\r\n",
+    "method": b"G\x00T / HTTP/1.1\r\nHost: t\r\n\r\n",
+    "version": b"GET /healthz HTTP/9.9\r\nHost: t\r\n\r\n",
+    "line ends": b"GET /healthz HTTP/1.1\nHost: t\n\n",
+    "line too long": LONG_LINE,
+    "header too long": b"GET /healthz HTTP/1.1\r\nHost: t\r\nX: " + b"a" * 9_000 + b"\r\n\r\n",
+    "too many headers": b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"X: y\r\n" * 200 + b"\r\n",
+    "header name": BAD_HEADER,
+    "folded header": b"GET /healthz HTTP/1.1\r\nHost: t\r\nX: a\r\n b\r\n\r\n",
+    "missing Host": b"GET /healthz HTTP/1.1\r\n\r\n",
+    "path byte": b"GET /v1/prices/\xff HTTP/1.1\r\nHost: t\r\n\r\n",
+    "Content-Length": b"POST /v1/admin/reload HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n",
+    "two lengths": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    "length and chunked": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ),
+    "transfer coding": b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
+    "chunk size": b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n\r\n",
+    "HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARSER_REFUSALS))
+async def test_what_the_http_parser_refuses_is_its_plain_text_400(
+    make_client: ClientFactory, case: str
+) -> None:
+    """Each request the parser cannot take is the documented exception to the JSON errors: a
+    plain-text 400 over HTTP/1.0, the connection closed (`_send` reads to its end), so that
+    the docs' list stays true."""
+    client = await make_client(Rig(make_config()))
+    answer = await _send(str(client.host), int(client.port), PARSER_REFUSALS[case])  # type: ignore[arg-type]
+    status, headers, _ = _head(answer)
+    assert status == "HTTP/1.0 400 Bad Request", (case, answer[:200])
+    assert headers["content-type"].startswith("text/plain"), (case, headers)
+
+
+async def test_an_unknown_expectation_on_a_path_without_a_route_is_aiohttps_text_417(
+    make_client: ClientFactory,
+) -> None:
+    """The other documented exception: a path no route matches has no expectation handler of
+    the API's (aiohttp's routes for 404 and 405 take none), so `Expect: bogus` there is
+    aiohttp's plain-text 417; an expectation the API handles never meets it."""
+    client = await make_client(Rig(make_config()))
+    request = b"GET /nowhere HTTP/1.1\r\nHost: t\r\nExpect: bogus\r\nConnection: close\r\n\r\n"
+    status, headers, body = _head(await _send(str(client.host), int(client.port), request))  # type: ignore[arg-type]
+    assert status == "HTTP/1.1 417 Expectation Failed"
+    assert headers["content-type"].startswith("text/plain") and body == b"Unknown Expect: bogus"
