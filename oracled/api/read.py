@@ -258,6 +258,9 @@ class ReadHandlers:
                 "round": None if report is None else report.round,
                 "ts": None if report is None else report.ts,
                 "now": now,
+                # The round's parts (used, reason, value) are that round's: say when it is no
+                # current round, in the words of the price endpoints' 503 `stalled`.
+                "stalled": None if report is None else ctx.stalled(),
                 "sources": rows,
                 "perp_sources": self._perp_rows(config, cfg, now),
             }

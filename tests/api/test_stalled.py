@@ -1,6 +1,7 @@
-"""Both streams while the round loop is stalled (not crashed): the latest round is old, and a
-snapshot of it would be read as live prices. The price endpoints answer 503 `stalled` then; the
-streams send an error frame `stalled` in place of the snapshot and go on with the next round.
+"""What the API serves from the latest round while the round loop is stalled (not crashed): the
+round is old, and what comes from it would be read as current. The price endpoints answer 503
+`stalled` then; the streams send an error frame `stalled` in place of the snapshot and go on with
+the next round; a market's sources say `stalled` next to the round's parts.
 
 The stall is the rig's round loop not stepping while the clock runs on, past the limit of 3
 intervals and at least 5 s (`ready_min_s`), as in tests/api/test_http.py.
@@ -155,3 +156,31 @@ async def test_no_stalled_frame_before_the_first_round(client: Client, rig: Rig)
         await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
         rig.step()
         assert report(await recv(ws)) == ("BTC/USD", 1)
+
+
+async def test_a_markets_sources_say_when_their_round_is_no_current_round(
+    client: Client, rig: Rig
+) -> None:
+    """/v1/markets/{market}/sources serves the latest round's parts (used, reason, value) with
+    the live quotes: `stalled` is null before the first round and while rounds come, and past
+    the limit the 503's words, for as long as the loop stays stuck."""
+
+    async def sources() -> dict[str, Any]:
+        async with client.get("/v1/markets/BTC-USD/sources") as resp:
+            assert resp.status == 200
+            body: dict[str, Any] = await resp.json()
+            return body
+
+    assert (await sources())["stalled"] is None  # no round yet
+    rig.step()
+    rig.clock.advance(5_000)
+    assert (await sources())["stalled"] is None  # at the limit
+    rig.clock.advance(1)
+    body = await sources()
+    async with client.get("/v1/prices/BTC-USD") as resp:
+        refused = (await resp.json())["error"]["message"]
+    assert body["stalled"] == "the latest round is 5.0 s old (limit 5 s): rounds have stalled"
+    assert refused.startswith(body["stalled"] + ", so ")
+    assert body["round"] == 1 and body["sources"][0]["used"] is True  # still served
+    rig.step()
+    assert (await sources())["stalled"] is None
