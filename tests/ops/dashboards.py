@@ -14,6 +14,10 @@ DASHBOARDS = ROOT / "grafana" / "dashboards"
 _LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>[a-zA-Z_]\w*)\)$")
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 _REGEX_SPECIALS = set(".+*?()[]{}|^$\\")
+_SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
+_MATCHER = re.compile(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)\s*\"")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_METRIC = re.compile(r"\b((?:oracled|process)_[a-z0-9_]+)\b")
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,7 @@ class Target:
     dashboard: str
     panel: str
     expr: str
+    legend: str  # legendFormat: `{{label}}` names a label of the query's series
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 def targets(name: str, dash: Mapping[str, Any]) -> list[Target]:
     return [
-        Target(name, panel["title"], target["expr"])
+        Target(name, panel["title"], target["expr"], target.get("legendFormat", ""))
         for panel in _panels(dash["panels"])
         for target in panel.get("targets", [])
     ]
@@ -81,3 +86,15 @@ def substitute(expr: str, values: Mapping[str, str]) -> str:
         return values[name]
 
     return _VARIABLE.sub(one, expr)
+
+
+def label_uses(expr: str) -> tuple[dict[str, set[str]], set[str], set[str]]:
+    """What a PromQL expression asks of the series: (labels each metric's selector matches on,
+    labels it aggregates or joins by, the oracled and process metrics it names)."""
+    matched: dict[str, set[str]] = {}
+    for metric, body in _SELECTOR.findall(expr):
+        matched.setdefault(metric, set()).update(_MATCHER.findall(body))
+    grouped = {
+        label.strip() for labels in _GROUPING.findall(expr) for label in labels.split(",")
+    } - {""}
+    return matched, grouped, set(_METRIC.findall(expr))

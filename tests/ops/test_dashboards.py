@@ -3,6 +3,8 @@ test_prometheus.py)."""
 
 from __future__ import annotations
 
+import re
+
 import yaml
 from catalogue import ROOT, unknown_metrics
 from dashboards import DASHBOARDS, load, targets, variables
@@ -68,3 +70,36 @@ def test_provisioning_points_at_the_dashboards_and_a_prometheus_datasource() -> 
     assert provider["type"] == "file"
     assert provider["options"]["path"].endswith("/dashboards/oracled")
     assert DASHBOARDS.is_dir()
+
+
+def _series_names(legend: str) -> re.Pattern[str]:
+    """The display names a legend template gives its series: `{{label}}` is any value."""
+    parts = re.split(r"\{\{\s*\w+\s*\}\}", legend)
+    return re.compile(".+".join(re.escape(p) for p in parts))
+
+
+def test_every_override_by_name_matches_a_series_of_its_panel() -> None:
+    """A `byName` override applies to the series whose display name is its name, which for a
+    Prometheus query is its legend. The gate transitions panels (overview and market) coloured
+    `active`, `degraded`, `paused` and `unknown` while their series are named `to active`, ...:
+    no override ever applied, and the transitions came in the palette's colours, a transition to
+    paused in green as likely as not. Each override's name must be one a legend of the panel
+    makes."""
+    dead = []
+    checked = 0
+    for name, dash in load().items():
+        stack = list(dash["panels"])
+        while stack:
+            panel = stack.pop()
+            stack.extend(panel.get("panels", []))
+            legends = [t.get("legendFormat", "") for t in panel.get("targets", [])]
+            for override in panel.get("fieldConfig", {}).get("overrides", []):
+                if override["matcher"]["id"] != "byName":
+                    continue
+                checked += 1
+                wanted = override["matcher"]["options"]
+                assert all(legends) and "__auto" not in legends, (name, panel["title"])
+                if not any(_series_names(legend).fullmatch(wanted) for legend in legends):
+                    dead.append(f"{name} / {panel['title']}: {wanted!r} not in {legends}")
+    assert dead == []
+    assert checked >= 20
