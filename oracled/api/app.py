@@ -13,6 +13,7 @@ from oracled.api.limits import Limits
 from oracled.api.ops import OpsHandlers
 from oracled.api.read import ReadHandlers
 from oracled.api.sse import SseHandler
+from oracled.api.stallwatch import StallWatch
 from oracled.api.stream import StreamHandler
 
 __all__ = ["CONTEXT", "LIMITS", "OPS", "READ", "build_app"]
@@ -43,9 +44,13 @@ def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Appl
     read, ops, admin = ReadHandlers(ctx), OpsHandlers(ctx), AdminHandlers(ctx)
     app[READ] = read
     app[OPS] = ops
-    stream = StreamHandler(ctx, close_timeout=stream_close_timeout)
+    # Tells the streams' subscribers when the round loop stalls; the streams ask it too.
+    stall = StallWatch(ctx)
+    app.on_startup.append(stall.start)
+    app.on_cleanup.append(stall.stop)
+    stream = StreamHandler(ctx, stall, close_timeout=stream_close_timeout)
     app.on_shutdown.append(stream.shutdown)
-    sse = SseHandler(ctx)
+    sse = SseHandler(ctx, stall)
     app.on_shutdown.append(sse.shutdown)
     router = app.router
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from oracled.api.context import ApiContext
 from oracled.api.errors import NO_STORE, ApiError, encode_json
 from oracled.api.params import market_list, query_once
-from oracled.api.stream import stalled_frame
+from oracled.api.stallwatch import StallWatch
 from oracled.lograte import LogEveryMinute
 from oracled.publish.hub import DROP_SHUTDOWN, DROP_SLOW, Subscription, SubscriptionClosed
 
@@ -55,10 +55,11 @@ def _plain(pattern: re.Pattern[str], text: str) -> str:
 
 
 class SseHandler:
-    __slots__ = ("_active", "_ctx", "_dropped_log", "_shutting_down")
+    __slots__ = ("_active", "_ctx", "_dropped_log", "_shutting_down", "_stall")
 
-    def __init__(self, ctx: ApiContext) -> None:
+    def __init__(self, ctx: ApiContext, stall: StallWatch) -> None:
         self._ctx = ctx
+        self._stall = stall
         self._active: set[Subscription] = set()
         self._shutting_down = False
         self._dropped_log = LogEveryMinute()  # a client can stall on purpose, again and again
@@ -104,16 +105,18 @@ class SseHandler:
         sub = hub.subscribe(frozenset())
         if options:
             hub.configure(sub, **options)  # type: ignore[arg-type]
-        # While rounds have stalled, the `stalled` error frame instead of the latest round's
-        # snapshot (not `event: error`: the stream goes on, with the next round).
-        stalled = None if hub.latest_result is None else stalled_frame(self._ctx)
-        hub.change(sub, markets, snapshot=stalled is None)
+        # While the round loop is stalled, the `stalled` frame instead of the latest round's
+        # snapshot (not `event: error`: the stream goes on, with the next round); told with
+        # every subscriber, it comes through the subscription like any frame.
+        stalled = self._stall.frame() is not None
+        hub.change(sub, markets, snapshot=not stalled)
+        told = self._stall.tell(sub) if stalled else None
         self._active.add(sub)
         cut = asyncio.create_task(self._cut_when_dropped(request, sub), name="api-sse-dropped")
         try:
             await response.write(b": oracled report stream\n\n")
-            if stalled is not None:
-                await response.write(b"data: " + stalled + b"\n\n")
+            if told is not None:
+                await response.write(b"data: " + told + b"\n\n")
             while True:
                 try:
                     async with asyncio.timeout(KEEPALIVE_S):

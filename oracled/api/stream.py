@@ -15,8 +15,9 @@ Server -> client:
         (with "batch": a round's reports, in market order; the snapshot of added markets too)
     {"type": "signed", "data": {...SignedPrice...}} (instead of reports, when signed)
     {"type": "error", "code": "...", "message": "..."}  (the connection stays open)
-        (code `stalled`, after an ack, in place of a snapshot: the round loop is stalled and
-        its latest round is no current price, as the price endpoints' 503 `stalled` says)
+        (code `stalled`, answering no request: the round loop is stalled and its latest
+        round is no current price, as the price endpoints' 503 `stalled` says; in place of a
+        snapshot, and once per stalled round to every subscriber: oracled/api/stallwatch.py)
 
 A stream the server ends is closed with a reason that starts with the code the event stream's
 final error event carries (`slow_consumer: ...`, `shutdown: ...`); docs/contracts.md has the
@@ -46,6 +47,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from oracled.api.context import ApiContext
 from oracled.api.errors import ApiError, encode_json
 from oracled.api.params import market_list
+from oracled.api.stallwatch import StallWatch
 from oracled.lograte import LogEveryMinute
 from oracled.publish.hub import (
     DROP_BAD_FRAME,
@@ -55,7 +57,7 @@ from oracled.publish.hub import (
     SubscriptionClosed,
 )
 
-__all__ = ["STALLED", "StreamHandler", "stalled_frame"]
+__all__ = ["StreamHandler"]
 
 _log = structlog.get_logger(component="api.stream")
 #: The close codes aiohttp gives a frame it cannot read: protocol error, not UTF-8, too big.
@@ -78,23 +80,8 @@ class _ClientOp(msgspec.Struct, forbid_unknown_fields=True):
 _DECODER = msgspec.json.Decoder(_ClientOp)
 
 
-#: Error frame code, not an answer to a request: the latest round is old and its snapshot is held
-#: back (as the price endpoints answer 503 `stalled`); the stream goes on with the next round.
-STALLED = "stalled"
-
-
 def _error(code: str, message: str) -> bytes:
     return encode_json({"type": "error", "code": code, "message": message})
-
-
-def stalled_frame(ctx: ApiContext) -> bytes | None:
-    """The `stalled` error frame while rounds have stalled (both streams send it in place of
-    the latest round's snapshot), else None."""
-    stalled = ctx.stalled()
-    if stalled is None:
-        return None
-    message = f"{stalled}, so no snapshot of it is sent; reports follow with the next round"
-    return _error(STALLED, message)
 
 
 _UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade"}
@@ -130,10 +117,12 @@ class StreamHandler:
         "_log_every_minute",
         "_order",
         "_shutting_down",
+        "_stall",
     )
 
-    def __init__(self, ctx: ApiContext, close_timeout: float = 5.0) -> None:
+    def __init__(self, ctx: ApiContext, stall: StallWatch, close_timeout: float = 5.0) -> None:
         self._ctx = ctx
+        self._stall = stall
         self._close_timeout = close_timeout
         self._order = ctx.core.index  # market -> layout position, for stable listings
         self._active: set[Subscription] = set()
@@ -245,13 +234,13 @@ class StreamHandler:
             except ApiError as exc:
                 await hub.reply(sub, _error(exc.code, exc.message))
                 continue
-            # While rounds have stalled the latest round is no current price: what would have
-            # been its snapshot is one `stalled` error frame instead (as the price endpoints
-            # answer 503 `stalled`); the markets are subscribed and the next round flows.
-            stalled = self._stalled(sub, markets, options)
-            snapshot = stalled is None
             # Acknowledge first, then change: the snapshot of added markets follows the ack.
             await hub.reply(sub, reply)
+            # While the round loop is stalled its latest round is no current price: what would
+            # have been its snapshot is the `stalled` frame instead (as the price endpoints
+            # answer 503 `stalled`); the markets are subscribed and the next round flows.
+            stalled = self._meets_stall(sub, markets, options)
+            snapshot = not stalled
             # A switch of frame kind sends a snapshot of the set it finds: an unsubscribe
             # leaves the set first, so that no frame of a market it removed follows its ack.
             removes = markets is not None and (sub.markets is None or markets <= sub.markets)
@@ -261,24 +250,22 @@ class StreamHandler:
                 hub.configure(sub, **options, snapshot=snapshot)
             if not removes:
                 hub.change(sub, markets, snapshot=snapshot)
-            if stalled is not None:
-                await hub.reply(sub, stalled)
+            if stalled:
+                told = self._stall.tell(sub)  # None: told with every subscriber
+                if told is not None:
+                    await hub.reply(sub, told)
 
-    def _stalled(
+    def _meets_stall(
         self, sub: Subscription, markets: frozenset[str] | None, options: dict[str, Any]
-    ) -> bytes | None:
-        """The `stalled` error frame a request gets in place of its snapshot (markets it adds,
-        a switch of frame kind) while rounds have stalled; None when it gets its snapshot."""
-        if self._ctx.hub.latest_result is None:
-            return None  # no round yet: no snapshot either way
+    ) -> bool:
+        """Whether a request that would have a snapshot (markets it adds, a switch of frame
+        kind) meets a stalled round loop: then it gets the `stalled` frame instead."""
         before = sub.markets
         adds = before is not None and (
             bool(frozenset(self._order) - before) if markets is None else bool(markets - before)
         )
         switches = options.get("signed", sub.signed) != sub.signed
-        if not (adds or switches):
-            return None
-        return stalled_frame(self._ctx)
+        return (adds or switches) and self._stall.frame() is not None
 
     def _apply(
         self, sub: Subscription, text: str

@@ -675,6 +675,14 @@ class Hub:
         if sub in self._subs:
             await sub._answer(frame)
 
+    def tell(self, frame: bytes) -> None:
+        """Queue a notice (an error frame that answers no request, such as the API's `stalled`)
+        to every subscription of at least one market, behind the frames buffered for it. Like
+        an answer it weighs nothing against the bound: a notice never drops a subscriber."""
+        for sub in self._subs:
+            if sub.markets != frozenset():
+                sub._offer([frame], 0)
+
     def drop(self, sub: Subscription, reason: str) -> None:
         """Remove and close a subscription its connection lost for `reason`; counted, idempotent."""
         self._drop(sub, reason)

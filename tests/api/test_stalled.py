@@ -9,6 +9,8 @@ intervals and at least 5 s (`ready_min_s`), as in tests/api/test_http.py.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from api_rig import ContractRecorder, Rig, make_config
 from stream_wire import ask, next_event, recv
 
+from oracled.api import ApiContext
 from oracled.core import RoundResult
 from oracled.publish.signer import RoundSigner, SigningKey
 
@@ -57,35 +60,38 @@ async def test_a_subscribe_while_rounds_have_stalled_gets_stalled_instead_of_a_s
     its ack and then one `stalled` error frame (with the same words as the 503 `stalled` of
     /v1/prices at that moment) and no report of the old round; a request that adds nothing gets
     its ack alone. The markets are subscribed: the next round's reports flow, and once rounds
-    come again a subscribe gets its snapshot."""
+    come again a subscribe gets its snapshot. (A connection of its own for each side of the
+    limit: one subscribed when the stall begins is told of it, tested below.)"""
     rig.step()
     rig.clock.advance(5_000)  # at the limit: still current
     async with client.ws_connect("/v1/stream") as ws:
         assert (await ask(ws, {"op": "subscribe", "markets": ["SOL/USD"]}))["type"] == "subscribed"
         assert report(await recv(ws)) == ("SOL/USD", 1)
-        rig.clock.advance(1)
-        async with client.get("/v1/prices") as resp:
-            assert resp.status == 503
-            refused = (await resp.json())["error"]
-        assert refused["code"] == "stalled"
+    rig.clock.advance(1)
+    async with client.get("/v1/prices") as resp:
+        assert resp.status == 503
+        refused = (await resp.json())["error"]
+    assert refused["code"] == "stalled"
+    async with client.ws_connect("/v1/stream") as ws:
         ack = await ask(ws, {"op": "subscribe", "markets": ["BTC-USD", "ETH-USD"]})
-        assert ack == {"type": "subscribed", "markets": ["BTC/USD", "ETH/USD", "SOL/USD"]}
+        assert ack == {"type": "subscribed", "markets": ["BTC/USD", "ETH/USD"]}
         stalled = await recv(ws)
         assert is_stalled(stalled), stalled
         contract.validator("/components/schemas/StreamMessage").validate(stalled)
         # Both say how old the round is, against which limit, in the same words.
         assert stalled["message"].split(", so ")[0] == refused["message"].split(", so ")[0]
-        assert stalled["message"].startswith("the latest round is 5.0 s old (limit 5 s)")
-        assert stalled["message"].endswith("reports follow with the next round")
+        assert stalled["message"] == (
+            "the latest round is 5.0 s old (limit 5 s): rounds have stalled, so its reports"
+            " are not current; reports follow with the next round"
+        )
         # Nothing added: its ack alone (the next frame is the next request's ack).
         ack = await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
         assert ack["type"] == "subscribed"
         assert (await ask(ws, {"op": "unsubscribe", "markets": ["ETH/USD"]}))["markets"] == [
-            "BTC/USD",
-            "SOL/USD",
+            "BTC/USD"
         ]
         rig.step()  # the loop is back: round 2 flows to the whole set
-        assert [report(await recv(ws)) for _ in range(2)] == [("BTC/USD", 2), ("SOL/USD", 2)]
+        assert report(await recv(ws)) == ("BTC/USD", 2)
         await ask(ws, {"op": "subscribe", "markets": ["ETH/USD"]})
         assert report(await recv(ws)) == ("ETH/USD", 2)  # a snapshot again
 
@@ -110,7 +116,8 @@ async def test_a_switch_to_signed_frames_while_stalled_gets_stalled_not_the_old_
     make_client: Any,
 ) -> None:
     """A switch to signed frames sends the latest signed round of the set; while stalled it is
-    the `stalled` frame instead, and the next round comes signed."""
+    the `stalled` frame instead (though the connection was told of the stall already), and the
+    next round comes signed."""
     rig = SigningRig()
     client = await make_client(rig)
     rig.step()
@@ -118,6 +125,7 @@ async def test_a_switch_to_signed_frames_while_stalled_gets_stalled_not_the_old_
         await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
         assert report(await recv(ws)) == ("BTC/USD", 1)
         rig.clock.advance(STALL_MS)
+        assert is_stalled(await recv(ws))  # told, as every subscriber is, when it began
         # The same market again: nothing added, only the switch would have had a snapshot.
         ack = await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"], "signed": True})
         assert (ack["markets"], ack["signed"]) == (["BTC/USD"], True)
@@ -184,3 +192,83 @@ async def test_a_markets_sources_say_when_their_round_is_no_current_round(
     assert body["round"] == 1 and body["sources"][0]["used"] is True  # still served
     rig.step()
     assert (await sources())["stalled"] is None
+
+
+class QuickRig(Rig):
+    """The rig with a readiness floor of 0.5 s: the limit is 3 intervals, 750 ms, and the stall
+    watch looks every 75 ms."""
+
+    LIMIT_MS = 750
+
+    def context(self) -> ApiContext:
+        return dataclasses.replace(super().context(), ready_min_s=0.5)
+
+
+async def test_subscribers_are_told_once_when_the_round_loop_stalls(
+    make_client: Any,
+) -> None:
+    """A subscriber with a `deviation` filter hears nothing while its price does not move, so a
+    stall looked like a steady price: once the loop stalls, every subscriber gets one `stalled`
+    frame (a WebSocket one and an event stream alike), not one per look; rounds come again and
+    flow; the next stall is told again."""
+    rig = QuickRig(make_config())
+    client = await make_client(rig)
+    rig.step()
+    events = await client.get("/v1/events?markets=BTC-USD&deviation=0.05")
+    assert report((await next_event(events))[1]) == ("BTC/USD", 1)
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"], "deviation": 0.05})
+        assert report(await recv(ws)) == ("BTC/USD", 1)
+        rig.step()  # the same price: nothing sent, as while stalled
+        rig.clock.advance(rig.LIMIT_MS + 1)
+        told = await recv(ws)
+        assert is_stalled(told), told
+        assert told["message"].startswith("the latest round is 0.8 s old (limit 0.75 s)")
+        assert told["message"].endswith(
+            ", so its reports are not current; reports follow with the next round"
+        )
+        name, frame = await next_event(events)
+        assert name == "message" and frame == told
+        await asyncio.sleep(0.4)  # five looks more: still one frame
+        assert (await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]}))["type"] == "subscribed"
+        rig.step({"BTC/USD": 70_000.0})  # rounds again, and a move past the filter
+        assert report(await recv(ws)) == ("BTC/USD", 3)
+        assert report((await next_event(events))[1]) == ("BTC/USD", 3)
+        rig.clock.advance(rig.LIMIT_MS + 1)
+        assert is_stalled(await recv(ws))  # a second stall, told again
+        assert is_stalled((await next_event(events))[1])
+    events.close()
+
+
+async def test_no_stall_is_told_before_the_first_round(make_client: Any) -> None:
+    """A loop that has run for longer than the limit without a first round has nothing that
+    could be taken for current: no `stalled` frame (the price endpoints say `not_ready`)."""
+    rig = QuickRig(make_config())
+    client = await make_client(rig)
+    rig.round_at = rig.clock.monotonic()
+    rig.clock.advance(rig.LIMIT_MS + 1)
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
+        await asyncio.sleep(0.4)  # five looks
+        assert (await ask(ws, {"op": "unsubscribe"}))["type"] == "unsubscribed"
+
+
+async def test_a_stall_is_told_once_whether_a_request_or_the_watch_meets_it_first(
+    make_client: Any,
+) -> None:
+    """A subscribe that meets the stall tells every subscriber of it (or, when the watch told
+    them first, gets the frame alone): either way a connection streaming since before the
+    stall gets one `stalled` frame for the stalled round, never two."""
+    rig = QuickRig(make_config())
+    client = await make_client(rig)
+    rig.step()
+    async with client.ws_connect("/v1/stream") as before, client.ws_connect("/v1/stream") as new:
+        await ask(before, {"op": "subscribe", "markets": ["BTC/USD"]})
+        assert report(await recv(before)) == ("BTC/USD", 1)
+        rig.clock.advance(rig.LIMIT_MS + 1)
+        await ask(new, {"op": "subscribe", "markets": ["ETH/USD"]})
+        assert is_stalled(await recv(new))
+        assert is_stalled(await recv(before))
+        await asyncio.sleep(0.4)  # five looks of the watch
+        for ws in (before, new):
+            assert (await ask(ws, {"op": "unsubscribe"}))["type"] == "unsubscribed"

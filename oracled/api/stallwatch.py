@@ -1,0 +1,85 @@
+"""The `stalled` notice of the streams: no round of a stalled round loop passes for current.
+
+While the round loop is stalled (`ApiContext.stalled`: no round for 3 intervals and at least
+5 s), its latest round is no current price. The streams send no snapshot of it: a request that
+would have had one gets the `stalled` error frame instead. And a subscriber already streaming
+learns of a stall from nothing but silence, which is also what a `deviation` filter sends for a
+price that does not move: it would keep the last price it got as current for as long as the loop
+stays stuck. So every subscription of a market is told once per stalled round: by a task that
+looks at the round's age every `period_s` (a tenth of the limit, a second at most), or first by
+a request that meets the stall. Whichever comes first tells them all; a request that comes after
+gets the frame for itself alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiohttp import web
+
+from oracled.api.context import READY_ROUNDS, ApiContext
+from oracled.api.errors import encode_json
+from oracled.core import RoundResult
+from oracled.publish.hub import Subscription
+
+__all__ = ["MAX_PERIOD_S", "STALLED", "StallWatch"]
+
+#: Error frame code, answering no request: the round loop is stalled, so its latest round is no
+#: current price (the price endpoints answer 503 `stalled`); reports follow with the next round.
+STALLED = "stalled"
+MAX_PERIOD_S = 1.0
+
+
+class StallWatch:
+    """One per application: `start` on startup, `stop` on cleanup; the stream handlers ask it."""
+
+    __slots__ = ("_ctx", "_task", "_told")
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self._ctx = ctx
+        self._task: asyncio.Task[None] | None = None
+        self._told: RoundResult | None = None  # the round whose stall every subscriber heard of
+
+    @property
+    def period_s(self) -> float:
+        ctx = self._ctx
+        return min(MAX_PERIOD_S, ctx.round_limit_s(READY_ROUNDS, ctx.ready_min_s) / 10)
+
+    def frame(self) -> bytes | None:
+        """The `stalled` frame while the loop is stalled after a round, else None (before the
+        first round there is no round to take for current)."""
+        ctx = self._ctx
+        stalled = None if ctx.hub.latest_result is None else ctx.stalled()
+        if stalled is None:
+            return None
+        message = f"{stalled}, so its reports are not current; reports follow with the next round"
+        return encode_json({"type": "error", "code": STALLED, "message": message})
+
+    def tell(self, sub: Subscription | None = None) -> bytes | None:
+        """While stalled: tell every subscriber of a market, once per stalled round (`sub`, a
+        subscription that just met the stall, among them); or, when they were told already,
+        return the frame for `sub` alone. None when there is nothing (more) to send."""
+        frame = self.frame()
+        if frame is None:
+            return None
+        latest = self._ctx.hub.latest_result
+        if latest is self._told:
+            return None if sub is None else frame
+        self._told = latest
+        self._ctx.hub.tell(frame)
+        return None
+
+    async def start(self, app: web.Application) -> None:
+        self._task = asyncio.create_task(self._watch(), name="api-stall-watch")
+
+    async def stop(self, app: web.Application) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.period_s)
+            self.tell()
