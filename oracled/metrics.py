@@ -278,6 +278,11 @@ _AUDIT_GAUGES: tuple[tuple[str, str, str], ...] = (
         "Data in the audit database at the last retention check.",
         "bytes",
     ),
+    (
+        "oracled_audit_reserve_bytes",
+        "Disk reserve held beside the audit database; 0 after a full disk made it give it up.",
+        "reserve",
+    ),
 )
 
 

@@ -15,9 +15,13 @@ writes a batch of rounds per transaction.
 SQLite runs in WAL mode, one transaction per batch, so a process killed at any moment leaves
 whole rounds only. A failing database (full disk, read-only directory) is logged once per state
 change, counted (`oracled_audit_write_errors_total`) and retried every few seconds; prices go on.
+A full disk is met first with the reserve (`<db>.reserve`, audit_reserve.py): given back to the
+filesystem, it makes the room to checkpoint the `-wal` and delete the oldest rounds, after which
+the trail writes inside its own file until the disk has room for the reserve again.
 
 Retention: rounds older than `retention_days` are deleted, and the oldest rounds go while the
-data is above `max_bytes` (SQLite reuses the freed pages, so the file stops growing there).
+data is above `max_bytes` less the reserve (SQLite reuses the freed pages, so the file stops
+growing there).
 
 Size (schema version 2): a report is ~1 kB of msgpack, most of it the same keys, market, source
 and pair names round after round, so each body is deflated against a dictionary made from a
@@ -58,6 +62,7 @@ from oracled.config import AuditConfig
 from oracled.errors import OracledError
 from oracled.lockfile import LockHeldError, lock_beside
 from oracled.model import Quote, Report
+from oracled.publish.audit_reserve import DiskReserve
 from oracled.tape import header_line, quote_to_line
 
 if TYPE_CHECKING:
@@ -159,6 +164,10 @@ _RETENTION_EVERY_S: Final = 30.0
 #: 570 MB in 11.7 s, with the queue (64 rounds, 16 s at 4 a second) far from full.
 _RETENTION_STEP_BYTES: Final = 32 * 1024 * 1024
 _STOP: Final = object()
+#: The disk reserve beside the database (`<db>.reserve`), or an eighth of `max_bytes` when that is
+#: less: room for the `-wal` (~4 MB between checkpoints, SQLite's default) to be checkpointed and
+#: the oldest rounds deleted once the disk is full (docs/publishing.md, *A full disk*).
+_RESERVE_BYTES: Final = 8 * 1024 * 1024
 #: Quotes of dropped rounds kept for the next queued round at most (~200 B each: ~20 MB); past
 #: it a stuck writer would grow them without end, so they are dropped, counted and logged.
 _CARRY_MAX: Final = 100_000
@@ -233,6 +242,7 @@ class AuditStats:
     signatures_dropped: int = 0
     queued: int = 0  # rounds waiting for the worker
     bytes: int = 0  # data in the database (pages in use), after the last retention check
+    reserve: int = 0  # bytes of disk reserve held beside the database (0: given up or none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +276,20 @@ class _Signed:
     root: bytes
     signature: bytes
     signer: str
+
+
+def _full(exc: sqlite3.Error) -> bool:
+    """SQLite's "database or disk is full" (a full filesystem, or `max_page_count`), or its
+    "disk I/O error" of a `-shm` file it could not extend: what opening a WAL database on a
+    full filesystem answers (measured on a full tmpfs), where the ENOSPC does not come through."""
+    return exc.sqlite_errorcode in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE)
+
+
+def _checkpoint(db: sqlite3.Connection) -> None:
+    """Copy the `-wal` into the database file and have the next write start the `-wal` again
+    from its beginning: its file keeps its size and is written over, never grown. A reader in
+    the way (`oracled audit`) is waited for up to the connection's timeout, then left for later."""
+    db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
 def _schema_version(db: sqlite3.Connection) -> int | None:
@@ -331,6 +355,13 @@ class AuditTrail:
         self._retention_every_s = _RETENTION_EVERY_S
         self._retention_step_bytes = _RETENTION_STEP_BYTES
         self._retry_s = _RETRY_S
+        reserve = min(_RESERVE_BYTES, cfg.max_bytes // 8) if cfg.max_bytes else _RESERVE_BYTES
+        #: the disk reserve (tests lower its size before `start`)
+        self.reserve = DiskReserve(self.path.with_name(self.path.name + ".reserve"), reserve)
+        self._reserve_state: str | None = None  # held, released or missing, as last logged
+        #: the data kept while the reserve is given up after a full disk: the database's pages
+        #: in use then, so that the trail goes on inside its file (None: `max_bytes` only)
+        self._cap: int | None = None
         self._lock_fd: int | None = None  # the writer lock (`_lock`), held while writing
         self._dropping = False
         self._dropping_quotes = False
@@ -469,7 +500,19 @@ class AuditTrail:
         try:
             if self._lock_fd is None:
                 self._lock_fd = _lock(self.path)
-            db = _connect(self.path, self._page_limit)
+            try:
+                db = _connect(self.path, self._page_limit)
+            except sqlite3.Error as exc:
+                if not (_full(exc) and self.reserve.release()):
+                    raise
+                self._reserve_state, self.stats.reserve = "released", 0
+                self._log.warning(
+                    "audit disk full at open: the reserve is given up",
+                    path=str(self.path),
+                    reserve_bytes=self.reserve.size,
+                )
+                self._cap = None  # set by the first write that finds the disk full
+                db = _connect(self.path, self._page_limit)
         except (sqlite3.Error, AuditSchemaError, AuditInUseError, OSError) as exc:
             self._failed(exc, "open")
             return None
@@ -479,6 +522,8 @@ class AuditTrail:
         except sqlite3.Error as exc:
             self._failed(exc, "open")
             return None
+        if self._cap is None:
+            self._hold_reserve()
         return db
 
     @staticmethod
@@ -491,7 +536,7 @@ class AuditTrail:
         dict_id, markets, priced, data = row
         return _Packer(dict_id, data, provisional=_provisional(markets, priced))
 
-    def _write(self, items: list[object]) -> None:
+    def _write(self, items: list[object], *, made_room: bool = False) -> None:
         rounds = sum(1 for item in items if isinstance(item, _Item))
         db = self._open()
         if db is None:
@@ -523,6 +568,9 @@ class AuditTrail:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
+            if not made_room and _full(exc) and self._make_room(db):
+                self._write(items, made_room=True)  # once: into the room made, or it failed
+                return
             self.stats.write_errors += rounds
             self._failed(exc, "write")
             return
@@ -591,6 +639,88 @@ class AuditTrail:
         self._packer = _Packer(cur.lastrowid, data, provisional=_provisional(len(reports), priced))
         return self._packer
 
+    def _make_room(self, db: sqlite3.Connection) -> bool:
+        """After a write found the disk full: give the reserve back to the filesystem, checkpoint
+        the `-wal` (the database file may have to grow for it), delete the oldest rounds until
+        the file has free pages for the next batches (the reserve's size, or half the data when
+        that is less; the newest round stays), checkpoint again, and cap the data at what is
+        left until the reserve is held again: from here the trail writes inside its own file.
+        False when SQLite failed on the way (the caller's usual failure path follows)."""
+        released = self.reserve.release()
+        self.stats.reserve = 0
+        capped = self._cap is not None
+        deleted = 0
+        try:
+            self._packer = self._load_packer(db)  # the rolled back batch may have made one
+            _checkpoint(db)
+            first, last = db.execute("SELECT min(id), max(id) FROM rounds").fetchone()
+            used, size = self._used_bytes(db), self._file_bytes(db)
+            per_round = used // (last - first + 1) if first is not None else 0
+            headroom = max(min(self.reserve.size, used // 2), 2 * self.cfg.batch_rounds * per_round)
+            # each delete is a write to the -wal: about half the reserve's bytes at a time
+            step_max = max(
+                1, (self.reserve.size // 2 or self._retention_step_bytes) // max(per_round, 1)
+            )
+            while first is not None and first < last and size - used < headroom:
+                want = -(-(headroom - (size - used)) // max(per_round, 1))
+                step = min(last - first, step_max, max(1, want))
+                self._delete_before(db, first + step)
+                _checkpoint(db)
+                deleted, first = deleted + step, first + step
+                used = self._used_bytes(db)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            error: str | None = str(exc)  # the write's own failure is logged by the caller
+        else:
+            error = None
+            self._cap = self.stats.bytes = used
+            self._retention_at = 0.0
+        # once a state: the reserve given up, or the data capped (a failure is the caller's to say)
+        if released or (error is None and not capped):
+            self._reserve_state = "released"
+            self._log.warning(
+                "audit disk full: the reserve is given up and the oldest rounds deleted; the "
+                "trail goes on inside its file",
+                path=str(self.path),
+                reserve_bytes=self.reserve.size if released else 0,
+                rounds_deleted=deleted,
+                kept_bytes=None if error else used,
+                error=error,
+            )
+        return error is None
+
+    def _hold_reserve(self) -> None:
+        """Allocate the reserve: at open, and after it was given up once the filesystem has room
+        for it and as much again (a reserve that took the last free bytes would fill the disk
+        it is there to clear). Held, the cap goes: retention keeps to `max_bytes` again."""
+        reserve = self.reserve
+        if reserve.held or reserve.size <= 0:
+            return
+        error: str | None = None
+        try:
+            held = (reserve.path.exists() or reserve.room() >= 2 * reserve.size) and reserve.hold()
+        except OSError as exc:  # no file can be made beside the database: it fails on its own
+            held, error = False, str(exc)
+        if held:
+            self.stats.reserve = reserve.size
+            self._cap = None
+            if self._reserve_state is not None and self._reserve_state != "held":
+                self._log.info(
+                    "audit reserve held again: the disk has room",
+                    path=str(reserve.path),
+                    reserve_bytes=reserve.size,
+                )
+            self._reserve_state = "held"
+        elif self._reserve_state is None:
+            self._reserve_state = "missing"
+            self._log.warning(
+                "audit reserve not made: a full disk will stop the trail until there is room",
+                path=str(reserve.path),
+                reserve_bytes=reserve.size,
+                error=error or "the disk has too little room",
+            )
+
     def _failed(self, exc: sqlite3.Error | OracledError | OSError, stage: str) -> None:
         message = f"{stage}: {exc}"
         if self.stats.ok or self.stats.last_error != message:
@@ -615,6 +745,9 @@ class AuditTrail:
         (at 10 GiB ~20 s: the queue fills and rounds are dropped) and leaves a `-wal` file as big
         as what it deleted (SQLite keeps the file)."""
         self._retention_at = time.monotonic() + self._retention_every_s
+        if not self.reserve.held:
+            self._hold_reserve()  # once the disk has room for it again; lifts the cap
+        limit = self._data_limit()
         try:
             used = self._used_bytes(db)
             first, last, newest = db.execute(
@@ -635,7 +768,7 @@ class AuditTrail:
                     used = self._used_bytes(db)
                     budget, first = budget - (end - first), end
                 more = target > first
-                while not more and self.cfg.max_bytes and used > self.cfg.max_bytes:
+                while not more and limit and used > limit:
                     if first >= last:
                         break  # the newest round stays
                     if budget <= 0:
@@ -649,8 +782,28 @@ class AuditTrail:
                 if more:
                     self._retention_at = 0.0  # the next step after the next batch
             self.stats.bytes = used
+            if self._cap is not None:
+                # Without its reserve the trail stays inside its files: retention after every
+                # batch gives back the pages the next one takes, and a checkpoint after it
+                # has the next write start the -wal from its beginning, so that it is written
+                # over, never grown (SQLite's own checkpoint comes only every ~4 MB, and the
+                # write that crosses the file's end then finds the disk full). Passive: a
+                # reader in the way (`oracled audit`) is not waited for at every batch.
+                self._retention_at = 0.0
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
-            self._failed(exc, "retention")
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            if not (_full(exc) and self._make_room(db)):
+                self._failed(exc, "retention")
+
+    def _data_limit(self) -> int:
+        """The data retention keeps to (0: none): `max_bytes` less the reserve, and no more
+        than the cap while the reserve is given up."""
+        limit = max(1, self.cfg.max_bytes - self.reserve.size) if self.cfg.max_bytes else 0
+        if self._cap is not None:
+            limit = min(limit, self._cap) if limit else self._cap
+        return limit
 
     @staticmethod
     def _delete_before(db: sqlite3.Connection, round_id: int) -> None:
@@ -659,6 +812,12 @@ class AuditTrail:
             db.execute(f"DELETE FROM {table} WHERE round_id < ?", (round_id,))
         db.execute("DELETE FROM rounds WHERE id < ?", (round_id,))
         db.execute("COMMIT")
+
+    @staticmethod
+    def _file_bytes(db: sqlite3.Connection) -> int:
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        (size,) = db.execute("PRAGMA page_size").fetchone()
+        return int(pages * size)
 
     @staticmethod
     def _used_bytes(db: sqlite3.Connection) -> int:

@@ -261,22 +261,26 @@ def test_quotes_carried_past_dropped_rounds_are_capped_counted_and_logged(tmp_pa
     assert audit.stats.rounds == 1
 
 
-def test_a_full_disk_is_counted_and_reported_and_rounds_go_on(tmp_path: Path) -> None:
-    """SQLite says the database is full: the writer counts every round it loses, says why, and
-    the rounds keep coming (the core's prices are untouched)."""
+def test_a_database_at_its_page_limit_deletes_its_oldest_rounds_and_writes_every_round(
+    tmp_path: Path,
+) -> None:
+    """SQLite says the database is full (its max_page_count here; a real full filesystem in
+    test_audit_full_disk.py): the writer deletes the oldest rounds into free pages of the file,
+    writes the batch that failed, and goes on; the newest rounds stay, none is lost, and the
+    core's rounds are untouched. Before, every round from the first full write on was lost."""
     db = tmp_path / "full.sqlite3"
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db)), page_limit=15)
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=1000), page_limit=24)
     audit.start()
     feed = Feed(make_config(), audit)
-    for _ in range(40):
+    for _ in range(200):
         feed.round()
-    audit.close()
-    assert audit.stats.write_errors > 0
-    assert not audit.stats.ok
-    assert audit.stats.last_error is not None and "full" in audit.stats.last_error
-    assert feed.core.rounds == 40
-    assert audit.stats.rounds > 0  # the database was made, then filled up
-    assert audit.stats.rounds + audit.stats.write_errors == 40
+    assert audit.close()
+    assert feed.core.rounds == 200
+    assert (audit.stats.rounds, audit.stats.write_errors, audit.stats.ok) == (200, 0, True)
+    reader = AuditReader(db)
+    kept = [r.round for r in reader.rounds(0, T0 * 2)]
+    reader.close()
+    assert kept == list(range(kept[0], 201)) and kept[0] > 1
 
 
 def test_retention_keeps_the_database_under_its_size_limit(tmp_path: Path) -> None:

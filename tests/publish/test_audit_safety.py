@@ -224,7 +224,11 @@ def test_a_stopped_trail_in_a_directory_the_reader_cannot_write_is_read(tmp_path
     for _ in range(3):
         audit.submit(rounds.step())
     assert audit.close()
-    assert sorted(p.name for p in db.parent.iterdir()) == ["audit.sqlite3", "audit.sqlite3.lock"]
+    assert sorted(p.name for p in db.parent.iterdir()) == [
+        "audit.sqlite3",
+        "audit.sqlite3.lock",
+        "audit.sqlite3.reserve",
+    ]
     db.chmod(0o444)
     db.parent.chmod(0o555)
     try:
@@ -240,6 +244,7 @@ def test_a_stopped_trail_in_a_directory_the_reader_cannot_write_is_read(tmp_path
         assert sorted(p.name for p in db.parent.iterdir()) == [
             "audit.sqlite3",
             "audit.sqlite3.lock",
+            "audit.sqlite3.reserve",
         ]
     finally:
         db.parent.chmod(0o755)
