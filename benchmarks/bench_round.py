@@ -35,6 +35,7 @@ ROUND_MS = 250
 # Long enough that the fresh quotes stay fresh for every timed round; stale ones are far older.
 MAX_AGE_MS = 3_600_000
 STALE_AGE_MS = 2 * MAX_AGE_MS
+PERP_SOURCE = "perp"  # the perpetual venue of `build_config(perps=...)`
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class Result:
     live_markets: int
 
 
-def build_config(markets: int, sources: int) -> Config:
-    """Market 0 is USDT/USD (direct USD quotes only); every fourth slot elsewhere quotes USDT."""
+def build_config(markets: int, sources: int, perps: int = 0) -> Config:
+    """Market 0 is USDT/USD (direct USD quotes only); every fourth slot elsewhere quotes USDT.
+    Markets 1 to `perps` are perpetual markets too: one perpetual venue each (`PERP_SOURCE`)."""
     source_ids = [f"s{j:02d}" for j in range(sources)]
     market_tables: list[dict[str, Any]] = [
         {
@@ -84,9 +86,14 @@ def build_config(markets: int, sources: int) -> Config:
                 ],
             }
         )
+        if i <= perps:
+            market_tables[-1]["perp_sources"] = [{"source": PERP_SOURCE, "pair": f"{base}/USD"}]
+    venues = {s: {"type": "binance"} for s in source_ids}
+    if perps:
+        venues[PERP_SOURCE] = {"type": "okx"}
     return parse_config(
         {
-            "sources": {s: {"type": "binance"} for s in source_ids},
+            "sources": venues,
             "markets": market_tables,
             "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
         },
@@ -100,6 +107,13 @@ def build_quotes(cfg: Config, now_ms: int, seed: int) -> list[Quote]:
     quotes: list[Quote] = []
     for i, market in enumerate(cfg.markets):
         fair = 1.0 if i == 0 else 10.0 + i
+        for ps in market.perp_sources:  # a perpetual trading a little above the spot price
+            price = fair * 1.0005
+            quotes.append(
+                Quote(
+                    ps.source, ps.pair, now_ms, bid=price * 0.9999, ask=price * 1.0001, kind="perp"
+                )
+            )
         for ms in market.sources:
             roll = rng.random()
             if roll < 0.05:

@@ -14,6 +14,10 @@ refused message is counted and kept with its reason.
     ...
     view = client.price("BTC/USD")  # MarketView(status="active", price=Decimal("64000.12"), ...)
 
+A perpetual market's signed prices carry its mark and mark mode in their leaf (`PerpPrice`):
+each signer's report keeps them, and `MarketView.mark` is the median mark of the signers that
+made the price.
+
 Reasons a message is refused (`Rejection.reason`):
 
     malformed       not JSON of a known shape, or signed values spelled otherwise than the
@@ -262,6 +266,8 @@ class SignerReport:
     status: str
     price: Decimal | None  # None unless live
     confidence: Decimal | None
+    mark: Decimal | None = None  # a perpetual's signed mark; None for spot or without one
+    mark_mode: str | None = None  # perps / fallback / none; None for a spot market
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +285,9 @@ class MarketView:
     ts: int | None  # the newest round time among the reports used
     signers: tuple[str, ...]  # whose reports made the price (or the status)
     reports: tuple[SignerReport, ...]  # every fresh verified report, one per signer
+    #: A perpetual's mark: the median of the signed marks of `signers`, when every one of them
+    #: has one (a signer without a mark would otherwise leave fewer than a quorum behind it).
+    mark: Decimal | None = None
 
 
 @dataclass(slots=True)
@@ -411,6 +420,7 @@ class OracleClient:
         seen.accepted.append(sp.ts)
         seen.reports[sp.ts] = sp
         live = sp.status in _LIVE
+        marked = live and sp.mark_mode not in (None, "none")
         self._latest.setdefault(sp.market, {})[signer] = SignerReport(
             signer=signer,
             ts=sp.ts,
@@ -418,6 +428,8 @@ class OracleClient:
             status=sp.status,
             price=Decimal(int(sp.price)).scaleb(sp.expo) if live else None,
             confidence=Decimal(int(sp.confidence)).scaleb(sp.expo) if live else None,
+            mark=Decimal(int(sp.mark)).scaleb(sp.expo) if marked and sp.mark is not None else None,
+            mark_mode=sp.mark_mode,
         )
         self.accepted += 1
         self.updated.set()
@@ -439,6 +451,7 @@ class OracleClient:
         live = [r for r in fresh if r.status in _LIVE and r.price is not None]
         if len(live) >= self.quorum:
             status = "active" if all(r.status == "active" for r in live) else "degraded"
+            marks = [r.mark for r in live if r.mark is not None]
             return MarketView(
                 market=market,
                 status=status,
@@ -446,6 +459,7 @@ class OracleClient:
                 ts=max(r.ts for r in live),
                 signers=tuple(sorted(r.signer for r in live)),
                 reports=fresh,
+                mark=_median(marks) if len(marks) == len(live) else None,
             )
         if len(fresh) >= self.quorum:
             return MarketView(

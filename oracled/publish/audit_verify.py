@@ -4,8 +4,9 @@ The `rounds` table keeps each signed round's Merkle root, signature and signer; 
 table keeps every market's report. None of those columns is evidence by itself: anyone who can
 write the file can change a price, a status or the signer's address. This check trusts none of
 them. For every stored round it rebuilds the leaves from the stored reports (status, price and
-confidence, at the market's exponent), folds them into the root, recovers the address that made
-the stored signature over that root, and compares both with what the round row says. The
+confidence at the market's exponent, and a perpetual's mark and its mode), folds them into the
+root, recovers the address that made the stored signature over that root, and compares both
+with what the round row says. The
 signature is checked in the domain of the deployment the auditor names (`--deployment`, or the
 `signing.deployment` of `--config`), never one the trail says: a round signed by the same key for
 another deployment (staging) then does not recover the trail's signer.
@@ -28,6 +29,7 @@ from typing import Final, TextIO
 from oracled.model import Report
 from oracled.publish.audit import AuditReader, AuditRound
 from oracled.publish.signer import (
+    MARK_MODES,
     STATUS_CODES,
     Leaf,
     SignatureError,
@@ -88,7 +90,12 @@ def _exponent(report: Report, configured: Mapping[str, int]) -> int | None:
 
 
 def _leaf(report: Report, expo: int) -> Leaf:
-    """The leaf the daemon signed for this report; ValueError if the report cannot be one."""
+    """The leaf the daemon signed for this report; ValueError if the report cannot be one.
+
+    A report with a `mark` object is a perpetual market's: its leaf is a `PerpPrice`, with the
+    mark price and the mode that made it (none without a price; perps when the perpetual median
+    estimator had a value; the fallback otherwise), read from the same stored object.
+    """
     code = STATUS_CODES.get(report.status)
     if code is None:
         raise ValueError(f"{report.market}: unknown status {report.status!r}")
@@ -98,7 +105,15 @@ def _leaf(report: Report, expo: int) -> Leaf:
             raise ValueError(f"{report.market}: {report.status} without a price")
         price = decimal_to_int(report.price, -expo)
         confidence = decimal_to_int(report.confidence, -expo)
-    return Leaf(report.market, report.ts, code, price, confidence, expo)
+    if report.mark is None:
+        return Leaf(report.market, report.ts, code, price, confidence, expo)
+    if report.mark.price is None:
+        mark, mode = 0, "none"
+    else:
+        mark = decimal_to_int(report.mark.price, -expo)
+        mode = "perps" if report.mark.estimators.perp_median is not None else "fallback"
+    mode_code = MARK_MODES.index(mode)
+    return Leaf(report.market, report.ts, code, price, confidence, expo, mark, mode_code)
 
 
 NO_DEPLOYMENT: Final = (

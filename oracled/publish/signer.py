@@ -13,9 +13,13 @@ The scheme, in full (docs/publishing.md has it for consumers):
   uint256 confidence,int8 expo)`, where `price` and `confidence` are the report's decimal strings
   read as integers at the market's exponent (`"64000.12"` at expo -2 is 6400012) and 0 when the
   market is not live; `status` is 0 active, 1 degraded, 2 paused, 3 unknown;
+- a perpetual market's leaf (one with `perp_sources`) is `PerpPrice`: the same fields followed by
+  `int256 mark` (the report's mark price at the same exponent, 0 when it has none) and
+  `uint8 markMode` (0 perps, 1 fallback, 2 none: what made the mark), so that the mark margin
+  engines liquidate on is signed too; its own type hash keeps the two kinds of leaf apart;
 - node = keccak256(left ‖ right); a node without a sibling moves up unchanged (never duplicated);
 - the signed message is `OracleRound(uint64 ts,uint64 round,uint32 count,bytes32 root)` in the
-  domain `EIP712Domain(string name,string version,bytes32 salt)` = ("oracled", "2",
+  domain `EIP712Domain(string name,string version,bytes32 salt)` = ("oracled", "3",
   keccak256(deployment)), where the deployment is the operator's name for this installation
   (`signing.deployment`): one key used by two deployments signs for neither of the other;
   signatures are 65 bytes r ‖ s ‖ v with v 27 or 28 and a low s, as Ethereum's ecrecover expects.
@@ -53,6 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DOMAIN",
+    "MARK_MODES",
+    "PERP_PRICE_TYPE",
     "PRICE_TYPE",
     "ROUND_TYPE",
     "STATUS_CODES",
@@ -85,17 +91,26 @@ def keccak(data: bytes) -> bytes:
 
 
 #: The fixed part of the EIP-712 domain; the `salt` is the deployment's (`domain_separator`).
-DOMAIN: Final = {"name": "oracled", "version": "2"}
+DOMAIN: Final = {"name": "oracled", "version": "3"}
 PRICE_TYPE: Final = (
     "Price(string market,uint64 ts,uint8 status,int256 price,uint256 confidence,int8 expo)"
+)
+PERP_PRICE_TYPE: Final = (
+    "PerpPrice(string market,uint64 ts,uint8 status,int256 price,uint256 confidence,int8 expo,"
+    "int256 mark,uint8 markMode)"
 )
 ROUND_TYPE: Final = "OracleRound(uint64 ts,uint64 round,uint32 count,bytes32 root)"
 _DOMAIN_TYPE: Final = "EIP712Domain(string name,string version,bytes32 salt)"
 _PRICE_TYPEHASH: Final = keccak(PRICE_TYPE.encode())
+_PERP_PRICE_TYPEHASH: Final = keccak(PERP_PRICE_TYPE.encode())
 _ROUND_TYPEHASH: Final = keccak(ROUND_TYPE.encode())
 #: Status label -> the uint8 in a leaf (the order of `oracled.model.Status`).
 STATUS_CODES: Final[Mapping[str, int]] = {s.label: int(s) for s in Status}
 STATUS_LABELS: Final[tuple[str, ...]] = tuple(s.label for s in Status)
+#: What made a perpetual's mark, by its uint8 in a leaf (`oracled.mark.engine.MODES`' order).
+MARK_MODES: Final[tuple[str, ...]] = ("perps", "fallback", "none")
+MARK_MODE_CODES: Final[Mapping[str, int]] = {m: i for i, m in enumerate(MARK_MODES)}
+_MODE_NONE: Final = MARK_MODE_CODES["none"]
 _SECP256K1_N: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _INT256_MIN, _INT256_MAX = -(1 << 255), (1 << 255) - 1
 
@@ -131,7 +146,11 @@ def decimal_to_int(text: str, decimals: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Leaf:
-    """What the signature covers for one market in one round (integers only, never floats)."""
+    """What the signature covers for one market in one round (integers only, never floats).
+
+    `mark` is None for a spot market (a `Price` leaf); a perpetual market's leaf (`PerpPrice`)
+    has its mark mantissa (0 without a mark) and `mark_mode` (MARK_MODES).
+    """
 
     market: str
     ts: int
@@ -139,24 +158,45 @@ class Leaf:
     price: int  # mantissa; 0 when not live
     confidence: int
     expo: int  # price = mantissa x 10**expo
+    mark: int | None = None  # mantissa at `expo`; None: not a perpetual market
+    mark_mode: int = _MODE_NONE  # MARK_MODES; only with a mark
 
 
 def leaf_hash(leaf: Leaf, market_hash: bytes | None = None) -> bytes:
-    """The EIP-712 struct hash of a `Price`; pass the market's keccak to skip rehashing it."""
+    """The EIP-712 struct hash of a `Price` (or, with a mark, a `PerpPrice`); pass the market's
+    keccak to skip rehashing it."""
     if not (0 <= leaf.ts < 1 << 64 and 0 <= leaf.status < 256 and -128 <= leaf.expo < 128):
         raise ValueError(f"leaf field out of range: {leaf}")
     if not (_INT256_MIN <= leaf.price <= _INT256_MAX and 0 <= leaf.confidence < 1 << 256):
         raise ValueError(f"leaf price out of range: {leaf}")
+    if leaf.mark is None:
+        return keccak(
+            b"".join(
+                (
+                    _PRICE_TYPEHASH,
+                    market_hash or keccak(leaf.market.encode()),
+                    _word(leaf.ts),
+                    _word(leaf.status),
+                    _word(leaf.price),
+                    _word(leaf.confidence),
+                    _word(leaf.expo),
+                )
+            )
+        )
+    if not (_INT256_MIN <= leaf.mark <= _INT256_MAX and 0 <= leaf.mark_mode < 256):
+        raise ValueError(f"leaf mark out of range: {leaf}")
     return keccak(
         b"".join(
             (
-                _PRICE_TYPEHASH,
+                _PERP_PRICE_TYPEHASH,
                 market_hash or keccak(leaf.market.encode()),
                 _word(leaf.ts),
                 _word(leaf.status),
                 _word(leaf.price),
                 _word(leaf.confidence),
                 _word(leaf.expo),
+                _word(leaf.mark),
+                _word(leaf.mark_mode),
             )
         )
     )
@@ -380,13 +420,15 @@ def load_signing_key(
         raise ConfigError([f"{where} does not hold a usable key ({exc})"]) from None
 
 
-class SignedPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+class SignedPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=True):
     """One market's signed price as it travels (stream `signed` frames, NATS price subjects).
 
     `price` and `confidence` are integer strings (JSON numbers lose precision above 2**53);
-    the value is `int(price) * 10**expo`. Everything from `count` on proves it. `deployment`
-    says which domain it was signed in, so that a consumer can tell a message of another
-    deployment apart; a consumer checks against the deployment it expects, never this field
+    the value is `int(price) * 10**expo`. Everything from `count` to `signer` proves it. A
+    perpetual market's also carry `mark` (an integer string at `expo`) and `mark_mode`, which
+    its `PerpPrice` leaf covers; a spot market's have neither (they are left out, not null).
+    `deployment` says which domain it was signed in, so that a consumer can tell a message of
+    another deployment apart; a consumer checks against the deployment it expects, never this field
     (None: a message of the old format, which named none).
     """
 
@@ -404,14 +446,31 @@ class SignedPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     signature: str
     signer: str
     deployment: str | None = None
+    mark: str | None = None
+    mark_mode: str | None = None
 
     def leaf(self) -> Leaf:
         """The leaf these fields describe; ValueError if a field cannot be one."""
-        code = STATUS_CODES.get(self.status)
-        if code is None:
-            raise ValueError(f"unknown status {self.status!r}")
-        price, confidence = _integer(self.price), _integer(self.confidence)
-        return Leaf(self.market, self.ts, code, price, confidence, self.expo)
+        return _leaf_of(self, self.ts)
+
+
+def _leaf_of(fields: SignedPrice | RoundLeaf, ts: int) -> Leaf:
+    """The leaf a SignedPrice or a RoundMessage's leaf describes; ValueError if it is none.
+
+    A mark without its mode (or a mode without a mark) is refused rather than read as a spot
+    leaf: the two kinds of leaf hash differently, so such a message could only fail later.
+    """
+    code = STATUS_CODES.get(fields.status)
+    if code is None:
+        raise ValueError(f"unknown status {fields.status!r}")
+    price, confidence = _integer(fields.price), _integer(fields.confidence)
+    if fields.mark is None and fields.mark_mode is None:
+        return Leaf(fields.market, ts, code, price, confidence, fields.expo)
+    mode = MARK_MODE_CODES.get(fields.mark_mode or "")
+    if fields.mark is None or mode is None:
+        raise ValueError(f"mark {fields.mark!r} with mark_mode {fields.mark_mode!r}")
+    mark = _integer(fields.mark)
+    return Leaf(fields.market, ts, code, price, confidence, fields.expo, mark, mode)
 
 
 def _integer(text: str) -> int:
@@ -426,7 +485,7 @@ def _integer(text: str) -> int:
     return value
 
 
-class RoundLeaf(msgspec.Struct, frozen=True):
+class RoundLeaf(msgspec.Struct, frozen=True, omit_defaults=True):
     """One market in a round message (the round subject carries every leaf, no proofs)."""
 
     market: str
@@ -434,6 +493,12 @@ class RoundLeaf(msgspec.Struct, frozen=True):
     price: str
     confidence: str
     expo: int
+    mark: str | None = None  # perpetual markets only, as in SignedPrice
+    mark_mode: str | None = None
+
+    def leaf(self, ts: int) -> Leaf:
+        """The leaf of this market in the round of time `ts`; ValueError if it is none."""
+        return _leaf_of(self, ts)
 
 
 class RoundMessage(msgspec.Struct, frozen=True):
@@ -500,6 +565,8 @@ class SignedRound:
             signature="0x" + self.signature.hex(),
             signer=self.signer,
             deployment=self.deployment,
+            mark=None if leaf.mark is None else str(leaf.mark),
+            mark_mode=None if leaf.mark is None else MARK_MODES[leaf.mark_mode],
         )
 
     def envelope(self, index: int) -> bytes:
@@ -526,6 +593,8 @@ class SignedRound:
                         str(leaf.price),
                         str(leaf.confidence),
                         leaf.expo,
+                        None if leaf.mark is None else str(leaf.mark),
+                        None if leaf.mark is None else MARK_MODES[leaf.mark_mode],
                     )
                     for leaf in self.leaves
                 ],
@@ -555,26 +624,28 @@ class RoundSigner:
         return self.key.address
 
     def leaves(self, result: RoundResult) -> tuple[Leaf, ...]:
-        """Every market's leaf, from the same decimal strings the reports carry."""
+        """Every market's leaf, from the same decimal strings the reports carry (a perpetual's
+        mark too: the report's `mark.price` is this float at the market's places)."""
         status = result.status.tolist()
         price = result.price.tolist()
         conf = result.confidence.tolist()
         decimals = result.layout.decimals.tolist()
+        marks = None if result.mark is None else result.mark.values
+        ts = result.ts
         out = []
         for i, market in enumerate(result.layout.markets):
             dec = decimals[i]
             live = status[i] <= Status.DEGRADED
             fmt = f".{dec}f"
-            out.append(
-                Leaf(
-                    market=market,
-                    ts=result.ts,
-                    status=status[i],
-                    price=decimal_to_int(format(price[i], fmt), dec) if live else 0,
-                    confidence=decimal_to_int(format(conf[i], fmt), dec) if live else 0,
-                    expo=-dec,
-                )
-            )
+            px = decimal_to_int(format(price[i], fmt), dec) if live else 0
+            cf = decimal_to_int(format(conf[i], fmt), dec) if live else 0
+            values = None if marks is None else marks.get(i)
+            if values is None:  # a spot market: a `Price` leaf
+                out.append(Leaf(market, ts, status[i], px, cf, -dec))
+                continue
+            mode = MARK_MODE_CODES[values.mode]
+            mark = 0 if mode == _MODE_NONE else decimal_to_int(format(values.price, fmt), dec)
+            out.append(Leaf(market, ts, status[i], px, cf, -dec, mark, mode))
         return tuple(out)
 
     def sign_leaves(

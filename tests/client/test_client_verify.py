@@ -416,3 +416,34 @@ def test_a_cached_recovery_still_catches_a_false_signer_claim() -> None:
     assert reason(client, edit(signed, 1, signer=KEYS[1].address)) == "forged"
     client.feed(frame(signed, 1))
     assert client.price("ETH/USD").signers == (KEYS[0].address,)
+
+
+def test_a_perpetual_markets_mark_is_verified_and_its_quorum_median_served() -> None:
+    """BTC/USD is perpetual. Each signer's report keeps its signed mark and mode, the view
+    serves the median mark of the signers that made the price, and a mark changed, or left out
+    (read as a spot leaf), is `forged`, a mark without its mode `malformed`: none moves a price."""
+    rounds = [Rounds(make_config(perps=["BTC/USD"])) for _ in range(2)]
+    rounds[1].perp_premium = 0.003  # the second daemon's perpetual trades higher
+    signed = [RoundSigner(k, "test").sign(r.step()) for k, r in zip(KEYS, rounds, strict=False)]
+    client, _ = client_at(signed[0], quorum=2)
+    tampered = msgspec.json.decode(signed[0].envelope(0))
+    for forged, why in (
+        ({**tampered, "mark": str(int(tampered["mark"]) - 100)}, "forged"),
+        ({k: v for k, v in tampered.items() if k not in ("mark", "mark_mode")}, "forged"),
+        ({k: v for k, v in tampered.items() if k != "mark_mode"}, "malformed"),
+    ):
+        assert reason(client, msgspec.json.encode(forged)) == why
+    assert client.markets == []
+    for one in signed:
+        client.feed(frame(one, 0))
+        client.feed(frame(one, 1))
+    marks = []
+    for one in signed:
+        assert one.result is not None and one.result.report(0).mark is not None
+        marks.append(Decimal(str(one.result.report(0).mark.price)))
+    view = client.price("BTC/USD")
+    assert view.status == "active" and view.mark == (marks[0] + marks[1]) / 2
+    assert {(r.mark, r.mark_mode) for r in view.reports} == {(m, "perps") for m in marks}
+    spot = client.price("ETH/USD")
+    assert spot.price is not None and spot.mark is None
+    assert {(r.mark, r.mark_mode) for r in spot.reports} == {(None, None)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from publish_rig import INTERVAL, SOURCES, T0, make_config
+from publish_rig import INTERVAL, PERP, SOURCES, T0, make_config
 
 from oracled.config import AuditConfig, Config
 from oracled.core import Core, RoundResult
@@ -24,6 +24,8 @@ class Feed:
         self.now = T0
         self.prices = {"BTC/USD": 64_000.0, "ETH/USD": 3_100.0, "SOL/USD": 150.0}
         self.silent: set[str] = set()
+        # Perpetual markets (`make_config(perps=...)`) are also quoted by their perpetual venue.
+        self.perpetual = [m.symbol for m in cfg.markets if m.perp_sources]
         self.kept: list[tuple[RoundResult, list[Quote]]] = []
         self._quotes: list[Quote] = []
 
@@ -39,6 +41,11 @@ class Feed:
                 continue
             for market in self.prices:
                 self.quote(source, market, 10 + 20 * k, 1.0 + 0.0001 * k)
+        for market in self.perpetual:
+            q = Quote(PERP, market, self.now + 5, price=self.prices[market] * 1.001, kind="perp")
+            self.audit.add_quote(q)
+            self._quotes.append(q)
+            self.core.ingest(q)
         self.now += INTERVAL
         result = self.core.run_round(self.now)
         self.kept.append((result, self._quotes))

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,23 @@ from oracled.model import Quote
 T0 = 1_700_000_000_000
 INTERVAL = 250
 SOURCES = ("alpha", "beta", "gamma")
+PERP = "perp"  # the perpetual venue of `make_config(perps=...)`'s markets
 BASE_PRICES = {"BTC/USD": 64_000.12, "ETH/USD": 3_100.5, "SOL/USD": 150.125}
 
 
-def make_config(markets: dict[str, float] | None = None, **extra: Any) -> Config:
-    """Markets priced by three sources each (SOL at exponent -3, the others at -2)."""
+def make_config(
+    markets: dict[str, float] | None = None, *, perps: Iterable[str] = (), **extra: Any
+) -> Config:
+    """Markets priced by three sources each (SOL at exponent -3, the others at -2); the markets
+    in `perps` are perpetual markets, their mark made from one perpetual venue (`PERP`)."""
     markets = BASE_PRICES if markets is None else markets
+    perpetual = set(perps)
+    sources: dict[str, Any] = {name: {"type": "binance"} for name in SOURCES}
+    if perpetual:
+        sources[PERP] = {"type": "okx"}
     data: dict[str, Any] = {
         "oracle": {"round_interval_ms": INTERVAL, "resume_rounds": 1},
-        "sources": {name: {"type": "binance"} for name in SOURCES},
+        "sources": sources,
         "markets": [
             {
                 "symbol": symbol,
@@ -35,6 +44,11 @@ def make_config(markets: dict[str, float] | None = None, **extra: Any) -> Config
                 "max_age_ms": 5_000,
                 "price_exponent": -3 if symbol.startswith("SOL") else -2,
                 "sources": [{"source": s, "pair": symbol} for s in SOURCES],
+                **(
+                    {"perp_sources": [{"source": PERP, "pair": symbol}]}
+                    if symbol in perpetual
+                    else {}
+                ),
             }
             for symbol in markets
         ],
@@ -51,6 +65,9 @@ class Rounds:
         default = {m.symbol: BASE_PRICES.get(m.symbol, 10.0) for m in cfg.markets}
         self.prices = dict(prices or default)
         self.now = T0
+        self.perpetual = {m.symbol for m in cfg.markets if m.perp_sources}
+        self.perp_premium = 0.001  # the perpetual trades this fraction above the spot price
+        self.perps_quiet = False  # True: no perpetual quotes (the mark falls back)
 
     def step(self, **moves: float) -> RoundResult:
         """Quote every market (times `moves[market]` if given, keyed BTC_USD) and run a round."""
@@ -61,6 +78,9 @@ class Rounds:
             for k, source in enumerate(SOURCES):
                 px = self.prices[market] * (1 + (k - 1) * 1e-5)
                 self.core.ingest(Quote(source, market, self.now - 10, price=px))
+            if market in self.perpetual and not self.perps_quiet:
+                px = self.prices[market] * (1 + self.perp_premium)
+                self.core.ingest(Quote(PERP, market, self.now - 10, price=px, kind="perp"))
         return self.core.run_round(self.now)
 
 

@@ -28,10 +28,12 @@ def written(
     *,
     markets: dict[str, float] | None = None,
     config: Path | None = None,
+    perps: tuple[str, ...] = (),
 ) -> None:
     """A trail of `rounds` signed rounds of a daemon-like feed (BTC, ETH at -2, SOL at -3);
-    `config`: a file recorded as the config the daemon loaded, as the service records it."""
-    feed = Feed(make_config(markets), trail(path))
+    `config`: a file recorded as the config the daemon loaded, as the service records it;
+    `perps`: perpetual markets, whose leaves carry their mark."""
+    feed = Feed(make_config(markets, perps=perps), trail(path))
     if config is not None:
         feed.audit.record_config(T0, "start", "daemon", str(config), read_config(config)[1], "")
     signer = RoundSigner(KEY, "test")
@@ -351,3 +353,32 @@ def test_signatures_are_checked_in_the_deployment_the_auditor_names(
     with_config = ["audit", "--db", str(db), "--verify", "--config", str(config)]
     assert main([*with_config, "--deployment", "staging"]) == 3
     assert main(["audit", "--db", str(db), "--deployment", "test"]) == 2
+
+
+def test_a_perpetual_markets_stored_mark_is_proved_and_a_changed_one_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BTC/USD is perpetual, so its signed leaf covers its mark: the untouched trail verifies,
+    and a stored mark price changed afterwards (what a margin engine would have liquidated on)
+    no longer gives the signed root, for --verify (exit 3) and --at alike."""
+    db = tmp_path / "audit.sqlite3"
+    written(db, 4, perps=("BTC/USD",))
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "test"]) == 0
+    assert "4 signed and matching" in capsys.readouterr().out
+    db_conn = sqlite3.connect(db)
+    (round_id,) = db_conn.execute("SELECT id FROM rounds WHERE round = 3").fetchone()
+    dict_id, body = db_conn.execute(
+        "SELECT dict, body FROM reports WHERE round_id = ? AND market = 'BTC/USD'", (round_id,)
+    ).fetchone()
+    (zdict,) = db_conn.execute("SELECT data FROM dictionaries WHERE id = ?", (dict_id,)).fetchone()
+    db_conn.close()
+    report = msgspec.msgpack.decode(
+        zlib.decompressobj(-15, zdict=zdict).decompress(body), type=Report
+    )
+    assert report.mark is not None and report.mark.price is not None
+    moved = msgspec.structs.replace(report.mark, price=f"{float(report.mark.price) * 0.9:.2f}")
+    change_report(db, 3, "BTC/USD", mark=moved)
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "test"]) == 3
+    assert "mismatch: round 3" in capsys.readouterr().out
+    at = ["audit", "--db", str(db), "--deployment", "test", "--market", "BTC/USD", "--at"]
+    assert main([*at, str(T0 + 3 * 250)]) == 3

@@ -264,12 +264,14 @@ async def test_bad_filter_values_get_error_frames(client: Client, request_: dict
 
 
 def test_the_openapi_signed_price_schema_lists_the_struct_fields() -> None:
-    """The OpenAPI SignedPrice schema names exactly the fields of the wire struct, all required."""
+    """The OpenAPI SignedPrice schema names exactly the fields of the wire struct, all required
+    but a perpetual market's `mark` and `mark_mode`, which go together."""
     doc = json.loads(resources.files("oracled.api").joinpath("openapi.json").read_text())
     schema = doc["components"]["schemas"]["SignedPrice"]
     fields = {f.encode_name for f in msgspec.structs.fields(SignedPrice)}
     assert set(schema["properties"]) == fields
-    assert set(schema["required"]) == fields
+    assert set(schema["required"]) == fields - {"mark", "mark_mode"}
+    assert schema["dependentRequired"] == {"mark": ["mark_mode"], "mark_mode": ["mark"]}
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,10 @@ from publish_rig import Rounds, make_config
 from structlog.testing import capture_logs
 
 from oracled.errors import ConfigError
+from oracled.mark.engine import MODES
 from oracled.publish.signer import (
     DOMAIN,
+    MARK_MODES,
     Leaf,
     RoundSigner,
     SignatureError,
@@ -91,6 +93,86 @@ def test_leaf_is_the_eip712_struct_hash_of_price() -> None:
     }
     expected = _hash_eip191_message(encode_typed_data(full_message=message))
     assert keccak(b"\x19\x01" + domain_separator("test") + leaf_hash(leaf)) == expected
+
+
+def test_a_perpetual_leaf_is_the_eip712_struct_hash_of_perp_price() -> None:
+    """A leaf with a mark hashes as EIP-712 `PerpPrice` would (checked through eth-account),
+    and differs from the `Price` leaf of the same fields: a mark cannot be dropped unnoticed."""
+    leaf = Leaf("BTC/USD", 1_700_000_000_250, 0, 6_400_012, 55, -2, 6_406_412, 1)
+    fields = [
+        {"name": "market", "type": "string"},
+        {"name": "ts", "type": "uint64"},
+        {"name": "status", "type": "uint8"},
+        {"name": "price", "type": "int256"},
+        {"name": "confidence", "type": "uint256"},
+        {"name": "expo", "type": "int8"},
+        {"name": "mark", "type": "int256"},
+        {"name": "markMode", "type": "uint8"},
+    ]
+    message = {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "salt", "type": "bytes32"},
+            ],
+            "PerpPrice": fields,
+        },
+        "primaryType": "PerpPrice",
+        "domain": {**DOMAIN, "salt": deployment_salt("test")},
+        "message": {
+            "market": "BTC/USD",
+            "ts": 1_700_000_000_250,
+            "status": 0,
+            "price": 6_400_012,
+            "confidence": 55,
+            "expo": -2,
+            "mark": 6_406_412,
+            "markMode": 1,
+        },
+    }
+    expected = _hash_eip191_message(encode_typed_data(full_message=message))
+    assert keccak(b"\x19\x01" + domain_separator("test") + leaf_hash(leaf)) == expected
+    spot = Leaf("BTC/USD", 1_700_000_000_250, 0, 6_400_012, 55, -2)
+    assert leaf_hash(spot) != leaf_hash(leaf) != leaf_hash(Leaf(*fields_of(leaf)[:6], 0, 2))
+    assert MARK_MODES == MODES  # the leaf's codes are the mark engine's modes, in order
+
+
+def fields_of(leaf: Leaf) -> tuple[object, ...]:
+    return (leaf.market, leaf.ts, leaf.status, leaf.price, leaf.confidence, leaf.expo)
+
+
+def test_a_perpetual_markets_mark_and_mode_are_signed_in_every_mode() -> None:
+    """BTC/USD is perpetual: its envelope carries the report's mark price as an integer at the
+    market's exponent and the mode that made it (perps while the perpetual quotes, fallback once
+    it is stale, `none` with mark 0 when the index is paused), and its proof leads to the signed
+    root; ETH/USD and SOL/USD (spot) carry neither key. The round message lists the same."""
+    rounds = Rounds(make_config(perps=["BTC/USD"]))
+    signer = RoundSigner(KEY, "test")
+    seen = []
+    for step in range(26):
+        if step == 3:
+            rounds.perps_quiet = True  # stale after max_age_ms (5 s = 20 rounds): fallback
+        result = rounds.step(BTC_USD=1.5 if step == 25 else 1.0)  # the last: a jump pauses it
+        signed = signer.sign(result)
+        assert result.mark is not None
+        sp = msgspec.json.decode(signed.envelope(0), type=SignedPrice)
+        report = result.report(0)
+        assert report.mark is not None
+        expected = "0" if report.mark.price is None else report.mark.price.replace(".", "")
+        assert sp.mark == str(int(expected)) and sp.mark_mode == result.mark.values[0].mode
+        root = root_from_proof(
+            leaf_hash(sp.leaf()), sp.index, sp.count, [bytes.fromhex(p[2:]) for p in sp.proof]
+        )
+        assert "0x" + root.hex() == sp.root
+        for spot in (1, 2):
+            data = signed.envelope(spot)
+            assert b'"mark"' not in data and b'"mark_mode"' not in data
+        leaf = msgspec.json.decode(signed.message())["leaves"][0]
+        assert (leaf["mark"], leaf["mark_mode"]) == (sp.mark, sp.mark_mode)
+        seen.append(sp.mark_mode)
+    assert seen[0] == "perps" and "fallback" in seen and seen[-1] == "none"
+    assert sp.status == "paused" and sp.mark == "0"
 
 
 @settings(deadline=None)  # a loaded machine (or coverage tracing) is no failure of the tree

@@ -24,19 +24,36 @@ KEY = SigningKey.from_hex("0x" + "5a" * 32)
 DEPLOYMENT = "test"  # what this consumer was configured with, never read from a message
 STATUS = {"active": 0, "degraded": 1, "paused": 2, "unknown": 3}  # the docs' table
 PRICE_TYPE = "Price(string market,uint64 ts,uint8 status,int256 price,uint256 confidence,int8 expo)"
+PERP_PRICE_TYPE = (
+    "PerpPrice(string market,uint64 ts,uint8 status,int256 price,uint256 confidence,int8 expo,"
+    "int256 mark,uint8 markMode)"
+)
+MARK_MODE = {"perps": 0, "fallback": 1, "none": 2}  # the docs' table
 
 
 def keccak(data: bytes) -> bytes:
     return bytes(_keccak(data))
 
 
-def leaf(market: str, ts: int, status: str, price: str, confidence: str, expo: int) -> bytes:
-    """Step 2: hashStruct(Price) = keccak(typeHash ‖ keccak(market) ‖ the other fields)."""
-    fields = abi_encode(
-        ["bytes32", "uint64", "uint8", "int256", "uint256", "int8"],
-        [keccak(market.encode()), ts, STATUS[status], int(price), int(confidence), expo],
-    )
-    return keccak(keccak(PRICE_TYPE.encode()) + fields)
+def leaf(
+    market: str,
+    ts: int,
+    status: str,
+    price: str,
+    confidence: str,
+    expo: int,
+    mark: str | None = None,
+    mark_mode: str | None = None,
+) -> bytes:
+    """Step 2: hashStruct(Price) = keccak(typeHash ‖ keccak(market) ‖ the other fields), or
+    hashStruct(PerpPrice) when the message has a `mark` (a perpetual market)."""
+    types = ["bytes32", "uint64", "uint8", "int256", "uint256", "int8"]
+    values = [keccak(market.encode()), ts, STATUS[status], int(price), int(confidence), expo]
+    if mark is None:
+        return keccak(keccak(PRICE_TYPE.encode()) + abi_encode(types, values))
+    assert mark_mode is not None, "a mark comes with its mode"
+    fields = abi_encode([*types, "int256", "uint8"], [*values, int(mark), MARK_MODE[mark_mode]])
+    return keccak(keccak(PERP_PRICE_TYPE.encode()) + fields)
 
 
 def fold(node: bytes, index: int, count: int, proof: list[bytes]) -> bytes:
@@ -72,7 +89,7 @@ def recover(
             ],
         },
         "primaryType": "OracleRound",
-        "domain": {"name": "oracled", "version": "2", "salt": keccak(deployment.encode())},
+        "domain": {"name": "oracled", "version": "3", "salt": keccak(deployment.encode())},
         "message": {"ts": ts, "round": round_no, "count": count, "root": root},
     }
     sig = bytes.fromhex(signature.removeprefix("0x"))
@@ -83,7 +100,16 @@ def verify(sp: dict[str, Any], deployment: str = DEPLOYMENT) -> str:
     """Steps 1 to 5 over one SignedPrice (step 1's deployment check; the signer check is the
     callers'); returns the recovered signer."""
     assert sp["deployment"] == deployment, "signed for another deployment"
-    node = leaf(sp["market"], sp["ts"], sp["status"], sp["price"], sp["confidence"], sp["expo"])
+    node = leaf(
+        sp["market"],
+        sp["ts"],
+        sp["status"],
+        sp["price"],
+        sp["confidence"],
+        sp["expo"],
+        sp.get("mark"),
+        sp.get("mark_mode"),
+    )
     proof = [bytes.fromhex(h[2:]) for h in sp["proof"]]
     root = fold(node, sp["index"], sp["count"], proof)
     assert "0x" + root.hex() == sp["root"]
@@ -137,3 +163,51 @@ def test_a_round_signed_for_another_deployment_fails_the_documented_check() -> N
     with pytest.raises(AssertionError, match="another deployment"):
         verify(sp, "production")
     assert verify({**sp, "deployment": "production"}, "production") != KEY.address
+
+
+def test_a_perpetual_markets_mark_verifies_by_the_documented_steps_and_cannot_be_changed() -> None:
+    """BTC/USD is perpetual: in every mode (perps, then fallback once its perpetual went quiet)
+    its SignedPrice verifies by the docs' steps with the `PerpPrice` leaf, the RoundMessage's
+    leaves rebuild the root, and a changed mark, a changed mode, the mark left out, or a mark
+    added to a spot market each fail the documented check on the root."""
+    rounds = Rounds(make_config(perps=["BTC/USD"]))
+    signer = RoundSigner(KEY, DEPLOYMENT)
+    modes = set()
+    for step in range(24):
+        rounds.perps_quiet = step >= 2
+        signed = signer.sign(rounds.step())
+        sp = msgspec.json.decode(signed.envelope(0))
+        modes.add(sp["mark_mode"])
+        assert verify(sp) == KEY.address
+        whole = msgspec.json.decode(signed.message())
+        level = [
+            leaf(
+                x["market"],
+                whole["ts"],
+                x["status"],
+                x["price"],
+                x["confidence"],
+                x["expo"],
+                x.get("mark"),
+                x.get("mark_mode"),
+            )
+            for x in whole["leaves"]
+        ]
+        while len(level) > 1:
+            up = [keccak(level[k] + level[k + 1]) for k in range(0, len(level) - 1, 2)]
+            level = up + level[-1:] if len(level) % 2 else up
+        assert "0x" + level[0].hex() == whole["root"]
+    assert modes == {"perps", "fallback"}
+    bare = {k: v for k, v in sp.items() if k not in ("mark", "mark_mode")}
+    other = "perps" if sp["mark_mode"] == "fallback" else "fallback"
+    for forged in (
+        {**sp, "mark": str(int(sp["mark"]) + 1)},
+        {**sp, "mark_mode": other},
+        bare,
+    ):
+        with pytest.raises(AssertionError):
+            verify(forged)
+    spot = msgspec.json.decode(signed.envelope(1))
+    assert "mark" not in spot and verify(spot) == KEY.address
+    with pytest.raises(AssertionError):
+        verify({**spot, "mark": spot["price"], "mark_mode": "perps"})
