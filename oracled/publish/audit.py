@@ -458,14 +458,17 @@ class AuditTrail:
 
     def close(self, timeout_s: float = 3.0) -> bool:
         """Write what is queued (within `timeout_s`) and stop the worker; False if it has not
-        finished by then (it goes on, but a process that exits now loses what it still had)."""
+        finished by then (it goes on, but a process that exits now loses what it still had).
+        The wait for room in a full queue and the wait for the worker share `timeout_s`: each
+        had its own, so a stop could spend twice the time its budget gives the trail."""
         if not self._thread.is_alive():
             return True
+        deadline = time.monotonic() + timeout_s
         try:
             self._queue.put(_STOP, timeout=timeout_s)
         except queue.Full:
             return False
-        self._thread.join(timeout_s)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         return not self._thread.is_alive()
 
     # -- the worker thread --------------------------------------------------------------------

@@ -24,7 +24,7 @@ import yaml
 from catalogue import ROOT
 
 from oracled.config import parse_config
-from oracled.service import SHUTDOWN_BUDGET_S
+from oracled.service import STOP_WORST_CASE_S
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
@@ -393,8 +393,10 @@ def _seconds(duration: str) -> float:
 
 
 def test_deployments_give_the_shutdown_budget_and_kubernetes_drains_first() -> None:
-    """SIGTERM stops the daemon within SHUTDOWN_BUDGET_S (tests/integration/test_daemon.py
-    proves the daemon's side): each deployment waits longer before SIGKILL, so the audit trail's
+    """SIGTERM stops the daemon within STOP_WORST_CASE_S, every part of its stop at its limit
+    (the 5 s budget of its tasks and API, then the sinks' and files' closes and the event loop's:
+    9.1 s; the deployments waited 10 s, 15 in Kubernetes after a 5 s preStop, the budget's 5 s
+    and a 2 s margin, under it): each deployment waits longer before SIGKILL, so the audit trail's
     last batch and the pause file are closed, not cut off. In Kubernetes the pod also waited for
     nothing before its SIGTERM, which closes the listener at once, while the Service and the
     other nodes' proxies still sent it requests for a moment (endpoint removal is asynchronous):
@@ -409,13 +411,13 @@ def test_deployments_give_the_shutdown_budget_and_kubernetes_drains_first() -> N
     assert sleep, command
     delay = int(sleep[1])
     assert 3 <= delay <= 10
-    assert pod["terminationGracePeriodSeconds"] >= delay + SHUTDOWN_BUDGET_S + margin
+    assert pod["terminationGracePeriodSeconds"] >= delay + STOP_WORST_CASE_S + margin
     oracled = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["oracled"]
-    assert _seconds(oracled["stop_grace_period"]) >= SHUTDOWN_BUDGET_S + margin
+    assert _seconds(oracled["stop_grace_period"]) >= STOP_WORST_CASE_S + margin
     assert oracled.get("stop_signal", "SIGTERM") == "SIGTERM"
     unit = _unit()
     assert unit["KillSignal"] == ["SIGTERM"]
-    assert _seconds(unit["TimeoutStopSec"][0]) >= SHUTDOWN_BUDGET_S + margin
+    assert _seconds(unit["TimeoutStopSec"][0]) >= STOP_WORST_CASE_S + margin
     lines = (DEPLOY / "Dockerfile").read_text().splitlines()
     assert "STOPSIGNAL SIGTERM" in lines
 

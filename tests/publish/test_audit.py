@@ -494,6 +494,44 @@ def test_closing_while_the_writer_is_stuck_returns_and_a_later_close_finishes(
     assert audit.stats.write_errors == 0 and audit.stats.dropped == 0
 
 
+def test_close_waits_for_room_and_for_the_writer_within_one_timeout(tmp_path: Path) -> None:
+    """The stop gives the trail one timeout. A writer held by another connection's lock, with
+    the queue full: room comes a second into the close (SQLite's 5 s busy wait ends, the round
+    fails and the writer takes the next, where it waits again), and the close returns at its
+    timeout, not a second later (it waited a whole timeout for room, then another for the
+    writer: 2.5 s of a 1.5 s budget). The lock gone, a later close writes the round."""
+    db = tmp_path / "locked.sqlite3"
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=1, batch_rounds=1))
+    audit._retry_s = 0.0  # the writer opens the database again at once after its failure
+    audit.start()
+    feed = Feed(make_config(), audit)
+    feed.round()
+    deadline = time.monotonic() + 4.0  # hang guard, inside the writer's 5 s busy timeout
+    while audit.stats.rounds < 1:  # the database exists with its tables
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # the writer waits on this lock (5 s busy timeout)
+    try:
+        feed.round()
+        while not audit._queue.empty():  # the writer took it and waits on the lock
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        held_at = time.monotonic()
+        feed.round()  # queued: the queue is full
+        time.sleep(max(0.0, held_at + 4.0 - time.monotonic()))
+        started = time.monotonic()
+        assert not audit.close(timeout_s=1.5)
+        took = time.monotonic() - started
+        assert audit.stats.write_errors == 1  # room came: the first round failed meanwhile
+        assert took < 2.0, took
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert audit.close()
+    assert audit.stats.rounds == 2 and audit.stats.dropped == 0
+
+
 def test_a_damaged_database_is_reported_with_exit_2_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -233,7 +233,7 @@ def test_a_task_that_ignores_cancellation_is_named_and_abandoned_within_the_budg
     the stop still ends within the shutdown budget, and the task is logged by name as
     abandoned. `run()` returned after the budget, but `asyncio.Runner.close()` then cancelled the
     task again and waited for it with no limit: the process never exited (found following up
-    the lifecycle fixes)."""
+    the lifecycle fixes). The `stopped` line names the part that held the stop: the tasks'."""
     path = tmp_path / "oracled.toml"
     path.write_text(one_venue_toml("ws://127.0.0.1:9", "http://127.0.0.1:9"))
 
@@ -254,3 +254,7 @@ def test_a_task_that_ignores_cancellation_is_named_and_abandoned_within_the_budg
         assert not runner.is_alive(), "the stop waited on the deaf task"
     abandoned = [e for e in logs if e["event"] == "task ignored its cancellation; abandoned"]
     assert [(e["log_level"], e["task"]) for e in abandoned] == [("warning", "source:good")]
+    (stopped,) = [e for e in logs if e["event"] == "stopped"]  # what held the stop, and how long
+    assert list(stopped["parts_s"]) == ["tasks", "api", "session"]
+    assert stopped["parts_s"]["tasks"] >= 0.49  # the tasks' share: the budget but a second
+    assert stopped["took_s"] >= sum(stopped["parts_s"].values()) - 0.002  # rounded to 1 ms
