@@ -590,6 +590,12 @@ class _StateCollector:
             "Instruments the venue refused (unknown or delisted symbols).",
             labels=["source"],
         )
+        silent = GaugeMetricFamily(
+            "oracled_source_silent_instruments",
+            "Subscribed instruments without a quote for longer than their markets' max_age_ms "
+            "while the connection streams.",
+            labels=["source"],
+        )
         for sid, st in sorted(self._in.source_stats.items()):
             families["frames"].add_metric([sid], st.frames)
             families["malformed"].add_metric([sid], st.malformed)
@@ -605,8 +611,9 @@ class _StateCollector:
             for s in ConnState:
                 state.add_metric([sid, s.value], 1.0 if st.state is s else 0.0)
             failed.add_metric([sid], len(st.failed_instruments))
+            silent.add_metric([sid], len(st.silent_instruments))
         yield from families.values()
-        yield from (age, up, state, failed)
+        yield from (age, up, state, failed, silent)
         yield self._latency()
         dropped = CounterMetricFamily(
             "oracled_quotes_dropped",

@@ -20,7 +20,7 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -33,7 +33,14 @@ from oracled.aggregate.book import Layout
 from oracled.api import ApiContext, build_app
 from oracled.api.limits import FD_RESERVE, open_file_limit_short
 from oracled.clock import Clock, SystemClock
-from oracled.config import Config, SourceConfig, log_config_warnings, parse_listen, read_config
+from oracled.config import (
+    Config,
+    SourceConfig,
+    log_config_warnings,
+    parse_listen,
+    read_config,
+    slot_max_age_ms,
+)
 from oracled.core import Core, RoundResult
 from oracled.errors import ConfigError, ServiceStopping, TapeError
 from oracled.lockfile import LockHeldError, lock_beside
@@ -52,7 +59,7 @@ from oracled.sources.evm.runtime import ChainSet
 from oracled.sources.stats import ConnState, SourceStats
 from oracled.tape import header_line, pricing_digest, quote_to_line, read_header
 
-__all__ = ["SHUTDOWN_BUDGET_S", "Service", "SourceFactory", "run_service"]
+__all__ = ["SHUTDOWN_BUDGET_S", "Service", "SourceFactory", "run_service", "silent_limits"]
 
 #: Builds a source (the registry's `build_source`, or a test's own factory).
 SourceFactory = Callable[
@@ -96,6 +103,18 @@ _RESTART_MAX_S = 30.0
 #: Most rounds a blocked round loop computes afterwards (10 minutes at 250 ms, a few seconds of
 #: CPU at 1,000 markets); a longer stall skips the rest, and says so.
 MAX_CATCH_UP_ROUNDS = 2_400
+
+
+def silent_limits(cfg: Config) -> dict[str, dict[tuple[str, Kind], int]]:
+    """Per source, per (pair, kind) it quotes: the longest age any market allows that quote
+    (`slot_max_age_ms`; a perpetual's is its market's max_age_ms)."""
+    out: dict[str, dict[tuple[str, Kind], int]] = {}
+    for market in cfg.markets:
+        for ms in (*market.sources, *market.perp_sources):
+            limits = out.setdefault(ms.source, {})
+            key: tuple[str, Kind] = (ms.pair, ms.kind)
+            limits[key] = max(limits.get(key, 0), slot_max_age_ms(cfg, market, ms))
+    return out
 
 
 #: Bytes of tape lines that may wait while a write is in flight: a disk or a reader slower than
@@ -467,6 +486,8 @@ class Service:
         #: The floors of their round-age limits (oracled/api/ops.py; tests lower them).
         self.ready_min_s, self.alive_min_s = 5.0, 60.0
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
+        # The sources' silence limits, and the config they were computed from (`_silent_limits`).
+        self._limits: tuple[Config, dict[str, dict[tuple[str, Kind], int]]] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.chains: ChainSet | None = None  # the chain readers, made in run()
         self._reload_lock = asyncio.Lock()
@@ -554,6 +575,15 @@ class Service:
     # -- tasks ----------------------------------------------------------------------------
     def _pairs(self, sid: str) -> list[tuple[str, Kind]]:
         return source_pairs(self.cfg, sid)  # type: ignore[return-value]  # kinds come validated
+
+    def _silent_limits(self, sid: str) -> Mapping[tuple[str, Kind], int]:
+        """How long each instrument of `sid` may go without a quote on a streaming connection
+        before the source lists it silent: the longest age any market allows it, after which
+        it is of no use to any. Read at each of the source's scans, so it follows a reload
+        (which restarts no source for a changed max_age_ms)."""
+        if self._limits is None or self._limits[0] is not self.cfg:
+            self._limits = (self.cfg, silent_limits(self.cfg))
+        return self._limits[1].get(sid, {})
 
     def _start_source(self, sid: str) -> None:
         """Start the supervised task of one source, if it is enabled and used by a market.
@@ -703,6 +733,7 @@ class Service:
                     stats,
                 )
                 source.max_clock_skew_ms = self.cfg.oracle.max_clock_skew_ms
+                source.silent_after_ms = lambda: self._silent_limits(sid)
                 if self.chains is not None:
                     self.chains.attach(source)  # on-chain sources read through their chain
                 started = time.monotonic()

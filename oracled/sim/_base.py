@@ -6,6 +6,9 @@ every fault the adapters must survive:
 
 - `spike(symbol, factor, seconds)`: this venue alone prints a wrong price;
 - `silence(seconds | None)`: sockets stay open, nothing is sent, not even pings or heartbeats;
+- `mute(symbol)`: the venue takes subscriptions to the symbol, then sends no update of it (as
+  Binance does for a symbol it does not list, or a delisted one); everything else flows on.
+  A snapshot some venues send on subscribe still goes out; `unmute(symbol)` ends it;
 - `disconnect()`: drop every client's TCP connection without a closing handshake;
 - `garbage(n)`: send malformed frames from the venue's `GARBAGE` catalogue;
 - `burst(n)`: send `n` data frames at once to every client;
@@ -163,6 +166,7 @@ class VenueSim(abc.ABC):
         self.stats = SimStats()
         self.clients: set[Client] = set()
         self._silent_until = -math.inf
+        self.muted: set[str] = set()  # symbols whose updates are never sent (`mute`)
         self._recent_frames: deque[tuple[str, str]] = deque(maxlen=256)
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -255,6 +259,16 @@ class VenueSim(abc.ABC):
         """Keep sockets open but send nothing at all for `seconds` (None: until reset)."""
         self._silent_until = math.inf if seconds is None else self.now() + seconds
 
+    def mute(self, symbol: str) -> None:
+        """Send no more updates of `symbol` (one of `paths`), on a connection that stays healthy."""
+        if symbol not in self.paths:
+            raise KeyError(f"{self.name} simulates no {symbol!r}")
+        self.muted.add(symbol)
+
+    def unmute(self, symbol: str) -> None:
+        """Send `symbol`'s updates again."""
+        self.muted.discard(symbol)
+
     @property
     def silent(self) -> bool:
         return self.now() < self._silent_until
@@ -294,7 +308,9 @@ class VenueSim(abc.ABC):
         return queued
 
     def reset(self) -> None:
-        """Clear every fault: spikes, ramps, silence, disabled or failing endpoints."""
+        """Clear every fault: spikes, ramps, silence, muted symbols, disabled or failing
+        endpoints."""
+        self.muted.clear()
         for path in self.paths.values():
             path.clear()
         self._silent_until = -math.inf
@@ -387,6 +403,8 @@ class VenueSim(abc.ABC):
                         stats.heartbeats_sent += 1
 
     def _fan_out(self, symbol: str, frame: str, *, remember: bool = True) -> int:
+        if symbol in self.muted:
+            return 0
         if remember:
             self._recent_frames.append((symbol, frame))
         sent = 0

@@ -26,7 +26,14 @@ A venue subclass declares its URLs and wire types and implements five small hook
   the bar, or the `COUNTER_RESET_AFTER`-th such frame in a row, means the venue restarted its
   count or the frame that set the bar was bad: the bar is forgotten, the frame used, and the
   reset counted (``stats.sequence_resets``) and logged. Otherwise one far-ahead number would
-  freeze the symbol on a connection that looks healthy until the next reconnect.
+  freeze the symbol on a connection that looks healthy until the next reconnect;
+- silent instruments (`_check_silent`): a subscribed symbol without a quote for longer than its
+  limit (`silent_after_ms`, the service's: the longest age any market allows it) while the
+  connection streams, or none since the connection opened, is listed in
+  ``stats.silent_instruments``, with a line on entering and on quoting again (each at most once
+  a minute). A venue that accepts a subscription to a symbol it does not list (Binance does) or
+  stops sending one symbol shows nowhere else: the connection and the other symbols are fine.
+  The hot path pays one dict store per quote; the scan runs a few times a limit.
 
 Only state changes (and each reconnect's backoff) are logged, never a message.
 """
@@ -52,7 +59,7 @@ from oracled.lograte import LogEveryMinute
 from oracled.model import Kind, Quote
 from oracled.sources.stats import LATENCY_BOUNDS_MS, LATENCY_BUCKET_OF_MS, ConnState, SourceStats
 
-__all__ = ["COUNTER_RESET_AFTER", "RestPacer", "Source", "backoff_delay"]
+__all__ = ["COUNTER_RESET_AFTER", "DEFAULT_SILENT_AFTER_MS", "RestPacer", "Source", "backoff_delay"]
 
 _T = TypeVar("_T")
 _INF: Final = math.inf
@@ -71,6 +78,17 @@ _MAX_RETRY_AFTER_S: Final = 3 * 86_400.0
 #: Frames of one symbol refused in a row by a venue counter while newer by venue time than the
 #: frame that set the bar, after which the bar is judged bad (`Source._counter_refused`).
 COUNTER_RESET_AFTER: Final = 5
+#: An instrument's silence limit where `Source.silent_after_ms` gives none (a source run outside
+#: the service): a market's default max_age_ms.
+DEFAULT_SILENT_AFTER_MS: Final = 10_000
+# Silent symbols named in one log line (the count is always given), and the bounds of the time
+# between two scans for them (half the shortest limit in between).
+_SILENT_NAMED: Final = 20
+_SILENT_SCAN_S: Final = (0.1, 5.0)
+
+
+def _no_limits() -> Mapping[tuple[str, Kind], int]:
+    return {}
 
 
 def _retry_after(value: str | None) -> float:
@@ -199,6 +217,16 @@ class Source(abc.ABC):
         self._retry_after_s = 0.0  # what the newest rate-limit answer asked us to wait
         # Per symbol: the counter bar the current refusals were counted against, and how many.
         self._counter_refusals: dict[str, tuple[int, int]] = {}
+        #: (pair, kind) -> ms a subscribed symbol may go without a quote on a streaming
+        #: connection before it is listed silent; called at each scan, so that it can follow a
+        #: reload (the service sets it; missing keys: DEFAULT_SILENT_AFTER_MS).
+        self.silent_after_ms: Callable[[], Mapping[tuple[str, Kind], int]] = _no_limits
+        self._heard: dict[str, int] = {}  # symbol -> receive time of its newest quote
+        self._opened_ms = 0  # when the current connection opened (wall clock, ms)
+        self._silent_log = LogEveryMinute()
+        # Symbols said silent and not yet said quoting again -> the time their silence counts
+        # from; kept over reconnects, so that each episode has its two lines.
+        self._said_silent: dict[str, int] = {}
 
     @property
     def instruments(self) -> Mapping[str, tuple[str, Kind]]:
@@ -313,6 +341,7 @@ class Source(abc.ABC):
                 stats.observe_latency(latency)
         stats.quotes += 1
         stats.last_quote_ms = recv_ts
+        self._heard[symbol] = recv_ts
         if last is not None and not 0.0 < last < _INF:
             last = None  # a bad last price never spoils a good book; the core prices the mid
         # Positional arguments: this runs once per venue frame (source, pair, recv_ts, price,
@@ -447,8 +476,10 @@ class Source(abc.ABC):
             async with asyncio.TaskGroup() as tg:
                 if self.rest_url is not None:
                     tg.create_task(self._poll_loop(), name=f"source:{self.source_id}:rest")
+                tg.create_task(self._silent_loop(), name=f"source:{self.source_id}:silent")
                 await self._stream_loop()
         finally:
+            self.stats.silent_instruments = {}
             self._set_state(ConnState.STOPPED)
 
     async def _stream_loop(self) -> None:
@@ -556,6 +587,7 @@ class Source(abc.ABC):
         own reason for ending, or the one the watchdog cut it for ("silent" unless named)."""
         loop = asyncio.get_running_loop()
         self._opened_at = self._last_rx = self._clock.monotonic()
+        self._opened_ms = self._clock.now_ms()
         try:
             async with asyncio.timeout(None) as deadline:
                 self._deadline = deadline
@@ -622,6 +654,58 @@ class Source(abc.ABC):
             self._watch = asyncio.get_running_loop().call_later(delay, self._check)
             return
         deadline.reschedule(asyncio.get_running_loop().time())
+
+    # ----------------------------------------------------------------- silent instruments
+
+    async def _silent_loop(self) -> None:
+        """Scan for silent symbols every half of the shortest limit (within `_SILENT_SCAN_S`)."""
+        low, high = _SILENT_SCAN_S
+        while True:
+            shortest = min(self.silent_after_ms().values(), default=DEFAULT_SILENT_AFTER_MS)
+            await asyncio.sleep(min(max(shortest / 2000.0, low), high))
+            self._check_silent()
+
+    def _check_silent(self) -> None:
+        """List the subscribed symbols (refused ones aside) without a quote for longer than their
+        limit, counted from their last quote or from the connection's opening if none came
+        since; only while streaming. A symbol is said silent once, and said quoting again once
+        a quote of it came, on this connection or a later one (a venue that lost its book may
+        reconnect before it sends the symbol again)."""
+        if not self._streaming:
+            return  # the list was emptied when the stream went down; `_said` waits for it
+        stats, heard, said = self.stats, self._heard, self._said_silent
+        limits, failed = self.silent_after_ms(), stats.failed_instruments
+        opened, now = self._opened_ms, self._clock.now_ms()
+        found: dict[str, int] = {}
+        for symbol, key in self._by_symbol.items():
+            if symbol in failed:
+                said.pop(symbol, None)  # refused: "instrument failed" says the rest
+                continue
+            since = max(heard.get(symbol, opened), opened)
+            if now - since > limits.get(key, DEFAULT_SILENT_AFTER_MS):
+                found[symbol] = since
+        stats.silent_instruments = found  # one store: a scrape reads the old list or the new
+        entered = [s for s in found if s not in said]
+        back = sorted(s for s, since in said.items() if s not in found and heard.get(s, -1) > since)
+        for symbol in back:
+            del said[symbol]
+        said.update(found)
+        at = self._clock.monotonic()
+        if entered and (count := self._silent_log.due("silent", at)) is not None:
+            self._log.warning(
+                "instruments silent",
+                symbols=sorted(found)[:_SILENT_NAMED],
+                silent=len(found),
+                new=len(entered),
+                suppressed=count - 1,
+            )
+        if back and (count := self._silent_log.due("quoting", at)) is not None:
+            self._log.info(
+                "instruments quoting again",
+                symbols=back[:_SILENT_NAMED],
+                silent=len(found),
+                suppressed=count - 1,
+            )
 
     # ----------------------------------------------------------------- REST fallback
 
@@ -713,6 +797,7 @@ class Source(abc.ABC):
 
     def _stream_down(self, why: str) -> None:
         self._streaming = False
+        self.stats.silent_instruments = {}  # only a streaming connection has silent symbols
         if not self._down.is_set():
             self._down.set()
             self._set_state(ConnState.DOWN, reason=why)

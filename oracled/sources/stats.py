@@ -47,6 +47,10 @@ class SourceStats:
     last_quote_ms: int | None = None  # receive time of the newest quote
     last_frame_ms: int | None = None
     failed_instruments: dict[str, str] = field(default_factory=dict)  # symbol -> venue message
+    # Subscribed symbols without a quote for longer than their limit while the connection
+    # streams: symbol -> receive time (ms) of its last quote, or when the connection opened if
+    # none came since (`Source._check_silent`). Empty while not streaming.
+    silent_instruments: dict[str, int] = field(default_factory=dict)
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> count (source-side drops)
     # Venue-to-receive latency of quotes that carry a venue time: cumulative-free bucket counts
     # (the last bucket is +Inf), their sum in ms, and quotes whose venue time was ahead of ours.

@@ -32,6 +32,9 @@ REQUIRED = {
     "most frames of a source malformed": "OracledSourceMalformedFrames",
     "instruments refused by a venue (the source stays up)": "OracledSourceInstrumentsRefused",
     "a source crashed and was restarted (a bug; it may stay mostly up)": "OracledSourceCrashed",
+    "instruments a venue takes but never quotes (the source stays up)": (
+        "OracledSourceInstrumentsSilent"
+    ),
     "NATS bus down for minutes": "OracledNatsNotPublishing",
     "on-chain push stuck": "OracledPushStuck",
     "on-chain pusher stopped": "OracledPushDown",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 from venue_cases import CASES, Case, Running, Start, Wait, control_requests
 
 from oracled.sim._base import VenueSim
@@ -291,6 +293,43 @@ async def test_connection_is_rotated_before_its_maximum_age(
     assert run.stats.reconnects >= 2
     assert sim.stats.rest_requests == 0 and "rest_error" not in run.stats.dropped
     await wait(lambda: run.state() is ConnState.STREAMING)
+
+
+def quoting_again(logs: list[dict[str, Any]]) -> bool:
+    return any(e["event"] == "instruments quoting again" for e in logs)
+
+
+async def test_an_instrument_the_venue_stops_sending_is_listed_silent_until_it_quotes_again(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """A venue that keeps the subscription but sends nothing for one symbol (as Binance does for
+    a symbol it does not list) on a connection that stays healthy: past the symbol's limit it is
+    listed in silent_instruments and a warning names it, while the other instruments quote on
+    and the connection is neither cut nor down; once the venue sends it again it leaves the list
+    with an info line. Nothing else is ever listed."""
+    symbol, key = case.spike[0], case.spike[1]
+    listed: set[str] = set()
+    with capture_logs() as logs:
+        run = await start()
+        run.source.silent_after_ms = lambda: dict.fromkeys(case.keys, 400)
+        await wait(lambda: run.keys() == case.keys)
+        await settled(case, run, sim, wait)
+        sim.mute(symbol)
+        await wait(lambda: listed.update(run.stats.silent_instruments) or bool(listed))
+        (silent,) = run.stats.silent_instruments
+        assert run.source.instruments[silent] == key
+        seen = len(run.quotes)
+        await asyncio.sleep(0.6)  # past the limit again: still silent, the others still quote
+        assert run.keys(seen) == case.keys - {key}
+        assert run.stats.silent_instruments.keys() == {silent}
+        assert run.state() is ConnState.STREAMING and run.stats.reconnects == 0
+        sim.unmute(symbol)
+        # (Gemini's book of the symbol is out of date by then: it reconnects for a fresh one.)
+        await wait(lambda: listed.update(run.stats.silent_instruments) or quoting_again(logs))
+        assert run.stats.silent_instruments == {} and key in run.keys(seen)
+    assert listed == {silent}
+    said = [(e["event"], e["symbols"]) for e in logs if e["event"].startswith("instruments ")]
+    assert said == [("instruments silent", [silent]), ("instruments quoting again", [silent])]
 
 
 QUIET = [c for c in CASES if c.quiet is not None]
