@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import yaml
-from catalogue import ROOT, unknown_metrics
+from catalogue import ROOT, catalogue, unknown_metrics
 from dashboards import DASHBOARDS, load, targets, variables
 
 PROVISIONING = ROOT / "grafana" / "provisioning"
@@ -103,3 +103,46 @@ def test_every_override_by_name_matches_a_series_of_its_panel() -> None:
                     dead.append(f"{name} / {panel['title']}: {wanted!r} not in {legends}")
     assert dead == []
     assert checked >= 20
+
+
+def _units(expr: str) -> list[str]:
+    """The catalogue's unit of each metric an expression names, in order."""
+    listed, planned = catalogue()
+    known = {**listed, **planned}
+    units = []
+    for name in re.findall(r"\b(oracled_[a-z0-9_]+)\b", expr):
+        stem = re.sub(r"_(bucket|count|sum)$", "", name)
+        units.append(known[stem if known.get(stem, ("",))[0] == "histogram" else name][2])
+    return units
+
+
+def test_a_ratio_drawn_beside_values_has_its_own_unit_and_axis() -> None:
+    """The market drill-down's Confidence panel drew the band's half-width (in the quote
+    currency, ~10 for BTC/USD) and the same divided by the price (~0.0001) on one axis with no
+    unit: the relative series lay flat on zero for every market priced above a few units, and
+    the half-width did for the cheapest ones. A series that divides a metric by another of the
+    same unit (a ratio) in a panel with series of a unit now has a unit and an axis of its own."""
+    checked = 0
+    for name, dash in load().items():
+        stack = list(dash["panels"])
+        while stack:
+            panel = stack.pop()
+            stack.extend(panel.get("panels", []))
+            ratios, values = [], []
+            for target in panel.get("targets", []):
+                units = _units(target["expr"])
+                is_ratio = "/" in target["expr"] and len(units) == 2 and units[0] == units[1]
+                (ratios if is_ratio else values).append(target.get("legendFormat", ""))
+            if not (ratios and values):
+                continue
+            overrides = {
+                o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
+                for o in panel["fieldConfig"]["overrides"]
+                if o["matcher"]["id"] == "byName"
+            }
+            for legend in ratios:
+                checked += 1
+                props = overrides.get(legend, {})
+                assert props.get("unit") == "percentunit", (name, panel["title"], legend)
+                assert props.get("custom.axisPlacement") == "right", (name, panel["title"], legend)
+    assert checked >= 1
