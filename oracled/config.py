@@ -1124,8 +1124,9 @@ def _over_connection_limits(cfg: Config) -> list[str]:
             if ms.source == sid and ms.kind in kinds
         }
         advice = (
-            f"split its markets over several sources of type {src.type} (each has a connection "
-            "of its own)"
+            f"split its pairs over several sources of type {src.type} (the same settings under "
+            "other ids, each with a connection of its own and its pairs' instruments entries) "
+            "and list in each market the one that has its pair (docs/sources.md)"
         )
         if src.type in _CONNECTION_LIMITS:
             most, what, venue = _CONNECTION_LIMITS[src.type]

@@ -370,9 +370,34 @@ def test_more_instruments_than_the_venue_serves_on_a_connection_are_warned_about
     warnings = config_warnings(_one_venue(type_, most + 1))
     assert warnings == [
         f"sources.v: {most + 1} instruments on one connection, {text}: the venue refuses the "
-        f"rest, which this source never prices; split its markets over several sources of type "
-        f"{type_} (each has a connection of its own)"
+        f"rest, which this source never prices; split its pairs over several sources of type "
+        f"{type_} (the same settings under other ids, each with a connection of its own and its "
+        "pairs' instruments entries) and list in each market the one that has its pair "
+        "(docs/sources.md)"
     ]
+
+
+def test_the_split_the_warning_names_loads_without_a_warning() -> None:
+    """1025 Binance pairs on one source are over its 1024 streams; the same pairs split over two
+    sources of type binance (one market each, listing the source that has its pair) give no
+    warning at all: neither source is over the limit, and no market lists the venue twice."""
+    pairs = [f"C{i:04d}/USDT" for i in range(1025)]
+    cfg = parse_config(
+        {
+            "sources": {"v": {"type": "binance"}, "v_2": {"type": "binance"}},
+            "markets": [
+                {
+                    "symbol": p,
+                    "min_sources": 1,
+                    "sources": [{"source": "v" if i < 513 else "v_2", "pair": p}],
+                }
+                for i, p in enumerate(pairs)
+            ],
+        },
+        env={},
+    )
+    assert config_warnings(cfg) == []
+    assert [w.split(":")[0] for w in config_warnings(_one_venue("binance", 1025))] == ["sources.v"]
 
 
 def test_bybit_subscription_args_over_21000_characters_are_warned_about() -> None:
@@ -383,8 +408,9 @@ def test_bybit_subscription_args_over_21000_characters_are_warned_about() -> Non
     assert config_warnings(_one_venue("bybit_spot", 1001)) == [
         "sources.v: the subscription args of 1001 instruments come to 21021 characters on one "
         "connection, over Bybit's limit of 21000: the venue refuses the rest, which this source "
-        "never prices; split its markets over several sources of type bybit_spot (each has a "
-        "connection of its own)"
+        "never prices; split its pairs over several sources of type bybit_spot (the same "
+        "settings under other ids, each with a connection of its own and its pairs' instruments "
+        "entries) and list in each market the one that has its pair (docs/sources.md)"
     ]
     longer = _one_venue("bybit_spot", 1000, instruments={"C0000/USDT": "C0000USDTX"})
     assert [w.split(":")[0] for w in config_warnings(longer)] == ["sources.v"]
