@@ -50,8 +50,8 @@ async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -
     """With the wall clock stepped back an hour the loop publishes nothing: /readyz turns 503
     (reason: rounds stalled) after its limit, /healthz 503 `stalled` after its longer one, the
     latest round number stays put, and the price endpoints refuse the last round with 503
-    `stalled` rather than serve it as current; with the clock back, rounds resume and all
-    answer 200."""
+    `stalled` rather than serve it as current, and a stream subscriber is told `stalled`; with
+    the clock back, rounds resume, all answer 200 and the subscriber's reports come again."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         cfg = parse_config(
             {
@@ -86,8 +86,16 @@ async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -
                     return get
 
                 await _until(probe("/readyz"), 200, "ready at first")
+                ws = await http.ws_connect(base + "/v1/stream")
+                await ws.send_json({"op": "subscribe", "markets": ["BTC/USDT"]})
                 with capture_logs() as logs:
                     clock.back_ms = 3_600_000
+                    # A subscriber is told: after the ack and the reports of the rounds before
+                    # the stall, the `stalled` frame.
+                    async with asyncio.timeout(10):
+                        while (frame := await ws.receive_json())["type"] != "error":
+                            assert frame["type"] in ("subscribed", "report"), frame
+                    assert frame["code"] == "stalled", frame
                     stalled = await _until(probe("/readyz"), 503, "not ready once stalled")
                     assert stalled["reason"].endswith("(limit 0.4 s): rounds stalled"), stalled
                     assert stalled["live"] == 1  # the last round said live: not enough
@@ -98,7 +106,8 @@ async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -
                     code, health = await probe("/healthz")()
                     assert (code, health) == (200, {"status": "ok"})  # not dead yet
                     health = await _until(probe("/healthz"), 503, "not alive once stuck")
-                    assert health["status"] == "stalled" and health["round_age_s"] > 1.2
+                    # round_age_s has 3 decimals: an age of 1.2004 s reads 1.2
+                    assert health["status"] == "stalled" and health["round_age_s"] >= 1.2
                     assert health["round"] == stalled["round"]  # no round in between
                 assert "wall clock went back: rounds wait for it" in [e["event"] for e in logs]
                 clock.back_ms = 0
@@ -107,6 +116,11 @@ async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -
                 assert ready["round"] > stalled["round"] and ready["reason"] is None
                 code, prices = await probe("/v1/prices")()
                 assert code == 200 and prices[0]["price"] is not None
+                async with asyncio.timeout(10):  # the subscriber's reports come again
+                    while (frame := await ws.receive_json())["type"] != "report":
+                        assert (frame["type"], frame["code"]) == ("error", "stalled"), frame
+                assert frame["data"]["round"] > stalled["round"]
+                await ws.close()
         finally:
             service.stop()
             await task
