@@ -645,3 +645,26 @@ def test_the_two_replicas_never_share_a_node() -> None:
     labels = spec["template"]["metadata"]["labels"]
     for rule in rules.values():
         assert rule["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_sqlite_sorts_on_the_data_volume_not_the_small_tmp() -> None:
+    """SQLite writes a sort too big for memory to a temporary file, in the first writable
+    directory of its candidates (/var/tmp, /usr/tmp, /tmp) unless SQLITE_TMPDIR names one. With
+    a read-only root that was /tmp, which the pods mount as a 16 MiB memory emptyDir: building
+    the round index of `transitions` when a schema-2 audit trail is upgraded failed with
+    "database or disk is full" once the trail held 2 million transitions (measured on a 16 MiB
+    tmpfs; 1 million fit), and the trail stayed down, retried every 5 s. The image sets
+    SQLITE_TMPDIR to its working directory, the volume (the pods' data claim), which Kubernetes
+    does not override."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    runtime = text[text.rindex("\nFROM ") :].replace("\\\n", " ")
+    (workdir,) = re.findall(r"^WORKDIR (\S+)$", runtime, re.MULTILINE)
+    (env,) = [ln for ln in runtime.splitlines() if ln.startswith("ENV ")]
+    assert f"SQLITE_TMPDIR={workdir}" in env.split()
+    pod = manifests()["StatefulSet"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "SQLITE_TMPDIR" not in {e["name"] for e in container.get("env", [])}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts[workdir] not in {v["name"] for v in pod["volumes"]}, "the claim, not a pod volume"
+    (tmp,) = [v for v in pod["volumes"] if v["name"] == mounts["/tmp"]]
+    assert tmp["emptyDir"]["medium"] == "Memory"
