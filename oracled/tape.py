@@ -75,10 +75,15 @@ class TapeGapError(TapeError):
 
     def __init__(self, line: int, gap_ms: int, max_gap_ms: int, ts: int) -> None:
         self.line, self.gap_ms, self.max_gap_ms, self.ts = line, gap_ms, max_gap_ms, ts
-        super().__init__(
+        #: The gap and where the replay stopped, without what became of the output (a caller
+        #: that writes none, such as `oracled stress`, says so itself).
+        self.where = (
             f"line {line}: no quote for {_seconds(gap_ms)} s ({gap_ms / 3_600_000:.1f} h, from"
             f" {_iso(ts - gap_ms)} to {_iso(ts)}), more than --max-gap {_seconds(max_gap_ms)} s:"
-            " stopped there; the output ends with the round after the last quote before it"
+            " stopped there"
+        )
+        super().__init__(
+            f"{self.where}; the output ends with the round after the last quote before it"
         )
 
     def advice(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tomllib
 from pathlib import Path
@@ -87,6 +88,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
     from oracled.stress.output import plot, table
     from oracled.stress.runner import run_stress
 
+    tape = args.tape if args.tape is not None else f"scenario {args.scenario}"
     try:
         cfg, accounts, lines = _inputs(args)
         result = run_stress(cfg, lines, accounts, single_venue=args.venue, max_gap_ms=args.max_gap)
@@ -102,13 +104,14 @@ def cmd_stress(args: argparse.Namespace) -> int:
         print(f"oracled stress: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except TapeGapError as exc:  # no results: they would be of the tape before the gap only
-        print(f"oracled stress: {args.tape}: {exc} (--max-gap 0 replays any gap)", file=sys.stderr)
+        print(f"oracled stress: {tape}: {exc.where}; no results written", file=sys.stderr)
+        for line in gap_advice(exc, cfg.oracle.round_interval_ms, args):
+            print(f"  {line}", file=sys.stderr)
         return EXIT_TAPE_GAP
     except TapeError as exc:  # named by the tape's path, as `oracled replay` does
-        print(f"oracled stress: {args.tape}: {exc}", file=sys.stderr)
+        print(f"oracled stress: {tape}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     summary = result.summary()
-    tape = args.tape if args.tape is not None else f"scenario {args.scenario}"
     malformed = 0 if result.stats is None else result.stats.malformed
     if result.stats is not None:
         for error in result.stats.errors:  # as `oracled replay` names them
@@ -130,6 +133,33 @@ def cmd_stress(args: argparse.Namespace) -> int:
         print(f"oracled stress: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_TAPE_ERRORS if malformed else EXIT_OK  # results written, but of a partial tape
+
+
+def gap_advice(exc: TapeGapError, interval_ms: int, args: argparse.Namespace) -> list[str]:
+    """What to run instead, as lines (`oracled replay` gives its own: TapeGapError.advice). A
+    daemon that ran through the gap published a round every interval, which the engines meet
+    only by running them all; one stopped in it started afresh, which only the part after the
+    gap, stressed by itself, shows. Each run starts from the accounts file: no engine state
+    crosses from one part to the other."""
+    rounds, lift = exc.gap_ms // interval_ms, -(-exc.gap_ms // 1000)
+    if args.tape is None:  # a scenario's tape has no daemon behind it, nor a file to split
+        return [f"--max-gap {lift} (or 0: no limit) runs the scenario through it"]
+    through = (
+        f"if the daemon ran through the gap (a round every {interval_ms} ms without quotes):"
+        f" --max-gap {lift} runs the margin engines through it as the daemon"
+        f" published it, {rounds:,} rounds in the gap"
+    )
+    path, line = shlex.quote(str(args.tape)), exc.line
+    rest = " ".join(
+        shlex.quote(a) for a in ("--config", str(args.config), "--accounts", str(args.accounts))
+    )
+    return [
+        through,
+        "if it was stopped in the gap (its rounds after a restart start afresh, which no run of"
+        f" the whole tape gives): stress each part by itself, each from the accounts file:"
+        f" head -n {line - 1} {path} > before.jsonl; (head -n 1 {path}; tail -n +{line} {path})"
+        f" > after.jsonl; oracled stress {rest} --tape after.jsonl (and before.jsonl alike)",
+    ]
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:

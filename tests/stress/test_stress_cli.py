@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -228,3 +230,44 @@ def test_an_empty_tape_is_said_to_be_empty_and_named(
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert f"oracled stress: {empty}: empty tape: the first line must be the oracled-tape" in err
+
+
+def test_a_gap_says_what_to_run_instead_and_each_way_it_gives_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tape stopped at a gap (exit 4) says that no results were written (not replay's 'the
+    output ends with the round...', nor only '--max-gap 0 replays any gap', as before), and
+    gives the least --max-gap that runs the gap's rounds and the shell lines that stress the
+    part after it by itself. Both are run here as printed: each gives results (exit 0). A
+    scenario stopped at a gap is named as the scenario (it was 'None')."""
+    tape, cfg, accounts = _scenario_files(tmp_path, "flash_crash")
+    lines = tape.read_bytes().splitlines(keepends=True)[:241]  # the header and 24 s of quotes
+    late = [
+        json.dumps(q | {"ts": q["ts"] + 120_000}, separators=(",", ":")).encode() + b"\n"
+        for q in map(json.loads, lines[121:])
+    ]
+    tape.write_bytes(b"".join([*lines[:121], *late]))
+    argv = ["stress", "--config", str(cfg), "--tape", str(tape), "--accounts", str(accounts)]
+    capsys.readouterr()
+    assert main([*argv, "--max-gap", "60", "--json", "-"]) == 4
+    out, err = capsys.readouterr()
+    assert out == ""
+    first, through, part = err.splitlines()
+    assert first.startswith(f"oracled stress: {tape}: line 122: no quote for 120.")
+    assert first.endswith("stopped there; no results written")
+    assert "--max-gap 121 runs the margin engines through it" in through
+    assert main([*argv, "--max-gap", "121", "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["rounds"] > 140
+    shell = part.split("each from the accounts file: ", 1)[1].removesuffix(
+        " (and before.jsonl alike)"
+    )
+    here = f"{sys.executable} -m oracled.cli stress"
+    script = shell.replace("oracled stress", here) + " --max-gap 60 --json after.json"
+    proc = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "before.jsonl").read_bytes() == b"".join(lines[:121])
+    assert json.loads((tmp_path / "after.json").read_text())["rounds"] == 12
+    assert main(["stress", "--scenario", "flash_crash", "--max-gap", "0.5"]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("oracled stress: scenario flash_crash: line ")
+    assert err.endswith("  --max-gap 1 (or 0: no limit) runs the scenario through it\n")
