@@ -264,7 +264,8 @@ class StreamHandler:
         adds = before is not None and (
             bool(frozenset(self._order) - before) if markets is None else bool(markets - before)
         )
-        switches = options.get("signed", sub.signed) != sub.signed
+        after = frozenset(self._order) if markets is None else markets
+        switches = bool(after) and options.get("signed", sub.signed) != sub.signed
         return (adds or switches) and self._stall.frame() is not None
 
     def _apply(

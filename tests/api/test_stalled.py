@@ -133,6 +133,12 @@ async def test_a_switch_to_signed_frames_while_stalled_gets_stalled_not_the_old_
         rig.step()
         signed = await recv(ws)
         assert (signed["type"], signed["data"]["round"]) == ("signed", 2)
+        rig.clock.advance(STALL_MS)
+        assert is_stalled(await recv(ws))
+        # A switch that leaves no market would have had no snapshot: its ack alone.
+        ack = await ask(ws, {"op": "unsubscribe", "signed": False})
+        assert (ack["type"], ack["markets"], ack["signed"]) == ("unsubscribed", [], False)
+        assert (await ask(ws, {"op": "unsubscribe"}))["type"] == "unsubscribed"
 
 
 async def test_server_sent_events_while_stalled_start_with_stalled_not_the_old_round(
