@@ -1054,6 +1054,7 @@ class Service:
             if self.config_path
             else f"off: {self.no_reload}",
             signer=self.hub.signer,
+            deployment=None if self.signer is None else self.signer.deployment,
         )
         if self._freeze_gc:
             self.log.info("start-up objects frozen", objects=gcpause.freeze())

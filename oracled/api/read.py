@@ -307,9 +307,13 @@ class ReadHandlers:
         return rows
 
     async def info(self, request: web.Request) -> web.Response:
-        """Version and shape of the running daemon, and the address that signs its rounds."""
+        """Version and shape of the running daemon, and what its consumers must configure to
+        verify it: the address that signs its rounds and the deployment they are signed for."""
         ctx = self._ctx
         result = ctx.hub.latest_result
+        # [signing] is read at start-up only, and a reload keeps its running values in the
+        # config in force (oracled/reload.py), so this is the deployment the signer signs for.
+        signing = ctx.current_config.signing
         return json_response(
             {
                 "version": ctx.version,
@@ -318,5 +322,6 @@ class ReadHandlers:
                 "round": None if result is None else result.round,
                 "ts": None if result is None else result.ts,
                 "signer": ctx.hub.signer,
+                "deployment": signing.deployment if ctx.hub.signer is not None else None,
             }
         )

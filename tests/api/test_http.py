@@ -204,10 +204,28 @@ async def test_info_and_healthz(client: Client, rig: Rig) -> None:
         "round": None,
         "ts": None,
         "signer": None,  # this rig does not sign
+        "deployment": None,
     }
     rig.step()
     assert (await _json(client, "/v1/info"))["round"] == 1
     assert await _json(client, "/healthz") == {"status": "ok"}
+
+
+async def test_info_names_the_signer_and_the_deployment_consumers_must_configure(
+    make_client: ClientFactory,
+) -> None:
+    """A signing daemon's /v1/info serves both things a consumer verifies against: the address
+    and the `signing.deployment` its rounds are signed for (the EIP-712 salt), and no more of
+    [signing] (the key's variable is not named)."""
+    data = copy.deepcopy(CONFIG)
+    data["signing"] = {"enabled": True, "deployment": "staging-eu", "key_env": "SIGNING_KEY_VAR"}
+    rig = Rig(parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN}))
+    address = "0x71C7656EC7ab88b098defB751B7401B5f6d8976F"
+    rig.hub.signer = address  # what the service sets from its RoundSigner
+    client = await make_client(rig)
+    info = await _json(client, "/v1/info")
+    assert (info["signer"], info["deployment"]) == (address, "staging-eu")
+    assert "SIGNING_KEY_VAR" not in str(info)
 
 
 async def test_readyz_flips_with_the_share_of_live_markets(client: Client, rig: Rig) -> None:

@@ -77,11 +77,16 @@ async def test_median_of_three_signed_replicas_survives_a_liar_and_a_stop(
     replicas: tuple[list[Daemon], list[str]],
 ) -> None:
     """Quorum 3 of A, B, C: honest median despite C; A stopped: unknown; C unknown to a stricter
-    client; every replica serves its own address at /v1/info."""
+    client; every replica serves its own address and the deployment at /v1/info, and logs both
+    at start-up (what a consumer must be given), never the key."""
     daemons, addresses = replicas
     for d, address in zip(daemons, addresses, strict=True):
         status, info = await d.get("/v1/info")
-        assert status == 200 and info["signer"] == address
+        assert status == 200 and (info["signer"], info["deployment"]) == (address, "test")
+        (started,) = d.events("oracled started")
+        assert (started["signer"], started["deployment"]) == (address, "test")
+        key = (d.config.parent / "signing.key").read_text().strip()
+        assert key[-64:] not in d.logs()
     quorum = OracleClient(addresses, deployment="test", quorum=3, max_age_ms=2_000)
     strict = OracleClient(addresses[:2], deployment="test", quorum=2, max_age_ms=2_000)
     watchers = [
