@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -252,3 +254,32 @@ async def test_prometheus_asks_for_gzip_and_gets_it_and_reads_every_series(stack
     samples = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
     (stored,) = await prom.wait_for('scrape_samples_scraped{job="oracled"}', 10)
     assert abs(float(stored["value"][1]) - samples) <= samples // 20  # sources come and go
+
+
+def _promtool_lint(exposition: str) -> tuple[int, str]:
+    exe = shutil.which("promtool")
+    assert exe, "promtool is missing: run scripts/ops-setup.sh (make install-test does)"
+    done = subprocess.run(
+        [exe, "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+async def test_promtool_finds_nothing_to_lint_in_the_daemons_metrics(stack: Stack) -> None:
+    """`promtool check metrics`, Prometheus's own linter, passes the daemon's whole exposition
+    (every family of the stack: markets, sources, chain, push, audit, process): each has its
+    HELP and TYPE, counters end in `_total`, units are base units in the name. A family that
+    breaks a convention (a counter without `_total`, a `_milliseconds` gauge) fails here."""
+    daemon, _, prom, _, _ = stack
+    await prom.wait_for('oracled_market_status{job="oracled", status="active"} == 1', 30)
+    status, text = await daemon.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert status == 200
+    assert _promtool_lint(text) == (0, "")
+    bad = "# HELP oracled_x_seconds_count x\n# TYPE oracled_x_seconds_count counter\n"
+    code, said = _promtool_lint(text + bad + "oracled_x_seconds_count 1\n")
+    assert code != 0 and '"_total" suffix' in said  # the lint is on: a bad family is caught
