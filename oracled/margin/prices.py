@@ -10,7 +10,9 @@ engine may use or the reason it must not act (docs/margin.md, prices):
 * otherwise frozen, with the reason; once a pause has lasted longer than the grace period, the
   `last_good` policy uses the last good price with a wider maintenance buffer;
 * a market the daemon said it does not have (`unknown_market`, `market_removed`: `unavailable`)
-  is frozen with that reason until a report of it arrives again, grace period or not.
+  is frozen with that reason until a report of it arrives again, grace period or not;
+* every market is frozen with reason `stalled` once the daemon says its rounds have stalled
+  (its latest round is no current price, however young), until a newer report of it arrives.
 """
 
 from __future__ import annotations
@@ -146,13 +148,16 @@ class Frozen:
 class PriceBook:
     """The latest report per market, resolved against a policy at decision time."""
 
-    __slots__ = ("_last_usable", "latest", "policy", "unavailable")
+    __slots__ = ("_last_usable", "latest", "policy", "stalled", "unavailable")
 
     def __init__(self, policy: RiskPolicy) -> None:
         self.policy = policy
         self.latest: dict[str, PriceView] = {}
         # Markets the daemon refused or removed, with its error code: no report will come.
         self.unavailable: dict[str, str] = {}
+        # Markets whose latest report is of a round the daemon said has stalled: the (ts,
+        # round) of that report; only a newer one is current again.
+        self.stalled: dict[str, tuple[int, int]] = {}
         # The last report the policy accepted: a pause is measured from it, and its price is
         # the last good one (the daemon's `last_good_price` may be a degraded price that a
         # policy without degraded prices refused).
@@ -165,6 +170,9 @@ class PriceBook:
             return
         self.latest[view.market] = view
         self.unavailable.pop(view.market, None)  # the daemon has it (again)
+        held_at = self.stalled.get(view.market)
+        if held_at is not None and (view.ts, view.round) > held_at:
+            del self.stalled[view.market]  # a round after the stall
         if self._usable_status(view):
             self._last_usable[view.market] = view
 
@@ -178,6 +186,12 @@ class PriceBook:
         rather than wait for its last report to go stale."""
         self.unavailable[market] = reason
 
+    def mark_stalled(self) -> None:
+        """The daemon's rounds have stalled: no report held is current, however young, until
+        a newer one of its market arrives (`stalled`, docs/contracts.md, stream errors)."""
+        for market, view in self.latest.items():
+            self.stalled[market] = (view.ts, view.round)
+
     def resolve(self, market: str, now_ms: int) -> Resolved | Frozen:
         view = self.latest.get(market)
         gone = self.unavailable.get(market)
@@ -186,13 +200,17 @@ class PriceBook:
             return Frozen(gone or "no_report", none, 0)
         policy = self.policy
         age = now_ms - view.ts
-        if gone is None and self._usable_status(view) and age <= policy.max_report_age_ms:
+        stalled = market in self.stalled
+        fresh = not stalled and age <= policy.max_report_age_ms
+        if gone is None and self._usable_status(view) and fresh:
             assert view.price is not None
             if policy.use_mark and view.mark is not None:
                 return Resolved(view.price, view.mark, view.ref("mark", view.mark_text))
             return Resolved(view.price, view.price, view.ref("index", view.price_text))
         if gone is not None:
             reason = gone
+        elif stalled:
+            reason = "stalled"
         elif self._usable_status(view):
             reason = "stale_report"
         elif view.status == "degraded":

@@ -2,8 +2,9 @@
 
 It subscribes to the markets the accounts need, turns every report frame into the engine's view,
 and takes decisions after each report and on a steady tick of the local clock, so that a stream
-that goes quiet turns into `stale_report` freezes instead of silence. Every decision is written
-as one JSON line; connection changes are logged. A dropped connection is retried with backoff.
+that goes quiet turns into `stale_report` freezes instead of silence, and the daemon's `stalled`
+frame into `stalled` freezes at once. Every decision is written as one JSON line; connection
+changes are logged. A dropped connection is retried with backoff.
 
 The daemon refuses a whole subscribe request for one market it does not have. The service does
 not let one such market cost it every price: a request of several markets refused for a market
@@ -27,7 +28,7 @@ import aiohttp
 import msgspec
 import structlog
 
-from oracled.client_stream import Request, Subscriptions
+from oracled.client_stream import STALLED, Request, Subscriptions
 from oracled.margin.decisions import encode_decision
 from oracled.margin.engine import MarginEngine
 from oracled.margin.prices import PriceView, WireReport
@@ -116,6 +117,11 @@ class MarginService:
         return ()
 
     def _refused(self, frame: _Frame) -> tuple[Request, ...]:
+        if frame.code == STALLED:  # answers no request; concerns every market
+            _log.warning("stalled", message=frame.message)
+            self.engine.book.mark_stalled()
+            self._decide()
+            return ()
         refusal = self._subs.refused(frame.code or "unknown", frame.markets or ())
         if refusal.kind == "split":  # one bad market refused them all: ask for each alone
             _log.info("subscribe_refused", code=refusal.code, retry=len(refusal.markets))

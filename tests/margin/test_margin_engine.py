@@ -156,6 +156,30 @@ def test_a_stale_report_freezes_like_a_pause() -> None:
     assert next(d for d in decisions if isinstance(d, FreezeCall)).reasons == ["stale_report"]
 
 
+def test_a_stall_freezes_until_a_report_of_a_later_round_and_counts_as_a_pause() -> None:
+    """After `mark_stalled` (the daemon's `stalled` frame) a young live report is not acted
+    upon: the freeze says `stalled`. The same round's report again does not end it; the next
+    round's does. A stall that outlasts the grace period is a pause like any other: the last
+    good price with the buffer (account a: see the grace test below)."""
+    policy = {"pause_grace_ms": 60_000, "max_report_age_ms": 1_000_000}
+    engine = MarginEngine(spec(BANKRUPT_SET, tiers=FLAT, policy=policy))
+    engine.on_report(view("BTC/USD", 40_000, ts=T0, round=7))
+    engine.book.mark_stalled()
+    decisions = engine.step(T0 + 100)
+    assert not any(isinstance(d, Liquidation) for d in decisions)
+    assert {tuple(d.reasons) for d in decisions if isinstance(d, FreezeCall)} == {("stalled",)}
+    engine.on_report(view("BTC/USD", 40_000, ts=T0, round=7))
+    assert engine.step(T0 + 200) == []
+    engine.on_report(view("BTC/USD", 40_000, ts=T0 + 250, round=8))
+    assert any(isinstance(d, Liquidation) for d in engine.step(T0 + 300))
+    late = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
+    late.on_report(view("BTC/USD", 48_600, ts=T0))
+    late.book.mark_stalled()
+    assert not any(isinstance(d, Liquidation) for d in late.step(T0 + 60_000))
+    liquidated = [d for d in late.step(T0 + 60_001) if isinstance(d, Liquidation)]
+    assert liquidated and liquidated[0].driver.kind == "last_good"
+
+
 def test_degraded_prices_are_used_only_when_the_policy_allows() -> None:
     """allow_degraded = false turns a degraded report into a freeze."""
     for allow, liquidated in ((True, True), (False, False)):

@@ -243,3 +243,60 @@ async def test_an_unreadable_error_frame_still_answers_its_request() -> None:
     assert [(e["event"], e["code"]) for e in logs if e["event"] == "stream_error"] == [
         ("stream_error", "malformed")
     ]
+
+
+def spec_of(policy: dict[str, Any], instruments: dict[str, str], accounts: list[Any]) -> Any:
+    """Accounts on perpetuals of the rig's markets (one flat tier, maintenance 0.5 %)."""
+    tiers = [{"initial": 0.01, "maintenance": 0.005}]
+    return parse_accounts(
+        {
+            "policy": policy,
+            "assets": {"USD": {}, "BTC": {"market": "BTC/USD"}},
+            "instruments": {i: {"market": m, "tiers": tiers} for i, m in instruments.items()},
+            "accounts": accounts,
+        }
+    )
+
+
+async def test_a_stalled_daemon_freezes_every_market_with_the_reason_until_rounds_come_again(
+    served: Callable[[Rig, MarginEngine], Any],
+) -> None:
+    """The daemon's `stalled` error frame says its latest round is no current price. With a
+    policy that trusts a report for 60 s, the engine went on pricing (and would have
+    liquidated) on that round for 55 s more, and logged a bare `stream_error`. Now every
+    market the engine holds is frozen at once with reason `stalled` (a `freeze` decision naming
+    it), the log says `stalled` with the daemon's words, and the next round's report unfreezes."""
+    rig = Rig(make_config())
+    rig.step()
+    eng = MarginEngine(
+        spec_of(
+            {"max_report_age_ms": 60_000},
+            {"BTC-PERP": "BTC/USD"},
+            [
+                {"id": "holder", "collateral": {"BTC": 1.0}},
+                {
+                    "id": "trader",
+                    "collateral": {"USD": 10_000},
+                    "positions": [{"instrument": "BTC-PERP", "qty": 1, "entry": 64_000}],
+                },
+            ],
+        )
+    )
+    with capture_logs() as logs:
+        _, out, _ = await served(rig, eng)
+        await until(lambda: "BTC/USD" in eng.book.latest)
+        assert isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved)
+        rig.clock.advance(5_001)  # past the daemon's stall limit; the report is 5 s old
+        await until(lambda: standing(out).get("trader") == ["stalled"])
+        assert standing(out).get("holder") == ["stalled"]
+        btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
+        assert isinstance(btc, Frozen) and btc.reason == "stalled"
+        rig.step()
+        await until(lambda: standing(out).get("trader", ["?"]) is None)
+    assert isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved)
+    assert standing(out).get("holder") is None
+    told = [e for e in logs if e["event"] == "stalled"]
+    assert len(told) == 1 and told[0]["log_level"] == "warning"
+    assert "rounds have stalled" in told[0]["message"]
+    assert not [e for e in logs if e["event"] == "stream_error"]
+    assert b"liquidation" not in out.getvalue()
