@@ -1,7 +1,8 @@
 """`oracled margin`: the engine fed by `WS /v1/stream`, the way an outside risk engine would be.
 
-It subscribes to the markets the accounts need, turns every report frame into the engine's view,
-and takes decisions after each report and on a steady tick of the local clock, so that a stream
+It subscribes to the markets the accounts need, one `reports` frame a round (`batch`), turns the
+reports into the engine's view, and takes decisions after each round's reports (never between
+two markets' reports of one round) and on a steady tick of the local clock, so that a stream
 that goes quiet turns into `stale_report` freezes instead of silence, and the daemon's `stalled`
 frame into `stalled` freezes at once. Every decision is written as one JSON line; connection
 changes are logged. A dropped connection is retried with backoff.
@@ -40,7 +41,8 @@ _log = structlog.get_logger(component="margin")
 
 class _Frame(msgspec.Struct, forbid_unknown_fields=False):
     type: str
-    data: WireReport | None = None
+    # `report`: one report; `reports` (the `batch` subscription): a round's, in market order
+    data: WireReport | list[WireReport] | None = None
     markets: list[str] | None = None
     code: str | None = None
     message: str | None = None
@@ -103,11 +105,14 @@ class MarginService:
                 return ()
             # An error frame answers a request even when it cannot be read: keep the order.
             frame = _Frame("error", code="malformed", message=str(exc)[:200])
-        if frame.type == "report" and frame.data is not None:
-            if self._subs.reported(frame.data.market):
-                self._available((frame.data.market,))
-            self.engine.on_report(PriceView.from_wire(frame.data))
-            self.reports += 1
+        if frame.type in ("report", "reports") and frame.data is not None:
+            # Decided once the round's reports are all in: a hedge across two markets is not
+            # judged on one market's new price against the other's of the round before.
+            for report in frame.data if isinstance(frame.data, list) else (frame.data,):
+                if self._subs.reported(report.market):
+                    self._available((report.market,))
+                self.engine.on_report(PriceView.from_wire(report))
+                self.reports += 1
             self._decide()
         elif frame.type == "subscribed":
             _log.info("subscribed", markets=frame.markets)
@@ -144,8 +149,8 @@ class MarginService:
             _log.info("market_available", market=market)
 
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, requests: Iterable[Request]) -> None:
-        for markets in requests:
-            await ws.send_json({"op": "subscribe", "markets": markets})
+        for markets in requests:  # `batch`: a round's reports in one frame, decided together
+            await ws.send_json({"op": "subscribe", "markets": markets, "batch": True})
 
     async def _retry(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Ask again, one by one, for the markets the daemon refused or removed."""

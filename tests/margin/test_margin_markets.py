@@ -223,7 +223,7 @@ async def test_a_refusal_of_the_whole_request_is_not_asked_again_market_by_marke
     service, requests, logs = await run_scripted(
         eng, [refused], lambda _, logs: any("code" in e for e in logs)
     )
-    assert requests == [{"op": "subscribe", "markets": ["BTC/USD", "SOL/USD"]}]
+    assert requests == [{"op": "subscribe", "markets": ["BTC/USD", "SOL/USD"], "batch": True}]
     assert dict(service.unavailable) == {}
     assert [(e["event"], e["code"]) for e in logs if "code" in e] == [
         ("stream_error", "bad_request")
@@ -300,3 +300,45 @@ async def test_a_stalled_daemon_freezes_every_market_with_the_reason_until_round
     assert "rounds have stalled" in told[0]["message"]
     assert not [e for e in logs if e["event"] == "stream_error"]
     assert b"liquidation" not in out.getvalue()
+
+
+async def test_a_hedge_is_judged_on_one_rounds_prices_not_on_a_mix_of_two(
+    served: Callable[[Rig, MarginEngine], Any],
+) -> None:
+    """A long BTC perpetual hedged by a short ETH one of the same notional, 1,000 USD of
+    collateral, 640 maintenance. Both fall 2 % in one round: the account is as healthy as
+    before. The service decided after every report frame, so between this round's BTC report
+    and its ETH report it saw BTC down 2 % against the last round's ETH: equity -280, and it
+    liquidated the hedge. It now reads each round whole (a `batch` subscription: one `reports`
+    frame per round) and decides once per round. The snapshot comes whole too: no account is
+    frozen for `no_report` between its first two reports."""
+    rig = Rig(make_config())
+    rig.step()
+    eth_qty = -64_000 / 3_100
+    eng = MarginEngine(
+        spec_of(
+            {"liquidation_fee": 0.0},
+            {"BTC-PERP": "BTC/USD", "ETH-PERP": "ETH/USD"},
+            [
+                {
+                    "id": "hedged",
+                    "collateral": {"USD": 1_000},
+                    "positions": [
+                        {"instrument": "BTC-PERP", "qty": 1, "entry": 64_000},
+                        {"instrument": "ETH-PERP", "qty": eth_qty, "entry": 3_100},
+                    ],
+                }
+            ],
+        )
+    )
+    service, out, _ = await served(rig, eng)
+    await until(lambda: {"BTC/USD", "ETH/USD"} <= set(eng.book.latest))
+    result = rig.step({"BTC/USD": 64_000 * 0.98, "ETH/USD": 3_100 * 0.98})
+    btc, eth = result.report(0), result.report(1)
+    assert {btc.status, eth.status} <= {"active", "degraded"}  # both priced: the engine acts
+    await until(lambda: {v.round for v in eng.book.latest.values()} == {2})
+    assert service.reports == 4  # two rounds of the two markets
+    assert b"liquidation" not in out.getvalue()
+    assert eng.state("hedged") == "healthy"
+    # nor, at the start, a freeze for ETH/USD's `no_report` between the snapshot's two reports
+    assert b"freeze" not in out.getvalue()
