@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -668,3 +669,59 @@ def test_sqlite_sorts_on_the_data_volume_not_the_small_tmp() -> None:
     assert mounts[workdir] not in {v["name"] for v in pod["volumes"]}, "the claim, not a pod volume"
     (tmp,) = [v for v in pod["volumes"] if v["name"] == mounts["/tmp"]]
     assert tmp["emptyDir"]["medium"] == "Memory"
+
+
+def _build_stage_context(dest: Path) -> Path:
+    """What the Dockerfile's build stage has in its WORKDIR when it installs the package: its
+    COPY instructions carried out from the repository into `dest` (sources must be admitted by
+    the ignore file; `__pycache__` is not)."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    stages = re.split(r"^FROM ", text, flags=re.MULTILINE)
+    build = stages[1]
+    (workdir,) = re.findall(r"^WORKDIR (\S+)$", build, re.MULTILINE)
+    root = dest / workdir.lstrip("/")
+    root.mkdir(parents=True)
+    admitted = [
+        ln[1:].rstrip("/")
+        for ln in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if ln.startswith("!")
+    ]
+    ignore = shutil.ignore_patterns("__pycache__")
+    for line in build.splitlines():
+        if not line.startswith("COPY ") or "--from" in line:
+            continue
+        *sources, target = line.split()[1:]
+        for source in sources:
+            assert source.rstrip("/") in admitted, f"{source} is not in the build context"
+            into = root / target
+            if target.endswith("/") or len(sources) > 1:
+                into = into / Path(source).name
+            into.parent.mkdir(parents=True, exist_ok=True)
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, into, ignore=ignore)
+            else:
+                shutil.copyfile(ROOT / source, into)
+    return root
+
+
+def test_the_images_build_stage_has_what_the_package_build_needs(tmp_path: Path) -> None:
+    """The build stage copied pyproject.toml, constraints.txt, README.md and the package, then
+    ran `pip install .`; since the wheel carries the shipped config (pyproject's force-include
+    of config/default.toml, for an installed `oracled demo`), that install failed with
+    "Forced include not found: /src/config/default.toml": `docker build` could not build the
+    image at all. Found by building a wheel from exactly what the build stage copies, as here
+    (no Docker daemon needed): the build now succeeds and the wheel holds the shipped config."""
+    src = _build_stage_context(tmp_path / "context")
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    done = subprocess.run(
+        [*build, "-w", str(tmp_path / "wheels"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = (tmp_path / "wheels").glob("oracled-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("oracled/default.toml") == (ROOT / "config/default.toml").read_bytes()
+        assert "oracled/api/openapi.json" in archive.namelist()
