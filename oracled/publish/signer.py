@@ -170,33 +170,22 @@ def leaf_hash(leaf: Leaf, market_hash: bytes | None = None) -> bytes:
     if not (_INT256_MIN <= leaf.price <= _INT256_MAX and 0 <= leaf.confidence < 1 << 256):
         raise ValueError(f"leaf price out of range: {leaf}")
     if leaf.mark is None:
-        return keccak(
-            b"".join(
-                (
-                    _PRICE_TYPEHASH,
-                    market_hash or keccak(leaf.market.encode()),
-                    _word(leaf.ts),
-                    _word(leaf.status),
-                    _word(leaf.price),
-                    _word(leaf.confidence),
-                    _word(leaf.expo),
-                )
-            )
-        )
-    if not (_INT256_MIN <= leaf.mark <= _INT256_MAX and 0 <= leaf.mark_mode < 256):
+        typehash, tail = _PRICE_TYPEHASH, b""
+    elif _INT256_MIN <= leaf.mark <= _INT256_MAX and 0 <= leaf.mark_mode < 256:
+        typehash, tail = _PERP_PRICE_TYPEHASH, _word(leaf.mark) + _word(leaf.mark_mode)
+    else:
         raise ValueError(f"leaf mark out of range: {leaf}")
     return keccak(
         b"".join(
             (
-                _PERP_PRICE_TYPEHASH,
+                typehash,
                 market_hash or keccak(leaf.market.encode()),
                 _word(leaf.ts),
                 _word(leaf.status),
                 _word(leaf.price),
                 _word(leaf.confidence),
                 _word(leaf.expo),
-                _word(leaf.mark),
-                _word(leaf.mark_mode),
+                tail,  # a PerpPrice's mark and markMode follow the Price fields
             )
         )
     )
