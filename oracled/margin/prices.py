@@ -11,6 +11,8 @@ engine may use or the reason it must not act (docs/margin.md, prices):
   `last_good` policy uses the last good price with a wider maintenance buffer;
 * a market the daemon said it does not have (`unknown_market`, `market_removed`: `unavailable`)
   is frozen with that reason until a report of it arrives again, grace period or not;
+* a mark in `fallback` (not made from the perpetuals) is used, replaced by the index, or frozen
+  on (`mark_fallback`), as the policy says;
 * every market is frozen with reason `stalled` once the daemon says its rounds have stalled
   (its latest round is no current price, however young), until a newer report of it arrives.
 """
@@ -26,8 +28,13 @@ from oracled.margin.config import RiskPolicy
 __all__ = ["Frozen", "PriceBook", "PriceRef", "PriceView", "Resolved", "WireReport"]
 
 
+class WireEstimators(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    perp_median: str | None = None
+
+
 class WireMark(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     price: str | None = None
+    estimators: WireEstimators | None = None
 
 
 class WireReport(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -79,10 +86,17 @@ class PriceView(msgspec.Struct, frozen=True, gc=False):
     mark: float | None
     mark_text: str | None
     signature: str | None
+    #: What made the mark, as the signed leaf says it (docs/mark.md, signed): `perps` when the
+    #: perpetuals' median counted, else `fallback`; None without a mark.
+    mark_mode: str | None = None
 
     @classmethod
     def from_wire(cls, report: WireReport) -> PriceView:
         mark_text = report.mark.price if report.mark is not None else None
+        mode = None
+        if report.mark is not None and mark_text is not None:
+            est = report.mark.estimators  # a report without them proves no perpetual counted
+            mode = "perps" if est is not None and est.perp_median is not None else "fallback"
         return cls(
             market=report.market,
             ts=report.ts,
@@ -97,6 +111,7 @@ class PriceView(msgspec.Struct, frozen=True, gc=False):
             mark=_num(mark_text),
             mark_text=mark_text,
             signature=report.signature,
+            mark_mode=mode,
         )
 
     @classmethod
@@ -177,9 +192,23 @@ class PriceBook:
             self._last_usable[view.market] = view
 
     def _usable_status(self, view: PriceView) -> bool:
+        return self._live_status(view) and not self._distrusted_mark(view)
+
+    def _live_status(self, view: PriceView) -> bool:
         if view.price is None:
             return False
         return view.status == "active" or (view.status == "degraded" and self.policy.allow_degraded)
+
+    def _distrusted_mark(self, view: PriceView) -> bool:
+        """A fallback mark the policy freezes on: the report is no usable one (a pause of the
+        mark: measured from the last report with a mark from the perpetuals)."""
+        policy = self.policy
+        return (
+            policy.use_mark
+            and policy.mark_fallback == "freeze"
+            and view.mark is not None
+            and view.mark_mode != "perps"
+        )
 
     def mark_unavailable(self, market: str, reason: str) -> None:
         """The daemon does not (or no longer) serve `market`: freeze it with `reason` now
@@ -204,15 +233,18 @@ class PriceBook:
         fresh = not stalled and age <= policy.max_report_age_ms
         if gone is None and self._usable_status(view) and fresh:
             assert view.price is not None
-            if policy.use_mark and view.mark is not None:
+            trusted = view.mark_mode == "perps" or policy.mark_fallback == "use"
+            if policy.use_mark and view.mark is not None and trusted:
                 return Resolved(view.price, view.mark, view.ref("mark", view.mark_text))
             return Resolved(view.price, view.price, view.ref("index", view.price_text))
         if gone is not None:
             reason = gone
         elif stalled:
             reason = "stalled"
-        elif self._usable_status(view):
+        elif self._live_status(view) and age > policy.max_report_age_ms:
             reason = "stale_report"
+        elif self._live_status(view):  # live and fresh, but on a mark the policy distrusts
+            reason = "mark_fallback"
         elif view.status == "degraded":
             reason = "degraded_not_allowed"
         else:

@@ -54,6 +54,7 @@ def view(
     reasons: list[str] | None = None,
     last_good: float | None = None,
     mark: float | None = None,
+    mark_mode: str = "perps",
     signature: str | None = None,
 ) -> PriceView:
     """A report as JSON text, the way the stream delivers it, read into the engine's view."""
@@ -73,7 +74,17 @@ def view(
         "unknown_future_key": 1,
     }
     if mark is not None:
-        body["mark"] = {"price": f"{mark:.2f}", "funding_rate_estimate": "0.0001"}
+        text = f"{mark:.2f}"
+        perps = mark_mode == "perps"  # the perpetuals' median counted (docs/mark.md)
+        body["mark"] = {
+            "price": text,
+            "estimators": {
+                "basis_ema": text if perps else None,
+                "perp_median": text if perps else None,
+                "fallback": None if perps else text,
+            },
+            "funding_rate_estimate": "0.0001",
+        }
     if signature is not None:
         body["signature"] = signature
     return PriceView.from_json(msgspec.json.encode(body))

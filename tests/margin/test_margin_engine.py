@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import tomllib
 from typing import Any
 
 import msgspec
 import pytest
 from margin_helpers import T0, spec, view
 
+from oracled.config import parse_config
+from oracled.core import RoundResult
 from oracled.margin import (
     FreezeCall,
     Liquidation,
     MarginCall,
     MarginEngine,
+    PriceView,
     Shortfall,
     UnfreezeCall,
     encode_decision,
 )
+from oracled.replay import replay
+from oracled.stress.scenarios import build, scenario_config
 
 FLAT: list[dict[str, Any]] = [{"initial": 0.02, "maintenance": 0.01}]
 BANKRUPT_SET: list[dict[str, Any]] = [
@@ -269,3 +276,49 @@ def test_decisions_encode_as_tagged_json_with_their_drivers() -> None:
     assert [d["kind"] for d in decoded[:3]] == ["margin_call", "liquidation", "shortfall"]
     assert decoded[1]["driver"]["round"] == 9 and decoded[1]["driver"]["market"] == "BTC/USD"
     assert decoded[2]["drivers"][0]["status"] == "active"
+
+
+def test_a_fallback_mark_is_used_replaced_by_the_index_or_frozen_on_as_the_policy_says() -> None:
+    """Account a (equity 20,000 + 10 x (P - 50,000), maintenance 0.1 P) is liquidatable below
+    48,485. Index 49,000, mark 47,000 in fallback (no perpetual counted). `mark_fallback`:
+    `use` (the default, as before) liquidates on that mark; `index` values the position at the
+    index and does not; `freeze` freezes the market with reason `mark_fallback` and liquidates
+    nothing until a mark made from the perpetuals comes. Before, there was no way to tell the
+    engine not to act on a fallback mark."""
+    fallback = view("BTC/USD", 49_000, mark=47_000, mark_mode="fallback")
+    taken: dict[str, list[Any]] = {}
+    for choice in ("use", "index", "freeze"):
+        engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy={"mark_fallback": choice}))
+        engine.on_report(fallback)
+        taken[choice] = engine.step(T0)
+    liquidated = [d for d in taken["use"] if isinstance(d, Liquidation)]
+    assert liquidated and liquidated[0].driver.kind == "mark"
+    assert not any(isinstance(d, Liquidation | FreezeCall) for d in taken["index"])
+    assert [d.reasons for d in taken["freeze"] if isinstance(d, FreezeCall)] == [["mark_fallback"]]
+    assert not any(isinstance(d, Liquidation) for d in taken["freeze"])
+    engine.on_report(view("BTC/USD", 49_000, ts=T0 + 250, round=2, mark=47_000))
+    decisions = engine.step(T0 + 250)
+    assert any(isinstance(d, UnfreezeCall) for d in decisions)
+    liquidated = [d for d in decisions if isinstance(d, Liquidation)]
+    assert liquidated and liquidated[0].driver.kind == "mark"
+
+
+def test_the_mark_mode_of_the_cores_reports_is_read_from_them_in_process_and_on_the_wire() -> None:
+    """The perp_wick scenario replayed through the core: with its perpetual quotes, every live
+    BTC/USD report's mark is `perps`; without them, `fallback` (index plus basis: none seen).
+    The in-process view (stress) and the report's JSON (the stream) read the same mode."""
+    cfg = parse_config(tomllib.loads(scenario_config("perp_wick")))
+    lines = build("perp_wick").lines[:200]
+    for tape, mode in ((lines, "perps"), ([x for x in lines if b'"perp"' not in x], "fallback")):
+        modes: set[tuple[str | None, str | None]] = set()
+
+        def on_round(rr: RoundResult, modes: set[tuple[str | None, str | None]] = modes) -> None:
+            report = rr.report(rr.layout.markets.index("BTC/USD"))
+            here = PriceView.from_report(report)
+            wire = PriceView.from_json(msgspec.json.encode(report))
+            if here.live:
+                modes.add((here.mark_mode, wire.mark_mode))
+
+        with open(os.devnull, "wb") as sink:
+            replay(cfg, tape, sink, on_round=on_round)
+        assert modes == {(mode, mode)}
