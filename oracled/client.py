@@ -33,9 +33,16 @@ Reasons a message is refused (`Rejection.reason`):
                     old format, which names none): a staging price at a production consumer
     stale           older than `max_age_ms`
     future          ahead of the local clock by more than `max_future_ms`
-    replayed        another report for a market and round already accepted from this signer
-                    (the same report again is no rejection: it is counted in `duplicates`)
+    replayed        a report for a market and round already accepted from this signer, with
+                    the same signed content written otherwise (the very same report again is
+                    no rejection: it is counted in `duplicates`)
     reordered       older than a report already accepted from this signer for this market
+    equivocation    the signer signed two different rounds for one round time (another root,
+                    round number or count, or another leaf of the market): its key signs for
+                    daemons whose rounds
+                    differ (replicas sharing one key) or is in other hands. Every report of that
+                    signer for that time is refused, the one accepted first is withdrawn, and
+                    the two messages are kept as evidence in `equivocations`
 
 Refusals are also logged (`client rejected`, a warning with the reason and, for a wrong signer,
 the signer and the allowed ones), at most one line per reason every `log_every_ms`; the next
@@ -70,6 +77,7 @@ from oracled.publish.signer import (
 
 __all__ = [
     "REASONS",
+    "Equivocation",
     "MarketView",
     "OracleClient",
     "Rejection",
@@ -91,10 +99,14 @@ REASONS = (
     "future",
     "replayed",
     "reordered",
+    "equivocation",
 )
 _LIVE = frozenset({"active", "degraded"})
 _RECOVERED_MAX = 4096  # cached signature recoveries (a few rounds of every signer)
 _SEEN_PER_KEY = 64  # accepted round times remembered per (signer, market) to tell replays apart
+#: Round times remembered per signer with the round it signed for each (to catch a second one),
+#: more than `_SEEN_PER_KEY`: a message of any time still fresh must find its round here.
+_ROUNDS_PER_SIGNER = 256
 
 _log = structlog.get_logger("oracled.client")
 
@@ -105,7 +117,7 @@ class Rejection(Exception):
     def __init__(self, reason: str, detail: str = "", signer: str | None = None) -> None:
         self.reason = reason
         self.detail = detail
-        self.signer = signer  # who actually signed, when that is why (unknown_signer)
+        self.signer = signer  # who actually signed, when that is why (unknown_signer, equivocation)
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -271,6 +283,20 @@ class SignerReport:
 
 
 @dataclass(frozen=True, slots=True)
+class Equivocation:
+    """Two messages one key signed for the same round time that cannot both be true.
+
+    Either the key signs for several daemons whose rounds differ (replicas given one key) or
+    someone else holds it. Both messages verify: they are the evidence to show its operator.
+    """
+
+    signer: str
+    ts: int
+    first: SignedPrice  # accepted first: the key's report of `ts` the client held
+    second: SignedPrice  # the conflicting one: another round, or another leaf of the market
+
+
+@dataclass(frozen=True, slots=True)
 class MarketView:
     """What the client believes about a market now.
 
@@ -337,6 +363,13 @@ class OracleClient:
         self._latest: dict[str, dict[str, SignerReport]] = {}
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._recovered: dict[tuple[bytes, bytes], str] = {}
+        # Per signer, round time -> the first report accepted at it (whose round every other
+        # report of that time must share), or None once the signer equivocated at that time.
+        self._rounds: dict[str, dict[int, SignedPrice | None]] = {}
+        #: Per signer, the round times at which it signed two different rounds (alert on it).
+        self.equivocated: Counter[str] = Counter()
+        #: The latest such conflicts, each with both messages (the evidence).
+        self.equivocations: deque[Equivocation] = deque(maxlen=keep_rejections)
         self.accepted = 0
         # Reports accepted before that came again (a reconnect's snapshot, a second transport):
         # harmless, so not rejections; they change nothing.
@@ -364,6 +397,7 @@ class OracleClient:
             sp, signer = verify_signed(
                 data, self.allowed, deployment=self.deployment, recovered=self._recovered
             )
+            self._check_conflict(sp, signer)
             seen = self._seen.get((signer, sp.market))
             if seen is not None and seen.reports.get(sp.ts) == sp:
                 self.duplicates += 1
@@ -399,6 +433,47 @@ class OracleClient:
             return False
         return True
 
+    def _check_conflict(self, sp: SignedPrice, signer: str) -> None:
+        """Rejection `equivocation` if `signer` signed another round for `sp.ts` (another root,
+        round number or count; or another leaf of the market in it) than a report already
+        accepted, or did so before. Checked whatever the message's age: two valid signatures
+        are proof however old."""
+        rounds = self._rounds.get(signer)
+        if rounds is None or sp.ts not in rounds:
+            return
+        first = rounds[sp.ts]
+        if first is None:
+            raise Rejection(
+                "equivocation",
+                f"{signer} signed more than one round at ts {sp.ts}: none of them counts",
+                signer=signer,
+            )
+        if (first.round, first.count, first.root.lower()) != (sp.round, sp.count, sp.root.lower()):
+            detail = (
+                f"round {sp.round} of {sp.count} markets, root {sp.root[:66]}, after round "
+                f"{first.round} of {first.count}, root {first.root}"
+            )
+        else:
+            seen = self._seen.get((signer, sp.market))
+            prev = None if seen is None else seen.reports.get(sp.ts)
+            if prev is None or prev.leaf() == sp.leaf():
+                return
+            first, detail = prev, f"another leaf of {sp.market} in the same root"
+        rounds[sp.ts] = None
+        self.equivocated[signer] += 1
+        self.equivocations.append(Equivocation(signer, sp.ts, first, sp))
+        withdrawn = False
+        for reports in self._latest.values():
+            held = reports.get(signer)
+            if held is not None and held.ts == sp.ts:
+                del reports[signer]
+                withdrawn = True
+        if withdrawn:
+            self.updated.set()
+        raise Rejection(
+            "equivocation", f"{signer} signed two rounds at ts {sp.ts}: {detail}", signer=signer
+        )
+
     def _check_time(self, sp: SignedPrice, signer: str) -> None:
         now = self._now_ms()
         if now - sp.ts > self.max_age_ms:
@@ -419,6 +494,11 @@ class OracleClient:
             seen.reports.pop(seen.accepted[0], None)
         seen.accepted.append(sp.ts)
         seen.reports[sp.ts] = sp
+        rounds = self._rounds.setdefault(signer, {})
+        if sp.ts not in rounds:
+            if len(rounds) >= _ROUNDS_PER_SIGNER:
+                del rounds[next(iter(rounds))]
+            rounds[sp.ts] = sp
         live = sp.status in _LIVE
         marked = live and sp.mark_mode not in (None, "none")
         self._latest.setdefault(sp.market, {})[signer] = SignerReport(

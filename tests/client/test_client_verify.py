@@ -284,12 +284,13 @@ def test_stale_and_future_reports_are_refused() -> None:
 
 
 def test_replayed_and_reordered_reports_are_refused() -> None:
-    """Another report for a round already accepted from the signer is `replayed`; an older round
-    after a newer one is `reordered`; the very same report again (a reconnect's snapshot, a
-    second transport) is no rejection: it is counted in `duplicates` and changes nothing."""
+    """A report for a round already accepted from the signer, its signed content written
+    otherwise, is `replayed`; an older round after a newer one is `reordered`; the very same
+    report again (a reconnect's snapshot, a second transport) is no rejection: it is counted in
+    `duplicates` and changes nothing. (Another round signed for the same time is
+    `equivocation`: test_client_equivocation.)"""
     first, second, third = signed_rounds(KEYS[0], 3)
-    (other_first,) = signed_rounds(KEYS[0], 1, BTC_USD=1.01)  # round 1 again, priced apart
-    assert other_first.ts == first.ts
+    rewritten = edit(first, 0, signer=KEYS[0].address.lower())  # same signature, same leaf
     client, clock = client_at(first)
     clock.now = third.ts
     client.feed(frame(first, 0))
@@ -300,7 +301,7 @@ def test_replayed_and_reordered_reports_are_refused() -> None:
     assert (client.duplicates, client.accepted) == (2, 2)
     assert sum(client.rejected.values()) == 0
     assert client.price("BTC/USD") == before  # the old round did not come back
-    assert reason(client, frame(other_first, 0)) == "replayed"
+    assert reason(client, rewritten) == "replayed"
     assert reason(client, frame(second, 0)) == "reordered"
     client.feed(frame(second, 1))  # order is per market: ETH's round 2 is new
     assert client.price("BTC/USD").ts == third.ts

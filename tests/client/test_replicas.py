@@ -4,7 +4,8 @@ Replicas A and B read the same five simulated venues; replica C reads five venue
 each other on a BTC price 30 % too high, so C is live, validly signed, and wrong. The client takes
 the median over a quorum of three signers: C cannot move it. When A stops, two fresh signers are
 below the quorum and the market becomes `unknown`. A second client that allows only A and B
-refuses C's frames as `unknown_signer`.
+refuses C's frames as `unknown_signer`. Two replicas given one key sign conflicting rounds for
+the same round times: a client refuses them as `equivocation`.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ async def venues(prices: dict[str, float], seed: int) -> list[BinanceSim]:
     return sims
 
 
-def signing_daemon(name: str, sims: list[BinanceSim], tmp_path: Path) -> tuple[Daemon, str]:
+def signing_daemon(
+    name: str, sims: list[BinanceSim], tmp_path: Path, key: SigningKey | None = None
+) -> tuple[Daemon, str]:
     workdir = tmp_path / name
     workdir.mkdir()
-    key = SigningKey.generate()
+    key = key or SigningKey.generate()
     key_file = workdir / "signing.key"
     key_file.write_text(key.hex() + "\n")
     key_file.chmod(0o600)
@@ -115,3 +118,38 @@ async def test_median_of_three_signed_replicas_survives_a_liar_and_a_stop(
         for w in watchers:
             w.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
+
+
+async def test_two_replicas_sharing_one_key_are_caught_equivocating(tmp_path: Path) -> None:
+    """Two `oracled run` replicas given the same key (as pods reading it from one Secret), on
+    venues whose prices differ: they sign different rounds for the same round times (each its
+    own round count from its start, and its own prices), and a client hearing both refuses the
+    key's reports as `equivocation`, with both messages kept."""
+    key = SigningKey.generate()
+    one, other = await venues(HONEST, 42), await venues(HONEST, 7)
+    daemons = [
+        signing_daemon(name, sims, tmp_path, key)[0] for name, sims in (("a", one), ("b", other))
+    ]
+    client = OracleClient([key.address], deployment="test", max_age_ms=2_000)
+    watchers: list[asyncio.Task[None]] = []
+    try:
+        await asyncio.gather(*(d.start() for d in daemons))
+        watchers = [
+            asyncio.create_task(client.watch_ws(d.base, ["BTC/USD"], reconnect_s=0.2))
+            for d in daemons
+        ]
+        await wait_for(lambda: client.equivocated[key.address] >= 3, "three conflicting rounds")
+        evidence = client.equivocations[0]
+        assert evidence.signer == key.address
+        assert evidence.first.ts == evidence.second.ts == evidence.ts
+        first, second = evidence.first, evidence.second
+        assert (first.round, first.root) != (second.round, second.root)
+        assert client.rejected["equivocation"] >= 3
+    finally:
+        for w in watchers:
+            w.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        for d in daemons:
+            await d.close()
+        for sim in (*one, *other):
+            await sim.stop()
