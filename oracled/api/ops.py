@@ -87,11 +87,11 @@ class OpsHandlers:
         result = ctx.hub.latest_result
         live = 0 if result is None else int((result.status <= Status.DEGRADED).sum())
         age = None if result is None else ctx.round_age_s()
-        limit = ctx.round_limit_s(READY_ROUNDS, ctx.ready_min_s)
+        stalled = None if result is None else ctx.stalled()  # the price endpoints' test and words
         if result is None:
             reason: str | None = "no round yet"
-        elif age is not None and age > limit:
-            reason = f"the latest round is {age:.1f} s old (limit {limit:g} s): rounds stalled"
+        elif stalled is not None:
+            reason = stalled
         elif live < required:
             reason = f"{live} of {total} markets live, {required} required"
         else:

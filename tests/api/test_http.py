@@ -248,7 +248,8 @@ async def test_readyz_and_healthz_fail_when_no_round_is_published_for_too_long(
     """A round loop that stops publishing (stuck, not crashed) no longer leaves the daemon ready
     for ever on its last round: past 3 intervals and 5 s /readyz is 503 naming the reason, past
     10 intervals and 60 s /healthz is 503 too (a supervisor restarts it); a new round heals
-    both. /healthz is 200 before the first round (the loop has not started)."""
+    both. /healthz is 200 before the first round (the loop has not started). /readyz's reason is
+    the stall as the price endpoints' 503 `stalled` words it (one test: ApiContext.stalled)."""
     assert await _json(client, "/healthz") == {"status": "ok"}
     rig.step()
     body = await _json(client, "/readyz", 200)
@@ -258,7 +259,9 @@ async def test_readyz_and_healthz_fail_when_no_round_is_published_for_too_long(
     rig.clock.advance(1)
     body = await _json(client, "/readyz", 503)
     assert (body["ready"], body["live"], body["round"], body["round_age_s"]) == (False, 3, 1, 5.001)
-    assert body["reason"] == "the latest round is 5.0 s old (limit 5 s): rounds stalled"
+    assert body["reason"] == "the latest round is 5.0 s old (limit 5 s): rounds have stalled"
+    refused = await _json(client, "/v1/prices", 503)  # one test of a stall, in the same words
+    assert refused["error"]["message"].startswith(body["reason"] + ", "), refused
     assert await _json(client, "/healthz") == {"status": "ok"}
     rig.clock.advance(55_000)
     body = await _json(client, "/healthz", 503)

@@ -97,7 +97,7 @@ async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -
                             assert frame["type"] in ("subscribed", "report"), frame
                     assert frame["code"] == "stalled", frame
                     stalled = await _until(probe("/readyz"), 503, "not ready once stalled")
-                    assert stalled["reason"].endswith("(limit 0.4 s): rounds stalled"), stalled
+                    assert stalled["reason"].endswith("(limit 0.4 s): rounds have stalled"), stalled
                     assert stalled["live"] == 1  # the last round said live: not enough
                     for path in ("/v1/prices", "/v1/prices/BTC-USDT"):
                         code, refused = await probe(path)()
