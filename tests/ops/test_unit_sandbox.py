@@ -83,6 +83,37 @@ def _seccomp_mode(pid: int) -> str:
     raise AssertionError(f"no Seccomp line in /proc/{pid}/status")
 
 
+def _config(venues: list[BinanceSim]) -> str:
+    """Three loopback venues, with a pauses file and an audit trail in the working directory."""
+    config = sim_config([(s.ws_url, s.rest_url) for s in venues]).replace(
+        "[oracle]\n", '[oracle]\nmanual_pauses_file = "pauses.json"\n', 1
+    )
+    return config + '\n[audit]\nenabled = true\npath = "audit.sqlite3"\n'
+
+
+async def _price_pause_reload_stop(daemon: Daemon, workdir: Path) -> None:
+    """What a deployed daemon does: prices, a manual pause kept in its file, its audit trail
+    (SQLite, the WAL), a reload on SIGHUP, a stop on SIGTERM with exit 0, and no error logged."""
+    assert daemon.proc is not None
+    await daemon.wait_status("BTC/USD", {"active", "degraded"}, limit_s=20)
+    status, body = await daemon.post(
+        "/v1/admin/markets/ETH-USD/pause", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert status == 200, body
+    await daemon.wait_for(lambda: "ETH/USD" in _text(workdir / "pauses.json"), 10, "pause file")
+    daemon.proc.send_signal(signal.SIGHUP)
+    await daemon.wait_for(lambda: daemon.events("config reloaded"), 10, "reload")
+    await daemon.wait_for(lambda: (workdir / "audit.sqlite3-wal").exists(), 10, "trail")
+    assert daemon.terminate() == 0, daemon.logs()[-3000:]
+    errors = [ln for ln in daemon.logs().splitlines() if '"level":"error"' in ln]
+    errors += [ln for ln in daemon.logs().splitlines() if '"level":"critical"' in ln]
+    assert errors == [], errors
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 @pytest.fixture
 async def venues() -> AsyncIterator[list[BinanceSim]]:
     sims = [BinanceSim(PRICES, seed=i, rate_hz=20.0, market_seed=42) for i in range(3)]
@@ -115,27 +146,52 @@ async def test_the_daemon_runs_and_stops_under_the_units_system_call_filter(
         f'#!/bin/sh\nexec "{sys.executable}" "{LAUNCHER}" "{spec}" "{sys.executable}" "$@"\n'
     )
     wrapper.chmod(0o755)
-    config = sim_config([(s.ws_url, s.rest_url) for s in venues]).replace(
-        "[oracle]\n", '[oracle]\nmanual_pauses_file = "pauses.json"\n', 1
-    )
-    config += '\n[audit]\nenabled = true\npath = "audit.sqlite3"\n'
-    daemon = Daemon(config, tmp_path)
+    daemon = Daemon(_config(venues), tmp_path)
     daemon.argv = [str(wrapper), "run"]
     try:
         await daemon.start()
         assert daemon.proc is not None
         assert _seccomp_mode(daemon.proc.pid) == "2", "the daemon runs without the filter"
-        await daemon.wait_status("BTC/USD", {"active", "degraded"}, limit_s=20)
-        status_code, body = await daemon.post(
-            "/v1/admin/markets/ETH-USD/pause",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        )
-        assert status_code == 200, body
-        await daemon.wait_for(lambda: (tmp_path / "pauses.json").exists(), 10, "pause file")
-        daemon.proc.send_signal(signal.SIGHUP)
-        await daemon.wait_for(lambda: daemon.events("config reloaded"), 10, "reload")
-        await daemon.wait_for(lambda: (tmp_path / "audit.sqlite3-wal").exists(), 10, "trail")
-        assert daemon.terminate() == 0, daemon.logs()[-3000:]
+        await _price_pause_reload_stop(daemon, tmp_path)
     finally:
         await daemon.close()
-    assert "ETH/USD" in (tmp_path / "pauses.json").read_text()
+
+
+def _root_mount_options(pid: int) -> list[str]:
+    """The mount options of / as the process sees it (its mount namespace)."""
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            return fields[5].split(",")
+    raise AssertionError(f"no root mount in /proc/{pid}/mountinfo")
+
+
+async def test_the_daemon_writes_nowhere_but_its_working_directory(
+    venues: list[BinanceSim], tmp_path: Path
+) -> None:
+    """Every deployment leaves the daemon one writable directory, its working directory: the
+    unit's state directory under ProtectSystem=strict, the image's volume under a read-only root
+    in the pods (readOnlyRootFilesystem) and in compose (read_only). Here the daemon runs in a
+    mount namespace of its own where the whole root filesystem is read-only (even /tmp) but for
+    its working directory, bound writable: it prices, keeps a pause, writes its trail, reloads
+    and stops as it does anywhere, with no error logged (a write that failed elsewhere would be
+    logged, or stop it)."""
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare is missing (Debian package util-linux)"
+    wrapper = tmp_path / "python-read-only-root"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'exec "{unshare}" --mount --propagation private sh -c '
+        '\'mount --bind "$0" "$0" && mount -o remount,bind,ro / && cd "$0" && exec "$@"\' '
+        f'"{tmp_path}" "{sys.executable}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    daemon = Daemon(_config(venues), tmp_path)
+    daemon.argv = [str(wrapper), "run"]
+    try:
+        await daemon.start()
+        assert daemon.proc is not None
+        assert "ro" in _root_mount_options(daemon.proc.pid), "the root is writable"
+        await _price_pause_reload_stop(daemon, tmp_path)
+    finally:
+        await daemon.close()
