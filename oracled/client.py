@@ -14,6 +14,11 @@ refused message is counted and kept with its reason.
     ...
     view = client.price("BTC/USD")  # MarketView(status="active", price=Decimal("64000.12"), ...)
 
+The quorum counts signers by key, unless the allowed signers are given as a mapping of
+identities to their addresses (`{"daemon-a": {old, new}, "daemon-b": {...}}`): then it counts
+identities, each by its newest fresh report, so that one daemon's old and new key during a key
+rotation are one signer, not two.
+
 A perpetual market's signed prices carry its mark and mark mode in their leaf (`PerpPrice`):
 each signer's report keeps them, and `MarketView.mark` is the median mark of the signers that
 made the price.
@@ -280,6 +285,9 @@ class SignerReport:
     confidence: Decimal | None
     mark: Decimal | None = None  # a perpetual's signed mark; None for spot or without one
     mark_mode: str | None = None  # perps / fallback / none; None for a spot market
+    #: Whose key `signer` is: the identity it is allowed under, or the address itself when the
+    #: allowed signers are a plain collection (the client always sets it).
+    identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +322,9 @@ class MarketView:
     #: A perpetual's mark: the median of the signed marks of `signers`, when every one of them
     #: has one (a signer without a mark would otherwise leave fewer than a quorum behind it).
     mark: Decimal | None = None
+    #: The identities of `signers`, sorted: what the quorum counted (each signer's address
+    #: when the allowed signers are a plain collection).
+    identities: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -332,12 +343,37 @@ def _median(values: list[Decimal]) -> Decimal:
     return (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def _identities(allowed: Iterable[str] | Mapping[str, str | Iterable[str]]) -> dict[str, str]:
+    """EIP-55 address -> identity: the mapping's keys, else each address its own identity."""
+    if not isinstance(allowed, Mapping):
+        return {address: address for address in map(to_checksum_address, allowed)}
+    out: dict[str, str] = {}
+    for identity, addresses in allowed.items():
+        listed = [addresses] if isinstance(addresses, str) else list(addresses)
+        if not listed:
+            raise ValueError(f"allowed signer {identity!r}: give it at least one address")
+        for address in map(to_checksum_address, listed):
+            if out.setdefault(address, identity) != identity:
+                raise ValueError(f"{address} is allowed for both {out[address]!r} and {identity!r}")
+    return out
+
+
+def _newest_per_identity(reports: Iterable[SignerReport]) -> list[SignerReport]:
+    """Each identity's newest report (the later address on a tie): what it says now."""
+    newest: dict[str, SignerReport] = {}
+    for r in reports:
+        kept = newest.get(r.identity)
+        if kept is None or (r.ts, r.signer) > (kept.ts, kept.signer):
+            newest[r.identity] = r
+    return list(newest.values())
+
+
 class OracleClient:
     """Verifies signed prices from any number of daemons and keeps the quorum view per market."""
 
     def __init__(
         self,
-        allowed_signers: Iterable[str],
+        allowed_signers: Iterable[str] | Mapping[str, str | Iterable[str]],
         *,
         deployment: str,
         quorum: int = 1,
@@ -347,11 +383,14 @@ class OracleClient:
         keep_rejections: int = 256,
         log_every_ms: int = 10_000,
     ) -> None:
-        allowed = frozenset(to_checksum_address(a) for a in allowed_signers)
+        #: Allowed address (EIP-55) -> the identity the quorum counts it as.
+        self.identity_of: Mapping[str, str] = _identities(allowed_signers)
+        allowed = frozenset(self.identity_of)
         if not allowed:
             raise ValueError("allow at least one signer")
-        if not 1 <= quorum <= len(allowed):
-            raise ValueError(f"quorum must be between 1 and the {len(allowed)} allowed signers")
+        identities = len(set(self.identity_of.values()))
+        if not 1 <= quorum <= identities:
+            raise ValueError(f"quorum must be between 1 and the {identities} allowed signers")
         if not deployment:
             raise ValueError("deployment: name the deployment whose signatures to accept")
         self.allowed = allowed
@@ -510,6 +549,7 @@ class OracleClient:
             confidence=Decimal(int(sp.confidence)).scaleb(sp.expo) if live else None,
             mark=Decimal(int(sp.mark)).scaleb(sp.expo) if marked and sp.mark is not None else None,
             mark_mode=sp.mark_mode,
+            identity=self.identity_of[signer],
         )
         self.accepted += 1
         self.updated.set()
@@ -528,7 +568,8 @@ class OracleClient:
             for r in self._latest.get(market, {}).values()
             if now - r.ts <= self.max_age_ms and r.ts - now <= self.max_future_ms
         )
-        live = [r for r in fresh if r.status in _LIVE and r.price is not None]
+        newest = _newest_per_identity(fresh)  # the quorum counts identities, not keys
+        live = [r for r in newest if r.status in _LIVE and r.price is not None]
         if len(live) >= self.quorum:
             status = "active" if all(r.status == "active" for r in live) else "degraded"
             marks = [r.mark for r in live if r.mark is not None]
@@ -540,15 +581,17 @@ class OracleClient:
                 signers=tuple(sorted(r.signer for r in live)),
                 reports=fresh,
                 mark=_median(marks) if len(marks) == len(live) else None,
+                identities=tuple(sorted(r.identity for r in live)),
             )
-        if len(fresh) >= self.quorum:
+        if len(newest) >= self.quorum:
             return MarketView(
                 market,
                 "paused",
                 None,
-                max(r.ts for r in fresh),
-                tuple(sorted(r.signer for r in fresh)),
+                max(r.ts for r in newest),
+                tuple(sorted(r.signer for r in newest)),
                 fresh,
+                identities=tuple(sorted(r.identity for r in newest)),
             )
         return MarketView(market, "unknown", None, None, (), fresh)
 
