@@ -377,4 +377,9 @@ def run_stress(
         result.stats = replay(
             cfg, lines, sink, on_quote=watch.on_quote, on_round=on_round, max_gap_ms=max_gap_ms
         )
+    if not result.ts:  # zeros that would read as "no liquidation, never paused"
+        result.warnings.append(
+            f"no round ran: the tape holds no quote ({result.stats.quotes} read,"
+            f" {result.stats.malformed} malformed line(s)), so every figure is empty"
+        )
     return result

@@ -271,3 +271,24 @@ def test_a_gap_says_what_to_run_instead_and_each_way_it_gives_runs(
     err = capsys.readouterr().err
     assert err.startswith("oracled stress: scenario flash_crash: line ")
     assert err.endswith("  --max-gap 1 (or 0: no limit) runs the scenario through it\n")
+
+
+def test_a_tape_without_quotes_says_that_no_round_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tape of its header alone gave a table of zeros and exit 0 without a word: no
+    liquidation, nothing missed, never paused, which reads as a clean run. It still exits 0
+    (as `oracled replay`, which prints 'replayed 0 quotes'), with a warning that no round ran;
+    a tape with quotes has none."""
+    tape, cfg, accounts = _scenario_files(tmp_path, "flash_crash")
+    header = tape.read_bytes().split(b"\n", 1)[0] + b"\n"
+    tape.write_bytes(header)
+    argv = ["stress", "--config", str(cfg), "--tape", str(tape), "--accounts", str(accounts)]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "rounds: 0 " in out
+    assert err == (
+        "oracled stress: warning: no round ran: the tape holds no quote (0 read, 0 malformed"
+        " line(s)), so every figure is empty\n"
+    )
