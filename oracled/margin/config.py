@@ -215,10 +215,15 @@ def parse_accounts(data: Any) -> AccountsFile:
     try:
         parsed = AccountsFile.model_validate(data)
     except ValidationError as exc:
+        errors = exc.errors()
+        # A list whose items failed is also "too short" (the failed items do not count): said
+        # already by the items' own problems, so not said again.
+        inner = {e["loc"][:n] for e in errors for n in range(len(e["loc"]))}
         raise ConfigError(
             [
                 f"{_loc(e['loc'])}: {str(e['msg']).removeprefix('Value error, ')}"
-                for e in exc.errors()
+                for e in errors
+                if not (e["type"] == "too_short" and e["loc"] in inner)
             ]
         ) from None
     problems = _relations(parsed)
