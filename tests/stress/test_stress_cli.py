@@ -292,3 +292,24 @@ def test_a_tape_without_quotes_says_that_no_round_ran(
         "oracled stress: warning: no round ran: the tape holds no quote (0 read, 0 malformed"
         " line(s)), so every figure is empty\n"
     )
+
+
+def test_a_tape_that_cannot_be_opened_is_exit_2_and_one_that_is_no_tape_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As docs/stress.md says, and as `oracled replay` exits: a missing tape or a directory is a
+    bad argument (2, 'cannot read'); a file that is no tape is a tape error (1). The docs said
+    1 for a tape that cannot be read, while the command has always answered 2."""
+    _, cfg, accounts = _scenario_files(tmp_path, "flash_crash")
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"a": 1}\n')
+    cases = ((tmp_path / "missing.jsonl", 2, "cannot read"), (tmp_path, 2, "cannot read"))
+    for tape, code, said in (*cases, (other, 1, "not an oracled-tape header")):
+        argv = ["stress", "--config", str(cfg), "--tape", str(tape), "--accounts", str(accounts)]
+        capsys.readouterr()
+        assert main(argv) == code
+        err = capsys.readouterr().err
+        assert err.startswith(f"oracled stress: {tape}: ") and said in err
+        cfg_replay = ["replay", "--config", str(cfg), str(tape), "--out", str(tmp_path / "o")]
+        assert main(cfg_replay) == code
+        assert said in capsys.readouterr().err
