@@ -1,9 +1,10 @@
-"""The systemd unit's system call filter, applied for real to a running daemon.
+"""The deployments' sandboxes, applied for real to a running daemon on loopback venues.
 
-systemd cannot start the unit here (no init system), but its filter can be rebuilt exactly: the
-unit's `SystemCallFilter=` groups resolved by `systemd-analyze syscall-filter` (the same tables
-systemd compiles in), installed with libseccomp (the library systemd uses) by
-tests/ops/seccomp_launch.py, which then execs `oracled run` on loopback venues.
+systemd cannot start the unit here (no init system), but its system call filter can be rebuilt
+exactly: the unit's `SystemCallFilter=` groups resolved by `systemd-analyze syscall-filter` (the
+same tables systemd compiles in), installed with libseccomp (the library systemd uses) by
+tests/ops/seccomp_launch.py, which then execs `oracled run`. The read-only file system that every
+deployment gives the daemon (but for its working directory) is a mount namespace of its own.
 """
 
 from __future__ import annotations
