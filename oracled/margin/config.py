@@ -136,6 +136,9 @@ class RiskPolicy(_Frozen):
     allow_degraded: bool = True
     #: A report older than this (decision time minus report time) is not fresh.
     max_report_age_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 5_000
+    #: A report stamped further ahead of the decision time than this (clock skew, a clock
+    #: stepped) is not fresh either: its age says nothing until the decision time reaches it.
+    max_report_future_ms: Annotated[int, Field(ge=0, le=86_400_000)] = 2_000
     #: Use the mark price of a report when it carries a live one, else the index price.
     use_mark: bool = True
     #: A mark not made from the perpetuals (`fallback`: the index plus the last basis, decayed):

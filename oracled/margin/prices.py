@@ -13,6 +13,8 @@ engine may use or the reason it must not act (docs/margin.md, prices):
   is frozen with that reason until a report of it arrives again, grace period or not;
 * a mark in `fallback` (not made from the perpetuals) is used, replaced by the index, or frozen
   on (`mark_fallback`), as the policy says;
+* a report stamped more than `max_report_future_ms` ahead of the decision time is frozen on
+  (`future_report`): a clock ahead would otherwise keep it fresh for as long as the skew;
 * every market is frozen with reason `stalled` once the daemon says its rounds have stalled
   (its latest round is no current price, however young), until a newer report of it arrives.
 """
@@ -230,7 +232,8 @@ class PriceBook:
         policy = self.policy
         age = now_ms - view.ts
         stalled = market in self.stalled
-        fresh = not stalled and age <= policy.max_report_age_ms
+        future = -age > policy.max_report_future_ms
+        fresh = not stalled and not future and age <= policy.max_report_age_ms
         if gone is None and self._usable_status(view) and fresh:
             assert view.price is not None
             trusted = view.mark_mode == "perps" or policy.mark_fallback == "use"
@@ -241,6 +244,8 @@ class PriceBook:
             reason = gone
         elif stalled:
             reason = "stalled"
+        elif self._live_status(view) and future:
+            reason = "future_report"
         elif self._live_status(view) and age > policy.max_report_age_ms:
             reason = "stale_report"
         elif self._live_status(view):  # live and fresh, but on a mark the policy distrusts
@@ -259,7 +264,7 @@ class PriceBook:
             since, good, good_text = last.ts, last.price, last.price_text
         else:
             since, good, good_text = view.last_good_ts, view.last_good, view.last_good_text
-        paused = now_ms - since if since is not None else 0
+        paused = max(0, now_ms - since) if since is not None else 0  # 0 for a future report
         if (
             policy.after_grace == "last_good"
             and gone is None  # a pause ends; a market the daemon dropped never reports again

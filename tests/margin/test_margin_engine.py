@@ -187,6 +187,25 @@ def test_a_stall_freezes_until_a_report_of_a_later_round_and_counts_as_a_pause()
     assert liquidated and liquidated[0].driver.kind == "last_good"
 
 
+def test_a_report_from_the_future_is_not_fresh_however_long_it_stays() -> None:
+    """A daemon clock an hour ahead stamps its reports an hour ahead: their age stayed
+    negative, so the engine acted on it (here: liquidated) at once and, once the stream stopped,
+    for an hour and 5 s instead of 5 s. Now a report more than
+    max_report_future_ms (2 s by default) ahead is frozen on with reason `future_report`; one
+    within it is used."""
+    hour = 3_600_000
+    engine = MarginEngine(spec(BANKRUPT_SET, tiers=FLAT))
+    engine.on_report(view("BTC/USD", 40_000, ts=T0 + hour))
+    decisions = engine.step(T0) + engine.step(T0 + hour // 2)
+    assert not any(isinstance(d, Liquidation) for d in decisions)
+    frozen = [d for d in decisions if isinstance(d, FreezeCall)]
+    assert frozen and {tuple(d.reasons) for d in frozen} == {("future_report",)}
+    assert all(d.paused_ms == 0 for d in frozen)
+    near = MarginEngine(spec(BANKRUPT_SET, tiers=FLAT))
+    near.on_report(view("BTC/USD", 40_000, ts=T0 + 2_000))
+    assert any(isinstance(d, Liquidation) for d in near.step(T0))
+
+
 def test_degraded_prices_are_used_only_when_the_policy_allows() -> None:
     """allow_degraded = false turns a degraded report into a freeze."""
     for allow, liquidated in ((True, True), (False, False)):
