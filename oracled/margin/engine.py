@@ -66,8 +66,10 @@ class MarginEngine:
         self._standing: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
         self._frozen: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
 
-    def on_report(self, view: PriceView) -> None:
-        self.book.update(view)
+    def on_report(self, view: PriceView, *, in_order: bool = False) -> None:
+        """Take a report; `in_order`: from one stream, so newer than any before it
+        (PriceBook.update)."""
+        self.book.update(view, in_order=in_order)
 
     def prices(self, now_ms: int) -> Prices:
         return {m: self.book.resolve(m, now_ms) for m in self.markets}

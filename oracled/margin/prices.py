@@ -180,15 +180,19 @@ class PriceBook:
         # policy without degraded prices refused).
         self._last_usable: dict[str, PriceView] = {}
 
-    def update(self, view: PriceView) -> None:
-        """Keep the newest report of a market; an older one arriving late is ignored."""
+    def update(self, view: PriceView, *, in_order: bool = False) -> None:
+        """Keep the newest report of a market; an older one arriving late is ignored, unless
+        `in_order`: the caller's reports come in the daemon's order (one stream: the service),
+        so each is the newest whatever its time says (a daemon clock set back, a replica's
+        clock behind: the time of the one held would hold every later report back)."""
         held = self.latest.get(view.market)
-        if held is not None and (view.ts, view.round) < (held.ts, held.round):
+        newer = held is None or (view.ts, view.round) >= (held.ts, held.round)
+        if not (newer or in_order):
             return
         self.latest[view.market] = view
         self.unavailable.pop(view.market, None)  # the daemon has it (again)
         held_at = self.stalled.get(view.market)
-        if held_at is not None and (view.ts, view.round) > held_at:
+        if held_at is not None and (in_order or (view.ts, view.round) > held_at):
             del self.stalled[view.market]  # a round after the stall
         if self._usable_status(view):
             self._last_usable[view.market] = view

@@ -111,7 +111,7 @@ class MarginService:
             for report in frame.data if isinstance(frame.data, list) else (frame.data,):
                 if self._subs.reported(report.market):
                     self._available((report.market,))
-                self.engine.on_report(PriceView.from_wire(report))
+                self.engine.on_report(PriceView.from_wire(report), in_order=True)
                 self.reports += 1
             self._decide()
         elif frame.type == "subscribed":

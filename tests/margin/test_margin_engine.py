@@ -206,6 +206,22 @@ def test_a_report_from_the_future_is_not_fresh_however_long_it_stays() -> None:
     assert any(isinstance(d, Liquidation) for d in near.step(T0))
 
 
+def test_reports_in_stream_order_replace_one_from_the_future_at_once() -> None:
+    """A daemon clock set back an hour after a report stamped ahead: its next reports are
+    older by their time. Taken `in_order` (one stream, as the service takes them) each is the
+    newest: the market is priced by it at once, and a stall ends with it. Without `in_order`
+    (reports from anywhere) the newest by time is kept, as before."""
+    hour = 3_600_000
+    for in_order, held in ((True, T0 + 250), (False, T0 + hour)):
+        engine = MarginEngine(spec(BANKRUPT_SET, tiers=FLAT))
+        engine.on_report(view("BTC/USD", 49_000, ts=T0 + hour, round=9), in_order=in_order)
+        engine.book.mark_stalled()
+        engine.on_report(view("BTC/USD", 40_000, ts=T0 + 250, round=1), in_order=in_order)
+        assert engine.book.latest["BTC/USD"].ts == held
+        liquidated = any(isinstance(d, Liquidation) for d in engine.step(T0 + 300))
+        assert liquidated is in_order
+
+
 def test_degraded_prices_are_used_only_when_the_policy_allows() -> None:
     """allow_degraded = false turns a degraded report into a freeze."""
     for allow, liquidated in ((True, True), (False, False)):

@@ -17,7 +17,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
-from api_rig import CONFIG, TOKEN, DaemonServer, Rig, make_config
+from api_rig import CONFIG, T0, TOKEN, DaemonServer, Rig, make_config
 
 from oracled.api import build_app
 from oracled.config import parse_config
@@ -342,3 +342,43 @@ async def test_a_hedge_is_judged_on_one_rounds_prices_not_on_a_mix_of_two(
     assert eng.state("hedged") == "healthy"
     # nor, at the start, a freeze for ETH/USD's `no_report` between the snapshot's two reports
     assert b"freeze" not in out.getvalue()
+
+
+async def test_the_service_takes_a_daemons_reports_in_stream_order_whatever_their_time() -> None:
+    """A daemon whose clock was an hour ahead and is set back (or a replica behind the one
+    before): its reports come stamped earlier than the one held. The engine kept the newest by
+    time, so it ignored them all and held the one from the future. The service takes each
+    report of its stream as the newest, so the market is priced by the daemon's current one."""
+    hour = 3_600_000
+
+    def frame(ts: int, rnd: int, price: str) -> str:
+        report = {"market": "BTC/USD", "ts": ts, "round": rnd, "status": "active", "price": price}
+        return msgspec.json.encode(
+            {"type": "reports", "round": rnd, "round_ts": ts, "data": [report]}
+        ).decode()
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json()
+        await ws.send_str('{"type":"subscribed","markets":["BTC/USD"],"batch":true}')
+        await ws.send_str(frame(T0 + hour, 900, "64000.00"))
+        await ws.send_str(frame(T0 + 250, 1, "63000.00"))
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    eng = engine({"BTC": "BTC/USD"})
+    async with DaemonServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
+        service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: T0 + 300)
+        task = asyncio.create_task(service.run())
+        try:
+            await until(lambda: service.reports == 2)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    btc = eng.prices(T0 + 300)["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.value == 63_000.0
