@@ -382,4 +382,11 @@ def run_stress(
             f"no round ran: the tape holds no quote ({result.stats.quotes} read,"
             f" {result.stats.malformed} malformed line(s)), so every figure is empty"
         )
+    stats = result.stats
+    if stats.dropped:  # as `oracled replay` counts them: a tape of another config drops all
+        counts = ", ".join(f"{s} {r} {n}" for (s, r), n in sorted(stats.drops.items()))
+        every = " (every one: is the config the tape's?)" if stats.dropped == stats.quotes else ""
+        result.warnings.append(
+            f"the core dropped {stats.dropped} of {stats.quotes} quotes{every}: {counts}"
+        )
     return result

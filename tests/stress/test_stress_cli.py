@@ -313,3 +313,43 @@ def test_a_tape_that_cannot_be_opened_is_exit_2_and_one_that_is_no_tape_exit_1(
         cfg_replay = ["replay", "--config", str(cfg), str(tape), "--out", str(tmp_path / "o")]
         assert main(cfg_replay) == code
         assert said in capsys.readouterr().err
+
+
+def test_quotes_the_core_drops_are_counted_as_replay_counts_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tape run with a config that is not its own (its venues are none of the config's
+    sources) had every quote dropped by the core, and stress printed a table of frozen prices
+    and no liquidation without saying why. It now warns with the count by venue and reason, as
+    `oracled replay` prints them, and asks whether the config is the tape's; a tape with one
+    crossed quote names that one; the scenario with its own config warns of nothing."""
+    tape, cfg, accounts = _scenario_files(tmp_path, "flash_crash")
+    argv = ["stress", "--tape", str(tape), "--accounts", str(accounts)]
+    capsys.readouterr()
+    assert main([*argv, "--config", str(cfg)]) == 0
+    assert capsys.readouterr().err == ""
+    other = tmp_path / "other.toml"
+    other.write_text(
+        cfg.read_text().replace('"v1"', '"w1"').replace("[sources.v1]", "[sources.w1]")
+    )
+    assert main([*argv, "--config", str(other), "--venue", "v2"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "oracled stress: warning: the core dropped 720 of 3600 quotes: v1 unknown_symbol 720" in err
+    )
+    lines = tape.read_bytes().splitlines(keepends=True)
+    foreign = tmp_path / "foreign.jsonl"
+    moved = [json.dumps(json.loads(x) | {"source": "zz"}).encode() + b"\n" for x in lines[1:]]
+    foreign.write_bytes(b"".join([lines[0], *moved]))
+    argv_foreign = ["stress", "--tape", str(foreign), "--accounts", str(accounts)]
+    assert main([*argv_foreign, "--config", str(cfg)]) == 0
+    assert capsys.readouterr().err == (
+        "oracled stress: warning: the core dropped 3600 of 3600 quotes (every one: is the config"
+        " the tape's?): zz unknown_symbol 3600\n"
+    )
+    quote = json.loads(lines[2]) | {"bid": "50000", "ask": "49990"}
+    del quote["price"]
+    tape.write_bytes(b"".join([*lines[:2], json.dumps(quote).encode() + b"\n", *lines[3:]]))
+    assert main([*argv, "--config", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("oracled stress: warning: the core dropped 1 of 3600 quotes: v1 ")
