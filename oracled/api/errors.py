@@ -73,6 +73,18 @@ def error_response(
     return response
 
 
+def _not_found(request: web.Request) -> str:
+    """The 404's words. A request target that is no path (CONNECT's `host:port`, `OPTIONS *`)
+    has an empty or meaningless `path`: name the method and target as sent instead, and say
+    what the API serves (it is no proxy)."""
+    if request.path.startswith("/"):
+        return f"no endpoint at {request.path[:100]}; see /openapi.json"
+    return (
+        f"{request.method} {request.raw_path[:100]} names no path; this API serves paths"
+        " such as /v1/prices and is no proxy; see /openapi.json"
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -86,7 +98,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
         message = exc.reason
         if exc.status == 404:
-            message = f"no endpoint at {request.path[:100]}; see /openapi.json"
+            message = _not_found(request)
         elif exc.status == 405:
             message = f"{request.method} is not allowed here; use {keep.get('Allow', '?')}"
         return error_response(exc.status, code, message, keep)

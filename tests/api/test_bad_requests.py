@@ -289,3 +289,27 @@ async def test_an_unknown_expectation_on_a_path_without_a_route_is_aiohttps_text
     status, headers, body = _head(await _send(str(client.host), int(client.port), request))  # type: ignore[arg-type]
     assert status == "HTTP/1.1 417 Expectation Failed"
     assert headers["content-type"].startswith("text/plain") and body == b"Unknown Expect: bogus"
+
+
+async def test_a_request_target_that_is_no_path_is_named_in_the_404(
+    make_client: ClientFactory,
+) -> None:
+    """CONNECT's `host:port` and `OPTIONS *` have no path, and their 404 read "no endpoint at ;
+    see /openapi.json": it names the method and target as sent and says what the API serves,
+    in the API's error shape; a path that matches no route is named as before."""
+    client = await make_client(Rig(make_config()))
+    host, port = str(client.host), int(client.port)  # type: ignore[arg-type]
+    served = "names no path; this API serves paths such as /v1/prices and is no proxy"
+    for request, message in (
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n",
+            f"CONNECT example.com:443 {served}; see /openapi.json",
+        ),
+        (b"OPTIONS * HTTP/1.1\r\nHost: t\r\n", f"OPTIONS * {served}; see /openapi.json"),
+        (b"GET /nowhere HTTP/1.1\r\nHost: t\r\n", "no endpoint at /nowhere; see /openapi.json"),
+    ):
+        answer = await _send(host, port, request + b"Connection: close\r\n\r\n")
+        status, headers, body = _head(answer)
+        assert status == "HTTP/1.1 404 Not Found", (request, status)
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body) == {"error": {"code": "not_found", "message": message}}
