@@ -307,8 +307,9 @@ class ReadHandlers:
         return rows
 
     async def info(self, request: web.Request) -> web.Response:
-        """Version and shape of the running daemon, and what its consumers must configure to
-        verify it: the address that signs its rounds and the deployment they are signed for."""
+        """Version and shape of the running daemon, its latest round (and whether the loop has
+        stalled since), and what its consumers must configure to verify it: the address that
+        signs its rounds and the deployment they are signed for."""
         ctx = self._ctx
         result = ctx.hub.latest_result
         # [signing] is read at start-up only, and a reload keeps its running values in the
@@ -321,6 +322,9 @@ class ReadHandlers:
                 "markets": len(ctx.current_config.markets),
                 "round": None if result is None else result.round,
                 "ts": None if result is None else result.ts,
+                # The latest round, not a current one while the loop is stalled: say so, in
+                # the words of the price endpoints' 503 `stalled` (as the sources endpoint does).
+                "stalled": None if result is None else ctx.stalled(),
                 "signer": ctx.hub.signer,
                 "deployment": signing.deployment if ctx.hub.signer is not None else None,
             }

@@ -203,6 +203,7 @@ async def test_info_and_healthz(client: Client, rig: Rig) -> None:
         "markets": 3,
         "round": None,
         "ts": None,
+        "stalled": None,
         "signer": None,  # this rig does not sign
         "deployment": None,
     }

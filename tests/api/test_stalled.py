@@ -1,7 +1,7 @@
 """What the API serves from the latest round while the round loop is stalled (not crashed): the
 round is old, and what comes from it would be read as current. The price endpoints answer 503
 `stalled` then; the streams send an error frame `stalled` in place of the snapshot and go on with
-the next round; a market's sources say `stalled` next to the round's parts.
+the next round; a market's sources and /v1/info say `stalled` next to the round they name.
 
 The stall is the rig's round loop not stepping while the clock runs on, past the limit of 3
 intervals and at least 5 s (`ready_min_s`), as in tests/api/test_http.py.
@@ -198,6 +198,35 @@ async def test_a_markets_sources_say_when_their_round_is_no_current_round(
     assert body["round"] == 1 and body["sources"][0]["used"] is True  # still served
     rig.step()
     assert (await sources())["stalled"] is None
+
+
+async def test_info_says_when_its_latest_round_is_no_current_round(
+    client: Client, rig: Rig
+) -> None:
+    """/v1/info names the latest round and its `ts` whatever the loop does: `stalled` is null
+    before the first round and while rounds come, and past the limit the words of the 503
+    `stalled` that /v1/prices answers then (the round is still named); null once a round
+    comes again."""
+
+    async def info() -> dict[str, Any]:
+        async with client.get("/v1/info") as resp:
+            assert resp.status == 200
+            body: dict[str, Any] = await resp.json()
+            return body
+
+    assert (await info())["stalled"] is None  # no round yet
+    rig.step()
+    rig.clock.advance(5_000)
+    assert (await info())["stalled"] is None  # at the limit
+    rig.clock.advance(1)
+    body = await info()
+    async with client.get("/v1/prices") as resp:
+        refused = (await resp.json())["error"]["message"]
+    assert body["stalled"] == "the latest round is 5.0 s old (limit 5 s): rounds have stalled"
+    assert refused.startswith(body["stalled"] + ", so ")
+    assert (body["round"], body["ts"]) == (1, rig.hub.latest_result.ts)  # type: ignore[union-attr]
+    rig.step()
+    assert (await info())["stalled"] is None
 
 
 class QuickRig(Rig):
