@@ -85,6 +85,23 @@ def _connection(stats: SourceStats) -> dict[str, object]:
     }
 
 
+def _instrument(stats: SourceStats | None, pair: str, kind: str) -> dict[str, object] | None:
+    """The source's own view of the venue instrument behind a market's entry: a venue may refuse
+    it or leave it silent while the connection streams and its other instruments quote, which
+    the entry's `reason` (no_quote, stale) does not tell apart. None without a running source."""
+    if stats is None:
+        return None
+    symbol = stats.symbol_of.get((pair, kind))
+    failed = stats.failed_instruments
+    refused = failed.get(symbol) if symbol is not None else None
+    return {
+        "symbol": symbol,
+        # One refused before it had a symbol (an unserved kind, no feed configured) by its pair.
+        "refused": failed.get(pair) if refused is None else refused,
+        "silent_since": None if symbol is None else stats.silent_instruments.get(symbol),
+    }
+
+
 def _part(report: Report | None, j: int, source: str, pair: str) -> SourceValue | None:
     """The part of the `j`th configured source of a market in the latest round, if it had one.
 
@@ -221,7 +238,8 @@ class ReadHandlers:
         return encode_json({"markets": [_market_view(cfg, m) for m in cfg.markets]})
 
     async def sources(self, request: web.Request) -> web.Response:
-        """Each configured source of a market: latest quote, age, part in the last round, link."""
+        """Each configured source of a market: latest quote, age, part in the last round, link,
+        and whether the venue refused its instrument or left it silent."""
         ctx = self._ctx
         market = path_market(request.match_info["market"], self._known)
         config = ctx.current_config
@@ -249,6 +267,7 @@ class ReadHandlers:
                 "reason": None if part is None else part.reason,
                 "value": None if part is None else part.value,
                 "connection": None if stats is None else _connection(stats),
+                "instrument": _instrument(stats, ms.pair, ms.kind),
             }
             _routed(config, cfg, ms, row)
             rows.append(row)
@@ -299,6 +318,7 @@ class ReadHandlers:
                 "reason": values.perp_reasons[k] if values is not None and known else None,
                 "value": None if mid != mid else f"{mid:.{decimals}f}",
                 "connection": None if stats is None else _connection(stats),
+                "instrument": _instrument(stats, ps.pair, ps.kind),
             }
             via = slot_route(config, cfg, ps.pair)
             if via is not None:

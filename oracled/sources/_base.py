@@ -194,6 +194,7 @@ class Source(abc.ABC):
             symbol = cfg.instruments.get(pair) or self.venue_symbol(pair)
             self._by_symbol[symbol] = (pair, kind)
         self.symbols: tuple[str, ...] = tuple(self._by_symbol)
+        stats.symbol_of = {key: symbol for symbol, key in self._by_symbol.items()}
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[str, ...]] = {}
         # When each request of this connection was sent, and the send time of the newest one the

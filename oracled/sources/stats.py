@@ -47,6 +47,10 @@ class SourceStats:
     last_quote_ms: int | None = None  # receive time of the newest quote
     last_frame_ms: int | None = None
     failed_instruments: dict[str, str] = field(default_factory=dict)  # symbol -> venue message
+    # (pair, kind) -> the venue symbol the source subscribes for it, set by the source when it is
+    # built: what the two instrument maps are keyed by (one refused before it had a symbol is
+    # keyed by its pair), so that the API can show a market's instrument its own entries.
+    symbol_of: dict[tuple[str, str], str] = field(default_factory=dict)
     # Subscribed symbols without a quote for longer than their limit while the connection
     # streams: symbol -> receive time (ms) of its last quote, or when the connection opened if
     # none came since (`Source._check_silent`). Empty while not streaming.
