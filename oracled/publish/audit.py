@@ -38,6 +38,11 @@ reload changed), so "who paused BTC/USD at 14:02, under which config" is answere
 alone, and an index on `transitions (round_id)` for retention's deletes. They travel through the
 same queue and thread as the rounds. A version 2 database is brought to version 3 in place, in
 one transaction that only adds (its rows stay as they are).
+
+Version 4 records the signed format (the EIP-712 domain version) each signed round was signed
+in (`rounds.format`), so that `oracled audit --verify` checks a round in its own format across
+upgrades of it. A version 2 or 3 database is brought to version 4 in place the same way; its
+rounds keep a null format, which the verifier reads as format 1 (the only one released before).
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ __all__ = [
     "StoredReport",
 ]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 #: What version 3 adds to version 2 (also the migration of a version 2 database). Operator
 #: actions and config loads are a few rows a day: read without an index, and never deleted by
 #: retention (the config in force at an old round is the last one loaded before it).
@@ -102,7 +107,10 @@ CREATE TABLE configs (
 );
 CREATE INDEX transitions_round ON transitions (round_id);
 """
-#: Version 3, created in one transaction, so a database either has all of it or none.
+#: What version 4 adds to version 3: the signed format of each signed round (null: stored
+#: before it was recorded, or not signed).
+_V4_COLUMNS: Final = "ALTER TABLE rounds ADD COLUMN format INTEGER;"
+#: Version 4, created in one transaction, so a database either has all of it or none.
 _SCHEMA: Final = f"""
 BEGIN;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -121,7 +129,8 @@ CREATE TABLE rounds (
     quotes INTEGER NOT NULL,
     root BLOB,
     signature BLOB,
-    signer TEXT
+    signer TEXT,
+    format INTEGER
 );
 CREATE INDEX rounds_ts ON rounds (ts);
 CREATE TABLE reports (
@@ -276,6 +285,7 @@ class _Signed:
     root: bytes
     signature: bytes
     signer: str
+    format: int  # the signed format (domain version) it was signed in
 
 
 def _full(exc: sqlite3.Error) -> bool:
@@ -309,12 +319,12 @@ def _schema_version(db: sqlite3.Connection) -> int | None:
 
 
 def _connect(path: Path, page_limit: int | None) -> sqlite3.Connection:
-    """Open (or create) a version 3 database for writing, bringing a version 2 one to version 3;
-    refuse any other version."""
+    """Open (or create) a version 4 database for writing, bringing a version 2 or 3 one to
+    version 4; refuse any other version."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         version = _schema_version(db)  # before any pragma: another version's file stays as it is
-        if version is not None and version not in (2, SCHEMA_VERSION):
+        if version is not None and version not in (2, 3, SCHEMA_VERSION):
             raise AuditSchemaError(
                 f"{path} is an audit database of schema version {version or 'unknown'}; "
                 f"this oracled writes version {SCHEMA_VERSION} and leaves it as it is: move the "
@@ -327,9 +337,9 @@ def _connect(path: Path, page_limit: int | None) -> sqlite3.Connection:
             db.execute(f"PRAGMA max_page_count={int(page_limit)}")
         if version is None:
             db.executescript(_SCHEMA)
-        elif version == 2:  # only adds: its rows stay, and all of it or none is committed
+        elif version in (2, 3):  # only adds: its rows stay, and all of it or none is committed
             db.executescript(
-                f"BEGIN IMMEDIATE;{_V3_TABLES}"
+                f"BEGIN IMMEDIATE;{_V3_TABLES if version == 2 else ''}{_V4_COLUMNS}"
                 f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema';COMMIT;"
             )
     except (sqlite3.Error, AuditSchemaError):
@@ -419,7 +429,9 @@ class AuditTrail:
 
     def submit_signed(self, signed: SignedRound) -> None:
         """Attach a round's signature (it arrives after the round, from the signer thread)."""
-        item = _Signed(signed.ts, signed.round, signed.root, signed.signature, signed.signer)
+        item = _Signed(
+            signed.ts, signed.round, signed.root, signed.signature, signed.signer, signed.format
+        )
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -563,9 +575,9 @@ class AuditTrail:
                     )
                 elif isinstance(item, _Signed):
                     db.execute(
-                        "UPDATE rounds SET root = ?, signature = ?, signer = ? "
+                        "UPDATE rounds SET root = ?, signature = ?, signer = ?, format = ? "
                         "WHERE id = (SELECT max(id) FROM rounds WHERE ts = ? AND round = ?)",
-                        (item.root, item.signature, item.signer, item.ts, item.round),
+                        (item.root, item.signature, item.signer, item.format, item.ts, item.round),
                     )
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -850,6 +862,9 @@ class AuditRound:
     signature: bytes | None
     signer: str | None
     root: bytes | None
+    #: the signed format the round was signed in; None when the trail did not record it (schema
+    #: before version 4, or a round not signed)
+    format: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -907,9 +922,9 @@ class ConfigLoad:
 
 
 class AuditReader:
-    """Read-only queries over an audit database of schema version 1, 2 or 3 (the `oracled audit`
+    """Read-only queries over an audit database of schema version 1 to 4 (the `oracled audit`
     command, tests): the same answers from each; operator actions and config loads are in
-    version 3 only (older ones answer none)."""
+    version 3 on (older ones answer none), a signed round's format in version 4 on (None)."""
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
@@ -918,7 +933,7 @@ class AuditReader:
         self._db = _open_read_only(path)
         try:
             version = _schema_version(self._db)
-            if version not in (1, 2, SCHEMA_VERSION):
+            if version not in (1, 2, 3, SCHEMA_VERSION):
                 raise AuditSchemaError(
                     f"{path}: not an audit database this oracled reads "
                     f"(schema version {version or 'unknown'}; it reads 1 to {SCHEMA_VERSION})"
@@ -930,6 +945,11 @@ class AuditReader:
         self._dicts: dict[int, bytes] = {}
         # version 1 kept the msgpack as it is and a row per quote
         self._body_column = "NULL, r.body" if version == 1 else "r.dict, r.body"
+        # before version 4 no round says its signed format
+        self._round_columns = (
+            "o.id, o.ts, o.round, o.markets, o.quotes, o.signature, o.signer, o.root, "
+            + ("o.format" if version >= 4 else "NULL")
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -955,8 +975,8 @@ class AuditReader:
 
     def rounds(self, start_ms: int, end_ms: int) -> list[AuditRound]:
         rows = self._db.execute(
-            "SELECT id, ts, round, markets, quotes, signature, signer, root FROM rounds "
-            "WHERE ts >= ? AND ts <= ? ORDER BY id",
+            f"SELECT {self._round_columns} FROM rounds o WHERE o.ts >= ? AND o.ts <= ? "
+            "ORDER BY o.id",
             (start_ms, end_ms),
         )
         return [AuditRound(*row) for row in rows]
@@ -967,8 +987,8 @@ class AuditReader:
         """Every round in the window with its reports in tree order (`oracled audit --verify`),
         read in one pass: a round without reports comes with an empty list."""
         rows = self._db.execute(
-            "SELECT o.id, o.ts, o.round, o.markets, o.quotes, o.signature, o.signer, o.root, "
-            f"{self._body_column} FROM rounds o LEFT JOIN reports r ON r.round_id = o.id "
+            f"SELECT {self._round_columns}, {self._body_column} FROM rounds o "
+            "LEFT JOIN reports r ON r.round_id = o.id "
             "WHERE o.ts >= ? AND o.ts <= ? ORDER BY o.id, r.pos",
             (start_ms, end_ms),
         )

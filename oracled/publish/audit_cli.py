@@ -11,9 +11,9 @@
                                              prove every stored round against its signature
 
 Times are milliseconds since the Unix epoch (13 digits; seconds are refused) or ISO 8601
-(`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1, 2 and 3
+(`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1 to 4
 give the same answers; version 3 adds operator actions (manual pause, resume) and config loads
-to the timeline and `--at`.
+to the timeline and `--at`, version 4 the signed format of each round `--verify` checks.
 """
 
 from __future__ import annotations
@@ -259,6 +259,7 @@ def _at(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
     signature = f"0x{found.signature.hex()}"
     if check.verdict == "ok":
         print(f"    signed by {check.signer} (verified against the round): {signature}", file=out)
+        print(f"    verified in signed format {check.format}", file=out)
         return 0
     if check.verdict == "unchecked":
         print(f"    signature {signature} not checked: {check.detail}", file=out)

@@ -11,6 +11,11 @@ signature is checked in the domain of the deployment the auditor names (`--deplo
 `signing.deployment` of `--config`), never one the trail says: a round signed by the same key for
 another deployment (staging) then does not recover the trail's signer.
 
+Each round is checked in the signed format that signed it (signed_formats.py): the one the trail
+recorded with its signature (schema version 4), else format 1, the only one released before the
+trail recorded them. The column only chooses the domain and the leaves; the signature must still
+recover the signer in it, so a format changed afterwards makes a mismatch, not a pass.
+
 The exponent of a market is read from the report's own decimal strings (price, confidence, last
 good price, a source's value: all are written at the market's places); a market with none of
 them in a round (no quote since the start) needs it from the config (`--config`). A CLI mode only:
@@ -28,6 +33,13 @@ from typing import Final, TextIO
 
 from oracled.model import Report
 from oracled.publish.audit import AuditReader, AuditRound
+from oracled.publish.signed_formats import (
+    FORMAT_UNRECORDED,
+    FORMATS,
+    format_digest,
+    needs_deployment,
+    signs_mark,
+)
 from oracled.publish.signer import (
     MARK_MODES,
     STATUS_CODES,
@@ -37,7 +49,6 @@ from oracled.publish.signer import (
     leaf_hash,
     merkle_levels,
     recover_signer,
-    round_digest,
 )
 
 __all__ = [
@@ -52,6 +63,7 @@ __all__ = [
     "config_note",
     "deployment_of",
     "exponents_of",
+    "format_of",
     "print_summary",
     "trusted_check",
     "verify_trail",
@@ -71,6 +83,7 @@ class RoundCheck:
     verdict: str
     signer: str | None = None  # recovered from the signature, when it recovers
     detail: str = ""
+    format: int | None = None  # the signed format it was checked in (None: not signed)
 
 
 def _decimals(text: str) -> int:
@@ -89,12 +102,14 @@ def _exponent(report: Report, configured: Mapping[str, int]) -> int | None:
     return configured.get(report.market)
 
 
-def _leaf(report: Report, expo: int) -> Leaf:
-    """The leaf the daemon signed for this report; ValueError if the report cannot be one.
+def _leaf(report: Report, expo: int, fmt: int) -> Leaf:
+    """The leaf the daemon signed for this report in signed format `fmt`; ValueError if the
+    report cannot be one.
 
-    A report with a `mark` object is a perpetual market's: its leaf is a `PerpPrice`, with the
-    mark price and the mode that made it (none without a price; perps when the perpetual median
-    estimator had a value; the fallback otherwise), read from the same stored object.
+    From format 3, a report with a `mark` object is a perpetual market's: its leaf is a
+    `PerpPrice`, with the mark price and the mode that made it (none without a price; perps when
+    the perpetual median estimator had a value; the fallback otherwise), read from the same
+    stored object. Formats 1 and 2 signed every market's leaf as a `Price`.
     """
     code = STATUS_CODES.get(report.status)
     if code is None:
@@ -105,7 +120,7 @@ def _leaf(report: Report, expo: int) -> Leaf:
             raise ValueError(f"{report.market}: {report.status} without a price")
         price = decimal_to_int(report.price, -expo)
         confidence = decimal_to_int(report.confidence, -expo)
-    if report.mark is None:
+    if report.mark is None or not signs_mark(fmt):
         return Leaf(report.market, report.ts, code, price, confidence, expo)
     if report.mark.price is None:
         mark, mode = 0, "none"
@@ -122,25 +137,55 @@ NO_DEPLOYMENT: Final = (
 )
 
 
+def format_of(stored: AuditRound) -> int:
+    """The signed format to check a round in: the trail's record, else format 1."""
+    return FORMAT_UNRECORDED if stored.format is None else stored.format
+
+
 def check_round(
     stored: AuditRound,
     reports: list[Report],
     configured: Mapping[str, int],
     deployment: str | None,
 ) -> RoundCheck:
-    """Rebuild one round's root from its reports and recover its signer in `deployment`'s
-    domain (None: a signed round is not checked); see the module doc."""
+    """Rebuild one round's root from its reports in the signed format that signed it and recover
+    its signer in that format's domain for `deployment` (None: a round of a format that names a
+    deployment is not checked); see the module doc."""
     if stored.signature is None:
         return RoundCheck("unsigned")
-    if not deployment:
-        return RoundCheck("unchecked", detail=NO_DEPLOYMENT)
+    fmt = format_of(stored)
+    check = _check_signed(stored, stored.signature, reports, configured, deployment, fmt)
+    if check.verdict == "mismatch" and stored.format is None:
+        detail = f"{check.detail} (checked in signed format 1: the trail did not record one)"
+        return RoundCheck("mismatch", check.signer, detail, fmt)
+    return check
+
+
+def _check_signed(
+    stored: AuditRound,
+    signature: bytes,
+    reports: list[Report],
+    configured: Mapping[str, int],
+    deployment: str | None,
+    fmt: int,
+) -> RoundCheck:
+    if fmt > FORMATS[-1]:
+        detail = f"signed format {fmt} is newer than this oracled knows: verify with its release"
+        return RoundCheck("unchecked", detail=detail, format=fmt)
+    if fmt < FORMATS[0]:
+        return RoundCheck("mismatch", detail=f"no signed format {fmt} exists", format=fmt)
+    if needs_deployment(fmt) and not deployment:
+        return RoundCheck("unchecked", detail=NO_DEPLOYMENT, format=fmt)
     if stored.root is None or len(stored.root) != 32:
-        return RoundCheck("mismatch", detail="signature stored without a 32-byte root")
+        return RoundCheck("mismatch", detail="signature stored without a 32-byte root", format=fmt)
     try:
-        digest = round_digest(stored.ts, stored.round, stored.markets, stored.root, deployment)
-        recovered = recover_signer(digest, stored.signature)
+        digest = format_digest(
+            fmt, stored.ts, stored.round, stored.markets, stored.root, deployment
+        )
+        recovered = recover_signer(digest, signature)
     except SignatureError as exc:
-        return RoundCheck("mismatch", detail=f"the stored signature does not recover ({exc})")
+        detail = f"the stored signature does not recover ({exc})"
+        return RoundCheck("mismatch", detail=detail, format=fmt)
     problems = []
     if recovered.lower() != (stored.signer or "").lower():
         problems.append(f"signer column says {stored.signer}, the signature is by {recovered}")
@@ -154,14 +199,17 @@ def check_round(
             missing.append(report.market)
             continue
         try:
-            leaves.append(_leaf(report, expo))
+            leaves.append(_leaf(report, expo, fmt))
         except ValueError as exc:
             problems.append(f"report not signable: {exc}")
     if missing and not problems:
         names = f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
         where = "not a market of --config" if configured else "give --config"
         return RoundCheck(
-            "unchecked", recovered, f"no exponent for {names} (no decimal in its report): {where}"
+            "unchecked",
+            recovered,
+            f"no exponent for {names} (no decimal in its report): {where}",
+            fmt,
         )
     if not problems and leaves:
         root = merkle_levels([leaf_hash(leaf) for leaf in leaves])[-1][0]
@@ -170,8 +218,8 @@ def check_round(
                 "the stored reports do not give the signed root: a status or price was changed"
             )
     if problems:
-        return RoundCheck("mismatch", recovered, "; ".join(problems))
-    return RoundCheck("ok", recovered)
+        return RoundCheck("mismatch", recovered, "; ".join(problems), fmt)
+    return RoundCheck("ok", recovered, format=fmt)
 
 
 def trusted_check(check: RoundCheck, signers: Iterable[str]) -> RoundCheck:
@@ -179,7 +227,8 @@ def trusted_check(check: RoundCheck, signers: Iterable[str]) -> RoundCheck:
     that signed: whoever rewrote the reports could sign them again with a key of their own."""
     trusted = {s.lower() for s in signers}
     if check.verdict == "ok" and trusted and (check.signer or "").lower() not in trusted:
-        return RoundCheck("mismatch", check.signer, f"signed by {check.signer}, not by a --signer")
+        detail = f"signed by {check.signer}, not by a --signer"
+        return RoundCheck("mismatch", check.signer, detail, check.format)
     return check
 
 
@@ -190,6 +239,7 @@ class VerifySummary:
     rounds: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
     signers: Counter[str] = field(default_factory=Counter)  # recovered, of matching rounds
+    formats: Counter[int] = field(default_factory=Counter)  # signed formats of matching rounds
     untrusted: int = 0  # matching rounds by a key outside --signer
     #: the first few rounds of each verdict but `ok`, with what was found
     shown: dict[str, list[tuple[AuditRound, RoundCheck]]] = field(default_factory=dict)
@@ -203,6 +253,8 @@ class VerifySummary:
         self.verdicts[check.verdict] += 1
         if check.verdict == "ok" and check.signer is not None:
             self.signers[check.signer] += 1
+        if check.verdict == "ok" and check.format is not None:
+            self.formats[check.format] += 1
         if check.verdict != "ok":
             shown = self.shown.setdefault(check.verdict, [])
             if len(shown) < _SHOWN:
@@ -256,6 +308,8 @@ def print_summary(summary: VerifySummary, out: TextIO) -> None:
     )
     for signer, count in summary.signers.most_common():
         print(f"    signed by {signer}: {count} round(s)", file=out)
+    for fmt, count in sorted(summary.formats.items()):
+        print(f"    verified in signed format {fmt}: {count} round(s)", file=out)
     for verdict in ("mismatch", "unchecked", "unsigned"):
         shown = summary.shown.get(verdict, [])
         for stored, check in shown:

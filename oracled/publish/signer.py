@@ -61,6 +61,7 @@ __all__ = [
     "PERP_PRICE_TYPE",
     "PRICE_TYPE",
     "ROUND_TYPE",
+    "SIGNED_FORMAT",
     "STATUS_CODES",
     "Leaf",
     "RoundSigner",
@@ -92,6 +93,9 @@ def keccak(data: bytes) -> bytes:
 
 #: The fixed part of the EIP-712 domain; the `salt` is the deployment's (`domain_separator`).
 DOMAIN: Final = {"name": "oracled", "version": "3"}
+#: The signed format this daemon signs in: the domain's version (the audit trail records it per
+#: round, so that `oracled audit --verify` checks a round in the format that signed it).
+SIGNED_FORMAT: Final = int(DOMAIN["version"])
 PRICE_TYPE: Final = (
     "Price(string market,uint64 ts,uint8 status,int256 price,uint256 confidence,int8 expo)"
 )
@@ -533,6 +537,11 @@ class SignedRound:
     @property
     def count(self) -> int:
         return len(self.leaves)
+
+    @property
+    def format(self) -> int:
+        """The signed format (domain version) it was signed in: this daemon's only one."""
+        return SIGNED_FORMAT
 
     def proof(self, index: int) -> list[bytes]:
         return merkle_proof(self.levels, index)

@@ -376,7 +376,7 @@ def test_the_report_at_a_time_shows_the_rounds_signature(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`--at` on a signed round names the signer recovered (and checked against the round) and
-    prints the signature that recovers to it."""
+    prints the signature that recovers to it, then the signed format it was verified in."""
     db = tmp_path / "audit.sqlite3"
     audit = trail(db)
     feed = Feed(make_config(), audit)
@@ -387,9 +387,12 @@ def test_the_report_at_a_time_shows_the_rounds_signature(
     capsys.readouterr()
     at = ["audit", "--db", str(db), "--deployment", "test", "--market", "ETH/USD", "--at"]
     assert main([*at, str(feed.now)]) == 0
-    line = capsys.readouterr().out.splitlines()[-1].strip()
-    signer, signature = line.removeprefix("signed by ").split(" (verified against the round): ")
+    *_, line, signed_format = capsys.readouterr().out.splitlines()
+    signer, signature = (
+        line.strip().removeprefix("signed by ").split(" (verified against the round): ")
+    )
     assert signer == key.address and len(bytes.fromhex(signature.removeprefix("0x"))) == 65
+    assert signed_format == "    verified in signed format 3"
 
 
 def test_a_drop_episode_is_logged_once_and_its_end_once(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Operator actions (manual pause, resume) and config loads in the audit trail (schema version
 3): a real Service on a loopback venue writes them, `oracled audit` shows them, and a version 2
-database is brought to version 3 in place."""
+database is brought to the current version (4) in place."""
 
 from __future__ import annotations
 
@@ -112,25 +112,29 @@ async def test_who_paused_a_market_and_under_which_config_is_answered_by_the_tra
 
 
 def _as_version_2(db: Path) -> None:
-    """Take a version 3 database back to version 2's layout: what a daemon before version 3
-    left on disk (the same tables but the two of version 3, the same rows)."""
+    """Take a version 4 database back to version 2's layout: what a daemon before version 3
+    left on disk (the same tables but the two of version 3 and the rounds' signed format of
+    version 4, the same rows)."""
     with sqlite3.connect(db) as con:
         con.executescript(
             "DROP TABLE actions; DROP TABLE configs; DROP INDEX transitions_round;"
+            "ALTER TABLE rounds DROP COLUMN format;"
             "UPDATE meta SET value = '2' WHERE key = 'schema';"
         )
     con.close()
 
 
-def test_a_version_2_database_is_read_and_brought_to_version_3_in_place(tmp_path: Path) -> None:
-    """A version 2 trail (a daemon before version 3) is read as it is (no actions, no configs),
-    and the writer brings it to version 3 without losing a round: it keeps appending, records
-    actions, and the index on transitions (round_id) retention deletes by is there."""
+def test_a_version_2_database_is_read_and_brought_to_version_4_in_place(tmp_path: Path) -> None:
+    """A version 2 trail (a daemon before version 3) is read as it is (no actions, no configs,
+    no signed format), and the writer brings it to version 4 without losing a round: it keeps
+    appending, records actions, the index on transitions (round_id) retention deletes by is
+    there, and so is the rounds' signed format column (null for the rounds before)."""
     db = tmp_path / "audit.sqlite3"
     feed = recorded(db, 6)
     _as_version_2(db)
     reader = AuditReader(db)
     assert reader.version == 2 and len(reader.rounds(0, 1 << 62)) == 6
+    assert {r.format for r in reader.rounds(0, 1 << 62)} == {None}
     assert reader.actions("BTC/USD", 0, 1 << 62) == [] and reader.config_at(1 << 62) is None
     reader.close()
 
@@ -141,7 +145,8 @@ def test_a_version_2_database_is_read_and_brought_to_version_3_in_place(tmp_path
     assert audit.close()
     assert audit.stats.ok and audit.stats.write_errors == 0
     reader = AuditReader(db)
-    assert reader.version == 3 and len(reader.rounds(0, 1 << 62)) == 7
+    assert reader.version == 4 and len(reader.rounds(0, 1 << 62)) == 7
+    assert [r.format for r in reader.rounds(0, 1 << 62)] == [None] * 7  # none of them signed
     assert [(a.actor, a.action) for a in reader.actions("BTC/USD", 0, 1 << 62)] == [
         ("carol", "pause")
     ]
