@@ -330,10 +330,11 @@ def run_stress(
             for m in markets:
                 v = views[name][m]
                 price = v.price if v.live else None
-                if price is None:
-                    run.paused_rounds[m] = run.paused_rounds.get(m, 0) + 1
-                else:
-                    run.paused_rounds.setdefault(m, 0)
+                # Paused: no price this policy's engine would act on (its own rules: degraded
+                # prices refused, a distrusted mark...), as price_used's `none` counts it.
+                frozen = isinstance(engine.book.resolve(m, ts), Frozen)
+                run.paused_rounds[m] = run.paused_rounds.get(m, 0) + frozen
+                if price is not None:
                     r = ref[m]
                     if r is not None:
                         err = abs(price / r - 1.0)

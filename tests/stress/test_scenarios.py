@@ -131,3 +131,20 @@ def test_a_liquidation_a_deleveraging_caused_in_the_same_round_is_not_judged_wro
         liquidated = [(e["account"], e["wrongful"]) for e in policy["events"]]
         assert liquidated == [("short_10x", False), ("hedged", False)], name
         assert policy["wrongful_liquidations"] == 0, name
+
+
+def test_paused_seconds_are_those_the_engine_would_not_act_in_under_its_own_policy() -> None:
+    """An accounts policy refusing degraded prices: during thin_manipulation the engine of the
+    oracled policy is frozen for every round the thin venue's push keeps BTC/USD degraded
+    (price_used counts them as `none`), yet paused_s said 2 s, the start-up alone, because it
+    counted the report's status and not the engine's own rules. It now counts the rounds the
+    engine was frozen: the same as price_used's `none`; with degraded prices allowed it is the
+    start-up as before."""
+    spec = scenario_accounts()
+    strict = parse_accounts(spec | {"policy": spec["policy"] | {"allow_degraded": False}})
+    lines = build("thin_manipulation").lines
+    for accounts, floor in ((strict, 100), (ACCOUNTS, 0)):
+        oracle = run_stress(CFG, lines, accounts).summary()["policies"][ORACLE]
+        frozen = oracle["price_used"]["none"]
+        assert frozen > floor
+        assert oracle["paused_s"]["BTC/USD"] == frozen * CFG.oracle.round_interval_ms / 1000
