@@ -58,11 +58,15 @@ def manifests() -> dict[str, dict[str, Any]]:
 
 
 def example_secret() -> dict[str, Any]:
-    """The Secret's example (created out of band, never applied by the kustomization)."""
-    (secret,) = yaml.safe_load_all(EXAMPLE_SECRET.read_text())
-    assert (secret["apiVersion"], secret["kind"]) == ("v1", "Secret")
-    assert secret["metadata"]["labels"]["app.kubernetes.io/name"] == "oracled"
-    return dict(secret)
+    """The example of the Secret oracled-secrets (created out of band, never applied by the
+    kustomization); the file's other Secret, of per-pod signing keys, is the init container's
+    (tests/ops/test_pod_signing_keys.py)."""
+    secrets = {s["metadata"]["name"]: s for s in yaml.safe_load_all(EXAMPLE_SECRET.read_text())}
+    assert set(secrets) == {"oracled-secrets", "oracled-signing-keys"}
+    for secret in secrets.values():
+        assert (secret["apiVersion"], secret["kind"]) == ("v1", "Secret")
+        assert secret["metadata"]["labels"]["app.kubernetes.io/name"] == "oracled"
+    return dict(secrets["oracled-secrets"])
 
 
 def test_every_yaml_file_parses() -> None:
@@ -140,10 +144,13 @@ def test_objects_refer_to_each_other() -> None:
     assert env_from["secretRef"]["name"] == example_secret()["metadata"]["name"]
 
 
-def test_secret_holds_the_admin_token_and_signing_key_and_the_config_is_valid() -> None:
-    """The Secret has both keys; the ConfigMap's file passes the daemon's own validation."""
+def test_secret_holds_the_admin_token_and_the_config_is_valid() -> None:
+    """The Secret has the admin token and no signing key: every pod gets its variables, and
+    replicas sharing a key sign conflicting rounds (each pod's own key is the init container's,
+    tests/ops/test_pod_signing_keys.py); the ConfigMap's file passes the daemon's own
+    validation."""
     objects = manifests() | {"Secret": example_secret()}
-    assert set(objects["Secret"]["stringData"]) == {"ORACLED_ADMIN_TOKEN", "ORACLED_SIGNING_KEY"}
+    assert set(objects["Secret"]["stringData"]) == {"ORACLED_ADMIN_TOKEN"}
     text = objects["ConfigMap"]["data"]["oracled.toml"]
     cfg = parse_config(tomllib.loads(text), env={})
     assert cfg.api.admin_token_env in objects["Secret"]["stringData"]
