@@ -156,9 +156,31 @@ def check_round(
     fmt = format_of(stored)
     check = _check_signed(stored, stored.signature, reports, configured, deployment, fmt)
     if check.verdict == "mismatch" and stored.format is None:
-        detail = f"{check.detail} (checked in signed format 1: the trail did not record one)"
-        return RoundCheck("mismatch", check.signer, detail, fmt)
+        detail = f"{check.detail} (checked in signed format 1: the trail did not record one"
+        later = _verifies_in(stored, stored.signature, reports, configured, deployment)
+        if later is not None:  # a hint only: the round stays a mismatch
+            detail += (
+                f"; it would verify in signed format {later}, which no release signed in "
+                "without recording it"
+            )
+        return RoundCheck("mismatch", check.signer, detail + ")", fmt)
     return check
+
+
+def _verifies_in(
+    stored: AuditRound,
+    signature: bytes,
+    reports: list[Report],
+    configured: Mapping[str, int],
+    deployment: str | None,
+) -> int | None:
+    """The later format a round stored without one would verify in, if any: a build between
+    releases signed it (or the round was copied in), which is worth telling apart from a
+    forgery even though it is not proved."""
+    for fmt in FORMATS[1:]:
+        if _check_signed(stored, signature, reports, configured, deployment, fmt).verdict == "ok":
+            return fmt
+    return None
 
 
 def _check_signed(

@@ -153,12 +153,19 @@ def test_a_format_2_round_verifies_in_format_2_once_recorded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Rounds signed in format 2 (by the code of 2f3191c, a trail without formats) are checked
-    in format 1 and mismatch, saying so; once the trail records format 2 for them (as a writer
-    of schema 4 would have), they verify in format 2 for their deployment, mismatch for another,
-    and are not checked without one."""
+    in format 1 and mismatch, saying so and, for the deployment that signed them, that they
+    would verify in format 2 (a hint: still a mismatch, exit 3); once the trail records format
+    2 for them (as a writer of schema 4 would have), they verify in format 2 for their
+    deployment, mismatch for another, and are not checked without one."""
     db = fixture("trail_format2.sqlite3", tmp_path)
     code, out = verify(db, capsys, "--deployment", "production")
     assert code == 3 and "0 signed and matching, 1 unsigned, 4 mismatched" in out
+    assert (
+        "(checked in signed format 1: the trail did not record one; it would verify in signed "
+        "format 2, which no release signed in without recording it)"
+    ) in out
+    code, out = verify(db, capsys, "--deployment", "staging")  # in no format: no hint
+    assert code == 3 and "4 mismatched" in out
     assert "(checked in signed format 1: the trail did not record one)" in out
     audit = trail(db)  # this release's daemon starts on it: its config load is its first write,
     audit.record_config(T0 + 60_000, "start", "start", None, "0" * 64, "{}")
