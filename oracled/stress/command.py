@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,7 +56,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     scenario.add_argument("--accounts-out", type=Path, help="also write its accounts (JSON)")
 
 
-def _inputs(args: argparse.Namespace) -> tuple[Config, AccountsFile, list[bytes]]:
+def _inputs(
+    args: argparse.Namespace, files: contextlib.ExitStack
+) -> tuple[Config, AccountsFile, Iterable[bytes]]:
+    """The config, the accounts and the tape's lines: a file is read as the replay goes (a
+    day's tape is gigabytes; a FIFO `oracled record` writes is read while it is written), and
+    opened last, once the rest is known to be good; `files` closes it."""
     from oracled.config import load_config, parse_config
     from oracled.margin import load_accounts, parse_accounts
 
@@ -62,15 +69,6 @@ def _inputs(args: argparse.Namespace) -> tuple[Config, AccountsFile, list[bytes]
         raise ValueError("give --tape and --config, or --scenario NAME")
     if args.scenario is not None and args.tape is not None:
         raise ValueError("give --tape or --scenario, not both")
-    if args.scenario is not None:
-        lines = build(args.scenario, args.seed).lines
-    else:
-        try:
-            f = args.tape.open("rb")
-        except OSError as exc:  # missing or unreadable: a bad argument, as `oracled replay` says
-            raise ValueError(f"{args.tape}: cannot read ({exc.strerror})") from exc
-        with f:
-            lines = f.readlines()
     if args.config is not None:
         cfg = load_config(args.config)
     else:
@@ -81,7 +79,13 @@ def _inputs(args: argparse.Namespace) -> tuple[Config, AccountsFile, list[bytes]
         accounts = parse_accounts(scenario_accounts())
     else:
         raise ValueError("--accounts is required with --tape")
-    return cfg, accounts, lines
+    if args.scenario is not None:
+        return cfg, accounts, build(args.scenario, args.seed).lines
+    try:
+        f = files.enter_context(args.tape.open("rb"))
+    except OSError as exc:  # missing or unreadable: a bad argument, as `oracled replay` says
+        raise ValueError(f"{args.tape}: cannot read ({exc.strerror})") from exc
+    return cfg, accounts, f
 
 
 def cmd_stress(args: argparse.Namespace) -> int:
@@ -90,8 +94,11 @@ def cmd_stress(args: argparse.Namespace) -> int:
 
     tape = args.tape if args.tape is not None else f"scenario {args.scenario}"
     try:
-        cfg, accounts, lines = _inputs(args)
-        result = run_stress(cfg, lines, accounts, single_venue=args.venue, max_gap_ms=args.max_gap)
+        with contextlib.ExitStack() as files:
+            cfg, accounts, lines = _inputs(args, files)
+            result = run_stress(
+                cfg, lines, accounts, single_venue=args.venue, max_gap_ms=args.max_gap
+            )
     except ConfigError as exc:
         print(f"oracled stress: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -353,3 +355,40 @@ def test_quotes_the_core_drops_are_counted_as_replay_counts_them(
     assert main([*argv, "--config", str(cfg)]) == 0
     err = capsys.readouterr().err
     assert err.startswith("oracled stress: warning: the core dropped 1 of 3600 quotes: v1 ")
+
+
+def test_a_tape_is_read_as_the_run_goes_not_whole_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tape was read whole before the first round (`readlines`): a day's recording is
+    gigabytes in memory, and a FIFO `oracled record` writes gave nothing until the recording
+    ended. Here the tape is a FIFO whose writer sends the scenario's first minute, then a quote
+    past a gap, and keeps it open: stress stops at the gap (exit 4) while the writer still holds
+    it open. Read whole first, it would wait for the writer's end (the writer gives up after
+    20 s, and the test fails)."""
+    tape, cfg, accounts = _scenario_files(tmp_path, "flash_crash")
+    lines = tape.read_bytes().splitlines(keepends=True)[:601]
+    late = json.loads(lines[-1]) | {"ts": json.loads(lines[-1])["ts"] + 120_000}
+    fifo = tmp_path / "live.jsonl"
+    os.mkfifo(fifo)
+    done, gave_up = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with fifo.open("wb") as out:
+            out.write(b"".join(lines) + json.dumps(late).encode() + b"\n")
+            out.flush()
+            if not done.wait(20):
+                gave_up.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    argv = ["stress", "--config", str(cfg), "--tape", str(fifo), "--accounts", str(accounts)]
+    try:
+        assert main([*argv, "--max-gap", "60"]) == 4
+    finally:
+        done.set()
+        if writer.is_alive():  # still waiting for a reader (stress failed before opening it)
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join()
+    assert not gave_up.is_set()
+    assert "line 602: no quote for 120" in capsys.readouterr().err
