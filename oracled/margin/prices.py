@@ -21,6 +21,8 @@ engine may use or the reason it must not act (docs/margin.md, prices):
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 import msgspec
@@ -57,8 +59,20 @@ class WireReport(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
 _wire_decoder = msgspec.json.Decoder(WireReport)
 
 
+# A decimal as the contract writes prices (docs/contracts.md): digits, an optional point and
+# exponent. float() alone would also take `NaN`, `inf`, `1_000` and spaces.
+_DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _num(text: str | None) -> float | None:
-    return None if text is None else float(text)
+    """A price of a report, or ValueError: a risk decision on a price that is not finite and
+    positive (a broken or forged frame; the daemon never publishes one) would be no decision."""
+    if text is None:
+        return None
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"not a price: {text[:32]!r}")
+    return value
 
 
 class PriceRef(msgspec.Struct, frozen=True, gc=False):
@@ -94,6 +108,7 @@ class PriceView(msgspec.Struct, frozen=True, gc=False):
 
     @classmethod
     def from_wire(cls, report: WireReport) -> PriceView:
+        """ValueError for a price, last good price or mark that is no positive finite decimal."""
         mark_text = report.mark.price if report.mark is not None else None
         mode = None
         if report.mark is not None and mark_text is not None:

@@ -30,6 +30,7 @@ import msgspec
 import structlog
 
 from oracled.client_stream import STALLED, Request, Subscriptions
+from oracled.lograte import LogEveryMinute
 from oracled.margin.decisions import encode_decision
 from oracled.margin.engine import MarginEngine
 from oracled.margin.prices import PriceView, WireReport
@@ -81,6 +82,7 @@ class MarginService:
         self.connected = asyncio.Event()
         # No market, no request: an empty list would ask for every market.
         self._subs = Subscriptions(engine.markets)
+        self._bad_reports = LogEveryMinute()
 
     @property
     def unavailable(self) -> Mapping[str, str]:
@@ -109,9 +111,14 @@ class MarginService:
             # Decided once the round's reports are all in: a hedge across two markets is not
             # judged on one market's new price against the other's of the round before.
             for report in frame.data if isinstance(frame.data, list) else (frame.data,):
+                try:
+                    view = PriceView.from_wire(report)
+                except ValueError as exc:  # the market keeps its last report, which ages
+                    self._bad_report(report.market, str(exc))
+                    continue
                 if self._subs.reported(report.market):
                     self._available((report.market,))
-                self.engine.on_report(PriceView.from_wire(report), in_order=True)
+                self.engine.on_report(view, in_order=True)
                 self.reports += 1
             self._decide()
         elif frame.type == "subscribed":
@@ -120,6 +127,13 @@ class MarginService:
         elif frame.type == "error":
             return self._refused(frame)
         return ()
+
+    def _bad_report(self, market: str, error: str) -> None:
+        """A report with a price that is none: logged at most once a minute per market."""
+        key = market if market in self.engine.markets else None  # bounded, whatever is sent
+        count = self._bad_reports.due(key, time.monotonic())
+        if count is not None:
+            _log.warning("bad_report", market=market, error=error, reports=count)
 
     def _refused(self, frame: _Frame) -> tuple[Request, ...]:
         if frame.code == STALLED:  # answers no request; concerns every market

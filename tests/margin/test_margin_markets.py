@@ -382,3 +382,54 @@ async def test_the_service_takes_a_daemons_reports_in_stream_order_whatever_thei
             await asyncio.gather(task, return_exceptions=True)
     btc = eng.prices(T0 + 300)["BTC/USD"]
     assert isinstance(btc, Resolved) and btc.value == 63_000.0
+
+
+async def test_a_report_whose_price_is_none_is_skipped_and_the_service_runs_on() -> None:
+    """A report frame with a price that is no positive finite decimal (a broken proxy, a forged
+    frame: the daemon never sends one) raised out of the service and ended `oracled margin`
+    (`could not convert string to float`), and `NaN`, `inf`, `0` or `-5` were taken as live
+    prices. Such a report is now skipped with one `bad_report` warning per market a minute:
+    the round's other reports are taken, and the market is priced by its next good report."""
+
+    def frame(rnd: int, prices: dict[str, str]) -> str:
+        data = [
+            {"market": m, "ts": T0 + rnd, "round": rnd, "status": "active", "price": p}
+            for m, p in prices.items()
+        ]
+        return msgspec.json.encode({"type": "reports", "round": rnd, "data": data}).decode()
+
+    bad = ["abc", "NaN", "inf", "0", "-5", "1e400", "1_000", " 5"]
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json()
+        await ws.send_str('{"type":"subscribed","markets":["BTC/USD","SOL/USD"],"batch":true}')
+        for rnd, price in enumerate(bad, start=1):
+            await ws.send_str(frame(rnd, {"BTC/USD": price, "SOL/USD": f"{150 + rnd}.0"}))
+        await ws.send_str(frame(99, {"BTC/USD": "64000.5", "SOL/USD": "151.0"}))
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    eng = engine({"BTC": "BTC/USD", "SOL": "SOL/USD"})
+    with capture_logs() as logs:
+        async with DaemonServer(app, host="127.0.0.1") as server:
+            url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
+            service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: T0 + 99)
+            task = asyncio.create_task(service.run())
+            try:
+                await until(lambda: service.reports == len(bad) + 2)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()  # ended by the test, not by the frames
+    assert [v.round for v in eng.book.latest.values()] == [99, 99]
+    btc = eng.prices(T0 + 99)["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.value == 64_000.5
+    told = [e for e in logs if e["event"] == "bad_report"]
+    assert [(e["market"], e["error"], e["reports"]) for e in told] == [
+        ("BTC/USD", "not a price: 'abc'", 1)
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from margin_helpers import T0, spec, view
 
 from oracled.margin import (
     MarginEngine,
+    PriceView,
     Resolved,
     assess_cross,
     assess_isolated,
@@ -213,3 +215,17 @@ def test_a_report_whose_routed_slots_name_their_leg_reads_as_any_other() -> None
     engine.on_report(wire)
     a = assess_cross(engine.accounts["alice"], engine.spec, engine.prices(T0))
     assert a.equity == pytest.approx(10_000 + 45_000 + 50_000)
+
+
+def test_a_reports_prices_must_be_positive_finite_decimals() -> None:
+    """The price, the last good price and the mark are read as the contract writes them
+    (`64000.5`, `0.000022001`, `1e-07`); anything else is a ValueError naming it, never a
+    live NaN, infinity, zero or negative price (float() took `NaN`, `inf`, `1_000`, ` 5`)."""
+    base = {"market": "BTC/USD", "ts": T0, "round": 1, "status": "active"}
+    for text in ("64000.5", "0.000022001", "1e-07", "5"):
+        assert PriceView.from_json(json.dumps(base | {"price": text})).price == float(text)
+    for key in ("price", "last_good_price", "mark"):
+        for text in ("NaN", "inf", "-inf", "0", "-5", "1e400", "1_000", " 5", "abc", ""):
+            value: Any = {"price": text} if key == "mark" else text
+            with pytest.raises(ValueError, match="not a price"):
+                PriceView.from_json(json.dumps(base | {"price": "1.0", key: value}))
