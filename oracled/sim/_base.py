@@ -9,6 +9,10 @@ every fault the adapters must survive:
 - `mute(symbol)`: the venue takes subscriptions to the symbol, then sends no update of it (as
   Binance does for a symbol it does not list, or a delisted one); everything else flows on.
   A snapshot some venues send on subscribe still goes out; `unmute(symbol)` ends it;
+- `freeze(seconds | None)`: every book holds its prices, as on a venue whose matching engine
+  stopped while its servers still answer: no data frames (a venue may send `held_frame`s, Bybit's
+  level-1 re-push), heartbeats and pongs go on, REST answers the held prices, and times that are
+  the book's own stay at the moment of the freeze (`book_ms`);
 - `disconnect()`: drop every client's TCP connection without a closing handshake;
 - `garbage(n)`: send malformed frames from the venue's `GARBAGE` catalogue;
 - `burst(n)`: send `n` data frames at once to every client;
@@ -36,6 +40,7 @@ import contextlib
 import itertools
 import math
 import random
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -167,6 +172,9 @@ class VenueSim(abc.ABC):
         self.clients: set[Client] = set()
         self._silent_until = -math.inf
         self.muted: set[str] = set()  # symbols whose updates are never sent (`mute`)
+        self._frozen_until = -math.inf
+        self._frozen_ms = 0  # Unix ms of the current freeze
+        self._held: dict[str, tuple[float, float]] = {}
         self._recent_frames: deque[tuple[str, str]] = deque(maxlen=256)
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -185,6 +193,11 @@ class VenueSim(abc.ABC):
     @abc.abstractmethod
     def data_frame(self, symbol: str, path: PricePath, now: float) -> str:
         """One price update for `symbol` as the venue would send it."""
+
+    def held_frame(self, symbol: str, now: float) -> str | None:
+        """A frame the venue sends for `symbol` while its book is frozen (None: nothing; a
+        change-driven stream has nothing to say about a book that does not change)."""
+        return None
 
     def heartbeat_frame(self) -> str | None:
         """A venue heartbeat frame for every client, or None."""
@@ -273,6 +286,23 @@ class VenueSim(abc.ABC):
     def silent(self) -> bool:
         return self.now() < self._silent_until
 
+    def freeze(self, seconds: float | None) -> None:
+        """Hold every book at its current prices for `seconds` (None: until reset); see the
+        module docstring."""
+        if not self.frozen:
+            self._held = {symbol: self.book(symbol) for symbol in self.paths}
+            self._frozen_ms = int(time.time() * 1000)
+        self._frozen_until = math.inf if seconds is None else self.now() + seconds
+
+    @property
+    def frozen(self) -> bool:
+        return self.now() < self._frozen_until
+
+    def book_ms(self) -> int:
+        """Unix ms of the books' last change as the venue would print it: the moment of a
+        freeze while frozen, else now (an unfrozen book moves with every tick)."""
+        return self._frozen_ms if self.frozen else int(time.time() * 1000)
+
     def disconnect(self) -> int:
         """Drop every client's TCP connection without a closing handshake; returns how many."""
         dropped = 0
@@ -308,12 +338,13 @@ class VenueSim(abc.ABC):
         return queued
 
     def reset(self) -> None:
-        """Clear every fault: spikes, ramps, silence, muted symbols, disabled or failing
+        """Clear every fault: spikes, ramps, silence, muted symbols, a freeze, disabled or failing
         endpoints."""
         self.muted.clear()
         for path in self.paths.values():
             path.clear()
         self._silent_until = -math.inf
+        self._frozen_until = -math.inf
         self.rest_enabled = True
         self.ws_enabled = True
         self.rest_status = None
@@ -321,6 +352,8 @@ class VenueSim(abc.ABC):
 
     def book(self, symbol: str) -> tuple[float, float]:
         """The (bid, ask) this venue would print now."""
+        if self.frozen:
+            return self._held[symbol]
         mid = self.paths[symbol].published(self.now())
         half = mid * self.spread_bps / 20_000.0
         return mid - half, mid + half
@@ -422,11 +455,11 @@ class VenueSim(abc.ABC):
         while True:
             await asyncio.sleep(interval)
             now = self.now()
-            silent = self.silent
+            silent, frozen = self.silent, self.frozen
             for symbol, path in self.paths.items():
                 path.step(now)
                 if not silent:
-                    self._fan_out(symbol, self.data_frame(symbol, path, now))
+                    self._send_data(symbol, path, now, frozen)
 
     async def _publish_staggered(self) -> None:
         """Each tick's symbols in slices at even offsets within the tick, each frame built (and
@@ -442,11 +475,19 @@ class VenueSim(abc.ABC):
                 due += interval / n
                 await asyncio.sleep(max(0.0, due - self.now()))
                 now = self.now()
-                silent = self.silent
+                silent, frozen = self.silent, self.frozen
                 for symbol, path in items[bounds[k] : bounds[k + 1]]:
                     path.step(now)
                     if not silent:
-                        self._fan_out(symbol, self.data_frame(symbol, path, now))
+                        self._send_data(symbol, path, now, frozen)
+
+    def _send_data(self, symbol: str, path: PricePath, now: float, frozen: bool) -> None:
+        """One tick's frame for `symbol`: a price update, or while frozen the venue's held
+        frame if it sends one."""
+        if not frozen:
+            self._fan_out(symbol, self.data_frame(symbol, path, now))
+        elif (held := self.held_frame(symbol, now)) is not None:
+            self._fan_out(symbol, held, remember=False)
 
     async def _heartbeats(self) -> None:
         assert self.heartbeat_interval_s is not None

@@ -108,7 +108,7 @@ class BinanceUsdmSim(BinanceSim):
     def _futures_row(self, symbol: str) -> dict[str, Any]:
         bid, ask = self.book(symbol)
         path = self.paths[symbol]
-        ms = int(time.time() * 1000)
+        ms = self.book_ms()  # the transaction time of the book's last change
         return {
             "symbol": symbol,
             "bidPrice": f"{bid:.8f}",

@@ -9,7 +9,8 @@ issued is refused with 401; each connection is greeted with ``{"id":<connectId>,
 not list is refused whole with ``{"id":..,"type":"error","code":404,"data":"topic ... is not
 found"}``; ``{"type":"ping"}`` is answered with ``pong``; a client that has not pinged for
 ``ping_interval_s + ping_timeout_s`` is closed (counted as ``stats.pong_timeouts``). Ticker frames
-have the recorded shape and a strictly increasing ``sequence``. REST serves
+have the recorded shape and a strictly increasing ``sequence``; while the books are frozen, level 1
+answers each symbol's last ticker again, sequence and time included. REST serves
 ``GET /api/v1/market/orderbook/level1?symbol=`` (400 with code 900001 for an unknown symbol) and
 ``GET /api/v1/market/allTickers``.
 
@@ -88,6 +89,7 @@ class KucoinSim(VenueSim):
         self.pings_received = 0
         self.tokens: set[str] = set()
         self._seq = itertools.count(1_613_277_183_873)
+        self._last: dict[str, dict[str, Any]] = {}  # each symbol's last ticker
         self._epoch_ms = 0.0
         self._epoch_loop = 0.0
 
@@ -199,9 +201,11 @@ class KucoinSim(VenueSim):
         )
 
     def _ticker(self, symbol: str, path: PricePath, now: float) -> dict[str, Any]:
+        if self.frozen and symbol in self._last:
+            return self._last[symbol]  # the book has not changed: nor has its ticker
         bid, ask = self.book(symbol)
         size = _num(path.size())
-        return {
+        ticker = self._last[symbol] = {
             "sequence": str(next(self._seq)),
             "bestAsk": _num(ask),
             "size": size,
@@ -211,6 +215,7 @@ class KucoinSim(VenueSim):
             "bestAskSize": size,
             "bestBid": _num(bid),
         }
+        return ticker
 
     def _wall_ms(self, now: float) -> int:
         return int(self._epoch_ms + (now - self._epoch_loop) * 1000.0)

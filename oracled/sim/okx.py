@@ -151,9 +151,11 @@ class OkxSim(VenueSim):
 
     def _row(self, symbol: str, path: PricePath, now: float) -> dict[str, str]:
         bid, ask = self.book(symbol)
-        # Unique, strictly increasing event times per instrument.
-        ts = max(int(self._wall_ms()), self._last_ts.get(symbol, 0) + 1)
-        self._last_ts[symbol] = ts
+        # Unique, strictly increasing event times per instrument; a frozen book's ticker is the
+        # one generated last, time included.
+        ts = self._last_ts.get(symbol, 0)
+        if not (self.frozen and ts):
+            ts = self._last_ts[symbol] = max(int(self._wall_ms()), ts + 1)
         size = _num(path.size())
         mid = (bid + ask) / 2.0
         return {

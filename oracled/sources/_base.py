@@ -216,6 +216,10 @@ class Source(abc.ABC):
         rate = self.rest_rate_per_s
         self._pacer = RestPacer(rate, self.rest_burst, clock) if rate else None
         self._retry_after_s = 0.0  # what the newest rate-limit answer asked us to wait
+        # Set while a REST answer is read: each symbol's last (bid, ask) polled since the stream
+        # went down (`_rest_unchanged`); None while stream frames are read.
+        self._rest_books: dict[str, tuple[float, float]] | None = None
+        self._polled: dict[str, tuple[float, float]] = {}
         # Per symbol: the counter bar the current refusals were counted against, and how many.
         self._counter_refusals: dict[str, tuple[int, int]] = {}
         #: (pair, kind) -> ms a subscribed symbol may go without a quote on a streaming
@@ -327,7 +331,10 @@ class Source(abc.ABC):
             self._reject_prices(bid, ask)
             return
         stats = self.stats
-        if venue_ts is not None:  # the latency histogram, inlined: this runs once per quote
+        if venue_ts is None:
+            if self._rest_books is not None and self._rest_unchanged(symbol, bid, ask):
+                return
+        else:  # the latency histogram, inlined: this runs once per quote
             latency = recv_ts - venue_ts
             if 0 <= latency <= _LATENCY_OVER:
                 stats.latency_buckets[_LATENCY_BUCKET_OF_MS[latency]] += 1
@@ -349,6 +356,20 @@ class Source(abc.ABC):
         # bid, ask, kind, venue_ts, volume, flag).
         self._emit(Quote(self.source_id, target[0], recv_ts, last, bid, ask, target[1], venue_ts,
                          None, flag))  # fmt: skip
+
+    def _rest_unchanged(self, symbol: str, bid: float, ask: float) -> bool:
+        """A REST quote without a venue time whose bid and ask are those of the symbol's last
+        REST quote since the stream went down: dropped as `unchanged`, so that it keeps the age
+        of the answer that first showed that book. Its receive time would make the book look
+        fresh with every poll, whether the venue's book is quiet or frozen; a streamed book that
+        stops changing sends nothing and ages the same way."""
+        books = self._rest_books
+        assert books is not None
+        if books.get(symbol) == (bid, ask):
+            self.stats.dropped["unchanged"] += 1
+            return True
+        books[symbol] = (bid, ask)
+        return False
 
     def _counter_refused(
         self,
@@ -741,7 +762,11 @@ class Source(abc.ABC):
                     self.stats.frames += 1
                     self.stats.last_frame_ms = recv_ts
                     progress = self._rest_progress()
-                    self.on_rest(body, recv_ts)
+                    self._rest_books = self._polled
+                    try:
+                        self.on_rest(body, recv_ts)
+                    finally:
+                        self._rest_books = None
                     answered = True
                     if self._rest_progress() != progress:  # a 200 alone could be a proxy's page
                         priced = True
@@ -769,6 +794,7 @@ class Source(abc.ABC):
         answer, never by an error page, an error body or an answer without our symbols."""
         dropped = self.stats.dropped
         known = dropped["stale"] + dropped["out_of_order"] + dropped["stale_sequence"]
+        known += dropped["unchanged"] + dropped["duplicate"]
         return self.stats.quotes, known
 
     async def _fetch(
@@ -793,6 +819,7 @@ class Source(abc.ABC):
 
     def _stream_up(self) -> None:
         self._streaming = True
+        self._polled.clear()  # the stream has moved the book on since the last poll
         self._down.clear()
         self._set_state(ConnState.STREAMING)
 

@@ -37,11 +37,14 @@ frame is named the same way. Numbers printed bare where the venue prints strings
 a string amount, the microtimestamp) are read as those numbers.
 
 REST ``GET /api/v2/ticker/`` answers the ticker of every pair in one request (``pair`` is
-``"BTC/USD"``, ``timestamp`` whole seconds), so a poll is one request whatever the number of
-symbols, far inside the documented 10,000 requests per 10 minutes (the per-pair
-``/api/v2/ticker/{pair}/`` would cost one request per symbol). That request names no symbol, so
-an HTTP 400 cannot blame one (Bitstamp answers rate limits that way): it is reported as 429 so
-that the base neither splits the poll nor fails a symbol.
+``"BTC/USD"``), so a poll is one request whatever the number of symbols, far inside the
+documented 10,000 requests per 10 minutes (the per-pair ``/api/v2/ticker/{pair}/`` would cost one
+request per symbol). That request names no symbol, so an HTTP 400 cannot blame one (Bitstamp
+answers rate limits that way): it is reported as 429 so that the base neither splits the poll nor
+fails a symbol. Its ``timestamp`` is not used as a venue time: the docs say only "Unix timestamp
+date and time" (whole seconds), not of what, and a ticker's bid and ask are not a book event with
+a time of its own. A REST quote therefore ages from the poll that first showed its bid and ask
+(`Source._rest_unchanged`).
 """
 
 from __future__ import annotations
@@ -117,10 +120,11 @@ class _Control(msgspec.Struct):
 
 
 class _RestRow(msgspec.Struct):
+    """``timestamp`` is left out: see the module docstring."""
+
     pair: str
     bid: str | None = None
     ask: str | None = None
-    timestamp: str | None = None
 
 
 _FRAME = msgspec.json.Decoder(_BookFrame, strict=False)
@@ -267,9 +271,4 @@ class BitstampSource(Source):
             if row.bid is None or row.ask is None:
                 self.stats.dropped["one_sided"] += 1
                 continue
-            stamp = row.timestamp or ""
-            venue_ts = int(stamp) * 1000 if stamp.isdigit() else None
-            if venue_ts is None:
-                self._quote_text(symbol, row.bid, row.ask, recv_ts)
-            else:
-                self._quote_in_order(symbol, row.bid, row.ask, recv_ts, venue_ts)
+            self._quote_text(symbol, row.bid, row.ask, recv_ts)

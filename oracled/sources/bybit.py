@@ -36,7 +36,10 @@ takes at most 10 args, and one connection's args may not exceed 21,000 character
 500 connections per 5 minutes per IP. Public connections have no documented maximum life (the
 config's default 23 h rotation is kept as hygiene). REST ``GET /v5/market/tickers?category=..``
 answers every symbol of a category in one request (it does carry ``bid1Price``/``ask1Price`` for
-spot), against an IP limit of 600 requests per 5 s: one request per poll.
+spot), against an IP limit of 600 requests per 5 s: one request per poll. Its rows carry no time;
+the answer's ``time`` is the server's clock when it answered, not a venue time of any book, so
+REST quotes carry none and age from the poll that first showed their bid and ask
+(`Source._rest_unchanged`).
 """
 
 from __future__ import annotations
@@ -145,10 +148,11 @@ class _RestResult(msgspec.Struct):
 
 
 class _Rest(msgspec.Struct):
+    """``time`` (the answer's own server time) is left out: see the module docstring."""
+
     code: int = msgspec.field(name="retCode")
     msg: str = msgspec.field(name="retMsg")
     result: _RestResult | None = None
-    time: int | None = None
 
 
 class _Top:
@@ -328,7 +332,7 @@ class _BybitSource(Source):
         wanted = self._by_symbol
         for row in reply.result.rows if reply.result else ():
             if row.symbol in wanted:  # the category answer lists every symbol it has
-                self._quote_text(row.symbol, row.bid, row.ask, recv_ts, reply.time)
+                self._quote_text(row.symbol, row.bid, row.ask, recv_ts)
 
 
 class BybitSpotSource(_BybitSource):

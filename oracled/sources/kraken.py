@@ -36,8 +36,13 @@ by symbol and fails only the bad one. The response keys are Kraken's legacy pair
 come back under is mapped at construction, so nothing is fetched at start-up. REST carries no
 event time.
 
-Out-of-order frames (older ``timestamp`` than the last one of the symbol) are dropped here and
-counted as ``out_of_order``; the core checks again. The ticker's ``last`` (and REST's ``c``, the
+The ticker's ``timestamp`` is its venue time. It is a recent addition to the v2 ticker (the
+channel had no time before; the docs list it as RFC 3339 without a sentence on what it is the time
+of, and nautechsystems/nautilus_trader issue 3926 reads it as the ticker's event time); with
+``event_trigger: bbo`` a ticker is sent on each change of the best bid or offer, so it is the time
+of that change. A frame without it is quoted at its receive time. Out-of-order frames (older
+``timestamp`` than the last one of the symbol) are dropped here and counted as ``out_of_order``;
+the core checks again. The ticker's ``last`` (and REST's ``c``, the
 last trade closed) travels as the quote's last price; a ``last`` that is not a number is left out
 without spoiling the book.
 """

@@ -224,3 +224,25 @@ async def test_silence_sends_nothing_at_all_until_reset(
             assert not ws.closed
             sim.reset()
             assert await case.streams(ws)
+
+
+async def test_a_frozen_venue_sends_no_data_but_keeps_its_heartbeats_and_books(
+    http: aiohttp.ClientSession,
+) -> None:
+    """freeze(None) holds the books: no data frames (heartbeats go on), `book` answers the held
+    prices and `book_ms` the moment of the freeze; reset() lets the books move and stream again."""
+    async with KrakenSim({"BTC/USD": 67_000.0}, rate_hz=50.0, heartbeat_s=0.05) as sim:
+        ws = await _path("/v2")(sim, http)
+        async with ws:
+            assert await _kraken_subscribe(ws)
+            assert await _kraken_ticker(ws)
+            sim.freeze(None)
+            held, held_ms = sim.book("BTC/USD"), sim.book_ms()
+            await asyncio.sleep(0.1)  # frames queued before the freeze are written
+            frames, beats = sim.stats.frames_sent, sim.stats.heartbeats_sent
+            await asyncio.sleep(0.3)
+            assert sim.stats.frames_sent == frames and sim.stats.heartbeats_sent >= beats + 3
+            assert sim.book("BTC/USD") == held and sim.book_ms() == held_ms
+            sim.reset()
+            assert await _kraken_ticker(ws)
+            assert sim.book("BTC/USD") != held and sim.book_ms() > held_ms

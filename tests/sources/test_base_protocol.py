@@ -392,3 +392,57 @@ async def test_an_unsolicited_pong_is_life_not_a_frame_nor_a_close(
     assert run.stats.frames == 3  # the ack and two books; the pongs are not frames
     assert venue.connections == 1 and run.stats.reconnects == 0
     assert run.stats.state is ConnState.STREAMING and run.stats.malformed == 0
+
+
+def _rows(btc_bid: float) -> list[dict[str, str]]:
+    """A bookTicker REST answer: BTC bid at `btc_bid` (ask 0.1 above), ETH at 50.0/50.1."""
+    btc = {"bidPrice": f"{btc_bid:.2f}", "askPrice": f"{btc_bid + 0.1:.2f}"}
+    eth = {"bidPrice": "50.00", "askPrice": "50.10"}
+    return [
+        {"symbol": symbol, "bidQty": "1", "askQty": "1", **prices}
+        for symbol, prices in (("BTCUSDT", btc), ("ETHUSDT", eth))
+    ]
+
+
+async def test_a_poll_repeating_the_last_polled_book_is_not_a_new_quote(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """REST answers carry no time of their book (Binance's bookTicker has none), so an answer
+    repeating the book the last poll showed is dropped as `unchanged` and the quote keeps the
+    age of the first answer that showed it, while a changed book is quoted; the source goes on
+    polling. Once the stream has streamed again, the first poll of the next outage is quoted
+    even if it repeats a book polled before the stream came back (the stream moved the book
+    meanwhile). Before, every poll was a quote stamped with its receipt: a book that had
+    stopped changing looked fresh for ever."""
+    venue: Venue
+
+    async def stream_once(ws: web.WebSocketResponse, n: int) -> None:
+        await next_request(ws)  # the subscription
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            await ws.send_str(BOOK.format(lower=symbol.lower(), sym=symbol))
+        venue.refuse = True  # the next connection is refused: polling again
+        await asyncio.sleep(0.05)
+        await ws.close()
+
+    venue = Venue(stream_once)
+    venue.refuse = True
+    venue.rest_rows = _rows(100.0)
+    run = await launch(venue, aiohttp_server, start_config)
+    await wait(lambda: venue.rest_answered >= 4)
+    assert [(q.pair, q.bid) for q in run.quotes] == [("BTC/USDT", 100.0), ("ETH/USDT", 50.0)]
+    assert run.stats.dropped["unchanged"] >= 4 and run.stats.state is ConnState.POLLING
+    venue.rest_rows = _rows(101.0)
+    await wait(lambda: len(run.quotes) == 3)
+    answered = venue.rest_answered
+    await wait(lambda: venue.rest_answered >= answered + 3)
+    assert [(q.pair, q.bid) for q in run.quotes[2:]] == [("BTC/USDT", 101.0)]
+    venue.refuse = False  # the stream comes back (both at 100.0), and goes again
+    await wait(lambda: venue.connections >= 2 and len(run.quotes) >= 5)
+    await wait(lambda: len(run.quotes) >= 7)  # the next outage's first poll: 101.0 and 50.0
+    assert [(q.pair, q.bid) for q in run.quotes[3:7]] == [
+        ("BTC/USDT", 100.0),
+        ("ETH/USDT", 100.0),
+        ("BTC/USDT", 101.0),
+        ("ETH/USDT", 50.0),
+    ]
+    assert run.stats.state is ConnState.POLLING

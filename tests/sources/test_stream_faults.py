@@ -278,6 +278,41 @@ async def test_refused_stream_falls_back_to_rest_through_failures_then_streams_a
     assert sim.stats.rest_requests == polls
 
 
+def newest_stamps(run: Running) -> dict[tuple[str, str], int]:
+    """Each instrument's newest quote time as the core ages it: venue time, else receipt."""
+    newest: dict[tuple[str, str], int] = {}
+    for q in run.quotes:
+        stamp = q.recv_ts if q.venue_ts is None else q.venue_ts
+        key = (q.pair, q.kind)
+        newest[key] = max(stamp, newest.get(key, stamp))
+    return newest
+
+
+async def test_a_frozen_book_polled_over_rest_grows_no_younger(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """While the stream is refused and the venue's books stop changing (its servers still
+    answer), polls bring nothing newer: each instrument's newest quote time (the venue's where a
+    REST answer carries a time of its book, else the receipt) stays where the first answer of
+    the frozen book put it, and the source goes on polling. Before, a REST quote without a time
+    of its book was stamped at every poll with its receipt, or with the server's clock (Bybit's
+    `time`, Bitstamp's `timestamp`, KuCoin's allTickers `time`), so a book that no longer
+    changed looked fresh for ever."""
+    sim.ws_enabled = False
+    run = await start()
+    await wait(lambda: run.state() is ConnState.POLLING and run.keys() == case.keys)
+    sim.freeze(None)
+    polls = sim.stats.rest_requests
+    # Polls go one at a time: once a request is counted, the one before it was read, and the
+    # first request counted after the freeze was answered with the frozen books.
+    await wait(lambda: sim.stats.rest_requests >= polls + 2 * len(case.keys), within_s=10.0)
+    stamps = newest_stamps(run)
+    assert stamps.keys() == case.keys
+    await wait(lambda: sim.stats.rest_requests >= polls + 6 * len(case.keys), within_s=15.0)
+    assert newest_stamps(run) == stamps
+    assert run.state() is ConnState.POLLING
+
+
 @pytest.mark.parametrize(
     "case",
     [c for c in CASES if c.rotation],

@@ -349,7 +349,7 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         id="bitstamp",
-        rest_venue_time=True,
+        rest_venue_time=False,  # the ticker's `timestamp` is not its book's time
         garbage_reasons={
             "decode": 4,
             "shape": 10,
@@ -389,7 +389,7 @@ CASES: tuple[Case, ...] = (
             replay=30,
             replay_exact=False,
             replay_dropped=_bybit_stale(kind == "bybit_spot"),
-            rest_venue_time=True,
+            rest_venue_time=False,  # the answer's `time` is its server clock
             active_lags=True,
             rotation=False,
             unknown=Unknown("FOOUSDT", f"Invalid symbol :[{topic}.FOOUSDT]", requests=4, errors=2),
