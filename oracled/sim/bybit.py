@@ -13,7 +13,11 @@ take. Choices where the docs are silent: an unknown symbol refuses the whole req
 ``Invalid symbol :[<topic>]`` (`error_req_id = False` leaves the ``req_id`` out, as in a recorded
 refusal); a topic already subscribed is refused with ``already subscribed``; `ping_timeout_s`, when
 set, cuts a client that has not pinged for that long (the real venue cuts after 10 minutes
-without ping-pong or data). Every fault of `VenueSim` applies.
+without ping-pong or data). Every fault of `VenueSim` applies. Level-1 frames carry ``cts``, the
+matching-engine time of the book, a little before ``ts``; as on the venue, a level-1 book that has
+not changed for `repush_s` (3 s) is pushed again as a snapshot with the same ``u`` and ``cts``
+and a new ``ts`` (seen here while the books are frozen, the only time they do not change).
+REST ``time`` is the answer's own server time.
 """
 
 from __future__ import annotations
@@ -98,11 +102,17 @@ class BybitSim(VenueSim):
         categories: Sequence[str] = _CATEGORIES,
         ping_timeout_s: float | None = None,
         message_limit: int = 10,
+        repush_s: float = 3.0,
         **kwargs: Any,
     ) -> None:
         keyed = {f"{c}:{s.upper()}": p for c in categories for s, p in prices.items()}
         super().__init__(keyed, message_limit=message_limit, **kwargs)
         self.ping_timeout_s = ping_timeout_s
+        self.repush_s = repush_s
+        self.repushed = 0  # level-1 snapshots pushed again for an unchanged book
+        self._cts: dict[str, int] = {}  # matching-engine time of each spot book's last change
+        self._pushed: dict[str, float] = {}  # loop time of each spot key's last frame
+        self._sizes: dict[str, tuple[str, int]] = {}  # each spot key's last size and seq
         self.error_req_id = True
         self.pings_received = 0
         self._top: dict[str, tuple[str, str]] = {}  # last published bid/ask text per key
@@ -223,10 +233,13 @@ class BybitSim(VenueSim):
         size = f"{self.paths[key].size():.3f}"
         if category == "spot":
             u = self._u.setdefault(key, 1)
+            ts, seq = self._tick(key), next(self.sequence)
+            cts = self._cts.setdefault(key, ts - 2)
+            self._pushed[key], self._sizes[key] = self.now(), (size, seq)
             return (
-                f'{{"topic":"orderbook.1.{symbol}","type":"snapshot","ts":{self._tick(key)},'
+                f'{{"topic":"orderbook.1.{symbol}","type":"snapshot","ts":{ts},'
                 f'"data":{{"s":"{symbol}","b":[["{bid}","{size}"]],"a":[["{ask}","{size}"]],'
-                f'"u":{u},"seq":{next(self.sequence)}}},"cts":{self._ts[key] - 2}}}'
+                f'"u":{u},"seq":{seq}}},"cts":{cts}}}'
             )
         mid = _fmt((float(bid) + float(ask)) / 2)
         data = {
@@ -272,10 +285,13 @@ class BybitSim(VenueSim):
             self._u[key] = u
             bids = ([[old_bid, "0"]] if old_bid and old_bid != bid else []) + [[bid, size]]
             asks = ([[old_ask, "0"]] if old_ask and old_ask != ask else []) + [[ask, size]]
+            ts, seq = self._tick(key), next(self.sequence)
+            cts = self._cts[key] = ts - 2
+            self._pushed[key], self._sizes[key] = now, (size, seq)
             return (
-                f'{{"topic":"orderbook.1.{name}","type":"delta","ts":{self._tick(key)},'
+                f'{{"topic":"orderbook.1.{name}","type":"delta","ts":{ts},'
                 f'"data":{{"s":"{name}","b":{json.dumps(bids)},"a":{json.dumps(asks)},'
-                f'"u":{u},"seq":{next(self.sequence)}}},"cts":{self._ts[key] - 2}}}'
+                f'"u":{u},"seq":{seq}}},"cts":{cts}}}'
             )
         # Every fourth delta of each symbol changes no price: the kept state must hold. (Counted
         # per symbol: one count for all would give these deltas always to the same symbols when
@@ -291,6 +307,25 @@ class BybitSim(VenueSim):
         return (
             f'{{"topic":"tickers.{name}","type":"delta","data":{{{fields}}},'
             f'"cs":{next(self.sequence)},"ts":{self._tick(key)}}}'
+        )
+
+    def held_frame(self, symbol: str, now: float) -> str | None:
+        """A frozen spot book is pushed again every `repush_s`: a snapshot of the same book
+        (``u``, ``seq`` and ``cts`` too) with a new ``ts`` (linear tickers send nothing)."""
+        key = symbol  # the base passes the path key
+        category, name = key.split(":", 1)
+        if category != "spot" or key not in self._top:
+            return None
+        if now - self._pushed.get(key, now) < self.repush_s:
+            return None
+        self._pushed[key] = now
+        self.repushed += 1
+        bid, ask = self._top[key]
+        size, seq = self._sizes[key]
+        return (
+            f'{{"topic":"orderbook.1.{name}","type":"snapshot","ts":{self._tick(key)},'
+            f'"data":{{"s":"{name}","b":[["{bid}","{size}"]],"a":[["{ask}","{size}"]],'
+            f'"u":{self._u[key]},"seq":{seq}}},"cts":{self._cts[key]}}}'
         )
 
     # ----------------------------------------------------------------- REST

@@ -15,7 +15,13 @@ fields that changed, so the last full state per symbol is kept and deltas are me
 The current spot ``tickers`` payload has no best bid/ask (only last price and 24 h figures), so
 spot reads level-1 order book ``orderbook.1.<SYMBOL>``: a snapshot after subscribing, then deltas
 where size ``"0"`` removes a level and ``u`` is the per-symbol update id (``u`` = 1 is a snapshot
-after a venue restart). ``venue_ts`` is the frame's ``ts`` on both. Frames older than the last one
+after a venue restart). ``venue_ts`` is, on spot, the frame's ``cts`` ("the timestamp from the
+matching engine when this orderbook data is produced"; ``ts`` where a frame has none) and, on
+linear, its ``ts`` (when the system generated the data: tickers are pushed on a change, so it is
+the change's time within milliseconds). Spot does not use ``ts``: a level-1 book that has not
+changed for 3 s is pushed again as a snapshot with the same ``u`` and a new ``ts``, and with that
+``ts`` a book that stopped changing would look fresh for ever; such a re-push is dropped as
+``unchanged`` (the quote keeps the age of the book's last change). Frames older than the last one
 applied for the symbol on this connection (by ``u`` on spot, by ``ts`` on linear) are dropped as
 ``stale`` (on spot, unless the base judges the kept ``u`` bad, `Source._counter_refused`: a ``u``
 below half of it, or five frames in a row refused while their ``ts`` is past its frame's; then the
@@ -111,6 +117,7 @@ class _BookFrame(msgspec.Struct):
     type: str
     ts: int
     data: _Level1
+    cts: int | None = None
 
 
 class _FastLevel1(msgspec.Struct, gc=False):
@@ -121,11 +128,12 @@ class _FastLevel1(msgspec.Struct, gc=False):
 
 
 class _FastBookFrame(msgspec.Struct, gc=False):
-    """Only the fields used; ``topic`` (it repeats ``data.s``), ``seq`` and ``cts`` are skipped."""
+    """Only the fields used; ``topic`` (it repeats ``data.s``) and ``seq`` are skipped."""
 
     type: str
     ts: int
     data: _FastLevel1
+    cts: int | None = None  # the book's matching-engine time; see the module docstring
 
 
 class _Control(msgspec.Struct):
@@ -354,10 +362,12 @@ class BybitSpotSource(_BybitSource):
             return
         book = frame.data
         bids, asks = book.b, book.a
-        symbol, u = book.s, book.u
+        symbol, u, ts = book.s, book.u, frame.cts
+        if ts is None:
+            ts = frame.ts
         previous = self._tops.get(symbol)
         if previous is None or u <= previous.seq or frame.type == "snapshot":
-            self._first(symbol, u, frame.type == "snapshot", bids, asks, recv_ts, frame.ts)
+            self._first(symbol, u, frame.type == "snapshot", bids, asks, recv_ts, ts)
             return
         # The common case, a delta applied to the kept state, inline (what `_best` and `_apply`
         # do): a listed level replaces the side, size 0 at the kept price empties it.
@@ -380,13 +390,13 @@ class BybitSpotSource(_BybitSource):
         if best is not None:
             ask = best
         if bid is None or ask is None or bid > ask:
-            self._apply(symbol, previous, bid, ask, None, u, recv_ts, frame.ts)  # one-sided...
+            self._apply(symbol, previous, bid, ask, None, u, recv_ts, ts)  # one-sided...
             return
         previous.bid = bid
         previous.ask = ask
         previous.seq = u
-        previous.ts = frame.ts
-        self._quote(symbol, bid, ask, recv_ts, frame.ts)
+        previous.ts = ts
+        self._quote(symbol, bid, ask, recv_ts, ts)
 
     def _first(
         self,
@@ -416,6 +426,11 @@ class BybitSpotSource(_BybitSource):
             self.stats.dropped["unknown_symbol"] += 1
             return _DROPPED
         previous = self._tops.get(symbol)
+        if previous is not None and snapshot and u == previous.seq and u != 1:
+            # The venue's re-push of an unchanged level-1 book (every 3 s of no change): its
+            # fresh `ts` would make a book that stopped changing look fresh for ever.
+            self.stats.dropped["unchanged"] += 1
+            return _DROPPED
         if previous is not None and (
             (u < previous.seq and u != 1) if snapshot else u <= previous.seq
         ):
@@ -429,7 +444,8 @@ class BybitSpotSource(_BybitSource):
         frame = _BOOKS.decode(data)
         book = frame.data
         snapshot = frame.type == "snapshot"
-        previous = self._admit(book.s, book.u, snapshot, frame.ts)
+        ts = frame.ts if frame.cts is None else frame.cts
+        previous = self._admit(book.s, book.u, snapshot, ts)
         if previous is _DROPPED:
             return
         sides: list[list[tuple[float, float]]] = []
@@ -448,7 +464,7 @@ class BybitSpotSource(_BybitSource):
         keep = previous is not None and not snapshot
         bid = _best(sides[0], previous.bid if keep else None, True)  # type: ignore[union-attr]
         ask = _best(sides[1], previous.ask if keep else None, False)  # type: ignore[union-attr]
-        self._apply(book.s, previous, bid, ask, None, book.u, recv_ts, frame.ts)
+        self._apply(book.s, previous, bid, ask, None, book.u, recv_ts, ts)
 
 
 class BybitLinearSource(_BybitSource):

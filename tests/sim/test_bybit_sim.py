@@ -136,3 +136,27 @@ async def test_every_linear_symbol_gets_price_deltas() -> None:
             frame = json.loads(venue.data_frame(key, venue.paths[key], 0.0))
             priced[symbol] += "bid1Price" in frame["data"]
     assert priced == dict.fromkeys(symbols, 6)
+
+
+async def test_a_frozen_spot_book_is_pushed_again_with_its_update_id_and_engine_time(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Spot frames carry `cts`, the book's matching-engine time, a little before `ts`; a book
+    that does not change (here: frozen) is pushed again every `repush_s` as a snapshot with the
+    same `u`, prices and `cts` and a later `ts`, as Bybit does every 3 s; linear sends nothing."""
+    venue = BybitSim(PRICES, seed=4, rate_hz=50.0, repush_s=0.1)
+    async with venue, http.ws_connect(f"{venue.ws_url}/v5/public/spot") as ws:
+        await send(ws, "subscribe", "orderbook.1.BTCUSDT")
+        frames = [await next_json(ws) for _ in range(3)]
+        assert all(f["cts"] < f["ts"] for f in frames)
+        venue.freeze(None)
+        await asyncio.sleep(0.05)  # a tick already under way may still send a delta
+        while (last := await next_json(ws))["type"] != "snapshot":
+            pass
+        again = [await next_json(ws) for _ in range(2)]
+    assert [f["type"] for f in again] == ["snapshot", "snapshot"]
+    assert {f["data"]["u"] for f in (last, *again)} == {last["data"]["u"]}
+    assert {f["cts"] for f in (last, *again)} == {last["cts"]}
+    assert {json.dumps(f["data"]) for f in again} == {json.dumps(last["data"])}
+    assert last["ts"] < again[0]["ts"] < again[1]["ts"]
+    assert venue.repushed >= 3

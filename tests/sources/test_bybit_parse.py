@@ -451,3 +451,47 @@ def test_a_spot_update_id_a_little_ahead_is_forgotten_after_five_newer_frames(
     assert h.spot.stats.sequence_resets == 1 and h.spot.stats.dropped["not_finite"] == 1
     h.spot.on_message(_level1("delta", 123456796, t + 6, "27447.00", "27448.00"), SPOT_RECV)
     assert [q.bid for q in h.quotes] == [27450.0, 27447.0]
+
+
+def _with_cts(frame: str, cts: int) -> str:
+    """A level-1 frame with the matching-engine time the venue prints after `data`."""
+    return frame[:-1] + f',"cts":{cts}}}'
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["fast", "text"])
+def test_spot_venue_time_is_the_books_matching_engine_time(h: Harness, text: bool) -> None:
+    """A spot frame's venue time is its `cts` (when the matching engine produced the book), not
+    `ts` (when the push service sent it), on the fast path and on the text path alike; a frame
+    without `cts` (the docs' older examples) falls back to `ts`. Before, `ts` was used."""
+    t = 1709891679000
+    feed = h.spot._slow if text else h.spot.on_message  # the strict path, or the one-pass one
+    frames = (
+        _with_cts(_level1("snapshot", 7, t, "27450.00", "27451.00"), t - 40),
+        _with_cts(_level1("delta", 8, t + 100, "27450.50", "27451.00"), t + 60),
+        _level1("delta", 9, t + 200, "27449.00", "27450.00"),
+    )
+    for i, frame in enumerate(frames):
+        feed(frame, SPOT_RECV + i)
+    assert [q.venue_ts for q in h.quotes] == [t - 40, t + 60, t + 200]
+    assert h.spot.stats.dropped == {} and h.spot.stats.malformed == 0
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["fast", "text"])
+def test_a_repushed_unchanged_spot_book_is_not_a_new_quote(h: Harness, text: bool) -> None:
+    """Bybit pushes a level-1 book that has not changed for 3 s again, as a snapshot with the
+    same `u` and `cts` and a new `ts`: it is dropped as `unchanged`, so the quote keeps the age
+    of the book's last change. Before, each re-push was a quote stamped with its fresh `ts`,
+    and a book that had stopped changing never aged (the sequence-reset counter was not fed
+    either). A later delta is used as usual."""
+    t = 1709891679000
+    feed = h.spot._slow if text else h.spot.on_message  # the strict path, or the one-pass one
+    book = _level1("snapshot", 7, t, "27450.00", "27451.00")
+    feed(_with_cts(book, t - 40), SPOT_RECV)
+    for k in range(1, 7):  # 18 s of re-pushes
+        again = _level1("snapshot", 7, t + 3000 * k, "27450.00", "27451.00")
+        feed(_with_cts(again, t - 40), SPOT_RECV + 3000 * k)
+    assert [q.venue_ts for q in h.quotes] == [t - 40]
+    assert h.spot.stats.dropped == {"unchanged": 6} and h.spot.stats.sequence_resets == 0
+    delta = _with_cts(_level1("delta", 8, t + 20_000, "27449.00", "27450.00"), t + 19_990)
+    feed(delta, SPOT_RECV + 20_000)
+    assert [q.venue_ts for q in h.quotes] == [t - 40, t + 19_990]

@@ -12,6 +12,7 @@ from test_stream_faults import (
 from venue_cases import CASE, Case, Start, Wait
 
 from oracled.sim.bybit import BybitSim
+from oracled.sources import ConnState
 from oracled.sources.bybit import BybitLinearSource
 
 PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}  # what the cases' simulator starts from
@@ -46,3 +47,27 @@ async def test_refusal_without_req_id_still_fails_the_unknown_symbol_alone(
     still names the symbol, and everything the shared unknown-symbol test checks holds."""
     sim.error_req_id = False
     await unknown_symbol_fails_alone(case, sim, start, wait)
+
+
+async def test_a_frozen_spot_book_repushed_by_the_venue_ages(
+    start_config: Start, wait: Wait
+) -> None:
+    """A level-1 book that stops changing is pushed again by the venue (every 3 s there, every
+    0.1 s here) with its `u` and `cts` and a new `ts`: the stream stays up, no quote newer than
+    the book's last change is made, and each re-push is counted as `unchanged`. Before, every
+    re-push was a quote stamped with its new `ts`, and the frozen book looked fresh for ever."""
+    async with BybitSim(PRICES, rate_hz=40.0, repush_s=0.1) as venue:
+        cfg = CASE["bybit_spot"].make_config(venue, liveness_timeout_s=2.0)
+        run = await start_config(cfg, [("BTC/USDT", "spot")])
+        await wait(lambda: len(run.quotes) >= 5)
+        venue.freeze(None)
+        await wait(lambda: venue.repushed >= 2)  # the frames before the freeze are all in
+        seen = len(run.quotes)
+        newest = max(q.venue_ts or 0 for q in run.quotes)
+        await wait(lambda: venue.repushed >= 8)
+        await wait(lambda: run.stats.dropped["unchanged"] >= 7)
+        assert len(run.quotes) == seen and max(q.venue_ts or 0 for q in run.quotes) == newest
+        assert run.stats.state is ConnState.STREAMING and run.stats.reconnects == 0
+        venue.reset()  # the book moves again: quotes follow
+        await wait(lambda: len(run.quotes) > seen)
+        assert (run.quotes[-1].venue_ts or 0) > newest
