@@ -28,6 +28,14 @@ async def send(ws: aiohttp.ClientWebSocketResponse, op: str, *args: str, rid: st
     return await next_json(ws)
 
 
+async def answer(ws: aiohttp.ClientWebSocketResponse, op: str, *args: str, rid: str = "1") -> Any:
+    """`send`, on a socket already subscribed: data frames (they carry a topic) passed over."""
+    await ws.send_str(json.dumps({"op": op, "args": list(args), "req_id": rid}))
+    while "topic" in (frame := await next_json(ws)):
+        pass
+    return frame
+
+
 async def test_spot_level1_snapshot_then_deltas(sim: BybitSim, http: aiohttp.ClientSession) -> None:
     """Spot acks with ret_msg "subscribe", sends a snapshot, then deltas with rising u and ts."""
     async with http.ws_connect(f"{sim.ws_url}/v5/public/spot") as ws:
@@ -74,10 +82,11 @@ async def test_pongs_refusals_and_limits(sim: BybitSim, http: aiohttp.ClientSess
         assert (await send(ws, "subscribe", *many))["ret_msg"] == "error:args size >10"
         assert (await send(ws, "subscribe", "orderbook.1.BTCUSDT"))["success"] is True
         await next_json(ws)  # its snapshot
-        again = await send(ws, "subscribe", "orderbook.1.BTCUSDT")
+        again = await answer(ws, "subscribe", "orderbook.1.BTCUSDT")
         assert "already subscribed" in again["ret_msg"]
         sim.error_req_id = False
-        assert "req_id" not in await send(ws, "subscribe", "orderbook.1.FOOUSDT", rid="9")
+        refused = await answer(ws, "subscribe", "orderbook.1.FOOUSDT", rid="9")
+        assert refused["success"] is False and "req_id" not in refused
     assert sim.pings_received == 1 and sim.stats.errors_sent == 5
 
 

@@ -259,7 +259,8 @@ async def test_rate_limited_rest_batch_is_never_split(
         assert run.stats.state is ConnState.DOWN
     venue.rest_status, asked = 400, len(venue.rest_asked)
     await wait(lambda: ["BTCUSDT"] in venue.rest_asked[asked:])
-    assert ["ETHUSDT"] in venue.rest_asked[asked:]
+    # ETHUSDT is asked alone once BTCUSDT's answer is read: it may not have gone out yet.
+    await wait(lambda: ["ETHUSDT"] in venue.rest_asked[asked:])
 
 
 async def test_a_rate_limit_answer_is_obeyed_for_as_long_as_it_says(
