@@ -3,14 +3,18 @@ also handed to a real writer thread."""
 
 from __future__ import annotations
 
+import sqlite3
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from publish_rig import INTERVAL, PERP, SOURCES, T0, make_config
 
 from oracled.config import AuditConfig, Config
 from oracled.core import Core, RoundResult
-from oracled.model import Quote
+from oracled.model import Quote, Report
 from oracled.publish.audit import AuditTrail
 from oracled.publish.signer import RoundSigner
 
@@ -72,3 +76,34 @@ def recorded(path: Path, rounds: int, *, after: Feed | None = None, gap_ms: int 
         feed.round()
     feed.audit.close()
     return feed
+
+
+def sql(path: Path, statement: str) -> None:
+    """One statement on a stored trail, committed (anyone who can write the file can)."""
+    db = sqlite3.connect(path)
+    db.execute(statement)
+    db.commit()
+    db.close()
+
+
+def rewrite_report(
+    path: Path, round_id: int, market: str, change: Callable[[Report], Report]
+) -> None:
+    """Rewrite one stored report body in place: decoded, changed by `change`, deflated again
+    with its dictionary (rounds.id `round_id`)."""
+    db = sqlite3.connect(path)
+    dict_id, body = db.execute(
+        "SELECT dict, body FROM reports WHERE round_id = ? AND market = ?", (round_id, market)
+    ).fetchone()
+    (zdict,) = db.execute("SELECT data FROM dictionaries WHERE id = ?", (dict_id,)).fetchone()
+    report = msgspec.msgpack.decode(
+        zlib.decompressobj(-15, zdict=zdict).decompress(body), type=Report
+    )
+    packer = zlib.compressobj(3, zlib.DEFLATED, -15, 8, zdict=zdict)
+    new = msgspec.msgpack.encode(change(report))
+    db.execute(
+        "UPDATE reports SET body = ? WHERE round_id = ? AND market = ?",
+        (packer.compress(new) + packer.flush(), round_id, market),
+    )
+    db.commit()
+    db.close()

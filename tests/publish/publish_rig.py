@@ -57,6 +57,29 @@ def make_config(
     return parse_config(data, env={})
 
 
+def one_venue_config(ws_url: str, rest_url: str, audit: Path, **extra: Any) -> Config:
+    """A daemon's config: one Binance venue (a loopback simulator at `ws_url`/`rest_url`)
+    quoting BTC/USDT, rounds every 50 ms, the API on a free port and the audit trail at
+    `audit`; `extra`: more tables (signing)."""
+    return parse_config(
+        {
+            "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
+            "api": {"listen": "127.0.0.1:0"},
+            "audit": {"enabled": True, "path": str(audit)},
+            **extra,
+            "sources": {"venue": {"type": "binance", "ws_url": ws_url, "rest_url": rest_url}},
+            "markets": [
+                {
+                    "symbol": "BTC/USDT",
+                    "min_sources": 1,
+                    "sources": [{"source": "venue", "pair": "BTC/USDT"}],
+                }
+            ],
+        },
+        env={},
+    )
+
+
 class Rounds:
     """A core fed with agreeing quotes; `step()` runs the next round at the next interval."""
 

@@ -4,12 +4,14 @@ back, all from a real core's rounds written by the real writer thread into SQLit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import re
 import sqlite3
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -465,16 +467,10 @@ def test_zero_turns_the_age_limit_off_and_a_tiny_size_limit_keeps_the_newest_rou
     assert rounds_of == {"ageless": [1, 2, 3, 4, 5, 6], "tiny": [6]}
 
 
-def test_closing_while_the_writer_is_stuck_returns_and_a_later_close_finishes(
-    tmp_path: Path,
-) -> None:
-    """Shutdown with the database locked by someone else and the queue full: close gives up
-    after its timeout instead of raising or hanging; once the lock goes, closing again writes
-    what was queued."""
-    db = tmp_path / "locked.sqlite3"
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=1, batch_rounds=1))
-    audit.start()
-    feed = Feed(make_config(), audit)
+@contextlib.contextmanager
+def writer_stuck_on_a_lock(db: Path, audit: AuditTrail, feed: Feed) -> Iterator[None]:
+    """Inside: the writer holds a round and waits on another connection's exclusive lock (5 s
+    busy timeout), its queue empty; on leaving, the lock goes."""
     feed.round()
     deadline = time.monotonic() + 4.0  # hang guard, inside the writer's 5 s busy timeout
     while audit.stats.rounds < 1:  # the database exists with its tables
@@ -487,11 +483,25 @@ def test_closing_while_the_writer_is_stuck_returns_and_a_later_close_finishes(
         while not audit._queue.empty():  # the writer took it and waits on the lock
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        feed.round()  # queued: the queue is full
-        audit.close(timeout_s=0.05)  # returns: no room for the stop, the writer is stuck
+        yield
     finally:
         other.execute("ROLLBACK")
         other.close()
+
+
+def test_closing_while_the_writer_is_stuck_returns_and_a_later_close_finishes(
+    tmp_path: Path,
+) -> None:
+    """Shutdown with the database locked by someone else and the queue full: close gives up
+    after its timeout instead of raising or hanging; once the lock goes, closing again writes
+    what was queued."""
+    db = tmp_path / "locked.sqlite3"
+    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=1, batch_rounds=1))
+    audit.start()
+    feed = Feed(make_config(), audit)
+    with writer_stuck_on_a_lock(db, audit, feed):
+        feed.round()  # queued: the queue is full
+        audit.close(timeout_s=0.05)  # returns: no room for the stop, the writer is stuck
     audit.close()
     assert audit.stats.rounds == feed.core.rounds == 3
     assert audit.stats.write_errors == 0 and audit.stats.dropped == 0
@@ -508,18 +518,7 @@ def test_close_waits_for_room_and_for_the_writer_within_one_timeout(tmp_path: Pa
     audit._retry_s = 0.0  # the writer opens the database again at once after its failure
     audit.start()
     feed = Feed(make_config(), audit)
-    feed.round()
-    deadline = time.monotonic() + 4.0  # hang guard, inside the writer's 5 s busy timeout
-    while audit.stats.rounds < 1:  # the database exists with its tables
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    other = sqlite3.connect(db, isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")  # the writer waits on this lock (5 s busy timeout)
-    try:
-        feed.round()
-        while not audit._queue.empty():  # the writer took it and waits on the lock
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+    with writer_stuck_on_a_lock(db, audit, feed):
         held_at = time.monotonic()
         feed.round()  # queued: the queue is full
         time.sleep(max(0.0, held_at + 4.0 - time.monotonic()))
@@ -528,9 +527,6 @@ def test_close_waits_for_room_and_for_the_writer_within_one_timeout(tmp_path: Pa
         took = time.monotonic() - started
         assert audit.stats.write_errors == 1  # room came: the first round failed meanwhile
         assert took < 2.0, took
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
     assert audit.close()
     assert audit.stats.rounds == 2 and audit.stats.dropped == 0
 

@@ -8,7 +8,8 @@ import io
 import re
 from pathlib import Path
 
-from oracled.config import parse_config
+from publish_rig import one_venue_config
+
 from oracled.publish.audit import AuditReader
 from oracled.replay import replay
 from oracled.service import Service
@@ -27,24 +28,7 @@ async def test_a_daemons_tape_replays_to_its_stored_reports_byte_for_byte(
     the tape's header carries the number of the round its first quote went into, from which
     replay numbers its own (before, they differed by that many rounds less one)."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0, volatility=0.001) as sim:
-        cfg = parse_config(
-            {
-                "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
-                "api": {"listen": "127.0.0.1:0"},
-                "audit": {"enabled": True, "path": str(tmp_path / "audit.sqlite3")},
-                "sources": {
-                    "venue": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
-                },
-                "markets": [
-                    {
-                        "symbol": "BTC/USDT",
-                        "min_sources": 1,
-                        "sources": [{"source": "venue", "pair": "BTC/USDT"}],
-                    }
-                ],
-            },
-            env={},
-        )
+        cfg = one_venue_config(sim.ws_url, sim.rest_url, tmp_path / "audit.sqlite3")
         service = Service(cfg)
         task = asyncio.create_task(service.run())
         try:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import zlib
 from pathlib import Path
 
 import msgspec
 import pytest
-from audit_rig import Feed, trail
+from audit_rig import Feed, rewrite_report, sql, trail
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
 from eth_utils.crypto import keccak
@@ -43,35 +42,16 @@ def verify(db: Path, capsys: pytest.CaptureFixture[str], *options: str) -> tuple
     return code, capsys.readouterr().out
 
 
-def sql(path: Path, statement: str) -> None:
-    db = sqlite3.connect(path)
-    db.execute(statement)
-    db.commit()
-    db.close()
-
-
 def change_mark(path: Path, round_id: int, market: str, price: str) -> None:
-    """Rewrite one stored report's mark price (decoded, changed, deflated with its dictionary)."""
-    db = sqlite3.connect(path)
-    dict_id, body = db.execute(
-        "SELECT dict, body FROM reports WHERE round_id = ? AND market = ?", (round_id, market)
-    ).fetchone()
-    (zdict,) = db.execute("SELECT data FROM dictionaries WHERE id = ?", (dict_id,)).fetchone()
-    report = msgspec.msgpack.decode(
-        zlib.decompressobj(-15, zdict=zdict).decompress(body), type=Report
-    )
-    assert report.mark is not None
-    changed = msgspec.structs.replace(
-        report, mark=msgspec.structs.replace(report.mark, price=price)
-    )
-    packer = zlib.compressobj(3, zlib.DEFLATED, -15, 8, zdict=zdict)
-    new = msgspec.msgpack.encode(changed)
-    db.execute(
-        "UPDATE reports SET body = ? WHERE round_id = ? AND market = ?",
-        (packer.compress(new) + packer.flush(), round_id, market),
-    )
-    db.commit()
-    db.close()
+    """Rewrite one stored report's mark price."""
+
+    def moved(report: Report) -> Report:
+        assert report.mark is not None
+        return msgspec.structs.replace(
+            report, mark=msgspec.structs.replace(report.mark, price=price)
+        )
+
+    rewrite_report(path, round_id, market, moved)
 
 
 def upgraded(db: Path, rounds: int) -> None:

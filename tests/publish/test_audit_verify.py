@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from audit_rig import Feed, trail
+from audit_rig import Feed, rewrite_report, sql, trail
 from publish_rig import T0, make_config
 
 from oracled.cli import main
@@ -43,31 +43,11 @@ def written(
 
 
 def change_report(path: Path, round_no: int, market: str, **fields: object) -> None:
-    """Rewrite one stored report body (decoded, changed, deflated again with its dictionary)."""
+    """Rewrite one stored report body with `fields` changed."""
     db = sqlite3.connect(path)
     (round_id,) = db.execute("SELECT id FROM rounds WHERE round = ?", (round_no,)).fetchone()
-    dict_id, body = db.execute(
-        "SELECT dict, body FROM reports WHERE round_id = ? AND market = ?", (round_id, market)
-    ).fetchone()
-    (zdict,) = db.execute("SELECT data FROM dictionaries WHERE id = ?", (dict_id,)).fetchone()
-    report = msgspec.msgpack.decode(
-        zlib.decompressobj(-15, zdict=zdict).decompress(body), type=Report
-    )
-    packer = zlib.compressobj(3, zlib.DEFLATED, -15, 8, zdict=zdict)
-    new = msgspec.msgpack.encode(msgspec.structs.replace(report, **fields))
-    db.execute(
-        "UPDATE reports SET body = ? WHERE round_id = ? AND market = ?",
-        (packer.compress(new) + packer.flush(), round_id, market),
-    )
-    db.commit()
     db.close()
-
-
-def sql(path: Path, statement: str) -> None:
-    db = sqlite3.connect(path)
-    db.execute(statement)
-    db.commit()
-    db.close()
+    rewrite_report(path, round_id, market, lambda report: msgspec.structs.replace(report, **fields))
 
 
 def test_an_untouched_trail_verifies_and_names_the_key_that_signed(

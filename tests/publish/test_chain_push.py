@@ -112,13 +112,19 @@ async def settle(pusher: ChainPusher) -> None:
     raise AssertionError("the push never settled")
 
 
-async def test_first_round_pushes_every_active_market_with_integer_prices(rig: Rig) -> None:
-    """Nothing on chain yet: one batch carries every market, as mantissa and exponent."""
-    rounds = Rounds(make_config())
-    pusher = rig.pusher()
+async def first_push(rig: Rig, rounds: Rounds, **overrides: Any) -> ChainPusher:
+    """A started pusher that has the first round in hand (nothing sent yet)."""
+    pusher = rig.pusher(**overrides)
     rounds.step()
     pusher.submit(rounds.step())
     await pusher.start()
+    return pusher
+
+
+async def test_first_round_pushes_every_active_market_with_integer_prices(rig: Rig) -> None:
+    """Nothing on chain yet: one batch carries every market, as mantissa and exponent."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds)
     await pusher.step()
     assert pusher.stats.transactions["sent"] == 1
     await settle(pusher)
@@ -134,10 +140,7 @@ async def test_a_move_beyond_the_deviation_threshold_is_pushed_and_a_small_one_i
 ) -> None:
     """0.5 % on BTC stays off chain (threshold 1 %); 2 % on ETH goes on, alone."""
     rounds = Rounds(make_config())
-    pusher = rig.pusher()
-    rounds.step()
-    pusher.submit(rounds.step())
-    await pusher.start()
+    pusher = await first_push(rig, rounds)
     await settle(pusher)
     first_ts = rounds.now
     rounds.step(BTC_USD=1.005, ETH_USD=1.02)
@@ -154,10 +157,7 @@ async def test_a_move_beyond_the_deviation_threshold_is_pushed_and_a_small_one_i
 async def test_a_per_market_threshold_overrides_the_global_one(rig: Rig) -> None:
     """BTC with its own 0.1 % threshold is pushed on a 0.5 % move; ETH at 1 % is not."""
     rounds = Rounds(make_config())
-    pusher = rig.pusher(overrides={"BTC/USD": {"deviation": 0.001}})
-    rounds.step()
-    pusher.submit(rounds.step())
-    await pusher.start()
+    pusher = await first_push(rig, rounds, overrides={"BTC/USD": {"deviation": 0.001}})
     await settle(pusher)
     rounds.step(BTC_USD=1.005, ETH_USD=1.005)
     pusher.submit(rounds.step())
@@ -169,10 +169,7 @@ async def test_a_per_market_threshold_overrides_the_global_one(rig: Rig) -> None
 async def test_the_heartbeat_pushes_an_unchanged_price(rig: Rig) -> None:
     """No move at all: nothing is sent until the heartbeat (round time) has passed."""
     rounds = Rounds(make_config())
-    pusher = rig.pusher(heartbeat_s=2.0)  # 8 rounds of 250 ms
-    rounds.step()
-    pusher.submit(rounds.step())
-    await pusher.start()
+    pusher = await first_push(rig, rounds, heartbeat_s=2.0)  # 8 rounds of 250 ms
     await settle(pusher)
     pushed_at = rounds.now
     for _ in range(7):
@@ -213,10 +210,7 @@ async def test_a_market_not_active_is_never_pushed_and_the_skip_is_counted(
     an outlier), stays as it was through heartbeats, each round counted under its status; the
     active markets go on."""
     rounds = Rounds(make_config())
-    pusher = rig.pusher(heartbeat_s=1.0)
-    rounds.step()
-    pusher.submit(rounds.step())
-    await pusher.start()
+    pusher = await first_push(rig, rounds, heartbeat_s=1.0)
     await settle(pusher)
     before = await rig.stored("BTC/USD")
     for _ in range(8):
@@ -236,10 +230,7 @@ async def test_a_stuck_transaction_is_replaced_with_the_same_nonce_and_a_higher_
     """Mining stopped: after replace_after_s the pusher re-sends nonce n at +12.5 %; once a
     block comes, only the replacement is mined and the push is confirmed."""
     rounds = Rounds(make_config())
-    pusher = rig.pusher()
-    rounds.step()
-    pusher.submit(rounds.step())
-    await pusher.start()
+    pusher = await first_push(rig, rounds)
     await rig.chain.rpc("evm_setAutomine", [False])
     await pusher.step()
     first = pusher._inflight
@@ -267,10 +258,7 @@ async def test_the_gas_price_cap_holds_pushes_back_and_bounds_every_fee(rig: Rig
     """A base fee above the cap: nothing is sent (counted gas_cap). Under it, the transaction's
     maxFeePerGas is at most the cap."""
     rounds = Rounds(make_config())
-    pusher = rig.pusher(max_gas_price_gwei=5.0, priority_fee_gwei=1.0)
-    rounds.step()
-    pusher.submit(rounds.step())
-    await pusher.start()
+    pusher = await first_push(rig, rounds, max_gas_price_gwei=5.0, priority_fee_gwei=1.0)
     await rig.chain.rpc("anvil_setNextBlockBaseFeePerGas", [hex(50 * GWEI)])
     await rig.chain.rpc("evm_mine")
     await pusher.step()
@@ -291,10 +279,7 @@ async def test_the_gas_price_cap_holds_pushes_back_and_bounds_every_fee(rig: Rig
 async def test_a_stuck_transaction_is_not_replaced_above_the_cap(rig: Rig) -> None:
     """Already at the cap: the replacement would exceed it, so the pusher waits and says so."""
     rounds = Rounds(make_config())
-    pusher = rig.pusher(max_gas_price_gwei=2.0, priority_fee_gwei=1.0)
-    rounds.step()
-    pusher.submit(rounds.step())
-    await pusher.start()
+    pusher = await first_push(rig, rounds, max_gas_price_gwei=2.0, priority_fee_gwei=1.0)
     await rig.chain.rpc("evm_setAutomine", [False])
     await pusher.step()
     inflight = pusher._inflight
@@ -313,10 +298,7 @@ async def test_a_push_at_the_cap_that_the_node_dropped_is_sent_again(rig: Rig) -
     (evicted from its pool in a fee spike, or an RPC that took it and lost it) the nonce is free:
     the pusher sends it again at the current fees instead of waiting for it forever."""
     rounds = Rounds(make_config())
-    pusher = rig.pusher(max_gas_price_gwei=2.0, priority_fee_gwei=1.0)
-    rounds.step()
-    pusher.submit(rounds.step())
-    await pusher.start()
+    pusher = await first_push(rig, rounds, max_gas_price_gwei=2.0, priority_fee_gwei=1.0)
     await rig.chain.rpc("evm_setAutomine", [False])
     await pusher.step()
     inflight = pusher._inflight
@@ -343,10 +325,7 @@ async def test_a_restarted_pusher_continues_the_nonces_and_replaces_what_was_lef
     """Run one: two confirmed pushes (nonces 0, 1) and a third left pending when it stops.
     Run two starts from the mined count, outbids the pending one at nonce 2 and goes on at 3."""
     rounds = Rounds(make_config())
-    first = rig.pusher(heartbeat_s=0.25)
-    rounds.step()
-    first.submit(rounds.step())
-    await first.start()
+    first = await first_push(rig, rounds, heartbeat_s=0.25)
     await settle(first)
     first.submit(rounds.step())
     await settle(first)
@@ -414,15 +393,6 @@ async def test_the_pusher_task_keeps_up_with_rounds_submitted_by_a_loop(rig: Rig
 
 OTHER = "0x000000000000000000000000000000000000dEaD"
 PUSHER_SLOT = "0x1"  # OracledFeed storage: owner at slot 0, pusher at slot 1
-
-
-async def first_push(rig: Rig, rounds: Rounds, **overrides: Any) -> ChainPusher:
-    """A started pusher that has the first round in hand (nothing sent yet)."""
-    pusher = rig.pusher(**overrides)
-    rounds.step()
-    pusher.submit(rounds.step())
-    await pusher.start()
-    return pusher
 
 
 def sign_transfer(rig: Rig, nonce: int, max_fee: int, tip: int) -> str:

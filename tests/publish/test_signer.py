@@ -432,31 +432,40 @@ def test_signing_config_needs_a_deployment_name() -> None:
     assert cfg.signing.deployment == "staging-eu"
 
 
+class Delivery:
+    """A signer worker's hand-on callback: keeps each signed round and wakes `next`."""
+
+    def __init__(self) -> None:
+        self.rounds: list[SignedRound] = []
+        self._arrived = asyncio.Event()
+
+    def __call__(self, signed: SignedRound) -> None:
+        self.rounds.append(signed)
+        self._arrived.set()
+
+    async def next(self) -> None:
+        """Until a round is handed on after the last call (a 10 s hang guard)."""
+        async with asyncio.timeout(10):
+            await self._arrived.wait()
+        self._arrived.clear()
+
+
 async def test_the_signer_worker_skips_a_round_while_the_last_is_being_signed() -> None:
     """Two rounds back to back: the second is counted busy and skipped, the first is delivered."""
     rounds = Rounds(make_config())
     signer = RoundSigner(KEY, "test")
-    delivered: list[SignedRound] = []
-    arrived = asyncio.Event()
-
-    def on_signed(signed: SignedRound) -> None:
-        delivered.append(signed)
-        arrived.set()
-
-    worker = SignerWorker(signer, on_signed)
+    delivered = Delivery()
+    worker = SignerWorker(signer, delivered)
     first, second = rounds.step(), rounds.step()
     worker.submit(first)
     worker.submit(second)  # the first's future cannot be done before the loop runs again
-    async with asyncio.timeout(10):
-        await arrived.wait()
-    assert [s.round for s in delivered] == [first.round]
+    await delivered.next()
+    assert [s.round for s in delivered.rounds] == [first.round]
     assert signer.stats.errors == {"busy": 1, "error": 0} and signer.stats.signed == 1
     assert signer.stats.last_seconds > 0
     worker.submit(rounds.step())  # free again
-    arrived.clear()
-    async with asyncio.timeout(10):
-        await arrived.wait()
-    assert len(delivered) == 2
+    await delivered.next()
+    assert len(delivered.rounds) == 2
     worker.close()
 
 
@@ -466,16 +475,10 @@ async def test_a_round_that_cannot_be_signed_is_counted_logged_and_not_delivered
     and the next round is signed."""
     rounds = Rounds(make_config())
     signer = RoundSigner(KEY, "test")
-    delivered: list[SignedRound] = []
-    arrived = asyncio.Event()
-
-    def on_signed(signed: SignedRound) -> None:
-        delivered.append(signed)
-        arrived.set()
-
+    delivered = Delivery()
     unhandled: list[dict[str, object]] = []  # the loop's own: a test-scoped loop
     asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unhandled.append(ctx))
-    worker = SignerWorker(signer, on_signed)
+    worker = SignerWorker(signer, delivered)
     bad = rounds.step()
     bad.price[0] = 1e80  # an active market priced past what a signed int256 holds
     with capture_logs() as logs:
@@ -484,13 +487,12 @@ async def test_a_round_that_cannot_be_signed_is_counted_logged_and_not_delivered
             while signer.stats.errors["error"] == 0:  # noqa: ASYNC110 - the worker thread's
                 await asyncio.sleep(0.005)
         await asyncio.sleep(0)  # the done callback runs on the loop
-    assert delivered == [] and signer.stats.signed == 0 and unhandled == []
+    assert delivered.rounds == [] and signer.stats.signed == 0 and unhandled == []
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["round not signed"]
     good = rounds.step()
     worker.submit(good)  # the failed round left the worker free
-    async with asyncio.timeout(10):
-        await arrived.wait()
-    assert [s.round for s in delivered] == [good.round]
+    await delivered.next()
+    assert [s.round for s in delivered.rounds] == [good.round]
     worker.close()
 
 

@@ -7,7 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from oracled.config import parse_config
+from publish_rig import one_venue_config
+
 from oracled.core import RoundResult
 from oracled.publish.audit import AuditReader
 from oracled.publish.signer import RoundSigner, SignedRound, SigningKey
@@ -43,24 +44,11 @@ async def test_the_round_being_signed_at_the_stop_is_stored_signed(tmp_path: Pat
     key_file.write_text(key.hex() + "\n")
     key_file.chmod(0o600)
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0) as sim:
-        cfg = parse_config(
-            {
-                "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
-                "api": {"listen": "127.0.0.1:0"},
-                "audit": {"enabled": True, "path": str(tmp_path / "audit.sqlite3")},
-                "signing": {"enabled": True, "key_file": str(key_file), "deployment": "test"},
-                "sources": {
-                    "venue": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
-                },
-                "markets": [
-                    {
-                        "symbol": "BTC/USDT",
-                        "min_sources": 1,
-                        "sources": [{"source": "venue", "pair": "BTC/USDT"}],
-                    }
-                ],
-            },
-            env={},
+        cfg = one_venue_config(
+            sim.ws_url,
+            sim.rest_url,
+            tmp_path / "audit.sqlite3",
+            signing={"enabled": True, "key_file": str(key_file), "deployment": "test"},
         )
         service = Service(cfg)
         assert service._signer_worker is not None
