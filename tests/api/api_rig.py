@@ -177,6 +177,24 @@ class Rig:
         )
 
 
+def reloaded(change: Callable[[dict[str, Any]], None]) -> Rig:
+    """The usual rig, whose next reload reads a copy of the test config changed by `change`."""
+    rig = Rig(make_config())
+    data = copy.deepcopy(CONFIG)
+    change(data)
+    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    return rig
+
+
+def rig_whose_reload_removes_sol() -> Rig:
+    """The usual rig, whose next reload reads the same config without SOL/USD."""
+
+    def remove_sol(data: dict[str, Any]) -> None:
+        data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
+
+    return reloaded(remove_sol)
+
+
 def openapi_doc() -> dict[str, Any]:
     data = resources.files("oracled.api").joinpath("openapi.json").read_text()
     return dict(json.loads(data))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -22,6 +21,7 @@ from api_rig import (
     Rig,
     count_arrivals,
     make_config,
+    reloaded,
 )
 from stream_wire import SAFETY_S
 from structlog.testing import capture_logs
@@ -419,21 +419,12 @@ async def test_reload_applies_a_new_config_and_refuses_an_invalid_one(
     assert "markets[0].weight: must be > 0" in (await resp.json())["error"]["message"]
 
 
-def _reloaded(change: Callable[[dict[str, Any]], None]) -> Rig:
-    """A rig whose next reload applies `change` to a copy of the test config."""
-    rig = Rig(make_config())
-    data = copy.deepcopy(CONFIG)
-    change(data)
-    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
-    return rig
-
-
 async def test_a_market_added_by_reload_is_503_until_its_first_round(
     make_client: ClientFactory,
 ) -> None:
     """Between a reload that adds a market and the next round, asking for the new market is a
     503 not_ready (as before any round), not a 500; the next round serves it."""
-    rig = _reloaded(
+    rig = reloaded(
         lambda data: data["markets"].append(
             {
                 "symbol": "ADA/USD",
@@ -465,7 +456,7 @@ async def test_sources_after_a_reload_never_show_another_sources_part(
         data["sources"]["delta"] = {"type": "binance"}
         data["markets"][2]["sources"].insert(0, {"source": "delta", "pair": "SOL/USD"})
 
-    rig = _reloaded(add_delta)
+    rig = reloaded(add_delta)
     client = await make_client(rig)
     rig.step()
     before = await _json(client, "/v1/markets/SOL-USD/sources")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -12,20 +11,19 @@ import msgspec
 import pytest
 from aiohttp import web
 from api_rig import (
-    CONFIG,
     TOKEN,
     ClientFactory,
     ContractRecorder,
     Rig,
     make_config,
     openapi_doc,
+    rig_whose_reload_removes_sol,
 )
 from jsonschema import ValidationError  # type: ignore[import-untyped]
 from openapi_spec_validator import validate
 from stream_wire import ask, next_event, recv
 
 from oracled.api import CONTEXT, build_app
-from oracled.config import parse_config
 from oracled.core import SLOT_REASONS
 from oracled.errors import ConfigError, ServiceStopping
 from oracled.model import REASON_BITS, Report, SourceValue, Status
@@ -227,10 +225,7 @@ async def test_every_stream_frame_validates_against_the_stream_message_schema(
     frames, error frames of each kind, the market_removed notice of a reload) validates against
     StreamMessage with no key left undocumented, and each error code is one the schema names;
     the HTTP checks do not see these frames."""
-    rig = Rig(make_config())
-    data = copy.deepcopy(CONFIG)
-    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
-    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
+    rig = rig_whose_reload_removes_sol()
     client = await make_client(rig)
     message = contract.validator("/components/schemas/StreamMessage")
     frames: list[dict[str, Any]] = []

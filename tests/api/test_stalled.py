@@ -172,32 +172,44 @@ async def test_no_stalled_frame_before_the_first_round(client: Client, rig: Rig)
         assert report(await recv(ws)) == ("BTC/USD", 1)
 
 
+async def ok_json(client: Client, path: str) -> dict[str, Any]:
+    """The 200 answer's body."""
+    async with client.get(path) as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def stalled_past_the_limit(
+    client: Client, rig: Rig, path: str, refusing: str
+) -> dict[str, Any]:
+    """`path`'s body 1 ms past the 5 s limit after the first round; on the way, its `stalled`
+    is null before the first round and at the limit, and past it is the words that begin the
+    503 which `refusing` answers then."""
+    assert (await ok_json(client, path))["stalled"] is None  # no round yet
+    rig.step()
+    rig.clock.advance(5_000)
+    assert (await ok_json(client, path))["stalled"] is None  # at the limit
+    rig.clock.advance(1)
+    body = await ok_json(client, path)
+    async with client.get(refusing) as resp:
+        refused = (await resp.json())["error"]["message"]
+    assert body["stalled"] == "the latest round is 5.0 s old (limit 5 s): rounds have stalled"
+    assert refused.startswith(body["stalled"] + ", so ")
+    return body
+
+
 async def test_a_markets_sources_say_when_their_round_is_no_current_round(
     client: Client, rig: Rig
 ) -> None:
     """/v1/markets/{market}/sources serves the latest round's parts (used, reason, value) with
     the live quotes: `stalled` is null before the first round and while rounds come, and past
     the limit the 503's words, for as long as the loop stays stuck."""
-
-    async def sources() -> dict[str, Any]:
-        async with client.get("/v1/markets/BTC-USD/sources") as resp:
-            assert resp.status == 200
-            body: dict[str, Any] = await resp.json()
-            return body
-
-    assert (await sources())["stalled"] is None  # no round yet
-    rig.step()
-    rig.clock.advance(5_000)
-    assert (await sources())["stalled"] is None  # at the limit
-    rig.clock.advance(1)
-    body = await sources()
-    async with client.get("/v1/prices/BTC-USD") as resp:
-        refused = (await resp.json())["error"]["message"]
-    assert body["stalled"] == "the latest round is 5.0 s old (limit 5 s): rounds have stalled"
-    assert refused.startswith(body["stalled"] + ", so ")
+    path = "/v1/markets/BTC-USD/sources"
+    body = await stalled_past_the_limit(client, rig, path, "/v1/prices/BTC-USD")
     assert body["round"] == 1 and body["sources"][0]["used"] is True  # still served
     rig.step()
-    assert (await sources())["stalled"] is None
+    assert (await ok_json(client, path))["stalled"] is None
 
 
 async def test_info_says_when_its_latest_round_is_no_current_round(
@@ -207,26 +219,10 @@ async def test_info_says_when_its_latest_round_is_no_current_round(
     before the first round and while rounds come, and past the limit the words of the 503
     `stalled` that /v1/prices answers then (the round is still named); null once a round
     comes again."""
-
-    async def info() -> dict[str, Any]:
-        async with client.get("/v1/info") as resp:
-            assert resp.status == 200
-            body: dict[str, Any] = await resp.json()
-            return body
-
-    assert (await info())["stalled"] is None  # no round yet
-    rig.step()
-    rig.clock.advance(5_000)
-    assert (await info())["stalled"] is None  # at the limit
-    rig.clock.advance(1)
-    body = await info()
-    async with client.get("/v1/prices") as resp:
-        refused = (await resp.json())["error"]["message"]
-    assert body["stalled"] == "the latest round is 5.0 s old (limit 5 s): rounds have stalled"
-    assert refused.startswith(body["stalled"] + ", so ")
+    body = await stalled_past_the_limit(client, rig, "/v1/info", "/v1/prices")
     assert (body["round"], body["ts"]) == (1, rig.hub.latest_result.ts)  # type: ignore[union-attr]
     rig.step()
-    assert (await info())["stalled"] is None
+    assert (await ok_json(client, "/v1/info"))["stalled"] is None
 
 
 class QuickRig(Rig):

@@ -10,7 +10,15 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
-from api_rig import CONFIG, PRICES, TOKEN, ClientFactory, Rig, make_config
+from api_rig import (
+    CONFIG,
+    PRICES,
+    TOKEN,
+    ClientFactory,
+    Rig,
+    make_config,
+    rig_whose_reload_removes_sol,
+)
 from raw_ws import RawWebSocket
 from stream_wire import SAFETY_S, ask, recv
 from structlog.testing import capture_logs
@@ -25,15 +33,6 @@ Client = TestClient[web.Request, web.Application]
 def report(msg: dict[str, Any]) -> tuple[str, int]:
     assert msg["type"] == "report", msg
     return msg["data"]["market"], msg["data"]["round"]
-
-
-def rig_whose_reload_removes_sol() -> Rig:
-    """The usual rig, whose next reload reads the same config without SOL/USD."""
-    rig = Rig(make_config())
-    data = copy.deepcopy(CONFIG)
-    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
-    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
-    return rig
 
 
 async def reload(client: Client) -> dict[str, Any]:

@@ -4,7 +4,6 @@ document and these tests name the same codes."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import struct
@@ -13,11 +12,16 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
-from api_rig import CONFIG, TOKEN, ClientFactory, Rig, make_config, openapi_doc
+from api_rig import (
+    TOKEN,
+    ClientFactory,
+    Rig,
+    openapi_doc,
+    rig_whose_reload_removes_sol,
+)
 from raw_ws import RawWebSocket
 from stream_wire import SAFETY_S, ask, next_event, recv
 
-from oracled.config import parse_config
 from oracled.publish.hub import DROP_BAD_FRAME, DROP_SHUTDOWN, DROP_SLOW
 
 Client = TestClient[web.Request, web.Application]
@@ -79,14 +83,6 @@ def table() -> dict[str, list[str]]:
 
 def is_error(frame: dict[str, Any], code: str) -> bool:
     return frame["type"] == "error" and frame["code"] == code and bool(frame["message"])
-
-
-def rig_whose_reload_removes_sol() -> Rig:
-    rig = Rig(make_config())
-    data = copy.deepcopy(CONFIG)
-    data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
-    rig.next_config = parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN})
-    return rig
 
 
 def test_the_table_names_every_code_and_only_those() -> None:
