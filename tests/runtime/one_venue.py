@@ -1,9 +1,14 @@
 """The runtime tests' smallest config: one Binance venue (a loopback simulator) quoting one
-market, with the API on a free port."""
+market, with the API on a free port; and a daemon run for the length of a block."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+from oracled.service import Service
 
 
 def one_venue_toml(ws: str, rest: str, interval_ms: int = 50, audit: Path | None = None) -> str:
@@ -28,3 +33,15 @@ sources = [{{ source = "good", pair = "BTC/USDT" }}]
     if audit is not None:
         text += f'\n[audit]\nenabled = true\npath = "{audit}"\n'
     return text
+
+
+@contextlib.asynccontextmanager
+async def service_running(service: Service) -> AsyncIterator[asyncio.Task[None]]:
+    """`service` running as a task for the block (the task); on leaving, however the block
+    ends, it is stopped as a signal stops it and awaited."""
+    task = asyncio.create_task(service.run())
+    try:
+        yield task
+    finally:
+        service.stop()
+        await task

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from one_venue import service_running
 from structlog.testing import capture_logs
 
 from oracled.api.limits import FD_RESERVE
@@ -48,13 +49,9 @@ async def _start_and_stop(path: Path) -> list[dict[str, object]]:
     """Run the daemon from `path` until it has started; the events it logged."""
     service = Service(load_config(path), config_path=path)
     with capture_logs() as logs:
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             async with asyncio.timeout(10):
                 await service.started.wait()
-        finally:
-            service.stop()
-            await task
     return logs
 
 
@@ -88,16 +85,12 @@ async def test_a_reload_that_raises_max_connections_past_the_limit_is_warned(
         with _open_file_limit(LOW):
             path.write_text(_toml(sim.ws_url, sim.rest_url, LOW - FD_RESERVE))
             service = Service(load_config(path), config_path=path)
-            task = asyncio.create_task(service.run())
-            try:
+            async with service_running(service):
                 async with asyncio.timeout(10):
                     await service.started.wait()
                 path.write_text(_toml(sim.ws_url, sim.rest_url, 1024))
                 with capture_logs() as logs:
                     await service.reload("test")
-            finally:
-                service.stop()
-                await task
     events = [e["event"] for e in logs]
     assert "config reloaded" in events
     assert "open-file limit below api.max_connections" in events

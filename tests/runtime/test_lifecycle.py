@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 from inert_source import InertSource
-from one_venue import one_venue_toml
+from one_venue import one_venue_toml, service_running
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -126,15 +126,11 @@ async def test_a_sighup_while_starting_reloads_a_changed_source_once_the_daemon_
             service = _service(path)
             path.write_text(one_venue_toml(sim.ws_url + "?changed", sim.rest_url))
             service.early_hangups = lambda: 1
-            task = asyncio.create_task(service.run())
-            try:
+            async with service_running(service):
                 async with asyncio.timeout(10):
                     await service.started.wait()
                     while not service.metrics.reloads.labels("applied")._value.get():  # noqa: ASYNC110
                         await asyncio.sleep(0.005)
-            finally:
-                service.stop()
-                await task
             assert service.cfg.sources["good"].ws_url == sim.ws_url + "?changed", attempt
 
 
@@ -160,13 +156,9 @@ async def test_a_crashed_round_loop_stops_the_daemon_with_the_error_logged(
         path.write_text(one_venue_toml(sim.ws_url, sim.rest_url))
         service = _BrokenRounds(load_config(path), config_path=path)
         with capture_logs() as logs:
-            task = asyncio.create_task(service.run())
-            try:
+            async with service_running(service) as task:
                 async with asyncio.timeout(10):
                     await asyncio.shield(task)
-            finally:
-                service.stop()
-                await task
     crashed = [e for e in logs if e["event"].startswith("round loop crashed")]
     assert [e["log_level"] for e in crashed] == ["error"]
     assert isinstance(crashed[0]["exc_info"], RuntimeError)
@@ -202,15 +194,11 @@ async def test_a_reload_adding_a_chain_says_its_sources_wait_for_a_restart(
         path = tmp_path / "oracled.toml"
         path.write_text(one_venue_toml(sim.ws_url, sim.rest_url))
         service = _service(path)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await service.started.wait()
             path.write_text(one_venue_toml(sim.ws_url, sim.rest_url) + _NEW_CHAIN)
             with capture_logs() as logs:
                 changes = await service.reload("test")
-        finally:
-            service.stop()
-            await task
     assert changes["needs_restart"] == ["chains"]
     events = [(e["event"], e.get("source"), e.get("chain")) for e in logs]
     assert ("source not started: its chain is read from the next restart", "cl", "fresh") in events

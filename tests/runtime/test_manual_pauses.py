@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from one_venue import service_running
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -141,17 +142,13 @@ async def test_a_paused_market_stays_paused_across_a_restart(tmp_path: Path) -> 
             second = Service(_config(sim, path))
         restored = [e for e in logs if e["event"] == "manual pause restored"]
         assert [(e["market"], e["actor"]) for e in restored] == [("BTC/USDT", "ops@desk")]
-        task = asyncio.create_task(second.run())
-        try:
+        async with service_running(second) as task:
             seen = await _statuses(second, 8)
             assert any(m == "ETH/USDT" and status == "degraded" for m, status, _ in seen)
             btc = [(status, reasons) for m, status, reasons in seen if m == "BTC/USDT"]
             assert all(status not in ("active", "degraded") for status, _ in btc), btc
             assert all("manual" in reasons for _, reasons in btc), btc
             second.on_manual("BTC/USDT", False, "ops@desk")
-        finally:
-            second.stop()
-            await task
     assert ManualPauses(path).load() == {}
 
 
@@ -242,8 +239,7 @@ async def test_an_admin_pause_is_on_disk_when_it_is_answered(tmp_path: Path) -> 
     path = tmp_path / "pauses.json"
     async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}) as sim:
         service = _admin_service(sim, path)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await service.started.wait()
             async with aiohttp.ClientSession() as http:
                 for _ in range(5):
@@ -251,9 +247,6 @@ async def test_an_admin_pause_is_on_disk_when_it_is_answered(tmp_path: Path) -> 
                     assert set(ManualPauses(path).load()) == {"BTC/USDT"}
                     assert (await _admin(http, service, "resume"))[0] == 200
                     assert ManualPauses(path).load() == {}
-        finally:
-            service.stop()
-            await task
 
 
 async def test_a_pause_that_cannot_be_saved_is_an_error_counted_and_shown(
@@ -268,8 +261,7 @@ async def test_a_pause_that_cannot_be_saved_is_an_error_counted_and_shown(
     path = state / "pauses.json"
     async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}) as sim:
         service = _admin_service(sim, path)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await service.started.wait()
             async with aiohttp.ClientSession() as http:
                 assert await _metric(http, service, "oracled_manual_pauses_kept") == 1.0
@@ -292,9 +284,6 @@ async def test_a_pause_that_cannot_be_saved_is_an_error_counted_and_shown(
                 assert (await _admin(http, service, "pause"))[0] == 200
                 assert await _metric(http, service, "oracled_manual_pauses_kept") == 1.0
                 assert set(ManualPauses(path).load()) == {"BTC/USDT"}
-        finally:
-            service.stop()
-            await task
 
 
 async def test_a_save_that_hangs_is_answered_not_saved_in_time_and_the_stop_does_not_wait(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from one_venue import service_running
 
 from oracled.config import load_config
 from oracled.core import RoundResult
@@ -105,8 +106,7 @@ async def test_a_reloaded_threshold_is_reported_and_prices_the_next_round(tmp_pa
         _write(path, base)
         port = _free_port()
         service = Service(load_config(path), config_path=path, listen=f"127.0.0.1:{port}")
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             first = await _next_round(service, 0, _live)
             assert [s.used for s in _btc(first).sources] == [True, True]
 
@@ -149,6 +149,3 @@ async def test_a_reloaded_threshold_is_reported_and_prices_the_next_round(tmp_pa
             assert changes["settings_changed"] == ["api.ready_fraction"]
             async with http.get(url) as resp:
                 assert (resp.status, (await resp.json())["required"]) == (200, 1)
-        finally:
-            service.stop()
-            await task

@@ -7,6 +7,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+from one_venue import service_running
 
 from oracled.config import load_config
 from oracled.service import Service
@@ -54,8 +55,7 @@ async def test_sources_a_reload_disables_put_no_quote_in_the_new_book(tmp_path: 
         path = tmp_path / "oracled.toml"
         _write(path, _toml(urls, True))
         service = Service(load_config(path), config_path=path)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await _all_quoted(service)
             for _ in range(5):
                 _write(path, _toml(urls, False))
@@ -66,9 +66,6 @@ async def test_sources_a_reload_disables_put_no_quote_in_the_new_book(tmp_path: 
                 _write(path, _toml(urls, True))
                 await service.reload("test")
                 await _all_quoted(service)
-        finally:
-            service.stop()
-            await task
     finally:
         for sim in sims:
             await sim.stop()

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from aiohttp.resolver import AsyncResolver, DefaultResolver
 from inert_source import InertSource
-from one_venue import one_venue_toml
+from one_venue import one_venue_toml, service_running
 from structlog.testing import capture_logs
 
 from oracled.cli import _Hangups, _Stops
@@ -87,8 +87,7 @@ async def test_a_crashing_source_is_restarted_while_rounds_and_other_sources_go_
         service = Service(
             _config(sim.ws_url, sim.rest_url), source_factory=_factory, restart_base_s=0.05
         )
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             async with asyncio.timeout(10):
                 while True:
                     await asyncio.sleep(0.05)
@@ -98,9 +97,6 @@ async def test_a_crashing_source_is_restarted_while_rounds_and_other_sources_go_
                         break
             assert service.source_stats["good"].quotes > 0
             assert service.core.rounds >= 3
-        finally:
-            service.stop()
-            await task
     assert service.source_stats["broken"].state.value == "stopped"
 
 
@@ -126,8 +122,7 @@ async def test_a_reload_reports_restart_only_settings_and_keeps_running_them(
         path = tmp_path / "oracled.toml"
         path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 50, None))
         service = Service(load_config(path), config_path=path)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await _round_times(service, 3)
             trail = tmp_path / "audit.sqlite3"
             text = one_venue_toml(sim.ws_url, sim.rest_url, 400, trail).replace(
@@ -148,9 +143,6 @@ async def test_a_reload_reports_restart_only_settings_and_keeps_running_them(
             assert all(t % 50 == 0 for t in times) and any(t % 400 for t in times), times
             exposition = service.metrics.render()[0].decode()
             assert "oracled_round_interval_seconds 0.05" in exposition
-        finally:
-            service.stop()
-            await task
     assert not trail.exists()
 
 
@@ -166,8 +158,7 @@ async def test_a_reload_that_removes_a_market_removes_its_counters(tmp_path: Pat
         )
         path.write_text(both)
         service = Service(load_config(path), config_path=path)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             for _ in range(200):  # each market's first change of status (to live) is counted
                 exposition = service.metrics.render()[0].decode()
                 if all(
@@ -187,9 +178,6 @@ async def test_a_reload_that_removes_a_market_removes_its_counters(tmp_path: Pat
             exposition = service.metrics.render()[0].decode()
             assert [line for line in exposition.splitlines() if "ETH/USDT" in line] == []
             assert 'oracled_gate_transitions_total{market="BTC/USDT"' in exposition
-        finally:
-            service.stop()
-            await task
 
 
 def test_venue_names_are_resolved_on_the_event_loop() -> None:
@@ -287,8 +275,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_idle_timeout_s(tmp_
         )
     )
     service = Service(load_config(path))
-    task = asyncio.create_task(service.run())
-    try:
+    async with service_running(service):
         await _round_times(service, 1)  # running: the API listens
         assert service.bound_port is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", service.bound_port)
@@ -304,9 +291,6 @@ async def test_an_idle_keep_alive_connection_is_closed_after_idle_timeout_s(tmp_
         async with asyncio.timeout(5):
             assert await reader.read() == b""  # idle: closed by the daemon
         writer.close()
-    finally:
-        service.stop()
-        await task
 
 
 async def test_a_reload_logs_the_warnings_of_the_config_it_applies(tmp_path: Path) -> None:
@@ -318,16 +302,12 @@ async def test_a_reload_logs_the_warnings_of_the_config_it_applies(tmp_path: Pat
         two = _two_sources_toml(sim.ws_url, sim.rest_url, True)
         path.write_text(two.replace("min_sources = 1", "min_sources = 2"))
         service = Service(load_config(path), config_path=path)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await _round_times(service, 2)
             one = _two_sources_toml(sim.ws_url, sim.rest_url, False)
             path.write_text(one.replace("min_sources = 1", "min_sources = 2"))
             with capture_logs() as logs:
                 changes = await service.reload("test")
-        finally:
-            service.stop()
-            await task
     assert changes["sources_restarted"] == ["other"]
     warned = [e for e in logs if e["event"] == "config warning"]
     assert any(e["key"] == "markets[0].min_sources" and "other" in e["warning"] for e in warned)
@@ -354,8 +334,7 @@ async def test_a_refused_reload_is_a_gauge_until_a_reload_is_applied(tmp_path: P
         good = one_venue_toml(sim.ws_url, sim.rest_url, 50, None)
         path.write_text(good)
         service = Service(load_config(path), config_path=path)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await _round_times(service, 2)
             assert _reload_ok(service) == "1.0"
             path.write_text(good.replace("round_interval_ms = 50", "round_interval_ms = -5"))
@@ -366,9 +345,6 @@ async def test_a_refused_reload_is_a_gauge_until_a_reload_is_applied(tmp_path: P
             path.write_text(good)
             await service.reload("test")
             assert _reload_ok(service) == "1.0"
-        finally:
-            service.stop()
-            await task
 
 
 async def test_a_reload_of_the_clock_skew_bound_gives_every_source_the_new_one(
@@ -404,8 +380,7 @@ async def test_a_reload_of_the_clock_skew_bound_gives_every_source_the_new_one(
 
         write(3_000)
         service = Service(load_config(path), config_path=path, source_factory=recording)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await running(3_000)
             write(5_000)
             changes = await service.reload("test")
@@ -414,9 +389,6 @@ async def test_a_reload_of_the_clock_skew_bound_gives_every_source_the_new_one(
             await running(5_000)
             assert service.cfg.oracle.max_clock_skew_ms == 5_000
             assert "spare" not in {s.source_id for s in built}  # listed, but in no market: not run
-        finally:
-            service.stop()
-            await task
 
 
 @contextlib.contextmanager
@@ -515,12 +487,8 @@ async def test_a_round_runs_only_once_its_millisecond_has_passed(tmp_path: Path)
         path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 50, trail))
         cfg = load_config(path)
         service = Service(cfg, clock=_CoarseClock())
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await _round_times(service, 30)
-        finally:
-            service.stop()
-            await task
     stored, replayed = _stored_and_replayed(cfg, trail)
     both = sorted(stored.keys() & replayed.keys())
     assert len(both) > 20
@@ -558,14 +526,10 @@ async def test_rounds_total_never_goes_back_while_missed_rounds_are_caught_up(
         path = tmp_path / "oracled.toml"
         path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 20, None))
         service = _SelfScrapingService(load_config(path))
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await _round_times(service, 5)
             await _stalls(2, 0.13)
             await _round_times(service, 5)
-        finally:
-            service.stop()
-            await task
     assert service.rounds_caught_up >= 2 * 5
     seen = [v for v in service.rounds_seen if v is not None]
     assert len(seen) > service.rounds_caught_up
@@ -586,14 +550,10 @@ async def test_rounds_missed_while_the_loop_was_blocked_are_computed_as_a_replay
         path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 20, trail))
         cfg = load_config(path)
         service = Service(cfg)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await _round_times(service, 10)
             await _stalls(3, 0.13)
             await _round_times(service, 10)
-        finally:
-            service.stop()
-            await task
     caught_up = service.metrics.registry.get_sample_value("oracled_rounds_caught_up_total")
     assert caught_up is not None and caught_up >= 3 * 5
     stored, replayed = _stored_and_replayed(cfg, trail)
@@ -630,15 +590,11 @@ async def test_round_times_only_grow_when_the_wall_clock_steps_back(tmp_path: Pa
         path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 20, trail))
         clock = _SteppedClock(600)
         service = Service(load_config(path), clock=clock)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             with capture_logs() as logs:
                 before = await _round_times(service, 10)
                 clock.offset_ms = 0
                 after = await _round_times(service, 10)
-        finally:
-            service.stop()
-            await task
     assert after[-1] > before[-1]
     reader = AuditReader(trail)
     stored = [s.report for s in reader.reports("BTC/USDT", 0, 1 << 62)]
@@ -662,16 +618,12 @@ async def test_a_sighup_while_starting_is_a_reload_once_running(tmp_path: Path) 
             signal.raise_signal(signal.SIGHUP)  # would end this process without the latch
             service = Service(load_config(path), config_path=path)
             service.early_hangups = lambda: hangups.count
-            task = asyncio.create_task(service.run())
-            try:
+            async with service_running(service):
                 async with asyncio.timeout(10):
                     for _ in itertools.count():
                         if _reloads(service, "applied"):
                             break
                         await asyncio.sleep(0.02)
-            finally:
-                service.stop()
-                await task
         finally:
             assert hangups.release() == 1  # the test's own SIGHUP handling is back
 
@@ -685,8 +637,7 @@ async def test_a_sighup_without_a_config_file_is_logged_not_silent() -> None:
     log, where it used to do nothing visible, and the daemon runs on."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         service = Service(_config(sim.ws_url, sim.rest_url), source_factory=_factory)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service) as task:
             await service.started.wait()
             with capture_logs() as logs:
                 os.kill(os.getpid(), signal.SIGHUP)
@@ -697,9 +648,6 @@ async def test_a_sighup_without_a_config_file_is_logged_not_silent() -> None:
                 "SIGHUP ignored: this daemon was not started from a config file"
             ]
             assert not task.done()
-        finally:
-            service.stop()
-            await task
 
 
 async def test_run_gives_the_signals_their_handlers_back_when_it_returns() -> None:

@@ -8,7 +8,7 @@ import asyncio
 import re
 from pathlib import Path
 
-from one_venue import one_venue_toml
+from one_venue import one_venue_toml, service_running
 
 from oracled.config import load_config, parse_config
 from oracled.service import Service, silent_limits
@@ -53,8 +53,7 @@ async def test_a_symbol_the_venue_never_quotes_is_a_silent_instrument_in_the_met
         path = tmp_path / "oracled.toml"
         path.write_text(_two_markets(sim.ws_url, sim.rest_url, 600))
         service = Service(load_config(path), config_path=path)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await _silent(service, 1)
             stats = service.source_stats["good"]
             assert list(stats.silent_instruments) == ["ETHUSDT"]
@@ -64,9 +63,6 @@ async def test_a_symbol_the_venue_never_quotes_is_a_silent_instrument_in_the_met
             assert changes["sources_restarted"] == [] and changes["markets_changed"] == ["ETH/USDT"]
             await _silent(service, 0)
             assert sim.stats.connections == 1
-        finally:
-            service.stop()
-            await task
 
 
 def test_an_instruments_limit_is_the_longest_age_any_of_its_markets_allows() -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from one_venue import service_running
+
 from oracled.config import config_warnings, load_config
 from oracled.model import Status
 from oracled.service import Service
@@ -46,8 +48,7 @@ async def test_one_venue_split_over_two_sources_streams_each_part_on_its_own_con
         cfg = load_config(path)
         assert config_warnings(cfg) == []
         service = Service(cfg, config_path=path)
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             async with asyncio.timeout(10):
                 while True:
                     await asyncio.sleep(0.05)
@@ -64,6 +65,3 @@ async def test_one_venue_split_over_two_sources_streams_each_part_on_its_own_con
                 for report in result.reports()
             }
             assert used == {"BTC/USDT": ["a"], "SOL/USDT": ["a"], "ETH/USDT": ["b"]}
-        finally:
-            service.stop()
-            await task

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from one_venue import service_running
 from structlog.testing import capture_logs
 
 from oracled.config import parse_config
@@ -72,8 +73,7 @@ async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -
         clock = SteppedClock()
         service = Service(cfg, clock=clock)
         service.ready_min_s, service.alive_min_s = 0.4, 1.2  # the floors, shortened for the test
-        task = asyncio.create_task(service.run())
-        try:
+        async with service_running(service):
             await service.started.wait()
             base = f"http://127.0.0.1:{service.bound_port}"
             async with aiohttp.ClientSession() as http:
@@ -121,6 +121,3 @@ async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -
                         assert (frame["type"], frame["code"]) == ("error", "stalled"), frame
                 assert frame["data"]["round"] > stalled["round"]
                 await ws.close()
-        finally:
-            service.stop()
-            await task
