@@ -14,6 +14,7 @@ from oracled.config import ChainConfig, FeedSpec
 from oracled.jsonrpc import RpcClient
 from oracled.model import Quote
 from oracled.sources.evm.chain import ChainReader
+from oracled.sources.evm.chainlink import ChainlinkFeed
 from oracled.sources.evm.feed import Feed
 from oracled.sources.stats import SourceStats
 
@@ -66,6 +67,12 @@ def watch(reader: ChainReader, feed: Feed) -> Collected:
 
 def chainlink_spec(address: str, heartbeat_s: int = 3600) -> FeedSpec:
     return FeedSpec(address=address, heartbeat_s=heartbeat_s)
+
+
+def watch_eth(reader: ChainReader, proxy: str) -> Collected:
+    """The Chainlink ETH/USD feed of the proxy at `proxy` as source `cl`, registered with
+    `reader` (most reader tests watch just that one)."""
+    return watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(proxy)))
 
 
 def pyth_spec(feed_id: bytes, max_age_s: int = 60) -> FeedSpec:

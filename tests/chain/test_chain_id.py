@@ -10,13 +10,12 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from chain_rig import Anvil, Chain, Deployed
-from reading import chainlink_spec, make_reader, watch
+from reading import make_reader, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 
 from oracled.errors import SourceError
 from oracled.jsonrpc import RpcUnavailable
-from oracled.sources.evm.chainlink import ChainlinkFeed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -55,7 +54,7 @@ async def test_chain_id_goes_through_web3_on_the_shared_session_once(
     assert proxy.requests == 1 and "web3.py" in proxy.user_agents[0]
     assert sent == [proxy.url]  # web3 used the session it was given
     assert reader.rpc.stats[0].requests == 2  # asked twice of the client, sent once
-    watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()  # the first block: the feed's set-up read, then its read
     trips = reader.stats.round_trips
     await chain.mine()

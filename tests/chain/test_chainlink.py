@@ -14,7 +14,7 @@ from chain_rig import (
     Tokens,
     new_token,
 )
-from reading import chainlink_spec, make_reader, watch
+from reading import chainlink_spec, make_reader, watch, watch_eth
 from structlog.testing import capture_logs
 
 from oracled.sources.evm.chainlink import ChainlinkFeed
@@ -32,7 +32,7 @@ async def test_normal_read_through_the_proxy(
     the block it was read at; the first block costs one extra read to learn decimals, the next
     block two round trips (its head, then its read)."""
     reader = make_reader([anvil.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     head = await chain.block()
     (_, _, _, updated_at, _) = await chain.call(

@@ -12,12 +12,10 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from chain_rig import Anvil, Chain, Deployed
-from reading import Collected, chainlink_spec, make_reader, watch
+from reading import Collected, make_reader, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 from ws_relay import WsRelay
-
-from oracled.sources.evm.chainlink import ChainlinkFeed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -69,7 +67,7 @@ async def test_a_refused_subscription_polls_meanwhile_and_returns_to_new_heads(
     relay.mode = "refuse"
     reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
                          poll_interval_s=0.02)  # fmt: skip
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     with capture_logs() as logs:
         task = asyncio.create_task(reader.run())
         try:
@@ -100,7 +98,7 @@ async def test_a_new_heads_socket_that_ends_falls_back_to_polling_and_reconnects
     relay.mode = "drop_after_ack"
     reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
                          poll_interval_s=0.02)  # fmt: skip
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     with capture_logs() as logs:
         task = asyncio.create_task(reader.run())
         try:
@@ -121,7 +119,7 @@ async def test_without_a_ws_url_the_reader_polls_every_interval(
     """A chain with no ws_url is polled: each new block's answer arrives from a poll, and the
     feeds say polling."""
     reader = make_reader([anvil.url], http, poll_interval_s=0.02)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     task = asyncio.create_task(reader.run())
     try:
         await got.until(lambda: bool(got.quotes))
@@ -141,7 +139,7 @@ async def test_heads_arriving_during_a_slow_read_are_skipped_for_the_newest(
     block, up to max_block_age_s); the next read is of the newest head, and each head passed
     over is counted as superseded."""
     reader = make_reader([proxy.url], http, ws_url=anvil.ws_url, timeout_s=5.0)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     task = asyncio.create_task(reader.run())
     try:
         await until(lambda: reader.stats.mode == "newHeads" and bool(got.quotes))
@@ -183,7 +181,7 @@ async def test_the_backoff_starts_again_after_a_subscription_that_delivered_head
     relay.mode = "refuse"
     delays = RecordedDelay()
     reader = make_reader([anvil.url], http, ws_url=relay.url, rng=delays, poll_interval_s=0.02)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     task = asyncio.create_task(reader.run())
     try:
         await until(lambda: len(delays.ceilings) >= 3)
@@ -218,7 +216,7 @@ async def test_a_refused_handshake_is_logged_without_the_url_and_its_key(
     port = runner.addresses[0][1]
     reader = make_reader([anvil.url], http, ws_url=f"ws://127.0.0.1:{port}/ws/v3/S3CRETKEY",
                          rng=FixedDelay(), poll_interval_s=0.02)  # fmt: skip
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     try:
         with capture_logs() as logs:
             task = asyncio.create_task(reader.run())
@@ -253,7 +251,7 @@ async def test_blocks_are_polled_while_the_new_heads_socket_is_opening(
     async with aiohttp.ClientSession() as patient:  # no timeout: the socket opens forever
         reader = make_reader([anvil.url], patient, ws_url=f"ws://127.0.0.1:{port}",
                              poll_interval_s=0.02)  # fmt: skip
-        got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+        got = watch_eth(reader, snapshot.eth_proxy)
         task = asyncio.create_task(reader.run())
         try:
             await got.until(lambda: bool(got.quotes))
@@ -277,7 +275,7 @@ async def test_a_silent_subscription_is_caught_within_a_few_block_times(
     relay.mode = "silent"
     reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
                          poll_interval_s=0.02, block_time_s=0.1)  # fmt: skip
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     with capture_logs() as logs:
         task = asyncio.create_task(reader.run())
         try:
@@ -304,7 +302,7 @@ async def test_a_quiet_chain_is_polled_but_keeps_its_subscription(
     relay.mode = "silent"
     reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
                          poll_interval_s=0.02, block_time_s=0.05)  # fmt: skip
-    watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    watch_eth(reader, snapshot.eth_proxy)
     with capture_logs() as logs:
         task = asyncio.create_task(reader.run())
         try:

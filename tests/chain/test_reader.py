@@ -14,7 +14,7 @@ from chain_rig import (
     Deployed,
     start_anvil,
 )
-from reading import chainlink_spec, make_reader, watch
+from reading import chainlink_spec, make_reader, watch, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 
@@ -35,7 +35,7 @@ async def test_endpoint_dying_mid_run_fails_over(
     """With the first endpoint killed between two blocks, the next block is read through the
     second one, the failure is counted on the first, and the reader stays on the second."""
     reader = make_reader([proxy.url, anvil.url], http, timeout_s=1.0)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     assert proxy.requests == 3  # the head, the read, the feed's set-up re-read
     await proxy.stop()
@@ -66,7 +66,7 @@ async def test_an_endpoint_behind_the_chain_is_left_for_the_next_one(
     behind = start_anvil(tmp_path / "behind.log")  # a node of the same chain id at block 0
     try:
         reader = make_reader([proxy.url, behind.url], http, timeout_s=1.0)
-        got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+        got = watch_eth(reader, snapshot.eth_proxy)
         assert await reader.poll_once()
         proxy.script = ["error"]
         assert not await reader.poll_once()  # answered by the lagging node: refused
@@ -90,7 +90,7 @@ async def test_an_endpoint_whose_head_stopped_moving_is_left_for_the_next_one(
     head = await chain.block()
     clock = ManualClock(int(head["timestamp"], 16) * 1000)
     reader = make_reader([anvil.url, proxy.url], http, clock=clock, max_block_age_s=60.0)
-    watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     assert not await reader.poll_once()  # the same head, still young: nothing new
     assert reader.rpc.stats[0].by_kind == {} and reader.rpc.active == 0
@@ -114,7 +114,7 @@ async def test_endpoint_answering_garbage_fails_over(
     price still comes through."""
     proxy.mode = mode
     reader = make_reader([proxy.url, anvil.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     assert got.last.price == 3000.0
     first = reader.rpc.stats[0]
@@ -130,7 +130,7 @@ async def test_every_endpoint_failing_publishes_nothing(
     stale re-emission leaves the reader; the feed's state says down."""
     proxy.mode = "garbage"
     reader = make_reader([proxy.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert not await reader.poll_once()
     assert reader.stats.reads_failed == 1
     assert got.quotes == []
@@ -144,7 +144,7 @@ async def test_block_going_backwards_is_never_published(
     nothing from the lower block is published; once the chain grows past the last block read,
     reading resumes."""
     reader = make_reader([anvil.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     before = await chain.snapshot()
     await chain.mine(3)
     assert await reader.poll_once()
@@ -252,7 +252,7 @@ async def test_sequencer_down_or_in_grace_flags_every_feed(
     now = await chain.timestamp()
     await chain.transact(snapshot.sequencer, UPDATE_SEQ, 1, 0, now - 3600, now - 3600)
     reader = make_reader([anvil.url], http, sequencer=seq)
-    eth = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    eth = watch_eth(reader, snapshot.eth_proxy)
     btc = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
     assert await reader.poll_once()
     assert (eth.last.flag, btc.last.flag) == (None, None)
@@ -283,7 +283,7 @@ async def test_a_chain_not_read_for_max_block_age_s_flags_its_feeds_until_read_a
     round of the feed."""
     clock = ManualClock(await chain.timestamp() * 1000)
     reader = make_reader([proxy.url], http, clock=clock, max_block_age_s=5.0)
-    eth = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    eth = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     assert (eth.last.flag, eth.last.price) == (None, 3000.0)
     proxy.mode = "error"
@@ -329,7 +329,7 @@ async def test_new_heads_read_each_block_in_one_round_trip(
 ) -> None:
     """With a ws_url the reader follows newHeads; every new block is one pinned eth_call."""
     reader = make_reader([anvil.url], http, ws_url=anvil.ws_url)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     task = asyncio.create_task(reader.run())
     try:
         await got.until(lambda: bool(got.quotes))  # polled while the socket opens, or after
@@ -354,18 +354,18 @@ async def test_cross_check_withholds_a_block_the_endpoints_disagree_on(
     hash is reported and the block is not published; agreeing endpoints publish, and so does
     the first endpoint when the second cannot answer at all."""
     reader = make_reader([anvil.url, proxy.url], http, cross_check=True)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     assert len(got.quotes) == 1
     proxy.mode = "tamper"
     reader2 = make_reader([anvil.url, proxy.url], http, cross_check=True)
-    got2 = watch(reader2, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got2 = watch_eth(reader2, snapshot.eth_proxy)
     assert not await reader2.poll_once()
     assert reader2.stats.disagreements == 1
     assert got2.quotes == []
     proxy.mode = "error"  # a second endpoint that cannot answer says nothing against the first
     reader3 = make_reader([anvil.url, proxy.url], http, cross_check=True)
-    got3 = watch(reader3, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got3 = watch_eth(reader3, snapshot.eth_proxy)
     assert await reader3.poll_once()
     assert reader3.stats.disagreements == 0
     assert [q.price for q in got3.quotes] == [3000.0]
@@ -390,7 +390,7 @@ async def test_a_block_older_than_max_block_age_is_never_published(
     block_ms = int(head["timestamp"], 16) * 1000
     clock = ManualClock(block_ms + 60_000 + 1)
     reader = make_reader([anvil.url], http, clock=clock, max_block_age_s=60.0)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert not await reader.poll_once()
     assert reader.stats.old_blocks == 1
     assert got.quotes == []
@@ -409,7 +409,7 @@ async def test_a_sequencer_feed_that_never_started_is_not_up(
     now = await chain.timestamp()
     await chain.transact(snapshot.sequencer, UPDATE_SEQ, 1, 0, now, 0)
     reader = make_reader([anvil.url], http, sequencer=seq)
-    eth = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    eth = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     assert reader.stats.sequencer_up is False
     assert (eth.last.flag, eth.last.price) == ("sequencer", 3000.0)

@@ -10,13 +10,12 @@ from collections.abc import Sequence
 import aiohttp
 import pytest
 from chain_rig import Anvil, Chain, Deployed
-from reading import chainlink_spec, make_reader, watch
+from reading import make_reader, watch, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 
 from oracled.config import SequencerConfig
 from oracled.sources.evm.chain import decode_round
-from oracled.sources.evm.chainlink import ChainlinkFeed
 from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
 from oracled.sources.evm.multicall import GET_BLOCK_NUMBER
 
@@ -37,7 +36,7 @@ async def test_a_block_landing_between_the_polled_head_and_its_read_is_read_pinn
     on its way: the read is pinned to N's hash, so block N is published with N's data and N+1's
     answer comes with N+1, never stamped as N."""
     reader = make_reader([proxy.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()  # learns the feed: 3000 at the current block
     await chain.mine()
     n = await head(chain)
@@ -62,7 +61,7 @@ async def test_a_node_that_ignores_the_block_pin_is_never_published(
     """A read pinned to block N that the node executes at a later head (the multicall's own
     block number says so) is a failed read: nothing of the later block is published as N."""
     reader = make_reader([proxy.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     await chain.mine()
     n = await head(chain)
@@ -82,7 +81,7 @@ async def test_a_failed_pinned_read_publishes_nothing(
     """A newHeads block whose read fails (no endpoint answers, or the answer is not hex) is
     counted, the feeds say down, and nothing is published; the next block reads normally."""
     reader = make_reader([proxy.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
     proxy.mode = mode
@@ -101,7 +100,7 @@ async def test_a_late_answer_for_an_older_block_is_not_published(
     """The read of block N hangs at the node while block N+1 is read and published: when N's
     answer finally arrives it is dropped, so the reader never steps back to N."""
     reader = make_reader([proxy.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     await chain.mine()
     n = await head(chain)
@@ -125,7 +124,7 @@ async def test_the_same_block_polled_twice_is_handed_to_the_feeds_once(
     """A poll that finds the head unchanged (same number, same hash) reads nothing new: no
     block is counted or handed to the feeds again."""
     reader = make_reader([anvil.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     assert not await reader.poll_once()
     assert reader.stats.blocks == 1
@@ -140,7 +139,7 @@ async def test_a_failed_reread_after_learning_publishes_nothing_until_the_next_b
     again with the learned calls; when that read fails it is counted and nothing is published,
     and the next block is priced with the learned calls."""
     reader = make_reader([proxy.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     proxy.script = ["pass", "pass", "error"]  # the head, the read, then the re-read fails
     assert await reader.poll_once()  # the block itself was good; only its re-read failed
     assert reader.stats.reads_failed == 1
@@ -157,7 +156,7 @@ async def test_a_refused_read_of_a_polled_block_is_counted_with_the_nodes_reason
     """A poll's head answers but the block's read is refused for its own fault: the
     read fails, nothing is published, and the warning carries the node's JSON-RPC error."""
     reader = make_reader([proxy.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     proxy.mode = "call_refused"
     with capture_logs() as logs:
         assert not await reader.poll_once()
@@ -175,7 +174,7 @@ async def test_a_multicall_address_without_a_contract_is_named_in_the_warning(
     the warning says what is missing and where, not only that an answer was short."""
     missing = "0x" + "12" * 20
     reader = make_reader([anvil.url], http, multicall=missing)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     with capture_logs() as logs:
         assert not await reader.poll_once()
     assert reader.stats.reads_failed == 1
@@ -211,7 +210,7 @@ async def test_a_feed_whose_decode_raises_is_counted_and_the_others_still_publis
     logged); the other feeds of the same block are published as usual."""
     reader = make_reader([anvil.url], http)
     bad = watch(reader, WrongShapeFeed(snapshot.multicall))
-    good = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    good = watch_eth(reader, snapshot.eth_proxy)
     with capture_logs() as logs:
         assert await reader.poll_once()
     assert bad.stats.malformed == 1 and bad.stats.dropped["decode_error"] == 1
@@ -230,7 +229,7 @@ async def test_a_sequencer_feed_that_cannot_answer_keeps_the_gate_shut(
     reader = make_reader(
         [anvil.url], http, sequencer=SequencerConfig(address=address, grace_period_s=0)
     )
-    eth = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    eth = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     assert reader.stats.sequencer_up is False
     assert (eth.last.flag, eth.last.price) == ("sequencer", 3000.0)
@@ -242,7 +241,7 @@ async def test_a_notice_for_a_block_below_the_last_one_is_not_read(
     """A newHeads notice for a block below the last one published (a lagging node behind a
     load balancer) is counted as backwards and costs no read at all."""
     reader = make_reader([anvil.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     older = await head(chain)
     await chain.mine()
     assert await reader.poll_once()

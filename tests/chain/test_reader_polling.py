@@ -7,10 +7,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 from chain_rig import Anvil, Chain, Deployed
-from reading import chainlink_spec, make_reader, watch
+from reading import make_reader, watch_eth
 from rpc_proxy import RpcProxy
 
-from oracled.sources.evm.chainlink import ChainlinkFeed
 from oracled.sources.evm.feed import Block
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -26,7 +25,7 @@ async def test_an_idle_poll_asks_for_the_head_alone(
     reads it with one eth_call pinned to its hash with requireCanonical, and its new answer is
     published."""
     reader = make_reader([proxy.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     del proxy.methods[:]
     assert not await reader.poll_once()
@@ -52,7 +51,7 @@ async def test_an_endpoint_that_refuses_batches_is_read(
     """An endpoint that refuses JSON-RPC batches (one error object in answer, or status 400)
     but serves single requests is read normally and counted healthy: a poll sends no batch."""
     reader = make_reader([proxy.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     proxy.mode = mode
     assert await reader.poll_once()
     await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
@@ -69,7 +68,7 @@ async def test_a_block_reorged_out_before_its_read_is_read_at_the_new_head(
     "Resource not found") is no endpoint failure: nothing is counted against the endpoints, the
     reader does not fail over or mark its feeds down, and it reads the chain's new head instead."""
     reader = make_reader([proxy.url, anvil.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
     gone = await head(chain)
@@ -99,7 +98,7 @@ async def test_a_null_head_is_garbage_from_its_endpoint_and_the_next_one_is_aske
     counted as garbage and left for the next endpoint, whose head is read in the same poll;
     before, the poll failed as a read failure and the next poll asked the same endpoint."""
     reader = make_reader([proxy.url, anvil.url], http)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     proxy.mode = "null_result"
     assert await reader.poll_once()
     assert [q.price for q in got.quotes] == [3000.0]

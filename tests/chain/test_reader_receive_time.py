@@ -8,11 +8,10 @@ import asyncio
 import aiohttp
 import pytest
 from chain_rig import Deployed
-from reading import chainlink_spec, make_reader, watch
+from reading import make_reader, watch_eth
 from rpc_proxy import RpcProxy
 
 from oracled.clock import ManualClock
-from oracled.sources.evm.chainlink import ChainlinkFeed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -29,7 +28,7 @@ async def test_a_quote_from_a_reread_is_stamped_when_the_reread_answered(
     the live core had used it. It now carries the time its answer came."""
     clock = ManualClock(T0)
     reader = make_reader([proxy.url], http, clock=clock)
-    got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy)))
+    got = watch_eth(reader, snapshot.eth_proxy)
     proxy.script = ["pass", "hold"]  # the block's read answers; the re-read waits
     poll = asyncio.create_task(reader.poll_once())
     await asyncio.wait_for(proxy.arrived.wait(), 5)
