@@ -112,13 +112,15 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--config",
-        help="with --verify: the daemon's config (the exponent of a market that had no price)",
+        help="with --verify or --at: the daemon's config (the exponent of a market that had no "
+        "price; its signing.deployment)",
     )
     p.add_argument(
         "--signer",
         action="append",
         type=_address,
-        help="with --verify: an address you trust (repeatable); a round by another key mismatches",
+        help="with --verify or --at: an address you trust (repeatable); a round by another key "
+        "mismatches",
     )
 
 
