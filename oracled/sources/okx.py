@@ -148,6 +148,8 @@ class OkxSource(Source):
             self.instrument(pair, kind): (pair, kind) for pair, kind in pairs if kind in self.kinds
         }
         self.symbols = tuple(self._by_symbol)
+        # The API reads each entry's instrument from here (the base's map lost the spot).
+        stats.symbol_of = {key: symbol for symbol, key in self._by_symbol.items()}
         self._last_ts: dict[str, int] = {}
         self._rest_turn = 0
         self._asked: dict[int, float] = {}  # request id -> when it was sent

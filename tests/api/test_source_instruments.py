@@ -112,3 +112,25 @@ async def test_an_instrument_refused_before_it_had_a_symbol_is_shown_by_its_pair
     assert "already used by another pair" in eth["refused"]
     btc = (await _entries(client, "BTC-USD"))["beta"]
     assert (btc["symbol"] is not None, btc["refused"]) == (True, None)
+
+
+async def test_a_source_serving_spot_and_perp_of_one_pair_shows_each_its_own_instrument(
+    make_client: ClientFactory,
+) -> None:
+    """OKX names a pair's spot `BTC-USD` and its swap `BTC-USD-SWAP`: the spot entry shows the
+    spot instrument and the source's map holds both. The base adapter keyed its map by the
+    pair's spot name, so the swap took the spot's place: the spot entry showed no symbol (what
+    the contract keeps for a refused one), the swap the spot's symbol, and neither its silence."""
+    rig = Rig(make_config())
+    stats = rig.stats["alpha"] = SourceStats("alpha")
+    client = await make_client(rig)
+    cfg = SourceConfig(type="okx")
+    pairs: list[tuple[str, Kind]] = [("BTC/USD", "spot"), ("BTC/USD", "perp")]
+    async with aiohttp.ClientSession() as http:
+        build_source("alpha", cfg, pairs, lambda q: None, SystemClock(), http, stats)
+    assert stats.symbol_of == {
+        ("BTC/USD", "spot"): "BTC-USD",
+        ("BTC/USD", "perp"): "BTC-USD-SWAP",
+    }
+    btc = (await _entries(client, "BTC-USD"))["alpha"]
+    assert btc == {"symbol": "BTC-USD", "refused": None, "silent_since": None}
