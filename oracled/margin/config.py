@@ -146,7 +146,10 @@ class RiskPolicy(_Frozen):
     mark_fallback: Literal["use", "index", "freeze"] = "use"
     #: How long a paused or unknown market freezes liquidations before `after_grace` applies.
     pause_grace_ms: Annotated[int, Field(ge=0, le=30 * 86_400_000)] = 300_000
-    after_grace: Literal["freeze", "last_good"] = "last_good"
+    #: `freeze` (the default): nothing is ever decided on a last good price. `last_good`: after
+    #: the grace period, act on it with maintenance x (1 + pause_buffer); that liquidates
+    #: through a whole daemon outage on a price nobody has seen since (docs/margin.md).
+    after_grace: Literal["freeze", "last_good"] = "freeze"
     #: After the grace period, maintenance on a last good price is multiplied by 1 + buffer.
     pause_buffer: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.5
     #: Fraction of closed notional taken from the remaining equity into the insurance fund.

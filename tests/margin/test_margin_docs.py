@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
-from oracled.margin import load_accounts
+from oracled.margin import RiskPolicy, load_accounts
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "margin.md"
 
@@ -21,3 +22,18 @@ def test_the_documented_accounts_file_loads_from_a_path_given_as_text(tmp_path: 
     spec = load_accounts(str(path))
     assert spec == load_accounts(path)
     assert [a.id for a in spec.accounts] == ["alice"]
+
+
+def test_the_documented_policy_shows_every_key_at_its_default() -> None:
+    """The `[policy]` table of docs/margin.md is read as the defaults: it lists every policy
+    key, each at the value the code defaults to (only `insurance_fund` is an example amount).
+    Found when `after_grace` became "freeze" by default while the page still showed
+    "last_good"."""
+    match = re.search(r"```toml\n(.*?)```", DOC.read_text(), re.S)
+    assert match is not None
+    shown = tomllib.loads(match.group(1))["policy"]
+    defaults = RiskPolicy().model_dump()
+    assert set(shown) == set(defaults)
+    assert {k: v for k, v in shown.items() if k != "insurance_fund"} == {
+        k: v for k, v in defaults.items() if k != "insurance_fund"
+    }

@@ -166,9 +166,10 @@ def test_a_stale_report_freezes_like_a_pause() -> None:
 def test_a_stall_freezes_until_a_report_of_a_later_round_and_counts_as_a_pause() -> None:
     """After `mark_stalled` (the daemon's `stalled` frame) a young live report is not acted
     upon: the freeze says `stalled`. The same round's report again does not end it; the next
-    round's does. A stall that outlasts the grace period is a pause like any other: the last
-    good price with the buffer (account a: see the grace test below)."""
-    policy = {"pause_grace_ms": 60_000, "max_report_age_ms": 1_000_000}
+    round's does. A stall that outlasts the grace period is a pause like any other: under
+    after_grace = "last_good", the last good price with the buffer (account a: see the grace
+    test below)."""
+    policy = {"pause_grace_ms": 60_000, "max_report_age_ms": 1_000_000, "after_grace": "last_good"}
     engine = MarginEngine(spec(BANKRUPT_SET, tiers=FLAT, policy=policy))
     engine.on_report(view("BTC/USD", 40_000, ts=T0, round=7))
     engine.book.mark_stalled()
@@ -232,12 +233,18 @@ def test_degraded_prices_are_used_only_when_the_policy_allows() -> None:
 
 
 def test_after_the_grace_period_the_last_good_price_is_used_with_a_wider_buffer() -> None:
-    """Frozen for the 60 s grace, then the last good 48.6k with maintenance x 1.5 liquidates.
+    """after_grace = "last_good": frozen for the 60 s grace, then the last good 48.6k with
+    maintenance x 1.5 liquidates.
 
     a: equity 20,000 + 10 x (48,600 - 50,000) = 6,000 against 1 % x 486k = 4,860 (fine while
     live), but 4,860 x 1.5 = 7,290 on the last good price after the grace period.
     """
-    policy = {"pause_grace_ms": 60_000, "pause_buffer": 0.5, "max_report_age_ms": 1_000_000}
+    policy = {
+        "pause_grace_ms": 60_000,
+        "pause_buffer": 0.5,
+        "max_report_age_ms": 1_000_000,
+        "after_grace": "last_good",
+    }
     engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
     engine.on_report(view("BTC/USD", 48_600, ts=T0))
     assert not any(isinstance(d, Liquidation) for d in engine.step(T0))
@@ -253,11 +260,16 @@ def test_after_the_grace_period_the_last_good_price_is_used_with_a_wider_buffer(
 
 
 def test_with_degraded_not_allowed_the_grace_period_never_leads_to_a_degraded_price() -> None:
-    """allow_degraded = false: a market degraded past the grace period is valued at the last
-    report the policy accepted (active at 50k), not at the degraded 40k the daemon keeps
-    calling its last good price; at 40k account a would be liquidated on a price the policy
-    refused a moment before."""
-    policy = {"allow_degraded": False, "pause_grace_ms": 60_000, "max_report_age_ms": 100_000}
+    """allow_degraded = false, after_grace = "last_good": a market degraded past the grace
+    period is valued at the last report the policy accepted (active at 50k), not at the
+    degraded 40k the daemon keeps calling its last good price; at 40k account a would be
+    liquidated on a price the policy refused a moment before."""
+    policy = {
+        "allow_degraded": False,
+        "pause_grace_ms": 60_000,
+        "max_report_age_ms": 100_000,
+        "after_grace": "last_good",
+    }
     engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
     engine.on_report(view("BTC/USD", 50_000, ts=T0))
     assert engine.step(T0) == []
@@ -278,7 +290,12 @@ def test_a_market_the_daemon_no_longer_serves_stays_frozen_past_the_grace_period
     long as it stays away, whatever `after_grace` says: the last good price is for a pause,
     which ends; a removed market never reports again, so that price would only grow older.
     docs/margin.md: these freezes hold until a report of the market arrives again."""
-    policy = {"pause_grace_ms": 60_000, "pause_buffer": 0.5, "max_report_age_ms": 1_000_000}
+    policy = {
+        "pause_grace_ms": 60_000,
+        "pause_buffer": 0.5,
+        "max_report_age_ms": 1_000_000,
+        "after_grace": "last_good",  # the policy that would otherwise act on a last good price
+    }
     engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
     engine.on_report(view("BTC/USD", 48_600, ts=T0))
     assert not any(isinstance(d, Liquidation) for d in engine.step(T0))
@@ -294,13 +311,40 @@ def test_a_market_the_daemon_no_longer_serves_stays_frozen_past_the_grace_period
 
 
 def test_the_freeze_policy_never_liquidates_on_a_last_good_price() -> None:
-    """after_grace = "freeze": however long the pause, no liquidation."""
-    policy = {"after_grace": "freeze", "pause_grace_ms": 0}
-    engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
-    engine.on_report(
-        view("BTC/USD", None, ts=T0, status="paused", reasons=["quorum"], last_good=10_000)
+    """after_grace = "freeze", set or by default: however long the pause, no liquidation."""
+    for policy in ({"after_grace": "freeze", "pause_grace_ms": 0}, {"pause_grace_ms": 0}):
+        engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
+        engine.on_report(
+            view("BTC/USD", None, ts=T0, status="paused", reasons=["quorum"], last_good=10_000)
+        )
+        assert not any(isinstance(d, Liquidation) for d in engine.step(T0 + 10**9))
+
+
+def test_by_default_nothing_is_liquidated_on_the_last_good_price_after_a_daemon_outage() -> None:
+    """The daemon is down for 10 minutes (past the 5 minute grace) and comes back
+    `unknown:resuming` with the last good 48.6k. Account a is not liquidatable at 48.6k
+    (equity 6,000 against maintenance 4,860: warning); the old default, after_grace =
+    "last_good", liquidated it on that first report from the buffer alone (maintenance x 1.5 =
+    7,290), on a price ten minutes old. By default the account stays frozen, then is priced by
+    the first live report; "last_good", chosen explicitly, still liquidates."""
+    outage = 600_000
+    resuming = view(
+        "BTC/USD", None, ts=T0 + outage, status="unknown", reasons=["resuming"], last_good=48_600
     )
-    assert not any(isinstance(d, Liquidation) for d in engine.step(T0 + 10**9))
+    for after_grace, liquidated in ((None, False), ("last_good", True)):
+        policy = {} if after_grace is None else {"after_grace": after_grace}
+        engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
+        engine.on_report(view("BTC/USD", 48_600, ts=T0))
+        assert [(type(d), d.state) for d in engine.step(T0)] == [(MarginCall, "warning")]  # type: ignore[union-attr]
+        engine.step(T0 + 6_000)  # stale_report: the stream went quiet
+        engine.on_report(resuming)
+        decisions = engine.step(T0 + outage)
+        assert any(isinstance(d, Liquidation) for d in decisions) is liquidated
+        if not liquidated:
+            assert engine.prices(T0 + outage)["BTC/USD"].reason == "unknown:resuming"  # type: ignore[union-attr]
+            engine.on_report(view("BTC/USD", 48_600, ts=T0 + outage + 1_000))
+            back = engine.step(T0 + outage + 1_000)
+            assert [type(d) for d in back] == [UnfreezeCall]
 
 
 def test_decisions_encode_as_tagged_json_with_their_drivers() -> None:
