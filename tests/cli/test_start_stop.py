@@ -120,6 +120,15 @@ def _assert_stopped_cleanly(daemon: _Daemon, sig: signal.Signals, code: int) -> 
     return names  # type: ignore[return-value]
 
 
+def _stopped_at_its_first_line(daemon: _Daemon, sig: signal.Signals) -> list[str]:
+    """`sig` sent once the command catches it, at its first line (SIGHUP is caught from its
+    first line until the arguments are parsed: that is when SIGTERM and SIGINT are surely the
+    latch's; SIGINT has Python's own handler before); the events of its clean stop."""
+    _wait(lambda: daemon.catches(signal.SIGHUP) and daemon.catches(sig))
+    daemon.proc.send_signal(sig)
+    return _assert_stopped_cleanly(daemon, sig, daemon.finish())
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_as_soon_as_the_command_line_runs_stops_it_before_it_starts(
     tmp_path: Path, sig: signal.Signals
@@ -128,9 +137,7 @@ def test_a_stop_as_soon_as_the_command_line_runs_stops_it_before_it_starts(
     about a second) ends the daemon with exit 0 and `signal received` and `stopped` lines, and
     it never starts: no API, no source. It used to end with 143 and no line for SIGTERM."""
     with _daemon(tmp_path, 9) as daemon:
-        _wait(lambda: daemon.catches(signal.SIGHUP) and daemon.catches(sig))  # its first line
-        daemon.proc.send_signal(sig)
-        names = _assert_stopped_cleanly(daemon, sig, daemon.finish())
+        names = _stopped_at_its_first_line(daemon, sig)
     assert "api listening" not in names and "oracled started" not in names
 
 
@@ -143,9 +150,7 @@ def test_a_stop_as_soon_as_the_demo_runs_stops_it_before_it_starts(
     after parsing its arguments, and a SIGTERM in its first second or so ended it with 143
     and not one log line (found by sending SIGTERM 0.3, 0.8 and 1.3 s after start)."""
     with _daemon(tmp_path, 9, "demo") as daemon:
-        _wait(lambda: daemon.catches(signal.SIGHUP) and daemon.catches(sig))  # its first line
-        daemon.proc.send_signal(sig)
-        names = _assert_stopped_cleanly(daemon, sig, daemon.finish())
+        names = _stopped_at_its_first_line(daemon, sig)
     assert "api listening" not in names and "oracled started" not in names
 
 
@@ -175,11 +180,7 @@ def test_a_stop_as_soon_as_the_margin_service_runs_stops_it_before_it_connects(
     argv = ["margin", "--accounts", str(accounts), "--url", "ws://127.0.0.1:9/v1/stream"]
     daemon = _Daemon(accounts, argv=[*argv, "--log-format", "json"])
     try:
-        # SIGHUP is caught from its first line until the arguments are parsed: that is when
-        # SIGTERM and SIGINT are surely the latch's (SIGINT has Python's own handler before).
-        _wait(lambda: daemon.catches(signal.SIGHUP) and daemon.catches(sig))
-        daemon.proc.send_signal(sig)
-        names = _assert_stopped_cleanly(daemon, sig, daemon.finish())
+        names = _stopped_at_its_first_line(daemon, sig)
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
