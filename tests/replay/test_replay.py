@@ -181,6 +181,14 @@ def test_a_ts_that_is_not_milliseconds_is_reported_and_skipped_not_replayed_to()
     assert (stats.quotes, stats.rounds) == (2, 1)  # type: ignore[attr-defined]
 
 
+def _numbered_less(out: bytes, rounds: list[int], by: int) -> bytes:
+    """The reports of `out` (numbered `rounds`), each with its round `by` less."""
+    return b"".join(
+        line.replace(b'"round":%d,' % n, b'"round":%d,' % (n - by), 1) + b"\n"
+        for line, n in zip(out.splitlines(), rounds, strict=True)
+    )
+
+
 def test_a_first_round_in_the_header_is_where_replay_numbers_its_rounds_from() -> None:
     """An audit tape's header names the daemon's round its first quote went into
     (`first_round`): replay numbers its rounds from there, so the reports equal the stored ones
@@ -192,11 +200,7 @@ def test_a_first_round_in_the_header_is_where_replay_numbers_its_rounds_from() -
     out, stats = _run(numbered)
     rounds = [msgspec.json.decode(line)["round"] for line in out.splitlines()]
     assert rounds[0] == 41 and rounds[-1] == 40 + stats.rounds  # type: ignore[attr-defined]
-    renumbered = b"".join(
-        line.replace(b'"round":%d,' % n, b'"round":%d,' % (n - 40), 1) + b"\n"
-        for line, n in zip(out.splitlines(), rounds, strict=True)
-    )
-    assert renumbered == plain
+    assert _numbered_less(out, rounds, 40) == plain
     with pytest.raises(TapeError, match="first_round 0"):
         _run(header[:-1] + b', "first_round": 0}\n' + rest)
 
@@ -213,11 +217,7 @@ def test_a_first_round_with_its_time_numbers_the_round_at_that_time() -> None:
     out, stats = _run(numbered + rest)
     rounds = [msgspec.json.decode(line)["round"] for line in out.splitlines()]
     assert rounds[0] == 39 and rounds[-1] == 38 + stats.rounds  # type: ignore[attr-defined]
-    renumbered = b"".join(
-        line.replace(b'"round":%d,' % n, b'"round":%d,' % (n - 38), 1) + b"\n"
-        for line, n in zip(out.splitlines(), rounds, strict=True)
-    )
-    assert renumbered == plain
+    assert _numbered_less(out, rounds, 38) == plain
     at_first, _ = _run(
         header[:-1] + b', "first_round": 41, "first_round_ts": %d}\n' % first_tick + rest
     )
