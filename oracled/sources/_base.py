@@ -28,12 +28,13 @@ A venue subclass declares its URLs and wire types and implements five small hook
   reset counted (``stats.sequence_resets``) and logged. Otherwise one far-ahead number would
   freeze the symbol on a connection that looks healthy until the next reconnect;
 - silent instruments (`_check_silent`): a subscribed symbol without a quote for longer than its
-  limit (`silent_after_ms`, the service's: the longest age any market allows it) while the
-  connection streams, or none since the connection opened, is listed in
-  ``stats.silent_instruments``, with a line on entering and on quoting again (each at most once
-  a minute). A venue that accepts a subscription to a symbol it does not list (Binance does) or
-  stops sending one symbol shows nowhere else: the connection and the other symbols are fine.
-  The hot path pays one dict store per quote; the scan runs a few times a limit.
+  limit (`silent_after_ms`, the service's: the longest age any market allows it), counted from its
+  last quote (or, if none came yet, from the opening of the first connection that subscribed it)
+  across reconnects, the latest outage aside, is listed in ``stats.silent_instruments`` while the
+  connection streams, with a line on entering and on quoting again (each at most once a minute). A
+  venue that accepts a subscription to a symbol it does not list (Binance does) or stops sending
+  one symbol shows nowhere else: the connection and the other symbols are fine. The hot path pays
+  one dict store per quote; the scan runs a few times a limit.
 
 Only state changes (and each reconnect's backoff) are logged, never a message.
 """
@@ -228,6 +229,14 @@ class Source(abc.ABC):
         self.silent_after_ms: Callable[[], Mapping[tuple[str, Kind], int]] = _no_limits
         self._heard: dict[str, int] = {}  # symbol -> receive time of its newest quote
         self._opened_ms = 0  # when the current connection opened (wall clock, ms)
+        # Symbol -> when the first connection that subscribed it opened (ms): where its silence
+        # counts from until it quotes. Kept over reconnects, so that a source reconnecting more
+        # often than a limit still lists a symbol that never quotes; forgotten while refused.
+        self._subscribed_ms: dict[str, int] = {}
+        # The latest outage (ms, wall clock): from the fall of a streaming connection to the
+        # first quote of the next. Not counted as silence, so that a symbol has the time to
+        # quote on the connection that follows an outage longer than its limit.
+        self._outage_ms = (0, 0)
         self._silent_log = LogEveryMinute()
         # Symbols said silent and not yet said quoting again -> the time their silence counts
         # from; kept over reconnects, so that each episode has its two lines.
@@ -609,7 +618,11 @@ class Source(abc.ABC):
         own reason for ending, or the one the watchdog cut it for ("silent" unless named)."""
         loop = asyncio.get_running_loop()
         self._opened_at = self._last_rx = self._clock.monotonic()
-        self._opened_ms = self._clock.now_ms()
+        self._opened_ms = opened_ms = self._clock.now_ms()
+        failed, subscribed = self.stats.failed_instruments, self._subscribed_ms
+        for symbol in self.symbols:
+            if symbol not in failed:
+                subscribed.setdefault(symbol, opened_ms)
         try:
             async with asyncio.timeout(None) as deadline:
                 self._deadline = deadline
@@ -689,22 +702,30 @@ class Source(abc.ABC):
 
     def _check_silent(self) -> None:
         """List the subscribed symbols (refused ones aside) without a quote for longer than their
-        limit, counted from their last quote or from the connection's opening if none came
-        since; only while streaming. A symbol is said silent once, and said quoting again once
-        a quote of it came, on this connection or a later one (a venue that lost its book may
-        reconnect before it sends the symbol again)."""
+        limit, counted from their last quote, or from the opening of the first connection that
+        subscribed them if none came since; only while streaming, but counted across reconnects (a
+        source that reconnects more often than the limit must not hide a delisted symbol), the
+        latest outage aside (after a long one, every symbol would be silent until its first quote
+        on the new connection, which for many symbols subscribed in paced batches can take
+        seconds). A symbol is said silent once, and said quoting again once a quote of it came, on
+        this connection or a later one (a venue that lost its book may reconnect before it sends
+        the symbol again)."""
         if not self._streaming:
             return  # the list was emptied when the stream went down; `_said` waits for it
         stats, heard, said = self.stats, self._heard, self._said_silent
         limits, failed = self.silent_after_ms(), stats.failed_instruments
-        opened, now = self._opened_ms, self._clock.now_ms()
+        subscribed, opened, now = self._subscribed_ms, self._opened_ms, self._clock.now_ms()
+        (down, up), default = self._outage_ms, DEFAULT_SILENT_AFTER_MS
         found: dict[str, int] = {}
         for symbol, key in self._by_symbol.items():
             if symbol in failed:
                 said.pop(symbol, None)  # refused: "instrument failed" says the rest
+                subscribed.pop(symbol, None)  # if taken again, it counts from then
                 continue
-            since = max(heard.get(symbol, opened), opened)
-            if now - since > limits.get(key, DEFAULT_SILENT_AFTER_MS):
+            # Absent: refused when this connection opened, taken since; it counts from then.
+            start = subscribed.get(symbol, opened)
+            since = max(heard.get(symbol, start), start)
+            if now - since - max(up - max(since, down), 0) > limits.get(key, default):
                 found[symbol] = since
         stats.silent_instruments = found  # one store: a scrape reads the old list or the new
         entered = [s for s in found if s not in said]
@@ -820,10 +841,13 @@ class Source(abc.ABC):
     def _stream_up(self) -> None:
         self._streaming = True
         self._polled.clear()  # the stream has moved the book on since the last poll
+        self._outage_ms = (self._outage_ms[0], self._clock.now_ms())
         self._down.clear()
         self._set_state(ConnState.STREAMING)
 
     def _stream_down(self, why: str) -> None:
+        if self._streaming:  # the outage begins; a failed attempt after it does not move it
+            self._outage_ms = (self._clock.now_ms(), self._outage_ms[1])
         self._streaming = False
         self.stats.silent_instruments = {}  # only a streaming connection has silent symbols
         if not self._down.is_set():

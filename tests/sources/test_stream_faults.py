@@ -16,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 from venue_cases import CASES, Case, Running, Start, Wait, control_requests
 
+from oracled.clock import SystemClock
 from oracled.sim._base import VenueSim
 from oracled.sources import ConnState
 
@@ -365,6 +366,124 @@ async def test_an_instrument_the_venue_stops_sending_is_listed_silent_until_it_q
     assert listed == {silent}
     said = [(e["event"], e["symbols"]) for e in logs if e["event"].startswith("instruments ")]
     assert said == [("instruments silent", [silent]), ("instruments quoting again", [silent])]
+
+
+# Venues that do not quote every symbol at each subscription; a symbol never sent needs the
+# REST fallback off, which KuCoin cannot connect without.
+SILENCES = [(c, True) for c in CASES if not c.snapshots] + [
+    (c, False) for c in CASES if not c.snapshots and not c.rest_connects
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "quoted"),
+    SILENCES,
+    ids=[f"{c.id}-{'muted' if quoted else 'never_sent'}" for c, quoted in SILENCES],
+    indirect=["case"],
+)
+async def test_an_instrument_silent_across_frequent_reconnects_keeps_counting(
+    case: Case, sim: VenueSim, start: Start, wait: Wait, quoted: bool
+) -> None:
+    """A symbol the venue stops sending (or never sends), on a source whose connection drops
+    every 250 ms, more often than the symbol's 500 ms limit: its silence counts across the
+    reconnects from its last quote (or, never quoted, from the first connection's opening, before
+    any quote of the others), so it is listed on connection after connection, always with that
+    same time, and never while the stream is down; it leaves the list once it quotes. (Counted
+    from each connection's opening it was never listed: a delisted symbol hidden for as long as
+    the source kept reconnecting.) Venues that answer each subscription with a snapshot quote
+    every symbol at every reconnect: not here."""
+    symbol, key = case.spike[0], case.spike[1]
+    if not quoted:
+        sim.mute(symbol)
+        sim.rest_enabled = False  # nor answered by the REST fallback while the stream is down
+    before_ms = SystemClock().now_ms()
+    # Muted: REST polls once, in the first outage (KuCoin's socket address is a REST answer).
+    run = await start(rest_poll_interval_s=60.0)
+    run.source.silent_after_ms = lambda: dict.fromkeys(case.keys, 500)
+    await wait(lambda: run.keys() | {key} == case.keys)
+    if quoted:
+        await wait(lambda: key in run.keys(0))
+        await settled(case, run, sim, wait)
+        sim.mute(symbol)
+    listed: dict[int, dict[str, int]] = {}  # reconnects so far -> the list seen on that connection
+    listed_down: list[dict[str, int]] = []
+
+    def listed_on_three_connections() -> bool:
+        silent = run.stats.silent_instruments
+        if silent and run.state() is not ConnState.STREAMING:
+            listed_down.append(dict(silent))
+        if silent:
+            listed.setdefault(run.stats.reconnects, {}).update(silent)
+        return len(listed) >= 3
+
+    async def drop_every_250_ms() -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            sim.disconnect()
+
+    churn = asyncio.create_task(drop_every_250_ms(), name="test:churn")
+    try:
+        await wait(listed_on_three_connections, within_s=8.0)
+    finally:
+        churn.cancel()
+        await asyncio.wait((churn,))
+    (silent,) = {s for seen in listed.values() for s in seen}
+    (since,) = {seen[silent] for seen in listed.values()}
+    assert run.source.instruments[silent] == key
+    if quoted:
+        assert since == max(q.recv_ts for q in run.quotes if (q.pair, q.kind) == key)
+    else:
+        assert key not in run.keys(0)
+        assert before_ms <= since <= run.quotes[0].recv_ts
+    assert listed_down == []
+    sim.unmute(symbol)
+    sim.rest_enabled = True
+    seen = len(run.quotes)
+    await wait(lambda: key in run.keys(seen) and run.state() is ConnState.STREAMING)
+    await wait(lambda: run.stats.silent_instruments == {})
+
+
+RESTLESS = [c for c in CASES if not c.snapshots and not c.rest_connects]
+
+
+@pytest.mark.parametrize("case", RESTLESS, ids=[c.id for c in RESTLESS], indirect=True)
+async def test_an_outage_longer_than_the_limit_is_not_counted_as_silence(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """The stream down for 1.5 s, longer than a symbol's 1 s limit, and REST answering nothing:
+    once the stream is back, a symbol that quoted just before the outage is not listed silent at
+    the next scans although its last quote is older than its limit, for it has had no time to
+    quote on the new connection (a venue subscribing many symbols in paced batches takes
+    seconds); if it still sends nothing, it is listed once silent for its limit while streaming,
+    with its last quote's time. (Counting the outage, every symbol not yet quoted again would be
+    listed at the first scan.)"""
+    symbol, key = case.spike[0], case.spike[1]
+    loop = asyncio.get_running_loop()
+    run = await start()
+    run.source.silent_after_ms = lambda: dict.fromkeys(case.keys, 1000)
+    await wait(lambda: run.keys() == case.keys)
+    await settled(case, run, sim, wait)
+    sim.rest_enabled = sim.ws_enabled = False
+    sim.mute(symbol)  # a symbol whose first quote on the next connection is late
+    sim.disconnect()
+    await wait(lambda: run.state() is not ConnState.STREAMING)
+    await asyncio.sleep(1.5)
+    sim.ws_enabled = True
+    await wait(lambda: run.state() is ConnState.STREAMING)
+    back = loop.time()
+    early: list[float] = []
+
+    def listed() -> bool:
+        if run.stats.silent_instruments and loop.time() - back < 0.6:
+            early.append(loop.time() - back)
+        return bool(run.stats.silent_instruments)
+
+    await wait(listed)
+    assert early == []
+    last_quote = max(q.recv_ts for q in run.quotes if (q.pair, q.kind) == key)
+    assert {run.source.instruments[s]: t for s, t in run.stats.silent_instruments.items()} == {
+        key: last_quote
+    }
 
 
 QUIET = [c for c in CASES if c.quiet is not None]

@@ -213,6 +213,11 @@ class Case:
     replay_dropped: Callable[[Counter[str], int], bool] | None = None  # None: no replay test
     active_lags: bool = False  # the venue may count a dropped socket a moment after the drop
     rotation: bool = True  # covered by the max-connection-age test
+    # Each subscription is answered with the symbol's state (a muted symbol's too), so a
+    # reconnect quotes every symbol once.
+    snapshots: bool = False
+    # The socket's address is a REST answer (KuCoin's bullet): REST faults refuse the stream too.
+    rest_connects: bool = False
     # Called once a fault is over; the condition it returns must come true (book, second feed).
     settled: Callable[[Running, VenueSim], Callable[[], bool]] | None = None
     after_reconnect: Callable[[Running, VenueSim], None] | None = None
@@ -392,6 +397,7 @@ CASES: tuple[Case, ...] = (
             rest_venue_time=False,  # the answer's `time` is its server clock
             active_lags=True,
             rotation=False,
+            snapshots=True,
             unknown=Unknown("FOOUSDT", f"Invalid symbol :[{topic}.FOOUSDT]", requests=4, errors=2),
             rest_failures=(Failing(429), Failing(502)),
         )
@@ -402,6 +408,7 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         id="coinbase",
+        snapshots=True,
         garbage_reasons={
             "decode": 4,
             "shape": 10,
@@ -430,6 +437,7 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         id="gemini",
+        snapshots=True,
         rest_venue_time=False,
         garbage_reasons={
             "decode": 2,
@@ -463,6 +471,7 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         id="kraken",
+        snapshots=True,
         garbage_reasons={"decode": 6, "shape": 14, "non_positive": 4, "crossed": 2},
         sim=lambda: KrakenSim(
             {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}, seed=11, rate_hz=40.0, heartbeat_s=0.2
@@ -505,6 +514,7 @@ CASES: tuple[Case, ...] = (
         burst=300,
         replay_dropped=_at_least("out_of_order", 18),
         rotation=False,
+        rest_connects=True,
         after_reconnect=_kucoin_fresh_token_each_time,
         on_streaming=_kucoin_one_bullet,
         rest_failures=(Failing(429), Failing(500, window=(0.55, 4, 14))),  # 2 symbols a poll
