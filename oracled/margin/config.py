@@ -152,6 +152,10 @@ class RiskPolicy(_Frozen):
     after_grace: Literal["freeze", "last_good"] = "freeze"
     #: After the grace period, maintenance on a last good price is multiplied by 1 + buffer.
     pause_buffer: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.5
+    #: A margin call is cleared (warning to healthy, reduce-only to warning) only once equity
+    #: is above the better state's level by this fraction of it: no call and clear at every
+    #: tick for an account on the bar. Worse states and liquidation take the bare levels.
+    call_hysteresis: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.05
     #: Fraction of closed notional taken from the remaining equity into the insurance fund.
     liquidation_fee: Share = 0.005
     #: A liquidation closes at the price moved against the position by this fraction.

@@ -32,6 +32,7 @@ from oracled.margin.risk import (
     Position,
     assess_cross,
     assess_isolated,
+    settle,
     tier_levels,
 )
 
@@ -120,14 +121,14 @@ class MarginEngine:
         if self._frozen.pop(key, None):
             yield UnfreezeCall(ts=now_ms, account=account, scope=a.scope, drivers=list(a.drivers))
         previous = self._standing.get(key, ("healthy", ()))
-        current = (a.state, a.reasons)
+        current = (settle(a, previous[0], self.policy.call_hysteresis), a.reasons)
         if current != previous:
             self._standing[key] = current
             yield MarginCall(
                 ts=now_ms,
                 account=account,
                 scope=a.scope,
-                state=a.state,
+                state=current[0],
                 previous=previous[0],
                 equity=a.equity,
                 maintenance=a.levels.maintenance,

@@ -30,6 +30,7 @@ __all__ = [
     "assess_cross",
     "assess_isolated",
     "liquidation_price",
+    "settle",
     "tier_levels",
 ]
 
@@ -127,6 +128,29 @@ def _state(equity: float, levels: Levels) -> str:
     if equity >= levels.maintenance:
         return "reduce_only"
     return "liquidatable"
+
+
+def settle(a: Assessment, previous: str, band: float) -> str:
+    """The state to report, given the one reported before: a worse state at once, a better one
+    only once equity clears its bar by `band` (a fraction of the warning or reduce-only level).
+
+    Without it an account whose equity sits on a bar is called and cleared at every step the
+    price ticks across it. The band never touches maintenance: liquidation stays on the bare
+    bar, and a pool is never held `liquidatable` after a liquidation left it above it.
+    """
+    if a.state not in STATES or previous not in STATES:
+        return a.state
+    rank = STATES.index
+    if rank(a.state) >= rank(previous):
+        return a.state
+    lv = a.levels
+    widened = Levels(
+        lv.initial, lv.maintenance, lv.warning * (1 + band), lv.reduce_only * (1 + band)
+    )
+    # The worse of the state on the widened bars and the bare one (which also carries a
+    # concentration limit), but no worse than before: recovering is never a step down.
+    climbed = max(rank(a.state), rank(_state(a.equity, widened)))
+    return STATES[min(climbed, rank(previous))]
 
 
 def _markets(account: Account, spec: AccountsFile, isolated: Position | None) -> list[str]:

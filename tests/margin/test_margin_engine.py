@@ -347,6 +347,43 @@ def test_by_default_nothing_is_liquidated_on_the_last_good_price_after_a_daemon_
             assert [type(d) for d in back] == [UnfreezeCall]
 
 
+def test_a_margin_call_near_its_level_is_not_cleared_and_raised_at_every_tick() -> None:
+    """10 BTC long from 50k on 7,500 USD: equity 7,500 + 10 (P - 50,000) against a warning
+    level of 0.15 P, so the account sits on it at 50k. The price ticks 50,010 / 49,990 each
+    second for a minute. With call_hysteresis = 0 (the behaviour before) that is a margin call
+    at every tick but the first, warning and healthy in turn (59); by default one call to
+    warning, cleared only when the price is back above 50,038 (equity >= warning level x 1.05:
+    not at 50,030, at 50,100). Worse states still come at once: 49,990 is warning again, 49,800
+    reduce-only (equity 5,500 < 0.12 P = 5,976) at that step; 49,860 (equity 6,100 over the bare
+    5,983) stays reduce-only; 49,700 (equity 4,500 < maintenance 4,970) liquidates at once."""
+    account = [{"id": "a", "collateral": {"USD": 7_500}, "positions": [_long(10, 50_000)]}]
+    ticks = [50_010.0 if k % 2 == 0 else 49_990.0 for k in range(60)]
+    for band, calls in ((0.0, 59), (None, 1)):
+        policy = {} if band is None else {"call_hysteresis": band}
+        engine = MarginEngine(spec(account, tiers=FLAT, policy=policy))
+        states = []
+        for k, price in enumerate(ticks):
+            engine.on_report(view("BTC/USD", price, ts=T0 + 1_000 * k, round=k + 1))
+            states += [d.state for d in engine.step(T0 + 1_000 * k) if isinstance(d, MarginCall)]
+        assert len(states) == calls
+        assert (
+            states[:2] == (["warning"] if band is None else ["warning", "healthy"])[: len(states)]
+        )
+        if band is not None:
+            continue
+        path = [(50_030.0, []), (50_100.0, ["healthy"]), (49_990.0, ["warning"])]
+        path += [(49_800.0, ["reduce_only"]), (49_860.0, []), (49_700.0, ["liquidatable"])]
+        for k, (price, expect) in enumerate(path, start=100):
+            engine.on_report(view("BTC/USD", price, ts=T0 + 1_000 * k, round=k))
+            decisions = engine.step(T0 + 1_000 * k)
+            assert [d.state for d in decisions if isinstance(d, MarginCall)][:1] == expect
+        assert any(isinstance(d, Liquidation) for d in decisions)
+
+
+def _long(qty: float, entry: float) -> dict[str, Any]:
+    return {"instrument": "BTC-PERP", "qty": qty, "entry": entry}
+
+
 def test_decisions_encode_as_tagged_json_with_their_drivers() -> None:
     """Every decision is one JSON object with its kind and the report that drove it."""
     engine = _bankrupt_engine(1_000)

@@ -18,6 +18,7 @@ from oracled.margin import (
     tier_levels,
 )
 from oracled.margin.config import Tier
+from oracled.margin.risk import Assessment, Levels, settle
 
 LONG: dict[str, Any] = {
     "id": "alice",
@@ -229,3 +230,25 @@ def test_a_reports_prices_must_be_positive_finite_decimals() -> None:
             value: Any = {"price": text} if key == "mark" else text
             with pytest.raises(ValueError, match="not a price"):
                 PriceView.from_json(json.dumps(base | {"price": "1.0", key: value}))
+
+
+def test_the_call_band_delays_only_a_better_state_and_never_touches_maintenance() -> None:
+    """settle(): levels maintenance 100, reduce-only 120, warning 150, band 5 %. From warning,
+    equity 155 (over 150, under 157.5) stays warning and 158 is healthy; from reduce_only,
+    equity 125 (under 126) stays reduce_only and 160 is healthy at once; a worse state is taken
+    at once (warning at 130 from healthy); from liquidatable (a partial liquidation), equity 101
+    is reduce_only: the band is never on maintenance, so a liquidated pool is not held
+    liquidatable; a concentration-forced reduce_only stays so whatever the equity."""
+    levels = Levels(initial=200, maintenance=100, warning=150, reduce_only=120)
+
+    def got(state: str, equity: float, previous: str, reasons: tuple[str, ...] = ()) -> str:
+        return settle(Assessment("cross", state, equity, levels, reasons, ()), previous, 0.05)
+
+    assert got("healthy", 155, "warning") == "warning"
+    assert got("healthy", 158, "warning") == "healthy"
+    assert got("warning", 125, "reduce_only") == "reduce_only"
+    assert got("healthy", 160, "reduce_only") == "healthy"
+    assert got("warning", 130, "healthy") == "warning"
+    assert got("reduce_only", 101, "liquidatable") == "reduce_only"
+    assert got("reduce_only", 500, "warning", ("concentration:BTC-PERP",)) == "reduce_only"
+    assert got("frozen", float("nan"), "warning") == "frozen"
