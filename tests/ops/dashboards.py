@@ -53,10 +53,15 @@ def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from _panels(panel.get("panels", []))
 
 
+def every_panel(dash: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Each panel of a dashboard, those of its rows too."""
+    return _panels(dash["panels"])
+
+
 def targets(name: str, dash: Mapping[str, Any]) -> list[Target]:
     return [
         Target(name, panel["title"], target["expr"], target.get("legendFormat", ""))
-        for panel in _panels(dash["panels"])
+        for panel in every_panel(dash)
         for target in panel.get("targets", [])
     ]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tomllib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,6 @@ from daemon import ADMIN_TOKEN, Daemon, sim_config
 from oracled.sim import BinanceSim
 
 pytestmark = pytest.mark.integration
-PRICES = {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0, "USDTUSD": 1.0}
-
-
-@pytest.fixture
-async def venues() -> AsyncIterator[list[BinanceSim]]:
-    sims = [BinanceSim(PRICES, seed=i, rate_hz=20.0, market_seed=42) for i in range(3)]
-    for sim in sims:
-        await sim.start()
-    yield sims
-    for sim in sims:
-        await sim.stop()
 
 
 def _names(directory: Path) -> set[str]:

@@ -7,7 +7,7 @@ import re
 
 import yaml
 from catalogue import ROOT, catalogue, unknown_metrics
-from dashboards import DASHBOARDS, load, targets, variables
+from dashboards import DASHBOARDS, every_panel, load, targets, variables
 
 PROVISIONING = ROOT / "grafana" / "provisioning"
 EXPECTED = {
@@ -34,10 +34,7 @@ def test_every_panel_uses_the_datasource_variable_and_has_a_unique_id() -> None:
     """Imported anywhere, the dashboards follow the chosen Prometheus, not a fixed uid."""
     for name, dash in load().items():
         ids = []
-        stack = list(dash["panels"])
-        while stack:
-            panel = stack.pop()
-            stack.extend(panel.get("panels", []))
+        for panel in every_panel(dash):
             ids.append(panel["id"])
             if panel["type"] in {"row", "text"}:
                 continue
@@ -88,10 +85,7 @@ def test_every_override_by_name_matches_a_series_of_its_panel() -> None:
     dead = []
     checked = 0
     for name, dash in load().items():
-        stack = list(dash["panels"])
-        while stack:
-            panel = stack.pop()
-            stack.extend(panel.get("panels", []))
+        for panel in every_panel(dash):
             legends = [t.get("legendFormat", "") for t in panel.get("targets", [])]
             for override in panel.get("fieldConfig", {}).get("overrides", []):
                 if override["matcher"]["id"] != "byName":
@@ -124,10 +118,7 @@ def test_a_ratio_drawn_beside_values_has_its_own_unit_and_axis() -> None:
     same unit (a ratio) in a panel with series of a unit now has a unit and an axis of its own."""
     checked = 0
     for name, dash in load().items():
-        stack = list(dash["panels"])
-        while stack:
-            panel = stack.pop()
-            stack.extend(panel.get("panels", []))
+        for panel in every_panel(dash):
             ratios, values = [], []
             for target in panel.get("targets", []):
                 units = _units(target["expr"])

@@ -235,12 +235,9 @@ def test_systemd_unit_is_sandboxed_and_reads_secrets_from_an_environment_file() 
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
-def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
-    """`systemd-analyze verify` reports nothing: every key known, every value parsed.
-
-    verify also insists that the executables exist; the daemon is not installed at /opt here,
-    so its path is replaced by `true` in a copy. Nothing else of the unit changes.
-    """
+def _analyzable_unit(tmp_path: Path) -> tuple[str, Path]:
+    """systemd-analyze, and a copy of the shipped unit in `tmp_path` whose daemon path is
+    `true` (the daemon is not installed at /opt here, and systemd-analyze wants it to exist)."""
     exe = shutil.which("systemd-analyze")
     assert exe, "systemd-analyze is missing (Debian package systemd)"
     text = (DEPLOY / "systemd" / "oracled.service").read_text()
@@ -248,6 +245,16 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     assert stand_in
     unit = tmp_path / "oracled.service"
     unit.write_text(text.replace("/opt/oracled/bin/oracled", stand_in))
+    return exe, unit
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
+    """`systemd-analyze verify` reports nothing: every key known, every value parsed.
+
+    verify also insists that the executables exist; the daemon is not installed at /opt here,
+    so its path is replaced by `true` in a copy. Nothing else of the unit changes.
+    """
+    exe, unit = _analyzable_unit(tmp_path)
     done = subprocess.run(
         [exe, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )
@@ -516,13 +523,7 @@ def test_systemd_rates_the_units_exposure_ok(tmp_path: Path) -> None:
     private devices, the empty capability set) raises the score and fails here; a stronger
     sandbox lowers it and passes. `--offline` reads the file alone; the
     daemon's path is replaced by `true`, as for verify."""
-    exe = shutil.which("systemd-analyze")
-    assert exe, "systemd-analyze is missing (Debian package systemd)"
-    text = (DEPLOY / "systemd" / "oracled.service").read_text()
-    stand_in = shutil.which("true")
-    assert stand_in
-    unit = tmp_path / "oracled.service"
-    unit.write_text(text.replace("/opt/oracled/bin/oracled", stand_in))
+    exe, unit = _analyzable_unit(tmp_path)
     done = subprocess.run(
         [exe, "security", "--offline=yes", "--threshold=14", "--no-pager", str(unit)],
         capture_output=True,

@@ -9,6 +9,7 @@ deployment gives the daemon (but for its working directory) is a mount namespace
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -26,7 +27,6 @@ from oracled.sim import BinanceSim
 pytestmark = pytest.mark.integration
 UNIT = ROOT / "deploy" / "systemd" / "oracled.service"
 LAUNCHER = Path(__file__).with_name("seccomp_launch.py")
-PRICES = {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0, "USDTUSD": 1.0}
 
 
 def _service_values(key: str) -> list[str]:
@@ -115,14 +115,19 @@ def _text(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-@pytest.fixture
-async def venues() -> AsyncIterator[list[BinanceSim]]:
-    sims = [BinanceSim(PRICES, seed=i, rate_hz=20.0, market_seed=42) for i in range(3)]
-    for sim in sims:
-        await sim.start()
-    yield sims
-    for sim in sims:
-        await sim.stop()
+@contextlib.asynccontextmanager
+async def _started_by(
+    wrapper: Path, venues: list[BinanceSim], tmp_path: Path
+) -> AsyncIterator[Daemon]:
+    """The daemon of `_config(venues)` started by `wrapper` (a python that confines what it
+    runs) in `tmp_path`; closed on leaving, however the block ends."""
+    daemon = Daemon(_config(venues), tmp_path)
+    daemon.argv = [str(wrapper), "run"]
+    try:
+        await daemon.start()
+        yield daemon
+    finally:
+        await daemon.close()
 
 
 async def test_the_daemon_runs_and_stops_under_the_units_system_call_filter(
@@ -147,15 +152,10 @@ async def test_the_daemon_runs_and_stops_under_the_units_system_call_filter(
         f'#!/bin/sh\nexec "{sys.executable}" "{LAUNCHER}" "{spec}" "{sys.executable}" "$@"\n'
     )
     wrapper.chmod(0o755)
-    daemon = Daemon(_config(venues), tmp_path)
-    daemon.argv = [str(wrapper), "run"]
-    try:
-        await daemon.start()
+    async with _started_by(wrapper, venues, tmp_path) as daemon:
         assert daemon.proc is not None
         assert _seccomp_mode(daemon.proc.pid) == "2", "the daemon runs without the filter"
         await _price_pause_reload_stop(daemon, tmp_path)
-    finally:
-        await daemon.close()
 
 
 def _root_mount_options(pid: int) -> list[str]:
@@ -187,12 +187,7 @@ async def test_the_daemon_writes_nowhere_but_its_working_directory(
         f'"{tmp_path}" "{sys.executable}" "$@"\n'
     )
     wrapper.chmod(0o755)
-    daemon = Daemon(_config(venues), tmp_path)
-    daemon.argv = [str(wrapper), "run"]
-    try:
-        await daemon.start()
+    async with _started_by(wrapper, venues, tmp_path) as daemon:
         assert daemon.proc is not None
         assert "ro" in _root_mount_options(daemon.proc.pid), "the root is writable"
         await _price_pause_reload_stop(daemon, tmp_path)
-    finally:
-        await daemon.close()
