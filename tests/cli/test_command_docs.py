@@ -64,3 +64,22 @@ def test_a_readme_command_row_that_shows_options_shows_them_all() -> None:
             missing[name] = sorted(options[name] - shown)
     assert [name for name, usage in rows if re.search(r"--[a-z]", usage)], "no row parsed"
     assert missing == {}
+
+
+def test_every_audit_command_that_checks_signatures_names_their_deployment() -> None:
+    """`oracled audit --verify` and `--at` check signatures in the domain of `--deployment`, or
+    of `--config`'s `signing.deployment`; a command line the docs show with neither checks
+    nothing (exit 4, or `not checked`). The runbook's `--at` examples and publishing.md's had
+    neither."""
+    shown = [
+        (path.name, command)
+        for path in DOCS
+        for command in re.findall(r"oracled audit --db[^`|\n]*", path.read_text())
+        if re.search(r"--(?:verify|at)\b", command)
+    ]
+    assert len(shown) >= 8, shown
+    assert [
+        (name, command)
+        for name, command in shown
+        if "--deployment" not in command and "--config" not in command
+    ] == []
