@@ -52,6 +52,13 @@ Reasons a message is refused (`Rejection.reason`):
 Refusals are also logged (`client rejected`, a warning with the reason and, for a wrong signer,
 the signer and the allowed ones), at most one line per reason every `log_every_ms`; the next
 line says how many it held back (`suppressed`), so a flood cannot fill the disk.
+
+A daemon whose round loop has stalled says so on its stream (a `stalled` error frame): its
+latest round is no current price, however young. `watch_ws` then takes every report held from
+that daemon (its identity: the signer last heard on that connection) as not current until a
+report of a newer round arrives from it; views leave them out and name the `Stall` in
+`MarketView.stalled`, so a `max_age_ms` longer than the daemon's stall limit does not keep a
+stalled round's price as current.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -70,7 +78,7 @@ import msgspec
 import structlog
 from eth_utils.address import to_checksum_address
 
-from oracled.client_stream import Request, Subscriptions
+from oracled.client_stream import STALLED, Request, Subscriptions
 from oracled.publish.signer import (
     SignatureError,
     SignedPrice,
@@ -87,6 +95,7 @@ __all__ = [
     "OracleClient",
     "Rejection",
     "SignerReport",
+    "Stall",
     "verify",
     "verify_signed",
 ]
@@ -305,6 +314,23 @@ class Equivocation:
 
 
 @dataclass(frozen=True, slots=True)
+class Stall:
+    """A daemon said its rounds have stalled: its reports up to `ts` are not current.
+
+    The stream's `stalled` error frame names no signer; the connection's does (the signer last
+    heard on it). It stands for the whole identity (a daemon with all its keys) until a report
+    of a round after `ts` arrives from it.
+    """
+
+    signer: str  # the key last heard where the daemon said it
+    identity: str  # whose reports are left out (the address itself without identities)
+    ts: int  # the newest round time held from the identity when told: reports up to it
+    message: str  # the daemon's words (the round's age and its limit)
+    source: str  # where it was said: the `watch_ws` base URL
+    at_ms: int  # when the client was told, by its clock
+
+
+@dataclass(frozen=True, slots=True)
 class MarketView:
     """What the client believes about a market now.
 
@@ -318,13 +344,16 @@ class MarketView:
     price: Decimal | None
     ts: int | None  # the newest round time among the reports used
     signers: tuple[str, ...]  # whose reports made the price (or the status)
-    reports: tuple[SignerReport, ...]  # every fresh verified report, one per signer
+    reports: tuple[SignerReport, ...]  # every fresh verified report, one per signer (not stalled)
     #: A perpetual's mark: the median of the signed marks of `signers`, when every one of them
     #: has one (a signer without a mark would otherwise leave fewer than a quorum behind it).
     mark: Decimal | None = None
     #: The identities of `signers`, sorted: what the quorum counted (each signer's address
     #: when the allowed signers are a plain collection).
     identities: tuple[str, ...] = ()
+    #: Why fresh reports of the market were left out: the stalls of the identities whose
+    #: reports were, by identity (their reports are not in `reports`).
+    stalled: tuple[Stall, ...] = ()
 
 
 @dataclass(slots=True)
@@ -424,6 +453,14 @@ class OracleClient:
         self.stream_errors: Counter[str] = Counter()
         # Per daemon URL, the markets `watch_ws` asked for that it refused or removed, by code.
         self.unavailable: dict[str, Mapping[str, str]] = {}
+        # Per identity, the newest round time accepted from any of its keys.
+        self._newest: dict[str, int] = {}
+        # Per `watch_ws` URL, the signer of the last verified message heard there: whose
+        # daemon a `stalled` frame on it speaks for (kept across reconnects).
+        self._heard: dict[str, str] = {}
+        self._stalled: dict[str, Stall] = {}
+        #: Per identity, the daemon's stall while it lasts (read-only view).
+        self.stalled: Mapping[str, Stall] = MappingProxyType(self._stalled)
 
     # -- verification ---------------------------------------------------------------------
 
@@ -432,6 +469,10 @@ class OracleClient:
 
         Raises Rejection (counted, and kept in `rejections`) for anything refused.
         """
+        return self._feed(data)[0]
+
+    def _feed(self, data: bytes | str) -> tuple[SignedPrice, str]:
+        """`feed`, with the signer (EIP-55) of what it verified (a duplicate's too)."""
         try:
             sp, signer = verify_signed(
                 data, self.allowed, deployment=self.deployment, recovered=self._recovered
@@ -440,7 +481,7 @@ class OracleClient:
             seen = self._seen.get((signer, sp.market))
             if seen is not None and seen.reports.get(sp.ts) == sp:
                 self.duplicates += 1
-                return sp
+                return sp, signer
             self._check_time(sp, signer)
         except Rejection as exc:
             self.rejected[exc.reason] += 1
@@ -448,7 +489,7 @@ class OracleClient:
             self._log_rejection(exc)
             raise
         self._accept(sp, signer)
-        return sp
+        return sp, signer
 
     def _log_rejection(self, exc: Rejection) -> None:
         """One warning per reason per `log_every_ms` at most: an attack is seen, not a flood."""
@@ -551,8 +592,46 @@ class OracleClient:
             mark_mode=sp.mark_mode,
             identity=self.identity_of[signer],
         )
+        identity = self.identity_of[signer]
+        if sp.ts > self._newest.get(identity, -1):
+            self._newest[identity] = sp.ts
+        stall = self._stalled.get(identity)
+        if stall is not None and sp.ts > stall.ts:  # a round after the stall: current again
+            del self._stalled[identity]
+            _log.info("client signer current", signer=signer, identity=identity, ts=sp.ts)
         self.accepted += 1
         self.updated.set()
+
+    def note_stalled(self, signer: str, message: str, source: str = "") -> Stall | None:
+        """`signer`'s daemon says its rounds have stalled (`message`, its words): every report
+        held from its identity is not current until one of a newer round arrives.
+
+        `watch_ws` calls it on a `stalled` frame; a consumer reading a stream itself may too.
+        Returns the stall, or None when nothing is held from that identity (nothing to leave
+        out). Logged once per stall (`client signer stalled`), however often it is said.
+        """
+        address = to_checksum_address(signer)
+        identity = self.identity_of.get(address)
+        if identity is None:
+            raise ValueError(f"{signer} is not an allowed signer")
+        newest = self._newest.get(identity)
+        if newest is None:
+            return None
+        stall = self._stalled.get(identity)
+        if stall is not None:  # told already: its newest is still the stall's
+            return stall
+        stall = Stall(address, identity, newest, message, source, self._now_ms())
+        self._stalled[identity] = stall
+        _log.warning(
+            "client signer stalled",
+            signer=address,
+            identity=identity,
+            ts=newest,
+            source=source,
+            message=message[:200],
+        )
+        self.updated.set()  # views changed: waiters read them again
+        return stall
 
     # -- the quorum view ------------------------------------------------------------------
 
@@ -568,6 +647,18 @@ class OracleClient:
             for r in self._latest.get(market, {}).values()
             if now - r.ts <= self.max_age_ms and r.ts - now <= self.max_future_ms
         )
+        stalls: tuple[Stall, ...] = ()
+        if self._stalled:
+            held = {
+                s.identity: s
+                for r in fresh
+                if (s := self._stalled.get(r.identity)) is not None and r.ts <= s.ts
+            }
+            if held:
+                stalls = tuple(held[i] for i in sorted(held))
+                fresh = tuple(
+                    r for r in fresh if r.identity not in held or r.ts > held[r.identity].ts
+                )
         newest = _newest_per_identity(fresh)  # the quorum counts identities, not keys
         live = [r for r in newest if r.status in _LIVE and r.price is not None]
         if len(live) >= self.quorum:
@@ -582,6 +673,7 @@ class OracleClient:
                 reports=fresh,
                 mark=_median(marks) if len(marks) == len(live) else None,
                 identities=tuple(sorted(r.identity for r in live)),
+                stalled=stalls,
             )
         if len(newest) >= self.quorum:
             return MarketView(
@@ -592,8 +684,9 @@ class OracleClient:
                 tuple(sorted(r.signer for r in newest)),
                 fresh,
                 identities=tuple(sorted(r.identity for r in newest)),
+                stalled=stalls,
             )
-        return MarketView(market, "unknown", None, None, (), fresh)
+        return MarketView(market, "unknown", None, None, (), fresh, stalled=stalls)
 
     def prices(self) -> Mapping[str, MarketView]:
         return {m: self.price(m) for m in self.markets}
@@ -623,7 +716,9 @@ class OracleClient:
         reload (`market_removed`), is logged by name and counted once, listed in
         `unavailable[base_url]` and asked for again every `retry_s` (a reload may add it back)
         until an ack lists it or a verified price of it arrives. The bookkeeping is
-        `oracled.client_stream.Subscriptions`. Runs until cancelled.
+        `oracled.client_stream.Subscriptions`. A `stalled` error frame (the daemon's rounds have
+        stalled) is `note_stalled` for the signer last verified from `base_url` (on this
+        connection or, before its first message, an earlier one). Runs until cancelled.
         """
         own = session is None
         http = session or aiohttp.ClientSession()
@@ -637,7 +732,7 @@ class OracleClient:
                 try:
                     url = base_url.rstrip("/") + "/v1/stream"
                     async with http.ws_connect(url, heartbeat=heartbeat_s) as ws:
-                        await self._stream(ws, request, subs, retry_s, log)
+                        await self._stream(ws, base_url, request, subs, retry_s, log)
                         if ws.close_code is not None:  # the daemon closed it (1008: too slow)
                             log.warning("client stream closed", code=ws.close_code)
                 except (aiohttp.ClientError, OSError) as exc:
@@ -650,6 +745,7 @@ class OracleClient:
     async def _stream(
         self,
         ws: aiohttp.ClientWebSocketResponse,
+        url: str,
         request: dict[str, Any],
         subs: Subscriptions,
         retry_s: float,
@@ -679,15 +775,15 @@ class OracleClient:
                 data: str = msg.data
                 if data.startswith(('{"type":"signed"', '{"type":"report"')):
                     try:
-                        market = self.feed(data).market
+                        sp, self._heard[url] = self._feed(data)
                     except Rejection:
                         continue
-                    if subs.reported(market):
+                    if subs.reported(market := sp.market):
                         log.info("client market available", market=market)
                 elif data.startswith('{"type":"subscribed"'):
                     self._acked(data, subs, log)
                 elif data.startswith('{"type":"error"'):
-                    await send(self._refused(data, subs, log))
+                    await send(self._refused(data, url, subs, log))
         finally:
             retrying.cancel()
             await asyncio.gather(retrying, return_exceptions=True)
@@ -701,12 +797,19 @@ class OracleClient:
         for market in subs.acked(listed):
             log.info("client market available", market=market)
 
-    def _refused(self, data: str, subs: Subscriptions, log: Any) -> tuple[Request, ...]:
+    def _refused(self, data: str, url: str, subs: Subscriptions, log: Any) -> tuple[Request, ...]:
         """An error frame; returns the requests to send (a market each)."""
         try:
             frame = msgspec.json.decode(data, type=_ErrorFrame)
         except msgspec.DecodeError:
             frame = _ErrorFrame(code="malformed", message=data[:200])
+        if frame.code == STALLED:  # answers no request; concerns the daemon, every market
+            self.stream_errors[STALLED] += 1
+            signer = self._heard.get(url)
+            if signer is None or self.note_stalled(signer, frame.message, url) is None:
+                # Nothing verified from it yet: nothing of it is held to leave out.
+                log.warning("client stream stalled", message=frame.message[:200])
+            return ()
         refusal = subs.refused(frame.code, frame.markets)
         if refusal.kind == "split":
             log.info("client subscription refused", code=frame.code, retry=len(refusal.markets))

@@ -10,9 +10,10 @@ not have (`unknown_market`, or `bad_query` for a name that is no market), so a r
 markets refused so is asked again market by market; a market refused alone, or named by a
 `market_removed` error frame (sent after a reload, answering no request), is unavailable with the
 daemon's code until an ack lists it or a report of it arrives. A `stalled` error frame (the
-daemon's rounds have stalled: sent after an ack in place of the latest round's snapshot) answers
-no request either and concerns no market: it is an error to log. The daemon never says that a
-market came back, hence `retry`: ask for the unavailable markets again, one by one.
+daemon's rounds have stalled: sent after an ack in place of the latest round's snapshot, and
+once per stalled round to every subscriber) answers no request either and concerns no market but
+the daemon: its caller takes what it holds of that daemon as not current. The daemon never says
+that a market came back, hence `retry`: ask for the unavailable markets again, one by one.
 """
 
 from __future__ import annotations
