@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -90,6 +91,17 @@ class InstrumentConfig(_Frozen):
         inner = [b for b in bounds[:-1] if b is not None]
         if len(inner) != len(bounds) - 1 or inner != sorted(set(inner)):
             raise ValueError("tiers: up_to must be set and increasing on every tier but the last")
+        # Rates that fall with size would make a larger position cheaper at the margin: no
+        # venue's table has that shape (each tier's rate is at least the one below it).
+        falling = [
+            f"tiers[{i}]: {rate} {getattr(tier, rate)} is below tiers[{i - 1}]'s"
+            f" {getattr(below, rate)} (rates must not fall as the notional grows)"
+            for i, (below, tier) in enumerate(pairwise(self.tiers), 1)
+            for rate in ("initial", "maintenance")
+            if getattr(tier, rate) < getattr(below, rate)
+        ]
+        if falling:
+            raise ValueError("; ".join(falling))
         return self
 
 
