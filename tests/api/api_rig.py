@@ -31,7 +31,7 @@ from oracled.config import Config, parse_config
 from oracled.core import Core, RoundResult
 from oracled.errors import OracledError
 from oracled.model import Quote
-from oracled.publish import Hub
+from oracled.publish import Hub, Subscription
 from oracled.reload import config_changes, running_config
 from oracled.sources.stats import ConnState, SourceStats
 
@@ -193,6 +193,14 @@ def rig_whose_reload_removes_sol() -> Rig:
         data["markets"] = [m for m in data["markets"] if m["symbol"] != "SOL/USD"]
 
     return reloaded(remove_sol)
+
+
+def frames(sub: Subscription) -> list[bytes]:
+    """Every frame waiting in a subscription's queue, taken without waiting."""
+    out = []
+    while (frame := sub.get_nowait()) is not None:
+        out.append(frame)
+    return out
 
 
 def openapi_doc() -> dict[str, Any]:

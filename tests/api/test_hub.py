@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 import msgspec
 import pytest
-from api_rig import Rig, make_config
+from api_rig import Rig, frames, make_config
 
 from oracled.core import RoundResult
 from oracled.model import Report
-from oracled.publish import DROP_SHUTDOWN, DROP_SLOW, Hub, Subscription, SubscriptionClosed
+from oracled.publish import DROP_SHUTDOWN, DROP_SLOW, Hub, SubscriptionClosed
 from oracled.publish.encode import ReportEncoder
 
 
@@ -55,13 +55,6 @@ def run(rig: Rig, hub: Hub) -> CountingResult:
     result = counting(rig.step())
     hub.publish(result)
     return result
-
-
-def frames(sub: Subscription) -> list[bytes]:
-    out = []
-    while (frame := sub.get_nowait()) is not None:
-        out.append(frame)
-    return out
 
 
 def markets_of(batch: list[bytes]) -> list[str]:

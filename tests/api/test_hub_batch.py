@@ -7,20 +7,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from api_rig import Rig, make_config
+from api_rig import Rig, frames, make_config
 
 from oracled.config import parse_config
 from oracled.core import Core
 from oracled.model import Quote
-from oracled.publish import DROP_SLOW, Hub, Subscription
+from oracled.publish import DROP_SLOW, Hub
 from oracled.publish.hub import SLICE
-
-
-def frames(sub: Subscription) -> list[bytes]:
-    out = []
-    while (frame := sub.get_nowait()) is not None:
-        out.append(frame)
-    return out
 
 
 def decode(frame: bytes) -> dict[str, Any]:
