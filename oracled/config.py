@@ -58,6 +58,7 @@ __all__ = [
     "config_warnings",
     "load_config",
     "log_config_warnings",
+    "nats_auth_keys",
     "parse_config",
     "parse_listen",
     "slot_max_age_ms",
@@ -196,6 +197,10 @@ class SigningConfig(_Frozen):
     deployment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
 
 
+_EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+_FilePath = Annotated[str, Field(min_length=1)]
+
+
 class NatsConfig(_Frozen):
     """The NATS sink: one subject per market plus a round subject (docs/publishing.md)."""
 
@@ -211,6 +216,19 @@ class NatsConfig(_Frozen):
     storage: Literal["file", "memory"] = "file"
     #: Rounds waiting for the publisher; past it the oldest is dropped and counted.
     queue: Annotated[int, Field(ge=1, le=10_000)] = 16
+    # Authentication: at most one way (`_nats_relations`). Secrets come from a file that group
+    # and others cannot access or from an environment variable; the file names none of them.
+    token_env: _EnvName | None = None
+    user: Annotated[str, Field(min_length=1, pattern=r"^\S+$")] | None = None
+    password_env: _EnvName | None = None
+    creds_file: _FilePath | None = None  # a `.creds` file: the user's JWT and NKey seed
+    creds_env: _EnvName | None = None
+    nkey_seed_file: _FilePath | None = None
+    nkey_seed_env: _EnvName | None = None
+    # TLS: a private CA to trust, and a client certificate for mutual TLS.
+    tls_ca_file: _FilePath | None = None
+    tls_cert_file: _FilePath | None = None
+    tls_key_file: _FilePath | None = None
 
     _servers_tuple = field_validator("servers", mode="before")(_as_tuple)
 
@@ -798,6 +816,7 @@ def _relations(cfg: Config) -> list[str]:
             '(e.g. "production"), which consumers check every signature against'
         )
     problems.extend(_push_relations(cfg, set(symbols)))
+    problems.extend(_nats_relations(cfg.nats))
     return problems
 
 
@@ -891,6 +910,60 @@ def _push_relations(cfg: Config, symbols: set[str]) -> list[str]:
     if (push.key_file is None) == (push.key_env is None):
         problems.append("push: set exactly one of key_file and key_env")
     return problems
+
+
+def _nats_relations(nats: NatsConfig) -> list[str]:
+    """The sink's credentials: one way to authenticate, each complete, each secret from one place.
+
+    Checked whether or not the sink is enabled: enabling it later must not reveal a config that
+    was wrong all along.
+    """
+    problems: list[str] = []
+    for a, b in (
+        ("creds_file", "creds_env"),
+        ("nkey_seed_file", "nkey_seed_env"),
+    ):
+        if getattr(nats, a) is not None and getattr(nats, b) is not None:
+            problems.append(f"nats: set at most one of {a} and {b}")
+    if (nats.user is None) != (nats.password_env is None):
+        given, missing = ("user", "password_env") if nats.user else ("password_env", "user")
+        problems.append(f"nats.{missing}: required with nats.{given}")
+    if (nats.tls_cert_file is None) != (nats.tls_key_file is None):
+        given, missing = (
+            ("tls_cert_file", "tls_key_file")
+            if nats.tls_cert_file
+            else ("tls_key_file", "tls_cert_file")
+        )
+        problems.append(f"nats.{missing}: required with nats.{given} (mutual TLS needs both)")
+    ways = nats_auth_keys(nats)
+    if len(ways) > 1:
+        listed = f"{', '.join(ways[:-1])} and {ways[-1]}"
+        problems.append(f"nats: {listed} are {len(ways)} ways to authenticate; set one")
+    in_urls = [url for url in nats.servers if "@" in url]
+    if ways and in_urls:
+        problems.append(
+            f"nats.servers: credentials in a server URL and nats.{ways[0]} are two ways to "
+            "authenticate; remove the user part of the URLs"
+        )
+    return problems
+
+
+def nats_auth_keys(nats: NatsConfig) -> list[str]:
+    """The keys of `[nats]` that choose a way to authenticate, one per way that is set."""
+    ways = [
+        ("token_env", nats.token_env),
+        ("user", nats.user or nats.password_env),
+        ("creds_file", nats.creds_file),
+        ("creds_env", nats.creds_env),
+        ("nkey_seed_file", nats.nkey_seed_file),
+        ("nkey_seed_env", nats.nkey_seed_env),
+    ]
+    seen = [key for key, value in ways if value is not None]
+    # creds_file with creds_env is one way set twice (reported above), not two ways
+    for a, b in (("creds_file", "creds_env"), ("nkey_seed_file", "nkey_seed_env")):
+        if a in seen and b in seen:
+            seen.remove(b)
+    return seen
 
 
 _PYTH_TYPES = ("pyth_hermes", "pyth_evm")
@@ -1072,7 +1145,28 @@ def config_warnings(cfg: Config) -> list[str]:
         *_over_connection_limits(cfg),
         *_disabled_with_settings(cfg),
         *_heads_without_block_time(cfg),
+        *_nats_secret_in_url(cfg),
     ]
+
+
+def _nats_secret_in_url(cfg: Config) -> list[str]:
+    """`nats://user:password@host` or `nats://token@host` puts a secret in the config file.
+
+    Warned, not refused: such configs worked before the sink had other ways to authenticate, and
+    refusing them would stop a publishing daemon at its next start over a file it already runs.
+    The URL is shown without its user part, which may be the secret itself.
+    """
+    return [
+        f"nats.servers: {_redacted(url)} carries credentials in the config file; move them to "
+        "user + password_env, token_env, creds_file or nkey_seed_file (docs/config.md)"
+        for url in cfg.nats.servers
+        if "@" in url
+    ]
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def _heads_without_block_time(cfg: Config) -> list[str]:

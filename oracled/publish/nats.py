@@ -31,14 +31,22 @@ logs) is a bug that would otherwise end the task without a word while the daemon
 publish. It is logged with its traceback, counted (`restarts`; the round it was sending and
 those queued, which would be late, as `error`), and the sink connects again after a backoff
 (1 s doubling to 30 s).
+
+Credentials and TLS (`nats_auth.py`) are read when the sink is made, so a secret that cannot be
+used stops the daemon at start; a credential the server refuses only keeps the sink connecting:
+the refusal is logged at error level (`nats credentials refused; retrying`, or `nats TLS
+refused; retrying` for a certificate either side does not accept), and the rounds meanwhile are
+counted `disconnected`, as for any outage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +59,7 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from oracled.config import NatsConfig
+from oracled.publish.nats_auth import load_nats_auth
 from oracled.publish.signer import SignedRound
 
 if TYPE_CHECKING:
@@ -122,9 +131,16 @@ class NatsSink:
         connect_timeout_s: float = 2.0,
         ping_interval_s: int = 1,
         restart_base_s: float = 1.0,
+        env: Mapping[str, str] | None = None,
+        refusal_log_every_s: float = 60.0,
     ) -> None:
         self.cfg = cfg
+        self._auth = load_nats_auth(cfg, env)  # ConfigError at start for an unusable secret
         self._restart_base_s = restart_base_s
+        self._refusal_every_s = refusal_log_every_s
+        self._refusal_logged: float | None = None  # monotonic time of the last refusal logged
+        self._refusals = 0  # since the last connection
+        self._tls_refused = asyncio.Event()  # a TLS handshake failed while connecting
         self.stats = NatsStats()
         self._connect_timeout_s = connect_timeout_s
         self._ping_interval_s = ping_interval_s
@@ -198,32 +214,54 @@ class NatsSink:
     async def _connect(self) -> NatsClient:
         delay = 0.2
         while True:
+            self._tls_refused.clear()
+            attempt = asyncio.ensure_future(self._connect_once())
+            refused = asyncio.ensure_future(self._tls_refused.wait())
             try:
-                nc = await nats.connect(
-                    servers=list(self.cfg.servers),
-                    name="oracled",
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    connect_timeout=self._connect_timeout_s,
-                    ping_interval=self._ping_interval_s,
-                    max_outstanding_pings=2,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    closed_cb=self._on_closed,
-                )
+                await asyncio.wait({attempt, refused}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                refused.cancel()
+                if not attempt.done():
+                    attempt.cancel()
+            try:
+                nc = await attempt
+            except asyncio.CancelledError:
+                # Our own cancellation is re-raised by the wait above; this one is ours: nats-py
+                # 2.16 never returns from its first connect after a failed TLS handshake (its
+                # close waits on the plain socket the handshake took over), so it never retries.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2.0, 5.0)
+                continue
             except (NatsError, OSError, TimeoutError) as exc:
                 self._log.warning("nats connect failed; retrying", error=str(exc), delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, 5.0)
                 continue
             self.stats.connected = True
+            self._refusal_logged, self._refusals = None, 0
             self._log.info(
                 "nats connected",
                 server=str(nc.connected_url and nc.connected_url.netloc).rpartition("@")[2],
             )
             return nc
+
+    async def _connect_once(self) -> NatsClient:
+        """One `nats.connect`: it retries every server by itself until one lets it in."""
+        return await nats.connect(
+            servers=list(self.cfg.servers),
+            name="oracled",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=self._connect_timeout_s,
+            ping_interval=self._ping_interval_s,
+            max_outstanding_pings=2,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+            **self._auth.options,
+        )
 
     async def _ensure_stream(self, nc: NatsClient) -> None:
         """Create the JetStream stream over the prefix's subjects if it is missing.
@@ -302,7 +340,29 @@ class NatsSink:
     # -- nats-py callbacks (state changes only) --------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
-        self._log.debug("nats error", error=str(exc))
+        """nats-py's every error, connecting and reconnecting included (it retries by itself).
+
+        An outage is the `disconnected` count's to tell; a refused credential or certificate is
+        not an outage that passes by itself, so it is logged at error level: at once, then once
+        per `refusal_log_every_s` with the number of refusals since the last connection (nats-py
+        retries twice a second), and at once again after the next successful connection.
+        """
+        kind = _refusal(exc)
+        if kind is None:
+            self._log.debug("nats error", error=str(exc))
+            return
+        if kind == "TLS":
+            self._tls_refused.set()  # `_connect` starts over: nats-py would wait forever
+        self._refusals += 1
+        now = time.monotonic()
+        if self._refusal_logged is None or now - self._refusal_logged >= self._refusal_every_s:
+            self._refusal_logged = now
+            self._log.error(
+                f"nats {kind} refused; retrying",
+                error=str(exc),
+                auth=self._auth.way or "none",
+                refusals=self._refusals,
+            )
 
     async def _on_disconnected(self) -> None:
         if self.stats.connected:
@@ -311,6 +371,7 @@ class NatsSink:
 
     async def _on_reconnected(self) -> None:
         self.stats.connected = True
+        self._refusal_logged, self._refusals = None, 0
         self.stats.reconnects += 1
         self._log.warning("nats reconnected")
         if self._nc is not None:
@@ -333,4 +394,18 @@ class NatsSink:
             "prices": f"{self.cfg.subject_prefix}.prices.<BASE-QUOTE>",
             "rounds": round_subject(self.cfg.subject_prefix),
             "jetstream": self.cfg.stream if self.cfg.jetstream else None,
+            "auth": self._auth.way,
+            "tls": self._auth.tls,
         }
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """What the server (or our side of TLS) refused, or None for any other error: `credentials`
+    (wrong or missing where the server requires them) or `TLS` (a certificate that does not
+    verify, on either side)."""
+    if isinstance(exc, ssl.SSLError):
+        return "TLS"
+    text = str(exc).lower()
+    if "authorization violation" in text or "authentication" in text:
+        return "credentials"
+    return None

@@ -147,10 +147,10 @@ def test_objects_refer_to_each_other() -> None:
 def test_secret_holds_the_admin_token_and_the_config_is_valid() -> None:
     """The Secret has the admin token and no signing key: every pod gets its variables, and
     replicas sharing a key sign conflicting rounds (each pod's own key is the init container's,
-    tests/ops/test_pod_signing_keys.py); the ConfigMap's file passes the daemon's own
-    validation."""
+    tests/ops/test_pod_signing_keys.py), and the NATS sink's creds; the ConfigMap's file passes
+    the daemon's own validation."""
     objects = manifests() | {"Secret": example_secret()}
-    assert set(objects["Secret"]["stringData"]) == {"ORACLED_ADMIN_TOKEN"}
+    assert set(objects["Secret"]["stringData"]) == {"ORACLED_ADMIN_TOKEN", "ORACLED_NATS_CREDS"}
     text = objects["ConfigMap"]["data"]["oracled.toml"]
     cfg = parse_config(tomllib.loads(text), env={})
     assert cfg.api.admin_token_env in objects["Secret"]["stringData"]
