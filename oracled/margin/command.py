@@ -27,7 +27,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "margin", help="run the margin engine on a daemon's WebSocket stream; decisions as JSON"
     )
     margin.add_argument("--accounts", type=Path, required=True, help="accounts file (TOML/JSON)")
-    margin.add_argument("--url", required=True, help="ws://HOST:PORT/v1/stream")
+    margin.add_argument(
+        "--url",
+        required=True,
+        action="append",
+        help="ws://HOST:PORT/v1/stream; signed mode ([signed] in the accounts) may give several",
+    )
     margin.add_argument("--step-ms", type=int, default=1000, help="decision tick (default 1000)")
     margin.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
 
@@ -66,6 +71,23 @@ async def _serve(service: MarginService, early_stop: Callable[[], signal.Signals
         log.info("stopped")
 
 
+def _url_problem(urls: list[str], quorum: int | None) -> str | None:
+    """What is wrong with the --url list for the mode (`quorum`: None unsigned), if anything."""
+    if not all(url.startswith(("ws://", "wss://")) for url in urls):
+        return "--url must be ws:// or wss://"
+    if quorum is None and len(urls) > 1:
+        return (
+            "several --url need signed mode ([signed] in the accounts file): unsigned "
+            "reports of several daemons cannot be told apart"
+        )
+    if quorum is not None and len(urls) < quorum:
+        return (
+            f"[signed] quorum = {quorum} needs a daemon (--url) per identity: "
+            f"{len(urls)} given, each daemon's stream carries its own signatures only"
+        )
+    return None
+
+
 def cmd_margin(
     args: argparse.Namespace,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
@@ -77,6 +99,7 @@ def cmd_margin(
     from oracled.margin.config import load_accounts
     from oracled.margin.engine import MarginEngine
     from oracled.margin.service import MarginService
+    from oracled.margin.signed import SignedMarginService
 
     try:
         spec = load_accounts(args.accounts)
@@ -85,11 +108,20 @@ def cmd_margin(
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    if not args.url.startswith(("ws://", "wss://")) or args.step_ms <= 0:
-        print("oracled margin: --url must be ws:// or wss://, --step-ms > 0", file=sys.stderr)
+    urls: list[str] = list(dict.fromkeys(args.url))
+    url_problem = _url_problem(urls, spec.signed.quorum if spec.signed is not None else None)
+    if url_problem is not None or args.step_ms <= 0:
+        print(f"oracled margin: {url_problem or '--step-ms must be > 0'}", file=sys.stderr)
         return 2
     setup_logging("info", args.log_format)
-    service = MarginService(MarginEngine(spec), args.url, sys.stdout.buffer, step_ms=args.step_ms)
+    engine = MarginEngine(spec)
+    service: MarginService
+    if spec.signed is None:
+        service = MarginService(engine, urls[0], sys.stdout.buffer, step_ms=args.step_ms)
+    else:
+        service = SignedMarginService(
+            engine, urls, sys.stdout.buffer, spec.signed, step_ms=args.step_ms
+        )
     # Not asyncio.Runner: its close waits with no limit for a task that ignores its cancel.
     run_to_end(_serve(service, early_stop), loop_factory)
     return 0

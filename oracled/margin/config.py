@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tomllib
 from itertools import pairwise
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "InstrumentConfig",
     "PositionConfig",
     "RiskPolicy",
+    "SignedFeed",
     "StrategyConfig",
     "Tier",
     "load_accounts",
@@ -175,8 +177,50 @@ class RiskPolicy(_Frozen):
     insurance_fund: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
 
 
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+class SignedFeed(_Frozen):
+    """Signed mode (docs/margin.md, signed mode): the service acts only on prices a quorum of
+    these signers signed for this deployment; an unsigned frame can be changed on the way."""
+
+    #: The deployment the daemons sign for (their `signing.deployment`, in /v1/info).
+    deployment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    #: Identity (one per daemon) -> the address, or addresses during a key rotation, it signs
+    #: with: the quorum counts identities, so one daemon's two keys are one signer.
+    signers: dict[Name, str | list[str]] = Field(min_length=1)
+    quorum: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _signers(self) -> SignedFeed:
+        owner: dict[str, str] = {}
+        problems: list[str] = []
+        for identity, listed in self.signers.items():
+            addresses = [listed] if isinstance(listed, str) else listed
+            if not addresses:
+                problems.append(f"signers.{identity}: give it at least one address")
+            for address in addresses:
+                if not _ADDRESS.fullmatch(address):
+                    problems.append(f"signers.{identity}: {address[:50]!r} is no 0x address")
+                elif (first := owner.setdefault(address.lower(), identity)) != identity:
+                    problems.append(f"signers.{identity}: {address} is also listed for {first!r}")
+        if self.quorum > len(self.signers):
+            problems.append(
+                f"quorum: {self.quorum} is more than the {len(self.signers)} identities in signers"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def allowed(self) -> dict[str, list[str]]:
+        """The signers as `OracleClient` takes them: identity -> addresses."""
+        return {k: [v] if isinstance(v, str) else list(v) for k, v in self.signers.items()}
+
+
 class AccountsFile(_Frozen):
     policy: RiskPolicy = Field(default_factory=RiskPolicy)
+    #: Set: the service reads signed frames and acts only on verified prices.
+    signed: SignedFeed | None = None
     assets: dict[Name, AssetConfig]
     instruments: dict[Name, InstrumentConfig]
     accounts: tuple[AccountConfig, ...] = ()

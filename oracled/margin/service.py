@@ -80,6 +80,8 @@ class MarginService:
         self.reports = 0
         self.decisions = 0
         self.connected = asyncio.Event()
+        #: The daemons read, one connection each (signed mode may read several).
+        self.urls: tuple[str, ...] = (url,)
         # No market, no request: an empty list would ask for every market.
         self._subs = Subscriptions(engine.markets)
         self._bad_reports = LogEveryMinute()
@@ -97,16 +99,23 @@ class MarginService:
             self.out.flush()
             self.decisions += len(decisions)
 
-    def _frame(self, raw: str | bytes) -> tuple[Request, ...]:
-        """Act on one frame; return the subscribe requests to send (a market each)."""
+    @staticmethod
+    def _decode(raw: str | bytes) -> _Frame | None:
+        """The frame, or None (logged) for one that cannot be read and answers no request."""
         try:
-            frame = _frames.decode(raw)
+            return _frames.decode(raw)
         except msgspec.DecodeError as exc:
             if raw[:15] not in ('{"type":"error"', b'{"type":"error"'):
                 _log.warning("bad_frame", error=str(exc)[:200])
-                return ()
+                return None
             # An error frame answers a request even when it cannot be read: keep the order.
-            frame = _Frame("error", code="malformed", message=str(exc)[:200])
+            return _Frame("error", code="malformed", message=str(exc)[:200])
+
+    def _frame(self, raw: str | bytes, url: str) -> tuple[Request, ...]:
+        """Act on one frame of `url`'s daemon; return the subscribe requests to send."""
+        frame = self._decode(raw)
+        if frame is None:
+            return ()
         if frame.type in ("report", "reports") and frame.data is not None:
             # Decided once the round's reports are all in: a hedge across two markets is not
             # judged on one market's new price against the other's of the round before.
@@ -121,12 +130,27 @@ class MarginService:
                 self.engine.on_report(view, in_order=True)
                 self.reports += 1
             self._decide()
-        elif frame.type == "subscribed":
-            _log.info("subscribed", markets=frame.markets)
-            self._available(self._subs.acked(frame.markets or ()))
-        elif frame.type == "error":
-            return self._refused(frame)
+        else:
+            return self._answer(frame, url)
         return ()
+
+    def _answer(self, frame: _Frame, url: str) -> tuple[Request, ...]:
+        """An ack or an error frame (the same in both modes)."""
+        subs = self._subs_of(url)
+        if frame.type == "subscribed":
+            _log.info("subscribed", markets=frame.markets)
+            self._available(subs.acked(frame.markets or ()))
+        elif frame.type == "error":
+            return self._refused(frame, url)
+        return ()
+
+    def _subs_of(self, url: str) -> Subscriptions:
+        """The subscription bookkeeping of `url`'s daemon."""
+        return self._subs
+
+    def _unavailable(self, market: str, code: str, url: str) -> None:
+        """`url`'s daemon refused or removed `market`: freeze it with the daemon's code."""
+        self.engine.book.mark_unavailable(market, code)
 
     def _bad_report(self, market: str, error: str) -> None:
         """A report with a price that is none: logged at most once a minute per market."""
@@ -135,22 +159,26 @@ class MarginService:
         if count is not None:
             _log.warning("bad_report", market=market, error=error, reports=count)
 
-    def _refused(self, frame: _Frame) -> tuple[Request, ...]:
+    def _refused(self, frame: _Frame, url: str) -> tuple[Request, ...]:
         if frame.code == STALLED:  # answers no request; concerns every market
-            _log.warning("stalled", message=frame.message)
+            _log.warning("stalled", message=frame.message, url=url)
             self.engine.book.mark_stalled()
             self._decide()
             return ()
-        refusal = self._subs.refused(frame.code or "unknown", frame.markets or ())
+        refusal = self._subs_of(url).refused(frame.code or "unknown", frame.markets or ())
         if refusal.kind == "split":  # one bad market refused them all: ask for each alone
             _log.info("subscribe_refused", code=refusal.code, retry=len(refusal.markets))
             return refusal.send
         if refusal.kind == "error":
             _log.warning("stream_error", code=refusal.code, message=frame.message)
         for market in refusal.markets:  # newly unavailable (a retry refused again is not)
-            self.engine.book.mark_unavailable(market, refusal.code)
+            self._unavailable(market, refusal.code, url)
             _log.warning(
-                "market_unavailable", market=market, code=refusal.code, message=frame.message
+                "market_unavailable",
+                market=market,
+                code=refusal.code,
+                message=frame.message,
+                url=url,
             )
         if refusal.markets:
             self._decide()
@@ -166,11 +194,11 @@ class MarginService:
         for markets in requests:  # `batch`: a round's reports in one frame, decided together
             await ws.send_json({"op": "subscribe", "markets": markets, "batch": True})
 
-    async def _retry(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _retry(self, ws: aiohttp.ClientWebSocketResponse, url: str) -> None:
         """Ask again, one by one, for the markets the daemon refused or removed."""
         while True:
             await asyncio.sleep(self.retry_s)
-            again = self._subs.retry()
+            again = self._subs_of(url).retry()
             for (market,) in again:
                 _log.debug("subscribe_retry", market=market)
             await self._send(ws, again)
@@ -180,17 +208,17 @@ class MarginService:
             await asyncio.sleep(self.step_ms / 1000)
             self._decide()
 
-    async def _connect_once(self, session: aiohttp.ClientSession) -> int | None:
+    async def _connect_once(self, session: aiohttp.ClientSession, url: str) -> int | None:
         """One connection until it ends; the daemon's close code (1008: too slow), if it closed."""
-        async with session.ws_connect(self.url, heartbeat=30.0) as ws:
-            await self._send(ws, self._subs.start())
-            _log.info("connected", url=self.url)
+        async with session.ws_connect(url, heartbeat=30.0) as ws:
+            await self._send(ws, self._subs_of(url).start())
+            _log.info("connected", url=url)
             self.connected.set()
-            retry = asyncio.create_task(self._retry(ws), name="margin-retry")
+            retry = asyncio.create_task(self._retry(ws, url), name="margin-retry")
             try:
                 async for msg in ws:
                     if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                        await self._send(ws, self._frame(msg.data))
+                        await self._send(ws, self._frame(msg.data, url))
                     elif msg.type is aiohttp.WSMsgType.ERROR:
                         break
             finally:
@@ -201,17 +229,22 @@ class MarginService:
         return code
 
     async def run(self) -> None:
-        """Run until cancelled: reconnect with jittered backoff, step on the tick meanwhile."""
-        delay = 0.1
+        """Run until cancelled: a connection to each daemon, re-made with jittered backoff when
+        it drops, and a step on the tick meanwhile."""
         async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tg:
             tg.create_task(self._ticker(), name="margin-tick")
-            while True:
-                try:
-                    code = await self._connect_once(session)
-                    delay = 0.1
-                    _log.warning("disconnected", url=self.url, code=code)
-                except (aiohttp.ClientError, OSError) as exc:
-                    self.connected.clear()
-                    _log.warning("connect_failed", url=self.url, error=str(exc)[:200])
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.reconnect_max_s)
+            for url in self.urls:
+                tg.create_task(self._connection(session, url), name="margin-stream")
+
+    async def _connection(self, session: aiohttp.ClientSession, url: str) -> None:
+        delay = 0.1
+        while True:
+            try:
+                code = await self._connect_once(session, url)
+                delay = 0.1
+                _log.warning("disconnected", url=url, code=code)
+            except (aiohttp.ClientError, OSError) as exc:
+                self.connected.clear()
+                _log.warning("connect_failed", url=url, error=str(exc)[:200])
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.reconnect_max_s)

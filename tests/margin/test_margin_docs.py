@@ -37,3 +37,16 @@ def test_the_documented_policy_shows_every_key_at_its_default() -> None:
     assert {k: v for k, v in shown.items() if k != "insurance_fund"} == {
         k: v for k, v in defaults.items() if k != "insurance_fund"
     }
+
+
+def test_the_documented_signed_section_loads_as_signed_mode(tmp_path: Path) -> None:
+    """The `[signed]` example of docs/margin.md (Signed mode), added to the accounts example, is
+    a valid signed section: its keys, quorum and identities are the ones the code reads, and a
+    rotated identity's two addresses are one identity's."""
+    blocks = re.findall(r"```toml\n(.*?)```", DOC.read_text(), re.S)
+    assert len(blocks) == 2 and blocks[1].startswith("[signed]")
+    path = tmp_path / "accounts.toml"
+    path.write_text(blocks[0] + "\n" + blocks[1])
+    signed = load_accounts(path).signed
+    assert signed is not None and signed.deployment == "production" and signed.quorum == 2
+    assert [len(a) for a in signed.allowed().values()] == [1, 2, 1]

@@ -1,0 +1,229 @@
+"""`oracled margin` in signed mode: decisions only on prices a quorum of allowed signers signed.
+
+The unsigned mode believes its WebSocket: whoever can change a frame on the way (a proxy, a
+network path in other hands) sets the price it liquidates on. In signed mode the service asks
+each daemon for `signed` frames (docs/contracts.md; they cannot be batched), verifies every one
+with `oracled.client.OracleClient` (the accounts file's signers grouped by identity, its
+deployment and quorum, the policy's `max_report_age_ms` and `max_report_future_ms`) and gives the
+engine the client's quorum view of each market, never a frame itself:
+
+* the price is the median of a quorum of identities' live signed prices; the mark is their
+  signed mark (the perpetual's leaf), `perps` only when every one of them made it from the
+  perpetuals, else a `fallback` mark the policy's `mark_fallback` rules on;
+* a market without a verified quorum is frozen with reason `unknown:no_quorum`, a pause like
+  any other (measured from its last usable view);
+* a daemon's signed frames come one per market, so the service groups them by round time: the
+  engine's views are refreshed, and a decision taken, once a daemon's round is complete (every
+  market it serves, or its next round began), never between two markets of one round; the tick
+  decides on those views too, only freezing the markets whose quorum lapsed meanwhile;
+* a `stalled` frame of any daemon freezes every market until a later round is verified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO
+
+import aiohttp
+import structlog
+
+from oracled.client import MarketView, OracleClient, Rejection
+from oracled.client_stream import Request, Subscriptions
+from oracled.margin.config import SignedFeed
+from oracled.margin.engine import MarginEngine
+from oracled.margin.prices import PriceView
+from oracled.margin.service import MarginService, _wall_ms
+
+__all__ = ["NO_QUORUM", "SignedMarginService", "view_of"]
+
+_log = structlog.get_logger(component="margin")
+
+#: The reason a view without a verified quorum carries (frozen as `unknown:no_quorum`).
+NO_QUORUM = "no_quorum"
+
+
+def view_of(market: MarketView) -> PriceView:
+    """The engine's view of a verified quorum view (`active`, `degraded` or `paused`)."""
+    live = [r for r in market.reports if r.signer in market.signers]
+    at_ts = [r.round for r in live if r.ts == market.ts]
+    mark_text = None if market.mark is None else str(market.mark)
+    mode = None
+    if market.mark is not None:
+        mode = "perps" if all(r.mark_mode == "perps" for r in live) else "fallback"
+    price_text = None if market.price is None else str(market.price)
+    return PriceView(
+        market=market.market,
+        ts=market.ts or 0,
+        round=max(at_ts, default=0),
+        status=market.status,
+        reasons=(),  # not signed
+        price=None if market.price is None else float(market.price),
+        price_text=price_text,
+        last_good=None,  # not signed: the engine's own last usable view is the last good one
+        last_good_text=None,
+        last_good_ts=None,
+        mark=None if market.mark is None else float(market.mark),
+        mark_text=mark_text,
+        signature=None,
+        mark_mode=mode,
+    )
+
+
+def _no_quorum(market: str, now_ms: int) -> PriceView:
+    return PriceView(
+        market=market,
+        ts=now_ms,
+        round=0,
+        status="unknown",
+        reasons=(NO_QUORUM,),
+        price=None,
+        price_text=None,
+        last_good=None,
+        last_good_text=None,
+        last_good_ts=None,
+        mark=None,
+        mark_text=None,
+        signature=None,
+    )
+
+
+class SignedMarginService(MarginService):
+    """The margin service on verified signed prices of one or more daemons."""
+
+    def __init__(
+        self,
+        engine: MarginEngine,
+        urls: Sequence[str],
+        out: IO[bytes],
+        feed: SignedFeed,
+        *,
+        step_ms: int = 1_000,
+        reconnect_max_s: float = 5.0,
+        clock: Callable[[], int] = _wall_ms,
+        retry_s: float = 10.0,
+    ) -> None:
+        if not urls:
+            raise ValueError("give at least one daemon's stream URL")
+        super().__init__(
+            engine,
+            urls[0],
+            out,
+            step_ms=step_ms,
+            reconnect_max_s=reconnect_max_s,
+            clock=clock,
+            retry_s=retry_s,
+        )
+        self.urls = tuple(dict.fromkeys(urls))
+        policy = engine.book.policy
+        self.client = OracleClient(
+            feed.allowed(),
+            deployment=feed.deployment,
+            quorum=feed.quorum,
+            max_age_ms=policy.max_report_age_ms,
+            max_future_ms=policy.max_report_future_ms,
+            now_ms=clock,
+        )
+        self._subs_by_url = {url: Subscriptions(engine.markets) for url in self.urls}
+        # Per daemon: the round time being received and the markets of it verified so far
+        # (None once the round was complete and decided on).
+        self._round: dict[str, tuple[int, set[str] | None]] = {}
+        # The last verified view given to the engine per market, and the markets now frozen
+        # for want of a quorum.
+        self._fed: dict[str, PriceView] = {}
+        self._unverified: set[str] = set()
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Markets refused or removed by every daemon read, with the last one's code."""
+        out: dict[str, str] = {}
+        for market in self.engine.markets:
+            codes = [s.unavailable.get(market) for s in self._subs_by_url.values()]
+            if all(codes) and codes:
+                out[market] = str(codes[-1])
+        return out
+
+    def _subs_of(self, url: str) -> Subscriptions:
+        return self._subs_by_url[url]
+
+    def _unavailable(self, market: str, code: str, url: str) -> None:
+        # Only when no daemon read serves it: another replica's prices may still make a quorum.
+        if market in self.unavailable:
+            self.engine.book.mark_unavailable(market, code)
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, requests: Iterable[Request]) -> None:
+        for markets in requests:  # signed frames come one per market: grouped by round time
+            await ws.send_json({"op": "subscribe", "markets": markets, "signed": True})
+
+    def _frame(self, raw: str | bytes, url: str) -> tuple[Request, ...]:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+        if not text.startswith('{"type":"signed"'):
+            frame = self._decode(text)
+            if frame is None:
+                return ()
+            if frame.type in ("subscribed", "error"):
+                return self._answer(frame, url)  # acks and errors are read alike
+            # Anything else (an unsigned report put on the way) goes to the client, which
+            # refuses it with its reason: only a verified price moves the engine.
+        try:
+            sp = self.client.feed(text)  # refusals are counted and logged by the client
+        except Rejection:
+            return ()
+        self.reports += 1
+        if self._subs_of(url).reported(sp.market):
+            self._available((sp.market,))
+        self._arrived(url, sp.market, sp.ts)
+        return ()
+
+    def _arrived(self, url: str, market: str, ts: int) -> None:
+        """Group a daemon's verified frames by round time; decide once its round is complete."""
+        current, seen = self._round.get(url, (-1, None))
+        if ts > current:
+            if seen:  # the next round began: the one before is all there will be
+                self._round_complete()
+            current, seen = ts, set()
+            self._round[url] = (current, seen)
+        if ts != current or seen is None:
+            return  # a late frame (taken by the client) or one of a round decided on
+        seen.add(market)
+        unavailable = self._subs_of(url).unavailable
+        if all(m in seen or m in unavailable for m in self.engine.markets):
+            self._round[url] = (current, None)
+            self._round_complete()
+
+    def _round_complete(self) -> None:
+        self._refresh()
+        self._decide()
+
+    def _refresh(self) -> None:
+        """Give the engine the client's view of every market that changed."""
+        now = self.clock()
+        book = self.engine.book
+        for market in self.engine.markets:
+            quorum = self.client.price(market)
+            if quorum.status == "unknown":
+                self._freeze(market, now)
+                continue
+            view = view_of(quorum)
+            fed = self._fed.get(market)
+            newer = fed is None or (view.ts, view.round) > (fed.ts, fed.round)
+            # The same round time, another quorum (a replica's report came): not after a stall
+            changed = fed is not None and view.ts == fed.ts and view != fed
+            if newer or (changed and market not in book.stalled):
+                self._fed[market] = view
+                self._unverified.discard(market)
+                self.engine.on_report(view, in_order=True)
+
+    def _freeze(self, market: str, now: int) -> None:
+        """No verified quorum (any more): frozen; a market never verified stays `no_report`."""
+        if market in self._fed and market not in self._unverified:
+            self._unverified.add(market)
+            _log.warning("no_quorum", market=market, quorum=self.client.quorum)
+            self.engine.on_report(_no_quorum(market, now), in_order=True)
+
+    def _decide(self) -> None:
+        # A quorum lapses with time too: frozen at the tick, never priced between rounds.
+        now = self.clock()
+        for market in self.engine.markets:
+            if market not in self._unverified and self.client.price(market).status == "unknown":
+                self._freeze(market, now)
+        super()._decide()

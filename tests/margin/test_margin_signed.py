@@ -1,0 +1,475 @@
+"""`oracled margin` in signed mode against the daemon's real API on loopback, its rounds signed by
+real RoundSigners: only verified quorum views move the engine (oracled/margin/signed.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
+from api_rig import CONFIG, INTERVAL, PRICES, TOKEN, DaemonServer, Rig
+
+from oracled.api import build_app
+from oracled.cli import main
+from oracled.config import parse_config
+from oracled.margin import MarginEngine, parse_accounts
+from oracled.margin.prices import Frozen, Resolved
+from oracled.margin.service import MarginService
+from oracled.margin.signed import SignedMarginService
+from oracled.model import Quote
+from oracled.publish.signer import RoundSigner, SigningKey
+
+SAFETY_S = 15.0  # guards against hangs only
+KEYS = [SigningKey.from_hex("0x" + f"{n:02x}" * 32) for n in (0x41, 0x42, 0x43, 0x44)]
+PREMIUM = 0.001  # the perpetual trades this fraction above the index: the mark differs
+
+
+class SignedRig(Rig):
+    """The daemon's parts with BTC/USD a perpetual market, each round signed as the daemon
+    signs it (a RoundSigner over the round, into the hub's signed frames)."""
+
+    def __init__(self, key: SigningKey, *, deployment: str = "test", scale: float = 1.0) -> None:
+        data = copy.deepcopy(CONFIG)
+        data["sources"]["perp"] = {"type": "okx"}
+        data["markets"][0]["perp_sources"] = [{"source": "perp", "pair": "BTC/USD"}]
+        super().__init__(parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN}))
+        self.signer = RoundSigner(key, deployment)
+        self.hub.signer = key.address
+        self.scale = scale  # a replica whose venues all quote this much higher
+
+    def step(self, markets: dict[str, float] | None = None, *, advance: bool = True) -> Any:
+        """One round, signed; `advance` False for a replica sharing another rig's clock."""
+        if advance:
+            self.clock.advance(INTERVAL)
+        now = self.clock.now_ms()
+        for market in self.core.config.markets:
+            price = (PRICES if markets is None else markets).get(market.symbol)
+            if price is None:
+                continue
+            price *= self.scale
+            for k, ms in enumerate(market.sources):
+                self.quote(ms.source, ms.pair, price * (1 + 1e-5 * k))
+            for ps in market.perp_sources:
+                perp = Quote(ps.source, ps.pair, now, price=price * (1 + PREMIUM), kind="perp")
+                assert self.core.ingest(perp) is None
+        result = self.core.run_round(now)
+        self.hub.publish(result)
+        self.hub.publish_signed(self.signer.sign(result))
+        self.round_at = self.clock.monotonic()
+        return result
+
+
+class Relay:
+    """A WebSocket relay on loopback between the engine and a daemon (a proxy, a network path):
+    once `tamper` is set it rewrites BTC/USD's price in every frame it passes on."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.tamper: float | None = None  # the factor BTC/USD's price is multiplied by
+        #: Set: after each signed BTC/USD frame, an unsigned report of it at this price.
+        self.inject: float | None = None
+        self.changed = 0
+        app = web.Application()
+        app.router.add_get("/v1/stream", self._relay)
+        self.server = DaemonServer(app, host="127.0.0.1")
+
+    def _rewrite(self, text: str) -> str:
+        frame = json.loads(text)
+        if self.tamper is None or frame.get("type") not in ("signed", "reports"):
+            return text
+        items = frame["data"] if isinstance(frame["data"], list) else [frame["data"]]
+        for item in items:
+            if item["market"] == "BTC/USD" and item.get("price") not in (None, "0"):
+                if frame["type"] == "signed":  # the mantissa, an integer string
+                    item["price"] = str(int(int(item["price"]) * self.tamper))
+                else:
+                    item["price"] = f"{float(item['price']) * self.tamper:.2f}"
+                    item["mark"] = None  # the engine would price the position at the mark
+                self.changed += 1
+        return json.dumps(frame, separators=(",", ":"))
+
+    def _report(self, signed: dict[str, Any], price: float) -> str:
+        """An unsigned report of the signed frame's round, at `price`."""
+        self.changed += 1
+        data = {key: signed[key] for key in ("market", "ts", "round")}
+        data.update(status="active", reasons=[], price=f"{price:.2f}", mark=None)
+        return json.dumps({"type": "report", "data": data}, separators=(",", ":"))
+
+    async def _relay(self, request: web.Request) -> web.WebSocketResponse:
+        down = web.WebSocketResponse()
+        await down.prepare(request)
+        async with aiohttp.ClientSession() as session, session.ws_connect(self.upstream) as up:
+
+            async def upward() -> None:
+                async for msg in down:
+                    await up.send_str(msg.data)
+                await up.close()  # the engine went: so does the relay's upstream connection
+
+            task = asyncio.create_task(upward())
+            try:
+                async for msg in up:
+                    await down.send_str(self._rewrite(msg.data))
+                    if self.inject is not None and msg.data.startswith('{"type":"signed"'):
+                        signed = json.loads(msg.data)["data"]
+                        if signed["market"] == "BTC/USD":
+                            await down.send_str(self._report(signed, self.inject))
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return down
+
+
+async def until(done: Callable[[], bool]) -> None:
+    async with asyncio.timeout(SAFETY_S):
+        while not done():  # noqa: ASYNC110 - the service exposes no event for this
+            await asyncio.sleep(0.01)
+
+
+def decisions(out: io.BytesIO) -> list[dict[str, Any]]:
+    return [msgspec.json.decode(line) for line in out.getvalue().splitlines()]
+
+
+def signed_section(rigs: list[SignedRig], quorum: int = 1, deployment: str = "test") -> Any:
+    names = "abcdefgh"
+    signers = {f"daemon-{names[i]}": rig.hub.signer for i, rig in enumerate(rigs)}
+    return {"deployment": deployment, "signers": signers, "quorum": quorum}
+
+
+def accounts(policy: dict[str, Any], signed: Any, *accts: dict[str, Any]) -> MarginEngine:
+    tiers = [{"initial": 0.02, "maintenance": 0.01}]
+    data: dict[str, Any] = {
+        "policy": {"liquidation_fee": 0.0, **policy},
+        "assets": {"USD": {}},
+        "instruments": {
+            "BTC-PERP": {"market": "BTC/USD", "tiers": tiers},
+            "ETH-PERP": {"market": "ETH/USD", "tiers": tiers},
+        },
+        "accounts": list(accts),
+    }
+    if signed is not None:
+        data["signed"] = signed
+    return MarginEngine(parse_accounts(data))
+
+
+#: equity 1,000 against 640 maintenance at 64,000; liquidatable below about 63,350
+TIGHT = {
+    "id": "tight",
+    "collateral": {"USD": 1_000},
+    "positions": [{"instrument": "BTC-PERP", "qty": 1, "entry": 64_000}],
+}
+
+
+class Servers:
+    """Daemon APIs, relays and services started by a test; `close` stops them all."""
+
+    def __init__(self) -> None:
+        self.stops: list[Callable[[], Awaitable[None]]] = []
+
+    async def api(self, rig: Rig) -> str:
+        server = DaemonServer(build_app(rig.context()), host="127.0.0.1")
+        await server.start_server()
+        self.stops.append(server.close)
+        return str(server.make_url("/v1/stream")).replace("http://", "ws://")
+
+    async def relay(self, upstream: str) -> tuple[Relay, str]:
+        relay = Relay(upstream)
+        await relay.server.start_server()
+        self.stops.append(relay.server.close)
+        return relay, str(relay.server.make_url("/v1/stream")).replace("http://", "ws://")
+
+    async def run(self, service: MarginService) -> None:
+        task = asyncio.create_task(service.run())
+
+        async def stop() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        self.stops.append(stop)
+
+    async def close(self) -> None:
+        for stop in reversed(self.stops):  # services first, then what they read
+            await stop()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Servers]:
+    servers = Servers()
+    yield servers
+    await servers.close()
+
+
+async def test_a_relay_changing_a_price_liquidates_unsigned_and_is_refused_signed(
+    serve: Servers,
+) -> None:
+    """A relay on the stream's path lowers BTC/USD's price by 2 %. The unsigned service takes
+    it and liquidates an account the daemon's true price keeps healthy. The signed service
+    refuses every changed frame (`forged`: the leaf no longer fits the signed root), never
+    liquidates, and once its last verified price is older than max_report_age_ms freezes the
+    account with reason `unknown:no_quorum`, a pause, on the tick, without a new round."""
+    rig = SignedRig(KEYS[0])
+    rig.step()
+    upstream = await serve.api(rig)
+    policy = {"max_report_age_ms": 1_000, "pause_grace_ms": 600_000}
+    outcomes: dict[str, io.BytesIO] = {}
+    for mode in ("unsigned", "signed"):
+        relay, url = await serve.relay(upstream)
+        signed = signed_section([rig]) if mode == "signed" else None
+        eng = accounts(policy, signed, TIGHT)
+        out = io.BytesIO()
+        service: MarginService
+        if signed is None:
+            service = MarginService(eng, url, out, step_ms=20, clock=rig.clock.now_ms)
+        else:
+            assert eng.spec.signed is not None
+            service = SignedMarginService(
+                eng, [url], out, eng.spec.signed, step_ms=20, clock=rig.clock.now_ms
+            )
+        with capture_logs() as logs:
+            await serve.run(service)
+            await until(lambda eng=eng: "BTC/USD" in eng.book.latest)
+            assert eng.state("tight") == "healthy"
+            relay.tamper = 0.98
+            for n in range(1, 4):  # one round at a time: rounds published at once coalesce
+                rig.step()
+                await until(lambda relay=relay, n=n: relay.changed >= n)
+            if mode == "unsigned":
+                await until(lambda out=out: b"liquidation" in out.getvalue())
+            else:
+                assert isinstance(service, SignedMarginService)
+                await until(lambda s=service: s.client.rejected["forged"] >= 3)
+                rig.clock.advance(1_001)  # the last verified report is now too old
+                await until(
+                    lambda eng=eng: (
+                        eng.prices(rig.clock.now_ms())["BTC/USD"].ref.status == "unknown"
+                    )
+                )
+                btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
+                assert isinstance(btc, Frozen) and btc.reason == "unknown:no_quorum"
+                await until(lambda out=out: b"freeze" in out.getvalue())
+                assert [e for e in logs if e["event"] == "no_quorum"]
+        outcomes[mode] = out
+        relay.tamper = None
+    liquidated = [d for d in decisions(outcomes["unsigned"]) if d["kind"] == "liquidation"]
+    assert liquidated and 62_500 < float(liquidated[0]["driver"]["price"]) < 63_000
+    signed_out = decisions(outcomes["signed"])
+    assert not [d for d in signed_out if d["kind"] == "liquidation"]
+    freeze = next(d for d in signed_out if d["kind"] == "freeze")
+    assert freeze["account"] == "tight" and freeze["reasons"] == ["unknown:no_quorum"]
+
+
+async def test_an_unsigned_report_put_among_signed_frames_is_refused_as_unsigned(
+    serve: Servers,
+) -> None:
+    """A relay that adds a plain `report` frame of BTC/USD at 60,000 after each signed one: the
+    signed service hands it to the client, which refuses it as `unsigned`; the engine keeps
+    the verified 64,000 and liquidates nobody (the unsigned reader would have taken it)."""
+    rig = SignedRig(KEYS[0])
+    rig.step()
+    relay, url = await serve.relay(await serve.api(rig))
+    eng = accounts({}, signed_section([rig]), TIGHT)
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    service = SignedMarginService(eng, [url], out, eng.spec.signed, clock=rig.clock.now_ms)
+    await serve.run(service)
+    await until(lambda: "BTC/USD" in eng.book.latest)
+    relay.inject = 60_000.0
+    for n in range(1, 4):
+        rig.step()
+        await until(lambda n=n: service.client.rejected["unsigned"] >= n)
+    await until(lambda: {v.round for v in eng.book.latest.values()} == {4})
+    btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.value == pytest.approx(64_000, rel=1e-4)
+    assert eng.state("tight") == "healthy" and b"liquidation" not in out.getvalue()
+
+
+async def test_a_hedge_is_judged_on_one_signed_round_not_on_a_mix_of_two(
+    serve: Servers,
+) -> None:
+    """Signed frames come one per market, not in a round's batch. A long BTC perpetual hedged
+    by a short ETH one, both down 2 % in one round: the account stays healthy, since the
+    service decides once the daemon's round is complete (both markets verified), never after
+    BTC's frame against the round before's ETH (equity 2,000 - 1,281 against 1,268
+    maintenance: it would liquidate the ETH leg, leaving the BTC long unhedged)."""
+    rig = SignedRig(KEYS[0])
+    rig.step()
+    hedged = {
+        "id": "hedged",
+        "collateral": {"USD": 2_000},
+        "positions": [
+            {"instrument": "BTC-PERP", "qty": 1, "entry": 64_000 * (1 + PREMIUM)},
+            {"instrument": "ETH-PERP", "qty": -64_064 / 3_100, "entry": 3_100},
+        ],
+    }
+    eng = accounts({}, signed_section([rig]), hedged)
+    assert eng.spec.signed is not None
+    url = await serve.api(rig)
+    out = io.BytesIO()
+    service = SignedMarginService(eng, [url], out, eng.spec.signed, clock=rig.clock.now_ms)
+    await serve.run(service)
+    await until(lambda: {"BTC/USD", "ETH/USD"} <= set(eng.book.latest))
+    assert eng.state("hedged") == "healthy"
+    rig.step({m: p * 0.98 for m, p in PRICES.items()})
+    await until(lambda: {v.round for v in eng.book.latest.values()} == {2})
+    assert service.reports == 4 and service.client.accepted == 4  # two rounds of two markets
+    assert eng.state("hedged") == "healthy" and b"liquidation" not in out.getvalue()
+    btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.ref.kind == "mark"
+    assert btc.position_value == pytest.approx(64_000 * 0.98 * (1 + PREMIUM), rel=1e-4)
+
+
+async def test_a_quorum_of_replicas_outvotes_a_liar_and_one_alone_is_no_price(
+    serve: Servers,
+) -> None:
+    """Three replicas, each its own key and identity, quorum 2; the third's venues all quote
+    30 % high, its rounds validly signed. The engine's price and mark are the medians of the
+    three signed ones: the honest. When only the liar keeps publishing, its frames are verified
+    but below the quorum: BTC/USD is frozen `unknown:no_quorum` instead of priced 30 % high,
+    and the account exposed to it is neither liquidated nor assessed on that price."""
+    honest_a, honest_b, liar = SignedRig(KEYS[0]), SignedRig(KEYS[1]), SignedRig(KEYS[2], scale=1.3)
+    honest_b.clock = liar.clock = honest_a.clock
+    rigs = [honest_a, honest_b, liar]
+    for i, rig in enumerate(rigs):
+        rig.step(advance=i == 0)
+    urls = [await serve.api(rig) for rig in rigs]
+    short = {  # a short that a 30 % higher price would liquidate
+        "id": "short",
+        "collateral": {"USD": 10_000},
+        "positions": [{"instrument": "BTC-PERP", "qty": -1, "entry": 64_000}],
+    }
+    policy = {"max_report_age_ms": 1_000, "pause_grace_ms": 600_000}
+    eng = accounts(policy, signed_section(rigs, quorum=2), short)
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    clock = honest_a.clock.now_ms
+    service = SignedMarginService(eng, urls, out, eng.spec.signed, step_ms=20, clock=clock)
+    await serve.run(service)
+    await until(lambda: service.client.accepted >= 2 * 3)  # two markets, three daemons
+    for i, rig in enumerate(rigs):
+        rig.step(advance=i == 0)
+    await until(lambda: service.client.accepted >= 2 * 3 * 2)
+    btc = eng.prices(clock())["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.ref.kind == "mark"
+    assert btc.value == pytest.approx(64_000, rel=1e-4)
+    assert btc.position_value == pytest.approx(64_000 * (1 + PREMIUM), rel=1e-4)
+    for n in range(1, 6):  # only the liar now (4 x 250 ms: the others' reports are stale)
+        liar.step()
+        await until(lambda n=n: service.client.accepted >= 2 * 3 * 2 + 2 * n)
+    await until(lambda: isinstance(eng.prices(clock())["BTC/USD"], Frozen))
+    btc = eng.prices(clock())["BTC/USD"]
+    assert isinstance(btc, Frozen) and btc.reason == "unknown:no_quorum"
+    assert service.client.price("BTC/USD").signers == ()
+    assert not [d for d in decisions(out) if d["kind"] == "liquidation"]
+    await until(lambda: any(d["kind"] == "freeze" for d in decisions(out)))
+    assert eng.state("short") == "healthy"
+
+
+async def test_a_stalled_daemon_freezes_signed_markets_until_a_later_round_is_verified(
+    serve: Servers,
+) -> None:
+    """The daemon's `stalled` error frame reaches a signed subscriber too: every market is
+    frozen at once with reason `stalled` (the policy trusts a report for 60 s, so it is not
+    age), and the next round's verified frames price it again."""
+    rig = SignedRig(KEYS[0])
+    rig.step()
+    eng = accounts({"max_report_age_ms": 60_000}, signed_section([rig]), TIGHT)
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    url = await serve.api(rig)
+    service = SignedMarginService(
+        eng, [url], out, eng.spec.signed, step_ms=60_000, clock=rig.clock.now_ms
+    )
+    with capture_logs() as logs:
+        await serve.run(service)
+        await until(lambda: "BTC/USD" in eng.book.latest)
+        assert isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved)
+        rig.clock.advance(5_001)  # past the daemon's stall limit
+        await until(lambda: b"stalled" in out.getvalue())
+        btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
+        assert isinstance(btc, Frozen) and btc.reason == "stalled"
+        rig.step()
+        await until(lambda: isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved))
+    assert [e for e in logs if e["event"] == "stalled"]
+    kinds = [d["kind"] for d in decisions(out)]
+    assert kinds[-2:] == ["freeze", "unfreeze"]
+
+
+async def test_frames_signed_for_another_deployment_or_by_another_key_price_nothing(
+    serve: Servers,
+) -> None:
+    """A daemon signing for `staging` (a consumer expecting `test`), and one signing with a key
+    that is not among the signers: every frame of both is refused, with those reasons, and
+    the engine has no price at all (`no_report`)."""
+    staging, stranger = SignedRig(KEYS[0], deployment="staging"), SignedRig(KEYS[3])
+    stranger.clock = staging.clock
+    staging.step()
+    stranger.step(advance=False)
+    urls = [await serve.api(rig) for rig in (staging, stranger)]
+    allowed = {"deployment": "test", "signers": {"daemon-a": KEYS[0].address}}
+    eng = accounts({}, allowed, TIGHT)
+    assert eng.spec.signed is not None
+    service = SignedMarginService(
+        eng, urls, io.BytesIO(), eng.spec.signed, step_ms=20, clock=staging.clock.now_ms
+    )
+    await serve.run(service)
+    rejected = service.client.rejected
+    await until(lambda: rejected["wrong_deployment"] >= 2 and rejected["unknown_signer"] >= 2)
+    assert service.client.accepted == 0 and eng.book.latest == {}
+    btc = eng.prices(staging.clock.now_ms())["BTC/USD"]
+    assert isinstance(btc, Frozen) and btc.reason == "no_report"
+
+
+@pytest.mark.parametrize(
+    ("signed", "urls", "said"),
+    [
+        (None, 2, "several --url need signed mode"),
+        (
+            {
+                "deployment": "test",
+                "signers": {"a": KEYS[0].address, "b": KEYS[1].address},
+                "quorum": 2,
+            },
+            1,
+            "quorum = 2 needs a daemon (--url) per identity: 1 given",
+        ),
+        ({"deployment": "", "signers": {"a": KEYS[0].address}}, 1, "signed.deployment"),
+        ({"deployment": "test", "signers": {"a": "0x12"}}, 1, "'0x12' is no 0x address"),
+        (
+            {"deployment": "test", "signers": {"a": KEYS[0].address, "b": KEYS[0].address}},
+            1,
+            "is also listed for 'a'",
+        ),
+        (
+            {"deployment": "test", "signers": {"a": KEYS[0].address}, "quorum": 2},
+            2,
+            "quorum: 2 is more than the 1 identities in signers",
+        ),
+    ],
+)
+def test_a_bad_signed_mode_is_refused_with_exit_2_naming_it(
+    signed: Any, urls: int, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`oracled margin` refuses, before connecting, several daemons without signed mode (their
+    unsigned reports cannot be told apart), fewer daemons than the quorum, and a [signed]
+    section that is wrong: exit 2 and the problem named."""
+    data: dict[str, Any] = {"assets": {"USD": {}}, "instruments": {}}
+    if signed is not None:
+        data["signed"] = signed
+    path = tmp_path / "accounts.json"
+    path.write_text(json.dumps(data))
+    argv = ["margin", "--accounts", str(path)]
+    for port in range(9, 9 + urls):
+        argv += ["--url", f"ws://127.0.0.1:{port}/v1/stream"]
+    assert main(argv) == 2
+    assert said in capsys.readouterr().err
