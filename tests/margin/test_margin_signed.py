@@ -7,7 +7,10 @@ import asyncio
 import copy
 import io
 import json
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from api_rig import CONFIG, INTERVAL, PRICES, TOKEN, DaemonServer, Rig
 
 from oracled.api import build_app
 from oracled.cli import main
+from oracled.clock import ManualClock
 from oracled.config import parse_config
 from oracled.margin import MarginEngine, parse_accounts
 from oracled.margin.prices import Frozen, Resolved
@@ -473,3 +477,60 @@ def test_a_bad_signed_mode_is_refused_with_exit_2_naming_it(
         argv += ["--url", f"ws://127.0.0.1:{port}/v1/stream"]
     assert main(argv) == 2
     assert said in capsys.readouterr().err
+
+
+async def test_oracled_margin_runs_signed_mode_from_the_accounts_file(
+    serve: Servers, tmp_path: Path
+) -> None:
+    """`oracled margin` with a `[signed]` section and two --url, the daemon's own stream and a
+    relay that raises BTC/USD 2 % on the way, the rounds stamped with the wall clock: the
+    command verifies each frame, refuses the relay's as `forged` (logged), liquidates an account
+    below maintenance on the verified mark, and stops on SIGTERM with exit 0."""
+    rig = SignedRig(KEYS[0])
+    rig.clock = ManualClock(time.time_ns() // 1_000_000)
+    url = await serve.api(rig)
+    relay, relayed = await serve.relay(url)
+    relay.tamper = 1.02
+    under = {  # equity 500 against 640 maintenance
+        "id": "under",
+        "collateral": {"USD": 500},
+        "positions": [{"instrument": "BTC-PERP", "qty": 1, "entry": 64_000}],
+    }
+    data = {
+        "policy": {"liquidation_fee": 0.0},
+        "assets": {"USD": {}},
+        "instruments": {
+            "BTC-PERP": {"market": "BTC/USD", "tiers": [{"initial": 0.02, "maintenance": 0.01}]}
+        },
+        "accounts": [under],
+        "signed": signed_section([rig]),
+    }
+    accounts_file, out, log = (tmp_path / n for n in ("accounts.json", "out.jsonl", "log.jsonl"))
+    accounts_file.write_text(json.dumps(data))
+    argv = [sys.executable, "-m", "oracled.cli", "margin", "--accounts", str(accounts_file)]
+    argv += ["--url", relayed, "--url", url, "--step-ms", "100", "--log-format", "json"]
+    with out.open("wb") as sink, log.open("wb") as err:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=err)  # noqa: ASYNC220
+    try:
+        async with asyncio.timeout(SAFETY_S):
+            while b"liquidation" not in out.read_bytes():
+                assert proc.poll() is None, f"oracled margin exited with {proc.returncode}"
+                rig.clock.advance(time.time_ns() // 1_000_000 - rig.clock.now_ms())
+                rig.step()  # a round every 100 ms of the wall clock
+                await asyncio.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(SAFETY_S):
+            while proc.poll() is None:  # noqa: ASYNC110 - a child process, no event to await
+                await asyncio.sleep(0.05)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    liquidation = next(
+        d for d in map(json.loads, out.read_text().splitlines()) if d["kind"] == "liquidation"
+    )
+    assert liquidation["account"] == "under" and liquidation["driver"]["kind"] == "mark"
+    refused = [json.loads(line) for line in log.read_text().splitlines() if "rejected" in line]
+    assert refused and refused[0]["reason"] == "forged"
+    assert float(liquidation["driver"]["price"]) == pytest.approx(64_000 * (1 + PREMIUM), rel=1e-4)
