@@ -229,6 +229,9 @@ class NatsConfig(_Frozen):
     tls_ca_file: _FilePath | None = None
     tls_cert_file: _FilePath | None = None
     tls_key_file: _FilePath | None = None
+    #: TLS before the server's greeting (nats-server's `handshake_first`); required with TLS,
+    #: the only way nats-py never sends credentials or prices in clear (`_nats_relations`).
+    tls_handshake_first: bool = False
 
     _servers_tuple = field_validator("servers", mode="before")(_as_tuple)
 
@@ -935,6 +938,17 @@ def _nats_relations(nats: NatsConfig) -> list[str]:
             else ("tls_key_file", "tls_cert_file")
         )
         problems.append(f"nats.{missing}: required with nats.{given} (mutual TLS needs both)")
+    tls_keys = [key for key in ("tls_ca_file", "tls_cert_file") if getattr(nats, key)]
+    tls_keys += ["tls:// servers"] * any(url.startswith("tls://") for url in nats.servers)
+    if tls_keys and not nats.tls_handshake_first:
+        # nats-py 2.16 upgrades to TLS only if the server's INFO asks, whatever the URL says:
+        # a plain server or an interceptor would read the CONNECT (credentials) and the prices.
+        problems.append(
+            f"nats.tls_handshake_first: required with {' and '.join(tls_keys)}: without it the "
+            "sink speaks TLS only if the server's greeting asks for it, so a server or an "
+            "interceptor that does not gets credentials and prices in clear; set it to true and "
+            "handshake_first: true in the servers' tls block (docs/publishing.md)"
+        )
     ways = nats_auth_keys(nats)
     if len(ways) > 1:
         listed = f"{', '.join(ways[:-1])} and {ways[-1]}"

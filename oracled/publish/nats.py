@@ -36,7 +36,9 @@ Credentials and TLS (`nats_auth.py`) are read when the sink is made, so a secret
 used stops the daemon at start; a credential the server refuses only keeps the sink connecting:
 the refusal is logged at error level (`nats credentials refused; retrying`, or `nats TLS
 refused; retrying` for a certificate either side does not accept), and the rounds meanwhile are
-counted `disconnected`, as for any outage.
+counted `disconnected`, as for any outage. TLS, when the config asks for it, must start each
+connection (`tls_handshake_first`, checked in the config): nats-py otherwise follows the server's
+greeting and would send a server that does not ask for TLS the credentials and prices in clear.
 """
 
 from __future__ import annotations
@@ -260,6 +262,7 @@ class NatsSink:
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
+            tls_handshake_first=self.cfg.tls_handshake_first,
             **self._auth.options,
         )
 

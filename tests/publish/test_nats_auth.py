@@ -40,6 +40,7 @@ KEY = SigningKey.from_hex("0x" + "33" * 32)
 SAFETY_S = 15.0  # guards against hangs only
 TOKEN = "t0ken-" + "a" * 26
 PASSWORD = "pa55-" + "b" * 27
+FIRST: dict[str, Any] = {"tls_handshake_first": True}  # TLS before the server's greeting
 
 
 # -- the rig ---------------------------------------------------------------------------------------
@@ -258,6 +259,7 @@ class Pki:
             f'ca_file: "{self.ca}"',
             f"verify: {'true' if verify else 'false'}",
             "timeout: 2",
+            "handshake_first: true",
         ]
         return "tls {\n  " + "\n  ".join(lines) + "\n}"
 
@@ -339,11 +341,11 @@ async def test_tls_with_a_private_ca(start: Callable[..., Any], tmp_path: Path) 
     does not verify, and the sink keeps retrying instead of publishing unverified."""
     pki = Pki(tmp_path / "pki")
     srv = await start(pki.server_settings(verify=False), scheme="tls")
-    cfg = NatsConfig(enabled=True, servers=(srv.url,), tls_ca_file=pki.ca)
+    cfg = NatsConfig(enabled=True, servers=(srv.url,), tls_ca_file=pki.ca, **FIRST)
     sink = NatsSink(cfg)
     assert sink.describe()["tls"] == {"ca": pki.ca}
-    await publishes(sink, srv.url, tls=ssl.create_default_context(cafile=pki.ca))
-    untrusted = NatsConfig(enabled=True, servers=(srv.url,))
+    await publishes(sink, srv.url, tls=ssl.create_default_context(cafile=pki.ca), **FIRST)
+    untrusted = NatsConfig(enabled=True, servers=(srv.url,), **FIRST)
     await refused(untrusted, {}, "nats TLS refused; retrying")
 
 
@@ -358,10 +360,11 @@ async def test_mutual_tls(start: Callable[..., Any], tmp_path: Path) -> None:
         tls_ca_file=pki.ca,
         tls_cert_file=pki.client_cert,
         tls_key_file=pki.client_key,
+        **FIRST,
     )
     assert NatsSink(cfg).describe()["tls"] == {"ca": pki.ca, "cert": pki.client_cert}
-    await publishes(NatsSink(cfg), srv.url, tls=pki.client_context())
-    no_cert = NatsConfig(enabled=True, servers=(srv.url,), tls_ca_file=pki.ca)
+    await publishes(NatsSink(cfg), srv.url, tls=pki.client_context(), **FIRST)
+    no_cert = NatsConfig(enabled=True, servers=(srv.url,), tls_ca_file=pki.ca, **FIRST)
     await refused(no_cert, {}, "nats TLS refused; retrying")
 
 
@@ -377,11 +380,84 @@ async def test_mutual_tls_with_a_token(start: Callable[..., Any], tmp_path: Path
         tls_ca_file=pki.ca,
         tls_cert_file=pki.client_cert,
         tls_key_file=pki.client_key,
+        **FIRST,
     )
-    await publishes(NatsSink(cfg, env={"T": TOKEN}), srv.url, tls=pki.client_context(), token=TOKEN)
+    consumer = {"tls": pki.client_context(), "token": TOKEN, **FIRST}
+    await publishes(NatsSink(cfg, env={"T": TOKEN}), srv.url, **consumer)
+
+
+class Recorder:
+    """A loopback TCP proxy to `port` that keeps every byte the clients send: what the server,
+    or anyone on the path, reads."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.sent = bytearray()
+        self.server: asyncio.Server | None = None
+        self.pumps: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"tls://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for pump in list(self.pumps):
+            pump.cancel()
+        await asyncio.gather(*self.pumps, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        for task in (self._pump(reader, up_writer, self.sent), self._pump(up_reader, writer, None)):
+            pump = asyncio.create_task(task)
+            self.pumps.add(pump)
+            pump.add_done_callback(self.pumps.discard)
+
+    @staticmethod
+    async def _pump(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, keep: bytearray | None
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if keep is not None:
+                    keep += data
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_plain_server_gets_no_credential_and_no_price(start: Callable[..., Any]) -> None:
+    """The attack nats-py allows: a server (or an interceptor) that does not ask for TLS. Plain
+    nats-py, given a `tls://` URL, sends it the token in clear; the sink (TLS handshake first)
+    sends nothing but a TLS hello, logs and counts the refusal, and keeps its rounds out of it."""
+    srv = await start(f'authorization {{ token: "{TOKEN}" }}')
+    plain = Recorder(srv.port)
+    async with plain as url:  # nats-py's default, the hazard: a tls:// URL, the token in clear
+        nc = await nats.connect(url, token=TOKEN, allow_reconnect=False, connect_timeout=2)
+        await nc.close()
+    assert b'"auth_token": "' + TOKEN.encode() in plain.sent
+    recorder = Recorder(srv.port)
+    async with recorder as url:
+        cfg = NatsConfig(enabled=True, servers=(url,), token_env="T", **FIRST)
+        await refused(cfg, {"T": TOKEN}, "nats TLS refused; retrying", TOKEN)
+    assert recorder.sent.startswith(b"\x16\x03")  # a TLS handshake record: the hello
+    assert TOKEN.encode() not in recorder.sent and b"CONNECT" not in recorder.sent
+    assert b"PUB " not in recorder.sent
 
 
 # -- what the config and the start-up refuse -------------------------------------------------------
+
+
+UNSAFE = (
+    "without it the sink speaks TLS only if the server's greeting asks for it, so a server or an "
+    "interceptor that does not gets credentials and prices in clear; set it to true and "
+    "handshake_first: true in the servers' tls block (docs/publishing.md)"
+)
 
 
 def problems_of(nats_table: dict[str, Any]) -> list[str]:
@@ -414,8 +490,16 @@ def problems_of(nats_table: dict[str, Any]) -> list[str]:
         ({"user": "u"}, "nats.password_env: required with nats.user"),
         ({"password_env": "P"}, "nats.user: required with nats.password_env"),
         (
-            {"tls_cert_file": "c.pem"},
+            {"tls_cert_file": "c.pem", **FIRST},
             "nats.tls_key_file: required with nats.tls_cert_file (mutual TLS needs both)",
+        ),
+        (
+            {"servers": ["nats://a:4222", "tls://b:4222"], "tls_ca_file": "ca.pem"},
+            f"nats.tls_handshake_first: required with tls_ca_file and tls:// servers: {UNSAFE}",
+        ),
+        (
+            {"tls_cert_file": "c.pem", "tls_key_file": "c.key", "tls_handshake_first": False},
+            f"nats.tls_handshake_first: required with tls_cert_file: {UNSAFE}",
         ),
         (
             {"tls_key_file": "c.key"},
@@ -429,8 +513,8 @@ def problems_of(nats_table: dict[str, Any]) -> list[str]:
     ],
 )
 def test_conflicting_or_incomplete_settings_are_named(table: dict[str, Any], problem: str) -> None:
-    """Two ways to authenticate, a secret from two places, half a pair: each is one problem
-    naming its keys, whether or not the sink is enabled."""
+    """Two ways to authenticate, a secret from two places, half a pair, TLS that a plain server
+    could skip: each is one problem naming its keys, whether or not the sink is enabled."""
     assert problems_of(table) == [problem]
     assert problems_of({"enabled": True, **table}) == [problem]
 
