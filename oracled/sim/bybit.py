@@ -5,7 +5,8 @@ It speaks the real wire protocol (see oracled/sources/bybit.py for the docs): ``
 ``"success":false`` refusals, JSON pongs to the client's ``{"op":"ping"}`` (no protocol pings from
 the server), spot ``orderbook.1.<SYMBOL>`` and linear ``tickers.<SYMBOL>`` topics that start with a
 snapshot to the subscriber and continue with deltas (linear deltas carry only the fields that
-changed: some carry no price at all), and ``GET /v5/market/tickers?category=spot|linear``.
+changed: some carry no price at all, only a best size), and
+``GET /v5/market/tickers?category=spot|linear``.
 
 Both categories list every symbol the simulator was given, each with its own price path: path keys
 are ``"<category>:<SYMBOL>"`` (``"linear:BTCUSDT"``), which is what `spike`, `set_price` and `book`
@@ -293,12 +294,15 @@ class BybitSim(VenueSim):
                 f'"data":{{"s":"{name}","b":{json.dumps(bids)},"a":{json.dumps(asks)},'
                 f'"u":{u},"seq":{seq}}},"cts":{cts}}}'
             )
-        # Every fourth delta of each symbol changes no price: the kept state must hold. (Counted
-        # per symbol: one count for all would give these deltas always to the same symbols when
-        # their number is a multiple of four, and their prices would never move.)
+        # Every fourth delta of each symbol changes no price, only a best size: the kept prices
+        # must hold. (Counted per symbol: one count for all would give these deltas always to
+        # the same symbols when their number is a multiple of four, and their prices would never
+        # move.) A delta without any best level or last price is no quote (`unchanged`).
         sent = self._deltas[key] = self._deltas.get(key, 0) + 1
         if sent % 4 == 0:
-            fields = f'"symbol":"{name}","openInterest":"{path.size() * 1000:.3f}"'
+            fields = (
+                f'"symbol":"{name}","bid1Size":"{size}","openInterest":"{path.size() * 1000:.3f}"'
+            )
         else:
             fields = (
                 f'"symbol":"{name}","lastPrice":"{ask}","bid1Price":"{bid}","bid1Size":"{size}",'

@@ -17,19 +17,22 @@ spot reads level-1 order book ``orderbook.1.<SYMBOL>``: a snapshot after subscri
 where size ``"0"`` removes a level and ``u`` is the per-symbol update id (``u`` = 1 is a snapshot
 after a venue restart). ``venue_ts`` is, on spot, the frame's ``cts`` ("the timestamp from the
 matching engine when this orderbook data is produced"; ``ts`` where a frame has none) and, on
-linear, its ``ts`` (when the system generated the data: tickers are pushed on a change, so it is
-the change's time within milliseconds). Spot does not use ``ts``: a level-1 book that has not
-changed for 3 s is pushed again as a snapshot with the same ``u`` and a new ``ts``, and with that
-``ts`` a book that stopped changing would look fresh for ever; such a re-push is dropped as
-``unchanged`` (the quote keeps the age of the book's last change). Frames older than the last one
-applied for the symbol on this connection (by ``u`` on spot, by ``ts`` on linear) are dropped as
-``stale`` (on spot, unless the base judges the kept ``u`` bad, `Source._counter_refused`: a ``u``
-below half of it, or five frames in a row refused while their ``ts`` is past its frame's; then the
-symbol's kept state is dropped and the frame read as its first, so that one far-ahead ``u``
-cannot freeze a symbol until the next reconnect); a frame with a bad price is dropped whole and
-never merged into the kept state, and so is a linear frame from further ahead than the clock-skew
-bound (``future``), whose time would otherwise become the bar that every later frame is stale
-against.
+linear, its ``ts`` (when the system generated the data: a delta is pushed on a change of any of the
+ticker's fields, so it is the change's time within milliseconds). A linear delta that changes
+neither a best price or size nor the last price (mark, index, funding, open interest, which move on
+while the book may not) is dropped as ``unchanged``: its ``ts`` is no time of the book, and with it
+a book that stopped changing would look fresh for ever. Spot does not use ``ts``: a level-1 book
+that has not changed for 3 s is pushed again as a snapshot with the same ``u`` and a new ``ts``,
+and with that ``ts`` a book that stopped changing would look fresh for ever; such a re-push is
+dropped as ``unchanged`` (the quote keeps the age of the book's last change). Frames older than the
+last one applied for the symbol on this connection (by ``u`` on spot, by ``ts`` on linear) are
+dropped as ``stale`` (on spot, unless the base judges the kept ``u`` bad,
+`Source._counter_refused`: a ``u`` below half of it, or five frames in a row refused while their
+``ts`` is past its frame's; then the symbol's kept state is dropped and the frame read as its
+first, so that one far-ahead ``u`` cannot freeze a symbol until the next reconnect); a frame with a
+bad price is dropped whole and never merged into the kept state, and so is a linear frame from
+further ahead than the clock-skew bound (``future``), whose time would otherwise become the bar
+that every later frame is stale against.
 
 Subscribe ``{"op":"subscribe","args":["tickers.BTCUSDT"],"req_id":"1"}``, ack
 ``{"success":true,"ret_msg":"","conn_id":"..","req_id":"1","op":"subscribe"}``; a refusal has
@@ -85,6 +88,10 @@ class _Ticker(msgspec.Struct):
     bid: str | float | None = msgspec.field(name="bid1Price", default=None)
     ask: str | float | None = msgspec.field(name="ask1Price", default=None)
     last: str | float | None = msgspec.field(name="lastPrice", default=None)
+    # Read for their presence only: a delta that changes neither the best levels nor the last
+    # price is no book event (module docstring).
+    bid_size: str | float | None = msgspec.field(name="bid1Size", default=None)
+    ask_size: str | float | None = msgspec.field(name="ask1Size", default=None)
 
 
 class _TickerFrame(msgspec.Struct):
@@ -98,6 +105,8 @@ class _FastTicker(msgspec.Struct, gc=False):
     bid: _Price | None = msgspec.field(name="bid1Price", default=None)
     ask: _Price | None = msgspec.field(name="ask1Price", default=None)
     last: _Price | None = msgspec.field(name="lastPrice", default=None)
+    bid_size: str | float | None = msgspec.field(name="bid1Size", default=None)  # presence only
+    ask_size: str | float | None = msgspec.field(name="ask1Size", default=None)
 
 
 class _FastTickerFrame(msgspec.Struct, gc=False):
@@ -497,6 +506,9 @@ class BybitLinearSource(_BybitSource):
             return
         # The common case, a delta merged into the kept state, inline (what `_apply` does).
         bid, ask, last = ticker.bid, ticker.ask, ticker.last
+        if bid is ask is last is ticker.bid_size is ticker.ask_size is None:
+            self.stats.dropped["unchanged"] += 1  # mark, index, funding...: not the book's time
+            return
         if bid is None:
             bid = previous.bid
         if ask is None:
@@ -567,6 +579,9 @@ class BybitLinearSource(_BybitSource):
         if previous is _DROPPED:
             return
         keep = previous if previous is not None and frame.type != "snapshot" else None
+        if keep is not None and _leaves_the_book(ticker):
+            self.stats.dropped["unchanged"] += 1  # mark, index, funding...: not the book's time
+            return
         bid = keep.bid if keep is not None else None
         ask = keep.ask if keep is not None else None
         last = keep.last if keep is not None else None
@@ -586,6 +601,11 @@ class BybitLinearSource(_BybitSource):
             if 0.0 < value < _INF:  # a bad last price is left out; it never drops the book
                 last = value
         self._apply(ticker.symbol, previous, bid, ask, last, frame.ts, recv_ts, frame.ts)
+
+
+def _leaves_the_book(ticker: _Ticker) -> bool:
+    """A linear delta that changes neither a best level nor the last price."""
+    return ticker.bid is ticker.ask is ticker.last is ticker.bid_size is ticker.ask_size is None
 
 
 def _request_id(req_id: str | None) -> int | str | None:

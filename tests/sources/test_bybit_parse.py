@@ -71,11 +71,12 @@ def test_documented_linear_ticker_snapshot_becomes_a_perp_quote(h: Harness) -> N
 
 
 def test_linear_deltas_are_merged_into_the_last_full_state(h: Harness) -> None:
-    """A delta without prices keeps the book; a delta with one side changes only that side."""
+    """A delta without prices (a best size changed) keeps the book's prices; a delta with one
+    side changes only that side."""
     h.linear.on_message(LINEAR_SNAPSHOT, LINEAR_RECV + 1)
     no_price = (
         '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
-        '"openInterest":"68745.000"},"cs":24987956060,"ts":1673272861786}'
+        '"bid1Size":"84.000"},"cs":24987956060,"ts":1673272861786}'
     )
     one_side = (
         '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
@@ -99,7 +100,7 @@ def test_bad_linear_delta_is_not_merged(h: Harness) -> None:
     h.linear.on_message(GARBAGE[13], LINEAR_RECV + 2)  # NaN bid and ask, far-future ts
     no_price = (
         '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
-        '"fundingRate":"0.0001"},"cs":24987956060,"ts":1673272861786}'
+        '"ask1Size":"80.5"},"cs":24987956060,"ts":1673272861786}'
     )
     h.linear.on_message(
         no_price, LINEAR_RECV + 3
@@ -495,3 +496,40 @@ def test_a_repushed_unchanged_spot_book_is_not_a_new_quote(h: Harness, text: boo
     delta = _with_cts(_level1("delta", 8, t + 20_000, "27449.00", "27450.00"), t + 19_990)
     feed(delta, SPOT_RECV + 20_000)
     assert [q.venue_ts for q in h.quotes] == [t - 40, t + 19_990]
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["fast", "text"])
+def test_a_linear_delta_that_leaves_the_book_is_not_a_new_quote(h: Harness, text: bool) -> None:
+    """A linear ticker delta carries only the fields that changed, and its `ts` is when any of
+    them did: mark, index, funding and open interest move on (every 100 ms) while the best bid
+    and ask may not, so a delta with no bid, ask, size or last price is dropped as `unchanged`
+    and the quote keeps the age of the book's last change. Before, each such delta was a quote
+    stamped with its fresh `ts`, and a book that had stopped changing never aged. A delta that
+    changes a best size, the last price or a price is used as usual, on both paths."""
+    t = 1673272861686
+    feed = h.linear._slow if text else h.linear.on_message
+
+    def delta(ts: int, fields: str) -> str:
+        return (
+            '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
+            f'{fields}}},"cs":24987956060,"ts":{ts}}}'
+        )
+
+    feed(LINEAR_SNAPSHOT, LINEAR_RECV)
+    for k in range(1, 181):  # 18 s of index and mark moves on a book that does not move
+        fields = f'"markPrice":"{17217 + k / 100:.2f}","indexPrice":"{17227 + k / 100:.2f}"'
+        feed(delta(t + 100 * k, fields), LINEAR_RECV + 100 * k)
+    funding = '"fundingRate":"-0.0002","openInterest":"68745.0"'
+    feed(delta(t + 18_100, funding), LINEAR_RECV + 18_100)
+    assert [q.venue_ts for q in h.quotes] == [t]
+    assert h.linear.stats.dropped == {"unchanged": 181}
+    feed(delta(t + 18_200, '"bid1Size":"80.1"'), LINEAR_RECV + 18_200)
+    feed(delta(t + 18_300, '"lastPrice":"17215.50"'), LINEAR_RECV + 18_300)
+    feed(delta(t + 18_400, '"ask1Price":"17216.50","ask1Size":"2"'), LINEAR_RECV + 18_400)
+    assert [(q.venue_ts, q.price, q.ask) for q in h.quotes] == [
+        (t, 17216.0, 17216.0),
+        (t + 18_200, 17216.0, 17216.0),
+        (t + 18_300, 17215.5, 17216.0),
+        (t + 18_400, 17215.5, 17216.5),
+    ]
+    assert h.linear.stats.malformed == 0
