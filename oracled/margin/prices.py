@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgspec
@@ -236,11 +237,14 @@ class PriceBook:
         rather than wait for its last report to go stale."""
         self.unavailable[market] = reason
 
-    def mark_stalled(self) -> None:
+    def mark_stalled(self, markets: Iterable[str] | None = None) -> None:
         """The daemon's rounds have stalled: no report held is current, however young, until
-        a newer one of its market arrives (`stalled`, docs/contracts.md, stream errors)."""
+        a newer one of its market arrives (`stalled`, docs/contracts.md, stream errors). Every
+        market held, or only `markets` (signed mode: those a stall left without a quorum)."""
+        wanted = None if markets is None else set(markets)
         for market, view in self.latest.items():
-            self.stalled[market] = (view.ts, view.round)
+            if wanted is None or market in wanted:
+                self.stalled[market] = (view.ts, view.round)
 
     def resolve(self, market: str, now_ms: int) -> Resolved | Frozen:
         view = self.latest.get(market)

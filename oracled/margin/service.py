@@ -161,9 +161,7 @@ class MarginService:
 
     def _refused(self, frame: _Frame, url: str) -> tuple[Request, ...]:
         if frame.code == STALLED:  # answers no request; concerns every market
-            _log.warning("stalled", message=frame.message, url=url)
-            self.engine.book.mark_stalled()
-            self._decide()
+            self._stalled(frame.message or "", url)
             return ()
         refusal = self._subs_of(url).refused(frame.code or "unknown", frame.markets or ())
         if refusal.kind == "split":  # one bad market refused them all: ask for each alone
@@ -183,6 +181,12 @@ class MarginService:
         if refusal.markets:
             self._decide()
         return ()
+
+    def _stalled(self, message: str, url: str) -> None:
+        """`url`'s daemon says its rounds have stalled: nothing it sent is current any more."""
+        _log.warning("stalled", message=message, url=url)
+        self.engine.book.mark_stalled()
+        self._decide()
 
     def _available(self, markets: Iterable[str]) -> None:
         """The daemon serves these again: their accounts wait for a report, not for a reload."""

@@ -16,7 +16,12 @@ engine the client's quorum view of each market, never a frame itself:
   engine's views are refreshed, and a decision taken, once a daemon's round is complete (every
   market it serves, or its next round began), never between two markets of one round; the tick
   decides on those views too, only freezing the markets whose quorum lapsed meanwhile;
-* a `stalled` frame of any daemon freezes every market until a later round is verified.
+* a daemon's `stalled` frame withdraws its reports: the client is told (`note_stalled`) that
+  the signer last verified from that daemon stalled, so its identity's reports leave every
+  quorum at once, however young, until a report of a later round of it is verified. A market
+  the other replicas still make a quorum of is priced by them, as if the daemon were down; one
+  they do not is frozen with reason `stalled` (the cause of its lost quorum). A daemon not yet
+  verified from counts toward no quorum: its stall changes nothing.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ from oracled.margin.engine import MarginEngine
 from oracled.margin.prices import PriceView
 from oracled.margin.service import MarginService, _wall_ms
 
-__all__ = ["NO_QUORUM", "SignedMarginService", "view_of"]
+__all__ = ["NO_QUORUM", "STALLED_QUORUM", "SignedMarginService", "view_of"]
 
 _log = structlog.get_logger(component="margin")
 
 #: The reason a view without a verified quorum carries (frozen as `unknown:no_quorum`).
 NO_QUORUM = "no_quorum"
+#: Why a market has no quorum when stalled daemons' reports were left out of it.
+STALLED_QUORUM = "stalled"
 
 
 def view_of(market: MarketView) -> PriceView:
@@ -128,9 +135,11 @@ class SignedMarginService(MarginService):
         # (None once the round was complete and decided on).
         self._round: dict[str, tuple[int, set[str] | None]] = {}
         # The last verified view given to the engine per market, and the markets now frozen
-        # for want of a quorum.
+        # for want of a quorum, with why (NO_QUORUM, or STALLED_QUORUM).
         self._fed: dict[str, PriceView] = {}
-        self._unverified: set[str] = set()
+        self._unverified: dict[str, str] = {}
+        # Per daemon URL, the signer last verified from it: whom its `stalled` frame is about.
+        self._heard: dict[str, str] = {}
 
     @property
     def unavailable(self) -> dict[str, str]:
@@ -169,6 +178,7 @@ class SignedMarginService(MarginService):
         except Rejection:
             return ()
         self.reports += 1
+        self._heard[url] = sp.signer
         if self._subs_of(url).reported(sp.market):
             self._available((sp.market,))
         self._arrived(url, sp.market, sp.ts)
@@ -194,36 +204,58 @@ class SignedMarginService(MarginService):
         self._refresh()
         self._decide()
 
+    def _stalled(self, message: str, url: str) -> None:
+        """`url`'s daemon stalled: its signer's reports leave every quorum, the others price."""
+        signer = self._heard.get(url)
+        stall = None if signer is None else self.client.note_stalled(signer, message, url)
+        identity = None if stall is None else stall.identity
+        _log.warning("stalled", message=message, url=url, identity=identity)
+        if stall is not None:  # else nothing of it is held: it counts toward no quorum
+            self._refresh()
+            self._decide()
+
     def _refresh(self) -> None:
         """Give the engine the client's view of every market that changed."""
         now = self.clock()
-        book = self.engine.book
         for market in self.engine.markets:
             quorum = self.client.price(market)
             if quorum.status == "unknown":
-                self._freeze(market, now)
+                self._freeze(market, quorum, now)
                 continue
             view = view_of(quorum)
             fed = self._fed.get(market)
             newer = fed is None or (view.ts, view.round) > (fed.ts, fed.round)
-            # The same round time, another quorum (a replica's report came): not after a stall
+            # The same round time, another quorum: a replica's report came, or a stalled one's
+            # left (the client leaves out only what was said to be stalled: no late copy counts)
             changed = fed is not None and view.ts == fed.ts and view != fed
-            if newer or (changed and market not in book.stalled):
+            if newer or changed:
                 self._fed[market] = view
-                self._unverified.discard(market)
+                self._unverified.pop(market, None)
                 self.engine.on_report(view, in_order=True)
 
-    def _freeze(self, market: str, now: int) -> None:
-        """No verified quorum (any more): frozen; a market never verified stays `no_report`."""
-        if market in self._fed and market not in self._unverified:
-            self._unverified.add(market)
-            _log.warning("no_quorum", market=market, quorum=self.client.quorum)
+    def _freeze(self, market: str, quorum: MarketView, now: int) -> None:
+        """No verified quorum (any more): frozen, with reason `stalled` when stalled daemons'
+        reports were left out of it; a market never verified stays `no_report`."""
+        if market not in self._fed:
+            return
+        reason = STALLED_QUORUM if quorum.stalled else NO_QUORUM
+        if self._unverified.get(market) == reason:
+            return  # frozen already, for that reason
+        self._unverified[market] = reason
+        stalled = [s.identity for s in quorum.stalled]
+        _log.warning(
+            "no_quorum", market=market, quorum=self.client.quorum, reason=reason, stalled=stalled
+        )
+        if reason == STALLED_QUORUM:
+            self.engine.book.mark_stalled((market,))
+        else:
             self.engine.on_report(_no_quorum(market, now), in_order=True)
 
     def _decide(self) -> None:
         # A quorum lapses with time too: frozen at the tick, never priced between rounds.
         now = self.clock()
         for market in self.engine.markets:
-            if market not in self._unverified and self.client.price(market).status == "unknown":
-                self._freeze(market, now)
+            quorum = self.client.price(market)
+            if quorum.status == "unknown":
+                self._freeze(market, quorum, now)
         super()._decide()

@@ -409,6 +409,98 @@ async def test_a_stalled_daemon_freezes_signed_markets_until_a_later_round_is_ve
     assert kinds[-2:] == ["freeze", "unfreeze"]
 
 
+async def _replicas_stalling(
+    serve: Servers, scales: list[float], quorum: int
+) -> tuple[list[SignedRig], MarginEngine, SignedMarginService, io.BytesIO]:
+    """Replicas on one clock (their own keys and identities), one verified round each, and a
+    signed service reading them all that trusts a report for 60 s (so a stall is not age)."""
+    rigs = [SignedRig(KEYS[i], scale=scale) for i, scale in enumerate(scales)]
+    for i, rig in enumerate(rigs):
+        rig.clock = rigs[0].clock
+        rig.step(advance=i == 0)
+    urls = [await serve.api(rig) for rig in rigs]
+    eng = accounts({"max_report_age_ms": 60_000}, signed_section(rigs, quorum), TIGHT)
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    service = SignedMarginService(
+        eng, urls, out, eng.spec.signed, step_ms=20, clock=rigs[0].clock.now_ms
+    )
+    await serve.run(service)
+    await until(lambda: service.client.accepted >= 2 * len(rigs))  # two markets each
+    return rigs, eng, service, out
+
+
+async def _round_of(rigs: list[SignedRig], service: SignedMarginService, ms: int) -> None:
+    """`ms` later, one round of each of `rigs` (the others stay quiet), all verified."""
+    rigs[0].clock.advance(ms)  # below the stall limit (5 s) of the replicas that step
+    accepted = service.client.accepted
+    for rig in rigs:
+        rig.step(advance=False)
+    await until(lambda: service.client.accepted >= accepted + 2 * len(rigs))
+
+
+async def test_a_stalled_replica_leaves_the_quorum_and_the_others_keep_pricing(
+    serve: Servers,
+) -> None:
+    """Three replicas, quorum 2, quoting 1.0, 1.01 and 1.3 times the venues' prices. The third
+    stops publishing; once its daemon says its rounds have stalled, its reports leave the
+    quorum at once (though 60 s young): BTC/USD is priced by the two others' median (64,320,
+    not 64,640 with the stalled one's), never frozen, and no account decision is written.
+    Without the withdrawal every market froze `stalled` and the stalled replica's price kept
+    counting until its reports were 60 s old."""
+    rigs, eng, service, out = await _replicas_stalling(serve, [1.0, 1.01, 1.3], quorum=2)
+    now = rigs[0].clock.now_ms
+    btc = eng.prices(now())["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.value == pytest.approx(64_640, rel=1e-4)
+    before = len(decisions(out))  # the start's (no report yet, then priced)
+    with capture_logs() as logs:
+        for _ in range(6):  # the third replica's last round is now 6 s old: stalled
+            await _round_of(rigs[:2], service, 1_000)
+        await until(lambda: any(e["event"] == "stalled" for e in logs))
+        btc = eng.prices(now())["BTC/USD"]
+        assert isinstance(btc, Resolved) and btc.value == pytest.approx(64_320, rel=1e-4)
+        assert list(service.client.stalled) == ["daemon-c"]
+        await _round_of(rigs[:2], service, 250)
+    btc = eng.prices(now())["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.value == pytest.approx(64_320, rel=1e-4)
+    assert service.client.price("BTC/USD").identities == ("daemon-a", "daemon-b")
+    assert decisions(out)[before:] == [] and eng.state("tight") == "healthy"
+    stalled = next(e for e in logs if e["event"] == "stalled")
+    assert stalled["identity"] == "daemon-c" and "stalled" in stalled["message"]
+
+
+async def test_a_stall_leaving_fewer_than_a_quorum_freezes_stalled_until_it_ends(
+    serve: Servers,
+) -> None:
+    """Two replicas, quorum 2; the second stalls while the first keeps publishing. Its reports
+    leave the quorum, which the first alone does not make: every market is frozen with reason
+    `stalled` (why the quorum is gone), and stays frozen through the first's next rounds
+    (which, with the stalled reports still counted, priced it again); the stalled replica's
+    next round ends the stall and prices the market."""
+    rigs, eng, service, out = await _replicas_stalling(serve, [1.0, 1.0], quorum=2)
+    now = rigs[0].clock.now_ms
+    assert isinstance(eng.prices(now())["BTC/USD"], Resolved)
+    before = len(decisions(out))  # the start's (no report yet, then priced)
+    with capture_logs() as logs:
+        for _ in range(6):
+            await _round_of(rigs[:1], service, 1_000)
+        await until(lambda: any(e["event"] == "stalled" for e in logs))
+        await _round_of(rigs[:1], service, 250)
+        for market in ("BTC/USD", "ETH/USD"):
+            frozen = eng.prices(now())[market]
+            assert isinstance(frozen, Frozen) and frozen.reason == "stalled"
+        await until(lambda: len(decisions(out)) > before)
+        assert [(d["kind"], d["reasons"]) for d in decisions(out)[before:]] == [
+            ("freeze", ["stalled"])
+        ]
+        await _round_of(rigs, service, 250)
+    await until(lambda: isinstance(eng.prices(now())["BTC/USD"], Resolved))
+    assert [d["kind"] for d in decisions(out)[before:]] == ["freeze", "unfreeze"]
+    assert not service.client.stalled
+    quorum = [e for e in logs if e["event"] == "no_quorum"]
+    assert quorum and {e["reason"] for e in quorum} == {"stalled"}
+
+
 async def test_frames_signed_for_another_deployment_or_by_another_key_price_nothing(
     serve: Servers,
 ) -> None:
