@@ -89,8 +89,11 @@ async def test_reconnects_and_resubscribes_after_disconnect(
     await wait(lambda: run.state() is ConnState.STREAMING)
     if done is not None:
         await wait(done)
-    # Subscribed again on each new connection, once: the same requests as on the first.
-    assert control_requests(sim) == 2 * case.sockets * case.subscribes
+    # Subscribed again on each new connection, once: the same requests as on the first. A
+    # loaded machine may cut a new connection as silent and open one more, which subscribes
+    # once too: the requests are counted per connection the venue accepted.
+    assert sim.stats.connections >= 2 * case.sockets
+    await wait(lambda: control_requests(sim) == sim.stats.connections * case.subscribes)
     if case.after_reconnect is not None:
         case.after_reconnect(run, sim)
     await no_socket_leaked(case, sim, wait)
