@@ -63,11 +63,34 @@ from oracled.sources.stats import LATENCY_BOUNDS_MS, LATENCY_BUCKET_OF_MS, ConnS
 __all__ = ["COUNTER_RESET_AFTER", "DEFAULT_SILENT_AFTER_MS", "RestPacer", "Source", "backoff_delay"]
 
 _T = TypeVar("_T")
+
+
+class BodyTooLarge(aiohttp.ClientPayloadError):
+    """A REST answer over `MAX_REST_BODY`: a failed request like any transport error."""
+
+
+async def read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The (decompressed) body of `resp`, read no further than `MAX_REST_BODY`."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > MAX_REST_BODY:
+            resp.close()  # hang up: the rest of the answer is never read
+            raise BodyTooLarge(f"REST answer over {MAX_REST_BODY >> 20} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 _INF: Final = math.inf
 _LATENCY_BUCKET_OF_MS: Final = LATENCY_BUCKET_OF_MS
 _LATENCY_OVER: Final = LATENCY_BOUNDS_MS[-1]
 # Errors that mean "this connection or request failed", as opposed to a bug in our code.
 _NET_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError)
+#: The most of a REST answer read (after decompression). The largest real answers (KuCoin's
+#: allTickers, every symbol of the venue) are about 1 MB; an answer that runs past this is a
+#: broken or hostile server, cut here rather than buffered until the request's timeout.
+MAX_REST_BODY: Final = 16 * 1024 * 1024
 # The venue's one-second message window, with a margin for jitter between our clock and theirs.
 _WINDOW_S: Final = 1.1
 # A last trade price as the venue printed it, a number or a quoted decimal (strict=False).
@@ -653,13 +676,16 @@ class Source(abc.ABC):
                     await asyncio.sleep(0)
                 recv_ts = clock.now_ms()
                 stats.last_frame_ms = recv_ts
-                if self._streaming:
-                    self.on_message(msg.data, recv_ts)
-                else:
-                    before = stats.quotes
-                    self.on_message(msg.data, recv_ts)
-                    if stats.quotes != before:
-                        self._stream_up()
+                try:
+                    if self._streaming:
+                        self.on_message(msg.data, recv_ts)
+                    else:
+                        before = stats.quotes
+                        self.on_message(msg.data, recv_ts)
+                        if stats.quotes != before:
+                            self._stream_up()
+                except RecursionError:
+                    self._bad("decode")  # JSON nested past the decoder's depth limit
             elif kind is ping:
                 await ws.pong(msg.data)  # the venue wants its own payload back
                 self._sent.append(self._last_rx)
@@ -786,6 +812,8 @@ class Source(abc.ABC):
                     self._rest_books = self._polled
                     try:
                         self.on_rest(body, recv_ts)
+                    except RecursionError:
+                        self._bad("decode")  # JSON nested past the decoder's depth limit
                     finally:
                         self._rest_books = None
                     answered = True
@@ -827,9 +855,12 @@ class Source(abc.ABC):
         try:
             async with asyncio.timeout(max(self.cfg.rest_poll_interval_s, 1.0)):
                 async with self._http.get(url, params=query) as resp:
-                    body = await resp.read()
+                    body = await read_capped(resp)
         except _NET_ERRORS as exc:
-            return None, b"", f"{type(exc).__name__}: {exc}".rstrip(": ")
+            error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            if isinstance(exc, BodyTooLarge):
+                self._log.warning("rest answer too large", url=url, error=error)
+            return None, b"", error
         if resp.status != 200:
             limited = resp.status in _RATE_LIMITED
             self._retry_after_s = _retry_after(resp.headers.get("Retry-After")) if limited else 0.0

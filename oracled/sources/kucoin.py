@@ -69,7 +69,7 @@ from yarl import URL
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source
+from oracled.sources._base import Source, read_capped
 from oracled.sources.stats import SourceStats
 
 __all__ = ["KucoinSource"]
@@ -212,12 +212,12 @@ class KucoinSource(Source):
     async def connect_url(self) -> str:
         """Ask ``bullet-public`` for a token and a server, then build that server's URL."""
         async with self._http.post(f"{self.rest_url}/api/v1/bullet-public") as resp:
-            body = await resp.read()
+            body = await read_capped(resp)
             if resp.status != 200:
                 raise aiohttp.ClientError(f"bullet-public: HTTP {resp.status}: {body[:200]!r}")
         try:
             bullet = _BULLET.decode(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deep
             raise aiohttp.ClientError(f"bullet-public: unreadable answer: {exc}") from exc
         if bullet.code != "200000" or bullet.data is None or not bullet.data.instanceServers:
             raise aiohttp.ClientError(f"bullet-public: refused: {body[:200]!r}")

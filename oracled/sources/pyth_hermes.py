@@ -119,16 +119,23 @@ class _SseLines:
     event and ``(None, text)`` for each comment line (keep-alives).
     """
 
-    __slots__ = ("_buf", "_data", "_type")
+    __slots__ = ("_buf", "_data", "_size", "_type")
 
     def __init__(self) -> None:
         self._buf = b""
         self._data: list[str] = []
+        self._size = 0  # characters in `_data`: an event's lines are bounded as one line is
         self._type = ""
 
     @property
     def pending(self) -> int:
+        """Bytes of the line not yet ended."""
         return len(self._buf)
+
+    @property
+    def pending_event(self) -> int:
+        """Characters of data lines of the event not yet ended."""
+        return self._size
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, str]]:
         if b"\n" not in chunk:  # a long event arriving in pieces: no line to parse yet
@@ -141,7 +148,7 @@ class _SseLines:
             if not line:
                 if self._data:
                     out.append((self._type or "message", "\n".join(self._data)))
-                self._data, self._type = [], ""
+                self._data, self._size, self._type = [], 0, ""
                 continue
             name, _, value = line.partition(":")
             value = value.removeprefix(" ")
@@ -149,6 +156,7 @@ class _SseLines:
                 out.append((None, value))
             elif name == "data":
                 self._data.append(value)
+                self._size += len(value) + 1
             elif name == "event":
                 self._type = value
             # "id", "retry" and unknown fields are ignored, as the SSE rules say.
@@ -362,7 +370,11 @@ class PythHermesSource(Source):
                 if kind is None:
                     continue  # keep-alive comment: life, nothing else
                 before = stats.quotes
-                why = self._event(kind, data, recv_ts)
+                try:
+                    why = self._event(kind, data, recv_ts)
+                except RecursionError:  # JSON nested past the decoder's depth limit
+                    self._bad("decode")
+                    continue
                 if why is not None:
                     return why
                 if not self._streaming and stats.quotes != before:
@@ -370,6 +382,9 @@ class PythHermesSource(Source):
             if parser.pending > _MAX_LINE:
                 self._bad("line_too_long")
                 return "line too long"
+            if parser.pending_event > _MAX_LINE:
+                self._bad("event_too_long")
+                return "event too long"
         return "closed by venue (end of stream)"
 
     def _event(self, kind: str, data: str, recv_ts: int) -> str | None:

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from structlog.testing import capture_logs
 
 from oracled.config import SourceConfig
 from oracled.model import Kind
 from oracled.sources import ConnState
+from oracled.sources._base import MAX_REST_BODY
 
 Handler = Callable[[web.WebSocketResponse, int], Awaitable[None]]
 PAIRS: list[tuple[str, Kind]] = [("BTC/USDT", "spot"), ("ETH/USDT", "spot")]
@@ -36,6 +38,8 @@ class Venue:
         self.retry_after: str | None = None  # the Retry-After header of a failing answer
         self.rest_held: asyncio.Event | None = None  # set: REST answers wait until it is set
         self.rest_answered = 0
+        self.rest_endless = False  # set: a 200 whose chunked body never ends
+        self.rest_sent = 0  # bytes of endless bodies the client took before hanging up
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -54,7 +58,7 @@ class Venue:
         await self.handler(ws, n)
         return ws
 
-    async def _rest(self, request: web.Request) -> web.Response:
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
         self.rest_requests += 1
         self.rest_asked.append(json.loads(request.query["symbols"]))
         if self.rest_held is not None:
@@ -66,7 +70,23 @@ class Venue:
             return web.json_response(body, status=self.rest_status, headers=headers)
         if self.rest_text is not None:
             return web.Response(text=self.rest_text, content_type="text/html")
+        if self.rest_endless:
+            return await self._endless(request)
         return web.json_response(self.rest_rows)
+
+    async def _endless(self, request: web.Request) -> web.StreamResponse:
+        """A JSON array that never closes, written as fast as the client takes it."""
+        resp = web.StreamResponse()
+        resp.content_type = "application/json"
+        await resp.prepare(request)
+        row = b'{"symbol":"BTCUSDT","bidPrice":"1","bidQty":"1","askPrice":"1","askQty":"1"},'
+        chunk = b"[" + row * (65_536 // len(row))
+        try:
+            while True:
+                await resp.write(chunk)
+                self.rest_sent += len(chunk)
+        except (ConnectionError, RuntimeError):
+            return resp  # the client hung up
 
 
 async def next_request(ws: web.WebSocketResponse) -> dict[str, Any]:
@@ -447,3 +467,84 @@ async def test_a_poll_repeating_the_last_polled_book_is_not_a_new_quote(
         ("ETH/USDT", 50.0),
     ]
     assert run.stats.state is ConnState.POLLING
+
+
+async def test_a_rest_answer_that_never_ends_is_cut_at_the_size_limit(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A REST answer is read no further than `MAX_REST_BODY` (16 MiB): a venue (or a proxy in
+    the way) answering 200 with a chunked body that never ends costs one counted ``rest_error``
+    naming the limit, and the client hangs up, instead of the poll buffering everything the
+    server can send until its timeout (found by pointing a polling source at such a server:
+    the whole body was read, several hundred MB a second on loopback, before the timeout)."""
+    venue = Venue(hold_script)
+    venue.refuse = True  # no stream: the source polls
+    venue.rest_endless = True
+    with capture_logs() as logs:
+        run = await launch(venue, aiohttp_server, start_config, rest_poll_interval_s=5.0)
+        await wait(lambda: run.stats.dropped["rest_error"] >= 1)
+    assert run.stats.state is ConnState.DOWN and run.quotes == []
+    errors = [e["error"] for e in logs if e["event"] == "rest answer too large"]
+    assert errors == [f"BodyTooLarge: REST answer over {MAX_REST_BODY >> 20} MiB"]
+    await wait(lambda: venue.rest_requests == 1 and venue.rest_sent > 0)
+    # what the client took, give or take the socket buffers on both sides
+    assert venue.rest_sent < MAX_REST_BODY + (8 << 20)
+
+
+async def test_an_oversized_message_or_deflate_bomb_replaces_the_connection(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A WebSocket message over 4 MiB is refused before it is buffered: one 5 MiB text frame,
+    then a permessage-deflate message of 32 MiB inflated (32 KB on the wire), each closes its
+    connection with 1009 (message too big), logged as the reason and counted as a reconnect;
+    the third connection streams. The limit is aiohttp's default max_msg_size, which it also
+    applies while inflating (docs/sources.md, *Limits on what a venue sends*)."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        if n == 0:
+            await ws.send_str("7" * (5 << 20))
+        elif n == 1:
+            assert ws.compress, "the client offers permessage-deflate"
+            await ws.send_str("7" * (32 << 20))
+        else:
+            await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+        await hold(ws)
+
+    venue = Venue(script)
+    with capture_logs() as logs:
+        run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
+        await wait(lambda: run.stats.state is ConnState.STREAMING)
+    assert venue.connections == 3 and run.stats.reconnects == 2
+    down = [e["reason"] for e in logs if e.get("state") == "down" and "reason" in e]
+    assert down == ["closed by venue (1009)"]  # the second cut finds the source still down
+    assert run.stats.malformed == 0 and len(run.quotes) == 1
+
+
+async def test_json_nested_past_the_decoder_depth_is_a_malformed_frame_not_a_crash(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A frame nested deeper than msgspec's limit (200 KB of brackets in a field the decoder
+    skips, well under the message limit) makes the decoder raise RecursionError, not
+    DecodeError: the source counts it as a
+    malformed `decode` frame and goes on reading the same connection. Before, the error left
+    the adapter and crashed the whole source (the service's supervisor restarted it after a
+    backoff, a traceback each time), so a venue could hold a source down with one frame every
+    few seconds (found sending such frames to every adapter)."""
+    deep = "[" * 100_000 + "]" * 100_000
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        await ws.send_str('{"x":' + deep + "}")  # an unknown field: skipped, depth and all
+        book = BOOK.format(lower="btcusdt", sym="BTCUSDT")
+        await ws.send_str(book.removesuffix("}}") + ',"x":' + deep + "}}")
+        await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+        await hold(ws)
+
+    venue = Venue(script)
+    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
+    await wait(lambda: len(run.quotes) == 1)
+    assert venue.connections == 1 and run.stats.reconnects == 0
+    assert run.stats.malformed == 2 and run.stats.dropped == {"decode": 2}

@@ -5,6 +5,7 @@ test_stream_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -144,4 +145,42 @@ async def test_an_endless_line_is_cut_and_unknown_events_are_counted(
         assert run.stats.dropped["unknown_event"] == run.stats.dropped["line_too_long"] == 1
         down = [e for e in logs if e.get("state") == "down" and "reason" in e]
         assert [e["reason"] for e in down] == ["line too long"]
+        assert [(q.pair, q.venue_ts) for q in run.quotes] == [("BTC/USD", 1_708_363_256_000)]
+
+
+async def test_an_event_that_never_ends_is_cut_and_counted(start: Start, wait: Wait) -> None:
+    """Short ``data:`` lines with never the blank line that ends the event (a broken proxy, a
+    hostile server) would pile up in the parser without bound, each line looking like life to
+    the watchdog: past 4 MiB of pending data the event is counted as event_too_long and the
+    connection replaced; the next one streams as usual. Before, the data grew until memory ran
+    out (found streaming such lines at a source: 5 MiB buffered, then more, never cut)."""
+    update = json.dumps({"parsed": [json.loads(FIXTURE)["parsed"][0]]}, separators=(",", ":"))
+    served: list[int] = []
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        n = len(served)
+        served.append(n)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if n == 0:
+            chunk = b"data:7777777\n" * 5_000
+            with contextlib.suppress(ConnectionError, RuntimeError):  # the client hung up
+                for _ in range(16 * 1024 * 1024 // len(chunk)):  # 10 MB of data, no event
+                    await resp.write(chunk)
+            return resp
+        await resp.write(f"data:{update}\n\n".encode())
+        await asyncio.sleep(3600)  # hold the stream until the client leaves
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v2/updates/price/stream", stream)
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
+        with capture_logs() as logs:
+            run = await start(ws_url=url, rest_url=url, **BTC_ONLY)
+            await wait(lambda: run.stats.state is ConnState.STREAMING)
+        assert served == [0, 1] and run.stats.reconnects == 1
+        assert run.stats.dropped["event_too_long"] == 1 and "line_too_long" not in run.stats.dropped
+        down = [e for e in logs if e.get("state") == "down" and "reason" in e]
+        assert [e["reason"] for e in down] == ["event too long"]
         assert [(q.pair, q.venue_ts) for q in run.quotes] == [("BTC/USD", 1_708_363_256_000)]
