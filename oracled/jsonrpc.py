@@ -239,7 +239,7 @@ class RpcClient:
             failed = _Failed("transport", type(exc).__name__)
         except Web3RPCError as exc:
             failed = _Failed("node", str(exc)[:120])
-        except (Web3Exception, ValueError, TypeError) as exc:
+        except (Web3Exception, ValueError, TypeError, RecursionError) as exc:
             failed = _Failed("garbage", f"eth_chainId: {type(exc).__name__}")
         self._count(index, failed)
         raise RpcUnavailable(f"eth_chainId on {self.stats[index].name}: {failed}")
@@ -323,7 +323,7 @@ class RpcClient:
         raw = await self._post(index, body)
         try:
             answer = _decode_one.decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested past msgspec's limit
             raise _Failed("garbage", "not a JSON-RPC answer") from None
         if answer.id != rid:
             raise _Failed("garbage", "answer to another request id")

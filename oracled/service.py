@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -100,6 +101,8 @@ STOP_WORST_CASE_S = (
 )
 NO_CONFIG_FILE = "this daemon was not started from a config file"
 _RESTART_MAX_S = 30.0
+#: The interpreter's default: deep enough for the daemon, shallow enough for the C stack.
+RECURSION_LIMIT = 1000
 #: Most rounds a blocked round loop computes afterwards (10 minutes at 250 ms, a few seconds of
 #: CPU at 1,000 markets); a longer stall skips the rest, and says so.
 MAX_CATCH_UP_ROUNDS = 2_400
@@ -1058,8 +1061,20 @@ class Service:
         )
         if self._freeze_gc:
             self.log.info("start-up objects frozen", objects=gcpause.freeze())
+        self._lower_recursion_limit()
         self.started.set()
         return session
+
+    def _lower_recursion_limit(self) -> None:
+        """Put back the interpreter's recursion limit, which py_ecc (imported through eth_keys
+        for the signer) raises to 100,000 at import. Under that limit an untyped JSON decode
+        (msgspec's, json's in web3) recurses past the C stack on a frame of nested brackets (3 MB,
+        within a venue's 4 MiB message limit, or an RPC answer) and the process dies of a
+        segmentation fault; at the default it raises RecursionError, a malformed frame."""
+        before = sys.getrecursionlimit()
+        if before > RECURSION_LIMIT:
+            sys.setrecursionlimit(RECURSION_LIMIT)
+            self.log.info("recursion limit lowered", before=before, after=RECURSION_LIMIT)
 
     def _on_round_loop_done(self, task: asyncio.Task[None]) -> None:
         """The round loop ends only when cancelled. An error in a round would leave every price

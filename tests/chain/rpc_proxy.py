@@ -12,7 +12,8 @@ answers an `eth_call` with a request-fault error (-32602); "null_call" answers e
 with a null result; "hold" waits for `release` before forwarding (a node that hangs, or an
 answer that arrives late); "unpin" forwards an `eth_call` pinned by block hash as a read at
 "latest" (a node that ignores EIP-1898); "huge" answers the right id with a result of `HUGE`
-bytes (an endpoint that sends far more than any read, broken or hostile);
+bytes (an endpoint that sends far more than any read, broken or hostile); "deep" answers it with
+a result nested `DEEP` arrays deep (200 KB, past any JSON decoder's depth limit);
 "mangle" forwards but answers the pusher's numbers in forms no node should send (a block
 without a hex base fee, a gas estimate and a nonce that are not hex quantities, a receipt with
 no status; `MANGLED`); "no_batch" answers every batch (a JSON array) with one JSON-RPC error
@@ -34,6 +35,7 @@ from aiohttp import web
 _REFUSED = {"code": -32602, "message": "invalid argument 0: hex string has odd length"}
 _NO_BATCH = {"code": -32600, "message": "batch requests are not supported"}
 HUGE = 20 * 1024 * 1024
+DEEP = 100_000
 #: "mangle": the answer given to each method instead of the node's (a receipt only if mined).
 MANGLED: dict[str, Any] = {
     "eth_getBlockByNumber": {"number": "0x1", "baseFeePerGas": 7},
@@ -106,6 +108,11 @@ class RpcProxy:
         if mode == "huge":
             return web.json_response(
                 {"jsonrpc": "2.0", "id": items[0]["id"], "result": "0x" + "0" * HUGE}
+            )
+        if mode == "deep":
+            head = f'{{"jsonrpc":"2.0","id":{json.dumps(items[0]["id"])},"result":'.encode()
+            return web.Response(
+                body=head + b"[" * DEEP + b"]" * DEEP + b"}", content_type="application/json"
             )
         if mode == "no_result":
             return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"]})

@@ -4,6 +4,9 @@ request's own fault is raised at once, without asking another endpoint."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+
 import aiohttp
 import pytest
 from chain_rig import Anvil
@@ -11,10 +14,23 @@ from rpc_proxy import RpcProxy
 
 from oracled.clock import SystemClock
 from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable, UnknownBlock
+from oracled.service import RECURSION_LIMIT
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ANVIL_CHAIN_ID = "0x7a69"  # 31337
+
+
+@pytest.fixture(autouse=True)
+def daemon_recursion_limit() -> Iterator[None]:
+    """The running daemon's recursion limit (oracled.service lowers the 100,000 py_ecc sets,
+    under which a decoder overflows the C stack on the "deep" answers), put back afterwards."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(RECURSION_LIMIT)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
 
 
 def client(urls: list[str], http: aiohttp.ClientSession, timeout_s: float = 2.0) -> RpcClient:
@@ -31,6 +47,7 @@ def client(urls: list[str], http: aiohttp.ClientSession, timeout_s: float = 2.0)
         ("no_result", "garbage"),
         ("error", "node"),
         ("huge", "garbage"),
+        ("deep", "garbage"),
     ],
 )
 async def test_a_bad_answer_is_counted_by_kind_and_the_next_endpoint_answers(
@@ -38,9 +55,11 @@ async def test_a_bad_answer_is_counted_by_kind_and_the_next_endpoint_answers(
 ) -> None:
     """A node that hangs past the timeout, answers status 500, answers bytes that are not
     JSON-RPC, answers another request id, or answers neither result nor error, answers more
-    than any read could (20 MiB: read no further than the 16 MiB cap), or a server-side
-    error: the call still gets the second endpoint's answer, the first is counted once under
-    the failure's kind, and the client stays on the second."""
+    than any read could (20 MiB: read no further than the 16 MiB cap), answers JSON nested
+    past the decoder's depth limit (a RecursionError, which before left the client: no
+    fail-over, and the chain reader crashed and was restarted), or a server-side error: the
+    call still gets the second endpoint's answer, the first is counted once under the
+    failure's kind, and the client stays on the second."""
     proxy.mode = mode
     # A short timeout for the node that hangs; the huge answer takes a while to send on a busy host.
     rpc = client([proxy.url, anvil.url], http, timeout_s=0.3 if mode == "hold" else 5.0)
@@ -120,11 +139,15 @@ async def test_a_pinned_read_of_a_block_off_the_canonical_chain_is_unknown_block
     assert not rpc.stats[0].by_kind and rpc.active == 0
 
 
-@pytest.mark.parametrize(("mode", "kind"), [("hold", "timeout"), ("http500", "http")])
+@pytest.mark.parametrize(
+    ("mode", "kind"), [("hold", "timeout"), ("http500", "http"), ("deep", "garbage")]
+)
 async def test_a_chain_id_that_cannot_be_read_is_counted_and_unavailable(
     http: aiohttp.ClientSession, proxy: RpcProxy, mode: str, kind: str
 ) -> None:
-    """The chain id asked through web3 of a node that hangs or answers status 500: the client
+    """The chain id asked through web3 of a node that hangs, answers status 500 or answers JSON
+    nested past the decoder's depth limit (a RecursionError, which web3 lets through, at the
+    daemon's recursion limit): the client
     raises RpcUnavailable (the reader then trusts no answer of that endpoint) and counts the
     failure under its kind."""
     proxy.mode = mode
