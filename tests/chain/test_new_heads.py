@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -16,6 +17,8 @@ from reading import Collected, make_reader, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 from ws_relay import WsRelay
+
+from oracled.service import RECURSION_LIMIT
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -35,6 +38,18 @@ async def relay(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[WsRe
     r = await WsRelay(anvil.ws_url, http).start()
     yield r
     await r.stop()
+
+
+@pytest.fixture
+def daemon_recursion_limit() -> Iterator[None]:
+    """The running daemon's recursion limit (oracled.service lowers the 100,000 py_ecc sets,
+    under which a decoder can overflow the C stack on "deep"), put back afterwards."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(RECURSION_LIMIT)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
 
 
 async def until(done: Callable[[], bool]) -> None:
@@ -106,6 +121,32 @@ async def test_a_new_heads_socket_that_ends_falls_back_to_polling_and_reconnects
             assert [q.price for q in got.quotes] == [3000.0]
             down = [e for e in logs if e["event"] == "newHeads down, polling"]
             assert "socket ended" in down[0]["error"]
+            relay.mode = "relay"
+            await until(lambda: relay.following == 1 and reader.stats.mode == "newHeads")
+            await read_by_new_heads(chain, snapshot, got)
+        finally:
+            await stop(task)
+
+
+@pytest.mark.usefixtures("daemon_recursion_limit")
+async def test_a_new_heads_message_nested_too_deep_falls_back_to_polling_and_reconnects(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """A message on the newHeads socket nested past the decoder's depth limit (a broken or
+    hostile node) raises RecursionError, not a msgspec error: the reader now takes it as a
+    broken subscription (says so, polls, subscribes again) instead of letting it end run(),
+    which crashed the chain reader (its supervisor restarted it with a traceback)."""
+    relay.mode = "deep"
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
+                         poll_interval_s=0.02)  # fmt: skip
+    got = watch_eth(reader, snapshot.eth_proxy)
+    with capture_logs() as logs:
+        task = asyncio.create_task(reader.run())
+        try:
+            await until(lambda: relay.connections >= 2 or task.done())
+            assert not task.done(), task.exception()
+            down = [e for e in logs if e["event"] == "newHeads down, polling"]
+            assert down[0]["error"].startswith("RecursionError")
             relay.mode = "relay"
             await until(lambda: relay.following == 1 and reader.stats.mode == "newHeads")
             await read_by_new_heads(chain, snapshot, got)

@@ -4,7 +4,9 @@ Modes: "relay" forwards the subscription to anvil and every notice back (and, af
 subscription's answer, one message that is not a notice, as nodes send); "refuse" answers the
 subscription with a JSON-RPC error; "drop_after_ack" passes the subscription's answer and then
 closes the socket; "silent" passes the subscription's answer and then forwards nothing (the
-socket stays up and answers pings: a subscription that died on the node's side).
+socket stays up and answers pings: a subscription that died on the node's side); "deep" passes
+the subscription's answer and then sends one message nested past any JSON decoder's depth
+limit (`_DEEP`, a broken or hostile node), then holds the socket.
 `connections` counts the sockets opened to it, `following` the ones relayed past the
 subscription's answer in "relay" mode.
 """
@@ -18,6 +20,7 @@ from aiohttp import web
 
 _REFUSAL = '{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"method not found"}}'
 _CHATTER = '{"jsonrpc":"2.0","id":77,"result":true}'
+_DEEP = '{"jsonrpc":"2.0","x":' + "[" * 100_000 + "]" * 100_000 + "}"
 
 
 class WsRelay:
@@ -61,7 +64,9 @@ class WsRelay:
             if mode == "drop_after_ack":
                 await ws.close()
                 return ws
-            if mode == "silent":
+            if mode == "deep":
+                await ws.send_str(_DEEP)
+            if mode in ("silent", "deep"):
                 async for _ in ws:
                     pass
                 return ws

@@ -579,7 +579,8 @@ class ChainReader:
             try:
                 await self._follow_heads(self.cfg.ws_url)
             except (aiohttp.ClientError, OSError, TimeoutError, SourceError, ValueError,
-                    msgspec.MsgspecError) as exc:  # fmt: skip
+                    msgspec.MsgspecError, RecursionError) as exc:  # fmt: skip
+                # RecursionError: a message nested past the decoder's depth limit
                 self._reject("newHeads down, polling", error=self._heads_error(exc)[:200])
             if self._heads != heads:
                 attempt = 0  # that subscription worked: this break starts the backoff again
