@@ -46,7 +46,16 @@ from oracled.errors import SourceError
 if TYPE_CHECKING:
     from web3 import AsyncWeb3
 
-__all__ = ["EndpointStats", "RpcClient", "RpcError", "RpcUnavailable", "UnknownBlock", "redact"]
+__all__ = [
+    "AnswerTooLarge",
+    "EndpointStats",
+    "RpcClient",
+    "RpcError",
+    "RpcUnavailable",
+    "UnknownBlock",
+    "read_answer",
+    "redact",
+]
 
 
 #: An answer larger than this is garbage (a read of a hundred feeds is about 100 kB): a broken
@@ -150,16 +159,28 @@ class _Failed(Exception):
         super().__init__(f"{kind}: {detail}")
 
 
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    """The (decompressed) body, read no further than `_MAX_ANSWER_BYTES`."""
+class AnswerTooLarge(ValueError):
+    """An answer over `_MAX_ANSWER_BYTES`: garbage, whoever reads it."""
+
+
+async def read_answer(resp: aiohttp.ClientResponse) -> bytes:
+    """The (decompressed) body, read no further than `_MAX_ANSWER_BYTES` (AnswerTooLarge).
+    For the few requests made outside `RpcClient` (the pusher's raw transaction)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_any():
         size += len(chunk)
         if size > _MAX_ANSWER_BYTES:
-            raise _Failed("garbage", f"answer over {_MAX_ANSWER_BYTES >> 20} MiB")
+            raise AnswerTooLarge(f"answer over {_MAX_ANSWER_BYTES >> 20} MiB")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await read_answer(resp)
+    except AnswerTooLarge as exc:
+        raise _Failed("garbage", str(exc)) from None
 
 
 class RpcClient:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from eth_utils.abi import function_signature_to_4byte_selector
 from oracled.clock import Clock
 from oracled.config import ChainConfig, PushConfig
 from oracled.errors import ConfigError, OracledError
-from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable
+from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable, read_answer
 from oracled.model import Status
 from oracled.publish.signer import SigningKey, decimal_to_int, keccak, load_signing_key
 
@@ -511,8 +512,10 @@ class ChainPusher:
             try:
                 async with asyncio.timeout(self.chain.timeout_s):
                     async with self._session.post(url, json=body) as resp:
-                        answer = await resp.json(content_type=None)
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                        answer = json.loads(await read_answer(resp))
+            # ValueError: not JSON, or over the RPC client's size cap; RecursionError: nested
+            # past the decoder's depth. Either way that endpoint did not take the transaction.
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, RecursionError):
                 continue
             if not isinstance(answer, dict) or answer.get("id") != body["id"]:
                 continue  # garbage, or an answer to another request: not taken here

@@ -37,6 +37,7 @@ from oracled.publish.chain_push import (
     market_id,
 )
 from oracled.publish.signer import SigningKey
+from oracled.service import RECURSION_LIMIT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chain"))
 from chain_rig import Anvil, Chain, RpcFailed, start_anvil
@@ -748,13 +749,29 @@ async def test_a_node_that_answers_null_at_start_is_waited_for_not_a_crash(rig: 
     assert not any("exc_info" in e for e in logs)
 
 
-@pytest.mark.parametrize("mode", ["wrong_id", "no_result"])
+@pytest.fixture
+def daemon_recursion_limit() -> Iterator[None]:
+    """The running daemon's recursion limit (oracled.service lowers the 100,000 py_ecc sets,
+    under which json.loads overflows the C stack on the proxy's "deep"), put back after."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(RECURSION_LIMIT)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
+
+
+@pytest.mark.usefixtures("daemon_recursion_limit")
+@pytest.mark.parametrize("mode", ["wrong_id", "no_result", "huge", "deep"])
 async def test_a_raw_send_answer_that_is_not_for_this_request_goes_to_the_next_endpoint(
     rig: Rig, mode: str
 ) -> None:
     """An endpoint that answers eth_sendRawTransaction with a JSON-RPC answer to another
     request id, or with no result, has not taken the transaction: the pusher sends it to the
-    next endpoint and waits for that hash, never for one the endpoint made up."""
+    next endpoint and waits for that hash, never for one the endpoint made up. So with an
+    answer over the RPC client's 16 MiB cap (before, read whole and its made-up 20 MiB
+    "hash" waited for) or one nested past the decoder's depth (before, a RecursionError out
+    of the step, which crashed the pusher task)."""
     proxy = await RpcProxy(rig.url, rig.chain.session).start()
     try:
         pusher = await first_push(rig, Rounds(make_config()), urls=(proxy.url, rig.url))
