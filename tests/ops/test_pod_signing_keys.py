@@ -1,4 +1,5 @@
-"""deploy/kubernetes: every pod signs with its own key, chosen by its pod name.
+"""deploy/kubernetes: every pod signs with its own key, chosen by its pod name; the NATS
+sink's client key for mutual TLS reaches the daemon the same way.
 
 Replicas sharing a key sign conflicting rounds for the same times and clients refuse them as
 equivocation (docs/publishing.md), so the StatefulSet's init container copies the pod's own key
@@ -6,13 +7,15 @@ equivocation (docs/publishing.md), so the StatefulSet's init container copies th
 (root's and group-readable through fsGroup), to a memory volume as a file of the pod's user
 with mode 0400. No cluster here: the manifests are rendered with `kubectl kustomize`, and the
 init container's script runs for real, as the pod's user and groups, against a directory laid
-out as the kubelet lays out a Secret volume; the daemon then starts on the file it wrote.
+out as the kubelet lays out a Secret volume; the daemon then starts on the file it wrote (and
+its NATS sink loads the TLS files it copied).
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import datetime
 import io
 import os
 import re
@@ -32,9 +35,14 @@ import orjson
 import pytest
 import yaml
 from catalogue import ROOT
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from daemon import free_port, sim_config
 
-from oracled.config import parse_config
+from oracled.config import ConfigError, parse_config
+from oracled.publish.nats_auth import load_nats_auth
 from oracled.publish.signer import SigningKey, load_signing_key
 
 K8S = ROOT / "deploy" / "kubernetes"
@@ -66,12 +74,12 @@ def signing_keys_secret() -> dict[str, Any]:
     return dict(secret)
 
 
-def _signing_enabled(configmap: dict[str, Any]) -> str:
-    """The ConfigMap's config with its commented `[signing]` table uncommented, as the
-    operator turns signing on (deploy/README.md)."""
+def _uncommented(configmap: dict[str, Any], table: str = "signing") -> str:
+    """The ConfigMap's config with its commented `[table]` uncommented, as the operator turns
+    signing (or the NATS sink) on (deploy/README.md)."""
     text = configmap["data"]["oracled.toml"]
-    block = re.search(r"^# \[signing\]\n(?:# .*\n)+", text, re.MULTILINE)
-    assert block, "the ConfigMap lost its commented [signing] table"
+    block = re.search(rf"^# \[{table}\]\n(?:# .*\n)+", text, re.MULTILINE)
+    assert block, f"the ConfigMap lost its commented [{table}] table"
     uncommented = "".join(line[2:] + "\n" for line in block[0].splitlines())
     return text.replace(block[0], uncommented)
 
@@ -96,7 +104,7 @@ def test_each_pod_copies_its_own_key_to_a_file_the_daemon_accepts() -> None:
     init = _init(statefulset)
     assert init["image"] == container["image"]
     assert init["command"] == ["python", "-c"]
-    script, keys_dir, dest = init["args"]
+    script, keys_dir, dest, nats_dir, nats_dest = init["args"]
     assert "POD_NAME" in script
     (env,) = init["env"]
     assert env == {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
@@ -120,13 +128,28 @@ def test_each_pod_copies_its_own_key_to_a_file_the_daemon_accepts() -> None:
     # Signing is off as shipped; the table the operator uncomments names the copy.
     shipped = parse_config(tomllib.loads(objects["ConfigMap"]["data"]["oracled.toml"]), env={})
     assert not shipped.signing.enabled
-    cfg = parse_config(tomllib.loads(_signing_enabled(objects["ConfigMap"])), env={})
+    cfg = parse_config(tomllib.loads(_uncommented(objects["ConfigMap"])), env={})
     assert cfg.signing.enabled and cfg.signing.deployment
     assert (cfg.signing.key_file, cfg.signing.key_env) == (dest, None)
     # A key for every pod, each under its pod's name (the StatefulSet's name and ordinal).
     name, replicas = statefulset["metadata"]["name"], statefulset["spec"]["replicas"]
     assert set(secret["stringData"]) == {f"{name}-{i}" for i in range(replicas)}
     assert not init.get("envFrom"), "no environment of the shared Secret in the init container"
+    # The NATS client's TLS files: an optional Secret, mounted in the init container only, copied
+    # next to the signing key, where the ConfigMap's commented [nats] table names them.
+    nats = volumes[init_mounts[nats_dir]["name"]]
+    assert init_mounts[nats_dir]["readOnly"] is True
+    assert nats["secret"]["optional"] is True and nats["secret"]["defaultMode"] == 0o400
+    assert nats["name"] not in mounts, "the daemon reads the copies, never the Secret's files"
+    assert not shipped.nats.enabled
+    tls = parse_config(tomllib.loads(_uncommented(objects["ConfigMap"], "nats")), env={}).nats
+    assert tls.enabled and tls.tls_handshake_first
+    assert (tls.tls_key_file, tls.tls_cert_file, tls.tls_ca_file) == (
+        nats_dest + ".key",
+        nats_dest + ".crt",
+        nats_dest + "-ca.crt",
+    )
+    assert Path(nats_dest).parent == Path(dest).parent
 
 
 @pytest.fixture
@@ -205,14 +228,27 @@ def _as_pod_user(statefulset: dict[str, Any], work: Callable[[], str]) -> tuple[
 
 
 def _run_init(
-    statefulset: dict[str, Any], pod: str, keys_dir: Path, copy_dir: Path
+    statefulset: dict[str, Any],
+    pod: str,
+    keys_dir: Path,
+    copy_dir: Path,
+    nats_dir: Path | None = None,
 ) -> tuple[int, str]:
     """The init container's script, as the pod's user and groups with POD_NAME set, its mount
-    paths mapped to the directories given: (exit status, what it printed)."""
-    script, _, dest = _init(statefulset)["args"]
+    paths mapped to the directories given (no NATS Secret: its optional volume is empty):
+    (exit status, what it printed)."""
+    script, _, dest, _, nats_dest = _init(statefulset)["args"]
+    if nats_dir is None:
+        nats_dir = copy_dir.parent / "no-nats-secret"
 
     def init() -> str:
-        sys.argv = ["-c", str(keys_dir), str(copy_dir / Path(dest).name)]
+        sys.argv = [
+            "-c",
+            str(keys_dir),
+            str(copy_dir / Path(dest).name),
+            str(nats_dir),
+            str(copy_dir / Path(nats_dest).name),
+        ]
         os.environ["POD_NAME"] = pod
         printed = io.StringIO()
         try:
@@ -324,3 +360,100 @@ def test_the_init_script_on_a_restarted_pod_and_a_pod_without_a_key(pod_dir: Pat
     empty = _kubelet_secret_volume(pod_dir / "empty", {}, fs_group)
     assert _run_init(statefulset, "oracled-2", empty, copy_dir)[0] == 0
     assert list(copy_dir.iterdir()) == []
+
+
+def _client_tls() -> dict[str, str]:
+    """A CA and a client certificate it signed, with the client's key: a Secret's `ca.crt`,
+    `tls.crt` and `tls.key`, as PEM text."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(name: str, key: Any, issuer: str, signer: Any, ca: bool) -> str:
+        built = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(signer, hashes.SHA256())
+        )
+        return built.public_bytes(serialization.Encoding.PEM).decode()
+
+    ca_key, client_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    key_pem = client_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return {
+        "ca.crt": cert("test CA", ca_key, "test CA", ca_key, True),
+        "tls.crt": cert("oracled", client_key, "test CA", ca_key, False),
+        "tls.key": key_pem,
+    }
+
+
+def test_the_init_script_gives_the_nats_sink_its_client_key_as_a_file_it_accepts(
+    pod_dir: Path,
+) -> None:
+    """A `[nats] tls_key_file` on the Secret volume (root's, 0440 through fsGroup) is refused by
+    the sink, so mutual TLS to NATS needed a copy step. The init container's script copies the
+    Secret oracled-nats-client's tls.key, tls.crt and ca.crt to the memory volume as files of the
+    pod's user with mode 0400, where the ConfigMap's commented [nats] table names them, and the
+    sink's TLS loader accepts them as that user. A pod re-run without the Secret keeps none."""
+    objects = rendered()
+    statefulset = objects["StatefulSet"]
+    uid, _, fs_group = _ids(statefulset)
+    files = _client_tls()
+    nats_dir = _kubelet_secret_volume(pod_dir / "nats", files, fs_group)
+    keys = _kubelet_secret_volume(pod_dir / "keys", KEYS, fs_group)
+    copy_dir = _kubelet_empty_dir(pod_dir / "copy", fs_group)
+    nats = parse_config(tomllib.loads(_uncommented(objects["ConfigMap"], "nats")), env={}).nats
+
+    def load(folder: Path, names: dict[str, str]) -> str:
+        """The sink's TLS files at `folder` (by the name each has there), loaded as the pod."""
+        paths = {k: str(folder / names[Path(v).name]) for k, v in _tls_keys(nats).items()}
+        cfg = nats.model_copy(update=paths)
+        try:
+            return repr(sorted(load_nats_auth(cfg, env={}).tls or {}))
+        except ConfigError as exc:
+            return str(exc)
+
+    in_secret = {"nats-client.key": "tls.key", "nats-client.crt": "tls.crt"}
+    in_secret["nats-client-ca.crt"] = "ca.crt"
+    status, refused = _as_pod_user(statefulset, lambda: load(nats_dir, in_secret))
+    assert status == 0, refused
+    assert "tls_key_file" in refused and "accessible by group or others (mode 440)" in refused
+
+    status, printed = _run_init(statefulset, "oracled-0", keys, copy_dir, nats_dir)
+    assert status == 0, printed
+    copied = {p.name: p for p in copy_dir.iterdir()}
+    assert set(copied) == {
+        "signing.key",
+        "nats-client.key",
+        "nats-client.crt",
+        "nats-client-ca.crt",
+    }
+    for name, path in copied.items():
+        info = path.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o400, uid), name
+    assert copied["nats-client.key"].read_text() == files["tls.key"]
+    assert copied["nats-client-ca.crt"].read_text() == files["ca.crt"]
+    same = {name: name for name in copied}
+    status, loaded = _as_pod_user(statefulset, lambda: load(copy_dir, same))
+    assert (status, loaded) == (0, "['ca', 'cert']")
+
+    status, printed = _run_init(statefulset, "oracled-0", keys, copy_dir)
+    assert status == 0, printed
+    assert "no tls.key in the Secret oracled-nats-client" in printed
+    assert [p.name for p in copy_dir.iterdir()] == ["signing.key"], "a NATS key was kept"
+
+
+def _tls_keys(nats: Any) -> dict[str, str]:
+    """The [nats] table's TLS file settings that are set: key -> path."""
+    keys = ("tls_key_file", "tls_cert_file", "tls_ca_file")
+    return {k: getattr(nats, k) for k in keys if getattr(nats, k) is not None}
