@@ -4,9 +4,6 @@ request's own fault is raised at once, without asking another endpoint."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-
 import aiohttp
 import pytest
 from chain_rig import Anvil
@@ -14,23 +11,13 @@ from rpc_proxy import RpcProxy
 
 from oracled.clock import SystemClock
 from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable, UnknownBlock
-from oracled.service import RECURSION_LIMIT
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.usefixtures("daemon_recursion_limit"),  # the "deep" answers
+]
 
 ANVIL_CHAIN_ID = "0x7a69"  # 31337
-
-
-@pytest.fixture(autouse=True)
-def daemon_recursion_limit() -> Iterator[None]:
-    """The running daemon's recursion limit (oracled.service lowers the 100,000 py_ecc sets,
-    under which a decoder overflows the C stack on the "deep" answers), put back afterwards."""
-    before = sys.getrecursionlimit()
-    sys.setrecursionlimit(RECURSION_LIMIT)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(before)
 
 
 def client(urls: list[str], http: aiohttp.ClientSession, timeout_s: float = 2.0) -> RpcClient:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -17,8 +16,6 @@ from reading import Collected, make_reader, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 from ws_relay import WsRelay
-
-from oracled.service import RECURSION_LIMIT
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -38,18 +35,6 @@ async def relay(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[WsRe
     r = await WsRelay(anvil.ws_url, http).start()
     yield r
     await r.stop()
-
-
-@pytest.fixture
-def daemon_recursion_limit() -> Iterator[None]:
-    """The running daemon's recursion limit (oracled.service lowers the 100,000 py_ecc sets,
-    under which a decoder can overflow the C stack on "deep"), put back afterwards."""
-    before = sys.getrecursionlimit()
-    sys.setrecursionlimit(RECURSION_LIMIT)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(before)
 
 
 async def until(done: Callable[[], bool]) -> None:

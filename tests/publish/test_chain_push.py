@@ -37,7 +37,6 @@ from oracled.publish.chain_push import (
     market_id,
 )
 from oracled.publish.signer import SigningKey
-from oracled.service import RECURSION_LIMIT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chain"))
 from chain_rig import Anvil, Chain, RpcFailed, start_anvil
@@ -747,18 +746,6 @@ async def test_a_node_that_answers_null_at_start_is_waited_for_not_a_crash(rig: 
     assert [e["log_level"] for e in retried] == ["warning", "warning"]
     assert "eth_chainId" in retried[0]["error"] and "None" in retried[0]["error"]
     assert not any("exc_info" in e for e in logs)
-
-
-@pytest.fixture
-def daemon_recursion_limit() -> Iterator[None]:
-    """The running daemon's recursion limit (oracled.service lowers the 100,000 py_ecc sets,
-    under which json.loads overflows the C stack on the proxy's "deep"), put back after."""
-    before = sys.getrecursionlimit()
-    sys.setrecursionlimit(RECURSION_LIMIT)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(before)
 
 
 @pytest.mark.usefixtures("daemon_recursion_limit")
