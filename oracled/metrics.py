@@ -484,7 +484,8 @@ class _StateCollector:
         yield dropped
         closed = CounterMetricFamily(
             "oracled_api_connections_closed",
-            "HTTP connections the API closed: a late send, over the cap, or a request unparsed.",
+            "HTTP connections the API closed: a late send, over the cap, no request in time,"
+            " or a request unparsed.",
             labels=["reason"],
         )
         for reason, count in sorted(self._in.api_closed().items()):

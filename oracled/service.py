@@ -32,7 +32,7 @@ from aiohttp import web
 from oracled import __version__, gcpause
 from oracled.aggregate.book import Layout
 from oracled.api import ApiContext, build_app
-from oracled.api.limits import FD_RESERVE, open_file_limit_short
+from oracled.api.limits import FD_RESERVE, GuardedSite, open_file_limit_short
 from oracled.clock import Clock, SystemClock
 from oracled.config import (
     Config,
@@ -930,7 +930,7 @@ class Service:
             keepalive_timeout=self.cfg.api.idle_timeout_s,
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        site = GuardedSite(runner, self.host, self.port, reuse_address=True)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or ()

@@ -9,7 +9,7 @@ from oracled.api.badrequests import ServerLog
 from oracled.api.context import ApiContext
 from oracled.api.cors import Cors
 from oracled.api.errors import Handler, error_middleware, expect_handler, no_store_middleware
-from oracled.api.limits import Limits
+from oracled.api.limits import FIRST_REQUEST_TIMEOUT_S, LIMITS, Limits
 from oracled.api.ops import OpsHandlers
 from oracled.api.read import ReadHandlers
 from oracled.api.sse import SseHandler
@@ -23,14 +23,20 @@ CONTEXT = web.AppKey("oracled_api_context", ApiContext)
 READ = web.AppKey("oracled_api_read", ReadHandlers)
 #: The ops handlers (their `compressions` count shows that a `/metrics` render is gzipped once).
 OPS = web.AppKey("oracled_api_ops", OpsHandlers)
-#: The send deadline and connection cap (its `connections` is the count held against the cap).
-LIMITS = web.AppKey("oracled_api_limits", Limits)
 MAX_BODY = 16 * 1024  # admin bodies are a few bytes; nothing else takes one
 
 
-def build_app(ctx: ApiContext, *, stream_close_timeout: float = 5.0) -> web.Application:
-    """The API application. The caller runs it (AppRunner + TCPSite) and owns the hub."""
-    limits = Limits(ctx)  # outermost: it writes the finished answer under its deadline
+def build_app(
+    ctx: ApiContext,
+    *,
+    stream_close_timeout: float = 5.0,
+    first_request_timeout: float = FIRST_REQUEST_TIMEOUT_S,
+) -> web.Application:
+    """The API application. The caller runs it (AppRunner + `GuardedSite`, whose connections
+    the first-request deadline and the accept limit apply to) and owns the hub."""
+    limits = Limits(
+        ctx, first_request_timeout
+    )  # outermost: it writes the finished answer under its deadline
     cors = Cors(ctx)
     app = web.Application(
         middlewares=[limits.middleware, no_store_middleware, cors.middleware, error_middleware],

@@ -16,6 +16,21 @@ the client does not read), so both are a middleware, the outermost one:
   Prometheus or an operator gets through a flood (a failed scrape reads as a dead daemon).
 
 Both are read from the config in force on each request, so a reload changes them.
+
+The cap is counted when a request arrives, and aiohttp sets no deadline on reading a request's
+headers: a connection that sends them a line at a time (slowloris) was never counted and never
+closed, and a few hundred of them used up the descriptors (every new client, probes included,
+reset; nothing counted or logged). `GuardedSite` (the daemon's listening socket) wraps each
+accepted connection so that:
+
+- its first request must arrive within `FIRST_REQUEST_TIMEOUT_S`, else the connection is
+  aborted, counted (reason `first_request_timeout`) and logged as `api_first_request_timeout`
+  at most once a minute;
+- at most `api.max_connections` + `ACCEPT_MARGIN` connections are open at once; one accepted
+  beyond that closes the oldest connection still waiting for its first request (the likely
+  slowloris), or, with none waiting, itself, counted (reason `accept_limit`) and logged as
+  `api_accept_limit` at most once a minute. The margin leaves room for the probes answered
+  beyond the cap, and stays under `FD_RESERVE`.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -33,15 +49,27 @@ from oracled.api.errors import NO_STORE, Handler, error_response
 from oracled.lograte import LogEveryMinute
 
 __all__ = [
+    "ACCEPT_MARGIN",
+    "CLOSED_ACCEPT_LIMIT",
+    "CLOSED_FIRST_REQUEST_TIMEOUT",
     "CLOSED_LIMIT",
     "CLOSED_SEND_TIMEOUT",
     "FD_RESERVE",
+    "FIRST_REQUEST_TIMEOUT_S",
+    "LIMITS",
+    "GuardedSite",
     "Limits",
     "open_file_limit_short",
 ]
 
 CLOSED_SEND_TIMEOUT = "send_timeout"
 CLOSED_LIMIT = "connection_limit"
+CLOSED_FIRST_REQUEST_TIMEOUT = "first_request_timeout"
+CLOSED_ACCEPT_LIMIT = "accept_limit"
+#: Seconds a new connection has to complete its first request's headers.
+FIRST_REQUEST_TIMEOUT_S = 10.0
+#: Connections accepted beyond `api.max_connections`: probes answered over the cap use them.
+ACCEPT_MARGIN = 16
 _EXEMPT_PREFIXES = ("/healthz", "/metrics", "/v1/admin/")
 
 _log = structlog.get_logger(component="api")
@@ -63,10 +91,24 @@ def open_file_limit_short(max_connections: int) -> int | None:
 class Limits:
     """The send deadline and the connection cap of one application."""
 
-    __slots__ = ("_ctx", "_log_every_minute", "_open")
+    __slots__ = (
+        "_ctx",
+        "_first_request_timeout",
+        "_live",
+        "_log_every_minute",
+        "_open",
+        "_waiting",
+    )
 
-    def __init__(self, ctx: ApiContext) -> None:
+    def __init__(
+        self, ctx: ApiContext, first_request_timeout: float = FIRST_REQUEST_TIMEOUT_S
+    ) -> None:
         self._ctx = ctx
+        self._first_request_timeout = first_request_timeout
+        # Connections accepted through a GuardedSite and still open, and those of them yet to
+        # make a request with their deadline (insertion-ordered: the oldest goes first).
+        self._live: dict[RequestHandler, asyncio.Transport] = {}
+        self._waiting: dict[RequestHandler, asyncio.TimerHandle] = {}
         # Connections that have made a request, by aiohttp's per-connection protocol object;
         # insertion-ordered. A closed one has no transport and is pruned when the cap is near.
         self._open: dict[RequestHandler, None] = {}
@@ -76,6 +118,56 @@ class Limits:
     def connections(self) -> int:
         """Connections counted against the cap that are still open."""
         return sum(1 for p in self._open if p.transport is not None)
+
+    @property
+    def accepted(self) -> int:
+        """Connections accepted through a `GuardedSite` that are still open."""
+        return len(self._live)
+
+    def _accept(self, protocol: RequestHandler, transport: asyncio.Transport) -> bool:
+        """Admit a new connection (False: it is closed at once), evicting the oldest one still
+        waiting for its first request when the open ones reach the cap plus the margin."""
+        if len(self._live) >= self._ctx.current_config.api.max_connections + ACCEPT_MARGIN:
+            if self._waiting:
+                oldest = next(iter(self._waiting))
+                victim = self._live.get(oldest)
+                self._forget(oldest)
+                if victim is not None:
+                    victim.abort()
+                self._closed_at(CLOSED_ACCEPT_LIMIT, "api_accept_limit", None, victim)
+            else:
+                self._closed_at(CLOSED_ACCEPT_LIMIT, "api_accept_limit", None, transport)
+                return False
+        self._live[protocol] = transport
+        loop = asyncio.get_running_loop()
+        self._waiting[protocol] = loop.call_later(
+            self._first_request_timeout, self._first_request_late, protocol
+        )
+        return True
+
+    def _forget(self, protocol: RequestHandler) -> None:
+        """A guarded connection is gone: no deadline, no place."""
+        self._live.pop(protocol, None)
+        self._request_arrived(protocol)
+
+    def _request_arrived(self, protocol: object) -> None:
+        timer = self._waiting.pop(protocol, None)  # type: ignore[call-overload]
+        if timer is not None:
+            timer.cancel()
+
+    def _first_request_late(self, protocol: RequestHandler) -> None:
+        self._waiting.pop(protocol, None)
+        transport = self._live.pop(protocol, None)
+        if transport is None:
+            return
+        transport.abort()
+        self._closed_at(
+            CLOSED_FIRST_REQUEST_TIMEOUT,
+            "api_first_request_timeout",
+            None,
+            transport,
+            timeout_s=self._first_request_timeout,
+        )
 
     def _prune(self) -> None:
         self._open = {p: None for p in self._open if p.transport is not None}
@@ -94,6 +186,7 @@ class Limits:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._request_arrived(request.protocol)
         if self._admit(request):
             response = await handler(request)
         elif request.path.startswith(_EXEMPT_PREFIXES):
@@ -138,13 +231,105 @@ class Limits:
 
     def _closed(self, reason: str, event: str, request: web.Request, **fields: float) -> None:
         """Count a connection the API closed; log it at most once a minute per reason."""
+        self._closed_at(reason, event, request.path, None, remote=request.remote, **fields)
+
+    def _closed_at(
+        self,
+        reason: str,
+        event: str,
+        path: str | None,
+        transport: asyncio.BaseTransport | None,
+        **fields: Any,
+    ) -> None:
         self._ctx.hub.api_closed[reason] += 1
         closed = self._log_every_minute.due(reason, time.monotonic())
-        if closed is not None:
-            _log.warning(
-                event,
-                path=request.path,
-                remote=request.remote,
-                closed=closed,  # since the last such line, this one included
-                **fields,
-            )
+        if closed is None:
+            return
+        if transport is not None:
+            peer = transport.get_extra_info("peername")
+            fields["remote"] = peer[0] if isinstance(peer, tuple) else None
+        if path is not None:
+            fields["path"] = path
+        # closed: since the last such line, this one included
+        _log.warning(event, closed=closed, **fields)
+
+
+#: The application's `Limits` (its `connections` is the count held against the cap).
+LIMITS = web.AppKey("oracled_api_limits", Limits)
+
+
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, seen by `Limits` from accept to close."""
+
+    __slots__ = ("_inner", "_limits", "_served")
+
+    def __init__(self, inner: RequestHandler, limits: Limits) -> None:
+        self._inner = inner
+        self._limits = limits
+        self._served = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A TCP server's: uvloop's has Transport's methods without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        if not self._limits._accept(self._inner, transport):
+            transport.abort()  # aiohttp never sees it
+            return
+        self._served = True
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._limits._forget(self._inner)
+        if self._served:
+            self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> None:
+        self._inner.eof_received()  # None: the transport closes
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP listening socket whose connections `Limits` sees from accept (aiohttp's TCPSite
+    hands them to the application only once a request's headers are in)."""
+
+    __slots__ = ("_host", "_port", "_reuse_address")
+
+    def __init__(
+        self, runner: web.AppRunner, host: str, port: int, *, reuse_address: bool = True
+    ) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._reuse_address = reuse_address
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one asked for, or the kernel's pick for 0)."""
+        assert self._server is not None, "not started"
+        return int(self._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        runner = self._runner
+        assert isinstance(runner, web.AppRunner)
+        server = runner.server
+        assert server is not None
+        limits: Limits = runner.app[LIMITS]
+
+        def guarded() -> asyncio.Protocol:
+            return _Guarded(server(), limits)
+
+        self._server = await asyncio.get_running_loop().create_server(
+            guarded, self._host, self._port, reuse_address=self._reuse_address
+        )
