@@ -187,7 +187,7 @@ def _latency_family(stats: list[tuple[str, SourceStats]]) -> HistogramMetricFami
     return family
 
 
-_SIGNER_REASONS = ("busy", "error")
+_SIGNER_REASONS = ("busy", "error", "floor")
 _NATS_REASONS = ("disconnected", "queue_full", "error")
 
 
@@ -197,7 +197,8 @@ def _signer_families(stats: SignerStats | None) -> Iterator[Metric]:
     signed.add_metric([], stats.signed if stats is not None else 0)
     errors = CounterMetricFamily(
         "oracled_signer_errors",
-        "Rounds left unsigned: busy (the previous round was still being signed) or error.",
+        "Rounds left unsigned: busy (the previous round was still being signed), error, or "
+        "floor (its time is not after a round this key signed before).",
         labels=["reason"],
     )
     for reason in _SIGNER_REASONS:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import stat
 import sys
 import threading
@@ -43,12 +44,12 @@ from oracled.config import (
     slot_max_age_ms,
 )
 from oracled.core import Core, RoundResult
-from oracled.errors import ConfigError, ServiceStopping, TapeError
+from oracled.errors import ConfigError, OracledError, ServiceStopping, TapeError
 from oracled.lockfile import LockHeldError, lock_beside
 from oracled.manual import ManualPauses, Pause
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Kind, Quote
-from oracled.publish.audit import AuditTrail
+from oracled.publish.audit import AuditReader, AuditTrail
 from oracled.publish.chain_push import ChainPusher, PushError, PushStats, load_push_key
 from oracled.publish.hub import Hub
 from oracled.publish.nats import NatsSink
@@ -425,7 +426,9 @@ class Service:
         self.push_stats = PushStats() if cfg.push.enabled else None
         self.pusher: ChainPusher | None = None  # made in run(): it needs the HTTP session
         self._signer_worker = (
-            SignerWorker(self.signer, self._on_signed) if self.signer is not None else None
+            SignerWorker(self.signer, self._on_signed, self._signing_floor(cfg, self.signer))
+            if self.signer is not None
+            else None
         )
         self.log = structlog.get_logger("oracled").bind(component="service")
         # Operator pauses kept across restarts (oracled/manual.py): restored before any round.
@@ -841,6 +844,29 @@ class Service:
             self._release_held(round_ts)
             self._log_transitions(self.core.run_round(round_ts), log)
         self.rounds_caught_up += run
+
+    @staticmethod
+    def _signing_floor(cfg: Config, signer: RoundSigner) -> int | None:
+        """The newest round time this key signed, from the audit trail (read before its writer
+        starts): a restart with the clock behind must not sign those times again, which every
+        consumer would see as equivocation. None without a trail (docs/publishing.md says what
+        that leaves unprotected)."""
+        path = Path(cfg.audit.path)
+        if not cfg.audit.enabled or not path.exists():
+            return None
+        log = structlog.get_logger("oracled").bind(component="signer")
+        try:
+            reader = AuditReader(path)
+            try:
+                floor = reader.last_signed_ts(signer.address)
+            finally:
+                reader.close()
+        except (sqlite3.Error, OracledError) as exc:
+            log.error("signing floor not read: no floor", path=str(path), error=repr(exc))
+            return None
+        if floor is not None:
+            log.info("signing floor", floor=floor, signer=signer.address)
+        return floor
 
     def _publish_round(self, result: RoundResult) -> None:
         """Hand a round to the signer (which publishes it once signed) or straight to NATS."""

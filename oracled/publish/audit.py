@@ -968,6 +968,17 @@ class AuditReader:
         first, last = self._db.execute("SELECT min(ts), max(ts) FROM rounds").fetchone()
         return None if first is None else (int(first), int(last))
 
+    def last_signed_ts(self, signer: str) -> int | None:
+        """The newest round time `signer` (an address, any case) signed, or None: the floor
+        under which a restarted daemon signs nothing (`SignerWorker`). Walks the time index from
+        the newest round, so it stops at once when the newest rounds are this signer's."""
+        row = self._db.execute(
+            "SELECT ts FROM rounds WHERE signature IS NOT NULL AND lower(signer) = ? "
+            "ORDER BY ts DESC LIMIT 1",
+            (signer.lower(),),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def round_count(self) -> int:
         """Rounds stored, counted by SQLite (a month's trail holds millions)."""
         (count,) = self._db.execute("SELECT count(*) FROM rounds").fetchone()

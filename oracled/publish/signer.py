@@ -515,7 +515,7 @@ class SignerStats:
     """Plain counters read by the metrics collector at scrape time."""
 
     signed: int = 0  # rounds signed
-    errors: dict[str, int] = field(default_factory=lambda: {"busy": 0, "error": 0})
+    errors: dict[str, int] = field(default_factory=lambda: {"busy": 0, "error": 0, "floor": 0})
     last_seconds: float = 0.0  # time the last round took to hash and sign
 
 
@@ -682,11 +682,23 @@ class SignerWorker:
     The round loop only submits: it never waits for hashing or signing. A round submitted while
     the previous one is still being signed is skipped and counted (`busy`), so a slow signer
     makes signed rounds sparser instead of letting them queue up and fall behind.
+
+    Nor is a round signed whose time is not after `floor` (counted `floor`): one key signs one
+    round per round time, across restarts too (docs/publishing.md, *Equivocation*).
     """
 
-    def __init__(self, signer: RoundSigner, on_signed: Callable[[SignedRound], None]) -> None:
+    def __init__(
+        self,
+        signer: RoundSigner,
+        on_signed: Callable[[SignedRound], None],
+        floor: int | None = None,
+    ) -> None:
         self.signer = signer
         self._on_signed = on_signed
+        #: the newest round time this key was handed to sign (from the audit trail at start,
+        #: then each round's): a round at or before it is skipped, never signed a second time
+        self.floor = floor
+        self._behind = False  # skipping rounds under the floor (logged once each way)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="oracled-signer")
         self._pending: asyncio.Future[SignedRound] | None = None
         self._log = structlog.get_logger("oracled").bind(component="signer")
@@ -695,9 +707,32 @@ class SignerWorker:
         if self._pending is not None and not self._pending.done():
             self.signer.stats.errors["busy"] += 1
             return
+        if self._under_floor(result.ts):
+            return
+        self.floor = result.ts
         loop = asyncio.get_running_loop()
         self._pending = loop.run_in_executor(self._pool, self._timed_sign, result)
         self._pending.add_done_callback(self._done)
+
+    def _under_floor(self, ts: int) -> bool:
+        """True (counted as `floor`) for a round time this key signed already, before a restart
+        with the clock behind: a second round for one `ts` is equivocation to every consumer."""
+        floor = self.floor
+        if floor is None or ts > floor:
+            if self._behind:
+                self._behind = False
+                self._log.info("signing resumed past the floor", floor=floor, ts=ts)
+            return False
+        self.signer.stats.errors["floor"] += 1
+        if not self._behind:
+            self._behind = True
+            self._log.warning(
+                "round not signed: this key signed up to a later round time before",
+                floor=floor,
+                ts=ts,
+                resumes_in_ms=floor - ts + 1,
+            )
+        return True
 
     def _timed_sign(self, result: RoundResult) -> SignedRound:
         started = time.perf_counter()
