@@ -14,7 +14,7 @@ from oracled.api.ops import OpsHandlers
 from oracled.api.read import ReadHandlers
 from oracled.api.sse import SseHandler
 from oracled.api.stallwatch import StallWatch
-from oracled.api.stream import StreamHandler
+from oracled.api.stream import HEARTBEAT_S, StreamHandler
 
 __all__ = ["CONTEXT", "LIMITS", "OPS", "READ", "build_app"]
 
@@ -30,6 +30,7 @@ def build_app(
     ctx: ApiContext,
     *,
     stream_close_timeout: float = 5.0,
+    stream_heartbeat: float = HEARTBEAT_S,
     first_request_timeout: float = FIRST_REQUEST_TIMEOUT_S,
 ) -> web.Application:
     """The API application. The caller runs it (AppRunner + `GuardedSite`, whose connections
@@ -54,7 +55,9 @@ def build_app(
     stall = StallWatch(ctx)
     app.on_startup.append(stall.start)
     app.on_cleanup.append(stall.stop)
-    stream = StreamHandler(ctx, stall, close_timeout=stream_close_timeout)
+    stream = StreamHandler(
+        ctx, stall, close_timeout=stream_close_timeout, heartbeat=stream_heartbeat
+    )
     app.on_shutdown.append(stream.shutdown)
     sse = SseHandler(ctx, stall)
     app.on_shutdown.append(sse.shutdown)

@@ -32,6 +32,9 @@ reason; its memory is freed at once. A client frame the server cannot read (too 
 broken framing) closes the connection with the RFC 6455 code aiohttp chose for it (1009, 1007,
 1002), counted as a `bad_frame` drop and logged as `stream_bad_frame`, at most once a minute per
 close code with `closed`, the number since the last line (any client can send such frames).
+A client that stops answering the server's pings (one every 20 s, a pong due within 10 s) is
+closed by aiohttp with 1006 and counted as a `ping_timeout` drop, logged as `stream_ping_timeout`
+at most once a minute with `closed`: a vanished peer or a stuck client, not a refused frame.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from oracled.api.stallwatch import StallWatch
 from oracled.lograte import LogEveryMinute
 from oracled.publish.hub import (
     DROP_BAD_FRAME,
+    DROP_PING_TIMEOUT,
     DROP_SHUTDOWN,
     DROP_SLOW,
     Subscription,
@@ -114,14 +118,22 @@ class StreamHandler:
         "_active",
         "_close_timeout",
         "_ctx",
+        "_heartbeat",
         "_log_every_minute",
         "_order",
         "_shutting_down",
         "_stall",
     )
 
-    def __init__(self, ctx: ApiContext, stall: StallWatch, close_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        ctx: ApiContext,
+        stall: StallWatch,
+        close_timeout: float = 5.0,
+        heartbeat: float = HEARTBEAT_S,
+    ) -> None:
         self._ctx = ctx
+        self._heartbeat = heartbeat
         self._stall = stall
         self._close_timeout = close_timeout
         self._order = ctx.core.index  # market -> layout position, for stable listings
@@ -133,7 +145,7 @@ class StreamHandler:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
-            heartbeat=HEARTBEAT_S, compress=False, max_msg_size=MAX_CLIENT_MESSAGE
+            heartbeat=self._heartbeat, compress=False, max_msg_size=MAX_CLIENT_MESSAGE
         )
         if not ws.can_prepare(request).ok:
             raise _refusal(request)
@@ -208,6 +220,12 @@ class StreamHandler:
         if closed is not None:
             _log.warning("stream_bad_frame", code=code, error=error, remote=remote, closed=closed)
 
+    def _ping_timeout(self, remote: str | None) -> None:
+        """Log clients that stopped answering pings at most once a minute, with the count since."""
+        closed = self._log_every_minute.due(DROP_PING_TIMEOUT, time.monotonic())
+        if closed is not None:
+            _log.warning("stream_ping_timeout", remote=remote, closed=closed)
+
     async def _read(
         self, request: web.Request, ws: web.WebSocketResponse, sub: Subscription
     ) -> None:
@@ -217,6 +235,10 @@ class StreamHandler:
                 # connection with the fitting code (1002 protocol error, 1007 invalid UTF-8,
                 # 1009 too big): say so and count it, the close itself is done.
                 exc = msg.data
+                if isinstance(exc, TimeoutError):  # no pong in time: aiohttp closed with 1006
+                    self._ctx.hub.drop(sub, DROP_PING_TIMEOUT)
+                    self._ping_timeout(request.remote)
+                    return
                 # The code sent, which ws.close_code no longer holds once the client hung up.
                 code = int(exc.code) if isinstance(exc, WebSocketError) else ws.close_code
                 self._ctx.hub.drop(sub, DROP_BAD_FRAME)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DROP_BAD_FRAME",
+    "DROP_PING_TIMEOUT",
     "DROP_SHUTDOWN",
     "DROP_SLOW",
     "MARKET_REMOVED",
@@ -61,6 +62,7 @@ __all__ = [
 DROP_SLOW = "slow_consumer"  # the buffer could not take a round's frames
 DROP_SHUTDOWN = "shutdown"  # the hub was closed
 DROP_BAD_FRAME = "bad_frame"  # the client sent a frame the server could not read
+DROP_PING_TIMEOUT = "ping_timeout"  # the client stopped answering the server's pings
 _UNSUBSCRIBED = "unsubscribed"  # closed by its owner; not counted as a drop
 #: Error frame code: markets a subscription received were removed by a config reload.
 MARKET_REMOVED = "market_removed"
@@ -306,7 +308,7 @@ class Hub:
         # Every reason present from the start: the metrics thread may iterate this while the
         # loop counts, which is safe as long as no key is ever added.
         self.dropped_subscribers: Counter[str] = Counter(
-            {DROP_SLOW: 0, DROP_SHUTDOWN: 0, DROP_BAD_FRAME: 0}
+            {DROP_SLOW: 0, DROP_SHUTDOWN: 0, DROP_BAD_FRAME: 0, DROP_PING_TIMEOUT: 0}
         )
         #: HTTP connections the API closed, by reason (oracled/api/limits.py); same rule.
         self.api_closed: Counter[str] = Counter(

@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 
 from oracled.config import parse_config
 from oracled.publish import DROP_SHUTDOWN, DROP_SLOW
-from oracled.publish.hub import DROP_BAD_FRAME
+from oracled.publish.hub import DROP_BAD_FRAME, DROP_PING_TIMEOUT
 
 Client = TestClient[web.Request, web.Application]
 
@@ -191,6 +191,7 @@ async def test_slow_consumer_is_closed_1008_while_others_keep_receiving(
                 DROP_SLOW: 1,
                 DROP_SHUTDOWN: 0,
                 DROP_BAD_FRAME: 0,
+                DROP_PING_TIMEOUT: 0,
             }
             rig.step()
             assert report(await recv(good)) == ("BTC/USD", rounds + 1)
@@ -284,7 +285,12 @@ async def test_a_request_of_16_kib_or_more_closes_the_stream_with_1009(
         async with asyncio.timeout(SAFETY_S):
             while rig.hub.subscribers:  # noqa: ASYNC110 - the hub exposes no event to wait on
                 await asyncio.sleep(0.01)
-    assert rig.hub.dropped_subscribers == {DROP_SLOW: 0, DROP_SHUTDOWN: 0, DROP_BAD_FRAME: 1}
+    assert rig.hub.dropped_subscribers == {
+        DROP_SLOW: 0,
+        DROP_SHUTDOWN: 0,
+        DROP_BAD_FRAME: 1,
+        DROP_PING_TIMEOUT: 0,
+    }
     bad = [e for e in logs if e["event"] == "stream_bad_frame"]
     assert [(e["code"], e["log_level"]) for e in bad] == [(1009, "warning")]
 

@@ -4,6 +4,7 @@ document and these tests name the same codes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import struct
@@ -15,14 +16,17 @@ from aiohttp.test_utils import TestClient
 from api_rig import (
     TOKEN,
     ClientFactory,
+    DaemonServer,
     Rig,
     openapi_doc,
     rig_whose_reload_removes_sol,
 )
 from raw_ws import RawWebSocket
 from stream_wire import SAFETY_S, ask, next_event, recv
+from structlog.testing import capture_logs
 
-from oracled.publish.hub import DROP_BAD_FRAME, DROP_SHUTDOWN, DROP_SLOW
+from oracled.api import build_app
+from oracled.publish.hub import DROP_BAD_FRAME, DROP_PING_TIMEOUT, DROP_SHUTDOWN, DROP_SLOW
 
 Client = TestClient[web.Request, web.Application]
 CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
@@ -64,6 +68,7 @@ PRODUCED = {code for _, code in BAD_REQUESTS} | {
     "market_removed",
     DROP_SHUTDOWN,
     DROP_BAD_FRAME,
+    DROP_PING_TIMEOUT,
 }
 PRODUCED_ELSEWHERE = {DROP_SLOW}
 
@@ -106,6 +111,7 @@ def test_the_table_names_every_code_and_only_those() -> None:
         DROP_SHUTDOWN: "close 1001",
         DROP_BAD_FRAME: "close 1009, 1007 or 1002 (with aiohttp's reason)",
     }
+    assert rows[DROP_PING_TIMEOUT][0] == "connection cut, no close frame (the client sees 1006)"
 
 
 async def test_each_bad_request_gets_its_error_frame_and_changes_nothing(
@@ -218,6 +224,49 @@ async def test_a_frame_the_server_cannot_read_closes_with_its_code_counted_as_ba
     opcode, payload = frames[-1]
     assert opcode == 0x8 and struct.unpack_from("!H", payload) == (1002,)
     assert rig.hub.dropped_subscribers[DROP_BAD_FRAME] == 1
+
+
+#: The test server's ping interval: a pong is due within half of it (aiohttp's rule).
+SHORT_HEARTBEAT_S = 1.0
+
+
+async def test_a_client_that_stops_answering_pings_is_cut_off_as_ping_timeout(
+    aiohttp_client: Any, rig: Rig
+) -> None:
+    """A client that answers no ping is cut off without a close frame (it sees 1006) and counted
+    as a `ping_timeout` drop, not a `bad_frame` (it sent no frame the server refused), with a
+    `stream_ping_timeout` warning naming its address; a client that answers pings, connected
+    as long, stays subscribed."""
+    app = build_app(rig.context(), stream_heartbeat=SHORT_HEARTBEAT_S)
+    client: Client = await aiohttp_client(DaemonServer(app))
+    host, port = client.server.host, client.server.port
+    assert port is not None
+    with capture_logs() as logs:
+        async with client.ws_connect("/v1/stream") as answering:  # aiohttp pongs while reading
+            reading = asyncio.create_task(answering.receive())
+            raw = await RawWebSocket.connect(host, port, "/v1/stream")
+            try:
+                async with asyncio.timeout(SAFETY_S + 2 * SHORT_HEARTBEAT_S):
+                    frames = await raw.read_to_eof()
+            finally:
+                raw.close()
+            assert frames and {op for op, _ in frames} == {0x9}, frames  # pings, then cut off
+            async with asyncio.timeout(SAFETY_S):
+                while rig.hub.subscribers > 1:  # noqa: ASYNC110 - the hub exposes no event
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(SHORT_HEARTBEAT_S)  # one more round of pings for the other
+            assert not reading.done() and not answering.closed and rig.hub.subscribers == 1
+            reading.cancel()
+    assert rig.hub.dropped_subscribers == {
+        DROP_SLOW: 0,
+        DROP_SHUTDOWN: 0,
+        DROP_BAD_FRAME: 0,
+        DROP_PING_TIMEOUT: 1,
+    }
+    timeouts = [e for e in logs if e["event"].startswith("stream_")]
+    assert [(e["event"], e["remote"], e["closed"]) for e in timeouts] == [
+        ("stream_ping_timeout", "127.0.0.1", 1)
+    ]
 
 
 async def test_an_unmasked_client_frame_is_read_like_a_masked_one(client: Client) -> None:
