@@ -693,6 +693,10 @@ class Source(abc.ABC):
                 continue
             else:
                 code = ws.close_code
+                if kind is aiohttp.WSMsgType.ERROR:
+                    # aiohttp refused what the venue sent (1009 too big, 1002 or 1007 broken
+                    # framing) and closed the connection itself: the venue did not close it.
+                    return f"closed by oracled ({code})"
                 return f"closed by venue ({code})" if code is not None else f"closed ({kind.name})"
 
     def _check(self) -> None:

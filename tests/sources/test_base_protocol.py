@@ -209,7 +209,8 @@ async def test_server_shutdown_event_rotates_without_going_down(
 async def test_venue_close_frame_leads_to_a_reconnect(
     aiohttp_server: Any, start_config: Any, wait: Any
 ) -> None:
-    """A clean close from the venue (e.g. the 24 h limit) is followed by a new connection."""
+    """A clean close from the venue (e.g. the 24 h limit) is followed by a new connection, and
+    the log says the venue closed it, with its code."""
 
     async def script(ws: web.WebSocketResponse, n: int) -> None:
         req = await next_request(ws)
@@ -221,10 +222,13 @@ async def test_venue_close_frame_leads_to_a_reconnect(
         await hold(ws)
 
     venue = Venue(script)
-    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
-    await wait(lambda: venue.connections == 2 and run.stats.quotes >= 2)
+    with capture_logs() as logs:
+        run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
+        await wait(lambda: venue.connections == 2 and run.stats.quotes >= 2)
     assert run.stats.reconnects == 1
     await wait(lambda: run.stats.state is ConnState.STREAMING)
+    reasons = {e["reason"] for e in logs if "reason" in e}
+    assert "closed by venue (1001)" in reasons, reasons
 
 
 async def test_refused_handshakes_are_retried_with_backoff_not_in_a_hot_loop(
@@ -496,7 +500,8 @@ async def test_an_oversized_message_or_deflate_bomb_replaces_the_connection(
 ) -> None:
     """A WebSocket message over 4 MiB is refused before it is buffered: one 5 MiB text frame,
     then a permessage-deflate message of 32 MiB inflated (32 KB on the wire), each closes its
-    connection with 1009 (message too big), logged as the reason and counted as a reconnect;
+    connection with 1009 (message too big), logged as the reason (closed by oracled, not by
+    the venue) and counted as a reconnect;
     the third connection streams. The limit is aiohttp's default max_msg_size, which it also
     applies while inflating (docs/sources.md, *Limits on what a venue sends*)."""
 
@@ -518,7 +523,7 @@ async def test_an_oversized_message_or_deflate_bomb_replaces_the_connection(
         await wait(lambda: run.stats.state is ConnState.STREAMING)
     assert venue.connections == 3 and run.stats.reconnects == 2
     down = [e["reason"] for e in logs if e.get("state") == "down" and "reason" in e]
-    assert down == ["closed by venue (1009)"]  # the second cut finds the source still down
+    assert down == ["closed by oracled (1009)"]  # the second cut finds the source still down
     assert run.stats.malformed == 0 and len(run.quotes) == 1
 
 
