@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from venue_sims import BinanceVenues
 
 from oracled.service import RECURSION_LIMIT
 
@@ -22,3 +23,11 @@ def daemon_recursion_limit() -> Iterator[None]:
         yield
     finally:
         sys.setrecursionlimit(before)
+
+
+@pytest.fixture
+async def binance_venues() -> AsyncIterator[BinanceVenues]:
+    """Simulated Binance venues started on demand, every one stopped after the test."""
+    venues = BinanceVenues()
+    yield venues
+    await venues.stop()

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from daemon import Daemon, sim_config
 from publish_rig import NatsServer
+from venue_sims import BinanceVenues
 
 from oracled.client import OracleClient
 from oracled.publish.signer import SigningKey
@@ -25,13 +26,8 @@ SAFETY_S = 30.0
 
 
 @pytest.fixture
-async def sims() -> AsyncIterator[list[BinanceSim]]:
-    made = [BinanceSim(PRICES, seed=i, rate_hz=20.0, market_seed=3) for i in range(3)]
-    for sim in made:
-        await sim.start()
-    yield made
-    for sim in made:
-        await sim.stop()
+async def sims(binance_venues: BinanceVenues) -> list[BinanceSim]:
+    return await binance_venues(PRICES, 3, market_seed=3)
 
 
 async def wait_for(predicate: Callable[[], object], what: str) -> None:

@@ -9,13 +9,13 @@ level why, without writing the secret anywhere.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nkeys
 import pytest
 from daemon import Daemon, sim_config
 from publish_rig import NatsServer
+from venue_sims import BinanceVenues
 
 from oracled.sim import BinanceSim
 
@@ -24,13 +24,8 @@ PRICES = {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0, "USDTUSD": 1.0}
 
 
 @pytest.fixture
-async def sims() -> AsyncIterator[list[BinanceSim]]:
-    made = [BinanceSim(PRICES, seed=i, rate_hz=20.0, market_seed=3) for i in range(3)]
-    for sim in made:
-        await sim.start()
-    yield made
-    for sim in made:
-        await sim.stop()
+async def sims(binance_venues: BinanceVenues) -> list[BinanceSim]:
+    return await binance_venues(PRICES, 3, market_seed=3)
 
 
 def user_seed() -> tuple[str, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from daemon import ADMIN_TOKEN, Daemon, sim_config
+from venue_sims import BinanceVenues
 
 from oracled.config import load_config
 from oracled.sim import BinanceSim
@@ -26,13 +27,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def venues() -> AsyncIterator[list[BinanceSim]]:
-    sims = [BinanceSim(PRICES, seed=i, rate_hz=20.0, market_seed=42) for i in range(5)]
-    for sim in sims:
-        await sim.start()
-    yield sims
-    for sim in sims:
-        await sim.stop()
+async def venues(binance_venues: BinanceVenues) -> list[BinanceSim]:
+    return await binance_venues(PRICES, 5, market_seed=42)
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import asyncio
 import io
 import os
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from daemon import Daemon, sim_config
 from structlog.testing import capture_logs
+from venue_sims import BinanceVenues
 
 from oracled.model import Quote
 from oracled.service import _TapeRecorder
@@ -24,13 +24,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def venues() -> AsyncIterator[list[BinanceSim]]:
-    sims = [BinanceSim(PRICES, seed=i, rate_hz=20.0, market_seed=42) for i in range(3)]
-    for sim in sims:
-        await sim.start()
-    yield sims
-    for sim in sims:
-        await sim.stop()
+async def venues(binance_venues: BinanceVenues) -> list[BinanceSim]:
+    return await binance_venues(PRICES, 3, market_seed=42)
 
 
 async def test_a_tape_that_cannot_be_written_stops_the_tape_not_the_rounds(

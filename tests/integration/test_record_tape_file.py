@@ -8,11 +8,11 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from daemon import Daemon, free_port, sim_config
+from venue_sims import BinanceVenues
 
 from oracled.config import load_config
 from oracled.model import Quote
@@ -31,13 +31,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def venues() -> AsyncIterator[list[BinanceSim]]:
-    sims = [BinanceSim(PRICES, seed=i, rate_hz=20.0, market_seed=42) for i in range(3)]
-    for sim in sims:
-        await sim.start()
-    yield sims
-    for sim in sims:
-        await sim.stop()
+async def venues(binance_venues: BinanceVenues) -> list[BinanceSim]:
+    return await binance_venues(PRICES, 3, market_seed=42)
 
 
 def _recorder(venues: list[BinanceSim], tmp_path: Path) -> Daemon:

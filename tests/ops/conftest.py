@@ -5,10 +5,10 @@ Binance venues the daemon runs of test_checkout.py and test_unit_sandbox.py quot
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from venue_sims import BinanceVenues
 
 from oracled.sim import BinanceSim
 
@@ -21,11 +21,6 @@ PRICES = {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0, "USDTUSD": 1.0}
 
 
 @pytest.fixture
-async def venues() -> AsyncIterator[list[BinanceSim]]:
+async def venues(binance_venues: BinanceVenues) -> list[BinanceSim]:
     """Three simulated venues of one market (`market_seed`), each its own noise (`seed`)."""
-    sims = [BinanceSim(PRICES, seed=i, rate_hz=20.0, market_seed=42) for i in range(3)]
-    for sim in sims:
-        await sim.start()
-    yield sims
-    for sim in sims:
-        await sim.stop()
+    return await binance_venues(PRICES, 3, market_seed=42)
