@@ -52,7 +52,8 @@ class Tier(_Frozen):
     """One notional bracket: the rates apply to the part of the notional inside the bracket.
 
     `warning` and `reduce_only` are multiples of this bracket's maintenance margin: an account
-    whose equity falls below the sum of them is called (docs/margin.md, states).
+    whose equity falls below the sum of them is called (docs/margin.md, states). Like the
+    rates, they must not fall from one tier to the next (`InstrumentConfig`).
     """
 
     up_to: PosMoney | None = None  # upper bound of the bracket in the numeraire; None: no bound
@@ -68,6 +69,28 @@ class Tier(_Frozen):
         if self.reduce_only > self.warning:
             raise ValueError("reduce_only must not exceed warning")
         return self
+
+
+def _falls(i: int, below: Tier, tier: Tier, key: str) -> str | None:
+    """The problem of `tiers[i]` if its `key` is below that of the tier before it, else None.
+
+    Rates that fall with size would make a larger position cheaper at the margin: no venue's
+    table has that shape (each tier's rate is at least the one below it). The warning and
+    reduce-only levels weigh each bracket's maintenance by its multiple, so a multiple that
+    falls gives a larger position a thinner cushion over maintenance, relative to its
+    requirement, where the rates say it is riskier: most likely one set on the first tier
+    alone, the next ones keeping the default.
+    """
+    value, before = getattr(tier, key), getattr(below, key)
+    if value >= before:
+        return None
+    where = f"tiers[{i}]: {key} {value}"
+    if key in ("initial", "maintenance"):
+        why = "rates must not fall as the notional grows"
+    else:
+        where += "" if key in tier.model_fields_set else " (the default)"
+        why = "multiples must not fall as the notional grows: set them on every tier"
+    return f"{where} is below tiers[{i - 1}]'s {before} ({why})"
 
 
 class InstrumentConfig(_Frozen):
@@ -93,14 +116,11 @@ class InstrumentConfig(_Frozen):
         inner = [b for b in bounds[:-1] if b is not None]
         if len(inner) != len(bounds) - 1 or inner != sorted(set(inner)):
             raise ValueError("tiers: up_to must be set and increasing on every tier but the last")
-        # Rates that fall with size would make a larger position cheaper at the margin: no
-        # venue's table has that shape (each tier's rate is at least the one below it).
         falling = [
-            f"tiers[{i}]: {rate} {getattr(tier, rate)} is below tiers[{i - 1}]'s"
-            f" {getattr(below, rate)} (rates must not fall as the notional grows)"
+            problem
             for i, (below, tier) in enumerate(pairwise(self.tiers), 1)
-            for rate in ("initial", "maintenance")
-            if getattr(tier, rate) < getattr(below, rate)
+            for key in ("initial", "maintenance", "warning", "reduce_only")
+            if (problem := _falls(i, below, tier, key)) is not None
         ]
         if falling:
             raise ValueError("; ".join(falling))

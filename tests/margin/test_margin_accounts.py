@@ -8,6 +8,7 @@ import pytest
 
 from oracled.errors import ConfigError
 from oracled.margin import parse_accounts
+from oracled.margin.risk import tier_levels
 
 
 def _file(tiers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -71,3 +72,37 @@ def test_tier_rates_that_fall_as_the_position_grows_are_refused_naming_the_tier(
     ]
     level = [{"up_to": 100_000, "initial": 0.02, "maintenance": 0.01}, tiers[0] | {"up_to": None}]
     assert parse_accounts(_file(level)).instruments["BTC-PERP"].tiers[1].maintenance == 0.01
+
+
+def test_warning_and_reduce_only_multiples_that_fall_as_the_position_grows_are_refused() -> None:
+    """The warning and reduce-only levels are each bracket's maintenance times its multiple, so
+    a multiple below the tier before it gives a larger position a thinner cushion over
+    maintenance where the rates say it is riskier. Such files were accepted; the likeliest is a
+    multiple set on the first tier alone (the next keep the defaults, 1.5 and 1.2). Each
+    falling multiple is named by instrument, tier and key, with both values, and one left at
+    its default says so; equal or rising multiples pass, and the levels they give only rise."""
+    tiers = [
+        {"up_to": 100_000, "initial": 0.02, "maintenance": 0.01, "warning": 2.0},
+        {"up_to": 500_000, "initial": 0.05, "maintenance": 0.025, "warning": 2.0},
+        {"initial": 0.1, "maintenance": 0.05, "warning": 1.6, "reduce_only": 1.1},
+    ]
+    with pytest.raises(ConfigError) as caught:
+        parse_accounts(_file(tiers))
+    assert caught.value.problems == [
+        "instruments.BTC-PERP: tiers[2]: warning 1.6 is below tiers[1]'s 2.0 (multiples must"
+        " not fall as the notional grows: set them on every tier); tiers[2]: reduce_only 1.1"
+        " is below tiers[1]'s 1.2 (multiples must not fall as the notional grows: set them on"
+        " every tier)"
+    ]
+    first_only = [tiers[0], {"initial": 0.05, "maintenance": 0.025}]
+    with pytest.raises(ConfigError) as caught:
+        parse_accounts(_file(first_only))
+    assert caught.value.problems == [
+        "instruments.BTC-PERP: tiers[1]: warning 1.5 (the default) is below tiers[0]'s 2.0"
+        " (multiples must not fall as the notional grows: set them on every tier)"
+    ]
+    rising = [tiers[0], tiers[1], tiers[2] | {"warning": 2.5, "reduce_only": 1.2}]
+    spec = parse_accounts(_file(rising))
+    levels = [tier_levels(spec.instruments["BTC-PERP"].tiers, n) for n in (5e4, 3e5, 1e6)]
+    assert [lv.warning for lv in levels] == sorted(lv.warning for lv in levels)
+    assert levels[-1].warning == pytest.approx(2 * (1_000 + 10_000) + 2.5 * 25_000)
