@@ -16,7 +16,7 @@ from oracled.margin.decisions import (
     encode_decision,
 )
 from oracled.margin.engine import MarginEngine
-from oracled.margin.prices import Frozen, PriceBook, PriceRef, PriceView, Resolved
+from oracled.margin.prices import Frozen, PriceBook, PriceRef, PriceView, Resolved, SignerRef
 from oracled.margin.risk import (
     STATES,
     Account,
@@ -49,6 +49,7 @@ __all__ = [
     "Resolved",
     "RiskPolicy",
     "Shortfall",
+    "SignerRef",
     "UnfreezeCall",
     "assess_cross",
     "assess_isolated",

@@ -30,7 +30,7 @@ import msgspec
 
 from oracled.margin.config import RiskPolicy
 
-__all__ = ["Frozen", "PriceBook", "PriceRef", "PriceView", "Resolved", "WireReport"]
+__all__ = ["Frozen", "PriceBook", "PriceRef", "PriceView", "Resolved", "SignerRef", "WireReport"]
 
 
 class WireEstimators(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -76,6 +76,20 @@ def _num(text: str | None) -> float | None:
     return value
 
 
+class SignerRef(msgspec.Struct, frozen=True, gc=False):
+    """One verified signed report a signed-mode price rests on: an auditor can fetch the very
+    message (the signer's frame of `market` at `ts`) and check it, and knows whose it was."""
+
+    identity: str  # the accounts file's name for the daemon (`[signed.signers]`)
+    address: str  # the EIP-55 address that signed
+    ts: int  # the signed round's time, ms
+    round: int
+    status: str
+    price: str | None  # the signed price (None unless live)
+    mark: str | None  # the signed mark of a perpetual, else None
+    format: int  # the signed format (EIP-712 domain version) it was verified in
+
+
 class PriceRef(msgspec.Struct, frozen=True, gc=False):
     """The report behind a decision, kept with it for audit."""
 
@@ -87,6 +101,9 @@ class PriceRef(msgspec.Struct, frozen=True, gc=False):
     ts: int
     reasons: list[str] = []
     signature: str | None = None
+    #: Signed mode: the verified reports of the quorum behind the price, by identity; empty
+    #: for an unsigned report.
+    signers: list[SignerRef] = []
 
 
 class PriceView(msgspec.Struct, frozen=True, gc=False):
@@ -106,6 +123,8 @@ class PriceView(msgspec.Struct, frozen=True, gc=False):
     #: What made the mark, as the signed leaf says it (docs/mark.md, signed): `perps` when the
     #: perpetuals' median counted, else `fallback`; None without a mark.
     mark_mode: str | None = None
+    #: Signed mode: the verified reports the quorum view was made of (none from the wire).
+    signers: tuple[SignerRef, ...] = ()
 
     @classmethod
     def from_wire(cls, report: WireReport) -> PriceView:
@@ -146,7 +165,10 @@ class PriceView(msgspec.Struct, frozen=True, gc=False):
     def live(self) -> bool:
         return self.status in ("active", "degraded") and self.price is not None
 
-    def ref(self, kind: str, price: str | None) -> PriceRef:
+    def ref(
+        self, kind: str, price: str | None, signers: tuple[SignerRef, ...] | None = None
+    ) -> PriceRef:
+        """This report as a decision's driver; `signers`: those of the price (default, its own)."""
         return PriceRef(
             market=self.market,
             price=price,
@@ -156,6 +178,7 @@ class PriceView(msgspec.Struct, frozen=True, gc=False):
             ts=self.ts,
             reasons=list(self.reasons),
             signature=self.signature,
+            signers=list(self.signers if signers is None else signers),
         )
 
 
@@ -283,8 +306,9 @@ class PriceBook:
         # (the engine started during the pause), the daemon's last good price is all there is.
         last = self._last_usable.get(market)
         since: int | None
+        signers: tuple[SignerRef, ...] = ()  # whose signed reports the last good price was
         if last is not None:
-            since, good, good_text = last.ts, last.price, last.price_text
+            since, good, good_text, signers = last.ts, last.price, last.price_text, last.signers
         else:
             since, good, good_text = view.last_good_ts, view.last_good, view.last_good_text
         paused = max(0, now_ms - since) if since is not None else 0  # 0 for a future report
@@ -295,6 +319,6 @@ class PriceBook:
             and paused > policy.pause_grace_ms
             and good is not None
         ):
-            ref = view.ref("last_good", good_text)
+            ref = view.ref("last_good", good_text, signers)
             return Resolved(good, good, ref, policy.pause_buffer)
         return Frozen(reason, view.ref("none", None), paused)

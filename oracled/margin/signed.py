@@ -10,6 +10,8 @@ engine the client's quorum view of each market, never a frame itself:
 * the price is the median of a quorum of identities' live signed prices; the mark is their
   signed mark (the perpetual's leaf), `perps` only when every one of them made it from the
   perpetuals, else a `fallback` mark the policy's `mark_fallback` rules on;
+* each view names the verified reports it was made of (`PriceView.signers`), so that every
+  decision on it says whose signed messages of which round it rests on (`PriceRef.signers`);
 * a market without a verified quorum is frozen with reason `unknown:no_quorum`, a pause like
   any other (measured from its last usable view);
 * a daemon's signed frames come one per market, so the service groups them by round time: the
@@ -36,8 +38,9 @@ from oracled.client import MarketView, OracleClient, Rejection
 from oracled.client_stream import Request, Subscriptions
 from oracled.margin.config import SignedFeed
 from oracled.margin.engine import MarginEngine
-from oracled.margin.prices import PriceView
+from oracled.margin.prices import PriceView, SignerRef
 from oracled.margin.service import MarginService, _wall_ms
+from oracled.publish.signer import SIGNED_FORMAT
 
 __all__ = ["NO_QUORUM", "STALLED_QUORUM", "SignedMarginService", "view_of"]
 
@@ -58,6 +61,19 @@ def view_of(market: MarketView) -> PriceView:
     if market.mark is not None:
         mode = "perps" if all(r.mark_mode == "perps" for r in live) else "fallback"
     price_text = None if market.price is None else str(market.price)
+    signers = tuple(
+        SignerRef(
+            identity=r.identity,
+            address=r.signer,
+            ts=r.ts,
+            round=r.round,
+            status=r.status,
+            price=None if r.price is None else str(r.price),
+            mark=None if r.mark is None else str(r.mark),
+            format=SIGNED_FORMAT,  # the client verifies in this daemon's format only
+        )
+        for r in sorted(live, key=lambda r: (r.identity, r.signer))
+    )
     return PriceView(
         market=market.market,
         ts=market.ts or 0,
@@ -73,6 +89,7 @@ def view_of(market: MarketView) -> PriceView:
         mark_text=mark_text,
         signature=None,
         mark_mode=mode,
+        signers=signers,
     )
 
 

@@ -267,6 +267,7 @@ async def test_a_relay_changing_a_price_liquidates_unsigned_and_is_refused_signe
         relay.tamper = None
     liquidated = [d for d in decisions(outcomes["unsigned"]) if d["kind"] == "liquidation"]
     assert liquidated and 62_500 < float(liquidated[0]["driver"]["price"]) < 63_000
+    assert liquidated[0]["driver"]["signers"] == []  # an unsigned report rests on no signer
     signed_out = decisions(outcomes["signed"])
     assert not [d for d in signed_out if d["kind"] == "liquidation"]
     freeze = next(d for d in signed_out if d["kind"] == "freeze")
@@ -377,6 +378,80 @@ async def test_a_quorum_of_replicas_outvotes_a_liar_and_one_alone_is_no_price(
     assert not [d for d in decisions(out) if d["kind"] == "liquidation"]
     await until(lambda: any(d["kind"] == "freeze" for d in decisions(out)))
     assert eng.state("short") == "healthy"
+
+
+async def test_a_signed_decision_names_the_signers_and_rounds_its_price_rests_on(
+    serve: Servers,
+) -> None:
+    """Two replicas, quorum 2, the second quoting 1 % higher. A signed-mode decision said
+    which price it used but not whose signatures it rested on (its `signature` is null: the
+    price is a median). The liquidation's driver now lists each identity's verified report:
+    identity, EIP-55 address, the signed round's time and number, status, signed price and
+    mark, and the signed format (3); its price is the median of those marks."""
+    rigs = [SignedRig(KEYS[0]), SignedRig(KEYS[1], scale=1.01)]
+    rigs[1].clock = rigs[0].clock
+    for i, rig in enumerate(rigs):
+        rig.step(advance=i == 0)
+    urls = [await serve.api(rig) for rig in rigs]
+    under = {  # equity about 100 + 384 against about 644 maintenance at the median mark
+        "id": "under",
+        "collateral": {"USD": 100},
+        "positions": [{"instrument": "BTC-PERP", "qty": 1, "entry": 64_000}],
+    }
+    eng = accounts({}, signed_section(rigs, quorum=2), under)
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    service = SignedMarginService(eng, urls, out, eng.spec.signed, clock=rigs[0].clock.now_ms)
+    await serve.run(service)
+    await until(lambda: b"liquidation" in out.getvalue())
+    driver = next(d for d in decisions(out) if d["kind"] == "liquidation")["driver"]
+    ts = rigs[0].clock.now_ms()
+    assert driver["kind"] == "mark" and driver["ts"] == ts and driver["signature"] is None
+    signers = driver["signers"]
+    assert [(s["identity"], s["address"], s["ts"], s["round"]) for s in signers] == [
+        ("daemon-a", KEYS[0].address, ts, 1),
+        ("daemon-b", KEYS[1].address, ts, 1),
+    ]
+    assert [(s["status"], s["format"]) for s in signers] == [("active", 3)] * 2
+    marks = [float(s["mark"]) for s in signers]
+    assert marks == pytest.approx([64_000 * (1 + PREMIUM), 64_640 * (1 + PREMIUM)], rel=1e-4)
+    assert [float(s["price"]) for s in signers] == pytest.approx([64_000, 64_640], rel=1e-4)
+    assert float(driver["price"]) == pytest.approx(sum(marks) / 2, rel=1e-9)
+
+
+async def test_a_decision_on_the_last_good_price_names_the_signers_of_that_price(
+    serve: Servers,
+) -> None:
+    """after_grace = "last_good": the daemon goes quiet, the quorum lapses (`no_quorum`), and
+    past the grace period the account is liquidated on the last verified price with the
+    buffer. The driver's `signers` are those of the report that price came from (daemon-a,
+    round 1), not of the unsigned no-quorum view the pause is measured on (none)."""
+    rig = SignedRig(KEYS[0])
+    rig.step()
+    policy = {
+        "max_report_age_ms": 1_000,
+        "pause_grace_ms": 2_000,
+        "after_grace": "last_good",
+        "pause_buffer": 1.0,  # 640 x 2 against equity 1,000: liquidated on the buffer alone
+    }
+    eng = accounts(policy, signed_section([rig]), TIGHT)
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    url = await serve.api(rig)
+    service = SignedMarginService(
+        eng, [url], out, eng.spec.signed, step_ms=20, clock=rig.clock.now_ms
+    )
+    await serve.run(service)
+    await until(lambda: "BTC/USD" in eng.book.latest)
+    ts = rig.clock.now_ms()
+    rig.clock.advance(2_500)  # no round: past the age limit and the grace, below the stall
+    await until(lambda: b"liquidation" in out.getvalue())
+    driver = next(d for d in decisions(out) if d["kind"] == "liquidation")["driver"]
+    assert driver["kind"] == "last_good" and driver["status"] == "unknown"
+    assert float(driver["price"]) == pytest.approx(64_000, rel=1e-4)
+    assert [(s["identity"], s["address"], s["ts"], s["round"]) for s in driver["signers"]] == [
+        ("daemon-a", KEYS[0].address, ts, 1)
+    ]
 
 
 async def test_a_stalled_daemon_freezes_signed_markets_until_a_later_round_is_verified(
