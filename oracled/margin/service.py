@@ -13,8 +13,10 @@ not let one such market cost it every price: a request of several markets refuse
 order, one frame each), and a market refused alone, or removed later by a reload
 (`market_removed`), is frozen with the daemon's code (`unavailable`) and logged once by name,
 while the other markets keep their prices. Such a market is asked for again every `retry_s`, so
-that one a reload adds (back) is priced again without a restart. The bookkeeping is the client
-library's (`oracled.client_stream.Subscriptions`), shared with `OracleClient.watch_ws`.
+that one a reload adds (back) is priced again without a restart, and is left out of the first
+request of a new connection (one request of the markets served, not a split on every
+reconnect). The bookkeeping is the client library's (`oracled.client_stream.Subscriptions`),
+shared with `OracleClient.watch_ws`.
 """
 
 from __future__ import annotations
@@ -215,8 +217,11 @@ class MarginService:
     async def _connect_once(self, session: aiohttp.ClientSession, url: str) -> int | None:
         """One connection until it ends; the daemon's close code (1008: too slow), if it closed."""
         async with session.ws_connect(url, heartbeat=30.0) as ws:
-            await self._send(ws, self._subs_of(url).start())
-            _log.info("connected", url=url)
+            # Markets refused before are left out: they would refuse the request and split it
+            # on every reconnect. `_retry` asks for each alone, every `retry_s`.
+            subs = self._subs_of(url)
+            await self._send(ws, subs.start(skip_unavailable=True))
+            _log.info("connected", url=url, unavailable=sorted(subs.unavailable))
             self.connected.set()
             retry = asyncio.create_task(self._retry(ws, url), name="margin-retry")
             try:

@@ -182,6 +182,88 @@ async def test_a_market_a_reload_adds_back_is_priced_again_without_a_restart(
     assert sum(e["event"] == "connected" for e in logs) == 1
 
 
+class Cutter:
+    """A WebSocket relay on loopback in front of a daemon that records each connection's
+    requests and can cut the connection (a proxy restarted, a network path lost)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.requests: list[list[Any]] = []  # per connection, in order
+        self._down: web.WebSocketResponse | None = None
+        app = web.Application()
+        app.router.add_get("/v1/stream", self._relay)
+        self.server = DaemonServer(app, host="127.0.0.1")
+
+    async def cut(self) -> None:
+        assert self._down is not None
+        await self._down.close()
+
+    async def _relay(self, request: web.Request) -> web.WebSocketResponse:
+        down = web.WebSocketResponse()
+        await down.prepare(request)
+        self._down, asked = down, []
+        self.requests.append(asked)
+        async with aiohttp.ClientSession() as session, session.ws_connect(self.upstream) as up:
+
+            async def upward() -> None:
+                async for msg in down:
+                    asked.append(msg.json())
+                    await up.send_str(msg.data)
+                await up.close()
+
+            task = asyncio.create_task(upward())
+            try:
+                async for msg in up:
+                    await down.send_str(msg.data)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return down
+
+
+async def test_a_reconnect_asks_once_for_the_markets_served_and_retries_the_refused_alone() -> None:
+    """The daemon does not have DOGE/USD. Before, every reconnect asked for all three markets
+    again, was refused for DOGE/USD, and split the request market by market (four requests,
+    a refusal, `subscribe_refused` each time). The service remembers the refusal: the new
+    connection's first request is the markets served, in one request, acked; DOGE/USD is asked
+    for alone on the retry schedule only (`retry_s`), stays unavailable and frozen, and is not
+    logged unavailable again; the `connected` log names it as left out."""
+    rig = Rig(make_config())
+    rig.step()
+    eng = engine({"BTC": "BTC/USD", "DOGE": "DOGE/USD", "SOL": "SOL/USD"})
+    daemon = DaemonServer(build_app(rig.context()), host="127.0.0.1")
+    await daemon.start_server()
+    cutter = Cutter(str(daemon.make_url("/v1/stream")).replace("http://", "ws://"))
+    await cutter.server.start_server()
+    url = str(cutter.server.make_url("/v1/stream")).replace("http://", "ws://")
+    service = MarginService(
+        eng, url, io.BytesIO(), step_ms=60_000, clock=rig.clock.now_ms, retry_s=0.2
+    )
+    task = asyncio.create_task(service.run())
+    try:
+        with capture_logs() as logs:
+            await until(lambda: "DOGE/USD" in service.unavailable and len(eng.book.latest) == 2)
+            await cutter.cut()
+            reports = service.reports
+            await until(lambda: len(cutter.requests) == 2 and len(cutter.requests[1]) >= 3)
+            await until(lambda: service.reports >= reports + 2)  # the ack's snapshot
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await cutter.server.close()
+        await daemon.close()
+    first, again = ([r["markets"] for r in asked] for asked in cutter.requests)
+    assert first[:4] == [["BTC/USD", "DOGE/USD", "SOL/USD"], ["BTC/USD"], ["DOGE/USD"], ["SOL/USD"]]
+    assert again[0] == ["BTC/USD", "SOL/USD"]
+    assert again[1:] == [["DOGE/USD"]] * (len(again) - 1)  # the retries, one market each
+    assert dict(service.unavailable) == {"DOGE/USD": "unknown_market"}
+    doge = eng.prices(rig.clock.now_ms())["DOGE/USD"]
+    assert isinstance(doge, Frozen) and doge.reason == "unknown_market"
+    events = [e["event"] for e in logs]
+    assert events.count("market_unavailable") == 1 and events.count("subscribe_refused") == 1
+    assert [e["unavailable"] for e in logs if e["event"] == "connected"] == [[], ["DOGE/USD"]]
+
+
 async def run_scripted(
     eng: MarginEngine, answers: list[str], done: Callable[[MarginService, list[Any]], bool]
 ) -> tuple[MarginService, list[Any], list[Any]]:
