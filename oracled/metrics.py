@@ -189,6 +189,7 @@ def _latency_family(stats: list[tuple[str, SourceStats]]) -> HistogramMetricFami
 
 _SIGNER_REASONS = ("busy", "error", "floor")
 _NATS_REASONS = ("disconnected", "queue_full", "error")
+_NATS_CONNECT_FAILURES = ("credentials", "tls", "unreachable")
 
 
 def _signer_families(stats: SignerStats | None) -> Iterator[Metric]:
@@ -236,7 +237,17 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
         "oracled_nats_sink_restarts", "Starts of the NATS sink's task again after a crash (a bug)."
     )
     restarts.add_metric([], stats.restarts if stats is not None else 0)
-    yield from (connected, published, unpublished, reconnects, restarts)
+    failures = CounterMetricFamily(
+        "oracled_nats_connect_failures",
+        "Failed attempts to connect to a NATS server, by reason: credentials (refused by the "
+        "server), tls (a certificate refused, or no TLS), unreachable (no server answered).",
+        labels=["reason"],
+    )
+    for reason in _NATS_CONNECT_FAILURES:
+        failures.add_metric(
+            [reason], stats.connect_failures.get(reason, 0) if stats is not None else 0
+        )
+    yield from (connected, published, unpublished, reconnects, restarts, failures)
 
 
 _PUSH_TX_RESULTS = ("sent", "replaced", "confirmed", "reverted", "error", "gas_cap")

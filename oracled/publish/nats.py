@@ -36,7 +36,10 @@ Credentials and TLS (`nats_auth.py`) are read when the sink is made, so a secret
 used stops the daemon at start; a credential the server refuses only keeps the sink connecting:
 the refusal is logged at error level (`nats credentials refused; retrying`, or `nats TLS
 refused; retrying` for a certificate either side does not accept), and the rounds meanwhile are
-counted `disconnected`, as for any outage. TLS, when the config asks for it, must start each
+counted `disconnected`, as for any outage. So that an operator can tell a refusal from an outage
+without the logs, every failed attempt to connect is counted by why (`connect_failures`):
+`credentials`, `tls`, or `unreachable` (no server took the connection: refused, timed out, a
+name that does not resolve). TLS, when the config asks for it, must start each
 connection (`tls_handshake_first`, checked in the config): nats-py otherwise follows the server's
 greeting and would send a server that does not ask for TLS the credentials and prices in clear.
 """
@@ -68,6 +71,7 @@ if TYPE_CHECKING:
     from oracled.core import RoundResult
 
 __all__ = [
+    "CONNECT_FAILURE_REASONS",
     "UNPUBLISHED_REASONS",
     "NatsSink",
     "NatsStats",
@@ -78,6 +82,9 @@ __all__ = [
 
 #: Why a message was not published: no server, the sink's queue overflowed, a client error.
 UNPUBLISHED_REASONS = ("disconnected", "queue_full", "error")
+#: Why an attempt to connect failed: the server refused the credentials, TLS failed (either
+#: side refused the other's certificate, or the server does not speak TLS), or no server answered.
+CONNECT_FAILURE_REASONS = ("credentials", "tls", "unreachable")
 _YIELD_EVERY = 256  # publishes between two yields to the event loop
 _RESTART_MAX_S = 30.0
 
@@ -113,6 +120,9 @@ class NatsStats:
     restarts: int = 0  # the sink's task started again after a crash
     unpublished: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(UNPUBLISHED_REASONS, 0)
+    )
+    connect_failures: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(CONNECT_FAILURE_REASONS, 0)
     )
 
 
@@ -345,15 +355,19 @@ class NatsSink:
     async def _on_error(self, exc: Exception) -> None:
         """nats-py's every error, connecting and reconnecting included (it retries by itself).
 
-        An outage is the `disconnected` count's to tell; a refused credential or certificate is
+        Each failed attempt to connect is counted by its reason (`connect_failures`). An outage
+        is otherwise the `disconnected` count's to tell; a refused credential or certificate is
         not an outage that passes by itself, so it is logged at error level: at once, then once
         per `refusal_log_every_s` with the number of refusals since the last connection (nats-py
         retries twice a second), and at once again after the next successful connection.
         """
         kind = _refusal(exc)
         if kind is None:
+            if not self.stats.connected and _unreachable(exc):
+                self.stats.connect_failures["unreachable"] += 1
             self._log.debug("nats error", error=str(exc))
             return
+        self.stats.connect_failures["tls" if kind == "TLS" else "credentials"] += 1
         if kind == "TLS":
             self._tls_refused.set()  # `_connect` starts over: nats-py would wait forever
         self._refusals += 1
@@ -412,3 +426,12 @@ def _refusal(exc: BaseException) -> str | None:
     if "authorization violation" in text or "authentication" in text:
         return "credentials"
     return None
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """An attempt that found no server: the connection refused or timed out, no route, a name
+    that does not resolve. Not a reset or a broken pipe: nats-py reports those also when it
+    closes the socket of an attempt the server refused (counted once, as the refusal)."""
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return False
+    return isinstance(exc, OSError | TimeoutError)

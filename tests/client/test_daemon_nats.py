@@ -46,7 +46,8 @@ def metric(text: str, name: str) -> float:
 async def test_daemon_serves_while_nats_is_down_then_publishes_signed_rounds(
     sims: list[BinanceSim], tmp_path: Path
 ) -> None:
-    """NATS absent: prices live, rounds counted unpublished; NATS up: a client verifies them."""
+    """NATS absent: prices live, rounds counted unpublished, attempts counted unreachable;
+    NATS up: a client verifies them."""
     server = NatsServer(tmp_path / "nats")  # its port is chosen, nothing listens yet
     key = SigningKey.generate()
     config = sim_config([(s.ws_url, s.rest_url) for s in sims])
@@ -74,6 +75,9 @@ async def test_daemon_serves_while_nats_is_down_then_publishes_signed_rounds(
         _, text = await daemon.get("/metrics")
         assert metric(text, "oracled_nats_connected") == 0.0
         assert metric(text, "oracled_signed_rounds_total") > 0
+        failures = 'oracled_nats_connect_failures_total{reason="%s"}'
+        assert metric(text, failures % "unreachable") > 0  # nothing listens: not a refusal
+        assert metric(text, failures % "credentials") == metric(text, failures % "tls") == 0
 
         await server.start()
         client = OracleClient({key.address}, deployment="test", max_age_ms=2_000)

@@ -45,7 +45,8 @@ async def test_a_refused_credential_is_logged_counted_and_retried_while_prices_f
 ) -> None:
     """An NKey the server does not know: prices stay live, the rounds count as unpublished
     (disconnected) and keep counting, the sink keeps connecting (the server sees attempt after
-    attempt), the refusal is logged at error level, and the seed appears in no log line."""
+    attempt, each counted as a refused credential, none as an unreachable server), the refusal
+    is logged at error level, and the seed appears in no log line."""
     _, known = user_seed()
     wrong, _ = user_seed()
     server = NatsServer(
@@ -85,6 +86,10 @@ async def test_a_refused_credential_is_logged_counted_and_retried_while_prices_f
             return attempts() >= 3
 
         await daemon.wait_for(retried, 10.0, "three refused attempts")
+        _, text = await daemon.get("/metrics")  # what OracledNatsRefused reads
+        failures = 'oracled_nats_connect_failures_total{reason="%s"}'
+        assert metric(text, failures % "credentials") >= 3
+        assert metric(text, failures % "unreachable") == metric(text, failures % "tls") == 0
         refused = daemon.events("nats credentials refused; retrying")
         assert refused and refused[0]["level"] == "error" and refused[0]["auth"] == "nkey"
         assert len(refused) == 1  # once a minute, not at every attempt

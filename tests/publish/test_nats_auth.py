@@ -102,7 +102,10 @@ async def publishes(sink: NatsSink, url: str, **consumer: Any) -> None:
 
 async def refused(cfg: NatsConfig, env: dict[str, str], event: str, *secrets: str) -> None:
     """The sink keeps trying (at least twice, logged as `event`), never connects, counts the
-    rounds it is given as `disconnected`, and no log line holds any of `secrets`."""
+    rounds it is given as `disconnected` and each attempt as a connect failure of the event's
+    reason (`credentials` or `tls`, never `unreachable`: the server answered), and no log line
+    holds any of `secrets`."""
+    reason = "tls" if "TLS" in event else "credentials"
     with capture_logs() as logs:
         sink = NatsSink(cfg, env=env, connect_timeout_s=1.0, refusal_log_every_s=0.0)
         task = asyncio.create_task(sink.run())
@@ -114,6 +117,9 @@ async def refused(cfg: NatsConfig, env: dict[str, str], event: str, *secrets: st
             assert not sink.stats.connected and not sink.ready.is_set()
             assert sink.stats.unpublished["disconnected"] == 2 * 4  # 3 markets + the round
             assert sink.stats.published == 0
+            failures = sink.stats.connect_failures
+            assert failures[reason] >= 2, failures
+            assert sum(failures.values()) == failures[reason], failures
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -140,16 +146,17 @@ def _nkey(prefix: int) -> tuple[Any, str, str]:
     return pair, seed.decode(), pair.public_key.decode()
 
 
-def _jwt(signer: Any, issuer: str, subject: str, claims: dict[str, Any]) -> str:
+def _jwt(signer: Any, issuer: str, subject: str, claims: dict[str, Any], **extra: int) -> str:
     header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
-    body = {"jti": _b64(os.urandom(16)), "iat": int(time.time()), "iss": issuer}
+    body = {"jti": _b64(os.urandom(16)), "iat": int(time.time()), "iss": issuer, **extra}
     body |= {"name": subject[:8], "sub": subject, "nats": claims}
     payload = _b64(json.dumps(body).encode())
     return f"{header}.{payload}.{_b64(signer.sign(f'{header}.{payload}'.encode()))}"
 
 
-def operator_mode() -> tuple[str, str]:
-    """A server config trusting a new operator with one account, and a user's `.creds` text."""
+def operator_mode(**user_claims: int) -> tuple[str, str]:
+    """A server config trusting a new operator with one account, and a user's `.creds` text
+    (`user_claims`: more registered claims of the user's JWT, such as `exp`)."""
     op, _, op_pub = _nkey(nkeys.PREFIX_BYTE_OPERATOR)
     acc, _, acc_pub = _nkey(nkeys.PREFIX_BYTE_ACCOUNT)
     _, user_seed, user_pub = _nkey(nkeys.PREFIX_BYTE_USER)
@@ -171,7 +178,7 @@ def operator_mode() -> tuple[str, str]:
         f'resolver_preload: {{ {acc_pub}: "{_jwt(op, op_pub, acc_pub, account)}" }}'
     )
     creds = (
-        f"-----BEGIN NATS USER JWT-----\n{_jwt(acc, acc_pub, user_pub, user)}\n"
+        f"-----BEGIN NATS USER JWT-----\n{_jwt(acc, acc_pub, user_pub, user, **user_claims)}\n"
         "------END NATS USER JWT------\n\n"
         f"-----BEGIN USER NKEY SEED-----\n{user_seed}\n------END USER NKEY SEED------\n"
     )
@@ -323,6 +330,41 @@ async def test_a_creds_file_in_operator_mode(start: Callable[..., Any], tmp_path
     await publishes(NatsSink(cfg), srv.url, user_credentials=path)
     by_env = NatsConfig(enabled=True, servers=(srv.url,), creds_env="NATS_CREDS")
     await publishes(NatsSink(by_env, env={"NATS_CREDS": creds}), srv.url, user_credentials=path)
+
+
+async def test_expired_creds_are_refused_as_credentials(
+    start: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A `.creds` file whose user JWT expired an hour ago: the server refuses it, and the sink
+    counts and logs a refused credential, as for a wrong one, not an unreachable server."""
+    settings, creds = operator_mode(exp=int(time.time()) - 3600)
+    srv = await start(settings)
+    path = secret_file(tmp_path / "expired.creds", creds)
+    cfg = NatsConfig(enabled=True, servers=(srv.url,), creds_file=path)
+    await refused(cfg, {}, "nats credentials refused; retrying")
+
+
+async def test_a_stopped_server_counts_as_unreachable_not_refused(
+    start: Callable[..., Any],
+) -> None:
+    """The same sink, its token accepted, then its server stopped: the attempts to reconnect
+    count as `unreachable`, and not one as a refused credential or TLS, so an operator can
+    tell a server that is down from one that turns the sink away."""
+    srv = await start(f'authorization {{ token: "{TOKEN}" }}')
+    cfg = NatsConfig(enabled=True, servers=(srv.url,), token_env="NATS_TOKEN")
+    sink = NatsSink(cfg, env={"NATS_TOKEN": TOKEN}, connect_timeout_s=1.0)
+    task = asyncio.create_task(sink.run())
+    try:
+        await until(lambda: sink.stats.connected, "connected with the right token")
+        assert sink.stats.connect_failures == {"credentials": 0, "tls": 0, "unreachable": 0}
+        srv.stop()
+        await until(lambda: sink.stats.connect_failures["unreachable"] >= 2, "two attempts")
+        assert not sink.stats.connected
+        assert sink.stats.connect_failures["credentials"] == 0
+        assert sink.stats.connect_failures["tls"] == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_no_credentials_where_the_server_requires_them(start: Callable[..., Any]) -> None:
