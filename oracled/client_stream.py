@@ -105,19 +105,17 @@ class Subscriptions:
             self._retrying.difference_update(asked.markets)
         return asked
 
-    def start(self, *, skip_unavailable: bool = False) -> list[Request]:
+    def start(self) -> list[Request]:
         """A new connection: the requests to send first (none for an empty list of markets).
 
-        `skip_unavailable`: leave out the markets refused before (they would refuse the whole
-        request and split it again on every reconnect); `retry` asks for them, one each.
+        The markets refused before are left out: they would refuse the whole request and have it
+        split again on every reconnect; `retry` asks for them, one each.
         """
         self._pending.clear()
         self._retrying.clear()
         if self.markets is None:
             return [self._ask(None)]
-        named = self.markets
-        if skip_unavailable:
-            named = tuple(m for m in named if m not in self._unavailable)
+        named = tuple(m for m in self.markets if m not in self._unavailable)
         return [self._ask(named[i : i + MAX_REQUEST]) for i in range(0, len(named), MAX_REQUEST)]
 
     def retry(self) -> list[tuple[str]]:

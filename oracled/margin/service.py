@@ -217,10 +217,9 @@ class MarginService:
     async def _connect_once(self, session: aiohttp.ClientSession, url: str) -> int | None:
         """One connection until it ends; the daemon's close code (1008: too slow), if it closed."""
         async with session.ws_connect(url, heartbeat=30.0) as ws:
-            # Markets refused before are left out: they would refuse the request and split it
-            # on every reconnect. `_retry` asks for each alone, every `retry_s`.
+            # `start` leaves out the markets refused before; `_retry` asks for each alone.
             subs = self._subs_of(url)
-            await self._send(ws, subs.start(skip_unavailable=True))
+            await self._send(ws, subs.start())
             _log.info("connected", url=url, unavailable=sorted(subs.unavailable))
             self.connected.set()
             retry = asyncio.create_task(self._retry(ws, url), name="margin-retry")

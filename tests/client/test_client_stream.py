@@ -166,7 +166,8 @@ def test_a_report_of_a_market_makes_it_available_again() -> None:
 
 def test_a_new_connection_forgets_unanswered_requests_but_not_unavailable_markets() -> None:
     """`start` drops the requests the old connection never answered (their answers will not
-    come); unavailable markets stay so, and refused again on the new connection they are
+    come) and leaves unavailable markets out of its first request (they would refuse it and
+    have it split again on every reconnect); they are retried alone, and refused again they are
     `repeated`, not a new unavailability to log."""
     subs = Subscriptions(["BTC/USD", "NOPE/USD"])
     subs.start()
@@ -174,13 +175,21 @@ def test_a_new_connection_forgets_unanswered_requests_but_not_unavailable_market
     subs.acked(["BTC/USD"])
     subs.refused("unknown_market")
     subs.retry()  # lost with the connection
-    assert subs.start() == [("BTC/USD", "NOPE/USD")]
+    assert subs.start() == [("BTC/USD",)]
     assert subs.retry() == [("NOPE/USD",)]  # the lost retry no longer holds it back
-    assert subs.refused("unknown_market").kind == "split"  # answers the first request
-    subs.refused("unknown_market")  # the retry, refused again
-    subs.acked(["BTC/USD"])
+    assert subs.acked(["BTC/USD"]) == []  # answers the first request: nothing split
     assert subs.refused("unknown_market") == Refusal("unknown_market", "repeated")
     assert subs.unavailable == {"NOPE/USD": "unknown_market"}
+
+
+def test_a_new_connection_with_every_named_market_unavailable_asks_nothing_first() -> None:
+    """With every named market refused before, a new connection sends no subscribe request
+    (an empty list would mean every market); the retries ask for each alone."""
+    subs = Subscriptions(["NOPE/USD"])
+    subs.start()
+    subs.refused("unknown_market")
+    assert subs.start() == []
+    assert subs.retry() == [("NOPE/USD",)]
 
 
 def test_every_market_subscribed_comes_back_by_the_ack_of_a_retry() -> None:
