@@ -58,7 +58,8 @@ latest round is no current price, however young. `watch_ws` then takes every rep
 that daemon (its identity: the signer last heard on that connection) as not current until a
 report of a newer round arrives from it; views leave them out and name the `Stall` in
 `MarketView.stalled`, so a `max_age_ms` longer than the daemon's stall limit does not keep a
-stalled round's price as current.
+stalled round's price as current. `watch_nats` does the same with the notice a daemon
+publishes on `<prefix>.stalled`, which names its signer.
 """
 
 from __future__ import annotations
@@ -150,6 +151,16 @@ class _ErrorFrame(msgspec.Struct):
     code: str = "unknown"
     message: str = ""
     markets: list[str] = msgspec.field(default_factory=list)  # market_removed names them
+
+
+class _NatsStall(msgspec.Struct):
+    """`<prefix>.stalled`: the stream's `stalled` frame plus the round it names and its signer."""
+
+    code: str
+    ts: int
+    message: str = ""
+    signer: str | None = None
+    deployment: str | None = None
 
 
 class _AckFrame(msgspec.Struct):
@@ -326,7 +337,7 @@ class Stall:
     identity: str  # whose reports are left out (the address itself without identities)
     ts: int  # the newest round time held from the identity when told: reports up to it
     message: str  # the daemon's words (the round's age and its limit)
-    source: str  # where it was said: the `watch_ws` base URL
+    source: str  # where it was said: the `watch_ws` base URL, or the NATS subject
     at_ms: int  # when the client was told, by its clock
 
 
@@ -826,6 +837,34 @@ class OracleClient:
             log.warning("client stream error", code=frame.code, message=frame.message)
         return ()
 
+    def _nats_stalled(self, data: bytes, subject: str, log: Any) -> None:
+        """A daemon's stall notice on the bus: `note_stalled` for the signer it names, unless
+        that signer has sent a newer round since (a notice replayed from JetStream, or late).
+
+        A notice is not signed, so it is taken only for a signer the client holds reports of,
+        and only until that signer's next round: a forged one can hide a daemon for one round
+        at most. A notice naming no allowed signer of this deployment (signing off, another
+        daemon on the bus) is logged only."""
+        try:
+            notice = msgspec.json.decode(data, type=_NatsStall)
+        except msgspec.DecodeError:  # ValidationError included
+            log.warning("client nats notice malformed", subject=subject)
+            return
+        if notice.code != STALLED:
+            return
+        self.stream_errors[STALLED] += 1
+        address = None
+        with contextlib.suppress(ValueError, TypeError):
+            address = to_checksum_address(notice.signer or "")
+        identity = None if address is None else self.identity_of.get(address)
+        if address is None or identity is None or notice.deployment != self.deployment:
+            log.warning("client nats stalled", signer=notice.signer, message=notice.message[:200])
+            return
+        if notice.ts < self._newest.get(identity, notice.ts):
+            return  # a newer round came from it since: the stall is over
+        if self.note_stalled(address, notice.message, subject) is None:
+            log.warning("client nats stalled", signer=address, message=notice.message[:200])
+
     async def watch_nats(
         self,
         servers: str | list[str],
@@ -835,7 +874,9 @@ class OracleClient:
         ping_interval_s: float = 1.0,
         max_outstanding_pings: int = 2,
     ) -> None:
-        """Subscribe to `<prefix>.prices.<market>` subjects (all with `>`); run until cancelled.
+        """Subscribe to `<prefix>.prices.<market>` subjects (all with `>`) and to the daemons'
+        stall notices (`<prefix>.stalled`: `note_stalled` for the signer each names, as
+        `watch_ws` does on a `stalled` frame); run until cancelled.
 
         Connection trouble (a server down, at start too) is one warning line per attempt; the
         NATS library retries by itself. A server that hangs with the connection open (a frozen
@@ -847,7 +888,7 @@ class OracleClient:
         """
         import nats
 
-        from oracled.publish.nats import price_subject
+        from oracled.publish.nats import price_subject, stalled_subject
 
         listed = servers if isinstance(servers, list) else [servers]
         log = _log.bind(servers=listed)
@@ -883,6 +924,11 @@ class OracleClient:
                     self.offer(msg.data)
 
                 await nc.subscribe(subject, cb=handle)
+
+            async def stalled(msg: Any) -> None:
+                self._nats_stalled(msg.data, msg.subject, log)
+
+            await nc.subscribe(stalled_subject(prefix), cb=stalled)
             await asyncio.Event().wait()
         finally:
             with contextlib.suppress(Exception):

@@ -946,6 +946,7 @@ class Service:
             on_reload=self.reload if self.config_path is not None else None,
             reload_unavailable=self.no_reload,
             round_at=lambda: self.round_at,
+            on_stalled=self.nats.stalled if self.nats is not None else None,
             ready_min_s=self.ready_min_s,
             alive_min_s=self.alive_min_s,
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from oracled.clock import Clock
 from oracled.config import Config
-from oracled.core import Core
+from oracled.core import Core, RoundResult
 from oracled.publish.hub import Hub
 from oracled.sources.stats import SourceStats
 
@@ -49,6 +49,9 @@ class ApiContext:
     #: When (`clock.monotonic()`) the round loop last published a round, or started; None
     #: before it starts. /readyz and /healthz fail when it is too long ago (oracled/api/ops.py).
     round_at: Callable[[], float | None] = lambda: None
+    #: Called once per stalled round, when the streams' subscribers are told (`StallWatch`): the
+    #: stall's message and the round that is no current price. The NATS sink publishes it.
+    on_stalled: Callable[[str, RoundResult], None] | None = None
     #: The floors of those limits in seconds, whatever the round interval (tests lower them).
     ready_min_s: float = 5.0
     alive_min_s: float = 60.0

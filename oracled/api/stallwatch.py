@@ -8,7 +8,9 @@ price that does not move: it would keep the last price it got as current for as 
 stays stuck. So every subscription of a market is told once per stalled round: by a task that
 looks at the round's age every `period_s` (a tenth of the limit, a second at most), or first by
 a request that meets the stall. Whichever comes first tells them all; a request that comes after
-gets the frame for itself alone.
+gets the frame for itself alone. The same moment, once per stalled round, is handed to
+`ApiContext.on_stalled`, so that the NATS sink tells the bus's subscribers too (silence there
+looks like a quiet market as well): one detector for every way out.
 """
 
 from __future__ import annotations
@@ -46,28 +48,37 @@ class StallWatch:
         ctx = self._ctx
         return min(MAX_PERIOD_S, ctx.round_limit_s(READY_ROUNDS, ctx.ready_min_s) / 10)
 
-    def frame(self) -> bytes | None:
-        """The `stalled` frame while the loop is stalled after a round, else None (before the
-        first round there is no round to take for current)."""
+    def message(self) -> str | None:
+        """The `stalled` frame's message while the loop is stalled after a round, else None
+        (before the first round there is no round to take for current)."""
         ctx = self._ctx
         stalled = None if ctx.hub.latest_result is None else ctx.stalled()
         if stalled is None:
             return None
-        message = f"{stalled}, so its reports are not current; reports follow with the next round"
+        return f"{stalled}, so its reports are not current; reports follow with the next round"
+
+    def frame(self) -> bytes | None:
+        """The `stalled` frame while the loop is stalled after a round, else None."""
+        message = self.message()
+        if message is None:
+            return None
         return encode_json({"type": "error", "code": STALLED, "message": message})
 
     def tell(self, sub: Subscription | None = None) -> bytes | None:
         """While stalled: tell every subscriber of a market, once per stalled round (`sub`, a
         subscription that just met the stall, among them); or, when they were told already,
         return the frame for `sub` alone. None when there is nothing (more) to send."""
-        frame = self.frame()
-        if frame is None:
-            return None
+        message = self.message()
         latest = self._ctx.hub.latest_result
+        if message is None or latest is None:
+            return None
+        frame = encode_json({"type": "error", "code": STALLED, "message": message})
         if latest is self._told:
             return None if sub is None else frame
         self._told = latest
         self._ctx.hub.tell(frame)
+        if self._ctx.on_stalled is not None:
+            self._ctx.on_stalled(message, latest)
         return None
 
     async def start(self, app: web.Application) -> None:

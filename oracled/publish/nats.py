@@ -7,12 +7,18 @@ Subjects, with the configured prefix (default `oracled`):
                               `/` made `-` (BTC/USD -> BTC-USD), which is always a valid token:
                               market symbols are upper-case letters and digits
     <prefix>.rounds           one message per round: the whole signed round (RoundMessage)
+    <prefix>.stalled          once per stalled round: the stream's `stalled` frame with the
+                              round it names and who signed it (a StallNotice)
 
 With `jetstream = true` the sink creates a stream (default `ORACLED`) over `<prefix>.>` if none
 exists, so a consumer that starts late replays what it missed. Messages go out as core
 publishes, which the stream stores without a per-message acknowledgement round trip (awaited
 JetStream acks run at a few thousand a second, fewer than the messages of one round at 1,000
 markets).
+
+A stalled round loop sends no round, and silence on the bus looks like a quiet market: so when
+the API's stall watch tells the streams, it hands the sink the same notice (`stalled`), which
+goes out like a round, in order behind the rounds already queued.
 
 The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
 sends when it can. While the server is unreachable rounds are counted as unpublished (reason
@@ -75,9 +81,11 @@ __all__ = [
     "UNPUBLISHED_REASONS",
     "NatsSink",
     "NatsStats",
+    "StallNotice",
     "market_token",
     "price_subject",
     "round_subject",
+    "stalled_subject",
 ]
 
 #: Why a message was not published: no server, the sink's queue overflowed, a client error.
@@ -110,6 +118,10 @@ def round_subject(prefix: str) -> str:
     return f"{prefix}.rounds"
 
 
+def stalled_subject(prefix: str) -> str:
+    return f"{prefix}.stalled"
+
+
 @dataclass(slots=True)
 class NatsStats:
     """Plain counters read by the metrics collector at scrape time."""
@@ -131,6 +143,27 @@ class _UnsignedRound(msgspec.Struct):
     round: int
     count: int
     markets: list[str]
+
+
+class StallNotice(msgspec.Struct):
+    """`<prefix>.stalled`: the stream's `stalled` error frame (`type`, `code`, `message`), plus
+    the round that is no current price (`ts`, `round`) and the key that signed the rounds
+    (`signer`, `deployment`; null when signing is off), since a bus carries many daemons."""
+
+    type: str
+    code: str
+    message: str
+    ts: int
+    round: int
+    signer: str | None
+    deployment: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Notice:
+    """A stall notice waiting in the sink's queue beside the rounds."""
+
+    payload: bytes
 
 
 class NatsSink:
@@ -156,7 +189,8 @@ class NatsSink:
         self.stats = NatsStats()
         self._connect_timeout_s = connect_timeout_s
         self._ping_interval_s = ping_interval_s
-        self._queue: deque[SignedRound | RoundResult] = deque()
+        self._queue: deque[SignedRound | RoundResult | _Notice] = deque()
+        self._signed_by: tuple[str | None, str | None] = (None, None)  # signer, deployment
         self._wakeup = asyncio.Event()
         self._nc: NatsClient | None = None
         self._subjects: dict[str, str] = {}
@@ -170,6 +204,20 @@ class NatsSink:
 
         Without a connection the round is counted `disconnected` and dropped at once.
         """
+        if isinstance(batch, SignedRound):
+            self._signed_by = (batch.signer, batch.deployment)
+        self._enqueue(batch)
+
+    def stalled(self, message: str, latest: RoundResult) -> None:
+        """The round loop has stalled after `latest` (the API's stall watch says so once per
+        stalled round, `message` in the stream frame's words): queue the notice like a round."""
+        signer, deployment = self._signed_by
+        notice = StallNotice(
+            "error", "stalled", message, latest.ts, latest.round, signer, deployment
+        )
+        self._enqueue(_Notice(_ENCODER.encode(notice)))
+
+    def _enqueue(self, batch: SignedRound | RoundResult | _Notice) -> None:
         if not self.stats.connected:
             self.stats.unpublished["disconnected"] += self._size(batch)
             return
@@ -180,7 +228,9 @@ class NatsSink:
         self._wakeup.set()
 
     @staticmethod
-    def _size(batch: SignedRound | RoundResult) -> int:
+    def _size(batch: SignedRound | RoundResult | _Notice) -> int:
+        if isinstance(batch, _Notice):
+            return 1
         count = batch.count if isinstance(batch, SignedRound) else len(batch.layout.markets)
         return count + 1  # the markets and the round message
 
@@ -306,8 +356,10 @@ class NatsSink:
             return
         self._log.info("jetstream stream ready", stream=self.cfg.stream)
 
-    def _messages(self, batch: SignedRound | RoundResult) -> list[tuple[str, bytes]]:
+    def _messages(self, batch: SignedRound | RoundResult | _Notice) -> list[tuple[str, bytes]]:
         prefix = self.cfg.subject_prefix
+        if isinstance(batch, _Notice):
+            return [(stalled_subject(prefix), batch.payload)]
         subjects = self._subjects
         out: list[tuple[str, bytes]] = []
         if isinstance(batch, SignedRound):
@@ -328,7 +380,7 @@ class NatsSink:
         out.append((round_subject(prefix), _ENCODER.encode(header)))
         return out
 
-    async def _publish(self, nc: NatsClient, batch: SignedRound | RoundResult) -> None:
+    async def _publish(self, nc: NatsClient, batch: SignedRound | RoundResult | _Notice) -> None:
         if not nc.is_connected:
             self.stats.unpublished["disconnected"] += self._size(batch)
             return
@@ -410,6 +462,7 @@ class NatsSink:
             "servers": [_without_credentials(url) for url in self.cfg.servers],
             "prices": f"{self.cfg.subject_prefix}.prices.<BASE-QUOTE>",
             "rounds": round_subject(self.cfg.subject_prefix),
+            "stalled": stalled_subject(self.cfg.subject_prefix),
             "jetstream": self.cfg.stream if self.cfg.jetstream else None,
             "auth": self._auth.way,
             "tls": self._auth.tls,

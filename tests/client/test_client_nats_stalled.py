@@ -1,0 +1,233 @@
+"""A stalled daemon says so on NATS too: the stall notice on `<prefix>.stalled`, and
+`OracleClient.watch_nats` taking it as `watch_ws` takes the stream's `stalled` frame.
+
+The daemon is the API tests' rig (a real core, hub and app on loopback, its round loop "stalled"
+by moving the rig's clock past the limit without a round), signing every round and handing it
+to a real NATS sink on a real nats-server; the app's stall watch, the one that sends the
+streams' frame, hands the sink the notice. The client trusts reports for 60 s, far longer than
+the daemon's limit, so only the notice can tell it that the round is no current price.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+from publish_rig import NatsServer
+from structlog.testing import capture_logs
+
+from oracled.api import ApiContext, build_app
+from oracled.client import OracleClient
+from oracled.config import NatsConfig
+from oracled.core import RoundResult
+from oracled.publish.nats import NatsSink, StallNotice, stalled_subject
+from oracled.publish.signer import RoundSigner, SignedRound, SigningKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
+import api_rig  # the API tests' rig: a core, a hub and a clock, wired by hand
+
+KEY = SigningKey.from_hex("0x" + "66" * 32)
+OTHER = SigningKey.from_hex("0x" + "77" * 32)
+SAFETY_S = 15.0  # guards against hangs only
+MAX_AGE_MS = 60_000  # the client's: far past the daemon's stall limit
+SUBJECT = stalled_subject("oracled")
+
+
+class BusDaemon(api_rig.Rig):
+    """The API rig signing every round and publishing it on NATS through `sink`, whose stall
+    notices come from the app's stall watch; its stall limit is 750 ms (a floor of 0.5 s)."""
+
+    LIMIT_MS = 750
+
+    def __init__(self, sink: NatsSink) -> None:
+        super().__init__(api_rig.make_config())
+        self.sink = sink
+        self.signer = RoundSigner(KEY, "test")
+        self.hub.signer = KEY.address
+        self.signed: list[SignedRound] = []
+
+    def context(self) -> ApiContext:
+        ctx = super().context()
+        return dataclasses.replace(ctx, ready_min_s=0.5, on_stalled=self.sink.stalled)
+
+    def step(self, markets: dict[str, float] | None = None) -> RoundResult:
+        result = super().step(markets)
+        self.signed.append(self.signer.sign(result))
+        self.hub.publish_signed(self.signed[-1])
+        self.sink.submit(self.signed[-1])
+        return result
+
+    def stall(self) -> None:
+        """Past the limit without a round: the loop is stalled."""
+        self.clock.advance(self.LIMIT_MS + 1)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    srv = NatsServer(tmp_path / "nats", jetstream=False)
+    await srv.start()
+    yield srv
+    srv.stop()
+
+
+@asynccontextmanager
+async def sink_running(url: str) -> AsyncIterator[NatsSink]:
+    sink = NatsSink(NatsConfig(enabled=True, servers=(url,)))
+    task = asyncio.create_task(sink.run(), name="nats-sink")
+    try:
+        async with asyncio.timeout(SAFETY_S):
+            await sink.ready.wait()
+        yield sink
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@asynccontextmanager
+async def watching(client: OracleClient, url: str) -> AsyncIterator[None]:
+    """`client.watch_nats(url, ["BTC/USD"])` for the block's length."""
+    watcher = asyncio.create_task(client.watch_nats(url, ["BTC/USD"]))
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+@asynccontextmanager
+async def notices(url: str) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every stall notice published on the server while the block runs, decoded."""
+    nc = await nats.connect(url, allow_reconnect=False)
+    got: list[dict[str, Any]] = []
+
+    async def keep(msg: Any) -> None:
+        got.append(msgspec.json.decode(msg.data))
+
+    await nc.subscribe(SUBJECT, cb=keep)
+    await nc.flush()
+    try:
+        yield got
+    finally:
+        await nc.close()
+
+
+async def until(done: Callable[[], bool], what: str) -> None:
+    try:
+        async with asyncio.timeout(SAFETY_S):
+            while not done():  # noqa: ASYNC110 - polled: the conditions have no event of their own
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def priced_at(client: OracleClient, ts: int) -> Callable[[], bool]:
+    view = client.price
+    return lambda: view("BTC/USD").price is not None and view("BTC/USD").ts == ts
+
+
+async def test_a_stall_reaches_nats_once_per_stalled_round_and_the_client_takes_it(
+    server: NatsServer,
+) -> None:
+    """The round loop stalls: the bus gets one notice naming the stalled round, its signer and
+    the stream frame's words, however long the stall lasts, and a client fed only by NATS
+    leaves the daemon's reports out (`unknown`, the `Stall` named with the subject) until the
+    next round, which prices the market again; a second stall is a second notice. Before, the
+    bus stayed silent and the client priced BTC/USD from the stalled round for 59 s more."""
+    async with sink_running(server.url) as sink, notices(server.url) as told:
+        daemon = BusDaemon(sink)
+        client = OracleClient(
+            {KEY.address}, deployment="test", max_age_ms=MAX_AGE_MS, now_ms=daemon.clock.now_ms
+        )
+        app = build_app(daemon.context())
+        async with api_rig.DaemonServer(app, host="127.0.0.1"), watching(client, server.url):
+            # The client's subscription lands some time after the task starts: rounds until
+            # one reaches it.
+            async with asyncio.timeout(SAFETY_S):
+                while client.price("BTC/USD").price is None:
+                    daemon.step()
+                    await asyncio.sleep(0.05)
+            first = daemon.signed[-1]
+            await until(priced_at(client, first.ts), "the latest round priced")
+            daemon.stall()
+            await until(lambda: bool(client.stalled), "the stall taken from NATS")
+            (stall,) = client.stalled.values()
+            assert (stall.signer, stall.ts, stall.source) == (KEY.address, first.ts, SUBJECT)
+            assert stall.message.startswith("the latest round is 0.8 s old (limit 0.75 s)")
+            assert client.price("BTC/USD").status == "unknown"
+            assert client.price("BTC/USD").stalled == (stall,)
+            await asyncio.sleep(0.3)  # the stall watch looks four more times: nothing more
+            daemon.step()  # rounds again
+            second = daemon.signed[-1]
+            await until(priced_at(client, second.ts), "priced again by the next round")
+            assert not client.stalled
+            daemon.stall()
+            await until(lambda: told[-1]["ts"] == second.ts, "the second stall's notice")
+    assert [(n["ts"], n["round"], n["signer"], n["deployment"]) for n in told] == [
+        (signed.ts, signed.round, KEY.address, "test") for signed in (first, second)
+    ]
+    assert list(told[0]) == list(StallNotice.__struct_fields__)
+    for n in told:  # the stream frame's words, and its type and code
+        assert (n["type"], n["code"]) == ("error", "stalled")
+        assert n["message"].startswith(
+            "the latest round is 0.8 s old (limit 0.75 s): rounds have stalled, so its reports"
+        )
+    assert dict(client.stream_errors) == {"stalled": 2}
+    assert sink.stats.unpublished == {"disconnected": 0, "queue_full": 0, "error": 0}
+
+
+async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:
+    """The client takes a notice only for an allowed signer of its deployment, for the newest
+    round it holds of it: a notice of an older round (a JetStream replay, a late copy), of
+    signing off, of another deployment or another key changes nothing (the unattributable
+    ones are logged), and a malformed one is logged; the real one after them is taken with its
+    own words."""
+    signer = RoundSigner(KEY, "test")
+    rounds = api_rig.Rig(api_rig.make_config())
+    older, newer = signer.sign(rounds.step()), signer.sign(rounds.step())
+    client = OracleClient(
+        {KEY.address}, deployment="test", max_age_ms=MAX_AGE_MS, now_ms=rounds.clock.now_ms
+    )
+    client.feed(older.envelope(0))
+    client.feed(newer.envelope(0))
+
+    def notice(ts: int, signer: str | None, deployment: str | None, message: str) -> bytes:
+        return msgspec.json.encode(
+            StallNotice("error", "stalled", message, ts, 1, signer, deployment)
+        )
+
+    sent = [
+        notice(older.ts, KEY.address, "test", "old news"),
+        notice(newer.ts, None, None, "signing off"),
+        notice(newer.ts, KEY.address, "staging", "another deployment"),
+        notice(newer.ts, OTHER.address, "test", "another key"),
+        b'{"code": "stalled"}',
+        notice(newer.ts, KEY.address.lower(), "test", "the real one"),
+    ]
+    publisher = await nats.connect(server.url, allow_reconnect=False)
+    async with watching(client, server.url):
+        async with asyncio.timeout(SAFETY_S):
+            while not client.stream_errors["stalled"]:  # until the subscription is in
+                await publisher.publish(SUBJECT, sent[0])  # one that is silently left out
+                await asyncio.sleep(0.05)
+        with capture_logs() as logs:
+            for payload in sent:
+                await publisher.publish(SUBJECT, payload)
+            await until(lambda: bool(client.stalled), "the real one taken")
+    await publisher.close()
+    (stall,) = client.stalled.values()
+    assert (stall.message, stall.ts) == ("the real one", newer.ts)
+    events = [(e["event"], e.get("signer")) for e in logs if e["event"].startswith("client nats")]
+    assert events == [
+        ("client nats stalled", None),
+        ("client nats stalled", KEY.address),
+        ("client nats stalled", OTHER.address),
+        ("client nats notice malformed", None),
+    ]

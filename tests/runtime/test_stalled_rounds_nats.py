@@ -1,0 +1,122 @@
+"""A stuck round loop of `Service` is told on NATS as on the streams: one stall notice per
+stalled round, from the stall watch that sends the streams' frame.
+
+The stall is the one of test_stalled_rounds.py: the wall clock steps back an hour and the round
+loop waits for it to pass its last round again. The sink signs and publishes to a real
+nats-server on loopback; the test reads the bus as any consumer would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+from one_venue import service_running
+
+from oracled.config import parse_config
+from oracled.publish.signer import SigningKey
+from oracled.service import Service
+from oracled.sim import BinanceSim
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "publish"))
+from publish_rig import NatsServer  # the publishing tests' real nats-server
+
+SAFETY_S = 15.0  # guards against hangs only
+
+
+async def at_least(box: list[Any], count: int) -> None:
+    """Poll a list the bus's callbacks fill (bounded by the test's own timeout)."""
+    while len(box) < count:  # noqa: ASYNC110 - polled: the lists have no event of their own
+        await asyncio.sleep(0.02)
+
+
+class SteppedClock:
+    """The real clock, whose wall time the test can step back (monotonic time never is)."""
+
+    def __init__(self) -> None:
+        self.back_ms = 0
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 - self.back_ms
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+async def test_a_stuck_round_loop_publishes_one_stall_notice_per_stalled_round(
+    tmp_path: Path,
+) -> None:
+    """With the wall clock stepped back the loop publishes no round, and the bus gets one notice
+    on `oracled.stalled` naming the last round it published (its `ts` and `round`, as the round
+    subject had them), the signer and deployment, in the streams' words; however long the stall
+    lasts, no second one. With the clock back, rounds come again; a second stall, a second
+    notice. Before, the bus only went quiet, as for a market that does not move."""
+    server = NatsServer(tmp_path / "nats", jetstream=False)
+    await server.start()
+    key = SigningKey.generate()
+    key_file = tmp_path / "signing.key"
+    key_file.write_text(key.hex())
+    key_file.chmod(0o400)
+    try:
+        async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+            cfg = parse_config(
+                {
+                    "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
+                    "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
+                    "signing": {"enabled": True, "deployment": "test", "key_file": str(key_file)},
+                    "nats": {"enabled": True, "servers": [server.url]},
+                    "sources": {
+                        "v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
+                    },
+                    "markets": [
+                        {
+                            "symbol": "BTC/USDT",
+                            "min_sources": 1,
+                            "sources": [{"source": "v", "pair": "BTC/USDT"}],
+                        }
+                    ],
+                }
+            )
+            clock = SteppedClock()
+            service = Service(cfg, clock=clock)
+            service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall after 0.4 s
+            bus = await nats.connect(server.url, allow_reconnect=False)
+            rounds: list[dict[str, Any]] = []
+            notices: list[dict[str, Any]] = []
+
+            async def keep(msg: Any) -> None:
+                box = notices if msg.subject == "oracled.stalled" else rounds
+                box.append(msgspec.json.decode(msg.data))
+
+            await bus.subscribe("oracled.rounds", cb=keep)
+            await bus.subscribe("oracled.stalled", cb=keep)
+            await bus.flush()
+            try:
+                async with service_running(service), asyncio.timeout(SAFETY_S):
+                    await service.started.wait()
+                    for stall in (1, 2):
+                        await at_least(rounds, 3 * stall)  # signed rounds on the bus
+                        clock.back_ms = 3_600_000
+                        await at_least(notices, stall)
+                        await asyncio.sleep(0.5)  # the stall watch looks five more times
+                        held = len(rounds)
+                        clock.back_ms = 0
+                        await at_least(rounds, held + 1)  # rounds again
+                        assert len(notices) == stall  # one per stalled round
+                        last = rounds[held - 1]  # the round published before the stall
+                        notice = notices[-1]
+                        assert (notice["ts"], notice["round"]) == (last["ts"], last["round"])
+                        assert (notice["signer"], notice["deployment"]) == (key.address, "test")
+                        assert (notice["type"], notice["code"]) == ("error", "stalled")
+                        assert "(limit 0.4 s): rounds have stalled" in notice["message"]
+            finally:
+                await bus.close()
+            assert service.nats is not None
+            assert service.nats.stats.unpublished["error"] == 0
+    finally:
+        server.stop()
