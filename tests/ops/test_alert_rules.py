@@ -48,6 +48,12 @@ REQUIRED = {
     "a refused reload: a restart would refuse the file": "OracledConfigReloadRefused",
     "our clock behind the venues' (most sources see venue times ahead)": "OracledClockBehind",
     "stream consumers dropped as slow again and again": "OracledStreamConsumersDropped",
+    "NATS server refusing our credentials or certificate": "OracledNatsRefused",
+    "the round loop running fewer rounds than its interval": "OracledRoundsStalled",
+    "Prometheus cannot scrape the daemon": "OracledDown",
+    "a perpetual's mark on its fallback": "OracledMarkFallback",
+    "the audit trail's full-disk reserve given up": "OracledAuditReserveGivenUp",
+    "operator pauses that a restart would lift (not written down)": "OracledManualPausesNotKept",
 }
 
 
