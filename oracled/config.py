@@ -276,6 +276,11 @@ class AuditConfig(_Frozen):
     queue: Annotated[int, Field(ge=1, le=100_000)] = 64
     #: Rounds written per transaction at most (a batch also ends when the queue is empty).
     batch_rounds: Annotated[int, Field(ge=1, le=10_000)] = 32
+    #: The disk reserve beside the database (`<path>.reserve`), given back to the filesystem
+    #: when the disk fills so that old rounds can be deleted (an eighth of `max_bytes` when
+    #: that is less). Below 64 KiB it could not hold one batch's `-wal` frames; above 1 GiB it
+    #: is disk kept idle for what ~4 MB of `-wal` needs.
+    reserve_bytes: Annotated[int, Field(ge=64 * 1024, le=1024**3)] = 8 * 1024**2
 
     @field_validator("path")
     @classmethod

@@ -173,10 +173,6 @@ _RETENTION_EVERY_S: Final = 30.0
 #: 570 MB in 11.7 s, with the queue (64 rounds, 16 s at 4 a second) far from full.
 _RETENTION_STEP_BYTES: Final = 32 * 1024 * 1024
 _STOP: Final = object()
-#: The disk reserve beside the database (`<db>.reserve`), or an eighth of `max_bytes` when that is
-#: less: room for the `-wal` (~4 MB between checkpoints, SQLite's default) to be checkpointed and
-#: the oldest rounds deleted once the disk is full (docs/publishing.md, *A full disk*).
-_RESERVE_BYTES: Final = 8 * 1024 * 1024
 #: Quotes of dropped rounds kept for the next queued round at most (~200 B each: ~20 MB); past
 #: it a stuck writer would grow them without end, so they are dropped, counted and logged.
 _CARRY_MAX: Final = 100_000
@@ -365,8 +361,12 @@ class AuditTrail:
         self._retention_every_s = _RETENTION_EVERY_S
         self._retention_step_bytes = _RETENTION_STEP_BYTES
         self._retry_s = _RETRY_S
-        reserve = min(_RESERVE_BYTES, cfg.max_bytes // 8) if cfg.max_bytes else _RESERVE_BYTES
-        #: the disk reserve (tests lower its size before `start`)
+        # `reserve_bytes`, or an eighth of `max_bytes` when that is less: room for the `-wal`
+        # (~4 MB between checkpoints, SQLite's default) to be checkpointed and the oldest rounds
+        # deleted once the disk is full (docs/publishing.md, *A full disk*)
+        reserve = cfg.reserve_bytes
+        if cfg.max_bytes:
+            reserve = min(reserve, cfg.max_bytes // 8)
         self.reserve = DiskReserve(self.path.with_name(self.path.name + ".reserve"), reserve)
         self._reserve_state: str | None = None  # held, released or missing, as last logged
         #: the data kept while the reserve is given up after a full disk: the database's pages

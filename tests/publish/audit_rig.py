@@ -59,17 +59,29 @@ class Feed:
             self.audit.submit_signed(signer.sign(result))
 
 
+#: The disk reserve of a test trail: the smallest the config takes, not the shipped 8 MiB in
+#: every test's tmp dir (test_audit_full_disk.py keeps the shipped size: it fills a disk).
+RESERVE = 64 * 1024
+
+
+def audit_config(path: Path | str, **settings: Any) -> AuditConfig:
+    """A test trail's config: enabled, at `path`, its reserve RESERVE unless `settings` say."""
+    return AuditConfig(**{"enabled": True, "path": str(path), "reserve_bytes": RESERVE, **settings})
+
+
 def trail(path: Path, **settings: Any) -> AuditTrail:
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(path), **settings))
+    audit = AuditTrail(audit_config(path, **settings))
     audit.start()
     return audit
 
 
-def recorded(path: Path, rounds: int, *, after: Feed | None = None, gap_ms: int = 0) -> Feed:
+def recorded(
+    path: Path, rounds: int, *, after: Feed | None = None, gap_ms: int = 0, **settings: Any
+) -> Feed:
     """A trail at `path` written `rounds` rounds by a fresh daemon-like feed, then closed; the
     feed (its audit closed) for the test to read back. `after`: the feed of an earlier run whose
-    clock this one continues `gap_ms` later (a restart)."""
-    feed = Feed(make_config(), trail(path))
+    clock this one continues `gap_ms` later (a restart); `settings`: of the trail's config."""
+    feed = Feed(make_config(), trail(path, **settings))
     if after is not None:
         feed.now = after.now + gap_ms
     for _ in range(rounds):

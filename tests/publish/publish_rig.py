@@ -65,7 +65,7 @@ def one_venue_config(ws_url: str, rest_url: str, audit: Path, **extra: Any) -> C
         {
             "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
             "api": {"listen": "127.0.0.1:0"},
-            "audit": {"enabled": True, "path": str(audit)},
+            "audit": {"enabled": True, "path": str(audit), "reserve_bytes": 64 * 1024},
             **extra,
             "sources": {"venue": {"type": "binance", "ws_url": ws_url, "rest_url": rest_url}},
             "markets": [

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from audit_rig import Feed, recorded, trail
+from audit_rig import Feed, audit_config, recorded, trail
 from publish_rig import INTERVAL, SOURCES, T0, Rounds, make_config
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from oracled.cli import main
@@ -154,7 +155,7 @@ def test_csv_export_has_one_row_per_round_with_sources_and_reasons(tmp_path: Pat
 
 def test_a_full_queue_drops_rounds_and_counts_them_without_blocking(tmp_path: Path) -> None:
     """No writer running and a queue of 2: the third and later rounds are dropped, counted."""
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(tmp_path / "a.sqlite3"), queue=2))
+    audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=2))
     feed = Feed(make_config(), audit)
     for _ in range(5):
         feed.round()
@@ -172,7 +173,7 @@ def test_a_dropped_rounds_quotes_go_into_the_next_stored_round_so_the_tape_keeps
     in order, and a replay of it gives the rounds after the gap as they were published (a later
     round's price may rest on a quote that arrived in a dropped round)."""
     db = tmp_path / "a.sqlite3"
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=2))
+    audit = AuditTrail(audit_config(db, queue=2))
     feed = Feed(make_config(), audit)
     for _ in range(6):
         feed.round()
@@ -206,7 +207,7 @@ def test_a_tape_whose_first_quoted_rounds_were_dropped_replays_with_the_daemons_
     of round 5 the stored ones, byte for byte (before, the header said 5 and the replay
     numbered rounds 3 to 5 as 5 to 7). The two silent rounds, before any quote, have no replay."""
     db = tmp_path / "a.sqlite3"
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=2))
+    audit = AuditTrail(audit_config(db, queue=2))
     feed = Feed(make_config(), audit)
     feed.silent = set(SOURCES)
     feed.round()
@@ -249,7 +250,7 @@ def test_quotes_carried_past_dropped_rounds_are_capped_counted_and_logged(tmp_pa
     """A writer that stays stuck must not grow the carried quotes without limit: past the cap
     they are dropped, counted in `stats.dropped_quotes` and logged once per episode, and the
     next stored round holds only what came after."""
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(tmp_path / "a.sqlite3"), queue=1))
+    audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=1))
     audit.carry_max = 20  # quotes carried at most; a round brings 9
     feed = Feed(make_config(), audit)
     with capture_logs() as logs:
@@ -271,7 +272,7 @@ def test_a_database_at_its_page_limit_deletes_its_oldest_rounds_and_writes_every
     writes the batch that failed, and goes on; the newest rounds stay, none is lost, and the
     core's rounds are untouched. Before, every round from the first full write on was lost."""
     db = tmp_path / "full.sqlite3"
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=1000), page_limit=24)
+    audit = AuditTrail(audit_config(db, queue=1000), page_limit=24)
     audit.start()
     feed = Feed(make_config(), audit)
     for _ in range(200):
@@ -289,9 +290,7 @@ def test_retention_keeps_the_database_under_its_size_limit(tmp_path: Path) -> No
     """With max_bytes and a retention check at every batch, the oldest rounds are deleted, and
     the rounds kept still decode (dictionaries outlive the rounds they were made from)."""
     db = tmp_path / "small.sqlite3"
-    audit = AuditTrail(
-        AuditConfig(enabled=True, path=str(db), max_bytes=60_000, batch_rounds=1, queue=1000)
-    )
+    audit = AuditTrail(audit_config(db, max_bytes=60_000, batch_rounds=1, queue=1000))
     audit._retention_every_s = 0.0
     audit.start()
     feed = Feed(make_config(), audit)
@@ -314,9 +313,7 @@ def test_retention_by_age_deletes_rounds_older_than_the_window(tmp_path: Path) -
     """retention_days counts from the newest round: older rounds go, newer stay."""
     db = tmp_path / "age.sqlite3"
     window_ms = 10 * INTERVAL
-    audit = AuditTrail(
-        AuditConfig(enabled=True, path=str(db), retention_days=window_ms / 86_400_000, queue=1000)
-    )
+    audit = AuditTrail(audit_config(db, retention_days=window_ms / 86_400_000, queue=1000))
     audit._retention_every_s = 0.0
     audit.start()
     feed = Feed(make_config(), audit)
@@ -341,7 +338,7 @@ def test_audit_answers_nothing_found_with_exit_1_and_bad_requests_with_exit_2(
     window without rounds, a time before the first round) and refuses what it cannot read
     (exit 2: no such file, a time that is no time), so scripts can tell them apart."""
     db = tmp_path / "audit.sqlite3"
-    empty = AuditTrail(AuditConfig(enabled=True, path=str(db)))
+    empty = AuditTrail(audit_config(db))
     empty.start()
     empty.submit_signed(
         RoundSigner(SigningKey.generate(), "test").sign(Rounds(make_config()).step())
@@ -400,7 +397,7 @@ def test_the_report_at_a_time_shows_the_rounds_signature(
 def test_a_drop_episode_is_logged_once_and_its_end_once(tmp_path: Path) -> None:
     """While the queue is full the first dropped round is logged, not every one; the first
     round that fits again says the queue has room, with the total dropped."""
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(tmp_path / "a.sqlite3"), queue=1))
+    audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=1))
     feed = Feed(make_config(), audit)
     with capture_logs() as logs:
         for _ in range(4):
@@ -424,7 +421,7 @@ def test_a_signature_that_finds_the_queue_full_is_counted_and_logged_not_silentl
     unsigned. That used to be dropped in silence (as if the round had been dropped too); now it
     is counted and logged once. A signature of a round that was itself dropped stays silent
     (the round is counted)."""
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(tmp_path / "a.sqlite3"), queue=1))
+    audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=1))
     feed = Feed(make_config(), audit)
     signer = RoundSigner(SigningKey.generate(), "test")
     with capture_logs() as logs:
@@ -450,9 +447,7 @@ def test_zero_turns_the_age_limit_off_and_a_tiny_size_limit_keeps_the_newest_rou
     rounds_of = {}
     for name, settings in (("ageless", {"retention_days": 0}), ("tiny", {"max_bytes": 1})):
         db = tmp_path / f"{name}.sqlite3"
-        audit = AuditTrail(
-            AuditConfig(enabled=True, path=str(db), batch_rounds=1, queue=100, **settings)
-        )
+        audit = AuditTrail(audit_config(db, batch_rounds=1, queue=100, **settings))
         audit._retention_every_s = 0.0  # a retention check after every batch
         audit.start()
         feed = Feed(make_config(), audit)
@@ -496,7 +491,7 @@ def test_closing_while_the_writer_is_stuck_returns_and_a_later_close_finishes(
     after its timeout instead of raising or hanging; once the lock goes, closing again writes
     what was queued."""
     db = tmp_path / "locked.sqlite3"
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=1, batch_rounds=1))
+    audit = AuditTrail(audit_config(db, queue=1, batch_rounds=1))
     audit.start()
     feed = Feed(make_config(), audit)
     with writer_stuck_on_a_lock(db, audit, feed):
@@ -514,7 +509,7 @@ def test_close_waits_for_room_and_for_the_writer_within_one_timeout(tmp_path: Pa
     timeout, not a second later (it waited a whole timeout for room, then another for the
     writer: 2.5 s of a 1.5 s budget). The lock gone, a later close writes the round."""
     db = tmp_path / "locked.sqlite3"
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), queue=1, batch_rounds=1))
+    audit = AuditTrail(audit_config(db, queue=1, batch_rounds=1))
     audit._retry_s = 0.0  # the writer opens the database again at once after its failure
     audit.start()
     feed = Feed(make_config(), audit)
@@ -719,7 +714,7 @@ def test_retention_cuts_a_large_excess_a_step_at_a_time_between_batches(tmp_path
     limit, step = pages * size // 5, pages * size // 20
     sizes = []
     for _ in range(30):  # a batch of one round, then its retention step, each time
-        audit = AuditTrail(AuditConfig(enabled=True, path=str(db), max_bytes=limit))
+        audit = AuditTrail(audit_config(db, max_bytes=limit))
         audit._retention_step_bytes = step
         audit.start()
         feed.audit = audit
@@ -771,3 +766,23 @@ def test_an_output_that_is_the_database_itself_is_refused_and_the_trail_kept(
             )
     assert db.stat().st_size == size
     assert main(["audit", "--db", str(db)]) == 0
+
+
+def test_the_reserve_is_as_configured_within_its_range_and_an_eighth_of_a_small_max_bytes(
+    tmp_path: Path,
+) -> None:
+    """`audit.reserve_bytes` sizes the reserve file beside the database (it was a constant
+    8 MiB, also in every test's tmp dir); an eighth of `max_bytes` still caps it; below 64 KiB
+    or above 1 GiB is refused, and the default is the shipped 8 MiB."""
+    assert AuditConfig().reserve_bytes == 8 * 1024 * 1024
+    for bad in (64 * 1024 - 1, 1024**3 + 1):
+        with pytest.raises(ValidationError, match="reserve_bytes"):
+            AuditConfig(reserve_bytes=bad)
+    for settings, size in (
+        ({"reserve_bytes": 200_000}, 200_000),
+        ({"reserve_bytes": 200_000, "max_bytes": 800_000}, 100_000),
+    ):
+        db = tmp_path / f"{size}.sqlite3"
+        feed = recorded(db, 3, **settings)
+        assert feed.audit.stats.reserve == size
+        assert db.with_name(db.name + ".reserve").stat().st_size == size

@@ -29,6 +29,7 @@ listen = "127.0.0.1:0"
 [audit]
 enabled = true
 path = "{db}"
+reserve_bytes = 65_536
 
 [sources.venue]
 type = "binance"

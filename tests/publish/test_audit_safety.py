@@ -16,9 +16,9 @@ import zlib
 from pathlib import Path
 
 import aiohttp
+from audit_rig import audit_config
 from publish_rig import Rounds, make_config
 
-from oracled.config import AuditConfig
 from oracled.publish.audit import AuditReader, AuditTrail
 from oracled.sim import BinanceSim
 
@@ -45,7 +45,11 @@ WRITER = textwrap.dedent(
         env={},
     )
     core = Core(cfg)
-    audit = AuditTrail(AuditConfig(enabled=True, path=sys.argv[1], queue=10_000, batch_rounds=64))
+    audit = AuditTrail(
+        AuditConfig(
+            enabled=True, path=sys.argv[1], queue=10_000, batch_rounds=64, reserve_bytes=65_536
+        )
+    )
     audit.start()
     now = 1_700_000_000_000
     while True:  # until killed
@@ -104,7 +108,7 @@ def test_a_writer_killed_mid_batch_leaves_whole_rounds_only(tmp_path: Path) -> N
         for n, lines in blocks
     )
     assert stored[0] == stored[1] >= rounds  # rounds 1..n, none missing in between
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db)))
+    audit = AuditTrail(audit_config(db))
     audit.start()
     audit.close()
     assert audit.stats.write_errors == 0
@@ -151,6 +155,7 @@ async def test_a_read_only_audit_directory_is_reported_and_prices_go_on(tmp_path
                 [audit]
                 enabled = true
                 path = "{audit_dir / "audit.sqlite3"}"
+                reserve_bytes = 65_536
                 [sources.venue]
                 type = "binance"
                 ws_url = "{sim.ws_url}"
@@ -218,7 +223,7 @@ def test_a_stopped_trail_in_a_directory_the_reader_cannot_write_is_read(tmp_path
     directory as it was."""
     db = tmp_path / "trail" / "audit.sqlite3"
     db.parent.mkdir()
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db)))
+    audit = AuditTrail(audit_config(db))
     audit.start()
     rounds = Rounds(make_config())
     for _ in range(3):

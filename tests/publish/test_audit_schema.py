@@ -13,12 +13,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from audit_rig import Feed, trail
+from audit_rig import Feed, audit_config, trail
 from publish_rig import T0, make_config
 from structlog.testing import capture_logs
 
 from oracled.cli import main
-from oracled.config import AuditConfig
 from oracled.core import RoundResult
 from oracled.model import Quote
 from oracled.publish.audit import SCHEMA_VERSION, AuditReader, AuditSchemaError, AuditTrail
@@ -186,7 +185,7 @@ def test_the_writer_leaves_a_version_1_database_alone_and_prices_go_on(tmp_path:
     write_v1(db, first.kept)
     before = db.read_bytes()
 
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db)))
+    audit = AuditTrail(audit_config(db))
     audit._retry_s = 0.0  # every batch tries the file again (5 s in the daemon)
     audit.start()
     feed = Feed(make_config(), audit)
@@ -267,7 +266,7 @@ def test_a_database_of_unknown_schema_is_left_alone_and_its_failure_logged_once(
     with sqlite3.connect(db) as con:
         con.executescript(schema)
     before = db.read_bytes()
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db), batch_rounds=1))
+    audit = AuditTrail(audit_config(db, batch_rounds=1))
     audit._retry_s = 0.0  # every batch tries the file again (5 s in the daemon)
     with capture_logs() as logs:
         audit.start()
@@ -297,7 +296,7 @@ def test_a_second_writer_of_the_same_trail_waits_until_the_first_lets_go(tmp_pat
     first = Feed(make_config(), trail(db))
     run(first, 3)
     wait_for(lambda: first.audit.stats.rounds == 3)
-    audit = AuditTrail(AuditConfig(enabled=True, path=str(db)))
+    audit = AuditTrail(audit_config(db))
     audit._retry_s = 0.0  # every batch tries the file again (5 s in the daemon)
     audit.start()
     second = Feed(make_config(), audit)

@@ -31,7 +31,7 @@ min_sources = 1
 sources = [{{ source = "good", pair = "BTC/USDT" }}]
 """
     if audit is not None:
-        text += f'\n[audit]\nenabled = true\npath = "{audit}"\n'
+        text += f'\n[audit]\nenabled = true\npath = "{audit}"\nreserve_bytes = 65_536\n'
     return text
 
 
