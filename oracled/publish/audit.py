@@ -500,7 +500,7 @@ class AuditTrail:
             self.stats.queued = self._queue.qsize()
             if stop:
                 if self._db is not None:
-                    self._db.close()
+                    self._close_keeping_room(self._db)
                     self._db = None
                 if self._lock_fd is not None:
                     os.close(self._lock_fd)  # releases the lock: the next writer may start
@@ -512,21 +512,20 @@ class AuditTrail:
             return self._db
         if time.monotonic() < self._retry_at:
             return None
+        released = 0
         try:
             if self._lock_fd is None:
                 self._lock_fd = _lock(self.path)
             try:
                 db = _connect(self.path, self._page_limit)
             except sqlite3.Error as exc:
-                if not (_full(exc) and self.reserve.release()):
+                if not _full(exc):
+                    raise
+                released = self.reserve.release()
+                if not released:
                     raise
                 self._reserve_state, self.stats.reserve = "released", 0
-                self._log.warning(
-                    "audit disk full at open: the reserve is given up",
-                    path=str(self.path),
-                    reserve_bytes=self.reserve.size,
-                )
-                self._cap = None  # set by the first write that finds the disk full
+                self._cap = None  # set below, from the room the reserve gave
                 db = _connect(self.path, self._page_limit)
         except (sqlite3.Error, AuditSchemaError, AuditInUseError, OSError) as exc:
             self._failed(exc, "open")
@@ -534,12 +533,49 @@ class AuditTrail:
         self._db = db
         try:
             self._packer = self._load_packer(db)
+            if self._cap is None:
+                error = self._hold_reserve()
+                if not self.reserve.held and self.reserve.size > 0:
+                    self._cap_at_open(db, released, error)
         except sqlite3.Error as exc:
             self._failed(exc, "open")
             return None
-        if self._cap is None:
-            self._hold_reserve()
         return db
+
+    def _cap_at_open(self, db: sqlite3.Connection, released: int, error: str | None) -> None:
+        """Opened without a reserve (given up at this open, or no room to make one): the trail
+        starts as it goes on after a full disk, inside its files, its data capped at what it
+        holds and half the room the filesystem has (the other half for the `-wal` and the
+        checkpoints that copy it into the database file). Uncapped, it wrote until the `-wal`
+        took the last byte, and then no checkpoint could make the room to delete old rounds
+        (measured on a full 32 MiB tmpfs: some 320 rounds written after the start, then the
+        trail down for every round after them)."""
+        try:
+            room = self.reserve.room()
+        except OSError:
+            room = 0
+        used = self._used_bytes(db)
+        self._cap = used + room // 2
+        self._retention_at = 0.0  # retention after every batch from the first one
+        if released:
+            self._log.warning(
+                "audit disk full at open: the reserve is given up",
+                path=str(self.path),
+                reserve_bytes=released,
+                kept_bytes=used,
+                cap_bytes=self._cap,
+            )
+        elif self._reserve_state is None:  # once: a later reopen in this state says nothing
+            self._reserve_state = "missing"
+            self._log.warning(
+                "audit reserve not made: the trail writes inside its files until the disk has "
+                "room for it",
+                path=str(self.reserve.path),
+                reserve_bytes=self.reserve.size,
+                error=error or "the disk has too little room",
+                kept_bytes=used,
+                cap_bytes=self._cap,
+            )
 
     @staticmethod
     def _load_packer(db: sqlite3.Connection) -> _Packer | None:
@@ -700,23 +736,27 @@ class AuditTrail:
                 "audit disk full: the reserve is given up and the oldest rounds deleted; the "
                 "trail goes on inside its file",
                 path=str(self.path),
-                reserve_bytes=self.reserve.size if released else 0,
+                reserve_bytes=released,
                 rounds_deleted=deleted,
                 kept_bytes=None if error else used,
                 error=error,
             )
         return error is None
 
-    def _hold_reserve(self) -> None:
+    def _hold_reserve(self) -> str | None:
         """Allocate the reserve: at open, and after it was given up once the filesystem has room
         for it and as much again (a reserve that took the last free bytes would fill the disk
-        it is there to clear). Held, the cap goes: retention keeps to `max_bytes` again."""
+        it is there to clear). Held, the cap goes: retention keeps to `max_bytes` again. The
+        error that kept it from being made, if one did (`_cap_at_open` says it)."""
         reserve = self.reserve
         if reserve.held or reserve.size <= 0:
-            return
+            return None
         error: str | None = None
         try:
-            held = (reserve.path.exists() or reserve.room() >= 2 * reserve.size) and reserve.hold()
+            # a whole file is kept (its holes filled); a part of one (the room a stop on a full
+            # disk kept) is made whole once the disk has room for the rest and a reserve more
+            missing = reserve.size - reserve.allocated()
+            held = (missing <= 0 or reserve.room() >= missing + reserve.size) and reserve.hold()
         except OSError as exc:  # no file can be made beside the database: it fails on its own
             held, error = False, str(exc)
         if held:
@@ -729,13 +769,39 @@ class AuditTrail:
                     reserve_bytes=reserve.size,
                 )
             self._reserve_state = "held"
-        elif self._reserve_state is None:
-            self._reserve_state = "missing"
+        return error
+
+    def _close_keeping_room(self, db: sqlite3.Connection) -> None:
+        """Close the database at a stop. Closing deletes the `-wal` and `-shm` files; without its
+        reserve (given up on a full disk) they were the trail's room, and a start onto a disk
+        still full could not make them again (SQLite: `disk I/O error`), so the trail would stay
+        down until someone freed space. What closing gave back, up to the reserve's size, is
+        kept in the reserve's file, which that start gives up at its open like a whole one."""
+        reserve = self.reserve
+        if reserve.held or reserve.size <= 0:
+            db.close()
+            return
+        try:
+            before = reserve.room()
+        except OSError:
+            db.close()
+            return
+        db.close()
+        try:
+            freed = reserve.room() - before
+            if freed <= 0:
+                return
+            kept = reserve.grow(freed)
+        except OSError as exc:  # no file can be made beside the database: nothing to keep
+            self._log.warning("audit room not kept at stop", path=str(reserve.path), error=str(exc))
+            return
+        if kept:
             self._log.warning(
-                "audit reserve not made: a full disk will stop the trail until there is room",
+                "audit stopped without its reserve: the room its -wal gave back is kept for "
+                "the next start",
                 path=str(reserve.path),
-                reserve_bytes=reserve.size,
-                error=error or "the disk has too little room",
+                reserve_bytes=kept,
+                freed_bytes=freed,
             )
 
     def _failed(self, exc: sqlite3.Error | OracledError | OSError, stage: str) -> None:
@@ -883,8 +949,9 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 
     Reading a WAL database needs its `-wal` and `-shm` files, which SQLite makes when they are
     missing (after its writer stopped); in a directory the reader may not write (another user's
-    state directory, read-only media) it cannot, so a stopped trail, whose `-wal` is gone or
-    empty and whose every round is in the file itself, is read as it is (`immutable`)."""
+    state directory, read-only media), or on a full disk (the daemon's start reads its signing
+    floor here), it cannot, so a stopped trail, whose `-wal` is gone or empty and whose every
+    round is in the file itself, is read as it is (`immutable`)."""
     uri = path.resolve().as_uri()
     db = sqlite3.connect(f"{uri}?mode=ro", uri=True)
     try:
@@ -893,7 +960,9 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         db.close()
         wal = path.with_name(path.name + "-wal")
         unwritten = wal.exists() and wal.stat().st_size > 0  # rounds not yet in the file
-        if exc.sqlite_errorcode != sqlite3.SQLITE_READONLY_DIRECTORY or unwritten:
+        if unwritten or not (
+            exc.sqlite_errorcode == sqlite3.SQLITE_READONLY_DIRECTORY or _full(exc)
+        ):
             raise
         db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
     return db

@@ -3,13 +3,17 @@ mount namespace of its own (`unshare --user --map-root-user --mount`), where it 
 tmpfs at the directory it is given, so that SQLite meets a real ENOSPC, not SQLite's
 max_page_count. The mount goes with the process. Prints what it saw as one JSON object.
 
-    python full_disk_run.py trail-fills-it|full-at-start|restart-full DIR
+    python full_disk_run.py SCENARIO DIR
+
+SCENARIO: trail-fills-it, full-at-start, restart-full, restart-still-full or killed-still-full.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -23,10 +27,13 @@ from structlog.testing import capture_logs
 
 from oracled.config import AuditConfig
 from oracled.publish.audit import AuditReader, AuditTrail
+from oracled.publish.signer import RoundSigner, SigningKey
+from oracled.service import Service
 
 MARKETS = {f"M{i}/USD": 100.0 + i for i in range(30)}  # ~3.5 KB a round stored
 FS_BYTES = 32 * 1024 * 1024
 FILE = "audit.sqlite3"
+KEY = SigningKey.from_hex("0x" + "33" * 32)
 
 
 def fill(path: Path, leave: int = 0) -> int:
@@ -187,6 +194,86 @@ def restart_full(fs: Path) -> dict[str, Any]:
     return out
 
 
+def _floor(fs: Path, signer: RoundSigner) -> int | None:
+    reader = AuditReader(fs / FILE)
+    try:
+        return reader.last_signed_ts(signer.address)
+    finally:
+        reader.close()
+
+
+def _fill_and_stop(fs: Path, signer: RoundSigner, *, kill: bool) -> dict[str, Any]:
+    """A trail that fills the disk and gives its reserve up, then another file takes every free
+    byte, its newest round signed; stopped, or killed with SIGKILL (run in a child process)."""
+    if not kill:
+        return _fill(fs, signer, close=True)
+    read, write = os.pipe()
+    if os.fork() == 0:  # the child: no thread started yet in this process
+        os.close(read)
+        os.write(write, json.dumps(_fill(fs, signer, close=False)).encode())
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.wait()
+    return dict(json.loads(data))
+
+
+def _fill(fs: Path, signer: RoundSigner, *, close: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    first = Run(fs)
+    with capture_logs() as logs:
+        first.audit.start()
+        first.rounds(5)
+        fill(fs / "other", leave=4 * 1024 * 1024)
+        while first.audit.stats.reserve and first.feed.core.rounds < 20_000:
+            first.rounds(20)
+        first.rounds(100)
+        fill(fs / "more")
+        first.feed.round(signer)  # the newest round signed: the floor the next start needs
+        first.rounds(0)
+        out["first"] = first.audit.stats.rounds, first.audit.stats.write_errors
+        out["now"] = first.feed.now
+        deadline = time.monotonic() + 20
+        while not close and _floor(fs, signer) != out["now"] and time.monotonic() < deadline:
+            time.sleep(0.01)  # killed only once the signature is stored (the writer has no ack)
+        out["first_closed"] = first.audit.close() if close else None
+    out["first_logs"] = [(e["log_level"], e["event"]) for e in logs]
+    return out
+
+
+def restart_still_full(fs: Path, *, kill: bool) -> dict[str, Any]:
+    """A trail that gave its reserve up on a full disk is stopped (or killed), the disk stays
+    full (another file takes what the stop gave back), and the daemon starts again onto it: its
+    start reads the signing floor, then the trail writes 1,500 rounds (~5 MB, more than any room
+    it has); then the disk gets room."""
+    signer = RoundSigner(KEY, "test")
+    out = _fill_and_stop(fs, signer, kill=kill)
+    out["files_after_stop"] = {p.name: p.stat().st_size for p in fs.iterdir()}
+    fill(fs / "rest")  # what the stop gave back and the trail did not keep
+    out["room_at_start"] = os.statvfs(fs).f_bavail
+    cfg = make_config(MARKETS, audit={"enabled": True, "path": str(fs / FILE)})
+    run = Run(fs)
+    run.feed.now = out["now"]
+    audit = run.audit
+    with capture_logs() as logs:
+        out["floor"] = Service._signing_floor(cfg, signer)
+        audit.start()
+        run.rounds(1500)
+        out["written"] = audit.stats.rounds, audit.stats.write_errors, audit.stats.ok
+        out["reserve"] = audit.stats.reserve
+        for name in ("other", "more", "rest"):
+            os.unlink(fs / name)
+        audit._retention_at = 0.0  # the next batch looks for room for the reserve (30 s)
+        run.rounds(5)
+        reserve = fs / f"{FILE}.reserve"
+        out["reserve_after"] = audit.stats.reserve, reserve.exists() and reserve.stat().st_size
+        out["closed"] = audit.close()
+    out["logs"] = [(e["log_level"], e["event"]) for e in logs]
+    out["stored"] = stored(fs / FILE)
+    return out
+
+
 def main() -> None:
     scenario, directory = sys.argv[1], Path(sys.argv[2])
     subprocess.run(
@@ -196,6 +283,8 @@ def main() -> None:
         "trail-fills-it": trail_fills_it,
         "full-at-start": full_at_start,
         "restart-full": restart_full,
+        "restart-still-full": functools.partial(restart_still_full, kill=False),
+        "killed-still-full": functools.partial(restart_still_full, kill=True),
     }[scenario]
     print(json.dumps(run(directory)))
 

@@ -786,3 +786,21 @@ def test_the_reserve_is_as_configured_within_its_range_and_an_eighth_of_a_small_
         feed = recorded(db, 3, **settings)
         assert feed.audit.stats.reserve == size
         assert db.with_name(db.name + ".reserve").stat().st_size == size
+
+
+def test_a_part_of_a_reserve_left_by_a_stop_on_a_full_disk_is_made_whole_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """A stop on a full disk may leave less than a whole reserve file (the room its -wal gave
+    back); a start with room makes it whole, says nothing of it, and retention keeps to
+    max_bytes (no cap: every round stays)."""
+    db = tmp_path / "audit.sqlite3"
+    part = db.with_name(db.name + ".reserve")
+    part.write_bytes(b"\0" * 20_000)
+    with capture_logs() as logs:
+        feed = recorded(db, 5, reserve_bytes=100_000)
+    assert part.stat().st_size == feed.audit.stats.reserve == 100_000
+    assert [e["event"] for e in logs] == ["audit trail writing"]
+    reader = AuditReader(db)
+    assert reader.round_count() == 5
+    reader.close()

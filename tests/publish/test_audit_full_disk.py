@@ -113,3 +113,73 @@ def test_a_daemon_started_again_onto_a_full_disk_gives_up_its_reserve_and_writes
     stored = out["stored"]
     assert stored["integrity"] == [["ok"]]
     assert stored["rounds"] == 50 + 305 and stored["reports"] == 30 * 355
+
+
+def _restarted_onto_a_full_disk(out: dict[str, Any], kept: list[str]) -> None:
+    """What both ways of stopping share: the start reads the signing floor, writes every round,
+    trims the oldest to stay inside its room, and holds its reserve once there is room."""
+    assert out["first"][1] == 0
+    assert out["room_at_start"] == 0
+    assert sorted(out["files_after_stop"]) == sorted(
+        ["audit.sqlite3", "audit.sqlite3.lock", "more", "other", *kept]
+    )
+    assert out["floor"] == out["now"]  # the newest round the key signed, read off a full disk
+    assert out["written"] == [1500, 0, True]
+    assert out["reserve"] == 0
+    assert out["reserve_after"] == [8 * MIB, 8 * MIB]
+    assert out["closed"] is True
+    stored = out["stored"]
+    assert stored["integrity"] == [["ok"]]
+    assert stored["gapless"] and stored["last"] == 1505  # this run's 1,505, none lost...
+    assert stored["first"] > 6  # ...its oldest trimmed to make room (the first run's too)
+    assert stored["reports"] == 30 * stored["rounds"]
+    assert stored["quotes"] == stored["quotes_expected"] == 90 * stored["rounds"]
+
+
+def test_a_daemon_stopped_without_its_reserve_starts_again_onto_a_disk_still_full(
+    tmp_path: Path,
+) -> None:
+    """A trail that gave its reserve up is stopped while the disk is full: closing deletes its
+    -wal and -shm, and it keeps that room in its reserve file (~4 MB); another file takes the
+    rest, so the start finds not one byte free. The start still reads the signing floor (the
+    reader opens the stopped database as it is), gives the kept room up at the open, caps the
+    data at what it holds and half that room, and writes 1,500 rounds (~5 MB) with none lost,
+    trimming its oldest; once the disk has room it makes its 8 MiB reserve again. Before, the
+    floor read failed ("disk I/O error": the key could sign a time again) and every round of
+    the start was lost until someone freed space."""
+    out = run("restart-still-full", tmp_path)
+    assert out["first_closed"] is True
+    assert out["first_logs"][-1] == [
+        "warning",
+        "audit stopped without its reserve: the room its -wal gave back is kept for the next start",
+    ]
+    assert 3 * MIB < out["files_after_stop"]["audit.sqlite3.reserve"] < 8 * MIB
+    _restarted_onto_a_full_disk(out, ["audit.sqlite3.reserve"])
+    assert out["logs"] == [
+        ["info", "signing floor"],
+        ["warning", "audit disk full at open: the reserve is given up"],
+        ["info", "audit trail writing"],
+        ["info", "audit reserve held again: the disk has room"],
+    ]
+
+
+def test_a_daemon_killed_without_its_reserve_starts_again_onto_a_disk_still_full(
+    tmp_path: Path,
+) -> None:
+    """The same trail killed (SIGKILL) instead: its -wal and -shm stay, and no reserve file.
+    The start reads the floor, opens in that room, says the reserve is not made, caps the data
+    at what it holds (no byte free) and writes all 1,500 rounds inside its files, trimming its
+    oldest; once the disk has room it makes its reserve. Before, it wrote until its -wal took
+    the last byte, after which no checkpoint could make room and the trail went down."""
+    out = run("killed-still-full", tmp_path)
+    _restarted_onto_a_full_disk(out, ["audit.sqlite3-shm", "audit.sqlite3-wal"])
+    assert out["logs"] == [
+        ["info", "signing floor"],
+        [
+            "warning",
+            "audit reserve not made: the trail writes inside its files until the disk has room "
+            "for it",
+        ],
+        ["info", "audit trail writing"],
+        ["info", "audit reserve held again: the disk has room"],
+    ]
