@@ -1,10 +1,11 @@
 """The `oracled` command: run, check-config, replay, record, demo, audit, margin, stress, scenario.
 
-Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage, 3 replay (or stress)
-finished but the tape had malformed lines (reported on stderr), 4 replay (or stress) stopped at
-a gap between quotes longer than --max-gap, 130 replay interrupted (SIGINT): its output is
-incomplete. Config warnings (`config.config_warnings`) are no failure:
-check-config prints them on stderr and exits 0, run logs them at start-up.
+Exit codes: 0 success, 1 runtime failure (the shipped deployments restart it), 2 invalid config
+or usage (they do not: deploy/README.md), 3 replay (or stress) finished but the tape had
+malformed lines (reported on stderr), 4 replay (or stress) stopped at a gap between quotes
+longer than --max-gap, 130 replay interrupted (SIGINT): its output is incomplete. Config
+warnings (`config.config_warnings`) are no failure: check-config prints them on stderr and exits
+0, run logs them at start-up.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file and report every problem")
     check.add_argument("file", type=Path)
+    check.add_argument(
+        "--as-daemon",
+        action="store_true",
+        help="also read what `run` reads at start besides the file (the keys, the NATS "
+        "credentials, the manual pauses file): run it with the daemon's environment and files",
+    )
 
     replay = sub.add_parser("replay", help="run a quote tape through the core")
     with_config(replay)
@@ -156,11 +163,50 @@ def _load(path: Path) -> tuple[Config, str]:
     return cfg, digest
 
 
+def _start_problems(cfg: Config) -> list[str]:
+    """What `Service` refuses at start (exit 2) beyond the file: the secrets the config names
+    and the manual pauses file, read by the daemon's own loaders. Deployments run this check
+    before the daemon (compose's config-check, the pods' init container), where the daemon's
+    own refusal would be restarted forever. Each loader is imported only when its table is on:
+    the NATS client and the key libraries take most of a second."""
+    problems: list[str] = []
+
+    def read(load: Callable[[], object]) -> None:
+        try:
+            load()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+
+    if cfg.signing.enabled:
+        from oracled.publish.signer import load_signing_key
+
+        read(lambda: load_signing_key(cfg.signing.key_file, cfg.signing.key_env))
+    if cfg.push.enabled:
+        from oracled.publish.chain_push import load_push_key
+
+        read(lambda: load_push_key(cfg.push))
+    if cfg.nats.enabled:
+        from oracled.publish.nats_auth import load_nats_auth
+
+        read(lambda: load_nats_auth(cfg.nats))
+    if cfg.oracle.manual_pauses_file is not None:
+        from oracled.manual import ManualPauses
+
+        pauses = ManualPauses(Path(cfg.oracle.manual_pauses_file))  # read, never claimed
+        try:
+            read(pauses.load)
+        finally:
+            pauses.close()
+    return problems
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from oracled.config import config_warnings, load_config
 
     try:
         cfg = load_config(args.file)
+        if args.as_daemon and (problems := _start_problems(cfg)):
+            raise ConfigError(problems)
     except ConfigError as exc:
         print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:

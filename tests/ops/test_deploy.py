@@ -170,10 +170,11 @@ def test_the_secret_applied_as_shipped_leaves_the_admin_endpoints_off() -> None:
 
 
 def test_compose_runs_the_whole_stack_from_files_that_exist() -> None:
-    """oracled read-only, nats, prometheus with the rules, grafana with provisioning."""
+    """oracled read-only after its config check, nats, prometheus with the rules, grafana with
+    provisioning."""
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"oracled", "nats", "prometheus", "grafana"}
+    assert set(services) == {"config-check", "oracled", "nats", "prometheus", "grafana"}
     oracled = services["oracled"]
     assert oracled["read_only"] is True and "/tmp" in oracled["tmpfs"]
     assert (DEPLOY / oracled["build"]["context"] / oracled["build"]["dockerfile"]).is_file()

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from daemon import free_port, sim_config
 
+from oracled.cli import EXIT_CONFIG, EXIT_OK, _parser, main
 from oracled.config import ConfigError, parse_config
 from oracled.publish.nats_auth import load_nats_auth
 from oracled.publish.signer import SigningKey, load_signing_key
@@ -84,8 +85,10 @@ def _uncommented(configmap: dict[str, Any], table: str = "signing") -> str:
     return text.replace(block[0], uncommented)
 
 
-def _init(statefulset: dict[str, Any]) -> dict[str, Any]:
-    (init,) = statefulset["spec"]["template"]["spec"]["initContainers"]
+def _init(statefulset: dict[str, Any], name: str = "signing-key") -> dict[str, Any]:
+    """The pod's init container `name`: signing-key copies the keys, config-check follows."""
+    inits = statefulset["spec"]["template"]["spec"]["initContainers"]
+    (init,) = [c for c in inits if c["name"] == name]
     return dict(init)
 
 
@@ -360,6 +363,79 @@ def test_the_init_script_on_a_restarted_pod_and_a_pod_without_a_key(pod_dir: Pat
     empty = _kubelet_secret_volume(pod_dir / "empty", {}, fs_group)
     assert _run_init(statefulset, "oracled-2", empty, copy_dir)[0] == 0
     assert list(copy_dir.iterdir()) == []
+
+
+def test_a_pod_with_an_unusable_config_stops_in_its_init_container(
+    pod_dir: Path, tmp_path: Path
+) -> None:
+    """A pod whose config the daemon refuses (exit 2) was restarted as a CrashLoopBackOff of the
+    daemon's container, forever. Signing on and no key for this pod in the Secret is such a
+    config: the copy step gives the pod no file, and the daemon refuses a key_file it cannot
+    read. Now a second init container, after the copy, runs `oracled check-config --as-daemon`
+    on the daemon's config with the daemon's environment and mounts (read-only): run here as the
+    pod's user on the copy step's output, it passes the pod that has its key and refuses, with
+    exit 2 and the key named, the pod that has none (the pod then shows Init:Error and the
+    daemon never starts), and a pause file the daemon would refuse."""
+    objects = rendered()
+    statefulset = objects["StatefulSet"]
+    pod = statefulset["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert [c["name"] for c in pod["initContainers"]] == ["signing-key", "config-check"]
+    check = _init(statefulset, "config-check")
+    assert check["image"] == container["image"]
+    assert "command" not in check, "the image's entrypoint: tini, then oracled"
+    config_path = container["args"][container["args"].index("--config") + 1]
+    assert check["args"] == ["check-config", "--as-daemon", config_path]
+    assert check["envFrom"] == container["envFrom"]
+    assert check["securityContext"] == container["securityContext"]
+    assert check["resources"]["limits"]["memory"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    checked = {m["name"]: m for m in check["volumeMounts"]}
+    assert set(checked) == set(mounts) - {"tmp"}, "every file the daemon reads at start"
+    for name, mount in checked.items():
+        assert mount["mountPath"] == mounts[name]["mountPath"] and mount["readOnly"] is True
+
+    # What the command imports, imported before the child drops to the pod's user.
+    _parser()
+    codecs.lookup("utf-8-sig")  # the config file's codec
+    uid, _, fs_group = _ids(statefulset)
+    keys = _kubelet_secret_volume(pod_dir / "keys", {"oracled-0": KEYS["oracled-0"]}, fs_group)
+    copy_dir = _kubelet_empty_dir(pod_dir / "copy", fs_group)
+    data = _kubelet_empty_dir(pod_dir / "data", fs_group)
+    dest = _init(statefulset)["args"][2]
+    copied_key = copy_dir / Path(dest).name
+    config = pod_dir / Path(config_path).name
+    config.write_text(_uncommented(objects["ConfigMap"]).replace(dest, str(copied_key)))
+
+    def check_config() -> str:
+        """The init container's command in the pod's working directory: exit code, output."""
+        os.chdir(data)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            code = main([*check["args"][:-1], str(config)])
+        return f"{code}\n{out.getvalue()}"
+
+    assert _run_init(statefulset, "oracled-0", keys, copy_dir)[0] == 0
+    status, passed = _as_pod_user(statefulset, check_config)
+    assert (status, passed.split("\n")[0]) == (0, str(EXIT_OK)), passed
+    assert f"{config}: ok" in passed
+
+    assert _run_init(statefulset, "oracled-1", keys, copy_dir)[0] == 0
+    assert not copied_key.exists()
+    status, refused = _as_pod_user(statefulset, check_config)
+    assert (status, refused.split("\n")[0]) == (0, str(EXIT_CONFIG)), refused
+    assert f"  signing.key_file: cannot read {copied_key} (No such file" in refused
+    proc, _ = _start(tmp_path, copied_key)  # what the daemon's container did, restarted forever
+    assert proc.wait(timeout=60) == EXIT_CONFIG
+    assert f"signing.key_file: cannot read {copied_key}" in (tmp_path / "oracled.log").read_text()
+
+    assert _run_init(statefulset, "oracled-0", keys, copy_dir)[0] == 0
+    pauses = data / "oracled-manual-pauses.json"
+    pauses.write_text("{")
+    os.chown(pauses, uid, fs_group)
+    status, refused = _as_pod_user(statefulset, check_config)
+    assert (status, refused.split("\n")[0]) == (0, str(EXIT_CONFIG)), refused
+    assert f"  oracle.manual_pauses_file: {pauses.name} is not a pause file" in refused
 
 
 def _client_tls() -> dict[str, str]:
