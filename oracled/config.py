@@ -195,6 +195,14 @@ class SigningConfig(_Frozen):
     key_file: Annotated[str, Field(min_length=1)] | None = None
     key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     deployment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
+    #: The signing lease (oracled/publish/sign_lease.py), relative to the working directory:
+    #: the round times the key may sign, reserved on disk first, so that no restart (after a
+    #: crash, with the clock behind, without the audit trail) signs one of them again. Unset,
+    #: only the audit trail gives a floor.
+    lease_file: Annotated[str, Field(min_length=1)] | None = None
+    #: How far ahead of the rounds the lease reaches: one write per half window; after a crash,
+    #: signing waits up to a window for the clock to pass it.
+    lease_window_ms: Annotated[int, Field(ge=1_000, le=600_000)] = 10_000
 
 
 _EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]

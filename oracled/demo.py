@@ -107,7 +107,12 @@ def _loopback_only(cfg: Config, log: Logger) -> Config:
         # Its own deployment too: the demo's rounds are signed in the domain "demo", never in
         # the operator's, whatever key a consumer might have been told to trust.
         update["signing"] = cfg.signing.model_copy(
-            update={"key_file": None, "key_env": _THROWAWAY_KEY_ENV, "deployment": DEPLOYMENT}
+            update={
+                "key_file": None,
+                "key_env": _THROWAWAY_KEY_ENV,
+                "deployment": DEPLOYMENT,
+                "lease_file": None,  # the operator's lease is its key's, not the throwaway's
+            }
         )
         log.warning(
             "demo: rounds signed by a throwaway key, not the configured one",

@@ -187,7 +187,7 @@ def _latency_family(stats: list[tuple[str, SourceStats]]) -> HistogramMetricFami
     return family
 
 
-_SIGNER_REASONS = ("busy", "error", "floor")
+_SIGNER_REASONS = ("busy", "error", "floor", "lease")
 _NATS_REASONS = ("disconnected", "queue_full", "error")
 _NATS_CONNECT_FAILURES = ("credentials", "tls", "unreachable")
 
@@ -198,8 +198,9 @@ def _signer_families(stats: SignerStats | None) -> Iterator[Metric]:
     signed.add_metric([], stats.signed if stats is not None else 0)
     errors = CounterMetricFamily(
         "oracled_signer_errors",
-        "Rounds left unsigned: busy (the previous round was still being signed), error, or "
-        "floor (its time is not after a round this key signed before).",
+        "Rounds left unsigned: busy (the previous round was still being signed), error, "
+        "floor (its time is not after a round this key signed before), or lease (the signing "
+        "lease on disk does not reach its time yet).",
         labels=["reason"],
     )
     for reason in _SIGNER_REASONS:

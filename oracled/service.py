@@ -53,6 +53,7 @@ from oracled.publish.audit import AuditReader, AuditTrail
 from oracled.publish.chain_push import ChainPusher, PushError, PushStats, load_push_key
 from oracled.publish.hub import Hub
 from oracled.publish.nats import NatsSink
+from oracled.publish.sign_lease import open_sign_lease
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, load_signing_key
 from oracled.reload import config_changes, running_config, source_pairs
 from oracled.runloop import CLOSE_S, MIN_WAIT_S, run_to_end
@@ -414,6 +415,16 @@ class Service:
             else None
         )
         self.hub.signer = self.signer.address if self.signer is not None else None
+        sign_lease = (  # read, locked and first written before anything else is (ConfigError)
+            open_sign_lease(
+                cfg.signing.lease_file,
+                self.signer.address,
+                cfg.signing.lease_window_ms,
+                self.clock.now_ms(),
+            )
+            if self.signer is not None
+            else None
+        )
         self.nats = NatsSink(cfg.nats) if cfg.nats.enabled else None
         # The audit trail and the on-chain pusher (docs/publishing.md), also start-up only.
         self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
@@ -426,7 +437,9 @@ class Service:
         self.push_stats = PushStats() if cfg.push.enabled else None
         self.pusher: ChainPusher | None = None  # made in run(): it needs the HTTP session
         self._signer_worker = (
-            SignerWorker(self.signer, self._on_signed, self._signing_floor(cfg, self.signer))
+            SignerWorker(
+                self.signer, self._on_signed, self._signing_floor(cfg, self.signer), sign_lease
+            )
             if self.signer is not None
             else None
         )

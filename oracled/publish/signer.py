@@ -54,6 +54,7 @@ from oracled.model import Status
 
 if TYPE_CHECKING:
     from oracled.core import RoundResult
+    from oracled.publish.sign_lease import SignLease
 
 __all__ = [
     "DOMAIN",
@@ -515,7 +516,9 @@ class SignerStats:
     """Plain counters read by the metrics collector at scrape time."""
 
     signed: int = 0  # rounds signed
-    errors: dict[str, int] = field(default_factory=lambda: {"busy": 0, "error": 0, "floor": 0})
+    errors: dict[str, int] = field(
+        default_factory=lambda: {"busy": 0, "error": 0, "floor": 0, "lease": 0}
+    )
     last_seconds: float = 0.0  # time the last round took to hash and sign
 
 
@@ -684,7 +687,9 @@ class SignerWorker:
     makes signed rounds sparser instead of letting them queue up and fall behind.
 
     Nor is a round signed whose time is not after `floor` (counted `floor`): one key signs one
-    round per round time, across restarts too (docs/publishing.md, *Equivocation*).
+    round per round time, across restarts too (docs/publishing.md, *Equivocation*). With a
+    `lease` (oracled/publish/sign_lease.py), nor one whose time the lease on disk does not reach
+    yet (counted `lease`): the lease is extended in its own thread, never waited for here.
     """
 
     def __init__(
@@ -692,22 +697,31 @@ class SignerWorker:
         signer: RoundSigner,
         on_signed: Callable[[SignedRound], None],
         floor: int | None = None,
+        lease: SignLease | None = None,
     ) -> None:
         self.signer = signer
         self._on_signed = on_signed
-        #: the newest round time this key was handed to sign (from the audit trail at start,
-        #: then each round's): a round at or before it is skipped, never signed a second time
-        self.floor = floor
+        #: the newest round time this key was handed to sign (from the audit trail and the lease
+        #: at start, then each round's): a round at or before it is skipped, never signed again
+        known = [f for f in (floor, None if lease is None else lease.floor) if f is not None]
+        self.floor = max(known) if known else None
+        self._lease = lease
         self._behind = False  # skipping rounds under the floor (logged once each way)
+        self._unleased = False  # skipping rounds past the lease (logged once each way)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="oracled-signer")
         self._pending: asyncio.Future[SignedRound] | None = None
         self._log = structlog.get_logger("oracled").bind(component="signer")
 
     def submit(self, result: RoundResult) -> None:
+        lease = self._lease
+        if lease is not None and lease.due(result.ts):
+            lease.extend(result.ts)  # queued for the lease thread: this round does not wait
         if self._pending is not None and not self._pending.done():
             self.signer.stats.errors["busy"] += 1
             return
         if self._under_floor(result.ts):
+            return
+        if lease is not None and not self._leased(lease, result.ts):
             return
         self.floor = result.ts
         loop = asyncio.get_running_loop()
@@ -733,6 +747,24 @@ class SignerWorker:
                 resumes_in_ms=floor - ts + 1,
             )
         return True
+
+    def _leased(self, lease: SignLease, ts: int) -> bool:
+        """False (counted as `lease`) for a round time the lease on disk does not reach: a crash
+        right after signing it would leave a floor under it, and a restart could sign it again."""
+        if lease.covers(ts):
+            if self._unleased:
+                self._unleased = False
+                self._log.info("signing resumed: the lease covers the rounds again", ts=ts)
+            return True
+        self.signer.stats.errors["lease"] += 1
+        if not self._unleased:
+            self._unleased = True
+            self._log.warning(
+                "round not signed: the signing lease on disk does not reach its time",
+                ts=ts,
+                lease=lease.granted,
+            )
+        return False
 
     def _timed_sign(self, result: RoundResult) -> SignedRound:
         started = time.perf_counter()
@@ -768,7 +800,11 @@ class SignerWorker:
         return True
 
     def close(self) -> None:
+        """Stop signing; with a lease, write it down to the newest round time handed to the
+        signer (nothing after it was signed), so that a clean restart need not wait it out."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._lease is not None:
+            self._lease.close(self.floor)
 
 
 def _new_key(path: Path) -> int:

@@ -461,7 +461,10 @@ async def test_the_signer_worker_skips_a_round_while_the_last_is_being_signed() 
     worker.submit(second)  # the first's future cannot be done before the loop runs again
     await delivered.next()
     assert [s.round for s in delivered.rounds] == [first.round]
-    assert signer.stats.errors == {"busy": 1, "error": 0, "floor": 0} and signer.stats.signed == 1
+    assert (
+        signer.stats.errors == {"busy": 1, "error": 0, "floor": 0, "lease": 0}
+        and signer.stats.signed == 1
+    )
     assert signer.stats.last_seconds > 0
     worker.submit(rounds.step())  # free again
     await delivered.next()

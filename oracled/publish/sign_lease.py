@@ -1,0 +1,240 @@
+"""The signing lease: the round times a key may sign, reserved on disk before it signs them.
+
+A key signs one round per round time (docs/publishing.md, *Equivocation*). The audit trail's
+newest signed round gives a floor at start-up, but only where the trail is on, and a `kill -9`
+loses the signatures its writer had not stored yet. The lease closes both: before the signer signs
+round time `t` it must hold `lease >= t` in a small file (`signing.lease_file`), and a start reads
+the lease back as the floor, so a restart whose clock is behind signs no time the last run may
+have signed, however it ended.
+
+The lease runs `signing.lease_window_ms` ahead of the rounds, so one write (temporary file, fsync,
+rename, fsync of the directory) covers many rounds. The writes happen in a thread of their own,
+never on the round loop: a round whose time the lease does not cover yet goes out unsigned and is
+counted (`lease`), like one skipped as `busy`. A stop writes the lease back down to the newest
+round time handed to the signer, so a clean restart signs from its first round; after a crash the
+restart waits at most a window for the clock to pass the lease.
+
+The file holds one lease per signer address, so a key rotation starts its own lease and a key
+rotated back finds its old one. One daemon writes it: it holds `<path>.lock` (released by the
+kernel with the process, even on `kill -9`).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from oracled.errors import ConfigError
+from oracled.lockfile import LockHeldError, lock_beside
+
+__all__ = ["FORMAT", "LeaseStats", "SignLease", "open_sign_lease"]
+
+FORMAT = "oracled-signing-lease"
+_VERSION = 1
+_ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF")
+
+
+class _File(msgspec.Struct, forbid_unknown_fields=True):
+    format: str
+    version: int
+    #: signer address (EIP-55) -> the newest round time (ms) it may have signed
+    leases: dict[str, int]
+
+
+_decode = msgspec.json.Decoder(_File).decode
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(slots=True)
+class LeaseStats:
+    """Plain counters written by the lease thread, read at scrape time and by tests."""
+
+    writes: int = 0  # leases written to disk
+    failures: int = 0  # writes that failed (the error is logged)
+
+
+class SignLease:
+    """One key's lease in the file: `floor` is the lease found at start (round times up to it may
+    have been signed by an earlier run), `granted` the lease now on disk (times up to it may be
+    signed). Construct with `open`; `due`/`extend` from the event loop, the writes in a thread."""
+
+    def __init__(self, path: Path, address: str, window_ms: int) -> None:
+        self.path = path
+        self.address = address
+        self.window_ms = window_ms
+        self.floor: int | None = None
+        self.granted: int | None = None
+        self.stats = LeaseStats()
+        self._others: dict[str, int] = {}  # other keys' leases: rewritten as found
+        self._lock_fd: int | None = None
+        self._writing = False  # an extension is queued or being written
+        self._failing = False  # the last write failed (logged once each way)
+        self._jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="oracled-sign-lease", daemon=True)
+        self._log = structlog.get_logger("oracled").bind(
+            component="signer", path=str(path), signer=address
+        )
+
+    @classmethod
+    def open(cls, path: Path, address: str, window_ms: int, now_ms: int) -> SignLease:
+        """Read the file, take its lock and write a first lease from `now_ms` (at start-up, before
+        any round). ConfigError, naming the file and the key, if the file cannot be read as a
+        lease, its directory does not exist, or another process holds it; a first write that
+        fails is logged, and the rounds stay unsigned (counted) until one succeeds."""
+        lease = cls(path, address, window_ms)
+        lease._load()
+        lease._lock()
+        lease._write(lease._target(now_ms))
+        lease._thread.start()
+        return lease
+
+    def _problem(self, text: str) -> ConfigError:
+        return ConfigError([f"signing.lease_file: {self.path} (signer {self.address}): {text}"])
+
+    def _load(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            if not self.path.parent.is_dir():
+                raise self._problem(f"directory {self.path.parent} does not exist") from None
+            self._log.info("no signing lease file yet: a first start")
+            return
+        except OSError as exc:
+            raise self._problem(f"cannot read it ({exc.strerror or exc})") from None
+        try:
+            state = _decode(data)
+        except msgspec.DecodeError as exc:
+            raise self._problem(
+                f"not a signing lease ({exc}); restore it, or move it aside only with the clock "
+                "known to be past every round time this key signed (docs/publishing.md)"
+            ) from None
+        if (state.format, state.version) != (FORMAT, _VERSION):
+            raise self._problem(
+                f"{state.format!r} version {state.version}, not {FORMAT!r} version {_VERSION}"
+            )
+        for address, ts in state.leases.items():
+            body = address.removeprefix("0x")
+            if len(body) != 40 or not set(body) <= _ADDRESS_CHARS or ts < 0:
+                raise self._problem(f"not a signing lease (entry {address!r}: {ts})")
+        self.floor = state.leases.get(self.address)
+        self._others = {a: ts for a, ts in state.leases.items() if a != self.address}
+        if self.floor is None:
+            self._log.info("no signing lease for this key yet: its first start with this file")
+        else:
+            self._log.info("signing lease", floor=self.floor)
+
+    def _lock(self) -> None:
+        try:
+            self._lock_fd = lock_beside(self.path)
+        except LockHeldError as exc:
+            raise self._problem(
+                f"held by another process ({exc.lock}): each daemon needs a lease_file of its own"
+            ) from None
+        except OSError as exc:
+            raise self._problem(f"cannot lock it ({exc.strerror or exc})") from None
+
+    def _target(self, ts: int) -> int:
+        """The lease to write for round time `ts`: a window ahead, never under the floor."""
+        return max(ts + self.window_ms, self.floor or 0)
+
+    def covers(self, ts: int) -> bool:
+        """True if round time `ts` may be signed: the lease on disk reaches it."""
+        granted = self.granted
+        return granted is not None and ts <= granted
+
+    def due(self, ts: int) -> bool:
+        """True if the lease should be extended at round time `ts`: less than half a window is
+        left, and no write is under way."""
+        granted = self.granted
+        return not self._writing and (granted is None or ts + self.window_ms // 2 > granted)
+
+    def extend(self, ts: int) -> None:
+        """Ask the lease thread to reserve a window from round time `ts` (it never blocks)."""
+        self._writing = True
+        self._jobs.put(self._target(ts))
+
+    def close(self, down_to: int | None, timeout_s: float = 1.0) -> bool:
+        """Write the lease down to `down_to` (the newest round time handed to the signer: nothing
+        after it was signed; None: leave the file as it is), wait `timeout_s` at most, let the
+        file go. False if a write is still stuck (left to the thread; the kernel frees the lock
+        with the process)."""
+        if down_to is not None and self._thread.is_alive():
+            self._jobs.put(down_to)
+        self._jobs.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                return False
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        return True
+
+    def _work(self) -> None:
+        while (target := self._jobs.get()) is not None:
+            self._write(target)
+            self._writing = False
+
+    def _write(self, target: int) -> None:
+        """Write `target` as this key's lease; `granted` follows once it is on disk."""
+        body = _encode(_File(FORMAT, _VERSION, {**self._others, self.address: target}))
+        error = self._replace(body)
+        if error is None:
+            self.stats.writes += 1
+            self.granted = target
+            if self._failing:
+                self._failing = False
+                self._log.info("signing lease written again", lease=target)
+            return
+        self.stats.failures += 1
+        if not self._failing:
+            self._failing = True
+            self._log.error(
+                "signing lease not written: rounds past it go unsigned", error=error, lease=target
+            )
+
+    def _replace(self, body: bytes) -> str | None:
+        """Write the whole file atomically and durably; why not, if it could not be."""
+        directory = self.path.parent
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(body + b"\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the rename itself survives a power cut
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+
+
+def open_sign_lease(
+    path: str | None, address: str, window_ms: int, now_ms: int
+) -> SignLease | None:
+    """The lease of `address` in the file `path` (`signing.lease_file`), opened at start-up; None,
+    with a warning, when unset: the audit trail alone then gives the floor (docs/publishing.md
+    says what that leaves open)."""
+    if path is None:
+        structlog.get_logger("oracled").bind(component="signer").warning(
+            "signing without a lease file: a restart after a crash, with the clock behind, can "
+            "sign a round time again (set signing.lease_file)",
+            signer=address,
+        )
+        return None
+    return SignLease.open(Path(path), address, window_ms, now_ms)

@@ -1,0 +1,227 @@
+"""The signing lease (oracled/publish/sign_lease.py) beside a real signer and a real core: a
+round is signed only inside the lease on disk, the lease is extended ahead of the rounds in its
+own thread, a stop writes it back down, and each key keeps its own lease in the file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from publish_rig import INTERVAL, T0, Rounds, make_config
+from structlog.testing import capture_logs
+
+from oracled.config import SigningConfig
+from oracled.errors import ConfigError
+from oracled.publish.sign_lease import FORMAT, SignLease
+from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, SigningKey
+
+KEY = SigningKey.from_hex("0x" + "55" * 32)
+OTHER = SigningKey.from_hex("0x" + "66" * 32)
+WINDOW = 10_000
+
+
+def _on_disk(path: Path) -> dict[str, int]:
+    data = json.loads(path.read_text())
+    assert (data["format"], data["version"]) == (FORMAT, 1)
+    return dict(data["leases"])
+
+
+async def _settled(lease: SignLease) -> None:
+    """Until the lease thread has written what it was asked to (a round later, in a daemon)."""
+    async with asyncio.timeout(10):
+        while lease._writing:  # noqa: ASYNC110 - a flag of the lease thread
+            await asyncio.sleep(0.001)
+
+
+class Signing:
+    """A core's rounds handed to a SignerWorker for KEY (or `key`) with a lease at `path`."""
+
+    def __init__(self, path: Path, key: SigningKey = KEY, floor: int | None = None) -> None:
+        self.rounds = Rounds(make_config())
+        self.lease = SignLease.open(path, key.address, WINDOW, self.rounds.now)
+        self.signer = RoundSigner(key, "test")
+        self.signed: list[SignedRound] = []
+        self.worker = SignerWorker(self.signer, self.signed.append, floor, self.lease)
+
+    async def step(self, settle: bool = True) -> None:
+        """One round, handed over; then until it is signed and any lease write is done."""
+        self.worker.submit(self.rounds.step())
+        assert await self.worker.drain(10)
+        if settle:
+            await _settled(self.lease)
+
+
+async def test_rounds_are_signed_inside_the_lease_with_one_write_per_half_window(
+    tmp_path: Path,
+) -> None:
+    """A first start (no file): the lease is written a window ahead before any round; 100 rounds
+    of 250 ms (25 s) are all signed, the lease always ahead of them, extended each time less than
+    half a window is left (at 5.25, 10.5, 15.75 and 21 s: 5 writes in all), never counted as
+    `lease`."""
+    path = tmp_path / "lease.json"
+    with capture_logs() as logs:
+        run = Signing(path)
+    assert [e["event"] for e in logs] == ["no signing lease file yet: a first start"]
+    assert run.lease.floor is None and run.worker.floor is None
+    assert _on_disk(path) == {KEY.address: T0 + WINDOW}
+    for _ in range(100):
+        await run.step()
+        assert run.lease.granted is not None and run.lease.granted >= run.rounds.now
+    assert len(run.signed) == 100 and run.signer.stats.errors["lease"] == 0
+    assert run.lease.stats.writes == 5 and run.lease.stats.failures == 0
+    assert _on_disk(path) == {KEY.address: run.lease.granted}
+    run.worker.close()
+
+
+async def test_a_round_past_the_lease_is_left_unsigned_and_the_next_one_signed(
+    tmp_path: Path,
+) -> None:
+    """The clock jumps three windows ahead: that round is past the lease on disk, so it is left
+    unsigned and counted (`lease`, logged once) and `submit` returns at once, the extension
+    queued for the lease thread; once it is on disk the next round is signed (logged once)."""
+    run = Signing(tmp_path / "lease.json")
+    await run.step()
+    run.rounds.now += 3 * WINDOW
+    with capture_logs() as logs:
+        run.worker.submit(run.rounds.step())  # returns before the lease is written
+        assert run.signer.stats.errors["lease"] == 1
+        assert await run.worker.drain(10)
+        await _settled(run.lease)
+        assert run.lease.granted == run.rounds.now + WINDOW
+        await run.step()
+    assert [s.ts for s in run.signed] == [T0 + INTERVAL, run.rounds.now]
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("warning", "round not signed: the signing lease on disk does not reach its time"),
+        ("info", "signing resumed: the lease covers the rounds again"),
+    ]
+    assert logs[0]["lease"] == T0 + WINDOW and logs[0]["ts"] == run.rounds.now - INTERVAL
+    run.worker.close()
+
+
+async def test_a_stop_writes_the_lease_down_so_a_restart_signs_its_next_round(
+    tmp_path: Path,
+) -> None:
+    """A stop writes the lease down to the last round handed to the signer: the next start
+    reads that as its floor and signs its very first round (the next round time), where a lease
+    left a window ahead would have held it back for 10 s. A start with the clock behind is
+    held at the floor: its rounds up to it are counted `floor` and not signed."""
+    path = tmp_path / "lease.json"
+    run = Signing(path)
+    for _ in range(5):
+        await run.step()
+    run.worker.close()
+    last = run.signed[-1].ts
+    assert _on_disk(path) == {KEY.address: last}
+
+    again = Signing(path)
+    assert again.worker.floor == again.lease.floor == last
+    again.rounds.now = last
+    await again.step()
+    assert [s.ts for s in again.signed] == [last + INTERVAL]
+    again.worker.close()
+
+    behind = Signing(path)
+    behind.rounds.now = last - 4 * INTERVAL
+    for _ in range(6):
+        await behind.step()
+    assert behind.signer.stats.errors["floor"] == 5
+    assert [s.ts for s in behind.signed] == [last + 2 * INTERVAL]
+    behind.worker.close()
+
+
+async def test_each_key_keeps_its_own_lease_in_the_file(tmp_path: Path) -> None:
+    """A rotation to another key starts that key's own lease (no floor from the first key's)
+    and keeps the first key's in the file, so a rotation back finds its floor again."""
+    path = tmp_path / "lease.json"
+    first = Signing(path)
+    await first.step()
+    first.worker.close()
+    rotated = Signing(path, OTHER)
+    assert rotated.lease.floor is None and rotated.worker.floor is None
+    await rotated.step()
+    rotated.worker.close()
+    assert _on_disk(path) == {KEY.address: T0 + INTERVAL, OTHER.address: T0 + INTERVAL}
+    back = Signing(path)
+    assert back.lease.floor == T0 + INTERVAL
+    back.worker.close()
+
+
+def test_the_floor_is_the_newer_of_the_audit_trails_and_the_leases(tmp_path: Path) -> None:
+    """The signer's floor at start is the higher of the two: the audit trail's newest signed
+    round time and the lease found in the file."""
+    path = tmp_path / "lease.json"
+    path.write_text(json.dumps({"format": FORMAT, "version": 1, "leases": {KEY.address: T0}}))
+    for audit, expected in ((None, T0), (T0 - 1, T0), (T0 + 1, T0 + 1)):
+        lease = SignLease.open(path, KEY.address, WINDOW, T0)
+        worker = SignerWorker(RoundSigner(KEY, "test"), lambda _: None, audit, lease)
+        assert worker.floor == expected
+        worker.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("[]", "not a signing lease"),
+        ('{"format": "oracled-manual-pauses", "version": 1, "leases": {}}', "version 1, not"),
+        ('{"format": "oracled-signing-lease", "version": 2, "leases": {}}', "version 2, not"),
+        ('{"format": "oracled-signing-lease", "version": 1, "leases": {"me": 5}}', "entry 'me'"),
+    ],
+)
+def test_a_file_that_is_not_a_lease_is_a_config_error_naming_it_and_the_key(
+    tmp_path: Path, body: str, problem: str
+) -> None:
+    """Anything but this format's lease stops the start with `signing.lease_file`, the path and
+    the signer's address: a floor silently dropped could sign a round time again."""
+    path = tmp_path / "lease.json"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as caught:
+        SignLease.open(path, KEY.address, WINDOW, T0)
+    (text,) = caught.value.problems
+    assert text.startswith(f"signing.lease_file: {path} (signer {KEY.address}): ")
+    assert problem in text
+    assert path.read_text() == body
+
+
+def test_a_missing_directory_or_a_second_writer_is_a_config_error(tmp_path: Path) -> None:
+    """A lease file in a directory that does not exist, or one another daemon holds (its lock
+    beside it), is refused at start rather than signing without a lease."""
+    missing = tmp_path / "no" / "lease.json"
+    with pytest.raises(ConfigError, match=r"directory .* does not exist"):
+        SignLease.open(missing, KEY.address, WINDOW, T0)
+    path = tmp_path / "lease.json"
+    held = SignLease.open(path, KEY.address, WINDOW, T0)
+    with pytest.raises(ConfigError, match=r"held by another process .*lease\.json\.lock"):
+        SignLease.open(path, OTHER.address, WINDOW, T0)
+    assert held.close(None)
+    SignLease.open(path, OTHER.address, WINDOW, T0).close(None)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _signing_example(text: str) -> SigningConfig:
+    """The commented `[signing]` table of a shipped config, uncommented as an operator does."""
+    block = re.search(r"^ *# \[signing\]\n(?: *# .*\n)+", text, re.MULTILINE)
+    assert block, "the shipped config lost its commented [signing] table"
+    lines = [line.strip().removeprefix("# ") for line in block[0].splitlines()]
+    table = tomllib.loads("\n".join(lines))["signing"]
+    return make_config(signing=table).signing
+
+
+def test_every_shipped_signing_example_keeps_its_lease_in_the_working_directory() -> None:
+    """The `[signing]` tables the shipped configs offer (config/default.toml, which the image,
+    the systemd unit and compose run, and the Kubernetes ConfigMap) name a lease file with a
+    relative path: it lands in the working directory, which each deployment keeps on persistent
+    storage (the state directory, the volume, each pod's claim: tests/ops/test_deploy.py)."""
+    configmap = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "configmap.yaml").read_text())
+    for text in (
+        (ROOT / "config" / "default.toml").read_text(),
+        configmap["data"]["oracled.toml"],
+    ):
+        signing = _signing_example(text)
+        assert signing.enabled and signing.lease_file == "oracled-signing-lease.json"

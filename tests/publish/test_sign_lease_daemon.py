@@ -1,0 +1,320 @@
+"""The signing lease (oracled/publish/sign_lease.py) in real daemon processes: a key never signs
+a round time twice, even after a `kill -9` without the audit trail and a restart with the clock
+behind; a lease that cannot be read stops the start; one that cannot be written leaves rounds
+unsigned and counted while they go on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from publish_rig import free_port
+
+from oracled.publish.sign_lease import FORMAT
+from oracled.publish.signer import SigningKey
+from oracled.sim import BinanceSim
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).parent
+KEY = SigningKey.from_hex("0x" + "44" * 32)
+ROUND_MS = 100
+WINDOW_MS = 1_000
+#: The restart's clock starts this far behind the newest round the killed daemon signed.
+BEHIND_MS = 3_000
+SAFETY_S = 30.0
+FLOOR_EVENT = "round not signed: this key signed up to a later round time before"
+
+#: As root, file modes bind only a process without these capabilities: the daemon runs without.
+_CAPS = "-dac_override,-dac_read_search"
+_NO_OVERRIDE = (
+    ["setpriv", f"--inh-caps={_CAPS}", f"--bounding-set={_CAPS}", "--"] if os.geteuid() == 0 else []
+)
+
+
+def _key_file(directory: Path) -> Path:
+    path = directory / "signing.key"
+    path.write_text(KEY.hex() + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def _config(sim: BinanceSim, workdir: Path, lease: str | None, window_ms: int = WINDOW_MS) -> Path:
+    """One venue, rounds every ROUND_MS, signing with KEY, the audit trail off (the default)."""
+    lease_line = "" if lease is None else f'lease_file = "{lease}"\nlease_window_ms = {window_ms}\n'
+    path = workdir / "oracled.toml"
+    path.write_text(
+        f"[oracle]\nround_interval_ms = {ROUND_MS}\nresume_rounds = 1\n"
+        "max_clock_skew_ms = 10000\n"  # the venue's times are ahead of a clock set behind
+        '[api]\nadmin_token_env = "ORACLED_UNSET_TOKEN_FOR_THIS_TEST"\n'
+        '[log]\nformat = "json"\n'
+        f'[signing]\nenabled = true\ndeployment = "test"\nkey_file = "{_key_file(workdir)}"\n'
+        f"{lease_line}"
+        f'[sources.venue]\ntype = "binance"\nws_url = "{sim.ws_url}"\n'
+        f'rest_url = "{sim.rest_url}"\n'
+        '[[markets]]\nsymbol = "BTC/USDT"\nmin_sources = 1\n'
+        'sources = [{ source = "venue", pair = "BTC/USDT" }]\n'
+    )
+    return path
+
+
+class Daemon:
+    """A daemon process (lease_daemon.py: `oracled run` whose clock reads `start` when it is made,
+    else the system clock) and the signed frames it streamed to one subscriber that connected as
+    soon as it could."""
+
+    def __init__(
+        self, config: Path, start: int | None = None, *, no_override: bool = False
+    ) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = config.parent / f"oracled-{start or 'now'}.log"
+        argv = [sys.executable, str(HERE / "lease_daemon.py"), str(config)]
+        argv += [f"127.0.0.1:{self.port}", "now" if start is None else str(start)]
+        self.argv = [*_NO_OVERRIDE, *argv] if no_override else argv
+        self.cwd = config.parent
+        self.signed: list[dict[str, Any]] = []
+        self.floor_count = 0.0  # rounds it counted as under the floor, read before it stopped
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Daemon]:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting it, not waiting for it
+                self.argv, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
+            )
+        async with aiohttp.ClientSession() as http:
+            self.http = http
+            reader = asyncio.create_task(self._read_stream())
+            try:
+                yield self
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                await asyncio.to_thread(self.proc.wait, 10)
+
+    async def _read_stream(self) -> None:
+        """Every signed frame, from the first moment the API answers until the process ends."""
+        while True:
+            try:
+                async with self.http.ws_connect(f"ws://127.0.0.1:{self.port}/v1/stream") as ws:
+                    await ws.send_json({"op": "subscribe", "signed": True})
+                    async for msg in ws:
+                        frame = json.loads(msg.data)
+                        if frame["type"] == "signed":
+                            self.signed.append(frame["data"])
+                    return
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.02)
+
+    async def until(self, what: str, check: Any) -> None:
+        async with asyncio.timeout(SAFETY_S):
+            while not await check():
+                assert self.proc is not None
+                assert self.proc.poll() is None, f"{what}: exited\n{self.logs()}"
+                await asyncio.sleep(0.05)
+
+    async def counter(self, name: str) -> float:
+        """One sample of /metrics (0 while the API is not up yet)."""
+        try:
+            async with self.http.get(self.base + "/metrics") as resp:
+                text = await resp.text()
+        except aiohttp.ClientError:
+            return 0.0
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        lines = (json.loads(ln) for ln in self.logs().splitlines() if ln.startswith("{"))
+        return [r for r in lines if r.get("event") == event]
+
+
+def _lease_on_disk(path: Path) -> int:
+    data = json.loads(path.read_text())
+    assert (data["format"], data["version"]) == (FORMAT, 1)
+    return int(data["leases"][KEY.address])
+
+
+async def _crash_and_restart_behind(tmp_path: Path, lease: bool) -> tuple[Daemon, Daemon]:
+    """A signing daemon (audit trail off) killed with SIGKILL after 40 signed rounds (4 s),
+    started again on the same key with its clock BEHIND_MS behind the newest round the first one
+    signed, until it has signed a round past that one."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0) as sim:
+        config = _config(sim, tmp_path, "signing-lease.json" if lease else None)
+        first = Daemon(config)
+        async with first.running():
+            await first.until("40 signed rounds", _enough(first, 40))
+            first.kill9()
+        newest = max(s["ts"] for s in first.signed)
+        second = Daemon(config, newest - BEHIND_MS)
+        async with second.running():
+            await second.until("a round past the first run's", _past(second, newest))
+            second.floor_count = await second.counter('oracled_signer_errors_total{reason="floor"}')
+    return first, second
+
+
+def _past(daemon: Daemon, ts: int) -> Any:
+    async def check() -> bool:
+        return any(s["ts"] > ts for s in daemon.signed)
+
+    return check
+
+
+def _enough(daemon: Daemon, count: int) -> Any:
+    async def check() -> bool:
+        return len(daemon.signed) >= count
+
+    return check
+
+
+async def test_a_daemon_killed_without_its_audit_trail_and_restarted_behind_signs_no_time_twice(
+    tmp_path: Path,
+) -> None:
+    """`kill -9` of a signing daemon whose audit trail is off, then a start with the clock 3 s
+    behind: every time the first run signed was inside its lease on disk; the second start reads
+    that lease as its floor, leaves every round up to it unsigned (counted `floor`, logged once
+    with the floor and the wait, from its very first round), and signs only times after it: no
+    round time is signed by both runs."""
+    first, second = await _crash_and_restart_behind(tmp_path, lease=True)
+    stored = _lease_on_disk(tmp_path / "signing-lease.json")
+    firsts = {s["ts"] for s in first.signed}
+    seconds = {s["ts"] for s in second.signed}
+    assert all(s["signer"] == KEY.address for s in (*first.signed, *second.signed))
+    assert first.events("no signing lease file yet: a first start")
+    (leased,) = second.events("signing lease")
+    floor = leased["floor"]
+    assert max(firsts) <= floor  # each time signed was leased first
+    assert min(seconds) > floor and not firsts & seconds
+    (held,) = second.events(FLOOR_EVENT)
+    assert held["floor"] == floor and held["ts"] <= max(firsts)  # from the first round on
+    assert held["resumes_in_ms"] == floor - held["ts"] + 1
+    (resumed,) = second.events("signing resumed past the floor")
+    assert resumed["ts"] == min(seconds) > floor
+    assert second.floor_count >= (max(firsts) - held["ts"]) // ROUND_MS
+    assert stored >= max(seconds)  # the second run's lease, on disk where it died
+
+
+async def test_without_a_lease_the_same_crash_and_restart_signs_times_twice(
+    tmp_path: Path,
+) -> None:
+    """The same crash and restart with no lease file (and no audit trail): the second run signs
+    round times the first one signed, each with another round: equivocation to every client.
+    What the lease prevents, and proof that the test above can fail."""
+    first, second = await _crash_and_restart_behind(tmp_path, lease=False)
+    both = {s["ts"] for s in first.signed} & {s["ts"] for s in second.signed}
+    assert len(both) >= 10 and second.floor_count == 0
+    again = {s["ts"]: s["root"] for s in second.signed if s["ts"] in both}
+    assert any(s["root"] != again[s["ts"]] for s in first.signed if s["ts"] in both)
+    assert second.events(
+        "signing without a lease file: a restart after a crash, with the clock "
+        "behind, can sign a round time again (set signing.lease_file)"
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\x00\x17garbage", b'{"format": "oracled-signing-lease", "version": 1, "leases": {"0x12'],
+    ids=["garbage", "truncated"],
+)
+def test_a_lease_file_that_cannot_be_read_stops_the_start_naming_it(
+    tmp_path: Path, body: bytes
+) -> None:
+    """`oracled run` over a lease file that is not one refuses to start (exit code 2) and names
+    the setting, the file and the key, rather than signing with no floor; the file is left as
+    it was."""
+    lease = tmp_path / "signing-lease.json"
+    lease.write_bytes(body)
+    config = tmp_path / "oracled.toml"
+    config.write_text(
+        f'[signing]\nenabled = true\ndeployment = "test"\nkey_file = "{_key_file(tmp_path)}"\n'
+        f'lease_file = "{lease}"\n'
+        '[sources.venue]\ntype = "binance"\nws_url = "ws://127.0.0.1:9"\n'
+        'rest_url = "http://127.0.0.1:9"\n'
+        '[[markets]]\nsymbol = "BTC/USDT"\nmin_sources = 1\n'
+        'sources = [{ source = "venue", pair = "BTC/USDT" }]\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "oracled.cli", "run", "--config", str(config)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "oracled: refusing to start: 1 config problem(s)" in done.stderr
+    assert f"signing.lease_file: {lease} (signer {KEY.address}): not a signing lease" in (
+        done.stderr
+    )
+    assert lease.read_bytes() == body
+
+
+async def test_a_lease_that_cannot_be_written_leaves_rounds_unsigned_and_counted(
+    tmp_path: Path,
+) -> None:
+    """The lease's directory turned read-only under a running daemon (without the capability to
+    override file modes when the tests run as root): rounds go on being published, the lease
+    runs out and the rounds past it are left unsigned and counted (`lease`), logged once each
+    way with the error; once the directory is writable again, signing resumes by itself."""
+    leases = tmp_path / "state"
+    leases.mkdir()
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0) as sim:
+        config = _config(sim, tmp_path, str(leases / "signing-lease.json"), window_ms=1_000)
+        daemon = Daemon(config, no_override=True)
+        signed = "oracled_signed_rounds_total"
+        unleased = 'oracled_signer_errors_total{reason="lease"}'
+        async with daemon.running():
+            await daemon.until("10 signed rounds", _enough(daemon, 10))
+            leases.chmod(0o555)
+            try:
+                await daemon.until("rounds unsigned", _above(daemon, unleased, 10))
+                rounds = await daemon.counter("oracled_rounds_total")
+                stopped = await daemon.counter(signed)
+                await daemon.until(
+                    "rounds go on", _above(daemon, "oracled_rounds_total", rounds + 10)
+                )
+                assert await daemon.counter(signed) == stopped  # none signed meanwhile
+            finally:
+                leases.chmod(0o755)
+            await daemon.until("signing again", _above(daemon, signed, stopped + 5))
+            assert daemon.proc is not None
+            daemon.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(daemon.proc.wait, 10) == 0
+    (failed,) = daemon.events("signing lease not written: rounds past it go unsigned")
+    assert "Permission denied" in failed["error"]
+    assert (
+        len(daemon.events("round not signed: the signing lease on disk does not reach its time"))
+        == 1
+    )
+    assert len(daemon.events("signing lease written again")) == 1
+    assert len(daemon.events("signing resumed: the lease covers the rounds again")) == 1
+    # the stop wrote it down to the last round handed to the signer
+    assert _lease_on_disk(leases / "signing-lease.json") == max(s["ts"] for s in daemon.signed)
+
+
+def _above(daemon: Daemon, name: str, value: float) -> Any:
+    async def check() -> bool:
+        return await daemon.counter(name) > value
+
+    return check
