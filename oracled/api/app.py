@@ -9,7 +9,7 @@ from oracled.api.badrequests import ServerLog
 from oracled.api.context import ApiContext
 from oracled.api.cors import Cors
 from oracled.api.errors import Handler, error_middleware, expect_handler, no_store_middleware
-from oracled.api.limits import FIRST_REQUEST_TIMEOUT_S, LIMITS, Limits
+from oracled.api.limits import FIRST_REQUEST_TIMEOUT_S, LIMITS, REQUEST_TIMEOUT_S, Limits
 from oracled.api.ops import OpsHandlers
 from oracled.api.read import ReadHandlers
 from oracled.api.sse import SseHandler
@@ -32,12 +32,12 @@ def build_app(
     stream_close_timeout: float = 5.0,
     stream_heartbeat: float = HEARTBEAT_S,
     first_request_timeout: float = FIRST_REQUEST_TIMEOUT_S,
+    request_timeout: float = REQUEST_TIMEOUT_S,
 ) -> web.Application:
     """The API application. The caller runs it (AppRunner + `GuardedSite`, whose connections
-    the first-request deadline and the accept limit apply to) and owns the hub."""
-    limits = Limits(
-        ctx, first_request_timeout
-    )  # outermost: it writes the finished answer under its deadline
+    the first-request and request deadlines and the accept limit apply to) and owns the hub."""
+    # Outermost: it writes the finished answer under its deadline.
+    limits = Limits(ctx, first_request_timeout, request_timeout)
     cors = Cors(ctx)
     app = web.Application(
         middlewares=[limits.middleware, no_store_middleware, cors.middleware, error_middleware],

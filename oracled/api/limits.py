@@ -31,6 +31,17 @@ accepted connection so that:
   slowloris), or, with none waiting, itself, counted (reason `accept_limit`) and logged as
   `api_accept_limit` at most once a minute. The margin leaves room for the probes answered
   beyond the cap, and stays under `FD_RESERVE`.
+
+Nor does aiohttp set a deadline on a request's body: a handler reading one (the admin endpoints)
+waited for as long as the client took, holding the connection and its place under the cap (a
+`Content-Length: 1000000` body at a byte a second: 4.5 hours until the 16 KiB limit's 413; one
+never sent: for good), and a body no handler read was drained for 10 s after the answer,
+uncounted. So each request on a guarded connection, headers
+and body, must be complete within `REQUEST_TIMEOUT_S` of its first byte (a request that waited
+behind another on the connection: of its turn), else the connection is aborted, counted (reason
+`request_timeout`) and logged as `api_request_timeout` at most once a minute. It is no read
+timeout: a live client sending slowly in time is served. Bytes that arrive while a request is
+being answered (a WebSocket's frames, an event stream's) start no deadline.
 """
 
 from __future__ import annotations
@@ -53,10 +64,13 @@ __all__ = [
     "CLOSED_ACCEPT_LIMIT",
     "CLOSED_FIRST_REQUEST_TIMEOUT",
     "CLOSED_LIMIT",
+    "CLOSED_REASONS",
+    "CLOSED_REQUEST_TIMEOUT",
     "CLOSED_SEND_TIMEOUT",
     "FD_RESERVE",
     "FIRST_REQUEST_TIMEOUT_S",
     "LIMITS",
+    "REQUEST_TIMEOUT_S",
     "GuardedSite",
     "Limits",
     "open_file_limit_short",
@@ -66,8 +80,20 @@ CLOSED_SEND_TIMEOUT = "send_timeout"
 CLOSED_LIMIT = "connection_limit"
 CLOSED_FIRST_REQUEST_TIMEOUT = "first_request_timeout"
 CLOSED_ACCEPT_LIMIT = "accept_limit"
+CLOSED_REQUEST_TIMEOUT = "request_timeout"
+#: This module's reasons (oracled/api/badrequests.py has the parser's two).
+CLOSED_REASONS = (
+    CLOSED_SEND_TIMEOUT,
+    CLOSED_LIMIT,
+    CLOSED_FIRST_REQUEST_TIMEOUT,
+    CLOSED_ACCEPT_LIMIT,
+    CLOSED_REQUEST_TIMEOUT,
+)
 #: Seconds a new connection has to complete its first request's headers.
 FIRST_REQUEST_TIMEOUT_S = 10.0
+#: Seconds a request has, from its first byte, to complete its headers and its body (the API's
+#: bodies are admin ones of a few bytes: a live link sends them in a fraction of this).
+REQUEST_TIMEOUT_S = 10.0
 #: Connections accepted beyond `api.max_connections`: probes answered over the cap use them.
 ACCEPT_MARGIN = 16
 _EXEMPT_PREFIXES = ("/healthz", "/metrics", "/v1/admin/")
@@ -89,7 +115,7 @@ def open_file_limit_short(max_connections: int) -> int | None:
 
 
 class Limits:
-    """The send deadline and the connection cap of one application."""
+    """The send deadline, the connection cap and the request deadlines of one application."""
 
     __slots__ = (
         "_ctx",
@@ -97,17 +123,22 @@ class Limits:
         "_live",
         "_log_every_minute",
         "_open",
+        "_request_timeout",
         "_waiting",
     )
 
     def __init__(
-        self, ctx: ApiContext, first_request_timeout: float = FIRST_REQUEST_TIMEOUT_S
+        self,
+        ctx: ApiContext,
+        first_request_timeout: float = FIRST_REQUEST_TIMEOUT_S,
+        request_timeout: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self._ctx = ctx
         self._first_request_timeout = first_request_timeout
+        self._request_timeout = request_timeout
         # Connections accepted through a GuardedSite and still open, and those of them yet to
         # make a request with their deadline (insertion-ordered: the oldest goes first).
-        self._live: dict[RequestHandler, asyncio.Transport] = {}
+        self._live: dict[RequestHandler, _Guarded] = {}
         self._waiting: dict[RequestHandler, asyncio.TimerHandle] = {}
         # Connections that have made a request, by aiohttp's per-connection protocol object;
         # insertion-ordered. A closed one has no transport and is pruned when the cap is near.
@@ -124,7 +155,7 @@ class Limits:
         """Connections accepted through a `GuardedSite` that are still open."""
         return len(self._live)
 
-    def _accept(self, protocol: RequestHandler, transport: asyncio.Transport) -> bool:
+    def _accept(self, guarded: _Guarded) -> bool:
         """Admit a new connection (False: it is closed at once), evicting the oldest one still
         waiting for its first request when the open ones reach the cap plus the margin."""
         if len(self._live) >= self._ctx.current_config.api.max_connections + ACCEPT_MARGIN:
@@ -132,13 +163,15 @@ class Limits:
                 oldest = next(iter(self._waiting))
                 victim = self._live.get(oldest)
                 self._forget(oldest)
-                if victim is not None:
-                    victim.abort()
-                self._closed_at(CLOSED_ACCEPT_LIMIT, "api_accept_limit", None, victim)
-            else:
+                transport = None if victim is None else victim.transport
+                if transport is not None:
+                    transport.abort()
                 self._closed_at(CLOSED_ACCEPT_LIMIT, "api_accept_limit", None, transport)
+            else:
+                self._closed_at(CLOSED_ACCEPT_LIMIT, "api_accept_limit", None, guarded.transport)
                 return False
-        self._live[protocol] = transport
+        protocol = guarded.inner
+        self._live[protocol] = guarded
         loop = asyncio.get_running_loop()
         self._waiting[protocol] = loop.call_later(
             self._first_request_timeout, self._first_request_late, protocol
@@ -147,19 +180,18 @@ class Limits:
 
     def _forget(self, protocol: RequestHandler) -> None:
         """A guarded connection is gone: no deadline, no place."""
-        self._live.pop(protocol, None)
-        self._request_arrived(protocol)
-
-    def _request_arrived(self, protocol: object) -> None:
-        timer = self._waiting.pop(protocol, None)  # type: ignore[call-overload]
-        if timer is not None:
-            timer.cancel()
+        guarded = self._live.pop(protocol, None)
+        if guarded is not None:
+            guarded.end_request(guarded.deadline)
+        self._stop_waiting(protocol)
 
     def _first_request_late(self, protocol: RequestHandler) -> None:
         self._waiting.pop(protocol, None)
-        transport = self._live.pop(protocol, None)
-        if transport is None:
+        guarded = self._live.get(protocol)
+        if guarded is None or guarded.transport is None:
             return
+        transport = guarded.transport
+        self._forget(protocol)
         transport.abort()
         self._closed_at(
             CLOSED_FIRST_REQUEST_TIMEOUT,
@@ -168,6 +200,53 @@ class Limits:
             transport,
             timeout_s=self._first_request_timeout,
         )
+
+    def _start_request(self, guarded: _Guarded) -> None:
+        """A request begins on the connection: it has `request_timeout` to be complete."""
+        guarded.deadline = asyncio.get_running_loop().call_later(
+            self._request_timeout, self._request_late, guarded
+        )
+
+    def _request_late(self, guarded: _Guarded) -> None:
+        guarded.deadline = None
+        transport = guarded.transport
+        if transport is None or self._live.get(guarded.inner) is not guarded:
+            return  # gone already
+        path = guarded.path
+        self._forget(guarded.inner)
+        transport.abort()  # the handler reading the body gets a ConnectionResetError
+        self._closed_at(
+            CLOSED_REQUEST_TIMEOUT,
+            "api_request_timeout",
+            path,
+            transport,
+            timeout_s=self._request_timeout,
+        )
+
+    def _stop_waiting(self, protocol: RequestHandler) -> None:
+        timer = self._waiting.pop(protocol, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _request_arrived(self, request: web.Request) -> _Guarded | None:
+        """A request's headers are in: its connection is no longer waiting for a first request,
+        and the request's deadline runs on until its body is in (at once without one)."""
+        protocol = request.protocol
+        self._stop_waiting(protocol)
+        guarded = self._live.get(protocol)
+        if guarded is None:
+            return None  # not accepted through a GuardedSite (aiohttp's test server)
+        guarded.busy = True
+        body = request.content
+        if body.is_eof():
+            guarded.end_request(guarded.deadline)
+            return guarded
+        if guarded.deadline is None:  # it waited behind the previous request: its turn now
+            self._start_request(guarded)
+        guarded.path = request.path
+        deadline = guarded.deadline
+        body.on_eof(lambda: guarded.end_request(deadline))
+        return guarded
 
     def _prune(self) -> None:
         self._open = {p: None for p in self._open if p.transport is not None}
@@ -186,7 +265,14 @@ class Limits:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self._request_arrived(request.protocol)
+        guarded = self._request_arrived(request)
+        try:
+            return await self._answer(request, handler)
+        finally:
+            if guarded is not None:
+                guarded.busy = False  # bytes from now on begin the next request
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._admit(request):
             response = await handler(request)
         elif request.path.startswith(_EXEMPT_PREFIXES):
@@ -261,38 +347,55 @@ LIMITS = web.AppKey("oracled_api_limits", Limits)
 class _Guarded(asyncio.Protocol):
     """aiohttp's protocol for one connection, seen by `Limits` from accept to close."""
 
-    __slots__ = ("_inner", "_limits", "_served")
+    __slots__ = ("_limits", "_served", "busy", "deadline", "inner", "path", "transport")
 
     def __init__(self, inner: RequestHandler, limits: Limits) -> None:
-        self._inner = inner
+        self.inner = inner
         self._limits = limits
         self._served = False
+        self.transport: asyncio.Transport | None = None
+        #: A request is being answered (from its headers to its answer's end).
+        self.busy = False
+        #: The running request's deadline, until its body is in.
+        self.deadline: asyncio.TimerHandle | None = None
+        #: The running request's path, once its headers are in (for the log line).
+        self.path: str | None = None
+
+    def end_request(self, deadline: asyncio.TimerHandle | None) -> None:
+        """The request that `deadline` bounds is in (or the connection gone): no deadline."""
+        if deadline is not None and deadline is self.deadline:
+            deadline.cancel()
+            self.deadline = None
+            self.path = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP server's: uvloop's has Transport's methods without subclassing it.
-        transport = cast(asyncio.Transport, transport)
-        if not self._limits._accept(self._inner, transport):
-            transport.abort()  # aiohttp never sees it
+        self.transport = cast(asyncio.Transport, transport)
+        if not self._limits._accept(self):
+            self.transport.abort()  # aiohttp never sees it
             return
         self._served = True
-        self._inner.connection_made(transport)
+        self.inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._limits._forget(self._inner)
+        self._limits._forget(self.inner)
+        self.transport = None
         if self._served:
-            self._inner.connection_lost(exc)
+            self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        if self.deadline is None and not self.busy:
+            self._limits._start_request(self)  # the first bytes of a request
+        self.inner.data_received(data)
 
     def eof_received(self) -> None:
-        self._inner.eof_received()  # None: the transport closes
+        self.inner.eof_received()  # None: the transport closes
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        self.inner.resume_writing()
 
 
 class GuardedSite(web.BaseSite):

@@ -312,7 +312,15 @@ class Hub:
         )
         #: HTTP connections the API closed, by reason (oracled/api/limits.py); same rule.
         self.api_closed: Counter[str] = Counter(
-            {"send_timeout": 0, "connection_limit": 0, "bad_request": 0, "request_too_long": 0}
+            {
+                "send_timeout": 0,
+                "connection_limit": 0,
+                "first_request_timeout": 0,
+                "accept_limit": 0,
+                "request_timeout": 0,
+                "bad_request": 0,
+                "request_too_long": 0,
+            }
         )
 
     # -- the round side ----------------------------------------------------------------------

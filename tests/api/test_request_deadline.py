@@ -1,0 +1,190 @@
+"""Requests whose body never ends, against the daemon's listening socket (a `GuardedSite`).
+
+The first-request deadline covered a request's headers only, and aiohttp sets no deadline on a
+body: an admin POST with `Content-Length: 1000000` and a byte a second held its connection, and
+its place under `api.max_connections`, for good (the handler waited in `request.read()`), on a
+new connection as on a keep-alive one after a good request; a GET whose announced body never
+came was answered, then drained for 10 s more, uncounted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from api_rig import TOKEN, Rig, make_config
+from stream_wire import ask, next_event, recv
+from structlog.testing import capture_logs
+
+from oracled.api import LIMITS, build_app
+from oracled.api.limits import GuardedSite, Limits
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+AUTH = f"Authorization: Bearer {TOKEN}\r\n"
+
+
+@asynccontextmanager
+async def _serve(
+    rig: Rig, request_timeout: float, first_request_timeout: float = 60.0
+) -> AsyncIterator[tuple[int, Limits]]:
+    """The API as the daemon serves it: an AppRunner on a GuardedSite on loopback (by default
+    the first-request deadline out of the way: these requests' headers come at once)."""
+    app = build_app(
+        rig.context(),
+        first_request_timeout=first_request_timeout,
+        request_timeout=request_timeout,
+    )
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = GuardedSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site.port, app[LIMITS]
+    finally:
+        await runner.cleanup()
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    """One answer: its status line, headers (names in lower case) and body."""
+    async with asyncio.timeout(5):
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status, *lines = head.rstrip("\r\n").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+async def _closed_by_server(conn: Conn) -> bool:
+    """True once the server has closed the connection (bounded: a failure, not a hang)."""
+    try:
+        async with asyncio.timeout(5):
+            while await conn[0].read(65536):
+                pass  # an answer given before the close
+            return True
+    except ConnectionResetError:  # aborted with unread bytes: a reset is a close too
+        return True
+
+
+async def _trickle(writer: asyncio.StreamWriter, data: bytes, pause: float) -> None:
+    """Send `data` a few bytes at a time, `pause` seconds apart."""
+    for i in range(0, len(data), 16):
+        writer.write(data[i : i + 16])
+        await writer.drain()
+        await asyncio.sleep(pause)
+
+
+async def _drip(writer: asyncio.StreamWriter) -> None:
+    """A body a byte every 0.05 s, until the server closes the connection."""
+    while not writer.is_closing():
+        writer.write(b"a")
+        try:
+            await writer.drain()
+        except ConnectionError:
+            return
+        await asyncio.sleep(0.05)
+
+
+def _round(frame: dict[str, Any]) -> int:
+    return int(frame["data"]["round"])
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_a_request_whose_body_does_not_end_is_closed_at_the_request_deadline() -> None:
+    """Three connections whose request's body does not end within the deadline are aborted at
+    it, counted as `request_timeout` and logged once (`api_request_timeout`, with the path and
+    the deadline): an admin POST of `Content-Length: 1000000` trickled a byte at a time (its
+    handler was waiting for the body), a GET whose announced body never comes (answered, then
+    cut instead of drained), and the same admin POST on a keep-alive connection after a good
+    request. Nothing was paused, and none of them holds a place under the cap any more."""
+    rig = Rig(make_config())
+    rig.step()
+    async with _serve(rig, request_timeout=0.5) as (port, limits):
+        big = (
+            f"POST /v1/admin/markets/BTC-USD/pause HTTP/1.1\r\nHost: t\r\n{AUTH}"
+            "Content-Length: 1000000\r\n\r\n"
+        )
+        with capture_logs() as logs:
+            fresh = await asyncio.open_connection("127.0.0.1", port)
+            fresh[1].write(big.encode())
+            unsent = await asyncio.open_connection("127.0.0.1", port)
+            unsent[1].write(b"GET /v1/info HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
+            assert (await _answer(unsent[0]))[0] == "HTTP/1.1 200 OK"
+            kept = await asyncio.open_connection("127.0.0.1", port)
+            kept[1].write(b"GET /v1/info HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert (await _answer(kept[0]))[0] == "HTTP/1.1 200 OK"
+            kept[1].write(big.encode())
+            drips = [asyncio.create_task(_drip(c[1])) for c in (fresh, kept)]
+            for conn in (fresh, unsent, kept):
+                assert await _closed_by_server(conn)
+            await asyncio.gather(*drips)
+        assert rig.hub.api_closed["request_timeout"] == 3
+        assert rig.manual == []
+        events = [e for e in logs if e["event"] == "api_request_timeout"]
+        assert len(events) == 1, events
+        assert events[0]["closed"] == 1 and events[0]["timeout_s"] == 0.5
+        assert events[0]["path"] == "/v1/admin/markets/BTC-USD/pause"
+        assert events[0]["remote"] == "127.0.0.1"
+        assert events[0]["log_level"] == "warning"
+        assert [e["event"] for e in logs if e["event"] == "api_handler_failed"] == []
+        await _until(lambda: limits.accepted == 0, "the server saw the closes")
+        assert limits.connections == 0
+        for _, writer in (fresh, unsent, kept):
+            writer.close()
+
+
+async def test_slow_requests_in_time_and_long_streams_are_not_cut() -> None:
+    """The deadline bounds each request, not the connection, and is no read timeout: an admin
+    pause sent 16 bytes every 0.03 s (headers and body), then, after the connection sat idle
+    past the deadline, a resume sent the same way, are both applied on the one connection. A
+    WebSocket subscriber that sends a request and a ping now and then, and an event stream,
+    stay open for two deadlines and get the next round. Nothing is counted as
+    `request_timeout`."""
+    rig = Rig(make_config())
+    rig.step()
+    deadline = 1.0
+    async with (
+        _serve(rig, request_timeout=deadline) as (port, _),
+        aiohttp.ClientSession() as session,
+    ):
+        ws = await session.ws_connect(f"http://127.0.0.1:{port}/v1/stream")
+        await ask(ws, {"op": "subscribe", "markets": ["BTC-USD"]})
+        await recv(ws)  # the snapshot
+        sse = await session.get(f"http://127.0.0.1:{port}/v1/events?markets=ETH-USD")
+        await next_event(sse)  # the snapshot
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for actor, path in (("slow1", "pause"), ("slow2", "resume")):
+            if actor == "slow2":
+                await asyncio.sleep(deadline * 1.2)  # idle keep-alive: no request under way
+                await ws.send_json({"op": "subscribe", "markets": ["BTC-USD"]})
+                await ws.ping()
+            body = json.dumps({"actor": actor})
+            request = (
+                f"POST /v1/admin/markets/SOL-USD/{path} HTTP/1.1\r\nHost: t\r\n{AUTH}"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+            )
+            await _trickle(writer, request.encode(), 0.03)
+            status, _, answer = await _answer(reader)
+            assert status == "HTTP/1.1 200 OK", answer
+        assert rig.manual == [("SOL/USD", True, "slow1"), ("SOL/USD", False, "slow2")]
+        rig.step()
+        while not ((frame := await recv(ws))["type"] == "report" and _round(frame) == 2):
+            pass  # acks, and the snapshots of round 1
+        assert frame["data"]["market"] == "BTC/USD"
+        name, event = await next_event(sse)
+        assert (name, event["data"]["market"], _round(event)) == ("message", "ETH/USD", 2)
+        await ws.close()
+        sse.close()
+        writer.close()
+    assert rig.hub.api_closed["request_timeout"] == 0
