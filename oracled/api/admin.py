@@ -2,6 +2,9 @@
 
 Without a configured token the endpoints are disabled (403), so that a daemon started without one
 is never open to anyone who can reach the port. The token is compared in constant time.
+
+The token is checked before the body is read, and a client asking `Expect: 100-continue` is
+refused before it is invited to send one: the body is the client's to send only once it may act.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from oracled.api.context import ApiContext
-from oracled.api.errors import ApiError, json_response
+from oracled.api.errors import NO_STORE, ApiError, error_response, expect_handler, json_response
 from oracled.api.params import path_market
 from oracled.errors import ConfigError, ServiceStopping
 
@@ -58,6 +61,21 @@ class AdminHandlers:
         # came, so that such a token is wrong like any other (strict encoding raised: a 500).
         if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
             raise ApiError(401, "unauthorized", "the bearer token is not valid", _CHALLENGE)
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """The admin routes' `Expect` handler (run before the middlewares): a client that may not
+        act is answered 401 or 403 instead of `100 Continue`, so that it never sends its body
+        (the generic handler invited every client to), and its connection is closed after the
+        answer, as for any refused expectation: a body sent anyway is no next request."""
+        try:
+            self._authorize(request)
+        except ApiError as exc:
+            response = error_response(
+                exc.status, exc.code, exc.message, {**exc.headers, "Cache-Control": NO_STORE}
+            )
+            response.force_close()
+            return response
+        return await expect_handler(request)
 
     async def _actor(self, request: web.Request) -> str:
         try:

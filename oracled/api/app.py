@@ -46,6 +46,7 @@ def build_app(
         handler_args={"logger": ServerLog(ctx)},
     )
     app.on_response_prepare.append(cors.on_prepare)
+    app.on_response_prepare.append(limits.on_prepare)
     app[CONTEXT] = ctx
     app[LIMITS] = limits
     read, ops, admin = ReadHandlers(ctx), OpsHandlers(ctx), AdminHandlers(ctx)
@@ -66,8 +67,9 @@ def build_app(
     def add_get(path: str, handler: Handler, *, allow_head: bool = True) -> None:
         router.add_get(path, handler, allow_head=allow_head, expect_handler=expect_handler)
 
-    def add_post(path: str, handler: Handler) -> None:
-        router.add_post(path, handler, expect_handler=expect_handler)
+    def add_admin(path: str, handler: Handler) -> None:
+        # Its Expect handler checks the token before a 100 Continue invites the body.
+        router.add_post(path, handler, expect_handler=admin.expect)
 
     # GET routes answer HEAD too (RFC 9110 9.1; probes use it), except the two streams.
     add_get("/healthz", ops.healthz)
@@ -81,7 +83,7 @@ def build_app(
     add_get("/v1/markets/{market}/sources", read.sources)
     add_get("/v1/stream", stream.stream, allow_head=False)
     add_get("/v1/events", sse.events, allow_head=False)
-    add_post("/v1/admin/markets/{market}/pause", admin.pause)
-    add_post("/v1/admin/markets/{market}/resume", admin.resume)
-    add_post("/v1/admin/reload", admin.reload)
+    add_admin("/v1/admin/markets/{market}/pause", admin.pause)
+    add_admin("/v1/admin/markets/{market}/resume", admin.resume)
+    add_admin("/v1/admin/reload", admin.reload)
     return app

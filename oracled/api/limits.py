@@ -41,7 +41,9 @@ and body, must be complete within `REQUEST_TIMEOUT_S` of its first byte (a reque
 behind another on the connection: of its turn), else the connection is aborted, counted (reason
 `request_timeout`) and logged as `api_request_timeout` at most once a minute. It is no read
 timeout: a live client sending slowly in time is served. Bytes that arrive while a request is
-being answered (a WebSocket's frames, an event stream's) start no deadline.
+being answered (a WebSocket's frames, an event stream's) start no deadline. Any answer, also
+one given before the middlewares (a refused `Expect`), meets the first-request deadline
+(`on_prepare`), so that a client refused before it sent its body is cut as `request_timeout`.
 """
 
 from __future__ import annotations
@@ -227,6 +229,12 @@ class Limits:
         timer = self._waiting.pop(protocol, None)
         if timer is not None:
             timer.cancel()
+
+    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Any answer means a request came (the first-request deadline is met), also one given
+        before the middlewares: a refused `Expect`. Its body's deadline runs on: a client that
+        neither sends the body nor closes is cut as `request_timeout`."""
+        self._stop_waiting(request.protocol)
 
     def _request_arrived(self, request: web.Request) -> _Guarded | None:
         """A request's headers are in: its connection is no longer waiting for a first request,

@@ -198,7 +198,9 @@ async def test_an_expectation_other_than_100_continue_is_a_json_417(
     for request in (
         b"GET /healthz HTTP/1.1\r\nHost: t\r\nExpect: bogus\r\n\r\n",
         b"GET /v1/prices/BTC-USD HTTP/1.1\r\nHost: t\r\nExpect: 100-continue, x\r\n\r\n",
-        b"POST /v1/admin/reload HTTP/1.1\r\nHost: t\r\nExpect: x\r\nContent-Length: 2\r\n\r\n{}",
+        # With the token: the admin routes refuse a client that may not act first (401).
+        b"POST /v1/admin/reload HTTP/1.1\r\nHost: t\r\nExpect: x\r\nContent-Length: 2\r\n"
+        + f"Authorization: Bearer {TOKEN}\r\n\r\n{{}}".encode(),
     ):
         status, headers, body = _head(await _send(host, port, request))  # closed, or it hangs
         assert status == "HTTP/1.1 417 Expectation Failed", (request, status)

@@ -4,7 +4,8 @@ The first-request deadline covered a request's headers only, and aiohttp sets no
 body: an admin POST with `Content-Length: 1000000` and a byte a second held its connection, and
 its place under `api.max_connections`, for good (the handler waited in `request.read()`), on a
 new connection as on a keep-alive one after a good request; a GET whose announced body never
-came was answered, then drained for 10 s more, uncounted.
+came was answered, then drained for 10 s more, uncounted. And `Expect: 100-continue` invited the
+body of an admin request whose token was wrong before refusing it.
 """
 
 from __future__ import annotations
@@ -188,3 +189,66 @@ async def test_slow_requests_in_time_and_long_streams_are_not_cut() -> None:
         sse.close()
         writer.close()
     assert rig.hub.api_closed["request_timeout"] == 0
+
+
+async def test_an_admin_request_without_a_valid_token_is_refused_before_its_body() -> None:
+    """The token is checked before the body is read: a request announcing a megabyte and
+    sending none of it is answered 401 at once. Asking `Expect: 100-continue`, a client with a
+    wrong or no token, or any client of a daemon without a token, is refused (401, 403) in
+    place of the `100 Continue` that invited its body, with `Connection: close`; with the
+    token, the 100 comes. A refused client that neither sends its body nor closes is cut at
+    the request deadline and counted as `request_timeout`, not as a connection that never made
+    a request (`first_request_timeout`, whose deadline, as in the daemon, is no longer)."""
+    rig = Rig(make_config())
+    async with _serve(rig, request_timeout=1.0, first_request_timeout=1.0) as (port, limits):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/admin/reload HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\n"
+            b"Content-Length: 1000000\r\n\r\n"
+        )
+        status, headers, body = await _answer(reader)
+        assert status == "HTTP/1.1 401 Unauthorized", body
+        assert headers["www-authenticate"] == 'Bearer realm="oracled-admin"'
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"POST /v1/admin/reload HTTP/1.1\r\nHost: t\r\n{AUTH}"
+            "Content-Length: 2\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(5):
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.close()
+        refused = []
+        for auth in ("", "Authorization: Bearer x\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"POST /v1/admin/markets/BTC-USD/pause HTTP/1.1\r\nHost: t\r\n{auth}"
+                "Content-Length: 2\r\nExpect: 100-continue\r\n\r\n".encode()
+            )
+            status, headers, body = await _answer(reader)
+            assert status == "HTTP/1.1 401 Unauthorized", status
+            assert json.loads(body)["error"]["code"] == "unauthorized"
+            assert headers["connection"] == "close" and headers["cache-control"] == "no-store"
+            assert "www-authenticate" in headers
+            refused.append((reader, writer))
+        for conn in refused:
+            assert await _closed_by_server(conn)
+            conn[1].close()
+        # Seen closed before the runner's cleanup, which waits for a connection still open.
+        await _until(lambda: limits.accepted == 0, "the server saw the closes")
+    assert rig.manual == []
+    assert rig.hub.api_closed["request_timeout"] == 2
+    assert rig.hub.api_closed["first_request_timeout"] == 0
+    disabled = Rig(make_config(token=None))
+    async with _serve(disabled, request_timeout=10.0) as (port, limits):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"POST /v1/admin/reload HTTP/1.1\r\nHost: t\r\n{AUTH}"
+            "Content-Length: 2\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        status, headers, body = await _answer(reader)
+        assert status == "HTTP/1.1 403 Forbidden"
+        assert json.loads(body)["error"]["code"] == "admin_disabled"
+        assert headers["connection"] == "close"
+        writer.close()
+        await _until(lambda: limits.accepted == 0, "the server saw the close")
