@@ -2,18 +2,24 @@
 
 Loggers are bound once per component (`get_logger(component=...)`); hot paths never log per
 message, only state changes.
+
+Log lines go out through `LogOutput`, which never raises: a line that cannot be written (the
+reader of the pipe gone, a full disk, a closed terminal) is dropped and counted
+(`oracled_log_lines_dropped_total`). Before, the `BrokenPipeError` of one log call went up through
+whatever had logged it: `oracled run` whose stderr reader went away stopped within two seconds
+with exit code 0, as if asked to, and one logging in a signal handler could miss its stop.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, Protocol
 
 import orjson
 import structlog
 
-__all__ = ["setup_logging"]
+__all__ = ["LogOutput", "log_lines_dropped", "setup_logging"]
 
 _HANDLER = "oracled"  # the name of our handler on the root logger, replaced on each set-up
 
@@ -25,16 +31,66 @@ _LEVELS = {
 }
 
 
+class _Stream(Protocol):
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+
+
+class LogOutput:
+    """A text stream for log lines that never raises: a line whose write or flush fails is gone,
+    counted once in `dropped` (every line ends with a flush: structlog prints with flush=True,
+    the standard library's handler flushes each record). Nobody reading the logs must not stop
+    a daemon that is pricing markets."""
+
+    __slots__ = ("__weakref__", "_lost", "_out", "dropped")  # structlog locks per stream, weakly
+
+    def __init__(self, out: _Stream) -> None:
+        self._out = out
+        self._lost = False  # a write of the line being written failed
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        try:
+            return self._out.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self._lost = True
+            return 0
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except (OSError, ValueError):
+            self._lost = True
+        if self._lost:
+            self._lost = False
+            self.dropped += 1
+
+    def isatty(self) -> bool:
+        isatty = getattr(self._out, "isatty", None)
+        return bool(isatty()) if isatty is not None else False
+
+
+_output: LogOutput | None = None
+
+
+def log_lines_dropped() -> int:
+    """Log lines that could not be written since the logging was set up (0 before)."""
+    return _output.dropped if _output is not None else 0
+
+
 def _orjson_dumps(obj: object, default: object = None) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
 def setup_logging(
-    level: str = "info", fmt: Literal["auto", "json", "console"] = "auto", stream: object = None
+    level: str = "info",
+    fmt: Literal["auto", "json", "console"] = "auto",
+    stream: _Stream | None = None,
 ) -> None:
     """Configure structlog for the whole process (idempotent)."""
-    out = stream if stream is not None else sys.stderr
-    console = fmt == "console" or (fmt == "auto" and getattr(out, "isatty", lambda: False)())
+    global _output
+    out = _output = LogOutput(stream if stream is not None else sys.stderr)
+    console = fmt == "console" or (fmt == "auto" and out.isatty())
     processors: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -56,7 +112,7 @@ def setup_logging(
     _route_stdlib(out, console, _LEVELS[level])
 
 
-def _route_stdlib(out: object, console: bool, level: int) -> None:
+def _route_stdlib(out: LogOutput, console: bool, level: int) -> None:
     """Give the standard library's loggers (aiohttp, asyncio, web3, nats) the same lines.
 
     Without a handler, Python's last-resort one wrote their warnings as plain text, tracebacks
@@ -80,7 +136,7 @@ def _route_stdlib(out: object, console: bool, level: int) -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(out)  # type: ignore[call-overload]
+    handler = logging.StreamHandler(out)
     handler.set_name(_HANDLER)
     handler.setFormatter(formatter)
     handler.setLevel(max(level, logging.WARNING))  # libraries' info and debug lines are noise

@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from oracled import __version__, gcpause
 from oracled.core import USED
+from oracled.logs import log_lines_dropped
 from oracled.mark.engine import MODES
 from oracled.model import Status
 from oracled.sources.stats import LATENCY_BOUNDS_MS, ConnState, SourceStats
@@ -536,7 +537,13 @@ class _StateCollector:
             src = cfg.sources.get(sid)
             if src is not None:
                 sources.add_metric([sid, src.type, src.type.split("_", 1)[0]], 1.0)
-        yield from (info, interval, sources)
+        dropped = CounterMetricFamily(
+            "oracled_log_lines_dropped",
+            "Log lines that could not be written (the log's reader gone, a full disk); the "
+            "daemon runs on without them.",
+        )
+        dropped.add_metric([], log_lines_dropped())
+        yield from (info, interval, sources, dropped)
 
     def _markets(self) -> Iterator[Metric]:
         """Only the round counter: the per-market families are rendered by `_MarketText`."""

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import socket
 from collections.abc import Iterator
 
@@ -13,7 +14,7 @@ import pytest
 import structlog
 from aiohttp import web
 
-from oracled.logs import setup_logging
+from oracled.logs import log_lines_dropped, setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +56,24 @@ async def test_a_request_aiohttp_cannot_parse_is_logged_as_one_json_line() -> No
     setup_logging("info", "json", stream=io.StringIO())  # once more: still one handler
     ours = [h for h in logging.getLogger().handlers if h.get_name() == "oracled"]
     assert len(ours) == 1
+
+
+def test_a_log_line_nobody_can_read_is_dropped_and_counted_not_raised() -> None:
+    """The reader of the log's pipe gone: each log call, structlog's and the standard library's,
+    returns as before (no BrokenPipeError up through the code that logged) and each lost line
+    is counted once, for `oracled_log_lines_dropped_total`."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stream = os.fdopen(write_end, "w")
+    setup_logging("info", "json", stream=stream)
+    assert log_lines_dropped() == 0
+    structlog.get_logger().info("nobody reads this")
+    structlog.get_logger().warning("nor this", n=2)
+    logging.getLogger("aiohttp.server").error("a library's line")
+    assert log_lines_dropped() == 3
+    with pytest.raises(BrokenPipeError):  # what each of those calls raised before
+        print("x", file=stream, flush=True)
+    with pytest.raises(BrokenPipeError):  # closed all the same, its buffer unwritten
+        stream.close()
+    structlog.get_logger().info("after the stream was closed")  # ValueError: dropped too
+    assert log_lines_dropped() == 4
