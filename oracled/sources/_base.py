@@ -11,7 +11,10 @@ A venue subclass declares its URLs and wire types and implements five small hook
   after a healthy connection; a planned rotation before ``max_connection_age_s`` (or on a venue's
   shutdown notice) reconnects at once without declaring the stream down;
 - REST polling every ``rest_poll_interval_s`` while the stream is down, stopped by the first
-  streamed quote;
+  streamed quote; while an answer is read, quotes go through a
+  filtering emitter (`_emit_polled`) that drops, as ``unchanged``, a quote without a venue time
+  repeating its instrument's last book, the stream's last included, so that a frozen book is not
+  made fresh by polls; streamed quotes go straight to the emitter;
 - subscription bookkeeping: every request id is tracked until its ack; a refused batch is split
   into one request per symbol (paced under the venue's message limit) so that only the bad symbol
   ends in ``stats.failed_instruments``, with no reconnect;
@@ -109,6 +112,10 @@ DEFAULT_SILENT_AFTER_MS: Final = 10_000
 # between two scans for them (half the shortest limit in between).
 _SILENT_NAMED: Final = 20
 _SILENT_SCAN_S: Final = (0.1, 5.0)
+
+
+def _recv_ts(quote: Quote) -> int:
+    return quote.recv_ts
 
 
 def _no_limits() -> Mapping[tuple[str, Kind], int]:
@@ -240,17 +247,19 @@ class Source(abc.ABC):
         rate = self.rest_rate_per_s
         self._pacer = RestPacer(rate, self.rest_burst, clock) if rate else None
         self._retry_after_s = 0.0  # what the newest rate-limit answer asked us to wait
-        # Set while a REST answer is read: each symbol's last (bid, ask) polled since the stream
-        # went down (`_rest_unchanged`); None while stream frames are read.
-        self._rest_books: dict[str, tuple[float, float]] | None = None
-        self._polled: dict[str, tuple[float, float]] = {}
+        # Quotes go to `_sink`; while a REST answer is read, `_emit` is `_emit_polled`, which
+        # drops a poll repeating the book of the instrument's last quote (`_read_rest`).
+        self._sink = emit
+        # Since the stream went down: each instrument's last quote handed on, from the stream's
+        # last before the outage, then from the polls (`_emit_polled`).
+        self._polled: dict[tuple[str, Kind], Quote] = {}
         # Per symbol: the counter bar the current refusals were counted against, and how many.
         self._counter_refusals: dict[str, tuple[int, int]] = {}
         #: (pair, kind) -> ms a subscribed symbol may go without a quote on a streaming
         #: connection before it is listed silent; called at each scan, so that it can follow a
         #: reload (the service sets it; missing keys: DEFAULT_SILENT_AFTER_MS).
         self.silent_after_ms: Callable[[], Mapping[tuple[str, Kind], int]] = _no_limits
-        self._heard: dict[str, int] = {}  # symbol -> receive time of its newest quote
+        self._heard: dict[str, Quote] = {}  # symbol -> its newest quote handed on
         self._opened_ms = 0  # when the current connection opened (wall clock, ms)
         # Symbol -> when the first connection that subscribed it opened (ms): where its silence
         # counts from until it quotes. Kept over reconnects, so that a source reconnecting more
@@ -363,10 +372,7 @@ class Source(abc.ABC):
             self._reject_prices(bid, ask)
             return
         stats = self.stats
-        if venue_ts is None:
-            if self._rest_books is not None and self._rest_unchanged(symbol, bid, ask):
-                return
-        else:  # the latency histogram, inlined: this runs once per quote
+        if venue_ts is not None:  # the latency histogram, inlined: this runs once per quote
             latency = recv_ts - venue_ts
             if 0 <= latency <= _LATENCY_OVER:
                 stats.latency_buckets[_LATENCY_BUCKET_OF_MS[latency]] += 1
@@ -381,27 +387,39 @@ class Source(abc.ABC):
                 stats.observe_latency(latency)
         stats.quotes += 1
         stats.last_quote_ms = recv_ts
-        self._heard[symbol] = recv_ts
         if last is not None and not 0.0 < last < _INF:
             last = None  # a bad last price never spoils a good book; the core prices the mid
         # Positional arguments: this runs once per venue frame (source, pair, recv_ts, price,
         # bid, ask, kind, venue_ts, volume, flag).
-        self._emit(Quote(self.source_id, target[0], recv_ts, last, bid, ask, target[1], venue_ts,
-                         None, flag))  # fmt: skip
+        quote = Quote(self.source_id, target[0], recv_ts, last, bid, ask, target[1], venue_ts,
+                      None, flag)  # fmt: skip
+        self._heard[symbol] = quote
+        self._emit(quote)
 
-    def _rest_unchanged(self, symbol: str, bid: float, ask: float) -> bool:
-        """A REST quote without a venue time whose bid and ask are those of the symbol's last
-        REST quote since the stream went down: dropped as `unchanged`, so that it keeps the age
-        of the answer that first showed that book. Its receive time would make the book look
-        fresh with every poll, whether the venue's book is quiet or frozen; a streamed book that
-        stops changing sends nothing and ages the same way."""
-        books = self._rest_books
-        assert books is not None
-        if books.get(symbol) == (bid, ask):
-            self.stats.dropped["unchanged"] += 1
-            return True
-        books[symbol] = (bid, ask)
-        return False
+    def _emit_polled(self, quote: Quote) -> None:
+        """The emitter while a REST answer is read (`_read_rest`): a quote without a venue time
+        whose bid and ask (and flag) are those of its instrument's last quote handed on since the
+        stream went down, the stream's last one included, is dropped as `unchanged`, so that the
+        book keeps the age of the quote that first showed it. Its receive time would make the
+        book look fresh with every poll, whether the venue's book is quiet or frozen; a streamed
+        book that stops changing sends nothing and ages the same way. Kept off the stream's path:
+        only polls pay for the comparison."""
+        key = (quote.pair, quote.kind)
+        polled = self._polled
+        if quote.venue_ts is None:
+            held = polled.get(key)
+            if (
+                held is not None
+                and held.bid == quote.bid
+                and held.ask == quote.ask
+                and held.flag == quote.flag
+            ):
+                stats = self.stats
+                stats.quotes -= 1  # counted by `_quote`, but never handed to the core
+                stats.dropped["unchanged"] += 1
+                return
+        polled[key] = quote
+        self._sink(quote)
 
     def _counter_refused(
         self,
@@ -754,12 +772,16 @@ class Source(abc.ABC):
                 continue
             # Absent: refused when this connection opened, taken since; it counts from then.
             start = subscribed.get(symbol, opened)
-            since = max(heard.get(symbol, start), start)
+            since = max(q.recv_ts, start) if (q := heard.get(symbol)) is not None else start
             if now - since - max(up - max(since, down), 0) > limits.get(key, default):
                 found[symbol] = since
         stats.silent_instruments = found  # one store: a scrape reads the old list or the new
         entered = [s for s in found if s not in said]
-        back = sorted(s for s, since in said.items() if s not in found and heard.get(s, -1) > since)
+        back = sorted(
+            s
+            for s, since in said.items()
+            if s not in found and (q := heard.get(s)) is not None and q.recv_ts > since
+        )
         for symbol in back:
             del said[symbol]
         said.update(found)
@@ -813,13 +835,7 @@ class Source(abc.ABC):
                     self.stats.frames += 1
                     self.stats.last_frame_ms = recv_ts
                     progress = self._rest_progress()
-                    self._rest_books = self._polled
-                    try:
-                        self.on_rest(body, recv_ts)
-                    except RecursionError:
-                        self._bad("decode")  # JSON nested past the decoder's depth limit
-                    finally:
-                        self._rest_books = None
+                    self._read_rest(body, recv_ts)
                     answered = True
                     if self._rest_progress() != progress:  # a 200 alone could be a proxy's page
                         priced = True
@@ -841,6 +857,30 @@ class Source(abc.ABC):
             if answered and not priced and self._down.is_set():
                 self._set_state(ConnState.DOWN, error="REST answers without a usable price")
             await asyncio.sleep(pause)
+
+    def _read_rest(self, body: bytes, recv_ts: int) -> None:
+        """Decode one REST answer with `_emit_polled` as the emitter. A poll it drops leaves no
+        trace of a quote: `_quote` counts it and stores it as its symbol's newest before the
+        emitter sees it, so the count is taken back there, and the symbols' newest quotes and the
+        source's newest quote time are set here from what was handed on."""
+        stats, heard = self.stats, self._heard
+        quotes, newest = stats.quotes, stats.last_quote_ms
+        answer: dict[str, Quote] = {}
+        self._heard, self._emit = answer, self._emit_polled
+        try:
+            self.on_rest(body, recv_ts)
+        except RecursionError:
+            self._bad("decode")  # JSON nested past the decoder's depth limit
+        finally:
+            self._heard, self._emit = heard, self._sink
+        polled = self._polled
+        for symbol, quote in answer.items():
+            # The instrument's quote handed on from this answer (a row may repeat an earlier one).
+            handed = polled.get((quote.pair, quote.kind))
+            if handed is not None and handed.recv_ts == recv_ts:
+                heard[symbol] = handed
+        if stats.quotes == quotes:
+            stats.last_quote_ms = newest
 
     def _rest_progress(self) -> tuple[int, int]:
         """Quotes, and prices we already had (an unchanged quiet market): moved by a usable
@@ -875,7 +915,7 @@ class Source(abc.ABC):
 
     def _stream_up(self) -> None:
         self._streaming = True
-        self._polled.clear()  # the stream has moved the book on since the last poll
+        self._polled = {}  # the next outage starts from the stream's last quotes
         self._outage_ms = (self._outage_ms[0], self._clock.now_ms())
         self._down.clear()
         self._set_state(ConnState.STREAMING)
@@ -883,6 +923,10 @@ class Source(abc.ABC):
     def _stream_down(self, why: str) -> None:
         if self._streaming:  # the outage begins; a failed attempt after it does not move it
             self._outage_ms = (self._clock.now_ms(), self._outage_ms[1])
+            # What the first polls compare with: each instrument's newest quote (the newest of
+            # two symbols quoting one instrument, as a Coinbase -USDC product and its -USD twin).
+            last = sorted(self._heard.values(), key=_recv_ts)
+            self._polled = {(q.pair, q.kind): q for q in last}
         self._streaming = False
         self.stats.silent_instruments = {}  # only a streaming connection has silent symbols
         if not self._down.is_set():

@@ -43,8 +43,8 @@ request per symbol). That request names no symbol, so an HTTP 400 cannot blame o
 answers rate limits that way): it is reported as 429 so that the base neither splits the poll nor
 fails a symbol. Its ``timestamp`` is not used as a venue time: the docs say only "Unix timestamp
 date and time" (whole seconds), not of what, and a ticker's bid and ask are not a book event with
-a time of its own. A REST quote therefore ages from the poll that first showed its bid and ask
-(`Source._rest_unchanged`).
+a time of its own. A REST quote therefore ages from the quote that first showed its bid and ask,
+streamed or polled (`Source._emit_polled`).
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ config's default 23 h rotation is kept as hygiene). REST ``GET /v5/market/ticker
 answers every symbol of a category in one request (it does carry ``bid1Price``/``ask1Price`` for
 spot), against an IP limit of 600 requests per 5 s: one request per poll. Its rows carry no time;
 the answer's ``time`` is the server's clock when it answered, not a venue time of any book, so
-REST quotes carry none and age from the poll that first showed their bid and ask
-(`Source._rest_unchanged`).
+REST quotes carry none and age from the quote that first showed their bid and ask, streamed or
+polled (`Source._emit_polled`).
 """
 
 from __future__ import annotations

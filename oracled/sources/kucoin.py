@@ -39,8 +39,8 @@ tickers in a row refused while their ``time`` is past its ticker's): then it is 
 one far-ahead number cannot freeze a symbol until the next reconnect. ``price`` is the last trade
 and travels as the quote's last price. REST level 1 answers the same ticker (its ``time`` and
 ``sequence`` are the book's); ``allTickers``' ``time`` is when that whole snapshot was made, not a
-time of any book, so its rows carry no venue time and age from the poll that first showed their
-bid and ask (`Source._rest_unchanged`).
+time of any book, so its rows carry no venue time and age from the quote that first showed their
+bid and ask, streamed or polled (`Source._emit_polled`).
 
 Decoding: a ticker in the documented shape is read in one pass with prices straight into floats
 (several times cheaper than ``float()`` on decoded text). That pass also wants ``bestBidSize`` as a

@@ -473,6 +473,43 @@ async def test_a_poll_repeating_the_last_polled_book_is_not_a_new_quote(
     assert run.stats.state is ConnState.POLLING
 
 
+async def test_a_poll_repeating_the_streams_last_book_is_not_a_new_quote_and_leaves_no_trace(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """The stream quotes BTC and ETH at 100.00/100.10 and drops; the polls that follow show BTC
+    at that same book and ETH at 50.00/50.10. The first poll's BTC is dropped as `unchanged` (the
+    stream's quote keeps its age), its ETH is quoted, and every later poll is dropped. A dropped
+    poll leaves no trace of a quote: the source's quote count is the quotes handed on, its
+    newest quote time is the newest handed on, each symbol's newest quote (which its silence is
+    counted from) is the one handed on; and only a REST read goes through the filter, stream
+    quotes go straight to the emitter. Before, the first poll of an outage was always quoted."""
+    venue: Venue
+
+    async def stream_once(ws: web.WebSocketResponse, n: int) -> None:
+        await next_request(ws)  # the subscription
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            await ws.send_str(BOOK.format(lower=symbol.lower(), sym=symbol))
+        venue.refuse = True  # the next connection is refused: polling
+        await asyncio.sleep(0.05)
+        await ws.close()
+
+    venue = Venue(stream_once)
+    venue.rest_rows = _rows(100.0)  # BTC: the stream's book
+    run = await launch(venue, aiohttp_server, start_config)
+    # BTC dropped from four answers, ETH from all but the first.
+    await wait(lambda: run.stats.dropped["unchanged"] >= 7)
+    assert run.stats.state is ConnState.POLLING
+    assert [(q.pair, q.bid, q.venue_ts) for q in run.quotes] == [
+        ("BTC/USDT", 100.0, None),
+        ("ETH/USDT", 100.0, None),
+        ("ETH/USDT", 50.0, None),
+    ]
+    btc, _, eth = run.quotes
+    assert run.stats.quotes == 3 and run.stats.last_quote_ms == eth.recv_ts
+    assert run.source._heard == {"BTCUSDT": btc, "ETHUSDT": eth}
+    assert run.source._emit is run.source._sink
+
+
 async def test_a_rest_answer_that_never_ends_is_cut_at_the_size_limit(
     aiohttp_server: Any, start_config: Any, wait: Any
 ) -> None:

@@ -317,6 +317,40 @@ async def test_a_frozen_book_polled_over_rest_grows_no_younger(
     assert run.state() is ConnState.POLLING
 
 
+def hold_still(sim: VenueSim) -> None:
+    """Stop the books moving: every later frame and answer shows the books as they are now."""
+    for path in sim.paths.values():
+        path.volatility = 0.0  # the test venues have no basis: the mid no longer changes
+
+
+UNTIMED_REST = [c for c in CASES if not c.rest_venue_time]
+
+
+@pytest.mark.parametrize("case", UNTIMED_REST, ids=[c.id for c in UNTIMED_REST], indirect=True)
+async def test_the_first_poll_after_the_stream_drops_keeps_an_unchanged_books_age(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """A venue whose REST answers carry no time of their book, its books still: the stream
+    drops and the polls that follow show the books the stream last quoted. None of them is
+    quoted (each is dropped as `unchanged`), so each instrument's newest quote time stays the
+    stream's last, and the source polls. Before, the first poll of the outage was quoted with
+    its receipt: a book frozen just as the stream dropped looked fresh for one more age limit."""
+    hold_still(sim)
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING and run.keys() == case.keys)
+    await settled(case, run, sim, wait)
+    sim.rest_delay_s = 0.2  # the first answer lands after the stream's last frame was read
+    sim.ws_enabled = False
+    sim.disconnect()
+    await wait(lambda: run.state() is not ConnState.STREAMING)
+    stamps, seen, polls = newest_stamps(run), len(run.quotes), sim.stats.rest_requests
+    await wait(lambda: sim.stats.rest_requests >= polls + 3 * len(case.keys), within_s=10.0)
+    assert run.quotes[seen:] == []
+    assert newest_stamps(run) == stamps
+    assert run.stats.dropped["unchanged"] >= 2 * len(case.keys)
+    assert run.state() is ConnState.POLLING
+
+
 @pytest.mark.parametrize(
     "case",
     [c for c in CASES if c.rotation],
