@@ -11,7 +11,7 @@ A venue subclass declares its URLs and wire types and implements five small hook
   after a healthy connection; a planned rotation before ``max_connection_age_s`` (or on a venue's
   shutdown notice) reconnects at once without declaring the stream down;
 - REST polling every ``rest_poll_interval_s`` while the stream is down, stopped by the first
-  streamed quote; while an answer is read, quotes go through a
+  streamed quote (or book resent unchanged); while an answer is read, quotes go through a
   filtering emitter (`_emit_polled`) that drops, as ``unchanged``, a quote without a venue time
   repeating its instrument's last book, the stream's last included, so that a frozen book is not
   made fresh by polls; streamed quotes go straight to the emitter;
@@ -421,6 +421,16 @@ class Source(abc.ABC):
         polled[key] = quote
         self._sink(quote)
 
+    def _unchanged(self, symbol: str, bid: float, ask: float) -> bool:
+        """True, counted as `unchanged`, if `symbol`'s last quote handed on has this bid and ask:
+        for a venue's resend of a book without a time of its change (a subscription snapshot
+        stamped when sent), which must not make an unchanged book look fresh."""
+        held = self._heard.get(symbol)
+        if held is not None and held.bid == bid and held.ask == ask and held.flag is None:
+            self.stats.dropped["unchanged"] += 1
+            return True
+        return False
+
     def _counter_refused(
         self,
         symbol: str,
@@ -698,9 +708,11 @@ class Source(abc.ABC):
                     if self._streaming:
                         self.on_message(msg.data, recv_ts)
                     else:
-                        before = stats.quotes
+                        # A book the venue resends unchanged (a snapshot after a reconnect) is
+                        # dropped, not quoted, but shows the stream streaming all the same.
+                        before = stats.quotes + stats.dropped["unchanged"]
                         self.on_message(msg.data, recv_ts)
-                        if stats.quotes != before:
+                        if stats.quotes + stats.dropped["unchanged"] != before:
                             self._stream_up()
                 except RecursionError:
                     self._bad("decode")  # JSON nested past the decoder's depth limit

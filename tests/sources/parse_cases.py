@@ -322,7 +322,11 @@ def _coinbase_text_path(frame: str) -> str:
     return edited(frame, edit)
 
 
-_COINBASE_NEWER = recorded("coinbase", "ws_ticker.json")
+# The documented ticker is the subscription's snapshot, which a source drops when it repeats the
+# last quote's book: as the update the stream goes on with, it is judged by its order alone.
+_COINBASE_NEWER = recorded("coinbase", "ws_ticker.json").replace(
+    '"type": "snapshot"', '"type": "update"'
+)
 COINBASE = ParseCase(
     id="coinbase",
     cls=CoinbaseSource,

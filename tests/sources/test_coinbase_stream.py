@@ -72,3 +72,38 @@ async def test_rest_polls_are_paced_inside_the_public_limit(
     first = sim.stats.rest_requests
     await asyncio.sleep(1.0)
     assert sim.stats.rest_requests - first <= 9
+
+
+async def test_a_snapshot_repeating_the_last_book_after_a_reconnect_is_not_a_new_quote(
+    sim: CoinbaseSim, start: Start, wait: Wait
+) -> None:
+    """The ticker channel answers each subscription with a snapshot stamped when it is sent; the
+    ticker has no time of its own. With the books still, a dropped connection's successor gets
+    snapshots repeating the last quotes' books: each is dropped as `unchanged` (the quotes keep
+    their time, which a frozen book must not lose) and the stream is streaming again all the
+    same. Before, each reconnect (and each planned rotation) made a book that had stopped
+    changing look fresh for one more age limit."""
+    for path in sim.paths.values():
+        path.volatility = 0.0  # the mid no longer changes (the test venue has no basis)
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING and len(run.pairs()) == 2)
+    sim.freeze(None)  # no more ticker updates: a snapshot is all a connection will get
+    await asyncio.sleep(0.1)  # updates sent before the freeze are read
+    stamps = {q.pair: q.venue_ts for q in run.quotes}
+    seen, unchanged = len(run.quotes), run.stats.dropped["unchanged"]
+    sim.rest_enabled = False  # only the stream can quote
+    sim.disconnect()
+    await wait(lambda: sim.stats.connections == 2 and run.state() is ConnState.STREAMING)
+    await wait(lambda: run.stats.dropped["unchanged"] == unchanged + 2)
+    assert run.quotes[seen:] == []
+    assert {q.pair: q.venue_ts for q in run.quotes} == stamps
+    sim.reset()  # the books move while the source is away (no tick runs before the freeze)
+    for symbol, price in (("BTC-USD", 68_000.0), ("ETH-USD", 3_600.0)):
+        sim.set_price(symbol, price)
+    sim.freeze(None)
+    sim.rest_enabled = False
+    sim.disconnect()
+    await wait(lambda: sim.stats.connections == 3 and len(run.quotes) == seen + 2)
+    moved = run.quotes[seen:]  # the snapshots, quoted at the time they were sent
+    assert sorted(round((q.bid or 0.0) + (q.ask or 0.0)) // 2 for q in moved) == [3_600, 68_000]
+    assert all((q.venue_ts or 0) > max(s or 0 for s in stamps.values()) for q in moved)
