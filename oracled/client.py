@@ -59,7 +59,12 @@ that daemon (its identity: the signer last heard on that connection) as not curr
 report of a newer round arrives from it; views leave them out and name the `Stall` in
 `MarketView.stalled`, so a `max_age_ms` longer than the daemon's stall limit does not keep a
 stalled round's price as current. `watch_nats` does the same with the notice a daemon
-publishes on `<prefix>.stalled`, which names its signer.
+publishes on `<prefix>.stalled`, which names its signer. A notice is not signed: anyone who can
+publish on the bus can send one, after every round. So a notice is taken only when it is
+plausible by the client's own clock: the signer's newest round is older than
+`stall_notice_min_age_ms` and than twice the gap between its last two rounds, as it is when a
+daemon sends one (past its stall limit: 3 round intervals, 5 s at least). A forged notice can
+then hide only a daemon whose rounds are already late, until its next round.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ from oracled.publish.signer import (
 
 __all__ = [
     "REASONS",
+    "STALL_NOTICE_MIN_AGE_MS",
     "Equivocation",
     "MarketView",
     "OracleClient",
@@ -122,6 +128,10 @@ _SEEN_PER_KEY = 64  # accepted round times remembered per (signer, market) to te
 #: Round times remembered per signer with the round it signed for each (to catch a second one),
 #: more than `_SEEN_PER_KEY`: a message of any time still fresh must find its round here.
 _ROUNDS_PER_SIGNER = 256
+#: A NATS stall notice is taken only when the signer's newest round is at least this old: a
+#: daemon sends one past its stall limit (5 s at least), less the clock skew `max_future_ms`
+#: allows by default.
+STALL_NOTICE_MIN_AGE_MS = 3_000
 
 _log = structlog.get_logger("oracled.client")
 
@@ -422,6 +432,7 @@ class OracleClient:
         now_ms: Callable[[], int] | None = None,
         keep_rejections: int = 256,
         log_every_ms: int = 10_000,
+        stall_notice_min_age_ms: int = STALL_NOTICE_MIN_AGE_MS,
     ) -> None:
         #: Allowed address (EIP-55) -> the identity the quorum counts it as.
         self.identity_of: Mapping[str, str] = _identities(allowed_signers)
@@ -438,6 +449,8 @@ class OracleClient:
         self.quorum = quorum
         self.max_age_ms = max_age_ms
         self.max_future_ms = max_future_ms
+        #: How old the signer's newest round must be for a NATS stall notice to be taken.
+        self.stall_notice_min_age_ms = stall_notice_min_age_ms
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self._latest: dict[str, dict[str, SignerReport]] = {}
         self._seen: dict[tuple[str, str], _Seen] = {}
@@ -464,8 +477,10 @@ class OracleClient:
         self.stream_errors: Counter[str] = Counter()
         # Per daemon URL, the markets `watch_ws` asked for that it refused or removed, by code.
         self.unavailable: dict[str, Mapping[str, str]] = {}
-        # Per identity, the newest round time accepted from any of its keys.
+        # Per identity, the newest round time accepted from any of its keys, and how far it
+        # was from the one before (a stall notice is plausible only well past it).
         self._newest: dict[str, int] = {}
+        self._gap: dict[str, int] = {}
         # Per `watch_ws` URL, the signer of the last verified message heard there: whose
         # daemon a `stalled` frame on it speaks for (kept across reconnects).
         self._heard: dict[str, str] = {}
@@ -504,17 +519,22 @@ class OracleClient:
 
     def _log_rejection(self, exc: Rejection) -> None:
         """One warning per reason per `log_every_ms` at most: an attack is seen, not a flood."""
-        now = self._now_ms()
-        last = self._logged_at.get(exc.reason)
-        if last is not None and 0 <= now - last < self.log_every_ms:
-            self._unlogged[exc.reason] += 1
-            return
-        self._logged_at[exc.reason] = now
         fields: dict[str, Any] = {"reason": exc.reason, "detail": exc.detail[:200]}
         if exc.signer is not None:
             fields["signer"] = exc.signer
             fields["allowed"] = sorted(self.allowed)
-        _log.warning("client rejected", suppressed=self._unlogged.pop(exc.reason, 0), **fields)
+        self._warn_every(exc.reason, _log, "client rejected", **fields)
+
+    def _warn_every(self, key: str, log: Any, event: str, **fields: Any) -> None:
+        """`event` at most once per `key` per `log_every_ms`, with the number held back since
+        (`suppressed`): what anyone can send many of is seen, and fills no disk."""
+        now = self._now_ms()
+        last = self._logged_at.get(key)
+        if last is not None and 0 <= now - last < self.log_every_ms:
+            self._unlogged[key] += 1
+            return
+        self._logged_at[key] = now
+        log.warning(event, suppressed=self._unlogged.pop(key, 0), **fields)
 
     def offer(self, data: bytes | str) -> bool:
         """`feed` that returns False instead of raising (for subscription loops)."""
@@ -604,7 +624,10 @@ class OracleClient:
             identity=self.identity_of[signer],
         )
         identity = self.identity_of[signer]
-        if sp.ts > self._newest.get(identity, -1):
+        newest = self._newest.get(identity)
+        if newest is None or sp.ts > newest:
+            if newest is not None:
+                self._gap[identity] = sp.ts - newest
             self._newest[identity] = sp.ts
         stall = self._stalled.get(identity)
         if stall is not None and sp.ts > stall.ts:  # a round after the stall: current again
@@ -842,13 +865,17 @@ class OracleClient:
         that signer has sent a newer round since (a notice replayed from JetStream, or late).
 
         A notice is not signed, so it is taken only for a signer the client holds reports of,
-        and only until that signer's next round: a forged one can hide a daemon for one round
-        at most. A notice naming no allowed signer of this deployment (signing off, another
-        daemon on the bus) is logged only."""
+        only while that signer's newest round is as old as a daemon's notice can be (older than
+        `stall_notice_min_age_ms` and than twice its last gap between rounds, by the client's
+        clock), and only until that signer's next round: a forged one sent after each round
+        hides nothing, and one sent later hides a daemon whose rounds are late anyway until its
+        next. A notice naming no allowed signer of this deployment (signing off, another daemon
+        on the bus) is logged only. Each kind of notice left out is logged at most once per
+        `log_every_ms` (anyone on the bus can send many)."""
         try:
             notice = msgspec.json.decode(data, type=_NatsStall)
         except msgspec.DecodeError:  # ValidationError included
-            log.warning("client nats notice malformed", subject=subject)
+            self._warn_every("nats malformed", log, "client nats notice malformed", subject=subject)
             return
         if notice.code != STALLED:
             return
@@ -858,12 +885,40 @@ class OracleClient:
             address = to_checksum_address(notice.signer or "")
         identity = None if address is None else self.identity_of.get(address)
         if address is None or identity is None or notice.deployment != self.deployment:
-            log.warning("client nats stalled", signer=notice.signer, message=notice.message[:200])
+            self._warn_every(
+                "nats unattributed",
+                log,
+                "client nats stalled",
+                signer=notice.signer,
+                message=notice.message[:200],
+            )
             return
-        if notice.ts < self._newest.get(identity, notice.ts):
+        newest = self._newest.get(identity)
+        if newest is None:  # nothing held from it: nothing to leave out
+            self._warn_every(
+                "nats unheard",
+                log,
+                "client nats stalled",
+                signer=address,
+                message=notice.message[:200],
+            )
+            return
+        if notice.ts < newest:
             return  # a newer round came from it since: the stall is over
-        if self.note_stalled(address, notice.message, subject) is None:
-            log.warning("client nats stalled", signer=address, message=notice.message[:200])
+        age = self._now_ms() - newest
+        least = max(self.stall_notice_min_age_ms, 2 * self._gap.get(identity, 0))
+        if age < least:  # no daemon says so this soon after a round: forged, or clocks apart
+            self._warn_every(
+                "nats early",
+                log,
+                "client nats notice refused",
+                signer=address,
+                age_ms=age,
+                least_ms=least,
+                message=notice.message[:200],
+            )
+            return
+        self.note_stalled(address, notice.message, subject)
 
     async def watch_nats(
         self,

@@ -25,7 +25,7 @@ from publish_rig import NatsServer
 from structlog.testing import capture_logs
 
 from oracled.api import ApiContext, build_app
-from oracled.client import OracleClient
+from oracled.client import STALL_NOTICE_MIN_AGE_MS, OracleClient
 from oracled.config import NatsConfig
 from oracled.core import RoundResult
 from oracled.publish.nats import NatsSink, StallNotice, stalled_subject
@@ -144,7 +144,11 @@ async def test_a_stall_reaches_nats_once_per_stalled_round_and_the_client_takes_
     async with sink_running(server.url) as sink, notices(server.url) as told:
         daemon = BusDaemon(sink)
         client = OracleClient(
-            {KEY.address}, deployment="test", max_age_ms=MAX_AGE_MS, now_ms=daemon.clock.now_ms
+            {KEY.address},
+            deployment="test",
+            max_age_ms=MAX_AGE_MS,
+            now_ms=daemon.clock.now_ms,
+            stall_notice_min_age_ms=500,  # as the daemon's floor here (ready_min_s)
         )
         app = build_app(daemon.context())
         async with api_rig.DaemonServer(app, host="127.0.0.1"), watching(client, server.url):
@@ -187,8 +191,9 @@ async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:
     """The client takes a notice only for an allowed signer of its deployment, for the newest
     round it holds of it: a notice of an older round (a JetStream replay, a late copy), of
     signing off, of another deployment or another key changes nothing (the unattributable
-    ones are logged), and a malformed one is logged; the real one after them is taken with its
-    own words."""
+    ones are logged, the first of them: one line per `log_every_ms`), and a malformed one is
+    logged; the real one after them, sent when the round is as old as a daemon's notice can be,
+    is taken with its own words."""
     signer = RoundSigner(KEY, "test")
     rounds = api_rig.Rig(api_rig.make_config())
     older, newer = signer.sign(rounds.step()), signer.sign(rounds.step())
@@ -197,6 +202,7 @@ async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:
     )
     client.feed(older.envelope(0))
     client.feed(newer.envelope(0))
+    rounds.clock.advance(STALL_NOTICE_MIN_AGE_MS)  # as old as a daemon's notice says
 
     def notice(ts: int, signer: str | None, deployment: str | None, message: str) -> bytes:
         return msgspec.json.encode(
@@ -225,9 +231,118 @@ async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:
     (stall,) = client.stalled.values()
     assert (stall.message, stall.ts) == ("the real one", newer.ts)
     events = [(e["event"], e.get("signer")) for e in logs if e["event"].startswith("client nats")]
-    assert events == [
-        ("client nats stalled", None),
-        ("client nats stalled", KEY.address),
-        ("client nats stalled", OTHER.address),
+    assert events == [("client nats stalled", None), ("client nats notice malformed", None)]
+
+
+def _forged(signed: SignedRound, message: str = "forged") -> bytes:
+    """A notice anyone on the bus can write: the round's ts and signer, copied off the bus."""
+    return msgspec.json.encode(
+        StallNotice("error", "stalled", message, signed.ts, signed.round, KEY.address, "test")
+    )
+
+
+async def _read(client: OracleClient, publisher: Any, payload: bytes) -> None:
+    """Publish one notice and wait until the client has read it (it counts every notice)."""
+    errors = client.stream_errors["stalled"]
+    await publisher.publish(SUBJECT, payload)
+    await until(lambda: client.stream_errors["stalled"] > errors, "the notice read")
+
+
+@pytest.mark.parametrize(
+    ("floor_ms", "least_ms"),
+    [(100, 500), (1_000, 1_000)],
+    ids=["twice-the-gap", "the-floor"],
+)
+async def test_a_notice_forged_after_each_round_hides_nothing(
+    server: NatsServer, floor_ms: int, least_ms: int
+) -> None:
+    """A notice is not signed: a publisher on the bus that sends one after every round, naming
+    the round just published and its signer, hid the daemon from that round to the next, every
+    round, for as long as it kept on (a quorum of such daemons: every market `unknown`). The
+    client now takes a notice only once the signer's newest round is older, by its clock, than
+    `stall_notice_min_age_ms` and than twice the gap between its last two rounds, as it is when
+    a daemon sends one; so the forged notices change nothing, are logged once, and the same
+    notice sent when the round is that old is taken (rounds 250 ms apart: at two gaps, or at the
+    floor when that is longer)."""
+    signer = RoundSigner(KEY, "test")
+    rounds = api_rig.Rig(api_rig.make_config())
+    client = OracleClient(
+        {KEY.address},
+        deployment="test",
+        max_age_ms=MAX_AGE_MS,
+        now_ms=rounds.clock.now_ms,
+        stall_notice_min_age_ms=floor_ms,
+    )
+    publisher = await nats.connect(server.url, allow_reconnect=False)
+    async with watching(client, server.url):
+        async with asyncio.timeout(SAFETY_S):  # until the subscription is in
+            while not client.stream_errors["stalled"]:
+                await publisher.publish(SUBJECT, b'{"code": "stalled", "ts": 0}')
+                await asyncio.sleep(0.05)
+        with capture_logs() as logs:
+            for _ in range(5):  # a round (250 ms apart), then its forged notice at once
+                signed = signer.sign(rounds.step())
+                client.feed(signed.envelope(0))
+                await _read(client, publisher, _forged(signed))
+                assert not client.stalled
+                assert client.price("BTC/USD").status == "active"
+            rounds.clock.advance(least_ms - 1)  # not as old as a daemon's notice: refused
+            await _read(client, publisher, _forged(signed))
+            assert not client.stalled
+            rounds.clock.advance(1)  # as old as a daemon's notice can be: taken
+            await publisher.publish(SUBJECT, _forged(signed, "late enough"))
+            await until(lambda: bool(client.stalled), "the notice taken")
+    await publisher.close()
+    (stall,) = client.stalled.values()
+    assert (stall.message, stall.ts) == ("late enough", signed.ts)
+    refused = [e for e in logs if e["event"] == "client nats notice refused"]
+    assert len(refused) == 1  # one line per log_every_ms, not one per notice
+    assert refused[0]["signer"] == KEY.address
+    assert refused[0]["age_ms"] == 0
+
+
+async def test_a_flood_of_notices_logs_a_line_per_kind_per_period(server: NatsServer) -> None:
+    """Anyone on the bus can send notices: malformed ones, ones naming a signer the client does
+    not allow, one it has heard nothing from yet. Each was a warning line, so a flood of them
+    was a flood of log lines; now each kind is logged at most once every `log_every_ms`, the
+    next line saying how many were held back (`suppressed`), as for refused prices."""
+    signer = RoundSigner(KEY, "test")
+    rounds = api_rig.Rig(api_rig.make_config())
+    client = OracleClient(
+        {KEY.address}, deployment="test", max_age_ms=MAX_AGE_MS, now_ms=rounds.clock.now_ms
+    )
+    unknown = msgspec.json.encode(
+        StallNotice("error", "stalled", "who?", rounds.clock.now_ms(), 1, OTHER.address, "test")
+    )
+    unheard = _forged(signer.sign(rounds.step()))  # an allowed signer, nothing held of it yet
+    kinds = [b"not json", unknown, unheard]
+    publisher = await nats.connect(server.url, allow_reconnect=False)
+    async with watching(client, server.url):
+        async with asyncio.timeout(SAFETY_S):  # until the subscription is in
+            while not client.stream_errors["stalled"]:
+                await publisher.publish(SUBJECT, b'{"code": "stalled", "ts": 0}')
+                await asyncio.sleep(0.05)
+        errors = client.stream_errors["stalled"]
+        rounds.clock.advance(client.log_every_ms)  # the warm-up's line is a period ago
+        with capture_logs() as logs:
+            for _ in range(50):
+                for payload in kinds:
+                    await publisher.publish(SUBJECT, payload)
+            await until(lambda: client.stream_errors["stalled"] == errors + 100, "all read")
+            await publisher.flush()
+            await asyncio.sleep(0.2)  # the malformed ones, which are not counted, are read too
+            rounds.clock.advance(client.log_every_ms)
+            for payload in kinds:
+                await publisher.publish(SUBJECT, payload)
+            await until(lambda: client.stream_errors["stalled"] == errors + 102, "all read")
+            await asyncio.sleep(0.2)
+    await publisher.close()
+    lines = [(e["event"], e.get("signer"), e["suppressed"]) for e in logs]
+    kinds_logged = [
         ("client nats notice malformed", None),
+        ("client nats stalled", OTHER.address),
+        ("client nats stalled", KEY.address),
     ]
+    assert [line[:2] for line in lines] == kinds_logged * 2  # a line per kind per period
+    assert [line[2] for line in lines[3:]] == [49, 49, 49]  # then the number held back
+    assert not client.stalled
