@@ -528,8 +528,10 @@ async def test_a_rest_answer_that_never_ends_is_cut_at_the_size_limit(
     errors = [e["error"] for e in logs if e["event"] == "rest answer too large"]
     assert errors == [f"BodyTooLarge: REST answer over {MAX_REST_BODY >> 20} MiB"]
     await wait(lambda: venue.rest_requests == 1 and venue.rest_sent > 0)
-    # what the client took, give or take the socket buffers on both sides
-    assert venue.rest_sent < MAX_REST_BODY + (8 << 20)
+    # What the client took, give or take the socket buffers on both sides: Linux grows a loopback
+    # receive buffer up to tcp_rmem's maximum (32 MiB on some hosts), so a busy machine can have
+    # that much in flight when the client hangs up. Uncapped, the body is read until the timeout.
+    assert venue.rest_sent < MAX_REST_BODY + (40 << 20)
 
 
 async def test_an_oversized_message_or_deflate_bomb_replaces_the_connection(
