@@ -2,7 +2,7 @@
 // oracled's own minimal contract with the `aggregate3` interface of Multicall3, which lives at
 // 0xcA11bde05977b3631167028862bE2a173976CA11 on most EVM chains. Tests install this bytecode at
 // that address on the local node (anvil_setCode), so the daemon reads a local chain exactly as
-// it reads mainnet. Only what oracled uses is here: aggregate3 and the block getters.
+// it reads mainnet. Only what oracled uses is here: aggregate3, the block getters and the chain id.
 pragma solidity ^0.8.20;
 
 contract Multicall3 {
@@ -34,5 +34,9 @@ contract Multicall3 {
 
     function getCurrentBlockTimestamp() external view returns (uint256) {
         return block.timestamp;
+    }
+
+    function getChainId() external view returns (uint256) {
+        return block.chainid;
     }
 }

@@ -378,7 +378,7 @@ def _manual_families(stats: PauseStats | None) -> Iterator[Metric]:
         yield kept
 
 
-_RPC_ERROR_KINDS = ("transport", "http", "timeout", "garbage", "node", "behind")
+_RPC_ERROR_KINDS = ("transport", "http", "timeout", "garbage", "node", "behind", "wrong_chain")
 _REFUSED_REASONS = (
     ("backwards", "backwards"),
     ("too_old", "old_blocks"),
@@ -434,7 +434,7 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
     errors = CounterMetricFamily(
         "oracled_chain_rpc_errors",
         "Failed requests to an RPC endpoint by kind: transport, http, timeout, garbage, node, "
-        "behind.",
+        "behind, wrong_chain.",
         labels=["chain", "endpoint", "kind"],
     )
     spot_gaps = CounterMetricFamily(

@@ -19,7 +19,10 @@ without a hex base fee, a gas estimate and a nonce that are not hex quantities, 
 no status; `MANGLED`); "no_batch" answers every batch (a JSON array) with one JSON-RPC error
 object, id null, as providers that refuse batches do (JSON-RPC 2.0 section 6 lets a server
 answer a batch it cannot take with a single response object), and "no_batch_http" refuses it
-with status 400; both forward single requests. `methods` lists the method of every request
+with status 400; both forward single requests. "http429" answers status 429 with a Retry-After
+(a provider's HTTP rate limit), "limit_32005" a JSON-RPC -32005 "limit exceeded" (the rate
+limit of Infura and others), and "short_call" forwards but cuts the last word off every
+`eth_call` result (an answer of the wrong ABI length). `methods` lists the method of every request
 received, in order. `stop()` closes the listening socket, so the endpoint dies mid-run.
 """
 
@@ -93,6 +96,8 @@ class RpcProxy:
             return web.json_response({"jsonrpc": "2.0", "id": 999_999, "result": "0x1"})
         if mode == "http500":
             return web.Response(status=500, text="internal error")
+        if mode == "http429":
+            return web.Response(status=429, text="Too Many Requests", headers={"Retry-After": "30"})
         sent: Any = json.loads(body)
         items: list[Any] = sent if isinstance(sent, list) else [sent]
         self.methods += [item.get("method", "") for item in items]
@@ -118,9 +123,10 @@ class RpcProxy:
             return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"]})
         if mode == "null_result":
             return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"], "result": None})
-        if mode in ("error", "rate_limited", "not_canonical"):
+        if mode in ("error", "rate_limited", "limit_32005", "not_canonical"):
             err = {
                 "error": {"code": -32000, "message": "header not found"},
+                "limit_32005": {"code": -32005, "message": "limit exceeded"},
                 "rate_limited": {
                     "code": 429,
                     "message": "exceeded its compute units per second capacity",
@@ -152,6 +158,8 @@ class RpcProxy:
             if mode == "call_refused" and method == "eth_call":
                 item.pop("result", None)
                 item["error"] = _REFUSED
+            if mode == "short_call" and method == "eth_call" and isinstance(result, str):
+                item["result"] = result[:-64]
             if mode == "null_call" and method == "eth_call":
                 item["result"] = None
             if mode == "mangle" and method in MANGLED and result is not None:

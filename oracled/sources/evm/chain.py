@@ -1,9 +1,10 @@
 """One reader per chain: learn each new block, read every feed of it in one `eth_call`.
 
 For every new block the reader sends ONE `eth_call` of Multicall3 `aggregate3` holding all the
-registered feeds' calls (plus the multicall's own `getBlockNumber()`, which proves which block
-the node executed them on, and the L2 sequencer uptime feed where configured), pinned to that
-block by hash (EIP-1898), and hands each feed exactly its slice of the results.
+registered feeds' calls (plus the multicall's own `getBlockNumber()` and `getChainId()`, which
+prove which block and which chain the node executed them on, and the L2 sequencer uptime feed
+where configured), pinned to that block by hash (EIP-1898), and hands each feed exactly its
+slice of the results.
 
 New blocks come from a WebSocket `newHeads` subscription when the chain has a `ws_url`, else from
 polling; a poll asks for the latest header alone and reads the feeds, pinned to it, only when
@@ -48,6 +49,7 @@ from oracled.sources._base import backoff_delay
 from oracled.sources.evm.feed import Block, Call, Feed
 from oracled.sources.evm.multicall import (
     GET_BLOCK_NUMBER,
+    GET_CHAIN_ID,
     decode_aggregate3,
     encode_aggregate3,
     selector,
@@ -60,6 +62,11 @@ _LATEST_ROUND: Final = selector("latestRoundData()")
 _MAX_REREADS: Final = 2
 _SILENT_BLOCKS: Final = 3  # block times without a newHeads notice before the reader polls
 _READ_ERRORS: Final = (RpcError, RpcUnavailable, ValueError)
+# Where the multicall's own answers sit in every read: the block it ran on, the chain it ran on,
+# then the sequencer feed (L2 only), then the feeds.
+_AT_BLOCK: Final = 0
+_AT_CHAIN: Final = 1
+_AT_SEQUENCER: Final = 2
 
 
 def decode_round(data: bytes) -> tuple[int, int, int, int, int]:
@@ -188,7 +195,10 @@ class ChainReader:
         )
         self._log = structlog.get_logger("oracled").bind(component="chain", chain=name)
         self._slots: list[_Slot] = []
-        self._prefix: list[Call] = [Call(cfg.multicall, GET_BLOCK_NUMBER)]
+        self._prefix: list[Call] = [
+            Call(cfg.multicall, GET_BLOCK_NUMBER),
+            Call(cfg.multicall, GET_CHAIN_ID),
+        ]
         if cfg.sequencer is not None:
             self._prefix.append(Call(cfg.sequencer.address, _LATEST_ROUND))
         self._calldata: bytes | None = None
@@ -197,6 +207,7 @@ class ChainReader:
         self._sequencer_ok = True
         self._current = True  # False once no block was read for max_block_age_s: feeds flagged
         self._chain_checked: set[int] = set()  # endpoints whose chain id was verified
+        self._chain_unproven = False  # the multicall has no getChainId(): warned once
         self._last_rejection: str | None = None
         self._heads = 0  # newHeads notices received
         # newHeads silent this long: poll, and subscribe again if the poll finds a new block.
@@ -291,10 +302,22 @@ class ChainReader:
                 hash=block.hash, endpoint=self.rpc.stats[self.rpc.active].name,
             )  # fmt: skip
             return await self._poll_head(again=False)
+        except ValueError as exc:
+            self._garbage(block, exc)
+            return False
         except _READ_ERRORS as exc:
             self._read_failed(block, exc)
             return False
         return await self._publish(block, raw, results)
+
+    def _garbage(self, block: Block, exc: ValueError) -> None:
+        """The endpoint answered the read, but not with an aggregate3 answer of our calls on
+        that block (null, not hex, the wrong ABI length, another block's): its fault, counted on
+        it (`garbage`) and left for the next URL, as the client does with an answer that is not
+        JSON-RPC. Without this the client keeps the endpoint that answered, and one that answers
+        every head but garbles every read would keep the healthy URLs unused for good."""
+        self.rpc.fail_active("garbage", f"eth_call: {exc}"[:120])
+        self._read_failed(block, exc)
 
     def _results(self, raw: Any, count: int) -> list[tuple[bool, bytes]]:
         """The (success, data) pairs of an aggregate3 answer. An empty answer is what an
@@ -397,9 +420,11 @@ class ChainReader:
         self._check_current()
 
     async def _publish(self, block: Block, raw: Any, results: list[tuple[bool, bytes]]) -> bool:
-        ok, proof = results[0]
+        ok, proof = results[_AT_BLOCK]
         if not ok or int.from_bytes(proof, "big") != block.number:
-            self._read_failed(block, ValueError("the node executed the read on another block"))
+            self._garbage(block, ValueError("the node executed the read on another block"))
+            return False
+        if not self._on_our_chain(block, results[_AT_CHAIN]):
             return False
         if self.cfg.cross_check and len(self.rpc.urls) > 1 and not await self._agrees(block, raw):
             return False
@@ -467,6 +492,9 @@ class ChainReader:
         try:
             raw = await self._eth_call(encode_aggregate3(every), _pin(block))
             results = self._results(raw, len(every))
+        except ValueError as exc:
+            self._garbage(block, exc)
+            return []
         except _READ_ERRORS as exc:
             self._read_failed(block, exc)
             return []
@@ -506,7 +534,7 @@ class ChainReader:
         seq = self.cfg.sequencer
         if seq is None:
             return
-        ok_call, data = results[1]
+        ok_call, data = results[_AT_SEQUENCER]
         up = False
         try:
             if ok_call:
@@ -520,6 +548,34 @@ class ChainReader:
         self._sequencer_ok = up
         self._log.warning("sequencer gate", up=up, block=block.number)
         self._reemit(now)  # the last quotes change meaning now, not at their next update
+
+    def _on_our_chain(self, block: Block, proof: tuple[bool, bytes]) -> bool:
+        """The read ran on the configured chain, by the multicall's own `getChainId()`. The
+        start-up check asks each URL once, but the node behind a URL can change (a provider's or
+        load balancer's fail-over to a node of another chain, a testnet or a fork where the same
+        addresses hold other values): such a read is refused, counted on that endpoint
+        (`wrong_chain`, which moves the reader to the next URL) and logged as an error. A multicall
+        without `getChainId()` cannot say: warned once, and the start-up check is all there is."""
+        ok, data = proof
+        if not ok or len(data) != 32:
+            if not self._chain_unproven:
+                self._chain_unproven = True
+                self._log.warning(
+                    "multicall has no getChainId(): chain id checked at start only",
+                    multicall=self.cfg.multicall,
+                )
+            return True
+        chain_id = int.from_bytes(data, "big")
+        if chain_id == self.cfg.chain_id:
+            return True
+        endpoint = self.rpc.stats[self.rpc.active].name  # the one that answered the read
+        self.rpc.fail_active("wrong_chain", f"chain {chain_id}, not {self.cfg.chain_id}")
+        self._log.error(
+            "endpoint serves another chain: read refused", endpoint=endpoint,
+            chain_id=chain_id, expected=self.cfg.chain_id, block=block.number,
+        )  # fmt: skip
+        self._read_failed(block, ValueError(f"read ran on chain {chain_id}"))
+        return False
 
     async def _agrees(self, block: Block, raw: Any) -> bool:
         """Cross-check: the same read on another endpoint, pinned to the same block hash."""

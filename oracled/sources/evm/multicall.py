@@ -23,6 +23,7 @@ from oracled.sources.evm.feed import Call
 __all__ = [
     "AGGREGATE3",
     "GET_BLOCK_NUMBER",
+    "GET_CHAIN_ID",
     "decode_aggregate3",
     "encode_aggregate3",
     "selector",
@@ -36,6 +37,7 @@ def selector(signature: str) -> bytes:
 
 AGGREGATE3: Final = selector("aggregate3((address,bool,bytes)[])")
 GET_BLOCK_NUMBER: Final = selector("getBlockNumber()")
+GET_CHAIN_ID: Final = selector("getChainId()")
 
 
 def encode_aggregate3(calls: Sequence[Call]) -> bytes:

@@ -1,0 +1,117 @@
+"""The chain reader against a node that misbehaves on purpose (the loopback proxy in front of
+anvil): a URL that starts serving another chain mid-run, HTTP and JSON-RPC rate limits, an
+`eth_call` answer of the wrong ABI length, and a node that hangs while another chain is read."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from chain_rig import CHAIN_ID, Anvil, Chain, Deployed
+from reading import make_reader, watch_eth
+from rpc_proxy import RpcProxy
+from structlog.testing import capture_logs
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+UPDATE = "updateAnswer(int256)"
+
+
+async def test_a_url_that_starts_serving_another_chain_is_refused_at_its_next_read(
+    chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The chain id is checked at start, but the node behind a URL can change (a provider's
+    fail-over to a node of another chain where the same addresses hold other values). The
+    multicall's own `getChainId()` rides in every read: a read that ran on another chain is
+    refused and logged as an error, counted on the endpoint as `wrong_chain`, and its new
+    answer is never published; once the node serves the configured chain again, it is."""
+    reader = make_reader([proxy.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    await reader.check_chain_id()
+    assert await reader.poll_once()
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+    await chain.rpc("anvil_setChainId", [CHAIN_ID + 1])
+    try:
+        with capture_logs() as logs:
+            assert not await reader.poll_once()
+    finally:
+        await chain.rpc("anvil_setChainId", [CHAIN_ID])
+    assert [q.price for q in got.quotes] == [3000.0]
+    assert got.stats.state == "down"
+    assert reader.stats.reads_failed == 1
+    assert reader.rpc.stats[0].by_kind == {"wrong_chain": 1}
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [(e["event"], e["chain_id"], e["expected"]) for e in errors] == [
+        ("endpoint serves another chain: read refused", CHAIN_ID + 1, CHAIN_ID)
+    ]
+    await chain.mine()
+    assert await reader.poll_once()
+    assert got.last.price == 3100.0
+
+
+@pytest.mark.parametrize("mode", ["short_call", "null_call"])
+async def test_an_endpoint_that_garbles_every_read_is_left_for_the_next_one(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy, mode: str
+) -> None:
+    """The first URL answers every head correctly but every read with garbage (an answer cut
+    short of its ABI length, or null): the read is refused and counted as that endpoint's
+    `garbage`, and the next poll goes to the second URL, which is published. Before, the client
+    kept the endpoint that answered, so the healthy URL was never used and no block was read."""
+    proxy.mode = mode
+    reader = make_reader([proxy.url, anvil.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert not await reader.poll_once()
+    assert got.quotes == []
+    assert reader.rpc.stats[0].by_kind == {"garbage": 1}
+    assert reader.rpc.active == 1
+    assert await reader.poll_once()
+    assert got.last.price == 3000.0
+    assert reader.stats.reads_failed == 1
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("http429", "http"), ("limit_32005", "node")])
+async def test_a_rate_limited_endpoint_is_passed_over_and_alone_publishes_nothing(
+    anvil: Anvil,
+    http: aiohttp.ClientSession,
+    snapshot: Deployed,
+    proxy: RpcProxy,
+    mode: str,
+    kind: str,
+) -> None:
+    """A rate limit, as HTTP 429 with a Retry-After or as JSON-RPC -32005: with a second URL the
+    poll is answered there and published, the limit counted on the first; alone, nothing is
+    published, the failure is counted and the feed says down."""
+    proxy.mode = mode
+    reader = make_reader([proxy.url, anvil.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert await reader.poll_once()
+    assert got.last.price == 3000.0
+    assert reader.rpc.stats[0].by_kind == {kind: 1}
+    alone = make_reader([proxy.url], http)
+    lone = watch_eth(alone, snapshot.eth_proxy)
+    assert not await alone.poll_once()
+    assert lone.quotes == []
+    assert alone.stats.reads_failed == 1
+    assert lone.stats.state == "down"
+
+
+async def test_a_hanging_node_stalls_neither_another_chain_nor_its_own_reader(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """One chain's only node hangs: another chain's reader, on the same shared session, reads
+    and publishes meanwhile; the hanging poll ends at the chain's `timeout_s`, counted as a
+    timeout, with nothing published."""
+    proxy.mode = "hold"
+    slow = make_reader([proxy.url], http, timeout_s=0.5)
+    stuck = watch_eth(slow, snapshot.eth_proxy)
+    fast = make_reader([anvil.url], http)
+    other = watch_eth(fast, snapshot.eth_proxy)
+    poll = asyncio.create_task(slow.poll_once())
+    await proxy.arrived.wait()
+    assert await fast.poll_once()
+    assert other.last.price == 3000.0
+    assert not poll.done()
+    assert not await poll
+    assert stuck.quotes == []
+    assert slow.rpc.stats[0].by_kind == {"timeout": 1}
