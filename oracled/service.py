@@ -421,6 +421,7 @@ class Service:
                 self.signer.address,
                 cfg.signing.lease_window_ms,
                 self.clock.now_ms(),
+                cfg.oracle.round_interval_ms,
             )
             if self.signer is not None
             else None

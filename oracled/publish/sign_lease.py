@@ -225,16 +225,28 @@ class SignLease:
 
 
 def open_sign_lease(
-    path: str | None, address: str, window_ms: int, now_ms: int
+    path: str | None, address: str, window_ms: int, now_ms: int, interval_ms: int
 ) -> SignLease | None:
     """The lease of `address` in the file `path` (`signing.lease_file`), opened at start-up; None,
     with a warning, when unset: the audit trail alone then gives the floor (docs/publishing.md
-    says what that leaves open)."""
+    says what that leaves open).
+
+    The window is at least two round intervals (`interval_ms`), raised with a warning: a lease
+    extended at one round must already reach the next one, or no round is ever signed (a window
+    shorter than the interval left every round of a 15 s interval unsigned, counted `lease`)."""
+    log = structlog.get_logger("oracled").bind(component="signer")
     if path is None:
-        structlog.get_logger("oracled").bind(component="signer").warning(
+        log.warning(
             "signing without a lease file: a restart after a crash, with the clock behind, can "
             "sign a round time again (set signing.lease_file)",
             signer=address,
         )
         return None
+    if window_ms < 2 * interval_ms:
+        log.warning(
+            "signing lease window raised to two round intervals",
+            lease_window_ms=window_ms,
+            used_ms=2 * interval_ms,
+        )
+        window_ms = 2 * interval_ms
     return SignLease.open(Path(path), address, window_ms, now_ms)

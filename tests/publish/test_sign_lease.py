@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from publish_rig import INTERVAL, T0, Rounds, make_config
+from publish_rig import INTERVAL, T0, Rounds, make_config, one_venue_config
 from structlog.testing import capture_logs
 
 from oracled.config import SigningConfig
 from oracled.errors import ConfigError
-from oracled.publish.sign_lease import FORMAT, SignLease
+from oracled.publish.sign_lease import FORMAT, SignLease, open_sign_lease
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, SigningKey
+from oracled.service import Service
 
 KEY = SigningKey.from_hex("0x" + "55" * 32)
 OTHER = SigningKey.from_hex("0x" + "66" * 32)
@@ -149,6 +150,65 @@ async def test_each_key_keeps_its_own_lease_in_the_file(tmp_path: Path) -> None:
     back = Signing(path)
     assert back.lease.floor == T0 + INTERVAL
     back.worker.close()
+
+
+async def test_rounds_further_apart_than_the_window_are_signed(tmp_path: Path) -> None:
+    """Rounds every 15 s with the default 10 s window: the lease is raised to two intervals
+    (logged), so the lease written at one round reaches the next and every round is signed.
+    With the window as set, a lease extended at round `t` reached `t + 10 s`, short of the next
+    round at `t + 15 s`: not one round was signed, each counted `lease` (found in review)."""
+    path = tmp_path / "lease.json"
+    interval = 15_000
+    rounds = Rounds(make_config())
+    with capture_logs() as logs:
+        lease = open_sign_lease(str(path), KEY.address, WINDOW, rounds.now, interval)
+    assert lease is not None and lease.window_ms == 2 * interval
+    assert [e for e in logs if e["event"].startswith("signing lease window")] == [
+        {
+            "event": "signing lease window raised to two round intervals",
+            "log_level": "warning",
+            "component": "signer",
+            "lease_window_ms": WINDOW,
+            "used_ms": 2 * interval,
+        }
+    ]
+    signer = RoundSigner(KEY, "test")
+    signed: list[SignedRound] = []
+    worker = SignerWorker(signer, signed.append, None, lease)
+    for _ in range(6):
+        rounds.now += interval - INTERVAL  # step() adds INTERVAL
+        worker.submit(rounds.step())
+        assert await worker.drain(10)
+        await _settled(lease)
+    assert len(signed) == 6 and signer.stats.errors["lease"] == 0
+    worker.close()
+
+
+def test_the_service_gives_the_lease_its_round_interval(tmp_path: Path) -> None:
+    """The daemon opens the lease with its round interval, so a window shorter than two of them
+    is raised there too (rounds every 800 ms, a 1 s window: 1.6 s)."""
+    key_file = tmp_path / "signing.key"
+    key_file.write_text(KEY.hex() + "\n")
+    key_file.chmod(0o600)
+    cfg = one_venue_config(
+        "ws://127.0.0.1:9/ws",
+        "http://127.0.0.1:9",
+        tmp_path / "audit.sqlite3",
+        oracle={"round_interval_ms": 800, "resume_rounds": 1},
+        signing={
+            "enabled": True,
+            "key_file": str(key_file),
+            "deployment": "test",
+            "lease_file": str(tmp_path / "lease.json"),
+            "lease_window_ms": 1_000,
+        },
+    )
+    service = Service(cfg)
+    worker = service._signer_worker
+    assert worker is not None and worker._lease is not None
+    assert worker._lease.window_ms == 1_600
+    worker.close()
+    assert service.audit is not None and service.audit.close(5)
 
 
 def test_the_floor_is_the_newer_of_the_audit_trails_and_the_leases(tmp_path: Path) -> None:
