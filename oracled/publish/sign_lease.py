@@ -84,13 +84,18 @@ class SignLease:
 
     @classmethod
     def open(cls, path: Path, address: str, window_ms: int, now_ms: int) -> SignLease:
-        """Read the file, take its lock and write a first lease from `now_ms` (at start-up, before
-        any round). ConfigError, naming the file and the key, if the file cannot be read as a
-        lease, its directory does not exist, or another process holds it; a first write that
-        fails is logged, and the rounds stay unsigned (counted) until one succeeds."""
+        """Take the file's lock, read it and write a first lease from `now_ms` (at start-up,
+        before any round). ConfigError, naming the file and the key, if its directory does not
+        exist, another process holds it, or it cannot be read as a lease (the lock let go); a
+        first write that fails is logged, and the rounds stay unsigned (counted) until one
+        succeeds."""
         lease = cls(path, address, window_ms)
-        lease._load()
-        lease._lock()
+        lease._lock()  # before the read: a file read unlocked may still be extended by its holder
+        try:
+            lease._load()
+        except ConfigError:
+            lease._unlock()
+            raise
         lease._write(lease._target(now_ms))
         lease._thread.start()
         return lease
@@ -102,8 +107,6 @@ class SignLease:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            if not self.path.parent.is_dir():
-                raise self._problem(f"directory {self.path.parent} does not exist") from None
             self._log.info("no signing lease file yet: a first start")
             return
         except OSError as exc:
@@ -131,6 +134,8 @@ class SignLease:
             self._log.info("signing lease", floor=self.floor)
 
     def _lock(self) -> None:
+        if not self.path.parent.is_dir():
+            raise self._problem(f"directory {self.path.parent} does not exist")
         try:
             self._lock_fd = lock_beside(self.path)
         except LockHeldError as exc:
@@ -139,6 +144,11 @@ class SignLease:
             ) from None
         except OSError as exc:
             raise self._problem(f"cannot lock it ({exc.strerror or exc})") from None
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _target(self, ts: int) -> int:
         """The lease to write for round time `ts`: a window ahead, never under the floor."""
@@ -172,9 +182,7 @@ class SignLease:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
                 return False
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._unlock()
         return True
 
     def _work(self) -> None:

@@ -245,6 +245,8 @@ def test_a_file_that_is_not_a_lease_is_a_config_error_naming_it_and_the_key(
     assert text.startswith(f"signing.lease_file: {path} (signer {KEY.address}): ")
     assert problem in text
     assert path.read_text() == body
+    path.unlink()  # moved aside: the refused start let its lock go, so this one may start
+    SignLease.open(path, KEY.address, WINDOW, T0).close(None)
 
 
 def test_a_missing_directory_or_a_second_writer_is_a_config_error(tmp_path: Path) -> None:
@@ -259,6 +261,20 @@ def test_a_missing_directory_or_a_second_writer_is_a_config_error(tmp_path: Path
         SignLease.open(path, OTHER.address, WINDOW, T0)
     assert held.close(None)
     SignLease.open(path, OTHER.address, WINDOW, T0).close(None)
+
+
+def test_the_lock_is_taken_before_the_file_is_read(tmp_path: Path) -> None:
+    """A start finds the file held before it reads it: what it would read is the holder's,
+    which may still extend it and sign up to the new lease before it lets go, so a floor read
+    first and locked after could be short of what the holder signed. Here the holder's file is
+    not even a lease yet (as mid-way through a hand edit): the start is refused as held, not as
+    a bad file. Before, it read first and named the file's content (found in review)."""
+    path = tmp_path / "lease.json"
+    held = SignLease.open(path, KEY.address, WINDOW, T0)
+    path.write_text("[]")
+    with pytest.raises(ConfigError, match=r"held by another process"):
+        SignLease.open(path, KEY.address, WINDOW, T0)
+    assert held.close(None)
 
 
 ROOT = Path(__file__).resolve().parents[2]
