@@ -27,6 +27,11 @@ same. So is `UnknownBlock`, a read pinned to a block hash the node does not hold
 -32001 "Resource not found", or a node-side error saying "not found"): a reorg took the block
 away, which is the chain's doing, not the endpoint's. When every endpoint failed,
 `RpcUnavailable` is raised.
+
+An HTTP 429 with a `Retry-After` in seconds also rests its endpoint that long (at most
+`_MAX_REST_S`): no request goes to it meanwhile, the others are asked instead, and with none
+left the call raises `RpcUnavailable` at once. A rate-limited provider asked again at every
+poll and every block only extends its limit.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ __all__ = [
 #: An answer larger than this is garbage (a read of a hundred feeds is about 100 kB): a broken
 #: or hostile endpoint, or a compressed bomb, must not grow the process's memory without bound.
 _MAX_ANSWER_BYTES: Final = 16 * 1024 * 1024
+#: The longest `Retry-After` obeyed: after it, one request finds out whether the limit is over.
+_MAX_REST_S: Final = 60.0
 
 
 class RpcError(SourceError):
@@ -116,6 +123,16 @@ def _block_unknown(err: _Error) -> bool:
 def _pinned(params: Sequence[Any]) -> bool:
     """The request is pinned to a block by hash (EIP-1898)."""
     return any(isinstance(p, dict) and "blockHash" in p for p in params)
+
+
+def _retry_after_s(value: str | None) -> float:
+    """Seconds a 429's `Retry-After` asks for, at most `_MAX_REST_S`; 0 without one in
+    delta-seconds form (an HTTP date is not obeyed: it depends on the two clocks agreeing)."""
+    try:
+        seconds = float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+    return min(seconds, _MAX_REST_S) if seconds > 0 else 0.0  # NaN is not > 0
 
 
 def redact(url: str) -> str:
@@ -190,7 +207,10 @@ class RpcClient:
     costs one failed attempt, not one per request.
     """
 
-    __slots__ = ("_active", "_clock", "_http", "_next_id", "_timeout_s", "_web3", "stats", "urls")
+    __slots__ = (
+        "_active", "_clock", "_http", "_next_id", "_resting", "_timeout_s", "_web3", "stats",
+        "urls",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -210,6 +230,7 @@ class RpcClient:
         self._active = 0
         self._next_id = 0
         self._web3: list[AsyncWeb3[Any] | None] = [None] * len(self.urls)
+        self._resting = [0.0] * len(self.urls)  # monotonic time a 429's Retry-After ends
 
     @property
     def active(self) -> int:
@@ -222,7 +243,10 @@ class RpcClient:
         over, not an answer."""
         body, rid = self._body(method, params)
         pinned = _pinned(params)
-        for index in self._order():
+        order = self._order()
+        if not order:
+            raise RpcUnavailable(f"{method}: every endpoint rate-limited (Retry-After)")
+        for index in order:
             try:
                 result = await self._one(index, body, rid, pinned=pinned)
                 if required and result is None:
@@ -235,6 +259,9 @@ class RpcClient:
     async def call_on(self, index: int, method: str, params: Sequence[Any]) -> Any:
         """One request to one given endpoint, no fail-over (cross-checks)."""
         body, rid = self._body(method, params)
+        if self._rests(index):
+            name = self.stats[index].name
+            raise RpcUnavailable(f"{method} on {name}: rate-limited (Retry-After)")
         try:
             return await self._one(index, body, rid, sticky=False, pinned=_pinned(params))
         except _Failed as failed:
@@ -303,8 +330,12 @@ class RpcClient:
         return _encode.encode(msg), rid
 
     def _order(self) -> list[int]:
+        """The endpoints to ask, the active one first; those resting after a 429 left out."""
         n = len(self.urls)
-        return [(self._active + i) % n for i in range(n)]
+        return [i for i in ((self._active + k) % n for k in range(n)) if not self._rests(i)]
+
+    def _rests(self, index: int) -> bool:
+        return self._clock.monotonic() < self._resting[index]
 
     def _count(self, index: int, failed: _Failed) -> None:
         st = self.stats[index]
@@ -330,6 +361,10 @@ class RpcClient:
                     data=body,
                     headers={"Content-Type": "application/json"},
                 ) as resp:
+                    if resp.status == 429:
+                        rest = _retry_after_s(resp.headers.get("Retry-After"))
+                        self._resting[index] = self._clock.monotonic() + rest
+                        raise _Failed("http", f"status 429, resting {rest:g} s")
                     if resp.status != 200:
                         raise _Failed("http", f"status {resp.status}")
                     return await _read_capped(resp)

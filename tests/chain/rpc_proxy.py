@@ -19,11 +19,12 @@ without a hex base fee, a gas estimate and a nonce that are not hex quantities, 
 no status; `MANGLED`); "no_batch" answers every batch (a JSON array) with one JSON-RPC error
 object, id null, as providers that refuse batches do (JSON-RPC 2.0 section 6 lets a server
 answer a batch it cannot take with a single response object), and "no_batch_http" refuses it
-with status 400; both forward single requests. "http429" answers status 429 with a Retry-After
-(a provider's HTTP rate limit), "limit_32005" a JSON-RPC -32005 "limit exceeded" (the rate
-limit of Infura and others), and "short_call" forwards but cuts the last word off every
-`eth_call` result (an answer of the wrong ABI length). `methods` lists the method of every request
-received, in order. `stop()` closes the listening socket, so the endpoint dies mid-run.
+with status 400; both forward single requests. "http429" answers status 429 with the
+Retry-After `retry_after` (a provider's HTTP rate limit; None sends none), "limit_32005" a
+JSON-RPC -32005 "limit exceeded" (the rate limit of Infura and others), and "short_call"
+forwards but cuts the last word off every `eth_call` result (an answer of the wrong ABI length).
+`methods` lists the method of every request received, in order. `stop()` closes the listening
+socket, so the endpoint dies mid-run.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class RpcProxy:
         self.mode = "pass"
         self.script: list[str] = []  # modes of the next requests, one each, then `mode` again
         self.requests = 0
+        self.retry_after: str | None = "30"  # "http429": its Retry-After header
         self.methods: list[str] = []
         self.pins: list[Any] = []  # the block argument of every eth_call
         self.user_agents: list[str] = []  # of every request, to tell web3's from our client's
@@ -97,7 +99,8 @@ class RpcProxy:
         if mode == "http500":
             return web.Response(status=500, text="internal error")
         if mode == "http429":
-            return web.Response(status=429, text="Too Many Requests", headers={"Retry-After": "30"})
+            wait = {} if self.retry_after is None else {"Retry-After": self.retry_after}
+            return web.Response(status=429, text="Too Many Requests", headers=wait)
         sent: Any = json.loads(body)
         items: list[Any] = sent if isinstance(sent, list) else [sent]
         self.methods += [item.get("method", "") for item in items]

@@ -1,6 +1,7 @@
 """The chain reader against a node that misbehaves on purpose (the loopback proxy in front of
-anvil): a URL that starts serving another chain mid-run, HTTP and JSON-RPC rate limits, an
-`eth_call` answer of the wrong ABI length, and a node that hangs while another chain is read."""
+anvil): a URL that starts serving another chain mid-run, HTTP and JSON-RPC rate limits (and a
+429's Retry-After), an `eth_call` answer of the wrong ABI length, and a node that hangs while
+another chain is read."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from chain_rig import CHAIN_ID, Anvil, Chain, Deployed
 from reading import make_reader, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
+
+from oracled.clock import ManualClock
+from oracled.jsonrpc import RpcClient, RpcUnavailable
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -115,3 +119,46 @@ async def test_a_hanging_node_stalls_neither_another_chain_nor_its_own_reader(
     assert not await poll
     assert stuck.quotes == []
     assert slow.rpc.stats[0].by_kind == {"timeout": 1}
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "rest_s"), [("30", 30), ("86400", 60), (None, 0), ("Wed, 21 Oct 2026", 0)]
+)
+async def test_a_429_rests_its_endpoint_for_its_retry_after(
+    http: aiohttp.ClientSession, proxy: RpcProxy, retry_after: str | None, rest_s: int
+) -> None:
+    """An HTTP 429 whose Retry-After is in seconds rests that endpoint so long (at most 60 s):
+    calls meanwhile raise RpcUnavailable without a request reaching it, and the first call
+    after the rest is answered. Without a Retry-After in seconds the next call is sent at once."""
+    clock = ManualClock(1_000_000)
+    rpc = RpcClient([proxy.url], http, timeout_s=2.0, clock=clock)
+    proxy.mode, proxy.retry_after = "http429", retry_after
+    with pytest.raises(RpcUnavailable, match="every endpoint failed"):
+        await rpc.call("eth_chainId", [])
+    proxy.mode = "pass"
+    if rest_s:
+        clock.advance(rest_s * 1000 - 1)
+        with pytest.raises(RpcUnavailable, match="rate-limited"):
+            await rpc.call("eth_chainId", [])
+        with pytest.raises(RpcUnavailable, match="rate-limited"):
+            await rpc.call_on(0, "eth_chainId", [])
+        assert proxy.requests == 1
+        clock.advance(1)
+    assert await rpc.call("eth_chainId", []) == hex(CHAIN_ID)
+    assert proxy.requests == 2
+    assert rpc.stats[0].by_kind == {"http": 1}
+
+
+async def test_a_rate_limited_only_url_is_not_asked_again_at_every_poll(
+    http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A chain whose only URL answers 429 with Retry-After: 30: the polls meanwhile fail
+    (counted, nothing published) without sending a request; a second URL would be asked."""
+    proxy.mode = "http429"
+    reader = make_reader([proxy.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    for _ in range(3):
+        assert not await reader.poll_once()
+    assert proxy.requests == 1
+    assert reader.stats.reads_failed == 3
+    assert got.quotes == []
