@@ -530,9 +530,13 @@ class Hub:
         latest = self._latest
         assert latest is not None
         encoded = self._encoded
-        body = b",".join([encoded[i] for i in indices])
-        head = _BATCH_HEAD % (latest.round, latest.ts)
-        return (b"".join((head, body, _BATCH_TAIL)),), len(indices)
+        # One join, so the ~1 MB of a round of 1,000 reports is copied once: the head and tail
+        # go onto the first and last report (copies of ~1 KB) instead of a second join around
+        # the joined body (a second 1 MB buffer and copy a round).
+        parts = [encoded[i] for i in indices]
+        parts[0] = _BATCH_HEAD % (latest.round, latest.ts) + parts[0]
+        parts[-1] += _BATCH_TAIL
+        return (b",".join(parts),), len(indices)
 
     def _shared_frames(
         self, markets: frozenset[str] | None, batch: bool

@@ -21,20 +21,32 @@ def decode(frame: bytes) -> dict[str, Any]:
     return data
 
 
-async def test_a_batch_is_one_frame_of_the_same_report_bytes_in_market_order() -> None:
+@pytest.mark.parametrize(
+    ("markets", "order"),
+    [
+        ({"SOL/USD", "BTC/USD"}, ["BTC/USD", "SOL/USD"]),
+        ({"SOL/USD", "BTC/USD", "ETH/USD"}, ["BTC/USD", "ETH/USD", "SOL/USD"]),
+        ({"ETH/USD"}, ["ETH/USD"]),  # head and tail around the one report
+    ],
+)
+async def test_a_batch_is_one_frame_of_the_same_report_bytes_in_market_order(
+    markets: set[str], order: list[str]
+) -> None:
     """A batch subscription gets one frame a round: `reports` with the round and its time, and
-    the very bytes a per-report subscriber gets as its frames' data, in layout order."""
+    the very bytes a per-report subscriber gets as its frames' data, in layout order, whether
+    the batch holds one report, two or every market."""
     rig = Rig(make_config())
     hub = rig.hub
-    single = hub.subscribe(frozenset({"SOL/USD", "BTC/USD"}))
-    batch = hub.subscribe(frozenset({"SOL/USD", "BTC/USD"}), batch=True)
+    single = hub.subscribe(frozenset(markets))
+    batch = hub.subscribe(frozenset(markets), batch=True)
     result = rig.step()
     await asyncio.sleep(0)
     (frame,) = frames(batch)
     head = b'{"type":"reports","round":%d,"round_ts":%d,"data":[' % (result.round, result.ts)
     parts = [f[len(b'{"type":"report","data":') : -1] for f in frames(single)]
+    assert len(parts) == len(order)
     assert frame == head + b",".join(parts) + b"]}"
-    assert [r["market"] for r in decode(frame)["data"]] == ["BTC/USD", "SOL/USD"]
+    assert [r["market"] for r in decode(frame)["data"]] == order
 
 
 async def test_equal_batch_subscriptions_share_one_frame_and_a_snapshot_is_a_batch() -> None:
