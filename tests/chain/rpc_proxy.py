@@ -23,6 +23,8 @@ with status 400; both forward single requests. "http429" answers status 429 with
 Retry-After `retry_after` (a provider's HTTP rate limit; None sends none), "limit_32005" a
 JSON-RPC -32005 "limit exceeded" (the rate limit of Infura and others), and "short_call"
 forwards but cuts the last word off every `eth_call` result (an answer of the wrong ABI length).
+"frozen" answers every `eth_getBlockByNumber` with the block it answered first (a node whose head
+stopped moving while the chain goes on) and forwards the rest.
 `methods` lists the method of every request received, in order. `stop()` closes the listening
 socket, so the endpoint dies mid-run.
 """
@@ -57,6 +59,7 @@ class RpcProxy:
         self.script: list[str] = []  # modes of the next requests, one each, then `mode` again
         self.requests = 0
         self.retry_after: str | None = "30"  # "http429": its Retry-After header
+        self.frozen: Any = None  # "frozen": the block it keeps answering
         self.methods: list[str] = []
         self.pins: list[Any] = []  # the block argument of every eth_call
         self.user_agents: list[str] = []  # of every request, to tell web3's from our client's
@@ -142,6 +145,11 @@ class RpcProxy:
             }[mode]
             answers = [{"jsonrpc": "2.0", "id": r["id"], "error": err} for r in items]
             return web.json_response(answers if isinstance(sent, list) else answers[0])
+        if mode == "frozen" and items[0].get("method") == "eth_getBlockByNumber":
+            if self.frozen is None:
+                self.frozen = (await self._forward(items[0]))["result"]
+            frozen = {"jsonrpc": "2.0", "id": items[0]["id"], "result": self.frozen}
+            return web.json_response(frozen)
         if mode == "hold":
             self.held += 1
             self.arrived.set()

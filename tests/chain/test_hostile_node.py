@@ -162,3 +162,45 @@ async def test_a_rate_limited_only_url_is_not_asked_again_at_every_poll(
     assert proxy.requests == 1
     assert reader.stats.reads_failed == 3
     assert got.quotes == []
+
+
+async def test_a_head_that_stopped_is_left_once_another_url_is_ahead(
+    anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The first URL keeps answering the same head while the chain moves on (a new round on the
+    second URL). Within three block times nothing is asked elsewhere; past them one request asks
+    the second URL's head, which is ahead: the first is counted `behind` and the next poll reads
+    the new round from the second, long before max_block_age_s (300 s) would have."""
+    head = await chain.block()
+    clock = ManualClock(int(head["timestamp"], 16) * 1000)
+    reader = make_reader([proxy.url, anvil.url], http, clock=clock, block_time_s=12.0)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    proxy.mode = "frozen"
+    assert await reader.poll_once()
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+    trips = reader.stats.round_trips
+    clock.advance(36_000)
+    assert not await reader.poll_once()
+    assert reader.stats.round_trips == trips + 1  # the frozen head alone
+    clock.advance(1_000)
+    assert not await reader.poll_once()
+    assert reader.stats.round_trips == trips + 3  # the frozen head, then the second URL's
+    assert reader.rpc.stats[0].by_kind == {"behind": 1}
+    assert await reader.poll_once()
+    assert [q.price for q in got.quotes] == [3000.0, 3100.0]
+
+
+async def test_a_quiet_chain_keeps_its_url(
+    anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """No new block anywhere for more than three block times: the second URL's head is asked,
+    is the same, and the reader stays where it is, with no failure counted."""
+    head = await chain.block()
+    clock = ManualClock(int(head["timestamp"], 16) * 1000)
+    reader = make_reader([anvil.url, anvil.url], http, clock=clock, block_time_s=12.0)
+    watch_eth(reader, snapshot.eth_proxy)
+    assert await reader.poll_once()
+    clock.advance(37_000)
+    assert not await reader.poll_once()
+    assert reader.rpc.active == 0
+    assert [st.by_kind for st in reader.rpc.stats] == [{}, {}]

@@ -279,10 +279,28 @@ class ChainReader:
         endpoint = self.rpc.stats[self.rpc.active].name  # the one that answered
         refused = self._refusal(block, endpoint=endpoint)
         if refused is not None:
-            if refused != "same" or self._stalled():
+            if refused != "same" or self._stalled() or await self._ahead_elsewhere(block):
                 self._behind(block, refused, endpoint)
             return False
         return await self._read(block, again=again)
+
+    async def _ahead_elsewhere(self, head: Block) -> bool:
+        """The polled endpoint's head has not moved for three block times (`block_time_s` set):
+        does the next URL have a newer one? One request, made only then. A node whose head stopped
+        while the chain goes on answers without error, and its last values would otherwise look
+        current until max_block_age_s (300 s by default) with another URL ahead all along; on a
+        chain that is merely quiet, every URL has the same head and nothing changes."""
+        age_ms = self._clock.now_ms() - head.timestamp * 1000
+        if len(self.rpc.urls) < 2 or age_ms <= self._silence_s * 1000:
+            return False
+        other = (self.rpc.active + 1) % len(self.rpc.urls)
+        self.stats.round_trips += 1
+        try:
+            answer = await self.rpc.call_on(other, "eth_getBlockByNumber", ["latest", False])
+            theirs = _block(answer)
+        except (*_READ_ERRORS, msgspec.ValidationError):
+            return False
+        return theirs.number > head.number
 
     async def _read(self, block: Block, *, again: bool = True) -> bool:
         """Read `block` pinned by hash. A node that does not hold it (a reorg took it away
