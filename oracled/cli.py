@@ -100,8 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--as-daemon",
         action="store_true",
-        help="also read what `run` reads at start besides the file (the keys, the NATS "
-        "credentials, the manual pauses file): run it with the daemon's environment and files",
+        help="also read what `run` reads at start besides the file (the keys, the signing "
+        "lease, the NATS credentials, the manual pauses file; read only): run it with the "
+        "daemon's environment, files and working directory",
     )
 
     replay = sub.add_parser("replay", help="run a quote tape through the core")
@@ -164,8 +165,9 @@ def _load(path: Path) -> tuple[Config, str]:
 
 
 def _start_problems(cfg: Config) -> list[str]:
-    """What `Service` refuses at start (exit 2) beyond the file: the secrets the config names
-    and the manual pauses file, read by the daemon's own loaders. Deployments run this check
+    """What `Service` refuses at start (exit 2) beyond the file: the secrets the config names,
+    the signing lease and the manual pauses file, read by the daemon's own loaders (read only:
+    no lock taken, nothing written; the daemon may still run beside it). Deployments run this check
     before the daemon (compose's config-check, the pods' init container), where the daemon's
     own refusal would be restarted forever. Each loader is imported only when its table is on:
     the NATS client and the key libraries take most of a second."""
@@ -178,9 +180,15 @@ def _start_problems(cfg: Config) -> list[str]:
             problems.extend(exc.problems)
 
     if cfg.signing.enabled:
+        from oracled.publish.sign_lease import check_sign_lease
         from oracled.publish.signer import load_signing_key
 
-        read(lambda: load_signing_key(cfg.signing.key_file, cfg.signing.key_env))
+        try:
+            address = load_signing_key(cfg.signing.key_file, cfg.signing.key_env).address
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        else:  # the lease file is the key's: read only (no lock, no write)
+            read(lambda: check_sign_lease(cfg.signing.lease_file, address))
     if cfg.push.enabled:
         from oracled.publish.chain_push import load_push_key
 

@@ -34,7 +34,7 @@ import structlog
 from oracled.errors import ConfigError
 from oracled.lockfile import LockHeldError, lock_beside
 
-__all__ = ["FORMAT", "LeaseStats", "SignLease", "open_sign_lease"]
+__all__ = ["FORMAT", "LeaseStats", "SignLease", "check_sign_lease", "open_sign_lease"]
 
 FORMAT = "oracled-signing-lease"
 _VERSION = 1
@@ -104,11 +104,26 @@ class SignLease:
         return ConfigError([f"signing.lease_file: {self.path} (signer {self.address}): {text}"])
 
     def _load(self) -> None:
+        state = self.read()
+        if state is None:
+            self._log.info("no signing lease file yet: a first start")
+            return
+        self.floor = state.leases.get(self.address)
+        self._others = {a: ts for a, ts in state.leases.items() if a != self.address}
+        if self.floor is None:
+            self._log.info("no signing lease for this key yet: its first start with this file")
+        else:
+            self._log.info("signing lease", floor=self.floor)
+
+    def read(self) -> _File | None:
+        """The file's leases, None if there is none yet; ConfigError if it cannot be read as a
+        lease or its directory does not exist. Reads only: no lock, no write, no log line."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            self._log.info("no signing lease file yet: a first start")
-            return
+            if not self.path.parent.is_dir():
+                raise self._problem(f"directory {self.path.parent} does not exist") from None
+            return None
         except OSError as exc:
             raise self._problem(f"cannot read it ({exc.strerror or exc})") from None
         try:
@@ -126,12 +141,7 @@ class SignLease:
             body = address.removeprefix("0x")
             if len(body) != 40 or not set(body) <= _ADDRESS_CHARS or ts < 0:
                 raise self._problem(f"not a signing lease (entry {address!r}: {ts})")
-        self.floor = state.leases.get(self.address)
-        self._others = {a: ts for a, ts in state.leases.items() if a != self.address}
-        if self.floor is None:
-            self._log.info("no signing lease for this key yet: its first start with this file")
-        else:
-            self._log.info("signing lease", floor=self.floor)
+        return state
 
     def _lock(self) -> None:
         if not self.path.parent.is_dir():
@@ -230,6 +240,16 @@ class SignLease:
         except OSError as exc:
             return exc.strerror or str(exc)
         return None
+
+
+def check_sign_lease(path: str | None, address: str) -> None:
+    """What `open_sign_lease` refuses at start-up (ConfigError: the file unreadable as a lease,
+    its directory missing), read only, for `oracled check-config --as-daemon`: it runs before the
+    daemon on the same files, on a read-only mount, maybe while the daemon it replaces still
+    runs, so it takes no lock (one held by another daemon is the start's to refuse) and writes
+    nothing."""
+    if path is not None:
+        SignLease(Path(path), address, 0).read()
 
 
 def open_sign_lease(

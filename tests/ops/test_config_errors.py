@@ -11,6 +11,7 @@ refuses whatever the daemon would refuse at start, the secrets and the pause fil
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -50,6 +51,13 @@ def _bad_configs(root: Path) -> dict[str, tuple[Path, str, dict[str, str]]]:
     pauses = root / "pauses.json"
     pauses.write_text('{"format": "oracled-manual-pauses", "version": 1, "paused": ')
     signing = '\n[signing]\nenabled = true\ndeployment = "test"\n'
+    own_key = root / "own.key"  # a usable key: what is wrong is its lease
+    own_key.write_text("0x" + "22" * 32)
+    own_key.chmod(0o600)
+    leased = good + signing + f'key_file = "{own_key}"\n'
+    lease = root / "lease.json"
+    lease.write_text('{"format": "oracled-signing-lease", "version": 1, "leases": ')
+    gone = root / "gone" / "lease.json"
     texts = {
         "toml": ("[oracle\n", "{path}: not valid TOML", {}),
         "unknown key": (
@@ -82,6 +90,16 @@ def _bad_configs(root: Path) -> dict[str, tuple[Path, str, dict[str, str]]]:
             f"signing.key_file: {key} is accessible by group or others (mode 644)",
             {},
         ),
+        "torn lease file": (
+            leased + f'lease_file = "{lease}"\n',
+            f"signing.lease_file: {lease} (signer ",
+            {},
+        ),
+        "lease directory missing": (
+            leased + f'lease_file = "{gone}"\n',
+            f"signing.lease_file: {gone} (signer ",
+            {},
+        ),
         "torn pause file": (
             good.replace("[oracle]\n", f'[oracle]\nmanual_pauses_file = "{pauses}"\n', 1),
             f"oracle.manual_pauses_file: {pauses} is not a pause file",
@@ -108,14 +126,17 @@ def _unit_restart_prevented() -> set[int]:
 def test_run_refuses_every_kind_of_invalid_config_with_exit_2_and_the_key_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Nine kinds of invalid config (unreadable, not TOML, an unknown key, a wrong type, a value
-    out of range, an admin token too short, a signing key variable unset, a key file others can
-    read, a torn pause file): `oracled run`, a real process each, exits 2, the code the systemd
-    unit never restarts, with a line that names the key, and starts nothing (no listener).
+    """Eleven kinds of invalid config (unreadable, not TOML, an unknown key, a wrong type, a
+    value out of range, an admin token too short, a signing key variable unset, a key file
+    others can read, a torn signing lease file, a lease file's directory missing, a torn pause
+    file): `oracled run`, a real process each, exits 2, the code the systemd unit never
+    restarts, with a line that names the key, and starts nothing (no listener).
     `check-config --as-daemon` refuses each with the same line, while plain `check-config`
-    passes the three that only the start-up reads (the key variable, the key file, the pause
-    file): it was what compose and the pods could have run before the daemon, and it let them
-    through to a daemon that exits 2 and is restarted forever."""
+    passes the five that only the start-up reads (the key variable, the key file, the lease
+    file twice, the pause file): it was what compose and the pods could have run before the
+    daemon, and it let them through to a daemon that exits 2 and is restarted forever. The
+    lease cases were passed by `--as-daemon` too: the signing lease (added after it) was not
+    read, so a torn lease went on to that restart loop."""
     cases = _bad_configs(tmp_path)
     procs = {
         name: subprocess.Popen(  # all at once: each is an interpreter start, mostly waiting
@@ -138,7 +159,13 @@ def test_run_refuses_every_kind_of_invalid_config_with_exit_2_and_the_key_named(
         assert err.splitlines()[1].startswith(f"  {line}"), (name, err)
         assert "api listening" not in err + out, name
 
-    only_at_start = {"key variable unset", "key file open to others", "torn pause file"}
+    only_at_start = {
+        "key variable unset",
+        "key file open to others",
+        "torn lease file",
+        "lease directory missing",
+        "torn pause file",
+    }
     for name, (path, line, env) in cases.items():
         if env:  # the environment of this process is left alone: run's refusal covers it
             continue
@@ -148,6 +175,52 @@ def test_run_refuses_every_kind_of_invalid_config_with_exit_2_and_the_key_named(
         plain = main(["check-config", str(path)])
         capsys.readouterr()
         assert plain == (EXIT_OK if name in only_at_start else EXIT_CONFIG), name
+
+
+def test_the_check_as_daemon_reads_the_daemons_files_and_holds_or_writes_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check-config --as-daemon` runs just before the daemon on the daemon's own files (compose
+    and the pods mount them read-only; on `docker compose up` of a changed config the daemon it
+    replaces may still run and hold their locks). It reads the key, the signing lease and the
+    pause file, and takes no lock and writes nothing: the directory is the same after it, byte
+    for byte and by modification time, with no `.lock` file that the daemon started right
+    after could find held; and the same check passes while another process holds the lease's
+    and the pause file's locks (the daemon's start refuses a lock held, not the check)."""
+    from oracled.lockfile import lock_beside
+    from oracled.publish.signer import SigningKey
+
+    state = tmp_path / "state"
+    state.mkdir()
+    key = tmp_path / "own.key"
+    key.write_text("0x" + "22" * 32)
+    key.chmod(0o600)
+    address = SigningKey.from_hex("0x" + "22" * 32).address
+    lease = state / "lease.json"
+    leases = {"format": "oracled-signing-lease", "version": 1, "leases": {address: 1}}
+    lease.write_text(json.dumps(leases) + "\n")
+    pauses = state / "pauses.json"
+    pauses.write_text('{"format": "oracled-manual-pauses", "version": 1, "paused": {}}')
+    config = tmp_path / "oracled.toml"
+    config.write_text(
+        _good().replace("[oracle]\n", f'[oracle]\nmanual_pauses_file = "{pauses}"\n', 1)
+        + f'\n[signing]\nenabled = true\ndeployment = "test"\nkey_file = "{key}"\n'
+        + f'lease_file = "{lease}"\n'
+    )
+
+    def files() -> dict[str, tuple[bytes, int]]:
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in state.iterdir()}
+
+    before = files()
+    assert main(["check-config", "--as-daemon", str(config)]) == EXIT_OK, capsys.readouterr()
+    assert files() == before
+    held = [lock_beside(lease), lock_beside(pauses)]  # the daemon still running
+    try:
+        assert main(["check-config", "--as-daemon", str(config)]) == EXIT_OK
+    finally:
+        for fd in held:
+            os.close(fd)
+    capsys.readouterr()
 
 
 def _environment() -> dict[str, str]:
