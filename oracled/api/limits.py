@@ -41,7 +41,9 @@ and body, must be complete within `REQUEST_TIMEOUT_S` of its first byte (a reque
 behind another on the connection: of its turn), else the connection is aborted, counted (reason
 `request_timeout`) and logged as `api_request_timeout` at most once a minute. It is no read
 timeout: a live client sending slowly in time is served. Bytes that arrive while a request is
-being answered (a WebSocket's frames, an event stream's) start no deadline. Any answer, also
+being answered (a WebSocket's frames, an event stream's) start no deadline, nor do bytes that
+are only line ends (an empty line before a request, which the parser skips: an idle keep-alive
+connection is the keep-alive timer's to close). Any answer, also
 one given before the middlewares (a refused `Expect`), meets the first-request deadline
 (`on_prepare`), so that a client refused before it sent its body is cut as `request_timeout`.
 """
@@ -392,8 +394,10 @@ class _Guarded(asyncio.Protocol):
             self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.deadline is None and not self.busy:
-            self._limits._start_request(self)  # the first bytes of a request
+        # The first bytes of a request; line ends alone are none: the parser skips an empty line
+        # before a request (RFC 9112 2.2), which clients have sent after a POST's body.
+        if self.deadline is None and not self.busy and data.strip(b"\r\n"):
+            self._limits._start_request(self)
         self.inner.data_received(data)
 
     def eof_received(self) -> None:

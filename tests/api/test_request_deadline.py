@@ -31,7 +31,10 @@ AUTH = f"Authorization: Bearer {TOKEN}\r\n"
 
 @asynccontextmanager
 async def _serve(
-    rig: Rig, request_timeout: float, first_request_timeout: float = 60.0
+    rig: Rig,
+    request_timeout: float,
+    first_request_timeout: float = 60.0,
+    keepalive_timeout: float = 75.0,
 ) -> AsyncIterator[tuple[int, Limits]]:
     """The API as the daemon serves it: an AppRunner on a GuardedSite on loopback (by default
     the first-request deadline out of the way: these requests' headers come at once)."""
@@ -40,7 +43,9 @@ async def _serve(
         first_request_timeout=first_request_timeout,
         request_timeout=request_timeout,
     )
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, keepalive_timeout=keepalive_timeout
+    )
     await runner.setup()
     site = GuardedSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -88,6 +93,19 @@ async def _drip(writer: asyncio.StreamWriter) -> None:
         except ConnectionError:
             return
         await asyncio.sleep(0.05)
+
+
+async def _drip_line_ends(writer: asyncio.StreamWriter) -> None:
+    """An empty line every 0.1 s, until the server closes the connection (5 s at most)."""
+    for _ in range(50):
+        if writer.is_closing():
+            return
+        writer.write(b"\r\n")
+        try:
+            await writer.drain()
+        except ConnectionError:
+            return
+        await asyncio.sleep(0.1)
 
 
 def _round(frame: dict[str, Any]) -> int:
@@ -252,3 +270,40 @@ async def test_an_admin_request_without_a_valid_token_is_refused_before_its_body
         assert headers["connection"] == "close"
         writer.close()
         await _until(lambda: limits.accepted == 0, "the server saw the close")
+
+
+async def test_a_line_end_after_a_request_starts_no_deadline() -> None:
+    """A server ignores an empty line before a request (RFC 9112 2.2), and clients have sent one
+    after a POST's body, a segment of its own once the answer is in. Taken for the first byte of
+    a request, it started the deadline, and the keep-alive connection, idle after it, was
+    aborted at the deadline and counted as `request_timeout` (nothing was late). Now bytes that
+    are only line ends begin no request: the connection answers a request sent after two
+    deadlines, and nothing is counted. Nor do they hold it open: line ends sent every 0.1 s
+    after that request do not keep the keep-alive timer (1 s here, `api.idle_timeout_s` in the
+    daemon) from closing it."""
+    rig = Rig(make_config())
+    rig.step()
+    deadline = 0.5
+    async with _serve(rig, request_timeout=deadline, keepalive_timeout=1.0) as (port, limits):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = json.dumps({"actor": "crlf"})
+        writer.write(
+            f"POST /v1/admin/markets/SOL-USD/pause HTTP/1.1\r\nHost: t\r\n{AUTH}"
+            f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        assert (await _answer(reader))[0] == "HTTP/1.1 200 OK"
+        for end in (b"\r\n", b"\n", b"\r\n"):  # each a segment of its own, after the answer
+            writer.write(end)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(deadline * 1.5)  # past the deadline, within the keep-alive
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, _, _ = await _answer(reader)
+        assert status == "HTTP/1.1 200 OK"
+        drip = asyncio.create_task(_drip_line_ends(writer))
+        assert await _closed_by_server((reader, writer))
+        await drip
+        await _until(lambda: limits.accepted == 0, "the server saw the close")
+        writer.close()
+    assert rig.manual == [("SOL/USD", True, "crlf")]
+    assert rig.hub.api_closed["request_timeout"] == 0
