@@ -41,6 +41,11 @@ _VERSION = 1
 _ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF")
 
 
+def _spelling(address: str) -> str:
+    """An address as compared: lower case, without 0x (the audit trail compares it so too)."""
+    return address.removeprefix("0x").lower()
+
+
 class _File(msgspec.Struct, forbid_unknown_fields=True):
     format: str
     version: int
@@ -108,8 +113,13 @@ class SignLease:
         if state is None:
             self._log.info("no signing lease file yet: a first start")
             return
-        self.floor = state.leases.get(self.address)
-        self._others = {a: ts for a, ts in state.leases.items() if a != self.address}
+        # Any spelling of this key's address is its lease (an entry written by hand, in lower
+        # case or without 0x): the highest one is the floor, and the next write keeps only the
+        # EIP-55 one. Matched exactly, such an entry was no floor at all.
+        mine = _spelling(self.address)
+        leases = state.leases.items()
+        self.floor = max((ts for a, ts in leases if _spelling(a) == mine), default=None)
+        self._others = {a: ts for a, ts in leases if _spelling(a) != mine}
         if self.floor is None:
             self._log.info("no signing lease for this key yet: its first start with this file")
         else:

@@ -211,6 +211,26 @@ def test_the_service_gives_the_lease_its_round_interval(tmp_path: Path) -> None:
     assert service.audit is not None and service.audit.close(5)
 
 
+def test_a_lease_entry_spelled_otherwise_is_still_the_keys_floor(tmp_path: Path) -> None:
+    """An entry for this key written by hand in lower case, or without `0x`, is its lease: the
+    highest spelling is the floor and the first write replaces them all with the EIP-55 entry
+    (others' entries kept). Before, only the exact EIP-55 spelling counted: such a file gave no
+    floor, and a start with the clock behind signed round times again (found in review)."""
+    path = tmp_path / "lease.json"
+    leases = {
+        KEY.address.lower(): T0 + 5_000,
+        KEY.address.removeprefix("0x"): T0 + 7_000,
+        OTHER.address: T0 + 1,
+    }
+    path.write_text(json.dumps({"format": FORMAT, "version": 1, "leases": leases}))
+    lease = SignLease.open(path, KEY.address, WINDOW, T0)
+    assert lease.floor == T0 + 7_000
+    assert _on_disk(path) == {OTHER.address: T0 + 1, KEY.address: T0 + WINDOW}
+    worker = SignerWorker(RoundSigner(KEY, "test"), lambda _: None, None, lease)
+    assert worker.floor == T0 + 7_000
+    worker.close()
+
+
 def test_the_floor_is_the_newer_of_the_audit_trails_and_the_leases(tmp_path: Path) -> None:
     """The signer's floor at start is the higher of the two: the audit trail's newest signed
     round time and the lease found in the file."""
