@@ -750,10 +750,11 @@ class OracleClient:
         reload (`market_removed`), is logged by name and counted once, listed in
         `unavailable[base_url]` and asked for again every `retry_s` (a reload may add it back)
         until an ack lists it or a verified price of it arrives; a new connection's first request
-        leaves it out (no split on every reconnect). The bookkeeping is
-        `oracled.client_stream.Subscriptions`. A `stalled` error frame (the daemon's rounds have
-        stalled) is `note_stalled` for the signer last verified from `base_url` (on this
-        connection or, before its first message, an earlier one). Runs until cancelled.
+        leaves it out (no split on every reconnect) and asks for it alone right after. The
+        bookkeeping is `oracled.client_stream.Subscriptions`. A `stalled` error frame (the
+        daemon's rounds have stalled) is `note_stalled` for the signer last verified from
+        `base_url` (on this connection or, before its first message, an earlier one). Runs until
+        cancelled.
         """
         own = session is None
         http = session or aiohttp.ClientSession()

@@ -108,15 +108,18 @@ class Subscriptions:
     def start(self) -> list[Request]:
         """A new connection: the requests to send first (none for an empty list of markets).
 
-        The markets refused before are left out: they would refuse the whole request and have it
-        split again on every reconnect; `retry` asks for them, one each.
+        The markets refused before are left out of the first requests (they would refuse the
+        whole request and have it split again on every reconnect) and asked for right after them,
+        one request each, as `retry` does: a daemon restarted with such a market added back
+        prices it at once, not `retry_s` later.
         """
         self._pending.clear()
         self._retrying.clear()
         if self.markets is None:
             return [self._ask(None)]
         named = tuple(m for m in self.markets if m not in self._unavailable)
-        return [self._ask(named[i : i + MAX_REQUEST]) for i in range(0, len(named), MAX_REQUEST)]
+        first = [self._ask(named[i : i + MAX_REQUEST]) for i in range(0, len(named), MAX_REQUEST)]
+        return [*first, *self.retry()]
 
     def retry(self) -> list[tuple[str]]:
         """The unavailable markets to ask for again, one request each (every `retry_s`); one

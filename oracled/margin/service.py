@@ -15,8 +15,8 @@ order, one frame each), and a market refused alone, or removed later by a reload
 while the other markets keep their prices. Such a market is asked for again every `retry_s`, so
 that one a reload adds (back) is priced again without a restart, and is left out of the first
 request of a new connection (one request of the markets served, not a split on every
-reconnect). The bookkeeping is the client library's (`oracled.client_stream.Subscriptions`),
-shared with `OracleClient.watch_ws`.
+reconnect) and asked for alone right after it. The bookkeeping is the client library's
+(`oracled.client_stream.Subscriptions`), shared with `OracleClient.watch_ws`.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ class MarginService:
     async def _connect_once(self, session: aiohttp.ClientSession, url: str) -> int | None:
         """One connection until it ends; the daemon's close code (1008: too slow), if it closed."""
         async with session.ws_connect(url, heartbeat=30.0) as ws:
-            # `start` leaves out the markets refused before; `_retry` asks for each alone.
+            # `start` asks for the markets refused before alone, after the others.
             subs = self._subs_of(url)
             await self._send(ws, subs.start())
             _log.info("connected", url=url, unavailable=sorted(subs.unavailable))

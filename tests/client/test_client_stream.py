@@ -167,29 +167,46 @@ def test_a_report_of_a_market_makes_it_available_again() -> None:
 def test_a_new_connection_forgets_unanswered_requests_but_not_unavailable_markets() -> None:
     """`start` drops the requests the old connection never answered (their answers will not
     come) and leaves unavailable markets out of its first request (they would refuse it and
-    have it split again on every reconnect); they are retried alone, and refused again they are
-    `repeated`, not a new unavailability to log."""
+    have it split again on every reconnect); it asks for each alone right after, and refused
+    again they are `repeated`, not a new unavailability to log."""
     subs = Subscriptions(["BTC/USD", "NOPE/USD"])
     subs.start()
     subs.refused("unknown_market")
     subs.acked(["BTC/USD"])
     subs.refused("unknown_market")
-    subs.retry()  # lost with the connection
-    assert subs.start() == [("BTC/USD",)]
-    assert subs.retry() == [("NOPE/USD",)]  # the lost retry no longer holds it back
+    subs.retry()  # lost with the connection: it does not hold the next connection's back
+    assert subs.start() == [("BTC/USD",), ("NOPE/USD",)]
+    assert subs.retry() == []  # asked already, not answered yet
     assert subs.acked(["BTC/USD"]) == []  # answers the first request: nothing split
     assert subs.refused("unknown_market") == Refusal("unknown_market", "repeated")
     assert subs.unavailable == {"NOPE/USD": "unknown_market"}
 
 
-def test_a_new_connection_with_every_named_market_unavailable_asks_nothing_first() -> None:
-    """With every named market refused before, a new connection sends no subscribe request
-    (an empty list would mean every market); the retries ask for each alone."""
-    subs = Subscriptions(["NOPE/USD"])
+def test_a_market_added_back_while_away_is_served_on_the_new_connection_at_once() -> None:
+    """A daemon restarted with a market it used to refuse: the new connection's requests ask for
+    it alone at once, and the ack makes it available, without waiting for `retry_s`."""
+    subs = Subscriptions(["BTC/USD", "SOL/USD"])
     subs.start()
     subs.refused("unknown_market")
-    assert subs.start() == []
-    assert subs.retry() == [("NOPE/USD",)]
+    subs.acked(["BTC/USD"])
+    subs.refused("unknown_market")
+    assert subs.unavailable == {"SOL/USD": "unknown_market"}
+    assert subs.start() == [("BTC/USD",), ("SOL/USD",)]
+    assert subs.acked(["BTC/USD"]) == []
+    assert subs.acked(["BTC/USD", "SOL/USD"]) == ["SOL/USD"]
+    assert subs.unavailable == {}
+
+
+def test_a_new_connection_with_every_named_market_unavailable_asks_for_each_alone() -> None:
+    """With every named market refused before, a new connection sends no request of them
+    together (an empty list would mean every market), only each alone."""
+    subs = Subscriptions(["NOPE/USD", "GONE/USD"])
+    subs.start()
+    subs.refused("unknown_market")
+    subs.refused("unknown_market")
+    subs.refused("unknown_market")
+    assert subs.unavailable == {"NOPE/USD": "unknown_market", "GONE/USD": "unknown_market"}
+    assert subs.start() == [("NOPE/USD",), ("GONE/USD",)]
 
 
 def test_every_market_subscribed_comes_back_by_the_ack_of_a_retry() -> None:
