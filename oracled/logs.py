@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Literal, Protocol
 
 import orjson
@@ -38,25 +39,36 @@ class _Stream(Protocol):
 
 class LogOutput:
     """A text stream for log lines that never raises: a line whose write or flush fails is gone,
-    counted once in `dropped` (every line ends with a flush: structlog prints with flush=True,
-    the standard library's handler flushes each record). Nobody reading the logs must not stop
-    a daemon that is pricing markets."""
+    counted once in `dropped` (every line ends with a flush: structlog's logger writes and
+    flushes each, the standard library's handler flushes each record). Nobody reading the logs
+    must not stop a daemon that is pricing markets.
 
-    __slots__ = ("__weakref__", "_lost", "_out", "dropped")  # structlog locks per stream, weakly
+    Each line comes in one write (the line with its newline), and the writes hold a lock of
+    their own: structlog's lock and the standard library handler's are two, and a thread's line
+    written between another's text and its newline glued them into one unreadable line."""
+
+    # structlog keeps its lock per stream, weakly
+    __slots__ = ("__weakref__", "_lock", "_lost", "_out", "dropped")
 
     def __init__(self, out: _Stream) -> None:
         self._out = out
+        self._lock = threading.Lock()
         self._lost = False  # a write of the line being written failed
         self.dropped = 0
 
     def write(self, text: str) -> int:
-        try:
-            return self._out.write(text)
-        except (OSError, ValueError):  # ValueError: the stream was closed
-            self._lost = True
-            return 0
+        with self._lock:
+            try:
+                return self._out.write(text)
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                self._lost = True
+                return 0
 
     def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         try:
             self._out.flush()
         except (OSError, ValueError):
@@ -106,7 +118,8 @@ def setup_logging(
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),  # type: ignore[arg-type]
+        # one write per line (a print is two: the line, then its newline)
+        logger_factory=structlog.WriteLoggerFactory(file=out),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     _route_stdlib(out, console, _LEVELS[level])
