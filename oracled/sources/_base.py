@@ -14,7 +14,11 @@ A venue subclass declares its URLs and wire types and implements five small hook
   streamed quote (or book resent unchanged); while an answer is read, quotes go through a
   filtering emitter (`_emit_polled`) that drops, as ``unchanged``, a quote without a venue time
   repeating its instrument's last book, the stream's last included, so that a frozen book is not
-  made fresh by polls; streamed quotes go straight to the emitter;
+  made fresh by polls;
+- the first quote of each instrument on a new connection (a subscription's snapshot, stamped when
+  sent on several venues) goes through another (`_emit_first`), which drops it as ``unchanged``
+  when it repeats the instrument's last book; once every instrument has had its first quote, or
+  after ``liveness_timeout_s``, streamed quotes go straight to the emitter again;
 - subscription bookkeeping: every request id is tracked until its ack; a refused batch is split
   into one request per symbol (paced under the venue's message limit) so that only the bad symbol
   ends in ``stats.failed_instruments``, with no reconnect;
@@ -238,6 +242,8 @@ class Source(abc.ABC):
         self._sent: deque[float] = deque()  # when we sent each recent message (rate limit)
         self._down = asyncio.Event()  # set while the stream is down: the REST poller runs
         self._streaming = False
+        # Streaming, and no connection filter on: `_read` hands frames straight to `on_message`.
+        self._direct = False
         self._rng = random.Random()
         self._last_rx = 0.0
         self._opened_at = 0.0
@@ -248,8 +254,21 @@ class Source(abc.ABC):
         self._pacer = RestPacer(rate, self.rest_burst, clock) if rate else None
         self._retry_after_s = 0.0  # what the newest rate-limit answer asked us to wait
         # Quotes go to `_sink`; while a REST answer is read, `_emit` is `_emit_polled`, which
-        # drops a poll repeating the book of the instrument's last quote (`_read_rest`).
+        # drops a poll repeating the book of the instrument's last quote (`_read_rest`); from a
+        # connection's opening until each instrument has had its first quote on it, `_emit` is
+        # `_emit_first` (`_first_quotes`).
         self._sink = emit
+        # The connection filter's state: instruments without a quote on this connection yet,
+        # each instrument's last quote handed on before it (what a first quote is compared
+        # with), its symbols, the quotes it dropped in the frame being read (`_read` takes them
+        # off `stats.quotes` once the adapter is done with the frame), the source's newest quote
+        # time before that frame, and the timer that ends the filter.
+        self._waiting: set[tuple[str, Kind]] = set()
+        self._kept: dict[tuple[str, Kind], Quote] = {}
+        self._symbols_of: dict[tuple[str, Kind], tuple[str, ...]] = {}
+        self._repeats = 0
+        self._kept_ms: int | None = None
+        self._first_timer: asyncio.TimerHandle | None = None
         # Since the stream went down: each instrument's last quote handed on, from the stream's
         # last before the outage, then from the polls (`_emit_polled`).
         self._polled: dict[tuple[str, Kind], Quote] = {}
@@ -421,15 +440,83 @@ class Source(abc.ABC):
         polled[key] = quote
         self._sink(quote)
 
-    def _unchanged(self, symbol: str, bid: float, ask: float) -> bool:
-        """True, counted as `unchanged`, if `symbol`'s last quote handed on has this bid and ask:
-        for a venue's resend of a book without a time of its change (a subscription snapshot
-        stamped when sent), which must not make an unchanged book look fresh."""
-        held = self._heard.get(symbol)
-        if held is not None and held.bid == bid and held.ask == ask and held.flag is None:
-            self.stats.dropped["unchanged"] += 1
-            return True
-        return False
+    def _first_quotes(self) -> None:
+        """Swap in `_emit_first` for a new connection: each instrument's first quote on it is
+        compared with the instrument's last quote handed on (the stream's last before a planned
+        rotation; after an outage, the memory the polls keep, which starts from the stream's)."""
+        failed = self.stats.failed_instruments
+        by_symbol = self._by_symbol
+        self._waiting = {by_symbol[s] for s in self.symbols if s not in failed}
+        if self._streaming:
+            last = sorted(self._heard.values(), key=_recv_ts)
+            self._kept = {(q.pair, q.kind): q for q in last}
+        else:
+            self._kept = self._polled  # the same dict: a poll handed on meanwhile is in it
+        symbols_of: dict[tuple[str, Kind], tuple[str, ...]] = {}
+        for symbol, key in by_symbol.items():  # a Coinbase -USDC pair quotes under two names
+            symbols_of[key] = (*symbols_of.get(key, ()), symbol)
+        self._symbols_of = symbols_of
+        self._emit, self._direct = self._emit_first, False
+        self._first_timer = asyncio.get_running_loop().call_later(
+            self.cfg.liveness_timeout_s, self._first_quotes_done
+        )
+
+    def _first_quotes_done(self) -> None:
+        """Streamed quotes go straight to the emitter again: the steady stream pays nothing."""
+        if self._first_timer is not None:
+            self._first_timer.cancel()
+            self._first_timer = None
+        self._waiting, self._kept = set(), {}
+        self._emit, self._direct = self._sink, self._streaming
+
+    def _emit_first(self, quote: Quote) -> None:
+        """The emitter from a connection's opening until each instrument has had its first quote
+        on it: a first quote whose bid and ask (and flag) are those of the instrument's last quote
+        handed on is dropped as `unchanged`. Gemini, Bybit linear, Kraken and Coinbase answer a
+        subscription with a snapshot stamped when it is sent (or with no time: quoted at its
+        receipt), so every reconnect or planned rotation would make a book that stopped changing
+        look fresh for one more age limit. The adapter has applied the frame to its own state
+        (its book, its ordering bar) before the quote gets here; only the emission is decided. A
+        dropped quote leaves no trace: its count is taken back by `_read` once the frame is
+        done (an adapter compares the count around `_quote` to move its bar), and the symbol's
+        newest quote, the source's newest quote time and the latency it was counted in are
+        restored here."""
+        key = (quote.pair, quote.kind)
+        waiting = self._waiting
+        if key in waiting:
+            waiting.discard(key)
+            held = self._kept.get(key)
+            if (
+                held is not None
+                and held.bid == quote.bid
+                and held.ask == quote.ask
+                and held.flag == quote.flag
+            ):
+                self._drop_repeat(key, quote, held)
+                if not waiting:
+                    self._first_quotes_done()
+                return
+            if not waiting:
+                self._first_quotes_done()
+        self._kept_ms = quote.recv_ts
+        self._sink(quote)
+
+    def _drop_repeat(self, key: tuple[str, Kind], quote: Quote, held: Quote) -> None:
+        """Undo what `_quote` did for a first quote `_emit_first` drops (but its count)."""
+        stats, heard = self.stats, self._heard
+        self._repeats += 1
+        stats.dropped["unchanged"] += 1
+        stats.last_quote_ms = self._kept_ms
+        for symbol in self._symbols_of.get(key, ()):
+            if heard.get(symbol) is quote:
+                heard[symbol] = held  # its silence counts from the quote that showed the book
+        if quote.venue_ts is not None:  # as `_quote` counted it (SourceStats.observe_latency)
+            latency = quote.recv_ts - quote.venue_ts
+            if latency < 0:
+                stats.latency_ahead -= 1
+                latency = 0
+            stats.latency_buckets[_LATENCY_BUCKET_OF_MS[min(latency, _LATENCY_OVER)]] -= 1
+            stats.latency_sum_ms -= latency
 
     def _counter_refused(
         self,
@@ -604,9 +691,11 @@ class Source(abc.ABC):
         async with ws:
             self._queue_subscriptions()
             writer = asyncio.create_task(self._write(ws), name=f"source:{self.source_id}:write")
+            self._first_quotes()
             try:
                 return await self._watched(lambda: self._read(ws))
             finally:
+                self._first_quotes_done()
                 writer.cancel()
                 await asyncio.wait((writer,))
                 if not writer.cancelled() and (bug := writer.exception()) is not None:
@@ -704,18 +793,25 @@ class Source(abc.ABC):
                     await asyncio.sleep(0)
                 recv_ts = clock.now_ms()
                 stats.last_frame_ms = recv_ts
+                if self._direct:
+                    try:
+                        self.on_message(msg.data, recv_ts)
+                    except RecursionError:
+                        self._bad("decode")  # JSON nested past the decoder's depth limit
+                    continue
+                # Not streaming, or the connection's first quotes (`_emit_first`). A book the
+                # venue resends unchanged (a snapshot after a reconnect) is dropped, not quoted,
+                # but shows the stream streaming all the same.
+                self._kept_ms = stats.last_quote_ms  # a poll may have moved it meanwhile
+                before = stats.quotes + stats.dropped["unchanged"]
                 try:
-                    if self._streaming:
-                        self.on_message(msg.data, recv_ts)
-                    else:
-                        # A book the venue resends unchanged (a snapshot after a reconnect) is
-                        # dropped, not quoted, but shows the stream streaming all the same.
-                        before = stats.quotes + stats.dropped["unchanged"]
-                        self.on_message(msg.data, recv_ts)
-                        if stats.quotes + stats.dropped["unchanged"] != before:
-                            self._stream_up()
+                    self.on_message(msg.data, recv_ts)
                 except RecursionError:
-                    self._bad("decode")  # JSON nested past the decoder's depth limit
+                    self._bad("decode")
+                stats.quotes -= self._repeats  # counted by `_quote`, never handed on
+                self._repeats = 0
+                if not self._streaming and stats.quotes + stats.dropped["unchanged"] != before:
+                    self._stream_up()
             elif kind is ping:
                 await ws.pong(msg.data)  # the venue wants its own payload back
                 self._sent.append(self._last_rx)
@@ -878,13 +974,14 @@ class Source(abc.ABC):
         stats, heard = self.stats, self._heard
         quotes, newest = stats.quotes, stats.last_quote_ms
         answer: dict[str, Quote] = {}
+        emit = self._emit  # `_emit_first` while a new connection has not quoted everything
         self._heard, self._emit = answer, self._emit_polled
         try:
             self.on_rest(body, recv_ts)
         except RecursionError:
             self._bad("decode")  # JSON nested past the decoder's depth limit
         finally:
-            self._heard, self._emit = heard, self._sink
+            self._heard, self._emit = heard, emit
         polled = self._polled
         for symbol, quote in answer.items():
             # The instrument's quote handed on from this answer (a row may repeat an earlier one).
@@ -927,6 +1024,7 @@ class Source(abc.ABC):
 
     def _stream_up(self) -> None:
         self._streaming = True
+        self._direct = self._emit is self._sink
         self._polled = {}  # the next outage starts from the stream's last quotes
         self._outage_ms = (self._outage_ms[0], self._clock.now_ms())
         self._down.clear()
@@ -939,7 +1037,7 @@ class Source(abc.ABC):
             # two symbols quoting one instrument, as a Coinbase -USDC product and its -USD twin).
             last = sorted(self._heard.values(), key=_recv_ts)
             self._polled = {(q.pair, q.kind): q for q in last}
-        self._streaming = False
+        self._streaming = self._direct = False
         self.stats.silent_instruments = {}  # only a streaming connection has silent symbols
         if not self._down.is_set():
             self._down.set()

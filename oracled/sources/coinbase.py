@@ -27,12 +27,11 @@ connection is replaced at once, as planned (never down, no backoff, no REST), ra
 later message refused (counted in ``sequence_resets``);
 the envelope ``timestamp`` (RFC 3339, nanoseconds in the docs' samples) is the venue time of the
 quote, taken to the exact millisecond. Each subscription is answered with a ``snapshot`` event
-(then ``update`` events): its time is when it was sent, and the ticker has none of its own, so a
-snapshot repeating the book of the product's last quote (before a reconnect or a rotation, or a
-REST poll) is dropped as ``unchanged`` rather than made fresh (docs/sources.md, Venue time and
-staleness); snapshots take the strict path, updates keep the one pass. Unauthenticated messages
-are limited to
-8 a second per IP. No maximum connection life is documented; the configured rotation applies.
+(then ``update`` events): its time is when it was sent, and the ticker has none of its own; a
+snapshot repeating the book of the product's last quote is dropped as ``unchanged`` by the
+connection's first-quote filter (`Source._emit_first`, docs/sources.md, Venue time and
+staleness). Unauthenticated messages are limited to 8 a second per IP. No maximum connection
+life is documented; the configured rotation applies.
 ``-USDC`` products are served on market-data channels with the data of the ``-USD`` book, so a
 ``-USDC`` symbol also accepts frames for its ``-USD`` twin when that twin is not configured itself.
 REST: the public ``GET /api/v3/brokerage/market/products/{product_id}/ticker`` serves one product
@@ -127,8 +126,6 @@ class _FastTicker(msgspec.Struct, gc=False):
 
 class _FastEvent(msgspec.Struct, gc=False):
     tickers: list[_FastTicker]
-    # A snapshot fails here and takes the strict path, which knows it is no news of a change.
-    type: Literal["update"] = "update"
 
 
 class _FastMessage(msgspec.Struct, gc=False):
@@ -146,7 +143,6 @@ class _Ticker(msgspec.Struct):
 
 
 class _Event(msgspec.Struct):
-    type: str = ""
     tickers: list[_Ticker] | None = None
     subscriptions: dict[str, list[str]] | None = None
 
@@ -309,29 +305,16 @@ class CoinbaseSource(Source):
                 return
             self._last_seq = seq
         if channel == "ticker":
-            tickers = [(e.type, t) for e in msg.events for t in e.tickers or ()]
+            tickers = [t for event in msg.events for t in event.tickers or ()]
             if not tickers:
                 self._bad("shape")
-            for kind, t in tickers:
-                if kind == "snapshot" and self._snapshot_unchanged(t):
-                    continue
+            for t in tickers:
                 self._quote_texts(t.product_id, t.best_bid, t.best_ask, recv_ts, venue_ts, t.price)
         elif channel == "subscriptions":
             listed: dict[str, list[str]] = {}
             for event in msg.events:
                 listed.update(event.subscriptions or {})
             self._answered(listed)
-
-    def _snapshot_unchanged(self, ticker: _Ticker) -> bool:
-        """A subscription's snapshot showing the book of the product's last quote: dropped as
-        `unchanged`. Its time is when it was sent, not when the book changed (the ticker has no
-        time of its own), so each reconnect or rotation would make a book that stopped changing
-        look fresh again."""
-        try:
-            bid, ask = float(ticker.best_bid), float(ticker.best_ask)
-        except ValueError:
-            return False  # `_quote_texts` names it
-        return self._unchanged(ticker.product_id, bid, ask)
 
     def _answered(self, listed: Mapping[str, list[str]]) -> None:
         """A `subscriptions` message answers the oldest open request."""

@@ -21,6 +21,8 @@ BOOK = (
     '{{"stream":"{lower}@bookTicker","data":{{"u":1,"s":"{sym}","b":"100.00000000",'
     '"B":"1.00000000","a":"100.10000000","A":"1.00000000"}}}}'
 )
+# The book moved: a new connection's first quote repeating the last book would be dropped.
+MOVED = BOOK.replace('"b":"100.00000000"', '"b":"100.05000000"')
 
 
 class Venue:
@@ -192,7 +194,7 @@ async def test_server_shutdown_event_rotates_without_going_down(
     async def script(ws: web.WebSocketResponse, n: int) -> None:
         req = await next_request(ws)
         await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
-        await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+        await ws.send_str((MOVED if n else BOOK).format(lower="btcusdt", sym="BTCUSDT"))
         if n == 0:
             await ws.send_str('{"e":"serverShutdown","E":1795660000000}')
         await hold(ws)
@@ -206,6 +208,47 @@ async def test_server_shutdown_event_rotates_without_going_down(
     assert run.stats.malformed == 0
 
 
+async def test_a_rotations_first_quote_repeating_the_last_book_is_dropped_and_the_filter_ends(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A planned rotation (serverShutdown): the new connection's first BTC quote repeats the book
+    the old one last quoted and is dropped as `unchanged`, leaving no trace (quote count, the
+    source's newest quote time, BTC's newest quote, which its silence counts from); the source
+    never goes down. ETH never quotes on the new connection, so the filter waits for it, but only
+    for one liveness period: then quotes go straight to the emitter again, on a connection kept
+    alive by BTC's later books, which are quoted. Before, the repeated book was quoted with a
+    fresh receipt time."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+        if n == 0:
+            await ws.send_str(BOOK.format(lower="ethusdt", sym="ETHUSDT"))
+            await ws.send_str('{"e":"serverShutdown","E":1795660000000}')
+            await hold(ws)
+            return
+        await asyncio.sleep(0.3)
+        while not ws.closed:  # BTC moves on; ETH stays silent
+            await ws.send_str(MOVED.format(lower="btcusdt", sym="BTCUSDT"))
+            await asyncio.sleep(0.1)
+
+    venue = Venue(script)
+    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=1.0)
+    src = run.source
+    await wait(lambda: run.stats.dropped["unchanged"] == 1)
+    btc, eth = run.quotes
+    assert run.stats.quotes == 2 and run.stats.last_quote_ms == eth.recv_ts
+    assert src._heard == {"BTCUSDT": btc, "ETHUSDT": eth}
+    assert src._emit is not src._sink and not src._direct  # ETH has not quoted yet
+    assert run.stats.state is ConnState.STREAMING and run.stats.reconnects == 1
+    await wait(lambda: src._emit is src._sink)  # one liveness period after the connection opened
+    assert src._direct and venue.connections == 2
+    await wait(lambda: len(run.quotes) >= 4)
+    assert {(q.pair, q.bid) for q in run.quotes[2:]} == {("BTC/USDT", 100.05)}
+    assert run.stats.quotes == len(run.quotes) and venue.rest_requests == 0
+
+
 async def test_venue_close_frame_leads_to_a_reconnect(
     aiohttp_server: Any, start_config: Any, wait: Any
 ) -> None:
@@ -215,7 +258,7 @@ async def test_venue_close_frame_leads_to_a_reconnect(
     async def script(ws: web.WebSocketResponse, n: int) -> None:
         req = await next_request(ws)
         await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
-        await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+        await ws.send_str((MOVED if n else BOOK).format(lower="btcusdt", sym="BTCUSDT"))
         if n == 0:
             await ws.close(code=1001, message=b"going away")
             return

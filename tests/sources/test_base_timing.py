@@ -128,7 +128,8 @@ async def test_backoff_grows_per_failure_and_resets_only_after_a_healthy_connect
     plan = "RRRSHRR"
 
     async def script(ws: web.WebSocketResponse, n: int) -> None:
-        await ws.send_str(QUOTE)
+        # A new book each time: one repeating the last book would be dropped as `unchanged`.
+        await ws.send_str(f"BTCUSDT {100 + n}.0 {100 + n}.1")
         if n >= len(plan):
             await until_closed(ws)
             return

@@ -86,28 +86,6 @@ def test_duplicate_and_older_sequence_numbers_are_dropped(harness: Harness[Coinb
     assert harness.stats.malformed == 0
 
 
-def test_a_snapshot_repeating_the_last_quotes_book_is_dropped(
-    harness: Harness[CoinbaseSource],
-) -> None:
-    """A subscription's snapshot is stamped when sent: one repeating the book of the product's
-    last quote is dropped as `unchanged` (not malformed), while an update with the same book (a
-    match) and a snapshot of another book are quoted, and the first snapshot, with nothing to
-    compare with, is quoted too."""
-    src = harness.source
-    src.on_message(SNAPSHOT, RECV)
-    src.on_message(SNAPSHOT.replace('"sequence_num": 12', '"sequence_num": 13'), RECV + 1)
-    src.on_message(TICKER.replace('"sequence_num": 12', '"sequence_num": 14'), RECV + 2)
-    moved = SNAPSHOT.replace('"best_bid": "68900.00"', '"best_bid": "68899.00"')
-    src.on_message(moved.replace('"sequence_num": 12', '"sequence_num": 15'), RECV + 3)
-    assert [(q.recv_ts, q.bid) for q in harness.quotes] == [
-        (RECV, 68_900.0),
-        (RECV + 2, 68_900.0),
-        (RECV + 3, 68_899.0),
-    ]
-    assert harness.stats.dropped == {"unchanged": 1} and harness.stats.malformed == 0
-    assert harness.stats.quotes == 3
-
-
 def test_subscriptions_ack_settles_the_oldest_request(harness: Harness[CoinbaseSource]) -> None:
     """The heartbeats request and the ticker request are settled in order by their acks."""
     src, stats = harness.source, harness.stats
