@@ -52,7 +52,9 @@ class LogOutput:
 
     def __init__(self, out: _Stream) -> None:
         self._out = out
-        self._lock = threading.Lock()
+        # reentrant, as the standard library handler's: a signal handler that logs runs in the
+        # thread it interrupts, maybe inside a write
+        self._lock = threading.RLock()
         self._lost = False  # a write of the line being written failed
         self.dropped = 0
 

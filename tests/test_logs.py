@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -122,3 +124,39 @@ def test_a_line_from_a_thread_and_a_librarys_line_at_once_stay_two_lines() -> No
     assert lines[-1] == ""  # the last line ends with its newline
     events = [json.loads(line)["event"] for line in lines[:-1]]
     assert sorted(events) == ["a library's line", "from a thread"]
+
+
+_SIGNAL_CHILD = """
+import io, logging, signal, sys
+import structlog
+from oracled.logs import setup_logging
+
+class Stream(io.StringIO):
+    def write(self, text, /):
+        if not signal_sent:
+            signal_sent.append(1)
+            signal.raise_signal(signal.SIGUSR1)  # its handler runs here, inside this write
+        return super().write(text)
+
+signal_sent = []
+signal.signal(signal.SIGUSR1, lambda *_: logging.getLogger("lib").warning("from a handler"))
+out = Stream()
+setup_logging("info", "json", stream=out)
+structlog.get_logger().info("interrupted")
+sys.stdout.write(out.getvalue())
+"""
+
+
+def test_a_signal_handler_that_logs_during_a_line_does_not_hang_the_process() -> None:
+    """A Python signal handler runs in the main thread between two bytecodes, also in the
+    middle of a log line's write: one that logs then writes again through the same stream.
+    The standard library's handler lock is reentrant for that reason; LogOutput's lock must be
+    too, or the process hangs for good on its own lock. A child process logs a line whose write
+    raises a signal whose handler logs: it ends at once with both lines (with a plain lock it
+    hung until this test's timeout)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_CHILD], capture_output=True, text=True, timeout=10
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = sorted(json.loads(line)["event"] for line in done.stdout.splitlines())
+    assert events == ["from a handler", "interrupted"]
