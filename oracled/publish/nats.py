@@ -18,7 +18,11 @@ markets).
 
 A stalled round loop sends no round, and silence on the bus looks like a quiet market: so when
 the API's stall watch tells the streams, it hands the sink the same notice (`stalled`), which
-goes out like a round, in order behind the rounds already queued.
+goes out like a round, in order behind the rounds already queued. The watch tells it once per
+stalled round, so the sink keeps the notice while the stall lasts (until the next round is
+submitted) and sends it again each time it connects again: one dropped while the server was
+unreachable is told once it is back, and one sent before is said again (a subscriber takes it
+twice as once). Never after the stall: a round submitted, even one dropped, ends it.
 
 The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
 sends when it can. While the server is unreachable rounds are counted as unpublished (reason
@@ -191,6 +195,7 @@ class NatsSink:
         self._ping_interval_s = ping_interval_s
         self._queue: deque[SignedRound | RoundResult | _Notice] = deque()
         self._signed_by: tuple[str | None, str | None] = (None, None)  # signer, deployment
+        self._stall: _Notice | None = None  # the notice of the stall going on, if one is
         self._wakeup = asyncio.Event()
         self._nc: NatsClient | None = None
         self._subjects: dict[str, str] = {}
@@ -206,6 +211,7 @@ class NatsSink:
         """
         if isinstance(batch, SignedRound):
             self._signed_by = (batch.signer, batch.deployment)
+        self._stall = None  # a round: the stall is over
         self._enqueue(batch)
 
     def stalled(self, message: str, latest: RoundResult) -> None:
@@ -215,7 +221,14 @@ class NatsSink:
         notice = StallNotice(
             "error", "stalled", message, latest.ts, latest.round, signer, deployment
         )
-        self._enqueue(_Notice(_ENCODER.encode(notice)))
+        self._stall = _Notice(_ENCODER.encode(notice))
+        self._enqueue(self._stall)
+
+    def _tell_stall_again(self) -> None:
+        """Connected again: the stall still going on is told again (its notice may have been
+        dropped while the server was away)."""
+        if self._stall is not None:
+            self._enqueue(self._stall)
 
     def _enqueue(self, batch: SignedRound | RoundResult | _Notice) -> None:
         if not self.stats.connected:
@@ -261,6 +274,7 @@ class NatsSink:
             self._nc = nc
             await self._ensure_stream(nc)
             self.ready.set()
+            self._tell_stall_again()
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
@@ -445,6 +459,7 @@ class NatsSink:
         self._log.warning("nats reconnected")
         if self._nc is not None:
             await self._ensure_stream(self._nc)
+        self._tell_stall_again()
 
     async def _on_closed(self) -> None:
         self.stats.connected = False

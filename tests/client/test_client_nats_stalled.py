@@ -346,3 +346,80 @@ async def test_a_flood_of_notices_logs_a_line_per_kind_per_period(server: NatsSe
     assert [line[:2] for line in lines] == kinds_logged * 2  # a line per kind per period
     assert [line[2] for line in lines[3:]] == [49, 49, 49]  # then the number held back
     assert not client.stalled
+
+
+async def _stalled_in(js: Any, stream: str) -> list[dict[str, Any]]:
+    """The stall notices the JetStream stream holds, decoded, oldest first."""
+    sub = await js.subscribe(SUBJECT, ordered_consumer=True, stream=stream)
+    got: list[dict[str, Any]] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except nats.errors.TimeoutError:
+                return got
+            got.append(msgspec.json.decode(msg.data))
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_a_stall_while_the_bus_is_down_is_told_once_it_is_back(tmp_path: Path) -> None:
+    """The stall watch tells the sink once per stalled round. If the server is unreachable at
+    that moment the notice is counted `disconnected` and dropped, and nothing sent it later:
+    the bus's subscribers, connected to the server again, heard nothing of a stall that was
+    still going on, and kept the stalled round's price until max_age_ms. The sink now keeps
+    the notice of a stall still going on and sends it again when it connects again; once a
+    round came (submitted, even while disconnected), the stall is over and nothing is sent
+    again (no stale notice). Stored by JetStream, so that this test reads what was sent."""
+    srv = NatsServer(tmp_path / "nats")  # JetStream on, its store kept across the restarts
+    await srv.start()
+    stream = "STALLS"
+    sink = NatsSink(NatsConfig(enabled=True, servers=(srv.url,), jetstream=True, stream=stream))
+    task = asyncio.create_task(sink.run(), name="nats-sink")
+    signer = RoundSigner(KEY, "test")
+    rounds = api_rig.Rig(api_rig.make_config())
+    try:
+        async with asyncio.timeout(SAFETY_S):
+            await sink.ready.wait()
+        result = rounds.step()
+        first = signer.sign(result)
+        sink.submit(first)
+        srv.stop()
+        await until(lambda: not sink.stats.connected, "the sink disconnected")
+        sink.stalled("the latest round is old", result)
+        assert sink.stats.unpublished["disconnected"] == 1  # the notice, dropped for now
+        await srv.start()
+        await until(lambda: sink.stats.reconnects == 1, "the sink reconnected")
+        reader = await nats.connect(srv.url, allow_reconnect=False)
+        try:
+            (told,) = await _stalled_in(reader.jetstream(), stream)
+        finally:
+            await reader.close()
+        assert (told["ts"], told["round"], told["signer"]) == (first.ts, first.round, KEY.address)
+        assert told["message"] == "the latest round is old"
+        # A round ends the stall, even one dropped while the server is away.
+        srv.stop()
+        await until(lambda: not sink.stats.connected, "the sink disconnected again")
+        sink.submit(signer.sign(rounds.step()))
+        await srv.start()
+        await until(lambda: sink.stats.reconnects == 2, "the sink reconnected again")
+        third = signer.sign(rounds.step())
+        sink.submit(third)  # after any notice it would have queued on reconnecting
+        reader = await nats.connect(srv.url, allow_reconnect=False)
+        try:
+            js = reader.jetstream()
+
+            async def stored() -> int:
+                last = await js.get_last_msg(stream, "oracled.rounds")
+                return int(msgspec.json.decode(last.data)["ts"])
+
+            async with asyncio.timeout(SAFETY_S):  # the round is stored: the queue went out
+                while await stored() != third.ts:  # noqa: ASYNC110 - polled: no event for it
+                    await asyncio.sleep(0.05)
+            assert len(await _stalled_in(js, stream)) == 1  # the first one only
+        finally:
+            await reader.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        srv.stop()
