@@ -74,7 +74,12 @@ def daemon_config(cfg: Config, work: Path, nats_url: str) -> str:
     data = cfg.model_dump(by_alias=True, exclude={"admin_token"}, exclude_none=True)
     data["audit"].update(enabled=True, path=str(work / "audit.sqlite3"))
     data["oracle"]["manual_pauses_file"] = str(work / "pauses.json")
-    data["signing"] = {"enabled": True, "key_file": str(key), "deployment": "bench"}
+    data["signing"] = {
+        "enabled": True,
+        "key_file": str(key),
+        "deployment": "bench",
+        "lease_file": str(work / "signing-lease.json"),
+    }
     data["nats"] = {"enabled": True, "servers": [nats_url]}
     data["log"] = {**data.get("log", {}), "format": "json"}
     return tomli_w.dumps(data)

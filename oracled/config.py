@@ -181,6 +181,16 @@ class LogConfig(_Frozen):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+#: The problem a signing config without a lease file is refused with, at load and, for a config
+#: built without validation, when the service opens the lease.
+LEASE_FILE_REQUIRED = (
+    "signing.lease_file: required when signing is enabled: a file on storage that outlives the "
+    'daemon (e.g. "oracled-signing-lease.json" in its working directory), where the key reserves '
+    "each round time before signing it, so that a restart after a crash, with the clock behind, "
+    "never signs one twice"
+)
+
+
 class SigningConfig(_Frozen):
     """Signing of every round (docs/publishing.md): the key is named here and read at start-up.
 
@@ -188,7 +198,9 @@ class SigningConfig(_Frozen):
     environment variable holding it) when enabled; the key itself never enters the config.
     `deployment` names this installation in the signed domain (its EIP-712 `salt`), so that a
     key shared by two deployments cannot make one's prices pass for the other's; it has no
-    default, since one default shared by every deployment would undo exactly that.
+    default, since one default shared by every deployment would undo exactly that. `lease_file`
+    is required too: without it a restart after a crash, with the clock behind, could sign a
+    round time a second time, which every consumer refuses as equivocation.
     """
 
     enabled: bool = False
@@ -197,8 +209,9 @@ class SigningConfig(_Frozen):
     deployment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
     #: The signing lease (oracled/publish/sign_lease.py), relative to the working directory:
     #: the round times the key may sign, reserved on disk first, so that no restart (after a
-    #: crash, with the clock behind, without the audit trail) signs one of them again. Unset,
-    #: only the audit trail gives a floor.
+    #: crash, with the clock behind, without the audit trail) signs one of them again.
+    #: Required when enabled (no default: it must be on storage that outlives the process, which
+    #: only the operator knows; the working directory of an in-process test is not).
     lease_file: Annotated[str, Field(min_length=1)] | None = None
     #: How far ahead of the rounds the lease reaches: one write per half window; after a crash,
     #: signing waits up to a window for the clock to pass it.
@@ -831,6 +844,8 @@ def _relations(cfg: Config) -> list[str]:
             "signing.deployment: required when signing is enabled: a name for this deployment "
             '(e.g. "production"), which consumers check every signature against'
         )
+    if signing.enabled and signing.lease_file is None:
+        problems.append(LEASE_FILE_REQUIRED)
     problems.extend(_push_relations(cfg, set(symbols)))
     problems.extend(_nats_relations(cfg.nats))
     return problems

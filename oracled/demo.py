@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,10 +97,11 @@ async def _script(venues: list[SimulatedVenue], market: str, log: Logger) -> Non
         await asyncio.sleep(15)
 
 
-def _loopback_only(cfg: Config, log: Logger) -> Config:
+def _loopback_only(cfg: Config, log: Logger, state: Path) -> Config:
     """`cfg` with a throwaway signing key, without the sinks that reach other systems (NATS,
     the on-chain pusher) and without the daemon's state (the audit trail, the operator pauses
-    file): simulated prices must never pass for the operator's, nor a demo resume lift a pause."""
+    file): simulated prices must never pass for the operator's, nor a demo resume lift a pause.
+    The throwaway key's signing lease goes to `state`, a directory of the demo's own."""
     update: dict[str, object] = {}
     if cfg.signing.enabled:
         key = SigningKey.generate()
@@ -111,7 +113,9 @@ def _loopback_only(cfg: Config, log: Logger) -> Config:
                 "key_file": None,
                 "key_env": _THROWAWAY_KEY_ENV,
                 "deployment": DEPLOYMENT,
-                "lease_file": None,  # the operator's lease is its key's, not the throwaway's
+                # The operator's lease is its key's (and its lock would stop a running daemon's
+                # demo): a key made for this run alone keeps its own, gone with the run.
+                "lease_file": str(state / "signing-lease.json"),
             }
         )
         log.warning(
@@ -144,31 +148,34 @@ async def _main(
 ) -> None:
     log: Logger = structlog.get_logger("oracled").bind(component="demo")
     simulated, venues = await simulate(cfg, liveness=_LIVENESS)
-    simulated = _loopback_only(simulated, log)
-    try:
-        service = Service(simulated, listen=listen, record=record, freeze_gc=True)
-        service.no_reload = DEMO_NO_RELOAD
-        prepare(service)  # the command line's early signals: a stop while starting is a stop
-        url = f"http://{listen}"
-        market = next(
-            (m.symbol for m in cfg.markets if m.symbol.startswith("BTC/")), cfg.markets[-1].symbol
-        )
-        log.info(
-            "demo: venues on loopback",
-            venues=len(venues),
-            prices=f"{url}/v1/prices",
-            sources=f"{url}/v1/markets/{market.replace('/', '-')}/sources",
-            metrics=f"{url}/metrics",
-        )
-        script = asyncio.create_task(_script(venues, market, log), name="demo-script")
-        runner = asyncio.create_task(service.run(), name="service")
-        if duration is not None:
-            asyncio.get_running_loop().call_later(duration, service.stop)
-        await runner
-        script.cancel()
-    finally:
-        for venue in venues:
-            await venue.sim.stop()
+    # The throwaway key's signing lease lives here, and goes with the run.
+    with tempfile.TemporaryDirectory(prefix="oracled-demo-") as state:
+        try:
+            simulated = _loopback_only(simulated, log, Path(state))
+            service = Service(simulated, listen=listen, record=record, freeze_gc=True)
+            service.no_reload = DEMO_NO_RELOAD
+            prepare(service)  # the command line's early signals: a stop while starting is a stop
+            url = f"http://{listen}"
+            market = next(
+                (m.symbol for m in cfg.markets if m.symbol.startswith("BTC/")),
+                cfg.markets[-1].symbol,
+            )
+            log.info(
+                "demo: venues on loopback",
+                venues=len(venues),
+                prices=f"{url}/v1/prices",
+                sources=f"{url}/v1/markets/{market.replace('/', '-')}/sources",
+                metrics=f"{url}/metrics",
+            )
+            script = asyncio.create_task(_script(venues, market, log), name="demo-script")
+            runner = asyncio.create_task(service.run(), name="service")
+            if duration is not None:
+                asyncio.get_running_loop().call_later(duration, service.stop)
+            await runner
+            script.cancel()
+        finally:
+            for venue in venues:
+                await venue.sim.stop()
 
 
 def run_demo(

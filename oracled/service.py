@@ -416,7 +416,7 @@ class Service:
         )
         self.hub.signer = self.signer.address if self.signer is not None else None
         sign_lease = (  # read, locked and first written before anything else is (ConfigError)
-            open_sign_lease(
+            open_sign_lease(  # required when enabled (config validation; unset, a ConfigError)
                 cfg.signing.lease_file,
                 self.signer.address,
                 cfg.signing.lease_window_ms,

@@ -31,6 +31,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from oracled.config import LEASE_FILE_REQUIRED
 from oracled.errors import ConfigError
 from oracled.lockfile import LockHeldError, lock_beside
 
@@ -264,24 +265,18 @@ def check_sign_lease(path: str | None, address: str) -> None:
 
 def open_sign_lease(
     path: str | None, address: str, window_ms: int, now_ms: int, interval_ms: int
-) -> SignLease | None:
-    """The lease of `address` in the file `path` (`signing.lease_file`), opened at start-up; None,
-    with a warning, when unset: the audit trail alone then gives the floor (docs/publishing.md
-    says what that leaves open).
+) -> SignLease:
+    """The lease of `address` in the file `path` (`signing.lease_file`), opened at start-up. A
+    signer never runs without one: a config loaded with signing on names it, and one built
+    without validation (no file named) is refused here, as at load.
 
     The window is at least two round intervals (`interval_ms`), raised with a warning: a lease
     extended at one round must already reach the next one, or no round is ever signed (a window
     shorter than the interval left every round of a 15 s interval unsigned, counted `lease`)."""
-    log = structlog.get_logger("oracled").bind(component="signer")
     if path is None:
-        log.warning(
-            "signing without a lease file: a restart after a crash, with the clock behind, can "
-            "sign a round time again (set signing.lease_file)",
-            signer=address,
-        )
-        return None
+        raise ConfigError([LEASE_FILE_REQUIRED])
     if window_ms < 2 * interval_ms:
-        log.warning(
+        structlog.get_logger("oracled").bind(component="signer").warning(
             "signing lease window raised to two round intervals",
             lease_window_ms=window_ms,
             used_ms=2 * interval_ms,

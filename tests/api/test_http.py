@@ -219,7 +219,12 @@ async def test_info_names_the_signer_and_the_deployment_consumers_must_configure
     and the `signing.deployment` its rounds are signed for (the EIP-712 salt), and no more of
     [signing] (the key's variable is not named)."""
     data = copy.deepcopy(CONFIG)
-    data["signing"] = {"enabled": True, "deployment": "staging-eu", "key_env": "SIGNING_KEY_VAR"}
+    data["signing"] = {
+        "enabled": True,
+        "deployment": "staging-eu",
+        "key_env": "SIGNING_KEY_VAR",
+        "lease_file": "oracled-signing-lease.json",  # the rig has no signer: never opened
+    }
     rig = Rig(parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN}))
     address = "0x71C7656EC7ab88b098defB751B7401B5f6d8976F"
     rig.hub.signer = address  # what the service sets from its RoundSigner

@@ -56,6 +56,7 @@ async def test_daemon_serves_while_nats_is_down_then_publishes_signed_rounds(
     key_file.chmod(0o400)
     config += (
         f'\n[signing]\nenabled = true\ndeployment = "test"\nkey_file = "{key_file}"\n'
+        f'lease_file = "{tmp_path / "signing-lease.json"}"\n'
         f'\n[nats]\nenabled = true\nservers = ["{server.url}"]\n'
     )
     daemon = Daemon(config, tmp_path)

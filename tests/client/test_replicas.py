@@ -46,6 +46,7 @@ def signing_daemon(
     key_file.chmod(0o600)
     config = sim_config([(s.ws_url, s.rest_url) for s in sims])
     config += f'\n[signing]\nenabled = true\ndeployment = "test"\nkey_file = "{key_file}"\n'
+    config += f'lease_file = "{workdir / "signing-lease.json"}"\n'
     return Daemon(config, workdir), key.address
 
 

@@ -34,7 +34,14 @@ CHANGES: dict[str, dict[str, Any]] = {
     "api.stream_queue": {"api": {"stream_queue": 7}},
     "api.idle_timeout_s": {"api": {"idle_timeout_s": 5.0}},
     "log": {"log": {"level": "error"}},
-    "signing": {"signing": {"enabled": True, "key_env": "SIGNING_KEY", "deployment": "prod"}},
+    "signing": {
+        "signing": {
+            "enabled": True,
+            "key_env": "SIGNING_KEY",
+            "deployment": "prod",
+            "lease_file": "oracled-signing-lease.json",  # never opened: a reload only names it
+        }
+    },
     "nats": {"nats": {"enabled": True}},
     "push": {"push": {"enabled": False, "interval_s": 30}},
     "audit": {"audit": {"enabled": True}},

@@ -93,6 +93,7 @@ format = "json"
 enabled = true
 deployment = "production"
 key_file = "signing.key"
+lease_file = "signing-lease.json"
 
 [nats]
 enabled = true
@@ -149,8 +150,27 @@ async def test_the_demo_never_signs_publishes_or_pushes_with_the_configured_keys
         assert "oracled_push_up" not in text
         assert not d.events("nats sink") and not d.events("on-chain push")
         assert {e["sink"] for e in d.events("demo: sink off")} == {"nats", "push"}
+        signed = "oracled_signed_rounds_total"
+        await d.wait_for(lambda: _counter(d, signed), 10, "a signed round")
+        assert d.terminate() == 0
     finally:
         await d.close()
+    # The throwaway key signed under a lease of its own, in a directory gone with the demo; the
+    # configured lease file (required with signing) was neither read nor written.
+    (first,) = d.events("no signing lease file yet: a first start")
+    lease = Path(first["path"])
+    assert first["signer"] == info["signer"] and not lease.parent.exists()
+    assert not (tmp_path / "signing-lease.json").exists()
+
+
+async def _counter(d: Daemon, name: str) -> float | None:
+    """The value of the counter `name` on /metrics if above zero, else None."""
+    _, text = await d.get("/metrics")
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            value = float(line.split()[1])
+            return value if value > 0 else None
+    return None
 
 
 async def test_without_listen_the_demo_serves_where_its_config_says(tmp_path: Path) -> None:

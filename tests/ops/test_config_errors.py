@@ -58,6 +58,7 @@ def _bad_configs(root: Path) -> dict[str, tuple[Path, str, dict[str, str]]]:
     lease = root / "lease.json"
     lease.write_text('{"format": "oracled-signing-lease", "version": 1, "leases": ')
     gone = root / "gone" / "lease.json"
+    fresh = f'lease_file = "{root / "signing-lease.json"}"\n'  # required: none there yet
     texts = {
         "toml": ("[oracle\n", "{path}: not valid TOML", {}),
         "unknown key": (
@@ -81,12 +82,12 @@ def _bad_configs(root: Path) -> dict[str, tuple[Path, str, dict[str, str]]]:
             {TOKEN_ENV: "short"},
         ),
         "key variable unset": (
-            good + signing + 'key_env = "ORACLED_TEST_NO_SUCH_KEY"\n',
+            good + signing + 'key_env = "ORACLED_TEST_NO_SUCH_KEY"\n' + fresh,
             "signing.key_env: $ORACLED_TEST_NO_SUCH_KEY is not set",
             {},
         ),
         "key file open to others": (
-            good + signing + f'key_file = "{key}"\n',
+            good + signing + f'key_file = "{key}"\n' + fresh,
             f"signing.key_file: {key} is accessible by group or others (mode 644)",
             {},
         ),

@@ -272,6 +272,7 @@ def _start(workdir: Path, key_file: Path) -> tuple[subprocess.Popen[bytes], int]
     dead = f"127.0.0.1:{free_port()}"
     config = sim_config([(f"ws://{dead}/ws", f"http://{dead}")] * 3)
     config += f'\n[signing]\nenabled = true\ndeployment = "k8s-test"\nkey_file = "{key_file}"\n'
+    config += 'lease_file = "oracled-signing-lease.json"\n'  # in workdir, as on the pod's claim
     (workdir / "oracled.toml").write_text(config)
     with (workdir / "oracled.log").open("wb") as log:
         proc = subprocess.Popen(

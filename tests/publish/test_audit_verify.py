@@ -323,7 +323,8 @@ def test_signatures_are_checked_in_the_deployment_the_auditor_names(
     assert "3 mismatched" in out and f"signer column says {KEY.address}" in out
     config = tmp_path / "oracled.toml"
     config.write_text(
-        '[signing]\nenabled = true\nkey_env = "K"\ndeployment = "test"\n\n'
+        '[signing]\nenabled = true\nkey_env = "K"\ndeployment = "test"\n'
+        'lease_file = "oracled-signing-lease.json"\n\n'
         '[sources.alpha]\ntype = "binance"\n\n'
         '[[markets]]\nsymbol = "BTC/USD"\nmin_sources = 1\n'
         'sources = [{ source = "alpha", pair = "BTC/USD" }]\n'

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import yaml
 from publish_rig import INTERVAL, T0, Rounds, make_config, one_venue_config
 from structlog.testing import capture_logs
 
-from oracled.config import SigningConfig
+from oracled.config import LEASE_FILE_REQUIRED, SigningConfig
 from oracled.errors import ConfigError
 from oracled.publish.sign_lease import FORMAT, SignLease, open_sign_lease
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, SigningKey
@@ -297,6 +298,34 @@ def test_the_lock_is_taken_before_the_file_is_read(tmp_path: Path) -> None:
     assert held.close(None)
 
 
+def test_signing_without_a_lease_file_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """[signing] enabled without `lease_file` is a config problem naming the key and why (no
+    default: only the operator knows what storage outlives the daemon), as a missing deployment
+    name is; and a config built without that validation (signing on, no file) stops the
+    service's start with the same problem, before any round or lease is written, rather than
+    signing without a floor after a crash."""
+    key = tmp_path / "signing.key"
+    key.write_text(KEY.hex() + "\n")
+    key.chmod(0o600)
+    table = {"enabled": True, "deployment": "test", "key_file": str(key)}
+    with pytest.raises(ConfigError) as caught:
+        make_config(signing=table)
+    assert caught.value.problems == [LEASE_FILE_REQUIRED]
+    assert LEASE_FILE_REQUIRED.startswith(
+        "signing.lease_file: required when signing is enabled: a file on storage that outlives "
+        "the daemon"
+    )
+    lease = tmp_path / "lease.json"
+    cfg = make_config(signing={**table, "lease_file": str(lease)})
+    unchecked = cfg.model_copy(
+        update={"signing": cfg.signing.model_copy(update={"lease_file": None})}
+    )
+    with pytest.raises(ConfigError) as caught:
+        Service(unchecked)
+    assert caught.value.problems == [LEASE_FILE_REQUIRED]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["signing.key"]
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -305,19 +334,74 @@ def _signing_example(text: str) -> SigningConfig:
     block = re.search(r"^ *# \[signing\]\n(?: *# .*\n)+", text, re.MULTILINE)
     assert block, "the shipped config lost its commented [signing] table"
     lines = [line.strip().removeprefix("# ") for line in block[0].splitlines()]
-    table = tomllib.loads("\n".join(lines))["signing"]
+    return _valid_only_with_its_lease(tomllib.loads("\n".join(lines))["signing"])
+
+
+def _documented_signing_examples() -> dict[str, SigningConfig]:
+    """Each ```toml block of the README, docs/ and deploy/README.md that holds a [signing]
+    table, by file: what an operator copies to turn signing on."""
+    found: dict[str, SigningConfig] = {}
+    for path in (ROOT / "README.md", ROOT / "deploy" / "README.md", *(ROOT / "docs").glob("*.md")):
+        text = path.read_text()
+        for block in re.finditer(r"^( *)```toml\n(.*?)^ *```", text, re.MULTILINE | re.DOTALL):
+            body = textwrap.dedent(block[2])
+            if "[signing]" in body:
+                table = tomllib.loads(body)["signing"]
+                found[str(path.relative_to(ROOT))] = _valid_only_with_its_lease(table)
+    return found
+
+
+def _valid_only_with_its_lease(table: dict[str, object]) -> SigningConfig:
+    """`table` as a config's [signing]: valid, and refused for want of a lease without its
+    `lease_file` line (so the example is what names it, not a default)."""
+    unleased = {k: v for k, v in table.items() if k != "lease_file"}
+    with pytest.raises(ConfigError) as caught:
+        make_config(signing=unleased)
+    assert caught.value.problems == [LEASE_FILE_REQUIRED]
     return make_config(signing=table).signing
 
 
 def test_every_shipped_signing_example_keeps_its_lease_in_the_working_directory() -> None:
     """The `[signing]` tables the shipped configs offer (config/default.toml, which the image,
-    the systemd unit and compose run, and the Kubernetes ConfigMap) name a lease file with a
-    relative path: it lands in the working directory, which each deployment keeps on persistent
-    storage (the state directory, the volume, each pod's claim: tests/ops/test_deploy.py)."""
+    the systemd unit and compose run, and the Kubernetes ConfigMap) and the ones the docs show
+    (docs/publishing.md, deploy/README.md) each name a lease file, required, with a relative
+    path: it lands in the working directory, which each deployment keeps on persistent storage
+    (the next test)."""
     configmap = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "configmap.yaml").read_text())
-    for text in (
-        (ROOT / "config" / "default.toml").read_text(),
-        configmap["data"]["oracled.toml"],
-    ):
-        signing = _signing_example(text)
-        assert signing.enabled and signing.lease_file == "oracled-signing-lease.json"
+    shipped = {
+        "config/default.toml": _signing_example((ROOT / "config" / "default.toml").read_text()),
+        "deploy/kubernetes/configmap.yaml": _signing_example(configmap["data"]["oracled.toml"]),
+    }
+    documented = _documented_signing_examples()
+    assert {"docs/publishing.md", "deploy/README.md"} <= documented.keys()
+    for where, signing in {**shipped, **documented}.items():
+        assert signing.enabled, where
+        assert signing.lease_file == "oracled-signing-lease.json", where
+
+
+def test_each_deployments_working_directory_outlives_its_process() -> None:
+    """Where a relative lease lands, the working directory, is persistent storage in every
+    shipped deployment: the image's WORKDIR is its VOLUME, compose mounts a named volume there,
+    each pod mounts its own claim there (a volumeClaimTemplate, not an emptyDir) and the
+    systemd unit runs in its StateDirectory. A lease lost with its container lets the next
+    start, with the clock behind, sign round times again (test_sign_lease_daemon.py)."""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    runtime = dockerfile[dockerfile.rindex("\nFROM ") :]
+    (workdir,) = re.findall(r"^WORKDIR (\S+)$", runtime, re.MULTILINE)
+    assert f'VOLUME ["{workdir}"]' in runtime
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    oracled = compose["services"]["oracled"]
+    assert oracled.get("working_dir", workdir) == workdir
+    (volume,) = [v.split(":")[0] for v in oracled["volumes"] if v.split(":")[1] == workdir]
+    assert volume in compose["volumes"], "a named volume, kept across `docker compose down`"
+    statefulset = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "statefulset.yaml").read_text())[
+        "spec"
+    ]
+    (container,) = statefulset["template"]["spec"]["containers"]
+    assert container.get("workingDir", workdir) == workdir
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == workdir]
+    claims = {c["metadata"]["name"] for c in statefulset["volumeClaimTemplates"]}
+    assert mount["name"] in claims and not mount.get("readOnly", False)
+    unit = (ROOT / "deploy" / "systemd" / "oracled.service").read_text()
+    (state,) = re.findall(r"^StateDirectory=(\S+)$", unit, re.MULTILINE)
+    assert re.findall(r"^WorkingDirectory=(\S+)$", unit, re.MULTILINE) == [f"/var/lib/{state}"]

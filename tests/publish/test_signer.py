@@ -412,7 +412,7 @@ def test_a_key_file_that_is_a_directory_is_named_as_such(tmp_path: Path) -> None
 
 def test_signing_config_needs_exactly_one_key_source() -> None:
     """[signing] enabled with neither or both of key_file and key_env is a config problem."""
-    named = {"enabled": True, "deployment": "prod"}
+    named = {"enabled": True, "deployment": "prod", "lease_file": "lease.json"}
     with pytest.raises(ConfigError, match="exactly one of key_file and key_env"):
         make_config(signing=named)
     with pytest.raises(ConfigError, match="exactly one of key_file and key_env"):
@@ -425,10 +425,11 @@ def test_signing_config_needs_a_deployment_name() -> None:
     one shared by every deployment would let a staging price pass in production); a name with
     a space is refused by its shape; with one, it is the signer's."""
     with pytest.raises(ConfigError, match=r"signing\.deployment: required when signing is enabled"):
-        make_config(signing={"enabled": True, "key_env": "K"})
+        make_config(signing={"enabled": True, "key_env": "K", "lease_file": "lease.json"})
     with pytest.raises(ConfigError, match=r"signing\.deployment"):
         make_config(signing={"enabled": True, "key_env": "K", "deployment": "prod uction"})
-    cfg = make_config(signing={"enabled": True, "key_env": "K", "deployment": "staging-eu"})
+    named = {"enabled": True, "key_env": "K", "lease_file": "lease.json"}
+    cfg = make_config(signing={**named, "deployment": "staging-eu"})
     assert cfg.signing.deployment == "staging-eu"
 
 
@@ -548,7 +549,8 @@ def test_a_relative_key_file_not_found_names_the_directory_it_was_looked_for_in(
     (tmp_path / "signing.key").chmod(0o600)
     config = tmp_path / "oracled.toml"
     config.write_text(
-        '[signing]\nenabled = true\ndeployment = "test"\nkey_file = "signing.key"\n\n'
+        '[signing]\nenabled = true\ndeployment = "test"\nkey_file = "signing.key"\n'
+        'lease_file = "signing-lease.json"\n\n'
         '[sources.binance]\ntype = "binance"\n\n'
         '[[markets]]\nsymbol = "BTC/USD"\nmin_sources = 1\n'
         'sources = [{ source = "binance", pair = "BTC/USD" }]\n'

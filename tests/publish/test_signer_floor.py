@@ -85,7 +85,12 @@ async def test_a_restart_with_the_clock_behind_signs_nothing_at_or_before_the_fl
     key_file.chmod(0o600)
     cfg = make_config(
         audit={"enabled": True, "path": str(path)},
-        signing={"enabled": True, "key_file": str(key_file), "deployment": "test"},
+        signing={
+            "enabled": True,
+            "key_file": str(key_file),
+            "deployment": "test",
+            "lease_file": str(tmp_path / "signing-lease.json"),
+        },
     )
     service = Service(cfg)  # the start: the floor is read before the writer thread runs
     assert service._signer_worker is not None

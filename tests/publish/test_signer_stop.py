@@ -48,7 +48,12 @@ async def test_the_round_being_signed_at_the_stop_is_stored_signed(tmp_path: Pat
             sim.ws_url,
             sim.rest_url,
             tmp_path / "audit.sqlite3",
-            signing={"enabled": True, "key_file": str(key_file), "deployment": "test"},
+            signing={
+                "enabled": True,
+                "key_file": str(key_file),
+                "deployment": "test",
+                "lease_file": str(tmp_path / "signing-lease.json"),
+            },
         )
         service = Service(cfg)
         assert service._signer_worker is not None

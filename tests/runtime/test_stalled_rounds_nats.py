@@ -68,7 +68,12 @@ async def test_a_stuck_round_loop_publishes_one_stall_notice_per_stalled_round(
                 {
                     "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
                     "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
-                    "signing": {"enabled": True, "deployment": "test", "key_file": str(key_file)},
+                    "signing": {
+                        "enabled": True,
+                        "deployment": "test",
+                        "key_file": str(key_file),
+                        "lease_file": str(tmp_path / "signing-lease.json"),
+                    },
                     "nats": {"enabled": True, "servers": [server.url]},
                     "sources": {
                         "v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
