@@ -31,7 +31,10 @@ away, which is the chain's doing, not the endpoint's. When every endpoint failed
 An HTTP 429 with a `Retry-After` in seconds also rests its endpoint that long (at most
 `_MAX_REST_S`): no request goes to it meanwhile, the others are asked instead, and with none
 left the call raises `RpcUnavailable` at once. A rate-limited provider asked again at every
-poll and every block only extends its limit.
+poll and every block only extends its limit. A rate limit that names no wait (a JSON-RPC
+-32005 or 429 error, an HTTP 429 without a `Retry-After` in seconds) rests its endpoint 1 s,
+then 2, 4... up to `_MAX_REST_S` while it lasts; the endpoint's next answer starts it again at
+1 s. A caller can rest an endpoint too (`rest`: a cross-check that outvoted it).
 """
 
 from __future__ import annotations
@@ -68,6 +71,11 @@ __all__ = [
 _MAX_ANSWER_BYTES: Final = 16 * 1024 * 1024
 #: The longest `Retry-After` obeyed: after it, one request finds out whether the limit is over.
 _MAX_REST_S: Final = 60.0
+#: The first rest after a rate limit that names no wait; it doubles while the limit lasts.
+_FIRST_REST_S: Final = 1.0
+#: JSON-RPC error codes of a rate limit: EIP-1474's -32005 "limit exceeded" (Infura and
+#: others), and 429, which some providers put in the error object.
+_RATE_LIMITS: Final = (-32005, 429)
 
 
 class RpcError(SourceError):
@@ -125,14 +133,14 @@ def _pinned(params: Sequence[Any]) -> bool:
     return any(isinstance(p, dict) and "blockHash" in p for p in params)
 
 
-def _retry_after_s(value: str | None) -> float:
-    """Seconds a 429's `Retry-After` asks for, at most `_MAX_REST_S`; 0 without one in
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds a 429's `Retry-After` asks for, at most `_MAX_REST_S`; None without one in
     delta-seconds form (an HTTP date is not obeyed: it depends on the two clocks agreeing)."""
     try:
         seconds = float(value) if value is not None else 0.0
     except ValueError:
-        return 0.0
-    return min(seconds, _MAX_REST_S) if seconds > 0 else 0.0  # NaN is not > 0
+        return None
+    return min(seconds, _MAX_REST_S) if seconds > 0 else None  # NaN is not > 0
 
 
 def redact(url: str) -> str:
@@ -208,8 +216,8 @@ class RpcClient:
     """
 
     __slots__ = (
-        "_active", "_clock", "_http", "_next_id", "_resting", "_timeout_s", "_web3", "stats",
-        "urls",
+        "_active", "_clock", "_http", "_limits", "_next_id", "_resting", "_timeout_s", "_web3",
+        "stats", "urls",
     )  # fmt: skip
 
     def __init__(
@@ -230,7 +238,8 @@ class RpcClient:
         self._active = 0
         self._next_id = 0
         self._web3: list[AsyncWeb3[Any] | None] = [None] * len(self.urls)
-        self._resting = [0.0] * len(self.urls)  # monotonic time a 429's Retry-After ends
+        self._resting = [0.0] * len(self.urls)  # monotonic time an endpoint's rest ends
+        self._limits = [0] * len(self.urls)  # rate limits without a wait since the last answer
 
     @property
     def active(self) -> int:
@@ -245,7 +254,7 @@ class RpcClient:
         pinned = _pinned(params)
         order = self._order()
         if not order:
-            raise RpcUnavailable(f"{method}: every endpoint rate-limited (Retry-After)")
+            raise RpcUnavailable(f"{method}: every endpoint resting (rate-limited or outvoted)")
         for index in order:
             try:
                 result = await self._one(index, body, rid, pinned=pinned)
@@ -261,7 +270,7 @@ class RpcClient:
         body, rid = self._body(method, params)
         if self._rests(index):
             name = self.stats[index].name
-            raise RpcUnavailable(f"{method} on {name}: rate-limited (Retry-After)")
+            raise RpcUnavailable(f"{method} on {name}: resting (rate-limited or outvoted)")
         try:
             return await self._one(index, body, rid, sticky=False, pinned=_pinned(params))
         except _Failed as failed:
@@ -320,7 +329,18 @@ class RpcClient:
     def fail_active(self, kind: str, detail: str) -> None:
         """Count a fault the caller found in the active endpoint's answer (a head behind the
         chain's) and move on to the next endpoint, as after a failed request."""
-        self._count(self._active, _Failed(kind, detail))
+        self.fail(self._active, kind, detail)
+
+    def fail(self, index: int, kind: str, detail: str) -> None:
+        """Count a fault the caller found in endpoint `index`'s answer (a read outvoted by the
+        others); the active endpoint is left for the next, as after a failed request."""
+        self._count(index, _Failed(kind, detail))
+
+    def rest(self, index: int, seconds: float) -> None:
+        """Send endpoint `index` nothing for `seconds` (at most `_MAX_REST_S`): calls pass it
+        over and `call_on` refuses it without a request."""
+        until = self._clock.monotonic() + min(seconds, _MAX_REST_S)
+        self._resting[index] = max(self._resting[index], until)
 
     # -- internals --------------------------------------------------------------------------
     def _body(self, method: str, params: Sequence[Any]) -> tuple[bytes, int]:
@@ -330,7 +350,7 @@ class RpcClient:
         return _encode.encode(msg), rid
 
     def _order(self) -> list[int]:
-        """The endpoints to ask, the active one first; those resting after a 429 left out."""
+        """The endpoints to ask, the active one first; those resting left out."""
         n = len(self.urls)
         return [i for i in ((self._active + k) % n for k in range(n)) if not self._rests(i)]
 
@@ -363,7 +383,10 @@ class RpcClient:
                 ) as resp:
                     if resp.status == 429:
                         rest = _retry_after_s(resp.headers.get("Retry-After"))
-                        self._resting[index] = self._clock.monotonic() + rest
+                        if rest is None:
+                            rest = self._limited(index)
+                        else:
+                            self.rest(index, rest)
                         raise _Failed("http", f"status 429, resting {rest:g} s")
                     if resp.status != 200:
                         raise _Failed("http", f"status {resp.status}")
@@ -386,10 +409,22 @@ class RpcClient:
         err = answer.error
         if pinned and err is not None and _block_unknown(err):
             raise UnknownBlock(err.code, err.message, err.data)
+        if err is not None and err.code in _RATE_LIMITS:
+            rest = self._limited(index)
+            raise _Failed("node", f"{err.code} {err.message}"[:100] + f", resting {rest:g} s")
         result = self._result(answer)
+        self._limits[index] = 0
         if sticky:
             self._active = index
         return result
+
+    def _limited(self, index: int) -> float:
+        """A rate limit that names no wait: rest the endpoint 1 s, doubling at each limit in a
+        row up to `_MAX_REST_S`; asked again at every poll, it would only extend its limit."""
+        rest = min(_FIRST_REST_S * 2.0 ** min(self._limits[index], 16), _MAX_REST_S)
+        self._limits[index] += 1
+        self.rest(index, rest)
+        return rest
 
     @staticmethod
     def _result(answer: _Answer) -> Any:

@@ -378,7 +378,9 @@ def _manual_families(stats: PauseStats | None) -> Iterator[Metric]:
         yield kept
 
 
-_RPC_ERROR_KINDS = ("transport", "http", "timeout", "garbage", "node", "behind", "wrong_chain")
+_RPC_ERROR_KINDS = (
+    "transport", "http", "timeout", "garbage", "node", "behind", "wrong_chain", "outvoted",
+)  # fmt: skip
 _REFUSED_REASONS = (
     ("backwards", "backwards"),
     ("too_old", "old_blocks"),
@@ -434,7 +436,7 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
     errors = CounterMetricFamily(
         "oracled_chain_rpc_errors",
         "Failed requests to an RPC endpoint by kind: transport, http, timeout, garbage, node, "
-        "behind, wrong_chain.",
+        "behind, wrong_chain, outvoted.",
         labels=["chain", "endpoint", "kind"],
     )
     spot_gaps = CounterMetricFamily(

@@ -50,12 +50,13 @@ def make_reader(
     timeout_s: float = 2.0,
     clock: Clock | None = None,
     rng: random.Random | None = None,
+    rpc_clock: Clock | None = None,
     **chain: Any,
 ) -> ChainReader:
-    """A reader of the local chain; `clock` is the reader's own (the RPC client keeps the
-    system clock for its timeouts)."""
+    """A reader of the local chain; `clock` is the reader's own, `rpc_clock` the RPC client's
+    (for its endpoints' rests; the system clock unless given)."""
     cfg = ChainConfig(chain_id=31337, rpc_urls=tuple(urls), timeout_s=timeout_s, **chain)
-    rpc = RpcClient(list(urls), http, timeout_s=timeout_s, clock=SystemClock())
+    rpc = RpcClient(list(urls), http, timeout_s=timeout_s, clock=rpc_clock or SystemClock())
     return ChainReader("local", cfg, rpc, clock or SystemClock(), http, rng=rng)
 
 

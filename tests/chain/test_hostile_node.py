@@ -1,7 +1,8 @@
 """The chain reader against a node that misbehaves on purpose (the loopback proxy in front of
 anvil): a URL that starts serving another chain mid-run, HTTP and JSON-RPC rate limits (and a
-429's Retry-After), an `eth_call` answer of the wrong ABI length, and a node that hangs while
-another chain is read."""
+429's Retry-After, the backoff of a limit that names no wait), an `eth_call` answer of the wrong
+ABI length, a node that hangs while another chain is read, and a URL that lies consistently
+(outvoted by a cross-check of three URLs)."""
 
 from __future__ import annotations
 
@@ -122,14 +123,14 @@ async def test_a_hanging_node_stalls_neither_another_chain_nor_its_own_reader(
 
 
 @pytest.mark.parametrize(
-    ("retry_after", "rest_s"), [("30", 30), ("86400", 60), (None, 0), ("Wed, 21 Oct 2026", 0)]
+    ("retry_after", "rest_s"), [("30", 30), ("86400", 60), (None, 1), ("Wed, 21 Oct 2026", 1)]
 )
 async def test_a_429_rests_its_endpoint_for_its_retry_after(
     http: aiohttp.ClientSession, proxy: RpcProxy, retry_after: str | None, rest_s: int
 ) -> None:
     """An HTTP 429 whose Retry-After is in seconds rests that endpoint so long (at most 60 s):
     calls meanwhile raise RpcUnavailable without a request reaching it, and the first call
-    after the rest is answered. Without a Retry-After in seconds the next call is sent at once."""
+    after the rest is answered. Without a Retry-After in seconds it rests the backoff's 1 s."""
     clock = ManualClock(1_000_000)
     rpc = RpcClient([proxy.url], http, timeout_s=2.0, clock=clock)
     proxy.mode, proxy.retry_after = "http429", retry_after
@@ -138,9 +139,9 @@ async def test_a_429_rests_its_endpoint_for_its_retry_after(
     proxy.mode = "pass"
     if rest_s:
         clock.advance(rest_s * 1000 - 1)
-        with pytest.raises(RpcUnavailable, match="rate-limited"):
+        with pytest.raises(RpcUnavailable, match="resting"):
             await rpc.call("eth_chainId", [])
-        with pytest.raises(RpcUnavailable, match="rate-limited"):
+        with pytest.raises(RpcUnavailable, match="resting"):
             await rpc.call_on(0, "eth_chainId", [])
         assert proxy.requests == 1
         clock.advance(1)
@@ -149,13 +150,15 @@ async def test_a_429_rests_its_endpoint_for_its_retry_after(
     assert rpc.stats[0].by_kind == {"http": 1}
 
 
+@pytest.mark.parametrize("mode", ["http429", "limit_32005", "rate_limited"])
 async def test_a_rate_limited_only_url_is_not_asked_again_at_every_poll(
-    http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+    http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy, mode: str
 ) -> None:
-    """A chain whose only URL answers 429 with Retry-After: 30: the polls meanwhile fail
+    """A chain whose only URL answers a rate limit (HTTP 429 with Retry-After: 30, or a
+    JSON-RPC -32005 or 429 error, which names no wait: a 1 s rest): the polls meanwhile fail
     (counted, nothing published) without sending a request; a second URL would be asked."""
-    proxy.mode = "http429"
-    reader = make_reader([proxy.url], http)
+    proxy.mode = mode
+    reader = make_reader([proxy.url], http, rpc_clock=ManualClock(1_000_000))
     got = watch_eth(reader, snapshot.eth_proxy)
     for _ in range(3):
         assert not await reader.poll_once()
@@ -204,3 +207,92 @@ async def test_a_quiet_chain_keeps_its_url(
     assert not await reader.poll_once()
     assert reader.rpc.active == 0
     assert [st.by_kind for st in reader.rpc.stats] == [{}, {}]
+
+
+@pytest.mark.parametrize("mode", ["limit_32005", "rate_limited"])
+async def test_a_json_rpc_rate_limit_rests_its_endpoint_1_s_doubling_until_an_answer(
+    http: aiohttp.ClientSession, proxy: RpcProxy, mode: str
+) -> None:
+    """A JSON-RPC rate limit names no wait: its endpoint rests 1 s, then 2 s at the next limit
+    in a row (no request reaches it meanwhile), and an answer starts the backoff again at 1 s."""
+    clock = ManualClock(1_000_000)
+    rpc = RpcClient([proxy.url], http, timeout_s=2.0, clock=clock)
+    proxy.mode = mode
+    sent = []
+    for rest_ms in (1000, 2000):
+        with pytest.raises(RpcUnavailable, match="every endpoint failed"):
+            await rpc.call("eth_chainId", [])
+        clock.advance(rest_ms - 1)
+        with pytest.raises(RpcUnavailable, match="resting"):
+            await rpc.call("eth_chainId", [])
+        sent.append(proxy.requests)
+        clock.advance(1)
+    proxy.mode = "pass"
+    assert await rpc.call("eth_chainId", []) == hex(CHAIN_ID)
+    proxy.mode = mode
+    with pytest.raises(RpcUnavailable, match="every endpoint failed"):
+        await rpc.call("eth_chainId", [])
+    clock.advance(1000)
+    proxy.mode = "pass"
+    assert await rpc.call("eth_chainId", []) == hex(CHAIN_ID)
+    assert sent == [1, 2]
+    assert proxy.requests == 5
+    assert rpc.stats[0].by_kind == {"node": 3}
+
+
+def _calls(proxy: RpcProxy) -> int:
+    return proxy.methods.count("eth_call")
+
+
+async def test_three_urls_outvote_a_consistent_liar_and_leave_it(
+    anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """cross_check with three URLs, the second of which changes every read: the third URL's
+    read agrees with the first, so the block is published, the liar counted `outvoted` and
+    logged once, and the next block is checked on the third URL without asking the liar. Before,
+    the liar withheld every block, neither URL was left. An agreeing block costs one extra read."""
+    reader = make_reader([anvil.url, proxy.url, anvil.url], http, cross_check=True)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    proxy.mode = "tamper"
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+    assert [q.price for q in got.quotes] == [3000.0]
+    assert reader.stats.disagreements == 0  # settled: nothing withheld
+    assert [st.by_kind for st in reader.rpc.stats] == [{}, {"outvoted": 1}, {}]
+    assert [e["endpoint"] for e in logs if e["event"] == "endpoint outvoted: left"] == [
+        reader.rpc.stats[1].name
+    ]
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+    before = [st.requests for st in reader.rpc.stats]
+    assert await reader.poll_once()
+    assert got.last.price == 3100.0
+    assert _calls(proxy) == 1
+    spent = [st.requests - n for st, n in zip(reader.rpc.stats, before, strict=True)]
+    assert spent == [2, 0, 1]  # the head and the read on the first, the check on the third
+
+
+async def test_a_first_url_outvoted_is_left_and_the_majority_read_published(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The URL read first is the liar: the other two agree with each other, so their read is
+    published (the liar's, read alone, publishes no quote), the liar is counted `outvoted` and
+    the next request goes elsewhere. With a third URL that cannot answer, one read against one
+    withholds the block."""
+    proxy.mode = "tamper"
+    reader = make_reader([proxy.url, anvil.url, anvil.url], http, cross_check=True)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert await reader.poll_once()
+    assert [q.price for q in got.quotes] == [3000.0]
+    assert reader.rpc.stats[0].by_kind == {"outvoted": 1}
+    assert reader.rpc.active == 1
+    down = await RpcProxy(anvil.url, http).start()
+    down.mode = "http500"
+    try:
+        tie = make_reader([proxy.url, anvil.url, down.url], http, cross_check=True)
+        lone = watch_eth(tie, snapshot.eth_proxy)
+        assert not await tie.poll_once()
+    finally:
+        await down.stop()
+    assert lone.quotes == []
+    assert tie.stats.disagreements == 1
+    assert [st.by_kind for st in tie.rpc.stats] == [{}, {}, {"http": 1}]

@@ -695,9 +695,9 @@ async def test_the_pusher_task_outlasts_an_unreachable_node_at_start_and_later(
     rig: Rig, mode: str
 ) -> None:
     """`run()` with the node unreachable at start (a server-side error on every endpoint, or
-    a rate limit answered with JSON-RPC code 429, which is not failed over) retries the start
-    and says so; later, a step that fails the same way is logged and the task goes on,
-    pushing again once the node answers."""
+    a rate limit answered with JSON-RPC code 429, which rests the endpoint on the pusher's
+    clock) retries the start and says so; later, a step that fails the same way is logged and
+    the task goes on, pushing again once the node answers (and its rest is over)."""
     proxy = await RpcProxy(rig.url, rig.chain.session).start()
     rounds = Rounds(make_config())
     pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
@@ -707,11 +707,14 @@ async def test_the_pusher_task_outlasts_an_unreachable_node_at_start_and_later(
     with capture_logs() as logs:
         task = asyncio.create_task(pusher.run())
         try:
+            await until(lambda: any(e["event"] == "chain unreachable; retrying" for e in logs))
+            rig.clock.advance(60_000)  # before the retry, 0.5 s away: a rate limit's rest ends
             await until(lambda: pusher.stats.transactions["confirmed"] == 1)
             proxy.mode = mode
             pusher.submit(rounds.step(BTC_USD=1.02))
             await until(lambda: any(e["event"] == "chain unreachable" for e in logs))
             proxy.mode = "pass"
+            rig.clock.advance(60_000)
             await until(lambda: pusher.stats.transactions["confirmed"] == 2)
         finally:
             task.cancel()

@@ -16,8 +16,9 @@ height with a new hash (a reorg) is read again, and each feed publishes only dat
 it already published; a feed that finds older data (the chain no longer holds the value it
 published) has that value re-emitted flagged `reorged` until it has newer. A block older than
 `max_block_age_s` by our clock (a stuck node) is not published. With `cross_check`, the same read
-is repeated on a second endpoint pinned to the same block hash and a disagreement withholds the
-block and is counted and logged.
+is repeated on a second endpoint pinned to the same block hash; a disagreement is settled by the
+other endpoints' reads when there are three or more (a majority is published, an endpoint it
+outvoted is counted, logged and left), else the block is withheld, counted and logged.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ _READ_ERRORS: Final = (RpcError, RpcUnavailable, ValueError)
 _AT_BLOCK: Final = 0
 _AT_CHAIN: Final = 1
 _AT_SEQUENCER: Final = 2
+#: How long a cross-check leaves an endpoint the others outvoted: a node that lied about one
+#: block is not asked about the next ones, then votes again (a liar costs a vote a minute).
+_OUTVOTED_REST_S: Final = 60.0
 
 
 def decode_round(data: bytes) -> tuple[int, int, int, int, int]:
@@ -444,8 +448,15 @@ class ChainReader:
             return False
         if not self._on_our_chain(block, results[_AT_CHAIN]):
             return False
-        if self.cfg.cross_check and len(self.rpc.urls) > 1 and not await self._agrees(block, raw):
-            return False
+        if self.cfg.cross_check and len(self.rpc.urls) > 1:
+            voted = await self._cross_check(block, raw)
+            if voted is None:
+                return False
+            if voted is not raw:
+                majority = self._majority(block, voted)
+                if majority is None:
+                    return False
+                results = majority
         if self._last is not None and block.number < self._last.number:
             return False  # a newer block was published while this one was being read
         self._last = block
@@ -595,27 +606,78 @@ class ChainReader:
         self._read_failed(block, ValueError(f"read ran on chain {chain_id}"))
         return False
 
-    async def _agrees(self, block: Block, raw: Any) -> bool:
-        """Cross-check: the same read on another endpoint, pinned to the same block hash."""
-        other = (self.rpc.active + 1) % len(self.rpc.urls)
-        data = self._layout()
-        pin = _pin(block)
+    async def _cross_check(self, block: Block, raw: Any) -> Any:
+        """The same read on the next URL, pinned to the same block hash: the answer to publish,
+        or None to withhold the block. An agreeing read, or none (no other URL can answer),
+        lets the first stand; the next URL that cannot answer passes its turn to the one after.
+        After a disagreement every other URL is asked, and the reads settle it (`_vote`)."""
+        first = self.rpc.active
+        n = len(self.rpc.urls)
+        params = [{"to": self.cfg.multicall, "data": "0x" + self._layout().hex()}, _pin(block)]
+        votes: list[tuple[int, Any]] = [(first, raw)]
+        split = False
+        for k in range(1, n):
+            index = (first + k) % n
+            try:
+                answer = await self.rpc.call_on(index, "eth_call", params)
+            except (RpcError, RpcUnavailable):
+                continue  # cannot say (down, resting, or the block unknown to it)
+            votes.append((index, answer))
+            if answer != raw:
+                split = True
+            elif not split:
+                return raw
+        return self._vote(block, votes) if split else raw
+
+    def _vote(self, block: Block, votes: list[tuple[int, Any]]) -> Any:
+        """Reads of one block that differ: the answer of more than half of them, at least two,
+        is published; each endpoint that answered otherwise is counted `outvoted`, left (rested
+        `_OUTVOTED_REST_S`) and logged. With no majority (two URLs, or a tie) the block is
+        withheld and counted (`disagreements`): nothing says which one lies."""
+        tally: list[tuple[Any, list[int]]] = []
+        for index, answer in votes:
+            for value, voters in tally:
+                if value == answer:
+                    voters.append(index)
+                    break
+            else:
+                tally.append((answer, [index]))
+        value, voters = max(tally, key=lambda t: len(t[1]))
+        names = [self.rpc.stats[i].name for i, _ in votes]
+        if len(voters) < 2 or 2 * len(voters) <= len(votes):
+            self.stats.disagreements += 1
+            self._log.warning(
+                "endpoints disagree", block=block.number, first=names[0], second=names[1],
+                endpoints=names,
+            )  # fmt: skip
+            return None
+        for index, _ in votes:
+            if index in voters:
+                continue
+            name = self.rpc.stats[index].name
+            self.rpc.fail(index, "outvoted", f"block {block.number}: {len(voters)} reads differ")
+            self.rpc.rest(index, _OUTVOTED_REST_S)
+            self._log.warning(
+                "endpoint outvoted: left", endpoint=name, block=block.number,
+                agreeing=[self.rpc.stats[i].name for i in voters], rest_s=_OUTVOTED_REST_S,
+            )  # fmt: skip
+        return value
+
+    def _majority(self, block: Block, raw: Any) -> list[tuple[bool, bytes]] | None:
+        """The results of a majority's read that outvoted the first: checked as the first read
+        was (an aggregate3 answer, run on this block and chain), else the block is withheld."""
         try:
-            again = await self.rpc.call_on(
-                other, "eth_call", [{"to": self.cfg.multicall, "data": "0x" + data.hex()}, pin]
-            )
-        except (RpcError, RpcUnavailable):
-            return True  # the second endpoint cannot say; the first one stands
-        if again == raw:
-            return True
-        self.stats.disagreements += 1
-        self._log.warning(
-            "endpoints disagree",
-            block=block.number,
-            first=self.rpc.stats[self.rpc.active].name,
-            second=self.rpc.stats[other].name,
-        )
-        return False
+            results = self._results(raw, self._total)
+            ok, proof = results[_AT_BLOCK]
+            chained, chain = results[_AT_CHAIN]
+            if not ok or int.from_bytes(proof, "big") != block.number:
+                raise ValueError("the majority's read ran on another block")
+            if chained and len(chain) == 32 and int.from_bytes(chain, "big") != self.cfg.chain_id:
+                raise ValueError("the majority's read ran on another chain")
+        except ValueError as exc:
+            self._read_failed(block, exc)
+            return None
+        return results
 
     # -- block sources --------------------------------------------------------------------
     async def check_chain_id(self) -> None:
