@@ -4,7 +4,9 @@ Frames come from two places, and each is timed on the same bytes in the same run
 
 - generated: every venue's simulator (the real wire shapes) for a set of symbols;
 - recorded: the real frames kept in tests/fixtures/<venue>/ (real number formatting and the
-  fields a venue really sends), only those the adapter turns into quotes.
+  fields a venue really sends), only those the adapter turns into quotes; a frame sent once a
+  subscription is fed as the message that follows it (`AS_ON_THE_WIRE`: Coinbase's snapshot
+  sample as an `update`).
 
 Per venue and for a mixed stream of every venue's generated frames interleaved:
 
@@ -105,6 +107,12 @@ RECORDED: dict[str, tuple[tuple[str, ...], tuple[tuple[str, Kind], ...]]] = {
     ),
     "gemini": (("gemini/ws_l2_updates.jsonl",), (("GRT/USD", "spot"), ("ETH/EUR", "spot"))),
     "bitstamp": (("bitstamp/ws_recorded.jsonl",), (("ETH/USD", "spot"),)),
+}
+# Recorded frames fed as the messages that follow them on the wire. Coinbase's only recorded
+# ticker is the documentation's `snapshot` sample, sent once a subscription; the stream goes on
+# with `update` events of the same fields, which are what a cycle of frames should time.
+AS_ON_THE_WIRE: dict[str, tuple[bytes, bytes]] = {
+    "coinbase": (b'"type": "snapshot"', b'"type": "update"'),
 }
 
 
@@ -231,7 +239,10 @@ def _recorded(venue_type: str, session: aiohttp.ClientSession, recv_ts: int) -> 
         {sid: (_source_config(venue_type, pairs), list(pairs))},
         _core_config({sid: (venue_type, pairs)}),
     )
+    edit = AS_ON_THE_WIRE.get(venue_type)
     for frame in _fixture_frames(files):
+        if edit is not None:
+            frame = frame.replace(*edit)
         sink: list[Quote] = []
         _adapters(case, session, sink.append)[sid].on_message(frame, recv_ts)
         if sink:
