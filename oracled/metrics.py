@@ -191,6 +191,7 @@ def _latency_family(stats: list[tuple[str, SourceStats]]) -> HistogramMetricFami
 _SIGNER_REASONS = ("busy", "error", "floor", "lease")
 _NATS_REASONS = ("disconnected", "queue_full", "error")
 _NATS_CONNECT_FAILURES = ("credentials", "tls", "unreachable")
+_NATS_DENIED = ("prices", "rounds", "stalled", "jetstream_api", "inbox", "other")
 
 
 def _signer_families(stats: SignerStats | None) -> Iterator[Metric]:
@@ -249,7 +250,17 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
         failures.add_metric(
             [reason], stats.connect_failures.get(reason, 0) if stats is not None else 0
         )
-    yield from (connected, published, unpublished, reconnects, restarts, failures)
+    denied = CounterMetricFamily(
+        "oracled_nats_permission_denied",
+        "Publishes and subscriptions the NATS server's permissions refused the sink's user, by "
+        "subject: prices, rounds, stalled, jetstream_api, inbox (the reply subscription), other.",
+        labels=["subject"],
+    )
+    for subject in _NATS_DENIED:
+        denied.add_metric(
+            [subject], stats.permission_denied.get(subject, 0) if stats is not None else 0
+        )
+    yield from (connected, published, unpublished, reconnects, restarts, failures, denied)
 
 
 _PUSH_TX_RESULTS = ("sent", "replaced", "confirmed", "reverted", "error", "gas_cap")

@@ -52,12 +52,22 @@ without the logs, every failed attempt to connect is counted by why (`connect_fa
 name that does not resolve). TLS, when the config asks for it, must start each
 connection (`tls_handshake_first`, checked in the config): nats-py otherwise follows the server's
 greeting and would send a server that does not ask for TLS the credentials and prices in clear.
+
+A server that lets the sink in may still refuse it a subject: a user whose permissions leave one
+of ours out. The server does not close the connection; it answers that publish (or subscription)
+with an asynchronous `Permissions Violation` error, and the message is lost although it was
+handed to the connection (and counted `published`). So each such refusal is counted by which of
+our subjects it was (`permission_denied`: `prices`, `rounds`, `stalled`, `jetstream_api` for the
+stream's creation, `inbox` for the subscription its reply needs, `other`), and logged at error
+level (`nats permission denied`): at once for each kind, then once per `refusal_log_every_s`
+with the number since the last line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import time
 from collections import deque
@@ -82,6 +92,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECT_FAILURE_REASONS",
+    "DENIED_SUBJECTS",
     "UNPUBLISHED_REASONS",
     "NatsSink",
     "NatsStats",
@@ -97,6 +108,11 @@ UNPUBLISHED_REASONS = ("disconnected", "queue_full", "error")
 #: Why an attempt to connect failed: the server refused the credentials, TLS failed (either
 #: side refused the other's certificate, or the server does not speak TLS), or no server answered.
 CONNECT_FAILURE_REASONS = ("credentials", "tls", "unreachable")
+#: Which of the sink's subjects the server's permissions refused it: a price, a round or a stall
+#: notice, the JetStream API (creating the stream), the reply inbox of that request (a
+#: subscription), or any other (a subject this list does not know yet: a bug to report).
+DENIED_SUBJECTS = ("prices", "rounds", "stalled", "jetstream_api", "inbox", "other")
+_DENIED = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"', re.I)
 _YIELD_EVERY = 256  # publishes between two yields to the event loop
 _RESTART_MAX_S = 30.0
 
@@ -140,6 +156,10 @@ class NatsStats:
     connect_failures: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(CONNECT_FAILURE_REASONS, 0)
     )
+    # publishes and subscriptions the server's permissions refused, by DENIED_SUBJECTS
+    permission_denied: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(DENIED_SUBJECTS, 0)
+    )
 
 
 class _UnsignedRound(msgspec.Struct):
@@ -182,6 +202,7 @@ class NatsSink:
         restart_base_s: float = 1.0,
         env: Mapping[str, str] | None = None,
         refusal_log_every_s: float = 60.0,
+        jetstream_timeout_s: float = 5.0,
     ) -> None:
         self.cfg = cfg
         self._auth = load_nats_auth(cfg, env)  # ConfigError at start for an unusable secret
@@ -189,9 +210,12 @@ class NatsSink:
         self._refusal_every_s = refusal_log_every_s
         self._refusal_logged: float | None = None  # monotonic time of the last refusal logged
         self._refusals = 0  # since the last connection
+        self._denied_logged: dict[str, float] = {}  # kind -> monotonic time of its last line
+        self._denied_since: dict[str, int] = dict.fromkeys(DENIED_SUBJECTS, 0)  # since then
         self._tls_refused = asyncio.Event()  # a TLS handshake failed while connecting
         self.stats = NatsStats()
         self._connect_timeout_s = connect_timeout_s
+        self._jetstream_timeout_s = jetstream_timeout_s  # the stream's creation, a request
         self._ping_interval_s = ping_interval_s
         self._queue: deque[SignedRound | RoundResult | _Notice] = deque()
         self._signed_by: tuple[str | None, str | None] = (None, None)  # signer, deployment
@@ -355,7 +379,7 @@ class NatsSink:
             max_age=self.cfg.max_age_s,
             storage=StorageType.FILE if self.cfg.storage == "file" else StorageType.MEMORY,
         )
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=self._jetstream_timeout_s)
         try:
             await js.add_stream(config)
         except BadRequestError as exc:  # it exists with other settings
@@ -425,8 +449,13 @@ class NatsSink:
         is otherwise the `disconnected` count's to tell; a refused credential or certificate is
         not an outage that passes by itself, so it is logged at error level: at once, then once
         per `refusal_log_every_s` with the number of refusals since the last connection (nats-py
-        retries twice a second), and at once again after the next successful connection.
+        retries twice a second), and at once again after the next successful connection. A subject
+        the server's permissions refuse, the connection up, is `_on_denied`'s.
         """
+        denied = _DENIED.search(str(exc))
+        if denied is not None:
+            self._on_denied(denied.group(1).lower(), denied.group(2))
+            return
         kind = _refusal(exc)
         if kind is None:
             if not self.stats.connected and _unreachable(exc):
@@ -446,6 +475,27 @@ class NatsSink:
                 auth=self._auth.way or "none",
                 refusals=self._refusals,
             )
+
+    def _on_denied(self, action: str, subject: str) -> None:
+        """The server refused one publish (`action` `publish`) or subscription of `subject` to
+        this user: count it by kind and say so at error level, once per kind per interval."""
+        kind = _denied_kind(self.cfg.subject_prefix, action, subject)
+        self.stats.permission_denied[kind] += 1
+        self._denied_since[kind] += 1
+        now = time.monotonic()
+        last = self._denied_logged.get(kind)
+        if last is not None and now - last < self._refusal_every_s:
+            return
+        self._denied_logged[kind] = now
+        self._log.error(
+            "nats permission denied",
+            action=action,
+            subject=subject,
+            kind=kind,
+            refusals=self._denied_since[kind],
+            auth=self._auth.way or "none",
+        )
+        self._denied_since[kind] = 0
 
     async def _on_disconnected(self) -> None:
         if self.stats.connected:
@@ -494,6 +544,24 @@ def _refusal(exc: BaseException) -> str | None:
     if "authorization violation" in text or "authentication" in text:
         return "credentials"
     return None
+
+
+def _denied_kind(prefix: str, action: str, subject: str) -> str:
+    """Which of DENIED_SUBJECTS a refused `subject` is: a bounded label, not the subject (one
+    per market). Compared in lower case: nats-py lower-cases the server's error, subject and
+    all."""
+    subject, prefix = subject.lower(), prefix.lower()
+    if action == "subscription":
+        return "inbox" if subject.startswith("_inbox.") else "other"
+    if subject.startswith(f"{prefix}.prices."):
+        return "prices"
+    if subject == round_subject(prefix):
+        return "rounds"
+    if subject == stalled_subject(prefix):
+        return "stalled"
+    if subject.startswith("$js.api."):
+        return "jetstream_api"
+    return "other"
 
 
 def _unreachable(exc: BaseException) -> bool:
