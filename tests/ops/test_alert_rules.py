@@ -49,6 +49,9 @@ REQUIRED = {
     "our clock behind the venues' (most sources see venue times ahead)": "OracledClockBehind",
     "stream consumers dropped as slow again and again": "OracledStreamConsumersDropped",
     "NATS server refusing our credentials or certificate": "OracledNatsRefused",
+    "NATS server refusing our user a subject (messages lost, counted as published)": (
+        "OracledNatsPermissionDenied"
+    ),
     "the round loop running fewer rounds than its interval": "OracledRoundsStalled",
     "Prometheus cannot scrape the daemon": "OracledDown",
     "a perpetual's mark on its fallback": "OracledMarkFallback",
