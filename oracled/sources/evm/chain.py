@@ -45,6 +45,7 @@ from oracled.jsonrpc import (
     UnknownBlock,
     redact,
 )
+from oracled.lograte import LogEveryMinute
 from oracled.model import Quote
 from oracled.sources._base import backoff_delay
 from oracled.sources.evm.feed import Block, Call, Feed
@@ -213,6 +214,7 @@ class ChainReader:
         self._chain_checked: set[int] = set()  # endpoints whose chain id was verified
         self._chain_unproven = False  # the multicall has no getChainId(): warned once
         self._last_rejection: str | None = None
+        self._unfinished_log = LogEveryMinute()  # feeds whose block was not read again
         self._heads = 0  # newHeads notices received
         # newHeads silent this long: poll, and subscribe again if the poll finds a new block.
         self._silence_s = cfg.max_block_age_s
@@ -458,7 +460,14 @@ class ChainReader:
                     return False
                 results = majority
         if self._last is not None and block.number < self._last.number:
-            return False  # a newer block was published while this one was being read
+            # A newer block was published while this one was being read: its values are older
+            # than the ones out, so it is passed over, and counted as such (before: silently).
+            self.stats.superseded += 1
+            self._reject(
+                "read passed over: a newer block was published meanwhile", block=block.number,
+                last=self._last.number,
+            )  # fmt: skip
+            return False
         self._last = block
         self._last_rejection = None
         self.stats.blocks += 1
@@ -479,7 +488,25 @@ class ChainReader:
             if not pending:
                 break
             pending = await self._reread(pending, block)
+        if pending:
+            self._unfinished(pending, block, "still learning after two reads of the block")
         return True
+
+    def _unfinished(self, slots: Sequence[_Slot], block: Block, why: str) -> None:
+        """Feeds that learned from `block` (an aggregator, a pool's tokens) and wanted it read
+        again, but whose read again did not come back (it failed, or they were still learning
+        after `_MAX_REREADS`): the block was counted as their frame, so it is counted as their
+        drop (`reread_failed`) and logged, at most once a minute. They are priced from the next
+        block; the block itself stays read (the other feeds published from it)."""
+        for slot in slots:
+            slot.stats.dropped["reread_failed"] += 1
+        held = self._unfinished_log.due("reread_failed", self._clock.now_ms() / 1000.0)
+        if held is not None:
+            self._log.warning(
+                "feed read again failed: block not priced for it", block=block.number,
+                feeds=[f"{s.feed.source_id}:{s.feed.pair}" for s in slots], why=why[:200],
+                dropped=held,
+            )  # fmt: skip
 
     def _decode_all(
         self, slots: Sequence[_Slot], block: Block, results: list[tuple[bool, bytes]], recv_ts: int
@@ -523,9 +550,11 @@ class ChainReader:
             results = self._results(raw, len(every))
         except ValueError as exc:
             self._garbage(block, exc)
+            self._unfinished(slots, block, str(exc))
             return []
         except _READ_ERRORS as exc:
             self._read_failed(block, exc)
+            self._unfinished(slots, block, str(exc))
             return []
         # Received now, not when the block was first read: other sources stamped quotes while
         # this answer was on the wire, and the tape is in receive-time order.

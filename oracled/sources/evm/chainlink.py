@@ -113,7 +113,7 @@ class ChainlinkFeed(Feed):
         aggregator = _address(agg_data) if agg_ok else None
         aggregator = aggregator or self._proxy.lower()  # no aggregator(): the address itself
         if self._learning:  # decimals and description, then the same block again
-            return self._learn(aggregator, results[2], results[3])
+            return self._learn(aggregator, results[2], results[3], block)
         if aggregator != self._aggregator:
             self._learning = True  # replaced upstream: learn it again
             self._calls = self._learning_calls()
@@ -173,7 +173,11 @@ class ChainlinkFeed(Feed):
         return None
 
     def _learn(
-        self, aggregator: str, decimals: tuple[bool, bytes], description: tuple[bool, bytes]
+        self,
+        aggregator: str,
+        decimals: tuple[bool, bytes],
+        description: tuple[bool, bytes],
+        block: Block,
     ) -> FeedResult:
         places = _int(decimals[1]) if decimals[0] else None
         if places is None or not 0 <= places <= 36:
@@ -190,8 +194,12 @@ class ChainlinkFeed(Feed):
         if description[0]:
             try:
                 (self.description,) = abi_decode(["string"], description[1])
-            except DecodingError:
+            except DecodingError as exc:  # a label only: the feed reads on without it
                 self.description = None
+                self._log.warning(
+                    "chainlink description unreadable", proxy=self._proxy, error=str(exc)[:200],
+                    block=block.number,
+                )  # fmt: skip
         self._aggregator = aggregator
         self._learning = False
         self._calls = (

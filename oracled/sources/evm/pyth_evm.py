@@ -47,6 +47,7 @@ class PythEvmFeed(Feed):
         "_call_failing",
         "_calls",
         "_feed_id",
+        "_garbled",
         "_last",
         "_log",
         "_max_age_s",
@@ -74,6 +75,7 @@ class PythEvmFeed(Feed):
         self._feed_id = spec.feed_id
         self._calls = (Call(contract, _GET_PRICE_UNSAFE + feed_id),)
         self._call_failing = False  # logged once while the read reverts
+        self._garbled = False  # logged once while the answer is not a price
         self._max_age_s = spec.max_age_s
         self._last: tuple[int, int, int, str | None] | None = None  # publishTime, price, conf, flag
         self._rejected: tuple[int, int, int] | None = None  # publishTime, price, conf refused last
@@ -95,14 +97,15 @@ class PythEvmFeed(Feed):
                 )  # fmt: skip
             return "call_failed"
         self._call_failing = False
-        if len(data) < 128:
-            return "malformed"
+        if len(data) < 128:  # e.g. the address holds no contract: an empty answer
+            return self._malformed(f"{len(data)} bytes, not four words", block)
         price = int.from_bytes(data[0:32], "big", signed=True)
         conf = int.from_bytes(data[32:64], "big", signed=True)
         expo = int.from_bytes(data[64:96], "big", signed=True)
         publish_time = int.from_bytes(data[96:128], "big")
         if not (-_I64 <= price < _I64 and 0 <= conf < _I64 and -_MAX_EXPO <= expo <= _MAX_EXPO):
-            return self._distrusted("malformed")
+            return self._malformed(f"out of range: price {price} conf {conf} expo {expo}", block)
+        self._garbled = False
         last = self._last
         if last is not None and publish_time < last[0]:
             return self._refused("older_price", publish_time, price, conf, block)
@@ -126,6 +129,20 @@ class PythEvmFeed(Feed):
             (price + conf) * scale, venue_ts=publish_time * 1000, flag=flag,
             block=block.number, block_ts=block.timestamp * 1000,
         )  # fmt: skip
+
+    def _malformed(self, what: str, block: Block) -> str:
+        """Words that are not a Pyth price: counted on every block, logged once while they
+        last, and distrusted like any garbage, so that the same valid price read again after
+        them is published again unflagged (before, a short answer was not distrusted: the
+        reader flagged the last quote `bad_answer`, and the feed, seeing that price unchanged,
+        never published it again until a new one came)."""
+        if not self._garbled:
+            self._garbled = True
+            self._log.warning(
+                "pyth price malformed", feed_id=self._feed_id, answer=what, block=block.number,
+                hint="check the Pyth contract address",
+            )  # fmt: skip
+        return self._distrusted("malformed")
 
     def _refused(
         self, reason: str, publish_time: int, price: int, conf: int, block: Block

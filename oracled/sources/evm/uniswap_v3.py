@@ -213,6 +213,7 @@ class UniswapV3Feed(Feed):
 
     __slots__ = (
         "_calls",
+        "_failing",
         "_last_ts",
         "_log",
         "_mismatch_logged",
@@ -272,6 +273,7 @@ class UniswapV3Feed(Feed):
         self.last_spot_gap: float | None = None
         self._spot_off = False
         self._observe_failing = False
+        self._failing: str | None = None  # the drop reason last logged, until a quote
         self._log = structlog.get_logger().bind(source=source_id, pair=pair, pool=pool)
 
     @classmethod
@@ -311,8 +313,8 @@ class UniswapV3Feed(Feed):
             return self._learn(results)
         (obs_ok, obs_data), (slot_ok, slot_data), (liq_ok, liq_data) = results
         ts = block.timestamp * 1000
-        if ts < self._last_ts:
-            return "older_block"  # the chain no longer holds the block last priced (a reorg)
+        if ts < self._last_ts:  # the chain no longer holds the block last priced (a reorg)
+            return self._dropped("older_block", block, last_priced_ms=self._last_ts)
         if not obs_ok:
             if not self._observe_failing:
                 self._observe_failing = True
@@ -326,22 +328,24 @@ class UniswapV3Feed(Feed):
                 )
             return "observe_reverted"
         if not (slot_ok and liq_ok):
-            return "call_failed"
+            failed = "slot0()" if not slot_ok else "liquidity()"
+            data = slot_data if not slot_ok else liq_data
+            return self._dropped("call_failed", block, call=failed, revert=revert_reason(data))
         try:
             tc0, tc1, spl0, spl1 = decode_observe(obs_data)
             sqrt_price_x96 = decode_slot0_sqrt_price(slot_data)
             liquidity = decode_uint128(liq_data)
-        except ValueError:
-            return "malformed"
+        except ValueError as exc:
+            return self._dropped("malformed", block, error=str(exc)[:200])
         if sqrt_price_x96 == 0:
-            return "malformed"
+            return self._dropped("malformed", block, error="slot0() sqrtPriceX96 is 0")
         if self._observe_failing:
             self._observe_failing = False
             self._log.info("uniswap_observe_recovered")
         window = self.twap_window_s
         tick = mean_tick(tc0, tc1, window)
         if not -_MAX_TICK <= tick <= _MAX_TICK:
-            return "malformed"
+            return self._dropped("malformed", block, error=f"mean tick {tick} out of range")
         twap = tick_to_price(tick, self.token0_decimals, self.token1_decimals)
         spot = sqrt_price_x96_to_price(sqrt_price_x96, self.token0_decimals, self.token1_decimals)
         if self.invert:
@@ -352,6 +356,7 @@ class UniswapV3Feed(Feed):
             or harmonic_mean_liquidity(spl0, spl1, window) < self.min_liquidity
         )
         self._last_ts = ts
+        self._failing = None
         return Quote(
             self.source_id,
             self.pair,
@@ -362,6 +367,14 @@ class UniswapV3Feed(Feed):
             block=block.number,
             block_ts=ts,
         )
+
+    def _dropped(self, reason: str, block: Block, **detail: object) -> str:
+        """A block dropped as `reason` (counted by the reader): logged when the reason changes,
+        not on every block it lasts (before, these drops were counted but never logged)."""
+        if reason != self._failing:
+            self._failing = reason
+            self._log.warning("uniswap_read_dropped", reason=reason, block=block.number, **detail)
+        return reason
 
     def _learn(self, results: Sequence[tuple[bool, bytes]]) -> FeedResult:
         """The two set-up steps: the pool's tokens, then their decimals against the config."""
