@@ -515,7 +515,8 @@ class Source(abc.ABC):
             if latency < 0:
                 stats.latency_ahead -= 1
                 latency = 0
-            stats.latency_buckets[_LATENCY_BUCKET_OF_MS[min(latency, _LATENCY_OVER)]] -= 1
+            # Past the top bound: the +Inf bucket (the table's last entry), as `_quote` counted.
+            stats.latency_buckets[_LATENCY_BUCKET_OF_MS[min(latency, _LATENCY_OVER + 1)]] -= 1
             stats.latency_sum_ms -= latency
 
     def _counter_refused(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -46,6 +47,7 @@ class Venue:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/stream", self._ws)
+        app.router.add_get("/public/stream", self._ws)  # Binance USD-M's book tickers
         app.router.add_get("/api/v3/ticker/bookTicker", self._rest)
         return app
 
@@ -247,6 +249,50 @@ async def test_a_rotations_first_quote_repeating_the_last_book_is_dropped_and_th
     await wait(lambda: len(run.quotes) >= 4)
     assert {(q.pair, q.bid) for q in run.quotes[2:]} == {("BTC/USDT", 100.05)}
     assert run.stats.quotes == len(run.quotes) and venue.rest_requests == 0
+
+
+async def test_a_dropped_first_quote_older_than_the_top_latency_bucket_leaves_the_histogram(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A first quote on a new connection that repeats the last book and carries a venue time
+    more than the top latency bound (10 s) old (a snapshot stamped with the book's last change,
+    the book having moved and moved back while the source was away) is dropped as `unchanged`
+    and leaves the latency histogram exactly as it was: its count is taken back from the +Inf
+    bucket it was counted in. Before, the restore took it from the 10 s bucket, which went to
+    -1 while +Inf kept the dropped quote (found reading the restore against
+    SourceStats.observe_latency)."""
+    book = (
+        '{{"stream":"btcusdt@bookTicker","data":{{"e":"bookTicker","u":{u},"E":{e},'
+        '"s":"BTCUSDT","b":"100.0","B":"1","a":"100.1","A":"1"}}}}'
+    )
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        now_ms = int(time.time() * 1000)
+        await ws.send_str(book.format(u=10 + n, e=now_ms - 30_000 + 10_000 * n))
+        if n == 0:
+            await ws.send_str('{"e":"serverShutdown","E":1795660000000}')
+        await hold(ws)
+
+    venue = Venue(script)
+    server = await aiohttp_server(venue.app())
+    base = str(server.make_url("")).rstrip("/")
+    cfg = SourceConfig(
+        type="binance_usdm",
+        ws_url=base.replace("http://", "ws://"),
+        rest_url=base,
+        liveness_timeout_s=5.0,
+        rest_poll_interval_s=0.1,
+        reconnect_max_s=0.2,
+    )
+    run = await start_config(cfg, [("BTC/USDT", "perp")])
+    await wait(lambda: run.stats.dropped["unchanged"] == 1)
+    assert venue.connections == 2 and len(run.quotes) == 1 and run.stats.quotes == 1
+    latency = run.quotes[0].recv_ts - (run.quotes[0].venue_ts or 0)
+    assert latency > 10_000
+    assert run.stats.latency_buckets == [0] * 11 + [1]  # the first quote alone, in +Inf
+    assert run.stats.latency_sum_ms == latency and run.stats.latency_ahead == 0
 
 
 async def test_venue_close_frame_leads_to_a_reconnect(
