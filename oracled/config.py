@@ -462,6 +462,24 @@ def _check_http_url(url: str) -> str:
     return url
 
 
+def _check_distinct_urls(urls: tuple[str, ...]) -> None:
+    """A chain's RPC URLs name distinct endpoints: one listed twice would vote twice in a
+    cross-check (two reads of one node outvote an honest third URL, which is then left) and be
+    failed over to itself. Compared with the scheme and host in lower case and without a
+    trailing slash; the message gives positions, never a URL (it may hold an API key)."""
+    seen: dict[str, int] = {}
+    for position, url in enumerate(urls, 1):
+        scheme, _, rest = url.partition("://")
+        host, slash, path = rest.partition("/")
+        key = f"{scheme.lower()}://{host.lower()}{slash}{path}".rstrip("/")
+        if key in seen:
+            raise ValueError(
+                f"RPC URL {position} repeats URL {seen[key]}: one endpoint listed twice would "
+                "vote twice in a cross-check and be failed over to itself"
+            )
+        seen[key] = position
+
+
 class SourceConfig(_Frozen):
     """One feed instance. Several instances may share a type (e.g. two Binance hosts)."""
 
@@ -1082,12 +1100,17 @@ def _resolve_chains(cfg: Config, env: Mapping[str, str]) -> dict[str, ChainConfi
         urls = chain.rpc_urls
         if chain.rpc_urls_env and env.get(chain.rpc_urls_env, "").strip():
             urls = tuple(u.strip() for u in env[chain.rpc_urls_env].split(",") if u.strip())
-            for url in urls:
-                try:
+            try:
+                for url in urls:
                     _check_http_url(url)
-                except ValueError as exc:  # never echo the URL: it may carry an API key
-                    problems.append(f"chains.{cid}.rpc_urls_env: ${chain.rpc_urls_env}: {exc}")
-                    break
+                _check_distinct_urls(urls)
+            except ValueError as exc:  # never echo the URL: it may carry an API key
+                problems.append(f"chains.{cid}.rpc_urls_env: ${chain.rpc_urls_env}: {exc}")
+        else:
+            try:
+                _check_distinct_urls(urls)
+            except ValueError as exc:
+                problems.append(f"chains.{cid}.rpc_urls: {exc}")
         out[cid] = chain.model_copy(update={"resolved_urls": urls})
     if problems:
         raise ConfigError(problems)

@@ -116,3 +116,23 @@ def test_a_pair_asked_of_an_on_chain_source_needs_a_feed() -> None:
     doc["sources"]["cl"]["feeds"] = {}
     problems = _problems(doc)
     assert "sources.cl.feeds: no feed for ETH/USD, which a market asks of this source" in problems
+
+
+def test_an_rpc_url_listed_twice_is_refused_without_echoing_it() -> None:
+    """One endpoint listed twice among a chain's URLs (the same text, or differing only in the
+    case of the host or a trailing slash) is refused, by position, never printed: with
+    cross_check its two reads would form a majority that outvotes an honest third URL and leaves
+    it, and failing over would go to the same node. Distinct URLs of one host stay accepted."""
+    dup = "https://one.example/k1, https://two.example/k2, https://ONE.example/k1/"
+    problems = _problems(_doc(), {"TEST_ETH_RPC": dup})
+    assert problems == [
+        "chains.eth.rpc_urls_env: $TEST_ETH_RPC: RPC URL 3 repeats URL 1: one endpoint listed "
+        "twice would vote twice in a cross-check and be failed over to itself"
+    ]
+    chain = {"chain_id": 1, "rpc_urls": ["http://127.0.0.1:8545", "http://127.0.0.1:8545"]}
+    problems = _problems(_doc(chains={"eth": chain}))
+    assert len(problems) == 1 and problems[0].startswith("chains.eth.rpc_urls")
+    assert "RPC URL 2 repeats URL 1" in problems[0]
+    distinct = "https://one.example/k1, https://one.example/k2, http://one.example/k1"
+    cfg = parse_config(_doc(), {"TEST_ETH_RPC": distinct})
+    assert len(cfg.chains["eth"].resolved_urls) == 3
