@@ -33,8 +33,9 @@ An HTTP 429 with a `Retry-After` in seconds also rests its endpoint that long (a
 left the call raises `RpcUnavailable` at once. A rate-limited provider asked again at every
 poll and every block only extends its limit. A rate limit that names no wait (a JSON-RPC
 -32005 or 429 error, an HTTP 429 without a `Retry-After` in seconds) rests its endpoint 1 s,
-then 2, 4... up to `_MAX_REST_S` while it lasts; the endpoint's next answer starts it again at
-1 s. A caller can rest an endpoint too (`rest`: a cross-check that outvoted it).
+then 2, 4... up to `_MAX_REST_S` while it lasts; the endpoint's next other answer (an error
+too) starts it again at 1 s. A caller can rest an endpoint too (`rest`: a cross-check that
+outvoted it).
 """
 
 from __future__ import annotations
@@ -407,13 +408,13 @@ class RpcClient:
         if answer.id != rid:
             raise _Failed("garbage", "answer to another request id")
         err = answer.error
-        if pinned and err is not None and _block_unknown(err):
-            raise UnknownBlock(err.code, err.message, err.data)
-        if err is not None and err.code in _RATE_LIMITS:
+        if err is not None and err.code in _RATE_LIMITS and not (pinned and _block_unknown(err)):
             rest = self._limited(index)
             raise _Failed("node", f"{err.code} {err.message}"[:100] + f", resting {rest:g} s")
+        self._limits[index] = 0  # any other answer, an error too: the limit is over
+        if pinned and err is not None and _block_unknown(err):
+            raise UnknownBlock(err.code, err.message, err.data)
         result = self._result(answer)
-        self._limits[index] = 0
         if sticky:
             self._active = index
         return result

@@ -240,6 +240,32 @@ async def test_a_json_rpc_rate_limit_rests_its_endpoint_1_s_doubling_until_an_an
     assert rpc.stats[0].by_kind == {"node": 3}
 
 
+async def test_an_error_answer_between_rate_limits_starts_the_rest_again_at_1_s(
+    http: aiohttp.ClientSession, proxy: RpcProxy
+) -> None:
+    """An endpoint that answers with any error other than a rate limit (here geth's "header not
+    found") has answered: the limit is over, so the next limit rests it 1 s again, not twice
+    as long as the one before (the documented "its next answer starts it again at 1 s")."""
+    clock = ManualClock(1_000_000)
+    rpc = RpcClient([proxy.url], http, timeout_s=2.0, clock=clock)
+    proxy.mode = "limit_32005"
+    with pytest.raises(RpcUnavailable, match="every endpoint failed"):
+        await rpc.call("eth_chainId", [])
+    clock.advance(1000)
+    proxy.mode = "error"
+    with pytest.raises(RpcUnavailable, match="every endpoint failed"):
+        await rpc.call("eth_chainId", [])
+    proxy.mode = "limit_32005"
+    with pytest.raises(RpcUnavailable, match="every endpoint failed"):
+        await rpc.call("eth_chainId", [])
+    assert rpc.stats[0].last_error == "node: -32005 limit exceeded, resting 1 s"
+    clock.advance(1000)
+    proxy.mode = "pass"
+    assert await rpc.call("eth_chainId", []) == hex(CHAIN_ID)  # rested 1 s, not 2
+    assert proxy.requests == 4
+    assert rpc.stats[0].by_kind == {"node": 3}
+
+
 def _calls(proxy: RpcProxy) -> int:
     return proxy.methods.count("eth_call")
 
