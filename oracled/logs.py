@@ -8,11 +8,18 @@ reader of the pipe gone, a full disk, a closed terminal) is dropped and counted
 (`oracled_log_lines_dropped_total`). Before, the `BrokenPipeError` of one log call went up through
 whatever had logged it: `oracled run` whose stderr reader went away stopped within two seconds
 with exit code 0, as if asked to, and one logging in a signal handler could miss its stop.
+
+Nor does it block: lines are queued and one writer thread writes them. Before, each line was
+written by the thread that logged it, the event loop included, and a reader that was alive but
+not reading (a stuck log shipper, a paused terminal) filled the pipe and stopped the rounds.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import queue
 import sys
 import threading
 from typing import Literal, Protocol
@@ -20,7 +27,14 @@ from typing import Literal, Protocol
 import orjson
 import structlog
 
-__all__ = ["LogOutput", "log_lines_dropped", "setup_logging"]
+__all__ = [
+    "DRAIN_AT_EXIT_S",
+    "QUEUE_LINES",
+    "LogOutput",
+    "drain_logs",
+    "log_lines_dropped",
+    "setup_logging",
+]
 
 _HANDLER = "oracled"  # the name of our handler on the root logger, replaced on each set-up
 
@@ -37,51 +51,96 @@ class _Stream(Protocol):
     def flush(self) -> None: ...
 
 
-class LogOutput:
-    """A text stream for log lines that never raises: a line whose write or flush fails is gone,
-    counted once in `dropped` (every line ends with a flush: structlog's logger writes and
-    flushes each, the standard library's handler flushes each record). Nobody reading the logs
-    must not stop a daemon that is pricing markets.
+#: Lines that may wait for the writer thread: a reader slower than the logging for that long
+#: (a stuck log shipper, a paused terminal, a full pipe) loses the lines after them, counted.
+QUEUE_LINES = 1_000
+#: The longest the interpreter's exit waits for the writer to write the lines still queued
+#: (`drain_logs` at exit): a reader that reads gets every line logged before the exit; one that
+#: does not cannot hold the stop longer than this (within the stop's margin for the
+#: interpreter's own exit, docs/runbook.md, *Signals*).
+DRAIN_AT_EXIT_S = 0.5
 
-    Each line comes in one write (the line with its newline), and the writes hold a lock of
-    their own: structlog's lock and the standard library handler's are two, and a thread's line
-    written between another's text and its newline glued them into one unreadable line."""
+
+class LogOutput:
+    """A text stream for log lines that never raises and never blocks the thread that logs: each
+    line is queued (bounded, `QUEUE_LINES`) and one writer thread writes them, in order. A line
+    that finds the queue full, or whose write fails, is gone, counted once in `dropped`. Nobody
+    reading the logs must not stop a daemon that is pricing markets, and one that reads slowly or
+    not at all (a full pipe blocks its writer) must not stall the event loop with it.
+
+    Each line comes in one write (the line with its newline: structlog's logger writes each line
+    whole, the standard library's handler too) and goes out as one. The queue is a SimpleQueue,
+    whose put takes no lock a signal handler could find held by the thread it interrupts: such a
+    handler may log in the middle of another line. A stream with a file descriptor is written
+    with os.write, not through its buffer: a write blocked on a full pipe then holds no lock that
+    another writer of the same stream (a traceback printed to stderr, the interpreter's last
+    flush of it at exit) would wait on."""
 
     # structlog keeps its lock per stream, weakly
-    __slots__ = ("__weakref__", "_lock", "_lost", "_out", "dropped")
+    __slots__ = ("__weakref__", "_failed", "_full", "_out", "_queue", "_writer")
 
     def __init__(self, out: _Stream) -> None:
         self._out = out
-        # reentrant, as the standard library handler's: a signal handler that logs runs in the
-        # thread it interrupts, maybe inside a write
-        self._lock = threading.RLock()
-        self._lost = False  # a write of the line being written failed
-        self.dropped = 0
+        self._queue: queue.SimpleQueue[str | threading.Event] = queue.SimpleQueue()
+        # one counter per kind of writer: the writer thread (`_failed`) and the threads that log
+        # (`_full`, without a lock a signal handler could find held; two threads racing on it
+        # could at worst lose a count, never hang)
+        self._failed = 0
+        self._full = 0
+        self._writer = threading.Thread(target=self._write_lines, name="log-writer", daemon=True)
+        self._writer.start()
+
+    @property
+    def dropped(self) -> int:
+        """Lines lost: the queue full (the writer too far behind) or their write failed."""
+        return self._failed + self._full
 
     def write(self, text: str) -> int:
-        with self._lock:
-            try:
-                return self._out.write(text)
-            except (OSError, ValueError):  # ValueError: the stream was closed
-                self._lost = True
-                return 0
+        if self._queue.qsize() >= QUEUE_LINES:
+            self._full += 1
+        else:
+            self._queue.put(text)
+        return len(text)
 
     def flush(self) -> None:
-        with self._lock:
-            self._flush()
+        """Nothing to do here: the writer thread writes and flushes each line."""
 
-    def _flush(self) -> None:
-        try:
-            self._out.flush()
-        except (OSError, ValueError):
-            self._lost = True
-        if self._lost:
-            self._lost = False
-            self.dropped += 1
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until the lines queued before this call are written (or dropped), at most
+        `timeout_s`; False if the writer is still behind then (a reader that does not read)."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout_s)
 
     def isatty(self) -> bool:
         isatty = getattr(self._out, "isatty", None)
         return bool(isatty()) if isatty is not None else False
+
+    def _write_lines(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            try:
+                self._write_line(item)
+            except Exception:  # OSError, ValueError (closed), any: the line is lost, not the writer
+                self._failed += 1
+
+    def _write_line(self, text: str) -> None:
+        fileno = getattr(self._out, "fileno", None)
+        try:
+            fd: int | None = fileno() if fileno is not None else None
+        except (OSError, ValueError):  # no descriptor (io.StringIO), or closed
+            fd = None
+        if fd is None:
+            self._out.write(text)
+            self._out.flush()
+            return
+        encoding = getattr(self._out, "encoding", None) or "utf-8"
+        data = memoryview(text.encode(encoding, "backslashreplace"))
+        while data:
+            data = data[os.write(fd, data) :]
 
 
 _output: LogOutput | None = None
@@ -90,6 +149,15 @@ _output: LogOutput | None = None
 def log_lines_dropped() -> int:
     """Log lines that could not be written since the logging was set up (0 before)."""
     return _output.dropped if _output is not None else 0
+
+
+def drain_logs(timeout_s: float = DRAIN_AT_EXIT_S) -> bool:
+    """Wait, at most `timeout_s`, until every line logged so far is written (True), or the
+    writer is still behind (False: a reader that does not read). Runs at the interpreter's exit."""
+    return _output.drain(timeout_s) if _output is not None else True
+
+
+atexit.register(drain_logs)
 
 
 def _orjson_dumps(obj: object, default: object = None) -> str:

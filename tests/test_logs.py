@@ -17,7 +17,7 @@ import pytest
 import structlog
 from aiohttp import web
 
-from oracled.logs import log_lines_dropped, setup_logging
+from oracled.logs import QUEUE_LINES, drain_logs, log_lines_dropped, setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +51,7 @@ async def test_a_request_aiohttp_cannot_parse_is_logged_as_one_json_line() -> No
         assert answer.startswith(b"HTTP/1.0 400")
     finally:
         await runner.cleanup()
+    assert drain_logs(5)
     lines = out.getvalue().splitlines()
     events = [json.loads(line) for line in lines]  # every line is JSON
     (refused,) = [e for e in events if e.get("logger") == "aiohttp.server"]
@@ -73,63 +74,149 @@ def test_a_log_line_nobody_can_read_is_dropped_and_counted_not_raised() -> None:
     structlog.get_logger().info("nobody reads this")
     structlog.get_logger().warning("nor this", n=2)
     logging.getLogger("aiohttp.server").error("a library's line")
+    assert drain_logs(5)
     assert log_lines_dropped() == 3
     with pytest.raises(BrokenPipeError):  # what each of those calls raised before
         print("x", file=stream, flush=True)
     with pytest.raises(BrokenPipeError):  # closed all the same, its buffer unwritten
         stream.close()
     structlog.get_logger().info("after the stream was closed")  # ValueError: dropped too
+    assert drain_logs(5)
     assert log_lines_dropped() == 4
 
 
-class _HoldingStream(io.StringIO):
-    """A log stream that holds the thread named `writer` once, right after its first write,
-    until another thread has written a whole line (0.5 s at most): a thread switch, which may
-    fall between any two writes, made certain."""
+class _WritesStream(io.StringIO):
+    """A log stream that keeps each write it is given, as given."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.holding = threading.Event()
-        self.other_line = threading.Event()
+        self.writes: list[str] = []
 
     def write(self, text: str, /) -> int:
-        written = super().write(text)
-        if threading.current_thread().name != "writer":
-            if text.endswith("\n"):
-                self.other_line.set()
-        elif not self.holding.is_set():
-            self.holding.set()
-            self.other_line.wait(0.5)
-        return written
+        self.writes.append(text)
+        return super().write(text)
 
 
 def test_a_line_from_a_thread_and_a_librarys_line_at_once_stay_two_lines() -> None:
     """The signer's, the lease's and the pause file's threads log through structlog while the
     event loop's libraries (aiohttp, nats) log through the standard library's handler: two
     locks, one stream. structlog printed a line as two writes, the line and then its newline,
-    and since LogOutput (whose write is Python code, where a thread switch may fall) a library's
-    line written between them glued two JSON objects on one line, then an empty line: both
-    unreadable by jq (seen once or twice in five runs of 60,000 lines from two threads). Each
-    line is now one write, under LogOutput's own lock."""
-    out = _HoldingStream()
+    and a library's line written between them glued two JSON objects on one line, then an empty
+    line: both unreadable by jq (seen once or twice in five runs of 60,000 lines from two
+    threads). Each line is now one write, and one writer thread writes them all: the stream
+    gets every line whole, in one write, from both loggers."""
+    out = _WritesStream()
     setup_logging("info", "json", stream=out)
     thread = threading.Thread(
-        target=lambda: structlog.get_logger().info("from a thread", n=1), name="writer"
+        target=lambda: [structlog.get_logger().info("from a thread", n=i) for i in range(200)]
     )
     thread.start()
-    assert out.holding.wait(5)  # the thread is in its first write
-    logging.getLogger("aiohttp.server").warning("a library's line")
+    for _ in range(200):
+        logging.getLogger("aiohttp.server").warning("a library's line")
     thread.join(5)
-    lines = out.getvalue().split("\n")
-    assert lines[-1] == ""  # the last line ends with its newline
-    events = [json.loads(line)["event"] for line in lines[:-1]]
-    assert sorted(events) == ["a library's line", "from a thread"]
+    assert drain_logs(5)
+    assert len(out.writes) == 400
+    assert all(w.endswith("\n") and w.count("\n") == 1 for w in out.writes)
+    events = [json.loads(w)["event"] for w in out.writes]
+    assert sorted(set(events)) == ["a library's line", "from a thread"]
+
+
+class _BlockedStream(io.StringIO):
+    """A log stream whose reader is not reading: each write waits until `reading` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = threading.Event()
+
+    def write(self, text: str, /) -> int:
+        self.reading.wait(10)
+        return super().write(text)
+
+
+def test_a_reader_that_does_not_read_blocks_no_logger_and_the_lines_keep_their_order() -> None:
+    """A reader that stopped reading (a stuck log shipper, a full pipe) blocked each log call,
+    the event loop's included: a slow sink stalled the core. Log calls now return at once, the
+    lines beyond the queue's `QUEUE_LINES` are dropped and counted, and the lines kept are
+    written in the order they were logged, from both loggers, once the reader reads again."""
+    out = _BlockedStream()
+    setup_logging("info", "json", stream=out)
+    extra = 50
+    for i in range(QUEUE_LINES + extra):  # each call returns: no write waits in this thread
+        if i % 2:
+            structlog.get_logger().info("line", n=i)
+        else:
+            logging.getLogger("lib").warning("line %d", i)
+    assert not drain_logs(0.2)  # the writer is stuck in the first line's write
+    out.reading.set()
+    assert drain_logs(5)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    numbers = [e["n"] if "n" in e else int(e["event"].split()[1]) for e in events]
+    # the one in the write, then the queue's worth, in order; the rest counted
+    assert numbers == list(range(len(numbers)))
+    assert QUEUE_LINES <= len(numbers) <= QUEUE_LINES + 1
+    assert log_lines_dropped() == QUEUE_LINES + extra - len(numbers)
+
+
+_EXIT_CHILD = """
+import structlog
+from oracled.logs import setup_logging
+
+setup_logging("info", "json")
+for i in range(500):  # fewer than the queue holds: none dropped
+    structlog.get_logger().info("line", n=i)
+"""
+
+
+def test_every_line_logged_before_the_exit_is_written() -> None:
+    """The lines still queued when the interpreter exits (a daemon's last lines after SIGTERM,
+    a command's) are written before it is gone, in order: a child logs 500 lines and exits at
+    once; its stderr has them all (before the queue, each was written as it was logged)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_CHILD], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    numbers = [json.loads(line)["n"] for line in done.stderr.splitlines()]
+    assert numbers == list(range(500))
+
+
+_STUCK_EXIT_CHILD = """
+import os, sys, structlog
+from oracled.logs import setup_logging
+
+setup_logging("info", "json")
+for i in range(100_000):  # far more than the pipe holds
+    structlog.get_logger().info("line", n=i)
+print("exiting", flush=True)
+"""
+
+
+def test_a_reader_that_does_not_read_cannot_hold_the_exit() -> None:
+    """The exit waits for the queued lines a bounded time only (`DRAIN_AT_EXIT_S`): a child
+    whose stderr is a pipe nobody reads logs far more than the pipe holds and still exits, with
+    exit code 0 (with no bound on the wait, it would hang there for good)."""
+    read_end, write_end = os.pipe()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _STUCK_EXIT_CHILD], stdout=subprocess.PIPE, stderr=write_end
+        )
+    finally:
+        os.close(write_end)
+    try:
+        assert child.wait(30) == 0
+        assert child.stdout is not None and child.stdout.read() == b"exiting\n"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+        os.close(read_end)
 
 
 _SIGNAL_CHILD = """
 import io, logging, signal, sys
 import structlog
-from oracled.logs import setup_logging
+from oracled.logs import drain_logs, setup_logging
 
 class Stream(io.StringIO):
     def write(self, text, /):
@@ -143,6 +230,10 @@ signal.signal(signal.SIGUSR1, lambda *_: logging.getLogger("lib").warning("from 
 out = Stream()
 setup_logging("info", "json", stream=out)
 structlog.get_logger().info("interrupted")
+for _ in range(50):  # the handler's line is queued when the handler has run, after this one
+    drain_logs(5)
+    if out.getvalue().count("\\n") == 2:
+        break
 sys.stdout.write(out.getvalue())
 """
 
