@@ -46,6 +46,7 @@ from oracled.config import (
 from oracled.core import Core, RoundResult
 from oracled.errors import ConfigError, OracledError, ServiceStopping, TapeError
 from oracled.lockfile import LockHeldError, lock_beside
+from oracled.logs import DRAIN_AT_EXIT_S
 from oracled.manual import ManualPauses, Pause
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Kind, Quote
@@ -85,9 +86,12 @@ SHUTDOWN_BUDGET_S = 5.0
 #: trail's queue, the pauses file.
 API_CLOSE_MIN_S, SESSION_CLOSE_S, TAPE_DRAIN_S = 0.5, 0.5, 1.0
 SIGNER_DRAIN_S, AUDIT_CLOSE_S, PAUSES_CLOSE_S = 0.5, 1.0, 0.5
+#: The signing lease written down to the last round signed (`SignerWorker.close`).
+LEASE_CLOSE_S = 0.5
 #: The longest a stop can take, every part at its limit, with the event loop's close after it
-#: (`runloop.run_to_end`): what a supervisor must wait before SIGKILL (deploy/, with a margin
-#: for the interpreter's own exit). 9.1 s; 8.1 s without `record`'s tape. A stop with nothing
+#: (`runloop.run_to_end`) and the log lines still queued written at the interpreter's exit
+#: (`logs.DRAIN_AT_EXIT_S`): what a supervisor must wait before SIGKILL (deploy/, with a margin
+#: for the interpreter's own exit). 10.1 s; 9.1 s without `record`'s tape. A stop with nothing
 #: stuck takes well under a second (benchmarks/bench_stop.py).
 STOP_WORST_CASE_S = (
     SHUTDOWN_BUDGET_S
@@ -96,10 +100,12 @@ STOP_WORST_CASE_S = (
     + SESSION_CLOSE_S
     + TAPE_DRAIN_S
     + SIGNER_DRAIN_S
+    + LEASE_CLOSE_S
     + AUDIT_CLOSE_S
     + PAUSES_CLOSE_S
     + MIN_WAIT_S
     + 2 * CLOSE_S
+    + DRAIN_AT_EXIT_S
 )
 NO_CONFIG_FILE = "this daemon was not started from a config file"
 _RESTART_MAX_S = 30.0
@@ -1052,7 +1058,11 @@ class Service:
             if self._signer_worker is not None:
                 if not await self._signer_worker.drain(SIGNER_DRAIN_S):
                     self.log.warning("the last round's signature was not ready at the stop")
-                self._signer_worker.close()
+                if not self._signer_worker.close(LEASE_CLOSE_S):
+                    self.log.warning(  # the lease on disk stays higher: a restart waits it out
+                        "signing lease not written down within its 0.5 s: a restart waits for "
+                        "the clock to pass it"
+                    )
                 laps.lap("signer")
             if self.audit is not None:
                 if not self.audit.close(AUDIT_CLOSE_S):

@@ -799,12 +799,15 @@ class SignerWorker:
         await asyncio.sleep(0)  # `_done` runs as a callback: let it hand the signature on
         return True
 
-    def close(self) -> None:
+    def close(self, lease_timeout_s: float = 1.0) -> bool:
         """Stop signing; with a lease, write it down to the newest round time handed to the
-        signer (nothing after it was signed), so that a clean restart need not wait it out."""
+        signer (nothing after it was signed), so that a clean restart need not wait it out.
+        False if that write did not finish within `lease_timeout_s` (the lease on disk stays
+        where it was, higher: safe, and a restart waits it out)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._lease is not None:
-            self._lease.close(self.floor)
+            return self._lease.close(self.floor, lease_timeout_s)
+        return True
 
 
 def _new_key(path: Path) -> int:

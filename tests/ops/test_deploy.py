@@ -411,7 +411,7 @@ def _seconds(duration: str) -> float:
 def test_deployments_give_the_shutdown_budget_and_kubernetes_drains_first() -> None:
     """SIGTERM stops the daemon within STOP_WORST_CASE_S, every part of its stop at its limit
     (the 5 s budget of its tasks and API, then the sinks' and files' closes and the event loop's:
-    9.1 s; the deployments waited 10 s, 15 in Kubernetes after a 5 s preStop, the budget's 5 s
+    10.1 s; the deployments waited 10 s, 15 in Kubernetes after a 5 s preStop, the budget's 5 s
     and a 2 s margin, under it): each deployment waits longer before SIGKILL, so the audit trail's
     last batch and the pause file are closed, not cut off. In Kubernetes the pod also waited for
     nothing before its SIGTERM, which closes the listener at once, while the Service and the
