@@ -137,3 +137,21 @@ def test_a_ratio_drawn_beside_values_has_its_own_unit_and_axis() -> None:
                 assert props.get("unit") == "percentunit", (name, panel["title"], legend)
                 assert props.get("custom.axisPlacement") == "right", (name, panel["title"], legend)
     assert checked >= 1
+
+
+_PANEL_MENTION = re.compile(r"dashboard's \*([^*]+)\*(?: and \*([^*]+)\*)?|\*([^*]+)\* panels?\b")
+
+
+def test_every_panel_the_docs_name_is_a_panel_of_a_dashboard() -> None:
+    """The runbook's *History* lines send an operator to a panel by its title (`the publishing
+    dashboard's *NATS connect failures per second*`, `the *Push transactions* panel`): each
+    title named so is the title of a panel or row of a dashboard, so a panel renamed, or named
+    from memory in the docs, fails here instead of sending someone to look for it."""
+    titles = {p["title"] for dash in load().values() for p in every_panel(dash) if "title" in p}
+    docs = [ROOT / "README.md", ROOT / "deploy" / "README.md", *sorted(ROOT.glob("docs/*.md"))]
+    named = set()
+    for path in docs:
+        text = re.sub(r"\s*\n\s*", " ", path.read_text())  # a title may wrap
+        named |= {n for m in _PANEL_MENTION.finditer(text) for n in m.groups() if n}
+    assert len(named) > 8, named  # the scan finds the docs' panel mentions at all
+    assert sorted(named - titles) == []

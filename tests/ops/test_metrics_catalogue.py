@@ -15,6 +15,7 @@ from oracled.manual import PauseStats
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
 from oracled.publish.chain_push import PushStats
+from oracled.publish.hub import Hub
 from oracled.sources.evm.chain import ChainStats
 from oracled.sources.stats import ConnState, SourceStats
 
@@ -185,3 +186,54 @@ def test_every_drop_reason_counted_in_the_code_is_documented() -> None:
     code = _code_drop_reasons()
     assert len(code) > 20, code  # the scan finds the counted reasons at all
     assert sorted(code - documented) == []
+
+
+_BOUND_ROW = re.compile(r"^\| `(\w+)` \(([^)]+)\) \| (.+) \| (\d+) \|$")
+#: Rows of *Labels and their bounds* whose values are fixed in code: the family that carries them.
+_FIXED_LABELS = {
+    ("reason", "signer"): "oracled_signer_errors",
+    ("reason", "NATS"): "oracled_nats_unpublished",
+    ("reason", "NATS connects"): "oracled_nats_connect_failures",
+    ("reason", "push"): "oracled_push_skipped_markets",
+    ("result", "push"): "oracled_push_transactions",
+    ("kind", "RPC errors"): "oracled_chain_rpc_errors",
+    ("reason", "chain blocks"): "oracled_chain_blocks_refused",
+    ("subject", "NATS permissions"): "oracled_nats_permission_denied",
+}
+
+
+def _bounds_table() -> dict[tuple[str, str], tuple[list[str], int]]:
+    """(label, what) -> (the values listed in backticks, the bound) from the labels table."""
+    text = CATALOGUE.read_text()
+    section = text[text.index("## Labels and their bounds") :]
+    rows: dict[tuple[str, str], tuple[list[str], int]] = {}
+    for line in section.splitlines():
+        if match := _BOUND_ROW.match(line):
+            label, what, values, bound = match.groups()
+            rows[(label, what)] = (re.findall(r"`([a-z_]+)`", values), int(bound))
+    return rows
+
+
+def test_the_labels_table_lists_the_values_the_code_gives_and_counts_them() -> None:
+    """Each label whose values are fixed in code (the signer's, NATS's, the push's, the chain
+    reader's reasons and kinds, NATS's refused subjects, the API's and the streams' close
+    reasons) lists in *Labels and
+    their bounds* exactly the values the exposition and the hub carry, and its bound is their
+    number: a reason added in code (e.g. an RPC error kind) without its row updated fails here."""
+    rows = _bounds_table()
+    body, _ = populated_metrics().render()
+    values: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for (label, _), name in _FIXED_LABELS.items():
+            if family.name == name:
+                values.setdefault(name, set()).update(s.labels[label] for s in family.samples)
+    hub = Hub()
+    code = {key: sorted(values[name]) for key, name in _FIXED_LABELS.items()}
+    code[("reason", "API connections")] = sorted(hub.api_closed)
+    code[("reason", "stream")] = sorted(hub.dropped_subscribers)
+    wrong = {}
+    for key, expected in code.items():
+        listed, bound = rows[key]
+        if sorted(listed) != expected or bound != len(expected):
+            wrong[key] = (listed, bound, expected)
+    assert wrong == {}
