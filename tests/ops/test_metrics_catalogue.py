@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from catalogue import CATALOGUE, ROOT, Entry, catalogue
+from catalogue import CATALOGUE, ROOT, Entry, catalogue, unknown_metrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from oracled.aggregate.book import DropReason
@@ -237,3 +237,35 @@ def test_the_labels_table_lists_the_values_the_code_gives_and_counts_them() -> N
         if sorted(listed) != expected or bound != len(expected):
             wrong[key] = (listed, bound, expected)
     assert wrong == {}
+
+
+def test_the_drop_reasons_bound_counts_the_table_and_the_on_chain_list() -> None:
+    """The `reason` (drops) row of *Labels and their bounds* says how many values the label
+    takes: the rows of *Drop reasons*, and the on-chain feeds' reasons listed under it that are
+    not rows already. It said 26 with 27 venue and book rows and two on-chain rows: a reason
+    added to either list without the bound fails here."""
+    text = CATALOGUE.read_text()
+    section = text[text.index("## Drop reasons") : text.index("## Planned")]
+    rows = {m.group(1) for line in section.splitlines() if (m := _DROP_ROW.match(line))}
+    prose = re.sub(r"\s+", " ", section[section.index("On-chain feeds also drop") :])
+    on_chain = set(re.findall(r"`([a-z_]+)`", prose[: prose.index(". Every one")]))
+    bound = re.search(
+        r"\| (\d+), fixed in code \(the table's rows\), and (\d+) more for on-chain", text
+    )
+    assert bound is not None
+    assert (int(bound.group(1)), int(bound.group(2))) == (len(rows), len(on_chain - rows))
+
+
+def test_every_metric_the_docs_name_is_catalogued() -> None:
+    """A metric named anywhere in the READMEs or docs/ (the runbook's queries, the prose of
+    onchain.md or publishing.md) is one the catalogue lists, so one the daemon exposes (the test
+    above): a name misspelt or renamed in prose fails here. A family named by its prefix
+    (`oracled_source_*`) is not a name."""
+    docs = [ROOT / "README.md", ROOT / "deploy" / "README.md", *sorted(ROOT.glob("docs/*.md"))]
+    missing = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in docs
+        for name in unknown_metrics(path.read_text())
+        if not name.endswith("_")
+    }
+    assert sorted(missing) == []
