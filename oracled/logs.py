@@ -20,6 +20,7 @@ import atexit
 import logging
 import os
 import queue
+import select
 import sys
 import threading
 from typing import Literal, Protocol
@@ -74,7 +75,8 @@ class LogOutput:
     handler may log in the middle of another line. A stream with a file descriptor is written
     with os.write, not through its buffer: a write blocked on a full pipe then holds no lock that
     another writer of the same stream (a traceback printed to stderr, the interpreter's last
-    flush of it at exit) would wait on."""
+    flush of it at exit) would wait on. On a descriptor a parent set non-blocking, the writer
+    waits for room rather than give up part way through a line."""
 
     # structlog keeps its lock per stream, weakly
     __slots__ = ("__weakref__", "_failed", "_full", "_out", "_queue", "_writer")
@@ -140,7 +142,19 @@ class LogOutput:
         encoding = getattr(self._out, "encoding", None) or "utf-8"
         data = memoryview(text.encode(encoding, "backslashreplace"))
         while data:
-            data = data[os.write(fd, data) :]
+            try:
+                data = data[os.write(fd, data) :]
+            except BlockingIOError:  # O_NONBLOCK set by whoever shares the pipe: wait, not drop
+                _wait_writable(fd)
+
+
+def _wait_writable(fd: int) -> None:
+    """Block the writer thread until `fd` takes more bytes (or reports an error, which the next
+    write raises). Giving up on a full non-blocking pipe would drop the rest of a line already
+    half written and glue the next line onto it."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll()
 
 
 _output: LogOutput | None = None

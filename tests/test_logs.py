@@ -251,3 +251,39 @@ def test_a_signal_handler_that_logs_during_a_line_does_not_hang_the_process() ->
     assert done.returncode == 0, done.stderr[-2000:]
     events = sorted(json.loads(line)["event"] for line in done.stdout.splitlines())
     assert events == ["from a handler", "interrupted"]
+
+
+def test_a_non_blocking_pipe_that_fills_loses_no_line_and_tears_none() -> None:
+    """A parent may hand the daemon a stderr with O_NONBLOCK set (shared with a supervisor that
+    set it on its end of the pipe). Found reviewing the writer thread: once the pipe was full,
+    every line that found the pipe full was dropped (os.write raised BlockingIOError), and a
+    line over PIPE_BUF (4 KiB: a traceback) was written in part, its rest dropped and the next
+    line glued to its first half. The writer now waits for the pipe to take more: a reader
+    that reads late gets every line, whole and in order, none counted as dropped."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    out = os.fdopen(write_end, "w")
+    setup_logging("info", "json", stream=out)
+    # 0.5 MB: far more than the pipe's 64 KiB, fewer lines than the queue holds; each line over
+    # the 4 KiB a pipe takes whole (PIPE_BUF), so a full pipe takes part of one
+    count = 100
+    for i in range(count):
+        structlog.get_logger().info("line", n=i, pad="x" * 5_000)
+    chunks: list[bytes] = []
+    assert not drain_logs(0.3)  # the writer waits on the full pipe; nobody has read yet
+
+    def read() -> None:
+        while chunk := os.read(read_end, 65_536):
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        assert drain_logs(10)
+    finally:
+        out.close()
+        reader.join(10)
+        os.close(read_end)
+    numbers = [json.loads(line)["n"] for line in b"".join(chunks).decode().splitlines()]
+    assert numbers == list(range(count))
+    assert log_lines_dropped() == 0
