@@ -76,7 +76,8 @@ class LogOutput:
     with os.write, not through its buffer: a write blocked on a full pipe then holds no lock that
     another writer of the same stream (a traceback printed to stderr, the interpreter's last
     flush of it at exit) would wait on. On a descriptor a parent set non-blocking, the writer
-    waits for room rather than give up part way through a line."""
+    waits for room rather than give up part way through a line. A forked child gets a writer
+    thread of its own (`after_fork`)."""
 
     # structlog keeps its lock per stream, weakly
     __slots__ = ("__weakref__", "_failed", "_full", "_out", "_queue", "_writer")
@@ -89,8 +90,19 @@ class LogOutput:
         # could at worst lose a count, never hang)
         self._failed = 0
         self._full = 0
-        self._writer = threading.Thread(target=self._write_lines, name="log-writer", daemon=True)
-        self._writer.start()
+        self._writer = self._start_writer()
+
+    def _start_writer(self) -> threading.Thread:
+        writer = threading.Thread(target=self._write_lines, name="log-writer", daemon=True)
+        writer.start()
+        return writer
+
+    def after_fork(self) -> None:
+        """In a forked child: the writer thread did not come along, so without a new one the
+        child's lines would wait in the queue for good. The lines the parent had queued are the
+        parent's to write: the child starts with an empty queue, or they would come out twice."""
+        self._queue = queue.SimpleQueue()
+        self._writer = self._start_writer()
 
     @property
     def dropped(self) -> int:
@@ -171,7 +183,13 @@ def drain_logs(timeout_s: float = DRAIN_AT_EXIT_S) -> bool:
     return _output.drain(timeout_s) if _output is not None else True
 
 
+def _after_fork_in_child() -> None:
+    if _output is not None:
+        _output.after_fork()
+
+
 atexit.register(drain_logs)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _orjson_dumps(obj: object, default: object = None) -> str:

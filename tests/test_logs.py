@@ -287,3 +287,34 @@ def test_a_non_blocking_pipe_that_fills_loses_no_line_and_tears_none() -> None:
     numbers = [json.loads(line)["n"] for line in b"".join(chunks).decode().splitlines()]
     assert numbers == list(range(count))
     assert log_lines_dropped() == 0
+
+
+_FORK_CHILD = """
+import os, sys, structlog
+from oracled.logs import setup_logging
+
+setup_logging("info", "json")
+for i in range(200):
+    structlog.get_logger().info("parent", n=i)
+pid = os.fork()
+if pid == 0:
+    structlog.get_logger().info("child")
+    sys.exit(0)  # the interpreter's exit, atexit and its drain included
+os.waitpid(pid, 0)
+structlog.get_logger().info("parent", n=200)
+"""
+
+
+def test_a_forked_child_writes_its_lines_and_not_the_parents_again() -> None:
+    """The writer thread does not survive a fork. Found reviewing the writer thread: a child
+    forked after the logging was set up (a multiprocessing worker, a test's fork) queued its
+    lines for a thread it did not have, and none was ever written. The child now starts a writer
+    of its own with an empty queue: its line is written once, and the lines the parent still had
+    queued at the fork are written by the parent only, once each, in order."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [e["event"] for e in events].count("child") == 1
+    assert [e["n"] for e in events if e["event"] == "parent"] == list(range(201))
