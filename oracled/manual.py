@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -36,7 +35,7 @@ import msgspec
 import structlog
 
 from oracled.errors import ConfigError
-from oracled.lockfile import LockHeldError, lock_beside
+from oracled.lockfile import LockHeldError, lock_beside, replace_durably
 
 __all__ = ["FORMAT", "SAVE_TIMEOUT_S", "ManualPauses", "Pause", "PauseStats"]
 
@@ -180,7 +179,7 @@ class ManualPauses:
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
             body, done = job
-            error = self._take_lock() or self._replace(body)
+            error = self._take_lock() or replace_durably(self.path, body)
             with self._answer:
                 self.stats.kept = error is None
                 late = done.done()  # answered, counted and logged as failed by `_expire`
@@ -204,25 +203,3 @@ class ManualPauses:
             self.stats.kept = False
             self._log.error("manual pauses not saved: a restart would lift them", error=error)
             done.set_result(error)
-
-    def _replace(self, body: bytes) -> str | None:
-        directory = self.path.parent
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(body + b"\n")
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)  # the rename itself survives a power cut
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        return None

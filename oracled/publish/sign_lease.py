@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import structlog
 
 from oracled.config import LEASE_FILE_REQUIRED
 from oracled.errors import ConfigError
-from oracled.lockfile import LockHeldError, lock_beside
+from oracled.lockfile import LockHeldError, lock_beside, replace_durably
 
 __all__ = ["FORMAT", "LeaseStats", "SignLease", "check_sign_lease", "open_sign_lease"]
 
@@ -214,7 +213,7 @@ class SignLease:
     def _write(self, target: int) -> None:
         """Write `target` as this key's lease; `granted` follows once it is on disk."""
         body = _encode(_File(FORMAT, _VERSION, {**self._others, self.address: target}))
-        error = self._replace(body)
+        error = replace_durably(self.path, body)
         if error is None:
             self.stats.writes += 1
             self.granted = target
@@ -228,29 +227,6 @@ class SignLease:
             self._log.error(
                 "signing lease not written: rounds past it go unsigned", error=error, lease=target
             )
-
-    def _replace(self, body: bytes) -> str | None:
-        """Write the whole file atomically and durably; why not, if it could not be."""
-        directory = self.path.parent
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(body + b"\n")
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)  # the rename itself survives a power cut
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        return None
 
 
 def check_sign_lease(path: str | None, address: str) -> None:
