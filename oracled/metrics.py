@@ -194,19 +194,34 @@ _NATS_CONNECT_FAILURES = ("credentials", "tls", "unreachable")
 _NATS_DENIED = ("prices", "rounds", "stalled", "jetstream_api", "inbox", "other")
 
 
+def _labelled(
+    name: str,
+    text: str,
+    label: str,
+    values: Iterable[str],
+    counts: Mapping[str, int] | None,
+) -> CounterMetricFamily:
+    """A counter with one series per fixed label value (bounded in code, every value shown from
+    the start); `counts` None (the part is off) gives zeros."""
+    family = CounterMetricFamily(name, text, labels=[label])
+    for value in values:
+        family.add_metric([value], counts.get(value, 0) if counts is not None else 0)
+    return family
+
+
 def _signer_families(stats: SignerStats | None) -> Iterator[Metric]:
     """Signing of rounds (docs/publishing.md); zeros when signing is off."""
     signed = CounterMetricFamily("oracled_signed_rounds", "Rounds hashed and signed.")
     signed.add_metric([], stats.signed if stats is not None else 0)
-    errors = CounterMetricFamily(
+    errors = _labelled(
         "oracled_signer_errors",
         "Rounds left unsigned: busy (the previous round was still being signed), error, "
         "floor (its time is not after a round this key signed before), or lease (the signing "
         "lease on disk does not reach its time yet).",
-        labels=["reason"],
+        "reason",
+        _SIGNER_REASONS,
+        stats.errors if stats is not None else None,
     )
-    for reason in _SIGNER_REASONS:
-        errors.add_metric([reason], stats.errors.get(reason, 0) if stats is not None else 0)
     duration = GaugeMetricFamily(
         "oracled_signer_last_duration_seconds",
         "Time the latest signed round took to hash and sign, in the signer thread.",
@@ -225,41 +240,35 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
         "oracled_nats_published", "Messages handed to the NATS connection."
     )
     published.add_metric([], stats.published if stats is not None else 0)
-    unpublished = CounterMetricFamily(
+    unpublished = _labelled(
         "oracled_nats_unpublished",
         "Messages not published, by reason: disconnected, queue_full, error.",
-        labels=["reason"],
+        "reason",
+        _NATS_REASONS,
+        stats.unpublished if stats is not None else None,
     )
-    for reason in _NATS_REASONS:
-        unpublished.add_metric(
-            [reason], stats.unpublished.get(reason, 0) if stats is not None else 0
-        )
     reconnects = CounterMetricFamily("oracled_nats_reconnects", "Reconnects to a NATS server.")
     reconnects.add_metric([], stats.reconnects if stats is not None else 0)
     restarts = CounterMetricFamily(
         "oracled_nats_sink_restarts", "Starts of the NATS sink's task again after a crash (a bug)."
     )
     restarts.add_metric([], stats.restarts if stats is not None else 0)
-    failures = CounterMetricFamily(
+    failures = _labelled(
         "oracled_nats_connect_failures",
         "Failed attempts to connect to a NATS server, by reason: credentials (refused by the "
         "server), tls (a certificate refused, or no TLS), unreachable (no server answered).",
-        labels=["reason"],
+        "reason",
+        _NATS_CONNECT_FAILURES,
+        stats.connect_failures if stats is not None else None,
     )
-    for reason in _NATS_CONNECT_FAILURES:
-        failures.add_metric(
-            [reason], stats.connect_failures.get(reason, 0) if stats is not None else 0
-        )
-    denied = CounterMetricFamily(
+    denied = _labelled(
         "oracled_nats_permission_denied",
         "Publishes and subscriptions the NATS server's permissions refused the sink's user, by "
         "subject: prices, rounds, stalled, jetstream_api, inbox (the reply subscription), other.",
-        labels=["subject"],
+        "subject",
+        _NATS_DENIED,
+        stats.permission_denied if stats is not None else None,
     )
-    for subject in _NATS_DENIED:
-        denied.add_metric(
-            [subject], stats.permission_denied.get(subject, 0) if stats is not None else 0
-        )
     yield from (connected, published, unpublished, reconnects, restarts, failures, denied)
 
 
@@ -330,20 +339,20 @@ def _audit_families(stats: AuditStats | None) -> Iterator[Metric]:
 
 def _push_families(stats: PushStats | None) -> Iterator[Metric]:
     """The on-chain pusher; zeros when it is off."""
-    txs = CounterMetricFamily(
+    txs = _labelled(
         "oracled_push_transactions",
         "Push transactions by result: sent, replaced, confirmed, reverted, error, gas_cap.",
-        labels=["result"],
+        "result",
+        _PUSH_TX_RESULTS,
+        stats.transactions if stats is not None else None,
     )
-    for result in _PUSH_TX_RESULTS:
-        txs.add_metric([result], stats.transactions.get(result, 0) if stats is not None else 0)
-    skipped = CounterMetricFamily(
+    skipped = _labelled(
         "oracled_push_skipped_markets",
         "Markets not pushed in a round because they were not active, by status.",
-        labels=["reason"],
+        "reason",
+        _PUSH_SKIP_REASONS,
+        stats.skipped if stats is not None else None,
     )
-    for reason in _PUSH_SKIP_REASONS:
-        skipped.add_metric([reason], stats.skipped.get(reason, 0) if stats is not None else 0)
     updates = CounterMetricFamily(
         "oracled_push_market_updates", "Market prices confirmed on chain by the pusher."
     )
