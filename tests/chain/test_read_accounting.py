@@ -178,3 +178,31 @@ async def test_a_read_overtaken_by_a_newer_published_block_is_counted_superseded
     assert reader.stats.superseded == 1
     assert [q.price for q in got.quotes] == [3000.0, 3100.0]
     assert dict(got.stats.dropped) == {}
+
+
+async def test_a_read_again_the_node_no_longer_holds_is_unknown_not_a_failed_read(
+    chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The Chainlink feed's first block is read twice: once learning its aggregator, then again
+    with its steady calls. A node behind a load balancer (or a reorg) may not hold the block by
+    the read again: geth's `header not found`, which `_read` treats as no failure (`unknown`).
+    Found reviewing `reread_failed`: the read again counted it as a failed chain read
+    (`read failed` logged) and marked every feed of the chain down, the ones that had just
+    published from that block too, until the next block. Now it is the chain's `unknown` and the
+    feed's `reread_failed`, and the feeds stay up; the next block prices the feed."""
+    proxy.script = ["pass", "pass", "error"]  # the head, the read, then the read again
+    reader = make_reader([proxy.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+    assert proxy.methods == ["eth_getBlockByNumber", "eth_call", "eth_call"]
+    assert got.quotes == []
+    assert dict(got.stats.dropped) == {"reread_failed": 1}
+    assert reader.stats.unknown == 1
+    assert reader.stats.reads_failed == 0
+    assert got.stats.state.name == "POLLING"
+    assert reader.rpc.stats[0].by_kind == {}
+    assert "read failed" not in [e["event"] for e in logs]
+    await chain.mine()
+    assert await reader.poll_once()
+    assert len(got.quotes) == 1 and got.quotes[0].flag is None

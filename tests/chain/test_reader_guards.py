@@ -140,7 +140,9 @@ async def test_a_failed_reread_after_learning_publishes_nothing_until_the_next_b
     and the next block is priced with the learned calls."""
     reader = make_reader([proxy.url], http)
     got = watch_eth(reader, snapshot.eth_proxy)
-    proxy.script = ["pass", "pass", "error"]  # the head, the read, then the re-read fails
+    # the head, the read, then the re-read fails (a node error; a node that no longer holds the
+    # block is not a failed read: test_read_accounting.py)
+    proxy.script = ["pass", "pass", "http500"]
     assert await reader.poll_once()  # the block itself was good; only its re-read failed
     assert reader.stats.reads_failed == 1
     assert got.quotes == []

@@ -548,6 +548,14 @@ class ChainReader:
         try:
             raw = await self._eth_call(encode_aggregate3(every), _pin(block))
             results = self._results(raw, len(every))
+        except UnknownBlock as exc:
+            # The block the first read had is not on this node now (a load-balanced node behind,
+            # or a reorg): not a failing read, as in `_read`. Counted `unknown`, and the feeds
+            # that wanted the block read again are priced from the next one; the others, which
+            # published from this block, stay up.
+            self.stats.unknown += 1
+            self._unfinished(slots, block, f"block unknown to the node at its read again: {exc}")
+            return []
         except ValueError as exc:
             self._garbage(block, exc)
             self._unfinished(slots, block, str(exc))
