@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from oracled.core import Core, RoundResult
 from oracled.model import Quote
 
 T0 = 1_700_000_000_000
+SAFETY_S = 15.0  # waits on real servers: guards against hangs only
 INTERVAL = 250
 SOURCES = ("alpha", "beta", "gamma")
 PERP = "perp"  # the perpetual venue of `make_config(perps=...)`'s markets
@@ -194,3 +195,14 @@ class NatsServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+async def until(predicate: Callable[[], Any], what: str) -> None:
+    """Poll state another task changes (a sink's, a server's) until `predicate` holds; `what`
+    names it if it hangs."""
+    try:
+        async with asyncio.timeout(SAFETY_S):
+            while not predicate():  # noqa: ASYNC110 - polling state owned by another task
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None

@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from publish_rig import NatsServer, Rounds, make_config
+from publish_rig import NatsServer, Rounds, make_config, until
 from structlog.testing import capture_logs
 
 from oracled.config import NatsConfig, config_warnings
@@ -61,16 +61,6 @@ async def start(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     yield _start
     for srv in started:
         srv.stop()
-
-
-async def until(predicate: Callable[[], Any], what: str) -> None:
-    """Poll state the sink's task changes; `what` names it if it hangs."""
-    try:
-        async with asyncio.timeout(SAFETY_S):
-            while not predicate():  # noqa: ASYNC110 - polling state owned by another task
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def publishes(sink: NatsSink, url: str, **consumer: Any) -> None:

@@ -20,7 +20,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from prometheus_client.parser import text_string_to_metric_families
-from publish_rig import T0, NatsServer, Rounds, make_config
+from publish_rig import T0, NatsServer, Rounds, make_config, until
 from structlog.testing import capture_logs
 
 from oracled.config import NatsConfig
@@ -88,16 +88,6 @@ async def start(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     yield _start
     for srv in started:
         srv.stop()
-
-
-async def until(predicate: Callable[[], Any], what: str) -> None:
-    """Poll state another task changes; `what` names it if it hangs."""
-    try:
-        async with asyncio.timeout(SAFETY_S):
-            while not predicate():  # noqa: ASYNC110 - polling state owned by another task
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def reader(url: str, got: list[str]) -> NatsClient:

@@ -14,7 +14,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
-from publish_rig import NatsServer, Rounds, make_config
+from publish_rig import NatsServer, Rounds, make_config, until
 from structlog.testing import capture_logs
 
 from oracled.client import OracleClient
@@ -32,13 +32,6 @@ async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
     await srv.start()
     yield srv
     srv.stop()
-
-
-async def until(predicate: Callable[[], Any], what: str) -> None:
-    """Poll a condition on state the sink's task changes; `what` names it if it hangs."""
-    async with asyncio.timeout(SAFETY_S):
-        while not predicate():  # noqa: ASYNC110 - polling state owned by another task
-            await asyncio.sleep(0.02)
 
 
 def events(logs: list[dict[str, Any]], level: str) -> list[str]:

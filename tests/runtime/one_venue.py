@@ -1,14 +1,29 @@
 """The runtime tests' smallest config: one Binance venue (a loopback simulator) quoting one
-market, with the API on a free port; and a daemon run for the length of a block."""
+market, with the API on a free port; a daemon run for the length of a block; and a clock whose
+wall time a test can step back."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from oracled.service import Service
+
+
+class SteppedClock:
+    """The real clock, whose wall time the test can step back (monotonic time never is)."""
+
+    def __init__(self) -> None:
+        self.back_ms = 0
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 - self.back_ms
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 def one_venue_toml(ws: str, rest: str, interval_ms: int = 50, audit: Path | None = None) -> str:

@@ -8,30 +8,16 @@ back in time. It used to stay ready for ever, serving its last round as the late
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from one_venue import service_running
+from one_venue import SteppedClock, service_running
 from structlog.testing import capture_logs
 
 from oracled.config import parse_config
 from oracled.service import Service
 from oracled.sim import BinanceSim
-
-
-class SteppedClock:
-    """The real clock, whose wall time the test can step back (monotonic time never is)."""
-
-    def __init__(self) -> None:
-        self.back_ms = 0
-
-    def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000 - self.back_ms
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 async def _until(

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
-from one_venue import service_running
+from one_venue import SteppedClock, service_running
 
 from oracled.config import parse_config
 from oracled.publish.signer import SigningKey
@@ -33,19 +32,6 @@ async def at_least(box: list[Any], count: int) -> None:
     """Poll a list the bus's callbacks fill (bounded by the test's own timeout)."""
     while len(box) < count:  # noqa: ASYNC110 - polled: the lists have no event of their own
         await asyncio.sleep(0.02)
-
-
-class SteppedClock:
-    """The real clock, whose wall time the test can step back (monotonic time never is)."""
-
-    def __init__(self) -> None:
-        self.back_ms = 0
-
-    def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000 - self.back_ms
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 async def test_a_stuck_round_loop_publishes_one_stall_notice_per_stalled_round(
