@@ -11,8 +11,9 @@ import copy
 import gzip
 import json
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -25,7 +26,8 @@ from prometheus_client import Counter as PromCounter
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from oracled.api import ApiContext
+from oracled.api import LIMITS, ApiContext, build_app
+from oracled.api.limits import GuardedSite, Limits
 from oracled.clock import ManualClock
 from oracled.config import Config, parse_config
 from oracled.core import Core, RoundResult
@@ -36,6 +38,8 @@ from oracled.reload import config_changes, running_config
 from oracled.sources.stats import ConnState, SourceStats
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+#: A raw connection to the API, for what a client library would not send.
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 T0 = 1_700_000_000_000
 TOKEN = "test-admin-token-0123456789"
@@ -338,3 +342,31 @@ def count_arrivals(app: web.Application, path: str, count: int) -> asyncio.Event
 
     app.middlewares.append(counting)
     return all_in
+
+
+@asynccontextmanager
+async def serve_guarded(
+    rig: Rig, keepalive_timeout: float = 75.0, **deadlines: float
+) -> AsyncIterator[tuple[int, Limits]]:
+    """The API as the daemon serves it: an AppRunner on a GuardedSite on loopback; `deadlines`
+    go to `build_app` (`first_request_timeout`, `request_timeout`)."""
+    app = build_app(rig.context(), **deadlines)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, keepalive_timeout=keepalive_timeout
+    )
+    await runner.setup()
+    site = GuardedSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site.port, app[LIMITS]
+    finally:
+        await runner.cleanup()
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    """Poll `check` for up to 5 s; fail naming `what` if it never holds."""
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"never happened: {what}")

@@ -12,47 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-from aiohttp import web
-from api_rig import TOKEN, Rig, make_config
+from api_rig import TOKEN, Conn, Rig, make_config, serve_guarded, until
 from stream_wire import ask, next_event, recv
 from structlog.testing import capture_logs
 
-from oracled.api import LIMITS, build_app
-from oracled.api.limits import GuardedSite, Limits
-
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 AUTH = f"Authorization: Bearer {TOKEN}\r\n"
-
-
-@asynccontextmanager
-async def _serve(
-    rig: Rig,
-    request_timeout: float,
-    first_request_timeout: float = 60.0,
-    keepalive_timeout: float = 75.0,
-) -> AsyncIterator[tuple[int, Limits]]:
-    """The API as the daemon serves it: an AppRunner on a GuardedSite on loopback (by default
-    the first-request deadline out of the way: these requests' headers come at once)."""
-    app = build_app(
-        rig.context(),
-        first_request_timeout=first_request_timeout,
-        request_timeout=request_timeout,
-    )
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, keepalive_timeout=keepalive_timeout
-    )
-    await runner.setup()
-    site = GuardedSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield site.port, app[LIMITS]
-    finally:
-        await runner.cleanup()
 
 
 async def _answer(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
@@ -112,14 +79,6 @@ def _round(frame: dict[str, Any]) -> int:
     return int(frame["data"]["round"])
 
 
-async def _until(check: Callable[[], bool], what: str) -> None:
-    for _ in range(200):
-        if check():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"never happened: {what}")
-
-
 async def test_a_request_whose_body_does_not_end_is_closed_at_the_request_deadline() -> None:
     """Three connections whose request's body does not end within the deadline are aborted at
     it, counted as `request_timeout` and logged once (`api_request_timeout`, with the path and
@@ -129,7 +88,10 @@ async def test_a_request_whose_body_does_not_end_is_closed_at_the_request_deadli
     request. Nothing was paused, and none of them holds a place under the cap any more."""
     rig = Rig(make_config())
     rig.step()
-    async with _serve(rig, request_timeout=0.5) as (port, limits):
+    async with serve_guarded(rig, request_timeout=0.5, first_request_timeout=60.0) as (
+        port,
+        limits,
+    ):
         big = (
             f"POST /v1/admin/markets/BTC-USD/pause HTTP/1.1\r\nHost: t\r\n{AUTH}"
             "Content-Length: 1000000\r\n\r\n"
@@ -157,7 +119,7 @@ async def test_a_request_whose_body_does_not_end_is_closed_at_the_request_deadli
         assert events[0]["remote"] == "127.0.0.1"
         assert events[0]["log_level"] == "warning"
         assert [e["event"] for e in logs if e["event"] == "api_handler_failed"] == []
-        await _until(lambda: limits.accepted == 0, "the server saw the closes")
+        await until(lambda: limits.accepted == 0, "the server saw the closes")
         assert limits.connections == 0
         for _, writer in (fresh, unsent, kept):
             writer.close()
@@ -174,7 +136,7 @@ async def test_slow_requests_in_time_and_long_streams_are_not_cut() -> None:
     rig.step()
     deadline = 1.0
     async with (
-        _serve(rig, request_timeout=deadline) as (port, _),
+        serve_guarded(rig, request_timeout=deadline, first_request_timeout=60.0) as (port, _),
         aiohttp.ClientSession() as session,
     ):
         ws = await session.ws_connect(f"http://127.0.0.1:{port}/v1/stream")
@@ -218,7 +180,7 @@ async def test_an_admin_request_without_a_valid_token_is_refused_before_its_body
     the request deadline and counted as `request_timeout`, not as a connection that never made
     a request (`first_request_timeout`, whose deadline, as in the daemon, is no longer)."""
     rig = Rig(make_config())
-    async with _serve(rig, request_timeout=1.0, first_request_timeout=1.0) as (port, limits):
+    async with serve_guarded(rig, request_timeout=1.0, first_request_timeout=1.0) as (port, limits):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
             b"POST /v1/admin/reload HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\n"
@@ -253,12 +215,15 @@ async def test_an_admin_request_without_a_valid_token_is_refused_before_its_body
             assert await _closed_by_server(conn)
             conn[1].close()
         # Seen closed before the runner's cleanup, which waits for a connection still open.
-        await _until(lambda: limits.accepted == 0, "the server saw the closes")
+        await until(lambda: limits.accepted == 0, "the server saw the closes")
     assert rig.manual == []
     assert rig.hub.api_closed["request_timeout"] == 2
     assert rig.hub.api_closed["first_request_timeout"] == 0
     disabled = Rig(make_config(token=None))
-    async with _serve(disabled, request_timeout=10.0) as (port, limits):
+    async with serve_guarded(disabled, request_timeout=10.0, first_request_timeout=60.0) as (
+        port,
+        limits,
+    ):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
             f"POST /v1/admin/reload HTTP/1.1\r\nHost: t\r\n{AUTH}"
@@ -269,7 +234,7 @@ async def test_an_admin_request_without_a_valid_token_is_refused_before_its_body
         assert json.loads(body)["error"]["code"] == "admin_disabled"
         assert headers["connection"] == "close"
         writer.close()
-        await _until(lambda: limits.accepted == 0, "the server saw the close")
+        await until(lambda: limits.accepted == 0, "the server saw the close")
 
 
 async def test_a_line_end_after_a_request_starts_no_deadline() -> None:
@@ -284,7 +249,9 @@ async def test_a_line_end_after_a_request_starts_no_deadline() -> None:
     rig = Rig(make_config())
     rig.step()
     deadline = 0.5
-    async with _serve(rig, request_timeout=deadline, keepalive_timeout=1.0) as (port, limits):
+    async with serve_guarded(
+        rig, request_timeout=deadline, first_request_timeout=60.0, keepalive_timeout=1.0
+    ) as (port, limits):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         body = json.dumps({"actor": "crlf"})
         writer.write(
@@ -303,7 +270,7 @@ async def test_a_line_end_after_a_request_starts_no_deadline() -> None:
         drip = asyncio.create_task(_drip_line_ends(writer))
         assert await _closed_by_server((reader, writer))
         await drip
-        await _until(lambda: limits.accepted == 0, "the server saw the close")
+        await until(lambda: limits.accepted == 0, "the server saw the close")
         writer.close()
     assert rig.manual == [("SOL/USD", True, "crlf")]
     assert rig.hub.api_closed["request_timeout"] == 0

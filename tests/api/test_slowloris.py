@@ -8,31 +8,11 @@ every descriptor, uncounted, and every new client, probes included, was reset.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
-from aiohttp import web
-from api_rig import TOKEN, Rig, make_config, reloaded
+from api_rig import TOKEN, Conn, Rig, make_config, reloaded, serve_guarded, until
 from structlog.testing import capture_logs
 
-from oracled.api import LIMITS, build_app
-from oracled.api.limits import ACCEPT_MARGIN, GuardedSite, Limits
-
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-@asynccontextmanager
-async def _serve(rig: Rig, first_request_timeout: float) -> AsyncIterator[tuple[int, Limits]]:
-    """The API as the daemon serves it: an AppRunner on a GuardedSite on loopback."""
-    app = build_app(rig.context(), first_request_timeout=first_request_timeout)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = GuardedSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield site.port, app[LIMITS]
-    finally:
-        await runner.cleanup()
+from oracled.api.limits import ACCEPT_MARGIN
 
 
 async def _slow(port: int) -> Conn:
@@ -62,14 +42,6 @@ async def _closed_by_server(conn: Conn) -> bool:
         return True
 
 
-async def _until(check: Callable[[], bool], what: str) -> None:
-    for _ in range(200):
-        if check():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"never happened: {what}")
-
-
 async def test_a_connection_without_a_complete_request_is_closed_at_the_deadline() -> None:
     """Connections whose headers never end, one of them trickling a header line past the
     deadline, are aborted at the first-request deadline, counted as `first_request_timeout`
@@ -77,7 +49,7 @@ async def test_a_connection_without_a_complete_request_is_closed_at_the_deadline
     connection that made its request in time stays open past the deadline (keep-alive)."""
     rig = Rig(make_config())
     rig.step()
-    async with _serve(rig, first_request_timeout=0.3) as (port, limits):
+    async with serve_guarded(rig, first_request_timeout=0.3) as (port, limits):
         served = await asyncio.open_connection("127.0.0.1", port)
         assert (await _get(served, "/v1/info"))[0] == 200
         with capture_logs() as logs:
@@ -95,7 +67,7 @@ async def test_a_connection_without_a_complete_request_is_closed_at_the_deadline
         assert (await _get(served, "/v1/prices"))[0] == 200  # well past its own deadline
         assert limits.accepted == 1
         served[1].close()
-        await _until(lambda: limits.accepted == 0, "the server saw the close")
+        await until(lambda: limits.accepted == 0, "the server saw the close")
         for _, writer in slow:
             writer.close()
 
@@ -108,10 +80,10 @@ async def test_a_flood_of_slow_connections_cannot_keep_out_a_probe() -> None:
     rig = Rig(make_config(max_connections=1))
     rig.step()
     room = 1 + ACCEPT_MARGIN
-    async with _serve(rig, first_request_timeout=60.0) as (port, limits):
+    async with serve_guarded(rig, first_request_timeout=60.0) as (port, limits):
         with capture_logs() as logs:
             slow = [await _slow(port) for _ in range(room + 3)]
-            await _until(lambda: rig.hub.api_closed["accept_limit"] == 3, "three evicted")
+            await until(lambda: rig.hub.api_closed["accept_limit"] == 3, "three evicted")
             probe = await asyncio.open_connection("127.0.0.1", port)
             status, _ = await _get(probe, "/healthz")
         assert status == 200
@@ -133,7 +105,7 @@ async def test_with_every_place_held_by_served_connections_a_new_one_is_closed_a
     rig = reloaded(lambda data: data["api"].update(max_connections=1))
     rig.step()
     room = 1 + ACCEPT_MARGIN
-    async with _serve(rig, first_request_timeout=60.0) as (port, limits):
+    async with serve_guarded(rig, first_request_timeout=60.0) as (port, limits):
         served = [await asyncio.open_connection("127.0.0.1", port) for _ in range(room)]
         for conn in served:
             assert (await _get(conn, "/v1/info"))[0] == 200
