@@ -28,14 +28,14 @@ same. So is `UnknownBlock`, a read pinned to a block hash the node does not hold
 away, which is the chain's doing, not the endpoint's. When every endpoint failed,
 `RpcUnavailable` is raised.
 
-An HTTP 429 with a `Retry-After` in seconds also rests its endpoint that long (at most
-`_MAX_REST_S`): no request goes to it meanwhile, the others are asked instead, and with none
-left the call raises `RpcUnavailable` at once. A rate-limited provider asked again at every
-poll and every block only extends its limit. A rate limit that names no wait (a JSON-RPC
--32005 or 429 error, an HTTP 429 without a `Retry-After` in seconds) rests its endpoint 1 s,
-then 2, 4... up to `_MAX_REST_S` while it lasts; the endpoint's next other answer (an error
-too) starts it again at 1 s. A caller can rest an endpoint too (`rest`: a cross-check that
-outvoted it).
+A provider's rate or capacity limit is counted as `rate_limited` and also rests its endpoint:
+an HTTP 429 or 503 with a `Retry-After` in seconds that long (at most `_MAX_REST_S`): no request
+goes to it meanwhile, the others are asked instead, and with none left the call raises
+`RpcUnavailable` at once. A rate-limited provider asked again at every poll and every block
+only extends its limit. A limit that names no wait (the JSON-RPC errors of `_rate_limit`, an
+HTTP 429 or 402 without a `Retry-After` in seconds) rests its endpoint 1 s, then 2, 4... up to
+`_MAX_REST_S` while it lasts; the endpoint's next other answer (an error too) starts it again
+at 1 s. A caller can rest an endpoint too (`rest`: a cross-check that outvoted it).
 """
 
 from __future__ import annotations
@@ -74,9 +74,20 @@ _MAX_ANSWER_BYTES: Final = 16 * 1024 * 1024
 _MAX_REST_S: Final = 60.0
 #: The first rest after a rate limit that names no wait; it doubles while the limit lasts.
 _FIRST_REST_S: Final = 1.0
-#: JSON-RPC error codes of a rate limit: EIP-1474's -32005 "limit exceeded" (Infura and
-#: others), and 429, which some providers put in the error object.
-_RATE_LIMITS: Final = (-32005, 429)
+#: JSON-RPC error codes of a rate limit, whatever the message: EIP-1474's -32005 "limit
+#: exceeded" (Infura's answer to its requests-per-second and daily limits), and 429, which
+#: Alchemy, QuickNode and Infura (a key's own throughput limit) put in the error object.
+_RATE_LIMITS: Final = frozenset({-32005, 429})
+#: Codes that are a rate limit only with their provider's message: other servers use the same
+#: numbers for other faults (an expired key, a block range too wide), which no rest cures.
+_RATE_LIMIT_MESSAGES: Final = {
+    -32007: "request limit reached",  # QuickNode: "N/second request limit reached - reduce ..."
+    -32012: "credits limited",  # QuickNode: "credits limited to N/sec" (API credits per second)
+}
+#: HTTP statuses of a limit that names no wait: 429, and 402, Infura's answer once a key's
+#: daily credits are spent. A 503 is one only with a `Retry-After` in seconds (RFC 9110
+#: section 10.2.3: how long the service expects to be unavailable); without, a passing fault.
+_HTTP_LIMITS: Final = frozenset({402, 429})
 
 
 class RpcError(SourceError):
@@ -117,6 +128,13 @@ def _server_side(code: int) -> bool:
     """Errors another endpoint may not have: node-side failures and limits (some providers
     answer a rate limit as JSON-RPC code 429, outside the reserved range)."""
     return -32099 <= code <= -32000 or code in (-32603, 429)
+
+
+def _rate_limit(err: _Error) -> bool:
+    """The error is the provider's rate or capacity limit (`_RATE_LIMITS`,
+    `_RATE_LIMIT_MESSAGES`), not a fault of the request or the node."""
+    words = _RATE_LIMIT_MESSAGES.get(err.code)
+    return err.code in _RATE_LIMITS or (words is not None and words in err.message.lower())
 
 
 def _block_unknown(err: _Error) -> bool:
@@ -382,13 +400,8 @@ class RpcClient:
                     data=body,
                     headers={"Content-Type": "application/json"},
                 ) as resp:
-                    if resp.status == 429:
-                        rest = _retry_after_s(resp.headers.get("Retry-After"))
-                        if rest is None:
-                            rest = self._limited(index)
-                        else:
-                            self.rest(index, rest)
-                        raise _Failed("http", f"status 429, resting {rest:g} s")
+                    if resp.status in _HTTP_LIMITS or resp.status == 503:
+                        self._http_limit(index, resp)
                     if resp.status != 200:
                         raise _Failed("http", f"status {resp.status}")
                     return await _read_capped(resp)
@@ -408,9 +421,11 @@ class RpcClient:
         if answer.id != rid:
             raise _Failed("garbage", "answer to another request id")
         err = answer.error
-        if err is not None and err.code in _RATE_LIMITS and not (pinned and _block_unknown(err)):
+        if err is not None and _rate_limit(err) and not (pinned and _block_unknown(err)):
             rest = self._limited(index)
-            raise _Failed("node", f"{err.code} {err.message}"[:100] + f", resting {rest:g} s")
+            raise _Failed(
+                "rate_limited", f"{err.code} {err.message}"[:100] + f", resting {rest:g} s"
+            )
         self._limits[index] = 0  # any other answer, an error too: the limit is over
         if pinned and err is not None and _block_unknown(err):
             raise UnknownBlock(err.code, err.message, err.data)
@@ -418,6 +433,18 @@ class RpcClient:
         if sticky:
             self._active = index
         return result
+
+    def _http_limit(self, index: int, resp: aiohttp.ClientResponse) -> None:
+        """A limit answered by HTTP status: rest the endpoint for its `Retry-After` in seconds,
+        else by the backoff (`_limited`); a 503 without one is a plain failure, no rest."""
+        rest = _retry_after_s(resp.headers.get("Retry-After"))
+        if rest is not None:
+            self.rest(index, rest)
+        elif resp.status in _HTTP_LIMITS:
+            rest = self._limited(index)
+        else:
+            return
+        raise _Failed("rate_limited", f"status {resp.status}, resting {rest:g} s")
 
     def _limited(self, index: int) -> float:
         """A rate limit that names no wait: rest the endpoint 1 s, doubling at each limit in a

@@ -399,7 +399,8 @@ def _manual_families(stats: PauseStats | None) -> Iterator[Metric]:
 
 
 _RPC_ERROR_KINDS = (
-    "transport", "http", "timeout", "garbage", "node", "behind", "wrong_chain", "outvoted",
+    "transport", "http", "timeout", "garbage", "node", "rate_limited", "behind", "wrong_chain",
+    "outvoted",
 )  # fmt: skip
 _REFUSED_REASONS = (
     ("backwards", "backwards"),
@@ -456,7 +457,7 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
     errors = CounterMetricFamily(
         "oracled_chain_rpc_errors",
         "Failed requests to an RPC endpoint by kind: transport, http, timeout, garbage, node, "
-        "behind, wrong_chain, outvoted.",
+        "rate_limited, behind, wrong_chain, outvoted.",
         labels=["chain", "endpoint", "kind"],
     )
     spot_gaps = CounterMetricFamily(

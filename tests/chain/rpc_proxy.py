@@ -20,8 +20,12 @@ no status; `MANGLED`); "no_batch" answers every batch (a JSON array) with one JS
 object, id null, as providers that refuse batches do (JSON-RPC 2.0 section 6 lets a server
 answer a batch it cannot take with a single response object), and "no_batch_http" refuses it
 with status 400; both forward single requests. "http429" answers status 429 with the
-Retry-After `retry_after` (a provider's HTTP rate limit; None sends none), "limit_32005" a
-JSON-RPC -32005 "limit exceeded" (the rate limit of Infura and others), and "short_call"
+Retry-After `retry_after` (a provider's HTTP rate limit; None sends none), "http503" status 503
+with the same Retry-After (a service that says how long it will be unavailable), "http402"
+status 402 (Infura's answer once a key's daily credits are spent), "limit_32005" a JSON-RPC
+-32005 "limit exceeded" (the rate limit of Infura and others), "limit_32007" and "limit_32012"
+QuickNode's rate limits (requests, and API credits, per second), "expired_32007" a -32007 that
+is no rate limit (another server's code for an expired key), and "short_call"
 forwards but cuts the last word off every `eth_call` result (an answer of the wrong ABI length).
 "frozen" answers every `eth_getBlockByNumber` with the block it answered first (a node whose head
 stopped moving while the chain goes on) and forwards the rest.
@@ -40,6 +44,32 @@ from aiohttp import web
 
 _REFUSED = {"code": -32602, "message": "invalid argument 0: hex string has odd length"}
 _NO_BATCH = {"code": -32600, "message": "batch requests are not supported"}
+#: Infura's answer (status 402) once a key's daily credits are spent.
+_SPENT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "error": {"code": 402, "event": -33000, "message": "Payment Required"},
+}
+#: The JSON-RPC error answered to every request, by mode.
+_ERRORS: dict[str, dict[str, Any]] = {
+    "error": {"code": -32000, "message": "header not found"},
+    "limit_32005": {"code": -32005, "message": "limit exceeded"},
+    "rate_limited": {"code": 429, "message": "exceeded its compute units per second capacity"},
+    # geth's answer to a read pinned with requireCanonical to an orphaned block
+    "not_canonical": {
+        "code": -32000,
+        "message": "hash 0x" + "ab" * 32 + " is not currently canonical",
+    },
+    # QuickNode's rate limits (requests, and API credits, per second), and a -32007 of another
+    # server that means an expired key, which no rest cures
+    "limit_32007": {
+        "code": -32007,
+        "message": "25/second request limit reached - reduce calls per second or upgrade your "
+        "account at quicknode.com",
+    },
+    "limit_32012": {"code": -32012, "message": "credits limited to 500/sec"},
+    "expired_32007": {"code": -32007, "message": "API key expired"},
+}
 HUGE = 20 * 1024 * 1024
 DEEP = 100_000
 #: "mangle": the answer given to each method instead of the node's (a receipt only if mined).
@@ -101,9 +131,12 @@ class RpcProxy:
             return web.json_response({"jsonrpc": "2.0", "id": 999_999, "result": "0x1"})
         if mode == "http500":
             return web.Response(status=500, text="internal error")
-        if mode == "http429":
+        if mode in ("http429", "http503"):
             wait = {} if self.retry_after is None else {"Retry-After": self.retry_after}
-            return web.Response(status=429, text="Too Many Requests", headers=wait)
+            status = 429 if mode == "http429" else 503
+            return web.Response(status=status, text="Too Many Requests", headers=wait)
+        if mode == "http402":
+            return web.json_response(_SPENT, status=402)
         sent: Any = json.loads(body)
         items: list[Any] = sent if isinstance(sent, list) else [sent]
         self.methods += [item.get("method", "") for item in items]
@@ -129,20 +162,8 @@ class RpcProxy:
             return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"]})
         if mode == "null_result":
             return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"], "result": None})
-        if mode in ("error", "rate_limited", "limit_32005", "not_canonical"):
-            err = {
-                "error": {"code": -32000, "message": "header not found"},
-                "limit_32005": {"code": -32005, "message": "limit exceeded"},
-                "rate_limited": {
-                    "code": 429,
-                    "message": "exceeded its compute units per second capacity",
-                },
-                # geth's answer to a read pinned with requireCanonical to an orphaned block
-                "not_canonical": {
-                    "code": -32000,
-                    "message": "hash 0x" + "ab" * 32 + " is not currently canonical",
-                },
-            }[mode]
+        if mode in _ERRORS:
+            err = _ERRORS[mode]
             answers = [{"jsonrpc": "2.0", "id": r["id"], "error": err} for r in items]
             return web.json_response(answers if isinstance(sent, list) else answers[0])
         if mode == "frozen" and items[0].get("method") == "eth_getBlockByNumber":

@@ -75,24 +75,26 @@ async def test_an_endpoint_that_garbles_every_read_is_left_for_the_next_one(
     assert reader.stats.reads_failed == 1
 
 
-@pytest.mark.parametrize(("mode", "kind"), [("http429", "http"), ("limit_32005", "node")])
+@pytest.mark.parametrize(
+    "mode", ["http429", "http503", "http402", "limit_32005", "limit_32007", "limit_32012"]
+)
 async def test_a_rate_limited_endpoint_is_passed_over_and_alone_publishes_nothing(
     anvil: Anvil,
     http: aiohttp.ClientSession,
     snapshot: Deployed,
     proxy: RpcProxy,
     mode: str,
-    kind: str,
 ) -> None:
-    """A rate limit, as HTTP 429 with a Retry-After or as JSON-RPC -32005: with a second URL the
-    poll is answered there and published, the limit counted on the first; alone, nothing is
-    published, the failure is counted and the feed says down."""
+    """A rate or capacity limit, as HTTP 429 or 503 with a Retry-After, Infura's HTTP 402 (daily
+    credits spent), JSON-RPC -32005, or QuickNode's -32007 and -32012: with a second URL the poll
+    is answered there and published, the limit counted on the first as `rate_limited`; alone,
+    nothing is published, the failure is counted and the feed says down."""
     proxy.mode = mode
     reader = make_reader([proxy.url, anvil.url], http)
     got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     assert got.last.price == 3000.0
-    assert reader.rpc.stats[0].by_kind == {kind: 1}
+    assert reader.rpc.stats[0].by_kind == {"rate_limited": 1}
     alone = make_reader([proxy.url], http)
     lone = watch_eth(alone, snapshot.eth_proxy)
     assert not await alone.poll_once()
@@ -123,17 +125,33 @@ async def test_a_hanging_node_stalls_neither_another_chain_nor_its_own_reader(
 
 
 @pytest.mark.parametrize(
-    ("retry_after", "rest_s"), [("30", 30), ("86400", 60), (None, 1), ("Wed, 21 Oct 2026", 1)]
+    ("mode", "retry_after", "rest_s", "kind"),
+    [
+        ("http429", "30", 30, "rate_limited"),
+        ("http429", "86400", 60, "rate_limited"),
+        ("http429", None, 1, "rate_limited"),
+        ("http429", "Wed, 21 Oct 2026", 1, "rate_limited"),
+        ("http503", "30", 30, "rate_limited"),
+        ("http503", None, 0, "http"),
+        ("http503", "Wed, 21 Oct 2026", 0, "http"),
+    ],
 )
 async def test_a_429_rests_its_endpoint_for_its_retry_after(
-    http: aiohttp.ClientSession, proxy: RpcProxy, retry_after: str | None, rest_s: int
+    http: aiohttp.ClientSession,
+    proxy: RpcProxy,
+    mode: str,
+    retry_after: str | None,
+    rest_s: int,
+    kind: str,
 ) -> None:
-    """An HTTP 429 whose Retry-After is in seconds rests that endpoint so long (at most 60 s):
-    calls meanwhile raise RpcUnavailable without a request reaching it, and the first call
-    after the rest is answered. Without a Retry-After in seconds it rests the backoff's 1 s."""
+    """An HTTP 429 or 503 whose Retry-After is in seconds rests that endpoint so long (at most
+    60 s): calls meanwhile raise RpcUnavailable without a request reaching it, and the first
+    call after the rest is answered. A 429 without a Retry-After in seconds rests the
+    backoff's 1 s; a 503 without one is a passing fault, counted `http` and asked again at
+    once."""
     clock = ManualClock(1_000_000)
     rpc = RpcClient([proxy.url], http, timeout_s=2.0, clock=clock)
-    proxy.mode, proxy.retry_after = "http429", retry_after
+    proxy.mode, proxy.retry_after = mode, retry_after
     with pytest.raises(RpcUnavailable, match="every endpoint failed"):
         await rpc.call("eth_chainId", [])
     proxy.mode = "pass"
@@ -147,16 +165,19 @@ async def test_a_429_rests_its_endpoint_for_its_retry_after(
         clock.advance(1)
     assert await rpc.call("eth_chainId", []) == hex(CHAIN_ID)
     assert proxy.requests == 2
-    assert rpc.stats[0].by_kind == {"http": 1}
+    assert rpc.stats[0].by_kind == {kind: 1}
 
 
-@pytest.mark.parametrize("mode", ["http429", "limit_32005", "rate_limited"])
+@pytest.mark.parametrize(
+    "mode", ["http429", "http402", "limit_32005", "rate_limited", "limit_32007", "limit_32012"]
+)
 async def test_a_rate_limited_only_url_is_not_asked_again_at_every_poll(
     http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy, mode: str
 ) -> None:
-    """A chain whose only URL answers a rate limit (HTTP 429 with Retry-After: 30, or a
-    JSON-RPC -32005 or 429 error, which names no wait: a 1 s rest): the polls meanwhile fail
-    (counted, nothing published) without sending a request; a second URL would be asked."""
+    """A chain whose only URL answers a rate limit (HTTP 429 with Retry-After: 30, or one that
+    names no wait, a 1 s rest: Infura's HTTP 402, a JSON-RPC -32005 or 429 error, QuickNode's
+    -32007 and -32012): the polls meanwhile fail (counted, nothing published) without sending a
+    request; a second URL would be asked."""
     proxy.mode = mode
     reader = make_reader([proxy.url], http, rpc_clock=ManualClock(1_000_000))
     got = watch_eth(reader, snapshot.eth_proxy)
@@ -209,7 +230,7 @@ async def test_a_quiet_chain_keeps_its_url(
     assert [st.by_kind for st in reader.rpc.stats] == [{}, {}]
 
 
-@pytest.mark.parametrize("mode", ["limit_32005", "rate_limited"])
+@pytest.mark.parametrize("mode", ["limit_32005", "rate_limited", "limit_32007", "limit_32012"])
 async def test_a_json_rpc_rate_limit_rests_its_endpoint_1_s_doubling_until_an_answer(
     http: aiohttp.ClientSession, proxy: RpcProxy, mode: str
 ) -> None:
@@ -237,7 +258,7 @@ async def test_a_json_rpc_rate_limit_rests_its_endpoint_1_s_doubling_until_an_an
     assert await rpc.call("eth_chainId", []) == hex(CHAIN_ID)
     assert sent == [1, 2]
     assert proxy.requests == 5
-    assert rpc.stats[0].by_kind == {"node": 3}
+    assert rpc.stats[0].by_kind == {"rate_limited": 3}
 
 
 async def test_an_error_answer_between_rate_limits_starts_the_rest_again_at_1_s(
@@ -258,12 +279,30 @@ async def test_an_error_answer_between_rate_limits_starts_the_rest_again_at_1_s(
     proxy.mode = "limit_32005"
     with pytest.raises(RpcUnavailable, match="every endpoint failed"):
         await rpc.call("eth_chainId", [])
-    assert rpc.stats[0].last_error == "node: -32005 limit exceeded, resting 1 s"
+    assert rpc.stats[0].last_error == "rate_limited: -32005 limit exceeded, resting 1 s"
     clock.advance(1000)
     proxy.mode = "pass"
     assert await rpc.call("eth_chainId", []) == hex(CHAIN_ID)  # rested 1 s, not 2
     assert proxy.requests == 4
-    assert rpc.stats[0].by_kind == {"node": 3}
+    assert rpc.stats[0].by_kind == {"rate_limited": 2, "node": 1}
+
+
+async def test_a_limit_code_without_its_providers_words_is_a_node_error_not_a_rest(
+    http: aiohttp.ClientSession, proxy: RpcProxy
+) -> None:
+    """-32007 is QuickNode's rate limit only with its message ("request limit reached"); another
+    server's -32007 (here an expired key) is a node-side error like any other: counted `node`,
+    no rest, so the next call is sent at once, not a second later."""
+    clock = ManualClock(1_000_000)
+    rpc = RpcClient([proxy.url], http, timeout_s=2.0, clock=clock)
+    proxy.mode = "expired_32007"
+    with pytest.raises(RpcUnavailable, match="every endpoint failed"):
+        await rpc.call("eth_chainId", [])
+    proxy.mode = "pass"
+    assert await rpc.call("eth_chainId", []) == hex(CHAIN_ID)
+    assert proxy.requests == 2
+    assert rpc.stats[0].by_kind == {"node": 1}
+    assert rpc.stats[0].last_error == "node: -32007 API key expired"
 
 
 def _calls(proxy: RpcProxy) -> int:

@@ -119,8 +119,8 @@ async def test_endpoint_answering_garbage_fails_over(
     assert got.last.price == 3000.0
     first = reader.rpc.stats[0]
     assert first.garbage + first.failures >= 1
-    node_side = mode in ("error", "rate_limited")
-    assert first.by_kind == {"node" if node_side else "garbage": first.requests}
+    kind = {"error": "node", "rate_limited": "rate_limited"}.get(mode, "garbage")
+    assert first.by_kind == {kind: first.requests}
 
 
 async def test_every_endpoint_failing_publishes_nothing(
