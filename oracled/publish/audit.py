@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AuditDataError",
     "AuditReader",
     "AuditRound",
     "AuditSchemaError",
@@ -183,6 +184,16 @@ _report_decoder = msgspec.msgpack.Decoder(Report)
 
 class AuditSchemaError(OracledError):
     """The database is of a schema version this code does not write (or does not know)."""
+
+
+class AuditDataError(OracledError):
+    """A stored row that does not read back as the writer wrote it (bytes overwritten, a
+    dictionary id changed): the file was changed or damaged after it was written. `round` and
+    `ts` are its round's, `what` names the row and why (the CLI formats the time)."""
+
+    def __init__(self, round_no: int, ts: int, what: str) -> None:
+        self.round, self.ts, self.what = round_no, ts, what
+        super().__init__(f"round {round_no} at {ts}: {what}")
 
 
 class AuditInUseError(OracledError):
@@ -1029,8 +1040,22 @@ class AuditReader:
         data = self._dicts.get(dict_id)
         if data is None:  # a dictionary the writer added since: load them again
             self._dicts = dict(self._db.execute("SELECT id, data FROM dictionaries"))
-            data = self._dicts[dict_id]
+            data = self._dicts.get(dict_id)
+            if data is None:
+                raise ValueError(f"dictionary {dict_id} is not stored")
         return zlib.decompressobj(_WBITS, zdict=data).decompress(body)
+
+    def _decode(
+        self, dict_id: int | None, stored: bytes, round_no: int, ts: int, market: str
+    ) -> tuple[Report, bytes]:
+        """A stored report and its msgpack; AuditDataError naming the row if it does not read
+        back (a traceback told an auditor nothing about which row)."""
+        try:
+            body = self._unpack(dict_id, stored)
+            return _report_decoder.decode(body), body
+        except (zlib.error, msgspec.DecodeError, ValueError, TypeError) as exc:
+            what = f"{market}: its stored report cannot be read ({exc})"
+            raise AuditDataError(round_no, ts, what) from None
 
     def span(self) -> tuple[int, int] | None:
         """(first, last) round time stored, or None when empty."""
@@ -1063,26 +1088,34 @@ class AuditReader:
 
     def round_reports(
         self, start_ms: int, end_ms: int
-    ) -> Iterator[tuple[AuditRound, list[Report]]]:
+    ) -> Iterator[tuple[AuditRound, list[Report], list[str]]]:
         """Every round in the window with its reports in tree order (`oracled audit --verify`),
-        read in one pass: a round without reports comes with an empty list."""
+        read in one pass: a round without reports comes with an empty list. The third item names
+        each stored report of the round that does not read back (left out of the list), so that
+        the check goes on to the next round."""
         rows = self._db.execute(
-            f"SELECT {self._round_columns}, {self._body_column} FROM rounds o "
+            f"SELECT {self._round_columns}, {self._body_column}, r.market FROM rounds o "
             "LEFT JOIN reports r ON r.round_id = o.id "
             "WHERE o.ts >= ? AND o.ts <= ? ORDER BY o.id, r.pos",
             (start_ms, end_ms),
         )
         current: AuditRound | None = None
         reports: list[Report] = []
-        for *head, dict_id, stored in rows:
+        unreadable: list[str] = []
+        for *head, dict_id, stored, market in rows:
             if current is None or current.id != head[0]:
                 if current is not None:
-                    yield current, reports
-                current, reports = AuditRound(*head), []
+                    yield current, reports, unreadable
+                current, reports, unreadable = AuditRound(*head), [], []
             if stored is not None:
-                reports.append(_report_decoder.decode(self._unpack(dict_id, stored)))
+                try:
+                    reports.append(
+                        self._decode(dict_id, stored, current.round, current.ts, market)[0]
+                    )
+                except AuditDataError as exc:
+                    unreadable.append(exc.what)
         if current is not None:
-            yield current, reports
+            yield current, reports, unreadable
 
     def reports(self, market: str, start_ms: int, end_ms: int) -> Iterator[StoredReport]:
         """One market's reports in time order."""
@@ -1098,26 +1131,27 @@ class AuditReader:
     ) -> Iterator[StoredReport]:
         order = "r.ts DESC, r.round_id DESC" if newest_first else "r.ts, r.round_id"
         rows = self._db.execute(
-            f"SELECT {self._body_column}, o.signer, o.signature FROM reports r "
+            f"SELECT {self._body_column}, o.signer, o.signature, o.round, o.ts FROM reports r "
             "JOIN rounds o ON o.id = r.round_id "
             f"WHERE r.market = ? AND r.ts >= ? AND r.ts <= ? ORDER BY {order}",
             (market, start_ms, end_ms),
         )
-        for dict_id, stored, signer, signature in rows:
-            body = self._unpack(dict_id, stored)
-            yield StoredReport(_report_decoder.decode(body), body, signer, signature)
+        for dict_id, stored, signer, signature, round_no, ts in rows:
+            report, body = self._decode(dict_id, stored, round_no, ts, market)
+            yield StoredReport(report, body, signer, signature)
 
     def report_lines(self, start_ms: int, end_ms: int) -> Iterator[bytes]:
         """Every stored report as the JSON line `oracled replay` prints, in round and
         market order: the byte-for-byte reference for a replay of `tape()`."""
         encoder = msgspec.json.Encoder()
         rows = self._db.execute(
-            f"SELECT {self._body_column} FROM reports r JOIN rounds o ON o.id = r.round_id "
+            f"SELECT {self._body_column}, o.round, o.ts, r.market FROM reports r "
+            "JOIN rounds o ON o.id = r.round_id "
             "WHERE o.ts >= ? AND o.ts <= ? ORDER BY r.round_id, r.pos",
             (start_ms, end_ms),
         )
-        for dict_id, stored in rows:
-            yield encoder.encode(_report_decoder.decode(self._unpack(dict_id, stored))) + b"\n"
+        for dict_id, stored, round_no, ts, market in rows:
+            yield encoder.encode(self._decode(dict_id, stored, round_no, ts, market)[0]) + b"\n"
 
     def actions(self, market: str, start_ms: int, end_ms: int) -> list[OperatorAction]:
         """A market's manual pauses and resumes in the window, oldest first."""
@@ -1197,13 +1231,18 @@ class AuditReader:
         if self.version == 1:
             return self._tape_v1(out, start_ms, end_ms)
         rows = self._db.execute(
-            "SELECT t.lines FROM tapes t JOIN rounds o ON o.id = t.round_id "
+            "SELECT t.lines, o.round, o.ts FROM tapes t JOIN rounds o ON o.id = t.round_id "
             "WHERE o.ts >= ? AND o.ts <= ? ORDER BY t.round_id",
             (start_ms, end_ms),
         )
         count = 0
-        for (block,) in rows:
-            lines = zlib.decompress(block, wbits=_WBITS)
+        for block, round_no, ts in rows:
+            try:
+                lines = zlib.decompress(block, wbits=_WBITS)
+            except (zlib.error, TypeError) as exc:  # overwritten: the tape would be torn there
+                raise AuditDataError(
+                    round_no, ts, f"its stored quotes cannot be read ({exc})"
+                ) from None
             out.write(lines)
             count += lines.count(b"\n")
         return count

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from oracled.errors import ConfigError
 from oracled.model import Report, market_name
 from oracled.publish.audit import (
+    AuditDataError,
     AuditReader,
     AuditSchemaError,
     ConfigLoad,
@@ -282,9 +283,9 @@ def _check_at(reader: AuditReader, args: argparse.Namespace, report: Report) -> 
 
     exponents = {} if args.config is None else exponents_of(args.config)[0]
     deployment = deployment_of(args)
-    for stored, reports in reader.round_reports(report.ts, report.ts):
+    for stored, reports, unreadable in reader.round_reports(report.ts, report.ts):
         if stored.round == report.round:
-            check = check_round(stored, reports, exponents, deployment)
+            check = check_round(stored, reports, exponents, deployment, unreadable)
             return trusted_check(check, args.signer or ())
     return RoundCheck("unchecked", detail="its round row is gone")
 
@@ -395,6 +396,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return _timeline(reader, args, sys.stdout)
     except sqlite3.Error as exc:
         print(f"oracled audit: {args.db}: {exc}", file=sys.stderr)
+        return 2
+    except AuditDataError as exc:  # a row changed or damaged after it was written
+        written = f" ({args.tape} holds the rounds before it)" if args.tape is not None else ""
+        print(
+            f"oracled audit: {args.db}: round {exc.round} at {_iso(exc.ts)}: {exc.what}{written}",
+            file=sys.stderr,
+        )
         return 2
     except ConfigError as exc:
         print(f"oracled audit: --config: {exc}", file=sys.stderr)

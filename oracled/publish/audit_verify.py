@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, TextIO
@@ -147,12 +147,17 @@ def check_round(
     reports: list[Report],
     configured: Mapping[str, int],
     deployment: str | None,
+    unreadable: Sequence[str] = (),
 ) -> RoundCheck:
     """Rebuild one round's root from its reports in the signed format that signed it and recover
     its signer in that format's domain for `deployment` (None: a round of a format that names a
-    deployment is not checked); see the module doc."""
+    deployment is not checked); see the module doc. `unreadable` names the round's stored
+    reports that do not read back: a signed round with one is a mismatch, since what it holds is
+    no longer what was signed."""
     if stored.signature is None:
         return RoundCheck("unsigned")
+    if unreadable:
+        return RoundCheck("mismatch", detail="; ".join(unreadable), format=format_of(stored))
     fmt = format_of(stored)
     check = _check_signed(stored, stored.signature, reports, configured, deployment, fmt)
     if check.verdict == "mismatch" and stored.format is None:
@@ -308,10 +313,10 @@ def verify_trail(
     domain of `deployment` (without one, signed rounds are counted as not checked)."""
     trusted = list(signers)
     summary = VerifySummary()
-    for stored, reports in reader.round_reports(start_ms, end_ms):
-        if market is not None and all(r.market != market for r in reports):
+    for stored, reports, unreadable in reader.round_reports(start_ms, end_ms):
+        if market is not None and all(r.market != market for r in reports) and not unreadable:
             continue
-        check = check_round(stored, reports, exponents or {}, deployment)
+        check = check_round(stored, reports, exponents or {}, deployment, unreadable)
         summary.add(stored, trusted_check(check, trusted))
     return summary
 

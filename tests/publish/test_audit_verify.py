@@ -363,3 +363,38 @@ def test_a_perpetual_markets_stored_mark_is_proved_and_a_changed_one_found(
     assert "mismatch: round 3" in capsys.readouterr().out
     at = ["audit", "--db", str(db), "--deployment", "test", "--market", "BTC/USD", "--at"]
     assert main([*at, str(T0 + 3 * 250)]) == 3
+
+
+def test_a_stored_row_that_is_garbage_is_named_with_exit_2_and_verify_counts_it_a_mismatch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bug: a report body or a tape block that is not what the writer deflated (bytes
+    overwritten, a dictionary id changed) ended `oracled audit` in a zlib or KeyError traceback.
+    Now the questions that read it answer exit 2 naming the round and market; `--verify` goes
+    on and counts that round as a mismatch, since its reports are no longer what was signed."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, "UPDATE reports SET body = x'deadbeef' WHERE round_id = 3 AND market = 'BTC/USD'")
+    sql(db, "UPDATE reports SET dict = 99 WHERE round_id = 5 AND market = 'ETH/USD'")
+    sql(db, "UPDATE tapes SET lines = x'deadbeef' WHERE round_id = 4")
+    capsys.readouterr()
+    base = ["audit", "--db", str(db)]
+    for question in (
+        ["--market", "BTC/USD"],
+        ["--market", "BTC/USD", "--at", str(T0 + 3 * 250)],
+        ["--market", "BTC/USD", "--csv", str(tmp_path / "out.csv")],
+    ):
+        assert main([*base, *question]) == 2, question
+        err = capsys.readouterr().err
+        assert err.startswith(f"oracled audit: {db}: round 3 at 2023-11-14T22:13:20.750Z:"), err
+        assert "BTC/USD: its stored report cannot be read" in err, err
+    assert main([*base, "--tape", str(tmp_path / "tape.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"oracled audit: {db}: round 4 at 2023-11-14T22:13:21.000Z:"), err
+    assert "its stored quotes cannot be read" in err, err
+    assert main([*base, "--verify", "--deployment", "test"]) == 3
+    out = capsys.readouterr().out
+    assert "4 signed and matching, 0 unsigned, 2 mismatched" in out
+    assert "mismatch: round 3 at 2023-11-14T22:13:20.750Z: BTC/USD: its stored report" in out
+    assert "mismatch: round 5 at 2023-11-14T22:13:21.250Z: ETH/USD: its stored report" in out
+    assert "dictionary 99" in out
