@@ -522,7 +522,7 @@ class _StateCollector:
         closed = CounterMetricFamily(
             "oracled_api_connections_closed",
             "HTTP connections the API closed: a late send, over the cap, no request in time,"
-            " or a request unparsed.",
+            " an expectation refused, or a request unparsed.",
             labels=["reason"],
         )
         for reason, count in sorted(self._in.api_closed().items()):

@@ -18,7 +18,14 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from oracled.api.context import ApiContext
-from oracled.api.errors import NO_STORE, ApiError, error_response, expect_handler, json_response
+from oracled.api.errors import (
+    NO_STORE,
+    ApiError,
+    error_response,
+    expect_handler,
+    json_response,
+    refused_expectation,
+)
 from oracled.api.params import path_market
 from oracled.errors import ConfigError, ServiceStopping
 
@@ -73,8 +80,7 @@ class AdminHandlers:
             response = error_response(
                 exc.status, exc.code, exc.message, {**exc.headers, "Cache-Control": NO_STORE}
             )
-            response.force_close()
-            return response
+            return refused_expectation(response)
         return await expect_handler(request)
 
     async def _actor(self, request: web.Request) -> str:

@@ -22,6 +22,7 @@ __all__ = [
     "expect_handler",
     "json_response",
     "no_store_middleware",
+    "refused_expectation",
 ]
 
 _log = structlog.get_logger(component="api")
@@ -43,6 +44,9 @@ _CODES = {
 NO_STORE = "no-store"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Marks an answer that refuses a request's expectation before its body (`refused_expectation`).
+REFUSED_EXPECTATION = web.ResponseKey("oracled_refused_expectation", bool)
 
 
 class ApiError(OracledError):
@@ -124,6 +128,15 @@ async def no_store_middleware(request: web.Request, handler: Handler) -> web.Str
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+def refused_expectation(response: web.Response) -> web.Response:
+    """An `Expect` handler's refusal (a 417, or the admin routes' 401 or 403 in place of the
+    100): its connection closes after it, so that a body the client sends anyway is no next
+    request, and the connection limits count it as refused, not its unsent body as late."""
+    response[REFUSED_EXPECTATION] = True
+    response.force_close()
+    return response
+
+
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     """Every route's `Expect` handler (aiohttp's `expect_handler`, run before the middlewares).
 
@@ -144,5 +157,4 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
         f"Expect: {expect[:64]!r} cannot be met; only 100-continue is",
         {"Cache-Control": NO_STORE},  # the middlewares that set it do not run for this answer
     )
-    response.force_close()  # a body the client sends anyway is not a next request
-    return response
+    return refused_expectation(response)

@@ -45,7 +45,16 @@ being answered (a WebSocket's frames, an event stream's) start no deadline, nor 
 are only line ends (an empty line before a request, which the parser skips: an idle keep-alive
 connection is the keep-alive timer's to close). Any answer, also
 one given before the middlewares (a refused `Expect`), meets the first-request deadline
-(`on_prepare`), so that a client refused before it sent its body is cut as `request_timeout`.
+(`on_prepare`).
+
+A request whose expectation is refused (a 417, or the admin routes' 401 or 403 in place of
+`100 Continue`) is answered before its body, which its client holds back as told, with
+`Connection: close`. aiohttp then waited up to 10 s for that body before closing (its lingering
+close), and the request deadline cut the connection first and counted it as `request_timeout`:
+a refusal counted as a late client. Its deadline now ends with the answer, the connection is
+counted as `expect_refused`, and it is closed `REFUSED_LINGER_S` after the answer if the client
+has not closed it first (a body sent anyway meanwhile is read and dropped, so that the close
+does not reset the connection before the client has read its answer).
 """
 
 from __future__ import annotations
@@ -60,12 +69,13 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from oracled.api.context import ApiContext
-from oracled.api.errors import NO_STORE, Handler, error_response
+from oracled.api.errors import NO_STORE, REFUSED_EXPECTATION, Handler, error_response
 from oracled.lograte import LogEveryMinute
 
 __all__ = [
     "ACCEPT_MARGIN",
     "CLOSED_ACCEPT_LIMIT",
+    "CLOSED_EXPECT_REFUSED",
     "CLOSED_FIRST_REQUEST_TIMEOUT",
     "CLOSED_LIMIT",
     "CLOSED_REASONS",
@@ -74,6 +84,7 @@ __all__ = [
     "FD_RESERVE",
     "FIRST_REQUEST_TIMEOUT_S",
     "LIMITS",
+    "REFUSED_LINGER_S",
     "REQUEST_TIMEOUT_S",
     "GuardedSite",
     "Limits",
@@ -85,6 +96,7 @@ CLOSED_LIMIT = "connection_limit"
 CLOSED_FIRST_REQUEST_TIMEOUT = "first_request_timeout"
 CLOSED_ACCEPT_LIMIT = "accept_limit"
 CLOSED_REQUEST_TIMEOUT = "request_timeout"
+CLOSED_EXPECT_REFUSED = "expect_refused"
 #: This module's reasons (oracled/api/badrequests.py has the parser's two).
 CLOSED_REASONS = (
     CLOSED_SEND_TIMEOUT,
@@ -92,12 +104,17 @@ CLOSED_REASONS = (
     CLOSED_FIRST_REQUEST_TIMEOUT,
     CLOSED_ACCEPT_LIMIT,
     CLOSED_REQUEST_TIMEOUT,
+    CLOSED_EXPECT_REFUSED,
 )
 #: Seconds a new connection has to complete its first request's headers.
 FIRST_REQUEST_TIMEOUT_S = 10.0
 #: Seconds a request has, from its first byte, to complete its headers and its body (the API's
 #: bodies are admin ones of a few bytes: a live link sends them in a fraction of this).
 REQUEST_TIMEOUT_S = 10.0
+#: Seconds a connection whose request's expectation was refused stays open after the answer
+#: (unless its client closes it first): time for the answer to arrive, and for a body sent
+#: anyway to be read and dropped, before a close that unread bytes would turn into a reset.
+REFUSED_LINGER_S = 1.0
 #: Connections accepted beyond `api.max_connections`: probes answered over the cap use them.
 ACCEPT_MARGIN = 16
 _EXEMPT_PREFIXES = ("/healthz", "/metrics", "/v1/admin/")
@@ -234,9 +251,26 @@ class Limits:
 
     async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """Any answer means a request came (the first-request deadline is met), also one given
-        before the middlewares: a refused `Expect`. Its body's deadline runs on: a client that
-        neither sends the body nor closes is cut as `request_timeout`."""
-        self._stop_waiting(request.protocol)
+        before the middlewares: a refused `Expect`, whose connection is counted as refused and
+        closed soon after the answer (its unsent body is no late request)."""
+        protocol = request.protocol
+        self._stop_waiting(protocol)
+        if not response.get(REFUSED_EXPECTATION, False):
+            return
+        self._ctx.hub.api_closed[CLOSED_EXPECT_REFUSED] += 1
+        guarded = self._live.get(protocol)
+        if guarded is None:
+            return  # not accepted through a GuardedSite: aiohttp's lingering close bounds it
+        guarded.closing = True
+        guarded.end_request(guarded.deadline)
+        asyncio.get_running_loop().call_later(REFUSED_LINGER_S, self._linger_over, guarded)
+
+    def _linger_over(self, guarded: _Guarded) -> None:
+        transport = guarded.transport
+        if transport is None or self._live.get(guarded.inner) is not guarded:
+            return  # the client closed it first
+        self._forget(guarded.inner)
+        transport.close()  # after the answer's bytes, if any are still buffered
 
     def _request_arrived(self, request: web.Request) -> _Guarded | None:
         """A request's headers are in: its connection is no longer waiting for a first request,
@@ -357,7 +391,16 @@ LIMITS = web.AppKey("oracled_api_limits", Limits)
 class _Guarded(asyncio.Protocol):
     """aiohttp's protocol for one connection, seen by `Limits` from accept to close."""
 
-    __slots__ = ("_limits", "_served", "busy", "deadline", "inner", "path", "transport")
+    __slots__ = (
+        "_limits",
+        "_served",
+        "busy",
+        "closing",
+        "deadline",
+        "inner",
+        "path",
+        "transport",
+    )
 
     def __init__(self, inner: RequestHandler, limits: Limits) -> None:
         self.inner = inner
@@ -370,6 +413,9 @@ class _Guarded(asyncio.Protocol):
         self.deadline: asyncio.TimerHandle | None = None
         #: The running request's path, once its headers are in (for the log line).
         self.path: str | None = None
+        #: Its request's expectation was refused: no request follows on the connection, and
+        #: bytes that come (the body sent anyway) start no deadline.
+        self.closing = False
 
     def end_request(self, deadline: asyncio.TimerHandle | None) -> None:
         """The request that `deadline` bounds is in (or the connection gone): no deadline."""
@@ -396,7 +442,7 @@ class _Guarded(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # The first bytes of a request; line ends alone are none: the parser skips an empty line
         # before a request (RFC 9112 2.2), which clients have sent after a POST's body.
-        if self.deadline is None and not self.busy and data.strip(b"\r\n"):
+        if self.deadline is None and not (self.busy or self.closing) and data.strip(b"\r\n"):
             self._limits._start_request(self)
         self.inner.data_received(data)
 

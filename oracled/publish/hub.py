@@ -318,6 +318,7 @@ class Hub:
                 "first_request_timeout": 0,
                 "accept_limit": 0,
                 "request_timeout": 0,
+                "expect_refused": 0,
                 "bad_request": 0,
                 "request_too_long": 0,
             }

@@ -176,11 +176,18 @@ async def test_an_admin_request_without_a_valid_token_is_refused_before_its_body
     sending none of it is answered 401 at once. Asking `Expect: 100-continue`, a client with a
     wrong or no token, or any client of a daemon without a token, is refused (401, 403) in
     place of the `100 Continue` that invited its body, with `Connection: close`; with the
-    token, the 100 comes. A refused client that neither sends its body nor closes is cut at
-    the request deadline and counted as `request_timeout`, not as a connection that never made
-    a request (`first_request_timeout`, whose deadline, as in the daemon, is no longer)."""
+    token, the 100 comes. A refused client that neither sends its body nor closes is closed
+    by the server soon after its answer: aiohttp waited 10 s for the body (its lingering
+    close) and the request deadline cut it first, counted as `request_timeout`. With both
+    deadlines of the daemon (10 s) at 60 s here, the server still closes both connections
+    within the 5 s `_closed_by_server` waits, and counts them as `expect_refused`, neither as
+    `request_timeout` nor as connections that never made a request (`first_request_timeout`,
+    at 0.5 s here, shorter than the wait after a refusal: no deadline of its own)."""
     rig = Rig(make_config())
-    async with serve_guarded(rig, request_timeout=1.0, first_request_timeout=1.0) as (port, limits):
+    async with serve_guarded(rig, request_timeout=60.0, first_request_timeout=0.5) as (
+        port,
+        limits,
+    ):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
             b"POST /v1/admin/reload HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\n"
@@ -217,7 +224,8 @@ async def test_an_admin_request_without_a_valid_token_is_refused_before_its_body
         # Seen closed before the runner's cleanup, which waits for a connection still open.
         await until(lambda: limits.accepted == 0, "the server saw the closes")
     assert rig.manual == []
-    assert rig.hub.api_closed["request_timeout"] == 2
+    assert rig.hub.api_closed["expect_refused"] == 2
+    assert rig.hub.api_closed["request_timeout"] == 0
     assert rig.hub.api_closed["first_request_timeout"] == 0
     disabled = Rig(make_config(token=None))
     async with serve_guarded(disabled, request_timeout=10.0, first_request_timeout=60.0) as (
@@ -235,6 +243,43 @@ async def test_an_admin_request_without_a_valid_token_is_refused_before_its_body
         assert headers["connection"] == "close"
         writer.close()
         await until(lambda: limits.accepted == 0, "the server saw the close")
+    assert disabled.hub.api_closed["expect_refused"] == 1
+
+
+async def test_a_body_sent_after_a_refused_expectation_is_no_late_request() -> None:
+    """A client may send its body after all once its expectation is refused: a 401 in place of
+    `100 Continue`, or the 417 of an expectation the API cannot meet. Its bytes, a byte every
+    0.05 s from the answer on, are the refused request's body, not a next request: they start
+    no request deadline (0.2 s here, passed four times over while the bytes come), the server
+    closes the connection of its own, and each is counted once, as `expect_refused`; nothing
+    is paused and nothing is logged as a handler's failure."""
+    rig = Rig(make_config())
+    async with serve_guarded(rig, request_timeout=0.2, first_request_timeout=60.0) as (
+        port,
+        limits,
+    ):
+        with capture_logs() as logs:
+            for expect, auth, code in (
+                ("100-continue", "Authorization: Bearer nope\r\n", "unauthorized"),
+                ("bogus", AUTH, "expectation_failed"),
+            ):
+                conn = await asyncio.open_connection("127.0.0.1", port)
+                conn[1].write(
+                    f"POST /v1/admin/markets/BTC-USD/pause HTTP/1.1\r\nHost: t\r\n{auth}"
+                    f"Content-Length: 100000\r\nExpect: {expect}\r\n\r\n".encode()
+                )
+                status, headers, body = await _answer(conn[0])
+                assert json.loads(body)["error"]["code"] == code, (status, body)
+                assert headers["connection"] == "close"
+                drip = asyncio.create_task(_drip(conn[1]))
+                assert await _closed_by_server(conn)
+                await drip
+                conn[1].close()
+        await until(lambda: limits.accepted == 0, "the server saw the closes")
+    assert rig.hub.api_closed["expect_refused"] == 2
+    assert rig.hub.api_closed["request_timeout"] == 0
+    assert rig.manual == []
+    assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
 
 
 async def test_a_line_end_after_a_request_starts_no_deadline() -> None:
