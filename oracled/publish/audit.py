@@ -57,6 +57,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
@@ -954,6 +955,10 @@ class StoredReport:
     signature: bytes | None
 
 
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def _open_read_only(path: Path) -> sqlite3.Connection:
     """Open for reading only. The path goes into the URI quoted: a `#` or `?` in a file name
     would otherwise end the path there, and SQLite open (and make) another file read-write.
@@ -1046,16 +1051,27 @@ class AuditReader:
         return zlib.decompressobj(_WBITS, zdict=data).decompress(body)
 
     def _decode(
-        self, dict_id: int | None, stored: bytes, round_no: int, ts: int, market: str
+        self, dict_id: int | None, stored: bytes, round_no: int, ts: int, market: str, at: int
     ) -> tuple[Report, bytes]:
-        """A stored report and its msgpack; AuditDataError naming the row if it does not read
-        back (a traceback told an auditor nothing about which row)."""
+        """A stored report and its msgpack, found as `market`'s at `at` (the row's columns) in
+        round `round_no` at `ts`; AuditDataError naming the row if it does not read back (a
+        traceback told an auditor nothing about which row), or if its body is another market's,
+        round's or time's: the columns a row is found by are not signed, so a relabelled row
+        would show a signed report as another market's."""
         try:
             body = self._unpack(dict_id, stored)
-            return _report_decoder.decode(body), body
+            report = _report_decoder.decode(body)
         except (zlib.error, msgspec.DecodeError, ValueError, TypeError) as exc:
             what = f"{market}: its stored report cannot be read ({exc})"
             raise AuditDataError(round_no, ts, what) from None
+        if (report.market, report.round, report.ts) != (market, round_no, ts) or at != ts:
+            what = (
+                f"{market}: the row holds {report.market}'s report of round {report.round} at"
+                f" {_iso(report.ts)}, found as {market}'s at {_iso(at)} in this round: changed"
+                " after it was written"
+            )
+            raise AuditDataError(round_no, ts, what)
+        return report, body
 
     def span(self) -> tuple[int, int] | None:
         """(first, last) round time stored, or None when empty."""
@@ -1094,7 +1110,7 @@ class AuditReader:
         each stored report of the round that does not read back (left out of the list), so that
         the check goes on to the next round."""
         rows = self._db.execute(
-            f"SELECT {self._round_columns}, {self._body_column}, r.market FROM rounds o "
+            f"SELECT {self._round_columns}, {self._body_column}, r.market, r.ts FROM rounds o "
             "LEFT JOIN reports r ON r.round_id = o.id "
             "WHERE o.ts >= ? AND o.ts <= ? ORDER BY o.id, r.pos",
             (start_ms, end_ms),
@@ -1102,7 +1118,7 @@ class AuditReader:
         current: AuditRound | None = None
         reports: list[Report] = []
         unreadable: list[str] = []
-        for *head, dict_id, stored, market in rows:
+        for *head, dict_id, stored, market, at in rows:
             if current is None or current.id != head[0]:
                 if current is not None:
                     yield current, reports, unreadable
@@ -1110,7 +1126,7 @@ class AuditReader:
             if stored is not None:
                 try:
                     reports.append(
-                        self._decode(dict_id, stored, current.round, current.ts, market)[0]
+                        self._decode(dict_id, stored, current.round, current.ts, market, at)[0]
                     )
                 except AuditDataError as exc:
                     unreadable.append(exc.what)
@@ -1131,13 +1147,13 @@ class AuditReader:
     ) -> Iterator[StoredReport]:
         order = "r.ts DESC, r.round_id DESC" if newest_first else "r.ts, r.round_id"
         rows = self._db.execute(
-            f"SELECT {self._body_column}, o.signer, o.signature, o.round, o.ts FROM reports r "
-            "JOIN rounds o ON o.id = r.round_id "
+            f"SELECT {self._body_column}, o.signer, o.signature, o.round, o.ts, r.ts "
+            "FROM reports r JOIN rounds o ON o.id = r.round_id "
             f"WHERE r.market = ? AND r.ts >= ? AND r.ts <= ? ORDER BY {order}",
             (market, start_ms, end_ms),
         )
-        for dict_id, stored, signer, signature, round_no, ts in rows:
-            report, body = self._decode(dict_id, stored, round_no, ts, market)
+        for dict_id, stored, signer, signature, round_no, ts, at in rows:
+            report, body = self._decode(dict_id, stored, round_no, ts, market, at)
             yield StoredReport(report, body, signer, signature)
 
     def report_lines(self, start_ms: int, end_ms: int) -> Iterator[bytes]:
@@ -1145,13 +1161,14 @@ class AuditReader:
         market order: the byte-for-byte reference for a replay of `tape()`."""
         encoder = msgspec.json.Encoder()
         rows = self._db.execute(
-            f"SELECT {self._body_column}, o.round, o.ts, r.market FROM reports r "
+            f"SELECT {self._body_column}, o.round, o.ts, r.market, r.ts FROM reports r "
             "JOIN rounds o ON o.id = r.round_id "
             "WHERE o.ts >= ? AND o.ts <= ? ORDER BY r.round_id, r.pos",
             (start_ms, end_ms),
         )
-        for dict_id, stored, round_no, ts, market in rows:
-            yield encoder.encode(self._decode(dict_id, stored, round_no, ts, market)[0]) + b"\n"
+        for dict_id, stored, round_no, ts, market, at in rows:
+            report = self._decode(dict_id, stored, round_no, ts, market, at)[0]
+            yield encoder.encode(report) + b"\n"
 
     def actions(self, market: str, start_ms: int, end_ms: int) -> list[OperatorAction]:
         """A market's manual pauses and resumes in the window, oldest first."""

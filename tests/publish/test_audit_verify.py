@@ -398,3 +398,39 @@ def test_a_stored_row_that_is_garbage_is_named_with_exit_2_and_verify_counts_it_
     assert "mismatch: round 3 at 2023-11-14T22:13:20.750Z: BTC/USD: its stored report" in out
     assert "mismatch: round 5 at 2023-11-14T22:13:21.250Z: ETH/USD: its stored report" in out
     assert "dictionary 99" in out
+
+
+def test_a_report_row_relabelled_as_another_market_or_time_is_found_not_shown_as_verified(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bug: the reader finds a market's reports by the row's `market` and `ts` columns and
+    showed the body it found, which those columns do not sign. Swapping the two columns of
+    BTC/USD's and ETH/USD's rows of round 3 made `--at` print ETH/USD's price as BTC/USD's,
+    'verified against the round', and `--verify` pass (the bodies, in tree order, are untouched);
+    moving a row's `ts` showed round 2's report as round 3's. Now a row whose body is another
+    market's, round's or time's is named with exit 2, and `--verify` counts its round a
+    mismatch."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, "UPDATE reports SET market = 'X' WHERE round_id = 3 AND market = 'BTC/USD'")
+    sql(db, "UPDATE reports SET market = 'BTC/USD' WHERE round_id = 3 AND market = 'ETH/USD'")
+    sql(db, "UPDATE reports SET market = 'ETH/USD' WHERE round_id = 3 AND market = 'X'")
+    sql(db, "UPDATE reports SET ts = ts - 250 WHERE round_id = 5 AND market = 'SOL/USD'")
+    capsys.readouterr()
+    base = ["audit", "--db", str(db), "--deployment", "test"]
+    assert main([*base, "--market", "BTC/USD", "--at", str(T0 + 3 * 250)]) == 2
+    captured = capsys.readouterr()
+    assert "3100.31" not in captured.out and "verified" not in captured.out
+    assert captured.err.startswith(
+        f"oracled audit: {db}: round 3 at 2023-11-14T22:13:20.750Z: BTC/USD: the row holds"
+        " ETH/USD's report"
+    ), captured.err
+    assert main([*base, "--market", "SOL/USD", "--at", str(T0 + 4 * 250)]) == 2
+    assert "SOL/USD: the row holds SOL/USD's report of round 5 at 2023-11-14T22:13:21.250Z" in (
+        capsys.readouterr().err
+    )
+    assert main([*base, "--verify"]) == 3
+    out = capsys.readouterr().out
+    assert "4 signed and matching, 0 unsigned, 2 mismatched" in out
+    assert "mismatch: round 3 at 2023-11-14T22:13:20.750Z: ETH/USD: the row holds BTC/USD's" in out
+    assert "mismatch: round 5 at 2023-11-14T22:13:21.250Z: SOL/USD: the row holds" in out
