@@ -74,6 +74,8 @@ _MAX_ANSWER_BYTES: Final = 16 * 1024 * 1024
 _MAX_REST_S: Final = 60.0
 #: The first rest after a rate limit that names no wait; it doubles while the limit lasts.
 _FIRST_REST_S: Final = 1.0
+#: Weight of an endpoint's newest answer time in its moving average (`EndpointStats.latency_s`).
+_LATENCY_WEIGHT: Final = 0.3
 #: JSON-RPC error codes of a rate limit, whatever the message: EIP-1474's -32005 "limit
 #: exceeded" (Infura's answer to its requests-per-second and daily limits), and 429, which
 #: Alchemy, QuickNode and Infura (a key's own throughput limit) put in the error object.
@@ -191,6 +193,11 @@ class EndpointStats:
     timeouts: int = 0
     garbage: int = 0  # answers that are not JSON-RPC answers to our request
     failovers: int = 0  # times the client left this endpoint for the next one after a failure
+    #: Seconds its answers took, a moving average of the answered requests (None before one),
+    #: and the last one's alone: a reader compares endpoints by them (a URL much slower than
+    #: another is left, docs/onchain.md *Endpoints*).
+    latency_s: float | None = None
+    last_latency_s: float | None = None
     last_error: str | None = None
     by_kind: dict[str, int] = field(default_factory=dict)
 
@@ -264,6 +271,17 @@ class RpcClient:
     def active(self) -> int:
         """Index of the endpoint the next request goes to first."""
         return self._active
+
+    def standby(self) -> int | None:
+        """The endpoint a request would go to if the active one failed (the next one not
+        resting), or None when there is none."""
+        order = self._order()
+        return next((i for i in order if i != self._active), None)
+
+    def prefer(self, index: int) -> None:
+        """Send the next requests to endpoint `index` first (a reader that found it much faster
+        than the active one); not a failure of the one left."""
+        self._active = index
 
     async def call(self, method: str, params: Sequence[Any], *, required: bool = False) -> Any:
         """One request; the result, or RpcError / RpcUnavailable. `required`: a null result is
@@ -413,6 +431,7 @@ class RpcClient:
     async def _one(
         self, index: int, body: bytes, rid: int, *, sticky: bool = True, pinned: bool = False
     ) -> Any:
+        sent = self._clock.monotonic()
         raw = await self._post(index, body)
         try:
             answer = _decode_one.decode(raw)
@@ -430,9 +449,19 @@ class RpcClient:
         if pinned and err is not None and _block_unknown(err):
             raise UnknownBlock(err.code, err.message, err.data)
         result = self._result(answer)
+        self._timed(index, self._clock.monotonic() - sent)
         if sticky:
             self._active = index
         return result
+
+    def _timed(self, index: int, seconds: float) -> None:
+        """An answered request's time, into the endpoint's moving average."""
+        st = self.stats[index]
+        st.last_latency_s = seconds
+        average = st.latency_s
+        st.latency_s = (
+            seconds if average is None else average + _LATENCY_WEIGHT * (seconds - average)
+        )
 
     def _http_limit(self, index: int, resp: aiohttp.ClientResponse) -> None:
         """A limit answered by HTTP status: rest the endpoint for its `Retry-After` in seconds,

@@ -436,6 +436,8 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
             ("reorgs", "reorgs", "Blocks at the head's height with a new hash (re-read)."),
             ("disagreements", "cross_check_disagreements",
              "Blocks withheld because two endpoints answered the same read differently."),
+            ("slow_switches", "slow_switches",
+             "Active RPC endpoints left for one that answered at least twice as fast."),
             ("restarts", "reader_restarts",
              "Reader restarts by its supervisor: a failed start, or a crash."),
         )
@@ -452,6 +454,12 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
     requests = CounterMetricFamily(
         "oracled_chain_rpc_requests",
         "HTTP requests to an RPC endpoint (block reads, polls, checks).",
+        labels=["chain", "endpoint"],
+    )
+    latency = GaugeMetricFamily(
+        "oracled_chain_rpc_latency_seconds",
+        "An RPC endpoint's answer time, a moving average of its answered requests (NaN before "
+        "the first).",
         labels=["chain", "endpoint"],
     )
     errors = CounterMetricFamily(
@@ -483,14 +491,18 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
         failovers.add_metric(name, sum(e.failovers for e in st.endpoints))
         for ep in st.endpoints:
             requests.add_metric([st.chain, ep.name], ep.requests)
+            seconds = ep.latency_s
+            latency.add_metric(
+                [st.chain, ep.name], seconds if seconds is not None else float("nan")
+            )
             for kind in _RPC_ERROR_KINDS:
                 errors.add_metric([st.chain, ep.name, kind], ep.by_kind.get(kind, 0))
         for (source, pair), gaps in sorted(st.spot_gaps.items()):
             spot_gaps.add_metric([st.chain, source, pair], gaps)
         if st.sequencer_up is not None:
             sequencer.add_metric(name, 1.0 if st.sequencer_up else 0.0)
-    yield from (head, age, limit, *counters.values(), refused, failovers, requests, errors,
-                spot_gaps, sequencer)  # fmt: skip
+    yield from (head, age, limit, *counters.values(), refused, failovers, requests, latency,
+                errors, spot_gaps, sequencer)  # fmt: skip
 
 
 class _StateCollector:

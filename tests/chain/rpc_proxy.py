@@ -28,7 +28,8 @@ QuickNode's rate limits (requests, and API credits, per second), "expired_32007"
 is no rate limit (another server's code for an expired key), and "short_call"
 forwards but cuts the last word off every `eth_call` result (an answer of the wrong ABI length).
 "frozen" answers every `eth_getBlockByNumber` with the block it answered first (a node whose head
-stopped moving while the chain goes on) and forwards the rest.
+stopped moving while the chain goes on) and forwards the rest. "slow" forwards every request
+`delay_s` seconds late (a node that answers, but always just under the client's timeout).
 `methods` lists the method of every request received, in order. `stop()` closes the listening
 socket, so the endpoint dies mid-run.
 """
@@ -90,6 +91,7 @@ class RpcProxy:
         self.requests = 0
         self.retry_after: str | None = "30"  # "http429": its Retry-After header
         self.frozen: Any = None  # "frozen": the block it keeps answering
+        self.delay_s = 0.0  # "slow": how late every answer is
         self.methods: list[str] = []
         self.pins: list[Any] = []  # the block argument of every eth_call
         self.user_agents: list[str] = []  # of every request, to tell web3's from our client's
@@ -171,6 +173,8 @@ class RpcProxy:
                 self.frozen = (await self._forward(items[0]))["result"]
             frozen = {"jsonrpc": "2.0", "id": items[0]["id"], "result": self.frozen}
             return web.json_response(frozen)
+        if mode == "slow":
+            await asyncio.sleep(self.delay_s)
         if mode == "hold":
             self.held += 1
             self.arrived.set()

@@ -72,6 +72,14 @@ _AT_SEQUENCER: Final = 2
 #: How long a cross-check leaves an endpoint the others outvoted: a node that lied about one
 #: block is not asked about the next ones, then votes again (a liar costs a vote a minute).
 _OUTVOTED_REST_S: Final = 60.0
+#: The active endpoint's answers taking this share of `timeout_s` or more on average make the
+#: reader ask whether the next URL answers much faster (`_prefer_faster`): below it, a read does
+#: not wait long enough to matter, and no request is spent finding out.
+_SLOW_SHARE: Final = 0.25
+#: At most one such question in this long (by the reader's clock) ...
+_PROBE_S: Final = 60.0
+#: ... and the next URL is taken when it answered its head this many times faster.
+_FASTER: Final = 2.0
 
 
 def decode_round(data: bytes) -> tuple[int, int, int, int, int]:
@@ -106,6 +114,7 @@ class ChainStats:
     superseded: int = 0  # newHeads: heads passed over for a newer one while a read was slow
     unknown: int = 0  # heads the node did not hold at their read (reorged out, or a node behind)
     disagreements: int = 0  # cross-check: two endpoints answered differently
+    slow_switches: int = 0  # the active endpoint left for one much faster (`_prefer_faster`)
     restarts: int = 0  # the reader started again by its supervisor (a failed start, a crash)
     sequencer_up: bool | None = None
     #: (source, pair) -> reads whose spot parted from the TWAP (Uniswap feeds only)
@@ -216,6 +225,7 @@ class ChainReader:
         self._last_rejection: str | None = None
         self._unfinished_log = LogEveryMinute()  # feeds whose block was not read again
         self._heads = 0  # newHeads notices received
+        self._next_probe_ms = 0  # when `_prefer_faster` may next ask another URL's head
         # newHeads silent this long: poll, and subscribe again if the poll finds a new block.
         self._silence_s = cfg.max_block_age_s
         if cfg.block_time_s is not None:
@@ -332,7 +342,44 @@ class ChainReader:
         except _READ_ERRORS as exc:
             self._read_failed(block, exc)
             return False
-        return await self._publish(block, raw, results)
+        published = await self._publish(block, raw, results)
+        if published:
+            await self._prefer_faster(block)
+        return published
+
+    async def _prefer_faster(self, block: Block) -> None:
+        """Leave an active endpoint that answers, but much slower than the next URL. The client
+        keeps the endpoint that answered last, so a URL that always answers just under
+        `timeout_s` would otherwise be the one every read waits on, however fast the others.
+        While the active one's answers average `_SLOW_SHARE` of `timeout_s` or more, the next
+        URL not resting is asked its head, at most once per `_PROBE_S`; it becomes the active one
+        when its head is not behind `block` (the one just read) and came back at least `_FASTER`
+        times faster. Counted (`slow_switches`) and logged. Deterministic: the same answer times
+        give the same choice; nothing is asked while the active endpoint is fast."""
+        active = self.rpc.active
+        slow = self.rpc.stats[active].latency_s
+        now = self._clock.now_ms()
+        if slow is None or slow < _SLOW_SHARE * self.cfg.timeout_s or now < self._next_probe_ms:
+            return
+        other = self.rpc.standby()
+        if other is None:
+            return
+        self._next_probe_ms = now + int(_PROBE_S * 1000)
+        self.stats.round_trips += 1
+        try:
+            head = _block(await self.rpc.call_on(other, "eth_getBlockByNumber", ["latest", False]))
+        except (*_READ_ERRORS, msgspec.ValidationError):
+            return  # cannot say (counted on it by the client if it failed)
+        took = self.rpc.stats[other].last_latency_s
+        if took is None or head.number < block.number or took * _FASTER > slow:
+            return
+        self.rpc.prefer(other)
+        self.stats.slow_switches += 1
+        self._log.warning(
+            "endpoint slower than another: switched", endpoint=self.rpc.stats[active].name,
+            latency_ms=round(slow * 1000), to=self.rpc.stats[other].name,
+            to_latency_ms=round(took * 1000), block=block.number,
+        )  # fmt: skip
 
     def _garbage(self, block: Block, exc: ValueError) -> None:
         """The endpoint answered the read, but not with an aggregate3 answer of our calls on

@@ -1,0 +1,128 @@
+"""A URL that answers, but much slower than another, is not the one every read waits on: the
+reader asks the next URL's head while the active endpoint is slow (a quarter of `timeout_s` on
+average), and takes it when it is not behind and at least twice as fast. The slow node is the
+loopback proxy in front of anvil, delaying every answer; the tests assert which URL served the
+reads, never how fast they were."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from chain_rig import Anvil, Chain, Deployed
+from reading import make_reader, watch_eth
+from rpc_proxy import RpcProxy
+from structlog.testing import capture_logs
+
+from oracled.clock import ManualClock
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+UPDATE = "updateAnswer(int256)"
+SWITCHED = "endpoint slower than another: switched"
+
+
+async def _clock(chain: Chain) -> ManualClock:
+    """The reader's clock at the chain's head (blocks are young by it)."""
+    return ManualClock(int((await chain.block())["timestamp"], 16) * 1000)
+
+
+async def test_a_url_much_slower_than_the_next_is_left_for_it(
+    anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The first URL answers every request 0.8 s late (timeout 2 s): it answers, so before it
+    stayed the active endpoint for good. After the block it served is published, the second
+    URL is asked its head once, is as far and much faster, and becomes the active one: logged,
+    counted as a slow switch and not as a failure. The next block's head and read go to the
+    second URL; the slow one gets no request."""
+    proxy.mode, proxy.delay_s = "slow", 0.8
+    reader = make_reader([proxy.url, anvil.url], http, clock=await _clock(chain))
+    got = watch_eth(reader, snapshot.eth_proxy)
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+    assert got.last.price == 3000.0
+    assert reader.rpc.active == 1
+    assert reader.stats.slow_switches == 1
+    assert [(e["endpoint"], e["to"]) for e in logs if e["event"] == SWITCHED] == [
+        (reader.rpc.stats[0].name, reader.rpc.stats[1].name)
+    ]
+    assert [st.by_kind for st in reader.rpc.stats] == [{}, {}]
+    assert reader.rpc.stats[0].failovers == 0
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+    sent = proxy.requests
+    assert await reader.poll_once()
+    assert got.last.price == 3100.0
+    assert proxy.requests == sent
+
+
+async def test_a_faster_url_behind_the_chain_is_not_taken_and_asked_once_a_minute(
+    anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The second URL is fast but its head stopped a block back: asked after the slow URL's
+    block, it is behind, so the reader stays. It is not asked again within the minute (a
+    second published block costs it nothing); a minute later it is asked again, and once its
+    head has caught up it is taken."""
+    behind = await RpcProxy(anvil.url, http).start()
+    try:
+        behind.mode = "frozen"
+        async with http.post(
+            behind.url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber",
+                              "params": ["latest", False]},
+        ) as resp:  # fmt: skip
+            assert (await resp.json())["result"] is not None  # its head stops here
+        await chain.mine()
+        proxy.mode, proxy.delay_s = "slow", 0.8
+        clock = await _clock(chain)
+        reader = make_reader([proxy.url, behind.url], http, clock=clock)
+        watch_eth(reader, snapshot.eth_proxy)
+        assert await reader.poll_once()
+        assert behind.requests == 2  # its frozen head, then the reader's question
+        assert reader.rpc.active == 0 and reader.stats.slow_switches == 0
+        await chain.mine()
+        assert await reader.poll_once()
+        assert behind.requests == 2  # within the minute: not asked
+        clock.advance(60_000)
+        await chain.mine()
+        assert await reader.poll_once()
+        assert behind.requests == 3
+        assert reader.rpc.active == 0
+        behind.mode = "pass"  # caught up
+        clock.advance(60_000)
+        await chain.mine()
+        assert await reader.poll_once()
+        assert reader.rpc.active == 1 and reader.stats.slow_switches == 1
+        assert [st.by_kind for st in reader.rpc.stats] == [{}, {}]
+    finally:
+        await behind.stop()
+
+
+async def test_a_url_not_twice_as_fast_is_not_taken(
+    anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """Both URLs are slow, the second a little less (0.6 s against 0.8 s): it is asked, but a
+    switch needs answers at least twice as fast, so the reader stays on the first."""
+    other = await RpcProxy(anvil.url, http).start()
+    try:
+        proxy.mode, proxy.delay_s = "slow", 0.8
+        other.mode, other.delay_s = "slow", 0.6
+        reader = make_reader([proxy.url, other.url], http, clock=await _clock(chain))
+        watch_eth(reader, snapshot.eth_proxy)
+        assert await reader.poll_once()
+        assert other.requests == 1
+        assert reader.rpc.active == 0 and reader.stats.slow_switches == 0
+    finally:
+        await other.stop()
+
+
+async def test_a_fast_active_url_costs_no_question_to_the_others(
+    anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """While the active endpoint answers fast (anvil on loopback), published blocks ask the
+    other URL nothing: the rule spends a request only when a read waits long."""
+    reader = make_reader([anvil.url, proxy.url], http, clock=await _clock(chain))
+    got = watch_eth(reader, snapshot.eth_proxy)
+    for price in (3000_00000000, 3100_00000000, 3200_00000000):
+        await chain.transact(snapshot.eth_aggregator, UPDATE, price)
+        assert await reader.poll_once()
+    assert [q.price for q in got.quotes] == [3000.0, 3100.0, 3200.0]
+    assert proxy.requests == 0
+    assert reader.stats.slow_switches == 0
