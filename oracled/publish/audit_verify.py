@@ -64,6 +64,7 @@ __all__ = [
     "deployment_of",
     "exponents_of",
     "format_of",
+    "in_order",
     "print_summary",
     "trusted_check",
     "verify_trail",
@@ -259,6 +260,48 @@ def trusted_check(check: RoundCheck, signers: Iterable[str]) -> RoundCheck:
     return check
 
 
+def in_order(check: RoundCheck, stored: AuditRound, newest: dict[str, AuditRound]) -> RoundCheck:
+    """`check`, made a mismatch when its key signed a round stored before it at the same or a
+    later time: a key signs each round time once and in time order (its signing floor, the
+    lease), so among one key's rounds in the trail's order the times grow; a row that breaks
+    that was copied (within the trail, or from another trail of the key) or moved. `newest`
+    holds each key's last round in order, updated here."""
+    if check.verdict != "ok" or check.signer is None:
+        return check
+    key = check.signer.lower()
+    before = newest.get(key)
+    if before is not None and stored.ts <= before.ts:
+        detail = (
+            f"stored after round {before.round} at {_iso(before.ts)}, which the same key signed:"
+            " a key signs each round time once and in time order, so this row is a copy or was"
+            " moved"
+        )
+        return RoundCheck("mismatch", check.signer, detail, check.format)
+    newest[key] = stored
+    return check
+
+
+@dataclass(slots=True)
+class _Gaps:
+    """The rounds missing between two stored rounds of one run: the round number goes up by
+    more than one and the time by as many round intervals (the interval is learnt from the
+    last two consecutive rounds seen; a restart numbers from 1 again and is no gap)."""
+
+    last: AuditRound | None = None
+    step: int | None = None
+
+    def see(self, stored: AuditRound) -> tuple[AuditRound, AuditRound] | None:
+        before, self.last = self.last, stored
+        if before is None:
+            return None
+        rounds, ms = stored.round - before.round, stored.ts - before.ts
+        if rounds == 1 and ms > 0:
+            self.step = ms
+        elif rounds > 1 and self.step is not None and ms == rounds * self.step:
+            return before, stored
+        return None
+
+
 @dataclass(slots=True)
 class VerifySummary:
     """Counts over the rounds checked, with the first few that failed."""
@@ -272,6 +315,16 @@ class VerifySummary:
     shown: dict[str, list[tuple[AuditRound, RoundCheck]]] = field(default_factory=dict)
     first: int | None = None
     last: int | None = None
+    absent: int = 0  # rounds missing between two stored rounds of a run
+    #: the gaps (the stored rounds on either side), the first few listed in full
+    gaps: list[tuple[AuditRound, AuditRound]] = field(default_factory=list)
+    gap_count: int = 0
+
+    def add_gap(self, before: AuditRound, after: AuditRound) -> None:
+        self.absent += after.round - before.round - 1
+        self.gap_count += 1
+        if len(self.gaps) < _SHOWN:
+            self.gaps.append((before, after))
 
     def add(self, stored: AuditRound, check: RoundCheck) -> None:
         self.rounds += 1
@@ -313,10 +366,16 @@ def verify_trail(
     domain of `deployment` (without one, signed rounds are counted as not checked)."""
     trusted = list(signers)
     summary = VerifySummary()
+    gaps = _Gaps()
+    newest: dict[str, AuditRound] = {}
     for stored, reports, unreadable in reader.round_reports(start_ms, end_ms):
+        gap = gaps.see(stored)
+        if gap is not None:
+            summary.add_gap(*gap)
         if market is not None and all(r.market != market for r in reports) and not unreadable:
             continue
         check = check_round(stored, reports, exponents or {}, deployment, unreadable)
+        check = in_order(check, stored, newest)
         summary.add(stored, trusted_check(check, trusted))
     return summary
 
@@ -337,6 +396,28 @@ def print_summary(summary: VerifySummary, out: TextIO) -> None:
         print(f"    signed by {signer}: {count} round(s)", file=out)
     for fmt, count in sorted(summary.formats.items()):
         print(f"    verified in signed format {fmt}: {count} round(s)", file=out)
+    if summary.absent:
+        print(
+            f"absent: {summary.absent} round(s) in {summary.gap_count} gap(s) of a run: not in the"
+            " trail (dropped from a full queue, oracled_audit_dropped_rounds_total; computed late"
+            " by a blocked loop, oracled_rounds_caught_up_total; or deleted)",
+            file=out,
+        )
+        for before, after in summary.gaps:
+            missing = after.round - before.round - 1
+            which = (
+                f"round {before.round + 1}"
+                if missing == 1
+                else (f"round {before.round + 1} to {after.round - 1}")
+            )
+            print(
+                f"absent: {which} ({missing} round{'s' if missing > 1 else ''}) between round"
+                f" {before.round} at {_iso(before.ts)} and round {after.round} at"
+                f" {_iso(after.ts)}",
+                file=out,
+            )
+        if summary.gap_count > len(summary.gaps):
+            print(f"absent: ... and {summary.gap_count - len(summary.gaps)} more gap(s)", file=out)
     for verdict in ("mismatch", "unchecked", "unsigned"):
         shown = summary.shown.get(verdict, [])
         for stored, check in shown:

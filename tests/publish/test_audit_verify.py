@@ -434,3 +434,89 @@ def test_a_report_row_relabelled_as_another_market_or_time_is_found_not_shown_as
     assert "4 signed and matching, 0 unsigned, 2 mismatched" in out
     assert "mismatch: round 3 at 2023-11-14T22:13:20.750Z: ETH/USD: the row holds BTC/USD's" in out
     assert "mismatch: round 5 at 2023-11-14T22:13:21.250Z: SOL/USD: the row holds" in out
+
+
+def _swap_rounds(path: Path, a: int, b: int) -> None:
+    """Store round `a` where round `b` was and back (their rows and everything that names them)."""
+    for table, column in (("rounds", "id"), ("reports", "round_id"), ("tapes", "round_id")):
+        sql(path, f"UPDATE {table} SET {column} = -1 WHERE {column} = {a}")
+        sql(path, f"UPDATE {table} SET {column} = {a} WHERE {column} = {b}")
+        sql(path, f"UPDATE {table} SET {column} = {b} WHERE {column} = -1")
+
+
+def _copy_round(path: Path, source: Path, round_id: int) -> None:
+    """Append round row `round_id` of the trail `source` to the trail at `path` with its reports
+    (bodies deflated against dictionary 1 in both: the writer made it from the same round)."""
+    db = sqlite3.connect(path)
+    db.execute("ATTACH ? AS other", (str(source),))
+    db.execute(
+        "INSERT INTO rounds (ts, round, markets, quotes, root, signature, signer, format) "
+        "SELECT ts, round, markets, quotes, root, signature, signer, format FROM other.rounds "
+        "WHERE id = ?",
+        (round_id,),
+    )
+    db.execute(
+        "INSERT INTO reports SELECT (SELECT max(id) FROM rounds), pos, ts, market, status, dict,"
+        " body FROM other.reports WHERE round_id = ?",
+        (round_id,),
+    )
+    db.commit()
+    db.close()
+
+
+def test_a_signed_round_stored_twice_or_out_of_order_is_a_mismatch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bug: each round was checked on its own, so a signed round copied in again (from this
+    trail, or spliced in from another trail of the same key) or two rounds stored in each
+    other's place verified as 7 and 6 matching rounds, exit 0. A key signs each round time once
+    and in time order (its signing floor), so in the order the trail stores them, the rounds one
+    key signed have growing times: a row that breaks that is a copy or was moved."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    other = tmp_path / "other.sqlite3"
+    written(other)  # the same key over the same times: another trail of the same daemon
+    _copy_round(db, other, 3)
+    verify = ["audit", "--db", str(db), "--verify", "--deployment", "test"]
+    assert main(verify) == 3
+    out = capsys.readouterr().out
+    assert "7 round(s) checked" in out and "6 signed and matching, 0 unsigned, 1 mismatched" in out
+    assert (
+        "mismatch: round 3 at 2023-11-14T22:13:20.750Z: stored after round 6 at"
+        " 2023-11-14T22:13:21.500Z, which the same key signed: a key signs each round time once"
+        " and in time order, so this row is a copy or was moved"
+    ) in out
+    moved = tmp_path / "moved.sqlite3"
+    written(moved)
+    _swap_rounds(moved, 3, 4)
+    assert main(["audit", "--db", str(moved), "--verify", "--deployment", "test"]) == 3
+    out = capsys.readouterr().out
+    assert "5 signed and matching, 0 unsigned, 1 mismatched" in out
+    assert "mismatch: round 3 at 2023-11-14T22:13:20.750Z: stored after round 4 at" in out
+
+
+def test_rounds_absent_from_the_middle_of_a_run_are_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bug: a round deleted with its reports (or never written) left no trace in `--verify`:
+    5 rounds matching, nothing said. A round's number is signed with it, so the rounds missing
+    between two stored ones of one run are known; the trail cannot tell a round dropped from a
+    full queue or computed late by a blocked loop from one deleted, so they are listed, not
+    counted as a mismatch, with the metrics that count the rounds the daemon left out."""
+    db = tmp_path / "audit.sqlite3"
+    written(db, 8)
+    sql(db, "DELETE FROM reports WHERE round_id IN (3, 6, 7)")
+    sql(db, "DELETE FROM rounds WHERE id IN (3, 6, 7)")
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "5 signed and matching, 0 unsigned, 0 mismatched" in out
+    assert "absent: 3 round(s) in 2 gap(s) of a run" in out
+    assert (
+        "absent: round 3 (1 round) between round 2 at 2023-11-14T22:13:20.500Z and round 4 at"
+        " 2023-11-14T22:13:21.000Z"
+    ) in out
+    assert "absent: round 6 to 7 (2 rounds) between round 5 at" in out
+    whole = tmp_path / "whole.sqlite3"
+    written(whole)
+    assert main(["audit", "--db", str(whole), "--verify", "--deployment", "test"]) == 0
+    assert "absent:" not in capsys.readouterr().out
