@@ -1,7 +1,8 @@
 """The one-writer lock beside a file (`<path>.lock`), shared by every file oracled appends to or
 rewrites: the audit trail, the manual pauses file, the signing lease and `oracled record`'s tape;
 and the atomic, durable rewrite of a small file (`replace_durably`) that the pauses file and the
-signing lease use.
+signing lease use, with the clean-up of the temporary files a writer killed mid-rewrite leaves
+(`remove_stale_temporaries`).
 
 An advisory `flock` on a file of its own, never on the data file: the kernel releases it with
 the process, so a killed writer never leaves it stuck, and a second writer is told at once
@@ -12,10 +13,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["LockHeldError", "lock_beside", "replace_durably"]
+__all__ = ["LockHeldError", "lock_beside", "remove_stale_temporaries", "replace_durably"]
+
+#: The random part of a `tempfile.mkstemp` name: eight of these characters (CPython's
+#: `tempfile._RandomNameSequence`), so that nothing but `replace_durably`'s own names matches.
+_RANDOM = "[a-z0-9_]{8}"
 
 
 class LockHeldError(Exception):
@@ -50,7 +56,7 @@ def replace_durably(path: Path, body: bytes) -> str | None:
     not be written (the old file is then left as it was)."""
     directory = path.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=directory)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(body + b"\n")
@@ -68,3 +74,32 @@ def replace_durably(path: Path, body: bytes) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temporaries(path: Path) -> list[str]:
+    """Remove the temporary files `replace_durably` left beside `path` when its writer died
+    between creating one and renaming it (`kill -9`, a power cut): nothing else removes them,
+    and each start after such a death would leave one more. Only names `replace_durably` makes
+    for this very file match (`.<name>.` and eight random characters); call it holding the
+    file's lock (`lock_beside`), when no writer of ours can be half-way through a rewrite.
+    Returns the names removed; one that cannot be removed is left, unreported (the next start
+    tries again)."""
+    pattern = re.compile(re.escape(_temporary_prefix(path)) + _RANDOM)
+    removed: list[str] = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        if pattern.fullmatch(name) is None:
+            continue
+        try:
+            (path.parent / name).unlink()
+        except OSError:
+            continue
+        removed.append(name)
+    return removed

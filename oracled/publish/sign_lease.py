@@ -16,7 +16,8 @@ restart waits at most a window for the clock to pass the lease.
 
 The file holds one lease per signer address, so a key rotation starts its own lease and a key
 rotated back finds its old one. One daemon writes it: it holds `<path>.lock` (released by the
-kernel with the process, even on `kill -9`).
+kernel with the process, even on `kill -9`). A writer killed mid-write leaves its temporary file
+beside the lease; the next start removes it, holding the lock.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ import structlog
 
 from oracled.config import LEASE_FILE_REQUIRED
 from oracled.errors import ConfigError
-from oracled.lockfile import LockHeldError, lock_beside, replace_durably
+from oracled.lockfile import (
+    LockHeldError,
+    lock_beside,
+    remove_stale_temporaries,
+    replace_durably,
+)
 
 __all__ = ["FORMAT", "LeaseStats", "SignLease", "check_sign_lease", "open_sign_lease"]
 
@@ -96,6 +102,7 @@ class SignLease:
         succeeds."""
         lease = cls(path, address, window_ms)
         lease._lock()  # before the read: a file read unlocked may still be extended by its holder
+        lease._remove_stale_temporaries()
         try:
             lease._load()
         except ConfigError:
@@ -104,6 +111,16 @@ class SignLease:
         lease._write(lease._target(now_ms))
         lease._thread.start()
         return lease
+
+    def _remove_stale_temporaries(self) -> None:
+        """A writer killed between creating its temporary file and renaming it over the lease
+        leaves the temporary beside it: removed here, under the lock (no writer of the file can
+        be half-way through a rewrite now), and only ours by name."""
+        removed = remove_stale_temporaries(self.path)
+        if removed:
+            self._log.warning(
+                "signing lease: removed temporary files a killed writer left", files=removed
+            )
 
     def _problem(self, text: str) -> ConfigError:
         return ConfigError([f"signing.lease_file: {self.path} (signer {self.address}): {text}"])

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
+import subprocess
+import sys
 import textwrap
 import tomllib
 from pathlib import Path
@@ -405,3 +408,46 @@ def test_each_deployments_working_directory_outlives_its_process() -> None:
     unit = (ROOT / "deploy" / "systemd" / "oracled.service").read_text()
     (state,) = re.findall(r"^StateDirectory=(\S+)$", unit, re.MULTILINE)
     assert re.findall(r"^WorkingDirectory=(\S+)$", unit, re.MULTILINE) == [f"/var/lib/{state}"]
+
+
+_KILLED_MID_WRITE = """
+import resource, signal, sys
+from pathlib import Path
+from oracled.publish.sign_lease import SignLease
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: a write past the limit kills
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+SignLease.open(Path(sys.argv[1]), sys.argv[2], 10_000, 1_700_000_000_000)
+"""
+
+
+def test_a_start_removes_the_temporary_file_a_writer_killed_mid_write_left(
+    tmp_path: Path,
+) -> None:
+    """A process killed while it writes the lease (here by the kernel, at the first byte past a
+    file-size limit of 0: after its temporary file exists, before the rename) leaves that
+    temporary file beside the lease, and nothing removed it: one more after each such death.
+    The next start removes it, holding the lock, and logs it; files that only look alike (not
+    `replace_durably`'s names for this file: another file's, another length, the lock) stay."""
+    path = tmp_path / "lease.json"
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_WRITE, str(path), KEY.address],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr
+    (left,) = [p.name for p in tmp_path.iterdir() if p.name.startswith(".lease.json.")]
+    assert re.fullmatch(r"\.lease\.json\.[a-z0-9_]{8}", left)
+    assert not path.exists()  # it died before the rename
+    alike = [".lease.json.short", ".lease.json.abcdefghi", ".other.json.abcdefgh", "lease.jsonx"]
+    for name in alike:
+        (tmp_path / name).write_text("not ours")
+    with capture_logs() as logs:
+        lease = SignLease.open(path, KEY.address, WINDOW, T0)
+    assert lease.close(None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*alike, "lease.json", "lease.json.lock"]
+    )
+    (removed,) = [e for e in logs if e["event"].startswith("signing lease: removed")]
+    assert removed["files"] == [left]
+    assert removed["log_level"] == "warning"
