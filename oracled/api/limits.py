@@ -43,7 +43,15 @@ behind another on the connection: of its turn), else the connection is aborted, 
 timeout: a live client sending slowly in time is served. Bytes that arrive while a request is
 being answered (a WebSocket's frames, an event stream's) start no deadline, nor do bytes that
 are only line ends (an empty line before a request, which the parser skips: an idle keep-alive
-connection is the keep-alive timer's to close). Any answer, also
+connection is the keep-alive timer's to close). Nor could the first bytes of a request
+pipelined behind another start its deadline: they come in the same segment as the request
+before, or while it is answered. So when a request without a body is answered on a connection
+that stays open and the bytes received so far do not end with an empty line (they end inside a
+next request), that request's deadline runs from the answer, its turn (`_next_turn`); before,
+its headers could stall until the keep-alive timer (`api.idle_timeout_s`) closed it,
+uncounted. Behind a request with a body, whose end in the bytes only the parser knows, that
+timer still bounds it (clients do not pipeline behind a POST, RFC 9112 9.3.2, and an idle
+keep-alive connection holds its place as long). Any answer, also
 one given before the middlewares (a refused `Expect`), meets the first-request deadline
 (`on_prepare`).
 
@@ -310,11 +318,23 @@ class Limits:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         guarded = self._request_arrived(request)
+        response: web.StreamResponse | None = None
         try:
-            return await self._answer(request, handler)
+            response = await self._answer(request, handler)
+            return response
         finally:
             if guarded is not None:
                 guarded.busy = False  # bytes from now on begin the next request
+                if response is not None and response.keep_alive and not request.body_exists:
+                    self._next_turn(guarded)
+
+    def _next_turn(self, guarded: _Guarded) -> None:
+        """A request without a body is answered on a connection that stays open: when the
+        bytes received so far do not end with an empty line, they end inside a next request
+        (pipelined behind this one, or sent while it was answered), whose deadline runs from
+        now, its turn (no byte of it may come again to start one)."""
+        if guarded.deadline is None and not guarded.at_break and guarded.transport is not None:
+            self._start_request(guarded)
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._admit(request):
@@ -388,12 +408,18 @@ class Limits:
 LIMITS = web.AppKey("oracled_api_limits", Limits)
 
 
+_LINE_ENDS = b"\r\n"
+_EMPTY_LINE = b"\r\n\r\n"
+
+
 class _Guarded(asyncio.Protocol):
     """aiohttp's protocol for one connection, seen by `Limits` from accept to close."""
 
     __slots__ = (
         "_limits",
+        "_run",
         "_served",
+        "at_break",
         "busy",
         "closing",
         "deadline",
@@ -416,6 +442,10 @@ class _Guarded(asyncio.Protocol):
         #: Its request's expectation was refused: no request follows on the connection, and
         #: bytes that come (the body sent anyway) start no deadline.
         self.closing = False
+        #: The bytes received so far end with an empty line (CRLF CRLF, then line ends only):
+        #: after a request without a body, none of a next request is waiting in the parser.
+        self.at_break = True
+        self._run = b""  # the last (up to 3) bytes of the line ends that end the bytes so far
 
     def end_request(self, deadline: asyncio.TimerHandle | None) -> None:
         """The request that `deadline` bounds is in (or the connection gone): no deadline."""
@@ -440,9 +470,19 @@ class _Guarded(asyncio.Protocol):
             self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if data and data[-1] not in _LINE_ENDS:  # the usual body or frame: ends inside a line
+            self.at_break = False
+            self._run = b""
+            text = True
+        else:  # ends with line ends: is an empty line among them (headers complete)?
+            end = len(data.rstrip(_LINE_ENDS))
+            run = data[end:] if end else self._run + data
+            self.at_break = _EMPTY_LINE in run or (not end and self.at_break)
+            self._run = run[-3:]
+            text = end > 0
         # The first bytes of a request; line ends alone are none: the parser skips an empty line
         # before a request (RFC 9112 2.2), which clients have sent after a POST's body.
-        if self.deadline is None and not (self.busy or self.closing) and data.strip(b"\r\n"):
+        if text and self.deadline is None and not (self.busy or self.closing):
             self._limits._start_request(self)
         self.inner.data_received(data)
 

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 import aiohttp
-from api_rig import TOKEN, Conn, Rig, make_config, serve_guarded, until
+from api_rig import TOKEN, Conn, HeldMetricsRig, Rig, make_config, serve_guarded, until
 from stream_wire import ask, next_event, recv
 from structlog.testing import capture_logs
 
@@ -318,4 +318,77 @@ async def test_a_line_end_after_a_request_starts_no_deadline() -> None:
         await until(lambda: limits.accepted == 0, "the server saw the close")
         writer.close()
     assert rig.manual == [("SOL/USD", True, "crlf")]
+    assert rig.hub.api_closed["request_timeout"] == 0
+
+
+STALLED = b"GET /v1/info HTTP/1.1\r\nHost: t\r\n"  # a request whose headers never end
+GET = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+async def test_a_pipelined_request_whose_headers_stall_is_cut_at_the_request_deadline() -> None:
+    """A request's deadline began with a byte that came when no request was under way, so a
+    request pipelined behind another, its first bytes in the same segment as the request before
+    or sent while that one was answered, had none: with headers that never end it held its
+    connection until the keep-alive timer (75 s here) closed it, uncounted. Its deadline now
+    runs from its turn, the answer before it: after one request, after two complete ones in
+    the same segment, and sent while a `/metrics` render is held for more than the deadline,
+    each stalled request is cut at the deadline (0.5 s) once the answers before it are out,
+    and counted as `request_timeout`, all three logged as one line without a path (its
+    headers never came)."""
+    rig = HeldMetricsRig(lambda _: b"up 1\n")
+    rig.step()
+    async with serve_guarded(rig, request_timeout=0.5, first_request_timeout=60.0) as (
+        port,
+        limits,
+    ):
+        with capture_logs() as logs:
+            behind_one = await asyncio.open_connection("127.0.0.1", port)
+            behind_one[1].write(GET + STALLED)
+            behind_two = await asyncio.open_connection("127.0.0.1", port)
+            behind_two[1].write(GET + GET + STALLED)
+            while_busy = await asyncio.open_connection("127.0.0.1", port)
+            while_busy[1].write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            await until(lambda: rig.calls == 1, "the render began")
+            while_busy[1].write(STALLED)
+            await asyncio.sleep(0.75)  # past the deadline, while the answer before is made
+            rig.release.set()
+            for conn, answers in ((behind_one, 1), (behind_two, 2), (while_busy, 1)):
+                for _ in range(answers):
+                    assert (await _answer(conn[0]))[0] == "HTTP/1.1 200 OK"
+                assert await _closed_by_server(conn)
+                conn[1].close()
+        await until(lambda: limits.accepted == 0, "the server saw the closes")
+    assert rig.hub.api_closed["request_timeout"] == 3
+    events = [e for e in logs if e["event"] == "api_request_timeout"]
+    assert [(e["closed"], e["timeout_s"], "path" in e) for e in events] == [(1, 0.5, False)]
+
+
+async def test_pipelined_requests_that_are_complete_start_no_deadline() -> None:
+    """The deadline of a next request begins only where the bytes received end inside one: two
+    complete requests in one segment, and a request whose empty line came in a segment of its
+    own, are answered, and their connections, idle past two deadlines, serve a next request.
+    Nothing is counted as `request_timeout`."""
+    rig = Rig(make_config())
+    rig.step()
+    deadline = 0.3
+    async with serve_guarded(rig, request_timeout=deadline, first_request_timeout=60.0) as (
+        port,
+        limits,
+    ):
+        pipelined = await asyncio.open_connection("127.0.0.1", port)
+        pipelined[1].write(GET + GET)
+        split = await asyncio.open_connection("127.0.0.1", port)
+        split[1].write(GET[:-2])
+        await split[1].drain()
+        await asyncio.sleep(0.05)
+        split[1].write(b"\r\n")
+        for conn, answers in ((pipelined, 2), (split, 1)):
+            for _ in range(answers):
+                assert (await _answer(conn[0]))[0] == "HTTP/1.1 200 OK"
+        await asyncio.sleep(deadline * 2)
+        for conn in (pipelined, split):
+            conn[1].write(GET)
+            assert (await _answer(conn[0]))[0] == "HTTP/1.1 200 OK"
+            conn[1].close()
+        await until(lambda: limits.accepted == 0, "the server saw the closes")
     assert rig.hub.api_closed["request_timeout"] == 0
