@@ -1210,8 +1210,35 @@ def config_warnings(cfg: Config) -> list[str]:
         *_over_connection_limits(cfg),
         *_disabled_with_settings(cfg),
         *_heads_without_block_time(cfg),
+        *_cross_check_shared_hosts(cfg),
         *_nats_secret_in_url(cfg),
     ]
+
+
+def _cross_check_shared_hosts(cfg: Config) -> list[str]:
+    """A cross-checked chain with URLs on one host (two keys of one provider): the reader counts
+    them as one vote (docs/onchain.md), so they add no independent check and cannot settle a
+    disagreement with a third host. Not refused: several keys of one provider are a fair way to
+    spread its rate limit or fail over between keys, and their votes cannot outvote anyone.
+    The endpoint names show scheme, host and port only, never a path (it may hold a key)."""
+    from oracled.jsonrpc import redact  # only here: importing the client pulls in aiohttp
+
+    out: list[str] = []
+    for cid, chain in cfg.chains.items():
+        if not chain.cross_check or len(chain.resolved_urls) < 2:
+            continue
+        first: dict[str, int] = {}
+        for position, url in enumerate(chain.resolved_urls, 1):
+            host = redact(url)
+            if host in first:
+                out.append(
+                    f"chains.{cid}.cross_check: RPC URLs {first[host]} and {position} share the "
+                    f"host {host}: in a cross-check they are one vote, not two (list URLs of "
+                    "other providers for an independent check)"
+                )
+            else:
+                first[host] = position
+    return out
 
 
 def _nats_secret_in_url(cfg: Config) -> list[str]:

@@ -243,7 +243,7 @@ class RpcClient:
 
     __slots__ = (
         "_active", "_clock", "_http", "_limits", "_next_id", "_resting", "_timeout_s", "_web3",
-        "stats", "urls",
+        "hosts", "stats", "urls",
     )  # fmt: skip
 
     def __init__(
@@ -257,6 +257,9 @@ class RpcClient:
         if not urls:
             raise ValueError("RpcClient needs at least one URL")
         self.urls = tuple(urls)
+        #: Each endpoint's scheme, host and port (`redact`): URLs that share one (two keys of a
+        #: provider) are one voice in a cross-check, however many keys.
+        self.hosts = tuple(redact(url) for url in self.urls)
         self.stats = [EndpointStats(name) for name in _names(self.urls)]
         self._http = session
         self._timeout_s = timeout_s

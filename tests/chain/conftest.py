@@ -86,6 +86,15 @@ async def proxy(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcP
 
 
 @pytest_asyncio.fixture(loop_scope="session")
+async def other_host(anvil: Anvil, http: aiohttp.ClientSession) -> AsyncIterator[RpcProxy]:
+    """A second proxy in front of the same anvil, on its own port: to a cross-check, which
+    counts one vote per host (scheme, host and port), an endpoint of another provider."""
+    p = await RpcProxy(anvil.url, http).start()
+    yield p
+    await p.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
 async def snapshot(chain: Chain, deployed: Deployed) -> AsyncIterator[Deployed]:
     """The deployed contract set, with every chain change of the test reverted afterwards."""
     snap = await chain.snapshot()

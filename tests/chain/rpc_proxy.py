@@ -103,7 +103,7 @@ class RpcProxy:
 
     async def start(self) -> RpcProxy:
         app = web.Application()
-        app.router.add_post("/", self._handle)
+        app.router.add_post("/{key:.*}", self._handle)  # `url + "/k1"`: another key, one host
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

@@ -310,13 +310,19 @@ def _calls(proxy: RpcProxy) -> int:
 
 
 async def test_three_urls_outvote_a_consistent_liar_and_leave_it(
-    anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+    anvil: Anvil,
+    chain: Chain,
+    http: aiohttp.ClientSession,
+    snapshot: Deployed,
+    proxy: RpcProxy,
+    other_host: RpcProxy,
 ) -> None:
-    """cross_check with three URLs, the second of which changes every read: the third URL's
-    read agrees with the first, so the block is published, the liar counted `outvoted` and
-    logged once, and the next block is checked on the third URL without asking the liar. Before,
-    the liar withheld every block, neither URL was left. An agreeing block costs one extra read."""
-    reader = make_reader([anvil.url, proxy.url, anvil.url], http, cross_check=True)
+    """cross_check with three URLs on three hosts, the second of which changes every read: the
+    third URL's read agrees with the first, so the block is published, the liar counted
+    `outvoted` and logged once, and the next block is checked on the third URL without asking
+    the liar. Before, the liar withheld every block, neither URL was left. An agreeing block
+    costs one extra read."""
+    reader = make_reader([anvil.url, proxy.url, other_host.url], http, cross_check=True)
     got = watch_eth(reader, snapshot.eth_proxy)
     proxy.mode = "tamper"
     with capture_logs() as logs:
@@ -337,14 +343,18 @@ async def test_three_urls_outvote_a_consistent_liar_and_leave_it(
 
 
 async def test_a_first_url_outvoted_is_left_and_the_majority_read_published(
-    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+    anvil: Anvil,
+    http: aiohttp.ClientSession,
+    snapshot: Deployed,
+    proxy: RpcProxy,
+    other_host: RpcProxy,
 ) -> None:
-    """The URL read first is the liar: the other two agree with each other, so their read is
-    published (the liar's, read alone, publishes no quote), the liar is counted `outvoted` and
-    the next request goes elsewhere. With a third URL that cannot answer, one read against one
-    withholds the block."""
+    """The URL read first is the liar: the other two (on two other hosts) agree with each
+    other, so their read is published (the liar's, read alone, publishes no quote), the liar is
+    counted `outvoted` and the next request goes elsewhere. With a third URL that cannot
+    answer, one read against one withholds the block."""
     proxy.mode = "tamper"
-    reader = make_reader([proxy.url, anvil.url, anvil.url], http, cross_check=True)
+    reader = make_reader([proxy.url, anvil.url, other_host.url], http, cross_check=True)
     got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     assert [q.price for q in got.quotes] == [3000.0]

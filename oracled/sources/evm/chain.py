@@ -17,8 +17,9 @@ it already published; a feed that finds older data (the chain no longer holds th
 published) has that value re-emitted flagged `reorged` until it has newer. A block older than
 `max_block_age_s` by our clock (a stuck node) is not published. With `cross_check`, the same read
 is repeated on a second endpoint pinned to the same block hash; a disagreement is settled by the
-other endpoints' reads when there are three or more (a majority is published, an endpoint it
-outvoted is counted, logged and left), else the block is withheld, counted and logged.
+other endpoints' reads when they come from three or more hosts (a majority of hosts is
+published, an endpoint it outvoted is counted, logged and left), else the block is withheld,
+counted and logged.
 """
 
 from __future__ import annotations
@@ -694,14 +695,17 @@ class ChainReader:
         """The same read on the next URL, pinned to the same block hash: the answer to publish,
         or None to withhold the block. An agreeing read, or none (no other URL can answer),
         lets the first stand; the next URL that cannot answer passes its turn to the one after.
-        After a disagreement every other URL is asked, and the reads settle it (`_vote`)."""
+        URLs on another host than the first read's come first: another key of the same
+        provider is no independent check. After a disagreement every other URL is asked, and
+        the reads settle it (`_vote`)."""
         first = self.rpc.active
         n = len(self.rpc.urls)
+        hosts = self.rpc.hosts
         params = [{"to": self.cfg.multicall, "data": "0x" + self._layout().hex()}, _pin(block)]
         votes: list[tuple[int, Any]] = [(first, raw)]
         split = False
-        for k in range(1, n):
-            index = (first + k) % n
+        others = [(first + k) % n for k in range(1, n)]
+        for index in sorted(others, key=lambda i: hosts[i] == hosts[first]):  # stable: in order
             try:
                 answer = await self.rpc.call_on(index, "eth_call", params)
             except (RpcError, RpcUnavailable):
@@ -714,10 +718,13 @@ class ChainReader:
         return self._vote(block, votes) if split else raw
 
     def _vote(self, block: Block, votes: list[tuple[int, Any]]) -> Any:
-        """Reads of one block that differ: the answer of more than half of them, at least two,
-        is published; each endpoint that answered otherwise is counted `outvoted`, left (rested
-        `_OUTVOTED_REST_S`) and logged. With no majority (two URLs, or a tie) the block is
-        withheld and counted (`disagreements`): nothing says which one lies."""
+        """Reads of one block that differ: the answer of more than half of the hosts that
+        answered, at least two, is published; each endpoint that answered otherwise is counted
+        `outvoted`, left (rested `_OUTVOTED_REST_S`) and logged. A host votes once however many
+        of its URLs answered (`RpcClient.hosts`: two keys of one provider that lies must not
+        outvote an honest third). With no majority (two hosts, or a tie) the block is withheld
+        and counted (`disagreements`): nothing says which one lies."""
+        hosts = self.rpc.hosts
         tally: list[tuple[Any, list[int]]] = []
         for index, answer in votes:
             for value, voters in tally:
@@ -726,9 +733,10 @@ class ChainReader:
                     break
             else:
                 tally.append((answer, [index]))
-        value, voters = max(tally, key=lambda t: len(t[1]))
+        value, voters = max(tally, key=lambda t: len({hosts[i] for i in t[1]}))
         names = [self.rpc.stats[i].name for i, _ in votes]
-        if len(voters) < 2 or 2 * len(voters) <= len(votes):
+        backers = len({hosts[i] for i in voters})
+        if backers < 2 or 2 * backers <= len({hosts[i] for i, _ in votes}):
             self.stats.disagreements += 1
             self._log.warning(
                 "endpoints disagree", block=block.number, first=names[0], second=names[1],
