@@ -368,8 +368,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 2
     try:
         reader = AuditReader(args.db)
-    except (FileNotFoundError, sqlite3.Error, AuditSchemaError) as exc:
+    except (FileNotFoundError, AuditSchemaError) as exc:  # their messages name the file
         print(f"oracled audit: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:  # SQLite's verdict alone does not say which file
+        print(f"oracled audit: {args.db}: {exc}", file=sys.stderr)
         return 2
     try:
         if args.verify:

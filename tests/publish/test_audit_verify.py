@@ -520,3 +520,21 @@ def test_rounds_absent_from_the_middle_of_a_run_are_listed(
     written(whole)
     assert main(["audit", "--db", str(whole), "--verify", "--deployment", "test"]) == 0
     assert "absent:" not in capsys.readouterr().out
+
+
+def test_a_trail_cut_short_is_named_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trail whose file lost its tail (a copy cut short, a truncated backup) cannot be opened:
+    every question answers exit 2 naming the file; before, the line said SQLite's verdict
+    without the file it was about (`oracled audit: database disk image is malformed`)."""
+    db = tmp_path / "audit.sqlite3"
+    written(db, 40)
+    with db.open("r+b") as handle:
+        handle.truncate(db.stat().st_size // 2 + 100)
+    capsys.readouterr()
+    for question in (["--verify", "--deployment", "test"], ["--market", "BTC/USD"], []):
+        assert main(["audit", "--db", str(db), *question]) == 2
+        assert capsys.readouterr().err == (
+            f"oracled audit: {db}: database disk image is malformed\n"
+        ), question
