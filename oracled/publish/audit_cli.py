@@ -261,6 +261,7 @@ def _at(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
     check = _check_at(reader, args, report)
     signature = f"0x{found.signature.hex()}"
     if check.verdict == "ok":
+        print(f"    {_proves(report, check)}", file=out)
         print(f"    signed by {check.signer} (verified against the round): {signature}", file=out)
         print(f"    verified in signed format {check.format}", file=out)
         return 0
@@ -269,6 +270,19 @@ def _at(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
         return 0
     print(f"    SIGNATURE MISMATCH: {check.detail} (signature {signature})", file=out)
     return 3
+
+
+def _proves(report: Report, check: RoundCheck) -> str:
+    """What of the report above a verified signature proves: its leaf's fields only, so that
+    the reasons and sources printed with it are not taken for signed."""
+    from oracled.publish.signed_formats import signs_mark
+
+    mark = report.mark is not None and check.format is not None and signs_mark(check.format)
+    return (
+        f"the signature proves its status, price{',' if mark else ' and'} confidence"
+        f"{' and mark' if mark else ''}; its reasons, sources and last good price are the"
+        " trail's word"
+    )
 
 
 def _check_at(reader: AuditReader, args: argparse.Namespace, report: Report) -> RoundCheck:

@@ -538,3 +538,34 @@ def test_a_trail_cut_short_is_named_with_exit_2(
         assert capsys.readouterr().err == (
             f"oracled audit: {db}: database disk image is malformed\n"
         ), question
+
+
+def test_at_says_which_parts_of_the_report_its_signature_proves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The signed leaf holds a report's status, price and confidence (and a perpetual's mark),
+    not its reasons, its sources or its last good price. A source's value and the reasons
+    rewritten in a stored report still verify, so `--at`, which prints them above 'verified
+    against the round', says that those are the trail's word: before, nothing told an auditor
+    that the sources listed were not what the signature proved."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+
+    def change(report: Report) -> Report:
+        first = msgspec.structs.replace(report.sources[0], value="3333.33")
+        return msgspec.structs.replace(
+            report, reasons=["outlier"], sources=[first, *report.sources[1:]]
+        )
+
+    rewrite_report(db, 4, "ETH/USD", change)
+    capsys.readouterr()
+    at = ["audit", "--db", str(db), "--deployment", "test", "--market", "ETH/USD", "--at"]
+    assert main([*at, str(T0 + 4 * 250)]) == 0
+    out = capsys.readouterr().out
+    assert "3333.33" in out and "[outlier]" in out
+    assert (
+        "    the signature proves its status, price and confidence; its reasons, sources and last"
+        " good price are the trail's word\n"
+        f"    signed by {KEY.address} (verified against the round)"
+    ) in out
+    assert main(["audit", "--db", str(db), "--deployment", "test", "--verify"]) == 0
