@@ -15,10 +15,12 @@ A venue subclass declares its URLs and wire types and implements five small hook
   filtering emitter (`_emit_polled`) that drops, as ``unchanged``, a quote without a venue time
   repeating its instrument's last book, the stream's last included, so that a frozen book is not
   made fresh by polls;
-- the first quote of each instrument on a new connection (a subscription's snapshot, stamped when
-  sent on several venues) goes through another (`_emit_first`), which drops it as ``unchanged``
-  when it repeats the instrument's last book; once every instrument has had its first quote, or
-  after ``liveness_timeout_s``, streamed quotes go straight to the emitter again;
+- on a venue whose subscription is answered with a snapshot (``snapshot_on_subscribe``, stamped
+  when sent on several venues), the first quote of each instrument on a new connection goes
+  through another (`_emit_first`), which drops it as ``unchanged`` when it repeats the
+  instrument's last book; once every instrument has had its first quote, or after
+  ``liveness_timeout_s``, streamed quotes go straight to the emitter again. A venue that only
+  pushes changes sends no snapshot: its first push is a new event, quoted like any other;
 - subscription bookkeeping: every request id is tracked until its ack; a refused batch is split
   into one request per symbol (paced under the venue's message limit) so that only the bad symbol
   ends in ``stats.failed_instruments``, with no reconnect;
@@ -199,6 +201,13 @@ class Source(abc.ABC):
     #: is already far inside it), and how many may go at once.
     rest_rate_per_s: ClassVar[float | None] = None
     rest_burst: ClassVar[float] = 1.0
+    #: The venue answers a subscription with each instrument's current state (a snapshot, stamped
+    #: when sent or not at all), so a new connection's first quote of an instrument may only
+    #: repeat a book we had: `_emit_first` drops such a repeat. False only where the venue's docs
+    #: (or a recording) show that it pushes changes alone: there a first push is a new event (a
+    #: size-only change, say) and dropping it would hold the instrument's freshness back. True by
+    #: default, the safe side for a venue nobody checked (docs/sources.md, Adding a venue).
+    snapshot_on_subscribe: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -254,9 +263,10 @@ class Source(abc.ABC):
         self._pacer = RestPacer(rate, self.rest_burst, clock) if rate else None
         self._retry_after_s = 0.0  # what the newest rate-limit answer asked us to wait
         # Quotes go to `_sink`; while a REST answer is read, `_emit` is `_emit_polled`, which
-        # drops a poll repeating the book of the instrument's last quote (`_read_rest`); from a
-        # connection's opening until each instrument has had its first quote on it, `_emit` is
-        # `_emit_first` (`_first_quotes`).
+        # drops a poll repeating the book of the instrument's last quote (`_read_rest`); on a
+        # venue that answers subscriptions with a snapshot, from a connection's opening until
+        # each instrument has had its first quote on it, `_emit` is `_emit_first`
+        # (`_first_quotes`).
         self._sink = emit
         # The connection filter's state: instruments without a quote on this connection yet,
         # each instrument's last quote handed on before it (what a first quote is compared
@@ -471,16 +481,16 @@ class Source(abc.ABC):
 
     def _emit_first(self, quote: Quote) -> None:
         """The emitter from a connection's opening until each instrument has had its first quote
-        on it: a first quote whose bid and ask (and flag) are those of the instrument's last quote
-        handed on is dropped as `unchanged`. Gemini, Bybit linear, Kraken and Coinbase answer a
-        subscription with a snapshot stamped when it is sent (or with no time: quoted at its
-        receipt), so every reconnect or planned rotation would make a book that stopped changing
-        look fresh for one more age limit. The adapter has applied the frame to its own state
-        (its book, its ordering bar) before the quote gets here; only the emission is decided. A
-        dropped quote leaves no trace: its count is taken back by `_read` once the frame is
-        done (an adapter compares the count around `_quote` to move its bar), and the symbol's
-        newest quote, the source's newest quote time and the latency it was counted in are
-        restored here."""
+        on it, on a venue with `snapshot_on_subscribe`: a first quote whose bid and ask (and flag)
+        are those of the instrument's last quote handed on is dropped as `unchanged`. Gemini,
+        Bybit linear, Kraken and Coinbase answer a subscription with a snapshot stamped when it is
+        sent (or with no time: quoted at its receipt), so every reconnect or planned rotation
+        would make a book that stopped changing look fresh for one more age limit. The adapter
+        has applied the frame to its own state (its book, its ordering bar) before the quote gets
+        here; only the emission is decided. A dropped quote leaves no trace: its count is taken
+        back by `_read` once the frame is done (an adapter compares the count around `_quote` to
+        move its bar), and the symbol's newest quote, the source's newest quote time and the
+        latency it was counted in are restored here."""
         key = (quote.pair, quote.kind)
         waiting = self._waiting
         if key in waiting:
@@ -692,7 +702,8 @@ class Source(abc.ABC):
         async with ws:
             self._queue_subscriptions()
             writer = asyncio.create_task(self._write(ws), name=f"source:{self.source_id}:write")
-            self._first_quotes()
+            if self.snapshot_on_subscribe:
+                self._first_quotes()
             try:
                 return await self._watched(lambda: self._read(ws))
             finally:

@@ -105,6 +105,9 @@ class BinanceSource(Source):
     default_rest_url: ClassVar[str | None] = "https://api.binance.com"
     max_symbols_per_request: ClassVar[int] = 200
     max_messages_per_s: ClassVar[int] = 5
+    #: No snapshot: bookTicker "pushes any update to the best bid or ask's price or quantity"
+    #: (docs); in a recording a quiet symbol sent nothing on subscribing, then its next change.
+    snapshot_on_subscribe: ClassVar[bool] = False
 
     def stream_url(self) -> str:
         return f"{self.ws_url}/stream"

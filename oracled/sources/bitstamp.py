@@ -141,6 +141,9 @@ class BitstampSource(Source):
     max_messages_per_s: ClassVar[int] = 10
     app_ping_interval_s: ClassVar[float | None] = 10.0
     rest_batch_size: ClassVar[int] = 100_000  # one all-pairs request per poll
+    #: No snapshot: once subscribed "you will start to receive a stream of live events" (docs);
+    #: an ``order_book`` event is sent when the book changes, stamped with its own time.
+    snapshot_on_subscribe: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -218,6 +218,8 @@ class _BybitSource(Source):
     default_rest_url: ClassVar[str | None] = "https://api.bybit.com"
     app_ping_interval_s: ClassVar[float | None] = 20.0
     max_messages_per_s: ClassVar[int] = 10  # not documented for public streams; kept modest
+    #: Both topics answer a subscription with a ``snapshot`` of the symbol (docs), then deltas.
+    snapshot_on_subscribe: ClassVar[bool] = True
 
     def __init__(
         self,

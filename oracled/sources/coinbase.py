@@ -191,6 +191,8 @@ class CoinbaseSource(Source):
     rest_burst: ClassVar[float] = 8.0
     #: A restarted sequence_num is the venue's count, not our link, failing: replace as planned.
     planned_cuts: ClassVar[frozenset[str]] = Source.planned_cuts | {"sequence_reset"}
+    #: The ``ticker`` channel answers each subscription with a ``snapshot`` event (docs).
+    snapshot_on_subscribe: ClassVar[bool] = True
 
     def __init__(
         self,

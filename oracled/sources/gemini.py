@@ -259,6 +259,8 @@ class GeminiSource(Source):
     #: REST pacing: Gemini asks for at most one public request a second (limit 120 a minute).
     rest_rate_per_s: ClassVar[float] = 1.0
     rest_burst: ClassVar[float] = 5.0
+    #: A symbol's first ``l2_updates`` after subscribing is its whole book (docs).
+    snapshot_on_subscribe: ClassVar[bool] = True
 
     def __init__(
         self,

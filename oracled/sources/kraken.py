@@ -156,6 +156,9 @@ class KrakenSource(Source):
     max_symbols_per_request: ClassVar[int] = 50
     max_messages_per_s: ClassVar[int] = 5
     rest_batch_size: ClassVar[int] = 100  # one Ticker request per poll; keeps the URL short
+    #: The v2 ticker answers a subscription with a ``snapshot`` (its ``snapshot`` flag, true by
+    #: default and not set here), then updates.
+    snapshot_on_subscribe: ClassVar[bool] = True
 
     def __init__(
         self,

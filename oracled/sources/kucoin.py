@@ -178,6 +178,9 @@ class KucoinSource(Source):
     max_symbols_per_request: ClassVar[int] = 100
     max_messages_per_s: ClassVar[int] = 10
     app_ping_interval_s: ClassVar[float | None] = 18.0  # replaced by the bullet's pingInterval
+    #: No snapshot: the ticker topic pushes only when the book changed (each push has a new
+    #: ``sequence``); in a recording, of ten symbols subscribed only those that moved sent one.
+    snapshot_on_subscribe: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -131,6 +131,10 @@ class OkxSource(Source):
     max_messages_per_s: ClassVar[int] = 3
     app_ping_interval_s: ClassVar[float | None] = 20.0
     rest_batch_size: ClassVar[int] = 1000
+    #: The docs say only that a ticker is pushed on a trade or a best bid/ask change, but in a
+    #: recording every ``tickers`` subscription, idle options too, was answered at once with the
+    #: instrument's current ticker (``ts`` 24 s old): a snapshot, so the filter stays on.
+    snapshot_on_subscribe: ClassVar[bool] = True
 
     def __init__(
         self,

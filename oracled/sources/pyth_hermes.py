@@ -168,6 +168,9 @@ class PythHermesSource(Source):
     default_rest_url: ClassVar[str | None] = "https://hermes.pyth.network"
     #: Ids in one latest-price request: keeps the URL near 4 KB (75 characters an id).
     rest_batch_size: ClassVar[int] = 50
+    #: Not filtered: the SSE stream has its own `_session`, and each update carries its own
+    #: ``publish_time`` (an exact repeat is dropped as ``duplicate``), so none looks fresher.
+    snapshot_on_subscribe: ClassVar[bool] = False
 
     def __init__(
         self,

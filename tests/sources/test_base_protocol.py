@@ -13,8 +13,9 @@ from structlog.testing import capture_logs
 
 from oracled.config import SourceConfig
 from oracled.model import Kind
-from oracled.sources import ConnState
+from oracled.sources import BinanceSource, ConnState
 from oracled.sources._base import MAX_REST_BODY
+from oracled.sources.binance_usdm import BinanceUsdmSource
 
 Handler = Callable[[web.WebSocketResponse, int], Awaitable[None]]
 PAIRS: list[tuple[str, Kind]] = [("BTC/USDT", "spot"), ("ETH/USDT", "spot")]
@@ -24,6 +25,19 @@ BOOK = (
 )
 # The book moved: a new connection's first quote repeating the last book would be dropped.
 MOVED = BOOK.replace('"b":"100.00000000"', '"b":"100.05000000"')
+
+
+class SnapshotBinance(BinanceSource):
+    """Binance's wire on a venue that answers each subscription with the book, as the scripts
+    of the first-quote filter's tests do (real Binance pushes changes only)."""
+
+    snapshot_on_subscribe = True
+
+
+class SnapshotBinanceUsdm(BinanceUsdmSource):
+    """Binance USD-M's wire on a venue that answers each subscription with the book."""
+
+    snapshot_on_subscribe = True
 
 
 class Venue:
@@ -125,8 +139,13 @@ async def hold_script(ws: web.WebSocketResponse, n: int) -> None:
 
 
 async def launch(
-    venue: Venue, aiohttp_server: Any, start: Callable[..., Any], **overrides: Any
+    venue: Venue,
+    aiohttp_server: Any,
+    start: Callable[..., Any],
+    cls: type[BinanceSource] | None = None,
+    **overrides: Any,
 ) -> Any:
+    """The Binance adapter (or `cls`) on `venue`, with test-sized timings and `overrides`."""
     server = await aiohttp_server(venue.app())
     base = str(server.make_url("")).rstrip("/")
     values: dict[str, Any] = {
@@ -138,7 +157,7 @@ async def launch(
         "reconnect_max_s": 0.2,
     }
     values.update(overrides)
-    return await start(SourceConfig(**values), PAIRS)
+    return await start(SourceConfig(**values), PAIRS, cls)
 
 
 async def test_pong_echoes_the_ping_payload(
@@ -236,7 +255,9 @@ async def test_a_rotations_first_quote_repeating_the_last_book_is_dropped_and_th
             await asyncio.sleep(0.1)
 
     venue = Venue(script)
-    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=1.0)
+    run = await launch(
+        venue, aiohttp_server, start_config, liveness_timeout_s=1.0, cls=SnapshotBinance
+    )
     src = run.source
     await wait(lambda: run.stats.dropped["unchanged"] == 1)
     btc, eth = run.quotes
@@ -249,6 +270,42 @@ async def test_a_rotations_first_quote_repeating_the_last_book_is_dropped_and_th
     await wait(lambda: len(run.quotes) >= 4)
     assert {(q.pair, q.bid) for q in run.quotes[2:]} == {("BTC/USDT", 100.05)}
     assert run.stats.quotes == len(run.quotes) and venue.rest_requests == 0
+
+
+async def test_a_rotations_first_push_repeating_the_last_prices_is_quoted_on_a_changes_only_venue(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """Binance sends no snapshot on subscribing, only changes: after a planned rotation
+    (serverShutdown), the new connection's first BTC push has the bid and ask the old one last
+    quoted, with another size. It is a new event (the sizes changed just now) and is quoted, its
+    receipt the source's and BTC's newest; nothing is dropped as `unchanged`, and no first-quote
+    filter ever stands in front of the emitter. Before, the filter ran on every venue and dropped
+    it, holding BTC's freshness back until its next change."""
+    sized = BOOK.replace('"B":"1.00000000"', '"B":"2.50000000"')  # a size-only change
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        if n == 0:
+            await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+            await ws.send_str(BOOK.format(lower="ethusdt", sym="ETHUSDT"))
+            await ws.send_str('{"e":"serverShutdown","E":1795660000000}')
+        else:
+            await ws.send_str(sized.format(lower="btcusdt", sym="BTCUSDT"))
+        await hold(ws)
+
+    venue = Venue(script)
+    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
+    src = run.source
+    await wait(lambda: len(run.quotes) == 3)
+    btc, eth, again = run.quotes
+    assert (again.pair, again.bid, again.ask) == (btc.pair, btc.bid, btc.ask)
+    assert again.recv_ts >= eth.recv_ts and run.stats.last_quote_ms == again.recv_ts
+    assert src._heard == {"BTCUSDT": again, "ETHUSDT": eth}
+    assert run.stats.dropped["unchanged"] == 0 and run.stats.quotes == 3
+    assert src._emit is src._sink and src._direct  # ETH never quoted again: no filter waits
+    assert venue.connections == 2 and run.stats.reconnects == 1
+    assert run.stats.state is ConnState.STREAMING and venue.rest_requests == 0
 
 
 async def test_a_dropped_first_quote_older_than_the_top_latency_bucket_leaves_the_histogram(
@@ -286,7 +343,7 @@ async def test_a_dropped_first_quote_older_than_the_top_latency_bucket_leaves_th
         rest_poll_interval_s=0.1,
         reconnect_max_s=0.2,
     )
-    run = await start_config(cfg, [("BTC/USDT", "perp")])
+    run = await start_config(cfg, [("BTC/USDT", "perp")], cls=SnapshotBinanceUsdm)
     await wait(lambda: run.stats.dropped["unchanged"] == 1)
     assert venue.connections == 2 and len(run.quotes) == 1 and run.stats.quotes == 1
     latency = run.quotes[0].recv_ts - (run.quotes[0].venue_ts or 0)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import aiohttp
 
 import oracled.sources as sources
 from oracled.clock import ManualClock
-from oracled.config import SourceConfig
-from oracled.sources import SOURCE_TYPES, BinanceSource, SourceStats, build_source, source_class
+from oracled.config import CHAIN_SOURCE_TYPES, SourceConfig
+from oracled.sources import (
+    SOURCE_TYPES,
+    BinanceSource,
+    Source,
+    SourceStats,
+    build_source,
+    source_class,
+)
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_public_names_are_pinned() -> None:
@@ -66,3 +78,17 @@ def test_every_registered_type_resolves_to_a_source_class() -> None:
     """Each type the config accepts names an importable Source subclass (a typo fails here)."""
     for name in SOURCE_TYPES:
         assert issubclass(source_class(name), sources.Source), name
+
+
+def test_the_snapshot_table_holds_each_venue_adapter_to_its_class() -> None:
+    """docs/sources.md's table under Adding a venue names every venue adapter once, saying
+    whether its venue answers a subscription with a snapshot exactly as its class's
+    `snapshot_on_subscribe` does (which decides whether the first-quote filter runs); a class
+    that sets nothing keeps the safe default, the filter on."""
+    section = (DOCS / "sources.md").read_text().split("\n## Adding a venue\n", 1)[1]
+    rows = re.findall(r"^\| `([a-z_0-9]+)`[^|]*\| (yes|no)\b", section, re.M)
+    table = dict(rows)
+    assert len(rows) == len(table) and set(table) == set(SOURCE_TYPES) - CHAIN_SOURCE_TYPES
+    for name, said in table.items():
+        assert source_class(name).snapshot_on_subscribe is (said == "yes"), name
+    assert Source.snapshot_on_subscribe is True

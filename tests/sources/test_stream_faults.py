@@ -409,6 +409,42 @@ async def test_a_new_connections_snapshot_of_a_still_book_is_not_a_new_quote(
     assert run.state() is ConnState.STREAMING
 
 
+# Venues that push changes only, with no snapshot on subscribing (Pyth Hermes aside: its SSE
+# session is its own and never ran the first-quote filter).
+CHANGES_ONLY = [c for c in CASES if not c.adapter.snapshot_on_subscribe and c.id != "pyth_hermes"]
+
+
+@pytest.mark.parametrize("case", CHANGES_ONLY, ids=[c.id for c in CHANGES_ONLY], indirect=True)
+async def test_a_changes_only_venues_first_push_on_a_new_connection_is_quoted_at_the_same_prices(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """A venue that sends no snapshot on subscribing, only changes, its books held still (each
+    push changes the sizes alone): the connection is replaced (a shutdown notice, as planned, so
+    that no REST poll runs), and the new connection's first push of each instrument, at the bid
+    and ask last quoted, is a new event and is quoted. None is dropped as `unchanged`, each
+    instrument's newest quote time moves on, and no first-quote filter stands in front of the
+    emitter. Before, the filter ran on every venue and dropped each of them (Binance, Binance
+    USD-M, Bitstamp and KuCoin alike), holding the instrument's freshness back until its next
+    push."""
+    hold_still(sim)
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING and run.keys() == case.keys)
+    await settled(case, run, sim, wait)
+    books = {(q.pair, q.kind): (q.bid, q.ask) for q in run.quotes}
+    unchanged, opened = run.stats.dropped["unchanged"], sim.stats.connections
+    run.source._rotate("server_shutdown")
+    await wait(lambda: sim.stats.connections >= opened + case.sockets)
+    stamps, seen = newest_stamps(run), len(run.quotes)
+    await wait(lambda: run.keys(seen) == case.keys)  # pushed on the new connection
+    assert run.stats.dropped["unchanged"] == unchanged
+    assert all((q.bid, q.ask) == books[q.pair, q.kind] for q in run.quotes[seen:])
+    moved = newest_stamps(run)
+    assert all(moved[key] > stamps[key] for key in case.keys)
+    assert run.source._emit is run.source._sink and run.source._direct
+    assert run.stats.reconnects == 1 and run.state() is ConnState.STREAMING
+    assert run.stats.quotes == len(run.quotes) and sim.stats.rest_requests == 0
+
+
 @pytest.mark.parametrize(
     "case",
     [c for c in CASES if c.rotation],

@@ -31,7 +31,7 @@ from oracled.sim.kraken import KrakenSim
 from oracled.sim.kucoin import KucoinSim
 from oracled.sim.okx import OkxSim
 from oracled.sim.pyth_hermes import PythHermesSim
-from oracled.sources import ConnState, Source, SourceStats, build_source
+from oracled.sources import ConnState, Source, SourceStats, build_source, source_class
 from oracled.sources.bitstamp import BitstampSource
 from oracled.sources.okx import OkxSource
 
@@ -239,6 +239,11 @@ class Case:
     @property
     def keys(self) -> set[Key]:
         return {(p, k) for p, k in self.pairs}
+
+    @property
+    def adapter(self) -> type[Source]:
+        """The adapter class the suite runs: `cls`, else the one registered for `id`."""
+        return self.cls or source_class(self.id)
 
     @property
     def unknown_pair(self) -> tuple[str, Kind]:
