@@ -214,7 +214,7 @@ class Core:
             j = self.index.get(sym)
             if j is None:
                 continue
-            for attr in ("status", "last_good", "last_good_ts", "streak", "jump_count", "manual"):
+            for attr in GateState.__slots__:
                 getattr(gates, attr)[i] = getattr(old_gates, attr)[j]
             old_slots = {key: k for k, key in enumerate(old_layout.slot_keys[j])}
             for k, key in enumerate(layout.slot_keys[i]):

@@ -11,7 +11,10 @@ Rules, per market and round:
   accepted: one venue cannot move the median (that needs a quorum), and a real market-wide move
   is followed after a short, bounded hold instead of being frozen forever.
 - Resuming needs `resume_rounds` consecutive healthy rounds (hysteresis), so a flapping source
-  cannot toggle the market every round. A confirmed jump counts as its own confirmation.
+  cannot toggle the market every round. A confirmed jump counts as its own confirmation only
+  for a market that was live when the hold began; a market that was already paused (quorum,
+  manual, ...) and comes back beyond the breaker needs both the confirmation and
+  `resume_rounds` rounds at the new level, so the jump is never a shorter way back.
 - At start every market is unknown and needs the same healthy streak: never active before the
   quorum is rebuilt.
 - A quorum lost to a non-live conversion leg (`route`) or to sources that flagged their own values
@@ -76,7 +79,15 @@ class GateInputs:
 class GateState:
     """Mutable per-market gate memory: status, last good price, streak counters."""
 
-    __slots__ = ("jump_count", "last_good", "last_good_ts", "manual", "status", "streak")
+    __slots__ = (
+        "jump_count",
+        "jump_live",
+        "last_good",
+        "last_good_ts",
+        "manual",
+        "status",
+        "streak",
+    )
 
     def __init__(self, markets: int) -> None:
         self.status = np.full(markets, int(Status.UNKNOWN), dtype=np.int64)
@@ -84,6 +95,9 @@ class GateState:
         self.last_good_ts = np.full(markets, -1, dtype=np.int64)
         self.streak = np.zeros(markets, dtype=np.int64)
         self.jump_count = np.zeros(markets, dtype=np.int64)
+        # The running hold began while the market was live: only then is its confirmation
+        # enough to go live without the resume streak.
+        self.jump_live = np.zeros(markets, dtype=bool)
         self.manual = np.zeros(markets, dtype=bool)
 
 
@@ -114,15 +128,20 @@ def step(
     # Rounds under a manual pause do not count towards confirming a jump: otherwise a release
     # could land on a confirmed round and go live at once, skipping the healthy streak.
     beyond = candidate_ok & ~manual & np.isfinite(last_good) & (move > p.circuit_breaker)
-    jump_count = np.where(beyond, state.jump_count[idx] + 1, 0)
+    was_live = state.status[idx] <= Status.DEGRADED
+    prior_count = state.jump_count[idx]
+    jump_count = np.where(beyond, prior_count + 1, 0)
+    jump_live = beyond & np.where(prior_count == 0, was_live, state.jump_live[idx])
     confirmed = beyond & (jump_count > p.jump_confirm_rounds)
     held = beyond & ~confirmed
     reasons |= np.where(held, JUMP, 0)
 
     healthy = candidate_ok & ~held & ~manual
     streak = np.where(healthy, state.streak[idx] + 1, 0)
-    was_live = state.status[idx] <= Status.DEGRADED
-    live = healthy & (was_live | (streak >= p.resume_rounds) | confirmed)
+    # A hold that began in a paused market is followed only once its rounds (each had a quorum
+    # and agreement) make a full healthy streak.
+    followed = confirmed & (jump_live | (jump_count >= p.resume_rounds))
+    live = healthy & (was_live | (streak >= p.resume_rounds) | followed)
 
     degraded_bits = np.where(x.outliers > 0, OUTLIER, 0) | np.where(
         x.used == p.min_sources, THIN, 0
@@ -138,7 +157,9 @@ def step(
 
     state.status[idx] = status
     state.streak[idx] = streak
-    state.jump_count[idx] = np.where(confirmed, 0, jump_count)
+    # A confirmed jump still waiting for the streak keeps counting, so that it is not held again.
+    state.jump_count[idx] = np.where(live, 0, jump_count)
+    state.jump_live[idx] = jump_live & ~live
     state.last_good[idx] = np.where(live, x.candidate, last_good)
     state.last_good_ts[idx] = np.where(live, now_ms, state.last_good_ts[idx])
     return status, reasons, price

@@ -284,3 +284,81 @@ def test_the_same_inputs_give_byte_identical_reports(
     b = _play(cfg, rounds, rev=False)
     for ra, rb in zip(a.results, b.results, strict=True):
         assert [enc.encode(r) for r in ra.reports()] == [enc.encode(r) for r in rb.reports()]
+
+
+def _went_live_legitimately(reps: list[Report], r: int, resume: int) -> bool:
+    """Round r is live after a round that was not: either the resume_rounds rounds ending at r
+    all had a quorum, agreement and no operator pause (nothing but `resuming` or `jump`), or
+    the market was live right before a hold of `jump` rounds that r follows."""
+    window = reps[r - resume + 1 : r] if r + 1 >= resume else None
+    if window is not None and all(set(rep.reasons) <= {"resuming", "jump"} for rep in window):
+        return True
+    k = r - 1
+    while k >= 0 and reps[k].reasons == ["jump"]:
+        k -= 1
+    return k < r - 1 and k >= 0 and reps[k].status in LIVE
+
+
+# A gate-focused tape for one market, in runs of rounds alike: in each run, which of five
+# sources quote (the others are stale in the next round: max_age_ms is half a round), at which
+# level, and whether the operator toggles a pause at its start.
+gate_runs = st.lists(
+    st.tuples(
+        st.sampled_from((1.0, 1.0, 1.3, 0.7)),
+        st.sets(st.sampled_from(SOURCES), min_size=2),
+        st.sampled_from((False, False, True)),
+        st.integers(1, 9),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _rounds(runs: list[tuple[float, set[str], bool, int]]) -> list[tuple[float, set[str], bool]]:
+    return [
+        (level, quoting, toggle and k == 0) for level, quoting, toggle, n in runs for k in range(n)
+    ]
+
+
+def _play_gates(
+    rounds: list[tuple[float, set[str], bool]], resume: int, confirm: int, min_sources: int
+) -> list[Report]:
+    cfg = config(
+        [
+            {
+                "symbol": "BTC/USD",
+                "min_sources": min_sources,
+                "max_age_ms": ROUND_MS // 2,
+                "sources": [{"source": s, "pair": "BTC/USD"} for s in SOURCES],
+            }
+        ],
+        resume_rounds=resume,
+        jump_confirm_rounds=confirm,
+    )
+    core = Core(cfg)
+    paused = False
+    reports = []
+    for r, (level, quoting, toggle) in enumerate(rounds):
+        now = T0 + r * ROUND_MS
+        for s in sorted(quoting):
+            assert core.ingest(Quote(s, "BTC/USD", now, price=50_000.0 * level)) is None
+        if toggle:
+            paused = not paused
+            core.set_manual("BTC/USD", paused)
+        reports.append(core.run_round(now).report(0))
+    return reports
+
+
+@SETTINGS
+@given(gate_runs, st.integers(1, 8), st.integers(1, 6), st.integers(1, 5))
+def test_a_market_goes_live_only_after_a_full_healthy_streak_or_a_confirmed_jump_from_live(
+    runs: list[tuple[float, set[str], bool, int]], resume: int, confirm: int, min_sources: int
+) -> None:
+    """Hysteresis holds for any tape, any resume_rounds and jump_confirm_rounds: a market that
+    was not live becomes live only after resume_rounds healthy rounds in a row, or when it
+    follows a jump held since it was last live. A move that happened while it was paused (for
+    its quorum, by an operator) is never a shorter way back than the streak."""
+    reps = _play_gates(_rounds(runs), resume, confirm, min_sources)
+    for r, rep in enumerate(reps):
+        if rep.status in LIVE and (r == 0 or reps[r - 1].status not in LIVE):
+            assert _went_live_legitimately(reps, r, resume), (r, reps[: r + 1])

@@ -171,3 +171,51 @@ def test_the_last_good_time_is_the_last_live_round_not_a_resuming_one() -> None:
     assert [(r.reasons, r.last_good_ts) for r in resuming] == [(["resuming"], good_ts)] * 2
     live = sc.round(_btc(50_000.0))["BTC/USD"]
     assert (live.status, live.last_good_ts) == ("active", sc.now)
+
+
+def test_a_paused_market_back_beyond_the_breaker_still_needs_the_resume_streak() -> None:
+    """A market paused for its quorum whose sources come back 20 % away is held for the jump
+    and then still needs resume_rounds (10) healthy rounds: the confirmation of a jump is not a
+    shorter way back than the streak (jump_confirm_rounds 2 would have made it live in 3)."""
+    cfg = config(
+        [market("BTC/USD", "abcde", max_price=1e6)], resume_rounds=10, jump_confirm_rounds=2
+    )
+    sc = Scenario(cfg)
+    assert _summary(sc.rounds(10, _btc(50_000.0))[-1]["BTC/USD"])[0] == "active"
+    split = {"BTC/USD": {"a": 60_000.0, "b": 60_000.0, "c": 2e6, "d": 2e6, "e": 2e6}}
+    assert _summary(sc.round(split)["BTC/USD"]) == ("paused", ["quorum"], None)
+    seen = [_summary(r["BTC/USD"]) for r in sc.rounds(10, _btc(60_000.0))]
+    assert seen == [
+        *[("paused", ["jump"], None)] * 2,
+        *[("paused", ["resuming"], None)] * 7,
+        ("active", [], "60000.00"),
+    ]
+
+
+def test_a_release_from_a_manual_pause_beyond_the_breaker_needs_the_resume_streak() -> None:
+    """An operator pauses a market, the price moves 20 % meanwhile, the pause is lifted: the
+    market is live only after resume_rounds (10) healthy rounds, as every release is, not after
+    the jump's confirmation (3 rounds)."""
+    cfg = config([market("BTC/USD", "abcde")], resume_rounds=10, jump_confirm_rounds=2)
+    sc = Scenario(cfg)
+    sc.rounds(10, _btc(50_000.0))
+    sc.core.set_manual("BTC/USD", True)
+    assert _summary(sc.round(_btc(60_000.0))["BTC/USD"]) == ("paused", ["manual"], None)
+    sc.core.set_manual("BTC/USD", False)
+    seen = [_summary(r["BTC/USD"]) for r in sc.rounds(10, _btc(60_000.0))]
+    assert seen == [
+        *[("paused", ["jump"], None)] * 2,
+        *[("paused", ["resuming"], None)] * 7,
+        ("active", [], "60000.00"),
+    ]
+
+
+def test_a_live_market_follows_a_confirmed_jump_without_waiting_for_the_resume_streak() -> None:
+    """The other side of the two tests above: a market that was live when the jump began
+    follows it after jump_confirm_rounds (2) held rounds, even with resume_rounds at 10
+    (docs/pricing.md, section 6: the hold is the confirmation)."""
+    cfg = config([market("BTC/USD", "abcde")], resume_rounds=10, jump_confirm_rounds=2)
+    sc = Scenario(cfg)
+    sc.rounds(10, _btc(50_000.0))
+    seen = [_summary(r["BTC/USD"]) for r in sc.rounds(4, _btc(60_000.0))]
+    assert seen == [("paused", ["jump"], None)] * 2 + [("active", [], "60000.00")] * 2
