@@ -189,11 +189,12 @@ class Book:
         self.latest: dict[SlotKey, Quote] = {}
         self.drops: Counter[tuple[str, str]] = Counter()
         self._feeds = layout.feeds
-        # Feeds of exactly one slot, not inverted: the straight path of `ingest` (flat index).
+        # Feeds of exactly one slot, not inverted, not also a perpetual of some market's mark:
+        # the straight path of `ingest` (flat index).
         self._single = {
             key: slots[0][0]
             for key, slots in layout.feeds.items()
-            if len(slots) == 1 and not slots[0][1]
+            if len(slots) == 1 and not slots[0][1] and key not in layout.perp_feeds
         }
         self._perps = layout.perp_feeds
         self._perp_only = layout.perp_feeds - layout.feeds.keys()  # a voting slot goes first
@@ -341,6 +342,8 @@ class Book:
             flat_stamp[flat] = stamp
             flat_flag[flat] = flag
         self.latest[key] = quote
+        if key in self._perps:  # a perpetual that votes is a mark input all the same
+            self._keep_perp(key, quote)
         return None
 
     def _flag_code(self, name: str) -> int:

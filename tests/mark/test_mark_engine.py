@@ -186,3 +186,19 @@ def test_a_reloaded_perp_deviation_limit_applies_from_the_next_round() -> None:
     assert (mark.perps_used, mark.estimators.perp_median) == (2, "103.50")
     rig.core.reconfigure(make_config())
     assert rig.mark(B + 3_000, p=106.0, q=101.0).perps_used == 1
+
+
+def test_a_perpetual_that_also_votes_in_the_index_still_counts_for_the_mark() -> None:
+    """A market may list a perpetual among its voting `sources` (kind perp) and in its
+    perp_sources too: each of its quotes then votes in the index and is the mark's perp input,
+    with both sides or a last price alone. Before, the voting slot took the quote and the mark
+    never saw it (`no_quote`, the fallback)."""
+    spot = [{"source": s, "pair": "BTC/USD"} for s in "abc"]
+    rig = Rig(make_config(sources=[*spot, {"source": "p", "pair": "BTC/USD", "kind": "perp"}]))
+    for now, p in ((B + 1_000, (100.4, 100.6)), (B + 2_000, 100.5)):
+        report = rig.round(now, p=p)
+        assert (report.status, report.price) == ("active", "100.00")
+        assert [(s.id, s.used) for s in report.sources][-1] == ("p", True)
+        assert report.mark is not None
+        assert (report.mark.perps_used, report.mark.estimators.perp_median) == (1, "100.50")
+        assert report.mark.price == "100.50"
