@@ -173,6 +173,8 @@ def _decimal(text: str | None, key: str) -> float | None:
 # in microseconds or a placeholder 0 is a malformed line: replay would otherwise run an empty
 # round every interval up to it (billions of rounds for a single line in microseconds).
 _TS_MIN, _TS_MAX = 10**12, 10**13 - 1
+#: A report's `round` past this is not kept exact by JSON readers that hold numbers as doubles.
+_ROUND_MAX = 2**53 - 1
 
 
 def _to_quote(line: _Line) -> Quote:
@@ -223,6 +225,17 @@ def read_header(first: bytes | str) -> TapeHeader:
         raise TapeError(f"line 1: first_round {header.first_round} is not a round number (1 up)")
     if header.first_round_ts is not None and header.first_round is None:
         raise TapeError("line 1: first_round_ts without first_round (the round it is the time of)")
+    if header.first_round is not None and header.first_round > _ROUND_MAX:
+        raise TapeError(
+            f"line 1: first_round {header.first_round} is past 2**53 - 1 (the largest round"
+            " number every JSON reader keeps exact)"
+        )
+    ts = header.first_round_ts
+    if ts is not None and not _TS_MIN <= ts <= _TS_MAX:
+        raise TapeError(
+            f"line 1: first_round_ts {ts} is not milliseconds since the epoch (13 digits, as a"
+            " quote's ts): the replay would number its rounds from it"
+        )
     return header
 
 

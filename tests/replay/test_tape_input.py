@@ -144,3 +144,23 @@ def test_with_an_error_hook_bad_lines_are_handed_over_as_met_not_kept() -> None:
     # Without the hook the errors are kept, as the stress simulator reads them.
     kept = replay(load_config(CONFIG), io.BytesIO(tape), io.BytesIO())
     assert ([e.line for e in kept.errors], kept.malformed) == ([2, 5], 2)
+
+
+@pytest.mark.parametrize(
+    ("keys", "why"),
+    [
+        (b'"first_round": 5, "first_round_ts": 1700000001', "first_round_ts 1700000001 is not"),
+        (b'"first_round": 5, "first_round_ts": -9223372036854775808', "first_round_ts -9"),
+        (b'"first_round": 9007199254740992', "first_round 9007199254740992 is past"),
+    ],
+)
+def test_a_header_whose_round_numbering_is_out_of_range_cannot_be_read(
+    keys: bytes, why: str
+) -> None:
+    """The bug: a `first_round_ts` in seconds (or any integer) and a `first_round` of any size
+    were taken, and the replay numbered its reports from them: round 36893494947419109 from a
+    first_round_ts of -2**63, rounds past 2**53 that a JSON reader does not keep exact. A
+    `first_round_ts` is a round time (milliseconds, 13 digits, as a quote's `ts`) and a round
+    number stays below 2**53: else line 1 is a header that cannot be read."""
+    with pytest.raises(TapeError, match=f"line 1: {why}"):
+        _read(HEADER[:-2] + b", " + keys + b"}\n" + GOOD)
