@@ -90,13 +90,20 @@ async def test_stale_round_is_flagged(
     """A round older than the feed's heartbeat by the block's clock is re-published flagged
     `stale`, so the core excludes it whatever the market's own age limit."""
     reader = make_reader([anvil.url], http)
+    # A round of the test's own, its blocks stamped by hand: its age is the chain's alone, not
+    # the wall time since the session deployed the aggregator or a busy machine took between
+    # two blocks (a warp of 599 s read 601 s old once under load).
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3000_00000000)
     got = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy, 600)))
     assert await reader.poll_once()
-    assert got.last.flag is None
-    await chain.warp(599)
+    assert got.last.flag is None and got.last.venue_ts is not None
+    updated_s = got.last.venue_ts // 1000
+    await chain.rpc("evm_setNextBlockTimestamp", [updated_s + 600])
+    await chain.mine()
     assert await reader.poll_once()
-    assert len(got.quotes) == 1  # inside the heartbeat: nothing new
-    await chain.warp(5)
+    assert len(got.quotes) == 1  # at the heartbeat, not past it: nothing new
+    await chain.rpc("evm_setNextBlockTimestamp", [updated_s + 601])
+    await chain.mine()
     assert await reader.poll_once()
     assert (got.last.flag, got.last.price, len(got.quotes)) == ("stale", 3000.0, 2)
     await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3001_00000000)
