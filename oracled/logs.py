@@ -77,19 +77,33 @@ class LogOutput:
     another writer of the same stream (a traceback printed to stderr, the interpreter's last
     flush of it at exit) would wait on. On a descriptor a parent set non-blocking, the writer
     waits for room rather than give up part way through a line. A forked child gets a writer
-    thread of its own (`after_fork`)."""
+    thread of its own (`after_fork`).
+
+    One per process: a new set-up of the logging sends the lines to its stream through the same
+    queue and writer (`retarget`), so the loggers structlog cached before it follow too."""
 
     # structlog keeps its lock per stream, weakly
-    __slots__ = ("__weakref__", "_failed", "_full", "_out", "_queue", "_writer")
+    __slots__ = (
+        "__weakref__",
+        "_failed",
+        "_full",
+        "_out",
+        "_queue",
+        "_since",
+        "_target",
+        "_writer",
+    )
 
     def __init__(self, out: _Stream) -> None:
-        self._out = out
-        self._queue: queue.SimpleQueue[str | threading.Event] = queue.SimpleQueue()
+        self._out = out  # the stream the writer thread writes to: its own to change
+        self._target = out  # the latest set-up's stream: the lines queued from now on go there
+        self._queue: queue.SimpleQueue[str | threading.Event | _Retarget] = queue.SimpleQueue()
         # one counter per kind of writer: the writer thread (`_failed`) and the threads that log
         # (`_full`, without a lock a signal handler could find held; two threads racing on it
         # could at worst lose a count, never hang)
         self._failed = 0
         self._full = 0
+        self._since = 0  # the lines lost before the latest set-up: not this one's to count
         self._writer = self._start_writer()
 
     def _start_writer(self) -> threading.Thread:
@@ -100,14 +114,29 @@ class LogOutput:
     def after_fork(self) -> None:
         """In a forked child: the writer thread did not come along, so without a new one the
         child's lines would wait in the queue for good. The lines the parent had queued are the
-        parent's to write: the child starts with an empty queue, or they would come out twice."""
+        parent's to write: the child starts with an empty queue, or they would come out twice.
+        A new stream the parent had queued but not yet reached is the child's all the same."""
+        self._out = self._target
         self._queue = queue.SimpleQueue()
         self._writer = self._start_writer()
 
+    def retarget(self, out: _Stream, timeout_s: float) -> bool:
+        """Write the lines logged from now on to `out`, the ones queued before to the stream they
+        were logged for, and wait at most `timeout_s` for those (False if the writer is still
+        behind then). Each set-up used to make a LogOutput of its own and left the one before
+        with its thread, idle and alive: one more thread for each command the CLI's tests ran,
+        and the loggers cached before it kept writing to the stream it had replaced."""
+        self._target = out
+        self._queue.put(_Retarget(out))
+        drained = self.drain(timeout_s)
+        self._since = self._failed + self._full
+        return drained
+
     @property
     def dropped(self) -> int:
-        """Lines lost: the queue full (the writer too far behind) or their write failed."""
-        return self._failed + self._full
+        """Lines lost since the latest set-up: the queue full (the writer too far behind) or
+        their write failed."""
+        return self._failed + self._full - self._since
 
     def write(self, text: str) -> int:
         if self._queue.qsize() >= QUEUE_LINES:
@@ -127,7 +156,7 @@ class LogOutput:
         return done.wait(timeout_s)
 
     def isatty(self) -> bool:
-        isatty = getattr(self._out, "isatty", None)
+        isatty = getattr(self._target, "isatty", None)
         return bool(isatty()) if isatty is not None else False
 
     def _write_lines(self) -> None:
@@ -135,6 +164,9 @@ class LogOutput:
             item = self._queue.get()
             if isinstance(item, threading.Event):
                 item.set()
+                continue
+            if isinstance(item, _Retarget):
+                self._out = item.stream
                 continue
             try:
                 self._write_line(item)
@@ -160,6 +192,15 @@ class LogOutput:
                 _wait_writable(fd)
 
 
+class _Retarget:
+    """Queued by `LogOutput.retarget`: the lines after it go to `stream`."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: _Stream) -> None:
+        self.stream = stream
+
+
 def _wait_writable(fd: int) -> None:
     """Block the writer thread until `fd` takes more bytes (or reports an error, which the next
     write raises). Giving up on a full non-blocking pipe would drop the rest of a line already
@@ -173,7 +214,7 @@ _output: LogOutput | None = None
 
 
 def log_lines_dropped() -> int:
-    """Log lines that could not be written since the logging was set up (0 before)."""
+    """Log lines that could not be written since the logging was last set up (0 before)."""
     return _output.dropped if _output is not None else 0
 
 
@@ -201,9 +242,17 @@ def setup_logging(
     fmt: Literal["auto", "json", "console"] = "auto",
     stream: _Stream | None = None,
 ) -> None:
-    """Configure structlog for the whole process (idempotent)."""
+    """Configure structlog for the whole process (idempotent). A set-up after the first sends
+    the lines to its stream through the same writer thread, once the lines logged before it are
+    written to theirs (`DRAIN_AT_EXIT_S` at most: a reader that does not read holds it no
+    longer, and the lines for the new stream wait behind it as any line does)."""
     global _output
-    out = _output = LogOutput(stream if stream is not None else sys.stderr)
+    target = stream if stream is not None else sys.stderr
+    if _output is None:
+        _output = LogOutput(target)
+    else:
+        _output.retarget(target, DRAIN_AT_EXIT_S)
+    out = _output
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     processors: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -318,3 +318,57 @@ def test_a_forked_child_writes_its_lines_and_not_the_parents_again() -> None:
     events = [json.loads(line) for line in done.stderr.splitlines()]
     assert [e["event"] for e in events].count("child") == 1
     assert [e["n"] for e in events if e["event"] == "parent"] == list(range(201))
+
+
+def _writer_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "log-writer")
+
+
+def test_setting_the_logging_up_again_keeps_one_writer_and_sends_each_line_to_its_stream() -> None:
+    """The CLI sets the logging up at each command, and its tests run many commands in one
+    process. Found last session: each set-up started a writer thread of its own and left the one
+    before idle and alive, one thread more per set-up; and a logger structlog had cached kept
+    writing to the stream the next set-up replaced. Set up seven times, the process has one
+    writer thread; the lines logged before a set-up are in their stream when it returns, and
+    the lines after it, a cached logger's included, go to the new one."""
+    first = io.StringIO()
+    setup_logging("info", "json", stream=first)
+    cached = structlog.get_logger()
+    cached.info("before", n=0)  # cached on first use, with the first set-up's stream
+    for _ in range(5):
+        setup_logging("info", "json", stream=io.StringIO())
+    last = io.StringIO()
+    setup_logging("info", "json", stream=last)
+    assert _writer_threads() == 1
+    assert [json.loads(line)["event"] for line in first.getvalue().splitlines()] == ["before"]
+    cached.info("after", n=1)
+    structlog.get_logger().info("after", n=2)
+    logging.getLogger("lib").warning("after")
+    assert drain_logs(5)
+    assert first.getvalue().count("\n") == 1
+    events = [json.loads(line) for line in last.getvalue().splitlines()]
+    assert [(e["event"], e.get("n")) for e in events] == [
+        ("after", 1),
+        ("after", 2),
+        ("after", None),
+    ]
+
+
+def test_a_new_set_up_counts_only_its_own_lost_lines() -> None:
+    """`oracled_log_lines_dropped_total` counts the lines lost since the logging was set up:
+    one writer for every set-up does not carry a count of the stream that was replaced."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        setup_logging("info", "json", stream=os.fdopen(write_end, "w", closefd=False))
+        structlog.get_logger().info("nobody reads this")
+        assert drain_logs(5)
+        assert log_lines_dropped() == 1
+        out = io.StringIO()
+        setup_logging("info", "json", stream=out)
+        structlog.get_logger().info("read")
+        assert drain_logs(5)
+        assert log_lines_dropped() == 0
+        assert json.loads(out.getvalue())["event"] == "read"
+    finally:
+        os.close(write_end)
