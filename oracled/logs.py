@@ -23,7 +23,7 @@ import queue
 import select
 import sys
 import threading
-from typing import Literal, Protocol
+from typing import Literal, NoReturn, Protocol
 
 import orjson
 import structlog
@@ -33,6 +33,7 @@ __all__ = [
     "QUEUE_LINES",
     "LogOutput",
     "drain_logs",
+    "exit_now",
     "log_lines_dropped",
     "setup_logging",
 ]
@@ -222,6 +223,15 @@ def drain_logs(timeout_s: float = DRAIN_AT_EXIT_S) -> bool:
     """Wait, at most `timeout_s`, until every line logged so far is written (True), or the
     writer is still behind (False: a reader that does not read). Runs at the interpreter's exit."""
     return _output.drain(timeout_s) if _output is not None else True
+
+
+def exit_now(status: int, timeout_s: float = DRAIN_AT_EXIT_S) -> NoReturn:
+    """`os._exit(status)` once the lines logged so far are written (`timeout_s` at most). A
+    forked child leaves with os._exit so as not to run the parent's exit handlers or flush the
+    buffers it inherited; that skips the drain at exit too, and its lines still queued were
+    lost with the writer thread."""
+    drain_logs(timeout_s)
+    os._exit(status)
 
 
 def _after_fork_in_child() -> None:

@@ -372,3 +372,32 @@ def test_a_new_set_up_counts_only_its_own_lost_lines() -> None:
         assert json.loads(out.getvalue())["event"] == "read"
     finally:
         os.close(write_end)
+
+
+_EXIT_NOW_CHILD = """
+import os, structlog
+from oracled.logs import exit_now, setup_logging
+
+setup_logging("info", "json")
+pid = os.fork()
+if pid == 0:
+    for i in range(300):
+        structlog.get_logger().info("child", n=i)
+    exit_now(3)  # os._exit: no atexit, no drain of its own
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_that_leaves_with_exit_now_writes_every_line_first() -> None:
+    """A forked child leaves with os._exit, not to run the parent's exit handlers nor flush
+    the buffers it inherited: that skips the drain at exit, and the lines still queued went
+    with its writer thread (0 and 218 of these 300 in two runs with a bare os._exit).
+    `exit_now` writes them first (bounded as at exit) and leaves with the status given."""
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_NOW_CHILD], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "3\n"
+    numbers = [json.loads(line)["n"] for line in done.stderr.splitlines()]
+    assert numbers == list(range(300))
