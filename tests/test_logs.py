@@ -401,3 +401,47 @@ def test_a_child_that_leaves_with_exit_now_writes_every_line_first() -> None:
     assert done.stdout == "3\n"
     numbers = [json.loads(line)["n"] for line in done.stderr.splitlines()]
     assert numbers == list(range(300))
+
+
+_FORK_MID_SET_UP_CHILD = """
+import io, os, sys, threading, structlog
+from oracled.logs import drain_logs, setup_logging
+
+class Stuck(io.StringIO):
+    reading = threading.Event()
+
+    def write(self, text, /):
+        self.reading.wait(10)  # in the child, a copy nobody sets: the child's writer would wait
+        return super().write(text)
+
+stuck = Stuck()
+setup_logging("info", "json", stream=stuck)
+structlog.get_logger().info("stuck")  # the writer thread waits in this line's write
+setup_logging("info", "json")  # stderr: the switch queued behind it, not yet reached
+pid = os.fork()
+if pid == 0:
+    structlog.get_logger().info("child")
+    drain_logs(5)
+    print(sum(t.name == "log-writer" for t in threading.enumerate()), flush=True)
+    sys.exit(0)
+os.waitpid(pid, 0)
+Stuck.reading.set()
+structlog.get_logger().info("parent")
+drain_logs(5)
+print(stuck.getvalue().count("\\n"), flush=True)
+"""
+
+
+def test_a_child_forked_during_a_set_up_writes_to_the_new_stream_with_one_writer() -> None:
+    """The writer thread switches streams in queue order, behind the lines already queued: a
+    child forked before the writer reached the switch (its stream slow to read) would have
+    written its lines to the stream the set-up replaced. The child's first line goes to the
+    new stream, once; the child has one writer thread (its own, the parent's is not there to
+    wait on); the replaced stream gets the parent's line logged before the set-up only."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_MID_SET_UP_CHILD], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["1", "1"]  # the child's writers, the stuck stream's lines
+    events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
+    assert events == ["child", "parent"]
