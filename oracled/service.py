@@ -54,7 +54,7 @@ from oracled.publish.audit import AuditReader, AuditTrail
 from oracled.publish.chain_push import ChainPusher, PushError, PushStats, load_push_key
 from oracled.publish.hub import Hub
 from oracled.publish.nats import NatsSink
-from oracled.publish.sign_lease import open_sign_lease
+from oracled.publish.sign_lease import open_sign_lease, require_sign_lease
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, load_signing_key
 from oracled.reload import config_changes, running_config, source_pairs
 from oracled.runloop import CLOSE_S, MIN_WAIT_S, run_to_end
@@ -421,17 +421,9 @@ class Service:
             else None
         )
         self.hub.signer = self.signer.address if self.signer is not None else None
-        sign_lease = (  # read, locked and first written before anything else is (ConfigError)
-            open_sign_lease(  # required when enabled (config validation; unset, a ConfigError)
-                cfg.signing.lease_file,
-                self.signer.address,
-                cfg.signing.lease_window_ms,
-                self.clock.now_ms(),
-                cfg.oracle.round_interval_ms,
-            )
-            if self.signer is not None
-            else None
-        )
+        if self.signer is not None:  # a bad lease file refuses the start now (ConfigError); the
+            # lease itself is taken at the end of the start (`_take_lease`)
+            require_sign_lease(cfg.signing.lease_file, self.signer.address)
         self.nats = NatsSink(cfg.nats) if cfg.nats.enabled else None
         # The audit trail and the on-chain pusher (docs/publishing.md), also start-up only.
         self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
@@ -444,9 +436,7 @@ class Service:
         self.push_stats = PushStats() if cfg.push.enabled else None
         self.pusher: ChainPusher | None = None  # made in run(): it needs the HTTP session
         self._signer_worker = (
-            SignerWorker(
-                self.signer, self._on_signed, self._signing_floor(cfg, self.signer), sign_lease
-            )
+            SignerWorker(self.signer, self._on_signed, self._signing_floor(cfg, self.signer))
             if self.signer is not None
             else None
         )
@@ -1044,6 +1034,7 @@ class Service:
                     if runner is not None:
                         await runner.cleanup()
             laps.lap("api")
+            session = session or self._session  # a start refused half-way made it already
             if session is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(SESSION_CLOSE_S):
@@ -1098,6 +1089,7 @@ class Service:
         self._background.update(self.chains.start())
         for sid in self.cfg.sources:
             self._start_source(sid)
+        self._take_lease()  # last: see there
         self.log.info(
             "oracled started",
             version=__version__,
@@ -1115,6 +1107,27 @@ class Service:
         self._lower_recursion_limit()
         self.started.set()
         return session
+
+    def _take_lease(self) -> None:
+        """Take the signing lease (lock, read, first write: ConfigError if another process holds
+        it), last in the start: everything that can refuse a start (the port, the sinks, the
+        sources) has started, and no round has run, since nothing here awaits. Taken at
+        construction, a start refused later had moved the lease a window ahead and held its
+        lock, delaying the daemon that really signs with the key. The lease's few milliseconds of
+        file I/O run on the loop, once, before the first round."""
+        worker = self._signer_worker
+        if worker is None:
+            return
+        cfg = self.cfg
+        worker.take_lease(
+            open_sign_lease(
+                cfg.signing.lease_file,
+                worker.signer.address,
+                cfg.signing.lease_window_ms,
+                self.clock.now_ms(),
+                cfg.oracle.round_interval_ms,
+            )
+        )
 
     def _lower_recursion_limit(self) -> None:
         """Put back the interpreter's recursion limit, which py_ecc (imported through eth_keys

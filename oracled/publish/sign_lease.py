@@ -11,8 +11,11 @@ The lease runs `signing.lease_window_ms` ahead of the rounds, so one write (temp
 rename, fsync of the directory) covers many rounds. The writes happen in a thread of their own,
 never on the round loop: a round whose time the lease does not cover yet goes out unsigned and is
 counted (`lease`), like one skipped as `busy`. A stop writes the lease back down to the newest
-round time handed to the signer, so a clean restart signs from its first round; after a crash the
-restart waits at most a window for the clock to pass the lease.
+round time handed to the signer (or, when none was, back to what the start found), so a clean
+restart signs from its first round; after a crash the restart waits at most a window for the
+clock to pass the lease. The daemon takes the lease at the end of its start, once nothing else
+can refuse it (`Service`): a start refused earlier (its port in use, a sink that cannot start)
+never moved it, nor held its lock.
 
 The file holds one lease per signer address, so a key rotation starts its own lease and a key
 rotated back finds its old one. One daemon writes it: it holds `<path>.lock` (released by the
@@ -40,7 +43,14 @@ from oracled.lockfile import (
     replace_durably,
 )
 
-__all__ = ["FORMAT", "LeaseStats", "SignLease", "check_sign_lease", "open_sign_lease"]
+__all__ = [
+    "FORMAT",
+    "LeaseStats",
+    "SignLease",
+    "check_sign_lease",
+    "open_sign_lease",
+    "require_sign_lease",
+]
 
 FORMAT = "oracled-signing-lease"
 _VERSION = 1
@@ -61,6 +71,13 @@ class _File(msgspec.Struct, forbid_unknown_fields=True):
 
 _decode = msgspec.json.Decoder(_File).decode
 _encode = msgspec.json.Encoder().encode
+
+
+class _Stop:
+    """The lease thread's last job: let the file go."""
+
+
+_STOP = _Stop()
 
 
 @dataclass(slots=True)
@@ -87,7 +104,8 @@ class SignLease:
         self._lock_fd: int | None = None
         self._writing = False  # an extension is queued or being written
         self._failing = False  # the last write failed (logged once each way)
-        self._jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        # leases to write (None: this key's entry taken out), then _STOP
+        self._jobs: queue.SimpleQueue[int | _Stop | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="oracled-sign-lease", daemon=True)
         self._log = structlog.get_logger("oracled").bind(
             component="signer", path=str(path), signer=address
@@ -209,12 +227,16 @@ class SignLease:
 
     def close(self, down_to: int | None, timeout_s: float = 1.0) -> bool:
         """Write the lease down to `down_to` (the newest round time handed to the signer: nothing
-        after it was signed; None: leave the file as it is), wait `timeout_s` at most, let the
-        file go. False if a write is still stuck (left to the thread; the kernel frees the lock
-        with the process)."""
-        if down_to is not None and self._thread.is_alive():
-            self._jobs.put(down_to)
-        self._jobs.put(None)
+        after it was signed; None: none was, so the lease goes back to what `open` found, the
+        floor, or no entry for this key), wait `timeout_s` at most, let the file go. False if a
+        write is still stuck (left to the thread; the kernel frees the lock with the process).
+
+        Put back on None, not left a window ahead: a start refused after `open`, or stopped
+        before its first round, signed nothing, and the next start (the peer that really holds
+        the key, maybe) would otherwise wait that window out before signing."""
+        if self._thread.is_alive():
+            self._jobs.put(down_to if down_to is not None else self.floor)
+        self._jobs.put(_STOP)
         if self._thread.is_alive():
             self._thread.join(timeout_s)
             if self._thread.is_alive():
@@ -223,13 +245,15 @@ class SignLease:
         return True
 
     def _work(self) -> None:
-        while (target := self._jobs.get()) is not None:
+        while not isinstance(target := self._jobs.get(), _Stop):
             self._write(target)
             self._writing = False
 
-    def _write(self, target: int) -> None:
-        """Write `target` as this key's lease; `granted` follows once it is on disk."""
-        body = _encode(_File(FORMAT, _VERSION, {**self._others, self.address: target}))
+    def _write(self, target: int | None) -> None:
+        """Write `target` as this key's lease (None: no entry for it); `granted` follows once it
+        is on disk."""
+        mine = {} if target is None else {self.address: target}
+        body = _encode(_File(FORMAT, _VERSION, {**self._others, **mine}))
         error = replace_durably(self.path, body)
         if error is None:
             self.stats.writes += 1
@@ -246,6 +270,16 @@ class SignLease:
             )
 
 
+def require_sign_lease(path: str | None, address: str) -> None:
+    """What `open_sign_lease` would refuse that shows without taking the file (no file named,
+    one that is not a lease, its directory missing), for the daemon's construction: the lease
+    itself is taken at the end of the start, so that a start refused before that moves nothing,
+    but a bad file is still refused before anything starts (ConfigError, exit code 2)."""
+    if path is None:
+        raise ConfigError([LEASE_FILE_REQUIRED])
+    check_sign_lease(path, address)
+
+
 def check_sign_lease(path: str | None, address: str) -> None:
     """What `open_sign_lease` refuses at start-up (ConfigError: the file unreadable as a lease,
     its directory missing), read only, for `oracled check-config --as-daemon`: it runs before the
@@ -259,7 +293,7 @@ def check_sign_lease(path: str | None, address: str) -> None:
 def open_sign_lease(
     path: str | None, address: str, window_ms: int, now_ms: int, interval_ms: int
 ) -> SignLease:
-    """The lease of `address` in the file `path` (`signing.lease_file`), opened at start-up. A
+    """The lease of `address` in the file `path` (`signing.lease_file`), taken at start-up. A
     signer never runs without one: a config loaded with signing on names it, and one built
     without validation (no file named) is refused here, as at load.
 

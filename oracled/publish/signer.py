@@ -712,6 +712,13 @@ class SignerWorker:
         self._pending: asyncio.Future[SignedRound] | None = None
         self._log = structlog.get_logger("oracled").bind(component="signer")
 
+    def take_lease(self, lease: SignLease) -> None:
+        """Sign under `lease` from now on; its floor raises this one. The daemon takes the lease
+        at the end of its start, after this worker is made, and before the first round."""
+        self._lease = lease
+        if lease.floor is not None and (self.floor is None or lease.floor > self.floor):
+            self.floor = lease.floor
+
     def submit(self, result: RoundResult) -> None:
         lease = self._lease
         if lease is not None and lease.due(result.ts):
@@ -801,7 +808,8 @@ class SignerWorker:
 
     def close(self, lease_timeout_s: float = 1.0) -> bool:
         """Stop signing; with a lease, write it down to the newest round time handed to the
-        signer (nothing after it was signed), so that a clean restart need not wait it out.
+        signer (nothing after it was signed; none handed: back to what the start found), so
+        that a clean restart need not wait it out.
         False if that write did not finish within `lease_timeout_s` (the lease on disk stays
         where it was, higher: safe, and a restart waits it out)."""
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -188,9 +188,9 @@ async def test_rounds_further_apart_than_the_window_are_signed(tmp_path: Path) -
     worker.close()
 
 
-def test_the_service_gives_the_lease_its_round_interval(tmp_path: Path) -> None:
-    """The daemon opens the lease with its round interval, so a window shorter than two of them
-    is raised there too (rounds every 800 ms, a 1 s window: 1.6 s)."""
+async def test_the_service_gives_the_lease_its_round_interval(tmp_path: Path) -> None:
+    """The daemon takes the lease with its round interval (at the end of its start), so a window
+    shorter than two of them is raised there too (rounds every 800 ms, a 1 s window: 1.6 s)."""
     key_file = tmp_path / "signing.key"
     key_file.write_text(KEY.hex() + "\n")
     key_file.chmod(0o600)
@@ -208,11 +208,16 @@ def test_the_service_gives_the_lease_its_round_interval(tmp_path: Path) -> None:
         },
     )
     service = Service(cfg)
-    worker = service._signer_worker
-    assert worker is not None and worker._lease is not None
-    assert worker._lease.window_ms == 1_600
-    worker.close()
-    assert service.audit is not None and service.audit.close(5)
+    task = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(10):
+            await service.started.wait()
+        worker = service._signer_worker
+        assert worker is not None and worker._lease is not None
+        assert worker._lease.window_ms == 1_600
+    finally:
+        service.stop()
+        await task
 
 
 def test_a_lease_entry_spelled_otherwise_is_still_the_keys_floor(tmp_path: Path) -> None:
