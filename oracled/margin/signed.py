@@ -38,7 +38,7 @@ from oracled.client import MarketView, OracleClient, Rejection
 from oracled.client_stream import Request, Subscriptions
 from oracled.margin.config import SignedFeed
 from oracled.margin.engine import MarginEngine
-from oracled.margin.prices import PriceView, SignerRef
+from oracled.margin.prices import PriceView, SignerRef, _num
 from oracled.margin.service import MarginService, _wall_ms
 from oracled.publish.signer import SIGNED_FORMAT
 
@@ -53,7 +53,11 @@ STALLED_QUORUM = "stalled"
 
 
 def view_of(market: MarketView) -> PriceView:
-    """The engine's view of a verified quorum view (`active`, `degraded` or `paused`)."""
+    """The engine's view of a verified quorum view (`active`, `degraded` or `paused`).
+
+    ValueError, as `PriceView.from_wire`, for a price or mark that is no positive finite
+    number: a signature proves who said it, not that it is a price (a market quoting below its
+    exponent's resolution is signed `active` at 0)."""
     live = [r for r in market.reports if r.signer in market.signers]
     at_ts = [r.round for r in live if r.ts == market.ts]
     mark_text = None if market.mark is None else str(market.mark)
@@ -80,12 +84,12 @@ def view_of(market: MarketView) -> PriceView:
         round=max(at_ts, default=0),
         status=market.status,
         reasons=(),  # not signed
-        price=None if market.price is None else float(market.price),
+        price=_num(price_text),
         price_text=price_text,
         last_good=None,  # not signed: the engine's own last usable view is the last good one
         last_good_text=None,
         last_good_ts=None,
-        mark=None if market.mark is None else float(market.mark),
+        mark=_num(mark_text),
         mark_text=mark_text,
         signature=None,
         mark_mode=mode,
@@ -239,7 +243,11 @@ class SignedMarginService(MarginService):
             if quorum.status == "unknown":
                 self._freeze(market, quorum, now)
                 continue
-            view = view_of(quorum)
+            try:
+                view = view_of(quorum)
+            except ValueError as exc:  # the market keeps its last view, which ages
+                self._bad_report(market, str(exc))
+                continue
             fed = self._fed.get(market)
             newer = fed is None or (view.ts, view.round) > (fed.ts, fed.round)
             # The same round time, another quorum: a replica's report came, or a stalled one's

@@ -419,6 +419,34 @@ async def test_a_signed_decision_names_the_signers_and_rounds_its_price_rests_on
     assert float(driver["price"]) == pytest.approx(sum(marks) / 2, rel=1e-9)
 
 
+async def test_a_signed_price_of_zero_is_skipped_as_a_bad_report_and_never_liquidated_on(
+    serve: Servers,
+) -> None:
+    """A market quoting below its exponent's resolution (0.001 at two places): the daemon
+    publishes and signs it `active` at 0, mark 0 too. The unsigned reader skips such a report
+    (`bad_report`); the signed one handed the verified 0 to the engine, which valued a long at
+    0 and liquidated it. A quorum view whose price or mark is no positive finite number is now
+    skipped alike: logged once as `bad_report`, the market keeps its last view (none here:
+    `no_report`), and nobody is liquidated."""
+    rig = SignedRig(KEYS[0])
+    report = rig.step({"BTC/USD": 0.001, "ETH/USD": 3_100.0}).report(0)
+    assert (report.status, report.price) == ("active", "0.00")  # the daemon's own output
+    eng = accounts({}, signed_section([rig]), TIGHT)
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    url = await serve.api(rig)
+    service = SignedMarginService(eng, [url], out, eng.spec.signed, clock=rig.clock.now_ms)
+    with capture_logs() as logs:
+        await serve.run(service)
+        await until(lambda: "ETH/USD" in eng.book.latest)  # the round is complete
+    assert service.client.price("BTC/USD").price == 0  # verified: the signature is good
+    btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
+    assert isinstance(btc, Frozen) and btc.reason == "no_report"
+    assert b"liquidation" not in out.getvalue() and eng.state("tight") == "healthy"
+    told = [e for e in logs if e["event"] == "bad_report"]
+    assert [(e["market"], e["error"]) for e in told] == [("BTC/USD", "not a price: '0.00'")]
+
+
 async def test_a_decision_on_the_last_good_price_names_the_signers_of_that_price(
     serve: Servers,
 ) -> None:
