@@ -163,6 +163,10 @@ class _TapeRecorder:
         self._pending: concurrent.futures.Future[None] | None = None
         self.error: str | None = None  # what stopped the recording
         self._told = False
+        self._digest = config_sha256
+        #: Line 1 of a new tape, written before its first line of quotes: `number` adds the
+        #: daemon's first round to it (None: written, or a tape continued under its own).
+        self._header: bytes | None = None
         #: The line number of a torn last line `append` found and ended (a crash mid-write).
         self.torn_line: int | None = None
         header = header_line(config_sha256)
@@ -173,7 +177,8 @@ class _TapeRecorder:
         if stat.S_ISDIR(mode):  # said before the start, not at the first write
             raise TapeError(f"{path} is a directory: --out names the tape file")
         if not stat.S_ISREG(mode):  # a FIFO (`--out >(gzip > t.gz)`), /dev/stdout: the open
-            self._open_later(header)  # waits for a reader, which must not hold a stop
+            self._header = header
+            self._open_later()  # waits for a reader, which must not hold a stop
             return
         try:
             self._lock_fd = lock_beside(path)
@@ -192,7 +197,7 @@ class _TapeRecorder:
             self._file = self._continue(config_sha256)
         else:
             self._file = path.open("wb")
-            self._file.write(header)
+            self._header = header
 
     def _continue(self, config_sha256: str | None) -> IO[bytes]:
         """Open an existing tape for appending: its header must be one this build writes, with
@@ -221,7 +226,15 @@ class _TapeRecorder:
             self.torn_line = lines
         return file
 
-    def _open_later(self, header: bytes) -> None:
+    def number(self, round_no: int, ts: int) -> None:
+        """Name the daemon's first round (its number and time) in the header of a new tape, so
+        that a replay numbers its rounds as the daemon did (`first_round`, `first_round_ts`):
+        its first rounds often run before any venue answered, and a tape has no line for them.
+        Called at the first round, before any flush; a continued tape keeps its header."""
+        if self._header is not None:
+            self._header = header_line(self._digest, round_no, ts)
+
+    def _open_later(self) -> None:
         """Open a path that is no regular file in a thread of its own, as the first write: the
         flushes wait for it like for any write, and a stop while nobody reads a FIFO ends the
         recording (`close`) instead of hanging the process before its loop ran."""
@@ -230,9 +243,7 @@ class _TapeRecorder:
         def open_() -> None:
             with self._lock:
                 try:
-                    file = self._open_for_a_reader()
-                    file.write(header)
-                    self._file = file
+                    self._file = self._open_for_a_reader()
                 except OSError as exc:
                     self.error = str(exc)
             done.set_result(None)
@@ -305,10 +316,17 @@ class _TapeRecorder:
             if self.error is not None or self._file is None:
                 return
             try:
+                self._write_header(self._file)
                 self._file.writelines(lines)
                 self._file.flush()
             except OSError as exc:
                 self.error = str(exc)
+
+    def _write_header(self, file: IO[bytes]) -> None:
+        """Line 1 before the first lines of quotes (with the first round once it has run)."""
+        if self._header is not None:
+            header, self._header = self._header, None
+            file.write(header)
 
     def close(self) -> str | None:
         """Write what is left after any batch in flight, then close; return what stopped the
@@ -322,6 +340,7 @@ class _TapeRecorder:
         file, lines, self._buffer = self._file, self._buffer, []
         try:
             if file is not None:
+                self._write_header(file)  # a tape stopped short still says what it is
                 if self.error is None:
                     file.writelines(lines)
                 file.close()
@@ -806,6 +825,8 @@ class Service:
             self.metrics.round_lag.observe(max(0, self.clock.now_ms() - tick) / 1000.0)
             started = time.perf_counter()
             result = self.core.run_round(tick)
+            if self._recorder is not None and not self.rounds_published:
+                self._recorder.number(result.round, result.ts)
             self.rounds_published += 1
             last = tick
             self.metrics.round_duration.observe(time.perf_counter() - started)
