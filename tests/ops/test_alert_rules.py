@@ -42,6 +42,7 @@ REQUIRED = {
     "rounds dropped from the audit trail without a write error": "OracledAuditRoundsDropped",
     "consumers refused over the API's connection cap": "OracledApiConnectionLimit",
     "on-chain chain not read (its sources stay up)": "OracledChainNotRead",
+    "every RPC URL of a chain held back by its provider's rate limit": "OracledChainRateLimited",
     "L2 sequencer down: every feed of the chain excluded in silence": "OracledSequencerDown",
     "Uniswap spot held away from its TWAP (the TWAP still votes)": "OracledUniswapSpotGap",
     "open file descriptors near the process limit": "OracledFileDescriptorsNearLimit",
