@@ -44,14 +44,39 @@ _log = structlog.get_logger(component="margin")
 
 class _Frame(msgspec.Struct, forbid_unknown_fields=False):
     type: str
-    # `report`: one report; `reports` (the `batch` subscription): a round's, in market order
-    data: WireReport | list[WireReport] | None = None
+    # `report`: one report; `reports` (the `batch` subscription): a round's, in market order.
+    # Read report by report: one that cannot be read costs its own market the round, not all.
+    data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)  # empty when absent
     markets: list[str] | None = None
     code: str | None = None
     message: str | None = None
 
 
+class _Named(msgspec.Struct, forbid_unknown_fields=False):
+    """Just the market of a report that cannot be read otherwise, to say whose it was."""
+
+    market: str
+
+
 _frames = msgspec.json.Decoder(_Frame)
+_batch = msgspec.json.Decoder(list[msgspec.Raw])
+_report = msgspec.json.Decoder(WireReport)
+_named = msgspec.json.Decoder(_Named)
+
+
+def _items(data: msgspec.Raw) -> list[msgspec.Raw]:
+    """The reports of a frame's `data`: a batch's list, or the one report."""
+    try:
+        return _batch.decode(data)
+    except msgspec.DecodeError:  # not a list: one report (the frame as a whole is valid JSON)
+        return [data]
+
+
+def _market_of(raw: msgspec.Raw) -> str | None:
+    try:
+        return _named.decode(raw).market
+    except msgspec.DecodeError:
+        return None
 
 
 def _wall_ms() -> int:
@@ -118,10 +143,15 @@ class MarginService:
         frame = self._decode(raw)
         if frame is None:
             return ()
-        if frame.type in ("report", "reports") and frame.data is not None:
+        if frame.type in ("report", "reports") and bytes(frame.data) not in (b"", b"null"):
             # Decided once the round's reports are all in: a hedge across two markets is not
             # judged on one market's new price against the other's of the round before.
-            for report in frame.data if isinstance(frame.data, list) else (frame.data,):
+            for raw in _items(frame.data):
+                try:
+                    report = _report.decode(raw)
+                except msgspec.DecodeError as exc:  # the market keeps its last report
+                    self._bad_report(_market_of(raw), str(exc)[:200])
+                    continue
                 try:
                     view = PriceView.from_wire(report)
                 except ValueError as exc:  # the market keeps its last report, which ages
@@ -154,8 +184,9 @@ class MarginService:
         """`url`'s daemon refused or removed `market`: freeze it with the daemon's code."""
         self.engine.book.mark_unavailable(market, code)
 
-    def _bad_report(self, market: str, error: str) -> None:
-        """A report with a price that is none: logged at most once a minute per market."""
+    def _bad_report(self, market: str | None, error: str) -> None:
+        """A report that cannot be read, or with a price that is none: logged at most once a
+        minute per market."""
         key = market if market in self.engine.markets else None  # bounded, whatever is sent
         count = self._bad_reports.due(key, time.monotonic())
         if count is not None:

@@ -515,3 +515,55 @@ async def test_a_report_whose_price_is_none_is_skipped_and_the_service_runs_on()
     assert [(e["market"], e["error"], e["reports"]) for e in told] == [
         ("BTC/USD", "not a price: 'abc'", 1)
     ]
+
+
+async def test_a_report_that_cannot_be_read_costs_only_its_own_market_the_round() -> None:
+    """A `reports` frame in which one market's report cannot be read as one (no `status`, a
+    `ts` that is no integer: a broken proxy, a forged frame) was dropped whole as `bad_frame`:
+    every market lost the round, and a single bad market left all its accounts on prices
+    ageing toward a freeze. That report is now skipped as `bad_report`, as one with a price
+    that is none: the round's other reports are taken, and the market keeps its last one."""
+
+    def frame(rnd: int, btc: dict[str, Any]) -> str:
+        sol = {"market": "SOL/USD", "ts": T0 + rnd, "round": rnd, "status": "active"}
+        sol["price"] = f"{150 + rnd}.0"
+        return msgspec.json.encode({"type": "reports", "round": rnd, "data": [btc, sol]}).decode()
+
+    good = {"market": "BTC/USD", "ts": T0 + 1, "round": 1, "status": "active", "price": "64000.5"}
+    broken = [
+        {"market": "BTC/USD", "ts": T0 + 2, "round": 2, "price": "1.0"},  # no status
+        {"market": "BTC/USD", "ts": "soon", "round": 3, "status": "active", "price": "1.0"},
+        ["BTC/USD"],  # no report at all
+    ]
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json()
+        await ws.send_str('{"type":"subscribed","markets":["BTC/USD","SOL/USD"],"batch":true}')
+        await ws.send_str(frame(1, good))
+        for rnd, btc in enumerate(broken, start=2):
+            await ws.send_str(frame(rnd, btc))  # type: ignore[arg-type]
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    eng = engine({"BTC": "BTC/USD", "SOL": "SOL/USD"})
+    with capture_logs() as logs:
+        async with DaemonServer(app, host="127.0.0.1") as server:
+            url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
+            service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: T0 + 9)
+            task = asyncio.create_task(service.run())
+            try:
+                await until(lambda: service.reports == 2 + len(broken))
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    assert {m: v.round for m, v in eng.book.latest.items()} == {"BTC/USD": 1, "SOL/USD": 4}
+    sol = eng.prices(T0 + 9)["SOL/USD"]
+    assert isinstance(sol, Resolved) and sol.value == 154.0
+    assert not [e for e in logs if e["event"] == "bad_frame"]
+    told = [(e["market"], e["reports"]) for e in logs if e["event"] == "bad_report"]
+    assert told == [("BTC/USD", 1), (None, 1)]  # the third, no report: no market to name
