@@ -64,7 +64,8 @@ publish on the bus can send one, after every round. So a notice is taken only wh
 plausible by the client's own clock: the signer's newest round is older than
 `stall_notice_min_age_ms` and than twice the gap between its last two rounds, as it is when a
 daemon sends one (past its stall limit: 3 round intervals, 5 s at least). A forged notice can
-then hide only a daemon whose rounds are already late, until its next round.
+then hide only a daemon whose rounds are already late, until its next round. Notices taken
+count in `stream_errors["stalled"]`, the others in `stream_errors["stalled_refused"]`.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ from oracled.publish.signer import (
 
 __all__ = [
     "REASONS",
+    "STALLED_REFUSED",
     "STALL_NOTICE_MIN_AGE_MS",
     "Equivocation",
     "MarketView",
@@ -132,6 +134,8 @@ _ROUNDS_PER_SIGNER = 256
 #: daemon sends one past its stall limit (5 s at least), less the clock skew `max_future_ms`
 #: allows by default.
 STALL_NOTICE_MIN_AGE_MS = 3_000
+#: `stream_errors` label of the NATS stall notices refused (taken ones count as `stalled`).
+STALLED_REFUSED = "stalled_refused"
 
 _log = structlog.get_logger("oracled.client")
 
@@ -626,7 +630,9 @@ class OracleClient:
         identity = self.identity_of[signer]
         newest = self._newest.get(identity)
         if newest is None or sp.ts > newest:
-            if newest is not None:
+            # The gap that ends a stall told is the stall, not the daemon's pace: taken as the
+            # gap, it held off the notice of a second stall (sent once) until twice the first.
+            if newest is not None and identity not in self._stalled:
                 self._gap[identity] = sp.ts - newest
             self._newest[identity] = sp.ts
         stall = self._stalled.get(identity)
@@ -862,25 +868,28 @@ class OracleClient:
         return ()
 
     def _nats_stalled(self, data: bytes, subject: str, log: Any) -> None:
-        """A daemon's stall notice on the bus: `note_stalled` for the signer it names, unless
-        that signer has sent a newer round since (a notice replayed from JetStream, or late).
+        """A daemon's stall notice on the bus: `note_stalled` for the signer it names, counted
+        in `stream_errors` as `stalled` when taken, `stalled_refused` otherwise."""
+        taken = self._nats_notice(data, subject, log)
+        self.stream_errors[STALLED if taken else STALLED_REFUSED] += 1
 
-        A notice is not signed, so it is taken only for a signer the client holds reports of,
-        only while that signer's newest round is as old as a daemon's notice can be (older than
-        `stall_notice_min_age_ms` and than twice its last gap between rounds, by the client's
-        clock), and only until that signer's next round: a forged one sent after each round
-        hides nothing, and one sent later hides a daemon whose rounds are late anyway until its
-        next. A notice naming no allowed signer of this deployment (signing off, another daemon
-        on the bus) is logged only. Each kind of notice left out is logged at most once per
-        `log_every_ms` (anyone on the bus can send many)."""
+    def _nats_notice(self, data: bytes, subject: str, log: Any) -> bool:
+        """Take a stall notice (True) or refuse it. A notice is not signed, so it is taken only
+        for a signer the client holds reports of, not after a newer round came from that signer
+        (a notice replayed from JetStream, or late), and only while its newest round is as old
+        as a daemon's notice can be (older than `stall_notice_min_age_ms` and than twice its
+        last gap between rounds, by the client's clock), until that signer's next round: a
+        forged one sent after each round hides nothing, and one sent later hides a daemon whose
+        rounds are late anyway until its next. A notice naming no allowed signer of this
+        deployment (signing off, another daemon on the bus) is logged only. Each kind of notice
+        refused is logged at most once per `log_every_ms` (anyone on the bus can send many)."""
         try:
             notice = msgspec.json.decode(data, type=_NatsStall)
         except msgspec.DecodeError:  # ValidationError included
             self._warn_every("nats malformed", log, "client nats notice malformed", subject=subject)
-            return
+            return False
         if notice.code != STALLED:
-            return
-        self.stream_errors[STALLED] += 1
+            return False
         address = None
         with contextlib.suppress(ValueError, TypeError):
             address = to_checksum_address(notice.signer or "")
@@ -893,7 +902,7 @@ class OracleClient:
                 signer=notice.signer,
                 message=notice.message[:200],
             )
-            return
+            return False
         newest = self._newest.get(identity)
         if newest is None:  # nothing held from it: nothing to leave out
             self._warn_every(
@@ -903,9 +912,9 @@ class OracleClient:
                 signer=address,
                 message=notice.message[:200],
             )
-            return
+            return False
         if notice.ts < newest:
-            return  # a newer round came from it since: the stall is over
+            return False  # a newer round came from it since: the stall is over
         age = self._now_ms() - newest
         least = max(self.stall_notice_min_age_ms, 2 * self._gap.get(identity, 0))
         if age < least:  # no daemon says so this soon after a round: forged, or clocks apart
@@ -918,8 +927,9 @@ class OracleClient:
                 least_ms=least,
                 message=notice.message[:200],
             )
-            return
+            return False
         self.note_stalled(address, notice.message, subject)
+        return True
 
     async def watch_nats(
         self,

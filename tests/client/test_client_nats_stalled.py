@@ -25,7 +25,7 @@ from publish_rig import NatsServer
 from structlog.testing import capture_logs
 
 from oracled.api import ApiContext, build_app
-from oracled.client import STALL_NOTICE_MIN_AGE_MS, OracleClient
+from oracled.client import STALL_NOTICE_MIN_AGE_MS, STALLED_REFUSED, OracleClient
 from oracled.config import NatsConfig
 from oracled.core import RoundResult
 from oracled.publish.nats import NatsSink, StallNotice, stalled_subject
@@ -128,6 +128,11 @@ async def until(done: Callable[[], bool], what: str) -> None:
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
+def read(client: OracleClient) -> int:
+    """Every notice the client has read: taken (`stalled`) or refused (`stalled_refused`)."""
+    return client.stream_errors["stalled"] + client.stream_errors[STALLED_REFUSED]
+
+
 def priced_at(client: OracleClient, ts: int) -> Callable[[], bool]:
     view = client.price
     return lambda: view("BTC/USD").price is not None and view("BTC/USD").ts == ts
@@ -140,7 +145,10 @@ async def test_a_stall_reaches_nats_once_per_stalled_round_and_the_client_takes_
     the stream frame's words, however long the stall lasts, and a client fed only by NATS
     leaves the daemon's reports out (`unknown`, the `Stall` named with the subject) until the
     next round, which prices the market again; a second stall is a second notice. Before, the
-    bus stayed silent and the client priced BTC/USD from the stalled round for 59 s more."""
+    bus stayed silent and the client priced BTC/USD from the stalled round for 59 s more. The
+    second is taken too: before, the gap that ended the first stall (1 s) counted as the
+    daemon's pace, the second notice (0.75 s after its round) was refused as sooner than twice
+    that, and `stream_errors` counted it as `stalled` all the same."""
     async with sink_running(server.url) as sink, notices(server.url) as told:
         daemon = BusDaemon(sink)
         client = OracleClient(
@@ -173,7 +181,9 @@ async def test_a_stall_reaches_nats_once_per_stalled_round_and_the_client_takes_
             await until(priced_at(client, second.ts), "priced again by the next round")
             assert not client.stalled
             daemon.stall()
-            await until(lambda: told[-1]["ts"] == second.ts, "the second stall's notice")
+            await until(lambda: bool(client.stalled), "the second stall taken from NATS")
+            assert [s.ts for s in client.stalled.values()] == [second.ts]
+            assert told[-1]["ts"] == second.ts
     assert [(n["ts"], n["round"], n["signer"], n["deployment"]) for n in told] == [
         (signed.ts, signed.round, KEY.address, "test") for signed in (first, second)
     ]
@@ -193,7 +203,8 @@ async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:
     signing off, of another deployment or another key changes nothing (the unattributable
     ones are logged, the first of them: one line per `log_every_ms`), and a malformed one is
     logged; the real one after them, sent when the round is as old as a daemon's notice can be,
-    is taken with its own words."""
+    is taken with its own words. Each one read is counted, the real one as `stalled` and the
+    others as `stalled_refused`."""
     signer = RoundSigner(KEY, "test")
     rounds = api_rig.Rig(api_rig.make_config())
     older, newer = signer.sign(rounds.step()), signer.sign(rounds.step())
@@ -220,9 +231,10 @@ async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:
     publisher = await nats.connect(server.url, allow_reconnect=False)
     async with watching(client, server.url):
         async with asyncio.timeout(SAFETY_S):
-            while not client.stream_errors["stalled"]:  # until the subscription is in
+            while not read(client):  # until the subscription is in
                 await publisher.publish(SUBJECT, sent[0])  # one that is silently left out
                 await asyncio.sleep(0.05)
+        refused = client.stream_errors[STALLED_REFUSED]
         with capture_logs() as logs:
             for payload in sent:
                 await publisher.publish(SUBJECT, payload)
@@ -230,6 +242,8 @@ async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:
     await publisher.close()
     (stall,) = client.stalled.values()
     assert (stall.message, stall.ts) == ("the real one", newer.ts)
+    assert client.stream_errors["stalled"] == 1
+    assert client.stream_errors[STALLED_REFUSED] == refused + len(sent) - 1
     events = [(e["event"], e.get("signer")) for e in logs if e["event"].startswith("client nats")]
     assert events == [("client nats stalled", None), ("client nats notice malformed", None)]
 
@@ -243,9 +257,9 @@ def _forged(signed: SignedRound, message: str = "forged") -> bytes:
 
 async def _read(client: OracleClient, publisher: Any, payload: bytes) -> None:
     """Publish one notice and wait until the client has read it (it counts every notice)."""
-    errors = client.stream_errors["stalled"]
+    before = read(client)
     await publisher.publish(SUBJECT, payload)
-    await until(lambda: client.stream_errors["stalled"] > errors, "the notice read")
+    await until(lambda: read(client) > before, "the notice read")
 
 
 @pytest.mark.parametrize(
@@ -276,7 +290,7 @@ async def test_a_notice_forged_after_each_round_hides_nothing(
     publisher = await nats.connect(server.url, allow_reconnect=False)
     async with watching(client, server.url):
         async with asyncio.timeout(SAFETY_S):  # until the subscription is in
-            while not client.stream_errors["stalled"]:
+            while not read(client):
                 await publisher.publish(SUBJECT, b'{"code": "stalled", "ts": 0}')
                 await asyncio.sleep(0.05)
         with capture_logs() as logs:
@@ -305,7 +319,9 @@ async def test_a_flood_of_notices_logs_a_line_per_kind_per_period(server: NatsSe
     """Anyone on the bus can send notices: malformed ones, ones naming a signer the client does
     not allow, one it has heard nothing from yet. Each was a warning line, so a flood of them
     was a flood of log lines; now each kind is logged at most once every `log_every_ms`, the
-    next line saying how many were held back (`suppressed`), as for refused prices."""
+    next line saying how many were held back (`suppressed`), as for refused prices. Every one
+    is counted as refused (`stalled_refused`), the malformed ones too; none as `stalled`: before,
+    the refused ones counted as `stalled`, like a stall taken, and the malformed ones not at all."""
     signer = RoundSigner(KEY, "test")
     rounds = api_rig.Rig(api_rig.make_config())
     client = OracleClient(
@@ -319,23 +335,20 @@ async def test_a_flood_of_notices_logs_a_line_per_kind_per_period(server: NatsSe
     publisher = await nats.connect(server.url, allow_reconnect=False)
     async with watching(client, server.url):
         async with asyncio.timeout(SAFETY_S):  # until the subscription is in
-            while not client.stream_errors["stalled"]:
+            while not read(client):
                 await publisher.publish(SUBJECT, b'{"code": "stalled", "ts": 0}')
                 await asyncio.sleep(0.05)
-        errors = client.stream_errors["stalled"]
+        errors = read(client)
         rounds.clock.advance(client.log_every_ms)  # the warm-up's line is a period ago
         with capture_logs() as logs:
             for _ in range(50):
                 for payload in kinds:
                     await publisher.publish(SUBJECT, payload)
-            await until(lambda: client.stream_errors["stalled"] == errors + 100, "all read")
-            await publisher.flush()
-            await asyncio.sleep(0.2)  # the malformed ones, which are not counted, are read too
+            await until(lambda: read(client) == errors + 150, "all read")
             rounds.clock.advance(client.log_every_ms)
             for payload in kinds:
                 await publisher.publish(SUBJECT, payload)
-            await until(lambda: client.stream_errors["stalled"] == errors + 102, "all read")
-            await asyncio.sleep(0.2)
+            await until(lambda: read(client) == errors + 153, "all read")
     await publisher.close()
     lines = [(e["event"], e.get("signer"), e["suppressed"]) for e in logs]
     kinds_logged = [
@@ -346,6 +359,7 @@ async def test_a_flood_of_notices_logs_a_line_per_kind_per_period(server: NatsSe
     assert [line[:2] for line in lines] == kinds_logged * 2  # a line per kind per period
     assert [line[2] for line in lines[3:]] == [49, 49, 49]  # then the number held back
     assert not client.stalled
+    assert client.stream_errors["stalled"] == 0  # every one refused
 
 
 async def _stalled_in(js: Any, stream: str) -> list[dict[str, Any]]:
