@@ -106,12 +106,15 @@ class MarginService:
         self.retry_s = retry_s
         self.reports = 0
         self.decisions = 0
+        #: Frames that could not be read (no JSON, no frame), dropped: logged once a minute.
+        self.bad_frames = 0
         self.connected = asyncio.Event()
         #: The daemons read, one connection each (signed mode may read several).
         self.urls: tuple[str, ...] = (url,)
         # No market, no request: an empty list would ask for every market.
         self._subs = Subscriptions(engine.markets)
         self._bad_reports = LogEveryMinute()
+        self._bad_frame_log = LogEveryMinute()
 
     @property
     def unavailable(self) -> Mapping[str, str]:
@@ -126,14 +129,14 @@ class MarginService:
             self.out.flush()
             self.decisions += len(decisions)
 
-    @staticmethod
-    def _decode(raw: str | bytes) -> _Frame | None:
-        """The frame, or None (logged) for one that cannot be read and answers no request."""
+    def _decode(self, raw: str | bytes) -> _Frame | None:
+        """The frame, or None (counted, logged) for one that cannot be read and answers no
+        request."""
         try:
             return _frames.decode(raw)
         except msgspec.DecodeError as exc:
             if raw[:15] not in ('{"type":"error"', b'{"type":"error"'):
-                _log.warning("bad_frame", error=str(exc)[:200])
+                self._bad_frame(str(exc)[:200])
                 return None
             # An error frame answers a request even when it cannot be read: keep the order.
             return _Frame("error", code="malformed", message=str(exc)[:200])
@@ -191,6 +194,14 @@ class MarginService:
         count = self._bad_reports.due(key, time.monotonic())
         if count is not None:
             _log.warning("bad_report", market=market, error=error, reports=count)
+
+    def _bad_frame(self, error: str) -> None:
+        """A frame that cannot be read: counted, and logged at most once a minute (`frames`:
+        how many since the last line), since a peer can send any number of them."""
+        self.bad_frames += 1
+        count = self._bad_frame_log.due(None, time.monotonic())
+        if count is not None:
+            _log.warning("bad_frame", error=error, frames=count)
 
     def _refused(self, frame: _Frame, url: str) -> tuple[Request, ...]:
         if frame.code == STALLED:  # answers no request; concerns every market

@@ -567,3 +567,42 @@ async def test_a_report_that_cannot_be_read_costs_only_its_own_market_the_round(
     assert not [e for e in logs if e["event"] == "bad_frame"]
     told = [(e["market"], e["reports"]) for e in logs if e["event"] == "bad_report"]
     assert told == [("BTC/USD", 1), (None, 1)]  # the third, no report: no market to name
+
+
+async def test_frames_that_cannot_be_read_are_logged_once_a_minute_not_each() -> None:
+    """A server that sends frames that are no JSON (a broken proxy, a hostile peer) had each
+    logged as its own `bad_frame` warning: as many lines as frames, a flood of the log at the
+    peer's will. The first is logged at once, the rest are counted into the next line a minute
+    later; the service reads on and prices the next good frame."""
+    junk = 50
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json()
+        await ws.send_str('{"type":"subscribed","markets":["BTC/USD"],"batch":true}')
+        for n in range(junk):
+            await ws.send_str(f"not json {n}")
+        report = {"market": "BTC/USD", "ts": T0, "round": 1, "status": "active", "price": "64000"}
+        await ws.send_str(msgspec.json.encode({"type": "reports", "data": [report]}).decode())
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    eng = engine({"BTC": "BTC/USD"})
+    with capture_logs() as logs:
+        async with DaemonServer(app, host="127.0.0.1") as server:
+            url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
+            service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: T0)
+            task = asyncio.create_task(service.run())
+            try:
+                await until(lambda: service.reports == 1)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    told = [e for e in logs if e["event"] == "bad_frame"]
+    assert len(told) == 1 and told[0]["frames"] == 1 and told[0]["log_level"] == "warning"
+    assert service.bad_frames == junk
+    assert isinstance(eng.prices(T0)["BTC/USD"], Resolved)
