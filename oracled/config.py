@@ -38,6 +38,7 @@ from oracled.errors import ConfigError
 __all__ = [
     "CHAIN_SOURCE_TYPES",
     "SOURCE_KINDS",
+    "WEIGHT_RANGE",
     "ApiConfig",
     "AuditConfig",
     "ChainConfig",
@@ -516,13 +517,31 @@ class SourceConfig(_Frozen):
         return value
 
 
+#: The range of a market source's `weight`. Weights are relative, so a ratio of 1e12 between two
+#: says all there is to say; beyond it the weighted median's cumulative weights overflow to inf
+#: (three of 1e308) or sink into subnormals (three of 5e-324 no longer split evenly), and the
+#: market gets no price, or a wrong one, from sources that agree.
+WEIGHT_RANGE = (1e-6, 1e6)
+
+
+def _check_weight(value: float) -> float:
+    low, high = WEIGHT_RANGE
+    if not low <= value <= high:
+        raise ValueError(
+            f"must be from {low:g} to {high:g} (weights are relative: outside this range a "
+            "market's sum of weights overflows, or vanishes below float precision, and the "
+            "weighted median is wrong)"
+        )
+    return value
+
+
 class MarketSource(_Frozen):
     """One source's contribution to a market: which pair it quotes and its weight."""
 
     source: Annotated[str, Field(pattern=_ID)]
     pair: Pair
     kind: Literal["spot", "perp"] = "spot"
-    weight: PosFloat = 1.0
+    weight: Annotated[PosFloat, AfterValidator(_check_weight)] = 1.0
     #: Oldest quote this source may give for this market; default: the market's max_age_ms, or,
     #: for on-chain feeds that update on a heartbeat, the feed's own limit (see docs/config.md).
     max_age_ms: Annotated[int, Field(ge=1, le=7 * 86_400_000)] | None = None

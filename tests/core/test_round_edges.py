@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from core_helpers import T0, config, market, quote
 
+from oracled.config import WEIGHT_RANGE
 from oracled.core import Core
 from oracled.model import Quote
 
@@ -161,3 +162,29 @@ def test_the_round_result_counts_the_sources_that_voted() -> None:
     result = core.run_round(T0)
     assert result.used.tolist() == [3]
     assert [s.used for s in result.report(0).sources] == [True, True, True, False]
+
+
+def test_the_extreme_weights_the_config_takes_still_give_the_textbook_median() -> None:
+    """Every weight at the top of the accepted range (64 sources of 1e6, as many as a market may
+    list) or at its bottom (1e-6) still splits evenly: the median of 49,000 to 51,000 spread
+    evenly is 50,000, all of them voting. Beyond the range the sums
+    overflowed or lost precision (three weights of 1e308 left the market without a price; three
+    of 5e-324 gave 50,500), which is why the config refuses them."""
+    low, high = WEIGHT_RANGE
+    ids = [f"s{k:02d}" for k in range(64)]
+    prices = [49_000.0 + 2_000.0 * k / 63 for k in range(64)]
+    for weight in (low, high):
+        btc = market(
+            "BTC/USD",
+            ids,
+            weights=dict.fromkeys(ids, weight),
+            min_sources=3,
+            max_deviation=0.25,
+            circuit_breaker=0.5,
+        )
+        core = Core(config([btc], resume_rounds=1))
+        for s, price in zip(ids, prices, strict=True):
+            assert core.ingest(quote(s, "BTC/USD", price, T0)) is None
+        report = core.run_round(T0).report(0)
+        assert all(s.used for s in report.sources), weight
+        assert (report.status, report.price) == ("active", "50000.00"), weight
