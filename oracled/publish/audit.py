@@ -391,6 +391,9 @@ class AuditTrail:
         self.carry_max = _CARRY_MAX
         self._dropped_recently: collections.deque[tuple[int, int]] = collections.deque(maxlen=8)
         self._dropping_signatures = False
+        #: quotes of rounds a failed write lost, for the next round written (the writer's own)
+        self._lost: list[Quote] = []
+        self._losing_quotes = False
         self._thread = threading.Thread(target=self._work, name="oracled-audit", daemon=True)
         self._log = structlog.get_logger("oracled").bind(component="audit")
 
@@ -599,11 +602,40 @@ class AuditTrail:
         dict_id, markets, priced, data = row
         return _Packer(dict_id, data, provisional=_provisional(markets, priced))
 
+    def _with_lost(self, items: list[object]) -> list[object]:
+        """`items` with the quotes of rounds lost to failed writes put before the first round's
+        own: a later price may rest on them, and the tape replays to it only with them."""
+        for k, item in enumerate(items):
+            if isinstance(item, _Item):
+                lost, self._lost = self._lost, []
+                return [*items[:k], _Item(item.result, lost + item.quotes), *items[k + 1 :]]
+        return items
+
+    def _keep_lost(self, items: list[object]) -> None:
+        """A write failed: its rounds are lost, their quotes kept for the next round written
+        (as a full queue's are), up to `carry_max`; past it they are dropped and counted."""
+        lost = self._lost + [q for item in items if isinstance(item, _Item) for q in item.quotes]
+        if len(lost) <= self.carry_max:
+            self._lost = lost
+            return
+        self._lost = []
+        self.stats.dropped_quotes += len(lost)
+        if not self._losing_quotes:
+            self._losing_quotes = True
+            self._log.error(
+                "audit trail not written: quotes of the rounds lost are dropped from the tape",
+                carry_max=self.carry_max,
+                quotes=len(lost),
+            )
+
     def _write(self, items: list[object], *, made_room: bool = False) -> None:
         rounds = sum(1 for item in items if isinstance(item, _Item))
+        if self._lost and not made_room:
+            items = self._with_lost(items)
         db = self._open()
         if db is None:
             self.stats.write_errors += rounds
+            self._keep_lost(items)
             return
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -635,9 +667,12 @@ class AuditTrail:
                 self._write(items, made_room=True)  # once: into the room made, or it failed
                 return
             self.stats.write_errors += rounds
+            self._keep_lost(items)
             self._failed(exc, "write")
             return
         self.stats.rounds += rounds
+        if rounds:
+            self._losing_quotes = False
         if not self.stats.ok:
             self.stats.ok, self.stats.last_error = True, None
             self._log.info("audit trail writing", path=str(self.path))
