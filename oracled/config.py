@@ -428,8 +428,9 @@ class ChainConfig(_Frozen):
     poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     cross_check: bool = False
-    #: A block older than this by our clock is not published (a node stuck or syncing).
-    max_block_age_s: Annotated[float, Field(gt=0)] = 300.0
+    #: A block older than this by our clock is not published (a node stuck or syncing). Bounded:
+    #: inf, or a number that is inf once in milliseconds, turned that check off.
+    max_block_age_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 300.0
     #: The chain's usual block interval: newHeads silent for three of them makes the reader
     #: poll (and subscribe again if the poll finds a block); unset, it waits max_block_age_s.
     block_time_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
@@ -492,7 +493,9 @@ class SourceConfig(_Frozen):
     liveness_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     rest_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    max_connection_age_s: Annotated[float, Field(gt=0)] = 23 * 3600.0
+    max_connection_age_s: Annotated[float, Field(gt=0, le=7 * 86_400, allow_inf_nan=False)] = (
+        23 * 3600.0
+    )
     #: On-chain types only: the `[chains.<id>]` to read from, the contract all feeds share
     #: (Pyth), and one feed spec per canonical pair.
     chain: Annotated[str, Field(pattern=_ID)] | None = None
