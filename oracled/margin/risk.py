@@ -9,7 +9,8 @@ instrument and asset specs, and the prices resolved for one decision time (docs/
     maintenance  = sum over instruments of margin(|net qty| x price), x (1 + buffer) on a last
                    good price; warning and reduce-only levels weigh each bracket by its multiples
     state        = healthy if equity >= warning level, warning if >= reduce-only level,
-                   reduce_only if >= maintenance, else liquidatable
+                   reduce_only if >= maintenance, else liquidatable (each bar less a
+                   billionth of it: float rounding never puts an account on it below it)
 """
 
 from __future__ import annotations
@@ -120,12 +121,22 @@ class Assessment:
     frozen: tuple[tuple[str, str], ...] = ()  # (market, reason)
 
 
+#: Equity and levels are sums of binary floats: an account that decimal arithmetic puts exactly
+#: on a level can come out just below it (0.01 x 10,007 is 100.07000000000001, not 100.07).
+#: Below a level means below it by more than this fraction of it: rounding, not money.
+ROUNDING = 1e-9
+
+
+def _at_least(equity: float, level: float) -> bool:
+    return equity >= level - ROUNDING * abs(level)
+
+
 def _state(equity: float, levels: Levels) -> str:
-    if equity >= levels.warning:
+    if _at_least(equity, levels.warning):
         return "healthy"
-    if equity >= levels.reduce_only:
+    if _at_least(equity, levels.reduce_only):
         return "warning"
-    if equity >= levels.maintenance:
+    if _at_least(equity, levels.maintenance):
         return "reduce_only"
     return "liquidatable"
 
@@ -244,7 +255,7 @@ def _strategy_breaches(
         )
         if limits.max_notional is not None and gross > limits.max_notional:
             out.append(f"strategy:{name}:notional")
-        if equity < maintenance:
+        if not _at_least(equity, maintenance):
             out.append(f"strategy:{name}:margin")
     return out
 

@@ -18,6 +18,7 @@ from oracled.margin import (
     tier_levels,
 )
 from oracled.margin.config import Tier
+from oracled.margin.decisions import Liquidation
 from oracled.margin.risk import Assessment, Levels, settle
 
 LONG: dict[str, Any] = {
@@ -252,3 +253,26 @@ def test_the_call_band_delays_only_a_better_state_and_never_touches_maintenance(
     assert got("reduce_only", 101, "liquidatable") == "reduce_only"
     assert got("reduce_only", 500, "warning", ("concentration:BTC-PERP",)) == "reduce_only"
     assert got("frozen", float("nan"), "warning") == "frozen"
+
+
+@pytest.mark.parametrize("price", [10_007, 10_010, 10_021, 60_005, 99_993])
+def test_an_account_exactly_on_maintenance_is_not_liquidated_and_a_cent_below_is(
+    price: int,
+) -> None:
+    """1 BTC long from P with P / 100 USD, at price P: equity P / 100 against 1 % maintenance,
+    P / 100 too, exactly on the level: `reduce_only`, and a step liquidates nothing. In binary
+    floats 0.01 x 10,007 is 100.07000000000001, above the equity's 100.07, so the account was
+    liquidated at that price, as at about one such price in seven. A cent less of collateral is
+    below the level and is liquidated."""
+    for cash, state in ((price / 100, "reduce_only"), (price / 100 - 0.01, "liquidatable")):
+        acct = {
+            "id": "edge",
+            "collateral": {"USD": float(f"{cash:.2f}")},
+            "positions": [{"instrument": "BTC-PERP", "qty": 1, "entry": price}],
+        }
+        engine = _engine([acct])
+        engine.on_report(view("BTC/USD", price))
+        a = assess_cross(engine.accounts["edge"], engine.spec, engine.prices(T0))
+        assert a.state == state, (price, cash, a.equity, a.levels.maintenance)
+        liquidated = [d for d in engine.step(T0) if isinstance(d, Liquidation)]
+        assert bool(liquidated) == (state == "liquidatable")
