@@ -59,13 +59,14 @@ that daemon (its identity: the signer last heard on that connection) as not curr
 report of a newer round arrives from it; views leave them out and name the `Stall` in
 `MarketView.stalled`, so a `max_age_ms` longer than the daemon's stall limit does not keep a
 stalled round's price as current. `watch_nats` does the same with the notice a daemon
-publishes on `<prefix>.stalled`, which names its signer. A notice is not signed: anyone who can
-publish on the bus can send one, after every round. So a notice is taken only when it is
-plausible by the client's own clock: the signer's newest round is older than
-`stall_notice_min_age_ms` and than twice the gap between its last two rounds, as it is when a
-daemon sends one (past its stall limit: 3 round intervals, 5 s at least). A forged notice can
-then hide only a daemon whose rounds are already late, until its next round. Notices taken
-count in `stream_errors["stalled"]`, the others in `stream_errors["stalled_refused"]`.
+publishes on `<prefix>.stalled`, which names its signer and is signed by it (`OracleStall`):
+anyone who can publish on the bus could otherwise send one after every round and hide the
+daemon. A notice is taken only with a signature by the signer it names, in the client's
+deployment, and only when it is plausible by the client's own clock too: the signer's newest
+round is older than `stall_notice_min_age_ms` and than twice the gap between its last two
+rounds, as it is when a daemon sends one (past its stall limit: 3 round intervals, 5 s at
+least). Notices taken count in `stream_errors["stalled"]`, the others in
+`stream_errors["stalled_refused"]`.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ from oracled.publish.signer import (
     recover_signer,
     root_from_proof,
     round_digest,
+    stall_digest,
 )
 
 __all__ = [
@@ -168,13 +170,16 @@ class _ErrorFrame(msgspec.Struct):
 
 
 class _NatsStall(msgspec.Struct):
-    """`<prefix>.stalled`: the stream's `stalled` frame plus the round it names and its signer."""
+    """`<prefix>.stalled`: the stream's `stalled` frame plus the round it names, its signer and
+    the signer's signature over them (absent from a daemon that does not sign)."""
 
     code: str
     ts: int
     message: str = ""
     signer: str | None = None
     deployment: str | None = None
+    round: int | None = None
+    signature: str | None = None
 
 
 class _AckFrame(msgspec.Struct):
@@ -874,15 +879,16 @@ class OracleClient:
         self.stream_errors[STALLED if taken else STALLED_REFUSED] += 1
 
     def _nats_notice(self, data: bytes, subject: str, log: Any) -> bool:
-        """Take a stall notice (True) or refuse it. A notice is not signed, so it is taken only
-        for a signer the client holds reports of, not after a newer round came from that signer
-        (a notice replayed from JetStream, or late), and only while its newest round is as old
-        as a daemon's notice can be (older than `stall_notice_min_age_ms` and than twice its
-        last gap between rounds, by the client's clock), until that signer's next round: a
-        forged one sent after each round hides nothing, and one sent later hides a daemon whose
-        rounds are late anyway until its next. A notice naming no allowed signer of this
-        deployment (signing off, another daemon on the bus) is logged only. Each kind of notice
-        refused is logged at most once per `log_every_ms` (anyone on the bus can send many)."""
+        """Take a stall notice (True) or refuse it. Anyone on the bus can publish one, so it is
+        taken only for a signer the client holds reports of, with that signer's signature over
+        it in the client's deployment, not after a newer round came from that signer (a notice
+        replayed from JetStream, or late), and only while its newest round is as old as a
+        daemon's notice can be (older than `stall_notice_min_age_ms` and than twice its last gap
+        between rounds, by the client's clock): a notice copied off the bus and sent again after
+        each round hides nothing. The signature is checked last, after the cheap checks, since a
+        flood costs a recovery per notice that reaches it. A notice naming no allowed signer of
+        this deployment (signing off, another daemon on the bus) is logged only. Each kind of
+        notice refused is logged at most once per `log_every_ms` (anyone can send many)."""
         try:
             notice = msgspec.json.decode(data, type=_NatsStall)
         except msgspec.DecodeError:  # ValidationError included
@@ -928,8 +934,33 @@ class OracleClient:
                 message=notice.message[:200],
             )
             return False
+        problem = self._notice_unverified(notice, address)
+        if problem is not None:
+            self._warn_every(
+                f"nats {problem}",
+                log,
+                "client nats notice not verified",
+                reason=problem,
+                signer=address,
+                message=notice.message[:200],
+            )
+            return False
         self.note_stalled(address, notice.message, subject)
         return True
+
+    def _notice_unverified(self, notice: _NatsStall, address: str) -> str | None:
+        """Why a notice naming `address` is not its signer's word, or None: `unsigned` (no
+        signature or round: a daemon that does not sign, or anyone), `bad_signature` (not one),
+        `forged` (made by another key, over other words, or for another deployment)."""
+        if notice.signature is None or notice.round is None:
+            return "unsigned"
+        try:
+            signature = _hex(notice.signature, 65, "signature")
+            digest = stall_digest(notice.ts, notice.round, notice.message, self.deployment)
+            signer = recover_signer(digest, signature)
+        except (Rejection, SignatureError, ValueError, OverflowError):
+            return "bad_signature"
+        return None if signer == address else "forged"
 
     async def watch_nats(
         self,
@@ -941,8 +972,8 @@ class OracleClient:
         max_outstanding_pings: int = 2,
     ) -> None:
         """Subscribe to `<prefix>.prices.<market>` subjects (all with `>`) and to the daemons'
-        stall notices (`<prefix>.stalled`: `note_stalled` for the signer each names, as
-        `watch_ws` does on a `stalled` frame); run until cancelled.
+        stall notices (`<prefix>.stalled`: `note_stalled` for the signer each names and signed,
+        as `watch_ws` does on a `stalled` frame); run until cancelled.
 
         Connection trouble (a server down, at start too) is one warning line per attempt; the
         NATS library retries by itself. A server that hangs with the connection open (a frozen

@@ -443,7 +443,7 @@ class Service:
         if self.signer is not None:  # a bad lease file refuses the start now (ConfigError); the
             # lease itself is taken at the end of the start (`_take_lease`)
             require_sign_lease(cfg.signing.lease_file, self.signer.address)
-        self.nats = NatsSink(cfg.nats) if cfg.nats.enabled else None
+        self.nats = NatsSink(cfg.nats, signer=self.signer) if cfg.nats.enabled else None
         # The audit trail and the on-chain pusher (docs/publishing.md), also start-up only.
         self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
         if self.audit is not None:  # the config in force, first in the trail (docs/publishing.md)

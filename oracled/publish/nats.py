@@ -8,7 +8,8 @@ Subjects, with the configured prefix (default `oracled`):
                               market symbols are upper-case letters and digits
     <prefix>.rounds           one message per round: the whole signed round (RoundMessage)
     <prefix>.stalled          once per stalled round: the stream's `stalled` frame with the
-                              round it names and who signed it (a StallNotice)
+                              round it names and who signed it (a StallNotice), signed by
+                              that key when signing is on
 
 With `jetstream = true` the sink creates a stream (default `ORACLED`) over `<prefix>.>` if none
 exists, so a consumer that starts late replays what it missed. Messages go out as core
@@ -22,7 +23,9 @@ goes out like a round, in order behind the rounds already queued. The watch tell
 stalled round, so the sink keeps the notice while the stall lasts (until the next round is
 submitted) and sends it again each time it connects again: one dropped while the server was
 unreachable is told once it is back, and one sent before is said again (a subscriber takes it
-twice as once). Never after the stall: a round submitted, even one dropped, ends it.
+twice as once). Never after the stall: a round submitted, even one dropped, ends it. With
+signing on, the notice is signed by the rounds' key (`RoundSigner.sign_stall`), so that a client
+that trusts the key can tell it from one anyone on the bus could write.
 
 The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
 sends when it can. While the server is unreachable rounds are counted as unpublished (reason
@@ -85,7 +88,7 @@ from nats.js.errors import BadRequestError
 
 from oracled.config import NatsConfig
 from oracled.publish.nats_auth import load_nats_auth
-from oracled.publish.signer import SignedRound
+from oracled.publish.signer import RoundSigner, SignedRound
 
 if TYPE_CHECKING:
     from oracled.core import RoundResult
@@ -172,7 +175,9 @@ class _UnsignedRound(msgspec.Struct):
 class StallNotice(msgspec.Struct):
     """`<prefix>.stalled`: the stream's `stalled` error frame (`type`, `code`, `message`), plus
     the round that is no current price (`ts`, `round`) and the key that signed the rounds
-    (`signer`, `deployment`; null when signing is off), since a bus carries many daemons."""
+    (`signer`, `deployment`; null when signing is off), since a bus carries many daemons; and
+    that key's signature over `OracleStall(ts, round, message)` (`signature`, 0x and 130 hex;
+    null when the sink has no signer), last, so that a reader of the keys before it reads on."""
 
     type: str
     code: str
@@ -181,6 +186,7 @@ class StallNotice(msgspec.Struct):
     round: int
     signer: str | None
     deployment: str | None
+    signature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +209,10 @@ class NatsSink:
         env: Mapping[str, str] | None = None,
         refusal_log_every_s: float = 60.0,
         jetstream_timeout_s: float = 5.0,
+        signer: RoundSigner | None = None,
     ) -> None:
         self.cfg = cfg
+        self._signer = signer  # signs the stall notices (the rounds come signed already)
         self._auth = load_nats_auth(cfg, env)  # ConfigError at start for an unusable secret
         self._restart_base_s = restart_base_s
         self._refusal_every_s = refusal_log_every_s
@@ -242,8 +250,13 @@ class NatsSink:
         """The round loop has stalled after `latest` (the API's stall watch says so once per
         stalled round, `message` in the stream frame's words): queue the notice like a round."""
         signer, deployment = self._signed_by
+        signature = None
+        if self._signer is not None:
+            signer, deployment = self._signer.address, self._signer.deployment
+            raw = self._signer.sign_stall(latest.ts, latest.round, message)
+            signature = "0x" + raw.hex()
         notice = StallNotice(
-            "error", "stalled", message, latest.ts, latest.round, signer, deployment
+            "error", "stalled", message, latest.ts, latest.round, signer, deployment, signature
         )
         self._stall = _Notice(_ENCODER.encode(notice))
         self._enqueue(self._stall)

@@ -3,9 +3,10 @@
 
 The daemon is the API tests' rig (a real core, hub and app on loopback, its round loop "stalled"
 by moving the rig's clock past the limit without a round), signing every round and handing it
-to a real NATS sink on a real nats-server; the app's stall watch, the one that sends the
-streams' frame, hands the sink the notice. The client trusts reports for 60 s, far longer than
-the daemon's limit, so only the notice can tell it that the round is no current price.
+to a real NATS sink on a real nats-server, which signs the notice with the same key; the app's
+stall watch, the one that sends the streams' frame, hands the sink the notice. The client trusts
+reports for 60 s, far longer than the daemon's limit, so only the notice can tell it that the
+round is no current price.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from oracled.client import STALL_NOTICE_MIN_AGE_MS, STALLED_REFUSED, OracleClien
 from oracled.config import NatsConfig
 from oracled.core import RoundResult
 from oracled.publish.nats import NatsSink, StallNotice, stalled_subject
-from oracled.publish.signer import RoundSigner, SignedRound, SigningKey
+from oracled.publish.signer import (
+    RoundSigner,
+    SignedRound,
+    SigningKey,
+    recover_signer,
+    stall_digest,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 import api_rig  # the API tests' rig: a core, a hub and a clock, wired by hand
@@ -42,15 +49,17 @@ SUBJECT = stalled_subject("oracled")
 
 
 class BusDaemon(api_rig.Rig):
-    """The API rig signing every round and publishing it on NATS through `sink`, whose stall
-    notices come from the app's stall watch; its stall limit is 750 ms (a floor of 0.5 s)."""
+    """The API rig signing every round with `sink`'s signer and publishing it on NATS through
+    `sink`, whose stall notices come from the app's stall watch; its stall limit is 750 ms (a
+    floor of 0.5 s)."""
 
     LIMIT_MS = 750
 
     def __init__(self, sink: NatsSink) -> None:
         super().__init__(api_rig.make_config())
         self.sink = sink
-        self.signer = RoundSigner(KEY, "test")
+        assert sink._signer is not None
+        self.signer = sink._signer
         self.hub.signer = KEY.address
         self.signed: list[SignedRound] = []
 
@@ -79,8 +88,8 @@ async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
 
 
 @asynccontextmanager
-async def sink_running(url: str) -> AsyncIterator[NatsSink]:
-    sink = NatsSink(NatsConfig(enabled=True, servers=(url,)))
+async def sink_running(url: str, signer: RoundSigner | None = None) -> AsyncIterator[NatsSink]:
+    sink = NatsSink(NatsConfig(enabled=True, servers=(url,)), signer=signer)
     task = asyncio.create_task(sink.run(), name="nats-sink")
     try:
         async with asyncio.timeout(SAFETY_S):
@@ -133,6 +142,26 @@ def read(client: OracleClient) -> int:
     return client.stream_errors["stalled"] + client.stream_errors[STALLED_REFUSED]
 
 
+def signed_notice(
+    ts: int,
+    round_no: int,
+    message: str,
+    *,
+    signer: str | None = KEY.address,
+    deployment: str | None = "test",
+    key: SigningKey | None = KEY,
+    signed_for: str = "test",
+) -> bytes:
+    """A notice naming `signer` and `deployment`, signed as a daemon signs it by `key` for
+    `signed_for` (None: unsigned, as from a daemon that does not sign)."""
+    signature = None
+    if key is not None:
+        raw = key.sign_digest(stall_digest(ts, round_no, message, signed_for))
+        signature = "0x" + raw.hex()
+    notice = StallNotice("error", "stalled", message, ts, round_no, signer, deployment, signature)
+    return msgspec.json.encode(notice)
+
+
 def priced_at(client: OracleClient, ts: int) -> Callable[[], bool]:
     view = client.price
     return lambda: view("BTC/USD").price is not None and view("BTC/USD").ts == ts
@@ -145,11 +174,13 @@ async def test_a_stall_reaches_nats_once_per_stalled_round_and_the_client_takes_
     the stream frame's words, however long the stall lasts, and a client fed only by NATS
     leaves the daemon's reports out (`unknown`, the `Stall` named with the subject) until the
     next round, which prices the market again; a second stall is a second notice. Before, the
-    bus stayed silent and the client priced BTC/USD from the stalled round for 59 s more. The
-    second is taken too: before, the gap that ended the first stall (1 s) counted as the
-    daemon's pace, the second notice (0.75 s after its round) was refused as sooner than twice
-    that, and `stream_errors` counted it as `stalled` all the same."""
-    async with sink_running(server.url) as sink, notices(server.url) as told:
+    bus stayed silent and the client priced BTC/USD from the stalled round for 59 s more. Each
+    notice is signed by the rounds' key over its round and words. The second is taken too:
+    before, the gap that ended the first stall (1 s) counted as the daemon's pace, the second
+    notice (0.75 s after its round) was refused as sooner than twice that, and `stream_errors`
+    counted it as `stalled` all the same."""
+    signer = RoundSigner(KEY, "test")
+    async with sink_running(server.url, signer) as sink, notices(server.url) as told:
         daemon = BusDaemon(sink)
         client = OracleClient(
             {KEY.address},
@@ -193,6 +224,8 @@ async def test_a_stall_reaches_nats_once_per_stalled_round_and_the_client_takes_
         assert n["message"].startswith(
             "the latest round is 0.8 s old (limit 0.75 s): rounds have stalled, so its reports"
         )
+        digest = stall_digest(n["ts"], n["round"], n["message"], "test")
+        assert recover_signer(digest, bytes.fromhex(n["signature"][2:])) == KEY.address
     assert dict(client.stream_errors) == {"stalled": 2}
     assert sink.stats.unpublished == {"disconnected": 0, "queue_full": 0, "error": 0}
 
@@ -202,9 +235,9 @@ async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:
     round it holds of it: a notice of an older round (a JetStream replay, a late copy), of
     signing off, of another deployment or another key changes nothing (the unattributable
     ones are logged, the first of them: one line per `log_every_ms`), and a malformed one is
-    logged; the real one after them, sent when the round is as old as a daemon's notice can be,
-    is taken with its own words. Each one read is counted, the real one as `stalled` and the
-    others as `stalled_refused`."""
+    logged; the real one after them, signed and sent when the round is as old as a daemon's
+    notice can be, is taken with its own words. Each one read is counted, the real one as
+    `stalled` and the others as `stalled_refused`."""
     signer = RoundSigner(KEY, "test")
     rounds = api_rig.Rig(api_rig.make_config())
     older, newer = signer.sign(rounds.step()), signer.sign(rounds.step())
@@ -216,9 +249,7 @@ async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:
     rounds.clock.advance(STALL_NOTICE_MIN_AGE_MS)  # as old as a daemon's notice says
 
     def notice(ts: int, signer: str | None, deployment: str | None, message: str) -> bytes:
-        return msgspec.json.encode(
-            StallNotice("error", "stalled", message, ts, 1, signer, deployment)
-        )
+        return signed_notice(ts, 1, message, signer=signer, deployment=deployment)
 
     sent = [
         notice(older.ts, KEY.address, "test", "old news"),
@@ -248,11 +279,9 @@ async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:
     assert events == [("client nats stalled", None), ("client nats notice malformed", None)]
 
 
-def _forged(signed: SignedRound, message: str = "forged") -> bytes:
-    """A notice anyone on the bus can write: the round's ts and signer, copied off the bus."""
-    return msgspec.json.encode(
-        StallNotice("error", "stalled", message, signed.ts, signed.round, KEY.address, "test")
-    )
+def _early(signed: SignedRound, message: str = "too soon") -> bytes:
+    """A notice of the round just signed, signed by its key as a daemon signs one."""
+    return signed_notice(signed.ts, signed.round, message)
 
 
 async def _read(client: OracleClient, publisher: Any, payload: bytes) -> None:
@@ -267,17 +296,18 @@ async def _read(client: OracleClient, publisher: Any, payload: bytes) -> None:
     [(100, 500), (1_000, 1_000)],
     ids=["twice-the-gap", "the-floor"],
 )
-async def test_a_notice_forged_after_each_round_hides_nothing(
+async def test_a_notice_sent_right_after_each_round_hides_nothing(
     server: NatsServer, floor_ms: int, least_ms: int
 ) -> None:
-    """A notice is not signed: a publisher on the bus that sends one after every round, naming
-    the round just published and its signer, hid the daemon from that round to the next, every
-    round, for as long as it kept on (a quorum of such daemons: every market `unknown`). The
-    client now takes a notice only once the signer's newest round is older, by its clock, than
-    `stall_notice_min_age_ms` and than twice the gap between its last two rounds, as it is when
-    a daemon sends one; so the forged notices change nothing, are logged once, and the same
-    notice sent when the round is that old is taken (rounds 250 ms apart: at two gaps, or at the
-    floor when that is longer)."""
+    """A notice sent after every round, naming the round just published and its signer, hid the
+    daemon from that round to the next, every round, for as long as it went on (a quorum of
+    such daemons: every market `unknown`); unsigned, anyone on the bus could send it. Beside
+    the signature (next test), the client takes a notice only once the signer's newest round is
+    older, by its clock, than `stall_notice_min_age_ms` and than twice the gap between its last
+    two rounds, as it is when a daemon sends one: so notices that come sooner, signed by the key
+    all the same (another process with the key, clocks apart), change nothing and are logged
+    once, and the same notice sent when the round is that old is taken (rounds 250 ms apart: at
+    two gaps, or at the floor when that is longer)."""
     signer = RoundSigner(KEY, "test")
     rounds = api_rig.Rig(api_rig.make_config())
     client = OracleClient(
@@ -294,17 +324,17 @@ async def test_a_notice_forged_after_each_round_hides_nothing(
                 await publisher.publish(SUBJECT, b'{"code": "stalled", "ts": 0}')
                 await asyncio.sleep(0.05)
         with capture_logs() as logs:
-            for _ in range(5):  # a round (250 ms apart), then its forged notice at once
+            for _ in range(5):  # a round (250 ms apart), then its notice at once
                 signed = signer.sign(rounds.step())
                 client.feed(signed.envelope(0))
-                await _read(client, publisher, _forged(signed))
+                await _read(client, publisher, _early(signed))
                 assert not client.stalled
                 assert client.price("BTC/USD").status == "active"
             rounds.clock.advance(least_ms - 1)  # not as old as a daemon's notice: refused
-            await _read(client, publisher, _forged(signed))
+            await _read(client, publisher, _early(signed))
             assert not client.stalled
             rounds.clock.advance(1)  # as old as a daemon's notice can be: taken
-            await publisher.publish(SUBJECT, _forged(signed, "late enough"))
+            await publisher.publish(SUBJECT, _early(signed, "late enough"))
             await until(lambda: bool(client.stalled), "the notice taken")
     await publisher.close()
     (stall,) = client.stalled.values()
@@ -313,6 +343,62 @@ async def test_a_notice_forged_after_each_round_hides_nothing(
     assert len(refused) == 1  # one line per log_every_ms, not one per notice
     assert refused[0]["signer"] == KEY.address
     assert refused[0]["age_ms"] == 0
+
+
+async def test_a_notice_is_taken_only_with_its_signers_signature(server: NatsServer) -> None:
+    """The notice was not signed: anyone on the bus could hide a daemon whose rounds were late
+    (a notice sent once its round was as old as a daemon's can be). The client now takes a
+    notice only when its signature, over its `ts`, `round` and `message` in the client's
+    deployment, recovers the signer it names: unsigned, not a signature, or signed by another
+    key, for another deployment or over other words, each is refused, counted in
+    `stream_errors["stalled_refused"]` and logged (`client nats notice not verified`, with the
+    reason, one line per reason per period); the daemon's own notice is then taken."""
+    signer = RoundSigner(KEY, "test")
+    rounds = api_rig.Rig(api_rig.make_config())
+    signed = signer.sign(rounds.step())
+    client = OracleClient(
+        {KEY.address}, deployment="test", max_age_ms=MAX_AGE_MS, now_ms=rounds.clock.now_ms
+    )
+    client.feed(signed.envelope(0))
+    rounds.clock.advance(STALL_NOTICE_MIN_AGE_MS)  # as old as a daemon's notice says
+    ts, round_no, words = signed.ts, signed.round, "the latest round is old"
+    real = msgspec.json.decode(signed_notice(ts, round_no, words))
+    other_words = dict(real, message="other words")  # the signature of the real words
+    other_round = dict(real, round=round_no + 1)
+    refused = [
+        signed_notice(ts, round_no, words, key=None),
+        msgspec.json.encode(dict(real, signature="0x1234")),
+        signed_notice(ts, round_no, words, key=OTHER),
+        signed_notice(ts, round_no, words, signed_for="staging"),
+        msgspec.json.encode(other_words),
+        msgspec.json.encode(other_round),
+    ]
+    publisher = await nats.connect(server.url, allow_reconnect=False)
+    async with watching(client, server.url):
+        async with asyncio.timeout(SAFETY_S):  # until the subscription is in
+            while not read(client):
+                await publisher.publish(SUBJECT, b'{"code": "stalled", "ts": 0}')
+                await asyncio.sleep(0.05)
+        before = client.stream_errors[STALLED_REFUSED]
+        with capture_logs() as logs:
+            for payload in refused:
+                await _read(client, publisher, payload)
+                assert not client.stalled
+            assert client.stream_errors[STALLED_REFUSED] == before + len(refused)
+            assert client.stream_errors["stalled"] == 0
+            await _read(client, publisher, msgspec.json.encode(real))
+    await publisher.close()
+    (stall,) = client.stalled.values()
+    assert (stall.signer, stall.ts, stall.message) == (KEY.address, ts, words)
+    assert client.stream_errors["stalled"] == 1
+    lines = [
+        (e["reason"], e["signer"]) for e in logs if e["event"] == "client nats notice not verified"
+    ]
+    assert lines == [
+        ("unsigned", KEY.address),
+        ("bad_signature", KEY.address),
+        ("forged", KEY.address),
+    ]
 
 
 async def test_a_flood_of_notices_logs_a_line_per_kind_per_period(server: NatsServer) -> None:
@@ -330,7 +416,7 @@ async def test_a_flood_of_notices_logs_a_line_per_kind_per_period(server: NatsSe
     unknown = msgspec.json.encode(
         StallNotice("error", "stalled", "who?", rounds.clock.now_ms(), 1, OTHER.address, "test")
     )
-    unheard = _forged(signer.sign(rounds.step()))  # an allowed signer, nothing held of it yet
+    unheard = _early(signer.sign(rounds.step()))  # an allowed signer, nothing held of it yet
     kinds = [b"not json", unknown, unheard]
     publisher = await nats.connect(server.url, allow_reconnect=False)
     async with watching(client, server.url):

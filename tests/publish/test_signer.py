@@ -41,6 +41,8 @@ from oracled.publish.signer import (
     recover_signer,
     root_from_proof,
     round_digest,
+    stall_digest,
+    stall_typed_data,
     typed_data,
 )
 
@@ -59,6 +61,23 @@ def test_round_digest_is_eip712_as_eth_account_computes_it() -> None:
     assert recover_signer(digest, signature) == KEY.address
     signable = encode_typed_data(full_message=message)
     assert Account.recover_message(signable, signature=signature) == KEY.address
+
+
+def test_stall_digest_is_eip712_as_eth_account_computes_it() -> None:
+    """A stall notice's digest (`OracleStall`, the rounds' domain) equals eth-account's, a
+    signer's `sign_stall` recovers to its key through eth-account too, and it is no round's
+    digest: its own type hash keeps a notice's signature from passing for a round's."""
+    words = "the latest round is 9.0 s old (limit 5.0 s): rounds have stalled"
+    message = stall_typed_data(1_700_000_000_250, 7, words, "production")
+    digest = stall_digest(1_700_000_000_250, 7, words, "production")
+    assert digest == _hash_eip191_message(encode_typed_data(full_message=message))
+    signature = RoundSigner(KEY, "production").sign_stall(1_700_000_000_250, 7, words)
+    assert signature == KEY.sign_typed(message)
+    signable = encode_typed_data(full_message=message)
+    assert Account.recover_message(signable, signature=signature) == KEY.address
+    assert digest != stall_digest(1_700_000_000_250, 7, words, "staging")
+    assert digest != stall_digest(1_700_000_000_250, 7, words + ".", "production")
+    assert digest != round_digest(1_700_000_000_250, 7, 0, bytes(32), "production")
 
 
 def test_leaf_is_the_eip712_struct_hash_of_price() -> None:

@@ -18,7 +18,7 @@ import nats
 from one_venue import SteppedClock, service_running
 
 from oracled.config import parse_config
-from oracled.publish.signer import SigningKey
+from oracled.publish.signer import SigningKey, recover_signer, stall_digest
 from oracled.service import Service
 from oracled.sim import BinanceSim
 
@@ -39,9 +39,10 @@ async def test_a_stuck_round_loop_publishes_one_stall_notice_per_stalled_round(
 ) -> None:
     """With the wall clock stepped back the loop publishes no round, and the bus gets one notice
     on `oracled.stalled` naming the last round it published (its `ts` and `round`, as the round
-    subject had them), the signer and deployment, in the streams' words; however long the stall
-    lasts, no second one. With the clock back, rounds come again; a second stall, a second
-    notice. Before, the bus only went quiet, as for a market that does not move."""
+    subject had them), the signer and deployment, in the streams' words, signed by the rounds'
+    key; however long the stall lasts, no second one. With the clock back, rounds come again; a
+    second stall, a second notice. Before, the bus only went quiet, as for a market that does
+    not move."""
     server = NatsServer(tmp_path / "nats", jetstream=False)
     await server.start()
     key = SigningKey.generate()
@@ -105,6 +106,11 @@ async def test_a_stuck_round_loop_publishes_one_stall_notice_per_stalled_round(
                         assert (notice["signer"], notice["deployment"]) == (key.address, "test")
                         assert (notice["type"], notice["code"]) == ("error", "stalled")
                         assert "(limit 0.4 s): rounds have stalled" in notice["message"]
+                        digest = stall_digest(
+                            notice["ts"], notice["round"], notice["message"], "test"
+                        )
+                        signature = bytes.fromhex(notice["signature"].removeprefix("0x"))
+                        assert recover_signer(digest, signature) == key.address
             finally:
                 await bus.close()
             assert service.nats is not None
