@@ -113,6 +113,7 @@ class MarginService:
         self.urls: tuple[str, ...] = (url,)
         # No market, no request: an empty list would ask for every market.
         self._subs = Subscriptions(engine.markets)
+        self._wanted = frozenset(engine.markets)
         self._bad_reports = LogEveryMinute()
         self._bad_frame_log = LogEveryMinute()
 
@@ -155,6 +156,9 @@ class MarginService:
                 except msgspec.DecodeError as exc:  # the market keeps its last report
                     self._bad_report(_market_of(raw), str(exc)[:200])
                     continue
+                if report.market not in self._wanted:  # kept, it would never be read
+                    self._bad_report(report.market, "a market not asked for")
+                    continue
                 try:
                     view = PriceView.from_wire(report)
                 except ValueError as exc:  # the market keeps its last report, which ages
@@ -190,7 +194,7 @@ class MarginService:
     def _bad_report(self, market: str | None, error: str) -> None:
         """A report that cannot be read, or with a price that is none: logged at most once a
         minute per market."""
-        key = market if market in self.engine.markets else None  # bounded, whatever is sent
+        key = market if market in self._wanted else None  # bounded, whatever is sent
         count = self._bad_reports.due(key, time.monotonic())
         if count is not None:
             _log.warning("bad_report", market=market, error=error, reports=count)

@@ -606,3 +606,44 @@ async def test_frames_that_cannot_be_read_are_logged_once_a_minute_not_each() ->
     assert len(told) == 1 and told[0]["frames"] == 1 and told[0]["log_level"] == "warning"
     assert service.bad_frames == junk
     assert isinstance(eng.prices(T0)["BTC/USD"], Resolved)
+
+
+async def test_reports_of_markets_never_asked_for_are_not_kept() -> None:
+    """A server that sends reports of markets the service never asked for (the daemon sends
+    only those subscribed: a hostile peer, a broken proxy) had every one kept in the engine's
+    book, never read, so that memory grew with each new name it made up: 2,000 here, without
+    end in a long run. Such a report is now skipped as `bad_report` (one line a minute for all
+    of them, `market` the first one's name) and the book holds the engine's markets alone."""
+    made_up = 2_000
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json()
+        await ws.send_str('{"type":"subscribed","markets":["BTC/USD"],"batch":true}')
+        names = [f"X{n}/USD" for n in range(made_up)] + ["BTC/USD"]
+        data = [
+            {"market": m, "ts": T0, "round": 1, "status": "active", "price": "64000"} for m in names
+        ]
+        await ws.send_str(msgspec.json.encode({"type": "reports", "data": data}).decode())
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    eng = engine({"BTC": "BTC/USD"})
+    with capture_logs() as logs:
+        async with DaemonServer(app, host="127.0.0.1") as server:
+            url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
+            service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: T0)
+            task = asyncio.create_task(service.run())
+            try:
+                await until(lambda: "BTC/USD" in eng.book.latest)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    assert list(eng.book.latest) == ["BTC/USD"] and service.reports == 1
+    assert isinstance(eng.prices(T0)["BTC/USD"], Resolved)
+    told = [(e["market"], e["error"]) for e in logs if e["event"] == "bad_report"]
+    assert told == [("X0/USD", "a market not asked for")]
