@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -711,9 +712,19 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+_BOUND_ERRORS = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+)
+
+
 def _message(error: Mapping[str, Any]) -> str:
     ctx = error.get("ctx") or {}
     kind = error["type"]
+    value = error.get("input")
+    if isinstance(value, float) and not math.isfinite(value) and kind in _BOUND_ERRORS:
+        # nan fails every comparison: "must be <= 3600" of a nan sends the reader looking for
+        # a number that is too large. inf is said the same way as where inf is refused outright.
+        return "must be a finite number"
     short = {
         "greater_than": "must be > {gt}",
         "greater_than_equal": "must be >= {ge}",
