@@ -8,6 +8,15 @@ the text ``ping`` answered by ``pong``, ``notice`` 64008 on demand (`notice()`),
 shaped like the 2022 recording, ``GET /api/v5/market/tickers?instType=`` and
 ``GET /api/v5/market/ticker?instId=``.
 
+A subscription is answered, after the request's acks, with each newly subscribed instrument's
+current ticker: the last one made, in the push's own shape, its ``ts`` the time the book last
+changed however long ago (the venue's opening, if it never changed). The docs say only that a
+ticker is pushed on a trade or a change of the best bid or ask; the venue also answers each
+subscription: in the 2022 recording each ``tickers`` arg was answered 3 ms after the acks with
+a ticker 2.4 to 2.5 s old, stamped before the subscribe was sent (``UNI-USD-SWAP`` sent nothing
+else in 11 s), and the same args asked again on the connection were acked with no second
+ticker. A muted instrument's ticker goes out too; a silent venue answers nothing.
+
 Instruments are named as on the venue: ``BTC-USDT`` is spot, ``BTC-USDT-SWAP`` a perpetual swap.
 Each instrument's ``ts`` strictly increases, as a real 100 ms ticker does, so that a `replay_stale`
 frame is recognisably older. A client over ``message_limit`` messages a second is closed with 1008:
@@ -25,7 +34,7 @@ from typing import Any, ClassVar, Final
 
 from aiohttp import web
 
-from oracled.sim._base import Client, SimStats, VenueSim
+from oracled.sim._base import Client, Out, SimStats, VenueSim
 from oracled.sim.paths import PricePath
 
 __all__ = ["GARBAGE", "OkxSim", "SimStats"]
@@ -80,6 +89,7 @@ class OkxSim(VenueSim):
         super().__init__(prices, message_limit=message_limit, **kwargs)
         self.pings_received = 0  # text "ping" messages from clients
         self._last_ts: dict[str, int] = {}
+        self._current: dict[str, dict[str, str]] = {}  # each instrument's last ticker made
         self._conn_ids = itertools.count(0xA4D3AE55)
         self._epoch_ms = 0.0
         self._epoch_loop = 0.0
@@ -116,6 +126,7 @@ class OkxSim(VenueSim):
         if not isinstance(args, list) or not args:
             self._error(client, request_id, "60012", f"Invalid request: {text[:100]}")
             return
+        fresh: list[str] = []  # instruments this request subscribed anew: each gets a snapshot
         for arg in args:
             channel = arg.get("channel") if isinstance(arg, dict) else None
             inst = arg.get("instId") if isinstance(arg, dict) else None
@@ -129,12 +140,16 @@ class OkxSim(VenueSim):
                 )
                 continue
             if req["op"] == "subscribe":
+                if inst not in client.streams:
+                    fresh.append(inst)
                 client.streams.add(inst)
             else:
                 client.streams.discard(inst)
             self._event(
                 client, request_id, event=req["op"], arg={"channel": channel, "instId": inst}
             )
+        for inst in fresh:
+            client.send(self.snapshot_frame(inst), Out.DATA)
 
     def _event(self, client: Client, request_id: Any, **fields: Any) -> None:
         body = {"id": request_id} if request_id is not None else {}
@@ -149,16 +164,29 @@ class OkxSim(VenueSim):
     def data_frame(self, symbol: str, path: PricePath, now: float) -> str:
         return _PUSH.format(sym=symbol, row=json.dumps(self._row(symbol, path, now)))
 
-    def _row(self, symbol: str, path: PricePath, now: float) -> dict[str, str]:
+    def snapshot_frame(self, symbol: str) -> str:
+        """The ticker a new subscription to `symbol` is answered with: the current one, as
+        last made (pushed or polled), its ``ts`` the book's last change; before the first, the
+        book as it opened, stamped with the opening."""
+        row = self._current.get(symbol)
+        if row is None:
+            row = self._row(symbol, self.paths[symbol], self.now(), ts=int(self._epoch_ms))
+        return _PUSH.format(sym=symbol, row=json.dumps(row))
+
+    def _row(
+        self, symbol: str, path: PricePath, now: float, ts: int | None = None
+    ) -> dict[str, str]:
         bid, ask = self.book(symbol)
         # Unique, strictly increasing event times per instrument; a frozen book's ticker is the
         # one generated last, time included.
-        ts = self._last_ts.get(symbol, 0)
-        if not (self.frozen and ts):
-            ts = self._last_ts[symbol] = max(int(self._wall_ms()), ts + 1)
+        if ts is None:
+            ts = self._last_ts.get(symbol, 0)
+            if not (self.frozen and ts):
+                ts = max(int(self._wall_ms()), ts + 1)
+        self._last_ts[symbol] = ts
         size = _num(path.size())
         mid = (bid + ask) / 2.0
-        return {
+        row = self._current[symbol] = {
             "instType": "SWAP" if symbol.endswith("-SWAP") else "SPOT",
             "instId": symbol,
             "last": _num(mid),
@@ -176,6 +204,7 @@ class OkxSim(VenueSim):
             "vol24h": "10",
             "ts": str(ts),
         }
+        return row
 
     def _wall_ms(self) -> float:
         # Event times look like the venue's (Unix ms) but advance with the loop's clock.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,6 +64,61 @@ async def test_each_arg_is_acked_with_the_echoed_id_then_tickers_flow(
         assert row["instType"] == ("SWAP" if row["instId"].endswith("-SWAP") else "SPOT")
         assert all(isinstance(v, str) for v in row.values())
         assert 0 < float(row["bidPx"]) < float(row["askPx"])
+
+
+async def test_a_subscription_is_answered_after_its_acks_with_each_instruments_ticker(
+    http: aiohttp.ClientSession,
+) -> None:
+    """As the venue does (the 2022 recording), each newly subscribed instrument gets its current
+    ticker right after the request's acks, in the push's shape, even on a market that never
+    moved: stamped with the book's last change (here the venue's opening, before the request),
+    not when sent. Then nothing until the book changes; the same arg asked again on the
+    connection is acked with no second ticker."""
+    async with (
+        OkxSim(PRICES, rate_hz=0.01) as idle,  # no tick for 100 s: a market that never moves
+        http.ws_connect(f"{idle.ws_url}/ws/v5/public") as ws,
+    ):
+        await asyncio.sleep(0.05)
+        asked_ms = time.time() * 1000
+        await ws.send_str(tickers("BTC-USDT", "BTC-USDT-SWAP", rid="4"))
+        frames = [await next_text(ws) for _ in range(4)]
+        await ws.send_str(tickers("BTC-USDT", rid="5"))
+        again = await next_text(ws)
+        await ws.send_str("ping")
+        assert await next_text(ws) == "pong"  # nothing between the ack and the pong
+    assert [f.get("event") for f in frames] == ["subscribe", "subscribe", None, None]
+    assert again["event"] == "subscribe" and again["id"] == "5"
+    expected = [("BTC-USDT", 67_000), ("BTC-USDT-SWAP", 67_020)]
+    for push, (inst, price) in zip(frames[2:], expected, strict=True):
+        assert push["arg"] == {"channel": "tickers", "instId": inst}
+        (row,) = push["data"]
+        assert set(row) == TICKER_KEYS and row["instId"] == inst
+        assert float(row["bidPx"]) < price < float(row["askPx"])
+        assert int(row["ts"]) < asked_ms
+    assert idle.stats.frames_sent == 2
+
+
+async def test_a_new_subscribers_ticker_is_the_last_one_pushed_time_included(
+    sim: OkxSim, http: aiohttp.ClientSession
+) -> None:
+    """A book that stopped changing: a client subscribing later gets, byte for byte, the ticker
+    the first client was last pushed, its ts that push's, however long ago."""
+    async with http.ws_connect(f"{sim.ws_url}/ws/v5/public") as first:
+        await first.send_str(tickers("ETH-USDT"))
+        assert (await next_text(first))["event"] == "subscribe"
+        for _ in range(3):
+            last = (await first.receive(timeout=2.0)).data  # the snapshot, then pushes
+        sim.freeze(None)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                last = (await first.receive(timeout=0.2)).data  # every push sent before it
+        assert json.loads(last)["arg"]["instId"] == "ETH-USDT"
+        await asyncio.sleep(0.1)  # the held ticker ages
+        async with http.ws_connect(f"{sim.ws_url}/ws/v5/public") as second:
+            await second.send_str(tickers("ETH-USDT"))
+            assert (await next_text(second))["event"] == "subscribe"
+            snapshot = await second.receive(timeout=2.0)
+    assert snapshot.data == last
 
 
 async def test_unknown_instrument_gets_60018_and_the_rest_is_subscribed(

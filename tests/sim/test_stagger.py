@@ -20,8 +20,10 @@ RATE_HZ = 2.5  # a 400 ms tick: 8 slices of one symbol, 50 ms apart
 
 
 async def tick_frames(sim: VenueSim, ticks: int) -> list[dict[str, Any]]:
-    """The ticker rows of `ticks` whole ticks, from the first frame of the tick's first symbol."""
+    """The ticker rows of `ticks` whole ticks, from the first frame of the tick's first symbol.
+    The subscription's answer is passed over: its acks, then each symbol's current ticker."""
     rows: list[dict[str, Any]] = []
+    answered: list[str] = []  # the first data frames, one a symbol, queued before any tick
     args = [{"channel": "tickers", "instId": s} for s in SYMBOLS]
     async with (
         aiohttp.ClientSession() as http,
@@ -36,8 +38,12 @@ async def tick_frames(sim: VenueSim, ticks: int) -> list[dict[str, Any]]:
                 if "data" not in frame:
                     continue  # a subscription ack
                 row = frame["data"][0]
+                if len(answered) < len(SYMBOLS):
+                    answered.append(row["instId"])
+                    continue
                 if rows or row["instId"] == sim.order[0]:
                     rows.append(row)
+    assert sorted(answered) == SYMBOLS
     return rows
 
 

@@ -632,8 +632,9 @@ async def test_quiet_market_is_kept_alive_by_keepalives(
     async with quiet.sim() as venue:
         run = await start(venue, cls=quiet.cls, **quiet.config)
         await wait(lambda: venue.stats.connections == 1)
-        if quiet.data_frames:  # the snapshots: streaming, then nothing more
-            await wait(lambda: run.state() is ConnState.STREAMING)
+        if quiet.data_frames:  # the snapshots, each quoted: streaming, then nothing more
+            snapshots = quiet.data_frames
+            await wait(lambda: run.state() is ConnState.STREAMING and run.stats.quotes == snapshots)
         state, quotes = run.state(), run.stats.quotes  # no data at all: still connecting
         await asyncio.sleep(1.2)  # more than twice the 0.5 s liveness timeout
         await wait(lambda: quiet.keepalives(venue) >= quiet.at_least)

@@ -549,6 +549,7 @@ CASES: tuple[Case, ...] = (
         spike=("ETH-USDT", ("ETH/USDT", "spot"), 1000.0, 3_000_000.0),
         replay_dropped=_at_least("out_of_order", 17),
         rotation=False,
+        snapshots=True,  # each tickers arg is answered with the current ticker (the recording)
         cls=FastPingOkx,
         on_streaming=_okx_swap_near_its_own_price,
         rest_failures=(Failing(429), Failing(503, window=(0.55, 2, 7))),  # 1 request a poll
@@ -561,7 +562,7 @@ CASES: tuple[Case, ...] = (
             ),
             keepalives=_okx_pings,
             at_least=10,
-            data_frames=0,
+            data_frames=3,  # the snapshots, one per instrument
             cls=RapidPingOkx,
             config={"liveness_timeout_s": 0.4},
         ),
