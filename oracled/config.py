@@ -124,6 +124,10 @@ def _as_tuple(value: Any) -> Any:
 DEFAULT_MAX_CLOCK_SKEW_MS = 2_000
 
 
+#: The name of an environment variable (what a shell can export), for the `*_env` keys.
+_EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
 class _Frozen(BaseModel):
     # strict: "yes" is not a boolean and "3" is not a number in a risk config.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -147,7 +151,7 @@ class ApiConfig(_Frozen):
     """The HTTP/WebSocket API and its admin guard."""
 
     listen: str = "127.0.0.1:8480"
-    admin_token_env: str | None = "ORACLED_ADMIN_TOKEN"
+    admin_token_env: _EnvName | None = "ORACLED_ADMIN_TOKEN"
     ready_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
     stream_queue: Annotated[int, Field(ge=1, le=100_000)] = 256
     #: An HTTP answer not written within this is abandoned and its connection closed.
@@ -220,7 +224,6 @@ class SigningConfig(_Frozen):
     lease_window_ms: Annotated[int, Field(ge=1_000, le=600_000)] = 10_000
 
 
-_EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 _FilePath = Annotated[str, Field(min_length=1)]
 
 
