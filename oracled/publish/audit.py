@@ -189,12 +189,13 @@ class AuditSchemaError(OracledError):
 
 class AuditDataError(OracledError):
     """A stored row that does not read back as the writer wrote it (bytes overwritten, a
-    dictionary id changed): the file was changed or damaged after it was written. `round` and
-    `ts` are its round's, `what` names the row and why (the CLI formats the time)."""
+    dictionary id changed, a column given a value of another type): the file was changed or
+    damaged after it was written. `round` and `ts` are its round's (None: the round row itself is
+    the one), `what` names the row and why (the CLI formats the time)."""
 
-    def __init__(self, round_no: int, ts: int, what: str) -> None:
+    def __init__(self, round_no: int | None, ts: int | None, what: str) -> None:
         self.round, self.ts, self.what = round_no, ts, what
-        super().__init__(f"round {round_no} at {ts}: {what}")
+        super().__init__(what if round_no is None else f"round {round_no} at {ts}: {what}")
 
 
 class AuditInUseError(OracledError):
@@ -990,6 +991,38 @@ class StoredReport:
     signature: bytes | None
 
 
+#: A round row's columns (`AuditReader._round_columns`) and the one type each holds as written;
+#: SQLite keeps a value of any type in any column, so a changed row is checked before use.
+_ROUND_TYPES: Final[tuple[tuple[str, type, bool], ...]] = (
+    ("id", int, False),
+    ("ts", int, False),
+    ("round", int, False),
+    ("markets", int, False),
+    ("quotes", int, False),
+    ("signature", bytes, True),
+    ("signer", str, True),
+    ("root", bytes, True),
+    ("format", int, True),
+)
+
+
+def _round_row(row: tuple[object, ...] | list[object]) -> AuditRound:
+    """A round row as the writer wrote it, or AuditDataError naming the column that is not."""
+    for (name, kind, nullable), value in zip(_ROUND_TYPES, row, strict=True):
+        if type(value) is not kind and not (nullable and value is None):
+            what = f"rounds row {row[0]}: {name} holds {type(value).__name__} {value!r:.40}"
+            raise AuditDataError(None, None, f"{what}: changed after it was written")
+    return AuditRound(*row)
+
+
+def _round_time(value: object) -> int:
+    """A round time read by itself (a bound of the span, a header's), checked as in a row."""
+    if type(value) is not int:
+        what = f"rounds: a round time {value!r:.40} is no integer: changed after it was written"
+        raise AuditDataError(None, None, what)
+    return value
+
+
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -1111,7 +1144,7 @@ class AuditReader:
     def span(self) -> tuple[int, int] | None:
         """(first, last) round time stored, or None when empty."""
         first, last = self._db.execute("SELECT min(ts), max(ts) FROM rounds").fetchone()
-        return None if first is None else (int(first), int(last))
+        return None if first is None else (_round_time(first), _round_time(last))
 
     def last_signed_ts(self, signer: str) -> int | None:
         """The newest round time `signer` (an address, any case) signed, or None: the floor
@@ -1119,7 +1152,7 @@ class AuditReader:
         the newest round, so it stops at once when the newest rounds are this signer's."""
         row = self._db.execute(
             "SELECT ts FROM rounds WHERE signature IS NOT NULL AND lower(signer) = ? "
-            "ORDER BY ts DESC LIMIT 1",
+            "AND typeof(ts) = 'integer' ORDER BY ts DESC LIMIT 1",  # text sorts above numbers
             (signer.lower(),),
         ).fetchone()
         return None if row is None else int(row[0])
@@ -1135,7 +1168,7 @@ class AuditReader:
             "ORDER BY o.id",
             (start_ms, end_ms),
         )
-        return [AuditRound(*row) for row in rows]
+        return [_round_row(row) for row in rows]
 
     def round_reports(
         self, start_ms: int, end_ms: int
@@ -1157,7 +1190,7 @@ class AuditReader:
             if current is None or current.id != head[0]:
                 if current is not None:
                     yield current, reports, unreadable
-                current, reports, unreadable = AuditRound(*head), [], []
+                current, reports, unreadable = _round_row(head), [], []
             if stored is not None:
                 try:
                     reports.append(
@@ -1182,14 +1215,15 @@ class AuditReader:
     ) -> Iterator[StoredReport]:
         order = "r.ts DESC, r.round_id DESC" if newest_first else "r.ts, r.round_id"
         rows = self._db.execute(
-            f"SELECT {self._body_column}, o.signer, o.signature, o.round, o.ts, r.ts "
+            f"SELECT {self._round_columns}, {self._body_column}, r.ts "
             "FROM reports r JOIN rounds o ON o.id = r.round_id "
             f"WHERE r.market = ? AND r.ts >= ? AND r.ts <= ? ORDER BY {order}",
             (market, start_ms, end_ms),
         )
-        for dict_id, stored, signer, signature, round_no, ts, at in rows:
-            report, body = self._decode(dict_id, stored, round_no, ts, market, at)
-            yield StoredReport(report, body, signer, signature)
+        for *head, dict_id, stored, at in rows:
+            held = _round_row(head)
+            report, body = self._decode(dict_id, stored, held.round, held.ts, market, at)
+            yield StoredReport(report, body, held.signer, held.signature)
 
     def report_lines(self, start_ms: int, end_ms: int) -> Iterator[bytes]:
         """Every stored report as the JSON line `oracled replay` prints, in round and
@@ -1279,7 +1313,8 @@ class AuditReader:
         if first is None:
             out.write(header_line())
         else:
-            out.write(header_line(first_round=int(first[0]), first_round_ts=int(first[1])))
+            number, ts = _round_time(first[0]), _round_time(first[1])
+            out.write(header_line(first_round=number, first_round_ts=ts))
         if self.version == 1:
             return self._tape_v1(out, start_ms, end_ms)
         rows = self._db.execute(

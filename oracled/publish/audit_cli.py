@@ -416,10 +416,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 2
     except AuditDataError as exc:  # a row changed or damaged after it was written
         written = f" ({args.tape} holds the rounds before it)" if args.tape is not None else ""
-        print(
-            f"oracled audit: {args.db}: round {exc.round} at {_iso(exc.ts)}: {exc.what}{written}",
-            file=sys.stderr,
+        where = (
+            "" if exc.round is None or exc.ts is None else f"round {exc.round} at {_iso(exc.ts)}: "
         )
+        print(f"oracled audit: {args.db}: {where}{exc.what}{written}", file=sys.stderr)
         return 2
     except ConfigError as exc:
         print(f"oracled audit: --config: {exc}", file=sys.stderr)

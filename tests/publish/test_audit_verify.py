@@ -16,6 +16,7 @@ from publish_rig import T0, make_config
 from oracled.cli import main
 from oracled.config import read_config
 from oracled.model import Report
+from oracled.publish.audit import AuditReader
 from oracled.publish.signer import RoundSigner, SigningKey
 
 KEY = SigningKey.from_hex("0x" + "5a" * 32)
@@ -569,3 +570,53 @@ def test_at_says_which_parts_of_the_report_its_signature_proves(
         f"    signed by {KEY.address} (verified against the round)"
     ) in out
     assert main(["audit", "--db", str(db), "--deployment", "test", "--verify"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("signature", "'abc'"),
+        ("root", "'abcdefghijabcdefghijabcdefghij12'"),
+        ("format", "'x'"),
+        ("round", "'r'"),
+        ("markets", "'m'"),
+    ],
+)
+def test_a_round_row_holding_a_value_of_another_type_is_named_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str, value: str
+) -> None:
+    """SQLite keeps what it is given in any column: a round's signature or root written as
+    text, its signed format, number or market count as a word, ended `--verify` and `--at` in
+    an AttributeError or TypeError traceback. Now the row is named, exit 2."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, f"UPDATE rounds SET {column} = {value} WHERE id = 3")
+    capsys.readouterr()
+    base = ["audit", "--db", str(db), "--deployment", "test"]
+    for question in (["--verify"], ["--market", "BTC/USD", "--at", str(T0 + 3 * 250)]):
+        assert main([*base, *question]) == 2, question
+        err = capsys.readouterr().err
+        assert err.startswith(f"oracled audit: {db}: rounds row 3: {column} holds "), err
+        assert err.endswith(": changed after it was written\n"), err
+
+
+def test_a_round_time_that_is_no_integer_is_named_and_never_the_signing_floor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A round time written as text sorts above every number in SQLite: the summary of the
+    trail ended in a ValueError traceback, and the daemon's start, which reads its signing floor
+    from the newest signed round time, raised it too (a trail that crashed the daemon). The
+    summary now names the row, exit 2; the floor is the newest signed time that is one."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, "UPDATE rounds SET ts = 'soon' WHERE id = 6")
+    capsys.readouterr()
+    assert main(["audit", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"oracled audit: {db}: rounds: a round time 'soon' is no integer: changed after it was"
+        " written\n"
+    )
+    reader = AuditReader(db)
+    assert reader.last_signed_ts(KEY.address) == T0 + 5 * 250
+    reader.close()
