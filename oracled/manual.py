@@ -16,6 +16,10 @@ for it a bounded time, so a stuck write never holds the process at its exit. A f
 but cannot be read stops the start with a config error: the daemon cannot know which markets
 were meant to stay paused.
 
+A writer killed between creating its temporary file and the rename leaves that file beside the
+pauses file: the next writer removes it once it holds the lock (only names the rewrite makes for
+this file), with a warning.
+
 One process writes the file: the writer holds a lock file beside it (`<path>.lock`). Two daemons
 on one file would each rewrite it with their own pauses only, and a restart would lift the
 other's; the one without the lock writes nothing and logs each pause it could not keep.
@@ -35,7 +39,7 @@ import msgspec
 import structlog
 
 from oracled.errors import ConfigError
-from oracled.lockfile import LockHeldError, lock_beside, replace_durably
+from oracled.lockfile import LockHeldError, lock_beside, remove_stale_temporaries, replace_durably
 
 __all__ = ["FORMAT", "SAVE_TIMEOUT_S", "ManualPauses", "Pause", "PauseStats"]
 
@@ -146,6 +150,13 @@ class ManualPauses:
         except OSError as exc:
             return f"cannot lock {self.path} ({exc.strerror or exc})"
         self._lock_fd = fd
+        # Under the lock no rewrite of ours is half-way: a temporary file beside the file is one
+        # a writer killed mid-rewrite left, and nothing else would ever remove it.
+        removed = remove_stale_temporaries(self.path)
+        if removed:
+            self._log.warning(
+                "manual pauses: removed temporary files a killed writer left", files=removed
+            )
         return None
 
     def save(self, paused: Mapping[str, Pause]) -> Future[str | None]:

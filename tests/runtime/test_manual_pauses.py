@@ -6,8 +6,11 @@ import asyncio
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -38,6 +41,46 @@ def test_pauses_are_written_whole_and_read_back(tmp_path: Path) -> None:
     pauses.close()
     assert ManualPauses(path).load() == {"BTC/USDT": Pause("risk", 5)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pauses.json", "pauses.json.lock"]
+
+
+_KILLED_MID_WRITE = """
+import resource, signal, sys
+from pathlib import Path
+from oracled.manual import ManualPauses, Pause
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: a write past the limit kills
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+ManualPauses(Path(sys.argv[1])).save({"BTC/USDT": Pause("ops", 1)}).result()
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_a_temporary_file_the_next_writer_removes(
+    tmp_path: Path,
+) -> None:
+    """A daemon killed while it rewrites the file (here by the kernel, at the first byte past a
+    file-size limit of 0: after its temporary file exists, before the rename) leaves that
+    temporary file beside it, and nothing removed it: one more after each such death. The next
+    writer removes it once it holds the lock, and logs it; files that only look alike stay."""
+    path = tmp_path / "pauses.json"
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_WRITE, str(path)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr
+    (left,) = [p.name for p in tmp_path.iterdir() if p.name.startswith(".pauses.json.")]
+    assert re.fullmatch(r"\.pauses\.json\.[a-z0-9_]{8}", left)
+    assert not path.exists()  # it died before the rename
+    alike = [".pauses.json.short", ".pauses.json.abcdefghi", ".other.json.abcdefgh"]
+    for name in alike:
+        (tmp_path / name).write_text("not ours")
+    pauses = ManualPauses(path)
+    with capture_logs() as logs:
+        assert pauses.claim()
+    assert pauses.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*alike, "pauses.json.lock"])
+    (removed,) = [e for e in logs if e["event"].startswith("manual pauses: removed")]
+    assert (removed["files"], removed["log_level"]) == ([left], "warning")
 
 
 def test_no_file_is_a_first_start_and_an_unreadable_file_stops_the_start(tmp_path: Path) -> None:
