@@ -486,6 +486,16 @@ def _check_distinct_urls(urls: tuple[str, ...]) -> None:
         seen[key] = position
 
 
+def _no_whitespace(value: str) -> str:
+    """A venue symbol or feed id with a space in or around it (a copy-paste) is refused: no
+    venue lists such a symbol, so the pair could only fail at start-up or never quote."""
+    if re.search(r"\s", value):
+        raise ValueError(
+            f"must not contain whitespace ({value!r}): no venue symbol or feed id has any"
+        )
+    return value
+
+
 class SourceConfig(_Frozen):
     """One feed instance. Several instances may share a type (e.g. two Binance hosts)."""
 
@@ -493,7 +503,9 @@ class SourceConfig(_Frozen):
     enabled: bool = True
     ws_url: str | None = None
     rest_url: str | None = None
-    instruments: dict[Pair, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
+    instruments: dict[Pair, Annotated[str, Field(min_length=1), AfterValidator(_no_whitespace)]] = (
+        Field(default_factory=dict)
+    )
     liveness_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     rest_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
