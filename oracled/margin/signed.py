@@ -17,7 +17,8 @@ engine the client's quorum view of each market, never a frame itself:
 * a daemon's signed frames come one per market, so the service groups them by round time: the
   engine's views are refreshed, and a decision taken, once a daemon's round is complete (every
   market it serves, or its next round began), never between two markets of one round; the tick
-  decides on those views too, only freezing the markets whose quorum lapsed meanwhile;
+  decides on those views too, freezing at once the markets whose quorum lapsed or turned
+  paused meanwhile (a view without a price mixes no rounds);
 * a daemon's `stalled` frame withdraws its reports: the client is told (`note_stalled`) that
   the signer last verified from that daemon stalled, so its identity's reports leave every
   quorum at once, however young, until a report of a later round of it is verified. A market
@@ -50,6 +51,8 @@ _log = structlog.get_logger(component="margin")
 NO_QUORUM = "no_quorum"
 #: Why a market has no quorum when stalled daemons' reports were left out of it.
 STALLED_QUORUM = "stalled"
+#: The quorum statuses with a price.
+_LIVE = frozenset({"active", "degraded"})
 
 
 def view_of(market: MarketView) -> PriceView:
@@ -239,24 +242,27 @@ class SignedMarginService(MarginService):
         """Give the engine the client's view of every market that changed."""
         now = self.clock()
         for market in self.engine.markets:
-            quorum = self.client.price(market)
-            if quorum.status == "unknown":
-                self._freeze(market, quorum, now)
-                continue
-            try:
-                view = view_of(quorum)
-            except ValueError as exc:  # the market keeps its last view, which ages
-                self._bad_report(market, str(exc))
-                continue
-            fed = self._fed.get(market)
-            newer = fed is None or (view.ts, view.round) > (fed.ts, fed.round)
-            # The same round time, another quorum: a replica's report came, or a stalled one's
-            # left (the client leaves out only what was said to be stalled: no late copy counts)
-            changed = fed is not None and view.ts == fed.ts and view != fed
-            if newer or changed:
-                self._fed[market] = view
-                self._unverified.pop(market, None)
-                self.engine.on_report(view, in_order=True)
+            self._take(market, self.client.price(market), now)
+
+    def _take(self, market: str, quorum: MarketView, now: int) -> None:
+        """Give the engine the client's view of `market`, if it changed."""
+        if quorum.status == "unknown":
+            self._freeze(market, quorum, now)
+            return
+        try:
+            view = view_of(quorum)
+        except ValueError as exc:  # the market keeps its last view, which ages
+            self._bad_report(market, str(exc))
+            return
+        fed = self._fed.get(market)
+        newer = fed is None or (view.ts, view.round) > (fed.ts, fed.round)
+        # The same round time, another quorum: a replica's report came, or a stalled one's
+        # left (the client leaves out only what was said to be stalled: no late copy counts)
+        changed = fed is not None and view.ts == fed.ts and view != fed
+        if newer or changed:
+            self._fed[market] = view
+            self._unverified.pop(market, None)
+            self.engine.on_report(view, in_order=True)
 
     def _freeze(self, market: str, quorum: MarketView, now: int) -> None:
         """No verified quorum (any more): frozen, with reason `stalled` when stalled daemons'
@@ -277,10 +283,13 @@ class SignedMarginService(MarginService):
             self.engine.on_report(_no_quorum(market, now), in_order=True)
 
     def _decide(self) -> None:
-        # A quorum lapses with time too: frozen at the tick, never priced between rounds.
+        # A quorum lapses with time too, or turns paused (a live report aged out, and the
+        # fresh ones agree there is no price): frozen at the tick, not a round later. A view
+        # without a price is taken between two markets' frames of one round too: it prices
+        # nothing, so it mixes no rounds.
         now = self.clock()
         for market in self.engine.markets:
             quorum = self.client.price(market)
-            if quorum.status == "unknown":
-                self._freeze(market, quorum, now)
+            if quorum.status not in _LIVE:
+                self._take(market, quorum, now)
         super()._decide()

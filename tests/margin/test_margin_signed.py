@@ -517,16 +517,17 @@ async def test_a_stalled_daemon_freezes_signed_markets_until_a_later_round_is_ve
 
 
 async def _replicas_stalling(
-    serve: Servers, scales: list[float], quorum: int
+    serve: Servers, scales: list[float], quorum: int, max_age_ms: int = 60_000
 ) -> tuple[list[SignedRig], MarginEngine, SignedMarginService, io.BytesIO]:
     """Replicas on one clock (their own keys and identities), one verified round each, and a
-    signed service reading them all that trusts a report for 60 s (so a stall is not age)."""
+    signed service reading them all that trusts a report for `max_age_ms` (60 s by default, so
+    a stall is not age)."""
     rigs = [SignedRig(KEYS[i], scale=scale) for i, scale in enumerate(scales)]
     for i, rig in enumerate(rigs):
         rig.clock = rigs[0].clock
         rig.step(advance=i == 0)
     urls = [await serve.api(rig) for rig in rigs]
-    eng = accounts({"max_report_age_ms": 60_000}, signed_section(rigs, quorum), TIGHT)
+    eng = accounts({"max_report_age_ms": max_age_ms}, signed_section(rigs, quorum), TIGHT)
     assert eng.spec.signed is not None
     out = io.BytesIO()
     service = SignedMarginService(
@@ -544,6 +545,30 @@ async def _round_of(rigs: list[SignedRig], service: SignedMarginService, ms: int
     for rig in rigs:
         rig.step(advance=False)
     await until(lambda: service.client.accepted >= accepted + 2 * len(rigs))
+
+
+async def test_a_quorum_view_turned_paused_by_age_freezes_at_the_tick(serve: Servers) -> None:
+    """Three replicas, quorum 2, a report trusted for 1 s. 500 ms after a round of all three,
+    the second and third publish one more, the third with BTC/USD paused by its operator: the
+    quorum view is still live (the first's and the second's prices). Once the first's report
+    is over 1 s old, the fresh ones agree there is no price (`paused`): the tick freezes
+    BTC/USD at once. It only froze views without a quorum (`unknown`), so the engine kept the
+    live price of the second's round (501 ms old, fresh) until a next round came."""
+    rigs, eng, service, out = await _replicas_stalling(serve, [1.0, 1.0, 1.0], 2, 1_000)
+    now = rigs[0].clock.now_ms
+    rigs[2].core.set_manual("BTC/USD", True)
+    await _round_of(rigs[1:], service, 500)
+    assert service.client.price("BTC/USD").status == "active"
+    assert isinstance(eng.prices(now())["BTC/USD"], Resolved)
+    before = len(decisions(out))
+    rigs[0].clock.advance(501)  # the first's report is 1,001 ms old; the others' 501 ms
+    assert service.client.price("BTC/USD").status == "paused"
+    await until(lambda: isinstance(eng.prices(now())["BTC/USD"], Frozen))
+    btc = eng.prices(now())["BTC/USD"]
+    assert isinstance(btc, Frozen) and btc.reason == "paused"
+    await until(lambda: len(decisions(out)) > before)
+    assert [(d["kind"], d["reasons"]) for d in decisions(out)[before:]] == [("freeze", ["paused"])]
+    assert b"liquidation" not in out.getvalue()
 
 
 async def test_a_stalled_replica_leaves_the_quorum_and_the_others_keep_pricing(
