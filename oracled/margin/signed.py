@@ -16,9 +16,11 @@ engine the client's quorum view of each market, never a frame itself:
   any other (measured from its last usable view);
 * a daemon's signed frames come one per market, so the service groups them by round time: the
   engine's views are refreshed, and a decision taken, once a daemon's round is complete (every
-  market it serves, or its next round began), never between two markets of one round; the tick
-  decides on those views too, freezing at once the markets whose quorum lapsed or turned
-  paused meanwhile (a view without a price mixes no rounds);
+  market it serves, or its next round began), never between two markets of one round;
+* every change of a quorum view reaches the engine at once, older or newer: a report withdrawn
+  (a stall, an equivocation) may have been the newest. At the tick, reports age out: the views
+  then changed are taken and decided on, but a new price of a market whose daemon's round is
+  still coming in waits for the rest of it (a view without a price mixes no rounds);
 * a daemon's `stalled` frame withdraws its reports: the client is told (`note_stalled`) that
   the signer last verified from that daemon stalled, so its identity's reports leave every
   quorum at once, however young, until a report of a later round of it is verified. A market
@@ -29,7 +31,7 @@ engine the client's quorum view of each market, never a frame itself:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import IO
 
 import aiohttp
@@ -162,6 +164,8 @@ class SignedMarginService(MarginService):
         # for want of a quorum, with why (NO_QUORUM, or STALLED_QUORUM).
         self._fed: dict[str, PriceView] = {}
         self._unverified: dict[str, str] = {}
+        # Per market, the last quorum view that was no price (said once, not at every tick).
+        self._bad: dict[str, MarketView] = {}
         # Per daemon URL, the signer last verified from it: whom its `stalled` frame is about.
         self._heard: dict[str, str] = {}
 
@@ -199,7 +203,9 @@ class SignedMarginService(MarginService):
             # refuses it with its reason: only a verified price moves the engine.
         try:
             sp = self.client.feed(text)  # refusals are counted and logged by the client
-        except Rejection:
+        except Rejection as exc:
+            if exc.reason == "equivocation":  # the signer's report of that time was withdrawn
+                self._decide()
             return ()
         self.reports += 1
         self._heard[url] = sp.signer
@@ -226,7 +232,7 @@ class SignedMarginService(MarginService):
 
     def _round_complete(self) -> None:
         self._refresh()
-        self._decide()
+        super()._decide()
 
     def _stalled(self, message: str, url: str) -> None:
         """`url`'s daemon stalled: its signer's reports leave every quorum, the others price."""
@@ -236,13 +242,21 @@ class SignedMarginService(MarginService):
         _log.warning("stalled", message=message, url=url, identity=identity)
         if stall is not None:  # else nothing of it is held: it counts toward no quorum
             self._refresh()
-            self._decide()
+            super()._decide()
 
-    def _refresh(self) -> None:
-        """Give the engine the client's view of every market that changed."""
+    def _refresh(self, arriving: Collection[str] = ()) -> None:
+        """Give the engine the client's view of every market that changed, but a live one of
+        the markets `arriving` (of a daemon's round still coming in: they wait for the rest)."""
         now = self.clock()
         for market in self.engine.markets:
-            self._take(market, self.client.price(market), now)
+            quorum = self.client.price(market)
+            if quorum.status in _LIVE and market in arriving:
+                continue
+            self._take(market, quorum, now)
+
+    def _arriving(self) -> set[str]:
+        """The markets of the daemons' rounds still coming in, verified so far."""
+        return {market for _, seen in self._round.values() if seen for market in seen}
 
     def _take(self, market: str, quorum: MarketView, now: int) -> None:
         """Give the engine the client's view of `market`, if it changed."""
@@ -252,14 +266,14 @@ class SignedMarginService(MarginService):
         try:
             view = view_of(quorum)
         except ValueError as exc:  # the market keeps its last view, which ages
-            self._bad_report(market, str(exc))
+            if self._bad.get(market) != quorum:  # said once, however many ticks see it
+                self._bad[market] = quorum
+                self._bad_report(market, str(exc))
             return
         fed = self._fed.get(market)
-        newer = fed is None or (view.ts, view.round) > (fed.ts, fed.round)
-        # The same round time, another quorum: a replica's report came, or a stalled one's
-        # left (the client leaves out only what was said to be stalled: no late copy counts)
-        changed = fed is not None and view.ts == fed.ts and view != fed
-        if newer or changed:
+        # Any change, older or not: a replica's report came, or one left (aged out, its daemon
+        # stalled, its signer equivocated), and the one that left may have been the newest.
+        if fed is None or view != fed or market in self._unverified:
             self._fed[market] = view
             self._unverified.pop(market, None)
             self.engine.on_report(view, in_order=True)
@@ -283,13 +297,9 @@ class SignedMarginService(MarginService):
             self.engine.on_report(_no_quorum(market, now), in_order=True)
 
     def _decide(self) -> None:
-        # A quorum lapses with time too, or turns paused (a live report aged out, and the
-        # fresh ones agree there is no price): frozen at the tick, not a round later. A view
-        # without a price is taken between two markets' frames of one round too: it prices
-        # nothing, so it mixes no rounds.
-        now = self.clock()
-        for market in self.engine.markets:
-            quorum = self.client.price(market)
-            if quorum.status not in _LIVE:
-                self._take(market, quorum, now)
+        # A quorum view changes with time too: a report ages out, and the view lapses, turns
+        # paused, or is the median of the others. Taken at the tick, not a round later; but a
+        # new price of a market whose daemon's round is still coming in waits for the rest of
+        # it (a view without a price mixes no rounds: taken at once).
+        self._refresh(self._arriving())
         super()._decide()

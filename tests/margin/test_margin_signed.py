@@ -601,6 +601,65 @@ async def test_a_stalled_replica_leaves_the_quorum_and_the_others_keep_pricing(
     assert stalled["identity"] == "daemon-c" and "stalled" in stalled["message"]
 
 
+async def test_an_equivocating_signer_leaves_the_engines_price_at_once(serve: Servers) -> None:
+    """Three replicas, quorum 2, quoting 1.0, 1.01 and 1.3 times the venues' prices; the third
+    publishes its round 300 ms after the others', so its report is the newest: BTC/USD is
+    64,640. A fourth daemon signing with the third's key then signs another round for that
+    very time (replicas given one key): the client refuses it as `equivocation` and withdraws
+    the third's report. The engine's price is the two others' median (64,320) at once, with no
+    round and no tick (60 s). It kept 64,640 for up to a round: an equivocation refreshed
+    nothing, and a refresh passed on only views of the same or a newer round time, while the
+    view without the newest report is older."""
+    rigs = [SignedRig(KEYS[i], scale=scale) for i, scale in enumerate([1.0, 1.01, 1.3])]
+    twin = SignedRig(KEYS[2], scale=1.2)  # the third's key, in another daemon's hands
+    for rig in (*rigs[1:], twin):
+        rig.clock = rigs[0].clock
+    now = rigs[0].clock.now_ms
+    rigs[0].step()
+    rigs[1].step(advance=False)
+    urls = [await serve.api(rig) for rig in (*rigs, twin)]
+    eng = accounts({"max_report_age_ms": 60_000}, signed_section(rigs, 2), TIGHT)
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    service = SignedMarginService(
+        eng, urls, out, eng.spec.signed, step_ms=60_000, clock=rigs[0].clock.now_ms
+    )
+    await serve.run(service)
+    await until(lambda: service.client.accepted >= 4)
+    await _round_of(rigs[2:], service, 300)
+    btc = eng.prices(now())["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.value == pytest.approx(64_640, rel=1e-4)
+    assert btc.ref.ts == now()  # the third's round time
+    twin.step(advance=False)
+    await until(lambda: service.client.rejected["equivocation"] >= 1)
+    await until(lambda: eng.prices(now())["BTC/USD"].ref.ts < now())
+    btc = eng.prices(now())["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.value == pytest.approx(64_320, rel=1e-4)
+    assert [s.identity for s in btc.ref.signers] == ["daemon-a", "daemon-b"]
+    assert service.client.price("BTC/USD").identities == ("daemon-a", "daemon-b")
+
+
+async def test_a_replica_whose_report_ages_out_leaves_the_engines_price_at_the_tick(
+    serve: Servers,
+) -> None:
+    """Three replicas, quorum 2, quoting 1.0, 1.01 and 1.3 times the venues' prices, a report
+    trusted for 1 s. The third goes quiet; 500 ms later the first two publish a round. Once
+    the third's report is over 1 s old, the quorum view is the two others' median (64,320),
+    and the engine has it at the tick, without a round: it kept the median of all three
+    (64,640, the view of the last round, still fresh) until a next round came."""
+    rigs, eng, service, _ = await _replicas_stalling(serve, [1.0, 1.01, 1.3], 2, 1_000)
+    now = rigs[0].clock.now_ms
+    await _round_of(rigs[:2], service, 500)
+    btc = eng.prices(now())["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.value == pytest.approx(64_640, rel=1e-4)
+    rigs[0].clock.advance(501)  # the third's report is 1,001 ms old; the others' 501 ms
+    assert service.client.price("BTC/USD").identities == ("daemon-a", "daemon-b")
+    await until(lambda: len(eng.prices(now())["BTC/USD"].ref.signers) == 2)
+    btc = eng.prices(now())["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.value == pytest.approx(64_320, rel=1e-4)
+    assert eng.state("tight") == "healthy"
+
+
 async def test_a_stall_leaving_fewer_than_a_quorum_freezes_stalled_until_it_ends(
     serve: Servers,
 ) -> None:
