@@ -422,6 +422,7 @@ class Service:
         self._restart_base_s = restart_base_s
         self.clock = clock or SystemClock()
         self.host, self.port = parse_listen(listen or cfg.api.listen)
+        self._listen_key = "--listen" if listen else "api.listen"  # named if it cannot be bound
         self.core = Core(cfg)
         self.rounds_caught_up = 0  # rounds the round loop computed late, unpublished
         self.rounds_published = 0  # rounds the round loop computed on time and published
@@ -989,7 +990,16 @@ class Service:
         )
         await runner.setup()
         site = GuardedSite(runner, self.host, self.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            # Still an OSError (exit 1, restarted: a port may be released, a name resolve, an
+            # address come up), but saying which setting asked for what: the resolver's bare
+            # "Name or service not known" named neither.
+            why = (exc.strerror or str(exc)).rpartition(": ")[2]
+            raise OSError(
+                exc.errno, f"{self._listen_key}: cannot listen on {self.host}:{self.port} ({why})"
+            ) from exc
         server = site._server
         sockets = getattr(server, "sockets", None) or ()
         self.bound_port = int(sockets[0].getsockname()[1]) if sockets else self.port

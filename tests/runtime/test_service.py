@@ -775,3 +775,29 @@ async def test_the_api_and_the_session_close_even_when_a_task_outlives_the_shutd
         _StubbornSource.release.set()
         left = [t for t in asyncio.all_tasks() if t.get_name().startswith("source:")]
         await asyncio.gather(*left, return_exceptions=True)
+
+
+async def test_a_listen_address_that_cannot_be_bound_is_named_with_its_key() -> None:
+    """`api.listen` on a port another socket holds: the start fails with an OSError (exit 1,
+    restarted, as a port may be released) whose text names the key, the address and why, as a
+    config problem would; a bare resolver error named neither."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = parse_config(
+            {
+                "api": {"listen": f"127.0.0.1:{port}", "admin_token_env": None},
+                "sources": {"a": {"type": "binance"}},
+                "markets": [
+                    {"symbol": "BTC/USDT", "min_sources": 1,
+                     "sources": [{"source": "a", "pair": "BTC/USDT"}]}
+                ],
+            },
+            env={},
+        )  # fmt: skip
+        with pytest.raises(OSError) as caught:
+            await Service(cfg, source_factory=_factory).run()
+    assert f"api.listen: cannot listen on 127.0.0.1:{port} (address already in use)" in str(
+        caught.value
+    )
