@@ -125,11 +125,32 @@ class PriceView(msgspec.Struct, frozen=True, gc=False):
     mark_mode: str | None = None
     #: Signed mode: the verified reports the quorum view was made of (none from the wire).
     signers: tuple[SignerRef, ...] = ()
+    #: The fields of a report that is not live (`paused`, `unknown`) that were no price and
+    #: were left out, each with why (`last_good_price: not a price: 'NaN'`): its status is
+    #: what counts.
+    dropped: tuple[str, ...] = ()
 
     @classmethod
     def from_wire(cls, report: WireReport) -> PriceView:
-        """ValueError for a price, last good price or mark that is no positive finite decimal."""
+        """ValueError for a live report whose price, last good price or mark is no positive
+        finite decimal. A report that is not live is taken whatever its prices: a pause must
+        reach the engine (the market's older, live report would stay in use until it aged
+        out), and there they only inform, so a bad one is left out and named in `dropped`."""
         mark_text = report.mark.price if report.mark is not None else None
+        dropped: list[str] = []
+
+        def num(name: str, text: str | None) -> tuple[float | None, str | None]:
+            try:
+                return _num(text), text
+            except ValueError as exc:
+                if report.status in ("active", "degraded"):
+                    raise
+                dropped.append(f"{name}: {exc}")
+                return None, None
+
+        price, price_text = num("price", report.price)
+        last_good, last_good_text = num("last_good_price", report.last_good_price)
+        mark, mark_text = num("mark", mark_text)
         mode = None
         if report.mark is not None and mark_text is not None:
             est = report.mark.estimators  # a report without them proves no perpetual counted
@@ -140,15 +161,16 @@ class PriceView(msgspec.Struct, frozen=True, gc=False):
             round=report.round,
             status=report.status,
             reasons=tuple(report.reasons),
-            price=_num(report.price),
-            price_text=report.price,
-            last_good=_num(report.last_good_price),
-            last_good_text=report.last_good_price,
+            price=price,
+            price_text=price_text,
+            last_good=last_good,
+            last_good_text=last_good_text,
             last_good_ts=report.last_good_ts,
-            mark=_num(mark_text),
+            mark=mark,
             mark_text=mark_text,
             signature=report.signature,
             mark_mode=mode,
+            dropped=tuple(dropped),
         )
 
     @classmethod

@@ -164,6 +164,8 @@ class MarginService:
                 except ValueError as exc:  # the market keeps its last report, which ages
                     self._bad_report(report.market, str(exc))
                     continue
+                for problem in view.dropped:  # a pause is taken without them: counted
+                    self._bad_report(report.market, f"{problem} (left out)")
                 if self._subs.reported(report.market):
                     self._available((report.market,))
                 self.engine.on_report(view, in_order=True)

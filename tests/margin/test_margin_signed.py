@@ -84,6 +84,8 @@ class Relay:
         self.tamper: float | None = None  # the factor BTC/USD's price is multiplied by
         #: Set: after each signed BTC/USD frame, an unsigned report of it at this price.
         self.inject: float | None = None
+        #: Set: called on every unsigned report passed on, which it may change (True if so).
+        self.edit: Callable[[dict[str, Any]], bool] | None = None
         self.changed = 0
         app = web.Application()
         app.router.add_get("/v1/stream", self._relay)
@@ -91,9 +93,13 @@ class Relay:
 
     def _rewrite(self, text: str) -> str:
         frame = json.loads(text)
-        if self.tamper is None or frame.get("type") not in ("signed", "reports"):
+        kind = frame.get("type")
+        items = frame["data"] if isinstance(frame.get("data"), list) else [frame.get("data")]
+        if self.edit is not None and kind in ("report", "reports"):
+            self.changed += sum(self.edit(item) for item in items)
+            return json.dumps(frame, separators=(",", ":"))
+        if self.tamper is None or kind not in ("signed", "reports"):
             return text
-        items = frame["data"] if isinstance(frame["data"], list) else [frame["data"]]
         for item in items:
             if item["market"] == "BTC/USD" and item.get("price") not in (None, "0"):
                 if frame["type"] == "signed":  # the mantissa, an integer string
@@ -276,6 +282,49 @@ async def test_a_relay_changing_a_price_liquidates_unsigned_and_is_refused_signe
     *before, freeze = [d for d in signed_out if d["kind"] == "freeze"]
     assert freeze["account"] == "tight" and freeze["reasons"] == ["unknown:no_quorum"]
     assert all(d["reasons"] == ["no_report"] for d in before), before
+
+
+async def test_a_pause_whose_last_good_price_is_no_price_still_freezes_the_market(
+    serve: Servers,
+) -> None:
+    """The unsigned service through a relay that spoils the informational prices of BTC/USD's
+    paused reports (last good price `NaN`, mark `0`). The operator pauses BTC/USD: the pause
+    reaches the engine (frozen `paused:manual`, the account's freeze written), the two fields
+    left out and told as `bad_report`. Such a report was skipped whole, so the engine kept
+    the round before's live report and priced on it until it aged out."""
+    rig = SignedRig(KEYS[0])
+    rig.step()
+    relay, url = await serve.relay(await serve.api(rig))
+    eng = accounts({"max_report_age_ms": 60_000}, None, TIGHT)
+    out = io.BytesIO()
+    service = MarginService(eng, url, out, step_ms=60_000, clock=rig.clock.now_ms)
+
+    def spoil(item: dict[str, Any]) -> bool:
+        if item["market"] != "BTC/USD" or item["status"] != "paused":
+            return False
+        item["last_good_price"] = "NaN"
+        item["mark"]["price"] = "0"
+        return True
+
+    with capture_logs() as logs:
+        await serve.run(service)
+        await until(lambda: isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved))
+        relay.edit = spoil
+        rig.core.set_manual("BTC/USD", True)
+        rig.step()
+        await until(lambda: relay.changed >= 1)
+        await until(lambda: b"freeze" in out.getvalue())
+    btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
+    assert isinstance(btc, Frozen) and btc.reason == "paused:manual"
+    held = eng.book.latest["BTC/USD"]
+    assert (held.round, held.last_good, held.mark) == (2, None, None)
+    assert held.dropped == ("last_good_price: not a price: 'NaN'", "mark: not a price: '0'")
+    told = [e for e in logs if e["event"] == "bad_report"]
+    assert [(e["market"], e["error"]) for e in told] == [
+        ("BTC/USD", "last_good_price: not a price: 'NaN' (left out)")
+    ]
+    freeze = next(d for d in decisions(out) if d["kind"] == "freeze")
+    assert freeze["account"] == "tight" and freeze["reasons"] == ["paused:manual"]
 
 
 async def test_an_unsigned_report_put_among_signed_frames_is_refused_as_unsigned(
