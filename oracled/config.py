@@ -38,6 +38,7 @@ from oracled.errors import ConfigError
 
 __all__ = [
     "CHAIN_SOURCE_TYPES",
+    "MAX_CONFIG_BYTES",
     "SOURCE_KINDS",
     "WEIGHT_RANGE",
     "ApiConfig",
@@ -1507,6 +1508,12 @@ def _disabled_with_settings(cfg: Config) -> list[str]:
     return out
 
 
+#: The largest config file read (the shipped one is about 30 KiB): a larger file is refused
+#: after this many bytes, so that the audit database copied over the config, or /dev/zero,
+#: is not read whole into memory, by a reload of a running daemon least of all.
+MAX_CONFIG_BYTES = 16 * 2**20
+
+
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a TOML config file."""
     return read_config(path, env)[0]
@@ -1517,9 +1524,13 @@ def read_config(path: str | Path, env: Mapping[str, str] | None = None) -> tuple
     config in force): the file is read once, so the digest is of what was applied."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        limit = f"{MAX_CONFIG_BYTES // 2**20} MiB"
+        raise ConfigError([f"{path}: larger than {limit}: no config is this large"])
     try:
         text = raw.decode("utf-8-sig")  # -sig: a byte order mark is no content
     except UnicodeDecodeError:

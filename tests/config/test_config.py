@@ -14,6 +14,7 @@ import pydantic
 import pytest
 
 from oracled.config import (
+    MAX_CONFIG_BYTES,
     SOURCE_KINDS,
     SOURCE_TYPES,
     Config,
@@ -89,6 +90,28 @@ def test_a_missing_or_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(latin, env={})
     assert caught.value.problems == [f"{latin}: not UTF-8 text"]
+
+
+def test_a_file_too_large_for_a_config_is_refused_unread(tmp_path: Path) -> None:
+    """A file larger than any config (the audit database copied over it, a log, /dev/zero) is
+    refused after its first MAX_CONFIG_BYTES + 1 bytes: it was read whole into memory, by a
+    reload too, where a file of gigabytes could take the running daemon down with it. A file
+    of exactly the limit is read (and judged by its content)."""
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * MAX_CONFIG_BYTES + b"\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(big, env={})
+    limit = f"{MAX_CONFIG_BYTES // 2**20} MiB"
+    assert caught.value.problems == [f"{big}: larger than {limit}: no config is this large"]
+    endless = Path("/dev/zero")
+    with pytest.raises(ConfigError) as caught:
+        load_config(endless, env={})
+    assert caught.value.problems == [f"{endless}: larger than {limit}: no config is this large"]
+    fits = tmp_path / "fits.toml"
+    fits.write_bytes(b"#" * (MAX_CONFIG_BYTES - 1) + b"\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(fits, env={})
+    assert caught.value.problems == ["markets: is required"]
 
 
 @pytest.mark.parametrize("path", GOOD, ids=[p.stem for p in GOOD])
