@@ -10,7 +10,8 @@ instrument and asset specs, and the prices resolved for one decision time (docs/
                    good price; warning and reduce-only levels weigh each bracket by its multiples
     state        = healthy if equity >= warning level, warning if >= reduce-only level,
                    reduce_only if >= maintenance, else liquidatable (each bar less a
-                   billionth of it: float rounding never puts an account on it below it)
+                   billionth of it: float rounding never puts an account on it below it;
+                   a notional on its `max_notional` is not over it, alike)
 """
 
 from __future__ import annotations
@@ -131,6 +132,11 @@ def _at_least(equity: float, level: float) -> bool:
     return equity >= level - ROUNDING * abs(level)
 
 
+def _over(notional: float, limit: float) -> bool:
+    """Over a concentration limit by more than rounding: 0.1 x 64,064 is 6,406.400000000001."""
+    return notional > limit + ROUNDING * abs(limit)
+
+
 def _state(equity: float, levels: Levels) -> str:
     if _at_least(equity, levels.warning):
         return "healthy"
@@ -221,7 +227,7 @@ def assess_cross(account: Account, spec: AccountsFile, prices: Prices) -> Assess
         got = usable[inst.market]
         notional = abs(qty) * got.position_value
         levels = levels + tier_levels(inst.tiers, notional).scaled(1.0 + got.buffer)
-        if inst.max_notional is not None and notional > inst.max_notional:
+        if inst.max_notional is not None and _over(notional, inst.max_notional):
             reasons.append(f"concentration:{name}")
     reasons.extend(_strategy_breaches(account, spec, usable))
     state = _state(equity, levels)
@@ -253,7 +259,7 @@ def _strategy_breaches(
             ).maintenance
             for i, q in net.items()
         )
-        if limits.max_notional is not None and gross > limits.max_notional:
+        if limits.max_notional is not None and _over(gross, limits.max_notional):
             out.append(f"strategy:{name}:notional")
         if not _at_least(equity, maintenance):
             out.append(f"strategy:{name}:margin")

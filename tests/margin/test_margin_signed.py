@@ -157,15 +157,18 @@ def signed_section(rigs: list[SignedRig], quorum: int = 1, deployment: str = "te
     return {"deployment": deployment, "signers": signers, "quorum": quorum}
 
 
-def accounts(policy: dict[str, Any], signed: Any, *accts: dict[str, Any]) -> MarginEngine:
+def accounts(
+    policy: dict[str, Any], signed: Any, *accts: dict[str, Any], max_notional: float | None = None
+) -> MarginEngine:
+    """An engine on these accounts; `max_notional`: BTC-PERP's concentration limit."""
     tiers = [{"initial": 0.02, "maintenance": 0.01}]
+    btc: dict[str, Any] = {"market": "BTC/USD", "tiers": tiers}
+    if max_notional is not None:
+        btc["max_notional"] = max_notional
     data: dict[str, Any] = {
         "policy": {"liquidation_fee": 0.0, **policy},
         "assets": {"USD": {}},
-        "instruments": {
-            "BTC-PERP": {"market": "BTC/USD", "tiers": tiers},
-            "ETH-PERP": {"market": "ETH/USD", "tiers": tiers},
-        },
+        "instruments": {"BTC-PERP": btc, "ETH-PERP": {"market": "ETH/USD", "tiers": tiers}},
         "accounts": list(accts),
     }
     if signed is not None:
@@ -325,6 +328,40 @@ async def test_a_pause_whose_last_good_price_is_no_price_still_freezes_the_marke
     ]
     freeze = next(d for d in decisions(out) if d["kind"] == "freeze")
     assert freeze["account"] == "tight" and freeze["reasons"] == ["paused:manual"]
+
+
+async def test_a_notional_exactly_on_its_limit_is_not_over_it_by_float_rounding(
+    serve: Servers,
+) -> None:
+    """BTC-PERP's limit, and a strategy's, is 6,406.4: 0.1 BTC at the signed mark 64,064.00.
+    In binary floats 0.1 x 64,064 is 6,406.400000000001, so the account exactly on the limit
+    was put `reduce_only` for `concentration:BTC-PERP` and `strategy:s:notional`; it is
+    healthy and no call is written. 0.10001 BTC (6,407.04) is over both limits."""
+
+    def holder(name: str, qty: float) -> dict[str, Any]:
+        return {
+            "id": name,
+            "collateral": {"USD": 1_000},
+            "strategies": {"s": {"balance": 1_000, "max_notional": 6_406.4}},
+            "positions": [{"instrument": "BTC-PERP", "qty": qty, "entry": 64_064, "strategy": "s"}],
+        }
+
+    rig = SignedRig(KEYS[0])
+    rig.step()
+    eng = accounts(
+        {}, signed_section([rig]), holder("at", 0.1), holder("over", 0.10001), max_notional=6_406.4
+    )
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    url = await serve.api(rig)
+    service = SignedMarginService(eng, [url], out, eng.spec.signed, clock=rig.clock.now_ms)
+    await serve.run(service)
+    await until(lambda: {"BTC/USD", "ETH/USD"} <= set(eng.book.latest))
+    btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.ref.price == "64064.00"
+    assert (eng.state("at"), eng.state("over")) == ("healthy", "reduce_only")
+    calls = [(d["account"], d["reasons"]) for d in decisions(out) if d["kind"] == "margin_call"]
+    assert calls == [("over", ["concentration:BTC-PERP", "strategy:s:notional"])]
 
 
 async def test_an_unsigned_report_put_among_signed_frames_is_refused_as_unsigned(
