@@ -120,9 +120,10 @@ class SourceValue(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
 class MarkEstimators(msgspec.Struct, frozen=True, gc=False):
     """The candidates the mark is the median of; null where an estimator has no inputs.
 
-    `basis_ema`: index + time-weighted EMA of (median perp mid - index), while perps are fresh.
+    `basis_ema`: index x (1 + time-weighted EMA of (median perp mid - index) / index), while
+    perps are fresh.
     `perp_median`: median of the fresh perpetual mids across venues.
-    `fallback`: index + the last EMA basis decayed by its half-life, only when no perp is fresh.
+    `fallback`: the same with the last EMA decayed by its half-life, only when no perp is fresh.
     """
 
     basis_ema: str | None

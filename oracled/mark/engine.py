@@ -9,8 +9,9 @@ Per market with perp_sources, with `x` the round's live index (NaN when not live
 1. a perpetual quote counts if it is fresh (the market's `max_age_ms`, the clock-skew bound),
    not flagged by its source, its conversion leg is live (the same routes as spot slots) and
    its mid is within `max_perp_deviation` of `x`;
-2. basis = median perp mid - x updates the EMA (decayed by elapsed time); premium = median of
-   the venues' premiums is one funding sample, weighted by the time since the previous round;
+2. basis = median perp mid - x, as a fraction of x, updates the EMA (decayed by elapsed time);
+   premium = median of the venues' premiums is one funding sample, weighted by the time since
+   the previous round;
 3. mark = median of the estimators that exist (see `Mark` and docs/mark.md).
 """
 
@@ -76,7 +77,10 @@ class _State:
     __slots__ = ("acc_id", "acc_sum", "acc_weight", "ema", "ema_ts", "last_rate", "last_ts", "prev")
 
     def __init__(self) -> None:
-        self.ema = nan  # EMA of the basis (price units); NaN until the first sample
+        # EMA of the basis as a fraction of the index, so that it scales with the index through
+        # a large move (in price units, a 4.5 basis kept across a fall from 100 to 3 made the
+        # mark negative); NaN until the first sample
+        self.ema = nan
         self.ema_ts = 0  # time of the last basis sample
         self.acc_id: int | None = None  # running funding interval: ((t - 1) // interval)
         self.acc_sum = 0.0  # sum of weight x premium in the running interval
@@ -270,13 +274,13 @@ class MarkEngine:
         premium = median(premiums)
         basis_ema = fallback = nan
         if mids:
-            state.ema = ema_update(state.ema, basis, now - state.ema_ts, spec.half_life_ms)
+            state.ema = ema_update(state.ema, basis / x, now - state.ema_ts, spec.half_life_ms)
             state.ema_ts = now
-            basis_ema = x + state.ema
+            basis_ema = x * (1.0 + state.ema)
             price = (basis_ema + perp_median) * 0.5  # the median of two estimators
         elif isfinite(x):
             carried = state.ema * decay(now - state.ema_ts, spec.half_life_ms)
-            fallback = x + carried if isfinite(carried) else x
+            fallback = x * (1.0 + carried) if isfinite(carried) else x
             price = fallback
         else:
             price = nan

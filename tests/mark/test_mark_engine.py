@@ -202,3 +202,26 @@ def test_a_perpetual_that_also_votes_in_the_index_still_counts_for_the_mark() ->
         assert report.mark is not None
         assert (report.mark.perps_used, report.mark.estimators.perp_median) == (1, "100.50")
         assert report.mark.price == "100.50"
+
+
+def test_the_basis_scales_with_the_index_through_a_crash() -> None:
+    """Perps 4.5 % under an index of 100 for two minutes (H = 60 s), then the index falls to 3
+    (a jump, held 4 rounds, then followed): the mark keeps the perps' discount as a share of the
+    new index, 2.87 in the fallback and with the perps back at 2.88, never the old 4.5 *dollars*
+    under it. Before, the EMA held the basis in price units: the fallback published a mark of
+    -1.25 and, with the perps back, 0.84 (the mean of -1.21 and 2.88) against an index of 3.00."""
+    rig = Rig(make_config(max_price=1e6))
+    t = B
+    for _ in range(120):
+        t += 1_000
+        rig.mark(t, index=100.0, p=95.5)
+    for _ in range(4):
+        t += 1_000
+        assert rig.mark(t, index=3.0).reason == "index"  # the jump is held
+    t += 1_000
+    fallback = rig.mark(t, index=3.0)
+    assert (fallback.price, fallback.estimators.fallback) == ("2.87", "2.87")
+    t += 1_000
+    back = rig.mark(t, index=3.0, p=2.88)  # 4 % under: the EMA moves from -4.5 % towards it
+    assert back.estimators == MarkEstimators("2.87", "2.88", None)
+    assert back.price == "2.87"
