@@ -147,7 +147,11 @@ class Layout:
             max_deviation=np.array([m.max_deviation for m in cfg.markets]),
             circuit_breaker=np.array([m.circuit_breaker for m in cfg.markets]),
             confidence_limit=np.array([m.confidence_limit for m in cfg.markets]),
-            price_floor=np.array([m.min_price or glob.min_price for m in cfg.markets]),
+            # Never below one unit of the market's last decimal: a value under it could only
+            # be published as zero (0.004 at two decimals is "0.00").
+            price_floor=np.array(
+                [max(m.min_price or glob.min_price, 10.0**m.price_exponent) for m in cfg.markets]
+            ),
             price_ceiling=np.array([m.max_price or glob.max_price for m in cfg.markets]),
         )
 

@@ -1,6 +1,6 @@
 """Edges of a round's slot filters that a one-character change in core.py would cross: the
-inclusive price bounds, quotes from ahead of the round's clock, and which reason a slot that is
-both stale and routed through a dead leg gets."""
+inclusive price bounds and the floor of the market's precision, quotes from ahead of the
+round's clock, and which reason a slot that is both stale and routed through a dead leg gets."""
 
 from __future__ import annotations
 
@@ -188,3 +188,20 @@ def test_the_extreme_weights_the_config_takes_still_give_the_textbook_median() -
         report = core.run_round(T0).report(0)
         assert all(s.used for s in report.sources), weight
         assert (report.status, report.price) == ("active", "50000.00"), weight
+
+
+def test_a_value_below_one_unit_of_the_last_decimal_is_out_of_bounds() -> None:
+    """A market with two decimals cannot publish 0.004 but as "0.00", a zero price: a value
+    below one unit of its last decimal (0.01 here, whatever min_price says) is excluded as
+    `bounds`, so the market pauses for its quorum instead. 0.01 itself still counts. Found by
+    the hostile-quotes property: a market fed 0.0039 at two decimals went live at "0.00"."""
+    core = Core(config([market("X/USD", "abc", min_sources=2, circuit_breaker=0.99)],
+                       resume_rounds=1))  # fmt: skip
+    for s in "abc":
+        assert core.ingest(quote(s, "X/USD", 0.01, T0)) is None
+    assert core.run_round(T0).report(0).price == "0.01"
+    for s in "abc":
+        assert core.ingest(quote(s, "X/USD", 0.004, T0 + 250)) is None
+    report = core.run_round(T0 + 250).report(0)
+    assert (report.status, report.reasons, report.price) == ("paused", ["quorum"], None)
+    assert {s.reason for s in report.sources} == {"bounds"}
