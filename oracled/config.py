@@ -129,6 +129,14 @@ DEFAULT_MAX_CLOCK_SKEW_MS = 2_000
 _EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
+def _names_a_file(value: str, example: str) -> str:
+    """A path the daemon writes a file at (with its lock file beside it): one that ends in "/",
+    ".", or ".." names a directory, which no file can be written over."""
+    if value.endswith("/") or Path(value).name in ("", ".", ".."):
+        raise ValueError(f"must name a file (e.g. {example}), not a directory")
+    return value
+
+
 class _Frozen(BaseModel):
     # strict: "yes" is not a boolean and "3" is not a number in a risk config.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -146,6 +154,11 @@ class OracleConfig(_Frozen):
     #: Where operator pauses are kept across restarts (oracled/manual.py), relative to the
     #: working directory; unset, a restart lifts them.
     manual_pauses_file: Annotated[str, Field(min_length=1)] | None = None
+
+    @field_validator("manual_pauses_file")
+    @classmethod
+    def _check_pauses_file(cls, value: str | None) -> str | None:
+        return None if value is None else _names_a_file(value, "oracled-manual-pauses.json")
 
 
 class ApiConfig(_Frozen):
@@ -223,6 +236,11 @@ class SigningConfig(_Frozen):
     #: How far ahead of the rounds the lease reaches: one write per half window; after a crash,
     #: signing waits up to a window for the clock to pass it.
     lease_window_ms: Annotated[int, Field(ge=1_000, le=600_000)] = 10_000
+
+    @field_validator("lease_file")
+    @classmethod
+    def _check_lease_file(cls, value: str | None) -> str | None:
+        return None if value is None else _names_a_file(value, "oracled-signing-lease.json")
 
 
 _FilePath = Annotated[str, Field(min_length=1)]
@@ -314,9 +332,7 @@ class AuditConfig(_Frozen):
     def _check_path(cls, value: str) -> str:
         """Refused here: "" or "." once stopped the writer thread with a traceback at start-up
         (no file name to put its lock file beside), and a directory is no database."""
-        if value.endswith("/") or Path(value).name in ("", ".", ".."):
-            raise ValueError("must name a file (e.g. oracled-audit.sqlite3), not a directory")
-        return value
+        return _names_a_file(value, "oracled-audit.sqlite3")
 
 
 class PushMarketConfig(_Frozen):
