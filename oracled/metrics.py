@@ -67,6 +67,7 @@ class MetricsInputs:
     stream_subscribers: Callable[[], int]
     stream_dropped: Callable[[], Mapping[str, int]]
     api_closed: Callable[[], Mapping[str, int]] = dict  # HTTP connections closed, by reason
+    admin_refused: Callable[[], Mapping[str, int]] = dict  # admin API requests refused, by reason
     signer: SignerStats | None = None  # None: signing off (its families read zero)
     nats: NatsStats | None = None  # None: no NATS sink
     chains: Callable[[], Iterable[ChainStats]] = tuple  # the chain readers running now
@@ -540,6 +541,15 @@ class _StateCollector:
         for reason, count in sorted(self._in.api_closed().items()):
             closed.add_metric([reason], count)
         yield closed
+        refused = CounterMetricFamily(
+            "oracled_admin_requests_refused",
+            "Admin API requests refused before they could act: no token configured, no"
+            " Authorization header, not a bearer token, or a wrong token.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._in.admin_refused().items()):
+            refused.add_metric([reason], count)
+        yield refused
         yield from _signer_families(self._in.signer)
         yield from _nats_families(self._in.nats)
         yield from _chain_families(self._in.now_ms(), self._in.chains())

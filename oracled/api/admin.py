@@ -3,6 +3,12 @@
 Without a configured token the endpoints are disabled (403), so that a daemon started without one
 is never open to anyone who can reach the port. The token is compared in constant time.
 
+Every refused request is counted by why (`REFUSED_REASONS`, in the hub's `admin_refused`) and
+logged as `api_admin_refused` at most once a minute per reason, with the route and the client's
+address: someone trying tokens, or a deploy's automation with a stale one, is seen. Neither the
+count nor the line holds anything of what the client sent in `Authorization` (a token sent
+without its scheme is the header's whole value).
+
 The token is checked before the body is read, and a client asking `Expect: 100-continue` is
 refused before it is invited to send one: the body is the client's to send only once it may act.
 """
@@ -14,6 +20,7 @@ import hmac
 import re
 
 import msgspec
+import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -28,8 +35,17 @@ from oracled.api.errors import (
 )
 from oracled.api.params import path_market
 from oracled.errors import ConfigError, ServiceStopping
+from oracled.lograte import LogEveryMinute
 
-__all__ = ["AdminHandlers"]
+__all__ = ["REFUSED_REASONS", "AdminHandlers"]
+
+#: Why an admin request was refused: no token is configured (403), no `Authorization` header,
+#: one that is not `Bearer <token>`, a token that does not match (401).
+REFUSED_DISABLED = "disabled"
+REFUSED_MISSING = "missing"
+REFUSED_MALFORMED = "malformed"
+REFUSED_WRONG = "wrong"
+REFUSED_REASONS = (REFUSED_DISABLED, REFUSED_MISSING, REFUSED_MALFORMED, REFUSED_WRONG)
 
 _ACTOR = re.compile(r"^[A-Za-z0-9_.@:\-]{1,64}$")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="oracled-admin"'}
@@ -42,32 +58,59 @@ class _ManualBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODER = msgspec.json.Decoder(_ManualBody)
+_log = structlog.get_logger(component="api")
 
 
 class AdminHandlers:
-    __slots__ = ("_ctx", "_token")
+    __slots__ = ("_ctx", "_refused_log", "_token")
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
         secret = ctx.config.admin_token
         self._token = None if secret is None else secret.get_secret_value().encode()
+        self._refused_log = LogEveryMinute()  # keyed by reason: anyone can send these at will
 
     def _authorize(self, request: web.Request) -> None:
+        """Raise the 401 or 403 of a request that may not act, counted and logged."""
+        refused = self._refusal(request)
+        if refused is None:
+            return
+        reason, error = refused
+        self._ctx.hub.admin_refused[reason] += 1
+        count = self._refused_log.due(reason, self._ctx.clock.monotonic())
+        if count is not None:
+            resource = request.match_info.route.resource
+            _log.warning(
+                "api_admin_refused",
+                reason=reason,
+                route=request.path if resource is None else resource.canonical,
+                remote=request.remote,
+                refused=count,  # since the last such line, this one included
+            )
+        raise error
+
+    def _refusal(self, request: web.Request) -> tuple[str, ApiError] | None:
+        """Why `request` may not act and its answer, or None when its token is the one."""
         if self._token is None:
             env = self._ctx.config.api.admin_token_env
             where = f" (set ${env} to enable them)" if env else ""
-            raise ApiError(
+            return REFUSED_DISABLED, ApiError(
                 403,
                 "admin_disabled",
                 f"admin endpoints are disabled: no admin token is configured{where}",
             )
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        header = request.headers.get("Authorization")
+        scheme, _, given = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
-            raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>", _CHALLENGE)
+            reason = REFUSED_MISSING if header is None else REFUSED_MALFORMED
+            error = ApiError(401, "unauthorized", "send Authorization: Bearer <token>", _CHALLENGE)
+            return reason, error
         # aiohttp keeps header bytes that are not UTF-8 as surrogates: encode them back as they
         # came, so that such a token is wrong like any other (strict encoding raised: a 500).
         if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
-            raise ApiError(401, "unauthorized", "the bearer token is not valid", _CHALLENGE)
+            error = ApiError(401, "unauthorized", "the bearer token is not valid", _CHALLENGE)
+            return REFUSED_WRONG, error
+        return None
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """The admin routes' `Expect` handler (run before the middlewares): a client that may not

@@ -279,6 +279,7 @@ class Hub:
         "_signed_frames",
         "_signed_scheduled",
         "_subs",
+        "admin_refused",
         "api_closed",
         "dropped_subscribers",
         "signer",
@@ -322,6 +323,10 @@ class Hub:
                 "bad_request": 0,
                 "request_too_long": 0,
             }
+        )
+        #: Admin API requests refused, by reason (oracled/api/admin.py); same rule.
+        self.admin_refused: Counter[str] = Counter(
+            {"disabled": 0, "missing": 0, "malformed": 0, "wrong": 0}
         )
 
     # -- the round side ----------------------------------------------------------------------

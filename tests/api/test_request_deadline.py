@@ -227,6 +227,8 @@ async def test_an_admin_request_without_a_valid_token_is_refused_before_its_body
     assert rig.hub.api_closed["expect_refused"] == 2
     assert rig.hub.api_closed["request_timeout"] == 0
     assert rig.hub.api_closed["first_request_timeout"] == 0
+    # The first wrong token's refusal, and each refused in place of 100 Continue, counted once.
+    assert {r: n for r, n in rig.hub.admin_refused.items() if n} == {"missing": 1, "wrong": 2}
     disabled = Rig(make_config(token=None))
     async with serve_guarded(disabled, request_timeout=10.0, first_request_timeout=60.0) as (
         port,
@@ -244,15 +246,17 @@ async def test_an_admin_request_without_a_valid_token_is_refused_before_its_body
         writer.close()
         await until(lambda: limits.accepted == 0, "the server saw the close")
     assert disabled.hub.api_closed["expect_refused"] == 1
+    assert {r: n for r, n in disabled.hub.admin_refused.items() if n} == {"disabled": 1}
 
 
 async def test_a_body_sent_after_a_refused_expectation_is_no_late_request() -> None:
     """A client may send its body after all once its expectation is refused: a 401 in place of
-    `100 Continue`, or the 417 of an expectation the API cannot meet. Its bytes, a byte every
-    0.05 s from the answer on, are the refused request's body, not a next request: they start
-    no request deadline (0.2 s here, passed four times over while the bytes come), the server
-    closes the connection of its own, and each is counted once, as `expect_refused`; nothing
-    is paused and nothing is logged as a handler's failure."""
+        `100 Continue`, or the 417 of an expectation the API cannot meet. Its bytes, a byte every
+        0.05 s from the answer on, are the refused request's body, not a next request: they start
+        no request deadline (0.2 s here, passed four times over while the bytes come), the server
+        closes the connection of its own, and each is counted once, as `expect_refused`; nothing
+        is paused and nothing is logged as a handler's failure (the wrong token's refusal is logged,
+    as any is)."""
     rig = Rig(make_config())
     async with serve_guarded(rig, request_timeout=0.2, first_request_timeout=60.0) as (
         port,
@@ -279,7 +283,9 @@ async def test_a_body_sent_after_a_refused_expectation_is_no_late_request() -> N
     assert rig.hub.api_closed["expect_refused"] == 2
     assert rig.hub.api_closed["request_timeout"] == 0
     assert rig.manual == []
-    assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
+    # The one line is the wrong token's refusal (oracled/api/admin.py), no handler's failure.
+    warned = [(e["event"], e.get("reason")) for e in logs if e["log_level"] in ("warning", "error")]
+    assert warned == [("api_admin_refused", "wrong")]
 
 
 async def test_a_line_end_after_a_request_starts_no_deadline() -> None:

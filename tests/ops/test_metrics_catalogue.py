@@ -54,6 +54,7 @@ def populated_metrics() -> Metrics:
             stream_subscribers=lambda: 1,
             stream_dropped=lambda: {"slow_consumer": 1, "shutdown": 0},
             api_closed=lambda: {"send_timeout": 1, "connection_limit": 0},
+            admin_refused=lambda: {"wrong": 1, "missing": 0},
             chains=lambda: [chain_stats()],
             push=PushStats(up=True),  # push on: oracled_push_up exists only then
             manual=PauseStats(failures=1, kept=False),  # a pauses file: its gauge exists then
@@ -217,7 +218,7 @@ def _bounds_table() -> dict[tuple[str, str], tuple[list[str], int]]:
 def test_the_labels_table_lists_the_values_the_code_gives_and_counts_them() -> None:
     """Each label whose values are fixed in code (the signer's, NATS's, the push's, the chain
     reader's reasons and kinds, NATS's refused subjects, the API's and the streams' close
-    reasons) lists in *Labels and
+    reasons, the admin API's refusals) lists in *Labels and
     their bounds* exactly the values the exposition and the hub carry, and its bound is their
     number: a reason added in code (e.g. an RPC error kind) without its row updated fails here."""
     rows = _bounds_table()
@@ -230,6 +231,7 @@ def test_the_labels_table_lists_the_values_the_code_gives_and_counts_them() -> N
     hub = Hub()
     code = {key: sorted(values[name]) for key, name in _FIXED_LABELS.items()}
     code[("reason", "API connections")] = sorted(hub.api_closed)
+    code[("reason", "admin")] = sorted(hub.admin_refused)
     code[("reason", "stream")] = sorted(hub.dropped_subscribers)
     wrong = {}
     for key, expected in code.items():
