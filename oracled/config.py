@@ -553,11 +553,11 @@ class SourceConfig(_Frozen):
         return value
 
 
-#: The range of a market source's `weight`. Weights are relative, so a ratio of 1e12 between two
+#: The range of a market source's `weight`. Weights are relative, so a ratio of 1e24 between two
 #: says all there is to say; beyond it the weighted median's cumulative weights overflow to inf
 #: (three of 1e308) or sink into subnormals (three of 5e-324 no longer split evenly), and the
 #: market gets no price, or a wrong one, from sources that agree.
-WEIGHT_RANGE = (1e-6, 1e6)
+WEIGHT_RANGE = (1e-12, 1e12)
 
 
 def _check_weight(value: float) -> float:

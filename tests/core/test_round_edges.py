@@ -165,8 +165,8 @@ def test_the_round_result_counts_the_sources_that_voted() -> None:
 
 
 def test_the_extreme_weights_the_config_takes_still_give_the_textbook_median() -> None:
-    """Every weight at the top of the accepted range (64 sources of 1e6, as many as a market may
-    list) or at its bottom (1e-6) still splits evenly: the median of 49,000 to 51,000 spread
+    """Every weight at the top of the accepted range (64 sources of 1e12, as many as a market may
+    list) or at its bottom (1e-12) still splits evenly: the median of 49,000 to 51,000 spread
     evenly is 50,000, all of them voting. Beyond the range the sums
     overflowed or lost precision (three weights of 1e308 left the market without a price; three
     of 5e-324 gave 50,500), which is why the config refuses them."""

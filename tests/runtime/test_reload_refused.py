@@ -69,7 +69,7 @@ MISTAKES: list[tuple[str, tuple[str, str], str]] = [
      ("[[markets]]", '[[routes]]\nfrom = "USDT"\nto = "USD"\nvia = "USDT/USD"\n\n[[markets]]'),
      "routes[0].via: market USDT/USD is not configured"),
     ("weight beyond its range", ('pair = "BTC/USDT" }', 'pair = "BTC/USDT", weight = 1e308 }'),
-     "markets[0].sources[0].weight: must be from 1e-06 to 1e+06"),
+     "markets[0].sources[0].weight: must be from 1e-12 to 1e+12"),
     ("not TOML", ("[oracle]", "[oracle"), ": not valid TOML"),
 ]  # fmt: skip
 
