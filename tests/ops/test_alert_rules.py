@@ -58,6 +58,9 @@ REQUIRED = {
     "a perpetual's mark on its fallback": "OracledMarkFallback",
     "the audit trail's full-disk reserve given up": "OracledAuditReserveGivenUp",
     "operator pauses that a restart would lift (not written down)": "OracledManualPausesNotKept",
+    "wrong admin tokens again and again (a token guessed, or a caller's stale one)": (
+        "OracledAdminTokenRefused"
+    ),
 }
 
 
