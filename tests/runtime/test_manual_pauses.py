@@ -292,6 +292,32 @@ async def test_an_admin_pause_is_on_disk_when_it_is_answered(tmp_path: Path) -> 
                     assert ManualPauses(path).load() == {}
 
 
+async def test_a_pause_with_a_wrong_token_is_refused_and_counted_by_the_daemon(
+    tmp_path: Path,
+) -> None:
+    """The running daemon answers a pause with a wrong token 401, pauses nothing, writes no
+    pauses file, and its own `/metrics` counts the refusal under `wrong` (the service reads the
+    API's counter at scrape time), the other reasons at 0."""
+    path = tmp_path / "pauses.json"
+    async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}) as sim:
+        service = _admin_service(sim, path)
+        async with service_running(service):
+            await service.started.wait()
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{service.bound_port}/v1/admin/markets/BTC-USDT/pause"
+                wrong = {"Authorization": f"Bearer {TOKEN[::-1]}"}
+                async with http.post(url, headers=wrong) as response:
+                    assert response.status == 401
+                name = "oracled_admin_requests_refused_total"
+                counts = {
+                    r: await _metric(http, service, f'{name}{{reason="{r}"}}')
+                    for r in ("disabled", "missing", "malformed", "wrong")
+                }
+            assert counts == {"disabled": 0.0, "missing": 0.0, "malformed": 0.0, "wrong": 1.0}
+            assert not bool(service.core.gates.manual[service.core.index["BTC/USDT"]])
+    assert not path.exists()
+
+
 async def test_a_pause_that_cannot_be_saved_is_an_error_counted_and_shown(
     tmp_path: Path,
 ) -> None:
