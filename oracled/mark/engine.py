@@ -30,11 +30,23 @@ from oracled.config import Config, MarkConfig
 from oracled.mark.formulas import decay, ema_update, funding_rate, median, premium_of
 from oracled.model import Mark, MarkEstimators, Quote
 
-__all__ = ["MODES", "PERP_REASONS", "RATE_DECIMALS", "MarkEngine", "MarkRound", "MarkValues"]
+__all__ = [
+    "MODES",
+    "PERP_REASONS",
+    "RATE_DECIMALS",
+    "REASON_BOUNDS",
+    "REASON_INDEX",
+    "MarkEngine",
+    "MarkRound",
+    "MarkValues",
+]
 
 RATE_DECIMALS = 8  # premium and funding rates leave the process with 8 decimals
 _RATE_FMT = f".{RATE_DECIMALS}f"
 REASON_INDEX = "index"  # the index is not live, so neither is the mark
+# The mark falls outside the market's price band (below one unit of its last decimal, say): it
+# could only be published as a wrong number ("0.00"), so it is none.
+REASON_BOUNDS = "bounds"
 # What a market's mark is made of in a round: the perpetuals (basis EMA and perp median), the
 # fallback (fewer than min_perp_sources counted), or nothing (the index is not live).
 MODES = ("perps", "fallback", "none")
@@ -69,6 +81,8 @@ class _Spec:
     interest: float
     clamp: float
     cap: float
+    floor: float  # the market's price band (`Layout.price_floor`, `price_ceiling`)
+    ceiling: float
 
 
 class _State:
@@ -112,6 +126,8 @@ class MarkValues(NamedTuple):
     # not (one of PERP_REASONS), and its mid in market units (NaN without one).
     perp_reasons: tuple[str | None, ...] = ()
     perp_mids: tuple[float, ...] = ()
+    # The index was live but the mark fell outside the market's price band: `price` is NaN.
+    out_of_bounds: bool = False
 
     @property
     def mode(self) -> str:
@@ -125,7 +141,13 @@ class MarkValues(NamedTuple):
         fmt = f".{decimals}f"
         return Mark(
             price=_dec(self.price, fmt),
-            reason=None if isfinite(self.price) else REASON_INDEX,
+            reason=(
+                None
+                if isfinite(self.price)
+                else REASON_BOUNDS
+                if self.out_of_bounds
+                else REASON_INDEX
+            ),
             estimators=MarkEstimators(
                 basis_ema=_dec(self.basis_ema, fmt),
                 perp_median=_dec(self.perp_median, fmt),
@@ -187,7 +209,8 @@ class MarkEngine:
                         invert=via_sym is not None and via_sym != f"{p_quote}/{quote_ccy}",
                     )
                 )
-            specs.append(_spec(i, tuple(perps), market.max_age_ms, market.mark))
+            band = (float(layout.price_floor[i]), float(layout.price_ceiling[i]))
+            specs.append(_spec(i, tuple(perps), market.max_age_ms, market.mark, band))
         self._specs = tuple(specs)
         self._states = {s.market: _State() for s in self._specs}
         self._skew = cfg.oracle.max_clock_skew_ms
@@ -284,6 +307,11 @@ class MarkEngine:
             price = fallback
         else:
             price = nan
+        # The index is in its band, but a perp far below it (up to max_perp_deviation) or an old
+        # basis can take the mark under the market's floor: "0.00" at two decimals, a zero mark.
+        out_of_bounds = isfinite(price) and not spec.floor <= price <= spec.ceiling
+        if out_of_bounds:
+            price = nan
 
         estimate = self._fund(spec, state, now, premium)
         assert state.acc_id is not None  # set by _fund
@@ -301,6 +329,7 @@ class MarkEngine:
             next_funding_ts=(state.acc_id + 1) * spec.interval_ms,
             perp_reasons=tuple(reasons),
             perp_mids=tuple(seen),
+            out_of_bounds=out_of_bounds,
         )
 
     def _fund(self, spec: _Spec, state: _State, now: int, premium: float) -> float:
@@ -348,7 +377,13 @@ def _interval(now: int, spec: _Spec) -> int:
     return (now - 1) // spec.interval_ms
 
 
-def _spec(market: int, perps: tuple[_Perp, ...], max_age_ms: int, mk: MarkConfig) -> _Spec:
+def _spec(
+    market: int,
+    perps: tuple[_Perp, ...],
+    max_age_ms: int,
+    mk: MarkConfig,
+    band: tuple[float, float],
+) -> _Spec:
     return _Spec(
         market=market,
         perps=perps,
@@ -360,6 +395,8 @@ def _spec(market: int, perps: tuple[_Perp, ...], max_age_ms: int, mk: MarkConfig
         interest=mk.interest_rate,
         clamp=mk.premium_clamp,
         cap=mk.funding_cap,
+        floor=band[0],
+        ceiling=band[1],
     )
 
 

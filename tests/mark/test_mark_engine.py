@@ -225,3 +225,19 @@ def test_the_basis_scales_with_the_index_through_a_crash() -> None:
     back = rig.mark(t, index=3.0, p=2.88)  # 4 % under: the EMA moves from -4.5 % towards it
     assert back.estimators == MarkEstimators("2.87", "2.88", None)
     assert back.price == "2.87"
+
+
+def test_a_mark_below_one_unit_of_the_last_decimal_is_no_mark_price() -> None:
+    """Index 0.01 at two decimals (its floor, so live) and both perps at 0.002, within a
+    max_perp_deviation of 0.9: the mark, 0.002, would be published as "0.00", a zero mark. It
+    is null with reason `bounds`, while the index stays live; once the perps come back to the
+    index the mark is priced again."""
+    rig = Rig(make_config(mark={"max_perp_deviation": 0.9}))
+    report = rig.round(B + 1_000, index=0.01, p=0.002, q=0.002)
+    assert (report.status, report.price) == ("active", "0.01")
+    assert report.mark is not None
+    assert (report.mark.price, report.mark.reason, report.mark.perps_used) == (None, "bounds", 2)
+    assert rig.last is not None and rig.last.mark is not None
+    assert rig.last.mark.values[rig.core.index["BTC/USD"]].mode == "none"
+    later = rig.mark(B + 3_600_000, index=0.01, p=0.01, q=0.01)
+    assert (later.price, later.reason) == ("0.01", None)
