@@ -30,7 +30,16 @@ import msgspec
 
 from oracled.margin.config import RiskPolicy
 
-__all__ = ["Frozen", "PriceBook", "PriceRef", "PriceView", "Resolved", "SignerRef", "WireReport"]
+__all__ = [
+    "Frozen",
+    "PriceBook",
+    "PriceRef",
+    "PriceView",
+    "Resolved",
+    "SignerRef",
+    "WireReport",
+    "parse_price",
+]
 
 
 class WireEstimators(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -65,7 +74,7 @@ _wire_decoder = msgspec.json.Decoder(WireReport)
 _DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
-def _num(text: str | None) -> float | None:
+def parse_price(text: str | None) -> float | None:
     """A price of a report, or ValueError: a risk decision on a price that is not finite and
     positive (a broken or forged frame; the daemon never publishes one) would be no decision."""
     if text is None:
@@ -141,7 +150,7 @@ class PriceView(msgspec.Struct, frozen=True, gc=False):
 
         def num(name: str, text: str | None) -> tuple[float | None, str | None]:
             try:
-                return _num(text), text
+                return parse_price(text), text
             except ValueError as exc:
                 if report.status in ("active", "degraded"):
                     raise

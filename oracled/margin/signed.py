@@ -41,7 +41,7 @@ from oracled.client import MarketView, OracleClient, Rejection
 from oracled.client_stream import Request, Subscriptions
 from oracled.margin.config import SignedFeed
 from oracled.margin.engine import MarginEngine
-from oracled.margin.prices import PriceView, SignerRef, _num
+from oracled.margin.prices import PriceView, SignerRef, parse_price
 from oracled.margin.service import MarginService, _wall_ms
 from oracled.publish.signer import SIGNED_FORMAT
 
@@ -89,12 +89,12 @@ def view_of(market: MarketView) -> PriceView:
         round=max(at_ts, default=0),
         status=market.status,
         reasons=(),  # not signed
-        price=_num(price_text),
+        price=parse_price(price_text),
         price_text=price_text,
         last_good=None,  # not signed: the engine's own last usable view is the last good one
         last_good_text=None,
         last_good_ts=None,
-        mark=_num(mark_text),
+        mark=parse_price(mark_text),
         mark_text=mark_text,
         signature=None,
         mark_mode=mode,
