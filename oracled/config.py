@@ -21,6 +21,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,6 +40,7 @@ from oracled.errors import ConfigError
 __all__ = [
     "CHAIN_SOURCE_TYPES",
     "MAX_CONFIG_BYTES",
+    "RESOLUTION_UNITS",
     "SOURCE_KINDS",
     "WEIGHT_RANGE",
     "ApiConfig",
@@ -64,6 +66,7 @@ __all__ = [
     "nats_auth_keys",
     "parse_config",
     "parse_listen",
+    "resolution_floor",
     "slot_max_age_ms",
     "slot_route",
 ]
@@ -603,6 +606,20 @@ class MarkConfig(_Frozen):
     min_perp_sources: Annotated[int, Field(ge=1, le=64)] = 1
 
 
+#: A price goes out live only while it spans at least this many units of its market's last digit
+#: (10 ** price_exponent); below, the core pauses the market with reason `resolution`. With 100,
+#: one unit is at most 1 % of a published price and its rounding error at most 0.5 %, the order of
+#: the default outlier band (`max_deviation`, 1 %). Fewer would let 0.014 at two decimals go out
+#: as 0.01 (29 % off) or 0.004 as 0.00, a price of zero that liquidates every position valued at it.
+RESOLUTION_UNITS = 100
+
+
+def resolution_floor(price_exponent: int) -> float:
+    """The smallest price a market with `price_exponent` publishes live: `RESOLUTION_UNITS` units
+    of its last digit, as the nearest float (1.0 at -2, not 100 * 0.01)."""
+    return float(Decimal(RESOLUTION_UNITS).scaleb(price_exponent))
+
+
 class MarketConfig(_Frozen):
     """A published market and the gates that guard it."""
 
@@ -907,6 +924,8 @@ def _relations(cfg: Config) -> list[str]:
                 f"markets[{i}].max_price: must be above oracle.min_price ({band.min_price:g}): "
                 "no quote could pass both"
             )
+        elif unrepresentable := _below_resolution(i, market, band.max_price):
+            problems.append(unrepresentable)
     used_pairs = {(ms.source, ms.pair) for m in cfg.markets for ms in (*m.sources, *m.perp_sources)}
     problems.extend(
         f"sources.{sid}.instruments.{pair}: no market uses this pair"
@@ -1253,6 +1272,44 @@ def _without_dark_chains(
     return tuple(out)
 
 
+def _below_resolution(i: int, market: MarketConfig, global_max: float) -> str | None:
+    """A market whose every price that can pass its band is below its resolution floor: it could
+    never be published live (each round paused for `resolution`), so it is refused."""
+    ceiling = min(market.max_price or global_max, global_max)  # above global_max: absurd
+    floor = resolution_floor(market.price_exponent)
+    if ceiling >= floor:
+        return None
+    key = "oracle.max_price" if ceiling == global_max else "max_price"
+    fits = next((e for e in range(0, -19, -1) if resolution_floor(e) <= ceiling), None)
+    hint = (
+        f"set price_exponent to {fits} or below"
+        if fits is not None
+        else "no price_exponent down to -18 can"
+    )
+    return (
+        f"markets[{i}].price_exponent: {market.price_exponent} cannot publish any price up to "
+        f"{key} ({ceiling:g}): a live price must be at least {floor:g}, {RESOLUTION_UNITS} units "
+        f"of its last digit ({hint})"
+    )
+
+
+def _resolution_warnings(cfg: Config) -> list[str]:
+    """A market whose own min_price is below its resolution floor: prices in that part of its
+    band pass the band but are never published live (paused for `resolution`). Warned, not
+    refused: a wide sanity band is a fair choice, and the price may never go there."""
+    out: list[str] = []
+    for i, market in enumerate(cfg.markets):
+        floor = resolution_floor(market.price_exponent)
+        if market.min_price is not None and market.min_price < floor:
+            out.append(
+                f"markets[{i}].min_price: {market.min_price:g} is below {floor:g}, the smallest "
+                f"price a price_exponent of {market.price_exponent} publishes live "
+                f"({RESOLUTION_UNITS} units of its last digit): from min_price up to it the "
+                "market is paused for resolution"
+            )
+    return out
+
+
 def log_config_warnings(cfg: Config, log: Any) -> None:
     """Log each of `config_warnings(cfg)` as `config warning` with its key: at start, on reload."""
     for warning in config_warnings(cfg):
@@ -1277,6 +1334,7 @@ def config_warnings(cfg: Config) -> list[str]:
         *_heads_without_block_time(cfg),
         *_cross_check_shared_hosts(cfg),
         *_nats_secret_in_url(cfg),
+        *_resolution_warnings(cfg),
     ]
 
 

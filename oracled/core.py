@@ -13,7 +13,8 @@ A round, for each layer of markets (conversion legs first):
    not live blocks the slot (reason `route`) and is never replaced by 1.0;
 3. a weighted median over fresh slots; slots deviating more than `max_deviation` from it are
    excluded as outliers; the weighted median and quartiles are recomputed over the survivors;
-4. the gates decide the status from quorum, agreement, the circuit breaker and hysteresis;
+4. the gates decide the status from quorum, agreement, the circuit breaker, the market's
+   resolution (a price its decimals cannot show within 1 % is not published) and hysteresis;
 5. confidence is half the weighted inter-quartile range of the survivors.
 """
 
@@ -324,6 +325,7 @@ class Core:
                 min_sources=lay.min_sources[idx],
                 circuit_breaker=lay.circuit_breaker[idx],
                 confidence_limit=lay.confidence_limit[idx],
+                resolution_floor=lay.resolution_floor[idx],
                 resume_rounds=self._resume,
                 jump_confirm_rounds=self._confirm,
             )

@@ -91,6 +91,7 @@ REASON_BITS: Final[dict[str, int]] = {
     "outlier": 1 << 7,  # degraded: a source was excluded as an outlier
     "thin": 1 << 8,  # degraded: exactly the minimum number of sources is left
     "flagged": 1 << 9,  # quorum lost while sources flagged their own values as not prices
+    "resolution": 1 << 10,  # the price is too small for the market's decimals to show it
 }
 _REASON_ORDER: Final = tuple(REASON_BITS.items())
 

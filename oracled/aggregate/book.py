@@ -19,7 +19,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from oracled.config import Config, slot_max_age_ms
+from oracled.config import Config, resolution_floor, slot_max_age_ms
 from oracled.model import Quote
 
 __all__ = ["FLAG_BASE", "MAX_FLAGS", "Book", "DropReason", "Layout", "SlotKey"]
@@ -69,6 +69,7 @@ class Layout:
     confidence_limit: npt.NDArray[np.float64]
     price_floor: npt.NDArray[np.float64]
     price_ceiling: npt.NDArray[np.float64]
+    resolution_floor: npt.NDArray[np.float64]  # below it a price is not published live
 
     @property
     def width(self) -> int:
@@ -153,6 +154,7 @@ class Layout:
                 [max(m.min_price or glob.min_price, 10.0**m.price_exponent) for m in cfg.markets]
             ),
             price_ceiling=np.array([m.max_price or glob.max_price for m in cfg.markets]),
+            resolution_floor=np.array([resolution_floor(m.price_exponent) for m in cfg.markets]),
         )
 
 

@@ -15,6 +15,11 @@ Rules, per market and round:
   for a market that was live when the hold began; a market that was already paused (quorum,
   manual, ...) and comes back beyond the breaker needs both the confirmation and
   `resume_rounds` rounds at the new level, so the jump is never a shorter way back.
+- A price below the market's resolution floor (`config.RESOLUTION_UNITS` units of its last
+  digit: 0.001 at two decimals would go out as "0.00") is a hard reason too, `resolution`: the
+  market is paused (unknown if it never had a price) rather than published as a rounded number
+  far from the real one, and resumes after the same healthy streak once the price is back above
+  the floor.
 - At start every market is unknown and needs the same healthy streak: never active before the
   quorum is rebuilt.
 - A quorum lost to a non-live conversion leg (`route`) or to sources that flagged their own values
@@ -47,6 +52,7 @@ MANUAL = REASON_BITS["manual"]
 RESUMING = REASON_BITS["resuming"]
 OUTLIER = REASON_BITS["outlier"]
 THIN = REASON_BITS["thin"]
+RESOLUTION = REASON_BITS["resolution"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,7 @@ class GateParams:
     min_sources: IntArray
     circuit_breaker: FloatArray
     confidence_limit: FloatArray
+    resolution_floor: FloatArray  # the smallest price the market's decimals publish live
     resume_rounds: int
     jump_confirm_rounds: int
 
@@ -117,7 +124,12 @@ def step(
     reasons |= np.where(~quorum_ok & (x.route_blocked > 0), ROUTE, 0)
     reasons |= np.where(~quorum_ok & (x.flagged > 0), FLAGGED, 0)
     reasons |= np.where(dispersion, DISPERSION, 0)
-    candidate_ok = quorum_ok & ~dispersion
+    # Named only where it is what stops a price the sources agree on: a market without a
+    # quorum says quorum, as before, whatever its few sources show.
+    agreed = quorum_ok & ~dispersion
+    coarse = agreed & (x.candidate < p.resolution_floor)
+    reasons |= np.where(coarse, RESOLUTION, 0)
+    candidate_ok = agreed & ~coarse
 
     manual = state.manual[idx]
     reasons |= np.where(manual, MANUAL, 0)

@@ -433,6 +433,7 @@ async def test_a_market_added_by_reload_is_503_until_its_first_round(
         lambda data: data["markets"].append(
             {
                 "symbol": "ADA/USD",
+                "price_exponent": -4,  # at two decimals 0.5 is below its resolution
                 "min_sources": 1,
                 "max_age_ms": 1_000,
                 "sources": [{"source": "alpha", "pair": "ADA/USD"}],
@@ -448,7 +449,7 @@ async def test_a_market_added_by_reload_is_503_until_its_first_round(
         assert body["error"]["code"] == "not_ready", path
     assert len(await _json(client, "/v1/prices")) == 3  # the latest round's markets still serve
     rig.step({**PRICES, "ADA/USD": 0.5})
-    assert (await _json(client, "/v1/prices/ADA-USD"))["price"] == "0.50"
+    assert (await _json(client, "/v1/prices/ADA-USD"))["price"] == "0.5000"
 
 
 async def test_sources_after_a_reload_never_show_another_sources_part(

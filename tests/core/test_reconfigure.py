@@ -92,7 +92,7 @@ def test_a_market_added_on_a_shared_feed_keeps_the_feeds_ordering_bar() -> None:
     (listed first) on the same feed: its new slot holds no quote yet, but a quote older than the
     one BTC/USD holds is still `out_of_order`, not written over BTC/USD's newer value (found by
     reloading a routed config by hand: the older quote was taken and BTC/USD's slot went back)."""
-    usdt = market("USDT/USD", ["a", "b"], min_sources=1)
+    usdt = market("USDT/USD", ["a", "b"], min_sources=1, price_exponent=-4)
     btc = market("BTC/USD", ["a", "b"], "BTC/USDT", min_sources=1)
     route = [{"from": "USDT", "to": "USD", "via": "USDT/USD"}]
     core = Core(config([usdt, btc], route, resume_rounds=1))

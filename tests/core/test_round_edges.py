@@ -193,15 +193,22 @@ def test_the_extreme_weights_the_config_takes_still_give_the_textbook_median() -
 def test_a_value_below_one_unit_of_the_last_decimal_is_out_of_bounds() -> None:
     """A market with two decimals cannot publish 0.004 but as "0.00", a zero price: a value
     below one unit of its last decimal (0.01 here, whatever min_price says) is excluded as
-    `bounds`, so the market pauses for its quorum instead. 0.01 itself still counts. Found by
-    the hostile-quotes property: a market fed 0.0039 at two decimals went live at "0.00"."""
+    `bounds`, so the market pauses for its quorum instead. 0.01 itself still counts as a value
+    (used, not `bounds`), though one unit is too coarse to publish live: the market is paused
+    for `resolution` (tests/core/test_resolution.py). Found by the hostile-quotes property: a
+    market fed 0.0039 at two decimals went live at "0.00"."""
     core = Core(config([market("X/USD", "abc", min_sources=2, circuit_breaker=0.99)],
                        resume_rounds=1))  # fmt: skip
     for s in "abc":
-        assert core.ingest(quote(s, "X/USD", 0.01, T0)) is None
-    assert core.run_round(T0).report(0).price == "0.01"
+        assert core.ingest(quote(s, "X/USD", 1.0, T0)) is None
+    assert core.run_round(T0).report(0).price == "1.00"
     for s in "abc":
         assert core.ingest(quote(s, "X/USD", 0.004, T0 + 250)) is None
     report = core.run_round(T0 + 250).report(0)
     assert (report.status, report.reasons, report.price) == ("paused", ["quorum"], None)
     assert {s.reason for s in report.sources} == {"bounds"}
+    for s in "abc":
+        assert core.ingest(quote(s, "X/USD", 0.01, T0 + 500)) is None
+    report = core.run_round(T0 + 500).report(0)
+    assert {(s.used, s.reason) for s in report.sources} == {(True, None)}
+    assert (report.status, report.reasons, report.price) == ("paused", ["resolution"], None)

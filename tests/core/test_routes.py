@@ -82,8 +82,9 @@ def test_the_markets_bounds_apply_to_the_converted_value() -> None:
 
 
 def test_the_leg_converts_at_full_precision_not_at_its_published_rounding() -> None:
-    """USDT/USD publishes two decimals: 0.9951 is shown as "1.00". A BTC/USDT quote of 60,000
-    converts to 60,000 x 0.9951 = 59,706, not 60,000 x 1.00."""
+    """USDT/USD publishes two decimals: 1.0049 is shown as "1.00". A BTC/USDT quote of 60,000
+    converts to 60,000 x 1.0049 = 60,294, not 60,000 x 1.00. (The leg is above 1.00: below it,
+    two decimals cannot show it within 1 % and USDT/USD is not published live at all.)"""
     core = Core(
         config(
             [
@@ -97,10 +98,10 @@ def test_the_leg_converts_at_full_precision_not_at_its_published_rounding() -> N
     reports = _round(
         core,
         T0,
-        [*((s, "USDT/USD", 0.9951) for s in "ab"), *((s, "BTC/USDT", 60_000.0) for s in "ab")],
+        [*((s, "USDT/USD", 1.0049) for s in "ab"), *((s, "BTC/USDT", 60_000.0) for s in "ab")],
     )
     assert reports["USDT/USD"].price == "1.00"
-    assert reports["BTC/USD"].price == "59706.00"
+    assert reports["BTC/USD"].price == "60294.00"
 
 
 def test_the_legs_own_band_is_not_added_to_a_routed_markets_confidence() -> None:

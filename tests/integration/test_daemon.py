@@ -161,6 +161,40 @@ async def test_manual_pause_and_resume_through_the_admin_endpoint(daemon: Daemon
     await daemon.wait_status("ETH/USD", {"active", "degraded"})
 
 
+async def test_a_price_below_the_markets_resolution_is_paused_never_published_as_zero(
+    daemon: Daemon, venues: list[BinanceSim]
+) -> None:
+    """Every venue prints ETH at 0.014 USDT; ETH/USD has two decimals, so the price would go out
+    as "0.01", 29 % off (before: held as a jump, then `active` at "0.01"). It is paused for
+    resolution with a null price, on /v1/prices and in /metrics, logged once, and live again
+    at 3,000 after the resume streak."""
+    await daemon.wait_status("ETH/USD", {"active", "degraded"})
+    for sim in venues:
+        sim.set_price("ETHUSDT", 0.014)
+    paused = await daemon.wait_status("ETH/USD", {"paused"})
+    assert paused["reasons"] == ["resolution"]
+    assert (paused["price"], paused["confidence"]) == (None, None)
+    assert float(paused["last_good_price"]) > 1_000
+    for _ in range(10):  # past jump_confirm_rounds (5): a held jump would be followed by now
+        await asyncio.sleep(0.1)
+        report = await daemon.report("ETH/USD")
+        assert (report["status"], report["reasons"], report["price"]) == (
+            "paused", ["resolution"], None
+        ), report  # fmt: skip
+    _, text = await daemon.get("/metrics")
+    assert 'oracled_market_status{market="ETH/USD",status="paused"} 1.0' in text
+    for sim in venues:
+        sim.set_price("ETHUSDT", 3_000.0)
+    resumed = await daemon.wait_status("ETH/USD", {"active", "degraded"})
+    assert float(resumed["price"]) > 1_000
+    moves = [
+        (e["old"], e["new"], e["reasons"])
+        for e in daemon.events("market status")
+        if e["market"] == "ETH/USD" and "resolution" in e["reasons"]
+    ]
+    assert len(moves) == 1 and moves[0][1] == "paused", moves
+
+
 async def test_sigterm_stops_the_daemon_cleanly_within_five_seconds(daemon: Daemon) -> None:
     """SIGTERM: exit code 0, well inside the 5 s budget, with a 'stopped' log line."""
     await daemon.wait_status("BTC/USD", {"active", "degraded"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import io
 import json
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import numpy as np
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
@@ -512,15 +514,20 @@ async def test_a_signed_decision_names_the_signers_and_rounds_its_price_rests_on
 async def test_a_signed_price_of_zero_is_skipped_as_a_bad_report_and_never_liquidated_on(
     serve: Servers,
 ) -> None:
-    """A market quoting below its exponent's resolution (0.001 at two places): the daemon
-    publishes and signs it `active` at 0, mark 0 too. The unsigned reader skips such a report
-    (`bad_report`); the signed one handed the verified 0 to the engine, which valued a long at
-    0 and liquidated it. A quorum view whose price or mark is no positive finite number is now
-    skipped alike: logged once as `bad_report`, the market keeps its last view (none here:
-    `no_report`), and nobody is liquidated."""
+    """A market quoting below its exponent's resolution (0.001 at two places): a daemon from
+    before the band's floor of one unit and the resolution gate (emulated: both set to 0;
+    docs/pricing.md) publishes and signs it `active` at 0, mark 0 too. The unsigned reader
+    skips such a report (`bad_report`); the signed one handed the verified 0 to the engine,
+    which valued a long at 0 and liquidated it. A quorum view whose price or mark is no positive
+    finite number is now skipped alike: logged once as `bad_report`, the market keeps its last
+    view (none here: `no_report`), and nobody is liquidated."""
     rig = SignedRig(KEYS[0])
+    no_floor = np.zeros(len(rig.core.layout.markets))
+    rig.core.layout = dataclasses.replace(
+        rig.core.layout, price_floor=no_floor, resolution_floor=no_floor
+    )
     report = rig.step({"BTC/USD": 0.001, "ETH/USD": 3_100.0}).report(0)
-    assert (report.status, report.price) == ("active", "0.00")  # the daemon's own output
+    assert (report.status, report.price) == ("active", "0.00")  # that daemon's own output
     eng = accounts({}, signed_section([rig]), TIGHT)
     assert eng.spec.signed is not None
     out = io.BytesIO()

@@ -228,16 +228,17 @@ def test_the_basis_scales_with_the_index_through_a_crash() -> None:
 
 
 def test_a_mark_below_one_unit_of_the_last_decimal_is_no_mark_price() -> None:
-    """Index 0.01 at two decimals (its floor, so live) and both perps at 0.002, within a
-    max_perp_deviation of 0.9: the mark, 0.002, would be published as "0.00", a zero mark. It
-    is null with reason `bounds`, while the index stays live; once the perps come back to the
-    index the mark is priced again."""
-    rig = Rig(make_config(mark={"max_perp_deviation": 0.9}))
-    report = rig.round(B + 1_000, index=0.01, p=0.002, q=0.002)
-    assert (report.status, report.price) == ("active", "0.01")
+    """Index 1.00 at two decimals (its resolution floor, so live) and both perps at 0.006,
+    within a max_perp_deviation of 0.995: the mark, 0.006, would be published as "0.01" or
+    "0.00". It is null with reason `bounds`, while the index stays live; once the perps come
+    back to the index the mark is priced again. (An index under 100 units of the last digit is
+    not live at all, docs/pricing.md, *Numbers*: the index is at the floor to keep it live.)"""
+    rig = Rig(make_config(mark={"max_perp_deviation": 0.995}))
+    report = rig.round(B + 1_000, index=1.0, p=0.006, q=0.006)
+    assert (report.status, report.price) == ("active", "1.00")
     assert report.mark is not None
     assert (report.mark.price, report.mark.reason, report.mark.perps_used) == (None, "bounds", 2)
     assert rig.last is not None and rig.last.mark is not None
     assert rig.last.mark.values[rig.core.index["BTC/USD"]].mode == "none"
-    later = rig.mark(B + 3_600_000, index=0.01, p=0.01, q=0.01)
-    assert (later.price, later.reason) == ("0.01", None)
+    later = rig.mark(B + 3_600_000, index=1.0, p=1.0, q=1.0)
+    assert (later.price, later.reason) == ("1.00", None)

@@ -267,3 +267,37 @@ def test_routed_slots_name_their_leg_and_others_carry_no_via_key() -> None:
                 assert slot["via"] == "USDT/USD"
             else:
                 assert "via" not in slot
+
+
+def test_a_report_paused_for_resolution_carries_no_live_price() -> None:
+    """XYZ/USD (two decimals) is live at 1.05, then its sources agree on 0.014: the encoded
+    report is paused for resolution with price and confidence null (it went out `active` at
+    "0.01", 29 % off, before) and 1.05 kept apart as the last good price, in the same bytes as the
+    `Report` path, for a fresh encoder and for one that encoded the live rounds."""
+    cfg = parse_config(
+        {
+            "oracle": {"resume_rounds": 1},
+            "sources": {s: {"type": "binance"} for s in SPOT[:3]},
+            "markets": [
+                {
+                    "symbol": "XYZ/USD",
+                    "min_sources": 2,
+                    "sources": [{"source": s, "pair": "XYZ/USD"} for s in SPOT[:3]],
+                }
+            ],
+        },
+        env={},
+    )
+    core = Core(cfg)
+    warm = ReportEncoder()
+    for k, price in enumerate((1.05, 1.05, 0.014)):
+        now = T0 + k * 250
+        for s in SPOT[:3]:
+            assert core.ingest(Quote(s, "XYZ/USD", now, price=price)) is None
+        result = core.run_round(now)
+        (data,) = warm.encode(result, [0])
+    assert [data] == ReportEncoder().encode(result, [0]) == reference(result, [0])
+    report = msgspec.json.decode(data)
+    assert (report["status"], report["reasons"]) == ("paused", ["resolution"])
+    assert (report["price"], report["confidence"]) == (None, None)
+    assert report["last_good_price"] == "1.05"

@@ -91,6 +91,39 @@ def test_nan_price_in_the_tape_is_dropped_by_the_core_not_published() -> None:
     assert b"NaN" not in out and b"nan" not in out
 
 
+def test_a_price_below_resolution_replays_paused_and_byte_identical() -> None:
+    """BTC/USD quoted at 0.014 for five rounds, then at 2.50: at two decimals 0.014 would be
+    "0.01" (29 % off), so once its leg is live those rounds are not live either (reason
+    resolution, no price) where they went out `active` at "0.01" before; 2.50 goes live after
+    the resume streak. Two replays give the same bytes: the rule is arithmetic on the round's
+    numbers."""
+    lines = [b'{"format": "oracled-tape", "version": 1}']
+    for k in range(10):
+        ts = 1_700_000_000_500 + k * 1000
+        btc = b"0.014" if k < 5 else b"2.50"
+        lines += [
+            b'{"ts": %d, "source": "%s", "pair": "USDT/USD", "price": "1.0"}' % (ts, s)
+            for s in (b"a", b"b")
+        ]
+        lines += [
+            b'{"ts": %d, "source": "%s", "pair": "%s", "price": "%s"}' % (ts, s, pair, btc)
+            for s, pair in ((b"a", b"BTC/USDT"), (b"b", b"BTC/USDT"), (b"c", b"BTC/USD"))
+        ]
+    tape = b"\n".join(lines) + b"\n"
+    first, _ = _run(tape)
+    second, _ = _run(tape)
+    assert first == second
+    btc = [msgspec.json.decode(x) for x in first.splitlines()][1::2]
+    assert (btc[0]["status"], btc[0]["reasons"]) == ("unknown", ["quorum", "route"])
+    assert [(r["status"], r["reasons"], r["price"]) for r in btc[1:5]] == [
+        ("unknown", ["resolution"], None)
+    ] * 4
+    assert [(r["status"], r["price"]) for r in btc[5:]] == [
+        ("unknown", None), ("active", "2.50"), ("active", "2.50"), ("active", "2.50"),
+        ("active", "2.50"),
+    ]  # fmt: skip
+
+
 def test_a_tape_without_a_header_is_refused() -> None:
     """The header line is required and versioned."""
     with pytest.raises(TapeError, match="header"):
