@@ -298,9 +298,9 @@ def _check_address(value: str) -> str:
     """0x + 40 hex; a mixed-case address must carry a valid EIP-55 checksum (a typo guard)."""
     body = value[2:]
     if body != body.lower() and body != body.upper():
-        from eth_utils.address import to_checksum_address  # imported only for mixed case
+        from oracled.eth import checksum_address  # imported only for mixed case
 
-        if to_checksum_address(value) != value:
+        if checksum_address(value) != value:
             raise ValueError("mixed-case address with a wrong EIP-55 checksum")
     return value
 

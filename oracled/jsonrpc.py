@@ -51,6 +51,7 @@ import msgspec
 
 from oracled.clock import Clock
 from oracled.errors import SourceError
+from oracled.eth import recursion_limit_kept
 
 if TYPE_CHECKING:
     from web3 import AsyncWeb3
@@ -321,7 +322,7 @@ class RpcClient:
         """The chain id endpoint `index` serves, through web3 (no fail-over: each endpoint
         answers for itself); RpcUnavailable when it cannot say."""
         w3 = await self._web3_for(index)
-        from web3.exceptions import Web3Exception, Web3RPCError
+        from web3.exceptions import Web3Exception, Web3RPCError  # imported by `_web3_for`
 
         self.stats[index].requests += 1
         try:
@@ -351,7 +352,8 @@ class RpcClient:
         """
         w3 = self._web3[index]
         if w3 is None:
-            from web3 import AsyncHTTPProvider, AsyncWeb3
+            with recursion_limit_kept():  # py_ecc, imported through web3, raises it
+                from web3 import AsyncHTTPProvider, AsyncWeb3
 
             provider = AsyncHTTPProvider(
                 self.urls[index],

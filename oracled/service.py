@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -53,7 +53,6 @@ from oracled.model import Kind, Quote
 from oracled.publish.audit import AuditReader, AuditTrail
 from oracled.publish.chain_push import ChainPusher, PushError, PushStats, load_push_key
 from oracled.publish.hub import Hub
-from oracled.publish.nats import NatsSink
 from oracled.publish.sign_lease import open_sign_lease, require_sign_lease
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, load_signing_key
 from oracled.reload import config_changes, running_config, source_pairs
@@ -62,6 +61,9 @@ from oracled.sources import Source, build_source
 from oracled.sources.evm.runtime import ChainSet
 from oracled.sources.stats import ConnState, SourceStats
 from oracled.tape import header_line, pricing_digest, quote_to_line, read_header
+
+if TYPE_CHECKING:
+    from oracled.publish.nats import NatsSink
 
 __all__ = ["SHUTDOWN_BUDGET_S", "Service", "SourceFactory", "run_service", "silent_limits"]
 
@@ -444,7 +446,11 @@ class Service:
         if self.signer is not None:  # a bad lease file refuses the start now (ConfigError); the
             # lease itself is taken at the end of the start (`_take_lease`)
             require_sign_lease(cfg.signing.lease_file, self.signer.address)
-        self.nats = NatsSink(cfg.nats, signer=self.signer) if cfg.nats.enabled else None
+        self.nats: NatsSink | None = None
+        if cfg.nats.enabled:  # imported only then: the NATS client takes ~0.15 s to import
+            from oracled.publish.nats import NatsSink
+
+            self.nats = NatsSink(cfg.nats, signer=self.signer)
         # The audit trail and the on-chain pusher (docs/publishing.md), also start-up only.
         self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
         if self.audit is not None:  # the config in force, first in the trail (docs/publishing.md)
@@ -1162,8 +1168,10 @@ class Service:
         )
 
     def _lower_recursion_limit(self) -> None:
-        """Put back the interpreter's recursion limit, which py_ecc (imported through eth_keys
-        for the signer) raises to 100,000 at import. Under that limit an untyped JSON decode
+        """Put back the interpreter's recursion limit if something raised it: py_ecc (which
+        eth-account and web3 import) raises it to 100,000 at import. The daemon imports those
+        only where its configuration uses them, inside `eth.recursion_limit_kept`; this catches
+        the rest. Under that limit an untyped JSON decode
         (msgspec's, json's in web3) recurses past the C stack on a frame of nested brackets (3 MB,
         within a venue's 4 MiB message limit, or an RPC answer) and the process dies of a
         segmentation fault; at the default it raises RecursionError, a malformed frame."""

@@ -40,16 +40,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import structlog
-from eth_abi.abi import decode, encode
-from eth_account import Account
-from eth_utils.abi import function_signature_to_4byte_selector
 
 from oracled.clock import Clock
 from oracled.config import ChainConfig, PushConfig
 from oracled.errors import ConfigError, OracledError
+from oracled.eth import keccak, recursion_limit_kept, selector
 from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable, read_answer
 from oracled.model import Status
-from oracled.publish.signer import SigningKey, decimal_to_int, keccak, load_signing_key
+from oracled.publish.signer import SigningKey, decimal_to_int, load_signing_key
 
 if TYPE_CHECKING:
     from oracled.core import RoundResult
@@ -74,10 +72,8 @@ _GWEI: Final = 10**9
 _BUMP_NUM, _BUMP_DEN = 9, 8  # +12.5 %: above the 10 % a node demands of a replacement
 _GAS_MARGIN: Final = 1.25
 _GAS_BASE, _GAS_PER_MARKET = 60_000, 32_000  # a first write of a market: one new slot + event
-_UPDATE_BATCH: Final = function_signature_to_4byte_selector(
-    "updateBatch(uint64,uint48,bytes32[],int128[],int8[])"
-)
-_LATEST_MANY: Final = function_signature_to_4byte_selector("latestMany(bytes32[])")
+_UPDATE_BATCH: Final = selector("updateBatch(uint64,uint48,bytes32[],int128[],int8[])")
+_LATEST_MANY: Final = selector("latestMany(bytes32[])")
 _STATUS_NAMES: Final = tuple(s.label for s in Status)
 _RESTART_MAX_S: Final = 30.0
 
@@ -137,6 +133,8 @@ class _Batch:
     expos: list[int]
 
     def calldata(self) -> bytes:
+        from eth_abi.abi import encode  # imported with eth-account: see `ChainPusher`
+
         ids = [market_id(m) for m in self.markets]
         args = encode(
             ["uint64", "uint48", "bytes32[]", "int128[]", "int8[]"],
@@ -178,6 +176,13 @@ class ChainPusher:
             raise PushError("push.contract is not set")
         if not chain.resolved_urls:
             raise PushError("the push chain has no RPC URL")
+        # eth-account signs the transactions (and brings eth-abi, which encodes them). Imported
+        # here, not with this module: about 2 s of imports (py_ecc computes BLS pairing tables)
+        # that a daemon without a pusher never pays.
+        with recursion_limit_kept():  # py_ecc raises it: see there
+            from eth_account import Account
+
+        self._sign_transaction = Account.sign_transaction
         self.cfg = cfg
         self.chain = chain
         self.contract: str = cfg.contract
@@ -338,6 +343,8 @@ class ChainPusher:
         markets = list(result.layout.markets) if result is not None else []
         if not markets:
             return
+        from eth_abi.abi import decode, encode  # imported with eth-account: see `__init__`
+
         data = _LATEST_MANY + encode(["bytes32[]"], [[market_id(m) for m in markets]])
         raw = await self.rpc.call("eth_call", [{"to": self.contract, "data": "0x" + data.hex()}])
         try:
@@ -470,7 +477,7 @@ class ChainPusher:
             "maxFeePerGas": max_fee,
             "maxPriorityFeePerGas": tip,
         }
-        signed = Account.sign_transaction(tx, self._secret)
+        signed = self._sign_transaction(tx, self._secret)
         try:
             tx_hash = await self._send_raw("0x" + bytes(signed.raw_transaction).hex())
         except RpcError as exc:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from oracled.publish.signer import ROUND_TYPE, SIGNED_FORMAT, deployment_salt, keccak
+from oracled.eth import keccak
+from oracled.publish.signer import ROUND_TYPE, SIGNED_FORMAT, deployment_salt
 
 __all__ = ["FORMATS", "FORMAT_UNRECORDED", "format_digest", "needs_deployment", "signs_mark"]
 

@@ -49,11 +49,9 @@ from typing import TYPE_CHECKING, Any, Final
 import coincurve
 import msgspec
 import structlog
-from eth_account import Account
-from eth_utils.address import to_checksum_address
-from sha3 import keccak_256 as _keccak_256
 
 from oracled.errors import ConfigError, OracledError
+from oracled.eth import checksum_address, keccak, recursion_limit_kept
 from oracled.model import Status
 
 if TYPE_CHECKING:
@@ -91,12 +89,6 @@ __all__ = [
     "stall_typed_data",
     "typed_data",
 ]
-
-
-def keccak(data: bytes) -> bytes:
-    """Ethereum's keccak-256 (not NIST SHA3-256): safe-pysha3's C code, ~1.7 us a call here
-    against ~7 us through pycryptodome, which matters at two hashes per market per round."""
-    return bytes(_keccak_256(data).digest())
 
 
 #: The fixed part of the EIP-712 domain; the `salt` is the deployment's (`domain_separator`).
@@ -340,7 +332,7 @@ def typed_data(ts: int, round_no: int, count: int, root: bytes, deployment: str)
 
 
 def _address(public_key: coincurve.PublicKey) -> str:
-    return to_checksum_address(keccak(public_key.format(compressed=False)[1:])[-20:])
+    return checksum_address(keccak(public_key.format(compressed=False)[1:])[-20:])
 
 
 def recover_signer(digest: bytes, signature: bytes) -> str:
@@ -363,15 +355,15 @@ def recover_signer(digest: bytes, signature: bytes) -> str:
 class SigningKey:
     """A secp256k1 private key. Its repr never shows the secret; only the address leaves it."""
 
-    __slots__ = ("_account", "_key", "address")
+    __slots__ = ("_key", "address")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) != 32:
             raise ValueError("a secp256k1 private key is 32 bytes")
         self._key = coincurve.PrivateKey(secret)  # raises ValueError for 0 or >= n
-        # eth-account is the reference for the address (and signs typed data for cross-checks).
-        self._account = Account.from_key(secret)
-        self.address: str = self._account.address
+        # The tests hold it to eth-account's address of the same key; eth-account itself is not
+        # imported here (oracled/eth.py says why).
+        self.address: str = _address(self._key.public_key)
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -397,8 +389,12 @@ class SigningKey:
         return raw[:64] + bytes((raw[64] + 27,))
 
     def sign_typed(self, message: dict[str, Any]) -> bytes:
-        """Sign through eth-account's EIP-712 encoder (slower; cross-checks the fast path)."""
-        signed = self._account.sign_typed_data(full_message=message)
+        """Sign through eth-account's EIP-712 encoder (slower; cross-checks the fast path, and
+        imported only for it: oracled/eth.py says why)."""
+        with recursion_limit_kept():  # py_ecc raises it (oracled/eth.py)
+            from eth_account import Account
+
+        signed = Account.from_key(self._key.secret).sign_typed_data(full_message=message)
         return bytes(signed.signature)
 
     def __repr__(self) -> str:

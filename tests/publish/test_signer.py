@@ -47,6 +47,7 @@ from oracled.publish.signer import (
 )
 
 KEY = SigningKey.from_hex("0x" + "11" * 32)
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 def test_round_digest_is_eip712_as_eth_account_computes_it() -> None:
@@ -340,6 +341,15 @@ def test_a_signature_by_another_key_recovers_another_address() -> None:
     digest = round_digest(1, 1, 1, keccak(b"r"), "test")
     other = SigningKey.generate()
     assert recover_signer(digest, other.sign_digest(digest)) == other.address != KEY.address
+
+
+@settings(max_examples=50, deadline=None)
+@given(secret=st.integers(min_value=1, max_value=_SECP256K1_N - 1))
+def test_a_keys_address_is_the_one_eth_account_derives(secret: int) -> None:
+    """The signer derives its address itself (coincurve, keccak, EIP-55) so that the daemon
+    does not import eth-account; it is the address eth-account gives the same key."""
+    raw = secret.to_bytes(32, "big")
+    assert SigningKey(raw).address == Account.from_key(raw).address
 
 
 def test_malformed_signatures_are_refused() -> None:

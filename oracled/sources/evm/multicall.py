@@ -15,9 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from eth_abi.abi import encode as abi_encode
-from eth_utils.abi import function_signature_to_4byte_selector
-
+from oracled.eth import selector
 from oracled.sources.evm.feed import Call
 
 __all__ = [
@@ -30,11 +28,6 @@ __all__ = [
 ]
 
 
-def selector(signature: str) -> bytes:
-    """The 4-byte function selector of a signature such as ``"decimals()"``."""
-    return function_signature_to_4byte_selector(signature)
-
-
 AGGREGATE3: Final = selector("aggregate3((address,bool,bytes)[])")
 GET_BLOCK_NUMBER: Final = selector("getBlockNumber()")
 GET_CHAIN_ID: Final = selector("getChainId()")
@@ -42,6 +35,10 @@ GET_CHAIN_ID: Final = selector("getChainId()")
 
 def encode_aggregate3(calls: Sequence[Call]) -> bytes:
     """aggregate3 calldata, allowFailure on every call: one bad feed never hides the rest."""
+    # eth-abi is imported when a reader first encodes its calls, not with this module: a daemon
+    # without on-chain sources never pays its import (oracled/eth.py).
+    from eth_abi.abi import encode as abi_encode
+
     items = [(c.target, True, c.data) for c in calls]
     return AGGREGATE3 + abi_encode(["(address,bool,bytes)[]"], [items])
 
