@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import time
 from pathlib import Path
 
+import msgspec
 from publish_rig import one_venue_config
 
 from oracled.publish.audit import AuditReader
@@ -98,3 +100,73 @@ async def test_a_recorded_tape_replays_to_the_published_reports_round_numbers_in
         assert line == kept
         same += 1
     assert same >= 30
+
+
+class _HeldClock:
+    """The real clock, held at its first reading until `release`, which moves it `ahead_ms`
+    past that reading: the round loop's first round comes due while quotes arrive, and is
+    then late by that much, as after a start-up stall."""
+
+    def __init__(self) -> None:
+        self.held: int | None = None
+        self.offset_ms: int | None = None
+
+    def now_ms(self) -> int:
+        real = time.time_ns() // 1_000_000
+        if self.offset_ms is not None:
+            return real + self.offset_ms
+        if self.held is None:
+            self.held = real
+        return self.held
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def release(self, ahead_ms: int) -> None:
+        assert self.held is not None
+        self.offset_ms = self.held + ahead_ms - time.time_ns() // 1_000_000
+
+
+async def test_a_tape_whose_first_round_was_late_replays_to_every_published_report(
+    tmp_path: Path,
+) -> None:
+    """A daemon whose first round came late computes the rounds it missed (unpublished, with
+    the quotes that had come) before it publishes one, and its tape's header names that
+    published round. The replay of the tape still runs the caught-up rounds (it starts at the
+    round of the first quote; the header's round only numbers them), so it gives every report
+    the daemon published byte for byte, the first ones included: a replay that began at the
+    header's round would build the gates' resume streak later and differ from round 5 on."""
+    tape = tmp_path / "tape.jsonl"
+    clock = _HeldClock()
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0, volatility=0.001) as sim:
+        oracle = {"round_interval_ms": 50, "resume_rounds": 5}  # a streak the late rounds build
+        cfg = one_venue_config(sim.ws_url, sim.rest_url, tmp_path / "audit.sqlite3", oracle=oracle)
+        service = Service(cfg, record=tape, clock=clock)
+        task = asyncio.create_task(service.run())
+        try:
+            async with asyncio.timeout(20):
+                while service.source_stats["venue"].quotes < 3:  # noqa: ASYNC110 - a plain counter
+                    await asyncio.sleep(0.005)
+                assert service.rounds_published == 0 and service.rounds_caught_up == 0
+                clock.release(ahead_ms=200)
+                while service.audit is None or service.audit.stats.rounds < 40:  # noqa: ASYNC110 - a counter of the writer thread
+                    await asyncio.sleep(0.05)
+        finally:
+            service.stop()
+            await task
+    assert service.rounds_caught_up >= 3  # the first round was late: rounds were caught up
+    header_line, first_quote = tape.read_bytes().split(b"\n", 2)[:2]
+    header = read_header(header_line)
+    assert header.first_round_ts is not None
+    assert msgspec.json.decode(first_quote)["ts"] < header.first_round_ts  # in a caught-up round
+    reader = AuditReader(cfg.audit.path)
+    stored = {int(_ROUND.search(line)[1]): line for line in reader.report_lines(0, 1 << 62)}  # type: ignore[index]
+    reader.close()
+    out = io.BytesIO()
+    stats = replay(cfg, io.BytesIO(tape.read_bytes()), out)
+    assert stats.errors == []
+    replayed = {int(_ROUND.search(line)[1]): line for line in out.getvalue().splitlines(True)}  # type: ignore[index]
+    first = min(stored)
+    assert first > 1  # caught-up rounds came before it
+    for number in sorted(stored)[:30]:
+        assert replayed.get(number) == stored[number], number
