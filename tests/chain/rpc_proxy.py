@@ -29,7 +29,9 @@ is no rate limit (another server's code for an expired key), and "short_call"
 forwards but cuts the last word off every `eth_call` result (an answer of the wrong ABI length).
 "frozen" answers every `eth_getBlockByNumber` with the block it answered first (a node whose head
 stopped moving while the chain goes on) and forwards the rest. "slow" forwards every request
-`delay_s` seconds late (a node that answers, but always just under the client's timeout).
+`delay_s` seconds late (a node that answers, but always just under the client's timeout), and
+an `eth_getBlockByNumber` `head_delay_s` late instead when that is set (a node whose heavy reads
+take longer than its block headers, as a multicall read does on most).
 `methods` lists the method of every request received, in order. `stop()` closes the listening
 socket, so the endpoint dies mid-run.
 """
@@ -71,6 +73,7 @@ _ERRORS: dict[str, dict[str, Any]] = {
     "limit_32012": {"code": -32012, "message": "credits limited to 500/sec"},
     "expired_32007": {"code": -32007, "message": "API key expired"},
 }
+_HEAD = "eth_getBlockByNumber"
 HUGE = 20 * 1024 * 1024
 DEEP = 100_000
 #: "mangle": the answer given to each method instead of the node's (a receipt only if mined).
@@ -92,6 +95,7 @@ class RpcProxy:
         self.retry_after: str | None = "30"  # "http429": its Retry-After header
         self.frozen: Any = None  # "frozen": the block it keeps answering
         self.delay_s = 0.0  # "slow": how late every answer is
+        self.head_delay_s: float | None = None  # "slow": how late a header, if not `delay_s`
         self.methods: list[str] = []
         self.pins: list[Any] = []  # the block argument of every eth_call
         self.user_agents: list[str] = []  # of every request, to tell web3's from our client's
@@ -174,7 +178,8 @@ class RpcProxy:
             frozen = {"jsonrpc": "2.0", "id": items[0]["id"], "result": self.frozen}
             return web.json_response(frozen)
         if mode == "slow":
-            await asyncio.sleep(self.delay_s)
+            head = self.head_delay_s if items[0].get("method") == _HEAD else None
+            await asyncio.sleep(self.delay_s if head is None else head)
         if mode == "hold":
             self.held += 1
             self.arrived.set()

@@ -1,6 +1,7 @@
 """A URL that answers, but much slower than another, is not the one every read waits on: the
-reader asks the next URL's head while the active endpoint is slow (a quarter of `timeout_s` on
-average), and takes it when it is not behind and at least twice as fast. The slow node is the
+reader asks the active and the next URL their head while the active endpoint is slow (a quarter
+of `timeout_s` on average), and takes the next when it is not behind and answered at least twice
+as fast: the same request on both, so two equal URLs never swap. The slow node is the
 loopback proxy in front of anvil, delaying every answer; the tests assert which URL served the
 reads, never how fast they were."""
 
@@ -126,3 +127,33 @@ async def test_a_fast_active_url_costs_no_question_to_the_others(
     assert [q.price for q in got.quotes] == [3000.0, 3100.0, 3200.0]
     assert proxy.requests == 0
     assert reader.stats.slow_switches == 0
+
+
+async def test_two_equally_fast_urls_never_swap_over_many_probe_periods(
+    anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """Both URLs answer a header 0.3 s late and a read 1.2 s late (a multicall weighs more
+    than a header on any node). The active one's answers, reads among them, average past the
+    threshold, so both are asked their head a minute apart; the answers compared are headers
+    on both, equal, so the reader never leaves the first. Before, the active one's average of
+    all its answers was set against the other's one header: the second URL looked more than twice
+    as fast and was taken, and a few blocks later the first looked faster from there."""
+    other = await RpcProxy(anvil.url, http).start()
+    try:
+        for p in (proxy, other):
+            p.mode, p.delay_s, p.head_delay_s = "slow", 1.2, 0.3
+        clock = await _clock(chain)
+        reader = make_reader([proxy.url, other.url], http, clock=clock)
+        got = watch_eth(reader, snapshot.eth_proxy)
+        for price in range(3001, 3007):
+            await chain.warp(60)  # a probe period later, by the chain and the reader's clock
+            await chain.transact(snapshot.eth_aggregator, UPDATE, price * 10**8)
+            clock.advance(await chain.timestamp() * 1000 - clock.now_ms())
+            assert await reader.poll_once()
+            assert reader.rpc.active == 0
+        assert [q.price for q in got.quotes] == [float(p) for p in range(3001, 3007)]
+        assert reader.stats.slow_switches == 0
+        assert set(other.methods) == {"eth_getBlockByNumber"}  # the questions, nothing read
+        assert len(other.methods) >= 4  # asked in several probe periods
+    finally:
+        await other.stop()

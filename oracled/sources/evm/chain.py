@@ -352,35 +352,48 @@ class ChainReader:
         """Leave an active endpoint that answers, but much slower than the next URL. The client
         keeps the endpoint that answered last, so a URL that always answers just under
         `timeout_s` would otherwise be the one every read waits on, however fast the others.
-        While the active one's answers average `_SLOW_SHARE` of `timeout_s` or more, the next
-        URL not resting is asked its head, at most once per `_PROBE_S`; it becomes the active one
-        when its head is not behind `block` (the one just read) and came back at least `_FASTER`
-        times faster. Counted (`slow_switches`) and logged. Deterministic: the same answer times
-        give the same choice; nothing is asked while the active endpoint is fast."""
+        While the active one's answers average `_SLOW_SHARE` of `timeout_s` or more, both it and
+        the next URL not resting are asked their head, side by side, at most once per
+        `_PROBE_S`; the next URL becomes the active one when its head is not behind `block` (the
+        one just read) and came back at least `_FASTER` times faster than the active one's.
+        The same request on both: the active one's average holds its heavier multicall reads,
+        and set against the other's one header it made an equal URL look faster, so two equal
+        URLs swapped every few minutes. Counted (`slow_switches`) and logged. Deterministic:
+        the same answer times give the same choice; nothing is asked while the active endpoint
+        is fast."""
         active = self.rpc.active
-        slow = self.rpc.stats[active].latency_s
+        average = self.rpc.stats[active].latency_s
         now = self._clock.now_ms()
-        if slow is None or slow < _SLOW_SHARE * self.cfg.timeout_s or now < self._next_probe_ms:
+        if average is None or average < _SLOW_SHARE * self.cfg.timeout_s:
             return
         other = self.rpc.standby()
-        if other is None:
+        if other is None or now < self._next_probe_ms:
             return
         self._next_probe_ms = now + int(_PROBE_S * 1000)
-        self.stats.round_trips += 1
-        try:
-            head = _block(await self.rpc.call_on(other, "eth_getBlockByNumber", ["latest", False]))
-        except (*_READ_ERRORS, msgspec.ValidationError):
-            return  # cannot say (counted on it by the client if it failed)
-        took = self.rpc.stats[other].last_latency_s
-        if took is None or head.number < block.number or took * _FASTER > slow:
+        async with asyncio.TaskGroup() as tg:
+            mine = tg.create_task(self._timed_head(active), name=f"{self.name}-probe-active")
+            theirs = tg.create_task(self._timed_head(other), name=f"{self.name}-probe-other")
+        slow, took = mine.result(), theirs.result()
+        if slow is None or took is None or took[0] < block.number or took[1] * _FASTER > slow[1]:
             return
         self.rpc.prefer(other)
         self.stats.slow_switches += 1
         self._log.warning(
             "endpoint slower than another: switched", endpoint=self.rpc.stats[active].name,
-            latency_ms=round(slow * 1000), to=self.rpc.stats[other].name,
-            to_latency_ms=round(took * 1000), block=block.number,
+            latency_ms=round(slow[1] * 1000), to=self.rpc.stats[other].name,
+            to_latency_ms=round(took[1] * 1000), block=block.number,
         )  # fmt: skip
+
+    async def _timed_head(self, index: int) -> tuple[int, float] | None:
+        """Endpoint `index`'s head block number and how long it took to answer, or None when it
+        did not (counted on it by the client)."""
+        self.stats.round_trips += 1
+        try:
+            head = _block(await self.rpc.call_on(index, "eth_getBlockByNumber", ["latest", False]))
+        except (*_READ_ERRORS, msgspec.ValidationError):
+            return None
+        took = self.rpc.stats[index].last_latency_s
+        return None if took is None else (head.number, took)
 
     def _garbage(self, block: Block, exc: ValueError) -> None:
         """The endpoint answered the read, but not with an aggregate3 answer of our calls on
