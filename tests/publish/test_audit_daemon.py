@@ -7,6 +7,7 @@ import asyncio
 import io
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
@@ -19,6 +20,31 @@ from oracled.sim import BinanceSim
 from oracled.tape import read_header
 
 _ROUND = re.compile(rb'"round":(\d+),')
+
+
+async def _audited(service: Service, rounds: int) -> None:
+    """Until the service's audit writer has stored `rounds` rounds."""
+    while service.audit is None or service.audit.stats.rounds < rounds:  # noqa: ASYNC110 - a counter of the writer thread
+        await asyncio.sleep(0.05)
+
+
+def _by_round(lines: Iterable[bytes]) -> dict[int, bytes]:
+    """Report lines by their round number."""
+    return {int(_ROUND.search(line)[1]): line for line in lines}  # type: ignore[index]
+
+
+def _assert_replayed_as_stored(out: bytes, stored: dict[int, bytes], at_least: int) -> None:
+    """Every replayed report of a round the trail stored is that stored report byte for byte,
+    and at least `at_least` are: a round missing from the trail is one the daemon ran late and
+    left out (docs/runbook.md), or one after its last stored round."""
+    same = 0
+    for line in out.splitlines(keepends=True):
+        kept = stored.get(int(_ROUND.search(line)[1]))  # type: ignore[index]
+        if kept is None:
+            continue
+        assert line == kept
+        same += 1
+    assert same >= at_least
 
 
 async def test_a_daemons_tape_replays_to_its_stored_reports_byte_for_byte(
@@ -35,13 +61,12 @@ async def test_a_daemons_tape_replays_to_its_stored_reports_byte_for_byte(
         task = asyncio.create_task(service.run())
         try:
             async with asyncio.timeout(20):
-                while service.audit is None or service.audit.stats.rounds < 40:  # noqa: ASYNC110 - a counter of the writer thread
-                    await asyncio.sleep(0.05)
+                await _audited(service, 40)
         finally:
             service.stop()
             await task
     reader = AuditReader(cfg.audit.path)
-    stored = {int(_ROUND.search(line)[1]): line for line in reader.report_lines(0, 1 << 62)}  # type: ignore[index]
+    stored = _by_round(reader.report_lines(0, 1 << 62))
     first_quoted = min(r.round for r in reader.rounds(0, 1 << 62) if r.quotes)
     tape = io.BytesIO()
     reader.tape(tape, 0, 1 << 62)
@@ -50,14 +75,7 @@ async def test_a_daemons_tape_replays_to_its_stored_reports_byte_for_byte(
     out = io.BytesIO()
     stats = replay(cfg, io.BytesIO(tape.getvalue()), out)
     assert stats.errors == [] and stats.rounds >= 30
-    same = 0
-    for line in out.getvalue().splitlines(keepends=True):
-        kept = stored.get(int(_ROUND.search(line)[1]))  # type: ignore[index]
-        if kept is None:  # a round the daemon ran late and left out (docs/runbook.md)
-            continue
-        assert line == kept
-        same += 1
-    assert same >= 30
+    _assert_replayed_as_stored(out.getvalue(), stored, at_least=30)
     assert b'"status":"degraded","reasons":["thin"],"price":"' in b"".join(stored.values())
 
 
@@ -77,13 +95,12 @@ async def test_a_recorded_tape_replays_to_the_published_reports_round_numbers_in
         task = asyncio.create_task(service.run())
         try:
             async with asyncio.timeout(20):
-                while service.audit is None or service.audit.stats.rounds < 40:  # noqa: ASYNC110 - a counter of the writer thread
-                    await asyncio.sleep(0.05)
+                await _audited(service, 40)
         finally:
             service.stop()
             await task
     reader = AuditReader(cfg.audit.path)
-    stored = {int(_ROUND.search(line)[1]): line for line in reader.report_lines(0, 1 << 62)}  # type: ignore[index]
+    stored = _by_round(reader.report_lines(0, 1 << 62))
     first = reader.rounds(0, 1 << 62)[0]
     reader.close()
     header = read_header(tape.read_bytes().split(b"\n", 1)[0])
@@ -92,14 +109,7 @@ async def test_a_recorded_tape_replays_to_the_published_reports_round_numbers_in
     out = io.BytesIO()
     stats = replay(cfg, io.BytesIO(tape.read_bytes()), out)
     assert stats.errors == [] and stats.rounds >= 30
-    same = 0
-    for line in out.getvalue().splitlines(keepends=True):
-        kept = stored.get(int(_ROUND.search(line)[1]))  # type: ignore[index]
-        if kept is None:  # a round the daemon ran late and left out, or after its last one stored
-            continue
-        assert line == kept
-        same += 1
-    assert same >= 30
+    _assert_replayed_as_stored(out.getvalue(), stored, at_least=30)
 
 
 class _HeldClock:
@@ -149,8 +159,7 @@ async def test_a_tape_whose_first_round_was_late_replays_to_every_published_repo
                     await asyncio.sleep(0.005)
                 assert service.rounds_published == 0 and service.rounds_caught_up == 0
                 clock.release(ahead_ms=200)
-                while service.audit is None or service.audit.stats.rounds < 40:  # noqa: ASYNC110 - a counter of the writer thread
-                    await asyncio.sleep(0.05)
+                await _audited(service, 40)
         finally:
             service.stop()
             await task
@@ -160,12 +169,12 @@ async def test_a_tape_whose_first_round_was_late_replays_to_every_published_repo
     assert header.first_round_ts is not None
     assert msgspec.json.decode(first_quote)["ts"] < header.first_round_ts  # in a caught-up round
     reader = AuditReader(cfg.audit.path)
-    stored = {int(_ROUND.search(line)[1]): line for line in reader.report_lines(0, 1 << 62)}  # type: ignore[index]
+    stored = _by_round(reader.report_lines(0, 1 << 62))
     reader.close()
     out = io.BytesIO()
     stats = replay(cfg, io.BytesIO(tape.read_bytes()), out)
     assert stats.errors == []
-    replayed = {int(_ROUND.search(line)[1]): line for line in out.getvalue().splitlines(True)}  # type: ignore[index]
+    replayed = _by_round(out.getvalue().splitlines(keepends=True))
     first = min(stored)
     assert first > 1  # caught-up rounds came before it
     for number in sorted(stored)[:30]:
