@@ -6,7 +6,7 @@ import asyncio
 import copy
 import io
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -450,18 +450,8 @@ async def test_the_service_takes_a_daemons_reports_in_stream_order_whatever_thei
             pass
         return ws
 
-    app = web.Application()
-    app.router.add_get("/v1/stream", stream)
     eng = engine({"BTC": "BTC/USD"})
-    async with DaemonServer(app, host="127.0.0.1") as server:
-        url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
-        service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: T0 + 300)
-        task = asyncio.create_task(service.run())
-        try:
-            await until(lambda: service.reports == 2)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    await _serve_until(stream, eng, T0 + 300, lambda service: service.reports == 2)
     btc = eng.prices(T0 + 300)["BTC/USD"]
     assert isinstance(btc, Resolved) and btc.value == 63_000.0
 
@@ -494,20 +484,9 @@ async def test_a_report_whose_price_is_none_is_skipped_and_the_service_runs_on()
             pass
         return ws
 
-    app = web.Application()
-    app.router.add_get("/v1/stream", stream)
     eng = engine({"BTC": "BTC/USD", "SOL": "SOL/USD"})
     with capture_logs() as logs:
-        async with DaemonServer(app, host="127.0.0.1") as server:
-            url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
-            service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: T0 + 99)
-            task = asyncio.create_task(service.run())
-            try:
-                await until(lambda: service.reports == len(bad) + 2)
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-    assert task.cancelled()  # ended by the test, not by the frames
+        await _serve_until(stream, eng, T0 + 99, lambda service: service.reports == len(bad) + 2)
     assert [v.round for v in eng.book.latest.values()] == [99, 99]
     btc = eng.prices(T0 + 99)["BTC/USD"]
     assert isinstance(btc, Resolved) and btc.value == 64_000.5
@@ -548,19 +527,9 @@ async def test_a_report_that_cannot_be_read_costs_only_its_own_market_the_round(
             pass
         return ws
 
-    app = web.Application()
-    app.router.add_get("/v1/stream", stream)
     eng = engine({"BTC": "BTC/USD", "SOL": "SOL/USD"})
     with capture_logs() as logs:
-        async with DaemonServer(app, host="127.0.0.1") as server:
-            url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
-            service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: T0 + 9)
-            task = asyncio.create_task(service.run())
-            try:
-                await until(lambda: service.reports == 2 + len(broken))
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await _serve_until(stream, eng, T0 + 9, lambda service: service.reports == 2 + len(broken))
     assert {m: v.round for m, v in eng.book.latest.items()} == {"BTC/USD": 1, "SOL/USD": 4}
     sol = eng.prices(T0 + 9)["SOL/USD"]
     assert isinstance(sol, Resolved) and sol.value == 154.0
@@ -589,19 +558,9 @@ async def test_frames_that_cannot_be_read_are_logged_once_a_minute_not_each() ->
             pass
         return ws
 
-    app = web.Application()
-    app.router.add_get("/v1/stream", stream)
     eng = engine({"BTC": "BTC/USD"})
     with capture_logs() as logs:
-        async with DaemonServer(app, host="127.0.0.1") as server:
-            url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
-            service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: T0)
-            task = asyncio.create_task(service.run())
-            try:
-                await until(lambda: service.reports == 1)
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        service = await _serve_until(stream, eng, T0, lambda service: service.reports == 1)
     told = [e for e in logs if e["event"] == "bad_frame"]
     assert len(told) == 1 and told[0]["frames"] == 1 and told[0]["log_level"] == "warning"
     assert service.bad_frames == junk
@@ -630,20 +589,34 @@ async def test_reports_of_markets_never_asked_for_are_not_kept() -> None:
             pass
         return ws
 
-    app = web.Application()
-    app.router.add_get("/v1/stream", stream)
     eng = engine({"BTC": "BTC/USD"})
     with capture_logs() as logs:
-        async with DaemonServer(app, host="127.0.0.1") as server:
-            url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
-            service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: T0)
-            task = asyncio.create_task(service.run())
-            try:
-                await until(lambda: "BTC/USD" in eng.book.latest)
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        service = await _serve_until(stream, eng, T0, lambda service: "BTC/USD" in eng.book.latest)
     assert list(eng.book.latest) == ["BTC/USD"] and service.reports == 1
     assert isinstance(eng.prices(T0)["BTC/USD"], Resolved)
     told = [(e["market"], e["error"]) for e in logs if e["event"] == "bad_report"]
     assert told == [("X0/USD", "a market not asked for")]
+
+
+async def _serve_until(
+    stream: Callable[[web.Request], Awaitable[web.WebSocketResponse]],
+    eng: MarginEngine,
+    now_ms: int,
+    done: Callable[[MarginService], bool],
+) -> MarginService:
+    """A margin service (clock fixed at `now_ms`) reading a stand-in daemon whose `/v1/stream`
+    is `stream`, until `done(service)`; then stopped by the test (whatever the frames were, they
+    did not end it)."""
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    async with DaemonServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
+        service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: now_ms)
+        task = asyncio.create_task(service.run())
+        try:
+            await until(lambda: done(service))
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()  # ended by the test, not by the frames
+    return service
