@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 from publish_rig import one_venue_config
 
+from oracled.config import Config
 from oracled.publish.audit import AuditReader
 from oracled.replay import replay
 from oracled.service import Service
@@ -26,6 +27,22 @@ async def _audited(service: Service, rounds: int) -> None:
     """Until the service's audit writer has stored `rounds` rounds."""
     while service.audit is None or service.audit.stats.rounds < rounds:  # noqa: ASYNC110 - a counter of the writer thread
         await asyncio.sleep(0.05)
+
+
+async def _run_until_audited(tmp_path: Path, record: Path | None = None) -> Config:
+    """A daemon on one loopback venue, its audit trail in `tmp_path`, until it stored 40
+    rounds; its config."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0, volatility=0.001) as sim:
+        cfg = one_venue_config(sim.ws_url, sim.rest_url, tmp_path / "audit.sqlite3")
+        service = Service(cfg, record=record)
+        task = asyncio.create_task(service.run())
+        try:
+            async with asyncio.timeout(20):
+                await _audited(service, 40)
+        finally:
+            service.stop()
+            await task
+    return cfg
 
 
 def _by_round(lines: Iterable[bytes]) -> dict[int, bytes]:
@@ -55,16 +72,7 @@ async def test_a_daemons_tape_replays_to_its_stored_reports_byte_for_byte(
     first of them before any venue had answered (so without quotes, and not on the tape), and
     the tape's header carries the number of the round its first quote went into, from which
     replay numbers its own (before, they differed by that many rounds less one)."""
-    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0, volatility=0.001) as sim:
-        cfg = one_venue_config(sim.ws_url, sim.rest_url, tmp_path / "audit.sqlite3")
-        service = Service(cfg)
-        task = asyncio.create_task(service.run())
-        try:
-            async with asyncio.timeout(20):
-                await _audited(service, 40)
-        finally:
-            service.stop()
-            await task
+    cfg = await _run_until_audited(tmp_path)
     reader = AuditReader(cfg.audit.path)
     stored = _by_round(reader.report_lines(0, 1 << 62))
     first_quoted = min(r.round for r in reader.rounds(0, 1 << 62) if r.quotes)
@@ -89,16 +97,7 @@ async def test_a_recorded_tape_replays_to_the_published_reports_round_numbers_in
     in `round`. The recorder now writes the number and time of the daemon's first round into
     the header (`first_round`, `first_round_ts`), as `oracled audit --tape` does."""
     tape = tmp_path / "tape.jsonl"
-    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0, volatility=0.001) as sim:
-        cfg = one_venue_config(sim.ws_url, sim.rest_url, tmp_path / "audit.sqlite3")
-        service = Service(cfg, record=tape)
-        task = asyncio.create_task(service.run())
-        try:
-            async with asyncio.timeout(20):
-                await _audited(service, 40)
-        finally:
-            service.stop()
-            await task
+    cfg = await _run_until_audited(tmp_path, record=tape)
     reader = AuditReader(cfg.audit.path)
     stored = _by_round(reader.report_lines(0, 1 << 62))
     first = reader.rounds(0, 1 << 62)[0]
