@@ -13,13 +13,14 @@ most `max_batch`), signed locally with an EIP-1559 fee that never exceeds `max_g
 
 Nonces are the pusher's own: read from the chain at start (the mined count, so transactions a
 previous run left pending are replaced rather than queued behind), then counted locally and
-re-read when the node says a nonce is too low. A transaction not mined after `replace_after_s`
-is replaced by one with the same nonce, fees raised by 12.5 % (the node's minimum bump is 10 %)
-and the latest prices; when the cap leaves no room for that bump the pusher waits and counts
-`gas_cap`, unless the node no longer knows the transaction (evicted, or lost by the RPC): then
-the nonce is free and it is sent again at the current fees. The contract ignores an update
-that is not newer than what it stores, so a replaced transaction and its replacement can never
-move a market back in time.
+re-read when the node says a nonce is too low, or when a transaction waits behind a nonce the
+chain lost (a reorganisation took a confirmed push off it). A transaction not mined after
+`replace_after_s` is replaced by one with the same nonce, fees raised by 12.5 % (the node's
+minimum bump is 10 %) and the latest prices; when the cap leaves no room for that bump the
+pusher waits and counts `gas_cap`, unless the node no longer knows the transaction (evicted, or
+lost by the RPC): then the nonce is free and it is sent again at the current fees. The contract
+ignores an update that is not newer than what it stores, so a replaced transaction and its
+replacement can never move a market back in time.
 
 The task supervises itself, as the NATS sink does: an unreachable node, or an answer it cannot
 read (a base fee, gas estimate or nonce that is not a hex quantity, a receipt without a status),
@@ -577,7 +578,28 @@ class ChainPusher:
             return
         if self.clock.monotonic() - inflight.sent_at < self.cfg.replace_after_s:
             return
+        if mined < inflight.nonce:  # behind a gap: a replacement would wait there as well
+            self._behind_gap(inflight, mined)
+            return
         await self._replace(inflight)
+
+    def _behind_gap(self, inflight: _InFlight, mined: int) -> None:
+        """The transaction in flight was sent after one the chain had mined, and the chain's
+        count is below its nonce now: a reorganisation took that push off the chain and nothing
+        holds its nonce any more (a pool that took it back would have had it mined by now). A
+        node never mines past a missing nonce, so push again from the chain's count, and read
+        what the contract stores again: the markets the lost push carried are due again. Only
+        after `replace_after_s`: a node behind the one that gave the last receipt may show a
+        lower count for a block or two."""
+        self._log.warning(
+            "push waits behind a nonce the chain lost; pushing again from there",
+            nonce=inflight.nonce,
+            mined=mined,
+        )
+        self._inflight, self.stats.pending = None, False
+        self._nonce = self.stats.nonce = mined
+        self._stored.clear()
+        self._read = False
 
     def _mined(self, nonce: int, batch: _Batch, tx_hash: str, status: int, block: int) -> None:
         self._inflight, self.stats.pending = None, False

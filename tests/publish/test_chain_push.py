@@ -919,3 +919,42 @@ async def test_a_crashed_pusher_is_started_again_counted_and_logged_with_its_tra
     assert len(crashed) == 1 and crashed[0]["log_level"] == "error"
     assert "exc_info" in crashed[0]
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
+async def test_a_push_a_reorganisation_took_off_the_chain_is_pushed_again(rig: Rig) -> None:
+    """A reorganisation replaces the block of a confirmed push and its transaction is gone
+    (anvil_reorg): the next push, at the nonce after it, waits behind a gap and is never mined
+    (it was replaced every `replace_after_s` up to the cap, then waited for forever). At its
+    replacement time the pusher sees the chain's count below its nonce, reads the nonce and
+    the stored prices again and pushes from the free nonce: every market the reorganisation
+    took off goes on again."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds)
+    await settle(pusher)
+    assert await rig.nonce() == 1
+    await rig.chain.reorg(1)
+    assert await rig.nonce() == 0
+    assert (await rig.stored("BTC/USD"))[3] == 0  # the push went with its block
+    rounds.step(ETH_USD=1.02)
+    pusher.submit(rounds.step())
+    await pusher.step()  # ETH alone: the pusher believes the others are on chain
+    assert pusher._inflight is not None and pusher._inflight.nonce == 1
+    rig.clock.advance(4_000)
+    await pusher.step()
+    assert await rig.nonce() == 0  # behind the gap: not mined
+    rig.clock.advance(1_000)
+    with capture_logs() as logs:
+        await pusher.step()  # replacement time: the gap is seen
+        await settle(pusher)
+    assert "push waits behind a nonce the chain lost; pushing again from there" in [
+        e["event"] for e in logs if e["log_level"] == "warning"
+    ]
+    assert pusher.stats.transactions["replaced"] == 0  # nothing was sent behind the gap again
+    await rig.chain.rpc("evm_mine")  # the push left behind the gap, now free to be mined
+    assert await rig.nonce() == 2
+    for market in ("BTC/USD", "ETH/USD", "SOL/USD"):
+        assert (await rig.stored(market))[3] == rounds.now
+    pusher.submit(rounds.step(BTC_USD=1.05))
+    await pusher.step()  # refused: the left-behind push took that nonce; read again
+    await settle(pusher)
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
