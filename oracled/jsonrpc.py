@@ -16,7 +16,8 @@ Where web3 does run: `chain_id()` asks each endpoint its chain id through `Async
 `AsyncHTTPProvider` built with `cache_allowed_requests=True` (web3 caches `eth_chainId` for the
 life of the provider) and this client's shared session injected with `cache_async_session`,
 so web3 opens no session or connection pool of its own. That is a one-off per endpoint, where
-web3's cost does not matter; the per-block read stays on the thin path.
+web3's cost does not matter; the per-block read stays on the thin path. A rate limit found
+through web3's exceptions is counted and rests the endpoint as on every other request.
 
 Failure handling: a transport error, a timeout, a non-200 answer, a body that is not a JSON-RPC
 answer to our request id (garbage), or a server-side JSON-RPC error (-32000..-32099, -32603:
@@ -41,7 +42,7 @@ at 1 s. A caller can rest an endpoint too (`rest`: a cross-check that outvoted i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -148,6 +149,15 @@ def _block_unknown(err: _Error) -> bool:
     return err.code == -32001 or (
         _server_side(err.code) and ("not found" in message or "not currently canonical" in message)
     )
+
+
+def _web3_error(response: object) -> _Error | None:
+    """The error object of the answer web3 raised `Web3RPCError` for, when it has a code."""
+    error = response.get("error") if isinstance(response, dict) else None
+    if not isinstance(error, dict) or not isinstance(code := error.get("code"), int):
+        return None
+    message = error.get("message")
+    return _Error(code, message if isinstance(message, str) else "")
 
 
 def _pinned(params: Sequence[Any]) -> bool:
@@ -320,7 +330,15 @@ class RpcClient:
 
     async def chain_id(self, index: int) -> int:
         """The chain id endpoint `index` serves, through web3 (no fail-over: each endpoint
-        answers for itself); RpcUnavailable when it cannot say."""
+        answers for itself); RpcUnavailable when it cannot say, or rests (nothing is sent).
+
+        A provider's rate limit is taken as on every other request (`rate_limited`, the
+        endpoint rested by its `Retry-After` or the backoff): before, web3's exceptions were
+        counted as `http` or `node`, nothing rested, and a limited start was retried as if the
+        node were down, sooner than the provider asked."""
+        name = self.stats[index].name
+        if self._rests(index):
+            raise RpcUnavailable(f"eth_chainId on {name}: resting (rate-limited or outvoted)")
         w3 = await self._web3_for(index)
         from web3.exceptions import Web3Exception, Web3RPCError  # imported by `_web3_for`
 
@@ -328,19 +346,32 @@ class RpcClient:
         try:
             async with asyncio.timeout(self._timeout_s):
                 answer = await w3.eth.chain_id
-            return int(answer)
+            chain = int(answer)
+            self._limits[index] = 0
+            return chain
         except TimeoutError:
             failed = _Failed("timeout", f"no answer in {self._timeout_s:g} s")
         except aiohttp.ClientResponseError as exc:
-            failed = _Failed("http", f"status {exc.status}")
+            failed = self._http_limit(index, exc.status, exc.headers) or _Failed(
+                "http", f"status {exc.status}"
+            )
         except _NET_ERRORS as exc:
             failed = _Failed("transport", type(exc).__name__)
         except Web3RPCError as exc:
-            failed = _Failed("node", str(exc)[:120])
+            err = _web3_error(exc.rpc_response)
+            if err is not None and _rate_limit(err):
+                failed = self._limit_failure(index, err)
+            else:
+                self._limits[index] = 0  # another answer, an error too: the limit is over
+                failed = _Failed("node", str(exc)[:120])
         except (Web3Exception, ValueError, TypeError, RecursionError) as exc:
             failed = _Failed("garbage", f"eth_chainId: {type(exc).__name__}")
         self._count(index, failed)
-        raise RpcUnavailable(f"eth_chainId on {self.stats[index].name}: {failed}")
+        raise RpcUnavailable(f"eth_chainId on {name}: {failed}")
+
+    def rest_left_s(self, index: int) -> float:
+        """Seconds endpoint `index` still rests (0 once it takes requests again)."""
+        return max(0.0, self._resting[index] - self._clock.monotonic())
 
     async def _web3_for(self, index: int) -> AsyncWeb3[Any]:
         """One AsyncWeb3 per endpoint, made on first use over the shared session.
@@ -424,7 +455,9 @@ class RpcClient:
                     headers={"Content-Type": "application/json"},
                 ) as resp:
                     if resp.status in _HTTP_LIMITS or resp.status == 503:
-                        self._http_limit(index, resp)
+                        limited = self._http_limit(index, resp.status, resp.headers)
+                        if limited is not None:
+                            raise limited
                     if resp.status != 200:
                         raise _Failed("http", f"status {resp.status}")
                     return await _read_capped(resp)
@@ -446,10 +479,7 @@ class RpcClient:
             raise _Failed("garbage", "answer to another request id")
         err = answer.error
         if err is not None and _rate_limit(err) and not (pinned and _block_unknown(err)):
-            rest = self._limited(index)
-            raise _Failed(
-                "rate_limited", f"{err.code} {err.message}"[:100] + f", resting {rest:g} s"
-            )
+            raise self._limit_failure(index, err)
         self._limits[index] = 0  # any other answer, an error too: the limit is over
         if pinned and err is not None and _block_unknown(err):
             raise UnknownBlock(err.code, err.message, err.data)
@@ -468,17 +498,27 @@ class RpcClient:
             seconds if average is None else average + _LATENCY_WEIGHT * (seconds - average)
         )
 
-    def _http_limit(self, index: int, resp: aiohttp.ClientResponse) -> None:
+    def _http_limit(
+        self, index: int, status: int, headers: Mapping[str, str] | None
+    ) -> _Failed | None:
         """A limit answered by HTTP status: rest the endpoint for its `Retry-After` in seconds,
-        else by the backoff (`_limited`); a 503 without one is a plain failure, no rest."""
-        rest = _retry_after_s(resp.headers.get("Retry-After"))
+        else by the backoff (`_limited`), and the failure to count; None for a status that is
+        no limit (a 503 without a `Retry-After` is a plain failure, no rest)."""
+        rest = _retry_after_s(headers.get("Retry-After") if headers is not None else None)
+        if status not in _HTTP_LIMITS and status != 503:
+            return None
         if rest is not None:
             self.rest(index, rest)
-        elif resp.status in _HTTP_LIMITS:
+        elif status in _HTTP_LIMITS:
             rest = self._limited(index)
         else:
-            return
-        raise _Failed("rate_limited", f"status {resp.status}, resting {rest:g} s")
+            return None
+        return _Failed("rate_limited", f"status {status}, resting {rest:g} s")
+
+    def _limit_failure(self, index: int, err: _Error) -> _Failed:
+        """A JSON-RPC rate limit (`_rate_limit`): the endpoint rested by the backoff."""
+        rest = self._limited(index)
+        return _Failed("rate_limited", f"{err.code} {err.message}"[:100] + f", resting {rest:g} s")
 
     def _limited(self, index: int) -> float:
         """A rate limit that names no wait: rest the endpoint 1 s, doubling at each limit in a

@@ -84,12 +84,13 @@ async def test_an_endpoint_down_at_start_is_passed_over_and_asked_again_later(
     assert first.requests == 2 and second.requests == 1
 
 
-@pytest.mark.parametrize("mode", ["error", "stopped"])
+@pytest.mark.parametrize("mode", ["error", "stopped", "expired_32007"])
 async def test_no_endpoint_answering_the_chain_id_stops_the_reader(
     http: aiohttp.ClientSession, proxy: RpcProxy, mode: str
 ) -> None:
-    """With no endpoint able to say which chain it serves (a server-side error, a dead port),
-    the reader refuses to start; the failure is counted by kind."""
+    """With no endpoint able to say which chain it serves (a server-side error, a dead port,
+    a -32007 that is no rate limit), the reader refuses to start; the failure is counted by
+    kind and nothing rests."""
     reader = make_reader([proxy.url], http, timeout_s=1.0)
     if mode == "stopped":
         await proxy.stop()
@@ -99,6 +100,46 @@ async def test_no_endpoint_answering_the_chain_id_stops_the_reader(
         await reader.check_chain_id()
     kind = "transport" if mode == "stopped" else "node"
     assert reader.rpc.stats[0].by_kind == {kind: 1}
+    assert reader.rpc.rest_left_s(0) == 0
+
+
+@pytest.mark.parametrize(
+    "mode", ["limit_32007", "limit_32012", "limit_32005", "rate_limited", "http402", "http429",
+             "http503"],
+)  # fmt: skip
+async def test_a_rate_limited_chain_id_rests_and_is_asked_again_without_failing_the_start(
+    http: aiohttp.ClientSession, proxy: RpcProxy, mode: str
+) -> None:
+    """The only endpoint answers the start's eth_chainId with a provider's rate limit (JSON-RPC
+    or HTTP, with a Retry-After of 1 s where the status carries one). It is counted
+    `rate_limited` and logged as on a read, and rests: the check waits the rest out and asks
+    once more, and the start goes on. Before, web3's exception was counted as `http` or
+    `node`, nothing rested, and the start failed (`chain unreachable`), retried by the
+    supervisor as if the node were down. Two requests in all: no spin meanwhile."""
+    proxy.script, proxy.retry_after = [mode], "1"
+    reader = make_reader([proxy.url], http)
+    with capture_logs() as logs:
+        await reader.check_chain_id()
+    assert proxy.requests == 2
+    assert reader.rpc.stats[0].by_kind == {"rate_limited": 1}
+    assert [e["event"] for e in logs] == ["chain id unknown"]
+    assert "rate_limited" in logs[0]["error"] and "resting 1 s" in logs[0]["error"]
+
+
+async def test_a_rate_limited_endpoint_at_start_rests_while_the_other_is_read(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The first URL is rate-limited for 30 s (HTTP 429, Retry-After: 30) at the start's
+    check, the second answers: the start goes on at once, and the first URL rests as after a
+    read: the first block is read from the second URL without a request to the first."""
+    proxy.mode = "http429"
+    reader = make_reader([proxy.url, anvil.url], http)
+    await reader.check_chain_id()
+    assert reader.rpc.stats[0].by_kind == {"rate_limited": 1}
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert await reader.poll_once()
+    assert got.last.price == 3000.0
+    assert proxy.requests == 1
 
 
 async def test_one_endpoint_of_another_chain_refuses_the_chain(

@@ -788,25 +788,35 @@ class ChainReader:
     async def check_chain_id(self) -> None:
         """Refuse to read a node of another chain: every endpoint is asked, through web3, once
         (the answer cannot change). An endpoint that cannot answer now is logged and asked
-        again at the reader's next start; at least one endpoint must answer."""
-        answered = False
-        for index, st in enumerate(self.rpc.stats):
-            if index in self._chain_checked:
+        again at the reader's next start; at least one endpoint must answer. While none has
+        and one rests (a provider's rate limit: its `Retry-After`, or the backoff), the check
+        waits out the shortest rest and asks again, as the reader's polls would: a limited
+        start is neither failed nor retried sooner than the provider asked."""
+        while True:
+            answered = False
+            for index, st in enumerate(self.rpc.stats):
+                if index in self._chain_checked:
+                    answered = True
+                    continue
+                if self.rpc.rest_left_s(index) > 0:
+                    continue  # rate-limited: asked once its rest is over
+                try:
+                    chain_id = await self.rpc.chain_id(index)
+                except RpcUnavailable as exc:
+                    self._log.warning("chain id unknown", endpoint=st.name, error=str(exc)[:200])
+                    continue
+                if chain_id != self.cfg.chain_id:
+                    raise SourceError(
+                        f"chain {self.name}: {st.name} is chain {chain_id}, not {self.cfg.chain_id}"
+                    )
+                self._chain_checked.add(index)
                 answered = True
-                continue
-            try:
-                chain_id = await self.rpc.chain_id(index)
-            except RpcUnavailable as exc:
-                self._log.warning("chain id unknown", endpoint=st.name, error=str(exc)[:200])
-                continue
-            if chain_id != self.cfg.chain_id:
-                raise SourceError(
-                    f"chain {self.name}: {st.name} is chain {chain_id}, not {self.cfg.chain_id}"
-                )
-            self._chain_checked.add(index)
-            answered = True
-        if not answered:
-            raise RpcUnavailable(f"chain {self.name}: no endpoint answered eth_chainId")
+            if answered:
+                return
+            rests = [self.rpc.rest_left_s(i) for i in range(len(self.rpc.urls))]
+            if not any(rests):
+                raise RpcUnavailable(f"chain {self.name}: no endpoint answered eth_chainId")
+            await asyncio.sleep(min(r for r in rests if r > 0))
 
     async def run(self) -> None:
         """Follow the chain until cancelled: newHeads when possible, else polling."""
