@@ -30,8 +30,11 @@ that trusts the key can tell it from one anyone on the bus could write.
 The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
 sends when it can. While the server is unreachable rounds are counted as unpublished (reason
 `disconnected`) rather than buffered: a price published late is worse than none, and JetStream
-keeps what it had. nats-py reconnects on its own; the sink only connects the first time (again
-and again until a server answers).
+keeps what it had. nats-py reconnects on its own after an outage; the sink connects the first
+time (again and again until a server answers), and again whenever nats-py gives a connection up
+for good: it does when the server ends one with an error (credentials revoked by a config
+reload, a user JWT expired), logged at error level (`nats connection closed by the server;
+connecting again`).
 
 A server that hangs with its socket open (a frozen process, a stalled network path) must count as
 down too, or every round would pile into the socket and reach consumers all at once, late, when it
@@ -294,9 +297,11 @@ class NatsSink:
             started = time.monotonic()
             try:
                 await self._run_once()
+                # The server closed the connection with an error: rounds held meanwhile are
+                # late by the time a new connection is up, as while disconnected.
+                self.stats.unpublished["disconnected"] += self._drop_queued()
             except Exception:  # the supervisor's job: log, count, restart
-                lost = sum(self._size(batch) for batch in self._queue)
-                self._queue.clear()  # late by the backoff: dropped, as while disconnected
+                lost = self._drop_queued()  # late by the backoff: dropped, as while disconnected
                 self.stats.unpublished["error"] += lost
                 self.stats.restarts += 1
                 self._log.exception("nats sink crashed; restarting", delay_s=delay, lost=lost)
@@ -305,7 +310,18 @@ class NatsSink:
             await asyncio.sleep(delay)
             delay = min(delay * 2.0, _RESTART_MAX_S)
 
+    def _drop_queued(self) -> int:
+        """Empty the queue; the number of messages it held."""
+        lost = sum(self._size(batch) for batch in self._queue)
+        self._queue.clear()
+        return lost
+
     async def _run_once(self) -> None:
+        """Connect, then publish what is submitted until the client is closed for good: nats-py
+        reconnects after an outage, but closes the client when the server ends the connection
+        with an error (`Authorization Violation` after a reload that revoked the credentials,
+        `User Authentication Expired`), and never connects it again. Then this returns, and
+        `run` connects anew, the refusals counted and logged as at start."""
         try:
             nc = await self._connect()
             self._nc = nc
@@ -315,6 +331,12 @@ class NatsSink:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
+                if nc.is_closed:
+                    self._log.error(
+                        "nats connection closed by the server; connecting again",
+                        error=str(nc.last_error),
+                    )
+                    return
                 while self._queue:
                     await self._publish(nc, self._queue.popleft())
         finally:
@@ -526,6 +548,7 @@ class NatsSink:
 
     async def _on_closed(self) -> None:
         self.stats.connected = False
+        self._wakeup.set()  # `_run_once` ends: nats-py never reconnects a closed client
 
     async def close(self) -> None:
         """Flush what was handed to the connection (briefly) and close it."""

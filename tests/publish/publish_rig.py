@@ -169,6 +169,21 @@ class NatsServer:
             await asyncio.sleep(0.02)
         raise RuntimeError("nats-server did not listen in time")
 
+    async def reload(self, settings: str) -> None:
+        """Replace the extra config lines and have the running server reload them (SIGHUP), as
+        an operator's `nats-server --signal reload` does; returns once its log says so."""
+        assert self.proc is not None and self.settings, "a server started with settings"
+        self.settings = settings
+        (self.store / "nats-server.conf").write_text(settings + "\n")
+        done = self.log.read_bytes().count(b"Reloaded server configuration")
+        os.kill(self.proc.pid, signal.SIGHUP)
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while asyncio.get_running_loop().time() < deadline:
+            if self.log.read_bytes().count(b"Reloaded server configuration") > done:
+                return
+            await asyncio.sleep(0.02)
+        raise RuntimeError(f"nats-server did not reload:\n{self.log.read_text()}")
+
     def kill(self) -> None:
         """Die the hard way (SIGKILL): no goodbye to clients, no clean store shutdown."""
         if self.proc is not None and self.proc.poll() is None:

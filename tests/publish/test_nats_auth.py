@@ -357,6 +357,46 @@ async def test_a_stopped_server_counts_as_unreachable_not_refused(
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_credential_revoked_while_connected_is_retried_until_let_in_again(
+    start: Callable[..., Any],
+) -> None:
+    """The server's config reloaded without the sink's token while the sink is connected: the
+    server closes the connection with `Authorization Violation`, and nats-py gives such a client
+    up for good (it reconnects after an outage, never after an error from the server). The sink
+    connects again by itself, counting and logging the refusals as for any refused credential,
+    and publishes again once the token is let in (before, it stayed closed and counted every
+    round `disconnected` until the daemon was restarted, with no refusal counted or logged)."""
+    srv = await start(f'authorization {{ token: "{TOKEN}" }}')
+    cfg = NatsConfig(enabled=True, servers=(srv.url,), token_env="NATS_TOKEN")
+    sink = NatsSink(cfg, env={"NATS_TOKEN": TOKEN}, connect_timeout_s=1.0, restart_base_s=0.1)
+    task = asyncio.create_task(sink.run())
+    try:
+        await until(lambda: sink.stats.connected, "connected with the right token")
+        with capture_logs() as logs:
+            await srv.reload(f'authorization {{ token: "{"z" * 32}" }}')
+            await until(lambda: sink.stats.connect_failures["credentials"] >= 2, "refusals")
+            assert not sink.stats.connected
+            await srv.reload(f'authorization {{ token: "{TOKEN}" }}')
+            await until(lambda: sink.stats.connected, "let in again")
+        errors = [e["event"] for e in logs if e["log_level"] == "error"]
+        assert "nats connection closed by the server; connecting again" in errors
+        assert "nats credentials refused; retrying" in errors
+        assert TOKEN not in repr(logs)
+        nc = await nats.connect(srv.url, allow_reconnect=False, token=TOKEN)
+        sub = await nc.subscribe("oracled.rounds")
+        await nc.flush()
+        signed = RoundSigner(KEY, "test").sign(Rounds(make_config()).step())
+        async with asyncio.timeout(SAFETY_S):
+            while not sub.pending_msgs:  # a round published before the SUB landed: again
+                sink.submit(signed)
+                await asyncio.sleep(0.1)
+        assert json.loads((await sub.next_msg()).data)["root"] == "0x" + signed.root.hex()
+        await nc.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_no_credentials_where_the_server_requires_them(start: Callable[..., Any]) -> None:
     """A sink with no credentials for a server that requires them is refused, logged at error
     level and retried, like a wrong credential."""
