@@ -28,7 +28,11 @@ QuickNode's rate limits (requests, and API credits, per second), "expired_32007"
 is no rate limit (another server's code for an expired key), and "short_call"
 forwards but cuts the last word off every `eth_call` result (an answer of the wrong ABI length).
 "frozen" answers every `eth_getBlockByNumber` with the block it answered first (a node whose head
-stopped moving while the chain goes on) and forwards the rest. "slow" forwards every request
+stopped moving while the chain goes on), answers a read pinned to a later block's hash that it
+has no such block (-32001, as anvil does for a hash it does not hold), and forwards the rest.
+"drip" forwards, and sends the answer to every `eth_call` as a node behind a thin link would: its
+headers at once, then its body in `DRIPS` pieces spread over `delay_s` (a node whose heads are
+quick and whose reads are slow to arrive). "slow" forwards every request
 `delay_s` seconds late (a node that answers, but always just under the client's timeout), and
 an `eth_getBlockByNumber` `head_delay_s` late instead when that is set (a node whose heavy reads
 take longer than its block headers, as a multicall read does on most).
@@ -74,6 +78,10 @@ _ERRORS: dict[str, dict[str, Any]] = {
     "expired_32007": {"code": -32007, "message": "API key expired"},
 }
 _HEAD = "eth_getBlockByNumber"
+#: "frozen": its answer to a read pinned to a block after its head (anvil's for an unknown hash).
+_NO_BLOCK = {"code": -32001, "message": "Resource not found"}
+#: "drip": the pieces an `eth_call` answer's body is sent in, `delay_s` apart in all.
+DRIPS = 8
 HUGE = 20 * 1024 * 1024
 DEEP = 100_000
 #: "mangle": the answer given to each method instead of the node's (a receipt only if mined).
@@ -126,7 +134,32 @@ class RpcProxy:
         async with self.session.post(self.upstream, json=body) as resp:
             return await resp.json(content_type=None)
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _after_frozen(self, item: Any) -> bool:
+        """`item` is a read pinned by hash to a block later than the frozen head."""
+        params = item.get("params")
+        pin = params[1] if item.get("method") == "eth_call" and len(params) > 1 else None
+        if self.frozen is None or not isinstance(pin, dict) or "blockHash" not in pin:
+            return False
+        ask = {"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByHash",
+               "params": [pin["blockHash"], False]}  # fmt: skip
+        block = (await self._forward(ask))["result"]
+        return block is None or int(block["number"], 16) > int(self.frozen["number"], 16)
+
+    async def _drip(self, request: web.Request, answer: Any) -> web.StreamResponse:
+        """`answer` with its headers sent at once and its body in `DRIPS` pieces over
+        `delay_s`."""
+        body = json.dumps(answer).encode()
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        step = -(-len(body) // DRIPS)
+        for start in range(0, len(body), step):
+            await asyncio.sleep(self.delay_s / DRIPS)
+            await resp.write(body[start : start + step])
+        await resp.write_eof()
+        return resp
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         self.user_agents.append(request.headers.get("User-Agent", ""))
         mode = self.script.pop(0) if self.script else self.mode
@@ -172,6 +205,8 @@ class RpcProxy:
             err = _ERRORS[mode]
             answers = [{"jsonrpc": "2.0", "id": r["id"], "error": err} for r in items]
             return web.json_response(answers if isinstance(sent, list) else answers[0])
+        if mode == "frozen" and await self._after_frozen(items[0]):
+            return web.json_response({"jsonrpc": "2.0", "id": items[0]["id"], "error": _NO_BLOCK})
         if mode == "frozen" and items[0].get("method") == "eth_getBlockByNumber":
             if self.frozen is None:
                 self.frozen = (await self._forward(items[0]))["result"]
@@ -205,4 +240,6 @@ class RpcProxy:
                 item["result"] = None
             if mode == "mangle" and method in MANGLED and result is not None:
                 item["result"] = MANGLED[method]
+        if mode == "drip" and items[0].get("method") == "eth_call":
+            return await self._drip(request, answer)
         return web.json_response(answer)

@@ -1,9 +1,10 @@
 """A URL that answers, but much slower than another, is not the one every read waits on: the
-reader asks the active and the next URL their head while the active endpoint is slow (a quarter
-of `timeout_s` on average), and takes the next when it is not behind and answered at least twice
-as fast: the same request on both, so two equal URLs never swap. The slow node is the
-loopback proxy in front of anvil, delaying every answer; the tests assert which URL served the
-reads, never how fast they were."""
+reader asks the active and the next URL the block's read (pinned to its hash) while the active
+endpoint is slow (a quarter of `timeout_s` on average), and takes the next when it gave the same
+answer, whole, at least twice as fast: the same request on both, so two equal URLs never swap,
+and the request a block really costs, so a URL whose heads are quick and reads slow is left too.
+The slow node is the loopback proxy in front of anvil, delaying every answer or dripping the
+body of every read; the tests assert which URL served the reads, never how fast they were."""
 
 from __future__ import annotations
 
@@ -58,10 +59,11 @@ async def test_a_url_much_slower_than_the_next_is_left_for_it(
 async def test_a_faster_url_behind_the_chain_is_not_taken_and_asked_once_a_minute(
     anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
 ) -> None:
-    """The second URL is fast but its head stopped a block back: asked after the slow URL's
-    block, it is behind, so the reader stays. It is not asked again within the minute (a
-    second published block costs it nothing); a minute later it is asked again, and once its
-    head has caught up it is taken."""
+    """The second URL is fast but its head stopped a block back: asked the read of the slow
+    URL's block, it has no such block, so the reader stays (and counts no failure: a node a
+    block behind is not failing). It is not asked again within the minute (a second published
+    block costs it nothing); a minute later it is asked again, and once its head has caught up
+    it is taken."""
     behind = await RpcProxy(anvil.url, http).start()
     try:
         behind.mode = "frozen"
@@ -134,10 +136,11 @@ async def test_two_equally_fast_urls_never_swap_over_many_probe_periods(
 ) -> None:
     """Both URLs answer a header 0.3 s late and a read 1.2 s late (a multicall weighs more
     than a header on any node). The active one's answers, reads among them, average past the
-    threshold, so both are asked their head a minute apart; the answers compared are headers
-    on both, equal, so the reader never leaves the first. Before, the active one's average of
-    all its answers was set against the other's one header: the second URL looked more than twice
-    as fast and was taken, and a few blocks later the first looked faster from there."""
+    threshold, so both are asked the block's read a minute apart; the answers compared are the
+    same read on both, equal, so the reader never leaves the first. Before, the active one's
+    average of all its answers was set against the other's one header: the second URL looked
+    more than twice as fast and was taken, and a few blocks later the first looked faster from
+    there."""
     other = await RpcProxy(anvil.url, http).start()
     try:
         for p in (proxy, other):
@@ -153,7 +156,33 @@ async def test_two_equally_fast_urls_never_swap_over_many_probe_periods(
             assert reader.rpc.active == 0
         assert [q.price for q in got.quotes] == [float(p) for p in range(3001, 3007)]
         assert reader.stats.slow_switches == 0
-        assert set(other.methods) == {"eth_getBlockByNumber"}  # the questions, nothing read
+        assert set(other.methods) == {"eth_call"}  # the questions: the block's read, pinned
+        assert all(isinstance(pin, dict) and "blockHash" in pin for pin in other.pins)
         assert len(other.methods) >= 4  # asked in several probe periods
     finally:
         await other.stop()
+
+
+async def test_a_url_whose_reads_drip_in_is_left_though_its_heads_are_quick(
+    anvil: Anvil, chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The first URL sends every answer's headers at once and the body of every read in eight
+    pieces over 1.2 s (timeout 2 s), its heads whole: a node behind a thin link, quick with a
+    small answer and slow with the multicall's. What a block costs there is the read's whole
+    answer. Before, the rule timed the two URLs' heads, equally quick, and the first URL stayed
+    the one every read waited on. Now both are asked the block's read, side by side: the
+    second's whole answer, the same bytes, is back far sooner, so it is taken (no failure
+    counted), and the next block costs the first URL nothing."""
+    proxy.mode, proxy.delay_s = "drip", 1.2
+    reader = make_reader([proxy.url, anvil.url], http, clock=await _clock(chain))
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert await reader.poll_once()  # the head, the feed's set-up read, its read, the probe
+    assert got.last.price == 3000.0
+    assert proxy.methods == ["eth_getBlockByNumber"] + ["eth_call"] * 3
+    assert reader.rpc.active == 1 and reader.stats.slow_switches == 1
+    assert [st.by_kind for st in reader.rpc.stats] == [{}, {}]
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+    sent = proxy.requests
+    assert await reader.poll_once()
+    assert got.last.price == 3100.0
+    assert proxy.requests == sent

@@ -79,7 +79,7 @@ _OUTVOTED_REST_S: Final = 60.0
 _SLOW_SHARE: Final = 0.25
 #: At most one such question in this long (by the reader's clock) ...
 _PROBE_S: Final = 60.0
-#: ... and the next URL is taken when it answered its head this many times faster.
+#: ... and the next URL is taken when it answered the block's read this many times faster.
 _FASTER: Final = 2.0
 
 
@@ -226,7 +226,7 @@ class ChainReader:
         self._last_rejection: str | None = None
         self._unfinished_log = LogEveryMinute()  # feeds whose block was not read again
         self._heads = 0  # newHeads notices received
-        self._next_probe_ms = 0  # when `_prefer_faster` may next ask another URL's head
+        self._next_probe_ms = 0  # when `_prefer_faster` may next ask another URL
         # newHeads silent this long: poll, and subscribe again if the poll finds a new block.
         self._silence_s = cfg.max_block_age_s
         if cfg.block_time_s is not None:
@@ -353,14 +353,18 @@ class ChainReader:
         keeps the endpoint that answered last, so a URL that always answers just under
         `timeout_s` would otherwise be the one every read waits on, however fast the others.
         While the active one's answers average `_SLOW_SHARE` of `timeout_s` or more, both it and
-        the next URL not resting are asked their head, side by side, at most once per
-        `_PROBE_S`; the next URL becomes the active one when its head is not behind `block` (the
-        one just read) and came back at least `_FASTER` times faster than the active one's.
-        The same request on both: the active one's average holds its heavier multicall reads,
-        and set against the other's one header it made an equal URL look faster, so two equal
-        URLs swapped every few minutes. Counted (`slow_switches`) and logged. Deterministic:
-        the same answer times give the same choice; nothing is asked while the active endpoint
-        is fast."""
+        the next URL not resting are asked the read of `block` (the one just published, its
+        `aggregate3` pinned to its hash), side by side, at most once per `_PROBE_S`; the next
+        URL becomes the active one when it answered the same bytes, whole, at least `_FASTER`
+        times faster. The same request on both: the active one's average holds its heavier
+        multicall reads, and set against the other's one header it made an equal URL look
+        faster, so two equal URLs swapped every few minutes. And the request a block costs,
+        timed to its answer's last byte: a head is a small answer, and a URL whose heads were
+        quick and whose reads were slow (a thin link, a node slow to execute calls) was never
+        left while the rule compared heads. The same answer proves the other URL holds the
+        block and its state (one that does not hold it answers that, and is not taken).
+        Counted (`slow_switches`) and logged. Deterministic: the same answers and times give
+        the same choice; nothing is asked while the active endpoint is fast."""
         active = self.rpc.active
         average = self.rpc.stats[active].latency_s
         now = self._clock.now_ms()
@@ -370,11 +374,12 @@ class ChainReader:
         if other is None or now < self._next_probe_ms:
             return
         self._next_probe_ms = now + int(_PROBE_S * 1000)
+        read = self._layout()
         async with asyncio.TaskGroup() as tg:
-            mine = tg.create_task(self._timed_head(active), name=f"{self.name}-probe-active")
-            theirs = tg.create_task(self._timed_head(other), name=f"{self.name}-probe-other")
+            mine = tg.create_task(self._timed_read(active, read, block), name=f"{self.name}-probe")
+            theirs = tg.create_task(self._timed_read(other, read, block), name=f"{self.name}-alt")
         slow, took = mine.result(), theirs.result()
-        if slow is None or took is None or took[0] < block.number or took[1] * _FASTER > slow[1]:
+        if slow is None or took is None or took[0] != slow[0] or took[1] * _FASTER > slow[1]:
             return
         self.rpc.prefer(other)
         self.stats.slow_switches += 1
@@ -384,16 +389,18 @@ class ChainReader:
             to_latency_ms=round(took[1] * 1000), block=block.number,
         )  # fmt: skip
 
-    async def _timed_head(self, index: int) -> tuple[int, float] | None:
-        """Endpoint `index`'s head block number and how long it took to answer, or None when it
-        did not (counted on it by the client)."""
+    async def _timed_read(self, index: int, data: bytes, block: Block) -> tuple[Any, float] | None:
+        """Endpoint `index`'s answer to the read `data` pinned to `block`, and how long the
+        whole answer took (send to last byte, decoded), or None when it gave none: a failure
+        (counted on it by the client), or no such block on that node (not a failure)."""
         self.stats.round_trips += 1
+        call = {"to": self.cfg.multicall, "data": "0x" + data.hex()}
         try:
-            head = _block(await self.rpc.call_on(index, "eth_getBlockByNumber", ["latest", False]))
-        except (*_READ_ERRORS, msgspec.ValidationError):
+            answer = await self.rpc.call_on(index, "eth_call", [call, _pin(block)])
+        except (RpcError, RpcUnavailable):
             return None
         took = self.rpc.stats[index].last_latency_s
-        return None if took is None else (head.number, took)
+        return None if took is None or not isinstance(answer, str) else (answer, took)
 
     def _garbage(self, block: Block, exc: ValueError) -> None:
         """The endpoint answered the read, but not with an aggregate3 answer of our calls on
