@@ -90,6 +90,7 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from oracled.config import NatsConfig
+from oracled.lograte import LogEveryMinute
 from oracled.publish.nats_auth import load_nats_auth
 from oracled.publish.signer import RoundSigner, SignedRound
 
@@ -224,6 +225,7 @@ class NatsSink:
         self._denied_logged: dict[str, float] = {}  # kind -> monotonic time of its last line
         self._denied_since: dict[str, int] = dict.fromkeys(DENIED_SUBJECTS, 0)  # since then
         self._tls_refused = asyncio.Event()  # a TLS handshake failed while connecting
+        self._failed_lines = LogEveryMinute()  # `nats publish failed`, by the client's error
         self.stats = NatsStats()
         self._connect_timeout_s = connect_timeout_s
         self._jetstream_timeout_s = jetstream_timeout_s  # the stream's creation, a request
@@ -466,9 +468,13 @@ class NatsSink:
                 if sent % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
         except NatsError as exc:
+            # Counted each time, logged once a minute per kind: a round message over the
+            # server's max_payload fails every round, for as long as the markets stay.
             lost = self._size(batch) - sent
             self.stats.unpublished["error"] += lost
-            self._log.warning("nats publish failed", error=str(exc), lost=lost)
+            failures = self._failed_lines.due(type(exc).__name__, time.monotonic())
+            if failures is not None:
+                self._log.warning("nats publish failed", error=str(exc), lost=lost, rounds=failures)
         except Exception:  # a bug: the rest of this round is lost, and `run` restarts
             self.stats.unpublished["error"] += self._size(batch) - sent
             raise

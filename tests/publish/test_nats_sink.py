@@ -423,6 +423,31 @@ async def test_a_message_over_the_servers_payload_limit_is_counted_as_an_error(
         srv.stop()
 
 
+async def test_a_round_over_the_payload_limit_every_round_is_logged_once_a_minute(
+    tmp_path: Path,
+) -> None:
+    """The round message over the server's max_payload fails at every round while the markets
+    stay as they are: each is counted, but the warning is written once a minute, not once a
+    round (before: a line every round, four a second at the default interval)."""
+    srv = NatsServer(tmp_path / "small", settings="max_payload: 1024")
+    await srv.start()
+    try:
+        markets = {f"C{i:02d}/USD": 10.0 + i for i in range(20)}
+        rounds = Rounds(make_config(markets), markets)
+        signer = RoundSigner(KEY, "test")
+        sink = NatsSink(NatsConfig(enabled=True, servers=(srv.url,)))
+        task = await running(sink)
+        with capture_logs() as logs:
+            for n in range(1, 4):
+                sink.submit(signer.sign(rounds.step()))
+                await until(lambda n=n: sink.stats.unpublished["error"] == n, f"round {n} lost")
+        assert sink.stats.published == 3 * 20  # the prices went out each time
+        assert events(logs, "warning") == ["nats publish failed"]
+        await stop(task)
+    finally:
+        srv.stop()
+
+
 async def test_credentials_in_a_server_url_never_reach_the_logs(tmp_path: Path) -> None:
     """A server URL may carry `user:password@` (the only way the config gives NATS
     credentials): the start-up description and the connected line name the host, never the
