@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from oracled.errors import ConfigError
+from oracled.files import read_regular
 
 __all__ = [
     "CHAIN_SOURCE_TYPES",
@@ -1583,8 +1584,9 @@ def _disabled_with_settings(cfg: Config) -> list[str]:
 
 
 #: The largest config file read (the shipped one is about 30 KiB): a larger file is refused
-#: after this many bytes, so that the audit database copied over the config, or /dev/zero,
-#: is not read whole into memory, by a reload of a running daemon least of all.
+#: after this many bytes, so that the audit database copied over the config is not read whole
+#: into memory, by a reload of a running daemon least of all (a device such as /dev/zero, or a
+#: FIFO, is refused before any read: `oracled.files`).
 MAX_CONFIG_BYTES = 16 * 2**20
 
 
@@ -1597,9 +1599,8 @@ def read_config(path: str | Path, env: Mapping[str, str] | None = None) -> tuple
     """`load_config`, and the sha256 of the bytes it parsed (the audit trail's record of the
     config in force): the file is read once, so the digest is of what was applied."""
     path = Path(path)
-    try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_CONFIG_BYTES + 1)
+    try:  # a FIFO, /dev/zero, a directory: refused, never waited on (oracled.files)
+        raw = read_regular(path, MAX_CONFIG_BYTES + 1)[0]
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
     if len(raw) > MAX_CONFIG_BYTES:

@@ -39,6 +39,7 @@ import msgspec
 import structlog
 
 from oracled.errors import ConfigError
+from oracled.files import read_regular
 from oracled.lockfile import LockHeldError, lock_beside, remove_stale_temporaries, replace_durably
 
 __all__ = ["FORMAT", "SAVE_TIMEOUT_S", "ManualPauses", "Pause", "PauseStats"]
@@ -95,7 +96,7 @@ class ManualPauses:
         """The pauses kept by the last run: none if the file does not exist yet (a first start);
         ConfigError if it exists and cannot be read as this format."""
         try:
-            data = self.path.read_bytes()
+            data = read_regular(self.path)[0]  # a FIFO is refused, not waited on
         except FileNotFoundError:
             if not self.path.parent.is_dir():  # no pause could ever be saved: say so now
                 raise ConfigError(

@@ -361,9 +361,9 @@ class _TapeRecorder:
 
 async def _read_config(path: Path) -> tuple[Config, str]:
     """`read_config` (the config and its file's sha256) in a daemon thread of its own. A read
-    that never returns (a FIFO, a hung network mount) must not hold the process: the loop's
-    executor is joined on the way out (and its threads at interpreter exit), so a stop would
-    log `stopped` and never end."""
+    that never returns (a hung network mount, a lease a file server does not give back; a FIFO
+    is refused unread) must not hold the process: the loop's executor is joined on the way out
+    (and its threads at interpreter exit), so a stop would log `stopped` and never end."""
     future: concurrent.futures.Future[tuple[Config, str]] = concurrent.futures.Future()
 
     def read() -> None:

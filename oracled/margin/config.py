@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from oracled.errors import ConfigError
+from oracled.files import read_regular
 
 __all__ = [
     "AccountConfig",
@@ -322,9 +323,9 @@ def load_accounts(path: str | Path) -> AccountsFile:
     """Read an accounts file: `.json` as JSON, anything else as TOML."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)[0]  # a FIFO or a device is refused, not waited on
     except OSError as exc:
-        raise ConfigError([f"{path}: {exc.strerror or exc}"]) from None
+        raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
     try:
         data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode())
     except (ValueError, UnicodeDecodeError) as exc:

@@ -23,6 +23,7 @@ from nats.aio.client import RawCredentials
 
 from oracled.config import NatsConfig, nats_auth_keys
 from oracled.errors import ConfigError
+from oracled.files import NotRegularFileError, read_regular, require_regular
 
 __all__ = ["NatsAuth", "load_nats_auth"]
 
@@ -116,18 +117,18 @@ def _read_secret_file(key: str, name: str, problems: list[str]) -> str | None:
     """A secret file's text, or None with a problem: not a file, readable by group or others
     (refused, as ssh refuses such keys), unreadable, or not text."""
     path = Path(name)
-    try:
-        mode = path.stat().st_mode
-        if not stat.S_ISREG(mode):
-            problems.append(f"{key}: {path} is not a file")
-            return None
+    try:  # the mode checked is the one of the file read (its fstat)
+        raw, found = read_regular(path)
+        mode = found.st_mode
         if stat.S_IMODE(mode) & 0o077:
             problems.append(
                 f"{key}: {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
             )
             return None
-        return path.read_text(encoding="utf-8")
+        return raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text
+    except NotRegularFileError as exc:
+        problems.append(f"{key}: {path} is {exc.kind}, not a file")
     except OSError as exc:
         hint = "" if path.is_absolute() else "; relative to the working directory"
         problems.append(f"{key}: cannot read {path.absolute()} ({exc.strerror or exc}{hint})")
@@ -145,6 +146,8 @@ def _tls_context(
         return None, None
     files: dict[str, str] = {}
     try:
+        if cfg.tls_ca_file is not None:  # OpenSSL opens it: only this look first is ours
+            require_regular(cfg.tls_ca_file)
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.tls_ca_file)
         if cfg.tls_ca_file is not None:
             files["ca"] = cfg.tls_ca_file
@@ -156,6 +159,7 @@ def _tls_context(
         if _read_secret_file("nats.tls_key_file", cfg.tls_key_file, problems) is None:
             return None, None
         try:
+            require_regular(cfg.tls_cert_file)  # a FIFO would hold OpenSSL's read for ever
             ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
         except (OSError, ssl.SSLError) as exc:
             problems.append(

@@ -36,6 +36,7 @@ import structlog
 
 from oracled.config import LEASE_FILE_REQUIRED
 from oracled.errors import ConfigError
+from oracled.files import read_regular
 from oracled.lockfile import (
     LockHeldError,
     lock_beside,
@@ -164,7 +165,7 @@ class SignLease:
         """The file's leases, None if there is none yet; ConfigError if it cannot be read as a
         lease or its directory does not exist. Reads only: no lock, no write, no log line."""
         try:
-            data = self.path.read_bytes()
+            data = read_regular(self.path)[0]  # a FIFO is refused, not waited on
         except FileNotFoundError:
             if not self.path.parent.is_dir():
                 raise self._problem(f"directory {self.path.parent} does not exist") from None

@@ -52,6 +52,7 @@ import structlog
 
 from oracled.errors import ConfigError, OracledError
 from oracled.eth import checksum_address, keccak, recursion_limit_kept
+from oracled.files import NotRegularFileError, read_regular
 from oracled.model import Status
 
 if TYPE_CHECKING:
@@ -412,18 +413,18 @@ def load_signing_key(
     env = os.environ if env is None else env
     if key_file is not None:
         path = Path(key_file)
-        try:
-            mode = path.stat().st_mode
-            if not stat.S_ISREG(mode):  # else a directory would be told to chmod 600
-                raise ConfigError([f"signing.key_file: {path} is not a file"])
-            if stat.S_IMODE(mode) & 0o077:
+        try:  # the mode checked is the one of the file read (its fstat)
+            raw, info = read_regular(path)
+            if stat.S_IMODE(info.st_mode) & 0o077:
                 raise ConfigError(
                     [
                         f"signing.key_file: {path} is accessible by group or others "
-                        f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
+                        f"(mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it"
                     ]
                 )
-            text = path.read_text(encoding="ascii")
+            text = raw.decode("ascii")
+        except NotRegularFileError as exc:  # else a directory would be told to chmod 600
+            raise ConfigError([f"signing.key_file: {path} is {exc.kind}, not a file"]) from None
         except OSError as exc:
             # A relative path is read from the working directory, not beside the config file:
             # say which file that was, or "no such file" contradicts an `ls` by the config.

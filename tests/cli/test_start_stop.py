@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from cli_configs import warned_config
+from file_lease import leased
 
 
 class _Daemon:
@@ -257,29 +258,17 @@ def test_sigquit_dumps_every_thread_and_the_daemon_runs_on(tmp_path: Path) -> No
 def test_a_sigterm_while_a_reload_cannot_read_its_file_still_ends_the_process(
     tmp_path: Path,
 ) -> None:
-    """A SIGHUP whose reload hangs reading the config (a FIFO nobody writes here; a file on a
-    hung network mount alike), then SIGTERM: the process exits 0 after `stopped`. It used to log
-    `stopped` and then wait for ever for the reading thread (the event loop's executor is joined
-    on the way out, and a second SIGTERM is ignored), until SIGKILL."""
+    """A SIGHUP whose reload hangs reading the config (its open held by the test's lease on the
+    file here, as by a file server recalling its delegation; a file on a hung network mount
+    alike), then SIGTERM: the process exits 0 after `stopped`. It used to log `stopped` and
+    then wait for ever for the reading thread (the event loop's executor is joined on the way
+    out, and a second SIGTERM is ignored), until SIGKILL. (The kernel breaks a lease itself
+    after fs.lease-break-time, 45 s by default: past `finish`'s 30 s.)"""
     with _daemon(tmp_path, 9) as daemon:
         daemon.read_until("oracled started")
-        daemon.config.unlink()
-        os.mkfifo(daemon.config)
-        daemon.proc.send_signal(signal.SIGHUP)
-        fd = -1
-
-        def reader_waits() -> bool:  # the reload has the FIFO open for reading
-            nonlocal fd
-            try:
-                fd = os.open(daemon.config, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO: no reader yet
-                return False
-            return True
-
-        _wait(reader_waits)
-        try:
+        with leased(daemon.config) as lease:
+            daemon.proc.send_signal(signal.SIGHUP)
+            _wait(lease.waited_on)  # the reload's open of the config waits on the lease
             daemon.proc.send_signal(signal.SIGTERM)
             code = daemon.finish()
-        finally:
-            os.close(fd)
         _assert_stopped_cleanly(daemon, signal.SIGTERM, code)

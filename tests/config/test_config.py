@@ -93,10 +93,11 @@ def test_a_missing_or_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_a_file_too_large_for_a_config_is_refused_unread(tmp_path: Path) -> None:
-    """A file larger than any config (the audit database copied over it, a log, /dev/zero) is
-    refused after its first MAX_CONFIG_BYTES + 1 bytes: it was read whole into memory, by a
-    reload too, where a file of gigabytes could take the running daemon down with it. A file
-    of exactly the limit is read (and judged by its content)."""
+    """A file larger than any config (the audit database copied over it, a log) is refused
+    after its first MAX_CONFIG_BYTES + 1 bytes: it was read whole into memory, by a reload too,
+    where a file of gigabytes could take the running daemon down with it. A file of exactly the
+    limit is read (and judged by its content). /dev/zero, read up to the limit before, is now
+    refused unread as what it is: no device is a config."""
     big = tmp_path / "big.toml"
     big.write_bytes(b"#" * MAX_CONFIG_BYTES + b"\n")
     with pytest.raises(ConfigError) as caught:
@@ -106,7 +107,9 @@ def test_a_file_too_large_for_a_config_is_refused_unread(tmp_path: Path) -> None
     endless = Path("/dev/zero")
     with pytest.raises(ConfigError) as caught:
         load_config(endless, env={})
-    assert caught.value.problems == [f"{endless}: larger than {limit}: no config is this large"]
+    assert caught.value.problems == [
+        f"{endless}: cannot read (a character device, not a regular file)"
+    ]
     fits = tmp_path / "fits.toml"
     fits.write_bytes(b"#" * (MAX_CONFIG_BYTES - 1) + b"\n")
     with pytest.raises(ConfigError) as caught:

@@ -666,3 +666,32 @@ def test_a_client_key_others_may_read_is_refused(tmp_path: Path) -> None:
         f"nats.tls_key_file: {pki.client_key} is accessible by group or others (mode 640); "
         "chmod 600 it"
     ]
+
+
+def test_secret_and_tls_files_that_are_fifos_are_refused_without_waiting(tmp_path: Path) -> None:
+    """A creds file, a CA file or a client certificate that is a FIFO nobody writes: the start
+    waited on it for ever (our read of the creds, OpenSSL's of the others); each is refused at
+    once, naming its key and what the path is."""
+    pki = Pki(tmp_path / "pki")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo, 0o600)
+    cases = [
+        (NatsConfig(creds_file=str(fifo)), f"nats.creds_file: {fifo} is a FIFO, not a file"),
+        (
+            NatsConfig(tls_ca_file=str(fifo)),
+            f"nats.tls_ca_file: cannot load {fifo} (a FIFO, not a regular file)",
+        ),
+        (
+            NatsConfig(tls_cert_file=str(fifo), tls_key_file=pki.client_key),
+            f"nats.tls_cert_file: cannot load {fifo} with {pki.client_key} (a FIFO, not a "
+            "regular file)",
+        ),
+        (
+            NatsConfig(tls_cert_file=pki.client_cert, tls_key_file=str(fifo)),
+            f"nats.tls_key_file: {fifo} is a FIFO, not a file",
+        ),
+    ]
+    for cfg, problem in cases:
+        with pytest.raises(ConfigError) as caught:
+            NatsSink(cfg)
+        assert caught.value.problems == [problem]

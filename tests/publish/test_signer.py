@@ -436,7 +436,17 @@ def test_a_key_file_that_is_a_directory_is_named_as_such(tmp_path: Path) -> None
     keys.chmod(0o755)  # whatever the umask
     with pytest.raises(ConfigError) as caught:
         load_signing_key(str(keys), None)
-    assert caught.value.problems == [f"signing.key_file: {keys} is not a file"]
+    assert caught.value.problems == [f"signing.key_file: {keys} is a directory, not a file"]
+
+
+def test_a_key_file_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    """A FIFO nobody writes, mode 600: the key's read waited on it for ever (the daemon's
+    start with it); it is refused at once, named as what it is."""
+    fifo = tmp_path / "key"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(ConfigError) as caught:
+        load_signing_key(str(fifo), None)
+    assert caught.value.problems == [f"signing.key_file: {fifo} is a FIFO, not a file"]
 
 
 def test_signing_config_needs_exactly_one_key_source() -> None:

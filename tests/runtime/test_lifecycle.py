@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from file_lease import Lease
 from inert_source import InertSource
 from one_venue import one_venue_toml, service_running
 from pydantic import SecretStr
@@ -32,15 +31,10 @@ def _service(path: Path) -> Service:
     return Service(cfg, config_path=path)
 
 
-async def _reader_waits(fifo: Path) -> int:
-    """Open `fifo` for writing once a reader has it open (the reload's `load_config`)."""
+async def _waits_on(lease: Lease) -> None:
+    """Return once an open of the leased file (the reload's `read_config`) waits on `lease`."""
     async with asyncio.timeout(10):
-        while True:
-            try:
-                return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
-                    raise
+        while not lease.waited_on():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
 
@@ -62,24 +56,27 @@ async def test_an_admin_reload_that_stop_overtakes_is_refused_and_starts_nothing
         service = _service(path)
         task = asyncio.create_task(service.run())
         await service.started.wait()
-        path.unlink()
-        os.mkfifo(path)  # the reload's read waits until the test writes the new file
+        changed = one_venue_toml(sim.ws_url + "?changed", sim.rest_url)  # a source restart
+        path.write_text(changed)
         url = f"http://127.0.0.1:{service.bound_port}/v1/admin/reload"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
         async with aiohttp.ClientSession() as http:
-            post = asyncio.create_task(http.post(url, headers={"Authorization": f"Bearer {TOKEN}"}))
-            fd = await _reader_waits(path)
-            with capture_logs() as logs:
-                service.stop()
-                async with asyncio.timeout(10):
-                    while "shutting down" not in [e["event"] for e in logs]:  # noqa: ASYNC110
-                        await asyncio.sleep(0.01)
-                changed = one_venue_toml(sim.ws_url + "?changed", sim.rest_url)  # a source restart
-                os.write(fd, changed.encode())
-                os.close(fd)
-                async with asyncio.timeout(10):
-                    resp = await post
-                    body = await resp.json()
-                    await task
+            lease = Lease(path)  # the reload's open of the file waits until it is released
+            try:
+                post = asyncio.create_task(http.post(url, headers=auth))
+                await _waits_on(lease)
+                with capture_logs() as logs:
+                    service.stop()
+                    async with asyncio.timeout(10):
+                        while "shutting down" not in [e["event"] for e in logs]:  # noqa: ASYNC110
+                            await asyncio.sleep(0.01)
+                    lease.release()
+                    async with asyncio.timeout(10):
+                        resp = await post
+                        body = await resp.json()
+                        await task
+            finally:
+                lease.release()
             left = _left_behind()
     events = [e["event"] for e in logs]
     assert (resp.status, body["error"]["code"]) == (503, "stopping")

@@ -154,3 +154,45 @@ async def test_every_mistake_in_a_reloaded_file_is_refused_whole_and_counted(
             ]
             assert service.cfg is cfg and service._source_tasks["good"] is task
             await _priced_round(service, last.round)
+
+
+async def test_a_reload_from_a_path_that_became_a_fifo_is_refused_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config replaced by a FIFO that nobody writes: the reload (SIGHUP, then the admin
+    endpoint) used to wait on it for ever, in the thread that reads the file, and every later
+    reload queued behind it. Now each is refused at once, naming the path and what it is:
+    logged and counted, the config in force and the source's task kept, the rounds priced."""
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    async with (
+        BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=40.0, volatility=0.0) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        port = _free_port()
+        path = tmp_path / "oracled.toml"
+        path.write_text(_toml(sim.ws_url, sim.rest_url, port))
+        service = Service(load_config(path), config_path=path)
+        problem = f"{path}: cannot read (a FIFO, not a regular file)"
+        async with service_running(service):
+            last = await _priced_round(service, 0)
+            cfg, task = service.cfg, service._source_tasks["good"]
+            path.unlink()
+            os.mkfifo(path)
+            with capture_logs() as logs:
+                os.kill(os.getpid(), signal.SIGHUP)
+                await _refused_above(service, 0)
+                url = f"http://127.0.0.1:{port}/v1/admin/reload"
+                async with http.post(url, headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                    status, body = resp.status, await resp.json()
+            lines = [e for e in logs if e["event"] == "config reload refused"]
+            assert [(e["actor"], e["problems"]) for e in lines] == [
+                ("SIGHUP", [problem]),
+                ("api", [problem]),
+            ]
+            assert (status, body["error"]["message"]) == (
+                422,
+                f"the new config was refused: {problem}",
+            )
+            assert _refused(service) == 2
+            assert service.cfg is cfg and service._source_tasks["good"] is task
+            await _priced_round(service, last.round)
