@@ -64,6 +64,27 @@ async def test_stale_price_is_flagged(
     assert (got.last.flag, got.last.bid) == (None, pytest.approx(3009.98, rel=1e-12))
 
 
+async def test_a_publish_time_far_ahead_of_the_block_is_flagged_stale_too(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """Pyth's getPriceNoOlderThan takes the age either way (`diff(block.timestamp,
+    publishTime)`): a price stamped more than max_age_s after the block it is read at is flagged
+    `stale` as an old one is, and one a little ahead (within max_age_s) is not. Before, only an
+    old one was flagged."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID, 30)))
+    now = await chain.timestamp()
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 301_000_000_000, 2_000_000, -8, now + 20)
+    assert await reader.poll_once()
+    assert (got.last.flag, got.last.venue_ts) == (None, (now + 20) * 1000)
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 302_000_000_000, 2_000_000, -8, now + 60)
+    assert await reader.poll_once()
+    block = await chain.timestamp()
+    assert block + 30 < now + 60  # read at a block more than max_age_s before the publish time
+    assert (got.last.flag, got.last.venue_ts) == ("stale", (now + 60) * 1000)
+    assert not got.stats.dropped
+
+
 async def test_unknown_price_id_is_dropped(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:

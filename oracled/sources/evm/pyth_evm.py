@@ -2,7 +2,8 @@
 
 `getPriceUnsafe` returns the stored price whatever its age (`getPriceNoOlderThan` would revert
 instead, and a revert carries less information than the age), so staleness is judged here:
-`publishTime` older than the feed's `max_age_s` by the block's clock flags the quote `stale`,
+`publishTime` more than the feed's `max_age_s` from the block's clock, behind it or ahead of it
+(as Pyth's own `getPriceNoOlderThan` counts it), flags the quote `stale`,
 and a band wider than the source's `max_conf_ratio` of the price flags it `confidence` (as the
 Hermes adapter does).
 The quote is emitted like the Hermes adapter's: ``bid = (price - conf) * 10**expo``,
@@ -116,7 +117,9 @@ class PythEvmFeed(Feed):
         if conf >= price:  # the band reaches zero: no usable bid
             return self._refused("wide_confidence", publish_time, price, conf, block)
         flag: str | None = None
-        if block.timestamp - publish_time > self._max_age_s:
+        # Either way, as Pyth's own getPriceNoOlderThan (`diff(block.timestamp, publishTime)`):
+        # a publishTime far ahead of the block is no fresher than one far behind it.
+        if abs(block.timestamp - publish_time) > self._max_age_s:
             flag = "stale"
         elif conf > price * self._max_conf_ratio:
             flag = "confidence"
