@@ -16,11 +16,11 @@ previous run left pending are replaced rather than queued behind), then counted 
 re-read when the node says a nonce is too low, or when a transaction waits behind a nonce the
 chain lost (a reorganisation took a confirmed push off it). A transaction not mined after
 `replace_after_s` is replaced by one with the same nonce, fees raised by 12.5 % (the node's
-minimum bump is 10 %) and the latest prices; when the cap leaves no room for that bump the
-pusher waits and counts `gas_cap`, unless the node no longer knows the transaction (evicted, or
-lost by the RPC): then the nonce is free and it is sent again at the current fees. The contract
-ignores an update that is not newer than what it stores, so a replaced transaction and its
-replacement can never move a market back in time.
+minimum bump is 10 %) and the latest prices (never a market paused since); when the cap leaves
+no room for that bump the pusher waits and counts `gas_cap`, unless the node no longer knows the
+transaction (evicted, or lost by the RPC): then the nonce is free and it is sent again at the
+current fees. The contract ignores an update that is not newer than what it stores, so a
+replaced transaction and its replacement can never move a market back in time.
 
 The task supervises itself, as the NATS sink does: an unreachable node, or an answer it cannot
 read (a base fee, gas estimate or nonce that is not a hex quantity, a receipt without a status),
@@ -643,9 +643,36 @@ class ChainPusher:
                     cap_gwei=self.cfg.max_gas_price_gwei,
                 )
             return
+        batch = self._replacement(inflight)
+        await self._send(batch, inflight.nonce, max_fee, tip, replacing=inflight)
+
+    def _replacement(self, inflight: _InFlight) -> _Batch:
+        """What replaces the transaction in flight: the latest due prices, else its own batch
+        without the markets that are no longer active (paused, degraded, unknown since it was
+        sent). With none of them left it carries no market: it only takes the nonce, so that
+        a price sent before its market was paused does not land after the pause."""
         result = self._latest
-        fresh = self._due(result) if result is not None else None
-        await self._send(fresh or inflight.batch, inflight.nonce, max_fee, tip, replacing=inflight)
+        if result is None:
+            return inflight.batch
+        fresh = self._due(result)
+        if fresh is not None:
+            return fresh
+        old = inflight.batch
+        active = {
+            market
+            for market, status in zip(result.layout.markets, result.status.tolist(), strict=True)
+            if status == Status.ACTIVE
+        }
+        keep = [i for i, market in enumerate(old.markets) if market in active]
+        if len(keep) == len(old.markets):
+            return old
+        return _Batch(
+            old.round,
+            old.ts,
+            [old.markets[i] for i in keep],
+            [old.prices[i] for i in keep],
+            [old.expos[i] for i in keep],
+        )
 
     async def _dropped(self, inflight: _InFlight) -> bool:
         """True when the node knows none of the hashes sent for this nonce (its pool evicted
@@ -661,9 +688,8 @@ class ChainPusher:
         if fees is None:  # the base fee is above the cap: counted; the next look tries again
             return
         self._log.warning("push dropped by the node; sent again", nonce=inflight.nonce)
-        result = self._latest
-        fresh = self._due(result) if result is not None else None
-        await self._send(fresh or inflight.batch, inflight.nonce, *fees, replacing=inflight)
+        batch = self._replacement(inflight)
+        await self._send(batch, inflight.nonce, *fees, replacing=inflight)
 
     def describe(self) -> dict[str, Any]:
         """Where and how the pusher pushes, for start-up logs."""

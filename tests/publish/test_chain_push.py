@@ -319,6 +319,32 @@ async def test_a_push_at_the_cap_that_the_node_dropped_is_sent_again(rig: Rig) -
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
 
 
+async def test_a_stuck_push_is_replaced_without_a_market_paused_since(rig: Rig) -> None:
+    """A 2 % move of BTC is pushed and the transaction sticks; the next round pauses BTC (by
+    hand) and nothing else is due. The replacement leaves BTC out, so its price sent before
+    the pause never lands: with no market left it carries none and only takes the nonce
+    (before, it sent the stuck batch again, BTC's price and all, after the pause)."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds)
+    await settle(pusher)
+    before = await rig.stored("BTC/USD")
+    await rig.chain.rpc("evm_setAutomine", [False])
+    rounds.step(BTC_USD=1.02)
+    pusher.submit(rounds.step())
+    await pusher.step()
+    assert pusher._inflight is not None and pusher._inflight.batch.markets == ["BTC/USD"]
+    pusher.submit(_btc_paused_round(rounds))
+    rig.clock.advance(5_000)
+    await pusher.step()
+    assert pusher.stats.transactions["replaced"] == 1
+    assert pusher._inflight is not None and pusher._inflight.batch.markets == []
+    await rig.chain.rpc("evm_mine")
+    await settle(pusher)
+    assert pusher.stats.transactions["confirmed"] == 2
+    assert await rig.stored("BTC/USD") == before  # neither the paused price nor the one before
+    assert await rig.nonce() == 2
+
+
 async def test_a_restarted_pusher_continues_the_nonces_and_replaces_what_was_left_pending(
     rig: Rig,
 ) -> None:
