@@ -40,6 +40,7 @@ from oracled.files import read_regular
 
 __all__ = [
     "CHAIN_SOURCE_TYPES",
+    "MAX_CHAIN_ID",
     "MAX_CONFIG_BYTES",
     "RESOLUTION_UNITS",
     "SOURCE_KINDS",
@@ -438,6 +439,13 @@ class SequencerConfig(_Frozen):
     grace_period_s: Annotated[int, Field(ge=0, le=86_400)] = 3600
 
 
+#: The largest chain id: EIP-2294's floor((2**64 - 1) / 2) - 36, so that EIP-155's `v`
+#: (2 * id + 36 at most) fits 64 bits. Nodes hold a chain id in 64 bits (anvil refuses 2**64)
+#: while eth-account signs any integer (2**256 too): a chain id past them would be found only
+#: by a node refusing the pusher's transactions. Every chain in use sits far below the bound.
+MAX_CHAIN_ID = (2**64 - 1) // 2 - 36
+
+
 class ChainConfig(_Frozen):
     """One EVM chain and how to reach it.
 
@@ -446,7 +454,7 @@ class ChainConfig(_Frozen):
     the chain and every source on it stay off and the daemon says so at start-up.
     """
 
-    chain_id: Annotated[int, Field(ge=1)]
+    chain_id: Annotated[int, Field(ge=1, le=MAX_CHAIN_ID)]
     rpc_urls_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
     rpc_urls: tuple[str, ...] = ()
     ws_url: str | None = None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from oracled.config import parse_config
+from oracled.config import MAX_CHAIN_ID, load_config, parse_config
 from oracled.errors import ConfigError
 
 ETH_PROXY = "0x5f4eC3Df9cbd43714FE2740f5E3616155c5b8419"
@@ -136,3 +137,27 @@ def test_an_rpc_url_listed_twice_is_refused_without_echoing_it() -> None:
     distinct = "https://one.example/k1, https://one.example/k2, http://one.example/k1"
     cfg = parse_config(_doc(), {"TEST_ETH_RPC": distinct})
     assert len(cfg.chains["eth"].resolved_urls) == 3
+
+
+def test_a_chain_id_past_eip_2294_s_bound_is_refused_naming_the_key() -> None:
+    """chain_id had no upper bound: 2**64 or 2**256 was taken, and only a node refusing the
+    pusher's transactions would have said so (eth-account signs any integer; nodes hold a chain
+    id in 64 bits). EIP-2294's floor((2**64 - 1) / 2) - 36 is accepted, one more is refused."""
+    assert MAX_CHAIN_ID == 9_223_372_036_854_775_771
+    doc = _doc()
+    doc["chains"]["eth"]["chain_id"] = MAX_CHAIN_ID
+    assert parse_config(doc, {}).chains["eth"].chain_id == MAX_CHAIN_ID
+    for too_large in (MAX_CHAIN_ID + 1, 2**64, 2**256):
+        doc["chains"]["eth"]["chain_id"] = too_large
+        assert _problems(doc) == [f"chains.eth.chain_id: must be <= {MAX_CHAIN_ID}"]
+
+
+def test_a_chain_id_too_large_for_toml_s_integers_is_the_key_s_problem(tmp_path: Path) -> None:
+    """TOML's integers are 64-bit, yet the reader takes a larger one: it is refused by the key,
+    not taken, and not a parse error that would hide which key was wrong."""
+    path = tmp_path / "oracled.toml"
+    text = Path(__file__).parent.joinpath("good", "minimal.toml").read_text()
+    path.write_text(f"{text}\n[chains.eth]\nchain_id = {2**64}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert info.value.problems == [f"chains.eth.chain_id: must be <= {MAX_CHAIN_ID}"]
