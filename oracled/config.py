@@ -385,6 +385,7 @@ class FeedSpec(_Frozen):
     chainlink: `address` (the proxy), `heartbeat_s`. pyth_evm: `feed_id`, `max_age_s`.
     uniswap_v3: `address` (the pool), `twap_window_s`, `min_liquidity`, `token0_decimals`,
     `token1_decimals`, `invert` (true when the pair's base is the pool's token1),
+    `base_token` (the base's token address: `invert` checked against the pool's tokens),
     `max_spot_deviation` (TWAP vs slot0 cross-check).
     """
 
@@ -400,6 +401,7 @@ class FeedSpec(_Frozen):
     token0_decimals: Annotated[int, Field(ge=0, le=36)] | None = None
     token1_decimals: Annotated[int, Field(ge=0, le=36)] | None = None
     invert: bool = False
+    base_token: Address | None = None
     max_spot_deviation: Fraction | None = None
 
 
@@ -415,7 +417,10 @@ _VENUE_KEYS = (
 )
 # Keys each on-chain type needs in every feed spec, and keys it does not understand.
 # Keys only a pool (uniswap_v3) reads.
-_POOL_KEYS = ("twap_window_s", "token0_decimals", "token1_decimals", "invert", "max_spot_deviation")
+_POOL_KEYS = (
+    "twap_window_s", "token0_decimals", "token1_decimals", "invert", "base_token",
+    "max_spot_deviation",
+)  # fmt: skip
 _FEED_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "chainlink": (
         ("address", "heartbeat_s"),
@@ -1342,6 +1347,7 @@ def config_warnings(cfg: Config) -> list[str]:
         *_disabled_with_settings(cfg),
         *_heads_without_block_time(cfg),
         *_cross_check_shared_hosts(cfg),
+        *_pools_without_base_token(cfg),
         *_nats_secret_in_url(cfg),
         *_resolution_warnings(cfg),
     ]
@@ -1371,6 +1377,21 @@ def _cross_check_shared_hosts(cfg: Config) -> list[str]:
             else:
                 first[host] = position
     return out
+
+
+def _pools_without_base_token(cfg: Config) -> list[str]:
+    """A pool feed without `base_token`: its decimals are checked against the tokens, but not
+    which token the pair's base is, so a wrong `invert` publishes the reciprocal (1/3000 for
+    ETH/USD). Not refused: configs written before the key keep running, as before."""
+    return [
+        f"sources.{sid}.feeds.{pair}.base_token: unset: the pool's token order is not checked, "
+        "and a wrong `invert` would publish the reciprocal price; set it to the base token's "
+        "address"
+        for sid, src in cfg.sources.items()
+        if src.type == "uniswap_v3"
+        for pair, spec in src.feeds.items()
+        if spec.base_token is None
+    ]
 
 
 def _nats_secret_in_url(cfg: Config) -> list[str]:

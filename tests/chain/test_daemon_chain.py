@@ -65,7 +65,7 @@ def _config(
         '[sources.uni]\ntype = "uniswap_v3"\nchain = "local"\n'
         f'feeds."ETH/USD" = {{ address = "{pool.address}", twap_window_s = {TWAP_WINDOW_S}, '
         f"min_liquidity = 1e16, token0_decimals = {d0}, token1_decimals = {d1}, "
-        f"invert = {invert} }}\n",
+        f'invert = {invert}, base_token = "{weth}" }}\n',
         f'[sources.py]\ntype = "pyth_evm"\nchain = "local"\naddress = "{pyth}"\n'
         f'feeds."ETH/USD" = {{ feed_id = "0x{PYTH_ETH_ID.hex()}", max_age_s = 3600 }}\n',
     ]

@@ -46,7 +46,8 @@ ONE_TICK = 1.0001
 def feed_for(
     pool: Pool, base: str, *, min_liquidity: int, pair: str = "ETH/USD", window: int = WINDOW
 ) -> UniswapV3Feed:
-    """The feed a config would declare for this pool: decimals and order as the tokens have them."""
+    """The feed a config would declare for this pool: decimals and order as the tokens have them,
+    the order checked against the base token."""
     return UniswapV3Feed(
         "uniswap",
         pair,
@@ -56,6 +57,7 @@ def feed_for(
         token1_decimals=pool.decimals1,
         min_liquidity=min_liquidity,
         twap_window_s=window,
+        base_token=base,
     )
 
 
@@ -236,6 +238,71 @@ async def test_a_config_with_the_tokens_swapped_is_refused_on_the_real_pool(
     result, _ = await read(chain, wrong)
     assert result == "token_mismatch"
     assert (wrong.token0, wrong.token1) == (tokens.usd_below.lower(), tokens.weth.lower())
+
+
+@pytest.mark.parametrize(
+    ("base_name", "quote_name", "price"),
+    [("weth", "usd_below", "3000"), ("usd_below", "usd_above", "1.25")],
+    ids=["decimals_6_18", "decimals_6_6"],
+)
+async def test_a_wrong_invert_is_refused_when_the_base_token_is_named(
+    chain: Chain, tokens: Tokens, snapshot: Deployed, base_name: str, quote_name: str, price: str
+) -> None:
+    """The decimals are right, `invert` is not: without `base_token` nothing on the chain says
+    so (the decimals match whatever `invert` says) and the pool's reciprocal is published. With
+    `base_token` the set-up compares it with the token `invert` names: the feed drops
+    `token_mismatch` with one error saying which `invert` the pool needs; the right `invert`
+    reads the price, its set-up line saying the order was verified. Both a pool of 6 and 18
+    decimals and one of 6 and 6, where no decimals check could tell."""
+    base, quote_token = getattr(tokens, base_name), getattr(tokens, quote_name)
+    pool = await make_pool(chain, tokens, base, quote_token, price, liquidity=10**15)
+    await chain.warp(2 * WINDOW)
+    right = base == pool.token1
+
+    def feed(invert: bool, base_token: str | None) -> UniswapV3Feed:
+        return UniswapV3Feed(
+            "uniswap", "X/USD", pool.address, invert=invert, token0_decimals=pool.decimals0,
+            token1_decimals=pool.decimals1, min_liquidity=1, base_token=base_token,
+        )  # fmt: skip
+
+    unchecked, _ = await read(chain, feed(not right, None))
+    assert isinstance(unchecked, Quote)
+    assert unchecked.price == pytest.approx(1 / float(price), rel=ONE_TICK - 1)  # the gap
+    with capture_logs() as logs:
+        refused, _ = await read(chain, feed(not right, base))
+        again, _ = await read(chain, feed(not right, base))
+    assert refused == again == "token_mismatch"
+    assert [e["event"] for e in logs] == ["uniswap_token_order_mismatch"] * 2  # one per feed
+    assert (
+        logs[0]["hint"]
+        == f"the base is the pool's token{int(right)}: set invert = " + str(right).lower()
+    )
+    with capture_logs() as logs:
+        quote, _ = await read(chain, feed(right, base))
+    assert isinstance(quote, Quote)
+    assert quote.price == pytest.approx(float(price), rel=ONE_TICK - 1)
+    assert [(e["event"], e["order_verified"]) for e in logs] == [("uniswap_feed", True)]
+
+
+async def test_a_base_token_not_in_the_pool_is_refused(
+    chain: Chain, tokens: Tokens, snapshot: Deployed
+) -> None:
+    """A `base_token` that is neither of the pool's tokens (a WBTC address on a WETH pool) is a
+    config that names another pool's token: dropped `token_mismatch`, logged once with a hint
+    to check it, on every block."""
+    pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_above, "3000", liquidity=10**15)
+    await chain.warp(2 * WINDOW)
+    wrong = UniswapV3Feed(
+        "uniswap", "ETH/USD", pool.address, invert=False, token0_decimals=18,
+        token1_decimals=6, min_liquidity=1, base_token=tokens.wbtc,
+    )  # fmt: skip
+    with capture_logs() as logs:
+        first, _ = await read(chain, wrong)
+        await chain.mine()
+        second, _ = await read(chain, wrong)
+    assert first == second == "token_mismatch"
+    assert [e["event"] for e in logs] == ["uniswap_token_order_mismatch"]
+    assert "not in the pool" in logs[0]["hint"]
 
 
 async def test_the_source_reads_its_pool_through_the_chain_reader(

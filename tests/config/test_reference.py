@@ -138,7 +138,7 @@ def test_every_source_type_is_in_the_reference_and_its_venue_table() -> None:
 
 def test_the_warnings_table_lists_exactly_the_warnings_the_warn_files_give() -> None:
     """docs/config.md's Warnings table names each kind of `config warning` (key paths with
-    `[i]`, `[j]`, `<id>` for the indices and names), and each has a file under
+    `[i]`, `[j]`, `<id>`, `<pair>` for the indices and names), and each has a file under
     tests/config/warn/ that gives it: a new warning is documented and tested, or this fails."""
     produced: set[str] = set()
     for path in sorted((Path(__file__).parent / "warn").glob("*.toml")):
@@ -146,6 +146,7 @@ def test_the_warnings_table_lists_exactly_the_warnings_the_warn_files_give() -> 
             key = warning.split(": ", 1)[0]
             key = re.sub(r"^markets\[\d+\]", "markets[i]", key)
             key = re.sub(r"(sources|perp_sources)\[\d+\]", r"\1[j]", key)
+            key = re.sub(r"\.feeds\.[^.]+\.", ".feeds.<pair>.", key)
             produced.add(re.sub(r"^(sources|chains)\.[^.]+(\.|$)", r"\1.<id>\2", key))
     section = (DOCS / "config.md").read_text().split("\n## Warnings\n", 1)[1].split("\n## ", 1)[0]
     table = {

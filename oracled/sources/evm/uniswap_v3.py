@@ -17,7 +17,10 @@ Each block the pool is asked three things, all pre-encoded once:
 Before the first read the feed checks its configuration against the chain: it asks the pool for
 ``token0()``/``token1()`` and those tokens for ``decimals()``; decimals other than configured (a
 swapped or mistyped pair, which would misprice by powers of ten) are logged as an error and the
-feed drops every block as ``token_mismatch`` until the config is fixed. The reader re-reads the
+feed drops every block as ``token_mismatch`` until the config is fixed. So does a configured
+``base_token`` that is not the token ``invert`` names (token1 when set, else token0), or not in
+the pool at all: decimals alone cannot tell which token is the base, and a wrong ``invert``
+publishes the reciprocal. The reader re-reads the
 same block after each of these two steps, so the first block is still priced.
 
 A revert of ``observe`` (the window reaches back before the oldest stored observation: ``OLD``,
@@ -221,6 +224,7 @@ class UniswapV3Feed(Feed):
         "_phase",
         "_read_calls",
         "_spot_off",
+        "base_token",
         "invert",
         "last_spot",
         "last_spot_gap",
@@ -247,12 +251,15 @@ class UniswapV3Feed(Feed):
         min_liquidity: float,
         twap_window_s: int = DEFAULT_TWAP_WINDOW_S,
         max_spot_deviation: float = DEFAULT_MAX_SPOT_DEVIATION,
+        base_token: str | None = None,
     ) -> None:
         super().__init__(source_id, pair)
         if not 0 < twap_window_s < 1 << 32:
             raise ValueError("twap_window_s must be a positive uint32")
         self.pool = pool
         self.invert = invert
+        #: The pair's base token (lower-case hex), checked against the pool's order; None: not.
+        self.base_token = base_token.lower() if base_token is not None else None
         self.token0_decimals = token0_decimals
         self.token1_decimals = token1_decimals
         self.min_liquidity = min_liquidity
@@ -298,6 +305,7 @@ class UniswapV3Feed(Feed):
             min_liquidity=float(spec.min_liquidity),
             twap_window_s=spec.twap_window_s,
             max_spot_deviation=spec.max_spot_deviation or DEFAULT_MAX_SPOT_DEVIATION,
+            base_token=spec.base_token,
         )
 
     def spot_gap_count(self) -> int | None:
@@ -377,7 +385,8 @@ class UniswapV3Feed(Feed):
         return reason
 
     def _learn(self, results: Sequence[tuple[bool, bytes]]) -> FeedResult:
-        """The two set-up steps: the pool's tokens, then their decimals against the config."""
+        """The two set-up steps: the pool's tokens (and which is the base, when `base_token`
+        says), then their decimals against the config."""
         if self._phase == _TOKENS:
             (ok0, data0), (ok1, data1) = results
             token0 = decode_address(data0) if ok0 else None
@@ -388,6 +397,22 @@ class UniswapV3Feed(Feed):
                     self._log.error("uniswap_not_a_pool", hint="check the feed's address")
                 return "not_a_pool"
             self.token0, self.token1 = token0, token1
+            base = self.base_token
+            if base is not None and base != (token1 if self.invert else token0):
+                if not self._mismatch_logged:
+                    self._mismatch_logged = True
+                    self._log.error(
+                        "uniswap_token_order_mismatch",
+                        token0=token0,
+                        token1=token1,
+                        base_token=base,
+                        invert=self.invert,
+                        hint="base_token is not in the pool: check it and the pool address"
+                        if base not in (token0, token1)
+                        else f"the base is the pool's token{int(base == token1)}: set invert = "
+                        f"{str(base == token1).lower()}",
+                    )
+                return "token_mismatch"
             self._phase = _TOKEN_DECIMALS
             self._calls = (Call(token0, _DECIMALS), Call(token1, _DECIMALS))
             return None
@@ -418,6 +443,7 @@ class UniswapV3Feed(Feed):
             decimals=configured,
             verified=None not in found,
             invert=self.invert,
+            order_verified=self.base_token is not None,
             twap_window_s=self.twap_window_s,
             min_liquidity=self.min_liquidity,
         )
