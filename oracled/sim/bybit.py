@@ -3,9 +3,10 @@
 It speaks the real wire protocol (see oracled/sources/bybit.py for the docs): ``{"op":"subscribe",
 "args":[...],"req_id":..}`` with ``{"success":true,...,"op":"subscribe"}`` acks and
 ``"success":false`` refusals, JSON pongs to the client's ``{"op":"ping"}`` (no protocol pings from
-the server), spot ``orderbook.1.<SYMBOL>`` and linear ``tickers.<SYMBOL>`` topics that start with a
-snapshot to the subscriber and continue with deltas (linear deltas carry only the fields that
-changed: some carry no price at all, only a best size), and
+the server), spot ``orderbook.1.<SYMBOL>``, pushed as snapshots only (each the best level of both
+sides with a new ``u``, as the venue's orderbook page says level 1 is sent),
+and linear ``tickers.<SYMBOL>``, a snapshot to the subscriber and then deltas (which carry only the
+fields that changed: some carry no price at all, only a best size), and
 ``GET /v5/market/tickers?category=spot|linear``.
 
 Both categories list every symbol the simulator was given, each with its own price path: path keys
@@ -45,7 +46,7 @@ _CATEGORIES: Final = ("spot", "linear")
 
 def _level1(levels: str) -> str:
     return (
-        f'{{"topic":"orderbook.1.BTCUSDT","type":"delta","ts":{_F},'
+        f'{{"topic":"orderbook.1.BTCUSDT","type":"snapshot","ts":{_F},'
         f'"data":{{"s":"BTCUSDT",{levels},"u":{_F}}}}}'
     )
 
@@ -278,20 +279,19 @@ class BybitSim(VenueSim):
         key = symbol  # the base passes the path key
         category, name = key.split(":", 1)
         bid, ask = self._texts(key)
-        old_bid, old_ask = self._top.get(key, ("", ""))
         self._top[key] = (bid, ask)
         size = f"{path.size():.3f}"
         if category == "spot":
+            # Level 1 is pushed as snapshots only (the venue's docs): the whole best level of
+            # each side, a new `u` for each change.
             u = self._u.get(key, 0) + 1
             self._u[key] = u
-            bids = ([[old_bid, "0"]] if old_bid and old_bid != bid else []) + [[bid, size]]
-            asks = ([[old_ask, "0"]] if old_ask and old_ask != ask else []) + [[ask, size]]
             ts, seq = self._tick(key), next(self.sequence)
             cts = self._cts[key] = ts - 2
             self._pushed[key], self._sizes[key] = now, (size, seq)
             return (
-                f'{{"topic":"orderbook.1.{name}","type":"delta","ts":{ts},'
-                f'"data":{{"s":"{name}","b":{json.dumps(bids)},"a":{json.dumps(asks)},'
+                f'{{"topic":"orderbook.1.{name}","type":"snapshot","ts":{ts},'
+                f'"data":{{"s":"{name}","b":[["{bid}","{size}"]],"a":[["{ask}","{size}"]],'
                 f'"u":{u},"seq":{seq}}},"cts":{cts}}}'
             )
         # Every fourth delta of each symbol changes no price, only a best size: the kept prices

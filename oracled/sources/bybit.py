@@ -13,26 +13,29 @@ fields that changed, so the last full state per symbol is kept and deltas are me
      "ask1Price":"17216.00","ask1Size":"83.020"},"cs":24987956059,"ts":1673272861686}
 
 The current spot ``tickers`` payload has no best bid/ask (only last price and 24 h figures), so
-spot reads level-1 order book ``orderbook.1.<SYMBOL>``: a snapshot after subscribing, then deltas
-where size ``"0"`` removes a level and ``u`` is the per-symbol update id (``u`` = 1 is a snapshot
-after a venue restart). ``venue_ts`` is, on spot, the frame's ``cts`` ("the timestamp from the
-matching engine when this orderbook data is produced"; ``ts`` where a frame has none) and, on
-linear, its ``ts`` (when the system generated the data: a delta is pushed on a change of any of the
-ticker's fields, so it is the change's time within milliseconds). A linear delta that changes
-neither a best price or size nor the last price (mark, index, funding, open interest, which move on
-while the book may not) is dropped as ``unchanged``: its ``ts`` is no time of the book, and with it
-a book that stopped changing would look fresh for ever. Spot does not use ``ts``: a level-1 book
-that has not changed for 3 s is pushed again as a snapshot with the same ``u`` and a new ``ts``,
-and with that ``ts`` a book that stopped changing would look fresh for ever; such a re-push is
-dropped as ``unchanged`` (the quote keeps the age of the book's last change). Frames older than the
-last one applied for the symbol on this connection (by ``u`` on spot, by ``ts`` on linear) are
-dropped as ``stale`` (on spot, unless the base judges the kept ``u`` bad,
-`Source._counter_refused`: a ``u`` below half of it, or five frames in a row refused while their
-``ts`` is past its frame's; then the symbol's kept state is dropped and the frame read as its
-first, so that one far-ahead ``u`` cannot freeze a symbol until the next reconnect); a frame with a
-bad price is dropped whole and never merged into the kept state, and so is a linear frame from
-further ahead than the clock-skew bound (``future``), whose time would otherwise become the bar
-that every later frame is stale against.
+spot reads level-1 order book ``orderbook.1.<SYMBOL>``, which the orderbook page says is pushed as
+snapshots only: each frame the best level of both sides with a new ``u``, the per-symbol update id
+(``u`` = 1 after a venue restart); that snapshot is the straight line of `on_message`. Deltas
+(the page's general rule for deeper books, where size ``"0"`` removes a level; older docs sent
+them on level 1 too) are still applied to the kept state.
+
+``venue_ts`` is, on spot, the frame's ``cts`` ("the timestamp from the matching engine when this
+orderbook data is produced"; ``ts`` where a frame has none) and, on linear, its ``ts`` (when the
+system generated the data: a delta is pushed on a change of any of the ticker's fields, so it is the
+change's time within milliseconds). A linear delta that changes neither a best price or size nor the
+last price (mark, index, funding, open interest, which move on while the book may not) is dropped as
+``unchanged``: its ``ts`` is no time of the book, and with it a book that stopped changing would
+look fresh for ever. Spot does not use ``ts``: a level-1 book that has not changed for 3 s is pushed
+again as a snapshot with the same ``u`` and a new ``ts``, and with that ``ts`` a book that stopped
+changing would look fresh for ever; such a re-push is dropped as ``unchanged`` (the quote keeps the
+age of the book's last change). Frames older than the last one applied for the symbol on this
+connection (by ``u`` on spot, by ``ts`` on linear) are dropped as ``stale`` (on spot, unless the
+base judges the kept ``u`` bad, `Source._counter_refused`: a ``u`` below half of it, or five frames
+in a row refused while their ``ts`` is past its frame's; then the symbol's kept state is dropped and
+the frame read as its first, so that one far-ahead ``u`` cannot freeze a symbol until the next
+reconnect); a frame with a bad price is dropped whole and never merged into the kept state, and so
+is a linear frame from further ahead than the clock-skew bound (``future``), whose time would
+otherwise become the bar that every later frame is stale against.
 
 Subscribe ``{"op":"subscribe","args":["tickers.BTCUSDT"],"req_id":"1"}``, ack
 ``{"success":true,"ret_msg":"","conn_id":"..","req_id":"1","op":"subscribe"}``; a refusal has
@@ -218,7 +221,8 @@ class _BybitSource(Source):
     default_rest_url: ClassVar[str | None] = "https://api.bybit.com"
     app_ping_interval_s: ClassVar[float | None] = 20.0
     max_messages_per_s: ClassVar[int] = 10  # not documented for public streams; kept modest
-    #: Both topics answer a subscription with a ``snapshot`` of the symbol (docs), then deltas.
+    #: Both topics answer a subscription with a ``snapshot`` of the symbol (docs); linear tickers
+    #: then send deltas, spot level 1 only further snapshots.
     snapshot_on_subscribe: ClassVar[bool] = True
 
     def __init__(
@@ -377,8 +381,22 @@ class BybitSpotSource(_BybitSource):
         if ts is None:
             ts = frame.ts
         previous = self._tops.get(symbol)
-        if previous is None or u <= previous.seq or frame.type == "snapshot":
+        if previous is None or u <= previous.seq:
             self._first(symbol, u, frame.type == "snapshot", bids, asks, recv_ts, ts)
+            return
+        if frame.type == "snapshot":
+            # The venue's usual frame: level 1 is pushed as snapshots only, one level a side.
+            # Anything else (an empty side, a size 0, several levels) takes `_first`.
+            if len(bids) == 1 == len(asks):
+                (best_bid, bid_size), (best_ask, ask_size) = bids[0], asks[0]
+                if bid_size != 0.0 and ask_size != 0.0 and best_bid <= best_ask:
+                    previous.bid = best_bid
+                    previous.ask = best_ask
+                    previous.seq = u
+                    previous.ts = ts
+                    self._quote(symbol, best_bid, best_ask, recv_ts, ts)
+                    return
+            self._first(symbol, u, True, bids, asks, recv_ts, ts)
             return
         # The common case, a delta applied to the kept state, inline (what `_best` and `_apply`
         # do): a listed level replaces the side, size 0 at the kept price empties it.

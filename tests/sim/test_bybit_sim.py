@@ -36,21 +36,24 @@ async def answer(ws: aiohttp.ClientWebSocketResponse, op: str, *args: str, rid: 
     return frame
 
 
-async def test_spot_level1_snapshot_then_deltas(sim: BybitSim, http: aiohttp.ClientSession) -> None:
-    """Spot acks with ret_msg "subscribe", sends a snapshot, then deltas with rising u and ts."""
+async def test_spot_level1_is_pushed_as_snapshots_only(
+    sim: BybitSim, http: aiohttp.ClientSession
+) -> None:
+    """Spot acks with ret_msg "subscribe", then pushes level 1 as snapshots only, each the whole
+    best level of both sides with a rising u and ts: Bybit's orderbook page says level 1 data
+    "has snapshot message only" (the simulator sent deltas with size-0 removals before)."""
     async with http.ws_connect(f"{sim.ws_url}/v5/public/spot") as ws:
         ack = await send(ws, "subscribe", "orderbook.1.BTCUSDT", rid="5")
         assert ack == {"success": True, "ret_msg": "subscribe", "conn_id": ack["conn_id"],
                        "req_id": "5", "op": "subscribe"}  # fmt: skip
-        snap, one, two = await next_json(ws), await next_json(ws), await next_json(ws)
-    assert snap["type"] == "snapshot" and snap["topic"] == "orderbook.1.BTCUSDT"
-    assert one["type"] == two["type"] == "delta"
-    assert snap["data"]["u"] < one["data"]["u"] < two["data"]["u"]
-    assert snap["ts"] < one["ts"] < two["ts"]
-    bid, ask = float(snap["data"]["b"][0][0]), float(snap["data"]["a"][0][0])
-    assert 0 < bid < ask
-    for level in (*one["data"]["b"], *one["data"]["a"]):
-        assert isinstance(level[0], str) and isinstance(level[1], str)
+        frames = [await next_json(ws) for _ in range(6)]
+    assert all(f["type"] == "snapshot" and f["topic"] == "orderbook.1.BTCUSDT" for f in frames)
+    us, stamps = [f["data"]["u"] for f in frames], [f["ts"] for f in frames]
+    assert us == sorted(set(us)) and stamps == sorted(set(stamps))
+    for frame in frames:
+        [(bid, bid_size)], [(ask, ask_size)] = frame["data"]["b"], frame["data"]["a"]  # one level
+        assert all(isinstance(x, str) for x in (bid, bid_size, ask, ask_size))
+        assert 0 < float(bid) < float(ask) and float(bid_size) > 0 and float(ask_size) > 0
 
 
 async def test_linear_ticker_snapshot_then_partial_deltas(
@@ -159,9 +162,11 @@ async def test_a_frozen_spot_book_is_pushed_again_with_its_update_id_and_engine_
         frames = [await next_json(ws) for _ in range(3)]
         assert all(f["cts"] < f["ts"] for f in frames)
         venue.freeze(None)
-        await asyncio.sleep(0.05)  # a tick already under way may still send a delta
-        while (last := await next_json(ws))["type"] != "snapshot":
-            pass
+        # Every level-1 frame is a snapshot: the first push again is the first frame with the
+        # `u` of the one before it (frames sent before the freeze may still be in flight).
+        prev = await next_json(ws)
+        while (last := await next_json(ws))["data"]["u"] != prev["data"]["u"]:
+            prev = last
         again = [await next_json(ws) for _ in range(2)]
     assert [f["type"] for f in again] == ["snapshot", "snapshot"]
     assert {f["data"]["u"] for f in (last, *again)} == {last["data"]["u"]}

@@ -321,7 +321,21 @@ def _bare(frame: str) -> str:
     return re.sub(r'"(-?[0-9]+(?:\.[0-9]+)?)"', r"\1", frame)
 
 
+# Level 1 as the venue pushes it now: snapshots only, one level a side, each with a new `u`.
+SPOT_NEXT = (
+    '{"topic":"orderbook.1.BTCUSDT","type":"snapshot","ts":1709891679500,"data":{"s":"BTCUSDT",'
+    '"b":[["27450.50","0.400"]],"a":[["27451.00","0.750"]],"u":123456790,"seq":987654322},'
+    '"cts":1709891679497}'
+)
 SPOT_FRAMES = [
+    SPOT_NEXT,
+    SPOT_NEXT.replace('"0.400"', '"0"'),  # a side of size 0: no level
+    SPOT_NEXT.replace('"a":[["27451.00","0.750"]]', '"a":[]'),  # an empty side
+    SPOT_NEXT.replace('"27450.50"', '"27452.00"'),  # crossed
+    SPOT_NEXT.replace('"27450.50","0.400"]]', '"27450.50","0.400"],["27450.00","1"]]'),
+    SPOT_NEXT.replace('"u":123456790', '"u":123456789'),  # the same u: a push again
+    SPOT_NEXT.replace('"u":123456790', '"u":123456788'),  # an older u
+    SPOT_NEXT.replace('"0.750"', '"NaN"'),
     BOOK_DELTA,
     BOOK_DELTA.replace('"27450.00", "0.400"', '"27452.00", "1"'),
     BOOK_DELTA.replace('"a": [["27451.00", "0"]]', '"a": [["27450.50", "2"], ["27451.00", "0"]]'),
@@ -414,6 +428,33 @@ def test_bare_number_prices_give_the_same_quotes_as_quoted_ones(
         assert len(runs[0][0]) == 2 and runs[1] == runs[0]
         assert source.stats.malformed == 0 and source.stats.dropped == {}
     assert '"27451.00"' not in _bare(BOOK_SNAPSHOT) and '"17215.50"' not in _bare(LINEAR_SNAPSHOT)
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["fast", "text"])
+def test_a_level1_stream_of_snapshots_quotes_each_book(h: Harness, text: bool) -> None:
+    """Bybit pushes level 1 as snapshots only (its orderbook page says so), each the whole best
+    level of both sides with a new `u`: each replaces the
+    kept book and is quoted at its `cts`; one with an empty side is kept and not quoted
+    (`one_sided`), and the next full one quotes again. The simulator pushed deltas before, so the
+    adapter's straight line (and the ingest benchmark) served a frame the venue does not send."""
+    t = 1709891679000
+    feed = h.spot._slow if text else h.spot.on_message
+    books = [("27450.00", "27451.00"), ("27450.50", "27451.00"), ("27449.00", "27449.50")]
+    for k, (bid, ask) in enumerate(books):
+        at = t + 100 * k
+        feed(_with_cts(_level1("snapshot", 7 + k, at, bid, ask), at - 3), SPOT_RECV + 100 * k)
+    one_sided = _level1("snapshot", 10, t + 300, "27449.00", "27449.50")
+    feed(one_sided.replace('"a":[["27449.50","1.0"]]', '"a":[]'), SPOT_RECV + 300)
+    feed(_with_cts(_level1("snapshot", 11, t + 400, "27448.00", "27449.00"), t + 397), SPOT_RECV)
+    assert [(q.bid, q.ask, q.venue_ts) for q in h.quotes] == [
+        (27450.0, 27451.0, t - 3),
+        (27450.5, 27451.0, t + 97),
+        (27449.0, 27449.5, t + 197),
+        (27448.0, 27449.0, t + 397),
+    ]
+    assert h.spot.stats.dropped == {"one_sided": 1} and h.spot.stats.malformed == 0
+    top = h.spot._tops["BTCUSDT"]
+    assert (top.bid, top.ask, top.seq, top.ts) == (27448.0, 27449.0, 11, t + 397)
 
 
 def _level1(kind: str, u: int, ts: int, bid: str, ask: str) -> str:

@@ -289,9 +289,13 @@ def _exactly(*reasons: str, less: int = 0) -> Callable[[Counter[str], int], bool
 
 
 def _bybit_stale(spot: bool) -> Callable[[Counter[str], int], bool]:
-    # Spot orders by update id, so every replay is stale; linear orders by ts, and a replay of
-    # the newest frame of a symbol (same ts) is a harmless duplicate that may be applied again.
-    return lambda dropped, queued: dropped["stale"] >= (queued if spot else queued - 2)
+    # Spot orders by update id, so every replay is dropped: stale, or, for the newest frame of a
+    # symbol (level 1 comes as snapshots only), a push again of the same book (`unchanged`);
+    # linear orders by ts, and a replay of the newest frame of a symbol (same ts) is a harmless
+    # duplicate that may be applied again.
+    if spot:
+        return lambda dropped, queued: dropped["stale"] + dropped["unchanged"] >= queued
+    return lambda dropped, queued: dropped["stale"] >= queued - 2
 
 
 BYBIT_SPOT_GARBAGE = {
