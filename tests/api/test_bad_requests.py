@@ -277,14 +277,18 @@ async def test_what_the_http_parser_refuses_is_its_plain_text_400(
     make_client: ClientFactory, case: str
 ) -> None:
     """Each request the parser cannot take is the documented exception to the JSON errors: a
-    plain-text 400 over HTTP/1.0, the connection closed (`_send` reads to its end), so that
-    the docs' list stays true. Each is counted once, under its reason, and nothing else is."""
+    plain-text 400 over HTTP/1.0 with exactly the headers docs/contracts.md lists (no
+    Cache-Control) and aiohttp's message as its body, the connection closed (`_send` reads to
+    its end), so that the docs stay true. Each is counted once, under its reason, and nothing
+    else is."""
     rig = Rig(make_config())
     client = await make_client(rig)
     answer = await _send(str(client.host), int(client.port), PARSER_REFUSALS[case])  # type: ignore[arg-type]
-    status, headers, _ = _head(answer)
+    status, headers, body = _head(answer)
     assert status == "HTTP/1.0 400 Bad Request", (case, answer[:200])
-    assert headers["content-type"].startswith("text/plain"), (case, headers)
+    assert headers["content-type"] == "text/plain; charset=utf-8", (case, headers)
+    assert set(headers) == {"content-type", "content-length", "date", "server"}, (case, headers)
+    assert int(headers["content-length"]) == len(body) > 0, (case, body)
     reason = "request_too_long" if case in TOO_LONG else "bad_request"
     assert {k: n for k, n in rig.hub.api_closed.items() if n} == {reason: 1}, case
 
