@@ -191,6 +191,52 @@ async def test_aggregator_replaced_behind_the_proxy(
     assert feed.description == "BTC / USD"
 
 
+async def test_a_new_phase_whose_round_is_older_keeps_the_last_quote_and_a_reorg_does_not(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A proxy's roundId is `phaseId << 64 | aggregatorRoundId` (as EACAggregatorProxy adds the
+    phase; here the rounds carry it). The proxy moves to a new aggregator whose latest round
+    (phase 2) is 30 s older than the last one published from phase 1: the two aggregators ran
+    side by side. That is no reorg: nothing is dropped or withdrawn, the last quote stands
+    unflagged, and one info line says so; the new aggregator's next round is published. Before,
+    it was refused `older_round` and the last quote withdrawn as `reorged` until that next
+    round. A reorg that then takes the phase's newer round away (same phase, older round) is
+    still `older_round`, withdrawn."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    await chain.warp(60)
+    now = await chain.timestamp()
+    one, two = 1 << 64, 2 << 64
+    await chain.transact(
+        snapshot.btc_aggregator, SET_ROUND, one | 7, 60_000_00000000, now, now, one | 7
+    )
+    assert await reader.poll_once()
+    newer = await chain.deploy(
+        "TestAggregator", ["uint8", "string", "int192", "int192"],
+        [8, "BTC / USD", 1000_00000000, 1_000_000_00000000],
+    )  # fmt: skip
+    await chain.transact(newer, SET_ROUND, two | 3, 59_900_00000000, now - 30, now - 30, two | 3)
+    await chain.transact(snapshot.btc_proxy, "setAggregator(address)", newer)
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+        await chain.mine()
+        assert await reader.poll_once()
+    assert [(q.price, q.flag) for q in got.quotes] == [(60000.0, None)]
+    assert not got.stats.dropped
+    assert [e["event"] for e in logs if e["log_level"] != "debug"] == [
+        "chainlink feed", "chainlink new phase behind the last round: last kept",
+    ]  # fmt: skip
+    later = await chain.timestamp()
+    await chain.transact(newer, SET_ROUND, two | 4, 59_800_00000000, later, later, two | 4)
+    assert await reader.poll_once()
+    await chain.reorg(1)
+    assert await reader.poll_once()
+    assert [(q.price, q.flag) for q in got.quotes] == [
+        (60000.0, None), (59800.0, None), (59800.0, "reorged"),
+    ]  # fmt: skip
+    assert got.stats.dropped == {"older_round": 1}
+
+
 async def test_a_proxy_without_latest_round_data_is_dropped_as_call_failed(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, tokens: Tokens, snapshot: Deployed
 ) -> None:

@@ -8,7 +8,9 @@ the reader then reads the same block again with the full set of calls.
 
 Rejected (counted drop reasons): `updatedAt == 0` (`incomplete_round`), `answer <= 0`
 (`non_positive`), `answeredInRound < roundId` (`carried_over_round`), a round older than one
-already published (`older_round`, after a reorg). The first three are garbage from the feed itself,
+already published and of no later phase (`older_round`, after a reorg; a later phase's older
+round, after the proxy moved to another aggregator, is not newer, and the last quote stands).
+The first three are garbage from the feed itself,
 so its previous quote is not trusted either: the reader publishes it again flagged `bad_answer`
 until a valid round arrives; after `older_round` the published round is no longer on the chain, and
 the reader publishes it again flagged `reorged`. Flagged (the core excludes the slot with the flag
@@ -43,6 +45,9 @@ _DESCRIPTION: Final = selector("description()")
 _AGGREGATOR: Final = selector("aggregator()")
 _MIN_ANSWER: Final = selector("minAnswer()")
 _MAX_ANSWER: Final = selector("maxAnswer()")
+#: A proxy's roundId is `phaseId << 64 | aggregatorRoundId`: the phase counts the aggregators the
+#: proxy has pointed to (https://docs.chain.link/data-feeds/historical-data).
+_PHASE_SHIFT: Final = 64
 
 
 def _address(data: bytes) -> str | None:
@@ -68,6 +73,7 @@ class ChainlinkFeed(Feed):
         "_last",
         "_learning",
         "_log",
+        "_phase_behind",
         "_proxy",
         "_rejected",
         "_scale",
@@ -96,6 +102,7 @@ class ChainlinkFeed(Feed):
         self._learning = True
         self._unusable_logged = False
         self._call_failing = False  # logged once while latestRoundData() reverts
+        self._phase_behind: int | None = None  # a new phase's round older than the last: logged
         self._calls = self._learning_calls()
 
     def _learning_calls(self) -> tuple[Call, ...]:
@@ -147,6 +154,9 @@ class ChainlinkFeed(Feed):
                 updated_at=updated_at, answered_in_round=answered_in, block=block.number,
             )  # fmt: skip
             return reason
+        if self._last is not None and updated_at < self._last[1]:
+            self._behind_new_phase(round_id, updated_at, self._last, block)
+            return None
         flag: str | None = None
         if self._bounds is not None and not self._bounds[0] < answer < self._bounds[1]:
             flag = "at_bound"
@@ -168,9 +178,31 @@ class ChainlinkFeed(Feed):
             return "non_positive"
         if answered_in < round_id:
             return "carried_over_round"
-        if self._last is not None and updated_at < self._last[1]:
+        last = self._last
+        if last is not None and updated_at < last[1] and not self._newer_phase(round_id):
             return "older_round"
         return None
+
+    def _newer_phase(self, round_id: int) -> bool:
+        """The round is of a later phase than the last published: the proxy now points to
+        another aggregator (and no reorg took it back: that would be an earlier phase)."""
+        return self._last is not None and round_id >> _PHASE_SHIFT > self._last[0] >> _PHASE_SHIFT
+
+    def _behind_new_phase(
+        self, round_id: int, updated_at: int, last: tuple[int, int, int, str | None], block: Block
+    ) -> None:
+        """A new aggregator's latest round older than the previous aggregator's last one (the
+        two ran side by side before the proxy moved). Not a reorg, which `older_round` would
+        say, withdrawing a valid price until the new aggregator's next round (up to a
+        heartbeat); not a newer price either (the core orders a slot by venue time). The last
+        quote stands and ages by its own `updatedAt`; logged once per such round."""
+        if self._phase_behind != round_id:
+            self._phase_behind = round_id
+            self._log.info(
+                "chainlink new phase behind the last round: last kept", round_id=round_id,
+                phase=round_id >> _PHASE_SHIFT, updated_at=updated_at, last_round_id=last[0],
+                last_updated_at=last[1], block=block.number,
+            )  # fmt: skip
 
     def _learn(
         self,
