@@ -10,7 +10,8 @@ Two deliberate differences from the real venue, both to exercise the adapter's e
 unknown symbol in a SUBSCRIBE gets an error frame (the real venue stays silent), and the whole
 request is refused (nothing in it is subscribed).
 
-Faults: `spike` (this venue alone prints a wrong price), `silence` (socket open, nothing sent, not
+`server_shutdown()` sends the venue's ``serverShutdown`` notice. Faults: `spike` (this venue alone
+prints a wrong price), `silence` (socket open, nothing sent, not
 even pings), `disconnect` (drop every client), `garbage` (malformed frames), `ws_enabled = False`
 (handshakes refused with 503), `rest_enabled = False` (REST answers 503), `reset` (all cleared).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
@@ -90,6 +92,14 @@ class BinanceSim(VenueSim):
 
     def on_text(self, client: Client, text: str) -> None:
         client.send(json.dumps(self._control(client, text), separators=(",", ":")))
+
+    def server_shutdown(self) -> None:
+        """Announce a server shutdown to every client (the venue closes the connections later).
+        The streams page names the event without showing a frame of it: it is sent bare, with its
+        event time, as clients of the venue read it."""
+        frame = json.dumps({"e": "serverShutdown", "E": int(time.time() * 1000)})
+        for client in self.clients:
+            client.send(frame)
 
     def data_frame(self, symbol: str, path: PricePath, now: float) -> str:
         mid = path.published(now)

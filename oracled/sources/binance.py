@@ -19,7 +19,11 @@ client that has not ponged within a minute (pongs echo the ping payload; we neve
 pings or pongs); a client may send at most 5 messages a second, pings and pongs included (the base
 paces its requests to leave room for pongs); 1024 streams per connection; a connection lives 24 h
 (the config rotates at 23 h by default) and a ``serverShutdown`` event announces an early close, on
-which we rotate at once. REST ``GET /api/v3/ticker/bookTicker?symbols=[...]`` costs 4 weight for
+which we rotate at once. The streams page names the event but shows no frame of it; the WebSocket
+API's connection-events page shows ``{"event":{"e":"serverShutdown","E":..}}``
+(https://developers.binance.com/docs/binance-spot-api-docs/websocket-api/connection-events), so the
+event is read bare (``{"e":"serverShutdown",..}``), in a combined stream's ``data``, or in that
+``event`` envelope. REST ``GET /api/v3/ticker/bookTicker?symbols=[...]`` costs 4 weight for
 any number of symbols: one request per poll for all of them. Real Binance accepts a well-formed
 stream name for a symbol it does not list and then sends nothing; only malformed names get an
 error frame.
@@ -84,6 +88,7 @@ class _Control(msgspec.Struct):
     msg: str | None = None
     e: str = ""
     data: _Event | None = None
+    event: _Event | None = None  # the WebSocket API's envelope of a serverShutdown (docstring)
 
 
 class _RestBook(msgspec.Struct):
@@ -139,7 +144,11 @@ class BinanceSource(Source):
             self._reject(frame.id, f"{frame.error.code}: {frame.error.msg}")
         elif frame.code is not None and frame.msg is not None:
             self._reject(frame.id, f"{frame.code}: {frame.msg}")
-        elif "serverShutdown" in (frame.e, frame.data.e if frame.data else ""):
+        elif "serverShutdown" in (
+            frame.e,
+            frame.data.e if frame.data else "",
+            frame.event.e if frame.event else "",
+        ):
             self._rotate("server_shutdown")
         elif frame.id is not None and frame.data is None:
             self._ack(frame.id)

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiohttp import WSMsgType, web
 from structlog.testing import capture_logs
 
@@ -207,17 +208,29 @@ async def test_flat_error_frames_isolate_the_bad_symbol(
     assert venue.connections == 1 and run.stats.reconnects == 0
 
 
+@pytest.mark.parametrize(
+    "notice",
+    [
+        '{"e":"serverShutdown","E":1795660000000}',
+        '{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1795660000000}}',
+        '{"event":{"e":"serverShutdown","E":1795660000000}}',
+    ],
+    ids=["bare", "combined", "event_envelope"],
+)
 async def test_server_shutdown_event_rotates_without_going_down(
-    aiohttp_server: Any, start_config: Any, wait: Any
+    aiohttp_server: Any, start_config: Any, wait: Any, notice: str
 ) -> None:
-    """A serverShutdown notice makes the adapter reconnect at once; REST polling never starts."""
+    """A serverShutdown notice makes the adapter reconnect at once; REST polling never starts.
+    The streams page shows no frame of it, so each shape Binance uses for it is read: bare, in a
+    combined stream's data, and in the WebSocket API's `event` envelope (its documented form,
+    counted as a malformed frame and ignored before)."""
 
     async def script(ws: web.WebSocketResponse, n: int) -> None:
         req = await next_request(ws)
         await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
         await ws.send_str((MOVED if n else BOOK).format(lower="btcusdt", sym="BTCUSDT"))
         if n == 0:
-            await ws.send_str('{"e":"serverShutdown","E":1795660000000}')
+            await ws.send_str(notice)
         await hold(ws)
 
     venue = Venue(script)

@@ -1,5 +1,5 @@
-"""The Binance adapter on its loopback simulator: the acked subscribe, venue pings, an unknown
-symbol over REST. The faults all venues share run from test_stream_faults.py."""
+"""The Binance adapter on its loopback simulator: the acked subscribe, venue pings, a shutdown
+notice, an unknown symbol over REST. The faults all venues share run from test_stream_faults.py."""
 
 from __future__ import annotations
 
@@ -22,6 +22,21 @@ async def test_answers_server_pings_and_keeps_the_connection(start: Start, wait:
         assert venue.stats.rate_limited == 0
         assert venue.stats.connections == 1
         assert run.stats.reconnects == 0
+
+
+async def test_server_shutdown_notice_rotates_without_going_down(
+    sim: BinanceSim, start: Start, wait: Wait
+) -> None:
+    """The venue's serverShutdown notice makes the client reconnect at once; the stream never
+    counts as down and no REST poll is made (the simulator had no such notice before)."""
+    run = await start()
+    await wait(lambda: run.state() is ConnState.STREAMING)
+    sim.server_shutdown()
+    await wait(lambda: sim.stats.connections >= 2 and run.stats.reconnects == 1)
+    seen = len(run.quotes)
+    await wait(lambda: run.pairs(seen) == {"BTC/USDT", "ETH/USDT"})
+    assert sim.stats.rest_requests == 0 and run.stats.malformed == 0
+    assert run.state() is ConnState.STREAMING
 
 
 async def test_rest_batch_refusal_isolates_the_bad_symbol(
