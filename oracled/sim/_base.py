@@ -509,5 +509,10 @@ class VenueSim(abc.ABC):
         if not self.rest_enabled:
             return web.Response(status=503, text="Service Unavailable")
         if self.rest_status is not None:
-            return web.json_response({"error": "simulated failure"}, status=self.rest_status)
+            return self.rest_refusal(self.rest_status)
         return None
+
+    def rest_refusal(self, status: int) -> web.Response:
+        """The answer of a REST call failed by `rest_status`: a generic JSON error, unless the
+        venue's module words it as the venue does (KuCoin's rate limit)."""
+        return web.json_response({"error": "simulated failure"}, status=status)

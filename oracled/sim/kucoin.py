@@ -12,7 +12,9 @@ found"}``; ``{"type":"ping"}`` is answered with ``pong``; a client that has not 
 have the recorded shape and a strictly increasing ``sequence``; while the books are frozen, level 1
 answers each symbol's last ticker again, sequence and time included. REST serves
 ``GET /api/v1/market/orderbook/level1?symbol=`` (400 with code 900001 for an unknown symbol) and
-``GET /api/v1/market/allTickers``.
+``GET /api/v1/market/allTickers``. A 429 (``rest_status``) is worded as KuCoin's spent pool:
+``{"code":"429000",..}`` with ``gw-ratelimit-limit``, ``gw-ratelimit-remaining`` and
+``gw-ratelimit-reset`` (`rate_limit_reset_ms`, the milliseconds until the quota resets).
 
 The bullet endpoint honours the REST faults (`rest_enabled`, `rest_status`) but is counted apart,
 in `bullets`, so that `stats.rest_requests` counts fallback polls only. A client over
@@ -80,12 +82,15 @@ class KucoinSim(VenueSim):
         ping_interval_s: float = 18.0,
         ping_timeout_s: float = 10.0,
         message_limit: int = 10,
+        rate_limit_reset_ms: int = 30_000,
         **kwargs: Any,
     ) -> None:
         super().__init__(prices, message_limit=message_limit, **kwargs)
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
         self.bullets = 0  # bullet-public calls
+        #: What a 429 (`rest_status`) names as the time until the pool's quota resets, in ms.
+        self.rate_limit_reset_ms = rate_limit_reset_ms
         self.pings_received = 0
         self.tokens: set[str] = set()
         self._seq = itertools.count(1_613_277_183_873)
@@ -113,7 +118,7 @@ class KucoinSim(VenueSim):
         if not self.rest_enabled:
             return web.Response(status=503, text="Service Unavailable")
         if self.rest_status is not None:
-            return web.json_response({"code": "500000", "msg": "fault"}, status=self.rest_status)
+            return self.rest_refusal(self.rest_status)
         token = secrets.token_urlsafe(24)
         self.tokens.add(token)
         server = {
@@ -226,6 +231,19 @@ class KucoinSim(VenueSim):
         await super().start()
 
     # ----------------------------------------------------------------- REST
+
+    def rest_refusal(self, status: int) -> web.Response:
+        """KuCoin's words for a failed call: a 429 is the spent pool (code 429000) with the
+        milliseconds until its quota resets in ``gw-ratelimit-reset`` (`rate_limit_reset_ms`)."""
+        if status != 429:
+            return web.json_response({"code": "500000", "msg": "fault"}, status=status)
+        headers = {
+            "gw-ratelimit-limit": "2000",
+            "gw-ratelimit-remaining": "0",
+            "gw-ratelimit-reset": str(self.rate_limit_reset_ms),
+        }
+        body = {"code": "429000", "msg": "Too Many Requests"}
+        return web.json_response(body, status=429, headers=headers)
 
     async def _level1(self, request: web.Request) -> web.Response:
         refused = await self.rest_gate()

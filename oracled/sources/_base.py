@@ -11,10 +11,11 @@ A venue subclass declares its URLs and wire types and implements five small hook
   after a healthy connection; a planned rotation before ``max_connection_age_s`` (or on a venue's
   shutdown notice) reconnects at once without declaring the stream down;
 - REST polling every ``rest_poll_interval_s`` while the stream is down, stopped by the first
-  streamed quote (or book resent unchanged); while an answer is read, quotes go through a
-  filtering emitter (`_emit_polled`) that drops, as ``unchanged``, a quote without a venue time
-  repeating its instrument's last book, the stream's last included, so that a frozen book is not
-  made fresh by polls;
+  streamed quote (or book resent unchanged), and held for as long as a rate-limit answer asks
+  (`rate_limit_wait_s`: ``Retry-After`` unless the venue says it another way); while an answer
+  is read, quotes go through a filtering emitter (`_emit_polled`) that drops, as ``unchanged``,
+  a quote without a venue time repeating its instrument's last book, the stream's last
+  included, so that a frozen book is not made fresh by polls;
 - on a venue whose subscription is answered with a snapshot (``snapshot_on_subscribe``, stamped
   when sent on several venues), the first quote of each instrument on a new connection goes
   through another (`_emit_first`), which drops it as ``unchanged`` when it repeats the
@@ -344,6 +345,12 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         """Decode one successful REST response body, like `on_message`."""
+
+    def rate_limit_wait_s(self, headers: Mapping[str, str]) -> float:
+        """Seconds a rate-limit answer (429, 418) asks the poller to send nothing more: its
+        ``Retry-After`` in seconds, the HTTP rule; 0 without one (the next poll goes at its
+        interval). A venue that names its wait another way overrides this."""
+        return _retry_after(headers.get("Retry-After"))
 
     # ----------------------------------------------------------------- helpers for venues
 
@@ -930,7 +937,8 @@ class Source(abc.ABC):
         A batch refused with HTTP 400 (one bad symbol spoils the whole request on some venues) is
         retried once symbol by symbol; a symbol refused alone is marked failed and left out.
         Rate-limit answers (429, 418) are never split, so that they cannot multiply requests; they
-        end the round, and the next waits as long as their Retry-After says (the venues' rule).
+        end the round, and the next waits as long as they ask (`rate_limit_wait_s`: the venues'
+        rule).
         The source is polling only while answers bring prices (new ones, or ones we already
         had): a 200 without any (a proxy's page, an error body, no rows of ours) leaves it down.
         """
@@ -1028,7 +1036,7 @@ class Source(abc.ABC):
             return None, b"", error
         if resp.status != 200:
             limited = resp.status in _RATE_LIMITED
-            self._retry_after_s = _retry_after(resp.headers.get("Retry-After")) if limited else 0.0
+            self._retry_after_s = self.rate_limit_wait_s(resp.headers) if limited else 0.0
             return resp.status, body, f"HTTP {resp.status}: {body[:200].decode(errors='replace')}"
         return resp.status, body, None
 

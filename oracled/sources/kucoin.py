@@ -52,7 +52,10 @@ read as those prices.
 REST (Public pool, 2000 weight per 30 s per IP): ``GET /api/v1/market/orderbook/level1?symbol=``
 costs 2 per symbol and ``GET /api/v1/market/allTickers`` 15 for all. Up to 7 symbols are polled one
 by one (2 x 7 <= 15); more take one allTickers request a poll. At a 2 s poll both stay near 225
-weight per 30 s, about a ninth of the pool.
+weight per 30 s, about a ninth of the pool. A spent pool (other clients on the same IP) answers
+HTTP 429 with code 429000 and no ``Retry-After``: the wait until its quota resets is the header
+``gw-ratelimit-reset``, in milliseconds, and the docs say to send nothing until then
+(`rate_limit_wait_s`; at most the pool's 30 s window is believed).
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ _PING_BOUNDS_S: Final = (0.2, 120.0)
 _TOPIC: Final = "/market/ticker:"
 _LEVEL1_WEIGHT: Final = 2
 _ALL_TICKERS_WEIGHT: Final = 15
+#: The Public pool's window: its quota is reset within it, so a longer reset is not believed.
+_POOL_WINDOW_S: Final = 30.0
 
 
 class _Ticker(msgspec.Struct, gc=False):
@@ -367,6 +372,18 @@ class KucoinSource(Source):
             return f"{self.rest_url}/api/v1/market/orderbook/level1", {"symbol": symbols[0]}
         self._rest_symbol = ""
         return f"{self.rest_url}/api/v1/market/allTickers", {}
+
+    def rate_limit_wait_s(self, headers: Mapping[str, str]) -> float:
+        """A 429 names the milliseconds until the pool's quota resets in ``gw-ratelimit-reset``
+        (KuCoin sends no Retry-After); polls wait that long, at most the pool's window."""
+        named = super().rate_limit_wait_s(headers)
+        try:
+            reset_s = float(headers.get("gw-ratelimit-reset", "")) / 1000.0
+        except ValueError:
+            return named
+        if not reset_s > 0.0:  # zero, negative or NaN: no wait named
+            return named
+        return max(named, min(reset_s, _POOL_WINDOW_S))
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         try:

@@ -46,7 +46,8 @@ messages, no acks). Rules from the docs and the server source that shape this fi
 - Public rate limit: 30 requests per 10 s per IP, then 429 for 60 s. The stream is one request
   per connection; REST ``/v2/updates/price/latest`` takes many ids, so one poll is one request
   for up to `rest_batch_size` ids (2 s interval by default: 5 requests per 10 s). Failed ids are
-  left out of polls.
+  left out of polls. The docs name no ``Retry-After`` for the 429, so after one the next poll
+  waits the documented 60 s (`rate_limit_wait_s`), not one poll interval.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ _I64: Final = 2**63
 # A partial SSE line longer than this is not Hermes: the connection is dropped.
 _MAX_LINE: Final = 4 * 1024 * 1024
 _SSE_HEADERS: Final = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+# How long the public Hermes answers 429 to a client that went over its limit (docs).
+_RATE_LIMIT_BAN_S: Final = 60.0
 # The stream has no total or read timeout: the base's watchdog judges liveness.
 _STREAM_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, sock_read=None)
 
@@ -244,6 +247,11 @@ class PythHermesSource(Source):
         if status == 404:
             self._fail_missing(body.decode(errors="replace"))
         return status, body, error
+
+    def rate_limit_wait_s(self, headers: Mapping[str, str]) -> float:
+        """Hermes answers 429 for the 60 s after a client went over its limit (docs); a
+        ``Retry-After``, if one comes, is obeyed instead."""
+        return super().rate_limit_wait_s(headers) or _RATE_LIMIT_BAN_S
 
     def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
         return f"{self.rest_url}/v2/updates/price/latest", self._query(symbols)

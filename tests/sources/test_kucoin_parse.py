@@ -116,6 +116,26 @@ def test_few_symbols_poll_level1_one_by_one(harness: Harness[KucoinSource]) -> N
     assert harness.stats.dropped == {"unknown_symbol": 1, "venue_error": 1}
 
 
+@pytest.mark.parametrize(
+    ("headers", "wait_s"),
+    [
+        ({"gw-ratelimit-reset": "12500"}, 12.5),  # ms until the pool's quota resets
+        ({"gw-ratelimit-reset": "600000"}, 30.0),  # past the pool's 30 s window: not believed
+        ({"gw-ratelimit-reset": "500", "Retry-After": "4"}, 4.0),  # the longer of the two
+        ({"gw-ratelimit-reset": "NaN"}, 0.0),
+        ({"gw-ratelimit-reset": "-5"}, 0.0),
+        ({"gw-ratelimit-reset": "soon"}, 0.0),
+        ({"gw-ratelimit-reset": "soon", "Retry-After": "4"}, 4.0),
+        ({}, 0.0),
+    ],
+)
+def test_a_rate_limit_answer_waits_the_reset_it_names(
+    harness: Harness[KucoinSource], headers: dict[str, str], wait_s: float
+) -> None:
+    """A 429 names the wait in gw-ratelimit-reset (ms); a value that is no wait names none."""
+    assert harness.source.rate_limit_wait_s(headers) == wait_s
+
+
 async def test_many_symbols_poll_all_tickers_in_one_request() -> None:
     """Eight or more symbols take one allTickers request; rows of other symbols are skipped.
     The answer's `time` is when the whole snapshot was made, not a time of any book: the rows

@@ -1,13 +1,17 @@
-"""The KuCoin adapter on its loopback simulator: the bullet's ping interval and host. The faults
+"""The KuCoin adapter on its loopback simulator: the bullet's ping interval and host, the REST
+rate limit's own header. The faults
 all venues share (first connection and its bullet, REST fallback among them) run from
 test_stream_faults.py."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from venue_cases import CASE, Start, Wait
 
 from oracled.sim.kucoin import KucoinSim
+from oracled.sources import ConnState
 
 VENUE = CASE["kucoin"]  # what `sim` and `start` build (conftest.py)
 PRICES = {"BTC-USDT": 67_000.0, "ETH-USDT": 3_500.0}  # what VENUE's simulator starts from
@@ -68,3 +72,31 @@ async def test_a_sequence_that_restarted_lower_is_followed_on_the_same_connectio
     since = len(run.quotes)
     await wait(lambda: run.pairs(since) == BOTH and run.stats.sequence_resets == 2)
     assert sim.stats.connections == 1 and run.stats.reconnects == 0
+
+
+async def test_a_spent_rate_limit_pool_stops_polls_until_the_reset_it_names(
+    sim: KucoinSim, start: Start, wait: Wait
+) -> None:
+    """KuCoin's 429 (code 429000) names the time until the Public pool's quota resets in
+    gw-ratelimit-reset, in ms, and sends no Retry-After; the docs say to send nothing until
+    then. Here it names 30 s: one poll, then none in six poll intervals. Before, the header was
+    not read and polls went on every interval into the spent pool."""
+    sim.rest_status, sim.rate_limit_reset_ms = 429, 30_000  # the bullet too: no stream, polls
+    run = await start()
+    await wait(lambda: sim.stats.rest_requests >= 1)
+    await asyncio.sleep(0.6)  # six poll intervals
+    assert sim.stats.rest_requests == 1
+    assert run.stats.dropped["rest_error"] == 1 and run.stats.state is ConnState.DOWN
+
+
+async def test_a_short_rate_limit_reset_lets_polls_go_on_after_it(
+    sim: KucoinSim, start: Start, wait: Wait
+) -> None:
+    """The wait is the one the header names, not a fixed one: a reset 0.2 s away is waited out
+    and polling goes on (and prices once the pool answers again)."""
+    sim.ws_enabled = False  # handshakes refused: the stream stays down once the bullet works
+    sim.rest_status, sim.rate_limit_reset_ms = 429, 200
+    run = await start()
+    await wait(lambda: sim.stats.rest_requests >= 3)
+    sim.rest_status = None
+    await wait(lambda: run.stats.state is ConnState.POLLING)

@@ -1,6 +1,6 @@
 """The Pyth Hermes adapter on its loopback Hermes: unknown ids, error events, the 24 h notice,
-non-stream answers. Shared faults (the first stream, keep-alives, REST fallback among them):
-test_stream_faults.py."""
+non-stream answers, the rate limit's minute. Shared faults (the first stream, keep-alives, REST
+fallback among them): test_stream_faults.py."""
 
 from __future__ import annotations
 
@@ -75,6 +75,21 @@ async def test_rest_not_found_fails_the_unknown_id_and_polls_the_rest(
     await wait(lambda: UNKNOWN in run.stats.failed_instruments)
     await wait(lambda: run.pairs() == {"BTC/USD", "ETH/USD"})
     assert run.stats.state is ConnState.POLLING
+
+
+async def test_a_rate_limited_poll_waits_the_documented_minute(
+    sim: PythHermesSim, start: Start, wait: Wait
+) -> None:
+    """Hermes answers 429 for the 60 s after a client went over its limit and names no
+    Retry-After (docs): after one, no further poll in six poll intervals, the source down and
+    no feed blamed. Before, the next poll went out one interval later, into the same ban."""
+    sim.ws_enabled, sim.rest_status = False, 429  # no stream: the source polls
+    run = await start()
+    await wait(lambda: sim.stats.rest_requests >= 1)
+    await asyncio.sleep(0.6)  # six poll intervals
+    assert sim.stats.rest_requests == 1
+    assert run.stats.dropped["rest_error"] == 1 and run.stats.state is ConnState.DOWN
+    assert run.stats.failed_instruments == {} and run.quotes == []
 
 
 async def test_hermes_time_limit_notice_is_a_planned_rotation(start: Start, wait: Wait) -> None:
