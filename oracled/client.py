@@ -619,19 +619,7 @@ class OracleClient:
             if len(rounds) >= _ROUNDS_PER_SIGNER:
                 del rounds[next(iter(rounds))]
             rounds[sp.ts] = sp
-        live = sp.status in _LIVE
-        marked = live and sp.mark_mode not in (None, "none")
-        self._latest.setdefault(sp.market, {})[signer] = SignerReport(
-            signer=signer,
-            ts=sp.ts,
-            round=sp.round,
-            status=sp.status,
-            price=Decimal(int(sp.price)).scaleb(sp.expo) if live else None,
-            confidence=Decimal(int(sp.confidence)).scaleb(sp.expo) if live else None,
-            mark=Decimal(int(sp.mark)).scaleb(sp.expo) if marked and sp.mark is not None else None,
-            mark_mode=sp.mark_mode,
-            identity=self.identity_of[signer],
-        )
+        self._latest.setdefault(sp.market, {})[signer] = self._report(sp, signer)
         identity = self.identity_of[signer]
         newest = self._newest.get(identity)
         if newest is None or sp.ts > newest:
@@ -646,6 +634,22 @@ class OracleClient:
             _log.info("client signer current", signer=signer, identity=identity, ts=sp.ts)
         self.accepted += 1
         self.updated.set()
+
+    def _report(self, sp: SignedPrice, signer: str) -> SignerReport:
+        """What views read of an accepted message: the latest, or an earlier one (`upto`)."""
+        live = sp.status in _LIVE
+        marked = live and sp.mark_mode not in (None, "none")
+        return SignerReport(
+            signer=signer,
+            ts=sp.ts,
+            round=sp.round,
+            status=sp.status,
+            price=Decimal(int(sp.price)).scaleb(sp.expo) if live else None,
+            confidence=Decimal(int(sp.confidence)).scaleb(sp.expo) if live else None,
+            mark=Decimal(int(sp.mark)).scaleb(sp.expo) if marked and sp.mark is not None else None,
+            mark_mode=sp.mark_mode,
+            identity=self.identity_of[signer],
+        )
 
     def note_stalled(self, signer: str, message: str, source: str = "") -> Stall | None:
         """`signer`'s daemon says its rounds have stalled (`message`, its words): every report
@@ -684,12 +688,18 @@ class OracleClient:
     def markets(self) -> list[str]:
         return sorted(self._latest)
 
-    def price(self, market: str) -> MarketView:
-        """The market's verified price and status now (freshness is judged at call time)."""
+    def price(self, market: str, *, upto: Mapping[str, int] | None = None) -> MarketView:
+        """The market's verified price and status now (freshness is judged at call time).
+
+        `upto`: per identity, the newest round time whose reports count (each signer's newest
+        report at or before it; an identity not in it counts with none). A consumer that
+        takes a daemon's rounds whole gives each identity's last complete round, so that no
+        market is priced from a round whose other markets are still to come."""
         now = self._now_ms()
+        latest = self._latest.get(market, {})
         fresh = tuple(
             r
-            for r in self._latest.get(market, {}).values()
+            for r in (latest.values() if upto is None else self._held_upto(market, latest, upto))
             if now - r.ts <= self.max_age_ms and r.ts - now <= self.max_future_ms
         )
         stalls: tuple[Stall, ...] = ()
@@ -732,6 +742,29 @@ class OracleClient:
                 stalled=stalls,
             )
         return MarketView(market, "unknown", None, None, (), fresh, stalled=stalls)
+
+    def _held_upto(
+        self, market: str, held: Mapping[str, SignerReport], upto: Mapping[str, int]
+    ) -> list[SignerReport]:
+        """Per signer of `market`, its newest report at or before its identity's time in
+        `upto`: the latest one, or an earlier one it accepted (the last `_SEEN_PER_KEY`)."""
+        out: list[SignerReport] = []
+        for signer, report in held.items():
+            limit = upto.get(report.identity)
+            if limit is None:
+                continue
+            if report.ts <= limit:
+                out.append(report)
+                continue
+            seen = self._seen.get((signer, market))
+            if seen is None:
+                continue
+            ts = next((ts for ts in reversed(seen.accepted) if ts <= limit), None)
+            sp = None if ts is None else seen.reports.get(ts)
+            # None in `_rounds`: the signer equivocated at that time, which withdrew it.
+            if sp is not None and self._rounds.get(signer, {}).get(sp.ts, sp) is not None:
+                out.append(self._report(sp, signer))
+        return out
 
     def prices(self) -> Mapping[str, MarketView]:
         return {m: self.price(m) for m in self.markets}

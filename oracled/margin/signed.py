@@ -16,11 +16,15 @@ engine the client's quorum view of each market, never a frame itself:
   any other (measured from its last usable view);
 * a daemon's signed frames come one per market, so the service groups them by round time: the
   engine's views are refreshed, and a decision taken, once a daemon's round is complete (every
-  market it serves, or its next round began), never between two markets of one round;
+  market it serves, or its next round began). A round counts only once complete: while a round
+  of any daemon is coming in, a live view is made of each identity's reports up to its last
+  complete round (`OracleClient.price`'s `upto`), so every decision rests on one round of each
+  daemon across its markets (but a market missing from a round, which keeps that daemon's
+  report before it), never on a round half in, nor on the first frame of a daemon's next round
+  that completed the one before. A daemon left mid-round holds back no other: its complete
+  rounds count until they age out. A view without a price goes at once: it mixes no rounds;
 * every change of a quorum view reaches the engine at once, older or newer: a report withdrawn
-  (a stall, an equivocation) may have been the newest. At the tick, reports age out: the views
-  then changed are taken and decided on, but a new price of a market whose daemon's round is
-  still coming in waits for the rest of it (a view without a price mixes no rounds);
+  (a stall, an equivocation) may have been the newest; at the tick, reports age out;
 * a daemon's `stalled` frame withdraws its reports: the client is told (`note_stalled`) that
   the signer last verified from that daemon stalled, so its identity's reports leave every
   quorum at once, however young, until a report of a later round of it is verified. A market
@@ -31,7 +35,7 @@ engine the client's quorum view of each market, never a frame itself:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO
 
 import aiohttp
@@ -160,6 +164,9 @@ class SignedMarginService(MarginService):
         # Per daemon: the round time being received and the markets of it verified so far
         # (None once the round was complete and decided on).
         self._round: dict[str, tuple[int, set[str] | None]] = {}
+        # Per identity, the time of its last complete round: the newest of its reports that
+        # count while a round of any daemon is coming in (`OracleClient.price`'s `upto`).
+        self._settled: dict[str, int] = {}
         # The last verified view given to the engine per market, and the markets now frozen
         # for want of a quorum, with why (NO_QUORUM, or STALLED_QUORUM).
         self._fed: dict[str, PriceView] = {}
@@ -211,26 +218,29 @@ class SignedMarginService(MarginService):
         self._heard[url] = sp.signer
         if self._subs_of(url).reported(sp.market):
             self._available((sp.market,))
-        self._arrived(url, sp.market, sp.ts)
+        self._arrived(url, sp.signer, sp.market, sp.ts)
         return ()
 
-    def _arrived(self, url: str, market: str, ts: int) -> None:
+    def _arrived(self, url: str, signer: str, market: str, ts: int) -> None:
         """Group a daemon's verified frames by round time; decide once its round is complete."""
         current, seen = self._round.get(url, (-1, None))
         if ts > current:
+            self._round[url] = (ts, {market})  # coming in: counts once it is complete
             if seen:  # the next round began: the one before is all there will be
-                self._round_complete()
-            current, seen = ts, set()
-            self._round[url] = (current, seen)
+                self._round_complete(signer, current)
+            current, seen = self._round[url]
         if ts != current or seen is None:
             return  # a late frame (taken by the client) or one of a round decided on
         seen.add(market)
         unavailable = self._subs_of(url).unavailable
         if all(m in seen or m in unavailable for m in self.engine.markets):
             self._round[url] = (current, None)
-            self._round_complete()
+            self._round_complete(signer, current)
 
-    def _round_complete(self) -> None:
+    def _round_complete(self, signer: str, ts: int) -> None:
+        """`signer`'s round `ts` is all there will be: its reports up to it count."""
+        identity = self.client.identity_of[signer]
+        self._settled[identity] = max(ts, self._settled.get(identity, ts))
         self._refresh()
         super()._decide()
 
@@ -244,18 +254,22 @@ class SignedMarginService(MarginService):
             self._refresh()
             super()._decide()
 
-    def _refresh(self, arriving: Collection[str] = ()) -> None:
-        """Give the engine the client's view of every market that changed, but a live one of
-        the markets `arriving` (of a daemon's round still coming in: they wait for the rest)."""
+    def _refresh(self) -> None:
+        """Give the engine the client's view of every market that changed. A live one of a
+        market a daemon's round still coming in has reached is made of each identity's complete
+        rounds only (`_settled`): no market is priced from a round whose other markets are still
+        to come. A view without a price is taken at once: it mixes no rounds."""
         now = self.clock()
+        arriving = self._arriving()
         for market in self.engine.markets:
             quorum = self.client.price(market)
             if quorum.status in _LIVE and market in arriving:
-                continue
+                quorum = self.client.price(market, upto=self._settled)
             self._take(market, quorum, now)
 
     def _arriving(self) -> set[str]:
-        """The markets of the daemons' rounds still coming in, verified so far."""
+        """The markets of the daemons' rounds still coming in, verified so far: elsewhere every
+        report held is of a complete round (its view is the same up to `_settled`)."""
         return {market for _, seen in self._round.values() if seen for market in seen}
 
     def _take(self, market: str, quorum: MarketView, now: int) -> None:
@@ -298,8 +312,6 @@ class SignedMarginService(MarginService):
 
     def _decide(self) -> None:
         # A quorum view changes with time too: a report ages out, and the view lapses, turns
-        # paused, or is the median of the others. Taken at the tick, not a round later; but a
-        # new price of a market whose daemon's round is still coming in waits for the rest of
-        # it (a view without a price mixes no rounds: taken at once).
-        self._refresh(self._arriving())
+        # paused, or is the median of the others. Taken at the tick, not a round later.
+        self._refresh()
         super()._decide()

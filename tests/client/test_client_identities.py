@@ -112,3 +112,37 @@ def test_identities_are_checked_up_front_and_keys_outside_them_refused() -> None
     with pytest.raises(Rejection) as exc:
         client.feed(frame(old, 0))
     assert exc.value.reason == "unknown_signer" and exc.value.signer == OLD.address
+
+
+def test_a_view_up_to_each_identitys_round_counts_the_reports_of_that_round() -> None:
+    """`price(market, upto=...)` counts each identity's newest report at or before its time
+    there: with A's round 2 in but not yet taken (a consumer waiting for the rest of it), the
+    view up to A's round 1 is A's round 1 and B's, though the client holds A's round 2. An
+    identity not in `upto` counts with none (below the quorum of two: `unknown`); a report
+    that an equivocation withdrew is not brought back."""
+    a, b = Rounds(make_config()), Rounds(make_config())
+    a1 = RoundSigner(OLD, "test").sign(a.step())
+    a2 = RoundSigner(OLD, "test").sign(a.step(BTC_USD=1.1))
+    b1 = RoundSigner(OTHER, "test").sign(b.step(BTC_USD=1.02))
+    now = a2.ts + 10
+    client = OracleClient(
+        {"a": OLD.address, "b": OTHER.address}, deployment="test", quorum=2, now_ms=lambda: now
+    )
+    for signed in (a1, b1, a2):
+        client.feed(frame(signed, 0))
+    newest = client.price("BTC/USD")
+    cut = client.price("BTC/USD", upto={"a": a1.ts, "b": b1.ts})
+    assert {(r.identity, r.ts) for r in newest.reports} == {("a", a2.ts), ("b", b1.ts)}
+    assert {(r.identity, r.ts) for r in cut.reports} == {("a", a1.ts), ("b", b1.ts)}
+    prices = {r.identity: r.price for r in cut.reports}
+    assert cut.status == "active" and cut.price is not None and cut.price != newest.price
+    assert prices["a"] is not None and prices["b"] is not None
+    assert cut.price == (prices["a"] + prices["b"]) / 2
+    assert client.price("BTC/USD", upto={"a": a2.ts}).status == "unknown"
+    twin = RoundSigner(OLD, "test").sign(Rounds(make_config()).step(BTC_USD=0.9))
+    assert twin.ts == a1.ts  # another round at round 1's time, by A's key
+    with pytest.raises(Rejection) as refused:
+        client.feed(frame(twin, 0))
+    assert refused.value.reason == "equivocation"
+    cut = client.price("BTC/USD", upto={"a": a1.ts, "b": b1.ts})
+    assert [r.identity for r in cut.reports] == ["b"] and cut.status == "unknown"

@@ -24,7 +24,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
-from api_rig import CONFIG, INTERVAL, PRICES, TOKEN, DaemonServer, Rig
+from api_rig import CONFIG, INTERVAL, PRICES, T0, TOKEN, DaemonServer, Rig
 
 from oracled.api import build_app
 from oracled.cli import main
@@ -34,8 +34,8 @@ from oracled.margin import MarginEngine, parse_accounts
 from oracled.margin.prices import Frozen, Resolved
 from oracled.margin.service import MarginService
 from oracled.margin.signed import SignedMarginService
-from oracled.model import Quote
-from oracled.publish.signer import RoundSigner, SigningKey
+from oracled.model import Quote, Status
+from oracled.publish.signer import MARK_MODE_CODES, Leaf, RoundSigner, SigningKey
 
 SAFETY_S = 15.0  # guards against hangs only
 KEYS = [SigningKey.from_hex("0x" + f"{n:02x}" * 32) for n in (0x41, 0x42, 0x43, 0x44)]
@@ -160,16 +160,21 @@ def signed_section(rigs: list[SignedRig], quorum: int = 1, deployment: str = "te
 
 
 def accounts(
-    policy: dict[str, Any], signed: Any, *accts: dict[str, Any], max_notional: float | None = None
+    policy: dict[str, Any],
+    signed: Any,
+    *accts: dict[str, Any],
+    max_notional: float | None = None,
+    assets: dict[str, Any] | None = None,
 ) -> MarginEngine:
-    """An engine on these accounts; `max_notional`: BTC-PERP's concentration limit."""
+    """An engine on these accounts; `max_notional`: BTC-PERP's concentration limit; `assets`:
+    more than USD."""
     tiers = [{"initial": 0.02, "maintenance": 0.01}]
     btc: dict[str, Any] = {"market": "BTC/USD", "tiers": tiers}
     if max_notional is not None:
         btc["max_notional"] = max_notional
     data: dict[str, Any] = {
         "policy": {"liquidation_fee": 0.0, **policy},
-        "assets": {"USD": {}},
+        "assets": {"USD": {}, **(assets or {})},
         "instruments": {"BTC-PERP": btc, "ETH-PERP": {"market": "ETH/USD", "tiers": tiers}},
         "accounts": list(accts),
     }
@@ -424,6 +429,154 @@ async def test_a_hedge_is_judged_on_one_signed_round_not_on_a_mix_of_two(
     btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
     assert isinstance(btc, Resolved) and btc.ref.kind == "mark"
     assert btc.position_value == pytest.approx(64_000 * 0.98 * (1 + PREMIUM), rel=1e-4)
+
+
+class StandIn:
+    """A stand-in daemon on loopback: acks the subscribe request, then sends the signed frames
+    the test hands it, when it hands them (so that several daemons' rounds interleave as the
+    test says). Its rounds are signed by a real RoundSigner."""
+
+    def __init__(self, key: SigningKey) -> None:
+        self.signer = RoundSigner(key, "test")
+        self.frames: asyncio.Queue[str] = asyncio.Queue()
+        app = web.Application()
+        app.router.add_get("/v1/stream", self._stream)
+        self.server = DaemonServer(app, host="127.0.0.1")
+
+    def signed_round(self, ts: int, number: int, prices: dict[str, float]) -> dict[str, str]:
+        """One signed round, every market active at its price (its mark too, from the
+        perpetuals): the stream's `signed` frame of each market."""
+        perps = MARK_MODE_CODES["perps"]
+        leaves = tuple(
+            Leaf(m, ts, Status.ACTIVE, round(p * 100), 1, -2, round(p * 100), perps)
+            for m, p in prices.items()
+        )
+        signed = self.signer.sign_leaves(ts, number, leaves)
+        return {
+            leaf.market: '{"type":"signed","data":' + signed.envelope(i).decode() + "}"
+            for i, leaf in enumerate(leaves)
+        }
+
+    async def _stream(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        asked = await ws.receive_json()
+        await ws.send_json({"type": "subscribed", "markets": asked["markets"], "signed": True})
+
+        async def send() -> None:
+            while True:
+                await ws.send_str(await self.frames.get())
+
+        sender = asyncio.create_task(send())
+        try:
+            async for _ in ws:  # until the service goes
+                pass
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        return ws
+
+
+def rested_on(decision: dict[str, Any]) -> dict[str, set[int]]:
+    """Per identity, the round times of its signed reports that a decision's drivers rest on."""
+    refs = decision["drivers"] if "drivers" in decision else [decision["driver"]]
+    out: dict[str, set[int]] = {}
+    for ref in refs:
+        for signer in ref["signers"]:
+            out.setdefault(signer["identity"], set()).add(signer["ts"])
+    return out
+
+
+async def test_a_decision_rests_on_one_round_of_each_daemon_across_its_markets(
+    serve: Servers,
+) -> None:
+    """Two stand-in daemons, quorum 2, their signed frames interleaved; a hedge (long BTC, short
+    ETH) and a long of both. A daemon's round was taken whole, but not the other's: when A's
+    round 2 was complete, B's was half in (BTC), and every market's view was taken, so BTC
+    rested on B's round 2 and ETH on its round 1 (the hedge, judged on BTC down 2 % and ETH
+    down 1 %, was put reduce_only). Likewise A's round 3, which lacked SOL, was completed by
+    the first frame of its round 4 (BTC, 10 % down), already in the client: BTC was priced
+    from A's round 4, ETH from its round 3, and both accounts were liquidated on BTC 5 % down
+    against ETH unchanged. Now, while a round of any daemon is coming in, each daemon counts
+    by its last complete round: every decision rests on one round time of each identity
+    across its markets, the hedge stays healthy, the long is called at round 2 and cleared
+    at round 3, and a daemon left mid-round (A, round 4) holds back no other's: B's round 4
+    is taken with A's round 3."""
+    a, b = StandIn(KEYS[0]), StandIn(KEYS[1])
+    urls = []
+    for daemon in (a, b):
+        await daemon.server.start_server()
+        serve.stops.append(daemon.server.close)
+        urls.append(str(daemon.server.make_url("/v1/stream")).replace("http://", "ws://"))
+    signed = {
+        "deployment": "test",
+        "signers": {"daemon-a": KEYS[0].address, "daemon-b": KEYS[1].address},
+        "quorum": 2,
+    }
+    hedged = {
+        "id": "hedged",
+        "collateral": {"USD": 2_000},
+        "positions": [
+            {"instrument": "BTC-PERP", "qty": 1, "entry": 64_000},
+            {"instrument": "ETH-PERP", "qty": -64_000 / 3_100, "entry": 3_100},
+        ],
+    }
+    long = {  # healthy at the start; at 2 % down, equity 1,542 against a warning level of 1,852
+        "id": "long",
+        "collateral": {"USD": 4_062},
+        "positions": [
+            {"instrument": "BTC-PERP", "qty": 1, "entry": 64_000},
+            {"instrument": "ETH-PERP", "qty": 20, "entry": 3_100},
+        ],
+    }
+    eng = accounts({}, signed, hedged, long, assets={"SOL": {"market": "SOL/USD"}})
+    assert eng.spec.signed is not None and "SOL/USD" in eng.markets
+    out = io.BytesIO()
+    now = T0 + 1_000
+    service = SignedMarginService(
+        eng, urls, out, eng.spec.signed, step_ms=60_000, clock=lambda: now
+    )
+    await serve.run(service)
+
+    def prices(scale: float) -> dict[str, float]:
+        return {"BTC/USD": 64_000 * scale, "ETH/USD": 3_100 * scale, "SOL/USD": 150 * scale}
+
+    async def send(daemon: StandIn, frame: str) -> None:
+        accepted = service.client.accepted
+        daemon.frames.put_nowait(frame)
+        await until(lambda: service.client.accepted > accepted)
+
+    rounds = {
+        (daemon, n): daemon.signed_round(T0 + 250 * n, n, prices(scale))
+        for daemon in (a, b)
+        for n, scale in ((1, 1.0), (2, 0.98), (3, 1.0), (4, 1.0))
+    }
+    rounds[a, 4]["BTC/USD"] = a.signed_round(T0 + 1_000, 4, prices(0.9))["BTC/USD"]
+    script = [(a, 1, m) for m in prices(1)] + [(b, 1, m) for m in prices(1)]
+    script += [(b, 2, "BTC/USD"), (a, 2, "BTC/USD"), (a, 2, "ETH/USD"), (a, 2, "SOL/USD")]
+    script += [(b, 2, "ETH/USD"), (b, 2, "SOL/USD")]
+    script += [(b, 3, m) for m in prices(1)] + [(a, 3, "BTC/USD"), (a, 3, "ETH/USD")]
+    script += [(a, 4, "BTC/USD")] + [(b, 4, m) for m in prices(1)]
+    for daemon, n, market in script:
+        await send(daemon, rounds[daemon, n][market])
+    made = decisions(out)
+    mixed = [(d["kind"], d["account"], rested_on(d)) for d in made]
+    assert all(len(times) == 1 for *_, on in mixed for times in on.values()), mixed
+    # A's round 1 alone is no quorum: both accounts wait for B's (`no_report`), then priced.
+    start = [("freeze", ["no_report", "no_report"]), ("unfreeze", None)]
+    hedge = [(d["kind"], d.get("reasons")) for d in made if d["account"] == "hedged"]
+    assert hedge == start and eng.state("hedged") == "healthy"
+    called = [d for d in made if d["account"] == "long"]
+    assert [(d["kind"], d.get("reasons")) for d in called[:2]] == start
+    assert [(d["kind"], d.get("state")) for d in called[2:]] == [
+        ("margin_call", "warning"),
+        ("margin_call", "healthy"),
+    ]
+    assert rested_on(called[2]) == {"daemon-a": {T0 + 500}, "daemon-b": {T0 + 500}}
+    btc = eng.prices(now)["BTC/USD"]
+    assert isinstance(btc, Resolved) and btc.value == pytest.approx(64_000)
+    on = {(s.identity, s.ts) for s in btc.ref.signers}
+    assert on == {("daemon-a", T0 + 750), ("daemon-b", T0 + 1_000)}
 
 
 async def test_a_quorum_of_replicas_outvotes_a_liar_and_one_alone_is_no_price(
