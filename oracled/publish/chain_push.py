@@ -557,22 +557,19 @@ class ChainPusher:
             self._log.error(event, **detail)
 
     async def _settle(self, inflight: _InFlight) -> None:
-        """Confirm the transaction in flight if mined; replace it if stuck for too long."""
-        # The count first: if it says the nonce is mined, the receipts read next are there too.
+        """Confirm the transaction in flight if mined; replace it if stuck for too long.
+
+        The count first, and the receipts only once it says the nonce is mined (then they are
+        there too): a look at a pending transaction costs one request, however many hashes were
+        sent for its nonce (one more with each replacement)."""
         mined = await self._quantity("eth_getTransactionCount", [self.address, "latest"])
-        for tx_hash, batch in reversed(inflight.sent):
-            receipt = await self.rpc.call("eth_getTransactionReceipt", [tx_hash])
-            if receipt is not None:
-                if not isinstance(receipt, dict):
-                    self.stats.bad_answers += 1
-                    raise _BadAnswer(f"eth_getTransactionReceipt: {receipt!r:.40} not a receipt")
-                status = self._hex("eth_getTransactionReceipt status", receipt.get("status"))
-                block = self._hex(
-                    "eth_getTransactionReceipt blockNumber", receipt.get("blockNumber")
-                )
-                self._mined(inflight.nonce, batch, tx_hash, status, block)
-                return
-        if mined > inflight.nonce:  # the nonce went through under a hash we never sent
+        if mined > inflight.nonce:
+            for tx_hash, batch in reversed(inflight.sent):
+                receipt = await self.rpc.call("eth_getTransactionReceipt", [tx_hash])
+                if receipt is not None:
+                    self._mined_receipt(inflight.nonce, batch, tx_hash, receipt)
+                    return
+            # the nonce went through under a hash we never sent
             self._inflight, self.stats.pending = None, False
             self._log.warning("nonce used by another transaction", nonce=inflight.nonce)
             return
@@ -582,6 +579,14 @@ class ChainPusher:
             self._behind_gap(inflight, mined)
             return
         await self._replace(inflight)
+
+    def _mined_receipt(self, nonce: int, batch: _Batch, tx_hash: str, receipt: Any) -> None:
+        if not isinstance(receipt, dict):
+            self.stats.bad_answers += 1
+            raise _BadAnswer(f"eth_getTransactionReceipt: {receipt!r:.40} not a receipt")
+        status = self._hex("eth_getTransactionReceipt status", receipt.get("status"))
+        block = self._hex("eth_getTransactionReceipt blockNumber", receipt.get("blockNumber"))
+        self._mined(nonce, batch, tx_hash, status, block)
 
     def _behind_gap(self, inflight: _InFlight, mined: int) -> None:
         """The transaction in flight was sent after one the chain had mined, and the chain's
@@ -633,6 +638,9 @@ class ChainPusher:
             if await self._dropped(inflight):
                 await self._send_again(inflight)
                 return
+            # Asked again in `replace_after_s`: the cap holds for as long as it is set (the bump
+            # is over the fee in flight), and each look asks the node for every hash sent.
+            inflight.sent_at = self.clock.monotonic()
             if not inflight.capped:
                 inflight.capped = True
                 self.stats.transactions["gas_cap"] += 1

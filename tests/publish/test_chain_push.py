@@ -293,6 +293,49 @@ async def test_a_stuck_transaction_is_not_replaced_above_the_cap(rig: Rig) -> No
     assert len(inflight.sent) == 1
 
 
+async def test_a_stuck_push_costs_one_request_a_look_however_often_it_was_replaced(
+    rig: Rig,
+) -> None:
+    """Mining stopped, the push replaced three times and then held at the cap: a look that
+    neither replaces nor finds the nonce mined asks the node one thing, its transaction count.
+    It used to ask for the receipt of every hash sent for the nonce at every look, and, held
+    at the cap, whether the node still knew each of them too: 2 + 2n requests a second for a
+    push replaced n times (about 80 at a 100 gwei cap from 1 gwei), on an RPC quota the
+    chain readers may share. The node is asked again once per `replace_after_s`."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(
+            rig, rounds, urls=(proxy.url,), max_gas_price_gwei=4.5, priority_fee_gwei=1.0
+        )
+        await rig.chain.rpc("evm_setAutomine", [False])
+        await pusher.step()
+        inflight = pusher._inflight
+        assert inflight is not None
+        for replaced in (1, 2, 3):
+            rig.clock.advance(5_000)
+            await pusher.step()
+            assert pusher.stats.transactions["replaced"] == replaced
+        rig.clock.advance(5_000)
+        await pusher.step()  # the next bump is over the cap: held, counted once
+        assert pusher.stats.transactions["gas_cap"] == 1 and len(inflight.sent) == 4
+        for _ in range(3):
+            rig.clock.advance(1_000)
+            proxy.methods.clear()
+            await pusher.step()
+            assert proxy.methods == ["eth_getTransactionCount"]
+        rig.clock.advance(2_000)  # replace_after_s since the cap held it: the node asked again
+        proxy.methods.clear()
+        await pusher.step()
+        assert proxy.methods.count("eth_getTransactionByHash") >= 1
+        await rig.chain.rpc("evm_mine")
+        await settle(pusher)
+        assert pusher.stats.transactions["confirmed"] == 1
+        assert (await rig.stored("BTC/USD"))[3] == rounds.now
+    finally:
+        await proxy.stop()
+
+
 async def test_a_push_at_the_cap_that_the_node_dropped_is_sent_again(rig: Rig) -> None:
     """At the cap no replacement is possible; but when the node no longer has the transaction
     (evicted from its pool in a fee spike, or an RPC that took it and lost it) the nonce is free:
