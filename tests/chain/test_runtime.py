@@ -116,6 +116,37 @@ async def test_a_chain_unreachable_at_start_is_retried_without_a_traceback(
     assert chains.readers["local"].stats.restarts == len(retried)
 
 
+async def test_a_rate_limited_start_is_waited_out_not_restarted(
+    http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The only URL answers the start's eth_chainId with QuickNode's per-second limit: the
+    supervised start rests it (1 s), asks again and reads the chain, with the limit counted
+    `rate_limited`, no `chain unreachable`, and no restart counted. Before, the start failed:
+    counted `node`, logged `chain unreachable; retrying` and restarted."""
+    proxy.script = ["limit_32007"]
+    cfg = config(proxy.url, snapshot.eth_proxy)
+    quotes: list[Quote] = []
+    chains = ChainSet(cfg, http, SystemClock())
+    cl = source(cfg, "cl", http, quotes.append)
+    chains.attach(cl)
+    with capture_logs() as logs:
+        tasks = [*chains.start(), asyncio.create_task(cl.run())]
+        try:
+            await until(lambda: bool(quotes))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    reader = chains.readers["local"]
+    assert quotes[0].price == 3000.0
+    assert reader.stats.restarts == 0
+    assert reader.rpc.stats[0].by_kind == {"rate_limited": 1}
+    assert not any(e["event"] == "chain unreachable; retrying" for e in logs)
+    assert [e["event"] for e in logs if "rate_limited" in e.get("error", "")] == [
+        "chain id unknown"
+    ]
+
+
 async def test_an_endpoint_of_another_chain_is_an_error_without_a_traceback(
     http: aiohttp.ClientSession, snapshot: Deployed, anvil: Anvil
 ) -> None:
