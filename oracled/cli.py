@@ -326,7 +326,7 @@ def _cmd_run(
 def _cmd_replay(args: argparse.Namespace) -> int:
     from oracled.config import load_config
     from oracled.replay import replay
-    from oracled.tape import TapeGapError, TapeHeader, TapeLineError, pricing_digest
+    from oracled.tape import TapeGapError, TapeHeader, TapeLineError, pricing_digest, tape_lines
 
     stdin = str(args.tape) == "-"
     name = "<stdin>" if stdin else str(args.tape)
@@ -375,9 +375,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         with contextlib.nullcontext(tape) if stdin else tape:
             if args.out:
                 with args.out.open("wb") as out:
-                    stats = replay(cfg, tape, out, **options)
+                    stats = replay(cfg, tape_lines(tape), out, **options)
             else:
-                stats = replay(cfg, tape, sys.stdout.buffer, **options)
+                stats = replay(cfg, tape_lines(tape), sys.stdout.buffer, **options)
     except BrokenPipeError:  # the reader went away (e.g. piped into head): not an error
         return EXIT_OK
     except KeyboardInterrupt:  # Ctrl-C, `timeout -s INT`: what was written is not the whole tape

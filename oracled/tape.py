@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pydantic loads only where a digest is made: `oracled --help
 
 __all__ = [
     "DEFAULT_MAX_GAP_MS",
+    "MAX_LINE_BYTES",
     "TAPE_FORMAT",
     "TAPE_VERSION",
     "ErrorSink",
@@ -40,6 +41,7 @@ __all__ = [
     "quote_to_line",
     "read_header",
     "read_tape",
+    "tape_lines",
     "write_header",
 ]
 
@@ -49,6 +51,11 @@ TAPE_VERSION = 1
 #: without a venue); past it the replay stops (TapeGapError): a mistyped year in one `ts` would
 #: otherwise be days of CPU and terabytes of reports.
 DEFAULT_MAX_GAP_MS = 86_400_000
+#: The longest tape line read, its newline included (a quote's line is about 200 bytes): a
+#: longer one is skipped as malformed, and `tape_lines` holds no more of it than this. A file
+#: without a newline (/dev/zero, a binary file given as the tape) was read whole as one line.
+MAX_LINE_BYTES = 2**20
+_TOO_LONG = f"longer than {MAX_LINE_BYTES // 2**20} MiB: no tape line is this long"
 
 
 class TapeHeader(msgspec.Struct, forbid_unknown_fields=False):
@@ -207,9 +214,22 @@ def _to_quote(line: _Line) -> Quote:
     )
 
 
+def tape_lines(file: IO[bytes]) -> Iterator[bytes]:
+    """The lines of a tape file as they come, each cut after MAX_LINE_BYTES + 1 bytes: the rest
+    of a longer line is read and dropped when the next line is asked for (`read_tape` reports
+    the line as too long), so that no line is ever held whole."""
+    while line := file.readline(MAX_LINE_BYTES + 1):
+        yield line
+        if len(line) > MAX_LINE_BYTES and line[-1:] != b"\n":
+            while (rest := file.readline(MAX_LINE_BYTES)) and rest[-1:] != b"\n":
+                pass
+
+
 def read_header(first: bytes | str) -> TapeHeader:
     """Line 1 of a tape (a byte order mark before it is skipped); TapeError if it is none this
     build reads."""
+    if len(first) > MAX_LINE_BYTES:
+        raise TapeError(f"line 1: not an oracled-tape header ({_TOO_LONG})")
     if first[:3] == b"\xef\xbb\xbf" or first[:1] == "\ufeff":  # a byte order mark: RFC 8259
         first = first[3:] if isinstance(first, bytes) else first[1:]  # lets a reader skip it
     try:
@@ -260,6 +280,9 @@ def read_tape(
         on_header(header)
     last_ts = -math.inf
     for number, raw in enumerate(it, start=2):
+        if len(raw) > MAX_LINE_BYTES:  # before strip: that would copy it
+            errors.append(TapeLineError(number, _TOO_LONG))
+            continue
         if not raw.strip():
             continue
         try:

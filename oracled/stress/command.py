@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from oracled.errors import ConfigError, TapeError
 from oracled.stress.scenarios import SCENARIOS, build, scenario_accounts, scenario_config
-from oracled.tape import DEFAULT_MAX_GAP_MS, TapeGapError, max_gap_ms
+from oracled.tape import DEFAULT_MAX_GAP_MS, TapeGapError, max_gap_ms, tape_lines
 
 if TYPE_CHECKING:  # the heavy parts load only when a command runs, not for `oracled run`
     from oracled.config import Config
@@ -85,7 +85,7 @@ def _inputs(
         f = files.enter_context(args.tape.open("rb"))
     except OSError as exc:  # missing or unreadable: a bad argument, as `oracled replay` says
         raise ValueError(f"{args.tape}: cannot read ({exc.strerror})") from exc
-    return cfg, accounts, f
+    return cfg, accounts, tape_lines(f)
 
 
 def cmd_stress(args: argparse.Namespace) -> int:

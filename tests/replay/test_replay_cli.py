@@ -78,3 +78,17 @@ def test_an_interrupted_replay_says_its_output_is_incomplete_and_exits_130(
     assert proc.returncode == 130, err
     assert b"interrupted: the output is incomplete" in err
     assert b"Traceback" not in err
+
+
+def test_dev_zero_as_the_tape_is_refused_at_its_first_mib() -> None:
+    """`oracled replay` of /dev/zero (a file without a newline) read it as one endless line, its
+    memory growing until the process was killed: now line 1 is refused as too long to be a
+    header after 1 MiB, exit 1 as for any tape that is none. In a process of its own under a
+    timeout: a regression fails the test instead of hanging it."""
+    replay = [sys.executable, "-m", "oracled.cli", "replay", "--config", str(CONFIG), "/dev/zero"]
+    proc = subprocess.run(replay, capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.endswith(
+        "/dev/zero: line 1: not an oracled-tape header (longer than 1 MiB: no tape line is this"
+        " long)\n"
+    ), proc.stderr

@@ -12,7 +12,7 @@ from oracled.config import load_config
 from oracled.errors import TapeError
 from oracled.model import Quote
 from oracled.replay import replay
-from oracled.tape import TapeLineError, quote_to_line, read_tape
+from oracled.tape import MAX_LINE_BYTES, TapeLineError, quote_to_line, read_tape, tape_lines
 
 CONFIG = Path(__file__).parent.parent / "fixtures" / "tapes" / "config.toml"
 HEADER = b'{"format": "oracled-tape", "version": 1}\n'
@@ -164,3 +164,44 @@ def test_a_header_whose_round_numbering_is_out_of_range_cannot_be_read(
     number stays below 2**53: else line 1 is a header that cannot be read."""
     with pytest.raises(TapeError, match=f"line 1: {why}"):
         _read(HEADER[:-2] + b", " + keys + b"}\n" + GOOD)
+
+
+class _Counting(io.BytesIO):
+    """A tape file that remembers the most bytes one read of it returned."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.largest = 0
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        line = super().readline(size)
+        self.largest = max(self.largest, len(line))
+        return line
+
+
+def test_a_line_over_the_limit_is_skipped_without_being_held_whole() -> None:
+    """A 3 MiB line (a binary file pasted in; /dev/zero has no newline at all) was read whole
+    as one line before being judged: it is named and skipped, no read of it returns more than
+    MAX_LINE_BYTES + 1 bytes, and the quotes on both sides of it are read. A line of exactly
+    MAX_LINE_BYTES, its newline included, is judged by what it holds (a quote padded with
+    JSON's spaces is one)."""
+    padded = GOOD[:-1] + b" " * (MAX_LINE_BYTES - len(GOOD)) + b"\n"
+    assert len(padded) == MAX_LINE_BYTES
+    tape = _Counting(HEADER + GOOD + b"x" * (3 * 2**20) + b"\n" + padded + GOOD)
+    errors: list[TapeLineError] = []
+    quotes = list(read_tape(tape_lines(tape), errors))
+    assert errors == [TapeLineError(3, "longer than 1 MiB: no tape line is this long")]
+    assert len(quotes) == 3
+    assert tape.largest == MAX_LINE_BYTES + 1
+
+
+def test_a_header_over_the_limit_is_a_tape_error_read_no_further() -> None:
+    """Line 1 over the limit is no header: refused once its first MAX_LINE_BYTES + 1 bytes are
+    in, the rest never read (for /dev/zero as the tape, that rest has no end)."""
+    tape = _Counting(b"\0" * (4 * 2**20))
+    with pytest.raises(TapeError) as caught:
+        list(read_tape(tape_lines(tape), []))
+    assert str(caught.value) == (
+        "line 1: not an oracled-tape header (longer than 1 MiB: no tape line is this long)"
+    )
+    assert tape.tell() == MAX_LINE_BYTES + 1

@@ -392,3 +392,23 @@ def test_a_tape_is_read_as_the_run_goes_not_whole_first(
         writer.join()
     assert not gave_up.is_set()
     assert "line 602: no quote for 120" in capsys.readouterr().err
+
+
+def test_dev_zero_as_the_tape_is_refused_at_its_first_mib(tmp_path: Path) -> None:
+    """`oracled stress --tape /dev/zero` read one endless line, its memory growing until the
+    process was killed: line 1 is refused as too long to be a header after 1 MiB (exit 1, as
+    for any tape that is none), in a process of its own under a timeout."""
+    _, cfg, accounts = _scenario_files(tmp_path, "flash_crash")
+    argv = ["stress", "--config", str(cfg), "--tape", "/dev/zero", "--accounts", str(accounts)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "oracled.cli", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == (
+        "oracled stress: /dev/zero: line 1: not an oracled-tape header (longer than 1 MiB: no"
+        " tape line is this long)\n"
+    )
