@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -456,3 +457,19 @@ def test_a_start_removes_the_temporary_file_a_writer_killed_mid_write_left(
     (removed,) = [e for e in logs if e["event"].startswith("signing lease: removed")]
     assert removed["files"] == [left]
     assert removed["log_level"] == "warning"
+
+
+def test_a_lease_file_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    """A FIFO nobody writes at the lease's path: the start's read waited for ever, holding the
+    lock (and the daemon's start) with it; it is a config error naming what the path is, and
+    the lock is let go."""
+    fifo = tmp_path / "lease.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as caught:
+        SignLease.open(fifo, KEY.address, WINDOW, T0)
+    assert caught.value.problems == [
+        f"signing.lease_file: {fifo} (signer {KEY.address}): cannot read it (a FIFO, not a "
+        "regular file)"
+    ]
+    fifo.unlink()
+    SignLease.open(fifo, KEY.address, WINDOW, T0).close(None)  # the refused start let go

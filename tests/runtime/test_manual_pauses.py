@@ -403,3 +403,16 @@ async def test_a_save_that_hangs_is_answered_not_saved_in_time_and_the_stop_does
     finally:
         os.close(holder)  # ends the lease: the stuck open goes on, and its thread ends
         signal.signal(signal.SIGIO, sigio)
+
+
+def test_a_pauses_file_that_is_a_fifo_stops_the_start_without_waiting(tmp_path: Path) -> None:
+    """A FIFO nobody writes at the pauses file's path: the start's read of it waited for ever
+    (before the first round, so the daemon never priced); it is a config error naming what the
+    path is."""
+    fifo = tmp_path / "pauses.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as caught:
+        ManualPauses(fifo).load()
+    assert caught.value.problems == [
+        f"oracle.manual_pauses_file: cannot read {fifo} (a FIFO, not a regular file)"
+    ]
