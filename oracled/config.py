@@ -263,6 +263,9 @@ class NatsConfig(_Frozen):
     jetstream: bool = False
     stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")] = "ORACLED"
     max_age_s: Annotated[float, Field(gt=0, le=366 * 86400)] = 3600.0
+    #: The stream's size limit (the oldest messages go first): an hour of 1,000 markets at the
+    #: default interval is about 18 GB, in memory with `storage = "memory"`.
+    max_bytes: Annotated[int, Field(ge=1 << 20, le=1 << 50)] = 1 << 30
     storage: Literal["file", "memory"] = "file"
     #: Rounds waiting for the publisher; past it the oldest is dropped and counted.
     queue: Annotated[int, Field(ge=1, le=10_000)] = 16

@@ -12,10 +12,11 @@ Subjects, with the configured prefix (default `oracled`):
                               that key when signing is on
 
 With `jetstream = true` the sink creates a stream (default `ORACLED`) over `<prefix>.>` if none
-exists, so a consumer that starts late replays what it missed. Messages go out as core
-publishes, which the stream stores without a per-message acknowledgement round trip (awaited
-JetStream acks run at a few thousand a second, fewer than the messages of one round at 1,000
-markets).
+exists, so a consumer that starts late replays what it missed: the last `max_age_s`, or less
+when that would be over `max_bytes` (a round of 1,000 signed markets is about 1.3 MB stored).
+Messages go out as core publishes, which the stream stores without a per-message
+acknowledgement round trip (awaited JetStream acks run at a few thousand a second, fewer than
+the messages of one round at 1,000 markets).
 
 A stalled round loop sends no round, and silence on the bus looks like a quiet market: so when
 the API's stall watch tells the streams, it hands the sink the same notice (`stalled`), which
@@ -416,6 +417,7 @@ class NatsSink:
             name=self.cfg.stream,
             subjects=[f"{self.cfg.subject_prefix}.>"],
             max_age=self.cfg.max_age_s,
+            max_bytes=self.cfg.max_bytes,  # the oldest go first (the default discard policy)
             storage=StorageType.FILE if self.cfg.storage == "file" else StorageType.MEMORY,
         )
         js = nc.jetstream(timeout=self._jetstream_timeout_s)

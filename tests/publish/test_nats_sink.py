@@ -14,6 +14,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
 from publish_rig import NatsServer, Rounds, make_config, until
 from structlog.testing import capture_logs
 
@@ -205,6 +206,15 @@ async def until_stream(js: Any, name: str, messages: int) -> None:
             await asyncio.sleep(0.02)
 
 
+async def newest_round(js: Any, name: str) -> int | None:
+    """The round number of the newest round message stream `name` holds, None if none yet."""
+    try:
+        msg = await js.get_last_msg(name, "oracled.rounds")
+    except NotFoundError:
+        return None
+    return int(msgspec.json.decode(msg.data)["round"])
+
+
 async def test_nats_down_at_start_then_up_counts_nothing_lost_after(tmp_path: Path) -> None:
     """No server yet: submit never blocks and rounds are counted; once one listens, they flow."""
     srv = NatsServer(tmp_path / "late-server")
@@ -368,6 +378,39 @@ async def test_a_hung_server_is_noticed_and_rounds_meanwhile_are_dropped_not_sen
     finally:
         server.resume()
         await listener.close()
+        await stop(task)
+
+
+async def test_the_stream_the_sink_creates_keeps_at_most_max_bytes_the_newest_first(
+    server: NatsServer,
+) -> None:
+    """The stream is bounded by `max_bytes` as well as by `max_age_s`: every message of every
+    round is stored (about 1.3 MB a round at 1,000 signed markets, 18 GB an hour at the default
+    interval, in memory with `storage = "memory"`), and a stream with an age alone grew that
+    far. Past the limit the oldest messages go and the newest round stays."""
+    cfg = NatsConfig(
+        enabled=True, servers=(server.url,), jetstream=True, stream="SIZED", max_bytes=1 << 20
+    )
+    markets = {f"C{i:04d}/USD": 10.0 + i for i in range(1_000)}
+    rounds = Rounds(make_config(markets), markets)
+    signer = RoundSigner(KEY, "test")
+    sink = NatsSink(cfg)
+    task = await running(sink)
+    probe = await consumer(server.url)
+    try:
+        for n in range(1, 4):
+            last = signer.sign(rounds.step())
+            sink.submit(last)
+            await until(lambda n=n: sink.stats.published == n * 1_001, f"round {n} published")
+        js = probe.jetstream()
+        async with asyncio.timeout(SAFETY_S):  # stored once the server has taken it in
+            while await newest_round(js, "SIZED") != last.round:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        info = await js.stream_info("SIZED")
+        assert info.config.max_bytes == 1 << 20
+        assert 0 < info.state.bytes <= 1 << 20 < 3 * 1_001 * 1_000  # less than what was sent
+    finally:
+        await probe.close()
         await stop(task)
 
 
