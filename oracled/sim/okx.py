@@ -21,17 +21,23 @@ Instruments are named as on the venue: ``BTC-USDT`` is spot, ``BTC-USDT-SWAP`` a
 Each instrument's ``ts`` strictly increases, as a real 100 ms ticker does, so that a `replay_stale`
 frame is recognisably older. A client over ``message_limit`` messages a second is closed with 1008:
 OKX documents only 3 connection requests a second and 480 subscribe requests an hour, so this is a
-stricter stand-in that keeps the client's pacing honest.
+stricter stand-in that keeps the client's pacing honest. With `idle_timeout_s` set, a connection
+that has had neither a message from its client nor a push for that long is closed (1008; counted in
+`idle_cuts`), as the venue closes one after 30 s without data unless the client pings (its
+WebSocket overview: a client keeps a quiet connection with the text ``ping``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import math
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
+import aiohttp
 from aiohttp import web
 
 from oracled.sim._base import Client, Out, SimStats, VenueSim
@@ -84,9 +90,16 @@ class OkxSim(VenueSim):
     GARBAGE: ClassVar[tuple[str, ...]] = GARBAGE
 
     def __init__(
-        self, prices: Mapping[str, float], *, message_limit: int = 3, **kwargs: Any
+        self,
+        prices: Mapping[str, float],
+        *,
+        message_limit: int = 3,
+        idle_timeout_s: float | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(prices, message_limit=message_limit, **kwargs)
+        self.idle_timeout_s = idle_timeout_s
+        self.idle_cuts = 0  # connections closed for the venue's 30-s rule (`idle_timeout_s`)
         self.pings_received = 0  # text "ping" messages from clients
         self._last_ts: dict[str, int] = {}
         self._current: dict[str, dict[str, str]] = {}  # each instrument's last ticker made
@@ -101,6 +114,37 @@ class OkxSim(VenueSim):
 
     def on_connect(self, client: Client) -> None:
         client.state["connId"] = f"{next(self._conn_ids):08x}"[-8:]
+        client.state["active"] = self.now()
+
+    def background(self) -> list[asyncio.Task[None]]:
+        if self.idle_timeout_s is None:
+            return []
+        return [asyncio.create_task(self._reap(), name="sim:okx:idle")]
+
+    async def _reap(self) -> None:
+        """Close each connection that has had no message from its client (a ``ping`` is one, and
+        is answered) and no push for `idle_timeout_s`: the venue's 30-s rule."""
+        assert self.idle_timeout_s is not None
+        limit = self.idle_timeout_s
+        while True:
+            await asyncio.sleep(min(limit / 4, 1.0))
+            now = self.now()
+            for client in list(self.clients):
+                active = client.state["active"]
+                assert isinstance(active, float)
+                if now - active > limit:
+                    self.idle_cuts += 1
+                    client.state["active"] = math.inf  # closed once
+                    await client.ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION)
+
+    def _fan_out(self, symbol: str, frame: str, *, remember: bool = True) -> int:
+        sent = super()._fan_out(symbol, frame, remember=remember)
+        if sent:  # a push keeps its subscribers' connections alive
+            now = self.now()
+            for client in self.clients:
+                if symbol in client.streams:
+                    client.state["active"] = now
+        return sent
 
     def notice(self) -> None:
         """Announce a close for a service upgrade (64008) to every client, as the venue does."""
@@ -110,6 +154,7 @@ class OkxSim(VenueSim):
     # ----------------------------------------------------------------- WebSocket protocol
 
     def on_text(self, client: Client, text: str) -> None:
+        client.state["active"] = self.now()
         if text == "ping":
             self.pings_received += 1
             client.send("pong")

@@ -28,6 +28,26 @@ async def test_sends_text_pings_and_reads_pongs(sim: OkxSim, start: Start, wait:
     assert sim.stats.connections == 1 and run.stats.reconnects == 0
 
 
+async def test_pings_keep_a_quiet_connection_the_venue_would_close(
+    start: Start, wait: Wait
+) -> None:
+    """OKX closes a connection with neither data nor a client message for 30 s; the client's
+    pings, under that interval, keep a quiet one (books frozen: nothing pushed) open. At the
+    registered interval (20 s) against a venue limit shorter than it, the venue cuts the
+    connection: the simulator enforces the rule (it answered pings and never cut before)."""
+    async with OkxSim(PRICES, idle_timeout_s=0.8) as venue:
+        venue.freeze(None)
+        run = await start(venue, cls=FastPingOkx, liveness_timeout_s=5.0)  # pings every 0.3 s
+        await wait(lambda: venue.pings_received >= 8)
+        assert venue.idle_cuts == 0 and venue.stats.connections == 1
+        assert run.stats.reconnects == 0
+    async with OkxSim(PRICES, idle_timeout_s=0.8) as venue:
+        venue.freeze(None)
+        run = await start(venue, liveness_timeout_s=5.0)  # the registered 20 s interval
+        await wait(lambda: venue.idle_cuts >= 1 and run.stats.reconnects >= 1)
+        assert venue.pings_received == 0
+
+
 async def test_upgrade_notice_rotates_without_going_down(
     sim: OkxSim, start: Start, wait: Wait
 ) -> None:
