@@ -45,6 +45,7 @@ from oracled.config import (
 )
 from oracled.core import Core, RoundResult
 from oracled.errors import ConfigError, OracledError, ServiceStopping, TapeError
+from oracled.files import NotRegularFileError
 from oracled.lockfile import LockHeldError, lock_beside
 from oracled.logs import DRAIN_AT_EXIT_S
 from oracled.manual import ManualPauses, Pause
@@ -900,7 +901,7 @@ class Service:
                 floor = reader.last_signed_ts(signer.address)
             finally:
                 reader.close()
-        except (sqlite3.Error, OracledError) as exc:
+        except (sqlite3.Error, OracledError, NotRegularFileError) as exc:
             log.error("signing floor not read: no floor", path=str(path), error=repr(exc))
             return None
         if floor is not None:

@@ -66,6 +66,7 @@ import structlog
 
 from oracled.config import AuditConfig
 from oracled.errors import OracledError
+from oracled.files import require_regular
 from oracled.lockfile import LockHeldError, lock_beside
 from oracled.model import Quote, Report
 from oracled.publish.audit_reserve import DiskReserve
@@ -1081,8 +1082,10 @@ class AuditReader:
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such audit database")
+        try:  # SQLite's open of a FIFO nobody writes would wait for ever: NotRegularFileError
+            require_regular(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such audit database") from None
         self._db = _open_read_only(path)
         try:
             version = _schema_version(self._db)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from oracled.errors import ConfigError
+from oracled.files import NotRegularFileError
 from oracled.model import Report, market_name
 from oracled.publish.audit import (
     AuditDataError,
@@ -384,6 +385,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         reader = AuditReader(args.db)
     except (FileNotFoundError, AuditSchemaError) as exc:  # their messages name the file
         print(f"oracled audit: {exc}", file=sys.stderr)
+        return 2
+    except NotRegularFileError as exc:  # a FIFO, a device, a directory
+        print(f"oracled audit: {args.db}: cannot read ({exc.strerror})", file=sys.stderr)
         return 2
     except sqlite3.Error as exc:  # SQLite's verdict alone does not say which file
         print(f"oracled audit: {args.db}: {exc}", file=sys.stderr)

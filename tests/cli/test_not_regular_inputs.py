@@ -1,8 +1,8 @@
-"""Every command given a config or an accounts file that is no regular file (a FIFO that
-nobody writes, /dev/zero, a directory) says so in one line naming the path and what it is, and
-exits 2 as for any other bad config. A FIFO blocked the command for ever (its open, then its
-read) and /dev/zero was read up to the 16 MiB cap: each command runs in a process of its own
-under a timeout, so that a regression fails the test instead of hanging it."""
+"""Every command given a config, an accounts file or an audit database that is no regular file
+(a FIFO that nobody writes, /dev/zero, a directory) says so in one line naming the path and what
+it is, and exits 2 as for any other bad input. A FIFO blocked the command for ever (its open,
+then its read) and /dev/zero was read up to the 16 MiB cap: each command runs in a process of
+its own under a timeout, so that a regression fails the test instead of hanging it."""
 
 from __future__ import annotations
 
@@ -69,3 +69,11 @@ def test_margin_accounts_that_are_a_fifo_exit_2(tmp_path: Path) -> None:
     fifo = _input(tmp_path, "fifo")
     argv = ["margin", "--accounts", str(fifo), "--url", "ws://127.0.0.1:9/v1/stream"]
     _refused(argv, fifo, "fifo")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_audit_of_a_database_that_is_no_regular_file_exits_2(kind: str, tmp_path: Path) -> None:
+    """`oracled audit --db` of a FIFO nobody writes waited for ever in SQLite's open; a directory
+    was "disk I/O error" and /dev/zero "schema version unknown". Each is exit 2, named."""
+    path = _input(tmp_path, kind)
+    _refused(["audit", "--db", str(path)], path, kind)
