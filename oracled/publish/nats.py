@@ -30,12 +30,12 @@ that trusts the key can tell it from one anyone on the bus could write.
 
 The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
 sends when it can. While the server is unreachable rounds are counted as unpublished (reason
-`disconnected`) rather than buffered: a price published late is worse than none, and JetStream
-keeps what it had. nats-py reconnects on its own after an outage; the sink connects the first
-time (again and again until a server answers), and again whenever nats-py gives a connection up
-for good: it does when the server ends one with an error (credentials revoked by a config
-reload, a user JWT expired), logged at error level (`nats connection closed by the server;
-connecting again`).
+`disconnected`) rather than buffered, the rest of a round the connection was lost in too (nats-py
+would buffer it): a price published late is worse than none, and JetStream keeps what it had.
+nats-py reconnects on its own after an outage; the sink connects the first time (again and again
+until a server answers), and again whenever nats-py gives a connection up for good: it does when
+the server ends one with an error (credentials revoked by a config reload, a user JWT expired),
+logged at error level (`nats connection closed by the server; connecting again`).
 
 A server that hangs with its socket open (a frozen process, a stalled network path) must count as
 down too, or every round would pile into the socket and reach consumers all at once, late, when it
@@ -463,12 +463,14 @@ class NatsSink:
         yield round_subject(prefix), _ENCODER.encode(header)
 
     async def _publish(self, nc: NatsClient, batch: SignedRound | RoundResult | _Notice) -> None:
-        if not nc.is_connected:
-            self.stats.unpublished["disconnected"] += self._size(batch)
-            return
         sent = 0
         try:
             for subject, payload in self._messages(batch):
+                if not nc.is_connected:
+                    # Lost part-way (noticed at a yield): nats-py would keep the rest in its
+                    # pending buffer and send it, late, whenever a server is back.
+                    self.stats.unpublished["disconnected"] += self._size(batch) - sent
+                    return
                 await nc.publish(subject, payload)
                 sent += 1
                 if sent % _YIELD_EVERY == 0:

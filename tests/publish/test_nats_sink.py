@@ -343,6 +343,37 @@ async def test_server_death_is_counted_and_jetstream_keeps_what_it_held(
     await stop(task)
 
 
+async def test_the_rest_of_a_round_the_server_died_in_is_dropped_not_buffered(
+    server: NatsServer,
+) -> None:
+    """The server is killed while the sink is part-way through a round of 1,000 markets: what
+    it would publish once the client knows the connection is lost is counted `disconnected`
+    and dropped. Before, the sink checked the connection once per round, and nats-py took the
+    rest of the round into its pending buffer (2 MB) and sent it when a server was back,
+    however long that took: every message counted `published`, none `disconnected`."""
+    markets = {f"C{i:04d}/USD": 10.0 + i for i in range(1_000)}
+    signed = RoundSigner(KEY, "test").sign(Rounds(make_config(markets), markets).step())
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
+    task = await running(sink)
+    try:
+        sink.submit(signed)
+        async with asyncio.timeout(SAFETY_S):  # the first 256 handed over, the sink yielding
+            while len(signed._envelopes) < 256:  # noqa: ASYNC110 - the cache, read only
+                await asyncio.sleep(0)
+        server.kill()
+        await until(
+            lambda: sink.stats.published + sink.stats.unpublished["disconnected"] == 1_001,
+            "the whole round handed over or counted",
+        )
+        assert not sink.stats.connected
+        assert sink.stats.unpublished["disconnected"] > 0
+        assert sink.stats.published >= 256
+        await server.start()
+        await until(lambda: sink.stats.connected, "reconnected")
+    finally:
+        await stop(task)
+
+
 async def test_a_hung_server_is_noticed_and_rounds_meanwhile_are_dropped_not_sent_late(
     server: NatsServer,
 ) -> None:
