@@ -198,7 +198,9 @@ class ChainPusher:
         self._stored: dict[str, _Stored] = {}
         self._inflight: _InFlight | None = None
         self._nonce = -1
-        self._fee_floor: tuple[int, int] | None = None  # (max_fee, tip) a replacement must beat
+        # (nonce, max_fee, tip): what a push at that nonce must outbid (a node refused it as
+        # underpriced: a transaction of ours, or of a previous run, holds the nonce)
+        self._fee_floor: tuple[int, int, int] | None = None
         self._counted_round = -1
         self._capped = False
         self._failing: str | None = None  # the failure logged for the current episode
@@ -442,12 +444,21 @@ class ChainPusher:
             self._log.info("base fee back under the gas price cap", base_fee_gwei=base / _GWEI)
         max_fee, tip = min(cap, 2 * base + tip), tip
         floor = self._fee_floor
+        if floor is not None and floor[0] != self._nonce:
+            self._fee_floor = floor = None  # it was for a nonce used since
         if floor is not None:  # a pending transaction of ours (or of a previous run) to outbid
-            max_fee, tip = max(max_fee, _bump(floor[0])), max(tip, _bump(floor[1]))
-            if max_fee > cap:
+            bid, bid_tip = max(max_fee, _bump(floor[1])), max(tip, _bump(floor[2]))
+            if bid <= cap:
+                return bid, min(bid_tip, bid)
+            # Over the cap: unless what held the nonce has been mined since, which frees the
+            # pusher of it (held here, it would wait at the cap with nothing pending for ever).
+            mined = await self._quantity("eth_getTransactionCount", [self.address, "latest"])
+            if mined <= floor[0]:
                 self.stats.transactions["gas_cap"] += 1
                 return None
-            tip = min(tip, max_fee)
+            self._fee_floor = None
+            self._nonce = self.stats.nonce = mined
+            self._log.info("the transaction holding the nonce was mined", nonce=mined)
         return max_fee, tip
 
     # -- sending and settling -----------------------------------------------------------------
@@ -482,7 +493,7 @@ class ChainPusher:
         try:
             tx_hash = await self._send_raw("0x" + bytes(signed.raw_transaction).hex())
         except RpcError as exc:
-            await self._refused(exc, max_fee, tip)
+            await self._refused(exc, nonce, max_fee, tip)
             return
         self._fee_floor = None
         if self._failing is not None:
@@ -534,7 +545,7 @@ class ChainPusher:
                 return str(answer["result"])
         raise RpcUnavailable("eth_sendRawTransaction: every endpoint failed")
 
-    async def _refused(self, exc: RpcError, max_fee: int, tip: int) -> None:
+    async def _refused(self, exc: RpcError, nonce: int, max_fee: int, tip: int) -> None:
         """The node refused a transaction: fix what can be fixed for the next step."""
         message = exc.message.lower()
         if "nonce too low" in message or "already known" in message:
@@ -542,7 +553,7 @@ class ChainPusher:
             self._nonce = self.stats.nonce = mined
             self._log.warning("nonce out of step; re-read from the chain", nonce=self._nonce)
         elif "underpriced" in message:
-            self._fee_floor = (max_fee, tip)  # something sits at this nonce: outbid it next time
+            self._fee_floor = (nonce, max_fee, tip)  # something holds the nonce: outbid it
             self._log.warning("a pending transaction holds this nonce; raising the fee")
         else:
             self._failed("push refused by the node", error=exc.message)

@@ -422,6 +422,38 @@ async def test_a_restarted_pusher_continues_the_nonces_and_replaces_what_was_lef
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
 
 
+async def test_a_fee_to_outbid_is_forgotten_once_the_transaction_it_was_for_is_mined(
+    rig: Rig,
+) -> None:
+    """A restart while a push of the last run waits at the cap: the new run's first push, at
+    the cap too, is refused as underpriced, and outbidding it would cross the cap (counted
+    `gas_cap`). Once the old push is mined, the nonce holds nothing to outbid: the pusher
+    pushes again at the next nonce. Before, the fee to beat stayed and every later push was
+    held as over the cap, nothing pending, until the daemon was restarted."""
+    rounds = Rounds(make_config())
+    capped = {"max_gas_price_gwei": 2.0, "priority_fee_gwei": 1.0}
+    first = await first_push(rig, rounds, **capped)
+    await rig.chain.rpc("evm_setAutomine", [False])
+    await first.step()
+    assert first._inflight is not None and first._inflight.max_fee == 2 * GWEI  # at the cap
+    second = rig.pusher(**capped)  # the restart: nonce 0 is the mined count
+    second.submit(rounds.step(BTC_USD=1.02))
+    await second.start()
+    await second.step()  # the same fee as the pending one: refused as underpriced
+    assert second.stats.transactions["error"] == 1
+    await second.step()  # outbidding it would cross the cap
+    assert second.stats.transactions["gas_cap"] == 1 and second.stats.transactions["sent"] == 0
+    await rig.chain.rpc("evm_mine")  # the last run's push is mined
+    await rig.chain.rpc("evm_setAutomine", [True])
+    assert await rig.nonce() == 1
+    await settle(second)
+    await settle(second)
+    assert second.stats.transactions["confirmed"] == 1
+    assert second.stats.transactions["gas_cap"] == 1
+    assert await rig.nonce() == 2
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
 async def test_only_the_pusher_key_can_write_the_contract(rig: Rig) -> None:
     """Another account's update reverts with NotPusher; the stored price stays unset."""
     with pytest.raises(RpcFailed):
