@@ -12,7 +12,8 @@ Assumptions where the public docs are silent: a subscribe naming an unknown prod
 whole with ``{"type":"error","message":"Failed to subscribe","reason":"<id> is not a valid
 product"}`` (the older Exchange feed's shape), and an unknown product on REST answers 400
 ``INVALID_ARGUMENT``. ``sequence_num`` comes from one counter shared by all connections, so each
-connection sees it strictly increasing (the real venue counts per connection).
+connection sees it strictly increasing (the venue's docs do not say what it counts; the adapter's
+check holds whichever way it is counted).
 """
 
 from __future__ import annotations

@@ -20,11 +20,14 @@ missing from the acknowledged list counts as refused.
 
 Rules from the docs that shape this file: most channels close after 60-90 s without updates, so
 the ``heartbeats`` channel (one message a second) is always subscribed and keeps quiet products
-alive for the watchdog; ``sequence_num`` grows by one per message on a connection, so a message
-whose number is not above the last one seen is a replay and is dropped (``stale_sequence``), and
-one more than a thousand below it means the count restarted (or the last number was garbage), so the
-connection is replaced at once, as planned (never down, no backoff, no REST), rather than every
-later message refused (counted in ``sequence_resets``);
+alive for the watchdog. The docs do not say what ``sequence_num`` counts (one counter per
+connection, per channel or per product), so it is read in the one way that holds for all three:
+each product's ticker messages must come with rising numbers on a connection. A ticker message
+whose number is not above that product's last one is a replay and is dropped
+(``stale_sequence``), and one more than a thousand below it means the count restarted (or the last
+number was garbage), so the connection is replaced at once, as planned (never down, no backoff, no
+REST), rather than every later message of the product refused (counted in ``sequence_resets``).
+Other channels' numbers are not checked: they carry no price;
 the envelope ``timestamp`` (RFC 3339, nanoseconds in the docs' samples) is the venue time of the
 quote, taken to the exact millisecond. Each subscription is answered with a ``snapshot`` event
 (then ``update`` events): its time is when it was sent, and the ticker has none of its own; a
@@ -209,18 +212,33 @@ class CoinbaseSource(Source):
             twin = _usd_twin(symbol)
             if twin is not None and twin not in self._by_symbol:
                 self._by_symbol[twin] = self._by_symbol[symbol]
-        self._last_seq = -1
+        self._seq_of = dict.fromkeys(self._by_symbol, -1)  # per product, per connection
         self._rest_symbol = ""
 
-    def _stale_sequence(self, seq: int) -> None:
-        """Drop a message not above the last sequence number; a number far below it means the
-        count restarted, so the connection is replaced (its successor starts a count afresh)."""
+    def _stale_sequence(self, product: str, bar: int, seq: int) -> None:
+        """Drop a ticker message not above its product's last sequence number; a number far
+        below it means the count restarted, so the connection is replaced (its successor starts
+        a count afresh)."""
         self.stats.dropped["stale_sequence"] += 1
-        if self._last_seq - seq > _SEQUENCE_RESET and self._cut is None:
+        if bar - seq > _SEQUENCE_RESET and self._cut is None:
             # Counted and logged once a connection, like the other venues' counter resets.
             self.stats.sequence_resets += 1
-            self._log.warning("sequence reset", bar=self._last_seq, seq=seq)
+            self._log.warning("sequence reset", product=product, bar=bar, seq=seq)
             self._rotate("sequence_reset")
+
+    def _in_sequence(self, product: str, seq: int) -> bool:
+        """Whether a ticker of `product` numbered `seq` is newer than the product's last on this
+        connection (and, if so, keep its number). Unknown products are kept out of the table, so
+        that frames naming made-up products cannot grow it; `_quote` counts them."""
+        seqs = self._seq_of
+        bar = seqs.get(product)
+        if bar is None or seq < 0:
+            return True
+        if seq <= bar:
+            self._stale_sequence(product, bar, seq)
+            return False
+        seqs[product] = seq
+        return True
 
     def venue_symbol(self, pair: str) -> str:
         """BTC/USD -> BTC-USD."""
@@ -231,7 +249,7 @@ class CoinbaseSource(Source):
 
     def _queue_subscriptions(self) -> None:
         """Per connection: sequence numbers restart, heartbeats go first, then the tickers."""
-        self._last_seq = -1
+        self._seq_of = dict.fromkeys(self._by_symbol, -1)
         self._outbox.put_nowait((next(self._ids), ()))
         super()._queue_subscriptions()
 
@@ -265,21 +283,26 @@ class CoinbaseSource(Source):
                 return
             venue_ts = venue
         seq = msg.sequence_num
-        if seq >= 0:
-            if seq <= self._last_seq:
-                self._stale_sequence(seq)
-                return
-            self._last_seq = seq
         events = msg.events
         if len(events) == 1 and len(tickers := events[0].tickers) == 1:
             t = tickers[0]  # the usual message: one event, one ticker
-            self._quote(t.product_id, t.best_bid, t.best_ask, recv_ts, venue_ts, t.price)
+            product = t.product_id
+            # `_in_sequence` inlined for this message: one dictionary read and write a frame.
+            seqs = self._seq_of
+            bar = seqs.get(product)
+            if bar is not None and seq >= 0:
+                if seq <= bar:
+                    self._stale_sequence(product, bar, seq)
+                    return
+                seqs[product] = seq
+            self._quote(product, t.best_bid, t.best_ask, recv_ts, venue_ts, t.price)
             return
         fast = [t for event in events for t in event.tickers]
         if not fast:
             self._bad("shape")
         for t in fast:
-            self._quote(t.product_id, t.best_bid, t.best_ask, recv_ts, venue_ts, t.price)
+            if self._in_sequence(t.product_id, seq):
+                self._quote(t.product_id, t.best_bid, t.best_ask, recv_ts, venue_ts, t.price)
 
     def _message(self, data: str | bytes, recv_ts: int) -> None:
         """The strict path: every frame that is not a ticker message in the documented shape."""
@@ -300,18 +323,15 @@ class CoinbaseSource(Source):
             else:
                 self._bad("shape")
             return
-        seq = msg.sequence_num
-        if seq >= 0:
-            if seq <= self._last_seq:
-                self._stale_sequence(seq)
-                return
-            self._last_seq = seq
         if channel == "ticker":
             tickers = [t for event in msg.events for t in event.tickers or ()]
             if not tickers:
                 self._bad("shape")
             for t in tickers:
-                self._quote_texts(t.product_id, t.best_bid, t.best_ask, recv_ts, venue_ts, t.price)
+                if self._in_sequence(t.product_id, msg.sequence_num):
+                    self._quote_texts(
+                        t.product_id, t.best_bid, t.best_ask, recv_ts, venue_ts, t.price
+                    )
         elif channel == "subscriptions":
             listed: dict[str, list[str]] = {}
             for event in msg.events:

@@ -325,3 +325,43 @@ def test_venue_times_stay_exact_across_many_seconds_and_the_cache_stays_small(
             assert len(coinbase._SECONDS) <= 64
     assert [q.venue_ts for q in harness.quotes] == expected
     assert harness.stats.malformed == 0
+
+
+def test_sequence_numbers_are_held_per_product(harness: Harness[CoinbaseSource]) -> None:
+    """The docs do not say what sequence_num counts. Were it counted per product (or per
+    channel), a quiet product's numbers would sit far below a busy one's: each product's tickers
+    are held to their own last number, so neither is refused behind the other, and a replay of
+    either is still dropped. Heartbeats' numbers are not checked (they carry no price)."""
+    src = harness.source
+    busy = TICKER.replace('"sequence_num": 12', '"sequence_num": 5000')
+    quiet = TICKER.replace("BTC-USD", "ETH-USD").replace('"sequence_num": 12', '"sequence_num": 7')
+    beat = json.loads(HEARTBEAT)
+    beat["sequence_num"] = 9000
+    src.on_message(busy, RECV + 1)
+    src.on_message(json.dumps(beat), RECV + 2)
+    src.on_message(quiet, RECV + 3)
+    src.on_message(quiet, RECV + 4)  # a replay of the quiet product
+    src.on_message(busy.replace('"sequence_num": 5000', '"sequence_num": 4999'), RECV + 5)
+    btc, eth = harness.source._by_symbol["BTC-USD"][0], harness.source._by_symbol["ETH-USD"][0]
+    assert [(q.pair, q.recv_ts) for q in harness.quotes] == [(btc, RECV + 1), (eth, RECV + 3)]
+    assert harness.stats.dropped == {"stale_sequence": 2}
+    assert harness.stats.sequence_resets == 0
+
+
+def test_a_made_up_product_does_not_grow_the_sequence_table(
+    harness: Harness[CoinbaseSource],
+) -> None:
+    """Frames naming products nobody subscribed to are counted as unknown symbols, and their
+    numbers are kept nowhere: the table holds the configured products only."""
+    src = harness.source
+    before = dict(src._seq_of)
+    for n in range(50):
+        src.on_message(
+            TICKER.replace("BTC-USD", f"NOPE{n}-USD").replace(
+                '"sequence_num": 12', f'"sequence_num": {100 + n}'
+            ),
+            RECV + n,
+        )
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"unknown_symbol": 50}
+    assert src._seq_of == before
