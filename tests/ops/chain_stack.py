@@ -67,6 +67,8 @@ class LocalChain:
                     "token0_decimals": pool.decimals0,
                     "token1_decimals": pool.decimals1,
                     "invert": pool.decimals1 == 8,  # token1 is WBTC: the pool prices USD in it
+                    # WBTC is the 8-decimal side: named, so the set-up checks `invert` against it.
+                    "base_token": pool.token0 if pool.decimals0 == 8 else pool.token1,
                 }
             },
         }
