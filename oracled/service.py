@@ -61,7 +61,14 @@ from oracled.runloop import CLOSE_S, MIN_WAIT_S, run_to_end
 from oracled.sources import Source, build_source
 from oracled.sources.evm.runtime import ChainSet
 from oracled.sources.stats import ConnState, SourceStats
-from oracled.tape import header_line, pricing_digest, quote_to_line, read_header
+from oracled.tape import (
+    MAX_LINE_BYTES,
+    header_line,
+    pricing_digest,
+    quote_to_line,
+    read_header,
+    tape_lines,
+)
 
 if TYPE_CHECKING:
     from oracled.publish.nats import NatsSink
@@ -208,14 +215,14 @@ class _TapeRecorder:
         one without a digest, from an older build or `audit --tape`, claims none). A last line
         without its newline (the process died mid-write) is ended, not cut: the torn bytes stay
         as the evidence of the crash (a replay reports the line as unreadable)."""
-        with self.path.open("rb") as tape:
-            first = tape.readline()
+        with self.path.open("rb") as tape:  # never a line held whole: --out may name any file
+            first = tape.readline(MAX_LINE_BYTES + 1)
             tape.seek(-1, os.SEEK_END)
             torn = tape.read(1) != b"\n"
             lines = 0
             if torn:
                 tape.seek(0)
-                lines = sum(1 for _ in tape)
+                lines = sum(1 for _ in tape_lines(tape))
         existing = read_header(first)
         if existing.config_sha256 not in (None, config_sha256):
             raise TapeError(

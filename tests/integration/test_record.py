@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from daemon import Daemon, sim_config
 from structlog.testing import capture_logs
 from venue_sims import BinanceVenues
 
+from oracled.errors import TapeError
 from oracled.model import Quote
 from oracled.service import _TapeRecorder
 from oracled.sim import BinanceSim
@@ -198,3 +200,23 @@ async def test_a_stop_does_not_wait_for_a_tape_write_that_never_returns(
     finally:
         reader.go.set()
         await d.close()
+
+
+def test_append_to_a_file_without_newlines_is_refused_at_its_first_mib(tmp_path: Path) -> None:
+    """`record --out FILE --append` read FILE's first line whole to check its header: a large
+    file without a newline (a binary, a disk image named by mistake) went into memory whole.
+    Line 1 is now read up to MAX_LINE_BYTES + 1 bytes and refused as no header (the most
+    memory Python held meanwhile is the measure)."""
+    path = tmp_path / "image.bin"
+    path.write_bytes(b"\0" * (16 * 2**20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(TapeError) as caught:
+            _TapeRecorder(path, append=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value) == (
+        "line 1: not an oracled-tape header (longer than 1 MiB: no tape line is this long)"
+    )
+    assert peak < 8 * 2**20, peak  # about 5 MB; reading the line whole, about 50 MB
