@@ -88,7 +88,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError
 
 from oracled.config import NatsConfig
 from oracled.lograte import LogEveryMinute
@@ -123,6 +123,10 @@ CONNECT_FAILURE_REASONS = ("credentials", "tls", "unreachable")
 DENIED_SUBJECTS = ("prices", "rounds", "stalled", "jetstream_api", "inbox", "other")
 _DENIED = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"', re.I)
 _YIELD_EVERY = 256  # publishes between two yields to the event loop
+#: JetStream's "insufficient storage resources" and "insufficient memory resources": the
+#: server cannot reserve the stream's max_bytes.
+_NO_ROOM = (10047, 10028)
+_MIN_STREAM_BYTES = 1 << 20
 _RESTART_MAX_S = 30.0
 
 _ENCODER = msgspec.json.Encoder()
@@ -409,31 +413,51 @@ class NatsSink:
 
         An existing stream with other settings is left as it is: operators may have raised its
         replicas or limits on purpose (several replicas publish to one stream), and a daemon
-        must not undo that.
+        must not undo that. A server without room for `max_bytes` (JetStream reserves a
+        stream's limit when it is made; its `max_file_store` or `max_memory_store` may be
+        smaller) is asked for half as much, down to 1 MiB, and the size made is logged: a stream
+        without a limit, as before `max_bytes`, was made there, and one smaller is better than
+        none.
         """
         if not self.cfg.jetstream:
             return
-        config = StreamConfig(
-            name=self.cfg.stream,
-            subjects=[f"{self.cfg.subject_prefix}.>"],
-            max_age=self.cfg.max_age_s,
-            max_bytes=self.cfg.max_bytes,  # the oldest go first (the default discard policy)
-            storage=StorageType.FILE if self.cfg.storage == "file" else StorageType.MEMORY,
-        )
         js = nc.jetstream(timeout=self._jetstream_timeout_s)
-        try:
-            await js.add_stream(config)
-        except BadRequestError as exc:  # it exists with other settings
-            self._log.warning(
-                "jetstream stream exists with other settings; left as it is",
-                stream=self.cfg.stream,
-                detail=str(exc),
+        max_bytes = self.cfg.max_bytes
+        while True:
+            config = StreamConfig(
+                name=self.cfg.stream,
+                subjects=[f"{self.cfg.subject_prefix}.>"],
+                max_age=self.cfg.max_age_s,
+                max_bytes=max_bytes,  # the oldest go first (the default discard policy)
+                storage=StorageType.FILE if self.cfg.storage == "file" else StorageType.MEMORY,
             )
-            return
-        except NatsError as exc:
-            self._log.error("jetstream stream not set up", stream=self.cfg.stream, error=str(exc))
-            return
-        self._log.info("jetstream stream ready", stream=self.cfg.stream)
+            try:
+                await js.add_stream(config)
+            except BadRequestError as exc:  # it exists with other settings
+                self._log.warning(
+                    "jetstream stream exists with other settings; left as it is",
+                    stream=self.cfg.stream,
+                    detail=str(exc),
+                )
+                return
+            except NatsError as exc:
+                no_room = isinstance(exc, APIError) and exc.err_code in _NO_ROOM
+                if no_room and max_bytes > _MIN_STREAM_BYTES:
+                    max_bytes = max(max_bytes // 2, _MIN_STREAM_BYTES)
+                    continue
+                self._log.error(
+                    "jetstream stream not set up", stream=self.cfg.stream, error=str(exc)
+                )
+                return
+            break
+        if max_bytes < self.cfg.max_bytes:
+            self._log.warning(
+                "jetstream stream made smaller than nats.max_bytes: no room for more",
+                stream=self.cfg.stream,
+                max_bytes=max_bytes,
+                configured=self.cfg.max_bytes,
+            )
+        self._log.info("jetstream stream ready", stream=self.cfg.stream, max_bytes=max_bytes)
 
     def _subject(self, market: str) -> str:
         subject = self._subjects.get(market)

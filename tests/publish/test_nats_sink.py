@@ -445,6 +445,34 @@ async def test_the_stream_the_sink_creates_keeps_at_most_max_bytes_the_newest_fi
         await stop(task)
 
 
+async def test_a_server_without_room_for_max_bytes_gets_a_smaller_stream_not_none(
+    tmp_path: Path,
+) -> None:
+    """A server whose JetStream may store 100 MB, and the default `max_bytes` of 1 GiB: the
+    server cannot reserve it and refuses the stream (`insufficient storage resources`). The
+    sink asks for half as much until the server has room, says so, and the rounds are stored.
+    (A stream without a limit, before `max_bytes`, was made there; with 1 GiB asked, none.)"""
+    srv = NatsServer(tmp_path / "small", settings="jetstream { max_file_store: 100MB }")
+    await srv.start()
+    try:
+        sink = NatsSink(NatsConfig(enabled=True, servers=(srv.url,), jetstream=True))
+        with capture_logs() as logs:
+            task = await running(sink)
+        assert events(logs, "error") == []
+        assert events(logs, "warning") == [
+            "jetstream stream made smaller than nats.max_bytes: no room for more"
+        ]
+        probe = await consumer(srv.url)
+        js = probe.jetstream()
+        assert (await js.stream_info("ORACLED")).config.max_bytes == 64 << 20  # 1 GiB / 16
+        sink.submit(RoundSigner(KEY, "test").sign(Rounds(make_config()).step()))
+        await until_stream(js, "ORACLED", 4)
+        await probe.close()
+        await stop(task)
+    finally:
+        srv.stop()
+
+
 async def test_an_existing_stream_with_other_settings_is_left_as_it_is(
     server: NatsServer,
 ) -> None:
