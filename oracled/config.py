@@ -448,9 +448,10 @@ class SequencerConfig(_Frozen):
 
 
 #: The largest chain id: EIP-2294's floor((2**64 - 1) / 2) - 36, so that EIP-155's `v`
-#: (2 * id + 36 at most) fits 64 bits. Nodes hold a chain id in 64 bits (anvil refuses 2**64)
-#: while eth-account signs any integer (2**256 too): a chain id past them would be found only
-#: by a node refusing the pusher's transactions. Every chain in use sits far below the bound.
+#: (2 * id + 36 at most) fits 64 bits. Nodes built on 64-bit chain ids refuse more (anvil
+#: refuses 2**64) while eth-account signs any integer (2**256 too): a chain id past them would
+#: be found only by a node refusing the pusher's transactions. Every chain in use sits far
+#: below the bound.
 MAX_CHAIN_ID = (2**64 - 1) // 2 - 36
 
 
