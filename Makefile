@@ -27,7 +27,7 @@ typecheck:
 pytest:
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-demo: install
+demo: install  ## install, then `oracled demo`: simulated venues on loopback, no internet needed
 	$(VENV)/bin/oracled demo
 
 BENCH_OUT ?= benchmarks/results

@@ -83,3 +83,25 @@ def test_every_audit_command_that_checks_signatures_names_their_deployment() -> 
         for name, command in shown
         if "--deployment" not in command and "--config" not in command
     ] == []
+
+
+def test_every_make_target_the_docs_show_is_one_of_the_makefile() -> None:
+    """A `make X` a reader copies from the docs runs a target the Makefile has; and the targets
+    it describes (`## ...`) are all in the README, where a reader from a fresh clone looks:
+    `make demo`, the one that works without the internet, was in neither."""
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
+    described = set(re.findall(r"^([a-z][a-z-]*):.*##", makefile, re.M))
+    docs = [*DOCS, ROOT / "benchmarks" / "README.md"]
+    shown = set()
+    for path in docs:
+        text = path.read_text()
+        blocks = "\n".join(re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S))
+        for target in re.findall(r"`make ([a-z][a-z-]*)", text) + re.findall(
+            r"^make ([a-z][a-z-]*)", blocks, re.M
+        ):
+            shown.add((path.name, target))
+    assert {target for _, target in shown} >= {"run", "demo", "test", "bench", "soak"}, shown
+    assert sorted(shown_ for shown_ in shown if shown_[1] not in targets) == []
+    readme = {target for name, target in shown if name == "README.md"}
+    assert sorted(described - readme) == []
