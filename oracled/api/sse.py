@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections.abc import Mapping
 
 import structlog
 from aiohttp import web
@@ -48,10 +49,18 @@ _DIGITS = re.compile(r"[0-9]{1,9}")
 _DECIMAL = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
 
 
-def _plain(pattern: re.Pattern[str], text: str) -> str:
+def _bad_option(query: Mapping[str, str], name: str, want: str) -> ApiError:
+    """The 400 for one option, naming it and what it was given: a client that sent both
+    `deviation` and `heartbeat_ms` is told which one to fix."""
+    return ApiError(400, "bad_query", f"{name}: {want}, not {query[name][:64]!r}")
+
+
+def _number(query: Mapping[str, str], name: str, pattern: re.Pattern[str], want: str) -> float:
+    """A plain ASCII number (`1_000`, a sign, spaces or other scripts' digits are refused)."""
+    text = query[name]
     if pattern.fullmatch(text) is None:
-        raise ValueError(text)
-    return text
+        raise _bad_option(query, name, want)
+    return float(text)
 
 
 class SseHandler:
@@ -78,21 +87,16 @@ class SseHandler:
             if signed == "true" and self._ctx.hub.signer is None:
                 raise ApiError(400, "signing_disabled", "this daemon does not sign its rounds")
             options["signed"] = signed == "true"
-        try:
-            if "deviation" in query:
-                deviation = float(_plain(_DECIMAL, query["deviation"]))
-                if not 0.0 < deviation < 1.0:
-                    raise ValueError
-                options["deviation"] = deviation
-            if "heartbeat_ms" in query:
-                heartbeat = int(_plain(_DIGITS, query["heartbeat_ms"]))
-                if not 1 <= heartbeat <= 86_400_000:
-                    raise ValueError
-                options["heartbeat_ms"] = heartbeat
-        except ValueError:
-            raise ApiError(
-                400, "bad_query", "deviation: a fraction in (0, 1); heartbeat_ms: 1 to 86400000"
-            ) from None
+        if "deviation" in query:
+            deviation = _number(query, "deviation", _DECIMAL, "a fraction in (0, 1)")
+            if not 0.0 < deviation < 1.0:
+                raise _bad_option(query, "deviation", "a fraction in (0, 1)")
+            options["deviation"] = deviation
+        if "heartbeat_ms" in query:
+            heartbeat = int(_number(query, "heartbeat_ms", _DIGITS, "an integer 1 to 86400000"))
+            if not 1 <= heartbeat <= 86_400_000:
+                raise _bad_option(query, "heartbeat_ms", "an integer 1 to 86400000")
+            options["heartbeat_ms"] = heartbeat
         return markets, options
 
     async def events(self, request: web.Request) -> web.StreamResponse:

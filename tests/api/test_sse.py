@@ -52,6 +52,23 @@ async def test_bad_queries_are_json_errors(client: Client) -> None:
         assert (await resp.json())["error"]["code"] == code, query
 
 
+async def test_a_bad_option_is_named_with_the_value_given(client: Client) -> None:
+    """The 400 for a numeric option names that option and what it was given, so that a client
+    that sent both knows which to fix: every one said `deviation: a fraction in (0, 1);
+    heartbeat_ms: 1 to 86400000`, for a good deviation beside a bad heartbeat_ms too."""
+    cases = {
+        "deviation=0.001&heartbeat_ms=1_000": "heartbeat_ms: an integer 1 to 86400000, not '1_000'",
+        "deviation=2&heartbeat_ms=5000": "deviation: a fraction in (0, 1), not '2'",
+        "deviation=nan": "deviation: a fraction in (0, 1), not 'nan'",
+        "heartbeat_ms=0": "heartbeat_ms: an integer 1 to 86400000, not '0'",
+        f"heartbeat_ms={'9' * 100}": f"heartbeat_ms: an integer 1 to 86400000, not '{'9' * 64}'",
+    }
+    for query, message in cases.items():
+        resp = await client.get(f"/v1/events?markets=BTC-USD&{query}")
+        assert resp.status == 400, query
+        assert (await resp.json())["error"] == {"code": "bad_query", "message": message}, query
+
+
 async def test_a_slow_consumer_gets_a_final_error_event(make_client: ClientFactory) -> None:
     """Past its queue the subscription is dropped: the stream ends with event: error, and the
     drop is logged with the consumer's address (`stream_dropped`, as on the WebSocket stream),
