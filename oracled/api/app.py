@@ -24,6 +24,14 @@ READ = web.AppKey("oracled_api_read", ReadHandlers)
 #: The ops handlers (their `compressions` count shows that a `/metrics` render is gzipped once).
 OPS = web.AppKey("oracled_api_ops", OpsHandlers)
 MAX_BODY = 16 * 1024  # admin bodies are a few bytes; nothing else takes one
+#: What every answer names as its server: the product, no versions (aiohttp would name itself
+#: and the Python and aiohttp versions, which tells a scanner which advisories to try).
+SERVER = "oracled"
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Set before aiohttp writes the headers, whose own `Server` is only a default."""
+    response.headers["Server"] = SERVER
 
 
 def build_app(
@@ -47,6 +55,7 @@ def build_app(
     )
     app.on_response_prepare.append(cors.on_prepare)
     app.on_response_prepare.append(limits.on_prepare)
+    app.on_response_prepare.append(_server_header)
     app[CONTEXT] = ctx
     app[LIMITS] = limits
     read, ops, admin = ReadHandlers(ctx), OpsHandlers(ctx), AdminHandlers(ctx)

@@ -687,3 +687,18 @@ async def test_a_broken_websocket_handshake_says_what_is_wrong(client: Client) -
         assert (await resp.json())["error"]["code"] == "bad_request", bad_key
     resp = await client.get("/v1/stream")
     assert resp.status == 426 and "Sec-WebSocket-Version" not in resp.headers
+
+
+async def test_no_answer_names_the_python_or_aiohttp_versions(client: Client, rig: Rig) -> None:
+    """aiohttp's default `Server` header names the Python and aiohttp versions; every answer
+    of the API, errors and the event stream alike, says `oracled` only."""
+    rig.step()
+    paths = ("/healthz", "/metrics", "/v1/prices", "/v1/prices/DOGE-USD", "/v1/nothing-here")
+    for path in (*paths, "/v1/stream"):  # the last a 426: no WebSocket upgrade asked for
+        resp = await client.get(path)
+        assert resp.headers.get("Server") == "oracled", (path, resp.status)
+    resp = await client.post("/v1/admin/markets/BTC-USD/pause")  # 401
+    assert resp.status == 401 and resp.headers.get("Server") == "oracled"
+    events = await client.get("/v1/events?markets=BTC-USD")
+    assert events.status == 200 and events.headers.get("Server") == "oracled"
+    events.close()
