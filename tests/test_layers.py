@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,29 @@ def test_relative_and_function_level_imports_are_read(tmp_path: Path) -> None:
     path.write_text("from ..publish import hub\n\ndef f() -> None:\n    import asyncio\n")
     seen = imports_of(path, "oracled.aggregate.mod")
     assert {"oracled.publish", "oracled.publish.hub", "asyncio"} <= seen
+
+
+def test_the_architecture_names_every_top_level_module_and_only_modules_that_exist() -> None:
+    """docs/ARCHITECTURE.md is where a reader learns the tree: each module or package at the top
+    of `oracled/` has its place there (`demo.py`, `clock.py`, `errors.py` and `lograte.py` had
+    none), and each path it names under `oracled/` is one of the tree."""
+    text = (PACKAGE_DIR.parents[0] / "docs" / "ARCHITECTURE.md").read_text()
+    named = {
+        path.removeprefix("oracled/").rstrip("/")
+        for path in re.findall(r"`((?:oracled/)?[a-z_]+(?:/[a-z_]+)*(?:\.py|/))`", text)
+    }
+    top = {
+        path.name
+        for path in PACKAGE_DIR.iterdir()
+        if (path.suffix == ".py" and path.name != "__init__.py") or (path / "__init__.py").exists()
+    }
+    assert sorted(top - named) == []
+    # Paths named relative to a package the text is inside of (`_base.py` in `sources/`, `evm/`).
+    context = ("", "sources/", "sources/evm/")
+    missing = [
+        path
+        for path in named
+        if not path.startswith(("tests/", "benchmarks/"))
+        and not any((PACKAGE_DIR / (prefix + path)).exists() for prefix in context)
+    ]
+    assert missing == []
