@@ -202,6 +202,10 @@ class ChainPusher:
         # underpriced: a transaction of ours, or of a previous run, holds the nonce)
         self._fee_floor: tuple[int, int, int] | None = None
         self._counted_round = -1
+        # Markets per transaction: `max_batch`, lowered when a batch would not fit in a block
+        # (the gas limit of the latest block, read with its base fee; None: not said).
+        self._batch_cap = cfg.max_batch
+        self._block_gas: int | None = None
         self._capped = False
         self._failing: str | None = None  # the failure logged for the current episode
         self._started = False
@@ -338,6 +342,8 @@ class ChainPusher:
         if not isinstance(block, dict):
             self.stats.bad_answers += 1
             raise _BadAnswer(f"eth_getBlockByNumber: {block!r:.40} is not a block")
+        limit = block.get("gasLimit")
+        self._block_gas = int(limit, 16) if isinstance(limit, str) and _is_hex(limit) else None
         base = block.get("baseFeePerGas")
         return 0 if base is None else self._hex("eth_getBlockByNumber baseFeePerGas", base)
 
@@ -417,7 +423,7 @@ class ChainPusher:
         if not scored:
             return None
         scored.sort(key=lambda item: (-item[0], item[1]))
-        chosen = sorted(i for _, i in scored[: self.cfg.max_batch])
+        chosen = sorted(i for _, i in scored[: self._batch_cap])
         markets = [result.layout.markets[i] for i in chosen]
         prices = [decimal_to_int(format(price[i], f".{decimals[i]}f"), decimals[i]) for i in chosen]
         return _Batch(result.round, result.ts, markets, prices, [-decimals[i] for i in chosen])
@@ -466,6 +472,9 @@ class ChainPusher:
     async def _send(
         self, batch: _Batch, nonce: int, max_fee: int, tip: int, *, replacing: _InFlight | None
     ) -> None:
+        least = _GAS_BASE + _GAS_PER_MARKET * len(batch.markets)
+        if self._over_block(len(batch.markets), least):
+            return
         data = batch.calldata()
         call = {"from": self.address, "to": self.contract, "data": "0x" + data.hex()}
         try:
@@ -477,7 +486,9 @@ class ChainPusher:
             self._failed("push would revert; not sent", error=exc.message, data=exc.data)
             return
         # Unused gas is not paid for; a limit too low is (the transaction reverts out of gas).
-        gas = max(int(estimate * _GAS_MARGIN), _GAS_BASE + _GAS_PER_MARKET * len(batch.markets))
+        gas = max(int(estimate * _GAS_MARGIN), least)
+        if self._over_block(len(batch.markets), gas):
+            return
         tx = {
             "type": 2,
             "chainId": self.chain.chain_id,
@@ -518,6 +529,26 @@ class ChainPusher:
             max_fee_gwei=max_fee / _GWEI,
             tx=tx_hash,
         )
+
+    def _over_block(self, markets: int, gas: int) -> bool:
+        """True, with fewer markets a transaction from now on, when `gas` is over the latest
+        block's gas limit: no node would take the transaction, nor ever mine it (with a
+        `max_batch` of 1,000 every first push was refused as `intrinsic gas too high` on a
+        30M-gas chain, for ever; a node also refuses the estimate of such a call, which the
+        RPC client takes for an unreachable node). The next look sends the most due markets."""
+        limit = self._block_gas
+        if limit is None or gas <= limit or markets <= 1:
+            return False
+        by_least = (limit - _GAS_BASE) // _GAS_PER_MARKET
+        self._batch_cap = max(1, min(markets - 1, by_least, markets * limit // gas))
+        self._log.warning(
+            "push batch over the block gas limit; fewer markets a transaction",
+            markets=markets,
+            gas=gas,
+            block_gas_limit=limit,
+            max_batch=self._batch_cap,
+        )
+        return True
 
     async def _send_raw(self, raw: str) -> str:
         """eth_sendRawTransaction, keeping the node's refusal as an RpcError whatever its code.
@@ -719,6 +750,14 @@ class ChainPusher:
             "heartbeat_s": self.cfg.heartbeat_s,
             "max_gas_price_gwei": self.cfg.max_gas_price_gwei,
         }
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return text.startswith("0x")
 
 
 def _bump(value: int) -> int:

@@ -454,6 +454,34 @@ async def test_a_fee_to_outbid_is_forgotten_once_the_transaction_it_was_for_is_m
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
 
 
+async def test_a_batch_over_the_block_gas_limit_is_pushed_in_smaller_ones(rig: Rig) -> None:
+    """Blocks that hold 2M gas and 100 markets due at once (the first push): the default
+    `max_batch` of 100 needs at least 3.26M gas, which no node takes or mines. The pusher says
+    so and pushes the most due markets in transactions that fit, until every market is on
+    chain. Before, every look failed at the gas estimate, which the node refuses over the
+    block's limit (taken for an unreachable node: `chain unreachable`, backing off), and nothing
+    was ever pushed; so with `max_batch = 1000` on a 30M-gas chain (refused at the send there:
+    `intrinsic gas too high`)."""
+    assert await rig.chain.rpc("evm_setBlockGasLimit", [hex(2_000_000)])
+    await rig.chain.rpc("evm_mine")  # the latest block says so
+    markets = {f"C{i:03d}/USD": 10.0 + i for i in range(100)}
+    rounds = Rounds(make_config(markets), markets)
+    pusher = await first_push(rig, rounds)
+    with capture_logs() as logs:
+        for _ in range(10):
+            await settle(pusher)
+            if pusher.stats.updates == 100:
+                break
+    assert pusher.stats.updates == 100
+    assert pusher.stats.transactions["error"] == 0
+    assert "push batch over the block gas limit; fewer markets a transaction" in [
+        e["event"] for e in logs if e["log_level"] == "warning"
+    ]
+    assert all(e["markets"] <= 60 for e in logs if e["event"] == "push sent")
+    for market in ("C000/USD", "C099/USD"):
+        assert (await rig.stored(market))[3] == rounds.now
+
+
 async def test_only_the_pusher_key_can_write_the_contract(rig: Rig) -> None:
     """Another account's update reverts with NotPusher; the stored price stays unset."""
     with pytest.raises(RpcFailed):
