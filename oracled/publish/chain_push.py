@@ -611,6 +611,8 @@ class ChainPusher:
                 if receipt is not None:
                     self._mined_receipt(inflight.nonce, batch, tx_hash, receipt)
                     return
+            if await self._mined_unread(inflight):
+                return  # ours, its receipt not readable yet: read at the next look
             # the nonce went through under a hash we never sent
             self._inflight, self.stats.pending = None, False
             self._log.warning("nonce used by another transaction", nonce=inflight.nonce)
@@ -621,6 +623,17 @@ class ChainPusher:
             self._behind_gap(inflight, mined)
             return
         await self._replace(inflight)
+
+    async def _mined_unread(self, inflight: _InFlight) -> bool:
+        """True when one of the hashes sent for the nonce is in a block though the node has no
+        receipt for it yet: anvil answered the count at once and the receipt about a second
+        later after a block of 900 markets' writes, and a node behind a balancer may lag so.
+        Without this the push was taken for another's, dropped unconfirmed and paid again."""
+        for tx_hash, _ in inflight.sent:
+            found = await self.rpc.call("eth_getTransactionByHash", [tx_hash])
+            if isinstance(found, dict) and found.get("blockNumber") is not None:
+                return True
+        return False
 
     def _mined_receipt(self, nonce: int, batch: _Batch, tx_hash: str, receipt: Any) -> None:
         if not isinstance(receipt, dict):

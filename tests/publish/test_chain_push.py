@@ -724,6 +724,35 @@ async def test_a_nonce_taken_by_another_user_of_the_key_is_read_again(rig: Rig) 
     assert (await rig.stored("BTC/USD"))[3] > 0
 
 
+async def test_a_push_mined_before_its_receipt_can_be_read_is_waited_for_not_given_up(
+    rig: Rig,
+) -> None:
+    """The count says the nonce is mined but the node has no receipt for it yet (anvil, after
+    a block of 900 markets' writes, answered the count at once and the receipt about a second
+    later; a node behind a balancer can too): the pusher sees its own transaction mined and
+    reads the receipt at the next look. Before, it took the nonce for used by another
+    transaction and dropped its own push unconfirmed, so the same markets were pushed, and
+    paid for, again."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(rig, rounds, urls=(proxy.url,))
+        await pusher.step()  # sent, and mined at once by automine
+        assert await rig.nonce() == 1
+        proxy.script = ["pass", "null_result"]  # the count, then a receipt not there yet
+        with capture_logs() as logs:
+            await pusher.step()
+            assert pusher.stats.pending  # still its own push, mined: waited for
+            await pusher.step()
+        assert [e["event"] for e in logs if e["log_level"] != "info"] == []
+        assert pusher.stats.transactions["confirmed"] == 1 and pusher.stats.updates == 3
+        pusher.submit(rounds.step())  # nothing moved: nothing is pushed again
+        await pusher.step()
+        assert pusher.stats.transactions["sent"] == 1
+    finally:
+        await proxy.stop()
+
+
 async def test_a_nonce_mined_under_a_hash_the_pusher_never_sent_frees_the_pusher(
     rig: Rig,
 ) -> None:
