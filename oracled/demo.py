@@ -152,7 +152,9 @@ async def _main(
     with tempfile.TemporaryDirectory(prefix="oracled-demo-") as state:
         try:
             simulated = _loopback_only(simulated, log, Path(state))
-            service = Service(simulated, listen=listen, record=record, freeze_gc=True)
+            service = Service(
+                simulated, listen=listen, record=record, record_flag="--record", freeze_gc=True
+            )
             service.no_reload = DEMO_NO_RELOAD
             prepare(service)  # the command line's early signals: a stop while starting is a stop
             url = f"http://{listen}"

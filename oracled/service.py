@@ -162,7 +162,10 @@ class _TapeRecorder:
         *,
         append: bool = False,
         config_sha256: str | None = None,
+        flag: str = "--out",
     ) -> None:
+        # `flag` is the option that named the tape, for the refusals to name: `record --out`
+        # (which also takes --append) or `demo --record` (which does not).
         self.path = path
         self._file: IO[bytes] | None = None
         self._lock_fd: int | None = None
@@ -185,7 +188,7 @@ class _TapeRecorder:
         except FileNotFoundError:
             mode = stat.S_IFREG
         if stat.S_ISDIR(mode):  # said before the start, not at the first write
-            raise TapeError(f"{path} is a directory: --out names the tape file")
+            raise TapeError(f"{path} is a directory: {flag} names the tape file")
         if not stat.S_ISREG(mode):  # a FIFO (`--out >(gzip > t.gz)`), /dev/stdout: the open
             self._header = header
             self._open_later()  # waits for a reader, which must not hold a stop
@@ -194,15 +197,19 @@ class _TapeRecorder:
             self._lock_fd = lock_beside(path)
         except LockHeldError as exc:
             raise TapeError(
-                f"{path} is written by another `oracled record` (it holds {exc.lock})"
+                f"{path} is written by another `oracled record` or `demo --record` (it holds"
+                f" {exc.lock})"
             ) from None
         except OSError as exc:  # no such directory, no permission: the tape could not be either
             raise TapeError(f"{path}: cannot write beside it ({exc.strerror or exc})") from None
         if path.exists() and path.stat().st_size > 0:
             if not append:
+                way = f"another {flag}"
+                if flag == "--out":  # `oracled record`, which can continue a tape
+                    way = "--append to continue it, or " + way
                 raise TapeError(
                     f"{path} already holds a tape ({path.stat().st_size} bytes): refusing to"
-                    " overwrite it; give --append to continue it, or another --out"
+                    f" overwrite it; give {way}"
                 )
             self._file = self._continue(config_sha256)
         else:
@@ -415,6 +422,7 @@ class Service:
         listen: str | None = None,
         record: Path | None = None,
         record_append: bool = False,
+        record_flag: str = "--out",
         source_factory: SourceFactory = build_source,
         restart_base_s: float = 1.0,
         config_path: Path | None = None,
@@ -510,7 +518,12 @@ class Service:
         # Before the port is bound: a tape that may not be written (one that exists, one that
         # another recorder writes) refuses the start (TapeError) and leaves the file untouched.
         self._recorder = (
-            _TapeRecorder(record, append=record_append, config_sha256=pricing_digest(cfg))
+            _TapeRecorder(
+                record,
+                append=record_append,
+                config_sha256=pricing_digest(cfg),
+                flag=record_flag,
+            )
             if record
             else None
         )

@@ -342,7 +342,8 @@ def test_a_demo_task_that_ignores_cancellation_does_not_hold_the_demo_at_its_end
 def test_the_demo_exits_as_record_does_when_its_tape_fails(tmp_path: Path) -> None:
     """`demo --record` on a full disk logged the failed tape and still exited 0, where `record`
     exits 1 for the same incomplete tape; it now exits 1 too. A tape that exists is refused
-    (exit 2) and kept, as by `record`."""
+    (exit 2) and kept, as by `record`, naming the demo's option (`--record`), not record's
+    `--append` and `--out`, which `oracled demo` does not take."""
     config = tmp_path / "oracled.toml"
     config.write_text((ROOT / "config" / "default.toml").read_text())
 
@@ -366,4 +367,6 @@ def test_the_demo_exits_as_record_does_when_its_tape_fails(tmp_path: Path) -> No
     kept = demo("--record", str(tape))
     assert kept.returncode == 2, kept.stderr[-3000:]
     assert "already holds a tape" in kept.stderr
+    # Told the way on in the demo's own options: it takes no --append and has no --out.
+    assert "give another --record" in kept.stderr and "--append" not in kept.stderr
     assert tape.read_text() == '{"format": "oracled-tape", "version": 1}\n'
