@@ -12,12 +12,15 @@ the envelope, and every failure counted per endpoint. It sends no JSON-RPC batch
 providers refuse them (an error object instead of the array, or an HTTP 4xx, as JSON-RPC 2.0
 section 6 allows a server that cannot take a batch), and the reader needs none.
 
-Where web3 does run: `chain_id()` asks each endpoint its chain id through `AsyncWeb3` over an
-`AsyncHTTPProvider` built with `cache_allowed_requests=True` (web3 caches `eth_chainId` for the
-life of the provider) and this client's shared session injected with `cache_async_session`,
-so web3 opens no session or connection pool of its own. That is a one-off per endpoint, where
-web3's cost does not matter; the per-block read stays on the thin path. A rate limit found
-through web3's exceptions is counted and rests the endpoint as on every other request.
+Where web3 does run: `chain_id()` asks each endpoint its chain id through `AsyncWeb3` over a
+`CappedHTTPProvider` (`oracled/jsonrpc_web3.py`: web3's `AsyncHTTPProvider` with
+`cache_allowed_requests=True`, so web3 caches `eth_chainId` for the life of the provider, whose
+POST goes through this client's shared session, so web3 opens no session or connection pool of
+its own, and whose answer is read under the same 16 MiB cap as every other, where web3's own
+provider reads a body of any length). That is a one-off per endpoint, where web3's cost does
+not matter; the per-block read stays on the thin path. A rate limit found through web3's
+exceptions is counted and rests the endpoint as on every other request, and an answer over
+the cap is `garbage`, as on every other request.
 
 Failure handling: a transport error, a timeout, a non-200 answer, a body that is not a JSON-RPC
 answer to our request id (garbage), or a server-side JSON-RPC error (-32000..-32099, -32603:
@@ -335,7 +338,8 @@ class RpcClient:
         A provider's rate limit is taken as on every other request (`rate_limited`, the
         endpoint rested by its `Retry-After` or the backoff): before, web3's exceptions were
         counted as `http` or `node`, nothing rested, and a limited start was retried as if the
-        node were down, sooner than the provider asked."""
+        node were down, sooner than the provider asked. An answer over `_MAX_ANSWER_BYTES` is
+        read no further and counted `garbage`: before, web3 read a body of any length."""
         name = self.stats[index].name
         if self._rests(index):
             raise RpcUnavailable(f"eth_chainId on {name}: resting (rate-limited or outvoted)")
@@ -357,6 +361,8 @@ class RpcClient:
             )
         except _NET_ERRORS as exc:
             failed = _Failed("transport", type(exc).__name__)
+        except AnswerTooLarge as exc:  # cut by the provider's read, before web3 decodes it
+            failed = _Failed("garbage", str(exc))
         except Web3RPCError as exc:
             err = _web3_error(exc.rpc_response)
             if err is not None and _rate_limit(err):
@@ -378,24 +384,18 @@ class RpcClient:
 
         Configured for one-off reads: request caching on (the chain id is sent once), no
         middleware (nothing to format or validate), no retries of its own (fail-over and its
-        counting are this client's). web3 is imported here, not at module load: importing it
+        counting are this client's), the answer read under `_MAX_ANSWER_BYTES`
+        (`CappedHTTPProvider`). web3 is imported here, not at module load: importing it
         takes seconds, and a daemon without chains never needs it.
         """
         w3 = self._web3[index]
         if w3 is None:
             with recursion_limit_kept():  # py_ecc, imported through web3, raises it
-                from web3 import AsyncHTTPProvider, AsyncWeb3
+                from web3 import AsyncWeb3
 
-            provider = AsyncHTTPProvider(
-                self.urls[index],
-                request_kwargs={"timeout": aiohttp.ClientTimeout(total=self._timeout_s)},
-                exception_retry_configuration=None,
-                cache_allowed_requests=True,
-                # No threshold: web3 would otherwise send a second eth_chainId, uncached, to
-                # pick one for block-based cache entries, which this provider never makes.
-                request_cache_validation_threshold=None,
-            )
-            await provider.cache_async_session(self._http)
+                from oracled.jsonrpc_web3 import CappedHTTPProvider
+
+            provider = CappedHTTPProvider(self.urls[index], self._http, timeout_s=self._timeout_s)
             w3 = self._web3[index] = AsyncWeb3(provider, middleware=[])
         return w3
 

@@ -12,7 +12,10 @@ answers an `eth_call` with a request-fault error (-32602); "null_call" answers e
 with a null result; "hold" waits for `release` before forwarding (a node that hangs, or an
 answer that arrives late); "unpin" forwards an `eth_call` pinned by block hash as a read at
 "latest" (a node that ignores EIP-1898); "huge" answers the right id with a result of `HUGE`
-bytes (an endpoint that sends far more than any read, broken or hostile); "deep" answers it with
+bytes (an endpoint that sends far more than any read, broken or hostile); "endless" answers it
+with a result that never ends: its headers, then digits in 64 KiB writes for as long as the
+client reads (at most `ENDLESS` bytes, so that a client that reads it all still finishes),
+counted in `streamed`; "deep" answers it with
 a result nested `DEEP` arrays deep (200 KB, past any JSON decoder's depth limit);
 "mangle" forwards but answers the pusher's numbers in forms no node should send (a block
 without a hex base fee, a gas estimate and a nonce that are not hex quantities, a receipt with
@@ -83,6 +86,9 @@ _NO_BLOCK = {"code": -32001, "message": "Resource not found"}
 #: "drip": the pieces an `eth_call` answer's body is sent in, `delay_s` apart in all.
 DRIPS = 8
 HUGE = 20 * 1024 * 1024
+#: "endless": the most it sends before it ends the body after all (unterminated JSON).
+ENDLESS = 256 * 1024 * 1024
+_PIECE = b"0" * 65536
 DEEP = 100_000
 #: "mangle": the answer given to each method instead of the node's (a receipt only if mined).
 MANGLED: dict[str, Any] = {
@@ -107,6 +113,7 @@ class RpcProxy:
         self.methods: list[str] = []
         self.pins: list[Any] = []  # the block argument of every eth_call
         self.user_agents: list[str] = []  # of every request, to tell web3's from our client's
+        self.streamed = 0  # "endless": bytes of its bodies written before the client hung up
         self.release = asyncio.Event()  # "hold": set it to let held requests through
         self.held = 0  # requests that reached "hold" so far
         self.arrived = asyncio.Event()  # set whenever a request reaches "hold"
@@ -159,6 +166,22 @@ class RpcProxy:
         await resp.write_eof()
         return resp
 
+    async def _endless(self, request: web.Request, rid: Any) -> web.StreamResponse:
+        """An answer to `rid` whose result never ends, written until the client hangs up."""
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)  # chunked: no length announced
+        head = f'{{"jsonrpc":"2.0","id":{json.dumps(rid)},"result":"0x'.encode()
+        try:
+            await resp.write(head)
+            self.streamed += len(head)
+            while self.streamed < ENDLESS:
+                await resp.write(_PIECE)
+                self.streamed += len(_PIECE)
+            await resp.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            pass  # the client hung up: what this mode is for
+        return resp
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         self.user_agents.append(request.headers.get("User-Agent", ""))
@@ -192,6 +215,8 @@ class RpcProxy:
             return web.json_response(
                 {"jsonrpc": "2.0", "id": items[0]["id"], "result": "0x" + "0" * HUGE}
             )
+        if mode == "endless":
+            return await self._endless(request, items[0]["id"])
         if mode == "deep":
             head = f'{{"jsonrpc":"2.0","id":{json.dumps(items[0]["id"])},"result":'.encode()
             return web.Response(

@@ -84,6 +84,31 @@ async def test_an_endpoint_down_at_start_is_passed_over_and_asked_again_later(
     assert first.requests == 2 and second.requests == 1
 
 
+@pytest.mark.parametrize("mode", ["huge", "endless"])
+async def test_a_chain_id_answer_past_the_cap_is_cut_there_and_the_next_endpoint_answers(
+    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy, mode: str
+) -> None:
+    """The first endpoint answers the start's eth_chainId with more than the 16 MiB every other
+    RPC answer is cut at (a 20 MiB result, or one that never ends): the read stops at the cap,
+    the endpoint is counted `garbage` and logged as any endpoint that cannot say, and the second
+    answers, so the start goes on. Before, web3's provider read a body of any length: the
+    20 MiB result was taken for chain 0 and refused the chain, and the endless one was read
+    into memory until the timeout. The timeout here is far past any run of this test, so only
+    the cap can end the read; the proxy counts what it could write before the client hung up."""
+    reader = make_reader([proxy.url, anvil.url], http, timeout_s=60.0)  # the most allowed
+    proxy.mode = mode
+    with capture_logs() as logs:
+        await reader.check_chain_id()
+    first, second = reader.rpc.stats
+    assert first.by_kind == {"garbage": 1}
+    assert first.last_error == "garbage: answer over 16 MiB"
+    assert second.requests == 1 and not second.by_kind
+    assert [e["event"] for e in logs] == ["chain id unknown"]
+    assert logs[0]["error"].endswith("garbage: answer over 16 MiB")
+    if mode == "endless":  # the cap and the sockets' buffers, not the proxy's 256 MiB
+        assert 16 * 1024 * 1024 < proxy.streamed < 64 * 1024 * 1024
+
+
 @pytest.mark.parametrize("mode", ["error", "stopped", "expired_32007"])
 async def test_no_endpoint_answering_the_chain_id_stops_the_reader(
     http: aiohttp.ClientSession, proxy: RpcProxy, mode: str
