@@ -105,3 +105,15 @@ def test_every_make_target_the_docs_show_is_one_of_the_makefile() -> None:
     assert sorted(shown_ for shown_ in shown if shown_[1] not in targets) == []
     readme = {target for name, target in shown if name == "README.md"}
     assert sorted(described - readme) == []
+
+
+def test_the_readme_demo_row_names_the_deployment_the_demo_signs_for() -> None:
+    """A consumer pointed at `oracled demo` verifies its signed frames only in the demo's own
+    deployment, never the config's: the README's row said the key was a throwaway one and not
+    which deployment it signs for, so `OracleClient(..., deployment="production")` refused
+    every frame as `wrong_deployment`."""
+    from oracled.demo import DEPLOYMENT
+
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `oracled demo "))
+    assert f"deployment `{DEPLOYMENT}`" in row
