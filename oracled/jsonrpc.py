@@ -27,10 +27,13 @@ answer to our request id (garbage), or a server-side JSON-RPC error (-32000..-32
 "header not found", rate limits, internal errors) marks the endpoint failed and the same request
 goes to the next URL. Errors that are the request's own fault (bad params, method not found,
 execution reverted) are raised as `RpcError` without fail-over: another endpoint would say the
-same. So is `UnknownBlock`, a read pinned to a block hash the node does not hold (EIP-1898's
--32001 "Resource not found", or a node-side error saying "not found"): a reorg took the block
-away, which is the chain's doing, not the endpoint's. When every endpoint failed,
-`RpcUnavailable` is raised.
+same. That includes a server-side code whose message names a fault of the request
+(`_REQUEST_FAULTS`: a nonce, a fee, a gas limit, funds, a revert): geth and the nodes that
+follow it answer those as -32000, anvil and reth as -32003, with no code of their own, so the
+message is all there is to tell them from a failing node. So is `UnknownBlock`, a read pinned
+to a block hash the node does not hold (EIP-1898's -32001 "Resource not found", or a node-side
+error saying "not found"): a reorg took the block away, which is the chain's doing, not the
+endpoint's. When every endpoint failed, `RpcUnavailable` is raised.
 
 A provider's rate or capacity limit is counted as `rate_limited` and also rests its endpoint:
 an HTTP 429 or 503 with a `Retry-After` in seconds that long (at most `_MAX_REST_S`): no request
@@ -95,6 +98,27 @@ _RATE_LIMIT_MESSAGES: Final = {
 #: daily credits are spent. A 503 is one only with a `Retry-After` in seconds (RFC 9110
 #: section 10.2.3: how long the service expects to be unavailable); without, a passing fault.
 _HTTP_LIMITS: Final = frozenset({402, 429})
+#: Words of a server-side error (-32099..-32000) that is the request's own fault, lowercased:
+#: the transaction or call was read and refused on its merits, and every endpoint would refuse
+#: it alike (docs/onchain.md *A request's own fault*). geth's wording (core/error.go,
+#: core/txpool/errors.go, its gas estimator), which erigon, reth and most providers share;
+#: anvil's, Besu's and Nethermind's where theirs differ.
+_REQUEST_FAULTS: Final = (
+    "execution reverted",  # a revert without data (with data geth answers code 3)
+    "insufficient funds",  # "... for gas * price + value", "... for transfer"
+    "upfront cost exceeds account balance",  # Besu's insufficient funds
+    "gas required exceeds allowance",  # the estimate needs more than the block or RPC cap
+    "intrinsic gas",  # "too low", "too high" (anvil: over the block), Besu "exceeds gas limit"
+    "nonce too low",
+    "nonce too high",
+    "underpriced",  # "replacement transaction underpriced", "transaction underpriced"
+    "already known",  # geth, erigon: this very transaction is in the pool
+    "transaction already imported",  # anvil's "already known"
+    "known transaction",  # Besu's
+    "max fee per gas less than block base fee",
+    "max priority fee per gas higher than max fee per gas",
+    "exceeds block gas limit",  # geth's pool; Besu "transaction gas limit exceeds ..."
+)
 
 
 class RpcError(SourceError):
@@ -152,6 +176,16 @@ def _block_unknown(err: _Error) -> bool:
     return err.code == -32001 or (
         _server_side(err.code) and ("not found" in message or "not currently canonical" in message)
     )
+
+
+def _request_fault(err: _Error) -> bool:
+    """A server-side error that is the request's own fault (`_REQUEST_FAULTS`), by its words:
+    these nodes give such refusals no code of their own, so only the message tells them from
+    a failing node's."""
+    if not -32099 <= err.code <= -32000:
+        return False
+    message = err.message.lower()
+    return any(words in message for words in _REQUEST_FAULTS)
 
 
 def _web3_error(response: object) -> _Error | None:
@@ -532,7 +566,7 @@ class RpcClient:
     def _result(answer: _Answer) -> Any:
         if answer.error is not None:
             err = answer.error
-            if _server_side(err.code):
+            if _server_side(err.code) and not _request_fault(err):
                 raise _Failed("node", f"{err.code} {err.message}"[:120])
             raise RpcError(err.code, err.message, err.data)
         if answer.result is msgspec.UNSET:

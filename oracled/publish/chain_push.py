@@ -13,13 +13,13 @@ most `max_batch`), signed locally with an EIP-1559 fee that never exceeds `max_g
 
 Nonces are the pusher's own: read from the chain at start (the mined count, so transactions a
 previous run left pending are replaced rather than queued behind), then counted locally and
-re-read when the node says a nonce is too low, or when a transaction waits behind a nonce the
-chain lost (a reorganisation took a confirmed push off it). A transaction not mined after
-`replace_after_s` is replaced by one with the same nonce, fees raised by 12.5 % (the node's
-minimum bump is 10 %) and the latest prices (never a market paused since); when the cap leaves
-no room for that bump the pusher waits and counts `gas_cap`, unless the node no longer knows the
-transaction (evicted, or lost by the RPC): then the nonce is free and it is sent again at the
-current fees. The contract ignores an update that is not newer than what it stores, so a
+re-read when the node says a nonce is too low (or too high), or when a transaction waits behind
+a nonce the chain lost (a reorganisation took a confirmed push off it). A transaction not mined
+after `replace_after_s` is replaced by one with the same nonce, fees raised by 12.5 % (the
+node's minimum bump is 10 %) and the latest prices (never a market paused since); when the cap
+leaves no room for that bump the pusher waits and counts `gas_cap`, unless the node no longer
+knows the transaction (evicted, or lost by the RPC): then the nonce is free and it is sent again
+at the current fees. The contract ignores an update that is not newer than what it stores, so a
 replaced transaction and its replacement can never move a market back in time.
 
 The task supervises itself, as the NATS sink does: an unreachable node, or an answer it cannot
@@ -77,6 +77,17 @@ _UPDATE_BATCH: Final = selector("updateBatch(uint64,uint48,bytes32[],int128[],in
 _LATEST_MANY: Final = selector("latestMany(bytes32[])")
 _STATUS_NAMES: Final = tuple(s.label for s in Status)
 _RESTART_MAX_S: Final = 30.0
+#: Refusals of a transaction that mean the pusher's nonce is not the chain's: re-read it.
+#: "nonce too high": a node that takes no nonce ahead of the pool's (most queue it);
+#: "already known" (geth), "transaction already imported" (anvil), "known transaction" (Besu):
+#: this very transaction is in the pool already.
+_NONCE_OUT_OF_STEP: Final = (
+    "nonce too low",
+    "nonce too high",
+    "already known",
+    "transaction already imported",
+    "known transaction",
+)
 
 
 class _BadAnswer(RpcUnavailable):
@@ -254,10 +265,10 @@ class ChainPusher:
         self._stored.clear()
 
     async def _run_once(self) -> None:
-        """A step that fails on the node (unreachable, refusing a request with a JSON-RPC code
-        outside the server-side range, e.g. a rate limit coded 429, or answering in a form the
-        pusher cannot read) is logged and retried, backing off while it lasts: ending this
-        task would stop on-chain pushing."""
+        """A step that fails on the node (unreachable, refusing a request on its merits where
+        no step acts on the refusal, or answering in a form the pusher cannot read) is logged
+        and retried, backing off while it lasts: ending this task would stop on-chain
+        pushing."""
         try:
             await self._start_retrying()
             self.stats.up = True
@@ -269,9 +280,12 @@ class ChainPusher:
                 except _BadAnswer as exc:
                     failing += 1
                     self._log.error("bad answer from the node; retrying", error=str(exc))
-                except (RpcUnavailable, RpcError) as exc:
+                except RpcUnavailable as exc:
                     failing += 1
                     self._log.warning("chain unreachable", error=str(exc))
+                except RpcError as exc:  # the node read the request and refused it
+                    failing += 1
+                    self._log.warning("request refused by the node; retrying", error=str(exc))
                 if failing:  # 2x the interval per failure in a row, 30 s at most
                     await asyncio.sleep(min(self.cfg.interval_s * 2.0**failing, _RESTART_MAX_S))
                 with contextlib.suppress(TimeoutError):
@@ -482,6 +496,10 @@ class ChainPusher:
             # one replaces, where the same updates are skipped as not newer and cost little.
             estimate = await self._quantity("eth_estimateGas", [call, "latest"])
         except RpcError as exc:
+            if "gas required exceeds allowance" in exc.message.lower() and len(batch.markets) > 1:
+                # More gas than a block (or the node's call cap) holds: fewer markets fit.
+                self._fewer(len(batch.markets), len(batch.markets) // 2, error=exc.message)
+                return
             self.stats.transactions["error"] += 1
             self._failed("push would revert; not sent", error=exc.message, data=exc.data)
             return
@@ -535,27 +553,33 @@ class ChainPusher:
         block's gas limit: no node would take the transaction, nor ever mine it (with a
         `max_batch` of 1,000 every first push was refused as `intrinsic gas too high` on a
         30M-gas chain, for ever; a node also refuses the estimate of such a call, which the
-        RPC client takes for an unreachable node). The next look sends the most due markets."""
+        RPC client took for an unreachable node before it read that refusal as the request's
+        own fault). The next look sends the most due markets."""
         limit = self._block_gas
         if limit is None or gas <= limit or markets <= 1:
             return False
         by_least = (limit - _GAS_BASE) // _GAS_PER_MARKET
-        self._batch_cap = max(1, min(markets - 1, by_least, markets * limit // gas))
+        self._fewer(markets, min(by_least, markets * limit // gas), gas=gas, block_gas_limit=limit)
+        return True
+
+    def _fewer(self, markets: int, fit: int, **detail: Any) -> None:
+        """At most `fit` markets a transaction from now on (at least 1, fewer than `markets`):
+        a batch of `markets` needs more gas than a block holds."""
+        self._batch_cap = max(1, min(markets - 1, fit))
         self._log.warning(
             "push batch over the block gas limit; fewer markets a transaction",
             markets=markets,
-            gas=gas,
-            block_gas_limit=limit,
             max_batch=self._batch_cap,
+            **detail,
         )
-        return True
 
     async def _send_raw(self, raw: str) -> str:
         """eth_sendRawTransaction, keeping the node's refusal as an RpcError whatever its code.
 
-        The shared RPC client treats -32000 answers as a node failure and fails over; for a
-        transaction they are the verdict ("nonce too low", "replacement transaction
-        underpriced") that the pusher acts on, and every endpoint would give the same one.
+        The shared RPC client raises the refusals it knows by their words (`_REQUEST_FAULTS`
+        in `oracled.jsonrpc`: "nonce too low", "replacement transaction underpriced") and fails
+        over any other server-side error; for a transaction every refusal is the verdict, in
+        whatever words the node uses, and another endpoint asked would only see it again.
         """
         body = {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": [raw]}
         for url in self.rpc.urls:
@@ -579,7 +603,7 @@ class ChainPusher:
     async def _refused(self, exc: RpcError, nonce: int, max_fee: int, tip: int) -> None:
         """The node refused a transaction: fix what can be fixed for the next step."""
         message = exc.message.lower()
-        if "nonce too low" in message or "already known" in message:
+        if any(words in message for words in _NONCE_OUT_OF_STEP):
             mined = await self._quantity("eth_getTransactionCount", [self.address, "latest"])
             self._nonce = self.stats.nonce = mined
             self._log.warning("nonce out of step; re-read from the chain", nonce=self._nonce)

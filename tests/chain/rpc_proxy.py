@@ -39,6 +39,9 @@ quick and whose reads are slow to arrive). "slow" forwards every request
 `delay_s` seconds late (a node that answers, but always just under the client's timeout), and
 an `eth_getBlockByNumber` `head_delay_s` late instead when that is set (a node whose heavy reads
 take longer than its block headers, as a multicall read does on most).
+`refuse` maps a method to the JSON-RPC error objects answered to its next requests, one each,
+in any mode (a node refusing a request on its merits, in the words of a node the tests do not
+run); the method's other requests are handled as the mode says.
 `methods` lists the method of every request received, in order. `stop()` closes the listening
 socket, so the endpoint dies mid-run.
 """
@@ -111,6 +114,7 @@ class RpcProxy:
         self.delay_s = 0.0  # "slow": how late every answer is
         self.head_delay_s: float | None = None  # "slow": how late a header, if not `delay_s`
         self.methods: list[str] = []
+        self.refuse: dict[str, list[dict[str, Any]]] = {}  # method -> errors to answer, in order
         self.pins: list[Any] = []  # the block argument of every eth_call
         self.user_agents: list[str] = []  # of every request, to tell web3's from our client's
         self.streamed = 0  # "endless": bytes of its bodies written before the client hung up
@@ -207,6 +211,9 @@ class RpcProxy:
             for item in items
             if item.get("method") == "eth_call" and isinstance(params := item.get("params"), list)
         ]
+        refusals = self.refuse.get(items[0].get("method", ""))
+        if refusals and not isinstance(sent, list):
+            return web.json_response({"jsonrpc": "2.0", "id": sent["id"], "error": refusals.pop(0)})
         if mode == "no_batch_http" and isinstance(sent, list):
             return web.Response(status=400, text="batch requests are not supported")
         if mode == "no_batch" and isinstance(sent, list):

@@ -4,13 +4,18 @@ request's own fault is raised at once, without asking another endpoint."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import aiohttp
 import pytest
-from chain_rig import Anvil
+from chain_rig import Anvil, Chain, Deployed
+from eth_account import Account
 from rpc_proxy import RpcProxy
 
 from oracled.clock import SystemClock
 from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable, UnknownBlock
+from oracled.publish.signer import SigningKey
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="session"),
@@ -18,6 +23,9 @@ pytestmark = [
 ]
 
 ANVIL_CHAIN_ID = "0x7a69"  # 31337
+GWEI = 10**9
+#: A -32000 that names no fault of the request: a node failing (fails over).
+NODE_FAILURE = {"code": -32000, "message": "header not found"}
 
 
 def client(urls: list[str], http: aiohttp.ClientSession, timeout_s: float = 2.0) -> RpcClient:
@@ -89,6 +97,122 @@ async def test_a_request_fault_is_raised_without_asking_another_endpoint(
     assert proxy.requests == 0
     assert rpc.stats[0].failures == rpc.stats[0].garbage == 0 and not rpc.stats[0].by_kind
     assert rpc.active == 0
+
+
+def signed(key: SigningKey, nonce: int, base_fee: int, **fields: Any) -> str:
+    """A transfer of nothing from `key`, EIP-1559, with `fields` over the defaults."""
+    tx = {
+        "type": 2, "chainId": 31337, "nonce": nonce, "to": "0x" + "11" * 20, "value": 0,
+        "data": b"", "gas": 21_000, "maxFeePerGas": 2 * base_fee + GWEI,
+        "maxPriorityFeePerGas": GWEI, **fields,
+    }  # fmt: skip
+    return "0x" + bytes(Account.sign_transaction(tx, key.hex()).raw_transaction).hex()
+
+
+async def anvil_refusal(chain: Chain, deployed: Deployed, case: str) -> tuple[str, list[Any]]:
+    """The request anvil refuses on its merits for `case`, after what makes it so (a funded
+    key, a transaction sent before)."""
+    key = SigningKey.generate()
+    base = int((await chain.rpc("eth_getBlockByNumber", ["latest", False]))["baseFeePerGas"], 16)
+    if case == "insufficient funds":  # the key is never funded
+        return "eth_sendRawTransaction", [signed(key, 0, base)]
+    await chain.rpc("anvil_setBalance", [key.address, hex(10**20)])
+    if case == "gas required exceeds allowance":  # a write that needs more than 30,000 gas
+        data = "0xa87a20ce" + "00" * 31 + "01"  # updateAnswer(int256) of Chainlink's mock
+        call = {"from": key.address, "to": deployed.eth_aggregator, "data": data, "gas": "0x7530"}
+        return "eth_estimateGas", [call, "latest"]
+    if case == "nonce too low":
+        await chain.rpc("eth_sendRawTransaction", [signed(key, 0, base)])  # automined
+        return "eth_sendRawTransaction", [signed(key, 0, base, gas=21_001)]
+    if case in ("transaction already imported", "replacement transaction underpriced"):
+        await chain.rpc("evm_setAutomine", [False])  # the first stays in the pool
+        await chain.rpc("eth_sendRawTransaction", [signed(key, 0, base)])
+        again = signed(key, 0, base, gas=21_000 if case.startswith("transaction") else 21_001)
+        return "eth_sendRawTransaction", [again]
+    fields: dict[str, dict[str, int]] = {
+        "intrinsic gas too low": {"gas": 20_000},
+        "intrinsic gas too high": {"gas": 40_000_000},  # over the block's 30M
+        "max fee per gas less than block base fee": {"maxFeePerGas": 1, "maxPriorityFeePerGas": 1},
+    }
+    return "eth_sendRawTransaction", [signed(key, 0, base, **fields[case])]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "insufficient funds",
+        "gas required exceeds allowance",
+        "nonce too low",
+        "transaction already imported",
+        "replacement transaction underpriced",
+        "intrinsic gas too low",
+        "intrinsic gas too high",
+        "max fee per gas less than block base fee",
+    ],
+)
+async def test_a_request_anvil_refuses_on_its_merits_leaves_the_endpoint_healthy(
+    anvil: Anvil,
+    chain: Chain,
+    snapshot: Deployed,
+    http: aiohttp.ClientSession,
+    proxy: RpcProxy,
+    case: str,
+) -> None:
+    """A transaction or estimate the real node refuses under a server-side code (anvil: -32003
+    "transaction rejected", or -32000) is the request's fault: RpcError with the node's words,
+    the second endpoint is never asked (the proxy counts no request), nothing is counted
+    against the first and the client stays on it. Before, each was a `node` failure: the
+    endpoint was left, the same request sent to the next URL, and the caller told
+    `every endpoint failed`."""
+    try:
+        method, params = await anvil_refusal(chain, snapshot, case)
+        rpc = client([anvil.url, proxy.url], http)
+        with pytest.raises(RpcError) as raised:
+            await rpc.call(method, params)
+    finally:
+        await chain.rpc("evm_setAutomine", [True])
+    assert case in raised.value.message.lower()
+    assert -32099 <= raised.value.code <= -32000
+    assert proxy.requests == 0
+    assert rpc.stats[0].failures == rpc.stats[0].failovers == 0 and not rpc.stats[0].by_kind
+    assert rpc.active == 0
+
+
+#: geth's words (core/error.go, core/txpool/errors.go, its gas estimator) and Besu's, under
+#: -32000, for the refusals anvil words otherwise or does not make.
+GETH_REFUSALS = [
+    "execution reverted",
+    "insufficient funds for gas * price + value",
+    "gas required exceeds allowance (30000000)",
+    "intrinsic gas too low",
+    "nonce too low",
+    "nonce too high",
+    "replacement transaction underpriced",
+    "transaction underpriced",
+    "already known",
+    "max fee per gas less than block base fee",
+    "exceeds block gas limit",
+    "Upfront cost exceeds account balance",
+    "Known transaction",
+]
+
+
+@pytest.mark.parametrize("message", GETH_REFUSALS)
+async def test_a_refusal_in_geths_words_is_the_requests_fault_not_the_endpoints(
+    http: aiohttp.ClientSession, proxy: RpcProxy, other_host: RpcProxy, message: str
+) -> None:
+    """The same refusals in the words of geth (and erigon, reth, most providers, which share
+    them) and Besu, under -32000: RpcError, the second endpoint never asked, nothing counted.
+    A -32000 in other words is still the node's failure and goes to the next endpoint."""
+    proxy.refuse["eth_estimateGas"] = [{"code": -32000, "message": message}, NODE_FAILURE]
+    rpc = client([proxy.url, other_host.url], http)
+    call = {"to": "0x" + "22" * 20, "data": "0x"}  # no code there: a plain transfer's gas
+    with pytest.raises(RpcError, match=re.escape(message)):
+        await rpc.call("eth_estimateGas", [call, "latest"])
+    assert other_host.requests == 0
+    assert not rpc.stats[0].by_kind and rpc.active == 0
+    assert await rpc.call("eth_estimateGas", [call, "latest"]) == "0x5208"  # 21,000
+    assert rpc.stats[0].by_kind == {"node": 1} and other_host.requests == 1
 
 
 async def test_a_read_pinned_to_a_block_the_node_does_not_hold_is_unknown_block(

@@ -1116,3 +1116,63 @@ async def test_a_push_a_reorganisation_took_off_the_chain_is_pushed_again(rig: R
     await pusher.step()  # refused: the left-behind push took that nonce; read again
     await settle(pusher)
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
+async def test_an_estimate_over_the_gas_a_block_allows_lowers_the_batch_on_the_same_endpoint(
+    rig: Rig,
+) -> None:
+    """The node refuses the gas estimate as needing more than it allows (geth's -32000 "gas
+    required exceeds allowance", what a batch over the block's gas limit gets): the pusher
+    sends fewer markets a transaction, from the next look, on the same endpoint; nothing is
+    counted as an error and no other endpoint is asked. Before, the refusal was taken for a
+    failing node: the estimate went to the next URL (and with none left, `chain unreachable`
+    and a backoff, look after look)."""
+    first = await RpcProxy(rig.url, rig.chain.session).start()
+    second = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(rig, rounds, urls=(first.url, second.url))
+        refusal = {"code": -32000, "message": "gas required exceeds allowance (30000000)"}
+        first.refuse["eth_estimateGas"] = [refusal]
+        with capture_logs() as logs:
+            await pusher.step()
+            assert pusher.stats.transactions == dict.fromkeys(pusher.stats.transactions, 0)
+            for _ in range(5):
+                await settle(pusher)
+                if pusher.stats.updates == 3:
+                    break
+        assert pusher.stats.updates == 3 and pusher.stats.transactions["error"] == 0
+        assert second.requests == 0 and not pusher.rpc.stats[0].by_kind
+        assert [e["max_batch"] for e in logs if e["event"].startswith("push batch over")] == [1]
+        assert [e["markets"] for e in logs if e["event"] == "push sent"] == [1, 1, 1]
+        assert not any(e["event"] == "chain unreachable" for e in logs)
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_a_send_refused_as_nonce_too_high_reads_the_nonce_again(rig: Rig) -> None:
+    """A reorganisation took a confirmed push off the chain, so the pusher's next nonce is one
+    past the chain's; a node that takes no nonce ahead of the pool's refuses the send as
+    "nonce too high" (geth's words). The pusher counts the error, reads the nonce from the
+    chain and pushes at it. Before, the refusal was logged as one it cannot fix and the same
+    nonce was sent again at every look."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(rig, rounds, urls=(proxy.url,))
+        await settle(pusher)
+        await rig.chain.reorg(1)
+        assert await rig.nonce() == 0 and pusher.stats.nonce == 1
+        pusher.submit(rounds.step(ETH_USD=1.02))
+        proxy.refuse["eth_sendRawTransaction"] = [{"code": -32000, "message": "nonce too high"}]
+        with capture_logs() as logs:
+            await pusher.step()
+        assert pusher.stats.transactions["error"] == 1 and not pusher.stats.pending
+        assert pusher.stats.nonce == 0
+        assert "nonce out of step; re-read from the chain" in [e["event"] for e in logs]
+        await settle(pusher)
+        assert pusher.stats.transactions["confirmed"] == 2 and await rig.nonce() == 1
+        assert (await rig.stored("ETH/USD"))[3] == rounds.now
+    finally:
+        await proxy.stop()
