@@ -319,6 +319,8 @@ class VerifySummary:
     #: the gaps (the stored rounds on either side), the first few listed in full
     gaps: list[tuple[AuditRound, AuditRound]] = field(default_factory=list)
     gap_count: int = 0
+    #: mismatched rounds whose signature recovered an address other than their signer column
+    other_signer: int = 0
 
     def add_gap(self, before: AuditRound, after: AuditRound) -> None:
         self.absent += after.round - before.round - 1
@@ -335,6 +337,9 @@ class VerifySummary:
             self.signers[check.signer] += 1
         if check.verdict == "ok" and check.format is not None:
             self.formats[check.format] += 1
+        recovered = (check.signer or "").lower()
+        if check.verdict == "mismatch" and recovered not in ("", (stored.signer or "").lower()):
+            self.other_signer += 1
         if check.verdict != "ok":
             shown = self.shown.setdefault(check.verdict, [])
             if len(shown) < _SHOWN:
@@ -482,4 +487,24 @@ def cmd_verify(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> in
         print(f"{args.market}: no round that holds it is stored in this window", file=out)
     else:
         print_summary(summary, out)
+        note = deployment_note(summary, deployment_of(args))
+        if note:
+            print(note, file=out)
     return summary.exit_code()
+
+
+def deployment_note(summary: VerifySummary, deployment: str | None) -> str:
+    """A line when no signed round matched and every mismatch is a signature recovering another
+    address than its signer column: what a deployment other than the daemon's gives for every
+    round, a typo of the auditor's as likely as a trail rewritten whole; else ''."""
+    mismatched = summary.verdicts["mismatch"]
+    if deployment is None or summary.verdicts["ok"] or not mismatched:
+        return ""
+    if summary.other_signer != mismatched:
+        return ""
+    return (
+        f"note: no signed round matched, and every signature recovers another address than its"
+        f" signer column in the deployment {deployment!r}: so does every round signed for another"
+        " deployment. Check the name against the daemon's signing.deployment (GET /v1/info, its"
+        " start-up log) before taking the trail as rewritten"
+    )

@@ -337,6 +337,34 @@ def test_signatures_are_checked_in_the_deployment_the_auditor_names(
     assert main(["audit", "--db", str(db), "--deployment", "test"]) == 2
 
 
+def test_a_deployment_under_which_no_round_matches_is_pointed_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Walking `--verify` with a mistyped `--deployment` gave every round a mismatch, each
+    signature recovering some other address, and nothing but "treat it as tampered" to go on.
+    When no round matches and every mismatch is such a recovery, a note says a deployment other
+    than the daemon's does exactly that; a changed price (the right key over another root) or
+    one changed signer column among matching rounds gets no note."""
+    db = tmp_path / "audit.sqlite3"
+    written(db, 3)
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "stagign"]) == 3
+    out = capsys.readouterr().out
+    assert "3 mismatched" in out
+    assert "note: no signed round matched, and every signature recovers another address" in out
+    assert "deployment 'stagign'" in out and "signing.deployment (GET /v1/info" in out
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "test"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    sql(db, f"UPDATE rounds SET signer = '{OTHER}' WHERE round = 2")
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "test"]) == 3
+    assert "note:" not in capsys.readouterr().out  # two rounds match
+    changed = tmp_path / "changed.sqlite3"
+    written(changed, 1)
+    change_report(changed, 1, "ETH/USD", price="3100.51")
+    assert main(["audit", "--db", str(changed), "--verify", "--deployment", "test"]) == 3
+    out = capsys.readouterr().out
+    assert "1 mismatched" in out and "note:" not in out  # its key, over another root
+
+
 def test_a_perpetual_markets_stored_mark_is_proved_and_a_changed_one_found(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
