@@ -50,3 +50,28 @@ def test_the_documented_signed_section_loads_as_signed_mode(tmp_path: Path) -> N
     signed = load_accounts(path).signed
     assert signed is not None and signed.deployment == "production" and signed.quorum == 2
     assert [len(a) for a in signed.allowed().values()] == [1, 2, 1]
+
+
+def test_the_decisions_table_names_every_kind_with_its_keys() -> None:
+    """`oracled margin` prints decisions as JSON lines whose shape the page did not give: its
+    Decisions table names each `kind` with exactly the keys the encoder writes (the common
+    `kind`, `ts`, `account` and `scope` in the sentence above it), and a `shortfall`'s
+    `deleveraged` entries with theirs."""
+    from oracled.margin.decisions import Decision, Deleverage
+
+    section = DOC.read_text().split("\n## Decisions\n", 1)[1].split("\n## ", 1)[0]
+    common = {"kind", "ts", "account", "scope"}
+    assert all(f"`{key}`" in section.split("\n|", 1)[0] for key in common)
+    rows = re.findall(r"^\| `([a-z_]+)` \| [^|]* \| (.*) \|$", section, re.M)
+    documented = {  # a key's explanation in parentheses names no key
+        kind: set(re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", keys)))
+        for kind, keys in rows
+        if kind != "kind"  # the header
+    }
+    encoded = {
+        cls.__struct_config__.tag: set(cls.__struct_fields__) - common for cls in Decision.__args__
+    }
+    assert documented == encoded
+    entry = re.search(r"`deleveraged` \(each ([^)]*)\)", section)
+    assert entry is not None
+    assert set(re.findall(r"`([a-z_]+)`", entry.group(1))) == set(Deleverage.__struct_fields__)
