@@ -144,7 +144,9 @@ def test_the_architecture_names_every_top_level_module_and_only_modules_that_exi
     text = (PACKAGE_DIR.parents[0] / "docs" / "ARCHITECTURE.md").read_text()
     named = {
         path.removeprefix("oracled/").rstrip("/")
-        for path in re.findall(r"`((?:oracled/)?[a-z_]+(?:/[a-z_]+)*(?:\.py|/))`", text)
+        for path in re.findall(
+            r"`((?:oracled/)?[a-z_][a-z0-9_]*(?:/[a-z_][a-z0-9_]*)*(?:\.py|/))`", text
+        )
     }
     top = {
         path.name
