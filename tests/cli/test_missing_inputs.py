@@ -4,11 +4,10 @@ exits 2, the code README gives a bad argument (a missing config already did; a m
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from oracled_cli import run_oracled
 
 from oracled.cli import main
 from oracled.stress.scenarios import build, scenario_accounts, scenario_config
@@ -101,13 +100,7 @@ def test_daemon_commands_with_a_missing_config_exit_2_naming_it(
         "check-config": ["check-config", str(missing)],
         "record": ["record", "--config", str(missing), "--out", str(tmp_path / "t.jsonl")],
     }.get(command, [command, "--config", str(missing)])
-    proc = subprocess.run(
-        [sys.executable, "-m", "oracled.cli", *argv],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    proc = run_oracled(argv)
     assert proc.returncode == 2, proc.stderr
     assert f"{missing}: cannot read (No such file or directory)" in proc.stderr
     assert "Traceback" not in proc.stderr

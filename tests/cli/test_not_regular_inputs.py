@@ -7,11 +7,10 @@ its own under a timeout, so that a regression fails the test instead of hanging 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from oracled_cli import run_oracled
 
 from oracled.stress.scenarios import build, scenario_config
 
@@ -30,14 +29,7 @@ def _input(tmp_path: Path, kind: str) -> Path:
 
 
 def _refused(argv: list[str], path: Path, kind: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "oracled.cli", *argv],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = run_oracled(argv)
     assert proc.returncode == 2, proc.stderr
     assert f"{path}: cannot read ({KINDS[kind]}, not a regular file)" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr

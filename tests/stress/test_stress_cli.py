@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from oracled_cli import run_oracled
 
 from oracled.cli import main
 from oracled.config import parse_config
@@ -400,13 +401,7 @@ def test_dev_zero_as_the_tape_is_refused_at_its_first_mib(tmp_path: Path) -> Non
     for any tape that is none), in a process of its own under a timeout."""
     _, cfg, accounts = _scenario_files(tmp_path, "flash_crash")
     argv = ["stress", "--config", str(cfg), "--tape", "/dev/zero", "--accounts", str(accounts)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "oracled.cli", *argv],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    proc = run_oracled(argv)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == (
         "oracled stress: /dev/zero: line 1: not an oracled-tape header (longer than 1 MiB: no"
