@@ -43,6 +43,7 @@ import structlog
 
 from oracled.client import MarketView, OracleClient, Rejection
 from oracled.client_stream import Request, Subscriptions
+from oracled.eth import checksum_address
 from oracled.margin.config import SignedFeed
 from oracled.margin.engine import MarginEngine
 from oracled.margin.prices import PriceView, SignerRef, parse_price
@@ -225,12 +226,17 @@ class SignedMarginService(MarginService):
                 self._decide()
             return ()
         self.reports += 1
-        self._heard[url] = sp.signer
+        signer = sp.signer
+        if signer not in self.client.identity_of:
+            # Written in another case: the signature covers no `signer` field, and the client
+            # takes one that names the signing key in any case. Identities are by EIP-55.
+            signer = checksum_address(signer)
+        self._heard[url] = signer
         if self._subs_of(url).reported(sp.market):
             self._available((sp.market,))
-        identity = self.client.identity_of[sp.signer]
+        identity = self.client.identity_of[signer]
         self._reads.verified(sp.market, identity, sp.ts, self._settled.get(identity))
-        self._arrived(url, sp.signer, sp.market, sp.ts)
+        self._arrived(url, signer, sp.market, sp.ts)
         return ()
 
     def _arrived(self, url: str, signer: str, market: str, ts: int) -> None:

@@ -88,6 +88,8 @@ class Relay:
         self.inject: float | None = None
         #: Set: called on every unsigned report passed on, which it may change (True if so).
         self.edit: Callable[[dict[str, Any]], bool] | None = None
+        #: Set: every signed frame's `signer` written in lower case (the signature covers none).
+        self.lower_signer = False
         self.changed = 0
         app = web.Application()
         app.router.add_get("/v1/stream", self._relay)
@@ -99,6 +101,10 @@ class Relay:
         items = frame["data"] if isinstance(frame.get("data"), list) else [frame.get("data")]
         if self.edit is not None and kind in ("report", "reports"):
             self.changed += sum(self.edit(item) for item in items)
+            return json.dumps(frame, separators=(",", ":"))
+        if self.lower_signer and kind == "signed":
+            frame["data"]["signer"] = frame["data"]["signer"].lower()
+            self.changed += 1
             return json.dumps(frame, separators=(",", ":"))
         if self.tamper is None or kind not in ("signed", "reports"):
             return text
@@ -394,6 +400,32 @@ async def test_an_unsigned_report_put_among_signed_frames_is_refused_as_unsigned
     btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
     assert isinstance(btc, Resolved) and btc.value == pytest.approx(64_000, rel=1e-4)
     assert eng.state("tight") == "healthy" and b"liquidation" not in out.getvalue()
+
+
+async def test_a_signer_written_in_lower_case_is_its_verified_key_and_stops_nothing(
+    serve: Servers,
+) -> None:
+    """The round signature covers no `signer` field, and the client takes one that names the
+    signing key in any case. A relay writing it in lower case stopped the signed service: the
+    identity of the address was looked up as written (a KeyError out of the frame handler, and
+    `oracled margin` exited). The frames now count as their key's: rounds are taken whole,
+    priced, and the decisions name the key in its EIP-55 form."""
+    rig = SignedRig(KEYS[0])
+    rig.step()
+    relay, url = await serve.relay(await serve.api(rig))
+    relay.lower_signer = True
+    eng = accounts({}, signed_section([rig]), TIGHT)
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    service = SignedMarginService(eng, [url], out, eng.spec.signed, clock=rig.clock.now_ms)
+    await serve.run(service)
+    for n in range(2, 4):
+        await until(lambda n=n: {v.round for v in eng.book.latest.values()} == {n - 1})
+        rig.step({"BTC/USD": 60_000.0, "ETH/USD": 3_100.0} if n == 3 else None)
+    await until(lambda: {v.round for v in eng.book.latest.values()} == {3})
+    assert relay.changed >= 6 and service.client.accepted >= 6
+    liquidation = next(d for d in decisions(out) if d["kind"] == "liquidation")
+    assert [s["address"] for s in liquidation["driver"]["signers"]] == [KEYS[0].address]
 
 
 async def test_a_hedge_is_judged_on_one_signed_round_not_on_a_mix_of_two(
