@@ -28,7 +28,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -267,9 +266,13 @@ def hold_stablecoins(venues: Sequence[SimulatedVenue]) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port for the daemon, kept from other programs' port-0 binds until the daemon
+    binds it (the tests' helper: the short soak runs beside other tests that start servers)."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    from ports import free_port as held
+
+    return held()
 
 
 class DaemonProcess:

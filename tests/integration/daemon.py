@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -14,14 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from ports import free_port
 
 ADMIN_TOKEN = "integration-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sim_config(urls: Sequence[tuple[str, str]], *, min_sources: int = 3) -> str:

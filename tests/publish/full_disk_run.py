@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# The folder of the tests' shared helpers, which pytest puts on the path (publish_rig imports
+# ports.py from it); this folder is there already, as the script's own.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from audit_rig import Feed
 from publish_rig import make_config
 from structlog.testing import capture_logs

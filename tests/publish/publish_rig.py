@@ -6,12 +6,13 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from ports import free_port
 
 from oracled.config import Config, parse_config
 from oracled.core import Core, RoundResult
@@ -106,12 +107,6 @@ class Rounds:
                 px = self.prices[market] * (1 + self.perp_premium)
                 self.core.ingest(Quote(PERP, market, self.now - 10, price=px, kind="perp"))
         return self.core.run_round(self.now)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def nats_server_binary() -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 from audit_rig import audit_config
+from ports import free_port
 from publish_rig import Rounds, make_config
 
 from oracled.publish.audit import AuditReader, AuditTrail
@@ -76,7 +76,9 @@ def test_a_writer_killed_mid_batch_leaves_whole_rounds_only(tmp_path: Path) -> N
     script.write_text(WRITER)
     proc = subprocess.Popen([sys.executable, str(script), str(db)], cwd=ROOT)
     try:
-        deadline = time.monotonic() + 30
+        # A hang guard, not a speed claim: on a loaded machine (the suite runs on several
+        # workers) the writer's start and first 150 rounds took more than 30 s.
+        deadline = time.monotonic() + 120
         rounds = 0
         while rounds < 150 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -124,12 +126,6 @@ _NO_OVERRIDE = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_a_read_only_audit_directory_is_reported_and_prices_go_on(tmp_path: Path) -> None:
     """`oracled run` with its audit database in a read-only directory (without the capability
     to override file modes when the tests run as root): the market goes live and stays served,
@@ -139,7 +135,7 @@ async def test_a_read_only_audit_directory_is_reported_and_prices_go_on(tmp_path
     audit_dir = shared_dir / "audit"
     audit_dir.mkdir()
     audit_dir.chmod(0o555)
-    port = _free_port()
+    port = free_port()
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         config = shared_dir / "oracled.toml"
         config.write_text(

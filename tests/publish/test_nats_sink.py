@@ -76,6 +76,8 @@ async def test_the_rig_refuses_a_port_another_program_listens_on(tmp_path: Path)
     port (another suite's server on a busy machine) is an error, never silently used."""
     srv = NatsServer(tmp_path / "taken")
     with socket.socket() as stranger:
+        # As a server binds (the rig's port waits in TIME_WAIT, which only such a bind may take).
+        stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         stranger.bind(("127.0.0.1", srv.port))
         stranger.listen()
         with pytest.raises(RuntimeError, match="nats-server exited"):

@@ -12,12 +12,12 @@ import asyncio
 import os
 import re
 import signal
-import socket
 from pathlib import Path
 
 import aiohttp
 import pytest
 from one_venue import service_running
+from ports import free_port
 from structlog.testing import capture_logs
 
 from oracled.config import load_config
@@ -28,12 +28,6 @@ from oracled.sim import BinanceSim
 TOKEN_ENV = "ORACLED_REFUSED_RELOAD_TOKEN"
 TOKEN = "refused-reload-token-0123456789"
 MARKET = 'symbol = "BTC/USDT"\nmin_sources = 1\nsources = [{ source = "good", pair = "BTC/USDT" }]'
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _toml(ws: str, rest: str, port: int) -> str:
@@ -115,7 +109,7 @@ async def test_every_mistake_in_a_reloaded_file_is_refused_whole_and_counted(
         BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=40.0, volatility=0.0) as sim,
         aiohttp.ClientSession() as http,
     ):
-        port = _free_port()
+        port = free_port()
         good = _toml(sim.ws_url, sim.rest_url, port)
         path = tmp_path / "oracled.toml"
         path.write_text(good)

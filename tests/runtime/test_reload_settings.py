@@ -8,24 +8,18 @@ changed (every list empty), so an operator could not tell a typo from a change.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from one_venue import service_running
+from ports import free_port
 
 from oracled.config import load_config
 from oracled.core import RoundResult
 from oracled.service import Service
 from oracled.sim import BinanceSim
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _toml(
@@ -104,7 +98,7 @@ async def test_a_reloaded_threshold_is_reported_and_prices_the_next_round(tmp_pa
         base = _toml(venues)
         path = tmp_path / "oracled.toml"
         _write(path, base)
-        port = _free_port()
+        port = free_port()
         service = Service(load_config(path), config_path=path, listen=f"127.0.0.1:{port}")
         async with service_running(service):
             first = await _next_round(service, 0, _live)
