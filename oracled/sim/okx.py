@@ -8,6 +8,14 @@ the text ``ping`` answered by ``pong``, ``notice`` 64008 on demand (`notice()`),
 shaped like the 2022 recording, ``GET /api/v5/market/tickers?instType=`` and
 ``GET /api/v5/market/ticker?instId=``.
 
+REST errors are worded as the docs' error table has them: a body ``{"code":..,"msg":..,
+"data":[]}`` under the status the table gives the code. An unknown ``instId`` is 51001 "Instrument
+ID does not exist" with HTTP 200; a bad ``instType`` 51000 with 400; `rest_status` 429 is 50011
+"Rate limit reached" (no Retry-After: the docs name none), 503 is 50001 "Service temporarily
+unavailable", 500 is 50026 "System error". `code_status`, when set, sends every such answer under
+that status instead (a gateway that words them otherwise: the client must read the code either
+way).
+
 A subscription is answered, after the request's acks, with each newly subscribed instrument's
 current ticker: the last one made, in the push's own shape, its ``ts`` the time the book last
 changed however long ago (the venue's opening, if it never changed). The docs say only that a
@@ -46,6 +54,13 @@ from oracled.sim.paths import PricePath
 __all__ = ["GARBAGE", "OkxSim", "SimStats"]
 
 _UPGRADE: Final = "The connection will soon be closed for a service upgrade. Please reconnect."
+#: `rest_status`'s answers, as the docs' error table words them: status -> (code, msg).
+_REFUSALS: Final = {
+    429: ("50011", "Rate limit reached. Please refer to API documentation and throttle requests "
+          "accordingly."),
+    503: ("50001", "Service temporarily unavailable. Try again later"),
+    500: ("50026", "System error. Try again later"),
+}  # fmt: skip
 _PUSH: Final = '{{"arg":{{"channel":"tickers","instId":"{sym}"}},"data":[{row}]}}'
 
 # One of each kind of bad frame: broken JSON, truncated, wrong shapes, and well-formed tickers whose
@@ -99,6 +114,8 @@ class OkxSim(VenueSim):
     ) -> None:
         super().__init__(prices, message_limit=message_limit, **kwargs)
         self.idle_timeout_s = idle_timeout_s
+        #: The HTTP status of every answer carrying an error code; None: the documented one.
+        self.code_status: int | None = None
         self.idle_cuts = 0  # connections closed for the venue's 30-s rule (`idle_timeout_s`)
         self.pings_received = 0  # text "ping" messages from clients
         self._last_ts: dict[str, int] = {}
@@ -268,7 +285,7 @@ class OkxSim(VenueSim):
             return refused
         inst_type = request.query.get("instType")
         if inst_type not in ("SPOT", "SWAP", "FUTURES", "OPTION"):
-            return _rest_error("51000", "Parameter instType error")
+            return self._rest_error(400, "51000", "Parameter instType error")
         now = self.now()
         rows = [
             self._row(sym, path, now)
@@ -283,10 +300,21 @@ class OkxSim(VenueSim):
             return refused
         symbol = request.query.get("instId", "")
         if symbol not in self.paths:
-            return _rest_error("51001", "Instrument ID does not exist")
+            return self._rest_error(200, "51001", "Instrument ID does not exist")
         row = self._row(symbol, self.paths[symbol], self.now())
         return web.json_response({"code": "0", "msg": "", "data": [row]})
 
+    def rest_refusal(self, status: int) -> web.Response:
+        """`rest_status`'s answer, coded as the venue codes it where the docs give the status."""
+        if status not in _REFUSALS:
+            return super().rest_refusal(status)
+        return self._rest_error(status, *_REFUSALS[status])
 
-def _rest_error(code: str, msg: str) -> web.Response:
-    return web.json_response({"code": code, "msg": msg, "data": []}, status=400)
+    def _rest_error(self, status: int, code: str, msg: str) -> web.Response:
+        """An error answer: OKX's body, under `status` unless `code_status` says otherwise."""
+        body = {"code": code, "msg": msg, "data": []}
+        return web.json_response(body, status=self.code_status or status)
+
+    def reset(self) -> None:
+        super().reset()
+        self.code_status = None

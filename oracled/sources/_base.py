@@ -625,10 +625,11 @@ class Source(abc.ABC):
     def _venue_error(
         self, request_id: int | str | None, message: str, event: str = "venue error"
     ) -> None:
-        """Log an error that names none of our requests: the first at once, then at most one line
-        a minute saying how many were held back, so that a venue repeating one with every frame
-        cannot flood the log (each is counted as `venue_error` all the same)."""
-        count = self._venue_errors.due("venue_error", self._clock.monotonic())
+        """Log an error that names none of our requests (or a venue's REST error): the first of
+        each `event` at once, then at most one line a minute saying how many were held back, so
+        that a venue repeating one with every frame or poll cannot flood the log (each is counted
+        all the same, by the caller)."""
+        count = self._venue_errors.due(event, self._clock.monotonic())
         if count is None:
             return
         suppressed = count - 1  # held back since the last line: this one is logged

@@ -37,8 +37,18 @@ whose sizes are strings but whose prices are bare JSON numbers is read as those 
 
 REST ``GET /api/v5/market/tickers?instType=SPOT|SWAP`` returns every instrument of a type in one
 request (limit: 20 requests per 2 s per IP). One poll makes one request: with both kinds
-configured, polls alternate between SPOT and SWAP. A poll for a single instrument (after a refused
-batch) uses ``GET /api/v5/market/ticker?instId=..`` (same limit).
+configured, polls alternate between SPOT and SWAP. A poll for a single instrument (one configured,
+or after a refused batch) uses ``GET /api/v5/market/ticker?instId=..`` (same limit).
+
+REST errors (https://www.okx.com/docs-v5/en/#error-code-rest-api) come as a non-zero ``code``
+with its ``msg`` in the body, ``{"code":"51001","msg":"Instrument ID does not exist","data":[]}``,
+under HTTP 200 or an error status (50011 "Rate limit reached" with 429, 50001 "Service
+temporarily unavailable" with 503, 51001 with 200); `_fetch` reads the code, whatever the status,
+by what it means, as the stream path reads its errors: 51001 on a one-instrument poll marks that
+instrument failed (``failed_instruments``, logged once, left out of later polls, as a refused
+subscription is); 50011 is a rate limit: the round ends and polls rest for the limit's 2 s window
+(`rate_limit_wait_s`, or a ``Retry-After`` if one is sent); any other code is a failed request
+(``rest_error``, the source down) logged with its code and message at most once a minute.
 """
 
 from __future__ import annotations
@@ -110,6 +120,13 @@ class _Control(msgspec.Struct):
     arg: _Arg | None = None
 
 
+class _Envelope(msgspec.Struct):
+    """What every REST answer carries, an error's too: ``code`` "0" is success."""
+
+    code: str
+    msg: str = ""
+
+
 class _Rest(msgspec.Struct):
     code: str
     msg: str = ""
@@ -120,6 +137,10 @@ _FAST = msgspec.json.Decoder(_FastPush, strict=False)
 _PUSH = msgspec.json.Decoder(_Push)
 _CONTROL = msgspec.json.Decoder(_Control)
 _REST = msgspec.json.Decoder(_Rest)
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+#: REST error codes read by their meaning (the docs' table; any other is a failed request).
+_NO_INSTRUMENT: Final = "51001"  # "Instrument ID does not exist", HTTP 200
+_RATE_LIMIT: Final = "50011"  # "Rate limit reached", HTTP 429
 _ENCODE = msgspec.json.Encoder()
 
 
@@ -136,6 +157,9 @@ class OkxSource(Source):
     #: current ticker (``ts`` 2.4 to 2.5 s old, before the subscribe): a snapshot, so the filter
     #: stays on.
     snapshot_on_subscribe: ClassVar[bool] = True
+    #: The window of the market data endpoints' limit (20 requests per 2 s per IP): a 50011
+    #: names no wait, and the limit is spent for at most this long.
+    rest_limit_window_s: ClassVar[float] = 2.0
 
     def __init__(
         self,
@@ -295,6 +319,36 @@ class OkxSource(Source):
         self._rest_turn += 1
         inst_type = types[self._rest_turn % len(types)]
         return f"{self.rest_url}/api/v5/market/tickers", {"instType": inst_type}
+
+    def rate_limit_wait_s(self, headers: Mapping[str, str]) -> float:
+        """A 50011 (HTTP 429) sends no Retry-After: polls rest for the limit's window."""
+        return super().rate_limit_wait_s(headers) or self.rest_limit_window_s
+
+    async def _fetch(
+        self, url: str, query: Mapping[str, str]
+    ) -> tuple[int | None, bytes, str | None]:
+        """OKX says a REST error with a code in the body, under HTTP 200 or an error status;
+        turn it into the failure the base understands by what the code means (module doc)."""
+        status, body, error = await super()._fetch(url, query)
+        if status is None:  # no answer: a transport error, a timeout, a body past the cap
+            return status, body, error
+        try:
+            reply = _ENVELOPE.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            # No OKX body (or one nested past the decoder's depth): the status, or on_rest
+            # through the base, judges it.
+            return status, body, error
+        if reply.code == "0":
+            return status, body, error
+        message = f"{reply.code}: {reply.msg}"[:200]
+        if reply.code == _NO_INSTRUMENT and "instId" in query:
+            return 400, body, message  # the base marks the one instrument failed
+        if reply.code == _RATE_LIMIT:
+            if status not in (429, 418):  # the base read no wait for it
+                self._retry_after_s = self.rate_limit_wait_s({})
+            return 429, body, message
+        self._venue_error(None, f"HTTP {status}, {message}", "rest error")
+        return status, body, message
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         reply = self._decoded(_REST, body)

@@ -160,7 +160,9 @@ async def test_notice_reaches_every_client(sim: OkxSim, http: aiohttp.ClientSess
 async def test_rest_tickers_by_type_and_single_ticker(
     sim: OkxSim, http: aiohttp.ClientSession
 ) -> None:
-    """Tickers by instType list that type only; a single ticker; unknown ones get 400 errors."""
+    """Tickers by instType list that type only; a single ticker; an unknown instrument is
+    code 51001 under HTTP 200 and an unknown type 51000 under 400, as the docs' error table
+    has them; `rest_status` 429 is code 50011."""
     url = f"{sim.rest_url}/api/v5/market"
     async with http.get(f"{url}/tickers", params={"instType": "SPOT"}) as resp:
         body = await resp.json()
@@ -171,13 +173,47 @@ async def test_rest_tickers_by_type_and_single_ticker(
         row = (await resp.json())["data"][0]
     assert set(row) == TICKER_KEYS
     async with http.get(f"{url}/ticker", params={"instId": "FOO-USDT"}) as resp:
-        assert resp.status == 400 and (await resp.json())["code"] == "51001"
+        assert resp.status == 200 and (await resp.json())["code"] == "51001"
     async with http.get(f"{url}/tickers", params={"instType": "NOPE"}) as resp:
         assert resp.status == 400 and (await resp.json())["code"] == "51000"
     sim.rest_status = 429
     async with http.get(f"{url}/tickers", params={"instType": "SPOT"}) as resp:
-        assert resp.status == 429
+        assert resp.status == 429 and (await resp.json())["code"] == "50011"
     assert sim.stats.rest_requests == 6
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "msg"),
+    [
+        (429, "50011", "Rate limit reached. Please refer to API documentation and throttle "
+         "requests accordingly."),
+        (503, "50001", "Service temporarily unavailable. Try again later"),
+        (500, "50026", "System error. Try again later"),
+    ],
+)  # fmt: skip
+async def test_rest_failures_carry_the_documented_code_under_their_status_or_the_one_set(
+    sim: OkxSim, http: aiohttp.ClientSession, status: int, code: str, msg: str
+) -> None:
+    """A failed call answers OKX's body with the code and message of the docs' error table,
+    under the status the table gives it (no Retry-After: the docs name none); `code_status`
+    sends every coded answer under another status (here 200), and `reset` puts it back."""
+    url = f"{sim.rest_url}/api/v5/market"
+    sim.rest_status = status
+    for path, query in (("tickers", {"instType": "SPOT"}), ("ticker", {"instId": "BTC-USDT"})):
+        async with http.get(f"{url}/{path}", params=query) as resp:
+            assert resp.status == status and "Retry-After" not in resp.headers
+            assert await resp.json() == {"code": code, "msg": msg, "data": []}
+    sim.code_status = 200
+    async with http.get(f"{url}/ticker", params={"instId": "BTC-USDT"}) as resp:
+        assert resp.status == 200 and (await resp.json())["code"] == code
+    sim.rest_status = None
+    async with http.get(f"{url}/ticker", params={"instId": "FOO-USDT"}) as resp:
+        assert resp.status == 200 and (await resp.json())["code"] == "51001"
+    async with http.get(f"{url}/tickers", params={"instType": "NOPE"}) as resp:
+        assert resp.status == 200 and (await resp.json())["code"] == "51000"
+    sim.reset()
+    async with http.get(f"{url}/tickers", params={"instType": "NOPE"}) as resp:
+        assert resp.status == 400 and (await resp.json())["code"] == "51000"
 
 
 async def test_event_times_strictly_increase_per_instrument(sim: OkxSim) -> None:

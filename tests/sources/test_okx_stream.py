@@ -1,11 +1,15 @@
 """The OKX adapter on its loopback simulator: text pings and pongs, upgrade notices, a lost
-subscribe. Shared faults (first connection, a quiet market on pongs, REST fallback among them):
-test_stream_faults.py."""
+subscribe, REST error codes read by their meaning. Shared faults (first connection, a quiet
+market on pongs, REST fallback among them): test_stream_faults.py."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
 from venue_cases import CASE, FastPingOkx, RapidPingOkx, Start, Wait
 
 from oracled.sim._base import Client
@@ -86,3 +90,95 @@ async def test_unacknowledged_subscription_is_not_kept_alive_by_pongs(
         await wait(lambda: run.keys(seen) == ALL)
         assert deaf.lost == 1
         assert deaf.stats.connections == 2 and run.stats.reconnects == 1
+
+
+# Each REST test runs with the coded error under the status the docs give it (`code_status`
+# None) and under another one: the adapter reads the code the same way under either.
+
+
+@pytest.mark.parametrize("code_status", [None, 400])
+async def test_an_unknown_instrument_polled_alone_is_marked_failed_once(
+    sim: OkxSim, start: Start, wait: Wait, code_status: int | None
+) -> None:
+    """With the stream refused, a one-instrument source polls ``ticker?instId=``; the venue
+    answers 51001 "Instrument ID does not exist" (under HTTP 200, as documented, or 400). The
+    instrument is marked failed with the venue's code and message, logged once, and left out
+    of later polls, as a refused subscription is. Before, a 200 was counted `venue_error`
+    silently and polled again every interval, and a 400 failed it under the raw body."""
+    sim.ws_enabled, sim.code_status = False, code_status
+    with capture_logs() as logs:
+        run = await start(pairs=[("FOO/USDT", "spot")])
+        await wait(lambda: "FOO-USDT" in run.stats.failed_instruments)
+        await asyncio.sleep(0.5)  # five poll intervals
+    assert run.stats.failed_instruments == {"FOO-USDT": "51001: Instrument ID does not exist"}
+    assert sim.stats.rest_requests == 1 and run.stats.dropped["rest_error"] == 1
+    assert [e["symbol"] for e in logs if e["event"] == "instrument failed"] == ["FOO-USDT"]
+    assert run.state() is ConnState.DOWN and run.quotes == []
+
+
+@pytest.mark.parametrize("code_status", [None, 200])
+async def test_a_rate_limit_code_rests_polls_for_the_limit_window(
+    sim: OkxSim, start: Start, wait: Wait, code_status: int | None
+) -> None:
+    """50011 "Rate limit reached" (HTTP 429 without a Retry-After, as documented, or inside a
+    200) rests polls for the market data limit's 2 s window: one request, then none in five
+    poll intervals; no instrument is blamed; once the window is over polls go on and price.
+    Before, a 429 naming no wait was polled again every interval, and a 200 was counted
+    `venue_error` and polled again as if nothing had been said."""
+    sim.ws_enabled, sim.rest_status, sim.code_status = False, 429, code_status
+    with capture_logs() as logs:
+        run = await start()
+        await wait(lambda: sim.stats.rest_requests >= 1)
+        await asyncio.sleep(0.5)  # five poll intervals
+        assert sim.stats.rest_requests == 1
+        assert run.stats.dropped["rest_error"] == 1 and run.state() is ConnState.DOWN
+        sim.rest_status = None
+        await wait(lambda: run.state() is ConnState.POLLING)
+    assert run.stats.failed_instruments == {}
+    limited = [e for e in logs if e["event"] == "rest rate limited"]
+    assert [(e["status"], e["delay_s"]) for e in limited] == [(429, 2.0)]
+
+
+@pytest.mark.parametrize("code_status", [None, 200])
+async def test_another_error_code_is_a_failed_poll_logged_with_its_code_at_a_bounded_rate(
+    sim: OkxSim, start: Start, wait: Wait, code_status: int | None
+) -> None:
+    """50001 "Service temporarily unavailable" (HTTP 503, as documented, or inside a 200) is a
+    failed request: counted `rest_error` each time, the source down, polls at their interval,
+    no instrument blamed, and one `rest error` line with the status, code and message however
+    many polls it answers (at most one a minute). Before, a 200 was counted `venue_error` and
+    said nowhere, and a 503 was logged only in the state change, without the venue's words."""
+    sim.ws_enabled, sim.rest_status, sim.code_status = False, 503, code_status
+    with capture_logs() as logs:
+        run = await start()
+        await wait(lambda: run.stats.dropped["rest_error"] >= 4)
+    assert run.state() is ConnState.DOWN and run.quotes == []
+    assert run.stats.failed_instruments == {} and run.stats.dropped["venue_error"] == 0
+    said = [e for e in logs if e["event"] == "rest error"]
+    status = code_status or 503
+    assert [e["message"] for e in said] == [
+        f"HTTP {status}, 50001: Service temporarily unavailable. Try again later"
+    ]
+
+
+class DeepOkxSim(OkxSim):
+    """A venue whose REST answers are nested past any JSON decoder's depth."""
+
+    async def _tickers(self, request: web.Request) -> web.Response:
+        self.stats.rest_requests += 1
+        deep = "[" * 100_000 + "]" * 100_000
+        return web.Response(text='{"code":"0","x":' + deep + "}", content_type="application/json")
+
+
+async def test_a_rest_answer_nested_past_the_decoder_depth_is_a_bad_frame_not_a_crash(
+    start: Start, wait: Wait
+) -> None:
+    """The error-code read of each REST answer meets JSON nested deeper than the decoder goes
+    (RecursionError, not DecodeError): the answer goes on to be judged as before, a malformed
+    `decode` frame, polls go on, and the source does not crash (`start` fails a test whose
+    source crashed)."""
+    async with DeepOkxSim(PRICES) as venue:
+        venue.ws_enabled = False
+        run = await start(venue)
+        await wait(lambda: run.stats.dropped["decode"] >= 2)
+        assert run.state() is ConnState.DOWN and run.quotes == []

@@ -69,6 +69,9 @@ class FastPingOkx(OkxSource):
     venue is noticed through unanswered pings as in production, not only through no data."""
 
     app_ping_interval_s: ClassVar[float | None] = 0.3
+    #: A rate limit (50011) rests polls one poll interval, not the venue's 2 s: the shared REST
+    #: failures count several 429s in a row (test_okx_stream checks the real window).
+    rest_limit_window_s: ClassVar[float] = 0.1
 
 
 class RapidPingOkx(OkxSource):
