@@ -31,7 +31,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--url",
         required=True,
         action="append",
-        help="ws://HOST:PORT/v1/stream; signed mode ([signed] in the accounts) may give several",
+        help=(
+            "ws://HOST:PORT/v1/stream; signed mode ([signed] in the accounts) may give several, "
+            "one per daemon"
+        ),
     )
     margin.add_argument("--step-ms", type=int, default=1000, help="decision tick (default 1000)")
     margin.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
@@ -75,6 +78,13 @@ def _url_problem(urls: list[str], quorum: int | None) -> str | None:
     """What is wrong with the --url list for the mode (`quorum`: None unsigned), if anything."""
     if not all(url.startswith(("ws://", "wss://")) for url in urls):
         return "--url must be ws:// or wss://"
+    # Compared as typed (the command normalises no URL: each is connected to as given). Merged
+    # silently, a repeat left signed mode counting one --url fewer than the user typed.
+    repeated = next((url for i, url in enumerate(urls) if url in urls[:i]), None)
+    if repeated is not None:
+        times = urls.count(repeated)
+        said = "twice" if times == 2 else f"{times} times"
+        return f"--url {repeated} given {said}: give each daemon once"
     if quorum is None and len(urls) > 1:
         return (
             "several --url need signed mode ([signed] in the accounts file): unsigned "
@@ -108,7 +118,7 @@ def cmd_margin(
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    urls: list[str] = list(dict.fromkeys(args.url))
+    urls: list[str] = args.url
     url_problem = _url_problem(urls, spec.signed.quorum if spec.signed is not None else None)
     if url_problem is not None or args.step_ms <= 0:
         print(f"oracled margin: {url_problem or '--step-ms must be > 0'}", file=sys.stderr)

@@ -175,6 +175,25 @@ def test_a_bad_listen_address_is_a_usage_error() -> None:
     assert "must be HOST:PORT" in proc.stderr
 
 
+def test_margin_refuses_a_url_given_twice_naming_it(tmp_path: Path) -> None:
+    """`oracled margin` given the same --url twice (or more) refuses it, exit 2 before
+    connecting, naming the URL and how often it was given. It used to merge the repeat
+    silently, so that signed mode with quorum 2 said "1 given" to a user who typed two, and
+    unsigned mode ran on one daemon without a word."""
+    url = "ws://127.0.0.1:9/v1/stream"
+    signers = {"a": "0x" + "11" * 20, "b": "0x" + "22" * 20}
+    signed = {"deployment": "test", "signers": signers, "quorum": 2}
+    for section, times, said in ((signed, 2, "twice"), (None, 3, "3 times")):
+        data: dict[str, object] = {"assets": {"USD": {}}, "instruments": {}}
+        if section is not None:
+            data["signed"] = section
+        accounts = tmp_path / "accounts.json"
+        accounts.write_text(json.dumps(data))
+        proc = _oracled("margin", "--accounts", str(accounts), *["--url", url] * times)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == f"oracled margin: --url {url} given {said}: give each daemon once\n"
+
+
 def test_without_config_a_command_reads_the_shipped_config_from_any_directory(
     tmp_path: Path,
 ) -> None:
