@@ -1023,11 +1023,15 @@ class Service:
         except OSError as exc:
             # Still an OSError (exit 1, restarted: a port may be released, a name resolve, an
             # address come up), but saying which setting asked for what: the resolver's bare
-            # "Name or service not known" named neither.
+            # "Name or service not known" named neither. Made from the message alone, as an
+            # OSError of two arguments would print "[Errno 98] " before the OS's reason, which
+            # the message already gives in words; the code stays on it for a caller.
             why = (exc.strerror or str(exc)).rpartition(": ")[2]
-            raise OSError(
-                exc.errno, f"{self._listen_key}: cannot listen on {self.host}:{self.port} ({why})"
-            ) from exc
+            failed = OSError(
+                f"{self._listen_key}: cannot listen on {self.host}:{self.port} ({why})"
+            )
+            failed.errno = exc.errno
+            raise failed from exc
         server = site._server
         sockets = getattr(server, "sockets", None) or ()
         self.bound_port = int(sockets[0].getsockname()[1]) if sockets else self.port

@@ -234,7 +234,8 @@ def test_a_failure_that_is_no_config_error_exits_1_and_is_restarted(tmp_path: Pa
     holds (it may be released) fails the start with exit 1, logged as `fatal`, which the unit
     restarts (Restart=on-failure, 1 not in RestartPreventExitStatus), as do Docker's and
     Kubernetes' restart policies. The line names the setting and the address, as a config problem
-    would (a bare `[Errno -2] Name or service not known` said neither)."""
+    would (a bare `[Errno -2] Name or service not known` said neither), and says the OS's
+    reason once, in words (it read `[Errno 98] --listen: ...`)."""
     config = tmp_path / "oracled.toml"
     config.write_text(_good())
     with socket.socket() as taken:
@@ -253,7 +254,9 @@ def test_a_failure_that_is_no_config_error_exits_1_and_is_restarted(tmp_path: Pa
     assert done.returncode == EXIT_FAILURE, done.stderr[-2000:]
     assert "address already in use" in done.stderr and '"event":"fatal"' in done.stderr
     # which setting asked for it, as a config problem would say: here the command line's
-    assert f"--listen: cannot listen on 127.0.0.1:{port} (address already in use)" in done.stderr
+    fatal = [json.loads(line) for line in done.stderr.splitlines() if '"event":"fatal"' in line]
+    said = f"--listen: cannot listen on 127.0.0.1:{port} (address already in use)"
+    assert [line["error"] for line in fatal] == [said]
     assert EXIT_FAILURE not in _unit_restart_prevented()
     unit = (DEPLOY / "systemd" / "oracled.service").read_text().splitlines()
     assert "Restart=on-failure" in unit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import itertools
 import json
@@ -784,7 +785,8 @@ async def test_the_api_and_the_session_close_even_when_a_task_outlives_the_shutd
 async def test_a_listen_address_that_cannot_be_bound_is_named_with_its_key() -> None:
     """`api.listen` on a port another socket holds: the start fails with an OSError (exit 1,
     restarted, as a port may be released) whose text names the key, the address and why, as a
-    config problem would; a bare resolver error named neither."""
+    config problem would; a bare resolver error named neither. The OS's reason is said once, in
+    words: no "[Errno 98]" before the key, and the code still on the error for a caller."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -802,6 +804,5 @@ async def test_a_listen_address_that_cannot_be_bound_is_named_with_its_key() -> 
         )  # fmt: skip
         with pytest.raises(OSError) as caught:
             await Service(cfg, source_factory=_factory).run()
-    assert f"api.listen: cannot listen on 127.0.0.1:{port} (address already in use)" in str(
-        caught.value
-    )
+    said = f"api.listen: cannot listen on 127.0.0.1:{port} (address already in use)"
+    assert (str(caught.value), caught.value.errno) == (said, errno.EADDRINUSE)
