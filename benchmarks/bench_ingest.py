@@ -82,6 +82,7 @@ VENUES: tuple[Venue, ...] = (
     Venue("okx", "USDT"),
     Venue("bitstamp", "USD"),
     Venue("gemini", "USD"),
+    Venue("gemini_ws", "USD"),
     Venue("kucoin", "USDT"),
     Venue("pyth_hermes", "USD"),
 )

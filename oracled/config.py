@@ -82,6 +82,7 @@ SOURCE_TYPES: dict[str, str] = {
     "kucoin": "oracled.sources.kucoin:KucoinSource",
     "coinbase": "oracled.sources.coinbase:CoinbaseSource",
     "gemini": "oracled.sources.gemini:GeminiSource",
+    "gemini_ws": "oracled.sources.gemini_ws:GeminiWsSource",
     "binance_usdm": "oracled.sources.binance_usdm:BinanceUsdmSource",
     "bybit_linear": "oracled.sources.bybit:BybitLinearSource",
     "bybit_spot": "oracled.sources.bybit:BybitSpotSource",

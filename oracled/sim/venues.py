@@ -58,6 +58,7 @@ SIMULATORS: Mapping[str, tuple[str, Callable[[str, str, Kind], str], Mapping[str
     ),
     "coinbase": ("oracled.sim.coinbase:CoinbaseSim", _keyed, {}),
     "gemini": ("oracled.sim.gemini:GeminiSim", _keyed, {}),
+    "gemini_ws": ("oracled.sim.gemini_ws:GeminiWsSim", _keyed, {}),
     "kraken": ("oracled.sim.kraken:KrakenSim", _keyed, {}),
     "okx": ("oracled.sim.okx:OkxSim", _keyed, {}),
     "kucoin": ("oracled.sim.kucoin:KucoinSim", _keyed, {}),

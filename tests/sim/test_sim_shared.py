@@ -28,6 +28,8 @@ from oracled.sim.coinbase import GARBAGE as COINBASE_GARBAGE
 from oracled.sim.coinbase import CoinbaseSim
 from oracled.sim.gemini import GARBAGE as GEMINI_GARBAGE
 from oracled.sim.gemini import GeminiSim
+from oracled.sim.gemini_ws import GARBAGE as GEMINI_WS_GARBAGE
+from oracled.sim.gemini_ws import GeminiWsSim
 from oracled.sim.kraken import GARBAGE as KRAKEN_GARBAGE
 from oracled.sim.kraken import KrakenSim
 from oracled.sim.kucoin import GARBAGE as KUCOIN_GARBAGE
@@ -90,6 +92,15 @@ async def _kucoin_connect(sim: VenueSim, http: aiohttp.ClientSession) -> WS:
 
 async def _kucoin_welcome(ws: WS) -> bool:
     return bool((await next_json(ws))["type"] == "welcome")
+
+
+async def _gemini_ws_subscribe(ws: WS) -> bool:
+    await ws.send_str('{"id":1,"method":"SUBSCRIBE","params":["btcusd@bookTicker"]}')
+    return bool(await next_json(ws) == {"id": 1, "status": 200, "result": None})
+
+
+async def _gemini_ws_streams(ws: WS) -> bool:
+    return bool((await next_json(ws))["s"] == "btcusd")
 
 
 async def _settle(ws: WS) -> bool:
@@ -157,6 +168,15 @@ CASES = (
         garbage=GEMINI_GARBAGE,
         connect=_path("/v2/marketdata"),
         ready=_settle,
+    ),
+    SimCase(
+        id="gemini_ws",
+        sim=lambda: GeminiWsSim({"btcusd": 67_000.0}, rate_hz=50.0),
+        garbage=GEMINI_WS_GARBAGE,
+        connect=_path("/"),
+        ready=_gemini_ws_subscribe,
+        streams=_gemini_ws_streams,
+        poke='{"id":"ping","method":"ping"}',
     ),
     SimCase(
         id="kraken",

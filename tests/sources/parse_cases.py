@@ -28,6 +28,7 @@ from oracled.sim.bitstamp import GARBAGE as BITSTAMP_GARBAGE
 from oracled.sim.bybit import GARBAGE as BYBIT_GARBAGE
 from oracled.sim.coinbase import GARBAGE as COINBASE_GARBAGE
 from oracled.sim.gemini import GARBAGE as GEMINI_GARBAGE
+from oracled.sim.gemini_ws import GARBAGE as GEMINI_WS_GARBAGE
 from oracled.sim.kraken import GARBAGE as KRAKEN_GARBAGE
 from oracled.sim.kucoin import GARBAGE as KUCOIN_GARBAGE
 from oracled.sim.okx import GARBAGE as OKX_GARBAGE
@@ -39,6 +40,7 @@ from oracled.sources.bitstamp import BitstampSource
 from oracled.sources.bybit import BybitLinearSource, BybitSpotSource
 from oracled.sources.coinbase import CoinbaseSource
 from oracled.sources.gemini import GeminiSource
+from oracled.sources.gemini_ws import GeminiWsSource
 from oracled.sources.kraken import KrakenSource
 from oracled.sources.kucoin import KucoinSource
 from oracled.sources.okx import OkxSource
@@ -380,6 +382,61 @@ GEMINI = ParseCase(
     locked=GEMINI_BOOK.replace('["sell","101","1"]', '["sell","100","1"]'),
 )
 
+# Gemini's new API has no recording yet: frames of the documented bookTicker shape, our values.
+GEMINI_WS_OLDER = (
+    '{"u":2000001,"E":1764200000000000000,"s":"btcusd","b":"91250.10","B":"0.40000000",'
+    '"a":"91250.90","A":"0.12000000"}'
+)
+GEMINI_WS_NEWER = (
+    '{"u":2000002,"E":1764200000250000000,"s":"btcusd","b":"91251.20","B":"0.30000000",'
+    '"a":"91252.00","A":"0.05000000"}'
+)
+
+
+def _gemini_ws_poisoned(frame: str) -> str:
+    """A zero bid, its event time past both of `order`."""
+    return frame.replace('"b":"91251.20"', '"b":"0.00"').replace(
+        "1764200000250000000", "1764200000500000000"
+    )
+
+
+GEMINI_WS = ParseCase(
+    id="gemini_ws",
+    cls=GeminiWsSource,
+    name="gmw",
+    pairs=(("BTC/USD", "spot"), ("ETH/USD", "spot")),
+    garbage=GEMINI_WS_GARBAGE,
+    reasons=BINANCE.reasons,  # the same catalogue layout as Binance spot
+    # Streams we never subscribe to, in the documented shapes (partial and differential depth).
+    other=(
+        ('{"lastUpdateId":7,"bids":[["91250.10","0.4"]],"asks":[["91250.90","0.1"]]}', "shape"),
+        (
+            '{"e":"depthUpdate","E":1764200000000000000,"s":"btcusd","U":6,"u":7,'
+            '"b":[["91250.10","0.4"]],"a":[["91250.90","0"]]}',
+            "shape",
+        ),
+        *UNDECODABLE,
+    ),
+    unsolicited=(
+        '{"id":99,"status":200,"result":null}',
+        '{"id":null,"status":400,"error":{"code":-1000,"msg":"Invalid JSON"}}',
+    ),
+    split='{"id":3,"status":400,"error":{"code":-1100,"msg":"Invalid params"}}',
+    split_id=3,
+    split_symbols=("btcusd", "ethusd"),
+    refusal=Refusal(
+        symbol="btcusd",
+        refusal='{"id":7,"status":400,"error":{"code":"-1100","msg":"Invalid stream"}}',
+        refusal_id=7,
+        says="-1100: Invalid stream",
+        ack='{"id":8,"status":200,"result":null}',
+        ack_id=8,
+    ),
+    order=(GEMINI_WS_OLDER, GEMINI_WS_NEWER),
+    poisoned=_gemini_ws_poisoned,
+    recv_ts=1_764_200_000_250 + 5,  # the newer frame's event time, in ms
+)
+
 KRAKEN = ParseCase(
     id="kraken",
     cls=KrakenSource,
@@ -597,6 +654,7 @@ CASES: tuple[ParseCase[Any], ...] = (
     BYBIT_LINEAR,
     COINBASE,
     GEMINI,
+    GEMINI_WS,
     KRAKEN,
     KUCOIN,
     OKX,

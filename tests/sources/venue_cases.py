@@ -27,12 +27,14 @@ from oracled.sim.bitstamp import BitstampSim
 from oracled.sim.bybit import BybitSim
 from oracled.sim.coinbase import CoinbaseSim
 from oracled.sim.gemini import GeminiSim
+from oracled.sim.gemini_ws import GeminiWsSim
 from oracled.sim.kraken import KrakenSim
 from oracled.sim.kucoin import KucoinSim
 from oracled.sim.okx import OkxSim
 from oracled.sim.pyth_hermes import PythHermesSim
 from oracled.sources import ConnState, Source, SourceStats, build_source, source_class
 from oracled.sources.bitstamp import BitstampSource
+from oracled.sources.gemini_ws import GeminiWsSource
 from oracled.sources.okx import OkxSource
 
 Key = tuple[str, str]  # (pair, kind): one instrument as the core sees it
@@ -86,6 +88,14 @@ class FastHeartbeatBitstamp(BitstampSource):
     """Bitstamp with a bts:heartbeat interval that fits a half-second liveness window."""
 
     app_ping_interval_s: ClassVar[float | None] = 0.1
+
+
+class RapidPingGeminiWs(GeminiWsSource):
+    """Gemini's new API pinging ten times a second (under a 30-a-second message limit), for a
+    quiet market that must outlive the watchdog in about a second."""
+
+    app_ping_interval_s: ClassVar[float | None] = 0.1
+    max_messages_per_s: ClassVar[int] = 30
 
 
 def book_matches(run: Running, sim: GeminiSim, symbol: str) -> bool:
@@ -188,10 +198,15 @@ def _okx_pings(sim: VenueSim) -> int:
     return sim.pings_received
 
 
+def _gemini_ws_pings(sim: VenueSim) -> int:
+    assert isinstance(sim, GeminiWsSim)
+    return sim.pings_received
+
+
 def control_requests(sim: VenueSim) -> int:
-    """Text messages the venue received, less application pings (Bybit, KuCoin and OKX count a
-    client's text ping among its requests)."""
-    pings = sim.pings_received if isinstance(sim, (BybitSim, KucoinSim, OkxSim)) else 0
+    """Text messages the venue received, less application pings (Bybit, Gemini's new API, KuCoin
+    and OKX count a client's text ping among its requests)."""
+    pings = sim.pings_received if isinstance(sim, (BybitSim, GeminiWsSim, KucoinSim, OkxSim)) else 0
     return sim.stats.requests - pings
 
 
@@ -276,6 +291,7 @@ SPOT_USDT: Pairs = (("BTC/USDT", "spot"), ("ETH/USDT", "spot"))
 SPOT_USD: Pairs = (("BTC/USD", "spot"), ("ETH/USD", "spot"))
 PERP_USDT: Pairs = (("BTC/USDT", "perp"), ("ETH/USDT", "perp"))
 BINANCE_PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}
+GEMINI_WS_PRICES = {"btcusd": 67_000.0, "ethusd": 3_500.0}
 JUMP = 900 * 67_000.0
 
 
@@ -480,6 +496,35 @@ CASES: tuple[Case, ...] = (
         unknown=Unknown(
             "FOOUSD", "InvalidSymbol: Supplied value 'FOOUSD' is not a symbol", requests=4, errors=2
         ),
+    ),
+    Case(
+        id="gemini_ws",
+        garbage_reasons={
+            "decode": 4,
+            "shape": 8,
+            "not_finite": 4,
+            "non_positive": 4,
+            "bad_number": 2,
+            "crossed": 2,
+        },
+        sim=lambda: GeminiWsSim(GEMINI_WS_PRICES, seed=5, rate_hz=40.0),
+        pairs=SPOT_USD,
+        reference=_ref(SPOT_USD),
+        spike=("btcusd", ("BTC/USD", "spot"), 1000.0, JUMP),
+        rest_venue_time=False,
+        replay_dropped=_exactly("out_of_order", "duplicate"),
+        # One public request a second after a burst of five, as v2's: fewer errors to wait for.
+        rest_failures=(Failing(429, errors=2), Failing(502, errors=1)),
+        quiet=Quiet(
+            sim=lambda: GeminiWsSim(GEMINI_WS_PRICES, rate_hz=0.01, message_limit=30),
+            keepalives=_gemini_ws_pings,
+            at_least=10,
+            data_frames=0,  # nothing is sent on subscribing
+            cls=RapidPingGeminiWs,
+            config={"liveness_timeout_s": 0.4},
+        ),
+        # The batch is refused whole, then one request per symbol.
+        unknown=Unknown("foousd", "-1100: Invalid stream: foousd@bookTicker", requests=4, errors=2),
     ),
     Case(
         id="kraken",
