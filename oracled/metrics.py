@@ -9,7 +9,7 @@ executor thread: rendering thousands of series must not stall the event loop.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,7 @@ from oracled.sources.stats import LATENCY_BOUNDS_MS, ConnState, SourceStats
 if TYPE_CHECKING:
     from oracled.aggregate.book import Layout
     from oracled.core import Core, RoundResult
+    from oracled.jsonrpc import EndpointStats
     from oracled.manual import PauseStats
     from oracled.publish.audit import AuditStats
     from oracled.publish.chain_push import PushStats
@@ -411,9 +412,17 @@ _REFUSED_REASONS = (
 )
 
 
-def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metric]:
+#: `client` of the RPC families: which RPC client of the chain, each with its own endpoints'
+#: state (a reader's and the pusher's count, rest and fail over apart, on the same URLs).
+_READER, _PUSHER = "reader", "pusher"
+
+
+def _chain_families(
+    now_ms: int, chains: Iterable[ChainStats], push: PushStats | None = None
+) -> Iterator[Metric]:
     """The on-chain readers (docs/onchain.md): one series per chain, and per RPC endpoint
-    (its redacted host, unique within the chain) for requests and errors."""
+    (its redacted host, unique within the chain) for requests and errors; the RPC families
+    carry the pusher's endpoints too, told apart by `client` (absent while it has none)."""
     ch = ["chain"]
     head = GaugeMetricFamily(
         "oracled_chain_head_block", "Number of the newest block read and published.", labels=ch
@@ -450,25 +459,41 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
         labels=["chain", "reason"],
     )
     failovers = CounterMetricFamily(
-        "oracled_chain_failovers", "Switches to the next RPC endpoint after a failure.", labels=ch
+        "oracled_chain_failovers",
+        "Switches to the next RPC endpoint after a failure, by client (reader, pusher).",
+        labels=["chain", "client"],
     )
     requests = CounterMetricFamily(
         "oracled_chain_rpc_requests",
-        "HTTP requests to an RPC endpoint (block reads, polls, checks).",
-        labels=["chain", "endpoint"],
+        "HTTP requests to an RPC endpoint by client: reader (block reads, polls, checks), "
+        "pusher (its reads and checks).",
+        labels=["chain", "client", "endpoint"],
     )
     latency = GaugeMetricFamily(
         "oracled_chain_rpc_latency_seconds",
         "An RPC endpoint's answer time, a moving average of its answered requests (NaN before "
         "the first).",
-        labels=["chain", "endpoint"],
+        labels=["chain", "client", "endpoint"],
     )
     errors = CounterMetricFamily(
         "oracled_chain_rpc_errors",
         "Failed requests to an RPC endpoint by kind: transport, http, timeout, garbage, node, "
         "rate_limited, behind, wrong_chain, outvoted.",
-        labels=["chain", "endpoint", "kind"],
+        labels=["chain", "client", "endpoint", "kind"],
     )
+
+    def rpc(chain: str, client: str, endpoints: Sequence[EndpointStats]) -> None:
+        """One RPC client's endpoints into the four RPC families."""
+        failovers.add_metric([chain, client], sum(e.failovers for e in endpoints))
+        for ep in endpoints:
+            requests.add_metric([chain, client, ep.name], ep.requests)
+            seconds = ep.latency_s
+            latency.add_metric(
+                [chain, client, ep.name], seconds if seconds is not None else float("nan")
+            )
+            for kind in _RPC_ERROR_KINDS:
+                errors.add_metric([chain, client, ep.name, kind], ep.by_kind.get(kind, 0))
+
     spot_gaps = CounterMetricFamily(
         "oracled_chain_spot_gaps",
         "Uniswap v3 reads whose slot0 spot was beyond max_spot_deviation from the TWAP.",
@@ -489,19 +514,13 @@ def _chain_families(now_ms: int, chains: Iterable[ChainStats]) -> Iterator[Metri
             family.add_metric(name, getattr(st, key))
         for reason, key in _REFUSED_REASONS:
             refused.add_metric([st.chain, reason], getattr(st, key))
-        failovers.add_metric(name, sum(e.failovers for e in st.endpoints))
-        for ep in st.endpoints:
-            requests.add_metric([st.chain, ep.name], ep.requests)
-            seconds = ep.latency_s
-            latency.add_metric(
-                [st.chain, ep.name], seconds if seconds is not None else float("nan")
-            )
-            for kind in _RPC_ERROR_KINDS:
-                errors.add_metric([st.chain, ep.name, kind], ep.by_kind.get(kind, 0))
+        rpc(st.chain, _READER, st.endpoints)
         for (source, pair), gaps in sorted(st.spot_gaps.items()):
             spot_gaps.add_metric([st.chain, source, pair], gaps)
         if st.sequencer_up is not None:
             sequencer.add_metric(name, 1.0 if st.sequencer_up else 0.0)
+    if push is not None and push.endpoints:
+        rpc(push.chain, _PUSHER, push.endpoints)
     yield from (head, age, limit, *counters.values(), refused, failovers, requests, latency,
                 errors, spot_gaps, sequencer)  # fmt: skip
 
@@ -552,7 +571,7 @@ class _StateCollector:
         yield refused
         yield from _signer_families(self._in.signer)
         yield from _nats_families(self._in.nats)
-        yield from _chain_families(self._in.now_ms(), self._in.chains())
+        yield from _chain_families(self._in.now_ms(), self._in.chains(), self._in.push)
         yield from _audit_families(self._in.audit)
         yield from _push_families(self._in.push)
         yield from _manual_families(self._in.manual)

@@ -46,7 +46,7 @@ from oracled.clock import Clock
 from oracled.config import ChainConfig, PushConfig
 from oracled.errors import ConfigError, OracledError
 from oracled.eth import keccak, recursion_limit_kept, selector
-from oracled.jsonrpc import RpcClient, RpcError, RpcUnavailable, read_answer
+from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable, read_answer
 from oracled.model import Status
 from oracled.publish.signer import SigningKey, decimal_to_int, load_signing_key
 
@@ -126,6 +126,11 @@ class PushStats:
     up: bool = False
     bad_answers: int = 0  # node answers the pusher could not read (retried)
     restarts: int = 0  # the task started again after a crash (a bug)
+    #: The push chain's name and its RPC client's endpoints (empty until the pusher is built):
+    #: exported in the chain readers' RPC families, as `client="pusher"`, so that a push RPC
+    #: failing over or rate-limited shows as a reader's does.
+    chain: str = ""
+    endpoints: list[EndpointStats] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -204,6 +209,7 @@ class ChainPusher:
         self._session = session
         self.clock = clock
         self.stats = stats if stats is not None else PushStats()
+        self.stats.chain, self.stats.endpoints = cfg.chain or "", self.rpc.stats
         self._latest: RoundResult | None = None
         self._wakeup = asyncio.Event()
         self._stored: dict[str, _Stored] = {}

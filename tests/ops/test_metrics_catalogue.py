@@ -56,7 +56,10 @@ def populated_metrics() -> Metrics:
             api_closed=lambda: {"send_timeout": 1, "connection_limit": 0},
             admin_refused=lambda: {"wrong": 1, "missing": 0},
             chains=lambda: [chain_stats()],
-            push=PushStats(up=True),  # push on: oracled_push_up exists only then
+            # push on: oracled_push_up exists only then; its endpoint: the RPC families' pusher
+            push=PushStats(
+                up=True, chain="base", endpoints=[EndpointStats("https://rpc.example", requests=2)]
+            ),
             manual=PauseStats(failures=1, kept=False),  # a pauses file: its gauge exists then
         )
     )
@@ -198,6 +201,7 @@ _FIXED_LABELS = {
     ("reason", "push"): "oracled_push_skipped_markets",
     ("result", "push"): "oracled_push_transactions",
     ("kind", "RPC errors"): "oracled_chain_rpc_errors",
+    ("client", "RPC clients"): "oracled_chain_rpc_requests",
     ("reason", "chain blocks"): "oracled_chain_blocks_refused",
     ("subject", "NATS permissions"): "oracled_nats_permission_denied",
 }
@@ -217,10 +221,10 @@ def _bounds_table() -> dict[tuple[str, str], tuple[list[str], int]]:
 
 def test_the_labels_table_lists_the_values_the_code_gives_and_counts_them() -> None:
     """Each label whose values are fixed in code (the signer's, NATS's, the push's, the chain
-    reader's reasons and kinds, NATS's refused subjects, the API's and the streams' close
-    reasons, the admin API's refusals) lists in *Labels and
-    their bounds* exactly the values the exposition and the hub carry, and its bound is their
-    number: a reason added in code (e.g. an RPC error kind) without its row updated fails here."""
+    reader's reasons and kinds, the RPC clients, NATS's refused subjects, the API's and the
+    streams' close reasons, the admin API's refusals) lists in *Labels and their bounds*
+    exactly the values the exposition and the hub carry, and its bound is their number: a
+    reason added in code (e.g. an RPC error kind) without its row updated fails here."""
     rows = _bounds_table()
     body, _ = populated_metrics().render()
     values: dict[str, set[str]] = {}

@@ -170,6 +170,10 @@ async def test_every_dashboard_variable_and_panel_query_returns_series(stack: St
     await prom.wait_for("oracled_quotes_dropped_total", 15)
     await prom.wait_for('oracled_quotes_dropped_total{source="chainlink"}', 15)
     await prom.wait_for("count_over_time(oracled_rounds_total[15s]) >= 10", 20)
+    # The on-chain pusher's RPC client, in the chain panels beside the reader's (the service
+    # hands its endpoints to the metrics through PushStats).
+    await prom.wait_for('oracled_chain_rpc_requests_total{client="pusher"} > 0', 15)
+    await prom.wait_for('oracled_chain_rpc_requests_total{client="reader"} > 0', 15)
 
     problems = []
     checked = 0

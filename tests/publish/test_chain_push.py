@@ -26,7 +26,7 @@ from oracled.clock import ManualClock
 from oracled.config import ChainConfig, PushConfig
 from oracled.core import RoundResult
 from oracled.errors import ConfigError
-from oracled.jsonrpc import RpcUnavailable
+from oracled.jsonrpc import EndpointStats, RpcUnavailable
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
 from oracled.publish.chain_push import (
@@ -37,6 +37,7 @@ from oracled.publish.chain_push import (
     market_id,
 )
 from oracled.publish.signer import SigningKey
+from oracled.sources.evm.chain import ChainStats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chain"))
 from chain_rig import Anvil, Chain, RpcFailed, start_anvil
@@ -938,8 +939,8 @@ async def test_a_raw_send_answer_that_is_not_for_this_request_goes_to_the_next_e
 # -- oracled_push_up: the one lasting sign that the pusher stopped --------------------------------
 
 
-def push_up(stats: PushStats | None) -> float | None:
-    """oracled_push_up as a real registry exposes it for these stats (None: no such series)."""
+def exposed(stats: PushStats | None, chains: tuple[ChainStats, ...] = ()) -> list[Any]:
+    """Every sample a real registry exposes with these push stats and chain readers."""
     rounds = Rounds(make_config())
     metrics = Metrics(
         MetricsInputs(
@@ -949,16 +950,17 @@ def push_up(stats: PushStats | None) -> float | None:
             now_ms=lambda: rounds.now,
             stream_subscribers=lambda: 0,
             stream_dropped=dict,
+            chains=lambda: chains,
             push=stats,
         )
     )
     body, _ = metrics.render()
-    values = [
-        s.value
-        for family in text_string_to_metric_families(body.decode())
-        for s in family.samples
-        if s.name == "oracled_push_up"
-    ]
+    return [s for family in text_string_to_metric_families(body.decode()) for s in family.samples]
+
+
+def push_up(stats: PushStats | None) -> float | None:
+    """oracled_push_up as a real registry exposes it for these stats (None: no such series)."""
+    values = [s.value for s in exposed(stats) if s.name == "oracled_push_up"]
     assert len(values) <= 1
     return values[0] if values else None
 
@@ -1174,5 +1176,94 @@ async def test_a_send_refused_as_nonce_too_high_reads_the_nonce_again(rig: Rig) 
         await settle(pusher)
         assert pusher.stats.transactions["confirmed"] == 2 and await rig.nonce() == 1
         assert (await rig.stored("ETH/USD"))[3] == rounds.now
+    finally:
+        await proxy.stop()
+
+
+# -- the pusher's RPC endpoints, in the chain readers' RPC families as client="pusher" ----------
+
+
+def rpc_series(stats: PushStats, *chains: ChainStats) -> dict[tuple[str, ...], float]:
+    """The RPC families' samples, keyed by name and label values (the label names sorted)."""
+    return {
+        (s.name, *(f"{k}={v}" for k, v in sorted(s.labels.items()))): s.value
+        for s in exposed(stats, chains)
+        if s.name.startswith(("oracled_chain_rpc_", "oracled_chain_failovers"))
+    }
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("error", "node"), ("rate_limited", "rate_limited")])
+async def test_the_pushers_endpoint_failing_over_shows_in_the_rpc_families_as_client_pusher(
+    rig: Rig, mode: str, kind: str
+) -> None:
+    """The pusher's first URL answers its first request with a server-side error, or with a
+    provider's rate limit (which rests it): the pusher fails over to its second URL and
+    pushes, and the exposition says so under `client="pusher"`: one error of that kind and
+    one fail-over on the first endpoint, the requests on the second, its answer time. A reader
+    of the same chain on the same URL keeps its own series (`client="reader"`), untouched.
+    Before, none of this was exported: only the push counters showed, and they showed a
+    confirmed push."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = rig.pusher(urls=(proxy.url, rig.url))
+        first, second = (ep.name for ep in pusher.rpc.stats)
+        reader = ChainStats("local", endpoints=[EndpointStats(first, requests=7)])
+        before = rpc_series(pusher.stats, reader)
+        assert before[("oracled_chain_failovers_total", "chain=local", "client=pusher")] == 0
+        assert before[("oracled_chain_rpc_requests_total", "chain=local", "client=pusher",
+                       f"endpoint={first}")] == 0  # fmt: skip
+        proxy.script = [mode]  # the start's first request (the chain id) fails there
+        rounds.step()
+        pusher.submit(rounds.step())
+        await pusher.start()
+        await settle(pusher)
+        assert pusher.stats.transactions["confirmed"] == 1
+        after = rpc_series(pusher.stats, reader)
+        at = ("chain=local", "client=pusher")
+        assert after[("oracled_chain_failovers_total", *at)] == 1
+        assert after[("oracled_chain_rpc_errors_total", *at, f"endpoint={first}",
+                      f"kind={kind}")] == 1  # fmt: skip
+        assert after[("oracled_chain_rpc_requests_total", *at, f"endpoint={first}")] == 1
+        assert after[("oracled_chain_rpc_requests_total", *at, f"endpoint={second}")] > 1
+        assert after[("oracled_chain_rpc_latency_seconds", *at, f"endpoint={second}")] >= 0
+        read = ("chain=local", "client=reader", f"endpoint={first}")
+        assert after[("oracled_chain_rpc_requests_total", *read)] == 7
+        assert after[("oracled_chain_rpc_errors_total", *read, f"kind={kind}")] == 0
+        assert after[("oracled_chain_failovers_total", "chain=local", "client=reader")] == 0
+        if mode == "rate_limited":
+            assert pusher.rpc.rest_left_s(0) > 0  # rested, so sent nothing more since
+    finally:
+        await proxy.stop()
+
+
+async def test_a_push_chain_whose_every_endpoint_is_rate_limited_counts_each_limit_as_the_pusher(
+    rig: Rig,
+) -> None:
+    """With its only URL rate-limited the pusher's step fails before it sends anything: no
+    push counter moves, which is why OracledChainRateLimited watches the pusher's client too.
+    The exposition counts the limit on that endpoint under `client="pusher"` as often as it
+    was met, and a rested endpoint is sent nothing: the requests and the limits stay equal
+    (the alert's share is 1) while the pusher retries, on its clock, after each rest."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(rig, rounds, urls=(proxy.url,))
+        (name,) = (ep.name for ep in pusher.rpc.stats)
+        at = ("chain=local", "client=pusher", f"endpoint={name}")
+        started = rpc_series(pusher.stats)[("oracled_chain_rpc_requests_total", *at)]
+        proxy.mode = "limit_32005"
+        for _ in range(3):
+            with pytest.raises(RpcUnavailable):
+                await pusher.step()
+            with pytest.raises(RpcUnavailable, match="resting"):
+                await pusher.step()  # within the rest: nothing sent
+            rig.clock.advance(int(pusher.rpc.rest_left_s(0) * 1000) + 1)
+        series = rpc_series(pusher.stats)
+        assert series[("oracled_chain_rpc_errors_total", *at, "kind=rate_limited")] == 3
+        assert series[("oracled_chain_rpc_requests_total", *at)] == started + 3
+        assert pusher.stats.transactions == dict.fromkeys(pusher.stats.transactions, 0)
+        # a single URL has nowhere to fail over to
+        assert series[("oracled_chain_failovers_total", "chain=local", "client=pusher")] == 0
     finally:
         await proxy.stop()
