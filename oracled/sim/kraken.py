@@ -9,6 +9,9 @@ clients; ``{"method":"ping"}`` answered with ``pong``; and ``GET /0/public/Ticke
 Kraken's REST shape: asked by altname (``XBTUSD``), filed under the legacy key (``XXBTZUSD``;
 ``USDTZUSD`` for ``USDTUSD``, ``ZEURZUSD`` for ``EURUSD``),
 errors as HTTP 200 with an ``error`` list (``EQuery:Unknown asset pair`` spoils the request).
+A rate limit is worded the same way: `rest_status` 429 answers HTTP 200 with
+``{"error":["EAPI:Rate limit exceeded"],"result":{}}`` (`rate_limit_error` picks another of the
+venue's wordings), as Kraken's REST answers every API error; other statuses stay generic.
 
 Deliberate simplifications: heartbeats go out every interval, not only when nothing else flowed;
 one message limit (close with 1008 above ``message_limit`` a second) stands in for Kraken's
@@ -35,6 +38,7 @@ from oracled.sim.paths import PricePath
 __all__ = ["GARBAGE", "KrakenSim"]
 
 _LEGACY: Final = {"BTC": "XBT", "DOGE": "XDG"}
+_RATE_LIMIT: Final = "EAPI:Rate limit exceeded"
 # Assets whose legacy REST pair keys carry X/Z prefixes (XXBTZUSD, XETHZUSD).
 _CLASSIC: Final = frozenset({"XBT", "ETH", "LTC", "XRP", "XLM", "ETC", "XMR", "ZEC", "MLN", "REP"})
 _FIAT: Final = frozenset({"USD", "EUR", "GBP", "JPY", "CAD"})
@@ -97,6 +101,8 @@ class KrakenSim(VenueSim):
         super().__init__(prices, **kwargs)
         self.heartbeat_s = heartbeat_s
         self._by_alt = {rest_names(s)[0]: s for s in self.paths}
+        #: The error string of `rest_status` 429's answer (Kraken's wording of its REST limit).
+        self.rate_limit_error = _RATE_LIMIT
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v2", self.ws_handler)
@@ -180,6 +186,16 @@ class KrakenSim(VenueSim):
             for client in self.clients:
                 if client.streams:  # Kraken starts heartbeats with the first subscription
                     client.outbox.put_nowait((Out.HEARTBEAT, frame))
+
+    def rest_refusal(self, status: int) -> web.Response:
+        """A 429 is said as Kraken says a rate limit: an ``error`` list under HTTP 200."""
+        if status != 429:
+            return super().rest_refusal(status)
+        return web.json_response({"error": [self.rate_limit_error], "result": {}})
+
+    def reset(self) -> None:
+        super().reset()
+        self.rate_limit_error = _RATE_LIMIT
 
     async def _rest_handler(self, request: web.Request) -> web.Response:
         refused = await self.rest_gate()

@@ -30,11 +30,16 @@ REST ``GET /0/public/Ticker?pair=XBTUSD,ETHUSD`` answers all pairs in one reques
 public callers to stay at about one request a second, so the default poll (every 2 s, one request
 for every symbol) is half of that. Errors come back as HTTP 200 with an ``error`` list; an unknown
 pair spoils the whole request, which is reported to the base as HTTP 400 so that it retries symbol
-by symbol and fails only the bad one. The response keys are Kraken's legacy pair names
-(``XXBTZUSD`` for ``XBTUSD``, ``XBTUSDT`` for ``XBTUSDT``, ``SOLUSD``, ``USDTZUSD`` for ``USDTUSD``,
-``ZEURZUSD`` for ``EURUSD``); every form a symbol can
-come back under is mapped at construction, so nothing is fetched at start-up. REST carries no
-event time.
+by symbol and fails only the bad one. A rate limit comes back the same way, under HTTP 200:
+``{"error":["EAPI:Rate limit exceeded"],"result":{}}`` (``EGeneral:Too many requests`` and
+``EService:Throttled: <time>`` are read the same). The docs
+(https://docs.kraken.com/api/docs/guides/spot-rest-ratelimits) say calls are then "restricted for
+a few seconds (or possibly longer if calls continue to be made while the rate limits are
+active)" and name no wait, so it is reported to the base as HTTP 429 and polls rest for
+`rest_limit_window_s` (or a ``Retry-After``, if one is ever sent). The response keys are
+Kraken's legacy pair names (``XXBTZUSD`` for ``XBTUSD``, ``XBTUSDT`` for ``XBTUSDT``, ``SOLUSD``,
+``USDTZUSD`` for ``USDTUSD``, ``ZEURZUSD`` for ``EURUSD``); every form a symbol can come back
+under is mapped at construction, so nothing is fetched at start-up. REST carries no event time.
 
 The ticker's ``timestamp`` is its venue time. It is a recent addition to the v2 ticker (the
 channel had no time before; the docs list it as RFC 3339 without a sentence on what it is the time
@@ -71,6 +76,12 @@ _V2_NAMES: Final = {"XBT": "BTC", "XDG": "DOGE"}
 _LEGACY_NAMES: Final = {"BTC": "XBT", "DOGE": "XDG"}
 # A key settled alone by `_settle`; negative so that it never meets a real request id.
 _ONE: Final = -1
+# REST errors that mean "too many requests": the polls rest (module doc).
+_RATE_LIMITS: Final = (
+    "EAPI:Rate limit exceeded",
+    "EGeneral:Too many requests",
+    "EService:Throttled",
+)
 
 
 class _Ticker(msgspec.Struct, gc=False):
@@ -159,6 +170,10 @@ class KrakenSource(Source):
     #: The v2 ticker answers a subscription with a ``snapshot`` (its ``snapshot`` flag, true by
     #: default and not set here), then updates.
     snapshot_on_subscribe: ClassVar[bool] = True
+    #: How long polls rest after a rate-limit error, which names no wait: the docs' "a few
+    #: seconds", and more than the 3 s the slowest tier's counter takes to forget one call
+    #: (0.33 a second), so that the first poll after it is not refused again.
+    rest_limit_window_s: ClassVar[float] = 5.0
 
     def __init__(
         self,
@@ -275,8 +290,16 @@ class KrakenSource(Source):
             return status, body, None  # on_rest counts the bad body
         if not errors:
             return status, body, None
+        message = "; ".join(errors)[:200]
+        if any(e.startswith(_RATE_LIMITS) for e in errors):
+            self._retry_after_s = self.rate_limit_wait_s({})  # the base reads none from a 200
+            return 429, body, message
         unknown = any(e.startswith("EQuery:Unknown asset pair") for e in errors)
-        return (400 if unknown else status), body, "; ".join(errors)
+        return (400 if unknown else status), body, message
+
+    def rate_limit_wait_s(self, headers: Mapping[str, str]) -> float:
+        """Kraken names no wait for a rate limit: a ``Retry-After`` if sent, else the window."""
+        return super().rate_limit_wait_s(headers) or self.rest_limit_window_s
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         reply = self._decoded(_REST, body)

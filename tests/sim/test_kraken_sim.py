@@ -123,7 +123,27 @@ async def test_rest_ticker(sim: KrakenSim, http: aiohttp.ClientSession) -> None:
         assert await resp.json() == {"error": ["EQuery:Unknown asset pair"]}
     async with http.get(url) as resp:
         assert set((await resp.json())["result"]) == {"XXBTZUSD", "XETHZUSD", "SOLUSDT"}
+    sim.rest_status = 429  # a rate limit: said as Kraken says its errors, inside HTTP 200
+    async with http.get(url) as resp:
+        assert resp.status == 200 and "Retry-After" not in resp.headers
+        assert await resp.json() == {"error": ["EAPI:Rate limit exceeded"], "result": {}}
+    assert sim.stats.rest_requests == 4
+
+
+async def test_rest_rate_limit_wording_is_chosen_and_reset(
+    sim: KrakenSim, http: aiohttp.ClientSession
+) -> None:
+    """`rate_limit_error` words the 429's error list; `reset` puts back the documented
+    ``EAPI:Rate limit exceeded``; other statuses stay a generic error under their status."""
+    url = f"{sim.rest_url}/0/public/Ticker"
+    sim.rest_status, sim.rate_limit_error = 429, "EGeneral:Too many requests"
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"error": ["EGeneral:Too many requests"], "result": {}}
+    sim.rest_status = 502
+    async with http.get(url) as resp:
+        assert resp.status == 502
+    sim.reset()
     sim.rest_status = 429
     async with http.get(url) as resp:
-        assert resp.status == 429
-    assert sim.stats.rest_requests == 4
+        assert (await resp.json())["error"] == ["EAPI:Rate limit exceeded"]

@@ -1,18 +1,67 @@
-"""The Kraken adapter on its loopback simulator: an unknown pair over REST. The faults all venues
-share (first connection, heartbeats, REST fallback among them): test_stream_faults.py."""
+"""The Kraken adapter on its loopback simulator: an unknown pair and a rate limit over REST. The
+faults all venues share (first connection, heartbeats, REST fallback among them):
+test_stream_faults.py."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from dataclasses import replace
+from typing import Any, ClassVar
 
+import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 from venue_cases import CASE, Start, Wait
 
 from oracled.config import SourceConfig
 from oracled.sim.kraken import KrakenSim
-from oracled.sources import ConnState
+from oracled.sources import ConnState, Source
+from oracled.sources.kraken import KrakenSource
 
-VENUE = CASE["kraken"]  # what `sim` and `start` build (conftest.py)
+# What `sim` and `start` build (conftest.py), with the adapter's own rate-limit window: the
+# shared suite's shorter one only where a test asks for it by `cls`.
+VENUE = replace(CASE["kraken"], cls=None)
+
+
+class SecondLimitKraken(KrakenSource):
+    """Kraken resting 1 s after a rate limit, so that each wording is checked in a second."""
+
+    rest_limit_window_s: ClassVar[float] = 1.0
+
+
+@pytest.mark.parametrize(
+    ("wording", "cls", "window_s"),
+    [
+        ("EAPI:Rate limit exceeded", None, 5.0),
+        ("EGeneral:Too many requests", SecondLimitKraken, 1.0),
+        ("EService:Throttled: 1764230400", SecondLimitKraken, 1.0),
+    ],
+)
+async def test_a_rate_limit_error_rests_polls_for_the_window(
+    sim: KrakenSim,
+    start: Start,
+    wait: Wait,
+    wording: str,
+    cls: type[Source] | None,
+    window_s: float,
+) -> None:
+    """Kraken says a REST rate limit inside HTTP 200 (``{"error":["EAPI:Rate limit exceeded"],
+    "result":{}}``) and names no wait; polling on extends the restriction, so polls rest for the
+    window: one request, then none in five poll intervals, counted `rest_error` and logged
+    `rest rate limited` with the wait; no symbol is blamed; after the window polls go on and
+    price. Before, the error was a failed poll like any other and polled again every interval."""
+    sim.ws_enabled, sim.rest_status, sim.rate_limit_error = False, 429, wording
+    with capture_logs() as logs:
+        run = await start(cls=cls)
+        await wait(lambda: sim.stats.rest_requests >= 1)
+        await asyncio.sleep(0.5)  # five poll intervals
+        assert sim.stats.rest_requests == 1
+        assert run.stats.dropped["rest_error"] == 1 and run.state() is ConnState.DOWN
+        sim.rest_status = None
+        await wait(lambda: run.state() is ConnState.POLLING, within_s=window_s + 5.0)
+    assert run.stats.failed_instruments == {}
+    limited = [e for e in logs if e["event"] == "rest rate limited"]
+    assert [(e["status"], e["delay_s"]) for e in limited] == [(429, window_s)]
 
 
 async def test_rest_unknown_pair_fails_only_that_symbol(

@@ -35,6 +35,7 @@ from oracled.sim.pyth_hermes import PythHermesSim
 from oracled.sources import ConnState, Source, SourceStats, build_source, source_class
 from oracled.sources.bitstamp import BitstampSource
 from oracled.sources.gemini_ws import GeminiWsSource
+from oracled.sources.kraken import KrakenSource
 from oracled.sources.okx import OkxSource
 
 Key = tuple[str, str]  # (pair, kind): one instrument as the core sees it
@@ -73,6 +74,13 @@ class FastPingOkx(OkxSource):
     app_ping_interval_s: ClassVar[float | None] = 0.3
     #: A rate limit (50011) rests polls one poll interval, not the venue's 2 s: the shared REST
     #: failures count several 429s in a row (test_okx_stream checks the real window).
+    rest_limit_window_s: ClassVar[float] = 0.1
+
+
+class FastLimitKraken(KrakenSource):
+    """Kraken resting one poll interval after a rate-limit error, not the adapter's 5 s: the
+    shared REST failures count several in a row (test_kraken_stream checks the real window)."""
+
     rest_limit_window_s: ClassVar[float] = 0.1
 
 
@@ -528,6 +536,7 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         id="kraken",
+        cls=FastLimitKraken,
         snapshots=True,
         garbage_reasons={"decode": 6, "shape": 14, "non_positive": 4, "crossed": 2},
         sim=lambda: KrakenSim(
