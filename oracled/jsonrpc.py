@@ -264,7 +264,7 @@ class AnswerTooLarge(ValueError):
 
 async def read_answer(resp: aiohttp.ClientResponse) -> bytes:
     """The (decompressed) body, read no further than `_MAX_ANSWER_BYTES` (AnswerTooLarge).
-    For the few requests made outside `RpcClient` (the pusher's raw transaction)."""
+    For the requests `RpcClient` does not post itself (web3's, in `oracled.jsonrpc_web3`)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_any():
@@ -334,10 +334,14 @@ class RpcClient:
         than the active one); not a failure of the one left."""
         self._active = index
 
-    async def call(self, method: str, params: Sequence[Any], *, required: bool = False) -> Any:
+    async def call(
+        self, method: str, params: Sequence[Any], *, required: bool = False, verdict: bool = False
+    ) -> Any:
         """One request; the result, or RpcError / RpcUnavailable. `required`: a null result is
         garbage from that endpoint (the latest block, which every node has), counted and failed
-        over, not an answer."""
+        over, not an answer. `verdict`: every JSON-RPC error but a rate limit is the request's
+        own (a raw transaction: whatever the node's words, another endpoint would see it
+        again), raised as RpcError, not failed over."""
         body, rid = self._body(method, params)
         pinned = _pinned(params)
         order = self._order()
@@ -345,7 +349,7 @@ class RpcClient:
             raise RpcUnavailable(f"{method}: every endpoint resting (rate-limited or outvoted)")
         for index in order:
             try:
-                result = await self._one(index, body, rid, pinned=pinned)
+                result = await self._one(index, body, rid, pinned=pinned, verdict=verdict)
                 if required and result is None:
                     raise _Failed("garbage", f"{method}: null result")
                 return result
@@ -501,7 +505,14 @@ class RpcClient:
             raise _Failed("transport", type(exc).__name__) from None
 
     async def _one(
-        self, index: int, body: bytes, rid: int, *, sticky: bool = True, pinned: bool = False
+        self,
+        index: int,
+        body: bytes,
+        rid: int,
+        *,
+        sticky: bool = True,
+        pinned: bool = False,
+        verdict: bool = False,
     ) -> Any:
         sent = self._clock.monotonic()
         raw = await self._post(index, body)
@@ -517,6 +528,8 @@ class RpcClient:
         self._limits[index] = 0  # any other answer, an error too: the limit is over
         if pinned and err is not None and _block_unknown(err):
             raise UnknownBlock(err.code, err.message, err.data)
+        if verdict and err is not None:
+            raise RpcError(err.code, err.message, err.data)
         result = self._result(answer)
         self._timed(index, self._clock.monotonic() - sent)
         if sticky:

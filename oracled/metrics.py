@@ -466,7 +466,7 @@ def _chain_families(
     requests = CounterMetricFamily(
         "oracled_chain_rpc_requests",
         "HTTP requests to an RPC endpoint by client: reader (block reads, polls, checks), "
-        "pusher (its reads and checks).",
+        "pusher (its reads, checks and transactions).",
         labels=["chain", "client", "endpoint"],
     )
     latency = GaugeMetricFamily(

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from oracled.clock import Clock
 from oracled.config import ChainConfig, PushConfig
 from oracled.errors import ConfigError, OracledError
 from oracled.eth import keccak, recursion_limit_kept, selector
-from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable, read_answer
+from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable
 from oracled.model import Status
 from oracled.publish.signer import SigningKey, decimal_to_int, load_signing_key
 
@@ -582,29 +581,20 @@ class ChainPusher:
     async def _send_raw(self, raw: str) -> str:
         """eth_sendRawTransaction, keeping the node's refusal as an RpcError whatever its code.
 
-        The shared RPC client raises the refusals it knows by their words (`_REQUEST_FAULTS`
-        in `oracled.jsonrpc`: "nonce too low", "replacement transaction underpriced") and fails
-        over any other server-side error; for a transaction every refusal is the verdict, in
-        whatever words the node uses, and another endpoint asked would only see it again.
+        Through the pusher's RPC client, so that each send is counted on its endpoint and a
+        rate limit rests it and goes to the next (`client="pusher"` in the RPC metrics), but as
+        a `verdict`: the client raises only the refusals it knows by their words
+        (`_REQUEST_FAULTS` in `oracled.jsonrpc`) and fails over any other server-side error;
+        for a transaction every refusal is the verdict, in whatever words the node uses, and
+        another endpoint asked would only see it again. An endpoint that answers garbage, an
+        answer to another request, none, or a null hash has not taken the transaction: the
+        next is asked.
         """
-        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": [raw]}
-        for url in self.rpc.urls:
-            try:
-                async with asyncio.timeout(self.chain.timeout_s):
-                    async with self._session.post(url, json=body) as resp:
-                        answer = json.loads(await read_answer(resp))
-            # ValueError: not JSON, or over the RPC client's size cap; RecursionError: nested
-            # past the decoder's depth. Either way that endpoint did not take the transaction.
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, RecursionError):
-                continue
-            if not isinstance(answer, dict) or answer.get("id") != body["id"]:
-                continue  # garbage, or an answer to another request: not taken here
-            error = answer.get("error")
-            if isinstance(error, dict):
-                raise RpcError(int(error.get("code", 0)), str(error.get("message", "")))
-            if isinstance(answer.get("result"), str):
-                return str(answer["result"])
-        raise RpcUnavailable("eth_sendRawTransaction: every endpoint failed")
+        tx_hash = await self.rpc.call("eth_sendRawTransaction", [raw], required=True, verdict=True)
+        if not isinstance(tx_hash, str):
+            self.stats.bad_answers += 1
+            raise _BadAnswer(f"eth_sendRawTransaction: {tx_hash!r:.40} not a transaction hash")
+        return tx_hash
 
     async def _refused(self, exc: RpcError, nonce: int, max_fee: int, tip: int) -> None:
         """The node refused a transaction: fix what can be fixed for the next step."""

@@ -1267,3 +1267,40 @@ async def test_a_push_chain_whose_every_endpoint_is_rate_limited_counts_each_lim
         assert series[("oracled_chain_failovers_total", "chain=local", "client=pusher")] == 0
     finally:
         await proxy.stop()
+
+
+async def test_a_raw_send_rate_limited_rests_its_endpoint_and_goes_to_the_next_counted(
+    rig: Rig,
+) -> None:
+    """eth_sendRawTransaction goes through the pusher's RPC client: a provider's rate limit
+    answered to it (JSON-RPC 429) is counted on that endpoint under `client="pusher"`, rests
+    it, and the transaction goes to the next URL, which takes it; a refusal in other words on
+    the first URL is still the verdict, not sent elsewhere. Before, the send went to each URL
+    outside the client, uncounted, and the limit was taken as the node refusing the push
+    (`push refused by the node`, counted `error`, nothing sent)."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(rig, rounds, urls=(proxy.url, rig.url))
+        first, _ = (ep.name for ep in pusher.rpc.stats)
+        proxy.script = ["pass", "pass", "rate_limited"]  # fees, gas estimate, then the raw send
+        await settle(pusher)
+        assert pusher.stats.transactions["confirmed"] == 1
+        assert pusher.stats.transactions["error"] == 0
+        assert proxy.methods.count("eth_sendRawTransaction") == 1
+        at = ("chain=local", "client=pusher")
+        series = rpc_series(pusher.stats)
+        assert series[("oracled_chain_rpc_errors_total", *at, f"endpoint={first}",
+                       "kind=rate_limited")] == 1  # fmt: skip
+        assert series[("oracled_chain_failovers_total", *at)] == 1
+        assert pusher.rpc.rest_left_s(0) > 0
+        rig.clock.advance(120_000)  # the rest over; the next send is the proxy's again
+        pusher.rpc.prefer(0)
+        pusher.submit(rounds.step(BTC_USD=1.05))
+        proxy.refuse["eth_sendRawTransaction"] = [{"code": -32000, "message": "pool is full"}]
+        await pusher.step()
+        assert pusher.stats.transactions["error"] == 1 and not pusher.stats.pending
+        assert proxy.methods.count("eth_sendRawTransaction") == 2
+        assert rpc_series(pusher.stats)[("oracled_chain_failovers_total", *at)] == 1
+    finally:
+        await proxy.stop()
