@@ -162,7 +162,7 @@ async def test_a_reload_from_a_path_that_became_a_fifo_is_refused_without_waitin
         BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=40.0, volatility=0.0) as sim,
         aiohttp.ClientSession() as http,
     ):
-        port = _free_port()
+        port = free_port()
         path = tmp_path / "oracled.toml"
         path.write_text(_toml(sim.ws_url, sim.rest_url, port))
         service = Service(load_config(path), config_path=path)
