@@ -20,6 +20,13 @@ matching-engine time of the book, a little before ``ts``; as on the venue, a lev
 not changed for `repush_s` (3 s) is pushed again as a snapshot with the same ``u`` and ``cts``
 and a new ``ts`` (seen here while the books are frozen, the only time they do not change).
 REST ``time`` is the answer's own server time.
+
+A REST rate limit is said as the v5 rate-limit page says it, inside HTTP 200: `rest_status` 429
+answers ``{"retCode":10006,"retMsg":"Too many visits!",..}`` with ``X-Bapi-Limit``,
+``X-Bapi-Limit-Status`` (0 left) and ``X-Bapi-Limit-Reset-Timestamp``, the epoch milliseconds
+`rate_limit_reset_ms` ahead (every other answer sends the current time there, as the docs say).
+`rate_limit_code` 10018 answers the IP limit's code instead (its message is ours: the page quotes
+none for it). Other statuses stay generic.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ __all__ = ["GARBAGE", "BybitSim"]
 
 _F: Final = 9_999_999_999_999  # far-future ts and update id: garbage is never dropped as stale
 _CATEGORIES: Final = ("spot", "linear")
+_API_LIMIT: Final = 10006  # the API rate limit's retCode
+_LIMIT: Final = 600  # X-Bapi-Limit sent with REST answers (the docs' IP figure stands in)
+_LIMIT_MESSAGES: Final = {_API_LIMIT: "Too many visits!", 10018: "Too many requests from this IP"}
 
 
 def _level1(levels: str) -> str:
@@ -85,6 +95,16 @@ GARBAGE: Final[tuple[str, ...]] = (
 )
 
 
+def _limit_headers(reset_ms: int, left: int) -> dict[str, str]:
+    """The rate-limit headers every REST answer carries; the reset is the current time unless the
+    limit was exceeded."""
+    return {
+        "X-Bapi-Limit": str(_LIMIT),
+        "X-Bapi-Limit-Status": str(left),
+        "X-Bapi-Limit-Reset-Timestamp": str(reset_ms),
+    }
+
+
 def _fmt(price: float) -> str:
     """Decimal text with about six significant digits, as the venue's tick sizes give."""
     decimals = max(2, min(8, 5 - math.floor(math.log10(price))))
@@ -105,12 +125,16 @@ class BybitSim(VenueSim):
         ping_timeout_s: float | None = None,
         message_limit: int = 10,
         repush_s: float = 3.0,
+        rate_limit_reset_ms: int = 1_000,
         **kwargs: Any,
     ) -> None:
         keyed = {f"{c}:{s.upper()}": p for c in categories for s, p in prices.items()}
         super().__init__(keyed, message_limit=message_limit, **kwargs)
         self.ping_timeout_s = ping_timeout_s
         self.repush_s = repush_s
+        #: How far ahead a rate-limit answer's ``X-Bapi-Limit-Reset-Timestamp`` lies.
+        self.rate_limit_reset_ms = rate_limit_reset_ms
+        self.rate_limit_code = _API_LIMIT  # the retCode of `rest_status` 429's answer
         self.repushed = 0  # level-1 snapshots pushed again for an unchanged book
         self._cts: dict[str, int] = {}  # matching-engine time of each spot book's last change
         self._pushed: dict[str, float] = {}  # loop time of each spot key's last frame
@@ -356,7 +380,7 @@ class BybitSim(VenueSim):
             "retExtInfo": {},
             "time": ms,
         }
-        return web.json_response(body)
+        return web.json_response(body, headers=_limit_headers(ms, left=_LIMIT - 1))
 
     def _rest_row(self, key: str) -> dict[str, str]:
         category, symbol = key.split(":", 1)
@@ -380,7 +404,22 @@ class BybitSim(VenueSim):
             row |= {"markPrice": bid, "indexPrice": bid, "fundingRate": "0.0001"}
         return row
 
+    def reset(self) -> None:
+        super().reset()
+        self.rate_limit_code = _API_LIMIT
+
+    def rest_refusal(self, status: int) -> web.Response:
+        """A 429 is said as Bybit says a rate limit: a code inside HTTP 200, the reset ahead in
+        ``X-Bapi-Limit-Reset-Timestamp``."""
+        if status != 429:
+            return super().rest_refusal(status)
+        ms = int(time.time() * 1000)
+        code = self.rate_limit_code
+        reply = self._rest_error(code, _LIMIT_MESSAGES.get(code, "rate limit"), ms)
+        reply.headers.update(_limit_headers(ms + self.rate_limit_reset_ms, left=0))
+        return reply
+
     @staticmethod
     def _rest_error(code: int, msg: str, ms: int) -> web.Response:
         body = {"retCode": code, "retMsg": msg, "result": {}, "retExtInfo": {}, "time": ms}
-        return web.json_response(body)
+        return web.json_response(body, headers=_limit_headers(ms, left=_LIMIT - 1))

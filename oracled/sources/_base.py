@@ -263,6 +263,9 @@ class Source(abc.ABC):
         rate = self.rest_rate_per_s
         self._pacer = RestPacer(rate, self.rest_burst, clock) if rate else None
         self._retry_after_s = 0.0  # what the newest rate-limit answer asked us to wait
+        # The newest REST answer's headers: a venue that says a rate limit inside HTTP 200 (Bybit)
+        # reads its wait from them in its `_fetch`.
+        self._rest_headers: Mapping[str, str] = {}
         # Quotes go to `_sink`; while a REST answer is read, `_emit` is `_emit_polled`, which
         # drops a poll repeating the book of the instrument's last quote (`_read_rest`); on a
         # venue that answers subscriptions with a snapshot, from a connection's opening until
@@ -1035,6 +1038,7 @@ class Source(abc.ABC):
             if isinstance(exc, BodyTooLarge):
                 self._log.warning("rest answer too large", url=url, error=error)
             return None, b"", error
+        self._rest_headers = resp.headers
         if resp.status != 200:
             limited = resp.status in _RATE_LIMITED
             self._retry_after_s = self.rate_limit_wait_s(resp.headers) if limited else 0.0

@@ -52,6 +52,15 @@ spot), against an IP limit of 600 requests per 5 s: one request per poll. Its ro
 the answer's ``time`` is the server's clock when it answered, not a venue time of any book, so
 REST quotes carry none and age from the quote that first showed their bid and ask, streamed or
 polled (`Source._emit_polled`).
+
+A REST rate limit is answered inside HTTP 200 (https://bybit-exchange.github.io/docs/v5/rate-limit):
+``{"retCode":10006,"retMsg":"Too many visits!",..}`` for the API limit (a rolling one-second
+window), with ``X-Bapi-Limit-Reset-Timestamp``, "the timestamp indicating when your request limit
+resets if you have exceeded your rate_limit" (milliseconds; otherwise the current time); 10018
+is the IP limit's code (600 requests per 5 s). `_fetch` hands either to the base as a 429, so the
+round ends and polls rest: until the reset timestamp if it lies ahead (at most
+`rest_limit_reset_cap_s` believed), else `rest_limit_window_s`; 10018 at least the IP window,
+`rest_ip_window_s`. Any other code is read in `on_rest` as before.
 """
 
 from __future__ import annotations
@@ -175,6 +184,13 @@ class _Rest(msgspec.Struct):
     result: _RestResult | None = None
 
 
+class _Envelope(msgspec.Struct):
+    """What every REST answer carries, an error's too: ``retCode`` 0 is success."""
+
+    code: int = msgspec.field(name="retCode")
+    msg: str = msgspec.field(name="retMsg", default="")
+
+
 class _Top:
     """The kept best bid, ask and last price of one symbol, and the order key and venue time of
     the frame they came from."""
@@ -196,6 +212,10 @@ _BOOKS = msgspec.json.Decoder(_BookFrame)
 _FAST_BOOKS = msgspec.json.Decoder(_FastBookFrame, strict=False)
 _CONTROL = msgspec.json.Decoder(_Control)
 _REST = msgspec.json.Decoder(_Rest)
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+#: REST codes that mean "too many requests" (module doc): the API limit's and the IP limit's.
+_API_LIMIT: Final = 10006  # "Too many visits!"
+_IP_LIMIT: Final = 10018
 _ENCODE = msgspec.json.Encoder()
 _PING: Final = '{"op":"ping"}'
 
@@ -224,6 +244,13 @@ class _BybitSource(Source):
     #: Both topics answer a subscription with a ``snapshot`` of the symbol (docs); linear tickers
     #: then send deltas, spot level 1 only further snapshots.
     snapshot_on_subscribe: ClassVar[bool] = True
+    #: Rest after a 10006 naming no reset ahead: the API limit's rolling window is one second.
+    rest_limit_window_s: ClassVar[float] = 1.0
+    #: Rest at least this long after a 10018: the IP limit's window (600 requests per 5 s).
+    rest_ip_window_s: ClassVar[float] = 5.0
+    #: The longest wait a reset timestamp is believed for (a skewed clock could name hours);
+    #: the longest window the docs give an API limit is a minute.
+    rest_limit_reset_cap_s: ClassVar[float] = 60.0
 
     def __init__(
         self,
@@ -340,6 +367,40 @@ class _BybitSource(Source):
         if self._rest_single is not None:
             query["symbol"] = self._rest_single
         return f"{self.rest_url}/v5/market/tickers", query
+
+    def rate_limit_wait_s(self, headers: Mapping[str, str]) -> float:
+        """A ``Retry-After`` if sent; else until ``X-Bapi-Limit-Reset-Timestamp`` if it lies
+        ahead (capped); else the API limit's one-second window."""
+        wait = super().rate_limit_wait_s(headers)
+        if wait > 0:
+            return wait
+        try:
+            reset_ms = int(headers.get("X-Bapi-Limit-Reset-Timestamp", ""))
+        except ValueError:
+            return self.rest_limit_window_s
+        ahead_s = (reset_ms - self._clock.now_ms()) / 1000
+        if ahead_s <= 0:  # the current time: the docs' "not exceeded", or a clock behind
+            return self.rest_limit_window_s
+        return min(ahead_s, self.rest_limit_reset_cap_s)
+
+    async def _fetch(
+        self, url: str, query: Mapping[str, str]
+    ) -> tuple[int | None, bytes, str | None]:
+        """Bybit says a rate limit inside HTTP 200: hand it to the base as a 429 (module doc)."""
+        status, body, error = await super()._fetch(url, query)
+        if status != 200:
+            return status, body, error
+        try:
+            reply = _ENVELOPE.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return status, body, error  # on_rest counts the bad body
+        if reply.code not in (_API_LIMIT, _IP_LIMIT):
+            return status, body, error
+        wait = self.rate_limit_wait_s(self._rest_headers)
+        if reply.code == _IP_LIMIT:
+            wait = max(wait, self.rest_ip_window_s)
+        self._retry_after_s = wait  # the base reads none from a 200
+        return 429, body, f"{reply.code}: {reply.msg}"[:200]
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         reply = self._decoded(_REST, body)

@@ -124,6 +124,35 @@ async def test_rest_tickers_per_category(sim: BybitSim, http: aiohttp.ClientSess
         assert resp.status == 503
 
 
+async def test_rest_rate_limit_is_a_code_inside_http_200_with_the_reset_ahead(
+    sim: BybitSim, http: aiohttp.ClientSession
+) -> None:
+    """A 429 is said as the v5 rate-limit page says it: retCode 10006 "Too many visits!" under
+    HTTP 200, ``X-Bapi-Limit-Status`` 0 and ``X-Bapi-Limit-Reset-Timestamp`` the epoch ms
+    `rate_limit_reset_ms` ahead (the current time on other answers); `rate_limit_code` sends
+    10018 instead, and `reset` puts 10006 back."""
+    url = f"{sim.rest_url}/v5/market/tickers"
+    async with http.get(url, params={"category": "spot"}) as resp:
+        before = int(resp.headers["X-Bapi-Limit-Reset-Timestamp"])
+        assert int(resp.headers["X-Bapi-Limit-Status"]) > 0
+        assert abs(before - (await resp.json())["time"]) <= 1
+    sim.rest_status, sim.rate_limit_reset_ms = 429, 30_000
+    async with http.get(url, params={"category": "spot"}) as resp:
+        body = await resp.json()
+        assert resp.status == 200 and "Retry-After" not in resp.headers
+        assert (body["retCode"], body["retMsg"]) == (10006, "Too many visits!")
+        assert resp.headers["X-Bapi-Limit-Status"] == "0"
+        reset = int(resp.headers["X-Bapi-Limit-Reset-Timestamp"])
+        assert reset - body["time"] == 30_000
+    sim.rate_limit_code = 10018
+    async with http.get(url, params={"category": "linear"}) as resp:
+        assert resp.status == 200 and (await resp.json())["retCode"] == 10018
+    sim.reset()
+    sim.rest_status = 429
+    async with http.get(url, params={"category": "linear"}) as resp:
+        assert (await resp.json())["retCode"] == 10006
+
+
 async def test_categories_have_their_own_price_paths(sim: BybitSim) -> None:
     """Path keys are "<category>:<SYMBOL>": a spike on linear leaves spot alone."""
     assert set(sim.paths) == {"spot:BTCUSDT", "spot:ETHUSDT", "linear:BTCUSDT", "linear:ETHUSDT"}

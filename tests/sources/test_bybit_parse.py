@@ -574,3 +574,27 @@ def test_a_linear_delta_that_leaves_the_book_is_not_a_new_quote(h: Harness, text
         (t + 18_400, 17215.5, 17216.5),
     ]
     assert h.linear.stats.malformed == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait_s"),
+    [
+        ({"X-Bapi-Limit-Reset-Timestamp": "2500"}, 2.5),  # epoch ms; the clock here is at 0
+        ({"X-Bapi-Limit-Reset-Timestamp": "600000"}, 60.0),  # past a minute: not believed
+        ({"X-Bapi-Limit-Reset-Timestamp": "9" * 40}, 60.0),
+        ({"X-Bapi-Limit-Reset-Timestamp": "2500", "Retry-After": "4"}, 4.0),
+        ({"X-Bapi-Limit-Reset-Timestamp": "0"}, 1.0),  # the current time: the 1 s window
+        ({"X-Bapi-Limit-Reset-Timestamp": "-5"}, 1.0),
+        ({"X-Bapi-Limit-Reset-Timestamp": "NaN"}, 1.0),
+        ({"X-Bapi-Limit-Reset-Timestamp": "soon"}, 1.0),
+        ({}, 1.0),
+    ],
+)
+def test_a_rate_limit_waits_until_the_reset_it_names(
+    h: Harness, headers: dict[str, str], wait_s: float
+) -> None:
+    """A 10006 names its reset in X-Bapi-Limit-Reset-Timestamp (epoch ms): waited for when it
+    lies ahead, up to a minute; a Retry-After wins; anything else rests the API limit's 1 s
+    window."""
+    assert h.spot.rate_limit_wait_s(headers) == wait_s
+    assert h.linear.rate_limit_wait_s(headers) == wait_s

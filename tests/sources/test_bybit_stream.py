@@ -1,11 +1,14 @@
 """The Bybit spot and linear adapters on their loopback simulator: client pings, a refusal without
-req_id. Shared faults (first connection, REST fallback among them): test_stream_faults.py."""
+req_id, REST rate limits. Shared faults (first connection, REST fallback among them):
+test_stream_faults.py."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import ClassVar
 
 import pytest
+from structlog.testing import capture_logs
 from test_stream_faults import (
     test_unknown_symbol_fails_alone_without_reconnecting as unknown_symbol_fails_alone,
 )
@@ -47,6 +50,43 @@ async def test_refusal_without_req_id_still_fails_the_unknown_symbol_alone(
     still names the symbol, and everything the shared unknown-symbol test checks holds."""
     sim.error_req_id = False
     await unknown_symbol_fails_alone(case, sim, start, wait)
+
+
+@pytest.mark.parametrize(
+    ("code", "reset_ms", "low_s", "high_s"),
+    [(10006, 2_000, 1.5, 2.0), (10006, 0, 1.0, 1.0), (10018, 0, 5.0, 5.0)],
+    ids=["10006-reset-ahead", "10006-no-reset", "10018"],
+)
+async def test_a_rate_limit_code_rests_polls_then_they_go_on(
+    sim: BybitSim,
+    case: Case,
+    start: Start,
+    wait: Wait,
+    code: int,
+    reset_ms: int,
+    low_s: float,
+    high_s: float,
+) -> None:
+    """Bybit says a rate limit inside HTTP 200 (retCode 10006 "Too many visits!", or 10018 for
+    the IP limit) with ``X-Bapi-Limit-Reset-Timestamp``. Polls rest until that reset when it
+    lies ahead, else the API limit's 1 s window (10018: the IP limit's 5 s): one request, none
+    in five poll intervals, counted `rest_error`, logged `rest rate limited` with the wait; the
+    one symbol polled is not blamed; after the wait polls go on and price. Before, the code was
+    read as a refusal of that symbol, which was marked failed and never polled again."""
+    sim.ws_enabled, sim.rest_status = False, 429
+    sim.rate_limit_code, sim.rate_limit_reset_ms = code, reset_ms
+    with capture_logs() as logs:
+        run = await start(pairs=[case.pairs[0]])
+        await wait(lambda: sim.stats.rest_requests >= 1)
+        await asyncio.sleep(0.5)  # five poll intervals
+        assert sim.stats.rest_requests == 1
+        assert run.stats.dropped["rest_error"] == 1 and run.state() is ConnState.DOWN
+        sim.rest_status = None
+        await wait(lambda: run.state() is ConnState.POLLING, within_s=high_s + 5.0)
+    assert run.stats.failed_instruments == {}
+    limited = [e for e in logs if e["event"] == "rest rate limited"]
+    assert [e["status"] for e in limited] == [429]
+    assert low_s <= limited[0]["delay_s"] <= high_s
 
 
 async def test_a_frozen_spot_book_repushed_by_the_venue_ages(
