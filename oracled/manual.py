@@ -22,7 +22,11 @@ this file), with a warning.
 
 One process writes the file: the writer holds a lock file beside it (`<path>.lock`). Two daemons
 on one file would each rewrite it with their own pauses only, and a restart would lift the
-other's; the one without the lock writes nothing and logs each pause it could not keep.
+other's; the one without the lock writes nothing and logs each pause it could not keep, for as
+long as it runs: once it has found the lock held by another process it does not take it when the
+other lets it go either, since its own pauses are not the file's (the other's made since would be
+lost from the file). A lock that could not be taken for another reason (the lock file could not
+be opened) is tried again at the next save.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ class ManualPauses:
         self.save_timeout_s = SAVE_TIMEOUT_S
         self._log = structlog.get_logger("oracled").bind(component="manual", path=str(path))
         self._lock_fd: int | None = None  # held from `claim` (or the first save) to `close`
+        self._held_elsewhere: str | None = None  # another process held the lock: never written
         self.stats = PauseStats()
 
     def load(self) -> dict[str, Pause]:
@@ -141,13 +146,16 @@ class ManualPauses:
         process, so a killed daemon never leaves it stuck)."""
         if self._lock_fd is not None:
             return None
+        if self._held_elsewhere is not None:
+            return self._held_elsewhere
         try:
             fd = lock_beside(self.path)
         except LockHeldError as exc:
-            return (
+            self._held_elsewhere = (
                 f"{self.path} is written by another process (it holds {exc.lock}): a second "
                 "daemon needs a manual_pauses_file of its own"
             )
+            return self._held_elsewhere
         except OSError as exc:
             return f"cannot lock {self.path} ({exc.strerror or exc})"
         self._lock_fd = fd
@@ -191,6 +199,8 @@ class ManualPauses:
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
             body, done = job
+            # Once found held by another process, never written, not even once the holder is
+            # gone (it wrote pauses this one never saw; a rewrite with ours alone lifts them).
             error = self._take_lock() or replace_durably(self.path, body)
             with self._answer:
                 self.stats.kept = error is None

@@ -251,6 +251,30 @@ async def test_a_second_daemon_on_the_same_pauses_file_cannot_lift_the_first_one
     assert "written by another process" in errors[0]["error"]
 
 
+def test_a_writer_refused_at_its_claim_never_writes_once_the_holder_is_gone(
+    tmp_path: Path,
+) -> None:
+    """The second daemon's saves are refused while the first holds the file; once the first
+    lets it go (stopped first), the second must still not write: its pauses are its own, and a
+    rewrite with them alone would lift the pauses the first made since the second started (the
+    daemon test above caught it as a race under load)."""
+    path = tmp_path / "pauses.json"
+    first, second = ManualPauses(path), ManualPauses(path)
+    try:
+        assert first.claim()
+        assert not second.claim()
+        alice = {"BTC/USDT": Pause("alice", 1)}
+        assert first.save(alice).result() is None
+        assert first.close()
+        error = second.save({"ETH/USDT": Pause("bob", 2)}).result()
+        assert error is not None and "written by another process" in error
+        assert second.stats.kept is False and second.stats.failures == 1
+        assert ManualPauses(path).load() == alice
+    finally:
+        first.close()
+        second.close()
+
+
 TOKEN = "pauses-token-0123456789"
 
 
@@ -365,10 +389,9 @@ async def test_a_save_that_hangs_is_answered_not_saved_in_time_and_the_stop_does
     stops within its budget, leaving the stuck write behind."""
     path = tmp_path / "pauses.json"
     lock = tmp_path / "pauses.json.lock"
-    lock.touch()
-    holder = os.open(lock, os.O_RDONLY)  # another daemon's lock: each save re-opens the file
-    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.mkdir()  # the start cannot open the lock file: the first save opens it again
     sigio = signal.signal(signal.SIGIO, signal.SIG_IGN)  # the lease's break notice
+    holder: int | None = None
     try:
         async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}) as sim:
             service = _admin_service(sim, path)
@@ -378,6 +401,9 @@ async def test_a_save_that_hangs_is_answered_not_saved_in_time_and_the_stop_does
             task = asyncio.create_task(service.run())
             try:
                 await service.started.wait()
+                lock.rmdir()
+                lock.touch()
+                holder = os.open(lock, os.O_RDONLY)
                 fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_RDLCK)  # opens for write wait
                 async with aiohttp.ClientSession() as http:
                     with capture_logs() as logs:
@@ -401,7 +427,8 @@ async def test_a_save_that_hangs_is_answered_not_saved_in_time_and_the_stop_does
                         await task
             assert "manual pauses file not closed: a write is stuck" in [e["event"] for e in logs]
     finally:
-        os.close(holder)  # ends the lease: the stuck open goes on, and its thread ends
+        if holder is not None:
+            os.close(holder)  # ends the lease: the stuck open goes on, and its thread ends
         signal.signal(signal.SIGIO, sigio)
 
 
