@@ -22,19 +22,20 @@ reports weighs as much as 1,000 single frames.
 
 Signed rounds arrive later than their reports (they are hashed and signed off the event loop):
 `publish_signed` fans `{"type":"signed",...}` frames out to the subscriptions that asked for
-them, which receive no report frames. A subscription may also filter: with a `deviation` it gets
-a market only when the price moved by at least that fraction since the last frame it was sent
-(or the status changed), with a `heartbeat_ms` at least that often; these subscriptions get
-frames built for them alone, the others keep sharing one batch per market set.
+them, which receive no report frames; they are encoded in slices of `SLICE` markets as the
+reports are. A subscription may also filter: with a `deviation` it gets a market only when the
+price moved by at least that fraction since the last frame it was sent (or the status changed),
+with a `heartbeat_ms` at least that often; these subscriptions get frames built for them alone,
+the others keep sharing one batch per market set.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from itertools import repeat
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -75,6 +76,7 @@ _FRAME_TAIL = b"}"
 _BATCH_HEAD = b'{"type":"reports","round":%d,"round_ts":%d,"data":['
 _BATCH_TAIL = b"]}"
 SLICE = 200  # markets encoded per turn of the event loop in a fan-out (about 1 ms)
+_R = TypeVar("_R")  # the round a fan-out encodes: a RoundResult or a SignedRound
 
 
 class SubscriptionClosed(OracledError):
@@ -141,8 +143,15 @@ class Subscription:
         Only a deviation holds frames back; a heartbeat is a floor ("at least this often"),
         so with a heartbeat alone every round passes.
         """
+        send = self._passes(market, price, status, ts)
+        if send:
+            self._sent[market] = (price, status, ts)
+        return send
+
+    def _passes(self, market: str, price: float, status: int, ts: int) -> bool:
+        """The filter's answer for `market` now, not recorded."""
         last = self._sent.get(market)
-        send = (
+        return (
             last is None
             or last[1] != status
             or self.deviation is None
@@ -152,9 +161,6 @@ class Subscription:
                 and (last[0] != last[0] or abs(price / last[0] - 1.0) >= self.deviation)
             )
         )
-        if send:
-            self._sent[market] = (price, status, ts)
-        return send
 
     @property
     def pending(self) -> int:
@@ -348,10 +354,11 @@ class Hub:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a synchronous caller): fan out right away
-            self._fan_out(sliced=False)
+            self._scheduled = True
+            self._drive(self._fan_out(), sliced=False)
             return
         self._scheduled = True
-        loop.call_soon(self._fan_out)
+        loop.call_soon(self._drive, self._fan_out(), True)
 
     def _tell_removed(self, removed: list[str]) -> None:
         """A reload removed `removed`: every subscription that received one of them gets an
@@ -378,30 +385,52 @@ class Hub:
             if not sub._offer([frame]):
                 self._drop(sub, DROP_SLOW)
 
-    def _fan_out(self, sliced: bool = True) -> None:
-        """Encode what the unfiltered subscriptions need, slice by slice, then deliver."""
-        result = self._latest
-        if result is None or result is self._fanned:
-            self._scheduled = False
-            return
-        self._scheduled = True
-        todo = [i for i in self._wanted() if i not in self._encoded]
-        self._encode_slices(result, todo, 0, sliced)
+    def _drive(self, job: Iterator[None], sliced: bool) -> None:
+        """Run a fan-out: each `yield` of `job` ends a turn of the event loop, so that the
+        sources are read between two slices of it; without `sliced` it runs to its end now."""
+        for _ in job:
+            if sliced:
+                asyncio.get_running_loop().call_soon(self._drive, job, sliced)
+                return
 
-    def _encode_slices(
-        self, result: RoundResult, todo: list[int], start: int, sliced: bool
-    ) -> None:
-        if self._latest is not result:  # a newer round came in meanwhile: serve that one
-            self._fan_out(sliced)
-            return
-        end = start + SLICE if sliced else len(todo)
-        self._ensure(todo[start:end])
-        if end < len(todo):
-            asyncio.get_running_loop().call_soon(self._encode_slices, result, todo, end, sliced)
-            return
+    def _slices(
+        self,
+        latest: Callable[[], _R | None],
+        todo: Callable[[_R], list[int]],
+        encode: Callable[[list[int]], object],
+    ) -> Generator[None, None, _R | None]:
+        """Encode a fan-out's markets (`todo` of the round `latest()` returns), `SLICE` per
+        turn of the loop (a yield between two slices). When a newer round came in meanwhile it
+        starts over on that one: subscribers get the latest round whole, never part of an older
+        one. Returns the round encoded, or None when there is none to fan out."""
+        current = latest()
+        while current is not None:
+            markets = todo(current)
+            for start in range(0, len(markets), SLICE):
+                if start:
+                    yield
+                    if latest() is not current:
+                        break
+                encode(markets[start : start + SLICE])
+            else:
+                return current
+            current = latest()
+        return None
+
+    def _fan_out(self) -> Iterator[None]:
+        """Encode what the unfiltered report subscriptions need, slice by slice, then deliver."""
+        result = yield from self._slices(self._unfanned, self._report_todo, self._ensure)
         self._scheduled = False
-        self._fanned = result
-        self._deliver(result)
+        if result is not None:
+            self._fanned = result
+            self._deliver(result)
+
+    def _unfanned(self) -> RoundResult | None:
+        """The latest round, unless it was delivered already."""
+        return None if self._latest is self._fanned else self._latest
+
+    def _report_todo(self, result: RoundResult) -> list[int]:
+        return [i for i in self._wanted() if i not in self._encoded]
 
     def _wanted(self) -> list[int]:
         """Markets of the unfiltered report subscriptions, in layout order."""
@@ -439,22 +468,50 @@ class Hub:
             return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._fan_out_signed()
+        except RuntimeError:  # no loop (a synchronous caller): fan out right away
+            self._signed_scheduled = True
+            self._drive(self._fan_out_signed(), sliced=False)
             return
         self._signed_scheduled = True
-        loop.call_soon(self._fan_out_signed)
+        loop.call_soon(self._drive, self._fan_out_signed(), True)
 
     @property
     def latest_signed(self) -> SignedRound | None:
         return self._signed
 
-    def _fan_out_signed(self) -> None:
+    def _fan_out_signed(self) -> Iterator[None]:
+        """Encode the signed frames the signed subscriptions will be sent, slice by slice, then
+        deliver them: a round of 1,000 envelopes (about 5 ms) must not hold the loop at once."""
+        signed = yield from self._slices(
+            self._signed_unfanned, self._signed_todo, self._signed_frames_of
+        )
         self._signed_scheduled = False
-        signed = self._signed
-        if signed is None or signed is self._signed_fanned:
-            return
-        self._signed_fanned = signed
+        if signed is not None:
+            self._signed_fanned = signed
+            self._deliver_signed(signed)
+
+    def _signed_unfanned(self) -> SignedRound | None:
+        """The latest signed round, unless it was delivered already."""
+        return None if self._signed is self._signed_fanned else self._signed
+
+    def _signed_todo(self, signed: SignedRound) -> list[int]:
+        """Markets of this signed round that the signed subscriptions will be sent and that are
+        not encoded yet, in layout order. A filter is asked without recording its answer (it
+        answers again at delivery, which records): what it lets through is encoded in the
+        slices too, and a round superseded before its delivery leaves the filter as it was."""
+        result = signed.result
+        assert result is not None
+        wanted: set[int] = set()
+        everything = len(result.layout.markets)
+        for sub in self._subs:
+            if len(wanted) == everything:
+                break
+            if sub.signed:
+                wanted.update(self._passing(sub, result, force=not sub.filtered, record=False))
+        frames = self._signed_frames
+        return sorted(i for i in wanted if i not in frames)
+
+    def _deliver_signed(self, signed: SignedRound) -> None:
         result = signed.result
         assert result is not None
         shared: dict[frozenset[str] | None, tuple[bytes, ...]] = {}  # unfiltered, by market set
@@ -501,13 +558,15 @@ class Hub:
         *,
         force: bool = False,
         markets: Iterable[str] | None = None,
+        record: bool = True,
     ) -> list[int]:
-        """Markets of `sub` (or `markets`) that its filter lets through this round."""
+        """Markets of `sub` (or `markets`) that its filter lets through this round (recorded
+        as sent unless `record` is False)."""
         indices = self._indices(result, sub.markets if markets is None else markets)
         if force:
             return indices
         names, price, status = result.layout.markets, result.price, result.status
-        wants, ts = sub._wants, result.ts
+        wants, ts = sub._wants if record else sub._passes, result.ts
         return [i for i in indices if wants(names[i], float(price[i]), int(status[i]), ts)]
 
     # -- encoding ----------------------------------------------------------------------------

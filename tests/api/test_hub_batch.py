@@ -1,4 +1,5 @@
-"""The Hub's batches (one frame per round) and its fan-out in slices of markets."""
+"""The Hub's batches (one frame per round) and its fan-outs (reports, signed) in slices of
+markets."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from oracled.config import parse_config
 from oracled.core import Core
 from oracled.model import Quote
 from oracled.publish import DROP_SLOW, Hub
-from oracled.publish.hub import SLICE
+from oracled.publish.hub import SLICE, Subscription
+from oracled.publish.signer import RoundSigner, SignedRound, SigningKey
+
+SIGNER = RoundSigner(SigningKey.from_hex("0x" + "44" * 32), "test")
+T0 = 1_700_000_000_250
 
 
 def decode(frame: bytes) -> dict[str, Any]:
@@ -218,3 +223,114 @@ async def test_a_round_published_during_a_sliced_fan_out_replaces_it() -> None:
     rounds = {decode(f)["data"]["round"] for f in frames(sub)}
     assert rounds == {2}
     assert sub.pending == 0
+
+
+def signed_hub(queue_size: int = 8) -> Hub:
+    hub = Hub(queue_size=queue_size)
+    hub.signer = SIGNER.key.address
+    return hub
+
+
+def signed_sub(hub: Hub, *, snapshot: bool = True, **filters: Any) -> Subscription:
+    """A signed subscription of every market, as a client sets one up: nothing, then signed
+    frames (and filters), then the markets (a snapshot of the latest signed round, if any)."""
+    sub = hub.subscribe(frozenset())
+    hub.configure(sub, signed=True, **filters)
+    hub.change(sub, None, snapshot=snapshot)
+    return sub
+
+
+def signed_round(hub: Hub, core: Core, now: int) -> SignedRound:
+    """The round at `now` published, then its signature (as the signer thread hands it over)."""
+    result = quoted_round(core, now)
+    hub.publish(result)
+    signed = SIGNER.sign(result)
+    hub.publish_signed(signed)
+    return signed
+
+
+def expected(signed: SignedRound) -> list[bytes]:
+    """Every market's signed frame, built as the hub built them before it sliced the fan-out."""
+    return [b'{"type":"signed","data":' + signed.envelope(i) + b"}" for i in range(signed.count)]
+
+
+async def turns_until(sub: Subscription) -> int:
+    """Turns of the loop until `sub` has frames (a fan-out that never delivers fails)."""
+    turns = 0
+    while sub.pending == 0:
+        turns += 1
+        assert turns < 100, "no frame after 100 turns of the loop"
+        await asyncio.sleep(0)
+    return turns
+
+
+@pytest.mark.parametrize("filters", [{}, {"heartbeat_ms": 1}, {"deviation": 0.01}])
+async def test_a_large_signed_fan_out_is_encoded_in_slices_and_delivers_whole_rounds(
+    filters: dict[str, Any],
+) -> None:
+    """More markets than a slice: the signed fan-out turns the loop between slices as the
+    report fan-out does, for an unfiltered subscriber and for a filtered one (on a first round
+    every market passes), then the subscriber gets the whole round at once, the very bytes that
+    encoding the round in one turn made."""
+    n = 2 * SLICE + 50
+    core = many_markets(n)
+    hub = signed_hub()
+    sub = signed_sub(hub, **filters)
+    signed = signed_round(hub, core, T0)
+    assert await turns_until(sub) == 3  # three slices, one turn each
+    assert frames(sub) == expected(signed)
+
+
+async def test_a_signed_round_arriving_mid_fan_out_replaces_it_and_leaves_filters_alone() -> None:
+    """A subscriber that holds round 1 unread, then round 2 superseded by round 3 after its
+    first slice: it reads round 1 whole, then round 3 whole, nothing of round 2. A deviation
+    filter was asked about round 2 but not told it was sent: round 3, at the same prices,
+    still reaches it (had round 2 been recorded, nothing would have moved since)."""
+    core = many_markets(SLICE + 10)
+    hub = signed_hub(queue_size=4 * (SLICE + 10))
+    sub = signed_sub(hub)
+    signed_round(hub, core, T0)
+    await turns_until(sub)
+    deviating = signed_sub(hub, snapshot=False, deviation=0.01)  # joins at round 2
+    signed_round(hub, core, T0 + 250)
+    await asyncio.sleep(0)  # the first slice of round 2
+    assert deviating.pending == 0
+    signed_round(hub, core, T0 + 500)
+    await turns_until(deviating)
+    rounds = [decode(f)["data"]["round"] for f in frames(sub)]
+    assert rounds == [1] * (SLICE + 10) + [3] * (SLICE + 10)
+    assert [decode(f)["data"]["round"] for f in frames(deviating)] == [3] * (SLICE + 10)
+
+
+async def test_a_signed_subscriber_leaving_mid_fan_out_gets_nothing_and_one_joining_gets_it() -> (
+    None
+):
+    """Mid-fan-out, one signed subscriber leaves and one joins: the one that left gets no
+    frame and the hub goes on; the others, the newcomer included, get the round whole."""
+    n = SLICE + 10
+    core = many_markets(n)
+    hub = signed_hub()
+    stays, leaves = signed_sub(hub), signed_sub(hub)
+    signed = signed_round(hub, core, T0)
+    await asyncio.sleep(0)
+    hub.unsubscribe(leaves)
+    joins = signed_sub(hub)  # a fan-out is under way: it sends no snapshot of its own
+    await turns_until(stays)
+    want = expected(signed)
+    assert frames(stays) == want and frames(joins) == want
+    assert leaves.pending == 0 and leaves.closed_reason is not None
+    assert hub.subscribers == 2
+
+
+async def test_a_slow_signed_subscriber_is_dropped_after_a_sliced_fan_out() -> None:
+    """The bound holds for sliced rounds: a subscriber that does not read is dropped as slow
+    when the next round's frames do not fit; one that reads gets both rounds."""
+    n = SLICE + 10
+    core = many_markets(n)
+    hub = signed_hub(queue_size=n)
+    slow, fast = signed_sub(hub), signed_sub(hub)
+    for k in range(2):
+        signed_round(hub, core, T0 + 250 * k)
+        await turns_until(fast)
+        assert [decode(f)["data"]["round"] for f in frames(fast)] == [k + 1] * n
+    assert slow.closed_reason == DROP_SLOW and hub.dropped_subscribers[DROP_SLOW] == 1

@@ -1,0 +1,114 @@
+"""How long a round's fan-out holds the event loop: the hub's report and signed fan-outs.
+
+Publishes rounds of `bench_round.py`'s synthetic world (1,000 markets x 8 sources by default)
+into a `Hub` with one stream subscriber of every market, and times each fan-out from
+`Hub.publish` / `Hub.publish_signed` until the subscriber has the round: the wall clock, the
+thread's CPU time, the turns of the event loop it took, and the longest gap between two
+wake-ups of a task that sleeps 0 in a loop meanwhile (what a venue read or a round waits at
+worst while the round is published). Each round is signed afresh outside the timing, so that no
+envelope is encoded ahead.
+
+    python benchmarks/bench_fanout.py --markets 1000 --rounds 40 [--json out.json]
+
+See benchmarks/README.md ("Signed fan-out in slices") for what the figures mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench_publish import KEY, rounds
+
+from oracled.core import RoundResult
+from oracled.publish import Hub, Subscription
+from oracled.publish.signer import RoundSigner
+
+# (name, signed, filtered): the filter is a heartbeat alone, which lets every market through
+# each round: the most a filtered subscriber can cost.
+CASES = [
+    ("reports, unfiltered", False, False),
+    ("signed, unfiltered", True, False),
+    ("signed, filtered (heartbeat)", True, True),
+]
+
+
+async def one_case(results: list[RoundResult], signed: bool, filtered: bool) -> dict[str, Any]:
+    hub = Hub(queue_size=4 * len(results[0].layout.markets))
+    hub.signer = KEY.address
+    signer = RoundSigner(KEY, "bench")
+    sub = hub.subscribe(None)
+    hub.configure(sub, signed=signed, heartbeat_ms=1 if filtered else None, snapshot=False)
+    wall, cpu, gaps, turns = [], [], [], []
+    for result in results:
+        hub.publish(result)
+        if signed:
+            ready = signer.sign(result)
+            await settle(sub)  # the report fan-out (nothing for a signed subscriber) runs first
+            go: Callable[[], None] = lambda s=ready: hub.publish_signed(s)  # noqa: E731
+        else:
+            go = lambda: None  # noqa: E731 - publish() above scheduled it
+        c0, w0 = time.thread_time(), time.perf_counter()
+        go()
+        last, gap, n = w0, 0.0, 0
+        while sub.pending == 0:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            gap, last, n = max(gap, now - last), now, n + 1
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.thread_time() - c0)
+        gaps.append(gap)
+        turns.append(n)
+        while sub.get_nowait() is not None:
+            pass
+    return {
+        "wall": summary(wall),
+        "cpu": summary(cpu),
+        "longest_gap": summary(gaps),
+        "turns": statistics.median(turns),
+    }
+
+
+async def settle(sub: Subscription) -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+    while sub.get_nowait() is not None:
+        pass
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "max_ms": round(ordered[-1] * 1000, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--markets", type=int, default=1000)
+    parser.add_argument("--sources", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = rounds(args.markets, args.sources, args.rounds)
+    out: dict[str, Any] = {"markets": args.markets, "python": platform.python_version()}
+    print(f"{'case':<30} {'wall p50/max':>14} {'CPU p50/max':>14} {'gap p50/max':>14} turns")
+    for name, signed, filtered in CASES:
+        row = out[name] = asyncio.run(one_case(results, signed, filtered))
+        cells = [f"{row[k]['p50_ms']:.2f}/{row[k]['max_ms']:.2f}" for k in ("wall", "cpu")]
+        cells.append(f"{row['longest_gap']['p50_ms']:.2f}/{row['longest_gap']['max_ms']:.2f}")
+        print(f"{name:<30} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {row['turns']:>5}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
