@@ -419,8 +419,10 @@ class Hub:
 
     def _fan_out(self) -> Iterator[None]:
         """Encode what the unfiltered report subscriptions need, slice by slice, then deliver."""
-        result = yield from self._slices(self._unfanned, self._report_todo, self._ensure)
-        self._scheduled = False
+        try:
+            result = yield from self._slices(self._unfanned, self._report_todo, self._ensure)
+        finally:  # also when encoding raised: else no fan-out would ever be scheduled again
+            self._scheduled = False
         if result is not None:
             self._fanned = result
             self._deliver(result)
@@ -482,10 +484,12 @@ class Hub:
     def _fan_out_signed(self) -> Iterator[None]:
         """Encode the signed frames the signed subscriptions will be sent, slice by slice, then
         deliver them: a round of 1,000 envelopes (about 5 ms) must not hold the loop at once."""
-        signed = yield from self._slices(
-            self._signed_unfanned, self._signed_todo, self._signed_frames_of
-        )
-        self._signed_scheduled = False
+        try:
+            signed = yield from self._slices(
+                self._signed_unfanned, self._signed_todo, self._signed_frames_of
+            )
+        finally:  # also when encoding raised: else no signed fan-out would ever run again
+            self._signed_scheduled = False
         if signed is not None:
             self._signed_fanned = signed
             self._deliver_signed(signed)

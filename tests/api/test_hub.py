@@ -97,6 +97,37 @@ async def test_fan_out_runs_after_publish_and_only_for_subscribed_markets(rig: R
     assert CountingResult.calls == []  # straight from the arrays: no Report object
 
 
+class FailingOnceEncoder(ReportEncoder):
+    """An encoder whose first call raises, as a bug in encoding one odd round would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def encode(self, result: RoundResult, indices: Sequence[int]) -> list[bytes]:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("one bad round")
+        return super().encode(result, indices)
+
+
+async def test_a_fan_out_that_raised_does_not_stop_the_next_rounds(rig: Rig) -> None:
+    """A fan-out whose encoding raised (reported by the event loop) left the hub believing a
+    fan-out was still pending, so no later round was ever fanned out: every subscriber froze
+    on its last frame, with nothing said. The next round goes out."""
+    hub = Hub(encoder=FailingOnceEncoder())
+    sub = hub.subscribe(frozenset({"ETH/USD"}))
+    caught: list[object] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: caught.append(ctx))
+    run(rig, hub)
+    await asyncio.sleep(0)
+    assert frames(sub) == [] and len(caught) == 1
+    second = run(rig, hub)
+    await asyncio.sleep(0)
+    (frame,) = frames(sub)
+    assert msgspec.json.decode(frame)["data"]["ts"] == second.ts
+
+
 async def test_subscribers_of_a_market_share_one_bytes_object(rig: Rig) -> None:
     """Every subscriber receives the very same encoded frame: encoded once, not per client."""
     encoder = CountingEncoder()
