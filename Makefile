@@ -24,8 +24,8 @@ lint:
 typecheck:
 	$(VENV)/bin/mypy oracled
 
-pytest:
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+pytest:  ## the suite as two shards side by side (scripts/pytest-shards.sh); one file: .venv/bin/pytest FILE
+	PYTEST=$(VENV)/bin/pytest scripts/pytest-shards.sh
 
 demo: install  ## install, then `oracled demo`: simulated venues on loopback, no internet needed
 	$(VENV)/bin/oracled demo
