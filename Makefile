@@ -24,7 +24,8 @@ lint:
 typecheck:
 	$(VENV)/bin/mypy oracled
 
-pytest:  ## the suite as two shards side by side (scripts/pytest-shards.sh); one file: .venv/bin/pytest FILE
+# The suite as two shards side by side (scripts/pytest-shards.sh); one file: .venv/bin/pytest FILE
+pytest:
 	PYTEST=$(VENV)/bin/pytest scripts/pytest-shards.sh
 
 demo: install  ## install, then `oracled demo`: simulated venues on loopback, no internet needed
