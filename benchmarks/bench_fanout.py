@@ -1,12 +1,15 @@
-"""How long a round's fan-out holds the event loop: the hub's report and signed fan-outs.
+"""How long a round's fan-out holds the event loop: the hub's report and signed fan-outs, and
+the snapshot a subscription of every market starts with.
 
 Publishes rounds of `bench_round.py`'s synthetic world (1,000 markets x 8 sources by default)
 into a `Hub` with one stream subscriber of every market, and times each fan-out from
 `Hub.publish` / `Hub.publish_signed` until the subscriber has the round: the wall clock, the
 thread's CPU time, the turns of the event loop it took, and the longest gap between two
 wake-ups of a task that sleeps 0 in a loop meanwhile (what a venue read or a round waits at
-worst while the round is published). Each round is signed afresh outside the timing, so that no
-envelope is encoded ahead.
+worst while the round is published; the turn that publishes counts too). Each round is signed
+afresh outside the timing, so that no envelope is encoded ahead. A snapshot case subscribes
+after the round instead, with nobody else subscribed (so that nothing of it is encoded ahead),
+and times `Hub.change` from no market to every market until the snapshot is buffered.
 
     python benchmarks/bench_fanout.py --markets 1000 --rounds 40 [--json out.json]
 
@@ -31,33 +34,43 @@ from oracled.core import RoundResult
 from oracled.publish import Hub, Subscription
 from oracled.publish.signer import RoundSigner
 
-# (name, signed, filtered): the filter is a heartbeat alone, which lets every market through
-# each round: the most a filtered subscriber can cost.
+# (name, signed, filtered, snapshot): the filter is a heartbeat alone, which lets every market
+# through each round: the most a filtered subscriber can cost.
 CASES = [
-    ("reports, unfiltered", False, False),
-    ("signed, unfiltered", True, False),
-    ("signed, filtered (heartbeat)", True, True),
+    ("reports, unfiltered", False, False, False),
+    ("reports, filtered (heartbeat)", False, True, False),
+    ("signed, unfiltered", True, False, False),
+    ("signed, filtered (heartbeat)", True, True, False),
+    ("snapshot, reports", False, False, True),
+    ("snapshot, signed", True, False, True),
 ]
 
 
-async def one_case(results: list[RoundResult], signed: bool, filtered: bool) -> dict[str, Any]:
+async def one_case(
+    results: list[RoundResult], signed: bool, filtered: bool, snapshot: bool
+) -> dict[str, Any]:
     hub = Hub(queue_size=4 * len(results[0].layout.markets))
     hub.signer = KEY.address
     signer = RoundSigner(KEY, "bench")
-    sub = hub.subscribe(None)
+    sub = hub.subscribe(frozenset() if snapshot else None)
     hub.configure(sub, signed=signed, heartbeat_ms=1 if filtered else None, snapshot=False)
     wall, cpu, gaps, turns = [], [], [], []
     for result in results:
         hub.publish(result)
+        go: Callable[[], None] = lambda: None  # noqa: E731 - publish() above scheduled it
         if signed:
             ready = signer.sign(result)
             await settle(sub)  # the report fan-out (nothing for a signed subscriber) runs first
-            go: Callable[[], None] = lambda s=ready: hub.publish_signed(s)  # noqa: E731
-        else:
-            go = lambda: None  # noqa: E731 - publish() above scheduled it
+            go = lambda s=ready: hub.publish_signed(s)  # noqa: E731
+        if snapshot:  # no market subscribed: nothing of the round is encoded until `change`
+            go()
+            await settle(sub)
+            go = lambda: hub.change(sub, None)  # noqa: E731
         c0, w0 = time.thread_time(), time.perf_counter()
         go()
-        last, gap, n = w0, 0.0, 0
+        # The turn that published (a snapshot encoded at once holds the loop in it).
+        last = time.perf_counter()
+        gap, n = last - w0, 0
         while sub.pending == 0:
             await asyncio.sleep(0)
             now = time.perf_counter()
@@ -68,6 +81,8 @@ async def one_case(results: list[RoundResult], signed: bool, filtered: bool) -> 
         turns.append(n)
         while sub.get_nowait() is not None:
             pass
+        if snapshot:
+            hub.change(sub, frozenset())
     return {
         "wall": summary(wall),
         "cpu": summary(cpu),
@@ -100,12 +115,12 @@ def main() -> None:
     args = parser.parse_args()
     results = rounds(args.markets, args.sources, args.rounds)
     out: dict[str, Any] = {"markets": args.markets, "python": platform.python_version()}
-    print(f"{'case':<30} {'wall p50/max':>14} {'CPU p50/max':>14} {'gap p50/max':>14} turns")
-    for name, signed, filtered in CASES:
-        row = out[name] = asyncio.run(one_case(results, signed, filtered))
+    print(f"{'case':<32} {'wall p50/max':>14} {'CPU p50/max':>14} {'gap p50/max':>14} turns")
+    for name, signed, filtered, snapshot in CASES:
+        row = out[name] = asyncio.run(one_case(results, signed, filtered, snapshot))
         cells = [f"{row[k]['p50_ms']:.2f}/{row[k]['max_ms']:.2f}" for k in ("wall", "cpu")]
         cells.append(f"{row['longest_gap']['p50_ms']:.2f}/{row['longest_gap']['max_ms']:.2f}")
-        print(f"{name:<30} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {row['turns']:>5}")
+        print(f"{name:<32} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {row['turns']:>5}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 
