@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Generator, Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, TypeVar
 
@@ -418,7 +418,7 @@ class Hub:
         return None
 
     def _fan_out(self) -> Iterator[None]:
-        """Encode what the unfiltered report subscriptions need, slice by slice, then deliver."""
+        """Encode what the report subscriptions will be sent, slice by slice, then deliver."""
         try:
             result = yield from self._slices(self._unfanned, self._report_todo, self._ensure)
         finally:  # also when encoding raised: else no fan-out would ever be scheduled again
@@ -432,18 +432,7 @@ class Hub:
         return None if self._latest is self._fanned else self._latest
 
     def _report_todo(self, result: RoundResult) -> list[int]:
-        return [i for i in self._wanted() if i not in self._encoded]
-
-    def _wanted(self) -> list[int]:
-        """Markets of the unfiltered report subscriptions, in layout order."""
-        wanted: set[int] = set()
-        for sub in self._subs:
-            if sub.signed or sub.filtered:
-                continue  # signed frames are the signer's; filters decide at delivery
-            if sub.markets is None:
-                return list(range(len(self._index)))
-            wanted.update(i for m in sub.markets if (i := self._index.get(m)) is not None)
-        return sorted(wanted)
+        return self._todo(result, False, self._encoded)
 
     def _deliver(self, result: RoundResult) -> None:
         for sub in list(self._subs):
@@ -499,21 +488,23 @@ class Hub:
         return None if self._signed is self._signed_fanned else self._signed
 
     def _signed_todo(self, signed: SignedRound) -> list[int]:
-        """Markets of this signed round that the signed subscriptions will be sent and that are
-        not encoded yet, in layout order. A filter is asked without recording its answer (it
-        answers again at delivery, which records): what it lets through is encoded in the
-        slices too, and a round superseded before its delivery leaves the filter as it was."""
-        result = signed.result
-        assert result is not None
+        assert signed.result is not None
+        return self._todo(signed.result, True, self._signed_frames)
+
+    def _todo(self, result: RoundResult, signed: bool, done: Container[int]) -> list[int]:
+        """Markets of `result` that the subscriptions of one kind (signed frames or reports)
+        will be sent and that are not encoded yet (not in `done`), in layout order. A filter is
+        asked without recording its answer (it answers again at delivery, which records): what
+        it lets through is encoded in the slices too, and a round superseded before its
+        delivery leaves the filter as it was."""
         wanted: set[int] = set()
         everything = len(result.layout.markets)
         for sub in self._subs:
             if len(wanted) == everything:
                 break
-            if sub.signed:
+            if sub.signed is signed:
                 wanted.update(self._passing(sub, result, force=not sub.filtered, record=False))
-        frames = self._signed_frames
-        return sorted(i for i in wanted if i not in frames)
+        return sorted(i for i in wanted if i not in done)
 
     def _deliver_signed(self, signed: SignedRound) -> None:
         result = signed.result

@@ -1,5 +1,5 @@
-"""The Hub's batches (one frame per round) and its fan-outs (reports, signed) in slices of
-markets."""
+"""The Hub's batches (one frame per round), and its fan-outs (reports, signed, filtered or not)
+and snapshots in slices of markets."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 from api_rig import Rig, frames, make_config
 
 from oracled.config import parse_config
-from oracled.core import Core
+from oracled.core import Core, RoundResult
 from oracled.model import Quote
 from oracled.publish import DROP_SLOW, Hub
+from oracled.publish.encode import ReportEncoder
 from oracled.publish.hub import SLICE, Subscription
 from oracled.publish.signer import RoundSigner, SignedRound, SigningKey
 
@@ -334,3 +335,57 @@ async def test_a_slow_signed_subscriber_is_dropped_after_a_sliced_fan_out() -> N
         await turns_until(fast)
         assert [decode(f)["data"]["round"] for f in frames(fast)] == [k + 1] * n
     assert slow.closed_reason == DROP_SLOW and hub.dropped_subscribers[DROP_SLOW] == 1
+
+
+def encoded_at_once(result: RoundResult, batch: bool) -> list[bytes]:
+    """Every market's report frames of `result` as one encoding of the whole round makes them
+    (a fresh encoder: the bytes do not depend on the encoder's history)."""
+    reports = ReportEncoder().encode(result, range(len(result.layout.markets)))
+    if batch:
+        head = b'{"type":"reports","round":%d,"round_ts":%d,"data":[' % (result.round, result.ts)
+        return [head + b",".join(reports) + b"]}"]
+    return [b'{"type":"report","data":' + r + b"}" for r in reports]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("filters", [{"heartbeat_ms": 1}, {"deviation": 0.01}])
+async def test_a_large_filtered_report_fan_out_is_encoded_in_slices(
+    filters: dict[str, Any], batch: bool
+) -> None:
+    """A subscriber with a filter, alone: its markets are encoded in slices too, a turn of the
+    loop between two (it was one turn, the filter asked at delivery), then it gets the whole
+    round (on a first round every market passes), the bytes one encoding of the round makes."""
+    n = 2 * SLICE + 50
+    core = many_markets(n)
+    hub = Hub(queue_size=8)
+    sub = hub.subscribe(frozenset(), batch=batch)
+    hub.configure(sub, **filters)
+    hub.change(sub, None)
+    result = quoted_round(core, T0)
+    hub.publish(result)
+    assert await turns_until(sub) == 3  # three slices, one turn each
+    assert frames(sub) == encoded_at_once(result, batch)
+
+
+async def test_a_report_round_arriving_mid_fan_out_leaves_a_filter_alone() -> None:
+    """A deviation filter is asked which markets it will let through before the slices, without
+    recording: round 1, superseded after its first slice by round 2 at the same prices, never
+    counts as sent, so round 2 still reaches the filtered subscriber whole (had round 1 been
+    recorded, nothing would have moved since); round 3, the same prices again, passes nothing."""
+    n = SLICE + 10
+    core = many_markets(n)
+    hub = Hub(queue_size=4 * n)
+    deviating = hub.subscribe(frozenset())
+    hub.configure(deviating, deviation=0.01)
+    hub.change(deviating, None)
+    hub.publish(quoted_round(core, T0))
+    await asyncio.sleep(0)  # the first slice of round 1
+    assert deviating.pending == 0
+    second = quoted_round(core, T0 + 250)
+    hub.publish(second)
+    await turns_until(deviating)
+    assert frames(deviating) == encoded_at_once(second, batch=False)
+    hub.publish(quoted_round(core, T0 + 500))
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert deviating.pending == 0
