@@ -26,7 +26,9 @@ answers ``{"retCode":10006,"retMsg":"Too many visits!",..}`` with ``X-Bapi-Limit
 ``X-Bapi-Limit-Status`` (0 left) and ``X-Bapi-Limit-Reset-Timestamp``, the epoch milliseconds
 `rate_limit_reset_ms` ahead (every other answer sends the current time there, as the docs say).
 `rate_limit_code` 10018 answers the IP limit's code instead (its message is ours: the page quotes
-none for it). Other statuses stay generic.
+none for it). `rest_status` 403 is the IP ban that follows the IP limit, as the page words it:
+HTTP 403, "access too frequent" (the page gives no body: plain text here is ours). Other statuses
+stay generic.
 """
 
 from __future__ import annotations
@@ -410,7 +412,9 @@ class BybitSim(VenueSim):
 
     def rest_refusal(self, status: int) -> web.Response:
         """A 429 is said as Bybit says a rate limit: a code inside HTTP 200, the reset ahead in
-        ``X-Bapi-Limit-Reset-Timestamp``."""
+        ``X-Bapi-Limit-Reset-Timestamp``; a 403 as its IP ban, in the page's words."""
+        if status == 403:
+            return web.Response(status=403, text="access too frequent")
         if status != 429:
             return super().rest_refusal(status)
         ms = int(time.time() * 1000)

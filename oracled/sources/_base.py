@@ -985,7 +985,8 @@ class Source(abc.ABC):
                         pause = max(interval, self._retry_after_s)
                         break
             if pause > interval:
-                self._log.warning("rest rate limited", status=status, delay_s=pause)
+                # The answer's own words too: a venue may say a limit under another status.
+                self._log.warning("rest rate limited", status=status, delay_s=pause, error=error)
             if answered and not priced and self._down.is_set():
                 self._set_state(ConnState.DOWN, error="REST answers without a usable price")
             await asyncio.sleep(pause)

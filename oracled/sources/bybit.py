@@ -61,6 +61,14 @@ is the IP limit's code (600 requests per 5 s). `_fetch` hands either to the base
 round ends and polls rest: until the reset timestamp if it lies ahead (at most
 `rest_limit_reset_cap_s` believed), else `rest_limit_window_s`; 10018 at least the IP window,
 `rest_ip_window_s`. Any other code is read in `on_rest` as before.
+
+Past the IP limit the same page has the REST gateway answer HTTP 403 ("access too frequent"): the
+IP is banned, the client is to stop its HTTP requests for at least 10 minutes, and the ban lifts
+by itself (older editions of the page said a 403 ban usually lasts 30 minutes, and that one still
+in force after 30 minutes may be for good). `_fetch` hands a 403 to the base as a 429 too, so
+polls rest `rest_ip_ban_s` (a longer ``Retry-After`` wins); the next poll after the rest is the
+one request that learns whether the ban is over. A 403 that is no ban (a region the venue does
+not serve) then costs one request per rest, and its body is in the ``rest rate limited`` line.
 """
 
 from __future__ import annotations
@@ -216,6 +224,7 @@ _ENVELOPE = msgspec.json.Decoder(_Envelope)
 #: REST codes that mean "too many requests" (module doc): the API limit's and the IP limit's.
 _API_LIMIT: Final = 10006  # "Too many visits!"
 _IP_LIMIT: Final = 10018
+_IP_BANNED: Final = 403  # the HTTP status of an IP over the limit: "access too frequent"
 _ENCODE = msgspec.json.Encoder()
 _PING: Final = '{"op":"ping"}'
 
@@ -251,6 +260,8 @@ class _BybitSource(Source):
     #: The longest wait a reset timestamp is believed for (a skewed clock could name hours);
     #: the longest window the docs give an API limit is a minute.
     rest_limit_reset_cap_s: ClassVar[float] = 60.0
+    #: Rest after an HTTP 403, the IP ban: "at least 10 minutes" (module doc).
+    rest_ip_ban_s: ClassVar[float] = 600.0
 
     def __init__(
         self,
@@ -386,8 +397,13 @@ class _BybitSource(Source):
     async def _fetch(
         self, url: str, query: Mapping[str, str]
     ) -> tuple[int | None, bytes, str | None]:
-        """Bybit says a rate limit inside HTTP 200: hand it to the base as a 429 (module doc)."""
+        """Bybit says a rate limit inside HTTP 200, and an IP ban as HTTP 403: hand either to
+        the base as a 429, with its wait (module doc)."""
         status, body, error = await super()._fetch(url, query)
+        if status == _IP_BANNED:
+            ban = max(self.rate_limit_wait_s(self._rest_headers), self.rest_ip_ban_s)
+            self._retry_after_s = ban  # the base reads no wait from a 403
+            return 429, body, error
         if status != 200:
             return status, body, error
         try:

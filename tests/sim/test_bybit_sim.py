@@ -153,6 +153,21 @@ async def test_rest_rate_limit_is_a_code_inside_http_200_with_the_reset_ahead(
         assert (await resp.json())["retCode"] == 10006
 
 
+async def test_rest_ip_ban_is_http_403_access_too_frequent(
+    sim: BybitSim, http: aiohttp.ClientSession
+) -> None:
+    """`rest_status` 403 answers as the v5 rate-limit page words an IP ban: HTTP 403, "access
+    too frequent", on both categories; `reset` lifts it."""
+    url = f"{sim.rest_url}/v5/market/tickers"
+    sim.rest_status = 403
+    for category in ("spot", "linear"):
+        async with http.get(url, params={"category": category}) as resp:
+            assert resp.status == 403 and await resp.text() == "access too frequent"
+    sim.reset()
+    async with http.get(url, params={"category": "spot"}) as resp:
+        assert resp.status == 200 and (await resp.json())["retCode"] == 0
+
+
 async def test_categories_have_their_own_price_paths(sim: BybitSim) -> None:
     """Path keys are "<category>:<SYMBOL>": a spike on linear leaves spot alone."""
     assert set(sim.paths) == {"spot:BTCUSDT", "spot:ETHUSDT", "linear:BTCUSDT", "linear:ETHUSDT"}

@@ -16,7 +16,7 @@ from venue_cases import CASE, Case, Start, Wait
 
 from oracled.sim.bybit import BybitSim
 from oracled.sources import ConnState
-from oracled.sources.bybit import BybitLinearSource
+from oracled.sources.bybit import BybitLinearSource, BybitSpotSource
 
 PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}  # what the cases' simulator starts from
 
@@ -87,6 +87,54 @@ async def test_a_rate_limit_code_rests_polls_then_they_go_on(
     limited = [e for e in logs if e["event"] == "rest rate limited"]
     assert [e["status"] for e in limited] == [429]
     assert low_s <= limited[0]["delay_s"] <= high_s
+
+
+class ShortBanSpot(BybitSpotSource):
+    rest_ip_ban_s: ClassVar[float] = 1.0  # the documented 10 minutes, test-sized
+
+
+class ShortBanLinear(BybitLinearSource):
+    rest_ip_ban_s: ClassVar[float] = 1.0
+
+
+async def test_an_ip_ban_403_rests_polls_for_the_documented_ten_minutes(
+    sim: BybitSim, case: Case, start: Start, wait: Wait
+) -> None:
+    """Past the IP limit Bybit answers HTTP 403 "access too frequent": the IP is banned for at
+    least 10 minutes (v5 rate-limit page). One request, then none in five poll intervals;
+    counted `rest_error`, the source down, no symbol blamed, and one `rest rate limited` line
+    with the 600 s wait and the venue's words. Before, a 403 was a failed poll like any other,
+    sent again every interval into the ban."""
+    sim.ws_enabled, sim.rest_status = False, 403
+    with capture_logs() as logs:
+        run = await start(pairs=[case.pairs[0]])
+        await wait(lambda: sim.stats.rest_requests >= 1)
+        await asyncio.sleep(0.5)  # five poll intervals
+    assert sim.stats.rest_requests == 1
+    assert run.stats.dropped["rest_error"] == 1 and run.state() is ConnState.DOWN
+    assert run.stats.failed_instruments == {} and run.quotes == []
+    limited = [e for e in logs if e["event"] == "rest rate limited"]
+    assert [(e["delay_s"], e["error"]) for e in limited] == [
+        (600.0, "HTTP 403: access too frequent")
+    ]
+
+
+async def test_polls_go_on_once_the_ip_ban_is_over(
+    sim: BybitSim, case: Case, start: Start, wait: Wait
+) -> None:
+    """With the ban shortened to 1 s and lifted during it: polls rest the ban's 1 s, the first
+    poll after the rest finds the ban over and prices, and the source is polling again; the one
+    403 is the only failed request, and no symbol is blamed."""
+    sim.ws_enabled, sim.rest_status = False, 403
+    cls = ShortBanSpot if case.id == "bybit_spot" else ShortBanLinear
+    with capture_logs() as logs:
+        run = await start(pairs=[case.pairs[0]], cls=cls)
+        await wait(lambda: sim.stats.rest_requests >= 1)
+        sim.rest_status = None  # the ban lifts while the source rests
+        await wait(lambda: run.state() is ConnState.POLLING)
+    assert sim.stats.rest_requests >= 2 and run.stats.dropped["rest_error"] == 1
+    assert run.stats.failed_instruments == {} and len(run.quotes) >= 1
+    assert [e["delay_s"] for e in logs if e["event"] == "rest rate limited"] == [1.0]
 
 
 async def test_a_frozen_spot_book_repushed_by_the_venue_ages(
