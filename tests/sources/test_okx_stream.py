@@ -118,6 +118,43 @@ async def test_an_unknown_instrument_polled_alone_is_marked_failed_once(
     assert run.state() is ConnState.DOWN and run.quotes == []
 
 
+class RestUnlistedOkxSim(OkxSim):
+    """REST answers 51001 for the instruments in `unlisted` while the stream lists them all: a
+    REST view of the venue that lags a listing (or a 51001 given in error)."""
+
+    unlisted: frozenset[str] = frozenset()
+
+    async def _ticker(self, request: web.Request) -> web.Response:
+        if request.query.get("instId") not in self.unlisted:
+            return await super()._ticker(request)
+        refused = await self.rest_gate()
+        return refused or self._rest_error(200, "51001", "Instrument ID does not exist")
+
+
+@pytest.mark.parametrize("code_status", [None, 400])
+async def test_an_instrument_failed_by_a_rest_51001_recovers_when_the_stream_acks_it(
+    start: Start, wait: Wait, code_status: int | None
+) -> None:
+    """A 51001 on a one-instrument poll (under HTTP 200, as documented, or 400) marks the
+    instrument failed, but it is no verdict for good: once the stream is back the instrument is
+    subscribed alone, the venue's ack brings it back (``failed_instruments`` empty, one
+    `instrument recovered` line) and it streams again. So a REST answer that lags the venue's
+    listing cannot shut an instrument out of a stream that serves it."""
+    async with RestUnlistedOkxSim(PRICES, rate_hz=40.0) as venue:
+        venue.unlisted, venue.code_status = frozenset({"BTC-USDT"}), code_status
+        venue.ws_enabled = False
+        with capture_logs() as logs:
+            run = await start(venue, pairs=[("BTC/USDT", "spot")])
+            await wait(lambda: "BTC-USDT" in run.stats.failed_instruments)
+            assert run.quotes == [] and run.state() is ConnState.DOWN
+            venue.ws_enabled = True
+            await wait(lambda: run.state() is ConnState.STREAMING and len(run.quotes) >= 3)
+        assert run.stats.failed_instruments == {}
+        assert venue.stats.rest_requests == 1  # left out of the polls once failed
+        said = [(e["event"], e["symbol"]) for e in logs if e["event"].startswith("instrument")]
+        assert said == [("instrument failed", "BTC-USDT"), ("instrument recovered", "BTC-USDT")]
+
+
 @pytest.mark.parametrize("code_status", [None, 200])
 async def test_a_rate_limit_code_rests_polls_for_the_limit_window(
     sim: OkxSim, start: Start, wait: Wait, code_status: int | None
