@@ -24,10 +24,8 @@ feed would make the core's ordering check compare two clocks). The price of the 
 a ``trade`` frame, or the snapshot's ``trades``) rides along as the quotes' last price. Book diffs
 have no sequence numbers, so a replayed diff cannot be told apart; a book left crossed by one is
 rebuilt from a fresh snapshot by reconnecting (``book_crossed``).
-No maximum connection life is documented; the configured rotation applies. REST
-``GET /v1/pubticker/{symbol}`` serves one symbol (``rest_batch_size = 1``); public endpoints allow
-120 requests a minute and Gemini asks for at most one a second, so polls are paced at one a second
-after a burst of five.
+No maximum connection life is documented; the configured rotation applies. The REST fallback,
+``GET /v1/pubticker/{symbol}``, is `PubtickerPolls`, which `GeminiWsSource` polls through too.
 """
 
 from __future__ import annotations
@@ -49,7 +47,7 @@ from oracled.model import Kind, Quote
 from oracled.sources._base import Source
 from oracled.sources.stats import SourceStats
 
-__all__ = ["GeminiSource"]
+__all__ = ["GeminiSource", "PubtickerPolls"]
 
 _INF: Final = math.inf
 # Levels a side may hold and still be scanned for its next best price (see `_Book`).
@@ -91,17 +89,11 @@ class _Trade(msgspec.Struct):
     price: str | float
 
 
-class _RestTicker(msgspec.Struct):
-    bid: str
-    ask: str
-
-
 _FAST = msgspec.json.Decoder(_L2, strict=False)
 _DECODE = msgspec.json.Decoder(_Message)
 _TRADE = msgspec.json.Decoder(_Trade)
 _TRADES = msgspec.json.Decoder(list[_Trade])
 _RAWS = msgspec.json.Decoder(list[msgspec.Raw])
-_REST = msgspec.json.Decoder(_RestTicker)
 _ENCODE = msgspec.json.Encoder()
 _LIFE: Final = frozenset({"heartbeat", "trade"})
 
@@ -250,15 +242,45 @@ def _readable(trades: Iterable[msgspec.Raw]) -> Iterator[tuple[int, float]]:
             continue
 
 
-class GeminiSource(Source):
-    default_ws_url: ClassVar[str] = "wss://api.gemini.com"
+class _RestTicker(msgspec.Struct):
+    bid: str
+    ask: str
+
+
+_REST = msgspec.json.Decoder(_RestTicker)
+
+
+class PubtickerPolls(Source):
+    """Gemini's REST fallback, shared by both Gemini adapters (their streams differ, their REST
+    does not): ``GET /v1/pubticker/{symbol}`` serves one symbol (``rest_batch_size = 1``), and its
+    body does not name it. Public endpoints allow 120 requests a minute and Gemini asks for at
+    most one a second, so polls are paced at one a second after a burst of five."""
+
     default_rest_url: ClassVar[str | None] = "https://api.gemini.com"
-    max_symbols_per_request: ClassVar[int] = 50
-    max_messages_per_s: ClassVar[int] = 5
     rest_batch_size: ClassVar[int] = 1
     #: REST pacing: Gemini asks for at most one public request a second (limit 120 a minute).
     rest_rate_per_s: ClassVar[float] = 1.0
     rest_burst: ClassVar[float] = 5.0
+    #: The symbol of the poll in flight (set per instance by `rest_request`).
+    _rest_symbol: str = ""
+
+    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
+        # Polls run one at a time in one task, so the answer to this request is the next body.
+        # The path takes the symbol in lower case, whichever case the stream names it in.
+        self._rest_symbol = symbols[0]
+        return f"{self.rest_url}/v1/pubticker/{symbols[0].lower()}", {}
+
+    def on_rest(self, body: bytes, recv_ts: int) -> None:
+        ticker = self._decoded(_REST, body)
+        if ticker is None:
+            return
+        self._quote_text(self._rest_symbol, ticker.bid, ticker.ask, recv_ts)
+
+
+class GeminiSource(PubtickerPolls):
+    default_ws_url: ClassVar[str] = "wss://api.gemini.com"
+    max_symbols_per_request: ClassVar[int] = 50
+    max_messages_per_s: ClassVar[int] = 5
     #: A symbol's first ``l2_updates`` after subscribing is its whole book (docs).
     snapshot_on_subscribe: ClassVar[bool] = True
 
@@ -276,7 +298,6 @@ class GeminiSource(Source):
         self._books: dict[str, _Book] = {}
         self._asked: dict[int, float] = {}  # request id -> when it was sent
         self._resyncing = False
-        self._rest_symbol = ""
 
     def venue_symbol(self, pair: str) -> str:
         """BTC/USD -> BTCUSD."""
@@ -473,14 +494,3 @@ class GeminiSource(Source):
         for request_id, symbols in list(self._pending.items()):
             if symbol in symbols and all(s in done for s in symbols):
                 self._ack(request_id)
-
-    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
-        # Polls run one at a time in one task, so the answer to this request is the next body.
-        self._rest_symbol = symbols[0]
-        return f"{self.rest_url}/v1/pubticker/{symbols[0].lower()}", {}
-
-    def on_rest(self, body: bytes, recv_ts: int) -> None:
-        ticker = self._decoded(_REST, body)
-        if ticker is None:
-            return
-        self._quote_text(self._rest_symbol, ticker.bid, ticker.ask, recv_ts)

@@ -36,13 +36,14 @@ most 50 streams in a request and rotates at the configured age. Whether a subscr
 with the book's current state is not said: ``snapshot_on_subscribe`` keeps the safe default.
 ``venue_ts`` is ``E`` in milliseconds; the order of ``u`` is not documented, so frames are ordered
 by ``E``: per symbol on a connection, an older one is dropped as ``out_of_order`` and the same one
-again as ``duplicate`` (a frame the base refuses does not move the bar). REST is v2's public
-``GET /v1/pubticker/{symbol}``, one symbol a request, paced as `GeminiSource` paces it.
+again as ``duplicate`` (a frame the base refuses does not move the bar). REST is the public
+``GET /v1/pubticker/{symbol}`` that `GeminiSource` polls too, one symbol a request, from their
+shared base (`PubtickerPolls`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Final
 
 import aiohttp
@@ -51,7 +52,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source
+from oracled.sources.gemini import PubtickerPolls
 from oracled.sources.stats import SourceStats
 
 __all__ = ["GeminiWsSource"]
@@ -94,29 +95,18 @@ class _Control(msgspec.Struct):
     error: _Error | None = None
 
 
-class _RestTicker(msgspec.Struct):
-    bid: str
-    ask: str
-
-
 _FRAME = msgspec.json.Decoder(_Book, strict=False)
 _TEXT_FRAME = msgspec.json.Decoder(_TextBook)
 _CONTROL = msgspec.json.Decoder(_Control)
-_REST = msgspec.json.Decoder(_RestTicker)
 _ENCODE = msgspec.json.Encoder()
 _PING: Final = _ENCODE.encode({"id": _PING_ID, "method": "ping"}).decode()
 
 
-class GeminiWsSource(Source):
+class GeminiWsSource(PubtickerPolls):
     default_ws_url: ClassVar[str] = "wss://ws.gemini.com"
-    default_rest_url: ClassVar[str | None] = "https://api.gemini.com"
     max_symbols_per_request: ClassVar[int] = 50
     max_messages_per_s: ClassVar[int] = 5
     app_ping_interval_s: ClassVar[float | None] = 10.0
-    rest_batch_size: ClassVar[int] = 1
-    #: REST pacing: Gemini asks for at most one public request a second (limit 120 a minute).
-    rest_rate_per_s: ClassVar[float] = 1.0
-    rest_burst: ClassVar[float] = 5.0
     #: Not documented whether a subscription is answered with the current book: the safe default.
     snapshot_on_subscribe: ClassVar[bool] = True
 
@@ -132,7 +122,6 @@ class GeminiWsSource(Source):
     ) -> None:
         super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
         self._newest: dict[str, int] = {}  # symbol -> E of its last quote on this connection
-        self._rest_symbol = ""
 
     def venue_symbol(self, pair: str) -> str:
         """BTC/USD -> btcusd (stream names and the frames' ``s`` are lower case)."""
@@ -200,14 +189,3 @@ class GeminiWsSource(Source):
             self._reject(request_id, f"status {frame.status}")
         else:
             self._bad("shape")
-
-    def rest_request(self, symbols: Sequence[str]) -> tuple[str, Mapping[str, str]] | None:
-        # Polls run one at a time in one task, so the answer to this request is the next body.
-        self._rest_symbol = symbols[0]
-        return f"{self.rest_url}/v1/pubticker/{symbols[0]}", {}
-
-    def on_rest(self, body: bytes, recv_ts: int) -> None:
-        ticker = self._decoded(_REST, body)
-        if ticker is None:
-            return
-        self._quote_text(self._rest_symbol, ticker.bid, ticker.ask, recv_ts)
