@@ -191,7 +191,7 @@ def _latency_family(stats: list[tuple[str, SourceStats]]) -> HistogramMetricFami
 
 
 _SIGNER_REASONS = ("busy", "error", "floor", "lease")
-_NATS_REASONS = ("disconnected", "queue_full", "error")
+_NATS_REASONS = ("disconnected", "queue_full", "error", "unsigned")
 _NATS_CONNECT_FAILURES = ("credentials", "tls", "unreachable")
 _NATS_DENIED = ("prices", "rounds", "stalled", "jetstream_api", "inbox", "other")
 
@@ -244,7 +244,7 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
     published.add_metric([], stats.published if stats is not None else 0)
     unpublished = _labelled(
         "oracled_nats_unpublished",
-        "Messages not published, by reason: disconnected, queue_full, error.",
+        "Messages not published, by reason: disconnected, queue_full, error, unsigned.",
         "reason",
         _NATS_REASONS,
         stats.unpublished if stats is not None else None,

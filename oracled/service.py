@@ -478,7 +478,12 @@ class Service:
         self.push_stats = PushStats() if cfg.push.enabled else None
         self.pusher: ChainPusher | None = None  # made in run(): it needs the HTTP session
         self._signer_worker = (
-            SignerWorker(self.signer, self._on_signed, self._signing_floor(cfg, self.signer))
+            SignerWorker(
+                self.signer,
+                self._on_signed,
+                self._signing_floor(cfg, self.signer),
+                on_unsigned=self._on_unsigned,
+            )
             if self.signer is not None
             else None
         )
@@ -941,6 +946,12 @@ class Service:
             self.nats.submit(signed)
         if self.audit is not None:
             self.audit.submit_signed(signed)
+
+    def _on_unsigned(self, result: RoundResult, reason: str) -> None:
+        """A round the signer left unsigned (`reason`, as counted): NATS sends nothing of it but
+        counts it, and learns that the round loop runs (a stall notice it holds is over)."""
+        if self.nats is not None:
+            self.nats.unsigned(result, reason)
 
     def _log_transitions(
         self, result: RoundResult, log: structlog.typing.FilteringBoundLogger

@@ -21,12 +21,19 @@ the messages of one round at 1,000 markets).
 A stalled round loop sends no round, and silence on the bus looks like a quiet market: so when
 the API's stall watch tells the streams, it hands the sink the same notice (`stalled`), which
 goes out like a round, in order behind the rounds already queued. The watch tells it once per
-stalled round, so the sink keeps the notice while the stall lasts (until the next round is
-submitted) and sends it again each time it connects again: one dropped while the server was
+stalled round, so the sink keeps the notice while the stall lasts (until the loop runs its
+next round) and sends it again each time it connects again: one dropped while the server was
 unreachable is told once it is back, and one sent before is said again (a subscriber takes it
-twice as once). Never after the stall: a round submitted, even one dropped, ends it. With
-signing on, the notice is signed by the rounds' key (`RoundSigner.sign_stall`), so that a client
-that trusts the key can tell it from one anyone on the bus could write.
+twice as once). Never after the stall: a round the loop ran ends it, one submitted (even one
+dropped) or one the signer left unsigned (`unsigned`). With signing on, the notice is signed by
+the rounds' key (`RoundSigner.sign_stall`), so that a client that trusts the key can tell it
+from one anyone on the bus could write.
+
+With signing on, the subjects carry signed messages only. A round the signer leaves unsigned
+(skipped as `busy`, under its `floor`, past its signing `lease`, or a signing `error`) is not
+published at all, never as its unsigned reports, which a consumer that does not verify would
+take as signed ones: its messages are counted as unpublished (reason `unsigned`), the signer's
+own count says why (`oracled_signer_errors_total`).
 
 The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
 sends when it can. While the server is unreachable rounds are counted as unpublished (reason
@@ -112,8 +119,9 @@ __all__ = [
     "stalled_subject",
 ]
 
-#: Why a message was not published: no server, the sink's queue overflowed, a client error.
-UNPUBLISHED_REASONS = ("disconnected", "queue_full", "error")
+#: Why a message was not published: no server, the sink's queue overflowed, a client error, or
+#: a round the signer left unsigned (signing on: only signed rounds go out).
+UNPUBLISHED_REASONS = ("disconnected", "queue_full", "error", "unsigned")
 #: Why an attempt to connect failed: the server refused the credentials, TLS failed (either
 #: side refused the other's certificate, or the server does not speak TLS), or no server answered.
 CONNECT_FAILURE_REASONS = ("credentials", "tls", "unreachable")
@@ -257,6 +265,14 @@ class NatsSink:
             self._signed_by = (batch.signer, batch.deployment)
         self._stall = None  # a round: the stall is over
         self._enqueue(batch)
+
+    def unsigned(self, result: RoundResult, reason: str) -> None:
+        """A round the signer left unsigned (`reason`: skipped `busy`, under its `floor`, past
+        its `lease`, or an `error`; `SignerWorker`): none of it is published, since with signing
+        on the subjects carry signed messages only, and its messages are counted `unsigned`. The
+        round loop ran it, so the stall is over, as for a round submitted."""
+        self._stall = None
+        self.stats.unpublished["unsigned"] += self._size(result)
 
     def stalled(self, message: str, latest: RoundResult) -> None:
         """The round loop has stalled after `latest` (the API's stall watch says so once per

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -730,6 +730,11 @@ class SignerWorker:
     round per round time, across restarts too (docs/publishing.md, *Equivocation*). With a
     `lease` (oracled/publish/sign_lease.py), nor one whose time the lease on disk does not reach
     yet (counted `lease`): the lease is extended in its own thread, never waited for here.
+
+    Every round submitted comes back once: signed to `on_signed`, or, skipped or failed, to
+    `on_unsigned` with the reason it was counted under (the NATS sink publishes signed rounds
+    only, and must still learn that the round loop ran: a stall is over, whatever became of
+    the signature).
     """
 
     def __init__(
@@ -738,9 +743,11 @@ class SignerWorker:
         on_signed: Callable[[SignedRound], None],
         floor: int | None = None,
         lease: SignLease | None = None,
+        on_unsigned: Callable[[RoundResult, str], None] | None = None,
     ) -> None:
         self.signer = signer
         self._on_signed = on_signed
+        self._on_unsigned = on_unsigned
         #: the newest round time this key was handed to sign (from the audit trail and the lease
         #: at start, then each round's): a round at or before it is skipped, never signed again
         known = [f for f in (floor, None if lease is None else lease.floor) if f is not None]
@@ -765,15 +772,22 @@ class SignerWorker:
             lease.extend(result.ts)  # queued for the lease thread: this round does not wait
         if self._pending is not None and not self._pending.done():
             self.signer.stats.errors["busy"] += 1
+            self._unsigned(result, "busy")
             return
         if self._under_floor(result.ts):
+            self._unsigned(result, "floor")
             return
         if lease is not None and not self._leased(lease, result.ts):
+            self._unsigned(result, "lease")
             return
         self.floor = result.ts
         loop = asyncio.get_running_loop()
         self._pending = loop.run_in_executor(self._pool, self._timed_sign, result)
-        self._pending.add_done_callback(self._done)
+        self._pending.add_done_callback(partial(self._done, result))
+
+    def _unsigned(self, result: RoundResult, reason: str) -> None:
+        if self._on_unsigned is not None:
+            self._on_unsigned(result, reason)
 
     def _under_floor(self, ts: int) -> bool:
         """True (counted as `floor`) for a round time this key signed already, before a restart
@@ -819,13 +833,14 @@ class SignerWorker:
         self.signer.stats.last_seconds = time.perf_counter() - started
         return signed
 
-    def _done(self, future: asyncio.Future[SignedRound]) -> None:
+    def _done(self, result: RoundResult, future: asyncio.Future[SignedRound]) -> None:
         if future.cancelled():
             return
         exc = future.exception()
         if exc is not None:
             self.signer.stats.errors["error"] += 1
             self._log.error("round not signed", error=repr(exc))
+            self._unsigned(result, "error")
             return
         self._on_signed(future.result())
 

@@ -227,7 +227,7 @@ async def test_a_stall_reaches_nats_once_per_stalled_round_and_the_client_takes_
         digest = stall_digest(n["ts"], n["round"], n["message"], "test")
         assert recover_signer(digest, bytes.fromhex(n["signature"][2:])) == KEY.address
     assert dict(client.stream_errors) == {"stalled": 2}
-    assert sink.stats.unpublished == {"disconnected": 0, "queue_full": 0, "error": 0}
+    assert sink.stats.unpublished == {"disconnected": 0, "queue_full": 0, "error": 0, "unsigned": 0}
 
 
 async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:

@@ -83,7 +83,12 @@ async def publishes(sink: NatsSink, url: str, **consumer: Any) -> None:
                 await asyncio.sleep(0.1)
         assert json.loads(await got.get())["root"] == "0x" + signed.root.hex()
         assert sink.stats.connected and sink.stats.published >= 4
-        assert sink.stats.unpublished == {"disconnected": 0, "queue_full": 0, "error": 0}
+        assert sink.stats.unpublished == {
+            "disconnected": 0,
+            "queue_full": 0,
+            "error": 0,
+            "unsigned": 0,
+        }
     finally:
         await nc.close()
         task.cancel()

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from publish_rig import Rounds, make_config
 from structlog.testing import capture_logs
 
+from oracled.core import RoundResult
 from oracled.errors import ConfigError
 from oracled.mark.engine import MODES
 from oracled.publish.signer import (
@@ -491,14 +492,17 @@ class Delivery:
 
 
 async def test_the_signer_worker_skips_a_round_while_the_last_is_being_signed() -> None:
-    """Two rounds back to back: the second is counted busy and skipped, the first is delivered."""
+    """Two rounds back to back: the second is counted busy and skipped (handed back as unsigned),
+    the first is delivered."""
     rounds = Rounds(make_config())
     signer = RoundSigner(KEY, "test")
     delivered = Delivery()
-    worker = SignerWorker(signer, delivered)
+    unsigned: list[tuple[RoundResult, str]] = []
+    worker = SignerWorker(signer, delivered, on_unsigned=lambda *args: unsigned.append(args))
     first, second = rounds.step(), rounds.step()
     worker.submit(first)
     worker.submit(second)  # the first's future cannot be done before the loop runs again
+    assert unsigned == [(second, "busy")]  # at once: the round loop learns it in its own turn
     await delivered.next()
     assert [s.round for s in delivered.rounds] == [first.round]
     assert (
@@ -514,14 +518,15 @@ async def test_the_signer_worker_skips_a_round_while_the_last_is_being_signed() 
 
 async def test_a_round_that_cannot_be_signed_is_counted_logged_and_not_delivered() -> None:
     """A round whose price no leaf can carry (wider than int256) fails in the worker: it is
-    counted as an error and logged (no stray traceback on the loop), nothing is handed on,
-    and the next round is signed."""
+    counted as an error and logged (no stray traceback on the loop), it is handed back as
+    unsigned, and the next round is signed."""
     rounds = Rounds(make_config())
     signer = RoundSigner(KEY, "test")
     delivered = Delivery()
     unhandled: list[dict[str, object]] = []  # the loop's own: a test-scoped loop
     asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unhandled.append(ctx))
-    worker = SignerWorker(signer, delivered)
+    unsigned: list[tuple[RoundResult, str]] = []
+    worker = SignerWorker(signer, delivered, on_unsigned=lambda *args: unsigned.append(args))
     bad = rounds.step()
     bad.price[0] = 1e80  # an active market priced past what a signed int256 holds
     with capture_logs() as logs:
@@ -531,11 +536,12 @@ async def test_a_round_that_cannot_be_signed_is_counted_logged_and_not_delivered
                 await asyncio.sleep(0.005)
         await asyncio.sleep(0)  # the done callback runs on the loop
     assert delivered.rounds == [] and signer.stats.signed == 0 and unhandled == []
+    assert unsigned == [(bad, "error")]
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["round not signed"]
     good = rounds.step()
     worker.submit(good)  # the failed round left the worker free
     await delivered.next()
-    assert [s.round for s in delivered.rounds] == [good.round]
+    assert [s.round for s in delivered.rounds] == [good.round] and unsigned == [(bad, "error")]
     worker.close()
 
 

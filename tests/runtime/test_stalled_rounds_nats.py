@@ -23,7 +23,7 @@ from oracled.service import Service
 from oracled.sim import BinanceSim
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "publish"))
-from publish_rig import NatsServer  # the publishing tests' real nats-server
+from publish_rig import NatsServer, until  # the publishing tests' real nats-server
 
 SAFETY_S = 15.0  # guards against hangs only
 
@@ -115,5 +115,129 @@ async def test_a_stuck_round_loop_publishes_one_stall_notice_per_stalled_round(
                 await bus.close()
             assert service.nats is not None
             assert service.nats.stats.unpublished["error"] == 0
+    finally:
+        server.stop()
+
+
+async def _stalled_in(url: str) -> list[dict[str, Any]]:
+    """The stall notices the JetStream stream `ORACLED` holds, decoded, oldest first."""
+    reader = await nats.connect(url, allow_reconnect=False)
+    try:
+        sub = await reader.jetstream().subscribe(
+            "oracled.stalled", ordered_consumer=True, stream="ORACLED"
+        )
+        got: list[dict[str, Any]] = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except nats.errors.TimeoutError:
+                return got
+            got.append(msgspec.json.decode(msg.data))
+    finally:
+        await reader.close()
+
+
+async def _newest_round_ts(url: str) -> int | None:
+    """The `ts` of the newest round message the stream holds, or None."""
+    reader = await nats.connect(url, allow_reconnect=False)
+    try:
+        try:
+            last = await reader.jetstream().get_last_msg("ORACLED", "oracled.rounds")
+        except nats.js.errors.NotFoundError:
+            return None
+        return int(msgspec.json.decode(last.data)["ts"])
+    finally:
+        await reader.close()
+
+
+async def test_rounds_that_go_unsigned_end_the_stall_and_no_notice_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    """Signing on, its lease's directory moved away (every lease write fails, so the rounds
+    past the lease go unsigned, counted `lease`), then the loop stalls: one signed notice goes
+    out. With the clock back the round loop runs again, its rounds still unsigned, and the NATS
+    server restarts: the sink reconnects and sends no notice again, since the stall is over (the
+    rounds run); the unsigned rounds are not published (never an unsigned report on a signed
+    deployment's subjects) and are counted `unsigned`. With the directory back, signed rounds
+    come again. Before, only a signed round ended the stall in the sink: it told the bus again,
+    after each reconnection, that rounds had stalled while they ran."""
+    server = NatsServer(tmp_path / "nats")  # JetStream on: the test reads what was stored
+    await server.start()
+    key = SigningKey.generate()
+    key_file = tmp_path / "signing.key"
+    key_file.write_text(key.hex())
+    key_file.chmod(0o400)
+    state, gone = tmp_path / "state", tmp_path / "state-gone"
+    state.mkdir()
+    try:
+        async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+            cfg = parse_config(
+                {
+                    "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
+                    "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
+                    "signing": {
+                        "enabled": True,
+                        "deployment": "test",
+                        "key_file": str(key_file),
+                        "lease_file": str(state / "signing-lease.json"),
+                        "lease_window_ms": 1_000,
+                    },
+                    "nats": {"enabled": True, "servers": [server.url], "jetstream": True},
+                    "sources": {
+                        "v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
+                    },
+                    "markets": [
+                        {
+                            "symbol": "BTC/USDT",
+                            "min_sources": 1,
+                            "sources": [{"source": "v", "pair": "BTC/USDT"}],
+                        }
+                    ],
+                }
+            )
+            clock = SteppedClock()
+            service = Service(cfg, clock=clock)
+            service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall after 0.4 s
+            assert service.signer is not None and service.nats is not None
+            signer, sink = service.signer.stats, service.nats
+            async with service_running(service), asyncio.timeout(SAFETY_S):
+                await service.started.wait()
+                await until(lambda: signer.signed >= 3, "signed rounds")
+                state.rename(gone)  # the lease can no longer be written
+                try:
+                    await until(lambda: signer.errors["lease"] >= 3, "rounds past the lease")
+                    published = sink.stats.published
+                    clock.back_ms = 3_600_000
+                    await until(lambda: sink.stats.published > published, "the stall notice")
+                    clock.back_ms = 0
+                    ran, unleased = service.rounds_published, signer.errors["lease"]
+                    await until(
+                        lambda: (
+                            service.rounds_published > ran + 5
+                            and signer.errors["lease"] > unleased + 5
+                        ),
+                        "rounds again, unsigned",
+                    )
+                    server.stop()
+                    await until(lambda: not sink.stats.connected, "the sink disconnected")
+                    await server.start()
+                    await until(lambda: sink.stats.reconnects == 1, "the sink reconnected")
+                    ran = service.rounds_published
+                    await until(lambda: service.rounds_published > ran + 5, "rounds go on")
+                    assert sink.stats.unpublished["unsigned"] > 0
+                finally:
+                    gone.rename(state)
+                signed = signer.signed
+                await until(lambda: signer.signed > signed + 2, "signed rounds again")
+                resumed = signer.signed
+                await until(lambda: signer.signed > resumed, "one more")
+                newest = await _newest_round_ts(server.url)
+                assert newest is not None
+            (notice,) = await _stalled_in(server.url)  # the stall's, and only it
+            assert (notice["signer"], notice["deployment"]) == (key.address, "test")
+            digest = stall_digest(notice["ts"], notice["round"], notice["message"], "test")
+            signature = bytes.fromhex(notice["signature"].removeprefix("0x"))
+            assert recover_signer(digest, signature) == key.address
+            assert sink.stats.unpublished["error"] == 0
     finally:
         server.stop()
