@@ -33,6 +33,7 @@ from aiohttp import web
 from oracled import __version__, gcpause
 from oracled.aggregate.book import Layout
 from oracled.api import ApiContext, build_app
+from oracled.api.context import READY_ROUNDS
 from oracled.api.limits import FD_RESERVE, GuardedSite, open_file_limit_short
 from oracled.clock import Clock, SystemClock
 from oracled.config import (
@@ -466,7 +467,7 @@ class Service:
         if cfg.nats.enabled:  # imported only then: the NATS client takes ~0.15 s to import
             from oracled.publish.nats import NatsSink
 
-            self.nats = NatsSink(cfg.nats, signer=self.signer)
+            self.nats = NatsSink(cfg.nats, signer=self.signer, stall_limit_ms=self._stall_limit_ms)
         # The audit trail and the on-chain pusher (docs/publishing.md), also start-up only.
         self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
         if self.audit is not None:  # the config in force, first in the trail (docs/publishing.md)
@@ -947,11 +948,20 @@ class Service:
         if self.audit is not None:
             self.audit.submit_signed(signed)
 
+    def _stall_limit_ms(self) -> float:
+        """The API's stall limit (`ApiContext.stalled`), for the NATS sink's notice of rounds
+        that go unsigned: one limit for both ways a signed price stops coming."""
+        interval_s = self.core.config.oracle.round_interval_ms / 1000.0
+        return 1000.0 * max(READY_ROUNDS * interval_s, self.ready_min_s)
+
     def _on_unsigned(self, result: RoundResult, reason: str) -> None:
         """A round the signer left unsigned (`reason`, as counted): NATS sends nothing of it but
-        counts it, and learns that the round loop runs (a stall notice it holds is over)."""
+        counts it, learns that the round loop runs (a stall notice it holds is over), and tells
+        the bus once no round has been signed for the stall limit (the one being signed, if
+        any, counts as signed)."""
         if self.nats is not None:
-            self.nats.unsigned(result, reason)
+            assert self._signer_worker is not None  # its callback
+            self.nats.unsigned(result, reason, self._signer_worker.signing)
 
     def _log_transitions(
         self, result: RoundResult, log: structlog.typing.FilteringBoundLogger

@@ -9,7 +9,8 @@ Subjects, with the configured prefix (default `oracled`):
     <prefix>.rounds           one message per round: the whole signed round (RoundMessage)
     <prefix>.stalled          once per stalled round: the stream's `stalled` frame with the
                               round it names and who signed it (a StallNotice), signed by
-                              that key when signing is on
+                              that key when signing is on; and, signing on, once no round
+                              has been signed for longer than the stall limit (below)
 
 With `jetstream = true` the sink creates a stream (default `ORACLED`) over `<prefix>.>` if none
 exists, so a consumer that starts late replays what it missed: the last `max_age_s`, or less
@@ -33,7 +34,11 @@ With signing on, the subjects carry signed messages only. A round the signer lea
 (skipped as `busy`, under its `floor`, past its signing `lease`, or a signing `error`) is not
 published at all, never as its unsigned reports, which a consumer that does not verify would
 take as signed ones: its messages are counted as unpublished (reason `unsigned`), the signer's
-own count says why (`oracled_signer_errors_total`).
+own count says why (`oracled_signer_errors_total`). The bus's last signed round is then its
+newest, a frozen price to a consumer that trusts reports longer than the stall limit: so once
+no round has been signed for longer than that limit (the API's, handed in by the daemon), the
+sink sends a notice as for a stall, naming the last signed round in words that say why, and
+keeps it (sent again after each reconnection) until the next signed round.
 
 The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
 sends when it can. While the server is unreachable rounds are counted as unpublished (reason
@@ -85,7 +90,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +141,10 @@ _YIELD_EVERY = 256  # publishes between two yields to the event loop
 _NO_ROOM = (10047, 10028)
 _MIN_STREAM_BYTES = 1 << 20
 _RESTART_MAX_S = 30.0
+#: The API's stall limit at its defaults (3 round intervals, 5 s at least): how long the sink
+#: waits for a signed round, the round loop running, before it says there is none
+#: (`NatsSink.unsigned`); the daemon hands it its own limit.
+_STALL_LIMIT_MS = 5_000.0
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -209,9 +218,11 @@ class StallNotice(msgspec.Struct):
 
 @dataclass(frozen=True, slots=True)
 class _Notice:
-    """A stall notice waiting in the sink's queue beside the rounds."""
+    """A stall notice waiting in the sink's queue beside the rounds: of the round loop, or of
+    the signatures (`unsigned`: the loop runs, its rounds go unsigned)."""
 
     payload: bytes
+    unsigned: bool = False
 
 
 class NatsSink:
@@ -228,9 +239,11 @@ class NatsSink:
         refusal_log_every_s: float = 60.0,
         jetstream_timeout_s: float = 5.0,
         signer: RoundSigner | None = None,
+        stall_limit_ms: Callable[[], float] = lambda: _STALL_LIMIT_MS,
     ) -> None:
         self.cfg = cfg
         self._signer = signer  # signs the stall notices (the rounds come signed already)
+        self._stall_limit_ms = stall_limit_ms  # the API's: no signed round for longer, told
         self._auth = load_nats_auth(cfg, env)  # ConfigError at start for an unusable secret
         self._restart_base_s = restart_base_s
         self._refusal_every_s = refusal_log_every_s
@@ -247,6 +260,7 @@ class NatsSink:
         self._queue: deque[SignedRound | RoundResult | _Notice] = deque()
         self._signed_by: tuple[str | None, str | None] = (None, None)  # signer, deployment
         self._stall: _Notice | None = None  # the notice of the stall going on, if one is
+        self._last_signed: tuple[int, int] | None = None  # (ts, round) of the newest submitted
         self._wakeup = asyncio.Event()
         self._nc: NatsClient | None = None
         self._subjects: dict[str, str] = {}
@@ -263,31 +277,65 @@ class NatsSink:
         """
         if isinstance(batch, SignedRound):
             self._signed_by = (batch.signer, batch.deployment)
+            self._last_signed = (batch.ts, batch.round)
+            if self._stall is not None and self._stall.unsigned:
+                self._log.info("nats signed rounds again", ts=batch.ts, round=batch.round)
         self._stall = None  # a round: the stall is over
         self._enqueue(batch)
 
-    def unsigned(self, result: RoundResult, reason: str) -> None:
+    def unsigned(self, result: RoundResult, reason: str, signing: int | None = None) -> None:
         """A round the signer left unsigned (`reason`: skipped `busy`, under its `floor`, past
         its `lease`, or an `error`; `SignerWorker`): none of it is published, since with signing
         on the subjects carry signed messages only, and its messages are counted `unsigned`. The
-        round loop ran it, so the stall is over, as for a round submitted."""
-        self._stall = None
+        round loop ran it, so a stall of the loop is over, as for a round submitted.
+
+        But the bus's last signed round is now the daemon's latest there, and a consumer that
+        trusts reports longer than the stall limit would hold it as current: once no round has
+        been signed for longer than that limit (by the rounds' times; `signing`, the time of a
+        round still being signed, counts as signed), the bus is told as of a stall, with a notice
+        of the last signed round in words that say why, kept until the next signed round (sent
+        again after each reconnection, as a stall's)."""
         self.stats.unpublished["unsigned"] += self._size(result)
+        if self._stall is not None and self._stall.unsigned:
+            return  # told already
+        self._stall = None
+        last = self._last_signed
+        if last is None or result.ts - max(last[0], signing or 0) <= self._stall_limit_ms():
+            return  # none signed since the start (no round to name), or not for long yet
+        ts, round_no = last
+        message = (
+            f"no round signed since round {round_no} for {(result.ts - ts) / 1000:.1f} s (the "
+            f"round loop runs; the signer skips its rounds: {reason}), so its signed reports "
+            "are not current; signed reports follow with the next signed round"
+        )
+        self._stall = self._notice(message, ts, round_no, unsigned=True)
+        self._enqueue(self._stall)
+        self._log.warning(
+            "nats stall notice: no round signed",
+            reason=reason,
+            ts=ts,
+            round=round_no,
+            unsigned_ts=result.ts,
+            unsigned_round=result.round,
+        )
 
     def stalled(self, message: str, latest: RoundResult) -> None:
         """The round loop has stalled after `latest` (the API's stall watch says so once per
         stalled round, `message` in the stream frame's words): queue the notice like a round."""
+        self._stall = self._notice(message, latest.ts, latest.round)
+        self._enqueue(self._stall)
+
+    def _notice(self, message: str, ts: int, round_no: int, *, unsigned: bool = False) -> _Notice:
+        """A StallNotice of round (`ts`, `round_no`), signed with signing on."""
         signer, deployment = self._signed_by
         signature = None
         if self._signer is not None:
             signer, deployment = self._signer.address, self._signer.deployment
-            raw = self._signer.sign_stall(latest.ts, latest.round, message)
-            signature = "0x" + raw.hex()
+            signature = "0x" + self._signer.sign_stall(ts, round_no, message).hex()
         notice = StallNotice(
-            "error", "stalled", message, latest.ts, latest.round, signer, deployment, signature
+            "error", "stalled", message, ts, round_no, signer, deployment, signature
         )
-        self._stall = _Notice(_ENCODER.encode(notice))
-        self._enqueue(self._stall)
+        return _Notice(_ENCODER.encode(notice), unsigned)
 
     def _tell_stall_again(self) -> None:
         """Connected again: the stall still going on is told again (its notice may have been

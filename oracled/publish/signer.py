@@ -785,6 +785,13 @@ class SignerWorker:
         self._pending = loop.run_in_executor(self._pool, self._timed_sign, result)
         self._pending.add_done_callback(partial(self._done, result))
 
+    @property
+    def signing(self) -> int | None:
+        """The time of the round being signed now, or None: a round skipped as `busy` is not a
+        sign that signing stopped while this one is still on its way."""
+        pending = self._pending
+        return None if pending is None or pending.done() else self.floor
+
     def _unsigned(self, result: RoundResult, reason: str) -> None:
         if self._on_unsigned is not None:
             self._on_unsigned(result, reason)

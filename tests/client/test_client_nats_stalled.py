@@ -74,6 +74,14 @@ class BusDaemon(api_rig.Rig):
         self.sink.submit(self.signed[-1])
         return result
 
+    def step_unsigned(self, reason: str = "lease", signing: int | None = None) -> RoundResult:
+        """A round the signer leaves unsigned (`reason`; `signing`, the time of a round still
+        being signed), handed to the sink as the daemon's signer worker hands it: published
+        unsigned by the hub, nothing of it on the bus."""
+        result = super().step()
+        self.sink.unsigned(result, reason, signing)
+        return result
+
     def stall(self) -> None:
         """Past the limit without a round: the loop is stalled."""
         self.clock.advance(self.LIMIT_MS + 1)
@@ -88,8 +96,14 @@ async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
 
 
 @asynccontextmanager
-async def sink_running(url: str, signer: RoundSigner | None = None) -> AsyncIterator[NatsSink]:
-    sink = NatsSink(NatsConfig(enabled=True, servers=(url,)), signer=signer)
+async def sink_running(
+    url: str, signer: RoundSigner | None = None, stall_limit_ms: float = 5_000.0
+) -> AsyncIterator[NatsSink]:
+    sink = NatsSink(
+        NatsConfig(enabled=True, servers=(url,)),
+        signer=signer,
+        stall_limit_ms=lambda: stall_limit_ms,
+    )
     task = asyncio.create_task(sink.run(), name="nats-sink")
     try:
         async with asyncio.timeout(SAFETY_S):
@@ -228,6 +242,101 @@ async def test_a_stall_reaches_nats_once_per_stalled_round_and_the_client_takes_
         assert recover_signer(digest, bytes.fromhex(n["signature"][2:])) == KEY.address
     assert dict(client.stream_errors) == {"stalled": 2}
     assert sink.stats.unpublished == {"disconnected": 0, "queue_full": 0, "error": 0, "unsigned": 0}
+
+
+async def test_rounds_left_unsigned_past_the_limit_are_told_and_the_client_takes_it(
+    server: NatsServer,
+) -> None:
+    """The round loop runs but the signer leaves its rounds unsigned (its lease cannot be
+    written): nothing of them goes on the bus, and once no round has been signed for longer
+    than the stall limit (750 ms here, as the API's) the bus gets one notice naming the last
+    signed round, signed by the key, whose words say why. A client fed only by NATS that trusts
+    reports for 60 s leaves the daemon's reports out (`unknown`, the `Stall` named) instead of
+    pricing from the last signed round, until the next signed round prices the market again.
+    Before, the bus went silent and the client priced BTC/USD from the last signed round for
+    60 s, a frozen price that looked live."""
+    signer = RoundSigner(KEY, "test")
+    async with (
+        sink_running(server.url, signer, BusDaemon.LIMIT_MS) as sink,
+        notices(server.url) as told,
+    ):
+        daemon = BusDaemon(sink)
+        client = OracleClient(
+            {KEY.address},
+            deployment="test",
+            max_age_ms=MAX_AGE_MS,
+            now_ms=daemon.clock.now_ms,
+            stall_notice_min_age_ms=500,  # as the daemon's floor here (ready_min_s)
+        )
+        app = build_app(daemon.context())
+        async with api_rig.DaemonServer(app, host="127.0.0.1"), watching(client, server.url):
+            async with asyncio.timeout(SAFETY_S):  # until a round reaches the subscription
+                while client.price("BTC/USD").price is None:
+                    daemon.step()
+                    await asyncio.sleep(0.05)
+            last = daemon.signed[-1]
+            await until(priced_at(client, last.ts), "the latest round priced")
+            published = sink.stats.published
+            while daemon.clock.now_ms() + api_rig.INTERVAL - last.ts <= BusDaemon.LIMIT_MS:
+                daemon.step_unsigned()  # up to the limit
+            await asyncio.sleep(0.2)
+            assert told == [] and sink.stats.published == published  # nothing yet
+            assert client.price("BTC/USD").ts == last.ts  # still priced: within its 60 s
+            unsigned = daemon.step_unsigned()  # past the limit
+            await until(lambda: bool(client.stalled), "the notice taken from NATS")
+            (stall,) = client.stalled.values()
+            assert (stall.signer, stall.ts, stall.source) == (KEY.address, last.ts, SUBJECT)
+            assert client.price("BTC/USD").status == "unknown"
+            for _ in range(3):  # still unsigned: the notice is kept, not sent again
+                daemon.step_unsigned()
+            await asyncio.sleep(0.2)
+            assert sink.stats.published == published + 1  # the notice alone
+            daemon.step()  # signed again
+            assert daemon.signed[-1].round == unsigned.round + 4
+            await until(priced_at(client, daemon.signed[-1].ts), "priced by a signed round")
+            assert not client.stalled
+    (notice,) = told
+    assert (notice["ts"], notice["round"]) == (last.ts, last.round)
+    assert (notice["type"], notice["code"], notice["signer"]) == ("error", "stalled", KEY.address)
+    assert notice["message"] == (
+        f"no round signed since round {last.round} for {(unsigned.ts - last.ts) / 1000:.1f} s"
+        " (the round loop runs; the signer skips its rounds: lease), so its signed reports are"
+        " not current; signed reports follow with the next signed round"
+    )
+    digest = stall_digest(notice["ts"], notice["round"], notice["message"], "test")
+    assert recover_signer(digest, bytes.fromhex(notice["signature"][2:])) == KEY.address
+    assert dict(client.stream_errors) == {"stalled": 1}
+    skipped = daemon.signed[-1].round - last.round - 1  # the rounds between, each a message
+    assert sink.stats.unpublished["unsigned"] == skipped * (len(unsigned.layout.markets) + 1)
+
+
+async def test_rounds_skipped_while_one_is_being_signed_are_told_only_if_it_never_ends(
+    server: NatsServer,
+) -> None:
+    """A round skipped as `busy` while the one before it is still being signed says nothing of
+    signing having stopped: the sink counts from that round's time, not from the last one
+    delivered signed (seen: a stall's first round in the signer thread, the next skipped, a
+    notice sent though a signed round was milliseconds away). A signing that never ends (a hung
+    signer thread) is told once its round is older than the limit, naming the last signed
+    round."""
+    signer = RoundSigner(KEY, "test")
+    async with (
+        sink_running(server.url, signer, BusDaemon.LIMIT_MS) as sink,
+        notices(server.url) as told,
+    ):
+        daemon = BusDaemon(sink)
+        daemon.step()
+        last = daemon.signed[-1]
+        await until(lambda: sink.stats.published == last.count + 1, "the signed round sent")
+        being_signed = api_rig.Rig.step(daemon)  # handed to the signer: nothing back yet
+        for _ in range(3):  # up to the limit after it, past the limit after the last signed
+            daemon.step_unsigned("busy", being_signed.ts)
+        await asyncio.sleep(0.2)
+        assert told == [] and sink.stats.published == last.count + 1
+        daemon.step_unsigned("busy", being_signed.ts)  # past the limit after it: hung
+        await until(lambda: len(told) == 1, "the notice")
+    assert (told[0]["ts"], told[0]["round"]) == (last.ts, last.round)
+    assert "the signer skips its rounds: busy" in told[0]["message"]
 
 
 async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:

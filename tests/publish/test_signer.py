@@ -503,7 +503,9 @@ async def test_the_signer_worker_skips_a_round_while_the_last_is_being_signed() 
     worker.submit(first)
     worker.submit(second)  # the first's future cannot be done before the loop runs again
     assert unsigned == [(second, "busy")]  # at once: the round loop learns it in its own turn
+    assert worker.signing == first.ts  # the round on its way
     await delivered.next()
+    assert worker.signing is None
     assert [s.round for s in delivered.rounds] == [first.round]
     assert (
         signer.stats.errors == {"busy": 1, "error": 0, "floor": 0, "lease": 0}

@@ -150,17 +150,20 @@ async def _newest_round_ts(url: str) -> int | None:
         await reader.close()
 
 
-async def test_rounds_that_go_unsigned_end_the_stall_and_no_notice_is_sent_again(
+async def test_rounds_that_go_unsigned_end_the_stall_and_the_bus_is_told_why(
     tmp_path: Path,
 ) -> None:
     """Signing on, its lease's directory moved away (every lease write fails, so the rounds
-    past the lease go unsigned, counted `lease`), then the loop stalls: one signed notice goes
-    out. With the clock back the round loop runs again, its rounds still unsigned, and the NATS
-    server restarts: the sink reconnects and sends no notice again, since the stall is over (the
-    rounds run); the unsigned rounds are not published (never an unsigned report on a signed
+    past the lease go unsigned, counted `lease`), then the loop stalls: one signed notice in the
+    stall's words. With the clock back the round loop runs again, its rounds still unsigned:
+    the stall is over, and since no round has been signed for longer than the stall limit, the
+    bus gets a signed notice naming the last signed round, in words that say its rounds go
+    unsigned (`lease`); the NATS server restarts and the sink sends that one again, never the
+    stall's. The unsigned rounds are not published (never an unsigned report on a signed
     deployment's subjects) and are counted `unsigned`. With the directory back, signed rounds
-    come again. Before, only a signed round ended the stall in the sink: it told the bus again,
-    after each reconnection, that rounds had stalled while they ran."""
+    come again and no notice follows them. Before, only a signed round ended the stall in the
+    sink: it told the bus again, after each reconnection, that rounds had stalled while they
+    ran, and said nothing of rounds that went unsigned."""
     server = NatsServer(tmp_path / "nats")  # JetStream on: the test reads what was stored
     await server.start()
     key = SigningKey.generate()
@@ -206,6 +209,7 @@ async def test_rounds_that_go_unsigned_end_the_stall_and_no_notice_is_sent_again
                 state.rename(gone)  # the lease can no longer be written
                 try:
                     await until(lambda: signer.errors["lease"] >= 3, "rounds past the lease")
+                    last_signed = await _newest_round_ts(server.url)
                     published = sink.stats.published
                     clock.back_ms = 3_600_000
                     await until(lambda: sink.stats.published > published, "the stall notice")
@@ -229,15 +233,27 @@ async def test_rounds_that_go_unsigned_end_the_stall_and_no_notice_is_sent_again
                     gone.rename(state)
                 signed = signer.signed
                 await until(lambda: signer.signed > signed + 2, "signed rounds again")
-                resumed = signer.signed
-                await until(lambda: signer.signed > resumed, "one more")
-                newest = await _newest_round_ts(server.url)
-                assert newest is not None
-            (notice,) = await _stalled_in(server.url)  # the stall's, and only it
-            assert (notice["signer"], notice["deployment"]) == (key.address, "test")
-            digest = stall_digest(notice["ts"], notice["round"], notice["message"], "test")
-            signature = bytes.fromhex(notice["signature"].removeprefix("0x"))
-            assert recover_signer(digest, signature) == key.address
+                stored = 0
+                while stored <= (last_signed or 0):  # signed rounds again on the bus
+                    stored = await _newest_round_ts(server.url) or 0
+                    await asyncio.sleep(0.05)
+            told = await _stalled_in(server.url)
+            stalls = [n for n in told if "rounds have stalled" in n["message"]]
+            (stall,) = stalls  # the stall's words once: never after it
+            after = told[told.index(stall) + 1 :]
+            assert len(after) == 2  # once the loop ran again, and after the reconnection
+            assert after[0] == after[1]  # the same notice, kept
+            assert (after[0]["ts"], after[0]["round"]) < (stall["ts"], stall["round"])
+            assert after[0]["ts"] == last_signed  # the last signed round, what the bus holds
+            assert after[0]["message"].startswith(
+                f"no round signed since round {after[0]['round']}"
+            )
+            assert "the signer skips its rounds: lease" in after[0]["message"]
+            for notice in told:  # every one signed by the key
+                assert (notice["signer"], notice["deployment"]) == (key.address, "test")
+                digest = stall_digest(notice["ts"], notice["round"], notice["message"], "test")
+                signature = bytes.fromhex(notice["signature"].removeprefix("0x"))
+                assert recover_signer(digest, signature) == key.address
             assert sink.stats.unpublished["error"] == 0
     finally:
         server.stop()
