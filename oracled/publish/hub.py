@@ -26,7 +26,15 @@ them, which receive no report frames; they are encoded in slices of `SLICE` mark
 reports are. A subscription may also filter: with a `deviation` it gets a market only when the
 price moved by at least that fraction since the last frame it was sent (or the status changed),
 with a `heartbeat_ms` at least that often; these subscriptions get frames built for them alone,
-the others keep sharing one batch per market set.
+the others keep sharing one batch per market set (what a filter lets through is encoded in the
+slices too).
+
+A subscription starts with a snapshot: the latest frames of the markets it adds, or of all its
+markets when it switches frame kind. A snapshot goes through the same slices (the first in the
+subscribing turn) and is buffered once whole; one whose round is superseded meanwhile is dropped,
+the newer round's fan-out sending those markets. Whatever the hub sends a subscription after
+asking for a snapshot (another snapshot, a notice, an answer to the client) waits behind it, so
+the client reads them in the order they were asked for, as when snapshots were sent at once.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, deque
 from collections.abc import Callable, Container, Generator, Iterable, Iterator, Sequence
+from functools import partial
 from itertools import repeat
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import msgspec
 
@@ -265,6 +274,29 @@ class Subscription:
             self._closed_waiter.set_result(reason)
 
 
+class _Ask(NamedTuple):
+    """A snapshot asked for, as things stood then: the round and, for signed frames, its
+    signature; the markets (None: all of the subscription's); the frames it goes out as."""
+
+    result: RoundResult
+    signed: SignedRound | None
+    markets: frozenset[str] | None
+    batch: bool
+    filtered: bool
+
+
+class _Snapshots:
+    """One subscription's snapshots under way, in the order asked, and what waits behind them:
+    notices (`Hub.tell`), and answers (`Hub.reply`) until `done`."""
+
+    __slots__ = ("asks", "done", "notices")
+
+    def __init__(self, first: _Ask) -> None:
+        self.asks = deque((first,))
+        self.notices: list[bytes] = []
+        self.done: asyncio.Future[None] | None = None
+
+
 class Hub:
     """Latest round result, lazily encoded reports, and the stream subscribers."""
 
@@ -284,6 +316,7 @@ class Hub:
         "_signed_fanned",
         "_signed_frames",
         "_signed_scheduled",
+        "_snapshots",
         "_subs",
         "admin_refused",
         "api_closed",
@@ -312,6 +345,7 @@ class Hub:
         self._signed_fanned: SignedRound | None = None
         self._signed_frames: dict[int, bytes] = {}
         self._signed_scheduled = False
+        self._snapshots: dict[Subscription, _Snapshots] = {}  # snapshots under way, by subscriber
         # Every reason present from the start: the metrics thread may iterate this while the
         # loop counts, which is safe as long as no key is ever added.
         self.dropped_subscribers: Counter[str] = Counter(
@@ -744,8 +778,13 @@ class Hub:
 
     async def reply(self, sub: Subscription, frame: bytes) -> None:
         """Send an answer to the client's request (an ack, an error) behind the frames already
-        buffered for it, so that the client reads them in the order of its requests; returns
-        once the writer has taken it (at once for a subscription no longer served)."""
+        buffered for it and its snapshots under way, so that the client reads them in the order
+        of its requests; returns once the writer has taken it (at once for a subscription no
+        longer served)."""
+        while (under_way := self._snapshots.get(sub)) is not None:
+            if under_way.done is None:
+                under_way.done = asyncio.get_running_loop().create_future()
+            await asyncio.shield(under_way.done)
         if sub in self._subs:
             await sub._answer(frame)
 
@@ -755,7 +794,11 @@ class Hub:
         an answer it weighs nothing against the bound: a notice never drops a subscriber."""
         for sub in self._subs:
             if sub.markets != frozenset():
-                sub._offer([frame], 0)
+                under_way = self._snapshots.get(sub)
+                if under_way is not None:  # after the snapshots, as when they were sent at once
+                    under_way.notices.append(frame)
+                else:
+                    sub._offer([frame], 0)
 
     def drop(self, sub: Subscription, reason: str) -> None:
         """Remove and close a subscription its connection lost for `reason`; counted, idempotent."""
@@ -777,24 +820,96 @@ class Hub:
         await asyncio.sleep(0)
 
     def _snapshot(self, sub: Subscription, markets: frozenset[str] | None) -> None:
-        if sub.signed:
-            signed = self._signed
-            if signed is None or self._signed_scheduled or markets == frozenset():
-                return
-            assert signed.result is not None
-            indices = self._passing(sub, signed.result, force=not sub.filtered, markets=markets)
-            frames = self._signed_frames_of(indices)
-            if frames and not sub._offer(frames):
-                self._drop(sub, DROP_SLOW)
+        """Send `sub` the latest frames of `markets` (None: all of its markets), of the kind it
+        asks for now. Encoded in slices as a fan-out is (the first in this turn: a snapshot of
+        up to `SLICE` markets is buffered before this returns); one asked while another of
+        `sub` is under way follows it."""
+        if markets == frozenset():
             return
         # While a fan-out is pending it will deliver the latest round to the new set anyway;
         # sending a snapshot now as well would duplicate it.
-        latest = self._latest
-        if latest is None or self._scheduled or markets == frozenset():
+        if sub.signed:
+            signed = self._signed
+            if signed is None or self._signed_scheduled:
+                return
+            assert signed.result is not None
+            ask = _Ask(signed.result, signed, markets, sub.batch, sub.filtered)
+        else:
+            latest = self._latest
+            if latest is None or self._scheduled:
+                return
+            ask = _Ask(latest, None, markets, sub.batch, sub.filtered)
+        under_way = self._snapshots.get(sub)
+        if under_way is not None:
+            under_way.asks.append(ask)
             return
-        indices = self._passing(sub, latest, force=not sub.filtered, markets=markets)
-        frames, weight = self._frames_of(indices, sub.batch)
-        if frames and not sub._offer(frames, weight if sub.batch else None):
+        self._snapshots[sub] = _Snapshots(ask)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): all of it right away
+            self._drive(self._send_snapshots(sub), sliced=False)
+            return
+        self._drive(self._send_snapshots(sub), sliced=True)
+
+    def _send_snapshots(self, sub: Subscription) -> Iterator[None]:
+        """Encode `sub`'s snapshots, slice by slice, and buffer each once it is encoded whole,
+        in the order asked; then the notices that came meanwhile. A snapshot whose round is no
+        longer the latest is dropped (the newer round's fan-out sends its markets), as is one
+        of a frame kind `sub` no longer asks for (the switch sent a snapshot of its own)."""
+        under_way = self._snapshots[sub]
+        try:
+            while True:
+                ask = under_way.asks[0]
+                standing = yield from self._slices(
+                    partial(self._standing, sub, ask),
+                    partial(self._snapshot_todo, sub),
+                    self._ensure if ask.signed is None else self._signed_frames_of,
+                )
+                if standing is not None:
+                    self._offer_snapshot(sub, standing)
+                under_way.asks.popleft()
+                if not under_way.asks:
+                    return
+                yield  # the next one's first slice in a turn of its own
+        finally:
+            del self._snapshots[sub]
+            if sub in self._subs:
+                for notice in under_way.notices:
+                    sub._offer([notice], 0)
+            if under_way.done is not None and not under_way.done.done():
+                under_way.done.set_result(None)
+
+    def _standing(self, sub: Subscription, ask: _Ask) -> _Ask | None:
+        """`ask` while it still stands: `sub` is served, asks for frames of that kind, and the
+        round is still the latest."""
+        if sub not in self._subs or sub.signed != (ask.signed is not None):
+            return None
+        if ask.signed is None:
+            return ask if self._latest is ask.result else None
+        return ask if self._signed is ask.signed else None
+
+    def _snapshot_todo(self, sub: Subscription, ask: _Ask) -> list[int]:
+        done = self._encoded if ask.signed is None else self._signed_frames
+        return [i for i in self._asked(sub, ask, record=False) if i not in done]
+
+    def _asked(self, sub: Subscription, ask: _Ask, *, record: bool) -> list[int]:
+        """The markets of a snapshot that `sub` is sent (its filter's answer recorded only with
+        `record`), less any it left since it was asked."""
+        markets = ask.markets
+        if sub.markets is not None:
+            markets = sub.markets if markets is None else markets & sub.markets
+        return self._passing(
+            sub, ask.result, force=not ask.filtered, markets=markets, record=record
+        )
+
+    def _offer_snapshot(self, sub: Subscription, ask: _Ask) -> None:
+        indices = self._asked(sub, ask, record=True)
+        if ask.signed is not None:
+            frames, weight = self._signed_frames_of(indices), None
+        else:
+            frames, reports = self._frames_of(indices, ask.batch)
+            weight = reports if ask.batch else None
+        if frames and not sub._offer(frames, weight):
             self._drop(sub, DROP_SLOW)
 
     def _drop(self, sub: Subscription, reason: str) -> None:

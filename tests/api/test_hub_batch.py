@@ -4,6 +4,7 @@ and snapshots in slices of markets."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
@@ -389,3 +390,157 @@ async def test_a_report_round_arriving_mid_fan_out_leaves_a_filter_alone() -> No
     for _ in range(4):
         await asyncio.sleep(0)
     assert deviating.pending == 0
+
+
+class TurnCounter:
+    """A task that counts the turns of the event loop, as a venue's reader would get them."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.task = asyncio.create_task(self._count(), name="turn-counter")
+
+    async def _count(self) -> None:
+        while True:
+            self.turns += 1
+            await asyncio.sleep(0)
+
+
+class SliceEncoder(ReportEncoder):
+    """Records, per call, the counter's turn it was made in and how many markets it encoded."""
+
+    def __init__(self, counter: TurnCounter) -> None:
+        super().__init__()
+        self.counter = counter
+        self.calls: list[tuple[int, int]] = []
+
+    def encode(self, result: RoundResult, indices: Sequence[int]) -> list[bytes]:
+        self.calls.append((self.counter.turns, len(indices)))
+        return super().encode(result, indices)
+
+    def assert_sliced(self, markets: int) -> None:
+        """Every market encoded once, at most SLICE a call, and the counter task ran between
+        two calls (one encoding of them all, in one turn, fails this)."""
+        assert sum(n for _, n in self.calls) == markets
+        assert all(n <= SLICE for _, n in self.calls), self.calls
+        turns = [t for t, _ in self.calls]
+        assert turns == sorted(set(turns)), self.calls
+
+
+@pytest.fixture
+async def counter() -> AsyncIterator[TurnCounter]:
+    counter = TurnCounter()
+    yield counter
+    counter.task.cancel()
+
+
+async def unsubscribed_round(hub: Hub, core: Core, now: int) -> RoundResult:
+    """A round published while nobody subscribed a market: nothing of it is encoded."""
+    result = quoted_round(core, now)
+    hub.publish(result)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    return result
+
+
+@pytest.mark.parametrize("batch", [False, True])
+async def test_a_large_snapshot_is_encoded_in_slices(counter: TurnCounter, batch: bool) -> None:
+    """Subscribing to more markets than a slice after a round: the snapshot is encoded in
+    slices, the first one in the subscribing turn and each next in a turn of its own, other
+    tasks running between them (it was all in the subscribing turn), and buffered once whole,
+    the bytes one encoding of the round makes."""
+    n = 2 * SLICE + 50
+    core = many_markets(n)
+    encoder = SliceEncoder(counter)
+    hub = Hub(queue_size=8, encoder=encoder)
+    sub = hub.subscribe(frozenset(), batch=batch)
+    result = await unsubscribed_round(hub, core, T0)
+    hub.change(sub, None)
+    assert sub.pending == 0  # only the first slice is encoded yet
+    assert await turns_until(sub) == 2
+    assert frames(sub) == encoded_at_once(result, batch)
+    encoder.assert_sliced(n)
+
+
+async def test_a_large_signed_snapshot_is_encoded_in_slices() -> None:
+    """Markets added to a signed subscription after a signed round, and a switch to signed
+    frames: the snapshot's envelopes are encoded in slices too, then buffered whole."""
+    n = 2 * SLICE + 50
+    core = many_markets(n)
+    hub = signed_hub(queue_size=4 * n)
+    sub = hub.subscribe(frozenset())
+    hub.configure(sub, signed=True)
+    signed = signed_round(hub, core, T0)  # no market subscribed: no envelope encoded
+    for _ in range(3):
+        await asyncio.sleep(0)
+    hub.change(sub, None)
+    assert sub.pending == 0  # only the first slice is encoded yet
+    assert await turns_until(sub) == 2
+    assert frames(sub) == expected(signed)
+    hub.configure(sub, signed=False)  # the report snapshot
+    await turns_until(sub)
+    assert [decode(f)["type"] for f in frames(sub)] == ["report"] * n
+    signed = signed_round(hub, core, T0 + 250)  # no signed subscriber: no envelope encoded
+    await turns_until(sub)
+    assert [decode(f)["type"] for f in frames(sub)] == ["report"] * n
+    hub.configure(sub, signed=True)
+    assert sub.pending == 0
+    assert await turns_until(sub) == 2
+    assert frames(sub) == expected(signed)
+
+
+@pytest.mark.parametrize("filters", [{}, {"deviation": 0.01}])
+async def test_a_round_published_mid_snapshot_replaces_it(filters: dict[str, Any]) -> None:
+    """The next round arrives while a snapshot is being encoded: the snapshot is dropped and the
+    round's fan-out sends the subscription's markets, whole, nothing of the older round; a
+    filter was not told the dropped snapshot was sent (the round at the same prices passes)."""
+    n = SLICE + 10
+    core = many_markets(n)
+    hub = Hub(queue_size=8)
+    sub = hub.subscribe(frozenset())
+    hub.configure(sub, **filters)
+    await unsubscribed_round(hub, core, T0)
+    hub.change(sub, None)
+    second = quoted_round(core, T0 + 250)
+    hub.publish(second)
+    await turns_until(sub)
+    assert frames(sub) == encoded_at_once(second, batch=False)
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert sub.pending == 0
+
+
+async def test_snapshots_notices_and_answers_keep_their_order(counter: TurnCounter) -> None:
+    """Two snapshots asked back to back, a notice and an answer: the client reads the first
+    snapshot whole, then the second, then the notice, then the answer, as when snapshots were
+    buffered at once, though each is encoded in slices."""
+    n = 2 * SLICE + 50
+    core = many_markets(n)
+    encoder = SliceEncoder(counter)
+    hub = Hub(queue_size=4 * n, encoder=encoder)
+    sub = hub.subscribe(frozenset())
+    result = await unsubscribed_round(hub, core, T0)
+    first = frozenset(core.markets[: SLICE + 20])
+    hub.change(sub, first)
+    hub.change(sub, None)  # the other markets, after the first snapshot
+    hub.tell(b"notice")
+    answered = asyncio.create_task(hub.reply(sub, b"answer"))
+    got = [await sub.get() for _ in range(n + 2)]
+    await answered
+    want = encoded_at_once(result, batch=False)
+    assert got == [*want[: SLICE + 20], *want[SLICE + 20 :], b"notice", b"answer"]
+    encoder.assert_sliced(n)
+
+
+async def test_a_subscriber_leaving_mid_snapshot_gets_nothing_more() -> None:
+    """A subscription closed while its snapshot is being encoded: nothing is buffered for it,
+    and an answer to it returns at once."""
+    core = many_markets(SLICE + 10)
+    hub = Hub(queue_size=8)
+    sub = hub.subscribe(frozenset())
+    await unsubscribed_round(hub, core, T0)
+    hub.change(sub, None)
+    hub.unsubscribe(sub)
+    await hub.reply(sub, b"answer")
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert sub.pending == 0 and hub.subscribers == 0

@@ -130,3 +130,28 @@ async def test_a_round_larger_than_a_write_slice_arrives_whole_and_in_order(
                 (m, rnd) for m in rig.core.markets
             ]
             assert batch_of(await recv(wb)) == (rnd, [(m, rnd) for m in rig.core.markets])
+
+
+async def test_a_large_snapshot_follows_its_ack_and_precedes_the_next_one(
+    make_client: ClientFactory,
+) -> None:
+    """A subscribe of more markets than a slice (its snapshot encoded in slices), then at once
+    an unsubscribe of them all, then a subscribe of every market as a batch: the client reads
+    the first ack, the whole snapshot in market order, the second ack and nothing of the
+    markets it removed after it, then the third ack and its snapshot as one frame."""
+    n = 2 * SLICE + 7
+    rig = Rig(wide_config(n))
+    client = await make_client(rig)
+    result = rig.step({m: 10.0 + i for i, m in enumerate(rig.core.markets)})
+    markets = list(rig.core.markets)
+    async with client.ws_connect("/v1/stream") as ws:
+        await ws.send_json({"op": "subscribe"})
+        await ws.send_json({"op": "unsubscribe"})
+        await ws.send_json({"op": "subscribe", "batch": True})
+        assert (await recv(ws))["type"] == "subscribed"
+        got = [await recv(ws) for _ in range(n)]
+        assert [(m["type"], m["data"]["market"]) for m in got] == [("report", m) for m in markets]
+        assert await recv(ws) == {"type": "unsubscribed", "markets": []}
+        ack = await recv(ws)
+        assert (ack["type"], ack["batch"]) == ("subscribed", True)
+        assert batch_of(await recv(ws)) == (result.round, [(m, result.round) for m in markets])
