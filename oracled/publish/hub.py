@@ -239,10 +239,11 @@ class Subscription:
     def _offer(self, frames: Sequence[bytes], weight: int | None = None) -> bool:
         """Append a round's frames; False (nothing appended) if they do not fit.
 
-        `weight`: `frames` is one batch frame carrying that many reports.
+        `weight`: `frames` is one batch frame carrying that many reports; 0, a notice, which
+        always fits (a round may fill the buffer past its bound, and the notice must follow it).
         """
         n = len(frames) if weight is None else weight
-        if self._load + n > max(self._queue_size, n):
+        if n and self._load + n > max(self._queue_size, n):
             return False
         weights = self._weights
         if weight is not None and weights is None:

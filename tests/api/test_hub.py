@@ -209,6 +209,22 @@ async def test_waiting_reader_wakes_on_report_and_on_close(rig: Rig) -> None:
     assert hub.dropped_subscribers == Counter({DROP_SLOW: 0, DROP_SHUTDOWN: 1})
 
 
+async def test_a_notice_reaches_a_subscriber_whose_round_fills_its_buffer_past_the_bound(
+    rig: Rig,
+) -> None:
+    """A round always fits an empty buffer, even past the bound; a notice (`Hub.tell`, the
+    stall watch's `stalled`) weighs nothing and goes in behind it, where it was silently lost
+    (no frame, no drop) until the client had read the round."""
+    hub = Hub(queue_size=2)
+    sub = hub.subscribe(None)  # three markets a round: past the bound of two
+    run(rig, hub)
+    await asyncio.sleep(0)
+    hub.tell(b"notice")
+    got = frames(sub)
+    assert markets_of(got[:3]) == ["BTC/USD", "ETH/USD", "SOL/USD"] and got[3:] == [b"notice"]
+    assert sub.closed_reason is None
+
+
 def test_markets_added_that_do_not_fit_drop_the_subscriber_as_slow(rig: Rig) -> None:
     """Adding markets to a subscriber that has not read its backlog: when their snapshot does
     not fit, it is dropped as slow (counted) rather than buffering past its bound."""
