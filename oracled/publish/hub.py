@@ -437,18 +437,28 @@ class Hub:
         """Encode a fan-out's markets (`todo` of the round `latest()` returns), `SLICE` per
         turn of the loop (a yield between two slices). When a newer round came in meanwhile it
         starts over on that one: subscribers get the latest round whole, never part of an older
-        one. Returns the round encoded, or None when there is none to fan out."""
+        one. After turns of the loop it asks `todo` again: a subscription that came or added
+        markets in between is encoded in slices too, not all at delivery. Returns the round
+        encoded, or None when there is none to fan out."""
         current = latest()
+        busy = False  # a slice was encoded in this turn of the loop
         while current is not None:
             markets = todo(current)
+            if not markets:
+                return current
+            turned = False
             for start in range(0, len(markets), SLICE):
-                if start:
+                if busy:
                     yield
+                    turned, busy = True, False
                     if latest() is not current:
                         break
                 encode(markets[start : start + SLICE])
+                busy = True
             else:
-                return current
+                if not turned:  # no turn in between: nobody changed what is wanted
+                    return current
+                continue
             current = latest()
         return None
 

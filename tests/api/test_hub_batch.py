@@ -544,3 +544,40 @@ async def test_a_subscriber_leaving_mid_snapshot_gets_nothing_more() -> None:
     for _ in range(4):
         await asyncio.sleep(0)
     assert sub.pending == 0 and hub.subscribers == 0
+
+
+async def test_a_subscriber_joining_mid_fan_out_is_encoded_in_slices_too(
+    counter: TurnCounter,
+) -> None:
+    """A subscription of every market comes after the first slice of a fan-out of fewer: it
+    sends no snapshot (the fan-out will deliver the round), and the markets it adds are
+    encoded in slices after the others, not all in the delivering turn; both get the round
+    whole."""
+    n = 2 * SLICE + 50
+    core = many_markets(n)
+    encoder = SliceEncoder(counter)
+    hub = Hub(queue_size=4 * n, encoder=encoder)
+    few = hub.subscribe(frozenset(core.markets[: SLICE + 10]))
+    result = quoted_round(core, T0)
+    hub.publish(result)
+    await asyncio.sleep(0)  # the first slice
+    every = hub.subscribe(None)
+    await turns_until(every)
+    want = encoded_at_once(result, batch=False)
+    assert frames(few) == want[: SLICE + 10] and frames(every) == want
+    encoder.assert_sliced(n)
+
+
+async def test_a_signed_subscriber_joining_mid_fan_out_is_encoded_in_slices_too() -> None:
+    """The same for signed frames: the envelopes of the markets a signed subscription adds
+    mid-fan-out are encoded in slices of their own before the round is delivered."""
+    n = 2 * SLICE + 50
+    core = many_markets(n)
+    hub = signed_hub(queue_size=4 * n)
+    few = hub.subscribe(frozenset(core.markets[: SLICE + 10]))
+    hub.configure(few, signed=True)
+    signed = signed_round(hub, core, T0)
+    await asyncio.sleep(0)  # the first slice
+    every = signed_sub(hub)
+    assert await turns_until(every) == 3  # the second slice, then the other markets in two
+    assert frames(few) == expected(signed)[: SLICE + 10] and frames(every) == expected(signed)
