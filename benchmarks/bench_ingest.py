@@ -20,7 +20,14 @@ The figure that matters is the floor's share of the ingest time (budget: ingest 
 more of the bare-decode rate, i.e. costs at most twice the bare decode). Absolute rates move with
 the machine; the ratio much less.
 
+`--instructions` counts instead of timing: the same passes, once each, under valgrind's callgrind
+(which must be installed), in CPU instructions per frame. A count does not move with the load of
+the machine, so two builds compare on a shared one where wall-clock runs spread by 2x; it is not
+a time (cache misses, branches and SIMD width are not in it), so the budget is read from the
+timed table.
+
     python benchmarks/bench_ingest.py [--frames 50000] [--venues binance,okx] [--json out.json]
+    python benchmarks/bench_ingest.py --instructions --frames 2000 [--venues binance,okx]
 """
 
 from __future__ import annotations
@@ -30,9 +37,13 @@ import asyncio
 import gc
 import importlib
 import json
+import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +72,23 @@ BATCH = 100
 BASES = ("BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "AVAX", "LINK")
 INDEX = "index"  # the silent spot source of a market that only perpetuals quote (`_core_config`)
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+# Under callgrind (`--instructions`) only what runs inside this C function is counted, and the
+# counters are written out after each call: `sys.call_tracing(fn, args)` is `fn(*args)`, and
+# nothing else in the process calls it.
+MARKER = "sys_call_tracing"
+# In the counting child: one (venue, origin, kind, frames) entry per counted call, in order.
+_counted: list[tuple[str, str, str, int]] | None = None
+
+
+def _clocked(label: tuple[str, str, str], frames: int, fn: Callable[..., None], *args: Any) -> int:
+    """`fn(*args)`'s wall time in ns; in the counting child, a counted call (returns 0)."""
+    if _counted is not None:
+        _counted.append((*label, frames))
+        sys.call_tracing(fn, args)
+        return 0
+    start = time.perf_counter_ns()
+    fn(*args)
+    return time.perf_counter_ns() - start
 
 
 @dataclass(frozen=True)
@@ -287,6 +315,11 @@ class Timing:
     drops: int = 0
 
 
+def _feed(calls: list[tuple[Callable[[bytes, int], None], bytes, int]]) -> None:
+    for on_message, frame, ts in calls:
+        on_message(frame, ts)
+
+
 def _run_pass(
     case: Case, session: aiohttp.ClientSession, recv_ts: int, with_core: bool, cycles: int
 ) -> Timing:
@@ -321,10 +354,8 @@ def _run_pass(
             for (sid, frame), ts in zip(case.frames, recvs, strict=True)
         ]
         before = sum(a.stats.quotes for adapters in sets for a in adapters.values())
-        start = time.perf_counter_ns()
-        for on_message, frame, ts in calls:
-            on_message(frame, ts)
-        elapsed += time.perf_counter_ns() - start
+        label = (case.name, case.origin, "ingest" if with_core else "adapter")
+        elapsed += _clocked(label, len(calls), _feed, calls)
         quotes += sum(a.stats.quotes for adapters in sets for a in adapters.values()) - before
         drops += sum(sum(book.drops.values()) for book in books)
     gc.enable()
@@ -347,17 +378,21 @@ def _time_pipeline(
     return best
 
 
-def _time_floor(frames: list[tuple[str, bytes]], repeat: int, cycles: int) -> float:
-    best = float("inf")
+def _decode(frames: list[tuple[str, bytes]], cycles: int) -> None:
     loads = orjson.loads
+    for _ in range(cycles):
+        for _sid, frame in frames:
+            loads(frame)
+
+
+def _time_floor(case: Case, repeat: int, cycles: int) -> float:
+    best = float("inf")
+    frames = case.frames
     for _ in range(repeat):
         gc.collect()
         gc.disable()
-        start = time.perf_counter_ns()
-        for _ in range(cycles):
-            for _sid, frame in frames:
-                loads(frame)
-        elapsed = time.perf_counter_ns() - start
+        label = (case.name, case.origin, "floor")
+        elapsed = _clocked(label, len(frames) * cycles, _decode, frames, cycles)
         gc.enable()
         best = min(best, elapsed / (len(frames) * cycles) / 1e9)
     return best
@@ -397,21 +432,25 @@ def _row(case: Case, floor: float, adapter: Timing, ingest: Timing, cycles: int)
 
 def _measure(
     case: Case, session: aiohttp.ClientSession, args: argparse.Namespace, cycles: int
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """The case's row; None in the counting child, where the passes only run to be counted."""
     recv_ts = int(time.time() * 1000) + 1000  # after every generated venue time
     if not case.recv:
         case.recv = _receive_times(case, session, recv_ts)
-    floor = _time_floor(case.frames, args.repeat, cycles)
+    floor = _time_floor(case, args.repeat, cycles)
     adapter = _time_pipeline(case, session, recv_ts, args.repeat, False, cycles)
     ingest = _time_pipeline(case, session, recv_ts, args.repeat, True, cycles)
+    if _counted is not None:
+        return None
     return _row(case, floor, adapter, ingest, cycles)
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     wanted = set(args.venues.split(",")) if args.venues else None
-    rows: list[dict[str, Any]] = []
-    print(HEADER)
-    print("-" * len(HEADER))
+    rows: list[dict[str, Any] | None] = []
+    if _counted is None:
+        print(HEADER)
+        print("-" * len(HEADER))
     generated: list[Case] = []
     async with aiohttp.ClientSession() as session:
         for venue in VENUES:
@@ -428,12 +467,79 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         if len(generated) > 1:
             mixed = _mixed(generated)
             rows.append(_measure(mixed, session, args, 1))
-    worst = max((r for r in rows if r["origin"] != "recorded"), key=lambda r: r["ratio"])
-    print(
-        f"\nbudget: ingest >= 50 % of the bare-decode rate (ratio <= 2.00); "
-        f"slowest generated: {worst['venue']} at {worst['floor_rate_pct']:.0f} %"
-    )
+    timed = [r for r in rows if r is not None]
+    if timed:
+        worst = max((r for r in timed if r["origin"] != "recorded"), key=lambda r: r["ratio"])
+        print(
+            f"\nbudget: ingest >= 50 % of the bare-decode rate (ratio <= 2.00); "
+            f"slowest generated: {worst['venue']} at {worst['floor_rate_pct']:.0f} %"
+        )
+    return timed
+
+
+COUNT_HEADER = (
+    f"{'venue':<14}{'origin':<10}{'bytes':>6}{'floor ins':>11}{'adapter ins':>13}"
+    f"{'ingest ins':>12}{'ratio':>7}{'% floor':>8}"
+)
+
+
+def _count(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run this benchmark again under callgrind, counting only the passes (`MARKER`), one pass
+    each, and turn the counters it writes into instructions per frame."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        sys.exit("--instructions needs valgrind (its callgrind tool) on the PATH")
+    with tempfile.TemporaryDirectory() as tmp:
+        out, labels = Path(tmp) / "callgrind.out", Path(tmp) / "labels.json"
+        command = [
+            valgrind, "--tool=callgrind", "-q", "--collect-atstart=no",
+            f"--toggle-collect={MARKER}", f"--dump-after={MARKER}", f"--callgrind-out-file={out}",
+            sys.executable, __file__, "--count-into", str(labels), "--repeat", "1",
+            "--frames", str(args.frames), "--recorded-frames", str(args.recorded_frames),
+        ]  # fmt: skip
+        if args.venues:
+            command += ["--venues", args.venues]
+        # A fixed string hash: dictionary probes then run the same from one run to the next.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if done.returncode != 0:
+            sys.exit(f"callgrind run failed ({done.returncode}):\n{done.stderr.decode()[-4000:]}")
+        calls = json.loads(labels.read_text())
+        counts = [_dumped_total(Path(f"{out}.{i}")) for i in range(1, len(calls) + 1)]
+    totals: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for (venue, origin, kind, frames), count in zip(calls, counts, strict=True):
+        entry = totals.setdefault((venue, origin), {}).setdefault(kind, [0, 0])
+        entry[0] += count
+        entry[1] += frames
+    print(COUNT_HEADER)
+    print("-" * len(COUNT_HEADER))
+    rows = []
+    for (venue, origin), kinds in totals.items():
+        floor, adapter, ingest = (kinds[k][0] / kinds[k][1] for k in ("floor", "adapter", "ingest"))
+        row = {
+            "venue": venue,
+            "origin": origin,
+            "frames": kinds["floor"][1],
+            "floor_instructions": floor,
+            "adapter_instructions": adapter,
+            "ingest_instructions": ingest,
+            "ratio": ingest / floor,
+            "floor_rate_pct": 100.0 * floor / ingest,
+        }
+        rows.append(row)
+        print(
+            f"{venue:<14}{origin:<10}{'':>6}{floor:>11,.0f}{adapter:>13,.0f}{ingest:>12,.0f}"
+            f"{row['ratio']:>7.2f}{row['floor_rate_pct']:>7.0f}%"
+        )
     return rows
+
+
+def _dumped_total(path: Path) -> int:
+    """The instructions counted in one callgrind dump (its `totals:` line; Ir comes first)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise SystemExit(f"no totals in {path}")
 
 
 def main() -> None:
@@ -445,10 +551,26 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--venues", help="comma-separated source types (default: all available)")
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count CPU instructions per frame under callgrind instead of timing",
+    )
+    parser.add_argument("--count-into", help=argparse.SUPPRESS)  # the counting child's labels
     args = parser.parse_args()
-    rows = asyncio.run(run(args))
+    if args.count_into:
+        global _counted
+        _counted = []
+        asyncio.run(run(args))
+        Path(args.count_into).write_text(json.dumps(_counted))
+        return
+    rows = _count(args) if args.instructions else asyncio.run(run(args))
     if args.json_path:
-        meta = {"python": sys.version.split()[0], "machine": platform.machine()}
+        meta = {
+            "python": sys.version.split()[0],
+            "machine": platform.machine(),
+            "measure": "instructions per frame" if args.instructions else "seconds per frame",
+        }
         with open(args.json_path, "w") as out:
             json.dump({"meta": meta, "results": rows}, out, indent=2)
 
