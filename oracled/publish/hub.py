@@ -319,6 +319,7 @@ class Hub:
         "_signed_scheduled",
         "_snapshots",
         "_subs",
+        "_wants",
         "admin_refused",
         "api_closed",
         "dropped_subscribers",
@@ -347,6 +348,7 @@ class Hub:
         self._signed_frames: dict[int, bytes] = {}
         self._signed_scheduled = False
         self._snapshots: dict[Subscription, _Snapshots] = {}  # snapshots under way, by subscriber
+        self._wants = 0  # bumped when a subscription may want more (`_slices` asks again)
         # Every reason present from the start: the metrics thread may iterate this while the
         # loop counts, which is safe as long as no key is ever added.
         self.dropped_subscribers: Counter[str] = Counter(
@@ -437,12 +439,13 @@ class Hub:
         """Encode a fan-out's markets (`todo` of the round `latest()` returns), `SLICE` per
         turn of the loop (a yield between two slices). When a newer round came in meanwhile it
         starts over on that one: subscribers get the latest round whole, never part of an older
-        one. After turns of the loop it asks `todo` again: a subscription that came or added
-        markets in between is encoded in slices too, not all at delivery. Returns the round
-        encoded, or None when there is none to fan out."""
+        one. When a subscription came or changed in the turns between two slices it asks `todo`
+        again: what that one wants is encoded in slices too, not all at delivery. Returns the
+        round encoded, or None when there is none to fan out."""
         current = latest()
         busy = False  # a slice was encoded in this turn of the loop
         while current is not None:
+            wants = self._wants
             markets = todo(current)
             if not markets:
                 return current
@@ -456,7 +459,7 @@ class Hub:
                 encode(markets[start : start + SLICE])
                 busy = True
             else:
-                if not turned:  # no turn in between: nobody changed what is wanted
+                if not turned or self._wants == wants:  # nobody changed what is wanted
                     return current
                 continue
             current = latest()
@@ -741,6 +744,7 @@ class Hub:
         """
         if sub not in self._subs:
             return
+        self._wants += 1
         if (sub.signed if signed is None else signed) and (sub.batch if batch is None else batch):
             raise ValueError("batches carry report frames, not signed frames")
         if deviation is not None:
@@ -760,6 +764,7 @@ class Hub:
     def subscribe(self, markets: frozenset[str] | None, *, batch: bool = False) -> Subscription:
         """A new subscription to `markets` (None = all); it starts with their latest reports."""
         sub = Subscription(markets, self._queue_size)
+        self._wants += 1
         sub.batch = batch
         self._subs[sub] = None
         self._snapshot(sub, markets)
@@ -772,6 +777,7 @@ class Hub:
         (not with `snapshot=False`: they wait for the next round)."""
         if sub not in self._subs:
             return
+        self._wants += 1
         before = sub.markets
         sub.markets = markets
         if markets is not None:  # a filter forgets what it sent of markets it no longer serves
