@@ -70,7 +70,15 @@ from oracled.lograte import LogEveryMinute
 from oracled.model import Kind, Quote
 from oracled.sources.stats import LATENCY_BOUNDS_MS, LATENCY_BUCKET_OF_MS, ConnState, SourceStats
 
-__all__ = ["COUNTER_RESET_AFTER", "DEFAULT_SILENT_AFTER_MS", "RestPacer", "Source", "backoff_delay"]
+__all__ = [
+    "COUNTER_RESET_AFTER",
+    "DEFAULT_SILENT_AFTER_MS",
+    "RestPacer",
+    "Source",
+    "backoff_delay",
+    "read_decimal",
+    "read_integer",
+]
 
 _T = TypeVar("_T")
 
@@ -103,8 +111,11 @@ _NET_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError)
 MAX_REST_BODY: Final = 16 * 1024 * 1024
 # The venue's one-second message window, with a margin for jitter between our clock and theirs.
 _WINDOW_S: Final = 1.1
-# A last trade price as the venue printed it, a number or a quoted decimal (strict=False).
-_LAST_PRICE: Final = msgspec.json.Decoder(float, strict=False)
+# A venue's number as the one-pass stream decoders read it: a JSON number, bare or quoted
+# (strict=False). `read_decimal` and `read_integer` hold text to the same rule.
+_DECIMAL: Final = msgspec.json.Decoder(float, strict=False)
+_INTEGER: Final = msgspec.json.Decoder(int, strict=False)
+_AS_JSON: Final = msgspec.json.Encoder().encode
 # REST answers that mean "too many requests" (418: Binance's ban for polling on through 429s),
 # and the longest wait their Retry-After is obeyed for (Binance's longest ban, 3 days).
 _RATE_LIMITED: Final = (429, 418)
@@ -119,6 +130,38 @@ DEFAULT_SILENT_AFTER_MS: Final = 10_000
 # between two scans for them (half the shortest limit in between).
 _SILENT_NAMED: Final = 20
 _SILENT_SCAN_S: Final = (0.1, 5.0)
+
+
+def read_decimal(text: str | float) -> float:
+    """A venue's decimal text as a float, by the rule the one-pass stream decoders apply to a
+    quoted price, so that the text paths (REST answers, frames the one pass refused) read no more
+    than they do: JSON's number grammar ("-0.35210000", "27450", "1.5e-8"; msgspec also reads
+    "nan" and "inf", which the price check then drops as `not_finite`). Python's float() reads
+    far more, none of which a venue sends: "1_000", " 12.5 ", "+5", ".5", "00012", non-ASCII
+    digits ("١٢٣" is 123.0); each is refused here with ValueError, as float() refuses "abc".
+    Cheaper than float() on the same text (docs/sources.md, "Bad input: venue numbers")."""
+    try:
+        return _DECIMAL.decode(_AS_JSON(text))
+    except msgspec.DecodeError:
+        raise ValueError("not a venue decimal") from None
+
+
+def read_integer(text: str) -> int:
+    """A venue's integer text (Pyth's price and confidence), by the same rule as `read_decimal`:
+    int() would read "1_000", " 12 " and "+5" too."""
+    try:
+        return _INTEGER.decode(_AS_JSON(text))
+    except msgspec.DecodeError:
+        raise ValueError("not a venue integer") from None
+
+
+def _readable(text: str | float) -> bool:
+    """Whether `read_decimal` reads `text` (only to name the refused one of a pair)."""
+    try:
+        read_decimal(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _recv_ts(quote: Quote) -> int:
@@ -362,10 +405,10 @@ class Source(abc.ABC):
     ) -> None:
         """Emit one quote from decimal strings, or drop and count it."""
         try:
-            bid_f = float(bid)
-            ask_f = float(ask)
+            bid_f = read_decimal(bid)
+            ask_f = read_decimal(ask)
         except ValueError:
-            self._bad("bad_number")
+            self._bad_number(bid, ask)
             return
         self._quote(symbol, bid_f, ask_f, recv_ts, venue_ts)
 
@@ -382,12 +425,12 @@ class Source(abc.ABC):
         of Coinbase, KuCoin and OKX); an unreadable or absent last price is left out, not the
         quote, since the book is still good."""
         try:
-            bid_f, ask_f = float(bid), float(ask)
+            bid_f, ask_f = read_decimal(bid), read_decimal(ask)
         except ValueError:
-            self._bad("bad_number")
+            self._bad_number(bid, ask)
             return
         try:
-            last_f = _LAST_PRICE.decode(last) if last else None
+            last_f = _DECIMAL.decode(last) if last else None
         except msgspec.DecodeError:
             last_f = None
         self._quote(symbol, bid_f, ask_f, recv_ts, venue_ts, last_f)
@@ -580,6 +623,17 @@ class Source(abc.ABC):
             self._bad("non_positive")
         else:
             self._bad("crossed")
+
+    def _bad_number(self, *texts: str | float) -> None:
+        """Count a frame whose price is no venue decimal (`read_decimal`) as `bad_number`, and
+        log the refused text: the first time, then at most once a minute with the number held
+        back, so that a venue printing its numbers wrongly is seen without flooding the log."""
+        self._bad("bad_number")
+        count = self._venue_errors.due("bad_number", self._clock.monotonic())
+        if count is None:
+            return
+        refused = next((t for t in texts if not _readable(t)), texts[0] if texts else "")
+        self._log.warning("number refused", text=repr(refused)[:40], suppressed=count - 1)
 
     def _decoded(self, decoder: msgspec.json.Decoder[_T], data: str | bytes) -> _T | None:
         """`data` decoded, or None with the frame counted as bad: `shape` for JSON of another

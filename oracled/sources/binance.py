@@ -36,7 +36,7 @@ from typing import ClassVar
 
 import msgspec
 
-from oracled.sources._base import Source
+from oracled.sources._base import Source, read_decimal
 
 __all__ = ["BinanceSource"]
 
@@ -102,7 +102,6 @@ _CONTROL = msgspec.json.Decoder(_Control)
 _TEXT_FRAME = msgspec.json.Decoder(_TextCombined)
 _REST = msgspec.json.Decoder(list[_RestBook])
 _ENCODE = msgspec.json.Encoder()
-_PRICE = msgspec.json.Decoder(float, strict=False)  # a decimal string as the book decoder reads it
 
 
 class BinanceSource(Source):
@@ -159,10 +158,10 @@ class BinanceSource(Source):
         """A price that is no venue decimal ("abc", "1_000") is `bad_number`; readable prices
         mean another field was of the wrong type (a futures event time that is no integer)."""
         try:
-            _PRICE.decode(_ENCODE.encode(bid))
-            _PRICE.decode(_ENCODE.encode(ask))
-        except msgspec.DecodeError:
-            self._bad("bad_number")
+            read_decimal(bid)
+            read_decimal(ask)
+        except ValueError:
+            self._bad_number(bid, ask)
         else:
             self._bad("shape")
 

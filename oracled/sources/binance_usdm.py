@@ -45,6 +45,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
+from oracled.sources._base import read_decimal
 from oracled.sources.binance import BinanceSource
 from oracled.sources.stats import SourceStats
 
@@ -170,9 +171,9 @@ class BinanceUsdmSource(BinanceSource):
         if u is not None and u <= bar and self._refused(book.s, bar, u, book.E):
             return
         try:
-            bid, ask = float(book.b), float(book.a)
+            bid, ask = read_decimal(book.b), read_decimal(book.a)
         except ValueError:
-            self._bad("bad_number")
+            self._bad_number(book.b, book.a)
             return
         before = self.stats.quotes
         self._quote(book.s, bid, ask, recv_ts, book.E)

@@ -85,7 +85,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source
+from oracled.sources._base import Source, read_decimal
 from oracled.sources.stats import SourceStats
 
 __all__ = ["BybitLinearSource", "BybitSpotSource"]
@@ -337,9 +337,9 @@ class _BybitSource(Source):
         """A price from the wire (text or a bare number), or None after counting why it is
         unusable."""
         try:
-            value = float(text)
+            value = read_decimal(text)
         except ValueError:
-            self._bad("bad_number")
+            self._bad_number(text)
             return None
         if not 0.0 < value < _INF:
             self._bad("non_positive" if math.isfinite(value) else "not_finite")
@@ -562,9 +562,9 @@ class BybitSpotSource(_BybitSource):
                 if price is None:
                     return
                 try:
-                    side.append((price, float(size_text)))
+                    side.append((price, read_decimal(size_text)))
                 except ValueError:
-                    self._bad("bad_number")
+                    self._bad_number(size_text)
                     return
             sides.append(side)
         keep = previous is not None and not snapshot
@@ -692,7 +692,7 @@ class BybitLinearSource(_BybitSource):
                 return
         if ticker.last is not None:
             try:
-                value = float(ticker.last)
+                value = read_decimal(ticker.last)
             except ValueError:
                 value = _INF
             if 0.0 < value < _INF:  # a bad last price is left out; it never drops the book

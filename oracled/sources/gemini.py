@@ -44,7 +44,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source
+from oracled.sources._base import Source, read_decimal
 from oracled.sources.stats import SourceStats
 
 __all__ = ["GeminiSource", "PubtickerPolls"]
@@ -203,7 +203,7 @@ def _level(change: tuple[str, str | float, str | float]) -> tuple[str, float, fl
     if side not in ("buy", "sell"):
         return "shape"
     try:
-        price, qty = float(price_s), float(qty_s)
+        price, qty = read_decimal(price_s), read_decimal(qty_s)
     except ValueError:
         return "bad_number"
     if not 0.0 < price < _INF:
@@ -227,7 +227,7 @@ def _last_trade(trades: msgspec.Raw) -> float | None:
     by trade (skipping the unreadable ones) if the list cannot be read in one piece. Raises
     `msgspec.DecodeError` if ``trades`` is not a list at all."""
     try:
-        return _newest([(t.event_id, float(t.price)) for t in _TRADES.decode(trades)])
+        return _newest([(t.event_id, read_decimal(t.price)) for t in _TRADES.decode(trades)])
     except (msgspec.DecodeError, ValueError):
         return _newest(_readable(_RAWS.decode(trades)))
 
@@ -237,7 +237,7 @@ def _readable(trades: Iterable[msgspec.Raw]) -> Iterator[tuple[int, float]]:
     for raw in trades:
         try:
             trade = _TRADE.decode(raw)
-            yield trade.event_id, float(trade.price)
+            yield trade.event_id, read_decimal(trade.price)
         except (msgspec.DecodeError, ValueError):
             continue
 
@@ -421,6 +421,9 @@ class GeminiSource(PubtickerPolls):
         if symbol in self._by_symbol and not self._resyncing:  # else `_l2` counts why not
             for change in changes:
                 level = _level(change)
+                if level == "bad_number":
+                    self._bad_number(change[1], change[2])
+                    return
                 if isinstance(level, str):
                     self._bad(level)  # the whole message is left out: a partial diff is worse
                     return
@@ -474,7 +477,7 @@ class GeminiSource(PubtickerPolls):
         if book is not None:
             # An unreadable trade is only a sign of life; `_quote` leaves out a bad last price.
             with contextlib.suppress(ValueError):
-                book.last = float(msg.price)
+                book.last = read_decimal(msg.price)
 
     def _overdue(self) -> None:
         """A request still without snapshots after the liveness timeout counts as refused.

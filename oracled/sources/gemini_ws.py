@@ -168,11 +168,11 @@ class GeminiWsSource(PubtickerPolls):
         decimal msgspec reads (``"abc"``, ``"1_000"``, blanks), never quoted even where Python's
         float() would read them (as on Binance)."""
         try:
-            _TEXT_FRAME.decode(data)
+            book = _TEXT_FRAME.decode(data)
         except msgspec.DecodeError:
             self._control(data)
             return
-        self._bad("bad_number")
+        self._bad_number(book.b, book.a)
 
     def _control(self, data: str | bytes) -> None:
         frame = self._decoded(_CONTROL, data)

@@ -64,7 +64,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source
+from oracled.sources._base import Source, read_decimal
 from oracled.sources.stats import SourceStats
 
 __all__ = ["KrakenSource"]
@@ -317,12 +317,12 @@ class KrakenSource(Source):
     def _rest_quote(self, symbol: str, row: _RestRow, recv_ts: int) -> None:
         """Emit from a REST row's decimal strings; an unreadable last trade is left out."""
         try:
-            bid, ask = float(row.b[0]), float(row.a[0])
+            bid, ask = read_decimal(row.b[0]), read_decimal(row.a[0])
         except ValueError:
-            self._bad("bad_number")
+            self._bad_number(row.b[0], row.a[0])
             return
         try:
-            last = float(row.c[0]) if row.c else None
+            last = read_decimal(row.c[0]) if row.c else None
         except ValueError:
             last = None
         self._quote(symbol, bid, ask, recv_ts, None, last)

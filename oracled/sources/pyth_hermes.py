@@ -64,7 +64,7 @@ from multidict import MultiDict
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source
+from oracled.sources._base import Source, read_integer
 from oracled.sources.stats import SourceStats
 
 __all__ = ["PythHermesSource", "normalize_feed_id"]
@@ -269,9 +269,9 @@ class PythHermesSource(Source):
         p = feed.price
         expo = p.expo
         try:
-            price, conf = int(p.price), int(p.conf)
+            price, conf = read_integer(p.price), read_integer(p.conf)
         except ValueError:
-            self._bad("bad_number")
+            self._bad_number(p.price, p.conf)
             return
         # Pyth's price is an i64 and its conf a u64; beyond that a float could overflow.
         if not (-_I64 <= price < _I64 and -_I64 <= conf < _I64 and -_MAX_EXPO <= expo <= _MAX_EXPO):

@@ -86,6 +86,36 @@ class Refusal:
     ack_id: int
 
 
+# Text that Python's float() reads as a finite number and no venue sends: digits grouped with an
+# underscore, padded with ASCII or Unicode blanks, non-ASCII digits (Arabic-Indic, full-width),
+# a plus sign, a bare or trailing point, leading zeros.
+LAX_NUMBERS = (
+    "1_000",
+    " 12.5 ",
+    "\t3\n",
+    "12.5\u00a0",
+    "\u20071",
+    "١٢٣",
+    "１２",
+    "+5",
+    ".5",
+    "5.",
+    "00012",
+)
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """A good frame (or REST answer) of the venue's real shape, and the quoted numbers in it that
+    the adapter reads as decimal text, each written as it appears (``'"0.35210000"'``) and found
+    once: a test puts other text in one of their places."""
+
+    body: str
+    numbers: tuple[str, ...]
+    recv_ts: int = 0  # at or after the body's venue time, if it has one
+    symbol: str = ""  # REST: the venue symbol the poll asks for (`Source.rest_request`)
+
+
 @dataclass(frozen=True)
 class ParseCase(Generic[S]):
     """One venue (or one category of a venue) as the shared parse suite drives it."""
@@ -129,6 +159,10 @@ class ParseCase(Generic[S]):
     # a live connection (a quote received more than the clock-skew bound before its venue time is
     # dropped as `future`). The shared tests add a millisecond a frame to it.
     recv_ts: int = 0
+    # A stream frame (read after `prime`) and a REST answer whose numbers are venue decimal text;
+    # None: the venue has no such path (Kraken's stream sends JSON numbers).
+    stream_numbers: Numbers | None = None
+    rest_numbers: Numbers | None = None
 
     def bad_frames(self) -> list[tuple[str | bytes, str]]:
         """Every bad frame this case knows, with the one reason it must be dropped for."""
@@ -192,6 +226,13 @@ BINANCE = ParseCase(
     split='{"code":2,"msg":"Invalid request: invalid stream","id":3}',
     split_id=3,
     split_symbols=("NKNUSDT", "BTCUSDT"),
+    stream_numbers=Numbers(recorded_lines("binance", "ws_bookTicker.jsonl")[0], ('"0.35210000"',)),
+    rest_numbers=Numbers(
+        '[{"symbol":"NKNUSDT","bidPrice":"0.35210000","bidQty":"1.0","askPrice":"0.35260000",'
+        '"askQty":"2.0"}]',
+        ('"0.35210000"',),
+        symbol="NKNUSDT",
+    ),
     refusal=Refusal(  # the nested error shape; USD-M's below is the flat one
         symbol="BTCUSDT",
         refusal='{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":7}',
@@ -216,6 +257,20 @@ BINANCE_USDM = ParseCase(
     garbage=BINANCE_USDM_GARBAGE,
     reasons=BINANCE.reasons,  # the same catalogue layout as spot
     other=((_usdm_ticker(), "shape"), *UNDECODABLE),
+    stream_numbers=Numbers(
+        '{"stream":"bnbusdt@bookTicker","data":'
+        + recorded("binance_usdm", "ws_bookTicker.json")
+        + "}",
+        ('"25.35190000"',),
+        recv_ts=1568014460893 + 5,  # the frame's E
+    ),
+    rest_numbers=Numbers(
+        '{"symbol":"BTCUSDT","bidPrice":"4.00000000","bidQty":"1.0","askPrice":"4.00000200",'
+        '"askQty":"2.0","time":1589437530011,"lastUpdateId":1027024}',
+        ('"4.00000000"',),
+        recv_ts=1589437530011 + 5,  # the row's time
+        symbol="BTCUSDT",
+    ),
     refusal=Refusal(  # the spot control protocol applies
         symbol="BTCUSDT",
         refusal='{"code":2,"msg":"Invalid request: invalid stream","id":4}',
@@ -280,8 +335,26 @@ BITSTAMP = ParseCase(
     order=(_BITSTAMP_NEWER.replace("1641343696039184", "1641343695000000"), _BITSTAMP_NEWER),
     text_path=_bitstamp_short_level,
     poisoned=_bitstamp_poisoned,
+    stream_numbers=Numbers(_BITSTAMP_NEWER, ('"0.99948"',), recv_ts=1_641_343_696_039 + 5),
+    rest_numbers=Numbers(
+        '[{"timestamp":"1686068944","bid":"0.9994","ask":"0.9996","pair":"USDT/USD"}]',
+        ('"0.9994"',),
+        symbol="usdtusd",
+    ),
     recv_ts=1_641_343_696_039 + 5,  # the newer book's microtimestamp, in ms
 )
+
+
+def _bybit_rest(category: str) -> Numbers:
+    """A tickers answer of `category` with one row, BTCUSDT's."""
+    return Numbers(
+        f'{{"retCode":0,"retMsg":"OK","result":{{"category":"{category}","list":[{{'
+        '"symbol":"BTCUSDT","bid1Price":"17215.50","bid1Size":"1","ask1Price":"17216.00",'
+        '"ask1Size":"1","lastPrice":"17216.00"}]},"retExtInfo":{},"time":1673859087947}',
+        ('"17215.50"',),
+        symbol="BTCUSDT",
+    )
+
 
 # One catalogue serves both categories; a frame of the other category's shape is a shape error.
 BYBIT_SPOT = ParseCase(
@@ -294,6 +367,13 @@ BYBIT_SPOT = ParseCase(
         "decode decode shape shape shape not_finite not_finite non_positive "
         "non_positive bad_number bad_number crossed shape shape shape shape shape shape"
     ),
+    # A level's price and its size are both read as text when the one pass refuses the frame.
+    stream_numbers=Numbers(
+        recorded("bybit", "ws_orderbook_snapshot.json"),
+        ('"27450.00"', '"0.500"'),
+        recv_ts=1709891679000 + 5,  # the frame's ts
+    ),
+    rest_numbers=_bybit_rest("spot"),
     # Trade and kline frames (never subscribed).
     other=(
         (recorded("bybit", "ws_publicTrade.json"), "shape"),
@@ -311,6 +391,12 @@ BYBIT_LINEAR = ParseCase(
         "decode decode shape shape shape shape shape shape shape shape shape shape "
         "shape not_finite bad_number non_positive crossed shape"
     ),
+    stream_numbers=Numbers(
+        recorded("bybit", "ws_tickers_linear_snapshot.json"),
+        ('"17215.50"',),
+        recv_ts=1673272861686 + 5,  # the frame's ts
+    ),
+    rest_numbers=_bybit_rest("linear"),
     other=BYBIT_SPOT.other,
 )
 
@@ -347,6 +433,10 @@ COINBASE = ParseCase(
     order=(_COINBASE_NEWER.replace('"sequence_num": 12', '"sequence_num": 11'), _COINBASE_NEWER),
     stale="stale_sequence",
     text_path=_coinbase_text_path,
+    stream_numbers=Numbers(_COINBASE_NEWER, ('"68900.00"',), recv_ts=1_775_572_203_000 + 5),
+    rest_numbers=Numbers(
+        recorded("coinbase", "rest_market_products_ticker.json"), ('"68923.66"',), symbol="BTC-USD"
+    ),
     recv_ts=1_775_572_203_000 + 5,  # the ticker's time
 )
 
@@ -379,6 +469,17 @@ GEMINI = ParseCase(
     covered_elsewhere=1,  # the crossing diff: dropped and resynced, test_gemini_parse.py
     prime=_gemini_book,
     settled=_gemini_book_untouched,
+    # A diff of the primed book: a level's price and quantity, read as text once refused.
+    stream_numbers=Numbers(
+        '{"type":"l2_updates","symbol":"BTCUSD","changes":[["buy","100.5","2"]]}',
+        ('"100.5"', '"2"'),
+    ),
+    rest_numbers=Numbers(
+        '{"bid":"9345.70","ask":"9347.67","volume":{"BTC":"2210.50","USD":"20592180.16",'
+        '"timestamp":1483018200000},"last":"9346.20"}',
+        ('"9345.70"',),
+        symbol="BTCUSD",
+    ),
     locked=GEMINI_BOOK.replace('["sell","101","1"]', '["sell","100","1"]'),
 )
 
@@ -434,6 +535,10 @@ GEMINI_WS = ParseCase(
     ),
     order=(GEMINI_WS_OLDER, GEMINI_WS_NEWER),
     poisoned=_gemini_ws_poisoned,
+    stream_numbers=Numbers(GEMINI_WS_NEWER, ('"91251.20"',), recv_ts=1_764_200_000_250 + 5),
+    rest_numbers=Numbers(
+        '{"bid":"3010.25","ask":"3010.75","last":"3010.5"}', ('"3010.25"',), symbol="btcusd"
+    ),
     recv_ts=1_764_200_000_250 + 5,  # the newer frame's event time, in ms
 )
 
@@ -464,6 +569,9 @@ KRAKEN = ParseCase(
         ),
         *((f, "shape") for f in recorded_lines("kraken", "ws_v1_frames.jsonl")),
         *UNDECODABLE,
+    ),
+    rest_numbers=Numbers(
+        recorded("kraken", "rest_ticker_XBTUSDT.json"), ('"105944.20000"',), symbol="BTC/USDT"
     ),
     unsolicited=(
         recorded("kraken", "ws_subscribe_ack.json").replace('"req_id": 1', '"req_id": 77'),
@@ -553,6 +661,13 @@ KUCOIN = ParseCase(
     order=(_KUCOIN_TICKERS[0], _KUCOIN_TICKERS[3]),  # SNX-BTC, sequence ...653 then ...654
     text_path=_kucoin_text_path,
     poisoned=_kucoin_poisoned,
+    stream_numbers=Numbers(_KUCOIN_TICKERS[0], ('"0.00028678"',), recv_ts=1619378326323 + 5),
+    rest_numbers=Numbers(
+        '{"code":"200000","data":' + json.dumps(json.loads(_KUCOIN_TICKERS[0])["data"]) + "}",
+        ('"0.00028678"',),
+        recv_ts=1619378326323 + 5,  # the ticker's time
+        symbol="SNX-BTC",
+    ),
     recv_ts=1619378326423 + 5,  # the newer ticker's time
 )
 
@@ -617,6 +732,13 @@ OKX = ParseCase(
     order=(_OKX_TICKERS[2], _OKX_TICKERS[4]),  # BTC-USDT, ts ...224956 then ...226240
     text_path=_okx_text_path,
     poisoned=_okx_poisoned,
+    stream_numbers=Numbers(_OKX_TICKERS[2], ('"30228.6"',), recv_ts=1652459224956 + 5),
+    rest_numbers=Numbers(
+        '{"code":"0","msg":"","data":[' + json.dumps(json.loads(_OKX_TICKERS[2])["data"][0]) + "]}",
+        ('"30228.6"',),
+        recv_ts=1652459224956 + 5,  # the ticker's ts
+        symbol="BTC-USDT",
+    ),
     recv_ts=1652459226240 + 5,  # the newer ticker's ts
 )
 
@@ -643,6 +765,12 @@ PYTH = ParseCase(
     locked=recorded("pyth_hermes", "v2_latest_parsed_btc.json")
     .strip()
     .replace('"conf":"2661582364"', '"conf":"0"'),
+    # The price and the confidence, integers as text (a REST answer takes the same decoder).
+    stream_numbers=Numbers(
+        recorded("pyth_hermes", "v2_latest_parsed_btc.json").strip(),
+        ('"5190075917635"', '"2661582364"'),
+        recv_ts=1_708_363_256_000 + 5,
+    ),
     recv_ts=1_708_363_256_000 + 5,  # the update's publish time
 )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from parse_cases import BYBIT_LINEAR, BYBIT_SPOT, make_source
+from parse_cases import BYBIT_LINEAR, BYBIT_SPOT, LAX_NUMBERS, make_source
 
 from oracled.model import Quote
 from oracled.sim.bybit import GARBAGE
@@ -271,6 +271,24 @@ def test_an_error_code_for_a_whole_category_fails_no_symbol(h: Harness) -> None:
     )
     assert h.linear.stats.dropped == {"rest_error": 1}
     assert h.linear.stats.failed_instruments == {} and h.quotes == []
+
+
+@pytest.mark.parametrize("text", LAX_NUMBERS)
+def test_a_linear_last_price_float_would_read_is_left_out(h: Harness, text: str) -> None:
+    """A delta whose `lastPrice` is text float() reads but no venue sends ("1_000", " 12.5 ",
+    "١٢٣", ...) keeps the last price it had, and its book change is quoted."""
+    h.linear.on_message(LINEAR_SNAPSHOT, LINEAR_RECV + 1)
+    delta = (
+        '{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",'
+        f'"lastPrice":{json.dumps(text)},"ask1Price":"17216.50"}},"cs":24987956060,'
+        '"ts":1673272861786}'
+    )
+    h.linear.on_message(delta, LINEAR_RECV + 2)
+    assert [(q.price, q.bid, q.ask) for q in h.quotes] == [
+        (17216.0, 17215.5, 17216.0),
+        (17216.0, 17215.5, 17216.5),
+    ]
+    assert h.linear.stats.malformed == 0 and h.linear.stats.dropped == {}
 
 
 def test_linear_last_price_is_merged_like_the_book(h: Harness) -> None:

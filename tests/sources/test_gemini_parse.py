@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from parse_cases import GEMINI, Harness, open_harness
+from parse_cases import GEMINI, LAX_NUMBERS, Harness, open_harness
 
 from oracled.clock import ManualClock
 from oracled.model import Quote
@@ -210,6 +210,23 @@ def test_quotes_carry_the_newest_trade_price(harness: Harness[GeminiSource]) -> 
     src.on_message('{"type":"l2_updates","symbol":"GRTUSD","changes":[["buy","0.6101","5"]]}', 52)
     assert harness.quotes[-1].price == 0.07946
     assert harness.stats.malformed == 0 and harness.stats.dropped == {}
+
+
+@pytest.mark.parametrize("text", LAX_NUMBERS)
+def test_a_trade_price_float_would_read_never_reaches_a_quote(
+    harness: Harness[GeminiSource], text: str
+) -> None:
+    """A trade, or a snapshot's newest trade, whose price is text float() reads but no venue
+    sends ("1_000", " 12.5 ", "١٢٣", ...) is no last price: quotes go on with the one before."""
+    src = harness.source
+    src.on_message(L2[0], 1)
+    src.on_message(TRADE.replace("ANKRUSD", "GRTUSD").replace('"0.07946"', json.dumps(text)), 2)
+    src.on_message('{"type":"l2_updates","symbol":"GRTUSD","changes":[["buy","0.6101","5"]]}', 3)
+    assert harness.quotes[-1].price == 0.6183 and harness.quotes[-1].bid == 0.6157
+    trades = f"{_TRADE_A},{_TRADE_B.replace('98.7', json.dumps(text))}"  # B is the newer
+    src.on_message(f'{{"type":"l2_updates","symbol":"BTCUSD",{_BOOK},"trades":[{trades}]}}', 4)
+    assert harness.quotes[-1].pair == "BTC/USD" and harness.quotes[-1].price == 98.5
+    assert harness.stats.malformed == 0
 
 
 def test_a_bad_trade_price_never_reaches_a_quote(harness: Harness[GeminiSource]) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from parse_cases import KRAKEN, Harness, open_harness
+from parse_cases import KRAKEN, LAX_NUMBERS, Harness, open_harness
 
 from oracled.model import Quote
 from oracled.sources.kraken import KrakenSource
@@ -208,6 +209,19 @@ def test_rest_rows_with_unreadable_numbers(harness: Harness[KrakenSource]) -> No
     harness.source.on_rest(body, 7)
     assert harness.quotes == [Quote("kr", "ETH/USD", 7, None, 3500.1, 3500.2)]
     assert harness.stats.dropped == {"bad_number": 1}
+
+
+@pytest.mark.parametrize("text", LAX_NUMBERS)
+def test_a_rest_last_trade_float_would_read_is_left_out(
+    harness: Harness[KrakenSource], text: str
+) -> None:
+    """A REST row's last trade written as text float() reads but no venue sends ("1_000",
+    " 12.5 ", "١٢٣", ...) is left out like any unreadable one: the bid and ask are quoted
+    without a last price, and nothing is counted malformed."""
+    body = REST_TICKER.replace(b'"105899.40000"', json.dumps(text).encode())
+    harness.source.on_rest(body, 7)
+    assert harness.quotes == [Quote("kr", "XBT/USDT", 7, None, 105944.2, 105944.3)]
+    assert harness.stats.malformed == 0
 
 
 @pytest.mark.parametrize("last", ['"105899.4"', "0.0", "-1.0", "null"])

@@ -11,11 +11,13 @@ book (bid equal to ask) is a price, only a bid above the ask is crossed.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from parse_cases import CASES, Harness, ParseCase, open_harness
+from parse_cases import CASES, LAX_NUMBERS, Harness, Numbers, ParseCase, open_harness
 from structlog.testing import capture_logs
 
 from oracled.clock import ManualClock
@@ -248,3 +250,108 @@ def test_a_locked_frame_is_quoted_not_taken_for_a_crossed_one(
     [quote] = harness.quotes
     assert quote.bid is not None and quote.bid == quote.ask
     assert harness.stats.dropped == {} and harness.stats.malformed == 0
+
+
+def _numbered(stream: bool) -> list[Any]:
+    """(case, number, text) for every venue number of every case's stream or REST sample."""
+    return [
+        pytest.param(case, number, text, id=f"{case.id}-{number}-{text!r}")
+        for case in CASES
+        if (sample := case.stream_numbers if stream else case.rest_numbers) is not None
+        for number in sample.numbers
+        for text in LAX_NUMBERS
+    ]
+
+
+def _sampled(stream: bool) -> list[Any]:
+    cases = [c for c in CASES if (c.stream_numbers if stream else c.rest_numbers) is not None]
+    return [pytest.param(c, id=c.id) for c in cases]
+
+
+def _with(sample: Numbers, number: str, text: str) -> str:
+    """The sample with `number` (found exactly once) written as the JSON string `text`."""
+    assert sample.body.count(number) == 1
+    return sample.body.replace(number, json.dumps(text))
+
+
+def _poll(harness: Harness[Any], sample: Numbers, body: str) -> None:
+    """`body` read as the answer to a poll for the sample's symbol."""
+    assert harness.source.rest_request([sample.symbol]) is not None
+    harness.source.on_rest(body.encode(), sample.recv_ts)
+
+
+def test_every_lax_number_is_a_number_to_float() -> None:
+    """The texts refused below are ones Python's float() reads: each would have been a price."""
+    assert all(math.isfinite(float(text)) for text in LAX_NUMBERS)
+
+
+@pytest.mark.parametrize("case", _sampled(stream=True))
+def test_the_stream_number_sample_is_quoted_as_it_is(
+    case: ParseCase[Any], harness: Harness[Any]
+) -> None:
+    """The stream sample below gives a quote unchanged: a refusal of its edited copies is the
+    edited number's doing."""
+    assert case.stream_numbers is not None
+    if case.prime is not None:
+        case.prime(harness)
+    before = len(harness.quotes)
+    harness.source.on_message(case.stream_numbers.body, case.stream_numbers.recv_ts + 1)
+    assert len(harness.quotes) == before + 1
+    assert harness.stats.malformed == 0
+
+
+@pytest.mark.parametrize(("case", "number", "text"), _numbered(stream=True))
+def test_a_stream_number_float_would_read_is_dropped_as_bad_number(
+    case: ParseCase[Any], number: str, text: str, harness: Harness[Any]
+) -> None:
+    """A price (or size) written as text that float() reads but no venue sends ("1_000",
+    " 12.5 ", "١٢٣", "+5", ...) is a `bad_number` drop on the stream, never a quote, whichever
+    decoding path the frame takes."""
+    sample = case.stream_numbers
+    assert sample is not None
+    if case.prime is not None:
+        case.prime(harness)
+    before = list(harness.quotes)
+    harness.source.on_message(_with(sample, number, text), sample.recv_ts + 1)
+    assert harness.quotes == before
+    assert harness.stats.dropped == {"bad_number": 1} and harness.stats.malformed == 1
+
+
+@pytest.mark.parametrize("case", _sampled(stream=False))
+def test_the_rest_number_sample_is_quoted_as_it_is(
+    case: ParseCase[Any], harness: Harness[Any]
+) -> None:
+    """The REST sample below gives a quote unchanged."""
+    assert case.rest_numbers is not None
+    _poll(harness, case.rest_numbers, case.rest_numbers.body)
+    assert len(harness.quotes) == 1
+    assert harness.stats.malformed == 0
+
+
+@pytest.mark.parametrize(("case", "number", "text"), _numbered(stream=False))
+def test_a_rest_number_float_would_read_is_dropped_as_bad_number(
+    case: ParseCase[Any], number: str, text: str, harness: Harness[Any]
+) -> None:
+    """The same texts in a REST answer: a `bad_number` drop, never a quote."""
+    sample = case.rest_numbers
+    assert sample is not None
+    _poll(harness, sample, _with(sample, number, text))
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"bad_number": 1} and harness.stats.malformed == 1
+
+
+@pytest.mark.parametrize("case", _sampled(stream=False))
+def test_refused_numbers_are_logged_once_a_minute_with_their_text(
+    case: ParseCase[Any], harness: Harness[Any]
+) -> None:
+    """Each refused number is counted; the log names the first one's text at once, then holds
+    the rest back (at most a line a minute), so a venue printing every number wrongly is seen
+    without flooding the log."""
+    sample = case.rest_numbers
+    assert sample is not None
+    with capture_logs() as logs:
+        for text in LAX_NUMBERS:
+            _poll(harness, sample, _with(sample, sample.numbers[0], text))
+    assert harness.stats.dropped == {"bad_number": len(LAX_NUMBERS)}
+    lines = [e for e in logs if e["event"] == "number refused"]
+    assert [(e["text"], e["suppressed"]) for e in lines] == [(repr(LAX_NUMBERS[0]), 0)]
