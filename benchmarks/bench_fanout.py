@@ -13,7 +13,8 @@ and times `Hub.change` from no market to every market until the snapshot is buff
 
     python benchmarks/bench_fanout.py --markets 1000 --rounds 40 [--json out.json]
 
-See benchmarks/README.md ("Signed fan-out in slices") for what the figures mean.
+See benchmarks/README.md ("The signed fan-out in slices", "Filtered subscribers and snapshots
+in slices") for what the figures mean.
 """
 
 from __future__ import annotations
