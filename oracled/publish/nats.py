@@ -107,6 +107,7 @@ from oracled.lograte import LogEveryMinute
 from oracled.publish.encode import ReportEncoder
 from oracled.publish.nats_auth import load_nats_auth
 from oracled.publish.signer import RoundSigner, SignedRound
+from oracled.publish.signstall import SignedStall, StallNotice, stall_notice
 
 if TYPE_CHECKING:
     from oracled.core import RoundResult
@@ -199,23 +200,6 @@ class _UnsignedRound(msgspec.Struct):
     markets: list[str]
 
 
-class StallNotice(msgspec.Struct):
-    """`<prefix>.stalled`: the stream's `stalled` error frame (`type`, `code`, `message`), plus
-    the round that is no current price (`ts`, `round`) and the key that signed the rounds
-    (`signer`, `deployment`; null when signing is off), since a bus carries many daemons; and
-    that key's signature over `OracleStall(ts, round, message)` (`signature`, 0x and 130 hex;
-    null when the sink has no signer), last, so that a reader of the keys before it reads on."""
-
-    type: str
-    code: str
-    message: str
-    ts: int
-    round: int
-    signer: str | None
-    deployment: str | None
-    signature: str | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class _Notice:
     """A stall notice waiting in the sink's queue beside the rounds: of the round loop, or of
@@ -243,7 +227,8 @@ class NatsSink:
     ) -> None:
         self.cfg = cfg
         self._signer = signer  # signs the stall notices (the rounds come signed already)
-        self._stall_limit_ms = stall_limit_ms  # the API's: no signed round for longer, told
+        # No signed round for longer than the API's stall limit: told (oracled/publish/signstall.py)
+        self._signed_stall = SignedStall(stall_limit_ms)
         self._auth = load_nats_auth(cfg, env)  # ConfigError at start for an unusable secret
         self._restart_base_s = restart_base_s
         self._refusal_every_s = refusal_log_every_s
@@ -260,7 +245,6 @@ class NatsSink:
         self._queue: deque[SignedRound | RoundResult | _Notice] = deque()
         self._signed_by: tuple[str | None, str | None] = (None, None)  # signer, deployment
         self._stall: _Notice | None = None  # the notice of the stall going on, if one is
-        self._last_signed: tuple[int, int] | None = None  # (ts, round) of the newest submitted
         self._wakeup = asyncio.Event()
         self._nc: NatsClient | None = None
         self._subjects: dict[str, str] = {}
@@ -277,7 +261,7 @@ class NatsSink:
         """
         if isinstance(batch, SignedRound):
             self._signed_by = (batch.signer, batch.deployment)
-            self._last_signed = (batch.ts, batch.round)
+            self._signed_stall.signed(batch.ts, batch.round)
             if self._stall is not None and self._stall.unsigned:
                 self._log.info("nats signed rounds again", ts=batch.ts, round=batch.round)
         self._stall = None  # a round: the stall is over
@@ -299,22 +283,16 @@ class NatsSink:
         if self._stall is not None and self._stall.unsigned:
             return  # told already
         self._stall = None
-        last = self._last_signed
-        if last is None or result.ts - max(last[0], signing or 0) <= self._stall_limit_ms():
+        told = self._signed_stall.unsigned(result.ts, reason, signing)
+        if told is None:
             return  # none signed since the start (no round to name), or not for long yet
-        ts, round_no = last
-        message = (
-            f"no round signed since round {round_no} for {(result.ts - ts) / 1000:.1f} s (the "
-            f"round loop runs; the signer skips its rounds: {reason}), so its signed reports "
-            "are not current; signed reports follow with the next signed round"
-        )
-        self._stall = self._notice(message, ts, round_no, unsigned=True)
+        self._stall = self._notice(told.message, told.ts, told.round, unsigned=True)
         self._enqueue(self._stall)
         self._log.warning(
             "nats stall notice: no round signed",
             reason=reason,
-            ts=ts,
-            round=round_no,
+            ts=told.ts,
+            round=told.round,
             unsigned_ts=result.ts,
             unsigned_round=result.round,
         )
@@ -327,15 +305,8 @@ class NatsSink:
 
     def _notice(self, message: str, ts: int, round_no: int, *, unsigned: bool = False) -> _Notice:
         """A StallNotice of round (`ts`, `round_no`), signed with signing on."""
-        signer, deployment = self._signed_by
-        signature = None
-        if self._signer is not None:
-            signer, deployment = self._signer.address, self._signer.deployment
-            signature = "0x" + self._signer.sign_stall(ts, round_no, message).hex()
-        notice = StallNotice(
-            "error", "stalled", message, ts, round_no, signer, deployment, signature
-        )
-        return _Notice(_ENCODER.encode(notice), unsigned)
+        payload = stall_notice(message, ts, round_no, self._signer, self._signed_by)
+        return _Notice(payload, unsigned)
 
     def _tell_stall_again(self) -> None:
         """Connected again: the stall still going on is told again (its notice may have been
