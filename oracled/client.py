@@ -87,6 +87,7 @@ import structlog
 from eth_utils.address import to_checksum_address
 
 from oracled.client_stream import STALLED, Request, Subscriptions
+from oracled.eth import keccak
 from oracled.publish.signer import (
     SignatureError,
     SignedPrice,
@@ -188,8 +189,61 @@ class _AckFrame(msgspec.Struct):
     markets: list[str] = msgspec.field(default_factory=list)
 
 
+class _SignedFrame(msgspec.Struct):
+    """A `signed` stream frame decoded in one pass (`_Frame`'s fields, `data` typed): the usual
+    message; anything it does not decode goes the two-step way, which says what is wrong."""
+
+    type: str | None = None
+    data: SignedPrice | None = None
+    signature: str | None = None
+    market: str | None = None
+
+
 _FRAME = msgspec.json.Decoder(_Frame)
 _SIGNED = msgspec.json.Decoder(SignedPrice)
+_SIGNED_FRAME = msgspec.json.Decoder(_SignedFrame)
+_MEMO_MAX = 16_384  # entries per `_Memo` table: a few rounds of every signer at 1,000 markets
+
+
+class _Memo:
+    """What verifying the markets of a round repeats, kept across messages by `OracleClient`.
+
+    Each table caches a pure function of its key, so a hit is what computing gives: Merkle
+    nodes (keccak of a pair; a round's proofs share their upper levels, two sibling leaves
+    their first pair), round digests (one per signed round, the same for its every market) and
+    the keccak of market names. Each is emptied when full, so a flood of made-up rounds costs
+    memory no more than a few real ones.
+    """
+
+    __slots__ = ("digests", "markets", "nodes")
+
+    def __init__(self) -> None:
+        self.nodes: dict[bytes, bytes] = {}
+        self.digests: dict[tuple[int, int, int, bytes, str], bytes] = {}
+        self.markets: dict[str, bytes] = {}
+
+    def market_hash(self, market: str) -> bytes:
+        found = self.markets.get(market)
+        if found is None:
+            if len(self.markets) >= _MEMO_MAX:
+                self.markets.clear()
+            found = self.markets[market] = keccak(market.encode())
+        return found
+
+    def digest(self, ts: int, round_no: int, count: int, root: bytes, deployment: str) -> bytes:
+        key = (ts, round_no, count, root, deployment)
+        found = self.digests.get(key)
+        if found is None:
+            if len(self.digests) >= _MEMO_MAX:
+                self.digests.clear()
+            found = self.digests[key] = round_digest(ts, round_no, count, root, deployment)
+        return found
+
+    def tree(self) -> dict[bytes, bytes]:
+        """The Merkle node table, emptied first when full (a proof adds a few dozen at most)."""
+        if len(self.nodes) >= _MEMO_MAX:
+            self.nodes.clear()
+        return self.nodes
 
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
@@ -197,6 +251,16 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 def _hex(text: str, size: int | None, what: str) -> bytes:
     """`0x` and hex digits, nothing else (bytes.fromhex alone would skip spaces)."""
+    if size is not None and len(text) == 2 + 2 * size and text.startswith("0x"):
+        # The usual case at a third of the cost: `size` bytes out of 2 x `size` characters
+        # means fromhex skipped none, so every one was a hex digit.
+        try:
+            raw = bytes.fromhex(text[2:])
+        except ValueError:
+            pass
+        else:
+            if len(raw) == size:
+                return raw
     body = text[2:]
     if not text.startswith("0x") or not _HEX_DIGITS.issuperset(body):
         raise Rejection("malformed", f"{what} is not 0x and hex digits")
@@ -211,6 +275,13 @@ def _hex(text: str, size: int | None, what: str) -> bytes:
 
 def _decode(data: bytes | str) -> SignedPrice:
     """The SignedPrice in a stream frame or NATS payload; Rejection for anything else."""
+    try:
+        quick = _SIGNED_FRAME.decode(data)
+    except msgspec.DecodeError:
+        pass  # read again below, for the reason
+    else:
+        if quick.type == "signed" and quick.data is not None:
+            return quick.data
     try:
         frame = _FRAME.decode(data)
     except msgspec.DecodeError as exc:
@@ -252,6 +323,7 @@ def verify_signed(
     *,
     deployment: str,
     recovered: dict[tuple[bytes, bytes], str] | None = None,
+    memo: _Memo | None = None,
 ) -> tuple[SignedPrice, str]:
     """Check one signed price against its round signature and the allowed signers.
 
@@ -263,6 +335,7 @@ def verify_signed(
     business.
     `recovered` caches (digest, signature) -> signer: every market of a round shares one
     signature, so a client that keeps it recovers one public key per round, not per market.
+    `memo` (`OracleClient`'s) caches the hashing a round's markets share.
     """
     if not deployment:
         raise ValueError("deployment: name the deployment whose signatures to accept")
@@ -278,7 +351,7 @@ def verify_signed(
         )
     try:
         leaf = sp.leaf()
-        hashed = leaf_hash(leaf)
+        hashed = leaf_hash(leaf, None if memo is None else memo.market_hash(sp.market))
     except ValueError as exc:
         raise Rejection("malformed", str(exc)) from None
     proof = [_hex(h, 32, "proof") for h in sp.proof]
@@ -287,12 +360,16 @@ def verify_signed(
     if not 0 < sp.count < 1 << 32 or not 0 <= sp.round < 1 << 64:
         raise Rejection("malformed", "count or round out of range")
     try:
-        root = root_from_proof(hashed, sp.index, sp.count, proof)
+        nodes = None if memo is None else memo.tree()
+        root = root_from_proof(hashed, sp.index, sp.count, proof, nodes)
     except SignatureError as exc:
         raise Rejection(exc.reason, str(exc)) from None
     if root != claimed_root:
         raise Rejection("forged", "the leaf and proof do not lead to the signed root")
-    digest = round_digest(sp.ts, sp.round, sp.count, root, deployment)
+    if memo is None:
+        digest = round_digest(sp.ts, sp.round, sp.count, root, deployment)
+    else:
+        digest = memo.digest(sp.ts, sp.round, sp.count, root, deployment)
     signer = recovered.get((digest, signature)) if recovered is not None else None
     if signer is None:
         try:
@@ -464,6 +541,7 @@ class OracleClient:
         self._latest: dict[str, dict[str, SignerReport]] = {}
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._recovered: dict[tuple[bytes, bytes], str] = {}
+        self._memo = _Memo()
         # Per signer, round time -> the first report accepted at it (whose round every other
         # report of that time must share), or None once the signer equivocated at that time.
         self._rounds: dict[str, dict[int, SignedPrice | None]] = {}
@@ -510,7 +588,11 @@ class OracleClient:
         """`feed`, with the signer (EIP-55) of what it verified (a duplicate's too)."""
         try:
             sp, signer = verify_signed(
-                data, self.allowed, deployment=self.deployment, recovered=self._recovered
+                data,
+                self.allowed,
+                deployment=self.deployment,
+                recovered=self._recovered,
+                memo=self._memo,
             )
             self._check_conflict(sp, signer)
             seen = self._seen.get((signer, sp.market))

@@ -224,11 +224,20 @@ def merkle_proof(levels: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
     return proof
 
 
-def root_from_proof(leaf: bytes, index: int, count: int, proof: Sequence[bytes]) -> bytes:
+def root_from_proof(
+    leaf: bytes,
+    index: int,
+    count: int,
+    proof: Sequence[bytes],
+    nodes: dict[bytes, bytes] | None = None,
+) -> bytes:
     """Fold a proof into the root it implies; SignatureError if it has the wrong length.
 
     The shape of the tree follows from `count` alone, so a proof with a hash too many or too few
-    (a truncated one) is refused before any hashing.
+    (a truncated one) is refused before any hashing. `nodes` memoizes keccak(left ‖ right) ->
+    node across calls: the proofs of one round's markets share their upper levels (and two
+    sibling leaves their first pair), so a consumer verifying every market of a round hashes
+    about one node per market instead of one per level. The caller bounds it.
     """
     if not 0 <= index < count:
         raise SignatureError("bad_proof", f"index {index} outside a round of {count}")
@@ -240,7 +249,14 @@ def root_from_proof(leaf: bytes, index: int, count: int, proof: Sequence[bytes])
                 raise SignatureError("truncated", "the proof is shorter than the tree")
             other = proof[used]
             used += 1
-            node = keccak(node + other) if index % 2 == 0 else keccak(other + node)
+            pair = node + other if index % 2 == 0 else other + node
+            if nodes is None:
+                node = keccak(pair)
+            else:
+                parent = nodes.get(pair)
+                if parent is None:
+                    parent = nodes[pair] = keccak(pair)
+                node = parent
         index >>= 1
         width = (width + 1) // 2
     if used != len(proof):

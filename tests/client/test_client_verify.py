@@ -12,6 +12,7 @@ import pytest
 from publish_rig import INTERVAL, SOURCES, Rounds, make_config
 from structlog.testing import capture_logs
 
+import oracled.client as client_module
 from oracled.client import REASONS, OracleClient, Rejection, verify, verify_signed
 from oracled.model import Quote
 from oracled.publish.signer import RoundSigner, SignedRound, SigningKey
@@ -90,37 +91,37 @@ def test_a_bare_payload_as_on_nats_is_accepted() -> None:
     assert client.price("SOL/USD").price == Decimal("150.125")
 
 
-@pytest.mark.parametrize(
-    ("changes", "expected"),
-    [
-        ({"price": "9999999"}, "forged"),  # the price changed after signing
-        ({"status": "paused"}, "forged"),
-        ({"market": "ETH/USD"}, "forged"),  # BTC's proof passed off as ETH's
-        ({"ts": 1}, "forged"),  # another round time: another digest, another recovered key
-        ({"round": 999}, "forged"),
-        ({"expo": -3}, "forged"),
-        ({"root": "0x" + "00" * 32}, "forged"),
-        ({"signer": KEYS[1].address}, "forged"),  # claims to be another allowed signer
-        ({"index": 1}, "forged"),
-        ({"index": 7}, "bad_proof"),
-        ({"count": 2}, "bad_proof"),  # a tree of 2 takes one hash less than this proof has
-        ({"status": "sideways"}, "malformed"),
-        ({"price": "12.5"}, "malformed"),
-        ({"signature": "0x1234"}, "truncated"),
-        ({"signature": "0x" + "ab" * 64 + "05"}, "bad_signature"),
-        # r = 0 passes the v and low-s checks, but no public key has such a signature
-        ({"signature": "0x" + "00" * 32 + "00" * 31 + "01" + "1b"}, "bad_signature"),
-        ({"proof": ["0x" + "zz" * 32]}, "malformed"),  # not hex
-        ({"root": "0x" + "00" * 33}, "malformed"),  # too long is malformed, not truncated
-        ({"count": 0}, "malformed"),  # no round has zero markets
-        ({"count": 1 << 32}, "malformed"),  # wider than the signed uint32
-        ({"round": -1}, "malformed"),  # outside the signed uint64
-        ({"ts": -1}, "malformed"),  # a leaf field outside its uint64
-        ({"expo": 128}, "malformed"),  # outside int8
-        ({"price": str(1 << 255)}, "malformed"),  # wider than int256
-        ({"confidence": "-1"}, "malformed"),  # a uint256 is never negative
-    ],
-)
+TAMPERED = [
+    ({"price": "9999999"}, "forged"),  # the price changed after signing
+    ({"status": "paused"}, "forged"),
+    ({"market": "ETH/USD"}, "forged"),  # BTC's proof passed off as ETH's
+    ({"ts": 1}, "forged"),  # another round time: another digest, another recovered key
+    ({"round": 999}, "forged"),
+    ({"expo": -3}, "forged"),
+    ({"root": "0x" + "00" * 32}, "forged"),
+    ({"signer": KEYS[1].address}, "forged"),  # claims to be another allowed signer
+    ({"index": 1}, "forged"),
+    ({"index": 7}, "bad_proof"),
+    ({"count": 2}, "bad_proof"),  # a tree of 2 takes one hash less than this proof has
+    ({"status": "sideways"}, "malformed"),
+    ({"price": "12.5"}, "malformed"),
+    ({"signature": "0x1234"}, "truncated"),
+    ({"signature": "0x" + "ab" * 64 + "05"}, "bad_signature"),
+    # r = 0 passes the v and low-s checks, but no public key has such a signature
+    ({"signature": "0x" + "00" * 32 + "00" * 31 + "01" + "1b"}, "bad_signature"),
+    ({"proof": ["0x" + "zz" * 32]}, "malformed"),  # not hex
+    ({"root": "0x" + "00" * 33}, "malformed"),  # too long is malformed, not truncated
+    ({"count": 0}, "malformed"),  # no round has zero markets
+    ({"count": 1 << 32}, "malformed"),  # wider than the signed uint32
+    ({"round": -1}, "malformed"),  # outside the signed uint64
+    ({"ts": -1}, "malformed"),  # a leaf field outside its uint64
+    ({"expo": 128}, "malformed"),  # outside int8
+    ({"price": str(1 << 255)}, "malformed"),  # wider than int256
+    ({"confidence": "-1"}, "malformed"),  # a uint256 is never negative
+]
+
+
+@pytest.mark.parametrize(("changes", "expected"), TAMPERED)
 def test_tampered_fields_are_refused_with_their_reason(
     changes: dict[str, object], expected: str
 ) -> None:
@@ -130,6 +131,43 @@ def test_tampered_fields_are_refused_with_their_reason(
     assert reason(client, edit(signed, 0, **changes)) == expected
     assert client.rejected[expected] == 1
     assert client.price("BTC/USD").status == "unknown"  # nothing refused ever moved a price
+
+
+@pytest.mark.parametrize(("changes", "expected"), TAMPERED)
+def test_tampered_fields_are_refused_after_the_whole_round_verified(
+    changes: dict[str, object], expected: str
+) -> None:
+    """The client keeps the hashing a round's markets share (Merkle nodes, the round digest,
+    market name hashes) once it verified them: a tampered message of that round is refused
+    with the same reason as by a client that never saw the round."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, _ = client_at(signed)
+    for i in range(1, signed.count):
+        client.feed(frame(signed, i))
+    held = client.price("BTC/USD")
+    assert reason(client, edit(signed, 0, **changes)) == expected
+    assert client.rejected[expected] == 1
+    assert client.price("BTC/USD") == held  # nothing refused moved a price
+    client.feed(frame(signed, 0))  # the message as signed still verifies
+    assert client.price("BTC/USD").status == "active"
+
+
+def test_a_proof_changed_above_a_known_node_is_forged() -> None:
+    """A proof whose lower hashes lead to a node the client has computed before, with any
+    hash above it changed, leads to another root: `forged`, however much of the tree the
+    client already knows."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, _ = client_at(signed)
+    for i in range(1, signed.count):
+        client.feed(frame(signed, i))
+    proof = msgspec.json.decode(signed.envelope(0))["proof"]
+    assert len(proof) >= 2
+    for level in range(1, len(proof)):
+        changed = [*proof]
+        changed[level] = "0x" + bytes(32).hex()
+        assert reason(client, edit(signed, 0, proof=changed)) == "forged"
+    client.feed(frame(signed, 0))
+    assert client.accepted == signed.count
 
 
 ARABIC_INDIC = str.maketrans("0123456789", "".join(chr(0x660 + d) for d in range(10)))
@@ -215,6 +253,24 @@ def test_the_cache_of_recovered_signers_stays_bounded() -> None:
     # the same round: a cache hit
     verify_signed(signed.envelope(1), ALLOWED, deployment="test", recovered=recovered)
     assert len(recovered) == 1
+
+
+def test_the_tables_of_shared_hashing_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each table of what a round's markets share (Merkle nodes, round digests, market name
+    hashes) is emptied when full rather than growing with every round; rounds verified across
+    the emptying are accepted as before."""
+    monkeypatch.setattr(client_module, "_MEMO_MAX", 8)
+    rounds = signed_rounds(KEYS[0], 4)
+    client, clock = client_at(rounds[0])
+    memo = client._memo
+    for signed in rounds:
+        clock.now = signed.ts + 10
+        for i in range(signed.count):
+            client.feed(frame(signed, i))
+            assert len(memo.nodes) <= 8 + 2 * signed.count.bit_length()  # a proof's few
+            assert len(memo.digests) <= 8 and len(memo.markets) <= 8
+    assert client.accepted == sum(s.count for s in rounds)
+    assert memo.digests and memo.nodes
 
 
 def test_a_valid_signature_by_a_key_not_allowed_is_refused() -> None:
