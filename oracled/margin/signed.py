@@ -235,7 +235,8 @@ class SignedMarginService(MarginService):
         if self._subs_of(url).reported(sp.market):
             self._available((sp.market,))
         identity = self.client.identity_of[signer]
-        self._reads.verified(sp.market, identity, sp.ts, self._settled.get(identity))
+        live = sp.status in _LIVE
+        self._reads.verified(sp.market, identity, sp.ts, self._settled.get(identity), live=live)
         self._arrived(url, signer, sp.market, sp.ts)
         return ()
 
@@ -282,19 +283,34 @@ class SignedMarginService(MarginService):
         market a daemon's round still coming in has reached is made of each identity's complete
         rounds only (`_settled`): no market is priced from a round whose other markets are still
         to come. A view without a price is taken at once: it mixes no rounds. Only the markets
-        whose view can have changed are read (`_to_read`)."""
+        whose view can have changed are read (`_to_read`), and the plain view of one a round is
+        coming in for only when it is not known to be live (`_known_live`)."""
         now = self.clock()
         arriving = self._arriving()
         for market in self._to_read(now, arriving):
-            quorum = self.client.price(market)
-            oldest = min((r.ts for r in quorum.reports), default=None)
-            if quorum.status in _LIVE and market in arriving:
+            upto = market in arriving
+            known = self._known_live(market) if upto else None
+            plain: MarketView | None = None
+            if known is None:
+                plain = self.client.price(market)
+                oldest = min((r.ts for r in plain.reports), default=None)
+            else:
+                oldest = known  # live at least until the report of that time ages out
+            live = plain is None or plain.status in _LIVE
+            if plain is None or (upto and live):
                 # Taken while the plain view is live: its reports' ages count too.
                 quorum = self.client.price(market, upto=self._settled)
                 ages = [r.ts for r in quorum.reports]
                 oldest = min(ages if oldest is None else [*ages, oldest], default=None)
-            self._reads.read(market, oldest)
+            else:
+                quorum = plain
+            self._reads.read(market, oldest, live)
             self._take(market, quorum, now)
+
+    def _known_live(self, market: str) -> int | None:
+        """When `market`'s plain view is known to be live (`oracled.margin.reads`), so that it
+        need not be read, the oldest round time its last read counted; else None."""
+        return self._reads.known_live(market)
 
     def _to_read(self, now: int, arriving: set[str]) -> Iterable[str]:
         """The markets whose quorum view can have changed since the last refresh, in the

@@ -86,12 +86,16 @@ class Counting(SignedMarginService):
 
 
 class EveryMarket(Counting):
-    """Signed mode as it was: every market read at every refresh."""
+    """Signed mode as it was: every market read at every refresh, and the plain view of a
+    market read up to the cuts read before it, live or not."""
 
     def _to_read(self, now: int, arriving: set[str]) -> Iterable[str]:
         super()._to_read(now, arriving)
         self.reads += len(self.engine.markets)
         return self.engine.markets
+
+    def _known_live(self, market: str) -> int | None:
+        return None
 
 
 def frames(
@@ -289,3 +293,111 @@ def test_a_tick_with_nothing_aged_out_reads_no_market() -> None:
     assert [e["market"] for e in logs if e["event"] == "no_quorum"] == list(MARKETS)
     views: Mapping[str, MarketView] = {m: service.client.price(m) for m in MARKETS}
     assert {v.status for v in views.values()} == {"unknown"}
+
+
+class Pair:
+    """The service and the one that reads every market, fed the same events; the engines'
+    views, decisions and freezes compared after each. `calls`: `OracleClient.price` calls of
+    the service (the real client's, counted on the way)."""
+
+    def __init__(self) -> None:
+        self.now = T0
+        self.services: list[SignedMarginService] = []
+        for kind in (Counting, EveryMarket):
+            engine = Recording()
+            assert engine.spec.signed is not None
+            self.services.append(
+                kind(engine, URLS, io.BytesIO(), engine.spec.signed, clock=lambda: self.now)
+            )
+        self.calls = 0
+        client = self.services[0].client
+        price = client.price
+
+        def counted(market: str, *, upto: Mapping[str, int] | None = None) -> MarketView:
+            self.calls += 1
+            return price(market, upto=upto)
+
+        client.price = counted  # type: ignore[method-assign]
+
+    def _compare(self) -> None:
+        fast, full = self.services
+        assert isinstance(fast.engine, Recording) and isinstance(full.engine, Recording)
+        assert fast.engine.given == full.engine.given
+        assert fast.out.getvalue() == full.out.getvalue()  # type: ignore[attr-defined]
+        assert fast._unverified == full._unverified
+
+    def frame(self, text: str, d: int) -> int:
+        """Hand a daemon's frame to both; the views read for it."""
+        before = self.calls
+        for service in self.services:
+            service._frame(text, URLS[d])
+        self._compare()
+        return self.calls - before
+
+    def tick(self) -> int:
+        before = self.calls
+        for service in self.services:
+            service._decide()
+        self._compare()
+        return self.calls - before
+
+
+def test_a_round_completed_reads_each_market_once_and_a_tick_only_what_changed() -> None:
+    """Three daemons' rounds interleaved market by market, a tick after each first frame of a
+    market: each daemon's completed round reads each market's quorum view once (the markets
+    the others' rounds are coming in for were read twice, their plain view first, though
+    it stayed live), and a tick reads only the market that joined the rounds coming in, not
+    those whose only new frames are live ones beyond their daemons' last complete round
+    (their view up to those rounds is the same). The engine gets what reading every market
+    twice at every refresh gave it."""
+    pair = Pair()
+    signers = [RoundSigner(KEYS[d], "test") for d in range(3)]
+    statuses = dict.fromkeys(MARKETS, Status.ACTIVE)
+    completed: list[int] = []
+    ticked: list[int] = []
+    for number in range(1, 6):
+        ts = T0 + number * ROUND_MS
+        pair.now = ts
+        scale = (1.0, 1.01, 0.99)
+        rounds = [
+            frames(s, ts, number, statuses, scale[(number + d) % 3]) for d, s in enumerate(signers)
+        ]
+        for i, market in enumerate(MARKETS):
+            for d in range(3):
+                reads = pair.frame(rounds[d][market], d)
+                if i < len(MARKETS) - 1:
+                    assert reads == 0
+                elif number >= 3:
+                    completed.append(reads)  # the daemon's round is complete: a refresh
+                if d == 0 and number >= 3:
+                    ticked.append(pair.tick())
+    # Before: 7, 7 and 4 views a round completed (the three markets of the rounds coming in
+    # read twice), and 2, 4, 4 and 0 a tick.
+    assert completed == [len(MARKETS)] * 9
+    assert ticked == [1, 1, 1, 0] * 3  # the last market's tick follows its round's refresh
+    fast = pair.services[0]
+    assert {v.status for v in fast.engine.book.latest.values()} == {"active"}
+
+
+def test_a_late_frame_of_a_round_its_daemon_moved_past_is_read() -> None:
+    """A daemon's frame of a round time between its last complete round and the one now
+    coming in (it never came in: the daemon began a later one) is verified and held, but
+    belongs to no round coming in: the market's plain view is the one taken, and it changed,
+    so it is read at the next refresh though the frame is live and beyond the daemon's cut."""
+    pair = Pair()
+    signers = [RoundSigner(KEYS[d], "test") for d in range(3)]
+    statuses = dict.fromkeys(MARKETS, Status.ACTIVE)
+    for d, signer in enumerate(signers):  # round 1 of each, complete
+        for text in frames(signer, T0, 1, statuses, 1.0).values():
+            pair.frame(text, d)
+    late = frames(signers[0], T0 + ROUND_MS, 2, statuses, 1.01)  # never sent in its time
+    pair.now = T0 + 2 * ROUND_MS
+    pair.frame(frames(signers[0], pair.now, 3, statuses, 1.02)["ETH/USD"], 0)  # round 3 begins
+    pair.tick()
+    given = len(pair.services[0].engine.given)  # type: ignore[attr-defined]
+    assert pair.frame(late["BTC/USD"], 0) == 0
+    assert pair.tick() == 1  # BTC/USD's plain view, now with daemon-a's round 2
+    fast = pair.services[0]
+    assert len(fast.engine.given) == given + 1  # type: ignore[attr-defined]
+    assert fast.engine.given[-1].market == "BTC/USD"  # type: ignore[attr-defined]
+    assert {s.round for s in fast.engine.given[-1].signers} == {1, 2}  # type: ignore[attr-defined]
