@@ -13,7 +13,8 @@ Orders of the frames:
 
 Per order it reports, per daemon round completed: the CPU of the engine's refresh (the quorum
 views read and handed to the engine), the quorum views read (`OracleClient.price` calls), and
-the CPU of the whole round's frames (verification, refresh, the engine's step); and per tick
+the CPU of the whole round's frames (verification, refresh, the engine's step); the CPU of
+`OracleClient.feed` a frame (verification, the median over the rounds); and per tick
 (no new frame, the service's steady `_decide`): the CPU and views read when nothing aged out
 (the usual tick: rounds come every 250 ms, reports count for 5 s), and when every report held
 has aged out (after a round of every daemon, five times: every market lapses and freezes).
@@ -44,7 +45,7 @@ from oracled.client import MarketView
 from oracled.margin import MarginEngine, parse_accounts
 from oracled.margin.signed import SignedMarginService
 from oracled.model import Status
-from oracled.publish.signer import MARK_MODE_CODES, Leaf, RoundSigner, SigningKey
+from oracled.publish.signer import MARK_MODE_CODES, Leaf, RoundSigner, SignedPrice, SigningKey
 
 T0 = 1_700_000_000_000
 ROUND_MS = 250
@@ -100,14 +101,18 @@ def signed_frames(signer: RoundSigner, ts: int, number: int, markets: list[str])
 
 
 class Counted:
-    """Wraps the service's refresh and its client's `price` to count CPU and views read."""
+    """Wraps the service's refresh and its client's `price` and `feed` to count CPU and views
+    read."""
 
     def __init__(self, service: SignedMarginService) -> None:
         self.refresh_ns = 0
         self.refreshes = 0
         self.reads = 0
+        self.feed_ns = 0
+        self.fed = 0
         client = service.client
         price: Callable[..., MarketView] = client.price
+        feed: Callable[[bytes | str], SignedPrice] = client.feed
         refresh = service._refresh
 
         def counted_price(market: str, *, upto: Mapping[str, int] | None = None) -> MarketView:
@@ -120,11 +125,20 @@ class Counted:
             self.refresh_ns += time.process_time_ns() - start
             self.refreshes += 1
 
+        def counted_feed(data: bytes | str) -> SignedPrice:
+            start = time.process_time_ns()
+            try:
+                return feed(data)
+            finally:
+                self.feed_ns += time.process_time_ns() - start
+                self.fed += 1
+
         client.price = counted_price  # type: ignore[method-assign]
+        client.feed = counted_feed  # type: ignore[method-assign]
         service._refresh = counted_refresh  # type: ignore[method-assign]
 
     def reset(self) -> None:
-        self.refresh_ns = self.refreshes = self.reads = 0
+        self.refresh_ns = self.refreshes = self.reads = self.feed_ns = self.fed = 0
 
 
 def run_case(n: int, k: int, rounds: int, order: str, accounts: int) -> dict[str, Any]:
@@ -159,6 +173,7 @@ def run_case(n: int, k: int, rounds: int, order: str, accounts: int) -> dict[str
     per_round: list[float] = []
     refresh_per: list[float] = []
     reads_per: list[float] = []
+    feed_per: list[float] = []
     for r in range(1, rounds + 1):
         clock[0] = T0 + r * ROUND_MS
         counted.reset()
@@ -169,6 +184,7 @@ def run_case(n: int, k: int, rounds: int, order: str, accounts: int) -> dict[str
             per_round.append(spent / counted.refreshes)
             refresh_per.append(counted.refresh_ns / counted.refreshes)
             reads_per.append(counted.reads / counted.refreshes)
+            feed_per.append(counted.feed_ns / counted.fed)
     live = sum(1 for m in markets if engine.book.latest.get(m) is not None)
     ticks: list[float] = []
     tick_reads: list[int] = []
@@ -200,6 +216,7 @@ def run_case(n: int, k: int, rounds: int, order: str, accounts: int) -> dict[str
         "round_completed_refresh_ms": statistics.median(refresh_per) / 1e6,
         "round_completed_reads": statistics.median(reads_per),
         "round_completed_total_ms": statistics.median(per_round) / 1e6,
+        "feed_us": statistics.median(feed_per) / 1e3,
         "tick_ms": statistics.median(ticks) / 1e6,
         "tick_reads": statistics.median(tick_reads),
         "aged_tick_ms": statistics.median(aged) / 1e6,
@@ -210,13 +227,14 @@ def run_case(n: int, k: int, rounds: int, order: str, accounts: int) -> dict[str
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'markets':>7} {'K':>2} {'order':>11} | {'refresh/round':>13} {'reads':>6} "
-        f"{'all/round':>9} | {'tick':>8} {'reads':>5} | {'aged tick':>9} {'reads':>5}"
+        f"{'all/round':>9} {'feed':>8} | {'tick':>8} {'reads':>5} | {'aged tick':>9} {'reads':>5}"
     )
     lines = [head, "-" * len(head)]
     lines.extend(
         f"{r['markets']:>7} {r['daemons']:>2} {r['order']:>11} | "
         f"{r['round_completed_refresh_ms']:>10.2f} ms {r['round_completed_reads']:>6.0f} "
-        f"{r['round_completed_total_ms']:>6.1f} ms | {r['tick_ms']:>5.2f} ms "
+        f"{r['round_completed_total_ms']:>6.1f} ms {r['feed_us']:>5.1f} µs | "
+        f"{r['tick_ms']:>5.2f} ms "
         f"{r['tick_reads']:>5.0f} | {r['aged_tick_ms']:>6.2f} ms {r['aged_tick_reads']:>5.0f}"
         for r in rows
     )
