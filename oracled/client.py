@@ -58,7 +58,9 @@ latest round is no current price, however young. `watch_ws` then takes every rep
 that daemon (its identity: the signer last heard on that connection) as not current until a
 report of a newer round arrives from it; views leave them out and name the `Stall` in
 `MarketView.stalled`, so a `max_age_ms` longer than the daemon's stall limit does not keep a
-stalled round's price as current. `watch_nats` does the same with the notice a daemon
+stalled round's price as current. A daemon whose rounds run but go unsigned for longer than that
+limit sends its signed subscribers the same frame (signed, naming its last signed round), taken
+the same way. `watch_nats` does the same with the notice a daemon
 publishes on `<prefix>.stalled`, which names its signer and is signed by it (`OracleStall`):
 anyone who can publish on the bus could otherwise send one after every round and hide the
 daemon. A notice is taken only with a signature by the signer it names, in the client's

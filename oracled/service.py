@@ -57,6 +57,7 @@ from oracled.publish.chain_push import ChainPusher, PushError, PushStats, load_p
 from oracled.publish.hub import Hub
 from oracled.publish.sign_lease import open_sign_lease, require_sign_lease
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, load_signing_key
+from oracled.publish.signstall import SignedStall, stall_notice
 from oracled.reload import config_changes, running_config, source_pairs
 from oracled.runloop import CLOSE_S, MIN_WAIT_S, run_to_end
 from oracled.sources import Source, build_source
@@ -478,6 +479,8 @@ class Service:
         self._push_key = load_push_key(cfg.push) if cfg.push.enabled else None
         self.push_stats = PushStats() if cfg.push.enabled else None
         self.pusher: ChainPusher | None = None  # made in run(): it needs the HTTP session
+        # No round signed past the stall limit: the signed streams are told (NATS keeps its own).
+        self._signed_stall = SignedStall(self._stall_limit_ms)
         self._signer_worker = (
             SignerWorker(
                 self.signer,
@@ -942,6 +945,9 @@ class Service:
             self.nats.submit(result)
 
     def _on_signed(self, signed: SignedRound) -> None:
+        if self.hub.signed_stall is not None:  # ended by this round (publish_signed)
+            self.log.info("streams signed rounds again", ts=signed.ts, round=signed.round)
+        self._signed_stall.signed(signed.ts, signed.round)
         self.hub.publish_signed(signed)
         if self.nats is not None:
             self.nats.submit(signed)
@@ -949,8 +955,9 @@ class Service:
             self.audit.submit_signed(signed)
 
     def _stall_limit_ms(self) -> float:
-        """The API's stall limit (`ApiContext.stalled`), for the NATS sink's notice of rounds
-        that go unsigned: one limit for both ways a signed price stops coming."""
+        """The API's stall limit (`ApiContext.stalled`), for the notice of rounds that go
+        unsigned (NATS, the signed streams): one limit for both ways a signed price stops
+        coming."""
         interval_s = self.core.config.oracle.round_interval_ms / 1000.0
         return 1000.0 * max(READY_ROUNDS * interval_s, self.ready_min_s)
 
@@ -958,10 +965,25 @@ class Service:
         """A round the signer left unsigned (`reason`, as counted): NATS sends nothing of it but
         counts it, learns that the round loop runs (a stall notice it holds is over), and tells
         the bus once no round has been signed for the stall limit (the one being signed, if
-        any, counts as signed)."""
+        any, counts as signed); the streams' signed subscribers are told then too, with the
+        same signed notice as their `stalled` frame (docs/contracts.md), once per stall."""
+        assert self._signer_worker is not None and self.signer is not None  # its callback
+        signing = self._signer_worker.signing
         if self.nats is not None:
-            assert self._signer_worker is not None  # its callback
-            self.nats.unsigned(result, reason, self._signer_worker.signing)
+            self.nats.unsigned(result, reason, signing)
+        if self.hub.signed_stall is not None:
+            return  # told already, until the next signed round
+        told = self._signed_stall.unsigned(result.ts, reason, signing)
+        if told is not None:
+            self.hub.signed_stalled(stall_notice(told.message, told.ts, told.round, self.signer))
+            self.log.warning(
+                "streams stall notice: no round signed",
+                reason=reason,
+                ts=told.ts,
+                round=told.round,
+                unsigned_ts=result.ts,
+                unsigned_round=result.round,
+            )
 
     def _log_transitions(
         self, result: RoundResult, log: structlog.typing.FilteringBoundLogger

@@ -5,7 +5,9 @@ optional `signed=true`, `deviation=0.001` and `heartbeat_ms=5000` with the same 
 WebSocket stream. Each event is `data: <frame>` where the frame is exactly the WebSocket stream's
 JSON (`{"type": "report", ...}` or `{"type": "signed", ...}`), the hub's shared bytes; opened
 while the round loop is stalled, it starts with the `stalled` error frame instead of the latest
-round's snapshot, as a plain event (the stream goes on with the next round). A comment
+round's snapshot, as a plain event (the stream goes on with the next round); a `signed=true`
+stream opened while no round is signed past the limit starts with the signed `stalled` frame
+(`Hub.signed_stalled`). A comment
 line every 15 s keeps proxies from timing the connection out. A client that falls behind by more
 than its queue gets a final `event: error` naming the reason and the stream ends; its memory is
 freed at once, as on the WebSocket stream, and a client that reads nothing for

@@ -10,7 +10,9 @@ looks at the round's age every `period_s` (a tenth of the limit, a second at mos
 a request that meets the stall. Whichever comes first tells them all; a request that comes after
 gets the frame for itself alone. The same moment, once per stalled round, is handed to
 `ApiContext.on_stalled`, so that the NATS sink tells the bus's subscribers too (silence there
-looks like a quiet market as well): one detector for every way out.
+looks like a quiet market as well): one detector for every way out. (Rounds that run but go
+unsigned freeze the signed streams alone; that is told to them by the daemon as it is to NATS,
+oracled/publish/signstall.py and `Hub.signed_stalled`, not here.)
 """
 
 from __future__ import annotations

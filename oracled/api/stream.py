@@ -17,7 +17,10 @@ Server -> client:
     {"type": "error", "code": "...", "message": "..."}  (the connection stays open)
         (code `stalled`, answering no request: the round loop is stalled and its latest
         round is no current price, as the price endpoints' 503 `stalled` says; in place of a
-        snapshot, and once per stalled round to every subscriber: oracled/api/stallwatch.py)
+        snapshot, and once per stalled round to every subscriber: oracled/api/stallwatch.py;
+        with signing on, also to `signed` subscribers once no round has been signed for longer
+        than the limit, signed and naming the last signed round, and in place of a signed
+        snapshot until the next one: Hub.signed_stalled)
 
 A stream the server ends is closed with a reason that starts with the code the event stream's
 final error event carries (`slow_consumer: ...`, `shutdown: ...`); docs/contracts.md has the

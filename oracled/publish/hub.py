@@ -27,7 +27,9 @@ reports are. A subscription may also filter: with a `deviation` it gets a market
 price moved by at least that fraction since the last frame it was sent (or the status changed),
 with a `heartbeat_ms` at least that often; these subscriptions get frames built for them alone,
 the others keep sharing one batch per market set (what a filter lets through is encoded in the
-slices too).
+slices too). While no round is signed past the stall limit, the round loop running
+(`signed_stalled`), the signed subscriptions are told with the signed `stalled` frame, which
+also stands in for their snapshot until the next signed round.
 
 A subscription starts with a snapshot: the latest frames of the markets it adds, or of all its
 markets when it switches frame kind. A snapshot goes through the same slices (the first in the
@@ -317,6 +319,7 @@ class Hub:
         "_signed_fanned",
         "_signed_frames",
         "_signed_scheduled",
+        "_signed_stall",
         "_snapshots",
         "_subs",
         "_wants",
@@ -347,6 +350,7 @@ class Hub:
         self._signed_fanned: SignedRound | None = None
         self._signed_frames: dict[int, bytes] = {}
         self._signed_scheduled = False
+        self._signed_stall: bytes | None = None  # the signed `stalled` frame, while it lasts
         self._snapshots: dict[Subscription, _Snapshots] = {}  # snapshots under way, by subscriber
         self._wants = 0  # bumped when a subscription may want more (`_slices` asks again)
         # Every reason present from the start: the metrics thread may iterate this while the
@@ -497,6 +501,7 @@ class Hub:
         """The signed form of a round; fanned out soon after to the subscriptions that want it."""
         if signed.result is None:
             raise ValueError("a signed round for the hub carries its RoundResult")
+        self._signed_stall = None  # a round signed: signed frames are current again
         if self._layout is not None and signed.result.layout is not self._layout:
             # Signed after a reload changed the markets (the signer thread was late): it may
             # carry markets the subscribers were told are removed. The next round is signed.
@@ -517,6 +522,22 @@ class Hub:
     @property
     def latest_signed(self) -> SignedRound | None:
         return self._signed
+
+    def signed_stalled(self, frame: bytes) -> None:
+        """No round has been signed for longer than the stall limit while the round loop runs
+        (`oracled.publish.signstall`): the latest signed round is no current price. Every
+        signed subscription of a market is told with `frame` (the signed `stalled` error
+        frame), and until the next signed round a signed snapshot is that frame instead. Report
+        subscriptions are not told: their rounds still come. Like `tell`, it weighs nothing."""
+        self._signed_stall = frame
+        for sub in self._subs:
+            if sub.signed and sub.markets != frozenset():
+                self._notify(sub, frame)
+
+    @property
+    def signed_stall(self) -> bytes | None:
+        """The signed `stalled` frame while no round is signed past the limit, else None."""
+        return self._signed_stall
 
     def _fan_out_signed(self) -> Iterator[None]:
         """Encode the signed frames the signed subscriptions will be sent, slice by slice, then
@@ -811,11 +832,15 @@ class Hub:
         an answer it weighs nothing against the bound: a notice never drops a subscriber."""
         for sub in self._subs:
             if sub.markets != frozenset():
-                under_way = self._snapshots.get(sub)
-                if under_way is not None:  # after the snapshots, as when they were sent at once
-                    under_way.notices.append(frame)
-                else:
-                    sub._offer([frame], 0)
+                self._notify(sub, frame)
+
+    def _notify(self, sub: Subscription, frame: bytes) -> None:
+        """Queue a notice to `sub`, behind its snapshots under way if any."""
+        under_way = self._snapshots.get(sub)
+        if under_way is not None:  # after the snapshots, as when they were sent at once
+            under_way.notices.append(frame)
+        else:
+            sub._offer([frame], 0)
 
     def drop(self, sub: Subscription, reason: str) -> None:
         """Remove and close a subscription its connection lost for `reason`; counted, idempotent."""
@@ -846,6 +871,9 @@ class Hub:
         # While a fan-out is pending it will deliver the latest round to the new set anyway;
         # sending a snapshot now as well would duplicate it.
         if sub.signed:
+            if self._signed_stall is not None:  # no current signed round: the notice instead
+                self._notify(sub, self._signed_stall)
+                return
             signed = self._signed
             if signed is None or self._signed_scheduled:
                 return

@@ -24,9 +24,10 @@ from oracled.clock import ManualClock
 from oracled.core import RoundResult
 from oracled.publish import DROP_SLOW, Hub
 from oracled.publish.signer import RoundSigner, SignedPrice, SigningKey
+from oracled.publish.signstall import stall_notice
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
-from stream_wire import SAFETY_S, recv  # the stream tests' frame reader
+from stream_wire import SAFETY_S, next_event, recv  # the stream tests' frame reader
 
 Client = TestClient[web.Request, web.Application]
 KEY = SigningKey.from_hex("0x" + "33" * 32)
@@ -427,3 +428,48 @@ async def test_a_round_signed_after_a_reload_removed_a_market_sends_no_frame_of_
     assert [f["code"] for f in frames if f["type"] == "error"] == ["market_removed"]
     assert [f["data"]["market"] for f in frames if f["type"] == "signed"] == []
     assert d.hub.latest_signed is None or d.hub.latest_signed.result is not before
+
+
+async def test_signed_subscribers_are_told_when_no_round_is_signed_and_report_ones_are_not(
+    client: Client, daemon: Daemonish
+) -> None:
+    """The daemon's word that no round has been signed past the stall limit while its rounds
+    run (`Hub.signed_stalled`, the signed notice): a signed connection gets the frame once, a
+    report connection does not and keeps its rounds; a signed subscribe while it lasts gets its
+    ack and the frame instead of a snapshot of the frozen round (an SSE stream too, as its first
+    event); the next signed round ends it: signed frames again, and a snapshot on subscribe."""
+    daemon.step()
+    assert daemon.signer is not None
+    last = daemon.hub.latest_signed
+    assert last is not None
+    async with client.ws_connect("/v1/stream") as plain, client.ws_connect("/v1/stream") as signed:
+        await plain.send_json({"op": "subscribe", "markets": ["BTC/USD"]})
+        await signed.send_json({"op": "subscribe", "markets": ["BTC/USD"], "signed": True})
+        assert (await recv(plain))["type"] == "subscribed"
+        assert (await recv(plain))["type"] == "report"  # the snapshot
+        assert (await recv(signed))["type"] == "subscribed"
+        assert (await recv(signed))["type"] == "signed"
+        frame = stall_notice("no round signed since round 1", last.ts, last.round, daemon.signer)
+        daemon.hub.signed_stalled(frame)
+        daemon.hub.publish(daemon.rounds.step())  # a round the signer left unsigned
+        told = await recv(signed)
+        assert (told["type"], told["code"], told["round"]) == ("error", "stalled", 1)
+        assert told["signer"] == KEY.address and told["signature"].startswith("0x")
+        report = await recv(plain)
+        assert (report["type"], report["data"]["round"]) == ("report", 2)  # not told
+        async with client.ws_connect("/v1/stream") as late:
+            await late.send_json({"op": "subscribe", "markets": ["BTC/USD"], "signed": True})
+            assert (await recv(late))["type"] == "subscribed"
+            assert await recv(late) == told  # in place of the snapshot
+            async with client.get("/v1/events?markets=BTC-USD&signed=true") as resp:
+                assert (await next_event(resp)) == ("message", told)
+            daemon.step()  # signed again
+            again = await recv(signed)
+            assert (again["type"], again["data"]["round"]) == ("signed", 3)
+            assert (await recv(late))["data"]["round"] == 3
+        assert daemon.hub.signed_stall is None
+        async with client.ws_connect("/v1/stream") as after:
+            await after.send_json({"op": "subscribe", "markets": ["BTC/USD"], "signed": True})
+            assert (await recv(after))["type"] == "subscribed"
+            snapshot = await recv(after)
+            assert (snapshot["type"], snapshot["data"]["round"]) == ("signed", 3)

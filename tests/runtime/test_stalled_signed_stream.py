@@ -1,0 +1,186 @@
+"""Rounds that go unsigned are told on the streams' signed frames as on NATS: a signed `stalled`
+frame once no round has been signed for longer than the stall limit, the round loop running.
+
+A real daemon (`Service`) signs its rounds with a signing lease whose directory is then moved
+away, so that the rounds past the lease go unsigned (`lease`), as in test_stalled_rounds_nats.py.
+Its API is read over loopback by raw WebSocket and SSE subscribers and by `OracleClient.watch_ws`,
+a consumer that trusts signed reports for 60 s, far past the daemon's limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from one_venue import SteppedClock, service_running
+
+from oracled.client import OracleClient
+from oracled.config import parse_config
+from oracled.publish.signer import SigningKey, recover_signer, stall_digest
+from oracled.service import Service
+from oracled.sim import BinanceSim
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "publish"))
+from publish_rig import until  # polls another task's state, bounded
+
+SAFETY_S = 20.0  # guards against hangs only
+MARKET = "BTC/USDT"
+
+
+@contextlib.asynccontextmanager
+async def reading(
+    http: aiohttp.ClientSession, base: str, request: dict[str, Any]
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """A `WS /v1/stream` connection that sent `request`: every frame it gets, decoded, while
+    the block runs."""
+    frames: list[dict[str, Any]] = []
+    async with http.ws_connect(base + "/v1/stream") as ws:
+        await ws.send_json(request)
+
+        async def read() -> None:
+            async for msg in ws:
+                frames.append(json.loads(msg.data))  # noqa: PERF401 - read as they come
+
+        reader = asyncio.create_task(read(), name="test-stream-reader")
+        try:
+            yield frames
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+def stalls(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [f for f in frames if f.get("code") == "stalled"]
+
+
+async def first_event(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """The first `data:` event of an event stream."""
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        while True:
+            line = (await resp.content.readline()).decode()
+            assert line, "the event stream ended"
+            if line.startswith("data: "):
+                data: dict[str, Any] = json.loads(line[6:])
+                return data
+
+
+async def test_rounds_that_go_unsigned_past_the_limit_are_told_to_signed_subscribers(
+    tmp_path: Path,
+) -> None:
+    """Signing on, its lease's directory moved away: the rounds past the lease go unsigned, the
+    round loop running. Once no round has been signed for longer than the stall limit, a signed
+    subscriber gets one `stalled` frame, signed by the rounds' key, naming the last signed round
+    it got, in words that say why (`lease`); a report subscriber is not told and its reports
+    go on. A signed subscribe while it lasts (WebSocket or SSE) gets that frame instead of a
+    snapshot of the frozen round. `OracleClient.watch_ws`, trusting reports for 60 s, leaves
+    the signer out (`unknown`, the stall named) instead of pricing from the frozen round. With
+    the directory back rounds are signed again: signed frames follow, the client prices again,
+    and no further `stalled` frame comes. Before, a signed subscriber got silence."""
+    key = SigningKey.generate()
+    key_file = tmp_path / "signing.key"
+    key_file.write_text(key.hex())
+    key_file.chmod(0o400)
+    state, gone = tmp_path / "state", tmp_path / "state-gone"
+    state.mkdir()
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        cfg = parse_config(
+            {
+                "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
+                "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
+                "signing": {
+                    "enabled": True,
+                    "deployment": "test",
+                    "key_file": str(key_file),
+                    "lease_file": str(state / "signing-lease.json"),
+                    "lease_window_ms": 1_000,
+                },
+                "sources": {
+                    "v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
+                },
+                "markets": [
+                    {
+                        "symbol": MARKET,
+                        "min_sources": 1,
+                        "sources": [{"source": "v", "pair": MARKET}],
+                    }
+                ],
+            }
+        )
+        service = Service(cfg, clock=SteppedClock())
+        service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall limit of 0.4 s
+        assert service.signer is not None
+        signer = service.signer.stats
+        client = OracleClient({key.address}, deployment="test", max_age_ms=60_000)
+        async with (
+            service_running(service),
+            aiohttp.ClientSession() as http,
+            asyncio.timeout(SAFETY_S),
+        ):
+            await service.started.wait()
+            base = f"http://127.0.0.1:{service.bound_port}"
+            watcher = asyncio.create_task(client.watch_ws(base, [MARKET]), name="test-client")
+            try:
+                signed_request = {"op": "subscribe", "markets": [MARKET], "signed": True}
+                async with (
+                    reading(http, base, signed_request) as signed,
+                    reading(http, base, {"op": "subscribe", "markets": [MARKET]}) as plain,
+                ):
+                    await until(lambda: client.price(MARKET).price is not None, "a price")
+                    state.rename(gone)  # the lease can no longer be written
+                    try:
+                        await until(lambda: stalls(signed), "the signed stalled frame")
+                        told = stalls(signed)[0]
+                        before = [f for f in signed[: signed.index(told)] if f["type"] == "signed"]
+                        assert signer.errors["lease"] > 0
+                        assert (told["ts"], told["round"]) == (
+                            before[-1]["data"]["ts"],
+                            before[-1]["data"]["round"],
+                        )
+                        assert told["message"].startswith(
+                            f"no round signed since round {told['round']} for "
+                        )
+                        assert "the signer skips its rounds: lease" in told["message"]
+                        assert (told["signer"], told["deployment"]) == (key.address, "test")
+                        digest = stall_digest(told["ts"], told["round"], told["message"], "test")
+                        signature = bytes.fromhex(told["signature"].removeprefix("0x"))
+                        assert recover_signer(digest, signature) == key.address
+                        await until(lambda: bool(client.stalled), "the client told")
+                        view = client.price(MARKET)
+                        assert (view.status, view.price) == ("unknown", None)
+                        assert [s.ts for s in view.stalled] == [told["ts"]]
+                        # the report subscriber: its rounds go on, untold
+                        newest = max(f["data"]["round"] for f in plain if f["type"] == "report")
+                        await until(
+                            lambda: plain[-1].get("data", {}).get("round", 0) > newest + 3,
+                            "reports go on",
+                        )
+                        assert not stalls(plain)
+                        # a signed subscribe while it lasts: the frame, not the frozen round
+                        async with reading(http, base, signed_request) as late:
+                            await until(lambda: len(late) >= 2, "the late ack and its frame")
+                            assert late[0]["type"] == "subscribed"
+                            assert late[1] == told
+                            query = "/v1/events?markets=BTC-USDT&signed=true"
+                            assert await first_event(http, base + query) == told
+                        assert len(stalls(signed)) == 1  # once per stall
+                    finally:
+                        gone.rename(state)
+                    await until(
+                        lambda: client.price(MARKET).price is not None and not client.stalled,
+                        "the client prices again",
+                    )
+                    assert (client.price(MARKET).ts or 0) > told["ts"]
+                    resumed = signed[signed.index(told) + 1 :]
+                    assert resumed and all(f["type"] == "signed" for f in resumed)
+                    assert resumed[0]["data"]["ts"] > told["ts"]
+                    assert client.stream_errors["stalled"] == 1
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
