@@ -25,7 +25,8 @@ engine the client's quorum view of each market, never a frame itself:
   rounds count until they age out. A view without a price goes at once: it mixes no rounds;
 * every change of a quorum view reaches the engine at once, older or newer: a report withdrawn
   (a stall, an equivocation) may have been the newest; at the tick, reports age out;
-* a daemon's `stalled` frame withdraws its reports: the client is told (`note_stalled`) that
+* a daemon's `stalled` frame (its round loop stalled, or its rounds go unsigned past its stall
+  limit: the signed notice) withdraws its reports: the client is told (`note_stalled`) that
   the signer last verified from that daemon stalled, so its identity's reports leave every
   quorum at once, however young, until a report of a later round of it is verified. A market
   the other replicas still make a quorum of is priced by them, as if the daemon were down; one

@@ -36,6 +36,7 @@ from oracled.margin.service import MarginService
 from oracled.margin.signed import SignedMarginService
 from oracled.model import Quote, Status
 from oracled.publish.signer import MARK_MODE_CODES, Leaf, RoundSigner, SigningKey
+from oracled.publish.signstall import stall_notice
 
 SAFETY_S = 15.0  # guards against hangs only
 KEYS = [SigningKey.from_hex("0x" + f"{n:02x}" * 32) for n in (0x41, 0x42, 0x43, 0x44)]
@@ -54,6 +55,7 @@ class SignedRig(Rig):
         self.signer = RoundSigner(key, deployment)
         self.hub.signer = key.address
         self.scale = scale  # a replica whose venues all quote this much higher
+        self.signing = True  # False: rounds go unsigned (published as reports only)
 
     def step(self, markets: dict[str, float] | None = None, *, advance: bool = True) -> Any:
         """One round, signed; `advance` False for a replica sharing another rig's clock."""
@@ -72,7 +74,8 @@ class SignedRig(Rig):
                 assert self.core.ingest(perp) is None
         result = self.core.run_round(now)
         self.hub.publish(result)
-        self.hub.publish_signed(self.signer.sign(result))
+        if self.signing:
+            self.hub.publish_signed(self.signer.sign(result))
         self.round_at = self.clock.monotonic()
         return result
 
@@ -790,6 +793,45 @@ async def test_a_stalled_daemon_freezes_signed_markets_until_a_later_round_is_ve
         rig.step()
         await until(lambda: isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved))
     assert [e for e in logs if e["event"] == "stalled"]
+    kinds = [d["kind"] for d in decisions(out)]
+    assert kinds[-2:] == ["freeze", "unfreeze"]
+
+
+async def test_rounds_no_longer_signed_freeze_signed_markets_until_a_later_round_is_verified(
+    serve: Servers,
+) -> None:
+    """The round loop runs but its rounds go unsigned: once the daemon tells its signed
+    subscribers so (the signed `stalled` frame naming its last signed round, as a daemon sends
+    it past its stall limit), every market is frozen at once with reason `stalled` (the policy
+    trusts a report for 60 s, so it is not age), and the next signed round prices it again.
+    Without the frame the engine kept pricing from the last signed round for 60 s."""
+    rig = SignedRig(KEYS[0])
+    rig.step()
+    eng = accounts({"max_report_age_ms": 60_000}, signed_section([rig]), TIGHT)
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    url = await serve.api(rig)
+    service = SignedMarginService(
+        eng, [url], out, eng.spec.signed, step_ms=60_000, clock=rig.clock.now_ms
+    )
+    with capture_logs() as logs:
+        await serve.run(service)
+        await until(lambda: "BTC/USD" in eng.book.latest)
+        rig.signing = False
+        for _ in range(3):
+            rig.step()  # the loop runs, the signer skips its rounds
+        assert isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved)
+        last = rig.hub.latest_signed
+        assert last is not None
+        message = f"no round signed since round {last.round} (the signer skips its rounds: lease)"
+        rig.hub.signed_stalled(stall_notice(message, last.ts, last.round, rig.signer))
+        await until(lambda: b"stalled" in out.getvalue())
+        btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
+        assert isinstance(btc, Frozen) and btc.reason == "stalled"
+        rig.signing = True
+        rig.step()
+        await until(lambda: isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved))
+    assert [e for e in logs if e["event"] == "stalled" and e["identity"] == "daemon-a"]
     kinds = [d["kind"] for d in decisions(out)]
     assert kinds[-2:] == ["freeze", "unfreeze"]
 
