@@ -27,6 +27,8 @@ from oracled.api import CONTEXT, build_app
 from oracled.core import SLOT_REASONS
 from oracled.errors import ConfigError, ServiceStopping
 from oracled.model import REASON_BITS, Report, SourceValue, Status
+from oracled.publish.signer import RoundSigner, SigningKey
+from oracled.publish.signstall import stall_notice
 from oracled.sources.stats import ConnState
 
 #: A WebSocket upgrade whose key is not 16 bytes in base64.
@@ -265,6 +267,19 @@ async def test_every_stream_frame_validates_against_the_stream_message_schema(
             message.validate(frame)
         except ValidationError as exc:
             raise AssertionError(f"{frame}: {exc.message}") from None
+
+
+def test_the_signed_stalled_frame_validates_against_the_stream_message_schema(
+    contract: ContractRecorder,
+) -> None:
+    """The `stalled` frame a signed subscriber gets when no round is signed past the limit
+    (`stall_notice`, the NATS StallNotice, signed) validates against StreamMessage with no key
+    left undocumented: its round, signer, deployment and signature are in the schema."""
+    signer = RoundSigner(SigningKey.from_hex("0x" + "55" * 32), "test")
+    message = "no round signed since round 7 for 5.3 s (the signer skips its rounds: lease)"
+    frame = msgspec.json.decode(stall_notice(message, 1_700_000_000_000, 7, signer))
+    assert (frame["code"], frame["round"], frame["signer"]) == ("stalled", 7, signer.address)
+    contract.validator("/components/schemas/StreamMessage").validate(frame)
 
 
 def test_every_operation_documents_the_error_shape_for_any_status() -> None:
