@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import nats
 import pytest
-from publish_rig import NatsServer
+from publish_rig import NatsServer, assert_stall_signed, stalled_in
 from structlog.testing import capture_logs
 
 from oracled.api import ApiContext, build_app
@@ -34,7 +34,6 @@ from oracled.publish.signer import (
     RoundSigner,
     SignedRound,
     SigningKey,
-    recover_signer,
     stall_digest,
 )
 
@@ -85,6 +84,32 @@ class BusDaemon(api_rig.Rig):
     def stall(self) -> None:
         """Past the limit without a round: the loop is stalled."""
         self.clock.advance(self.LIMIT_MS + 1)
+
+    def client(self) -> OracleClient:
+        """A client that trusts the key's reports for `MAX_AGE_MS`, on the rig's clock, taking
+        notices as soon as the daemon's floor here allows."""
+        return OracleClient(
+            {KEY.address},
+            deployment="test",
+            max_age_ms=MAX_AGE_MS,
+            now_ms=self.clock.now_ms,
+            stall_notice_min_age_ms=500,  # as the daemon's floor here (ready_min_s)
+        )
+
+    @asynccontextmanager
+    async def priced(self, client: OracleClient, url: str) -> AsyncIterator[SignedRound]:
+        """The rig's app served on loopback (its stall watch running) and `client` watching
+        NATS at `url` for the block, which starts once a round has priced BTC/USD in `client`
+        (its subscription lands some time after its task starts): that round."""
+        app = build_app(self.context())
+        async with api_rig.DaemonServer(app, host="127.0.0.1"), watching(client, url):
+            async with asyncio.timeout(SAFETY_S):
+                while client.price("BTC/USD").price is None:
+                    self.step()
+                    await asyncio.sleep(0.05)
+            latest = self.signed[-1]
+            await until(priced_at(client, latest.ts), "the latest round priced")
+            yield latest
 
 
 @pytest.fixture
@@ -196,23 +221,8 @@ async def test_a_stall_reaches_nats_once_per_stalled_round_and_the_client_takes_
     signer = RoundSigner(KEY, "test")
     async with sink_running(server.url, signer) as sink, notices(server.url) as told:
         daemon = BusDaemon(sink)
-        client = OracleClient(
-            {KEY.address},
-            deployment="test",
-            max_age_ms=MAX_AGE_MS,
-            now_ms=daemon.clock.now_ms,
-            stall_notice_min_age_ms=500,  # as the daemon's floor here (ready_min_s)
-        )
-        app = build_app(daemon.context())
-        async with api_rig.DaemonServer(app, host="127.0.0.1"), watching(client, server.url):
-            # The client's subscription lands some time after the task starts: rounds until
-            # one reaches it.
-            async with asyncio.timeout(SAFETY_S):
-                while client.price("BTC/USD").price is None:
-                    daemon.step()
-                    await asyncio.sleep(0.05)
-            first = daemon.signed[-1]
-            await until(priced_at(client, first.ts), "the latest round priced")
+        client = daemon.client()
+        async with daemon.priced(client, server.url) as first:
             daemon.stall()
             await until(lambda: bool(client.stalled), "the stall taken from NATS")
             (stall,) = client.stalled.values()
@@ -238,8 +248,7 @@ async def test_a_stall_reaches_nats_once_per_stalled_round_and_the_client_takes_
         assert n["message"].startswith(
             "the latest round is 0.8 s old (limit 0.75 s): rounds have stalled, so its reports"
         )
-        digest = stall_digest(n["ts"], n["round"], n["message"], "test")
-        assert recover_signer(digest, bytes.fromhex(n["signature"][2:])) == KEY.address
+        assert_stall_signed(n, KEY.address)
     assert dict(client.stream_errors) == {"stalled": 2}
     assert sink.stats.unpublished == {"disconnected": 0, "queue_full": 0, "error": 0, "unsigned": 0}
 
@@ -261,21 +270,8 @@ async def test_rounds_left_unsigned_past_the_limit_are_told_and_the_client_takes
         notices(server.url) as told,
     ):
         daemon = BusDaemon(sink)
-        client = OracleClient(
-            {KEY.address},
-            deployment="test",
-            max_age_ms=MAX_AGE_MS,
-            now_ms=daemon.clock.now_ms,
-            stall_notice_min_age_ms=500,  # as the daemon's floor here (ready_min_s)
-        )
-        app = build_app(daemon.context())
-        async with api_rig.DaemonServer(app, host="127.0.0.1"), watching(client, server.url):
-            async with asyncio.timeout(SAFETY_S):  # until a round reaches the subscription
-                while client.price("BTC/USD").price is None:
-                    daemon.step()
-                    await asyncio.sleep(0.05)
-            last = daemon.signed[-1]
-            await until(priced_at(client, last.ts), "the latest round priced")
+        client = daemon.client()
+        async with daemon.priced(client, server.url) as last:
             published = sink.stats.published
             while daemon.clock.now_ms() + api_rig.INTERVAL - last.ts <= BusDaemon.LIMIT_MS:
                 daemon.step_unsigned()  # up to the limit
@@ -303,8 +299,7 @@ async def test_rounds_left_unsigned_past_the_limit_are_told_and_the_client_takes
         " (the round loop runs; the signer skips its rounds: lease), so its signed reports are"
         " not current; signed reports follow with the next signed round"
     )
-    digest = stall_digest(notice["ts"], notice["round"], notice["message"], "test")
-    assert recover_signer(digest, bytes.fromhex(notice["signature"][2:])) == KEY.address
+    assert_stall_signed(notice, KEY.address)
     assert dict(client.stream_errors) == {"stalled": 1}
     skipped = daemon.signed[-1].round - last.round - 1  # the rounds between, each a message
     assert sink.stats.unpublished["unsigned"] == skipped * (len(unsigned.layout.markets) + 1)
@@ -557,21 +552,6 @@ async def test_a_flood_of_notices_logs_a_line_per_kind_per_period(server: NatsSe
     assert client.stream_errors["stalled"] == 0  # every one refused
 
 
-async def _stalled_in(js: Any, stream: str) -> list[dict[str, Any]]:
-    """The stall notices the JetStream stream holds, decoded, oldest first."""
-    sub = await js.subscribe(SUBJECT, ordered_consumer=True, stream=stream)
-    got: list[dict[str, Any]] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.5)
-            except nats.errors.TimeoutError:
-                return got
-            got.append(msgspec.json.decode(msg.data))
-    finally:
-        await sub.unsubscribe()
-
-
 async def test_a_stall_while_the_bus_is_down_is_told_once_it_is_back(tmp_path: Path) -> None:
     """The stall watch tells the sink once per stalled round. If the server is unreachable at
     that moment the notice is counted `disconnected` and dropped, and nothing sent it later:
@@ -601,7 +581,7 @@ async def test_a_stall_while_the_bus_is_down_is_told_once_it_is_back(tmp_path: P
         await until(lambda: sink.stats.reconnects == 1, "the sink reconnected")
         reader = await nats.connect(srv.url, allow_reconnect=False)
         try:
-            (told,) = await _stalled_in(reader.jetstream(), stream)
+            (told,) = await stalled_in(reader.jetstream(), stream)
         finally:
             await reader.close()
         assert (told["ts"], told["round"], told["signer"]) == (first.ts, first.round, KEY.address)
@@ -625,7 +605,7 @@ async def test_a_stall_while_the_bus_is_down_is_told_once_it_is_back(tmp_path: P
             async with asyncio.timeout(SAFETY_S):  # the round is stored: the queue went out
                 while await stored() != third.ts:  # noqa: ASYNC110 - polled: no event for it
                     await asyncio.sleep(0.05)
-            assert len(await _stalled_in(js, stream)) == 1  # the first one only
+            assert len(await stalled_in(js, stream)) == 1  # the first one only
         finally:
             await reader.close()
     finally:

@@ -773,15 +773,7 @@ async def test_a_stalled_daemon_freezes_signed_markets_until_a_later_round_is_ve
     """The daemon's `stalled` error frame reaches a signed subscriber too: every market is
     frozen at once with reason `stalled` (the policy trusts a report for 60 s, so it is not
     age), and the next round's verified frames price it again."""
-    rig = SignedRig(KEYS[0])
-    rig.step()
-    eng = accounts({"max_report_age_ms": 60_000}, signed_section([rig]), TIGHT)
-    assert eng.spec.signed is not None
-    out = io.BytesIO()
-    url = await serve.api(rig)
-    service = SignedMarginService(
-        eng, [url], out, eng.spec.signed, step_ms=60_000, clock=rig.clock.now_ms
-    )
+    rig, eng, service, out = await _one_stalling(serve)
     with capture_logs() as logs:
         await serve.run(service)
         await until(lambda: "BTC/USD" in eng.book.latest)
@@ -805,15 +797,7 @@ async def test_rounds_no_longer_signed_freeze_signed_markets_until_a_later_round
     it past its stall limit), every market is frozen at once with reason `stalled` (the policy
     trusts a report for 60 s, so it is not age), and the next signed round prices it again.
     Without the frame the engine kept pricing from the last signed round for 60 s."""
-    rig = SignedRig(KEYS[0])
-    rig.step()
-    eng = accounts({"max_report_age_ms": 60_000}, signed_section([rig]), TIGHT)
-    assert eng.spec.signed is not None
-    out = io.BytesIO()
-    url = await serve.api(rig)
-    service = SignedMarginService(
-        eng, [url], out, eng.spec.signed, step_ms=60_000, clock=rig.clock.now_ms
-    )
+    rig, eng, service, out = await _one_stalling(serve)
     with capture_logs() as logs:
         await serve.run(service)
         await until(lambda: "BTC/USD" in eng.book.latest)
@@ -834,6 +818,23 @@ async def test_rounds_no_longer_signed_freeze_signed_markets_until_a_later_round
     assert [e for e in logs if e["event"] == "stalled" and e["identity"] == "daemon-a"]
     kinds = [d["kind"] for d in decisions(out)]
     assert kinds[-2:] == ["freeze", "unfreeze"]
+
+
+async def _one_stalling(
+    serve: Servers,
+) -> tuple[SignedRig, MarginEngine, SignedMarginService, io.BytesIO]:
+    """One daemon with one verified round, and a signed service reading it (not yet running)
+    that trusts a report for 60 s, so that a stall is not age."""
+    rig = SignedRig(KEYS[0])
+    rig.step()
+    eng = accounts({"max_report_age_ms": 60_000}, signed_section([rig]), TIGHT)
+    assert eng.spec.signed is not None
+    out = io.BytesIO()
+    url = await serve.api(rig)
+    service = SignedMarginService(
+        eng, [url], out, eng.spec.signed, step_ms=60_000, clock=rig.clock.now_ms
+    )
+    return rig, eng, service, out
 
 
 async def _replicas_stalling(

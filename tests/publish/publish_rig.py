@@ -8,15 +8,19 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import nats
+from nats.js import JetStreamContext
 from ports import free_port
 
 from oracled.config import Config, parse_config
 from oracled.core import Core, RoundResult
 from oracled.model import Quote
+from oracled.publish.signer import recover_signer, stall_digest
 
 T0 = 1_700_000_000_000
 SAFETY_S = 15.0  # waits on real servers: guards against hangs only
@@ -216,3 +220,31 @@ async def until(predicate: Callable[[], Any], what: str) -> None:
                 await asyncio.sleep(0.02)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def assert_stall_signed(notice: Mapping[str, Any], address: str, deployment: str = "test") -> None:
+    """`notice` (a stall notice of the bus, or the streams' signed `stalled` frame, decoded)
+    names `address` and `deployment` and carries that key's signature over its round and words:
+    what a verifying consumer checks before it trusts one."""
+    assert (notice["signer"], notice["deployment"]) == (address, deployment)
+    digest = stall_digest(notice["ts"], notice["round"], notice["message"], deployment)
+    assert notice["signature"].startswith("0x")
+    signature = bytes.fromhex(notice["signature"][2:])
+    assert recover_signer(digest, signature) == address
+
+
+async def stalled_in(
+    js: JetStreamContext, stream: str, subject: str = "oracled.stalled"
+) -> list[dict[str, Any]]:
+    """The stall notices JetStream stream `stream` holds, decoded, oldest first."""
+    sub = await js.subscribe(subject, ordered_consumer=True, stream=stream)
+    got: list[dict[str, Any]] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except nats.errors.TimeoutError:
+                return got
+            got.append(msgspec.json.decode(msg.data))
+    finally:
+        await sub.unsubscribe()

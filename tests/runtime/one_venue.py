@@ -1,6 +1,7 @@
 """The runtime tests' smallest config: one Binance venue (a loopback simulator) quoting one
-market, with the API on a free port; a daemon run for the length of a block; and a clock whose
-wall time a test can step back."""
+market, with the API on a free port (also with signing and NATS: `stalling_config`,
+`signing_table`); a daemon run for the length of a block; and a clock whose wall time a test can
+step back."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+from oracled.config import Config, parse_config
+from oracled.publish.signer import SigningKey
 from oracled.service import Service
+from oracled.sim import BinanceSim
 
 
 class SteppedClock:
@@ -48,6 +53,47 @@ sources = [{{ source = "good", pair = "BTC/USDT" }}]
     if audit is not None:
         text += f'\n[audit]\nenabled = true\npath = "{audit}"\nreserve_bytes = 65_536\n'
     return text
+
+
+def stalling_config(sim: BinanceSim, **tables: Any) -> Config:
+    """Source `v` (`sim`) quoting BTC/USDT alone, rounds every 50 ms that resume after one round
+    (a stall's end is quick to see), the API on a free port without an admin token; `tables`:
+    more tables (`signing`, `nats`)."""
+    return parse_config(
+        {
+            "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
+            "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
+            **tables,
+            "sources": {"v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}},
+            "markets": [
+                {
+                    "symbol": "BTC/USDT",
+                    "min_sources": 1,
+                    "sources": [{"source": "v", "pair": "BTC/USDT"}],
+                }
+            ],
+        }
+    )
+
+
+def signing_table(
+    tmp_path: Path, lease_file: Path, **extra: Any
+) -> tuple[SigningKey, dict[str, Any]]:
+    """A new key in a file of `tmp_path` (mode 0400, as the daemon requires) and the `signing`
+    table that signs with it for deployment `test`, its lease at `lease_file`; `extra`: more
+    keys of the table."""
+    key = SigningKey.generate()
+    key_file = tmp_path / "signing.key"
+    key_file.write_text(key.hex())
+    key_file.chmod(0o400)
+    table = {
+        "enabled": True,
+        "deployment": "test",
+        "key_file": str(key_file),
+        "lease_file": str(lease_file),
+        **extra,
+    }
+    return key, table
 
 
 @contextlib.asynccontextmanager

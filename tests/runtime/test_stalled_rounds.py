@@ -12,10 +12,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from one_venue import SteppedClock, service_running
+from one_venue import SteppedClock, service_running, stalling_config
 from structlog.testing import capture_logs
 
-from oracled.config import parse_config
 from oracled.service import Service
 from oracled.sim import BinanceSim
 
@@ -40,22 +39,7 @@ async def test_a_stuck_round_loop_fails_readiness_then_liveness_and_recovers() -
     `stalled` rather than serve it as current, and a stream subscriber is told `stalled`; with
     the clock back, rounds resume, all answer 200 and the subscriber's reports come again."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
-        cfg = parse_config(
-            {
-                "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
-                "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
-                "sources": {
-                    "v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
-                },
-                "markets": [
-                    {
-                        "symbol": "BTC/USDT",
-                        "min_sources": 1,
-                        "sources": [{"source": "v", "pair": "BTC/USDT"}],
-                    }
-                ],
-            }
-        )
+        cfg = stalling_config(sim)
         clock = SteppedClock()
         service = Service(cfg, clock=clock)
         service.ready_min_s, service.alive_min_s = 0.4, 1.2  # the floors, shortened for the test

@@ -15,15 +15,18 @@ from typing import Any
 
 import msgspec
 import nats
-from one_venue import SteppedClock, service_running
+from one_venue import SteppedClock, service_running, signing_table, stalling_config
 
-from oracled.config import parse_config
-from oracled.publish.signer import SigningKey, recover_signer, stall_digest
 from oracled.service import Service
 from oracled.sim import BinanceSim
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "publish"))
-from publish_rig import NatsServer, until  # the publishing tests' real nats-server
+from publish_rig import (  # the publishing tests' real nats-server, and their checks
+    NatsServer,
+    assert_stall_signed,
+    stalled_in,
+    until,
+)
 
 SAFETY_S = 15.0  # guards against hangs only
 
@@ -45,35 +48,11 @@ async def test_a_stuck_round_loop_publishes_one_stall_notice_per_stalled_round(
     not move."""
     server = NatsServer(tmp_path / "nats", jetstream=False)
     await server.start()
-    key = SigningKey.generate()
-    key_file = tmp_path / "signing.key"
-    key_file.write_text(key.hex())
-    key_file.chmod(0o400)
+    key, signing = signing_table(tmp_path, tmp_path / "signing-lease.json")
     try:
         async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
-            cfg = parse_config(
-                {
-                    "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
-                    "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
-                    "signing": {
-                        "enabled": True,
-                        "deployment": "test",
-                        "key_file": str(key_file),
-                        "lease_file": str(tmp_path / "signing-lease.json"),
-                    },
-                    "nats": {"enabled": True, "servers": [server.url]},
-                    "sources": {
-                        "v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
-                    },
-                    "markets": [
-                        {
-                            "symbol": "BTC/USDT",
-                            "min_sources": 1,
-                            "sources": [{"source": "v", "pair": "BTC/USDT"}],
-                        }
-                    ],
-                }
-            )
+            bus_table = {"enabled": True, "servers": [server.url]}
+            cfg = stalling_config(sim, signing=signing, nats=bus_table)
             clock = SteppedClock()
             service = Service(cfg, clock=clock)
             service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall after 0.4 s
@@ -103,14 +82,9 @@ async def test_a_stuck_round_loop_publishes_one_stall_notice_per_stalled_round(
                         last = rounds[held - 1]  # the round published before the stall
                         notice = notices[-1]
                         assert (notice["ts"], notice["round"]) == (last["ts"], last["round"])
-                        assert (notice["signer"], notice["deployment"]) == (key.address, "test")
                         assert (notice["type"], notice["code"]) == ("error", "stalled")
                         assert "(limit 0.4 s): rounds have stalled" in notice["message"]
-                        digest = stall_digest(
-                            notice["ts"], notice["round"], notice["message"], "test"
-                        )
-                        signature = bytes.fromhex(notice["signature"].removeprefix("0x"))
-                        assert recover_signer(digest, signature) == key.address
+                        assert_stall_signed(notice, key.address)
             finally:
                 await bus.close()
             assert service.nats is not None
@@ -123,16 +97,7 @@ async def _stalled_in(url: str) -> list[dict[str, Any]]:
     """The stall notices the JetStream stream `ORACLED` holds, decoded, oldest first."""
     reader = await nats.connect(url, allow_reconnect=False)
     try:
-        sub = await reader.jetstream().subscribe(
-            "oracled.stalled", ordered_consumer=True, stream="ORACLED"
-        )
-        got: list[dict[str, Any]] = []
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.5)
-            except nats.errors.TimeoutError:
-                return got
-            got.append(msgspec.json.decode(msg.data))
+        return await stalled_in(reader.jetstream(), "ORACLED")
     finally:
         await reader.close()
 
@@ -166,38 +131,13 @@ async def test_rounds_that_go_unsigned_end_the_stall_and_the_bus_is_told_why(
     ran, and said nothing of rounds that went unsigned."""
     server = NatsServer(tmp_path / "nats")  # JetStream on: the test reads what was stored
     await server.start()
-    key = SigningKey.generate()
-    key_file = tmp_path / "signing.key"
-    key_file.write_text(key.hex())
-    key_file.chmod(0o400)
     state, gone = tmp_path / "state", tmp_path / "state-gone"
     state.mkdir()
+    key, signing = signing_table(tmp_path, state / "signing-lease.json", lease_window_ms=1_000)
     try:
         async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
-            cfg = parse_config(
-                {
-                    "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
-                    "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
-                    "signing": {
-                        "enabled": True,
-                        "deployment": "test",
-                        "key_file": str(key_file),
-                        "lease_file": str(state / "signing-lease.json"),
-                        "lease_window_ms": 1_000,
-                    },
-                    "nats": {"enabled": True, "servers": [server.url], "jetstream": True},
-                    "sources": {
-                        "v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
-                    },
-                    "markets": [
-                        {
-                            "symbol": "BTC/USDT",
-                            "min_sources": 1,
-                            "sources": [{"source": "v", "pair": "BTC/USDT"}],
-                        }
-                    ],
-                }
-            )
+            bus_table = {"enabled": True, "servers": [server.url], "jetstream": True}
+            cfg = stalling_config(sim, signing=signing, nats=bus_table)
             clock = SteppedClock()
             service = Service(cfg, clock=clock)
             service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall after 0.4 s
@@ -250,10 +190,7 @@ async def test_rounds_that_go_unsigned_end_the_stall_and_the_bus_is_told_why(
             )
             assert "the signer skips its rounds: lease" in after[0]["message"]
             for notice in told:  # every one signed by the key
-                assert (notice["signer"], notice["deployment"]) == (key.address, "test")
-                digest = stall_digest(notice["ts"], notice["round"], notice["message"], "test")
-                signature = bytes.fromhex(notice["signature"].removeprefix("0x"))
-                assert recover_signer(digest, signature) == key.address
+                assert_stall_signed(notice, key.address)
             assert sink.stats.unpublished["error"] == 0
     finally:
         server.stop()

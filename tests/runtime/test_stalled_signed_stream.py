@@ -18,16 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from one_venue import SteppedClock, service_running
+from one_venue import SteppedClock, service_running, signing_table, stalling_config
 
 from oracled.client import OracleClient
-from oracled.config import parse_config
-from oracled.publish.signer import SigningKey, recover_signer, stall_digest
 from oracled.service import Service
 from oracled.sim import BinanceSim
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "publish"))
-from publish_rig import until  # polls another task's state, bounded
+from publish_rig import assert_stall_signed, until  # the publishing tests' checks
 
 SAFETY_S = 20.0  # guards against hangs only
 MARKET = "BTC/USDT"
@@ -83,36 +81,11 @@ async def test_rounds_that_go_unsigned_past_the_limit_are_told_to_signed_subscri
     the signer out (`unknown`, the stall named) instead of pricing from the frozen round. With
     the directory back rounds are signed again: signed frames follow, the client prices again,
     and no further `stalled` frame comes. Before, a signed subscriber got silence."""
-    key = SigningKey.generate()
-    key_file = tmp_path / "signing.key"
-    key_file.write_text(key.hex())
-    key_file.chmod(0o400)
     state, gone = tmp_path / "state", tmp_path / "state-gone"
     state.mkdir()
+    key, signing = signing_table(tmp_path, state / "signing-lease.json", lease_window_ms=1_000)
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
-        cfg = parse_config(
-            {
-                "oracle": {"round_interval_ms": 50, "resume_rounds": 1},
-                "api": {"listen": "127.0.0.1:0", "admin_token_env": None},
-                "signing": {
-                    "enabled": True,
-                    "deployment": "test",
-                    "key_file": str(key_file),
-                    "lease_file": str(state / "signing-lease.json"),
-                    "lease_window_ms": 1_000,
-                },
-                "sources": {
-                    "v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
-                },
-                "markets": [
-                    {
-                        "symbol": MARKET,
-                        "min_sources": 1,
-                        "sources": [{"source": "v", "pair": MARKET}],
-                    }
-                ],
-            }
-        )
+        cfg = stalling_config(sim, signing=signing)
         service = Service(cfg, clock=SteppedClock())
         service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall limit of 0.4 s
         assert service.signer is not None
@@ -147,10 +120,7 @@ async def test_rounds_that_go_unsigned_past_the_limit_are_told_to_signed_subscri
                             f"no round signed since round {told['round']} for "
                         )
                         assert "the signer skips its rounds: lease" in told["message"]
-                        assert (told["signer"], told["deployment"]) == (key.address, "test")
-                        digest = stall_digest(told["ts"], told["round"], told["message"], "test")
-                        signature = bytes.fromhex(told["signature"].removeprefix("0x"))
-                        assert recover_signer(digest, signature) == key.address
+                        assert_stall_signed(told, key.address)
                         await until(lambda: bool(client.stalled), "the client told")
                         view = client.price(MARKET)
                         assert (view.status, view.price) == ("unknown", None)
