@@ -20,7 +20,8 @@ machine").
 
 `--memory 100,1000,5000` instead starts the daemon on configs of that many markets (simulated at
 a low rate) and reports its RSS once every market is priced. `--encode` times the stream's
-report encoder alone over rounds of the same synthetic world.
+report encoder alone over rounds of the same synthetic world, and first what a fresh encoder's
+first calls cost (its set-up, at start and after a reload).
 
     python benchmarks/bench_e2e.py --markets 1000 --sources 8 --rates 8000,32000 --json out.json
     python benchmarks/bench_e2e.py --markets 1000 --sources 8 --rates 32000 --pin --batch
@@ -41,15 +42,19 @@ import platform
 import re
 import signal
 import socket
+import statistics
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
+
+if TYPE_CHECKING:
+    from oracled.config import Config
 
 # OKX frames carry the venue's event time, which the reports hand back as age_ms (the latency
 # method needs it); Binance spot subscribes 200 symbols a request (quicker at 5,000 markets).
@@ -722,19 +727,12 @@ async def memory_step(args: argparse.Namespace, markets: int, workdir: Path) -> 
 # ------------------------------------------------------------------ the encoder alone
 
 
-def encode_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """`ReportEncoder.encode` of every market, per round, over rounds of the e2e world (every
-    market quoted by every source) in which a given share of the slots got a new quote; the
-    msgspec encoding of `RoundResult.report(i)` (the same bytes) for comparison."""
-    import random
-
+def _encode_config(args: argparse.Namespace) -> Config:
+    """The e2e world for the encoder alone: every market quoted by every source."""
     from oracled.config import parse_config
-    from oracled.core import Core
-    from oracled.model import Quote
-    from oracled.publish.encode import ReportEncoder
 
     ids = _source_ids(args.sources)
-    cfg = parse_config(
+    return parse_config(
         {
             "sources": {s: {"type": args.venue} for s in ids},
             "markets": [
@@ -749,6 +747,78 @@ def encode_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         },
         env={},
     )
+
+
+def encode_setup_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """What a fresh encoder (daemon start, or a reload's new layout) costs before its steady
+    state, in thread CPU ms over `--setup-runs` fresh encoders: the first call over every
+    market, the second (the same floats again, so kept strings), and the first round as the hub
+    encodes it, `SLICE` markets per call (the sum, and the largest slice: what one turn of the
+    event loop holds)."""
+    import random
+
+    from oracled.core import Core
+    from oracled.model import Quote
+    from oracled.publish.encode import ReportEncoder
+    from oracled.publish.hub import SLICE
+
+    cfg = _encode_config(args)
+    core = Core(cfg)
+    rng = random.Random(1)
+    now = 1_700_000_000_000
+    results = []
+    for _ in range(2):  # every slot quoted, then a round with no new quote (the same floats)
+        now += args.round_ms
+        if not results:
+            for i, m in enumerate(cfg.markets):
+                for s in m.sources:
+                    mid = (10.0 + i) * rng.uniform(0.999, 1.001)
+                    core.ingest(Quote(s.source, s.pair, now, bid=mid * 0.9999, ask=mid * 1.0001))
+        results.append(core.run_round(now))
+    every = list(range(args.markets))
+    samples: dict[str, list[float]] = {"first": [], "second": [], "sliced": [], "slice_max": []}
+    for _ in range(args.setup_runs):
+        encoder = ReportEncoder()
+        start = time.thread_time()
+        encoder.encode(results[0], every)
+        mid = time.thread_time()
+        encoder.encode(results[1], every)
+        samples["first"].append(1000.0 * (mid - start))
+        samples["second"].append(1000.0 * (time.thread_time() - mid))
+        encoder, slices = ReportEncoder(), []
+        for lo in range(0, args.markets, SLICE):
+            start = time.thread_time()
+            encoder.encode(results[0], every[lo : lo + SLICE])
+            slices.append(1000.0 * (time.thread_time() - start))
+        samples["sliced"].append(sum(slices))
+        samples["slice_max"].append(max(slices))
+    row: dict[str, Any] = {"markets": args.markets, "sources": args.sources, "slice": SLICE}
+    print(f"set-up of a fresh encoder, thread CPU ms over {args.setup_runs} runs (best / median):")
+    labels = {
+        "first": "first call, every market",
+        "second": "second call, every market",
+        "sliced": f"first round in slices of {SLICE}",
+        "slice_max": "  its largest slice",
+    }
+    for key, label in labels.items():
+        best, median = min(samples[key]), statistics.median(samples[key])
+        row[f"{key}_best_ms"], row[f"{key}_median_ms"] = round(best, 2), round(median, 2)
+        print(f"  {label:<34} {best:>7.2f} / {median:>7.2f}", flush=True)
+    return row
+
+
+def encode_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`ReportEncoder.encode` of every market, per round, over rounds of the e2e world (every
+    market quoted by every source) in which a given share of the slots got a new quote; the
+    msgspec encoding of `RoundResult.report(i)` (the same bytes) for comparison."""
+    import random
+
+    from oracled.core import Core
+    from oracled.model import Quote
+    from oracled.publish.encode import ReportEncoder
+
+    ids = _source_ids(args.sources)
+    cfg = _encode_config(args)
     report_encoder = msgspec.json.Encoder()
     every = list(range(args.markets))
     rows: list[dict[str, Any]] = []
@@ -852,6 +922,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "args": {k: v for k, v in vars(args).items() if k != "json"},
     }
     if args.encode:
+        doc["encode_setup"] = encode_setup_bench(args)
         doc["encode"] = encode_bench(args)
         return doc
     with tempfile.TemporaryDirectory(prefix="oracled-e2e-") as tmp:
@@ -956,6 +1027,9 @@ def main() -> None:
         "--encode", action="store_true", help="time the report encoder alone (no daemon)"
     )
     parser.add_argument("--rounds", type=int, default=200, help="rounds per --encode case")
+    parser.add_argument(
+        "--setup-runs", type=int, default=5, help="fresh encoders timed by --encode's set-up"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
     args.daemon_cpus = args.other_cpus = None
