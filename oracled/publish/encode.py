@@ -8,7 +8,10 @@ encoded. `ReportEncoder` writes the very same bytes from the arrays instead:
   strings as literals; `%s` for kept decimal strings, `%d` for ages and times). Which template
   a market needs follows from a few small integers per market (status, reasons, which values
   are null, the slot codes); those form a key, and templates are cached per market and key, so
-  in a steady state every market reuses the template of the round before;
+  in a steady state every market reuses the template of the round before. A market's literal
+  pieces and templates are made when it is first encoded, never for the whole layout at once:
+  a call pays only for the markets it encodes, so the hub's slices spread a new layout's set-up
+  (daemon start, a reload) over turns of the event loop;
 - a decimal string (price, confidence, last good price, each slot's value) only changes when
   its float does: the encoder keeps each one's last float and string, and formats only those
   whose bits changed since (a slot without a new quote keeps its value; formatting was the
@@ -29,6 +32,7 @@ for every literal, so the output is byte-identical to `msgspec.json.encode(resul
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import msgspec
@@ -55,56 +59,92 @@ def _lit(value: object) -> bytes:
     return _ENC.encode(value).replace(b"%", b"%%")
 
 
+@functools.lru_cache(maxsize=512)
+def _status_lit(status: int, reasons: int) -> bytes:
+    """A report's literal from its `status` value through the key of `price` (a few dozen of
+    these occur in a process's life)."""
+    label, names = _lit(Status(status).label), _lit(reasons_from_bits(reasons))
+    return b'%s,"reasons":%s,"price":' % (label, names)
+
+
 class _Static:
-    """The literal pieces of one layout's reports, made once per layout, and the decimal strings
-    of its numbers as last formatted (kept with the layout: a new layout starts them over)."""
+    """What one layout's reports share: the decimal strings of its numbers as last formatted,
+    and the literal pieces of each market's reports, made for a market when its first template
+    is (so that a call pays only for the markets it encodes: the hub encodes a round in slices,
+    and a new layout must not hold the event loop for all of its markets at once). Kept with the
+    layout: a new layout starts them over."""
 
     __slots__ = (
         "bits",
         "dec",
-        "heads",
         "last",
         "layout",
+        "lits",
+        "markets",
         "present",
-        "slots",
-        "tails",
         "text",
+        "weights",
         "width",
     )
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.width = width = layout.width
+        self.width = layout.width
         self.dec = layout.decimals.astype(np.intp)
-        self.heads = [
-            b'{"market":%s,"ts":%%d,"round":%%d,"status":' % _lit(m) for m in layout.markets
-        ]
-        weights = layout.weight.tolist()
-        # Per configured slot: ('{"id":..,"pair":..,"value":', ',"weight":..,"used":').
-        self.slots: list[list[tuple[bytes, bytes]]] = [
-            [
-                (
-                    b'{"id":%s,"pair":%s,"value":' % (_lit(sid), _lit(pair)),
-                    b',"weight":%s,"used":' % _lit(weights[i][k]),
-                )
-                for k, (sid, pair) in enumerate(zip(ids, pairs, strict=True))
-            ]
-            for i, (ids, pairs) in enumerate(zip(layout.slot_ids, layout.slot_pairs, strict=True))
-        ]
-        # Per configured slot, its closing literal: a routed slot names its leg (`via`).
-        self.tails: list[list[bytes]] = [
-            [b"}" if via is None else b',"via":%s}' % _lit(via) for via in vias]
-            for vias in layout.slot_via
-        ]
         # Which columns of the slot matrix are configured slots (a shorter market leaves some).
-        self.present = np.arange(width) < np.array([[len(ids)] for ids in layout.slot_ids])
+        self.present = layout.configured
         # Per market, the decimal columns (price, confidence, last good price, each slot's
         # value): the float's bits when last formatted and its string. NaN formats as "nan" at
         # every precision, so both start as NaN; a null never reads its string.
-        shape = (len(layout.markets), _LEAD + width)
+        shape = (len(layout.markets), _LEAD + self.width)
         self.bits = np.full(shape, np.nan).view(np.int64)
         self.text: npt.NDArray[np.object_] = np.full(shape, b"nan", dtype=object)
         self.last = self.bits.copy()  # the floats' bits when each market was last encoded
+        self.markets: list[_Market | None] = [None] * len(layout.markets)
+        # Source ids, pairs, legs and weights recur across markets: each literal is made once.
+        self.lits: dict[str, bytes] = {}
+        self.weights: dict[float, bytes] = {}  # exact: weights are > 0, no -0.0 meets a 0.0
+
+    def market(self, i: int) -> _Market:
+        """Market `i`'s literal pieces, made on first use."""
+        market = self.markets[i]
+        if market is None:
+            market = self.markets[i] = _Market(self, i)
+        return market
+
+    def lit(self, text: str) -> bytes:
+        """`_lit(text)`, made once per layout."""
+        found = self.lits.get(text)
+        if found is None:
+            found = self.lits[text] = _lit(text)
+        return found
+
+
+class _Market:
+    """The literal pieces of one market's reports."""
+
+    __slots__ = ("head", "slots", "tails", "weights")
+
+    def __init__(self, static: _Static, i: int) -> None:
+        layout, lit = static.layout, static.lit
+        self.head = b'{"market":%s,"ts":%%d,"round":%%d,"status":' % _lit(layout.markets[i])
+        # Per configured slot: ',{"id":..,"pair":..,"value":' (the first without its comma),
+        # ',"weight":..,"used":', and its closing literal (a routed slot names its leg: `via`).
+        pairs = zip(layout.slot_ids[i], layout.slot_pairs[i], strict=True)
+        self.slots = [
+            b'%s{"id":%s,"pair":%s,"value":' % (b"," if k else b"", lit(sid), lit(pair))
+            for k, (sid, pair) in enumerate(pairs)
+        ]
+        weights = static.weights
+        self.weights: list[bytes] = []
+        for w in layout.weight[i, : len(self.slots)].tolist():
+            found = weights.get(w)
+            if found is None:
+                found = weights[w] = b',"weight":%s,"used":' % _lit(w)
+            self.weights.append(found)
+        self.tails = [
+            b"}" if via is None else b',"via":%s}' % lit(via) for via in layout.slot_via[i]
+        ]
 
 
 class ReportEncoder:
@@ -114,24 +154,26 @@ class ReportEncoder:
     Not thread-safe: one encoder per consumer (the hub has its own).
     """
 
-    __slots__ = ("_names", "_static", "_templates")
+    __slots__ = ("_codes", "_names", "_static", "_templates")
 
     def __init__(self) -> None:
         self._static: _Static | None = None
         self._names: tuple[str | None, ...] = ()
         self._templates: list[dict[bytes, list[bytes | None]]] = []
+        # Per slot code: a slot's literal from its `used` value through the key of `age_ms`.
+        self._codes: dict[int, bytes] = {}
 
     def _prepare(self, result: RoundResult) -> _Static:
         static = self._static
         if static is None or static.layout is not result.layout:
             static = self._static = _Static(result.layout)
             self._templates = [{} for _ in result.layout.markets]
-            self._names = result.slot_names
+            self._names, self._codes = result.slot_names, {}
         elif result.slot_names != self._names:
             # New source flags are appended, so old codes keep their names; start over anyway
             # rather than reason about it (this happens a few times in a process's life).
             self._templates = [{} for _ in result.layout.markets]
-            self._names = result.slot_names
+            self._names, self._codes = result.slot_names, {}
         return static
 
     @staticmethod
@@ -247,15 +289,12 @@ class ReportEncoder:
     def _template(self, static: _Static, i: int, key: npt.NDArray[np.int16], dec: bytes) -> bytes:
         """The format string of market `i`'s report in the state `key` describes, with `dec`
         for each decimal string (`"%s"` for kept strings, `"%.Nf"` for floats)."""
-        status, reasons, flags = int(key[0]), int(key[1]), int(key[2])
+        market = static.market(i)
+        status, reasons, flags, *states = key[: 3 + len(market.slots)].tolist()
         live = status <= Status.DEGRADED
-        names = self._names
         parts = [
-            static.heads[i],
-            _lit(Status(status).label),
-            b',"reasons":',
-            _lit(reasons_from_bits(reasons)),
-            b',"price":',
+            market.head,
+            _status_lit(status, reasons),
             dec if live else _NULL,
             b',"confidence":',
             dec if live else _NULL,
@@ -265,27 +304,29 @@ class ReportEncoder:
             b"%d" if flags & 2 else _NULL,
             b',"sources":[',
         ]
-        slots = static.slots[i]
-        tails = static.tails[i]
-        for k in range(static.width):
-            if k >= len(slots):
-                parts.append(_SKIP + _SKIP)  # a slot this market does not have
-                continue
-            state = int(key[3 + k])
-            c, has_value = state >> 1, state & 1
-            reason = names[c]
-            head, weight = slots[k]
-            parts += (
-                b"," if k else b"",
-                head,
-                dec if has_value else _NULL,
-                weight,
+        codes = self._codes
+        for head, weight, tail, state in zip(
+            market.slots, market.weights, market.tails, states, strict=True
+        ):
+            c = state >> 1
+            used = codes.get(c)
+            if used is None:
+                used = codes[c] = self._used(c)
+            parts += (head, dec if state & 1 else _NULL, weight, used, tail)
+        parts.append(_SKIP * (2 * (static.width - len(market.slots))))  # slots it does not have
+        parts.append(b'],"mark":null}')
+        return b"".join(parts)
+
+    def _used(self, c: int) -> bytes:
+        """A slot's literal from its `used` value through the key of `age_ms`, for slot code
+        `c` (the same for every market)."""
+        reason = self._names[c]
+        return b"".join(
+            (
                 b"true" if c == USED else b"false",
                 b',"reason":',
                 b"null" if reason is None else _lit(reason),
                 b',"age_ms":',
                 b"%d" if c != NO_QUOTE else _NULL,
-                tails[k],
             )
-        parts.append(b'],"mark":null}')
-        return b"".join(parts)
+        )

@@ -20,9 +20,11 @@ SPOT = ("a1", "b2", "c3", "d4", "e5")
 FLAGS = ("bound", 'pct%d "quoted" \\ back', "séquenceur")
 
 
-def make_config(btc_exponent: int = -2) -> Config:
+def make_config(btc_exponent: int = -2, reloaded: bool = False) -> Config:
     """A leg (USDT/USD), direct and USDT-routed markets at several precisions and weights, and a
-    perpetual market with a mark; markets list different numbers of sources."""
+    perpetual market with a mark; markets list different numbers of sources. `reloaded` is the
+    same world reconfigured: markets in another order, BTC/USD with its sources reordered,
+    reweighted and one fewer, ETH/USD with one more, and a new market (SOL/USD)."""
     markets: list[dict[str, Any]] = [
         {
             "symbol": "USDT/USD",
@@ -63,6 +65,21 @@ def make_config(btc_exponent: int = -2) -> Config:
             "sources": [{"source": s, "pair": "PEPE/USDT", "weight": 3.0} for s in SPOT[:2]],
         },
     ]
+    if reloaded:
+        btc = markets[1]
+        btc["sources"] = [
+            {**src, "weight": 0.5 + k} for k, src in enumerate(reversed(btc["sources"][:4]))
+        ]
+        markets[2]["sources"].append({"source": "e5", "pair": "ETH/USD", "weight": 4.0})
+        markets.append(
+            {
+                "symbol": "SOL/USD",
+                "price_exponent": -3,
+                "min_sources": 2,
+                "sources": [{"source": s, "pair": "SOL/USDT"} for s in SPOT[1:4]],
+            }
+        )
+        markets.reverse()
     return parse_config(
         {
             "oracle": {"round_interval_ms": 250, "resume_rounds": 2},
@@ -77,7 +94,13 @@ def make_config(btc_exponent: int = -2) -> Config:
     )
 
 
-BASE = {"USDT/USD": 1.0, "BTC/USD": 64_000.125, "ETH/USD": 3_100.5, "PEPE/USD": 0.0000123}
+BASE = {
+    "USDT/USD": 1.0,
+    "BTC/USD": 64_000.125,
+    "ETH/USD": 3_100.5,
+    "PEPE/USD": 0.0000123,
+    "SOL/USD": 151.0625,
+}
 
 
 def feed(core: Core, rng: random.Random, now: int) -> None:
@@ -301,3 +324,41 @@ def test_a_report_paused_for_resolution_carries_no_live_price() -> None:
     assert (report["status"], report["reasons"]) == ("paused", ["resolution"])
     assert (report["price"], report["confidence"]) == (None, None)
     assert report["last_good_price"] == "1.05"
+
+
+def test_a_fresh_encoder_fed_subsets_in_any_order_first_matches_then_for_all() -> None:
+    """A fresh encoder (daemon start) and one after each reload to another layout (markets
+    reordered, added, sources reordered, reweighted, added and removed) is given a random subset
+    of markets in a random order first, in slices, and only then every market: each call writes
+    msgspec's bytes, and after the first slice only the markets encoded so far have their
+    literal pieces made (nothing is built for the whole layout at once)."""
+    rng = random.Random(4_242)
+    core = Core(make_config())
+    encoder = ReportEncoder()
+    now = T0
+    fresh_layouts = 0
+    for step in range(240):
+        now += 250
+        feed(core, rng, now)
+        if step % 40 == 39:  # a reload: the other layout, or back
+            core.reconfigure(make_config(reloaded=step % 80 == 39))
+        if step % 60 == 59:
+            encoder = ReportEncoder()  # a restart
+        result = core.run_round(now)
+        every = list(range(len(result.layout.markets)))
+        fresh = encoder._static is None or encoder._static.layout is not result.layout
+        subset = rng.sample(every, rng.randint(1, len(every)))
+        seen: set[int] = set()
+        while subset:
+            size = rng.randint(1, 3)
+            part, subset = subset[:size], subset[size:]
+            assert encoder.encode(result, part) == reference(result, part)
+            seen.update(part)
+            if fresh:
+                # Private, on purpose: laziness leaves no trace in the bytes.
+                static = encoder._static
+                assert static is not None
+                assert {i for i, m in enumerate(static.markets) if m is not None} == seen
+        fresh_layouts += fresh
+        assert encoder.encode(result, every) == reference(result, every)
+    assert fresh_layouts == 9  # the start, 6 reloads, 4 restarts (two on a reload's round)
