@@ -57,7 +57,7 @@ from oracled.publish.chain_push import ChainPusher, PushError, PushStats, load_p
 from oracled.publish.hub import Hub
 from oracled.publish.sign_lease import open_sign_lease, require_sign_lease
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, load_signing_key
-from oracled.publish.signstall import SignedStall, stall_notice
+from oracled.publish.signstall import SignedStall
 from oracled.reload import config_changes, running_config, source_pairs
 from oracled.runloop import CLOSE_S, MIN_WAIT_S, run_to_end
 from oracled.sources import Source, build_source
@@ -468,7 +468,7 @@ class Service:
         if cfg.nats.enabled:  # imported only then: the NATS client takes ~0.15 s to import
             from oracled.publish.nats import NatsSink
 
-            self.nats = NatsSink(cfg.nats, signer=self.signer, stall_limit_ms=self._stall_limit_ms)
+            self.nats = NatsSink(cfg.nats, signer=self.signer)
         # The audit trail and the on-chain pusher (docs/publishing.md), also start-up only.
         self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
         if self.audit is not None:  # the config in force, first in the trail (docs/publishing.md)
@@ -479,8 +479,11 @@ class Service:
         self._push_key = load_push_key(cfg.push) if cfg.push.enabled else None
         self.push_stats = PushStats() if cfg.push.enabled else None
         self.pusher: ChainPusher | None = None  # made in run(): it needs the HTTP session
-        # No round signed past the stall limit: the signed streams are told (NATS keeps its own).
-        self._signed_stall = SignedStall(self._stall_limit_ms)
+        # No round signed past the stall limit: one rule decides, once per round, and its one
+        # signed notice goes to every signed outlet (the streams, NATS).
+        self._signed_stall = (
+            SignedStall(self._stall_limit_ms, self.signer) if self.signer is not None else None
+        )
         self._signer_worker = (
             SignerWorker(
                 self.signer,
@@ -945,9 +948,14 @@ class Service:
             self.nats.submit(result)
 
     def _on_signed(self, signed: SignedRound) -> None:
-        if self.hub.signed_stall is not None:  # ended by this round (publish_signed)
-            self.log.info("streams signed rounds again", ts=signed.ts, round=signed.round)
-        self._signed_stall.signed(signed.ts, signed.round)
+        assert self._signed_stall is not None  # a signer's callback
+        if self._signed_stall.signed(signed.ts, signed.round):  # a stall notice told: it ends
+            self.log.info(
+                "signed rounds again",
+                outlets=self._signed_outlets,
+                ts=signed.ts,
+                round=signed.round,
+            )
         self.hub.publish_signed(signed)
         if self.nats is not None:
             self.nats.submit(signed)
@@ -962,28 +970,32 @@ class Service:
         return 1000.0 * max(READY_ROUNDS * interval_s, self.ready_min_s)
 
     def _on_unsigned(self, result: RoundResult, reason: str) -> None:
-        """A round the signer left unsigned (`reason`, as counted): NATS sends nothing of it but
-        counts it, learns that the round loop runs (a stall notice it holds is over), and tells
-        the bus once no round has been signed for the stall limit (the one being signed, if
-        any, counts as signed); the streams' signed subscribers are told then too, with the
-        same signed notice as their `stalled` frame (docs/contracts.md), once per stall."""
-        assert self._signer_worker is not None and self.signer is not None  # its callback
-        signing = self._signer_worker.signing
-        if self.nats is not None:
-            self.nats.unsigned(result, reason, signing)
-        if self.hub.signed_stall is not None:
-            return  # told already, until the next signed round
-        told = self._signed_stall.unsigned(result.ts, reason, signing)
+        """A round the signer left unsigned (`reason`, as counted). Once no round has been signed
+        for the stall limit (the one being signed, if any, counts as signed), the rule makes one
+        signed notice, once per stall: the streams' signed subscribers get it as their
+        `stalled` frame (docs/contracts.md), NATS the same bytes on its stall subject. NATS
+        sends nothing of the round but counts it, learns that the round loop runs (a stall
+        notice of the loop it holds is over) and keeps the signed notice while it lasts."""
+        assert self._signer_worker is not None and self._signed_stall is not None  # its callback
+        told = self._signed_stall.unsigned(result.ts, reason, self._signer_worker.signing)
         if told is not None:
-            self.hub.signed_stalled(stall_notice(told.message, told.ts, told.round, self.signer))
+            self.hub.signed_stalled(told.notice)
             self.log.warning(
-                "streams stall notice: no round signed",
+                "stall notice: no round signed",
+                outlets=self._signed_outlets,
                 reason=reason,
                 ts=told.ts,
                 round=told.round,
                 unsigned_ts=result.ts,
                 unsigned_round=result.round,
             )
+        if self.nats is not None:
+            self.nats.unsigned(result, self._signed_stall.notice)
+
+    @property
+    def _signed_outlets(self) -> list[str]:
+        """Where signed rounds and their stall notices go, for the log lines."""
+        return ["streams", "nats"] if self.nats is not None else ["streams"]
 
     def _log_transitions(
         self, result: RoundResult, log: structlog.typing.FilteringBoundLogger

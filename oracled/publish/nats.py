@@ -36,9 +36,11 @@ published at all, never as its unsigned reports, which a consumer that does not 
 take as signed ones: its messages are counted as unpublished (reason `unsigned`), the signer's
 own count says why (`oracled_signer_errors_total`). The bus's last signed round is then its
 newest, a frozen price to a consumer that trusts reports longer than the stall limit: so once
-no round has been signed for longer than that limit (the API's, handed in by the daemon), the
-sink sends a notice as for a stall, naming the last signed round in words that say why, and
-keeps it (sent again after each reconnection) until the next signed round.
+no round has been signed for longer than that limit (the API's), the daemon's one rule
+(`oracled.publish.signstall`, owned by the service) hands the sink a notice as for a stall,
+naming the last signed round in words that say why, the same bytes the signed streams get; the
+sink sends it once and keeps it (sent again after each reconnection) until the next signed
+round.
 
 The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
 sends when it can. While the server is unreachable rounds are counted as unpublished (reason
@@ -90,7 +92,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -107,7 +109,7 @@ from oracled.lograte import LogEveryMinute
 from oracled.publish.encode import ReportEncoder
 from oracled.publish.nats_auth import load_nats_auth
 from oracled.publish.signer import RoundSigner, SignedRound
-from oracled.publish.signstall import SignedStall, StallNotice, stall_notice
+from oracled.publish.signstall import StallNotice, stall_notice
 
 if TYPE_CHECKING:
     from oracled.core import RoundResult
@@ -142,11 +144,6 @@ _YIELD_EVERY = 256  # publishes between two yields to the event loop
 _NO_ROOM = (10047, 10028)
 _MIN_STREAM_BYTES = 1 << 20
 _RESTART_MAX_S = 30.0
-#: The API's stall limit at its defaults (3 round intervals, 5 s at least): how long the sink
-#: waits for a signed round, the round loop running, before it says there is none
-#: (`NatsSink.unsigned`); the daemon hands it its own limit.
-_STALL_LIMIT_MS = 5_000.0
-
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -223,12 +220,9 @@ class NatsSink:
         refusal_log_every_s: float = 60.0,
         jetstream_timeout_s: float = 5.0,
         signer: RoundSigner | None = None,
-        stall_limit_ms: Callable[[], float] = lambda: _STALL_LIMIT_MS,
     ) -> None:
         self.cfg = cfg
         self._signer = signer  # signs the stall notices (the rounds come signed already)
-        # No signed round for longer than the API's stall limit: told (oracled/publish/signstall.py)
-        self._signed_stall = SignedStall(stall_limit_ms)
         self._auth = load_nats_auth(cfg, env)  # ConfigError at start for an unusable secret
         self._restart_base_s = restart_base_s
         self._refusal_every_s = refusal_log_every_s
@@ -261,41 +255,26 @@ class NatsSink:
         """
         if isinstance(batch, SignedRound):
             self._signed_by = (batch.signer, batch.deployment)
-            self._signed_stall.signed(batch.ts, batch.round)
-            if self._stall is not None and self._stall.unsigned:
-                self._log.info("nats signed rounds again", ts=batch.ts, round=batch.round)
         self._stall = None  # a round: the stall is over
         self._enqueue(batch)
 
-    def unsigned(self, result: RoundResult, reason: str, signing: int | None = None) -> None:
-        """A round the signer left unsigned (`reason`: skipped `busy`, under its `floor`, past
-        its `lease`, or an `error`; `SignerWorker`): none of it is published, since with signing
-        on the subjects carry signed messages only, and its messages are counted `unsigned`. The
-        round loop ran it, so a stall of the loop is over, as for a round submitted.
+    def unsigned(self, result: RoundResult, notice: bytes | None) -> None:
+        """A round the signer left unsigned (`SignerWorker`): none of it is published, since
+        with signing on the subjects carry signed messages only, and its messages are counted
+        `unsigned`. The round loop ran it, so a stall of the loop is over, as for a round
+        submitted.
 
         But the bus's last signed round is now the daemon's latest there, and a consumer that
-        trusts reports longer than the stall limit would hold it as current: once no round has
-        been signed for longer than that limit (by the rounds' times; `signing`, the time of a
-        round still being signed, counts as signed), the bus is told as of a stall, with a notice
-        of the last signed round in words that say why, kept until the next signed round (sent
+        trusts reports longer than the stall limit would hold it as current: `notice` is the
+        service's signed notice of that (`SignedStall`, the one the streams get), or None while
+        none is due. The bus is told it once, and it is kept until the next signed round (sent
         again after each reconnection, as a stall's)."""
         self.stats.unpublished["unsigned"] += self._size(result)
-        if self._stall is not None and self._stall.unsigned:
-            return  # told already
-        self._stall = None
-        told = self._signed_stall.unsigned(result.ts, reason, signing)
-        if told is None:
-            return  # none signed since the start (no round to name), or not for long yet
-        self._stall = self._notice(told.message, told.ts, told.round, unsigned=True)
-        self._enqueue(self._stall)
-        self._log.warning(
-            "nats stall notice: no round signed",
-            reason=reason,
-            ts=told.ts,
-            round=told.round,
-            unsigned_ts=result.ts,
-            unsigned_round=result.round,
-        )
+        if notice is None:
+            self._stall = None
+        elif self._stall is None or self._stall.payload != notice:
+            self._stall = _Notice(notice, unsigned=True)
+            self._enqueue(self._stall)
 
     def stalled(self, message: str, latest: RoundResult) -> None:
         """The round loop has stalled after `latest` (the API's stall watch says so once per

@@ -4,9 +4,11 @@ With signing on, the signed consumers (the NATS subjects, the streams' `signed` 
 nothing newer than the last signed round while the signer leaves rounds unsigned (its worker
 hands each one to `on_unsigned` with the reason: `busy`, `floor`, `lease`, `error`). A consumer
 that trusts a signed report for longer than the daemon's stall limit would keep that frozen
-price as current. `SignedStall` is the one rule that says when to tell them and in which words;
-`stall_notice` writes the notice (a `StallNotice`: the streams' `stalled` error frame, the round
-it names, and the key's signature over them), the same bytes on the bus and on the streams.
+price as current. `SignedStall` is the one rule that says when to tell them and in which words,
+and keeps the notice while the stall lasts; `stall_notice` writes it (a `StallNotice`: the
+streams' `stalled` error frame, the round it names, and the key's signature over them). The
+service owns the one `SignedStall` and hands its notice to every outlet (the hub, the NATS
+sink), so that the bus and the streams get the same bytes, decided once per round.
 
 Nothing here does I/O or reads a clock: the time is the rounds' own.
 """
@@ -63,16 +65,19 @@ def stall_notice(
 @dataclass(frozen=True, slots=True)
 class Unsigned:
     """No round signed since round `round` (time `ts`) for longer than the limit: `message`
-    says so and why (`reason`, the signer's for the round that passed the limit)."""
+    says so and why (`reason`, the signer's for the round that passed the limit); `notice`, the
+    signed StallNotice's JSON that every outlet sends."""
 
     ts: int
     round: int
     reason: str
     message: str
+    notice: bytes
 
 
 class SignedStall:
-    """The newest signed round, and whether an unsigned round is past the stall limit after it.
+    """The newest signed round, whether an unsigned round is past the stall limit after it, and
+    the notice that says so, made once per stall (until the next signed round).
 
     `stall_limit_ms` is the API's (3 round intervals, 5 s at least; the daemon hands in its
     own), read at each round: a reload that changes the round interval changes it. A round still
@@ -83,20 +88,29 @@ class SignedStall:
     last one, of the run before, is older still.
     """
 
-    __slots__ = ("_last", "_limit_ms")
+    __slots__ = ("_last", "_limit_ms", "_signer", "notice")
 
-    def __init__(self, stall_limit_ms: Callable[[], float]) -> None:
+    def __init__(self, stall_limit_ms: Callable[[], float], signer: RoundSigner) -> None:
         self._limit_ms = stall_limit_ms
+        self._signer = signer  # signs the notice, as it signs the rounds
         self._last: tuple[int, int] | None = None  # (ts, round) of the newest signed round
+        #: The notice of the stall going on (kept: an outlet that lost it sends it again), or None.
+        self.notice: bytes | None = None
 
-    def signed(self, ts: int, round_no: int) -> None:
-        """A round was signed: the signed consumers have it."""
+    def signed(self, ts: int, round_no: int) -> bool:
+        """A round was signed: the signed consumers have it, and a stall is over (True if one
+        had been told)."""
         self._last = (ts, round_no)
+        told, self.notice = self.notice is not None, None
+        return told
 
     def unsigned(self, ts: int, reason: str, signing: int | None = None) -> Unsigned | None:
-        """The round of time `ts` was left unsigned (`reason`): what to tell, when no round has
-        been signed for longer than the limit by then, else None."""
+        """The round of time `ts` was left unsigned (`reason`): the stall to tell, when no round
+        has been signed for longer than the limit by then and it is not told yet, else None
+        (`notice` holds a stall told already, until the next signed round)."""
         last = self._last
+        if self.notice is not None:
+            return None  # told already
         if last is None or ts - max(last[0], signing or 0) <= self._limit_ms():
             return None
         signed_ts, round_no = last
@@ -105,4 +119,5 @@ class SignedStall:
             f"round loop runs; the signer skips its rounds: {reason}), so its signed reports "
             "are not current; signed reports follow with the next signed round"
         )
-        return Unsigned(signed_ts, round_no, reason, message)
+        self.notice = stall_notice(message, signed_ts, round_no, self._signer)
+        return Unsigned(signed_ts, round_no, reason, message, self.notice)

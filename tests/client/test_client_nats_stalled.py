@@ -36,6 +36,7 @@ from oracled.publish.signer import (
     SigningKey,
     stall_digest,
 )
+from oracled.publish.signstall import SignedStall
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 import api_rig  # the API tests' rig: a core, a hub and a clock, wired by hand
@@ -49,8 +50,9 @@ SUBJECT = stalled_subject("oracled")
 
 class BusDaemon(api_rig.Rig):
     """The API rig signing every round with `sink`'s signer and publishing it on NATS through
-    `sink`, whose stall notices come from the app's stall watch; its stall limit is 750 ms (a
-    floor of 0.5 s)."""
+    `sink`, whose stall notices come from the app's stall watch, and those of rounds left
+    unsigned from the daemon's rule (`SignedStall`), wired as the service wires them; its stall
+    limit is 750 ms (a floor of 0.5 s)."""
 
     LIMIT_MS = 750
 
@@ -59,6 +61,7 @@ class BusDaemon(api_rig.Rig):
         self.sink = sink
         assert sink._signer is not None
         self.signer = sink._signer
+        self.rule = SignedStall(lambda: self.LIMIT_MS, self.signer)
         self.hub.signer = KEY.address
         self.signed: list[SignedRound] = []
 
@@ -69,16 +72,20 @@ class BusDaemon(api_rig.Rig):
     def step(self, markets: dict[str, float] | None = None) -> RoundResult:
         result = super().step(markets)
         self.signed.append(self.signer.sign(result))
+        self.rule.signed(result.ts, result.round)
         self.hub.publish_signed(self.signed[-1])
         self.sink.submit(self.signed[-1])
         return result
 
     def step_unsigned(self, reason: str = "lease", signing: int | None = None) -> RoundResult:
         """A round the signer leaves unsigned (`reason`; `signing`, the time of a round still
-        being signed), handed to the sink as the daemon's signer worker hands it: published
-        unsigned by the hub, nothing of it on the bus."""
+        being signed), handed to the rule and the sink as the daemon hands it: published
+        unsigned by the hub, nothing of it on the bus, the rule's notice to both when due."""
         result = super().step()
-        self.sink.unsigned(result, reason, signing)
+        told = self.rule.unsigned(result.ts, reason, signing)
+        if told is not None:
+            self.hub.signed_stalled(told.notice)
+        self.sink.unsigned(result, self.rule.notice)
         return result
 
     def stall(self) -> None:
@@ -121,14 +128,8 @@ async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
 
 
 @asynccontextmanager
-async def sink_running(
-    url: str, signer: RoundSigner | None = None, stall_limit_ms: float = 5_000.0
-) -> AsyncIterator[NatsSink]:
-    sink = NatsSink(
-        NatsConfig(enabled=True, servers=(url,)),
-        signer=signer,
-        stall_limit_ms=lambda: stall_limit_ms,
-    )
+async def sink_running(url: str, signer: RoundSigner | None = None) -> AsyncIterator[NatsSink]:
+    sink = NatsSink(NatsConfig(enabled=True, servers=(url,)), signer=signer)
     task = asyncio.create_task(sink.run(), name="nats-sink")
     try:
         async with asyncio.timeout(SAFETY_S):
@@ -266,7 +267,7 @@ async def test_rounds_left_unsigned_past_the_limit_are_told_and_the_client_takes
     60 s, a frozen price that looked live."""
     signer = RoundSigner(KEY, "test")
     async with (
-        sink_running(server.url, signer, BusDaemon.LIMIT_MS) as sink,
+        sink_running(server.url, signer) as sink,
         notices(server.url) as told,
     ):
         daemon = BusDaemon(sink)
@@ -316,7 +317,7 @@ async def test_rounds_skipped_while_one_is_being_signed_are_told_only_if_it_neve
     round."""
     signer = RoundSigner(KEY, "test")
     async with (
-        sink_running(server.url, signer, BusDaemon.LIMIT_MS) as sink,
+        sink_running(server.url, signer) as sink,
         notices(server.url) as told,
     ):
         daemon = BusDaemon(sink)

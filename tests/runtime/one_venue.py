@@ -1,7 +1,8 @@
 """The runtime tests' smallest config: one Binance venue (a loopback simulator) quoting one
 market, with the API on a free port (also with signing and NATS: `stalling_config`,
-`signing_table`); a daemon run for the length of a block; and a clock whose wall time a test can
-step back."""
+`signing_table`, `MovableLease`); a daemon run for the length of a block (`service_running`;
+with an HTTP session on its API: `serving_api`); and a clock whose wall time a test can step
+back."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from oracled.config import Config, parse_config
 from oracled.publish.signer import SigningKey
@@ -94,6 +97,39 @@ def signing_table(
         **extra,
     }
     return key, table
+
+
+class MovableLease:
+    """A `signing` table (`signing_table`, a 1 s lease window) whose lease lives in a directory
+    the test can move away: every lease write then fails, and the rounds past the lease go
+    unsigned (`lease`), the round loop running, until it is brought back."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.state, self.gone = tmp_path / "state", tmp_path / "state-gone"
+        self.state.mkdir()
+        lease_file = self.state / "signing-lease.json"
+        self.key, self.signing = signing_table(tmp_path, lease_file, lease_window_ms=1_000)
+
+    def move_away(self) -> None:
+        self.state.rename(self.gone)
+
+    def bring_back(self) -> None:
+        self.gone.rename(self.state)
+
+
+@contextlib.asynccontextmanager
+async def serving_api(
+    service: Service, safety_s: float
+) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    """`service` running and started, and an HTTP session with its API's base URL, for a block
+    bounded by `safety_s` (a guard against hangs only)."""
+    async with (
+        service_running(service),
+        aiohttp.ClientSession() as http,
+        asyncio.timeout(safety_s),
+    ):
+        await service.started.wait()
+        yield http, f"http://127.0.0.1:{service.bound_port}"
 
 
 @contextlib.asynccontextmanager

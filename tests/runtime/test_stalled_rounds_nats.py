@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 import nats
-from one_venue import SteppedClock, service_running, signing_table, stalling_config
+from one_venue import MovableLease, SteppedClock, service_running, signing_table, stalling_config
 
 from oracled.service import Service
 from oracled.sim import BinanceSim
@@ -131,13 +131,12 @@ async def test_rounds_that_go_unsigned_end_the_stall_and_the_bus_is_told_why(
     ran, and said nothing of rounds that went unsigned."""
     server = NatsServer(tmp_path / "nats")  # JetStream on: the test reads what was stored
     await server.start()
-    state, gone = tmp_path / "state", tmp_path / "state-gone"
-    state.mkdir()
-    key, signing = signing_table(tmp_path, state / "signing-lease.json", lease_window_ms=1_000)
+    lease = MovableLease(tmp_path)
+    key = lease.key
     try:
         async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
             bus_table = {"enabled": True, "servers": [server.url], "jetstream": True}
-            cfg = stalling_config(sim, signing=signing, nats=bus_table)
+            cfg = stalling_config(sim, signing=lease.signing, nats=bus_table)
             clock = SteppedClock()
             service = Service(cfg, clock=clock)
             service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall after 0.4 s
@@ -146,7 +145,7 @@ async def test_rounds_that_go_unsigned_end_the_stall_and_the_bus_is_told_why(
             async with service_running(service), asyncio.timeout(SAFETY_S):
                 await service.started.wait()
                 await until(lambda: signer.signed >= 3, "signed rounds")
-                state.rename(gone)  # the lease can no longer be written
+                lease.move_away()  # the lease can no longer be written
                 try:
                     await until(lambda: signer.errors["lease"] >= 3, "rounds past the lease")
                     last_signed = await _newest_round_ts(server.url)
@@ -170,7 +169,7 @@ async def test_rounds_that_go_unsigned_end_the_stall_and_the_bus_is_told_why(
                     await until(lambda: service.rounds_published > ran + 5, "rounds go on")
                     assert sink.stats.unpublished["unsigned"] > 0
                 finally:
-                    gone.rename(state)
+                    lease.bring_back()
                 signed = signer.signed
                 await until(lambda: signer.signed > signed + 2, "signed rounds again")
                 stored = 0

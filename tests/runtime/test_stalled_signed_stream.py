@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from one_venue import SteppedClock, service_running, signing_table, stalling_config
+import msgspec
+import nats
+from one_venue import MovableLease, SteppedClock, serving_api, stalling_config
+from structlog.testing import capture_logs
 
 from oracled.client import OracleClient
 from oracled.service import Service
 from oracled.sim import BinanceSim
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "publish"))
-from publish_rig import assert_stall_signed, until  # the publishing tests' checks
+from publish_rig import NatsServer, assert_stall_signed, until  # the publishing tests' parts
 
 SAFETY_S = 20.0  # guards against hangs only
 MARKET = "BTC/USDT"
@@ -33,17 +36,23 @@ MARKET = "BTC/USDT"
 
 @contextlib.asynccontextmanager
 async def reading(
-    http: aiohttp.ClientSession, base: str, request: dict[str, Any]
+    http: aiohttp.ClientSession,
+    base: str,
+    request: dict[str, Any],
+    raw: list[bytes] | None = None,
 ) -> AsyncIterator[list[dict[str, Any]]]:
     """A `WS /v1/stream` connection that sent `request`: every frame it gets, decoded, while
-    the block runs."""
+    the block runs (and as sent, into `raw` if given)."""
     frames: list[dict[str, Any]] = []
     async with http.ws_connect(base + "/v1/stream") as ws:
         await ws.send_json(request)
 
         async def read() -> None:
             async for msg in ws:
-                frames.append(json.loads(msg.data))  # noqa: PERF401 - read as they come
+                frames.append(json.loads(msg.data))
+                if raw is not None:
+                    data = msg.data
+                    raw.append(data.encode() if isinstance(data, str) else data)
 
         reader = asyncio.create_task(read(), name="test-stream-reader")
         try:
@@ -81,23 +90,16 @@ async def test_rounds_that_go_unsigned_past_the_limit_are_told_to_signed_subscri
     the signer out (`unknown`, the stall named) instead of pricing from the frozen round. With
     the directory back rounds are signed again: signed frames follow, the client prices again,
     and no further `stalled` frame comes. Before, a signed subscriber got silence."""
-    state, gone = tmp_path / "state", tmp_path / "state-gone"
-    state.mkdir()
-    key, signing = signing_table(tmp_path, state / "signing-lease.json", lease_window_ms=1_000)
+    lease = MovableLease(tmp_path)
+    key = lease.key
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
-        cfg = stalling_config(sim, signing=signing)
+        cfg = stalling_config(sim, signing=lease.signing)
         service = Service(cfg, clock=SteppedClock())
         service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall limit of 0.4 s
         assert service.signer is not None
         signer = service.signer.stats
         client = OracleClient({key.address}, deployment="test", max_age_ms=60_000)
-        async with (
-            service_running(service),
-            aiohttp.ClientSession() as http,
-            asyncio.timeout(SAFETY_S),
-        ):
-            await service.started.wait()
-            base = f"http://127.0.0.1:{service.bound_port}"
+        async with serving_api(service, SAFETY_S) as (http, base):
             watcher = asyncio.create_task(client.watch_ws(base, [MARKET]), name="test-client")
             try:
                 signed_request = {"op": "subscribe", "markets": [MARKET], "signed": True}
@@ -106,7 +108,7 @@ async def test_rounds_that_go_unsigned_past_the_limit_are_told_to_signed_subscri
                     reading(http, base, {"op": "subscribe", "markets": [MARKET]}) as plain,
                 ):
                     await until(lambda: client.price(MARKET).price is not None, "a price")
-                    state.rename(gone)  # the lease can no longer be written
+                    lease.move_away()  # the lease can no longer be written
                     try:
                         await until(lambda: stalls(signed), "the signed stalled frame")
                         told = stalls(signed)[0]
@@ -141,7 +143,7 @@ async def test_rounds_that_go_unsigned_past_the_limit_are_told_to_signed_subscri
                             assert await first_event(http, base + query) == told
                         assert len(stalls(signed)) == 1  # once per stall
                     finally:
-                        gone.rename(state)
+                        lease.bring_back()
                     await until(
                         lambda: client.price(MARKET).price is not None and not client.stalled,
                         "the client prices again",
@@ -154,3 +156,68 @@ async def test_rounds_that_go_unsigned_past_the_limit_are_told_to_signed_subscri
             finally:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def test_the_bus_and_the_signed_streams_get_the_same_notice_decided_once(
+    tmp_path: Path,
+) -> None:
+    """With NATS on as well, rounds left unsigned past the limit are told by one rule, once: the
+    bus's notice on `oracled.stalled` is the very bytes of the signed subscriber's `stalled`
+    frame (same words, same round, same signature), one log line names both outlets, and one
+    more says signed rounds came again to both. Before, the sink and the service each kept
+    their own rule fed the same rounds, each wrote and signed its own notice and logged it
+    apart: two decisions that nothing held to the same words or the same moment."""
+    server = NatsServer(tmp_path / "nats", jetstream=False)
+    await server.start()
+    lease = MovableLease(tmp_path)
+    key = lease.key
+    try:
+        async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+            bus_table = {"enabled": True, "servers": [server.url]}
+            service = Service(stalling_config(sim, signing=lease.signing, nats=bus_table))
+            service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall limit of 0.4 s
+            bus = await nats.connect(server.url, allow_reconnect=False)
+            on_bus: list[bytes] = []
+
+            async def keep(msg: Any) -> None:
+                on_bus.append(msg.data)
+
+            await bus.subscribe("oracled.stalled", cb=keep)
+            await bus.flush()
+            on_stream: list[bytes] = []
+            signed_request = {"op": "subscribe", "markets": [MARKET], "signed": True}
+            try:
+                async with (
+                    serving_api(service, SAFETY_S) as (http, base),
+                    reading(http, base, signed_request, on_stream) as signed,
+                ):
+                    await until(lambda: any(f["type"] == "signed" for f in signed), "signed")
+                    with capture_logs() as logs:
+                        lease.move_away()  # the lease can no longer be written
+                        try:
+                            await until(lambda: stalls(signed) and on_bus, "both told")
+                        finally:
+                            lease.bring_back()
+                        told = stalls(signed)[0]
+                        await until(
+                            lambda: (
+                                signed[-1]["type"] == "signed"
+                                and signed[-1]["data"]["ts"] > told["ts"]
+                            ),
+                            "signed rounds again",
+                        )
+            finally:
+                await bus.close()
+        frame = on_stream[signed.index(told)]
+        assert on_bus == [frame]  # the same bytes, once
+        assert_stall_signed(msgspec.json.decode(frame), key.address)
+        assert len(stalls(signed)) == 1
+        notices = [e for e in logs if e["event"] == "stall notice: no round signed"]
+        assert [(e["outlets"], e["ts"], e["round"]) for e in notices] == [
+            (["streams", "nats"], told["ts"], told["round"])
+        ]
+        again = [e for e in logs if e["event"] == "signed rounds again"]
+        assert [e["outlets"] for e in again] == [["streams", "nats"]]
+        assert not [e for e in logs if "stall notice" in e["event"] and e not in notices]
+    finally:
+        server.stop()
