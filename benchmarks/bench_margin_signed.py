@@ -19,8 +19,14 @@ the CPU of the whole round's frames (verification, refresh, the engine's step); 
 (the usual tick: rounds come every 250 ms, reports count for 5 s), and when every report held
 has aged out (after a round of every daemon, five times: every market lapses and freezes).
 
+`--memory R` measures instead what a bare `OracleClient` keeps: R rounds of every daemon's
+markets fed to it, the growth of the process's RSS and (in a second run, under tracemalloc) of
+the Python heap every few rounds. The client remembers the last 64 round times of each
+signer and market, so the heap grows for 64 rounds and then stays.
+
     python benchmarks/bench_margin_signed.py --markets 1000 --daemons 3 --rounds 12
     python benchmarks/bench_margin_signed.py --markets 100,1000 --json out.json
+    python benchmarks/bench_margin_signed.py --markets 1000 --daemons 3 --memory 80
 
 See benchmarks/README.md for the figures.
 """
@@ -28,20 +34,23 @@ See benchmarks/README.md for the figures.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from oracled.client import MarketView
+from oracled.client import MarketView, OracleClient
 from oracled.margin import MarginEngine, parse_accounts
 from oracled.margin.signed import SignedMarginService
 from oracled.model import Status
@@ -224,6 +233,74 @@ def run_case(n: int, k: int, rounds: int, order: str, accounts: int) -> dict[str
     }
 
 
+def client_memory(n: int, k: int, rounds: int, every: int) -> dict[str, Any]:
+    """What an `OracleClient` keeps after each `every` rounds of `k` daemons' `n` markets: the
+    growth of the process's RSS (one run) and of the traced Python heap (a second run under
+    tracemalloc, whose own overhead would swell the RSS), each round's frames freed first."""
+    rss = _fed(n, k, rounds, every, traced=False)
+    heap = _fed(n, k, rounds, every, traced=True)
+    points = [{"rounds": r, "rss_mb": rss[r], "heap_mb": heap[r]} for r in sorted(rss) if r in heap]
+    return {"markets": n, "daemons": k, "rounds": rounds, "points": points}
+
+
+def _fed(n: int, k: int, rounds: int, every: int, *, traced: bool) -> dict[int, float]:
+    """Rounds fed -> MB grown since before the first frame (RSS, or the traced heap)."""
+    markets = market_names(n)
+    keys = [SigningKey.from_hex("0x" + f"{0x41 + i:02x}" * 32) for i in range(k)]
+    signers = [RoundSigner(key, "bench") for key in keys]
+    clock = [T0]
+    client = OracleClient(
+        {f"daemon-{i}": key.address for i, key in enumerate(keys)},
+        deployment="bench",
+        quorum=k // 2 + 1,
+        now_ms=lambda: clock[0],
+    )
+
+    def now_mb() -> float:
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] / 1e6 if traced else _rss_mb()
+
+    if traced:
+        tracemalloc.start()
+    before = now_mb()
+    out: dict[int, float] = {}
+    for r in range(1, rounds + 1):
+        clock[0] = T0 + r * ROUND_MS
+        for d in range(k):
+            for text in signed_frames(signers[d], clock[0], r, markets):
+                client.feed(text)
+        if r % every == 0 or r == rounds:
+            out[r] = now_mb() - before
+    if traced:
+        tracemalloc.stop()
+    assert client.accepted == n * k * rounds
+    return out
+
+
+def _rss_mb() -> float:
+    """The process's resident set now (Linux), else its peak, MB."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1e6 if sys.platform == "darwin" else peak / 1e3
+
+
+def memory_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'markets':>7} {'K':>2} {'rounds':>6} | {'RSS grown':>10} {'heap kept':>10}"]
+    lines.append("-" * len(lines[0]))
+    lines.extend(
+        f"{r['markets']:>7} {r['daemons']:>2} {p['rounds']:>6} | "
+        f"{p['rss_mb']:>7.1f} MB {p['heap_mb']:>7.1f} MB"
+        for r in rows
+        for p in r["points"]
+    )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'markets':>7} {'K':>2} {'order':>11} | {'refresh/round':>13} {'reads':>6} "
@@ -249,15 +326,26 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=50)
     parser.add_argument("--orders", default=",".join(ORDERS))
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--memory", type=int, metavar="R", help="measure what the client keeps over R rounds"
+    )
+    parser.add_argument("--every", type=int, default=16, help="--memory: rounds between points")
     args = parser.parse_args()
     # The runs freeze every market at the end (`no_quorum`, a warning per market): not shown.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    rows = [
-        run_case(int(n), args.daemons, args.rounds, order, args.accounts)
-        for n in args.markets.split(",")
-        for order in args.orders.split(",")
-    ]
-    print(table(rows))
+    if args.memory:
+        rows = [
+            client_memory(int(n), args.daemons, args.memory, args.every)
+            for n in args.markets.split(",")
+        ]
+        print(memory_table(rows))
+    else:
+        rows = [
+            run_case(int(n), args.daemons, args.rounds, order, args.accounts)
+            for n in args.markets.split(",")
+            for order in args.orders.split(",")
+        ]
+        print(table(rows))
     if args.json:
         out = {"python": sys.version.split()[0], "machine": platform.machine(), "args": vars(args)}
         out["cases"] = rows
