@@ -47,7 +47,8 @@ Reasons a message is refused (`Rejection.reason`):
                     daemons whose rounds
                     differ (replicas sharing one key) or is in other hands. Every report of that
                     signer for that time is refused, the one accepted first is withdrawn, and
-                    the two messages are kept as evidence in `equivocations`
+                    the two messages are kept as evidence in `equivocations` (the first one
+                    whole while it is the newest of its market: `Equivocation`)
 
 Refusals are also logged (`client rejected`, a warning with the reason and, for a wrong signer,
 the signer and the allowed ones), at most one line per reason every `log_every_ms`; the next
@@ -78,7 +79,7 @@ import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -88,6 +89,7 @@ import msgspec
 import structlog
 from eth_utils.address import to_checksum_address
 
+from oracled.client_seen import LeafValues, Seen, leaf_values
 from oracled.client_stream import STALLED, Request, Subscriptions
 from oracled.eth import keccak
 from oracled.publish.signer import (
@@ -131,9 +133,8 @@ REASONS = (
 )
 _LIVE = frozenset({"active", "degraded"})
 _RECOVERED_MAX = 4096  # cached signature recoveries (a few rounds of every signer)
-_SEEN_PER_KEY = 64  # accepted round times remembered per (signer, market) to tell replays apart
 #: Round times remembered per signer with the round it signed for each (to catch a second one),
-#: more than `_SEEN_PER_KEY`: a message of any time still fresh must find its round here.
+#: more than `SEEN_PER_KEY`: a message of any time still fresh must find its round here.
 _ROUNDS_PER_SIGNER = 256
 #: A NATS stall notice is taken only when the signer's newest round is at least this old: a
 #: daemon sends one past its stall limit (5 s at least), less the clock skew `max_future_ms`
@@ -414,11 +415,17 @@ class Equivocation:
 
     Either the key signs for several daemons whose rounds differ (replicas given one key) or
     someone else holds it. Both messages verify: they are the evidence to show its operator.
+    `first` is None in one case only: another leaf of a market under the same root at a time
+    older than the signer's newest report of that market, whose whole message the client no
+    longer keeps (`oracled.client_seen`: of each signer and market only the newest is kept
+    whole, the earlier ones without their proofs); `second` then proves the leaf it signed.
     """
 
     signer: str
     ts: int
-    first: SignedPrice  # accepted first: the key's report of `ts` the client held
+    #: Accepted first: the key's report of `ts` the client held (the round's first message for
+    #: another round; the market's, while it is the newest, for another leaf of it).
+    first: SignedPrice | None
     second: SignedPrice  # the conflicting one: another round, or another leaf of the market
 
 
@@ -463,14 +470,6 @@ class MarketView:
     #: Why fresh reports of the market were left out: the stalls of the identities whose
     #: reports were, by identity (their reports are not in `reports`).
     stalled: tuple[Stall, ...] = ()
-
-
-@dataclass(slots=True)
-class _Seen:
-    latest: int = -1
-    accepted: deque[int] = field(default_factory=lambda: deque(maxlen=_SEEN_PER_KEY))
-    # What was accepted at each of those times: the same report again is a duplicate.
-    reports: dict[int, SignedPrice] = field(default_factory=dict)
 
 
 def _median(values: list[Decimal]) -> Decimal:
@@ -541,7 +540,9 @@ class OracleClient:
         self.stall_notice_min_age_ms = stall_notice_min_age_ms
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self._latest: dict[str, dict[str, SignerReport]] = {}
-        self._seen: dict[tuple[str, str], _Seen] = {}
+        # Per (signer, market), the last `SEEN_PER_KEY` reports accepted (duplicates, replays,
+        # another leaf at one of those times, views up to an earlier round).
+        self._seen: dict[tuple[str, str], Seen] = {}
         self._recovered: dict[tuple[bytes, bytes], str] = {}
         self._memo = _Memo()
         # Per signer, round time -> the first report accepted at it (whose round every other
@@ -598,7 +599,7 @@ class OracleClient:
             )
             self._check_conflict(sp, signer)
             seen = self._seen.get((signer, sp.market))
-            if seen is not None and seen.reports.get(sp.ts) == sp:
+            if seen is not None and seen.is_duplicate(sp):
                 self.duplicates += 1
                 return sp, signer
             self._check_time(sp, signer)
@@ -659,10 +660,9 @@ class OracleClient:
             )
         else:
             seen = self._seen.get((signer, sp.market))
-            prev = None if seen is None else seen.reports.get(sp.ts)
-            if prev is None or prev.leaf() == sp.leaf():
+            if seen is None or not seen.other_leaf(sp):
                 return
-            first, detail = prev, f"another leaf of {sp.market} in the same root"
+            first, detail = seen.message(sp.ts), f"another leaf of {sp.market} in the same root"
         rounds[sp.ts] = None
         self.equivocated[signer] += 1
         self.equivocations.append(Equivocation(signer, sp.ts, first, sp))
@@ -686,18 +686,17 @@ class OracleClient:
             raise Rejection("future", f"{sp.market} round {sp.ts} is ahead of the local clock")
         seen = self._seen.get((signer, sp.market))
         if seen is not None:
-            if sp.ts in seen.accepted:
+            if seen.holds(sp.ts):
                 raise Rejection("replayed", f"{sp.market} round {sp.ts} from {signer}")
             if sp.ts < seen.latest:
                 raise Rejection("reordered", f"{sp.market} round {sp.ts} < {seen.latest}")
 
     def _accept(self, sp: SignedPrice, signer: str) -> None:
-        seen = self._seen.setdefault((signer, sp.market), _Seen())
-        seen.latest = sp.ts
-        if len(seen.accepted) == seen.accepted.maxlen:
-            seen.reports.pop(seen.accepted[0], None)
-        seen.accepted.append(sp.ts)
-        seen.reports[sp.ts] = sp
+        seen = self._seen.get(key := (signer, sp.market))
+        if seen is None:
+            self._seen[key] = Seen(sp)
+        else:
+            seen.add(sp)
         rounds = self._rounds.setdefault(signer, {})
         if sp.ts not in rounds:
             if len(rounds) >= _ROUNDS_PER_SIGNER:
@@ -720,18 +719,23 @@ class OracleClient:
         self.updated.set()
 
     def _report(self, sp: SignedPrice, signer: str) -> SignerReport:
-        """What views read of an accepted message: the latest, or an earlier one (`upto`)."""
-        live = sp.status in _LIVE
-        marked = live and sp.mark_mode not in (None, "none")
+        """What views read of the latest accepted message."""
+        return self._report_of(signer, sp.ts, sp.round, leaf_values(sp))
+
+    def _report_of(self, signer: str, ts: int, round_no: int, values: LeafValues) -> SignerReport:
+        """A report from a message's values: the latest, or an earlier one kept (`upto`)."""
+        status, price, confidence, expo, mark, mark_mode = values
+        live = status in _LIVE
+        marked = live and mark_mode not in (None, "none")
         return SignerReport(
             signer=signer,
-            ts=sp.ts,
-            round=sp.round,
-            status=sp.status,
-            price=Decimal(int(sp.price)).scaleb(sp.expo) if live else None,
-            confidence=Decimal(int(sp.confidence)).scaleb(sp.expo) if live else None,
-            mark=Decimal(int(sp.mark)).scaleb(sp.expo) if marked and sp.mark is not None else None,
-            mark_mode=sp.mark_mode,
+            ts=ts,
+            round=round_no,
+            status=status,
+            price=Decimal(price).scaleb(expo) if live else None,
+            confidence=Decimal(confidence).scaleb(expo) if live else None,
+            mark=Decimal(mark).scaleb(expo) if marked and mark is not None else None,
+            mark_mode=mark_mode,
             identity=self.identity_of[signer],
         )
 
@@ -831,7 +835,7 @@ class OracleClient:
         self, market: str, held: Mapping[str, SignerReport], upto: Mapping[str, int]
     ) -> list[SignerReport]:
         """Per signer of `market`, its newest report at or before its identity's time in
-        `upto`: the latest one, or an earlier one it accepted (the last `_SEEN_PER_KEY`)."""
+        `upto`: the latest one, or an earlier one it accepted (the last `SEEN_PER_KEY`)."""
         out: list[SignerReport] = []
         for signer, report in held.items():
             limit = upto.get(report.identity)
@@ -841,13 +845,13 @@ class OracleClient:
                 out.append(report)
                 continue
             seen = self._seen.get((signer, market))
-            if seen is None:
+            found = None if seen is None else seen.upto(limit)
+            if found is None:
                 continue
-            ts = next((ts for ts in reversed(seen.accepted) if ts <= limit), None)
-            sp = None if ts is None else seen.reports.get(ts)
+            ts, kept = found
             # None in `_rounds`: the signer equivocated at that time, which withdrew it.
-            if sp is not None and self._rounds.get(signer, {}).get(sp.ts, sp) is not None:
-                out.append(self._report(sp, signer))
+            if self._rounds.get(signer, {}).get(ts, kept) is not None:
+                out.append(self._report_of(signer, ts, kept.round, kept.leaf_values()))
         return out
 
     def prices(self) -> Mapping[str, MarketView]:

@@ -22,7 +22,7 @@ PACKAGE_DIR = Path(oracled.__file__).parent
 CORE = ("oracled.core", "oracled.aggregate", "oracled.gates", "oracled.mark")
 SOURCES = ("oracled.sources",)
 PUBLISH = ("oracled.publish",)
-DOWNSTREAM = ("oracled.client", "oracled.client_stream", "oracled.margin")
+DOWNSTREAM = ("oracled.client", "oracled.client_seen", "oracled.client_stream", "oracled.margin")
 
 #: Modules a layer must not import (a prefix matches the package and everything in it).
 FORBIDDEN: dict[tuple[str, ...], tuple[str, ...]] = {
