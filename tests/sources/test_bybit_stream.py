@@ -5,7 +5,7 @@ test_stream_faults.py."""
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from structlog.testing import capture_logs
@@ -52,6 +52,18 @@ async def test_refusal_without_req_id_still_fails_the_unknown_symbol_alone(
     await unknown_symbol_fails_alone(case, sim, start, wait)
 
 
+async def _one_poll_then_rest(sim: BybitSim, case: Case, start: Start, wait: Wait) -> Any:
+    """Start one symbol on REST (the simulator set to refuse it): its first answer must rest the
+    polls, so one request and none in five poll intervals, counted `rest_error`, the source down.
+    Returns the running source."""
+    run = await start(pairs=[case.pairs[0]])
+    await wait(lambda: sim.stats.rest_requests >= 1)
+    await asyncio.sleep(0.5)  # five poll intervals
+    assert sim.stats.rest_requests == 1
+    assert run.stats.dropped["rest_error"] == 1 and run.state() is ConnState.DOWN
+    return run
+
+
 @pytest.mark.parametrize(
     ("code", "reset_ms", "low_s", "high_s"),
     [(10006, 2_000, 1.5, 2.0), (10006, 0, 1.0, 1.0), (10018, 0, 5.0, 5.0)],
@@ -76,11 +88,7 @@ async def test_a_rate_limit_code_rests_polls_then_they_go_on(
     sim.ws_enabled, sim.rest_status = False, 429
     sim.rate_limit_code, sim.rate_limit_reset_ms = code, reset_ms
     with capture_logs() as logs:
-        run = await start(pairs=[case.pairs[0]])
-        await wait(lambda: sim.stats.rest_requests >= 1)
-        await asyncio.sleep(0.5)  # five poll intervals
-        assert sim.stats.rest_requests == 1
-        assert run.stats.dropped["rest_error"] == 1 and run.state() is ConnState.DOWN
+        run = await _one_poll_then_rest(sim, case, start, wait)
         sim.rest_status = None
         await wait(lambda: run.state() is ConnState.POLLING, within_s=high_s + 5.0)
     assert run.stats.failed_instruments == {}
@@ -107,11 +115,7 @@ async def test_an_ip_ban_403_rests_polls_for_the_documented_ten_minutes(
     sent again every interval into the ban."""
     sim.ws_enabled, sim.rest_status = False, 403
     with capture_logs() as logs:
-        run = await start(pairs=[case.pairs[0]])
-        await wait(lambda: sim.stats.rest_requests >= 1)
-        await asyncio.sleep(0.5)  # five poll intervals
-    assert sim.stats.rest_requests == 1
-    assert run.stats.dropped["rest_error"] == 1 and run.state() is ConnState.DOWN
+        run = await _one_poll_then_rest(sim, case, start, wait)
     assert run.stats.failed_instruments == {} and run.quotes == []
     limited = [e for e in logs if e["event"] == "rest rate limited"]
     assert [(e["delay_s"], e["error"]) for e in limited] == [
