@@ -173,7 +173,8 @@ class Quiet:
 @dataclass(frozen=True)
 class Failing:
     """One REST failure while the stream is refused: every request answers `status` until the
-    source has counted `errors` more; `window`: (seconds, fewest, most) requests in that time."""
+    source has counted `errors` more; `window`: (seconds, fewest, most): at least `fewest`
+    requests, at most `most` per that many seconds (of the time the check truly spans)."""
 
     status: int
     errors: int = 3
