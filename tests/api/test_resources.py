@@ -24,6 +24,7 @@ from api_rig import (
     Rig,
     count_arrivals,
     make_config,
+    until,
 )
 from prometheus_client import Gauge
 from structlog.testing import capture_logs
@@ -114,15 +115,6 @@ async def test_streams_are_never_compressed(make_client: ClientFactory, rig: Rig
         assert line.startswith(b"data: {")
 
 
-async def _until(check: Any, what: str) -> None:
-    """Wait for a condition the server reaches on its own (bounded: a failure, not a hang)."""
-    for _ in range(200):
-        if check():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"never happened: {what}")
-
-
 async def test_an_answer_the_client_does_not_read_is_cut_at_the_send_timeout(
     make_client: ClientFactory,
 ) -> None:
@@ -149,7 +141,7 @@ async def test_an_answer_the_client_does_not_read_is_cut_at_the_send_timeout(
         with capture_logs() as logs:
             await loop.sock_connect(sock, (client.host, client.port))
             await loop.sock_sendall(sock, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-            await _until(lambda: rig.hub.api_closed["send_timeout"] == 1, "a send timeout")
+            await until(lambda: rig.hub.api_closed["send_timeout"] == 1, "a send timeout")
         received = 0
         try:
             while chunk := await loop.sock_recv(sock, 65536):
@@ -218,7 +210,7 @@ async def test_connections_beyond_the_cap_are_refused_with_503_and_closed(
     assert await probe[0].read() == b""
     assert (await _get(first, "/v1/prices"))[0] == 200
     first[1].close()
-    await _until(lambda: limits.connections == 1, "the server saw the close")
+    await until(lambda: limits.connections == 1, "the server saw the close")
     fourth = await connect()
     assert (await _get(fourth, "/v1/info"))[0] == 200
     for _, writer in (second, third, probe, fourth):
@@ -384,7 +376,7 @@ async def test_a_large_body_is_gzipped_once_off_the_loop_for_concurrent_clients(
     held = loop.run_in_executor(None, gate.wait)
     limits = client.server.app[LIMITS]
     asked = [asyncio.create_task(_raw(client, "/v1/prices", GZIP)) for _ in range(8)]
-    await _until(lambda: limits.connections >= 8, "eight requests waiting")
+    await until(lambda: limits.connections >= 8, "eight requests waiting")
     gate.set()
     await held
     answers = await asyncio.gather(*asked)
@@ -440,7 +432,7 @@ async def test_scrapes_sharing_a_render_share_its_compression_whoever_started_it
     all_in = count_arrivals(app, "/metrics", 15)
     client: Client = await aiohttp_client(app)
     first = asyncio.create_task(_raw(client, "/metrics", IDENTITY))
-    await _until(lambda: rig.calls == 1, "the first scrape's render started")
+    await until(lambda: rig.calls == 1, "the first scrape's render started")
     packed = [asyncio.create_task(_raw(client, "/metrics", GZIP)) for _ in range(10)]
     plain = [asyncio.create_task(_raw(client, "/metrics", IDENTITY)) for _ in range(4)]
     async with asyncio.timeout(10):
