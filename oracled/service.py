@@ -33,7 +33,7 @@ from aiohttp import web
 from oracled import __version__, gcpause
 from oracled.aggregate.book import Layout
 from oracled.api import ApiContext, build_app
-from oracled.api.context import READY_ROUNDS
+from oracled.api.context import READY_ROUNDS, round_limit_s
 from oracled.api.limits import FD_RESERVE, GuardedSite, open_file_limit_short
 from oracled.clock import Clock, SystemClock
 from oracled.config import (
@@ -966,8 +966,8 @@ class Service:
         """The API's stall limit (`ApiContext.stalled`), for the notice of rounds that go
         unsigned (NATS, the signed streams): one limit for both ways a signed price stops
         coming."""
-        interval_s = self.core.config.oracle.round_interval_ms / 1000.0
-        return 1000.0 * max(READY_ROUNDS * interval_s, self.ready_min_s)
+        interval_ms = self.core.config.oracle.round_interval_ms
+        return 1000.0 * round_limit_s(interval_ms, READY_ROUNDS, self.ready_min_s)
 
     def _on_unsigned(self, result: RoundResult, reason: str) -> None:
         """A round the signer left unsigned (`reason`, as counted). Once no round has been signed

@@ -12,7 +12,7 @@ from oracled.core import Core, RoundResult
 from oracled.publish.hub import Hub
 from oracled.sources.stats import SourceStats
 
-__all__ = ["ALIVE_ROUNDS", "READY_ROUNDS", "ApiContext"]
+__all__ = ["ALIVE_ROUNDS", "READY_ROUNDS", "ApiContext", "round_limit_s"]
 
 #: No round published for this many round intervals (at least `ApiContext.ready_min_s`, 5 s):
 #: not ready, whatever the latest round said, and the price endpoints answer 503 `stalled`. A
@@ -22,6 +22,12 @@ READY_ROUNDS = 3
 #: ... for this many (at least `alive_min_s`, 60 s): not alive either, so that a supervisor
 #: restarts a loop that does not recover; a start (no round yet) counts from the loop's start.
 ALIVE_ROUNDS = 10
+
+
+def round_limit_s(round_interval_ms: int, rounds: int, floor_s: float) -> float:
+    """`rounds` round intervals, `floor_s` at least: the one rule of the API's limits (stalled,
+    alive), which the service's notice of rounds left unsigned shares."""
+    return max(rounds * round_interval_ms / 1000.0, floor_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +74,7 @@ class ApiContext:
 
     def round_limit_s(self, rounds: int, floor_s: float) -> float:
         """`rounds` round intervals of the config in force, `floor_s` at least."""
-        return max(rounds * self.current_config.oracle.round_interval_ms / 1000.0, floor_s)
+        return round_limit_s(self.current_config.oracle.round_interval_ms, rounds, floor_s)
 
     def stalled(self) -> str | None:
         """Why the latest round is not served as current, or None while rounds come: the round
