@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -137,6 +138,28 @@ def test_a_perp_scenario_runs_with_its_perps_from_files_and_by_name(
     assert by_name == from_files
     assert by_name["mark"] is not None and by_name["mark"]["rounds"] > 0
     assert by_name["policies"]["oracled"]["price_used"]["mark"] > 0
+
+
+def test_every_key_of_the_json_summary_is_described_in_the_docs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """docs/stress.md's Results table has a row for each key of a policy's results, and no row
+    for a key there is not; the keys around them (`scenario`, `move`, `mark`'s own, ...) are
+    named in its prose. `insurance_fund` and `decisions` were in every summary and nowhere in
+    the docs."""
+    assert main(["stress", "--scenario", "perp_wick", "--json", "-"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "stress.md").read_text()
+    section = doc.split("\n## Results (per policy)\n", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        key
+        for line in section.splitlines()
+        if line.startswith("| `")
+        for key in re.findall(r"`(\w+)`", line.split(" | ", 1)[0])
+    }
+    prose = set(re.findall(r"`(\w+)`", section))
+    assert rows == set(summary["policies"]["oracled"])
+    assert set(summary) | set(summary["mark"]) | set(summary["move"]) <= prose
 
 
 @pytest.mark.parametrize(("option", "name"), [("--json", "out.json"), ("--plot", "out.png")])
