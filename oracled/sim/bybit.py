@@ -136,6 +136,8 @@ class BybitSim(VenueSim):
         self.repush_s = repush_s
         #: How far ahead a rate-limit answer's ``X-Bapi-Limit-Reset-Timestamp`` lies.
         self.rate_limit_reset_ms = rate_limit_reset_ms
+        #: Set: sent as that header's text instead (a garbled header, such as "inf" or "1e9").
+        self.rate_limit_reset_text: str | None = None
         self.rate_limit_code = _API_LIMIT  # the retCode of `rest_status` 429's answer
         self.repushed = 0  # level-1 snapshots pushed again for an unchanged book
         self._cts: dict[str, int] = {}  # matching-engine time of each spot book's last change
@@ -409,6 +411,7 @@ class BybitSim(VenueSim):
     def reset(self) -> None:
         super().reset()
         self.rate_limit_code = _API_LIMIT
+        self.rate_limit_reset_text = None
 
     def rest_refusal(self, status: int) -> web.Response:
         """A 429 is said as Bybit says a rate limit: a code inside HTTP 200, the reset ahead in
@@ -421,6 +424,8 @@ class BybitSim(VenueSim):
         code = self.rate_limit_code
         reply = self._rest_error(code, _LIMIT_MESSAGES.get(code, "rate limit"), ms)
         reply.headers.update(_limit_headers(ms + self.rate_limit_reset_ms, left=0))
+        if self.rate_limit_reset_text is not None:
+            reply.headers["X-Bapi-Limit-Reset-Timestamp"] = self.rate_limit_reset_text
         return reply
 
     @staticmethod

@@ -91,6 +91,8 @@ class KucoinSim(VenueSim):
         self.bullets = 0  # bullet-public calls
         #: What a 429 (`rest_status`) names as the time until the pool's quota resets, in ms.
         self.rate_limit_reset_ms = rate_limit_reset_ms
+        #: Set: sent as the header's text instead (a garbled header, such as "inf" or "1e9").
+        self.rate_limit_reset_text: str | None = None
         self.pings_received = 0
         self.tokens: set[str] = set()
         self._seq = itertools.count(1_613_277_183_873)
@@ -237,10 +239,11 @@ class KucoinSim(VenueSim):
         milliseconds until its quota resets in ``gw-ratelimit-reset`` (`rate_limit_reset_ms`)."""
         if status != 429:
             return web.json_response({"code": "500000", "msg": "fault"}, status=status)
+        text = self.rate_limit_reset_text
         headers = {
             "gw-ratelimit-limit": "2000",
             "gw-ratelimit-remaining": "0",
-            "gw-ratelimit-reset": str(self.rate_limit_reset_ms),
+            "gw-ratelimit-reset": str(self.rate_limit_reset_ms) if text is None else text,
         }
         body = {"code": "429000", "msg": "Too Many Requests"}
         return web.json_response(body, status=429, headers=headers)

@@ -78,6 +78,7 @@ __all__ = [
     "backoff_delay",
     "read_decimal",
     "read_integer",
+    "read_request_id",
 ]
 
 _T = TypeVar("_T")
@@ -120,6 +121,9 @@ _AS_JSON: Final = msgspec.json.Encoder().encode
 # and the longest wait their Retry-After is obeyed for (Binance's longest ban, 3 days).
 _RATE_LIMITED: Final = (429, 418)
 _MAX_RETRY_AFTER_S: Final = 3 * 86_400.0
+# A rate-limit header of more digits than this (epoch ms has 13) is read as `_HEADER_HUGE`.
+_HEADER_DIGITS: Final = 18
+_HEADER_HUGE: Final = 10**18
 #: Frames of one symbol refused in a row by a venue counter while newer by venue time than the
 #: frame that set the bar, after which the bar is judged bad (`Source._counter_refused`).
 COUNTER_RESET_AFTER: Final = 5
@@ -155,6 +159,24 @@ def read_integer(text: str) -> int:
         raise ValueError("not a venue integer") from None
 
 
+def read_request_id(text: str | None) -> int | None:
+    """One of our request ids as a venue echoes it (we send integers as text), or None: ASCII
+    digits only. str.isdigit() takes Arabic-Indic digits ("\u0661" would answer request 1) and
+    superscripts ("²", on which int() then raises in the read loop)."""
+    if text is None or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
+def _delay_seconds(text: str) -> int | None:
+    """A rate-limit header's count: RFC 9110's delay-seconds rule (1*DIGIT, ASCII) for every such
+    header, or None. Past `_HEADER_DIGITS` digits the number is beyond every cap (read as such)
+    rather than converted (int() refuses more than 4300 digits)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text) <= _HEADER_DIGITS else _HEADER_HUGE
+
+
 def _readable(text: str | float) -> bool:
     """Whether `read_decimal` reads `text` (only to name the refused one of a pair)."""
     try:
@@ -170,15 +192,6 @@ def _recv_ts(quote: Quote) -> int:
 
 def _no_limits() -> Mapping[tuple[str, Kind], int]:
     return {}
-
-
-def _retry_after(value: str | None) -> float:
-    """Seconds a rate-limit answer's Retry-After asks for; 0 without one in seconds form."""
-    try:
-        seconds = float(value) if value else 0.0
-    except ValueError:
-        return 0.0
-    return min(seconds, _MAX_RETRY_AFTER_S) if seconds > 0.0 else 0.0  # NaN is not > 0
 
 
 class RestPacer:
@@ -394,9 +407,30 @@ class Source(abc.ABC):
 
     def rate_limit_wait_s(self, headers: Mapping[str, str]) -> float:
         """Seconds a rate-limit answer (429, 418) asks the poller to send nothing more: its
-        ``Retry-After`` in seconds, the HTTP rule; 0 without one (the next poll goes at its
-        interval). A venue that names its wait another way overrides this."""
-        return _retry_after(headers.get("Retry-After"))
+        ``Retry-After`` in seconds, the HTTP rule, at most Binance's longest ban (3 days); 0
+        without one (the next poll goes at its interval). A venue that names its wait another
+        way overrides this."""
+        seconds = self._header_count(headers, "Retry-After")
+        return min(float(seconds), _MAX_RETRY_AFTER_S) if seconds else 0.0
+
+    def _header_count(self, headers: Mapping[str, str], name: str) -> int | None:
+        """The count a rate-limit header names (seconds, milliseconds, an epoch time), read by
+        RFC 9110's delay-seconds rule, ASCII digits alone; None without the header. Any other
+        text ("inf", "nan", "-5", "1e9", "1.5", "+5", "1_000", "١٢٣", an HTTP date) names no
+        wait: the venue's default one applies, and the text is logged as `header refused`, the
+        first at once, then at most a line a minute. float() read "inf" as a 3-day ban and
+        "١٢٣" as 123 s."""
+        text = headers.get(name)
+        if text is None:
+            return None
+        count = _delay_seconds(text)
+        if count is None:
+            held = self._venue_errors.due("header", self._clock.monotonic())
+            if held is not None:
+                self._log.warning(
+                    "header refused", header=name, text=repr(text)[:40], suppressed=held - 1
+                )
+        return count
 
     # ----------------------------------------------------------------- helpers for venues
 

@@ -58,7 +58,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source
+from oracled.sources._base import Source, read_integer
 from oracled.sources.stats import SourceStats
 
 __all__ = ["BitstampSource"]
@@ -209,9 +209,9 @@ class BitstampSource(Source):
             self.stats.dropped["one_sided"] += 1  # a real state of a thin book, not malformed
             return
         try:
-            venue_ts = int(book.microtimestamp) // 1000
+            venue_ts = read_integer(book.microtimestamp) // 1000
         except ValueError:
-            self._bad("shape")
+            self._bad_number(book.microtimestamp)
             return
         self._quote_in_order(symbol, book.bids[0][0], book.asks[0][0], recv_ts, venue_ts)
 

@@ -85,7 +85,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source, read_decimal
+from oracled.sources._base import Source, read_decimal, read_request_id
 from oracled.sources.stats import SourceStats
 
 __all__ = ["BybitLinearSource", "BybitSpotSource"]
@@ -385,9 +385,8 @@ class _BybitSource(Source):
         wait = super().rate_limit_wait_s(headers)
         if wait > 0:
             return wait
-        try:
-            reset_ms = int(headers.get("X-Bapi-Limit-Reset-Timestamp", ""))
-        except ValueError:
+        reset_ms = self._header_count(headers, "X-Bapi-Limit-Reset-Timestamp")
+        if reset_ms is None:  # none, or text that is no time (logged by the base)
             return self.rest_limit_window_s
         ahead_s = (reset_ms - self._clock.now_ms()) / 1000
         if ahead_s <= 0:  # the current time: the docs' "not exceeded", or a clock behind
@@ -706,5 +705,7 @@ def _leaves_the_book(ticker: _Ticker) -> bool:
 
 
 def _request_id(req_id: str | None) -> int | str | None:
-    """Our request ids are integers sent as strings; anything else is someone else's."""
-    return int(req_id) if req_id is not None and req_id.isdigit() else req_id
+    """Our request ids are integers sent as strings (ASCII digits, `read_request_id`); anything
+    else is someone else's."""
+    request_id = read_request_id(req_id)
+    return req_id if request_id is None else request_id

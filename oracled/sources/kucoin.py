@@ -72,7 +72,7 @@ from yarl import URL
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source, read_capped
+from oracled.sources._base import Source, read_capped, read_integer, read_request_id
 from oracled.sources.stats import SourceStats
 
 __all__ = ["KucoinSource"]
@@ -311,9 +311,9 @@ class KucoinSource(Source):
 
     def _tick(self, symbol: str, tick: _TextTicker, recv_ts: int) -> None:
         try:
-            seq = int(tick.sequence)
+            seq = read_integer(tick.sequence)
         except ValueError:
-            self._bad("bad_number")
+            self._bad_number(tick.sequence)
             return
         bar = self._last_seq.get(symbol, 0)
         if seq <= bar and self._refused(symbol, bar, seq, tick.time):
@@ -330,8 +330,8 @@ class KucoinSource(Source):
             return
         kind = frame.type
         request_id = frame.id
-        if isinstance(request_id, str) and request_id.isdigit():
-            request_id = int(request_id)
+        if isinstance(request_id, str) and (ours := read_request_id(request_id)) is not None:
+            request_id = ours  # ours are integers sent as text; others stay as they are
         if kind == "welcome":
             if not self._welcomed:
                 self._welcomed = True
@@ -377,13 +377,10 @@ class KucoinSource(Source):
         """A 429 names the milliseconds until the pool's quota resets in ``gw-ratelimit-reset``
         (KuCoin sends no Retry-After); polls wait that long, at most the pool's window."""
         named = super().rate_limit_wait_s(headers)
-        try:
-            reset_s = float(headers.get("gw-ratelimit-reset", "")) / 1000.0
-        except ValueError:
+        reset_ms = self._header_count(headers, "gw-ratelimit-reset")
+        if not reset_ms:  # none, zero, or text that is no count (logged by the base)
             return named
-        if not reset_s > 0.0:  # zero, negative or NaN: no wait named
-            return named
-        return max(named, min(reset_s, _POOL_WINDOW_S))
+        return max(named, min(reset_ms / 1000.0, _POOL_WINDOW_S))
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         try:

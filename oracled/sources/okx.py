@@ -63,7 +63,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source
+from oracled.sources._base import Source, read_integer, read_request_id
 from oracled.sources.stats import SourceStats
 
 __all__ = ["OkxSource"]
@@ -242,9 +242,9 @@ class OkxSource(Source):
 
     def _tick(self, tick: _Tick, recv_ts: int) -> None:
         try:
-            ts = int(tick.ts)
+            ts = read_integer(tick.ts)
         except ValueError:
-            self._bad("bad_number")
+            self._bad_number(tick.ts)
             return
         symbol = tick.instId
         if ts < self._last_ts.get(symbol, 0):
@@ -272,7 +272,7 @@ class OkxSource(Source):
         if frame is None:
             return
         event = frame.event
-        request_id = int(frame.id) if frame.id and frame.id.isdigit() else None
+        request_id = read_request_id(frame.id)
         if event == "subscribe" and frame.arg is not None:
             self._settle(request_id, frame.arg.instId, None)
         elif event == "error":

@@ -104,6 +104,15 @@ LAX_NUMBERS = (
 )
 
 
+# Text in a venue time or sequence number that Python's int() or float() read and no venue sends,
+# or that spells no time: each drops its frame as `bad_number`, but "-1", older than any time or
+# number a symbol can have (the order bars start at 0), which is `out_of_order`.
+BAD_COUNTERS = ("1_000", " 12", "+5", "nan", "inf", "١٢٣", "1e400", "-1", "")
+# Request ids echoed as text that str.isdigit() takes and no request of ours has: superscript
+# two (on which int() raises), Arabic-Indic and full-width one.
+ODD_IDS = ("²", "١", "１")
+
+
 @dataclass(frozen=True)
 class Numbers:
     """A good frame (or REST answer) of the venue's real shape, and the quoted numbers in it that
@@ -163,6 +172,12 @@ class ParseCase(Generic[S]):
     # None: the venue has no such path (Kraken's stream sends JSON numbers).
     stream_numbers: Numbers | None = None
     rest_numbers: Numbers | None = None
+    # A stream frame (read after `prime`) whose venue time or sequence number is text read by
+    # the adapter, that number in `numbers`; None: the venue reads none from text.
+    counters: Numbers | None = None
+    # An ack echoing our request id as text, with ``{id}`` where the id goes, answering no
+    # request but number 1 (which holds `pairs`' first symbol); None: ids are JSON numbers.
+    echo: str | None = None
 
     def bad_frames(self) -> list[tuple[str | bytes, str]]:
         """Every bad frame this case knows, with the one reason it must be dropped for."""
@@ -322,9 +337,11 @@ BITSTAMP = ParseCase(
         ("BTC/USD", "spot"),
     ),
     garbage=BITSTAMP_GARBAGE,
+    # The last: a microtimestamp of "soon", a venue number refused as OKX's ts and KuCoin's
+    # sequence are (it was `shape` while int() read Bitstamp's times).
     reasons=_reasons(
         "decode decode shape shape shape shape not_finite not_finite non_positive "
-        "non_positive bad_number crossed shape"
+        "non_positive bad_number crossed bad_number"
     ),
     other=(
         (BITSTAMP_TRADE, "shape"),  # live_trades: a channel we never subscribe to
@@ -336,6 +353,7 @@ BITSTAMP = ParseCase(
     text_path=_bitstamp_short_level,
     poisoned=_bitstamp_poisoned,
     stream_numbers=Numbers(_BITSTAMP_NEWER, ('"0.99948"',), recv_ts=1_641_343_696_039 + 5),
+    counters=Numbers(_BITSTAMP_NEWER, ('"1641343696039184"',), recv_ts=1_641_343_696_039 + 5),
     rest_numbers=Numbers(
         '[{"timestamp":"1686068944","bid":"0.9994","ask":"0.9996","pair":"USDT/USD"}]',
         ('"0.9994"',),
@@ -374,6 +392,7 @@ BYBIT_SPOT = ParseCase(
         recv_ts=1709891679000 + 5,  # the frame's ts
     ),
     rest_numbers=_bybit_rest("spot"),
+    echo='{"success":true,"ret_msg":"","conn_id":"c","req_id":"{id}","op":"subscribe"}',
     # Trade and kline frames (never subscribed).
     other=(
         (recorded("bybit", "ws_publicTrade.json"), "shape"),
@@ -397,6 +416,7 @@ BYBIT_LINEAR = ParseCase(
         recv_ts=1673272861686 + 5,  # the frame's ts
     ),
     rest_numbers=_bybit_rest("linear"),
+    echo='{"success":true,"ret_msg":"","conn_id":"c","req_id":"{id}","op":"subscribe"}',
     other=BYBIT_SPOT.other,
 )
 
@@ -662,6 +682,8 @@ KUCOIN = ParseCase(
     text_path=_kucoin_text_path,
     poisoned=_kucoin_poisoned,
     stream_numbers=Numbers(_KUCOIN_TICKERS[0], ('"0.00028678"',), recv_ts=1619378326323 + 5),
+    counters=Numbers(_KUCOIN_TICKERS[0], ('"1612844051653"',), recv_ts=1619378326323 + 5),
+    echo='{"id":"{id}","type":"ack"}',
     rest_numbers=Numbers(
         '{"code":"200000","data":' + json.dumps(json.loads(_KUCOIN_TICKERS[0])["data"]) + "}",
         ('"0.00028678"',),
@@ -733,6 +755,8 @@ OKX = ParseCase(
     text_path=_okx_text_path,
     poisoned=_okx_poisoned,
     stream_numbers=Numbers(_OKX_TICKERS[2], ('"30228.6"',), recv_ts=1652459224956 + 5),
+    counters=Numbers(_OKX_TICKERS[2], ('"1652459224956"',), recv_ts=1652459224956 + 5),
+    echo='{"id":"{id}","event":"subscribe","arg":{"channel":"tickers","instId":"ETH-USDT"}}',
     rest_numbers=Numbers(
         '{"code":"0","msg":"","data":[' + json.dumps(json.loads(_OKX_TICKERS[2])["data"][0]) + "]}",
         ('"30228.6"',),

@@ -469,6 +469,27 @@ async def test_a_rate_limit_answer_is_obeyed_for_as_long_as_it_says(
         assert run.stats.dropped["rest_error"] == 1 and run.stats.state is ConnState.DOWN
 
 
+@pytest.mark.parametrize("text", ["inf", "nan", "-5", "1e9", "1e400", "1.5", "+5", "1_000", "١٢٣"])
+async def test_a_retry_after_that_is_no_count_of_seconds_names_no_wait(
+    aiohttp_server: Any, start_config: Any, wait: Any, text: str
+) -> None:
+    """A 429 whose Retry-After is not delay-seconds (RFC 9110: ASCII digits) names no wait:
+    the poller keeps its default (the next poll at its interval: three polls come), records no
+    wait, and logs the text once as `header refused` (then at most a line a minute). Before,
+    float() read "inf", "1e9" and "1e400" as a 3-day ban, "1_000" and "١٢٣" as that many
+    seconds, "+5" and "1.5" as 5 and 1.5 s, and "nan" and "-5" passed without a word."""
+    venue = Venue(hold_script)
+    venue.refuse = True  # no stream: the source polls
+    venue.rest_status, venue.retry_after = 429, text
+    with capture_logs() as logs:
+        run = await launch(venue, aiohttp_server, start_config)
+        await wait(lambda: venue.rest_requests >= 3)
+    assert run.source._retry_after_s == 0.0
+    refused = [(e["header"], e["text"]) for e in logs if e["event"] == "header refused"]
+    assert refused == [("Retry-After", repr(text))]
+    assert [e for e in logs if e["event"] == "rest rate limited"] == []
+
+
 async def test_rest_answers_without_a_quote_leave_the_source_down_not_polling(
     aiohttp_server: Any, start_config: Any, wait: Any
 ) -> None:

@@ -5,6 +5,7 @@ test_stream_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, ClassVar
 
 import pytest
@@ -95,6 +96,36 @@ async def test_a_rate_limit_code_rests_polls_then_they_go_on(
     limited = [e for e in logs if e["event"] == "rest rate limited"]
     assert [e["status"] for e in limited] == [429]
     assert low_s <= limited[0]["delay_s"] <= high_s
+
+
+def _garbled(digits: str, form: str) -> str:
+    """`digits` written as int() reads them and no venue sends them."""
+    if form == "underscores":
+        return f"{digits[:4]}_{digits[4:]}"
+    if form == "plus":
+        return f"+{digits}"
+    return digits.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+
+
+@pytest.mark.parametrize("form", ["underscores", "plus", "arabic-indic", "1e400", "inf"])
+async def test_a_reset_timestamp_that_is_no_time_rests_the_default_window(
+    sim: BybitSim, case: Case, start: Start, wait: Wait, form: str
+) -> None:
+    """A 10006 whose X-Bapi-Limit-Reset-Timestamp is not ASCII digits names no reset: polls
+    rest the API limit's 1 s window (the recorded wait and the `rest rate limited` line), go
+    on after it, and the text is logged as `header refused`. Before, int() read a reset 30 s
+    ahead written with an underscore, a plus sign or Arabic-Indic digits, and polls rested
+    those 30 s."""
+    ahead = str(int(time.time() * 1000) + 30_000)
+    text = form if form in ("1e400", "inf") else _garbled(ahead, form)
+    sim.ws_enabled, sim.rest_status, sim.rate_limit_reset_text = False, 429, text
+    with capture_logs() as logs:
+        run = await start(pairs=[case.pairs[0]])
+        await wait(lambda: sim.stats.rest_requests >= 2)
+    assert run.source._retry_after_s == 1.0
+    assert {e["delay_s"] for e in logs if e["event"] == "rest rate limited"} == {1.0}
+    refused = {(e["header"], e["text"]) for e in logs if e["event"] == "header refused"}
+    assert refused == {("X-Bapi-Limit-Reset-Timestamp", repr(text))}
 
 
 class ShortBanSpot(BybitSpotSource):

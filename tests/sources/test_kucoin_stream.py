@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from structlog.testing import capture_logs
 from venue_cases import CASE, Start, Wait
 
 from oracled.sim.kucoin import KucoinSim
@@ -87,6 +88,23 @@ async def test_a_spent_rate_limit_pool_stops_polls_until_the_reset_it_names(
     await asyncio.sleep(0.6)  # six poll intervals
     assert sim.stats.rest_requests == 1
     assert run.stats.dropped["rest_error"] == 1 and run.stats.state is ConnState.DOWN
+
+
+@pytest.mark.parametrize("text", ["30_000", "+30000", "٣٠٠٠٠", "1e9", "inf", "nan", "-5", "1.5"])
+async def test_a_reset_that_is_no_count_of_milliseconds_names_no_wait(
+    sim: KucoinSim, start: Start, wait: Wait, text: str
+) -> None:
+    """A gw-ratelimit-reset that is not ASCII digits names no wait: the 429 gets KuCoin's
+    default (none: the next poll at its interval, so three polls come), no wait is recorded,
+    and the text is logged once as `header refused`. Before, float() read "30_000", "+30000"
+    and "٣٠٠٠٠" as 30 s, and "1e9" and "inf" as the pool's whole 30 s window."""
+    sim.rest_status, sim.rate_limit_reset_text = 429, text  # the bullet too: no stream, polls
+    with capture_logs() as logs:
+        run = await start()
+        await wait(lambda: sim.stats.rest_requests >= 3)
+    assert run.source._retry_after_s == 0.0
+    refused = {(e["header"], e["text"]) for e in logs if e["event"] == "header refused"}
+    assert refused == {("gw-ratelimit-reset", repr(text))}
 
 
 async def test_a_short_rate_limit_reset_lets_polls_go_on_after_it(

@@ -17,7 +17,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from parse_cases import CASES, LAX_NUMBERS, Harness, Numbers, ParseCase, open_harness
+from parse_cases import (
+    BAD_COUNTERS,
+    CASES,
+    LAX_NUMBERS,
+    ODD_IDS,
+    Harness,
+    Numbers,
+    ParseCase,
+    open_harness,
+)
 from structlog.testing import capture_logs
 
 from oracled.clock import ManualClock
@@ -355,3 +364,72 @@ def test_refused_numbers_are_logged_once_a_minute_with_their_text(
     assert harness.stats.dropped == {"bad_number": len(LAX_NUMBERS)}
     lines = [e for e in logs if e["event"] == "number refused"]
     assert [(e["text"], e["suppressed"]) for e in lines] == [(repr(LAX_NUMBERS[0]), 0)]
+
+
+COUNTED = [
+    pytest.param(case, text, id=f"{case.id}-{text!r}")
+    for case in CASES
+    if case.counters is not None
+    for text in BAD_COUNTERS
+]
+
+
+@pytest.mark.parametrize(("case", "text"), COUNTED)
+def test_a_venue_time_or_sequence_int_would_read_drops_its_frame(
+    case: ParseCase[Any], text: str, harness: Harness[Any]
+) -> None:
+    """A venue time or sequence number written as text that int() reads and no venue sends
+    ("1_000", " 12", "+5", "١٢٣") or as no integer at all ("nan", "inf", "1e400", "") drops
+    its frame as `bad_number`, never quoted, never raised; "-1" is older than anything and
+    `out_of_order`. Before, int() read the first four: the frame was quoted with that time
+    (Bitstamp, OKX) or ordered by that sequence (KuCoin)."""
+    sample = case.counters
+    assert sample is not None
+    if case.prime is not None:
+        case.prime(harness)
+    before = list(harness.quotes)
+    with capture_logs() as logs:
+        harness.source.on_message(_with(sample, sample.numbers[0], text), sample.recv_ts + 1)
+    assert harness.quotes == before
+    if text == "-1":
+        assert harness.stats.dropped == {"out_of_order": 1} and harness.stats.malformed == 0
+        return
+    assert harness.stats.dropped == {"bad_number": 1} and harness.stats.malformed == 1
+    assert [e["text"] for e in logs if e["event"] == "number refused"] == [repr(text)]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.counters is not None], ids=lambda c: c.id)
+def test_the_counter_sample_is_quoted_as_it_is(case: ParseCase[Any], harness: Harness[Any]) -> None:
+    """The sample above gives a quote unchanged: its drops are the edited number's doing."""
+    sample = case.counters
+    assert sample is not None
+    if case.prime is not None:
+        case.prime(harness)
+    before = len(harness.quotes)
+    harness.source.on_message(sample.body, sample.recv_ts + 1)
+    assert len(harness.quotes) == before + 1 and harness.stats.malformed == 0
+
+
+ECHOED = [
+    pytest.param(case, text, id=f"{case.id}-{text!r}")
+    for case in CASES
+    if case.echo is not None
+    for text in ODD_IDS
+]
+
+
+@pytest.mark.parametrize(("case", "text"), ECHOED)
+def test_a_request_id_of_other_digits_answers_no_request(
+    case: ParseCase[Any], text: str, harness: Harness[Any]
+) -> None:
+    """An ack whose id is digits str.isdigit() takes but no id of ours is written in (a
+    superscript, Arabic-Indic or full-width one) answers no request of ours: counted as
+    `unsolicited`, request 1 still waiting, nothing raised. Before, the superscript raised
+    ValueError out of the read loop (int() refuses what isdigit() passed), and the others
+    acknowledged request 1 (Bybit, KuCoin)."""
+    assert case.echo is not None
+    source = harness.source
+    source._pending[1] = (source.symbols[0],)
+    source.on_message(case.echo.replace("{id}", text), 1)
+    assert source._pending == {1: (source.symbols[0],)}
+    assert harness.stats.dropped == {"unsolicited": 1} and harness.stats.malformed == 0
