@@ -59,6 +59,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.errors import SourceError
 from oracled.eth import recursion_limit_kept
+from oracled.headers import delay_seconds
 
 if TYPE_CHECKING:
     from web3 import AsyncWeb3
@@ -204,12 +205,10 @@ def _pinned(params: Sequence[Any]) -> bool:
 
 def _retry_after_s(value: str | None) -> float | None:
     """Seconds a 429's `Retry-After` asks for, at most `_MAX_REST_S`; None without one in
-    delta-seconds form (an HTTP date is not obeyed: it depends on the two clocks agreeing)."""
-    try:
-        seconds = float(value) if value is not None else 0.0
-    except ValueError:
-        return None
-    return min(seconds, _MAX_REST_S) if seconds > 0 else None  # NaN is not > 0
+    RFC 9110's delay-seconds form (`oracled.headers.delay_seconds`: "inf", "1.5", "+5", "١٢٣"
+    and an HTTP date name no wait, and the endpoint's own backoff applies)."""
+    seconds = delay_seconds(value) if value is not None else None
+    return float(min(seconds, _MAX_REST_S)) if seconds else None
 
 
 def redact(url: str) -> str:

@@ -66,6 +66,7 @@ import structlog
 
 from oracled.clock import Clock
 from oracled.config import DEFAULT_MAX_CLOCK_SKEW_MS, SourceConfig
+from oracled.headers import delay_seconds
 from oracled.lograte import LogEveryMinute
 from oracled.model import Kind, Quote
 from oracled.sources.stats import LATENCY_BOUNDS_MS, LATENCY_BUCKET_OF_MS, ConnState, SourceStats
@@ -121,9 +122,6 @@ _AS_JSON: Final = msgspec.json.Encoder().encode
 # and the longest wait their Retry-After is obeyed for (Binance's longest ban, 3 days).
 _RATE_LIMITED: Final = (429, 418)
 _MAX_RETRY_AFTER_S: Final = 3 * 86_400.0
-# A rate-limit header of more digits than this (epoch ms has 13) is read as `_HEADER_HUGE`.
-_HEADER_DIGITS: Final = 18
-_HEADER_HUGE: Final = 10**18
 #: Frames of one symbol refused in a row by a venue counter while newer by venue time than the
 #: frame that set the bar, after which the bar is judged bad (`Source._counter_refused`).
 COUNTER_RESET_AFTER: Final = 5
@@ -166,15 +164,6 @@ def read_request_id(text: str | None) -> int | None:
     if text is None or not (text.isascii() and text.isdigit()):
         return None
     return int(text)
-
-
-def _delay_seconds(text: str) -> int | None:
-    """A rate-limit header's count: RFC 9110's delay-seconds rule (1*DIGIT, ASCII) for every such
-    header, or None. Past `_HEADER_DIGITS` digits the number is beyond every cap (read as such)
-    rather than converted (int() refuses more than 4300 digits)."""
-    if not (text.isascii() and text.isdigit()):
-        return None
-    return int(text) if len(text) <= _HEADER_DIGITS else _HEADER_HUGE
 
 
 def _readable(text: str | float) -> bool:
@@ -423,7 +412,7 @@ class Source(abc.ABC):
         text = headers.get(name)
         if text is None:
             return None
-        count = _delay_seconds(text)
+        count = delay_seconds(text)
         if count is None:
             held = self._venue_errors.due("header", self._clock.monotonic())
             if held is not None:

@@ -134,6 +134,15 @@ async def test_a_hanging_node_stalls_neither_another_chain_nor_its_own_reader(
         ("http503", "30", 30, "rate_limited"),
         ("http503", None, 0, "http"),
         ("http503", "Wed, 21 Oct 2026", 0, "http"),
+        # No delay-seconds (RFC 9110: ASCII digits alone): no wait named, the backoff's 1 s
+        # for a 429, a passing fault for a 503. float() read "inf" as the 60 s cap and
+        # "١٢٣" (Arabic-Indic digits) as 123 s.
+        ("http429", "inf", 1, "rate_limited"),
+        ("http429", "\u0661\u0662\u0663", 1, "rate_limited"),
+        ("http429", "1_000", 1, "rate_limited"),
+        ("http429", "+30", 1, "rate_limited"),
+        ("http503", "inf", 0, "http"),
+        ("http503", "1e9", 0, "http"),
     ],
 )
 async def test_a_429_rests_its_endpoint_for_its_retry_after(
