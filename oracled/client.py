@@ -56,20 +56,22 @@ line says how many it held back (`suppressed`), so a flood cannot fill the disk.
 
 A daemon whose round loop has stalled says so on its stream (a `stalled` error frame): its
 latest round is no current price, however young. `watch_ws` then takes every report held from
-that daemon (its identity: the signer last heard on that connection) as not current until a
-report of a newer round arrives from it; views leave them out and name the `Stall` in
-`MarketView.stalled`, so a `max_age_ms` longer than the daemon's stall limit does not keep a
-stalled round's price as current. A daemon whose rounds run but go unsigned for longer than that
-limit sends its signed subscribers the same frame (signed, naming its last signed round), taken
-the same way. `watch_nats` does the same with the notice a daemon
-publishes on `<prefix>.stalled`, which names its signer and is signed by it (`OracleStall`):
-anyone who can publish on the bus could otherwise send one after every round and hide the
-daemon. A notice is taken only with a signature by the signer it names, in the client's
-deployment, and only when it is plausible by the client's own clock too: the signer's newest
-round is older than `stall_notice_min_age_ms` and than twice the gap between its last two
-rounds, as it is when a daemon sends one (past its stall limit: 3 round intervals, 5 s at
-least). Notices taken count in `stream_errors["stalled"]`, the others in
-`stream_errors["stalled_refused"]`.
+that daemon (its identity: the signer the frame names) as not current until a report of a newer
+round arrives from it; views leave them out and name the `Stall` in `MarketView.stalled`, so a
+`max_age_ms` longer than the daemon's stall limit does not keep a stalled round's price as
+current. A daemon whose rounds run but go unsigned for longer than that limit sends its signed
+subscribers the same frame (naming its last signed round), taken the same way. `watch_nats`
+does the same with the notice a daemon publishes on `<prefix>.stalled`. Both are the daemon's
+StallNotice, which names its signer and is signed by it (`OracleStall`), the same bytes on the
+bus and on the signed streams: anyone who can publish on the bus, or who stands between a
+client and its daemon (a relay, a proxy), could otherwise send one after every round and hide
+the daemon. A notice or frame is taken only with a signature by the signer it names, in the
+client's deployment, and only when it is plausible by the client's own clock too: the signer's
+newest round is older than `stall_notice_min_age_ms` and than twice the gap between its last
+two rounds, as it is when a daemon sends one (past its stall limit: 3 round intervals, 5 s at
+least). Notices taken count in `stream_errors["stalled"]`, the others (the unsigned frame of a
+report stream among them) in `stream_errors["stalled_refused"]`, logged at most once per
+`log_every_ms` per kind (`client stream ...` and `client nats ...`).
 """
 
 from __future__ import annotations
@@ -136,11 +138,11 @@ _RECOVERED_MAX = 4096  # cached signature recoveries (a few rounds of every sign
 #: Round times remembered per signer with the round it signed for each (to catch a second one),
 #: more than `SEEN_PER_KEY`: a message of any time still fresh must find its round here.
 _ROUNDS_PER_SIGNER = 256
-#: A NATS stall notice is taken only when the signer's newest round is at least this old: a
+#: A stall notice is taken only when the signer's newest round is at least this old: a
 #: daemon sends one past its stall limit (5 s at least), less the clock skew `max_future_ms`
 #: allows by default.
 STALL_NOTICE_MIN_AGE_MS = 3_000
-#: `stream_errors` label of the NATS stall notices refused (taken ones count as `stalled`).
+#: `stream_errors` label of the stall notices refused (taken ones count as `stalled`).
 STALLED_REFUSED = "stalled_refused"
 
 _log = structlog.get_logger("oracled.client")
@@ -173,12 +175,13 @@ class _ErrorFrame(msgspec.Struct):
     markets: list[str] = msgspec.field(default_factory=list)  # market_removed names them
 
 
-class _NatsStall(msgspec.Struct):
-    """`<prefix>.stalled`: the stream's `stalled` frame plus the round it names, its signer and
-    the signer's signature over them (absent from a daemon that does not sign)."""
+class _StallNotice(msgspec.Struct):
+    """A daemon's stall notice (`<prefix>.stalled`, a signed stream's `stalled` frame): the
+    stream's `stalled` frame plus the round it names, its signer and the signer's signature over
+    them (absent from a daemon that does not sign, and from a report stream's frame)."""
 
     code: str
-    ts: int
+    ts: int | None = None  # none in a report stream's frame, which names no round either
     message: str = ""
     signer: str | None = None
     deployment: str | None = None
@@ -433,12 +436,12 @@ class Equivocation:
 class Stall:
     """A daemon said its rounds have stalled: its reports up to `ts` are not current.
 
-    The stream's `stalled` error frame names no signer; the connection's does (the signer last
-    heard on it). It stands for the whole identity (a daemon with all its keys) until a report
+    The daemon's notice (a signed stream's `stalled` frame, or one on the bus) names the key
+    that signed it. It stands for the whole identity (a daemon with all its keys) until a report
     of a round after `ts` arrives from it.
     """
 
-    signer: str  # the key last heard where the daemon said it
+    signer: str  # the key that said it (`note_stalled`'s)
     identity: str  # whose reports are left out (the address itself without identities)
     ts: int  # the newest round time held from the identity when told: reports up to it
     message: str  # the daemon's words (the round's age and its limit)
@@ -536,7 +539,7 @@ class OracleClient:
         self.quorum = quorum
         self.max_age_ms = max_age_ms
         self.max_future_ms = max_future_ms
-        #: How old the signer's newest round must be for a NATS stall notice to be taken.
+        #: How old the signer's newest round must be for a stall notice to be taken.
         self.stall_notice_min_age_ms = stall_notice_min_age_ms
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self._latest: dict[str, dict[str, SignerReport]] = {}
@@ -571,9 +574,6 @@ class OracleClient:
         # was from the one before (a stall notice is plausible only well past it).
         self._newest: dict[str, int] = {}
         self._gap: dict[str, int] = {}
-        # Per `watch_ws` URL, the signer of the last verified message heard there: whose
-        # daemon a `stalled` frame on it speaks for (kept across reconnects).
-        self._heard: dict[str, str] = {}
         self._stalled: dict[str, Stall] = {}
         #: Per identity, the daemon's stall while it lasts (read-only view).
         self.stalled: Mapping[str, Stall] = MappingProxyType(self._stalled)
@@ -743,7 +743,8 @@ class OracleClient:
         """`signer`'s daemon says its rounds have stalled (`message`, its words): every report
         held from its identity is not current until one of a newer round arrives.
 
-        `watch_ws` calls it on a `stalled` frame; a consumer reading a stream itself may too.
+        `watch_ws` and `watch_nats` call it on a notice they verified; a consumer reading a
+        stream itself hands its `stalled` frames to `take_stall`, which verifies them first.
         Returns the stall, or None when nothing is held from that identity (nothing to leave
         out). Logged once per stall (`client signer stalled`), however often it is said.
         """
@@ -884,8 +885,9 @@ class OracleClient:
         until an ack lists it or a verified price of it arrives; a new connection's first request
         leaves it out (no split on every reconnect) and asks for it alone right after. The
         bookkeeping is `oracled.client_stream.Subscriptions`. A `stalled` error frame (the
-        daemon's rounds have stalled) is `note_stalled` for the signer last verified from
-        `base_url` (on this connection or, before its first message, an earlier one). Runs until
+        daemon's rounds have stalled) is `note_stalled` for the signer it names, when it is
+        that signer's StallNotice as `watch_nats` takes one (signed by it, plausible by the
+        client's clock); any other is refused and counted (`stalled_refused`). Runs until
         cancelled.
         """
         own = session is None
@@ -943,7 +945,7 @@ class OracleClient:
                 data: str = msg.data
                 if data.startswith(('{"type":"signed"', '{"type":"report"')):
                     try:
-                        sp, self._heard[url] = self._feed(data)
+                        sp = self._feed(data)[0]
                     except Rejection:
                         continue
                     if subs.reported(market := sp.market):
@@ -972,11 +974,7 @@ class OracleClient:
         except msgspec.DecodeError:
             frame = _ErrorFrame(code="malformed", message=data[:200])
         if frame.code == STALLED:  # answers no request; concerns the daemon, every market
-            self.stream_errors[STALLED] += 1
-            signer = self._heard.get(url)
-            if signer is None or self.note_stalled(signer, frame.message, url) is None:
-                # Nothing verified from it yet: nothing of it is held to leave out.
-                log.warning("client stream stalled", message=frame.message[:200])
+            self._stall_said(data, url, "stream", log)
             return ()
         refusal = subs.refused(frame.code, frame.markets)
         if refusal.kind == "split":
@@ -993,87 +991,105 @@ class OracleClient:
             log.warning("client stream error", code=frame.code, message=frame.message)
         return ()
 
-    def _nats_stalled(self, data: bytes, subject: str, log: Any) -> None:
-        """A daemon's stall notice on the bus: `note_stalled` for the signer it names, counted
-        in `stream_errors` as `stalled` when taken, `stalled_refused` otherwise."""
-        taken = self._nats_notice(data, subject, log)
-        self.stream_errors[STALLED if taken else STALLED_REFUSED] += 1
+    def take_stall(self, data: bytes | str, source: str = "") -> Stall | None:
+        """A `stalled` frame of a signed stream a consumer reads itself (`data`, as sent; from
+        `source`, its URL), taken as `watch_ws` takes one: only as the StallNotice of the signer
+        it names (signed by it, plausible by the client's clock), counted in `stream_errors`
+        as `stalled` or `stalled_refused`, refusals logged (`client stream ...`). Returns the
+        stall taken, or None. Its words alone are nobody's: hand the frame here, not to
+        `note_stalled`."""
+        return self._stall_said(data, source, "stream", _log)
 
-    def _nats_notice(self, data: bytes, subject: str, log: Any) -> bool:
-        """Take a stall notice (True) or refuse it. Anyone on the bus can publish one, so it is
-        taken only for a signer the client holds reports of, with that signer's signature over
-        it in the client's deployment, not after a newer round came from that signer (a notice
-        replayed from JetStream, or late), and only while its newest round is as old as a
-        daemon's notice can be (older than `stall_notice_min_age_ms` and than twice its last gap
-        between rounds, by the client's clock): a notice copied off the bus and sent again after
-        each round hides nothing. The signature is checked last, after the cheap checks, since a
-        flood costs a recovery per notice that reaches it. A notice naming no allowed signer of
-        this deployment (signing off, another daemon on the bus) is logged only. Each kind of
-        notice refused is logged at most once per `log_every_ms` (anyone can send many)."""
+    def _stall_said(self, data: bytes | str, source: str, via: str, log: Any) -> Stall | None:
+        """A daemon's stall notice (a `stalled` frame on a stream, or one on the bus):
+        `note_stalled` for the signer it names, counted in `stream_errors` as `stalled` when
+        taken, `stalled_refused` otherwise."""
+        stall = self._stall_notice(data, source, via, log)
+        self.stream_errors[STALLED_REFUSED if stall is None else STALLED] += 1
+        return stall
+
+    def _stall_notice(self, data: bytes | str, source: str, via: str, log: Any) -> Stall | None:
+        """Take a stall notice (the Stall) or refuse it (None). Anyone on the bus, or on the way
+        of a stream (a relay, a proxy), can send one, so it is taken only for a signer the client
+        holds reports of, with that signer's signature over it in the client's deployment, not
+        after a newer round came from that signer (a notice replayed from JetStream, or late),
+        and only while its newest round is as old as a daemon's notice can be (older than
+        `stall_notice_min_age_ms` and than twice its last gap between rounds, by the client's
+        clock): a notice copied and sent again after each round hides nothing. The signature is
+        checked last, after the cheap checks, since a flood costs a recovery per notice that
+        reaches it. A notice naming no allowed signer of this deployment (signing off, another
+        daemon on the bus, the unsigned frame of a stream) is logged only. Each kind of notice
+        refused is logged at most once per `log_every_ms` (anyone can send many), as
+        `client <via> ...` (`via`: `nats` or `stream`; `source`: the subject or the URL)."""
         try:
-            notice = msgspec.json.decode(data, type=_NatsStall)
+            notice = msgspec.json.decode(data, type=_StallNotice)
         except msgspec.DecodeError:  # ValidationError included
-            self._warn_every("nats malformed", log, "client nats notice malformed", subject=subject)
-            return False
+            self._warn_every(
+                f"{via} malformed", log, f"client {via} notice malformed", source=source
+            )
+            return None
         if notice.code != STALLED:
-            return False
+            return None
         address = None
         with contextlib.suppress(ValueError, TypeError):
             address = to_checksum_address(notice.signer or "")
         identity = None if address is None else self.identity_of.get(address)
         if address is None or identity is None or notice.deployment != self.deployment:
             self._warn_every(
-                "nats unattributed",
+                f"{via} unattributed",
                 log,
-                "client nats stalled",
+                f"client {via} stalled",
                 signer=notice.signer,
+                source=source,
                 message=notice.message[:200],
             )
-            return False
+            return None
         newest = self._newest.get(identity)
         if newest is None:  # nothing held from it: nothing to leave out
             self._warn_every(
-                "nats unheard",
+                f"{via} unheard",
                 log,
-                "client nats stalled",
+                f"client {via} stalled",
                 signer=address,
+                source=source,
                 message=notice.message[:200],
             )
-            return False
-        if notice.ts < newest:
-            return False  # a newer round came from it since: the stall is over
+            return None
+        if notice.ts is not None and notice.ts < newest:
+            return None  # a newer round came from it since: the stall is over
         age = self._now_ms() - newest
         least = max(self.stall_notice_min_age_ms, 2 * self._gap.get(identity, 0))
         if age < least:  # no daemon says so this soon after a round: forged, or clocks apart
             self._warn_every(
-                "nats early",
+                f"{via} early",
                 log,
-                "client nats notice refused",
+                f"client {via} notice refused",
                 signer=address,
+                source=source,
                 age_ms=age,
                 least_ms=least,
                 message=notice.message[:200],
             )
-            return False
+            return None
         problem = self._notice_unverified(notice, address)
         if problem is not None:
             self._warn_every(
-                f"nats {problem}",
+                f"{via} {problem}",
                 log,
-                "client nats notice not verified",
+                f"client {via} notice not verified",
                 reason=problem,
                 signer=address,
+                source=source,
                 message=notice.message[:200],
             )
-            return False
-        self.note_stalled(address, notice.message, subject)
-        return True
+            return None
+        return self.note_stalled(address, notice.message, source)
 
-    def _notice_unverified(self, notice: _NatsStall, address: str) -> str | None:
+    def _notice_unverified(self, notice: _StallNotice, address: str) -> str | None:
         """Why a notice naming `address` is not its signer's word, or None: `unsigned` (no
         signature or round: a daemon that does not sign, or anyone), `bad_signature` (not one),
         `forged` (made by another key, over other words, or for another deployment)."""
-        if notice.signature is None or notice.round is None:
+        if notice.signature is None or notice.round is None or notice.ts is None:
             return "unsigned"
         try:
             signature = _hex(notice.signature, 65, "signature")
@@ -1144,7 +1160,7 @@ class OracleClient:
                 await nc.subscribe(subject, cb=handle)
 
             async def stalled(msg: Any) -> None:
-                self._nats_stalled(msg.data, msg.subject, log)
+                self._stall_said(msg.data, msg.subject, "nats", log)
 
             await nc.subscribe(stalled_subject(prefix), cb=stalled)
             await asyncio.Event().wait()

@@ -468,7 +468,7 @@ class Service:
         if cfg.nats.enabled:  # imported only then: the NATS client takes ~0.15 s to import
             from oracled.publish.nats import NatsSink
 
-            self.nats = NatsSink(cfg.nats, signer=self.signer)
+            self.nats = NatsSink(cfg.nats)
         # The audit trail and the on-chain pusher (docs/publishing.md), also start-up only.
         self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
         if self.audit is not None:  # the config in force, first in the trail (docs/publishing.md)
@@ -1061,6 +1061,8 @@ class Service:
             on_reload=self.reload if self.config_path is not None else None,
             reload_unavailable=self.no_reload,
             round_at=lambda: self.round_at,
+            # A stalled loop: the stall watch signs one notice for the signed streams and NATS.
+            signer=self.signer,
             on_stalled=self.nats.stalled if self.nats is not None else None,
             ready_min_s=self.ready_min_s,
             alive_min_s=self.alive_min_s,

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from oracled.clock import Clock
 from oracled.config import Config
-from oracled.core import Core, RoundResult
+from oracled.core import Core
 from oracled.publish.hub import Hub
+from oracled.publish.signer import RoundSigner
 from oracled.sources.stats import SourceStats
 
 __all__ = ["ALIVE_ROUNDS", "READY_ROUNDS", "ApiContext", "round_limit_s"]
@@ -55,9 +56,13 @@ class ApiContext:
     #: When (`clock.monotonic()`) the round loop last published a round, or started; None
     #: before it starts. /readyz and /healthz fail when it is too long ago (oracled/api/ops.py).
     round_at: Callable[[], float | None] = lambda: None
-    #: Called once per stalled round, when the streams' subscribers are told (`StallWatch`): the
-    #: stall's message and the round that is no current price. The NATS sink publishes it.
-    on_stalled: Callable[[str, RoundResult], None] | None = None
+    #: The rounds' key, when they are signed: the stall watch signs its notice with it, so that
+    #: the signed subscribers and NATS get a notice a client can verify.
+    signer: RoundSigner | None = None
+    #: Called once per stalled round, when the streams' subscribers are told (`StallWatch`),
+    #: with the notice the signed subscribers got (`oracled.publish.signstall.StallNotice`,
+    #: signed by `signer` if any): the NATS sink publishes the same bytes.
+    on_stalled: Callable[[bytes], None] | None = None
     #: The floors of those limits in seconds, whatever the round interval (tests lower them).
     ready_min_s: float = 5.0
     alive_min_s: float = 60.0

@@ -5,7 +5,8 @@ optional `signed=true`, `deviation=0.001` and `heartbeat_ms=5000` with the same 
 WebSocket stream. Each event is `data: <frame>` where the frame is exactly the WebSocket stream's
 JSON (`{"type": "report", ...}` or `{"type": "signed", ...}`), the hub's shared bytes; opened
 while the round loop is stalled, it starts with the `stalled` error frame instead of the latest
-round's snapshot, as a plain event (the stream goes on with the next round); a `signed=true`
+round's snapshot, as a plain event (the stream goes on with the next round; signed, the
+StallNotice, on a `signed=true` stream, as on the WebSocket); a `signed=true`
 stream opened while no round is signed past the limit starts with the signed `stalled` frame
 (`Hub.signed_stalled`). A comment
 line every 15 s keeps proxies from timing the connection out. A client that falls behind by more

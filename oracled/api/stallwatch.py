@@ -8,11 +8,17 @@ price that does not move: it would keep the last price it got as current for as 
 stays stuck. So every subscription of a market is told once per stalled round: by a task that
 looks at the round's age every `period_s` (a tenth of the limit, a second at most), or first by
 a request that meets the stall. Whichever comes first tells them all; a request that comes after
-gets the frame for itself alone. The same moment, once per stalled round, is handed to
-`ApiContext.on_stalled`, so that the NATS sink tells the bus's subscribers too (silence there
-looks like a quiet market as well): one detector for every way out. (Rounds that run but go
-unsigned freeze the signed streams alone; that is told to them by the daemon as it is to NATS,
-oracled/publish/signstall.py and `Hub.signed_stalled`, not here.)
+gets the frame for itself alone.
+
+A client that verifies every price must not let a frame anyone on the way could write freeze a
+signer, so the `signed` subscriptions get the stall as a signed notice instead
+(`oracled.publish.signstall.StallNotice`: the same words, the round that is no current price,
+and the rounds' key's signature over them), made once per stalled round and sent as it is to
+the signed subscribers and to a late one while the stall lasts. The same moment hands that very
+notice to `ApiContext.on_stalled`, so that the NATS sink tells the bus's subscribers too
+(silence there looks like a quiet market as well): one detector and one notice for every way
+out. (Rounds that run but go unsigned freeze the signed streams alone; that is told to them by
+the daemon as it is to NATS, oracled/publish/signstall.py and `Hub.signed_stalled`, not here.)
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from oracled.api.context import READY_ROUNDS, ApiContext
 from oracled.api.errors import encode_json
 from oracled.core import RoundResult
 from oracled.publish.hub import Subscription
+from oracled.publish.signstall import stall_notice
 
 __all__ = ["MAX_PERIOD_S", "STALLED", "StallWatch"]
 
@@ -38,12 +45,13 @@ MAX_PERIOD_S = 1.0
 class StallWatch:
     """One per application: `start` on startup, `stop` on cleanup; the stream handlers ask it."""
 
-    __slots__ = ("_ctx", "_task", "_told")
+    __slots__ = ("_ctx", "_notice", "_task", "_told")
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
         self._task: asyncio.Task[None] | None = None
         self._told: RoundResult | None = None  # the round whose stall every subscriber heard of
+        self._notice = b""  # and the signed subscribers' notice of it
 
     @property
     def period_s(self) -> float:
@@ -69,18 +77,24 @@ class StallWatch:
     def tell(self, sub: Subscription | None = None) -> bytes | None:
         """While stalled: tell every subscriber of a market, once per stalled round (`sub`, a
         subscription that just met the stall, among them); or, when they were told already,
-        return the frame for `sub` alone. None when there is nothing (more) to send."""
+        return the frame for `sub` alone (the stall's signed notice for a signed one). None
+        when there is nothing (more) to send."""
         message = self.message()
         latest = self._ctx.hub.latest_result
         if message is None or latest is None:
             return None
-        frame = encode_json({"type": "error", "code": STALLED, "message": message})
         if latest is self._told:
-            return None if sub is None else frame
+            if sub is None:
+                return None
+            if sub.signed:  # signed once per stall: a client cannot make it sign again
+                return self._notice
+            return encode_json({"type": "error", "code": STALLED, "message": message})
         self._told = latest
-        self._ctx.hub.tell(frame)
+        self._notice = stall_notice(message, latest.ts, latest.round, self._ctx.signer)
+        frame = encode_json({"type": "error", "code": STALLED, "message": message})
+        self._ctx.hub.tell(frame, self._notice)
         if self._ctx.on_stalled is not None:
-            self._ctx.on_stalled(message, latest)
+            self._ctx.on_stalled(self._notice)
         return None
 
     async def start(self, app: web.Application) -> None:

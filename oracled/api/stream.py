@@ -18,6 +18,8 @@ Server -> client:
         (code `stalled`, answering no request: the round loop is stalled and its latest
         round is no current price, as the price endpoints' 503 `stalled` says; in place of a
         snapshot, and once per stalled round to every subscriber: oracled/api/stallwatch.py;
+        to `signed` subscribers signed, plus "ts", "round", "signer", "deployment" and
+        "signature": the StallNotice NATS gets, oracled/publish/signstall.py;
         with signing on, also to `signed` subscribers once no round has been signed for longer
         than the limit, signed and naming the last signed round, and in place of a signed
         snapshot until the next one: Hub.signed_stalled)

@@ -26,12 +26,14 @@ engine the client's quorum view of each market, never a frame itself:
 * every change of a quorum view reaches the engine at once, older or newer: a report withdrawn
   (a stall, an equivocation) may have been the newest; at the tick, reports age out;
 * a daemon's `stalled` frame (its round loop stalled, or its rounds go unsigned past its stall
-  limit: the signed notice) withdraws its reports: the client is told (`note_stalled`) that
-  the signer last verified from that daemon stalled, so its identity's reports leave every
-  quorum at once, however young, until a report of a later round of it is verified. A market
-  the other replicas still make a quorum of is priced by them, as if the daemon were down; one
-  they do not is frozen with reason `stalled` (the cause of its lost quorum). A daemon not yet
-  verified from counts toward no quorum: its stall changes nothing.
+  limit: the signed notice either way) withdraws its reports: the client verifies it as the
+  StallNotice of the signer it names (`OracleClient.take_stall`) and takes that signer as
+  stalled, so its identity's reports leave every quorum at once, however young, until a
+  report of a later round of it is verified. A market the other replicas still make a quorum
+  of is priced by them, as if the daemon were down; one they do not is frozen with reason
+  `stalled` (the cause of its lost quorum). A daemon not yet verified from counts toward no
+  quorum: its stall changes nothing; nor does a frame the client refuses (unsigned, signed by
+  another key, or too soon after the signer's round), which anyone on the way could write.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import aiohttp
 import structlog
 
 from oracled.client import MarketView, OracleClient, Rejection
-from oracled.client_stream import Request, Subscriptions
+from oracled.client_stream import STALLED, Request, Subscriptions
 from oracled.eth import checksum_address
 from oracled.margin.config import SignedFeed
 from oracled.margin.engine import MarginEngine
@@ -176,8 +178,6 @@ class SignedMarginService(MarginService):
         self._unverified: dict[str, str] = {}
         # Per market, the last quorum view that was no price (said once, not at every tick).
         self._bad: dict[str, MarketView] = {}
-        # Per daemon URL, the signer last verified from it: whom its `stalled` frame is about.
-        self._heard: dict[str, str] = {}
         # Which markets' views can have changed since the last refresh (reading every one
         # took about 40 ms a refresh at 1,000 markets): see `oracled.margin.reads`.
         self._reads = Reads(
@@ -216,6 +216,9 @@ class SignedMarginService(MarginService):
             frame = self._decode(text)
             if frame is None:
                 return ()
+            if frame.type == "error" and frame.code == STALLED:
+                self._stalled_frame(text, frame.message or "", url)  # its signed word only
+                return ()
             if frame.type in ("subscribed", "error"):
                 return self._answer(frame, url)  # acks and errors are read alike
             # Anything else (an unsigned report put on the way) goes to the client, which
@@ -232,7 +235,6 @@ class SignedMarginService(MarginService):
             # Written in another case: the signature covers no `signer` field, and the client
             # takes one that names the signing key in any case. Identities are by EIP-55.
             signer = checksum_address(signer)
-        self._heard[url] = signer
         if self._subs_of(url).reported(sp.market):
             self._available((sp.market,))
         identity = self.client.identity_of[signer]
@@ -269,13 +271,14 @@ class SignedMarginService(MarginService):
         self._refresh()
         super()._decide()
 
-    def _stalled(self, message: str, url: str) -> None:
-        """`url`'s daemon stalled: its signer's reports leave every quorum, the others price."""
-        signer = self._heard.get(url)
-        stall = None if signer is None else self.client.note_stalled(signer, message, url)
+    def _stalled_frame(self, text: str, message: str, url: str) -> None:
+        """`url`'s daemon stalled: its signer's reports leave every quorum, the others price.
+        Only on the daemon's StallNotice, which the client verifies (`take_stall`): a frame
+        anyone on the way could write freezes nothing, as it moves no price."""
+        stall = self.client.take_stall(text, url)
         identity = None if stall is None else stall.identity
         _log.warning("stalled", message=message, url=url, identity=identity)
-        if stall is not None:  # else nothing of it is held: it counts toward no quorum
+        if stall is not None:  # else refused, or nothing held of it: it counts toward no quorum
             self._refresh()
             super()._decide()
 

@@ -29,7 +29,8 @@ with a `heartbeat_ms` at least that often; these subscriptions get frames built 
 the others keep sharing one batch per market set (what a filter lets through is encoded in the
 slices too). While no round is signed past the stall limit, the round loop running
 (`signed_stalled`), the signed subscriptions are told with the signed `stalled` frame, which
-also stands in for their snapshot until the next signed round.
+also stands in for their snapshot until the next signed round. A notice to every subscription
+(`tell`, the API's stall of the round loop) reaches the signed ones in its signed form.
 
 A subscription starts with a snapshot: the latest frames of the markets it adds, or of all its
 markets when it switches frame kind. A snapshot goes through the same slices (the first in the
@@ -826,13 +827,14 @@ class Hub:
         if sub in self._subs:
             await sub._answer(frame)
 
-    def tell(self, frame: bytes) -> None:
+    def tell(self, frame: bytes, signed: bytes | None = None) -> None:
         """Queue a notice (an error frame that answers no request, such as the API's `stalled`)
-        to every subscription of at least one market, behind the frames buffered for it. Like
-        an answer it weighs nothing against the bound: a notice never drops a subscriber."""
+        to every subscription of at least one market, behind the frames buffered for it: the
+        signed subscriptions get `signed` instead when given (the notice in its signed form).
+        Like an answer it weighs nothing against the bound: a notice never drops a subscriber."""
         for sub in self._subs:
             if sub.markets != frozenset():
-                self._notify(sub, frame)
+                self._notify(sub, signed if sub.signed and signed is not None else frame)
 
     def _notify(self, sub: Subscription, frame: bytes) -> None:
         """Queue a notice to `sub`, behind its snapshots under way if any."""

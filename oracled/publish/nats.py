@@ -20,15 +20,15 @@ acknowledgement round trip (awaited JetStream acks run at a few thousand a secon
 the messages of one round at 1,000 markets).
 
 A stalled round loop sends no round, and silence on the bus looks like a quiet market: so when
-the API's stall watch tells the streams, it hands the sink the same notice (`stalled`), which
-goes out like a round, in order behind the rounds already queued. The watch tells it once per
-stalled round, so the sink keeps the notice while the stall lasts (until the loop runs its
-next round) and sends it again each time it connects again: one dropped while the server was
-unreachable is told once it is back, and one sent before is said again (a subscriber takes it
-twice as once). Never after the stall: a round the loop ran ends it, one submitted (even one
-dropped) or one the signer left unsigned (`unsigned`). With signing on, the notice is signed by
-the rounds' key (`RoundSigner.sign_stall`), so that a client that trusts the key can tell it
-from one anyone on the bus could write.
+the API's stall watch tells the streams, it hands the sink the notice the signed streams got
+(`stalled`, the very bytes), which goes out like a round, in order behind the rounds already
+queued. The watch tells it once per stalled round, so the sink keeps the notice while the stall
+lasts (until the loop runs its next round) and sends it again each time it connects again: one
+dropped while the server was unreachable is told once it is back, and one sent before is said
+again (a subscriber takes it twice as once). Never after the stall: a round the loop ran ends
+it, one submitted (even one dropped) or one the signer left unsigned (`unsigned`). With
+signing on, the watch signs the notice with the rounds' key (`RoundSigner.sign_stall`), so
+that a client that trusts the key can tell it from one anyone on the bus could write.
 
 With signing on, the subjects carry signed messages only. A round the signer leaves unsigned
 (skipped as `busy`, under its `floor`, past its signing `lease`, or a signing `error`) is not
@@ -108,8 +108,8 @@ from oracled.config import NatsConfig
 from oracled.lograte import LogEveryMinute
 from oracled.publish.encode import ReportEncoder
 from oracled.publish.nats_auth import load_nats_auth
-from oracled.publish.signer import RoundSigner, SignedRound
-from oracled.publish.signstall import StallNotice, stall_notice
+from oracled.publish.signer import SignedRound
+from oracled.publish.signstall import StallNotice
 
 if TYPE_CHECKING:
     from oracled.core import RoundResult
@@ -219,10 +219,8 @@ class NatsSink:
         env: Mapping[str, str] | None = None,
         refusal_log_every_s: float = 60.0,
         jetstream_timeout_s: float = 5.0,
-        signer: RoundSigner | None = None,
     ) -> None:
         self.cfg = cfg
-        self._signer = signer  # signs the stall notices (the rounds come signed already)
         self._auth = load_nats_auth(cfg, env)  # ConfigError at start for an unusable secret
         self._restart_base_s = restart_base_s
         self._refusal_every_s = refusal_log_every_s
@@ -237,7 +235,6 @@ class NatsSink:
         self._jetstream_timeout_s = jetstream_timeout_s  # the stream's creation, a request
         self._ping_interval_s = ping_interval_s
         self._queue: deque[SignedRound | RoundResult | _Notice] = deque()
-        self._signed_by: tuple[str | None, str | None] = (None, None)  # signer, deployment
         self._stall: _Notice | None = None  # the notice of the stall going on, if one is
         self._wakeup = asyncio.Event()
         self._nc: NatsClient | None = None
@@ -253,8 +250,6 @@ class NatsSink:
 
         Without a connection the round is counted `disconnected` and dropped at once.
         """
-        if isinstance(batch, SignedRound):
-            self._signed_by = (batch.signer, batch.deployment)
         self._stall = None  # a round: the stall is over
         self._enqueue(batch)
 
@@ -276,16 +271,11 @@ class NatsSink:
             self._stall = _Notice(notice, unsigned=True)
             self._enqueue(self._stall)
 
-    def stalled(self, message: str, latest: RoundResult) -> None:
-        """The round loop has stalled after `latest` (the API's stall watch says so once per
-        stalled round, `message` in the stream frame's words): queue the notice like a round."""
-        self._stall = self._notice(message, latest.ts, latest.round)
+    def stalled(self, notice: bytes) -> None:
+        """The round loop has stalled (the API's stall watch says so once per stalled round,
+        with `notice`, the StallNotice the signed streams got): queue it like a round."""
+        self._stall = _Notice(notice)
         self._enqueue(self._stall)
-
-    def _notice(self, message: str, ts: int, round_no: int, *, unsigned: bool = False) -> _Notice:
-        """A StallNotice of round (`ts`, `round_no`), signed with signing on."""
-        payload = stall_notice(message, ts, round_no, self._signer, self._signed_by)
-        return _Notice(payload, unsigned)
 
     def _tell_stall_again(self) -> None:
         """Connected again: the stall still going on is told again (its notice may have been

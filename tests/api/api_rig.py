@@ -34,6 +34,7 @@ from oracled.core import Core, RoundResult
 from oracled.errors import OracledError
 from oracled.model import Quote
 from oracled.publish import Hub, Subscription
+from oracled.publish.signer import RoundSigner
 from oracled.reload import config_changes, running_config
 from oracled.sources.stats import ConnState, SourceStats
 
@@ -116,6 +117,9 @@ class Rig:
         self.next_config: Config | OracledError | None = None  # what a reload reads (or raises)
         self.metric_threads: list[int] = []
         self.round_at: float | None = None  # as the round loop stamps it: the last publish
+        # The rounds' key of a rig that signs them (set by the signing rigs): the stall watch
+        # signs its notice to the signed subscribers with it, as the daemon's does.
+        self.signer: RoundSigner | None = None
         self.registry = CollectorRegistry()
         self.renders = PromCounter(
             "test_renders", "Times the metrics were rendered", registry=self.registry
@@ -178,6 +182,7 @@ class Rig:
             version="9.9.9-test",
             on_reload=self.on_reload if self.next_config is not None else None,
             round_at=lambda: self.round_at,
+            signer=self.signer,
         )
 
 

@@ -20,7 +20,8 @@ from stream_wire import ask, next_event, recv
 
 from oracled.api import ApiContext
 from oracled.core import RoundResult
-from oracled.publish.signer import RoundSigner, SigningKey
+from oracled.publish.signer import RoundSigner, SigningKey, recover_signer, stall_digest
+from oracled.publish.signstall import StallNotice
 
 Client = TestClient[web.Request, web.Application]
 STALL_MS = 5_001  # past the 5 s floor of the readiness limit (3 intervals are 750 ms)
@@ -29,6 +30,21 @@ STALL_MS = 5_001  # past the 5 s floor of the readiness limit (3 intervals are 7
 def is_stalled(frame: dict[str, Any]) -> bool:
     """A `stalled` error frame, in the error frame's shape and nothing more."""
     assert set(frame) == {"type", "code", "message"}, frame
+    return frame["type"] == "error" and frame["code"] == "stalled"
+
+
+def is_signed_stall(frame: dict[str, Any], rig: SigningRig, round_no: int) -> bool:
+    """A signed subscriber's `stalled` frame: the error frame's words plus the round that is no
+    current price (`round_no`), its signer and deployment, and that key's signature over them,
+    which a client verifies before it lets the frame freeze the signer."""
+    assert list(frame) == list(StallNotice.__struct_fields__), frame
+    assert (frame["signer"], frame["deployment"], frame["round"]) == (
+        rig.KEY.address,
+        "test",
+        round_no,
+    )
+    digest = stall_digest(frame["ts"], frame["round"], frame["message"], "test")
+    assert recover_signer(digest, bytes.fromhex(frame["signature"][2:])) == rig.KEY.address
     return frame["type"] == "error" and frame["code"] == "stalled"
 
 
@@ -116,8 +132,10 @@ async def test_a_switch_to_signed_frames_while_stalled_gets_stalled_not_the_old_
     make_client: Any,
 ) -> None:
     """A switch to signed frames sends the latest signed round of the set; while stalled it is
-    the `stalled` frame instead (though the connection was told of the stall already), and the
-    next round comes signed."""
+    the `stalled` frame instead (though the connection was told of the stall already), in its
+    signed form (the plain frame to a report subscription, the signed notice of that stall to a
+    signed one: the same bytes however often asked), and the next round comes signed; a stall
+    after it is told to the signed subscription signed too."""
     rig = SigningRig()
     client = await make_client(rig)
     rig.step()
@@ -129,12 +147,17 @@ async def test_a_switch_to_signed_frames_while_stalled_gets_stalled_not_the_old_
         # The same market again: nothing added, only the switch would have had a snapshot.
         ack = await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"], "signed": True})
         assert (ack["markets"], ack["signed"]) == (["BTC/USD"], True)
+        notice = await recv(ws)
+        assert is_signed_stall(notice, rig, 1)
+        await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"], "signed": False})
         assert is_stalled(await recv(ws))
+        await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"], "signed": True})
+        assert await recv(ws) == notice
         rig.step()
         signed = await recv(ws)
         assert (signed["type"], signed["data"]["round"]) == ("signed", 2)
         rig.clock.advance(STALL_MS)
-        assert is_stalled(await recv(ws))
+        assert is_signed_stall(await recv(ws), rig, 2)
         # A switch that leaves no market would have had no snapshot: its ack alone.
         ack = await ask(ws, {"op": "unsubscribe", "signed": False})
         assert (ack["type"], ack["markets"], ack["signed"]) == ("unsubscribed", [], False)

@@ -36,7 +36,7 @@ from oracled.publish.signer import (
     SigningKey,
     stall_digest,
 )
-from oracled.publish.signstall import SignedStall
+from oracled.publish.signstall import SignedStall, stall_notice
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 import api_rig  # the API tests' rig: a core, a hub and a clock, wired by hand
@@ -49,18 +49,17 @@ SUBJECT = stalled_subject("oracled")
 
 
 class BusDaemon(api_rig.Rig):
-    """The API rig signing every round with `sink`'s signer and publishing it on NATS through
-    `sink`, whose stall notices come from the app's stall watch, and those of rounds left
-    unsigned from the daemon's rule (`SignedStall`), wired as the service wires them; its stall
-    limit is 750 ms (a floor of 0.5 s)."""
+    """The API rig signing every round with `signer` and publishing it on NATS through
+    `sink`, whose stall notices come from the app's stall watch (signed with `signer`), and
+    those of rounds left unsigned from the daemon's rule (`SignedStall`), wired as the service
+    wires them; its stall limit is 750 ms (a floor of 0.5 s)."""
 
     LIMIT_MS = 750
 
-    def __init__(self, sink: NatsSink) -> None:
+    def __init__(self, sink: NatsSink, signer: RoundSigner) -> None:
         super().__init__(api_rig.make_config())
         self.sink = sink
-        assert sink._signer is not None
-        self.signer = sink._signer
+        self.signer = signer
         self.rule = SignedStall(lambda: self.LIMIT_MS, self.signer)
         self.hub.signer = KEY.address
         self.signed: list[SignedRound] = []
@@ -128,8 +127,8 @@ async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
 
 
 @asynccontextmanager
-async def sink_running(url: str, signer: RoundSigner | None = None) -> AsyncIterator[NatsSink]:
-    sink = NatsSink(NatsConfig(enabled=True, servers=(url,)), signer=signer)
+async def sink_running(url: str) -> AsyncIterator[NatsSink]:
+    sink = NatsSink(NatsConfig(enabled=True, servers=(url,)))
     task = asyncio.create_task(sink.run(), name="nats-sink")
     try:
         async with asyncio.timeout(SAFETY_S):
@@ -220,8 +219,8 @@ async def test_a_stall_reaches_nats_once_per_stalled_round_and_the_client_takes_
     notice (0.75 s after its round) was refused as sooner than twice that, and `stream_errors`
     counted it as `stalled` all the same."""
     signer = RoundSigner(KEY, "test")
-    async with sink_running(server.url, signer) as sink, notices(server.url) as told:
-        daemon = BusDaemon(sink)
+    async with sink_running(server.url) as sink, notices(server.url) as told:
+        daemon = BusDaemon(sink, signer)
         client = daemon.client()
         async with daemon.priced(client, server.url) as first:
             daemon.stall()
@@ -267,10 +266,10 @@ async def test_rounds_left_unsigned_past_the_limit_are_told_and_the_client_takes
     60 s, a frozen price that looked live."""
     signer = RoundSigner(KEY, "test")
     async with (
-        sink_running(server.url, signer) as sink,
+        sink_running(server.url) as sink,
         notices(server.url) as told,
     ):
-        daemon = BusDaemon(sink)
+        daemon = BusDaemon(sink, signer)
         client = daemon.client()
         async with daemon.priced(client, server.url) as last:
             published = sink.stats.published
@@ -317,10 +316,10 @@ async def test_rounds_skipped_while_one_is_being_signed_are_told_only_if_it_neve
     round."""
     signer = RoundSigner(KEY, "test")
     async with (
-        sink_running(server.url, signer) as sink,
+        sink_running(server.url) as sink,
         notices(server.url) as told,
     ):
-        daemon = BusDaemon(sink)
+        daemon = BusDaemon(sink, signer)
         daemon.step()
         last = daemon.signed[-1]
         await until(lambda: sink.stats.published == last.count + 1, "the signed round sent")
@@ -361,7 +360,7 @@ async def test_notices_that_do_not_stall_a_signer(server: NatsServer) -> None:
         notice(newer.ts, None, None, "signing off"),
         notice(newer.ts, KEY.address, "staging", "another deployment"),
         notice(newer.ts, OTHER.address, "test", "another key"),
-        b'{"code": "stalled"}',
+        b'{"code": "stalled", "ts": "0"}',
         notice(newer.ts, KEY.address.lower(), "test", "the real one"),
     ]
     publisher = await nats.connect(server.url, allow_reconnect=False)
@@ -576,7 +575,7 @@ async def test_a_stall_while_the_bus_is_down_is_told_once_it_is_back(tmp_path: P
         sink.submit(first)
         srv.stop()
         await until(lambda: not sink.stats.connected, "the sink disconnected")
-        sink.stalled("the latest round is old", result)
+        sink.stalled(stall_notice("the latest round is old", result.ts, result.round, signer))
         assert sink.stats.unpublished["disconnected"] == 1  # the notice, dropped for now
         await srv.start()
         await until(lambda: sink.stats.reconnects == 1, "the sink reconnected")

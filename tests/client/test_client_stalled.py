@@ -3,8 +3,9 @@
 The daemon's parts are the API tests' rig (a real core, hub and app on loopback) signing each
 round; its round loop "stalls" when the test moves the rig's clock past the limit without a
 round, and the app's stall watch sends the `stalled` error frame (docs/contracts.md, Stream
-errors). The client's clock is the rig's, and trusts reports for 60 s: far longer than the
-daemon's limit, so only the frame can tell the client that the round is no current price.
+errors), to the client's signed subscription signed with the rig's key. The client's clock is
+the rig's, and trusts reports for 60 s: far longer than the daemon's limit, so only the frame
+can tell the client that the round is no current price.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ KEY_A = SigningKey.from_hex("0x" + "44" * 32)
 KEY_B = SigningKey.from_hex("0x" + "55" * 32)
 SAFETY_S = 15.0  # guards against hangs only
 MAX_AGE_MS = 60_000  # the client's: far past the daemon's stall limit
+NOTICE_MIN_AGE_MS = 500  # the client's least age of a round told stalled: the daemon's floor
 
 
 class StallingDaemon(api_rig.Rig):
@@ -100,7 +102,11 @@ async def test_a_stalled_daemons_reports_stop_counting_until_a_newer_round_and_s
     daemon.step()
     ts1 = daemon.clock.now_ms()
     client = OracleClient(
-        {KEY_A.address}, deployment="test", max_age_ms=MAX_AGE_MS, now_ms=daemon.clock.now_ms
+        {KEY_A.address},
+        deployment="test",
+        max_age_ms=MAX_AGE_MS,
+        now_ms=daemon.clock.now_ms,
+        stall_notice_min_age_ms=NOTICE_MIN_AGE_MS,
     )
     with capture_logs() as logs:
         async with served(daemon) as url, watching(client, url, ["BTC/USD", "ETH/USD"]):
@@ -155,6 +161,7 @@ async def test_one_stalled_daemon_of_two_leaves_the_other_to_make_the_price() ->
         {"a": [KEY_A.address], "b": KEY_B.address},
         deployment="test",
         max_age_ms=MAX_AGE_MS,
+        stall_notice_min_age_ms=NOTICE_MIN_AGE_MS,
         now_ms=a.clock.now_ms,
     )
     async with (
@@ -179,16 +186,21 @@ async def test_one_stalled_daemon_of_two_leaves_the_other_to_make_the_price() ->
 
 async def test_a_stall_told_on_a_new_connection_stands_for_the_signer_heard_there_before() -> None:
     """A connection made while the daemon is stalled gets its ack and the `stalled` frame, no
-    report to name the signer: the client takes it for the signer last heard from that URL (an
-    earlier connection's), so a reconnect during a stall does not keep the old round current.
-    A client that never heard from the URL holds nothing of it: it logs the frame, marks none."""
+    report: the client takes it for the signer the frame names and signed, whose reports it
+    holds from an earlier connection, so a reconnect during a stall does not keep the old round
+    current. A client that never heard from that signer holds nothing of it: it logs the frame,
+    marks none, and counts it refused (`stalled_refused`), as a bus's notice."""
     daemon = StallingDaemon(KEY_A)
     daemon.step()
     ts1 = daemon.clock.now_ms()
 
     def new_client() -> OracleClient:
         return OracleClient(
-            {KEY_A.address}, deployment="test", max_age_ms=MAX_AGE_MS, now_ms=daemon.clock.now_ms
+            {KEY_A.address},
+            deployment="test",
+            max_age_ms=MAX_AGE_MS,
+            now_ms=daemon.clock.now_ms,
+            stall_notice_min_age_ms=NOTICE_MIN_AGE_MS,
         )
 
     client, stranger = new_client(), new_client()
@@ -202,7 +214,7 @@ async def test_a_stall_told_on_a_new_connection_stands_for_the_signer_heard_ther
     assert [s.ts for s in client.stalled.values()] == [ts1]
     assert client.price("BTC/USD").status == "unknown"
     assert (stranger.stalled, stranger.markets) == ({}, [])
-    assert dict(stranger.stream_errors) == {"stalled": 1}
+    assert dict(stranger.stream_errors) == {"stalled_refused": 1}
     unheard = [e for e in logs if e["event"] == "client stream stalled"]
     assert len(unheard) == 1 and unheard[0]["message"].startswith("the latest round is")
 

@@ -802,11 +802,11 @@ async def test_rounds_no_longer_signed_freeze_signed_markets_until_a_later_round
         await serve.run(service)
         await until(lambda: "BTC/USD" in eng.book.latest)
         rig.signing = False
-        for _ in range(3):
-            rig.step()  # the loop runs, the signer skips its rounds
-        assert isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved)
         last = rig.hub.latest_signed
         assert last is not None
+        while rig.clock.now_ms() - last.ts <= 5_000:  # past the daemon's stall limit, 5 s
+            rig.step()  # the loop runs, the signer skips its rounds
+        assert isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved)
         message = f"no round signed since round {last.round} (the signer skips its rounds: lease)"
         rig.hub.signed_stalled(stall_notice(message, last.ts, last.round, rig.signer))
         await until(lambda: b"stalled" in out.getvalue())
@@ -818,6 +818,37 @@ async def test_rounds_no_longer_signed_freeze_signed_markets_until_a_later_round
     assert [e for e in logs if e["event"] == "stalled" and e["identity"] == "daemon-a"]
     kinds = [d["kind"] for d in decisions(out)]
     assert kinds[-2:] == ["freeze", "unfreeze"]
+
+
+async def test_a_stalled_frame_its_daemon_did_not_sign_freezes_nothing(serve: Servers) -> None:
+    """A `stalled` frame that is not the daemon's signed notice (what anyone on the way could
+    write: the plain frame of a report stream, or one naming the daemon's key but signed by
+    another) is refused by the client and counted (`stalled_refused`): no market is frozen,
+    although it comes when a notice would be plausible (the round 4 s old). The daemon's own
+    signed notice, at that moment, freezes every market with reason `stalled`. Before, signed
+    mode took any `stalled` frame for the signer it last verified from that daemon."""
+    rig, eng, service, out = await _one_stalling(serve)
+    await serve.run(service)
+    await until(lambda: "BTC/USD" in eng.book.latest)
+    rig.clock.advance(4_000)  # past the client's least age (3 s), short of the stall limit (5 s)
+    last = rig.hub.latest_signed
+    assert last is not None
+    message = "the latest round is 4.0 s old (limit 5 s): rounds have stalled"
+    plain = msgspec.json.encode({"type": "error", "code": "stalled", "message": message})
+    forged = msgspec.json.decode(
+        stall_notice(message, last.ts, last.round, RoundSigner(KEYS[1], "test"))
+    )
+    forged["signer"] = KEYS[0].address  # the daemon's key named, another key's signature
+    for frame in (plain, msgspec.json.encode(forged)):
+        rig.hub.tell(frame)
+    await until(lambda: service.client.stream_errors["stalled_refused"] == 2)
+    assert isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved)
+    assert not service.client.stalled and b"stalled" not in out.getvalue()
+    rig.hub.tell(stall_notice(message, last.ts, last.round, rig.signer))
+    await until(lambda: b"stalled" in out.getvalue())
+    btc = eng.prices(rig.clock.now_ms())["BTC/USD"]
+    assert isinstance(btc, Frozen) and btc.reason == "stalled"
+    assert dict(service.client.stream_errors) == {"stalled_refused": 2, "stalled": 1}
 
 
 async def _one_stalling(

@@ -26,6 +26,7 @@ from oracled.margin.prices import PriceView
 from oracled.margin.signed import SignedMarginService
 from oracled.model import Status
 from oracled.publish.signer import MARK_MODE_CODES, Leaf, RoundSigner, SigningKey
+from oracled.publish.signstall import stall_notice
 
 T0 = 1_700_000_000_000
 ROUND_MS = 250
@@ -167,6 +168,12 @@ class Script:
         market = self.rng.choice(list(MARKETS))
         return frames(other, self.ts[d], self.rounds[d] + 7, {market: Status.ACTIVE}, 0.9)[market]
 
+    def _stall(self, d: int) -> str:
+        """Daemon `d`'s `stalled` frame as its signed streams send it: the StallNotice naming
+        its latest round, signed by its key."""
+        notice = stall_notice("round 5000 ms old", self.ts[d], self.rounds[d], self.signers[d])
+        return notice.decode()
+
     def events(self, steps: int) -> Iterable[tuple[str, Any, int]]:
         """(kind, payload, daemon): `frame` (text), `tick` (ms to advance), `back` (ms)."""
         rng = self.rng
@@ -184,8 +191,7 @@ class Script:
                 self.now += rng.choice((0, 50, 250, 400, 700, 1_200))
                 yield "tick", None, d
             elif roll < 0.84:
-                stalled = {"type": "error", "code": "stalled", "message": "round 5000 ms old"}
-                yield "frame", json.dumps(stalled), d
+                yield "frame", self._stall(d), d
             elif roll < 0.87:
                 frame = self._equivocation(d)
                 if frame is not None:
@@ -211,9 +217,11 @@ def run(seed: int, steps: int) -> tuple[Counting, EveryMarket, dict[str, int]]:
     for kind in (Counting, EveryMarket):
         engine = Recording()
         assert engine.spec.signed is not None
-        services.append(
-            kind(engine, URLS, io.BytesIO(), engine.spec.signed, clock=lambda: script.now)
-        )
+        service = kind(engine, URLS, io.BytesIO(), engine.spec.signed, clock=lambda: script.now)
+        # The script's daemons say they stalled at any time, not only 5 s after a round as a
+        # real one does: its clients take a notice as soon as the rounds' pace allows.
+        service.client.stall_notice_min_age_ms = 0
+        services.append(service)
     seen: dict[str, int] = {}
     for kind, payload, d in script.events(steps):
         seen[kind] = seen.get(kind, 0) + 1

@@ -26,6 +26,7 @@ from structlog.testing import capture_logs
 from oracled.config import NatsConfig
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.publish.nats import DENIED_SUBJECTS, NatsSink
+from oracled.publish.signstall import stall_notice
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "publishing.md"
 SAFETY_S = 15.0  # guards against hangs only
@@ -127,7 +128,7 @@ async def publish_all(sink: NatsSink) -> None:
     for _ in range(ROUNDS - 1):
         latest = rounds.step()
         sink.submit(latest)
-    sink.stalled("no round for 3 s", latest)
+    sink.stalled(stall_notice("no round for 3 s", latest.ts, latest.round, None))
     await until(lambda: sink.stats.published == sum(SENT.values()), "everything handed over")
 
 

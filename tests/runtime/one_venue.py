@@ -1,13 +1,14 @@
 """The runtime tests' smallest config: one Binance venue (a loopback simulator) quoting one
 market, with the API on a free port (also with signing and NATS: `stalling_config`,
 `signing_table`, `MovableLease`); a daemon run for the length of a block (`service_running`;
-with an HTTP session on its API: `serving_api`); and a clock whose wall time a test can step
-back."""
+with an HTTP session on its API: `serving_api`); a clock whose wall time a test can step
+back; and its streams read as a subscriber reads them (`reading`, `stalls`, `first_event`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -142,3 +143,48 @@ async def service_running(service: Service) -> AsyncIterator[asyncio.Task[None]]
     finally:
         service.stop()
         await task
+
+
+@contextlib.asynccontextmanager
+async def reading(
+    http: aiohttp.ClientSession,
+    base: str,
+    request: dict[str, Any],
+    raw: list[bytes] | None = None,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """A `WS /v1/stream` connection that sent `request`: every frame it gets, decoded, while
+    the block runs (and as sent, into `raw` if given)."""
+    frames: list[dict[str, Any]] = []
+    async with http.ws_connect(base + "/v1/stream") as ws:
+        await ws.send_json(request)
+
+        async def read() -> None:
+            async for msg in ws:
+                frames.append(json.loads(msg.data))
+                if raw is not None:
+                    data = msg.data
+                    raw.append(data.encode() if isinstance(data, str) else data)
+
+        reader = asyncio.create_task(read(), name="test-stream-reader")
+        try:
+            yield frames
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+def stalls(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `stalled` error frames among `frames`."""
+    return [f for f in frames if f.get("code") == "stalled"]
+
+
+async def first_event(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """The first `data:` event of an event stream."""
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        while True:
+            line = (await resp.content.readline()).decode()
+            assert line, "the event stream ended"
+            if line.startswith("data: "):
+                data: dict[str, Any] = json.loads(line[6:])
+                return data

@@ -10,17 +10,21 @@ a consumer that trusts signed reports for 60 s, far past the daemon's limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import msgspec
 import nats
-from one_venue import MovableLease, SteppedClock, serving_api, stalling_config
+from one_venue import (
+    MovableLease,
+    SteppedClock,
+    first_event,
+    reading,
+    serving_api,
+    stalling_config,
+    stalls,
+)
 from structlog.testing import capture_logs
 
 from oracled.client import OracleClient
@@ -32,50 +36,6 @@ from publish_rig import NatsServer, assert_stall_signed, until  # the publishing
 
 SAFETY_S = 20.0  # guards against hangs only
 MARKET = "BTC/USDT"
-
-
-@contextlib.asynccontextmanager
-async def reading(
-    http: aiohttp.ClientSession,
-    base: str,
-    request: dict[str, Any],
-    raw: list[bytes] | None = None,
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """A `WS /v1/stream` connection that sent `request`: every frame it gets, decoded, while
-    the block runs (and as sent, into `raw` if given)."""
-    frames: list[dict[str, Any]] = []
-    async with http.ws_connect(base + "/v1/stream") as ws:
-        await ws.send_json(request)
-
-        async def read() -> None:
-            async for msg in ws:
-                frames.append(json.loads(msg.data))
-                if raw is not None:
-                    data = msg.data
-                    raw.append(data.encode() if isinstance(data, str) else data)
-
-        reader = asyncio.create_task(read(), name="test-stream-reader")
-        try:
-            yield frames
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-
-
-def stalls(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [f for f in frames if f.get("code") == "stalled"]
-
-
-async def first_event(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    """The first `data:` event of an event stream."""
-    async with http.get(url) as resp:
-        assert resp.status == 200
-        while True:
-            line = (await resp.content.readline()).decode()
-            assert line, "the event stream ended"
-            if line.startswith("data: "):
-                data: dict[str, Any] = json.loads(line[6:])
-                return data
 
 
 async def test_rounds_that_go_unsigned_past_the_limit_are_told_to_signed_subscribers(
@@ -98,7 +58,10 @@ async def test_rounds_that_go_unsigned_past_the_limit_are_told_to_signed_subscri
         service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall limit of 0.4 s
         assert service.signer is not None
         signer = service.signer.stats
-        client = OracleClient({key.address}, deployment="test", max_age_ms=60_000)
+        # Notices taken from a round 0.3 s old: the daemon's limit here (0.4 s), less a margin.
+        client = OracleClient(
+            {key.address}, deployment="test", max_age_ms=60_000, stall_notice_min_age_ms=300
+        )
         async with serving_api(service, SAFETY_S) as (http, base):
             watcher = asyncio.create_task(client.watch_ws(base, [MARKET]), name="test-client")
             try:
