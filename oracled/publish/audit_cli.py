@@ -92,7 +92,11 @@ def _address(text: str) -> str:
 
 def add_parser(sub: Any) -> None:
     """Add the `audit` subcommand to the CLI's subparsers."""
-    p = sub.add_parser("audit", help="query the audit trail: timelines, CSV, quote tape")
+    p = sub.add_parser(
+        "audit",
+        help="query the audit trail: timelines, a report at a time (--at), CSV, quote tape,"
+        " signatures (--verify)",
+    )
     p.add_argument("--db", type=Path, required=True, help="audit database (audit.path)")
     p.add_argument("--market", type=_market, help="market symbol, e.g. BTC/USD or BTC-USD")
     p.add_argument("--from", dest="start", type=parse_time, default=0, help="window start")
