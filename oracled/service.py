@@ -62,6 +62,7 @@ from oracled.reload import config_changes, running_config, source_pairs
 from oracled.runloop import CLOSE_S, MIN_WAIT_S, run_to_end
 from oracled.sources import Source, build_source
 from oracled.sources.evm.runtime import ChainSet
+from oracled.sources.hostrests import HostRests
 from oracled.sources.stats import ConnState, SourceStats
 from oracled.tape import (
     MAX_LINE_BYTES,
@@ -506,6 +507,9 @@ class Service:
         self.source_stats: dict[str, SourceStats] = {
             sid: SourceStats(source=sid) for sid, s in cfg.sources.items() if s.enabled
         }
+        #: Until when each REST host rests for a limit on our IP (oracled/sources/hostrests.py):
+        #: shared by every source this service builds, kept over their restarts and reloads.
+        self.host_rests = HostRests()
         self.metrics = Metrics(
             MetricsInputs(
                 core=self.core,
@@ -809,6 +813,7 @@ class Service:
                     stats,
                 )
                 source.max_clock_skew_ms = self.cfg.oracle.max_clock_skew_ms
+                source.host_rests = self.host_rests  # one IP: its limits rest every source
                 source.silent_after_ms = lambda: self._silent_limits(sid)
                 if self.chains is not None:
                     self.chains.attach(source)  # on-chain sources read through their chain

@@ -28,7 +28,8 @@ answers ``{"retCode":10006,"retMsg":"Too many visits!",..}`` with ``X-Bapi-Limit
 `rate_limit_code` 10018 answers the IP limit's code instead (its message is ours: the page quotes
 none for it). `rest_status` 403 is the IP ban that follows the IP limit, as the page words it:
 HTTP 403, "access too frequent" (the page gives no body: plain text here is ours). Other statuses
-stay generic.
+stay generic. `rest_status_of` fails one category's REST calls alone (the source of that
+category meets a limit first), and `rest_requests_of` counts each category's calls.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import itertools
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 
@@ -139,6 +141,10 @@ class BybitSim(VenueSim):
         #: Set: sent as that header's text instead (a garbled header, such as "inf" or "1e9").
         self.rate_limit_reset_text: str | None = None
         self.rate_limit_code = _API_LIMIT  # the retCode of `rest_status` 429's answer
+        #: Category -> the status its REST calls fail with, as `rest_status` fails them all (a
+        #: limit met by one category's source first), and each category's REST calls counted.
+        self.rest_status_of: dict[str, int] = {}
+        self.rest_requests_of: Counter[str] = Counter()
         self.repushed = 0  # level-1 snapshots pushed again for an unchanged book
         self._cts: dict[str, int] = {}  # matching-engine time of each spot book's last change
         self._pushed: dict[str, float] = {}  # loop time of each spot key's last frame
@@ -363,10 +369,13 @@ class BybitSim(VenueSim):
     # ----------------------------------------------------------------- REST
 
     async def _rest_handler(self, request: web.Request) -> web.Response:
+        category = request.query.get("category", "")
+        self.rest_requests_of[category] += 1
         refused = await self.rest_gate()
         if refused is not None:
             return refused
-        category = request.query.get("category", "")
+        if (status := self.rest_status_of.get(category)) is not None:
+            return self.rest_refusal(status)
         ms = int(time.time() * 1000)
         keys = sorted(k for k in self.paths if k.split(":", 1)[0] == category)
         if category not in _CATEGORIES:
@@ -412,6 +421,7 @@ class BybitSim(VenueSim):
         super().reset()
         self.rate_limit_code = _API_LIMIT
         self.rate_limit_reset_text = None
+        self.rest_status_of = {}
 
     def rest_refusal(self, status: int) -> web.Response:
         """A 429 is said as Bybit says a rate limit: a code inside HTTP 200, the reset ahead in

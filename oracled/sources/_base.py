@@ -12,10 +12,12 @@ A venue subclass declares its URLs and wire types and implements five small hook
   shutdown notice) reconnects at once without declaring the stream down;
 - REST polling every ``rest_poll_interval_s`` while the stream is down, stopped by the first
   streamed quote (or book resent unchanged), and held for as long as a rate-limit answer asks
-  (`rate_limit_wait_s`: ``Retry-After`` unless the venue says it another way); while an answer
-  is read, quotes go through a filtering emitter (`_emit_polled`) that drops, as ``unchanged``,
-  a quote without a venue time repeating its instrument's last book, the stream's last
-  included, so that a frozen book is not made fresh by polls;
+  (`rate_limit_wait_s`: ``Retry-After`` unless the venue says it another way), and, for a limit
+  the venue documents as one on our IP, every source polling the same REST host rests with it
+  until the same instant (`HostRests`); while an answer is read, quotes go through a filtering
+  emitter (`_emit_polled`) that drops, as ``unchanged``, a quote without a venue time repeating
+  its instrument's last book, the stream's last included, so that a frozen book is not made
+  fresh by polls;
 - on a venue whose subscription is answered with a snapshot (``snapshot_on_subscribe``, stamped
   when sent on several venues), the first quote of each instrument on a new connection goes
   through another (`_emit_first`), which drops it as ``unchanged`` when it repeats the
@@ -69,6 +71,7 @@ from oracled.config import DEFAULT_MAX_CLOCK_SKEW_MS, SourceConfig
 from oracled.headers import delay_seconds
 from oracled.lograte import LogEveryMinute
 from oracled.model import Kind, Quote
+from oracled.sources.hostrests import HostRests, rest_host
 from oracled.sources.stats import LATENCY_BOUNDS_MS, LATENCY_BUCKET_OF_MS, ConnState, SourceStats
 
 __all__ = [
@@ -308,6 +311,13 @@ class Source(abc.ABC):
         rate = self.rest_rate_per_s
         self._pacer = RestPacer(rate, self.rest_burst, clock) if rate else None
         self._retry_after_s = 0.0  # what the newest rate-limit answer asked us to wait
+        # Whether that answer is a limit on our IP at the REST host, as the venue documents it
+        # (set by a venue's `_fetch`): then every source polling the host rests with this one,
+        # through `host_rests`, which the service sets to its one registry on each source.
+        self._limit_ip_wide = False
+        self.host_rests = HostRests()
+        self._rest_host = rest_host(self.rest_url)
+        self._rest_waited = -_INF  # the host's rest this source last said it waits for
         # The newest REST answer's headers: a venue that says a rate limit inside HTTP 200 (Bybit)
         # reads its wait from them in its `_fetch`.
         self._rest_headers: Mapping[str, str] = {}
@@ -1027,6 +1037,8 @@ class Source(abc.ABC):
         split = False
         while True:
             await self._down.wait()
+            if await self._host_resting(interval):
+                continue
             symbols = [s for s in self.symbols if s not in self.stats.failed_instruments]
             size = 1 if split else self.rest_batch_size
             batches = [symbols[i : i + size] for i in range(0, len(symbols), size)]
@@ -1060,6 +1072,9 @@ class Source(abc.ABC):
                     self._set_state(ConnState.DOWN, error=error)
                     if status in _RATE_LIMITED:  # the rest of the round would only add to it
                         pause = max(interval, self._retry_after_s)
+                        if self._limit_ip_wide and self._rest_host is not None:
+                            until = self._clock.monotonic() + pause
+                            self.host_rests.rest(self._rest_host, until, self.source_id, error)
                         break
             if pause > interval:
                 # The answer's own words too: a venue may say a limit under another status.
@@ -1067,6 +1082,23 @@ class Source(abc.ABC):
             if answered and not priced and self._down.is_set():
                 self._set_state(ConnState.DOWN, error="REST answers without a usable price")
             await asyncio.sleep(pause)
+
+    async def _host_resting(self, interval: float) -> bool:
+        """Whether the REST host rests for a limit on our IP that a source learnt (this one or
+        another polling the same host, `HostRests`): if so, no request is sent, and this sleeps
+        towards the rest's end, at most a poll interval at a time, reading the clock again each
+        time (the rest may be moved on meanwhile). A rest another source learnt sets this one
+        down and is logged once, with who learnt it and from what answer."""
+        until, by, why = self.host_rests.until(self._rest_host)
+        left = until - self._clock.monotonic()
+        if left <= 0.0:
+            return False
+        if until != self._rest_waited and by != self.source_id:
+            self._set_state(ConnState.DOWN, error=f"REST host rested by {by}: {why}")
+            self._log.warning("rest host rested", by=by, delay_s=round(left, 3), error=why)
+        self._rest_waited = until
+        await asyncio.sleep(min(left, interval))
+        return True
 
     def _read_rest(self, body: bytes, recv_ts: int) -> None:
         """Decode one REST answer with `_emit_polled` as the emitter. A poll it drops leaves no
@@ -1105,6 +1137,7 @@ class Source(abc.ABC):
         self, url: str, query: Mapping[str, str]
     ) -> tuple[int | None, bytes, str | None]:
         """One GET, paced under the venue's REST limit: (status, body, error or None)."""
+        self._limit_ip_wide = False  # a venue's `_fetch` says when an answer is one
         if self._pacer is not None:
             await self._pacer.take()
         try:

@@ -67,8 +67,18 @@ IP is banned, the client is to stop its HTTP requests for at least 10 minutes, a
 by itself (older editions of the page said a 403 ban usually lasts 30 minutes, and that one still
 in force after 30 minutes may be for good). `_fetch` hands a 403 to the base as a 429 too, so
 polls rest `rest_ip_ban_s` (a longer ``Retry-After`` wins); the next poll after the rest is the
-one request that learns whether the ban is over. A 403 that is no ban (a region the venue does
-not serve) then costs one request per rest, and its body is in the ``rest rate limited`` line.
+one request that learns whether the ban is over. The IP limit and its ban count all the traffic
+of our IP to the host, "regardless of if it accesses Spot, Derivatives or Options" (older
+editions of the page), so a 10018 and a 403 are limits on our IP (`_limit_ip_wide`): every source
+polling the same REST host rests with the one that met it, until the same instant
+(`oracled.sources.hostrests`), and pays no refused request of its own; 10006, per UID and
+endpoint, stays with the source that met it.
+
+The v5 error page (https://bybit-exchange.github.io/docs/v5/error) lists three causes under the
+one HTTP 403: "IP rate limit breached", a GET sent with an empty JSON body, a U.S. IP. No body or
+header that tells a region's refusal from the ban is documented, so a 403 is taken as the ban
+whatever its body: a region the venue does not serve costs one request per rest, and its body
+is in the ``rest rate limited`` line.
 """
 
 from __future__ import annotations
@@ -402,6 +412,7 @@ class _BybitSource(Source):
         if status == _IP_BANNED:
             ban = max(self.rate_limit_wait_s(self._rest_headers), self.rest_ip_ban_s)
             self._retry_after_s = ban  # the base reads no wait from a 403
+            self._limit_ip_wide = True  # the IP's ban: spot and linear on the host rest with it
             return 429, body, error
         if status != 200:
             return status, body, error
@@ -414,6 +425,7 @@ class _BybitSource(Source):
         wait = self.rate_limit_wait_s(self._rest_headers)
         if reply.code == _IP_LIMIT:
             wait = max(wait, self.rest_ip_window_s)
+            self._limit_ip_wide = True
         self._retry_after_s = wait  # the base reads none from a 200
         return 429, body, f"{reply.code}: {reply.msg}"[:200]
 

@@ -392,6 +392,39 @@ async def test_a_reload_of_the_clock_skew_bound_gives_every_source_the_new_one(
             assert "spare" not in {s.source_id for s in built}  # listed, but in no market: not run
 
 
+async def test_every_source_the_service_builds_shares_its_host_rests(tmp_path: Path) -> None:
+    """A limit that a venue documents as one on our IP rests every source polling that REST host
+    (oracled/sources/hostrests.py): the service hands each source it builds its one registry,
+    and so the sources a reload builds again, so that a rest learnt before the reload holds for
+    them too. A source left with a registry of its own would learn every ban from its own
+    refused request."""
+    built: list[Source] = []
+
+    def recording(*args: Any) -> Source:
+        source = build_source(*args)
+        built.append(source)
+        return source
+
+    async def sources_built(count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(built) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        text = _two_sources_toml(sim.ws_url, sim.rest_url, True)
+        path.write_text(text)
+        service = Service(load_config(path), config_path=path, source_factory=recording)
+        async with service_running(service):
+            await sources_built(2)
+            path.write_text(text.replace("[oracle]\n", "[oracle]\nmax_clock_skew_ms = 4000\n"))
+            changes = await service.reload("test")  # a new skew bound restarts every source
+            assert changes["sources_restarted"] == ["good", "other", "spare"]
+            await sources_built(4)
+    assert sorted(s.source_id for s in built) == ["good", "good", "other", "other"]
+    assert all(s.host_rests is service.host_rests for s in built)
+
+
 @contextlib.contextmanager
 def _sim_in_thread() -> Iterator[BinanceSim]:
     """A venue on its own event loop in a thread, so that it keeps sending while the daemon's

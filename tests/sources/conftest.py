@@ -81,13 +81,17 @@ async def start(
 async def start_config(
     http: aiohttp.ClientSession,
 ) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    """Factory: `await start_config(cfg, pairs, cls=None)` runs the adapter of `cfg.type` on any
-    server (a scripted one, say); stopped at teardown like `start`'s."""
+    """Factory: `await start_config(cfg, pairs, cls=None, clock=None, host_rests=None)` runs the
+    adapter of `cfg.type` on any server (a scripted one, say), on `clock` and sharing
+    `host_rests` if given (`venue_cases.running`); stopped at teardown like `start`'s."""
     async with AsyncExitStack() as stack:
 
         async def _start(
-            cfg: SourceConfig, pairs: Sequence[tuple[str, Kind]], cls: type[Source] | None = None
+            cfg: SourceConfig,
+            pairs: Sequence[tuple[str, Kind]],
+            cls: type[Source] | None = None,
+            **kw: Any,
         ) -> Running:
-            return await stack.enter_async_context(running(cfg.type, cfg, pairs, http, cls))
+            return await stack.enter_async_context(running(cfg.type, cfg, pairs, http, cls, **kw))
 
         yield _start

@@ -1,6 +1,6 @@
 """The Bybit spot and linear adapters on their loopback simulator: client pings, a refusal without
-req_id, REST rate limits. Shared faults (first connection, REST fallback among them):
-test_stream_faults.py."""
+req_id, REST rate limits, and the limits on our IP that a spot and a linear source share. Shared
+faults (first connection, REST fallback among them): test_stream_faults.py."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from test_stream_faults import (
 )
 from venue_cases import CASE, Case, Start, Wait
 
+from oracled.clock import ManualClock
 from oracled.sim.bybit import BybitSim
 from oracled.sources import ConnState
 from oracled.sources.bybit import BybitLinearSource, BybitSpotSource
+from oracled.sources.hostrests import HostRests
 
 PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}  # what the cases' simulator starts from
 
@@ -194,3 +196,86 @@ async def test_a_frozen_spot_book_repushed_by_the_venue_ages(
         venue.reset()  # the book moves again: quotes follow
         await wait(lambda: len(run.quotes) > seen)
         assert (run.quotes[-1].venue_ts or 0) > newest
+
+
+#: The test clock's start: past every reset stamp the simulator sends, so that a rate limit
+#: rests its window (10006: 1 s, 10018: 5 s), not the time until a stamp.
+_AHEAD = 4_000_000_000_000
+
+
+async def _spot_and_linear(
+    venue: BybitSim, start_config: Start, wait: Wait, clock: ManualClock
+) -> tuple[Any, Any]:
+    """A spot and a linear source on one simulator (one REST host), both polling (the stream is
+    refused), on `clock` and sharing one `HostRests`, as the service's sources do."""
+    venue.ws_enabled = False
+    rests = HostRests()
+    runs = [
+        await start_config(CASE[kind].make_config(venue), [pair], clock=clock, host_rests=rests)
+        for kind, pair in (
+            ("bybit_spot", ("BTC/USDT", "spot")),
+            ("bybit_linear", ("BTC/USDT", "perp")),
+        )
+    ]
+    await wait(lambda: all(run.state() is ConnState.POLLING for run in runs))
+    return runs[0], runs[1]
+
+
+@pytest.mark.parametrize(
+    ("code", "delay_s", "error"),
+    [
+        (403, 600.0, "HTTP 403: access too frequent"),
+        (10018, 5.0, "10018: Too many requests from this IP"),
+    ],
+    ids=["403-ban", "10018-ip-limit"],
+)
+async def test_a_limit_on_our_ip_met_by_linear_rests_spot_on_the_same_host(
+    start_config: Start, wait: Wait, code: int, delay_s: float, error: str
+) -> None:
+    """The IP limit and its 403 ban count all our IP's traffic to the host, spot's and linear's
+    alike. Once the linear source meets one, the spot source polling the same host sends no
+    request until the instant the linear source rests to (600 s, or 10018's 5 s, on the injected
+    clock, which stands still meanwhile): counted at the simulator, none in five poll intervals,
+    and one `rest host rested` line naming the linear source and its answer; spot counts no
+    failed request of its own. Once the clock passes that instant, spot polls and prices again.
+    Before, each source learnt the ban from its own refused request."""
+    clock = ManualClock(_AHEAD)
+    async with BybitSim(PRICES) as venue:
+        with capture_logs() as logs:
+            spot, linear = await _spot_and_linear(venue, start_config, wait, clock)
+            if code == 403:
+                venue.rest_status_of["linear"] = 403
+            else:
+                venue.rate_limit_code, venue.rest_status_of["linear"] = code, 429
+            await wait(lambda: linear.stats.dropped["rest_error"] == 1)
+            await wait(lambda: any(e["event"] == "rest host rested" for e in logs))
+            sent = venue.rest_requests_of["spot"]  # spot's rounds before it saw the rest are done
+            await asyncio.sleep(0.5)  # five poll intervals
+            assert venue.rest_requests_of["spot"] == sent
+            assert spot.state() is ConnState.DOWN and spot.stats.dropped["rest_error"] == 0
+            clock.advance(int(delay_s * 1000))
+            await wait(lambda: venue.rest_requests_of["spot"] > sent)
+            await wait(lambda: spot.state() is ConnState.POLLING)
+    rested = [
+        (e["source"], e["by"], e["delay_s"], e["error"])
+        for e in logs
+        if e["event"] == "rest host rested"
+    ]
+    assert rested == [("bybit_spot", "bybit_linear", delay_s, error)]
+    assert spot.stats.failed_instruments == {} == linear.stats.failed_instruments
+
+
+async def test_an_api_limit_met_by_linear_leaves_spot_polling(
+    start_config: Start, wait: Wait
+) -> None:
+    """10006, the API limit, is counted per UID and endpoint, not per IP: the linear source that
+    meets it rests alone, and the spot source on the same host polls on at its interval."""
+    async with BybitSim(PRICES) as venue:
+        with capture_logs() as logs:
+            spot, linear = await _spot_and_linear(venue, start_config, wait, ManualClock(_AHEAD))
+            venue.rest_status_of["linear"] = 429  # 10006: linear rests the API window, 1 s
+            await wait(lambda: linear.stats.dropped["rest_error"] == 1)
+            sent = venue.rest_requests_of["spot"]
+            await wait(lambda: venue.rest_requests_of["spot"] >= sent + 3)
+    assert spot.state() is ConnState.POLLING and spot.stats.dropped["rest_error"] == 0
+    assert not any(e["event"] == "rest host rested" for e in logs)

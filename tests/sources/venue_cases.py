@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 
-from oracled.clock import SystemClock
+from oracled.clock import Clock, SystemClock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
 from oracled.sim import BinanceSim
@@ -35,6 +35,7 @@ from oracled.sim.pyth_hermes import PythHermesSim
 from oracled.sources import ConnState, Source, SourceStats, build_source, source_class
 from oracled.sources.bitstamp import BitstampSource
 from oracled.sources.gemini_ws import GeminiWsSource
+from oracled.sources.hostrests import HostRests
 from oracled.sources.kraken import KrakenSource
 from oracled.sources.okx import OkxSource
 
@@ -683,12 +684,18 @@ async def running(
     pairs: Sequence[tuple[str, Kind]],
     http: aiohttp.ClientSession,
     cls: type[Source] | None = None,
+    *,
+    clock: Clock | None = None,
+    host_rests: HostRests | None = None,
 ) -> AsyncIterator[Running]:
-    """Run an adapter (the registered one of `source_id`, or `cls`); it must end only by
-    cancellation, never by a crash."""
+    """Run an adapter (the registered one of `source_id`, or `cls`) on `clock` (the system's by
+    default), sharing `host_rests` if given as the service's sources share its one; it must end
+    only by cancellation, never by a crash."""
     stats, quotes = SourceStats(source_id), list[Quote]()
-    args = (source_id, cfg, list(pairs), quotes.append, SystemClock(), http, stats)
+    args = (source_id, cfg, list(pairs), quotes.append, clock or SystemClock(), http, stats)
     source = cls(*args) if cls is not None else build_source(*args)
+    if host_rests is not None:
+        source.host_rests = host_rests
     task = asyncio.create_task(source.run(), name=f"test:{source_id}")
     try:
         yield Running(source, stats, quotes, task)
