@@ -395,10 +395,10 @@ CASES: tuple[Case, ...] = (
         rest_venue_time=False,  # the ticker's `timestamp` is not its book's time
         garbage_reasons={
             "decode": 4,
-            "shape": 10,
+            "shape": 8,
             "not_finite": 4,
             "non_positive": 4,
-            "bad_number": 2,
+            "bad_number": 4,  # a price and a microtimestamp ("soon") that are no venue numbers
             "crossed": 2,
         },
         sim=lambda: BitstampSim({"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}, seed=5, rate_hz=40.0),
