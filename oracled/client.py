@@ -206,6 +206,10 @@ class _SignedFrame(msgspec.Struct):
 
 
 _FRAME = msgspec.json.Decoder(_Frame)
+#: What decoding a peer's JSON raises for what it cannot read: msgspec raises RecursionError,
+#: not DecodeError, for JSON nested past the interpreter's recursion limit (`[[[[...`), which
+#: ended `watch_ws` (and `feed` raised it instead of a Rejection).
+_UNREADABLE = (msgspec.DecodeError, RecursionError)
 _SIGNED = msgspec.json.Decoder(SignedPrice)
 _SIGNED_FRAME = msgspec.json.Decoder(_SignedFrame)
 _MEMO_MAX = 16_384  # entries per `_Memo` table: a few rounds of every signer at 1,000 markets
@@ -283,14 +287,14 @@ def _decode(data: bytes | str) -> SignedPrice:
     """The SignedPrice in a stream frame or NATS payload; Rejection for anything else."""
     try:
         quick = _SIGNED_FRAME.decode(data)
-    except msgspec.DecodeError:
+    except _UNREADABLE:
         pass  # read again below, for the reason
     else:
         if quick.type == "signed" and quick.data is not None:
             return quick.data
     try:
         frame = _FRAME.decode(data)
-    except msgspec.DecodeError as exc:
+    except _UNREADABLE as exc:
         reason = "truncated" if "truncated" in str(exc) else "malformed"
         raise Rejection(reason, str(exc)) from None
     if frame.type is not None:  # a stream frame
@@ -307,7 +311,7 @@ def _decode(data: bytes | str) -> SignedPrice:
         return _SIGNED.decode(payload)
     except msgspec.ValidationError as exc:
         raise Rejection("malformed", str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except _UNREADABLE as exc:
         reason = "truncated" if "truncated" in str(exc) else "malformed"
         raise Rejection(reason, str(exc)) from None
 
@@ -962,7 +966,7 @@ class OracleClient:
         """A subscription answered: the markets in its set are served (again)."""
         try:
             listed = msgspec.json.decode(data, type=_AckFrame).markets
-        except msgspec.DecodeError:
+        except _UNREADABLE:
             listed = []
         for market in subs.acked(listed):
             log.info("client market available", market=market)
@@ -971,7 +975,7 @@ class OracleClient:
         """An error frame; returns the requests to send (a market each)."""
         try:
             frame = msgspec.json.decode(data, type=_ErrorFrame)
-        except msgspec.DecodeError:
+        except _UNREADABLE:
             frame = _ErrorFrame(code="malformed", message=data[:200])
         if frame.code == STALLED:  # answers no request; concerns the daemon, every market
             self._stall_said(data, url, "stream", log)
@@ -1023,7 +1027,7 @@ class OracleClient:
         `client <via> ...` (`via`: `nats` or `stream`; `source`: the subject or the URL)."""
         try:
             notice = msgspec.json.decode(data, type=_StallNotice)
-        except msgspec.DecodeError:  # ValidationError included
+        except _UNREADABLE:  # ValidationError included
             self._warn_every(
                 f"{via} malformed", log, f"client {via} notice malformed", source=source
             )

@@ -62,20 +62,23 @@ _frames = msgspec.json.Decoder(_Frame)
 _batch = msgspec.json.Decoder(list[msgspec.Raw])
 _report = msgspec.json.Decoder(WireReport)
 _named = msgspec.json.Decoder(_Named)
+#: What decoding a frame raises for what it cannot read: msgspec raises RecursionError, not
+#: DecodeError, for JSON nested past the interpreter's recursion limit, which ended the service.
+_UNREADABLE = (msgspec.DecodeError, RecursionError)
 
 
 def _items(data: msgspec.Raw) -> list[msgspec.Raw]:
     """The reports of a frame's `data`: a batch's list, or the one report."""
     try:
         return _batch.decode(data)
-    except msgspec.DecodeError:  # not a list: one report (the frame as a whole is valid JSON)
+    except _UNREADABLE:  # not a list: one report (the frame as a whole is valid JSON)
         return [data]
 
 
 def _market_of(raw: msgspec.Raw) -> str | None:
     try:
         return _named.decode(raw).market
-    except msgspec.DecodeError:
+    except _UNREADABLE:
         return None
 
 
@@ -135,7 +138,7 @@ class MarginService:
         request."""
         try:
             return _frames.decode(raw)
-        except msgspec.DecodeError as exc:
+        except _UNREADABLE as exc:
             if raw[:15] not in ('{"type":"error"', b'{"type":"error"'):
                 self._bad_frame(str(exc)[:200])
                 return None
@@ -153,7 +156,7 @@ class MarginService:
             for raw in _items(frame.data):
                 try:
                     report = _report.decode(raw)
-                except msgspec.DecodeError as exc:  # the market keeps its last report
+                except _UNREADABLE as exc:  # the market keeps its last report
                     self._bad_report(_market_of(raw), str(exc)[:200])
                     continue
                 if report.market not in self._wanted:  # kept, it would never be read

@@ -242,6 +242,21 @@ def test_frames_of_other_shapes_are_refused_as_malformed() -> None:
     assert client.rejected["malformed"] == 3 and client.markets == []
 
 
+def test_json_nested_past_the_decoders_depth_is_refused_as_malformed() -> None:
+    """A frame nested a hundred thousand levels deep (`[[[[...`, in `data` or as the whole
+    payload) made the decoder raise RecursionError, which went out of `feed` instead of a
+    Rejection (and ended `watch_ws`): it is `malformed` and counted, and the genuine frame
+    after it is accepted."""
+    (signed,) = signed_rounds(KEYS[0], 1)
+    client, _ = client_at(signed)
+    deep = "[" * 100_000 + "]" * 100_000
+    for data in ('{"type":"signed","data":' + deep + "}", deep, '{"market":' + deep + "}"):
+        assert reason(client, data) == "malformed"
+    assert client.rejected["malformed"] == 3
+    client.feed(frame(signed, 0))
+    assert client.price("BTC/USD").status == "active"
+
+
 def test_the_cache_of_recovered_signers_stays_bounded() -> None:
     """The (digest, signature) -> signer cache is emptied when full rather than growing with
     every round; the message that found it full is still verified and cached."""

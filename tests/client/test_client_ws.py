@@ -335,3 +335,33 @@ async def test_a_market_refused_again_after_a_reconnect_is_not_logged_or_counted
     assert dict(client.stream_errors) == {"unknown_market": 1}
     named = [e["market"] for e in logs if e["event"] == "client market unavailable"]
     assert named == ["NOPE/USD"]
+
+
+async def test_frames_nested_past_the_decoders_depth_leave_the_watch_running() -> None:
+    """A peer on the stream's path sending JSON nested a hundred thousand levels deep, as a
+    signed frame, an ack, an error frame and a `stalled` frame: the decoder's RecursionError
+    ended `watch_ws` at the first. Each is refused and counted now (the signed frame in
+    `rejected`, the two error frames in `stream_errors`, as `malformed`), and the genuine signed
+    frame after them is accepted on the same connection."""
+    signed = RoundSigner(KEY, "test").sign(Rounds(make_config()).step())
+    deep = "[" * 100_000 + "]" * 100_000
+    connections: list[int] = []
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json()
+        connections.append(1)
+        for kind in ('"signed","data"', '"subscribed","markets"', '"error","code"'):
+            await ws.send_str('{"type":' + kind + ":" + deep + "}")
+        await ws.send_str('{"type":"error","code":"stalled","message":' + deep + "}")
+        await ws.send_str('{"type":"signed","data":' + signed.envelope(0).decode() + "}")
+        await ws.receive()  # until the client goes
+        return ws
+
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: signed.ts)
+    await watch_until(client, stream_app(stream), lambda: bool(client.accepted), reconnect_s=9)
+    assert connections == [1]
+    assert client.rejected["malformed"] == 1
+    assert dict(client.stream_errors) == {"malformed": 2}
+    assert client.price("BTC/USD").status == "active"

@@ -567,6 +567,36 @@ async def test_frames_that_cannot_be_read_are_logged_once_a_minute_not_each() ->
     assert isinstance(eng.prices(T0)["BTC/USD"], Resolved)
 
 
+async def test_frames_nested_past_the_decoders_depth_leave_the_service_running() -> None:
+    """A frame nested a hundred thousand levels deep (`[[[[...`: a hostile peer) made the
+    decoder raise RecursionError, which ended the service's connection task and the service
+    with it. Such a frame is a `bad_frame` now, an error frame of the kind read as `malformed`,
+    and the report after them is priced on the same connection."""
+    deep = "[" * 100_000 + "]" * 100_000
+    connections: list[int] = []
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json()
+        connections.append(1)
+        await ws.send_str('{"type":"subscribed","markets":["BTC/USD"],"batch":true}')
+        await ws.send_str('{"type":"reports","data":' + deep + "}")
+        await ws.send_str('{"type":"error","code":' + deep + "}")
+        report = {"market": "BTC/USD", "ts": T0, "round": 1, "status": "active", "price": "64000"}
+        await ws.send_str(msgspec.json.encode({"type": "reports", "data": [report]}).decode())
+        async for _ in ws:
+            pass
+        return ws
+
+    eng = engine({"BTC": "BTC/USD"})
+    with capture_logs() as logs:
+        service = await _serve_until(stream, eng, T0, lambda service: service.reports == 1)
+    assert connections == [1] and service.bad_frames == 1
+    assert [e["code"] for e in logs if e["event"] == "stream_error"] == ["malformed"]
+    assert isinstance(eng.prices(T0)["BTC/USD"], Resolved)
+
+
 async def test_reports_of_markets_never_asked_for_are_not_kept() -> None:
     """A server that sends reports of markets the service never asked for (the daemon sends
     only those subscribed: a hostile peer, a broken proxy) had every one kept in the engine's
