@@ -678,7 +678,7 @@ class _StateCollector:
         silent = GaugeMetricFamily(
             "oracled_source_silent_instruments",
             "Subscribed instruments without a quote for longer than their markets' max_age_ms "
-            "while the connection streams.",
+            "while the connection streams, or left out of REST answers while polling.",
             labels=["source"],
         )
         for sid, st in sorted(self._in.source_stats.items()):

@@ -87,7 +87,8 @@ def _connection(stats: SourceStats) -> dict[str, object]:
 
 def _instrument(stats: SourceStats | None, pair: str, kind: str) -> dict[str, object] | None:
     """The source's own view of the venue instrument behind a market's entry: a venue may refuse
-    it or leave it silent while the connection streams and its other instruments quote, which
+    it or leave it silent (unquoted by a streaming connection, or left out of the REST answers
+    while polling) while its other instruments quote, which
     the entry's `reason` (no_quote, stale) does not tell apart. None without a running source."""
     if stats is None:
         return None

@@ -9,6 +9,9 @@ every fault the adapters must survive:
 - `mute(symbol)`: the venue takes subscriptions to the symbol, then sends no update of it (as
   Binance does for a symbol it does not list, or a delisted one); everything else flows on.
   A snapshot some venues send on subscribe still goes out; `unmute(symbol)` ends it;
+- `delist(symbol)`: the venue no longer lists the symbol: REST answers of every symbol leave it
+  out, one-symbol requests and new subscriptions are refused as for a symbol never listed, and
+  nothing of it is sent; `relist(symbol)` lists it again, its price path as it was;
 - `freeze(seconds | None)`: every book holds its prices, as on a venue whose matching engine
   stopped while its servers still answer: no data frames (a venue may send `held_frame`s, Bybit's
   level-1 re-push), heartbeats and pongs go on, REST answers the held prices, and times that are
@@ -172,6 +175,7 @@ class VenueSim(abc.ABC):
         self.clients: set[Client] = set()
         self._silent_until = -math.inf
         self.muted: set[str] = set()  # symbols whose updates are never sent (`mute`)
+        self._delisted: dict[str, PricePath] = {}  # symbols taken out of `paths` (`delist`)
         self._frozen_until = -math.inf
         self._frozen_ms = 0  # Unix ms of the current freeze
         self._held: dict[str, tuple[float, float]] = {}
@@ -282,6 +286,15 @@ class VenueSim(abc.ABC):
         """Send `symbol`'s updates again."""
         self.muted.discard(symbol)
 
+    def delist(self, symbol: str) -> None:
+        """Stop listing `symbol` (one of `paths`): out of `paths`, so every answer built from
+        them leaves it out and every check of a symbol against them refuses it."""
+        self._delisted[symbol] = self.paths.pop(symbol)
+
+    def relist(self, symbol: str) -> None:
+        """List a delisted `symbol` again."""
+        self.paths[symbol] = self._delisted.pop(symbol)
+
     @property
     def silent(self) -> bool:
         return self.now() < self._silent_until
@@ -339,8 +352,10 @@ class VenueSim(abc.ABC):
 
     def reset(self) -> None:
         """Clear every fault: spikes, ramps, silence, muted symbols, a freeze, disabled or failing
-        endpoints."""
+        endpoints, delisted symbols."""
         self.muted.clear()
+        self.paths.update(self._delisted)
+        self._delisted.clear()
         for path in self.paths.values():
             path.clear()
         self._silent_until = -math.inf
@@ -478,7 +493,7 @@ class VenueSim(abc.ABC):
                 silent, frozen = self.silent, self.frozen
                 for symbol, path in items[bounds[k] : bounds[k + 1]]:
                     path.step(now)
-                    if not silent:
+                    if not silent and symbol in self.paths:  # not delisted
                         self._send_data(symbol, path, now, frozen)
 
     def _send_data(self, symbol: str, path: PricePath, now: float, frozen: bool) -> None:

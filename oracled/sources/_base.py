@@ -45,8 +45,12 @@ A venue subclass declares its URLs and wire types and implements five small hook
   across reconnects, the latest outage aside, is listed in ``stats.silent_instruments`` while the
   connection streams, with a line on entering and on quoting again (each at most once a minute). A
   venue that accepts a subscription to a symbol it does not list (Binance does) or stops sending
-  one symbol shows nowhere else: the connection and the other symbols are fine. The hot path pays
-  one dict store per quote; the scan runs a few times a limit.
+  one symbol shows nowhere else: the connection and the other symbols are fine. While the source
+  polls instead, a symbol is listed the same way when the latest answer that asked for it
+  (`rest_scope`) left it out, and its limit has passed: an all-symbols answer (OKX's tickers of a
+  type, Bybit's of a category, Bitstamp's, KuCoin's allTickers, Binance USD-M's) just leaves out a
+  symbol the venue does not list. The hot path pays one dict store per quote; the scan runs a few
+  times a limit.
 
 Only state changes (and each reconnect's backoff) are logged, never a message.
 """
@@ -59,7 +63,7 @@ import itertools
 import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import ClassVar, Final, TypeVar
 
 import aiohttp
@@ -361,6 +365,12 @@ class Source(abc.ABC):
         # Symbols said silent and not yet said quoting again -> the time their silence counts
         # from; kept over reconnects, so that each episode has its two lines.
         self._said_silent: dict[str, int] = {}
+        # Since the stream went down: symbols the latest REST answer that asked for them left
+        # out (no row of them with a usable price); the silent scan's candidates while polling.
+        self._left_out: set[str] = set()
+        # Symbols asked for by REST answers without a usable price since the last one with
+        # one: all of them, and the source is down (`_poll_loop`).
+        self._unpriced: set[str] = set()
 
     @property
     def instruments(self) -> Mapping[str, tuple[str, Kind]]:
@@ -403,6 +413,12 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         """Decode one successful REST response body, like `on_message`."""
+
+    def rest_scope(self, symbols: Sequence[str], query: Mapping[str, str]) -> Sequence[str]:
+        """The symbols that an answer to `rest_request(symbols)` (sent with `query`) should
+        quote: all of them, unless the venue's request asks for a part (OKX polls one instrument
+        type at a time). One it leaves out is silent once its limit has passed (`_check_silent`)."""
+        return symbols
 
     def rate_limit_wait_s(self, headers: Mapping[str, str]) -> float:
         """Seconds a rate-limit answer (429, 418) asks the poller to send nothing more: its
@@ -975,9 +991,15 @@ class Source(abc.ABC):
         on the new connection, which for many symbols subscribed in paced batches can take
         seconds). A symbol is said silent once, and said quoting again once a quote of it came, on
         this connection or a later one (a venue that lost its book may reconnect before it sends
-        the symbol again)."""
+        the symbol again). While the source polls instead, only the symbols that the latest
+        answer asking for them left out are judged, by the same count (from their first poll if
+        none quoted yet): an answer of every symbol just leaves out one the venue does not list,
+        and a slow round of one-symbol polls is no silence."""
+        left_out: set[str] | None = None  # streaming: every symbol is judged
         if not self._streaming:
-            return  # the list was emptied when the stream went down; `_said` waits for it
+            if self.stats.state is not ConnState.POLLING:
+                return  # emptied when the source went down; `_said` waits for it
+            left_out = self._left_out
         stats, heard, said = self.stats, self._heard, self._said_silent
         limits, failed = self.silent_after_ms(), stats.failed_instruments
         subscribed, opened, now = self._subscribed_ms, self._opened_ms, self._clock.now_ms()
@@ -987,6 +1009,8 @@ class Source(abc.ABC):
             if symbol in failed:
                 said.pop(symbol, None)  # refused: "instrument failed" says the rest
                 subscribed.pop(symbol, None)  # if taken again, it counts from then
+                continue
+            if left_out is not None and symbol not in left_out:
                 continue
             # Absent: refused when this connection opened, taken since; it counts from then.
             start = subscribed.get(symbol, opened)
@@ -1031,7 +1055,11 @@ class Source(abc.ABC):
         end the round, and the next waits as long as they ask (`rate_limit_wait_s`: the venues'
         rule).
         The source is polling only while answers bring prices (new ones, or ones we already
-        had): a 200 without any (a proxy's page, an error body, no rows of ours) leaves it down.
+        had): a 200 without any (a proxy's page, an error body, no rows of ours) leaves it down,
+        once such answers have asked for every symbol since the last one that priced (OKX polls
+        one instrument type a round: a type the venue lists none of must not put the source
+        down every other round). Each answer says which of the symbols it should quote it left
+        out (`rest_scope`, `_note_left_out`).
         """
         interval = self.cfg.rest_poll_interval_s
         split = False
@@ -1056,11 +1084,16 @@ class Source(abc.ABC):
                     self.stats.frames += 1
                     self.stats.last_frame_ms = recv_ts
                     progress = self._rest_progress()
-                    self._read_rest(body, recv_ts)
+                    quoted = self._read_rest(body, recv_ts)
                     answered = True
+                    scope = self.rest_scope(batch, request[1])
+                    self._note_left_out(scope, quoted, recv_ts)
                     if self._rest_progress() != progress:  # a 200 alone could be a proxy's page
                         priced = True
+                        self._unpriced.clear()
                         self._set_state(ConnState.POLLING)
+                    else:
+                        self._unpriced.update(scope)
                     continue
                 self.stats.dropped["rest_error"] += 1
                 if status == 400 and len(batch) > 1:
@@ -1079,7 +1112,8 @@ class Source(abc.ABC):
             if pause > interval:
                 # The answer's own words too: a venue may say a limit under another status.
                 self._log.warning("rest rate limited", status=status, delay_s=pause, error=error)
-            if answered and not priced and self._down.is_set():
+            unpriced = answered and not priced and self._unpriced.issuperset(symbols)
+            if unpriced and self._down.is_set():
                 self._set_state(ConnState.DOWN, error="REST answers without a usable price")
             await asyncio.sleep(pause)
 
@@ -1100,11 +1134,12 @@ class Source(abc.ABC):
         await asyncio.sleep(min(left, interval))
         return True
 
-    def _read_rest(self, body: bytes, recv_ts: int) -> None:
-        """Decode one REST answer with `_emit_polled` as the emitter. A poll it drops leaves no
-        trace of a quote: `_quote` counts it and stores it as its symbol's newest before the
-        emitter sees it, so the count is taken back there, and the symbols' newest quotes and the
-        source's newest quote time are set here from what was handed on."""
+    def _read_rest(self, body: bytes, recv_ts: int) -> Collection[str]:
+        """Decode one REST answer with `_emit_polled` as the emitter; the symbols it had a usable
+        price of (handed on or not). A poll it drops leaves no trace of a quote: `_quote` counts it
+        and stores it as its symbol's newest before the emitter sees it, so the count is taken back
+        there, and the symbols' newest quotes and the source's newest quote time are set here from
+        what was handed on."""
         stats, heard = self.stats, self._heard
         quotes, newest = stats.quotes, stats.last_quote_ms
         answer: dict[str, Quote] = {}
@@ -1124,6 +1159,20 @@ class Source(abc.ABC):
                 heard[symbol] = handed
         if stats.quotes == quotes:
             stats.last_quote_ms = newest
+        return answer.keys()
+
+    def _note_left_out(self, scope: Sequence[str], quoted: Collection[str], recv_ts: int) -> None:
+        """After an answer: which of the symbols it should have quoted it left out (the silent
+        scan's candidates, judged only while other answers price: a source whose every answer
+        is a proxy's page is down, not silent). A symbol never quoted counts its silence from the
+        first answer that asked for it, as from the first connection that subscribed it."""
+        left_out, subscribed = self._left_out, self._subscribed_ms
+        for symbol in scope:
+            subscribed.setdefault(symbol, recv_ts)
+            if symbol in quoted:
+                left_out.discard(symbol)
+            else:
+                left_out.add(symbol)
 
     def _rest_progress(self) -> tuple[int, int]:
         """Quotes, and prices we already had (an unchanged quiet market): moved by a usable
@@ -1163,6 +1212,8 @@ class Source(abc.ABC):
         self._direct = self._emit is self._sink
         self._polled = {}  # the next outage starts from the stream's last quotes
         self._outage_ms = (self._outage_ms[0], self._clock.now_ms())
+        self._left_out.clear()  # the polls' verdicts; the stream's scan judges every symbol
+        self._unpriced.clear()
         self._down.clear()
         self._set_state(ConnState.STREAMING)
 
@@ -1174,7 +1225,6 @@ class Source(abc.ABC):
             last = sorted(self._heard.values(), key=_recv_ts)
             self._polled = {(q.pair, q.kind): q for q in last}
         self._streaming = self._direct = False
-        self.stats.silent_instruments = {}  # only a streaming connection has silent symbols
         if not self._down.is_set():
             self._down.set()
             self._set_state(ConnState.DOWN, reason=why)
@@ -1183,6 +1233,10 @@ class Source(abc.ABC):
         if self.stats.state is state:
             return
         self.stats.state = state
+        if state is not ConnState.STREAMING and state is not ConnState.POLLING:
+            # Only a streaming or polling source has silent symbols (a failed connection attempt
+            # while polling keeps the polls' list).
+            self.stats.silent_instruments = {}
         if state is ConnState.DOWN:
             self._log.warning("source state", state=state.value, **why)
         else:

@@ -38,7 +38,10 @@ whose sizes are strings but whose prices are bare JSON numbers is read as those 
 REST ``GET /api/v5/market/tickers?instType=SPOT|SWAP`` returns every instrument of a type in one
 request (limit: 20 requests per 2 s per IP). One poll makes one request: with both kinds
 configured, polls alternate between SPOT and SWAP. A poll for a single instrument (one configured,
-or after a refused batch) uses ``GET /api/v5/market/ticker?instId=..`` (same limit).
+or after a refused batch) uses ``GET /api/v5/market/ticker?instId=..`` (same limit). A tickers
+answer lists what the venue lists and says nothing of an instrument it does not: one it leaves
+out is judged by that type's answers alone (`rest_scope`), and listed silent once its limit has
+passed (docs/sources.md).
 
 REST errors (https://www.okx.com/docs-v5/en/#error-code-rest-api) come as a non-zero ``code``
 with its ``msg`` in the body, ``{"code":"51001","msg":"Instrument ID does not exist","data":[]}``,
@@ -319,6 +322,13 @@ class OkxSource(Source):
         self._rest_turn += 1
         inst_type = types[self._rest_turn % len(types)]
         return f"{self.rest_url}/api/v5/market/tickers", {"instType": inst_type}
+
+    def rest_scope(self, symbols: Sequence[str], query: Mapping[str, str]) -> Sequence[str]:
+        """A tickers answer speaks for the instruments of its type alone."""
+        inst_type = query.get("instType")
+        if inst_type is None:
+            return symbols
+        return [s for s in symbols if s.endswith(_SWAP) == (inst_type == "SWAP")]
 
     def rate_limit_wait_s(self, headers: Mapping[str, str]) -> float:
         """A 50011 (HTTP 429) sends no Retry-After: polls rest for the limit's window."""

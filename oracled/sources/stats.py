@@ -52,9 +52,10 @@ class SourceStats:
     # keyed by its pair), so that the API can show a market's instrument its own entries.
     symbol_of: dict[tuple[str, str], str] = field(default_factory=dict)
     # Subscribed symbols without a quote for longer than their limit, listed while the
-    # connection streams: symbol -> receive time (ms) of its last quote, or when the first
-    # connection that subscribed it opened if none came (`Source._check_silent`: counted over
-    # reconnects, the latest outage aside). Empty while not streaming.
+    # connection streams (while polling: those the latest REST answer asking for them left out):
+    # symbol -> receive time (ms) of its last quote, or when the first connection that subscribed
+    # it opened (or the first answer that asked for it) if none came (`Source._check_silent`:
+    # counted over reconnects, the latest outage aside). Empty while down.
     silent_instruments: dict[str, int] = field(default_factory=dict)
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> count (source-side drops)
     # Venue-to-receive latency of quotes that carry a venue time: cumulative-free bucket counts

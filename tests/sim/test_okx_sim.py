@@ -182,6 +182,31 @@ async def test_rest_tickers_by_type_and_single_ticker(
     assert sim.stats.rest_requests == 6
 
 
+async def test_a_delisted_instrument_is_left_out_and_refused_until_listed_again(
+    sim: OkxSim, http: aiohttp.ClientSession
+) -> None:
+    """`delist`: the tickers of its type leave the instrument out, its own ticker is 51001 and a
+    subscription to it 60018, as for one never listed; `relist` and `reset` list it again."""
+    url = f"{sim.rest_url}/api/v5/market"
+
+    async def spot() -> list[str]:
+        async with http.get(f"{url}/tickers", params={"instType": "SPOT"}) as resp:
+            return [r["instId"] for r in (await resp.json())["data"]]
+
+    sim.delist("ETH-USDT")
+    assert await spot() == ["BTC-USDT"]
+    async with http.get(f"{url}/ticker", params={"instId": "ETH-USDT"}) as resp:
+        assert (await resp.json())["code"] == "51001"
+    async with http.ws_connect(f"{sim.ws_url}/ws/v5/public") as ws:
+        await ws.send_str(tickers("ETH-USDT"))
+        assert (await next_text(ws))["code"] == "60018"
+    sim.relist("ETH-USDT")
+    assert sorted(await spot()) == ["BTC-USDT", "ETH-USDT"]
+    sim.delist("ETH-USDT")
+    sim.reset()
+    assert sorted(await spot()) == ["BTC-USDT", "ETH-USDT"]
+
+
 @pytest.mark.parametrize(
     ("status", "code", "msg"),
     [

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
-from venue_cases import CASE, FastPingOkx, RapidPingOkx, Start, Wait
+from venue_cases import CASE, FastPingOkx, RapidPingOkx, Start, Wait, quoting_again
 
 from oracled.sim._base import Client
 from oracled.sim.okx import OkxSim
@@ -92,6 +92,76 @@ async def test_unacknowledged_subscription_is_not_kept_alive_by_pongs(
         await wait(lambda: run.keys(seen) == ALL)
         assert deaf.lost == 1
         assert deaf.stats.connections == 2 and run.stats.reconnects == 1
+
+
+async def test_a_swap_the_tickers_leave_out_stays_silent_through_polls_of_either_type(
+    start: Start, wait: Wait
+) -> None:
+    """The venue stops listing one swap while the source streams: the stream's scan lists it
+    silent. The stream then closes and is refused: the source polls, SPOT and SWAP tickers in
+    turn, and the SWAP answers leave the swap out. It stays listed (no second warning), judged by
+    the SWAP answers alone: the SPOT answers, which list no swap, clear it no more than they
+    blame the swap still listed, although at one poll in 0.3 s each type is polled less often
+    than the 400 ms limit. Once listed again it leaves the list with one info line, still
+    polling. Before, the list was emptied when the stream went down and stayed empty."""
+    gone = "ETH-USDT-SWAP"
+    prices = {**PRICES, gone: 3_501.0}
+    pairs = [*ALL, ("ETH/USDT", "perp")]
+    keys = set(pairs)
+    listed: set[str] = set()
+
+    def noting(done: bool) -> bool:
+        """`done`, with every symbol listed silent on the way kept in `listed`."""
+        listed.update(run.stats.silent_instruments)
+        return done
+
+    async with OkxSim(prices, rate_hz=40.0) as venue:
+        with capture_logs() as logs:
+            run = await start(venue, pairs=pairs, rest_poll_interval_s=0.3)
+            run.source.silent_after_ms = lambda: dict.fromkeys(keys, 400)
+            await wait(lambda: run.state() is ConnState.STREAMING and run.keys() == keys)
+            venue.delist(gone)
+            await wait(lambda: noting(gone in run.stats.silent_instruments))
+            venue.ws_enabled = False
+            venue.disconnect()
+            await wait(lambda: noting(run.state() is ConnState.POLLING))
+            polls = venue.stats.rest_requests
+            await wait(lambda: noting(venue.stats.rest_requests >= polls + 6), within_s=10.0)
+            assert run.stats.silent_instruments.keys() == {gone}
+            assert run.state() is ConnState.POLLING
+            venue.relist(gone)
+            await wait(lambda: noting(quoting_again(logs)), within_s=10.0)
+            assert run.stats.silent_instruments == {} and run.state() is ConnState.POLLING
+    assert listed == {gone}
+    said = [(e["event"], e["symbols"]) for e in logs if e["event"].startswith("instruments ")]
+    assert said == [("instruments silent", [gone]), ("instruments quoting again", [gone])]
+
+
+async def test_a_type_the_venue_lists_none_of_is_silent_and_keeps_the_source_polling(
+    start: Start, wait: Wait
+) -> None:
+    """With the stream refused, the one swap configured is one the venue does not list: every
+    SWAP tickers answer prices nothing of ours while every SPOT answer prices both spots. The
+    source polls on (one `source state` line for it, however many polls) and lists the swap
+    silent with one warning once its limit has passed. Before, each SWAP answer put the source
+    down and the next SPOT answer up again, a pair of state lines per two polls, and the swap
+    was never judged."""
+    pairs = [("BTC/USDT", "spot"), ("ETH/USDT", "spot"), ("FOO/USDT", "perp")]
+    spot = {"BTC-USDT": 67_000.0, "ETH-USDT": 3_500.0}
+    async with OkxSim(spot, rate_hz=40.0) as venue:
+        venue.ws_enabled = False
+        with capture_logs() as logs:
+            run = await start(venue, pairs=pairs)
+            run.source.silent_after_ms = lambda: dict.fromkeys(pairs, 400)
+            await wait(lambda: "FOO-USDT-SWAP" in run.stats.silent_instruments)
+            floor = venue.stats.rest_requests + 6  # three of each type
+            await wait(lambda: venue.stats.rest_requests >= floor)
+            assert run.stats.silent_instruments.keys() == {"FOO-USDT-SWAP"}
+            assert run.state() is ConnState.POLLING and run.stats.failed_instruments == {}
+    states = [e["state"] for e in logs if e["event"] == "source state"]
+    assert states == ["down", "polling"]
+    said = [(e["event"], e["symbols"]) for e in logs if e["event"].startswith("instruments ")]
+    assert said == [("instruments silent", ["FOO-USDT-SWAP"])]
 
 
 # Each REST test runs with the coded error under the status the docs give it (`code_status`

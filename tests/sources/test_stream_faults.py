@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
-from venue_cases import CASES, Case, Running, Start, Wait, control_requests
+from venue_cases import CASES, Case, Running, Start, Wait, control_requests, quoting_again
 
 from oracled.clock import SystemClock
 from oracled.sim._base import VenueSim
@@ -470,10 +469,6 @@ async def test_connection_is_rotated_before_its_maximum_age(
     await wait(lambda: run.state() is ConnState.STREAMING)
 
 
-def quoting_again(logs: list[dict[str, Any]]) -> bool:
-    return any(e["event"] == "instruments quoting again" for e in logs)
-
-
 async def test_an_instrument_the_venue_stops_sending_is_listed_silent_until_it_quotes_again(
     case: Case, sim: VenueSim, start: Start, wait: Wait
 ) -> None:
@@ -501,6 +496,49 @@ async def test_an_instrument_the_venue_stops_sending_is_listed_silent_until_it_q
         sim.unmute(symbol)
         # (Gemini's book of the symbol is out of date by then: it reconnects for a fresh one.)
         await wait(lambda: listed.update(run.stats.silent_instruments) or quoting_again(logs))
+        assert run.stats.silent_instruments == {} and key in run.keys(seen)
+    assert listed == {silent}
+    said = [(e["event"], e["symbols"]) for e in logs if e["event"].startswith("instruments ")]
+    assert said == [("instruments silent", [silent]), ("instruments quoting again", [silent])]
+
+
+LEAVING_OUT = [c for c in CASES if c.rest_leaves_out]
+
+
+@pytest.mark.parametrize("case", LEAVING_OUT, ids=[c.id for c in LEAVING_OUT], indirect=True)
+async def test_a_symbol_the_rest_answers_leave_out_is_listed_silent_until_listed_again(
+    case: Case, sim: VenueSim, start: Start, wait: Wait
+) -> None:
+    """With the stream refused, the venue stops listing one symbol, and its REST answer of
+    every symbol (of a type, of a category) just leaves it out: past the symbol's limit it is
+    listed in silent_instruments and a warning names it, once however many polls leave it out,
+    while the others price on, the source polls and nothing fails; once the venue lists it again
+    it leaves the list with an info line. Before, the silent scan ran only while streaming: the
+    symbol showed nowhere, and its slot went stale in the core without a word."""
+    symbol, key = case.spike[0], case.spike[1]
+    sim.ws_enabled = False
+    listed: set[str] = set()
+
+    def noting(done: bool) -> bool:
+        """`done`, with every symbol listed silent on the way kept in `listed`."""
+        listed.update(run.stats.silent_instruments)
+        return done
+
+    with capture_logs() as logs:
+        run = await start()
+        run.source.silent_after_ms = lambda: dict.fromkeys(case.keys, 400)
+        await wait(lambda: run.state() is ConnState.POLLING and run.keys() == case.keys)
+        sim.delist(symbol)
+        await wait(lambda: noting(bool(run.stats.silent_instruments)))
+        (silent,) = run.stats.silent_instruments
+        assert run.source.instruments[silent] == key
+        seen, floor = len(run.quotes), sim.stats.rest_requests + 6  # three of each type on OKX
+        await wait(lambda: noting(sim.stats.rest_requests >= floor))
+        assert run.keys(seen) == case.keys - {key}
+        assert run.stats.silent_instruments.keys() == {silent}
+        assert run.state() is ConnState.POLLING and run.stats.failed_instruments == {}
+        sim.relist(symbol)
+        await wait(lambda: noting(quoting_again(logs)))
         assert run.stats.silent_instruments == {} and key in run.keys(seen)
     assert listed == {silent}
     said = [(e["event"], e["symbols"]) for e in logs if e["event"].startswith("instruments ")]

@@ -213,6 +213,11 @@ def _gemini_ws_pings(sim: VenueSim) -> int:
     return sim.pings_received
 
 
+def quoting_again(logs: list[dict[str, Any]]) -> bool:
+    """Whether captured log lines say that silent instruments quote again."""
+    return any(e["event"] == "instruments quoting again" for e in logs)
+
+
 def control_requests(sim: VenueSim) -> int:
     """Text messages the venue received, less application pings (Bybit, Gemini's new API, KuCoin
     and OKX count a client's text ping among its requests)."""
@@ -263,6 +268,10 @@ class Case:
     rest_failures: tuple[Failing, ...] = (Failing(429), Failing(503))
     rest_slow_s: float = 0.0  # how slowly REST answers once it answers again (under 1 s)
     quiet: Quiet | None = None  # None: not covered by the quiet-market test
+    # The REST answer for the case's pairs lists every symbol the venue lists (of a type, a
+    # category) and leaves out one it does not, without a word; False: the venue refuses a
+    # request for an unlisted symbol, and the symbol fails.
+    rest_leaves_out: bool = False
 
     @property
     def keys(self) -> set[Key]:
@@ -386,6 +395,7 @@ CASES: tuple[Case, ...] = (
         spike=("BTCUSDT", ("BTC/USDT", "perp"), 1000.0, JUMP),
         replay_dropped=_exactly("stale"),
         rest_venue_time=True,  # the REST row's transaction time
+        rest_leaves_out=True,  # every symbol's book in one answer
         active_lags=True,
         # The batch, then one request per symbol.
         unknown=Unknown("FOOUSDT", "2: Invalid request: invalid stream", requests=4, errors=2),
@@ -411,6 +421,7 @@ CASES: tuple[Case, ...] = (
         venue_lag_ms=1_000,  # the book's microtimestamp
         # A 400 on the all-pairs request names no pair: it blames none.
         rest_failures=(Failing(429), Failing(400), Failing(503)),
+        rest_leaves_out=True,  # every pair's ticker in one answer
         quiet=Quiet(
             sim=lambda: BitstampSim({"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}, rate_hz=0.1),
             keepalives=_bitstamp_heartbeats,
@@ -440,6 +451,7 @@ CASES: tuple[Case, ...] = (
             snapshots=True,
             unknown=Unknown("FOOUSDT", f"Invalid symbol :[{topic}.FOOUSDT]", requests=4, errors=2),
             rest_failures=(Failing(429), Failing(502)),
+            rest_leaves_out=True,  # the category's tickers in one answer
         )
         for kind, category, topic, pairs, reasons in (
             ("bybit_spot", "spot", "orderbook.1", SPOT_USDT, BYBIT_SPOT_GARBAGE),
@@ -620,6 +632,7 @@ CASES: tuple[Case, ...] = (
         on_streaming=_okx_swap_near_its_own_price,
         rest_failures=(Failing(429), Failing(503, window=(0.55, 2, 7))),  # 1 request a poll
         rest_slow_s=0.3,
+        rest_leaves_out=True,  # the tickers of an instrument type in one answer
         quiet=Quiet(
             sim=lambda: OkxSim(
                 {"BTC-USDT": 67_000.0, "ETH-USDT": 3_500.0, "BTC-USDT-SWAP": 67_020.0},
