@@ -87,6 +87,7 @@ __all__ = [
     "ConfigLoad",
     "OperatorAction",
     "StoredReport",
+    "iso_time",
 ]
 
 SCHEMA_VERSION: Final = 4
@@ -1024,8 +1025,18 @@ def _round_time(value: object) -> int:
     return value
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def iso_time(ms: object) -> str:
+    """A stored time (ms) as ISO 8601 UTC for `oracled audit`'s output. A time changed after it
+    was written may be no integer or lie past the calendar (year 9999): it is shown as stored,
+    since the message that names the damaged row must not itself end in a traceback."""
+    if isinstance(ms, int | float) and not isinstance(ms, bool):
+        try:
+            moment = datetime.fromtimestamp(ms / 1000, UTC)
+        except (ValueError, OverflowError, OSError):
+            pass
+        else:
+            return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return f"{ms!r:.40} (no time)"
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
@@ -1138,8 +1149,8 @@ class AuditReader:
         if (report.market, report.round, report.ts) != (market, round_no, ts) or at != ts:
             what = (
                 f"{market}: the row holds {report.market}'s report of round {report.round} at"
-                f" {_iso(report.ts)}, found as {market}'s at {_iso(at)} in this round: changed"
-                " after it was written"
+                f" {iso_time(report.ts)}, found as {market}'s at {iso_time(at)} in this round:"
+                " changed after it was written"
             )
             raise AuditDataError(round_no, ts, what)
         return report, body

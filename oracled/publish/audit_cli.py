@@ -37,6 +37,7 @@ from oracled.publish.audit import (
     OperatorAction,
     StoredReport,
 )
+from oracled.publish.audit import iso_time as _iso
 
 if TYPE_CHECKING:  # the check (eth-account, coincurve) is imported only when a command needs it
     from oracled.publish.audit_verify import RoundCheck
@@ -66,10 +67,6 @@ def parse_time(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _market(text: str) -> str:

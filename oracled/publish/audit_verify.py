@@ -28,11 +28,11 @@ import argparse
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Final, TextIO
 
 from oracled.model import Report
 from oracled.publish.audit import AuditReader, AuditRound
+from oracled.publish.audit import iso_time as _iso
 from oracled.publish.signed_formats import (
     FORMAT_UNRECORDED,
     FORMATS,
@@ -351,10 +351,6 @@ class VerifySummary:
         if self.verdicts["mismatch"]:
             return EXIT_MISMATCH
         return EXIT_UNCHECKED if self.verdicts["unchecked"] else EXIT_OK
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def verify_trail(

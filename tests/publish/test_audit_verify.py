@@ -648,3 +648,27 @@ def test_a_round_time_that_is_no_integer_is_named_and_never_the_signing_floor(
     reader = AuditReader(db)
     assert reader.last_signed_ts(KEY.address) == T0 + 5 * 250
     reader.close()
+
+
+def test_a_stored_time_past_the_calendar_or_no_number_is_shown_as_stored_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A round time changed to 2**63 - 1 (an integer, so no type check stops it) lies past year
+    9999: the summary of the trail, and the message naming the changed row, ended in a
+    ValueError traceback when they wrote it as a date; a report's time changed to text made
+    `--verify` end in a TypeError writing the message that named that row. The time is now
+    shown as stored, the row named, with the usual exit codes."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, "UPDATE rounds SET ts = 9223372036854775807 WHERE id = 6")
+    sql(db, "UPDATE reports SET ts = 'soon' WHERE round_id = 3 AND market = 'BTC/USD'")
+    capsys.readouterr()
+    assert main(["audit", "--db", str(db)]) == 0
+    assert capsys.readouterr().out.endswith(" to 9223372036854775807 (no time)\n")
+    assert main(["audit", "--db", str(db), "--market", "ETH/USD"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"oracled audit: {db}: round 6 at 9223372036854775807 (no time): "), err
+    assert main(["audit", "--db", str(db), "--deployment", "test", "--verify"]) == 3
+    out = capsys.readouterr().out
+    assert "round 3 at 2023-11-14T22:13:20.750Z: BTC/USD: the row holds" in out, out
+    assert "found as BTC/USD's at 'soon' (no time) in this round: changed after it" in out, out
