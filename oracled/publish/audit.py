@@ -1171,6 +1171,21 @@ class AuditReader:
         ).fetchone()
         return None if row is None else int(row[0])
 
+    def check_round_times(self) -> None:
+        """AuditDataError naming a round row whose time no window holds: below 0, past 2**62
+        (the end of `oracled audit`'s default window), or text or bytes (which SQLite sorts
+        above every number). The writer never stores one; a round moved there by a change to
+        the file would otherwise leave `--verify` unseen, the rest counted as matching."""
+        row = self._db.execute(  # no ORDER BY: the time index finds both ends at once
+            "SELECT id, ts FROM rounds WHERE ts < 0 OR ts > ? LIMIT 1", (1 << 62,)
+        ).fetchone()
+        if row is not None:
+            what = (
+                f"rounds row {row[0]}: ts holds {type(row[1]).__name__} {row[1]!r:.40}, no round"
+                " time (no window holds it): changed after it was written"
+            )
+            raise AuditDataError(None, None, what)
+
     def round_count(self) -> int:
         """Rounds stored, counted by SQLite (a month's trail holds millions)."""
         (count,) = self._db.execute("SELECT count(*) FROM rounds").fetchone()

@@ -364,7 +364,9 @@ def verify_trail(
     deployment: str | None = None,
 ) -> VerifySummary:
     """Check every stored round in the window (with `market`, the rounds that hold it) in the
-    domain of `deployment` (without one, signed rounds are counted as not checked)."""
+    domain of `deployment` (without one, signed rounds are counted as not checked);
+    AuditDataError if a round row's time is in no window."""
+    reader.check_round_times()  # a round moved out of every window is checked in none
     trusted = list(signers)
     summary = VerifySummary()
     gaps = _Gaps()

@@ -668,7 +668,28 @@ def test_a_stored_time_past_the_calendar_or_no_number_is_shown_as_stored_not_a_t
     assert main(["audit", "--db", str(db), "--market", "ETH/USD"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"oracled audit: {db}: round 6 at 9223372036854775807 (no time): "), err
+    sql(db, f"UPDATE rounds SET ts = {T0 + 6 * 250} WHERE id = 6")  # verify names it first
     assert main(["audit", "--db", str(db), "--deployment", "test", "--verify"]) == 3
     out = capsys.readouterr().out
     assert "round 3 at 2023-11-14T22:13:20.750Z: BTC/USD: the row holds" in out, out
     assert "found as BTC/USD's at 'soon' (no time) in this round: changed after it" in out, out
+
+
+@pytest.mark.parametrize("value", ["-1", "9223372036854775807", "'soon'", "x'00'"])
+def test_a_signed_round_moved_out_of_every_window_is_named_not_left_unchecked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """`--verify` checks the rounds whose time is in its window, 0 to 2**62 by default: a round
+    time changed to a negative number, to one past that, or to text or bytes (which SQLite
+    sorts above every number) took the round out of every window, and `--verify` said of the
+    other five "5 signed and matching", exit 0, with the changed round checked nowhere. The
+    row is now named, exit 2, as for a round row holding a value of another type."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, f"UPDATE rounds SET ts = {value} WHERE id = 2")
+    capsys.readouterr()
+    for window in ([], ["--from", str(T0), "--to", str(T0 + 10_000)]):
+        assert main(["audit", "--db", str(db), "--deployment", "test", "--verify", *window]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"oracled audit: {db}: rounds row 2: ts holds "), err
+        assert err.endswith(", no round time (no window holds it): changed after it was written\n")
