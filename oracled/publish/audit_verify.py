@@ -375,7 +375,12 @@ def verify_trail(
         gap = gaps.see(stored)
         if gap is not None:
             summary.add_gap(*gap)
-        if market is not None and all(r.market != market for r in reports) and not unreadable:
+        if (
+            market is not None
+            and all(r.market != market for r in reports)
+            and not unreadable
+            and len(reports) == stored.markets  # one lost or moved away may have been it
+        ):
             continue
         check = check_round(stored, reports, exponents or {}, deployment, unreadable)
         check = in_order(check, stored, newest)

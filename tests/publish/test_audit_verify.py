@@ -693,3 +693,31 @@ def test_a_signed_round_moved_out_of_every_window_is_named_not_left_unchecked(
         err = capsys.readouterr().err
         assert err.startswith(f"oracled audit: {db}: rounds row 2: ts holds "), err
         assert err.endswith(", no round time (no window holds it): changed after it was written\n")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "UPDATE reports SET round_id = 99 WHERE round_id = 3 AND market = 'BTC/USD'",
+        "DELETE FROM reports WHERE round_id = 3 AND market = 'BTC/USD'",
+        "UPDATE rounds SET id = 99 WHERE id = 3",
+    ],
+)
+def test_a_round_whose_report_of_the_market_was_taken_away_is_checked_with_market(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str
+) -> None:
+    """`--verify --market BTC/USD` checks the rounds that hold the market. A round whose
+    BTC/USD report was moved to another round id, deleted, or left behind by a change of the
+    round's own id no longer held it, so it was passed over: "5 signed and matching", exit 0,
+    where `--verify` without `--market` finds the round short of a report. A round that holds
+    fewer reports than its market count may have held the market: it is checked, a mismatch."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, change)
+    capsys.readouterr()
+    base = ["audit", "--db", str(db), "--deployment", "test", "--verify"]
+    assert main([*base, "--market", "BTC/USD"]) == 3
+    out = capsys.readouterr().out
+    assert "mismatch: round 3 at 2023-11-14T22:13:20.750Z: " in out, out
+    assert " report(s) stored for a round of 3" in out, out
+    assert main([*base, "--market", "ETH/USD"]) == 3  # the round is short for every market
