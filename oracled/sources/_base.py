@@ -81,6 +81,7 @@ from oracled.sources.stats import LATENCY_BOUNDS_MS, LATENCY_BUCKET_OF_MS, ConnS
 __all__ = [
     "COUNTER_RESET_AFTER",
     "DEFAULT_SILENT_AFTER_MS",
+    "UNDECODABLE",
     "RestPacer",
     "Source",
     "backoff_delay",
@@ -124,6 +125,13 @@ _WINDOW_S: Final = 1.1
 # (strict=False). `read_decimal` and `read_integer` hold text to the same rule.
 _DECIMAL: Final = msgspec.json.Decoder(float, strict=False)
 _INTEGER: Final = msgspec.json.Decoder(int, strict=False)
+#: What msgspec raises on bytes it cannot read besides DecodeError: RecursionError for JSON
+#: nested past its depth limit, and UnicodeDecodeError for bytes that are not UTF-8 inside a
+#: string it builds (a binary frame or a REST body in Latin-1, say: the decoder checks a string's
+#: text only when it makes one, so the same bytes in a skipped field are read without a word).
+#: Caught wherever a venue's bytes meet a decoder outside `on_message` and `on_rest`, and around
+#: those two by the read loops, which count the frame as `decode`.
+UNDECODABLE: Final = (RecursionError, UnicodeDecodeError)
 _AS_JSON: Final = msgspec.json.Encoder().encode
 # REST answers that mean "too many requests" (418: Binance's ban for polling on through 429s),
 # and the longest wait their Retry-After is obeyed for (Binance's longest ban, 3 days).
@@ -922,8 +930,8 @@ class Source(abc.ABC):
                 if self._direct:
                     try:
                         self.on_message(msg.data, recv_ts)
-                    except RecursionError:
-                        self._bad("decode")  # JSON nested past the decoder's depth limit
+                    except UNDECODABLE:  # nested past the decoder's depth, or not UTF-8
+                        self._bad("decode")
                     continue
                 # Not streaming, or the connection's first quotes (`_emit_first`). A book the
                 # venue resends unchanged (a snapshot after a reconnect) is dropped, not quoted,
@@ -932,7 +940,7 @@ class Source(abc.ABC):
                 before = stats.quotes + stats.dropped["unchanged"]
                 try:
                     self.on_message(msg.data, recv_ts)
-                except RecursionError:
+                except UNDECODABLE:
                     self._bad("decode")
                 stats.quotes -= self._repeats  # counted by `_quote`, never handed on
                 self._repeats = 0
@@ -1147,8 +1155,8 @@ class Source(abc.ABC):
         self._heard, self._emit = answer, self._emit_polled
         try:
             self.on_rest(body, recv_ts)
-        except RecursionError:
-            self._bad("decode")  # JSON nested past the decoder's depth limit
+        except UNDECODABLE:  # nested past the decoder's depth, or not UTF-8
+            self._bad("decode")
         finally:
             self._heard, self._emit = heard, emit
         polled = self._polled

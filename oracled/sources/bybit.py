@@ -95,7 +95,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source, read_decimal, read_request_id
+from oracled.sources._base import UNDECODABLE, Source, read_decimal, read_request_id
 from oracled.sources.stats import SourceStats
 
 __all__ = ["BybitLinearSource", "BybitSpotSource"]
@@ -418,7 +418,7 @@ class _BybitSource(Source):
             return status, body, error
         try:
             reply = _ENVELOPE.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        except (msgspec.DecodeError, msgspec.ValidationError, *UNDECODABLE):
             return status, body, error  # on_rest counts the bad body
         if reply.code not in (_API_LIMIT, _IP_LIMIT):
             return status, body, error

@@ -64,7 +64,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source, read_decimal
+from oracled.sources._base import UNDECODABLE, Source, read_decimal
 from oracled.sources.stats import SourceStats
 
 __all__ = ["KrakenSource"]
@@ -286,8 +286,8 @@ class KrakenSource(Source):
             return status, body, error
         try:
             errors = _REST_ERRORS.decode(body).error
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return status, body, None  # on_rest counts the bad body
+        except (msgspec.DecodeError, msgspec.ValidationError, *UNDECODABLE):
+            return status, body, None  # on_rest counts the bad body (the base, if it raises)
         if not errors:
             return status, body, None
         message = "; ".join(errors)[:200]

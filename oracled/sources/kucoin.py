@@ -72,7 +72,13 @@ from yarl import URL
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source, read_capped, read_integer, read_request_id
+from oracled.sources._base import (
+    UNDECODABLE,
+    Source,
+    read_capped,
+    read_integer,
+    read_request_id,
+)
 from oracled.sources.stats import SourceStats
 
 __all__ = ["KucoinSource"]
@@ -225,7 +231,7 @@ class KucoinSource(Source):
                 raise aiohttp.ClientError(f"bullet-public: HTTP {resp.status}: {body[:200]!r}")
         try:
             bullet = _BULLET.decode(body)
-        except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        except (msgspec.DecodeError, *UNDECODABLE) as exc:  # nested too deep, or not UTF-8
             raise aiohttp.ClientError(f"bullet-public: unreadable answer: {exc}") from exc
         if bullet.code != "200000" or bullet.data is None or not bullet.data.instanceServers:
             raise aiohttp.ClientError(f"bullet-public: refused: {body[:200]!r}")

@@ -66,7 +66,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source, read_integer, read_request_id
+from oracled.sources._base import UNDECODABLE, Source, read_integer, read_request_id
 from oracled.sources.stats import SourceStats
 
 __all__ = ["OkxSource"]
@@ -344,9 +344,9 @@ class OkxSource(Source):
             return status, body, error
         try:
             reply = _ENVELOPE.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            # No OKX body (or one nested past the decoder's depth): the status, or on_rest
-            # through the base, judges it.
+        except (msgspec.DecodeError, msgspec.ValidationError, *UNDECODABLE):
+            # No OKX body (or one nested past the decoder's depth, or not UTF-8): the status,
+            # or on_rest through the base, judges it.
             return status, body, error
         if reply.code == "0":
             return status, body, error

@@ -776,3 +776,29 @@ async def test_json_nested_past_the_decoder_depth_is_a_malformed_frame_not_a_cra
     await wait(lambda: len(run.quotes) == 1)
     assert venue.connections == 1 and run.stats.reconnects == 0
     assert run.stats.malformed == 2 and run.stats.dropped == {"decode": 2}
+
+
+async def test_a_binary_frame_that_is_not_utf8_is_a_malformed_frame_not_a_crash(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A binary frame with a Latin-1 byte inside a string (the price here) makes the decoder
+    raise UnicodeDecodeError, not DecodeError: the source counts a malformed `decode` frame and
+    reads on, on the same connection, while streaming and before. Before, the error crashed the
+    source (found by test_adapter_fuzz)."""
+    book = BOOK.format(lower="btcusdt", sym="BTCUSDT")
+    latin1 = book.encode().replace(b'"100.00000000"', b'"100.0000000\xe9"')
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        await ws.send_bytes(latin1)  # not streaming yet: the connection's first frame
+        await ws.send_str(book)
+        await ws.send_bytes(latin1)  # streaming: straight to the adapter
+        await ws.send_str(MOVED.format(lower="btcusdt", sym="BTCUSDT"))
+        await hold(ws)
+
+    venue = Venue(script)
+    run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=5.0)
+    await wait(lambda: len(run.quotes) == 2)
+    assert venue.connections == 1 and run.stats.reconnects == 0
+    assert run.stats.malformed == 2 and run.stats.dropped == {"decode": 2}

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from parse_cases import (
     BAD_COUNTERS,
     CASES,
@@ -433,3 +434,52 @@ def test_a_request_id_of_other_digits_answers_no_request(
     source.on_message(case.echo.replace("{id}", text), 1)
     assert source._pending == {1: (source.symbols[0],)}
     assert harness.stats.dropped == {"unsolicited": 1} and harness.stats.malformed == 0
+
+
+def _latin1(sample: Numbers) -> bytes:
+    """The sample with its first number's text ending in a Latin-1 byte: no UTF-8."""
+    number = sample.numbers[0]
+    return sample.body.encode().replace(number.encode(), number[:-1].encode() + b'\xe9"', 1)
+
+
+@pytest.mark.parametrize("case", _sampled(stream=False))
+def test_a_rest_answer_that_is_not_utf8_is_a_decode_drop_not_a_crash(
+    case: ParseCase[Any], harness: Harness[Any]
+) -> None:
+    """A byte that is not UTF-8 inside a string makes the decoder raise UnicodeDecodeError, not
+    DecodeError (it checks a string's text only as it builds it): the answer is a malformed
+    `decode` drop. Before, the error left the poller and crashed the whole source, which a
+    venue or a proxy answering in Latin-1 could do at every poll (found by test_adapter_fuzz)."""
+    sample = case.rest_numbers
+    assert sample is not None
+    assert harness.source.rest_request([sample.symbol]) is not None
+    harness.source._read_rest(_latin1(sample), sample.recv_ts)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"decode": 1} and harness.stats.malformed == 1
+
+
+_NOT_UTF8 = b'{"code":"\xe9","retCode":1,"retMsg":"\xe9","msg":"\xe9","error":["\xe9"]}'
+_TOO_DEEP = b'{"code":"1","retCode":1,"error":[],"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.mark.parametrize("status", [200, 503])
+@pytest.mark.parametrize("body", [_NOT_UTF8, _TOO_DEEP], ids=["not_utf8", "too_deep"])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+async def test_a_rest_answer_no_decoder_reads_is_handed_on_by_fetch_never_raised(
+    case: ParseCase[Any], body: bytes, status: int, aiohttp_server: Any
+) -> None:
+    """A venue's own look at each REST answer (OKX, Bybit and Kraken read an error code from
+    every body) meets bytes no decoder reads: strings that are not UTF-8, or JSON nested past
+    the decoder's depth. The answer goes on to be judged as any other (`on_rest` counts it);
+    nothing is raised. Before, Kraken raised on both and OKX and Bybit on the first, which
+    ended the poller and crashed the source."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body, status=status, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    server = await aiohttp_server(app)
+    async with open_harness(case) as h:
+        got, _, _ = await h.source._fetch(str(server.make_url("/any")), {})
+    assert got in (status, 400, 429)  # as the venue reads the status (a 400: split, 429: wait)
