@@ -9,7 +9,8 @@ round's snapshot, as a plain event (the stream goes on with the next round; sign
 StallNotice, on a `signed=true` stream, as on the WebSocket); a `signed=true`
 stream opened while no round is signed past the limit starts with the signed `stalled` frame
 (`Hub.signed_stalled`). A comment
-line every 15 s keeps proxies from timing the connection out. A client that falls behind by more
+line every 15 s keeps proxies from timing the connection out; a client that leaves frees its
+subscription within a second, written to or not. A client that falls behind by more
 than its queue gets a final `event: error` naming the reason and the stream ends; its memory is
 freed at once, as on the WebSocket stream, and a client that reads nothing for
 `api.send_timeout_s` after that (its handler waiting on a write) has its connection aborted.
@@ -38,6 +39,11 @@ __all__ = ["SseHandler"]
 _log = structlog.get_logger(component="api.sse")
 
 KEEPALIVE_S = 15.0
+#: How often a quiet stream looks whether its client is still there. The daemon's handlers are
+#: not cancelled when their client leaves (aiohttp's default), and a stream learns it only when
+#: a write fails: without a look, a client that left held its subscription, which fans rounds
+#: out and no longer counts against `api.max_connections`, until the next keep-alive.
+GONE_CHECK_S = 1.0
 _PARAMETERS = frozenset({"markets", "signed", "deviation", "heartbeat_ms"})
 _HEADERS = {
     "Content-Type": "text/event-stream",
@@ -124,14 +130,21 @@ class SseHandler:
             await response.write(b": oracled report stream\n\n")
             if told is not None:
                 await response.write(b"data: " + told + b"\n\n")
+            quiet = 0.0  # seconds since the last write
             while True:
                 try:
-                    async with asyncio.timeout(KEEPALIVE_S):
+                    async with asyncio.timeout(GONE_CHECK_S):
                         frame = await sub.get()
                 except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
+                    if request.transport is None:  # the client left: no write will say so
+                        break
+                    quiet += GONE_CHECK_S
+                    if quiet >= KEEPALIVE_S:
+                        await response.write(b": keep-alive\n\n")
+                        quiet = 0.0
                     continue
                 await response.write(b"data: " + frame + b"\n\n")
+                quiet = 0.0
         except SubscriptionClosed as closed:
             # The server's own shutdown unsubscribes (not a drop, as on the WebSocket stream);
             # the client is told `shutdown` either way, never the hub's internal word.

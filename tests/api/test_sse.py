@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from api_rig import ClientFactory, Rig, make_config
+from api_rig import ClientFactory, Rig, make_config, until
 from stream_wire import next_event
 from structlog.testing import capture_logs
 
@@ -306,3 +306,27 @@ async def test_a_consumer_gone_when_its_stream_ends_is_no_handler_error(
         assert rig.hub.subscribers == 0
         assert rig.hub.dropped_subscribers[reason] == 1
         assert [e for e in logs if e["log_level"] in ("error", "critical")] == [], reason
+
+
+async def test_a_consumer_that_leaves_between_frames_frees_its_subscription_at_once(
+    make_client: ClientFactory,
+) -> None:
+    """Twenty consumers of a quiet stream (`deviation=0.5`: the snapshot, then nothing while
+    prices hold) that close their connections have their subscriptions freed within a second
+    or so, not at the next keep-alive write. Served as the daemon serves (a lost connection
+    does not cancel the handler), the handler learnt of the departure only when a write failed,
+    up to 15 s later: meanwhile the subscription was held, fanned rounds out and was counted
+    in `oracled_stream_subscribers`, though its connection no longer counted against
+    `api.max_connections`, so a client opening and closing streams held many more than the cap
+    (found fuzzing the event stream: tests/api/test_api_fuzz.py)."""
+    rig = Rig(make_config())
+    client = await make_client(rig)
+    rig.step()
+    for _ in range(20):
+        resp = await client.get("/v1/events?deviation=0.5")
+        assert resp.status == 200
+        _, frame = await next_event(resp)  # subscribed: the snapshot came
+        assert frame["type"] == "report"
+        resp.close()  # the connection goes with it
+    rig.step()  # prices hold: nothing is written to the streams
+    await until(lambda: rig.hub.subscribers == 0, "the subscriptions freed")
