@@ -14,6 +14,12 @@ product"}`` (the older Exchange feed's shape), and an unknown product on REST an
 ``INVALID_ARGUMENT``. ``sequence_num`` comes from one counter shared by all connections, so each
 connection sees it strictly increasing (the venue's docs do not say what it counts; the adapter's
 check holds whichever way it is counted).
+
+-USDC products: the docs say that on market-data channels a -USDC product (but USDT-USDC and
+EURC-USDC) returns the same data as the matching -USD product, not which product id the frames
+carry. By default a -USDC product listed in ``prices`` is a book of its own, named as subscribed;
+``usdc_as_usd=True`` serves a -USDC product whose -USD twin is listed with the twin's book under
+the twin's name (subscription, acknowledgement, tickers and REST alike).
 """
 
 from __future__ import annotations
@@ -96,11 +102,19 @@ class CoinbaseSim(VenueSim):
         *,
         heartbeat_s: float = 1.0,
         message_limit: int = 8,
+        usdc_as_usd: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(prices, message_limit=message_limit, **kwargs)
         self.heartbeat_s = heartbeat_s
+        self.usdc_as_usd = usdc_as_usd
         self._beats = 0
+
+    def served(self, product: str) -> str:
+        """The book a product id is served from: its -USD twin's under `usdc_as_usd`."""
+        if self.usdc_as_usd and product.endswith("-USDC") and product[:-1] in self.paths:
+            return product[:-1]
+        return product
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.ws_handler)
@@ -174,6 +188,7 @@ class CoinbaseSim(VenueSim):
         if not isinstance(products, list) or not products:
             self._error(client, "Failed to subscribe", "product_ids is required")
             return
+        products = [self.served(p) if isinstance(p, str) else p for p in products]
         unknown = [p for p in products if p not in self.paths]
         if unknown:
             self._error(client, "Failed to subscribe", f"{unknown[0]} is not a valid product")
@@ -219,7 +234,7 @@ class CoinbaseSim(VenueSim):
         refused = await self.rest_gate()
         if refused is not None:
             return refused
-        product = request.match_info["product_id"]
+        product = self.served(request.match_info["product_id"])
         if product not in self.paths:
             detail = "valid product_id is required"
             error = {"error": "INVALID_ARGUMENT", "error_details": detail, "message": detail}

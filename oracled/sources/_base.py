@@ -39,9 +39,10 @@ A venue subclass declares its URLs and wire types and implements five small hook
   count or the frame that set the bar was bad: the bar is forgotten, the frame used, and the
   reset counted (``stats.sequence_resets``) and logged. Otherwise one far-ahead number would
   freeze the symbol on a connection that looks healthy until the next reconnect;
-- silent instruments (`_check_silent`): a subscribed symbol without a quote for longer than its
-  limit (`silent_after_ms`, the service's: the longest age any market allows it), counted from its
-  last quote (or, if none came yet, from the opening of the first connection that subscribed it)
+- silent instruments (`_check_silent`): a subscribed symbol (a configured pair's, quoted under any
+  of its venue names) without a quote for longer than its limit (`silent_after_ms`, the
+  service's: the longest age any market allows it), counted from its last quote (or, if none
+  came yet, from the opening of the first connection that subscribed it)
   across reconnects, the latest outage aside, is listed in ``stats.silent_instruments`` while the
   connection streams, with a line on entering and on quoting again (each at most once a minute). A
   venue that accepts a subscription to a symbol it does not list (Binance does) or stops sending
@@ -192,6 +193,11 @@ def _readable(text: str | float) -> bool:
 
 def _recv_ts(quote: Quote) -> int:
     return quote.recv_ts
+
+
+def _newest_ms(heard: Mapping[str, Quote], names: Sequence[str]) -> int | None:
+    """The receive time of the newest quote `heard` under any of `names` (one instrument's)."""
+    return max((q.recv_ts for name in names if (q := heard.get(name)) is not None), default=None)
 
 
 def _no_limits() -> Mapping[tuple[str, Kind], int]:
@@ -572,14 +578,19 @@ class Source(abc.ABC):
             self._kept = {(q.pair, q.kind): q for q in last}
         else:
             self._kept = self._polled  # the same dict: a poll handed on meanwhile is in it
-        symbols_of: dict[tuple[str, Kind], tuple[str, ...]] = {}
-        for symbol, key in by_symbol.items():  # a Coinbase -USDC pair quotes under two names
-            symbols_of[key] = (*symbols_of.get(key, ()), symbol)
-        self._symbols_of = symbols_of
+        self._symbols_of = self._names_of()
         self._emit, self._direct = self._emit_first, False
         self._first_timer = asyncio.get_running_loop().call_later(
             self.cfg.liveness_timeout_s, self._first_quotes_done
         )
+
+    def _names_of(self) -> dict[tuple[str, Kind], tuple[str, ...]]:
+        """Each instrument's venue symbols: one, or several where the venue quotes one instrument
+        under more than one name (a Coinbase -USDC product and its -USD twin)."""
+        names: dict[tuple[str, Kind], tuple[str, ...]] = {}
+        for symbol, key in self._by_symbol.items():
+            names[key] = (*names.get(key, ()), symbol)
+        return names
 
     def _first_quotes_done(self) -> None:
         """Streamed quotes go straight to the emitter again: the steady stream pays nothing."""
@@ -1002,7 +1013,10 @@ class Source(abc.ABC):
         the symbol again). While the source polls instead, only the symbols that the latest
         answer asking for them left out are judged, by the same count (from their first poll if
         none quoted yet): an answer of every symbol just leaves out one the venue does not list,
-        and a slow round of one-symbol polls is no silence."""
+        and a slow round of one-symbol polls is no silence. What is judged is each configured
+        instrument, under the symbol it was configured with, by its newest quote under any of its
+        names: a Coinbase -USDC pair quotes under its own name or its -USD twin's, and the name
+        it does not quote under is no silent instrument."""
         left_out: set[str] | None = None  # streaming: every symbol is judged
         if not self._streaming:
             if self.stats.state is not ConnState.POLLING:
@@ -1012,8 +1026,9 @@ class Source(abc.ABC):
         limits, failed = self.silent_after_ms(), stats.failed_instruments
         subscribed, opened, now = self._subscribed_ms, self._opened_ms, self._clock.now_ms()
         (down, up), default = self._outage_ms, DEFAULT_SILENT_AFTER_MS
+        by_symbol, names = self._by_symbol, self._names_of()
         found: dict[str, int] = {}
-        for symbol, key in self._by_symbol.items():
+        for symbol in self.symbols:
             if symbol in failed:
                 said.pop(symbol, None)  # refused: "instrument failed" says the rest
                 subscribed.pop(symbol, None)  # if taken again, it counts from then
@@ -1022,7 +1037,9 @@ class Source(abc.ABC):
                 continue
             # Absent: refused when this connection opened, taken since; it counts from then.
             start = subscribed.get(symbol, opened)
-            since = max(q.recv_ts, start) if (q := heard.get(symbol)) is not None else start
+            key = by_symbol[symbol]
+            last = _newest_ms(heard, names[key])
+            since = start if last is None else max(last, start)
             if now - since - max(up - max(since, down), 0) > limits.get(key, default):
                 found[symbol] = since
         stats.silent_instruments = found  # one store: a scrape reads the old list or the new
@@ -1030,7 +1047,9 @@ class Source(abc.ABC):
         back = sorted(
             s
             for s, since in said.items()
-            if s not in found and (q := heard.get(s)) is not None and q.recv_ts > since
+            if s not in found
+            and (last := _newest_ms(heard, names[by_symbol[s]])) is not None
+            and last > since
         )
         for symbol in back:
             del said[symbol]

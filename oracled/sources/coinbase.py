@@ -36,7 +36,8 @@ connection's first-quote filter (`Source._emit_first`, docs/sources.md, Venue ti
 staleness). Unauthenticated messages are limited to 8 a second per IP. No maximum connection
 life is documented; the configured rotation applies.
 ``-USDC`` products are served on market-data channels with the data of the ``-USD`` book, so a
-``-USDC`` symbol also accepts frames for its ``-USD`` twin when that twin is not configured itself.
+``-USDC`` symbol also accepts frames for its ``-USD`` twin when that twin is not configured itself
+(and is silent only when neither name quotes it: the twin is no instrument of its own).
 REST: the public ``GET /api/v3/brokerage/market/products/{product_id}/ticker`` serves one product
 (``rest_batch_size = 1``); public endpoints allow 10 requests a second per IP, and polls are paced
 at 8 a second with a burst of 8. Its ``best_bid``/``best_ask`` carry no book time, so REST quotes

@@ -108,3 +108,25 @@ async def test_client_over_the_message_limit_is_closed(
                 pass
         assert ws.close_code == 1008
     assert sim.stats.rate_limited == 1
+
+
+async def test_usdc_as_usd_serves_a_usdc_product_with_its_usd_twin_under_the_twin_name(
+    http: aiohttp.ClientSession,
+) -> None:
+    """With `usdc_as_usd`, a -USDC product whose -USD twin is listed is subscribed, acknowledged,
+    ticked and answered on REST as the twin (one of the two namings the docs leave open); a
+    -USDC product without a listed twin is unknown as before."""
+    async with CoinbaseSim(PRICES, seed=3, rate_hz=50.0, usdc_as_usd=True) as venue:
+        assert venue.served("BTC-USDC") == "BTC-USD" and venue.served("SOL-USDC") == "SOL-USDC"
+        async with http.ws_connect(venue.ws_url) as ws:
+            await ws.send_str('{"type":"subscribe","product_ids":["BTC-USDC"],"channel":"ticker"}')
+            ack = await next_json(ws, pings=True)
+            assert ack["events"] == [{"subscriptions": {"ticker": ["BTC-USD"]}}]
+            snapshot = await next_json(ws, pings=True)
+            assert snapshot["events"][0]["tickers"][0]["product_id"] == "BTC-USD"
+        base = f"{venue.rest_url}/api/v3/brokerage/market/products"
+        async with http.get(f"{base}/BTC-USDC/ticker", params={"limit": "1"}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["trades"][0]["product_id"] == "BTC-USD"
+        async with http.get(f"{base}/SOL-USDC/ticker") as resp:
+            assert resp.status == 400

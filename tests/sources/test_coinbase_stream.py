@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from venue_cases import CASE, Start, Wait
+import pytest
+from structlog.testing import capture_logs
+from venue_cases import CASE, Running, Start, Wait, quoting_again
 
+from oracled.model import Kind
 from oracled.sim.coinbase import CoinbaseSim
 from oracled.sources import ConnState
 
@@ -107,3 +110,61 @@ async def test_a_snapshot_repeating_the_last_book_after_a_reconnect_is_not_a_new
     moved = run.quotes[seen:]  # the snapshots, quoted at the time they were sent
     assert sorted(round((q.bid or 0.0) + (q.ask or 0.0)) // 2 for q in moved) == [3_600, 68_000]
     assert all((q.venue_ts or 0) > max(s or 0 for s in stamps.values()) for q in moved)
+
+
+USDC_PAIRS: list[tuple[str, Kind]] = [("BTC/USDC", "spot"), ("ETH/USD", "spot")]
+
+
+async def _listed_over(run: Running, seconds: float) -> set[str]:
+    """Every symbol listed silent at some moment over the next `seconds`."""
+    listed: set[str] = set()
+    for _ in range(round(seconds / 0.01)):
+        listed.update(run.stats.silent_instruments)
+        await asyncio.sleep(0.01)
+    return listed
+
+
+@pytest.mark.parametrize("usdc_as_usd", [False, True], ids=["named_usdc", "named_usd"])
+async def test_a_usdc_pair_is_silent_only_when_it_gets_nothing_under_either_name(
+    start: Start, wait: Wait, usdc_as_usd: bool
+) -> None:
+    """A BTC/USDC pair is subscribed as BTC-USDC and also takes frames of its -USD twin, whose
+    data the venue serves for it. Quoted under one of the two names (its own, or the twin's),
+    it is not silent however long the other name stays quiet, on the stream or on REST polls;
+    muted, it is listed once, under BTC-USDC (the symbol the API's `instrument` names), and
+    said silent and quoting again under that name. Before, the name it did not quote under was
+    listed silent for ever while the pair quoted fine, and OracledSourceInstrumentsSilent fired
+    for nothing."""
+    prices = {"BTC-USD": 67_000.0, "BTC-USDC": 67_000.0, "ETH-USD": 3_500.0}
+    keys = {(p, k) for p, k in USDC_PAIRS}
+    with capture_logs() as logs:
+        async with CoinbaseSim(
+            prices, seed=5, rate_hz=40.0, heartbeat_s=0.1, usdc_as_usd=usdc_as_usd
+        ) as venue:
+            run = await start(venue=venue, pairs=USDC_PAIRS)
+            run.source.silent_after_ms = lambda: dict.fromkeys(keys, 200)
+            await wait(lambda: run.keys() == keys)
+            seen = len(run.quotes)
+            assert await _listed_over(run, 0.8) == set()  # four limits, the scan every 0.1 s
+            assert run.keys(seen) == keys and run.state() is ConnState.STREAMING
+            named = venue.served("BTC-USDC")
+            assert named == ("BTC-USD" if usdc_as_usd else "BTC-USDC")
+
+            venue.mute(named)  # the pair gets nothing under either name: silent
+            await wait(lambda: bool(run.stats.silent_instruments))
+            assert run.stats.silent_instruments.keys() == {"BTC-USDC"}
+            venue.unmute(named)
+            await wait(lambda: quoting_again(logs) and run.stats.silent_instruments == {})
+
+            venue.ws_enabled = False  # polls ask for BTC-USDC by name; the stream is away
+            venue.disconnect()
+            await wait(lambda: run.state() is ConnState.POLLING)
+            polls, seen = venue.stats.rest_requests, len(run.quotes)
+            assert await _listed_over(run, 0.8) == set()
+            assert venue.stats.rest_requests >= polls + 4 and run.keys(seen) == keys
+            assert run.state() is ConnState.POLLING and run.stats.failed_instruments == {}
+    said = [(e["event"], e["symbols"]) for e in logs if e["event"].startswith("instruments ")]
+    assert said == [
+        ("instruments silent", ["BTC-USDC"]),
+        ("instruments quoting again", ["BTC-USDC"]),
+    ]
