@@ -117,7 +117,7 @@ class ManualPauses:
             ) from None
         try:
             state = _decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested deep
             raise ConfigError(
                 [
                     f"oracle.manual_pauses_file: {self.path} is not a pause file ({exc}); "

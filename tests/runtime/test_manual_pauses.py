@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from one_venue import service_running
+from oracled_cli import run_oracled
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -443,3 +444,33 @@ def test_a_pauses_file_that_is_a_fifo_stops_the_start_without_waiting(tmp_path: 
     assert caught.value.problems == [
         f"oracle.manual_pauses_file: cannot read {fifo} (a FIFO, not a regular file)"
     ]
+
+
+def test_a_pauses_file_nested_past_the_decoders_depth_stops_the_start_with_a_config_error(
+    tmp_path: Path,
+) -> None:
+    """A pause entry may carry keys this build does not know (they are skipped); one holding
+    arrays nested 100 000 deep made msgspec raise RecursionError, which `load` did not catch:
+    `oracled check-config --as-daemon` and the daemon's start ended in a traceback, not the config
+    error that names the file. Now it is that error, exit 2."""
+    pauses = tmp_path / "pauses.json"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    pauses.write_bytes(
+        b'{"format": "oracled-manual-pauses", "version": 1, "paused": {"BTC/USDT": '
+        b'{"actor": "ops", "ts": 1700000000000, "note": ' + deep + b"}}}"
+    )
+    with pytest.raises(ConfigError) as caught:
+        ManualPauses(pauses).load()
+    assert caught.value.problems[0].startswith(
+        f"oracle.manual_pauses_file: {pauses} is not a pause file (maximum recursion depth"
+    ), caught.value.problems
+    config = tmp_path / "oracled.toml"
+    config.write_text(
+        f'[oracle]\nmanual_pauses_file = "{pauses}"\n\n[sources.binance]\ntype = "binance"\n\n'
+        '[[markets]]\nsymbol = "BTC/USDT"\nmin_sources = 1\n'
+        'sources = [{ source = "binance", pair = "BTC/USDT" }]\n'
+    )
+    done = run_oracled(["check-config", "--as-daemon", str(config)])
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"{pauses} is not a pause file" in done.stdout + done.stderr, done.stderr
