@@ -1143,7 +1143,7 @@ class AuditReader:
         try:
             body = self._unpack(dict_id, stored)
             report = _report_decoder.decode(body)
-        except (zlib.error, msgspec.DecodeError, ValueError, TypeError) as exc:
+        except (zlib.error, msgspec.DecodeError, ValueError, TypeError, RecursionError) as exc:
             what = f"{market}: its stored report cannot be read ({exc})"
             raise AuditDataError(round_no, ts, what) from None
         if (report.market, report.round, report.ts) != (market, round_no, ts) or at != ts:

@@ -98,24 +98,31 @@ def sql(path: Path, statement: str) -> None:
     db.close()
 
 
-def rewrite_report(
-    path: Path, round_id: int, market: str, change: Callable[[Report], Report]
-) -> None:
-    """Rewrite one stored report body in place: decoded, changed by `change`, deflated again
-    with its dictionary (rounds.id `round_id`)."""
+def rewrite_body(path: Path, round_id: int, market: str, change: Callable[[bytes], bytes]) -> None:
+    """Rewrite one stored report body in place: inflated, its msgpack changed by `change`,
+    deflated again with its dictionary (rounds.id `round_id`), as the writer deflates it."""
     db = sqlite3.connect(path)
     dict_id, body = db.execute(
         "SELECT dict, body FROM reports WHERE round_id = ? AND market = ?", (round_id, market)
     ).fetchone()
     (zdict,) = db.execute("SELECT data FROM dictionaries WHERE id = ?", (dict_id,)).fetchone()
-    report = msgspec.msgpack.decode(
-        zlib.decompressobj(-15, zdict=zdict).decompress(body), type=Report
-    )
     packer = zlib.compressobj(3, zlib.DEFLATED, -15, 8, zdict=zdict)
-    new = msgspec.msgpack.encode(change(report))
+    new = change(zlib.decompressobj(-15, zdict=zdict).decompress(body))
     db.execute(
         "UPDATE reports SET body = ? WHERE round_id = ? AND market = ?",
         (packer.compress(new) + packer.flush(), round_id, market),
     )
     db.commit()
     db.close()
+
+
+def rewrite_report(
+    path: Path, round_id: int, market: str, change: Callable[[Report], Report]
+) -> None:
+    """Rewrite one stored report body in place: decoded, changed by `change`, deflated again
+    with its dictionary (rounds.id `round_id`)."""
+
+    def changed(body: bytes) -> bytes:
+        return msgspec.msgpack.encode(change(msgspec.msgpack.decode(body, type=Report)))
+
+    rewrite_body(path, round_id, market, changed)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from audit_rig import Feed, rewrite_report, sql, trail
+from audit_rig import Feed, rewrite_body, rewrite_report, sql, trail
 from publish_rig import T0, make_config
 
 from oracled.cli import main
@@ -721,3 +721,32 @@ def test_a_round_whose_report_of_the_market_was_taken_away_is_checked_with_marke
     assert "mismatch: round 3 at 2023-11-14T22:13:20.750Z: " in out, out
     assert " report(s) stored for a round of 3" in out, out
     assert main([*base, "--market", "ETH/USD"]) == 3  # the round is short for every market
+
+
+def test_a_stored_report_nested_past_the_decoders_depth_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A report body deflated with its dictionary as the writer does, but holding a key this
+    build does not know whose value is 200 000 nested arrays: msgspec raises RecursionError
+    skipping it, which the reader did not catch, so the timeline and `--verify` ended in a
+    traceback. It is a row that does not read back: exit 2 naming it, a mismatch for
+    `--verify`."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    deep = b"\x91" * 200_000 + b"\xc0"  # msgpack: an array of one array of one ... of nil
+
+    def nested(body: bytes) -> bytes:
+        fields = msgspec.msgpack.decode(body)
+        fields["zz"] = 0
+        body = msgspec.msgpack.encode(fields)
+        assert body.endswith(b"\xa2zz\x00")
+        return body[:-1] + deep
+
+    rewrite_body(db, 3, "ETH/USD", nested)
+    capsys.readouterr()
+    assert main(["audit", "--db", str(db), "--market", "ETH/USD"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"oracled audit: {db}: round 3 at 2023-11-14T22:13:20.750Z: ETH/USD:")
+    assert "its stored report cannot be read (maximum recursion depth" in err, err
+    assert main(["audit", "--db", str(db), "--deployment", "test", "--verify"]) == 3
+    assert "5 signed and matching, 0 unsigned, 1 mismatched" in capsys.readouterr().out
