@@ -31,7 +31,8 @@ A venue subclass declares its URLs and wire types and implements five small hook
   dropped here and counted (``stats.malformed`` and ``stats.dropped[reason]``). The core checks
   again; the source drops first so that one venue's garbage never reaches the book. A quote whose
   venue time is more than ``max_clock_skew_ms`` ahead of its receive time is dropped too
-  (``stats.dropped["future"]``, not malformed), before a venue's ordering bar moves to it;
+  (``stats.dropped["future"]``, not malformed), before a venue's ordering bar moves to it, and
+  one before 1970 as ``bad_number``;
 - a venue counter that stopped being believable (`_counter_refused`): an adapter that orders a
   symbol's frames by a venue counter (an update id, a sequence) asks here before it drops a frame
   whose counter is not above the bar; a frame newer by venue time whose counter fell below half
@@ -527,6 +528,12 @@ class Source(abc.ABC):
                 # bar (which moves with every quote emitted) is not set into the future by one
                 # bad clock reading, after which every good frame would be "out of order".
                 stats.dropped["future"] += 1
+                return
+            elif venue_ts < 0:
+                # Before 1970: no venue's time, only a number printed wrong. Quoted, it would
+                # go to the tape and the audit trail, and add its whole age (read from the JSON
+                # integer at any size: 1e20 ms, say) to the latency histogram's sum for good.
+                self._bad_number(venue_ts)
                 return
             else:
                 stats.observe_latency(latency)

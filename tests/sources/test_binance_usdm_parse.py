@@ -261,3 +261,20 @@ def test_an_id_a_little_ahead_is_forgotten_after_five_newer_frames_in_a_row(
     assert source.stats.sequence_resets == 1
     source.on_message(_book(400900221, e + 6), RECV + 6)  # below the new bar: stale again
     assert len(quotes) == 2 and source.stats.dropped == {"stale": 9}
+
+
+@pytest.mark.parametrize("event_ts", [-1, -(10**20)])
+def test_an_event_time_before_1970_is_a_bad_number_not_a_quote(
+    event_ts: int, harness: Harness[BinanceUsdmSource]
+) -> None:
+    """Frames are ordered by update id, so nothing refused an `E` before 1970: it is
+    `bad_number`, and the update id stays where it was (found by test_adapter_fuzz)."""
+    sample = BINANCE_USDM.stream_numbers
+    assert sample is not None
+    frame = json.loads(sample.body)
+    frame["data"]["E"] = event_ts
+    harness.source.on_message(json.dumps(frame), sample.recv_ts)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"bad_number": 1}
+    harness.source.on_message(sample.body, sample.recv_ts)  # the same id: not refused as stale
+    assert len(harness.quotes) == 1

@@ -616,3 +616,19 @@ def test_a_rate_limit_waits_until_the_reset_it_names(
     window."""
     assert h.spot.rate_limit_wait_s(headers) == wait_s
     assert h.linear.rate_limit_wait_s(headers) == wait_s
+
+
+@pytest.mark.parametrize("ts", [-1, -(10**20)])
+def test_a_frame_time_before_1970_is_a_bad_number_not_a_quote(h: Harness, ts: int) -> None:
+    """A symbol's first frame meets no bar: a `ts` before 1970 is `bad_number` on both
+    categories, not a quote with that time (found by test_adapter_fuzz)."""
+    linear = json.loads(LINEAR_SNAPSHOT)
+    linear["ts"] = ts
+    h.linear.on_message(json.dumps(linear), LINEAR_RECV)
+    spot = json.loads(BOOK_SNAPSHOT)
+    spot["ts"] = ts
+    spot.pop("cts", None)
+    h.spot.on_message(json.dumps(spot), SPOT_RECV)
+    assert h.quotes == []
+    assert h.linear.stats.dropped == {"bad_number": 1}
+    assert h.spot.stats.dropped == {"bad_number": 1}

@@ -139,3 +139,16 @@ def test_rest_pubticker_is_read_for_the_symbol_asked(harness: Harness[GeminiWsSo
     harness.source.on_rest(b'{"result":"error","reason":"InvalidSymbol"}', 43)
     harness.source.on_rest(b'{"bid":"x","ask":"1"}', 44)
     assert harness.stats.dropped == {"shape": 1, "bad_number": 1}
+
+
+@pytest.mark.parametrize("event_ns", ["-1000000", "-10000000000000000000000000"])
+def test_an_event_time_before_1970_is_a_bad_number_not_a_quote(
+    event_ns: str, harness: Harness[GeminiWsSource]
+) -> None:
+    """A symbol's first `E` meets no bar: one before 1970 is `bad_number`, not a quote with that
+    time, and sets no bar (found by test_adapter_fuzz)."""
+    harness.source.on_message(GEMINI_WS_OLDER.replace("1764200000000000000", event_ns), E_MS)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"bad_number": 1}
+    harness.source.on_message(GEMINI_WS_OLDER, E_MS)
+    assert len(harness.quotes) == 1

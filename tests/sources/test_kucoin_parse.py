@@ -269,3 +269,17 @@ def test_a_sequence_a_little_ahead_is_forgotten_after_five_newer_tickers_in_a_ro
     src.on_message(text, RECV + 5)
     assert [q.ask for q in harness.quotes] == [0.00028717, 0.0002872]
     assert harness.stats.sequence_resets == 1
+
+
+@pytest.mark.parametrize("time", [-1, -(10**20)])
+def test_a_ticker_time_before_1970_is_a_bad_number_not_a_quote(
+    time: int, harness: Harness[KucoinSource]
+) -> None:
+    """KuCoin orders tickers by `sequence`, not `time`, so no bar refuses a time before 1970:
+    it is `bad_number`, not a quote with that time (which went to the tape and the audit trail
+    and added 1e20 ms to the latency sum; found by test_adapter_fuzz)."""
+    frame = edited(TICKERS[0], lambda d: d["data"].update(time=time))
+    harness.source.on_message(frame, RECV)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"bad_number": 1}
+    assert harness.stats.latency_sum_ms == 0

@@ -240,3 +240,18 @@ async def test_max_conf_ratio_is_configurable_per_source() -> None:
         loose.source.on_rest(BTC_BODY, RECV)
     assert [q.flag for q in tight.quotes] == ["confidence"]
     assert [q.flag for q in loose.quotes] == [None]
+
+
+@pytest.mark.parametrize("publish_time", [-1, -(10**17)])
+def test_a_publish_time_before_1970_is_a_bad_number_not_a_quote(
+    publish_time: int, harness: Harness[PythHermesSource]
+) -> None:
+    """A feed's first update meets no bar: a `publish_time` before 1970 is `bad_number`, not a
+    quote with that time, and sets no bar (found by test_adapter_fuzz)."""
+    body = json.loads(BTC_BODY)
+    body["parsed"][0]["price"]["publish_time"] = publish_time
+    harness.source.on_rest(json.dumps(body).encode(), RECV)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"bad_number": 1}
+    harness.source.on_rest(BTC_BODY, RECV)
+    assert len(harness.quotes) == 1
