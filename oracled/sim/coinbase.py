@@ -11,7 +11,9 @@ limit of 8 incoming messages a second (a client over it is closed with 1008), an
 Assumptions where the public docs are silent: a subscribe naming an unknown product is refused
 whole with ``{"type":"error","message":"Failed to subscribe","reason":"<id> is not a valid
 product"}`` (the older Exchange feed's shape), and an unknown product on REST answers 400
-``INVALID_ARGUMENT``. ``sequence_num`` comes from one counter shared by all connections, so each
+``INVALID_ARGUMENT`` (``unknown_status=404``: 404 ``NOT_FOUND`` in the same envelope, the other
+answer the adapter takes as that product refused; the docs name neither, and the wording of both
+is the simulator's). ``sequence_num`` comes from one counter shared by all connections, so each
 connection sees it strictly increasing (the venue's docs do not say what it counts; the adapter's
 check holds whichever way it is counted).
 
@@ -103,11 +105,13 @@ class CoinbaseSim(VenueSim):
         heartbeat_s: float = 1.0,
         message_limit: int = 8,
         usdc_as_usd: bool = False,
+        unknown_status: int = 400,
         **kwargs: Any,
     ) -> None:
         super().__init__(prices, message_limit=message_limit, **kwargs)
         self.heartbeat_s = heartbeat_s
         self.usdc_as_usd = usdc_as_usd
+        self.unknown_status = unknown_status
         self._beats = 0
 
     def served(self, product: str) -> str:
@@ -236,9 +240,12 @@ class CoinbaseSim(VenueSim):
             return refused
         product = self.served(request.match_info["product_id"])
         if product not in self.paths:
-            detail = "valid product_id is required"
-            error = {"error": "INVALID_ARGUMENT", "error_details": detail, "message": detail}
-            return web.json_response(error, status=400)
+            if self.unknown_status == 404:
+                code, detail = "NOT_FOUND", f"product {product} not found"
+            else:
+                code, detail = "INVALID_ARGUMENT", "valid product_id is required"
+            error = {"error": code, "error_details": detail, "message": detail}
+            return web.json_response(error, status=self.unknown_status)
         bid, ask = self.book(product)
         path = self.paths[product]
         trade = {

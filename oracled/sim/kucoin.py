@@ -11,7 +11,8 @@ found"}``; ``{"type":"ping"}`` is answered with ``pong``; a client that has not 
 ``ping_interval_s + ping_timeout_s`` is closed (counted as ``stats.pong_timeouts``). Ticker frames
 have the recorded shape and a strictly increasing ``sequence``; while the books are frozen, level 1
 answers each symbol's last ticker again, sequence and time included. REST serves
-``GET /api/v1/market/orderbook/level1?symbol=`` (400 with code 900001 for an unknown symbol) and
+``GET /api/v1/market/orderbook/level1?symbol=`` (400 with code 900001 for an unknown symbol: the
+docs show no answer for one, so status, code and words are the simulator's) and
 ``GET /api/v1/market/allTickers``. A 429 (``rest_status``) is worded as KuCoin's spent pool:
 ``{"code":"429000",..}`` with ``gw-ratelimit-limit``, ``gw-ratelimit-remaining`` and
 ``gw-ratelimit-reset`` (`rate_limit_reset_ms`, the milliseconds until the quota resets).

@@ -41,7 +41,11 @@ life is documented; the configured rotation applies.
 REST: the public ``GET /api/v3/brokerage/market/products/{product_id}/ticker`` serves one product
 (``rest_batch_size = 1``); public endpoints allow 10 requests a second per IP, and polls are paced
 at 8 a second with a burst of 8. Its ``best_bid``/``best_ask`` carry no book time, so REST quotes
-have no ``venue_ts``; its latest trade (``limit=1``) gives the last price.
+have no ``venue_ts``; its latest trade (``limit=1``) gives the last price. The docs do not say how
+an unknown product is answered; a 400, or a 404 whose error envelope
+(``{"error":"NOT_FOUND","error_details":...,"message":...}``) says ``NOT_FOUND``, refuses that one
+product (marked failed, left out of later polls); any other 404 (a wrong path, a proxy's page)
+fails the request, and the source is down.
 
 The ticker's ``price`` (last trade) travels as the quote's last price. Decoding: a ticker message in
 the documented shape is read in one pass with prices straight into floats (strict=False), several
@@ -66,7 +70,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source
+from oracled.sources._base import UNDECODABLE, Source
 from oracled.sources.stats import SourceStats
 
 __all__ = ["CoinbaseSource"]
@@ -173,6 +177,12 @@ class _RestTicker(msgspec.Struct):
     trades: list[_RestTrade] = []
 
 
+class _RestError(msgspec.Struct):
+    """The venue's REST error envelope (``error`` is a code such as ``NOT_FOUND``)."""
+
+    error: str = ""
+
+
 def _usd_twin(symbol: str) -> str | None:
     """BTC-USDC -> BTC-USD: the book whose data the venue serves for a -USDC product."""
     return symbol[:-1] if symbol.endswith("-USDC") else None
@@ -181,6 +191,7 @@ def _usd_twin(symbol: str) -> str | None:
 _FAST = msgspec.json.Decoder(_FastMessage, strict=False)
 _DECODE = msgspec.json.Decoder(_Message)
 _REST = msgspec.json.Decoder(_RestTicker)
+_REST_ERROR = msgspec.json.Decoder(_RestError)
 _ENCODE = msgspec.json.Encoder()
 
 
@@ -374,6 +385,21 @@ class CoinbaseSource(Source):
         self._rest_symbol = symbols[0]
         url = f"{self.rest_url}/api/v3/brokerage/market/products/{symbols[0]}/ticker"
         return url, {"limit": "1"}
+
+    async def _fetch(
+        self, url: str, query: Mapping[str, str]
+    ) -> tuple[int | None, bytes, str | None]:
+        """A 404 whose error envelope says ``NOT_FOUND`` refuses the one product polled, as a 400
+        does (the base marks it failed): the docs name neither answer for an unknown product, and
+        a polled product the venue does not list must not put the source down at every poll."""
+        status, body, error = await super()._fetch(url, query)
+        if status != 404:
+            return status, body, error
+        try:
+            code = _REST_ERROR.decode(body).error
+        except (msgspec.DecodeError, *UNDECODABLE):  # no envelope: a wrong path, a proxy's page
+            return status, body, error
+        return (400 if code == "NOT_FOUND" else status), body, error
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         book = self._decoded(_REST, body)

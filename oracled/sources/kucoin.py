@@ -402,7 +402,9 @@ class KucoinSource(Source):
     def _on_level1(self, reply: _Level1, recv_ts: int) -> None:
         if reply.code != "200000":
             self.stats.dropped["venue_error"] += 1
-        elif reply.data is None:  # the venue answers null for a symbol it does not list
+        elif reply.data is None:
+            # An unlisted symbol's answer is undocumented: null reads as the symbol left out (the
+            # silent scan lists it); a 400, which the base reads, as the symbol refused.
             self.stats.dropped["unknown_symbol"] += 1
         else:
             self._tick(self._rest_symbol, reply.data, recv_ts)

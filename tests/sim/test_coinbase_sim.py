@@ -130,3 +130,17 @@ async def test_usdc_as_usd_serves_a_usdc_product_with_its_usd_twin_under_the_twi
             assert (await resp.json())["trades"][0]["product_id"] == "BTC-USD"
         async with http.get(f"{base}/SOL-USDC/ticker") as resp:
             assert resp.status == 400
+
+
+async def test_unknown_status_404_answers_an_unknown_product_not_found(
+    http: aiohttp.ClientSession,
+) -> None:
+    """With `unknown_status=404`, an unknown product's REST ticker is a 404 NOT_FOUND in the
+    venue's error envelope; listed products answer as usual."""
+    async with CoinbaseSim(PRICES, seed=3, unknown_status=404) as venue:
+        base = f"{venue.rest_url}/api/v3/brokerage/market/products"
+        async with http.get(f"{base}/FOO-USD/ticker", params={"limit": "1"}) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"] == "NOT_FOUND"
+        async with http.get(f"{base}/BTC-USD/ticker", params={"limit": "1"}) as resp:
+            assert resp.status == 200

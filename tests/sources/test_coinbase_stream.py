@@ -168,3 +168,34 @@ async def test_a_usdc_pair_is_silent_only_when_it_gets_nothing_under_either_name
         ("instruments silent", ["BTC-USDC"]),
         ("instruments quoting again", ["BTC-USDC"]),
     ]
+
+
+@pytest.mark.parametrize("status", [400, 404])
+async def test_an_unknown_product_on_rest_fails_alone_and_the_source_keeps_polling(
+    start: Start, wait: Wait, status: int
+) -> None:
+    """With the stream refused, a product the venue does not list, answered 400
+    INVALID_ARGUMENT or 404 NOT_FOUND (the docs name neither), is marked failed with the
+    venue's answer and left out of later polls, while the other products price on and the
+    source stays polling. A 404 without the venue's envelope (a wrong path, a proxy's page)
+    still puts the source down and blames no product. Before, the 404 put the source down at
+    every poll and back to polling at the next priced answer, and the product never failed."""
+    prices = {"BTC-USD": 67_000.0, "ETH-USD": 3_500.0}
+    async with CoinbaseSim(prices, seed=5, rate_hz=40.0, unknown_status=status) as venue:
+        venue.ws_enabled = False
+        run = await start(venue=venue, pairs=[*VENUE.pairs, VENUE.unknown_pair])
+        await wait(lambda: "FOO-USD" in run.stats.failed_instruments)
+        assert run.stats.failed_instruments["FOO-USD"].startswith(f"HTTP {status}: ")
+        await wait(lambda: run.state() is ConnState.POLLING)
+        states: list[ConnState] = []
+        polls, seen = venue.stats.rest_requests, len(run.quotes)
+        while venue.stats.rest_requests < polls + 6:  # three rounds of the two listed products
+            states.append(run.state())
+            await asyncio.sleep(0.005)
+        assert set(states) == {ConnState.POLLING}
+        assert run.keys(seen) == VENUE.keys
+        assert run.stats.failed_instruments.keys() == {"FOO-USD"}
+
+        venue.rest_status = 404  # every answer a bare 404: the request failed, not a product
+        await wait(lambda: run.state() is ConnState.DOWN)
+        assert run.stats.failed_instruments.keys() == {"FOO-USD"}
