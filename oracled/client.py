@@ -92,7 +92,7 @@ import structlog
 from eth_utils.address import to_checksum_address
 
 from oracled.client_seen import LeafValues, Seen, leaf_values
-from oracled.client_stream import STALLED, Request, Subscriptions
+from oracled.client_stream import MARKET_REMOVED, STALLED, Request, Subscriptions
 from oracled.eth import keccak
 from oracled.publish.signer import (
     SignatureError,
@@ -144,6 +144,13 @@ _ROUNDS_PER_SIGNER = 256
 STALL_NOTICE_MIN_AGE_MS = 3_000
 #: `stream_errors` label of the stall notices refused (taken ones count as `stalled`).
 STALLED_REFUSED = "stalled_refused"
+#: The codes of the daemon's error frames (docs/contracts.md, Stream errors) and `malformed`,
+#: for one that cannot be read: `stream_errors` counts any other code as `unknown`, since a
+#: peer on the way could send a new one in every frame, each a counter kept for ever.
+_STREAM_CODES = frozenset(
+    {"bad_request", "bad_query", "unknown_market", "signing_disabled", "malformed"}
+    | {STALLED, MARKET_REMOVED}
+)
 
 _log = structlog.get_logger("oracled.client")
 
@@ -880,11 +887,15 @@ class OracleClient:
         `filters` passes the stream's per-subscriber options (`deviation`, `heartbeat_ms`).
         The client pings every `heartbeat_s`: a connection whose daemon stopped answering (a
         host gone, a network cut that sent no close) is dropped and made again, not waited on.
-        A refused request (an error frame: `signing_disabled`, `unknown_market`...) is logged and
-        counted in `stream_errors` by its code. The daemon refuses a whole request for one
+        A refused request (an error frame: `signing_disabled`, `unknown_market`...) is logged
+        (at most once per code every `log_every_ms`) and counted in `stream_errors` by its code
+        (`unknown` for a code docs/contracts.md does not list: anyone on the way could make up
+        one per frame). The daemon refuses a whole request for one
         market it does not have (`unknown_market`, `bad_query`): the client then asks for each
         market alone, so that the others still come; a market refused alone, or removed by a
-        reload (`market_removed`), is logged by name and counted once, listed in
+        reload (`market_removed`: of the markets it names, only those the connection gets, by
+        name or, with every market, reported or in the last ack), is logged by name and counted
+        once, listed in
         `unavailable[base_url]` and asked for again every `retry_s` (a reload may add it back)
         until an ack lists it or a verified price of it arrives; a new connection's first request
         leaves it out (no split on every reconnect) and asks for it alone right after. The
@@ -980,19 +991,25 @@ class OracleClient:
         if frame.code == STALLED:  # answers no request; concerns the daemon, every market
             self._stall_said(data, url, "stream", log)
             return ()
-        refusal = subs.refused(frame.code, frame.markets)
+        code = frame.code if frame.code in _STREAM_CODES else "unknown"
+        refusal = subs.refused(code, frame.markets)
         if refusal.kind == "split":
-            log.info("client subscription refused", code=frame.code, retry=len(refusal.markets))
+            log.info("client subscription refused", code=code, retry=len(refusal.markets))
             return refusal.send
         if refusal.kind == "repeated":
             return ()  # said already
-        self.stream_errors[frame.code] += 1
+        self.stream_errors[code] += 1
+        message = frame.message[:200]
         for market in refusal.markets:
-            log.warning(
-                "client market unavailable", market=market, code=frame.code, message=frame.message
+            log.warning("client market unavailable", market=market, code=code, message=message)
+        if refusal.kind == "error":  # one line per code per `log_every_ms`: anyone can send many
+            self._warn_every(
+                f"stream error {code}",
+                log,
+                "client stream error",
+                code=frame.code[:64],
+                message=message,
             )
-        if refusal.kind == "error":
-            log.warning("client stream error", code=frame.code, message=frame.message)
         return ()
 
     def take_stall(self, data: bytes | str, source: str = "") -> Stall | None:

@@ -77,7 +77,15 @@ class Subscriptions:
     forgotten by `start`, the first thing on each new connection.
     """
 
-    __slots__ = ("_pending", "_retrying", "_unavailable", "markets", "unavailable")
+    __slots__ = (
+        "_listed",
+        "_pending",
+        "_retrying",
+        "_served",
+        "_unavailable",
+        "markets",
+        "unavailable",
+    )
 
     def __init__(self, markets: Iterable[str] | None) -> None:
         # Canonical names (`btc-usd` -> `BTC/USD`), as the daemon's answers spell them; a name
@@ -88,6 +96,10 @@ class Subscriptions:
         self._pending: deque[_Asked] = deque()  # requests not answered yet, oldest first
         self._retrying: set[str] = set()  # markets whose retry is not answered yet
         self._unavailable: dict[str, str] = {}
+        # With every market asked for, those reported and those the last ack listed: what a
+        # `market_removed` frame may name (`_receiving`).
+        self._served: set[str] = set()
+        self._listed: frozenset[str] = frozenset()
         #: Markets the daemon refused or removed, with its error code (read-only view).
         self.unavailable: Mapping[str, str] = MappingProxyType(self._unavailable)
 
@@ -133,18 +145,34 @@ class Subscriptions:
         """A `subscribed` ack answering the oldest request: the markets it lists are served;
         returns those that were unavailable until now."""
         self._answered()
-        return [m for m in markets if self._unavailable.pop(m, None) is not None]
+        listed = tuple(markets)
+        if self.markets is None:
+            self._listed = frozenset(listed)  # the connection's whole set: replaces the last
+        return [m for m in listed if self._unavailable.pop(m, None) is not None]
+
+    def _receiving(self, market: str) -> bool:
+        """`market` is one the connection gets: asked for by name, or, with every market asked
+        for, in the last ack's set or reported. A `market_removed` frame naming another is the
+        peer's invention, and each name kept would be memory and a retry for ever."""
+        if self.markets is not None:
+            return market in self.markets
+        return market in self._listed or market in self._served
 
     def reported(self, market: str) -> bool:
-        """A report (or signed price) of `market` arrived: True if it was unavailable until now."""
+        """A report (or signed price) of `market` arrived: True if it was unavailable until now.
+        Only for one the caller took (verified, or asked for): with every market asked for, a
+        `market_removed` frame counts only for the markets reported so."""
+        if self.markets is None:
+            self._served.add(market)
         return self._unavailable.pop(market, None) is not None
 
     def refused(self, code: str, markets: Iterable[str] = ()) -> Refusal:
-        """An error frame with `code` (`markets`: those a `market_removed` frame names)."""
+        """An error frame with `code` (`markets`: those a `market_removed` frame names, of which
+        only the ones the connection gets count: `_receiving`)."""
         if code == STALLED:
             return Refusal(code, "error")  # after an ack: the next answer is another request's
-        if code == MARKET_REMOVED:
-            asked: Request = tuple(markets)
+        if code == MARKET_REMOVED:  # only markets this consumer gets: the peer may name any
+            asked: Request = tuple(m for m in markets if self._receiving(m))
             retry = False
         else:
             answered = self._answered()

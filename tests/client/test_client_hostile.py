@@ -15,7 +15,8 @@ real nats-server. Whatever comes, the client may refuse but must hold, as its pu
 3. no view goes back to an older round: a market's view is at least as new as the newest
    genuine frame of it that was sent, and its signer never counts as equivocating (no
    forgery makes the client withdraw it);
-4. what the peer can make the client keep is bounded (the refusals kept).
+4. what the peer can make the client keep is bounded (`stream_errors` by code, the markets
+   listed unavailable, the refusals kept).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ _results = [r.result for r in ROUNDS]
 STRANGERS = [RoundSigner(STRANGER, DEPLOYMENT).sign(r) for r in _results if r is not None]
 STAGING = [RoundSigner(KEY, "staging").sign(r) for r in _results if r is not None]
 MARKETS = [leaf.market for leaf in ROUNDS[0].leaves]
+#: What `stream_errors` may count: the contract's error codes, the client's own, `unknown`.
+CODES = {"bad_request", "bad_query", "unknown_market", "signing_disabled", "market_removed"}
+CODES |= {"stalled", STALLED_REFUSED, "malformed", "unknown"}
 NOW = ROUNDS[-1].ts + NOTICE_AGE_MS
 #: (market, ts) -> what the genuine leaf says: round, status, price, confidence, expo, mark,
 #: mark mode.
@@ -345,7 +349,11 @@ def check(client: OracleClient, script: Script) -> None:
             assert view.ts is not None and view.ts >= max(sent)
     for market in script.genuine:
         assert market in client.markets, f"{market}: genuine frames sent, none taken"
-    assert len(client.rejections) <= 256  # bounded, whatever was sent
+    # bounded, whatever was sent: the codes counted are the contract's and the client's own,
+    # the markets unavailable are the daemon's
+    assert set(client.stream_errors) <= CODES
+    assert all(set(markets) <= set(MARKETS) for markets in client.unavailable.values())
+    assert len(client.rejections) <= 256
     assert set(client.rejected) == set(REASONS)
 
 

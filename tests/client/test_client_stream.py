@@ -113,6 +113,28 @@ def test_market_removed_naming_no_market_is_an_error() -> None:
     assert subs.refused("market_removed", []).kind == "error"
 
 
+def test_market_removed_counts_only_markets_the_connection_gets() -> None:
+    """A `market_removed` frame names markets the connection was receiving. One naming others
+    (a peer on the way: 2,000 made-up names) had each kept as unavailable, asked for again at
+    every retry and logged by name, frame after frame without bound. Only the markets asked for
+    by name count now, or, with every market asked for, those reported or in the last ack's
+    set; a frame naming none of them is an error to count, as one naming no market."""
+    made_up = [f"X{n}/USD" for n in range(2_000)]
+    named = Subscriptions(["BTC/USD", "SOL/USD"])
+    assert named.refused("market_removed", made_up).kind == "error"
+    removed = named.refused("market_removed", [*made_up, "SOL/USD"])
+    assert removed == Refusal("market_removed", "unavailable", ("SOL/USD",))
+    assert named.unavailable == {"SOL/USD": "market_removed"}
+    assert named.retry() == [("SOL/USD",)]
+    every = Subscriptions(None)
+    every.start()
+    every.acked(["BTC/USD"])
+    every.reported("ETH/USD")
+    removed = every.refused("market_removed", [*made_up, "BTC/USD", "ETH/USD"])
+    assert removed.markets == ("BTC/USD", "ETH/USD")
+    assert every.unavailable == {"BTC/USD": "market_removed", "ETH/USD": "market_removed"}
+
+
 def test_unavailable_markets_are_retried_one_by_one_and_a_refused_retry_says_nothing() -> None:
     """`retry` asks for each unavailable market alone; refused again, it is `repeated` (not to
     be logged or counted again) and keeps its first code; a market whose retry is unanswered is

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 from aiohttp import web
 from publish_rig import Rounds, make_config
 from structlog.testing import capture_logs
@@ -365,3 +366,35 @@ async def test_frames_nested_past_the_decoders_depth_leave_the_watch_running() -
     assert client.rejected["malformed"] == 1
     assert dict(client.stream_errors) == {"malformed": 2}
     assert client.price("BTC/USD").status == "active"
+
+
+async def test_error_frames_of_made_up_codes_and_markets_are_counted_in_bounds() -> None:
+    """A peer on the stream's path sending 2,000 error frames, each with a code of its own, and
+    a `market_removed` frame naming 2,000 made-up markets: `stream_errors` kept a counter per
+    code (2,000, and on without bound), each frame was its own warning, and each made-up market
+    was kept unavailable and logged by name. Codes the contract does not list count as
+    `unknown` now, logged once per `log_every_ms`; the made-up markets are none the client gets,
+    so that frame is one error, counted and logged once, and nothing is unavailable."""
+    frames = 2_000
+    made_up = [f"X{n}/USD" for n in range(frames)]
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json()
+        for n in range(frames):
+            await ws.send_str(f'{{"type":"error","code":"made_up_{n}","message":"no"}}')
+        removed = {"type": "error", "code": "market_removed", "message": "x", "markets": made_up}
+        await ws.send_str(msgspec.json.encode(removed).decode())
+        await ws.receive()  # until the client goes
+        return ws
+
+    client = OracleClient({KEY.address}, deployment="test")
+    with capture_logs() as logs:
+        await watch_until(
+            client, stream_app(stream), lambda: client.stream_errors.total() > frames, []
+        )
+    assert dict(client.stream_errors) == {"unknown": frames, "market_removed": 1}
+    assert [dict(v) for v in client.unavailable.values()] == [{}]
+    told = [(e["event"], e.get("code")) for e in logs if e["event"] != "client subscribed"]
+    assert told == [("client stream error", "made_up_0"), ("client stream error", "market_removed")]
