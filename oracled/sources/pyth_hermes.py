@@ -236,6 +236,9 @@ class PythHermesSource(Source):
         except msgspec.DecodeError:
             self._bad("decode")
             return
+        if not update.parsed:  # an update of no feed: a data frame that says nothing
+            self._bad("shape")
+            return
         for feed in update.parsed:
             self._feed(feed, recv_ts)
 

@@ -255,3 +255,15 @@ def test_a_publish_time_before_1970_is_a_bad_number_not_a_quote(
     assert harness.stats.dropped == {"bad_number": 1}
     harness.source.on_rest(BTC_BODY, RECV)
     assert len(harness.quotes) == 1
+
+
+def test_an_update_of_no_feed_is_a_shape_drop(harness: Harness[PythHermesSource]) -> None:
+    """`"parsed":[]`, on the stream or in a REST answer, quotes nothing and is counted `shape`,
+    as an empty push is on Kraken and OKX. Before, it left no trace at all: no quote, no drop
+    (found by test_adapter_fuzz)."""
+    body = json.loads(BTC_BODY)
+    body["parsed"] = []
+    harness.source.on_message(json.dumps(body), RECV)
+    harness.source.on_rest(json.dumps(body).encode(), RECV)
+    assert harness.quotes == []
+    assert harness.stats.dropped == {"shape": 2} and harness.stats.malformed == 2
