@@ -92,7 +92,7 @@ import structlog
 from eth_utils.address import to_checksum_address
 
 from oracled.client_seen import LeafValues, Seen, leaf_values
-from oracled.client_stream import MARKET_REMOVED, STALLED, Request, Subscriptions
+from oracled.client_stream import ERROR_CODES, STALLED, Request, Subscriptions
 from oracled.eth import keccak
 from oracled.publish.signer import (
     SignatureError,
@@ -144,13 +144,6 @@ _ROUNDS_PER_SIGNER = 256
 STALL_NOTICE_MIN_AGE_MS = 3_000
 #: `stream_errors` label of the stall notices refused (taken ones count as `stalled`).
 STALLED_REFUSED = "stalled_refused"
-#: The codes of the daemon's error frames (docs/contracts.md, Stream errors) and `malformed`,
-#: for one that cannot be read: `stream_errors` counts any other code as `unknown`, since a
-#: peer on the way could send a new one in every frame, each a counter kept for ever.
-_STREAM_CODES = frozenset(
-    {"bad_request", "bad_query", "unknown_market", "signing_disabled", "malformed"}
-    | {STALLED, MARKET_REMOVED}
-)
 
 _log = structlog.get_logger("oracled.client")
 
@@ -991,7 +984,8 @@ class OracleClient:
         if frame.code == STALLED:  # answers no request; concerns the daemon, every market
             self._stall_said(data, url, "stream", log)
             return ()
-        code = frame.code if frame.code in _STREAM_CODES else "unknown"
+        # `unknown`: a code the contract does not list (`ERROR_CODES`), each a counter kept
+        code = frame.code if frame.code in ERROR_CODES else "unknown"
         refusal = subs.refused(code, frame.markets)
         if refusal.kind == "split":
             log.info("client subscription refused", code=code, retry=len(refusal.markets))

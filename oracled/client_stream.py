@@ -27,6 +27,7 @@ from typing import Literal
 from oracled.model import market_name
 
 __all__ = [
+    "ERROR_CODES",
     "MARKET_REMOVED",
     "MAX_REQUEST",
     "PER_MARKET",
@@ -42,6 +43,13 @@ MAX_REQUEST = 256  # markets in one subscribe request: the daemon refuses more
 PER_MARKET = frozenset({"unknown_market", "bad_query"})
 MARKET_REMOVED = "market_removed"  # an error frame that answers no request: names markets
 STALLED = "stalled"  # an error frame that answers no request: the daemon's rounds have stalled
+#: The codes of the daemon's error frames (docs/contracts.md, Stream errors) and `malformed`, a
+#: consumer's own for an error frame it cannot read. Any other is a peer's invention (a relay, a
+#: proxy on the way): counted and logged under one key, not one each, since each key is kept.
+ERROR_CODES = frozenset(
+    {"bad_request", "bad_query", "unknown_market", "signing_disabled", "malformed"}
+    | {STALLED, MARKET_REMOVED}
+)
 
 #: The markets of one subscribe request; None asks for every market (also those added later).
 Request = tuple[str, ...] | None

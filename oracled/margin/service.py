@@ -31,7 +31,7 @@ import aiohttp
 import msgspec
 import structlog
 
-from oracled.client_stream import STALLED, Request, Subscriptions
+from oracled.client_stream import ERROR_CODES, STALLED, Request, Subscriptions
 from oracled.lograte import LogEveryMinute
 from oracled.margin.decisions import encode_decision
 from oracled.margin.engine import MarginEngine
@@ -119,6 +119,7 @@ class MarginService:
         self._wanted = frozenset(engine.markets)
         self._bad_reports = LogEveryMinute()
         self._bad_frame_log = LogEveryMinute()
+        self._error_log = LogEveryMinute()  # per daemon URL and code (any other code: None)
 
     @property
     def unavailable(self) -> Mapping[str, str]:
@@ -220,8 +221,12 @@ class MarginService:
         if refusal.kind == "split":  # one bad market refused them all: ask for each alone
             _log.info("subscribe_refused", code=refusal.code, retry=len(refusal.markets))
             return refusal.send
-        if refusal.kind == "error":
-            _log.warning("stream_error", code=refusal.code, message=frame.message)
+        if refusal.kind == "error":  # a line a minute per code: a peer can send any number
+            key = (url, refusal.code if refusal.code in ERROR_CODES else None)
+            count = self._error_log.due(key, time.monotonic())
+            if count is not None:
+                message = None if frame.message is None else frame.message[:200]
+                _log.warning("stream_error", code=refusal.code[:64], message=message, frames=count)
         for market in refusal.markets:  # newly unavailable (a retry refused again is not)
             self._unavailable(market, refusal.code, url)
             _log.warning(

@@ -38,6 +38,7 @@ engine the client's quorum view of each market, never a frame itself:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO
 
@@ -47,6 +48,7 @@ import structlog
 from oracled.client import MarketView, OracleClient, Rejection
 from oracled.client_stream import STALLED, Request, Subscriptions
 from oracled.eth import checksum_address
+from oracled.lograte import LogEveryMinute
 from oracled.margin.config import SignedFeed
 from oracled.margin.engine import MarginEngine
 from oracled.margin.prices import PriceView, SignerRef, parse_price
@@ -186,6 +188,7 @@ class SignedMarginService(MarginService):
             max_future_ms=policy.max_report_future_ms,
         )
         self._stalls_read = False  # a stall was held at the last refresh
+        self._refused_stalls = LogEveryMinute()  # `stalled` frames the client refused, per URL
         self._equivocated = 0  # the client's equivocations at the last refresh
 
     @property
@@ -276,11 +279,15 @@ class SignedMarginService(MarginService):
         Only on the daemon's StallNotice, which the client verifies (`take_stall`): a frame
         anyone on the way could write freezes nothing, as it moves no price."""
         stall = self.client.take_stall(text, url)
-        identity = None if stall is None else stall.identity
-        _log.warning("stalled", message=message, url=url, identity=identity)
-        if stall is not None:  # else refused, or nothing held of it: it counts toward no quorum
-            self._refresh()
-            super()._decide()
+        if stall is None:  # refused, or nothing held of it: it counts toward no quorum
+            # Anyone on the way can send any number: a line a minute per daemon, with the count.
+            count = self._refused_stalls.due(url, time.monotonic())
+            if count is not None:
+                _log.warning("stalled", message=message[:200], url=url, identity=None, frames=count)
+            return
+        _log.warning("stalled", message=message, url=url, identity=stall.identity)
+        self._refresh()
+        super()._decide()
 
     def _refresh(self) -> None:
         """Give the engine the client's view of every market that changed. A live one of a

@@ -851,6 +851,32 @@ async def test_a_stalled_frame_its_daemon_did_not_sign_freezes_nothing(serve: Se
     assert dict(service.client.stream_errors) == {"stalled_refused": 2, "stalled": 1}
 
 
+async def test_floods_of_refused_stalled_frames_and_made_up_errors_are_logged_once_a_minute(
+    serve: Servers,
+) -> None:
+    """A peer on the way sending 300 error frames of made-up codes and 300 `stalled` frames the
+    client refuses (unsigned): each was its own warning (`stream_error`, `stalled`), 600 lines
+    at the peer's will. The first of each kind is logged now, the rest held for a minute (the
+    next line's `frames` counts them); the client still counts every refused frame, and
+    nothing is frozen."""
+    rig, eng, service, _ = await _one_stalling(serve)
+    await serve.run(service)
+    await until(lambda: "BTC/USD" in eng.book.latest)
+    rig.clock.advance(4_000)  # a notice would be plausible now: the frames are refused as unsigned
+    flood = 300
+    plain = msgspec.json.encode({"type": "error", "code": "stalled", "message": "stalled!"})
+    with capture_logs() as logs:
+        for n in range(flood):
+            rig.hub.tell(msgspec.json.encode({"type": "error", "code": f"no_{n}", "message": "x"}))
+        for _ in range(flood):
+            rig.hub.tell(plain)
+        await until(lambda: service.client.stream_errors["stalled_refused"] == flood)
+    told = [(e["event"], e.get("code"), e.get("frames")) for e in logs]
+    told = [t for t in told if t[0] in ("stream_error", "stalled")]
+    assert told == [("stream_error", "no_0", 1), ("stalled", None, 1)]
+    assert isinstance(eng.prices(rig.clock.now_ms())["BTC/USD"], Resolved)
+
+
 async def _one_stalling(
     serve: Servers,
 ) -> tuple[SignedRig, MarginEngine, SignedMarginService, io.BytesIO]:
