@@ -283,6 +283,22 @@ def _hex(text: str, size: int | None, what: str) -> bytes:
     return raw
 
 
+_KINDS = {f'{{"type":"{kind}"': kind for kind in ("signed", "subscribed", "error")}
+
+
+def _kind(data: str) -> str | None:
+    """A stream frame's `type`: told by its first bytes as the daemon writes it, else read
+    (a relay or proxy that writes JSON its own way, with spaces or keys in another order, is
+    no reason to drop a frame unread, and uncounted: its prices went unknown without a word)."""
+    kind = _KINDS.get(data[: data.find('"', 9) + 1])
+    if kind is not None:
+        return kind
+    try:
+        return _FRAME.decode(data).type
+    except _UNREADABLE:
+        return None
+
+
 def _decode(data: bytes | str) -> SignedPrice:
     """The SignedPrice in a stream frame or NATS payload; Rejection for anything else."""
     try:
@@ -951,17 +967,18 @@ class OracleClient:
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     break
                 data: str = msg.data
-                if data.startswith(('{"type":"signed"', '{"type":"report"')):
+                kind = _kind(data)
+                if kind == "subscribed":
+                    self._acked(data, subs, log)
+                elif kind == "error":
+                    await send(self._refused(data, url, subs, log))
+                else:  # a price, or no frame the daemon sends: refused, counted by its reason
                     try:
                         sp = self._feed(data)[0]
                     except Rejection:
                         continue
                     if subs.reported(market := sp.market):
                         log.info("client market available", market=market)
-                elif data.startswith('{"type":"subscribed"'):
-                    self._acked(data, subs, log)
-                elif data.startswith('{"type":"error"'):
-                    await send(self._refused(data, url, subs, log))
         finally:
             retrying.cancel()
             await asyncio.gather(retrying, return_exceptions=True)

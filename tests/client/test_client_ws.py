@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -398,3 +399,30 @@ async def test_error_frames_of_made_up_codes_and_markets_are_counted_in_bounds()
     assert [dict(v) for v in client.unavailable.values()] == [{}]
     told = [(e["event"], e.get("code")) for e in logs if e["event"] != "client subscribed"]
     assert told == [("client stream error", "made_up_0"), ("client stream error", "market_removed")]
+
+
+async def test_frames_a_relay_writes_its_own_way_are_read_not_dropped_unseen() -> None:
+    """A relay or proxy that decodes and re-encodes JSON (spaces after the separators, `data`
+    before `type`) had every frame dropped unread and uncounted, since the client told frames
+    apart by their first bytes as the daemon writes them: its markets stayed unknown without a
+    word. Such frames are read by their `type` now: the ack, the signed price (verified and
+    accepted), the error frame (counted); a frame that is no JSON is refused as `malformed`."""
+    signed = RoundSigner(KEY, "test").sign(Rounds(make_config()).step())
+    price = json.loads(signed.envelope(0))
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive_json()
+        await ws.send_str(json.dumps({"markets": ["BTC/USD"], "type": "subscribed"}))
+        await ws.send_str("not json")
+        await ws.send_str(json.dumps({"type": "error", "code": "bad_request", "message": "x"}))
+        await ws.send_str(json.dumps({"data": price, "type": "signed"}))
+        await ws.receive()  # until the client goes
+        return ws
+
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: signed.ts)
+    await watch_until(client, stream_app(stream), lambda: bool(client.accepted), reconnect_s=9)
+    assert client.price("BTC/USD").status == "active"
+    assert client.rejected["malformed"] == 1
+    assert dict(client.stream_errors) == {"bad_request": 1}
