@@ -206,15 +206,20 @@ class _TapeRecorder:
         except OSError as exc:  # no such directory, no permission: the tape could not be either
             raise TapeError(f"{path}: cannot write beside it ({exc.strerror or exc})") from None
         if path.exists() and path.stat().st_size > 0:
-            if not append:
-                way = f"another {flag}"
-                if flag == "--out":  # `oracled record`, which can continue a tape
-                    way = "--append to continue it, or " + way
-                raise TapeError(
-                    f"{path} already holds a tape ({path.stat().st_size} bytes): refusing to"
-                    f" overwrite it; give {way}"
-                )
-            self._file = self._continue(config_sha256)
+            try:
+                if not append:
+                    way = f"another {flag}"
+                    if flag == "--out":  # `oracled record`, which can continue a tape
+                        way = "--append to continue it, or " + way
+                    raise TapeError(
+                        f"{path} already holds a tape ({path.stat().st_size} bytes): refusing to"
+                        f" overwrite it; give {way}"
+                    )
+                self._file = self._continue(config_sha256)
+            except TapeError:  # refused: the lock goes with it, as at a stop
+                os.close(self._lock_fd)
+                self._lock_fd = None
+                raise
         else:
             self._file = path.open("wb")
             self._header = header
@@ -233,7 +238,10 @@ class _TapeRecorder:
             if torn:
                 tape.seek(0)
                 lines = sum(1 for _ in tape_lines(tape))
-        existing = read_header(first)
+        try:
+            existing = read_header(first)
+        except TapeError as exc:  # its message says which line, not which file
+            raise TapeError(f"{self.path}: {exc}") from None
         if existing.config_sha256 not in (None, config_sha256):
             raise TapeError(
                 f"{self.path} was recorded with another pricing config (sha256"

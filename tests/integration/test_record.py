@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from daemon import Daemon, sim_config
+from oracled_cli import run_oracled
 from structlog.testing import capture_logs
 from venue_sims import BinanceVenues
 
@@ -217,6 +218,40 @@ def test_append_to_a_file_without_newlines_is_refused_at_its_first_mib(tmp_path:
     finally:
         tracemalloc.stop()
     assert str(caught.value) == (
-        "line 1: not an oracled-tape header (longer than 1 MiB: no tape line is this long)"
+        f"{path}: line 1: not an oracled-tape header (longer than 1 MiB: no tape line is this long)"
     )
     assert peak < 8 * 2**20, peak  # about 5 MB; reading the line whole, about 50 MB
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"\x00\xff garbage", "not an oracled-tape header (JSON is malformed: invalid character"),
+        (b'{"format": "oracled-ta', "not an oracled-tape header (Input data was truncated)"),
+        (b'{"format": "oracled-tape", "version": 2}\n', "unsupported tape 'oracled-tape'"),
+    ],
+)
+def test_append_to_a_file_that_is_no_tape_names_it_and_lets_its_lock_go(
+    tmp_path: Path, body: bytes, why: str
+) -> None:
+    """`record --out FILE --append` on binary garbage, a header torn mid-write or a tape of
+    another version: the refusal said `line 1: ...` without naming FILE (the one line the
+    operator reads, `oracled record: line 1: ...`), and the recorder kept FILE's lock, so a
+    second try in the same process, with the file put right, was refused as "written by
+    another `oracled record`". Now the message names the file and the lock goes with the
+    refusal, as it does at a stop."""
+    path = tmp_path / "tape.jsonl"
+    path.write_bytes(body)
+    with pytest.raises(TapeError) as caught:
+        _TapeRecorder(path, append=True)
+    assert str(caught.value).startswith(f"{path}: line 1: {why}"), caught.value
+    assert path.read_bytes() == body  # left as found
+    path.write_bytes(b'{"format": "oracled-tape", "version": 1}\n')
+    recorder = _TapeRecorder(path, append=True)
+    assert recorder.close() is None
+    path.write_bytes(body)
+    config = Path(__file__).parent.parent / "fixtures" / "tapes" / "config.toml"
+    done = run_oracled(["record", "--config", str(config), "--out", str(path), "--append"])
+    assert done.returncode == 2, done.stderr
+    assert f"oracled record: {path}: line 1: {why}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
