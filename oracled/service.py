@@ -51,7 +51,7 @@ from oracled.lockfile import LockHeldError, lock_beside
 from oracled.logs import DRAIN_AT_EXIT_S
 from oracled.manual import ManualPauses, Pause
 from oracled.metrics import Metrics, MetricsInputs
-from oracled.model import Kind, Quote
+from oracled.model import Kind, Quote, market_name
 from oracled.publish.audit import AuditReader, AuditTrail
 from oracled.publish.chain_push import ChainPusher, PushError, PushStats, load_push_key
 from oracled.publish.hub import Hub
@@ -631,8 +631,11 @@ class Service:
 
     def _restore_pauses(self, kept: dict[str, Pause]) -> None:
         """Pause again what an operator paused before the restart; a market the config no
-        longer has is dropped from the file, with a warning."""
-        for market, pause in kept.items():
+        longer has is dropped from the file, with a warning. A market named as the admin API
+        takes it (`btc-usdt`: a file written by hand) is that market, kept under its name: it
+        was dropped as unknown, and the market went live."""
+        for key, pause in kept.items():
+            market = market_name(key) or key
             if market in self.core.index:
                 self.core.set_manual(market, True)
                 self._paused[market] = pause
@@ -643,9 +646,9 @@ class Service:
                 )
             else:
                 self.log.warning(
-                    "manual pause of a market no longer configured dropped", market=market
+                    "manual pause of a market no longer configured dropped", market=key
                 )
-        if len(self._paused) != len(kept):
+        if self._paused != kept:  # one dropped, or kept under its canonical name
             self._save_pauses()
 
     def _save_pauses(self) -> concurrent.futures.Future[str | None] | None:

@@ -215,6 +215,40 @@ async def test_a_kept_pause_of_a_market_no_longer_configured_is_dropped(tmp_path
     assert set(ManualPauses(path).load()) == {"ETH/USDT"}
 
 
+async def test_a_kept_pause_naming_a_market_as_the_admin_api_takes_it_is_restored(
+    tmp_path: Path,
+) -> None:
+    """A pauses file written by hand names its market as the admin API's path does
+    (`btc-usdt`, `ETH-USDT`): start-up took it for a market no longer configured, dropped it
+    from the file and let the market go live. It now pauses that market, and the file is
+    rewritten with its canonical name."""
+    path = tmp_path / "pauses.json"
+    path.write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "version": 1,
+                "paused": {
+                    "btc-usdt": {"actor": "ops", "ts": 1},
+                    "DOGE/USDT": {"actor": "x", "ts": 2},
+                },
+            }
+        )
+    )
+    async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}) as sim:
+        with capture_logs() as logs:
+            service = Service(_config(sim, path))
+        assert service.manual_pauses is not None
+        service.manual_pauses.close()  # the rewrite it asked for is on disk
+    restored = [(e["market"], e["actor"]) for e in logs if e["event"] == "manual pause restored"]
+    assert restored == [("BTC/USDT", "ops")]
+    warned = [e["market"] for e in logs if e["event"].startswith("manual pause of a market")]
+    assert warned == ["DOGE/USDT"]
+    assert bool(service.core.gates.manual[service.core.index["BTC/USDT"]])
+    assert not bool(service.core.gates.manual[service.core.index["ETH/USDT"]])
+    assert ManualPauses(path).load() == {"BTC/USDT": Pause("ops", 1)}
+
+
 async def test_a_second_daemon_on_the_same_pauses_file_cannot_lift_the_first_ones_pause(
     tmp_path: Path,
 ) -> None:
