@@ -1175,7 +1175,8 @@ class AuditReader:
         """AuditDataError naming a round row whose time no window holds: below 0, past 2**62
         (the end of `oracled audit`'s default window), or text or bytes (which SQLite sorts
         above every number). The writer never stores one; a round moved there by a change to
-        the file would otherwise leave `--verify` unseen, the rest counted as matching."""
+        the file would otherwise leave `--verify` unseen, the rest counted as matching, and
+        `--tape` without its quotes."""
         row = self._db.execute(  # no ORDER BY: the time index finds both ends at once
             "SELECT id, ts FROM rounds WHERE ts < 0 OR ts > ? LIMIT 1", (1 << 62,)
         ).fetchone()
@@ -1183,6 +1184,23 @@ class AuditReader:
             what = (
                 f"rounds row {row[0]}: ts holds {type(row[1]).__name__} {row[1]!r:.40}, no round"
                 " time (no window holds it): changed after it was written"
+            )
+            raise AuditDataError(None, None, what)
+
+    def _check_report_times(self, market: str) -> None:
+        """AuditDataError naming a report row of `market` whose time no window holds (as
+        `check_round_times` for rounds): the timeline, `--at` and `--csv` find a market's
+        reports by that time, and would otherwise leave its round out without a word."""
+        row = self._db.execute(  # two seeks on the (market, ts) index, no scan of the market
+            "SELECT round_id, ts FROM reports WHERE market = ?1 AND ts < 0 UNION ALL "
+            "SELECT round_id, ts FROM reports WHERE market = ?1 AND ts > ?2 LIMIT 1",
+            (market, 1 << 62),
+        ).fetchone()
+        if row is not None:
+            what = (
+                f"{market}: its report row in rounds row {row[0]}: ts holds"
+                f" {type(row[1]).__name__} {row[1]!r:.40}, no round time (no window holds it):"
+                " changed after it was written"
             )
             raise AuditDataError(None, None, what)
 
@@ -1242,6 +1260,7 @@ class AuditReader:
     def _reports(
         self, market: str, start_ms: int, end_ms: int, *, newest_first: bool
     ) -> Iterator[StoredReport]:
+        self._check_report_times(market)
         order = "r.ts DESC, r.round_id DESC" if newest_first else "r.ts, r.round_id"
         rows = self._db.execute(
             f"SELECT {self._round_columns}, {self._body_column}, r.ts "

@@ -399,6 +399,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
             return cmd_verify(reader, args, sys.stdout)
         if args.tape is not None:
+            reader.check_round_times()  # a round in no window: its quotes left out unsaid
             with args.tape.open("wb") as out:
                 quotes = reader.tape(out, args.start, args.end)
             print(f"{args.tape}: {quotes} quote(s)", file=sys.stderr)
@@ -420,7 +421,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"oracled audit: {args.db}: {exc}", file=sys.stderr)
         return 2
     except AuditDataError as exc:  # a row changed or damaged after it was written
-        written = f" ({args.tape} holds the rounds before it)" if args.tape is not None else ""
+        written = ""
+        if args.tape is not None and exc.round is not None:  # found while writing OUT
+            written = f" ({args.tape} holds the rounds before it)"
         where = (
             "" if exc.round is None or exc.ts is None else f"round {exc.round} at {_iso(exc.ts)}: "
         )

@@ -750,3 +750,34 @@ def test_a_stored_report_nested_past_the_decoders_depth_is_named_not_a_traceback
     assert "its stored report cannot be read (maximum recursion depth" in err, err
     assert main(["audit", "--db", str(db), "--deployment", "test", "--verify"]) == 3
     assert "5 signed and matching, 0 unsigned, 1 mismatched" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["-1", "9223372036854775807", "'soon'"])
+def test_a_report_or_round_moved_out_of_every_window_is_named_by_the_timeline_csv_at_and_tape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """The timeline, `--at` and `--csv` find a market's reports by the report row's time, and
+    `--tape` the rounds by theirs: a time changed to a negative number, past 2**62 or to text
+    left that report or round out of every window, and the CSV said "5 round(s) of BTC/USD"
+    (exit 0) with round 3 missing, the tape held five rounds' quotes of six. The row is now
+    named, exit 2."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, f"UPDATE reports SET ts = {value} WHERE round_id = 3 AND market = 'BTC/USD'")
+    capsys.readouterr()
+    base = ["audit", "--db", str(db), "--market", "BTC/USD"]
+    for question in ([], ["--at", str(T0 + 6 * 250)], ["--csv", str(tmp_path / "out.csv")]):
+        assert main([*base, *question]) == 2, question
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"oracled audit: {db}: BTC/USD: its report row in rounds row 3: ts holds "
+        ), err
+        assert err.endswith(", no round time (no window holds it): changed after it was written\n")
+    assert main(["audit", "--db", str(db), "--market", "ETH/USD"]) == 0  # its rows are whole
+    capsys.readouterr()
+    sql(db, f"UPDATE rounds SET ts = {value} WHERE id = 3")
+    assert main(["audit", "--db", str(db), "--tape", str(tmp_path / "tape.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"oracled audit: {db}: rounds row 3: ts holds "), err
+    assert err.endswith(": changed after it was written\n"), err  # OUT holds nothing
+    assert not (tmp_path / "tape.jsonl").exists()
