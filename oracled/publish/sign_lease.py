@@ -25,6 +25,7 @@ beside the lease; the next start removes it, holding the lock.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -72,6 +73,27 @@ class _File(msgspec.Struct, forbid_unknown_fields=True):
 
 _decode = msgspec.json.Decoder(_File).decode
 _encode = msgspec.json.Encoder().encode
+
+
+def _repeated_key(data: bytes) -> str | None:
+    """A key written twice in one object of the file (an entry of `leases`, or `leases`
+    itself), else None. Only a hand or a merge writes one; of two leases of one key the
+    decoder keeps the last, which may be the lower, and a floor under a round time signed
+    before lets a restart sign it again."""
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        found = dict(items)
+        if len(found) < len(items):
+            seen: set[str] = set()
+            for key, _ in items:
+                if key in seen:
+                    repeated.append(key)
+                seen.add(key)
+        return found
+
+    json.loads(data, object_pairs_hook=pairs)  # read by msgspec already: it is JSON
+    return repeated[0] if repeated else None
 
 
 class _Stop:
@@ -183,6 +205,9 @@ class SignLease:
             raise self._problem(
                 f"{state.format!r} version {state.version}, not {FORMAT!r} version {_VERSION}"
             )
+        twice = _repeated_key(data)
+        if twice is not None:  # the decoder keeps the last: the floor could be the lower one
+            raise self._problem(f"not a signing lease (key {twice!r} appears twice)")
         for address, ts in state.leases.items():
             body = address.removeprefix("0x")
             if len(body) != 40 or not set(body) <= _ADDRESS_CHARS or ts < 0:

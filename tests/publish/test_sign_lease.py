@@ -253,6 +253,31 @@ def test_the_floor_is_the_newer_of_the_audit_trails_and_the_leases(tmp_path: Pat
         worker.close()
 
 
+def test_a_lease_written_twice_for_one_key_is_refused_not_read_as_the_last(
+    tmp_path: Path,
+) -> None:
+    """A file merged or edited by hand holds this key's lease twice, the higher first: the
+    decoder kept the last, so the floor was the lower one and a start with its clock behind
+    signed round times the first entry says were signed (a key signing one round time twice
+    is equivocation). `leases` written twice did the same. Either is now a config error naming
+    the key, as any file that is no lease: restore it before the start."""
+    path = tmp_path / "lease.json"
+    entry = f'"{KEY.address}"'
+    for leases in (
+        f"{{{entry}: {T0 + 7_000}, {entry}: {T0}}}",
+        f'{{{entry}: {T0 + 7_000}}}, "leases": {{{entry}: {T0}}}',
+    ):
+        path.write_text(f'{{"format": "{FORMAT}", "version": 1, "leases": {leases}}}')
+        with pytest.raises(ConfigError) as caught:
+            SignLease.open(path, KEY.address, WINDOW, T0)
+        (text,) = caught.value.problems
+        assert text.startswith(f"signing.lease_file: {path} (signer {KEY.address}): "), text
+        assert text.endswith("appears twice)"), text
+        assert _on_disk(path) == {KEY.address: T0}  # not rewritten (the decoder's view)
+        path.write_text(f'{{"format": "{FORMAT}", "version": 1, "leases": {{{entry}: {T0}}}}}')
+        SignLease.open(path, KEY.address, WINDOW, T0).close(None)  # its lock was let go
+
+
 @pytest.mark.parametrize(
     ("body", "problem"),
     [
