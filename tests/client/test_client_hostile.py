@@ -1,13 +1,14 @@
 """OracleClient under a hostile peer: real signed frames, mutated, through real transports.
 
-The frames are a real signer's (`RoundSigner`, the daemon's code, with a throwaway key) over
-real rounds of a real core; hypothesis mutates them (every field: types swapped, numbers to
-their extremes, hex flipped, proofs reordered, dropped or padded, rounds and times moved,
-markets renamed, another deployment, another key, cut short, made huge, nested past the
-decoder's depth, unknown frame types, error frames of any code, stall notices forged or
-replayed, and the genuine frames again in any order) and sends them to `watch_ws` from a
-loopback WebSocket server speaking the daemon's stream protocol, or to `watch_nats` through a
-real nats-server. Whatever comes, the client may refuse but must hold, as its public API shows:
+The frames are hostile_rig.py's: a real signer's (`RoundSigner`, the daemon's code, with a
+throwaway key) over real rounds of a real core, which hypothesis mutates (every field: types
+swapped, numbers to their extremes, prices, marks and statuses changed to others that read as
+such, hex flipped, proofs reordered, dropped or padded, rounds and times moved, markets renamed,
+another deployment, another key, cut short, made huge, nested past the decoder's depth, unknown
+frame types, error frames of any code, stall notices forged or replayed, and the genuine frames
+again in any order). They go to `watch_ws` from a loopback WebSocket server speaking the
+daemon's stream protocol, or to `watch_nats` through a real nats-server. Whatever comes, the
+client may refuse but must hold, as its public API shows:
 
 1. the watch task runs on, and every message is read (the peer's fence arrives);
 2. every report a view holds is a genuine leaf of the allowed key in the client's deployment,
@@ -22,300 +23,37 @@ real nats-server. Whatever comes, the client may refuse but must hold, as its pu
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
 from aiohttp import web
+from hostile_rig import (
+    CODES,
+    DEPLOYMENT,
+    GENUINE,
+    KEY,
+    MARKETS,
+    MAX_AGE_MS,
+    NOW,
+    Script,
+    as_json,
+    scripts,
+)
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from publish_rig import NatsServer, Rounds, make_config
+from publish_rig import NatsServer
 
 from oracled.client import REASONS, STALLED_REFUSED, OracleClient
 from oracled.publish.nats import price_subject, stalled_subject
-from oracled.publish.signer import RoundSigner, SignedRound, SigningKey
-from oracled.publish.signstall import stall_notice
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from api_rig import DaemonServer  # the API tests' loopback server, as the daemon serves
 
-KEY = SigningKey.from_hex("0x" + "6b" * 32)  # throwaway: the genuine frames' signer
-STRANGER = SigningKey.from_hex("0x" + "7c" * 32)  # valid signatures, not an allowed key
-DEPLOYMENT = "test"
 SAFETY_S = 5.0  # guards against hangs only (short: hypothesis retries a failure many times)
 FENCE = "signing_disabled"  # the WebSocket script's last frame: an error frame, counted
-MAX_AGE_MS = 60_000  # every round stays fresh: order alone decides what is newer
-NOTICE_AGE_MS = 4_000  # the client's clock past the newest round: a genuine notice is plausible
-
-_rounds = Rounds(make_config(perps=["ETH/USD"]))  # ETH/USD signs a mark and its mode too
-_signer = RoundSigner(KEY, DEPLOYMENT)
-ROUNDS: list[SignedRound] = [_signer.sign(_rounds.step(BTC_USD=1.001)) for _ in range(4)]
-_results = [r.result for r in ROUNDS]
-STRANGERS = [RoundSigner(STRANGER, DEPLOYMENT).sign(r) for r in _results if r is not None]
-STAGING = [RoundSigner(KEY, "staging").sign(r) for r in _results if r is not None]
-MARKETS = [leaf.market for leaf in ROUNDS[0].leaves]
-#: What `stream_errors` may count: the contract's error codes, the client's own, `unknown`.
-CODES = {"bad_request", "bad_query", "unknown_market", "signing_disabled", "market_removed"}
-CODES |= {"stalled", STALLED_REFUSED, "malformed", "unknown"}
-NOW = ROUNDS[-1].ts + NOTICE_AGE_MS
-#: (market, ts) -> what the genuine leaf says: round, status, price, confidence, expo, mark,
-#: mark mode.
-GENUINE = {
-    (leaf.market, r.ts): (
-        r.round,
-        r.signed_price(i).status,
-        r.signed_price(i).price,
-        r.signed_price(i).confidence,
-        leaf.expo,
-        r.signed_price(i).mark,
-        r.signed_price(i).mark_mode,
-    )
-    for r in ROUNDS
-    for i, leaf in enumerate(r.leaves)
-}
-
-
-@dataclass
-class Script:
-    """What the peer sends, and what the test knows of it."""
-
-    frames: list[str] = field(default_factory=list)  # stream frames (the NATS payload inside)
-    notices: list[str] = field(default_factory=list)  # stall notices (NATS `.stalled`)
-    #: Per market, the round times of the genuine frames sent, untouched.
-    genuine: dict[str, set[int]] = field(default_factory=dict)
-    #: Messages of the genuine stall notices sent: the only words a stall may carry.
-    told: set[str] = field(default_factory=set)
-
-
-# -- mutations --------------------------------------------------------------------------------
-
-NASTY: st.SearchStrategy[Any] = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.sampled_from([0, -1, 1, 2**53 + 1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, 2**256]),
-    st.sampled_from(["NaN", "nan", "Infinity", "-Infinity", "1e999", "-0", "+5", " 5", "0x0"]),
-    st.sampled_from(["", "0x", "0X" + "ab" * 32, "\u0660", "BTC/USD", "1_000", "null"]),
-    st.text(max_size=12),
-    st.lists(st.integers(-5, 5), max_size=3),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-    st.floats(allow_nan=False),
-)
-FIELDS = [
-    "market",
-    "ts",
-    "round",
-    "status",
-    "price",
-    "confidence",
-    "expo",
-    "count",
-    "index",
-    "root",
-    "proof",
-    "signature",
-    "signer",
-    "deployment",
-    "mark",
-    "mark_mode",
-]
-
-
-def _flip(text: str, at: int) -> str:
-    """`text` (0x and hex) with one hex digit after `0x` changed."""
-    if len(text) <= 2:
-        return text + "0"
-    i = 2 + at % (len(text) - 2)
-    digit = (
-        "0123456789abcdef"[(int(text[i], 16) + 1) % 16]
-        if text[i] in "0123456789abcdefABCDEF"
-        else "0"
-    )
-    return text[:i] + digit + text[i + 1 :]
-
-
-@st.composite
-def mutated(draw: st.DrawFn, envelope: dict[str, Any]) -> dict[str, Any]:
-    """One signed price changed in one of the ways a peer can change it."""
-    data = dict(envelope)
-    way = draw(
-        st.sampled_from(
-            ["value", "delete", "move", "flip", "proof", "rename", "signer", "case", "extra"]
-        )
-    )
-    name = draw(st.sampled_from(FIELDS))
-    if way == "value":
-        data[name] = draw(NASTY)
-    elif way == "delete":
-        data.pop(name, None)
-    elif way == "move":
-        number = draw(st.sampled_from(["ts", "round", "count", "index", "expo"]))
-        delta = draw(st.sampled_from([-(2**64), -1000, -250, -1, 1, 250, 1000, 2**64]))
-        data[number] = data[number] + delta
-    elif way == "flip":
-        what = draw(st.sampled_from(["signature", "root", "proof"]))
-        at = draw(st.integers(0, 200))
-        if what == "proof" and data["proof"]:
-            k = at % len(data["proof"])
-            data["proof"] = [
-                *data["proof"][:k],
-                _flip(data["proof"][k], at),
-                *data["proof"][k + 1 :],
-            ]
-        elif what != "proof":
-            data[what] = _flip(data[what], at)
-    elif way == "proof":
-        proof = list(data["proof"])
-        edit = draw(st.sampled_from(["shuffle", "drop", "duplicate", "pad", "huge"]))
-        if edit == "shuffle":
-            proof = draw(st.permutations(proof))
-        elif edit == "drop" and proof:
-            proof.pop(draw(st.integers(0, len(proof) - 1)))
-        elif edit == "duplicate" and proof:
-            proof.insert(0, proof[-1])
-        elif edit == "pad":
-            proof.append("0x" + "11" * 32)
-        elif edit == "huge":
-            proof = proof * 2_000  # about 400 kB
-        data["proof"] = proof
-    elif way == "rename":
-        data["market"] = draw(st.sampled_from([*MARKETS, "btc-usd", "BTC/USDT", "X" * 10_000]))
-    elif way == "signer":
-        data["signer"] = draw(st.sampled_from([STRANGER.address, "0x" + "00" * 20, "", "0xabc"]))
-    elif way == "case":  # the same signed content written otherwise
-        for key in ("root", "signature", "signer"):
-            data[key] = "0x" + data[key][2:].upper()
-    else:
-        data[draw(st.text(min_size=1, max_size=8))] = draw(NASTY)
-    return data
-
-
-def _json(value: Any) -> str:
-    """JSON as the daemon writes it (no spaces): the client reads frames by their first bytes."""
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _frame(payload: str) -> str:
-    return '{"type":"signed","data":' + payload + "}"
-
-
-@st.composite
-def message(draw: st.DrawFn, script: Script) -> None:
-    """Add one message to `script`."""
-    r = draw(st.integers(0, len(ROUNDS) - 1))
-    i = draw(st.integers(0, len(MARKETS) - 1))
-    genuine = ROUNDS[r].envelope(i).decode()
-    kind = draw(
-        st.sampled_from(
-            [
-                "genuine",
-                "mutated",
-                "mutated",
-                "mutated",
-                "stranger",
-                "staging",
-                "truncated",
-                "type",
-                "report",
-                "error",
-                "ack",
-                "notice",
-                "notice",
-                "deep",
-            ]
-        )
-    )
-    if kind == "genuine":  # in any order: a replay of an old round, a duplicate
-        script.frames.append(_frame(genuine))
-        script.genuine.setdefault(MARKETS[i], set()).add(ROUNDS[r].ts)
-    elif kind == "mutated":
-        changed = draw(mutated(json.loads(genuine)))
-        script.frames.append(_frame(_json(changed)))
-    elif kind == "stranger":
-        script.frames.append(_frame(STRANGERS[r].envelope(i).decode()))
-    elif kind == "staging":
-        script.frames.append(_frame(STAGING[r].envelope(i).decode()))
-    elif kind == "truncated":
-        whole = _frame(genuine)
-        script.frames.append(whole[: draw(st.integers(0, len(whole) - 1))])
-    elif kind == "type":
-        name = draw(st.one_of(st.text(max_size=10), NASTY))
-        script.frames.append(_json({"type": name, "data": json.loads(genuine)}))
-    elif kind == "report":  # a plain report put on the way
-        report = {"market": MARKETS[i], "ts": ROUNDS[r].ts, "status": "active", "price": "1"}
-        script.frames.append(_json({"type": "report", "data": report}))
-    elif kind == "error":
-        code = draw(st.one_of(st.sampled_from(["unknown_market", "market_removed"]), NASTY))
-        markets = draw(st.lists(st.sampled_from([*MARKETS, "NOPE/USD"]), max_size=3))
-        error = {"type": "error", "code": code, "message": "x", "markets": markets}
-        script.frames.append(_json(error))
-    elif kind == "deep":  # nested past the decoder's depth, in any kind of frame
-        head = draw(
-            st.sampled_from(['"signed","data"', '"subscribed","markets"', '"error","code"'])
-        )
-        script.frames.append('{"type":' + head + ":" + "[" * 50_000 + "]" * 50_000 + "}")
-    elif kind == "ack":
-        markets = draw(st.one_of(st.lists(st.sampled_from(MARKETS)), NASTY))
-        script.frames.append(_json({"type": "subscribed", "markets": markets}))
-    else:
-        notice = draw(notices(r))
-        script.frames.append(notice[0])
-        script.notices.append(notice[0])
-        if notice[1] is not None:
-            script.told.add(notice[1])
-
-
-#: What makes a stall notice the key's word: its signature's fields, and the key and domain
-#: it names (the frame's `type`, or a key added, change nothing the client reads).
-NOTICE_SIGNED = ("code", "ts", "round", "message", "signer", "deployment", "signature")
-
-
-@st.composite
-def notices(draw: st.DrawFn, r: int) -> tuple[str, str | None]:
-    """A stall notice of round `r` and, for a genuine one, its words."""
-    words = draw(st.sampled_from(["stalled for 9 s", "no round signed", "x" * 300]))
-    ts, round_no = ROUNDS[r].ts, ROUNDS[r].round
-    genuine = stall_notice(words, ts, round_no, _signer).decode()
-    way = draw(st.sampled_from(["genuine", "field", "stranger", "staging", "unsigned"]))
-    if way == "genuine":  # true, and replayed after newer rounds: the client judges
-        return genuine, words
-    if way == "stranger":
-        forged = stall_notice(words, ts, round_no, RoundSigner(STRANGER, DEPLOYMENT))
-        data = json.loads(forged)
-        data["signer"] = KEY.address  # names the allowed key; another key signed it
-        return _json(data), None
-    if way == "staging":
-        return stall_notice(words, ts, round_no, RoundSigner(KEY, "staging")).decode(), None
-    data = json.loads(genuine)
-    if way == "unsigned":
-        data["signature"] = None
-        return _json(data), None
-    name = draw(st.sampled_from([*data, "extra"]))
-    change = draw(st.sampled_from(["flip", "move", "value", "delete"]))
-    if change == "flip" and name == "signature":
-        data[name] = _flip(data[name], draw(st.integers(0, 200)))
-    elif change == "move" and name in ("ts", "round"):
-        data[name] = data[name] + draw(st.sampled_from([-1, 1, 250, 10_000]))
-    elif change == "delete":
-        data.pop(name, None)
-    else:
-        data[name] = draw(st.one_of(st.text(max_size=12), NASTY))
-    original = json.loads(genuine)
-    kept = all(data.get(k) == original[k] for k in NOTICE_SIGNED)
-    return _json(data), words if kept else None  # another `type`, a key added: the same notice
-
-
-@st.composite
-def scripts(draw: st.DrawFn, max_messages: int = 24) -> Script:
-    script = Script()
-    for _ in range(draw(st.integers(1, max_messages))):
-        draw(message(script))
-    return script
 
 
 # -- the invariants ---------------------------------------------------------------------------
@@ -380,7 +118,7 @@ async def _over_ws(script: Script) -> OracleClient:
         if len(connections) == 1:
             for frame in script.frames:
                 await ws.send_str(frame)
-        await ws.send_str(_json({"type": "error", "code": FENCE, "message": "fence"}))
+        await ws.send_str(as_json({"type": "error", "code": FENCE, "message": "fence"}))
         async for _ in ws:  # until the client goes
             pass
         return ws
