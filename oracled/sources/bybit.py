@@ -34,8 +34,9 @@ base judges the kept ``u`` bad, `Source._counter_refused`: a ``u`` below half of
 in a row refused while their ``ts`` is past its frame's; then the symbol's kept state is dropped and
 the frame read as its first, so that one far-ahead ``u`` cannot freeze a symbol until the next
 reconnect); a frame with a bad price is dropped whole and never merged into the kept state, and so
-is a linear frame from further ahead than the clock-skew bound (``future``), whose time would
-otherwise become the bar that every later frame is stale against.
+is a frame from further ahead than the clock-skew bound (``future``), whose time would otherwise
+become the bar that every later frame is stale against (linear), or stand beside its ``u`` as the
+time no later frame is past, so that a far-ahead ``u`` with it froze the symbol (spot).
 
 Subscribe ``{"op":"subscribe","args":["tickers.BTCUSDT"],"req_id":"1"}``, ack
 ``{"success":true,"ret_msg":"","conn_id":"..","req_id":"1","op":"subscribe"}``; a refusal has
@@ -367,10 +368,15 @@ class _BybitSource(Source):
         recv_ts: int,
         venue_ts: int,
     ) -> None:
-        """Keep the new state and emit it, unless it is crossed (dropped whole) or one-sided
-        (kept, no quote)."""
+        """Keep the new state and emit it, unless it is crossed (dropped whole), from further
+        ahead than the clock-skew bound (dropped whole, `future`: kept, its time would become the
+        kept state's, on spot beside its update id, and the symbol's later frames would be stale
+        until the next reconnect) or one-sided (kept, no quote)."""
         if bid is not None and ask is not None and bid > ask:
             self._bad("crossed")
+            return
+        if venue_ts - recv_ts > self.max_clock_skew_ms:
+            self.stats.dropped["future"] += 1
             return
         if previous is None:
             self._tops[symbol] = _Top(bid, ask, last, seq, venue_ts)
@@ -478,11 +484,14 @@ class BybitSpotSource(_BybitSource):
             if len(bids) == 1 == len(asks):
                 (best_bid, bid_size), (best_ask, ask_size) = bids[0], asks[0]
                 if bid_size != 0.0 and ask_size != 0.0 and best_bid <= best_ask:
-                    previous.bid = best_bid
-                    previous.ask = best_ask
-                    previous.seq = u
-                    previous.ts = ts
+                    stats = self.stats
+                    quotes = stats.quotes
                     self._quote(symbol, best_bid, best_ask, recv_ts, ts)
+                    if stats.quotes != quotes:  # else `future`: the kept state stays as it was
+                        previous.bid = best_bid
+                        previous.ask = best_ask
+                        previous.seq = u
+                        previous.ts = ts
                     return
             self._first(symbol, u, True, bids, asks, recv_ts, ts)
             return
@@ -509,11 +518,14 @@ class BybitSpotSource(_BybitSource):
         if bid is None or ask is None or bid > ask:
             self._apply(symbol, previous, bid, ask, None, u, recv_ts, ts)  # one-sided...
             return
-        previous.bid = bid
-        previous.ask = ask
-        previous.seq = u
-        previous.ts = ts
+        stats = self.stats
+        quotes = stats.quotes
         self._quote(symbol, bid, ask, recv_ts, ts)
+        if stats.quotes != quotes:  # else `future`: the kept state stays as it was
+            previous.bid = bid
+            previous.ask = ask
+            previous.seq = u
+            previous.ts = ts
 
     def _first(
         self,
@@ -634,27 +646,6 @@ class BybitLinearSource(_BybitSource):
         previous.last = last
         previous.seq = ts
         self._quote(symbol, bid, ask, recv_ts, ts, last)
-
-    def _apply(
-        self,
-        symbol: str,
-        previous: _Top | None,
-        bid: float | None,
-        ask: float | None,
-        last: float | None,
-        seq: int,
-        recv_ts: int,
-        venue_ts: int,
-    ) -> None:
-        """As on spot, but a frame from further ahead than the clock-skew bound is dropped whole
-        (`future`): merged, its time would become the kept state's and every later frame of the
-        symbol would be stale until the next reconnect."""
-        if venue_ts - recv_ts > self.max_clock_skew_ms and not (
-            bid is not None and ask is not None and bid > ask  # crossed: counted as such
-        ):
-            self.stats.dropped["future"] += 1
-            return
-        super()._apply(symbol, previous, bid, ask, last, seq, recv_ts, venue_ts)
 
     def _first(self, ticker: _FastTicker, ts: int, snapshot: bool, recv_ts: int) -> None:
         """A fast-path frame with no kept state to merge into, a snapshot, or a dropped one."""

@@ -632,3 +632,32 @@ def test_a_frame_time_before_1970_is_a_bad_number_not_a_quote(h: Harness, ts: in
     assert h.quotes == []
     assert h.linear.stats.dropped == {"bad_number": 1}
     assert h.spot.stats.dropped == {"bad_number": 1}
+
+
+def _spot_book(u: int, ts: int, bid: str) -> str:
+    return json.dumps(
+        {
+            "topic": "orderbook.1.BTCUSDT",
+            "type": "snapshot",
+            "ts": ts,
+            "data": {"s": "BTCUSDT", "b": [[bid, "1"]], "a": [["27460.00", "1"]], "u": u},
+        }
+    )
+
+
+@pytest.mark.parametrize("far_u", [10**15, 101])
+def test_a_spot_frame_from_the_future_leaves_the_kept_book_and_its_id_alone(
+    h: Harness, far_u: int
+) -> None:
+    """A level-1 frame stamped further ahead than the clock-skew bound is dropped (`future`)
+    before it touches the kept state. Before, it was applied and only its quote dropped: its time
+    became the kept one, so that with a far-ahead `u` beside it no later frame was ever newer
+    by time and the counter reset never came; every good frame after it was `stale` until the
+    next reconnect (found reading the adapter while fuzzing it)."""
+    t = SPOT_RECV
+    h.spot.on_message(_spot_book(100, t, "27450.00"), t + 5)
+    h.spot.on_message(_spot_book(far_u, t + 10**9, "27440.00"), t + 10)
+    for i in range(1, 8):
+        h.spot.on_message(_spot_book(100 + i, t + 100 * i, f"2745{i}.00"), t + 100 * i + 5)
+    assert [q.bid for q in h.quotes] == [27450.0, *(27450.0 + i for i in range(1, 8))]
+    assert h.spot.stats.dropped == {"future": 1}
