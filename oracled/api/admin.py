@@ -47,6 +47,8 @@ REFUSED_MALFORMED = "malformed"
 REFUSED_WRONG = "wrong"
 REFUSED_REASONS = (REFUSED_DISABLED, REFUSED_MISSING, REFUSED_MALFORMED, REFUSED_WRONG)
 
+#: The OpenAPI document's pattern, matched whole (`fullmatch`: `$` alone would let a final
+#: line break through into the log line and the audit trail).
 _ACTOR = re.compile(r"^[A-Za-z0-9_.@:\-]{1,64}$")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="oracled-admin"'}
 
@@ -142,7 +144,7 @@ class AdminHandlers:
             body = _DECODER.decode(raw)
         except msgspec.DecodeError as exc:
             raise ApiError(400, "bad_request", f"body: {exc}") from None
-        if not _ACTOR.match(body.actor):
+        if not _ACTOR.fullmatch(body.actor):
             raise ApiError(400, "bad_request", "actor: 1-64 characters of A-Z a-z 0-9 _ . @ : -")
         return body.actor
 

@@ -396,6 +396,20 @@ async def test_admin_bad_body_is_400_and_unknown_market_404(client: Client, rig:
     assert rig.manual == []
 
 
+async def test_an_actor_with_a_line_break_is_refused(client: Client, rig: Rig) -> None:
+    """An actor is 1-64 characters of A-Z a-z 0-9 _ . @ : - and nothing else, as the OpenAPI
+    document's pattern says: one ending in a line break (`"alice\n"`) was taken (the check's
+    `$` matches before a final newline) and went as it was into the pause, its log line and the
+    audit trail's action (found fuzzing the admin endpoints: tests/api/test_api_fuzz.py)."""
+    for actor in ("alice\n", "bob\r\n", "\n"):
+        resp = await client.post(
+            "/v1/admin/markets/BTC-USD/pause", headers=AUTH, json={"actor": actor}
+        )
+        assert resp.status == 400, actor
+        assert (await resp.json())["error"]["code"] == "bad_request", actor
+    assert rig.manual == []
+
+
 async def test_reload_applies_a_new_config_and_refuses_an_invalid_one(
     make_client: ClientFactory,
 ) -> None:
