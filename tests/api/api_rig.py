@@ -351,11 +351,17 @@ def count_arrivals(app: web.Application, path: str, count: int) -> asyncio.Event
 
 @asynccontextmanager
 async def serve_guarded(
-    rig: Rig, keepalive_timeout: float = 75.0, **deadlines: float
+    rig: Rig,
+    keepalive_timeout: float = 75.0,
+    contract: ContractRecorder | None = None,
+    **deadlines: float,
 ) -> AsyncIterator[tuple[int, Limits]]:
     """The API as the daemon serves it: an AppRunner on a GuardedSite on loopback; `deadlines`
-    go to `build_app` (`first_request_timeout`, `request_timeout`)."""
+    go to `build_app` (`first_request_timeout`, `request_timeout`); with `contract`, every
+    answer is checked against the OpenAPI document."""
     app = build_app(rig.context(), **deadlines)
+    if contract is not None:
+        app.middlewares.insert(0, contract.middleware)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, keepalive_timeout=keepalive_timeout
     )
