@@ -109,7 +109,7 @@ def test_the_table_names_every_code_and_only_those() -> None:
     assert closes == {
         DROP_SLOW: "close 1008",
         DROP_SHUTDOWN: "close 1001",
-        DROP_BAD_FRAME: "close 1009, 1007 or 1002 (with aiohttp's reason)",
+        DROP_BAD_FRAME: "close 1009, 1007 or 1002 (no reason)",
     }
     assert rows[DROP_PING_TIMEOUT][0] == "connection cut, no close frame (the client sees 1006)"
 
@@ -211,8 +211,10 @@ async def test_shutdown_ends_both_streams_with_its_code(client: Client, rig: Rig
 async def test_a_frame_the_server_cannot_read_closes_with_its_code_counted_as_bad_frame(
     client: Client, rig: Rig
 ) -> None:
-    """A frame with a reserved bit set is not answered: the connection is closed 1002 and the
-    drop counted with the reason `bad_frame`."""
+    """A frame with a reserved bit set is not answered: the connection is closed 1002, with no
+    reason (aiohttp closes it before the handler sees the frame; the docs said "with aiohttp's
+    reason", which none of 12 malformed frames of the API fuzz's probe ever got), and the drop
+    counted with the reason `bad_frame`."""
     host, port = client.server.host, client.server.port
     assert port is not None
     raw = await RawWebSocket.connect(host, port, "/v1/stream")
@@ -222,7 +224,7 @@ async def test_a_frame_the_server_cannot_read_closes_with_its_code_counted_as_ba
     finally:
         raw.close()
     opcode, payload = frames[-1]
-    assert opcode == 0x8 and struct.unpack_from("!H", payload) == (1002,)
+    assert opcode == 0x8 and payload == struct.pack("!H", 1002)  # the code alone
     assert rig.hub.dropped_subscribers[DROP_BAD_FRAME] == 1
 
 
