@@ -8,6 +8,7 @@ serving, what the docs say is counted is counted, and nothing stays open once th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from aiohttp import WSMsgType
 from api_rig import TOKEN, ContractRecorder, Rig, make_config, openapi_doc, serve_guarded, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from raw_ws import parse_frames
 from stream_wire import SAFETY_S
 from structlog.testing import capture_logs
 from yarl import URL
@@ -572,6 +574,89 @@ async def test_a_frame_past_the_limit_closes_with_1009_and_is_counted(
         assert ws.close_code == 1009
     await until(lambda: api.rig.hub.subscribers == 0, "the subscription gone")
     assert api.rig.hub.dropped_subscribers[DROP_BAD_FRAME] == dropped + 1
+    await _probe(api)
+
+
+_MASK = b"\x5a\x0f\xc3\x81"
+
+
+def _raw_frame(first: int, payload: bytes, masked: bool) -> bytes:
+    """One client frame as sent on the wire: `first` is FIN, RSV and opcode, valid or not."""
+    n = len(payload)
+    length = n if n < 126 else 126 if n < 65536 else 127
+    head = bytes([first, (0x80 if masked else 0) | length])
+    head += b"" if n < 126 else n.to_bytes(2 if n < 65536 else 8, "big")
+    if not masked:
+        return head + payload
+    return head + _MASK + bytes(b ^ _MASK[i % 4] for i, b in enumerate(payload))
+
+
+_WIRE_FRAMES = st.builds(
+    _raw_frame,
+    st.one_of(
+        st.sampled_from([0x81, 0x82, 0x88, 0x89, 0x8A, 0x01, 0x00, 0x80]), st.integers(0, 255)
+    ),
+    st.one_of(
+        _TEXT_FRAMES.map(str.encode),
+        st.binary(max_size=200),
+        st.integers(0, 5_000).map(lambda code: code.to_bytes(2, "big")),  # a close code
+    ),
+    st.booleans().map(lambda unmasked: not unmasked),
+)
+#: The codes of a close the server may send: after the client's own, or for a frame refused.
+CLOSE_CODES = {1000, 1002, 1007, 1009}
+
+
+async def _exchange(port: int, data: bytes) -> bytes:
+    """Open a stream, send `data` after the handshake, then a close; what the server sent
+    until it closed (or reset) the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = b""
+    try:
+        key = "b3JhY2xlZC1mdXp6LWtleQ=="
+        writer.write(
+            b"GET /v1/stream HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(SAFETY_S):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            with contextlib.suppress(ConnectionError):
+                writer.write(data + _raw_frame(0x88, (1000).to_bytes(2, "big"), True))
+                await writer.drain()
+                while chunk := await reader.read(65536):
+                    received += chunk
+    finally:
+        writer.close()
+    return received
+
+
+@pytest.mark.parametrize("api", ["live"], indirect=True)  # the same in every state
+@FUZZ
+@given(frames=st.lists(_WIRE_FRAMES, min_size=1, max_size=5))
+async def test_any_frame_on_the_wire_is_answered_or_refused_and_counted_once(
+    api: Api, frames: list[bytes]
+) -> None:
+    """Frames as sent on the wire, any first byte (FIN, reserved bits, opcode), masked or not,
+    any payload (requests, garbage, close codes), then a close: the server sends only stream
+    messages in the documented shape and closes with 1000 or a refusal's code (1002, 1007,
+    1009), counts at most one `bad_frame` for the connection, lets its subscription go, and
+    serves the next client."""
+    hub = api.rig.hub
+    dropped = hub.dropped_subscribers[DROP_BAD_FRAME]
+    port = int(URL(api.base).port or 0)
+    received = await _exchange(port, b"".join(frames))
+    validator = api.contract.validator("/components/schemas/StreamMessage")
+    for opcode, payload in parse_frames(received):
+        if opcode == 0x8:
+            assert int.from_bytes(payload[:2], "big") in CLOSE_CODES, payload
+        elif opcode == 0x1:
+            _no_leak(payload.decode())
+            validator.validate(json.loads(payload))
+        else:
+            assert opcode in (0x9, 0xA), (opcode, payload)  # a ping, or a pong answering one
+    await until(lambda: hub.subscribers == 0, "the subscription gone")
+    assert hub.dropped_subscribers[DROP_BAD_FRAME] - dropped in (0, 1)
     await _probe(api)
 
 
