@@ -34,7 +34,7 @@ from oracled.core import Core, RoundResult
 from oracled.errors import OracledError
 from oracled.model import Quote
 from oracled.publish import Hub, Subscription
-from oracled.publish.signer import RoundSigner
+from oracled.publish.signer import RoundSigner, SigningKey
 from oracled.reload import config_changes, running_config
 from oracled.sources.stats import ConnState, SourceStats
 
@@ -184,6 +184,22 @@ class Rig:
             round_at=lambda: self.round_at,
             signer=self.signer,
         )
+
+
+class SigningRig(Rig):
+    """The rig with a signing daemon's hub: each round is signed right after it is published."""
+
+    KEY = SigningKey.from_hex("0x" + "44" * 32)
+
+    def __init__(self, cfg: Config | None = None) -> None:
+        super().__init__(make_config() if cfg is None else cfg)
+        self.signer = RoundSigner(self.KEY, "test")
+        self.hub.signer = self.KEY.address
+
+    def step(self, markets: dict[str, float] | None = None) -> RoundResult:
+        result = super().step(markets)
+        self.hub.publish_signed(self.signer.sign(result))
+        return result
 
 
 def reloaded(change: Callable[[dict[str, Any]], None]) -> Rig:

@@ -18,7 +18,16 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from api_rig import TOKEN, ContractRecorder, Rig, make_config, openapi_doc, serve_guarded, until
+from api_rig import (
+    TOKEN,
+    ContractRecorder,
+    Rig,
+    SigningRig,
+    make_config,
+    openapi_doc,
+    serve_guarded,
+    until,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from raw_ws import parse_frames
@@ -61,7 +70,8 @@ class Api:
         contract: ContractRecorder,
         session: aiohttp.ClientSession,
     ) -> None:
-        self.state = state  # "live", "no_round" (none published yet) or "stalled"
+        self.state = state  # "live", "signing", "no_round" (none published yet) or "stalled"
+        self.live = state in ("live", "signing")
         self.rig = rig
         self.base = base
         self.limits = limits
@@ -79,14 +89,15 @@ class Api:
             self.rig.clock.advance(STALL_MS)
 
 
-@pytest.fixture(params=["live", "no_round", "stalled"])
+@pytest.fixture(params=["live", "signing", "no_round", "stalled"])
 async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
     """One served API for all the examples of a test, CORS on for one origin: a round
-    published, none yet, or one the round loop has not followed for longer than the limit.
-    Afterwards no connection is left open, no answer broke the OpenAPI document and no handler
-    failed."""
+    published (signed too, by a daemon that signs), none yet, or one the round loop has not
+    followed for longer than the limit. Afterwards no connection is left open, no answer broke
+    the OpenAPI document and no handler failed."""
     state = str(request.param)
-    rig = Rig(make_config(cors_origins=["https://dash.example"]))
+    cfg = make_config(cors_origins=["https://dash.example"])
+    rig = SigningRig(cfg) if state == "signing" else Rig(cfg)
     if state != "no_round":
         rig.step()
     if state == "stalled":
@@ -245,7 +256,7 @@ async def _probe(api: Api) -> None:
         assert resp.status == 200
         assert (await resp.json())["markets"] == len(MARKETS)
     async with api.session.get(api.base + "/v1/prices/BTC-USD") as resp:
-        if api.state == "live":
+        if api.live:
             assert resp.status == 200
             assert (await resp.json())["market"] == "BTC/USD"
         else:
@@ -281,7 +292,7 @@ async def test_any_http_request_gets_a_documented_answer(
             data = await resp.read()
             where = (method, target, headers, resp.status, data[:300])
             # 503 only as documented (the fixture checks the route): no round, or a stale one.
-            assert resp.status < 500 or (resp.status == 503 and api.state != "live"), where
+            assert resp.status < 500 or (resp.status == 503 and not api.live), where
             if resp.status == 101:  # an Upgrade header that took: nothing to read here
                 continue
             if resp.content_type == "text/plain" and resp.status == 400:
@@ -462,7 +473,7 @@ async def _answer(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
         assert msg.type is WSMsgType.TEXT, (msg, ws.close_code)
         _no_leak(msg.data)
         frame: dict[str, Any] = json.loads(msg.data)
-        if frame["type"] in ("report", "reports"):
+        if frame["type"] in ("report", "reports", "signed"):
             continue
         if frame["type"] == "error" and frame["code"] == "stalled":  # answers no request
             assert set(frame) == {"type", "code", "message"}, frame
@@ -663,7 +674,7 @@ async def test_any_frame_on_the_wire_is_answered_or_refused_and_counted_once(
 # -- Server-Sent Events ----------------------------------------------------------------------
 
 
-@settings(FUZZ, max_examples=15)  # each waits up to a second for its stream to see it gone
+@settings(FUZZ, max_examples=12)  # each waits up to a second for its stream to see it gone
 @given(query=_QUERY, headers=_HEADERS)
 async def test_any_event_stream_query_is_a_stream_or_a_documented_error(
     api: Api, query: str, headers: dict[str, str]
@@ -688,7 +699,7 @@ async def test_any_event_stream_query_is_a_stream_or_a_documented_error(
                     assert set(frame) == {"type", "code", "message"}, frame
                     assert frame["code"] == "stalled", frame
                 else:
-                    assert frame["type"] == "report", frame
+                    assert frame["type"] in ("report", "signed"), frame
                     assert frame["data"]["market"] in MARKETS, frame
         else:
             body = await resp.read()

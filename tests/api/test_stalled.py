@@ -15,12 +15,11 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from api_rig import ContractRecorder, Rig, make_config
+from api_rig import ContractRecorder, Rig, SigningRig, make_config
 from stream_wire import ask, next_event, recv
 
 from oracled.api import ApiContext
-from oracled.core import RoundResult
-from oracled.publish.signer import RoundSigner, SigningKey, recover_signer, stall_digest
+from oracled.publish.signer import recover_signer, stall_digest
 from oracled.publish.signstall import StallNotice
 
 Client = TestClient[web.Request, web.Application]
@@ -51,22 +50,6 @@ def is_signed_stall(frame: dict[str, Any], rig: SigningRig, round_no: int) -> bo
 def report(frame: dict[str, Any]) -> tuple[str, int]:
     assert frame["type"] == "report", frame
     return frame["data"]["market"], frame["data"]["round"]
-
-
-class SigningRig(Rig):
-    """The rig with a signing daemon's hub: each round is signed right after it is published."""
-
-    KEY = SigningKey.from_hex("0x" + "44" * 32)
-
-    def __init__(self) -> None:
-        super().__init__(make_config())
-        self.signer = RoundSigner(self.KEY, "test")
-        self.hub.signer = self.KEY.address
-
-    def step(self, markets: dict[str, float] | None = None) -> RoundResult:
-        result = super().step(markets)
-        self.hub.publish_signed(self.signer.sign(result))
-        return result
 
 
 async def test_a_subscribe_while_rounds_have_stalled_gets_stalled_instead_of_a_snapshot(
