@@ -595,14 +595,23 @@ class AuditTrail:
                 cap_bytes=self._cap,
             )
 
-    @staticmethod
-    def _load_packer(db: sqlite3.Connection) -> _Packer | None:
+    def _load_packer(self, db: sqlite3.Connection) -> _Packer | None:
+        """The newest stored dictionary's packer; None without one, or when its row is not as
+        written (a value of another type, changed in the file): the next round makes a new one,
+        where deflating against it raised in this thread and ended the trail unlogged."""
         row = db.execute(
             "SELECT id, markets, priced, data FROM dictionaries ORDER BY id DESC LIMIT 1"
         ).fetchone()
         if row is None:
             return None
         dict_id, markets, priced, data = row
+        if type(data) is not bytes or type(markets) is not int or type(priced) is not int:
+            self._log.warning(
+                "audit dictionary changed after it was written: a new one is made",
+                path=str(self.path),
+                dictionary=dict_id,
+            )
+            return None
         return _Packer(dict_id, data, provisional=_provisional(markets, priced))
 
     def _with_lost(self, items: list[object]) -> list[object]:

@@ -10,14 +10,16 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zlib
 from pathlib import Path
 
 import aiohttp
-from audit_rig import audit_config
+from audit_rig import audit_config, recorded
 from ports import free_port
 from publish_rig import Rounds, make_config
+from structlog.testing import capture_logs
 
 from oracled.publish.audit import AuditReader, AuditTrail
 from oracled.sim import BinanceSim
@@ -249,3 +251,38 @@ def test_a_stopped_trail_in_a_directory_the_reader_cannot_write_is_read(tmp_path
         ]
     finally:
         db.parent.chmod(0o755)
+
+
+def test_a_stored_dictionary_changed_to_another_type_gives_way_to_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """The writer deflates reports against the newest stored dictionary, read back at each
+    open. Its `data` changed in the file to text (SQLite keeps any value in any column) made
+    zlib raise TypeError in the writer thread: the thread ended with a traceback, nothing was
+    logged or counted, and no round was written again until a restart. The row is now passed
+    over with a warning and the next round makes a new dictionary: the trail goes on."""
+    path = tmp_path / "audit.sqlite3"
+    first = recorded(path, 3)
+    assert first.audit.stats.rounds == 3
+    db = sqlite3.connect(path)
+    db.execute("UPDATE dictionaries SET data = 'not bytes'")
+    db.commit()
+    db.close()
+    died: list[BaseException | None] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: died.append(args.exc_value)
+    try:
+        with capture_logs() as logs:
+            second = recorded(path, 3, after=first)
+    finally:
+        threading.excepthook = hook
+    assert died == []
+    assert (second.audit.stats.rounds, second.audit.stats.write_errors) == (3, 0)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "audit dictionary changed after it was written: a new one is made"
+    ]
+    reader = AuditReader(path)
+    try:
+        later = list(reader.reports("BTC/USD", second.kept[0][0].ts, 1 << 62))
+    finally:
+        reader.close()
+    assert [s.report.ts for s in later] == [result.ts for result, _ in second.kept]
