@@ -379,6 +379,81 @@ async def test_an_actor_is_taken_only_as_the_documented_pattern_says(
         assert api.rig.manual == manual
 
 
+_RAW_HEADERS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.sampled_from([b"Accept", b"X-Any", b"Origin", b"Range"]), st.binary(max_size=30)
+        ),
+        st.sampled_from(
+            [
+                (b"Bad Name", b"x"),
+                (b"X\x00", b"y"),
+                (b"", b"empty name"),
+                (b"X-Long", b"a" * 9_000),
+                (b"Content-Length", b"x"),
+                (b"Transfer-Encoding", b"gzip"),
+                (b"Connection", b"keep-alive, Upgrade"),
+            ]
+        ),
+    ),
+    max_size=4,
+)
+
+
+@st.composite
+def _raw_requests(draw: st.DrawFn) -> bytes:
+    """A request as bytes on the wire: any method token, target (raw bytes too), version and
+    header lines, always ended by an empty line and with nothing announced after it."""
+    method = draw(st.sampled_from([b"GET", b"HEAD", b"OPTIONS", b"FOO", b"G\x00T", b"get", b""]))
+    target = draw(
+        st.one_of(_PATH.map(str.encode), st.binary(max_size=30).map(lambda b: b"/v1/" + b))
+    )
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/9.9", b"HTTP/1.1 x", b""]))
+    lines = [method + b" " + target + b" " + version, b"Host: t"]
+    lines += [name + b": " + value for name, value in draw(_RAW_HEADERS)]
+    lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _send_raw(port: int, data: bytes) -> bytes:
+    """`data` on a new connection; everything the server answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        async with asyncio.timeout(SAFETY_S):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("api", ["live"], indirect=True)  # the same in every state
+@settings(FUZZ, max_examples=150)
+@given(request=_raw_requests())
+async def test_any_request_line_and_headers_are_answered_and_each_refusal_counted(
+    api: Api, request: bytes
+) -> None:
+    """Any request line and header lines, valid or not: either the parser's documented
+    plain-text `HTTP/1.0 400`, counted once in `oracled_api_connections_closed_total` as
+    `bad_request` or `request_too_long`, or an answer of the API's own (counted nowhere),
+    whose errors are the JSON error shape; the connection is closed after it either way."""
+    closed = api.rig.hub.api_closed
+    before = sum(closed.values())
+    answer = await _send_raw(int(URL(api.base).port or 0), request)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n")[0]
+    assert status.startswith(b"HTTP/1."), (request[:200], answer[:300])
+    refused = status == b"HTTP/1.0 400 Bad Request" and b"text/plain" in head
+    assert sum(closed.values()) == before + refused, (request[:200], answer[:300])
+    if not refused:
+        code = int(status.split()[1])
+        assert code < 500, (request[:200], answer[:300])
+        if code >= 400 and body and not request.startswith(b"HEAD"):
+            error = json.loads(body)
+            assert set(error) == {"error"} and set(error["error"]) == {"code", "message"}
+            _no_leak(body.decode())
+    await _probe(api)
+
+
 # -- WebSocket -------------------------------------------------------------------------------
 
 _JSON_SCALARS = st.one_of(
