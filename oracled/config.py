@@ -295,7 +295,7 @@ class NatsConfig(_Frozen):
         if not value:
             raise ValueError("list at least one server")
         for url in value:
-            if not re.match(r"^(nats|tls)://[^\s/]+$", url):
+            if not re.fullmatch(r"(nats|tls)://[^\s/]+", url):
                 raise ValueError(f"{url!r} is not a nats:// or tls:// URL")
         return value
 
