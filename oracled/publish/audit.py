@@ -91,6 +91,10 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 4
+#: No round time is past this (year 146 million): the end of `oracled audit`'s default window.
+#: A stored one that is (or is text or bytes, which SQLite sorts above every number) was
+#: changed in the file.
+_LAST_TIME: Final = 1 << 62
 #: What version 3 adds to version 2 (also the migration of a version 2 database). Operator
 #: actions and config loads are a few rows a day: read without an index, and never deleted by
 #: retention (the config in force at an old round is the last one loaded before it).
@@ -892,17 +896,23 @@ class AuditTrail:
         limit = self._data_limit()
         try:
             used = self._used_bytes(db)
+            # Only a round time the writer can have stored counts as the newest: text sorts
+            # above every number in SQLite, and a time changed to 2**63 - 1 would have made the
+            # age limit delete every round before that row.
             first, last, newest = db.execute(
-                "SELECT min(id), max(id), max(ts) FROM rounds"
+                "SELECT min(id), max(id), max(CASE WHEN typeof(ts) = 'integer' AND ts <= ?1"
+                " THEN ts END) FROM rounds",
+                (_LAST_TIME,),
             ).fetchone()
             if first is not None:
                 # the number of rounds of about one step's bytes, at the trail's mean round
                 budget = max(1, (last - first + 1) * self._retention_step_bytes // max(used, 1))
                 target = first  # rounds with an id below it are past the age limit
-                if self.cfg.retention_days > 0:
+                if self.cfg.retention_days > 0 and newest is not None:
                     cutoff = newest - int(self.cfg.retention_days * 86_400_000)
                     (target,) = db.execute(
-                        "SELECT min(id) FROM rounds WHERE ts >= ?", (cutoff,)
+                        "SELECT min(id) FROM rounds WHERE ts >= ? AND ts <= ?",
+                        (cutoff, _LAST_TIME),
                     ).fetchone()
                 end = min(target, first + budget)
                 if end > first:
@@ -1187,7 +1197,7 @@ class AuditReader:
         the file would otherwise leave `--verify` unseen, the rest counted as matching, and
         `--tape` without its quotes."""
         row = self._db.execute(  # no ORDER BY: the time index finds both ends at once
-            "SELECT id, ts FROM rounds WHERE ts < 0 OR ts > ? LIMIT 1", (1 << 62,)
+            "SELECT id, ts FROM rounds WHERE ts < 0 OR ts > ? LIMIT 1", (_LAST_TIME,)
         ).fetchone()
         if row is not None:
             what = (
@@ -1203,7 +1213,7 @@ class AuditReader:
         row = self._db.execute(  # two seeks on the (market, ts) index, no scan of the market
             "SELECT round_id, ts FROM reports WHERE market = ?1 AND ts < 0 UNION ALL "
             "SELECT round_id, ts FROM reports WHERE market = ?1 AND ts > ?2 LIMIT 1",
-            (market, 1 << 62),
+            (market, _LAST_TIME),
         ).fetchone()
         if row is not None:
             what = (

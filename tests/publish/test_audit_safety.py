@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import aiohttp
+import pytest
 from audit_rig import audit_config, recorded
 from ports import free_port
 from publish_rig import Rounds, make_config
@@ -286,3 +287,36 @@ def test_a_stored_dictionary_changed_to_another_type_gives_way_to_a_new_one(
     finally:
         reader.close()
     assert [s.report.ts for s in later] == [result.ts for result, _ in second.kept]
+
+
+@pytest.mark.parametrize("value", ["9223372036854775807", "'soon'"])
+def test_a_round_time_changed_in_the_file_neither_ends_the_writer_nor_deletes_the_history(
+    tmp_path: Path, value: str
+) -> None:
+    """Retention deletes the rounds older than `retention_days` before the newest round time
+    stored. With the newest round's time changed in the file to 2**63 - 1, every round before
+    it was past that age, and the restarted daemon's writer deleted the trail's whole history;
+    changed to text, `max(ts)` was the text and the writer thread ended in a TypeError,
+    unlogged, no round written again. Only a round time the writer can have stored counts
+    now: the history stays, the new rounds are written."""
+    path = tmp_path / "audit.sqlite3"
+    first = recorded(path, 3)
+    db = sqlite3.connect(path)
+    db.execute(f"UPDATE rounds SET ts = {value} WHERE id = 3")
+    db.commit()
+    db.close()
+    died: list[BaseException | None] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: died.append(args.exc_value)
+    try:
+        second = recorded(path, 3, after=first, retention_days=30)
+    finally:
+        threading.excepthook = hook
+    assert died == []
+    assert (second.audit.stats.rounds, second.audit.stats.write_errors) == (3, 0)
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT id FROM rounds ORDER BY id").fetchall() == [
+            (k,) for k in range(1, 7)
+        ]
+    finally:
+        db.close()
