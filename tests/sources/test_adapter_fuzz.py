@@ -25,6 +25,9 @@ file on a shared 2-vCPU machine (shard 1 of scripts/pytest-shards.sh, with tests
 seeds' venue times are those of the recordings and, for the simulators' frames, of the wall
 clock, with the receive time after the newest: a change that matters reproduces from its draws.
 
+A third test cuts any bytes fed to Pyth's Server-Sent Events parser (the transport in front
+of its `on_message`) anywhere: the same events, whatever the cuts.
+
 Found with it (each fixed, with a plain regression test in the venue's or the shared parse
 file): bytes that are not UTF-8 inside a string raised UnicodeDecodeError out of every adapter;
 venue times before 1970 were quoted; Pyth's `"parsed":[]` vanished without a count.
@@ -33,6 +36,7 @@ venue times before 1970 were quoted; Pyth's `"parsed":[]` vanished without a cou
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 import time
@@ -50,6 +54,7 @@ from oracled.model import Quote
 from oracled.sim.venues import SIMULATORS
 from oracled.sources import Source
 from oracled.sources._base import UNDECODABLE
+from oracled.sources.pyth_hermes import _SseLines
 
 EXAMPLES = 120  # per venue: about 2 s each on a shared 2-vCPU machine
 
@@ -143,7 +148,8 @@ def _mutate_json(data: st.DataObject, tree: Any, symbols: tuple[str, ...]) -> st
             text = data.draw(st.one_of(st.sampled_from(TEXTS), st.text(max_size=12)))
             tree = _set(tree, path, text)
         elif op == "other":
-            tree = _set(tree, path, data.draw(st.sampled_from(OTHERS)))
+            # A copy: a later change of this example must not change the constant.
+            tree = _set(tree, path, copy.deepcopy(data.draw(st.sampled_from(OTHERS))))
         elif op == "symbol" and symbols:
             tree = _set(tree, path, data.draw(st.sampled_from(symbols)))
         elif op == "retype":  # a number as text, text as a bare number, anything as its text
@@ -448,3 +454,34 @@ async def test_a_huge_frame_of_a_real_shape_is_read_or_dropped_whole(case: Parse
                 source = make_source(case, http, quotes)
                 source.rest_request(list(source.instruments))
                 feed(case, source, quotes, [], json.dumps(huge), seeds.recv_ts, rest)
+
+
+_SSE_PIECES = (
+    b"data:", b"data: ", b"event:", b"event:error", b"id:7", b"retry:1", b":", b"\n", b"\r\n",
+    b"\r", b"\n\n", b'{"parsed":[]}', "é".encode(), b"\xe9", b"\xff", b"x",
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(
+    wire=st.lists(st.one_of(st.sampled_from(_SSE_PIECES), st.binary(max_size=6)), max_size=30).map(
+        b"".join
+    ),
+    cuts=st.lists(st.integers(0, 200), max_size=8),
+)
+def test_the_sse_parser_reads_any_bytes_the_same_however_they_are_cut(
+    wire: bytes, cuts: list[int]
+) -> None:
+    """Pyth's Server-Sent Events parser takes any bytes without raising (a line that is not
+    UTF-8 is read with replacement characters), and what it gives does not depend on where
+    the transport cut the stream into chunks."""
+    whole = _SseLines()
+    expected = whole.feed(wire)
+    chunked = _SseLines()
+    got: list[tuple[str | None, str]] = []
+    at = 0
+    for cut in sorted({min(c, len(wire)) for c in cuts} | {len(wire)}):
+        got += chunked.feed(wire[at:cut])
+        at = cut
+    assert got == expected
+    assert (chunked.pending, chunked.pending_event) == (whole.pending, whole.pending_event)
