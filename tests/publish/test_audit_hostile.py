@@ -8,6 +8,7 @@ import contextlib
 import io
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,38 @@ def test_any_other_changed_cell_is_answered_without_a_traceback(
     if _change(path, *cell, row, value):
         for question in QUESTIONS:
             assert _ask(path, question) in (0, 1, 2, 3, 4), question
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(cell=_columns({**SIGNED, **UNSIGNED}), row=st.integers(0, 20), value=VALUES)
+def test_a_daemon_started_on_a_trail_with_a_changed_cell_goes_on_writing_it(
+    signed_trail: Path, tmp_path: Path, cell: tuple[str, str], row: int, value: object
+) -> None:
+    """The writer of a restarted daemon opens the trail as it finds it (its dictionary, its
+    round times for retention): whatever one cell holds, its thread never dies with an
+    exception, and the new rounds are written or, where SQLite refuses the file, each failure
+    is counted."""
+    path = tmp_path / "audit.sqlite3"
+    for stale in tmp_path.glob("audit.sqlite3*"):
+        stale.unlink()
+    shutil.copy(signed_trail, path)
+    if not _change(path, *cell, row, value):
+        return
+    died: list[BaseException | None] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: died.append(args.exc_value)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            feed = Feed(make_config(), trail(path, retention_days=30))
+            for _ in range(2):
+                feed.round()
+            assert feed.audit.close()
+    finally:
+        threading.excepthook = hook
+    assert died == [], (cell, value)
+    stats = feed.audit.stats
+    assert stats.rounds + stats.write_errors == 2, (cell, value, stats)
