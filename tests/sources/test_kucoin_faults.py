@@ -114,8 +114,12 @@ async def launch(venue: Venue, aiohttp_server: Any, start_config: Any, **overrid
             b'"ws://127.0.0.1:9/endpoint","pingInterval":200,"pingTimeout":200}]}}',
             "ClientError: bullet-public: refused: ",
         ),
+        (  # a token in Latin-1: UnicodeDecodeError, which crashed the source before
+            b'{"code":"200000","data":{"token":"\xe9","instanceServers":[]}}',
+            "ClientError: bullet-public: unreadable answer: ",
+        ),
     ],
-    ids=["unreadable", "error-code", "no-server", "error-code-with-a-server"],
+    ids=["unreadable", "error-code", "no-server", "error-code-with-a-server", "not-utf8"],
 )
 async def test_a_bullet_without_a_usable_server_is_a_failed_connection(
     bullet: bytes, why: str, aiohttp_server: Any, start_config: Any, wait: Any
