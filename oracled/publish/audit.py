@@ -1182,11 +1182,13 @@ class AuditReader:
     def last_signed_ts(self, signer: str) -> int | None:
         """The newest round time `signer` (an address, any case) signed, or None: the floor
         under which a restarted daemon signs nothing (`SignerWorker`). Walks the time index from
-        the newest round, so it stops at once when the newest rounds are this signer's."""
+        the newest round, so it stops at once when the newest rounds are this signer's. A time
+        past 2**62 is no round time (changed in the file, as text would be): as the floor it
+        left the key unable to sign, every round skipped, until the year 292 million."""
         row = self._db.execute(
             "SELECT ts FROM rounds WHERE signature IS NOT NULL AND lower(signer) = ? "
-            "AND typeof(ts) = 'integer' ORDER BY ts DESC LIMIT 1",  # text sorts above numbers
-            (signer.lower(),),
+            "AND typeof(ts) = 'integer' AND ts <= ? ORDER BY ts DESC LIMIT 1",
+            (signer.lower(), _LAST_TIME),
         ).fetchone()
         return None if row is None else int(row[0])
 

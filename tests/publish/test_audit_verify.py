@@ -650,6 +650,22 @@ def test_a_round_time_that_is_no_integer_is_named_and_never_the_signing_floor(
     reader.close()
 
 
+def test_a_round_time_past_2_62_is_never_the_signing_floor(tmp_path: Path) -> None:
+    """The daemon's start takes the newest round time its key signed as the floor under which
+    it signs nothing. The newest signed round's time changed in the file to 2**63 - 1 (an
+    integer, so the check for text let it through) made that the floor: the key signed no
+    round again, each skipped as under the floor. No round time is past 2**62: the floor is
+    the newest signed time that is one."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, "UPDATE rounds SET ts = 9223372036854775807 WHERE id = 6")
+    reader = AuditReader(db)
+    try:
+        assert reader.last_signed_ts(KEY.address) == T0 + 5 * 250
+    finally:
+        reader.close()
+
+
 def test_a_stored_time_past_the_calendar_or_no_number_is_shown_as_stored_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
