@@ -57,6 +57,9 @@ __all__ = [
 FORMAT = "oracled-signing-lease"
 _VERSION = 1
 _ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF")
+#: No round time is past this (the audit trail's bound too): a lease beyond it was changed in
+#: the file, and as the floor it would leave the key unable to sign until the year 146 million.
+_LAST_TIME = 1 << 62
 
 
 def _spelling(address: str) -> str:
@@ -210,7 +213,7 @@ class SignLease:
             raise self._problem(f"not a signing lease (key {twice!r} appears twice)")
         for address, ts in state.leases.items():
             body = address.removeprefix("0x")
-            if len(body) != 40 or not set(body) <= _ADDRESS_CHARS or ts < 0:
+            if len(body) != 40 or not set(body) <= _ADDRESS_CHARS or not 0 <= ts <= _LAST_TIME:
                 raise self._problem(f"not a signing lease (entry {address!r}: {ts})")
         return state
 

@@ -285,6 +285,11 @@ def test_a_lease_written_twice_for_one_key_is_refused_not_read_as_the_last(
         ('{"format": "oracled-manual-pauses", "version": 1, "leases": {}}', "version 1, not"),
         ('{"format": "oracled-signing-lease", "version": 2, "leases": {}}', "version 2, not"),
         ('{"format": "oracled-signing-lease", "version": 1, "leases": {"me": 5}}', "entry 'me'"),
+        (  # past 2**62, no round time: as the floor, the key never signed again
+            '{"format": "oracled-signing-lease", "version": 1, "leases": '
+            f'{{"{KEY.address}": 18446744073709551615}}}}',
+            "18446744073709551615",
+        ),
     ],
 )
 def test_a_file_that_is_not_a_lease_is_a_config_error_naming_it_and_the_key(
