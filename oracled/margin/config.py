@@ -40,8 +40,11 @@ Pair = Annotated[str, Field(pattern=_PAIR)]
 Name = Annotated[str, Field(pattern=_NAME)]
 Rate = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 Share = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
-Money = Annotated[float, Field(allow_inf_nan=False)]
-PosMoney = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Amounts and quantities are at most this in size: no real book comes near it, and it keeps every
+# product and sum the engine forms finite (1e308 x a price is inf, and inf - inf a NaN decision).
+_MAX_AMOUNT = 1e18
+Money = Annotated[float, Field(ge=-_MAX_AMOUNT, le=_MAX_AMOUNT, allow_inf_nan=False)]
+PosMoney = Annotated[float, Field(gt=0, le=_MAX_AMOUNT, allow_inf_nan=False)]
 Multiple = Annotated[float, Field(ge=1, le=100, allow_inf_nan=False)]
 
 

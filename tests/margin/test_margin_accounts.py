@@ -106,3 +106,38 @@ def test_warning_and_reduce_only_multiples_that_fall_as_the_position_grows_are_r
     levels = [tier_levels(spec.instruments["BTC-PERP"].tiers, n) for n in (5e4, 3e5, 1e6)]
     assert [lv.warning for lv in levels] == sorted(lv.warning for lv in levels)
     assert levels[-1].warning == pytest.approx(2 * (1_000 + 10_000) + 2.5 * 25_000)
+
+
+_AT_MOST = "Input should be less than or equal to 1000000000000000000"
+_AT_LEAST = "Input should be greater than or equal to -1000000000000000000"
+
+
+@pytest.mark.parametrize(
+    ("account", "problem"),
+    [
+        (
+            {"id": "a", "collateral": {"USD": 1e300}},
+            f"accounts[0].collateral.USD: {_AT_MOST}",
+        ),
+        (
+            {"id": "a", "positions": [{"instrument": "BTC-PERP", "qty": 1e308, "entry": 1.0}]},
+            f"accounts[0].positions[0].qty: {_AT_MOST}",
+        ),
+        (
+            {"id": "a", "positions": [{"instrument": "BTC-PERP", "qty": -1e308, "entry": 1.0}]},
+            f"accounts[0].positions[0].qty: {_AT_LEAST}",
+        ),
+        (
+            {"id": "a", "positions": [{"instrument": "BTC-PERP", "qty": 1.0, "entry": 1e308}]},
+            f"accounts[0].positions[0].entry: {_AT_MOST}",
+        ),
+    ],
+)
+def test_amounts_past_any_real_book_are_refused(account: dict[str, Any], problem: str) -> None:
+    """A quantity, price or balance of 1e308 is finite, so it passed, and the engine's products
+    of it overflowed: `oracled stress` printed NaN and Infinity in its results with exit 0.
+    Every amount is now at most 1e18 in size."""
+    data = _file([{"initial": 0.1, "maintenance": 0.05}]) | {"accounts": [account]}
+    with pytest.raises(ConfigError) as err:
+        parse_accounts(data)
+    assert problem in err.value.problems
