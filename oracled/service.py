@@ -759,6 +759,7 @@ class Service:
             self.cfg = new
             for sid in changes.sources_restarted:
                 self._start_source(sid)
+            self.hub.markets_removed(changes.markets_removed)
             for market in changes.markets_removed:  # its gauges went with the layout
                 self.metrics.forget_market(market)
             gone = [m for m in self._paused if m not in self.core.index]

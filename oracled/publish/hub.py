@@ -313,6 +313,7 @@ class Hub:
         "_latest",
         "_layout",
         "_queue_size",
+        "_removed",
         "_reports",
         "_scheduled",
         "_shared",
@@ -338,6 +339,9 @@ class Hub:
         self._latest: RoundResult | None = None
         self._layout: Layout | None = None
         self._index: dict[str, int] = {}
+        # Markets reloads removed since the last layout change was published: one added back
+        # before the next round is a new market all the same, and its subscribers are told.
+        self._removed: set[str] = set()
         self._reports: dict[int, Report] = {}
         self._encoded: dict[int, bytes] = {}
         self._frames: dict[int, bytes] = {}
@@ -385,7 +389,8 @@ class Hub:
             before = self._index
             self._layout = result.layout
             self._index = {m: i for i, m in enumerate(result.layout.markets)}
-            self._tell_removed([m for m in before if m not in self._index])
+            self._tell_removed([m for m in before if m not in self._index or m in self._removed])
+            self._removed = set()
             # A signed round of the old layout may list removed markets: no snapshot from it.
             self._signed, self._signed_frames = None, {}
         self._latest = result
@@ -401,6 +406,11 @@ class Hub:
             return
         self._scheduled = True
         loop.call_soon(self._drive, self._fan_out(), True)
+
+    def markets_removed(self, markets: Iterable[str]) -> None:
+        """A reload removed `markets`: their subscribers are told with the first round of a new
+        layout, even where a later reload added one back before that round."""
+        self._removed.update(markets)
 
     def _tell_removed(self, removed: list[str]) -> None:
         """A reload removed `removed`: every subscription that received one of them gets an

@@ -335,3 +335,39 @@ async def test_any_sequence_of_reloads_keeps_the_daemon_and_its_streams_true(
     finally:
         for sim in sims.values():
             await sim.stop()
+
+
+async def test_a_market_removed_and_added_back_between_two_rounds_is_told_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two reloads between two rounds (rounds a second apart): the first removes the named
+    market, the second adds it back, a new market (`unknown`, no last good price). Both
+    subscribers were receiving the old one and get `market_removed` naming it before the first
+    round after the reloads (docs/contracts.md); the named market's subscriber gets no report
+    of the new one. The streams compared the markets of one round with the last round's, so a
+    market gone and back between two rounds was never told and the old subscription went on
+    with the new market."""
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    async with BinanceSim(PRICES, rate_hz=20.0, volatility=0.0) as sim:
+        urls = {"s0": (sim.ws_url, sim.rest_url)}
+        with_it = Shape(["s0"], {"BTC/USDT": (1, 0.02), NAMED: (1, 0.02)})
+        without = Shape(["s0"], {"BTC/USDT": (1, 0.02)})
+        path = tmp_path / "oracled.toml"
+        path.write_text(with_it.toml(urls, interval_ms=1_000))
+        service = Service(load_config(path), config_path=path)
+        async with (
+            serving_api(service, safety_s=30) as (http, base),
+            reading(http, base, {"op": "subscribe"}) as every,
+            reading(http, base, {"op": "subscribe", "markets": [NAMED]}) as named,
+        ):
+            daemon = Daemon(http, base, path)
+            await daemon.first_round()
+            await daemon.all_live(with_it)
+            seen_every, seen_named = len(every), len(named)
+            for shape in (without, with_it):
+                status, answer = await daemon.reload(shape.toml(urls, interval_ms=1_000))
+                assert status == 200, answer
+            await daemon.round_after(2)
+            assert _removals(every[seen_every:]) == [[NAMED]]
+            assert _removals(named[seen_named:]) == [[NAMED]]
+            assert [r["market"] for r in _reports(named[seen_named:])] == []
