@@ -11,9 +11,11 @@ untouched, and the words of the genuine stall notices.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
 from hypothesis import strategies as st
 from publish_rig import Rounds, make_config
 
@@ -300,3 +302,26 @@ def scripts(draw: st.DrawFn, max_messages: int = 24) -> Script:
     for _ in range(draw(st.integers(1, max_messages))):
         draw(message(script))
     return script
+
+
+def scripted_stream(
+    frames: Sequence[str], fence: str, connections: list[int]
+) -> Callable[[web.Request], Awaitable[web.WebSocketResponse]]:
+    """A handler serving the daemon's `/v1/stream` as a script: after the peer's subscription
+    request, `frames` (on the first connection only), then `fence`, held open until the peer
+    goes. Each connection appends to `connections`, so that a test sees a reconnect."""
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        await ws.receive_json()
+        connections.append(1)
+        if len(connections) == 1:
+            for frame in frames:
+                await ws.send_str(frame)
+        await ws.send_str(fence)
+        async for _ in ws:  # until the peer goes
+            pass
+        return ws
+
+    return stream

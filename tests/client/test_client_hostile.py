@@ -41,6 +41,7 @@ from hostile_rig import (
     NOW,
     Script,
     as_json,
+    scripted_stream,
     scripts,
 )
 from hypothesis import HealthCheck, given, settings
@@ -110,21 +111,9 @@ async def _over_ws(script: Script) -> OracleClient:
     client = _client()
     connections: list[int] = []
 
-    async def stream(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=0)
-        await ws.prepare(request)
-        await ws.receive_json()
-        connections.append(1)
-        if len(connections) == 1:
-            for frame in script.frames:
-                await ws.send_str(frame)
-        await ws.send_str(as_json({"type": "error", "code": FENCE, "message": "fence"}))
-        async for _ in ws:  # until the client goes
-            pass
-        return ws
-
+    fence = as_json({"type": "error", "code": FENCE, "message": "fence"})
     app = web.Application()
-    app.router.add_get("/v1/stream", stream)
+    app.router.add_get("/v1/stream", scripted_stream(script.frames, fence, connections))
     async with DaemonServer(app, host="127.0.0.1") as server:
         watcher = asyncio.create_task(client.watch_ws(str(server.make_url("/")), reconnect_s=0))
         try:

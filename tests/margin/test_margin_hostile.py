@@ -26,7 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "publish"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
 from api_rig import DaemonServer  # the API tests' loopback server, as the daemon serves
-from hostile_rig import DEPLOYMENT, GENUINE, KEY, MAX_AGE_MS, NOW, ROUNDS, Script, scripts
+from hostile_rig import (
+    DEPLOYMENT,
+    GENUINE,
+    KEY,
+    MAX_AGE_MS,
+    NOW,
+    ROUNDS,
+    Script,
+    scripted_stream,
+    scripts,
+)
 
 from oracled.margin import MarginEngine, parse_accounts
 from oracled.margin.prices import PriceView
@@ -93,21 +103,9 @@ async def _serve(script: Script) -> tuple[_Engine, SignedMarginService, io.Bytes
     assert eng.spec.signed is not None
     connections: list[int] = []
 
-    async def stream(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=0)
-        await ws.prepare(request)
-        await ws.receive_json()
-        connections.append(1)
-        if len(connections) == 1:
-            for frame in script.frames:
-                await ws.send_str(frame)
-        await ws.send_str('{"type":"signed","data":' + FENCE.decode() + "}")
-        async for _ in ws:  # until the service goes
-            pass
-        return ws
-
+    fence = '{"type":"signed","data":' + FENCE.decode() + "}"
     app = web.Application()
-    app.router.add_get("/v1/stream", stream)
+    app.router.add_get("/v1/stream", scripted_stream(script.frames, fence, connections))
     async with DaemonServer(app, host="127.0.0.1") as server:
         url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
         service = SignedMarginService(
