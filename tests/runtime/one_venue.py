@@ -2,7 +2,8 @@
 market, with the API on a free port (also with signing and NATS: `stalling_config`,
 `signing_table`, `MovableLease`); a daemon run for the length of a block (`service_running`;
 with an HTTP session on its API: `serving_api`); a clock whose wall time a test can step
-back; and its streams read as a subscriber reads them (`reading`, `stalls`, `first_event`)."""
+back; and its streams read as a subscriber reads them (`reading`, `stalls`, `first_event`),
+its bus as a NATS subscriber does (`bus_messages`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
+from nats.aio.client import Client as NatsClient
 
 from oracled.config import Config, parse_config
 from oracled.publish.signer import SigningKey
@@ -188,3 +191,18 @@ async def first_event(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
             if line.startswith("data: "):
                 data: dict[str, Any] = json.loads(line[6:])
                 return data
+
+
+async def bus_messages(url: str, subject: str) -> tuple[NatsClient, list[bytes]]:
+    """A plain NATS connection to `url` (no reconnects) and the list every message on `subject`
+    is appended to, in arrival order, subscribed and flushed when this returns; the caller
+    closes the connection."""
+    bus = await nats.connect(url, allow_reconnect=False)
+    got: list[bytes] = []
+
+    async def keep(msg: Any) -> None:
+        got.append(msg.data)
+
+    await bus.subscribe(subject, cb=keep)
+    await bus.flush()
+    return bus, got

@@ -18,13 +18,17 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import msgspec
-import nats
 from aiohttp import web
-from one_venue import SteppedClock, serving_api, signing_table, stalling_config
+from one_venue import (
+    SteppedClock,
+    bus_messages,
+    serving_api,
+    signing_table,
+    stalling_config,
+)
 from structlog.testing import capture_logs
 from test_stalled_signed_stream import first_event, reading, stalls
 
@@ -134,14 +138,7 @@ async def test_a_stuck_round_loop_is_told_to_signed_subscribers_signed_as_on_the
             clock = SteppedClock()
             service = Service(stalling_config(sim, signing=signing, nats=bus_table), clock=clock)
             service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall limit of 0.4 s
-            bus = await nats.connect(server.url, allow_reconnect=False)
-            on_bus: list[bytes] = []
-
-            async def keep(msg: Any) -> None:
-                on_bus.append(msg.data)
-
-            await bus.subscribe("oracled.stalled", cb=keep)
-            await bus.flush()
+            bus, on_bus = await bus_messages(server.url, "oracled.stalled")
             client = watching_client(key.address)
             raw: list[bytes] = []
             signed_request = {"op": "subscribe", "markets": [MARKET], "signed": True}

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
 
 import msgspec
-import nats
 from one_venue import (
     MovableLease,
     SteppedClock,
+    bus_messages,
     first_event,
     reading,
     serving_api,
@@ -139,14 +138,7 @@ async def test_the_bus_and_the_signed_streams_get_the_same_notice_decided_once(
             bus_table = {"enabled": True, "servers": [server.url]}
             service = Service(stalling_config(sim, signing=lease.signing, nats=bus_table))
             service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall limit of 0.4 s
-            bus = await nats.connect(server.url, allow_reconnect=False)
-            on_bus: list[bytes] = []
-
-            async def keep(msg: Any) -> None:
-                on_bus.append(msg.data)
-
-            await bus.subscribe("oracled.stalled", cb=keep)
-            await bus.flush()
+            bus, on_bus = await bus_messages(server.url, "oracled.stalled")
             on_stream: list[bytes] = []
             signed_request = {"op": "subscribe", "markets": [MARKET], "signed": True}
             try:
