@@ -106,6 +106,16 @@ def _ask(path: Path, question: list[str]) -> int:
         return main(["audit", "--db", str(path), *argv])
 
 
+def _fresh_copy(trail: Path, folder: Path) -> Path:
+    """`trail` copied into `folder` as audit.sqlite3, over whatever an earlier example of the
+    same test left there (hypothesis runs every example in one tmp_path)."""
+    path = folder / "audit.sqlite3"
+    for stale in folder.glob("audit.sqlite3*"):
+        stale.unlink()
+    shutil.copy(trail, path)
+    return path
+
+
 def _columns(tables: dict[str, tuple[str, ...]]) -> st.SearchStrategy[tuple[str, str]]:
     return st.sampled_from([(t, c) for t, cs in tables.items() for c in cs])
 
@@ -123,10 +133,7 @@ def test_a_changed_cell_of_a_signed_round_never_verifies(
     """Whatever value a signed round's cell is given, `--verify` exits non-zero (a mismatch, a
     round not checked, or the row named as changed) and no question ends in a traceback."""
     assume(cell != ("rounds", "signature") or value is not None)  # unsigned: exit 0, as said
-    path = tmp_path / "audit.sqlite3"
-    for stale in tmp_path.glob("audit.sqlite3*"):
-        stale.unlink()
-    shutil.copy(signed_trail, path)
+    path = _fresh_copy(signed_trail, tmp_path)
     if not _change(path, *cell, row, value):
         return
     codes = [_ask(path, question) for question in QUESTIONS]
@@ -146,10 +153,7 @@ def test_any_other_changed_cell_is_answered_without_a_traceback(
     """A changed cell no signature covers (the stored quotes, transitions, operator actions,
     config loads, dictionaries, the schema version): every question answers with an exit
     code, never a traceback."""
-    path = tmp_path / "audit.sqlite3"
-    for stale in tmp_path.glob("audit.sqlite3*"):
-        stale.unlink()
-    shutil.copy(signed_trail, path)
+    path = _fresh_copy(signed_trail, tmp_path)
     if _change(path, *cell, row, value):
         for question in QUESTIONS:
             assert _ask(path, question) in (0, 1, 2, 3, 4), question
@@ -169,10 +173,7 @@ def test_a_daemon_started_on_a_trail_with_a_changed_cell_goes_on_writing_it(
     round times for retention): whatever one cell holds, its thread never dies with an
     exception, and the new rounds are written or, where SQLite refuses the file, each failure
     is counted."""
-    path = tmp_path / "audit.sqlite3"
-    for stale in tmp_path.glob("audit.sqlite3*"):
-        stale.unlink()
-    shutil.copy(signed_trail, path)
+    path = _fresh_copy(signed_trail, tmp_path)
     if not _change(path, *cell, row, value):
         return
     died: list[BaseException | None] = []
