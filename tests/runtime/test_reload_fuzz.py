@@ -4,7 +4,8 @@ checked through the public outputs alone (the admin answer, /v1/prices, the stre
 /v1/info), as docs/config.md (*Reloading without a restart*) and docs/contracts.md promise.
 
 The single reloads are tested one kind at a time in tests/config/test_reload.py and beside
-this file; here they follow one another on the same daemon, in any order."""
+this file; here they follow one another on the same daemon, in any order, or are asked for
+two at once."""
 
 from __future__ import annotations
 
@@ -371,3 +372,124 @@ async def test_a_market_removed_and_added_back_between_two_rounds_is_told_remove
             assert _removals(every[seen_every:]) == [[NAMED]]
             assert _removals(named[seen_named:]) == [[NAMED]]
             assert [r["market"] for r in _reports(named[seen_named:])] == []
+
+
+def _used(frames: list[dict[str, Any]]) -> set[str]:
+    """The sources the reports among `frames` used."""
+    return {s["id"] for r in _reports(frames) for s in r["sources"] if s["used"]}
+
+
+def _told(old: Shape, new: Shape) -> tuple[list[str], list[str]]:
+    """The markets a reload from `old` to `new` answers added and removed."""
+    return [m for m in new.markets if m not in old.markets], [
+        m for m in old.markets if m not in new.markets
+    ]
+
+
+async def test_two_reloads_at_once_run_one_after_the_other_and_end_in_the_last_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two reloads asked together, the file rewritten between them: a POST and a SIGHUP, or two
+    POSTs, the second asked at once or once the first, past reading its file, stops the
+    sources (then each reads another file). Reloads run one at a time and each reads the file
+    once, so: the first's answer is the change to the file it read, the second's the change
+    from that file to the last; both are counted; and the daemon ends in the last file whole,
+    as /v1/prices, /v1/info, /v1/markets (each market's thresholds and sources), the stream,
+    the sources running (`oracled_source_info`, each of the file's used in a round) and the
+    task count say. Run at once, both reloads would compare their file with the config they
+    started from: a source started twice, or another's left stopped."""
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    sims = {sid: BinanceSim(PRICES, rate_hz=20.0, volatility=0.0) for sid in SOURCES}
+    for sim in sims.values():
+        await sim.start()
+    try:
+        urls = {sid: (sim.ws_url, sim.rest_url) for sid, sim in sims.items()}
+        first = Shape()
+        one = Shape(["s0"], {"BTC/USDT": (1, 0.05), "SOL/USDT": (1, 0.02)})
+        other = Shape(["s1", "s2"], {NAMED: (2, 0.01), "XRP/USDT": (1, 0.05)})
+        path = tmp_path / "oracled.toml"
+        path.write_text(first.toml(urls))
+        service = Service(load_config(path), config_path=path)
+        async with (
+            serving_api(service, safety_s=14) as (http, base),
+            reading(http, base, {"op": "subscribe"}) as every,
+        ):
+            daemon = Daemon(http, base, path)
+            await daemon.first_round()
+            await daemon.all_live(first)
+            await daemon.round_after(1)
+            tasks = _metric(await daemon.metrics(), "oracled_asyncio_tasks")
+
+            async def post() -> dict[str, Any]:
+                async with http.post(base + "/v1/admin/reload", headers=AUTH) as resp:
+                    assert resp.status == 200, await resp.text()
+                    return dict(await resp.json())
+
+            async def second(last: Shape, hup: bool, stopping: str | None) -> dict[str, Any]:
+                """`last` written and reloaded: at once, or once the venue `stopping` lost the
+                daemon's connection (the first reload read its file and stops the sources)."""
+                if stopping is not None:
+                    async with asyncio.timeout(5):
+                        while sims[stopping].stats.active:  # noqa: ASYNC110 - polled
+                            await asyncio.sleep(0)  # each turn of the loop: the stop is short
+                path.write_text(last.toml(urls))
+                if not hup:
+                    return await post()
+                os.kill(os.getpid(), signal.SIGHUP)
+                return {}
+
+            shape = first
+            for last, hup, wait in (
+                (other, True, False),
+                (first, False, False),
+                (other, True, True),
+                (first, False, True),
+            ):
+                counts = await daemon.counts()
+                path.write_text(one.toml(urls))
+                gone = min(set(shape.sources) - set(one.sources))  # stopped, not restarted
+                answers = await asyncio.gather(post(), second(last, hup, gone if wait else None))
+                async with asyncio.timeout(5):  # the SIGHUP's reload is told by /metrics alone
+                    while sum(await daemon.counts()) < sum(counts) + 2:  # noqa: ASYNC110 - polled
+                        await asyncio.sleep(0.02)
+                where = (last, hup, wait, answers)
+                assert await daemon.counts() == (counts[0] + 2, counts[1]), where
+                told = [(a["markets_added"], a["markets_removed"]) for a in answers if a]
+                # Whichever took its turn first read `one` (or, not waited for, maybe `last`):
+                # the other's answer is the change from that file to `last`.
+                turns = [
+                    [_told(shape, r), _told(r, last)] for r in ((one,) if wait else (one, last))
+                ]
+                if hup:  # the SIGHUP has no answer; first, it leaves the POST nothing to change
+                    allowed = [t[:1] for t in turns] + ([] if wait else [[_told(last, last)]])
+                else:  # not waited for, the second POST may be let in first
+                    allowed = turns + ([] if wait else [t[::-1] for t in turns])
+                assert told in allowed, where
+                shape = last
+                await daemon.all_live(last)
+                seen = len(every)
+                await daemon.round_after(2)
+                prices = await daemon.get("/v1/prices")
+                assert [p["market"] for p in prices] == list(last.markets), where
+                assert (await daemon.get("/v1/info"))["markets"] == len(last.markets), where
+                listed = {
+                    m["symbol"]: (m["min_sources"], m["max_deviation"], m["sources"])
+                    for m in (await daemon.get("/v1/markets"))["markets"]
+                }
+                assert {
+                    m: (q, d, [s["source"] for s in sources])
+                    for m, (q, d, sources) in listed.items()
+                } == {m: (q, d, last.sources) for m, (q, d) in last.markets.items()}, where
+                assert {r["market"] for r in _reports(every[seen:])} == set(last.markets), where
+                metrics = await daemon.metrics()
+                running = re.findall(r'^oracled_source_info\{source="(\w+)"', metrics, re.M)
+                assert sorted(running) == last.sources, where
+                async with asyncio.timeout(5):  # each source of the file quotes again
+                    while _used(every[seen:]) != set(last.sources):  # noqa: ASYNC110 - polled
+                        await asyncio.sleep(0.05)
+                # As many sources as at the start: no more tasks (none running twice).
+                now = _metric(await daemon.metrics(), "oracled_asyncio_tasks")
+                assert now <= tasks + 2, (where, tasks, now)
+    finally:
+        for sim in sims.values():
+            await sim.stop()
