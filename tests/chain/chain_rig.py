@@ -160,15 +160,20 @@ class Chain:
 
     async def _send(self, tx: dict[str, Any]) -> Any:
         tx = {"from": self.account, "gas": hex(15_000_000), **tx}
-        tx_hash = await self.rpc("eth_sendTransaction", [tx])
+        receipt = await self.mined(await self.rpc("eth_sendTransaction", [tx]))
+        if receipt is None or int(receipt["status"], 16) != 1:
+            raise RpcFailed(f"transaction failed: {receipt}")
+        return receipt
+
+    async def mined(self, tx_hash: str) -> Any:
+        """The receipt of `tx_hash` once it is mined (None if it is not within about a second):
+        automine answers the hash first and mines a moment later."""
         receipt = None
-        for _ in range(500):  # automine answers the hash first and mines a moment later
+        for _ in range(500):
             receipt = await self.rpc("eth_getTransactionReceipt", [tx_hash])
             if receipt is not None:
                 break
             await asyncio.sleep(0.002)
-        if receipt is None or int(receipt["status"], 16) != 1:
-            raise RpcFailed(f"transaction failed: {receipt}")
         return receipt
 
     async def call(

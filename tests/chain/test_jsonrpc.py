@@ -122,7 +122,10 @@ async def anvil_refusal(chain: Chain, deployed: Deployed, case: str) -> tuple[st
         call = {"from": key.address, "to": deployed.eth_aggregator, "data": data, "gas": "0x7530"}
         return "eth_estimateGas", [call, "latest"]
     if case == "nonce too low":
-        await chain.rpc("eth_sendRawTransaction", [signed(key, 0, base)])  # automined
+        # Automined, but after the hash is answered: until then a second nonce 0 is a
+        # replacement (anvil: "replacement transaction underpriced"), not a nonce too low.
+        first = await chain.rpc("eth_sendRawTransaction", [signed(key, 0, base)])
+        assert await chain.mined(first) is not None
         return "eth_sendRawTransaction", [signed(key, 0, base, gas=21_001)]
     if case in ("transaction already imported", "replacement transaction underpriced"):
         await chain.rpc("evm_setAutomine", [False])  # the first stays in the pool
