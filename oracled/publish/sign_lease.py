@@ -57,9 +57,13 @@ __all__ = [
 FORMAT = "oracled-signing-lease"
 _VERSION = 1
 _ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF")
-#: No round time is past this (the audit trail's bound too): a lease beyond it was changed in
-#: the file, and as the floor it would leave the key unable to sign until the year 146 million.
-_LAST_TIME = 1 << 62
+#: A lease is a round time in milliseconds since the epoch: 13 digits, 2001-09-09 to 2286 (the
+#: tape's rule for `ts`). One below was written in seconds (or is a placeholder such as 0 or 1,
+#: or a clock never set): as the floor it is below every round time, so it protects nothing. One
+#: above, in microseconds, would leave the key unable to sign for tens of thousands of years.
+#: Neither is read as another unit: only a daemon with its clock unset writes one, so what its
+#: writer meant is a guess, and a wrong guess signs round times again or never signs at all.
+_FIRST_TIME, _LAST_TIME = 10**12, 10**13 - 1
 
 
 def _spelling(address: str) -> str:
@@ -213,8 +217,16 @@ class SignLease:
             raise self._problem(f"not a signing lease (key {twice!r} appears twice)")
         for address, ts in state.leases.items():
             body = address.removeprefix("0x")
-            if len(body) != 40 or not set(body) <= _ADDRESS_CHARS or not 0 <= ts <= _LAST_TIME:
+            if len(body) != 40 or not set(body) <= _ADDRESS_CHARS:
                 raise self._problem(f"not a signing lease (entry {address!r}: {ts})")
+            if not _FIRST_TIME <= ts <= _LAST_TIME:
+                raise self._problem(
+                    f"lease {ts} of {address!r} is no round time in milliseconds since the epoch "
+                    "(13 digits, 2001 to 2286; written in seconds or microseconds, or by a clock "
+                    "never set), so no floor: write the newest round time this key signed plus "
+                    "lease_window_ms, in milliseconds, or move the file aside only with the clock "
+                    "known to be past every round time this key signed (docs/publishing.md)"
+                )
         return state
 
     def _lock(self) -> None:

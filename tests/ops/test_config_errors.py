@@ -198,7 +198,11 @@ def test_the_check_as_daemon_reads_the_daemons_files_and_holds_or_writes_none(
     key.chmod(0o600)
     address = SigningKey.from_hex("0x" + "22" * 32).address
     lease = state / "lease.json"
-    leases = {"format": "oracled-signing-lease", "version": 1, "leases": {address: 1}}
+    leases = {
+        "format": "oracled-signing-lease",
+        "version": 1,
+        "leases": {address: 1_700_000_000_000},
+    }
     lease.write_text(json.dumps(leases) + "\n")
     pauses = state / "pauses.json"
     pauses.write_text('{"format": "oracled-manual-pauses", "version": 1, "paused": {}}')

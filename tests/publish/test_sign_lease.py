@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from oracled.config import LEASE_FILE_REQUIRED, SigningConfig
 from oracled.errors import ConfigError
-from oracled.publish.sign_lease import FORMAT, SignLease, open_sign_lease
+from oracled.publish.sign_lease import FORMAT, SignLease, check_sign_lease, open_sign_lease
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, SigningKey
 from oracled.service import Service
 
@@ -307,6 +307,62 @@ def test_a_file_that_is_not_a_lease_is_a_config_error_naming_it_and_the_key(
     assert path.read_text() == body
     path.unlink()  # moved aside: the refused start let its lock go, so this one may start
     SignLease.open(path, KEY.address, WINDOW, T0).close(None)
+
+
+@pytest.mark.parametrize(
+    ("mine", "other"),
+    [
+        (1, None),  # a placeholder: below every round time
+        (0, None),
+        (T0 // 1000, None),  # a script's time.time(), in seconds
+        (10**12 - 1, None),  # 2001-09-09, less a millisecond
+        (T0 * 1000, None),  # in microseconds: the key would not sign for 50,000 years
+        (10**13, None),
+        (T0, T0 // 1000),  # another key's lease in seconds: its floor when it starts here
+    ],
+)
+def test_a_lease_in_another_unit_is_a_config_error_naming_the_value(
+    tmp_path: Path, mine: int, other: int | None
+) -> None:
+    """A lease is a round time in milliseconds. One written in seconds (an operator's script,
+    a placeholder 1) was read as a floor below every round time: the start after it signed,
+    with its clock behind, round times the last run signed, as with no lease at all. Now any
+    lease outside 13 digits (2001 to 2286) stops the start, and `check-config --as-daemon`,
+    naming the file, the key, the value and what to write, and the file stays as it was: a
+    guess at its unit could lower the floor (or, in microseconds, never let the key sign)."""
+    path = tmp_path / "lease.json"
+    leases = {KEY.address: mine} if other is None else {KEY.address: mine, OTHER.address: other}
+    body = json.dumps({"format": FORMAT, "version": 1, "leases": leases})
+    path.write_text(body)
+    wrong = OTHER.address if other is not None else KEY.address
+    for refuse in (
+        lambda: SignLease.open(path, KEY.address, WINDOW, T0),
+        lambda: check_sign_lease(str(path), KEY.address),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            refuse()
+        (text,) = caught.value.problems
+        assert text.startswith(f"signing.lease_file: {path} (signer {KEY.address}): "), text
+        assert f"lease {other if other is not None else mine} of '{wrong}'" in text, text
+        assert "milliseconds" in text and "lease_window_ms" in text, text
+        assert path.read_text() == body
+    leases[wrong] = T0  # written in milliseconds, as the message says: the start takes it
+    path.write_text(json.dumps({"format": FORMAT, "version": 1, "leases": leases}))
+    lease = SignLease.open(path, KEY.address, WINDOW, T0 - 5_000)
+    assert lease.floor == T0
+    lease.close(None)
+
+
+@pytest.mark.parametrize("found", [10**12, 10**13 - 1])
+def test_the_first_and_last_millisecond_leases_are_floors(tmp_path: Path, found: int) -> None:
+    """The bounds of the 13 digits are leases like any other: read as the floor, put back as
+    found by a stop before any round."""
+    path = tmp_path / "lease.json"
+    path.write_text(json.dumps({"format": FORMAT, "version": 1, "leases": {KEY.address: found}}))
+    lease = SignLease.open(path, KEY.address, WINDOW, T0)
+    assert lease.floor == found
+    assert lease.close(None)
+    assert _on_disk(path) == {KEY.address: found}
 
 
 def test_a_missing_directory_or_a_second_writer_is_a_config_error(tmp_path: Path) -> None:

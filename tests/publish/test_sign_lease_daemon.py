@@ -238,16 +238,27 @@ async def test_a_lease_lost_before_the_same_crash_and_restart_lets_it_sign_times
 
 
 @pytest.mark.parametrize(
-    "body",
-    [b"\x00\x17garbage", b'{"format": "oracled-signing-lease", "version": 1, "leases": {"0x12'],
-    ids=["garbage", "truncated"],
+    ("body", "problem"),
+    [
+        (b"\x00\x17garbage", "not a signing lease"),
+        (
+            b'{"format": "oracled-signing-lease", "version": 1, "leases": {"0x12',
+            "not a signing lease",
+        ),
+        (
+            f'{{"format": "oracled-signing-lease", "version": 1, "leases": {{"{KEY.address}": '
+            "1700000000}}".encode(),
+            f"lease 1700000000 of '{KEY.address}' is no round time in milliseconds",
+        ),
+    ],
+    ids=["garbage", "truncated", "in-seconds"],
 )
 def test_a_lease_file_that_cannot_be_read_stops_the_start_naming_it(
-    tmp_path: Path, body: bytes
+    tmp_path: Path, body: bytes, problem: str
 ) -> None:
     """`oracled run` over a lease file that is not one refuses to start (exit code 2) and names
     the setting, the file and the key, rather than signing with no floor; the file is left as
-    it was."""
+    it was. A lease in seconds too: read as milliseconds it was a floor below every round."""
     lease = tmp_path / "signing-lease.json"
     lease.write_bytes(body)
     config = tmp_path / "oracled.toml"
@@ -269,9 +280,7 @@ def test_a_lease_file_that_cannot_be_read_stops_the_start_naming_it(
     )
     assert done.returncode == 2, done.stderr
     assert "oracled: refusing to start: 1 config problem(s)" in done.stderr
-    assert f"signing.lease_file: {lease} (signer {KEY.address}): not a signing lease" in (
-        done.stderr
-    )
+    assert f"signing.lease_file: {lease} (signer {KEY.address}): {problem}" in done.stderr
     assert lease.read_bytes() == body
 
 
