@@ -1,0 +1,367 @@
+"""The determinism promise under faults, on a real daemon: what `oracled record` published and
+stored in its audit trail is what a replay of its recorded quotes gives, byte for byte, `round`
+included (docs/ARCHITECTURE.md, *Determinism*; docs/publishing.md, `--tape`).
+
+Five venues of five types on loopback simulators (oracled/sim/venues.py): three spot venues
+quoting BTC/USD and USDT/USD, a spot venue quoting BTC/USDT (priced through the USDT/USD leg),
+and a perpetual venue quoting BTC-USDT-SWAP (so the reports carry the mark). The faults come
+from the simulators' own controls, in an order and on venues drawn from a seed: garbage frames,
+a dropped connection, a stall with the socket open, one venue's spike, stale frames sent again,
+the daemon itself stopped for a moment (SIGSTOP), and a quorum loss that pauses BTC/USD until
+it resumes with hysteresis. Both tapes (the trail's `--tape` and the recorder's) are replayed
+with the daemon's config and every stored report compared, and so is every report the WS
+stream sent (plain and batch frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import random
+import re
+import signal
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+import tomli_w
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from daemon import ADMIN_TOKEN, Daemon
+
+from oracled.config import Config, load_config, parse_config
+from oracled.publish.audit import AuditReader
+from oracled.replay import replay
+from oracled.sim.venues import SimulatedVenue, simulate
+
+pytestmark = pytest.mark.integration
+SPOT_USD = ("coinbase", "kraken", "bitstamp")
+LIVENESS = {"liveness_timeout_s": 1.0, "rest_poll_interval_s": 0.5, "reconnect_max_s": 0.5}
+_ROUND = re.compile(rb'"round":(\d+),')
+_LIVE = ("active", "degraded")
+_END = 1 << 62
+
+
+def _config(audit: Path) -> Config:
+    return parse_config(
+        {
+            "oracle": {"round_interval_ms": 100, "resume_rounds": 3, "jump_confirm_rounds": 2},
+            "api": {"admin_token_env": "ORACLED_TEST_ADMIN_TOKEN"},
+            "log": {"format": "json"},
+            "audit": {"enabled": True, "path": str(audit), "reserve_bytes": 64 * 1024},
+            "sources": {sid: {"type": sid} for sid in (*SPOT_USD, "binance", "okx")},
+            "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+            "markets": [
+                {
+                    "symbol": "USDT/USD",
+                    "price_exponent": -6,
+                    "min_sources": 2,
+                    "max_age_ms": 1500,
+                    "sources": [{"source": s, "pair": "USDT/USD"} for s in SPOT_USD],
+                },
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 3,
+                    "max_age_ms": 1500,
+                    "max_deviation": 0.01,
+                    "sources": [
+                        *({"source": s, "pair": "BTC/USD"} for s in SPOT_USD),
+                        {"source": "binance", "pair": "BTC/USDT"},
+                    ],
+                    "perp_sources": [{"source": "okx", "pair": "BTC/USDT"}],
+                },
+            ],
+        },
+        env={},
+    )
+
+
+_HEAD, _BATCH_HEAD = b'{"type":"report","data":', re.compile(rb'^\{"type":"reports","round":\d+,')
+
+
+class _Stream:
+    """A `WS /v1/stream` subscriber of every market, plain (`report` frames) or `batch`: the
+    reports it was sent, as the bytes the daemon encoded them in."""
+
+    def __init__(self, base: str, *, batch: bool) -> None:
+        self.base, self.batch = base, batch
+        self.reports: list[bytes] = []
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(
+                self.base.replace("http", "ws", 1) + "/v1/stream", max_msg_size=0
+            ) as ws,
+        ):
+            await ws.send_str(
+                msgspec.json.encode({"op": "subscribe", "batch": self.batch}).decode()
+            )
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                frame = msg.data.encode()
+                if frame.startswith(_HEAD):
+                    self.reports.append(frame[len(_HEAD) : -1] + b"\n")
+                elif _BATCH_HEAD.match(frame):
+                    data = frame[frame.index(b'"data":[') + 8 : -2]
+                    self.reports.extend(x + b"\n" for x in _split(data))
+                else:
+                    assert b'"subscribed"' in frame, frame
+                    self.ready.set()
+
+
+def _split(data: bytes) -> list[bytes]:
+    """The reports of a batch frame's `data` array, as their bytes: split where a report ends
+    (`}` at depth 0), never inside a string (market names and reasons hold no quote)."""
+    out, depth, start, in_string = [], 0, 0, False
+    for i, byte in enumerate(data):
+        if byte == 0x22:
+            in_string = not in_string
+        elif not in_string and byte in b"{[":
+            depth += 1
+        elif not in_string and byte in b"}]":
+            depth -= 1
+            if depth == 0:
+                out.append(data[start : i + 1])
+                start = i + 2  # past the comma
+    return out
+
+
+class _Run:
+    """A recording daemon on simulated venues; `venue(sid)` is a venue's simulator."""
+
+    def __init__(self, daemon: Daemon, venues: list[SimulatedVenue], tape: Path) -> None:
+        self.daemon, self.venues, self.tape = daemon, venues, tape
+        self.streams = [_Stream(daemon.base, batch=False), _Stream(daemon.base, batch=True)]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def subscribe(self) -> None:
+        self._tasks = [asyncio.create_task(s.run()) for s in self.streams]
+        for stream in self.streams:
+            await asyncio.wait_for(stream.ready.wait(), 10.0)
+
+    async def unsubscribed(self) -> None:
+        """The streams' tasks, ended by the daemon's stop (they raise what went wrong)."""
+        await asyncio.wait_for(asyncio.gather(*self._tasks), 10.0)
+
+    def venue(self, sid: str) -> SimulatedVenue:
+        return next(v for v in self.venues if v.source == sid)
+
+    async def btc(self, statuses: set[str], limit_s: float = 10.0) -> dict[str, Any]:
+        return await self.daemon.wait_status("BTC/USD", statuses, limit_s=limit_s)
+
+    async def rounds(self, n: int) -> None:
+        """Until the daemon has published `n` more rounds."""
+        start = int((await self.daemon.report("BTC/USD"))["round"])
+
+        async def later() -> bool:
+            return int((await self.daemon.report("BTC/USD"))["round"]) >= start + n
+
+        await self.daemon.wait_for(later, 10.0, f"{n} more rounds")
+
+
+async def _started(tmp_path: Path) -> _Run:
+    cfg, venues = await simulate(
+        _config(tmp_path / "audit.sqlite3"), rate_hz=10.0, liveness=LIVENESS
+    )
+    dump = cfg.model_dump(by_alias=True, exclude={"admin_token"}, exclude_none=True)
+    daemon = Daemon(tomli_w.dumps(dump), tmp_path)
+    daemon.argv[1] = "record"
+    tape = tmp_path / "recorded.jsonl"
+    run = _Run(daemon, venues, tape)
+    await daemon.start("--out", str(tape))
+    await run.subscribe()
+    return run
+
+
+async def _stop(run: _Run) -> None:
+    try:
+        if run.daemon.proc is not None and run.daemon.proc.poll() is None:
+            assert await asyncio.to_thread(run.daemon.terminate) == 0, run.daemon.logs()[-3000:]
+        await run.unsubscribed()
+    finally:
+        await run.daemon.close()
+        for venue in run.venues:
+            await venue.sim.stop()
+
+
+def _number(line: bytes) -> int:
+    """The round number of a report line."""
+    return int(_ROUND.search(line)[1])  # type: ignore[index]
+
+
+def _ts(line: bytes) -> int:
+    """The round time of a report line."""
+    return int(msgspec.json.decode(line)["ts"])
+
+
+def _by_round(lines: Iterable[bytes]) -> dict[int, list[bytes]]:
+    """Report lines grouped by their round number, in their order."""
+    out: dict[int, list[bytes]] = {}
+    for line in lines:
+        out.setdefault(_number(line), []).append(line)
+    return out
+
+
+def _replayed(cfg: Config, tape: bytes) -> dict[int, list[bytes]]:
+    out = io.BytesIO()
+    stats = replay(cfg, io.BytesIO(tape), out)
+    assert stats.errors == [], stats.errors[:3]
+    return _by_round(out.getvalue().splitlines(keepends=True))
+
+
+def _mismatches(
+    stored: dict[int, list[bytes]], replayed: dict[int, list[bytes]]
+) -> list[tuple[int, list[bytes], list[bytes] | None]]:
+    """Every stored round whose reports the replay does not give byte for byte (but those
+    after the replay's last round, the first at or after the last quote: the daemon ran on
+    without quotes until its stop)."""
+    last = max(replayed)
+    return [
+        (number, lines, replayed.get(number))
+        for number, lines in sorted(stored.items())
+        if number <= last and replayed.get(number) != lines
+    ]
+
+
+async def _faults(run: _Run, rng: random.Random) -> None:
+    """One venue's garbage, disconnect, stall and spike in a seeded order on seeded venues, then
+    a quorum loss of BTC/USD and its recovery."""
+    await run.btc(set(_LIVE), limit_s=20.0)
+    steps = ["garbage", "disconnect", "stall", "spike", "daemon", "duplicates"]
+    rng.shuffle(steps)
+    for step in steps:
+        sid = rng.choice([*SPOT_USD, "binance", "okx"])
+        sim = run.venue(sid).sim
+        await run.daemon.wait_for(lambda: sim.clients, 10.0, f"{sid} connected")  # noqa: B023
+        if step == "garbage":
+            assert sim.garbage(rng.randint(3, 12)) > 0
+        elif step == "disconnect":
+            assert sim.disconnect() > 0
+        elif step == "stall":
+            sim.silence(rng.uniform(1.2, 2.0))  # past the source's 1 s liveness limit
+        elif step == "duplicates":  # the venue's last frames again, out of order
+            assert sim.replay_stale(rng.randint(2, 20)) >= 0
+        elif step == "daemon":  # the daemon itself stopped: its round loop catches up after
+            assert run.daemon.proc is not None
+            os.kill(run.daemon.proc.pid, signal.SIGSTOP)
+            await asyncio.sleep(rng.uniform(0.3, 0.8))
+            os.kill(run.daemon.proc.pid, signal.SIGCONT)
+        else:
+            spiked = rng.choice(SPOT_USD)
+            key = run.venue(spiked).keys[("BTC/USD", "spot")]
+            run.venue(spiked).sim.spike(key, rng.choice((1.3, 0.7)), rng.uniform(1.0, 2.0))
+        await run.rounds(rng.randint(2, 6))
+    lost = rng.sample(SPOT_USD, 2)  # 2 of 4 BTC/USD sources left, and USDT/USD's leg on 1
+    for sid in lost:
+        run.venue(sid).sim.rest_enabled = False
+        run.venue(sid).sim.silence(None)
+    paused = await run.btc({"paused", "unknown"}, limit_s=15.0)
+    assert "quorum" in paused["reasons"], paused
+    await run.rounds(rng.randint(1, 5))
+    for sid in lost:
+        run.venue(sid).sim.rest_enabled = True
+        run.venue(sid).sim.reset()
+    await run.btc(set(_LIVE), limit_s=15.0)
+    await run.rounds(3)
+
+
+def _stored(cfg: Config) -> tuple[dict[int, list[bytes]], bytes]:
+    """The trail's reports by round, from the round of its first quote on (the daemon's
+    first rounds, before any venue answered, are stored and not replayed), and its tape."""
+    reader = AuditReader(cfg.audit.path)
+    try:
+        stored = _by_round(reader.report_lines(0, _END))
+        tape = io.BytesIO()
+        reader.tape(tape, 0, _END)
+    finally:
+        reader.close()
+    first = msgspec.json.decode(tape.getvalue().split(b"\n", 2)[1])["ts"]
+    return {n: lines for n, lines in stored.items() if _ts(lines[0]) >= first}, tape.getvalue()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_a_daemon_under_venue_faults_replays_to_every_stored_report(
+    tmp_path: Path, seed: int
+) -> None:
+    """Under a seeded schedule of venue faults, the replay of the trail's tape and of
+    `record`'s tape, each with the daemon's config, give every report the trail stored, byte
+    for byte, `round` included; the trail shows the faults took effect (an outlier, a quorum
+    pause, the `resuming` hold before BTC/USD was live again) and the mark in every BTC/USD
+    report."""
+    run = await _started(tmp_path)
+    try:
+        await _faults(run, random.Random(seed))
+    finally:
+        await _stop(run)
+    cfg = load_config(run.daemon.config)
+    stored, trail_tape = _stored(cfg)
+    reports = [msgspec.json.decode(line) for lines in stored.values() for line in lines]
+    btc = [r for r in reports if r["market"] == "BTC/USD"]
+    assert any("quorum" in r["reasons"] for r in btc)
+    assert any("resuming" in r["reasons"] for r in btc)
+    assert any(s["reason"] == "outlier" for r in btc for s in r["sources"])
+    assert any(r["status"] in _LIVE and r["mark"]["price"] is not None for r in btc)
+    assert any(s.get("via") == "USDT/USD" and s["used"] for r in btc for s in r["sources"])
+    quoted = min(stored)
+    assert len(stored) >= 40
+    for tape in (trail_tape, run.tape.read_bytes()):
+        replayed = _replayed(cfg, tape)
+        assert _mismatches(stored, replayed) == []
+    # What the streams sent is the replay's too, report for report.
+    lines = {line for lines in replayed.values() for line in lines}
+    for stream in run.streams:
+        sent = [r for r in stream.reports if quoted <= _number(r) <= max(replayed)]
+        assert len(sent) >= 80
+        assert [r for r in sent if r not in lines] == []
+
+
+async def test_a_manual_pause_is_in_the_trail_and_the_replay_differs_only_where_it_moved(
+    tmp_path: Path,
+) -> None:
+    """A manual pause and resume of BTC/USD through the admin API mid-run: the trail holds
+    both actions (actor, market, time); a tape holds quotes only (docs/contracts.md), so its
+    replay gives every stored report byte for byte up to the pause and every USDT/USD report
+    after it, and differs in the BTC/USD reports the pause moved, as documented."""
+    run = await _started(tmp_path)
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    try:
+        await run.btc(set(_LIVE), limit_s=20.0)
+        await run.rounds(3)
+        status, body = await run.daemon.post("/v1/admin/markets/BTC-USD/pause", headers=auth)
+        assert status == 200, body
+        assert (await run.btc({"paused"}))["reasons"] == ["manual"]
+        await run.rounds(3)
+        status, body = await run.daemon.post("/v1/admin/markets/BTC-USD/resume", headers=auth)
+        assert status == 200, body
+        await run.btc(set(_LIVE))
+        await run.rounds(3)
+    finally:
+        await _stop(run)
+    cfg = load_config(run.daemon.config)
+    stored, trail_tape = _stored(cfg)
+    reader = AuditReader(cfg.audit.path)
+    try:
+        actions = reader.actions("BTC/USD", 0, _END)
+    finally:
+        reader.close()
+    assert [a.action for a in actions] == ["pause", "resume"]
+    paused_at = actions[0].ts
+    for tape in (trail_tape, run.tape.read_bytes()):
+        replayed = _replayed(cfg, tape)
+        bad = _mismatches(stored, replayed)
+        assert bad, "a replay cannot know of the pause"
+        assert any(b'"reasons":["manual"]' in lines[1] for _, lines, _ in bad)
+        for _, lines, again in bad:
+            assert _ts(lines[0]) > paused_at
+            assert again is not None and again[0] == lines[0]  # USDT/USD: config order
+            live, replay_btc = msgspec.json.decode(lines[1]), msgspec.json.decode(again[1])
+            if live["status"] in _LIVE:  # live again: the mark's basis EMA carries the pause
+                assert {**live, "mark": None} == {**replay_btc, "mark": None}
