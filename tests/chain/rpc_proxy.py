@@ -42,6 +42,9 @@ take longer than its block headers, as a multicall read does on most).
 `refuse` maps a method to the JSON-RPC error objects answered to its next requests, one each,
 in any mode (a node refusing a request on its merits, in the words of a node the tests do not
 run); the method's other requests are handled as the mode says.
+`rewrite`, when set, is called in any mode that forwards with the request and the node's answer
+to it, and returns the answer to send instead: JSON, or an aiohttp `Response` sent as it is (a
+status, headers, bytes that are no JSON); a property-based test drives a hostile node with it.
 `methods` lists the method of every request received, in order. `stop()` closes the listening
 socket, so the endpoint dies mid-run.
 """
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -115,6 +119,7 @@ class RpcProxy:
         self.head_delay_s: float | None = None  # "slow": how late a header, if not `delay_s`
         self.methods: list[str] = []
         self.refuse: dict[str, list[dict[str, Any]]] = {}  # method -> errors to answer, in order
+        self.rewrite: Callable[[Any, Any], Any] | None = None  # (request, answer) -> what to send
         self.pins: list[Any] = []  # the block argument of every eth_call
         self.user_agents: list[str] = []  # of every request, to tell web3's from our client's
         self.streamed = 0  # "endless": bytes of its bodies written before the client hung up
@@ -272,6 +277,10 @@ class RpcProxy:
                 item["result"] = None
             if mode == "mangle" and method in MANGLED and result is not None:
                 item["result"] = MANGLED[method]
+        if self.rewrite is not None:
+            answer = self.rewrite(sent, answer)
+            if isinstance(answer, web.StreamResponse):
+                return answer
         if mode == "drip" and items[0].get("method") == "eth_call":
             return await self._drip(request, answer)
         return web.json_response(answer)

@@ -4,6 +4,8 @@ and a block that a reorg takes away before its read, which is not the endpoint's
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import pytest
 from chain_rig import Anvil, Chain, Deployed
@@ -104,3 +106,46 @@ async def test_a_null_head_is_garbage_from_its_endpoint_and_the_next_one_is_aske
     assert [q.price for q in got.quotes] == [3000.0]
     assert reader.stats.reads_failed == 0
     assert reader.rpc.stats[0].by_kind == {"garbage": 1} and reader.rpc.active == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        (None, "0x1"),
+        (None, 5),
+        ("number", "-0x5"),
+        ("timestamp", "1_0"),
+        ("hash", "0x" + "f" * 70),
+        ("hash", None),
+    ],
+    ids=["string", "number", "negative", "underscore", "long_hash", "no_hash"],
+)
+async def test_a_head_that_is_no_header_is_garbage_from_its_endpoint(
+    anvil: Anvil,
+    http: aiohttp.ClientSession,
+    snapshot: Deployed,
+    proxy: RpcProxy,
+    field: str | None,
+    value: object,
+) -> None:
+    """An answer to the latest block that is not a block header (a string or a number instead,
+    a number or time that is no hex quantity, a hash that is not 32 bytes) is the endpoint's
+    garbage, as a null one is: counted on it, and the next poll goes to the next URL, which is
+    published. Found by fuzzing the reader with a hostile node (tests/chain/test_chain_fuzz.py):
+    before, only a read failure was counted, and the client kept the endpoint that answered, so
+    every poll asked it again and the healthy URL was never used."""
+
+    def garble(request: Any, answer: Any) -> Any:
+        if request.get("method") != "eth_getBlockByNumber":
+            return answer
+        if field is None:
+            return {**answer, "result": value}
+        return {**answer, "result": {**answer["result"], field: value}}
+
+    proxy.rewrite = garble
+    reader = make_reader([proxy.url, anvil.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert not await reader.poll_once()
+    assert reader.rpc.stats[0].by_kind == {"garbage": 1} and reader.rpc.active == 1
+    assert await reader.poll_once()
+    assert [q.price for q in got.quotes] == [3000.0]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -157,8 +158,20 @@ class _Notice(msgspec.Struct):
 _notice_decoder: Final = msgspec.json.Decoder(_Notice)
 
 
+#: A quantity as JSON-RPC writes one (0x, hex digits), and a block hash: `int(x, 16)` alone
+#: also takes "-0x5", "1_0" or " 5 ", which no node sends.
+_QUANTITY: Final = re.compile(r"0x[0-9a-fA-F]{1,64}")
+_HASH: Final = re.compile(r"0x[0-9a-fA-F]{64}")
+
+
 def _block(header: Any) -> Block:
+    """A header's number, hash and time; ValueError (or msgspec's ValidationError) when the
+    answer is not a block header."""
     h = msgspec.convert(header, _Header)
+    if not (_QUANTITY.fullmatch(h.number) and _QUANTITY.fullmatch(h.timestamp)):
+        raise ValueError("block header: number or timestamp is not a hex quantity")
+    if not _HASH.fullmatch(h.hash):
+        raise ValueError("block header: hash is not 32 bytes of hex")
     return Block(int(h.number, 16), h.hash, int(h.timestamp, 16))
 
 
@@ -287,11 +300,17 @@ class ChainReader:
     async def _poll_head(self, *, again: bool) -> bool:
         self.stats.round_trips += 1
         try:
-            block = _block(
-                await self.rpc.call("eth_getBlockByNumber", ["latest", False], required=True)
-            )
-        except (*_READ_ERRORS, msgspec.ValidationError) as exc:
+            head = await self.rpc.call("eth_getBlockByNumber", ["latest", False], required=True)
+        except _READ_ERRORS as exc:
             self._read_failed(None, exc)
+            return False
+        try:
+            block = _block(head)
+        except (ValueError, msgspec.ValidationError) as exc:
+            # An answer that is no header is the endpoint's garbage, as a null one is: counted
+            # on it and left for the next URL. Before, only the read failure was counted, and
+            # the client kept the endpoint that answered, so the next poll asked it again.
+            self._garbage(None, ValueError(str(exc)), "eth_getBlockByNumber")
             return False
         endpoint = self.rpc.stats[self.rpc.active].name  # the one that answered
         refused = self._refusal(block, endpoint=endpoint)
@@ -402,13 +421,14 @@ class ChainReader:
         took = self.rpc.stats[index].last_latency_s
         return None if took is None or not isinstance(answer, str) else (answer, took)
 
-    def _garbage(self, block: Block, exc: ValueError) -> None:
+    def _garbage(self, block: Block | None, exc: ValueError, method: str = "eth_call") -> None:
         """The endpoint answered the read, but not with an aggregate3 answer of our calls on
-        that block (null, not hex, the wrong ABI length, another block's): its fault, counted on
+        that block (null, not hex, the wrong ABI length, another block's), or a poll with no
+        block header (`method` says which): its fault, counted on
         it (`garbage`) and left for the next URL, as the client does with an answer that is not
         JSON-RPC. Without this the client keeps the endpoint that answered, and one that answers
         every head but garbles every read would keep the healthy URLs unused for good."""
-        self.rpc.fail_active("garbage", f"eth_call: {exc}"[:120])
+        self.rpc.fail_active("garbage", f"{method}: {exc}"[:120])
         self._read_failed(block, exc)
 
     def _results(self, raw: Any, count: int) -> list[tuple[bool, bytes]]:
