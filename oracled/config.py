@@ -741,7 +741,9 @@ def slot_route(cfg: Config, market: MarketConfig, pair: str) -> str | None:
 def parse_listen(value: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[::1]:PORT`` for IPv6); raise ValueError with a clear message."""
     host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    # ASCII digits only: str.isdigit() and int() also take "²" and other scripts' digits (int()
+    # read "٨٠" as port 80), and int() refuses over 4,300 digits in its own words.
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port_text):
         raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8480")
     port = int(port_text)
     if not 0 <= port <= 65535:

@@ -240,6 +240,17 @@ def test_listen_takes_ip_addresses_and_host_names() -> None:
             parse_listen(bad)
 
 
+@pytest.mark.parametrize("port", ["٨٠", "²", "8480\u200b", "9" * 5000, ""])
+def test_a_listen_port_is_ascii_digits(port: str) -> None:
+    """A port of other digits than 0-9 is refused as not HOST:PORT. int() read the
+    Arabic-Indic "٨٠" as port 80, so the config loaded and the daemon bound a port the file
+    does not show; "²" (a digit to str.isdigit, not to int()) and 5,000 digits (past int()'s
+    limit) were refused in Python's words ("invalid literal for int()", "Exceeds the limit")."""
+    with pytest.raises(ValueError) as caught:
+        parse_listen(f"127.0.0.1:{port}")
+    assert str(caught.value) == "must be HOST:PORT, e.g. 127.0.0.1:8480"
+
+
 def test_the_admin_token_loses_the_whitespace_around_it() -> None:
     """A token read from a file or a Secret often ends in a newline, which no HTTP client can
     send (header values are trimmed): kept, it made every admin request 401. It is stripped, as
