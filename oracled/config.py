@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -778,8 +779,15 @@ def _path(loc: tuple[int | str, ...]) -> str:
         elif isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + _key(str(part))
     return out or "(top level)"
+
+
+def _key(name: str) -> str:
+    """A key as it is named in a problem: a quoted TOML key may hold any character, and one
+    with a line break, an escape sequence or none at all is shown quoted and escaped, so that
+    the problem stays one line and the terminal that shows it does only show it."""
+    return name if name and name.isprintable() else json.dumps(name)
 
 
 _BOUND_ERRORS = frozenset(
