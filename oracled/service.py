@@ -493,6 +493,7 @@ class Service:
         self._signed_stall = (
             SignedStall(self._stall_limit_ms, self.signer) if self.signer is not None else None
         )
+        self._signing_at = 0.0  # when the round being signed was handed (`_monotonic_ms`)
         self._signer_worker = (
             SignerWorker(
                 self.signer,
@@ -959,14 +960,18 @@ class Service:
 
     def _publish_round(self, result: RoundResult) -> None:
         """Hand a round to the signer (which publishes it once signed) or straight to NATS."""
-        if self._signer_worker is not None:
-            self._signer_worker.submit(result)
+        worker = self._signer_worker
+        if worker is not None:
+            worker.submit(result)
+            if worker.signing == result.ts:  # being signed: when, for the stall rule
+                self._signing_at = self._monotonic_ms()
         elif self.nats is not None:
             self.nats.submit(result)
 
     def _on_signed(self, signed: SignedRound) -> None:
         assert self._signed_stall is not None  # a signer's callback
-        if self._signed_stall.signed(signed.ts, signed.round):  # a stall notice told: it ends
+        # A stall notice told: it ends.
+        if self._signed_stall.signed(signed.ts, signed.round, self._monotonic_ms()):
             self.log.info(
                 "signed rounds again",
                 outlets=self._signed_outlets,
@@ -978,6 +983,11 @@ class Service:
             self.nats.submit(signed)
         if self.audit is not None:
             self.audit.submit_signed(signed)
+
+    def _monotonic_ms(self) -> float:
+        """The stall rule's time: the monotonic clock's, as the API's stall watch reads it (a
+        round's time is the wall clock's, which a step forward moves past the limit at once)."""
+        return self.clock.monotonic() * 1000.0
 
     def _stall_limit_ms(self) -> float:
         """The API's stall limit (`ApiContext.stalled`), for the notice of rounds that go
@@ -994,7 +1004,8 @@ class Service:
         sends nothing of the round but counts it, learns that the round loop runs (a stall
         notice of the loop it holds is over) and keeps the signed notice while it lasts."""
         assert self._signer_worker is not None and self._signed_stall is not None  # its callback
-        told = self._signed_stall.unsigned(result.ts, reason, self._signer_worker.signing)
+        signing = None if self._signer_worker.signing is None else self._signing_at
+        told = self._signed_stall.unsigned(reason, self._monotonic_ms(), signing)
         if told is not None:
             self.hub.signed_stalled(told.notice)
             self.log.warning(

@@ -10,7 +10,9 @@ streams' `stalled` error frame, the round it names, and the key's signature over
 service owns the one `SignedStall` and hands its notice to every outlet (the hub, the NATS
 sink), so that the bus and the streams get the same bytes, decided once per round.
 
-Nothing here does I/O or reads a clock: the time is the rounds' own.
+Nothing here does I/O or reads a clock: the times are handed in, the monotonic clock's (as the
+API's stall watch reads it), not the rounds' own, so that a wall clock stepped forward, whose
+next round time is that far ahead, is no time without a signed round.
 """
 
 from __future__ import annotations
@@ -80,10 +82,11 @@ class SignedStall:
     the notice that says so, made once per stall (until the next signed round).
 
     `stall_limit_ms` is the API's (3 round intervals, 5 s at least; the daemon hands in its
-    own), read at each round: a reload that changes the round interval changes it. A round still
-    being signed (`signing`) counts as signed: the round after it is skipped as `busy` while it
-    is on its way, which is no sign that signing stopped; a signing that never ends is told
-    once its round is past the limit too. Before the first signed round nothing is told: there
+    own), read at each round: a reload that changes the round interval changes it. Times (`at`,
+    `signing`) are milliseconds of the monotonic clock. A round still being signed (`signing`:
+    when it was handed to the signer) counts as signed: the round after it is skipped as `busy`
+    while it is on its way, which is no sign that signing stopped; a signing that never ends is
+    told once its round is past the limit too. Before the first signed round nothing is told: there
     is no signed round to name (a daemon held at its floor after a restart), and the consumers'
     last one, of the run before, is older still.
     """
@@ -93,29 +96,33 @@ class SignedStall:
     def __init__(self, stall_limit_ms: Callable[[], float], signer: RoundSigner) -> None:
         self._limit_ms = stall_limit_ms
         self._signer = signer  # signs the notice, as it signs the rounds
-        self._last: tuple[int, int] | None = None  # (ts, round) of the newest signed round
+        #: (ts, round, when it was signed) of the newest signed round
+        self._last: tuple[int, int, float] | None = None
         #: The notice of the stall going on (kept: an outlet that lost it sends it again), or None.
         self.notice: bytes | None = None
 
-    def signed(self, ts: int, round_no: int) -> bool:
-        """A round was signed: the signed consumers have it, and a stall is over (True if one
-        had been told)."""
-        self._last = (ts, round_no)
+    def signed(self, ts: int, round_no: int, at: float) -> bool:
+        """A round was signed (at `at`): the signed consumers have it, and a stall is over (True
+        if one had been told)."""
+        self._last = (ts, round_no, at)
         told, self.notice = self.notice is not None, None
         return told
 
-    def unsigned(self, ts: int, reason: str, signing: int | None = None) -> Unsigned | None:
-        """The round of time `ts` was left unsigned (`reason`): the stall to tell, when no round
-        has been signed for longer than the limit by then and it is not told yet, else None
+    def unsigned(self, reason: str, at: float, signing: float | None = None) -> Unsigned | None:
+        """A round was left unsigned (`reason`) at `at`: the stall to tell, when no round has
+        been signed for longer than the limit by then and it is not told yet, else None
         (`notice` holds a stall told already, until the next signed round)."""
         last = self._last
         if self.notice is not None:
             return None  # told already
-        if last is None or ts - max(last[0], signing or 0) <= self._limit_ms():
+        if last is None:
             return None
-        signed_ts, round_no = last
+        since = last[2] if signing is None else max(last[2], signing)
+        if at - since <= self._limit_ms():
+            return None
+        signed_ts, round_no, signed_at = last
         message = (
-            f"no round signed since round {round_no} for {(ts - signed_ts) / 1000:.1f} s (the "
+            f"no round signed since round {round_no} for {(at - signed_at) / 1000:.1f} s (the "
             f"round loop runs; the signer skips its rounds: {reason}), so its signed reports "
             "are not current; signed reports follow with the next signed round"
         )

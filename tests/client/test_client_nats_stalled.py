@@ -71,17 +71,23 @@ class BusDaemon(api_rig.Rig):
     def step(self, markets: dict[str, float] | None = None) -> RoundResult:
         result = super().step(markets)
         self.signed.append(self.signer.sign(result))
-        self.rule.signed(result.ts, result.round)
+        self.rule.signed(result.ts, result.round, self.monotonic_ms())
         self.hub.publish_signed(self.signed[-1])
         self.sink.submit(self.signed[-1])
         return result
 
+    def monotonic_ms(self) -> float:
+        """The rule's time, as the daemon hands it: the clock's monotonic milliseconds (on the
+        rig's clock, a round's time)."""
+        return self.clock.monotonic() * 1000.0
+
     def step_unsigned(self, reason: str = "lease", signing: int | None = None) -> RoundResult:
-        """A round the signer leaves unsigned (`reason`; `signing`, the time of a round still
-        being signed), handed to the rule and the sink as the daemon hands it: published
-        unsigned by the hub, nothing of it on the bus, the rule's notice to both when due."""
+        """A round the signer leaves unsigned (`reason`; `signing`, when a round still being
+        signed was handed to the signer: its time, on the rig's clock), handed to the rule and
+        the sink as the daemon hands it: published unsigned by the hub, nothing of it on the
+        bus, the rule's notice to both when due."""
         result = super().step()
-        told = self.rule.unsigned(result.ts, reason, signing)
+        told = self.rule.unsigned(reason, self.monotonic_ms(), signing)
         if told is not None:
             self.hub.signed_stalled(told.notice)
         self.sink.unsigned(result, self.rule.notice)

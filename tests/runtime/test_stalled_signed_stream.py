@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from one_venue import (
@@ -176,3 +177,38 @@ async def test_the_bus_and_the_signed_streams_get_the_same_notice_decided_once(
         assert not [e for e in logs if "stall notice" in e["event"] and e not in notices]
     finally:
         server.stop()
+
+
+async def test_a_wall_clock_stepped_forward_is_no_stall_of_the_signed_rounds(
+    tmp_path: Path,
+) -> None:
+    """The wall clock stepped 8 s forward (NTP putting a slow clock right), past the signing
+    lease (a 1 s window) and the stall limit (5 s): the round after the step goes unsigned
+    (`lease`) while the lease is written ahead, and the next ones are signed. The round loop
+    never stopped (the 160 rounds the step skipped are computed late, in a moment), so signed
+    subscribers get no `stalled` frame and no stall is logged. The time without a signed round
+    was measured between the rounds' times, so the step read as 8 s of rounds left unsigned,
+    and every signed subscriber and NATS were told a stall."""
+    lease = MovableLease(tmp_path)
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        clock = SteppedClock()
+        service = Service(stalling_config(sim, signing=lease.signing), clock=clock)
+        assert service.signer is not None
+        signer = service.signer.stats
+        signed_request = {"op": "subscribe", "markets": [MARKET], "signed": True}
+        with capture_logs() as logs:
+            async with (
+                serving_api(service, SAFETY_S) as (http, base),
+                reading(http, base, signed_request) as signed,
+            ):
+
+                def signed_after(ts: int) -> list[dict[str, Any]]:
+                    return [f for f in signed if f["type"] == "signed" and f["data"]["ts"] > ts]
+
+                await until(lambda: len(signed_after(0)) >= 3, "signed rounds")
+                stepped = clock.now_ms() + 8_000
+                clock.back_ms = -8_000  # 8 s forward
+                await until(lambda: len(signed_after(stepped)) >= 3, "signed after the step")
+        assert signer.errors["lease"] >= 1  # the round after the step: past the lease
+        assert not stalls(signed), stalls(signed)
+        assert "stall notice: no round signed" not in [e["event"] for e in logs]
