@@ -31,6 +31,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     SecretStr,
     ValidationError,
     field_validator,
@@ -384,6 +385,33 @@ class PushConfig(_Frozen):
     _markets_tuple = field_validator("markets", mode="before")(_as_tuple)
 
 
+#: The most in-range liquidity a Uniswap v3 pool holds (a uint128).
+MAX_POOL_LIQUIDITY = 2**128 - 1
+
+
+def _check_liquidity(value: object) -> int | float:
+    """A pool's `min_liquidity`: an integer, or a float, since the liquidity of two 18-decimal
+    tokens often exceeds TOML's 64-bit integers. One check, not a union of the two types, whose
+    problems named pydantic's members (`min_liquidity.constrained-int`), twice for one value.
+    At most a uint128: a larger minimum flags every quote of the pool, and an integer past a
+    float's range stopped the source at each start (OverflowError in its float())."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    if isinstance(value, float) and not math.isfinite(value):  # (isfinite overflows on ints)
+        raise ValueError("must be a finite number")
+    if value < 0:
+        raise ValueError("must be >= 0")
+    if value > MAX_POOL_LIQUIDITY:
+        raise ValueError(
+            f"must be <= {float(MAX_POOL_LIQUIDITY):g} (2**128 - 1, the most liquidity a pool "
+            "holds: a larger minimum flags every quote of the pool)"
+        )
+    return value
+
+
+Liquidity = Annotated[int | float, PlainValidator(_check_liquidity)]
+
+
 class FeedSpec(_Frozen):
     """One on-chain feed of a source; which keys apply depends on the source type.
 
@@ -399,10 +427,7 @@ class FeedSpec(_Frozen):
     feed_id: Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$")] | None = None
     max_age_s: Annotated[int, Field(ge=1, le=7 * 86_400)] | None = None
     twap_window_s: Annotated[int, Field(ge=1, le=7 * 86_400)] = 300
-    # A float too: liquidity of two 18-decimal tokens often exceeds TOML's 64-bit integers.
-    min_liquidity: (
-        Annotated[int, Field(ge=0)] | Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
-    ) = None
+    min_liquidity: Liquidity | None = None
     token0_decimals: Annotated[int, Field(ge=0, le=36)] | None = None
     token1_decimals: Annotated[int, Field(ge=0, le=36)] | None = None
     invert: bool = False
