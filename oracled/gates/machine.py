@@ -11,10 +11,12 @@ Rules, per market and round:
   accepted: one venue cannot move the median (that needs a quorum), and a real market-wide move
   is followed after a short, bounded hold instead of being frozen forever.
 - Resuming needs `resume_rounds` consecutive healthy rounds (hysteresis), so a flapping source
-  cannot toggle the market every round. A confirmed jump counts as its own confirmation only
-  for a market that was live when the hold began; a market that was already paused (quorum,
-  manual, ...) and comes back beyond the breaker needs both the confirmation and
-  `resume_rounds` rounds at the new level, so the jump is never a shorter way back.
+  cannot toggle the market every round. The rounds of a held jump count (they had a quorum and
+  agreement), so that a level on the breaker's edge cannot keep a market paused. A confirmed
+  jump counts as its own confirmation only for a market that was live when the hold began; a
+  market that was already paused (quorum, manual, ...) and comes back beyond the breaker needs
+  both the confirmation and `resume_rounds` rounds at the new level, so the jump is never a
+  shorter way back.
 - A price below the market's resolution floor (`config.RESOLUTION_UNITS` units of its last
   digit: 0.001 at two decimals would go out as "0.00") is a hard reason too, `resolution`: the
   market is paused (unknown if it never had a price) rather than published as a rounded number
@@ -148,12 +150,17 @@ def step(
     held = beyond & ~confirmed
     reasons |= np.where(held, JUMP, 0)
 
-    healthy = candidate_ok & ~held & ~manual
-    streak = np.where(healthy, state.streak[idx] + 1, 0)
+    # The streak counts rounds with a quorum and agreement and no operator pause, held ones
+    # included: a level on the breaker's edge, beyond it one round and inside the next, would
+    # otherwise reset the hold and the streak in turn and keep the market paused as long as
+    # that lasts.
+    counted = candidate_ok & ~manual
+    healthy = counted & ~held
+    streak = np.where(counted, state.streak[idx] + 1, 0)
     # A hold that began in a paused market is followed only once its rounds (each had a quorum
-    # and agreement) make a full healthy streak.
+    # and agreement) make a full healthy streak; a price inside the breaker needs the streak.
     followed = confirmed & (jump_live | (jump_count >= p.resume_rounds))
-    live = healthy & (was_live | (streak >= p.resume_rounds) | followed)
+    live = healthy & (was_live | ((streak >= p.resume_rounds) & ~beyond) | followed)
 
     degraded_bits = np.where(x.outliers > 0, OUTLIER, 0) | np.where(
         x.used == p.min_sources, THIN, 0

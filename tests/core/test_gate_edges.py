@@ -219,3 +219,34 @@ def test_a_live_market_follows_a_confirmed_jump_without_waiting_for_the_resume_s
     sc.rounds(10, _btc(50_000.0))
     seen = [_summary(r["BTC/USD"]) for r in sc.rounds(4, _btc(60_000.0))]
     assert seen == [("paused", ["jump"], None)] * 2 + [("active", [], "60000.00")] * 2
+
+
+def test_a_crash_that_settles_on_the_breakers_edge_is_followed_not_frozen() -> None:
+    """Every source falls to about -10 %, the 10 % breaker, and the level then wobbles by
+    0.05 % around it: beyond the breaker one round (held), inside it the next. The rounds of
+    the hold count towards the streak, so the market is live again in the first round inside
+    the breaker. (Before, the hold and the streak reset each other and the market stayed
+    paused as long as the wobble lasted, far longer than jump_confirm_rounds.)"""
+    sc = Scenario(config([market("BTC/USD", "abcde")], resume_rounds=3, jump_confirm_rounds=4))
+    assert _summary(sc.rounds(3, _btc(50_000.0))[-1]["BTC/USD"])[0] == "active"
+    seen = [_summary(sc.round(_btc(p))["BTC/USD"]) for p in [44_975.0, 45_025.0] * 4]
+    assert seen == [
+        ("paused", ["jump"], None),
+        *[("active", [], "45025.00"), ("active", [], "44975.00")] * 3,
+        ("active", [], "45025.00"),
+    ]
+
+
+def test_a_crash_that_bounces_inside_the_breaker_is_followed_after_the_hold_only() -> None:
+    """A live market's sources fall 15 % (held), bounce to -5 % (inside the breaker: live
+    there, its streak unbroken by the held round), then fall to -50 %: that move began in a
+    live market and is followed after jump_confirm_rounds (1), not after resume_rounds (6)."""
+    sc = Scenario(config([market("BTC/USD", "abcde")], resume_rounds=6, jump_confirm_rounds=1))
+    assert _summary(sc.rounds(6, _btc(50_000.0))[-1]["BTC/USD"])[0] == "active"
+    seen = [_summary(sc.round(_btc(p))["BTC/USD"]) for p in (42_500.0, 47_500.0, 25_000.0)]
+    assert seen == [
+        ("paused", ["jump"], None),
+        ("active", [], "47500.00"),
+        ("paused", ["jump"], None),
+    ]
+    assert _summary(sc.round(_btc(25_000.0))["BTC/USD"]) == ("active", [], "25000.00")
