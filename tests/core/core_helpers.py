@@ -120,3 +120,16 @@ def with_prices(**changes: Mapping[str, float]) -> dict[str, dict[str, float]]:
     for key, by_source in changes.items():
         out[key.replace("_", "/")].update(by_source)
     return out
+
+
+def went_live_legitimately(reps: list[Report], r: int, resume: int) -> bool:
+    """Round r is live after a round that was not: either the resume_rounds rounds ending at r
+    all had a quorum, agreement and no operator pause (nothing but `resuming` or `jump`), or
+    the market was live right before a hold of `jump` rounds that r follows."""
+    window = reps[r - resume + 1 : r] if r + 1 >= resume else None
+    if window is not None and all(set(rep.reasons) <= {"resuming", "jump"} for rep in window):
+        return True
+    k = r - 1
+    while k >= 0 and reps[k].reasons == ["jump"]:
+        k -= 1
+    return k < r - 1 and k >= 0 and reps[k].status in ("active", "degraded")

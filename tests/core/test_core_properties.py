@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import msgspec
-from core_helpers import ROUND_MS, T0, USDT_ROUTE, config
+from core_helpers import ROUND_MS, T0, USDT_ROUTE, config, went_live_legitimately
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -286,19 +286,6 @@ def test_the_same_inputs_give_byte_identical_reports(
         assert [enc.encode(r) for r in ra.reports()] == [enc.encode(r) for r in rb.reports()]
 
 
-def _went_live_legitimately(reps: list[Report], r: int, resume: int) -> bool:
-    """Round r is live after a round that was not: either the resume_rounds rounds ending at r
-    all had a quorum, agreement and no operator pause (nothing but `resuming` or `jump`), or
-    the market was live right before a hold of `jump` rounds that r follows."""
-    window = reps[r - resume + 1 : r] if r + 1 >= resume else None
-    if window is not None and all(set(rep.reasons) <= {"resuming", "jump"} for rep in window):
-        return True
-    k = r - 1
-    while k >= 0 and reps[k].reasons == ["jump"]:
-        k -= 1
-    return k < r - 1 and k >= 0 and reps[k].status in LIVE
-
-
 # A gate-focused tape for one market, in runs of rounds alike: in each run, which of five
 # sources quote (the others are stale in the next round: max_age_ms is half a round), at which
 # level, and whether the operator toggles a pause at its start.
@@ -361,4 +348,4 @@ def test_a_market_goes_live_only_after_a_full_healthy_streak_or_a_confirmed_jump
     reps = _play_gates(_rounds(runs), resume, confirm, min_sources)
     for r, rep in enumerate(reps):
         if rep.status in LIVE and (r == 0 or reps[r - 1].status not in LIVE):
-            assert _went_live_legitimately(reps, r, resume), (r, reps[: r + 1])
+            assert went_live_legitimately(reps, r, resume), (r, reps[: r + 1])
