@@ -336,10 +336,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     audit_tape = False  # `oracled audit --tape` wrote it: a gap's advice names that command
+    header_read: TapeHeader | None = None  # for the advice: how to split the tape
 
     def check_config(header: TapeHeader) -> None:  # another config is allowed: said, once
-        nonlocal audit_tape
-        audit_tape = header.first_round is not None
+        nonlocal audit_tape, header_read
+        # Both number the rounds; `record` names its config, `oracled audit --tape` never does.
+        audit_tape = header.first_round is not None and header.config_sha256 is None
+        header_read = header
         digest = pricing_digest(cfg)
         if header.config_sha256 is not None and header.config_sha256 != digest:
             print(
@@ -389,7 +392,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except TapeGapError as exc:  # the output ends with the last round before the gap
         print(f"{name}: {exc}", file=sys.stderr)
         interval, markets = cfg.oracle.round_interval_ms, len(cfg.markets)
-        for line in exc.advice(interval, markets, name, str(args.config), audit=audit_tape):
+        advice = exc.advice(
+            interval, markets, name, str(args.config), audit=audit_tape, header=header_read
+        )
+        for line in advice:
             print(f"  {line}", file=sys.stderr)
         return EXIT_TAPE_GAP
     except TapeError as exc:

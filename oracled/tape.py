@@ -61,7 +61,8 @@ _TOO_LONG = f"longer than {MAX_LINE_BYTES // 2**20} MiB: no tape line is this lo
 class TapeHeader(msgspec.Struct, forbid_unknown_fields=False):
     """Line 1. `config_sha256` (written by `record`, absent from older tapes and from tapes
     other tools write) is `pricing_digest` of the config the recording ran with. `first_round`
-    (written by `oracled audit --tape`) is the daemon's number of a round: replay numbers its
+    (written by `oracled audit --tape`, and by `record` for the run that began the tape) is
+    the daemon's number of a round: replay numbers its
     rounds from it, as the daemon did. With `first_round_ts`, the time of that round (ms), it
     numbers the round at time t `first_round + (t - first_round_ts) / interval`: the stored
     round that holds the first quotes is not always the one they went into (a round dropped
@@ -94,12 +95,21 @@ class TapeGapError(TapeError):
         )
 
     def advice(
-        self, interval_ms: int, markets: int, tape: str, config: str, *, audit: bool
+        self,
+        interval_ms: int,
+        markets: int,
+        tape: str,
+        config: str,
+        *,
+        audit: bool,
+        header: TapeHeader | None = None,
     ) -> list[str]:
         """What the operator can do, as lines: a daemon that ran through the gap published a
         round every interval, which a replay gives only by running them all; one that was
         stopped numbered its rounds from 1 again with its gates afresh, which no replay of the
-        whole tape gives (the part after the gap replays on its own)."""
+        whole tape gives (the part after the gap replays on its own). `header` is the tape's:
+        one of `record` that numbers the rounds of the run that began the tape is written
+        before the part without that numbering, which the restarted run did not continue."""
         rounds = self.gap_ms // interval_ms
         lift = -(-self.gap_ms // 1000)
         if audit:  # its header numbers the rounds of the first run: export the part again
@@ -108,7 +118,11 @@ class TapeGapError(TapeError):
         else:
             path = "TAPE" if tape.startswith("<") else shlex.quote(tape)
             replay = f"oracled replay --config {shlex.quote(config)} -"
-            part = f"(head -n 1 {path}; tail -n +{self.line} {path}) | {replay}"
+            head = f"head -n 1 {path}"
+            if header is not None and header.first_round is not None:
+                plain = header_line(config_sha256=header.config_sha256).decode().rstrip("\n")
+                head = f"echo {shlex.quote(plain)}"
+            part = f"({head}; tail -n +{self.line} {path}) | {replay}"
         return [
             f"if the daemon ran through the gap (a round every {interval_ms} ms without quotes):"
             f" --max-gap {lift} replays it as the daemon published it, {rounds:,} rounds"

@@ -5,15 +5,18 @@ through the gap or was stopped in it (an audit trail written by a real writer th
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import msgspec
 import pytest
 from audit_rig import Feed, recorded, trail
-from publish_rig import BASE_PRICES, SOURCES, T0, make_config
+from publish_rig import BASE_PRICES, INTERVAL, SOURCES, T0, make_config
 
 from oracled.cli import main
+from oracled.config import load_config
 from oracled.publish.audit import AuditReader
+from oracled.tape import header_line, pricing_digest
 
 HOUR_MS = 3_600_000
 
@@ -127,3 +130,46 @@ def test_a_restart_in_the_gap_replays_in_two_parts_as_the_error_says(
     assert code == 0, err
     assert out.read_bytes() == second_run
     assert msgspec.json.decode(lines[int(split[1]) - 1])["ts"] > first.now + 24 * HOUR_MS
+
+
+def test_a_record_append_tape_restarted_in_the_gap_is_split_without_its_first_runs_numbering(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tape `record --append` continued after a 30 hour stop keeps the header of the run
+    that began it, which names its config and numbers that run's rounds (`first_round`,
+    `first_round_ts`). The gap's advice is the split by line numbers, not the audit trail's
+    export (the bug: a header with `first_round` was taken for an audit tape, so the advice
+    named `oracled audit --db DB`, a database a recording may not have), and the split starts
+    with that header without the numbering, so the part replays to the restarted run's
+    reports byte for byte, numbered from 1 as that run numbered them (with `head -n 1`, from
+    the first run's round 1 on: round 432,013 and up)."""
+    db = tmp_path / "audit.sqlite3"
+    first = recorded(db, 12)
+    recorded(db, 12, after=first, gap_ms=30 * HOUR_MS)
+    audit_tape, out, config = tmp_path / "a.jsonl", tmp_path / "out.jsonl", tmp_path / "c.toml"
+    assert main(["audit", "--db", str(db), "--tape", str(audit_tape)]) == 0
+    _config_file(config)
+    first_run, second_run = _stored(db, 0, first.now), _stored(db, first.now + 1)
+    digest = pricing_digest(load_config(config))
+    header = header_line(config_sha256=digest, first_round=1, first_round_ts=T0 + INTERVAL)
+    tape = tmp_path / "recorded.jsonl"
+    tape.write_bytes(header + audit_tape.read_bytes().split(b"\n", 1)[1])
+
+    code, err = _replay(config, tape, out, capsys)
+    assert code == 4, err
+    assert out.read_bytes() == first_run
+    assert "oracled audit" not in err
+    split = re.search(rf"\(echo (.+); tail -n \+(\d+) {tape}\) \| oracled replay", err)
+    assert split is not None, err
+    (echoed,) = shlex.split(split[1])
+    assert msgspec.json.decode(echoed) == {
+        "format": "oracled-tape",
+        "version": 1,
+        "config_sha256": digest,
+    }
+    lines = tape.read_bytes().splitlines(keepends=True)
+    after = tmp_path / "after.jsonl"
+    after.write_bytes(echoed.encode() + b"\n" + b"".join(lines[int(split[2]) - 1 :]))
+    code, err = _replay(config, after, out, capsys)
+    assert (code, err.count("warning")) == (0, 0), err
+    assert out.read_bytes() == second_run
