@@ -314,6 +314,31 @@ async def test_a_garbage_answer_flags_the_previous_quote_until_a_valid_round(
     assert (got.last.price, got.last.flag, len(got.quotes)) == (61000.0, None, 3)
 
 
+async def test_a_round_stamped_after_its_block_is_refused_and_the_next_round_published(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """An aggregator stamps a round with the time of the block that wrote it, so a round read
+    at a block cannot be newer than that block: one stamped after it (here a year ahead) is
+    dropped `future_round`, the good quote is published again flagged `bad_answer`, and the
+    next valid round is published unflagged. Found by fuzzing the reader with a hostile node
+    (tests/chain/test_chain_fuzz.py): before, the round was published unflagged with a time
+    from the future, and every real round after it, older, was refused as `older_round` (the
+    future one re-emitted `reorged`) until the chain reached that time."""
+    reader = make_reader([anvil.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    assert await reader.poll_once()
+    now = await chain.timestamp()
+    ahead = now + 365 * 86_400
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 7, 61_000_00000000, ahead, ahead, 7)
+    assert await reader.poll_once()
+    assert got.stats.dropped == {"future_round": 1}
+    assert [(q.price, q.flag) for q in got.quotes] == [(60000.0, None), (60000.0, "bad_answer")]
+    later = await chain.timestamp()
+    await chain.transact(snapshot.btc_aggregator, SET_ROUND, 8, 62_000_00000000, later, later, 8)
+    assert await reader.poll_once()
+    assert (got.last.price, got.last.flag, got.last.venue_ts) == (62000.0, None, later * 1000)
+
+
 async def test_a_reorg_that_takes_the_garbage_round_away_unflags_the_same_round(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:

@@ -6,16 +6,16 @@ sitting on one is not a market price: LUNA/USD stayed at its floor while the mar
 `decimals()` and `description()` are read once, when the aggregator is first seen or replaced;
 the reader then reads the same block again with the full set of calls.
 
-Rejected (counted drop reasons): `updatedAt == 0` (`incomplete_round`), `answer <= 0`
-(`non_positive`), `answeredInRound < roundId` (`carried_over_round`), a round older than one
-already published and of no later phase (`older_round`, after a reorg; a later phase's older
-round, after the proxy moved to another aggregator, is not newer, and the last quote stands).
-The first three are garbage from the feed itself,
-so its previous quote is not trusted either: the reader publishes it again flagged `bad_answer`
-until a valid round arrives; after `older_round` the published round is no longer on the chain, and
-the reader publishes it again flagged `reorged`. Flagged (the core excludes the slot with the flag
-as reason): an answer at a bound (`at_bound`); a round older than the feed's heartbeat by the
-block's clock (`stale`). `venue_ts` is `updatedAt`.
+Rejected (counted drop reasons): `updatedAt == 0` (`incomplete_round`), `updatedAt` more than a
+minute after the block read (`future_round`), `answer <= 0` (`non_positive`),
+`answeredInRound < roundId` (`carried_over_round`), a round older than one already published
+and of no later phase (`older_round`, after a reorg; a later phase's older round, after the
+proxy moved to another aggregator, is not newer, and the last quote stands). The first four are
+garbage from the feed itself, so its previous quote is not trusted either: the reader publishes
+it again flagged `bad_answer` until a valid round arrives; after `older_round` the published
+round is no longer on the chain, and the reader publishes it again flagged `reorged`. Flagged
+(the core excludes the slot with the flag as reason): an answer at a bound (`at_bound`); a round
+older than the feed's heartbeat by the block's clock (`stale`). `venue_ts` is `updatedAt`.
 
 Interfaces: https://docs.chain.link/data-feeds/api-reference and
 https://docs.chain.link/data-feeds#check-the-latest-answer-against-reasonable-limits
@@ -48,6 +48,11 @@ _MAX_ANSWER: Final = selector("maxAnswer()")
 #: A proxy's roundId is `phaseId << 64 | aggregatorRoundId`: the phase counts the aggregators the
 #: proxy has pointed to (https://docs.chain.link/data-feeds/historical-data).
 _PHASE_SHIFT: Final = 64
+#: How far past the block read a round's `updatedAt` may be before it is refused
+#: (`future_round`). None is, from a real aggregator; the margin keeps a round a few seconds
+#: ahead (a test node's hand-set round) and costs at most a minute of later rounds, where a
+#: round stamped a year ahead held off every real one for a year.
+_AHEAD_S: Final = 60
 
 
 def _address(data: bytes) -> str | None:
@@ -81,7 +86,9 @@ class ChainlinkFeed(Feed):
         "description",
     )
 
-    distrusting = frozenset({"incomplete_round", "non_positive", "carried_over_round"})
+    distrusting = frozenset(
+        {"incomplete_round", "future_round", "non_positive", "carried_over_round"}
+    )
     reorged = frozenset({"older_round"})
 
     def __init__(self, source_id: str, pair: str, spec: FeedSpec) -> None:
@@ -141,7 +148,7 @@ class ChainlinkFeed(Feed):
         round_id, answer, _started, updated_at, answered_in = decode_round(data)
         if self._rejected == (round_id, updated_at):
             return None  # refused already; counted once
-        reason = self._refuse(round_id, answer, updated_at, answered_in)
+        reason = self._refuse(round_id, answer, updated_at, answered_in, block.timestamp)
         if reason is not None:
             self._rejected = (round_id, updated_at)
             if self._last is not None:
@@ -171,9 +178,17 @@ class ChainlinkFeed(Feed):
             flag=flag, block=block.number, block_ts=block.timestamp * 1000,
         )  # fmt: skip
 
-    def _refuse(self, round_id: int, answer: int, updated_at: int, answered_in: int) -> str | None:
+    def _refuse(
+        self, round_id: int, answer: int, updated_at: int, answered_in: int, block_ts: int
+    ) -> str | None:
         if updated_at == 0:
             return "incomplete_round"
+        if updated_at > block_ts + _AHEAD_S:
+            # An aggregator stamps a round with the time of the block that wrote it, so no round
+            # read at a block is newer than that block: such a time is garbage (a node's or a
+            # relay's). Taken as a round, it voted with a time from the future, and every real
+            # round after it, older, was refused as `older_round` until the chain caught up.
+            return "future_round"
         if answer <= 0:
             return "non_positive"
         if answered_in < round_id:
