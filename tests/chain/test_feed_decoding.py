@@ -118,3 +118,22 @@ async def test_the_sources_build_a_feed_per_configured_pair_and_report_the_rest(
                           SourceStats("py"))  # fmt: skip
         with pytest.raises(RuntimeError, match="without a chain reader"):
             await cl.run()
+
+
+def test_a_pyth_price_after_one_stamped_far_ahead_of_its_block_is_published() -> None:
+    """A price stamped more than max_age_s past its block is flagged stale and orders nothing:
+    the real price read at the next block, older than it, is published unflagged, not refused
+    as `older_price`. Found by fuzzing the reader with a hostile node
+    (tests/chain/test_chain_fuzz.py): before, one answer stamped a year ahead had every real
+    price after it refused, and the stale one re-emitted `reorged`, until the chain reached
+    that time, and a real one after it orders again."""
+    feed = pyth_feed(max_age_s=60)
+    ahead = feed.decode([(True, pyth_answer(300_000, 100, -2, NOW + 365 * 86_400))], BLOCK, NOW)
+    assert isinstance(ahead, Quote) and ahead.flag == "stale"
+    later = Block(101, "0x" + "ce" * 32, NOW + 12)
+    real = feed.decode([(True, pyth_answer(301_000, 100, -2, NOW + 10))], later, NOW + 12_000)
+    assert isinstance(real, Quote), real
+    assert (real.flag, real.venue_ts) == (None, (NOW + 10) * 1000)
+    # a real price orders again: one older than it is a reorg's
+    older = pyth_answer(300_500, 100, -2, NOW + 5)
+    assert feed.decode([(True, older)], later, NOW + 12_000) == "older_price"

@@ -11,10 +11,11 @@ The quote is emitted like the Hermes adapter's: ``bid = (price - conf) * 10**exp
 confidence band; `venue_ts` is `publishTime`.
 
 Refused (counted drop reasons): a publishTime older than one already published (`older_price`,
-after a reorg); and garbage from the feed itself, after which its previous quote is not trusted
-either and the reader publishes it again flagged `bad_answer` until a valid price arrives:
-`malformed` words, no price yet (`no_price`), `non_positive`, a band reaching zero
-(`wide_confidence`).
+after a reorg; not older than one stamped more than `max_age_s` past its block, which was
+flagged stale and orders nothing); and garbage from the feed itself, after which its previous
+quote is not trusted either and the reader publishes it again flagged `bad_answer` until a
+valid price arrives: `malformed` words, no price yet (`no_price`), `non_positive`, a band
+reaching zero (`wide_confidence`).
 
 Return value (a static struct, four words): ``(int64 price, uint64 conf, int32 expo,
 uint256 publishTime)``; https://docs.pyth.network/price-feeds/api-reference/evm/get-price-unsafe
@@ -50,6 +51,7 @@ class PythEvmFeed(Feed):
         "_feed_id",
         "_garbled",
         "_last",
+        "_last_ahead",
         "_log",
         "_max_age_s",
         "_max_conf_ratio",
@@ -80,6 +82,10 @@ class PythEvmFeed(Feed):
         self._max_age_s = spec.max_age_s
         self._last: tuple[int, int, int, str | None] | None = None  # publishTime, price, conf, flag
         self._rejected: tuple[int, int, int] | None = None  # publishTime, price, conf refused last
+        # The last price was stamped more than max_age_s past its block (flagged stale): no
+        # time to order by. A price older than it is not a reorg's: before, one such answer (a
+        # node's or a relay's garbage) had every real price after it refused `older_price`.
+        self._last_ahead = False
         self._log = structlog.get_logger("oracled").bind(source=source_id, pair=pair)
 
     def calls(self) -> Sequence[Call]:
@@ -108,7 +114,7 @@ class PythEvmFeed(Feed):
             return self._malformed(f"out of range: price {price} conf {conf} expo {expo}", block)
         self._garbled = False
         last = self._last
-        if last is not None and publish_time < last[0]:
+        if last is not None and publish_time < last[0] and not self._last_ahead:
             return self._refused("older_price", publish_time, price, conf, block)
         if publish_time == 0:
             return self._refused("no_price", publish_time, price, conf, block)
@@ -119,13 +125,15 @@ class PythEvmFeed(Feed):
         flag: str | None = None
         # Either way, as Pyth's own getPriceNoOlderThan (`diff(block.timestamp, publishTime)`):
         # a publishTime far ahead of the block is no fresher than one far behind it.
-        if abs(block.timestamp - publish_time) > self._max_age_s:
+        ahead = publish_time - block.timestamp > self._max_age_s
+        if ahead or block.timestamp - publish_time > self._max_age_s:
             flag = "stale"
         elif conf > price * self._max_conf_ratio:
             flag = "confidence"
         if last == (publish_time, price, conf, flag):
             return None
         self._last = (publish_time, price, conf, flag)
+        self._last_ahead = ahead
         scale = 10.0**expo
         return Quote(
             self.source_id, self.pair, recv_ts, None, (price - conf) * scale,
