@@ -1092,6 +1092,7 @@ class Service:
             # A stalled loop: the stall watch signs one notice for the signed streams and NATS.
             signer=self.signer,
             on_stalled=self.nats.stalled if self.nats is not None else None,
+            signed_floor=self._unsigned_floor,
             ready_min_s=self.ready_min_s,
             alive_min_s=self.alive_min_s,
         )
@@ -1276,6 +1277,14 @@ class Service:
                 cfg.oracle.round_interval_ms,
             )
         )
+        assert self._signed_stall is not None  # made with the signer worker
+        self._signed_stall.floor = worker.floor  # named by a stall before the first signed round
+
+    def _unsigned_floor(self) -> int | None:
+        """The key's floor while this run has signed no round (`SignedStall.unsigned_floor`),
+        for the API's stall watch; None without a signer."""
+        stall = self._signed_stall
+        return None if stall is None else stall.unsigned_floor
 
     def _lower_recursion_limit(self) -> None:
         """Put back the interpreter's recursion limit if something raised it: py_ecc (which

@@ -63,6 +63,11 @@ class ApiContext:
     #: with the notice the signed subscribers got (`oracled.publish.signstall.StallNotice`,
     #: signed by `signer` if any): the NATS sink publishes the same bytes.
     on_stalled: Callable[[bytes], None] | None = None
+    #: While the rounds' key has signed no round in this run, its floor (the newest round time
+    #: it may have signed before: `SignedStall.unsigned_floor`), else None. The stall watch's
+    #: notice names it then (round 0), and tells a loop stuck before its first round: consumers
+    #: may hold the run before's reports, newer than this run's unsigned rounds.
+    signed_floor: Callable[[], int | None] = lambda: None
     #: The floors of those limits in seconds, whatever the round interval (tests lower them).
     ready_min_s: float = 5.0
     alive_min_s: float = 60.0

@@ -19,6 +19,12 @@ notice to `ApiContext.on_stalled`, so that the NATS sink tells the bus's subscri
 (silence there looks like a quiet market as well): one detector and one notice for every way
 out. (Rounds that run but go unsigned freeze the signed streams alone; that is told to them by
 the daemon as it is to NATS, oracled/publish/signstall.py and `Hub.signed_stalled`, not here.)
+
+A daemon whose key has signed no round since its start (a restart held at its floor, or stuck
+before its first round) is told too: its subscribers may hold the run before's reports, newer
+than any round of this run, so its notice names the key's floor (round 0) instead of the latest
+round, which a consumer would take for old news; and a loop stuck before its first round is
+told, where there is such a floor (`_stall`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,13 @@ STALLED = "stalled"
 MAX_PERIOD_S = 1.0
 
 
+class _NoRound:
+    """The stalled round of a loop stuck before its first round."""
+
+
+_NO_ROUND = _NoRound()
+
+
 class StallWatch:
     """One per application: `start` on startup, `stop` on cleanup; the stream handlers ask it."""
 
@@ -50,7 +63,8 @@ class StallWatch:
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
         self._task: asyncio.Task[None] | None = None
-        self._told: RoundResult | None = None  # the round whose stall every subscriber heard of
+        # the round whose stall every subscriber heard of (_NO_ROUND: a stall before the first)
+        self._told: RoundResult | _NoRound | None = None
         self._notice = b""  # and the signed subscribers' notice of it
 
     @property
@@ -58,17 +72,42 @@ class StallWatch:
         ctx = self._ctx
         return min(MAX_PERIOD_S, ctx.round_limit_s(READY_ROUNDS, ctx.ready_min_s) / 10)
 
-    def message(self) -> str | None:
-        """The `stalled` frame's message while the loop is stalled after a round, else None
-        (before the first round there is no round to take for current)."""
+    def _stall(self) -> tuple[str, int, int] | None:
+        """While the loop is stalled: the `stalled` frame's message and the round (`ts`,
+        `round`) its signed notice names; else None.
+
+        That round is the latest, unless the key has signed none in this run: then its floor,
+        round 0 (`ApiContext.signed_floor`), since the latest round may be older than the
+        reports of the run before that consumers hold, and a notice older than those is old
+        news to them. So a loop stuck before its first round is told too, where there is a
+        floor; without one (no signer, a key's first start) nobody holds a report of the key,
+        and before the first round there is no round to take for current."""
         ctx = self._ctx
-        stalled = None if ctx.hub.latest_result is None else ctx.stalled()
+        stalled = ctx.stalled()
         if stalled is None:
             return None
-        return f"{stalled}, so its reports are not current; reports follow with the next round"
+        latest, floor = ctx.hub.latest_result, ctx.signed_floor()
+        if latest is None:
+            if floor is None:
+                return None
+            age = ctx.round_age_s() or 0.0
+            limit = ctx.round_limit_s(READY_ROUNDS, ctx.ready_min_s)
+            message = (
+                f"no round since the round loop started {age:.1f} s ago (limit {limit:g} s): "
+                f"rounds have stalled, so this key's reports, up to round time {floor}, are not "
+                "current; reports follow with the next round"
+            )
+            return message, floor, 0
+        message = f"{stalled}, so its reports are not current; reports follow with the next round"
+        return (message, latest.ts, latest.round) if floor is None else (message, floor, 0)
+
+    def message(self) -> str | None:
+        """The `stalled` frame's message while the loop is stalled, else None."""
+        stall = self._stall()
+        return None if stall is None else stall[0]
 
     def frame(self) -> bytes | None:
-        """The `stalled` frame while the loop is stalled after a round, else None."""
+        """The `stalled` frame while the loop is stalled, else None."""
         message = self.message()
         if message is None:
             return None
@@ -79,18 +118,20 @@ class StallWatch:
         subscription that just met the stall, among them); or, when they were told already,
         return the frame for `sub` alone (the stall's signed notice for a signed one). None
         when there is nothing (more) to send."""
-        message = self.message()
-        latest = self._ctx.hub.latest_result
-        if message is None or latest is None:
+        stall = self._stall()
+        if stall is None:
             return None
-        if latest is self._told:
+        message, ts, round_no = stall
+        latest = self._ctx.hub.latest_result
+        stalled_round = _NO_ROUND if latest is None else latest
+        if stalled_round is self._told:
             if sub is None:
                 return None
             if sub.signed:  # signed once per stall: a client cannot make it sign again
                 return self._notice
             return encode_json({"type": "error", "code": STALLED, "message": message})
-        self._told = latest
-        self._notice = stall_notice(message, latest.ts, latest.round, self._ctx.signer)
+        self._told = stalled_round
+        self._notice = stall_notice(message, ts, round_no, self._ctx.signer)
         frame = encode_json({"type": "error", "code": STALLED, "message": message})
         self._ctx.hub.tell(frame, self._notice)
         if self._ctx.on_stalled is not None:

@@ -66,9 +66,10 @@ def stall_notice(
 
 @dataclass(frozen=True, slots=True)
 class Unsigned:
-    """No round signed since round `round` (time `ts`) for longer than the limit: `message`
-    says so and why (`reason`, the signer's for the round that passed the limit); `notice`, the
-    signed StallNotice's JSON that every outlet sends."""
+    """No round signed since round `round` (time `ts`; round 0: none since the start, `ts` the
+    key's floor) for longer than the limit: `message` says so and why (`reason`, the signer's
+    for the round that passed the limit); `notice`, the signed StallNotice's JSON that every
+    outlet sends."""
 
     ts: int
     round: int
@@ -86,20 +87,39 @@ class SignedStall:
     `signing`) are milliseconds of the monotonic clock. A round still being signed (`signing`:
     when it was handed to the signer) counts as signed: the round after it is skipped as `busy`
     while it is on its way, which is no sign that signing stopped; a signing that never ends is
-    told once its round is past the limit too. Before the first signed round nothing is told: there
-    is no signed round to name (a daemon held at its floor after a restart), and the consumers'
-    last one, of the run before, is older still.
+    told once its round is past the limit too.
+
+    Before this run's first signed round (a restart held at its floor after a crash or with the
+    clock behind, a lease that cannot be written at start), the consumers still hold the run
+    before's signed reports, as current as ever to one that trusts them longer than the limit:
+    told the same way once the limit has passed since the first round came back unsigned,
+    naming `floor` with round 0 (rounds are numbered from 1: none of this run). The floor is
+    the newest round time the key may have signed, so the notice is not older than any report
+    a consumer holds of it (one older is old news to a consumer), and every round signed after
+    it is newer. Without a floor (the key's first start) nothing is told: no consumer holds its
+    reports.
     """
 
-    __slots__ = ("_last", "_limit_ms", "_signer", "notice")
+    __slots__ = ("_first", "_last", "_limit_ms", "_signer", "floor", "notice")
 
     def __init__(self, stall_limit_ms: Callable[[], float], signer: RoundSigner) -> None:
         self._limit_ms = stall_limit_ms
         self._signer = signer  # signs the notice, as it signs the rounds
         #: (ts, round, when it was signed) of the newest signed round
         self._last: tuple[int, int, float] | None = None
+        self._first: float | None = None  # when this run's first round came back unsigned
+        #: The newest round time the key may have signed before this run (the signer's floor
+        #: once the lease is taken), or None: what a notice names before the first signed round.
+        self.floor: int | None = None
         #: The notice of the stall going on (kept: an outlet that lost it sends it again), or None.
         self.notice: bytes | None = None
+
+    @property
+    def unsigned_floor(self) -> int | None:
+        """`floor` while this run has signed no round, else None: what a signed notice of a
+        stalled round loop names then (round 0), since the latest round, unsigned, may be older
+        than the reports consumers hold (a restart with the clock behind)."""
+        return self.floor if self._last is None else None
 
     def signed(self, ts: int, round_no: int, at: float) -> bool:
         """A round was signed (at `at`): the signed consumers have it, and a stall is over (True
@@ -116,7 +136,7 @@ class SignedStall:
         if self.notice is not None:
             return None  # told already
         if last is None:
-            return None
+            return self._unsigned_since_start(reason, at, signing)
         since = last[2] if signing is None else max(last[2], signing)
         if at - since <= self._limit_ms():
             return None
@@ -128,3 +148,22 @@ class SignedStall:
         )
         self.notice = stall_notice(message, signed_ts, round_no, self._signer)
         return Unsigned(signed_ts, round_no, reason, message, self.notice)
+
+    def _unsigned_since_start(
+        self, reason: str, at: float, signing: float | None
+    ) -> Unsigned | None:
+        """`unsigned` before this run's first signed round: measured from its first round."""
+        if self._first is None:
+            self._first = at
+        floor = self.floor
+        since = self._first if signing is None else max(self._first, signing)
+        if floor is None or at - since <= self._limit_ms():
+            return None
+        message = (
+            f"no round signed since the start, for {(at - self._first) / 1000:.1f} s (the round "
+            f"loop runs; the signer skips its rounds: {reason}), so this key's signed reports, "
+            f"up to round time {floor}, are not current; signed reports follow with the next "
+            "signed round"
+        )
+        self.notice = stall_notice(message, floor, 0, self._signer)
+        return Unsigned(floor, 0, reason, message, self.notice)
