@@ -852,6 +852,7 @@ class Service:
         last = -1  # the last round's time: each round is the one after it, none is left out
         waiting = False  # for a wall clock that went back to pass the last round again
         self.round_at = self.clock.monotonic()  # /healthz counts a first round's wait from here
+        mark = self.clock.now_ms(), self.round_at  # both clocks after the last round
         while True:
             now = self.clock.now_ms()
             tick = last + interval if last >= 0 else -(-now // interval) * interval
@@ -878,6 +879,17 @@ class Service:
             behind = self.clock.now_ms() - tick
             if behind > interval:  # the loop was late: the missed rounds, then the present
                 missed = behind // interval
+                # Late by the wall clock alone, not by the monotonic one: a step forward, not
+                # a blocked loop (the rounds passed are computed late all the same, as a
+                # replay of the tape runs them).
+                wall_ms, mono_s = mark
+                stepped = tick + behind - wall_ms - round(1000 * (self.clock.monotonic() - mono_s))
+                if stepped > interval:
+                    log.warning(
+                        "wall clock went forward: its rounds are computed late",
+                        by_ms=stepped,
+                        rounds=missed,
+                    )
                 self._catch_up(tick, missed, interval, log)
                 tick += missed * interval
                 self._release_held(tick)
@@ -891,6 +903,7 @@ class Service:
             self.metrics.round_duration.observe(time.perf_counter() - started)
             self.hub.publish(result)
             self.round_at = self.clock.monotonic()
+            mark = self.clock.now_ms(), self.round_at
             self._publish_round(result)
             if self.audit is not None:
                 self.audit.submit(result)  # a queue put: the disk is the worker thread's

@@ -16,7 +16,8 @@ docs/publishing.md promise:
 - a live price uses no quote older than the market's `max_age_ms` by the round's own time, nor
   one more than `oracle.max_clock_skew_ms` ahead of it;
 - the daemon keeps running, publishes and signs again once the clock is past its last round,
-  and says `wall clock went back: rounds wait for it` for a step back it waited out;
+  and says `wall clock went back: rounds wait for it` for a step back it waited out, `wall
+  clock went forward: its rounds are computed late` for a step forward of rounds;
 - the stall limits are measured on the monotonic clock: a stall is told (`stalled`) when a step
   back makes the rounds wait past the limit, and a step forward, a short step back or a short
   still wall tells none, on the plain streams nor on the signed ones.
@@ -62,6 +63,7 @@ LONG_BACK_MS = 3_000
 SHORT_FORWARD_MS = 10_000
 SAFETY_S = 45.0  # guards against hangs only
 WENT_BACK = "wall clock went back: rounds wait for it"
+WENT_FORWARD = "wall clock went forward: its rounds are computed late"
 
 
 class FuzzClock:
@@ -209,6 +211,7 @@ async def test_a_misbehaving_wall_clock_never_makes_the_daemon_publish_untruths(
                     seen = len(_data(plain, "report")), len(_data(signed, "signed"))
                     told = len(stalls(plain)), len(stalls(signed))
                     went = sum(e["event"] == WENT_BACK for e in logs)
+                    ahead = sum(e["event"] == WENT_FORWARD for e in logs)
                     high = clock.now_ms()  # the wall time the rounds reached
                     if step.kind == "back":
                         clock.offset_ms -= step.ms
@@ -236,6 +239,8 @@ async def test_a_misbehaving_wall_clock_never_makes_the_daemon_publish_untruths(
                         f"{where} rounds after it",
                     )
                     assert not service.failed, where
+                    if step.kind == "forward" and step.ms > 2 * INTERVAL_MS:
+                        assert sum(e["event"] == WENT_FORWARD for e in logs) > ahead, where
                     if step.stalls:
                         assert sum(e["event"] == WENT_BACK for e in logs) > went, where
                     elif step.stalls is False:  # no stall told, plain or signed

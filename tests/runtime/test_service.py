@@ -640,6 +640,36 @@ async def test_round_times_only_grow_when_the_wall_clock_steps_back(tmp_path: Pa
     assert len(warned) == 1 and 500 <= warned[0]["by_ms"] <= 620
 
 
+async def test_a_wall_clock_stepped_forward_is_logged_and_a_blocked_loop_is_not(
+    tmp_path: Path,
+) -> None:
+    """The rounds a wall clock stepped forward passes are computed late, as those of a blocked
+    loop are (a replay runs them), and counted with them; unlike a blocked loop, the step is
+    said, once, with its size: before, nothing told it from a stalled process, and the signer's
+    `lease` errors it causes (a critical alert) had no cause in the log. The loop blocked for
+    0.4 s, late by the monotonic clock as well, says nothing of the wall clock."""
+    with _sim_in_thread() as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 50))
+        clock = _SteppedClock(0)
+        service = Service(load_config(path), clock=clock)
+        async with service_running(service):
+            await _round_times(service, 5)
+            with capture_logs() as blocked:
+                await _stalls(1, 0.4)
+                await _round_times(service, 5)
+            with capture_logs() as stepped:
+                clock.offset_ms = 2_000
+                await _round_times(service, 5)
+    caught_up = service.metrics.registry.get_sample_value("oracled_rounds_caught_up_total")
+    assert caught_up is not None and caught_up >= 2_000 // 50 + 0.4 // 0.05 - 2
+    event = "wall clock went forward: its rounds are computed late"
+    assert [e for e in blocked if e["event"] == event] == []
+    told = [e for e in stepped if e["event"] == event]
+    assert len(told) == 1 and 1_900 <= told[0]["by_ms"] <= 2_100, told
+    assert told[0]["rounds"] >= 2_000 // 50 - 1
+
+
 async def test_a_sighup_while_starting_is_a_reload_once_running(tmp_path: Path) -> None:
     """`systemctl reload` just after `start`: a SIGHUP that comes while `oracled run` is still
     importing the runtime is held by the command line (Python's default would end the process
