@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import aiohttp
 import pytest
@@ -72,6 +73,46 @@ async def test_a_node_that_ignores_the_block_pin_is_never_published(
     assert reader.stats.last_block == n.number - 1
     assert [q.price for q in got.quotes] == [3000.0]
     assert got.stats.state == "down"
+
+
+@pytest.mark.parametrize("shift_s", [365 * 86_400, 1, -1])
+async def test_a_head_whose_time_is_not_its_blocks_is_never_published(
+    anvil: Anvil,
+    chain: Chain,
+    http: aiohttp.ClientSession,
+    snapshot: Deployed,
+    proxy: RpcProxy,
+    shift_s: int,
+) -> None:
+    """A head whose timestamp is not its block's (a year ahead, or a second off either way) is
+    refused: the multicall's own `getCurrentBlockTimestamp()`, read with the feeds, says when
+    the read ran. The endpoint that sent it is counted `garbage` and left, and the block is
+    published from the next URL with its real time. Found by fuzzing the reader with a hostile
+    node (tests/chain/test_chain_fuzz.py): before, the block was published with the header's
+    time, so a round an hour old by it was flagged `stale`, and a Uniswap pool, which prices
+    a block by its time, refused every later block as `older_block` until the chain reached
+    the false one."""
+
+    def shifted(request: Any, answer: Any) -> Any:
+        if request.get("method") != "eth_getBlockByNumber":
+            return answer
+        head = answer["result"]
+        return {
+            **answer,
+            "result": {**head, "timestamp": hex(int(head["timestamp"], 16) + shift_s)},
+        }
+
+    proxy.rewrite = shifted
+    reader = make_reader([proxy.url, anvil.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert not await reader.poll_once()
+    assert got.quotes == []
+    assert reader.rpc.stats[0].by_kind == {"garbage": 1} and reader.rpc.active == 1
+    assert await reader.poll_once()
+    real = await head(chain)
+    assert [(q.price, q.flag, q.block_ts) for q in got.quotes] == [
+        (3000.0, None, real.timestamp * 1000)
+    ]
 
 
 @pytest.mark.parametrize("mode", ["error", "null_call"])

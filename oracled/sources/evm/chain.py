@@ -1,8 +1,9 @@
 """One reader per chain: learn each new block, read every feed of it in one `eth_call`.
 
 For every new block the reader sends ONE `eth_call` of Multicall3 `aggregate3` holding all the
-registered feeds' calls (plus the multicall's own `getBlockNumber()` and `getChainId()`, which
-prove which block and which chain the node executed them on, and the L2 sequencer uptime feed
+registered feeds' calls (plus the multicall's own `getBlockNumber()`, `getChainId()` and
+`getCurrentBlockTimestamp()`, which prove which block, which chain and which time the node
+executed them at, and the L2 sequencer uptime feed
 where configured), pinned to that block by hash (EIP-1898), and hands each feed exactly its
 slice of the results.
 
@@ -53,6 +54,7 @@ from oracled.sources._base import backoff_delay
 from oracled.sources.evm.feed import Block, Call, Feed
 from oracled.sources.evm.multicall import (
     GET_BLOCK_NUMBER,
+    GET_BLOCK_TIMESTAMP,
     GET_CHAIN_ID,
     decode_aggregate3,
     encode_aggregate3,
@@ -67,10 +69,11 @@ _MAX_REREADS: Final = 2
 _SILENT_BLOCKS: Final = 3  # block times without a newHeads notice before the reader polls
 _READ_ERRORS: Final = (RpcError, RpcUnavailable, ValueError)
 # Where the multicall's own answers sit in every read: the block it ran on, the chain it ran on,
-# then the sequencer feed (L2 only), then the feeds.
+# that block's time, then the sequencer feed (L2 only), then the feeds.
 _AT_BLOCK: Final = 0
 _AT_CHAIN: Final = 1
-_AT_SEQUENCER: Final = 2
+_AT_TIME: Final = 2
+_AT_SEQUENCER: Final = 3
 #: How long a cross-check leaves an endpoint the others outvoted: a node that lied about one
 #: block is not asked about the next ones, then votes again (a liar costs a vote a minute).
 _OUTVOTED_REST_S: Final = 60.0
@@ -192,6 +195,16 @@ def _hex_bytes(value: Any) -> bytes:
     return bytes.fromhex(value[2:])
 
 
+def _other_time(block: Block, proof: tuple[bool, bytes]) -> bool:
+    """The multicall's `getCurrentBlockTimestamp()` says the read ran at another time than the
+    block's header said. The header's time is what the feeds judge by (a round's age, a pool's
+    order of blocks): one from the future (a node's or a relay's garbage) once published made a
+    pool refuse every later block as `older_block` until the chain reached it. A multicall
+    without the call (it reverts) proves nothing, and the header is taken as it is."""
+    ok, data = proof
+    return ok and len(data) == 32 and int.from_bytes(data, "big") != block.timestamp
+
+
 def _pin(block: Block) -> dict[str, Any]:
     """A read pinned to `block` by hash, and only while it is on the node's canonical chain
     (EIP-1898 `requireCanonical`): geth and others otherwise serve a block a reorg already
@@ -226,6 +239,7 @@ class ChainReader:
         self._prefix: list[Call] = [
             Call(cfg.multicall, GET_BLOCK_NUMBER),
             Call(cfg.multicall, GET_CHAIN_ID),
+            Call(cfg.multicall, GET_BLOCK_TIMESTAMP),
         ]
         if cfg.sequencer is not None:
             self._prefix.append(Call(cfg.sequencer.address, _LATEST_ROUND))
@@ -536,6 +550,9 @@ class ChainReader:
         if not ok or int.from_bytes(proof, "big") != block.number:
             self._garbage(block, ValueError("the node executed the read on another block"))
             return False
+        if _other_time(block, results[_AT_TIME]):
+            self._garbage(block, ValueError("the block's time is not the one its header said"))
+            return False
         if not self._on_our_chain(block, results[_AT_CHAIN]):
             return False
         if self.cfg.cross_check and len(self.rpc.urls) > 1:
@@ -804,6 +821,8 @@ class ChainReader:
             chained, chain = results[_AT_CHAIN]
             if not ok or int.from_bytes(proof, "big") != block.number:
                 raise ValueError("the majority's read ran on another block")
+            if _other_time(block, results[_AT_TIME]):
+                raise ValueError("the majority's read ran at another time")
             if chained and len(chain) == 32 and int.from_bytes(chain, "big") != self.cfg.chain_id:
                 raise ValueError("the majority's read ran on another chain")
         except ValueError as exc:

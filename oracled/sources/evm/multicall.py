@@ -21,6 +21,7 @@ from oracled.sources.evm.feed import Call
 __all__ = [
     "AGGREGATE3",
     "GET_BLOCK_NUMBER",
+    "GET_BLOCK_TIMESTAMP",
     "GET_CHAIN_ID",
     "decode_aggregate3",
     "encode_aggregate3",
@@ -31,6 +32,7 @@ __all__ = [
 AGGREGATE3: Final = selector("aggregate3((address,bool,bytes)[])")
 GET_BLOCK_NUMBER: Final = selector("getBlockNumber()")
 GET_CHAIN_ID: Final = selector("getChainId()")
+GET_BLOCK_TIMESTAMP: Final = selector("getCurrentBlockTimestamp()")
 
 
 def encode_aggregate3(calls: Sequence[Call]) -> bytes:
