@@ -1308,14 +1308,15 @@ class AuditReader:
             report = self._decode(dict_id, stored, round_no, ts, market, at)[0]
             yield encoder.encode(report) + b"\n"
 
-    def actions(self, market: str, start_ms: int, end_ms: int) -> list[OperatorAction]:
-        """A market's manual pauses and resumes in the window, oldest first."""
+    def actions(self, market: str | None, start_ms: int, end_ms: int) -> list[OperatorAction]:
+        """A market's (None: every market's) manual pauses and resumes in the window, oldest
+        first."""
         if self.version < 3:
             return []
         rows = self._db.execute(
             "SELECT ts, actor, action, market FROM actions "
-            "WHERE market = ? AND ts >= ? AND ts <= ? ORDER BY ts, rowid",
-            (market, start_ms, end_ms),
+            "WHERE (market = ? OR ? IS NULL) AND ts >= ? AND ts <= ? ORDER BY ts, rowid",
+            (market, market, start_ms, end_ms),
         )
         return [OperatorAction(*row) for row in rows]
 
@@ -1364,6 +1365,15 @@ class AuditReader:
         )
         return [(int(ts), old, new) for ts, old, new in rows]
 
+    def first_quoted(self, start_ms: int, end_ms: int) -> tuple[int, int] | None:
+        """The number and time of the window's first stored round with quotes, if any."""
+        first = self._db.execute(
+            "SELECT o.round, o.ts FROM rounds o WHERE o.ts >= ? AND o.ts <= ? AND o.quotes > 0 "
+            "ORDER BY o.id LIMIT 1",
+            (start_ms, end_ms),
+        ).fetchone()
+        return None if first is None else (_round_time(first[0]), _round_time(first[1]))
+
     def tape(self, out: IO[bytes], start_ms: int, end_ms: int) -> int:
         """Write the stored inputs of the rounds in the window as a quote tape; return quotes.
 
@@ -1374,16 +1384,11 @@ class AuditReader:
         when the rounds the first quotes went into were dropped from the trail and their quotes
         stored with that later round.
         """
-        first = self._db.execute(  # the first stored round with quotes: replay numbers from it
-            "SELECT o.round, o.ts FROM rounds o WHERE o.ts >= ? AND o.ts <= ? AND o.quotes > 0 "
-            "ORDER BY o.id LIMIT 1",
-            (start_ms, end_ms),
-        ).fetchone()
+        first = self.first_quoted(start_ms, end_ms)  # replay numbers its rounds from it
         if first is None:
             out.write(header_line())
         else:
-            number, ts = _round_time(first[0]), _round_time(first[1])
-            out.write(header_line(first_round=number, first_round_ts=ts))
+            out.write(header_line(first_round=first[0], first_round_ts=first[1]))
         if self.version == 1:
             return self._tape_v1(out, start_ms, end_ms)
         rows = self._db.execute(

@@ -164,6 +164,22 @@ def _action_text(action: OperatorAction) -> str:
     return f"operator {action.actor}: {action.action} {action.market}"
 
 
+def _not_on_tape(
+    reader: AuditReader, start: int, end: int, first_ts: int | None
+) -> list[tuple[int, str]]:
+    """What moved the window's stored reports besides its quotes, oldest first: operator
+    actions, reloads, and a start after the tape's first round (`first_ts`: the restarted
+    daemon numbered its rounds from 1 again, gates afresh). A replay of the tape differs from
+    the first of them on (docs/publishing.md, `--tape`)."""
+    events = [(a.ts, _action_text(a)) for a in reader.actions(None, start, end)]
+    events += [
+        (c.ts, _config_text(c))
+        for c in reader.configs(start, end)
+        if c.event != "start" or (first_ts is not None and c.ts > first_ts)
+    ]
+    return sorted(events, key=lambda event: event[0])
+
+
 def _events(reader: AuditReader, args: argparse.Namespace) -> list[tuple[int, str]]:
     """The market's operator actions and every config load in the window, in time order."""
     events = [(a.ts, _action_text(a)) for a in reader.actions(args.market, args.start, args.end)]
@@ -403,6 +419,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
             with args.tape.open("wb") as out:
                 quotes = reader.tape(out, args.start, args.end)
             print(f"{args.tape}: {quotes} quote(s)", file=sys.stderr)
+            first = reader.first_quoted(args.start, args.end)  # where the tape's rounds begin
+            moved = _not_on_tape(reader, args.start, args.end, None if first is None else first[1])
+            if moved:
+                print(
+                    f"warning: {args.tape}: a replay differs from the stored reports from"
+                    f" {_iso(moved[0][0])} on: {moved[0][1]} (a tape holds quotes only;"
+                    f" {len(moved)} such event(s) in the window, each in the timeline)",
+                    file=sys.stderr,
+                )
             return 0
         if args.market is None:
             span = reader.span()

@@ -22,6 +22,7 @@ import random
 import re
 import signal
 import sys
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,9 @@ import tomli_w
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from daemon import ADMIN_TOKEN, Daemon
 
+from oracled.cli import main
 from oracled.config import Config, load_config, parse_config
-from oracled.publish.audit import AuditReader
+from oracled.publish.audit import AuditReader, iso_time
 from oracled.replay import replay
 from oracled.sim.venues import SimulatedVenue, simulate
 
@@ -287,9 +289,17 @@ def _stored(cfg: Config) -> tuple[dict[int, list[bytes]], bytes]:
     return {n: lines for n, lines in stored.items() if _ts(lines[0]) >= first}, tape.getvalue()
 
 
+def _tape_warning(cfg: Config, capsys: pytest.CaptureFixture[str]) -> str:
+    """What `oracled audit --tape` of the whole trail says on stderr but the quote count."""
+    capsys.readouterr()
+    tape = Path(cfg.audit.path).with_suffix(".jsonl")
+    assert main(["audit", "--db", str(cfg.audit.path), "--tape", str(tape)]) == 0
+    return capsys.readouterr().err.split("\n", 1)[1]
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_a_daemon_under_venue_faults_replays_to_every_stored_report(
-    tmp_path: Path, seed: int
+    tmp_path: Path, seed: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Under a seeded schedule of venue faults, the replay of the trail's tape and of
     `record`'s tape, each with the daemon's config, give every report the trail stored, byte
@@ -312,6 +322,7 @@ async def test_a_daemon_under_venue_faults_replays_to_every_stored_report(
     assert any(s.get("via") == "USDT/USD" and s["used"] for r in btc for s in r["sources"])
     quoted = min(stored)
     assert len(stored) >= 40
+    assert _tape_warning(cfg, capsys) == ""  # nothing but quotes moved the reports
     for tape in (trail_tape, run.tape.read_bytes()):
         replayed = _replayed(cfg, tape)
         assert _mismatches(stored, replayed) == []
@@ -324,12 +335,13 @@ async def test_a_daemon_under_venue_faults_replays_to_every_stored_report(
 
 
 async def test_a_manual_pause_is_in_the_trail_and_the_replay_differs_only_where_it_moved(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A manual pause and resume of BTC/USD through the admin API mid-run: the trail holds
     both actions (actor, market, time); a tape holds quotes only (docs/contracts.md), so its
     replay gives every stored report byte for byte up to the pause and every USDT/USD report
-    after it, and differs in the BTC/USD reports the pause moved, as documented."""
+    after it, and differs in the BTC/USD reports the pause moved, as documented; `oracled
+    audit --tape` warns so, naming the pause."""
     run = await _started(tmp_path)
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     try:
@@ -354,6 +366,8 @@ async def test_a_manual_pause_is_in_the_trail_and_the_replay_differs_only_where_
         reader.close()
     assert [a.action for a in actions] == ["pause", "resume"]
     paused_at = actions[0].ts
+    warning = _tape_warning(cfg, capsys)
+    assert f"from {iso_time(paused_at)} on: operator api: pause BTC/USD" in warning, warning
     for tape in (trail_tape, run.tape.read_bytes()):
         replayed = _replayed(cfg, tape)
         bad = _mismatches(stored, replayed)
@@ -365,3 +379,46 @@ async def test_a_manual_pause_is_in_the_trail_and_the_replay_differs_only_where_
             live, replay_btc = msgspec.json.decode(lines[1]), msgspec.json.decode(again[1])
             if live["status"] in _LIVE:  # live again: the mark's basis EMA carries the pause
                 assert {**live, "mark": None} == {**replay_btc, "mark": None}
+
+
+async def test_a_pricing_reload_is_in_the_trail_and_a_replay_matches_up_to_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reload mid-run that changes how BTC/USD is priced (its price exponent): the trail
+    holds it (`configs`: start, then reload with what changed), and `oracled audit --tape`
+    warns of it. A tape holds quotes only
+    (docs/contracts.md), so a replay with the config the daemon started with gives every
+    stored report byte for byte up to the reload and differs after it; `oracled replay` of
+    `record`'s tape with the reloaded file says that the tape was recorded with another
+    pricing config."""
+    run = await _started(tmp_path)
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    started = load_config(run.daemon.config)
+    try:
+        await run.btc(set(_LIVE), limit_s=20.0)
+        await run.rounds(3)
+        dump = tomllib.loads(run.daemon.config.read_text())
+        dump["markets"][1]["price_exponent"] = -1
+        run.daemon.config.write_text(tomli_w.dumps(dump))
+        status, body = await run.daemon.post("/v1/admin/reload", headers=auth)
+        assert status == 200, body
+        await run.rounds(5)
+    finally:
+        await _stop(run)
+    stored, trail_tape = _stored(started)
+    reader = AuditReader(started.audit.path)
+    try:
+        loads = reader.configs(0, _END)
+    finally:
+        reader.close()
+    assert [c.event for c in loads] == ["start", "reload"]
+    assert "BTC/USD" in loads[1].changes
+    warning = _tape_warning(started, capsys)
+    assert f"from {iso_time(loads[1].ts)} on: config reload by api" in warning, warning
+    for tape in (trail_tape, run.tape.read_bytes()):
+        bad = _mismatches(stored, _replayed(started, tape))
+        assert bad and all(_ts(lines[0]) > loads[1].ts for _, lines, _ in bad)
+    capsys.readouterr()
+    args = ["replay", "--config", str(run.daemon.config), str(run.tape), "--out", "/dev/null"]
+    assert main(args) == 0
+    assert "warning: recorded with another pricing config" in capsys.readouterr().err

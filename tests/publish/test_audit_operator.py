@@ -10,11 +10,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from audit_rig import recorded, trail
+from audit_rig import Feed, recorded, trail
+from publish_rig import T0, make_config
 
 from oracled.cli import main
 from oracled.config import read_config
-from oracled.publish.audit import AuditReader
+from oracled.publish.audit import AuditReader, iso_time
 from oracled.service import Service
 from oracled.sim import BinanceSim
 
@@ -158,3 +159,48 @@ def test_a_version_2_database_is_read_and_brought_to_version_4_in_place(tmp_path
         }
     con.close()
     assert "transitions_round" in indexes
+
+
+def _exported(db: Path, capsys: pytest.CaptureFixture[str], *window: str) -> str:
+    """`oracled audit --tape` of the trail at `db`: its stderr."""
+    capsys.readouterr()
+    assert main(["audit", "--db", str(db), "--tape", str(db.with_suffix(".jsonl")), *window]) == 0
+    return capsys.readouterr().err
+
+
+def test_a_tape_of_a_window_with_an_operator_action_a_reload_or_a_restart_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tape holds quotes only, so its replay differs from the stored reports from a manual
+    pause or resume, a reload, or a restart in its window (docs/publishing.md, `--tape`):
+    `oracled audit --tape` warns on stderr, naming the first of them and its time, and how
+    many there are. Before, it wrote the tape without a word, and the replay differed from the
+    stored reports with nothing to say why. The start of the window's first run (a window from
+    the restart on) and a window that ends before the action give no warning."""
+    db = tmp_path / "audit.sqlite3"
+    feed = Feed(make_config(), trail(db))
+    feed.audit.record_config(T0 - 1_000, "start", "start", "oracled.toml", "a" * 64, "{}")
+    for _ in range(6):
+        feed.round()
+    paused_at = feed.now + 10
+    feed.audit.record_action(paused_at, "alice", "pause", "ETH/USD")
+    for _ in range(4):
+        feed.round()
+    reloaded = feed.now + 10
+    feed.audit.record_config(reloaded, "reload", "SIGHUP", "oracled.toml", "b" * 64, "{}")
+    feed.round()
+    restarted = feed.now + 10
+    feed.audit.record_config(restarted, "start", "start", "oracled.toml", "b" * 64, "{}")
+    feed.round()
+    feed.audit.close()
+
+    err = _exported(db, capsys)
+    assert (
+        f"warning: {db.with_suffix('.jsonl')}: a replay differs from the stored reports from"
+        f" {iso_time(paused_at)} on: operator alice: pause ETH/USD (a tape holds quotes only;"
+        " 3 such event(s) in the window, each in the timeline)"
+    ) in err, err
+    late = _exported(db, capsys, "--from", iso_time(reloaded + 1))
+    assert f"from {iso_time(restarted)} on: config start by start" in late, late
+    assert "warning" not in _exported(db, capsys, "--from", iso_time(restarted + 1))
+    assert "warning" not in _exported(db, capsys, "--to", iso_time(paused_at - 1))
