@@ -481,7 +481,8 @@ def test_a_routed_price_is_the_product_of_its_legs_and_a_non_live_leg_blocks_it(
     used routed value is its quote times the leg's price of the round (divided, inverted); a
     routed-only market's price is that product at its decimals when its venues agree; and while
     the leg is not live no routed slot is used, ETH/USD is not live and, with a fresh routed
-    quote, is unknown for `route` (docs/pricing.md section 3)."""
+    quote, is unknown for `route` (docs/pricing.md section 3). ETH/USD comes back only after
+    resume_rounds rounds with its leg live (its streak starts in the leg's first live round)."""
     tape = []
     for r, (usdt, eth, eth_sources, manual) in enumerate(rounds):
         quotes = []
@@ -495,13 +496,15 @@ def test_a_routed_price_is_the_product_of_its_legs_and_a_non_live_leg_blocks_it(
         tape.append(Round(quotes, {} if manual is None else {"USDT/USD": manual}))
     cfg = _route_world()
     core = Core(cfg)
+    seen: list[list[Report]] = []
     for r, rnd in enumerate(tape):
         for q in rnd.quotes:
             assert core.ingest(q) is None
         for market, paused in rnd.manual.items():
             core.set_manual(market, paused)
         res = core.run_round(_at(r))
-        usdt_rep, eth_rep, btc_rep = res.reports()
+        usdt_rep, eth_rep, btc_rep = reports = res.reports()
+        seen.append(reports)
         leg = float(res.price[0])
         for i, rep in ((1, eth_rep), (2, btc_rep)):
             for k, src in enumerate(rep.sources):
@@ -527,6 +530,15 @@ def test_a_routed_price_is_the_product_of_its_legs_and_a_non_live_leg_blocks_it(
                 (raw,) = raws
                 assert raw is not None
                 assert eth_rep.price == format(raw * leg, ".2f"), (eth_rep, leg)
+    resume = cfg.oracle.resume_rounds
+    for i in range(3):
+        reps = [reports[i] for reports in seen]
+        for r, rep in enumerate(reps):
+            if rep.status in LIVE and r > 0 and reps[r - 1].status not in LIVE:
+                assert went_live_legitimately(reps, r, resume), (r, reps[: r + 1])
+                if i == 1:  # ETH/USD counts its streak only while its leg is live
+                    legs = [seen[k][0].status for k in range(r - resume + 1, r + 1)]
+                    assert all(status in LIVE for status in legs), (r, seen[: r + 1])
 
 
 # 6. The mark of a perpetual market ----------------------------------------------------------
