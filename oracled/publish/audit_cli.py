@@ -169,7 +169,7 @@ def _not_on_tape(
 ) -> list[tuple[int, str]]:
     """What moved the window's stored reports besides its quotes, oldest first: operator
     actions, reloads, and a start after the tape's first round (`first_ts`: the restarted
-    daemon numbered its rounds from 1 again, gates afresh). A replay of the tape differs from
+    daemon numbered its rounds from 1 again, gates afresh). A replay of the tape may differ from
     the first of them on (docs/publishing.md, `--tape`)."""
     events = [(a.ts, _action_text(a)) for a in reader.actions(None, start, end)]
     events += [
@@ -423,7 +423,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             moved = _not_on_tape(reader, args.start, args.end, None if first is None else first[1])
             if moved:
                 print(
-                    f"warning: {args.tape}: a replay differs from the stored reports from"
+                    f"warning: {args.tape}: a replay may differ from the stored reports from"
                     f" {_iso(moved[0][0])} on: {moved[0][1]} (a tape holds quotes only;"
                     f" {len(moved)} such event(s) in the window, each in the timeline)",
                     file=sys.stderr,

@@ -384,13 +384,13 @@ async def test_a_manual_pause_is_in_the_trail_and_the_replay_differs_only_where_
 async def test_a_pricing_reload_is_in_the_trail_and_a_replay_matches_up_to_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A reload mid-run that changes how BTC/USD is priced (its price exponent): the trail
-    holds it (`configs`: start, then reload with what changed), and `oracled audit --tape`
-    warns of it. A tape holds quotes only
-    (docs/contracts.md), so a replay with the config the daemon started with gives every
-    stored report byte for byte up to the reload and differs after it; `oracled replay` of
-    `record`'s tape with the reloaded file says that the tape was recorded with another
-    pricing config."""
+    """Two reloads mid-run: one of a venue's poll interval (the source restarts, no pricing
+    setting moves), then one of how BTC/USD is priced (its price exponent). The trail holds
+    both (`configs`: start, reload, reload) and `oracled audit --tape` warns from the first.
+    A tape holds quotes only (docs/contracts.md), so a replay with the config the daemon
+    started with gives every stored report byte for byte up to the pricing reload (the first
+    reload moved nothing) and differs after it; `oracled replay` of `record`'s tape with the
+    reloaded file says that the tape was recorded with another pricing config."""
     run = await _started(tmp_path)
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     started = load_config(run.daemon.config)
@@ -398,10 +398,15 @@ async def test_a_pricing_reload_is_in_the_trail_and_a_replay_matches_up_to_it(
         await run.btc(set(_LIVE), limit_s=20.0)
         await run.rounds(3)
         dump = tomllib.loads(run.daemon.config.read_text())
+        dump["sources"]["kraken"]["rest_poll_interval_s"] = 0.7  # no price moves: kraken restarts
+        run.daemon.config.write_text(tomli_w.dumps(dump))
+        status, body = await run.daemon.post("/v1/admin/reload", headers=auth)
+        assert status == 200 and body["sources_restarted"] == ["kraken"], body
+        await run.rounds(5)
         dump["markets"][1]["price_exponent"] = -1
         run.daemon.config.write_text(tomli_w.dumps(dump))
         status, body = await run.daemon.post("/v1/admin/reload", headers=auth)
-        assert status == 200, body
+        assert status == 200 and body["markets_changed"] == ["BTC/USD"], body
         await run.rounds(5)
     finally:
         await _stop(run)
@@ -411,13 +416,12 @@ async def test_a_pricing_reload_is_in_the_trail_and_a_replay_matches_up_to_it(
         loads = reader.configs(0, _END)
     finally:
         reader.close()
-    assert [c.event for c in loads] == ["start", "reload"]
-    assert "BTC/USD" in loads[1].changes
+    assert [c.event for c in loads] == ["start", "reload", "reload"]
     warning = _tape_warning(started, capsys)
     assert f"from {iso_time(loads[1].ts)} on: config reload by api" in warning, warning
     for tape in (trail_tape, run.tape.read_bytes()):
         bad = _mismatches(stored, _replayed(started, tape))
-        assert bad and all(_ts(lines[0]) > loads[1].ts for _, lines, _ in bad)
+        assert bad and all(_ts(lines[0]) > loads[2].ts for _, lines, _ in bad)
     capsys.readouterr()
     args = ["replay", "--config", str(run.daemon.config), str(run.tape), "--out", "/dev/null"]
     assert main(args) == 0
