@@ -851,6 +851,7 @@ class Service:
         log = self.log.bind(component="gates")
         last = -1  # the last round's time: each round is the one after it, none is left out
         waiting = False  # for a wall clock that went back to pass the last round again
+        still = False  # for a wall clock that stopped (or lags the monotonic one) to move on
         self.round_at = self.clock.monotonic()  # /healthz counts a first round's wait from here
         mark = self.clock.now_ms(), self.round_at  # both clocks after the last round
         while True:
@@ -859,7 +860,7 @@ class Service:
             if tick - now > interval:  # the wall clock went back: wait, looking every interval
                 if not waiting:
                     log.warning("wall clock went back: rounds wait for it", by_ms=last - now)
-                waiting = True
+                waiting = still = True  # told: not told again as a still clock
                 await asyncio.sleep(interval / 1000.0)
                 continue
             waiting = False
@@ -874,6 +875,13 @@ class Service:
                 # the top: a clock that went back meanwhile is waited for there, and logged.
                 if last < 0:
                     last = tick - interval  # the first round keeps its time, not the next one
+                wall_ms, mono_s = mark
+                lag = (
+                    round(1000 * (self.clock.monotonic() - mono_s)) + wall_ms - self.clock.now_ms()
+                )
+                if lag > 2 * interval and not still:  # said once, until a round runs
+                    log.warning("wall clock stands still: rounds wait for it", behind_ms=lag)
+                    still = True
                 await asyncio.sleep(0.001)
                 continue
             behind = self.clock.now_ms() - tick
@@ -903,7 +911,7 @@ class Service:
             self.metrics.round_duration.observe(time.perf_counter() - started)
             self.hub.publish(result)
             self.round_at = self.clock.monotonic()
-            mark = self.clock.now_ms(), self.round_at
+            mark, still = (self.clock.now_ms(), self.round_at), False
             self._publish_round(result)
             if self.audit is not None:
                 self.audit.submit(result)  # a queue put: the disk is the worker thread's

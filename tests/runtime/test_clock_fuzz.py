@@ -17,7 +17,8 @@ docs/publishing.md promise:
   one more than `oracle.max_clock_skew_ms` ahead of it;
 - the daemon keeps running, publishes and signs again once the clock is past its last round,
   and says `wall clock went back: rounds wait for it` for a step back it waited out, `wall
-  clock went forward: its rounds are computed late` for a step forward of rounds;
+  clock went forward: its rounds are computed late` for a step forward of rounds, and `wall
+  clock stands still: rounds wait for it` for a wall that stopped;
 - the stall limits are measured on the monotonic clock: a stall is told (`stalled`) when a step
   back makes the rounds wait past the limit, and a step forward, a short step back or a short
   still wall tells none, on the plain streams nor on the signed ones.
@@ -40,7 +41,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
-from one_venue import reading, serving_api, signing_table, stalls
+from one_venue import reading, serving_api, signing_table, stalling_config, stalls
 from structlog.testing import capture_logs
 
 from oracled.config import Config, parse_config
@@ -64,6 +65,7 @@ SHORT_FORWARD_MS = 10_000
 SAFETY_S = 45.0  # guards against hangs only
 WENT_BACK = "wall clock went back: rounds wait for it"
 WENT_FORWARD = "wall clock went forward: its rounds are computed late"
+STANDS_STILL = "wall clock stands still: rounds wait for it"
 
 
 class FuzzClock:
@@ -212,6 +214,7 @@ async def test_a_misbehaving_wall_clock_never_makes_the_daemon_publish_untruths(
                     told = len(stalls(plain)), len(stalls(signed))
                     went = sum(e["event"] == WENT_BACK for e in logs)
                     ahead = sum(e["event"] == WENT_FORWARD for e in logs)
+                    still = sum(e["event"] == STANDS_STILL for e in logs)
                     high = clock.now_ms()  # the wall time the rounds reached
                     if step.kind == "back":
                         clock.offset_ms -= step.ms
@@ -241,6 +244,8 @@ async def test_a_misbehaving_wall_clock_never_makes_the_daemon_publish_untruths(
                     assert not service.failed, where
                     if step.kind == "forward" and step.ms > 2 * INTERVAL_MS:
                         assert sum(e["event"] == WENT_FORWARD for e in logs) > ahead, where
+                    if step.kind == "still":
+                        assert sum(e["event"] == STANDS_STILL for e in logs) > still, where
                     if step.stalls:
                         assert sum(e["event"] == WENT_BACK for e in logs) > went, where
                     elif step.stalls is False:  # no stall told, plain or signed
@@ -261,3 +266,31 @@ async def test_a_misbehaving_wall_clock_never_makes_the_daemon_publish_untruths(
             reader.close()
         times = [r.ts for r in trail]  # signed or not, each round time once
         assert all(a < b for a, b in itertools.pairwise(times)), where
+
+
+async def test_a_wall_clock_standing_still_is_logged_once_and_the_rounds_go_on_after_it() -> None:
+    """A wall clock that stops while monotonic time runs (a broken clock source) holds the
+    rounds, whose times only grow: said once, `wall clock stands still: rounds wait for it`,
+    with how far it lags the monotonic clock; once it moves again the rounds go on, without
+    a line for a clock stepped back or forward. Before, rounds stopped without a word in the
+    log (OracledRoundsStalled's runbook pointed at `wall clock went back` alone)."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        clock = FuzzClock(0)
+        service = Service(stalling_config(sim), clock=clock)
+        with capture_logs() as logs:
+            async with (
+                serving_api(service, SAFETY_S) as (http, base),
+                reading(http, base, {"op": "subscribe", "markets": [MARKET]}) as plain,
+            ):
+                await _until(lambda: len(_data(plain, "report")) >= 3, "first rounds")
+                clock.still_ms = clock.now_ms()
+                await _until(
+                    lambda: any(e["event"] == STANDS_STILL for e in logs), "the still clock told"
+                )
+                seen = len(_data(plain, "report"))
+                await asyncio.sleep(HOLD_S)
+                clock.still_ms = None
+                await _until(lambda: len(_data(plain, "report")) >= seen + 3, "rounds again")
+    told = [e for e in logs if e["event"] == STANDS_STILL]
+    assert len(told) == 1 and told[0]["behind_ms"] > 2 * INTERVAL_MS, told
+    assert not [e for e in logs if e["event"] in (WENT_BACK, WENT_FORWARD)]
