@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -299,6 +300,7 @@ class NatsConfig(_Frozen):
         for url in value:
             if not re.fullmatch(r"(nats|tls)://[^\s/]+", url):
                 raise ValueError(f"{url!r} is not a nats:// or tls:// URL")
+            _check_host_port(url, f"{_redacted(url) if '@' in url else url!r}")
         return value
 
 
@@ -524,13 +526,33 @@ class ChainConfig(_Frozen):
     def _check_ws(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^wss?://[^\s/]+", value):
             raise ValueError("must be an absolute ws:// or wss:// URL")
+        if value is not None:
+            _check_host_port(value, "the URL")
         return value
 
 
 def _check_http_url(url: str) -> str:
     if not re.match(r"^https?://[^\s/]+", url):
         raise ValueError("each RPC URL must be an absolute http:// or https:// URL")
+    _check_host_port(url, "each RPC URL")  # never the URL itself: it may hold an API key
     return url
+
+
+def _check_host_port(url: str, what: str) -> None:
+    """A URL's host and port as the client that dials it reads them. A port that is none
+    (`:99999`, `:9x`, another script's digits), an unclosed `[` or a control character loaded,
+    and the source, chain reader or sink then failed every connect (aiohttp's
+    InvalidUrlClientError), restarted forever, instead of the config naming the key."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError past 65535 or for anything but ASCII digits
+    except ValueError:
+        port = -1
+    if port == -1 or not parts.hostname or not url.isprintable():
+        raise ValueError(
+            f"{what} must name a host and, if any, a port from 0 to 65535, with no control "
+            "character or line break"
+        )
 
 
 def _check_distinct_urls(urls: tuple[str, ...]) -> None:
@@ -598,6 +620,8 @@ class SourceConfig(_Frozen):
     def _check_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^(wss?|https?)://[^\s/]+", value):
             raise ValueError("must be an absolute ws://, wss://, http:// or https:// URL")
+        if value is not None:
+            _check_host_port(value, "the URL")
         return value
 
 
