@@ -227,6 +227,8 @@ def _mutated(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     doc = copy.deepcopy(SEEDS[name])
     for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
         places = [w for w in _walk(doc) if w]
+        if not places:  # every key deleted
+            break
         where = draw(st.sampled_from(places))
         parent = _at(doc, where[:-1])
         op = draw(
