@@ -1251,6 +1251,16 @@ def _chain_relations(cfg: Config) -> list[str]:
             problems.append(
                 f"chains.{cid}.resolved_urls: is set from the environment, not the file"
             )
+        if chain.block_time_s is not None and chain.block_time_s >= chain.max_block_age_s:
+            # The reader refuses a head older than max_block_age_s as a stuck node's and leaves
+            # its endpoint as behind: with blocks that slow, a healthy chain's head often is.
+            problems.append(
+                f"chains.{cid}.block_time_s: {chain.block_time_s:g} is not below "
+                f"max_block_age_s ({chain.max_block_age_s:g}): the newest block of a healthy "
+                "chain would often be older than max_block_age_s, refused as a stuck node's "
+                "(not published, its endpoint left as behind); raise max_block_age_s to "
+                "several block times"
+            )
     return problems
 
 
