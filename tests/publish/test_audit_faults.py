@@ -7,10 +7,11 @@ quoting BTC/USD and USDT/USD, a spot venue quoting BTC/USDT (priced through the 
 and a perpetual venue quoting BTC-USDT-SWAP (so the reports carry the mark). The faults come
 from the simulators' own controls, in an order and on venues drawn from a seed: garbage frames,
 a dropped connection, a stall with the socket open, one venue's spike, stale frames sent again,
-the daemon itself stopped for a moment (SIGSTOP), and a quorum loss that pauses BTC/USD until
-it resumes with hysteresis. Both tapes (the trail's `--tape` and the recorder's) are replayed
-with the daemon's config and every stored report compared, and so is every report the WS
-stream sent (plain and batch frames).
+the daemon itself stopped for a moment (SIGSTOP), two of a burst, a frozen book, refused
+handshakes (the source polls REST) and a muted instrument, and a quorum loss that pauses
+BTC/USD until it resumes with hysteresis. Both tapes (the trail's `--tape` and the
+recorder's) are replayed with the daemon's config and every stored report compared, and so is
+every report the WS stream sent (plain and batch frames).
 """
 
 from __future__ import annotations
@@ -234,10 +235,12 @@ def _mismatches(
 
 
 async def _faults(run: _Run, rng: random.Random) -> None:
-    """One venue's garbage, disconnect, stall and spike in a seeded order on seeded venues, then
-    a quorum loss of BTC/USD and its recovery."""
+    """Single-venue faults in a seeded order on seeded venues, the daemon's own stop among
+    them, then a quorum loss of BTC/USD (from live: a fault above may hold it) and its
+    recovery."""
     await run.btc(set(_LIVE), limit_s=20.0)
     steps = ["garbage", "disconnect", "stall", "spike", "daemon", "duplicates"]
+    steps += rng.sample(["refused", "frozen", "burst", "muted"], 2)
     rng.shuffle(steps)
     for step in steps:
         sid = rng.choice([*SPOT_USD, "binance", "okx"])
@@ -251,6 +254,20 @@ async def _faults(run: _Run, rng: random.Random) -> None:
             sim.silence(rng.uniform(1.2, 2.0))  # past the source's 1 s liveness limit
         elif step == "duplicates":  # the venue's last frames again, out of order
             assert sim.replay_stale(rng.randint(2, 20)) >= 0
+        elif step == "burst":
+            assert sim.burst(rng.randint(2, 10)) > 0
+        elif step == "frozen":  # books held, times the venue's own held with them
+            sim.freeze(rng.uniform(1.0, 2.0))
+        elif step == "refused":  # handshakes refused: the source polls REST meanwhile
+            sim.ws_enabled = False
+            assert sim.disconnect() > 0
+            await asyncio.sleep(rng.uniform(1.0, 2.0))
+            sim.ws_enabled = True
+        elif step == "muted":  # one instrument silent on a healthy connection
+            key = rng.choice(sorted(run.venue(sid).keys.values()))
+            sim.mute(key)
+            await run.rounds(rng.randint(3, 10))
+            sim.unmute(key)
         elif step == "daemon":  # the daemon itself stopped: its round loop catches up after
             assert run.daemon.proc is not None
             os.kill(run.daemon.proc.pid, signal.SIGSTOP)
@@ -260,13 +277,17 @@ async def _faults(run: _Run, rng: random.Random) -> None:
             spiked = rng.choice(SPOT_USD)
             key = run.venue(spiked).keys[("BTC/USD", "spot")]
             run.venue(spiked).sim.spike(key, rng.choice((1.3, 0.7)), rng.uniform(1.0, 2.0))
-        await run.rounds(rng.randint(2, 6))
+        await run.rounds(rng.randint(2, 4))
+    await run.btc(set(_LIVE), limit_s=15.0)  # live again after the faults above
     lost = rng.sample(SPOT_USD, 2)  # 2 of 4 BTC/USD sources left, and USDT/USD's leg on 1
     for sid in lost:
         run.venue(sid).sim.rest_enabled = False
         run.venue(sid).sim.silence(None)
-    paused = await run.btc({"paused", "unknown"}, limit_s=15.0)
-    assert "quorum" in paused["reasons"], paused
+
+    async def quorum_lost() -> bool:
+        return "quorum" in (await run.daemon.report("BTC/USD"))["reasons"]
+
+    await run.daemon.wait_for(quorum_lost, 15.0, "BTC/USD paused for its quorum")
     await run.rounds(rng.randint(1, 5))
     for sid in lost:
         run.venue(sid).sim.rest_enabled = True
