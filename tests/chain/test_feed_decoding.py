@@ -39,8 +39,11 @@ def pyth_feed(max_age_s: int = 60) -> PythEvmFeed:
         pyth_answer(1 << 63, 100, -2, NOW),  # price past int64
         pyth_answer(300_000, -1, -2, NOW),  # negative confidence
         pyth_answer(300_000, 100, 37, NOW),  # exponent past any real feed's
+        # past the contract's uint64, found by the reader's fuzz (test_chain_fuzz.py): before,
+        # published flagged stale with a venue time of 10**80 ms
+        pyth_answer(300_000, 100, -2, (1 << 256) - 1),
     ],
-    ids=["short", "price_range", "conf_range", "expo_range"],
+    ids=["short", "price_range", "conf_range", "expo_range", "publish_time_range"],
 )
 def test_a_pyth_answer_of_the_wrong_shape_is_malformed(data: bytes) -> None:
     """An answer too short for the struct, or with a field outside its Solidity type, is

@@ -38,6 +38,8 @@ __all__ = ["DEFAULT_MAX_CONF_RATIO", "PythEvmFeed", "PythEvmSource"]
 
 _GET_PRICE_UNSAFE: Final = selector("getPriceUnsafe(bytes32)")
 _I64: Final = 1 << 63
+#: The contract stores publishTime as a uint64 (its PriceInfo): a larger one is not its answer.
+_U64: Final = 1 << 64
 _MAX_EXPO: Final = 36
 DEFAULT_MAX_CONF_RATIO: Final = float(SourceConfig.model_fields["max_conf_ratio"].get_default())
 
@@ -110,8 +112,16 @@ class PythEvmFeed(Feed):
         conf = int.from_bytes(data[32:64], "big", signed=True)
         expo = int.from_bytes(data[64:96], "big", signed=True)
         publish_time = int.from_bytes(data[96:128], "big")
-        if not (-_I64 <= price < _I64 and 0 <= conf < _I64 and -_MAX_EXPO <= expo <= _MAX_EXPO):
-            return self._malformed(f"out of range: price {price} conf {conf} expo {expo}", block)
+        if not (
+            -_I64 <= price < _I64
+            and 0 <= conf < _I64
+            and -_MAX_EXPO <= expo <= _MAX_EXPO
+            and publish_time < _U64
+        ):
+            return self._malformed(
+                f"out of range: price {price} conf {conf} expo {expo} publishTime {publish_time}",
+                block,
+            )
         self._garbled = False
         last = self._last
         if last is not None and publish_time < last[0] and not self._last_ahead:
