@@ -9,7 +9,9 @@ Rules, per market and round:
 - A jump beyond the circuit-breaker band from the last good price is held for
   `jump_confirm_rounds` rounds. If the sources still agree on the new level after that, it is
   accepted: one venue cannot move the median (that needs a quorum), and a real market-wide move
-  is followed after a short, bounded hold instead of being frozen forever.
+  is followed after a short, bounded hold instead of being frozen forever. A round beyond the
+  breaker from the level held the round before does not confirm it: a further jump during a
+  hold is followed no sooner than in its second round.
 - Resuming needs `resume_rounds` consecutive healthy rounds (hysteresis), so a flapping source
   cannot toggle the market every round. The rounds of a held jump count (they had a quorum and
   agreement), so that a level on the breaker's edge cannot keep a market paused. A confirmed
@@ -90,6 +92,7 @@ class GateState:
 
     __slots__ = (
         "jump_count",
+        "jump_level",
         "jump_live",
         "last_good",
         "last_good_ts",
@@ -104,6 +107,9 @@ class GateState:
         self.last_good_ts = np.full(markets, -1, dtype=np.int64)
         self.streak = np.zeros(markets, dtype=np.int64)
         self.jump_count = np.zeros(markets, dtype=np.int64)
+        # The candidate of the running hold's latest round (NaN without a hold): a round beyond
+        # the breaker from it does not confirm the hold.
+        self.jump_level = np.full(markets, np.nan)
         # The running hold began while the market was live: only then is its confirmation
         # enough to go live without the resume streak.
         self.jump_live = np.zeros(markets, dtype=bool)
@@ -139,6 +145,7 @@ def step(
     last_good = state.last_good[idx]
     with np.errstate(invalid="ignore", divide="ignore"):
         move = np.abs(x.candidate / last_good - 1.0)
+        moved_on = np.abs(x.candidate / state.jump_level[idx] - 1.0) > p.circuit_breaker
     # Rounds under a manual pause do not count towards confirming a jump: otherwise a release
     # could land on a confirmed round and go live at once, skipping the healthy streak.
     beyond = candidate_ok & ~manual & np.isfinite(last_good) & (move > p.circuit_breaker)
@@ -146,7 +153,11 @@ def step(
     prior_count = state.jump_count[idx]
     jump_count = np.where(beyond, prior_count + 1, 0)
     jump_live = beyond & np.where(prior_count == 0, was_live, state.jump_live[idx])
-    confirmed = beyond & (jump_count > p.jump_confirm_rounds)
+    # A hold is confirmed only in a round that stays within the breaker of the level held the
+    # round before: a further jump during a hold is never published in the round it appears.
+    # (Starting the count again would freeze a market through a crash faster than the breaker
+    # per round; this keeps the count and waits for one round at the new level.)
+    confirmed = beyond & (jump_count > p.jump_confirm_rounds) & ~moved_on
     held = beyond & ~confirmed
     reasons |= np.where(held, JUMP, 0)
 
@@ -179,6 +190,7 @@ def step(
     # A confirmed jump still waiting for the streak keeps counting, so that it is not held again.
     state.jump_count[idx] = np.where(live, 0, jump_count)
     state.jump_live[idx] = jump_live & ~live
+    state.jump_level[idx] = np.where(beyond & ~live, x.candidate, np.nan)
     state.last_good[idx] = np.where(live, x.candidate, last_good)
     state.last_good_ts[idx] = np.where(live, now_ms, state.last_good_ts[idx])
     return status, reasons, price

@@ -250,3 +250,30 @@ def test_a_crash_that_bounces_inside_the_breaker_is_followed_after_the_hold_only
         ("paused", ["jump"], None),
     ]
     assert _summary(sc.round(_btc(25_000.0))["BTC/USD"]) == ("active", [], "25000.00")
+
+
+def test_a_further_jump_during_a_hold_is_not_published_in_the_round_it_appears() -> None:
+    """Every source falls 15 % (held four rounds), then prints 50 % below the last good price
+    in the fifth: the hold's count is due, but that level was never seen before and lies 41 %
+    from the level held the round before, so it is held once more and followed in the next
+    round it persists. (Before, it went live in the very round it appeared, where the same
+    fall from a live market is held for all of jump_confirm_rounds.)"""
+    sc = Scenario(config([market("BTC/USD", "abcde")], resume_rounds=3, jump_confirm_rounds=4))
+    assert _summary(sc.rounds(3, _btc(50_000.0))[-1]["BTC/USD"])[0] == "active"
+    seen = [_summary(r["BTC/USD"]) for r in sc.rounds(4, _btc(42_500.0))]
+    assert seen == [("paused", ["jump"], None)] * 4
+    seen = [_summary(r["BTC/USD"]) for r in sc.rounds(2, _btc(25_000.0))]
+    assert seen == [("paused", ["jump"], None), ("active", [], "25000.00")]
+
+
+def test_a_hold_through_a_steady_fall_is_confirmed_while_it_falls() -> None:
+    """The other side: a crash that falls 15 % (held) and keeps falling 3 % a round, inside the
+    breaker from one round to the next, is confirmed after jump_confirm_rounds as before, while
+    it still falls, and followed round by round from there."""
+    sc = Scenario(config([market("BTC/USD", "abcde")], resume_rounds=3, jump_confirm_rounds=4))
+    sc.rounds(3, _btc(50_000.0))
+    levels = [42_500.0 * 0.97**k for k in range(7)]
+    seen = [_summary(sc.round(_btc(p))["BTC/USD"]) for p in levels]
+    assert seen == [("paused", ["jump"], None)] * 4 + [
+        ("active", [], format(p, ".2f")) for p in levels[4:]
+    ]
