@@ -141,9 +141,23 @@ _EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 def _names_a_file(value: str, example: str) -> str:
     """A path the daemon writes a file at (with its lock file beside it): one that ends in "/",
     ".", or ".." names a directory, which no file can be written over."""
+    _no_nul(value)
     if value.endswith("/") or Path(value).name in ("", ".", ".."):
         raise ValueError(f"must name a file (e.g. {example}), not a directory")
     return value
+
+
+def _no_nul(value: str) -> str:
+    """No path holds a NUL: the OS calls refuse it with ValueError, not the OSError the loaders
+    of key, lease and pauses files turn into a problem, so it stopped `run` and `check-config
+    --as-daemon` with a traceback, after `check-config` passed it."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (no file path can)")
+    return value
+
+
+#: A file the daemon reads or writes, named in the config.
+_FilePath = Annotated[str, Field(min_length=1), AfterValidator(_no_nul)]
 
 
 class _Frozen(BaseModel):
@@ -162,7 +176,7 @@ class OracleConfig(_Frozen):
     max_price: PosFloat = 1e12
     #: Where operator pauses are kept across restarts (oracled/manual.py), relative to the
     #: working directory; unset, a restart lifts them.
-    manual_pauses_file: Annotated[str, Field(min_length=1)] | None = None
+    manual_pauses_file: _FilePath | None = None
 
     @field_validator("manual_pauses_file")
     @classmethod
@@ -233,7 +247,7 @@ class SigningConfig(_Frozen):
     """
 
     enabled: bool = False
-    key_file: Annotated[str, Field(min_length=1)] | None = None
+    key_file: _FilePath | None = None
     key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     deployment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
     #: The signing lease (oracled/publish/sign_lease.py), relative to the working directory:
@@ -241,7 +255,7 @@ class SigningConfig(_Frozen):
     #: crash, with the clock behind, without the audit trail) signs one of them again.
     #: Required when enabled (no default: it must be on storage that outlives the process, which
     #: only the operator knows; the working directory of an in-process test is not).
-    lease_file: Annotated[str, Field(min_length=1)] | None = None
+    lease_file: _FilePath | None = None
     #: How far ahead of the rounds the lease reaches: one write per half window; after a crash,
     #: signing waits up to a window for the clock to pass it.
     lease_window_ms: Annotated[int, Field(ge=1_000, le=600_000)] = 10_000
@@ -250,9 +264,6 @@ class SigningConfig(_Frozen):
     @classmethod
     def _check_lease_file(cls, value: str | None) -> str | None:
         return None if value is None else _names_a_file(value, "oracled-signing-lease.json")
-
-
-_FilePath = Annotated[str, Field(min_length=1)]
 
 
 class NatsConfig(_Frozen):
@@ -366,7 +377,7 @@ class PushConfig(_Frozen):
     enabled: bool = False
     chain: Annotated[str, Field(pattern=_ID)] | None = None
     contract: Address | None = None
-    key_file: Annotated[str, Field(min_length=1)] | None = None
+    key_file: _FilePath | None = None
     key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     deviation: Fraction = 0.005
     heartbeat_s: Annotated[float, Field(gt=0, le=30 * 86_400, allow_inf_nan=False)] = 3600.0
