@@ -10,9 +10,11 @@ the daemon does. Two invariants:
 
 - nothing but `ConfigError` escapes `load_config`, and each of its problems is one printable
   line, `<where>: <what>`, in the project's words, not a library's;
-- a config that loads is made into what the daemon builds from it (the core, the hub, the
-  metrics, the chain readers and sources) and runs rounds over a few quotes, at a start and at a
-  reload onto it from the seed, with no exception and no price outside its market's band.
+- a config that loads passes `check-config --as-daemon`'s reads (keys, lease, pauses file) with
+  readable problems at most, and is made into what the daemon builds from it (the core, the
+  hub, the metrics, the chain readers and sources) and runs rounds over a few quotes, at a
+  start and at a reload onto it from the seed, with no exception and no price outside its
+  market's band.
 
 The command line is run once on files the fuzz found faults with (tests/config/bad/).
 """
@@ -20,6 +22,7 @@ The command line is run once on files the fuzz found faults with (tests/config/b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import json
@@ -37,6 +40,7 @@ from hypothesis import strategies as st
 from oracled_cli import run_oracled
 from pydantic import BaseModel
 
+from oracled.cli import _start_problems
 from oracled.clock import ManualClock
 from oracled.config import (
     ApiConfig,
@@ -345,9 +349,12 @@ def _rounds(cfg: Config, core: Core, hub: Hub, first: int, count: int) -> None:
                 assert low <= float(report["price"]) <= high * (1 + 1e-9), report
 
 
-def _runs(seed: str, cfg: Config) -> None:
+def _runs(seed: str, cfg: Config, cwd: Path) -> None:
     """What the daemon makes of a config that loads, at start and at a reload onto it."""
     config_warnings(cfg)  # check-config prints them, `run` logs them
+    with contextlib.chdir(cwd):  # relative key, lease and pauses files: in the example's own
+        unreadable = [p for p in _start_problems(cfg) if not _readable(p)]  # --as-daemon's
+    assert not unreadable, unreadable
     pricing_digest(cfg)  # `record` stamps its tape with it
     core, hub = Core(cfg), Hub(cfg.api.stream_queue)
     metrics = Metrics(
@@ -421,7 +428,7 @@ def test_a_mutated_config_runs_or_is_refused_in_readable_lines(
     path.write_bytes(_damaged(tomli_w.dumps(doc).encode(), data.draw))
     cfg = _refused_readably(path)
     if cfg is not None:
-        _runs(seed, cfg)
+        _runs(seed, cfg, path.parent)
 
 
 @settings(max_examples=100, derandomize=True, deadline=None, database=None)
