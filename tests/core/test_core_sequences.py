@@ -124,7 +124,9 @@ def test_a_crash_of_every_source_is_followed_within_the_jump_confirmation(
     holds at the new level with a small market-wide jitter. The market, live when the crash
     began, is live again at most jump_confirm_rounds rounds after the sources reach the new
     level (docs/pricing.md section 6: the hold stands in for the streak), priced at that level,
-    and stays live: a real crash never freezes it longer, whatever resume_rounds is."""
+    and stays live: a real crash never freezes it longer, whatever resume_rounds is. A hold
+    ends back inside the breaker from the last good price, or at a level within the breaker of
+    the one held the round before, never at a level first seen in that round."""
     resume, confirm, n, path, hold = crash
     ids = IDS[:n]
     w = data.draw(st.lists(weights, min_size=n, max_size=n))
@@ -141,6 +143,12 @@ def test_a_crash_of_every_source_is_followed_within_the_jump_confirmation(
     for r in range(live, len(levels)):
         assert reports[r].status in LIVE, (r, reports[r])
         assert reports[r].price == format(BASE * levels[r], ".2f"), (r, reports[r])
+    breaker = cfg.markets[0].circuit_breaker
+    for r, rep in enumerate(reports):  # a hold ends back inside the breaker or at its level
+        good = reports[r - 1].last_good_price
+        if rep.status in LIVE and reports[r - 1].reasons == ["jump"] and good is not None:
+            back = abs(BASE * levels[r] / float(good) - 1) <= breaker
+            assert back or abs(levels[r] / levels[r - 1] - 1) <= breaker, (r, reports[: r + 1])
 
 
 @SETTINGS
