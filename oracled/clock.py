@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "ManualClock", "SystemClock"]
+__all__ = ["FIRST_MS", "LAST_MS", "Clock", "ManualClock", "SystemClock"]
+
+#: The times the daemon takes for milliseconds since the epoch: 13 digits, 2001-09-09 to
+#: 2286-11-20. A wall clock before `FIRST_MS` was never set (a machine without a battery-backed
+#: clock, before its time sync): the round loop waits for it. A `ts` of the tape or a signing
+#: lease outside the range was written in another unit (seconds, microseconds) or by such a
+#: clock, and is refused.
+FIRST_MS, LAST_MS = 10**12, 10**13 - 1
 
 
 class Clock(Protocol):

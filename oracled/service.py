@@ -35,7 +35,7 @@ from oracled.aggregate.book import Layout
 from oracled.api import ApiContext, build_app
 from oracled.api.context import READY_ROUNDS, round_limit_s
 from oracled.api.limits import FD_RESERVE, GuardedSite, open_file_limit_short
-from oracled.clock import Clock, SystemClock
+from oracled.clock import FIRST_MS, Clock, SystemClock
 from oracled.config import (
     Config,
     SourceConfig,
@@ -854,8 +854,15 @@ class Service:
         still = False  # for a wall clock that stopped (or lags the monotonic one) to move on
         self.round_at = self.clock.monotonic()  # /healthz counts a first round's wait from here
         mark = self.clock.now_ms(), self.round_at  # both clocks after the last round
+        unset = False  # told that the wall clock was never set
         while True:
             now = self.clock.now_ms()
+            if last < 0 and now < FIRST_MS:  # never set: no round, no signature, no lease at 1970
+                if not unset:
+                    log.error("wall clock is not set: rounds wait for it", now_ms=now)
+                    unset = True
+                await asyncio.sleep(interval / 1000.0)
+                continue
             tick = last + interval if last >= 0 else -(-now // interval) * interval
             if tick - now > interval:  # the wall clock went back: wait, looking every interval
                 if not waiting:

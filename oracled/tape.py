@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
+from oracled.clock import FIRST_MS, LAST_MS
 from oracled.errors import TapeError
 from oracled.model import Quote
 
@@ -190,16 +191,15 @@ def _decimal(text: str | None, key: str) -> float | None:
     return float(text)
 
 
-# Milliseconds since the epoch have 13 digits from 2001-09-09 to 2286-11-20. A `ts` in seconds,
-# in microseconds or a placeholder 0 is a malformed line: replay would otherwise run an empty
-# round every interval up to it (billions of rounds for a single line in microseconds).
-_TS_MIN, _TS_MAX = 10**12, 10**13 - 1
 #: A report's `round` past this is not kept exact by JSON readers that hold numbers as doubles.
 _ROUND_MAX = 2**53 - 1
 
 
 def _to_quote(line: _Line) -> Quote:
-    if not _TS_MIN <= line.ts <= _TS_MAX:
+    # A `ts` in seconds, in microseconds or a placeholder 0 is a malformed line: replay would
+    # otherwise run an empty round every interval up to it (billions of rounds for a single line
+    # in microseconds).
+    if not FIRST_MS <= line.ts <= LAST_MS:
         raise ValueError(
             f"ts {line.ts} is not milliseconds since the epoch (13 digits, 2001 to 2286)"
         )
@@ -265,7 +265,7 @@ def read_header(first: bytes | str) -> TapeHeader:
             " number every JSON reader keeps exact)"
         )
     ts = header.first_round_ts
-    if ts is not None and not _TS_MIN <= ts <= _TS_MAX:
+    if ts is not None and not FIRST_MS <= ts <= LAST_MS:
         raise TapeError(
             f"line 1: first_round_ts {ts} is not milliseconds since the epoch (13 digits, as a"
             " quote's ts): the replay would number its rounds from it"

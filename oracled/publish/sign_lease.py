@@ -35,6 +35,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from oracled.clock import FIRST_MS, LAST_MS
 from oracled.config import LEASE_FILE_REQUIRED
 from oracled.errors import ConfigError
 from oracled.files import read_regular
@@ -57,13 +58,12 @@ __all__ = [
 FORMAT = "oracled-signing-lease"
 _VERSION = 1
 _ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF")
-#: A lease is a round time in milliseconds since the epoch: 13 digits, 2001-09-09 to 2286 (the
-#: tape's rule for `ts`). One below was written in seconds (or is a placeholder such as 0 or 1,
+#: A lease is a round time in milliseconds since the epoch: FIRST_MS to LAST_MS (the tape's
+#: rule for `ts`). One below was written in seconds (or is a placeholder such as 0 or 1,
 #: or a clock never set): as the floor it is below every round time, so it protects nothing. One
 #: above, in microseconds, would leave the key unable to sign for tens of thousands of years.
 #: Neither is read as another unit: only a daemon with its clock unset writes one, so what its
 #: writer meant is a guess, and a wrong guess signs round times again or never signs at all.
-_FIRST_TIME, _LAST_TIME = 10**12, 10**13 - 1
 
 
 def _spelling(address: str) -> str:
@@ -219,7 +219,7 @@ class SignLease:
             body = address.removeprefix("0x")
             if len(body) != 40 or not set(body) <= _ADDRESS_CHARS:
                 raise self._problem(f"not a signing lease (entry {address!r}: {ts})")
-            if not _FIRST_TIME <= ts <= _LAST_TIME:
+            if not FIRST_MS <= ts <= LAST_MS:
                 raise self._problem(
                     f"lease {ts} of {address!r} is no round time in milliseconds since the epoch "
                     "(13 digits, 2001 to 2286; written in seconds or microseconds, or by a clock "

@@ -27,7 +27,7 @@ from one_venue import one_venue_toml, service_running
 from structlog.testing import capture_logs
 
 from oracled.cli import _Hangups, _Stops
-from oracled.clock import Clock, SystemClock
+from oracled.clock import FIRST_MS, Clock, SystemClock
 from oracled.config import Config, SourceConfig, load_config, parse_config
 from oracled.errors import ConfigError
 from oracled.model import Kind, Quote
@@ -668,6 +668,28 @@ async def test_a_wall_clock_stepped_forward_is_logged_and_a_blocked_loop_is_not(
     told = [e for e in stepped if e["event"] == event]
     assert len(told) == 1 and 1_900 <= told[0]["by_ms"] <= 2_100, told
     assert told[0]["rounds"] >= 2_000 // 50 - 1
+
+
+async def test_a_wall_clock_never_set_runs_no_round_until_it_is(tmp_path: Path) -> None:
+    """A start with the wall clock in January 1970 (a machine without a battery-backed clock,
+    before its time sync) runs no round, and says why once; the first round follows the clock
+    being set. Before, it published (and with a key signed) rounds stamped 1970: no tape reader
+    takes such a time, and a signing lease of one stops the next start."""
+    with _sim_in_thread() as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 50))
+        clock = _SteppedClock(1_000_000_000 - SystemClock().now_ms())  # 1970-01-12
+        service = Service(load_config(path), clock=clock)
+        async with service_running(service):
+            with capture_logs() as logs:
+                await asyncio.sleep(0.5)  # ten round intervals
+                unset = service.rounds_published
+                clock.offset_ms = 0
+                times = await _round_times(service, 3)
+    assert unset == 0
+    assert min(times) >= FIRST_MS
+    told = [e for e in logs if e["event"] == "wall clock is not set: rounds wait for it"]
+    assert len(told) == 1 and told[0]["now_ms"] < FIRST_MS, told
 
 
 async def test_a_sighup_while_starting_is_a_reload_once_running(tmp_path: Path) -> None:
