@@ -21,6 +21,7 @@ import io
 import os
 import random
 import re
+import shlex
 import signal
 import sys
 import tomllib
@@ -452,13 +453,16 @@ async def test_a_pricing_reload_is_in_the_trail_and_a_replay_matches_up_to_it(
 async def test_a_daemon_killed_and_started_again_replays_from_its_restart_as_the_warning_says(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A recording daemon killed (SIGKILL) mid-run and started again on the same trail a moment
-    later: its rounds are numbered from 1 again, gates afresh, which no replay of the whole
-    tape gives. `oracled audit --tape` of the whole trail warns from the restart, and the
-    export from it (`--from` the second start, docs/publishing.md) replays to every report
-    the second run stored, byte for byte, `round` included, and so does the second run's
-    `record` tape; the first run's reports replay from the trail's tape, and from its own
-    `record` tape up to the round its kill cut short."""
+    """A recording daemon killed (SIGKILL) mid-run and started again on the same trail and,
+    with `record --append`, the same tape, 1.5 s later: its rounds are numbered from 1 again,
+    gates afresh, which no replay of the whole tape gives. `oracled audit --tape` of the whole
+    trail warns from the restart, and the export from it (`--from` the second start) replays
+    to every report the second run stored, byte for byte, `round` included; the first run's
+    reports replay from the whole trail's tape. `oracled replay --max-gap 1` of the appended
+    tape stops at the restart with the first run's reports (but the round the kill cut short)
+    and names the split by lines (docs/runbook.md), whose part replays to the second run's
+    reports, numbered from 1 at its first quote: lower by the rounds the second run had
+    published before a venue answered, and otherwise byte for byte."""
     run = await _started(tmp_path)
     first_run = run.daemon
     try:
@@ -468,10 +472,11 @@ async def test_a_daemon_killed_and_started_again_replays_from_its_restart_as_the
         first_run.proc.kill()
         await asyncio.to_thread(first_run.proc.wait)
         await run.unsubscribed()
+        await asyncio.sleep(1.5)  # a gap in the tape past the replay's --max-gap below
         again = Daemon(first_run.config.read_text(), tmp_path)
         again.argv[1] = "record"
-        run.daemon, run.tape = again, tmp_path / "recorded-again.jsonl"
-        await again.start("--out", str(run.tape))
+        run.daemon = again
+        await again.start("--out", str(run.tape), "--append")
         await run.btc(set(_LIVE), limit_s=20.0)
         await run.rounds(4)
     finally:
@@ -482,32 +487,46 @@ async def test_a_daemon_killed_and_started_again_replays_from_its_restart_as_the
     reader = AuditReader(cfg.audit.path)
     try:
         restarted = reader.configs(0, _END)[1].ts
+        second = _by_round(reader.report_lines(restarted, _END))  # numbered from 1 again
     finally:
         reader.close()
     warning = _tape_warning(cfg, capsys)
     assert f"from {iso_time(restarted)} on: config start by start" in warning, warning
-    capsys.readouterr()
     part = tmp_path / "part.jsonl"
     args = ["audit", "--db", str(cfg.audit.path), "--tape", str(part)]
     assert main([*args, "--from", iso_time(restarted)]) == 0
     assert "warning" not in capsys.readouterr().err
-    reader = AuditReader(cfg.audit.path)
-    try:
-        second = _by_round(reader.report_lines(restarted, _END))  # numbered from 1 again
-    finally:
-        reader.close()
     first_quote = msgspec.json.decode(part.read_bytes().split(b"\n", 2)[1])["ts"]
     second = {n: lines for n, lines in second.items() if _ts(lines[0]) >= first_quote}
     assert min(second) <= 20 and len(second) >= 5
     assert _mismatches(second, _replayed(cfg, part.read_bytes())) == []
-    assert _mismatches(second, _replayed(cfg, run.tape.read_bytes())) == []
     stored, whole = _stored(cfg)  # the first run's rounds, and the second's under their numbers
     first = {n: [x for x in lines if _ts(x) < restarted] for n, lines in stored.items()}
     first = {n: lines for n, lines in first.items() if lines}
     assert len(first) >= 5
     assert _mismatches(first, _replayed(cfg, whole)) == []
-    # The killed recorder's tape ends where its last hand-over did (every 4 rounds): its last
-    # round is cut short, and the rounds before it replay as stored.
-    killed = _replayed(cfg, (tmp_path / "recorded.jsonl").read_bytes())
-    del killed[max(killed)]
+
+    out = tmp_path / "until-the-gap.jsonl"
+    replay_args = ["replay", "--config", str(run.daemon.config), str(run.tape)]
+    assert main([*replay_args, "--out", str(out), "--max-gap", "1"]) == 4
+    err = capsys.readouterr().err
+    killed = _by_round(out.read_bytes().splitlines(keepends=True))
+    del killed[max(killed)]  # cut short: the recorder hands its lines over every 4 rounds
     assert len(killed) >= 3 and _mismatches(first, killed) == []
+    assert "oracled audit" not in err
+    split = re.search(rf"\(echo (.+); tail -n \+(\d+) {run.tape}\) \| oracled replay", err)
+    assert split is not None, err
+    (echoed,) = shlex.split(split[1])
+    lines = run.tape.read_bytes().splitlines(keepends=True)
+    after = _replayed(cfg, echoed.encode() + b"\n" + b"".join(lines[int(split[2]) - 1 :]))
+    by_ts = {_ts(lines[0]): lines for lines in after.values()}
+    shift = min(second) - 1  # the rounds the second run published before its first quote
+    compared = 0
+    for number, lines in second.items():
+        if _ts(lines[0]) <= max(by_ts):
+            renumbered = [
+                x.replace(b'"round":%d,' % number, b'"round":%d,' % (number - shift)) for x in lines
+            ]
+            assert by_ts.get(_ts(lines[0])) == renumbered, number
+            compared += 1
+    assert compared >= 5
