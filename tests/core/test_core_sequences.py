@@ -632,7 +632,8 @@ def test_the_mark_is_finite_positive_within_its_clamp_of_the_index_and_null_with
     perpetuals print inside and beyond max_perp_deviation, one-sided or with spreads, with gaps
     between rounds: while the index is live the mark price is finite, positive and within
     max_perp_deviation of it (every estimator is, docs/mark.md); while it is not, the mark
-    price is null with reason `index` (the funding fields may stay)."""
+    price is null with reason `index` (the funding fields may stay). A perpetual quoted in USDT
+    never counts while the USDT/USD leg is not live (reason `route` when fresh)."""
     cfg = _perp_world(min_perps)
     core = Core(cfg)
     dev = 0.05
@@ -665,6 +666,9 @@ def test_the_mark_is_finite_positive_within_its_clamp_of_the_index_and_null_with
             if estimate == estimate:
                 assert abs(estimate / x - 1.0) <= dev * (1 + 1e-9), (values, x)
         assert values.perps_used == 0 or values.perps_used >= min_perps
+        if res.report(0).status not in LIVE:  # q and r convert through USDT/USD: never at 1.0
+            assert values.perp_reasons[1] in ("route", "stale", "no_quote"), values
+            assert values.perp_reasons[2] in ("route", "stale", "no_quote"), values
 
 
 # 7. Determinism and order ---------------------------------------------------------------------
