@@ -1037,8 +1037,35 @@ def _relations(cfg: Config) -> list[str]:
         )
     if signing.enabled and signing.lease_file is None:
         problems.append(LEASE_FILE_REQUIRED)
+    problems.extend(_shared_state_files(cfg))
     problems.extend(_push_relations(cfg, set(symbols)))
     problems.extend(_nats_relations(cfg.nats))
+    return problems
+
+
+def _shared_state_files(cfg: Config) -> list[str]:
+    """The files the daemon writes, each with its lock file beside it, are distinct: two keys
+    naming one file had the second writer refused at start as if another daemon held it ("held
+    by another process ... each daemon needs a lease_file of its own"), after check-config
+    passed the file, or a JSON file opened as the audit database."""
+    written = [
+        ("oracle.manual_pauses_file", cfg.oracle.manual_pauses_file),
+        ("signing.lease_file", cfg.signing.lease_file if cfg.signing.enabled else None),
+        ("audit.path", cfg.audit.path if cfg.audit.enabled else None),
+    ]
+    first: dict[str, str] = {}
+    problems: list[str] = []
+    for key, path in written:
+        if path is None:
+            continue
+        name = os.path.normpath(path)
+        if name in first:
+            problems.append(
+                f"{key}: names the file of {first[name]} ({path}): each needs a file of its "
+                "own (one writer per file: the second would be refused at start as held by "
+                "another process)"
+            )
+        first.setdefault(name, key)
     return problems
 
 
