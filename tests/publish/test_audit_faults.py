@@ -7,9 +7,10 @@ quoting BTC/USD and USDT/USD, a spot venue quoting BTC/USDT (priced through the 
 and a perpetual venue quoting BTC-USDT-SWAP (so the reports carry the mark). The faults come
 from the simulators' own controls, in an order and on venues drawn from a seed: garbage frames,
 a dropped connection, a stall with the socket open, one venue's spike, stale frames sent again,
-the daemon itself stopped for a moment (SIGSTOP), two of a burst, a frozen book, refused
-handshakes (the source polls REST) and a muted instrument, and a quorum loss that pauses
-BTC/USD until it resumes with hysteresis. Both tapes (the trail's `--tape` and the
+the daemon itself stopped for a moment (SIGSTOP), the trail held by another writer (its queue
+fills: rounds are dropped from it, their quotes kept for the next), two of a burst, a frozen
+book, refused handshakes (the source polls REST) and a muted instrument, and a quorum loss that
+pauses BTC/USD until it resumes with hysteresis. Both tapes (the trail's `--tape` and the
 recorder's) are replayed with the daemon's config and every stored report compared, and so is
 every report the WS stream sent (plain and batch frames).
 """
@@ -23,6 +24,7 @@ import random
 import re
 import shlex
 import signal
+import sqlite3
 import sys
 import tomllib
 from collections.abc import Iterable
@@ -57,7 +59,8 @@ def _config(audit: Path) -> Config:
             "oracle": {"round_interval_ms": 100, "resume_rounds": 3, "jump_confirm_rounds": 2},
             "api": {"admin_token_env": "ORACLED_TEST_ADMIN_TOKEN"},
             "log": {"format": "json"},
-            "audit": {"enabled": True, "path": str(audit), "reserve_bytes": 64 * 1024},
+            # A short queue: a trail locked for a second drops rounds (`_faults`).
+            "audit": {"enabled": True, "path": str(audit), "reserve_bytes": 64 * 1024, "queue": 4},
             "sources": {sid: {"type": sid} for sid in (*SPOT_USD, "binance", "okx")},
             "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
             "markets": [
@@ -240,7 +243,7 @@ async def _faults(run: _Run, rng: random.Random) -> None:
     them, then a quorum loss of BTC/USD (from live: a fault above may hold it) and its
     recovery."""
     await run.btc(set(_LIVE), limit_s=20.0)
-    steps = ["garbage", "disconnect", "stall", "spike", "daemon", "duplicates"]
+    steps = ["garbage", "disconnect", "stall", "spike", "daemon", "duplicates", "trail"]
     steps += rng.sample(["refused", "frozen", "burst", "muted"], 2)
     rng.shuffle(steps)
     for step in steps:
@@ -269,6 +272,12 @@ async def _faults(run: _Run, rng: random.Random) -> None:
             sim.mute(key)
             await run.rounds(rng.randint(3, 10))
             sim.unmute(key)
+        elif step == "trail":  # another writer holds the trail: its queue fills, rounds drop
+            db = sqlite3.connect(run.daemon.config.parent / "audit.sqlite3", timeout=10.0)
+            db.execute("BEGIN IMMEDIATE")
+            await asyncio.sleep(rng.uniform(1.0, 2.0))  # under SQLite's 5 s busy timeout
+            db.rollback()
+            db.close()
         elif step == "daemon":  # the daemon itself stopped: its round loop catches up after
             assert run.daemon.proc is not None
             os.kill(run.daemon.proc.pid, signal.SIGSTOP)
@@ -344,6 +353,7 @@ async def test_a_daemon_under_venue_faults_replays_to_every_stored_report(
     assert any(s.get("via") == "USDT/USD" and s["used"] for r in btc for s in r["sources"])
     quoted = min(stored)
     assert len(stored) >= 40
+    assert run.daemon.events("audit queue full: rounds are dropped from the trail")
     assert _tape_warning(cfg, capsys) == ""  # nothing but quotes moved the reports
     for tape in (trail_tape, run.tape.read_bytes()):
         replayed = _replayed(cfg, tape)
