@@ -407,7 +407,10 @@ class RpcClient:
             else:
                 self._limits[index] = 0  # another answer, an error too: the limit is over
                 failed = _Failed("node", str(exc)[:120])
-        except (Web3Exception, ValueError, TypeError, RecursionError) as exc:
+        except (Web3Exception, ValueError, TypeError, AttributeError, RecursionError) as exc:
+            # AttributeError: web3 takes every answer for a JSON object (`response.get`); a
+            # JSON array, null, a string or a number as the answer raised out of the check,
+            # and one such endpoint stopped the reader's start whatever the others answered.
             failed = _Failed("garbage", f"eth_chainId: {type(exc).__name__}")
         self._count(index, failed)
         raise RpcUnavailable(f"eth_chainId on {name}: {failed}")

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from chain_rig import Anvil, Chain, Deployed
 from reading import make_reader, watch_eth
 from rpc_proxy import RpcProxy
@@ -82,6 +83,27 @@ async def test_an_endpoint_down_at_start_is_passed_over_and_asked_again_later(
     assert first.requests == 2 and second.requests == 1
     await reader.check_chain_id()
     assert first.requests == 2 and second.requests == 1
+
+
+@pytest.mark.parametrize("body", [b"[]", b"null", b'"0x7a69"', b"31337", b'[{"id": 1}]'])
+async def test_a_chain_id_answer_that_is_no_json_object_is_garbage_and_the_next_one_answers(
+    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy, body: bytes
+) -> None:
+    """The first endpoint answers the start's eth_chainId with JSON that is no JSON-RPC answer
+    object (an array, as a batch's answer, null, a bare string or number): it is counted
+    `garbage` and logged as any endpoint that cannot say, and the second answers, so the start
+    goes on. Found by fuzzing the chain id check with a hostile node: web3 takes every answer
+    for an object, its AttributeError escaped the check, and one such endpoint stopped the
+    reader's start (a crash its supervisor restarted, endlessly) whatever the others said."""
+    proxy.rewrite = lambda request, answer: web.Response(body=body, content_type="application/json")
+    reader = make_reader([proxy.url, anvil.url], http, timeout_s=1.0)
+    with capture_logs() as logs:
+        await reader.check_chain_id()
+    first, second = reader.rpc.stats
+    assert first.by_kind == {"garbage": 1}
+    assert second.requests == 1 and not second.by_kind
+    assert [e["event"] for e in logs] == ["chain id unknown"]
+    assert logs[0]["error"].endswith("garbage: eth_chainId: AttributeError")
 
 
 @pytest.mark.parametrize("mode", ["huge", "endless"])
