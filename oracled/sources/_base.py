@@ -316,7 +316,10 @@ class Source(abc.ABC):
         self._answered_upto = -_INF
         self._venue_errors = LogEveryMinute()  # venue errors naming none of our requests
         self._outbox: asyncio.Queue[tuple[int, tuple[str, ...]]] = asyncio.Queue()
-        self._sent: deque[float] = deque()  # when we sent each recent message (rate limit)
+        # When we sent each of our latest messages (rate limit): `_pace` needs no more than the
+        # last `max_messages_per_s - 1`, and a pong is added without pacing, so a venue's ping
+        # flood would grow an unbounded deque for the connection's life (a 4-byte ping each).
+        self._sent: deque[float] = deque(maxlen=max(self.max_messages_per_s - 1, 1))
         self._down = asyncio.Event()  # set while the stream is down: the REST poller runs
         self._streaming = False
         # Streaming, and no connection filter on: `_read` hands frames straight to `on_message`.
