@@ -300,12 +300,14 @@ def _damaged(text: bytes, draw: st.DrawFn) -> bytes:
 
 
 def _readable(problem: str) -> bool:
-    """One printable line, `<where>: <what>`, in the project's words (pydantic's own start
-    "Input should", Python's int() "invalid literal", its digit limit "Exceeds the limit")."""
+    """One printable line, `<where>: <what>`, of a length a person reads (a value is quoted
+    cut short), in the project's words (pydantic's own start "Input should", Python's int()
+    "invalid literal", its digit limit "Exceeds the limit")."""
     where, sep, what = problem.partition(": ")
     leaks = ("Input should", "invalid literal", "Exceeds the limit", "constrained-", "function-")
     return (
         problem.isprintable()
+        and len(problem) <= 1000
         and bool(sep and where and what)
         and not any(leak in problem for leak in leaks)
     )
