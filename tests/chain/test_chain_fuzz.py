@@ -17,7 +17,10 @@ endpoint (test_reader_polling.py); a Chainlink round stamped far past its block
 (`future_round`, test_chainlink.py) and a Pyth price stamped far past it (test_feed_decoding.py)
 held off every real value after them; a head lying about its time was published with it
 (test_reader_guards.py); a publishTime past uint64 made a venue time of 10**80 ms
-(test_feed_decoding.py). And one known limit it allows for: a lying `decimals()`.
+(test_feed_decoding.py); an eth_chainId answer that was no JSON object stopped the start
+(test_chain_id.py). And one known limit it allows for: a lying `decimals()`.
+
+The start's chain id check (through web3) is fuzzed apart, with the same envelope rewrites.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from reading import Collected, make_reader, pyth_spec, watch, watch_eth
 from rpc_proxy import RpcProxy
 
 from oracled.clock import ManualClock
+from oracled.errors import SourceError
 from oracled.eth import selector
 from oracled.model import Quote
 from oracled.sources.evm.chain import ChainReader
@@ -59,6 +63,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 HEAD = "eth_getBlockByNumber"
 CALL = "eth_call"
+CHAIN_ID = "eth_chainId"
 WINDOW = 2  # the pool's TWAP window (s): history enough after a few blocks
 SELECTORS = {
     name: selector(signature)
@@ -292,7 +297,9 @@ def _envelope(method: str) -> st.SearchStrategy[Mutation]:
     retry = st.sampled_from([None, "0", "1", "30", "99999", "1.5", "-1", "soon",
                              "Wed, 21 Oct 2015 07:28:00 GMT"])  # fmt: skip
     status = st.sampled_from([200, 204, 301, 400, 401, 402, 403, 404, 413, 429, 500, 502, 503, 504])
-    results = st.sampled_from([None, True, 0, -1, "", "0x", "0xzz", [], {}, 2**80, [[[[]]]]])
+    results = st.sampled_from(
+        [None, True, 0, -1, "", "0x", "0xzz", [], {}, 2**80, [[[[]]]], "0X7A69", "7a69", 31337.0]
+    )
     return st.one_of(
         st.builds(Mutation, st.just(method), st.just("status"), st.tuples(status, retry)),
         st.builds(Mutation, st.just(method), st.just("body"), BODIES),
@@ -508,3 +515,43 @@ async def test_a_hostile_node_never_crashes_the_reader_nor_gets_a_bad_value_publ
         for relay in relays:
             relay.rewrite = None
         await chain.revert(snap)
+
+
+@settings(
+    max_examples=40,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(mutation=_envelope(CHAIN_ID))
+async def test_a_hostile_chain_id_answer_is_counted_and_never_stops_the_start_otherwise(
+    anvil: Anvil,
+    http: aiohttp.ClientSession,
+    relays: tuple[RpcProxy, RpcProxy],
+    mutation: Mutation,
+) -> None:
+    """The start's chain id check (through web3) of a first URL behind a relay that rewrites
+    its eth_chainId answer, and an honest second URL: the check either takes the first URL's
+    answer as the chain id (the configured one, or another, which refuses the chain as
+    `SourceError`, naming the URL), or counts it on that URL, and the start goes on with the
+    second URL's.
+    Nothing else escapes it: before, an answer that was no JSON object raised web3's
+    AttributeError out of the check, and the start failed whatever the second URL said."""
+    hostile = Hostile()
+    hostile.pending = [mutation]
+    relay = relays[0]
+    relay.rewrite = hostile
+    try:
+        reader = make_reader([relay.url, anvil.url], http, timeout_s=5.0)
+        first, second = reader.rpc.stats
+        try:
+            await reader.check_chain_id()
+        except SourceError as exc:  # an answer taken for another chain id: the chain refused
+            assert str(exc).startswith(f"chain local: {first.name} is chain "), exc
+            return
+        # asked once (web3 retries nothing), refused and counted or taken as the chain's id;
+        # and the second URL, asked as every URL is, answered
+        assert first.requests == 1 and sum(first.by_kind.values()) <= 1, (mutation, first)
+        assert (second.requests, second.by_kind) == (1, {}), (mutation, second)
+    finally:
+        relay.rewrite = None
