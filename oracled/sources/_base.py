@@ -9,7 +9,8 @@ A venue subclass declares its URLs and wire types and implements five small hook
   socket is dead even if TCP says otherwise; it is closed and replaced;
 - reconnects with exponential backoff and full jitter, capped at ``reconnect_max_s`` and reset
   after a healthy connection; a planned rotation before ``max_connection_age_s`` (or on a venue's
-  shutdown notice) reconnects at once without declaring the stream down;
+  shutdown notice) reconnects at once without declaring the stream down, unless the connection
+  it ends lived less than ``healthy_after_s``: that one waits its backoff (still not down);
 - REST polling every ``rest_poll_interval_s`` while the stream is down, stopped by the first
   streamed quote (or book resent unchanged), and held for as long as a rate-limit answer asks
   (`rate_limit_wait_s`: ``Retry-After`` unless the venue says it another way), and, for a limit
@@ -817,11 +818,16 @@ class Source(abc.ABC):
                 why = await self._session()
             except _NET_ERRORS as exc:
                 why = f"{type(exc).__name__}: {exc}".rstrip(": ")
-            if self._streaming and self._clock.monotonic() - opened >= self.healthy_after_s:
+            lived = self._clock.monotonic() - opened >= self.healthy_after_s
+            if self._streaming and lived:
                 attempt = 0
-            if why in self.planned_cuts:
+            if why not in self.planned_cuts:
+                self._stream_down(why)
+            elif lived:
                 continue  # planned rotation: straight back, the stream was never down
-            self._stream_down(why)
+            # A planned cut of a connection younger than `healthy_after_s` (a venue announcing
+            # its shutdown, or a sequence reset, on each new connection) waits its backoff like
+            # a failure, without going down: straight back, it was a hot reconnect loop.
             delay = backoff_delay(attempt, self.backoff_base_s, self.cfg.reconnect_max_s, self._rng)
             self._log.info("reconnect backoff", attempt=attempt, delay_s=delay)
             await asyncio.sleep(delay)
