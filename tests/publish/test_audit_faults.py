@@ -43,6 +43,7 @@ from oracled.cli import main
 from oracled.config import Config, load_config, parse_config
 from oracled.publish.audit import AuditReader, iso_time
 from oracled.replay import replay
+from oracled.sim import VenueSim
 from oracled.sim.venues import SimulatedVenue, simulate
 
 pytestmark = pytest.mark.integration
@@ -249,7 +250,11 @@ async def _faults(run: _Run, rng: random.Random) -> None:
     for step in steps:
         sid = rng.choice([*SPOT_USD, "binance", "okx"])
         sim = run.venue(sid).sim
-        await run.daemon.wait_for(lambda: sim.clients, 10.0, f"{sid} connected")  # noqa: B023
+
+        def subscribed(sim: VenueSim = sim) -> bool:  # a fault on a venue with no one to hit
+            return any(client.streams for client in sim.clients)
+
+        await run.daemon.wait_for(subscribed, 10.0, f"{sid} connected and subscribed")
         if step == "garbage":
             assert sim.garbage(rng.randint(3, 12)) > 0
         elif step == "disconnect":
