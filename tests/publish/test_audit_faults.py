@@ -512,8 +512,9 @@ async def test_a_daemon_killed_and_started_again_replays_from_its_restart_as_the
     assert main([*args, "--from", iso_time(restarted)]) == 0
     assert "warning" not in capsys.readouterr().err
     first_quote = msgspec.json.decode(part.read_bytes().split(b"\n", 2)[1])["ts"]
+    assert min(second) <= 5  # from 1 again (a round or two may be dropped at a busy start)
     second = {n: lines for n, lines in second.items() if _ts(lines[0]) >= first_quote}
-    assert min(second) <= 20 and len(second) >= 5
+    assert len(second) >= 5
     assert _mismatches(second, _replayed(cfg, part.read_bytes())) == []
     stored, whole = _stored(cfg)  # the first run's rounds, and the second's under their numbers
     first = {n: [x for x in lines if _ts(x) < restarted] for n, lines in stored.items()}
