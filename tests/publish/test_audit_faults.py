@@ -469,11 +469,11 @@ async def test_a_daemon_killed_and_started_again_replays_from_its_restart_as_the
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A recording daemon killed (SIGKILL) mid-run and started again on the same trail and,
-    with `record --append`, the same tape, 1.5 s later: its rounds are numbered from 1 again,
+    with `record --append`, the same tape, 2.5 s later: its rounds are numbered from 1 again,
     gates afresh, which no replay of the whole tape gives. `oracled audit --tape` of the whole
     trail warns from the restart, and the export from it (`--from` the second start) replays
     to every report the second run stored, byte for byte, `round` included; the first run's
-    reports replay from the whole trail's tape. `oracled replay --max-gap 1` of the appended
+    reports replay from the whole trail's tape. `oracled replay --max-gap 2` of the appended
     tape stops at the restart with the first run's reports (but the round the kill cut short)
     and names the split by lines (docs/runbook.md), whose part replays to the second run's
     reports, numbered from 1 at its first quote: lower by the rounds the second run had
@@ -487,7 +487,7 @@ async def test_a_daemon_killed_and_started_again_replays_from_its_restart_as_the
         first_run.proc.kill()
         await asyncio.to_thread(first_run.proc.wait)
         await run.unsubscribed()
-        await asyncio.sleep(1.5)  # a gap in the tape past the replay's --max-gap below
+        await asyncio.sleep(2.5)  # a gap in the tape past the replay's --max-gap below
         again = Daemon(first_run.config.read_text(), tmp_path)
         again.argv[1] = "record"
         run.daemon = again
@@ -524,7 +524,7 @@ async def test_a_daemon_killed_and_started_again_replays_from_its_restart_as_the
 
     out = tmp_path / "until-the-gap.jsonl"
     replay_args = ["replay", "--config", str(run.daemon.config), str(run.tape)]
-    assert main([*replay_args, "--out", str(out), "--max-gap", "1"]) == 4
+    assert main([*replay_args, "--out", str(out), "--max-gap", "2"]) == 4
     err = capsys.readouterr().err
     killed = _by_round(out.read_bytes().splitlines(keepends=True))
     del killed[max(killed)]  # cut short: the recorder hands its lines over every 4 rounds
