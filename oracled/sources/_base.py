@@ -849,6 +849,10 @@ class Source(abc.ABC):
             url = await self.connect_url()
             ws = await self._http.ws_connect(url, autoping=False, heartbeat=None, timeout=timeout)
         async with ws:
+            # aiohttp follows a handshake's redirects and has no switch for it: a stream from
+            # wherever a venue (or a proxy in the way) points is refused, as a REST answer is.
+            if ws._response.history:
+                return f"redirected to {ws._response.url}"
             self._queue_subscriptions()
             writer = asyncio.create_task(self._write(ws), name=f"source:{self.source_id}:write")
             if self.snapshot_on_subscribe:
@@ -1228,13 +1232,15 @@ class Source(abc.ABC):
     async def _fetch(
         self, url: str, query: Mapping[str, str]
     ) -> tuple[int | None, bytes, str | None]:
-        """One GET, paced under the venue's REST limit: (status, body, error or None)."""
+        """One GET, paced under the venue's REST limit: (status, body, error or None). A redirect
+        is not followed (aiohttp's default is to): it is a failed request naming where it points,
+        never prices from a host the config does not name."""
         self._limit_ip_wide = False  # a venue's `_fetch` says when an answer is one
         if self._pacer is not None:
             await self._pacer.take()
         try:
             async with asyncio.timeout(max(self.cfg.rest_poll_interval_s, 1.0)):
-                async with self._http.get(url, params=query) as resp:
+                async with self._http.get(url, params=query, allow_redirects=False) as resp:
                     body = await read_capped(resp)
         except _NET_ERRORS as exc:
             error = f"{type(exc).__name__}: {exc}".rstrip(": ")
@@ -1245,7 +1251,14 @@ class Source(abc.ABC):
         if resp.status != 200:
             limited = resp.status in _RATE_LIMITED
             self._retry_after_s = self.rate_limit_wait_s(resp.headers) if limited else 0.0
-            return resp.status, body, f"HTTP {resp.status}: {body[:200].decode(errors='replace')}"
+            moved = resp.headers.get("Location") if 300 <= resp.status < 400 else None
+            if moved and (held := self._venue_errors.due("redirect", self._clock.monotonic())):
+                self._log.warning(
+                    "rest redirect refused", url=url, status=resp.status,
+                    location=moved[:200], suppressed=held - 1,
+                )  # fmt: skip
+            said = f"redirect to {moved[:200]}" if moved else body[:200].decode(errors="replace")
+            return resp.status, body, f"HTTP {resp.status}: {said}"
         return resp.status, body, None
 
     # ----------------------------------------------------------------- state

@@ -225,7 +225,9 @@ class KucoinSource(Source):
 
     async def connect_url(self) -> str:
         """Ask ``bullet-public`` for a token and a server, then build that server's URL."""
-        async with self._http.post(f"{self.rest_url}/api/v1/bullet-public") as resp:
+        async with self._http.post(
+            f"{self.rest_url}/api/v1/bullet-public", allow_redirects=False
+        ) as resp:
             body = await read_capped(resp)
             if resp.status != 200:
                 raise aiohttp.ClientError(f"bullet-public: HTTP {resp.status}: {body[:200]!r}")

@@ -359,6 +359,7 @@ class PythHermesSource(Source):
                 params=self._query(ids),
                 headers=_SSE_HEADERS,
                 timeout=_STREAM_TIMEOUT,
+                allow_redirects=False,  # as every REST request (Source._fetch)
             )
             if resp.status == 200 and resp.content_type == "text/event-stream":
                 return resp

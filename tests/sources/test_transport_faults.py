@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
-from test_base_protocol import BOOK, MOVED, Venue, hold, launch, next_request
+from test_base_protocol import BOOK, MOVED, Venue, hold, hold_script, launch, next_request
 
 from oracled.sources import BinanceSource, ConnState
 
@@ -73,3 +74,95 @@ async def test_a_shutdown_notice_on_every_new_connection_is_backed_off_not_a_hot
     assert attempts == list(range(announcing))
     states = [e["state"] for e in logs if e["event"] == "source state"]
     assert states == ["streaming"] and venue.rest_requests == 0
+
+
+def elsewhere_app(asked: list[str]) -> web.Application:
+    """A host the config does not name, serving Binance's REST and stream with prices of 5:
+    `asked` lists what reached it."""
+
+    async def rest(request: web.Request) -> web.Response:
+        asked.append("rest")
+        return web.json_response([{"symbol": "BTCUSDT", "bidPrice": "5.0", "askPrice": "5.1"}])
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        asked.append("handshake")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            asked.append("subscribe")
+            req = json.loads(msg.data)
+            await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+            await ws.send_str(BOOK.replace("100.", "5.").format(lower="btcusdt", sym="BTCUSDT"))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/api/v3/ticker/bookTicker", rest)
+    app.router.add_get("/stream", stream)
+    return app
+
+
+class Redirecting(Venue):
+    """A venue whose REST answers (or stream handshakes, with `stream`) redirect to `target`."""
+
+    def __init__(self, status: int, target: str, stream: bool = False) -> None:
+        super().__init__(hold_script)
+        self.status, self.target, self.stream = status, target, stream
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/stream", self._moved if self.stream else self._ws)
+        app.router.add_get("/api/v3/ticker/bookTicker", self._moved)
+        return app
+
+    async def _moved(self, request: web.Request) -> web.Response:
+        if request.path == "/stream":
+            self.connections += 1
+        else:
+            self.rest_requests += 1
+        where = f"{self.target}{request.path}?{request.query_string}"
+        return web.Response(status=self.status, headers={"Location": where})
+
+
+@pytest.mark.parametrize("status", [301, 302, 307])
+async def test_a_rest_redirect_to_another_host_is_a_failed_poll_not_followed(
+    aiohttp_server: Any, start_config: Any, wait: Any, status: int
+) -> None:
+    """The REST fallback answered with a redirect to a host (here a port) the config does not
+    name, which serves prices: the redirect is not followed, each poll is a counted
+    `rest_error`, the source is down with the redirect's target as its error, and nothing
+    from the other host is quoted. Before, aiohttp followed it (its default) and the source
+    polled and quoted whatever the other host said."""
+    asked: list[str] = []
+    elsewhere = await aiohttp_server(elsewhere_app(asked))
+    target = str(elsewhere.make_url("")).rstrip("/")
+    venue = Redirecting(status, target)
+    venue.refuse = True  # no stream: the source polls
+    with capture_logs() as logs:
+        run = await launch(venue, aiohttp_server, start_config)
+        await wait(lambda: venue.rest_requests >= 3 and run.stats.dropped["rest_error"] >= 3)
+    assert asked == [] and run.quotes == [] and run.stats.quotes == 0
+    assert run.stats.state is ConnState.DOWN
+    said = [(e["status"], e["location"]) for e in logs if e["event"] == "rest redirect refused"]
+    assert len(said) == 1  # then at most a line a minute
+    assert said[0][0] == status
+    assert said[0][1].startswith(f"{target}/api/v3/ticker/bookTicker?")
+
+
+async def test_a_stream_handshake_redirected_to_another_host_is_refused(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """The stream's handshake answered 302 to a host the config does not name: aiohttp follows
+    it (its WebSocket client has no switch), and the source hangs up before subscribing there,
+    the connection's end logged as `redirected to` that URL and backed off as a failure.
+    Before, the source subscribed on the other host and quoted its prices."""
+    asked: list[str] = []
+    elsewhere = await aiohttp_server(elsewhere_app(asked))
+    target = str(elsewhere.make_url("")).rstrip("/")
+    venue = Redirecting(302, target, stream=True)
+    with capture_logs() as logs:
+        run = await launch(venue, aiohttp_server, start_config, rest_url=None)
+        await wait(lambda: venue.connections >= 3 and run.stats.reconnects >= 2)
+    assert run.quotes == [] and "subscribe" not in asked and "handshake" in asked
+    reasons = {e["reason"] for e in logs if e["event"] == "source state" and "reason" in e}
+    assert reasons == {f"redirected to {target}/stream"}
+    assert [e["attempt"] for e in logs if e["event"] == "reconnect backoff"][:2] == [0, 1]
