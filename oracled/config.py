@@ -322,9 +322,10 @@ class NatsConfig(_Frozen):
         if not value:
             raise ValueError("list at least one server")
         for url in value:
+            shown = _shown(_redacted(url) if "@" in url else url)
             if not re.fullmatch(r"(nats|tls)://[^\s/]+", url):
-                raise ValueError(f"{_shown(url)} is not a nats:// or tls:// URL")
-            _check_host_port(url, _shown(_redacted(url) if "@" in url else url))
+                raise ValueError(f"{shown} is not a nats:// or tls:// URL")
+            _check_host_port(url, shown)
         return value
 
 
@@ -1538,7 +1539,11 @@ def _nats_secret_in_url(cfg: Config) -> list[str]:
 
 
 def _redacted(url: str) -> str:
+    """`url` without what precedes its last `@` (a user, a password, a token), also when it
+    has no `scheme://` to tell where that part starts."""
     scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
     return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
