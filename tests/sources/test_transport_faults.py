@@ -160,7 +160,7 @@ async def test_a_stream_handshake_redirected_to_another_host_is_refused(
     target = str(elsewhere.make_url("")).rstrip("/")
     venue = Redirecting(302, target, stream=True)
     with capture_logs() as logs:
-        run = await launch(venue, aiohttp_server, start_config, rest_url=None)
+        run = await launch(venue, aiohttp_server, start_config)
         await wait(lambda: venue.connections >= 3 and run.stats.reconnects >= 2)
     assert run.quotes == [] and "subscribe" not in asked and "handshake" in asked
     reasons = {e["reason"] for e in logs if e["event"] == "source state" and "reason" in e}
