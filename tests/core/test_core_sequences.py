@@ -389,7 +389,8 @@ def test_a_paused_market_comes_back_only_after_the_streak_or_a_jump_held_since_i
     a row with a quorum, agreement and no operator pause (held jump rounds among them), or when
     it follows a jump held since it was live (docs/pricing.md section 6). When it comes back
     beyond the breaker from its last good price, the jump was held jump_confirm_rounds rounds,
-    and resume_rounds rounds at the new level unless the hold began while it was live."""
+    and resume_rounds rounds at the new level unless the hold began while it was live (then
+    the hold alone, no round waiting for the streak)."""
     ids = IDS[:5]
     cfg = _one_market(
         ids, [1.0] * 5, min_sources=min_sources, resume=resume, confirm=confirm, max_age_ms=500
@@ -421,12 +422,15 @@ def test_a_paused_market_comes_back_only_after_the_streak_or_a_jump_held_since_i
         good = reports[r - 1].last_good_price
         assert rep.price is not None
         if good is not None and abs(Decimal(rep.price) / Decimal(good) - 1) > breaker:
-            held = 0
-            while reports[r - 1 - held].reasons == ["jump"]:
-                held += 1
+            # The rounds since the market was last live or stopped: the hold (`jump`), then,
+            # for a hold begun in a paused market, its confirmed rounds waiting for the streak.
+            run = 0
+            while r - 1 - run >= 0 and reports[r - 1 - run].reasons in (["jump"], ["resuming"]):
+                run += 1
+            held = sum(rep_.reasons == ["jump"] for rep_ in reports[r - run : r])
             assert held >= confirm, (r, reports[: r + 1])
-            before = reports[r - 1 - held]
-            assert before.status in LIVE or held + 1 >= resume, (r, reports[: r + 1])
+            from_live = r - 1 - run >= 0 and reports[r - 1 - run].status in LIVE
+            assert (from_live and held == run) or run + 1 >= resume, (r, reports[: r + 1])
 
 
 # 5. Conversion routes -----------------------------------------------------------------------
