@@ -1149,6 +1149,10 @@ class Source(abc.ABC):
                     self._log.warning("instrument failed", symbol=batch[0], message=error)
                     self.stats.failed_instruments[batch[0]] = error
                 else:
+                    # Said here, not only by the state change: a source whose stream is down
+                    # already is down already, and its failing fallback would say nothing.
+                    said = error if error.startswith("HTTP ") else f"HTTP {status}, {error}"
+                    self._venue_error(None, said if status else error, "rest error")
                     self._set_state(ConnState.DOWN, error=error)
                     if status in _RATE_LIMITED:  # the rest of the round would only add to it
                         pause = max(interval, self._retry_after_s)
@@ -1252,11 +1256,6 @@ class Source(abc.ABC):
             limited = resp.status in _RATE_LIMITED
             self._retry_after_s = self.rate_limit_wait_s(resp.headers) if limited else 0.0
             moved = resp.headers.get("Location") if 300 <= resp.status < 400 else None
-            if moved and (held := self._venue_errors.due("redirect", self._clock.monotonic())):
-                self._log.warning(
-                    "rest redirect refused", url=url, status=resp.status,
-                    location=moved[:200], suppressed=held - 1,
-                )  # fmt: skip
             said = f"redirect to {moved[:200]}" if moved else body[:200].decode(errors="replace")
             return resp.status, body, f"HTTP {resp.status}: {said}"
         return resp.status, body, None

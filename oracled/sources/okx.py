@@ -357,8 +357,7 @@ class OkxSource(Source):
             if status not in (429, 418):  # the base read no wait for it
                 self._retry_after_s = self.rate_limit_wait_s({})
             return 429, body, message
-        self._venue_error(None, f"HTTP {status}, {message}", "rest error")
-        return status, body, message
+        return status, body, message  # a failed request: the poller logs it (`rest error`)
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         reply = self._decoded(_REST, body)

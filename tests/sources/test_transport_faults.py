@@ -129,7 +129,7 @@ async def test_a_rest_redirect_to_another_host_is_a_failed_poll_not_followed(
 ) -> None:
     """The REST fallback answered with a redirect to a host (here a port) the config does not
     name, which serves prices: the redirect is not followed, each poll is a counted
-    `rest_error`, the source is down with the redirect's target as its error, and nothing
+    `rest_error`, the source is down, one `rest error` line names the target, and nothing
     from the other host is quoted. Before, aiohttp followed it (its default) and the source
     polled and quoted whatever the other host said."""
     asked: list[str] = []
@@ -142,10 +142,8 @@ async def test_a_rest_redirect_to_another_host_is_a_failed_poll_not_followed(
         await wait(lambda: venue.rest_requests >= 3 and run.stats.dropped["rest_error"] >= 3)
     assert asked == [] and run.quotes == [] and run.stats.quotes == 0
     assert run.stats.state is ConnState.DOWN
-    said = [(e["status"], e["location"]) for e in logs if e["event"] == "rest redirect refused"]
-    assert len(said) == 1  # then at most a line a minute
-    assert said[0][0] == status
-    assert said[0][1].startswith(f"{target}/api/v3/ticker/bookTicker?")
+    (said,) = [e["message"] for e in logs if e["event"] == "rest error"]  # one a minute
+    assert said.startswith(f"HTTP {status}: redirect to {target}/api/v3/ticker/bookTicker?")
 
 
 async def test_a_stream_handshake_redirected_to_another_host_is_refused(
@@ -166,3 +164,24 @@ async def test_a_stream_handshake_redirected_to_another_host_is_refused(
     reasons = {e["reason"] for e in logs if e["event"] == "source state" and "reason" in e}
     assert reasons == {f"redirected to {target}/stream"}
     assert [e["attempt"] for e in logs if e["event"] == "reconnect backoff"][:2] == [0, 1]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_failing_rest_fallback_says_why_once_a_minute(
+    aiohttp_server: Any, start_config: Any, wait: Any, status: int
+) -> None:
+    """The stream refused, and every poll answered 429 (naming no wait) or 503: each counts a
+    `rest_error`, and one `rest error` line gives the status and the body however many polls
+    fail (then at most one a minute, `suppressed` saying how many more came). Before, nothing
+    was said: the source was down already (its stream's reason), so the failing polls changed
+    no state and left no line, and the runbook's "429 in the error of `source state`" never
+    showed (only OKX, logging its own codes, said its REST errors)."""
+    venue = Venue(hold_script)
+    venue.refuse = True  # no stream: the source polls
+    venue.rest_status = status
+    with capture_logs() as logs:
+        run = await launch(venue, aiohttp_server, start_config)
+        await wait(lambda: run.stats.dropped["rest_error"] >= 4)
+    assert run.stats.state is ConnState.DOWN and run.quotes == []
+    said = [e["message"] for e in logs if e["event"] == "rest error"]
+    assert said == [f'HTTP {status}: {{"code": -1, "msg": "refused"}}']
