@@ -479,6 +479,7 @@ async def test_a_hostile_node_never_crashes_the_reader_nor_gets_a_bad_value_publ
         start = await chain.timestamp() + 1
         await _honest_step(chain, deployed, 0, start)
         assert await reader.poll_once()
+        seen: list[Mutation] = []
         for n, mutations in enumerate(steps, start=1):
             await _honest_step(chain, deployed, n, start)
             hostile.pending = list(mutations)
@@ -487,11 +488,14 @@ async def test_a_hostile_node_never_crashes_the_reader_nor_gets_a_bad_value_publ
             applied = [m for m in mutations if m not in hostile.pending]
             for m in applied:  # shown by --hypothesis-show-statistics
                 event(f"{m.method} {m.kind}: {'published' if published else 'refused'}")
-            if published:  # every feed has new values: each ends in a quote or a drop
-                assert all(a > b for a, b in zip(fuzzed.ended(), ended, strict=True)), applied
+            repeated = any(m in seen for m in applied)  # a refusal counts at its first block
+            seen += applied
+            if published:  # every feed has new values: a quote or a drop each
+                ends = zip(fuzzed.ended(), ended, strict=True)
+                assert repeated or all(a > b for a, b in ends), applied
             elif applied:
                 assert fuzzed.counted() > before, (applied, reader.stats)
-                if any(m.node_fault for m in applied):
+                if all(m.node_fault for m in applied):  # no error the node put on the request
                     assert fuzzed.blamed() > blamed, (applied, reader.stats)
             hostile.pending = []
             rpc_clock.advance(61_000)  # every rest over: the next step reaches a relay
