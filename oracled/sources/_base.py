@@ -829,7 +829,8 @@ class Source(abc.ABC):
             # its shutdown, or a sequence reset, on each new connection) waits its backoff like
             # a failure, without going down: straight back, it was a hot reconnect loop.
             delay = backoff_delay(attempt, self.backoff_base_s, self.cfg.reconnect_max_s, self._rng)
-            self._log.info("reconnect backoff", attempt=attempt, delay_s=delay)
+            # The cut's reason here too: `source state` says only the first while down.
+            self._log.info("reconnect backoff", attempt=attempt, delay_s=delay, reason=why)
             await asyncio.sleep(delay)
             attempt += 1
 

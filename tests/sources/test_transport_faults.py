@@ -582,3 +582,31 @@ async def test_an_answer_is_judged_by_its_body(
         else:
             await wait(lambda: run.stats.dropped["decode"] >= 2)
             assert run.quotes == [] and run.stats.state is ConnState.DOWN
+
+
+async def test_each_cut_of_an_outage_is_said_with_its_reason(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """An outage of several cuts for different causes: the first connection goes silent, the
+    second sends a 5 MiB message (refused, 1009), the third streams. `source state` says the
+    first cause only (the source is down already at the second), and each `reconnect backoff`
+    line names the cut it follows. Before, the backoff line had no reason: a stream failing
+    on for a new cause (oversized messages after a silence, say) showed nowhere in the log."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        req = await next_request(ws)
+        await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+        if n == 1:
+            await ws.send_str("7" * (5 << 20))
+        elif n == 2:
+            await ws.send_str(BTC_MOVED)
+        await hold(ws)
+
+    venue = Venue(script)
+    with capture_logs() as logs:
+        run = await launch(venue, aiohttp_server, start_config, liveness_timeout_s=0.5)
+        await wait(lambda: run.stats.state is ConnState.STREAMING)
+    downs = [e["reason"] for e in logs if e.get("state") == "down" and "reason" in e]
+    assert downs == ["silent"]
+    said = [e["reason"] for e in logs if e["event"] == "reconnect backoff"]
+    assert said == ["silent", "closed by oracled (1009)"]
