@@ -199,3 +199,34 @@ async def test_a_subscription_never_acknowledged_replaces_a_socket_kept_alive_by
     assert [(q.pair, q.bid, q.ask) for q in run.quotes if q.bid == 100.0] == [
         ("BTC/USDT", 100.0, 100.1)
     ]
+
+
+class MovedBullet(Venue):
+    """A venue whose bullet-public answers 307 (the POST kept) to `target`'s."""
+
+    target = ""
+
+    async def _bullet(self, request: web.Request) -> web.Response:
+        self.bullets += 1
+        raise web.HTTPTemporaryRedirect(f"{self.target}/api/v1/bullet-public")
+
+
+async def test_a_bullet_redirected_to_another_host_is_a_failed_connection(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """bullet-public answered with a 307 to a host the config does not name, whose bullet
+    would hand out its own socket: the redirect is not followed, each bullet is a failed
+    connection naming the status, retried with backoff, and the source prices from its own
+    REST fallback; the other host is never asked. Before, aiohttp followed it (its default)
+    and the source streamed from whatever socket the other host named."""
+    elsewhere = Venue()
+    server = await aiohttp_server(elsewhere.app())
+    elsewhere.base = str(server.make_url("")).rstrip("/").replace("http://", "ws://")
+    venue = MovedBullet()
+    venue.target = str(server.make_url("")).rstrip("/")
+    with capture_logs() as logs:
+        run = await launch(venue, aiohttp_server, start_config)
+        await wait(lambda: run.stats.reconnects >= 2 and run.stats.state is ConnState.POLLING)
+    downs = [e for e in logs if e["event"] == "source state" and e["state"] == "down"]
+    assert downs[0]["reason"].startswith("ClientError: bullet-public: HTTP 307"), downs[0]
+    assert elsewhere.bullets == elsewhere.connections == 0 and venue.connections == 0

@@ -199,3 +199,43 @@ async def test_an_event_that_never_ends_is_cut_and_counted(start: Start, wait: W
         down = [e for e in logs if e.get("state") == "down" and "reason" in e]
         assert [e["reason"] for e in down] == ["event too long"]
         assert [(q.pair, q.venue_ts) for q in run.quotes] == [("BTC/USD", 1_708_363_256_000)]
+
+
+async def test_a_stream_redirected_to_another_host_is_a_failed_connection(
+    start: Start, wait: Wait
+) -> None:
+    """The event stream's request answered 302 to a host the config does not name, which
+    streams an update: the redirect is not followed, each attempt is a failed connection
+    naming the status (`HTTP 302`), and the other host is never asked. Before, aiohttp
+    followed it (its default) and the source quoted the other host's updates."""
+    update = json.dumps({"parsed": [json.loads(FIXTURE)["parsed"][0]]}, separators=(",", ":"))
+    hits: list[str] = []
+    elsewhere_hits: list[str] = []
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        elsewhere_hits.append(request.path)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(f"data:{update}\n\n".encode())
+        await asyncio.sleep(3600)  # hold the stream until the client leaves
+        return resp
+
+    other = web.Application()
+    other.router.add_get("/v2/updates/price/stream", stream)
+    async with TestServer(other, host="127.0.0.1") as elsewhere:
+        target = str(elsewhere.make_url("/v2/updates/price/stream"))
+
+        async def moved(request: web.Request) -> web.Response:
+            hits.append(request.path)
+            raise web.HTTPFound(f"{target}?{request.query_string}")
+
+        app = web.Application()
+        app.router.add_get("/v2/updates/price/stream", moved)
+        async with TestServer(app, host="127.0.0.1") as server:
+            url = str(server.make_url("")).rstrip("/")
+            with capture_logs() as logs:
+                run = await start(ws_url=url, rest_url=url, **BTC_ONLY)
+                await wait(lambda: len(hits) >= 3)
+            assert run.quotes == [] and elsewhere_hits == []
+            down = [e for e in logs if e.get("state") == "down" and "reason" in e]
+            assert down[0]["reason"].startswith("HTTP 302"), down[0]
