@@ -52,8 +52,9 @@ A venue subclass declares its URLs and wire types and implements five small hook
   polls instead, a symbol is listed the same way when the latest answer that asked for it
   (`rest_scope`) left it out, and its limit has passed: an all-symbols answer (OKX's tickers of a
   type, Bybit's of a category, Bitstamp's, KuCoin's allTickers, Binance USD-M's) just leaves out a
-  symbol the venue does not list. The hot path pays one dict store per quote; the scan runs a few
-  times a limit.
+  symbol the venue does not list. Silence is measured on the monotonic clock (a stepped wall
+  clock lists or hides nothing), from a stamp taken once per frame or REST answer: the hot path
+  pays one dict store per quote; the scan runs a few times a limit.
 
 Only state changes (and each reconnect's backoff) are logged, never a message.
 """
@@ -193,13 +194,18 @@ def _readable(text: str | float) -> bool:
     return True
 
 
-def _recv_ts(quote: Quote) -> int:
-    return quote.recv_ts
+#: A quote handed on, with the monotonic time of the frame or answer it came in (`Source._rx_at`).
+Heard = tuple[Quote, float]
 
 
-def _newest_ms(heard: Mapping[str, Quote], names: Sequence[str]) -> int | None:
-    """The receive time of the newest quote `heard` under any of `names` (one instrument's)."""
-    return max((q.recv_ts for name in names if (q := heard.get(name)) is not None), default=None)
+def _heard_at(heard: Heard) -> float:
+    return heard[1]
+
+
+def _newest(heard: Mapping[str, Heard], names: Sequence[str]) -> tuple[float, int] | None:
+    """(monotonic, wall ms) receive times of the newest quote `heard` under any of `names` (one
+    instrument's)."""
+    return max(((h[1], h[0].recv_ts) for name in names if (h := heard.get(name))), default=None)
 
 
 def _no_limits() -> Mapping[tuple[str, Kind], int]:
@@ -328,6 +334,9 @@ class Source(abc.ABC):
         self._rng = random.Random()
         self._last_rx = 0.0
         self._opened_at = 0.0
+        # The monotonic time the frame or REST answer being read came in: what a symbol's
+        # silence is measured on (`_check_silent`), taken once per frame, never per quote.
+        self._rx_at = 0.0
         self._cut: str | None = None
         self._deadline: asyncio.Timeout | None = None
         self._watch: asyncio.TimerHandle | None = None
@@ -356,34 +365,38 @@ class Source(abc.ABC):
         # off `stats.quotes` once the adapter is done with the frame), the source's newest quote
         # time before that frame, and the timer that ends the filter.
         self._waiting: set[tuple[str, Kind]] = set()
-        self._kept: dict[tuple[str, Kind], Quote] = {}
+        self._kept: dict[tuple[str, Kind], Heard] = {}
         self._symbols_of: dict[tuple[str, Kind], tuple[str, ...]] = {}
         self._repeats = 0
         self._kept_ms: int | None = None
         self._first_timer: asyncio.TimerHandle | None = None
         # Since the stream went down: each instrument's last quote handed on, from the stream's
         # last before the outage, then from the polls (`_emit_polled`).
-        self._polled: dict[tuple[str, Kind], Quote] = {}
+        self._polled: dict[tuple[str, Kind], Heard] = {}
         # Per symbol: the counter bar the current refusals were counted against, and how many.
         self._counter_refusals: dict[str, tuple[int, int]] = {}
         #: (pair, kind) -> ms a subscribed symbol may go without a quote on a streaming
         #: connection before it is listed silent; called at each scan, so that it can follow a
         #: reload (the service sets it; missing keys: DEFAULT_SILENT_AFTER_MS).
         self.silent_after_ms: Callable[[], Mapping[tuple[str, Kind], int]] = _no_limits
-        self._heard: dict[str, Quote] = {}  # symbol -> its newest quote handed on
+        # Symbol -> its newest quote handed on. Silence is measured on the monotonic clock: a
+        # wall clock stepped forward would list every symbol silent until it quotes again, one
+        # stepped back would hide a silence for the step. Wall times are only reported.
+        self._heard: dict[str, Heard] = {}
         self._opened_ms = 0  # when the current connection opened (wall clock, ms)
-        # Symbol -> when the first connection that subscribed it opened (ms): where its silence
-        # counts from until it quotes. Kept over reconnects, so that a source reconnecting more
-        # often than a limit still lists a symbol that never quotes; forgotten while refused.
-        self._subscribed_ms: dict[str, int] = {}
-        # The latest outage (ms, wall clock): from the fall of a streaming connection to the
-        # first quote of the next. Not counted as silence, so that a symbol has the time to
-        # quote on the connection that follows an outage longer than its limit.
-        self._outage_ms = (0, 0)
+        # Symbol -> when the first connection that subscribed it opened (monotonic s, wall ms):
+        # where its silence counts from until it quotes. Kept over reconnects, so that a source
+        # reconnecting more often than a limit still lists a symbol that never quotes; forgotten
+        # while refused.
+        self._subscribed: dict[str, tuple[float, int]] = {}
+        # The latest outage (monotonic s): from the fall of a streaming connection to the first
+        # quote of the next. Not counted as silence, so that a symbol has the time to quote on
+        # the connection that follows an outage longer than its limit.
+        self._outage = (0.0, 0.0)
         self._silent_log = LogEveryMinute()
-        # Symbols said silent and not yet said quoting again -> the time their silence counts
-        # from; kept over reconnects, so that each episode has its two lines.
-        self._said_silent: dict[str, int] = {}
+        # Symbols said silent and not yet said quoting again -> the monotonic time their silence
+        # counts from; kept over reconnects, so that each episode has its two lines.
+        self._said_silent: dict[str, float] = {}
         # Since the stream went down: symbols the latest REST answer that asked for them left
         # out (no row of them with a usable price); the silent scan's candidates while polling.
         self._left_out: set[str] = set()
@@ -549,7 +562,7 @@ class Source(abc.ABC):
         # bid, ask, kind, venue_ts, volume, flag).
         quote = Quote(self.source_id, target[0], recv_ts, last, bid, ask, target[1], venue_ts,
                       None, flag)  # fmt: skip
-        self._heard[symbol] = quote
+        self._heard[symbol] = (quote, self._rx_at)
         self._emit(quote)
 
     def _emit_polled(self, quote: Quote) -> None:
@@ -566,15 +579,15 @@ class Source(abc.ABC):
             held = polled.get(key)
             if (
                 held is not None
-                and held.bid == quote.bid
-                and held.ask == quote.ask
-                and held.flag == quote.flag
+                and held[0].bid == quote.bid
+                and held[0].ask == quote.ask
+                and held[0].flag == quote.flag
             ):
                 stats = self.stats
                 stats.quotes -= 1  # counted by `_quote`, but never handed to the core
                 stats.dropped["unchanged"] += 1
                 return
-        polled[key] = quote
+        polled[key] = (quote, self._rx_at)
         self._sink(quote)
 
     def _first_quotes(self) -> None:
@@ -585,8 +598,8 @@ class Source(abc.ABC):
         by_symbol = self._by_symbol
         self._waiting = {by_symbol[s] for s in self.symbols if s not in failed}
         if self._streaming:
-            last = sorted(self._heard.values(), key=_recv_ts)
-            self._kept = {(q.pair, q.kind): q for q in last}
+            last = sorted(self._heard.values(), key=_heard_at)
+            self._kept = {(h[0].pair, h[0].kind): h for h in last}
         else:
             self._kept = self._polled  # the same dict: a poll handed on meanwhile is in it
         self._symbols_of = self._names_of()
@@ -630,9 +643,9 @@ class Source(abc.ABC):
             held = self._kept.get(key)
             if (
                 held is not None
-                and held.bid == quote.bid
-                and held.ask == quote.ask
-                and held.flag == quote.flag
+                and held[0].bid == quote.bid
+                and held[0].ask == quote.ask
+                and held[0].flag == quote.flag
             ):
                 self._drop_repeat(key, quote, held)
                 if not waiting:
@@ -643,14 +656,14 @@ class Source(abc.ABC):
         self._kept_ms = quote.recv_ts
         self._sink(quote)
 
-    def _drop_repeat(self, key: tuple[str, Kind], quote: Quote, held: Quote) -> None:
+    def _drop_repeat(self, key: tuple[str, Kind], quote: Quote, held: Heard) -> None:
         """Undo what `_quote` did for a first quote `_emit_first` drops (but its count)."""
         stats, heard = self.stats, self._heard
         self._repeats += 1
         stats.dropped["unchanged"] += 1
         stats.last_quote_ms = self._kept_ms
         for symbol in self._symbols_of.get(key, ()):
-            if heard.get(symbol) is quote:
+            if (now := heard.get(symbol)) is not None and now[0] is quote:
                 heard[symbol] = held  # its silence counts from the quote that showed the book
         if quote.venue_ts is not None:  # as `_quote` counted it (SourceStats.observe_latency)
             latency = quote.recv_ts - quote.venue_ts
@@ -923,12 +936,12 @@ class Source(abc.ABC):
         """Run one connection's read loop under the liveness watchdog (`_check`): the loop's
         own reason for ending, or the one the watchdog cut it for ("silent" unless named)."""
         loop = asyncio.get_running_loop()
-        self._opened_at = self._last_rx = self._clock.monotonic()
+        self._opened_at = self._last_rx = opened_at = self._clock.monotonic()
         self._opened_ms = opened_ms = self._clock.now_ms()
-        failed, subscribed = self.stats.failed_instruments, self._subscribed_ms
+        failed, subscribed = self.stats.failed_instruments, self._subscribed
         for symbol in self.symbols:
             if symbol not in failed:
-                subscribed.setdefault(symbol, opened_ms)
+                subscribed.setdefault(symbol, (opened_at, opened_ms))
         try:
             async with asyncio.timeout(None) as deadline:
                 self._deadline = deadline
@@ -948,7 +961,7 @@ class Source(abc.ABC):
         ping, pong = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG
         while True:
             msg = await ws.receive()
-            self._last_rx = clock.monotonic()
+            self._last_rx = self._rx_at = clock.monotonic()
             kind = msg.type
             if kind is text or kind is binary:
                 stats.frames += 1
@@ -1045,10 +1058,11 @@ class Source(abc.ABC):
             left_out = self._left_out
         stats, heard, said = self.stats, self._heard, self._said_silent
         limits, failed = self.silent_after_ms(), stats.failed_instruments
-        subscribed, opened, now = self._subscribed_ms, self._opened_ms, self._clock.now_ms()
-        (down, up), default = self._outage_ms, DEFAULT_SILENT_AFTER_MS
-        by_symbol, names = self._by_symbol, self._names_of()
-        found: dict[str, int] = {}
+        subscribed, opened = self._subscribed, (self._opened_at, self._opened_ms)
+        (down, up), default = self._outage, DEFAULT_SILENT_AFTER_MS
+        by_symbol, names, now = self._by_symbol, self._names_of(), self._clock.monotonic()
+        found: dict[str, int] = {}  # symbol -> the wall time its silence counts from (reported)
+        silent: dict[str, float] = {}  # and the monotonic one (judged)
         for symbol in self.symbols:
             if symbol in failed:
                 said.pop(symbol, None)  # refused: "instrument failed" says the rest
@@ -1059,24 +1073,23 @@ class Source(abc.ABC):
             # Absent: refused when this connection opened, taken since; it counts from then.
             start = subscribed.get(symbol, opened)
             key = by_symbol[symbol]
-            last = _newest_ms(heard, names[key])
-            since = start if last is None else max(last, start)
-            if now - since - max(up - max(since, down), 0) > limits.get(key, default):
-                found[symbol] = since
+            last = _newest(heard, names[key])
+            at, wall = start if last is None else max(last, start)
+            if now - at - max(up - max(at, down), 0.0) > limits.get(key, default) / 1000.0:
+                found[symbol], silent[symbol] = wall, at
         stats.silent_instruments = found  # one store: a scrape reads the old list or the new
         entered = [s for s in found if s not in said]
         back = sorted(
             s
             for s, since in said.items()
             if s not in found
-            and (last := _newest_ms(heard, names[by_symbol[s]])) is not None
-            and last > since
+            and (last := _newest(heard, names[by_symbol[s]])) is not None
+            and last[0] > since
         )
         for symbol in back:
             del said[symbol]
-        said.update(found)
-        at = self._clock.monotonic()
-        if entered and (count := self._silent_log.due("silent", at)) is not None:
+        said.update(silent)
+        if entered and (count := self._silent_log.due("silent", now)) is not None:
             self._log.warning(
                 "instruments silent",
                 symbols=sorted(found)[:_SILENT_NAMED],
@@ -1084,7 +1097,7 @@ class Source(abc.ABC):
                 new=len(entered),
                 suppressed=count - 1,
             )
-        if back and (count := self._silent_log.due("quoting", at)) is not None:
+        if back and (count := self._silent_log.due("quoting", now)) is not None:
             self._log.info(
                 "instruments quoting again",
                 symbols=back[:_SILENT_NAMED],
@@ -1129,6 +1142,7 @@ class Source(abc.ABC):
                     break
                 if error is None:
                     recv_ts = self._clock.now_ms()
+                    self._rx_at = self._clock.monotonic()
                     self.stats.frames += 1
                     self.stats.last_frame_ms = recv_ts
                     progress = self._rest_progress()
@@ -1194,7 +1208,7 @@ class Source(abc.ABC):
         what was handed on."""
         stats, heard = self.stats, self._heard
         quotes, newest = stats.quotes, stats.last_quote_ms
-        answer: dict[str, Quote] = {}
+        answer: dict[str, Heard] = {}
         emit = self._emit  # `_emit_first` while a new connection has not quoted everything
         self._heard, self._emit = answer, self._emit_polled
         try:
@@ -1204,10 +1218,10 @@ class Source(abc.ABC):
         finally:
             self._heard, self._emit = heard, emit
         polled = self._polled
-        for symbol, quote in answer.items():
+        for symbol, (quote, _) in answer.items():
             # The instrument's quote handed on from this answer (a row may repeat an earlier one).
             handed = polled.get((quote.pair, quote.kind))
-            if handed is not None and handed.recv_ts == recv_ts:
+            if handed is not None and handed[0].recv_ts == recv_ts:
                 heard[symbol] = handed
         if stats.quotes == quotes:
             stats.last_quote_ms = newest
@@ -1218,9 +1232,9 @@ class Source(abc.ABC):
         scan's candidates, judged only while other answers price: a source whose every answer
         is a proxy's page is down, not silent). A symbol never quoted counts its silence from the
         first answer that asked for it, as from the first connection that subscribed it."""
-        left_out, subscribed = self._left_out, self._subscribed_ms
+        left_out, subscribed, at = self._left_out, self._subscribed, self._rx_at
         for symbol in scope:
-            subscribed.setdefault(symbol, recv_ts)
+            subscribed.setdefault(symbol, (at, recv_ts))
             if symbol in quoted:
                 left_out.discard(symbol)
             else:
@@ -1267,7 +1281,7 @@ class Source(abc.ABC):
         self._streaming = True
         self._direct = self._emit is self._sink
         self._polled = {}  # the next outage starts from the stream's last quotes
-        self._outage_ms = (self._outage_ms[0], self._clock.now_ms())
+        self._outage = (self._outage[0], self._clock.monotonic())
         self._left_out.clear()  # the polls' verdicts; the stream's scan judges every symbol
         self._unpriced.clear()
         self._down.clear()
@@ -1275,11 +1289,11 @@ class Source(abc.ABC):
 
     def _stream_down(self, why: str) -> None:
         if self._streaming:  # the outage begins; a failed attempt after it does not move it
-            self._outage_ms = (self._clock.now_ms(), self._outage_ms[1])
+            self._outage = (self._clock.monotonic(), self._outage[1])
             # What the first polls compare with: each instrument's newest quote (the newest of
             # two symbols quoting one instrument, as a Coinbase -USDC product and its -USD twin).
-            last = sorted(self._heard.values(), key=_recv_ts)
-            self._polled = {(q.pair, q.kind): q for q in last}
+            last = sorted(self._heard.values(), key=_heard_at)
+            self._polled = {(h[0].pair, h[0].kind): h for h in last}
         self._streaming = self._direct = False
         if not self._down.is_set():
             self._down.set()

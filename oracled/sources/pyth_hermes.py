@@ -377,7 +377,7 @@ class PythHermesSource(Source):
         clock, stats = self._clock, self.stats
         parser = _SseLines()
         async for chunk in resp.content.iter_any():
-            self._last_rx = clock.monotonic()
+            self._last_rx = self._rx_at = clock.monotonic()
             for kind, data in parser.feed(chunk):
                 recv_ts = clock.now_ms()
                 stats.frames += 1

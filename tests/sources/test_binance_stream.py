@@ -5,11 +5,25 @@ from __future__ import annotations
 
 from venue_cases import CASE, Start, Wait
 
+from oracled.clock import SystemClock
 from oracled.sim import BinanceSim
 from oracled.sources import ConnState
 
 VENUE = CASE["binance"]  # what `sim` and `start` build (conftest.py)
 PRICES = {"BTCUSDT": 67_000.0, "ETHUSDT": 3_500.0}  # what VENUE's simulator starts from
+_DAY_MS = 86_400_000
+
+
+class _WallAhead(SystemClock):
+    """The real clock, whose wall time the test can step forward (monotonic time never is)."""
+
+    __slots__ = ("ahead_ms",)
+
+    def __init__(self) -> None:
+        self.ahead_ms = 0
+
+    def now_ms(self) -> int:
+        return super().now_ms() + self.ahead_ms
 
 
 async def test_answers_server_pings_and_keeps_the_connection(start: Start, wait: Wait) -> None:
@@ -50,3 +64,35 @@ async def test_rest_batch_refusal_isolates_the_bad_symbol(
     seen = len(run.quotes)
     await wait(lambda: run.pairs(seen) == {"BTC/USDT", "ETH/USDT"})
     assert run.stats.state is ConnState.POLLING
+
+
+async def test_a_wall_clock_stepped_forward_lists_no_instrument_silent(
+    start_config: Start, wait: Wait
+) -> None:
+    """The wall clock steps a day ahead (a time sync) while two symbols have gone quiet: the one
+    whose limit has passed by the monotonic clock (400 ms) is listed silent, with its last
+    quote's receive time, and the one given a minute is not, although its last quote is a day
+    old by the wall clock. Measured on the wall clock, every symbol not quoted since the step
+    was listed at the next scan (a false OracledSourceInstrumentsSilent)."""
+    pairs = [*VENUE.pairs, ("SOL/USDT", "spot")]
+    clock = _WallAhead()
+    async with BinanceSim({**PRICES, "SOLUSDT": 150.0}, rate_hz=20.0) as venue:
+        run = await start_config(VENUE.make_config(venue), pairs, clock=clock)
+        limits = {
+            ("BTC/USDT", "spot"): 400,
+            ("ETH/USDT", "spot"): 400,
+            ("SOL/USDT", "spot"): 60_000,
+        }
+        run.source.silent_after_ms = lambda: limits
+        await wait(lambda: run.pairs() == {"BTC/USDT", "ETH/USDT", "SOL/USDT"})
+        venue.mute("ETHUSDT")
+        venue.mute("SOLUSDT")
+        # Two more BTCUSDT quotes: the second was sent after the mute, so any ETH or SOL frame
+        # sent before it has been read (one socket, in order) before the wall clock steps.
+        seen = len(run.quotes)
+        await wait(lambda: sum(q.pair == "BTC/USDT" for q in run.quotes[seen:]) >= 2)
+        clock.ahead_ms = _DAY_MS
+        await wait(lambda: bool(run.stats.silent_instruments))
+        last_eth = max(q.recv_ts for q in run.quotes if q.pair == "ETH/USDT")
+        assert run.stats.silent_instruments == {"ETHUSDT": last_eth}
+        assert run.state() is ConnState.STREAMING and run.stats.reconnects == 0
