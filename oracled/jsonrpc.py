@@ -493,11 +493,14 @@ class RpcClient:
                     self.urls[index],
                     data=body,
                     headers={"Content-Type": "application/json"},
+                    allow_redirects=False,  # only the configured host answers (its status fails)
                 ) as resp:
                     if resp.status in _HTTP_LIMITS or resp.status == 503:
                         limited = self._http_limit(index, resp.status, resp.headers)
                         if limited is not None:
                             raise limited
+                    if 300 <= resp.status < 400:
+                        raise _Failed("http", f"status {resp.status}: a redirect, not followed")
                     if resp.status != 200:
                         raise _Failed("http", f"status {resp.status}")
                     return await _read_capped(resp)

@@ -35,7 +35,11 @@ class CappedHTTPProvider(AsyncHTTPProvider):
     def __init__(self, url: str, session: aiohttp.ClientSession, *, timeout_s: float) -> None:
         super().__init__(
             url,
-            request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
+            # Only the configured host answers: a redirect (a 307 keeps the POST) is a failure.
+            request_kwargs={
+                "timeout": aiohttp.ClientTimeout(total=timeout_s),
+                "allow_redirects": False,
+            },
             exception_retry_configuration=None,
             cache_allowed_requests=True,
             # No threshold: web3 would otherwise send a second eth_chainId, uncached, to pick
@@ -50,4 +54,12 @@ class CappedHTTPProvider(AsyncHTTPProvider):
         kwargs: dict[str, Any] = dict(self.get_request_kwargs())
         async with self._session.post(str(self.endpoint_uri), data=request_data, **kwargs) as resp:
             resp.raise_for_status()
+            if 300 <= resp.status < 400:  # not followed (`allow_redirects`): failed as a status
+                raise aiohttp.ClientResponseError(
+                    resp.request_info,
+                    resp.history,
+                    status=resp.status,
+                    message="a redirect, not followed",
+                    headers=resp.headers,
+                )
             return await read_answer(resp)

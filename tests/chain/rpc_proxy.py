@@ -25,7 +25,10 @@ answer a batch it cannot take with a single response object), and "no_batch_http
 with status 400; both forward single requests. "http429" answers status 429 with the
 Retry-After `retry_after` (a provider's HTTP rate limit; None sends none), "http503" status 503
 with the same Retry-After (a service that says how long it will be unavailable), "http402"
-status 402 (Infura's answer once a key's daily credits are spent), "limit_32005" a JSON-RPC
+status 402 (Infura's answer once a key's daily credits are spent), "redirect" answers 307 with
+the upstream node as its `Location` (an endpoint, or a proxy in the way, pointing elsewhere: a
+POST keeps its body through a 307, so a client that follows gets a real answer from a host it
+was never given), "limit_32005" a JSON-RPC
 -32005 "limit exceeded" (the rate limit of Infura and others), "limit_32007" and "limit_32012"
 QuickNode's rate limits (requests, and API credits, per second), "expired_32007" a -32007 that
 is no rate limit (another server's code for an expired key), and "short_call"
@@ -208,6 +211,8 @@ class RpcProxy:
             return web.Response(status=status, text="Too Many Requests", headers=wait)
         if mode == "http402":
             return web.json_response(_SPENT, status=402)
+        if mode == "redirect":
+            return web.Response(status=307, headers={"Location": self.upstream})
         sent: Any = json.loads(body)
         items: list[Any] = sent if isinstance(sent, list) else [sent]
         self.methods += [item.get("method", "") for item in items]

@@ -106,6 +106,24 @@ async def test_a_chain_id_answer_that_is_no_json_object_is_garbage_and_the_next_
     assert logs[0]["error"].endswith("garbage: eth_chainId: AttributeError")
 
 
+async def test_a_chain_id_redirected_elsewhere_is_a_failure_and_the_next_endpoint_answers(
+    anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy
+) -> None:
+    """The first endpoint answers the start's eth_chainId with a 307 to another host (a POST
+    keeps its body through it): counted `http` and logged as any endpoint that cannot say, and
+    the second answers. Before, web3's request followed it and the host nobody configured
+    answered for the first endpoint, uncounted."""
+    proxy.mode = "redirect"
+    reader = make_reader([proxy.url, anvil.url], http, timeout_s=1.0)
+    with capture_logs() as logs:
+        await reader.check_chain_id()
+    first, second = reader.rpc.stats
+    assert first.by_kind == {"http": 1}
+    assert first.last_error == "http: status 307"
+    assert second.requests == 1 and not second.by_kind
+    assert [e["event"] for e in logs] == ["chain id unknown"]
+
+
 @pytest.mark.parametrize("mode", ["huge", "endless"])
 async def test_a_chain_id_answer_past_the_cap_is_cut_there_and_the_next_endpoint_answers(
     anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy, mode: str

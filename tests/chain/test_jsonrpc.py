@@ -37,6 +37,7 @@ def client(urls: list[str], http: aiohttp.ClientSession, timeout_s: float = 2.0)
     [
         ("hold", "timeout"),
         ("http500", "http"),
+        ("redirect", "http"),
         ("garbage", "garbage"),
         ("wrong_id", "garbage"),
         ("no_result", "garbage"),
@@ -48,7 +49,9 @@ def client(urls: list[str], http: aiohttp.ClientSession, timeout_s: float = 2.0)
 async def test_a_bad_answer_is_counted_by_kind_and_the_next_endpoint_answers(
     anvil: Anvil, http: aiohttp.ClientSession, proxy: RpcProxy, mode: str, kind: str
 ) -> None:
-    """A node that hangs past the timeout, answers status 500, answers bytes that are not
+    """A node that hangs past the timeout, answers status 500, redirects (307, which keeps
+    the POST: followed before, the call was answered by a host nobody configured), answers bytes
+    that are not
     JSON-RPC, answers another request id, or answers neither result nor error, answers more
     than any read could (20 MiB: read no further than the 16 MiB cap), answers JSON nested
     past the decoder's depth limit (a RecursionError, which before left the client: no

@@ -90,6 +90,29 @@ async def test_a_refused_subscription_polls_meanwhile_and_returns_to_new_heads(
             await stop(task)
 
 
+async def test_a_new_heads_handshake_redirected_elsewhere_is_refused_and_blocks_are_polled(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """A newHeads endpoint that answers its handshake with a redirect to another host (here
+    anvil's own socket, which would serve real heads): the reader does not subscribe there,
+    says why without the URL, and polls. Before, aiohttp followed it and the reader took its
+    heads from a host nobody configured."""
+    relay.mode = "redirect"
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
+                         poll_interval_s=0.02)  # fmt: skip
+    got = watch_eth(reader, snapshot.eth_proxy)
+    with capture_logs() as logs:
+        task = asyncio.create_task(reader.run())
+        try:
+            await got.until(lambda: bool(got.quotes))  # polled
+            await until(lambda: relay.connections >= 2)  # tried again, refused again
+            assert reader.stats.mode == "polling"
+        finally:
+            await stop(task)
+    down = [e for e in logs if e["event"] == "newHeads down, polling"]
+    assert down and "redirected to another URL" in down[0]["error"], down
+
+
 async def test_a_new_heads_socket_that_ends_falls_back_to_polling_and_reconnects(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
 ) -> None:

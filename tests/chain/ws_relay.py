@@ -6,7 +6,9 @@ subscription with a JSON-RPC error; "drop_after_ack" passes the subscription's a
 closes the socket; "silent" passes the subscription's answer and then forwards nothing (the
 socket stays up and answers pings: a subscription that died on the node's side); "deep" passes
 the subscription's answer and then sends one message nested past any JSON decoder's depth
-limit (`_DEEP`, a broken or hostile node), then holds the socket.
+limit (`_DEEP`, a broken or hostile node), then holds the socket; "redirect" answers the
+handshake with a 307 to anvil's own WebSocket, spelled http:// as a client follows it (the
+node's notices, from a host nobody gave).
 `connections` counts the sockets opened to it, `following` the ones relayed past the
 subscription's answer in "relay" mode.
 """
@@ -48,9 +50,13 @@ class WsRelay:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.connections += 1
         mode = self.mode
+        if mode == "redirect":
+            # as http://: aiohttp refuses a redirect to a ws:// URL, and follows one to http://
+            target = self.upstream.replace("ws://", "http://", 1)
+            return web.Response(status=307, headers={"Location": target})
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         subscribe = await ws.receive_str()
