@@ -166,11 +166,12 @@ def _load(path: Path) -> tuple[Config, str]:
 
 def _start_problems(cfg: Config) -> list[str]:
     """What `Service` refuses at start (exit 2) beyond the file: the secrets the config names,
-    the signing lease and the manual pauses file, read by the daemon's own loaders (read only:
-    no lock taken, nothing written; the daemon may still run beside it). Deployments run this check
-    before the daemon (compose's config-check, the pods' init container), where the daemon's
-    own refusal would be restarted forever. Each loader is imported only when its table is on:
-    the NATS client and the key libraries take most of a second."""
+    the signing lease, the manual pauses file and an audit path no trail can be kept in, read
+    by the daemon's own loaders (read only: no lock taken, nothing written; the daemon may still
+    run beside it). Deployments run this check before the daemon (compose's config-check, the
+    pods' init container), where the daemon's own refusal would be restarted forever. Each
+    loader is imported only when its table is on: the NATS client and the key libraries take
+    most of a second."""
     problems: list[str] = []
 
     def read(load: Callable[[], object]) -> None:
@@ -205,6 +206,10 @@ def _start_problems(cfg: Config) -> list[str]:
             read(pauses.load)
         finally:
             pauses.close()
+    if cfg.audit.enabled:
+        from oracled.publish.audit import check_audit_path
+
+        read(lambda: check_audit_path(Path(cfg.audit.path)))
     return problems
 
 

@@ -52,7 +52,7 @@ from oracled.logs import DRAIN_AT_EXIT_S
 from oracled.manual import ManualPauses, Pause
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Kind, Quote, market_name
-from oracled.publish.audit import AuditReader, AuditTrail
+from oracled.publish.audit import AuditReader, AuditTrail, check_audit_path
 from oracled.publish.chain_push import ChainPusher, PushError, PushStats, load_push_key
 from oracled.publish.hub import Hub
 from oracled.publish.sign_lease import open_sign_lease, require_sign_lease
@@ -479,6 +479,8 @@ class Service:
 
             self.nats = NatsSink(cfg.nats)
         # The audit trail and the on-chain pusher (docs/publishing.md), also start-up only.
+        if cfg.audit.enabled:  # a directory there refuses the start (ConfigError)
+            check_audit_path(Path(cfg.audit.path))
         self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
         if self.audit is not None:  # the config in force, first in the trail (docs/publishing.md)
             # the sha256 of the file `cfg` came from; without it (the demo, tests), of the settings

@@ -65,8 +65,8 @@ import msgspec
 import structlog
 
 from oracled.config import AuditConfig
-from oracled.errors import OracledError
-from oracled.files import require_regular
+from oracled.errors import ConfigError, OracledError
+from oracled.files import NotRegularFileError, require_regular
 from oracled.lockfile import LockHeldError, lock_beside
 from oracled.model import Quote, Report
 from oracled.publish.audit_reserve import DiskReserve
@@ -87,6 +87,7 @@ __all__ = [
     "ConfigLoad",
     "OperatorAction",
     "StoredReport",
+    "check_audit_path",
     "iso_time",
 ]
 
@@ -206,6 +207,22 @@ class AuditDataError(OracledError):
 
 class AuditInUseError(OracledError):
     """Another process writes this database: one trail, one writer."""
+
+
+def check_audit_path(path: Path) -> None:
+    """ConfigError if `path` names something no trail can be kept in (a directory, a FIFO, a
+    device): the writer's retries would log that it cannot open it every few seconds for the
+    daemon's whole life, and no round would ever be kept. A mistake no retry mends, refused at
+    start like the daemon's other files; a missing file is made, and a failing disk is retried
+    while prices go on (docs/publishing.md)."""
+    try:
+        require_regular(path)
+    except NotRegularFileError as exc:
+        raise ConfigError(
+            [f"audit.path: {path} is {exc.kind}, not a file: no audit trail could be kept in it"]
+        ) from None
+    except OSError:  # missing (made at the first write), or unreachable: the writer retries
+        return
 
 
 def _lock(path: Path) -> int:

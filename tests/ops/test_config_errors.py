@@ -59,6 +59,8 @@ def _bad_configs(root: Path) -> dict[str, tuple[Path, str, dict[str, str]]]:
     lease.write_text('{"format": "oracled-signing-lease", "version": 1, "leases": ')
     gone = root / "gone" / "lease.json"
     fresh = f'lease_file = "{root / "signing-lease.json"}"\n'  # required: none there yet
+    trail = root / "audit.sqlite3"
+    trail.mkdir()  # a directory where the trail's database file goes
     texts = {
         "toml": ("[oracle\n", "{path}: not valid TOML", {}),
         "unknown key": (
@@ -106,6 +108,11 @@ def _bad_configs(root: Path) -> dict[str, tuple[Path, str, dict[str, str]]]:
             f"oracle.manual_pauses_file: {pauses} is not a pause file",
             {},
         ),
+        "audit path a directory": (
+            good + f'\n[audit]\nenabled = true\npath = "{trail}"\n',
+            f"audit.path: {trail} is a directory, not a file",
+            {},
+        ),
     }
     cases = {"missing file": (root / "missing.toml", "{path}: cannot read", {})}
     for i, (name, (text, line, env)) in enumerate(texts.items()):
@@ -127,17 +134,19 @@ def _unit_restart_prevented() -> set[int]:
 def test_run_refuses_every_kind_of_invalid_config_with_exit_2_and_the_key_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Eleven kinds of invalid config (unreadable, not TOML, an unknown key, a wrong type, a
+    """Twelve kinds of invalid config (unreadable, not TOML, an unknown key, a wrong type, a
     value out of range, an admin token too short, a signing key variable unset, a key file
     others can read, a torn signing lease file, a lease file's directory missing, a torn pause
-    file): `oracled run`, a real process each, exits 2, the code the systemd unit never
-    restarts, with a line that names the key, and starts nothing (no listener).
-    `check-config --as-daemon` refuses each with the same line, while plain `check-config`
-    passes the five that only the start-up reads (the key variable, the key file, the lease
-    file twice, the pause file): it was what compose and the pods could have run before the
-    daemon, and it let them through to a daemon that exits 2 and is restarted forever. The
-    lease cases were passed by `--as-daemon` too: the signing lease (added after it) was not
-    read, so a torn lease went on to that restart loop."""
+    file, an audit path that is a directory): `oracled run`, a real process each, exits 2, the
+    code the systemd unit never restarts, with a line that names the key, and starts nothing
+    (no listener). `check-config --as-daemon` refuses each with the same line, while plain
+    `check-config` passes the six that only the start-up reads (the key variable, the key file,
+    the lease file twice, the pause file, the audit path): it was what compose and the pods
+    could have run before the daemon, and it let them through to a daemon that exits 2 and is
+    restarted forever. The lease cases were passed by `--as-daemon` too: the signing lease
+    (added after it) was not read, so a torn lease went on to that restart loop. An audit path
+    that is a directory was run: the daemon priced with no audit trail at all, logging "unable
+    to open database file" every 5 s for its whole life."""
     cases = _bad_configs(tmp_path)
     procs = {
         name: subprocess.Popen(  # all at once: each is an interpreter start, mostly waiting
@@ -166,6 +175,7 @@ def test_run_refuses_every_kind_of_invalid_config_with_exit_2_and_the_key_named(
         "torn lease file",
         "lease directory missing",
         "torn pause file",
+        "audit path a directory",
     }
     for name, (path, line, env) in cases.items():
         if env:  # the environment of this process is left alone: run's refusal covers it
