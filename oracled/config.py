@@ -1475,6 +1475,7 @@ def config_warnings(cfg: Config) -> list[str]:
         *_over_connection_limits(cfg),
         *_disabled_with_settings(cfg),
         *_heads_without_block_time(cfg),
+        *_polls_past_block_age(cfg),
         *_cross_check_shared_hosts(cfg),
         *_pools_without_base_token(cfg),
         *_nats_secret_in_url(cfg),
@@ -1557,6 +1558,23 @@ def _heads_without_block_time(cfg: Config) -> list[str]:
         "chain's block interval (12 for Ethereum, 2 for Base and Optimism)"
         for cid, chain in cfg.chains.items()
         if chain.ws_url is not None and chain.block_time_s is None
+    ]
+
+
+def _polls_past_block_age(cfg: Config) -> list[str]:
+    """Polls no more often than max_block_age_s: between two, the last block read grows older
+    than the limit, so the chain's head age passes it every cycle (OracledChainNotRead on a
+    healthy chain once that lasts a minute) and a poll that finds no new block flags its feeds
+    `chain_stale`. Not refused: each poll still reads the newest block, and a chain read
+    through `ws_url` polls only while its socket is down."""
+    return [
+        f"chains.{cid}.poll_interval_s: {chain.poll_interval_s:g} s is not below "
+        f"max_block_age_s ({chain.max_block_age_s:g} s): while polled, the last block read is "
+        "older than the limit before each poll (oracled_chain_head_age_seconds over it every "
+        "cycle, OracledChainNotRead once that lasts a minute, and a poll that finds no new "
+        "block flags every feed chain_stale); poll more often"
+        for cid, chain in cfg.chains.items()
+        if chain.poll_interval_s >= chain.max_block_age_s
     ]
 
 
