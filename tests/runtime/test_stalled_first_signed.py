@@ -43,20 +43,30 @@ SIGNED = {"op": "subscribe", "markets": [MARKET], "signed": True}
 
 
 class BackAtFirstTick(SteppedClock):
-    """The real clock until the round loop (the service's task `round-loop`) reads it for its
-    first tick, then an hour behind, as NTP or an operator steps it: the loop waits for the
-    clock to pass that tick again, stuck before its first round, until `back_ms` is 0 again."""
+    """The real clock until the round loop (the service's task `round-loop`) has taken its
+    first tick and reads the clock again to see it passed, then an hour behind, as NTP or an
+    operator steps it: the loop waits for the clock to pass that tick again, stuck before its
+    first round, until `back_ms` is 0 again. Keyed to the tick being set (`service._tick`),
+    not to a count of reads: the loop reads the clock before it takes a tick too (cbd9e1e added
+    one, which made an earlier version of this clock step back before the tick, so rounds ran
+    an hour behind instead of none)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.armed = True
+        self.service: Service | None = None
 
     def now_ms(self) -> int:
-        now = super().now_ms()
-        if self.armed and _task_name() == "round-loop":
+        service = self.service
+        if (
+            self.armed
+            and service is not None
+            and service._tick < 1 << 62  # the first tick is taken
+            and _task_name() == "round-loop"
+        ):
             self.armed = False
             self.back_ms = 3_600_000
-        return now
+        return super().now_ms()
 
 
 def _task_name() -> str | None:
@@ -105,6 +115,7 @@ async def test_a_restart_held_at_its_floor_is_told_naming_the_floor(tmp_path: Pa
             clock = SteppedClock()
             clock.back_ms = 3_600_000
             service = Service(stalling_config(sim, signing=signing, nats=bus_table), clock=clock)
+            clock.service = service
             service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall limit of 0.4 s
             assert service.signer is not None
             bus, on_bus = await bus_messages(server.url, "oracled.stalled")
@@ -166,6 +177,7 @@ async def test_a_round_loop_stuck_before_its_first_round_is_told_naming_the_floo
             bus_table = {"enabled": True, "servers": [server.url]}
             clock = BackAtFirstTick()
             service = Service(stalling_config(sim, signing=signing, nats=bus_table), clock=clock)
+            clock.service = service
             service.ready_min_s, service.alive_min_s = 0.4, 60.0  # a stall limit of 0.4 s
             bus, on_bus = await bus_messages(server.url, "oracled.stalled")
             raw: list[bytes] = []
