@@ -266,7 +266,7 @@ async def _run(args: argparse.Namespace, url: str) -> dict[str, Any]:
     return {
         "feeds": feeds,
         "mix": {"chainlink": args.chainlink, "uniswap_v3": args.uniswap, "pyth_evm": args.pyth},
-        "calls_per_block": 1 + 4 * args.chainlink + 3 * args.uniswap + args.pyth,
+        "calls_per_block": 1 + 5 * args.chainlink + 3 * args.uniswap + args.pyth,
         "python": platform.python_version(),
         "first_block_round_trips": first_block_trips,
         "changed": _summary(changed, feeds),

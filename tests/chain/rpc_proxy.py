@@ -61,6 +61,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
 
 _REFUSED = {"code": -32602, "message": "invalid argument 0: hex string has odd length"}
 _NO_BATCH = {"code": -32600, "message": "batch requests are not supported"}
@@ -107,6 +109,33 @@ MANGLED: dict[str, Any] = {
     "eth_getTransactionCount": "0xnonce",
     "eth_getTransactionReceipt": {"blockNumber": "0x1"},
 }
+
+
+def call_selectors(request: Any) -> list[bytes]:
+    """The selectors of the aggregate3 calls of an eth_call request, in order."""
+    data = bytes.fromhex(request["params"][0]["data"][2:])
+    (calls,) = abi_decode(["(address,bool,bytes)[]"], data[4:])
+    return [bytes(c[2][:4]) for c in calls]
+
+
+def call_results(result: str) -> list[tuple[bool, bytes]]:
+    """The (success, return data) pairs of an aggregate3 answer."""
+    (pairs,) = abi_decode(["(bool,bytes)[]"], bytes.fromhex(result[2:]))
+    return [(bool(ok), bytes(data)) for ok, data in pairs]
+
+
+def encode_results(pairs: list[tuple[bool, bytes]]) -> str:
+    """An aggregate3 answer of these pairs, as an eth_call result."""
+    return "0x" + abi_encode(["(bool,bytes)[]"], [pairs]).hex()
+
+
+def with_result(request: Any, result: str, selector: bytes, ok: bool, data: bytes) -> str:
+    """The eth_call answer with the result of the first call to `selector` replaced (unchanged
+    when the request has no such call): a `rewrite` that lies about one value."""
+    calls, pairs = call_selectors(request), call_results(result)
+    if selector in calls:
+        pairs[calls.index(selector)] = (ok, data)
+    return encode_results(pairs)
 
 
 class RpcProxy:

@@ -18,7 +18,9 @@ endpoint (test_reader_polling.py); a Chainlink round stamped far past its block
 held off every real value after them; a head lying about its time was published with it
 (test_reader_guards.py); a publishTime past uint64 made a venue time of 10**80 ms
 (test_feed_decoding.py); an eth_chainId answer that was no JSON object stopped the start
-(test_chain_id.py). And one known limit it allows for: a lying `decimals()`.
+(test_chain_id.py); one lying `decimals()` answer (after a garbled `aggregator()` made the feed
+learn again) scaled the feed by a power of ten until the aggregator changed, and one longer
+than a word was read by its first word (test_chainlink.py).
 
 The start's chain id check (through web3) is fuzzed apart, with the same envelope rewrites.
 """
@@ -44,12 +46,11 @@ from chain_rig import (
     make_pool,
     pyth_update,
 )
-from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from reading import Collected, make_reader, pyth_spec, watch, watch_eth
-from rpc_proxy import RpcProxy
+from rpc_proxy import RpcProxy, call_results, call_selectors, encode_results, with_result
 
 from oracled.clock import ManualClock
 from oracled.errors import SourceError
@@ -229,40 +230,21 @@ def _hex_form(result: str, how: str, n: int) -> str:
     return forms[how]
 
 
-def _calls(request: Any) -> list[bytes]:
-    """The selectors of the aggregate3 calls of an eth_call request, in order."""
-    data = bytes.fromhex(request["params"][0]["data"][2:])
-    (calls,) = abi_decode(["(address,bool,bytes)[]"], data[4:])
-    return [bytes(c[2][:4]) for c in calls]
-
-
-def _results(result: str) -> list[tuple[bool, bytes]]:
-    (pairs,) = abi_decode(["(bool,bytes)[]"], bytes.fromhex(result[2:]))
-    return [(bool(ok), bytes(data)) for ok, data in pairs]
-
-
-def _encode(pairs: list[tuple[bool, bytes]]) -> str:
-    return "0x" + abi_encode(["(bool,bytes)[]"], [pairs]).hex()
-
-
 def _set_data(request: Any, result: str, name: str, data: bytes, ok: bool) -> str:
     """The answer with the return data of the first call to `name` replaced."""
-    calls, pairs = _calls(request), _results(result)
-    if SELECTORS[name] in calls:
-        pairs[calls.index(SELECTORS[name])] = (ok, data)
-    return _encode(pairs)
+    return with_result(request, result, SELECTORS[name], ok, data)
 
 
 def _set_word(request: Any, result: str, name: str, at: int, value: int) -> str:
     """The answer with word `at` of the first call to `name` set to `value` (mod 2**256)."""
-    calls, pairs = _calls(request), _results(result)
+    calls, pairs = call_selectors(request), call_results(result)
     if SELECTORS[name] in calls:
         i = calls.index(SELECTORS[name])
         ok, data = pairs[i]
         words = bytearray(data.ljust(32 * (at + 1), b"\0"))
         words[32 * at : 32 * at + 32] = (value % U256).to_bytes(32, "big")
         pairs[i] = (ok, bytes(words))
-    return _encode(pairs)
+    return encode_results(pairs)
 
 
 class Hostile:
@@ -272,9 +254,6 @@ class Hostile:
         self.pending: list[Mutation] = []
         self.applied = 0
         self.heads: list[Any] = []  # honest heads, the first below every one read
-        # A decimals() answer rewritten (read when a feed learns its aggregator): taken, it
-        # scales the feed until the aggregator changes (a known limit, docs/onchain.md).
-        self.scaled = False
 
     def __call__(self, request: Any, answer: Any) -> Any:
         method = request.get("method") if isinstance(request, dict) else None
@@ -284,8 +263,6 @@ class Hostile:
             if mutation.method == method:
                 del self.pending[i]
                 self.applied += 1
-                if mutation.kind in ("word", "data") and mutation.arg[0] == "decimals":
-                    self.scaled = True
                 return mutation.apply(request, answer, self)
         return answer
 
@@ -438,6 +415,9 @@ async def _honest_step(chain: Chain, snapshot: Deployed, n: int, start: int) -> 
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @example(steps=[[Mutation(CALL, "word", ("latestRoundData", 3, 4_000_000_000))]])
+@example(steps=[[Mutation(CALL, "word", ("aggregator", 0, 0xDEAD)),
+                 Mutation(CALL, "word", ("decimals", 0, 6))]])  # fmt: skip
+@example(steps=[[Mutation(CALL, "data", ("decimals", b"\0" * 33))]])
 @example(steps=[[Mutation(CALL, "word", ("getPriceUnsafe", 3, 4_000_000_000))]])
 @example(steps=[[Mutation(HEAD, "field", ("timestamp", lambda v: hex(int(v, 16) + 10**6)))]])
 @example(steps=[[Mutation(HEAD, "field", ("hash", "zz"))]])
@@ -459,7 +439,8 @@ async def test_a_hostile_node_never_crashes_the_reader_nor_gets_a_bad_value_publ
     fault; else a failed read or a feed's drop), and in every block published each feed, whose
     values all changed, emitted a quote or counted a drop; and once the node is honest again
     (its rests over), the next block is published with the chain's current values, unflagged
-    (but a Chainlink price scaled by a lying `decimals()`: docs/onchain.md, *Known limits*)."""
+    (a Chainlink price too after a lying `decimals()`: before, one such answer scaled it for
+    good)."""
     snap = await chain.snapshot()
     hostile = Hostile()
     for relay in relays:
@@ -507,8 +488,7 @@ async def test_a_hostile_node_never_crashes_the_reader_nor_gets_a_bad_value_publ
                 _sane(quote, head_ms)
         assert reader.stats.last_block == await chain.block_number()
         assert cl.last.flag is None, cl.quotes[-3:]
-        if not hostile.scaled:
-            assert cl.last.price == answer / 1e8, cl.quotes[-3:]
+        assert cl.last.price == answer / 1e8, cl.quotes[-3:]
         mid = (pyth.last.bid + pyth.last.ask) / 2  # type: ignore[operator]
         assert (mid, pyth.last.flag) == (pytest.approx(price / 1e8), None), pyth.quotes[-3:]
         uni_last = fuzzed.feeds[2].last

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,14 +16,37 @@ from chain_rig import (
     new_token,
 )
 from reading import chainlink_spec, make_reader, watch, watch_eth
+from rpc_proxy import RpcProxy, with_result
 from structlog.testing import capture_logs
 
+from oracled.eth import selector
 from oracled.sources.evm.chainlink import ChainlinkFeed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chainlink"
 SET_ROUND = "setRound(uint80,int256,uint256,uint256,uint80)"
+DECIMALS = selector("decimals()")
+AGGREGATOR = selector("aggregator()")
+MAX_ANSWER = selector("maxAnswer()")
+
+
+class Lies:
+    """A proxy `rewrite`: the next eth_call answers, one each, with the result of one call
+    replaced (`(selector, success, data)`), then the node's own answers again."""
+
+    def __init__(self, *lies: tuple[bytes, bool, bytes]) -> None:
+        self.lies = list(lies)
+
+    def __call__(self, request: Any, answer: Any) -> Any:
+        if request.get("method") != "eth_call" or not self.lies:
+            return answer
+        target, ok, data = self.lies.pop(0)
+        return {**answer, "result": with_result(request, answer["result"], target, ok, data)}
+
+
+def _word(value: int) -> bytes:
+    return value.to_bytes(32, "big")
 
 
 async def test_normal_read_through_the_proxy(
@@ -359,3 +383,119 @@ async def test_a_reorg_that_takes_the_garbage_round_away_unflags_the_same_round(
     assert [(q.price, q.flag) for q in got.quotes] == [
         (60000.0, None), (60000.0, "bad_answer"), (60000.0, None),
     ]  # fmt: skip
+
+
+async def test_one_lying_decimals_answer_never_scales_the_feed(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A node garbles `aggregator()` in one answer (the feed learns its aggregator again, on the
+    same block) and answers 6 decimals to the read that learns; later, it answers 18 in one
+    every-block read. Neither lie is used: each change asks for the block again, whose honest
+    answer brings back the 8 held, and every price published is the chain's. Found by fuzzing
+    the reader (test_chain_fuzz.py): before, the 6 was taken and every later price of the feed
+    was 100 times too high until the aggregator changed."""
+    reader = make_reader([proxy.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert await reader.poll_once()
+    proxy.rewrite = Lies((AGGREGATOR, True, _word(0xDEAD)), (DECIMALS, True, _word(6)))
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3001_00000000)
+    assert await reader.poll_once()
+    proxy.rewrite = Lies((DECIMALS, True, _word(18)))
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3002_00000000)
+    assert await reader.poll_once()
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3003_00000000)
+    assert await reader.poll_once()
+    assert [(q.price, q.flag) for q in got.quotes] == [
+        (3000.0, None), (3001.0, None), (3002.0, None), (3003.0, None),
+    ]  # fmt: skip
+    assert not got.stats.dropped
+
+
+async def test_a_decimals_change_two_answers_disagree_on_is_withheld_until_confirmed(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A block whose read says 6 decimals and whose read again says 18 (neither the 8 held)
+    takes neither: its round is withheld (`unconfirmed_config`), the last quote is published
+    again flagged `bad_answer` and one warning says why; the next block's honest answer is the
+    8 held, and the same round is published unflagged."""
+    reader = make_reader([proxy.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert await reader.poll_once()
+    proxy.rewrite = Lies((DECIMALS, True, _word(6)), (DECIMALS, True, _word(18)))
+    await chain.mine()
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+    assert got.stats.dropped == {"unconfirmed_config": 1}
+    (warned,) = [e for e in logs if e["log_level"] == "warning"]
+    assert (warned["decimals"], warned["held_decimals"]) == (18, 8)
+    await chain.mine()
+    assert await reader.poll_once()
+    assert [(q.price, q.flag) for q in got.quotes] == [
+        (3000.0, None), (3000.0, "bad_answer"), (3000.0, None),
+    ]  # fmt: skip
+
+
+async def test_a_decimals_change_said_twice_is_taken(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A change of decimals that a block's read and its read again both say (as a real
+    aggregator swap, test_aggregator_replaced_behind_the_proxy) is taken and logged; and when
+    the answers go back to the chain's 8, that is a change said twice too, taken at once: a
+    value taken is never kept for good by the answers that follow."""
+    reader = make_reader([proxy.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert await reader.poll_once()
+    proxy.rewrite = Lies((DECIMALS, True, _word(6)), (DECIMALS, True, _word(6)))
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3001_00000000)
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+    assert [e["decimals"] for e in logs if e["event"].startswith("chainlink decimals")] == [6]
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3002_00000000)
+    assert await reader.poll_once()
+    assert [q.price for q in got.quotes] == [3000.0, 300100.0, 3002.0]
+    assert not got.stats.dropped
+
+
+@pytest.mark.parametrize("call", ["decimals", "maxAnswer"])
+async def test_an_answer_longer_than_one_word_is_malformed(
+    anvil: Anvil,
+    http: aiohttp.ClientSession,
+    chain: Chain,
+    snapshot: Deployed,
+    proxy: RpcProxy,
+    call: str,
+) -> None:
+    """A `decimals()` answer (at the read that learns the feed) or a `maxAnswer()` answer (read
+    every block) of two words, the first a valid one, is garbage: counted `decode_error` (and
+    malformed), its block not priced for the feed, and the next honest block is. Before, only
+    the first word was read: a 6 there scaled the feed for good."""
+    lie = (DECIMALS, True, _word(6) + _word(0))
+    if call == "maxAnswer":
+        lie = (MAX_ANSWER, True, _word(10**18) + _word(0))
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    if call == "maxAnswer":
+        assert await reader.poll_once()
+        await chain.mine()
+    proxy.rewrite = Lies(lie)
+    assert await reader.poll_once()
+    assert got.stats.dropped == {"decode_error": 1} and got.stats.malformed == 1
+    await chain.transact(snapshot.btc_aggregator, "updateAnswer(int256)", 61_000_00000000)
+    assert await reader.poll_once()
+    assert (got.last.price, got.last.flag) == (61000.0, None)
+
+
+async def test_one_lying_bound_answer_is_never_used(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A `maxAnswer()` of 1 (every price at the bound) in one every-block read is weighed as a
+    decimals change is: the block is read again, its honest answer brings back the bound held,
+    and the round is published unflagged. Before, the one answer flagged it `at_bound`."""
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    assert await reader.poll_once()
+    proxy.rewrite = Lies((MAX_ANSWER, True, _word(1)))
+    await chain.transact(snapshot.btc_aggregator, "updateAnswer(int256)", 61_000_00000000)
+    assert await reader.poll_once()
+    assert [(q.price, q.flag) for q in got.quotes] == [(60000.0, None), (61000.0, None)]
+    assert not got.stats.dropped

@@ -1,10 +1,14 @@
 """Chainlink AggregatorV3 feeds, read through their proxy, and distrusted the documented ways.
 
-Per block: `latestRoundData()` and `aggregator()` on the proxy, and the current aggregator's
-`minAnswer()`/`maxAnswer()` (OCR aggregators clamp every answer into these bounds, so an answer
-sitting on one is not a market price: LUNA/USD stayed at its floor while the market fell below it).
-`decimals()` and `description()` are read once, when the aggregator is first seen or replaced;
-the reader then reads the same block again with the full set of calls.
+Per block: `latestRoundData()`, `aggregator()` and `decimals()` on the proxy, and the current
+aggregator's `minAnswer()`/`maxAnswer()` (OCR aggregators clamp every answer into these bounds, so
+an answer sitting on one is not a market price: LUNA/USD stayed at its floor while the market fell
+below it). `description()` is read when the aggregator is first seen or replaced; the reader then
+reads the same block again with the full set of calls.
+
+Decimals and bounds are held, and a change is taken only when a second answer (another request)
+says the same: one lying answer scaled a feed by a power of ten until the aggregator changed
+(`_Held`). An answer of them that is not one ABI word is garbage (`ValueError`: `decode_error`).
 
 Rejected (counted drop reasons): `updatedAt == 0` (`incomplete_round`), `updatedAt` more than a
 minute after the block read (`future_round`), `answer <= 0` (`non_positive`),
@@ -12,7 +16,8 @@ minute after the block read (`future_round`), `answer <= 0` (`non_positive`),
 and of no later phase (`older_round`, after a reorg; a later phase's older round, after the
 proxy moved to another aggregator, is not newer, and the last quote stands). The first four are
 garbage from the feed itself, so its previous quote is not trusted either: the reader publishes
-it again flagged `bad_answer` until a valid round arrives; after `older_round` the published
+it again flagged `bad_answer` until a valid round arrives (as after `unconfirmed_config`:
+decimals or bounds two answers disagree on); after `older_round` the published
 round is no longer on the chain, and the reader publishes it again flagged `reorged`. Flagged
 (the core excludes the slot with the flag as reason): an answer at a bound (`at_bound`); a round
 older than the feed's heartbeat by the block's clock (`stale`). `venue_ts` is `updatedAt`.
@@ -24,7 +29,7 @@ https://docs.chain.link/data-feeds#check-the-latest-answer-against-reasonable-li
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import structlog
 from eth_abi.abi import decode as abi_decode
@@ -55,14 +60,69 @@ _PHASE_SHIFT: Final = 64
 _AHEAD_S: Final = 60
 
 
+#: Decimals and bounds after a change seen in one answer only: the round is withheld and the
+#: last quote flagged `bad_answer` (see `_Held`).
+_UNCONFIRMED: Final = "unconfirmed_config"
+
+_T = TypeVar("_T")
+
+
 def _address(data: bytes) -> str | None:
     if len(data) < 32 or any(data[:12]):
         return None
     return "0x" + data[12:32].hex()
 
 
-def _int(data: bytes) -> int | None:
-    return int.from_bytes(data[:32], "big", signed=True) if len(data) >= 32 else None
+def _word(result: tuple[bool, bytes], name: str) -> int | None:
+    """The signed word a one-word call answered; None when it reverted or answered nothing (an
+    address without code does). Any other length is garbage: before, the first word of a longer
+    answer was taken, so a malformed answer could set a feed's decimals."""
+    ok, data = result
+    if not ok or not data:
+        return None
+    if len(data) != 32:
+        raise ValueError(f"{name}() answered {len(data)} bytes, not one word")
+    return int.from_bytes(data, "big", signed=True)
+
+
+def _places(result: tuple[bool, bytes]) -> int | None:
+    places = _word(result, "decimals")
+    return places if places is not None and 0 <= places <= 36 else None
+
+
+class _Held(Generic[_T]):
+    """A value of the aggregator's that scales or bounds every answer (decimals, bounds), taken
+    from the chain only when two answers, in two requests, agree.
+
+    A change seen in one answer asks for the block to be read again (`again`); the second
+    answer adopts it (`adopted`), or brings back the value held (`held`), or names a third
+    (`unconfirmed`: the round is withheld, and the next block's answer is compared with that
+    one). So one lying answer is never used, and the honest answers take a taken lie back at
+    the next block. A node that lies twice in a row with the same value is a consistent liar
+    (docs/onchain.md, *Known limits*)."""
+
+    __slots__ = ("_pending", "_pending_at", "known", "value")
+
+    def __init__(self) -> None:
+        self.value: _T | None = None
+        self.known = False
+        self._pending: tuple[_T] | None = None  # boxed: None (no bounds) can be pending too
+        self._pending_at: str | None = None  # the block hash of the pending answer
+
+    def offer(self, value: _T, at: str, *, first_taken: bool = False) -> str:
+        """`held`, `adopted`, `again` or `unconfirmed` (above); `first_taken` adopts the first
+        value of all (bounds, which the re-read that confirms decimals cannot ask for)."""
+        if self.known and value == self.value:
+            self._pending = None
+            return "held"
+        if (self._pending is not None and self._pending[0] == value) or (
+            first_taken and not self.known
+        ):
+            self.value, self.known, self._pending = value, True, None
+            return "adopted"
+        again = self._pending_at != at
+        self._pending, self._pending_at = (value,), at
+        return "again" if again else "unconfirmed"
 
 
 class ChainlinkFeed(Feed):
@@ -82,12 +142,14 @@ class ChainlinkFeed(Feed):
         "_proxy",
         "_rejected",
         "_scale",
+        "_settled",
+        "_unconfirmed_logged",
         "_unusable_logged",
         "description",
     )
 
     distrusting = frozenset(
-        {"incomplete_round", "future_round", "non_positive", "carried_over_round"}
+        {"incomplete_round", "future_round", "non_positive", "carried_over_round", _UNCONFIRMED}
     )
     reorged = frozenset({"older_round"})
 
@@ -99,8 +161,8 @@ class ChainlinkFeed(Feed):
         self._heartbeat_s = spec.heartbeat_s
         self._log = structlog.get_logger("oracled").bind(source=source_id, pair=pair)
         self._aggregator: str | None = None
-        self._bounds: tuple[int, int] | None = None
-        self._decimals: int | None = None
+        self._bounds: _Held[tuple[int, int] | None] = _Held()
+        self._decimals: _Held[int | None] = _Held()
         self._scale = 1.0
         self.description: str | None = None
         # (roundId, updatedAt, answer, flag) of the last quote; (roundId, updatedAt) last refused.
@@ -108,6 +170,10 @@ class ChainlinkFeed(Feed):
         self._rejected: tuple[int, int] | None = None
         self._learning = True
         self._unusable_logged = False
+        self._unconfirmed_logged: object = None  # the answer last logged as unconfirmed
+        # The raw answers of the decimals and bounds held, while no change is pending: the same
+        # bytes again skip the weighing, as they do on almost every block.
+        self._settled: Sequence[tuple[bool, bytes]] | None = None
         self._call_failing = False  # logged once while latestRoundData() reverts
         self._phase_behind: int | None = None  # a new phase's round older than the last: logged
         self._calls = self._learning_calls()
@@ -116,6 +182,12 @@ class ChainlinkFeed(Feed):
         p = self._proxy
         return (Call(p, _LATEST_ROUND), Call(p, _AGGREGATOR), Call(p, _DECIMALS),
                 Call(p, _DESCRIPTION))  # fmt: skip
+
+    def _steady_calls(self, aggregator: str) -> tuple[Call, ...]:
+        """Every block's reads; a new tuple each time, so that the reader sees them renewed."""
+        p = self._proxy
+        return (Call(p, _LATEST_ROUND), Call(p, _AGGREGATOR), Call(p, _DECIMALS),
+                Call(aggregator, _MIN_ANSWER), Call(aggregator, _MAX_ANSWER))  # fmt: skip
 
     def calls(self) -> Sequence[Call]:
         return self._calls
@@ -132,10 +204,14 @@ class ChainlinkFeed(Feed):
             self._learning = True  # replaced upstream: learn it again
             self._calls = self._learning_calls()
             return None
-        (min_ok, min_data), (max_ok, max_data) = results[2], results[3]
-        low = _int(min_data) if min_ok else None
-        high = _int(max_data) if max_ok else None
-        self._bounds = (low, high) if low is not None and high is not None else None
+        said = results[2:5]
+        if said != self._settled:  # the answers of the values held: nothing to weigh
+            held = self._hold(said[0], said[1], said[2], block)
+            if held == "":
+                return None  # a change in this answer only: the same block read again
+            if held is not None:
+                return held
+            self._settled = said
         if not ok:
             if not self._call_failing:
                 self._call_failing = True
@@ -165,7 +241,8 @@ class ChainlinkFeed(Feed):
             self._behind_new_phase(round_id, updated_at, self._last, block)
             return None
         flag: str | None = None
-        if self._bounds is not None and not self._bounds[0] < answer < self._bounds[1]:
+        bounds = self._bounds.value
+        if bounds is not None and not bounds[0] < answer < bounds[1]:
             flag = "at_bound"
         elif block.timestamp - updated_at > self._heartbeat_s:
             flag = "stale"
@@ -177,6 +254,55 @@ class ChainlinkFeed(Feed):
             self.source_id, self.pair, recv_ts, answer * self._scale, venue_ts=updated_at * 1000,
             flag=flag, block=block.number, block_ts=block.timestamp * 1000,
         )  # fmt: skip
+
+    def _hold(
+        self,
+        decimals: tuple[bool, bytes],
+        low: tuple[bool, bytes],
+        high: tuple[bool, bytes],
+        block: Block,
+    ) -> str | None:
+        """None when the block's decimals and bounds are the ones held (or a change confirmed
+        now); "" when a change was seen in this answer only (the calls renewed: the reader reads
+        the block again); else the drop reason (`unconfirmed_config`, `no_decimals`)."""
+        places = _places(decimals)
+        low_word, high_word = _word(low, "minAnswer"), _word(high, "maxAnswer")
+        bounds = (low_word, high_word) if low_word is not None and high_word is not None else None
+        self._settled = None  # weighed again until these answers are the held values
+        changed = self._decimals.known  # a value held before: its change is logged
+        said = (
+            self._decimals.offer(places, block.hash),
+            self._bounds.offer(bounds, block.hash, first_taken=True),
+        )
+        if "unconfirmed" in said:
+            if self._unconfirmed_logged != (places, bounds):
+                self._unconfirmed_logged = (places, bounds)
+                self._log.warning(
+                    "chainlink decimals or bounds changed in one answer only: round withheld",
+                    decimals=places, held_decimals=self._decimals.value, bounds=bounds,
+                    held_bounds=self._bounds.value, block=block.number,
+                )  # fmt: skip
+            return self._distrust(_UNCONFIRMED)
+        if "again" in said:
+            self._calls = self._steady_calls(self._aggregator or self._proxy)
+            return ""
+        self._unconfirmed_logged = None
+        if said[0] == "adopted" and changed:
+            self._log.warning(
+                "chainlink decimals changed: taken after two answers", decimals=places,
+                block=block.number,
+            )  # fmt: skip
+        if self._decimals.value is None:  # two answers: no usable decimals now
+            return self._distrust("no_decimals")
+        self._scale = 10.0**-self._decimals.value
+        return None
+
+    def _distrust(self, reason: str) -> str:
+        """The reader publishes the last quote again flagged: the next valid read is new, even
+        of the same round."""
+        if self._last is not None:
+            self._last = (*self._last[:3], reason)
+        return reason
 
     def _refuse(
         self, round_id: int, answer: int, updated_at: int, answered_in: int, block_ts: int
@@ -226,8 +352,8 @@ class ChainlinkFeed(Feed):
         description: tuple[bool, bytes],
         block: Block,
     ) -> FeedResult:
-        places = _int(decimals[1]) if decimals[0] else None
-        if places is None or not 0 <= places <= 36:
+        places = _places(decimals)
+        if places is None:
             if not self._unusable_logged:  # a wrong address: else only a counter would say so
                 self._unusable_logged = True
                 self._log.error(
@@ -236,8 +362,9 @@ class ChainlinkFeed(Feed):
                     "proxy on this chain",
                 )  # fmt: skip
             return "no_decimals"
-        self._decimals = places
-        self._scale = 10.0**-places
+        # The first answer of a change (or of all, at start): the re-read below confirms it.
+        self._decimals.offer(places, block.hash)
+        self._settled = None
         if description[0]:
             try:
                 (self.description,) = abi_decode(["string"], description[1])
@@ -247,14 +374,11 @@ class ChainlinkFeed(Feed):
                     "chainlink description unreadable", proxy=self._proxy, error=str(exc)[:200],
                     block=block.number,
                 )  # fmt: skip
+        if aggregator != self._aggregator:  # bounds are the aggregator's own: learned anew
+            self._bounds = _Held()
         self._aggregator = aggregator
         self._learning = False
-        self._calls = (
-            Call(self._proxy, _LATEST_ROUND),
-            Call(self._proxy, _AGGREGATOR),
-            Call(aggregator, _MIN_ANSWER),
-            Call(aggregator, _MAX_ANSWER),
-        )
+        self._calls = self._steady_calls(aggregator)
         self._log.info(
             "chainlink feed", aggregator=aggregator, decimals=places, description=self.description
         )

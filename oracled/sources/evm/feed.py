@@ -48,9 +48,10 @@ class Feed(abc.ABC):
 
     `calls()` may change while the feed learns from the chain: Chainlink's feed first reads the
     proxy's `decimals()` and `description()` and learns its aggregator, then reads that
-    aggregator's bounds instead (and learns again when the aggregator behind the proxy is
-    replaced); Uniswap's asks the pool for its tokens, then the tokens for their decimals, and
-    only then makes its steady reads. A feed that changed its calls returns None from that
+    aggregator's bounds with the decimals (and learns again when the aggregator behind the
+    proxy is replaced, or reads the block again to confirm a change of either); Uniswap's asks
+    the pool for its tokens, then the tokens for their decimals, and only then makes its steady
+    reads. A feed that changed its calls returns None from that
     `decode()`, and the reader reads the SAME block again with the new calls (up to twice), so
     the first block is still priced and no round mixes blocks. Between such changes `calls()`
     must return the same sequence object: the reader compares it by identity to know that its
