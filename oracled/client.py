@@ -894,6 +894,8 @@ class OracleClient:
         """Subscribe to a daemon's `WS /v1/stream` for signed frames; reconnect forever.
 
         `filters` passes the stream's per-subscriber options (`deviation`, `heartbeat_ms`).
+        A handshake redirected elsewhere is refused before subscribing (`client stream failed`,
+        `handshake redirected to <url>`) and tried again: only `base_url` is read.
         The client pings every `heartbeat_s`: a connection whose daemon stopped answering (a
         host gone, a network cut that sent no close) is dropped and made again, not waited on.
         A refused request (an error frame: `signing_disabled`, `unknown_market`...) is logged
@@ -926,6 +928,11 @@ class OracleClient:
                 try:
                     url = base_url.rstrip("/") + "/v1/stream"
                     async with http.ws_connect(url, heartbeat=heartbeat_s) as ws:
+                        # aiohttp follows a handshake's redirects with no switch to stop it:
+                        # only the daemon named is read, never wherever it (or a proxy) points.
+                        if ws._response.history:
+                            moved = str(ws._response.url)[:200]
+                            raise aiohttp.ClientError(f"handshake redirected to {moved}")
                         await self._stream(ws, base_url, request, subs, retry_s, log)
                         if ws.close_code is not None:  # the daemon closed it (1008: too slow)
                             log.warning("client stream closed", code=ws.close_code)

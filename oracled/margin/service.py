@@ -5,7 +5,8 @@ reports into the engine's view, and takes decisions after each round's reports (
 two markets' reports of one round) and on a steady tick of the local clock, so that a stream
 that goes quiet turns into `stale_report` freezes instead of silence, and the daemon's `stalled`
 frame into `stalled` freezes at once. Every decision is written as one JSON line; connection
-changes are logged. A dropped connection is retried with backoff.
+changes are logged. A dropped connection is retried with backoff, as is a handshake that was
+redirected: only the daemon named is read.
 
 The daemon refuses a whole subscribe request for one market it does not have. The service does
 not let one such market cost it every price: a request of several markets refused for a market
@@ -273,6 +274,10 @@ class MarginService:
     async def _connect_once(self, session: aiohttp.ClientSession, url: str) -> int | None:
         """One connection until it ends; the daemon's close code (1008: too slow), if it closed."""
         async with session.ws_connect(url, heartbeat=30.0) as ws:
+            # aiohttp follows a handshake's redirects with no switch to stop it: prices come
+            # from the daemon configured only, never from wherever it (or a proxy) points.
+            if ws._response.history:
+                raise aiohttp.ClientError(f"handshake redirected to {ws._response.url}")
             # `start` asks for the markets refused before alone, after the others.
             subs = self._subs_of(url)
             await self._send(ws, subs.start())

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from hypothesis import strategies as st
 from publish_rig import Rounds, make_config
 
@@ -314,7 +314,8 @@ def scripted_stream(
     async def stream(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
-        await ws.receive_json()
+        if (await ws.receive()).type is not WSMsgType.TEXT:  # the peer left, asking nothing
+            return ws
         connections.append(1)
         if len(connections) == 1:
             for frame in frames:
@@ -325,3 +326,17 @@ def scripted_stream(
         return ws
 
     return stream
+
+
+def redirecting(status: int, to: str, asked: list[int]) -> web.Application:
+    """A daemon's address whose `/v1/stream` answers `status` pointing at `to` (another
+    server): what a hijacked name, a captive portal or a proxy in the way does. Each handshake
+    appends to `asked`."""
+
+    async def moved(request: web.Request) -> web.Response:
+        asked.append(1)
+        return web.Response(status=status, headers={"Location": to})
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", moved)
+    return app

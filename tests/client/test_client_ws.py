@@ -12,7 +12,9 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 from aiohttp import web
+from hostile_rig import redirecting, scripted_stream
 from publish_rig import Rounds, make_config
 from structlog.testing import capture_logs
 
@@ -426,3 +428,39 @@ async def test_frames_a_relay_writes_its_own_way_are_read_not_dropped_unseen() -
     assert client.price("BTC/USD").status == "active"
     assert client.rejected["malformed"] == 1
     assert dict(client.stream_errors) == {"bad_request": 1}
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_handshake_redirected_to_another_host_is_refused_and_nothing_is_taken_from_it(
+    status: int,
+) -> None:
+    """The daemon's address answers the stream's handshake with a redirect to another host
+    serving genuine signed frames. aiohttp followed it: the client subscribed there and took
+    its prices, from a host the operator never named. The handshake is refused now, before
+    subscribing (`client stream failed`, naming where it pointed), and tried again later; the
+    other host is asked for nothing and no price is taken."""
+    signed = RoundSigner(KEY, "test").sign(Rounds(make_config()).step())
+    frames = [
+        '{"type":"signed","data":' + signed.envelope(i).decode() + "}"
+        for i in range(len(signed.leaves))
+    ]
+    subscribed: list[int] = []  # subscriptions the other host got
+    elsewhere = stream_app(scripted_stream(frames, '{"type":"subscribed"}', subscribed))
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: signed.ts)
+    asked: list[int] = []
+    with capture_logs() as logs:
+        async with api_rig.DaemonServer(elsewhere, host="127.0.0.1") as other:
+            target = str(other.make_url("/v1/stream"))
+
+            def settled() -> bool:  # prices taken there (the old way), or refused twice
+                failed = [e for e in logs if e["event"] == "client stream failed"]
+                return client.accepted > 0 or (len(asked) >= 2 and len(failed) >= 2)
+
+            app = redirecting(status, target, asked)
+            await watch_until(client, app, settled, reconnect_s=0)
+    assert client.accepted == 0 and client.markets == [] and not client.stream_errors
+    assert subscribed == []
+    failed = [e for e in logs if e["event"] == "client stream failed"]
+    assert failed[0]["error"] == f"handshake redirected to {target}"
+    assert failed[0]["log_level"] == "warning"
+    assert not any(e["event"] == "client subscribed" for e in logs)

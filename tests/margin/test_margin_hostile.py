@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
+from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "publish"))
@@ -34,6 +35,7 @@ from hostile_rig import (
     NOW,
     ROUNDS,
     Script,
+    redirecting,
     scripted_stream,
     scripts,
 )
@@ -159,3 +161,45 @@ def test_a_hostile_stream_never_gives_the_engine_a_price_off_the_signed_rounds(
             assert ref.price == str(Decimal(price).scaleb(expo))
     for line in out.getvalue().splitlines():
         msgspec.json.decode(line)
+
+
+async def test_a_handshake_redirected_to_another_host_is_refused_in_signed_mode_too() -> None:
+    """Signed mode shares the unsigned service's connection: a handshake redirected to another
+    host is refused before subscribing (`connect_failed`, naming where it pointed), so the
+    rounds that host serves, genuine as they are, are not taken from a daemon never named."""
+    eng, out = _engine(), io.BytesIO()
+    assert eng.spec.signed is not None
+    frames = [
+        '{"type":"signed","data":' + r.envelope(i).decode() + "}"
+        for r in ROUNDS
+        for i in range(len(r.leaves))
+    ]
+    subscribed: list[int] = []  # subscriptions the other host got
+    elsewhere = web.Application()
+    elsewhere.router.add_get("/v1/stream", scripted_stream(frames, frames[0], subscribed))
+    asked: list[int] = []
+    with capture_logs() as logs:
+        async with DaemonServer(elsewhere, host="127.0.0.1") as other:
+            target = str(other.make_url("/v1/stream"))
+            async with DaemonServer(redirecting(307, target, asked), host="127.0.0.1") as server:
+                url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
+                service = SignedMarginService(
+                    eng, [url], out, eng.spec.signed, step_ms=600_000, clock=lambda: NOW
+                )
+                task = asyncio.create_task(service.run())
+
+                def settled() -> bool:  # prices taken there (the old way), or refused twice
+                    failed = [e for e in logs if e["event"] == "connect_failed"]
+                    return service.client.accepted > 0 or (len(asked) >= 2 and len(failed) >= 2)
+
+                try:
+                    async with asyncio.timeout(SAFETY_S):
+                        while not settled():  # noqa: ASYNC110 - no event for this
+                            await asyncio.sleep(0.005)
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+    assert service.client.accepted == 0 and not eng.given and eng.book.latest == {}
+    assert subscribed == []
+    failed = [e for e in logs if e["event"] == "connect_failed"]
+    assert failed[0]["error"] == f"handshake redirected to {target}" and failed[0]["url"] == url

@@ -17,7 +17,10 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "publish"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
 from api_rig import CONFIG, T0, TOKEN, DaemonServer, Rig, make_config
+from hostile_rig import redirecting, scripted_stream
 
 from oracled.api import build_app
 from oracled.config import parse_config
@@ -650,3 +653,47 @@ async def _serve_until(
             await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()  # ended by the test, not by the frames
     return service
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_a_handshake_redirected_to_another_host_is_refused_and_nothing_is_priced(
+    status: int,
+) -> None:
+    """The daemon's address answers the handshake with a redirect to another host serving a
+    round of plausible reports. aiohttp followed it: the service subscribed there and its
+    engine priced BTC/USD at what that host said (unsigned, nothing tells them apart). The
+    handshake is refused now, before subscribing (`connect_failed`, naming where it pointed),
+    and retried with backoff; the other host is asked for nothing, nothing is priced."""
+    report = {"market": "BTC/USD", "ts": T0, "round": 1, "status": "active", "price": "1.00"}
+    frames = [
+        '{"type":"subscribed","markets":["BTC/USD"],"batch":true}',
+        msgspec.json.encode({"type": "reports", "round": 1, "data": [report]}).decode(),
+    ]
+    subscribed: list[int] = []  # subscriptions the other host got
+    elsewhere = web.Application()
+    elsewhere.router.add_get("/v1/stream", scripted_stream(frames, frames[0], subscribed))
+    eng = engine({"BTC": "BTC/USD"})
+    asked: list[int] = []
+    with capture_logs() as logs:
+        async with DaemonServer(elsewhere, host="127.0.0.1") as other:
+            target = str(other.make_url("/v1/stream"))
+            async with DaemonServer(redirecting(status, target, asked), host="127.0.0.1") as server:
+                url = str(server.make_url("/v1/stream")).replace("http://", "ws://")
+                service = MarginService(eng, url, io.BytesIO(), step_ms=60_000, clock=lambda: T0)
+                task = asyncio.create_task(service.run())
+
+                def settled() -> bool:  # prices taken there (the old way), or refused twice
+                    failed = [e for e in logs if e["event"] == "connect_failed"]
+                    return service.reports > 0 or (len(asked) >= 2 and len(failed) >= 2)
+
+                try:
+                    await until(settled)
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+    assert service.reports == 0 and eng.book.latest == {} and not service.connected.is_set()
+    assert subscribed == []
+    failed = [e for e in logs if e["event"] == "connect_failed"]
+    assert failed[0]["error"] == f"handshake redirected to {target}"
+    assert failed[0]["url"] == url and failed[0]["log_level"] == "warning"
+    assert not any(e["event"] == "connected" for e in logs)
