@@ -75,8 +75,12 @@ class State:
     lease: int | None = None  # the lease on disk after the last kill
     signed: set[int] = field(default_factory=set)  # every round time signed so far
     boundary: int = 0  # the highest round id after the last kill
-    #: the last run stopped on its own (SIGTERM before the kill): its lease written down
+    #: the last run stopped on its own (SIGTERM before the kill)
     clean: bool = False
+    #: ... and wrote its lease down to the last round time it signed: a run that signed none
+    #: puts back the floor it found (a killed run's window, maybe still ahead), and one whose
+    #: last signature was not ready at the stop leaves it where it was (docs/publishing.md)
+    written_down: bool = False
     torn: dict[int, bytes] = field(default_factory=dict)  # torn tape lines: number -> bytes
 
     @property
@@ -284,11 +288,12 @@ def _check_run(
     lease = state.lease_on_disk()
     if mine:
         assert lease is not None and lease >= max(mine), (lease, max(mine))
-    if state.clean and last > state.boundary:  # the stop before this run wrote its lease down
+    if state.written_down and last > state.boundary:  # the stop before wrote its lease down
         assert not daemon.events(FLOOR_EVENT), "a clean restart waited for its floor"
     state.clean = daemon.proc is not None and daemon.proc.returncode == 0
     late = daemon.events("the last round's signature was not ready at the stop")
-    if state.clean and mine and not late:  # written down to the last round it signed
+    state.written_down = state.clean and bool(mine) and not late
+    if state.written_down:  # written down to the last round it signed
         assert lease == max(mine), (lease, max(mine))
     state.lease, state.signed = lease, state.signed | mine
 
