@@ -71,7 +71,8 @@ newest round is older than `stall_notice_min_age_ms` and than twice the gap betw
 two rounds, as it is when a daemon sends one (past its stall limit: 3 round intervals, 5 s at
 least). Notices taken count in `stream_errors["stalled"]`, the others (the unsigned frame of a
 report stream among them) in `stream_errors["stalled_refused"]`, logged at most once per
-`log_every_ms` per kind (`client stream ...` and `client nats ...`).
+`log_every_ms` per kind (`client stream ...` and `client nats ...`). A stream that cannot
+connect (`client stream failed`) is said at most once per `log_every_ms` per daemon too.
 """
 
 from __future__ import annotations
@@ -937,7 +938,9 @@ class OracleClient:
                         if ws.close_code is not None:  # the daemon closed it (1008: too slow)
                             log.warning("client stream closed", code=ws.close_code)
                 except (aiohttp.ClientError, OSError) as exc:
-                    log.warning("client stream failed", error=str(exc))
+                    # A daemon down for an hour would be a line every `reconnect_s`.
+                    failed = f"stream failed {base_url}"
+                    self._warn_every(failed, log, "client stream failed", error=str(exc))
                 await asyncio.sleep(reconnect_s)
         finally:
             if own:
