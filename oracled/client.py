@@ -95,6 +95,7 @@ from eth_utils.address import to_checksum_address
 from oracled.client_seen import LeafValues, Seen, leaf_values
 from oracled.client_stream import ERROR_CODES, STALLED, Request, Subscriptions
 from oracled.eth import keccak
+from oracled.headers import redirected_to
 from oracled.publish.signer import (
     SignatureError,
     SignedPrice,
@@ -929,11 +930,9 @@ class OracleClient:
                 try:
                     url = base_url.rstrip("/") + "/v1/stream"
                     async with http.ws_connect(url, heartbeat=heartbeat_s) as ws:
-                        # aiohttp follows a handshake's redirects with no switch to stop it:
-                        # only the daemon named is read, never wherever it (or a proxy) points.
-                        if ws._response.history:
-                            moved = str(ws._response.url)[:200]
-                            raise aiohttp.ClientError(f"handshake redirected to {moved}")
+                        # Only the daemon named is read, never wherever it (or a proxy) points.
+                        if (moved := redirected_to(ws)) is not None:
+                            raise aiohttp.ClientError(f"handshake redirected to {moved[:200]}")
                         await self._stream(ws, base_url, request, subs, retry_s, log)
                         if ws.close_code is not None:  # the daemon closed it (1008: too slow)
                             log.warning("client stream closed", code=ws.close_code)

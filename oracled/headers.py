@@ -1,5 +1,6 @@
-"""HTTP header values that name a wait (`Retry-After`, a venue's rate-limit reset), read by one
-strict rule for every peer: the venues' REST fallbacks and the chains' JSON-RPC endpoints.
+"""What the daemon reads of an HTTP answer by one rule for every peer: header values that name a
+wait (`Retry-After`, a venue's rate-limit reset) for the venues' REST fallbacks and the chains'
+JSON-RPC endpoints, and whether a WebSocket handshake was redirected (`redirected_to`).
 
 float() and int() read far more than RFC 9110 allows: "inf" (a wait of forever, capped to the
 longest ban), "nan", "1e9", "+5", "1_000", " 12 ", non-ASCII digits ("١٢٣" is 123). A header
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["delay_seconds"]
+import aiohttp
+
+__all__ = ["delay_seconds", "redirected_to"]
 
 # A count of more digits than this (epoch ms has 13) is read as `_HEADER_HUGE`.
 _HEADER_DIGITS: Final = 18
@@ -26,3 +29,12 @@ def delay_seconds(text: str) -> int | None:
     if not (text.isascii() and text.isdigit()):
         return None
     return int(text) if len(text) <= _HEADER_DIGITS else _HEADER_HUGE
+
+
+def redirected_to(ws: aiohttp.ClientWebSocketResponse) -> str | None:
+    """Where a WebSocket handshake was redirected to, or None if it was not. aiohttp follows a
+    handshake's redirects and has no switch to stop it (its plain requests take
+    `allow_redirects=False`): every caller hangs up on such a socket before using it, so that
+    only the host configured is read. The one place that reads aiohttp's private response."""
+    response = ws._response
+    return str(response.url) if response.history else None

@@ -33,6 +33,7 @@ import msgspec
 import structlog
 
 from oracled.client_stream import ERROR_CODES, STALLED, Request, Subscriptions
+from oracled.headers import redirected_to
 from oracled.lograte import LogEveryMinute
 from oracled.margin.decisions import encode_decision
 from oracled.margin.engine import MarginEngine
@@ -274,10 +275,10 @@ class MarginService:
     async def _connect_once(self, session: aiohttp.ClientSession, url: str) -> int | None:
         """One connection until it ends; the daemon's close code (1008: too slow), if it closed."""
         async with session.ws_connect(url, heartbeat=30.0) as ws:
-            # aiohttp follows a handshake's redirects with no switch to stop it: prices come
-            # from the daemon configured only, never from wherever it (or a proxy) points.
-            if ws._response.history:
-                raise aiohttp.ClientError(f"handshake redirected to {ws._response.url}")
+            # Prices come from the daemon configured only, never from wherever it (or a proxy)
+            # points.
+            if (moved := redirected_to(ws)) is not None:
+                raise aiohttp.ClientError(f"handshake redirected to {moved}")
             # `start` asks for the markets refused before alone, after the others.
             subs = self._subs_of(url)
             await self._send(ws, subs.start())

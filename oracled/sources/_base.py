@@ -76,7 +76,7 @@ import structlog
 
 from oracled.clock import Clock
 from oracled.config import DEFAULT_MAX_CLOCK_SKEW_MS, SourceConfig
-from oracled.headers import delay_seconds
+from oracled.headers import delay_seconds, redirected_to
 from oracled.lograte import LogEveryMinute
 from oracled.model import Kind, Quote
 from oracled.sources.hostrests import HostRests, rest_host
@@ -863,10 +863,10 @@ class Source(abc.ABC):
             url = await self.connect_url()
             ws = await self._http.ws_connect(url, autoping=False, heartbeat=None, timeout=timeout)
         async with ws:
-            # aiohttp follows a handshake's redirects and has no switch for it: a stream from
-            # wherever a venue (or a proxy in the way) points is refused, as a REST answer is.
-            if ws._response.history:
-                return f"redirected to {ws._response.url}"
+            # A stream from wherever a venue (or a proxy in the way) points is refused, as a
+            # REST answer is.
+            if (moved := redirected_to(ws)) is not None:
+                return f"redirected to {moved}"
             self._queue_subscriptions()
             writer = asyncio.create_task(self._write(ws), name=f"source:{self.source_id}:write")
             if self.snapshot_on_subscribe:

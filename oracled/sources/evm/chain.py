@@ -40,6 +40,7 @@ import structlog
 from oracled.clock import Clock
 from oracled.config import ChainConfig
 from oracled.errors import SourceError
+from oracled.headers import redirected_to
 from oracled.jsonrpc import (
     EndpointStats,
     RpcClient,
@@ -913,9 +914,8 @@ class ChainReader:
         polling = asyncio.create_task(self._poll(opened))  # blocks go on while the socket opens
         try:
             async with self._http.ws_connect(url, heartbeat=30.0, autoping=True) as ws:
-                # aiohttp follows a handshake's redirects and has no switch for it: heads from
-                # wherever the endpoint (or a proxy in the way) points are refused.
-                if ws._response.history:
+                # Heads from wherever the endpoint (or a proxy in the way) points are refused.
+                if redirected_to(ws) is not None:
                     raise SourceError("newHeads handshake redirected to another URL")
                 await ws.send_str(
                     '{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}'
