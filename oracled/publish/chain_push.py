@@ -16,11 +16,12 @@ previous run left pending are replaced rather than queued behind), then counted 
 re-read when the node says a nonce is too low (or too high), or when a transaction waits behind
 a nonce the chain lost (a reorganisation took a confirmed push off it). A transaction not mined
 after `replace_after_s` is replaced by one with the same nonce, fees raised by 12.5 % (the
-node's minimum bump is 10 %) and the latest prices (never a market paused since); when the cap
-leaves no room for that bump the pusher waits and counts `gas_cap`, unless the node no longer
-knows the transaction (evicted, or lost by the RPC): then the nonce is free and it is sent again
-at the current fees. The contract ignores an update that is not newer than what it stores, so a
-replaced transaction and its replacement can never move a market back in time.
+node's minimum bump is 10 %; over the last replacement refused as underpriced, if one was) and
+the latest prices (never a market paused since); when the cap leaves no room for that bump the
+pusher waits and counts `gas_cap`, unless the node no longer knows the transaction (evicted, or
+lost by the RPC): then the nonce is free and it is sent again at the current fees. The
+contract ignores an update that is not newer than what it stores, so a replaced transaction and
+its replacement can never move a market back in time.
 
 The task supervises itself, as the NATS sink does: an unreachable node, or an answer it cannot
 read (a base fee, gas estimate or nonce that is not a hex quantity, a receipt without a status),
@@ -604,8 +605,11 @@ class ChainPusher:
             self._nonce = self.stats.nonce = mined
             self._log.warning("nonce out of step; re-read from the chain", nonce=self._nonce)
         elif "underpriced" in message:
+            if self._fee_floor is None or self._fee_floor[0] != nonce:  # once a nonce
+                self._log.warning(
+                    "a pending transaction holds this nonce; raising the fee", nonce=nonce
+                )
             self._fee_floor = (nonce, max_fee, tip)  # something holds the nonce: outbid it
-            self._log.warning("a pending transaction holds this nonce; raising the fee")
         else:
             self._failed("push refused by the node", error=exc.message)
         self.stats.transactions["error"] += 1
@@ -702,15 +706,27 @@ class ChainPusher:
         )
 
     async def _replace(self, inflight: _InFlight) -> None:
-        """Same nonce, fees +12.5 % (at least the current market's), the latest prices."""
+        """Same nonce, fees +12.5 % (at least the current market's), the latest prices.
+
+        +12.5 % over the fees in flight, or over the last replacement the node refused as
+        underpriced (another transaction holds the nonce at a higher fee, or the node demands a
+        larger bump): each refusal raises the next try, up to the cap. Bumped from the fees in
+        flight alone, the same refused replacement was sent at every look for as long as that
+        transaction stayed pending, and never outbid it."""
         cap = int(self.cfg.max_gas_price_gwei * _GWEI)
-        max_fee, tip = _bump(inflight.max_fee), _bump(inflight.tip)
+        paid, paid_tip = inflight.max_fee, inflight.tip
+        floor = self._fee_floor
+        held = floor is not None and floor[0] == inflight.nonce
+        if floor is not None and held:
+            paid, paid_tip = max(paid, floor[1]), max(paid_tip, floor[2])
+        max_fee, tip = _bump(paid), _bump(paid_tip)
         base = await self._base_fee()
         max_fee = max(max_fee, 2 * base + tip)
         if max_fee > cap:
             max_fee = cap
-        if max_fee < _bump(inflight.max_fee) or tip > max_fee:
-            if await self._dropped(inflight):
+        if max_fee < _bump(paid) or tip > max_fee:
+            # An underpriced refusal says the node holds a transaction at this nonce: not free.
+            if not held and await self._dropped(inflight):
                 await self._send_again(inflight)
                 return
             # Asked again in `replace_after_s`: the cap holds for as long as it is set (the bump

@@ -780,6 +780,42 @@ async def test_a_nonce_mined_under_a_hash_the_pusher_never_sent_frees_the_pusher
     assert (await rig.stored("BTC/USD"))[3] > 0
 
 
+async def test_a_replacement_refused_as_underpriced_raises_its_fee_until_it_outbids(
+    rig: Rig,
+) -> None:
+    """Another user of the key outbids the push in flight at its nonce at twice its fees, and
+    that transaction stays pending: each replacement is refused as underpriced, and the next
+    one offers 12.5 % more than the refused one, until it outbids the other (one warning for
+    the nonce, not one a look); the replacement is then mined. Before, every look sent the
+    same replacement, 12.5 % over the push's own fees, refused for as long as the other was
+    pending, with the warning "raising the fee" each time and no fee ever raised."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds)
+    await rig.chain.rpc("evm_setAutomine", [False])
+    await pusher.step()
+    inflight = pusher._inflight
+    assert inflight is not None
+    rival_fee = inflight.max_fee * 2
+    rival = sign_transfer(rig, 0, rival_fee, inflight.tip * 2)
+    await rig.chain.rpc("eth_sendRawTransaction", [rival])
+    with capture_logs() as logs:
+        for _ in range(8):
+            rig.clock.advance(5_000)
+            await pusher.step()
+            if pusher.stats.transactions["replaced"]:
+                break
+    assert pusher.stats.transactions["replaced"] == 1
+    assert 1 < pusher.stats.transactions["error"] < 8
+    warned = [e["event"] for e in logs if e["log_level"] == "warning"]
+    assert warned == ["a pending transaction holds this nonce; raising the fee"]
+    sent = await rig.chain.rpc("eth_getTransactionByHash", [inflight.sent[-1][0]])
+    assert int(sent["maxFeePerGas"], 16) > rival_fee
+    await rig.chain.rpc("evm_mine")
+    await settle(pusher)
+    assert pusher.stats.transactions["confirmed"] == 1
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
 async def test_a_refusal_the_pusher_cannot_fix_is_logged_and_nothing_is_in_flight(
     rig: Rig,
 ) -> None:
