@@ -644,7 +644,7 @@ class ChainPusher:
         if self.clock.monotonic() - inflight.sent_at < self.cfg.replace_after_s:
             return
         if mined < inflight.nonce:  # behind a gap: a replacement would wait there as well
-            self._behind_gap(inflight, mined)
+            await self._behind_gap(inflight, mined)
             return
         await self._replace(inflight)
 
@@ -667,14 +667,27 @@ class ChainPusher:
         block = self._hex("eth_getTransactionReceipt blockNumber", receipt.get("blockNumber"))
         self._mined(nonce, batch, tx_hash, status, block)
 
-    def _behind_gap(self, inflight: _InFlight, mined: int) -> None:
+    async def _behind_gap(self, inflight: _InFlight, mined: int) -> None:
         """The transaction in flight was sent after one the chain had mined, and the chain's
         count is below its nonce now: a reorganisation took that push off the chain and nothing
         holds its nonce any more (a pool that took it back would have had it mined by now). A
         node never mines past a missing nonce, so push again from the chain's count, and read
         what the contract stores again: the markets the lost push carried are due again. Only
         after `replace_after_s`: a node behind the one that gave the last receipt may show a
-        lower count for a block or two."""
+        lower count for a block or two.
+
+        The push left behind the gap is mined as soon as the gap is filled: one that carries a
+        market not active any more is first replaced by one without it, as a stuck push is, so
+        that a price sent before its market was paused does not land after the pause (it did,
+        right after the push from the chain's count). Until that replacement goes out (held at
+        the cap, or refused) the pusher waits behind the gap."""
+        result = self._latest
+        if result is not None:
+            kept = _active_part(inflight.batch, result)
+            if kept is not inflight.batch:
+                await self._replace(inflight, kept)
+                if inflight.batch is not kept:
+                    return
         self._log.warning(
             "push waits behind a nonce the chain lost; pushing again from there",
             nonce=inflight.nonce,
@@ -705,14 +718,15 @@ class ChainPusher:
             block=block,
         )
 
-    async def _replace(self, inflight: _InFlight) -> None:
+    async def _replace(self, inflight: _InFlight, batch: _Batch | None = None) -> None:
         """Same nonce, fees +12.5 % (at least the current market's), the latest prices.
 
         +12.5 % over the fees in flight, or over the last replacement the node refused as
         underpriced (another transaction holds the nonce at a higher fee, or the node demands a
         larger bump): each refusal raises the next try, up to the cap. Bumped from the fees in
         flight alone, the same refused replacement was sent at every look for as long as that
-        transaction stayed pending, and never outbid it."""
+        transaction stayed pending, and never outbid it. `batch`: what to send instead of the
+        latest prices."""
         cap = int(self.cfg.max_gas_price_gwei * _GWEI)
         paid, paid_tip = inflight.max_fee, inflight.tip
         floor = self._fee_floor
@@ -727,7 +741,7 @@ class ChainPusher:
         if max_fee < _bump(paid) or tip > max_fee:
             # An underpriced refusal says the node holds a transaction at this nonce: not free.
             if not held and await self._dropped(inflight):
-                await self._send_again(inflight)
+                await self._send_again(inflight, batch)
                 return
             # Asked again in `replace_after_s`: the cap holds for as long as it is set (the bump
             # is over the fee in flight), and each look asks the node for every hash sent.
@@ -742,7 +756,8 @@ class ChainPusher:
                     cap_gwei=self.cfg.max_gas_price_gwei,
                 )
             return
-        batch = self._replacement(inflight)
+        if batch is None:
+            batch = self._replacement(inflight)
         await self._send(batch, inflight.nonce, max_fee, tip, replacing=inflight)
 
     def _replacement(self, inflight: _InFlight) -> _Batch:
@@ -756,22 +771,7 @@ class ChainPusher:
         fresh = self._due(result)
         if fresh is not None:
             return fresh
-        old = inflight.batch
-        active = {
-            market
-            for market, status in zip(result.layout.markets, result.status.tolist(), strict=True)
-            if status == Status.ACTIVE
-        }
-        keep = [i for i, market in enumerate(old.markets) if market in active]
-        if len(keep) == len(old.markets):
-            return old
-        return _Batch(
-            old.round,
-            old.ts,
-            [old.markets[i] for i in keep],
-            [old.prices[i] for i in keep],
-            [old.expos[i] for i in keep],
-        )
+        return _active_part(inflight.batch, result)
 
     async def _dropped(self, inflight: _InFlight) -> bool:
         """True when the node knows none of the hashes sent for this nonce (its pool evicted
@@ -781,13 +781,14 @@ class ChainPusher:
                 return False
         return True
 
-    async def _send_again(self, inflight: _InFlight) -> None:
+    async def _send_again(self, inflight: _InFlight, batch: _Batch | None = None) -> None:
         """The nonce of a dropped transaction, at the current fees (no bump: nothing to beat)."""
         fees = await self._fees()
         if fees is None:  # the base fee is above the cap: counted; the next look tries again
             return
         self._log.warning("push dropped by the node; sent again", nonce=inflight.nonce)
-        batch = self._replacement(inflight)
+        if batch is None:
+            batch = self._replacement(inflight)
         await self._send(batch, inflight.nonce, *fees, replacing=inflight)
 
     def describe(self) -> dict[str, Any]:
@@ -799,6 +800,25 @@ class ChainPusher:
             "heartbeat_s": self.cfg.heartbeat_s,
             "max_gas_price_gwei": self.cfg.max_gas_price_gwei,
         }
+
+
+def _active_part(old: _Batch, result: RoundResult) -> _Batch:
+    """`old` without the markets that are not active in `result` (`old` itself if all are)."""
+    active = {
+        market
+        for market, status in zip(result.layout.markets, result.status.tolist(), strict=True)
+        if status == Status.ACTIVE
+    }
+    keep = [i for i, market in enumerate(old.markets) if market in active]
+    if len(keep) == len(old.markets):
+        return old
+    return _Batch(
+        old.round,
+        old.ts,
+        [old.markets[i] for i in keep],
+        [old.prices[i] for i in keep],
+        [old.expos[i] for i in keep],
+    )
 
 
 def _is_hex(text: str) -> bool:

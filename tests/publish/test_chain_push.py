@@ -1156,6 +1156,41 @@ async def test_a_push_a_reorganisation_took_off_the_chain_is_pushed_again(rig: R
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
 
 
+async def test_a_push_left_behind_a_lost_nonce_never_lands_a_price_paused_since(
+    rig: Rig,
+) -> None:
+    """A reorganisation took the first push off the chain; a 2 % move of BTC is then pushed
+    behind the lost nonce, and BTC is paused by hand the round after. When the pusher sees
+    the gap it replaces the push left behind it by one without BTC before it pushes again from
+    the chain's count, so that filling the gap does not let BTC's price from before the pause
+    land. Before, the left-behind push was abandoned as it was, and mined right after the push
+    that filled the gap: BTC's price of the round before its pause went on chain."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds)
+    await settle(pusher)
+    await rig.chain.reorg(1)
+    assert await rig.nonce() == 0 and await rig.stored("BTC/USD") == (0, 0, 0, 0)
+    rounds.step(BTC_USD=1.02)
+    pusher.submit(rounds.step())
+    await pusher.step()  # BTC alone: the pusher believes the others are on chain
+    assert pusher._inflight is not None and pusher._inflight.batch.markets == ["BTC/USD"]
+    assert pusher._inflight.nonce == 1
+    pusher.submit(_btc_paused_round(rounds))
+    rig.clock.advance(5_000)
+    with capture_logs() as logs:
+        await pusher.step()  # replacement time: the gap is seen
+        await settle(pusher)
+        await rig.chain.rpc("evm_mine")  # the push left behind the gap, now free to be mined
+    assert "push waits behind a nonce the chain lost; pushing again from there" in [
+        e["event"] for e in logs
+    ]
+    assert await rig.stored("BTC/USD") == (0, 0, 0, 0)
+    assert pusher.stats.transactions["replaced"] == 1
+    assert await rig.nonce() == 2
+    for market in ("ETH/USD", "SOL/USD"):
+        assert (await rig.stored(market))[3] == rounds.now
+
+
 async def test_an_estimate_over_the_gas_a_block_allows_lowers_the_batch_on_the_same_endpoint(
     rig: Rig,
 ) -> None:
