@@ -292,8 +292,8 @@ class ChainPusher:
                 except RpcError as exc:  # the node read the request and refused it
                     failing += 1
                     self._log.warning("request refused by the node; retrying", error=str(exc))
-                if failing:  # 2x the interval per failure in a row, 30 s at most
-                    await asyncio.sleep(min(self.cfg.interval_s * 2.0**failing, _RESTART_MAX_S))
+                if failing:
+                    await asyncio.sleep(_retry_delay_s(self.cfg.interval_s, failing))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.cfg.interval_s):
                         await self._wakeup.wait()
@@ -800,6 +800,13 @@ class ChainPusher:
             "heartbeat_s": self.cfg.heartbeat_s,
             "max_gas_price_gwei": self.cfg.max_gas_price_gwei,
         }
+
+
+def _retry_delay_s(interval_s: float, failing: int) -> float:
+    """The wait after `failing` failed steps in a row: 2x the interval per failure, 30 s at
+    most. The exponent is bounded: 2.0**1024 overflows, which after some 1,024 failures (8.5
+    hours of an unreachable node at 30 s) raised out of the retry loop as a crash."""
+    return min(interval_s * 2.0 ** min(failing, 62), _RESTART_MAX_S)
 
 
 def _active_part(old: _Batch, result: RoundResult) -> _Batch:

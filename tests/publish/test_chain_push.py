@@ -33,6 +33,7 @@ from oracled.publish.chain_push import (
     ChainPusher,
     PushError,
     PushStats,
+    _retry_delay_s,
     load_push_key,
     market_id,
 )
@@ -539,6 +540,15 @@ async def mined(rig: Rig, tx_hash: str) -> None:
     async with asyncio.timeout(10):
         while await rig.chain.rpc("eth_getTransactionReceipt", [tx_hash]) is None:  # noqa: ASYNC110 - polled
             await asyncio.sleep(0.002)
+
+
+def test_the_retry_wait_after_failed_steps_doubles_to_30_s_and_stays_there() -> None:
+    """Each failed step in a row doubles the wait before the next (from twice the push
+    interval), up to 30 s, for as long as the node fails. It was `interval * 2.0**failures`,
+    which overflows past 1,023 failures: after some 8.5 hours of an unreachable node the
+    retry loop raised OverflowError, logged and counted as a crash of the pusher."""
+    waits = [_retry_delay_s(0.25, failing) for failing in (1, 2, 3, 7, 8, 1_024, 10**6)]
+    assert waits == [0.5, 1.0, 2.0, 30.0, 30.0, 30.0, 30.0]
 
 
 @pytest.mark.parametrize("problem", ["chain", "contract"])
