@@ -1148,10 +1148,17 @@ class OracleClient:
         prefix: str = "oracled",
         ping_interval_s: float = 1.0,
         max_outstanding_pings: int = 2,
+        reconnect_s: float = 1.0,
     ) -> None:
         """Subscribe to `<prefix>.prices.<market>` subjects (all with `>`) and to the daemons'
         stall notices (`<prefix>.stalled`: `note_stalled` for the signer each names and signed,
         as `watch_ws` does on a `stalled` frame); run until cancelled.
+
+        A server that ends the connection with an error (`-ERR`: credentials revoked by its
+        reload, an expired user, any protocol error) makes the NATS library close its client
+        for good, where it reconnects after an outage: the client then connects anew after
+        `reconnect_s` (`client nats closed by the server; connecting again`). Before, the
+        watch went on waiting on a closed connection, and its prices only aged out.
 
         Connection trouble (a server down, at start too) is one warning line per attempt; the
         NATS library retries by itself. A server that hangs with the connection open (a frozen
@@ -1177,34 +1184,46 @@ class OracleClient:
         async def on_reconnected() -> None:
             log.info("client nats reconnected")
 
-        nc = await nats.connect(
-            servers=listed,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            ping_interval=ping_interval_s,
-            max_outstanding_pings=max_outstanding_pings,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-        )
+        closed = asyncio.Event()
+
+        async def on_closed() -> None:
+            closed.set()
+
+        async def handle(msg: Any) -> None:
+            self.offer(msg.data)
+
+        async def stalled(msg: Any) -> None:
+            self._stall_said(msg.data, msg.subject, "nats", log)
+
         subjects = (
             [f"{prefix}.prices.>"]
             if markets is None
             else [price_subject(prefix, m) for m in markets]
         )
-        try:
-            for subject in subjects:
-
-                async def handle(msg: Any) -> None:
-                    self.offer(msg.data)
-
-                await nc.subscribe(subject, cb=handle)
-
-            async def stalled(msg: Any) -> None:
-                self._stall_said(msg.data, msg.subject, "nats", log)
-
-            await nc.subscribe(stalled_subject(prefix), cb=stalled)
-            await asyncio.Event().wait()
-        finally:
-            with contextlib.suppress(Exception):
-                await nc.close()
+        while True:
+            closed.clear()
+            nc = await nats.connect(
+                servers=listed,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                ping_interval=ping_interval_s,
+                max_outstanding_pings=max_outstanding_pings,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                closed_cb=on_closed,
+            )
+            try:
+                for subject in subjects:
+                    await nc.subscribe(subject, cb=handle)
+                await nc.subscribe(stalled_subject(prefix), cb=stalled)
+                await closed.wait()
+            except nats.errors.ConnectionClosedError:
+                pass  # closed between the connection and a subscription: as when closed after
+            finally:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+            log.warning(
+                "client nats closed by the server; connecting again", error=str(nc.last_error)
+            )
+            await asyncio.sleep(reconnect_s)
