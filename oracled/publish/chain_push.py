@@ -12,7 +12,8 @@ a time: one `updateBatch` of the most due markets (largest deviation or most ove
 most `max_batch`), signed locally with an EIP-1559 fee that never exceeds `max_gas_price_gwei`.
 
 Nonces are the pusher's own: read from the chain at start (the mined count, so transactions a
-previous run left pending are replaced rather than queued behind), then counted locally and
+previous run left pending are replaced rather than queued behind, by a transaction without
+markets when none is due), then counted locally and
 re-read when the node says a nonce is too low (or too high), or when a transaction waits behind
 a nonce the chain lost (a reorganisation took a confirmed push off it). A transaction not mined
 after `replace_after_s` is replaced by one with the same nonce, fees raised by 12.5 % (the
@@ -215,6 +216,9 @@ class ChainPusher:
         self._stored: dict[str, _Stored] = {}
         self._inflight: _InFlight | None = None
         self._nonce = -1
+        # The chain's pending count at start: the nonces below it, from the mined count on, hold
+        # transactions a previous run (or another user of the key) left pending
+        self._left_until = 0
         # (nonce, max_fee, tip): what a push at that nonce must outbid (a node refused it as
         # underpriced: a transaction of ours, or of a previous run, holds the nonce)
         self._fee_floor: tuple[int, int, int] | None = None
@@ -326,6 +330,7 @@ class ChainPusher:
         mined = await self._quantity("eth_getTransactionCount", [self.address, "latest"])
         pending = await self._quantity("eth_getTransactionCount", [self.address, "pending"])
         self._nonce = self.stats.nonce = mined
+        self._left_until = pending
         if pending > mined:
             self._log.warning(
                 "transactions of a previous run are pending; the next pushes replace them",
@@ -402,7 +407,12 @@ class ChainPusher:
             return
         batch = self._due(result)
         if batch is None:
-            return
+            if self._nonce >= self._left_until:
+                return
+            # A push a previous run left pending holds this nonce, with prices from before the
+            # restart, perhaps of a market paused since: it would land whenever the fees let it.
+            # Nothing is due, so it is replaced by a transaction that carries no market.
+            batch = _Batch(result.round, result.ts, [], [], [])
         fees = await self._fees()
         if fees is None:
             return

@@ -424,6 +424,39 @@ async def test_a_restarted_pusher_continues_the_nonces_and_replaces_what_was_lef
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
 
 
+async def test_a_push_a_previous_run_left_pending_is_replaced_even_with_nothing_due(
+    rig: Rig,
+) -> None:
+    """Run one leaves a 2 % move of BTC pending when it stops; run two starts with BTC paused
+    and nothing else due. It replaces the pending push by one without markets (outbidding it
+    after the node refuses the first as underpriced), so BTC's price from before the pause
+    never lands. Before, a run with nothing due sent nothing, and the last run's push was
+    mined whenever the fees let it: BTC's pre-pause price went on chain after the pause."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds)
+    await settle(first)
+    before = await rig.stored("BTC/USD")
+    await rig.chain.rpc("evm_setAutomine", [False])
+    rounds.step(BTC_USD=1.02)
+    first.submit(rounds.step())
+    await first.step()
+    assert first._inflight is not None and first._inflight.batch.markets == ["BTC/USD"]
+    second = rig.pusher()
+    second.submit(_btc_paused_round(rounds))
+    await second.start()
+    for _ in range(3):
+        await second.step()
+    assert second.stats.transactions["sent"] == 1
+    assert second._inflight is not None and second._inflight.batch.markets == []
+    await rig.chain.rpc("evm_mine")
+    await settle(second)
+    assert await rig.stored("BTC/USD") == before
+    assert await rig.nonce() == 2
+    second.submit(_btc_paused_round(rounds))
+    await second.step()  # the nonce of the last run is taken: nothing more is sent
+    assert second.stats.transactions["sent"] == 1 and not second.stats.pending
+
+
 async def test_a_fee_to_outbid_is_forgotten_once_the_transaction_it_was_for_is_mined(
     rig: Rig,
 ) -> None:
