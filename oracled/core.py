@@ -283,8 +283,10 @@ class Core:
             via = lay.route_via[idx]
             routed = via >= 0
             leg = np.where(routed, live_price[np.maximum(via, 0)], 1.0)
-            leg = np.where(lay.route_invert[idx], 1.0 / leg, leg)
-            value = book.mid[idx] * leg
+            # A leg listed the other way round divides: one rounding, where multiplying by its
+            # reciprocal rounds twice and moved a price across a cent (docs/pricing.md section 3).
+            mid = book.mid[idx]
+            value = np.where(lay.route_invert[idx], mid / leg, mid * leg)
             blocked = fresh & routed & ~np.isfinite(leg)
             floor, ceiling = lay.price_floor[idx, None], lay.price_ceiling[idx, None]
             in_bounds = (value >= floor) & (value <= ceiling)

@@ -431,8 +431,12 @@ def _convert(
         leg = live[perp.via]
         if not isfinite(leg):
             return "route"  # a leg that is not live blocks the perp, as it blocks spot slots
-        factor = 1.0 / leg if perp.invert else leg
-        mid *= factor
-        if bid is not None and ask is not None:
-            bid, ask = bid * factor, ask * factor
+        if perp.invert:  # divided, as spot slots are: one rounding, not two
+            mid /= leg
+            if bid is not None and ask is not None:
+                bid, ask = bid / leg, ask / leg
+        else:
+            mid *= leg
+            if bid is not None and ask is not None:
+                bid, ask = bid * leg, ask * leg
     return mid, bid, ask

@@ -6,7 +6,7 @@ from __future__ import annotations
 from core_helpers import T0, config, market, quote
 
 from oracled.core import Core
-from oracled.model import Report
+from oracled.model import Quote, Report
 
 USDT_VIA_INVERSE = {"from": "USDT", "to": "USD", "via": "USD/USDT"}
 EUR_ROUTE = {"from": "EUR", "to": "USD", "via": "EUR/USD"}
@@ -172,3 +172,52 @@ def test_after_a_leg_pause_each_level_of_a_chain_waits_for_its_own_streak() -> N
         (True, True, True),
     ]
     assert reports["BTC/USD"].price == "63600.00"
+
+
+def test_a_leg_listed_the_other_way_round_divides_the_quote() -> None:
+    """USD/USDT is live at 0.992 (USD priced in USDT) and BTC/USDT quotes 50,029.66: BTC/USD is
+    50,029.66 / 0.992 = 50,433.12500000000388..., published "50433.13". Multiplying by the leg's
+    reciprocal instead rounds twice, lands on 50,433.125 exactly, and that tie published
+    "50433.12"."""
+    core = Core(
+        config(
+            [
+                market("USD/USDT", "ab", min_sources=2, price_exponent=-4),
+                market("BTC/USD", "ab", "BTC/USDT", min_sources=2),
+            ],
+            [USDT_VIA_INVERSE],
+            resume_rounds=1,
+        )
+    )
+    for source in "ab":
+        assert core.ingest(quote(source, "USD/USDT", 0.992, T0)) is None
+        assert core.ingest(quote(source, "BTC/USDT", 50_029.66, T0)) is None
+    result = core.run_round(T0)
+    assert result.value[1, 0] == 50_029.66 / 0.992
+    btc = result.report(1)
+    assert (btc.status, btc.price) == ("degraded", "50433.13")
+
+
+def test_a_perpetual_through_a_leg_listed_the_other_way_round_is_divided_too() -> None:
+    """The mark's perpetuals convert through the same leg as spot slots (docs/mark.md): a
+    BTC/USDT perpetual at 50,029.66 through USD/USDT at 0.992 has the mid 50,029.66 / 0.992."""
+    cfg = config(
+        [
+            market("USD/USDT", "ab", min_sources=2, price_exponent=-4),
+            {
+                **market("BTC/USD", "ab", min_sources=2),
+                "perp_sources": [{"source": "p", "pair": "BTC/USDT"}],
+            },
+        ],
+        [USDT_VIA_INVERSE],
+        resume_rounds=1,
+    )
+    core = Core(cfg)
+    for source in "ab":
+        assert core.ingest(quote(source, "USD/USDT", 0.992, T0)) is None
+        assert core.ingest(quote(source, "BTC/USD", 50_433.0, T0)) is None
+    perp = Quote("p", "BTC/USDT", T0, price=50_029.66, kind="perp")
+    assert core.ingest(perp) is None
+    result = core.run_round(T0)
+    assert result.mark is not None
+    assert result.mark.values[1].perp_mids == (50_029.66 / 0.992,)
