@@ -48,6 +48,7 @@ from oracled.config import ChainConfig, PushConfig
 from oracled.errors import ConfigError, OracledError
 from oracled.eth import keccak, recursion_limit_kept, selector
 from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable
+from oracled.lograte import LogEveryMinute
 from oracled.model import Status
 from oracled.publish.signer import SigningKey, decimal_to_int, load_signing_key
 
@@ -229,6 +230,7 @@ class ChainPusher:
         self._block_gas: int | None = None
         self._capped = False
         self._failing: str | None = None  # the failure logged for the current episode
+        self._step_lines = LogEveryMinute()  # a step that failed on the node, by its log event
         self._started = False
         self._read = False  # the stored prices were read (needs the first round's markets)
         self._only = frozenset(cfg.markets)
@@ -289,13 +291,13 @@ class ChainPusher:
                     failing = 0
                 except _BadAnswer as exc:
                     failing += 1
-                    self._log.error("bad answer from the node; retrying", error=str(exc))
+                    self._step_failed("bad answer from the node; retrying", exc, error=True)
                 except RpcUnavailable as exc:
                     failing += 1
-                    self._log.warning("chain unreachable", error=str(exc))
+                    self._step_failed("chain unreachable", exc)
                 except RpcError as exc:  # the node read the request and refused it
                     failing += 1
-                    self._log.warning("request refused by the node; retrying", error=str(exc))
+                    self._step_failed("request refused by the node; retrying", exc)
                 if failing:
                     await asyncio.sleep(_retry_delay_s(self.cfg.interval_s, failing))
                 with contextlib.suppress(TimeoutError):
@@ -307,6 +309,14 @@ class ChainPusher:
                     await asyncio.sleep(self.cfg.interval_s)
         finally:
             self.stats.up = False
+
+    def _step_failed(self, event: str, exc: Exception, *, error: bool = False) -> None:
+        """Log a failed step at most once a minute per kind, with the number of failed looks
+        since its last line (`failures`): a node down for an hour was a line every 30 s."""
+        failures = self._step_lines.due(event, self.clock.monotonic())
+        if failures is not None:
+            log = self._log.error if error else self._log.warning
+            log(event, error=str(exc), failures=failures)
 
     async def _start_retrying(self) -> None:
         """start() until it succeeds: an unreachable node at start-up is waited for."""

@@ -962,6 +962,42 @@ async def test_the_pusher_task_outlasts_an_unreachable_node_at_start_and_later(
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
 
 
+async def test_a_node_failing_look_after_look_is_logged_once_a_minute_with_the_count(
+    rig: Rig,
+) -> None:
+    """Once started, a node that fails every step (a server-side error on its one URL) is
+    logged when it starts failing and then at most once a minute, with the number of failed
+    looks since the last line; the task retries on, and pushes once the node answers. Before,
+    every failed look wrote a line (one every 30 s at the backoff's cap, for as long as the
+    node stayed down)."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(urls=(proxy.url,), interval_s=0.01)
+    rounds.step()
+    pusher.submit(rounds.step())
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: pusher.stats.transactions["confirmed"] == 1)
+            proxy.mode = "error"
+            pusher.submit(rounds.step(BTC_USD=1.02))
+            requests = proxy.requests
+            await until(lambda: proxy.requests >= requests + 4)
+            assert [e["failures"] for e in logs if e["event"] == "chain unreachable"] == [1]
+            rig.clock.advance(60_000)
+            await until(lambda: sum(e["event"] == "chain unreachable" for e in logs) == 2)
+            proxy.mode = "pass"
+            await until(lambda: pusher.stats.transactions["confirmed"] == 2)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.stop()
+    lines = [e for e in logs if e["event"] == "chain unreachable"]
+    assert [e["failures"] for e in lines][:1] == [1] and len(lines) == 2
+    assert lines[1]["failures"] >= 4 and lines[1]["log_level"] == "warning"
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
 async def test_a_node_that_answers_null_at_start_is_waited_for_not_a_crash(rig: Rig) -> None:
     """A node whose answers to the start's requests are null (the chain id, then the nonce) is
     retried as an unreachable node: `chain unreachable; retrying`, no traceback, and the pusher
