@@ -217,8 +217,9 @@ class ChainPusher:
         self._stored: dict[str, _Stored] = {}
         self._inflight: _InFlight | None = None
         self._nonce = -1
-        # The chain's pending count at start: the nonces below it, from the mined count on, hold
-        # transactions a previous run (or another user of the key) left pending
+        # The nonces below this may hold a transaction the pusher does not track: one a previous
+        # run (or another user of the key) left pending (the pending count at start), or a send
+        # whose answer never came (the node may have taken it)
         self._left_until = 0
         # (nonce, max_fee, tip): what a push at that nonce must outbid (a node refused it as
         # underpriced: a transaction of ours, or of a previous run, holds the nonce)
@@ -419,9 +420,9 @@ class ChainPusher:
         if batch is None:
             if self._nonce >= self._left_until:
                 return
-            # A push a previous run left pending holds this nonce, with prices from before the
-            # restart, perhaps of a market paused since: it would land whenever the fees let it.
-            # Nothing is due, so it is replaced by a transaction that carries no market.
+            # A push a previous run left pending holds this nonce (or one sent unanswered may),
+            # with prices from before, perhaps of a market paused since: it would land whenever
+            # the fees let it. Nothing is due, so it is replaced by one that carries no market.
             batch = _Batch(result.round, result.ts, [], [], [])
         fees = await self._fees()
         if fees is None:
@@ -550,6 +551,11 @@ class ChainPusher:
         except RpcError as exc:
             await self._refused(exc, nonce, max_fee, tip)
             return
+        except RpcUnavailable:
+            # No answer (a timeout, a connection cut, garbage): the node may have taken the
+            # transaction all the same, and mine it whatever comes next.
+            self._left_until = max(self._left_until, nonce + 1)
+            raise
         self._fee_floor = None
         if self._failing is not None:
             self._failing = None

@@ -62,7 +62,12 @@ class Rig:
         self.clock = ManualClock(0)
 
     def pusher(
-        self, *, urls: tuple[str, ...] = (), chain_id: int = 31337, **overrides: Any
+        self,
+        *,
+        urls: tuple[str, ...] = (),
+        chain_id: int = 31337,
+        timeout_s: float = 2.0,
+        **overrides: Any,
     ) -> ChainPusher:
         settings: dict[str, Any] = {
             "enabled": True,
@@ -76,7 +81,7 @@ class Rig:
         }
         cfg = PushConfig.model_validate(settings)
         urls = urls or (self.url,)
-        chain = ChainConfig(chain_id=chain_id, rpc_urls=urls).model_copy(
+        chain = ChainConfig(chain_id=chain_id, rpc_urls=urls, timeout_s=timeout_s).model_copy(
             update={"resolved_urls": urls}
         )
         return ChainPusher(cfg, chain, self.key, self.chain.session, self.clock)
@@ -455,6 +460,44 @@ async def test_a_push_a_previous_run_left_pending_is_replaced_even_with_nothing_
     second.submit(_btc_paused_round(rounds))
     await second.step()  # the nonce of the last run is taken: nothing more is sent
     assert second.stats.transactions["sent"] == 1 and not second.stats.pending
+
+
+async def test_a_push_sent_without_an_answer_is_replaced_even_with_nothing_due(
+    rig: Rig,
+) -> None:
+    """A 2 % move of BTC is sent, and the node takes the transaction but its answer comes
+    after the pusher's timeout, so the pusher does not know it was sent. BTC is paused the
+    round after, and nothing else is due: the pusher takes that nonce with a transaction
+    without markets (outbidding the unanswered one), so BTC's price from before the pause
+    never lands. Before, nothing was due, nothing was sent, and the unanswered push was mined
+    with the next block: BTC's pre-pause price went on chain after the pause."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(rig, rounds, urls=(proxy.url,), timeout_s=0.3)
+        await settle(pusher)
+        before = await rig.stored("BTC/USD")
+        await rig.chain.rpc("evm_setAutomine", [False])
+        rounds.step(BTC_USD=1.02)
+        pusher.submit(rounds.step())
+        proxy.delay_s = 0.6
+        proxy.script = ["pass", "pass", "slow"]  # the base fee, the estimate, then the send
+        with pytest.raises(RpcUnavailable, match="eth_sendRawTransaction"):
+            await pusher.step()
+        async with asyncio.timeout(10):
+            while await rig.nonce("pending") < 2:  # noqa: ASYNC110 - the node, polled
+                await asyncio.sleep(0.05)
+        assert not pusher.stats.pending and pusher.stats.nonce == 1
+        pusher.submit(_btc_paused_round(rounds))
+        for _ in range(3):
+            await pusher.step()
+        await rig.chain.rpc("evm_mine")
+        await settle(pusher)
+        assert await rig.stored("BTC/USD") == before
+        assert await rig.nonce() == 2
+        assert pusher.stats.transactions["confirmed"] == 2 and pusher.stats.updates == 3
+    finally:
+        await proxy.stop()
 
 
 async def test_a_fee_to_outbid_is_forgotten_once_the_transaction_it_was_for_is_mined(
