@@ -764,7 +764,10 @@ class ChainPusher:
         max_fee = max(max_fee, 2 * base + tip)
         if max_fee > cap:
             max_fee = cap
-        if max_fee < _bump(paid) or tip > max_fee:
+        # Held too while the base fee and the tip are over the cap, as a new push is: no block
+        # would take the replacement (anvil refused it as under the base fee, at every look).
+        spike = base + min(int(self.cfg.priority_fee_gwei * _GWEI), cap) > cap
+        if max_fee < _bump(paid) or tip > max_fee or spike:
             # An underpriced refusal says the node holds a transaction at this nonce: not free.
             if not held and await self._dropped(inflight):
                 await self._send_again(inflight, batch)

@@ -300,6 +300,39 @@ async def test_a_stuck_transaction_is_not_replaced_above_the_cap(rig: Rig) -> No
     assert len(inflight.sent) == 1
 
 
+async def test_a_stuck_push_is_not_replaced_while_the_base_fee_is_over_the_cap(rig: Rig) -> None:
+    """The base fee jumps to 500 gwei (cap 10) while a push waits: no replacement is sent,
+    which no block would take, as no new push is; the hold is counted `gas_cap` and nothing is
+    refused. Once the base fee is back under the cap, the push goes through. Before, every
+    look sent a replacement at the cap, refused by anvil as under the base fee: an `error` a
+    look (so OracledPushFailing said the node refuses, not the cap) and four requests a look."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds, max_gas_price_gwei=10.0, priority_fee_gwei=1.0)
+    await rig.chain.rpc("evm_setAutomine", [False])
+    await pusher.step()
+    assert pusher.stats.pending
+    await rig.chain.rpc("anvil_setNextBlockBaseFeePerGas", [hex(500 * GWEI)])
+    await rig.chain.rpc("evm_mine")
+    with capture_logs() as logs:
+        for _ in range(4):
+            rig.clock.advance(5_000)
+            await pusher.step()
+    assert pusher.stats.transactions["error"] == 0
+    assert pusher.stats.transactions["replaced"] == 0
+    assert pusher.stats.transactions["gas_cap"] >= 1
+    assert "push refused by the node" not in [e["event"] for e in logs]
+    await rig.chain.rpc("anvil_setNextBlockBaseFeePerGas", [hex(GWEI)])
+    await rig.chain.rpc("evm_mine")
+    await rig.chain.rpc("evm_setAutomine", [True])
+    for _ in range(5):
+        rig.clock.advance(5_000)
+        await settle(pusher)
+        if pusher.stats.transactions["confirmed"]:
+            break
+    assert pusher.stats.transactions["confirmed"] == 1
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
 async def test_a_stuck_push_costs_one_request_a_look_however_often_it_was_replaced(
     rig: Rig,
 ) -> None:
