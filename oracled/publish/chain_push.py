@@ -336,7 +336,12 @@ class ChainPusher:
         if chain_id != self.chain.chain_id:
             raise PushError(f"the node serves chain {chain_id}, not {self.chain.chain_id}")
         code = await self.rpc.call("eth_getCode", [self.contract, "latest"])
-        if code in ("0x", "", None):
+        if not isinstance(code, str) or not code.startswith("0x"):
+            # A null is no answer, not an empty account: a PushError here ended the pusher for
+            # the life of the daemon on one bad answer at start.
+            self.stats.bad_answers += 1
+            raise _BadAnswer(f"eth_getCode: {code!r:.40} is not code")
+        if code == "0x":
             raise PushError(f"no contract at {self.contract}")
         mined = await self._quantity("eth_getTransactionCount", [self.address, "latest"])
         pending = await self._quantity("eth_getTransactionCount", [self.address, "pending"])

@@ -1101,6 +1101,35 @@ async def test_a_node_that_answers_null_at_start_is_waited_for_not_a_crash(rig: 
     assert not any("exc_info" in e for e in logs)
 
 
+async def test_a_null_answer_to_the_contract_check_at_start_is_waited_for_not_the_end(
+    rig: Rig,
+) -> None:
+    """A node that answers the start's `eth_getCode` with a null (no answer, said wrongly)
+    has not said that the address holds no code: the start is retried (`chain unreachable;
+    retrying`, counted in `bad_answers`) and the pusher pushes once the node answers. The null
+    was taken for an empty account: a PushError, which ends the pusher's task for the life of
+    the daemon (found by a seeded fault schedule that restarted the pusher behind a proxy
+    answering nulls)."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
+    rounds.step()
+    pusher.submit(rounds.step())
+    proxy.script = ["pass", "null_result"]  # the chain id, then the contract's code
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: task.done() or pusher.stats.transactions["confirmed"] == 1)
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.stop()
+    retried = [e for e in logs if e["event"] == "chain unreachable; retrying"]
+    assert len(retried) == 1 and "eth_getCode" in retried[0]["error"]
+    assert pusher.stats.bad_answers == 1
+
+
 @pytest.mark.usefixtures("daemon_recursion_limit")
 @pytest.mark.parametrize("mode", ["wrong_id", "no_result", "huge", "deep"])
 async def test_a_raw_send_answer_that_is_not_for_this_request_goes_to_the_next_endpoint(
