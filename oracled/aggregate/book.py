@@ -262,14 +262,15 @@ class Book:
 
     def _ingest_unsingled(self, key: SlotKey, quote: Quote) -> DropReason | None:
         """A quote of no single plain slot: a perpetual for the mark price (its own straight
-        line for the usual quote: both sides and any last price finite and positive, the bid not
-        above the ask, not from the future, not older than the one held), else the full path."""
+        line for the usual quote: both sides inside the global price band, any last price finite
+        and positive, the bid not above the ask, not from the future, not older than the one
+        held), else the full path."""
         if key in self._perp_only:
             bid, ask, price, venue_ts = quote.bid, quote.ask, quote.price, quote.venue_ts
             if (
                 bid is not None
                 and ask is not None
-                and 0.0 < bid <= ask < _INF
+                and self._floor <= bid <= ask <= self._ceiling
                 and (price is None or 0.0 < price < _INF)
                 and (venue_ts is None or venue_ts <= quote.recv_ts + self._skew)
             ):
@@ -373,8 +374,15 @@ class Book:
             return DropReason.NOT_FINITE
         if not all(v > 0.0 for v in values):
             return DropReason.NON_POSITIVE
-        if quote.bid is not None and quote.ask is not None and quote.bid > quote.ask:
-            return DropReason.CROSSED
+        bid, ask, mid = quote.bid, quote.ask, quote.price
+        if bid is not None and ask is not None:
+            if bid > ask:
+                return DropReason.CROSSED
+            mid = (bid + ask) * 0.5
+        # The value the mark reads is inside the global band, as on spot (two finite sides near
+        # the float limit make an infinite mid); a lone bid or ask is kept, and never counts.
+        if mid is not None and not self._floor <= mid <= self._ceiling:
+            return DropReason.ABSURD
         if quote.venue_ts is not None and quote.venue_ts > quote.recv_ts + self._skew:
             return DropReason.FUTURE
         return self._keep_perp(key, quote)

@@ -10,6 +10,7 @@ from typing import Any
 
 from mark_rig import SPOT, B, Rig, make_config
 
+from oracled.aggregate.book import DropReason
 from oracled.config import DEFAULT_MAX_CLOCK_SKEW_MS, parse_config
 from oracled.core import Core
 from oracled.model import Quote
@@ -51,6 +52,25 @@ def test_a_perp_quote_from_ahead_of_the_round_counts_only_within_the_clock_skew(
         rig = Rig()
         rig._ingest(Quote("p", "BTC/USD", B + 1_000 + ahead, price=101.0, kind="perp"))
         assert rig.mark(B + 1_000).perps_used == used, ahead
+
+
+def test_a_perp_print_outside_the_global_price_band_is_dropped_at_the_door() -> None:
+    """docs/pricing.md section 1 checks every quote at the door, perpetuals too: p quotes 101,
+    then a book of 1e308 / 1.7e308 (each side finite, their mid overflows to infinity), a last
+    price of 1e13 and one of 5e-324, outside [oracle.min_price, oracle.max_price]: each is dropped
+    as `absurd` and counted, and p's 101 keeps counting. Before, each was held as p's latest
+    quote: p stopped counting, and its mid read "inf" on /v1/markets/{market}/sources."""
+    rig = Rig()
+    rig.round(B + 1_000, p=101.0)
+    for bad in (
+        Quote("p", "BTC/USD", B + 1_500, bid=1e308, ask=1.7e308, kind="perp"),
+        Quote("p", "BTC/USD", B + 1_500, price=1e13, kind="perp"),
+        Quote("p", "BTC/USD", B + 1_500, price=5e-324, kind="perp"),
+    ):
+        assert rig.core.ingest(bad) == DropReason.ABSURD, bad
+    assert rig.core.book.drops[("p", DropReason.ABSURD)] == 3
+    mark = rig.mark(B + 2_000)
+    assert (mark.perps_used, mark.estimators.perp_median) == (1, "101.00")
 
 
 def _inverted_leg_config() -> Any:
