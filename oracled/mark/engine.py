@@ -226,8 +226,9 @@ class MarkEngine:
     ) -> None:
         """Keep the state of markets that stay perpetual across a config reload.
 
-        The basis EMA is kept; the funding interval is kept only if its length is unchanged
-        (a running average over a different interval grid would settle a wrong rate).
+        The basis EMA is kept, cut to the new `max_perp_deviation` (every estimator stays
+        within the limit in force); the funding interval is kept only if its length is
+        unchanged (a running average over a different interval grid would settle a wrong rate).
         """
         old_specs = {s.market: s for s in old._specs}
         for spec in self._specs:
@@ -235,7 +236,9 @@ class MarkEngine:
             if j is None or j not in old._states:
                 continue
             state, prior = self._states[spec.market], old._states[j]
-            state.ema, state.ema_ts, state.prev = prior.ema, prior.ema_ts, prior.prev
+            state.ema_ts, state.prev = prior.ema_ts, prior.prev
+            dev = spec.max_dev
+            state.ema = min(max(prior.ema, -dev), dev) if isfinite(prior.ema) else prior.ema
             if old_specs[j].interval_ms == spec.interval_ms:
                 state.acc_id, state.acc_sum, state.acc_weight = (
                     prior.acc_id,

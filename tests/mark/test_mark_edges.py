@@ -154,6 +154,23 @@ def test_a_reload_that_changes_the_funding_interval_restarts_the_running_average
     assert mark.next_funding_ts == B + 120_000
 
 
+def test_a_reload_that_tightens_max_perp_deviation_cuts_the_carried_basis_to_it() -> None:
+    """p at 109 under a 10 % limit makes the basis EMA +9 %; a reload to 2 % keeps the EMA
+    (docs/mark.md, Config) cut to +2 %, so every estimator stays within the limit in force.
+    One second later p's 109 is too far, and the fallback is 100 x (1 + 0.02 x 0.5^(1/60)) =
+    101.98; with p back at 101 a second after that, the basis EMA is 101.98 and the mark their
+    mean, 101.49. Before, the old +9 % was carried whole: a fallback of 108.90, then a basis
+    EMA of 108.82 and a mark of 104.91, 9 % and 5 % from the index under a 2 % limit."""
+    rig = Rig(make_config(mark={"max_perp_deviation": 0.1}))
+    assert rig.mark(B + 1_000, p=109.0).price == "109.00"
+    rig.core.reconfigure(make_config(mark={"max_perp_deviation": 0.02}))
+    fallback = rig.mark(B + 2_000)
+    assert (fallback.estimators.fallback, fallback.price) == ("101.98", "101.98")
+    back = rig.mark(B + 3_000, p=101.0)
+    assert (back.estimators.basis_ema, back.estimators.perp_median) == ("101.98", "101.00")
+    assert back.price == "101.49"
+
+
 def test_a_perp_source_a_reload_disables_stops_counting_at_once() -> None:
     """p and q both count; a reload disables p: from the next round only q counts (p's last
     quote, still fresh, does not), as for a spot slot."""
