@@ -1,7 +1,8 @@
 """A small perpetual market driven round by round at times the test chooses.
 
 BTC/USD has three direct spot venues (a, b, c) and two perpetuals: `p` quotes BTC/USD and `q`
-quotes BTC/USDT, converted through the USDT/USD market (spot venues a, b, c too).
+quotes BTC/USDT, converted through the USDT/USD market (spot venues a, b, c too); `more_perps`
+adds perpetuals quoting BTC/USD directly (`r`, say).
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ B = 1_700_000_040_000
 SPOT = "abc"
 
 
-def make_config(*, mark: dict[str, Any] | None = None, perps: bool = True, **market: Any) -> Config:
-    """USDT/USD and BTC/USD; BTC/USD lists perps p and q unless `perps` is False."""
+def make_config(
+    *,
+    mark: dict[str, Any] | None = None,
+    perps: bool = True,
+    more_perps: str = "",
+    oracle: dict[str, Any] | None = None,
+    **market: Any,
+) -> Config:
+    """USDT/USD and BTC/USD; BTC/USD lists perps p and q (then `more_perps`, each on BTC/USD)
+    unless `perps` is False; `oracle` overrides keys of the [oracle] table."""
     btc: dict[str, Any] = {
         "symbol": "BTC/USD",
         "min_sources": 2,
@@ -30,12 +39,15 @@ def make_config(*, mark: dict[str, Any] | None = None, perps: bool = True, **mar
         btc["perp_sources"] = [
             {"source": "p", "pair": "BTC/USD"},
             {"source": "q", "pair": "BTC/USDT"},
+            *({"source": s, "pair": "BTC/USD"} for s in more_perps),
         ]
         btc["mark"] = mark or {}
     return parse_config(
         {
-            "oracle": {"round_interval_ms": 1_000, "resume_rounds": 1},
-            "sources": {s: {"type": "okx" if s in "pq" else "binance"} for s in "abcpq"},
+            "oracle": {"round_interval_ms": 1_000, "resume_rounds": 1, **(oracle or {})},
+            "sources": {
+                s: {"type": "binance" if s in SPOT else "okx"} for s in SPOT + "pq" + more_perps
+            },
             "markets": [
                 {
                     "symbol": "USDT/USD",
