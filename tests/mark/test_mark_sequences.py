@@ -11,7 +11,8 @@ settings, cross funding boundaries, and let perpetual venues print 0, negatives,
 1e300, subnormals, 50 % spikes, stale, future and flagged quotes.
 
 BTC/USD (mark_rig): spot a, b, c; perpetuals p and r on BTC/USD, q on BTC/USDT through the
-USDT/USD leg (market 0). Rounds are whole seconds apart; max_age_ms is 5 s.
+USDT/USD leg (market 0); p may also vote in the index, and BTC/USD may have a max_price that the
+mark can pass. Rounds are whole seconds apart; max_age_ms is 5 s.
 """
 
 from __future__ import annotations
@@ -58,17 +59,24 @@ class Settings:
     dev: float
     min_perps: int
     half_life_s: float
+    votes: bool = False  # p also votes in the index, among BTC/USD's sources (kind perp)
+    ceiling: float | None = None  # BTC/USD's max_price
 
     def config(self) -> Config:
+        sources = [{"source": s, "pair": "BTC/USD"} for s in SPOT]
+        if self.votes:
+            sources.append({"source": "p", "pair": "BTC/USD", "kind": "perp"})
         return make_config(
             more_perps="r",
             oracle={"jump_confirm_rounds": 2},
+            sources=sources,
             mark={
                 "basis_half_life_s": self.half_life_s,
                 "funding_interval_s": INTERVAL_MS // 1_000,
                 "max_perp_deviation": self.dev,
                 "min_perp_sources": self.min_perps,
             },
+            max_price=self.ceiling,
         )
 
 
@@ -77,6 +85,8 @@ mark_settings = st.builds(
     st.sampled_from((0.02, 0.05, 0.1)),
     st.integers(1, 3),
     st.sampled_from((2.0, 5.0, 60.0)),
+    st.booleans(),
+    st.sampled_from((None, None, 100.5)),
 )
 
 # One perpetual print, relative to the level the spot venues quote (in the perp's own units):
@@ -331,7 +341,6 @@ def _check_mark(model: Model, core: Core, res: RoundResult, v: MarkValues) -> fl
     for got, (_, mid, _) in zip(v.perp_mids, seen, strict=True):
         assert _close(got, None if mid != mid else mid, abs(mid) if mid == mid else 1.0), (v, seen)
     assert v.perps_used == len(counted), v
-    assert not v.out_of_bounds, v  # an index near 100 at two decimals: the band never binds
     if counted:
         m = _median([mid for mid, _ in counted])
         sample = (m - x) / x
@@ -343,18 +352,26 @@ def _check_mark(model: Model, core: Core, res: RoundResult, v: MarkValues) -> fl
         model.ema_ts = now
         basis_ema = x * (1.0 + model.ema)
         assert _close(v.perp_median, m, x) and _close(v.basis_ema, basis_ema, x), (v, m)
-        assert _close(v.price, (basis_ema + m) * 0.5, x) and math.isnan(v.fallback), v
+        assert math.isnan(v.fallback), v
+        mark = (basis_ema + m) * 0.5
         premium = _median([p for _, p in counted])
         assert _close(v.premium, premium), v
     else:
-        fallback = x if model.ema is None else x * (1.0 + model.ema * model.decay(now))
-        assert _close(v.fallback, fallback, x) and _close(v.price, fallback, x), v
+        mark = x if model.ema is None else x * (1.0 + model.ema * model.decay(now))
+        assert _close(v.fallback, mark, x), v
         assert math.isnan(v.basis_ema) and math.isnan(v.perp_median) and math.isnan(v.premium)
         premium = None
     # The clamp: every estimator, and so the mark, within max_perp_deviation of the index.
-    for estimate in (v.price, v.basis_ema, v.perp_median, v.fallback):
+    for estimate in (mark, v.basis_ema, v.perp_median, v.fallback):
         assert estimate != estimate or abs(estimate / x - 1.0) <= cfg.dev * (1 + REL), (v, x)
-    assert rep.mark.price is not None and rep.mark.reason is None, rep
+    # The band (one unit of the last decimal up to the market's max_price): outside it the
+    # mark is null with reason `bounds`, its estimators published, the index live.
+    if 0.01 <= mark <= (cfg.ceiling or 1e12):
+        assert _close(v.price, mark, x) and not v.out_of_bounds, (v, mark)
+        assert rep.mark.price is not None and rep.mark.reason is None, rep
+    else:
+        assert math.isnan(v.price) and v.out_of_bounds and v.mode == "none", (v, mark)
+        assert (rep.mark.price, rep.mark.reason) == (None, "bounds"), rep
     return premium
 
 
@@ -414,8 +431,10 @@ def test_every_round_of_a_hostile_tape_marks_as_the_docs_say(
     median, or else index x (1 + EMA x 0.5^(dt/H)): after a pause, a jump held by the breaker
     or a gap, nothing from before it reaches the mark but the EMA, decayed for the whole time.
     Every estimator stays within max_perp_deviation of the index, also after a reload that
-    tightens it. Funding: each sample weighs the time since the round before, cut at its
-    interval's start; an interval settles on its boundary, to null without a sample."""
+    tightens it; a mark above the market's max_price is null with reason `bounds`, its
+    estimators published. The same holds with p also voting in the index, and across reloads
+    that make it vote or stop. Funding: each sample weighs the time since the round before,
+    cut at its interval's start; an interval settles on its boundary, to null without one."""
     model = Model(first)
     for core, step, res in _rounds(tape, first):
         if step.reload is not None:
