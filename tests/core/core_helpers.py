@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from oracled.config import Config, parse_config
@@ -80,6 +81,34 @@ def feed(core: Core, ts: int, prices: Mapping[str, Mapping[str, float]]) -> None
         for source, price in by_source.items():
             dropped = core.ingest(quote(source, pair, price, ts))
             assert dropped is None, (source, pair, price, dropped)
+
+
+@dataclass
+class Round:
+    """One round of a tape: the quotes received before it and operator commands."""
+
+    quotes: list[Quote]
+    manual: dict[str, bool]
+
+
+def play(
+    cfg: Config,
+    tape: Sequence[Round],
+    each: Callable[[Core, RoundResult], None] | None = None,
+) -> list[RoundResult]:
+    """Feed each round's quotes, apply its operator commands, run it at T0 + r rounds; `each`
+    sees the core right after each round, its book still as the round read it."""
+    core = Core(cfg)
+    results = []
+    for r, rnd in enumerate(tape):
+        for q in rnd.quotes:
+            core.ingest(q)
+        for market, paused in rnd.manual.items():
+            core.set_manual(market, paused)
+        results.append(core.run_round(T0 + r * ROUND_MS))
+        if each is not None:
+            each(core, results[-1])
+    return results
 
 
 def by_market(result: RoundResult) -> dict[str, Report]:

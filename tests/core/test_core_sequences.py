@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 
 import msgspec
-from core_helpers import ROUND_MS, T0, USDT_ROUTE, config, went_live_legitimately
+from core_helpers import (
+    ROUND_MS,
+    T0,
+    USDT_ROUTE,
+    Round,
+    config,
+    play,
+    went_live_legitimately,
+)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from oracled.config import Config
-from oracled.core import Core, RoundResult
+from oracled.core import Core
 from oracled.model import Kind, Quote, Report
 
 LIVE = ("active", "degraded")
@@ -35,27 +42,6 @@ BASE = 50_000.0
 IDS = "abcdefg"
 
 weights = st.floats(0.1, 10.0, allow_nan=False)
-
-
-@dataclass
-class Round:
-    """One round of a timeline: the quotes received before it and operator commands."""
-
-    quotes: list[Quote]
-    manual: dict[str, bool]
-
-
-def _play(cfg: Config, tape: Sequence[Round]) -> list[RoundResult]:
-    """Feed each round's quotes, apply its operator commands, run it at T0 + r rounds."""
-    core = Core(cfg)
-    results = []
-    for r, rnd in enumerate(tape):
-        for q in rnd.quotes:
-            core.ingest(q)
-        for market, paused in rnd.manual.items():
-            core.set_manual(market, paused)
-        results.append(core.run_round(T0 + r * ROUND_MS))
-    return results
 
 
 def _at(r: int) -> int:
@@ -135,7 +121,7 @@ def test_a_crash_of_every_source_is_followed_within_the_jump_confirmation(
     )
     levels = [1.0] * resume + path[:-1] + [path[-1] * (1.0 + j) for j in hold]
     tape = [_round_of(((s, "X/USD", BASE * lv) for s in ids), r) for r, lv in enumerate(levels)]
-    reports = [res.report(0) for res in _play(cfg, tape)]
+    reports = [res.report(0) for res in play(cfg, tape)]
     assert reports[resume - 1].status in LIVE
     settled = resume + len(path) - 1  # the first round at the new level
     live = _first_live(reports, settled)
@@ -184,7 +170,7 @@ def test_a_crash_that_reaches_the_venues_at_different_rounds_is_followed_after_i
         )
         for r in range(settled + max(confirm, resume) + 3)
     ]
-    reports = [res.report(0) for res in _play(cfg, tape)]
+    reports = [res.report(0) for res in play(cfg, tape)]
     assert reports[resume - 1].status in LIVE
     live = _first_live(reports, settled)
     bound = settled + max(confirm, resume - 1)
@@ -253,7 +239,7 @@ def test_a_lone_venue_never_moves_the_price_out_of_the_honest_range_nor_pauses_a
         )
         for k, (h, v) in enumerate(zip(honest, lone, strict=True))
     ]
-    results = _play(cfg, tape)
+    results = play(cfg, tape)
     assert results[1].report(0).status in LIVE
     min_sources = cfg.markets[0].min_sources
     for res, h in zip(results[2:], honest, strict=True):
@@ -275,7 +261,7 @@ def test_a_lone_venue_can_split_honest_venues_further_apart_than_max_deviation()
     one survivor holds less than half of the weight: the market pauses for dispersion."""
     cfg = _one_market("abc", [1.0, 1.0, 0.5], min_sources=1, resume=1, confirm=2)
     honest = [("a", "X/USD", BASE), ("b", "X/USD", BASE * 1.012)]
-    first, second = _play(
+    first, second = play(
         cfg, [_round_of(honest, 0), _round_of([*honest, ("c", "X/USD", BASE * 0.95)], 1)]
     )
     assert (first.report(0).status, first.report(0).price) == ("active", "50300.00")
@@ -337,7 +323,7 @@ def test_silent_sources_take_the_market_out_of_live_within_max_age_of_their_last
         [_at(r if end is None else min(r, end)) - lag[k] for r in range(rounds)]
         for k, end in enumerate(last)
     ]
-    for r, res in enumerate(_play(cfg, tape)):
+    for r, res in enumerate(play(cfg, tape)):
         rep = res.report(0)
         now = _at(r)
         newest = sorted((held[r] for held in stamps), reverse=True)
@@ -413,7 +399,7 @@ def test_a_paused_market_comes_back_only_after_the_streak_or_a_jump_held_since_i
                 paused = not paused
                 manual["X/USD"] = paused
             tape.append(Round(quotes, manual))
-    reports = [res.report(0) for res in _play(cfg, tape)]
+    reports = [res.report(0) for res in play(cfg, tape)]
     breaker = cfg.markets[0].circuit_breaker
     for r, rep in enumerate(reports):
         if rep.status not in LIVE or r == 0 or reports[r - 1].status in LIVE:
@@ -755,7 +741,7 @@ def test_the_same_tape_gives_the_same_bytes_in_any_ingest_order_within_a_round(
         rnd.shuffle(quotes)
         shuffled.append(Round(quotes, t.manual))
     enc = msgspec.json.Encoder()
-    runs = [_play(cfg, tape), _play(cfg, tape), _play(cfg, shuffled)]
+    runs = [play(cfg, tape), play(cfg, tape), play(cfg, shuffled)]
     for a, b, c in zip(*runs, strict=True):
         first = [enc.encode(rep) for rep in a.reports()]
         assert first == [enc.encode(rep) for rep in b.reports()]
