@@ -242,6 +242,11 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
         "oracled_nats_published", "Messages handed to the NATS connection."
     )
     published.add_metric([], stats.published if stats is not None else 0)
+    lost = CounterMetricFamily(
+        "oracled_nats_lost",
+        "Messages handed to the NATS connection and still unsent when it was lost: thrown away.",
+    )
+    lost.add_metric([], stats.lost if stats is not None else 0)
     unpublished = _labelled(
         "oracled_nats_unpublished",
         "Messages not published, by reason: disconnected, queue_full, error, unsigned.",
@@ -271,7 +276,7 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
         _NATS_DENIED,
         stats.permission_denied if stats is not None else None,
     )
-    yield from (connected, published, unpublished, reconnects, restarts, failures, denied)
+    yield from (connected, published, lost, unpublished, reconnects, restarts, failures, denied)
 
 
 _PUSH_TX_RESULTS = ("sent", "replaced", "confirmed", "reverted", "error", "gas_cap")

@@ -55,7 +55,11 @@ A server that hangs with its socket open (a frozen process, a stalled network pa
 down too, or every round would pile into the socket and reach consumers all at once, late, when it
 woke. nats-py's pings notice it: the sink pings every `ping_interval_s` (nats-py's default is two
 minutes) and drops the connection after two unanswered, then reconnects as after any outage (to
-another server of the list, if there is one).
+another server of the list, if there is one). Dropped means reset (`nats_conn.ResettingClient`):
+the messages nats-py held unwritten are thrown away and counted (`lost`), and so is what the
+socket held (uncounted: nobody can say how many messages), where nats-py closed it politely and
+waited, for as long as the path stayed stalled once its buffers were full (two rounds of 1,000
+markets), then sent it all, late, after the newer rounds of the next connection.
 
 The task supervises itself: an error other than the client's own (which `_publish` counts and
 logs) is a bug that would otherwise end the task without a word while the daemon claims to
@@ -97,7 +101,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
@@ -108,6 +111,7 @@ from oracled.config import NatsConfig
 from oracled.lograte import LogEveryMinute
 from oracled.publish.encode import ReportEncoder
 from oracled.publish.nats_auth import load_nats_auth
+from oracled.publish.nats_conn import ResettingClient
 from oracled.publish.signer import SignedRound
 from oracled.publish.signstall import StallNotice
 
@@ -176,6 +180,7 @@ class NatsStats:
 
     connected: bool = False
     published: int = 0  # messages handed to the connection
+    lost: int = 0  # of those, thrown away unsent with a lost connection (`ResettingClient`)
     reconnects: int = 0
     restarts: int = 0  # the sink's task started again after a crash
     unpublished: dict[str, int] = field(
@@ -237,7 +242,7 @@ class NatsSink:
         self._queue: deque[SignedRound | RoundResult | _Notice] = deque()
         self._stall: _Notice | None = None  # the notice of the stall going on, if one is
         self._wakeup = asyncio.Event()
-        self._nc: NatsClient | None = None
+        self._nc: ResettingClient | None = None
         self._subjects: dict[str, str] = {}
         self._reports = ReportEncoder()  # unsigned rounds: the hub's bytes, from the arrays
         self._log = structlog.get_logger("oracled").bind(component="nats")
@@ -359,7 +364,7 @@ class NatsSink:
                     await self._nc.close()
                 self._nc = None
 
-    async def _connect(self) -> NatsClient:
+    async def _connect(self) -> ResettingClient:
         delay = 0.2
         while True:
             self._tls_refused.clear()
@@ -393,15 +398,18 @@ class NatsSink:
             )
             return nc
 
-    async def _connect_once(self) -> NatsClient:
-        """One `nats.connect`: it retries every server by itself until one lets it in."""
-        return await nats.connect(
+    async def _connect_once(self) -> ResettingClient:
+        """One `connect`: it retries every server by itself until one lets it in. The client
+        throws a lost connection away with what it had not sent (`ResettingClient`)."""
+        nc = ResettingClient(self._on_lost)
+        await nc.connect(
             servers=list(self.cfg.servers),
             name="oracled",
             allow_reconnect=True,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=self._connect_timeout_s,
+            # nats-py annotates these seconds as int; it takes (and sleeps) floats
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]
+            connect_timeout=self._connect_timeout_s,  # type: ignore[arg-type]
             ping_interval=self._ping_interval_s,
             max_outstanding_pings=2,
             error_cb=self._on_error,
@@ -411,6 +419,7 @@ class NatsSink:
             tls_handshake_first=self.cfg.tls_handshake_first,
             **self._auth.options,
         )
+        return nc
 
     async def _ensure_stream(self, nc: NatsClient) -> None:
         """Create the JetStream stream over the prefix's subjects if it is missing.
@@ -573,6 +582,10 @@ class NatsSink:
             auth=self._auth.way or "none",
         )
         self._denied_since[kind] = 0
+
+    def _on_lost(self, messages: int) -> None:
+        """The connection was lost with `messages` handed to it and not sent: thrown away."""
+        self.stats.lost += messages
 
     async def _on_disconnected(self) -> None:
         if self.stats.connected:

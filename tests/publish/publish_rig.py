@@ -8,12 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from ports import free_port
 
@@ -220,6 +221,22 @@ async def until(predicate: Callable[[], Any], what: str) -> None:
                 await asyncio.sleep(0.02)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def subscribed(nc: NatsClient, subject: str, cb: Callable[[Any], Awaitable[None]]) -> None:
+    """Subscribe, and return once the server has the subscription.
+
+    nats-py's flush() is no barrier for that: its PING goes to the socket at once, ahead of the
+    SUB still waiting for the client's flusher task, so the PONG can come back before the server
+    has the subscription, and a round published meanwhile on another connection reaches nobody
+    (on a busy machine a test that publishes one round then times out). A message to ourselves,
+    queued behind the SUB, is a barrier: the server handles a connection's commands in order.
+    """
+    await nc.subscribe(subject, cb=cb)
+    inbox = nc.new_inbox()
+    echo = await nc.subscribe(inbox, max_msgs=1)
+    await nc.publish(inbox, b"")
+    await echo.next_msg(timeout=SAFETY_S)
 
 
 def assert_stall_signed(notice: Mapping[str, Any], address: str, deployment: str = "test") -> None:

@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import nats
 import pytest
 from nats_relay import NatsRelay
-from publish_rig import NatsServer, Rounds, make_config, until
+from publish_rig import NatsServer, Rounds, make_config, subscribed, until
 from structlog.testing import capture_logs
 
 from oracled.client import OracleClient
@@ -48,9 +50,12 @@ async def running(sink: NatsSink) -> asyncio.Task[None]:
 
 
 async def stop(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel `tasks` and wait for them (bounded: a task that ignores its cancellation fails
+    the test instead of hanging it)."""
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    async with asyncio.timeout(SAFETY_S):
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_the_client_connects_again_after_the_server_ends_its_connection_with_an_error(
@@ -90,3 +95,45 @@ async def test_the_client_connects_again_after_the_server_ends_its_connection_wi
         assert not watcher.done()
     finally:
         await stop(watcher, task)
+
+
+async def test_a_stalled_path_under_large_rounds_is_dropped_and_a_new_connection_made(
+    server: NatsServer, relay: NatsRelay
+) -> None:
+    """Rounds of 1,000 markets (1.3 MB each) through a path that stops moving bytes with both
+    sockets open. nats-py's pings go unanswered and it gives the connection up: the sink throws
+    it away with what it had not written (counted `lost`), connects again (the relay lets new
+    connections through) and a round submitted then reaches a subscriber while the old path is
+    still stalled. Before, nats-py closed the connection politely and waited for the stalled peer
+    to take the bytes it had written, which it never did: no new connection was made, the sink
+    went on showing itself connected, and whenever the path came back those rounds went out late,
+    after newer ones (seen: rounds 4 to 12 arriving after round 35)."""
+    markets = {f"C{i:04d}/USD": 10.0 + i for i in range(1_000)}
+    rounds = Rounds(make_config(markets), markets)
+    signer = RoundSigner(KEY, "test")
+    first, during, fresh = (signer.sign(rounds.step()) for _ in range(3))
+    sink = NatsSink(NatsConfig(enabled=True, servers=(relay.url,)))
+    task = await running(sink)
+    listener = await nats.connect(server.url)  # on the server itself, past the relay
+    got: list[int] = []
+
+    async def keep(msg: Any) -> None:
+        got.append(msgspec.json.decode(msg.data)["round"])
+
+    def filling() -> bool:
+        sink.submit(during)  # the same round again and again: the stalled path fills
+        return sink.stats.reconnects > 0
+
+    try:
+        await subscribed(listener, "oracled.rounds", keep)
+        sink.submit(first)
+        await until(lambda: first.round in got, "the first round delivered")
+        relay.stall()
+        await until(filling, "the stalled connection given up and another made")
+        assert relay.accepted == 2 and sink.stats.lost > 0
+        sink.submit(fresh)
+        await until(lambda: fresh.round in got, "a round after the stall delivered")
+    finally:
+        relay.flow()
+        await listener.close()
+        await stop(task)

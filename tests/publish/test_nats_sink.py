@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
-from publish_rig import NatsServer, Rounds, make_config, until
+from publish_rig import NatsServer, Rounds, make_config, subscribed, until
 from structlog.testing import capture_logs
 
 from oracled.client import OracleClient
@@ -41,22 +41,6 @@ def events(logs: list[dict[str, Any]], level: str) -> list[str]:
 
 async def consumer(url: str) -> NatsClient:
     return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-
-
-async def subscribed(nc: NatsClient, subject: str, cb: Callable[[Any], Awaitable[None]]) -> None:
-    """Subscribe, and return once the server has the subscription.
-
-    nats-py's flush() is no barrier for that: its PING goes to the socket at once, ahead of the
-    SUB still waiting for the client's flusher task, so the PONG can come back before the server
-    has the subscription, and a round published meanwhile on another connection reaches nobody
-    (on a busy machine a test that publishes one round then times out). A message to ourselves,
-    queued behind the SUB, is a barrier: the server handles a connection's commands in order.
-    """
-    await nc.subscribe(subject, cb=cb)
-    inbox = nc.new_inbox()
-    echo = await nc.subscribe(inbox, max_msgs=1)
-    await nc.publish(inbox, b"")
-    await echo.next_msg(timeout=SAFETY_S)
 
 
 async def running(sink: NatsSink) -> asyncio.Task[None]:

@@ -1,0 +1,58 @@
+"""The NATS sink's client: nats-py's, with a lost connection thrown away at once.
+
+nats-py closes a connection it has given up on (its pings unanswered, the socket reset) the
+polite way, and waits until it is closed before it connects again. A peer that reads nothing (a
+path that stopped moving bytes, a frozen server) never lets that close end while bytes nats-py
+wrote are still waiting to go: the client sat there, neither connected nor connecting again,
+for as long as the path stayed stalled (at 1,000 markets a round is 1.3 MB, so two rounds
+were enough), and when the path came back those bytes reached the server, rounds seconds or
+minutes old arriving after the newer ones of the next connection. What it had not written yet
+it kept, and sent on the next connection, late too.
+
+So before nats-py connects again, the socket is reset (closed with SO_LINGER 0: the kernel
+throws away what it holds unsent, the peer gets a RST) and the publishes nats-py still held are
+dropped, their number handed to `on_dropped` (the sink counts them as `lost`). This reaches
+into nats-py's private state (`_attempt_reconnect`, `_transport`, `_pending`), checked by the
+sink's tests against the version installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from collections.abc import Callable
+
+from nats.aio.client import Client
+
+__all__ = ["ResettingClient"]
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_PUBLISHES = (b"PUB ", b"HPUB ")
+
+
+class ResettingClient(Client):
+    """A nats-py client that resets a lost connection and drops what it had not sent."""
+
+    def __init__(self, on_dropped: Callable[[int], None]) -> None:
+        super().__init__()
+        self._on_dropped = on_dropped
+
+    async def _attempt_reconnect(self) -> None:
+        self.reset()
+        await super()._attempt_reconnect()
+
+    def reset(self) -> None:
+        """Throw the connection away: reset the socket, drop the publishes not written yet."""
+        writer = getattr(self._transport, "_io_writer", None)
+        if writer is not None:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):  # already closed: nothing left to keep
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            writer.transport.abort()
+        dropped = sum(1 for command in self._pending if command.startswith(_PUBLISHES))
+        self._pending = []
+        self._pending_data_size = 0
+        if dropped:
+            self._on_dropped(dropped)
