@@ -221,3 +221,26 @@ def test_a_perpetual_through_a_leg_listed_the_other_way_round_is_divided_too() -
     result = core.run_round(T0)
     assert result.mark is not None
     assert result.mark.values[1].perp_mids == (50_029.66 / 0.992,)
+
+
+def test_a_flagged_slot_behind_a_dead_leg_shows_its_flag_and_the_market_names_both() -> None:
+    """A slot blocked by a non-live leg whose source also flagged its value has two reasons;
+    a slot shows one, the source's flag, and the market's reasons name both (docs/pricing.md
+    section 3): fixing the leg alone would not bring that slot back."""
+    core = Core(
+        config(
+            [
+                market("USDT/USD", "ab", min_sources=2, price_exponent=-4),
+                market("BTC/USD", "ab", "BTC/USDT", min_sources=2),
+            ],
+            [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+            resume_rounds=1,
+        )
+    )
+    # USDT/USD has no quote: not live, so both BTC/USD slots are blocked by their leg.
+    flagged = Quote("a", "BTC/USDT", T0, price=60_000.0, flag="liquidity")
+    assert core.ingest(flagged) is None
+    assert core.ingest(quote("b", "BTC/USDT", 60_000.0, T0)) is None
+    btc = core.run_round(T0).report(1)
+    assert [(s.id, s.reason) for s in btc.sources] == [("a", "liquidity"), ("b", "route")]
+    assert (btc.status, btc.reasons) == ("unknown", ["quorum", "route", "flagged"])
