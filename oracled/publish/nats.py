@@ -59,7 +59,10 @@ another server of the list, if there is one). Dropped means reset (`nats_conn.Re
 the messages nats-py held unwritten are thrown away and counted (`lost`), and so is what the
 socket held (uncounted: nobody can say how many messages), where nats-py closed it politely and
 waited, for as long as the path stayed stalled once its buffers were full (two rounds of 1,000
-markets), then sent it all, late, after the newer rounds of the next connection.
+markets), then sent it all, late, after the newer rounds of the next connection. A stop (the
+task cancelled) closes the connection politely for a second at most, then resets it: a polite
+close waits for a stalled peer for ever, and nats-py swallows a cancellation that lands while a
+publish waits for its full buffer, so `_publish` looks for one after each message.
 
 The task supervises itself: an error other than the client's own (which `_publish` counts and
 logs) is a bug that would otherwise end the task without a word while the daemon claims to
@@ -148,6 +151,7 @@ _YIELD_EVERY = 256  # publishes between two yields to the event loop
 _NO_ROOM = (10047, 10028)
 _MIN_STREAM_BYTES = 1 << 20
 _RESTART_MAX_S = 30.0
+_CLOSE_S = 1.0  # a connection's polite close, before it is reset
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -360,8 +364,7 @@ class NatsSink:
         finally:
             self.stats.connected = False
             if self._nc is not None:
-                with contextlib.suppress(Exception):  # closing a dead connection may raise anything
-                    await self._nc.close()
+                await self._nc.close_within(_CLOSE_S)
                 self._nc = None
 
     async def _connect(self) -> ResettingClient:
@@ -501,6 +504,7 @@ class NatsSink:
 
     async def _publish(self, nc: NatsClient, batch: SignedRound | RoundResult | _Notice) -> None:
         sent = 0
+        task = asyncio.current_task()
         try:
             for subject, payload in self._messages(batch):
                 if not nc.is_connected:
@@ -510,6 +514,10 @@ class NatsSink:
                     return
                 await nc.publish(subject, payload)
                 sent += 1
+                if task is not None and task.cancelling():
+                    # nats-py swallows a cancellation that lands while a publish waits for its
+                    # full buffer to be written (a stalled path): the task would never end.
+                    raise asyncio.CancelledError
                 if sent % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
         except NatsError as exc:

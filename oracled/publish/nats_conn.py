@@ -18,6 +18,7 @@ sink's tests against the version installed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import struct
@@ -41,6 +42,21 @@ class ResettingClient(Client):
     async def _attempt_reconnect(self) -> None:
         self.reset()
         await super()._attempt_reconnect()
+
+    async def close_within(self, timeout_s: float) -> None:
+        """Close politely (what is still unsent goes first) if that ends within `timeout_s`,
+        else reset the connection: nats-py's close waits for the peer to take every byte, and
+        a stalled path takes none, which held the sink's task, and the daemon's stop, for ever.
+        Never raises: closing a dead connection may raise anything."""
+        closing = asyncio.ensure_future(self.close())
+        for _ in range(2):  # a reset ends what the close waited for: one more wait, then left
+            done, _ = await asyncio.wait({closing}, timeout=timeout_s)
+            if done:
+                with contextlib.suppress(Exception):
+                    closing.result()
+                return
+            self.reset()
+        closing.add_done_callback(lambda task: task.cancelled() or task.exception())
 
     def reset(self) -> None:
         """Throw the connection away: reset the socket, drop the publishes not written yet."""

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import nats
 import pytest
+from nats.aio.client import DEFAULT_PENDING_SIZE
 from nats_relay import NatsRelay
 from publish_rig import NatsServer, Rounds, make_config, subscribed, until
 from structlog.testing import capture_logs
@@ -136,4 +137,40 @@ async def test_a_stalled_path_under_large_rounds_is_dropped_and_a_new_connection
     finally:
         relay.flow()
         await listener.close()
+        await stop(task)
+
+
+async def test_the_sink_stops_when_cancelled_while_a_stalled_path_holds_its_publish(
+    server: NatsServer, relay: NatsRelay
+) -> None:
+    """Rounds of 1,000 markets into a stalled path: once nats-py's buffer is full, a publish
+    waits for it to be written, and nats-py swallows a cancellation that lands there. The sink's
+    task still ends when cancelled (the daemon stopping). Before, it took the cancellation as
+    never made and went on publishing, then waiting for rounds, for ever: a stop left it
+    behind."""
+    markets = {f"C{i:04d}/USD": 10.0 + i for i in range(1_000)}
+    rounds = Rounds(make_config(markets), markets)
+    signer = RoundSigner(KEY, "test")
+    signed = signer.sign(rounds.step())
+    sink = NatsSink(NatsConfig(enabled=True, servers=(relay.url,)))
+    task = await running(sink)
+
+    def held() -> bool:
+        """nats-py's buffer over its limit: the publish that filled it waits (read only)."""
+        sink.submit(signed)  # the same round again and again: the stalled path fills
+        nc = sink._nc
+        return nc is not None and nc._pending_data_size > DEFAULT_PENDING_SIZE
+
+    try:
+        relay.stall()
+        await until(held, "a publish held by the stalled path")
+        task.cancel()
+        try:
+            async with asyncio.timeout(SAFETY_S):
+                await asyncio.gather(task, return_exceptions=True)
+        except TimeoutError:
+            raise AssertionError("the sink's task went on after its cancellation") from None
+        assert task.cancelled()
+    finally:
+        relay.flow()
         await stop(task)
