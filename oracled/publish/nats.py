@@ -245,6 +245,7 @@ class NatsSink:
         self._ping_interval_s = ping_interval_s
         self._queue: deque[SignedRound | RoundResult | _Notice] = deque()
         self._stall: _Notice | None = None  # the notice of the stall going on, if one is
+        self._behind = 0  # messages dropped `queue_full` since the queue was last empty
         self._wakeup = asyncio.Event()
         self._nc: ResettingClient | None = None
         self._subjects: dict[str, str] = {}
@@ -297,8 +298,13 @@ class NatsSink:
             self.stats.unpublished["disconnected"] += self._size(batch)
             return
         if len(self._queue) >= self.cfg.queue:
-            dropped = self._queue.popleft()
-            self.stats.unpublished["queue_full"] += self._size(dropped)
+            dropped = self._size(self._queue.popleft())
+            self.stats.unpublished["queue_full"] += dropped
+            if not self._behind:  # once per episode: until the task has emptied its queue
+                self._log.warning(
+                    "nats sink behind; dropping its oldest rounds", queue=self.cfg.queue
+                )
+            self._behind += dropped
         self._queue.append(batch)
         self._wakeup.set()
 
@@ -361,6 +367,9 @@ class NatsSink:
                     return
                 while self._queue:
                     await self._publish(nc, self._queue.popleft())
+                if self._behind:
+                    self._log.info("nats sink caught up", dropped=self._behind)
+                    self._behind = 0
         finally:
             self.stats.connected = False
             if self._nc is not None:

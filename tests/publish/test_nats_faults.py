@@ -174,3 +174,31 @@ async def test_the_sink_stops_when_cancelled_while_a_stalled_path_holds_its_publ
     finally:
         relay.flow()
         await stop(task)
+
+
+async def test_rounds_dropped_from_a_full_queue_are_logged_once_per_episode(
+    server: NatsServer,
+) -> None:
+    """Rounds submitted faster than the sink publishes: past `queue` rounds the oldest go,
+    counted `queue_full` (as before), and now said: one warning at the first drop, and one line
+    with the number dropped once the sink has emptied its queue; a second episode, two more
+    lines, never one per round. Before, a sink that fell behind dropped rounds without a line."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,), queue=2))
+    task = await running(sink)
+    rounds = Rounds(make_config())
+    try:
+        with capture_logs() as logs:
+            for episode in (1, 2):
+                for _ in range(5):  # no yield in between: the publisher task cannot take any
+                    sink.submit(rounds.step())
+
+                def caught_up(n: int = episode) -> bool:
+                    return sum(e["event"] == "nats sink caught up" for e in logs) == n
+
+                await until(caught_up, f"episode {episode} over")
+        behind = [e for e in logs if e["event"] == "nats sink behind; dropping its oldest rounds"]
+        assert [e["log_level"] for e in behind] == ["warning", "warning"]
+        assert [e["dropped"] for e in logs if e["event"] == "nats sink caught up"] == [12, 12]
+        assert sink.stats.unpublished["queue_full"] == 2 * 3 * 4
+    finally:
+        await stop(task)
