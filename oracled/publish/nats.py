@@ -45,7 +45,8 @@ round.
 The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
 sends when it can. While the server is unreachable rounds are counted as unpublished (reason
 `disconnected`) rather than buffered, the rest of a round the connection was lost in too (nats-py
-would buffer it): a price published late is worse than none, and JetStream keeps what it had.
+would buffer it), and the rounds queued behind it (sent late on the next connection, before): a
+price published late is worse than none, and JetStream keeps what it had.
 nats-py reconnects on its own after an outage; the sink connects the first time (again and again
 until a server answers), and again whenever nats-py gives a connection up for good: it does when
 the server ends one with an error (credentials revoked by a config reload, a user JWT expired),
@@ -246,6 +247,7 @@ class NatsSink:
         self._queue: deque[SignedRound | RoundResult | _Notice] = deque()
         self._stall: _Notice | None = None  # the notice of the stall going on, if one is
         self._behind = 0  # messages dropped `queue_full` since the queue was last empty
+        self._losses = 0  # connections lost so far
         self._wakeup = asyncio.Event()
         self._nc: ResettingClient | None = None
         self._subjects: dict[str, str] = {}
@@ -514,11 +516,13 @@ class NatsSink:
     async def _publish(self, nc: NatsClient, batch: SignedRound | RoundResult | _Notice) -> None:
         sent = 0
         task = asyncio.current_task()
+        losses = self._losses
         try:
             for subject, payload in self._messages(batch):
-                if not nc.is_connected:
-                    # Lost part-way (noticed at a yield): nats-py would keep the rest in its
-                    # pending buffer and send it, late, whenever a server is back.
+                if not nc.is_connected or self._losses != losses:
+                    # Lost part-way (noticed at a yield, or once a publish returned, maybe on
+                    # the next connection): nats-py would keep the rest in its pending buffer
+                    # and send it, late, whenever a server is back.
                     self.stats.unpublished["disconnected"] += self._size(batch) - sent
                     return
                 await nc.publish(subject, payload)
@@ -605,9 +609,14 @@ class NatsSink:
         self.stats.lost += messages
 
     async def _on_disconnected(self) -> None:
+        """The connection is lost: the rounds queued are late by the time another is up (the
+        sink was held by the lost one, up to `queue` rounds), so they go, counted, as the rest
+        of the round being sent (`_losses`)."""
         if self.stats.connected:
             self._log.warning("nats disconnected")
         self.stats.connected = False
+        self._losses += 1
+        self.stats.unpublished["disconnected"] += self._drop_queued()
 
     async def _on_reconnected(self) -> None:
         self.stats.connected = True
