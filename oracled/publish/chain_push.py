@@ -503,15 +503,25 @@ class ChainPusher:
             if bid <= cap:
                 return bid, min(bid_tip, bid)
             # Over the cap: unless what held the nonce has been mined since, which frees the
-            # pusher of it (held here, it would wait at the cap with nothing pending for ever).
+            # pusher of it, or has left the node's pool (held here, it would wait at the cap
+            # with nothing pending for ever).
             mined = await self._quantity("eth_getTransactionCount", [self.address, "latest"])
-            if mined <= floor[0]:
+            if mined <= floor[0] and await self._pending_at(floor[0]):
                 self.stats.transactions["gas_cap"] += 1
                 return None
             self._fee_floor = None
-            self._nonce = self.stats.nonce = mined
-            self._log.info("the transaction holding the nonce was mined", nonce=mined)
+            if mined > floor[0]:
+                self._nonce = self.stats.nonce = mined
+                self._log.info("the transaction holding the nonce was mined", nonce=mined)
+            else:
+                self._log.info("the transaction holding the nonce left the pool", nonce=floor[0])
         return max_fee, tip
+
+    async def _pending_at(self, nonce: int) -> bool:
+        """Whether the node holds a transaction of the key at `nonce` (pending or mined): its
+        pending count is past it."""
+        pending = await self._quantity("eth_getTransactionCount", [self.address, "pending"])
+        return pending > nonce
 
     # -- sending and settling -----------------------------------------------------------------
 
@@ -773,7 +783,10 @@ class ChainPusher:
         # would take the replacement (anvil refused it as under the base fee, at every look).
         spike = base + min(int(self.cfg.priority_fee_gwei * _GWEI), cap) > cap
         if max_fee < _bump(paid) or tip > max_fee or spike:
-            # An underpriced refusal says the node holds a transaction at this nonce: not free.
+            # An underpriced refusal said the node holds a transaction at this nonce: not free,
+            # for as long as the node's pending count says so.
+            if held and not await self._pending_at(inflight.nonce):
+                self._fee_floor, held = None, False
             if not held and await self._dropped(inflight):
                 await self._send_again(inflight, batch)
                 return

@@ -565,6 +565,36 @@ async def test_a_fee_to_outbid_is_forgotten_once_the_transaction_it_was_for_is_m
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
 
 
+async def test_a_fee_to_outbid_is_forgotten_once_the_transaction_it_was_for_left_the_pool(
+    rig: Rig,
+) -> None:
+    """As above, but the last run's push at the cap is dropped from the node's pool instead of
+    mined: nothing holds the nonce any more, so the pusher forgets the fee to beat and pushes
+    at that nonce. Before, it only looked for the transaction being mined: held at the cap
+    (`gas_cap` at every look) with nothing pending, for ever (found by a seeded fault
+    schedule, `test_a_seeded_fault_schedule_...`, seed 2)."""
+    rounds = Rounds(make_config())
+    capped = {"max_gas_price_gwei": 2.0, "priority_fee_gwei": 1.0}
+    first = await first_push(rig, rounds, **capped)
+    await rig.chain.rpc("evm_setAutomine", [False])
+    await first.step()
+    assert first._inflight is not None and first._inflight.max_fee == 2 * GWEI  # at the cap
+    second = rig.pusher(**capped)  # the restart: nonce 0 is the mined count
+    second.submit(rounds.step(BTC_USD=1.02))
+    await second.start()
+    await second.step()  # the same fee as the pending one: refused as underpriced
+    await second.step()  # outbidding it would cross the cap
+    assert second.stats.transactions["gas_cap"] == 1 and second.stats.transactions["sent"] == 0
+    await rig.chain.rpc("anvil_dropTransaction", [first._inflight.sent[0][0]])
+    assert await rig.nonce("pending") == 0
+    await second.step()
+    assert second.stats.transactions["sent"] == 1 and second.stats.transactions["gas_cap"] == 1
+    await rig.chain.rpc("evm_mine")
+    await settle(second)
+    assert second.stats.transactions["confirmed"] == 1
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
 async def test_a_batch_over_the_block_gas_limit_is_pushed_in_smaller_ones(rig: Rig) -> None:
     """Blocks that hold 2M gas and 100 markets due at once (the first push): the default
     `max_batch` of 100 needs at least 3.26M gas, which no node takes or mines. The pusher says
