@@ -406,9 +406,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except TapeError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    # a tape without commands (every version 1 tape) is summed up as before them
+    commands = f"; {stats.commands} manual command(s) applied" if stats.commands else ""
     print(
         f"replayed {stats.quotes} quotes ({stats.dropped} dropped by the core) in {stats.rounds} "
-        f"rounds: {stats.reports} reports; {stats.malformed} malformed line(s) skipped",
+        f"rounds: {stats.reports} reports{commands}; {stats.malformed} malformed line(s) skipped",
         file=sys.stderr,
     )
     if stats.drops:  # which venue and why, as the live daemon counts them

@@ -2,8 +2,10 @@
 
 Time is the tape's. Rounds run every `round_interval_ms`; the first at the first quote's `ts`
 rounded up to a multiple of the interval; a quote takes part in every round at or after its `ts`;
-the last round is the first one at or after the last quote. Output is one report per market per
-round, JSON Lines, markets in config order: the same tape and config give byte-identical output.
+the last round is the first one at or after the last quote. A manual command (tape version 2)
+is applied before the round at its `ts`, the round the live core first applied it to, after
+every round before it. Output is one report per market per round, JSON Lines, markets in config
+order: the same tape and config give byte-identical output.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import msgspec
 from oracled.config import Config
 from oracled.core import Core, RoundResult
 from oracled.model import Quote
-from oracled.tape import DEFAULT_MAX_GAP_MS, TapeGapError, TapeHeader, TapeLineError, read_tape
+from oracled.tape import (
+    DEFAULT_MAX_GAP_MS,
+    ManualCommand,
+    TapeGapError,
+    TapeHeader,
+    TapeLineError,
+    read_tape,
+)
 
 __all__ = ["ReplayStats", "replay"]
 
@@ -30,6 +39,7 @@ class ReplayStats:
     drops: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, reason) -> n
     rounds: int = 0
     reports: int = 0
+    commands: int = 0  # manual commands applied (each before its round)
     malformed: int = 0  # lines skipped; kept in `errors` unless an `on_error` hook took them
     errors: list[TapeLineError] = field(default_factory=list)
 
@@ -82,11 +92,42 @@ def replay(
     encoder = msgspec.json.Encoder()
     buffer = bytearray()
     next_round: int | None = None
+    errors = _Errors(stats, on_error)
+    #: Manual commands read whose round has not run yet, in tape order: each is applied right
+    #: before the first round at or after its `ts` (one past the last round: never applied,
+    #: as it moved nothing the replay outputs).
+    waiting: list[ManualCommand] = []
+
+    def command(cmd: ManualCommand) -> None:
+        """Keep a command for its round, or report a market or a round time this config does
+        not have. Its round has not run: `read_tape` reports one whose `ts` is before the quote
+        above it, and replay runs no round past the last quote's."""
+        problem = None
+        if cmd.market not in core.index:
+            problem = f"{cmd.market} is no market of this config"
+        elif cmd.ts % interval:
+            problem = f"ts {cmd.ts} is no round time (a multiple of round_interval_ms {interval})"
+        if problem is None:
+            waiting.append(cmd)
+        else:
+            errors.append(TapeLineError(cmd.line, f"manual command: {problem}"))
+
+    def apply_due(tick: int) -> None:
+        """Apply the commands whose round is the one at `tick` (or one before the replay's
+        first, which runs no earlier round), in tape order."""
+        due = [c for c in waiting if c.ts <= tick]
+        if due:
+            waiting[:] = [c for c in waiting if c.ts > tick]
+            for cmd in due:
+                core.set_manual(cmd.market, cmd.paused)
+                stats.commands += 1
 
     def run_until(limit: int | None) -> None:
         nonlocal next_round
         assert next_round is not None
         while limit is None or next_round < limit:
+            if waiting:
+                apply_due(next_round)
             result = core.run_round(next_round)
             stats.rounds += 1
             for report in result.reports():
@@ -121,7 +162,7 @@ def replay(
         core.rounds = max(1, number) - 1  # below 1: a config with another interval
 
     quotes = read_tape(
-        lines, _Errors(stats, on_error), on_header=header_seen, max_gap_ms=max_gap_ms
+        lines, errors, on_header=header_seen, max_gap_ms=max_gap_ms, on_command=command
     )
     try:
         for quote in quotes:

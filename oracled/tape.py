@@ -4,6 +4,11 @@ Reading is lenient line by line and strict about the header: a malformed line is
 its line number and skipped, it never stops the replay and never enters a price. Prices travel as
 decimal strings; a recorded float is written with `repr`, the shortest string that reads back to
 the same float, so replaying a recording feeds the core exactly what the live run saw.
+
+Version 2 adds a second kind of line, a manual command (an operator's pause or resume), since it
+is an input of the core like the quotes: without it a replay differs from every round after a
+pause. A command names the round the live core first applied it to, so that the replay applies
+it before exactly that round. Version 1 tapes are read as before, byte for byte.
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ __all__ = [
     "TAPE_FORMAT",
     "TAPE_VERSION",
     "ErrorSink",
+    "ManualCommand",
     "TapeGapError",
     "TapeHeader",
     "TapeLineError",
+    "command_to_line",
     "header_line",
+    "line_ts",
     "max_gap_ms",
     "pricing_digest",
     "quote_to_line",
@@ -47,7 +55,10 @@ __all__ = [
 ]
 
 TAPE_FORMAT = "oracled-tape"
-TAPE_VERSION = 1
+#: The version written. Version 1 (quotes only) is still read, as before; a build that reads
+#: version 1 only refuses a version 2 tape at its header, never replays it without its commands.
+TAPE_VERSION = 2
+_READ_VERSIONS = (1, 2)
 #: Longest gap between consecutive quotes a replay runs through (a day: a restart, a weekend
 #: without a venue); past it the replay stops (TapeGapError): a mistyped year in one `ts` would
 #: otherwise be days of CPU and terabytes of reports.
@@ -156,6 +167,37 @@ class _Line(msgspec.Struct, forbid_unknown_fields=False):
     flag: str | None = None
     block: int | None = None
     block_ts: int | None = None
+    manual: str | None = None  # version 2: a manual command, not a quote
+
+
+class _Command(msgspec.Struct, forbid_unknown_fields=False):
+    """A manual command line (version 2), its keys in the contract's order: `ts` and `round`
+    are the time and the daemon's number of the round the live core first applied it to."""
+
+    ts: int
+    manual: str
+    market: str
+    actor: str
+    round: int
+
+
+class _Manual(msgspec.Struct, forbid_unknown_fields=False):
+    """What tells a line that is no quote for a command: its `manual` key."""
+
+    manual: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class ManualCommand:
+    """An operator's pause (`paused`) or resume of `market`, first applied by the live core
+    to the round at `ts` (ms), its round number `round`; `line` is where the tape holds it."""
+
+    line: int
+    ts: int
+    round: int
+    market: str
+    paused: bool
+    actor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +214,8 @@ class ErrorSink(Protocol):
 
 _header_decoder = msgspec.json.Decoder(TapeHeader)
 _line_decoder = msgspec.json.Decoder(_Line)
+_command_decoder = msgspec.json.Decoder(_Command)
+_manual_decoder = msgspec.json.Decoder(_Manual)
 
 
 # ASCII digits, an optional minus, fraction and exponent (`repr` writes `1e-07`), or NaN and the
@@ -228,6 +272,36 @@ def _to_quote(line: _Line) -> Quote:
     )
 
 
+def _to_command(number: int, line: _Command) -> ManualCommand:
+    if not FIRST_MS <= line.ts <= LAST_MS:
+        raise ValueError(
+            f"ts {line.ts} is not milliseconds since the epoch (13 digits, 2001 to 2286)"
+        )
+    if line.manual not in ("pause", "resume"):
+        raise ValueError(f"manual: must be pause or resume, got {line.manual!r}")
+    if "/" not in line.market or line.market != line.market.upper():
+        raise ValueError(f"market: must be BASE/QUOTE in upper case, got {line.market!r}")
+    if not 1 <= line.round <= _ROUND_MAX:
+        raise ValueError(f"round {line.round} is not a round number (1 to 2**53 - 1)")
+    return ManualCommand(
+        number, line.ts, line.round, line.market, line.manual == "pause", line.actor
+    )
+
+
+def _has_manual(raw: bytes | str) -> bool:
+    try:
+        return _manual_decoder.decode(raw).manual is not None
+    except msgspec.DecodeError:  # not JSON: the quote's error says so
+        return False
+
+
+def _command(number: int, raw: bytes | str) -> ManualCommand:
+    try:
+        return _to_command(number, _command_decoder.decode(raw))
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise ValueError(f"manual command: {exc}") from None
+
+
 def tape_lines(file: IO[bytes]) -> Iterator[bytes]:
     """The lines of a tape file as they come, each cut after MAX_LINE_BYTES + 1 bytes: the rest
     of a longer line is read and dropped when the next line is asked for (`read_tape` reports
@@ -250,10 +324,10 @@ def read_header(first: bytes | str) -> TapeHeader:
         header = _header_decoder.decode(first)
     except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # not UTF-8; nested deep
         raise TapeError(f"line 1: not an oracled-tape header ({exc})") from None
-    if header.format != TAPE_FORMAT or header.version != TAPE_VERSION:
+    if header.format != TAPE_FORMAT or header.version not in _READ_VERSIONS:
         raise TapeError(
             f"line 1: unsupported tape {header.format!r} version {header.version}"
-            f" (this build reads {TAPE_FORMAT!r} version {TAPE_VERSION})"
+            f" (this build reads {TAPE_FORMAT!r} versions 1 and {TAPE_VERSION})"
         )
     if header.first_round is not None and header.first_round < 1:
         raise TapeError(f"line 1: first_round {header.first_round} is not a round number (1 up)")
@@ -279,11 +353,14 @@ def read_tape(
     *,
     on_header: Callable[[TapeHeader], None] | None = None,
     max_gap_ms: int | None = None,
+    on_command: Callable[[ManualCommand], None] | None = None,
 ) -> Iterator[Quote]:
     """Yield the quotes of a tape in order; append every bad line to `errors` and skip it.
 
     `on_header` sees line 1 before any quote. With `max_gap_ms`, a quote further than that
-    after the one before it raises TapeGapError instead of being yielded."""
+    after the one before it raises TapeGapError instead of being yielded. A version 2 tape's
+    manual commands go to `on_command` in their place among the quotes (before the next quote
+    is yielded); without it each is reported as a line this reader does not apply."""
     it = iter(lines)
     try:
         first = next(it)
@@ -292,6 +369,7 @@ def read_tape(
     header = read_header(first)
     if on_header is not None:
         on_header(header)
+    commands = header.version >= 2
     last_ts = -math.inf
     for number, raw in enumerate(it, start=2):
         if len(raw) > MAX_LINE_BYTES:  # before strip: that would copy it
@@ -300,9 +378,27 @@ def read_tape(
         if not raw.strip():
             continue
         try:
-            quote = _to_quote(_line_decoder.decode(raw))
+            line = _line_decoder.decode(raw)
+            quote = _to_quote(line) if line.manual is None or not commands else None
         except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-            errors.append(TapeLineError(number, str(exc)))
+            # a command has no source nor pair: the probe is only paid for lines that are no quote
+            if not commands or isinstance(exc, RecursionError) or not _has_manual(raw):
+                errors.append(TapeLineError(number, str(exc)))
+                continue
+            quote = None
+        if quote is None:  # a manual command (version 2)
+            try:
+                command = _command(number, raw)
+            except (ValueError, RecursionError) as exc:
+                errors.append(TapeLineError(number, str(exc)))
+                continue
+            if command.ts < last_ts:  # its round ran before the quote above: too late for it
+                message = f"manual command: ts {command.ts} is before the previous line"
+                errors.append(TapeLineError(number, message))
+            elif on_command is None:
+                errors.append(TapeLineError(number, "manual command: this reader applies none"))
+            else:
+                on_command(command)
             continue
         if quote.recv_ts < last_ts:
             errors.append(TapeLineError(number, f"ts {quote.recv_ts} is before the previous line"))
@@ -399,6 +495,26 @@ def quote_to_line(quote: Quote) -> bytes:
         None if quote.block is None else quote.block_ts,
     )
     return _LINE_ENCODER.encode(line) + b"\n"
+
+
+def command_to_line(ts: int, round_no: int, market: str, paused: bool, actor: str) -> bytes:
+    """One version 2 tape line for a manual command the live core first applied to the round
+    numbered `round_no` at `ts`."""
+    line = _Command(ts, "pause" if paused else "resume", market, actor, round_no)
+    return _LINE_ENCODER.encode(line) + b"\n"
+
+
+class _Ts(msgspec.Struct, forbid_unknown_fields=False):
+    ts: int
+
+
+_ts_decoder = msgspec.json.Decoder(_Ts)
+
+
+def line_ts(line: bytes) -> int:
+    """The `ts` of a line this build wrote (a quote's or a command's), to place a command among
+    lines already written: msgspec.DecodeError if it has none."""
+    return _ts_decoder.decode(line).ts
 
 
 def write_header(out: IO[bytes]) -> None:

@@ -268,7 +268,7 @@ async def test_record_writes_a_tape_that_replay_reads_back(
     # Where the daemon's round numbers start (dbeae56), so that replayed rounds are numbered as
     # the published ones: a round and its time in ms.
     first_round, first_round_ts = header.pop("first_round"), header.pop("first_round_ts")
-    assert header == {"format": "oracled-tape", "version": 1, "config_sha256": digest}
+    assert header == {"format": "oracled-tape", "version": 2, "config_sha256": digest}
     assert isinstance(first_round, int) and 1 <= first_round <= int(live["round"])
     assert isinstance(first_round_ts, int) and 10**12 <= first_round_ts <= int(live["ts"])
     assert len(lines) > 50

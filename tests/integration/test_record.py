@@ -228,7 +228,7 @@ def test_append_to_a_file_without_newlines_is_refused_at_its_first_mib(tmp_path:
     [
         (b"\x00\xff garbage", "not an oracled-tape header (JSON is malformed: invalid character"),
         (b'{"format": "oracled-ta', "not an oracled-tape header (Input data was truncated)"),
-        (b'{"format": "oracled-tape", "version": 2}\n', "unsupported tape 'oracled-tape'"),
+        (b'{"format": "oracled-tape", "version": 3}\n', "unsupported tape 'oracled-tape'"),
     ],
 )
 def test_append_to_a_file_that_is_no_tape_names_it_and_lets_its_lock_go(

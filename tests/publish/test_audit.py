@@ -230,7 +230,7 @@ def test_a_tape_whose_first_quoted_rounds_were_dropped_replays_with_the_daemons_
     header = tape.read_bytes().split(b"\n", 1)[0]
     assert msgspec.json.decode(header) == {
         "format": "oracled-tape",
-        "version": 1,
+        "version": 2,
         "first_round": 5,
         "first_round_ts": feed.kept[4][0].ts,
     }

@@ -164,7 +164,7 @@ def test_a_record_append_tape_restarted_in_the_gap_is_split_without_its_first_ru
     (echoed,) = shlex.split(split[1])
     assert msgspec.json.decode(echoed) == {
         "format": "oracled-tape",
-        "version": 1,
+        "version": 2,
         "config_sha256": digest,
     }
     lines = tape.read_bytes().splitlines(keepends=True)

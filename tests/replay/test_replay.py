@@ -128,8 +128,8 @@ def test_a_tape_without_a_header_is_refused() -> None:
     """The header line is required and versioned."""
     with pytest.raises(TapeError, match="header"):
         _run(b'{"ts": 1, "source": "a", "pair": "BTC/USD", "price": "1"}\n')
-    with pytest.raises(TapeError, match="version 2"):
-        _run(b'{"format": "oracled-tape", "version": 2}\n')
+    with pytest.raises(TapeError, match="version 3"):
+        _run(b'{"format": "oracled-tape", "version": 3}\n')
     with pytest.raises(TapeError, match="empty"):
         _run(b"")
 
