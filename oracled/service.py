@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -66,7 +67,9 @@ from oracled.sources.hostrests import HostRests
 from oracled.sources.stats import ConnState, SourceStats
 from oracled.tape import (
     MAX_LINE_BYTES,
+    command_to_line,
     header_line,
+    line_ts,
     pricing_digest,
     quote_to_line,
     read_header,
@@ -141,6 +144,16 @@ def silent_limits(cfg: Config) -> dict[str, dict[tuple[str, Kind], int]]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """A manual pause or resume the core took, waiting for the round it first applies to."""
+
+    ts: int  # when (the daemon's clock)
+    actor: str
+    action: str  # pause, resume, or restore (a pause of the pauses file put back at the start)
+    market: str
+
+
 #: Bytes of tape lines that may wait while a write is in flight: a disk or a reader slower than
 #: the quotes for that long (minutes at the shipped config's rate) stops the recording.
 TAPE_BACKLOG_BYTES = 64 << 20
@@ -185,6 +198,8 @@ class _TapeRecorder:
         self._header: bytes | None = None
         #: The line number of a torn last line `append` found and ended (a crash mid-write).
         self.torn_line: int | None = None
+        #: Whether manual commands go on the tape: not on a version 1 tape continued.
+        self.commands = True
         header = header_line(config_sha256)
         try:
             mode = path.stat().st_mode
@@ -248,6 +263,7 @@ class _TapeRecorder:
                 f" {existing.config_sha256}): --append continues a tape only with its own config;"
                 " record to another --out"
             )
+        self.commands = existing.version >= 2
         file = self.path.open("ab")
         if torn:
             file.write(b"\n")
@@ -307,6 +323,20 @@ class _TapeRecorder:
                     " (a disk or reader that fell behind)"
                 )
                 self._buffer, self._backlog = [], 0
+
+    def add_command(self, line: bytes, ts: int) -> None:
+        """Put a manual command line, for the round at `ts`, before the lines waiting that are
+        later than `ts`: quotes received after that round's tick, which go into a later round
+        live, and which a replay must not read before it has applied the command (it runs a
+        round when it reads a quote later than it). Lines already written are never later:
+        the writes follow a round, and a round runs only once its tick has passed."""
+        if self.error is not None or not self.commands:
+            return
+        at = len(self._buffer)
+        while at and line_ts(self._buffer[at - 1]) > ts:
+            at -= 1
+        self._buffer.insert(at, line)
+        self._backlog += len(line)
 
     def flush(self) -> None:
         """Hand the buffered lines to the writer thread, unless the last batch is still being
@@ -507,6 +537,9 @@ class Service:
             else None
         )
         self.log = structlog.get_logger("oracled").bind(component="service")
+        #: Manual pauses and resumes the core took since its last round: the trail and the tape
+        #: get them with the round they first apply to, the next one (`_applied_to`).
+        self._unapplied: list[_Applied] = []
         # Operator pauses kept across restarts (oracled/manual.py): restored before any round.
         file = cfg.oracle.manual_pauses_file
         self.manual_pauses = ManualPauses(Path(file)) if file is not None else None
@@ -624,8 +657,7 @@ class Service:
         action = "pause" if paused else "resume"
         self.metrics.manual_actions.labels(market, action).inc()
         self.log.warning("manual gate", market=market, action=action, actor=actor)
-        if self.audit is not None:
-            self.audit.record_action(self.clock.now_ms(), actor, action, market)
+        self._unapplied.append(_Applied(self.clock.now_ms(), actor, action, market))
         if paused:
             self._paused[market] = Pause(actor, self.clock.now_ms())
         else:
@@ -642,8 +674,9 @@ class Service:
             if market in self.core.index:
                 self.core.set_manual(market, True)
                 self._paused[market] = pause
-                if self.audit is not None:
-                    self.audit.record_action(self.clock.now_ms(), pause.actor, "restore", market)
+                self._unapplied.append(
+                    _Applied(self.clock.now_ms(), pause.actor, "restore", market)
+                )
                 self.log.warning(
                     "manual pause restored", market=market, actor=pause.actor, since_ms=pause.ts
                 )
@@ -653,6 +686,28 @@ class Service:
                 )
         if self._paused != kept:  # one dropped, or kept under its canonical name
             self._save_pauses()
+
+    def _applied_to(self, tick: int) -> None:
+        """Before the round at `tick` runs: the manual commands the core took since the last
+        round first apply to it, so they go to the trail and the tape with its number and time
+        (a replay applies each before exactly that round, docs/contracts.md)."""
+        applied, self._unapplied = self._unapplied, []
+        number = self.core.rounds + 1
+        for cmd in applied:
+            if self.audit is not None:
+                self.audit.record_action(cmd.ts, cmd.actor, cmd.action, cmd.market, number, tick)
+            if self._recorder is not None:
+                paused = cmd.action != "resume"
+                line = command_to_line(tick, number, cmd.market, paused, cmd.actor)
+                if not self._recorder.commands:
+                    self.log.warning(
+                        "tape: a version 1 tape continued holds no manual command: a replay"
+                        " differs from this round on",
+                        market=cmd.market,
+                        action=cmd.action,
+                        round=number,
+                    )
+                self._recorder.add_command(line, tick)
 
     def _save_pauses(self) -> concurrent.futures.Future[str | None] | None:
         return None if self.manual_pauses is None else self.manual_pauses.save(self._paused)
@@ -911,6 +966,8 @@ class Service:
                 tick += missed * interval
                 self._release_held(tick)
             self.metrics.round_lag.observe(max(0, self.clock.now_ms() - tick) / 1000.0)
+            if self._unapplied:
+                self._applied_to(tick)
             started = time.perf_counter()
             result = self.core.run_round(tick)
             if self._recorder is not None and not self.rounds_published:
@@ -962,6 +1019,8 @@ class Service:
         for k in range(missed - run, missed):
             round_ts = first + k * interval
             self._release_held(round_ts)
+            if self._unapplied:
+                self._applied_to(round_ts)
             self._log_transitions(self.core.run_round(round_ts), log)
         self.rounds_caught_up += run
 
@@ -1235,6 +1294,8 @@ class Service:
                     )
                 laps.lap("signer")
             if self.audit is not None:
+                for cmd in self._unapplied:  # taken after the last round: no round has them
+                    self.audit.record_action(cmd.ts, cmd.actor, cmd.action, cmd.market)
                 if not self.audit.close(AUDIT_CLOSE_S):
                     self.log.warning(  # its worker waits for the disk or the database's lock
                         "audit trail not finished within its 1 s: the last rounds may be missing",

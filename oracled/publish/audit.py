@@ -43,6 +43,12 @@ Version 4 records the signed format (the EIP-712 domain version) each signed rou
 in (`rounds.format`), so that `oracled audit --verify` checks a round in its own format across
 upgrades of it. A version 2 or 3 database is brought to version 4 in place the same way; its
 rounds keep a null format, which the verifier reads as format 1 (the only one released before).
+
+Version 5 records, with each operator action, the round the live core first applied it to (its
+number and time: `actions.round`, `actions.round_ts`; null for an action no round followed, the
+daemon stopped first), so that `--tape` writes it as a manual command (tape version 2) where a
+replay applies it before exactly that round. Older actions keep null: their tapes have no
+command. A version 2 to 4 database is brought to version 5 in place the same way.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ from oracled.files import NotRegularFileError, require_regular
 from oracled.lockfile import LockHeldError, lock_beside
 from oracled.model import Quote, Report
 from oracled.publish.audit_reserve import DiskReserve
-from oracled.tape import header_line, quote_to_line
+from oracled.tape import command_to_line, header_line, line_ts, quote_to_line
 
 if TYPE_CHECKING:
     from oracled.core import RoundResult
@@ -91,7 +97,7 @@ __all__ = [
     "iso_time",
 ]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 #: No round time is past this (year 146 million): the end of `oracled audit`'s default window.
 #: A stored one that is (or is text or bytes, which SQLite sorts above every number) was
 #: changed in the file.
@@ -119,7 +125,12 @@ CREATE INDEX transitions_round ON transitions (round_id);
 #: What version 4 adds to version 3: the signed format of each signed round (null: stored
 #: before it was recorded, or not signed).
 _V4_COLUMNS: Final = "ALTER TABLE rounds ADD COLUMN format INTEGER;"
-#: Version 4, created in one transaction, so a database either has all of it or none.
+#: What version 5 adds to version 4: the round each operator action first applied to (null:
+#: recorded before, or no round followed it).
+_V5_COLUMNS: Final = (
+    "ALTER TABLE actions ADD COLUMN round INTEGER;ALTER TABLE actions ADD COLUMN round_ts INTEGER;"
+)
+#: Version 5, created in one transaction, so a database either has all of it or none.
 _SCHEMA: Final = f"""
 BEGIN;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -164,6 +175,7 @@ CREATE TABLE transitions (
 );
 CREATE INDEX transitions_market_ts ON transitions (market, ts);
 {_V3_TABLES}
+{_V5_COLUMNS}
 INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}');
 COMMIT;
 """
@@ -296,8 +308,10 @@ class _Item:
 class _Action:
     ts: int
     actor: str
-    action: str  # pause or resume
+    action: str  # pause, resume or restore
     market: str
+    round: int | None  # the round it first applied to, and its time (None: no round followed)
+    round_ts: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,12 +365,12 @@ def _schema_version(db: sqlite3.Connection) -> int | None:
 
 
 def _connect(path: Path, page_limit: int | None) -> sqlite3.Connection:
-    """Open (or create) a version 4 database for writing, bringing a version 2 or 3 one to
-    version 4; refuse any other version."""
+    """Open (or create) a version 5 database for writing, bringing a version 2 to 4 one to
+    version 5; refuse any other version."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         version = _schema_version(db)  # before any pragma: another version's file stays as it is
-        if version is not None and version not in (2, 3, SCHEMA_VERSION):
+        if version is not None and version not in (2, 3, 4, SCHEMA_VERSION):
             raise AuditSchemaError(
                 f"{path} is an audit database of schema version {version or 'unknown'}; "
                 f"this oracled writes version {SCHEMA_VERSION} and leaves it as it is: move the "
@@ -369,9 +383,10 @@ def _connect(path: Path, page_limit: int | None) -> sqlite3.Connection:
             db.execute(f"PRAGMA max_page_count={int(page_limit)}")
         if version is None:
             db.executescript(_SCHEMA)
-        elif version in (2, 3):  # only adds: its rows stay, and all of it or none is committed
+        elif version in (2, 3, 4):  # only adds: its rows stay, all of it or none is committed
             db.executescript(
-                f"BEGIN IMMEDIATE;{_V3_TABLES if version == 2 else ''}{_V4_COLUMNS}"
+                f"BEGIN IMMEDIATE;{_V3_TABLES if version == 2 else ''}"
+                f"{_V4_COLUMNS if version < 4 else ''}{_V5_COLUMNS}"
                 f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema';COMMIT;"
             )
     except (sqlite3.Error, AuditSchemaError):
@@ -488,10 +503,19 @@ class AuditTrail:
             return
         self._dropping_signatures = False
 
-    def record_action(self, ts: int, actor: str, action: str, market: str) -> None:
-        """Keep an operator's manual pause or resume; never blocks (a full queue drops it,
-        counted in `stats.dropped_events` and logged)."""
-        self._put_event(_Action(ts, actor, action, market))
+    def record_action(
+        self,
+        ts: int,
+        actor: str,
+        action: str,
+        market: str,
+        round_no: int | None = None,
+        round_ts: int | None = None,
+    ) -> None:
+        """Keep an operator's manual pause or resume (done at `ts`) with the round the core
+        first applied it to, its number and time (None: no round followed it); never blocks (a
+        full queue drops it, counted in `stats.dropped_events` and logged)."""
+        self._put_event(_Action(ts, actor, action, market, round_no, round_ts))
 
     def record_config(
         self, ts: int, event: str, actor: str, path: str | None, sha256: str, changes: str
@@ -677,8 +701,9 @@ class AuditTrail:
                     self._insert(db, item)
                 elif isinstance(item, _Action):
                     db.execute(
-                        "INSERT INTO actions (ts, actor, action, market) VALUES (?, ?, ?, ?)",
-                        (item.ts, item.actor, item.action, item.market),
+                        "INSERT INTO actions (ts, actor, action, market, round, round_ts) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (item.ts, item.actor, item.action, item.market, item.round, item.round_ts),
                     )
                 elif isinstance(item, _Config):
                     db.execute(
@@ -1075,6 +1100,22 @@ def iso_time(ms: object) -> str:
     return f"{ms!r:.40} (no time)"
 
 
+def _with_commands(lines: bytes, commands: collections.deque[tuple[int, bytes]]) -> bytes:
+    """A round's stored quote lines with the commands due among them (taken from the front of
+    `commands`): each before the first quote later than its round's time, which a replay must
+    not read before applying it. A block whose last quote is not later than the next command's
+    round is returned as it is, read no further."""
+    if not lines or line_ts(lines[lines.rfind(b"\n", 0, -1) + 1 :]) <= commands[0][0]:
+        return lines
+    out: list[bytes] = []
+    for line in lines.splitlines(keepends=True):
+        ts = line_ts(line)
+        while commands and commands[0][0] < ts:
+            out.append(commands.popleft()[1])
+        out.append(line)
+    return b"".join(out)
+
+
 def _open_read_only(path: Path) -> sqlite3.Connection:
     """Open for reading only. The path goes into the URI quoted: a `#` or `?` in a file name
     would otherwise end the path there, and SQLite open (and make) another file read-write.
@@ -1102,12 +1143,15 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 
 @dataclass(frozen=True, slots=True)
 class OperatorAction:
-    """A manual pause or resume (schema version 3)."""
+    """A manual pause or resume (schema version 3); from version 5 with the round the core
+    first applied it to, its number and time (None: before version 5, or no round followed)."""
 
     ts: int
     actor: str
     action: str
     market: str
+    round: int | None = None
+    round_ts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1123,9 +1167,11 @@ class ConfigLoad:
 
 
 class AuditReader:
-    """Read-only queries over an audit database of schema version 1 to 4 (the `oracled audit`
+    """Read-only queries over an audit database of schema version 1 to 5 (the `oracled audit`
     command, tests): the same answers from each; operator actions and config loads are in
-    version 3 on (older ones answer none), a signed round's format in version 4 on (None)."""
+    version 3 on (older ones answer none), a signed round's format in version 4 on (None), the
+    round an action first applied to in version 5 on (None), and only then are actions on its
+    tapes (`actions_on_tape`)."""
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
@@ -1136,7 +1182,7 @@ class AuditReader:
         self._db = _open_read_only(path)
         try:
             version = _schema_version(self._db)
-            if version not in (1, 2, 3, SCHEMA_VERSION):
+            if version not in (1, 2, 3, 4, SCHEMA_VERSION):
                 raise AuditSchemaError(
                     f"{path}: not an audit database this oracled reads "
                     f"(schema version {version or 'unknown'}; it reads 1 to {SCHEMA_VERSION})"
@@ -1145,6 +1191,11 @@ class AuditReader:
             self._db.close()
             raise
         self.version: int = version
+        #: whether `tape` writes the operator actions, as manual commands (version 5 on)
+        self.actions_on_tape = version >= 5
+        self._action_columns = "ts, actor, action, market" + (
+            ", round, round_ts" if version >= 5 else ""
+        )
         self._dicts: dict[int, bytes] = {}
         # version 1 kept the msgpack as it is and a row per quote
         self._body_column = "NULL, r.body" if version == 1 else "r.dict, r.body"
@@ -1331,7 +1382,7 @@ class AuditReader:
         if self.version < 3:
             return []
         rows = self._db.execute(
-            "SELECT ts, actor, action, market FROM actions "
+            f"SELECT {self._action_columns} FROM actions "
             "WHERE (market = ? OR ? IS NULL) AND ts >= ? AND ts <= ? ORDER BY ts, rowid",
             (market, market, start_ms, end_ms),
         )
@@ -1364,7 +1415,7 @@ class AuditReader:
         if self.version < 3:
             return None
         row = self._db.execute(
-            "SELECT ts, actor, action, market FROM actions WHERE market = ? AND ts <= ? "
+            f"SELECT {self._action_columns} FROM actions WHERE market = ? AND ts <= ? "
             "ORDER BY ts DESC, rowid DESC LIMIT 1",
             (market, ts),
         ).fetchone()
@@ -1399,7 +1450,9 @@ class AuditReader:
         (docs/publishing.md). The header names the first stored round with quotes, its number
         and time (`first_round`, `first_round_ts`): replay numbers its rounds from them, also
         when the rounds the first quotes went into were dropped from the trail and their quotes
-        stored with that later round.
+        stored with that later round. The operator actions of the window's rounds go in as
+        manual commands (schema version 5 on), each before the first quote later than its
+        round's time: after the quotes of the rounds before it, as the replay needs.
         """
         first = self.first_quoted(start_ms, end_ms)  # replay numbers its rounds from it
         if first is None:
@@ -1408,6 +1461,7 @@ class AuditReader:
             out.write(header_line(first_round=first[0], first_round_ts=first[1]))
         if self.version == 1:
             return self._tape_v1(out, start_ms, end_ms)
+        commands = self._commands(start_ms, end_ms)
         rows = self._db.execute(
             "SELECT t.lines, o.round, o.ts FROM tapes t JOIN rounds o ON o.id = t.round_id "
             "WHERE o.ts >= ? AND o.ts <= ? ORDER BY t.round_id",
@@ -1417,13 +1471,30 @@ class AuditReader:
         for block, round_no, ts in rows:
             try:
                 lines = zlib.decompress(block, wbits=_WBITS)
-            except (zlib.error, TypeError) as exc:  # overwritten: the tape would be torn there
-                raise AuditDataError(
-                    round_no, ts, f"its stored quotes cannot be read ({exc})"
-                ) from None
+                count += lines.count(b"\n")
+                if commands:
+                    lines = _with_commands(lines, commands)
+            except (zlib.error, TypeError, msgspec.DecodeError) as exc:  # overwritten: the tape
+                what = f"its stored quotes cannot be read ({exc})"  # would be torn there
+                raise AuditDataError(round_no, ts, what) from None
             out.write(lines)
-            count += lines.count(b"\n")
+        out.writelines(line for _, line in commands)  # rounds after the last quote's
         return count
+
+    def _commands(self, start_ms: int, end_ms: int) -> collections.deque[tuple[int, bytes]]:
+        """The operator actions first applied to a round of the window, as (round time, tape
+        line), in the order they were applied; none before schema version 5."""
+        if not self.actions_on_tape:
+            return collections.deque()
+        rows = self._db.execute(
+            "SELECT round_ts, round, action, market, actor FROM actions "
+            "WHERE round_ts >= ? AND round_ts <= ? ORDER BY round_ts, rowid",
+            (start_ms, end_ms),
+        )
+        return collections.deque(
+            (ts, command_to_line(ts, round_no, market, action != "resume", actor))
+            for ts, round_no, action, market, actor in rows
+        )
 
     def _tape_v1(self, out: IO[bytes], start_ms: int, end_ms: int) -> int:
         rows = self._db.execute(

@@ -11,9 +11,11 @@
                                              prove every stored round against its signature
 
 Times are milliseconds since the Unix epoch (13 digits; seconds are refused) or ISO 8601
-(`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1 to 4
+(`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1 to 5
 give the same answers; version 3 adds operator actions (manual pause, resume) and config loads
-to the timeline and `--at`, version 4 the signed format of each round `--verify` checks.
+to the timeline and `--at`, version 4 the signed format of each round `--verify` checks,
+version 5 the round each operator action first applied to, which `--tape` writes as a manual
+command.
 """
 
 from __future__ import annotations
@@ -100,7 +102,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--to", dest="end", type=parse_time, default=_FAR_FUTURE, help="window end")
     p.add_argument("--at", type=parse_time, help="show the market's full report in force then")
     p.add_argument("--csv", type=Path, help="write the market's rounds as CSV to this file")
-    p.add_argument("--tape", type=Path, help="write the stored quotes as a quote tape")
+    p.add_argument(
+        "--tape",
+        type=Path,
+        help="write the stored quotes, and the manual pauses and resumes, as a quote tape",
+    )
     p.add_argument(
         "--verify",
         action="store_true",
@@ -160,6 +166,13 @@ def _config_text(load: ConfigLoad) -> str:
     return text if load.event == "start" else f"{text} changes {load.changes}"
 
 
+#: What a tape of the trail holds, by whether it holds the operator actions.
+_HOLDS = {
+    False: "a tape of this trail holds quotes only",
+    True: "a tape holds quotes and manual commands",
+}
+
+
 def _action_text(action: OperatorAction) -> str:
     return f"operator {action.actor}: {action.action} {action.market}"
 
@@ -167,11 +180,14 @@ def _action_text(action: OperatorAction) -> str:
 def _not_on_tape(
     reader: AuditReader, start: int, end: int, first_ts: int | None
 ) -> list[tuple[int, str]]:
-    """What moved the window's stored reports besides its quotes, oldest first: operator
-    actions, reloads, and a start after the tape's first round (`first_ts`: the restarted
-    daemon numbered its rounds from 1 again, gates afresh). A replay of the tape may differ from
-    the first of them on (docs/publishing.md, `--tape`)."""
-    events = [(a.ts, _action_text(a)) for a in reader.actions(None, start, end)]
+    """What moved the window's stored reports besides what the tape holds, oldest first:
+    reloads, a start after the tape's first round (`first_ts`: the restarted daemon numbered
+    its rounds from 1 again, gates afresh), and the operator actions of a trail before schema
+    version 5 (which has no round for them: the tape cannot carry them). A replay of the tape
+    may differ from the first of them on (docs/publishing.md, `--tape`)."""
+    events = []
+    if not reader.actions_on_tape:
+        events = [(a.ts, _action_text(a)) for a in reader.actions(None, start, end)]
     events += [
         (c.ts, _config_text(c))
         for c in reader.configs(start, end)
@@ -424,7 +440,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             if moved:
                 print(
                     f"warning: {args.tape}: a replay may differ from the stored reports from"
-                    f" {_iso(moved[0][0])} on: {moved[0][1]} (a tape holds quotes only;"
+                    f" {_iso(moved[0][0])} on: {moved[0][1]} ({_HOLDS[reader.actions_on_tape]};"
                     f" {len(moved)} such event(s) in the window, each in the timeline)",
                     file=sys.stderr,
                 )

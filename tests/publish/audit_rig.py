@@ -32,6 +32,13 @@ class Feed:
         self.perpetual = [m.symbol for m in cfg.markets if m.perp_sources]
         self.kept: list[tuple[RoundResult, list[Quote]]] = []
         self._quotes: list[Quote] = []
+        self._manual: list[tuple[int, str, str, str]] = []  # (ts, actor, action, market)
+
+    def manual(self, market: str, paused: bool, actor: str = "alice") -> None:
+        """An operator's pause or resume as the service takes one: the core at once, the trail
+        with the round it first applies to, the next."""
+        self.core.set_manual(market, paused)
+        self._manual.append((self.now + 1, actor, "pause" if paused else "resume", market))
 
     def quote(self, source: str, market: str, offset: int, factor: float = 1.0) -> None:
         q = Quote(source, market, self.now + offset, price=self.prices[market] * factor)
@@ -51,6 +58,9 @@ class Feed:
             self._quotes.append(q)
             self.core.ingest(q)
         self.now += INTERVAL
+        for ts, actor, action, market in self._manual:
+            self.audit.record_action(ts, actor, action, market, self.core.rounds + 1, self.now)
+        self._manual = []
         result = self.core.run_round(self.now)
         self.kept.append((result, self._quotes))
         self._quotes = []

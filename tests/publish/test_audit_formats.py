@@ -56,7 +56,7 @@ def change_mark(path: Path, round_id: int, market: str, price: str) -> None:
 
 def upgraded(db: Path, rounds: int) -> None:
     """The upgrade: this release's daemon starts a minute later on the same trail (its writer
-    brings it to schema 4 in place) and signs `rounds` rounds for deployment "production"."""
+    brings it to schema 5 in place) and signs `rounds` rounds for deployment "production"."""
     feed = Feed(make_config(perps=("BTC/USD",)), trail(db))
     feed.now = T0 + 60_000
     signer = RoundSigner(KEY, "production")
@@ -97,7 +97,7 @@ def test_an_upgrade_keeps_the_rounds_before_it_provable_each_in_its_format(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The release of format 1's trail, then this release on it: the writer brings it to
-    schema 4 in place (its rounds stay, their format unrecorded), records format 3 with every
+    schema 5 in place (its rounds stay, their format unrecorded), records format 3 with every
     signature it adds, and one `--verify` over the whole window proves all 8 signed rounds, 4 in
     format 1 and 4 in format 3 (exit 0). The leaves follow the format: a perpetual's mark
     changed in a format 3 round is a mismatch, in a format 1 round (which did not sign it) not."""
@@ -106,7 +106,7 @@ def test_an_upgrade_keeps_the_rounds_before_it_provable_each_in_its_format(
     reader = AuditReader(db)
     stored = reader.rounds(0, END)
     reader.close()
-    assert reader.version == 4
+    assert reader.version == 5
     assert [r.format for r in stored] == [None] * 5 + [SIGNED_FORMAT] * 4 == [None] * 5 + [3] * 4
     code, out = verify(db, capsys, "--deployment", "production", "--signer", ADDRESS)
     assert code == 0, out
@@ -149,7 +149,7 @@ def test_a_format_2_round_verifies_in_format_2_once_recorded(
     assert "(checked in signed format 1: the trail did not record one)" in out
     audit = trail(db)  # this release's daemon starts on it: its config load is its first write,
     audit.record_config(T0 + 60_000, "start", "start", None, "0" * 64, "{}")
-    assert audit.close()  # which brings the trail to schema 4 (and adds no round)
+    assert audit.close()  # which brings the trail to schema 5 (and adds no round)
     sql(db, "UPDATE rounds SET format = 2 WHERE signature IS NOT NULL")
     code, out = verify(db, capsys, "--deployment", "production", "--signer", ADDRESS)
     assert code == 0, out

@@ -111,7 +111,7 @@ def test_reports_and_quotes_come_back_exactly_as_the_rounds_made_them(tmp_path: 
     assert feed.audit.stats.rounds == 10 and feed.audit.stats.ok
 
     reader = AuditReader(db)
-    assert reader.version == SCHEMA_VERSION == 4
+    assert reader.version == SCHEMA_VERSION == 5
     for market in feed.prices:
         stored = list(reader.reports(market, 0, END))
         expected = [r for result, _ in feed.kept for r in result.reports() if r.market == market]
@@ -208,7 +208,7 @@ def test_the_writer_leaves_a_version_1_database_alone_and_prices_go_on(tmp_path:
     assert audit.stats.ok and audit.stats.rounds == 4 and audit.stats.write_errors == 3
     assert feed.core.rounds == 7  # the core never waited for the trail
     reader = AuditReader(db)
-    assert reader.version == 4 and [r.round for r in reader.rounds(0, END)] == [4, 5, 6, 7]
+    assert reader.version == 5 and [r.round for r in reader.rounds(0, END)] == [4, 5, 6, 7]
     reader.close()
     reader = AuditReader(aside)
     assert reader.version == 1 and len(reader.rounds(0, END)) == 5

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,6 +24,7 @@ from structlog.testing import capture_logs
 from oracled.config import Config, parse_config
 from oracled.errors import ConfigError
 from oracled.manual import FORMAT, ManualPauses, Pause
+from oracled.publish.audit import AuditReader
 from oracled.service import Service
 from oracled.sim import BinanceSim
 
@@ -131,9 +133,12 @@ def test_a_failed_write_is_logged_and_the_last_good_file_stays(tmp_path: Path) -
     assert ManualPauses(path).load() == {"BTC/USDT": Pause("ops", 1)}
 
 
-def _config(sim: BinanceSim, pauses: Path) -> Config:
+def _config(sim: BinanceSim, pauses: Path, audit: Path | None = None) -> Config:
+    """One venue quoting MARKETS, pauses kept in `pauses`; with `audit`, a trail there."""
+    trail = {} if audit is None else {"audit": {"enabled": True, "path": str(audit)}}
     return parse_config(
         {
+            **trail,
             "oracle": {
                 "round_interval_ms": 50,
                 "resume_rounds": 2,
@@ -508,3 +513,56 @@ def test_a_pauses_file_nested_past_the_decoders_depth_stops_the_start_with_a_con
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert f"{pauses} is not a pause file" in done.stdout + done.stderr, done.stderr
+
+
+def _tape(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A recorded tape's header and lines, decoded."""
+    header, *lines = path.read_bytes().splitlines()
+    return json.loads(header), [json.loads(line) for line in lines]
+
+
+async def test_a_pause_kept_across_a_restart_is_on_the_tape_and_in_the_trail_at_round_1(
+    tmp_path: Path,
+) -> None:
+    """A pause the file kept is applied before the restarted daemon's first round, so that is
+    the round it first applied to: `record`'s tape holds it as a manual command for the run's
+    first round (the header's `first_round` and `first_round_ts`), before any quote later than
+    that round, and the trail's `restore` action names the same round."""
+    path, tape, db = tmp_path / "pauses.json", tmp_path / "tape.jsonl", tmp_path / "a.sqlite3"
+    ManualPauses(path).save({"BTC/USDT": Pause("ops@desk", 1)}).result(5)
+    async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}, rate_hz=40.0) as sim:
+        service = Service(_config(sim, path, db), record=tape)
+        async with service_running(service):
+            await _statuses(service, 6)
+    header, lines = _tape(tape)
+    command = {"manual": "pause", "market": "BTC/USDT", "actor": "ops@desk"}
+    (at,) = [n for n, line in enumerate(lines) if "manual" in line]
+    assert lines[at] == {"ts": header["first_round_ts"], **command, "round": 1}
+    assert header["first_round"] == 1
+    assert all(line["ts"] <= header["first_round_ts"] for line in lines[:at])
+    reader = AuditReader(db)
+    (restore,) = reader.actions("BTC/USDT", 0, 1 << 62)
+    reader.close()
+    assert (restore.action, restore.round, restore.round_ts) == ("restore", 1, lines[at]["ts"])
+
+
+async def test_a_version_1_tape_continued_gets_no_manual_command_and_the_log_says_so(
+    tmp_path: Path,
+) -> None:
+    """`record --append` on a version 1 tape keeps it version 1, which has no manual commands:
+    a pause while recording is left off it (a replay of it differs from that round on) and
+    the log says so with the round; the quotes go on being appended."""
+    tape = tmp_path / "tape.jsonl"
+    old = b'{"format": "oracled-tape", "version": 1}\n'
+    tape.write_bytes(old)
+    async with BinanceSim({"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}, rate_hz=40.0) as sim:
+        service = Service(_config(sim, tmp_path / "pauses.json"), record=tape, record_append=True)
+        with capture_logs() as logs:
+            async with service_running(service):
+                await _statuses(service, 2)
+                service.on_manual("BTC/USDT", True, "ops@desk")
+                await _statuses(service, 6)
+    data = tape.read_bytes()
+    assert data.startswith(old) and b'"manual"' not in data and data.count(b"\n") > 10
+    (warned,) = [e for e in logs if e["event"].startswith("tape: a version 1 tape continued")]
+    assert warned["market"] == "BTC/USDT" and warned["action"] == "pause" and warned["round"] > 2

@@ -41,7 +41,7 @@ from oracled.config import load_config
 from oracled.publish.audit import AuditReader
 from oracled.publish.signer import SigningKey
 from oracled.replay import replay
-from oracled.tape import TapeHeader, TapeLineError, read_tape, tape_lines
+from oracled.tape import ManualCommand, TapeHeader, TapeLineError, read_tape, tape_lines
 
 pytestmark = pytest.mark.integration
 
@@ -359,9 +359,15 @@ def _tape_after_kill(state: State) -> int | None:
 
 
 def _read(data: bytes) -> tuple[list[TapeHeader], int, list[TapeLineError]]:
+    """The tape's headers, its quotes counted, and the lines it could not read; its manual
+    commands (the pauses and resumes, and each start's restored pauses) are read, not errors."""
     headers: list[TapeHeader] = []
     errors: list[TapeLineError] = []
-    quotes = sum(1 for _ in read_tape(io.BytesIO(data), errors, on_header=headers.append))
+    commands: list[ManualCommand] = []
+    lines = read_tape(
+        io.BytesIO(data), errors, on_header=headers.append, on_command=commands.append
+    )
+    quotes = sum(1 for _ in lines)
     return headers, quotes, errors
 
 
