@@ -72,7 +72,8 @@ two rounds, as it is when a daemon sends one (past its stall limit: 3 round inte
 least). Notices taken count in `stream_errors["stalled"]`, the others (the unsigned frame of a
 report stream among them) in `stream_errors["stalled_refused"]`, logged at most once per
 `log_every_ms` per kind (`client stream ...` and `client nats ...`). A stream that cannot
-connect (`client stream failed`) is said at most once per `log_every_ms` per daemon too.
+connect (`client stream failed`) is said at most once per `log_every_ms` per daemon too, and so
+is a NATS server that cannot be reached (`client nats error`, per list of servers).
 """
 
 from __future__ import annotations
@@ -1160,13 +1161,15 @@ class OracleClient:
         `reconnect_s` (`client nats closed by the server; connecting again`). Before, the
         watch went on waiting on a closed connection, and its prices only aged out.
 
-        Connection trouble (a server down, at start too) is one warning line per attempt; the
-        NATS library retries by itself. A server that hangs with the connection open (a frozen
-        process, a stalled path) is noticed by pings every `ping_interval_s`: once more than
-        `max_outstanding_pings` go unanswered (about 3 s by default) the connection is dropped
-        and made again, to another of `servers` if one answers. The library's own default, a
-        ping every 2 minutes, left a consumer on a hung server for minutes with prices that
-        only went stale.
+        Connection trouble (a server down, at start too) is a warning line (`client nats
+        error`) at most once per `log_every_ms` for these servers, with the number held back;
+        the NATS library retries by itself, twice a second (a line per attempt, before: two a
+        second for as long as a server was down). A server that hangs with the connection open
+        (a frozen process, a stalled path) is noticed by pings every `ping_interval_s`: once
+        more than `max_outstanding_pings` go unanswered (about 3 s by default) the connection
+        is dropped and made again, to another of `servers` if one answers. The library's own
+        default, a ping every 2 minutes, left a consumer on a hung server for minutes with
+        prices that only went stale.
         """
         import nats
 
@@ -1176,7 +1179,8 @@ class OracleClient:
         log = _log.bind(servers=listed)
 
         async def on_error(exc: Exception) -> None:
-            log.warning("client nats error", error=str(exc) or type(exc).__name__)
+            error = str(exc) or type(exc).__name__
+            self._warn_every(f"nats error {listed}", log, "client nats error", error=error)
 
         async def on_disconnected() -> None:
             log.warning("client nats disconnected")

@@ -205,3 +205,22 @@ async def test_rounds_dropped_from_a_full_queue_are_logged_once_per_episode(
         assert sink.stats.unpublished["queue_full"] == 2 * 3 * 4
     finally:
         await stop(task)
+
+
+async def test_the_client_says_a_server_it_cannot_reach_once_not_per_attempt(
+    relay: NatsRelay,
+) -> None:
+    """A NATS server the consumer cannot reach (here every connection is closed at once, as
+    by a server at its connection limit or a proxy without one behind it): nats-py retries twice
+    a second and tells the client each time. The client logs it once per `log_every_ms`, not a
+    line per attempt (before: one each, two a second for as long as the outage lasted)."""
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: 0)
+    relay.refuse()
+    with capture_logs() as logs:
+        watcher = asyncio.create_task(client.watch_nats(relay.url, ["BTC/USD"]))
+        try:
+            await until(lambda: relay.accepted >= 4, "four attempts to connect")
+        finally:
+            await stop(watcher)
+    errors = [e for e in logs if e["event"] == "client nats error"]
+    assert [e["log_level"] for e in errors] == ["warning"]
