@@ -8,7 +8,9 @@ manual clock, so replacement timing is exact; rounds come from a real core.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import random
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,7 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from eth_abi.abi import decode
 from eth_account import Account
+from eth_account.typed_transactions import TypedTransaction
+from hexbytes import HexBytes
 from prometheus_client.parser import text_string_to_metric_families
 from publish_rig import INTERVAL, SOURCES, Rounds, make_config
 from structlog.testing import capture_logs
@@ -26,7 +31,7 @@ from oracled.clock import ManualClock
 from oracled.config import ChainConfig, PushConfig
 from oracled.core import RoundResult
 from oracled.errors import ConfigError
-from oracled.jsonrpc import EndpointStats, RpcUnavailable
+from oracled.jsonrpc import EndpointStats, RpcError, RpcUnavailable
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
 from oracled.publish.chain_push import (
@@ -37,7 +42,7 @@ from oracled.publish.chain_push import (
     load_push_key,
     market_id,
 )
-from oracled.publish.signer import SigningKey
+from oracled.publish.signer import SigningKey, decimal_to_int
 from oracled.sources.evm.chain import ChainStats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chain"))
@@ -1589,3 +1594,190 @@ async def test_a_raw_send_rate_limited_rests_its_endpoint_and_goes_to_the_next_c
         assert rpc_series(pusher.stats)[("oracled_chain_failovers_total", *at)] == 1
     finally:
         await proxy.stop()
+
+
+# -- a seeded fault schedule: the node, the chain and the rounds misbehave together ----------------
+
+FAULT_CAP_GWEI = 20
+#: What the schedule does between two looks of the pusher, with its weight.
+FAULTS = {
+    "round": 6, "move": 6, "pause": 1, "resume": 2, "advance": 4, "automine_off": 1,
+    "automine_on": 2, "mine": 3, "reorg": 1, "drop": 1, "rival": 0.5, "set_nonce": 0.5,
+    "broke": 0.3, "funded": 2, "spike": 0.5, "calm": 2, "garble": 1, "slow": 0.7,
+    "rotate": 0.3, "restore": 2, "restart": 0.7,
+}  # fmt: skip
+#: updateBatch's arguments, as the proxy reads them from a raw transaction.
+BATCH_ARGS = ["uint64", "uint48", "bytes32[]", "int128[]", "int8[]"]
+#: The proxy's answers of a node gone wrong, a few requests at a time.
+GARBLED = ("error", "garbage", "wrong_id", "null_result", "no_result", "http500", "mangle")
+
+
+class FaultRun:
+    """A pusher behind a proxy on a chain that a seeded schedule breaks between its looks, with
+    the checks every look must pass: what is sent (at the proxy) and what the contract holds."""
+
+    def __init__(self, rig: Rig, proxy: RpcProxy, seed: int) -> None:
+        self.rig, self.proxy, self.random = rig, proxy, random.Random(seed)
+        self.rounds = Rounds(make_config())
+        self.markets = tuple(self.rounds.prices)
+        self.ids = {market_id(m): m for m in self.markets}
+        self.at: dict[int, dict[str, tuple[int, int, int] | None]] = {}  # ts -> active prices
+        self.latest: dict[str, int | None] = {}  # what the latest round holds of each market
+        self.problems: list[str] = []
+        self.floor_block = 0
+        self.own_pusher = ""
+        self.pusher = self.new_pusher()
+        proxy.delay_s = 0.4  # "slow": past the pusher's 0.3 s timeout, then forwarded
+        proxy.rewrite = self.sent
+
+    def new_pusher(self) -> ChainPusher:
+        return self.rig.pusher(
+            urls=(self.proxy.url,), heartbeat_s=5.0, replace_after_s=3.0, timeout_s=0.3,
+            max_gas_price_gwei=float(FAULT_CAP_GWEI), priority_fee_gwei=1.0,
+        )  # fmt: skip
+
+    def submit(self, **moves: float) -> None:
+        result = self.rounds.step(**moves)
+        prices: dict[str, tuple[int, int, int] | None] = {}
+        for report, decimals in zip(result.reports(), result.layout.decimals.tolist(), strict=True):
+            active = report.status == "active" and report.price is not None
+            price = decimal_to_int(report.price, decimals) if active else 0
+            prices[report.market] = (price, -decimals, result.round) if active else None
+            self.latest[report.market] = result.round if active else None
+        self.at[result.ts] = prices
+        self.pusher.submit(result)
+
+    def sent(self, request: Any, answer: Any) -> Any:
+        """The proxy's view of every transaction sent: under the cap, only active markets."""
+        if isinstance(request, dict) and request.get("method") == "eth_sendRawTransaction":
+            tx = TypedTransaction.from_bytes(HexBytes(request["params"][0])).as_dict()
+            if tx["maxFeePerGas"] > FAULT_CAP_GWEI * GWEI:
+                self.problems.append(f"sent at {tx['maxFeePerGas']} wei a gas, over the cap")
+            _, ts, ids, _, _ = decode(BATCH_ARGS, bytes(tx["data"])[4:])
+            for market in (self.ids[bytes(i)] for i in ids):
+                if self.latest[market] is None:
+                    self.problems.append(f"sent {market} of {ts} while it is not active")
+        return answer
+
+    async def check_chain(self, when: str) -> None:
+        for market in self.markets:
+            price, expo, round_no, ts = await self.rig.stored(market)
+            if ts and self.at.get(ts, {}).get(market) != (price, expo, round_no):
+                self.problems.append(
+                    f"{when}: {market} holds {price}e{expo} of {ts}: not that round's active price"
+                )
+
+    async def look(self, when: str) -> None:
+        with contextlib.suppress(RpcUnavailable, RpcError):  # the node's failure: retried
+            await self.pusher.step()
+        await self.check_chain(when)
+
+    async def fault(self, name: str) -> None:
+        rig, chain, market = self.rig, self.rig.chain, self.random.choice(self.markets)
+        pick, key = self.random.choice, rig.key.address
+        if name == "round":
+            self.submit()
+        elif name == "move":
+            self.submit(**{market.replace("/", "_"): pick([0.97, 0.985, 1.015, 1.03])})
+        elif name in ("pause", "resume"):
+            self.rounds.core.set_manual(market, name == "pause")
+            self.submit()
+        elif name == "advance":
+            rig.clock.advance(pick([500, 1_500, 3_500, 6_000]))
+        elif name in ("automine_off", "automine_on"):
+            await chain.rpc("evm_setAutomine", [name == "automine_on"])
+        elif name == "mine":
+            await chain.rpc("evm_mine")
+        elif name == "reorg" and await chain.block_number() - 1 > self.floor_block:
+            await chain.reorg(1)
+        elif name == "drop" and self.pusher._inflight is not None:
+            await chain.rpc("anvil_dropTransaction", [self.pusher._inflight.sent[-1][0]])
+        elif name == "rival":  # another user of the key, at the next nonce or the last one
+            nonce = max(0, await rig.nonce("pending") - pick([0, 1]))
+            with contextlib.suppress(RpcFailed):
+                raw = sign_transfer(rig, nonce, 15 * GWEI, 2 * GWEI)
+                await chain.rpc("eth_sendRawTransaction", [raw])
+        elif name == "set_nonce":
+            await chain.rpc("anvil_setNonce", [key, hex(await rig.nonce() + pick([1, 2]))])
+        elif name in ("broke", "funded"):
+            await chain.rpc("anvil_setBalance", [key, hex(10**20 if name == "funded" else 0)])
+        elif name in ("spike", "calm"):
+            base = pick([15, 40, 500]) if name == "spike" else 1
+            await chain.rpc("anvil_setNextBlockBaseFeePerGas", [hex(base * GWEI)])
+            await chain.rpc("evm_mine")
+        elif name == "garble":
+            self.proxy.script = [pick(GARBLED) for _ in range(self.random.randint(1, 4))]
+        elif name == "slow":
+            self.proxy.script = ["slow"] * self.random.randint(1, 3)
+        elif name in ("rotate", "restore"):  # the contract's pusher: another key, or ours again
+            who = "0x" + OTHER[2:].lower().rjust(64, "0") if name == "rotate" else self.own_pusher
+            await chain.rpc("anvil_setStorageAt", [rig.feed, PUSHER_SLOT, who])
+        elif name == "restart":
+            latest = self.pusher._latest
+            self.pusher = self.new_pusher()
+            if latest is not None:
+                self.pusher.submit(latest)
+
+    async def heal(self) -> None:
+        """Every fault undone, every market resumed."""
+        self.proxy.script, self.proxy.mode = [], "pass"
+        for name in ("automine_on", "funded", "calm", "restore"):
+            await self.fault(name)
+        for market in self.markets:
+            self.rounds.core.set_manual(market, False)
+
+    async def run(self, looks: int) -> None:
+        chain = self.rig.chain
+        slot = [self.rig.feed, PUSHER_SLOT, "latest"]
+        self.own_pusher = await chain.rpc("eth_getStorageAt", slot)
+        self.floor_block = await chain.block_number()  # no reorganisation takes the contract
+        self.rounds.step()
+        self.submit()
+        names, weights = list(FAULTS), list(FAULTS.values())
+        for n in range(looks):
+            name = self.random.choices(names, weights)[0]
+            await self.fault(name)
+            await self.look(f"look {n} after {name}")
+        await self.heal()
+        self.submit()
+        healed = self.rounds.now
+        for n in range(40):
+            self.submit()
+            self.rig.clock.advance(4_000)
+            await self.look(f"look {n} after healing")
+            await chain.rpc("evm_mine")
+            if all([(await self.rig.stored(m))[3] >= healed for m in self.markets]):
+                return
+        stored = [await self.rig.stored(m) for m in self.markets]
+        nonces = f"{await self.rig.nonce()}/{await self.rig.nonce('pending')}"
+        self.problems.append(
+            f"not every market pushed 40 looks after healing (from {healed}): on chain "
+            f"{stored}, {self.pusher.stats.transactions}, the pusher's next nonce "
+            f"{self.pusher.stats.nonce}, the chain's mined/pending {nonces}"
+        )
+
+
+@pytest.mark.parametrize("seed", [2, 13])
+async def test_a_seeded_fault_schedule_never_pushes_a_doubtful_price_and_ends_pushing(
+    rig: Rig, seed: int
+) -> None:
+    """150 looks of the pusher, each after a fault drawn from a seeded schedule: rounds that
+    move, pause and resume markets; the chain's mining stopped and started, reorganised, fee
+    spikes over the cap, transactions dropped, the key's nonce moved and its funds taken by
+    another user of the key, the contract's pusher rotated away and back; the proxy answering
+    garbage, errors, nulls and too late; the pusher restarted. Every transaction sent offers
+    at most the cap and carries only markets active in the latest round; the contract only
+    ever holds a round's active price; a look fails only as the node's failure (no crash, no
+    traceback); and once every fault is undone every market is pushed again. Schedules like
+    these found the start's null contract check that ended the pusher, and seed 2 the fee to
+    outbid kept after its transaction left the pool; both seeds fail on a pusher whose stuck
+    push is replaced with a market paused since."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        run = FaultRun(rig, proxy, seed)
+        with capture_logs() as logs:
+            await run.run(150)
+    finally:
+        await proxy.stop()
+    assert not [e["event"] for e in logs if "exc_info" in e]
+    assert not run.problems, "\n".join(run.problems)
