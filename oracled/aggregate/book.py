@@ -310,16 +310,26 @@ class Book:
             if key in self._perps:
                 return self._check_perp(key, quote)
             return DropReason.UNKNOWN_SYMBOL
+        # A perpetual that also votes is judged as one that does not (`_check_perp`), so that no
+        # quote is kept in one configuration and dropped in the other: every value it carries
+        # counts, a last price beside both sides, or a lone side beside a price, too.
         bid, ask = quote.bid, quote.ask
         if bid is not None and ask is not None:
             if not (math.isfinite(bid) and math.isfinite(ask)):
                 return DropReason.NOT_FINITE
+            price = quote.price
+            if price is not None and not 0.0 < price < _INF and key in self._perps:
+                return _bad_values(quote)
             if bid <= 0.0 or ask <= 0.0:
                 return DropReason.NON_POSITIVE
             if bid > ask:
                 return DropReason.CROSSED
             mid = (float(bid) + float(ask)) * 0.5  # the memoryview below takes floats only
         elif quote.price is not None:
+            if (bid is not None or ask is not None) and key in self._perps:
+                reason = _bad_values(quote)
+                if reason is not None:
+                    return reason
             mid = float(quote.price)
             if not math.isfinite(mid):
                 return DropReason.NOT_FINITE
@@ -367,13 +377,9 @@ class Book:
 
     def _check_perp(self, key: SlotKey, quote: Quote) -> DropReason | None:
         """Keep a perpetual quote for the mark price after the same sanity checks."""
-        values = [v for v in (quote.price, quote.bid, quote.ask) if v is not None]
-        if not values:
-            return DropReason.NO_PRICE
-        if not all(math.isfinite(v) for v in values):
-            return DropReason.NOT_FINITE
-        if not all(v > 0.0 for v in values):
-            return DropReason.NON_POSITIVE
+        reason = _bad_values(quote)
+        if reason is not None:
+            return reason
         bid, ask, mid = quote.bid, quote.ask, quote.price
         if bid is not None and ask is not None:
             if bid > ask:
@@ -386,6 +392,19 @@ class Book:
         if quote.venue_ts is not None and quote.venue_ts > quote.recv_ts + self._skew:
             return DropReason.FUTURE
         return self._keep_perp(key, quote)
+
+
+def _bad_values(quote: Quote) -> DropReason | None:
+    """Why a perpetual quote's values cannot be kept (none, or one not finite or not positive),
+    or None: each value it carries is checked, those the mark will not read too."""
+    values = [v for v in (quote.price, quote.bid, quote.ask) if v is not None]
+    if not values:
+        return DropReason.NO_PRICE
+    if not all(math.isfinite(v) for v in values):
+        return DropReason.NOT_FINITE
+    if not all(v > 0.0 for v in values):
+        return DropReason.NON_POSITIVE
+    return None
 
 
 def _stamp(quote: Quote) -> float:
