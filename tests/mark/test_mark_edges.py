@@ -192,3 +192,30 @@ def test_a_perp_a_reload_reads_from_another_instrument_starts_afresh() -> None:
     doc["sources"]["p"]["instruments"] = {"BTC/USD": "BTC-USDC-SWAP"}
     rig.core.reconfigure(parse_config(doc, env={}))
     assert rig.mark(B + 2_000).perps_used == 1
+
+
+def test_a_reload_that_changes_the_funding_interval_clears_the_last_rate_until_its_boundary() -> (
+    None
+):
+    """One-minute intervals: 0.002 at 30 s and 60 s settles F(0.002) = 0.0015 at 60 s. A reload
+    to 120 s intervals at 70 s: the settled rate belongs to the old grid, so `last_funding_rate`
+    and `last_funding_ts` are null from the next round until the first boundary of the new grid
+    (120 s), where the interval running at the reload settles on the samples from the last round
+    before it on: 0.004 for 10 s + 49 s + 1 s, F(0.004) = 0.0035. A reload that keeps the
+    interval keeps the settled rate (docs/mark.md, Config)."""
+    for interval, after in ((120, (None, None)), (60, ("0.00150000", B + 60_000))):
+        rig = Rig(make_config(mark=MINUTE))
+        rig.mark(B + 30_000, p=100.2)
+        settled = rig.mark(B + 60_000, p=100.2)
+        assert (settled.last_funding_rate, settled.last_funding_ts) == ("0.00150000", B + 60_000)
+        rig.core.reconfigure(make_config(mark={"funding_interval_s": interval}))
+        for now in (B + 70_000, B + 119_000):
+            mark = rig.mark(now, p=100.4)
+            assert (mark.last_funding_rate, mark.last_funding_ts) == after, interval
+        if interval == 120:
+            assert mark.next_funding_ts == B + 120_000
+            boundary = rig.mark(B + 120_000, p=100.4)
+            assert (boundary.last_funding_rate, boundary.last_funding_ts) == (
+                "0.00350000",
+                B + 120_000,
+            )
