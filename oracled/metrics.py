@@ -192,7 +192,7 @@ def _latency_family(stats: list[tuple[str, SourceStats]]) -> HistogramMetricFami
 
 _SIGNER_REASONS = ("busy", "error", "floor", "lease")
 _NATS_REASONS = ("disconnected", "queue_full", "error", "unsigned")
-_NATS_CONNECT_FAILURES = ("credentials", "tls", "unreachable")
+_NATS_CONNECT_FAILURES = ("credentials", "tls", "unreachable", "server_error")
 _NATS_DENIED = ("prices", "rounds", "stalled", "jetstream_api", "inbox", "other")
 
 
@@ -263,7 +263,8 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
     failures = _labelled(
         "oracled_nats_connect_failures",
         "Failed attempts to connect to a NATS server, by reason: credentials (refused by the "
-        "server), tls (a certificate refused, or no TLS), unreachable (no server answered).",
+        "server), tls (a certificate refused, or no TLS), unreachable (no server answered), "
+        "server_error (a server took the connection and ended it: at its connection limit).",
         "reason",
         _NATS_CONNECT_FAILURES,
         stats.connect_failures if stats is not None else None,

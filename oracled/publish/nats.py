@@ -77,8 +77,11 @@ the refusal is logged at error level (`nats credentials refused; retrying`, or `
 refused; retrying` for a certificate either side does not accept), and the rounds meanwhile are
 counted `disconnected`, as for any outage. So that an operator can tell a refusal from an outage
 without the logs, every failed attempt to connect is counted by why (`connect_failures`):
-`credentials`, `tls`, or `unreachable` (no server took the connection: refused, timed out, a
-name that does not resolve). TLS, when the config asks for it, must start each
+`credentials`, `tls`, `unreachable` (no server took the connection: refused, timed out, a
+name that does not resolve), or `server_error` (a server took it and ended it before letting the
+sink in, for another reason than credentials: at its connection limit, `maximum connections
+exceeded`, or closed at once, or spoke no NATS; logged at warning level once a minute, `nats
+server ended the connection; retrying`). TLS, when the config asks for it, must start each
 connection (`tls_handshake_first`, checked in the config): nats-py otherwise follows the server's
 greeting and would send a server that does not ask for TLS the credentials and prices in clear.
 
@@ -139,8 +142,9 @@ __all__ = [
 #: a round the signer left unsigned (signing on: only signed rounds go out).
 UNPUBLISHED_REASONS = ("disconnected", "queue_full", "error", "unsigned")
 #: Why an attempt to connect failed: the server refused the credentials, TLS failed (either
-#: side refused the other's certificate, or the server does not speak TLS), or no server answered.
-CONNECT_FAILURE_REASONS = ("credentials", "tls", "unreachable")
+#: side refused the other's certificate, or the server does not speak TLS), no server answered,
+#: or one answered and ended the connection with another error (at its connection limit).
+CONNECT_FAILURE_REASONS = ("credentials", "tls", "unreachable", "server_error")
 #: Which of the sink's subjects the server's permissions refused it: a price, a round or a stall
 #: notice, the JetStream API (creating the stream), the reply inbox of that request (a
 #: subscription), or any other (a subject this list does not know yet: a bug to report).
@@ -236,6 +240,7 @@ class NatsSink:
         self._refusal_every_s = refusal_log_every_s
         self._refusal_logged: float | None = None  # monotonic time of the last refusal logged
         self._refusals = 0  # since the last connection
+        self._refused_last = False  # the last failed attempt was a refusal (`_on_error`)
         self._denied_logged: dict[str, float] = {}  # kind -> monotonic time of its last line
         self._denied_since: dict[str, int] = dict.fromkeys(DENIED_SUBJECTS, 0)  # since then
         self._tls_refused = asyncio.Event()  # a TLS handshake failed while connecting
@@ -405,7 +410,7 @@ class NatsSink:
                 delay = min(delay * 2.0, 5.0)
                 continue
             self.stats.connected = True
-            self._refusal_logged, self._refusals = None, 0
+            self._refusal_logged, self._refusals, self._refused_last = None, 0, False
             self._log.info(
                 "nats connected",
                 server=str(nc.connected_url and nc.connected_url.netloc).rpartition("@")[2],
@@ -565,11 +570,27 @@ class NatsSink:
             return
         kind = _refusal(exc)
         if kind is None:
-            if not self.stats.connected and _unreachable(exc):
+            ended = not self.stats.connected and _ended_by_server(exc)
+            if ended and self._refused_last:  # the close of the attempt just refused
+                self._refused_last = False
+            elif not self.stats.connected and _unreachable(exc):
                 self.stats.connect_failures["unreachable"] += 1
+            elif ended:
+                # Taken and ended by the server (`maximum connections exceeded`, no INFO): not
+                # counted at all before, an outage with no reason on record.
+                self.stats.connect_failures["server_error"] += 1
+                failures = self._failed_lines.due("server_error", time.monotonic())
+                if failures is not None:
+                    self._log.warning(
+                        "nats server ended the connection; retrying",
+                        error=str(exc),
+                        attempts=failures,
+                    )
+                return
             self._log.debug("nats error", error=str(exc))
             return
         self.stats.connect_failures["tls" if kind == "TLS" else "credentials"] += 1
+        self._refused_last = True
         if kind == "TLS":
             self._tls_refused.set()  # `_connect` starts over: nats-py would wait forever
         self._refusals += 1
@@ -620,7 +641,7 @@ class NatsSink:
 
     async def _on_reconnected(self) -> None:
         self.stats.connected = True
-        self._refusal_logged, self._refusals = None, 0
+        self._refusal_logged, self._refusals, self._refused_last = None, 0, False
         self.stats.reconnects += 1
         self._log.warning("nats reconnected")
         if self._nc is not None:
@@ -679,6 +700,13 @@ def _denied_kind(prefix: str, action: str, subject: str) -> str:
     if subject.startswith("$js.api."):
         return "jetstream_api"
     return "other"
+
+
+def _ended_by_server(exc: BaseException) -> bool:
+    """An attempt a server took and ended without a refusal of credentials: the connection reset
+    (a server at its connection limit closes at once; nats-py then also reports the broken pipe
+    of its CONNECT, the same attempt, not counted), or a client error (no INFO, garbage)."""
+    return isinstance(exc, ConnectionResetError | NatsError)
 
 
 def _unreachable(exc: BaseException) -> bool:

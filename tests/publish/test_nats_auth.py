@@ -351,7 +351,12 @@ async def test_a_stopped_server_counts_as_unreachable_not_refused(
     task = asyncio.create_task(sink.run())
     try:
         await until(lambda: sink.stats.connected, "connected with the right token")
-        assert sink.stats.connect_failures == {"credentials": 0, "tls": 0, "unreachable": 0}
+        assert sink.stats.connect_failures == {
+            "credentials": 0,
+            "tls": 0,
+            "unreachable": 0,
+            "server_error": 0,
+        }
         srv.stop()
         await until(lambda: sink.stats.connect_failures["unreachable"] >= 2, "two attempts")
         assert not sink.stats.connected

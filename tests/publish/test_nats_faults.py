@@ -224,3 +224,33 @@ async def test_the_client_says_a_server_it_cannot_reach_once_not_per_attempt(
             await stop(watcher)
     errors = [e for e in logs if e["event"] == "client nats error"]
     assert [e["log_level"] for e in errors] == ["warning"]
+
+
+async def test_a_server_at_its_connection_limit_is_counted_and_said_once(
+    tmp_path: Path,
+) -> None:
+    """A real nats-server with `max_connections: 1`, its one connection taken: it ends each
+    attempt of the sink at once (its `-ERR 'maximum connections exceeded'` is not read before
+    the reset: nats-py reports the reset, then the broken pipe of its CONNECT). Each attempt is
+    counted (`server_error`) and said once a minute at most; once the slot is free the sink
+    connects. Before, such attempts were counted under no reason at all (the operator saw
+    rounds lost and no connect failure) and logged at debug level only."""
+    srv = NatsServer(tmp_path / "full", jetstream=False, settings="max_connections: 1")
+    await srv.start()
+    occupant = await nats.connect(srv.url, allow_reconnect=False)
+    sink = NatsSink(NatsConfig(enabled=True, servers=(srv.url,)))
+    task = asyncio.create_task(sink.run(), name="nats-sink")
+    try:
+        with capture_logs() as logs:
+            failures = sink.stats.connect_failures
+            await until(lambda: failures["server_error"] >= 3, "three attempts refused")
+            assert not sink.stats.connected
+            await occupant.close()
+            await until(lambda: sink.stats.connected, "connected once the slot is free")
+        said = [e for e in logs if e["event"] == "nats server ended the connection; retrying"]
+        assert [e["log_level"] for e in said] == ["warning"]
+        assert (failures["unreachable"], failures["credentials"], failures["tls"]) == (0, 0, 0)
+    finally:
+        await stop(task)
+        await occupant.close()
+        srv.stop()
