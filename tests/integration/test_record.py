@@ -18,7 +18,7 @@ from venue_sims import BinanceVenues
 
 from oracled.errors import TapeError
 from oracled.model import Quote
-from oracled.service import _TapeRecorder
+from oracled.recorder import TapeRecorder
 from oracled.sim import BinanceSim
 from oracled.tape import TapeLineError, quote_to_line, read_tape
 
@@ -125,7 +125,7 @@ async def test_a_fifo_without_a_reader_is_said_then_its_reader_too(tmp_path: Pat
     path = tmp_path / "tape.fifo"
     os.mkfifo(path)
     with capture_logs() as logs:
-        recorder = _TapeRecorder(path)
+        recorder = TapeRecorder(path)
         for _ in range(500):  # the writer thread's open, 5 s at most
             if any(e["event"] == "tape: waiting for a reader" for e in logs):
                 break
@@ -151,7 +151,7 @@ async def test_a_backlog_past_its_limit_stops_the_recording_at_a_clean_prefix(
     backlog limit the recording stops with an error said once, the lines already handed to
     the writer are written whole, and nothing after them."""
     reader = StalledReader(tmp_path / "tape.fifo")
-    recorder = _TapeRecorder(reader.path, 200_000)
+    recorder = TapeRecorder(reader.path, 200_000)
     await recorder.drain(5.0)  # a FIFO is opened by the writer thread, once a reader comes
 
     def quotes(first: int, n: int) -> list[Quote]:
@@ -213,7 +213,7 @@ def test_append_to_a_file_without_newlines_is_refused_at_its_first_mib(tmp_path:
     tracemalloc.start()
     try:
         with pytest.raises(TapeError) as caught:
-            _TapeRecorder(path, append=True)
+            TapeRecorder(path, append=True)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -243,11 +243,11 @@ def test_append_to_a_file_that_is_no_tape_names_it_and_lets_its_lock_go(
     path = tmp_path / "tape.jsonl"
     path.write_bytes(body)
     with pytest.raises(TapeError) as caught:
-        _TapeRecorder(path, append=True)
+        TapeRecorder(path, append=True)
     assert str(caught.value).startswith(f"{path}: line 1: {why}"), caught.value
     assert path.read_bytes() == body  # left as found
     path.write_bytes(b'{"format": "oracled-tape", "version": 1}\n')
-    recorder = _TapeRecorder(path, append=True)
+    recorder = TapeRecorder(path, append=True)
     assert recorder.close() is None
     path.write_bytes(body)
     config = Path(__file__).parent.parent / "fixtures" / "tapes" / "config.toml"

@@ -1,0 +1,295 @@
+"""The tape recorder of `oracled record` and `demo --record`: the quotes and manual commands of a
+running daemon, written as a tape `oracled replay` reads (docs/contracts.md).
+
+Kept apart from the service, which only hands it lines: what it owns is the file (its header,
+the lock beside it, `--append` onto a tape of the same config, a torn last line ended) and a
+writer thread the round never waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import IO
+
+import structlog
+
+from oracled.errors import TapeError
+from oracled.lockfile import LockHeldError, lock_beside
+from oracled.model import Quote
+from oracled.tape import (
+    MAX_LINE_BYTES,
+    header_line,
+    line_ts,
+    quote_to_line,
+    read_header,
+    tape_lines,
+)
+
+__all__ = ["TAPE_BACKLOG_BYTES", "TapeRecorder"]
+
+#: Bytes of tape lines that may wait while a write is in flight: a disk or a reader slower than
+#: the quotes for that long (minutes at the shipped config's rate) stops the recording.
+TAPE_BACKLOG_BYTES = 64 << 20
+
+
+class TapeRecorder:
+    """Buffers tape lines in memory and writes them from a thread every few rounds.
+
+    The round never waits for the disk: while a batch is being written, new lines wait for the
+    next flush. Writes are strictly in order: a batch starts only after the previous one
+    finished, and closing waits for a write in flight (1 s at most: a write stuck for good
+    leaves the tape without its last lines, said as an error), so the tape never has lines out
+    of order. A write that fails (a full disk), or lines waiting past `max_backlog` bytes, stop the
+    recording for good, never the rounds: the tape stays a prefix of the quotes, without a gap
+    a replay could not see, and `error` says why.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        max_backlog: int = TAPE_BACKLOG_BYTES,
+        *,
+        append: bool = False,
+        config_sha256: str | None = None,
+        flag: str = "--out",
+    ) -> None:
+        # `flag` is the option that named the tape, for the refusals to name: `record --out`
+        # (which also takes --append) or `demo --record` (which does not).
+        self.path = path
+        self._file: IO[bytes] | None = None
+        self._lock_fd: int | None = None
+        self._buffer: list[bytes] = []
+        self._backlog = 0  # bytes in _buffer
+        self._max_backlog = max_backlog
+        self._lock = threading.Lock()
+        self._pending: concurrent.futures.Future[None] | None = None
+        self.error: str | None = None  # what stopped the recording
+        self._told = False
+        self._digest = config_sha256
+        #: Line 1 of a new tape, written before its first line of quotes: `number` adds the
+        #: daemon's first round to it (None: written, or a tape continued under its own).
+        self._header: bytes | None = None
+        #: The line number of a torn last line `append` found and ended (a crash mid-write).
+        self.torn_line: int | None = None
+        #: Whether manual commands go on the tape: not on a version 1 tape continued.
+        self.commands = True
+        header = header_line(config_sha256)
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            mode = stat.S_IFREG
+        if stat.S_ISDIR(mode):  # said before the start, not at the first write
+            raise TapeError(f"{path} is a directory: {flag} names the tape file")
+        if not stat.S_ISREG(mode):  # a FIFO (`--out >(gzip > t.gz)`), /dev/stdout: the open
+            self._header = header
+            self._open_later()  # waits for a reader, which must not hold a stop
+            return
+        try:
+            self._lock_fd = lock_beside(path)
+        except LockHeldError as exc:
+            raise TapeError(
+                f"{path} is written by another `oracled record` or `demo --record` (it holds"
+                f" {exc.lock})"
+            ) from None
+        except OSError as exc:  # no such directory, no permission: the tape could not be either
+            raise TapeError(f"{path}: cannot write beside it ({exc.strerror or exc})") from None
+        if path.exists() and path.stat().st_size > 0:
+            try:
+                if not append:
+                    way = f"another {flag}"
+                    if flag == "--out":  # `oracled record`, which can continue a tape
+                        way = "--append to continue it, or " + way
+                    raise TapeError(
+                        f"{path} already holds a tape ({path.stat().st_size} bytes): refusing to"
+                        f" overwrite it; give {way}"
+                    )
+                self._file = self._continue(config_sha256)
+            except TapeError:  # refused: the lock goes with it, as at a stop
+                os.close(self._lock_fd)
+                self._lock_fd = None
+                raise
+        else:
+            self._file = path.open("wb")
+            self._header = header
+
+    def _continue(self, config_sha256: str | None) -> IO[bytes]:
+        """Open an existing tape for appending: its header must be one this build writes, with
+        the same config digest if it has one (a tape has one header, true for every line of it;
+        one without a digest, from an older build or `audit --tape`, claims none). A last line
+        without its newline (the process died mid-write) is ended, not cut: the torn bytes stay
+        as the evidence of the crash (a replay reports the line as unreadable)."""
+        with self.path.open("rb") as tape:  # never a line held whole: --out may name any file
+            first = tape.readline(MAX_LINE_BYTES + 1)
+            tape.seek(-1, os.SEEK_END)
+            torn = tape.read(1) != b"\n"
+            lines = 0
+            if torn:
+                tape.seek(0)
+                lines = sum(1 for _ in tape_lines(tape))
+        try:
+            existing = read_header(first)
+        except TapeError as exc:  # its message says which line, not which file
+            raise TapeError(f"{self.path}: {exc}") from None
+        if existing.config_sha256 not in (None, config_sha256):
+            raise TapeError(
+                f"{self.path} was recorded with another pricing config (sha256"
+                f" {existing.config_sha256}): --append continues a tape only with its own config;"
+                " record to another --out"
+            )
+        self.commands = existing.version >= 2
+        file = self.path.open("ab")
+        if torn:
+            file.write(b"\n")
+            self.torn_line = lines
+        return file
+
+    def number(self, round_no: int, ts: int) -> None:
+        """Name the daemon's first round (its number and time) in the header of a new tape, so
+        that a replay numbers its rounds as the daemon did (`first_round`, `first_round_ts`):
+        its first rounds often run before any venue answered, and a tape has no line for them.
+        Called at the first round, before any flush; a continued tape keeps its header."""
+        if self._header is not None:
+            self._header = header_line(self._digest, round_no, ts)
+
+    def _open_later(self) -> None:
+        """Open a path that is no regular file in a thread of its own, as the first write: the
+        flushes wait for it like for any write, and a stop while nobody reads a FIFO ends the
+        recording (`close`) instead of hanging the process before its loop ran."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def open_() -> None:
+            with self._lock:
+                try:
+                    self._file = self._open_for_a_reader()
+                except OSError as exc:
+                    self.error = str(exc)
+            done.set_result(None)
+
+        threading.Thread(target=open_, name="tape-open", daemon=True).start()
+        self._pending = done
+
+    def _open_for_a_reader(self) -> IO[bytes]:
+        """Open the path, saying so when that waits for a FIFO's reader: the daemon runs on
+        meanwhile, and an operator must see why its tape stays empty."""
+        try:  # a FIFO without a reader refuses a non-blocking open (ENXIO) instead of waiting
+            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+        else:
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "wb")
+        log = structlog.get_logger("oracled").bind(component="tape", path=str(self.path))
+        log.info("tape: waiting for a reader")
+        file = self.path.open("wb")
+        log.info("tape: reader connected")
+        return file
+
+    def add(self, quote: Quote) -> None:
+        if self.error is None:
+            line = quote_to_line(quote)
+            self._buffer.append(line)
+            self._backlog += len(line)
+            if self._backlog > self._max_backlog:
+                self.error = (
+                    f"more than {self._max_backlog} bytes of quotes waited for the tape's writes"
+                    " (a disk or reader that fell behind)"
+                )
+                self._buffer, self._backlog = [], 0
+
+    def add_command(self, line: bytes, ts: int) -> None:
+        """Put a manual command line, for the round at `ts`, before the lines waiting that are
+        later than `ts`: quotes received after that round's tick, which go into a later round
+        live, and which a replay must not read before it has applied the command (it runs a
+        round when it reads a quote later than it). Lines already written are never later:
+        the writes follow a round, and a round runs only once its tick has passed."""
+        if self.error is not None or not self.commands:
+            return
+        at = len(self._buffer)
+        while at and line_ts(self._buffer[at - 1]) > ts:
+            at -= 1
+        self._buffer.insert(at, line)
+        self._backlog += len(line)
+
+    def flush(self) -> None:
+        """Hand the buffered lines to the writer thread, unless the last batch is still being
+        written: then they wait for the next flush."""
+        if self.error is not None or not self._buffer:
+            return
+        if self._pending is not None and not self._pending.done():
+            return
+        lines, self._buffer, self._backlog = self._buffer, [], 0
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def write() -> None:
+            self._write(lines)
+            done.set_result(None)
+
+        # A daemon thread of its own, not the loop's executor: a write that never returns (a
+        # reader that stopped for good, a hung mount) would hold the process at its exit.
+        threading.Thread(target=write, name="tape-write", daemon=True).start()
+        self._pending = done
+
+    def take_error(self) -> str | None:
+        """What stopped the recording, the first time it is asked after it happened."""
+        if self.error is None or self._told:
+            return None
+        self._told = True
+        return self.error
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for a batch in flight, `timeout_s` at most (a stop stays within its budget)."""
+        if self._pending is not None:
+            await asyncio.wait([asyncio.wrap_future(self._pending)], timeout=timeout_s)
+
+    def _write(self, lines: list[bytes]) -> None:
+        with self._lock:
+            if self.error is not None or self._file is None:
+                return
+            try:
+                self._write_header(self._file)
+                self._file.writelines(lines)
+                self._file.flush()
+            except OSError as exc:
+                self.error = str(exc)
+
+    def _write_header(self, file: IO[bytes]) -> None:
+        """Line 1 before the first lines of quotes (with the first round once it has run)."""
+        if self._header is not None:
+            header, self._header = self._header, None
+            file.write(header)
+
+    def close(self) -> str | None:
+        """Write what is left after any batch in flight, then close; return what stopped the
+        recording if it was not told yet."""
+        if not self._lock.acquire(blocking=False):  # a write still stuck after `drain`
+            if self.error is None and self._file is None:
+                self.error = f"nobody opened {self.path} for reading: nothing was recorded"
+            elif self.error is None:
+                self.error = "a write did not finish at the stop: the tape's last lines are missing"
+            return self.take_error()
+        file, lines, self._buffer = self._file, self._buffer, []
+        try:
+            if file is not None:
+                self._write_header(file)  # a tape stopped short still says what it is
+                if self.error is None:
+                    file.writelines(lines)
+                file.close()
+        except OSError as exc:
+            if file is not None:  # always: only its writes raise
+                with contextlib.suppress(OSError):
+                    file.close()  # a second try finds the buffer gone, and closes
+            self.error = self.error or str(exc)
+        finally:
+            self._lock.release()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # the next recorder may continue the tape
+                self._lock_fd = None
+        return self.take_error()
