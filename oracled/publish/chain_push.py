@@ -75,6 +75,8 @@ _GWEI: Final = 10**9
 _BUMP_NUM, _BUMP_DEN = 9, 8  # +12.5 %: above the 10 % a node demands of a replacement
 _GAS_MARGIN: Final = 1.25
 _GAS_BASE, _GAS_PER_MARKET = 60_000, 32_000  # a first write of a market: one new slot + event
+#: A gas estimate over this many times that least is no estimate of the call (a bad answer).
+_ESTIMATE_MAX_FACTOR: Final = 4
 _UPDATE_BATCH: Final = selector("updateBatch(uint64,uint48,bytes32[],int128[],int8[])")
 _LATEST_MANY: Final = selector("latestMany(bytes32[])")
 _STATUS_NAMES: Final = tuple(s.label for s in Status)
@@ -545,6 +547,14 @@ class ChainPusher:
             self.stats.transactions["error"] += 1
             self._failed("push would revert; not sent", error=exc.message, data=exc.data)
             return
+        if estimate > _ESTIMATE_MAX_FACTOR * least:
+            # Taken as said, one such answer cut `max_batch` to one market a transaction for
+            # the life of the process (below: over the block's gas limit).
+            self.stats.bad_answers += 1
+            raise _BadAnswer(
+                f"eth_estimateGas: {estimate} gas for {len(batch.markets)} markets, over "
+                f"{_ESTIMATE_MAX_FACTOR} times a first write of each"
+            )
         # Unused gas is not paid for; a limit too low is (the transaction reverts out of gas).
         gas = max(int(estimate * _GAS_MARGIN), least)
         if self._over_block(len(batch.markets), gas):

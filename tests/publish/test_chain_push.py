@@ -1443,6 +1443,38 @@ async def test_an_estimate_over_the_gas_a_block_allows_lowers_the_batch_on_the_s
         await second.stop()
 
 
+async def test_a_gas_estimate_no_batch_could_use_is_a_bad_answer_not_a_smaller_batch(
+    rig: Rig,
+) -> None:
+    """The node answers one gas estimate of the first push (three markets) with a billion gas,
+    over the block's 30M: no updateBatch of three markets can use that, so it is a counted bad
+    answer, retried, and the push goes out whole. Before, the answer was taken as said: the
+    batch was over the block's gas limit, `max_batch` fell to one market a transaction, and
+    stayed there for the life of the process (a crash's restart kept it too): three
+    transactions for three markets, a hundred for a hundred."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(rig, rounds, urls=(proxy.url,))
+        lied: list[str] = []
+
+        def lie_once(request: Any, answer: Any) -> Any:
+            if request.get("method") == "eth_estimateGas" and not lied:
+                lied.append(answer["result"])
+                answer["result"] = hex(10**9)
+            return answer
+
+        proxy.rewrite = lie_once
+        with capture_logs() as logs, pytest.raises(RpcUnavailable, match="eth_estimateGas"):
+            await pusher.step()
+        assert pusher.stats.bad_answers == 1 and lied
+        await settle(pusher)
+        assert pusher.stats.transactions["sent"] == 1 and pusher.stats.updates == 3
+        assert not [e for e in logs if e["event"].startswith("push batch over")]
+    finally:
+        await proxy.stop()
+
+
 async def test_a_send_refused_as_nonce_too_high_reads_the_nonce_again(rig: Rig) -> None:
     """A reorganisation took a confirmed push off the chain, so the pusher's next nonce is one
     past the chain's; a node that takes no nonce ahead of the pool's refuses the send as
