@@ -254,3 +254,65 @@ async def test_a_server_at_its_connection_limit_is_counted_and_said_once(
         await stop(task)
         await occupant.close()
         srv.stop()
+
+
+async def test_a_verifying_subscriber_gets_whole_signed_rounds_in_order_through_faults(
+    server: NatsServer, relay: NatsRelay
+) -> None:
+    """The sink publishes signed rounds of 200 markets through the relay, which cuts the
+    connection while a round is on its way (handed to the client, its bytes not all through),
+    injects garbage, then an `-ERR`, then cuts again; a
+    verifying client on the server itself takes every price subject. After each fault the sink
+    comes back and the client verifies newer rounds; it refuses nothing: a message cut short is
+    dropped whole by the server (never truncated or forged), and none arrives after a newer
+    one (never reordered)."""
+    markets = {f"C{i:03d}/USD": 10.0 + i for i in range(200)}
+    rounds = Rounds(make_config(markets), markets)
+    signer = RoundSigner(KEY, "test")
+    newest = [0]
+    client = OracleClient(
+        {KEY.address}, deployment="test", now_ms=lambda: newest[0], max_age_ms=60_000
+    )
+    sink = NatsSink(NatsConfig(enabled=True, servers=(relay.url,)), restart_base_s=0.05)
+    task = await running(sink)
+    watcher = asyncio.create_task(client.watch_nats(server.url))
+
+    def seen_after(ts: int) -> bool:
+        """Publish the next round; True once the client verified one newer than `ts`."""
+        signed = signer.sign(rounds.step())
+        newest[0] = signed.ts
+        sink.submit(signed)
+        view = client.price("C199/USD")
+        return view.ts is not None and view.ts > ts
+
+    async def part_way() -> None:
+        """Submit rounds until the sink takes one (its envelopes being encoded): a round
+        submitted while the sink is away is counted, never published, so then the next."""
+        async with asyncio.timeout(SAFETY_S):
+            while True:
+                signed = signer.sign(rounds.step())
+                newest[0] = signed.ts
+                sink.submit(signed)
+                for _ in range(1_000):
+                    if len(signed._envelopes) > 0:  # the cache, read only
+                        return
+                    await asyncio.sleep(0)
+
+    faults = {
+        "cut": relay.cut,
+        "garbage": lambda: relay.inject(b"GARBAGE FROM THE SERVER\r\n"),
+        "error": lambda: relay.inject(b"-ERR 'Unknown Protocol Operation'\r\n"),
+        "cut again": relay.cut,
+    }
+    try:
+        await until(lambda: seen_after(0), "a first round verified")
+        for name, fault in faults.items():
+            await part_way()
+            fault()
+            before = newest[0]
+            await until(lambda b=before: seen_after(b), f"a round verified after the {name}")
+        refused = {reason: n for reason, n in client.rejected.items() if n}
+        assert refused == {}
+        assert client.accepted > 0
+    finally:
+        await stop(watcher, task)
