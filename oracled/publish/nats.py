@@ -78,12 +78,14 @@ refused; retrying` for a certificate either side does not accept), and the round
 counted `disconnected`, as for any outage. So that an operator can tell a refusal from an outage
 without the logs, every failed attempt to connect is counted by why (`connect_failures`):
 `credentials`, `tls`, `unreachable` (no server took the connection: refused, timed out, a
-name that does not resolve), or `server_error` (a server took it and ended it before letting the
-sink in, for another reason than credentials: at its connection limit, `maximum connections
-exceeded`, or closed at once, or spoke no NATS; logged at warning level once a minute, `nats
-server ended the connection; retrying`). TLS, when the config asks for it, must start each
-connection (`tls_handshake_first`, checked in the config): nats-py otherwise follows the server's
-greeting and would send a server that does not ask for TLS the credentials and prices in clear.
+name that does not resolve; logged at warning level once a minute, `nats server unreachable;
+retrying`, which at start-up nothing else would say), or `server_error` (a server took it and
+ended it before letting the sink in, for another reason than credentials: at its connection
+limit, `maximum connections exceeded`, or closed at once, or spoke no NATS; logged at warning
+level once a minute, `nats server ended the connection; retrying`). TLS, when the config asks
+for it, must start each connection (`tls_handshake_first`, checked in the config): nats-py
+otherwise follows the server's greeting and would send a server that does not ask for TLS the
+credentials and prices in clear.
 
 A server that lets the sink in may still refuse it a subject: a user whose permissions leave one
 of ours out. The server does not close the connection; it answers that publish (or subscription)
@@ -575,6 +577,13 @@ class NatsSink:
                 self._refused_last = False
             elif not self.stats.connected and _unreachable(exc):
                 self.stats.connect_failures["unreachable"] += 1
+                # Said once a minute: at start nothing else says it (no `nats disconnected`)
+                failures = self._failed_lines.due("unreachable", time.monotonic())
+                if failures is not None:
+                    self._log.warning(
+                        "nats server unreachable; retrying", error=str(exc), attempts=failures
+                    )
+                return
             elif ended:
                 # Taken and ended by the server (`maximum connections exceeded`, no INFO): not
                 # counted at all before, an outage with no reason on record.

@@ -316,3 +316,30 @@ async def test_a_verifying_subscriber_gets_whole_signed_rounds_in_order_through_
         assert client.accepted > 0
     finally:
         await stop(watcher, task)
+
+
+async def test_a_server_unreachable_from_the_start_is_said_once_not_never(
+    tmp_path: Path,
+) -> None:
+    """No server listens when the sink starts: every round is counted `disconnected` and each
+    attempt `unreachable`, and now one warning says so (once a minute at most, with the number
+    of attempts). Before, nothing above debug level did: `nats disconnected` needs a connection
+    first, so a daemon started with NATS down dropped every round without a line."""
+    srv = NatsServer(tmp_path / "later", jetstream=False)  # its port, nothing listening yet
+    sink = NatsSink(NatsConfig(enabled=True, servers=(srv.url,)), connect_timeout_s=0.5)
+    rounds = Rounds(make_config())
+    with capture_logs() as logs:
+        task = asyncio.create_task(sink.run(), name="nats-sink")
+        try:
+            failures = sink.stats.connect_failures
+
+            def attempted() -> bool:
+                sink.submit(rounds.step())
+                return failures["unreachable"] >= 3
+
+            await until(attempted, "three attempts")
+        finally:
+            await stop(task)
+    said = [e for e in logs if e["event"] == "nats server unreachable; retrying"]
+    assert [e["log_level"] for e in said] == ["warning"]
+    assert sink.stats.unpublished["disconnected"] > 0
