@@ -11,7 +11,9 @@ it kept, and sent on the next connection, late too.
 
 So before nats-py connects again, the socket is reset (closed with SO_LINGER 0: the kernel
 throws away what it holds unsent, the peer gets a RST) and the publishes nats-py still held are
-dropped, their number handed to `on_dropped` (the sink counts them as `lost`). This reaches
+dropped, their number handed to `on_dropped` (the sink counts them as `lost`). And the socket
+of an attempt that failed after connecting (a server that never greets) is closed before the
+next attempt: nats-py left it open for the collector, one per attempt. This reaches
 into nats-py's private state (`_attempt_reconnect`, `_transport`, `_pending`), checked by the
 sink's tests against the version installed.
 """
@@ -23,6 +25,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from nats.aio.client import Client
 
@@ -58,8 +61,22 @@ class ResettingClient(Client):
             self.reset()
         closing.add_done_callback(lambda task: task.cancelled() or task.exception())
 
+    async def _connect_to_server(self, s: Any) -> None:
+        # nats-py reuses its transport object for the next attempt and leaves the socket of one
+        # that failed after connecting (a server that never greets) open, to the collector.
+        self._abort_socket()
+        await super()._connect_to_server(s)
+
     def reset(self) -> None:
         """Throw the connection away: reset the socket, drop the publishes not written yet."""
+        self._abort_socket()
+        dropped = sum(1 for command in self._pending if command.startswith(_PUBLISHES))
+        self._pending = []
+        self._pending_data_size = 0
+        if dropped:
+            self._on_dropped(dropped)
+
+    def _abort_socket(self) -> None:
         writer = getattr(self._transport, "_io_writer", None)
         if writer is not None:
             sock = writer.get_extra_info("socket")
@@ -67,8 +84,3 @@ class ResettingClient(Client):
                 with contextlib.suppress(OSError):  # already closed: nothing left to keep
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             writer.transport.abort()
-        dropped = sum(1 for command in self._pending if command.startswith(_PUBLISHES))
-        self._pending = []
-        self._pending_data_size = 0
-        if dropped:
-            self._on_dropped(dropped)

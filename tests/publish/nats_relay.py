@@ -6,7 +6,6 @@ ways. The test then acts on the connections open at that moment, or on the next 
 - `cut()` resets every open connection at once (RST, no goodbye), mid-frame or not;
 - `stall()` stops moving bytes either way with both sockets left open (a frozen path: the
   client's pings go unanswered), until `flow()`;
-- `trickle(delay_s)` moves the server's bytes to the client one at a time (a thin link);
 - `inject(data)` writes `data` to every client as if the server had sent it (an `-ERR` line,
   garbage), after what the server already sent;
 - `info(rewrite)` rewrites the server's INFO line of the connections made from then on (a
@@ -61,7 +60,6 @@ class NatsRelay:
         self.url = f"nats://127.0.0.1:{self.port}"
         self.accepted = 0  # connections taken, whatever became of them
         self._mode = "pass"
-        self._trickle_s: float | None = None
         self._rewrite: Callable[[bytes], bytes] | None = None
         self._pairs: set[_Pair] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -95,12 +93,8 @@ class NatsRelay:
             pair.flowing.clear()
 
     def flow(self) -> None:
-        self._trickle_s = None
         for pair in self._pairs:
             pair.flowing.set()
-
-    def trickle(self, delay_s: float) -> None:
-        self._trickle_s = delay_s
 
     def inject(self, data: bytes) -> None:
         for pair in self._pairs:
@@ -147,8 +141,8 @@ class NatsRelay:
             return
         pair = _Pair(writer, up_writer)
         self._pairs.add(pair)
-        self._spawn(self._pump(reader, up_writer, pair, downstream=False))
-        self._spawn(self._pump(up_reader, writer, pair, downstream=True, rewrite=self._rewrite))
+        self._spawn(self._pump(reader, up_writer, pair))
+        self._spawn(self._pump(up_reader, writer, pair, rewrite=self._rewrite))
 
     async def _drain(self, reader: asyncio.StreamReader, pair: _Pair) -> None:
         """A mute peer: reads what the client sends and never answers."""
@@ -167,7 +161,6 @@ class NatsRelay:
         writer: asyncio.StreamWriter,
         pair: _Pair,
         *,
-        downstream: bool,
         rewrite: Callable[[bytes], bytes] | None = None,
     ) -> None:
         try:
@@ -175,17 +168,12 @@ class NatsRelay:
                 writer.write(rewrite(await reader.readline()))
             while True:
                 await pair.flowing.wait()
-                if downstream and self._trickle_s is not None:
-                    data = await reader.read(1)
-                else:
-                    data = await reader.read(65536)
+                data = await reader.read(65536)
                 if not data:
                     break
                 await pair.flowing.wait()  # a stall that began while this read waited
                 writer.write(data)
                 await writer.drain()
-                if downstream and self._trickle_s is not None:
-                    await asyncio.sleep(self._trickle_s)
         except OSError:
             pass
         finally:

@@ -343,3 +343,55 @@ async def test_a_server_unreachable_from_the_start_is_said_once_not_never(
     said = [e for e in logs if e["event"] == "nats server unreachable; retrying"]
     assert [e["log_level"] for e in said] == ["warning"]
     assert sink.stats.unpublished["disconnected"] > 0
+
+
+async def test_a_smaller_max_payload_after_a_reconnection_is_counted_not_fatal(
+    server: NatsServer, relay: NatsRelay
+) -> None:
+    """The connection is cut and the server the sink reaches next announces a `max_payload` of
+    1 KiB (its INFO rewritten by the relay): the round message no longer fits. The prices still
+    go out, each round message is counted `error`, the warning is written once, and the sink
+    stays connected."""
+    markets = {f"C{i:02d}/USD": 10.0 + i for i in range(20)}
+    rounds = Rounds(make_config(markets), markets)
+    signer = RoundSigner(KEY, "test")
+    sink = NatsSink(NatsConfig(enabled=True, servers=(relay.url,)))
+    task = await running(sink)
+    try:
+        relay.info(lambda line: line.replace(b'"max_payload":1048576', b'"max_payload":1024'))
+        relay.cut()
+        await until(lambda: sink.stats.reconnects == 1, "reconnected to the smaller server")
+        with capture_logs() as logs:
+            for n in range(1, 4):
+                sink.submit(signer.sign(rounds.step()))
+                await until(lambda n=n: sink.stats.unpublished["error"] == n, f"round {n} tried")
+        assert sink.stats.published == 3 * 20 and sink.stats.connected
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["nats publish failed"]
+    finally:
+        await stop(task)
+
+
+async def test_a_server_that_never_greets_is_counted_and_left_for_one_that_does(
+    relay: NatsRelay,
+) -> None:
+    """After a cut, the next connections meet a socket that accepts and never sends INFO: each
+    attempt times out, counted `unreachable`, and the rounds meanwhile `disconnected`; once the
+    server greets again the sink connects and publishes."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(relay.url,)), connect_timeout_s=0.3)
+    rounds = Rounds(make_config())
+    task = await running(sink)
+    try:
+        relay.mute()
+        relay.cut()
+        failures = sink.stats.connect_failures
+        await until(lambda: failures["unreachable"] >= 2, "two attempts without a greeting")
+        sink.submit(rounds.step())
+        assert sink.stats.unpublished["disconnected"] >= 4
+        relay.pass_()
+        relay.cut()  # the mute connection nats-py may still wait on
+        await until(lambda: sink.stats.connected, "connected to a server that greets")
+        published = sink.stats.published
+        sink.submit(rounds.step())
+        await until(lambda: sink.stats.published == published + 4, "a round published")
+    finally:
+        await stop(task)
