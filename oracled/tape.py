@@ -1,7 +1,9 @@
 """The quote tape (docs/contracts.md): read for `oracled replay`, written by `oracled record`.
 
 Reading is lenient line by line and strict about the header: a malformed line is reported with
-its line number and skipped, it never stops the replay and never enters a price. Prices travel as
+its line number and skipped, it never stops the replay and never enters a price. A line that
+names a key twice is one: JSON readers differ on which value wins, and an audit artifact read
+one way here and another way elsewhere would be no record. Prices travel as
 decimal strings; a recorded float is written with `repr`, the shortest string that reads back to
 the same float, so replaying a recording feeds the core exactly what the live run saw.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import re
 import shlex
@@ -158,7 +161,7 @@ class _Line(msgspec.Struct, forbid_unknown_fields=False):
     ts: int
     source: str
     pair: str
-    kind: Literal["spot", "perp"] = "spot"
+    kind: Literal["spot", "perp"] | None = None  # None: not sent, read as spot (`_keys_once`)
     price: str | None = None
     bid: str | None = None
     ask: str | None = None
@@ -259,7 +262,7 @@ def _to_quote(line: _Line) -> Quote:
     return Quote(
         source=line.source,
         pair=line.pair,
-        kind=line.kind,
+        kind=line.kind or "spot",
         recv_ts=line.ts,
         price=price,
         bid=bid,
@@ -270,6 +273,40 @@ def _to_quote(line: _Line) -> Quote:
         block=line.block,
         block_ts=line.block_ts,
     )
+
+
+def _keys_once(raw: bytes | str, line: _Line) -> None:
+    """ValueError if the line names a key twice (`"\\u0070rice"` is `"price"` too).
+
+    The cheap look first: every `"` of a line opens or closes a string, or is one escaped in a
+    string, so a line that holds the keys `line` has values for and no others, each once, with
+    no `\\"` in a string, has 2 per key and 2 per string value, and any other line has more. One
+    with more (a repeated key, an unknown one, a null, a quote in a string) is parsed again
+    keeping every key."""
+    strings = (
+        (line.kind is not None)
+        + (line.price is not None)
+        + (line.bid is not None)
+        + (line.ask is not None)
+        + (line.volume is not None)
+        + (line.flag is not None)
+        + (line.manual is not None)
+    )
+    numbers = (line.venue_ts is not None) + (line.block is not None) + (line.block_ts is not None)
+    marks = 10 + 4 * strings + 2 * numbers  # ts, source and pair: 10
+    if raw.count(b'"' if isinstance(raw, bytes) else '"') != marks:  # type: ignore[arg-type]
+        _no_repeated_key(raw)
+
+
+def _no_repeated_key(raw: bytes | str) -> None:
+    """ValueError naming a key that the line's object (not one nested in it) holds twice."""
+    # Numbers stay text: only the keys are wanted, and a long one would pass Python's limit.
+    pairs = json.loads(raw, object_pairs_hook=list, parse_int=str, parse_float=str)
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} appears twice: which of its values is meant is unknown")
+        seen.add(key)
 
 
 def _to_command(number: int, line: _Command) -> ManualCommand:
@@ -297,7 +334,9 @@ def _has_manual(raw: bytes | str) -> bool:
 
 def _command(number: int, raw: bytes | str) -> ManualCommand:
     try:
-        return _to_command(number, _command_decoder.decode(raw))
+        line = _command_decoder.decode(raw)
+        _no_repeated_key(raw)  # a command is rare: no cheap look first
+        return _to_command(number, line)
     except (msgspec.DecodeError, ValueError) as exc:
         raise ValueError(f"manual command: {exc}") from None
 
@@ -322,6 +361,7 @@ def read_header(first: bytes | str) -> TapeHeader:
         first = first[3:] if isinstance(first, bytes) else first[1:]  # lets a reader skip it
     try:
         header = _header_decoder.decode(first)
+        _no_repeated_key(first)
     except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # not UTF-8; nested deep
         raise TapeError(f"line 1: not an oracled-tape header ({exc})") from None
     if header.format != TAPE_FORMAT or header.version not in _READ_VERSIONS:
@@ -379,6 +419,7 @@ def read_tape(
             continue
         try:
             line = _line_decoder.decode(raw)
+            _keys_once(raw, line)
             quote = _to_quote(line) if line.manual is None or not commands else None
         except (msgspec.DecodeError, ValueError, RecursionError) as exc:
             # a command has no source nor pair: the probe is only paid for lines that are no quote

@@ -205,3 +205,70 @@ def test_a_header_over_the_limit_is_a_tape_error_read_no_further() -> None:
         "line 1: not an oracled-tape header (longer than 1 MiB: no tape line is this long)"
     )
     assert tape.tell() == MAX_LINE_BYTES + 1
+
+
+_START = b'{"ts": 1700000000400, "source": "b", "pair": "USDT/USD", '
+
+
+@pytest.mark.parametrize(
+    ("rest", "key"),
+    [
+        (b'"price": "1.0002", "price": "1"}', "price"),
+        (b'"\\u0070rice": "1.0002", "price": "1"}', "price"),  # an escape spells the same key
+        (b'"price": "1.0002", "pr\\u0069ce": "1"}', "price"),
+        (b'"price": null, "price": "1"}', "price"),
+        (b'"bid": "1", "ask": "1.1", "bid": "0.9", "price": "1"}', "bid"),
+        (b'"price": "1", "ts": 1700000000300}', "ts"),
+        (b'"price": "1", "source": "a"}', "source"),
+        (b'"price": "1", "kind": "perp", "x": "y \\" z", "kind": "spot"}', "kind"),
+        (b'"price":"1","price":"1"}', "price"),  # the same value twice is no better
+    ],
+)
+def test_a_line_that_names_a_key_twice_is_reported_and_skipped(rest: bytes, key: str) -> None:
+    """A quote line with a key twice is ambiguous: JSON readers differ on which value wins
+    (ours took the last), so an auditor reading the tape with another tool could see another
+    price. It is named with its line number and skipped, as a malformed line is, whether the
+    key is spelled with JSON escapes or not; the line after it still counts."""
+    quotes, errors = _read(HEADER + _START + rest + b"\n" + GOOD)
+    assert [(e.line, f"key {key!r} appears twice" in e.message) for e in errors] == [(2, True)]
+    assert [q.source for q in quotes] == ["a"]
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        b'"\\u0070rice": "1.0002"}',  # a key spelled with an escape, once
+        b'"price": "1.0002", "x": {"y": 1, "y": 2}}',  # repeated in an unknown key's object
+        b'"price": "1.0002", "x": "a \\"price\\": b", "note": null}',
+        b'"price": "1.0002", "kind": "spot", "flag": "liquidity", "block": 7, "block_ts": 8}',
+    ],
+)
+def test_a_line_with_each_key_once_is_read_whatever_else_it_holds(rest: bytes) -> None:
+    """Keys once each are read as before: spelled with escapes, beside unknown keys (whose own
+    objects may repeat theirs: they are not read), nulls and quotes inside strings."""
+    quotes, errors = _read(HEADER + _START + rest + b"\n")
+    assert errors == []
+    assert [(q.source, q.price, q.kind) for q in quotes] == [("b", 1.0002, "spot")]
+
+
+def test_a_header_that_names_a_key_twice_cannot_be_read() -> None:
+    """Line 1 with `version` twice is refused as a header that cannot be read, not read as
+    whichever value came last."""
+    with pytest.raises(TapeError, match=r"line 1: .*key 'version' appears twice"):
+        _read(b'{"format": "oracled-tape", "version": 1, "version": 1}\n' + GOOD)
+
+
+def test_a_manual_command_that_names_a_key_twice_is_reported_and_never_applied() -> None:
+    """A version 2 command line with `manual` twice (a pause or a resume?) is reported with
+    its line number and not applied."""
+    header = HEADER.replace(b'"version": 1', b'"version": 2')
+    command = (
+        b'{"ts": 1700000000450, "manual": "pause", "market": "USDT/USD", "actor": "a",'
+        b' "round": 1, "manual": "resume"}\n'
+    )
+    errors: list[TapeLineError] = []
+    applied: list[object] = []
+    quotes = list(read_tape(io.BytesIO(header + command + GOOD), errors, on_command=applied.append))
+    assert [(e.line, "key 'manual' appears twice" in e.message) for e in errors] == [(2, True)]
+    assert applied == []
+    assert [q.source for q in quotes] == ["a"]
