@@ -295,11 +295,14 @@ def _keys_once(raw: bytes | str, line: _Line) -> None:
     numbers = (line.venue_ts is not None) + (line.block is not None) + (line.block_ts is not None)
     marks = 10 + 4 * strings + 2 * numbers  # ts, source and pair: 10
     if raw.count(b'"' if isinstance(raw, bytes) else '"') != marks:  # type: ignore[arg-type]
-        _no_repeated_key(raw)
+        keys = _no_repeated_key(raw)
+        if line.kind is None and "kind" in keys:  # None stands for "not sent" only
+            raise ValueError("`kind` is null: `spot`, `perp`, or no `kind` (spot)")
 
 
-def _no_repeated_key(raw: bytes | str) -> None:
-    """ValueError naming a key that the line's object (not one nested in it) holds twice."""
+def _no_repeated_key(raw: bytes | str) -> set[str]:
+    """The keys of the line's object (not of one nested in it); ValueError naming one it holds
+    twice."""
     # Numbers stay text: only the keys are wanted, and a long one would pass Python's limit.
     pairs = json.loads(raw, object_pairs_hook=list, parse_int=str, parse_float=str)
     seen: set[str] = set()
@@ -307,6 +310,7 @@ def _no_repeated_key(raw: bytes | str) -> None:
         if key in seen:
             raise ValueError(f"key {key!r} appears twice: which of its values is meant is unknown")
         seen.add(key)
+    return seen
 
 
 def _to_command(number: int, line: _Command) -> ManualCommand:

@@ -251,6 +251,15 @@ def test_a_line_with_each_key_once_is_read_whatever_else_it_holds(rest: bytes) -
     assert [(q.source, q.price, q.kind) for q in quotes] == [("b", 1.0002, "spot")]
 
 
+@pytest.mark.parametrize("kind", [b'"kind": null', b'"\\u006bind": null'])
+def test_a_kind_given_as_null_is_reported_and_skipped(kind: bytes) -> None:
+    """`kind` is a string when sent (docs/contracts.md): a null one is a line that cannot be
+    read, as it always was, not a spot quote; the line after it still counts."""
+    quotes, errors = _read(HEADER + _START + kind + b', "price": "1"}\n' + GOOD)
+    assert [(e.line, "`kind` is null" in e.message) for e in errors] == [(2, True)]
+    assert [q.source for q in quotes] == ["a"]
+
+
 def test_a_header_that_names_a_key_twice_cannot_be_read() -> None:
     """Line 1 with `version` twice is refused as a header that cannot be read, not read as
     whichever value came last."""
