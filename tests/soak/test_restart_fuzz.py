@@ -28,6 +28,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,17 @@ def _check_run(state: State, daemon: Daemon, signed: list[dict[str, Any]], held:
     if not state.audit.exists():  # killed before its trail was made: nothing signed either
         assert not signed and state.lease_on_disk() is None
         return
+    if not _has_rounds_table(state.audit):  # killed after its start opened the trail's file
+        # (and maybe took its lease, last in the start), before the trail's writer made its
+        # tables: the next daemon makes them (a file without tables is a new trail)
+        mine = {int(s["ts"]) for s in signed}
+        lease = state.lease_on_disk()
+        if mine:
+            assert lease is not None and lease >= max(mine), (lease, max(mine))
+            assert not state.signed or min(mine) > max(state.signed), "a round time signed again"
+        state.lease, state.signed = lease, state.signed | mine
+        state.clean = state.written_down = False
+        return
     rounds, last = whole_rounds(state.audit, len(MARKETS))
     told = io.StringIO()
     with contextlib.redirect_stdout(told):  # in this process: a second's start saved a check
@@ -311,6 +323,16 @@ def _check_run(state: State, daemon: Daemon, signed: list[dict[str, Any]], held:
     pauses = state.root / "pauses.json"
     kept = json.loads(pauses.read_text())["paused"] if pauses.exists() else {}
     assert set(kept) == state.paused
+
+
+def _has_rounds_table(path: Path) -> bool:
+    """Whether the trail's file has its tables yet."""
+    db = sqlite3.connect(path)
+    try:
+        found = db.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'rounds'")
+        return found.fetchone() is not None
+    finally:
+        db.close()
 
 
 def _market_round(line: bytes) -> tuple[bytes, bytes]:
