@@ -661,8 +661,10 @@ class NatsSink:
         self.stats.connected = False
         self._wakeup.set()  # `_run_once` ends: nats-py never reconnects a closed client
 
-    async def close(self) -> None:
-        """Flush what was handed to the connection (briefly) and close it."""
+    async def flush(self) -> None:
+        """Wait (up to 1 s) until the server has answered a PING sent after what was handed to
+        the connection: a refusal of those publishes has come by then. The connection stays
+        open; the sink's task closes it when it ends."""
         nc = self._nc
         if nc is not None and nc.is_connected:
             with contextlib.suppress(Exception):

@@ -173,7 +173,7 @@ async def test_the_documented_permissions_are_enough(
         try:
             await publish_all(sink)
             await until(lambda: len(got) == sum(SENT.values()), "every message at the reader")
-            await sink.close()  # a PING after the publishes: any refusal of them came before
+            await sink.flush()  # a PING after the publishes: any refusal of them came before
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -225,7 +225,7 @@ async def test_each_documented_permission_left_out_is_counted_logged_and_exposed
         try:
             await publish_all(sink)
             await until(lambda: sink.stats.permission_denied[kind] == count, f"{kind} refused")
-            await sink.close()  # any further refusal would have come before its PONG
+            await sink.flush()  # any further refusal would have come before its PONG
             assert sink.stats.connected, "a refused subject does not cost the connection"
         finally:
             task.cancel()
@@ -287,7 +287,7 @@ async def test_a_prefix_in_capitals_is_told_apart_though_the_client_lowers_the_e
         try:
             await publish_all(sink)
             await until(lambda: sink.stats.permission_denied["prices"] == SENT["prices"], "refused")
-            await sink.close()
+            await sink.flush()
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
