@@ -374,11 +374,16 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
         "Node answers the pusher could not read (not a hex quantity, a receipt without status).",
     )
     bad.add_metric([], stats.bad_answers if stats is not None else 0)
+    refused = CounterMetricFamily(
+        "oracled_push_refused_requests",
+        "Pusher requests the node refused as their own fault, retried (a JSON-RPC error).",
+    )
+    refused.add_metric([], stats.refused if stats is not None else 0)
     restarts = CounterMetricFamily(
         "oracled_push_restarts", "Starts of the pusher's task again after a crash (a bug)."
     )
     restarts.add_metric([], stats.restarts if stats is not None else 0)
-    yield from (txs, skipped, updates, pending, bad, restarts)
+    yield from (txs, skipped, updates, pending, bad, refused, restarts)
     if stats is not None:  # absent when push is off: a 0 there would read as a stopped pusher
         up = GaugeMetricFamily(
             "oracled_push_up",

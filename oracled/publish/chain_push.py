@@ -129,6 +129,9 @@ class PushStats:
     # chain, no contract), with one log line, so this is the only lasting sign that pushing stopped.
     up: bool = False
     bad_answers: int = 0  # node answers the pusher could not read (retried)
+    #: Requests the node refused as their own fault (a JSON-RPC error) where no step acts on the
+    #: refusal: retried, and not counted against the endpoint, which answered.
+    refused: int = 0
     restarts: int = 0  # the task started again after a crash (a bug)
     #: The push chain's name and its RPC client's endpoints (empty until the pusher is built):
     #: exported in the chain readers' RPC families, as `client="pusher"`, so that a push RPC
@@ -300,6 +303,7 @@ class ChainPusher:
                     self._step_failed("chain unreachable", exc)
                 except RpcError as exc:  # the node read the request and refused it
                     failing += 1
+                    self.stats.refused += 1
                     self._step_failed("request refused by the node; retrying", exc)
                 if failing:
                     await asyncio.sleep(_retry_delay_s(self.cfg.interval_s, failing))
@@ -328,6 +332,8 @@ class ChainPusher:
             try:
                 await self.start()
             except (RpcUnavailable, RpcError) as exc:  # RpcError: a code not failed over
+                if isinstance(exc, RpcError):
+                    self.stats.refused += 1
                 self._log.warning("chain unreachable; retrying", error=str(exc), delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, 30.0)

@@ -1165,6 +1165,39 @@ async def test_a_null_answer_to_the_contract_check_at_start_is_waited_for_not_th
     assert pusher.stats.bad_answers == 1
 
 
+async def test_a_read_the_node_refuses_on_its_merits_is_counted_and_retried(rig: Rig) -> None:
+    """A node that refuses one of the pusher's reads as the request's own fault (a JSON-RPC
+    error, here invalid params for `eth_getBlockByNumber`) is retried like a bad answer, and
+    counted in `oracled_push_refused_requests_total`: before, only a log line said so, and the
+    RPC families do not count it against the endpoint, which answered."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
+    rounds.step()
+    pusher.submit(rounds.step())
+    proxy.refuse["eth_getBlockByNumber"] = [{"code": -32602, "message": "invalid argument 0"}]
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: task.done() or pusher.stats.transactions["confirmed"] == 1)
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.stop()
+    assert pusher.stats.refused == 1 and pusher.stats.bad_answers == 0
+    said = [e for e in logs if "invalid argument 0" in e.get("error", "")]
+    assert len(said) == 1
+    assert said[0]["event"] in (
+        "request refused by the node; retrying",
+        "chain unreachable; retrying",
+    )
+    counted = [
+        s.value for s in exposed(pusher.stats) if s.name == "oracled_push_refused_requests_total"
+    ]
+    assert counted == [1.0]
+
+
 @pytest.mark.usefixtures("daemon_recursion_limit")
 @pytest.mark.parametrize("mode", ["wrong_id", "no_result", "huge", "deep"])
 async def test_a_raw_send_answer_that_is_not_for_this_request_goes_to_the_next_endpoint(
