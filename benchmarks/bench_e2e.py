@@ -318,6 +318,33 @@ class Daemon:
                 await self.proc.wait()
 
 
+def _ledger(metrics: dict[str, float]) -> tuple[int, dict[str, float]]:
+    """Quotes taken and frames dropped (by reason) as the daemon's metrics count them."""
+    dropped: dict[str, float] = {}
+    for key, v in metrics.items():
+        if key.startswith("oracled_quotes_dropped{") and v:
+            reason = re.search(r'reason="([^"]+)"', key)
+            if reason:
+                dropped[reason.group(1)] = dropped.get(reason.group(1), 0.0) + v
+    return int(_sum(metrics, "oracled_source_quotes")), dropped
+
+
+async def _drained_ledger(daemon: Daemon, sent: int) -> tuple[int, dict[str, float]]:
+    """The ledger once the daemon has read what the quiet venues sent: every frame counted,
+    or the counts unchanged from one read to the next a second later (what is missing then is
+    lost, not late). A daemon seconds behind still holds frames in its sockets when the venues
+    stop: reading the counters a fixed second after called those frames lost."""
+    last: tuple[int, float] | None = None
+    for _ in range(60):
+        await asyncio.sleep(1.0)
+        quotes, dropped = _ledger(await daemon.metrics())
+        now = (quotes, sum(dropped.values()))
+        if quotes + now[1] >= sent or now == last:
+            break
+        last = now
+    return quotes, dropped
+
+
 def _sum(metrics: dict[str, float], name: str, label: str | None = None) -> float:
     """Sum of a family's samples, optionally only those whose labels contain `label`."""
     prefix = name + "{"
@@ -659,18 +686,9 @@ async def run_step(args: argparse.Namespace, rate: float, workdir: Path) -> Step
 
         # The ledger: venues fall silent, the daemon drains, then every frame sent is counted.
         final = await _worker_stats(workers, "quiet")
-        await asyncio.sleep(1.0)
-        m2 = await daemon.metrics()
         step.sent = sum(final["sent"].values())
-        step.quotes = int(_sum(m2, "oracled_source_quotes"))
-        dropped: dict[str, float] = {}
-        for key, v in m2.items():
-            if key.startswith("oracled_quotes_dropped{") and v:
-                reason = re.search(r'reason="([^"]+)"', key)
-                if reason:
-                    dropped[reason.group(1)] = dropped.get(reason.group(1), 0.0) + v
-        step.dropped = dropped
-        step.unaccounted = int(step.sent - step.quotes - sum(dropped.values()))
+        step.quotes, step.dropped = await _drained_ledger(daemon, step.sent)
+        step.unaccounted = int(step.sent - step.quotes - sum(step.dropped.values()))
         step.keeps_up = (
             step.received_rate >= 0.97 * step.sent_rate
             and step.rounds_done >= 0.95 * step.rounds_expected
