@@ -377,17 +377,22 @@ class Book:
 
     def _check_perp(self, key: SlotKey, quote: Quote) -> DropReason | None:
         """Keep a perpetual quote for the mark price after the same sanity checks."""
+        bid, ask, mid = quote.bid, quote.ask, quote.price
+        if mid is None and (bid is None or ask is None):
+            # A lone bid or ask is no price, as on spot and for a perpetual that also votes: it
+            # never displaces the quote held (docs/pricing.md section 1).
+            return DropReason.NO_PRICE
         reason = _bad_values(quote)
         if reason is not None:
             return reason
-        bid, ask, mid = quote.bid, quote.ask, quote.price
         if bid is not None and ask is not None:
             if bid > ask:
                 return DropReason.CROSSED
             mid = (bid + ask) * 0.5
+        assert mid is not None  # for mypy: a price, or both sides (above)
         # The value the mark reads is inside the global band, as on spot (two finite sides near
-        # the float limit make an infinite mid); a lone bid or ask is kept, and never counts.
-        if mid is not None and not self._floor <= mid <= self._ceiling:
+        # the float limit make an infinite mid).
+        if not self._floor <= mid <= self._ceiling:
             return DropReason.ABSURD
         if quote.venue_ts is not None and quote.venue_ts > quote.recv_ts + self._skew:
             return DropReason.FUTURE
@@ -395,11 +400,9 @@ class Book:
 
 
 def _bad_values(quote: Quote) -> DropReason | None:
-    """Why a perpetual quote's values cannot be kept (none, or one not finite or not positive),
-    or None: each value it carries is checked, those the mark will not read too."""
+    """Why a perpetual quote's values cannot be kept (one not finite or not positive), or None:
+    each value it carries is checked, those the mark will not read too."""
     values = [v for v in (quote.price, quote.bid, quote.ask) if v is not None]
-    if not values:
-        return DropReason.NO_PRICE
     if not all(math.isfinite(v) for v in values):
         return DropReason.NOT_FINITE
     if not all(v > 0.0 for v in values):

@@ -51,10 +51,10 @@ REASON_BOUNDS = "bounds"
 # fallback (fewer than min_perp_sources counted), or nothing (the index is not live).
 MODES = ("perps", "fallback", "none")
 # Why a perpetual did not count in a round (docs/mark.md, Inputs): no quote held, flagged by its
-# source, too old or too far ahead, a lone bid or ask, its conversion leg not live, too far from
-# the index, fewer counting than min_perp_sources, or no live index (nothing was checked).
+# source, too old or too far ahead, its conversion leg not live, too far from the index, fewer
+# counting than min_perp_sources, or no live index (nothing was checked).
 PERP_REASONS = (
-    "no_quote", "flagged", "stale", "future", "one_sided", "route", "deviation", "too_few", "index"
+    "no_quote", "flagged", "stale", "future", "route", "deviation", "too_few", "index"
 )  # fmt: skip
 
 
@@ -428,8 +428,8 @@ def _convert(
         mid = (bid + ask) * 0.5
     elif quote.price is not None:
         mid, bid, ask = quote.price, None, None
-    else:
-        return "one_sided"  # a lone bid or ask is not a mid
+    else:  # never held: a lone bid or ask is no price at the door (docs/pricing.md section 1)
+        return "no_quote"
     if perp.via >= 0:
         leg = live[perp.via]
         if not isfinite(leg):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from mark_rig import B, Rig, make_config
 
+from oracled.aggregate.book import DropReason
 from oracled.core import Core
 from oracled.model import MarkEstimators, Quote
 
@@ -144,16 +146,28 @@ def test_bid_ask_perps_use_their_mid_for_the_mark() -> None:
     assert mark.premium == "0.00800000"
 
 
-def test_a_perp_with_only_a_bid_is_kept_but_never_counts() -> None:
-    """A perpetual quote with a lone bid (no ask, no last price) passes the book's checks but is
-    no mid: the mark uses q alone (101), not p's bid of 101.4."""
-    rig = Rig()
-    for source in "abc":
-        rig._ingest(Quote(source, "USDT/USD", B + 1_000, price=1.0))
-        rig._ingest(Quote(source, "BTC/USD", B + 1_000, price=100.0))
-    rig._ingest(Quote("p", "BTC/USD", B + 1_000, bid=101.4, kind="perp"))
+@pytest.mark.parametrize("votes", [False, True], ids=["mark_only", "also_votes"])
+def test_a_perp_lone_bid_is_no_price_and_the_mid_held_before_still_counts(votes: bool) -> None:
+    """A perpetual quote with a lone bid (no ask, no last price) is no price: dropped as
+    `no_price` whether p only feeds the mark or also votes. With nothing held yet the mark uses
+    q alone (101), not p's bid of 101.4; with p's two-sided mid of 100.5 held, the lone bid
+    leaves it in place and the mark counts both (median 100.75). Before, the mark-only
+    configuration kept the lone bid, which displaced p's mid (`one_sided`: q alone, 101), while
+    a voting p dropped it and kept counting."""
+    voting = [{"source": s, "pair": "BTC/USD"} for s in "abc"]
+    voting.append({"source": "p", "pair": "BTC/USD", "kind": "perp"})
+    rig = Rig(make_config(sources=voting) if votes else make_config())
+
+    def lone_bid(now: int) -> DropReason | None:
+        return rig.core.ingest(Quote("p", "BTC/USD", now, bid=101.4, kind="perp"))
+
+    assert lone_bid(B + 1_000) == DropReason.NO_PRICE
     mark = rig.mark(B + 1_000, q=101.0)
-    assert (mark.perps_used, mark.estimators.perp_median, mark.price) == (1, "101.00", "101.00")
+    assert (mark.perps_used, mark.estimators.perp_median) == (1, "101.00")
+    assert rig.mark(B + 2_000, p=(100.4, 100.6), q=101.0).perps_used == 2
+    assert lone_bid(B + 3_000) == DropReason.NO_PRICE
+    mark = rig.mark(B + 3_000, q=101.0)
+    assert (mark.perps_used, mark.estimators.perp_median) == (2, "100.75")
 
 
 def test_a_reload_that_makes_a_market_perpetual_starts_its_mark_afresh() -> None:

@@ -263,10 +263,8 @@ def _why(
     bid, ask = held.bid, held.ask
     if bid is not None and ask is not None:
         mid = (bid + ask) * 0.5
-    elif held.price is not None:
-        mid, bid, ask = held.price, None, None
     else:
-        return "one_sided", math.nan, math.nan
+        mid, bid, ask = _price(held), None, None
     if routed:
         if not math.isfinite(leg):
             return "route", math.nan, math.nan
@@ -289,8 +287,15 @@ def _valid_at_the_door(held: Quote) -> None:
     values = [v for v in (held.price, held.bid, held.ask) if v is not None]
     assert values and all(math.isfinite(v) and v > 0 for v in values), held
     bid, ask = held.bid, held.ask
-    mid = (bid + ask) * 0.5 if bid is not None and ask is not None else held.price
-    assert mid is not None and 1e-12 <= mid <= 1e12, held
+    mid = (bid + ask) * 0.5 if bid is not None and ask is not None else _price(held)
+    assert 1e-12 <= mid <= 1e12, held
+
+
+def _price(held: Quote) -> float:
+    """The last price of a held perpetual quote without both sides: a lone bid or ask without
+    one is no price, never held (docs/pricing.md section 1)."""
+    assert held.price is not None, held
+    return held.price
 
 
 def _median(values: Sequence[float]) -> float:
