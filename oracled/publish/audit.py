@@ -529,7 +529,19 @@ class AuditTrail:
             self._queue.put_nowait(event)
         except queue.Full:
             self.stats.dropped_events += 1
-            self._log.error("audit queue full: an operator event is dropped", event=repr(event))
+            # Its fields in words: `event=` would clash with the line's own event (a TypeError
+            # on the round loop's path), and a repr is Python's, not the operator's.
+            told: dict[str, str | None]
+            if isinstance(event, _Action):
+                told = {"what": event.action, "market": event.market}
+            else:
+                told = {"what": f"config {event.event}", "path": event.path}
+            self._log.error(
+                "audit queue full: an operator event is dropped",
+                actor=event.actor,
+                ts=event.ts,
+                **told,
+            )
 
     def close(self, timeout_s: float = 3.0) -> bool:
         """Write what is queued (within `timeout_s`) and stop the worker; False if it has not

@@ -414,6 +414,34 @@ def test_a_drop_episode_is_logged_once_and_its_end_once(tmp_path: Path) -> None:
     assert logs[-1]["dropped_total"] == 3
 
 
+def test_an_operator_event_that_finds_the_queue_full_is_counted_and_named_in_words(
+    tmp_path: Path,
+) -> None:
+    """A manual pause and a config reload that find the queue full are dropped, counted and
+    logged with their fields as plain values. The line used to pass the event as `event=`,
+    which clashes with the log line's own event: a TypeError, raised on the round loop's path
+    (the service records a pause just before the round it applies to)."""
+    audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=1))
+    feed = Feed(make_config(), audit)
+    with capture_logs() as logs:
+        feed.round()  # no writer yet: the round fills the queue
+        audit.record_action(T0 + 1, "alice", "pause", "BTC/USD", 2, T0 + INTERVAL)
+        audit.record_config(T0 + 2, "reload", "SIGHUP", "oracled.toml", "ab" * 32, "{}")
+    assert audit.stats.dropped_events == 2
+    dropped = [
+        {k: e.get(k) for k in ("what", "actor", "ts", "market", "path")}
+        for e in logs
+        if e["event"] == "audit queue full: an operator event is dropped"
+    ]
+    assert dropped == [
+        {"what": "pause", "actor": "alice", "ts": T0 + 1, "market": "BTC/USD", "path": None},
+        {"what": "config reload", "actor": "SIGHUP", "ts": T0 + 2, "market": None,
+         "path": "oracled.toml"},
+    ]  # fmt: skip
+    audit.start()
+    audit.close()
+
+
 def test_a_signature_that_finds_the_queue_full_is_counted_and_logged_not_silently_lost(
     tmp_path: Path,
 ) -> None:
