@@ -317,16 +317,21 @@ class ChainPusher:
         finally:
             self.stats.up = False
 
-    def _step_failed(self, event: str, exc: Exception, *, error: bool = False) -> None:
-        """Log a failed step at most once a minute per kind, with the number of failed looks
-        since its last line (`failures`): a node down for an hour was a line every 30 s."""
+    def _step_failed(
+        self, event: str, exc: Exception, *, error: bool = False, **fields: float
+    ) -> None:
+        """Log a failed step (or start) at most once a minute per kind, with the number of
+        failed looks since its last line (`failures`): a node down for an hour was a line every
+        30 s."""
         failures = self._step_lines.due(event, self.clock.monotonic())
         if failures is not None:
             log = self._log.error if error else self._log.warning
-            log(event, error=str(exc), failures=failures)
+            log(event, error=str(exc), failures=failures, **fields)
 
     async def _start_retrying(self) -> None:
-        """start() until it succeeds: an unreachable node at start-up is waited for."""
+        """start() until it succeeds: an unreachable node at start-up is waited for, and logged
+        as a failed step is, once a minute with the failed starts since (its backoff reached
+        a line every 30 s, seven in the first minute)."""
         delay = 0.5
         while not self._started:
             try:
@@ -334,7 +339,7 @@ class ChainPusher:
             except (RpcUnavailable, RpcError) as exc:  # RpcError: a code not failed over
                 if isinstance(exc, RpcError):
                     self.stats.refused += 1
-                self._log.warning("chain unreachable; retrying", error=str(exc), delay_s=delay)
+                self._step_failed("chain unreachable; retrying", exc, delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, 30.0)
 

@@ -1139,9 +1139,50 @@ async def test_a_node_that_answers_null_at_start_is_waited_for_not_a_crash(rig: 
             await asyncio.gather(task, return_exceptions=True)
             await proxy.stop()
     retried = [e for e in logs if e["event"] == "chain unreachable; retrying"]
-    assert [e["log_level"] for e in retried] == ["warning", "warning"]
+    # Both null answers failed a start; the second, within the minute, is held in `failures`.
+    assert [(e["log_level"], e["failures"]) for e in retried] == [("warning", 1)]
+    assert pusher.stats.bad_answers == 2
     assert "eth_chainId" in retried[0]["error"] and "None" in retried[0]["error"]
     assert not any("exc_info" in e for e in logs)
+
+
+async def test_a_start_that_fails_again_and_again_is_logged_once_a_minute_with_the_count(
+    rig: Rig,
+) -> None:
+    """A node that fails every start (a null for the chain id, each counted in `bad_answers`)
+    is logged at the first failed start and then at most once a minute, with the number of
+    failed starts since the last line (`failures`), as a failed step is; the pusher pushes once
+    the node answers. Before, every start wrote a line: seven in the first minute of its
+    backoff, then one every 30 s for as long as the node stayed down."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
+    rounds.step()
+    pusher.submit(rounds.step())
+    proxy.mode = "null_result"
+
+    def lines() -> list[dict[str, Any]]:
+        return [e for e in logs if e["event"] == "chain unreachable; retrying"]
+
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: pusher.stats.bad_answers >= 2)  # two starts, 0.5 s apart
+            assert [e["failures"] for e in lines()] == [1]
+            rig.clock.advance(60_000)
+            await until(lambda: len(lines()) == 2)  # the next failed start, a second later
+            proxy.mode = "pass"
+            await until(lambda: pusher.stats.transactions["confirmed"] == 1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.stop()
+    first, second = lines()
+    # Every failed start is in a line's count: the first alone, the second with those held.
+    assert (first["failures"], second["failures"]) == (1, pusher.stats.bad_answers - 1)
+    assert second["failures"] >= 2 and second["log_level"] == "warning"
+    assert "eth_chainId" in second["error"] and second["delay_s"] > first["delay_s"]
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
 
 
 async def test_a_null_answer_to_the_contract_check_at_start_is_waited_for_not_the_end(
