@@ -591,6 +591,8 @@ class OracleClient:
         self.updated = asyncio.Event()  # set on every accepted report (for waiters)
         # Error frames a daemon sent on `watch_ws` (a refused subscription), by code.
         self.stream_errors: Counter[str] = Counter()
+        # Servers a NATS server announced that `watch_nats` did not keep (`AnnouncedClient`).
+        self.announced_refused = 0
         # Per daemon URL, the markets `watch_ws` asked for that it refused or removed, by code.
         self.unavailable: dict[str, Mapping[str, str]] = {}
         # Per identity, the newest round time accepted from any of its keys, and how far it
@@ -1170,10 +1172,17 @@ class OracleClient:
         is dropped and made again, to another of `servers` if one answers. The library's own
         default, a ping every 2 minutes, left a consumer on a hung server for minutes with
         prices that only went stale.
+
+        The servers a cluster announces are kept for the reconnections, those of its latest
+        announcement only and at most `MAX_ANNOUNCED_SERVERS` (`AnnouncedClient`): the others
+        are counted in `announced_refused` and said (`client nats announced servers refused`)
+        at most once per `log_every_ms`, so a server naming new ones with every INFO grows
+        nothing.
         """
         import nats
 
         from oracled.publish.nats import price_subject, stalled_subject
+        from oracled.publish.nats_conn import AnnouncedClient
 
         listed = servers if isinstance(servers, list) else [servers]
         log = _log.bind(servers=listed)
@@ -1181,6 +1190,15 @@ class OracleClient:
         async def on_error(exc: Exception) -> None:
             error = str(exc) or type(exc).__name__
             self._warn_every(f"nats error {listed}", log, "client nats error", error=error)
+
+        def on_refused(servers: int) -> None:
+            self.announced_refused += servers
+            self._warn_every(
+                f"nats announced {listed}",
+                log,
+                "client nats announced servers refused",
+                refused=servers,
+            )
 
         async def on_disconnected() -> None:
             log.warning("client nats disconnected")
@@ -1206,11 +1224,13 @@ class OracleClient:
         )
         while True:
             closed.clear()
-            nc = await nats.connect(
+            nc = AnnouncedClient(on_refused)
+            await nc.connect(
                 servers=listed,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                ping_interval=ping_interval_s,
+                # nats-py annotates these seconds as int; it takes (and sleeps) floats
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]
+                ping_interval=ping_interval_s,  # type: ignore[arg-type]
                 max_outstanding_pings=max_outstanding_pings,
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,

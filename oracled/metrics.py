@@ -277,7 +277,14 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
         _NATS_DENIED,
         stats.permission_denied if stats is not None else None,
     )
+    announced = CounterMetricFamily(
+        "oracled_nats_announced_servers_refused",
+        "Servers a NATS cluster announced that the sink did not keep: past the bound of one "
+        "announcement, or no server address.",
+    )
+    announced.add_metric([], stats.announced_refused if stats is not None else 0)
     yield from (connected, published, lost, unpublished, reconnects, restarts, failures, denied)
+    yield announced
 
 
 _PUSH_TX_RESULTS = ("sent", "replaced", "confirmed", "reverted", "error", "gas_cap")

@@ -95,6 +95,11 @@ our subjects it was (`permission_denied`: `prices`, `rounds`, `stalled`, `jetstr
 stream's creation, `inbox` for the subscription its reply needs, `other`), and logged at error
 level (`nats permission denied`): at once for each kind, then once per `refusal_log_every_s`
 with the number since the last line.
+
+The servers a cluster announces are kept for the reconnections: those of the latest announcement
+only, at most `nats_conn.MAX_ANNOUNCED_SERVERS` (`AnnouncedClient`). Those left out, past the
+bound or naming no server, are counted (`announced_refused`) and logged at warning level once a
+minute (`nats announced servers refused`): a server naming others at will grows nothing.
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ from oracled.config import NatsConfig
 from oracled.lograte import LogEveryMinute
 from oracled.publish.encode import ReportEncoder
 from oracled.publish.nats_auth import load_nats_auth
-from oracled.publish.nats_conn import ResettingClient
+from oracled.publish.nats_conn import MAX_ANNOUNCED_SERVERS, ResettingClient
 from oracled.publish.signer import SignedRound
 from oracled.publish.signstall import StallNotice
 
@@ -204,6 +209,8 @@ class NatsStats:
     permission_denied: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(DENIED_SUBJECTS, 0)
     )
+    # servers a cluster announced that were not kept: past MAX_ANNOUNCED_SERVERS, or no address
+    announced_refused: int = 0
 
 
 class _UnsignedRound(msgspec.Struct):
@@ -247,6 +254,7 @@ class NatsSink:
         self._denied_since: dict[str, int] = dict.fromkeys(DENIED_SUBJECTS, 0)  # since then
         self._tls_refused = asyncio.Event()  # a TLS handshake failed while connecting
         self._failed_lines = LogEveryMinute()  # `nats publish failed`, by the client's error
+        self._announced_since = 0  # announced servers refused since the last line about them
         self.stats = NatsStats()
         self._connect_timeout_s = connect_timeout_s
         self._jetstream_timeout_s = jetstream_timeout_s  # the stream's creation, a request
@@ -422,7 +430,7 @@ class NatsSink:
     async def _connect_once(self) -> ResettingClient:
         """One `connect`: it retries every server by itself until one lets it in. The client
         throws a lost connection away with what it had not sent (`ResettingClient`)."""
-        nc = ResettingClient(self._on_lost)
+        nc = ResettingClient(self._on_lost, self._on_announced_refused)
         await nc.connect(
             servers=list(self.cfg.servers),
             name="oracled",
@@ -637,6 +645,19 @@ class NatsSink:
     def _on_lost(self, messages: int) -> None:
         """The connection was lost with `messages` handed to it and not sent: thrown away."""
         self.stats.lost += messages
+
+    def _on_announced_refused(self, servers: int) -> None:
+        """A server announced `servers` that are not kept (`AnnouncedClient`): counted, and
+        logged once a minute with the number since the last line."""
+        self.stats.announced_refused += servers
+        self._announced_since += servers
+        if self._failed_lines.due("announced", time.monotonic()) is not None:
+            self._log.warning(
+                "nats announced servers refused",
+                refused=self._announced_since,
+                kept_at_most=MAX_ANNOUNCED_SERVERS,
+            )
+            self._announced_since = 0
 
     async def _on_disconnected(self) -> None:
         """The connection is lost: the rounds queued are late by the time another is up (the

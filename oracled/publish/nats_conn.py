@@ -16,6 +16,15 @@ of an attempt that failed after connecting (a server that never greets) is close
 next attempt: nats-py left it open for the collector, one per attempt. This reaches
 into nats-py's private state (`_attempt_reconnect`, `_transport`, `_pending`), checked by the
 sink's tests against the version installed.
+
+The servers a cluster announces (the `connect_urls` of a server's INFO, sent again whenever the
+cluster changes) join the ones configured, for the reconnections. nats-py adds every new one and
+forgets none: a server announcing other names with each INFO grew the list for the life of the
+process (and the scan of it at every INFO with it), and a cluster whose nodes move (new
+addresses at every restart) left the old ones in it for good. `AnnouncedClient`, the base of
+the sink's client and of `oracled.client`'s, keeps the servers of the latest announcement only,
+at most `MAX_ANNOUNCED_SERVERS` of them, beside the configured ones; what it leaves out (past
+the bound, or no server address at all) is handed to `on_refused` to count and log.
 """
 
 from __future__ import annotations
@@ -25,21 +34,73 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlparse
 
 from nats.aio.client import Client
 
-__all__ = ["ResettingClient"]
+__all__ = ["MAX_ANNOUNCED_SERVERS", "AnnouncedClient", "ResettingClient"]
+
+#: The most servers of one announcement kept beside the configured ones: a NATS cluster is a
+#: few nodes (docs/publishing.md, *Running replicas*).
+MAX_ANNOUNCED_SERVERS: Final = 32
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _PUBLISHES = (b"PUB ", b"HPUB ")
 
 
-class ResettingClient(Client):
+def _netloc(url: object) -> str | None:
+    """The `host:port` by which nats-py tells an announced server from the others, or None for
+    an entry that names no server."""
+    if not isinstance(url, str):
+        return None
+    try:
+        netloc = urlparse(f"nats://{url}").netloc  # the scheme nats-py gives it (or tls)
+    except ValueError:  # an unclosed IPv6 bracket, say
+        return None
+    return netloc or None
+
+
+class AnnouncedClient(Client):
+    """A nats-py client that keeps the servers of the latest announcement only, at most
+    `MAX_ANNOUNCED_SERVERS`; `on_refused` gets the number of those left out of each."""
+
+    def __init__(self, on_refused: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self._on_refused = on_refused
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        announced = info.get("connect_urls")
+        if announced:  # nats-py reads none from an empty or missing list either
+            kept: dict[str, object] = {}
+            refused = 0
+            for url in announced if isinstance(announced, list) else [announced]:
+                netloc = _netloc(url)
+                if netloc is None or (netloc not in kept and len(kept) >= MAX_ANNOUNCED_SERVERS):
+                    refused += 1
+                else:
+                    kept.setdefault(netloc, url)
+            current = self._current_server
+            self._server_pool[:] = [
+                s
+                for s in self._server_pool
+                if not s.discovered or s is current or s.uri.netloc in kept
+            ]
+            info = {**info, "connect_urls": list(kept.values())}
+            if refused and self._on_refused is not None:
+                self._on_refused(refused)
+        await super()._process_info(info, initial_connection)
+
+
+class ResettingClient(AnnouncedClient):
     """A nats-py client that resets a lost connection and drops what it had not sent."""
 
-    def __init__(self, on_dropped: Callable[[int], None]) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        on_dropped: Callable[[int], None],
+        on_refused: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(on_refused)
         self._on_dropped = on_dropped
 
     async def _attempt_reconnect(self) -> None:

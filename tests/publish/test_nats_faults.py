@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 from oracled.client import OracleClient
 from oracled.config import NatsConfig
 from oracled.publish.nats import NatsSink
+from oracled.publish.nats_conn import MAX_ANNOUNCED_SERVERS
 from oracled.publish.signer import RoundSigner, SigningKey
 
 KEY = SigningKey.from_hex("0x" + "33" * 32)
@@ -41,6 +42,12 @@ async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
 async def relay(server: NatsServer) -> AsyncIterator[NatsRelay]:
     async with NatsRelay(server.port) as relay:
         yield relay
+
+
+def announcing(urls: list[Any]) -> bytes:
+    """A server's INFO line naming `urls` as the cluster's other nodes (`connect_urls`)."""
+    info = msgspec.json.encode({"server_id": "announcer", "connect_urls": urls})
+    return b"INFO " + info + b"\r\n"
 
 
 async def running(sink: NatsSink) -> asyncio.Task[None]:
@@ -395,3 +402,90 @@ async def test_a_server_that_never_greets_is_counted_and_left_for_one_that_does(
         await until(lambda: sink.stats.published == published + 4, "a round published")
     finally:
         await stop(task)
+
+
+async def test_the_servers_a_cluster_announces_are_its_latest_announcement_and_bounded(
+    server: NatsServer, relay: NatsRelay
+) -> None:
+    """A server names the cluster's other nodes in its INFO (`connect_urls`), again at any time,
+    and nats-py kept every new name for good, for its reconnections: 200 announcements of 10
+    new names each made a list of 2,001 servers, scanned whole at every INFO. The sink keeps the
+    servers of the latest announcement only (a node gone from it is forgotten), at most
+    MAX_ANNOUNCED_SERVERS; the others, and entries that name no server, are counted and logged
+    once; the connection is kept, and rounds go on reaching subscribers."""
+    rounds = Rounds(make_config())
+    sink = NatsSink(NatsConfig(enabled=True, servers=(relay.url,)))
+    task = await running(sink)
+    listener = await nats.connect(server.url)  # on the server itself, past the relay
+    got: list[int] = []
+
+    async def keep(msg: Any) -> None:
+        got.append(msgspec.json.decode(msg.data)["round"])
+
+    try:
+        await subscribed(listener, "oracled.rounds", keep)
+        nc = sink._nc
+        assert nc is not None
+        last = [f"10.200.0.{j}:4222" for j in range(MAX_ANNOUNCED_SERVERS + 8)]
+        with capture_logs() as logs:
+            for i in range(200):
+                relay.inject(announcing([f"10.{i}.0.{j}:4222" for j in range(10)]))
+            relay.inject(announcing(last))
+
+            def read_last() -> bool:
+                return any(uri.netloc == last[0] for uri in nc.servers)
+
+            await until(read_last, "the last announcement read")
+            kept = {uri.netloc for uri in nc.servers}
+            assert kept == {f"127.0.0.1:{relay.port}", *last[:MAX_ANNOUNCED_SERVERS]}
+            relay.inject(announcing([*last, 7, "[::1"]))  # and two entries that name no server
+            await until(lambda: sink.stats.announced_refused == 2 * 8 + 2, "the second one read")
+        assert {uri.netloc for uri in nc.servers} == kept
+        refused = [e for e in logs if e["event"] == "nats announced servers refused"]
+        assert [(e["log_level"], e["refused"]) for e in refused] == [("warning", 8)]
+        assert sink._nc is nc and nc.is_connected and relay.accepted == 1
+        result = rounds.step()
+        sink.submit(result)
+        await until(lambda: result.round in got, "a round after the announcements delivered")
+    finally:
+        await listener.close()
+        await stop(task)
+
+
+async def test_the_client_keeps_the_servers_a_cluster_announces_bounded(
+    server: NatsServer, relay: NatsRelay
+) -> None:
+    """`watch_nats` reads the same announcements (its client is the sink's `AnnouncedClient`):
+    one naming more servers than MAX_ANNOUNCED_SERVERS has the rest counted in
+    `announced_refused` and said once, and the client verifies the rounds published after it
+    on the same connection. Before, nats-py's client kept every server ever announced."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
+    rounds = Rounds(make_config())
+    signer = RoundSigner(KEY, "test")
+    newest = [0]
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: newest[0])
+    task = await running(sink)
+    watcher = asyncio.create_task(client.watch_nats(relay.url, ["BTC/USD"], reconnect_s=0.05))
+
+    def seen_after(ts: int) -> bool:
+        """Publish the next round; True once the client verified one newer than `ts`."""
+        signed = signer.sign(rounds.step())
+        newest[0] = signed.ts
+        sink.submit(signed)
+        view = client.price("BTC/USD")
+        return view.status == "active" and view.ts is not None and view.ts > ts
+
+    try:
+        await until(lambda: seen_after(0), "a first round verified")
+        with capture_logs() as logs:
+            for i in range(50):
+                many = [f"10.{i}.0.{j}:4222" for j in range(MAX_ANNOUNCED_SERVERS + 5)]
+                relay.inject(announcing(many))
+            await until(lambda: client.announced_refused == 50 * 5, "the announcements read")
+            said_at = newest[0]
+            await until(lambda: seen_after(said_at), "a round after them verified")
+        said = [e for e in logs if e["event"] == "client nats announced servers refused"]
+        assert [e["log_level"] for e in said] == ["warning"]
+        assert relay.accepted == 1 and not watcher.done()
+    finally:
+        await stop(watcher, task)
