@@ -9,7 +9,10 @@ Builds the world of `bench_round.py` (markets x sources, live prices) and measur
   writer thread works through rounds submitted every `--interval-ms` (the GIL it holds);
 - push decide: the pusher's `_due` over 1,000 markets (on the event loop, once per interval);
 - push round trip: from `submit` to the batch confirmed on a real anvil (automine), per batch
-  of `--batch` markets, including the gas estimate, local signing and the receipt polls.
+  of `--batch` markets, including the gas estimate, local signing and the receipt polls;
+- push read: the pusher's read of what the contract stores for every market (`latestMany`,
+  at start and after a reorganisation), and the decode of that answer alone on the event loop,
+  the pusher's (numpy) and eth-abi's, on the same bytes.
 
     python benchmarks/bench_sinks.py --markets 1000 --rounds 40
 
@@ -36,7 +39,8 @@ from oracled.config import AuditConfig, ChainConfig, Config, PushConfig
 from oracled.core import Core, RoundResult
 from oracled.model import Quote
 from oracled.publish.audit import AuditTrail, _Item
-from oracled.publish.chain_push import ChainPusher
+from oracled.publish.chain_push import ChainPusher, market_id
+from oracled.publish.feed_abi import decode_latest_many, encode_latest_many
 from oracled.publish.signer import SigningKey
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +126,7 @@ async def bench_audit(
 async def bench_push(rounds: list[tuple[list[Quote], RoundResult]], batch: int) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "tests" / "chain"))
     from chain_rig import Chain, start_anvil
+    from eth_abi.abi import decode as abi_decode
 
     with tempfile.TemporaryDirectory() as tmp:
         node = start_anvil(Path(tmp) / "anvil.log")
@@ -156,6 +161,21 @@ async def bench_push(rounds: list[tuple[list[Quote], RoundResult]], batch: int) 
                         await pusher.step()
                     trips.append(time.perf_counter() - started)
                 gas = [int((await chain.block())["gasUsed"], 16)]
+                reads, numpy_decode, eth_abi_decode = [], [], []
+                ids = encode_latest_many([market_id(m) for m in rounds[0][1].layout.markets])
+                answer = bytes.fromhex(
+                    (await chain.rpc("eth_call", [{"to": feed, "data": "0x" + ids.hex()}]))[2:]
+                )
+                for _ in rounds:
+                    started = time.perf_counter()
+                    await pusher._read_stored()
+                    reads.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    decode_latest_many(answer)
+                    numpy_decode.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    abi_decode(["(int128,int8,uint48,uint64)[]"], answer)
+                    eth_abi_decode.append(time.perf_counter() - started)
         finally:
             node.stop()
     return {
@@ -163,6 +183,9 @@ async def bench_push(rounds: list[tuple[list[Quote], RoundResult]], batch: int) 
         f"round_trip_batch_{batch}": ms(trips),
         "confirmed": pusher.stats.transactions["confirmed"],
         "gas_of_last_batch": gas[-1],
+        "read_stored_1000_markets": ms(reads),
+        "decode_stored_numpy": ms(numpy_decode),
+        "decode_stored_eth_abi": ms(eth_abi_decode),
     }
 
 

@@ -50,6 +50,7 @@ from oracled.eth import keccak, recursion_limit_kept, selector
 from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable
 from oracled.lograte import LogEveryMinute
 from oracled.model import Status
+from oracled.publish.feed_abi import decode_latest_many, encode_latest_many
 from oracled.publish.signer import SigningKey, decimal_to_int, load_signing_key
 
 if TYPE_CHECKING:
@@ -78,7 +79,6 @@ _GAS_BASE, _GAS_PER_MARKET = 60_000, 32_000  # a first write of a market: one ne
 #: A gas estimate over this many times that least is no estimate of the call (a bad answer).
 _ESTIMATE_MAX_FACTOR: Final = 4
 _UPDATE_BATCH: Final = selector("updateBatch(uint64,uint48,bytes32[],int128[],int8[])")
-_LATEST_MANY: Final = selector("latestMany(bytes32[])")
 _STATUS_NAMES: Final = tuple(s.label for s in Status)
 _RESTART_MAX_S: Final = 30.0
 #: Refusals of a transaction that mean the pusher's nonce is not the chain's: re-read it.
@@ -406,19 +406,20 @@ class ChainPusher:
         markets = list(result.layout.markets) if result is not None else []
         if not markets:
             return
-        from eth_abi.abi import decode, encode  # imported with eth-account: see `__init__`
-
-        data = _LATEST_MANY + encode(["bytes32[]"], [[market_id(m) for m in markets]])
+        data = encode_latest_many([market_id(m) for m in markets])
         raw = await self.rpc.call("eth_call", [{"to": self.contract, "data": "0x" + data.hex()}])
         try:
-            (feeds,) = decode(["(int128,int8,uint48,uint64)[]"], bytes.fromhex(raw[2:]))
-            if len(feeds) != len(markets):
-                raise ValueError(f"{len(feeds)} feeds for {len(markets)} markets")
-        except Exception as exc:  # eth_abi's decoding errors, a result that is not hex
+            # numpy over the words, not eth-abi: 1,000 markets held the loop 36 to 67 ms
+            if not isinstance(raw, str):
+                raise ValueError("not a hex string")
+            feeds = decode_latest_many(bytes.fromhex(raw[2:]))
+            if len(feeds.ts) != len(markets):
+                raise ValueError(f"{len(feeds.ts)} feeds for {len(markets)} markets")
+        except ValueError as exc:  # a decoding error, a result that is not hex
             self.stats.bad_answers += 1
             raise _BadAnswer(f"eth_call latestMany: {raw!r:.40} unreadable ({exc})") from None
         self._read = True  # only now: a failed read is tried again, never taken as "nothing"
-        for market, (price, expo, ts, _round) in zip(markets, feeds, strict=True):
+        for market, price, expo, ts in zip(markets, feeds.price, feeds.expo, feeds.ts, strict=True):
             if ts > 0:
                 self._stored[market] = _Stored(price * 10.0**expo, ts)
 
