@@ -20,7 +20,9 @@ after `replace_after_s` is replaced by one with the same nonce, fees raised by 1
 node's minimum bump is 10 %; over the last replacement refused as underpriced, if one was) and
 the latest prices (never a market paused since); when the cap leaves no room for that bump the
 pusher waits and counts `gas_cap`, unless the node no longer knows the transaction (evicted, or
-lost by the RPC): then the nonce is free and it is sent again at the current fees. The
+lost by the RPC): then the nonce is free and it is sent again at the current fees. One that
+carries a market no longer active (paused since it was sent) is replaced without it at the next
+look, not after `replace_after_s`, so that no block after that look mines its old price. The
 contract ignores an update that is not newer than what it stores, so a replaced transaction and
 its replacement can never move a market back in time.
 
@@ -705,11 +707,21 @@ class ChainPusher:
             self._log.warning("nonce used by another transaction", nonce=inflight.nonce)
             return
         if self.clock.monotonic() - inflight.sent_at < self.cfg.replace_after_s:
+            if mined == inflight.nonce and not inflight.capped and self._stale_market(inflight):
+                # Not after replace_after_s: the next block may mine it, and put a price from
+                # before a pause on chain after the pause (held by the cap: at replace_after_s).
+                await self._replace(inflight)
             return
         if mined < inflight.nonce:  # behind a gap: a replacement would wait there as well
             await self._behind_gap(inflight, mined)
             return
         await self._replace(inflight)
+
+    def _stale_market(self, inflight: _InFlight) -> bool:
+        """Whether the transaction in flight carries a market not active in the latest round
+        (paused, degraded or unknown since it was sent)."""
+        result = self._latest
+        return result is not None and _active_part(inflight.batch, result) is not inflight.batch
 
     async def _mined_unread(self, inflight: _InFlight) -> bool:
         """True when one of the hashes sent for the nonce is in a block though the node has no

@@ -433,6 +433,35 @@ async def test_a_stuck_push_is_replaced_without_a_market_paused_since(rig: Rig) 
     assert await rig.nonce() == 2
 
 
+async def test_a_push_in_flight_is_replaced_at_the_next_look_without_a_market_paused_since(
+    rig: Rig,
+) -> None:
+    """Automine off: a 2 % move of BTC is pushed and waits for a block; the next round pauses
+    BTC. At the next look, long before `replace_after_s`, the push is replaced by one without
+    BTC, so the block that comes mines no price from before the pause. Before, the push stayed
+    as it was until `replace_after_s` (30 s by default), and any block in that time put BTC's
+    pre-pause price on chain while oracled said paused."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds)
+    await settle(pusher)
+    before = await rig.stored("BTC/USD")
+    await rig.chain.rpc("evm_setAutomine", [False])
+    rounds.step(BTC_USD=1.02)
+    pusher.submit(rounds.step())
+    await pusher.step()
+    assert pusher._inflight is not None and pusher._inflight.batch.markets == ["BTC/USD"]
+    pusher.submit(_btc_paused_round(rounds))
+    await pusher.step()  # the next look: no time has passed
+    assert pusher.stats.transactions["replaced"] == 1
+    assert pusher._inflight is not None and pusher._inflight.batch.markets == []
+    await pusher.step()  # nothing more to take out: not replaced again
+    assert pusher.stats.transactions["replaced"] == 1
+    await rig.chain.rpc("evm_mine")
+    await settle(pusher)
+    assert await rig.stored("BTC/USD") == before
+    assert await rig.nonce() == 2
+
+
 async def test_a_restarted_pusher_continues_the_nonces_and_replaces_what_was_left_pending(
     rig: Rig,
 ) -> None:
