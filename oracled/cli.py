@@ -196,7 +196,9 @@ def _start_problems(cfg: Config) -> list[str]:
         read(lambda: load_push_key(cfg.push))
     if cfg.nats.enabled:
         from oracled.publish.nats_auth import load_nats_auth
+        from oracled.publish.nats_conn import require_supported_client
 
+        read(require_supported_client)
         read(lambda: load_nats_auth(cfg.nats))
     if cfg.oracle.manual_pauses_file is not None:
         from oracled.manual import ManualPauses

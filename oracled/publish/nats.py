@@ -125,7 +125,11 @@ from oracled.config import NatsConfig
 from oracled.lograte import LogEveryMinute
 from oracled.publish.encode import ReportEncoder
 from oracled.publish.nats_auth import load_nats_auth
-from oracled.publish.nats_conn import MAX_ANNOUNCED_SERVERS, ResettingClient
+from oracled.publish.nats_conn import (
+    MAX_ANNOUNCED_SERVERS,
+    ResettingClient,
+    require_supported_client,
+)
 from oracled.publish.signer import SignedRound
 from oracled.publish.signstall import StallNotice
 
@@ -244,6 +248,7 @@ class NatsSink:
         jetstream_timeout_s: float = 5.0,
     ) -> None:
         self.cfg = cfg
+        require_supported_client()  # ConfigError at start on a nats-py without its internals
         self._auth = load_nats_auth(cfg, env)  # ConfigError at start for an unusable secret
         self._restart_base_s = restart_base_s
         self._refusal_every_s = refusal_log_every_s

@@ -13,9 +13,7 @@ So before nats-py connects again, the socket is reset (closed with SO_LINGER 0: 
 throws away what it holds unsent, the peer gets a RST) and the publishes nats-py still held are
 dropped, their number handed to `on_dropped` (the sink counts them as `lost`). And the socket
 of an attempt that failed after connecting (a server that never greets) is closed before the
-next attempt: nats-py left it open for the collector, one per attempt. This reaches
-into nats-py's private state (`_attempt_reconnect`, `_transport`, `_pending`), checked by the
-sink's tests against the version installed.
+next attempt: nats-py left it open for the collector, one per attempt.
 
 The servers a cluster announces (the `connect_urls` of a server's INFO, sent again whenever the
 cluster changes) join the ones configured, for the reconnections. nats-py adds every new one and
@@ -25,21 +23,44 @@ addresses at every restart) left the old ones in it for good. `AnnouncedClient`,
 the sink's client and of `oracled.client`'s, keeps the servers of the latest announcement only,
 at most `MAX_ANNOUNCED_SERVERS` of them, beside the configured ones; what it leaves out (past
 the bound, or no server address at all) is handed to `on_refused` to count and log.
+
+Both reach into nats-py's private state as 2.16 has it (`missing_internals` lists the names).
+The sink's tests check the behaviour against the version installed, and
+`require_supported_client` refuses the sink's start, naming the version, where those names are
+not there: such a client would run, and silently neither reset nor drop nor bound the servers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import inspect
 import socket
 import struct
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import Any, Final
 from urllib.parse import urlparse
 
+import nats.aio.client
 from nats.aio.client import Client
+from nats.aio.transport import TcpTransport
 
-__all__ = ["MAX_ANNOUNCED_SERVERS", "AnnouncedClient", "ResettingClient"]
+from oracled.errors import ConfigError
+
+__all__ = [
+    "MAX_ANNOUNCED_SERVERS",
+    "NATS_PY_TESTED",
+    "NATS_PY_VERSION",
+    "AnnouncedClient",
+    "ResettingClient",
+    "missing_internals",
+    "require_supported_client",
+]
+
+NATS_PY_TESTED: Final = "2.16"  # the nats-py whose internals these clients were written against
+NATS_PY_VERSION: Final = version("nats-py")
 
 #: The most servers of one announcement kept beside the configured ones: a NATS cluster is a
 #: few nodes (docs/publishing.md, *Running replicas*).
@@ -145,3 +166,57 @@ class ResettingClient(AnnouncedClient):
                 with contextlib.suppress(OSError):  # already closed: nothing left to keep
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             writer.transport.abort()
+
+
+# nats-py's record of one server (`_server_pool`'s entries), looked up so that a release without
+# it is reported as missing rather than failing this module's import.
+_SERVER_RECORD: Any = getattr(nats.aio.client, "Srv", None)
+
+
+def missing_internals(
+    client: type[Any] = Client,
+    transport: type[Any] = TcpTransport,
+    server: Any = _SERVER_RECORD,
+) -> list[str]:
+    """What `ResettingClient` and `AnnouncedClient` override or touch that `client` (its TCP
+    `transport`, its `server` record) lacks: empty for nats-py 2.16. A name gone means a reset
+    or a bound that does nothing, without an error."""
+    missing = [
+        f"Client.{name}()"
+        for name in ("_attempt_reconnect", "_connect_to_server", "_process_info")
+        if not inspect.iscoroutinefunction(getattr(client, name, None))
+    ]
+    fresh = client()  # nats-py's client sets its state up in __init__ and connects nowhere
+    for name, kind in (("_pending", list), ("_pending_data_size", int), ("_server_pool", list)):
+        if not isinstance(getattr(fresh, name, None), kind):
+            missing.append(f"Client.{name}")
+    missing.extend(
+        f"Client.{name}" for name in ("_transport", "_current_server") if not hasattr(fresh, name)
+    )
+    if not hasattr(transport(), "_io_writer"):
+        missing.append("TcpTransport._io_writer")
+    fields = (
+        {field.name for field in dataclasses.fields(server)}
+        if isinstance(server, type) and dataclasses.is_dataclass(server)
+        else set()
+    )
+    missing.extend(f"Srv.{name}" for name in ("uri", "discovered") if name not in fields)
+    return missing
+
+
+def require_supported_client(
+    client: type[Any] = Client,
+    transport: type[Any] = TcpTransport,
+    server: Any = _SERVER_RECORD,
+) -> None:
+    """Refuse the start (ConfigError, as `check-config` does) on a nats-py without the internals
+    these clients reach into: the sink would run, and neither reset a stalled connection nor
+    drop what it held, which is what it needs its client for."""
+    if missing := missing_internals(client, transport, server):
+        raise ConfigError(
+            [
+                f"nats.enabled: the installed nats-py {NATS_PY_VERSION} lacks "
+                f"{', '.join(missing)}, which oracled's NATS client relies on; "
+                f"install nats-py {NATS_PY_TESTED}.x (`pip install 'nats-py~={NATS_PY_TESTED}.0'`)"
+            ]
+        )
