@@ -6,6 +6,10 @@ the last round is the first one at or after the last quote. A manual command (ta
 is applied before the round at its `ts`, the round the live core first applied it to, after
 every round before it. Output is one report per market per round, JSON Lines, markets in config
 order: the same tape and config give byte-identical output.
+
+The quotes the core drops are counted by source and reason (`ReplayStats.drops`), the sources
+named as the core's own counts name them (`Book.counted_as`): a tape naming a new source on
+every line grows nothing but the counts.
 """
 
 from __future__ import annotations
@@ -177,7 +181,7 @@ def replay(
             reason = core.ingest(quote)
             if reason is not None:
                 stats.dropped += 1
-                stats.drops[(quote.source, str(reason))] += 1
+                stats.drops[(core.book.counted_as(quote.source), str(reason))] += 1
     except TapeGapError:
         if next_round is not None:
             run_until(None)

@@ -22,12 +22,26 @@ import numpy.typing as npt
 from oracled.config import Config, resolution_floor, slot_max_age_ms
 from oracled.model import Quote
 
-__all__ = ["FLAG_BASE", "MAX_FLAGS", "Book", "DropReason", "Layout", "SlotKey"]
+__all__ = [
+    "FLAG_BASE",
+    "MAX_FLAGS",
+    "NAMED_OTHER_SOURCES",
+    "OTHER_SOURCES",
+    "Book",
+    "DropReason",
+    "Layout",
+    "SlotKey",
+]
 
 SlotKey = tuple[str, str, str]  # (source id, pair, kind)
 #: Slot outcome codes below this are the core's own (core.SLOT_REASONS); source flags follow.
 FLAG_BASE = 6
 MAX_FLAGS = 100
+#: Sources the config does not define that `Book.drops` counts by name, the first it meets (a
+#: tape of another config); the quotes of any more are counted under OTHER_SOURCES: a tape
+#: (replay, stress) can name any number of them, and a key each would grow the counts for ever.
+NAMED_OTHER_SOURCES = 16
+OTHER_SOURCES = "(other sources)"  # no source id is spelled so (`config._ID`)
 _INF = math.inf
 
 
@@ -169,6 +183,8 @@ class Book:
         "_flat_mid",
         "_flat_stamp",
         "_floor",
+        "_named",
+        "_named_limit",
         "_perp_only",
         "_perps",
         "_single",
@@ -194,6 +210,8 @@ class Book:
         self._flag_codes: dict[str, int] = {}
         self.latest: dict[SlotKey, Quote] = {}
         self.drops: Counter[tuple[str, str]] = Counter()
+        self._named = set(cfg.sources)  # the sources `drops` names (`counted_as`)
+        self._named_limit = len(self._named) + NAMED_OTHER_SOURCES
         self._feeds = layout.feeds
         # Feeds of exactly one slot, not inverted, not also a perpetual of some market's mark:
         # the straight path of `ingest` (flat index).
@@ -300,8 +318,19 @@ class Book:
         """The full path: every check in order, the drop counted with its reason."""
         reason = self._check(key, slots, quote)
         if reason is not None:
-            self.drops[(quote.source, reason)] += 1
+            self.drops[(self.counted_as(quote.source), reason)] += 1
         return reason
+
+    def counted_as(self, source: str) -> str:
+        """The source name a drop of `source` is counted under: itself if the config defines
+        it or it is one of the first NAMED_OTHER_SOURCES others met, else OTHER_SOURCES."""
+        named = self._named
+        if source in named:
+            return source
+        if len(named) < self._named_limit:
+            named.add(source)
+            return source
+        return OTHER_SOURCES
 
     def _check(
         self, key: SlotKey, slots: tuple[tuple[int, bool], ...] | None, quote: Quote

@@ -31,7 +31,7 @@ __all__ = ["QuoteWatch"]
 
 
 class QuoteWatch:
-    """The latest valid value of every (source, pair) on the tape, with its time and flag."""
+    """The latest valid value of every (source, pair) a market reads, with its time and flag."""
 
     __slots__ = (
         "_bounds",
@@ -41,6 +41,7 @@ class QuoteWatch:
         "_max_age",
         "_routes",
         "_skew",
+        "_wanted",
         "cfg",
         "latest",
         "perps",
@@ -50,6 +51,10 @@ class QuoteWatch:
         self.cfg = cfg
         self.latest: dict[tuple[str, str], tuple[float, int, str | None]] = {}
         self.perps: dict[tuple[str, str], tuple[float, int, str | None]] = {}
+        # The (source, pair) keys the markets read: a tape may name any number of others.
+        self._wanted = frozenset(
+            (s.source, s.pair) for m in cfg.markets for s in (*m.sources, *m.perp_sources)
+        )
         self._routes = {(r.from_, r.to): r.via for r in cfg.routes}
         self._by_market = {m.symbol: m for m in cfg.markets}
         self._floor, self._ceiling = cfg.oracle.min_price, cfg.oracle.max_price
@@ -68,7 +73,7 @@ class QuoteWatch:
         """Hold the quote's value unless the core would refuse it at the door (docs/pricing.md
         §1): crossed, not finite or positive, outside the oracle's band (spot), from the future,
         or older than the value held."""
-        if quote.kind not in ("spot", "perp"):
+        if quote.kind not in ("spot", "perp") or (quote.source, quote.pair) not in self._wanted:
             return
         if quote.bid is not None and quote.ask is not None:
             if quote.bid > quote.ask:

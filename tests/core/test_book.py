@@ -11,7 +11,15 @@ from core_helpers import T0, USDT_ROUTE, config, market, standard_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oracled.aggregate.book import FLAG_BASE, MAX_FLAGS, Book, DropReason, Layout
+from oracled.aggregate.book import (
+    FLAG_BASE,
+    MAX_FLAGS,
+    NAMED_OTHER_SOURCES,
+    OTHER_SOURCES,
+    Book,
+    DropReason,
+    Layout,
+)
 from oracled.config import Config
 from oracled.core import Core
 from oracled.model import Quote
@@ -125,6 +133,23 @@ def test_a_source_inventing_flags_cannot_grow_the_flag_table_without_bound() -> 
         assert name == (flag if n < MAX_FLAGS else "flagged")
     assert len(book.flag_names) == MAX_FLAGS + 1
     assert book.flag_names[-1] == "flagged"
+
+
+def test_quotes_of_ever_new_unknown_sources_cannot_grow_the_drop_counts_without_bound() -> None:
+    """Quotes each naming a source the config does not define (a tape of garbage, replayed):
+    every one is dropped and counted as before, the first NAMED_OTHER_SOURCES such sources by
+    name, every later one under OTHER_SOURCES; a configured source keeps its name whenever it
+    comes. Before, each new name took a key of `drops` for the book's life."""
+    book = _book()
+    for n in range(2_000):
+        assert book.ingest(Quote(f"v{n}", "BTC/USD", T0, price=1.0)) is DropReason.UNKNOWN_SYMBOL
+    assert book.ingest(Quote("a", "DOGE/USD", T0, price=1.0)) is DropReason.UNKNOWN_SYMBOL
+    unknown = DropReason.UNKNOWN_SYMBOL
+    assert book.drops == {
+        **{(f"v{n}", unknown): 1 for n in range(NAMED_OTHER_SOURCES)},
+        (OTHER_SOURCES, unknown): 2_000 - NAMED_OTHER_SOURCES,
+        ("a", unknown): 1,
+    }
 
 
 def test_bid_and_ask_give_the_mid_and_take_precedence_over_price() -> None:

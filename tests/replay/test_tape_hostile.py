@@ -6,14 +6,18 @@ reported; the reports it prints are whole JSON."""
 from __future__ import annotations
 
 import io
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oracled.aggregate.book import NAMED_OTHER_SOURCES, OTHER_SOURCES
 from oracled.config import load_config
-from oracled.replay import replay
+from oracled.replay import ReplayStats, replay
+from oracled.stress.policies import QuoteWatch
 from oracled.tape import TapeGapError, TapeLineError, tape_lines
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "tapes"
@@ -73,3 +77,48 @@ def test_every_line_of_a_damaged_tape_is_a_quote_or_a_reported_skip(lines: list[
     assert len(reports) == stats.reports
     for line in reports:
         msgspec.json.decode(line)
+
+
+def _foreign(n: int) -> Iterator[bytes]:
+    """A tape of `n` quotes, each from a source and of a pair named nowhere else."""
+    yield HEADER
+    for i in range(n):
+        yield b'{"ts": %d, "source": "v%d", "pair": "X%d/USD", "price": "1.5"}\n' % (
+            1_700_000_000_500 + i,
+            i,
+            i,
+        )
+
+
+def _replayed(n: int) -> tuple[ReplayStats, QuoteWatch, int]:
+    """`_foreign(n)` replayed as `oracled stress` does (its quote watch beside the core): the
+    stats, the watch, and the peak of the memory traced meanwhile."""
+    watch = QuoteWatch(CFG)
+    tracemalloc.start()
+    try:
+        stats = replay(CFG, _foreign(n), io.BytesIO(), on_quote=watch.on_quote)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return stats, watch, peak
+
+
+def test_a_tape_naming_a_new_source_on_every_line_grows_no_count_and_no_table() -> None:
+    """A tape whose every quote names a source and pair no other line names (garbage, or made
+    to hurt): each quote is dropped as `unknown_symbol`, as before, but the drop counts name
+    only the first NAMED_OTHER_SOURCES such sources and count the rest under OTHER_SOURCES; the
+    core's own counts and the stress watch keep nothing per source either. Before, each of
+    these took a key per source, for the whole replay (and `oracled replay` printed them all
+    on one line): 20,000 such lines peaked at about 11 MB traced, 2,000 at about 1 MB."""
+    small, _, small_peak = _replayed(2_000)
+    stats, watch, peak = _replayed(20_000)
+    assert stats.quotes == stats.dropped == 20_000 and stats.malformed == 0
+    named = [f"v{i}" for i in range(NAMED_OTHER_SOURCES)]
+    assert stats.drops == {
+        **{(source, "unknown_symbol"): 1 for source in named},
+        (OTHER_SOURCES, "unknown_symbol"): 20_000 - NAMED_OTHER_SOURCES,
+    }
+    assert small.drops[(OTHER_SOURCES, "unknown_symbol")] == 2_000 - NAMED_OTHER_SOURCES
+    assert watch.latest == {} and watch.perps == {}
+    # Ten times the lines: the peak grows by what a line costs while it is read, not per line.
+    assert peak - small_peak < 256 * 1024, (small_peak, peak)
