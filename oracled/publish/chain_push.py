@@ -14,8 +14,9 @@ most `max_batch`), signed locally with an EIP-1559 fee that never exceeds `max_g
 Nonces are the pusher's own: read from the chain at start (the mined count, so transactions a
 previous run left pending are replaced rather than queued behind, by a transaction without
 markets when none is due), then counted locally and
-re-read when the node says a nonce is too low (or too high), or when a transaction waits behind
-a nonce the chain lost (a reorganisation took a confirmed push off it). A transaction not mined
+re-read when the node says a nonce is too low (or too high), when a transaction waits behind
+a nonce the chain lost (a reorganisation took a confirmed push off it), or when the last
+confirmed push is gone once `_RECHECK_DEPTH` blocks are on top of its block. A transaction not mined
 after `replace_after_s` is replaced by one with the same nonce, fees raised by 12.5 % (the
 node's minimum bump is 10 %; over the last replacement refused as underpriced, if one was) and
 the latest prices (never a market paused since); when the cap leaves no room for that bump the
@@ -78,6 +79,9 @@ _GWEI: Final = 10**9
 _BUMP_NUM, _BUMP_DEN = 9, 8  # +12.5 %: above the 10 % a node demands of a replacement
 _GAS_MARGIN: Final = 1.25
 _GAS_BASE, _GAS_PER_MARKET = 60_000, 32_000  # a first write of a market: one new slot + event
+#: A confirmed push is looked for again once this many blocks are on top of its own: a
+#: reorganisation that took it off shows then, not at the next push (a quiet market's heartbeat).
+_RECHECK_DEPTH: Final = 12
 #: A gas estimate over this many times that least is no estimate of the call (a bad answer).
 _ESTIMATE_MAX_FACTOR: Final = 4
 _UPDATE_BATCH: Final = selector("updateBatch(uint64,uint48,bytes32[],int128[],int8[])")
@@ -169,6 +173,15 @@ class _Batch:
         return _UPDATE_BATCH + args
 
 
+@dataclass(slots=True, frozen=True)
+class _Confirmed:
+    """The last confirmed push, until it is `_RECHECK_DEPTH` blocks deep."""
+
+    nonce: int
+    tx_hash: str
+    block: int
+
+
 @dataclass(slots=True)
 class _InFlight:
     nonce: int
@@ -223,6 +236,7 @@ class ChainPusher:
         self._wakeup = asyncio.Event()
         self._stored: dict[str, _Stored] = {}
         self._inflight: _InFlight | None = None
+        self._confirmed: _Confirmed | None = None
         self._nonce = -1
         # The nonces below this may hold a transaction the pusher does not track: one a previous
         # run (or another user of the key) left pending (the pending count at start), or a send
@@ -281,6 +295,7 @@ class ChainPusher:
         crash is dropped: the next round is looked at."""
         self._started = self._read = False
         self._inflight, self._fee_floor, self._latest = None, None, None
+        self._confirmed = None
         self.stats.pending = False
         self._stored.clear()
 
@@ -439,6 +454,9 @@ class ChainPusher:
             return
         batch = self._due(result)
         if batch is None:
+            # Nothing to push, so no push behind it would show a lost nonce: look for it.
+            if self._confirmed is not None and not await self._still_mined(self._confirmed):
+                return  # the chain is read again at the next look
             if self._nonce >= self._left_until:
                 return
             # A push a previous run left pending holds this nonce (or one sent unanswered may),
@@ -723,6 +741,37 @@ class ChainPusher:
         result = self._latest
         return result is not None and _active_part(inflight.batch, result) is not inflight.batch
 
+    async def _still_mined(self, confirmed: _Confirmed) -> bool:
+        """False when a reorganisation took the last confirmed push off the chain: looked for
+        once `_RECHECK_DEPTH` blocks are on top of its block (one request a look until then,
+        in looks that have nothing to send: a push sent behind a lost one shows the loss as a
+        gap, `_behind_gap`). Then the nonce and the stored prices are read again, so that
+        the markets it carried are pushed again if due against what the chain holds now, not
+        at their heartbeat; and, as for a send without an answer, a transaction at its nonce
+        is replaced even with nothing due (the node may hold it pending again, with prices
+        from before, perhaps of a market paused since)."""
+        head = await self._quantity("eth_blockNumber", [])
+        if head < confirmed.block + _RECHECK_DEPTH:
+            return True
+        receipt = await self.rpc.call("eth_getTransactionReceipt", [confirmed.tx_hash])
+        self._confirmed = None
+        if receipt is not None:
+            return True
+        mined = await self._quantity("eth_getTransactionCount", [self.address, "latest"])
+        self._log.warning(
+            "a reorganisation took a confirmed push off the chain; reading the chain again",
+            tx=confirmed.tx_hash,
+            nonce=confirmed.nonce,
+            block=confirmed.block,
+            mined=mined,
+        )
+        if mined <= confirmed.nonce:
+            self._nonce = self.stats.nonce = mined
+            self._left_until = max(self._left_until, confirmed.nonce + 1)
+        self._stored.clear()
+        self._read = False
+        return False
+
     async def _mined_unread(self, inflight: _InFlight) -> bool:
         """True when one of the hashes sent for the nonce is in a block though the node has no
         receipt for it yet: anvil answered the count at once and the receipt about a second
@@ -779,6 +828,7 @@ class ChainPusher:
             self.stats.transactions["reverted"] += 1
             self._log.error("push reverted", tx=tx_hash, nonce=nonce)
             return
+        self._confirmed = _Confirmed(nonce, tx_hash, block)
         self.stats.transactions["confirmed"] += 1
         self.stats.updates += len(batch.markets)
         for market, price, expo in zip(batch.markets, batch.prices, batch.expos, strict=True):

@@ -35,6 +35,7 @@ from oracled.jsonrpc import EndpointStats, RpcError, RpcUnavailable
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
 from oracled.publish.chain_push import (
+    _RECHECK_DEPTH,
     ChainPusher,
     PushError,
     PushStats,
@@ -1484,6 +1485,58 @@ async def test_a_push_a_reorganisation_took_off_the_chain_is_pushed_again(rig: R
     await pusher.step()  # refused: the left-behind push took that nonce; read again
     await settle(pusher)
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
+async def test_a_reorganisation_that_takes_off_a_quiet_markets_push_is_seen_blocks_later(
+    rig: Rig,
+) -> None:
+    """The first push is confirmed, then a reorganisation replaces its block (anvil_reorg) and
+    nothing moves, so nothing would be pushed before the heartbeat. Once the push's block is
+    `_RECHECK_DEPTH` blocks deep the pusher finds its receipt gone, reads the nonce and the
+    stored prices again, and pushes every market again from the chain's nonce. Before, the
+    contract held nothing for these markets until their heartbeat (an hour by default)."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(pusher)
+    await rig.chain.reorg(1)
+    assert await rig.nonce() == 0 and await rig.stored("BTC/USD") == (0, 0, 0, 0)
+    pusher.submit(rounds.step())
+    await pusher.step()  # not deep yet: nothing due, nothing sent
+    assert pusher.stats.transactions["sent"] == 1 and not pusher.stats.pending
+    await rig.chain.rpc("anvil_mine", [hex(_RECHECK_DEPTH - 1)])
+    await pusher.step()
+    assert pusher.stats.transactions["sent"] == 1
+    await rig.chain.rpc("evm_mine")
+    with capture_logs() as logs:
+        for _ in range(3):
+            pusher.submit(rounds.step())
+            await settle(pusher)
+    assert [e["nonce"] for e in logs if e["event"].startswith("a reorganisation took")] == [0]
+    assert pusher.stats.transactions["sent"] == 2 and await rig.nonce() == 1
+    for market in ("BTC/USD", "ETH/USD", "SOL/USD"):
+        assert (await rig.stored(market))[3] > 0
+
+
+async def test_a_confirmed_push_still_on_chain_when_deep_is_not_pushed_again(rig: Rig) -> None:
+    """No reorganisation: once the push is `_RECHECK_DEPTH` blocks deep its receipt is there,
+    the pusher stops looking for it and sends nothing; later looks ask the node nothing."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(rig, rounds, urls=(proxy.url,), heartbeat_s=3600.0)
+        await settle(pusher)
+        await rig.chain.rpc("anvil_mine", [hex(_RECHECK_DEPTH)])
+        with capture_logs() as logs:
+            pusher.submit(rounds.step())
+            await pusher.step()
+        assert not [e for e in logs if e["event"].startswith("a reorganisation took")]
+        asked = proxy.requests
+        pusher.submit(rounds.step())
+        await pusher.step()
+        assert proxy.requests == asked
+        assert pusher.stats.transactions["sent"] == 1 and await rig.nonce() == 1
+    finally:
+        await proxy.stop()
 
 
 async def test_a_push_left_behind_a_lost_nonce_never_lands_a_price_paused_since(
