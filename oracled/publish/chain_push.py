@@ -82,6 +82,10 @@ _GAS_BASE, _GAS_PER_MARKET = 60_000, 32_000  # a first write of a market: one ne
 #: A confirmed push is looked for again once this many blocks are on top of its own: a
 #: reorganisation that took it off shows then, not at the next push (a quiet market's heartbeat).
 _RECHECK_DEPTH: Final = 12
+#: A lowered `max_batch` grows by a quarter (at least one market) after this many confirmed
+#: pushes, up to the configured one: the gas of a market's first write, or one refused
+#: estimate, no longer sets it for the life of the process.
+_GROW_AFTER: Final = 10
 #: A gas estimate over this many times that least is no estimate of the call (a bad answer).
 _ESTIMATE_MAX_FACTOR: Final = 4
 _UPDATE_BATCH: Final = selector("updateBatch(uint64,uint48,bytes32[],int128[],int8[])")
@@ -249,6 +253,7 @@ class ChainPusher:
         # Markets per transaction: `max_batch`, lowered when a batch would not fit in a block
         # (the gas limit of the latest block, read with its base fee; None: not said).
         self._batch_cap = cfg.max_batch
+        self._fitted = 0  # pushes confirmed since `_batch_cap` last changed
         self._block_gas: int | None = None
         self._capped = False
         self._failing: str | None = None  # the failure logged for the current episode
@@ -655,11 +660,27 @@ class ChainPusher:
         """At most `fit` markets a transaction from now on (at least 1, fewer than `markets`):
         a batch of `markets` needs more gas than a block holds."""
         self._batch_cap = max(1, min(markets - 1, fit))
+        self._fitted = 0
         self._log.warning(
             "push batch over the block gas limit; fewer markets a transaction",
             markets=markets,
             max_batch=self._batch_cap,
             **detail,
+        )
+
+    def _grow(self) -> None:
+        """A push confirmed under a lowered `max_batch`: after `_GROW_AFTER` of them, a quarter
+        more markets a transaction (at least one more, at most the configured `max_batch`). A
+        batch that no longer fits is caught before it is sent (`_over_block`) or by its
+        estimate, and lowers it again."""
+        self._fitted += 1
+        if self._fitted < _GROW_AFTER:
+            return
+        self._fitted = 0
+        cap = self._batch_cap
+        self._batch_cap = min(self.cfg.max_batch, max(cap + 1, cap * 5 // 4))
+        self._log.info(
+            "push batch grows back; more markets a transaction", max_batch=self._batch_cap
         )
 
     async def _send_raw(self, raw: str) -> str:
@@ -829,6 +850,8 @@ class ChainPusher:
             self._log.error("push reverted", tx=tx_hash, nonce=nonce)
             return
         self._confirmed = _Confirmed(nonce, tx_hash, block)
+        if batch.markets and self._batch_cap < self.cfg.max_batch:
+            self._grow()
         self.stats.transactions["confirmed"] += 1
         self.stats.updates += len(batch.markets)
         for market, price, expo in zip(batch.markets, batch.prices, batch.expos, strict=True):

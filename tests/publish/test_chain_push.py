@@ -35,6 +35,7 @@ from oracled.jsonrpc import EndpointStats, RpcError, RpcUnavailable
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
 from oracled.publish.chain_push import (
+    _GROW_AFTER,
     _RECHECK_DEPTH,
     ChainPusher,
     PushError,
@@ -1605,6 +1606,36 @@ async def test_an_estimate_over_the_gas_a_block_allows_lowers_the_batch_on_the_s
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_a_lowered_batch_grows_back_after_confirmed_pushes_up_to_max_batch(
+    rig: Rig,
+) -> None:
+    """`max_batch = 2`, every market due at every round (a 250 ms heartbeat). One estimate
+    refused as over the node's allowance lowers the batch to one market; after `_GROW_AFTER`
+    confirmed pushes it grows back to two, and never past the configured two however many
+    more are confirmed. Before, it stayed at one market a transaction for the life of the
+    process."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(rig, rounds, urls=(proxy.url,), heartbeat_s=0.25, max_batch=2)
+        refusal = {"code": -32000, "message": "gas required exceeds allowance (30000000)"}
+        proxy.refuse["eth_estimateGas"] = [refusal]
+        with capture_logs() as logs:
+            await pusher.step()
+            for _ in range(3 * _GROW_AFTER):
+                pusher.submit(rounds.step())
+                await settle(pusher)
+        lowered = [e["max_batch"] for e in logs if e["event"].startswith("push batch over")]
+        grown = [e["max_batch"] for e in logs if e["event"].startswith("push batch grows")]
+        assert lowered == [1] and grown == [2]
+        sent = [e["markets"] for e in logs if e["event"] == "push sent"]
+        assert sent[:_GROW_AFTER] == [1] * _GROW_AFTER
+        assert sent[_GROW_AFTER:] == [2] * (len(sent) - _GROW_AFTER)
+        assert len(sent) == 3 * _GROW_AFTER and pusher.stats.transactions["confirmed"] == len(sent)
+    finally:
+        await proxy.stop()
 
 
 async def test_a_gas_estimate_no_batch_could_use_is_a_bad_answer_not_a_smaller_batch(
