@@ -23,7 +23,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from oracled import __version__
-from oracled.errors import ConfigError, TapeError
+from oracled.errors import ConfigError, TapeError, described, shown
 from oracled.tape import DEFAULT_MAX_GAP_MS, max_gap_ms
 
 # The rest is imported where it is used: `main` catches signals first (see `_Stops`), and
@@ -75,7 +75,7 @@ def _listen(value: str) -> str:
     try:
         parse_listen(value)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--listen {value!r}: {exc}") from None
+        raise argparse.ArgumentTypeError(f"{shown(value)}: {exc}") from None
     return value
 
 
@@ -394,7 +394,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("oracled replay: interrupted: the output is incomplete", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:
-        print(f"oracled replay: {exc}", file=sys.stderr)
+        print(f"oracled replay: {described(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except TapeGapError as exc:  # the output ends with the last round before the gap
         print(f"{name}: {exc}", file=sys.stderr)
@@ -501,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         import structlog
 
-        structlog.get_logger("oracled").error("fatal", error=str(exc))
+        structlog.get_logger("oracled").error("fatal", error=described(exc))
         return EXIT_FAILURE
 
 

@@ -38,7 +38,7 @@ from pydantic import (
     field_validator,
 )
 
-from oracled.errors import ConfigError
+from oracled.errors import ConfigError, shown
 from oracled.files import read_regular
 
 __all__ = [
@@ -138,19 +138,6 @@ DEFAULT_MAX_CLOCK_SKEW_MS = 2_000
 _EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
-#: The most characters of a value a problem quotes.
-SHOWN_CHARS = 60
-
-
-def _shown(value: str) -> str:
-    """A value as a problem quotes it: its repr, cut after SHOWN_CHARS characters. A value
-    pasted whole (a file's contents, a key's) made a problem line as long as itself, in
-    check-config's output, the log and the reload's answer."""
-    if len(value) <= SHOWN_CHARS:
-        return repr(value)
-    return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
-
-
 def _names_a_file(value: str, example: str) -> str:
     """A path the daemon writes a file at (with its lock file beside it): one that ends in "/",
     ".", or ".." names a directory, which no file can be written over."""
@@ -228,7 +215,7 @@ class ApiConfig(_Frozen):
         for origin in value:
             # As a browser serializes it in Origin: scheme://host[:port], nothing after.
             if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
-                raise ValueError(f"{_shown(origin)} is not * or an origin like https://host[:port]")
+                raise ValueError(f"{shown(origin)} is not * or an origin like https://host[:port]")
         return value
 
 
@@ -322,10 +309,10 @@ class NatsConfig(_Frozen):
         if not value:
             raise ValueError("list at least one server")
         for url in value:
-            shown = _shown(_redacted(url) if "@" in url else url)
+            quoted = shown(_redacted(url) if "@" in url else url)
             if not re.fullmatch(r"(nats|tls)://[^\s/]+", url):
-                raise ValueError(f"{shown} is not a nats:// or tls:// URL")
-            _check_host_port(url, shown)
+                raise ValueError(f"{quoted} is not a nats:// or tls:// URL")
+            _check_host_port(url, quoted)
         return value
 
 
@@ -603,7 +590,7 @@ def _no_whitespace(value: str) -> str:
     venue lists such a symbol, so the pair could only fail at start-up or never quote."""
     if re.search(r"\s", value):
         raise ValueError(
-            f"must not contain whitespace ({_shown(value)}): no venue symbol or feed id has any"
+            f"must not contain whitespace ({shown(value)}): no venue symbol or feed id has any"
         )
     return value
 
@@ -638,7 +625,7 @@ class SourceConfig(_Frozen):
     def _check_type(cls, value: str) -> str:
         if value not in SOURCE_TYPES:
             raise ValueError(
-                f"unknown source type {_shown(value)}; known: {', '.join(SOURCE_TYPES)}"
+                f"unknown source type {shown(value)}; known: {', '.join(SOURCE_TYPES)}"
             )
         return value
 
@@ -842,9 +829,9 @@ def _check_host(host: str) -> None:
     except ValueError:
         pass
     if re.fullmatch(r"[0-9.]+", host):  # no host name is all digits (RFC 1123)
-        raise ValueError(f"{_shown(host)} is not an IPv4 address")
+        raise ValueError(f"{shown(host)} is not an IPv4 address")
     if len(host) > 253 or not re.fullmatch(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?", host):
-        raise ValueError(f"{_shown(host)} is not an IP address or a host name")
+        raise ValueError(f"{shown(host)} is not an IP address or a host name")
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -1129,7 +1116,7 @@ def _pyth_feed_ids(cfg: Config) -> list[str]:
             feed = raw.strip().lower().removeprefix("0x")
             if not re.fullmatch(r"[0-9a-f]{64}", feed):
                 problems.append(
-                    f"{where}.{pair}: {_shown(raw)} is not a Pyth feed id "
+                    f"{where}.{pair}: {shown(raw)} is not a Pyth feed id "
                     "(32 bytes in hex, 0x optional)"
                 )
             elif feed in seen:

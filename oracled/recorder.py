@@ -20,7 +20,7 @@ from typing import IO
 
 import structlog
 
-from oracled.errors import TapeError
+from oracled.errors import TapeError, described
 from oracled.lockfile import LockHeldError, lock_beside
 from oracled.model import Quote
 from oracled.tape import (
@@ -169,7 +169,7 @@ class TapeRecorder:
                 try:
                     self._file = self._open_for_a_reader()
                 except OSError as exc:
-                    self.error = str(exc)
+                    self.error = described(exc)
             done.set_result(None)
 
         threading.Thread(target=open_, name="tape-open", daemon=True).start()
@@ -258,7 +258,7 @@ class TapeRecorder:
                 self._file.writelines(lines)
                 self._file.flush()
             except OSError as exc:
-                self.error = str(exc)
+                self.error = described(exc)
 
     def _write_header(self, file: IO[bytes]) -> None:
         """Line 1 before the first lines of quotes (with the first round once it has run)."""
@@ -286,7 +286,7 @@ class TapeRecorder:
             if file is not None:  # always: only its writes raise
                 with contextlib.suppress(OSError):
                     file.close()  # a second try finds the buffer gone, and closes
-            self.error = self.error or str(exc)
+            self.error = self.error or described(exc)
         finally:
             self._lock.release()
             if self._lock_fd is not None:

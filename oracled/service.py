@@ -43,7 +43,7 @@ from oracled.config import (
     slot_max_age_ms,
 )
 from oracled.core import Core, RoundResult
-from oracled.errors import ConfigError, OracledError, ServiceStopping
+from oracled.errors import ConfigError, OracledError, ServiceStopping, described
 from oracled.files import NotRegularFileError
 from oracled.logs import DRAIN_AT_EXIT_S
 from oracled.manual import ManualPauses, Pause
@@ -768,7 +768,7 @@ class Service:
             finally:
                 reader.close()
         except (sqlite3.Error, OracledError, NotRegularFileError) as exc:
-            log.error("signing floor not read: no floor", path=str(path), error=repr(exc))
+            log.error("signing floor not read: no floor", path=str(path), error=described(exc))
             return None
         if floor is not None:
             log.info("signing floor", floor=floor, signer=signer.address)

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Literal, Protocol
 import msgspec
 
 from oracled.clock import FIRST_MS, LAST_MS
-from oracled.errors import TapeError
+from oracled.errors import TapeError, shown
 from oracled.model import Quote
 
 if TYPE_CHECKING:  # pydantic loads only where a digest is made: `oracled --help` stays quick
@@ -478,7 +478,7 @@ def max_gap_ms(value: str) -> int | None:
     except ValueError:
         seconds = math.nan
     if not 0 <= seconds < math.inf:
-        raise argparse.ArgumentTypeError(f"--max-gap {value!r}: not a number of seconds >= 0")
+        raise argparse.ArgumentTypeError(f"{shown(value)}: not a number of seconds >= 0")
     return round(seconds * 1000) or None
 
 

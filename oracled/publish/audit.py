@@ -71,7 +71,7 @@ import msgspec
 import structlog
 
 from oracled.config import AuditConfig
-from oracled.errors import ConfigError, OracledError
+from oracled.errors import ConfigError, OracledError, described
 from oracled.files import NotRegularFileError, require_regular
 from oracled.lockfile import LockHeldError, lock_beside
 from oracled.model import Quote, Report
@@ -910,7 +910,9 @@ class AuditTrail:
                 return
             kept = reserve.grow(freed)
         except OSError as exc:  # no file can be made beside the database: nothing to keep
-            self._log.warning("audit room not kept at stop", path=str(reserve.path), error=str(exc))
+            self._log.warning(
+                "audit room not kept at stop", path=str(reserve.path), error=described(exc)
+            )
             return
         if kept:
             self._log.warning(
@@ -922,7 +924,7 @@ class AuditTrail:
             )
 
     def _failed(self, exc: sqlite3.Error | OracledError | OSError, stage: str) -> None:
-        message = f"{stage}: {exc}"
+        message = f"{stage}: {described(exc) if isinstance(exc, OSError) else exc}"
         if self.stats.ok or self.stats.last_error != message:
             self._log.error(
                 "audit trail not written; prices go on without it",

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from oracled.errors import ConfigError
+from oracled.errors import ConfigError, shown
 from oracled.files import NotRegularFileError
 from oracled.model import Report, market_name
 from oracled.publish.audit import (
@@ -56,7 +56,7 @@ def parse_time(text: str) -> int:
         # 13 digits from 2001 to 2286; `date +%s` seconds would be read as a day in 1970
         if text != "0" and len(text.lstrip("0")) != 13:
             raise argparse.ArgumentTypeError(
-                f"{text!r} is not milliseconds since the epoch (13 digits; seconds have 10, "
+                f"{shown(text)} is not milliseconds since the epoch (13 digits; seconds have 10, "
                 "microseconds 16): give milliseconds or an ISO 8601 time"
             )
         return int(text)
@@ -64,7 +64,7 @@ def parse_time(text: str) -> int:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is neither milliseconds nor an ISO 8601 time"
+            f"{shown(text)} is neither milliseconds nor an ISO 8601 time"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -76,7 +76,7 @@ def _market(text: str) -> str:
     trail stores the canonical form."""
     name = market_name(text)
     if name is None:
-        raise argparse.ArgumentTypeError(f"{text[:64]!r} is not a market name like BTC/USD")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a market name like BTC/USD")
     return name
 
 
@@ -85,7 +85,7 @@ def _address(text: str) -> str:
     make every round a mismatch."""
     body = text.strip().removeprefix("0x")
     if len(body) != 40 or any(c not in "0123456789abcdefABCDEF" for c in body):
-        raise argparse.ArgumentTypeError(f"{text[:64]!r} is not an address (0x and 40 hex digits)")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not an address (0x and 40 hex digits)")
     return "0x" + body
 
 

@@ -50,7 +50,7 @@ import coincurve
 import msgspec
 import structlog
 
-from oracled.errors import ConfigError, OracledError
+from oracled.errors import ConfigError, OracledError, described
 from oracled.eth import checksum_address, keccak, recursion_limit_kept
 from oracled.files import NotRegularFileError, read_regular
 from oracled.model import Status
@@ -173,15 +173,18 @@ def leaf_hash(leaf: Leaf, market_hash: bytes | None = None) -> bytes:
     """The EIP-712 struct hash of a `Price` (or, with a mark, a `PerpPrice`); pass the market's
     keccak to skip rehashing it."""
     if not (0 <= leaf.ts < 1 << 64 and 0 <= leaf.status < 256 and -128 <= leaf.expo < 128):
-        raise ValueError(f"leaf field out of range: {leaf}")
+        raise ValueError(
+            f"{leaf.market}: ts {leaf.ts}, status {leaf.status} or expo {leaf.expo} out of a"
+            " signed leaf's range"
+        )
     if not (_INT256_MIN <= leaf.price <= _INT256_MAX and 0 <= leaf.confidence < 1 << 256):
-        raise ValueError(f"leaf price out of range: {leaf}")
+        raise ValueError(f"{leaf.market}: price or confidence wider than a signed leaf's 256 bits")
     if leaf.mark is None:
         typehash, tail = _PRICE_TYPEHASH, b""
     elif _INT256_MIN <= leaf.mark <= _INT256_MAX and 0 <= leaf.mark_mode < 256:
         typehash, tail = _PERP_PRICE_TYPEHASH, _word(leaf.mark) + _word(leaf.mark_mode)
     else:
-        raise ValueError(f"leaf mark out of range: {leaf}")
+        raise ValueError(f"{leaf.market}: mark wider than a signed leaf's 256 bits")
     return keccak(
         b"".join(
             (
@@ -862,7 +865,7 @@ class SignerWorker:
         exc = future.exception()
         if exc is not None:
             self.signer.stats.errors["error"] += 1
-            self._log.error("round not signed", error=repr(exc))
+            self._log.error("round not signed", error=described(exc))
             self._unsigned(result, "error")
             return
         self._on_signed(future.result())

@@ -169,10 +169,40 @@ def test_a_file_nested_too_deeply_is_a_config_problem_not_a_traceback(tmp_path: 
 
 
 def test_a_bad_listen_address_is_a_usage_error() -> None:
-    """--listen must be HOST:PORT."""
+    """--listen must be HOST:PORT; the usage line names the option once (argparse already
+    does), the value quoted (it read `argument --listen: --listen 'localhost': ...`)."""
     proc = _oracled("run", "--listen", "localhost")
     assert proc.returncode == 2
-    assert "must be HOST:PORT" in proc.stderr
+    assert "argument --listen: 'localhost': must be HOST:PORT" in proc.stderr
+    assert proc.stderr.splitlines()[-1].count("--listen") == 1  # the line after the usage
+
+
+def test_bad_command_line_values_are_quoted_once_and_cut_when_long(tmp_path: Path) -> None:
+    """A value refused on the command line is named by its option once and quoted, at most
+    60 characters of it: `--max-gap` (which named itself twice) and `audit --market` (cut after
+    64 characters with no sign that it was)."""
+    proc = _oracled("replay", "--max-gap", "soon", str(tmp_path / "t.jsonl"))
+    assert proc.returncode == 2
+    assert "argument --max-gap: 'soon': not a number of seconds >= 0" in proc.stderr
+    assert proc.stderr.splitlines()[-1].count("--max-gap") == 1, proc.stderr
+    long = "BTC USD" * 20
+    proc = _oracled("audit", "--db", str(tmp_path / "a.sqlite3"), "--market", long)
+    assert proc.returncode == 2
+    quoted = f"{long[:60]!r}... (140 characters)"
+    assert f"argument --market: {quoted} is not a market name like BTC/USD" in proc.stderr
+
+
+def test_replay_to_an_out_it_cannot_write_says_so_in_words(tmp_path: Path) -> None:
+    """`--out` in a directory that does not exist: the file and the system's reason, as every
+    other file error of the command line reads (it printed `[Errno 2] No such file or
+    directory: '...'`)."""
+    tape = tmp_path / "t.jsonl"
+    tape.write_text(TAPE % ("binance", "BTC/USDT"))
+    out = tmp_path / "no" / "out.jsonl"
+    config = ROOT / "tests" / "fixtures" / "tapes" / "config.toml"
+    proc = _oracled("replay", "--config", str(config), "--out", str(out), str(tape))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == f"oracled replay: {out}: No such file or directory\n"
 
 
 def test_margin_refuses_a_url_given_twice_naming_it(tmp_path: Path) -> None:

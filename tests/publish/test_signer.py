@@ -540,6 +540,9 @@ async def test_a_round_that_cannot_be_signed_is_counted_logged_and_not_delivered
     assert delivered.rounds == [] and signer.stats.signed == 0 and unhandled == []
     assert unsigned == [(bad, "error")]
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["round not signed"]
+    (said,) = [e["error"] for e in logs if e["log_level"] == "error"]
+    # In words: it was `ValueError('leaf price out of range: Leaf(market=...)')`, a repr.
+    assert said == "ValueError: BTC/USD: price or confidence wider than a signed leaf's 256 bits"
     good = rounds.step()
     worker.submit(good)  # the failed round left the worker free
     await delivered.next()

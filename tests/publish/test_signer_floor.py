@@ -151,3 +151,17 @@ def test_the_floor_is_this_keys_newest_signed_round_only(tmp_path: Path) -> None
         reader.close()
     cfg = make_config(audit={"enabled": True, "path": str(tmp_path / "none.sqlite3")})
     assert Service._signing_floor(cfg, RoundSigner(KEY, "test")) is None
+
+
+def test_a_trail_that_cannot_be_read_is_no_floor_and_said_in_words(tmp_path: Path) -> None:
+    """A file at the trail's path that is no database: no floor, and one error line whose
+    `error` is the reason in words. It was the exception's repr,
+    `DatabaseError('file is not a database')`."""
+    junk = tmp_path / "audit.sqlite3"
+    junk.write_bytes(b"not a database" * 100)
+    cfg = make_config(audit={"enabled": True, "path": str(junk)})
+    with capture_logs() as logs:
+        assert Service._signing_floor(cfg, RoundSigner(KEY, "test")) is None
+    assert [(e["event"], e["error"]) for e in logs] == [
+        ("signing floor not read: no floor", "DatabaseError: file is not a database")
+    ]
