@@ -670,15 +670,21 @@ class ChainPusher:
 
     def _grow(self) -> None:
         """A push confirmed under a lowered `max_batch`: after `_GROW_AFTER` of them, a quarter
-        more markets a transaction (at least one more, at most the configured `max_batch`). A
-        batch that no longer fits is caught before it is sent (`_over_block`) or by its
-        estimate, and lowers it again."""
+        more markets a transaction (at least one more, at most the configured `max_batch`, and
+        never more than the latest block's gas limit holds at the floor of `_send`'s gas: such
+        a batch is never sent, and growing to it lowered it again with a warning every
+        `_GROW_AFTER` pushes). A batch that no longer fits is caught before it is sent
+        (`_over_block`) or by its estimate, and lowers it again."""
         self._fitted += 1
         if self._fitted < _GROW_AFTER:
             return
         self._fitted = 0
-        cap = self._batch_cap
-        self._batch_cap = min(self.cfg.max_batch, max(cap + 1, cap * 5 // 4))
+        cap, most = self._batch_cap, self.cfg.max_batch
+        if self._block_gas is not None:
+            most = min(most, max(1, (self._block_gas - _GAS_BASE) // _GAS_PER_MARKET))
+        if most <= cap:
+            return
+        self._batch_cap = min(most, max(cap + 1, cap * 5 // 4))
         self._log.info(
             "push batch grows back; more markets a transaction", max_batch=self._batch_cap
         )
