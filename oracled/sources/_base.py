@@ -123,6 +123,10 @@ _NET_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError)
 #: allTickers, every symbol of the venue) are about 1 MB; an answer that runs past this is a
 #: broken or hostile server, cut here rather than buffered until the request's timeout.
 MAX_REST_BODY: Final = 16 * 1024 * 1024
+#: The characters of a venue's own words (a refusal's or an error frame's message) that a source
+#: keeps (`failed_instruments`, served by the API) and logs, as of a REST error's body: a
+#: WebSocket frame may carry megabytes of them.
+VENUE_TEXT_KEPT: Final = 200
 # The venue's one-second message window, with a margin for jitter between our clock and theirs.
 _WINDOW_S: Final = 1.1
 # A venue's number as the one-pass stream decoders read it: a JSON number, bare or quoted
@@ -756,6 +760,7 @@ class Source(abc.ABC):
 
     def _reject(self, request_id: int | str | None, message: str) -> None:
         """The venue refused a request: split a batch, or mark the one symbol failed."""
+        message = message[:VENUE_TEXT_KEPT]
         symbols = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
         if symbols is None:
             self.stats.dropped["venue_error"] += 1
@@ -782,7 +787,8 @@ class Source(abc.ABC):
         if count is None:
             return
         suppressed = count - 1  # held back since the last line: this one is logged
-        self._log.warning(event, request_id=request_id, message=message, suppressed=suppressed)
+        said = message[:VENUE_TEXT_KEPT]
+        self._log.warning(event, request_id=request_id, message=said, suppressed=suppressed)
 
     def _note_answer(self, request_id: int | str | None) -> None:
         sent = self._requested_at.pop(request_id, None) if isinstance(request_id, int) else None

@@ -96,7 +96,13 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import UNDECODABLE, Source, read_decimal, read_request_id
+from oracled.sources._base import (
+    UNDECODABLE,
+    VENUE_TEXT_KEPT,
+    Source,
+    read_decimal,
+    read_request_id,
+)
 from oracled.sources.stats import SourceStats
 
 __all__ = ["BybitLinearSource", "BybitSpotSource"]
@@ -442,7 +448,7 @@ class _BybitSource(Source):
         if reply.code != 0:  # Bybit answers HTTP 200 with an error code in the body
             self.stats.dropped["rest_error"] += 1
             if self._rest_single is not None:
-                message = f"{reply.code}: {reply.msg}"
+                message = f"{reply.code}: {reply.msg}"[:VENUE_TEXT_KEPT]
                 self._log.warning("instrument failed", symbol=self._rest_single, message=message)
                 self.stats.failed_instruments[self._rest_single] = message
             return

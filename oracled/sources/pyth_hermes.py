@@ -64,7 +64,7 @@ from multidict import MultiDict
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import Source, read_integer
+from oracled.sources._base import VENUE_TEXT_KEPT, Source, read_integer
 from oracled.sources.stats import SourceStats
 
 __all__ = ["PythHermesSource", "normalize_feed_id"]
@@ -321,12 +321,12 @@ class PythHermesSource(Source):
     def _fail_missing(self, text: str) -> int:
         """Mark failed the ids a ``404 Price ids not found: 0x.., 0x..`` names; return how many."""
         _, found, listed = text.partition(_MISSING)
-        failed = 0
+        failed, said = 0, text.strip()[:VENUE_TEXT_KEPT]
         for item in listed.split(",") if found else ():
             symbol = normalize_feed_id(item)
             if symbol in self._by_symbol and symbol not in self.stats.failed_instruments:
-                self._log.warning("instrument failed", symbol=symbol, message=text.strip())
-                self.stats.failed_instruments[symbol] = text.strip()
+                self._log.warning("instrument failed", symbol=symbol, message=said)
+                self.stats.failed_instruments[symbol] = said
                 failed += 1
         return failed
 

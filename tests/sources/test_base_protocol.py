@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
 from oracled.sources import BinanceSource, ConnState
-from oracled.sources._base import MAX_REST_BODY
+from oracled.sources._base import MAX_REST_BODY, VENUE_TEXT_KEPT
 from oracled.sources.binance_usdm import BinanceUsdmSource
 
 Handler = Callable[[web.WebSocketResponse, int], Awaitable[None]]
@@ -182,6 +182,39 @@ async def test_pong_echoes_the_ping_payload(
 
     await launch(Venue(script), aiohttp_server, start_config, liveness_timeout_s=5.0)
     await wait(lambda: echoed == [b"venue-1795"])
+
+
+async def test_a_venue_s_words_are_kept_and_logged_to_a_bound_however_long(
+    aiohttp_server: Any, start_config: Any, wait: Any
+) -> None:
+    """A venue refuses ETHUSDT with a 1 MB message, then sends 40 error frames naming no
+    request, each with 100 KB of words of its own. The source keeps (and the API serves, as
+    `refused`) the first VENUE_TEXT_KEPT characters of the refusal and logs no more than that
+    of either; the other frames are counted, one line said. Before, the whole message was kept
+    for as long as the instrument stayed refused, and each line carried all of it."""
+    huge = "x" * 1_000_000
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        async for req in requests_of(ws):
+            if req["params"] == ["btcusdt@bookTicker"]:
+                await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
+                await ws.send_str(BOOK.format(lower="btcusdt", sym="BTCUSDT"))
+            elif req["params"] == ["ethusdt@bookTicker"]:
+                await ws.send_str(json.dumps({"code": 2, "msg": huge, "id": req["id"]}))
+                for k in range(40):
+                    said = f"{k} " + "y" * 100_000
+                    await ws.send_str(json.dumps({"code": 3, "msg": said, "id": 999_999}))
+            else:
+                await ws.send_str(json.dumps({"code": 2, "msg": "batch refused", "id": req["id"]}))
+
+    with capture_logs() as logs:
+        run = await launch(Venue(script), aiohttp_server, start_config, liveness_timeout_s=5.0)
+        await wait(lambda: run.stats.dropped["venue_error"] == 40)
+    assert run.stats.failed_instruments == {"ETHUSDT": f"2: {huge}"[:VENUE_TEXT_KEPT]}
+    failed = [e for e in logs if e["event"] == "instrument failed"]
+    errors = [e for e in logs if e["event"] == "venue error"]
+    assert [len(e["message"]) for e in failed] == [VENUE_TEXT_KEPT]
+    assert len(errors) == 1 and len(errors[0]["message"]) <= VENUE_TEXT_KEPT
 
 
 async def test_flat_error_frames_isolate_the_bad_symbol(
