@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -12,7 +13,7 @@ from chain_rig import Anvil, Deployed
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 
-from oracled.clock import SystemClock
+from oracled.clock import ManualClock, SystemClock
 from oracled.config import Config, parse_config
 from oracled.model import Quote
 from oracled.sources.evm.chainlink import ChainlinkSource
@@ -111,9 +112,83 @@ async def test_a_chain_unreachable_at_start_is_retried_without_a_traceback(
     retried = [e for e in logs if e["event"] == "chain unreachable; retrying"]
     assert [(e["chain"], e["log_level"]) for e in retried[:1]] == [("local", "warning")]
     assert "eth_chainId" in retried[0]["error"] and "delay_s" in retried[0]
+    assert retried[0]["component"] == "chain" and retried[0]["failures"] == 1
     assert not any("exc_info" in e for e in logs)
     assert not any(e["event"] == "chain reader crashed; restarting" for e in logs)
     assert chains.readers["local"].stats.restarts == len(retried)
+
+
+async def test_a_start_that_fails_again_and_again_is_logged_once_a_minute_with_the_count(
+    http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A node down at start is logged at the first failed start and then at most once a minute
+    (the daemon's clock), with the number of failed starts since the last line (`failures`),
+    as the pusher's start-up retries are; the lines say `component=chain` (the pusher's, of the
+    same event, `component=push`), and the chain is read once the node answers. Before, every
+    start wrote a line: seven in the first minute of its backoff (1 s doubling to 30 s), then
+    one every 30 s for as long as the node stayed down."""
+    proxy.mode = "error"
+    cfg = config(proxy.url, snapshot.eth_proxy)
+    clock = ManualClock(1_000_000)
+    quotes: list[Quote] = []
+    chains = ChainSet(cfg, http, clock)
+    reader = chains.readers["local"]
+    cl = source(cfg, "cl", http, quotes.append)
+    chains.attach(cl)
+
+    def lines() -> list[dict[str, Any]]:
+        return [e for e in logs if e["event"] == "chain unreachable; retrying"]
+
+    with capture_logs() as logs:
+        tasks = [*chains.start(), asyncio.create_task(cl.run())]
+        try:
+            await until(lambda: reader.stats.restarts >= 2)  # two starts, 1 s apart
+            assert [e["failures"] for e in lines()] == [1]
+            clock.advance(60_000)
+            await until(lambda: len(lines()) == 2)  # the next failed start, 2 s later
+            proxy.mode = "pass"  # before the next start, 4 s later
+            await until(lambda: bool(quotes))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    first, second = lines()
+    # Every failed start is in a line's count: the first alone, the second with those held.
+    assert (first["failures"], second["failures"]) == (1, reader.stats.restarts - 1)
+    assert second["failures"] >= 2 and second["log_level"] == "warning"
+    assert {first["component"], second["component"]} == {"chain"}
+    assert "eth_chainId" in second["error"] and second["delay_s"] > first["delay_s"]
+
+
+async def test_a_chain_reader_refused_again_and_again_is_logged_once_a_minute(
+    http: aiohttp.ClientSession, snapshot: Deployed, anvil: Anvil
+) -> None:
+    """An endpoint of another chain refuses every start: one error line, then the refused
+    starts held until a minute has passed and told in the next line's `failures`."""
+    cfg = config(anvil.url, snapshot.eth_proxy)
+    chain = cfg.chains["local"].model_copy(update={"chain_id": 1})
+    cfg = cfg.model_copy(update={"chains": {**cfg.chains, "local": chain}})
+    clock = ManualClock(1_000_000)
+    chains = ChainSet(cfg, http, clock)
+    reader = chains.readers["local"]
+
+    def lines() -> list[dict[str, Any]]:
+        return [e for e in logs if e["event"] == "chain reader refused; retrying"]
+
+    with capture_logs() as logs:
+        tasks = chains.start()
+        try:
+            await until(lambda: reader.stats.restarts >= 2)
+            assert [e["failures"] for e in lines()] == [1]
+            clock.advance(60_000)
+            await until(lambda: len(lines()) == 2)
+            held = reader.stats.restarts
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert [(e["log_level"], e["failures"]) for e in lines()] == [("error", 1), ("error", held - 1)]
+    assert held >= 3 and "is chain 31337, not 1" in lines()[1]["error"]
 
 
 async def test_a_rate_limited_start_is_waited_out_not_restarted(

@@ -8,7 +8,6 @@ without any RPC provider.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import structlog
@@ -17,6 +16,7 @@ from oracled.clock import Clock
 from oracled.config import CHAIN_SOURCE_TYPES, Config, SourceConfig
 from oracled.errors import SourceError
 from oracled.jsonrpc import RpcClient, RpcUnavailable, redact
+from oracled.lograte import LogEveryMinute
 from oracled.sources._base import Source
 from oracled.sources.evm.chain import ChainReader, ChainStats
 from oracled.sources.evm.source import ChainSource
@@ -31,6 +31,8 @@ class ChainSet:
 
     def __init__(self, cfg: Config, session: aiohttp.ClientSession, clock: Clock) -> None:
         self.readers: dict[str, ChainReader] = {}
+        self._clock = clock
+        # The pusher logs `chain unreachable; retrying` too: its lines say `component=push`.
         self._log = structlog.get_logger("oracled").bind(component="chain")
         for cid, chain in cfg.chains.items():
             if not chain.resolved_urls:
@@ -71,23 +73,34 @@ class ChainSet:
         """Run one reader forever; restart it with capped backoff if it fails.
 
         A start the endpoints refuse (none answers eth_chainId, or one serves another chain)
-        is an operational condition, logged with its error and no traceback; anything else is
-        a bug, logged with its traceback. Both are counted and retried."""
+        is an operational condition, logged with its error and no traceback, at most once a
+        minute with the failed starts since (`failures`): its backoff made a line every 30 s
+        for as long as the node stayed down, seven in the first minute. Anything else is a
+        bug, logged each time with its traceback. All are counted and retried."""
         delay = 1.0
         log = self._log.bind(chain=reader.name)
+        lines = LogEveryMinute()  # failed starts, by their log event
         while True:
-            started = time.monotonic()
+            started = self._clock.monotonic()
             try:
                 await reader.run()
                 log.error("chain reader returned; restarting")
             except RpcUnavailable as exc:  # no endpoint answered: down, or not reachable yet
-                log.warning("chain unreachable; retrying", error=str(exc)[:200], delay_s=delay)
+                if (failures := lines.due("unreachable", self._clock.monotonic())) is not None:
+                    log.warning(
+                        "chain unreachable; retrying",
+                        error=str(exc)[:200], delay_s=delay, failures=failures,
+                    )  # fmt: skip
             except SourceError as exc:  # an endpoint of another chain: a misconfiguration
-                log.error("chain reader refused; retrying", error=str(exc)[:200], delay_s=delay)
+                if (failures := lines.due("refused", self._clock.monotonic())) is not None:
+                    log.error(
+                        "chain reader refused; retrying",
+                        error=str(exc)[:200], delay_s=delay, failures=failures,
+                    )  # fmt: skip
             except Exception:  # the supervisor's job: log, count, restart
                 log.exception("chain reader crashed; restarting", delay_s=delay)
             reader.stats.restarts += 1
-            if time.monotonic() - started > 60.0:
+            if self._clock.monotonic() - started > 60.0:
                 delay = 1.0
             await asyncio.sleep(delay)
             delay = min(delay * 2.0, _RESTART_MAX_S)
