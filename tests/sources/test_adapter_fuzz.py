@@ -28,6 +28,10 @@ clock, with the receive time after the newest: a change that matters reproduces 
 A third test cuts any bytes fed to Pyth's Server-Sent Events parser (the transport in front
 of its `on_message`) anywhere: the same events, whatever the cuts.
 
+A fourth sends each venue's frames and REST answers of an instrument 520 times, each time
+naming a symbol never seen before, and holds every container of the adapter and its stats to
+its size after the first 20: no per-symbol table keeps what a venue makes up.
+
 Found with it (each fixed, with a plain regression test in the venue's or the shared parse
 file): bytes that are not UTF-8 inside a string raised UnicodeDecodeError out of every adapter;
 venue times before 1970 were quoted; Pyth's `"parsed":[]` vanished without a count.
@@ -36,10 +40,12 @@ venue times before 1970 were quoted; Pyth's `"parsed":[]` vanished without a cou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -485,3 +491,82 @@ def test_the_sse_parser_reads_any_bytes_the_same_however_they_are_cut(
         at = cut
     assert got == expected
     assert (chunked.pending, chunked.pending_event) == (whole.pending, whole.pending_event)
+
+
+def _made_up(frame: str, symbols: tuple[str, ...], n: int) -> str:
+    """`frame` with each configured symbol in it (as the venue spells it, or lower case) replaced
+    by one no other frame names: a Pyth feed id by another 64 hex digits, others suffixed."""
+    for symbol in symbols:
+        if len(symbol) == 64:  # Pyth: the id's shape is checked before its lookup
+            frame = frame.replace(symbol, f"{n:064x}")
+            continue
+        for spelled in dict.fromkeys((symbol, symbol.lower())):
+            frame = frame.replace(spelled, f"{spelled}{n}")
+    return frame
+
+
+def _held(source: Source) -> dict[str, int]:
+    """The size of every container the adapter (and its stats) holds, and of the containers
+    inside those (a book's levels per symbol): what a venue's frames could grow."""
+    sizes: dict[str, int] = {}
+
+    def count(name: str, value: Any, depth: int) -> None:
+        if isinstance(value, dict | set | frozenset | list | tuple | deque):
+            sizes[name] = len(value)
+            if depth:
+                inner = value.values() if isinstance(value, dict) else value
+                for k, item in enumerate(list(inner)[:64]):
+                    count(f"{name}[{k}]", item, depth - 1)
+        elif depth and hasattr(value, "__slots__") and not isinstance(value, Source):
+            for slot in getattr(value, "__slots__", ()):
+                count(f"{name}.{slot}", getattr(value, slot, None), depth - 1)
+
+    for owner, obj in (("source", source), ("stats", source.stats)):
+        names = [*getattr(obj, "__dict__", ())]
+        names += [n for cls in type(obj).__mro__ for n in getattr(cls, "__slots__", ())]
+        for name in dict.fromkeys(names):
+            count(f"{owner}.{name}", getattr(obj, name, None), 2)
+    return sizes
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+async def test_frames_of_ever_new_symbols_grow_no_container_of_the_adapter(
+    case: ParseCase[Any],
+) -> None:
+    """Every frame a venue sends of an instrument (its recordings, its simulator's), sent again
+    and again naming a new symbol each time, as a venue listing ever new instruments, or one
+    sending garbage, would: each is counted, and after a warm-up no dict, set, list or deque of
+    the adapter or its stats holds one entry more, however many follow (the symbol maps, the
+    per-symbol sequence and time bars, the books, the requests, the drop counts). The same of
+    its REST answers."""
+    async with aiohttp.ClientSession() as http:
+        quotes: list[Quote] = []
+        source = make_source(case, http, quotes)
+        seeds = await seeds_of(case, source)
+        symbols = tuple(source.instruments)
+
+        def naming(frames: tuple[str, ...]) -> list[str]:
+            return [f for f in frames if any(s in f or s.lower() in f for s in symbols)]
+
+        named, answers = naming(seeds.stream), naming(seeds.rest)
+        assert named, "no seed frame names an instrument"
+        recv_ts = seeds.recv_ts
+
+        def send(rounds: range) -> None:
+            for n in rounds:
+                for frame in named:
+                    with contextlib.suppress(*UNDECODABLE):
+                        source.on_message(_made_up(frame, symbols, n), recv_ts + n)
+                for answer in answers:  # a REST answer to a request for every instrument
+                    source.rest_request(list(symbols))
+                    source.on_rest(_made_up(answer, symbols, n).encode(), recv_ts + n)
+
+        send(range(1, 21))
+        warm = _held(source)
+        traces = sum(source.stats.dropped.values()) + source.stats.malformed
+        send(range(21, 521))
+        grown = {k: (warm.get(k), v) for k, v in _held(source).items() if v > warm.get(k, 0)}
+        assert grown == {}, f"{case.id}: containers grew with new symbols: {grown}"
+        # (a REST answer that names no symbol, Coinbase's, is the asked instrument's: quoted)
+        assert all(q.pair in dict(case.pairs) for q in quotes)
+        assert sum(source.stats.dropped.values()) + source.stats.malformed >= traces + 500
