@@ -7,148 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from publish_rig import free_port
+from lease_rig import KEY, ROUND_MS, Daemon, key_file, lease_config
 
 from oracled.publish.sign_lease import FORMAT
-from oracled.publish.signer import SigningKey
 from oracled.sim import BinanceSim
 
 pytestmark = pytest.mark.integration
 
-HERE = Path(__file__).parent
-KEY = SigningKey.from_hex("0x" + "44" * 32)
-ROUND_MS = 100
-WINDOW_MS = 1_000
 #: The restart's clock starts this far behind the newest round the killed daemon signed.
 BEHIND_MS = 3_000
-SAFETY_S = 30.0
 FLOOR_EVENT = "round not signed: this key signed up to a later round time before"
-
-#: As root, file modes bind only a process without these capabilities: the daemon runs without.
-_CAPS = "-dac_override,-dac_read_search"
-_NO_OVERRIDE = (
-    ["setpriv", f"--inh-caps={_CAPS}", f"--bounding-set={_CAPS}", "--"] if os.geteuid() == 0 else []
-)
-
-
-def _key_file(directory: Path) -> Path:
-    path = directory / "signing.key"
-    path.write_text(KEY.hex() + "\n")
-    path.chmod(0o600)
-    return path
-
-
-def _config(sim: BinanceSim, workdir: Path, lease: str, window_ms: int = WINDOW_MS) -> Path:
-    """One venue, rounds every ROUND_MS, signing with KEY and its lease at `lease` (relative:
-    in `workdir`, the daemon's working directory), the audit trail off (the default)."""
-    lease_line = f'lease_file = "{lease}"\nlease_window_ms = {window_ms}\n'
-    path = workdir / "oracled.toml"
-    path.write_text(
-        f"[oracle]\nround_interval_ms = {ROUND_MS}\nresume_rounds = 1\n"
-        "max_clock_skew_ms = 10000\n"  # the venue's times are ahead of a clock set behind
-        '[api]\nadmin_token_env = "ORACLED_UNSET_TOKEN_FOR_THIS_TEST"\n'
-        '[log]\nformat = "json"\n'
-        f'[signing]\nenabled = true\ndeployment = "test"\nkey_file = "{_key_file(workdir)}"\n'
-        f"{lease_line}"
-        f'[sources.venue]\ntype = "binance"\nws_url = "{sim.ws_url}"\n'
-        f'rest_url = "{sim.rest_url}"\n'
-        '[[markets]]\nsymbol = "BTC/USDT"\nmin_sources = 1\n'
-        'sources = [{ source = "venue", pair = "BTC/USDT" }]\n'
-    )
-    return path
-
-
-class Daemon:
-    """A daemon process (lease_daemon.py: `oracled run` whose clock reads `start` when it is made,
-    else the system clock) and the signed frames it streamed to one subscriber that connected as
-    soon as it could."""
-
-    def __init__(
-        self, config: Path, start: int | None = None, *, no_override: bool = False
-    ) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = config.parent / f"oracled-{start or 'now'}.log"
-        argv = [sys.executable, str(HERE / "lease_daemon.py"), str(config)]
-        argv += [f"127.0.0.1:{self.port}", "now" if start is None else str(start)]
-        self.argv = [*_NO_OVERRIDE, *argv] if no_override else argv
-        self.cwd = config.parent
-        self.signed: list[dict[str, Any]] = []
-        self.floor_count = 0.0  # rounds it counted as under the floor, read before it stopped
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[Daemon]:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting it, not waiting for it
-                self.argv, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
-            )
-        async with aiohttp.ClientSession() as http:
-            self.http = http
-            reader = asyncio.create_task(self._read_stream())
-            try:
-                yield self
-            finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-                if self.proc.poll() is None:
-                    self.proc.kill()
-                await asyncio.to_thread(self.proc.wait, 10)
-
-    async def _read_stream(self) -> None:
-        """Every signed frame, from the first moment the API answers until the process ends."""
-        while True:
-            try:
-                async with self.http.ws_connect(f"ws://127.0.0.1:{self.port}/v1/stream") as ws:
-                    await ws.send_json({"op": "subscribe", "signed": True})
-                    async for msg in ws:
-                        frame = json.loads(msg.data)
-                        if frame["type"] == "signed":
-                            self.signed.append(frame["data"])
-                    return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.02)
-
-    async def until(self, what: str, check: Any) -> None:
-        async with asyncio.timeout(SAFETY_S):
-            while not await check():
-                assert self.proc is not None
-                assert self.proc.poll() is None, f"{what}: exited\n{self.logs()}"
-                await asyncio.sleep(0.05)
-
-    async def counter(self, name: str) -> float:
-        """One sample of /metrics (0 while the API is not up yet)."""
-        try:
-            async with self.http.get(self.base + "/metrics") as resp:
-                text = await resp.text()
-        except aiohttp.ClientError:
-            return 0.0
-        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def events(self, event: str) -> list[dict[str, Any]]:
-        lines = (json.loads(ln) for ln in self.logs().splitlines() if ln.startswith("{"))
-        return [r for r in lines if r.get("event") == event]
 
 
 def _lease_on_disk(path: Path) -> int:
@@ -165,7 +40,7 @@ async def _crash_and_restart_behind(
     signed, until it has signed a round past that one. `lose_lease`: the lease file is gone
     before the restart, as with a lease kept off persistent storage."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0) as sim:
-        config = _config(sim, tmp_path, "signing-lease.json")
+        config = lease_config(sim, tmp_path, "signing-lease.json")
         first = Daemon(config)
         async with first.running():
             await first.until("40 signed rounds", _enough(first, 40))
@@ -263,7 +138,7 @@ def test_a_lease_file_that_cannot_be_read_stops_the_start_naming_it(
     lease.write_bytes(body)
     config = tmp_path / "oracled.toml"
     config.write_text(
-        f'[signing]\nenabled = true\ndeployment = "test"\nkey_file = "{_key_file(tmp_path)}"\n'
+        f'[signing]\nenabled = true\ndeployment = "test"\nkey_file = "{key_file(tmp_path)}"\n'
         f'lease_file = "{lease}"\n'
         '[sources.venue]\ntype = "binance"\nws_url = "ws://127.0.0.1:9"\n'
         'rest_url = "http://127.0.0.1:9"\n'
@@ -294,7 +169,7 @@ async def test_a_lease_that_cannot_be_written_leaves_rounds_unsigned_and_counted
     leases = tmp_path / "state"
     leases.mkdir()
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0) as sim:
-        config = _config(sim, tmp_path, str(leases / "signing-lease.json"), window_ms=1_000)
+        config = lease_config(sim, tmp_path, str(leases / "signing-lease.json"), window_ms=1_000)
         daemon = Daemon(config, no_override=True)
         signed = "oracled_signed_rounds_total"
         unleased = 'oracled_signer_errors_total{reason="lease"}'
