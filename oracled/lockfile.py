@@ -17,7 +17,13 @@ import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["LockHeldError", "lock_beside", "remove_stale_temporaries", "replace_durably"]
+__all__ = [
+    "LockHeldError",
+    "lock_beside",
+    "lock_still_beside",
+    "remove_stale_temporaries",
+    "replace_durably",
+]
 
 #: The random part of a `tempfile.mkstemp` name: eight of these characters (CPython's
 #: `tempfile._RandomNameSequence`), so that nothing but `replace_durably`'s own names matches.
@@ -47,6 +53,19 @@ def lock_beside(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def lock_still_beside(path: Path, fd: int) -> bool:
+    """True while the lock file beside `path` is still the one `fd` (from `lock_beside`) locked.
+    A lock file removed, or its directory removed and made again, excludes nobody any more: the
+    next writer creates and locks a new one, so a holder that must stay the only writer asks
+    this before it acts. False if either cannot be looked at."""
+    try:
+        beside = os.stat(path.with_name(path.name + ".lock"))
+        held = os.fstat(fd)
+    except OSError:
+        return False
+    return (beside.st_dev, beside.st_ino) == (held.st_dev, held.st_ino)
 
 
 def replace_durably(path: Path, body: bytes) -> str | None:

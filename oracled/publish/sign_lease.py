@@ -19,8 +19,10 @@ never moved it, nor held its lock.
 
 The file holds one lease per signer address, so a key rotation starts its own lease and a key
 rotated back finds its old one. One daemon writes it: it holds `<path>.lock` (released by the
-kernel with the process, even on `kill -9`). A writer killed mid-write leaves its temporary file
-beside the lease; the next start removes it, holding the lock.
+kernel with the process, even on `kill -9`), and looks before each signature that it is still
+there (`held`): one removed lets another daemon in, so the lease is then lost until a restart. A
+writer killed mid-write leaves its temporary file beside the lease; the next start removes it,
+holding the lock.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from oracled.files import read_regular
 from oracled.lockfile import (
     LockHeldError,
     lock_beside,
+    lock_still_beside,
     remove_stale_temporaries,
     replace_durably,
 )
@@ -134,6 +137,8 @@ class SignLease:
         self._lock_fd: int | None = None
         self._writing = False  # an extension is queued or being written
         self._failing = False  # the last write failed (logged once each way)
+        self.lost = False  # the lock file is no longer the one locked: no grant, no write
+        self._losing = threading.Lock()  # `held` is asked by the signer and the lease thread
         # leases to write (None: this key's entry taken out), then _STOP
         self._jobs: queue.SimpleQueue[int | _Stop | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="oracled-sign-lease", daemon=True)
@@ -246,6 +251,26 @@ class SignLease:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def held(self) -> bool:
+        """True while `<path>.lock` is still the file this process locked. One removed (a
+        clean-up of lock files), or its directory removed and made again, excludes nobody: a
+        second daemon locks a new one and signs from its own start. So the first time it is
+        found gone this lease is lost for good (logged once): it covers no round and writes
+        nothing, not even down at the stop (it would overwrite the second daemon's lease);
+        a restart takes the lock again, or is refused while the other daemon holds it. Two
+        system calls, asked by the signer thread before each signature, never on the loop."""
+        with self._losing:
+            if self.lost or self._lock_fd is None:  # lost, or let go at the stop
+                return False
+            if lock_still_beside(self.path, self._lock_fd):
+                return True
+            self.lost = True
+        self._log.error(
+            "signing lease lock lost: no round is signed until a restart",
+            lock=str(self.path.with_name(self.path.name + ".lock")),
+        )
+        return False
+
     def _target(self, ts: int) -> int:
         """The lease to write for round time `ts`: a window ahead, never under the floor."""
         return max(ts + self.window_ms, self.floor or 0)
@@ -253,7 +278,7 @@ class SignLease:
     def covers(self, ts: int) -> bool:
         """True if round time `ts` may be signed: the lease on disk reaches it."""
         granted = self.granted
-        return granted is not None and ts <= granted
+        return granted is not None and ts <= granted and not self.lost
 
     def due(self, ts: int) -> bool:
         """True if the lease should be extended at round time `ts`: less than half a window is
@@ -292,7 +317,9 @@ class SignLease:
 
     def _write(self, target: int | None) -> None:
         """Write `target` as this key's lease (None: no entry for it); `granted` follows once it
-        is on disk."""
+        is on disk. Nothing once the lock is lost (`held`)."""
+        if not self.held():
+            return
         mine = {} if target is None else {self.address: target}
         body = _encode(_File(FORMAT, _VERSION, {**self._others, **mine}))
         error = replace_durably(self.path, body)

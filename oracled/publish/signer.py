@@ -775,7 +775,7 @@ class SignerWorker:
         self._behind = False  # skipping rounds under the floor (logged once each way)
         self._unleased = False  # skipping rounds past the lease (logged once each way)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="oracled-signer")
-        self._pending: asyncio.Future[SignedRound] | None = None
+        self._pending: asyncio.Future[SignedRound | None] | None = None
         self._log = structlog.get_logger("oracled").bind(component="signer")
 
     def take_lease(self, lease: SignLease) -> None:
@@ -844,7 +844,7 @@ class SignerWorker:
                 self._log.info("signing resumed: the lease covers the rounds again", ts=ts)
             return True
         self.signer.stats.errors["lease"] += 1
-        if not self._unleased:
+        if not self._unleased and not lease.lost:  # a lost lock is logged by the lease
             self._unleased = True
             self._log.warning(
                 "round not signed: the signing lease on disk does not reach its time",
@@ -853,13 +853,19 @@ class SignerWorker:
             )
         return False
 
-    def _timed_sign(self, result: RoundResult) -> SignedRound:
+    def _timed_sign(self, result: RoundResult) -> SignedRound | None:
+        """The round signed, in the worker thread; None if the lease's lock is lost (`held`),
+        asked here, just before the signature and off the loop: a daemon that took the lock
+        after this look starts its rounds after this round's time."""
+        lease = self._lease
+        if lease is not None and not lease.held():
+            return None
         started = time.perf_counter()
         signed = self.signer.sign(result)
         self.signer.stats.last_seconds = time.perf_counter() - started
         return signed
 
-    def _done(self, result: RoundResult, future: asyncio.Future[SignedRound]) -> None:
+    def _done(self, result: RoundResult, future: asyncio.Future[SignedRound | None]) -> None:
         if future.cancelled():
             return
         exc = future.exception()
@@ -868,7 +874,12 @@ class SignerWorker:
             self._log.error("round not signed", error=described(exc))
             self._unsigned(result, "error")
             return
-        self._on_signed(future.result())
+        signed = future.result()
+        if signed is None:  # the lease's lock was lost (logged there)
+            self.signer.stats.errors["lease"] += 1
+            self._unsigned(result, "lease")
+            return
+        self._on_signed(signed)
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for the round being signed, so that its signature reaches the

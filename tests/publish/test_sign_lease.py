@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -391,6 +392,42 @@ def test_the_lock_is_taken_before_the_file_is_read(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"held by another process"):
         SignLease.open(path, KEY.address, WINDOW, T0)
     assert held.close(None)
+
+
+@pytest.mark.parametrize("lost", ["lock file removed", "directory made again"])
+async def test_a_holder_whose_lock_file_is_gone_signs_and_writes_no_more(
+    tmp_path: Path, lost: str
+) -> None:
+    """The lock file removed under a running holder (a clean-up of `.lock` files), or the
+    lease's directory removed and made again: a second daemon then locks a new lock file and
+    signs from its own start, so the holder, which no longer excludes anyone, signs no further
+    round (counted `lease`, logged once as an error) and writes the lease no more, neither ahead
+    nor down at its stop: it would overwrite the second daemon's lease with its own. Before,
+    both signed the same round times with other round numbers (found by test_sign_lease_fuzz.py,
+    three daemons on one key and one lease file)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    path = state / "lease.json"
+    run = Signing(path)
+    await run.step()
+    if lost == "lock file removed":
+        path.with_name(path.name + ".lock").unlink()
+    else:
+        shutil.rmtree(state)
+        state.mkdir()
+    second = SignLease.open(path, KEY.address, WINDOW, run.rounds.now)  # not refused as held
+    written = _on_disk(path)
+    with capture_logs() as logs:
+        for _ in range(30):  # past half a window: the holder would extend its lease
+            await run.step()
+    assert [s.ts for s in run.signed] == [T0 + INTERVAL]
+    assert run.signer.stats.errors["lease"] == 30
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("error", "signing lease lock lost: no round is signed until a restart"),
+    ]
+    assert run.worker.close()
+    assert _on_disk(path) == written == {KEY.address: second.granted}
+    assert second.close(None)
 
 
 def test_signing_without_a_lease_file_is_refused_naming_the_key(tmp_path: Path) -> None:

@@ -42,7 +42,9 @@ pytestmark = pytest.mark.integration
 
 SLOTS = 3
 STEPS = 9
-SEEDS = (1, 3)
+#: Seed 2 removes the lease's directory while the second daemon is still starting: before the
+#: holder checked its lock, that daemon locked a new one and both signed the same round times.
+SEEDS = (1, 2)
 #: How long each step lets the daemons run before the invariants are checked again (no
 #: assertion is made on time: a slow machine signs fewer rounds per step, nothing else).
 STEP_S = 0.4
