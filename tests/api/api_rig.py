@@ -116,6 +116,7 @@ class Rig:
         self.save_error: str | None = None  # why the pauses file "could not be written"
         self.next_config: Config | OracledError | None = None  # what a reload reads (or raises)
         self.metric_threads: list[int] = []
+        self.app: web.Application | None = None  # the application `serve_guarded` serves
         self.round_at: float | None = None  # as the round loop stamps it: the last publish
         # The rounds' key of a rig that signs them (set by the signing rigs): the stall watch
         # signs its notice to the signed subscribers with it, as the daemon's does.
@@ -375,7 +376,7 @@ async def serve_guarded(
     """The API as the daemon serves it: an AppRunner on a GuardedSite on loopback; `deadlines`
     go to `build_app` (`first_request_timeout`, `request_timeout`); with `contract`, every
     answer is checked against the OpenAPI document."""
-    app = build_app(rig.context(), **deadlines)
+    app = rig.app = build_app(rig.context(), **deadlines)
     if contract is not None:
         app.middlewares.insert(0, contract.middleware)
     runner = web.AppRunner(
