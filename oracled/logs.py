@@ -264,7 +264,7 @@ def setup_logging(
         _output.retarget(target, DRAIN_AT_EXIT_S)
     out = _output
     console = fmt == "console" or (fmt == "auto" and out.isatty())
-    processors: list[structlog.types.Processor] = [
+    processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -293,7 +293,7 @@ def _route_stdlib(out: LogOutput, console: bool, level: int) -> None:
     over several lines, among the JSON lines: aiohttp's server logs so every request it cannot
     parse, which any client can send, and each one broke the log's readers (`jq`).
     """
-    renderer: structlog.types.Processor = (
+    renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer()
         if console
         else structlog.processors.JSONRenderer(serializer=_orjson_dumps)
