@@ -13,19 +13,19 @@ most `max_batch`), signed locally with an EIP-1559 fee that never exceeds `max_g
 
 Nonces are the pusher's own: read from the chain at start (the mined count, so transactions a
 previous run left pending are replaced rather than queued behind, by a transaction without
-markets when none is due), then counted locally and
-re-read when the node says a nonce is too low (or too high), when a transaction waits behind
-a nonce the chain lost (a reorganisation took a confirmed push off it), or when the last
-confirmed push is gone once `_RECHECK_DEPTH` blocks are on top of its block. A transaction not mined
-after `replace_after_s` is replaced by one with the same nonce, fees raised by 12.5 % (the
-node's minimum bump is 10 %; over the last replacement refused as underpriced, if one was) and
-the latest prices (never a market paused since); when the cap leaves no room for that bump the
-pusher waits and counts `gas_cap`, unless the node no longer knows the transaction (evicted, or
-lost by the RPC): then the nonce is free and it is sent again at the current fees. One that
-carries a market no longer active (paused since it was sent) is replaced without it at the next
-look, not after `replace_after_s`, so that no block after that look mines its old price. The
-contract ignores an update that is not newer than what it stores, so a replaced transaction and
-its replacement can never move a market back in time.
+markets when none is due), then counted locally and re-read when the node says a nonce is too
+low (or too high), when a transaction waits behind a nonce the chain lost (a reorganisation
+took a confirmed push off it), or when the last confirmed push is gone once `_RECHECK_DEPTH`
+blocks are on top of its block. A transaction not mined after `replace_after_s` is replaced by
+one with the same nonce, fees raised by 12.5 % (the node's minimum bump is 10 %; over the last
+replacement refused as underpriced, if one was) and the latest prices (never a market paused
+since); when the cap leaves no room for that bump the pusher waits and counts `gas_cap`, unless
+the node no longer knows the transaction (evicted, or lost by the RPC): then the nonce is free
+and it is sent again at the current fees. One that carries a market no longer active (paused
+since it was sent) is replaced without it at the next look, not after `replace_after_s`, so
+that no block after that look mines its old price. The contract ignores an update that is not
+newer than what it stores, so a replaced transaction and its replacement can never move a
+market back in time.
 
 The task supervises itself, as the NATS sink does: an unreachable node, or an answer it cannot
 read (a base fee, gas estimate or nonce that is not a hex quantity, a receipt without a status),
