@@ -59,11 +59,17 @@ class SubscribeError(SourceError):
     """The venue refused a subscription (unknown or delisted symbol)."""
 
 
-def shown(value: str) -> str:
-    """A value from outside (a config's, a command line's) as a message quotes it: its repr,
-    so that a control character or a stray quote cannot pass for the message's own text, cut
-    after SHOWN_CHARS characters. A value pasted whole (a file's contents, a key's) made a
-    problem line as long as itself."""
+def shown(value: object) -> str:
+    """A value from outside (a config's, a command line's, a node's answer) as a message quotes
+    it: its repr, so that a control character or a stray quote cannot pass for the message's own
+    text, cut after SHOWN_CHARS characters. A value pasted whole (a file's contents, a key's) made
+    a problem line as long as itself. A value that is no string (a JSON null, number, list or
+    object) is its repr cut the same way, the length said being the repr's."""
+    if not isinstance(value, str):
+        text = repr(value)
+        if len(text) <= SHOWN_CHARS:
+            return text
+        return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
     if len(value) <= SHOWN_CHARS:
         return repr(value)
     return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"

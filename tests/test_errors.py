@@ -50,3 +50,13 @@ def test_a_value_is_quoted_escaped_and_cut_with_its_length() -> None:
     assert shown("a\nb") == "'a\\nb'"
     long = "x" * (SHOWN_CHARS + 40)
     assert shown(long) == f"'{'x' * SHOWN_CHARS}'... ({SHOWN_CHARS + 40} characters)"
+
+
+def test_a_value_that_is_no_string_is_its_repr_cut_the_same_way() -> None:
+    """A node's JSON answer where a string was expected (a null, a list, an object): its repr,
+    whole when short, else its first SHOWN_CHARS characters and the repr's length."""
+    assert shown(None) == "None"
+    assert shown({"status": "0x1"}) == "{'status': '0x1'}"
+    answer = list(range(100))
+    text = repr(answer)
+    assert shown(answer) == f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"

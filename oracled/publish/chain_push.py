@@ -48,7 +48,7 @@ import structlog
 
 from oracled.clock import Clock
 from oracled.config import ChainConfig, PushConfig
-from oracled.errors import ConfigError, OracledError
+from oracled.errors import ConfigError, OracledError, shown
 from oracled.eth import keccak, recursion_limit_kept, selector
 from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable
 from oracled.lograte import LogEveryMinute
@@ -375,7 +375,7 @@ class ChainPusher:
             # A null is no answer, not an empty account: a PushError here ended the pusher for
             # the life of the daemon on one bad answer at start.
             self.stats.bad_answers += 1
-            raise _BadAnswer(f"eth_getCode: {code!r:.40} is not code")
+            raise _BadAnswer(f"eth_getCode: {shown(code)} is not code")
         if code == "0x":
             raise PushError(f"no contract at {self.contract}")
         mined = await self._quantity("eth_getTransactionCount", [self.address, "latest"])
@@ -410,14 +410,14 @@ class ChainPusher:
             with contextlib.suppress(ValueError):
                 return int(answer, 16)
         self.stats.bad_answers += 1
-        raise _BadAnswer(f"{what}: {answer!r:.40} is not a hex quantity")
+        raise _BadAnswer(f"{what}: {shown(answer)} is not a hex quantity")
 
     async def _base_fee(self) -> int:
         """The latest block's base fee (0 on a chain without EIP-1559)."""
         block = await self.rpc.call("eth_getBlockByNumber", ["latest", False])
         if not isinstance(block, dict):
             self.stats.bad_answers += 1
-            raise _BadAnswer(f"eth_getBlockByNumber: {block!r:.40} is not a block")
+            raise _BadAnswer(f"eth_getBlockByNumber: {shown(block)} is not a block")
         limit = block.get("gasLimit")
         self._block_gas = int(limit, 16) if isinstance(limit, str) and _is_hex(limit) else None
         base = block.get("baseFeePerGas")
@@ -439,7 +439,7 @@ class ChainPusher:
                 raise ValueError(f"{len(feeds.ts)} feeds for {len(markets)} markets")
         except ValueError as exc:  # a decoding error, a result that is not hex
             self.stats.bad_answers += 1
-            raise _BadAnswer(f"eth_call latestMany: {raw!r:.40} unreadable ({exc})") from None
+            raise _BadAnswer(f"eth_call latestMany: {shown(raw)} unreadable ({exc})") from None
         self._read = True  # only now: a failed read is tried again, never taken as "nothing"
         for market, price, expo, ts in zip(markets, feeds.price, feeds.expo, feeds.ts, strict=True):
             if ts > 0:
@@ -704,7 +704,7 @@ class ChainPusher:
         tx_hash = await self.rpc.call("eth_sendRawTransaction", [raw], required=True, verdict=True)
         if not isinstance(tx_hash, str):
             self.stats.bad_answers += 1
-            raise _BadAnswer(f"eth_sendRawTransaction: {tx_hash!r:.40} not a transaction hash")
+            raise _BadAnswer(f"eth_sendRawTransaction: {shown(tx_hash)} not a transaction hash")
         return tx_hash
 
     async def _refused(self, exc: RpcError, nonce: int, max_fee: int, tip: int) -> None:
@@ -813,7 +813,7 @@ class ChainPusher:
     def _mined_receipt(self, nonce: int, batch: _Batch, tx_hash: str, receipt: Any) -> None:
         if not isinstance(receipt, dict):
             self.stats.bad_answers += 1
-            raise _BadAnswer(f"eth_getTransactionReceipt: {receipt!r:.40} not a receipt")
+            raise _BadAnswer(f"eth_getTransactionReceipt: {shown(receipt)} not a receipt")
         status = self._hex("eth_getTransactionReceipt status", receipt.get("status"))
         block = self._hex("eth_getTransactionReceipt blockNumber", receipt.get("blockNumber"))
         self._mined(nonce, batch, tx_hash, status, block)

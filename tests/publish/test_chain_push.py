@@ -1202,6 +1202,51 @@ async def test_a_node_that_answers_null_at_start_is_waited_for_not_a_crash(rig: 
     assert not any("exc_info" in e for e in logs)
 
 
+@pytest.mark.parametrize(
+    ("answer", "quoted"),
+    [
+        ("<html>" + "x" * 300 + "</html>", "'<html>" + "x" * 54 + "'... (313 characters)"),
+        (
+            list(range(100)),
+            "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 1... (390 characters)",
+        ),
+    ],
+    ids=["error_page", "list"],
+)
+async def test_a_long_answer_the_pusher_cannot_read_is_quoted_cut_with_its_length(
+    rig: Rig, answer: Any, quoted: str
+) -> None:
+    """A node that answers the contract's code with a long string that is no code (an error
+    page) or with a long list: the retry's line quotes it as every message quotes an outside
+    value (errors.shown), its first 60 characters and its length. Before, it was cut at 40
+    characters with no sign that anything was left out."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
+    rounds.step()
+    pusher.submit(rounds.step())
+    told: list[Any] = []
+
+    def garble_once(request: Any, reply: Any) -> Any:
+        if request.get("method") == "eth_getCode" and not told:
+            told.append(reply["result"])
+            reply["result"] = answer
+        return reply
+
+    proxy.rewrite = garble_once
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: pusher.stats.transactions["confirmed"] == 1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.stop()
+    (retried,) = [e for e in logs if e["event"] == "chain unreachable; retrying"]
+    assert retried["error"] == f"eth_getCode: {quoted} is not code"
+    assert pusher.stats.bad_answers == 1
+
+
 async def test_a_start_that_fails_again_and_again_is_logged_once_a_minute_with_the_count(
     rig: Rig,
 ) -> None:

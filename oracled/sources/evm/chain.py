@@ -39,7 +39,7 @@ import structlog
 
 from oracled.clock import Clock
 from oracled.config import ChainConfig
-from oracled.errors import SourceError
+from oracled.errors import SourceError, shown
 from oracled.headers import redirected_to
 from oracled.jsonrpc import (
     EndpointStats,
@@ -893,7 +893,7 @@ class ChainReader:
         text is the URL whole (as the client normalised it, so it is not simply replaced)."""
         url = self.cfg.ws_url or ""
         if isinstance(exc, aiohttp.ClientResponseError):
-            return f"{type(exc).__name__}: {exc.status}, {exc.message!r}, {redact(url)}"
+            return f"{type(exc).__name__}: {exc.status}, {shown(exc.message)}, {redact(url)}"
         return f"{type(exc).__name__}: {exc}".replace(url, redact(url))
 
     async def _poll_forever(self) -> None:
