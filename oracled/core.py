@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, cached_property
 from math import isfinite
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +36,13 @@ from oracled.gates.machine import GateInputs, GateParams, GateState, step
 from oracled.mark.engine import MarkEngine, MarkRound
 from oracled.model import Quote, Report, SourceValue, Status, reasons_from_bits
 
-__all__ = ["SLOT_REASONS", "Core", "RoundResult", "Transition"]
+__all__ = ["PRICING_REVISION", "SLOT_REASONS", "Core", "RoundResult", "Transition"]
+
+#: The pricing rules' revision: bumped by any change that can make the same tape and config give
+#: different reports (CHANGELOG.md names what each revision changed). Tapes and the audit trail
+#: carry it, so that a replay by an oracled of another revision says why its reports may differ
+#: from the recorded ones. Not the package version, which says nothing about the rules.
+PRICING_REVISION: Final = 16
 
 # Per-slot outcome codes of a round, and the names reports use for them.
 USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(FLAG_BASE)

@@ -1,0 +1,92 @@
+"""The pricing revision against a pinned replay: a change to the rules cannot slip in unsaid.
+
+`tests/fixtures/tapes/pricing.jsonl` with `pricing.toml` moves spot prices, both kinds of route
+(a leg and a leg listed the other way round), perpetuals into a mark with funding, and the gates
+(an outlier, a jump held then confirmed, a stale quorum, a manual pause): `pricing_digest.json`
+holds the SHA-256 of its replay output and the `PRICING_REVISION` it was computed under. Output
+that changes while the revision does not fails here: the change moves some tape's reports, so
+the revision is bumped and CHANGELOG.md says how.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from oracled.config import load_config
+from oracled.core import PRICING_REVISION
+from oracled.replay import replay
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "tapes"
+ROOT = Path(__file__).parent.parent.parent
+
+
+class _Pin(msgspec.Struct, forbid_unknown_fields=True):
+    pricing_revision: int
+    sha256: str
+    reports: int
+
+
+def _replayed() -> bytes:
+    out = io.BytesIO()
+    with (FIXTURES / "pricing.jsonl").open("rb") as tape:
+        stats = replay(load_config(FIXTURES / "pricing.toml"), tape, out)
+    assert stats.malformed == 0, stats.errors
+    return out.getvalue()
+
+
+def test_the_pinned_tape_replays_to_its_digest_under_this_revision() -> None:
+    """The replay output of the pinned tape is the one stored for this PRICING_REVISION: a
+    pricing change that moves it without a bump fails with what to do."""
+    pin = msgspec.json.decode((FIXTURES / "pricing_digest.json").read_bytes(), type=_Pin)
+    output = _replayed()
+    digest, count = hashlib.sha256(output).hexdigest(), output.count(b"\n")
+    stored = f"sha256 {digest}, {count} reports"
+    if pin.pricing_revision == PRICING_REVISION:
+        assert (digest, count) == (pin.sha256, pin.reports), (
+            f"the pinned tape's replay changed ({stored}) while PRICING_REVISION stayed"
+            f" {PRICING_REVISION}: bump PRICING_REVISION and add a CHANGELOG entry, then store the"
+            " new revision and digest in tests/fixtures/tapes/pricing_digest.json"
+        )
+    else:
+        raise AssertionError(
+            f"PRICING_REVISION is {PRICING_REVISION}, the pinned digest was computed under"
+            f" {pin.pricing_revision}: store this revision and the replay's {stored} in"
+            " tests/fixtures/tapes/pricing_digest.json (and a CHANGELOG entry for the revision)"
+        )
+
+
+def test_the_pinned_tape_moves_spot_routes_perpetuals_and_the_gates() -> None:
+    """The pin guards only what its tape exercises: every layer of the rules is held to it."""
+    reports: list[dict[str, Any]] = [msgspec.json.decode(line) for line in _replayed().splitlines()]
+    states = Counter((r["market"], r["status"], *r["reasons"]) for r in reports)
+    for state in (
+        ("BTC/USD", "degraded", "outlier"),
+        ("BTC/USD", "paused", "jump"),
+        ("ETH/USD", "paused", "quorum", "stale"),
+        ("ETH/USD", "paused", "manual"),
+        ("ETH/USD", "paused", "resuming"),
+        ("USDT/USD", "active"),
+    ):
+        assert states[state] > 0, state
+    btc = [r for r in reports if r["market"] == "BTC/USD"]
+    vias = {s["via"] for r in btc for s in r["sources"] if s.get("via") and s["used"]}
+    assert vias == {"USDT/USD", "USD/USDC"}  # a leg, and one listed the other way round
+    marks = [r["mark"] for r in btc if r["mark"] is not None]
+    assert max(m["perps_used"] for m in marks) == 3
+    assert {m["reason"] for m in marks} >= {None, "index"}
+    assert any(m["last_funding_ts"] is not None for m in marks)
+
+
+def test_the_changelog_names_every_revision_up_to_this_one() -> None:
+    """CHANGELOG.md lists revisions PRICING_REVISION down to 1, each once: a bump comes with
+    its entry."""
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    listed = [int(n) for n in re.findall(r"^- \*\*(\d+)\*\*:", text, flags=re.MULTILINE)]
+    assert listed == list(range(PRICING_REVISION, 0, -1))
