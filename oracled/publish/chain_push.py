@@ -803,10 +803,14 @@ class ChainPusher:
         """True when one of the hashes sent for the nonce is in a block though the node has no
         receipt for it yet: anvil answered the count at once and the receipt about a second
         later after a block of 900 markets' writes, and a node behind a balancer may lag so.
-        Without this the push was taken for another's, dropped unconfirmed and paid again."""
+        Without this the push was taken for another's, dropped unconfirmed and paid again.
+        So is one the node still holds without a block, for `replace_after_s` from its send:
+        a node that counts the block before it indexes its transactions shows it so (another
+        transaction at the nonce makes the node drop it: then it is not found at all)."""
+        young = self.clock.monotonic() - inflight.sent_at < self.cfg.replace_after_s
         for tx_hash, _ in inflight.sent:
             found = await self.rpc.call("eth_getTransactionByHash", [tx_hash])
-            if isinstance(found, dict) and found.get("blockNumber") is not None:
+            if isinstance(found, dict) and (found.get("blockNumber") is not None or young):
                 return True
         return False
 

@@ -972,6 +972,44 @@ async def test_a_push_mined_before_its_receipt_can_be_read_is_waited_for_not_giv
         await proxy.stop()
 
 
+async def test_a_push_the_node_counts_mined_but_shows_without_a_block_is_waited_for(
+    rig: Rig,
+) -> None:
+    """The count says the nonce is mined, the node has no receipt yet, and it answers the
+    transaction by its hash without a block (a node that counts a block before it indexes its
+    transactions, or one behind a balancer): the pusher waits for its own push and confirms
+    it at the next look. Before, it took the nonce for another's, dropped its push
+    unconfirmed, and pushed (and paid for) the same markets again; a 100-market test saw
+    that once in some thirty runs on a loaded machine."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(rig, rounds, urls=(proxy.url,))
+        await pusher.step()
+        await nonce_reaches(rig, 1)
+
+        def lag(request: Any, answer: Any) -> Any:
+            if request.get("method") == "eth_getTransactionReceipt":
+                answer["result"] = None
+            elif request.get("method") == "eth_getTransactionByHash" and answer["result"]:
+                answer["result"] = {**answer["result"], "blockNumber": None, "blockHash": None}
+            return answer
+
+        proxy.rewrite = lag
+        with capture_logs() as logs:
+            await pusher.step()
+            assert pusher.stats.pending
+            proxy.rewrite = None
+            await pusher.step()
+        assert [e["event"] for e in logs if e["log_level"] != "info"] == []
+        assert pusher.stats.transactions["confirmed"] == 1 and pusher.stats.updates == 3
+        pusher.submit(rounds.step())  # nothing moved: nothing is pushed again
+        await pusher.step()
+        assert pusher.stats.transactions["sent"] == 1
+    finally:
+        await proxy.stop()
+
+
 async def test_a_nonce_mined_under_a_hash_the_pusher_never_sent_frees_the_pusher(
     rig: Rig,
 ) -> None:
