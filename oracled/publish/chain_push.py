@@ -88,6 +88,12 @@ _RECHECK_DEPTH: Final = 12
 _GROW_AFTER: Final = 10
 #: A gas estimate over this many times that least is no estimate of the call (a bad answer).
 _ESTIMATE_MAX_FACTOR: Final = 4
+#: The hashes sent for the nonce in flight that are kept, the newest: more than the bumps of
+#: 12.5 % from 1 gwei to a 1,000 gwei cap. A node that takes each one and loses it (an RPC
+#: behind a balancer) had a hash sent again at every `replace_after_s` for as long as it went
+#: on, each kept and asked about at every look; a hash let go that is mined after all is taken
+#: for another program's transaction (`nonce used by another transaction`).
+_HASHES_KEPT: Final = 64
 _UPDATE_BATCH: Final = selector("updateBatch(uint64,uint48,bytes32[],int128[],int8[])")
 _STATUS_NAMES: Final = tuple(s.label for s in Status)
 _RESTART_MAX_S: Final = 30.0
@@ -632,6 +638,7 @@ class ChainPusher:
             replacing.batch, replacing.max_fee, replacing.tip = batch, max_fee, tip
             replacing.sent_at = now
             replacing.sent.append((str(tx_hash), batch))
+            del replacing.sent[:-_HASHES_KEPT]
         self.stats.pending = True
         self._log.info(
             "push " + kind,

@@ -36,6 +36,7 @@ from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
 from oracled.publish.chain_push import (
     _GROW_AFTER,
+    _HASHES_KEPT,
     _RECHECK_DEPTH,
     ChainPusher,
     PushError,
@@ -403,6 +404,32 @@ async def test_a_push_at_the_cap_that_the_node_dropped_is_sent_again(rig: Rig) -
     assert len(inflight.sent) == 2 and pusher.stats.transactions["gas_cap"] == 0
     again = await rig.chain.rpc("eth_getTransactionByHash", [inflight.sent[-1][0]])
     assert int(again["nonce"], 16) == 0 and int(again["maxFeePerGas"], 16) <= 2 * GWEI
+    await rig.chain.rpc("evm_mine")
+    await settle(pusher)
+    assert pusher.stats.transactions["confirmed"] == 1
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now
+
+
+async def test_a_node_that_loses_every_push_sent_again_grows_no_list_of_hashes(
+    rig: Rig,
+) -> None:
+    """A node (an RPC behind a balancer) that takes every transaction and loses it: at the cap,
+    each look finds the nonce free and sends it again. 80 such looks keep the newest
+    `_HASHES_KEPT` hashes, which is also all the node is asked about at a look; the next one
+    the node keeps is mined and confirmed. Before, each hash was kept, and asked about at every
+    look, for as long as the node went on (one more every `replace_after_s`)."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds, max_gas_price_gwei=2.0, priority_fee_gwei=1.0)
+    await rig.chain.rpc("evm_setAutomine", [False])
+    await pusher.step()
+    inflight = pusher._inflight
+    assert inflight is not None
+    for _ in range(80):
+        await rig.chain.rpc("anvil_dropTransaction", [inflight.sent[-1][0]])
+        rig.clock.advance(10_000)
+        await pusher.step()
+    assert pusher._inflight is inflight and pusher.stats.transactions["replaced"] == 80
+    assert len(inflight.sent) == _HASHES_KEPT
     await rig.chain.rpc("evm_mine")
     await settle(pusher)
     assert pusher.stats.transactions["confirmed"] == 1
