@@ -42,17 +42,18 @@ pytestmark = pytest.mark.integration
 
 SLOTS = 3
 STEPS = 9
-#: Seed 2 removes the lease's directory while the second daemon is still starting: before the
+#: Seed 5 removes the lease's directory under the holder and starts another daemon: before the
 #: holder checked its lock, that daemon locked a new one and both signed the same round times.
-SEEDS = (1, 2)
+SEEDS = (1, 5)
 #: How long each step lets the daemons run before the invariants are checked again (no
 #: assertion is made on time: a slow machine signs fewer rounds per step, nothing else).
 STEP_S = 0.4
 #: Clocks a restart may start with: the system's, or behind it (the lease's reason to exist).
 BEHIND_MS = (0, 0, 400, 1_500)
-#: The one refusal a verifying client may count here without anything being wrong: the same
-#: rounds reach it over two ways (stream and NATS), in no fixed order across processes.
-HARMLESS = {"reordered"}
+#: Refusals a verifying client may count here without anything being wrong: the same rounds
+#: reach it over two ways (stream and NATS) in no fixed order across processes (`reordered`),
+#: and a daemon whose clock was stepped forward signs round times ahead of the client's (`future`).
+HARMLESS = {"reordered", "future"}
 FAULTS = (
     "kill9",
     "freeze",
@@ -256,12 +257,12 @@ async def run_schedule(seed: int, root: Path, steps: int = STEPS) -> Schedule:
 
         try:
             await subscribed(nc, "oracled.prices.>", on_price)
-            schedule.start(schedule.slots[0], http, 0)
-            schedule.start(schedule.slots[1], http, 0)
+            schedule.start(schedule.slots[0], http, 0)  # one start at a time: the CPU it takes
             await until(
                 lambda: schedule.feed.count > 0 or any(d.signed for d in schedule.daemons),
                 "a first signed round",
             )
+            schedule.start(schedule.slots[1], http, 0)  # a second on the same key and lease
             for n in range(steps):
                 schedule.step(n, http)
                 await asyncio.sleep(STEP_S)
