@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,3 +208,37 @@ def _above(daemon: Daemon, name: str, value: float) -> Any:
         return await daemon.counter(name) > value
 
     return check
+
+
+async def test_a_second_daemon_let_in_by_a_removed_lock_file_signs_no_time_the_first_signed(
+    tmp_path: Path,
+) -> None:
+    """Two daemon processes on one key and one lease file: the lease's directory removed and
+    made again under the first (its lock file with it), the second starts, locks a new lock
+    file and signs. The first sees its lock gone before its next signature and signs no more
+    (`signing lease lock lost`, logged once), so no round time is signed by both; it goes on
+    running and publishing, unsigned. Before, both signed the same times with other rounds."""
+    state = tmp_path / "state"
+    state.mkdir()
+    lease = state / "signing-lease.json"
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=50.0) as sim:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        first = Daemon(lease_config(sim, tmp_path / "a", str(lease)), name="a")
+        second = Daemon(lease_config(sim, tmp_path / "b", str(lease)), name="b")
+        async with first.running():
+            await first.until("10 signed rounds", _enough(first, 10))
+            shutil.rmtree(state)
+            state.mkdir()
+            async with second.running():
+                await second.until("10 signed rounds", _enough(second, 10))
+                rounds = await first.counter("oracled_rounds_total")
+                await first.until(
+                    "the first runs on", _above(first, "oracled_rounds_total", rounds + 5)
+                )
+    firsts = {s["ts"] for s in first.signed}
+    seconds = {s["ts"] for s in second.signed}
+    assert not firsts & seconds and max(firsts) < min(seconds)
+    (lost,) = first.events("signing lease lock lost: no round is signed until a restart")
+    assert lost["lock"] == f"{lease}.lock"
+    assert second.events("no signing lease file yet: a first start")
