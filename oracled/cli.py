@@ -332,6 +332,7 @@ def _cmd_run(
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from oracled.config import load_config
+    from oracled.core import PRICING_REVISION
     from oracled.replay import replay
     from oracled.tape import TapeGapError, TapeHeader, TapeLineError, pricing_digest, tape_lines
 
@@ -345,7 +346,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     audit_tape = False  # `oracled audit --tape` wrote it: a gap's advice names that command
     header_read: TapeHeader | None = None  # for the advice: how to split the tape
 
-    def check_config(header: TapeHeader) -> None:  # another config is allowed: said, once
+    def check_config(header: TapeHeader) -> None:  # another config or revision: said, once
         nonlocal audit_tape, header_read
         # Both number the rounds; `record` names its config, `oracled audit --tape` never does.
         audit_tape = header.first_round is not None and header.config_sha256 is None
@@ -356,6 +357,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 f"{name}: warning: recorded with another pricing config (sha256"
                 f" {header.config_sha256[:12]}, {args.config} is {digest[:12]}): the reports"
                 " may differ from the live ones",
+                file=sys.stderr,
+            )
+        revision = header.pricing_revision
+        if revision is not None and revision != PRICING_REVISION:
+            by = "" if header.oracled_version is None else f" (oracled {header.oracled_version})"
+            print(
+                f"{name}: warning: recorded under pricing revision {revision}{by}, this oracled"
+                f" prices under revision {PRICING_REVISION}: the reports may differ from the"
+                " recorded ones where the rules changed in between (CHANGELOG.md, Pricing"
+                " revisions)",
                 file=sys.stderr,
             )
 

@@ -2,8 +2,9 @@
 running daemon, written as a tape `oracled replay` reads (docs/contracts.md).
 
 Kept apart from the service, which only hands it lines: what it owns is the file (its header,
-the lock beside it, `--append` onto a tape of the same config, a torn last line ended) and a
-writer thread the round never waits for.
+with the pricing revision of the daemon's reports, the lock beside it, `--append` onto a tape of
+the same config and revision, a torn last line ended) and a writer thread the round never waits
+for.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import IO
 
 import structlog
 
+from oracled import __version__
+from oracled.core import PRICING_REVISION
 from oracled.errors import TapeError, described
 from oracled.lockfile import LockHeldError, lock_beside
 from oracled.model import Quote
@@ -80,7 +83,7 @@ class TapeRecorder:
         self.torn_line: int | None = None
         #: Whether manual commands go on the tape: not on a version 1 tape continued.
         self.commands = True
-        header = header_line(config_sha256)
+        header = self._header_line()
         try:
             mode = path.stat().st_mode
         except FileNotFoundError:
@@ -143,6 +146,13 @@ class TapeRecorder:
                 f" {existing.config_sha256}): --append continues a tape only with its own config;"
                 " record to another --out"
             )
+        if existing.pricing_revision not in (None, PRICING_REVISION):
+            raise TapeError(
+                f"{self.path} was recorded under pricing revision {existing.pricing_revision},"
+                f" this oracled prices under revision {PRICING_REVISION}: --append continues a"
+                " tape only under its own revision (its header names one for every line);"
+                " record to another --out"
+            )
         self.commands = existing.version >= 2
         file = self.path.open("ab")
         if torn:
@@ -156,7 +166,18 @@ class TapeRecorder:
         its first rounds often run before any venue answered, and a tape has no line for them.
         Called at the first round, before any flush; a continued tape keeps its header."""
         if self._header is not None:
-            self._header = header_line(self._digest, round_no, ts)
+            self._header = self._header_line(round_no, ts)
+
+    def _header_line(self, round_no: int | None = None, ts: int | None = None) -> bytes:
+        """Line 1 of a new tape: the config's digest, the pricing revision the daemon computes
+        its reports under and its version, and (once known) its first round."""
+        return header_line(
+            self._digest,
+            round_no,
+            ts,
+            pricing_revision=PRICING_REVISION,
+            oracled_version=__version__,
+        )
 
     def _open_later(self) -> None:
         """Open a path that is no regular file in a thread of its own, as the first write: the

@@ -82,11 +82,17 @@ class TapeHeader(msgspec.Struct, forbid_unknown_fields=False):
     numbers the round at time t `first_round + (t - first_round_ts) / interval`: the stored
     round that holds the first quotes is not always the one they went into (a round dropped
     from the trail passes its quotes to the next one stored); without it, `first_round` is the
-    number of the tape's first round."""
+    number of the tape's first round. `pricing_revision` (written by `record` and `oracled audit
+    --tape`) is the revision of the rules the recorded reports were computed under: a replay of
+    another revision says so, as of another config."""
 
     format: str
     version: int
     config_sha256: str | None = None
+    #: The pricing revision (`oracled.core.PRICING_REVISION`) the recorded reports were computed
+    #: under, and the version of the oracled that wrote the tape (None: an older writer).
+    pricing_revision: int | None = None
+    oracled_version: str | None = None
     first_round: int | None = None
     first_round_ts: int | None = None
 
@@ -135,7 +141,12 @@ class TapeGapError(TapeError):
             replay = f"oracled replay --config {shlex.quote(config)} -"
             head = f"head -n 1 {path}"
             if header is not None and header.first_round is not None:
-                plain = header_line(config_sha256=header.config_sha256).decode().rstrip("\n")
+                line = header_line(
+                    config_sha256=header.config_sha256,
+                    pricing_revision=header.pricing_revision,
+                    oracled_version=header.oracled_version,
+                )
+                plain = line.decode().rstrip("\n")
                 head = f"echo {shlex.quote(plain)}"
             part = f"({head}; tail -n +{self.line} {path}) | {replay}"
         return [
@@ -382,6 +393,12 @@ def read_header(first: bytes | str) -> TapeHeader:
             f"line 1: first_round {header.first_round} is past 2**53 - 1 (the largest round"
             " number every JSON reader keeps exact)"
         )
+    revision = header.pricing_revision
+    if revision is not None and not 1 <= revision <= _ROUND_MAX:
+        raise TapeError(
+            f"line 1: pricing_revision {revision} is not a revision (an integer from 1 to"
+            " 2**53 - 1)"
+        )
     ts = header.first_round_ts
     if ts is not None and not FIRST_MS <= ts <= LAST_MS:
         raise TapeError(
@@ -458,12 +475,20 @@ def header_line(
     config_sha256: str | None = None,
     first_round: int | None = None,
     first_round_ts: int | None = None,
+    *,
+    pricing_revision: int | None = None,
+    oracled_version: str | None = None,
 ) -> bytes:
     """Line 1; `record` adds the digest of its config (`pricing_digest`), `oracled audit --tape`
-    the number and time of the stored round that holds its first quotes."""
+    the number and time of the stored round that holds its first quotes; both the pricing
+    revision of the recorded reports and their own version."""
     header: dict[str, object] = {"format": TAPE_FORMAT, "version": TAPE_VERSION}
     if config_sha256 is not None:
         header["config_sha256"] = config_sha256
+    if pricing_revision is not None:
+        header["pricing_revision"] = pricing_revision
+    if oracled_version is not None:
+        header["oracled_version"] = oracled_version
     if first_round is not None:
         header["first_round"] = first_round
     if first_round_ts is not None:

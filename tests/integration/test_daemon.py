@@ -18,7 +18,9 @@ import pytest
 from daemon import ADMIN_TOKEN, Daemon, sim_config
 from venue_sims import BinanceVenues
 
+from oracled import __version__
 from oracled.config import load_config
+from oracled.core import PRICING_REVISION
 from oracled.sim import BinanceSim
 from oracled.tape import pricing_digest
 
@@ -268,7 +270,13 @@ async def test_record_writes_a_tape_that_replay_reads_back(
     # Where the daemon's round numbers start (dbeae56), so that replayed rounds are numbered as
     # the published ones: a round and its time in ms.
     first_round, first_round_ts = header.pop("first_round"), header.pop("first_round_ts")
-    assert header == {"format": "oracled-tape", "version": 2, "config_sha256": digest}
+    assert header == {
+        "format": "oracled-tape",
+        "version": 2,
+        "config_sha256": digest,
+        "pricing_revision": PRICING_REVISION,  # the rules its reports were computed under
+        "oracled_version": __version__,
+    }
     assert isinstance(first_round, int) and 1 <= first_round <= int(live["round"])
     assert isinstance(first_round_ts, int) and 10**12 <= first_round_ts <= int(live["ts"])
     assert len(lines) > 50

@@ -16,11 +16,13 @@ from oracled_cli import run_oracled
 from structlog.testing import capture_logs
 from venue_sims import BinanceVenues
 
+from oracled import __version__
+from oracled.core import PRICING_REVISION
 from oracled.errors import TapeError
 from oracled.model import Quote
 from oracled.recorder import TapeRecorder
 from oracled.sim import BinanceSim
-from oracled.tape import TapeLineError, quote_to_line, read_tape
+from oracled.tape import TapeLineError, header_line, quote_to_line, read_header, read_tape
 
 PRICES = {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0, "USDTUSD": 1.0}
 pytestmark = pytest.mark.integration
@@ -255,3 +257,29 @@ def test_append_to_a_file_that_is_no_tape_names_it_and_lets_its_lock_go(
     assert done.returncode == 2, done.stderr
     assert f"oracled record: {path}: line 1: {why}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_new_tape_names_the_pricing_revision_and_append_keeps_to_it(tmp_path: Path) -> None:
+    """A new tape's header names the pricing revision its reports are computed under and the
+    oracled that wrote it; `--append` continues a tape of this revision or of none (an older
+    build's, which claims none), and refuses one of another, whose header would name the wrong
+    revision for the lines added, leaving it as found."""
+    path = tmp_path / "new.jsonl"
+    recorder = TapeRecorder(path, config_sha256="ab" * 32)
+    recorder.number(7, 1_700_000_000_000)
+    recorder.add(Quote("a", "BTC/USD", 1_700_000_000_100, 60_000.5))
+    assert recorder.close() is None
+    header = read_header(path.read_bytes().split(b"\n", 1)[0])
+    assert (header.pricing_revision, header.oracled_version) == (PRICING_REVISION, __version__)
+    assert (header.config_sha256, header.first_round) == ("ab" * 32, 7)
+    for revision in (None, PRICING_REVISION):
+        kept = tmp_path / f"kept-{revision}.jsonl"
+        kept.write_bytes(header_line(pricing_revision=revision))
+        assert TapeRecorder(kept, append=True).close() is None
+    other = tmp_path / "other.jsonl"
+    body = header_line(pricing_revision=PRICING_REVISION - 1, oracled_version="0.0.9")
+    other.write_bytes(body)
+    with pytest.raises(TapeError) as caught:
+        TapeRecorder(other, append=True)
+    assert f"recorded under pricing revision {PRICING_REVISION - 1}" in str(caught.value)
+    assert other.read_bytes() == body

@@ -5,6 +5,7 @@ config is said once, and `-` reads the tape from stdin."""
 from __future__ import annotations
 
 import io
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,10 @@ import pytest
 
 from oracled.cli import main
 from oracled.config import load_config
+from oracled.core import PRICING_REVISION
 from oracled.replay import replay
 from oracled.stress.scenarios import build
-from oracled.tape import TapeGapError, header_line, pricing_digest
+from oracled.tape import TapeGapError, header_line, pricing_digest, read_header
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "tapes"
 CONFIG = FIXTURES / "config.toml"
@@ -114,6 +116,49 @@ def test_a_tape_recorded_with_another_config_is_replayed_after_one_warning(
     assert b"warning" not in plain.stderr
 
 
+def test_a_tape_of_another_pricing_revision_is_replayed_after_one_warning(
+    tmp_path: Path,
+) -> None:
+    """The header's `pricing_revision` (written by `record` and `audit --tape`) against this
+    oracled's: another revision gives one warning line naming both, the recording oracled and
+    CHANGELOG.md, and the same reports and exit; the same revision, or a tape without the key
+    (every tape before it), gives none."""
+    body = TAPE.read_bytes().split(b"\n", 1)[1]
+    same, other = tmp_path / "same.jsonl", tmp_path / "other.jsonl"
+    same.write_bytes(header_line(pricing_revision=PRICING_REVISION, oracled_version="0.1.0") + body)
+    older = PRICING_REVISION - 1
+    other.write_bytes(header_line(pricing_revision=older, oracled_version="0.0.9") + body)
+    plain = _replay(str(TAPE))
+    for tape, warnings in ((same, []), (other, [older])):
+        proc = _replay(str(tape))
+        assert (proc.returncode, proc.stdout) == (plain.returncode, plain.stdout), proc.stderr
+        said = [line for line in proc.stderr.decode().splitlines() if "warning" in line]
+        assert len(said) == len(warnings), said
+        for line, revision in zip(said, warnings, strict=True):
+            assert line == (
+                f"{tape}: warning: recorded under pricing revision {revision} (oracled 0.0.9),"
+                f" this oracled prices under revision {PRICING_REVISION}: the reports may differ"
+                " from the recorded ones where the rules changed in between (CHANGELOG.md,"
+                " Pricing revisions)"
+            )
+    assert b"warning" not in plain.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "9007199254740992", '"16"', "16.0", "true"])
+def test_a_pricing_revision_that_is_none_is_a_header_that_cannot_be_read(
+    tmp_path: Path, value: str
+) -> None:
+    """A `pricing_revision` that is no integer from 1 to 2**53 - 1 is a header that cannot be
+    read (exit 1, nothing replayed), as a bad `first_round` is: a typed key of the contract."""
+    tape = tmp_path / "t.jsonl"
+    header = '{"format": "oracled-tape", "version": 2, "pricing_revision": ' + value + "}\n"
+    tape.write_text(header + LINE % T0)
+    proc = _replay(str(tape))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == b""
+    assert f"{tape}: line 1: ".encode() in proc.stderr
+
+
 def test_a_dash_reads_the_tape_from_stdin() -> None:
     """`oracled replay -` said `No such file or directory: '-'`; it reads the tape from stdin
     (`zcat t.jsonl.gz | oracled replay -`), with the same output as from the file."""
@@ -122,3 +167,19 @@ def test_a_dash_reads_the_tape_from_stdin() -> None:
     assert from_stdin.returncode == from_file.returncode == 3, from_stdin.stderr
     assert from_stdin.stdout == from_file.stdout and from_file.stdout
     assert b"<stdin>:5: skipped" in from_stdin.stderr  # the bad lines, named as from a file
+
+
+def test_the_gaps_split_keeps_the_pricing_revision_in_its_header() -> None:
+    """The split a gap's advice names for a recorded tape starts with the header without its
+    round numbering: its pricing revision and writer stay, so that the part's replay still
+    says when it is replayed under another revision."""
+    header = read_header(
+        header_line("ab" * 32, 3, T0, pricing_revision=PRICING_REVISION - 1, oracled_version="x")
+    )
+    gap = TapeGapError(9, 2 * 86_400_000, 86_400_000, T0 + 2 * 86_400_000)
+    advice = gap.advice(1_000, 2, "t.jsonl", "c.toml", audit=False, header=header)
+    echoed = advice[1].split("(echo ", 1)[1].split("; tail", 1)[0]
+    (text,) = shlex.split(echoed)
+    assert read_header(text) == read_header(
+        header_line("ab" * 32, pricing_revision=PRICING_REVISION - 1, oracled_version="x")
+    )
