@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from oracled.errors import ConfigError
+from oracled.errors import ConfigError, shown
 from oracled.files import read_regular
 
 __all__ = [
@@ -225,7 +225,7 @@ class SignedFeed(_Frozen):
                 problems.append(f"signers.{identity}: give it at least one address")
             for address in addresses:
                 if not _ADDRESS.fullmatch(address):
-                    problems.append(f"signers.{identity}: {address[:50]!r} is no 0x address")
+                    problems.append(f"signers.{identity}: {shown(address)} is no 0x address")
                 elif (first := owner.setdefault(address.lower(), identity)) != identity:
                     problems.append(f"signers.{identity}: {address} is also listed for {first!r}")
         if self.quorum > len(self.signers):

@@ -21,6 +21,7 @@ from typing import Any
 
 from oracled.config import Config
 from oracled.core import RoundResult
+from oracled.errors import shown
 from oracled.margin import (
     Account,
     AccountsFile,
@@ -261,16 +262,19 @@ def run_stress(
     primary = markets[0]
     primary_cfg = cfg.market(primary)
     assert primary_cfg is not None
-    venue = single_venue or header.get("single_venue") or primary_cfg.sources[0].source
+    told = single_venue or header.get("single_venue")  # a header's may be any JSON value
+    venue = told or primary_cfg.sources[0].source
     quoting = {
         s.source
         for m in markets
         if (mc := cfg.market(m)) is not None
         for s in (*mc.sources, *mc.perp_sources)
     }
-    if venue not in quoting:  # else its row would be the plain median under another name
+    # One that quotes none would make its row the plain median under another name.
+    if not isinstance(venue, str) or venue not in quoting:
+        origin = "--venue" if single_venue else "the tape's single_venue"
         raise ValueError(
-            f"the single venue {venue!r} quotes none of the accounts' markets; "
+            f"{origin} {shown(venue)} quotes none of the accounts' markets; "
             f"venues that do: {', '.join(sorted(quoting))}"
         )
     names = (ORACLE, f"single_venue:{venue}", PLAIN, REFERENCE)
@@ -286,12 +290,12 @@ def run_stress(
     move_end = header.get("move_end_ms")
     if move_market is not None and move_market not in markets:
         result.warnings.append(
-            f"the tape's move_market {move_market!r} is none of the accounts' markets "
+            f"the tape's move_market {shown(move_market)} is none of the accounts' markets "
             f"({', '.join(markets)}): follow_s is null for every policy"
         )
     elif move_market is not None and not isinstance(move_end, int):
         result.warnings.append(
-            f"the tape's move_end_ms is {move_end!r}, not a time in ms: "
+            f"the tape's move_end_ms is {shown(move_end)}, not a time in ms: "
             "follow_s is null for every policy"
         )
 

@@ -1110,6 +1110,11 @@ async def test_frames_signed_for_another_deployment_or_by_another_key_price_noth
         ),
         ({"deployment": "", "signers": {"a": KEYS[0].address}}, 1, "signed.deployment"),
         ({"deployment": "test", "signers": {"a": "0x12"}}, 1, "'0x12' is no 0x address"),
+        (  # a pasted key file, not its address: cut, and said to be
+            {"deployment": "test", "signers": {"a": "0x" + "ab" * 100}},
+            1,
+            f"{'0x' + 'ab' * 29!r}... (202 characters) is no 0x address",
+        ),
         (
             {"deployment": "test", "signers": {"a": KEYS[0].address, "b": KEYS[0].address}},
             1,

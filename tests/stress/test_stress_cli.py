@@ -100,6 +100,33 @@ def test_a_single_venue_that_quotes_none_of_the_accounts_markets_is_refused(
     assert "chain, p1, p2, p3, thin, v1, v2, v3, v4" in err
 
 
+def test_a_long_venue_is_quoted_cut_with_its_length(capsys: pytest.CaptureFixture[str]) -> None:
+    """A `--venue` pasted long is refused naming the option and quoting its first 60
+    characters with its length, as every command-line value is quoted (errors.shown). Before,
+    its repr was printed whole."""
+    assert main(["stress", "--scenario", "perp_wick", "--venue", "p" * 500]) == 2
+    err = capsys.readouterr().err
+    assert f"--venue {'p' * 60!r}... (500 characters) quotes none of the accounts' markets" in err
+    assert "p" * 61 not in err
+
+
+def test_a_header_single_venue_that_is_no_string_is_refused_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tape header whose `single_venue` is no string (a list) is refused as a venue that
+    quotes none of the markets (exit 2), named as the tape's. Before, the check raised
+    TypeError (unhashable list) out of `oracled stress`: a traceback."""
+    tape, cfg, accounts = _scenario_files(tmp_path, "flash_crash")
+    header, rest = tape.read_bytes().split(b"\n", 1)
+    listed = json.loads(header) | {"single_venue": ["v1"]}
+    tape.write_bytes(json.dumps(listed).encode() + b"\n" + rest)
+    capsys.readouterr()
+    argv = ["stress", "--config", str(cfg), "--tape", str(tape), "--accounts", str(accounts)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "oracled stress: the tape's single_venue ['v1'] quotes none of the accounts'" in err
+
+
 def test_replay_hooks_see_every_quote_and_every_round_of_the_printed_output() -> None:
     """on_quote sees each tape quote before the core; on_round the rounds that were printed."""
     cfg = parse_config(tomllib.loads(scenario_config()))
@@ -239,6 +266,38 @@ def test_a_move_on_a_market_the_accounts_do_not_hold_is_said(
     out, err = capsys.readouterr()
     said = "oracled stress: warning: the tape's move_market 'ETH/USD' is none of the accounts'"
     assert said in err
+    assert json.loads(out)["policies"]["oracled"]["follow_s"] is None
+
+
+@pytest.mark.parametrize(
+    ("move", "said"),
+    [
+        (
+            {"move_market": "X" * 300},
+            f"the tape's move_market {'X' * 60!r}... (300 characters) is none of the accounts'",
+        ),
+        (
+            {"move_end_ms": ["soon"] * 50},
+            "the tape's move_end_ms is ['soon', 'soon', 'soon', 'soon', 'soon', 'soon', 'soon',"
+            " 'so... (400 characters), not a time",
+        ),
+    ],
+    ids=["move_market", "move_end_ms"],
+)
+def test_a_long_move_in_the_header_is_quoted_cut_with_its_length(
+    move: dict[str, object], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A header's `move_market` or `move_end_ms` that cannot be used is warned about quoting
+    its first 60 characters and its length (errors.shown), whatever JSON it is. Before, its
+    repr was printed whole."""
+    tape, cfg, accounts = _scenario_files(tmp_path, "market_crash")
+    header, rest = tape.read_bytes().split(b"\n", 1)
+    tape.write_bytes(json.dumps(json.loads(header) | move).encode() + b"\n" + rest)
+    capsys.readouterr()
+    argv = ["stress", "--config", str(cfg), "--tape", str(tape), "--accounts", str(accounts)]
+    assert main([*argv, "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert f"oracled stress: warning: {said}" in err
     assert json.loads(out)["policies"]["oracled"]["follow_s"] is None
 
 
