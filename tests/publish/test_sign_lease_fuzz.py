@@ -10,7 +10,9 @@ numbers or counts, no two leaves of a market), whichever process signed them; th
 refuses nothing as forged, from an unknown key, equivocating or malformed; every process that
 ended did so by the schedule's hand or by refusing its start.
 
-`python tests/publish/test_sign_lease_fuzz.py FIRST_SEED COUNT` runs more schedules.
+`PYTHONPATH=tests python tests/publish/test_sign_lease_fuzz.py FIRST_SEED COUNT` runs more
+schedules (six steps more each), one line per schedule; a failed one's files are kept beside the
+temporary directory it ran in (`sign-lease-fuzz-seed-N`).
 """
 
 from __future__ import annotations
