@@ -288,6 +288,9 @@ def run_stress(
     result.has_mark = bool(primary_perps)
     move_market = header.get("move_market")
     move_end = header.get("move_end_ms")
+    end_said = shown(move_end)
+    if isinstance(move_end, bool):  # JSON true is no time, though Python's bool is an int
+        end_said, move_end = "true" if move_end else "false", None
     if move_market is not None and move_market not in markets:
         result.warnings.append(
             f"the tape's move_market {shown(move_market)} is none of the accounts' markets "
@@ -295,7 +298,7 @@ def run_stress(
         )
     elif move_market is not None and not isinstance(move_end, int):
         result.warnings.append(
-            f"the tape's move_end_ms is {shown(move_end)}, not a time in ms: "
+            f"the tape's move_end_ms is {end_said}, not a time in ms: "
             "follow_s is null for every policy"
         )
 

@@ -301,6 +301,26 @@ def test_a_long_move_in_the_header_is_quoted_cut_with_its_length(
     assert json.loads(out)["policies"]["oracled"]["follow_s"] is None
 
 
+@pytest.mark.parametrize("end", [True, False])
+def test_a_move_end_of_true_or_false_is_no_time(
+    end: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`"move_end_ms": true` is warned about as no time, as any other non-integer is. Before,
+    Python's bool passed the integer check and `true` was read as the time 1 ms (follow_s then
+    measured from the epoch)."""
+    tape, cfg, accounts = _scenario_files(tmp_path, "market_crash")
+    header, rest = tape.read_bytes().split(b"\n", 1)
+    moved = json.loads(header) | {"move_end_ms": end}
+    tape.write_bytes(json.dumps(moved).encode() + b"\n" + rest)
+    capsys.readouterr()
+    argv = ["stress", "--config", str(cfg), "--tape", str(tape), "--accounts", str(accounts)]
+    assert main([*argv, "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    said = f"the tape's move_end_ms is {str(end).lower()}, not a time in ms"
+    assert f"oracled stress: warning: {said}" in err
+    assert json.loads(out)["policies"]["oracled"]["follow_s"] is None
+
+
 def test_an_empty_tape_is_said_to_be_empty_and_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
