@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,16 @@ _CAPS = "-dac_override,-dac_read_search"
 _NO_OVERRIDE = (
     ["setpriv", f"--inh-caps={_CAPS}", f"--bounding-set={_CAPS}", "--"] if os.geteuid() == 0 else []
 )
+
+
+def remove_dir(path: Path) -> None:
+    """Remove `path` and all in it while a daemon may be writing there: a lease write's
+    temporary file can come and go between the listing and its removal."""
+    for _ in range(10):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+    raise AssertionError(f"{path} could not be removed")
 
 
 def key_file(directory: Path) -> Path:

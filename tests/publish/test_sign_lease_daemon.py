@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lease_rig import KEY, ROUND_MS, Daemon, key_file, lease_config
+from lease_rig import KEY, ROUND_MS, Daemon, key_file, lease_config, remove_dir
 
 from oracled.publish.sign_lease import FORMAT
 from oracled.sim import BinanceSim
@@ -228,7 +227,7 @@ async def test_a_second_daemon_let_in_by_a_removed_lock_file_signs_no_time_the_f
         second = Daemon(lease_config(sim, tmp_path / "b", str(lease)), name="b")
         async with first.running():
             await first.until("10 signed rounds", _enough(first, 10))
-            shutil.rmtree(state)
+            remove_dir(state)
             state.mkdir()
             async with second.running():
                 await second.until("10 signed rounds", _enough(second, 10))

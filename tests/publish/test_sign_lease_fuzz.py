@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
-from lease_rig import KEY, WINDOW_MS, Daemon, lease_config
+from lease_rig import KEY, WINDOW_MS, Daemon, lease_config, remove_dir
 from publish_rig import NatsServer, subscribed, until
 
 from oracled.client import OracleClient, Rejection
@@ -192,7 +192,7 @@ class Schedule:
             self.lease.with_name(self.lease.name + ".lock").unlink(missing_ok=True)
             self.log.append(f"{n}: lock file removed")
         elif fault == "dir_removed" and self.state.is_dir():
-            shutil.rmtree(self.state)
+            remove_dir(self.state)
             self.state.mkdir()  # made again at once, empty: the leases it held are lost
             self.lease_lost = True
             self.log.append(f"{n}: lease directory removed and made again")
