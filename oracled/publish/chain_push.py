@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -286,17 +285,17 @@ class ChainPusher:
         """
         delay = self.restart_base_s
         while True:
-            started = time.monotonic()
+            started = self.clock.monotonic()
             try:
                 await self._run_once()
             except Exception as exc:
                 if isinstance(exc, PushError):
                     raise
+                if self.clock.monotonic() - started > 60.0:
+                    delay = self.restart_base_s  # ran a minute: the backoff starts over
                 self.stats.restarts += 1
                 self._log.exception("on-chain push crashed; restarting", delay_s=delay)
                 self._reset()
-            if time.monotonic() - started > 60.0:
-                delay = self.restart_base_s
             await asyncio.sleep(delay)
             delay = min(delay * 2.0, _RESTART_MAX_S)
 

@@ -1584,6 +1584,38 @@ async def test_a_crashed_pusher_is_started_again_counted_and_logged_with_its_tra
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
 
 
+async def test_a_crash_after_a_minute_of_pushing_starts_the_backoff_over_as_logged(
+    rig: Rig,
+) -> None:
+    """A pusher that ran over a minute (the daemon's clock) before it crashed waits the base
+    delay again, and its crash line says that delay. Before, the line said the doubled delay
+    that the reset then replaced, and the minute was read from the machine's clock, not the
+    pusher's."""
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(interval_s=0.02)
+    pusher.restart_base_s = 0.05
+    rounds.step()
+    pusher.submit(rounds.step())
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: pusher.stats.transactions["confirmed"] == 1)
+            good = rounds.step(BTC_USD=1.02)
+            bad = dataclasses.replace(good, status=good.status[:1])
+            pusher.submit(bad)
+            await until(lambda: task.done() or pusher.stats.restarts == 1)
+            await until(lambda: task.done() or pusher.stats.up)  # started again
+            rig.clock.advance(61_000)
+            pusher.submit(bad)
+            await until(lambda: task.done() or pusher.stats.restarts == 2)
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    crashed = [e for e in logs if e["event"] == "on-chain push crashed; restarting"]
+    assert [e["delay_s"] for e in crashed] == [0.05, 0.05]
+
+
 async def test_a_push_a_reorganisation_took_off_the_chain_is_pushed_again(rig: Rig) -> None:
     """A reorganisation replaces the block of a confirmed push and its transaction is gone
     (anvil_reorg): the next push, at the nonce after it, waits behind a gap and is never mined

@@ -83,8 +83,12 @@ class ChainSet:
         while True:
             started = self._clock.monotonic()
             try:
-                await reader.run()
-                log.error("chain reader returned; restarting")
+                try:
+                    await reader.run()
+                finally:  # before the lines below, which say the delay
+                    if self._clock.monotonic() - started > 60.0:
+                        delay = 1.0  # ran a minute: the backoff starts over
+                log.error("chain reader returned; restarting", delay_s=delay)
             except RpcUnavailable as exc:  # no endpoint answered: down, or not reachable yet
                 if (failures := lines.due("unreachable", self._clock.monotonic())) is not None:
                     log.warning(
@@ -100,7 +104,5 @@ class ChainSet:
             except Exception:  # the supervisor's job: log, count, restart
                 log.exception("chain reader crashed; restarting", delay_s=delay)
             reader.stats.restarts += 1
-            if self._clock.monotonic() - started > 60.0:
-                delay = 1.0
             await asyncio.sleep(delay)
             delay = min(delay * 2.0, _RESTART_MAX_S)
