@@ -46,6 +46,11 @@ class Body:
         self.off_loop = False  # compressed in a worker thread
         self.runs = 0  # compressions started: at most one per `Body`
 
+    @property
+    def packed(self) -> bytes | None:
+        """The gzip form once made (None before, and for a body too small for it)."""
+        return self._gzip
+
     async def gzip(self) -> bytes | None:
         """The gzip form, or None for a body too small to be worth it.
 

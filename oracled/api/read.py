@@ -18,8 +18,13 @@ __all__ = ["ReadHandlers"]
 
 _PRICES_PARAMETERS = frozenset({"markets"})
 #: Distinct price bodies kept per round (the whole array, selections, single markets); past it
-#: a body is made per request. Bounded so that a client cycling selections cannot grow memory.
+#: (or past `ROUND_BODY_BYTES`) a body is made per request, so that a client cycling
+#: selections cannot grow memory.
 ROUND_BODIES = 256
+#: Bytes those bodies may hold per round, their gzip forms included. A client chooses its
+#: selections: at 1,000 markets, 256 of 256 markets each were about 33 MB by count alone. The
+#: whole array at 1,000 markets (0.7-1.3 MB, and its gzip) fits several times over.
+ROUND_BODY_BYTES = 8 * 1024 * 1024
 
 
 def _decimal(value: float | None) -> str | None:
@@ -27,6 +32,10 @@ def _decimal(value: float | None) -> str | None:
     if value is None:
         return None
     return np.format_float_positional(value, trim="-")
+
+
+#: A price body's key: whether it is an array (`/v1/prices`), and the markets asked (None: all).
+_Key = tuple[bool, tuple[str, ...] | None]
 
 
 def _routed(cfg: Config, m: MarketConfig, s: MarketSource, row: dict[str, object]) -> None:
@@ -124,12 +133,14 @@ class ReadHandlers:
 
     __slots__ = (
         "_bodies",
+        "_bytes",
         "_ctx",
         "_known",
         "_markets_body",
         "_round",
         "compressed_off_loop",
         "compressions",
+        "uncached",
     )
 
     def __init__(self, ctx: ApiContext) -> None:
@@ -139,29 +150,54 @@ class ReadHandlers:
         self._markets_body = (ctx.current_config, Body(self._markets_view(ctx.current_config)))
         # This round's price bodies, by what was asked: every client of a round shares them.
         self._round: RoundResult | None = None
-        self._bodies: dict[tuple[bool, tuple[str, ...] | None], Body] = {}
+        self._bodies: dict[_Key, Body] = {}
+        self._bytes = 0  # what `_bodies` holds, plain and gzip: at most ROUND_BODY_BYTES
+        self.uncached = 0  # price bodies served without being kept: no room left in the round
         self.compressions = 0  # bodies gzipped: once per body, however many clients ask
         self.compressed_off_loop = 0  # of which in a worker thread (large bodies)
 
-    async def _answer(self, request: web.Request, body: Body) -> web.Response:
+    async def _answer(
+        self, request: web.Request, body: Body, key: _Key | None = None
+    ) -> web.Response:
         runs = body.runs
         response = await body_response(request, body)
         made = body.runs - runs  # compressions this request started (0 or 1)
         self.compressions += made
         self.compressed_off_loop += made if body.off_loop else 0
+        if made and key is not None and self._bodies.get(key) is body:
+            self._gzipped(key, body)
         return response
 
-    def _round_body(
-        self, result: RoundResult, key: tuple[bool, tuple[str, ...] | None]
-    ) -> Body | None:
+    def held_bytes(self) -> int:
+        """What this round's kept price bodies hold now, plain and gzip, counted afresh."""
+        return sum(len(b.plain) + len(b.packed or b"") for b in self._bodies.values())
+
+    def _round_body(self, result: RoundResult, key: _Key) -> Body | None:
         if result is not self._round:  # a new round: the old bodies go in one go
-            self._round, self._bodies = result, {}
+            self._round, self._bodies, self._bytes = result, {}, 0
         return self._bodies.get(key)
 
-    def _keep(self, key: tuple[bool, tuple[str, ...] | None], body: Body) -> Body:
-        if len(self._bodies) < ROUND_BODIES:
+    def _keep(self, key: _Key, body: Body) -> Body:
+        size = len(body.plain)
+        if len(self._bodies) < ROUND_BODIES and self._bytes + size <= ROUND_BODY_BYTES:
             self._bodies[key] = body
+            self._bytes += size
+        else:
+            self.uncached += 1
         return body
+
+    def _gzipped(self, key: _Key, body: Body) -> None:
+        """A kept body got its gzip form (made once, on first demand): count it against the
+        budget, or let the body go if it no longer fits (the next request makes it anew)."""
+        packed = body.packed
+        if packed is None:
+            return
+        if self._bytes + len(packed) <= ROUND_BODY_BYTES:
+            self._bytes += len(packed)
+        else:
+            del self._bodies[key]
+            self._bytes -= len(body.plain)
+            self.uncached += 1
 
     def _not_ready(self) -> ApiError:
         return ApiError(503, "not_ready", "no round has completed yet; retry shortly")
@@ -195,7 +231,7 @@ class ReadHandlers:
         if result is None:
             raise self._not_ready()
         self._check_fresh()
-        key = (True, None if selected is None else tuple(selected))
+        key: _Key = (True, None if selected is None else tuple(selected))
         body = self._round_body(result, key)
         if body is None:
             names = hub.markets if selected is None else selected
@@ -208,7 +244,7 @@ class ReadHandlers:
             except LookupError:
                 raise self._not_priced() from None
             body = self._keep(key, Body(b"[" + b",".join(parts) + b"]"))
-        return await self._answer(request, body)
+        return await self._answer(request, body, key)
 
     async def price(self, request: web.Request) -> web.Response:
         """Latest report of one market."""
@@ -218,14 +254,14 @@ class ReadHandlers:
         if result is None:
             raise self._not_ready()
         self._check_fresh()
-        key = (False, (market,))
+        key: _Key = (False, (market,))
         body = self._round_body(result, key)
         if body is None:
             try:
                 body = self._keep(key, Body(hub.encoded(market)))
             except LookupError:
                 raise self._not_priced() from None
-        return await self._answer(request, body)
+        return await self._answer(request, body, key)
 
     async def markets(self, request: web.Request) -> web.Response:
         """Configured markets and their gate parameters."""
