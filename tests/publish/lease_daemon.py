@@ -3,7 +3,8 @@ or the system clock with `now`: a daemon started again on a host whose clock is 
 its start-up took. test_sign_lease_daemon.py and test_sign_lease_fuzz.py run it as a process of
 its own and kill it. As `oracled run`, it takes SIGTERM and SIGHUP from its first line on and
 refuses a config problem (the signing lease held by another process) with exit code 2.
-SIGUSR1 steps its wall clock STEP_MS back, SIGUSR2 STEP_MS forward, as an NTP step would.
+SIGUSR1 steps its wall clock STEP_MS back, SIGUSR2 STEP_MS forward, as an NTP step would;
+SIGHUP reloads CONFIG.
 
     python lease_daemon.py CONFIG LISTEN START_MS|now
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 
 from oracled.cli import EXIT_CONFIG, _Hangups, _latched, _Stops  # first: the signals
 
@@ -48,7 +50,7 @@ def main(config: str, listen: str, start: str) -> int:
         clock = ShiftedClock(offset_ms)
         signal.signal(signal.SIGUSR1, lambda _s, _f: clock.step(-STEP_MS))
         signal.signal(signal.SIGUSR2, lambda _s, _f: clock.step(STEP_MS))
-        service = Service(cfg, clock=clock, listen=listen)
+        service = Service(cfg, clock=clock, listen=listen, config_path=Path(config))
         _latched(HANGUPS, STOPS)(service)
         run_service(service, None)
     except ConfigError as exc:  # as oracled.cli says it
