@@ -49,6 +49,12 @@ number and time: `actions.round`, `actions.round_ts`; null for an action no roun
 daemon stopped first), so that `--tape` writes it as a manual command (tape version 2) where a
 replay applies it before exactly that round. Older actions keep null: their tapes have no
 command. A version 2 to 4 database is brought to version 5 in place the same way.
+
+Version 6 records, with each round, the pricing revision it was computed under
+(`rounds.revision`, `oracled.core.PRICING_REVISION`), so that `--tape` names it in the tape's
+header and a replay by an oracled of another revision says why its reports may differ from the
+stored ones. Older rounds keep null (unrecorded): their tapes name no revision. A version 2 to 5
+database is brought to version 6 in place the same way.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ from typing import IO, TYPE_CHECKING, Final
 import msgspec
 import structlog
 
+from oracled import __version__
 from oracled.config import AuditConfig
 from oracled.errors import ConfigError, OracledError, described
 from oracled.files import NotRegularFileError, require_regular
@@ -97,7 +104,7 @@ __all__ = [
     "iso_time",
 ]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 #: No round time is past this (year 146 million): the end of `oracled audit`'s default window.
 #: A stored one that is (or is text or bytes, which SQLite sorts above every number) was
 #: changed in the file.
@@ -130,7 +137,10 @@ _V4_COLUMNS: Final = "ALTER TABLE rounds ADD COLUMN format INTEGER;"
 _V5_COLUMNS: Final = (
     "ALTER TABLE actions ADD COLUMN round INTEGER;ALTER TABLE actions ADD COLUMN round_ts INTEGER;"
 )
-#: Version 5, created in one transaction, so a database either has all of it or none.
+#: What version 6 adds to version 5: the pricing revision each round was computed under (null:
+#: stored before it was recorded).
+_V6_COLUMNS: Final = "ALTER TABLE rounds ADD COLUMN revision INTEGER;"
+#: Version 6, created in one transaction, so a database either has all of it or none.
 _SCHEMA: Final = f"""
 BEGIN;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -150,7 +160,8 @@ CREATE TABLE rounds (
     root BLOB,
     signature BLOB,
     signer TEXT,
-    format INTEGER
+    format INTEGER,
+    revision INTEGER
 );
 CREATE INDEX rounds_ts ON rounds (ts);
 CREATE TABLE reports (
@@ -365,12 +376,12 @@ def _schema_version(db: sqlite3.Connection) -> int | None:
 
 
 def _connect(path: Path, page_limit: int | None) -> sqlite3.Connection:
-    """Open (or create) a version 5 database for writing, bringing a version 2 to 4 one to
-    version 5; refuse any other version."""
+    """Open (or create) a version 6 database for writing, bringing a version 2 to 5 one to
+    version 6; refuse any other version."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         version = _schema_version(db)  # before any pragma: another version's file stays as it is
-        if version is not None and version not in (2, 3, 4, SCHEMA_VERSION):
+        if version is not None and version not in (2, 3, 4, 5, SCHEMA_VERSION):
             raise AuditSchemaError(
                 f"{path} is an audit database of schema version {version or 'unknown'}; "
                 f"this oracled writes version {SCHEMA_VERSION} and leaves it as it is: move the "
@@ -383,10 +394,11 @@ def _connect(path: Path, page_limit: int | None) -> sqlite3.Connection:
             db.execute(f"PRAGMA max_page_count={int(page_limit)}")
         if version is None:
             db.executescript(_SCHEMA)
-        elif version in (2, 3, 4):  # only adds: its rows stay, all of it or none is committed
+        elif version in (2, 3, 4, 5):  # only adds: its rows stay, all of it or none committed
             db.executescript(
                 f"BEGIN IMMEDIATE;{_V3_TABLES if version == 2 else ''}"
-                f"{_V4_COLUMNS if version < 4 else ''}{_V5_COLUMNS}"
+                f"{_V4_COLUMNS if version < 4 else ''}{_V5_COLUMNS if version < 5 else ''}"
+                f"{_V6_COLUMNS}"
                 f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema';COMMIT;"
             )
     except (sqlite3.Error, AuditSchemaError):
@@ -435,6 +447,10 @@ class AuditTrail:
         self._losing_quotes = False
         self._thread = threading.Thread(target=self._work, name="oracled-audit", daemon=True)
         self._log = structlog.get_logger("oracled").bind(component="audit")
+        from oracled.core import PRICING_REVISION  # the writer's: `oracled audit` loads no core
+
+        #: the pricing revision stored with every round this writer stores
+        self.revision = PRICING_REVISION
 
     # -- the event-loop side ------------------------------------------------------------------
 
@@ -752,8 +768,8 @@ class AuditTrail:
     def _insert(self, db: sqlite3.Connection, item: _Item) -> None:
         result = item.result
         cur = db.execute(
-            "INSERT INTO rounds (ts, round, markets, quotes) VALUES (?, ?, ?, ?)",
-            (result.ts, result.round, len(result.layout.markets), len(item.quotes)),
+            "INSERT INTO rounds (ts, round, markets, quotes, revision) VALUES (?, ?, ?, ?, ?)",
+            (result.ts, result.round, len(result.layout.markets), len(item.quotes), self.revision),
         )
         round_id = cur.lastrowid
         reports = result.reports()
@@ -1056,6 +1072,8 @@ class AuditRound:
     #: the signed format the round was signed in; None when the trail did not record it (schema
     #: before version 4, or a round not signed)
     format: int | None = None
+    #: the pricing revision the round was computed under; None: not recorded (before version 6)
+    revision: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1080,6 +1098,7 @@ _ROUND_TYPES: Final[tuple[tuple[str, type, bool], ...]] = (
     ("signer", str, True),
     ("root", bytes, True),
     ("format", int, True),
+    ("revision", int, True),
 )
 
 
@@ -1097,6 +1116,14 @@ def _round_time(value: object) -> int:
     if type(value) is not int:
         what = f"rounds: a round time {value!r:.40} is no integer: changed after it was written"
         raise AuditDataError(None, None, what)
+    return value
+
+
+def _revision(round_id: object, value: object) -> int | None:
+    """A round's stored pricing revision, checked as in a row (null: not recorded)."""
+    if value is not None and (type(value) is not int or value < 1):
+        what = f"rounds row {round_id}: revision holds {type(value).__name__} {value!r:.40}"
+        raise AuditDataError(None, None, f"{what}: changed after it was written")
     return value
 
 
@@ -1181,11 +1208,11 @@ class ConfigLoad:
 
 
 class AuditReader:
-    """Read-only queries over an audit database of schema version 1 to 5 (the `oracled audit`
+    """Read-only queries over an audit database of schema version 1 to 6 (the `oracled audit`
     command, tests): the same answers from each; operator actions and config loads are in
     version 3 on (older ones answer none), a signed round's format in version 4 on (None), the
     round an action first applied to in version 5 on (None), and only then are actions on its
-    tapes (`actions_on_tape`)."""
+    tapes (`actions_on_tape`); a round's pricing revision in version 6 on (None)."""
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
@@ -1196,7 +1223,7 @@ class AuditReader:
         self._db = _open_read_only(path)
         try:
             version = _schema_version(self._db)
-            if version not in (1, 2, 3, 4, SCHEMA_VERSION):
+            if version not in (1, 2, 3, 4, 5, SCHEMA_VERSION):
                 raise AuditSchemaError(
                     f"{path}: not an audit database this oracled reads "
                     f"(schema version {version or 'unknown'}; it reads 1 to {SCHEMA_VERSION})"
@@ -1217,6 +1244,7 @@ class AuditReader:
         self._round_columns = (
             "o.id, o.ts, o.round, o.markets, o.quotes, o.signature, o.signer, o.root, "
             + ("o.format" if version >= 4 else "NULL")
+            + (", o.revision" if version >= 6 else ", NULL")
         )
 
     def close(self) -> None:
@@ -1456,6 +1484,38 @@ class AuditReader:
         ).fetchone()
         return None if first is None else (_round_time(first[0]), _round_time(first[1]))
 
+    def first_revision(self, start_ms: int, end_ms: int) -> int | None:
+        """The pricing revision of the window's first stored round with quotes, the tape's
+        (None: no such round, or its revision not recorded, before schema version 6)."""
+        if self.version < 6:
+            return None
+        row = self._db.execute(
+            "SELECT o.id, o.revision FROM rounds o WHERE o.ts >= ? AND o.ts <= ? AND o.quotes > 0"
+            " ORDER BY o.id LIMIT 1",
+            (start_ms, end_ms),
+        ).fetchone()
+        return None if row is None else _revision(row[0], row[1])
+
+    def revision_change(self, start_ms: int, end_ms: int) -> tuple[int, int | None] | None:
+        """The time and pricing revision of the first round after the window's first round with
+        quotes that was computed under another revision than it (an upgrade between them: a
+        replay by one oracled cannot give both), or None."""
+        if self.version < 6:
+            return None
+        first = self._db.execute(
+            "SELECT o.id, o.revision FROM rounds o WHERE o.ts >= ? AND o.ts <= ? AND o.quotes > 0"
+            " ORDER BY o.id LIMIT 1",
+            (start_ms, end_ms),
+        ).fetchone()
+        if first is None:
+            return None
+        row = self._db.execute(
+            "SELECT id, ts, revision FROM rounds WHERE id > ? AND ts <= ? AND revision IS NOT ?"
+            " ORDER BY id LIMIT 1",
+            (first[0], end_ms, first[1]),
+        ).fetchone()
+        return None if row is None else (_round_time(row[1]), _revision(row[0], row[2]))
+
     def tape(self, out: IO[bytes], start_ms: int, end_ms: int) -> int:
         """Write the stored inputs of the rounds in the window as a quote tape; return quotes.
 
@@ -1466,13 +1526,19 @@ class AuditReader:
         when the rounds the first quotes went into were dropped from the trail and their quotes
         stored with that later round. The operator actions of the window's rounds go in as
         manual commands (schema version 5 on), each before the first quote later than its
-        round's time: after the quotes of the rounds before it, as the replay needs.
+        round's time: after the quotes of the rounds before it, as the replay needs. The header
+        names the pricing revision that first round was computed under (schema version 6 on),
+        and this oracled's version, the tape's writer.
         """
         first = self.first_quoted(start_ms, end_ms)  # replay numbers its rounds from it
-        if first is None:
-            out.write(header_line())
-        else:
-            out.write(header_line(first_round=first[0], first_round_ts=first[1]))
+        first_round, first_ts = (None, None) if first is None else first
+        header = header_line(
+            first_round=first_round,
+            first_round_ts=first_ts,
+            pricing_revision=self.first_revision(start_ms, end_ms),
+            oracled_version=__version__,
+        )
+        out.write(header)
         if self.version == 1:
             return self._tape_v1(out, start_ms, end_ms)
         commands = self._commands(start_ms, end_ms)

@@ -11,11 +11,11 @@
                                              prove every stored round against its signature
 
 Times are milliseconds since the Unix epoch (13 digits; seconds are refused) or ISO 8601
-(`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1 to 5
+(`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1 to 6
 give the same answers; version 3 adds operator actions (manual pause, resume) and config loads
 to the timeline and `--at`, version 4 the signed format of each round `--verify` checks,
 version 5 the round each operator action first applied to, which `--tape` writes as a manual
-command.
+command, version 6 the pricing revision of each round, which `--tape` names in its header.
 """
 
 from __future__ import annotations
@@ -182,9 +182,11 @@ def _not_on_tape(
 ) -> list[tuple[int, str]]:
     """What moved the window's stored reports besides what the tape holds, oldest first:
     reloads, a start after the tape's first round (`first_ts`: the restarted daemon numbered
-    its rounds from 1 again, gates afresh), and the operator actions of a trail before schema
-    version 5 (which has no round for them: the tape cannot carry them). A replay of the tape
-    may differ from the first of them on (docs/publishing.md, `--tape`)."""
+    its rounds from 1 again, gates afresh), the operator actions of a trail before schema
+    version 5 (which has no round for them: the tape cannot carry them), and the first round
+    computed under another pricing revision than the tape's first (an upgrade: the header
+    names one). A replay of the tape may differ from the first of them on (docs/publishing.md,
+    `--tape`)."""
     events = []
     if not reader.actions_on_tape:
         events = [(a.ts, _action_text(a)) for a in reader.actions(None, start, end)]
@@ -193,6 +195,13 @@ def _not_on_tape(
         for c in reader.configs(start, end)
         if c.event != "start" or (first_ts is not None and c.ts > first_ts)
     ]
+    change = reader.revision_change(start, end)
+    if change is not None:
+        ts, revision = change
+        named = "no recorded revision" if revision is None else f"pricing revision {revision}"
+        tape = reader.first_revision(start, end)
+        told = "names none" if tape is None else f"names revision {tape}"
+        events.append((ts, f"rounds computed under {named} from here (the tape's header {told})"))
     return sorted(events, key=lambda event: event[0])
 
 

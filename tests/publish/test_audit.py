@@ -21,8 +21,10 @@ from publish_rig import INTERVAL, SOURCES, T0, Rounds, make_config
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from oracled import __version__
 from oracled.cli import main
 from oracled.config import AuditConfig, parse_config
+from oracled.core import PRICING_REVISION
 from oracled.publish.audit import AuditReader, AuditTrail
 from oracled.publish.audit_cli import parse_time
 from oracled.publish.signer import RoundSigner, SigningKey, recover_signer, round_digest
@@ -231,6 +233,8 @@ def test_a_tape_whose_first_quoted_rounds_were_dropped_replays_with_the_daemons_
     assert msgspec.json.decode(header) == {
         "format": "oracled-tape",
         "version": 2,
+        "pricing_revision": PRICING_REVISION,  # the stored round's, schema version 6
+        "oracled_version": __version__,
         "first_round": 5,
         "first_round_ts": feed.kept[4][0].ts,
     }

@@ -17,8 +17,9 @@ from audit_rig import Feed, audit_config, trail
 from publish_rig import T0, make_config
 from structlog.testing import capture_logs
 
+from oracled import __version__
 from oracled.cli import main
-from oracled.core import RoundResult
+from oracled.core import PRICING_REVISION, RoundResult
 from oracled.model import Quote
 from oracled.publish.audit import SCHEMA_VERSION, AuditReader, AuditSchemaError, AuditTrail
 from oracled.tape import header_line, quote_to_line
@@ -111,7 +112,7 @@ def test_reports_and_quotes_come_back_exactly_as_the_rounds_made_them(tmp_path: 
     assert feed.audit.stats.rounds == 10 and feed.audit.stats.ok
 
     reader = AuditReader(db)
-    assert reader.version == SCHEMA_VERSION == 5
+    assert reader.version == SCHEMA_VERSION == 6
     for market in feed.prices:
         stored = list(reader.reports(market, 0, END))
         expected = [r for result, _ in feed.kept for r in result.reports() if r.market == market]
@@ -122,7 +123,12 @@ def test_reports_and_quotes_come_back_exactly_as_the_rounds_made_them(tmp_path: 
     count = reader.tape(out, 0, END)
     lines = b"".join(quote_to_line(q) for _, quotes in feed.kept for q in quotes)
     first = next(result for result, quotes in feed.kept if quotes)
-    header = header_line(first_round=first.round, first_round_ts=first.ts)
+    header = header_line(
+        first_round=first.round,
+        first_round_ts=first.ts,
+        pricing_revision=PRICING_REVISION,
+        oracled_version=__version__,
+    )
     assert out.getvalue() == header + lines
     assert count == sum(len(quotes) for _, quotes in feed.kept) == lines.count(b"\n")
     reader.close()
@@ -141,7 +147,8 @@ def test_a_version_1_database_answers_exactly_as_version_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The same rounds in a version 1 database (written here as version 1 wrote them) and in a
-    version 2 one: the summary, timeline, --at, CSV and tape of `oracled audit` are the same."""
+    version 2 one: the summary, timeline, --at, CSV and tape of `oracled audit` are the same
+    (the tape's header but for the rounds' pricing revision, which version 1 did not keep)."""
     v2, v1 = tmp_path / "v2.sqlite3", tmp_path / "v1.sqlite3"
     feed = Feed(make_config(), trail(v2))
     run(feed, 50, silent_until=2, pause=range(8, 38))
@@ -169,9 +176,15 @@ def test_a_version_1_database_answers_exactly_as_version_2(
         got.append(db.with_suffix(".csv").read_text())
         got.append(db.with_suffix(".tape").read_text())
         answers[db] = got
+    # The tapes but for their header's pricing revision, which the newer trail keeps with each
+    # round (schema version 6) and version 1 did not: its tape names none.
+    (head1, body1), (head2, body2) = (answers[db].pop().split("\n", 1) for db in (v1, v2))
+    assert body1 == body2
+    revision = {"pricing_revision": PRICING_REVISION}
+    assert msgspec.json.decode(head2) == msgspec.json.decode(head1) | revision
     assert answers[v1] == answers[v2]
     assert "paused [" in answers[v2][1] and "excluded: stale" in answers[v2][3]
-    assert answers[v2][-1].count("\n") == 1 + 2 * 0 + 30 * 3 + 18 * 9
+    assert body2.count("\n") == 2 * 0 + 30 * 3 + 18 * 9
 
 
 def test_the_writer_leaves_a_version_1_database_alone_and_prices_go_on(tmp_path: Path) -> None:
@@ -208,7 +221,7 @@ def test_the_writer_leaves_a_version_1_database_alone_and_prices_go_on(tmp_path:
     assert audit.stats.ok and audit.stats.rounds == 4 and audit.stats.write_errors == 3
     assert feed.core.rounds == 7  # the core never waited for the trail
     reader = AuditReader(db)
-    assert reader.version == 5 and [r.round for r in reader.rounds(0, END)] == [4, 5, 6, 7]
+    assert reader.version == 6 and [r.round for r in reader.rounds(0, END)] == [4, 5, 6, 7]
     reader.close()
     reader = AuditReader(aside)
     assert reader.version == 1 and len(reader.rounds(0, END)) == 5
