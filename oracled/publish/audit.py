@@ -1084,6 +1084,8 @@ class StoredReport:
     body: bytes  # the stored msgpack, decoded into `report`
     signer: str | None
     signature: bytes | None
+    #: the pricing revision the round was computed under (None: not recorded, schema before 6)
+    revision: int | None = None
 
 
 #: A round row's columns (`AuditReader._round_columns`) and the one type each holds as written;
@@ -1402,7 +1404,7 @@ class AuditReader:
         for *head, dict_id, stored, at in rows:
             held = _round_row(head)
             report, body = self._decode(dict_id, stored, held.round, held.ts, market, at)
-            yield StoredReport(report, body, held.signer, held.signature)
+            yield StoredReport(report, body, held.signer, held.signature, held.revision)
 
     def report_lines(self, start_ms: int, end_ms: int) -> Iterator[bytes]:
         """Every stored report as the JSON line `oracled replay` prints, in round and

@@ -285,6 +285,8 @@ def _at(reader: AuditReader, args: argparse.Namespace, out: TextIO) -> int:
     config = reader.config_at(report.ts)
     if config is not None:
         print(f"config in force: {_config_text(config)} at {_iso(config.ts)}", file=out)
+    if found.revision is not None:  # the rules it was computed under (CHANGELOG.md)
+        print(f"computed under pricing revision {found.revision}", file=out)
     action = reader.action_at(args.market, report.ts)
     if action is not None:
         print(f"last operator action: {_action_text(action)} at {_iso(action.ts)}", file=out)

@@ -164,3 +164,19 @@ def test_a_revision_changed_in_the_file_is_named_not_a_traceback(
     err = capsys.readouterr().err
     assert code == 2, err
     assert "rounds row 1: revision holds str 'sixteen'" in err and "Traceback" not in err
+
+
+def test_at_names_the_revision_its_round_was_computed_under(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--at` says which rules made the report it shows (`computed under pricing revision N`),
+    and says nothing of it for a round stored without one (before schema version 6)."""
+    db = tmp_path / "audit.sqlite3"
+    feed = recorded(db, 3)
+    at = ["audit", "--db", str(db), "--market", "BTC/USD", "--at", str(feed.now)]
+    capsys.readouterr()
+    assert main(at) == 0
+    assert f"\ncomputed under pricing revision {PRICING_REVISION}\n" in capsys.readouterr().out
+    _as_version_5(db)
+    assert main(at) == 0
+    assert "pricing revision" not in capsys.readouterr().out
