@@ -12,8 +12,9 @@ import pytest
 
 from oracled.config import load_config
 from oracled.errors import TapeError
+from oracled.model import Quote
 from oracled.replay import replay
-from oracled.tape import TapeLineError, read_tape
+from oracled.tape import TapeLineError, quote_to_line, read_tape
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "tapes"
 CONFIG = FIXTURES / "config.toml"
@@ -42,6 +43,26 @@ def test_malformed_lines_are_reported_with_line_numbers_and_skipped() -> None:
     assert "needs price" in lines[13]
     assert "not a decimal" in lines[15]
     assert "upper case" in lines[10]
+
+
+@pytest.mark.parametrize("side", ["bid", "ask"])
+def test_a_lone_bid_or_ask_record_wrote_is_read_and_dropped_by_the_core_as_live(
+    side: str,
+) -> None:
+    """A quote with one side of its book and no price (a venue's emptied side), as `record`
+    writes it, replays as the daemon took it: read, dropped by the core as `no_price`, the
+    reports as without it. Before, the tape reader skipped the line as malformed ('needs price
+    or both bid and ask'), so a recorded tape holding one never replayed cleanly (exit 3)."""
+    base = TAPE.read_bytes().splitlines(keepends=True)
+    lone = Quote(source="a", pair="BTC/USDT", recv_ts=1_700_000_002_503, **{side: 50_000.2})
+    line = quote_to_line(lone)
+    assert b'"price"' not in line and line.count(b"50000.2") == 1
+    at = next(i for i, raw in enumerate(base) if b'"ts": 1700000002503' in raw)
+    with_lone, stats = _run(b"".join([*base[:at], line, *base[at:]]))
+    without, base_stats = _run(b"".join(base))
+    assert with_lone == without
+    assert stats.malformed == base_stats.malformed  # type: ignore[attr-defined]
+    assert stats.drops[("a", "no_price")] == 1  # type: ignore[attr-defined]
 
 
 def test_rounds_start_at_the_first_ts_rounded_up_and_quotes_join_at_or_after_their_ts() -> None:
