@@ -557,7 +557,7 @@ class Service:
             self.log.warning("config reloaded", actor=actor, **changes.as_dict())
             if self.audit is not None:
                 self.audit.record_config(
-                    self.clock.now_ms(),
+                    self._applied_at(),
                     "reload",
                     actor,
                     str(self.config_path),
@@ -567,6 +567,13 @@ class Service:
             log_config_warnings(new, self.log)  # valid, but maybe not what was meant
             self._check_open_file_limit()
             return changes.as_dict()
+
+    def _applied_at(self) -> int:
+        """The time the trail gives a reload just applied: now, or, when the round loop is
+        late (the tick it waits for has passed, its round not run yet), just before that tick:
+        that round is computed under the new config, so the trail's timeline (`config_at`,
+        `audit --tape`'s warning) must put the reload before it, not after it."""
+        return min(self.clock.now_ms(), self._tick - 1)
 
     def _refuse_if_stopping(self, actor: str) -> None:
         """A reload once the stop began (an admin request in the API's last moments, or one
