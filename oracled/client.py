@@ -73,7 +73,10 @@ least). Notices taken count in `stream_errors["stalled"]`, the others (the unsig
 report stream among them) in `stream_errors["stalled_refused"]`, logged at most once per
 `log_every_ms` per kind (`client stream ...` and `client nats ...`). A stream that cannot
 connect (`client stream failed`) is said at most once per `log_every_ms` per daemon too, and so
-is a NATS server that cannot be reached (`client nats error`, per list of servers).
+is a NATS server that cannot be reached (`client nats error`, per list of servers). What waits
+to be verified on NATS is bounded (`NATS_PENDING_MSGS`, `NATS_PENDING_BYTES`): past it a
+flood's messages are dropped, counted in `nats_dropped`, and the markets' views name the
+subscription in `MarketView.lagging` until it has caught up.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
@@ -108,6 +111,8 @@ from oracled.publish.signer import (
 )
 
 __all__ = [
+    "NATS_PENDING_BYTES",
+    "NATS_PENDING_MSGS",
     "REASONS",
     "STALLED_REFUSED",
     "STALL_NOTICE_MIN_AGE_MS",
@@ -147,6 +152,16 @@ _ROUNDS_PER_SIGNER = 256
 STALL_NOTICE_MIN_AGE_MS = 3_000
 #: `stream_errors` label of the stall notices refused (taken ones count as `stalled`).
 STALLED_REFUSED = "stalled_refused"
+#: What `watch_nats` lets wait per subscription before the NATS library drops (its own
+#: defaults, 512k messages and 128 MB, let anyone who may publish on the bus fill memory while
+#: verification lags). Sized for the `>` subscription: a signed report is 1,150 B at 1,000
+#: markets (a proof of 10 hashes), and this holds 4 rounds of 1,000 markets from 4 daemons.
+NATS_PENDING_MSGS = 16_384
+NATS_PENDING_BYTES = 20 * 1024 * 1024
+#: Limits of the stall notices' subscription (one a stalled round per daemon, about 400 B),
+#: and the least share of a named market's subscription (unless the limits given are lower).
+NATS_PENDING_MIN_MSGS = 1_024
+NATS_PENDING_MIN_BYTES = 1024 * 1024
 
 _log = structlog.get_logger("oracled.client")
 
@@ -496,6 +511,20 @@ class MarketView:
     #: Why fresh reports of the market were left out: the stalls of the identities whose
     #: reports were, by identity (their reports are not in `reports`).
     stalled: tuple[Stall, ...] = ()
+    #: The NATS subscriptions carrying the market (`watch_nats`) that dropped messages and have
+    #: not caught up since: newer reports than those held may have been lost (sorted).
+    lagging: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Lag:
+    """A NATS subscription's slow-consumer episode: from its first drop until it has caught
+    up (its queue empty after a new report it accepted)."""
+
+    subject: str
+    market: str | None  # None: every market (`<prefix>.prices.>`)
+    since_ms: int
+    dropped: int = 0
 
 
 def _median(values: list[Decimal]) -> Decimal:
@@ -593,6 +622,11 @@ class OracleClient:
         self.stream_errors: Counter[str] = Counter()
         # Servers a NATS server announced that `watch_nats` did not keep (`AnnouncedClient`).
         self.announced_refused = 0
+        #: Messages the NATS library dropped for `watch_nats`, by subscription subject (its
+        #: pending limits reached: the client could not keep up with what was published).
+        self.nats_dropped: Counter[str] = Counter()
+        # Per (watch, subscription subject), its slow-consumer episode while it lasts.
+        self._lagging: dict[tuple[object, str], _Lag] = {}
         # Per daemon URL, the markets `watch_ws` asked for that it refused or removed, by code.
         self.unavailable: dict[str, Mapping[str, str]] = {}
         # Per identity, the newest round time accepted from any of its keys, and how far it
@@ -828,6 +862,11 @@ class OracleClient:
                 fresh = tuple(
                     r for r in fresh if r.identity not in held or r.ts > held[r.identity].ts
                 )
+        lagging: tuple[str, ...] = ()
+        if self._lagging:
+            lagging = tuple(
+                sorted({g.subject for g in self._lagging.values() if g.market in (None, market)})
+            )
         newest = _newest_per_identity(fresh)  # the quorum counts identities, not keys
         live = [r for r in newest if r.status in _LIVE and r.price is not None]
         if len(live) >= self.quorum:
@@ -843,6 +882,7 @@ class OracleClient:
                 mark=_median(marks) if len(marks) == len(live) else None,
                 identities=tuple(sorted(r.identity for r in live)),
                 stalled=stalls,
+                lagging=lagging,
             )
         if len(newest) >= self.quorum:
             return MarketView(
@@ -854,8 +894,9 @@ class OracleClient:
                 fresh,
                 identities=tuple(sorted(r.identity for r in newest)),
                 stalled=stalls,
+                lagging=lagging,
             )
-        return MarketView(market, "unknown", None, None, (), fresh, stalled=stalls)
+        return MarketView(market, "unknown", None, None, (), fresh, stalled=stalls, lagging=lagging)
 
     def _held_upto(
         self, market: str, held: Mapping[str, SignerReport], upto: Mapping[str, int]
@@ -1152,6 +1193,8 @@ class OracleClient:
         ping_interval_s: float = 1.0,
         max_outstanding_pings: int = 2,
         reconnect_s: float = 1.0,
+        pending_msgs: int = NATS_PENDING_MSGS,
+        pending_bytes: int = NATS_PENDING_BYTES,
     ) -> None:
         """Subscribe to `<prefix>.prices.<market>` subjects (all with `>`) and to the daemons'
         stall notices (`<prefix>.stalled`: `note_stalled` for the signer each names and signed,
@@ -1178,6 +1221,17 @@ class OracleClient:
         are counted in `announced_refused` and said (`client nats announced servers refused`)
         at most once per `log_every_ms`, so a server naming new ones with every INFO grows
         nothing.
+
+        What waits to be verified is bounded per subscription: `pending_msgs` messages and
+        `pending_bytes` bytes for `>`, each named market's subscription its share of them (at
+        least `NATS_PENDING_MIN_MSGS` and `NATS_PENDING_MIN_BYTES`, the stall notices' limits,
+        unless the limits given are lower).
+        Past them the NATS library drops what arrives (a flood on the bus, verification
+        lagging): each drop is counted in `nats_dropped` by subscription, and the episode is
+        said once (`client nats slow consumer`, at most once per `log_every_ms` per
+        subscription) and, until a new report accepted on that subscription finds its queue
+        empty (`client nats caught up`, with the number dropped), the views of the markets it
+        carries name it in `MarketView.lagging`: a newer report than the one held may be lost.
         """
         import nats
 
@@ -1187,7 +1241,59 @@ class OracleClient:
         listed = servers if isinstance(servers, list) else [servers]
         log = _log.bind(servers=listed)
 
+        watch = object()  # this watch's slow-consumer episodes (several may share a subject)
+        named = None if markets is None else list(markets)
+        share = 1 if named is None else max(len(named), 1)
+        # Per price subscription, then for the notices: (messages, bytes) left waiting at most.
+        limits = (
+            max(min(NATS_PENDING_MIN_MSGS, pending_msgs), pending_msgs // share),
+            max(min(NATS_PENDING_MIN_BYTES, pending_bytes), pending_bytes // share),
+        )
+        notice_limits = (NATS_PENDING_MIN_MSGS, NATS_PENDING_MIN_BYTES)
+        # Subscription subject -> the market it carries (None: all of them).
+        carries: dict[str, str | None] = (
+            {f"{prefix}.prices.>": None}
+            if named is None
+            else {price_subject(prefix, m): m for m in named}
+        )
+        subs: dict[str, Any] = {}  # subject -> its subscription on the current connection
+
+        def dropped(subject: str) -> None:
+            self.nats_dropped[subject] += 1
+            key = (watch, subject)
+            lag = self._lagging.get(key)
+            if lag is None:
+                lag = _Lag(subject, carries.get(subject), self._now_ms())
+                if subject in carries:  # a price subscription (not the notices): views say it
+                    self._lagging[key] = lag
+                    self.updated.set()
+                self._warn_every(
+                    f"nats slow {subject} {listed}",
+                    log,
+                    "client nats slow consumer",
+                    subject=subject,
+                    pending_limits=limits if subject in carries else notice_limits,
+                )
+            lag.dropped += 1
+
+        def caught_up(subject: str) -> None:
+            """A report verified on `subject`: the episode ends if nothing waits behind it."""
+            sub = subs.get(subject)
+            if sub is None or sub.pending_msgs > 0:
+                return
+            lag = self._lagging.pop((watch, subject))
+            log.info(
+                "client nats caught up",
+                subject=subject,
+                dropped=lag.dropped,
+                lagged_ms=self._now_ms() - lag.since_ms,
+            )
+            self.updated.set()
+
         async def on_error(exc: Exception) -> None:
+            if isinstance(exc, nats.errors.SlowConsumerError):
+                dropped(exc.sub.subject)  # called once per message dropped
+                return
             error = str(exc) or type(exc).__name__
             self._warn_every(f"nats error {listed}", log, "client nats error", error=error)
 
@@ -1211,43 +1317,63 @@ class OracleClient:
         async def on_closed() -> None:
             closed.set()
 
-        async def handle(msg: Any) -> None:
-            self.offer(msg.data)
+        def handler(subject: str) -> Callable[[Any], Awaitable[None]]:
+            key = (watch, subject)
+
+            async def handle(msg: Any) -> None:
+                accepted = self.accepted
+                self.offer(msg.data)
+                # Only a new report ends an episode: a copy of one held (anyone can replay
+                # them) says nothing of what was lost.
+                if self.accepted > accepted and key in self._lagging:
+                    caught_up(subject)
+
+            return handle
 
         async def stalled(msg: Any) -> None:
             self._stall_said(msg.data, msg.subject, "nats", log)
 
-        subjects = (
-            [f"{prefix}.prices.>"]
-            if markets is None
-            else [price_subject(prefix, m) for m in markets]
-        )
-        while True:
-            closed.clear()
-            nc = AnnouncedClient(on_refused)
-            await nc.connect(
-                servers=listed,
-                max_reconnect_attempts=-1,
-                # nats-py annotates these seconds as int; it takes (and sleeps) floats
-                reconnect_time_wait=0.5,  # type: ignore[arg-type]
-                ping_interval=ping_interval_s,  # type: ignore[arg-type]
-                max_outstanding_pings=max_outstanding_pings,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-                closed_cb=on_closed,
-            )
-            try:
-                for subject in subjects:
-                    await nc.subscribe(subject, cb=handle)
-                await nc.subscribe(stalled_subject(prefix), cb=stalled)
-                await closed.wait()
-            except nats.errors.ConnectionClosedError:
-                pass  # closed between the connection and a subscription: as when closed after
-            finally:
-                with contextlib.suppress(Exception):
-                    await nc.close()
-            log.warning(
-                "client nats closed by the server; connecting again", error=str(nc.last_error)
-            )
-            await asyncio.sleep(reconnect_s)
+        try:
+            while True:
+                closed.clear()
+                nc = AnnouncedClient(on_refused)
+                await nc.connect(
+                    servers=listed,
+                    max_reconnect_attempts=-1,
+                    # nats-py annotates these seconds as int; it takes (and sleeps) floats
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]
+                    ping_interval=ping_interval_s,  # type: ignore[arg-type]
+                    max_outstanding_pings=max_outstanding_pings,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnected,
+                    reconnected_cb=on_reconnected,
+                    closed_cb=on_closed,
+                )
+                try:
+                    for subject in carries:
+                        subs[subject] = await nc.subscribe(
+                            subject,
+                            cb=handler(subject),
+                            pending_msgs_limit=limits[0],
+                            pending_bytes_limit=limits[1],
+                        )
+                    await nc.subscribe(
+                        stalled_subject(prefix),
+                        cb=stalled,
+                        pending_msgs_limit=notice_limits[0],
+                        pending_bytes_limit=notice_limits[1],
+                    )
+                    await closed.wait()
+                except nats.errors.ConnectionClosedError:
+                    pass  # closed between the connection and a subscription: as when after
+                finally:
+                    with contextlib.suppress(Exception):
+                        await nc.close()
+                log.warning(
+                    "client nats closed by the server; connecting again",
+                    error=str(nc.last_error),
+                )
+                await asyncio.sleep(reconnect_s)
+        finally:  # nothing would end this watch's episodes any more
+            for key in [k for k in self._lagging if k[0] == watch]:
+                del self._lagging[key]

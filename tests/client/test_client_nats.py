@@ -103,3 +103,72 @@ async def test_a_frozen_server_is_dropped_within_seconds_and_prices_flow_again_o
             await asyncio.gather(watcher, return_exceptions=True)
             server.stop()
     assert client.price("BTC/USD").ts == second.ts
+
+
+FLOOD = 20_000  # messages published in one burst: far past the limits below
+
+
+async def test_a_flood_past_the_pending_limits_is_counted_said_once_and_shown_until_caught_up(
+    tmp_path: Path,
+) -> None:
+    """Anyone who may publish on the bus floods a subject the client watches faster than it
+    verifies. Past the subscription's pending limits the NATS library drops what arrives, as
+    a slow consumer: each drop is counted in `nats_dropped`, the episode is said in one line
+    (`client nats slow consumer`, no `client nats error`), and the market's view names the
+    subscription in `lagging` while the price held stays. A new signed report accepted on an
+    empty queue ends it (`client nats caught up`, with the number dropped). Under nats-py's
+    default limits (512k messages, 128 MB per subscription) nothing would be dropped."""
+    server = NatsServer(tmp_path / "nats", jetstream=False)
+    await server.start()
+    rounds, signer = Rounds(make_config()), RoundSigner(KEY, "test")
+    first = signer.sign(rounds.step())
+    now = [first.ts]
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: now[0])
+    subject = price_subject("oracled", "BTC/USD")
+    publisher = await nats.connect(server.url)
+
+    async def deliver(envelope: bytes) -> None:
+        before = client.accepted
+        while client.accepted == before:
+            await publisher.publish(subject, envelope)
+            await asyncio.sleep(0.05)
+
+    def dropped_now() -> int:
+        return client.nats_dropped[subject]
+
+    with capture_logs() as logs:
+        watcher = asyncio.create_task(
+            client.watch_nats(server.url, ["BTC/USD"], pending_msgs=64, pending_bytes=64 * 1024)
+        )
+        try:
+            async with asyncio.timeout(SAFETY_S):
+                await deliver(first.envelope(0))
+                assert client.price("BTC/USD").lagging == ()
+                refused = client.rejected["malformed"]
+                for k in range(FLOOD):
+                    await publisher.publish(subject, b"%d" % k)
+                await publisher.flush()
+                # Until each message of the flood is refused (not JSON) or dropped.
+                while client.rejected["malformed"] - refused + dropped_now() < FLOOD:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                flooded = client.price("BTC/USD")
+                dropped = client.nats_dropped[subject]
+                second = signer.sign(rounds.step())
+                now[0] = second.ts
+                await deliver(second.envelope(0))
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            await publisher.close()
+            server.stop()
+    assert dropped > 0
+    assert flooded.lagging == (subject,)
+    assert flooded.status == "active" and flooded.ts == first.ts  # held, and said to lag
+    slow = [e for e in logs if e["event"] == "client nats slow consumer"]
+    assert len(slow) == 1 and slow[0]["subject"] == subject
+    assert slow[0]["log_level"] == "warning" and slow[0]["pending_limits"] == (64, 64 * 1024)
+    assert not [e for e in logs if e["event"] == "client nats error"]
+    (caught,) = [e for e in logs if e["event"] == "client nats caught up"]
+    assert caught["subject"] == subject and caught["dropped"] == dropped
+    view = client.price("BTC/USD")
+    assert view.lagging == () and view.ts == second.ts
