@@ -80,7 +80,7 @@ from oracled import __version__
 from oracled.config import AuditConfig
 from oracled.errors import ConfigError, OracledError, described
 from oracled.files import NotRegularFileError, require_regular
-from oracled.lockfile import LockHeldError, lock_beside
+from oracled.lockfile import LockHeldError, lock_beside, lock_still_beside
 from oracled.model import Quote, Report
 from oracled.publish.audit_reserve import DiskReserve
 from oracled.tape import command_to_line, header_line, line_ts, quote_to_line
@@ -436,6 +436,7 @@ class AuditTrail:
         #: in use then, so that the trail goes on inside its file (None: `max_bytes` only)
         self._cap: int | None = None
         self._lock_fd: int | None = None  # the writer lock (`_lock`), held while writing
+        self.lock_lost = False  # `<db>.lock` is no longer the file locked: no write till restart
         self._dropping = False
         self._dropping_quotes = False
         #: quotes of dropped rounds carried to the next queued round at most (tests lower it)
@@ -590,6 +591,9 @@ class AuditTrail:
                 self._write(items)
             self.stats.queued = self._queue.qsize()
             if stop:
+                if self._db is not None and self.lock_lost:
+                    self._db.close()  # no room kept beside a trail another writer may hold
+                    self._db = None
                 if self._db is not None:
                     self._close_keeping_room(self._db)
                     self._db = None
@@ -604,6 +608,8 @@ class AuditTrail:
         if time.monotonic() < self._retry_at:
             return None
         released = 0
+        if not self._held():  # a reopen after a failure: the directory may be a new one
+            return None
         try:
             if self._lock_fd is None:
                 self._lock_fd = _lock(self.path)
@@ -713,8 +719,32 @@ class AuditTrail:
                 quotes=len(lost),
             )
 
+    def _held(self) -> bool:
+        """True while `<db>.lock` is still the file this writer locked (or none is taken yet).
+        One removed (a clean-up of lock files), or the directory removed and made again,
+        excludes nobody: a second daemon or `oracled record` locks a new one and writes the same
+        trail, its rounds among this one's. So the first time it is found gone the trail is
+        lost for good (logged once): nothing is written until a restart, which takes the lock
+        again or is refused while the other writer holds it. Two system calls, asked by the
+        worker thread before each batch's commit and each reopen, never on the round loop."""
+        if self.lock_lost:
+            return False
+        if self._lock_fd is None or lock_still_beside(self.path, self._lock_fd):
+            return True
+        self.lock_lost = True
+        lock = self.path.with_name(self.path.name + ".lock")
+        self._log.error(
+            "audit trail lock lost: no round is written until a restart", lock=str(lock)
+        )
+        self.stats.ok, self.stats.last_error = False, f"lock lost: {lock}"
+        self._packer = None
+        return False
+
     def _write(self, items: list[object], *, made_room: bool = False) -> None:
         rounds = sum(1 for item in items if isinstance(item, _Item))
+        if self.lock_lost:  # counted, not carried: no round of this writer goes in again
+            self.stats.write_errors += rounds
+            return
         if self._lost and not made_room:
             items = self._with_lost(items)
         db = self._open()
@@ -745,6 +775,10 @@ class AuditTrail:
                         "WHERE id = (SELECT max(id) FROM rounds WHERE ts = ? AND round = ?)",
                         (item.root, item.signature, item.signer, item.format, item.ts, item.round),
                     )
+            if not self._held():  # looked at holding SQLite's write lock: none commits between
+                db.execute("ROLLBACK")
+                self.stats.write_errors += rounds
+                return
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):

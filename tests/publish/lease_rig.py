@@ -59,12 +59,15 @@ def lease_config(
     lease: str,
     window_ms: int = WINDOW_MS,
     nats_url: str | None = None,
+    audit: Path | None = None,
 ) -> Path:
     """One venue, rounds every ROUND_MS, signing with KEY and its lease at `lease` (relative:
-    in `workdir`, the daemon's working directory), the audit trail off (the default); with
-    `nats_url`, every signed round to that server too."""
+    in `workdir`, the daemon's working directory), the audit trail off (the default) or kept
+    at `audit`; with `nats_url`, every signed round to that server too."""
     lease_line = f'lease_file = "{lease}"\nlease_window_ms = {window_ms}\n'
     nats = "" if nats_url is None else f'[nats]\nenabled = true\nservers = ["{nats_url}"]\n'
+    if audit is not None:
+        nats += f'[audit]\nenabled = true\npath = "{audit}"\n'
     path = workdir / "oracled.toml"
     path.write_text(
         f"[oracle]\nround_interval_ms = {ROUND_MS}\nresume_rounds = 1\n"
