@@ -24,7 +24,7 @@ import structlog
 from oracled import __version__
 from oracled.core import PRICING_REVISION
 from oracled.errors import TapeError, described
-from oracled.lockfile import LockHeldError, lock_beside
+from oracled.lockfile import LockHeldError, lock_beside, lock_still_beside
 from oracled.model import Quote
 from oracled.tape import (
     MAX_LINE_BYTES,
@@ -74,6 +74,7 @@ class TapeRecorder:
         self._lock = threading.Lock()
         self._pending: concurrent.futures.Future[None] | None = None
         self.error: str | None = None  # what stopped the recording
+        self.lock_lost = False  # `<tape>.lock` is no longer the file locked: nothing more written
         self._told = False
         self._digest = config_sha256
         #: Line 1 of a new tape, written before its first line of quotes: `number` adds the
@@ -270,9 +271,26 @@ class TapeRecorder:
         if self._pending is not None:
             await asyncio.wait([asyncio.wrap_future(self._pending)], timeout=timeout_s)
 
+    def _held(self) -> bool:
+        """True while `<tape>.lock` is still the file this recorder locked (or it holds none: a
+        FIFO). One removed (a clean-up of lock files), or the directory removed and made again,
+        excludes nobody: a second `oracled record` locks a new one and writes the same tape,
+        its lines among this one's. So the first time it is found gone the recording stops for
+        good, as after a failed write, and writes nothing more, not even at the stop. Two
+        system calls, asked in the writer thread before each batch and at the stop."""
+        if self._lock_fd is None or lock_still_beside(self.path, self._lock_fd):
+            return True
+        self.lock_lost = True
+        lock = self.path.with_name(self.path.name + ".lock")
+        self.error = self.error or (
+            f"its lock file {lock} is gone (removed, or its directory made again): another "
+            "recorder may write the tape now"
+        )
+        return False
+
     def _write(self, lines: list[bytes]) -> None:
         with self._lock:
-            if self.error is not None or self._file is None:
+            if self.error is not None or self._file is None or not self._held():
                 return
             try:
                 self._write_header(self._file)
@@ -299,9 +317,10 @@ class TapeRecorder:
         file, lines, self._buffer = self._file, self._buffer, []
         try:
             if file is not None:
-                self._write_header(file)  # a tape stopped short still says what it is
-                if self.error is None:
-                    file.writelines(lines)
+                if self._held():  # lost: the tape may be another recorder's now
+                    self._write_header(file)  # a tape stopped short still says what it is
+                    if self.error is None:
+                        file.writelines(lines)
                 file.close()
         except OSError as exc:
             if file is not None:  # always: only its writes raise

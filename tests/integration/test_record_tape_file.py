@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,45 @@ async def test_a_second_recorder_cannot_write_the_tape_the_first_is_writing(
         assert await asyncio.to_thread(d.terminate) == 0
     finally:
         await d.close()
+    headers, quotes, errors = _read(tape.read_bytes())
+    assert len(headers) == 1 and errors == [] and len(quotes) > 50
+
+
+@pytest.mark.parametrize("lost", ["lock file removed", "directory made again"])
+async def test_a_recorder_whose_lock_file_is_gone_writes_no_more(
+    venues: list[BinanceSim], tmp_path: Path, lost: str
+) -> None:
+    """The tape's lock file removed under a running `oracled record` (a clean-up of `.lock`
+    files), or its directory removed and made again, let a second recorder lock a new one and
+    write the same tape: the first went on writing at its own offset, over the second's lines.
+    The first now finds its lock gone at its next flush and stops recording for good (one error
+    naming the lock, exit 1) while it goes on pricing; the second's tape stays whole."""
+    state = tmp_path / "state"
+    state.mkdir()
+    tape = state / "t.jsonl"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = _recorder(venues, tmp_path / "a"), _recorder(venues, tmp_path / "b")
+    try:
+        await first.start("--out", str(tape))
+        await _rounds(first, 10)
+        if lost == "lock file removed":
+            tape.with_name(tape.name + ".lock").unlink()
+        else:
+            shutil.rmtree(state)
+            state.mkdir()
+        await second.start("--out", str(tape), "--append")
+        await _rounds(second, 20)
+        _, body = await first.get("/v1/prices/BTC-USD")
+        await _rounds(first, int(body["round"]) + 20)
+        assert await asyncio.to_thread(second.terminate) == 0
+        assert await asyncio.to_thread(first.terminate) == 1
+    finally:
+        await first.close()
+        await second.close()
+    (event,) = first.events("tape not written: recording stopped; prices go on")
+    assert f"its lock file {tape}.lock is gone" in event["error"]
+    assert event["level"] == "error"
     headers, quotes, errors = _read(tape.read_bytes())
     assert len(headers) == 1 and errors == [] and len(quotes) > 50
 
