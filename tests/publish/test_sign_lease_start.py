@@ -119,7 +119,10 @@ async def test_starts_refused_before_the_lease_leave_it_to_the_daemon_that_holds
     again = Service(_config(tmp_path, lease))
     await _signs(again, 3)
     assert again.signer is not None
-    assert again.signer.stats.errors == {"busy": 0, "error": 0, "floor": 0, "lease": 0}
+    errors = again.signer.stats.errors
+    # `busy` (a round skipped while the one before was still being signed) is the machine's
+    # load, not the lease: it was 1 once on a CI at a load average of 20.
+    assert (errors["error"], errors["floor"], errors["lease"]) == (0, 0, 0), errors
 
 
 async def test_a_first_start_refused_on_its_port_leaves_no_lease(tmp_path: Path) -> None:
