@@ -26,7 +26,11 @@ other's; the one without the lock writes nothing and logs each pause it could no
 long as it runs: once it has found the lock held by another process it does not take it when the
 other lets it go either, since its own pauses are not the file's (the other's made since would be
 lost from the file). A lock that could not be taken for another reason (the lock file could not
-be opened) is tried again at the next save.
+be opened) is tried again at the next save. The lock excludes only while its file is there: one
+removed (or its directory made again) lets a second daemon lock a new one, so each rewrite first
+looks that it is still the file locked. When it is not, the writer locks the new one and goes on
+only if nobody holds it and the file is still as it last wrote or read it (or gone with its
+directory, a lost volume mounted again); else nothing is written until a restart.
 """
 
 from __future__ import annotations
@@ -44,7 +48,13 @@ import structlog
 
 from oracled.errors import ConfigError
 from oracled.files import read_regular
-from oracled.lockfile import LockHeldError, lock_beside, remove_stale_temporaries, replace_durably
+from oracled.lockfile import (
+    LockHeldError,
+    lock_beside,
+    lock_still_beside,
+    remove_stale_temporaries,
+    replace_durably,
+)
 
 __all__ = ["FORMAT", "SAVE_TIMEOUT_S", "ManualPauses", "Pause", "PauseStats"]
 
@@ -95,6 +105,8 @@ class ManualPauses:
         self._log = structlog.get_logger("oracled").bind(component="manual", path=str(path))
         self._lock_fd: int | None = None  # held from `claim` (or the first save) to `close`
         self._held_elsewhere: str | None = None  # another process held the lock: never written
+        self._relocking = False  # the lock file locked is gone: the next lock must find the file
+        self._written: bytes | None = None  # the file as last read or written (None: none)
         self.stats = PauseStats()
 
     def load(self) -> dict[str, Pause]:
@@ -102,6 +114,7 @@ class ManualPauses:
         ConfigError if it exists and cannot be read as this format."""
         try:
             data = read_regular(self.path)[0]  # a FIFO is refused, not waited on
+            self._written = data
         except FileNotFoundError:
             if not self.path.parent.is_dir():  # no pause could ever be saved: say so now
                 raise ConfigError(
@@ -145,12 +158,17 @@ class ManualPauses:
         """Take the lock if not held; why not, if it cannot be (the kernel releases it with the
         process, so a killed daemon never leaves it stuck)."""
         if self._lock_fd is not None:
-            return None
+            if lock_still_beside(self.path, self._lock_fd):
+                return None
+            os.close(self._lock_fd)  # excludes nobody: the new lock file is locked below
+            self._lock_fd, self._relocking = None, True
         if self._held_elsewhere is not None:
             return self._held_elsewhere
         try:
             fd = lock_beside(self.path)
         except LockHeldError as exc:
+            if self._relocking:  # a second daemon let in by the new lock file
+                return self._lose_lock()
             self._held_elsewhere = (
                 f"{self.path} is written by another process (it holds {exc.lock}): a second "
                 "daemon needs a manual_pauses_file of its own"
@@ -158,6 +176,11 @@ class ManualPauses:
             return self._held_elsewhere
         except OSError as exc:
             return f"cannot lock {self.path} ({exc.strerror or exc})"
+        if self._relocking:
+            self._relocking = False
+            if not self._unchanged():  # another daemon wrote it, locked, and let go since
+                os.close(fd)
+                return self._lose_lock()
         self._lock_fd = fd
         # Under the lock no rewrite of ours is half-way: a temporary file beside the file is one
         # a writer killed mid-rewrite left, and nothing else would ever remove it.
@@ -167,6 +190,29 @@ class ManualPauses:
                 "manual pauses: removed temporary files a killed writer left", files=removed
             )
         return None
+
+    def _unchanged(self) -> bool:
+        """True if the file is as this daemon last read or wrote it, or gone (its directory
+        made again): no other daemon wrote it while its lock file was not this one's."""
+        try:
+            return read_regular(self.path)[0] == self._written
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+
+    def _lose_lock(self) -> str:
+        """The lock file was removed (a clean-up of lock files), or its directory made again,
+        and a second daemon locked the new one or wrote the file: a rewrite with this daemon's
+        pauses would lift its. So, as for a lock held elsewhere, nothing is written until a
+        restart (each save refused and counted); said once as an error."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        self._held_elsewhere = (
+            f"its lock file {lock} is gone (removed, or its directory made again): another "
+            "daemon may write the file; restart this one"
+        )
+        self._log.error("manual pauses lock lost: no pause is kept until a restart", lock=str(lock))
+        return self._held_elsewhere
 
     def save(self, paused: Mapping[str, Pause]) -> Future[str | None]:
         """Rewrite the file with `paused` in the worker thread; the future gives why it could
@@ -202,6 +248,8 @@ class ManualPauses:
             # Once found held by another process, never written, not even once the holder is
             # gone (it wrote pauses this one never saw; a rewrite with ours alone lifts them).
             error = self._take_lock() or replace_durably(self.path, body)
+            if error is None:
+                self._written = body + b"\n"  # as `replace_durably` writes it
             with self._answer:
                 self.stats.kept = error is None
                 late = done.done()  # answered, counted and logged as failed by `_expire`

@@ -315,6 +315,45 @@ def test_a_writer_refused_at_its_claim_never_writes_once_the_holder_is_gone(
         second.close()
 
 
+def test_a_writer_whose_lock_file_went_goes_on_only_if_nobody_wrote_the_file_since(
+    tmp_path: Path,
+) -> None:
+    """The lock file removed under the writer: with nobody else about, its next save locks the
+    new one and writes (a clean-up of lock files costs nothing); after a second writer locked
+    the new one, wrote its pauses and let go, the first writes no more (one error naming the
+    lock, each save refused and counted), so it never lifts the second's pauses."""
+    path = tmp_path / "pauses.json"
+    lock = path.with_name(path.name + ".lock")
+    first = ManualPauses(path)
+    try:
+        assert first.claim()
+        alice = {"BTC/USDT": Pause("alice", 1)}
+        assert first.save(alice).result() is None
+        lock.unlink()
+        assert first.save({**alice, "SOL/USDT": Pause("alice", 2)}).result() is None
+        lock.unlink(missing_ok=True)  # made and locked again by that save
+        second = ManualPauses(path)
+        assert set(second.load()) == {"BTC/USDT", "SOL/USDT"}
+        assert second.claim()
+        bob = {"ETH/USDT": Pause("bob", 3)}
+        assert second.save(bob).result() is None
+        assert second.close()
+        with capture_logs() as logs:
+            for k in range(2):
+                error = first.save({**alice, "XRP/USDT": Pause("alice", 4 + k)}).result()
+                assert error is not None and f"its lock file {lock} is gone" in error
+        assert [(e["event"], e.get("lock")) for e in logs if e["log_level"] == "error"][:1] == [
+            ("manual pauses lock lost: no pause is kept until a restart", str(lock))
+        ]
+        assert [e["event"] for e in logs].count(
+            "manual pauses lock lost: no pause is kept until a restart"
+        ) == 1
+        assert first.stats.kept is False and first.stats.failures == 2
+        assert ManualPauses(path).load() == bob
+    finally:
+        first.close()
+
+
 TOKEN = "pauses-token-0123456789"
 
 
