@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import select
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 from cli_configs import warned_config
+from pipe_lines import PipeLines
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD = """
@@ -112,17 +112,13 @@ def test_run_logs_the_config_warnings_at_start_up(tmp_path: Path) -> None:
         [*argv, "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, cwd=tmp_path, text=True
     )
     assert proc.stderr is not None
+    stderr = PipeLines(proc.stderr)
     seen: list[dict[str, object]] = []
     deadline = time.monotonic() + 30
     try:
-        while time.monotonic() < deadline and not any(
-            e.get("event") == "config warning" for e in seen
-        ):
-            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
-            if not ready:
-                continue
-            line = proc.stderr.readline()
-            if not line:
+        while not any(e.get("event") == "config warning" for e in seen):
+            line = stderr.next_line(max(0.0, deadline - time.monotonic()))
+            if line is None:
                 break
             seen.append(json.loads(line))
         assert proc.poll() is None, "the daemon stopped"

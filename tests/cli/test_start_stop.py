@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 from cli_configs import warned_config
 from file_lease import leased
+from pipe_lines import PipeLines
 
 
 class _Daemon:
@@ -39,31 +39,31 @@ class _Daemon:
             text=True,
         )
         self.lines: list[str] = []
+        assert self.proc.stderr is not None
+        self._stderr = PipeLines(self.proc.stderr)
 
     def events(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.lines]
 
     def read_until(self, event: str, timeout_s: float = 30.0) -> dict[str, object]:
         """Read stderr up to the first line with this event."""
-        assert self.proc.stderr is not None
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.5)
-            if not ready:
-                continue
-            line = self.proc.stderr.readline()
-            assert line, f"the daemon ended before {event!r}: {self.lines}"
+        while (line := self.next_line(deadline - time.monotonic())) is not None:
             self.lines.append(line)
             entry = json.loads(line)
             if entry["event"] == event:
                 return entry  # type: ignore[no-any-return]
+        assert not self._stderr.ended, f"the daemon ended before {event!r}: {self.lines}"
         raise AssertionError(f"no {event!r} within {timeout_s} s: {self.lines}")
+
+    def next_line(self, timeout_s: float) -> str | None:
+        """The next line of stderr (JSON or not), None at its end or after `timeout_s`."""
+        return self._stderr.next_line(max(0.0, timeout_s))
 
     def finish(self, timeout_s: float = 30.0) -> int:
         """Wait for the exit; keep the rest of stderr."""
-        _, rest = self.proc.communicate(timeout=timeout_s)
-        self.lines.extend(rest.splitlines(keepends=True))
-        return self.proc.returncode
+        self.lines.extend(self._stderr.rest(timeout_s))
+        return self.proc.wait(timeout_s)
 
     def catches(self, sig: signal.Signals) -> bool:
         """Whether the process has a handler for `sig` (the SigCgt mask of /proc)."""
@@ -215,11 +215,18 @@ def test_a_sigterm_while_a_source_connects_stops_it_and_closes_everything(
 
         acceptor = threading.Thread(target=accept, daemon=True)
         acceptor.start()
-        with _daemon(tmp_path, server.getsockname()[1]) as daemon:
-            api = daemon.read_until("api listening")
-            _wait(lambda: bool(accepted))
-            daemon.proc.send_signal(signal.SIGTERM)
-            names = _assert_stopped_cleanly(daemon, signal.SIGTERM, daemon.finish())
+        try:
+            with _daemon(tmp_path, server.getsockname()[1]) as daemon:
+                api = daemon.read_until("api listening")
+                # Said once its start is whole: a SIGTERM before it is another test's case.
+                daemon.read_until("oracled started")
+                _wait(lambda: bool(accepted))
+                daemon.proc.send_signal(signal.SIGTERM)
+                names = _assert_stopped_cleanly(daemon, signal.SIGTERM, daemon.finish())
+        except BaseException:
+            for conn in accepted:  # not left for a later test's garbage collection to warn of
+                conn.close()
+            raise
     assert names.index("oracled started") < names.index("signal received")
     conn = accepted[0]
     conn.settimeout(10)
@@ -238,21 +245,18 @@ def test_sigquit_dumps_every_thread_and_the_daemon_runs_on(tmp_path: Path) -> No
     with _daemon(tmp_path, 9) as daemon:
         daemon.read_until("oracled started")
         daemon.proc.send_signal(signal.SIGQUIT)
-        assert daemon.proc.stderr is not None
         dump: list[str] = []
         while not any("oracled/cli.py" in line for line in dump):  # the main thread's stack
-            ready, _, _ = select.select([daemon.proc.stderr], [], [], 30)
-            assert ready, dump
-            line = daemon.proc.stderr.readline()
-            assert line, f"the daemon ended: {dump}"
+            line = daemon.next_line(30)
+            assert line is not None, f"the daemon ended or went quiet: {dump}"
             if not line.startswith("{"):
                 dump.append(line)
         assert any(line.startswith("Thread 0x") for line in dump)
         assert daemon.proc.poll() is None
         daemon.proc.send_signal(signal.SIGTERM)
-        _, rest = daemon.proc.communicate(timeout=30)  # may hold the rest of the dump
-    assert daemon.proc.returncode == 0
-    assert json.loads(rest.splitlines()[-1])["event"] == "stopped"
+        code = daemon.finish()  # may hold the rest of the dump
+    assert code == 0
+    assert json.loads(daemon.lines[-1])["event"] == "stopped"
 
 
 def test_a_sigterm_while_a_reload_cannot_read_its_file_still_ends_the_process(
