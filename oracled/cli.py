@@ -361,7 +361,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             )
         revision = header.pricing_revision
         if revision is not None and revision != PRICING_REVISION:
-            by = "" if header.oracled_version is None else f" (oracled {header.oracled_version})"
+            by = "" if header.software_version is None else f" (oracled {header.software_version})"
             print(
                 f"{name}: warning: recorded under pricing revision {revision}{by}, this oracled"
                 f" prices under revision {PRICING_REVISION}: the reports may differ from the"

@@ -177,7 +177,7 @@ class TapeRecorder:
             round_no,
             ts,
             pricing_revision=PRICING_REVISION,
-            oracled_version=__version__,
+            software_version=__version__,
         )
 
     def _open_later(self) -> None:

@@ -92,7 +92,7 @@ class TapeHeader(msgspec.Struct, forbid_unknown_fields=False):
     #: The pricing revision (`oracled.core.PRICING_REVISION`) the recorded reports were computed
     #: under, and the version of the oracled that wrote the tape (None: an older writer).
     pricing_revision: int | None = None
-    oracled_version: str | None = None
+    software_version: str | None = None
     first_round: int | None = None
     first_round_ts: int | None = None
 
@@ -144,7 +144,7 @@ class TapeGapError(TapeError):
                 line = header_line(
                     config_sha256=header.config_sha256,
                     pricing_revision=header.pricing_revision,
-                    oracled_version=header.oracled_version,
+                    software_version=header.software_version,
                 )
                 plain = line.decode().rstrip("\n")
                 head = f"echo {shlex.quote(plain)}"
@@ -480,7 +480,7 @@ def header_line(
     first_round_ts: int | None = None,
     *,
     pricing_revision: int | None = None,
-    oracled_version: str | None = None,
+    software_version: str | None = None,
 ) -> bytes:
     """Line 1; `record` adds the digest of its config (`pricing_digest`), `oracled audit --tape`
     the number and time of the stored round that holds its first quotes; both the pricing
@@ -490,8 +490,8 @@ def header_line(
         header["config_sha256"] = config_sha256
     if pricing_revision is not None:
         header["pricing_revision"] = pricing_revision
-    if oracled_version is not None:
-        header["oracled_version"] = oracled_version
+    if software_version is not None:
+        header["software_version"] = software_version
     if first_round is not None:
         header["first_round"] = first_round
     if first_round_ts is not None:

@@ -1572,7 +1572,7 @@ class AuditReader:
             first_round=first_round,
             first_round_ts=first_ts,
             pricing_revision=self.first_revision(start_ms, end_ms),
-            oracled_version=__version__,
+            software_version=__version__,
         )
         out.write(header)
         if self.version == 1:

@@ -275,7 +275,7 @@ async def test_record_writes_a_tape_that_replay_reads_back(
         "version": 2,
         "config_sha256": digest,
         "pricing_revision": PRICING_REVISION,  # the rules its reports were computed under
-        "oracled_version": __version__,
+        "software_version": __version__,
     }
     assert isinstance(first_round, int) and 1 <= first_round <= int(live["round"])
     assert isinstance(first_round_ts, int) and 10**12 <= first_round_ts <= int(live["ts"])

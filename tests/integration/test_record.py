@@ -270,14 +270,14 @@ def test_a_new_tape_names_the_pricing_revision_and_append_keeps_to_it(tmp_path: 
     recorder.add(Quote("a", "BTC/USD", 1_700_000_000_100, 60_000.5))
     assert recorder.close() is None
     header = read_header(path.read_bytes().split(b"\n", 1)[0])
-    assert (header.pricing_revision, header.oracled_version) == (PRICING_REVISION, __version__)
+    assert (header.pricing_revision, header.software_version) == (PRICING_REVISION, __version__)
     assert (header.config_sha256, header.first_round) == ("ab" * 32, 7)
     for revision in (None, PRICING_REVISION):
         kept = tmp_path / f"kept-{revision}.jsonl"
         kept.write_bytes(header_line(pricing_revision=revision))
         assert TapeRecorder(kept, append=True).close() is None
     other = tmp_path / "other.jsonl"
-    body = header_line(pricing_revision=PRICING_REVISION - 1, oracled_version="0.0.9")
+    body = header_line(pricing_revision=PRICING_REVISION - 1, software_version="0.0.9")
     other.write_bytes(body)
     with pytest.raises(TapeError) as caught:
         TapeRecorder(other, append=True)

@@ -234,7 +234,7 @@ def test_a_tape_whose_first_quoted_rounds_were_dropped_replays_with_the_daemons_
         "format": "oracled-tape",
         "version": 2,
         "pricing_revision": PRICING_REVISION,  # the stored round's, schema version 6
-        "oracled_version": __version__,
+        "software_version": __version__,
         "first_round": 5,
         "first_round_ts": feed.kept[4][0].ts,
     }

@@ -56,7 +56,7 @@ def test_each_round_stores_its_revision_and_the_tape_names_it(
     reader.close()
     tape, err = _tape(db, capsys)
     header = read_header(tape.split(b"\n", 1)[0])
-    assert header.pricing_revision == PRICING_REVISION and header.oracled_version is not None
+    assert header.pricing_revision == PRICING_REVISION and header.software_version is not None
     assert "warning" not in err, err
     out = io.BytesIO()
     replay(make_config(), io.BytesIO(tape), out)

@@ -127,7 +127,7 @@ def test_reports_and_quotes_come_back_exactly_as_the_rounds_made_them(tmp_path: 
         first_round=first.round,
         first_round_ts=first.ts,
         pricing_revision=PRICING_REVISION,
-        oracled_version=__version__,
+        software_version=__version__,
     )
     assert out.getvalue() == header + lines
     assert count == sum(len(quotes) for _, quotes in feed.kept) == lines.count(b"\n")
@@ -182,6 +182,12 @@ def test_a_version_1_database_answers_exactly_as_version_2(
     assert body1 == body2
     revision = {"pricing_revision": PRICING_REVISION}
     assert msgspec.json.decode(head2) == msgspec.json.decode(head1) | revision
+    # --at names the revision its round was computed under where the trail kept it (088edcb):
+    # one line more, after the report's heading, and nothing else different.
+    said = f"computed under pricing revision {PRICING_REVISION}\n"
+    heading, rest = answers[v2][3].split("\n", 1)
+    assert said not in answers[v1][3] and rest.startswith(said)
+    answers[v2][3] = heading + "\n" + rest.removeprefix(said)
     assert answers[v1] == answers[v2]
     assert "paused [" in answers[v2][1] and "excluded: stale" in answers[v2][3]
     assert body2.count("\n") == 2 * 0 + 30 * 3 + 18 * 9

@@ -125,9 +125,11 @@ def test_a_tape_of_another_pricing_revision_is_replayed_after_one_warning(
     (every tape before it), gives none."""
     body = TAPE.read_bytes().split(b"\n", 1)[1]
     same, other = tmp_path / "same.jsonl", tmp_path / "other.jsonl"
-    same.write_bytes(header_line(pricing_revision=PRICING_REVISION, oracled_version="0.1.0") + body)
+    same.write_bytes(
+        header_line(pricing_revision=PRICING_REVISION, software_version="0.1.0") + body
+    )
     older = PRICING_REVISION - 1
-    other.write_bytes(header_line(pricing_revision=older, oracled_version="0.0.9") + body)
+    other.write_bytes(header_line(pricing_revision=older, software_version="0.0.9") + body)
     plain = _replay(str(TAPE))
     for tape, warnings in ((same, []), (other, [older])):
         proc = _replay(str(tape))
@@ -174,12 +176,12 @@ def test_the_gaps_split_keeps_the_pricing_revision_in_its_header() -> None:
     round numbering: its pricing revision and writer stay, so that the part's replay still
     says when it is replayed under another revision."""
     header = read_header(
-        header_line("ab" * 32, 3, T0, pricing_revision=PRICING_REVISION - 1, oracled_version="x")
+        header_line("ab" * 32, 3, T0, pricing_revision=PRICING_REVISION - 1, software_version="x")
     )
     gap = TapeGapError(9, 2 * 86_400_000, 86_400_000, T0 + 2 * 86_400_000)
     advice = gap.advice(1_000, 2, "t.jsonl", "c.toml", audit=False, header=header)
     echoed = advice[1].split("(echo ", 1)[1].split("; tail", 1)[0]
     (text,) = shlex.split(echoed)
     assert read_header(text) == read_header(
-        header_line("ab" * 32, pricing_revision=PRICING_REVISION - 1, oracled_version="x")
+        header_line("ab" * 32, pricing_revision=PRICING_REVISION - 1, software_version="x")
     )
