@@ -23,24 +23,16 @@ from concurrent.futures import Future
 
 import aiohttp
 from aiohttp import web
-from bench_round import ROUND_MS, START_MS, build_config, build_quotes
+from bench_round import warm_hub
 
 from oracled.api import ApiContext, build_app
 from oracled.api.limits import GuardedSite
 from oracled.api.params import MAX_LIST
 from oracled.clock import SystemClock
-from oracled.core import Core
-from oracled.publish import Hub
 
 
 def _context(markets: int, sources: int) -> ApiContext:
-    cfg = build_config(markets, sources)
-    core = Core(cfg)
-    for q in build_quotes(cfg, START_MS, seed=1):
-        core.ingest(q)
-    hub = Hub()
-    for k in range(8):  # past the resume streak: live markets with prices
-        hub.publish(core.run_round(START_MS + k * ROUND_MS))
+    cfg, core, hub = warm_hub(markets, sources)
     clock = SystemClock()
 
     def no_manual(market: str, paused: bool, actor: str) -> Future[str | None] | None:

@@ -16,21 +16,13 @@ import json
 import time
 import zlib
 
-from bench_round import ROUND_MS, START_MS, build_config, build_quotes
+from bench_round import warm_hub
 
 from oracled.api.encoding import GZIP_LEVEL, OFF_LOOP, gzip_bytes
-from oracled.core import Core
-from oracled.publish import Hub
 
 
 def prices_body(markets: int, sources: int) -> bytes:
-    cfg = build_config(markets, sources)
-    core = Core(cfg)
-    for q in build_quotes(cfg, START_MS, seed=1):
-        core.ingest(q)
-    hub = Hub()
-    for k in range(8):  # past the resume streak: live markets with prices
-        hub.publish(core.run_round(START_MS + k * ROUND_MS))
+    _, _, hub = warm_hub(markets, sources)
     return b"[" + b",".join(hub.encoded_many(hub.markets)) + b"]"
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from oracled.config import Config, parse_config
 from oracled.core import Core
 from oracled.model import Quote
+from oracled.publish import Hub
 
 START_MS = 1_700_000_000_000
 ROUND_MS = 250
@@ -135,6 +136,20 @@ def build_quotes(cfg: Config, now_ms: int, seed: int) -> list[Quote]:
             )
     rng.shuffle(quotes)
     return quotes
+
+
+def warm_hub(markets: int, sources: int) -> tuple[Config, Core, Hub]:
+    """A config and core past the resume streak (eight rounds on one set of `build_quotes`) and
+    the hub that published those rounds: live markets with prices, as the API and the sinks
+    serve them."""
+    cfg = build_config(markets, sources)
+    core = Core(cfg)
+    for q in build_quotes(cfg, START_MS, seed=1):
+        core.ingest(q)
+    hub = Hub()
+    for k in range(8):
+        hub.publish(core.run_round(START_MS + k * ROUND_MS))
+    return cfg, core, hub
 
 
 def _time_ns(fn: Callable[[], object]) -> int:
