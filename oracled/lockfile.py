@@ -20,6 +20,7 @@ from pathlib import Path
 __all__ = [
     "LockHeldError",
     "lock_beside",
+    "lock_replaced_beside",
     "lock_still_beside",
     "remove_stale_temporaries",
     "replace_durably",
@@ -55,6 +56,22 @@ def lock_beside(path: Path) -> int:
     return fd
 
 
+def lock_replaced_beside(path: Path, fd: int) -> bool:
+    """True if the lock `fd` holds can never again exclude a second writer of `path`: its file
+    was removed (no link left), or another file is at the lock file's path (a second writer
+    could lock it, or has). A lock file only not at its path (its directory moved away with it
+    for a while, a volume gone), or one that cannot be looked at, is not that: False, and the
+    caller holds back while `lock_still_beside` says False and gives up for good only on this."""
+    try:
+        held = os.fstat(fd)
+        if held.st_nlink == 0:
+            return True
+        beside = os.stat(path.with_name(path.name + ".lock"))
+    except OSError:
+        return False
+    return (beside.st_dev, beside.st_ino) != (held.st_dev, held.st_ino)
+
+
 def lock_still_beside(path: Path, fd: int) -> bool:
     """True while the lock file beside `path` is still the one `fd` (from `lock_beside`) locked.
     A lock file removed, or its directory removed and made again, excludes nobody any more: the
@@ -65,7 +82,9 @@ def lock_still_beside(path: Path, fd: int) -> bool:
         held = os.fstat(fd)
     except OSError:
         return False
-    return (beside.st_dev, beside.st_ino) == (held.st_dev, held.st_ino)
+    # A removed file's inode number can be given to the next file made (a new lock file in the
+    # directory made again): the one locked must also still have a name.
+    return held.st_nlink > 0 and (beside.st_dev, beside.st_ino) == (held.st_dev, held.st_ino)
 
 
 def replace_durably(path: Path, body: bytes) -> str | None:

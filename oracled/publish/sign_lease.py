@@ -44,6 +44,7 @@ from oracled.files import read_regular
 from oracled.lockfile import (
     LockHeldError,
     lock_beside,
+    lock_replaced_beside,
     lock_still_beside,
     remove_stale_temporaries,
     replace_durably,
@@ -138,6 +139,7 @@ class SignLease:
         self._writing = False  # an extension is queued or being written
         self._failing = False  # the last write failed (logged once each way)
         self.lost = False  # the lock file is no longer the one locked: no grant, no write
+        self._missing = False  # the lock file is not at its path: rounds held back till it is
         self._losing = threading.Lock()  # `held` is asked by the signer and the lease thread
         # leases to write (None: this key's entry taken out), then _STOP
         self._jobs: queue.SimpleQueue[int | _Stop | None] = queue.SimpleQueue()
@@ -263,7 +265,20 @@ class SignLease:
             if self.lost or self._lock_fd is None:  # lost, or let go at the stop
                 return False
             if lock_still_beside(self.path, self._lock_fd):
+                if self._missing:
+                    self._missing = False
+                    self._log.info("signing lease lock file back: rounds are signed again")
                 return True
+            if not lock_replaced_beside(self.path, self._lock_fd):
+                # Not there (its directory moved away, a volume gone): no round is signed
+                # while it is not, and signing goes on once the very file is back.
+                if not self._missing:
+                    self._missing = True
+                    self._log.error(
+                        "signing lease lock file missing: no round is signed until it is back",
+                        lock=str(self.path.with_name(self.path.name + ".lock")),
+                    )
+                return False
             self.lost = True
         self._log.error(
             "signing lease lock lost: no round is signed until a restart",

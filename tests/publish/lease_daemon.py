@@ -1,7 +1,7 @@
 """`oracled run` whose wall clock reads START_MS when the daemon is made (and runs on from there),
 or the system clock with `now`: a daemon started again on a host whose clock is behind, whatever
-its start-up took. test_sign_lease_daemon.py and test_sign_lease_fuzz.py run it as a process of
-its own and kill it. As `oracled run`, it takes SIGTERM and SIGHUP from its first line on and
+its start-up took. test_sign_lease_daemon.py runs it as a process of
+its own and kills it. As `oracled run`, it takes SIGTERM and SIGHUP from its first line on and
 refuses a config problem (the signing lease held by another process) with exit code 2.
 SIGUSR1 steps its wall clock STEP_MS back, SIGUSR2 STEP_MS forward, as an NTP step would;
 SIGHUP reloads CONFIG.

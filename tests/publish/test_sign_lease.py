@@ -403,8 +403,8 @@ async def test_a_holder_whose_lock_file_is_gone_signs_and_writes_no_more(
     signs from its own start, so the holder, which no longer excludes anyone, signs no further
     round (counted `lease`, logged once as an error) and writes the lease no more, neither ahead
     nor down at its stop: it would overwrite the second daemon's lease with its own. Before,
-    both signed the same round times with other round numbers (found by test_sign_lease_fuzz.py,
-    three daemons on one key and one lease file)."""
+    both signed the same round times with other round numbers (found by a fuzz of three daemons
+    on one key and one lease file)."""
     state = tmp_path / "state"
     state.mkdir()
     path = state / "lease.json"
@@ -428,6 +428,54 @@ async def test_a_holder_whose_lock_file_is_gone_signs_and_writes_no_more(
     assert run.worker.close()
     assert _on_disk(path) == written == {KEY.address: second.granted}
     assert second.close(None)
+
+
+async def test_a_lock_file_moved_away_with_its_directory_holds_rounds_back_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The lease's directory moved away for a while (a volume gone, a rename) takes the very
+    lock file with it: no second daemon can lock it meanwhile, so the rounds are held back
+    (counted `lease`, said once as an error) and signed again once it is back (said once).
+    94b11df took any absence for a lock lost for good, and a daemon never signed again after a
+    moved directory came back (tests/runtime/test_stalled_signed_stream.py)."""
+    state, away = tmp_path / "state", tmp_path / "away"
+    state.mkdir()
+    path = state / "lease.json"
+    run = Signing(path)
+    await run.step()
+    with capture_logs() as logs:
+        state.rename(away)
+        for _ in range(3):
+            await run.step()
+        away.rename(state)
+        await run.step()
+    assert len(run.signed) == 2 and run.signer.stats.errors["lease"] == 3
+    assert [(e["log_level"], e["event"]) for e in logs if "lock" in e["event"]] == [
+        ("error", "signing lease lock file missing: no round is signed until it is back"),
+        ("info", "signing lease lock file back: rounds are signed again"),
+    ]
+    assert run.worker.close()
+
+
+async def test_a_lock_file_removed_is_lost_for_good_even_before_another_is_made(
+    tmp_path: Path,
+) -> None:
+    """A removed lock file never comes back (the next one made there is another file, which a
+    second daemon may lock, and which can even get the removed file's inode number): the lease
+    is lost at once, with nothing at the path yet."""
+    path = tmp_path / "lease.json"
+    run = Signing(path)
+    await run.step()
+    path.with_name(path.name + ".lock").unlink()
+    with capture_logs() as logs:
+        await run.step()
+        path.with_name(path.name + ".lock").touch()  # whatever its inode number
+        await run.step()
+    assert len(run.signed) == 1 and run.signer.stats.errors["lease"] == 2
+    assert [e["event"] for e in logs if "lock" in e["event"]] == [
+        "signing lease lock lost: no round is signed until a restart"
+    ]
+    assert run.worker.close()
 
 
 def test_signing_without_a_lease_file_is_refused_naming_the_key(tmp_path: Path) -> None:
