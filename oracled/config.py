@@ -200,6 +200,10 @@ class ApiConfig(_Frozen):
     idle_timeout_s: Annotated[float, Field(gt=0, le=3_600)] = 75.0
     #: Browser origins allowed to read the API across origins (CORS); "*" for any. Empty: none.
     cors_origins: tuple[str, ...] = ()
+    #: Bytes the price bodies kept for one round may hold, gzip forms included (api/read.py): a
+    #: client chooses its selections, so this bounds what it can make the daemon keep. 0: none
+    #: kept, each body made per request. Up to 1 GiB, far past the whole array of 10,000 markets.
+    round_body_bytes: Annotated[int, Field(ge=0, le=2**30)] = 8 * 1024 * 1024
 
     _cors_tuple = field_validator("cors_origins", mode="before")(_as_tuple)
 
@@ -392,6 +396,15 @@ class PushConfig(_Frozen):
     max_batch: Annotated[int, Field(ge=1, le=1_000)] = 100
     #: How often the pusher looks at the latest round.
     interval_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 1.0
+    #: The last confirmed push is looked for again once this many blocks are on top of its own,
+    #: to notice a reorganisation that took it off: the chain's finality depth in its blocks.
+    #: At most 100,000: past Ethereum's finality (64 to 96 blocks) and an L2's (4 blocks a
+    #: second reach its L1's 13 minutes in some 3,000), and well inside the transaction index a
+    #: geth-family node keeps by default (2,350,000 blocks), past which a push still on chain
+    #: has no receipt to find and would be taken for one a reorganisation took off.
+    recheck_depth_blocks: Annotated[int, Field(ge=1, le=100_000)] = 12
+    #: A `max_batch` the pusher lowered grows back by a quarter after this many confirmed pushes.
+    grow_batch_after: Annotated[int, Field(ge=1, le=10_000)] = 10
     #: Markets to push (empty: every market).
     markets: tuple[Pair, ...] = ()
     overrides: dict[Pair, PushMarketConfig] = Field(default_factory=dict)

@@ -9,6 +9,7 @@ answered with "nothing changed".
 Some settings are read once at start-up (the round loop's interval, the listening socket, the
 sinks). A reload lists a change to one of them in `needs_restart` and the daemon goes on with the
 running value (`running_config`), so that `/v1/info` and `/metrics` show what actually runs.
+A few keys of such a table are read at each use and do change on a reload (`RELOADED_WITHIN`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from pydantic import BaseModel
 
 from oracled.config import Config, MarketConfig
 
-__all__ = ["RESTART_ONLY", "ConfigChanges", "config_changes", "running_config", "source_pairs"]
+__all__ = [
+    "RELOADED_WITHIN",
+    "RESTART_ONLY",
+    "ConfigChanges",
+    "config_changes",
+    "running_config",
+    "source_pairs",
+]
 
 #: Settings (dotted paths into the config) that only a restart applies; a reload keeps their
 #: running values. `chains` is not kept: a reload's sources may name a new chain, and the config
@@ -40,6 +48,9 @@ RESTART_ONLY: tuple[str, ...] = (
     "audit",
 )
 _REPORTED_ONLY: tuple[str, ...] = ("chains",)
+#: Keys inside a `RESTART_ONLY` table that a reload applies all the same: the part that runs
+#: reads them at each use (`ChainPusher.reconfigure`). Named in `settings_changed`, never kept.
+RELOADED_WITHIN: tuple[str, ...] = ("push.recheck_depth_blocks", "push.grow_batch_after")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +101,11 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
             or skew_changed  # each source refuses future quotes itself
         )
     )
+    # The new file with the keys a reload applies inside restart-only tables at their old
+    # values: a change of those alone needs no restart.
+    masked = _with(new, {path: _get(old, path) for path in RELOADED_WITHIN})
     needs_restart = [
-        path for path in (*RESTART_ONLY, *_REPORTED_ONLY) if _get(old, path) != _get(new, path)
+        path for path in (*RESTART_ONLY, *_REPORTED_ONLY) if _get(old, path) != _get(masked, path)
     ]
     return ConfigChanges(
         markets_added=[s for s in after if s not in before],
@@ -107,7 +121,8 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
         settings_changed=[
             path
             for path in _changed(old, new, "")
-            if not any(
+            if path in RELOADED_WITHIN
+            or not any(
                 path == kept or path.startswith(kept + ".")
                 for kept in (*RESTART_ONLY, *_REPORTED_ONLY)
             )
@@ -152,12 +167,21 @@ def _legs(cfg: Config, market: MarketConfig) -> list[str | None]:
 
 def running_config(old: Config, new: Config) -> Config:
     """`new` with every `RESTART_ONLY` setting at its running value from `old`: the config a
-    reload puts in force."""
+    reload puts in force; the keys of `RELOADED_WITHIN` keep the new file's values."""
+    applied = {path: _get(new, path) for path in RELOADED_WITHIN}
     for path in RESTART_ONLY:
         value = _get(old, path)
         if _get(new, path) != value:
             new = _replaced(new, path.split("."), value)
-    return new
+    return _with(new, applied)
+
+
+def _with(cfg: Config, values: dict[str, Any]) -> Config:
+    """`cfg` with the setting at each dotted path of `values` set to its value."""
+    for path, value in values.items():
+        if _get(cfg, path) != value:
+            cfg = _replaced(cfg, path.split("."), value)
+    return cfg
 
 
 def _get(cfg: BaseModel, path: str) -> Any:

@@ -542,6 +542,8 @@ class Service:
             self._refuse_if_stopping(actor)  # the stop began while the sources stopped
             self.core.reconfigure(new)
             self.cfg = new
+            if self.pusher is not None:  # the two `[push]` keys a reload applies
+                self.pusher.reconfigure(new.push)
             for sid in changes.sources_restarted:
                 self._start_source(sid)
             self.hub.markets_removed(changes.markets_removed)

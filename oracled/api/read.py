@@ -18,13 +18,11 @@ __all__ = ["ReadHandlers"]
 
 _PRICES_PARAMETERS = frozenset({"markets"})
 #: Distinct price bodies kept per round (the whole array, selections, single markets); past it
-#: (or past `ROUND_BODY_BYTES`) a body is made per request, so that a client cycling
-#: selections cannot grow memory.
+#: (or past `api.round_body_bytes`, their gzip forms included) a body is made per request, so
+#: that a client cycling selections cannot grow memory. A client chooses its selections: at
+#: 1,000 markets, 256 of 256 markets each were about 33 MB by count alone; the default 8 MiB
+#: holds the whole array at 1,000 markets (0.7-1.3 MB, and its gzip) several times over.
 ROUND_BODIES = 256
-#: Bytes those bodies may hold per round, their gzip forms included. A client chooses its
-#: selections: at 1,000 markets, 256 of 256 markets each were about 33 MB by count alone. The
-#: whole array at 1,000 markets (0.7-1.3 MB, and its gzip) fits several times over.
-ROUND_BODY_BYTES = 8 * 1024 * 1024
 
 
 def _decimal(value: float | None) -> str | None:
@@ -151,7 +149,7 @@ class ReadHandlers:
         # This round's price bodies, by what was asked: every client of a round shares them.
         self._round: RoundResult | None = None
         self._bodies: dict[_Key, Body] = {}
-        self._bytes = 0  # what `_bodies` holds, plain and gzip: at most ROUND_BODY_BYTES
+        self._bytes = 0  # what `_bodies` holds, plain and gzip: at most api.round_body_bytes
         self.uncached = 0  # price bodies served without being kept: no room left in the round
         self.compressions = 0  # bodies gzipped: once per body, however many clients ask
         self.compressed_off_loop = 0  # of which in a worker thread (large bodies)
@@ -179,7 +177,8 @@ class ReadHandlers:
 
     def _keep(self, key: _Key, body: Body) -> Body:
         size = len(body.plain)
-        if len(self._bodies) < ROUND_BODIES and self._bytes + size <= ROUND_BODY_BYTES:
+        bound = self._ctx.current_config.api.round_body_bytes  # a reload applies a new one
+        if len(self._bodies) < ROUND_BODIES and self._bytes + size <= bound:
             self._bodies[key] = body
             self._bytes += size
         else:
@@ -192,7 +191,7 @@ class ReadHandlers:
         packed = body.packed
         if packed is None:
             return
-        if self._bytes + len(packed) <= ROUND_BODY_BYTES:
+        if self._bytes + len(packed) <= self._ctx.current_config.api.round_body_bytes:
             self._bytes += len(packed)
         else:
             del self._bodies[key]

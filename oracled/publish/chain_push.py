@@ -15,17 +15,17 @@ Nonces are the pusher's own: read from the chain at start (the mined count, so t
 previous run left pending are replaced rather than queued behind, by a transaction without
 markets when none is due), then counted locally and re-read when the node says a nonce is too
 low (or too high), when a transaction waits behind a nonce the chain lost (a reorganisation
-took a confirmed push off it), or when the last confirmed push is gone once `_RECHECK_DEPTH`
-blocks are on top of its block. A transaction not mined after `replace_after_s` is replaced by
-one with the same nonce, fees raised by 12.5 % (the node's minimum bump is 10 %; over the last
-replacement refused as underpriced, if one was) and the latest prices (never a market paused
-since); when the cap leaves no room for that bump the pusher waits and counts `gas_cap`, unless
-the node no longer knows the transaction (evicted, or lost by the RPC): then the nonce is free
-and it is sent again at the current fees. One that carries a market no longer active (paused
-since it was sent) is replaced without it at the next look, not after `replace_after_s`, so
-that no block after that look mines its old price. The contract ignores an update that is not
-newer than what it stores, so a replaced transaction and its replacement can never move a
-market back in time.
+took a confirmed push off it), or when the last confirmed push is gone once
+`recheck_depth_blocks` blocks are on top of its block. A transaction not mined after
+`replace_after_s` is replaced by one with the same nonce, fees raised by 12.5 % (the node's
+minimum bump is 10 %; over the last replacement refused as underpriced, if one was) and the
+latest prices (never a market paused since); when the cap leaves no room for that bump the
+pusher waits and counts `gas_cap`, unless the node no longer knows the transaction (evicted, or
+lost by the RPC): then the nonce is free and it is sent again at the current fees. One that
+carries a market no longer active (paused since it was sent) is replaced without it at the next
+look, not after `replace_after_s`, so that no block after that look mines its old price. The
+contract ignores an update that is not newer than what it stores, so a replaced transaction and
+its replacement can never move a market back in time.
 
 The task supervises itself, as the NATS sink does: an unreachable node, or an answer it cannot
 read (a base fee, gas estimate or nonce that is not a hex quantity, a receipt without a status),
@@ -78,13 +78,6 @@ _GWEI: Final = 10**9
 _BUMP_NUM, _BUMP_DEN = 9, 8  # +12.5 %: above the 10 % a node demands of a replacement
 _GAS_MARGIN: Final = 1.25
 _GAS_BASE, _GAS_PER_MARKET = 60_000, 32_000  # a first write of a market: one new slot + event
-#: A confirmed push is looked for again once this many blocks are on top of its own: a
-#: reorganisation that took it off shows then, not at the next push (a quiet market's heartbeat).
-_RECHECK_DEPTH: Final = 12
-#: A lowered `max_batch` grows by a quarter (at least one market) after this many confirmed
-#: pushes, up to the configured one: the gas of a market's first write, or one refused
-#: estimate, no longer sets it for the life of the process.
-_GROW_AFTER: Final = 10
 #: A gas estimate over this many times that least is no estimate of the call (a bad answer).
 _ESTIMATE_MAX_FACTOR: Final = 4
 #: The hashes sent for the nonce in flight that are kept, the newest: more than the bumps of
@@ -184,7 +177,7 @@ class _Batch:
 
 @dataclass(slots=True, frozen=True)
 class _Confirmed:
-    """The last confirmed push, until it is `_RECHECK_DEPTH` blocks deep."""
+    """The last confirmed push, until it is `recheck_depth_blocks` deep."""
 
     nonce: int
     tx_hash: str
@@ -275,6 +268,14 @@ class ChainPusher:
         """Make `result` the one the next step looks at (replacing any not looked at yet)."""
         self._latest = result
         self._wakeup.set()
+
+    def reconfigure(self, cfg: PushConfig) -> None:
+        """Take a reload's `recheck_depth_blocks` and `grow_batch_after`, read at their next use
+        (the push held for its recheck is looked for at the new depth; a lowered batch grows
+        once the pushes confirmed at it reach the new count). The rest of `[push]` (the chain,
+        key, contract, fees) is only read at start: a reload keeps it (`reload.RESTART_ONLY`)."""
+        update = {k: getattr(cfg, k) for k in ("recheck_depth_blocks", "grow_batch_after")}
+        self.cfg = self.cfg.model_copy(update=update)
 
     # -- the task -----------------------------------------------------------------------------
 
@@ -675,14 +676,14 @@ class ChainPusher:
         )
 
     def _grow(self) -> None:
-        """A push confirmed under a lowered `max_batch`: after `_GROW_AFTER` of them, a quarter
+        """A push confirmed under a lowered `max_batch`: after `grow_batch_after` of them, a quarter
         more markets a transaction (at least one more, at most the configured `max_batch`, and
         never more than the latest block's gas limit holds at the floor of `_send`'s gas: such
         a batch is never sent, and growing to it lowered it again with a warning every
-        `_GROW_AFTER` pushes). A batch that no longer fits is caught before it is sent
+        `grow_batch_after` pushes). A batch that no longer fits is caught before it is sent
         (`_over_block`) or by its estimate, and lowers it again."""
         self._fitted += 1
-        if self._fitted < _GROW_AFTER:
+        if self._fitted < self.cfg.grow_batch_after:
             return
         self._fitted = 0
         cap, most = self._batch_cap, self.cfg.max_batch
@@ -776,7 +777,7 @@ class ChainPusher:
 
     async def _still_mined(self, confirmed: _Confirmed) -> bool:
         """False when a reorganisation took the last confirmed push off the chain: looked for
-        once `_RECHECK_DEPTH` blocks are on top of its block (one request a look until then,
+        once `recheck_depth_blocks` are on top of its block (one request a look until then,
         in looks that have nothing to send: a push sent behind a lost one shows the loss as a
         gap, `_behind_gap`). Then the nonce and the stored prices are read again, so that
         the markets it carried are pushed again if due against what the chain holds now, not
@@ -784,7 +785,7 @@ class ChainPusher:
         is replaced even with nothing due (the node may hold it pending again, with prices
         from before, perhaps of a market paused since)."""
         head = await self._quantity("eth_blockNumber", [])
-        if head < confirmed.block + _RECHECK_DEPTH:
+        if head < confirmed.block + self.cfg.recheck_depth_blocks:
             return True
         receipt = await self.rpc.call("eth_getTransactionReceipt", [confirmed.tx_hash])
         self._confirmed = None
@@ -969,6 +970,7 @@ class ChainPusher:
             "deviation": self.cfg.deviation,
             "heartbeat_s": self.cfg.heartbeat_s,
             "max_gas_price_gwei": self.cfg.max_gas_price_gwei,
+            "recheck_depth_blocks": self.cfg.recheck_depth_blocks,
         }
 
 

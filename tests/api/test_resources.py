@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from api_rig import (
@@ -34,13 +35,14 @@ from structlog.testing import capture_logs
 from oracled.api import LIMITS, OPS, READ, build_app
 from oracled.api.encoding import MIN_GZIP, OFF_LOOP
 from oracled.api.params import MAX_LIST
-from oracled.api.read import ROUND_BODIES, ROUND_BODY_BYTES
-from oracled.config import Config, parse_config
+from oracled.api.read import ROUND_BODIES
+from oracled.config import ApiConfig, Config, parse_config
 from oracled.errors import ConfigError
 
 Client = TestClient[web.Request, web.Application]
 GZIP = {"Accept-Encoding": "gzip"}
 IDENTITY = {"Accept-Encoding": "identity"}
+ROUND_BODY_BYTES = ApiConfig().round_body_bytes  # the default, which the tests' configs keep
 
 
 async def _raw(
@@ -401,10 +403,11 @@ def _selection(names: list[str], k: int) -> tuple[list[str], str]:
 async def test_distinct_large_selections_keep_the_rounds_bodies_within_their_byte_budget() -> None:
     """A client asking one round for many distinct selections of the most markets a request
     may name (half of them gzipped) gets each answer right, while the bodies the round keeps
-    (plain and gzip) stay within `ROUND_BODY_BYTES`: those past it are served uncached and
-    counted. A selection kept is still served from the cache (no second compression); one left
-    out is made anew, right. Served as the daemon serves it (the OpenAPI check of each answer
-    is left out: a hundred and more answers of 256 reports took it a minute)."""
+    (plain and gzip) stay within `api.round_body_bytes` (its default): those past it are served
+    uncached and counted. A selection kept is still served from the cache (no second
+    compression); one left out is made anew, right. Served as the daemon serves it (the
+    OpenAPI check of each answer is left out: a hundred and more answers of 256 reports took
+    it a minute)."""
     cfg = _many_markets(MAX_LIST)
     rig = Rig(cfg)
     rig.step({**PRICES, **{m.symbol: 10.0 + k for k, m in enumerate(cfg.markets)}})
@@ -447,6 +450,62 @@ async def test_distinct_large_selections_keep_the_rounds_bodies_within_their_byt
         assert json.loads(fresh) == [reports[n] for n in selection]
         assert read.uncached == uncached + 1
         assert read.held_bytes() <= ROUND_BODY_BYTES
+
+
+async def test_the_configured_round_body_bound_is_honoured_and_a_reload_applies_a_new_one(
+    make_client: ClientFactory,
+) -> None:
+    """`api.round_body_bytes = 0` keeps no price body: each request makes its own, right, and
+    is counted uncached. After a reload to room for the whole array and a little more, the
+    next round keeps the whole array (asked again, it is not made again) but not a selection
+    beside it, nor its gzip form, which would overrun the bound: the body is let go and made
+    anew. What the round holds never exceeds the configured bound."""
+    rig = Rig(make_config(round_body_bytes=0))
+    rig.next_config = rig.cfg  # set below, once the whole array's size is known
+    client = await make_client(rig)
+    read = client.server.app[READ]
+    rig.step()
+    first = await _raw(client, "/v1/prices", IDENTITY)
+    again = await _raw(client, "/v1/prices", IDENTITY)
+    assert first[0] == again[0] == 200 and again[2] == first[2]
+    assert read.uncached == 2 and read.held_bytes() == 0
+    bound = len(first[2]) + 64  # the whole array; not a selection of two, nor its gzip, beside
+    rig.next_config = make_config(round_body_bytes=bound)
+    reload = await client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert reload.status == 200
+    assert (await reload.json())["settings_changed"] == ["api.round_body_bytes"]
+    rig.step()
+    whole = await _raw(client, "/v1/prices", IDENTITY)
+    assert whole[0] == 200 and read.uncached == 2
+    held = read.held_bytes()
+    assert len(whole[2]) == held <= bound
+    pair = await _raw(client, "/v1/prices?markets=BTC-USD,ETH-USD", IDENTITY)
+    assert [r["market"] for r in json.loads(pair[2])] == ["BTC/USD", "ETH/USD"]
+    assert len(pair[2]) > bound - held
+    assert read.uncached == 3 and read.held_bytes() == held
+    assert (await _raw(client, "/v1/prices", IDENTITY))[2] == whole[2]
+    assert read.uncached == 3  # served from the round's cache
+    packed = await _raw(client, "/v1/prices", GZIP)
+    assert gzip.decompress(packed[2]) == whole[2] and len(packed[2]) > bound - held
+    assert read.uncached == 4 and read.held_bytes() == 0  # let go: its gzip would not fit
+
+
+def test_the_round_body_bound_is_a_whole_number_of_bytes_within_its_range() -> None:
+    """`api.round_body_bytes`: 0 (keep none) to 1 GiB, an integer; anything else is refused,
+    naming the key."""
+    assert make_config().api.round_body_bytes == 8 * 1024 * 1024
+    assert make_config(round_body_bytes=0).api.round_body_bytes == 0
+    assert make_config(round_body_bytes=2**30).api.round_body_bytes == 2**30
+    for bad, said in (
+        (-1, "must be >= 0"),
+        (2**30 + 1, "must be <= 1073741824"),
+        (1.5, "must be an integer"),
+        ("8MiB", "must be an integer"),
+        (True, "must be an integer"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            make_config(round_body_bytes=bad)
+        assert caught.value.problems == [f"api.round_body_bytes: {said}"], bad
 
 
 _EXPOSITION = "".join(f'm{{k="{k}"}} {k}.0\n' for k in range(400)).encode()  # 6 KB of metrics

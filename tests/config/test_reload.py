@@ -229,3 +229,39 @@ def test_restart_only_settings_and_added_tables_are_named_once() -> None:
     assert changes.settings_changed == ["oracle.resume_rounds", "sources.b", "markets.ETH/USDT"]
     back = config_changes(parse_config(data, env={}), old)
     assert back.settings_changed == ["oracle.resume_rounds", "sources.b", "markets.ETH/USDT"]
+
+
+def test_the_pushers_recheck_depth_and_batch_regrowth_are_applied_by_a_reload() -> None:
+    """`[push]` is read at start-up but for `recheck_depth_blocks` and `grow_batch_after`, which
+    the running pusher reads at each use: changed alone they need no restart, are named in
+    `settings_changed` and are in force after the reload; changed beside another push key (the
+    interval), that key alone is kept at its running value and reported."""
+    push = {"enabled": False, "interval_s": 1.0}
+    old = parse_config(_data(push=push), env={})
+    knobs = {"recheck_depth_blocks": 2, "grow_batch_after": 3}
+    new = parse_config(_data(push={**push, **knobs}), env={})
+    changes = config_changes(old, new)
+    assert changes.needs_restart == []
+    assert changes.settings_changed == ["push.recheck_depth_blocks", "push.grow_batch_after"]
+    running = running_config(old, new)
+    assert running == new
+    assert (running.push.recheck_depth_blocks, running.push.grow_batch_after) == (2, 3)
+
+    both = parse_config(_data(push={**push, **knobs, "interval_s": 30.0}), env={})
+    changes = config_changes(old, both)
+    assert changes.needs_restart == ["push"]
+    assert changes.settings_changed == ["push.recheck_depth_blocks", "push.grow_batch_after"]
+    running = running_config(old, both)
+    assert running.push.interval_s == 1.0  # kept until a restart
+    assert (running.push.recheck_depth_blocks, running.push.grow_batch_after) == (2, 3)
+    assert running_config(old, running) == running
+    assert config_changes(old, running).needs_restart == []
+
+
+def test_the_apis_round_body_bound_is_applied_by_a_reload() -> None:
+    """`api.round_body_bytes` is read at each body the API keeps: a reload applies it."""
+    old = parse_config(_data(), env={})
+    new = parse_config(_data(api={"round_body_bytes": 1024}), env={})
+    changes = config_changes(old, new)
+    assert changes.needs_restart == [] and changes.settings_changed == ["api.round_body_bytes"]
+    assert running_config(old, new).api.round_body_bytes == 1024

@@ -28,16 +28,14 @@ from publish_rig import INTERVAL, SOURCES, Rounds, make_config
 from structlog.testing import capture_logs
 
 from oracled.clock import ManualClock
-from oracled.config import ChainConfig, PushConfig
+from oracled.config import ChainConfig, PushConfig, load_config
 from oracled.core import RoundResult
 from oracled.errors import ConfigError
 from oracled.jsonrpc import EndpointStats, RpcError, RpcUnavailable
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
 from oracled.publish.chain_push import (
-    _GROW_AFTER,
     _HASHES_KEPT,
-    _RECHECK_DEPTH,
     ChainPusher,
     PushError,
     PushStats,
@@ -46,6 +44,8 @@ from oracled.publish.chain_push import (
     market_id,
 )
 from oracled.publish.signer import SigningKey, decimal_to_int
+from oracled.service import Service
+from oracled.sim import BinanceSim
 from oracled.sources.evm.chain import ChainStats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chain"))
@@ -53,6 +53,10 @@ from chain_rig import Anvil, Chain, RpcFailed, start_anvil
 from rpc_proxy import MANGLED, RpcProxy
 
 GWEI = 10**9
+#: The defaults of `push.recheck_depth_blocks` and `push.grow_batch_after`, which the tests
+#: below that do not set them run with.
+_RECHECK_DEPTH = PushConfig().recheck_depth_blocks
+_GROW_AFTER = PushConfig().grow_batch_after
 
 
 @pytest.fixture
@@ -1707,6 +1711,148 @@ async def test_a_confirmed_push_still_on_chain_when_deep_is_not_pushed_again(rig
         await proxy.stop()
 
 
+async def test_a_configured_recheck_depth_sees_a_reorganisation_that_many_blocks_deep(
+    rig: Rig,
+) -> None:
+    """`recheck_depth_blocks = 2` (an operator's choice for a chain that reorganises less
+    deep): the push a reorganisation took off (anvil_reorg) is not looked for while its block
+    is 1 deep, and is found gone once it is 2 deep, ten blocks before the default depth would
+    look: every market is pushed again from the chain's nonce."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds, heartbeat_s=3600.0, recheck_depth_blocks=2)
+    await settle(pusher)
+    await rig.chain.reorg(1)
+    assert await rig.nonce() == 0 and await rig.stored("BTC/USD") == (0, 0, 0, 0)
+    await rig.chain.rpc("evm_mine")
+    with capture_logs() as logs:
+        pusher.submit(rounds.step())
+        await pusher.step()  # 1 deep: not looked for yet
+    assert not [e for e in logs if e["event"].startswith("a reorganisation took")]
+    assert pusher.stats.transactions["sent"] == 1
+    await rig.chain.rpc("evm_mine")
+    with capture_logs() as logs:
+        for _ in range(3):
+            pusher.submit(rounds.step())
+            await settle(pusher)
+    assert [e["nonce"] for e in logs if e["event"].startswith("a reorganisation took")] == [0]
+    assert pusher.stats.transactions["sent"] == 2 and await rig.nonce() == 1
+    for market in ("BTC/USD", "ETH/USD", "SOL/USD"):
+        assert (await rig.stored(market))[3] > 0
+
+
+async def test_a_reloaded_recheck_depth_applies_to_the_push_already_held(rig: Rig) -> None:
+    """The default depth (12) does not look for a push 3 blocks deep that a reorganisation
+    took off; a reload to `recheck_depth_blocks = 3` (`reconfigure`, as the service hands it
+    a reloaded `[push]`) makes the next look find it gone, for the push confirmed before the
+    reload. The reload takes the two keys it applies and no other: the interval, which only a
+    restart changes, stays."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(pusher)
+    await rig.chain.reorg(1)
+    await rig.chain.rpc("anvil_mine", [hex(3)])
+    with capture_logs() as logs:
+        pusher.submit(rounds.step())
+        await pusher.step()
+    assert not [e for e in logs if e["event"].startswith("a reorganisation took")]
+    assert pusher.stats.transactions["sent"] == 1
+    reloaded = pusher.cfg.model_copy(
+        update={"recheck_depth_blocks": 3, "grow_batch_after": 4, "interval_s": 30.0}
+    )
+    pusher.reconfigure(reloaded)
+    assert (pusher.cfg.recheck_depth_blocks, pusher.cfg.grow_batch_after) == (3, 4)
+    assert pusher.cfg.interval_s == 1.0
+    with capture_logs() as logs:
+        for _ in range(3):
+            pusher.submit(rounds.step())
+            await settle(pusher)
+    assert [e["nonce"] for e in logs if e["event"].startswith("a reorganisation took")] == [0]
+    assert pusher.stats.transactions["sent"] == 2 and await rig.nonce() == 1
+
+
+def _daemon_toml(rig: Rig, venue: BinanceSim, key_file: Path, push: str) -> str:
+    """A daemon quoting BTC/USDT from `venue` and pushing it to the rig's contract."""
+    return f"""
+[oracle]
+round_interval_ms = 100
+
+[api]
+listen = "127.0.0.1:0"
+admin_token_env = "ORACLED_KNOBS_TEST_NO_TOKEN"
+
+[chains.local]
+chain_id = 31337
+rpc_urls = ["{rig.url}"]
+
+[push]
+enabled = true
+chain = "local"
+contract = "{rig.feed}"
+key_file = "{key_file}"
+{push}
+
+[sources.venue]
+type = "binance"
+ws_url = "{venue.ws_url}"
+rest_url = "{venue.rest_url}"
+
+[[markets]]
+symbol = "BTC/USDT"
+min_sources = 1
+sources = [{{ source = "venue", pair = "BTC/USDT" }}]
+"""
+
+
+async def test_a_daemon_reload_hands_the_running_pusher_its_recheck_depth_and_regrowth(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """A running daemon pushing to anvil, whose file is reloaded with a new
+    `push.recheck_depth_blocks` and `push.grow_batch_after`: the reload names both as applied,
+    asks for no restart, and the running pusher (not a new one) reads them from then on; a
+    later reload that also changes `push.interval_s` reports `[push]` as needing a restart and
+    leaves the running interval alone."""
+    key_file = tmp_path / "push.key"
+    key_file.write_text(rig.key.hex())
+    key_file.chmod(0o600)
+    path = tmp_path / "oracled.toml"
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0, volatility=0.0) as venue:
+        path.write_text(_daemon_toml(rig, venue, key_file, ""))
+        service = Service(load_config(path), config_path=path)
+        task = asyncio.create_task(service.run())
+        try:
+            async with asyncio.timeout(30):  # eth-account's import, the node's answers
+                while service.push_stats is None or not service.push_stats.up:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # the pusher's counters have no event to wait on
+            pusher = service.pusher
+            assert pusher is not None
+            assert (pusher.cfg.recheck_depth_blocks, pusher.cfg.grow_batch_after) == (12, 10)
+            path.write_text(
+                _daemon_toml(rig, venue, key_file, "recheck_depth_blocks = 2\ngrow_batch_after = 3")
+            )
+            changes = await service.reload("test")
+            assert changes["needs_restart"] == []
+            assert changes["settings_changed"] == [
+                "push.recheck_depth_blocks",
+                "push.grow_batch_after",
+            ]
+            assert service.pusher is pusher
+            assert (pusher.cfg.recheck_depth_blocks, pusher.cfg.grow_batch_after) == (2, 3)
+            path.write_text(
+                _daemon_toml(rig, venue, key_file, "recheck_depth_blocks = 5\ninterval_s = 9.0")
+            )
+            changes = await service.reload("test")
+            assert changes["needs_restart"] == ["push"]
+            assert changes["settings_changed"] == [
+                "push.recheck_depth_blocks",
+                "push.grow_batch_after",
+            ]
+            assert (pusher.cfg.recheck_depth_blocks, pusher.cfg.grow_batch_after) == (5, 10)
+            assert pusher.cfg.interval_s == 1.0 and service.cfg.push.interval_s == 1.0
+        finally:
+            service.stop()
+            await task
+
+
 async def test_a_push_left_behind_a_lost_nonce_never_lands_a_price_paused_since(
     rig: Rig,
 ) -> None:
@@ -1802,6 +1948,33 @@ async def test_a_lowered_batch_grows_back_after_confirmed_pushes_up_to_max_batch
         assert sent == sorted(sent) and set(sent) == {1, 2}
         assert sent[-_GROW_AFTER:] == [2] * _GROW_AFTER
         assert len(sent) == 3 * _GROW_AFTER
+    finally:
+        await proxy.stop()
+
+
+async def test_a_lowered_batch_grows_back_after_the_configured_count_of_pushes(
+    rig: Rig,
+) -> None:
+    """`grow_batch_after = 3`: a batch lowered to one market by a refused estimate grows back
+    to the configured two after 3 confirmed pushes, not the default 10."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        rounds = Rounds(make_config())
+        pusher = await first_push(
+            rig, rounds, urls=(proxy.url,), heartbeat_s=0.25, max_batch=2, grow_batch_after=3
+        )
+        refusal = {"code": -32000, "message": "gas required exceeds allowance (30000000)"}
+        proxy.refuse["eth_estimateGas"] = [refusal]
+        with capture_logs() as logs:
+            await pusher.step()
+            for _ in range(6):
+                pusher.submit(rounds.step())
+                await settle(pusher)
+        lowered = [e["max_batch"] for e in logs if e["event"].startswith("push batch over")]
+        grown = [e["max_batch"] for e in logs if e["event"].startswith("push batch grows")]
+        assert lowered == [1] and grown == [2]
+        sent = [e["markets"] for e in logs if e["event"] == "push sent"]
+        assert sent == [1, 1, 1, 2, 2, 2]
     finally:
         await proxy.stop()
 
