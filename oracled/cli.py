@@ -332,8 +332,7 @@ def _cmd_run(
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from oracled.config import load_config
-    from oracled.core import PRICING_REVISION
-    from oracled.replay import replay
+    from oracled.replay import replay, revision_warning
     from oracled.tape import TapeGapError, TapeHeader, TapeLineError, pricing_digest, tape_lines
 
     stdin = str(args.tape) == "-"
@@ -359,16 +358,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 " may differ from the live ones",
                 file=sys.stderr,
             )
-        revision = header.pricing_revision
-        if revision is not None and revision != PRICING_REVISION:
-            by = "" if header.software_version is None else f" (oracled {header.software_version})"
-            print(
-                f"{name}: warning: recorded under pricing revision {revision}{by}, this oracled"
-                f" prices under revision {PRICING_REVISION}: the reports may differ from the"
-                " recorded ones where the rules changed in between (CHANGELOG.md, Pricing"
-                " revisions)",
-                file=sys.stderr,
-            )
+        warning = revision_warning(header)
+        if warning is not None:
+            print(f"{name}: warning: {warning}", file=sys.stderr)
 
     if args.out is None and sys.stdout is None:  # `>&-`: Python has no stdout at all
         print("oracled replay: stdout is closed: give --out FILE", file=sys.stderr)

@@ -7,6 +7,10 @@ is applied before the round at its `ts`, the round the live core first applied i
 every round before it. Output is one report per market per round, JSON Lines, markets in config
 order: the same tape and config give byte-identical output.
 
+`oracled audit --replay` drives the same loop on a trail's own schedule instead: the round
+numbers and times the live daemon ran (a blocked loop's late rounds and the ones it skipped are
+in that schedule, not in an interval's), and its config reloads at the times the trail holds.
+
 The quotes the core drops are counted by source and reason (`ReplayStats.drops`), the sources
 named as the core's own counts name them (`Book.counted_as`): a tape naming a new source on
 every line grows nothing but the counts.
@@ -22,7 +26,7 @@ from typing import IO
 import msgspec
 
 from oracled.config import Config
-from oracled.core import Core, RoundResult
+from oracled.core import PRICING_REVISION, Core, RoundResult
 from oracled.model import Quote
 from oracled.tape import (
     DEFAULT_MAX_GAP_MS,
@@ -33,7 +37,7 @@ from oracled.tape import (
     read_tape,
 )
 
-__all__ = ["ReplayStats", "replay"]
+__all__ = ["ReplayStats", "replay", "revision_warning"]
 
 
 @dataclass(slots=True)
@@ -67,16 +71,32 @@ def _round_up(ts: int, interval: int) -> int:
     return -(-ts // interval) * interval
 
 
+def revision_warning(header: TapeHeader) -> str | None:
+    """Why a tape's reports may differ from this build's, if its header names another pricing
+    revision (`oracled replay` and `oracled stress` each say it once), else None."""
+    revision = header.pricing_revision
+    if revision is None or revision == PRICING_REVISION:
+        return None
+    by = "" if header.software_version is None else f" (oracled {header.software_version})"
+    return (
+        f"recorded under pricing revision {revision}{by}, this oracled prices under revision"
+        f" {PRICING_REVISION}: the reports may differ from the recorded ones where the rules"
+        " changed in between (CHANGELOG.md, Pricing revisions)"
+    )
+
+
 def replay(
     cfg: Config,
     lines: Iterable[bytes | str],
-    out: IO[bytes],
+    out: IO[bytes] | None,
     *,
     on_quote: Callable[[Quote], None] | None = None,
     on_round: Callable[[RoundResult], None] | None = None,
     on_error: Callable[[TapeLineError], None] | None = None,
     on_header: Callable[[TapeHeader], None] | None = None,
     max_gap_ms: int | None = DEFAULT_MAX_GAP_MS,
+    schedule: Iterable[tuple[int, int]] | None = None,
+    reloads: Iterable[tuple[int, Config]] = (),
 ) -> ReplayStats:
     """Feed the tape to a fresh core and write every round's reports to `out`.
 
@@ -89,8 +109,17 @@ def replay(
     A gap longer than `max_gap_ms` (None or 0: no limit) between consecutive quotes ends the
     replay as if the tape ended before it (its last round is written), then raises
     TapeGapError: nothing past the gap is written.
+
+    `schedule` (round number, round time), in order, replaces the interval's rounds: exactly
+    those run, numbered so, the first ones before the first quote when earlier, the last one
+    after the last quote (quotes after it are not read). `reloads` (time, config), in order,
+    are swapped into the core (`Core.reconfigure`, as the daemon's reload) before the first
+    quote and the first round later than their time. `out` None writes nothing (`on_round`
+    sees the rounds).
     """
     core = Core(cfg)
+    ticks = None if schedule is None else iter(schedule)
+    pending = list(reloads)[::-1]  # the next reload last: popped as its time passes
     interval = cfg.oracle.round_interval_ms
     stats = ReplayStats()
     encoder = msgspec.json.Encoder()
@@ -107,6 +136,8 @@ def replay(
         not have. Its round has not run: `read_tape` reports one whose `ts` is before the quote
         above it, and replay runs no round past the last quote's."""
         problem = None
+        if pending:
+            reload_before(cmd.ts)  # a market a reload before its round added is one
         if cmd.market not in core.index:
             problem = f"{cmd.market} is no market of this config"
         elif cmd.ts % interval:
@@ -126,31 +157,49 @@ def replay(
                 core.set_manual(cmd.market, cmd.paused)
                 stats.commands += 1
 
+    def reload_before(ts: int) -> None:
+        """Swap in the reloads done before `ts` (a quote's time, or a round's)."""
+        while pending and pending[-1][0] < ts:
+            core.reconfigure(pending.pop()[1])
+
+    def following() -> int | None:
+        """The next round's time (None: the schedule is done), its number set in the core."""
+        if ticks is None:
+            assert next_round is not None
+            return next_round + interval
+        step = next(ticks, None)
+        if step is None:
+            return None
+        core.rounds = step[0] - 1
+        return step[1]
+
     def run_until(limit: int | None) -> None:
         nonlocal next_round
-        assert next_round is not None
-        while limit is None or next_round < limit:
+        while next_round is not None and (limit is None or next_round < limit):
+            if pending:
+                reload_before(next_round)
             if waiting:
                 apply_due(next_round)
             result = core.run_round(next_round)
             stats.rounds += 1
-            for report in result.reports():
-                encoder.encode_into(report, buffer, -1)
-                buffer.extend(b"\n")
-                stats.reports += 1
-            out.write(buffer)
-            buffer.clear()
+            stats.reports += len(result.layout.markets)
+            if out is not None:
+                for report in result.reports():
+                    encoder.encode_into(report, buffer, -1)
+                    buffer.extend(b"\n")
+                out.write(buffer)
+                buffer.clear()
             if on_round is not None:
                 on_round(result)
-            next_round += interval
-            if limit is None:
+            next_round = following()
+            if limit is None and ticks is None:
                 return
 
     numbering: TapeHeader | None = None  # an audit tape's: number rounds as the daemon did
 
     def header_seen(header: TapeHeader) -> None:
         nonlocal numbering
-        if header.first_round is not None:
+        if header.first_round is not None and ticks is None:  # a schedule numbers its own
             numbering = header
             core.rounds = header.first_round - 1
         if on_header is not None:
@@ -168,13 +217,21 @@ def replay(
     quotes = read_tape(
         lines, errors, on_header=header_seen, max_gap_ms=max_gap_ms, on_command=command
     )
+    if ticks is not None:
+        next_round = following()
     try:
         for quote in quotes:
-            if next_round is None:
+            if ticks is not None:
+                run_until(quote.recv_ts)
+                if next_round is None:  # past the schedule's last round
+                    break
+            elif next_round is None:
                 next_round = _round_up(quote.recv_ts, interval)
                 first_round_at(next_round)
             elif quote.recv_ts > next_round:
                 run_until(quote.recv_ts)
+            if pending:
+                reload_before(quote.recv_ts)
             stats.quotes += 1
             if on_quote is not None:
                 on_quote(quote)

@@ -1391,6 +1391,13 @@ class AuditReader:
         read in one pass: a round without reports comes with an empty list. The third item names
         each stored report of the round that does not read back (left out of the list), so that
         the check goes on to the next round."""
+        for stored, reports, unreadable in self.round_bodies(start_ms, end_ms):
+            yield stored, [report for report, _ in reports], unreadable
+
+    def round_bodies(
+        self, start_ms: int, end_ms: int
+    ) -> Iterator[tuple[AuditRound, list[tuple[Report, bytes]], list[str]]]:
+        """`round_reports` with each report's stored msgpack, the bytes `--replay` compares."""
         rows = self._db.execute(
             f"SELECT {self._round_columns}, {self._body_column}, r.market, r.ts FROM rounds o "
             "LEFT JOIN reports r ON r.round_id = o.id "
@@ -1398,7 +1405,7 @@ class AuditReader:
             (start_ms, end_ms),
         )
         current: AuditRound | None = None
-        reports: list[Report] = []
+        reports: list[tuple[Report, bytes]] = []
         unreadable: list[str] = []
         for *head, dict_id, stored, market, at in rows:
             if current is None or current.id != head[0]:
@@ -1408,12 +1415,21 @@ class AuditReader:
             if stored is not None:
                 try:
                     reports.append(
-                        self._decode(dict_id, stored, current.round, current.ts, market, at)[0]
+                        self._decode(dict_id, stored, current.round, current.ts, market, at)
                     )
                 except AuditDataError as exc:
                     unreadable.append(exc.what)
         if current is not None:
             yield current, reports, unreadable
+
+    def quote_count(self, start_ms: int, end_ms: int) -> int:
+        """The quotes the rounds of the window say they were given (`rounds.quotes`): what
+        their stored tape must hold."""
+        (count,) = self._db.execute(
+            "SELECT coalesce(sum(quotes), 0) FROM rounds WHERE ts >= ? AND ts <= ?",
+            (start_ms, end_ms),
+        ).fetchone()
+        return int(count)
 
     def reports(self, market: str, start_ms: int, end_ms: int) -> Iterator[StoredReport]:
         """One market's reports in time order."""

@@ -9,6 +9,9 @@
     oracled audit --db FILE --verify --deployment NAME [--config FILE] [--signer ADDR]
                                              [--from T] [--to T]
                                              prove every stored round against its signature
+    oracled audit --db FILE --replay [--config FILE ...] [--market M] [--from T] [--to T]
+                  [--json]                   recompute the stored reports from the stored
+                                             quotes and configs, compare them byte for byte
 
 Times are milliseconds since the Unix epoch (13 digits; seconds are refused) or ISO 8601
 (`2026-11-26T12:03`, UTC unless an offset is given). Databases of schema version 1 to 6
@@ -94,7 +97,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "audit",
         help="query the audit trail: timelines, a report at a time (--at), CSV, quote tape,"
-        " signatures (--verify)",
+        " signatures (--verify), reports recomputed from the stored quotes (--replay)",
     )
     p.add_argument("--db", type=Path, required=True, help="audit database (audit.path)")
     p.add_argument("--market", type=_market, help="market symbol, e.g. BTC/USD or BTC-USD")
@@ -115,14 +118,30 @@ def add_parser(sub: Any) -> None:
         "4 rounds not checkable: give --config or --deployment)",
     )
     p.add_argument(
+        "--replay",
+        action="store_true",
+        help="recompute the window's reports from the trail's stored quotes, manual pauses and"
+        " the configs of its starts and reloads, and compare them with the stored ones (exit 0"
+        " all equal, 1 no round, 2 bad request, 3 a mismatch, 4 rounds not reproducible: no"
+        " config with the stored sha256, quotes missing; 5 reports of another pricing revision"
+        " differ)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="with --replay: print the result as one JSON object",
+    )
+    p.add_argument(
         "--deployment",
         help="with --verify or --at: the deployment the rounds were signed for (the daemon's "
         "signing.deployment; default: --config's)",
     )
     p.add_argument(
         "--config",
+        action="append",
         help="with --verify or --at: the daemon's config (the exponent of a market that had no "
-        "price; its signing.deployment)",
+        "price; its signing.deployment); with --replay, repeatable: the config files of the "
+        "trail's starts and reloads, found by their sha256 (default: the paths the trail names)",
     )
     p.add_argument(
         "--signer",
@@ -386,12 +405,22 @@ def _csv(reader: AuditReader, args: argparse.Namespace) -> int:
 def _usage_problem(args: argparse.Namespace) -> str | None:
     """A combination of options one of which would be silently ignored, or None."""
     window = args.start != 0 or args.end != _FAR_FUTURE
+    if args.replay and (
+        args.verify or args.at is not None or args.csv is not None or args.tape is not None
+    ):
+        return "--replay compares rounds: not with --verify, --at, --csv or --tape"
+    if args.replay and (args.signer or args.deployment is not None):
+        return "--signer and --deployment go with --verify or --at, not --replay"
+    if args.json and not args.replay:
+        return "--json goes with --replay"
+    if not args.replay and args.config is not None and len(args.config) > 1:
+        return "--config once with --verify or --at (repeat it with --replay only)"
     if args.verify and (args.at is not None or args.csv is not None or args.tape is not None):
         return "--verify checks rounds: not with --at, --csv or --tape"
-    if not (args.verify or args.at is not None) and (
-        args.config is not None or args.signer or args.deployment is not None
-    ):
-        return "--config, --signer and --deployment go with --verify or --at"
+    if not (args.verify or args.at is not None or args.replay) and args.config is not None:
+        return "--config goes with --verify, --at or --replay"
+    if not (args.verify or args.at is not None) and (args.signer or args.deployment is not None):
+        return "--signer and --deployment go with --verify or --at"
     if args.market is None and (args.at is not None or args.csv is not None):
         return "--at and --csv are about one market: add --market"
     if args.at is not None and (window or args.csv is not None or args.tape is not None):
@@ -420,11 +449,15 @@ def _overwrites_database(args: argparse.Namespace) -> str | None:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Run `oracled audit`; 0 when something was found, 1 when not, 2 on a bad request
-    (`--verify`: 3 when a round does not match its signature, 4 when some could not be checked)."""
+    (`--verify`: 3 when a round does not match its signature, 4 when some could not be checked;
+    `--replay`: 3 a mismatch, 4 rounds not reproducible, 5 reports of another pricing revision
+    differ)."""
     problem = _usage_problem(args) or _overwrites_database(args)
     if problem is not None:
         print(f"oracled audit: {problem}", file=sys.stderr)
         return 2
+    if not args.replay:  # --verify and --at read one config
+        args.config = None if args.config is None else args.config[0]
     try:
         reader = AuditReader(args.db)
     except (FileNotFoundError, AuditSchemaError) as exc:  # their messages name the file
@@ -441,6 +474,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             from oracled.publish.audit_verify import cmd_verify
 
             return cmd_verify(reader, args, sys.stdout)
+        if args.replay:  # loads the core: imported only here
+            from oracled.publish.audit_replay import cmd_replay
+
+            return cmd_replay(reader, args, sys.stdout)
         if args.tape is not None:
             reader.check_round_times()  # a round in no window: its quotes left out unsaid
             with args.tape.open("wb") as out:

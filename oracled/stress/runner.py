@@ -38,9 +38,9 @@ from oracled.margin import (
     assess_cross,
     assess_isolated,
 )
-from oracled.replay import ReplayStats, replay
+from oracled.replay import ReplayStats, replay, revision_warning
 from oracled.stress.policies import QuoteWatch
-from oracled.tape import DEFAULT_MAX_GAP_MS
+from oracled.tape import DEFAULT_MAX_GAP_MS, TapeHeader
 
 __all__ = ["ORACLE", "PLAIN", "REFERENCE", "PolicyRun", "StressResult", "run_stress"]
 
@@ -380,10 +380,22 @@ def run_stress(
                     run.socialized += d.socialized
                     run.unresolved += d.unresolved
 
+    def header_seen(tape_header: TapeHeader) -> None:
+        """Another pricing revision's tape: said once, as `oracled replay` says it."""
+        warning = revision_warning(tape_header)
+        if warning is not None:
+            result.warnings.append(warning)
+
     with open(os.devnull, "wb") as sink:
         lines = itertools.chain([] if first is None else [first], it)
         result.stats = replay(
-            cfg, lines, sink, on_quote=watch.on_quote, on_round=on_round, max_gap_ms=max_gap_ms
+            cfg,
+            lines,
+            sink,
+            on_quote=watch.on_quote,
+            on_round=on_round,
+            on_header=header_seen,
+            max_gap_ms=max_gap_ms,
         )
     if not result.ts:  # zeros that would read as "no liquidation, never paused"
         result.warnings.append(

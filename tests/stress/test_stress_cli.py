@@ -18,7 +18,7 @@ from oracled_cli import run_oracled
 
 from oracled.cli import main
 from oracled.config import parse_config
-from oracled.core import RoundResult
+from oracled.core import PRICING_REVISION, RoundResult
 from oracled.model import Quote
 from oracled.replay import replay
 from oracled.stress.scenarios import build, scenario_config
@@ -509,3 +509,34 @@ def test_dev_zero_as_the_tape_is_refused_at_its_first_mib(tmp_path: Path) -> Non
         "oracled stress: /dev/zero: line 1: not an oracled-tape header (longer than 1 MiB: no"
         " tape line is this long)\n"
     )
+
+
+def test_a_tape_of_another_pricing_revision_is_stressed_after_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tape whose header names another pricing revision (as `record` and `oracled audit
+    --tape` write it) is stressed all the same, after one warning naming both revisions and
+    the recording oracled, the words `oracled replay` uses; this build's own revision, or none,
+    gives no such line. Before, `oracled stress` said nothing: its oracle row could differ from
+    the recorded prices with no word of why."""
+    tape, cfg, accounts = _scenario_files(tmp_path, "flash_crash")
+    header, rest = tape.read_bytes().split(b"\n", 1)
+    argv = ["stress", "--config", str(cfg), "--tape", str(tape), "--accounts", str(accounts)]
+    said = []
+    for revision in (PRICING_REVISION - 1, PRICING_REVISION, None):
+        stamped = json.loads(header) | {"pricing_revision": revision, "software_version": "0.0.9"}
+        tape.write_bytes(json.dumps(stamped).encode() + b"\n" + rest)
+        capsys.readouterr()
+        assert main(argv) == 0
+        err = capsys.readouterr().err
+        said.append([line for line in err.splitlines() if "pricing revision" in line])
+    assert said == [
+        [
+            f"oracled stress: warning: recorded under pricing revision {PRICING_REVISION - 1}"
+            f" (oracled 0.0.9), this oracled prices under revision {PRICING_REVISION}: the"
+            " reports may differ from the recorded ones where the rules changed in between"
+            " (CHANGELOG.md, Pricing revisions)"
+        ],
+        [],
+        [],
+    ]

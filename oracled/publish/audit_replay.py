@@ -1,0 +1,476 @@
+"""`oracled audit --replay`: the trail's reports against what the core computes from the trail.
+
+A report in the trail is the daemon's word; this checks it against its inputs. For each daemon
+start (a `configs` row, event `start`) whose rounds the window holds, the config of that start
+(a file whose sha256 is the one stored: given with `--config`, or at the path the trail names)
+drives the core (`oracled.replay.replay`, the replay of `oracled replay`) over the quotes
+stored from that start on, round by round at the trail's own round numbers and times, with the
+manual pauses and resumes at the rounds they first applied to and each reload's config swapped
+in at its stored time. Rounds before the window are replayed, not compared: the gates remember.
+
+The schedule comes from the stored rounds, not from the interval: a blocked loop computes the
+rounds it missed late and unpublished (at most `service.MAX_CATCH_UP_ROUNDS`, the oldest ones
+beyond that never run), and a full queue drops rounds from the trail, so between two stored
+rounds numbered n1 < n2 at t1 < t2 the core ran n2 - n1 - 1 rounds, at the last ticks before t2.
+
+Each report is compared byte for byte with its stored body (the msgpack the writer stored,
+inflated), and where it differs the fields that differ are named.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+import msgspec
+
+from oracled.core import PRICING_REVISION
+from oracled.errors import ConfigError
+from oracled.publish.audit import AuditReader, AuditRound, ConfigLoad, iso_time
+from oracled.reload import running_config
+
+if TYPE_CHECKING:
+    from oracled.config import Config
+    from oracled.core import RoundResult
+    from oracled.model import Report
+
+__all__ = [
+    "EXIT_EMPTY",
+    "EXIT_MISMATCH",
+    "EXIT_OK",
+    "EXIT_REVISION",
+    "EXIT_UNREPRODUCIBLE",
+    "Mismatch",
+    "ReplaySummary",
+    "cmd_replay",
+    "print_summary",
+    "replay_trail",
+]
+
+EXIT_OK: Final = 0  # every report compared is the one the core computes
+EXIT_EMPTY: Final = 1  # no round to compare in the window
+EXIT_MISMATCH: Final = 3  # a stored report differs from the core's, under this pricing revision
+#: no mismatch, but rounds of the window could not be replayed (no config with the stored
+#: sha256, no config loads in the trail, stored quotes missing, a schedule that does not add up)
+EXIT_UNREPRODUCIBLE: Final = 4
+#: no mismatch under this revision, but reports of rounds computed under another one differ
+EXIT_REVISION: Final = 5
+_LAST: Final = 1 << 62
+_KEPT: Final = 1000  # mismatches kept for the output (all are counted)
+_FIELDS: Final = 3  # differing fields named per mismatch
+_encoder = msgspec.msgpack.Encoder()  # the writer's: a report's body is its msgpack
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A stored report the replay does not give: its round and the first fields that differ
+    (`field`, stored value, replayed value)."""
+
+    market: str
+    round: int
+    ts: int
+    revision: int | None  # the round's stored pricing revision
+    fields: list[tuple[str, Any, Any]]
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    rounds: int = 0  # stored rounds of the window compared
+    reports: int = 0  # reports compared
+    equal: int = 0
+    mismatched: int = 0  # reports that differ, in rounds of this pricing revision (or unknown)
+    other_revision: int = 0  # reports that differ, in rounds stored under another revision
+    revision_rounds: int = 0  # rounds compared that were stored under another revision
+    revisions: set[int] = field(default_factory=set)  # those other revisions
+    unrecorded: int = 0  # rounds compared whose revision the trail does not hold (schema < 6)
+    unreproducible: int = 0  # stored rounds of the window not replayed
+    problems: list[str] = field(default_factory=list)  # why, one line each
+    starts: list[str] = field(default_factory=list)  # what was replayed, one line per start
+    mismatches: list[Mismatch] = field(default_factory=list)  # the first _KEPT
+
+    def exit_code(self) -> int:
+        if self.mismatched:
+            return EXIT_MISMATCH
+        if self.other_revision:
+            return EXIT_REVISION
+        if self.unreproducible or (self.problems and not self.reports):
+            return EXIT_UNREPRODUCIBLE
+        return EXIT_OK if self.reports else EXIT_EMPTY
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "exit": self.exit_code(),
+            "pricing_revision": PRICING_REVISION,
+            "rounds": self.rounds,
+            "reports": self.reports,
+            "equal": self.equal,
+            "mismatches": self.mismatched,
+            "other_revision_mismatches": self.other_revision,
+            "other_revision_rounds": self.revision_rounds,
+            "other_revisions": sorted(self.revisions),
+            "revision_not_recorded_rounds": self.unrecorded,
+            "unreproducible_rounds": self.unreproducible,
+            "problems": self.problems,
+            "starts": self.starts,
+            "first_mismatches": [
+                {
+                    "market": m.market,
+                    "round": m.round,
+                    "ts": m.ts,
+                    "time": iso_time(m.ts),
+                    "revision": m.revision,
+                    "fields": [{"field": f, "stored": a, "replayed": b} for f, a, b in m.fields],
+                }
+                for m in self.mismatches
+            ],
+        }
+
+
+class _Unreproducible(Exception):
+    """Why the rounds of a start (from `ts` on, None: all of them) cannot be replayed."""
+
+    def __init__(self, what: str, ts: int | None = None) -> None:
+        super().__init__(what)
+        self.what, self.ts = what, ts
+
+
+class _Configs:
+    """The config files an auditor gave and the trail names, by the sha256 of their bytes."""
+
+    def __init__(self, given: list[str]) -> None:
+        self._given = given
+        self._read: dict[str, tuple[Config, str] | str] = {}  # path -> (config, sha256), or why
+
+    def _load(self, path: str) -> tuple[Config, str] | str:
+        if path not in self._read:
+            from oracled.config import read_config
+
+            try:
+                self._read[path] = read_config(path)
+            except ConfigError as exc:
+                self._read[path] = "; ".join(exc.problems)
+        return self._read[path]
+
+    def find(self, load: ConfigLoad) -> Config:
+        """The config `load` stored the sha256 of: a given file's, else the stored path's."""
+        paths = [*self._given, *([] if load.path is None else [load.path])]
+        for path in paths:
+            read = self._load(path)
+            if not isinstance(read, str) and read[1] == load.sha256:
+                return read[0]
+        tried = "; ".join(
+            f"{p}: {r if isinstance(r, str) else 'sha256 ' + r[1][:12]}"
+            for p in dict.fromkeys(paths)
+            for r in (self._load(p),)
+        )
+        raise _Unreproducible(
+            f"the config of the {load.event} at {iso_time(load.ts)} (by {load.actor}, sha256"
+            f" {load.sha256[:12]}, {load.path or 'no path stored'}) is none of the files at hand"
+            f" ({tried or 'none given'}): give it with --config",
+            load.ts if load.event == "reload" else None,
+        )
+
+
+def _schedule(rounds: list[AuditRound], interval: int) -> list[tuple[int, int]]:
+    """Every round the core ran up to the last stored one, (number, time), from the stored
+    ones: the rounds between two stored ones ran at the last ticks before the later one."""
+    out: list[tuple[int, int]] = []
+    number, ts = 0, None
+    for stored in rounds:
+        gap = stored.round - number
+        if gap < 1 or (ts is not None and stored.ts - gap * interval < ts):
+            was = "no round" if ts is None else f"round {number} at {iso_time(ts)}"
+            raise _Unreproducible(
+                f"round {stored.round} at {iso_time(stored.ts)} cannot follow {was} at an interval"
+                f" of {interval} ms (a start missing from the trail, or rows changed)",
+                stored.ts,
+            )
+        out += [(stored.round - k, stored.ts - k * interval) for k in range(gap - 1, -1, -1)]
+        number, ts = stored.round, stored.ts
+    return out
+
+
+def _diff(stored: Any, replayed: Any, path: str, out: list[tuple[str, Any, Any]]) -> None:
+    """The paths where two decoded reports differ, depth first, at most _FIELDS of them."""
+    if len(out) >= _FIELDS or stored == replayed:
+        return
+    if isinstance(stored, dict) and isinstance(replayed, dict):
+        for key in dict.fromkeys([*stored, *replayed]):
+            _diff(stored.get(key), replayed.get(key), f"{path}.{key}" if path else key, out)
+    elif isinstance(stored, list) and isinstance(replayed, list) and len(stored) == len(replayed):
+        for k, (a, b) in enumerate(zip(stored, replayed, strict=True)):
+            _diff(a, b, f"{path}[{k}]", out)
+    else:
+        out.append((path or "report", stored, replayed))
+
+
+class _Comparer:
+    """Takes the replay's rounds and compares the window's stored ones as they come."""
+
+    def __init__(
+        self, summary: ReplaySummary, stored: Iterator[Any], start: int, market: str | None
+    ) -> None:
+        self.summary, self.start, self.market = summary, start, market
+        self._stored = stored
+        self._next = next(stored, None)
+
+    def on_round(self, result: RoundResult) -> None:
+        while self._next is not None and self._next[0].ts < result.ts:
+            self._next = next(self._stored, None)  # a schedule never skips a stored round
+        if self._next is None or self._next[0].ts != result.ts or result.ts < self.start:
+            return
+        held, bodies, unreadable = self._next
+        self._next = next(self._stored, None)
+        s = self.summary
+        s.rounds += 1
+        other = held.revision is not None and held.revision != PRICING_REVISION
+        if held.revision is None:
+            s.unrecorded += 1
+        elif other:
+            s.revision_rounds += 1
+            s.revisions.add(held.revision)
+        stored = {report.market: (report, body) for report, body in bodies}
+        index = {m: i for i, m in enumerate(result.layout.markets)}
+        markets = [self.market] if self.market is not None else [*index, *stored]
+        for market in dict.fromkeys(markets):
+            fields = self._fields(result, index.get(market), stored.get(market), unreadable)
+            if fields is None:
+                continue
+            s.reports += 1
+            if not fields:
+                s.equal += 1
+                continue
+            if other:
+                s.other_revision += 1
+            else:
+                s.mismatched += 1
+            if len(s.mismatches) < _KEPT:
+                s.mismatches.append(Mismatch(market, held.round, held.ts, held.revision, fields))
+
+    def _fields(
+        self,
+        result: RoundResult,
+        i: int | None,
+        stored: tuple[Report, bytes] | None,
+        unreadable: list[str],
+    ) -> list[tuple[str, Any, Any]] | None:
+        """What differs ([] nothing), or None when neither side has the market."""
+        if stored is None:
+            market = None if i is None else result.layout.markets[i]
+            bad = [w for w in unreadable if market is not None and w.startswith(f"{market}:")]
+            if bad:
+                return [("report", bad[0], "(replayed)")]
+            return None if i is None else [("report", "(not stored)", "(replayed)")]
+        if i is None:
+            return [("report", "(stored)", "(not in the replayed config)")]
+        replayed = result.report(i)
+        if _encoder.encode(replayed) == stored[1]:
+            return []
+        out: list[tuple[str, Any, Any]] = []
+        _diff(msgspec.to_builtins(stored[0]), msgspec.to_builtins(replayed), "", out)
+        return out or [("report", "(its stored bytes)", "(the replayed bytes)")]
+
+
+def replay_trail(
+    reader: AuditReader, start: int, end: int, market: str | None, configs: list[str]
+) -> ReplaySummary:
+    """Replay every daemon start the window's rounds belong to and compare the window's."""
+    summary = ReplaySummary()
+    reader.check_round_times()  # a round in no window would be left out unsaid
+    window = reader.rounds(start, end)
+    if not window:
+        return summary
+    if reader.version < 3:
+        summary.unreproducible = len(window)
+        summary.problems.append(
+            f"the trail is of schema version {reader.version}: it stores no config loads"
+            " (version 3 on), so no replay knows the config its rounds were computed under"
+        )
+        return summary
+    loads = reader.configs(0, _LAST)
+    starts = [load for load in loads if load.event == "start"]
+    times = [load.ts for load in starts]
+    by_start: dict[int, list[AuditRound]] = {}
+    before = 0
+    for held in window:
+        k = bisect.bisect_right(times, held.ts) - 1
+        if k < 0:
+            before += 1
+        else:
+            by_start.setdefault(k, []).append(held)
+    if before:
+        summary.unreproducible += before
+        summary.problems.append(
+            f"{before} round(s) of the window are older than the trail's first config load"
+            " (stored before schema version 3, or its row lost): no config is known for them"
+        )
+    files = _Configs(configs)
+    for k, rounds in by_start.items():
+        until = times[k + 1] - 1 if k + 1 < len(times) else _LAST
+        reloads = [c for c in loads if c.event == "reload" and starts[k].ts < c.ts <= until]
+        try:
+            limit = _replay_start(
+                reader, summary, files, starts[k], reloads, rounds, (start, end, market)
+            )
+        except _Unreproducible as exc:
+            limit = starts[k].ts - 1 if exc.ts is None else exc.ts
+            summary.problems.append(exc.what)
+        left = sum(1 for held in rounds if held.ts > limit)
+        if left:
+            summary.unreproducible += left
+            summary.problems.append(
+                f"{left} round(s) of the start at {iso_time(starts[k].ts)} not replayed"
+                f" (from {iso_time(next(h.ts for h in rounds if h.ts > limit))} on)"
+            )
+    return summary
+
+
+def _replay_start(
+    reader: AuditReader,
+    summary: ReplaySummary,
+    files: _Configs,
+    load: ConfigLoad,
+    reloads: list[ConfigLoad],
+    window: list[AuditRound],
+    asked: tuple[int, int, str | None],
+) -> int:
+    """Replay one start up to the window's last round of it and compare the window's rounds;
+    return the time up to which it was replayed (a reload without its config ends it there)."""
+    from oracled.replay import replay
+    from oracled.tape import tape_lines
+
+    start, end, market = asked
+    cfg = files.find(load)
+    interval = cfg.oracle.round_interval_ms
+    limit = window[-1].ts
+    swaps: list[tuple[int, Config]] = []
+    current = cfg
+    problem: _Unreproducible | None = None
+    for reload in reloads:
+        if reload.ts > limit:
+            break
+        try:
+            current = running_config(current, files.find(reload))
+        except _Unreproducible as exc:
+            problem, limit = exc, reload.ts - 1
+            break
+        swaps.append((reload.ts, current))
+    if not reader.actions_on_tape:
+        acted = reader.actions(None, load.ts, limit)
+        if acted:
+            limit = acted[0].ts
+            problem = _Unreproducible(
+                f"an operator action at {iso_time(acted[0].ts)} ({acted[0].action}"
+                f" {acted[0].market}) is stored without its round (schema version"
+                f" {reader.version}, before 5): no replay knows which round it first applied to",
+                acted[0].ts,
+            )
+    rounds = reader.rounds(load.ts, limit)
+    try:
+        schedule = _schedule(rounds, interval)
+    except _Unreproducible as exc:  # replayed up to the round that does not add up
+        assert exc.ts is not None
+        problem, limit = exc, exc.ts - 1
+        schedule = _schedule([held for held in rounds if held.ts <= limit], interval)
+    with tempfile.TemporaryFile() as tape:
+        quotes = reader.tape(tape, load.ts, limit)
+        said = reader.quote_count(load.ts, limit)
+        if quotes != said:
+            raise _Unreproducible(
+                f"the rounds of the start at {iso_time(load.ts)} say they were given {said}"
+                f" quote(s), their stored tape holds {quotes}: stored quotes are missing"
+            )
+        tape.seek(0)
+        stored = reader.round_bodies(max(start, load.ts), min(end, limit))
+        comparer = _Comparer(summary, stored, start, market)
+        compared = summary.rounds
+        replay(
+            cfg,
+            tape_lines(tape),
+            None,
+            on_round=comparer.on_round,
+            max_gap_ms=None,
+            schedule=schedule,
+            reloads=swaps,
+        )
+    missed = sum(1 for held in window if start <= held.ts <= limit) - (summary.rounds - compared)
+    if missed:  # never expected: a stored round the schedule did not run is said, not skipped
+        summary.unreproducible += missed
+        summary.problems.append(
+            f"{missed} stored round(s) of the start at {iso_time(load.ts)} were not met by the"
+            " replay's schedule"
+        )
+    shown = f"{load.path} " if load.path else ""
+    summary.starts.append(
+        f"start at {iso_time(load.ts)} (config {shown}sha256 {load.sha256[:12]}): {len(schedule)}"
+        f" round(s) replayed from round {schedule[0][0] if schedule else '-'},"
+        f" {len(swaps)} reload(s) applied, {quotes} quote(s)"
+    )
+    if problem is not None:
+        raise problem
+    return limit
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))[:120]
+
+
+def print_summary(summary: ReplaySummary, out: TextIO) -> None:
+    """The result in words: what was replayed, the counts, then each mismatch kept."""
+    for line in summary.starts:
+        print(f"replayed the {line}", file=out)
+    for problem in summary.problems:
+        print(f"not reproducible: {problem}", file=out)
+    for m in summary.mismatches:
+        fields = "; ".join(f"{f}: stored {_value(a)}, replayed {_value(b)}" for f, a, b in m.fields)
+        other = m.revision is not None and m.revision != PRICING_REVISION
+        kind = f"DIFFERS (pricing revision {m.revision})" if other else "MISMATCH"
+        print(f"{kind} {m.market} round {m.round} at {iso_time(m.ts)}: {fields}", file=out)
+    if summary.revision_rounds and not summary.other_revision:
+        print(
+            f"{summary.revision_rounds} round(s) were computed under pricing revision(s)"
+            f" {', '.join(map(str, sorted(summary.revisions)))}: this oracled (revision"
+            f" {PRICING_REVISION}) reproduces them",
+            file=out,
+        )
+    if summary.mismatched + summary.other_revision > len(summary.mismatches):
+        print(f"(the first {len(summary.mismatches)} differing reports shown)", file=out)
+    print(
+        f"compared {summary.rounds} round(s), {summary.reports} report(s): {summary.equal}"
+        f" equal, {summary.mismatched} mismatch(es)"
+        + (
+            f", {summary.other_revision} differ in rounds computed under pricing revision(s)"
+            f" {', '.join(map(str, sorted(summary.revisions)))} (this oracled prices under"
+            f" {PRICING_REVISION}: CHANGELOG.md, Pricing revisions)"
+            if summary.other_revision
+            else ""
+        )
+        + (
+            f"; {summary.unreproducible} round(s) not reproducible"
+            if summary.unreproducible
+            else ""
+        )
+        + (
+            f"; {summary.unrecorded} round(s) without a recorded pricing revision"
+            if summary.unrecorded
+            else ""
+        ),
+        file=out,
+    )
+
+
+def cmd_replay(reader: AuditReader, args: Any, out: TextIO) -> int:
+    """`oracled audit --replay`: the summary (or `--json`) on `out`; the exit code."""
+    summary = replay_trail(reader, args.start, args.end, args.market, list(args.config or ()))
+    if args.json:
+        out.write(json.dumps(summary.as_dict(), indent=2) + "\n")
+    else:
+        if not summary.reports and not summary.problems:
+            where = "" if args.market is None else f" holding {args.market}"
+            print(f"no round{where} is stored in this window", file=out)
+        print_summary(summary, out)
+    return summary.exit_code()

@@ -1,0 +1,401 @@
+"""`oracled audit --replay`: a trail's stored reports against what the core computes from the
+trail's own stored quotes, manual pauses, round times and configs (docs/publishing.md).
+
+One real daemon (`oracled run` on five loopback venues, a perpetual and a USDT-quoted one among
+them) writes the trail the first tests read: its round loop stopped for a moment (SIGSTOP: the
+rounds it missed are computed late and never stored), the trail held by another writer until
+rounds are dropped from it, a manual pause and resume, and a reload of how BTC/USD is priced.
+The others write small trails the way the daemon writes them (`audit_rig.Feed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import tomli_w
+from audit_rig import Feed, rewrite_report, sql, trail
+from publish_rig import INTERVAL, T0, make_config
+from test_audit_schema import write_v1
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from daemon import ADMIN_TOKEN, Daemon
+
+from oracled.cli import main
+from oracled.config import Config, parse_config, read_config
+from oracled.core import PRICING_REVISION
+from oracled.model import Report
+from oracled.publish.audit import AuditReader, iso_time
+from oracled.sim.venues import simulate
+
+SPOT_USD = ("coinbase", "kraken", "bitstamp")
+_LIVE = {"active", "degraded"}
+_END = 1 << 62
+
+
+def _config(audit: Path) -> Config:
+    return parse_config(
+        {
+            "oracle": {"round_interval_ms": 100, "resume_rounds": 3, "jump_confirm_rounds": 2},
+            "api": {"admin_token_env": "ORACLED_TEST_ADMIN_TOKEN"},
+            "log": {"format": "json"},
+            "audit": {"enabled": True, "path": str(audit), "reserve_bytes": 64 * 1024, "queue": 4},
+            "sources": {sid: {"type": sid} for sid in (*SPOT_USD, "binance", "okx")},
+            "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+            "markets": [
+                {
+                    "symbol": "USDT/USD",
+                    "price_exponent": -6,
+                    "min_sources": 2,
+                    "max_age_ms": 1500,
+                    "sources": [{"source": s, "pair": "USDT/USD"} for s in SPOT_USD],
+                },
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 3,
+                    "max_age_ms": 1500,
+                    "max_deviation": 0.01,
+                    "sources": [
+                        *({"source": s, "pair": "BTC/USD"} for s in SPOT_USD),
+                        {"source": "binance", "pair": "BTC/USDT"},
+                    ],
+                    "perp_sources": [{"source": "okx", "pair": "BTC/USDT"}],
+                },
+            ],
+        },
+        env={},
+    )
+
+
+class LiveTrail:
+    """What the daemon left: its trail, the config file it started with (the daemon's own file
+    holds the reloaded one now), and the times of its stored events."""
+
+    def __init__(self, db: Path, started: Path, reloaded: Path) -> None:
+        self.db, self.started, self.reloaded = db, started, reloaded
+        reader = AuditReader(db)
+        try:
+            self.loads = reader.configs(0, _END)
+            self.actions = reader.actions(None, 0, _END)
+            self.rounds = reader.rounds(0, _END)
+        finally:
+            reader.close()
+
+    def copy(self, to: Path) -> Path:
+        """A copy of the trail to change (the daemon stopped: its `-wal` is checkpointed)."""
+        shutil.copyfile(self.db, to)
+        return to
+
+
+async def _run_daemon(tmp: Path) -> LiveTrail:
+    cfg, venues = await simulate(
+        _config(tmp / "audit.sqlite3"),
+        rate_hz=10.0,
+        liveness={"liveness_timeout_s": 1.0, "rest_poll_interval_s": 0.5, "reconnect_max_s": 0.5},
+    )
+    dump = cfg.model_dump(by_alias=True, exclude={"admin_token"}, exclude_none=True)
+    daemon = Daemon(tomli_w.dumps(dump), tmp)
+    started = tmp / "started.toml"
+    shutil.copyfile(daemon.config, started)
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    async def rounds(n: int) -> None:
+        first = int((await daemon.report("BTC/USD"))["round"])
+
+        async def later() -> bool:
+            return int((await daemon.report("BTC/USD"))["round"]) >= first + n
+
+        await daemon.wait_for(later, 10.0, f"{n} more rounds")
+
+    try:
+        await daemon.start()
+        await daemon.wait_status("BTC/USD", _LIVE, limit_s=20.0)
+        await rounds(3)
+        assert daemon.proc is not None
+        os.kill(daemon.proc.pid, signal.SIGSTOP)  # its loop computes the missed rounds late
+        await asyncio.sleep(0.6)
+        os.kill(daemon.proc.pid, signal.SIGCONT)
+        await rounds(3)
+        held = sqlite3.connect(tmp / "audit.sqlite3", timeout=10.0)  # its queue fills: dropped
+        held.execute("BEGIN IMMEDIATE")
+        await asyncio.sleep(1.5)
+        held.rollback()
+        held.close()
+        await rounds(3)
+        status, body = await daemon.post("/v1/admin/markets/BTC-USD/pause", headers=auth)
+        assert status == 200, body
+        await daemon.wait_status("BTC/USD", {"paused"})
+        await rounds(3)
+        status, body = await daemon.post("/v1/admin/markets/BTC-USD/resume", headers=auth)
+        assert status == 200, body
+        await daemon.wait_status("BTC/USD", _LIVE)
+        await rounds(3)
+        reloaded = tomllib.loads(daemon.config.read_text())
+        reloaded["markets"][1]["price_exponent"] = -1
+        daemon.config.write_text(tomli_w.dumps(reloaded))
+        status, body = await daemon.post("/v1/admin/reload", headers=auth)
+        assert status == 200 and body["markets_changed"] == ["BTC/USD"], body
+        await rounds(6)
+        assert await asyncio.to_thread(daemon.terminate) == 0, daemon.logs()[-3000:]
+        assert daemon.events("audit queue full: rounds are dropped from the trail")
+    finally:
+        await daemon.close()
+        for venue in venues:
+            await venue.sim.stop()
+    return LiveTrail(tmp / "audit.sqlite3", started, daemon.config)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> LiveTrail:
+    """The trail of one daemon run, shared by the tests that only read it or change a copy."""
+    return asyncio.run(_run_daemon(tmp_path_factory.mktemp("live")))
+
+
+def _replay(
+    capsys: pytest.CaptureFixture[str], db: Path, *args: str, json_out: bool = True
+) -> tuple[int, Any]:
+    """`oracled audit --db DB --replay ARGS` (`--json`): its exit code and what it printed."""
+    capsys.readouterr()
+    code = main(["audit", "--db", str(db), "--replay", *args, *(["--json"] if json_out else [])])
+    out = capsys.readouterr()
+    return code, json.loads(out.out) if json_out else out.out + out.err
+
+
+@pytest.mark.integration
+def test_a_live_trail_replays_equal_across_late_rounds_a_pause_and_a_reload(
+    live: LiveTrail, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every report a running daemon stored is what the core computes from the trail alone,
+    byte for byte: its rounds at their own times (the late ones a stopped loop computed are in
+    the trail's schedule, not in its rows), the manual pause and resume at the rounds they first
+    applied to, and the reloaded price exponent of BTC/USD from the reload's stored time; the
+    start's config found by its sha256 among the files given, the reload's at the path the
+    trail names. The same holds from a window after the reload (the rounds before it replayed,
+    not compared) and for one market."""
+    assert [c.event for c in live.loads] == ["start", "reload"]
+    assert [a.action for a in live.actions] == ["pause", "resume"]
+    numbers = [r.round for r in live.rounds]
+    assert any(b - a > 1 for a, b in itertools.pairwise(numbers))  # rounds not stored
+    code, result = _replay(capsys, live.db, "--config", str(live.started))
+    assert code == 0, result
+    assert result["rounds"] == len(live.rounds) and result["rounds"] >= 25
+    assert result["reports"] == 2 * result["rounds"] == result["equal"]
+    assert result["mismatches"] == 0 and result["problems"] == []
+    assert len(result["starts"]) == 1 and "1 reload(s) applied" in result["starts"][0]
+    reload_ts = live.loads[1].ts
+    after = [r for r in live.rounds if r.ts > reload_ts]
+    assert len(after) >= 5
+    code, result = _replay(
+        capsys, live.db, "--config", str(live.started), "--from", str(reload_ts + 1)
+    )
+    assert code == 0 and result["rounds"] == len(after) and result["equal"] == 2 * len(after)
+    code, text = _replay(
+        capsys, live.db, "--config", str(live.started), "--market", "btc-usd", json_out=False
+    )
+    assert code == 0
+    assert text.splitlines()[-1] == (
+        f"compared {len(live.rounds)} round(s), {len(live.rounds)} report(s):"
+        f" {len(live.rounds)} equal, 0 mismatch(es)"
+    )
+
+
+@pytest.mark.integration
+def test_a_trail_without_its_start_config_at_hand_is_not_reproducible(
+    live: LiveTrail, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without `--config`, the start's config is looked for at the path the trail names, which
+    holds the reloaded text now: no file has the stored sha256, so no round is replayed (exit 4)
+    and the line names the start, its sha256 and what to give."""
+    code, text = _replay(capsys, live.db, json_out=False)
+    assert code == 4, text
+    start = live.loads[0]
+    assert (
+        f"not reproducible: the config of the start at {iso_time(start.ts)} (by start, sha256"
+        f" {start.sha256[:12]}, {start.path}) is none of the files at hand ({start.path}: sha256"
+    ) in text
+    assert "give it with --config" in text
+    assert f"{len(live.rounds)} round(s) not reproducible" in text
+
+
+@pytest.mark.integration
+def test_an_altered_stored_report_is_a_mismatch_naming_its_market_round_and_fields(
+    live: LiveTrail, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stored BTC/USD price rewritten in the file (its row deflated again as the writer does)
+    is the one mismatch: exit 3, the market, round number and time, and the field with both
+    values; every other report is still equal."""
+    db = live.copy(tmp_path / "altered.sqlite3")
+    priced = [r for r in live.rounds if r.round > live.rounds[0].round + 10]
+    target = priced[len(priced) // 2]
+    stored: list[Report] = []
+
+    def change(report: Report) -> Report:
+        stored.append(report)
+        return msgspec.structs.replace(report, price="1.00")
+
+    rewrite_report(db, target.id, "BTC/USD", change)
+    code, text = _replay(capsys, db, "--config", str(live.started), json_out=False)
+    assert code == 3, text
+    (line,) = [x for x in text.splitlines() if x.startswith("MISMATCH")]
+    assert line == (
+        f"MISMATCH BTC/USD round {target.round} at {iso_time(target.ts)}: price: stored"
+        f' "1.00", replayed {json.dumps(stored[0].price)}'
+    )
+    code, result = _replay(capsys, db, "--config", str(live.started))
+    assert code == 3 and result["mismatches"] == 1
+    assert result["equal"] == result["reports"] - 1
+    (first,) = result["first_mismatches"]
+    assert (first["market"], first["round"], first["ts"]) == ("BTC/USD", target.round, target.ts)
+
+
+@pytest.mark.integration
+def test_a_trail_of_another_pricing_revision_is_told_as_such(
+    live: LiveTrail, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rounds stored under another pricing revision whose reports differ are a revision
+    difference (exit 5, `DIFFERS (pricing revision N)`), not a bare mismatch; the same rounds
+    all reproduced say which revision they were stored under and exit 0."""
+    db = live.copy(tmp_path / "older.sqlite3")
+    sql(db, f"UPDATE rounds SET revision = {PRICING_REVISION - 1}")
+    code, text = _replay(capsys, db, "--config", str(live.started), json_out=False)
+    assert code == 0, text
+    assert (
+        f"{len(live.rounds)} round(s) were computed under pricing revision(s)"
+        f" {PRICING_REVISION - 1}: this oracled (revision {PRICING_REVISION}) reproduces them"
+    ) in text
+    target = live.rounds[-3]
+    rewrite_report(db, target.id, "USDT/USD", lambda r: msgspec.structs.replace(r, status="stale"))
+    code, text = _replay(capsys, db, "--config", str(live.started), json_out=False)
+    assert code == 5, text
+    assert (
+        f"DIFFERS (pricing revision {PRICING_REVISION - 1}) USDT/USD round {target.round} at"
+        f' {iso_time(target.ts)}: status: stored "stale"'
+    ) in text
+    assert "0 mismatch(es), 1 differ in rounds computed under pricing revision(s)" in text
+
+
+def _feed_trail(tmp_path: Path) -> tuple[Path, Path, Feed]:
+    """A trail written as a daemon writes it, the config's load first; its config file."""
+    config = tmp_path / "feed.toml"
+    cfg = make_config()
+    config.write_text(tomli_w.dumps(cfg.model_dump(by_alias=True, exclude_none=True)))
+    loaded, digest = read_config(config)
+    db = tmp_path / "feed.sqlite3"
+    feed = Feed(loaded, trail(db))
+    feed.audit.record_config(T0 - 5, "start", "start", str(config), digest, "{}")
+    return db, config, feed
+
+
+def _late(feed: Feed, rounds: int) -> None:
+    """Rounds a blocked loop computes late: run, never stored; their quotes go with the next."""
+    for _ in range(rounds):
+        for source in ("alpha", "beta"):
+            for market in feed.prices:
+                feed.quote(source, market, 30)
+        feed.now += INTERVAL
+        feed.core.run_round(feed.now)
+
+
+def test_the_trail_s_own_round_times_are_replayed_not_the_interval_s(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rounds computed late and not stored, ticks a loop blocked past its catch-up limit never
+    ran (their numbers not taken), and a pause: `--replay` runs the rounds the daemon ran, as
+    their numbers and times in the trail say, and every report is equal; `oracled replay` of
+    the trail's tape, which runs a round every interval, is not (the round numbers move at
+    the skipped ticks), which is why the trail's schedule is used."""
+    db, config, feed = _feed_trail(tmp_path)
+    for _ in range(4):
+        feed.round()
+    _late(feed, 3)
+    feed.round()
+    feed.now += 7 * INTERVAL  # ticks never run: the catch-up limit skips the oldest
+    feed.manual("BTC/USD", True)
+    for _ in range(3):
+        feed.round()
+    feed.manual("BTC/USD", False)
+    for _ in range(4):
+        feed.round()
+    feed.audit.close()
+    code, result = _replay(capsys, db)
+    assert code == 0, result
+    assert result["rounds"] == 12 and result["equal"] == result["reports"] == 36
+    assert "15 round(s) replayed from round 1" in result["starts"][0]
+    tape = tmp_path / "feed.jsonl"
+    assert main(["audit", "--db", str(db), "--tape", str(tape)]) == 0
+    out = tmp_path / "replayed.jsonl"
+    assert main(["replay", "--config", str(config), str(tape), "--out", str(out)]) == 0
+    reader = AuditReader(db)
+    try:
+        stored = set(reader.report_lines(0, _END))
+    finally:
+        reader.close()
+    assert not stored <= set(out.read_bytes().splitlines(keepends=True))
+
+
+def test_a_trail_whose_stored_quotes_are_gone_is_not_reproducible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stored quotes of a round deleted from the file: the rounds say how many they were
+    given, the tape holds fewer, so nothing is compared and the line says why (exit 4)."""
+    db, _, feed = _feed_trail(tmp_path)
+    for _ in range(5):
+        feed.round()
+    feed.audit.close()
+    sql(db, "DELETE FROM tapes WHERE round_id = 3")
+    code, text = _replay(capsys, db, json_out=False)
+    assert code == 4, text
+    assert "say they were given 45 quote(s), their stored tape holds 36" in text
+    assert "stored quotes are missing" in text and "compared 0 round(s)" in text
+
+
+def test_a_trail_before_config_loads_were_stored_is_not_reproducible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A schema version 1 trail (quotes and reports, no config loads): exit 4, saying the
+    trail stores no config; an empty window is exit 1."""
+    feed = Feed(make_config(), trail(tmp_path / "unused.sqlite3"))
+    for _ in range(3):
+        feed.round()
+    feed.audit.close()
+    db = tmp_path / "v1.sqlite3"
+    write_v1(db, feed.kept)
+    code, text = _replay(capsys, db, json_out=False)
+    assert code == 4, text
+    assert "the trail is of schema version 1: it stores no config loads" in text
+    code, text = _replay(capsys, db, "--to", str(T0 - 1000), json_out=False)
+    assert code == 1 and "no round is stored in this window" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--replay", "--tape", "x.jsonl"], "--replay compares rounds: not with --verify"),
+        (["--replay", "--verify"], "--replay compares rounds: not with --verify"),
+        (["--replay", "--deployment", "d"], "--signer and --deployment go with --verify or --at"),
+        (["--json"], "--json goes with --replay"),
+        (["--verify", "--config", "a.toml", "--config", "b.toml"], "--config once with --verify"),
+        (["--config", "a.toml"], "--config goes with --verify, --at or --replay"),
+    ],
+)
+def test_bad_replay_requests_are_refused_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], said: str
+) -> None:
+    """An option `--replay` would ignore, or one that needs it, is refused before the trail
+    is read: exit 2 and the reason."""
+    db, _, feed = _feed_trail(tmp_path)
+    feed.audit.close()
+    capsys.readouterr()
+    assert main(["audit", "--db", str(db), *args]) == 2
+    assert f"oracled audit: {said}" in capsys.readouterr().err
