@@ -1422,15 +1422,6 @@ class AuditReader:
         if current is not None:
             yield current, reports, unreadable
 
-    def quote_count(self, start_ms: int, end_ms: int) -> int:
-        """The quotes the rounds of the window say they were given (`rounds.quotes`): what
-        their stored tape must hold."""
-        (count,) = self._db.execute(
-            "SELECT coalesce(sum(quotes), 0) FROM rounds WHERE ts >= ? AND ts <= ?",
-            (start_ms, end_ms),
-        ).fetchone()
-        return int(count)
-
     def reports(self, market: str, start_ms: int, end_ms: int) -> Iterator[StoredReport]:
         """One market's reports in time order."""
         return self._reports(market, start_ms, end_ms, newest_first=False)
@@ -1582,6 +1573,16 @@ class AuditReader:
         names the pricing revision that first round was computed under (schema version 6 on),
         and this oracled's version, the tape's writer.
         """
+        count = 0
+        for block, quotes in self.tape_blocks(start_ms, end_ms):
+            out.write(block)
+            count += quotes
+        return count
+
+    def tape_blocks(self, start_ms: int, end_ms: int) -> Iterator[tuple[bytes, int]]:
+        """`tape`'s bytes as they are read, each with the quotes it holds: the header, a
+        round's lines at a time, and the commands after the last one (`oracled audit --replay`
+        reads a trail's tape without writing it anywhere: a day's is gigabytes)."""
         first = self.first_quoted(start_ms, end_ms)  # replay numbers its rounds from it
         first_round, first_ts = (None, None) if first is None else first
         header = header_line(
@@ -1590,28 +1591,40 @@ class AuditReader:
             pricing_revision=self.first_revision(start_ms, end_ms),
             software_version=__version__,
         )
-        out.write(header)
+        yield header, 0
         if self.version == 1:
-            return self._tape_v1(out, start_ms, end_ms)
+            yield from self._tape_v1(start_ms, end_ms)
+            return
         commands = self._commands(start_ms, end_ms)
         rows = self._db.execute(
             "SELECT t.lines, o.round, o.ts FROM tapes t JOIN rounds o ON o.id = t.round_id "
             "WHERE o.ts >= ? AND o.ts <= ? ORDER BY t.round_id",
             (start_ms, end_ms),
         )
-        count = 0
         for block, round_no, ts in rows:
             try:
                 lines = zlib.decompress(block, wbits=_WBITS)
-                count += lines.count(b"\n")
+                count = lines.count(b"\n")
                 if commands:
                     lines = _with_commands(lines, commands)
             except (zlib.error, TypeError, msgspec.DecodeError) as exc:  # overwritten: the tape
                 what = f"its stored quotes cannot be read ({exc})"  # would be torn there
                 raise AuditDataError(round_no, ts, what) from None
-            out.write(lines)
-        out.writelines(line for _, line in commands)  # rounds after the last quote's
-        return count
+            yield lines, count
+        if commands:  # rounds after the last quote's
+            yield b"".join(line for _, line in commands), 0
+
+    def missing_tapes(self, start_ms: int, end_ms: int) -> int:
+        """Rounds of the window that say they were given quotes and have no stored tape row
+        (deleted from the file): their quotes are gone (0 before version 2, one row a quote)."""
+        if self.version < 2:
+            return 0
+        (count,) = self._db.execute(
+            "SELECT count(*) FROM rounds o WHERE o.ts >= ? AND o.ts <= ? AND o.quotes > 0"
+            " AND NOT EXISTS (SELECT 1 FROM tapes t WHERE t.round_id = o.id)",
+            (start_ms, end_ms),
+        ).fetchone()
+        return int(count)
 
     def _commands(self, start_ms: int, end_ms: int) -> collections.deque[tuple[int, bytes]]:
         """The operator actions first applied to a round of the window, as (round time, tape
@@ -1628,14 +1641,11 @@ class AuditReader:
             for ts, round_no, action, market, actor in rows
         )
 
-    def _tape_v1(self, out: IO[bytes], start_ms: int, end_ms: int) -> int:
+    def _tape_v1(self, start_ms: int, end_ms: int) -> Iterator[tuple[bytes, int]]:
         rows = self._db.execute(
             "SELECT q.line FROM quotes q JOIN rounds o ON o.id = q.round_id "
             "WHERE o.ts >= ? AND o.ts <= ? ORDER BY q.round_id, q.seq",
             (start_ms, end_ms),
         )
-        count = 0
         for (line,) in rows:
-            out.write(line)
-            count += 1
-        return count
+            yield line, 1

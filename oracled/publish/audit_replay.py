@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TextIO
@@ -341,7 +340,6 @@ def _replay_start(
     """Replay one start up to the window's last round of it and compare the window's rounds;
     return the time up to which it was replayed (a reload without its config ends it there)."""
     from oracled.replay import replay
-    from oracled.tape import tape_lines
 
     start, end, market = asked
     cfg = files.find(load)
@@ -376,27 +374,29 @@ def _replay_start(
         assert exc.ts is not None
         problem, limit = exc, exc.ts - 1
         schedule = _schedule([held for held in rounds if held.ts <= limit], interval)
-    with tempfile.TemporaryFile() as tape:
-        quotes = reader.tape(tape, load.ts, limit)
-        said = reader.quote_count(load.ts, limit)
-        if quotes != said:
-            raise _Unreproducible(
-                f"the rounds of the start at {iso_time(load.ts)} say they were given {said}"
-                f" quote(s), their stored tape holds {quotes}: stored quotes are missing"
-            )
-        tape.seek(0)
-        stored = reader.round_bodies(max(start, load.ts), min(end, limit))
-        comparer = _Comparer(summary, stored, start, market)
-        compared = summary.rounds
-        replay(
-            cfg,
-            tape_lines(tape),
-            None,
-            on_round=comparer.on_round,
-            max_gap_ms=None,
-            schedule=schedule,
-            reloads=swaps,
+    gone = reader.missing_tapes(load.ts, limit)
+    if gone:
+        raise _Unreproducible(
+            f"{gone} round(s) of the start at {iso_time(load.ts)} say they were given quotes"
+            " and have no stored tape row: stored quotes are missing"
         )
+
+    def lines() -> Iterator[bytes]:
+        for block, _ in reader.tape_blocks(load.ts, limit):
+            yield from block.splitlines(keepends=True)
+
+    stored = reader.round_bodies(max(start, load.ts), min(end, limit))
+    comparer = _Comparer(summary, stored, start, market)
+    compared = summary.rounds
+    stats = replay(
+        cfg,
+        lines(),
+        None,
+        on_round=comparer.on_round,
+        max_gap_ms=None,
+        schedule=schedule,
+        reloads=swaps,
+    )
     missed = sum(1 for held in window if start <= held.ts <= limit) - (summary.rounds - compared)
     if missed:  # never expected: a stored round the schedule did not run is said, not skipped
         summary.unreproducible += missed
@@ -408,7 +408,7 @@ def _replay_start(
     summary.starts.append(
         f"start at {iso_time(load.ts)} (config {shown}sha256 {load.sha256[:12]}): {len(schedule)}"
         f" round(s) replayed from round {schedule[0][0] if schedule else '-'},"
-        f" {len(swaps)} reload(s) applied, {quotes} quote(s)"
+        f" {len(swaps)} reload(s) applied, {stats.quotes} quote(s)"
     )
     if problem is not None:
         raise problem
