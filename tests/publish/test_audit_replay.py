@@ -285,6 +285,29 @@ def test_a_trail_of_another_pricing_revision_is_told_as_such(
     assert "0 mismatch(es), 1 differ in rounds computed under pricing revision(s)" in text
 
 
+@pytest.mark.integration
+def test_rounds_after_a_reload_without_its_config_are_not_reproducible_the_rest_are_equal(
+    live: LiveTrail, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reload whose config no file at hand has (its stored sha256 changed here): the rounds
+    before it are replayed and equal, the ones after it are counted not reproducible, and the
+    line names the reload and what to give (exit 4)."""
+    db = live.copy(tmp_path / "reload.sqlite3")
+    sql(db, "UPDATE configs SET sha256 = '00' || substr(sha256, 3) WHERE event = 'reload'")
+    code, result = _replay(capsys, db, "--config", str(live.started))
+    assert code == 4, result
+    reload_ts = live.loads[1].ts
+    before = [r for r in live.rounds if r.ts <= reload_ts]
+    after = len(live.rounds) - len(before)
+    assert after >= 5
+    assert result["rounds"] == len(before) and result["equal"] == 2 * len(before)
+    assert result["mismatches"] == 0 and result["unreproducible_rounds"] == after
+    assert result["problems"][0].startswith(
+        f"the config of the reload at {iso_time(reload_ts)} (by api, sha256 00"
+    )
+    assert "give it with --config" in result["problems"][0]
+
+
 def _feed_trail(tmp_path: Path) -> tuple[Path, Path, Feed]:
     """A trail written as a daemon writes it, the config's load first; its config file."""
     config = tmp_path / "feed.toml"
@@ -342,6 +365,41 @@ def test_the_trail_s_own_round_times_are_replayed_not_the_interval_s(
     finally:
         reader.close()
     assert not stored <= set(out.read_bytes().splitlines(keepends=True))
+
+
+def test_each_start_of_a_restarted_daemon_replays_from_its_own_first_round(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon stopped and started again on its trail numbers its rounds from 1 and its gates
+    start afresh: each start is replayed from its own first round with its own config, and a
+    window that begins inside the second start still replays that start from its beginning."""
+    db, _, first = _feed_trail(tmp_path)
+    for _ in range(5):
+        first.round()
+    first.audit.close()
+    config = tmp_path / "second.toml"
+    cfg = make_config(oracle={"round_interval_ms": INTERVAL, "resume_rounds": 3})
+    config.write_text(tomli_w.dumps(cfg.model_dump(by_alias=True, exclude_none=True)))
+    loaded, digest = read_config(config)
+    second = Feed(loaded, trail(db))
+    second.now = first.now + 10 * INTERVAL
+    second.audit.record_config(second.now - 5, "start", "start", str(config), digest, "{}")
+    second.silent = {"beta", "gamma"}  # paused for its quorum, then resuming under its own rule
+    for _ in range(2):
+        second.round()
+    second.silent = set()
+    for _ in range(4):
+        second.round()
+    second.audit.close()
+    code, result = _replay(capsys, db)
+    assert code == 0, result
+    assert result["rounds"] == 11 and result["equal"] == result["reports"] == 33
+    assert len(result["starts"]) == 2
+    assert all("from round 1," in line for line in result["starts"])
+    late = str(second.now - 2 * INTERVAL)  # the last three rounds: the start's first three run
+    code, result = _replay(capsys, db, "--from", late)
+    assert code == 0 and result["rounds"] == 3 and result["equal"] == 9
+    assert "6 round(s) replayed from round 1" in result["starts"][0]
 
 
 def test_a_trail_whose_stored_quotes_are_gone_is_not_reproducible(
