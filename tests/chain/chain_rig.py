@@ -13,6 +13,7 @@ encoded with eth_abi from a plain signature such as ``"updateAnswer(int256)"``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import subprocess
@@ -78,10 +79,28 @@ class Anvil:
                 self.proc.wait()
 
 
+def artifacts_hash() -> str:
+    """The hash `scripts/chain-setup.sh` keeps beside the artifacts, of the inputs as they are
+    now (the same bytes in the same order: the lock file, the compile script, then every .sol
+    file under contracts/ and the unpacked Chainlink sources, by path in C order)."""
+    sources = [p for d in ("contracts", "build/chain/chainlink") for p in (ROOT / d).rglob("*.sol")]
+    sources.sort(key=lambda p: str(p.relative_to(ROOT)))
+    digest = hashlib.sha256()
+    for path in (ROOT / "package-lock.json", ROOT / "scripts" / "compile-contracts.mjs", *sources):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def start_anvil(log_path: Path, *extra: str) -> Anvil:
-    """Start anvil on 127.0.0.1:0 and wait for its `Listening on` line (a few tens of ms)."""
+    """Start anvil on 127.0.0.1:0 and wait for its `Listening on` line (a few tens of ms).
+
+    Refused while the artifacts were compiled from other contracts than the tree's (a checkout
+    that changed a .sol since its last set-up): the tests would deploy the old contract."""
     if not ANVIL.exists() or not ARTIFACTS.exists():
         raise RuntimeError(f"local chain not installed: {_SETUP_HINT}")
+    kept = ARTIFACTS.with_name("artifacts.hash")
+    if not kept.exists() or kept.read_text().strip() != artifacts_hash():
+        raise RuntimeError(f"contracts changed since they were compiled: {_SETUP_HINT}")
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [

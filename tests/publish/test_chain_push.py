@@ -31,6 +31,7 @@ from oracled.clock import ManualClock
 from oracled.config import ChainConfig, PushConfig, load_config
 from oracled.core import RoundResult
 from oracled.errors import ConfigError
+from oracled.eth import selector
 from oracled.jsonrpc import EndpointStats, RpcError, RpcUnavailable
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote
@@ -43,6 +44,7 @@ from oracled.publish.chain_push import (
     load_push_key,
     market_id,
 )
+from oracled.publish.feed_abi import decode_latest_many, encode_latest_many
 from oracled.publish.signer import SigningKey, decimal_to_int
 from oracled.service import Service
 from oracled.sim import BinanceSim
@@ -728,6 +730,45 @@ async def test_only_the_pusher_key_can_write_the_contract(rig: Rig) -> None:
             1,
         )
     assert await rig.stored("BTC/USD") == (0, 0, 0, 0)
+
+
+async def test_the_contract_marks_a_market_paused_and_latest_refuses_its_price(rig: Rig) -> None:
+    """A pause entry keeps the last good price, takes the pause's round and ts, and `latest`
+    reverts for the market with `FeedPaused(market, ts)`, other markets unaffected; the full
+    view and `latestMany` show the price with the flag. A price or a pause not newer than the
+    pause is skipped (a late batch never clears it), and the next newer price does. Version 1
+    had no pause: `latest` answered the frozen price as if it were live."""
+    chain = rig.chain
+    feed = await chain.deploy("OracledFeed", ["address"], [chain.account])
+    btc, eth = market_id("BTC/USD"), market_id("ETH/USD")
+    push = "pushBatch(uint64,uint48,bytes32[],int128[],int8[],bytes32[])"
+    full = ["int128", "int8", "uint64", "uint48", "bool"]
+    assert await chain.call(feed, "VERSION()", returns=["uint8"]) == (2,)
+    await chain.transact(feed, push, 1, 1_000, [btc, eth], [100, 200], [-2, -2], [])
+    receipt = await chain.transact(feed, push, 2, 2_000, [], [], [], [btc])
+    assert len(receipt["logs"]) == 1  # MarketPaused
+    with pytest.raises(RpcFailed) as refused:
+        await chain.call(feed, "latest(bytes32)", btc, returns=["int128"])
+    reason = selector("FeedPaused(bytes32,uint48)") + btc + (2_000).to_bytes(32, "big")
+    assert "0x" + reason.hex() in str(refused.value)
+    assert await chain.call(feed, "latestFeed(bytes32)", btc, returns=full) == (
+        100, -2, 2, 2_000, True
+    )  # fmt: skip
+    eth_now = await chain.call(feed, "latest(bytes32)", eth, returns=full[:4])
+    assert eth_now == (200, -2, 1, 1_000)
+    for late in ((1, 1_500, [btc], [99], [-2], []), (2, 2_000, [], [], [], [btc])):
+        receipt = await chain.transact(feed, push, *late)
+        assert receipt["logs"] == []  # not newer than the pause: skipped, not reverted
+    assert (await chain.call(feed, "latestFeed(bytes32)", btc, returns=full))[4] is True
+    raw = await chain.rpc(
+        "eth_call", [{"to": feed, "data": "0x" + encode_latest_many([btc, eth]).hex()}]
+    )
+    assert decode_latest_many(bytes.fromhex(raw[2:])).paused == [True, False]
+    await chain.transact(feed, "update(bytes32,int128,int8,uint64,uint48)", btc, 101, -2, 3, 3_000)
+    assert await chain.call(feed, "latestFeed(bytes32)", btc, returns=full) == (
+        101, -2, 3, 3_000, False
+    )  # fmt: skip
+    assert await chain.call(feed, "latest(bytes32)", btc, returns=full[:4]) == (101, -2, 3, 3_000)
 
 
 async def test_the_pusher_task_keeps_up_with_rounds_submitted_by_a_loop(rig: Rig) -> None:

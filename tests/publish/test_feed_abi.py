@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oracled.eth import selector
-from oracled.publish.feed_abi import decode_latest_many, encode_latest_many
+from oracled.publish.feed_abi import Feeds, decode_latest_many, encode_latest_many
 
-FEED = "(int128,int8,uint48,uint64)[]"
+FEED = "(int128,int8,uint48,uint64,bool)[]"
 
 feeds = st.lists(
     st.tuples(
@@ -28,6 +28,7 @@ feeds = st.lists(
         st.integers(-128, 127),
         st.integers(0, 2**48 - 1),
         st.integers(0, 2**64 - 1),
+        st.booleans(),
     ),
     max_size=12,
 )
@@ -35,6 +36,10 @@ feeds = st.lists(
 
 def word(value: int) -> bytes:
     return value.to_bytes(32, "big")
+
+
+def decoded(got: Feeds) -> list[tuple[int, int, int, int, bool]]:
+    return list(zip(got.price, got.expo, got.ts, got.round, got.paused, strict=True))
 
 
 def same_as_eth_abi(data: bytes) -> None:
@@ -47,17 +52,17 @@ def same_as_eth_abi(data: bytes) -> None:
         assert type(exc).__module__.startswith("eth_abi")  # refused, not broken
         return
     got = decode_latest_many(data)
-    assert list(zip(got.price, got.expo, got.ts, got.round, strict=True)) == list(expected)
+    assert decoded(got) == list(expected)
 
 
 @settings(max_examples=150, deadline=None)
 @given(feeds)
 def test_a_valid_answer_decodes_to_eth_abis_values(values: list[Any]) -> None:
-    """Every int128 (the int64 fast path and the wide rest), int8, uint48 and uint64 comes out
-    as eth-abi decodes it."""
+    """Every int128 (the int64 fast path and the wide rest), int8, uint48, uint64 and bool comes
+    out as eth-abi decodes it."""
     data = encode([FEED], [values])
     got = decode_latest_many(data)
-    assert list(zip(got.price, got.expo, got.ts, got.round, strict=True)) == values
+    assert decoded(got) == values
     same_as_eth_abi(data)
 
 
@@ -89,7 +94,7 @@ def test_a_cut_or_lengthened_answer_is_judged_as_eth_abi_judges_it(
 
 
 def hostile() -> list[bytes]:
-    one = encode([FEED], [[(5, -2, 7, 9)]])
+    one = encode([FEED], [[(5, -2, 7, 9, True)]])
     body = one[64:]
     return [
         b"",
@@ -114,8 +119,13 @@ def hostile() -> list[bytes]:
         word(32) + word(1) + body[:32] + word(2**256 - 128) + body[64:],  # int8's least
         word(32) + word(1) + body[:64] + word(2**48) + body[96:],  # uint48 out of range
         word(32) + word(1) + body[:64] + word(2**48 - 1) + body[96:],
-        word(32) + word(1) + body[:96] + word(2**64),  # uint64 out of range
-        word(32) + word(1) + body[:96] + word(2**64 - 1),
+        word(32) + word(1) + body[:96] + word(2**64) + body[128:],  # uint64 out of range
+        word(32) + word(1) + body[:96] + word(2**64 - 1) + body[128:],
+        word(32) + word(1) + body[:128] + word(0),  # paused: false
+        word(32) + word(1) + body[:128] + word(2),  # a bool neither 0 nor 1
+        word(32) + word(1) + body[:128] + word(2**64 + 1),  # 1 with a bit in its padding
+        word(32) + word(1) + body[:128] + word(2**256 - 1),
+        word(32) + word(1) + body[:128],  # the bool's word cut off (a version 1 answer)
         word(32) + word(1) + word(2**128 - 1) + body[32:],  # -1 without its sign extension
         word(32) + word(1) + word(2**256 - 1) + body[32:],  # -1
     ]
@@ -124,7 +134,8 @@ def hostile() -> list[bytes]:
 @pytest.mark.parametrize("data", hostile(), ids=range(len(hostile())))
 def test_a_hostile_answer_gets_eth_abis_verdict(data: bytes) -> None:
     """Pointers into the head, past the answer or off a word boundary, lengths no answer
-    holds, words just outside and just inside their type's range: eth-abi's verdict."""
+    holds, words just outside and just inside their type's range, a bool other than 0 or 1:
+    eth-abi's verdict."""
     same_as_eth_abi(data)
 
 
@@ -132,11 +143,14 @@ def test_a_refusal_says_what_is_wrong() -> None:
     """The message names the fault, for the pusher's `bad answer` log line."""
     with pytest.raises(ValueError, match="pointer 0 is not inside"):
         decode_latest_many(word(0) + word(0))
-    with pytest.raises(ValueError, match="2 feeds need 256 bytes; 128 follow"):
-        decode_latest_many(word(32) + word(2) + encode([FEED], [[(1, 1, 1, 1)]])[64:])
+    with pytest.raises(ValueError, match="2 feeds need 320 bytes; 160 follow"):
+        decode_latest_many(word(32) + word(2) + encode([FEED], [[(1, 1, 1, 1, False)]])[64:])
     with pytest.raises(ValueError, match="feed 1: a word is not"):
-        data = encode([FEED], [[(1, 1, 1, 1), (1, 1, 1, 1)]])
-        decode_latest_many(data[: 64 + 128 + 64] + word(2**48) + data[64 + 128 + 96 :])
+        data = encode([FEED], [[(1, 1, 1, 1, False), (1, 1, 1, 1, True)]])
+        decode_latest_many(data[: 64 + 160 + 64] + word(2**48) + data[64 + 160 + 96 :])
+    with pytest.raises(ValueError, match="feed 0: a word is not"):
+        data = encode([FEED], [[(1, 1, 1, 1, True)]])
+        decode_latest_many(data[:-32] + word(2))
 
 
 @settings(max_examples=100, deadline=None)
