@@ -372,6 +372,11 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
         "oracled_push_market_updates", "Market prices confirmed on chain by the pusher."
     )
     updates.add_metric([], stats.updates if stats is not None else 0)
+    pauses = CounterMetricFamily(
+        "oracled_push_market_pauses",
+        "Pause entries confirmed on chain by the pusher (markets marked paused).",
+    )
+    pauses.add_metric([], stats.pauses if stats is not None else 0)
     pending = GaugeMetricFamily(
         "oracled_push_pending", "1 while a push transaction is waiting to be mined, else 0."
     )
@@ -390,7 +395,7 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
         "oracled_push_restarts", "Starts of the pusher's task again after a crash (a bug)."
     )
     restarts.add_metric([], stats.restarts if stats is not None else 0)
-    yield from (txs, skipped, updates, pending, bad, refused, restarts)
+    yield from (txs, skipped, updates, pauses, pending, bad, refused, restarts)
     if stats is not None:  # absent when push is off: a 0 there would read as a stopped pusher
         up = GaugeMetricFamily(
             "oracled_push_up",

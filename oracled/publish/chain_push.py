@@ -3,7 +3,10 @@
 A market is pushed when its price moved by at least its deviation threshold since the last
 price on chain, or when its heartbeat passed since then (both per market or global, `[push]`).
 Only `active` prices are pushed, ever: paused, unknown and degraded markets are skipped and
-counted by reason, so a consumer reading the contract sees an old `ts`, never a doubtful price.
+counted by reason. A pause is explicit on chain: a market paused or unknown whose chain entry
+is a price (not already a pause) gets a pause entry at the next look, in the same transaction
+as the prices, so that the contract's `latest` refuses its frozen price; its next active price
+clears it. A degraded market gets none (it is live, with a warning): its price just ages.
 
 The pusher runs in its own task. The round loop only calls `submit(result)`, which replaces the
 latest result (a queue of one: a slow chain makes pushes sparser, it never stalls a round nor
@@ -19,13 +22,14 @@ took a confirmed push off it), or when the last confirmed push is gone once
 `recheck_depth_blocks` blocks are on top of its block. A transaction not mined after
 `replace_after_s` is replaced by one with the same nonce, fees raised by 12.5 % (the node's
 minimum bump is 10 %; over the last replacement refused as underpriced, if one was) and the
-latest prices (never a market paused since); when the cap leaves no room for that bump the
-pusher waits and counts `gas_cap`, unless the node no longer knows the transaction (evicted, or
-lost by the RPC): then the nonce is free and it is sent again at the current fees. One that
-carries a market no longer active (paused since it was sent) is replaced without it at the next
-look, not after `replace_after_s`, so that no block after that look mines its old price. The
-contract ignores an update that is not newer than what it stores, so a replaced transaction and
-its replacement can never move a market back in time.
+latest prices (never a market's price paused since: its pause entry instead); when the cap
+leaves no room for that bump the pusher waits and counts `gas_cap`, unless the node no longer
+knows the transaction (evicted, or lost by the RPC): then the nonce is free and it is sent
+again at the current fees. One that carries a market no longer active (paused since it was
+sent) is replaced at the next look, not after `replace_after_s`, by one with that market's
+pause entry instead of its price, so that no block after that look mines its old price. The
+contract ignores an entry that is not newer than what it stores, so a replaced transaction and
+its replacement can never move a market back in time, nor a late price clear a pause.
 
 The task supervises itself, as the NATS sink does: an unreachable node, or an answer it cannot
 read (a base fee, gas estimate or nonce that is not a hex quantity, a receipt without a status),
@@ -86,7 +90,8 @@ _ESTIMATE_MAX_FACTOR: Final = 4
 #: on, each kept and asked about at every look; a hash let go that is mined after all is taken
 #: for another program's transaction (`nonce used by another transaction`).
 _HASHES_KEPT: Final = 64
-_UPDATE_BATCH: Final = selector("updateBatch(uint64,uint48,bytes32[],int128[],int8[])")
+#: The contract's one write of a round's prices and pauses (OracledFeed version 2).
+_PUSH_BATCH: Final = selector("pushBatch(uint64,uint48,bytes32[],int128[],int8[],bytes32[])")
 _STATUS_NAMES: Final = tuple(s.label for s in Status)
 _RESTART_MAX_S: Final = 30.0
 #: Refusals of a transaction that mean the pusher's nonce is not the chain's: re-read it.
@@ -131,6 +136,7 @@ class PushStats:
     transactions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TX_RESULTS, 0))
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
     updates: int = 0  # market prices confirmed on chain
+    pauses: int = 0  # pause entries confirmed on chain (markets marked paused)
     pending: bool = False  # a transaction is in flight
     nonce: int = -1  # the next nonce the pusher will use (-1 before start)
     # True from a successful start until run() ends or crashes; it ends only on PushError (wrong
@@ -153,7 +159,8 @@ class _Stored:
     """What the chain holds for a market, as far as the pusher knows (float for comparisons)."""
 
     price: float
-    ts: int  # ms, the round time of the stored price
+    ts: int  # ms, the round time of the stored entry (the price's, or the pause's)
+    paused: bool = False  # the entry is a pause: `price` is the last good one
 
 
 @dataclass(slots=True)
@@ -163,16 +170,29 @@ class _Batch:
     markets: list[str]
     prices: list[int]
     expos: list[int]
+    paused: list[str] = field(default_factory=list)  # pause entries of this round
+
+    @property
+    def entries(self) -> int:
+        """Prices and pauses: what the gas floor and the batch size count."""
+        return len(self.markets) + len(self.paused)
 
     def calldata(self) -> bytes:
         from eth_abi.abi import encode  # imported with eth-account: see `ChainPusher`
 
         ids = [market_id(m) for m in self.markets]
         args = encode(
-            ["uint64", "uint48", "bytes32[]", "int128[]", "int8[]"],
-            [self.round, self.ts, ids, self.prices, self.expos],
+            ["uint64", "uint48", "bytes32[]", "int128[]", "int8[]", "bytes32[]"],
+            [
+                self.round,
+                self.ts,
+                ids,
+                self.prices,
+                self.expos,
+                [market_id(m) for m in self.paused],
+            ],
         )
-        return _UPDATE_BATCH + args
+        return _PUSH_BATCH + args
 
 
 @dataclass(slots=True, frozen=True)
@@ -447,9 +467,10 @@ class ChainPusher:
             self.stats.bad_answers += 1
             raise _BadAnswer(f"eth_call latestMany: {shown(raw)} unreadable ({exc})") from None
         self._read = True  # only now: a failed read is tried again, never taken as "nothing"
-        for market, price, expo, ts in zip(markets, feeds.price, feeds.expo, feeds.ts, strict=True):
+        rows = zip(markets, feeds.price, feeds.expo, feeds.ts, feeds.paused, strict=True)
+        for market, price, expo, ts, paused in rows:
             if ts > 0:
-                self._stored[market] = _Stored(price * 10.0**expo, ts)
+                self._stored[market] = _Stored(price * 10.0**expo, ts, paused)
 
     async def step(self) -> None:
         """One unit of work: settle or replace the transaction in flight, else push what is due."""
@@ -488,36 +509,49 @@ class ChainPusher:
         return deviation, heartbeat * 1000.0
 
     def _due(self, result: RoundResult) -> _Batch | None:
-        """The markets of `result` to push now, most due first; counts the ones skipped."""
+        """The entries of `result` to push now: pauses first (a market paused or unknown whose
+        chain entry is a price; none for a market never on chain, where nothing can pass for
+        live), then prices, most due first; counts the markets skipped."""
         status = result.status.tolist()
         price = result.price.tolist()
         decimals = result.layout.decimals.tolist()
         count = result.round != self._counted_round
         self._counted_round = result.round
         scored: list[tuple[float, int]] = []
+        pauses: list[str] = []
         for i, market in enumerate(result.layout.markets):
             if self._only and market not in self._only:
                 continue
+            stored = self._stored.get(market)
             if status[i] != Status.ACTIVE:
                 if count:
                     self.stats.skipped[_STATUS_NAMES[status[i]]] += 1
+                if (
+                    status[i] != Status.DEGRADED
+                    and stored is not None
+                    and not stored.paused
+                    and result.ts > stored.ts
+                ):
+                    pauses.append(market)
                 continue
-            stored = self._stored.get(market)
-            if stored is None:
-                scored.append((math.inf, i))
+            if stored is None or stored.paused:  # a first price, or the one that resumes it
+                if stored is None or result.ts > stored.ts:
+                    scored.append((math.inf, i))
                 continue
             deviation, heartbeat_ms = self._threshold(market)
             moved = abs(price[i] / stored.price - 1.0) / deviation if stored.price else math.inf
             waited = (result.ts - stored.ts) / heartbeat_ms
             if result.ts > stored.ts and (moved >= 1.0 or waited >= 1.0):
                 scored.append((max(moved, waited), i))
-        if not scored:
+        if not scored and not pauses:
             return None
+        del pauses[self._batch_cap :]
         scored.sort(key=lambda item: (-item[0], item[1]))
-        chosen = sorted(i for _, i in scored[: self._batch_cap])
+        chosen = sorted(i for _, i in scored[: self._batch_cap - len(pauses)])
         markets = [result.layout.markets[i] for i in chosen]
         prices = [decimal_to_int(format(price[i], f".{decimals[i]}f"), decimals[i]) for i in chosen]
-        return _Batch(result.round, result.ts, markets, prices, [-decimals[i] for i in chosen])
+        expos = [-decimals[i] for i in chosen]
+        return _Batch(result.round, result.ts, markets, prices, expos, pauses)
 
     # -- fees ---------------------------------------------------------------------------------
 
@@ -573,8 +607,8 @@ class ChainPusher:
     async def _send(
         self, batch: _Batch, nonce: int, max_fee: int, tip: int, *, replacing: _InFlight | None
     ) -> None:
-        least = _GAS_BASE + _GAS_PER_MARKET * len(batch.markets)
-        if self._over_block(len(batch.markets), least):
+        least = _GAS_BASE + _GAS_PER_MARKET * batch.entries
+        if self._over_block(batch.entries, least):
             return
         data = batch.calldata()
         call = {"from": self.address, "to": self.contract, "data": "0x" + data.hex()}
@@ -583,9 +617,9 @@ class ChainPusher:
             # one replaces, where the same updates are skipped as not newer and cost little.
             estimate = await self._quantity("eth_estimateGas", [call, "latest"])
         except RpcError as exc:
-            if "gas required exceeds allowance" in exc.message.lower() and len(batch.markets) > 1:
+            if "gas required exceeds allowance" in exc.message.lower() and batch.entries > 1:
                 # More gas than a block (or the node's call cap) holds: fewer markets fit.
-                self._fewer(len(batch.markets), len(batch.markets) // 2, error=exc.message)
+                self._fewer(batch.entries, batch.entries // 2, error=exc.message)
                 return
             self.stats.transactions["error"] += 1
             self._failed("push would revert; not sent", error=exc.message, data=exc.data)
@@ -595,12 +629,12 @@ class ChainPusher:
             # the life of the process (below: over the block's gas limit).
             self.stats.bad_answers += 1
             raise _BadAnswer(
-                f"eth_estimateGas: {estimate} gas for {len(batch.markets)} markets, over "
+                f"eth_estimateGas: {estimate} gas for {batch.entries} markets, over "
                 f"{_ESTIMATE_MAX_FACTOR} times a first write of each"
             )
         # Unused gas is not paid for; a limit too low is (the transaction reverts out of gas).
         gas = max(int(estimate * _GAS_MARGIN), least)
-        if self._over_block(len(batch.markets), gas):
+        if self._over_block(batch.entries, gas):
             return
         tx = {
             "type": 2,
@@ -644,6 +678,7 @@ class ChainPusher:
             "push " + kind,
             nonce=nonce,
             markets=len(batch.markets),
+            paused=len(batch.paused),
             round=batch.round,
             max_fee_gwei=max_fee / _GWEI,
             tx=tx_hash,
@@ -770,10 +805,15 @@ class ChainPusher:
         await self._replace(inflight)
 
     def _stale_market(self, inflight: _InFlight) -> bool:
-        """Whether the transaction in flight carries a market not active in the latest round
-        (paused, degraded or unknown since it was sent)."""
+        """Whether the transaction in flight carries the price of a market not active in the
+        latest round (paused, degraded or unknown since it was sent). A pause entry of a market
+        active again is no reason for a replacement: it lands on the safe side, and the next
+        look pushes the price that clears it."""
         result = self._latest
-        return result is not None and _active_part(inflight.batch, result) is not inflight.batch
+        if result is None:
+            return False
+        active = _active_markets(result)
+        return any(market not in active for market in inflight.batch.markets)
 
     async def _still_mined(self, confirmed: _Confirmed) -> bool:
         """False when a reorganisation took the last confirmed push off the chain: looked for
@@ -866,22 +906,38 @@ class ChainPusher:
             self.stats.transactions["reverted"] += 1
             self._log.error("push reverted", tx=tx_hash, nonce=nonce)
             return
+        # A pause entry is held for the reorganisation recheck as a price is.
         self._confirmed = _Confirmed(nonce, tx_hash, block)
-        if batch.markets and self._batch_cap < self.cfg.max_batch:
+        if batch.entries and self._batch_cap < self.cfg.max_batch:
             self._grow()
         self.stats.transactions["confirmed"] += 1
         self.stats.updates += len(batch.markets)
+        self.stats.pauses += len(batch.paused)
+        resumed: list[str] = []
         for market, price, expo in zip(batch.markets, batch.prices, batch.expos, strict=True):
             stored = self._stored.get(market)
             if stored is None or stored.ts < batch.ts:
+                if stored is not None and stored.paused:
+                    resumed.append(market)
                 self._stored[market] = _Stored(price * 10.0**expo, batch.ts)
+        paused: list[str] = []
+        for market in batch.paused:
+            stored = self._stored.get(market)
+            if stored is not None and stored.ts < batch.ts:  # else the contract skipped it
+                stored.ts, stored.paused = batch.ts, True
+                paused.append(market)
         self._log.info(
             "push confirmed",
             tx=tx_hash,
             nonce=nonce,
             markets=len(batch.markets),
+            paused=len(batch.paused),
             block=block,
         )
+        if paused or resumed:  # one line a batch that changed what `latest` answers
+            self._log.info(
+                "on-chain pause state changed", round=batch.round, paused=paused, resumed=resumed
+            )
 
     async def _replace(self, inflight: _InFlight, batch: _Batch | None = None) -> None:
         """Same nonce, fees +12.5 % (at least the current market's), the latest prices.
@@ -932,8 +988,9 @@ class ChainPusher:
         await self._send(batch, inflight.nonce, max_fee, tip, replacing=inflight)
 
     def _replacement(self, inflight: _InFlight) -> _Batch:
-        """What replaces the transaction in flight: the latest due prices, else its own batch
-        without the markets that are no longer active (paused, degraded, unknown since it was
+        """What replaces the transaction in flight: the latest due entries (a market paused
+        since it was sent is among them, as a pause entry), else its own batch without the
+        prices of markets that are no longer active (paused, degraded, unknown since it was
         sent). With none of them left it carries no market: it only takes the nonce, so that
         a price sent before its market was paused does not land after the pause."""
         result = self._latest
@@ -981,15 +1038,21 @@ def _retry_delay_s(interval_s: float, failing: int) -> float:
     return min(interval_s * 2.0 ** min(failing, 62), _RESTART_MAX_S)
 
 
-def _active_part(old: _Batch, result: RoundResult) -> _Batch:
-    """`old` without the markets that are not active in `result` (`old` itself if all are)."""
-    active = {
+def _active_markets(result: RoundResult) -> set[str]:
+    return {
         market
         for market, status in zip(result.layout.markets, result.status.tolist(), strict=True)
         if status == Status.ACTIVE
     }
+
+
+def _active_part(old: _Batch, result: RoundResult) -> _Batch:
+    """`old` without the prices of markets that are not active in `result` and the pauses of
+    markets that are (`old` itself if it has neither)."""
+    active = _active_markets(result)
     keep = [i for i, market in enumerate(old.markets) if market in active]
-    if len(keep) == len(old.markets):
+    paused = [market for market in old.paused if market not in active]
+    if len(keep) == len(old.markets) and len(paused) == len(old.paused):
         return old
     return _Batch(
         old.round,
@@ -997,6 +1060,7 @@ def _active_part(old: _Batch, result: RoundResult) -> _Batch:
         [old.markets[i] for i in keep],
         [old.prices[i] for i in keep],
         [old.expos[i] for i in keep],
+        paused,
     )
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from oracled.errors import ConfigError
 from oracled.eth import selector
 from oracled.jsonrpc import EndpointStats, RpcError, RpcUnavailable
 from oracled.metrics import Metrics, MetricsInputs
-from oracled.model import Quote
+from oracled.model import Quote, Status
 from oracled.publish.chain_push import (
     _HASHES_KEPT,
     ChainPusher,
@@ -100,14 +101,36 @@ class Rig:
         )
         return ChainPusher(cfg, chain, self.key, self.chain.session, self.clock)
 
-    async def stored(self, market: str) -> tuple[int, int, int, int]:
+    async def stored(self, market: str, block: str = "latest") -> tuple[int, int, int, int]:
         price, expo, round_no, ts = await self.chain.call(
             self.feed,
             "latest(bytes32)",
             market_id(market),
             returns=["int128", "int8", "uint64", "uint48"],
+            block=block,
         )
         return price, expo, round_no, ts
+
+    async def feed_of(self, market: str, block: str = "latest") -> tuple[int, int, int, int, bool]:
+        """Everything stored for `market`, paused or not (`latestFeed`)."""
+        price, expo, round_no, ts, paused = await self.chain.call(
+            self.feed,
+            "latestFeed(bytes32)",
+            market_id(market),
+            returns=["int128", "int8", "uint64", "uint48", "bool"],
+            block=block,
+        )
+        return price, expo, round_no, ts, paused
+
+    async def refused(self, market: str, block: str = "latest") -> int:
+        """The pause ts that `latest(market)` names in its `FeedPaused` revert (fails if it
+        answers a price)."""
+        with pytest.raises(RpcFailed) as raised:
+            await self.stored(market, block)
+        error = selector("FeedPaused(bytes32,uint48)") + market_id(market)
+        found = re.search("0x" + error.hex() + "([0-9a-f]{64})", str(raised.value))
+        assert found is not None, str(raised.value)
+        return int(found.group(1), 16)
 
     async def nonce(self, tag: str = "latest") -> int:
         return int(await self.chain.rpc("eth_getTransactionCount", [self.key.address, tag]), 16)
@@ -228,21 +251,159 @@ async def test_a_market_not_active_is_never_pushed_and_the_skip_is_counted(
     rig: Rig, status: str, next_round: Callable[[Rounds], RoundResult]
 ) -> None:
     """Only active prices go on chain: BTC paused by hand, or degraded (one source excluded as
-    an outlier), stays as it was through heartbeats, each round counted under its status; the
-    active markets go on."""
+    an outlier), keeps its price through heartbeats, each round counted under its status; the
+    active markets go on. Paused, BTC gets one pause entry (its round the first paused one);
+    degraded, none: it is live with a warning, and its price just ages (version 1 of the
+    contract had no pause, and BTC paused read as before)."""
     rounds = Rounds(make_config())
     pusher = await first_push(rig, rounds, heartbeat_s=1.0)
     await settle(pusher)
     before = await rig.stored("BTC/USD")
+    first = None
     for _ in range(8):
         result = next_round(rounds)
+        first = first or result
         pusher.submit(result)
         await settle(pusher)
     assert result.report(0).status == status
-    assert await rig.stored("BTC/USD") == before
+    if status == "paused":
+        assert await rig.feed_of("BTC/USD") == (*before[:2], first.round, first.ts, True)
+        assert await rig.refused("BTC/USD") == first.ts
+    else:
+        assert await rig.feed_of("BTC/USD") == (*before, False)
+    assert pusher.stats.pauses == (status == "paused")
     assert (await rig.stored("ETH/USD"))[3] > before[3]
     assert pusher.stats.skipped[status] == 8
     assert pusher.stats.skipped["degraded" if status == "paused" else "paused"] == 0
+
+
+def _btc_stopped_round(rounds: Rounds, status: str) -> RoundResult:
+    """The next round with BTC/USD paused by hand, or unknown (as a conversion leg gone makes
+    it: set in the round's result), its quotes unmoved."""
+    if status == "paused":
+        rounds.core.set_manual("BTC/USD", True)
+        return rounds.step()
+    result = rounds.step()
+    stopped = result.status.copy()
+    stopped[result.layout.markets.index("BTC/USD")] = Status.UNKNOWN
+    return dataclasses.replace(result, status=stopped)
+
+
+def _btc_resumed_round(rounds: Rounds) -> RoundResult:
+    """The first round with BTC/USD active again after `_btc_stopped_round`."""
+    rounds.core.set_manual("BTC/USD", False)
+    for _ in range(5):
+        result = rounds.step()
+        if result.report(0).status == "active":
+            return result
+    raise AssertionError("BTC/USD never resumed")
+
+
+def _pause_lines(logs: list[dict[str, Any]]) -> list[tuple[list[str], list[str]]]:
+    return [
+        (e["paused"], e["resumed"]) for e in logs if e["event"] == "on-chain pause state changed"
+    ]
+
+
+@pytest.mark.parametrize("status", ["paused", "unknown"])
+async def test_a_market_stopped_is_paused_on_chain_at_the_next_look_and_its_next_price_resumes_it(
+    rig: Rig, status: str
+) -> None:
+    """BTC paused (or unknown), quotes unmoved, heartbeat an hour off: the next look pushes its
+    pause entry, after which `latest` refuses BTC with the pause's ts while ETH and SOL answer
+    as before, and the full view holds BTC's last good price, paused. Later paused rounds push
+    nothing more. Active again, BTC's price goes on at the next look (not at the heartbeat) and
+    clears the pause. One log line a batch that changed it. Before, nothing was pushed for
+    BTC and `latest` answered its frozen price as if live."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(pusher)
+    before = {m: await rig.stored(m) for m in ("BTC/USD", "ETH/USD", "SOL/USD")}
+    stopped = _btc_stopped_round(rounds, status)
+    assert stopped.report(0).status == status
+    pusher.submit(stopped)
+    with capture_logs() as logs:
+        await pusher.step()
+        assert pusher._inflight is not None and pusher._inflight.batch.markets == []
+        assert pusher._inflight.batch.paused == ["BTC/USD"]
+        await settle(pusher)
+    assert await rig.refused("BTC/USD") == stopped.ts
+    assert await rig.feed_of("BTC/USD") == (*before["BTC/USD"][:2], stopped.round, stopped.ts, True)
+    for market in ("ETH/USD", "SOL/USD"):
+        assert await rig.stored(market) == before[market]
+    assert pusher.stats.pauses == 1 and pusher.stats.updates == 3
+    assert [
+        s.value for s in exposed(pusher.stats) if s.name.startswith("oracled_push_market_p")
+    ] == [1.0]
+    assert _pause_lines(logs) == [(["BTC/USD"], [])]
+    for _ in range(3):
+        pusher.submit(_btc_stopped_round(rounds, status))
+        await settle(pusher)
+    assert pusher.stats.transactions["sent"] == 2 and pusher.stats.pauses == 1
+    resumed = _btc_resumed_round(rounds)
+    pusher.submit(resumed)
+    with capture_logs() as logs:
+        await settle(pusher)
+    price, expo, round_no, ts = await rig.stored("BTC/USD")
+    assert (price, expo, round_no, ts) == (before["BTC/USD"][0], -2, resumed.round, resumed.ts)
+    assert (await rig.feed_of("BTC/USD"))[4] is False
+    assert pusher.stats.updates == 4 and _pause_lines(logs) == [([], ["BTC/USD"])]
+
+
+async def test_a_restarted_pusher_reads_a_pause_from_the_chain_and_does_not_push_it_again(
+    rig: Rig,
+) -> None:
+    """Run one puts BTC's pause on chain and stops. Run two, BTC still paused, reads the pause
+    with `latestMany` and sends nothing; once BTC is active it pushes BTC's price at the next
+    look (unmoved, an hour before its heartbeat), which clears the pause. Before, a pusher had
+    no pause to read: it sent none, and BTC's resumed price waited for the heartbeat."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(first)
+    before = await rig.stored("BTC/USD")
+    first.submit(_btc_stopped_round(rounds, "paused"))
+    await settle(first)
+    assert first.stats.pauses == 1
+    second = rig.pusher(heartbeat_s=3600.0)
+    second.submit(_btc_stopped_round(rounds, "paused"))
+    await second.start()
+    for _ in range(3):
+        await second.step()
+        second.submit(_btc_stopped_round(rounds, "paused"))
+    assert second.stats.transactions["sent"] == 0 and second.stats.pauses == 0
+    resumed = _btc_resumed_round(rounds)
+    second.submit(resumed)
+    await settle(second)
+    assert second.stats.transactions["sent"] == 1 and second.stats.updates == 1
+    assert await rig.stored("BTC/USD") == (before[0], before[1], resumed.round, resumed.ts)
+
+
+async def test_a_pause_entry_a_reorganisation_took_off_the_chain_is_pushed_again(
+    rig: Rig,
+) -> None:
+    """BTC's pause entry is confirmed, then a reorganisation replaces its block: the chain
+    answers BTC's old price from `latest` again. Once that block is `_RECHECK_DEPTH` deep the
+    pusher finds the receipt gone, reads the chain again and pushes the pause again, at the
+    next look (a confirmed pause is held for the recheck as a confirmed price is)."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(pusher)
+    before = await rig.stored("BTC/USD")
+    pusher.submit(_btc_stopped_round(rounds, "paused"))
+    await settle(pusher)
+    assert pusher.stats.pauses == 1
+    await rig.chain.reorg(1)
+    assert await rig.stored("BTC/USD") == before  # the pause went with its block
+    await rig.chain.rpc("anvil_mine", [hex(_RECHECK_DEPTH)])
+    with capture_logs() as logs:
+        for _ in range(3):
+            stopped = _btc_stopped_round(rounds, "paused")
+            pusher.submit(stopped)
+            await settle(pusher)
+    assert [e["nonce"] for e in logs if e["event"].startswith("a reorganisation took")] == [1]
+    assert pusher.stats.pauses == 2
+    assert (await rig.feed_of("BTC/USD"))[4] is True
+    assert await rig.refused("BTC/USD") > before[3]
 
 
 async def test_a_stuck_transaction_is_replaced_with_the_same_nonce_and_a_higher_fee(
@@ -444,9 +605,10 @@ async def test_a_node_that_loses_every_push_sent_again_grows_no_list_of_hashes(
 
 async def test_a_stuck_push_is_replaced_without_a_market_paused_since(rig: Rig) -> None:
     """A 2 % move of BTC is pushed and the transaction sticks; the next round pauses BTC (by
-    hand) and nothing else is due. The replacement leaves BTC out, so its price sent before
-    the pause never lands: with no market left it carries none and only takes the nonce
-    (before, it sent the stuck batch again, BTC's price and all, after the pause)."""
+    hand) and nothing else is due. The replacement carries BTC's pause entry instead of its
+    price, so its price sent before the pause never lands and the pause is on chain (before,
+    it sent the stuck batch again, BTC's price and all, after the pause; then a batch with no
+    market, and the chain showed the old price as if live)."""
     rounds = Rounds(make_config())
     pusher = await first_push(rig, rounds)
     await settle(pusher)
@@ -456,15 +618,18 @@ async def test_a_stuck_push_is_replaced_without_a_market_paused_since(rig: Rig) 
     pusher.submit(rounds.step())
     await pusher.step()
     assert pusher._inflight is not None and pusher._inflight.batch.markets == ["BTC/USD"]
-    pusher.submit(_btc_paused_round(rounds))
+    paused = _btc_paused_round(rounds)
+    pusher.submit(paused)
     rig.clock.advance(5_000)
     await pusher.step()
     assert pusher.stats.transactions["replaced"] == 1
     assert pusher._inflight is not None and pusher._inflight.batch.markets == []
+    assert pusher._inflight.batch.paused == ["BTC/USD"]
     await rig.chain.rpc("evm_mine")
     await settle(pusher)
     assert pusher.stats.transactions["confirmed"] == 2
-    assert await rig.stored("BTC/USD") == before  # neither the paused price nor the one before
+    # neither the paused price nor the one before the pause: the last good one, paused
+    assert await rig.feed_of("BTC/USD") == (*before[:2], paused.round, paused.ts, True)
     assert await rig.nonce() == 2
 
 
@@ -472,10 +637,12 @@ async def test_a_push_in_flight_is_replaced_at_the_next_look_without_a_market_pa
     rig: Rig,
 ) -> None:
     """Automine off: a 2 % move of BTC is pushed and waits for a block; the next round pauses
-    BTC. At the next look, long before `replace_after_s`, the push is replaced by one without
-    BTC, so the block that comes mines no price from before the pause. Before, the push stayed
-    as it was until `replace_after_s` (30 s by default), and any block in that time put BTC's
-    pre-pause price on chain while oracled said paused."""
+    BTC. At the next look, long before `replace_after_s`, the push is replaced by one with
+    BTC's pause entry instead of its price, so the block that comes mines no price from before
+    the pause and `latest` refuses BTC from that block on. Before, the push stayed as it was
+    until `replace_after_s` (30 s by default), and any block in that time put BTC's pre-pause
+    price on chain while oracled said paused; then the replacement carried no market, and the
+    old price read as live."""
     rounds = Rounds(make_config())
     pusher = await first_push(rig, rounds)
     await settle(pusher)
@@ -485,16 +652,19 @@ async def test_a_push_in_flight_is_replaced_at_the_next_look_without_a_market_pa
     pusher.submit(rounds.step())
     await pusher.step()
     assert pusher._inflight is not None and pusher._inflight.batch.markets == ["BTC/USD"]
-    pusher.submit(_btc_paused_round(rounds))
+    paused = _btc_paused_round(rounds)
+    pusher.submit(paused)
     await pusher.step()  # the next look: no time has passed
     assert pusher.stats.transactions["replaced"] == 1
     assert pusher._inflight is not None and pusher._inflight.batch.markets == []
+    assert pusher._inflight.batch.paused == ["BTC/USD"]
     await pusher.step()  # nothing more to take out: not replaced again
     assert pusher.stats.transactions["replaced"] == 1
     await rig.chain.rpc("evm_mine")
     await settle(pusher)
-    assert await rig.stored("BTC/USD") == before
-    assert await rig.nonce() == 2
+    assert await rig.feed_of("BTC/USD") == (*before[:2], paused.round, paused.ts, True)
+    assert await rig.refused("BTC/USD") == paused.ts
+    assert pusher.stats.pauses == 1 and await rig.nonce() == 2
 
 
 async def test_a_restarted_pusher_continues_the_nonces_and_replaces_what_was_left_pending(
@@ -535,10 +705,11 @@ async def test_a_push_a_previous_run_left_pending_is_replaced_even_with_nothing_
     rig: Rig,
 ) -> None:
     """Run one leaves a 2 % move of BTC pending when it stops; run two starts with BTC paused
-    and nothing else due. It replaces the pending push by one without markets (outbidding it
-    after the node refuses the first as underpriced), so BTC's price from before the pause
-    never lands. Before, a run with nothing due sent nothing, and the last run's push was
-    mined whenever the fees let it: BTC's pre-pause price went on chain after the pause."""
+    and no price due. It replaces the pending push by one with BTC's pause entry alone
+    (outbidding it after the node refuses the first as underpriced), so BTC's price from
+    before the pause never lands. Before, a run with nothing due sent nothing, and the last
+    run's push was mined whenever the fees let it: BTC's pre-pause price went on chain after
+    the pause; then a push without markets took the nonce, and the old price read as live."""
     rounds = Rounds(make_config())
     first = await first_push(rig, rounds)
     await settle(first)
@@ -555,9 +726,11 @@ async def test_a_push_a_previous_run_left_pending_is_replaced_even_with_nothing_
         await second.step()
     assert second.stats.transactions["sent"] == 1
     assert second._inflight is not None and second._inflight.batch.markets == []
+    assert second._inflight.batch.paused == ["BTC/USD"]
     await rig.chain.rpc("evm_mine")
     await settle(second)
-    assert await rig.stored("BTC/USD") == before
+    assert (await rig.feed_of("BTC/USD"))[:2] == before[:2]
+    assert (await rig.feed_of("BTC/USD"))[4] is True
     assert await rig.nonce() == 2
     second.submit(_btc_paused_round(rounds))
     await second.step()  # the nonce of the last run is taken: nothing more is sent
@@ -572,7 +745,8 @@ async def test_a_push_sent_without_an_answer_is_replaced_even_with_nothing_due(
     round after, and nothing else is due: the pusher takes that nonce with a transaction
     without markets (outbidding the unanswered one), so BTC's price from before the pause
     never lands. Before, nothing was due, nothing was sent, and the unanswered push was mined
-    with the next block: BTC's pre-pause price went on chain after the pause."""
+    with the next block: BTC's pre-pause price went on chain after the pause. (Now BTC's pause
+    entry is due, and it takes the nonce.)"""
     proxy = await RpcProxy(rig.url, rig.chain.session).start()
     try:
         rounds = Rounds(make_config())
@@ -595,9 +769,11 @@ async def test_a_push_sent_without_an_answer_is_replaced_even_with_nothing_due(
             await pusher.step()
         await rig.chain.rpc("evm_mine")
         await settle(pusher)
-        assert await rig.stored("BTC/USD") == before
+        assert (await rig.feed_of("BTC/USD"))[:2] == before[:2]
+        assert (await rig.feed_of("BTC/USD"))[4] is True
         assert await rig.nonce() == 2
         assert pusher.stats.transactions["confirmed"] == 2 and pusher.stats.updates == 3
+        assert pusher.stats.pauses == 1
     finally:
         await proxy.stop()
 
@@ -2215,8 +2391,8 @@ FAULTS = {
     "broke": 0.3, "funded": 2, "spike": 0.5, "calm": 2, "garble": 1, "slow": 0.7,
     "rotate": 0.3, "restore": 2, "restart": 0.7,
 }  # fmt: skip
-#: updateBatch's arguments, as the proxy reads them from a raw transaction.
-BATCH_ARGS = ["uint64", "uint48", "bytes32[]", "int128[]", "int8[]"]
+#: pushBatch's arguments, as the proxy reads them from a raw transaction.
+BATCH_ARGS = ["uint64", "uint48", "bytes32[]", "int128[]", "int8[]", "bytes32[]"]
 #: The proxy's answers of a node gone wrong, a few requests at a time.
 GARBLED = ("error", "garbage", "wrong_id", "null_result", "no_result", "http500", "mangle")
 
@@ -2262,16 +2438,28 @@ class FaultRun:
             tx = TypedTransaction.from_bytes(HexBytes(request["params"][0])).as_dict()
             if tx["maxFeePerGas"] > FAULT_CAP_GWEI * GWEI:
                 self.problems.append(f"sent at {tx['maxFeePerGas']} wei a gas, over the cap")
-            _, ts, ids, _, _ = decode(BATCH_ARGS, bytes(tx["data"])[4:])
+            _, ts, ids, _, _, paused = decode(BATCH_ARGS, bytes(tx["data"])[4:])
             for market in (self.ids[bytes(i)] for i in ids):
                 if self.latest[market] is None:
                     self.problems.append(f"sent {market} of {ts} while it is not active")
+            for market in (self.ids[bytes(i)] for i in paused):
+                if self.latest[market] is not None:
+                    self.problems.append(f"sent a pause of {market} at {ts} while it is active")
         return answer
 
     async def check_chain(self, when: str) -> None:
+        """A price is its round's active price; a pause is at a round the market was not
+        active in, and `latest` refuses it. All read at one block: a send the proxy forwarded
+        late may be mined between two reads of the latest."""
+        block = hex(await self.rig.chain.block_number())
         for market in self.markets:
-            price, expo, round_no, ts = await self.rig.stored(market)
-            if ts and self.at.get(ts, {}).get(market) != (price, expo, round_no):
+            price, expo, round_no, ts, paused = await self.rig.feed_of(market, block)
+            if paused:
+                if ts not in self.at or self.at[ts][market] is not None:
+                    self.problems.append(f"{when}: {market} paused at {ts}: it was active")
+                if await self.rig.refused(market, block) != ts:
+                    self.problems.append(f"{when}: latest of {market} not refused at {ts}")
+            elif ts and self.at.get(ts, {}).get(market) != (price, expo, round_no):
                 self.problems.append(
                     f"{when}: {market} holds {price}e{expo} of {ts}: not that round's active price"
                 )
@@ -2355,9 +2543,10 @@ class FaultRun:
             self.rig.clock.advance(4_000)
             await self.look(f"look {n} after healing")
             await chain.rpc("evm_mine")
-            if all([(await self.rig.stored(m))[3] >= healed for m in self.markets]):
+            feeds = [await self.rig.feed_of(m) for m in self.markets]
+            if all(ts >= healed and not paused for *_, ts, paused in feeds):
                 return
-        stored = [await self.rig.stored(m) for m in self.markets]
+        stored = [await self.rig.feed_of(m) for m in self.markets]
         nonces = f"{await self.rig.nonce()}/{await self.rig.nonce('pending')}"
         self.problems.append(
             f"not every market pushed 40 looks after healing (from {healed}): on chain "
@@ -2375,12 +2564,13 @@ async def test_a_seeded_fault_schedule_never_pushes_a_doubtful_price_and_ends_pu
     spikes over the cap, transactions dropped, the key's nonce moved and its funds taken by
     another user of the key, the contract's pusher rotated away and back; the proxy answering
     garbage, errors, nulls and too late; the pusher restarted. Every transaction sent offers
-    at most the cap and carries only markets active in the latest round; the contract only
-    ever holds a round's active price; a look fails only as the node's failure (no crash, no
-    traceback); and once every fault is undone every market is pushed again. Schedules like
-    these found the start's null contract check that ended the pusher, and seed 2 the fee to
-    outbid kept after its transaction left the pool; both seeds fail on a pusher whose stuck
-    push is replaced with a market paused since."""
+    at most the cap and carries prices only of markets active in the latest round, and pauses
+    only of markets that are not; the contract only ever holds a round's active price, or a
+    pause at a round its market was not active in, which `latest` refuses; a look fails only
+    as the node's failure (no crash, no traceback); and once every fault is undone every market
+    is pushed again (resumed). Schedules like these found the start's null contract check that
+    ended the pusher, and seed 2 the fee to outbid kept after its transaction left the pool;
+    both seeds fail on a pusher whose stuck push is replaced with a market paused since."""
     proxy = await RpcProxy(rig.url, rig.chain.session).start()
     try:
         run = FaultRun(rig, proxy, seed)
