@@ -10,6 +10,8 @@ Builds the world of `bench_round.py` (markets x sources, live prices) and measur
 - push decide: the pusher's `_due` over 1,000 markets (on the event loop, once per interval);
 - push round trip: from `submit` to the batch confirmed on a real anvil (automine), per batch
   of `--batch` markets, including the gas estimate, local signing and the receipt polls;
+- push pause and resume: the gas of a batch of `--batch` pause entries (markets paused, the
+  contract's flag set in their slots), and of the batch of their prices that resumes them;
 - push read: the pusher's read of what the contract stores for every market (`latestMany`,
   at start and after a reorganisation), and the decode of that answer alone on the event loop,
   the pusher's (numpy) and eth-abi's, on the same bytes.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import statistics
 import sys
@@ -37,7 +40,7 @@ from bench_round import build_config, build_quotes
 from oracled.clock import SystemClock
 from oracled.config import AuditConfig, ChainConfig, Config, PushConfig
 from oracled.core import Core, RoundResult
-from oracled.model import Quote
+from oracled.model import Quote, Status
 from oracled.publish.audit import AuditTrail, _Item
 from oracled.publish.chain_push import ChainPusher, market_id
 from oracled.publish.feed_abi import decode_latest_many, encode_latest_many
@@ -161,6 +164,7 @@ async def bench_push(rounds: list[tuple[list[Quote], RoundResult]], batch: int) 
                         await pusher.step()
                     trips.append(time.perf_counter() - started)
                 gas = [int((await chain.block())["gasUsed"], 16)]
+                pause_gas, resume_gas = await pause_and_resume(pusher, chain, rounds[-1][1], batch)
                 reads, numpy_decode, eth_abi_decode = [], [], []
                 ids = encode_latest_many([market_id(m) for m in rounds[0][1].layout.markets])
                 answer = bytes.fromhex(
@@ -174,7 +178,7 @@ async def bench_push(rounds: list[tuple[list[Quote], RoundResult]], batch: int) 
                     decode_latest_many(answer)
                     numpy_decode.append(time.perf_counter() - started)
                     started = time.perf_counter()
-                    abi_decode(["(int128,int8,uint48,uint64)[]"], answer)
+                    abi_decode(["(int128,int8,uint48,uint64,bool)[]"], answer)
                     eth_abi_decode.append(time.perf_counter() - started)
         finally:
             node.stop()
@@ -183,10 +187,31 @@ async def bench_push(rounds: list[tuple[list[Quote], RoundResult]], batch: int) 
         f"round_trip_batch_{batch}": ms(trips),
         "confirmed": pusher.stats.transactions["confirmed"],
         "gas_of_last_batch": gas[-1],
+        f"gas_of_pause_batch_{batch}": pause_gas,
+        f"gas_of_resume_batch_{batch}": resume_gas,
         "read_stored_1000_markets": ms(reads),
         "decode_stored_numpy": ms(numpy_decode),
         "decode_stored_eth_abi": ms(eth_abi_decode),
     }
+
+
+async def pause_and_resume(
+    pusher: ChainPusher, chain: Any, last: RoundResult, batch: int
+) -> tuple[int, int]:
+    """Gas of the block that pauses the first `batch` markets (a round after `last` with them
+    paused: pause entries go first, so the batch is all pauses), then of the one that resumes
+    them (the round after, all active: the resumed prices are the most due)."""
+    status = last.status.copy()
+    status[:batch] = int(Status.PAUSED)
+    used = []
+    for n, stat in enumerate((status, last.status), start=1):
+        result = dataclasses.replace(last, ts=last.ts + n * 250, round=last.round + n, status=stat)
+        pusher.submit(result)
+        await pusher.step()
+        while pusher.stats.pending:
+            await pusher.step()
+        used.append(int((await chain.block())["gasUsed"], 16))
+    return used[0], used[1]
 
 
 def main() -> None:
