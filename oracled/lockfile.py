@@ -7,10 +7,21 @@ signing lease use, with the clean-up of the temporary files a writer killed mid-
 An advisory `flock` on a file of its own, never on the data file: the kernel releases it with
 the process, so a killed writer never leaves it stuck, and a second writer is told at once
 instead of interleaving its lines with the first one's.
+
+The lock excludes only while its file is there, so each writer asks `lock_state` before a write
+and all follow one rule on its answer. `HELD`: write. `MOVED` (the file locked is elsewhere for
+a while, still locked by us): hold the writes back, the signer its rounds, the audit trail and
+the tape their records in their bounded queues (counting what must then be dropped), and go on
+once the very file is back; meanwhile nothing goes through an open descriptor into the moved
+file either (each writer's docstring says why). `LOST`: write nothing more until a restart, said
+once as an error. The pauses file alone differs: it is rewritten whole from the daemon's state,
+so on `MOVED` or `LOST` it may lock the file now at the path and go on, if nobody holds that
+one and nobody wrote the file since (`oracled/manual.py`).
 """
 
 from __future__ import annotations
 
+import enum
 import fcntl
 import os
 import re
@@ -19,9 +30,9 @@ from pathlib import Path
 
 __all__ = [
     "LockHeldError",
+    "LockState",
     "lock_beside",
-    "lock_replaced_beside",
-    "lock_still_beside",
+    "lock_state",
     "remove_stale_temporaries",
     "replace_durably",
 ]
@@ -56,35 +67,42 @@ def lock_beside(path: Path) -> int:
     return fd
 
 
-def lock_replaced_beside(path: Path, fd: int) -> bool:
-    """True if the lock `fd` holds can never again exclude a second writer of `path`: its file
-    was removed (no link left), or another file is at the lock file's path (a second writer
-    could lock it, or has). A lock file only not at its path (its directory moved away with it
-    for a while, a volume gone), or one that cannot be looked at, is not that: False, and the
-    caller holds back while `lock_still_beside` says False and gives up for good only on this."""
-    try:
-        held = os.fstat(fd)
-        if held.st_nlink == 0:
-            return True
-        beside = os.stat(path.with_name(path.name + ".lock"))
-    except OSError:
-        return False
-    return (beside.st_dev, beside.st_ino) != (held.st_dev, held.st_ino)
+class LockState(enum.Enum):
+    """What became of the lock file a writer locked (`lock_state`): the one three-way rule
+    every single-writer file of oracled follows (docs/ARCHITECTURE.md, `lockfile.py`)."""
+
+    #: The file at `<path>.lock` is the one locked: it excludes every other writer.
+    HELD = "held"
+    #: The file locked still has a name, only not at `<path>.lock` (its directory moved away
+    #: for a while, a volume gone), or it cannot be looked at: no second writer can lock it
+    #: meanwhile, so the holder holds its writes back and goes on once it is back.
+    MOVED = "moved"
+    #: The file locked has no name left (removed), or another file is at `<path>.lock` (the
+    #: directory made again): a second writer can lock that one, or has, so the holder excludes
+    #: nobody and writes no more until a restart.
+    LOST = "lost"
 
 
-def lock_still_beside(path: Path, fd: int) -> bool:
-    """True while the lock file beside `path` is still the one `fd` (from `lock_beside`) locked.
-    A lock file removed, or its directory removed and made again, excludes nobody any more: the
-    next writer creates and locks a new one, so a holder that must stay the only writer asks
-    this before it acts. False if either cannot be looked at."""
+def lock_state(path: Path, fd: int) -> LockState:
+    """Whether the lock `fd` (from `lock_beside`) holds still excludes a second writer of
+    `path`. Two system calls, no lock taken, nothing written; a holder that must stay the only
+    writer asks before each write it could not take back."""
     try:
-        beside = os.stat(path.with_name(path.name + ".lock"))
         held = os.fstat(fd)
     except OSError:
-        return False
-    # A removed file's inode number can be given to the next file made (a new lock file in the
-    # directory made again): the one locked must also still have a name.
-    return held.st_nlink > 0 and (beside.st_dev, beside.st_ino) == (held.st_dev, held.st_ino)
+        return LockState.MOVED
+    # Removed is removed, whatever is at the path now: a removed file's inode number can be
+    # given to the next file made (a new lock file in the directory made again), so the one
+    # locked must still have a name to be the one at the path.
+    if held.st_nlink == 0:
+        return LockState.LOST
+    try:
+        beside = os.stat(path.with_name(path.name + ".lock"))
+    except OSError:
+        return LockState.MOVED
+    if (beside.st_dev, beside.st_ino) == (held.st_dev, held.st_ino):
+        return LockState.HELD
+    return LockState.LOST
 
 
 def replace_durably(path: Path, body: bytes) -> str | None:

@@ -28,9 +28,21 @@ other lets it go either, since its own pauses are not the file's (the other's ma
 lost from the file). A lock that could not be taken for another reason (the lock file could not
 be opened) is tried again at the next save. The lock excludes only while its file is there: one
 removed (or its directory made again) lets a second daemon lock a new one, so each rewrite first
-looks that it is still the file locked. When it is not, the writer locks the new one and goes on
-only if nobody holds it and the file is still as it last wrote or read it (or gone with its
-directory, a lost volume mounted again); else nothing is written until a restart.
+asks `lockfile.lock_state` whether it is still the file locked. `HELD`: it writes. `MOVED` or
+`LOST`: it locks the file now at the path and goes on only if nobody holds that one and the
+pauses file is still as it last wrote or read it (or gone with its directory, a lost volume
+mounted again); else nothing is written until a restart. While the path's directory is not
+there at all (moved away), each save fails, the moved lock kept, and the saves go on once it
+is back.
+
+Why not the other writers' rule (`MOVED`: hold back until the very lock file is back; `LOST`:
+no write until a restart): each save is the daemon's whole state, rewritten by path (a temporary
+file renamed over it, no descriptor of the file kept open), so there is nothing to hold back and
+no gap or interleaving a later write could make; and the admin call waits for the save's answer
+(`SAVE_TIMEOUT_S`), so a save cannot wait for a directory to come back, it fails and is counted.
+What must never happen is a rewrite over a second daemon's pauses: the lock at the path and the
+file unchanged since this daemon's last read or write rule that out, so a clean-up of lock files
+or a volume mounted again costs no pause, where the appending writers stop for good.
 """
 
 from __future__ import annotations
@@ -50,8 +62,9 @@ from oracled.errors import ConfigError
 from oracled.files import read_regular
 from oracled.lockfile import (
     LockHeldError,
+    LockState,
     lock_beside,
-    lock_still_beside,
+    lock_state,
     remove_stale_temporaries,
     replace_durably,
 )
@@ -105,7 +118,8 @@ class ManualPauses:
         self._log = structlog.get_logger("oracled").bind(component="manual", path=str(path))
         self._lock_fd: int | None = None  # held from `claim` (or the first save) to `close`
         self._held_elsewhere: str | None = None  # another process held the lock: never written
-        self._relocking = False  # the lock file locked is gone: the next lock must find the file
+        self._relocking = False  # the lock file locked is not at the path: the next lock must find
+        # the file as this daemon left it
         self._written: bytes | None = None  # the file as last read or written (None: none)
         self.stats = PauseStats()
 
@@ -158,10 +172,14 @@ class ManualPauses:
         """Take the lock if not held; why not, if it cannot be (the kernel releases it with the
         process, so a killed daemon never leaves it stuck)."""
         if self._lock_fd is not None:
-            if lock_still_beside(self.path, self._lock_fd):
+            state = lock_state(self.path, self._lock_fd)
+            if state is LockState.HELD:
+                self._relocking = False
                 return None
-            os.close(self._lock_fd)  # excludes nobody: the new lock file is locked below
-            self._lock_fd, self._relocking = None, True
+            self._relocking = True  # the lock taken below must find the file as we left it
+            if state is LockState.LOST:  # excludes nobody: the file at the path is locked below
+                self._let_go()
+            # MOVED: kept until a lock at the path is taken, and held again if it comes back
         if self._held_elsewhere is not None:
             return self._held_elsewhere
         try:
@@ -181,6 +199,7 @@ class ManualPauses:
             if not self._unchanged():  # another daemon wrote it, locked, and let go since
                 os.close(fd)
                 return self._lose_lock()
+        self._let_go()  # a lock file moved away, replaced by the one at the path
         self._lock_fd = fd
         # Under the lock no rewrite of ours is half-way: a temporary file beside the file is one
         # a writer killed mid-rewrite left, and nothing else would ever remove it.
@@ -190,6 +209,11 @@ class ManualPauses:
                 "manual pauses: removed temporary files a killed writer left", files=removed
             )
         return None
+
+    def _let_go(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _unchanged(self) -> bool:
         """True if the file is as this daemon last read or wrote it, or gone (its directory
@@ -206,6 +230,7 @@ class ManualPauses:
         and a second daemon locked the new one or wrote the file: a rewrite with this daemon's
         pauses would lift its. So, as for a lock held elsewhere, nothing is written until a
         restart (each save refused and counted); said once as an error."""
+        self._let_go()  # a lock file moved away is not taken back either
         lock = self.path.with_name(self.path.name + ".lock")
         self._held_elsewhere = (
             f"its lock file {lock} is gone (removed, or its directory made again): another "
@@ -237,9 +262,7 @@ class ManualPauses:
         self._writer.join(timeout_s)
         if self._writer.is_alive():
             return False
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._let_go()
         return True
 
     def _work(self) -> None:

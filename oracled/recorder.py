@@ -24,7 +24,7 @@ import structlog
 from oracled import __version__
 from oracled.core import PRICING_REVISION
 from oracled.errors import TapeError, described
-from oracled.lockfile import LockHeldError, lock_beside, lock_still_beside
+from oracled.lockfile import LockHeldError, LockState, lock_beside, lock_state
 from oracled.model import Quote
 from oracled.tape import (
     MAX_LINE_BYTES,
@@ -52,6 +52,11 @@ class TapeRecorder:
     of order. A write that fails (a full disk), or lines waiting past `max_backlog` bytes, stop the
     recording for good, never the rounds: the tape stays a prefix of the quotes, without a gap
     a replay could not see, and `error` says why.
+
+    The lock beside the tape follows `lockfile`'s rule (`_lock_now`): a lock file only moved
+    away (the tape's directory renamed) holds the lines back, within the same `max_backlog`,
+    and they are written once the very file is back; one lost (removed, or its directory made
+    again) stops the recording for good.
     """
 
     def __init__(
@@ -75,6 +80,11 @@ class TapeRecorder:
         self._pending: concurrent.futures.Future[None] | None = None
         self.error: str | None = None  # what stopped the recording
         self.lock_lost = False  # `<tape>.lock` is no longer the file locked: nothing more written
+        #: `<tape>.lock` is not at its path (its directory moved away): lines wait till it is back
+        self.lock_away = False
+        self._held_back: list[bytes] = []  # lines the writer took while the lock file was away
+        self._held_bytes = 0  # their bytes, part of the backlog `max_backlog` bounds
+        self._log = structlog.get_logger("oracled").bind(component="tape", path=str(path))
         self._told = False
         self._digest = config_sha256
         #: Line 1 of a new tape, written before its first line of quotes: `number` adds the
@@ -219,10 +229,13 @@ class TapeRecorder:
             line = quote_to_line(quote)
             self._buffer.append(line)
             self._backlog += len(line)
-            if self._backlog > self._max_backlog:
+            if self._backlog + self._held_bytes > self._max_backlog:
+                why = "a disk or reader that fell behind"
+                if self.lock_away:
+                    why = f"its lock file {self._lock_path()} away, its directory moved"
                 self.error = (
                     f"more than {self._max_backlog} bytes of quotes waited for the tape's writes"
-                    " (a disk or reader that fell behind)"
+                    f" ({why})"
                 )
                 self._buffer, self._backlog = [], 0
 
@@ -271,27 +284,62 @@ class TapeRecorder:
         if self._pending is not None:
             await asyncio.wait([asyncio.wrap_future(self._pending)], timeout=timeout_s)
 
-    def _held(self) -> bool:
-        """True while `<tape>.lock` is still the file this recorder locked (or it holds none: a
-        FIFO). One removed (a clean-up of lock files), or the directory removed and made again,
-        excludes nobody: a second `oracled record` locks a new one and writes the same tape,
-        its lines among this one's. So the first time it is found gone the recording stops for
-        good, as after a failed write, and writes nothing more, not even at the stop. Two
-        system calls, asked in the writer thread before each batch and at the stop."""
-        if self._lock_fd is None or lock_still_beside(self.path, self._lock_fd):
-            return True
-        self.lock_lost = True
-        lock = self.path.with_name(self.path.name + ".lock")
-        self.error = self.error or (
-            f"its lock file {lock} is gone (removed, or its directory made again): another "
-            "recorder may write the tape now"
-        )
-        return False
+    def _lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def _lock_now(self) -> LockState:
+        """Whether `<tape>.lock` is still the file this recorder locked (`lockfile.lock_state`;
+        HELD when it holds none: a FIFO). Two system calls, asked in the writer thread before
+        each batch and at the stop.
+
+        LOST (removed, a clean-up of lock files; or the directory removed and made again): it
+        excludes nobody, a second `oracled record` locks a new one and writes the same tape, its
+        lines among this one's. So the recording stops for good, as after a failed write, and
+        writes nothing more, not even at the stop.
+
+        MOVED (the directory moved away with it): it still excludes everyone, and the lines
+        wait in memory until the very file is back (said once each way). Appending through the
+        open tape meanwhile would land in the right file, in its new place, where no other
+        recorder can lock it; they wait all the same: a directory moved away (to copy or
+        archive it, or on its way to being deleted) is expected to stay as it was moved, and
+        a tape copied while it grows is torn at its end."""
+        if self._lock_fd is None:
+            return LockState.HELD
+        state = lock_state(self.path, self._lock_fd)
+        if state is LockState.HELD:
+            if self.lock_away:
+                self.lock_away = False
+                self._log.info(
+                    "tape lock file back: lines are written again", held_bytes=self._held_bytes
+                )
+        elif state is LockState.MOVED:
+            if not self.lock_away:
+                self.lock_away = True
+                self._log.error(
+                    "tape lock file missing: lines wait in memory until it is back",
+                    lock=str(self._lock_path()),
+                    max_backlog=self._max_backlog,
+                )
+        else:
+            self.lock_lost, self.lock_away = True, False
+            self.error = self.error or (
+                f"its lock file {self._lock_path()} is gone (removed, or its directory made "
+                "again): another recorder may write the tape now"
+            )
+        return state
 
     def _write(self, lines: list[bytes]) -> None:
         with self._lock:
-            if self.error is not None or self._file is None or not self._held():
+            if self.error is not None or self._file is None:
                 return
+            state = self._lock_now()
+            if state is LockState.MOVED:
+                self._held_back += lines
+                self._held_bytes += sum(len(line) for line in lines)
+                return
+            if state is LockState.LOST:
+                return
+            lines, self._held_back, self._held_bytes = self._held_back + lines, [], 0
             try:
                 self._write_header(self._file)
                 self._file.writelines(lines)
@@ -314,13 +362,20 @@ class TapeRecorder:
             elif self.error is None:
                 self.error = "a write did not finish at the stop: the tape's last lines are missing"
             return self.take_error()
-        file, lines, self._buffer = self._file, self._buffer, []
+        file, lines, self._buffer = self._file, self._held_back + self._buffer, []
+        self._held_back, self._held_bytes = [], 0
         try:
             if file is not None:
-                if self._held():  # lost: the tape may be another recorder's now
+                state = self._lock_now()
+                if state is LockState.HELD:  # lost: the tape may be another recorder's now
                     self._write_header(file)  # a tape stopped short still says what it is
                     if self.error is None:
                         file.writelines(lines)
+                elif state is LockState.MOVED and lines and self.error is None:
+                    self.error = (
+                        f"the stop came while its lock file {self._lock_path()} was away (its "
+                        f"directory moved): the last {len(lines)} lines are not on the tape"
+                    )
                 file.close()
         except OSError as exc:
             if file is not None:  # always: only its writes raise

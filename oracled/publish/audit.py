@@ -80,7 +80,7 @@ from oracled import __version__
 from oracled.config import AuditConfig
 from oracled.errors import ConfigError, OracledError, described
 from oracled.files import NotRegularFileError, require_regular
-from oracled.lockfile import LockHeldError, lock_beside, lock_still_beside
+from oracled.lockfile import LockHeldError, LockState, lock_beside, lock_state
 from oracled.model import Quote, Report
 from oracled.publish.audit_reserve import DiskReserve
 from oracled.tape import command_to_line, header_line, line_ts, quote_to_line
@@ -200,6 +200,8 @@ _TAPE_LEVEL: Final = 1  # a round's quote lines: ~5.4x at level 1; level 6 gains
 #: zlib looks back 32 KiB, so a longer dictionary is never used.
 _DICT_BYTES: Final = 32 * 1024
 _RETRY_S: Final = 5.0  # a failed database is tried again after this long
+#: How often a writer whose lock file is away looks whether it is back (two system calls).
+_AWAY_POLL_S: Final = 0.25
 _RETENTION_EVERY_S: Final = 30.0
 #: Deleted per transaction at most, about: ~0.6 s of the writer thread on a disk that deleted
 #: 570 MB in 11.7 s, with the queue (64 rounds, 16 s at 4 a second) far from full.
@@ -437,6 +439,11 @@ class AuditTrail:
         self._cap: int | None = None
         self._lock_fd: int | None = None  # the writer lock (`_lock`), held while writing
         self.lock_lost = False  # `<db>.lock` is no longer the file locked: no write till restart
+        #: `<db>.lock` is not at its path (its directory moved away): rounds wait till it is back
+        self.lock_away = False
+        self._away_poll_s = _AWAY_POLL_S
+        self._closing = threading.Event()  # `close` was called: a writer held back gives up
+        self._gave_up = False  # stopped while the lock file was away (said once)
         self._dropping = False
         self._dropping_quotes = False
         #: quotes of dropped rounds carried to the next queued round at most (tests lower it)
@@ -568,6 +575,7 @@ class AuditTrail:
         if not self._thread.is_alive():
             return True
         deadline = time.monotonic() + timeout_s
+        self._closing.set()  # a writer waiting for its lock file stops waiting
         try:
             self._queue.put(_STOP, timeout=timeout_s)
         except queue.Full:
@@ -588,10 +596,10 @@ class AuditTrail:
             stop = any(item is _STOP for item in batch)
             items = [item for item in batch if item is not _STOP]
             if items:
-                self._write(items)
+                self._write_when_held(items, stop=stop)
             self.stats.queued = self._queue.qsize()
             if stop:
-                if self._db is not None and self.lock_lost:
+                if self._db is not None and (self.lock_lost or self.lock_away):
                     self._db.close()  # no room kept beside a trail another writer may hold
                     self._db = None
                 if self._db is not None:
@@ -608,7 +616,8 @@ class AuditTrail:
         if time.monotonic() < self._retry_at:
             return None
         released = 0
-        if not self._held():  # a reopen after a failure: the directory may be a new one
+        # a reopen after a failure goes by name: the directory may be a new one, or away
+        if self._lock_now() is not LockState.HELD:
             return None
         try:
             if self._lock_fd is None:
@@ -719,39 +728,90 @@ class AuditTrail:
                 quotes=len(lost),
             )
 
-    def _held(self) -> bool:
-        """True while `<db>.lock` is still the file this writer locked (or none is taken yet).
-        One removed (a clean-up of lock files), or the directory removed and made again,
-        excludes nobody: a second daemon or `oracled record` locks a new one and writes the same
-        trail, its rounds among this one's. So the first time it is found gone the trail is
-        lost for good (logged once): nothing is written until a restart, which takes the lock
-        again or is refused while the other writer holds it. Two system calls, asked by the
-        worker thread before each batch's commit and each reopen, never on the round loop."""
+    def _write_when_held(self, items: list[object], *, stop: bool) -> None:
+        """Write `items`, waiting while the lock file is away (`_lock_now`): the rounds after
+        them wait in the queue meanwhile (a full queue drops and counts as ever), and they go
+        in first, in order, once the very lock file is back. A stop while it is away (nothing
+        could be written) counts the rounds held back as not written."""
+        held = self._write(items)
+        while held is not None:
+            while self._lock_now() is LockState.MOVED:
+                self.stats.queued = self._queue.qsize()
+                if stop or self._closing.wait(self._away_poll_s):
+                    self.stats.write_errors += sum(1 for item in held if isinstance(item, _Item))
+                    if not self._gave_up:  # once: the batches still queued end here too
+                        self._gave_up = True
+                        self._log.error(
+                            "audit trail stopped with its lock file away: rounds held back are "
+                            "not written",
+                            lock=str(self.path.with_name(self.path.name + ".lock")),
+                        )
+                    return
+            held = self._write(held)
+
+    def _lock_now(self) -> LockState:
+        """Whether `<db>.lock` is still the file this writer locked (`lockfile.lock_state`;
+        HELD while none is taken yet). Asked by the worker thread before each batch's commit and
+        each reopen, never on the round loop.
+
+        LOST (removed, a clean-up of lock files; or the directory removed and made again):
+        it excludes nobody, a second daemon or `oracled record` locks a new one and writes the
+        same trail, its rounds among this one's. So the trail is lost for good (logged once):
+        nothing is written until a restart, which takes the lock again or is refused while the
+        other writer holds it.
+
+        MOVED (the directory moved away with it, a volume gone): it still excludes everyone,
+        and the rounds wait in the queue until the very file is back (said once each way).
+        They do not go in meanwhile through the connection's open descriptors, though those
+        still reach the moved database: SQLite also reaches the trail's files by name (a
+        reopen, the `-wal` and `-shm` deleted at a close), and a directory moved away (to copy
+        or archive it, or on its way to being deleted) is expected to stay as it was moved."""
         if self.lock_lost:
-            return False
-        if self._lock_fd is None or lock_still_beside(self.path, self._lock_fd):
-            return True
-        self.lock_lost = True
+            return LockState.LOST
+        if self._lock_fd is None:
+            return LockState.HELD
+        state = lock_state(self.path, self._lock_fd)
         lock = self.path.with_name(self.path.name + ".lock")
+        if state is LockState.HELD:
+            if self.lock_away:
+                self.lock_away = False
+                self._log.info("audit trail lock file back: rounds are written again")
+            return state
+        if state is LockState.MOVED:
+            if not self.lock_away:
+                self.lock_away = True
+                self._log.error(
+                    "audit trail lock file missing: rounds wait in the queue until it is back",
+                    lock=str(lock),
+                    queue=self.cfg.queue,
+                )
+                self.stats.ok, self.stats.last_error = False, f"lock file away: {lock}"
+            return state
+        self.lock_lost, self.lock_away = True, False
         self._log.error(
             "audit trail lock lost: no round is written until a restart", lock=str(lock)
         )
         self.stats.ok, self.stats.last_error = False, f"lock lost: {lock}"
         self._packer = None
-        return False
+        return state
 
-    def _write(self, items: list[object], *, made_room: bool = False) -> None:
+    def _write(self, items: list[object], *, made_room: bool = False) -> list[object] | None:
+        """Write `items` in one transaction; the items to write again once the lock file is
+        back if it was found away (nothing of them written), else None (written, or counted
+        as not written)."""
         rounds = sum(1 for item in items if isinstance(item, _Item))
         if self.lock_lost:  # counted, not carried: no round of this writer goes in again
             self.stats.write_errors += rounds
-            return
+            return None
         if self._lost and not made_room:
             items = self._with_lost(items)
         db = self._open()
         if db is None:
+            if self.lock_away:
+                return items
             self.stats.write_errors += rounds
             self._keep_lost(items)
-            return
+            return None
         try:
             db.execute("BEGIN IMMEDIATE")
             for item in items:
@@ -775,21 +835,25 @@ class AuditTrail:
                         "WHERE id = (SELECT max(id) FROM rounds WHERE ts = ? AND round = ?)",
                         (item.root, item.signature, item.signer, item.format, item.ts, item.round),
                     )
-            if not self._held():  # looked at holding SQLite's write lock: none commits between
+            # looked at holding SQLite's write lock: none commits between
+            state = self._lock_now()
+            if state is not LockState.HELD:
                 db.execute("ROLLBACK")
-                self.stats.write_errors += rounds
-                return
+                if state is LockState.LOST:
+                    self.stats.write_errors += rounds
+                    return None
+                self._packer = self._load_packer(db)  # one this batch made is rolled back
+                return items
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             if not made_room and _full(exc) and self._make_room(db):
-                self._write(items, made_room=True)  # once: into the room made, or it failed
-                return
+                return self._write(items, made_room=True)  # once: into the room made, or it failed
             self.stats.write_errors += rounds
             self._keep_lost(items)
             self._failed(exc, "write")
-            return
+            return None
         self.stats.rounds += rounds
         if rounds:
             self._losing_quotes = False
@@ -798,6 +862,7 @@ class AuditTrail:
             self._log.info("audit trail writing", path=str(self.path))
         if time.monotonic() >= self._retention_at:
             self._retention(db)
+        return None
 
     def _insert(self, db: sqlite3.Connection, item: _Item) -> None:
         result = item.result

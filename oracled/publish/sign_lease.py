@@ -20,7 +20,8 @@ never moved it, nor held its lock.
 The file holds one lease per signer address, so a key rotation starts its own lease and a key
 rotated back finds its old one. One daemon writes it: it holds `<path>.lock` (released by the
 kernel with the process, even on `kill -9`), and looks before each signature that it is still
-there (`held`): one removed lets another daemon in, so the lease is then lost until a restart. A
+there (`held`): one removed lets another daemon in, so the lease is then lost until a restart;
+one only moved away (its directory renamed) holds the rounds back until it is back. A
 writer killed mid-write leaves its temporary file beside the lease; the next start removes it,
 holding the lock.
 """
@@ -43,9 +44,9 @@ from oracled.errors import ConfigError
 from oracled.files import read_regular
 from oracled.lockfile import (
     LockHeldError,
+    LockState,
     lock_beside,
-    lock_replaced_beside,
-    lock_still_beside,
+    lock_state,
     remove_stale_temporaries,
     replace_durably,
 )
@@ -254,24 +255,27 @@ class SignLease:
             self._lock_fd = None
 
     def held(self) -> bool:
-        """True while `<path>.lock` is still the file this process locked. One removed (a
-        clean-up of lock files), or its directory removed and made again, excludes nobody: a
-        second daemon locks a new one and signs from its own start. So the first time it is
-        found gone this lease is lost for good (logged once): it covers no round and writes
-        nothing, not even down at the stop (it would overwrite the second daemon's lease);
-        a restart takes the lock again, or is refused while the other daemon holds it. Two
-        system calls, asked by the signer thread before each signature, never on the loop."""
+        """True while `<path>.lock` is still the file this process locked (`lock_state`). One
+        removed (a clean-up of lock files), or its directory removed and made again, excludes
+        nobody: a second daemon locks a new one and signs from its own start. So the first time
+        it is found `LOST` this lease is lost for good (logged once): it covers no round and
+        writes nothing, not even down at the stop (it would overwrite the second daemon's
+        lease); a restart takes the lock again, or is refused while the other daemon holds it.
+        Found `MOVED` (its directory moved away with it, a volume gone), it still excludes
+        everyone: no round is signed, and no lease written, until the very file is back (the
+        lease is rewritten by name, with no descriptor of it kept open: a write meanwhile would
+        go to whatever is at the path, not to the lease moved away). Two system calls, asked by
+        the signer thread before each signature, never on the loop."""
         with self._losing:
             if self.lost or self._lock_fd is None:  # lost, or let go at the stop
                 return False
-            if lock_still_beside(self.path, self._lock_fd):
+            state = lock_state(self.path, self._lock_fd)
+            if state is LockState.HELD:
                 if self._missing:
                     self._missing = False
                     self._log.info("signing lease lock file back: rounds are signed again")
                 return True
-            if not lock_replaced_beside(self.path, self._lock_fd):
-                # Not there (its directory moved away, a volume gone): no round is signed
-                # while it is not, and signing goes on once the very file is back.
+            if state is LockState.MOVED:
                 if not self._missing:
                     self._missing = True
                     self._log.error(

@@ -4,6 +4,7 @@ also handed to a real writer thread."""
 from __future__ import annotations
 
 import sqlite3
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +78,14 @@ RESERVE = 64 * 1024
 def audit_config(path: Path | str, **settings: Any) -> AuditConfig:
     """A test trail's config: enabled, at `path`, its reserve RESERVE unless `settings` say."""
     return AuditConfig(**{"enabled": True, "path": str(path), "reserve_bytes": RESERVE, **settings})
+
+
+def wait_for(done: Callable[[], bool], limit_s: float = 10.0) -> None:
+    """Until the writer thread got there (it works on its own time)."""
+    deadline = time.monotonic() + limit_s
+    while not done():
+        assert time.monotonic() < deadline, "the writer thread did not get there"
+        time.sleep(0.01)
 
 
 def trail(path: Path, **settings: Any) -> AuditTrail:

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import io
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import pytest
-from audit_rig import Feed, audit_config, trail
+from audit_rig import Feed, audit_config, trail, wait_for
 from publish_rig import T0, make_config
 from structlog.testing import capture_logs
 
@@ -232,14 +230,6 @@ def test_the_writer_leaves_a_version_1_database_alone_and_prices_go_on(tmp_path:
     reader = AuditReader(aside)
     assert reader.version == 1 and len(reader.rounds(0, END)) == 5
     reader.close()
-
-
-def wait_for(done: Callable[[], bool], limit_s: float = 10.0) -> None:
-    """Until the writer thread got there (it works on its own time)."""
-    deadline = time.monotonic() + limit_s
-    while not done():
-        assert time.monotonic() < deadline, "the writer thread did not get there"
-        time.sleep(0.01)
 
 
 def used_bytes(path: Path) -> int:

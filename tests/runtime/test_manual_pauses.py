@@ -354,6 +354,70 @@ def test_a_writer_whose_lock_file_went_goes_on_only_if_nobody_wrote_the_file_sin
         first.close()
 
 
+def test_a_writer_whose_directory_moved_away_keeps_its_lock_and_writes_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The pauses file's directory moved away for a while: saves fail meanwhile (counted, no
+    lock lost), the moved file is left as it was, no second writer can take the file (the
+    very lock is kept, not let go), and once the directory is back the next save writes there.
+    Before, the lock was let go at the first save that found it away."""
+    state, away = tmp_path / "state", tmp_path / "away"
+    state.mkdir()
+    path = state / "pauses.json"
+    alice, bob = {"BTC/USDT": Pause("alice", 1)}, {"ETH/USDT": Pause("bob", 2)}
+    first = ManualPauses(path)
+    try:
+        assert first.claim()
+        assert first.save(alice).result() is None
+        lock = os.stat(path.with_name(path.name + ".lock")).st_ino
+        with capture_logs() as logs:
+            state.rename(away)
+            assert first.save({**alice, **bob}).result() is not None
+            assert ManualPauses(away / "pauses.json").load() == alice
+            away.rename(state)
+            second = ManualPauses(path)
+            assert not second.claim()  # the first still holds the very lock file
+            second.close()
+            assert first.save(bob).result() is None
+        assert ManualPauses(path).load() == bob
+        assert os.stat(path.with_name(path.name + ".lock")).st_ino == lock
+        assert first.stats.kept and first.stats.failures == 1
+        assert not [e for e in logs if "lock lost" in e["event"]]
+    finally:
+        first.close()
+
+
+def test_a_writer_whose_directory_moved_away_for_good_writes_into_the_one_made_again(
+    tmp_path: Path,
+) -> None:
+    """The directory moved away and a new one made at its path (a volume mounted again
+    empty): nobody holds a lock there and no pauses file was written there, so the next save
+    locks the new lock file and writes the daemon's whole state into it; the moved lock is let
+    go. The appending writers would stop here; a whole-file rewrite loses nothing."""
+    state, away = tmp_path / "state", tmp_path / "away"
+    state.mkdir()
+    path = state / "pauses.json"
+    alice = {"BTC/USDT": Pause("alice", 1)}
+    first = ManualPauses(path)
+    try:
+        assert first.claim()
+        assert first.save(alice).result() is None
+        state.rename(away)
+        state.mkdir()
+        kept = {**alice, "ETH/USDT": Pause("alice", 2)}
+        assert first.save(kept).result() is None
+        assert ManualPauses(path).load() == kept
+        assert ManualPauses(away / "pauses.json").load() == alice
+        moved = ManualPauses(away / "pauses.json")
+        assert moved.claim()  # the moved lock was let go
+        moved.close()
+        second = ManualPauses(path)
+        assert not second.claim()  # the new one is held
+        second.close()
+    finally:
+        first.close()
+
+
 TOKEN = "pauses-token-0123456789"
 
 
