@@ -764,8 +764,9 @@ class AuditTrail:
         and the rounds wait in the queue until the very file is back (said once each way).
         They do not go in meanwhile through the connection's open descriptors, though those
         still reach the moved database: SQLite also reaches the trail's files by name (a
-        reopen, the `-wal` and `-shm` deleted at a close), and a directory moved away (to copy
-        or archive it, or on its way to being deleted) is expected to stay as it was moved."""
+        reopen after a failed write opens whatever is at the path), and a directory moved away
+        (to copy or archive it, or on its way to being deleted) is expected to stay as it was
+        moved: a database copied while it is written is torn."""
         if self.lock_lost:
             return LockState.LOST
         if self._lock_fd is None:
