@@ -405,6 +405,11 @@ class PushConfig(_Frozen):
     recheck_depth_blocks: Annotated[int, Field(ge=1, le=100_000)] = 12
     #: A `max_batch` the pusher lowered grows back by a quarter after this many confirmed pushes.
     grow_batch_after: Annotated[int, Field(ge=1, le=10_000)] = 10
+    #: After a start, a market `unknown` that has not been active since (the gates rebuilding
+    #: its quorum) gets no pause entry on chain for this long: every restart would otherwise
+    #: pause, then resume, every market with a price on chain. Past it, or once the market was
+    #: active in this run, `unknown` is paused on chain as `paused` is.
+    start_grace_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 30.0
     #: Markets to push (empty: every market).
     markets: tuple[Pair, ...] = ()
     overrides: dict[Pair, PushMarketConfig] = Field(default_factory=dict)

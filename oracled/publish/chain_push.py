@@ -6,7 +6,10 @@ Only `active` prices are pushed, ever: paused, unknown and degraded markets are 
 counted by reason. A pause is explicit on chain: a market paused or unknown whose chain entry
 is a price (not already a pause) gets a pause entry at the next look, in the same transaction
 as the prices, so that the contract's `latest` refuses its frozen price; its next active price
-clears it. A degraded market gets none (it is live, with a warning): its price just ages.
+clears it. A degraded market gets none (it is live, with a warning): its price just ages. Nor
+does, for `start_grace_s` after a start, a market unknown and not active since: every market is
+unknown until its gates have seen enough rounds, and a restart must not pause and resume every
+market on chain (two batches of gas a market) for the seconds that takes.
 
 The pusher runs in its own task. The round loop only calls `submit(result)`, which replaces the
 latest result (a queue of one: a slow chain makes pushes sparser, it never stalls a round nor
@@ -268,6 +271,10 @@ class ChainPusher:
         # underpriced: a transaction of ours, or of a previous run, holds the nonce)
         self._fee_floor: tuple[int, int, int] | None = None
         self._counted_round = -1
+        # For `start_grace_s`: the first round this pusher looked at, and the markets it saw
+        # active since (an `unknown` one of those is stopped, not still starting).
+        self._first_ts: int | None = None
+        self._was_active: set[str] = set()
         # Markets per transaction: `max_batch`, lowered when a batch would not fit in a block
         # (the gas limit of the latest block, read with its base fee; None: not said).
         self._batch_cap = cfg.max_batch
@@ -511,12 +518,16 @@ class ChainPusher:
     def _due(self, result: RoundResult) -> _Batch | None:
         """The entries of `result` to push now: pauses first (a market paused or unknown whose
         chain entry is a price; none for a market never on chain, where nothing can pass for
-        live), then prices, most due first; counts the markets skipped."""
+        live; none within `start_grace_s` of the start for one unknown and not active since),
+        then prices, most due first; counts the markets skipped."""
         status = result.status.tolist()
         price = result.price.tolist()
         decimals = result.layout.decimals.tolist()
         count = result.round != self._counted_round
         self._counted_round = result.round
+        if self._first_ts is None:
+            self._first_ts = result.ts
+        starting = result.ts - self._first_ts < self.cfg.start_grace_s * 1000.0
         scored: list[tuple[float, int]] = []
         pauses: list[str] = []
         for i, market in enumerate(result.layout.markets):
@@ -531,9 +542,13 @@ class ChainPusher:
                     and stored is not None
                     and not stored.paused
                     and result.ts > stored.ts
+                    and not (
+                        starting and status[i] == Status.UNKNOWN and market not in self._was_active
+                    )
                 ):
                     pauses.append(market)
                 continue
+            self._was_active.add(market)
             if stored is None or stored.paused:  # a first price, or the one that resumes it
                 if stored is None or result.ts > stored.ts:
                     scored.append((math.inf, i))

@@ -378,6 +378,36 @@ async def test_a_restarted_pusher_reads_a_pause_from_the_chain_and_does_not_push
     assert await rig.stored("BTC/USD") == (before[0], before[1], resumed.round, resumed.ts)
 
 
+async def test_a_restart_leaves_markets_still_unknown_unpaused_for_the_start_grace(
+    rig: Rig,
+) -> None:
+    """Run one puts every market on chain and stops. Run two starts with BTC unknown (its
+    gates still rebuilding quorum) and `start_grace_s` of one second: the looks within it send
+    nothing for BTC, so a restart does not pause and resume every market on chain; past it,
+    BTC still unknown, the next look pushes its pause entry. Before, run two paused BTC on
+    chain at its first look."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(first)
+    before = await rig.stored("BTC/USD")
+    second = rig.pusher(heartbeat_s=3600.0, start_grace_s=1.0)  # 4 rounds of 250 ms
+    start = _btc_stopped_round(rounds, "unknown")
+    second.submit(start)
+    await second.start()
+    for _ in range(3):
+        await second.step()
+        second.submit(_btc_stopped_round(rounds, "unknown"))
+    await second.step()
+    assert rounds.now - start.ts == 750
+    assert second.stats.transactions["sent"] == 0 and second.stats.pauses == 0
+    assert await rig.feed_of("BTC/USD") == (*before, False)
+    late = _btc_stopped_round(rounds, "unknown")
+    second.submit(late)
+    await settle(second)
+    assert second.stats.transactions["sent"] == 1 and second.stats.pauses == 1
+    assert await rig.feed_of("BTC/USD") == (*before[:2], late.round, late.ts, True)
+
+
 async def test_a_pause_entry_a_reorganisation_took_off_the_chain_is_pushed_again(
     rig: Rig,
 ) -> None:
