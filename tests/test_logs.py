@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 from aiohttp import web
+from children import stop
 
 from oracled.logs import QUEUE_LINES, drain_logs, log_lines_dropped, setup_logging
 
@@ -205,9 +206,7 @@ def test_a_reader_that_does_not_read_cannot_hold_the_exit() -> None:
         assert child.wait(30) == 0
         assert child.stdout is not None and child.stdout.read() == b"exiting\n"
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        stop(child)
         if child.stdout is not None:
             child.stdout.close()
         os.close(read_end)

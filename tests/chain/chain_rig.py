@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from children import stop
 from eth_abi.abi import decode, encode
 from eth_utils.abi import function_signature_to_4byte_selector
 from eth_utils.address import to_checksum_address
@@ -70,13 +71,7 @@ class Anvil:
         return f"ws://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, term_s=5)
 
 
 def artifacts_hash() -> str:
@@ -128,8 +123,7 @@ def start_anvil(log_path: Path, *extra: str) -> Anvil:
         if proc.poll() is not None:
             break
         time.sleep(0.01)
-    proc.kill()
-    proc.wait()
+    stop(proc)
     raise RuntimeError(f"anvil did not start: {log_path.read_text(errors='replace')[-2000:]}")
 
 

@@ -9,6 +9,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from children import stop
 from cli_configs import warned_config
 from pipe_lines import PipeLines
 
@@ -122,9 +123,10 @@ def test_run_logs_the_config_warnings_at_start_up(tmp_path: Path) -> None:
                 break
             seen.append(json.loads(line))
         assert proc.poll() is None, "the daemon stopped"
-    finally:
         proc.terminate()
         proc.wait(timeout=30)
+    finally:
+        stop(proc)
         proc.stderr.close()
     warnings = [e for e in seen if e.get("event") == "config warning"]
     assert [(e["key"], e["warning"], e["level"]) for e in warnings] == [
@@ -302,9 +304,12 @@ def test_a_reader_that_goes_away_is_no_error(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         cwd=ROOT,
     ) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        assert b"round 1 " in proc.stdout.readline()
-        proc.stdout.close()
-        errors = proc.stderr.read().decode()
-        assert proc.wait(timeout=60) == 0, errors
+        try:  # leaving the block waits for the process: a failure here must not wait forever
+            assert proc.stdout is not None and proc.stderr is not None
+            assert b"round 1 " in proc.stdout.readline()
+            proc.stdout.close()
+            errors = proc.stderr.read().decode()
+            assert proc.wait(timeout=60) == 0, errors
+        finally:
+            stop(proc)
     assert "Traceback" not in errors and "Broken pipe" not in errors

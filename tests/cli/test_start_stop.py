@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from children import stop
 from cli_configs import warned_config
 from file_lease import leased
 from pipe_lines import PipeLines
@@ -82,9 +83,7 @@ def _daemon(tmp_path: Path, port: int, command: str = "run") -> Iterator[_Daemon
     try:
         yield daemon
     finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(30)
+        stop(daemon.proc)
         if daemon.proc.stderr is not None:
             daemon.proc.stderr.close()
 
@@ -183,9 +182,7 @@ def test_a_stop_as_soon_as_the_margin_service_runs_stops_it_before_it_connects(
     try:
         names = _stopped_at_its_first_line(daemon, sig)
     finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(30)
+        stop(daemon.proc)
         if daemon.proc.stderr is not None:
             daemon.proc.stderr.close()
     assert "connect_failed" not in names

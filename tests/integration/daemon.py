@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from children import stop
 from ports import free_port
 
 ADMIN_TOKEN = "integration-token-0123456789"
@@ -82,7 +83,11 @@ class Daemon:
             cwd=self.config.parent,
         )
         self.session = aiohttp.ClientSession()
-        await self.wait_for(self._healthy, 20.0, "healthz")
+        try:
+            await self.wait_for(self._healthy, 20.0, "healthz")
+        except BaseException:  # a start that fails (or is cancelled) leaves nothing running
+            await self.close()
+            raise
 
     async def _healthy(self) -> bool:
         status, _ = await self.get("/healthz")
@@ -148,7 +153,6 @@ class Daemon:
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop(self.proc)
         self._log.close()

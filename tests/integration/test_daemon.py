@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from children import stop_async
 from daemon import ADMIN_TOKEN, Daemon, sim_config
 from venue_sims import BinanceVenues
 
@@ -293,7 +294,10 @@ async def test_record_writes_a_tape_that_replay_reads_back(
         str(out),
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await proc.communicate()
+    try:
+        _, err = await proc.communicate()
+    finally:
+        await stop_async(proc)
     assert proc.returncode == 0, err.decode()
     assert b"warning" not in err  # the config it was recorded with
     reports = [json.loads(x) for x in out.read_bytes().splitlines()]

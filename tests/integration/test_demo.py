@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from children import stop
 from daemon import ADMIN_TOKEN, Daemon, free_port, sim_config
 from structlog.testing import capture_logs
 
@@ -201,9 +202,10 @@ async def test_without_listen_the_demo_serves_where_its_config_says(tmp_path: Pa
                     except aiohttp.ClientConnectionError:
                         pass
                     await asyncio.sleep(0.1)
-    finally:
         proc.terminate()
         assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        stop(proc)
         log.close()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from children import stop
 from daemon import ADMIN_TOKEN, free_port, sim_config
 from venue_sims import BinanceVenues
 
@@ -92,6 +93,4 @@ async def test_a_daemon_whose_log_reader_is_gone_runs_on_and_counts_the_lost_lin
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)

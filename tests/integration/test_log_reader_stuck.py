@@ -19,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from children import stop
 from daemon import ADMIN_TOKEN, free_port, sim_config
 from venue_sims import BinanceVenues
 
@@ -114,7 +115,5 @@ async def test_a_daemon_whose_log_reader_stopped_reading_runs_on_and_stops_on_si
         stop_s = time.monotonic() - sent
         assert code == 0, f"exit code {code} after {stop_s:.1f} s"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         os.close(read_end)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from children import stop
 
 # The daemon harness lives beside the integration tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -121,6 +122,4 @@ async def test_margin_service_liquidates_on_live_reports_and_freezes_on_a_pause(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)

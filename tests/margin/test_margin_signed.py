@@ -21,6 +21,7 @@ import msgspec
 import numpy as np
 import pytest
 from aiohttp import web
+from children import stop as stop_child
 from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
@@ -1190,9 +1191,7 @@ async def test_oracled_margin_runs_signed_mode_from_the_accounts_file(
                 await asyncio.sleep(0.05)
         assert proc.returncode == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_child(proc)
     liquidation = next(
         d for d in map(json.loads, out.read_text().splitlines()) if d["kind"] == "liquidation"
     )

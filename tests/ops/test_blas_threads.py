@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 from catalogue import ROOT
+from children import stop
 from daemon import free_port, sim_config
 
 DEPLOY = ROOT / "deploy"
@@ -74,10 +75,12 @@ def _threads_of_a_running_daemon(tmp_path: Path, env: dict[str, str], pin: bool)
             except OSError:
                 time.sleep(0.1)
         time.sleep(1.0)
-        return len(os.listdir(f"/proc/{proc.pid}/task"))
-    finally:
+        threads = len(os.listdir(f"/proc/{proc.pid}/task"))
         proc.terminate()
         proc.wait(timeout=30)
+        return threads
+    finally:
+        stop(proc)
 
 
 def test_the_daemon_computes_no_matrix_product() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from catalogue import ROOT
+from children import stop, stop_async
 from daemon import ADMIN_TOKEN, Daemon, free_port, sim_config
 
 from oracled.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, main
@@ -160,14 +161,18 @@ def test_run_refuses_every_kind_of_invalid_config_with_exit_2_and_the_key_named(
         for name, (path, _, env) in cases.items()
     }
     prevented = _unit_restart_prevented()
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        _, line, _ = cases[name]
-        assert proc.returncode == EXIT_CONFIG, (name, err[-2000:])
-        assert proc.returncode in prevented
-        assert err.startswith("oracled: refusing to start: 1 config problem(s)\n"), (name, err)
-        assert err.splitlines()[1].startswith(f"  {line}"), (name, err)
-        assert "api listening" not in err + out, name
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=120)
+            _, line, _ = cases[name]
+            assert proc.returncode == EXIT_CONFIG, (name, err[-2000:])
+            assert proc.returncode in prevented
+            assert err.startswith("oracled: refusing to start: 1 config problem(s)\n"), (name, err)
+            assert err.splitlines()[1].startswith(f"  {line}"), (name, err)
+            assert "api listening" not in err + out, name
+    finally:  # a daemon that started after all would run on past the test
+        for proc in procs.values():
+            stop(proc)
 
     only_at_start = {
         "key variable unset",
@@ -374,7 +379,10 @@ async def test_a_reload_of_a_broken_file_keeps_the_daemon_pricing_and_a_restart_
         env={**os.environ, TOKEN_ENV: ADMIN_TOKEN},
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(restarted.communicate(), 120)
+    try:
+        _, err = await asyncio.wait_for(restarted.communicate(), 120)
+    finally:
+        await stop_async(restarted)
     assert restarted.returncode == EXIT_CONFIG in _unit_restart_prevented(), err.decode()
     assert f"  {daemon.config}: not valid TOML" in err.decode()
     assert main(["check-config", "--as-daemon", str(daemon.config)]) == EXIT_CONFIG

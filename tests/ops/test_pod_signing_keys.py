@@ -35,6 +35,7 @@ import orjson
 import pytest
 import yaml
 from catalogue import ROOT
+from children import stop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -313,7 +314,10 @@ def test_the_init_script_gives_the_daemon_its_pods_key_as_a_file_it_accepts(
     copy_dir = _kubelet_empty_dir(pod_dir / "copy", fs_group)
 
     proc, _ = _start(tmp_path, keys / "oracled-1")
-    assert proc.wait(timeout=60) != 0
+    try:
+        assert proc.wait(timeout=60) != 0
+    finally:  # a daemon that took the key would run on
+        stop(proc)
     assert "accessible by group or others (mode 440)" in (tmp_path / "oracled.log").read_text()
 
     status, printed = _run_init(statefulset, "oracled-1", keys, copy_dir)
@@ -328,9 +332,10 @@ def test_the_init_script_gives_the_daemon_its_pods_key_as_a_file_it_accepts(
     proc, port = _start(tmp_path, copied)
     try:
         served = _info(proc, port, tmp_path)
-    finally:
         proc.terminate()
         proc.wait(timeout=30)
+    finally:
+        stop(proc)
     assert served["signer"] == address != SigningKey.from_hex(KEYS["oracled-0"]).address
     assert served["deployment"] == "k8s-test"
 

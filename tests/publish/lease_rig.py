@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from children import stop
 from publish_rig import free_port
 
 from oracled.publish.signer import SigningKey
@@ -135,9 +136,7 @@ class Daemon:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.kill()
-        await asyncio.to_thread(self.proc.wait, 10)
+        await asyncio.to_thread(stop, self.proc)
 
     async def _read_stream(self) -> None:
         """Every signed frame, from the first moment the API answers until the process ends."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 import nats
+from children import stop
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from ports import free_port
@@ -160,14 +161,18 @@ class NatsServer:
         # Ready when this process says so in its own log, not when something answers on the
         # port: if another program took the port meanwhile, the probe would pass while this
         # server exits on `address already in use`, and the test would talk to a stranger.
-        deadline = asyncio.get_running_loop().time() + 10.0
-        while asyncio.get_running_loop().time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited:\n{self.log.read_text()}")
-            if b"Server is ready" in self.log.read_bytes()[start:]:
-                return
-            await asyncio.sleep(0.02)
-        raise RuntimeError("nats-server did not listen in time")
+        try:
+            deadline = asyncio.get_running_loop().time() + 10.0
+            while asyncio.get_running_loop().time() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"nats-server exited:\n{self.log.read_text()}")
+                if b"Server is ready" in self.log.read_bytes()[start:]:
+                    return
+                await asyncio.sleep(0.02)
+            raise RuntimeError("nats-server did not listen in time")
+        except BaseException:  # a start that fails (or is cancelled) leaves nothing running
+            self.stop()
+            raise
 
     async def reload(self, settings: str) -> None:
         """Replace the extra config lines and have the running server reload them (SIGHUP), as
@@ -201,14 +206,9 @@ class NatsServer:
             os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
-        self.resume()  # a frozen server would not act on SIGTERM
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """SIGTERM (thawed first if frozen), SIGKILL if it is not gone within 10 s."""
+        if self.proc is not None:
+            stop(self.proc, term_s=10)
         self.proc = None
 
 

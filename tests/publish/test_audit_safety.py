@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from audit_rig import audit_config, recorded
+from children import stop
 from ports import free_port
 from publish_rig import Rounds, make_config
 from structlog.testing import capture_logs
@@ -94,8 +95,7 @@ def test_a_writer_killed_mid_batch_leaves_whole_rounds_only(tmp_path: Path) -> N
         assert rounds >= 150, "the writer did not get going"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
-        proc.kill()
-        proc.wait()
+        stop(proc)
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         torn = con.execute(
@@ -180,9 +180,10 @@ async def test_a_read_only_audit_directory_is_reported_and_prices_go_on(tmp_path
             )
         try:
             metrics = await _wait_live_and_audit_down(port)
-        finally:
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 10)
+        finally:
+            stop(proc)
     assert "oracled_audit_up 0.0" in metrics
     errors = next(
         line for line in metrics.splitlines() if line.startswith("oracled_audit_write_errors_total")

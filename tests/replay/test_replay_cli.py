@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from children import stop
+
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "tapes"
 CONFIG = FIXTURES / "config.toml"
 TAPE = FIXTURES / "small.jsonl"
@@ -71,10 +73,13 @@ def test_an_interrupted_replay_says_its_output_is_incomplete_and_exits_130(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().startswith(b'{"market":"USDT/USD"')  # it is replaying
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(b'{"market":"USDT/USD"')  # it is replaying
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stop(proc)
     assert proc.returncode == 130, err
     assert b"interrupted: the output is incomplete" in err
     assert b"Traceback" not in err
