@@ -1442,6 +1442,13 @@ class AuditReader:
         (count,) = self._db.execute("SELECT count(*) FROM rounds").fetchone()
         return int(count)
 
+    def first_round_id(self) -> int | None:
+        """The row id of the oldest round stored (None: none). Ids only grow and retention
+        deletes the oldest rounds (and keeps the newest), so one above 1 says rounds before
+        it were deleted."""
+        (first,) = self._db.execute("SELECT min(id) FROM rounds").fetchone()
+        return None if first is None else int(first)
+
     def rounds(self, start_ms: int, end_ms: int) -> list[AuditRound]:
         rows = self._db.execute(
             f"SELECT {self._round_columns} FROM rounds o WHERE o.ts >= ? AND o.ts <= ? "

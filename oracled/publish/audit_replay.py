@@ -368,6 +368,18 @@ def _replay_start(
                 acted[0].ts,
             )
     rounds = reader.rounds(load.ts, limit)
+    oldest = reader.first_round_id() if rounds and rounds[0].round != 1 else None
+    if oldest is not None and oldest != 1 and rounds[0].id == oldest:
+        # Rows were deleted before this start's oldest round, and none of an earlier start is
+        # left: retention (or a full disk) deleted the start's first rounds, with the quotes
+        # the gates of every round after them were built from. Replayed from round 1 without
+        # them, its stored rounds differed from it as if the daemon had priced them wrongly.
+        first = rounds[0]
+        raise _Unreproducible(
+            f"the start at {iso_time(load.ts)} lost its first rounds to the trail's retention"
+            f" (its oldest stored round is round {first.round} at {iso_time(first.ts)}, and the"
+            " trail keeps none before it): the quotes its gates were built from are gone"
+        )
     try:
         schedule = _schedule(rounds, interval)
     except _Unreproducible as exc:  # replayed up to the round that does not add up

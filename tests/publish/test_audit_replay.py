@@ -402,6 +402,52 @@ def test_each_start_of_a_restarted_daemon_replays_from_its_own_first_round(
     assert "6 round(s) replayed from round 1" in result["starts"][0]
 
 
+def test_a_start_whose_first_rounds_retention_deleted_is_not_reproducible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon that ran past `retention_days` keeps only its newest rounds: the quotes its
+    gates were built from went with the oldest. Its start cannot be replayed (exit 4, the line
+    naming the retention), while a later start the retention left whole replays equal. Before,
+    the first start was replayed from round 1 over the deleted rounds with no quotes, its
+    gates were still resuming when the stored rounds came, and every report of them that was
+    active was a MISMATCH (exit 3): the daemon accused for inputs the trail had let go."""
+    config = tmp_path / "resume3.toml"
+    cfg = make_config(oracle={"round_interval_ms": INTERVAL, "resume_rounds": 3})
+    config.write_text(tomli_w.dumps(cfg.model_dump(by_alias=True, exclude_none=True)))
+    loaded, digest = read_config(config)
+    db = tmp_path / "kept.sqlite3"
+    first = Feed(loaded, trail(db))
+    first.audit.record_config(T0 - 5, "start", "start", str(config), digest, "{}")
+    for _ in range(10):
+        first.round()
+    first.audit.close()
+    # The second start's writer keeps 20 intervals of rounds: the first start's last five
+    # (and the second start whole, six rounds 10 intervals later) are left.
+    second = Feed(loaded, trail(db, retention_days=20 * INTERVAL / 86_400_000))
+    second.audit._retention_every_s = 0.0  # a retention pass after every batch
+    second.now = first.now + 10 * INTERVAL
+    second.audit.record_config(second.now - 5, "start", "start", str(config), digest, "{}")
+    for _ in range(6):
+        second.round()
+    second.audit.close()
+    reader = AuditReader(db)
+    try:
+        kept = [r.round for r in reader.rounds(0, _END)]
+    finally:
+        reader.close()
+    assert kept == [6, 7, 8, 9, 10, 1, 2, 3, 4, 5, 6]
+    code, result = _replay(capsys, db)
+    assert code == 4, result
+    assert result["mismatches"] == 0 and result["unreproducible_rounds"] == 5
+    assert result["rounds"] == 6 and result["equal"] == result["reports"] == 18
+    assert len(result["starts"]) == 1 and "6 round(s) replayed from round 1" in result["starts"][0]
+    assert result["problems"][0] == (
+        f"the start at {iso_time(T0 - 5)} lost its first rounds to the trail's retention (its"
+        f" oldest stored round is round 6 at {iso_time(T0 + 6 * INTERVAL)}, and the trail keeps"
+        " none before it): the quotes its gates were built from are gone"
+    )
+
+
 def test_a_trail_whose_stored_quotes_are_gone_is_not_reproducible(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
