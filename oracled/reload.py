@@ -33,7 +33,7 @@ __all__ = [
 
 #: Settings (dotted paths into the config) that only a restart applies; a reload keeps their
 #: running values. `chains` is not kept: a reload's sources may name a new chain, and the config
-#: must stay whole; its readers still start only with the daemon (reported, as for the others).
+#: must stay whole; its readers keep the start's settings (reported, as for the others).
 RESTART_ONLY: tuple[str, ...] = (
     "oracle.round_interval_ms",
     "oracle.manual_pauses_file",

@@ -480,7 +480,7 @@ class Service:
             return
         if self.chains is not None and not self.chains.usable(src):
             chain = self.cfg.chains.get(src.chain or "")
-            if chain is not None and chain.resolved_urls:  # a reload added it: readers start once
+            if chain is not None and chain.resolved_urls:  # a reload added it: not in the start
                 self.log.warning(
                     "source not started: its chain is read from the next restart",
                     source=sid,
@@ -492,6 +492,8 @@ class Service:
                 )
             self._drop_source_series(sid)
             return
+        if self.chains is not None and (reader := self.chains.read(src)) is not None:
+            self._background.add(reader)  # a reload started the first source of its chain
         assert self._session is not None
         self.source_stats.setdefault(sid, SourceStats(source=sid))
         self.metrics.source_restarts.labels(sid)  # exists at 0, as for the sources of the start

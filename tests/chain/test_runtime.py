@@ -84,6 +84,67 @@ async def test_a_chain_without_an_rpc_url_is_switched_off_with_its_sources(
     assert chains.stats() == [chains.readers["local"].stats]
 
 
+async def test_a_chain_gets_a_reader_only_for_a_source_that_reads_it(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """Of four chains with URLs, only the one an enabled source of a market reads gets a reader
+    at start: not one named only by the pusher's `[push]`, nor one whose source is disabled, nor
+    one whose source no market uses (each reader polls its chain). Their sources are usable all
+    the same, and `read` starts the reader of such a chain once, when a reload starts its first
+    source; a venue and a chain without URLs get none."""
+    feed = {"ETH/USD": {"address": snapshot.eth_proxy, "heartbeat_s": 3600}}
+    lit = {"chain_id": 31337, "rpc_urls": [anvil.url], "poll_interval_s": 0.02}
+    data = {
+        "chains": {
+            **dict.fromkeys(("read", "pushed", "off", "unused"), lit),
+            "dark": {"chain_id": 10, "rpc_urls_env": DARK_ENV},
+        },
+        "push": {
+            "enabled": True,
+            "chain": "pushed",
+            "contract": snapshot.eth_proxy,
+            "key_env": "UNUSED",
+        },
+        "sources": {
+            "cl": {"type": "chainlink", "chain": "read", "feeds": feed},
+            "cl_off": {"type": "chainlink", "chain": "off", "feeds": feed, "enabled": False},
+            "cl_unused": {"type": "chainlink", "chain": "unused", "feeds": feed},
+            "op": {"type": "chainlink", "chain": "dark", "feeds": feed},
+            "v": {"type": "binance"},
+        },
+        "markets": [
+            {
+                "symbol": "ETH/USD",
+                "min_sources": 1,
+                "sources": [{"source": s, "pair": "ETH/USD"} for s in ("cl", "cl_off", "op", "v")],
+            }
+        ],
+    }
+    cfg = parse_config(data, env={})
+    with capture_logs() as logs:
+        chains = ChainSet(cfg, http, SystemClock())
+    assert list(chains.readers) == ["read"]
+    assert [e["chain"] for e in logs if e["event"] == "chain enabled"] == ["read"]
+    usable = [chains.usable(cfg.sources[s]) for s in ("cl", "cl_off", "cl_unused", "op", "v")]
+    assert usable == [True, True, True, False, True]
+    tasks = chains.start()
+    try:
+        assert [t.get_name() for t in tasks] == ["chain:read"]
+        assert chains.read(cfg.sources["cl"]) is None  # started already
+        assert chains.read(cfg.sources["op"]) is None and chains.read(cfg.sources["v"]) is None
+        with capture_logs() as logs:
+            late = chains.read(cfg.sources["cl_off"])
+            assert late is not None
+            tasks.append(late)
+            assert late.get_name() == "chain:off" and chains.read(cfg.sources["cl_off"]) is None
+        assert list(chains.readers) == ["read", "off"] and chains.start() == []
+        assert [e["chain"] for e in logs if e["event"] == "chain enabled"] == ["off"]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_a_chain_unreachable_at_start_is_retried_without_a_traceback(
     http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
 ) -> None:

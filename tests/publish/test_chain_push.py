@@ -2017,8 +2017,17 @@ async def test_a_reloaded_recheck_depth_applies_to_the_push_already_held(rig: Ri
     assert pusher.stats.transactions["sent"] == 2 and await rig.nonce() == 1
 
 
-def _daemon_toml(rig: Rig, venue: BinanceSim, key_file: Path, push: str) -> str:
-    """A daemon quoting BTC/USDT from `venue` and pushing it to the rig's contract."""
+def _daemon_toml(
+    rig: Rig, venue: BinanceSim, key_file: Path, push: str, second: BinanceSim | None = None
+) -> str:
+    """A daemon quoting BTC/USDT from `venue` and pushing it to the rig's contract; with a
+    `second` venue too, BTC/USDT is active (one venue alone is `thin`: degraded, never pushed)."""
+    venues = [("venue", venue)] + ([("second", second)] if second is not None else [])
+    tables = "".join(
+        f'[sources.{sid}]\ntype = "binance"\nws_url = "{v.ws_url}"\nrest_url = "{v.rest_url}"\n\n'
+        for sid, v in venues
+    )
+    listed = ", ".join(f'{{ source = "{sid}", pair = "BTC/USDT" }}' for sid, _ in venues)
     return f"""
 [oracle]
 round_interval_ms = 100
@@ -2038,15 +2047,10 @@ contract = "{rig.feed}"
 key_file = "{key_file}"
 {push}
 
-[sources.venue]
-type = "binance"
-ws_url = "{venue.ws_url}"
-rest_url = "{venue.rest_url}"
-
-[[markets]]
+{tables}[[markets]]
 symbol = "BTC/USDT"
 min_sources = 1
-sources = [{{ source = "venue", pair = "BTC/USDT" }}]
+sources = [{listed}]
 """
 
 
@@ -2098,6 +2102,82 @@ async def test_a_daemon_reload_hands_the_running_pusher_its_recheck_depth_and_re
         finally:
             service.stop()
             await task
+
+
+_CHAINLINK_SOURCE = """
+[sources.cl]
+type = "chainlink"
+chain = "local"
+feeds = {{ "ETH/USD" = {{ address = "{proxy}", heartbeat_s = 3600 }} }}
+
+[[markets]]
+symbol = "ETH/USD"
+min_sources = 1
+sources = [{{ source = "cl", pair = "ETH/USD" }}]
+"""
+
+
+async def test_a_daemon_that_only_pushes_to_a_chain_reads_it_only_once_a_source_does(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """A daemon whose only use of its chain is the pusher starts no reader for it: no `chain
+    enabled` line, nothing logged by the chain's reader (on this node, which has no Multicall3,
+    every poll of a reader was a `read failed` warning), no reader series in /metrics, while the
+    pusher pushes and exposes its own. A reload that adds a Chainlink source on that chain starts
+    the reader then, once, and the source quotes through it. Before, every chain with an RPC URL
+    got a reader at start, whether anything was to be read from it or not."""
+    key_file = tmp_path / "push.key"
+    key_file.write_text(rig.key.hex())
+    key_file.chmod(0o600)
+    path = tmp_path / "oracled.toml"
+    sims = [BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0, volatility=0.0) for _ in range(2)]
+    async with sims[0] as venue, sims[1] as second:
+        toml = _daemon_toml(rig, venue, key_file, "interval_s = 0.1", second)
+        path.write_text(toml)
+        with capture_logs() as logs:
+            service = Service(load_config(path), config_path=path)
+            task = asyncio.create_task(service.run())
+            try:
+                async with asyncio.timeout(30):  # eth-account's import, the node's answers
+                    while (await rig.stored("BTC/USDT"))[0] == 0:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)  # the chain has no event to wait on
+                assert service.chains is not None and service.chains.readers == {}
+                samples = [
+                    s
+                    for family in text_string_to_metric_families(
+                        service.metrics.render()[0].decode()
+                    )
+                    for s in family.samples
+                ]
+                clients = {s.labels["client"] for s in samples if "client" in s.labels}
+                assert clients == {"pusher"}
+                assert not [s for s in samples if s.name == "oracled_chain_head_block"]
+                pushing = list(logs)
+                await rig.chain.install_multicall3()
+                agg = await rig.chain.deploy(
+                    "MockV3Aggregator", ["uint8", "int256"], [8, 3000_00000000]
+                )
+                proxy = await rig.chain.deploy("TestAggregatorProxy", ["address"], [agg])
+                path.write_text(toml + _CHAINLINK_SOURCE.format(proxy=proxy))
+                changes = await service.reload("test")
+                assert changes["sources_restarted"] == ["cl"]
+                async with asyncio.timeout(30):
+                    while not service.source_stats["cl"].quotes:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)  # the source's counters have no event
+                assert list(service.chains.readers) == ["local"]
+            finally:
+                service.stop()
+                await task
+    assert not [
+        e for e in pushing if e.get("component") == "chain" or e["event"] == "chain enabled"
+    ]
+    assert [e["chain"] for e in logs if e["event"] == "chain enabled"] == ["local"]
+    assert not [
+        e
+        for e in logs
+        if e["event"] == "source not started: its chain is read from the next restart"
+    ]
+    assert service.push_stats is not None and service.push_stats.transactions["confirmed"] >= 1
 
 
 async def test_a_push_left_behind_a_lost_nonce_never_lands_a_price_paused_since(

@@ -1,8 +1,12 @@
-"""The runtime's side of the chains: one supervised `ChainReader` per chain that has RPC URLs.
+"""The runtime's side of the chains: one supervised `ChainReader` per chain that has RPC URLs
+and an on-chain source to read.
 
 A chain without URLs (its environment variable unset) is switched off with one clear log line
 at start-up, and so is every source on it; nothing else changes, so the default config runs
-without any RPC provider.
+without any RPC provider. A chain with URLs and nothing to read (only the on-chain pusher's, or
+its sources disabled or used by no market) gets no reader: one would poll a chain for no feed,
+and warn of every read a node without Multicall3 refuses. A reload that starts the chain's first
+source starts its reader then, with the chain's settings of the start.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import aiohttp
 import structlog
 
 from oracled.clock import Clock
-from oracled.config import CHAIN_SOURCE_TYPES, Config, SourceConfig
+from oracled.config import CHAIN_SOURCE_TYPES, ChainConfig, Config, SourceConfig
 from oracled.errors import SourceError
 from oracled.jsonrpc import RpcClient, RpcUnavailable, redact
 from oracled.lograte import LogEveryMinute
@@ -31,7 +35,10 @@ class ChainSet:
 
     def __init__(self, cfg: Config, session: aiohttp.ClientSession, clock: Clock) -> None:
         self.readers: dict[str, ChainReader] = {}
+        self._session = session
         self._clock = clock
+        self._lit: dict[str, ChainConfig] = {}  # chains with URLs, as the daemon started
+        self._running: set[str] = set()  # chains whose reader task was started
         # The pusher logs `chain unreachable; retrying` too: its lines say `component=push`.
         self._log = structlog.get_logger("oracled").bind(component="chain")
         for cid, chain in cfg.chains.items():
@@ -42,27 +49,47 @@ class ChainSet:
                     sources=sorted(s for s, c in cfg.sources.items() if c.chain == cid),
                 )  # fmt: skip
                 continue
-            rpc = RpcClient(chain.resolved_urls, session, timeout_s=chain.timeout_s, clock=clock)
-            self.readers[cid] = ChainReader(cid, chain, rpc, clock, session)
-            self._log.info(
-                "chain enabled", chain=cid, chain_id=chain.chain_id,
-                endpoints=[redact(u) for u in chain.resolved_urls],
-                blocks="newHeads" if chain.ws_url else "polling",
-            )  # fmt: skip
+            self._lit[cid] = chain
+        for cid in sorted(_chains_read(cfg).intersection(self._lit)):
+            self._build(cid)
 
     def start(self) -> list[asyncio.Task[None]]:
-        return [
-            asyncio.create_task(self._supervise(reader), name=f"chain:{cid}")
-            for cid, reader in self.readers.items()
-        ]
+        """The tasks of the readers built so far (the chains the start's sources read)."""
+        return [self._task(cid) for cid in self.readers if cid not in self._running]
+
+    def read(self, src: SourceConfig) -> asyncio.Task[None] | None:
+        """Start the reader of an on-chain source's chain if it has none yet (a reload that
+        starts the chain's first source); the new reader's task, or None."""
+        cid = src.chain
+        if src.type not in CHAIN_SOURCE_TYPES or cid is None or cid not in self._lit:
+            return None
+        if cid not in self.readers:
+            self._build(cid)
+        return None if cid in self._running else self._task(cid)
+
+    def _build(self, cid: str) -> None:
+        chain = self._lit[cid]
+        session, clock = self._session, self._clock
+        rpc = RpcClient(chain.resolved_urls, session, timeout_s=chain.timeout_s, clock=clock)
+        self.readers[cid] = ChainReader(cid, chain, rpc, clock, session)
+        self._log.info(
+            "chain enabled", chain=cid, chain_id=chain.chain_id,
+            endpoints=[redact(u) for u in chain.resolved_urls],
+            blocks="newHeads" if chain.ws_url else "polling",
+        )  # fmt: skip
+
+    def _task(self, cid: str) -> asyncio.Task[None]:
+        self._running.add(cid)
+        return asyncio.create_task(self._supervise(self.readers[cid]), name=f"chain:{cid}")
 
     def stats(self) -> list[ChainStats]:
         """Every running reader's counters (read by the metrics at scrape time)."""
         return [reader.stats for reader in self.readers.values()]
 
     def usable(self, src: SourceConfig) -> bool:
-        """False for an on-chain source whose chain is switched off."""
-        return src.type not in CHAIN_SOURCE_TYPES or src.chain in self.readers
+        """False for an on-chain source whose chain is switched off or was not in the start's
+        config (readers take their chain's settings at start)."""
+        return src.type not in CHAIN_SOURCE_TYPES or src.chain in self._lit
 
     def attach(self, source: Source) -> None:
         """Give an on-chain source its chain's reader; venues pass through untouched."""
@@ -106,3 +133,13 @@ class ChainSet:
             reader.stats.restarts += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2.0, _RESTART_MAX_S)
+
+
+def _chains_read(cfg: Config) -> set[str]:
+    """The chains an enabled on-chain source used by a market reads: those the service starts."""
+    used = {ms.source for m in cfg.markets for ms in (*m.sources, *m.perp_sources)}
+    return {
+        src.chain
+        for sid, src in cfg.sources.items()
+        if src.enabled and src.type in CHAIN_SOURCE_TYPES and src.chain is not None and sid in used
+    }
