@@ -204,6 +204,11 @@ class ApiConfig(_Frozen):
     #: client chooses its selections, so this bounds what it can make the daemon keep. 0: none
     #: kept, each body made per request. Up to 1 GiB, far past the whole array of 10,000 markets.
     round_body_bytes: Annotated[int, Field(ge=0, le=2**30)] = 8 * 1024 * 1024
+    #: Distinct price bodies kept for one round (the whole array, selections, single markets),
+    #: whatever their bytes: each holds its key (up to 256 market names) beside them. 0: none
+    #: kept. Up to 65,536: every market of a large config alone, and its selections, and far
+    #: past what the bytes bound lets through at its default.
+    round_bodies: Annotated[int, Field(ge=0, le=65_536)] = 256
 
     _cors_tuple = field_validator("cors_origins", mode="before")(_as_tuple)
 

@@ -69,6 +69,7 @@ class MetricsInputs:
     stream_dropped: Callable[[], Mapping[str, int]]
     api_closed: Callable[[], Mapping[str, int]] = dict  # HTTP connections closed, by reason
     admin_refused: Callable[[], Mapping[str, int]] = dict  # admin API requests refused, by reason
+    price_bodies_uncached: Callable[[], int] = int  # price bodies served past the round's bounds
     signer: SignerStats | None = None  # None: signing off (its families read zero)
     nats: NatsStats | None = None  # None: no NATS sink
     chains: Callable[[], Iterable[ChainStats]] = tuple  # the chain readers running now
@@ -592,6 +593,13 @@ class _StateCollector:
         for reason, count in sorted(self._in.admin_refused().items()):
             refused.add_metric([reason], count)
         yield refused
+        uncached = CounterMetricFamily(
+            "oracled_api_price_bodies_uncached",
+            "Price bodies served without being kept for the round: past api.round_bodies or"
+            " api.round_body_bytes, each made (and gzipped) for its request alone.",
+        )
+        uncached.add_metric([], self._in.price_bodies_uncached())
+        yield uncached
         yield from _signer_families(self._in.signer)
         yield from _nats_families(self._in.nats)
         yield from _chain_families(self._in.now_ms(), self._in.chains(), self._in.push)

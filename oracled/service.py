@@ -291,6 +291,7 @@ class Service:
                 stream_dropped=lambda: self.hub.dropped_subscribers,
                 api_closed=lambda: self.hub.api_closed,
                 admin_refused=lambda: self.hub.admin_refused,
+                price_bodies_uncached=lambda: self.hub.price_bodies_uncached,
                 signer=self.signer.stats if self.signer is not None else None,
                 nats=self.nats.stats if self.nats is not None else None,
                 chains=lambda: self.chains.stats() if self.chains is not None else (),

@@ -17,12 +17,11 @@ from oracled.sources.stats import SourceStats
 __all__ = ["ReadHandlers"]
 
 _PRICES_PARAMETERS = frozenset({"markets"})
-#: Distinct price bodies kept per round (the whole array, selections, single markets); past it
-#: (or past `api.round_body_bytes`, their gzip forms included) a body is made per request, so
-#: that a client cycling selections cannot grow memory. A client chooses its selections: at
-#: 1,000 markets, 256 of 256 markets each were about 33 MB by count alone; the default 8 MiB
-#: holds the whole array at 1,000 markets (0.7-1.3 MB, and its gzip) several times over.
-ROUND_BODIES = 256
+# The price bodies a round keeps are bounded by count (`api.round_bodies`) and by bytes
+# (`api.round_body_bytes`, their gzip forms included); past either a body is made per request,
+# so that a client cycling selections cannot grow memory. A client chooses its selections: at
+# 1,000 markets, 256 of 256 markets each were about 33 MB by count alone; the default 8 MiB
+# holds the whole array at 1,000 markets (0.7-1.3 MB, and its gzip) several times over.
 
 
 def _decimal(value: float | None) -> str | None:
@@ -138,7 +137,6 @@ class ReadHandlers:
         "_round",
         "compressed_off_loop",
         "compressions",
-        "uncached",
     )
 
     def __init__(self, ctx: ApiContext) -> None:
@@ -150,7 +148,6 @@ class ReadHandlers:
         self._round: RoundResult | None = None
         self._bodies: dict[_Key, Body] = {}
         self._bytes = 0  # what `_bodies` holds, plain and gzip: at most api.round_body_bytes
-        self.uncached = 0  # price bodies served without being kept: no room left in the round
         self.compressions = 0  # bodies gzipped: once per body, however many clients ask
         self.compressed_off_loop = 0  # of which in a worker thread (large bodies)
 
@@ -166,6 +163,12 @@ class ReadHandlers:
             self._gzipped(key, body)
         return response
 
+    @property
+    def uncached(self) -> int:
+        """Price bodies served without being kept: no room left in the round. The hub holds
+        the count, where /metrics reads it (`oracled_api_price_bodies_uncached_total`)."""
+        return self._ctx.hub.price_bodies_uncached
+
     def held_bytes(self) -> int:
         """What this round's kept price bodies hold now, plain and gzip, counted afresh."""
         return sum(len(b.plain) + len(b.packed or b"") for b in self._bodies.values())
@@ -177,12 +180,12 @@ class ReadHandlers:
 
     def _keep(self, key: _Key, body: Body) -> Body:
         size = len(body.plain)
-        bound = self._ctx.current_config.api.round_body_bytes  # a reload applies a new one
-        if len(self._bodies) < ROUND_BODIES and self._bytes + size <= bound:
+        api = self._ctx.current_config.api  # a reload applies new bounds
+        if len(self._bodies) < api.round_bodies and self._bytes + size <= api.round_body_bytes:
             self._bodies[key] = body
             self._bytes += size
         else:
-            self.uncached += 1
+            self._ctx.hub.price_bodies_uncached += 1
         return body
 
     def _gzipped(self, key: _Key, body: Body) -> None:
@@ -196,7 +199,7 @@ class ReadHandlers:
         else:
             del self._bodies[key]
             self._bytes -= len(body.plain)
-            self.uncached += 1
+            self._ctx.hub.price_bodies_uncached += 1
 
     def _not_ready(self) -> ApiError:
         return ApiError(503, "not_ready", "no round has completed yet; retry shortly")

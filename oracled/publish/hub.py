@@ -328,6 +328,7 @@ class Hub:
         "admin_refused",
         "api_closed",
         "dropped_subscribers",
+        "price_bodies_uncached",
         "signer",
     )
 
@@ -380,6 +381,8 @@ class Hub:
         self.admin_refused: Counter[str] = Counter(
             {"disabled": 0, "missing": 0, "malformed": 0, "wrong": 0}
         )
+        #: Price bodies the API served without keeping them for the round (oracled/api/read.py).
+        self.price_bodies_uncached = 0
 
     # -- the round side ----------------------------------------------------------------------
 

@@ -35,7 +35,6 @@ from structlog.testing import capture_logs
 from oracled.api import LIMITS, OPS, READ, build_app
 from oracled.api.encoding import MIN_GZIP, OFF_LOOP
 from oracled.api.params import MAX_LIST
-from oracled.api.read import ROUND_BODIES
 from oracled.config import ApiConfig, Config, parse_config
 from oracled.errors import ConfigError
 
@@ -43,6 +42,7 @@ Client = TestClient[web.Request, web.Application]
 GZIP = {"Accept-Encoding": "gzip"}
 IDENTITY = {"Accept-Encoding": "identity"}
 ROUND_BODY_BYTES = ApiConfig().round_body_bytes  # the default, which the tests' configs keep
+ROUND_BODIES = ApiConfig().round_bodies  # likewise
 
 
 async def _raw(
@@ -488,6 +488,59 @@ async def test_the_configured_round_body_bound_is_honoured_and_a_reload_applies_
     packed = await _raw(client, "/v1/prices", GZIP)
     assert gzip.decompress(packed[2]) == whole[2] and len(packed[2]) > bound - held
     assert read.uncached == 4 and read.held_bytes() == 0  # let go: its gzip would not fit
+
+
+async def test_the_configured_round_body_count_is_honoured_and_a_reload_applies_a_new_one(
+    make_client: ClientFactory,
+) -> None:
+    """`api.round_bodies = 2` keeps two price bodies a round, however small: a third is made
+    for its request and counted uncached each time it is asked, while the two kept are served
+    from the round's cache (not counted again). A reload to 0 keeps none from the next body;
+    one to 3 keeps the third too."""
+    rig = Rig(make_config(round_bodies=2))
+    rig.next_config = rig.cfg  # set below, before each reload
+    client = await make_client(rig)
+    read = client.server.app[READ]
+    rig.step()
+    paths = ["/v1/prices", "/v1/prices/BTC-USD", "/v1/prices/ETH-USD"]
+
+    async def ask(path: str) -> bytes:
+        status, _, body = await _raw(client, path, IDENTITY)
+        assert status == 200, body
+        return body
+
+    first = [await ask(p) for p in paths]
+    assert read.uncached == 1 and rig.hub.price_bodies_uncached == 1
+    assert [await ask(p) for p in paths] == first
+    assert read.uncached == 2  # the third again; the two kept came from the cache
+    assert read.held_bytes() == len(first[0]) + len(first[1])
+    for bound, uncached in ((0, 5), (3, 5)):
+        rig.next_config = make_config(round_bodies=bound)
+        reload = await client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert (await reload.json())["settings_changed"] == ["api.round_bodies"]
+        rig.step()
+        bodies = [await ask(p) for p in paths]
+        assert read.uncached == uncached, bound
+    assert read.held_bytes() == sum(len(b) for b in bodies)
+    assert [await ask(p) for p in paths] == bodies and read.uncached == 5
+
+
+def test_the_round_body_count_is_a_whole_number_within_its_range() -> None:
+    """`api.round_bodies`: 0 (keep none) to 65,536, an integer; anything else is refused,
+    naming the key."""
+    assert make_config().api.round_bodies == 256
+    assert make_config(round_bodies=0).api.round_bodies == 0
+    assert make_config(round_bodies=65_536).api.round_bodies == 65_536
+    for bad, said in (
+        (-1, "must be >= 0"),
+        (65_537, "must be <= 65536"),
+        (2.5, "must be an integer"),
+        ("256", "must be an integer"),
+        (False, "must be an integer"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            make_config(round_bodies=bad)
+        assert caught.value.problems == [f"api.round_bodies: {said}"], bad
 
 
 def test_the_round_body_bound_is_a_whole_number_of_bytes_within_its_range() -> None:

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from aiohttp.resolver import AsyncResolver, DefaultResolver
 from inert_source import InertSource
-from one_venue import one_venue_toml, service_running
+from one_venue import one_venue_toml, service_running, serving_api
 from structlog.testing import capture_logs
 
 from oracled.cli import _Hangups, _Stops
@@ -145,6 +145,31 @@ async def test_a_reload_reports_restart_only_settings_and_keeps_running_them(
             exposition = service.metrics.render()[0].decode()
             assert "oracled_round_interval_seconds 0.05" in exposition
     assert not trail.exists()
+
+
+async def test_price_bodies_served_past_the_rounds_bounds_are_counted_in_the_metrics(
+    tmp_path: Path,
+) -> None:
+    """With `api.round_bodies = 0` the daemon keeps no price body: each `/v1/prices` answer is
+    made for its request alone and counted in `oracled_api_price_bodies_uncached_total`, which
+    its /metrics serves: how an operator sees that the round's bounds are too small."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        path = tmp_path / "oracled.toml"
+        listen = 'listen = "127.0.0.1:0"'
+        text = one_venue_toml(sim.ws_url, sim.rest_url)
+        path.write_text(text.replace(listen, f"{listen}\nround_bodies = 0", 1))
+        service = Service(load_config(path), config_path=path)
+        async with serving_api(service, 30) as (http, base):
+            served = 0
+            while served < 2:  # 503 until the first round
+                async with http.get(base + "/v1/prices") as resp:
+                    if resp.status == 200:
+                        served += 1
+                    else:
+                        await asyncio.sleep(0.05)
+            async with http.get(base + "/metrics") as resp:
+                exposition = await resp.text()
+    assert "oracled_api_price_bodies_uncached_total 2.0" in exposition.splitlines()
 
 
 async def test_a_reload_that_removes_a_market_removes_its_counters(tmp_path: Path) -> None:
