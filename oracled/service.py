@@ -494,7 +494,7 @@ class Service:
             self._drop_source_series(sid)
             return
         if self.chains is not None and (reader := self.chains.read(src)) is not None:
-            self._background.add(reader)  # a reload started the first source of its chain
+            self._keep(reader)  # a reload started the first source of its chain
         assert self._session is not None
         self.source_stats.setdefault(sid, SourceStats(source=sid))
         self.metrics.source_restarts.labels(sid)  # exists at 0, as for the sources of the start
@@ -571,6 +571,8 @@ class Service:
                 )
             log_config_warnings(new, self.log)  # valid, but maybe not what was meant
             self._check_open_file_limit()
+            if self.chains is not None:  # after the starts: a restarted source keeps its reader
+                await self.chains.release(self.cfg.sources[sid] for sid in self._source_tasks)
             return changes.as_dict()
 
     def _applied_at(self) -> int:
@@ -594,7 +596,10 @@ class Service:
         if self.config_path is None:  # `oracled demo`, or a service made without a file
             self.log.warning(f"SIGHUP ignored: {self.no_reload}")
             return
-        task = asyncio.get_running_loop().create_task(self._reload_quietly(), name="reload")
+        self._keep(asyncio.get_running_loop().create_task(self._reload_quietly(), name="reload"))
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a task the stop cancels until it ends (a reload stops a chain's reader)."""
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -1065,7 +1070,8 @@ class Service:
             self._background.add(asyncio.create_task(self.nats.run(), name="nats"))
             self.log.info("nats sink", **self.nats.describe())
         self.chains = ChainSet(self.cfg, session, self.clock)
-        self._background.update(self.chains.start())
+        for reader in self.chains.start():
+            self._keep(reader)
         for sid in self.cfg.sources:
             self._start_source(sid)
         self._take_lease()  # last: see there

@@ -1,26 +1,39 @@
-"""The daemon's chain set: a chain without an RPC URL is switched off with its sources, and a
-reader that fails is restarted by its supervisor rather than leaving the chain unread."""
+"""The daemon's chain set: a chain without an RPC URL is switched off with its sources, a chain
+is read only while a source reads it (a reload starts and stops its reader), and a reader that
+fails is restarted by its supervisor rather than leaving the chain unread."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from chain_rig import Anvil, Deployed
+from prometheus_client.parser import text_string_to_metric_families
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
+from ws_relay import WsRelay
 
 from oracled.clock import ManualClock, SystemClock
-from oracled.config import Config, parse_config
+from oracled.config import Config, load_config, parse_config
 from oracled.model import Quote
+from oracled.service import Service
+from oracled.sim import BinanceSim
 from oracled.sources.evm.chainlink import ChainlinkSource
 from oracled.sources.evm.runtime import ChainSet
 from oracled.sources.stats import SourceStats
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))  # the daemon's rig
+from one_venue import service_running
+
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SAFETY_S = 60.0  # a hang guard, not a timing claim
 
 DARK_ENV = "ORACLED_TEST_DARK_CHAIN_RPC_URLS"
 
@@ -143,6 +156,164 @@ async def test_a_chain_gets_a_reader_only_for_a_source_that_reads_it(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_release_stops_the_reader_of_a_chain_that_no_running_source_reads(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """Given the sources still running, `release` stops the reader of each chain none of them
+    reads (a reload stopped its last source): its task cancelled and awaited, the reader and
+    its series gone, one log line. A chain still read keeps its reader and task. `read` then
+    builds a new reader for the chain's next source, which reads blocks again."""
+    feed = {"ETH/USD": {"address": snapshot.eth_proxy, "heartbeat_s": 3600}}
+    lit = {"chain_id": 31337, "rpc_urls": [anvil.url], "poll_interval_s": 0.02}
+    cfg = parse_config(
+        {
+            "chains": dict.fromkeys(("kept", "left"), lit),
+            "sources": {
+                "ck": {"type": "chainlink", "chain": "kept", "feeds": feed},
+                "cl": {"type": "chainlink", "chain": "left", "feeds": feed},
+                "v": {"type": "binance"},
+            },
+            "markets": [
+                {
+                    "symbol": "ETH/USD",
+                    "min_sources": 1,
+                    "sources": [{"source": s, "pair": "ETH/USD"} for s in ("ck", "cl", "v")],
+                }
+            ],
+        },
+        env={},
+    )
+    chains = ChainSet(cfg, http, SystemClock())
+    kept, left = chains.start()
+    tasks = [kept, left]
+    try:
+        old = chains.readers["left"]
+        await until(lambda: all(r.stats.blocks > 0 for r in chains.readers.values()))
+        with capture_logs() as logs:
+            stopped = await chains.release([cfg.sources["ck"], cfg.sources["v"]])
+        assert stopped == ["left"]
+        assert left.cancelled() and not kept.done()
+        assert list(chains.readers) == ["kept"]
+        assert chains.stats() == [chains.readers["kept"].stats]
+        assert [(e["event"], e["chain"]) for e in logs] == [
+            ("chain reader stopped: no source reads it", "left")
+        ]
+        assert await chains.release([cfg.sources["ck"]]) == []  # nothing more to stop
+        again = chains.read(cfg.sources["cl"])
+        assert again is not None and again.get_name() == "chain:left"
+        tasks.append(again)
+        assert chains.readers["left"] is not old and chains.read(cfg.sources["cl"]) is None
+        await until(lambda: chains.readers["left"].stats.blocks > 0)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _daemon_toml(anvil: Anvil, relay: WsRelay, venue: BinanceSim, proxy: str, cl: bool) -> str:
+    """BTC/USDT from a venue; with `cl`, ETH/USD from a Chainlink source on the one chain,
+    whose reader follows newHeads through `relay`."""
+    text = f"""
+[oracle]
+round_interval_ms = 50
+
+[api]
+listen = "127.0.0.1:0"
+admin_token_env = "ORACLED_TEST_NO_ADMIN_TOKEN"
+
+[chains.local]
+chain_id = 31337
+rpc_urls = ["{anvil.url}"]
+ws_url = "{relay.url}"
+poll_interval_s = 0.05
+
+[sources.v]
+type = "binance"
+ws_url = "{venue.ws_url}"
+rest_url = "{venue.rest_url}"
+
+[[markets]]
+symbol = "BTC/USDT"
+min_sources = 1
+sources = [{{ source = "v", pair = "BTC/USDT" }}]
+"""
+    if cl:
+        text += f"""
+[sources.cl]
+type = "chainlink"
+chain = "local"
+feeds = {{ "ETH/USD" = {{ address = "{proxy}", heartbeat_s = 3600 }} }}
+
+[[markets]]
+symbol = "ETH/USD"
+min_sources = 1
+sources = [{{ source = "cl", pair = "ETH/USD" }}]
+"""
+    return text
+
+
+def _chain_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "chain:local"]
+
+
+def _chain_labels(service: Service) -> set[str]:
+    """The `chain` label of every series /metrics would show now."""
+    text = service.metrics.render()[0].decode()
+    return {
+        s.labels["chain"]
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if "chain" in s.labels
+    }
+
+
+async def test_a_reload_that_removes_a_chains_last_source_stops_its_reader(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed, tmp_path: Path
+) -> None:
+    """A daemon reading a Chainlink feed over newHeads, whose reload removes that source (the
+    chain's only one): the reload returns with the reader stopped, its task gone, its newHeads
+    socket closed, no chain series in /metrics. A reload that adds the source back starts a new
+    reader, which subscribes again, and the source quotes through it. Before, the reader kept
+    following the chain for no feed until the daemon stopped."""
+    relay = await WsRelay(anvil.ws_url, http).start()
+    path = tmp_path / "oracled.toml"
+    try:
+        async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as venue:
+            toml = partial(_daemon_toml, anvil, relay, venue, snapshot.eth_proxy)
+            path.write_text(toml(cl=True))
+            service = Service(load_config(path), config_path=path)
+            with capture_logs() as logs:
+                async with service_running(service), asyncio.timeout(SAFETY_S):
+                    await until(lambda: "cl" in service.source_stats)
+                    await until(lambda: service.source_stats["cl"].quotes > 0)
+                    await until(lambda: relay.following == 1)
+                    assert service.chains is not None and len(_chain_tasks()) == 1
+                    first = service.chains.readers["local"]
+                    assert _chain_labels(service) == {"local"}
+
+                    path.write_text(toml(cl=False))
+                    changes = await service.reload("test")
+                    assert changes["sources_restarted"] == ["cl"]
+                    assert service.chains.readers == {} and _chain_tasks() == []
+                    assert _chain_labels(service) == set()
+                    await until(lambda: relay.open == 0)  # the client closed its socket
+
+                    path.write_text(toml(cl=True))
+                    await service.reload("test")
+                    await until(lambda: "cl" in service.source_stats)
+                    await until(lambda: service.source_stats["cl"].quotes > 0)
+                    await until(lambda: relay.following == 2)
+                    assert list(service.chains.readers) == ["local"]
+                    assert service.chains.readers["local"] is not first
+                    assert len(_chain_tasks()) == 1 and relay.open == 1
+                    assert _chain_labels(service) == {"local"}
+    finally:
+        await relay.stop()
+    stopped = [e for e in logs if e["event"] == "chain reader stopped: no source reads it"]
+    assert [e["chain"] for e in stopped] == ["local"]
+    assert [e["chain"] for e in logs if e["event"] == "chain enabled"] == ["local", "local"]
 
 
 async def test_a_chain_unreachable_at_start_is_retried_without_a_traceback(

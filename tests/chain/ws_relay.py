@@ -9,8 +9,8 @@ the subscription's answer and then sends one message nested past any JSON decode
 limit (`_DEEP`, a broken or hostile node), then holds the socket; "redirect" answers the
 handshake with a 307 to anvil's own WebSocket, spelled http:// as a client follows it (the
 node's notices, from a host nobody gave).
-`connections` counts the sockets opened to it, `following` the ones relayed past the
-subscription's answer in "relay" mode.
+`connections` counts the sockets opened to it, `open` those not closed yet, `following` the
+ones relayed past the subscription's answer in "relay" mode.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class WsRelay:
         self.session = session
         self.mode = "relay"
         self.connections = 0
+        self.open = 0
         self.following = 0
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -52,6 +53,13 @@ class WsRelay:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.connections += 1
+        self.open += 1
+        try:
+            return await self._serve(request)
+        finally:
+            self.open -= 1
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
         mode = self.mode
         if mode == "redirect":
             # as http://: aiohttp refuses a redirect to a ws:// URL, and follows one to http://

@@ -6,12 +6,14 @@ at start-up, and so is every source on it; nothing else changes, so the default 
 without any RPC provider. A chain with URLs and nothing to read (only the on-chain pusher's, or
 its sources disabled or used by no market) gets no reader: one would poll a chain for no feed,
 and warn of every read a node without Multicall3 refuses. A reload that starts the chain's first
-source starts its reader then, with the chain's settings of the start.
+source starts its reader then, with the chain's settings of the start; one that stops its last
+source stops the reader (`release`), which the next source to read the chain starts again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 import aiohttp
 import structlog
@@ -38,7 +40,7 @@ class ChainSet:
         self._session = session
         self._clock = clock
         self._lit: dict[str, ChainConfig] = {}  # chains with URLs, as the daemon started
-        self._running: set[str] = set()  # chains whose reader task was started
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # the started readers' tasks
         # The pusher logs `chain unreachable; retrying` too: its lines say `component=push`.
         self._log = structlog.get_logger("oracled").bind(component="chain")
         for cid, chain in cfg.chains.items():
@@ -55,7 +57,7 @@ class ChainSet:
 
     def start(self) -> list[asyncio.Task[None]]:
         """The tasks of the readers built so far (the chains the start's sources read)."""
-        return [self._task(cid) for cid in self.readers if cid not in self._running]
+        return [self._task(cid) for cid in self.readers if cid not in self._tasks]
 
     def read(self, src: SourceConfig) -> asyncio.Task[None] | None:
         """Start the reader of an on-chain source's chain if it has none yet (a reload that
@@ -65,7 +67,25 @@ class ChainSet:
             return None
         if cid not in self.readers:
             self._build(cid)
-        return None if cid in self._running else self._task(cid)
+        return None if cid in self._tasks else self._task(cid)
+
+    async def release(self, reading: Iterable[SourceConfig]) -> list[str]:
+        """Stop the reader of every chain that none of `reading` (the sources running now)
+        reads: a reload stopped its last source, and a reader left running would poll the
+        chain for no feed. The tasks are cancelled together and awaited (a newHeads socket
+        closes with its task); the reader goes with its series, as a stopped source's do, and
+        `read` builds a new one for the chain's next source. The chains stopped, in order."""
+        kept = {src.chain for src in reading if src.type in CHAIN_SOURCE_TYPES}
+        idle = sorted(cid for cid in self.readers if cid not in kept)
+        tasks = [task for cid in idle if (task := self._tasks.pop(cid, None)) is not None]
+        for cid in idle:
+            del self.readers[cid]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for cid in idle:
+            self._log.info("chain reader stopped: no source reads it", chain=cid)
+        return idle
 
     def _build(self, cid: str) -> None:
         chain = self._lit[cid]
@@ -79,8 +99,9 @@ class ChainSet:
         )  # fmt: skip
 
     def _task(self, cid: str) -> asyncio.Task[None]:
-        self._running.add(cid)
-        return asyncio.create_task(self._supervise(self.readers[cid]), name=f"chain:{cid}")
+        task = asyncio.create_task(self._supervise(self.readers[cid]), name=f"chain:{cid}")
+        self._tasks[cid] = task
+        return task
 
     def stats(self) -> list[ChainStats]:
         """Every running reader's counters (read by the metrics at scrape time)."""
