@@ -1450,12 +1450,29 @@ class AuditReader:
         return None if first is None else int(first)
 
     def rounds(self, start_ms: int, end_ms: int) -> list[AuditRound]:
+        return list(self.each_round(start_ms, end_ms))
+
+    def each_round(self, start_ms: int, end_ms: int) -> Iterator[AuditRound]:
+        """`rounds` read as they are used: a start's rounds (two days of the shipped interval
+        are 691,200) held 325 MB as a list."""
         rows = self._db.execute(
             f"SELECT {self._round_columns} FROM rounds o WHERE o.ts >= ? AND o.ts <= ? "
             "ORDER BY o.id",
             (start_ms, end_ms),
         )
-        return [_round_row(row) for row in rows]
+        for row in rows:
+            yield _round_row(row)
+
+    def round_span(self, start_ms: int, end_ms: int) -> tuple[int, int | None, int | None]:
+        """The rounds stored in the window: how many, the first and the last time (None: none),
+        counted by SQLite."""
+        if start_ms > end_ms:
+            return 0, None, None
+        count, first, last = self._db.execute(
+            "SELECT count(*), min(ts), max(ts) FROM rounds WHERE ts >= ? AND ts <= ?",
+            (start_ms, end_ms),
+        ).fetchone()
+        return int(count), first, last
 
     def round_reports(
         self, start_ms: int, end_ms: int

@@ -19,9 +19,8 @@ inflated), and where it differs the fields that differ are named.
 
 from __future__ import annotations
 
-import bisect
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
@@ -130,7 +129,8 @@ class ReplaySummary:
 
 
 class _Unreproducible(Exception):
-    """Why the rounds of a start (from `ts` on, None: all of them) cannot be replayed."""
+    """Why the rounds of a start (from `ts` on, None: all of them) cannot be replayed: the
+    replay stopped before `ts`."""
 
     def __init__(self, what: str, ts: int | None = None) -> None:
         super().__init__(what)
@@ -174,10 +174,10 @@ class _Configs:
         )
 
 
-def _schedule(rounds: list[AuditRound], interval: int) -> list[tuple[int, int]]:
+def _schedule(rounds: Iterable[AuditRound], interval: int) -> Iterator[tuple[int, int]]:
     """Every round the core ran up to the last stored one, (number, time), from the stored
-    ones: the rounds between two stored ones ran at the last ticks before the later one."""
-    out: list[tuple[int, int]] = []
+    ones: the rounds between two stored ones ran at the last ticks before the later one.
+    Made as the replay takes them: a list of a start's rounds held 89 MB at two days."""
     number, ts = 0, None
     for stored in rounds:
         gap = stored.round - number
@@ -188,9 +188,9 @@ def _schedule(rounds: list[AuditRound], interval: int) -> list[tuple[int, int]]:
                 f" of {interval} ms (a start missing from the trail, or rows changed)",
                 stored.ts,
             )
-        out += [(stored.round - k, stored.ts - k * interval) for k in range(gap - 1, -1, -1)]
+        for k in range(gap - 1, -1, -1):
+            yield stored.round - k, stored.ts - k * interval
         number, ts = stored.round, stored.ts
-    return out
 
 
 def _diff(stored: Any, replayed: Any, path: str, out: list[tuple[str, Any, Any]]) -> None:
@@ -280,27 +280,21 @@ def replay_trail(
     """Replay every daemon start the window's rounds belong to and compare the window's."""
     summary = ReplaySummary()
     reader.check_round_times()  # a round in no window would be left out unsaid
-    window = reader.rounds(start, end)
-    if not window:
+    if not reader.round_span(start, end)[0]:
         return summary
     if reader.version < 3:
-        summary.unreproducible = len(window)
+        summary.unreproducible = reader.round_span(start, end)[0]
         summary.problems.append(
             f"the trail is of schema version {reader.version}: it stores no config loads"
             " (version 3 on), so no replay knows the config its rounds were computed under"
         )
         return summary
+    # The window's rounds are counted by SQLite and read as they are replayed: a list of them
+    # (two days of the shipped interval: 691,200) held 325 MB, and each start's another.
     loads = reader.configs(0, _LAST)
     starts = [load for load in loads if load.event == "start"]
     times = [load.ts for load in starts]
-    by_start: dict[int, list[AuditRound]] = {}
-    before = 0
-    for held in window:
-        k = bisect.bisect_right(times, held.ts) - 1
-        if k < 0:
-            before += 1
-        else:
-            by_start.setdefault(k, []).append(held)
+    before = reader.round_span(start, min(end, times[0] - 1) if times else end)[0]
     if before:
         summary.unreproducible += before
         summary.problems.append(
@@ -308,22 +302,26 @@ def replay_trail(
             " (stored before schema version 3, or its row lost): no config is known for them"
         )
     files = _Configs(configs)
-    for k, rounds in by_start.items():
+    for k, load in enumerate(starts):
         until = times[k + 1] - 1 if k + 1 < len(times) else _LAST
-        reloads = [c for c in loads if c.event == "reload" and starts[k].ts < c.ts <= until]
+        low, high = max(start, load.ts), min(end, until)
+        _, _, last = reader.round_span(low, high)
+        if last is None:
+            continue
+        reloads = [c for c in loads if c.event == "reload" and load.ts < c.ts <= until]
         try:
-            limit = _replay_start(
-                reader, summary, files, starts[k], reloads, rounds, (start, end, market)
-            )
+            limit = _replay_start(reader, summary, files, load, reloads, last, (start, end, market))
         except _Unreproducible as exc:
-            limit = starts[k].ts - 1 if exc.ts is None else exc.ts
+            # the rounds from exc.ts on were not replayed: counted below (a round at exc.ts
+            # was in neither count, a window ending on it exit 0 with its problem said)
+            limit = load.ts - 1 if exc.ts is None else exc.ts - 1
             summary.problems.append(exc.what)
-        left = sum(1 for held in rounds if held.ts > limit)
+        left, first, _ = reader.round_span(max(low, limit + 1), high)
         if left:
             summary.unreproducible += left
             summary.problems.append(
-                f"{left} round(s) of the start at {iso_time(starts[k].ts)} not replayed"
-                f" (from {iso_time(next(h.ts for h in rounds if h.ts > limit))} on)"
+                f"{left} round(s) of the start at {iso_time(load.ts)} not replayed"
+                f" (from {iso_time(first)} on)"
             )
     return summary
 
@@ -334,17 +332,18 @@ def _replay_start(
     files: _Configs,
     load: ConfigLoad,
     reloads: list[ConfigLoad],
-    window: list[AuditRound],
+    last: int,
     asked: tuple[int, int, str | None],
 ) -> int:
-    """Replay one start up to the window's last round of it and compare the window's rounds;
-    return the time up to which it was replayed (a reload without its config ends it there)."""
+    """Replay one start up to `last` (the time of the window's last round of it) and compare
+    the window's rounds; return the time up to which it was replayed (a reload without its
+    config ends it there)."""
     from oracled.replay import replay
 
     start, end, market = asked
     cfg = files.find(load)
     interval = cfg.oracle.round_interval_ms
-    limit = window[-1].ts
+    limit = last
     swaps: list[tuple[int, Config]] = []
     current = cfg
     problem: _Unreproducible | None = None
@@ -365,27 +364,26 @@ def _replay_start(
                 f"an operator action at {iso_time(acted[0].ts)} ({acted[0].action}"
                 f" {acted[0].market}) is stored without its round (schema version"
                 f" {reader.version}, before 5): no replay knows which round it first applied to",
-                acted[0].ts,
+                acted[0].ts + 1,  # the rounds up to its time are replayed
             )
-    rounds = reader.rounds(load.ts, limit)
-    oldest = reader.first_round_id() if rounds and rounds[0].round != 1 else None
-    if oldest is not None and oldest != 1 and rounds[0].id == oldest:
+    first = next(reader.each_round(load.ts, limit), None)
+    oldest = reader.first_round_id() if first is not None and first.round != 1 else None
+    if first is not None and oldest is not None and oldest != 1 and first.id == oldest:
         # Rows were deleted before this start's oldest round, and none of an earlier start is
         # left: retention (or a full disk) deleted the start's first rounds, with the quotes
         # the gates of every round after them were built from. Replayed from round 1 without
         # them, its stored rounds differed from it as if the daemon had priced them wrongly.
-        first = rounds[0]
         raise _Unreproducible(
             f"the start at {iso_time(load.ts)} lost its first rounds to the trail's retention"
             f" (its oldest stored round is round {first.round} at {iso_time(first.ts)}, and the"
             " trail keeps none before it): the quotes its gates were built from are gone"
         )
-    try:
-        schedule = _schedule(rounds, interval)
+    try:  # read once to find where the round numbers stop adding up, if they do
+        for _ in _schedule(reader.each_round(load.ts, limit), interval):
+            pass
     except _Unreproducible as exc:  # replayed up to the round that does not add up
         assert exc.ts is not None
         problem, limit = exc, exc.ts - 1
-        schedule = _schedule([held for held in rounds if held.ts <= limit], interval)
     gone = reader.missing_tapes(load.ts, limit)
     if gone:
         raise _Unreproducible(
@@ -406,10 +404,11 @@ def _replay_start(
         None,
         on_round=comparer.on_round,
         max_gap_ms=None,
-        schedule=schedule,
+        schedule=_schedule(reader.each_round(load.ts, limit), interval),
         reloads=swaps,
     )
-    missed = sum(1 for held in window if start <= held.ts <= limit) - (summary.rounds - compared)
+    held = reader.round_span(max(start, load.ts), min(end, limit))[0]
+    missed = held - (summary.rounds - compared)
     if missed:  # never expected: a stored round the schedule did not run is said, not skipped
         summary.unreproducible += missed
         summary.problems.append(
@@ -418,8 +417,8 @@ def _replay_start(
         )
     shown = f"{load.path} " if load.path else ""
     summary.starts.append(
-        f"start at {iso_time(load.ts)} (config {shown}sha256 {load.sha256[:12]}): {len(schedule)}"
-        f" round(s) replayed from round {schedule[0][0] if schedule else '-'},"
+        f"start at {iso_time(load.ts)} (config {shown}sha256 {load.sha256[:12]}): {stats.rounds}"
+        f" round(s) replayed from round {1 if stats.rounds else '-'},"
         f" {len(swaps)} reload(s) applied, {stats.quotes} quote(s)"
     )
     if problem is not None:

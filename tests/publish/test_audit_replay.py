@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import sys
 import tomllib
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from oracled.config import Config, parse_config, read_config
 from oracled.core import PRICING_REVISION
 from oracled.model import Report
 from oracled.publish.audit import AuditReader, iso_time
+from oracled.publish.audit_replay import replay_trail
 from oracled.sim.venues import simulate
 
 SPOT_USD = ("coinbase", "kraken", "bitstamp")
@@ -446,6 +448,61 @@ def test_a_start_whose_first_rounds_retention_deleted_is_not_reproducible(
         f" oldest stored round is round 6 at {iso_time(T0 + 6 * INTERVAL)}, and the trail keeps"
         " none before it): the quotes its gates were built from are gone"
     )
+
+
+def test_the_round_where_the_numbers_stop_adding_up_is_counted_not_reproducible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last stored round's number changed to its predecessor's: the four rounds before it
+    replay equal and it is counted not reproducible, exit 4. Before, the replay stopped short
+    of it and the count of rounds left out started after it: it was in neither count, and
+    the run ended exit 0 (all equal) with its problem line printed above."""
+    db, _, feed = _feed_trail(tmp_path)
+    for _ in range(5):
+        feed.round()
+    feed.audit.close()
+    sql(db, "UPDATE rounds SET round = 4 WHERE id = 5")
+    code, result = _replay(capsys, db)
+    assert code == 4, result
+    assert (result["rounds"], result["equal"], result["unreproducible_rounds"]) == (4, 12, 1)
+    assert result["problems"][0].startswith(f"round 4 at {iso_time(feed.now)} cannot follow")
+
+
+def test_the_rounds_of_a_long_trail_are_read_as_replayed_not_held_in_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """200,000 stored rounds, half older than the trail's first config load and half after a
+    round number that does not add up, around a start of three good rounds: the three are
+    replayed equal and the rest counted not reproducible, without the rounds held in memory
+    (the window's and the start's were lists: 37 MB at 100,000 here, 325 MB for the 691,200
+    of a two-day trail at the shipped interval, plus 89 MB of its schedule). The peak traced
+    here is the replay's own, about 17 MB at any number of rounds."""
+    db, config, feed = _feed_trail(tmp_path)
+    for _ in range(3):
+        feed.round()
+    feed.audit.close()
+    n = 100_000
+    db_rows = sqlite3.connect(db)
+    db_rows.executemany(
+        "INSERT INTO rounds (ts, round, markets, quotes, revision) VALUES (?, ?, 3, 0, ?)",
+        [(T0 - 10 - k, k, PRICING_REVISION) for k in range(n, 0, -1)]
+        + [(feed.now + INTERVAL * k, 3, PRICING_REVISION) for k in range(1, n + 1)],
+    )
+    db_rows.commit()
+    db_rows.close()
+    reader = AuditReader(db)
+    try:
+        tracemalloc.start()
+        try:
+            summary = replay_trail(reader, 0, _END, None, [str(config)])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    finally:
+        reader.close()
+    assert (summary.rounds, summary.equal, summary.mismatched) == (3, 9, 0)
+    assert summary.unreproducible == 2 * n
+    assert peak < 30_000_000, peak
 
 
 def test_a_trail_whose_stored_quotes_are_gone_is_not_reproducible(
