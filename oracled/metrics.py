@@ -70,6 +70,9 @@ class MetricsInputs:
     api_closed: Callable[[], Mapping[str, int]] = dict  # HTTP connections closed, by reason
     admin_refused: Callable[[], Mapping[str, int]] = dict  # admin API requests refused, by reason
     price_bodies_uncached: Callable[[], int] = int  # price bodies served past the round's bounds
+    bodies_gzipped: Callable[[], int] = int  # read answers gzipped (once per body)
+    bodies_gzipped_off_loop: Callable[[], int] = int  # of which in a worker thread
+    metrics_gzipped: Callable[[], int] = int  # /metrics renders gzipped
     signer: SignerStats | None = None  # None: signing off (its families read zero)
     nats: NatsStats | None = None  # None: no NATS sink
     chains: Callable[[], Iterable[ChainStats]] = tuple  # the chain readers running now
@@ -600,6 +603,29 @@ class _StateCollector:
         )
         uncached.add_metric([], self._in.price_bodies_uncached())
         yield uncached
+        for name, doc, read in (
+            (
+                "oracled_api_bodies_gzipped",
+                "Read answers (prices, selections, one market, markets) gzipped for a client"
+                " that takes gzip: once per body, however many clients ask.",
+                self._in.bodies_gzipped,
+            ),
+            (
+                "oracled_api_bodies_gzipped_off_loop",
+                "Of the read answers gzipped, those of 64 KiB or more, gzipped in a worker"
+                " thread off the event loop.",
+                self._in.bodies_gzipped_off_loop,
+            ),
+            (
+                "oracled_api_metrics_gzipped",
+                "/metrics renders gzipped for a scraper that asked, in the render's thread:"
+                " at most once per render, shared by the scrapes that joined it.",
+                self._in.metrics_gzipped,
+            ),
+        ):
+            gzipped = CounterMetricFamily(name, doc)
+            gzipped.add_metric([], read())
+            yield gzipped
         yield from _signer_families(self._in.signer)
         yield from _nats_families(self._in.nats)
         yield from _chain_families(self._in.now_ms(), self._in.chains(), self._in.push)

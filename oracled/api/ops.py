@@ -55,13 +55,18 @@ class _Scrape:
 
 
 class OpsHandlers:
-    __slots__ = ("_ctx", "_openapi", "_render", "compressions")
+    __slots__ = ("_ctx", "_openapi", "_render")
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
         self._openapi = Body(openapi_document())
         self._render: asyncio.Future[_Scrape] | None = None  # the render in flight
-        self.compressions = 0  # /metrics bodies gzipped: at most once per render
+
+    @property
+    def compressions(self) -> int:
+        """/metrics bodies gzipped, at most once per render. The hub holds the count, where
+        /metrics reads it (`oracled_api_metrics_gzipped_total`)."""
+        return self._ctx.hub.metrics_gzipped
 
     async def healthz(self, request: web.Request) -> web.Response:
         """The event loop answers and the round loop publishes; says nothing about prices."""
@@ -137,7 +142,8 @@ class OpsHandlers:
         return _Scrape(plain, content_type, self._gzip, compress)
 
     def _gzip(self, plain: bytes) -> bytes:
-        self.compressions += 1
+        # The render's thread; one render runs at a time, so one thread counts at a time.
+        self._ctx.hub.metrics_gzipped += 1
         return gzip_bytes(plain)
 
     def _rendered(self, done: asyncio.Future[_Scrape]) -> None:

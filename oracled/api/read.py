@@ -135,8 +135,6 @@ class ReadHandlers:
         "_known",
         "_markets_body",
         "_round",
-        "compressed_off_loop",
-        "compressions",
     )
 
     def __init__(self, ctx: ApiContext) -> None:
@@ -148,8 +146,6 @@ class ReadHandlers:
         self._round: RoundResult | None = None
         self._bodies: dict[_Key, Body] = {}
         self._bytes = 0  # what `_bodies` holds, plain and gzip: at most api.round_body_bytes
-        self.compressions = 0  # bodies gzipped: once per body, however many clients ask
-        self.compressed_off_loop = 0  # of which in a worker thread (large bodies)
 
     async def _answer(
         self, request: web.Request, body: Body, key: _Key | None = None
@@ -157,11 +153,24 @@ class ReadHandlers:
         runs = body.runs
         response = await body_response(request, body)
         made = body.runs - runs  # compressions this request started (0 or 1)
-        self.compressions += made
-        self.compressed_off_loop += made if body.off_loop else 0
+        hub = self._ctx.hub
+        hub.bodies_gzipped += made
+        hub.bodies_gzipped_off_loop += made if body.off_loop else 0
         if made and key is not None and self._bodies.get(key) is body:
             self._gzipped(key, body)
         return response
+
+    @property
+    def compressions(self) -> int:
+        """Bodies gzipped: once per body, however many clients ask. The hub holds the count,
+        where /metrics reads it (`oracled_api_bodies_gzipped_total`)."""
+        return self._ctx.hub.bodies_gzipped
+
+    @property
+    def compressed_off_loop(self) -> int:
+        """Of `compressions`, those made in a worker thread (large bodies):
+        `oracled_api_bodies_gzipped_off_loop_total`."""
+        return self._ctx.hub.bodies_gzipped_off_loop
 
     @property
     def uncached(self) -> int:

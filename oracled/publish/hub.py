@@ -327,7 +327,10 @@ class Hub:
         "_wants",
         "admin_refused",
         "api_closed",
+        "bodies_gzipped",
+        "bodies_gzipped_off_loop",
         "dropped_subscribers",
+        "metrics_gzipped",
         "price_bodies_uncached",
         "signer",
     )
@@ -383,6 +386,12 @@ class Hub:
         )
         #: Price bodies the API served without keeping them for the round (oracled/api/read.py).
         self.price_bodies_uncached = 0
+        #: Read answers the API gzipped (oracled/api/read.py): once per body, however many
+        #: clients ask; of those, the ones large enough to be gzipped in a worker thread.
+        self.bodies_gzipped = 0
+        self.bodies_gzipped_off_loop = 0
+        #: /metrics renders the API gzipped (oracled/api/ops.py), in the render's thread.
+        self.metrics_gzipped = 0
 
     # -- the round side ----------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gzip
 import io
 import itertools
 import json
@@ -26,6 +27,7 @@ from inert_source import InertSource
 from one_venue import one_venue_toml, service_running, serving_api
 from structlog.testing import capture_logs
 
+from oracled.api.encoding import OFF_LOOP
 from oracled.cli import _Hangups, _Stops
 from oracled.clock import FIRST_MS, Clock, SystemClock
 from oracled.config import Config, SourceConfig, load_config, parse_config
@@ -170,6 +172,64 @@ async def test_price_bodies_served_past_the_rounds_bounds_are_counted_in_the_met
             async with http.get(base + "/metrics") as resp:
                 exposition = await resp.text()
     assert "oracled_api_price_bodies_uncached_total 2.0" in exposition.splitlines()
+
+
+async def test_the_apis_gzip_work_is_counted_in_the_metrics(tmp_path: Path) -> None:
+    """A daemon of 260 markets (its `/v1/prices` and `/v1/markets` past the 64 KiB gzipped in
+    a worker thread), keeping no price body (`api.round_bodies = 0`): two gzip requests of
+    `/v1/prices` gzip twice, off the loop; one of a single market once, on the loop; two of
+    `/v1/markets` once (kept with its config), off the loop; identity requests gzip nothing.
+    Two `/metrics` scrapes that ask for gzip, one after the other, gzip two renders. /metrics
+    serves the three counts as `oracled_api_bodies_gzipped_total` 4, `..._off_loop_total` 3
+    and `oracled_api_metrics_gzipped_total` 2."""
+    symbols = [f"C{i:03d}" for i in range(260)]
+    gz, plain = {"Accept-Encoding": "gzip"}, {"Accept-Encoding": "identity"}
+    async with BinanceSim({f"{s}USDT": 100.0 for s in symbols}, rate_hz=1.0) as sim:
+        cfg = parse_config(
+            {
+                "oracle": {"round_interval_ms": 50},
+                "api": {"listen": "127.0.0.1:0", "admin_token_env": None, "round_bodies": 0},
+                "sources": {
+                    "v": {"type": "binance", "ws_url": sim.ws_url, "rest_url": sim.rest_url}
+                },
+                "markets": [
+                    {
+                        "symbol": f"{s}/USDT",
+                        "min_sources": 1,
+                        "sources": [{"source": "v", "pair": f"{s}/USDT"}],
+                    }
+                    for s in symbols
+                ],
+            },
+            env={},
+        )
+        service = Service(cfg)
+        async with serving_api(service, 30) as (http, base):
+
+            async def get(path: str, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
+                async with http.get(base + path, headers=headers, auto_decompress=False) as r:
+                    return r.status, await r.read(), r.headers.get("Content-Encoding")
+
+            while (await get("/v1/prices", plain))[0] != 200:  # noqa: ASYNC110 - 503 until a round
+                await asyncio.sleep(0.05)
+            assert service.hub.bodies_gzipped == 0
+            for path in ("/v1/prices", "/v1/prices", "/v1/prices/C000-USDT"):
+                status, _, coding = await get(path, gz)
+                assert (status, coding) == (200, "gzip"), path
+            for _ in range(2):
+                status, body, coding = await get("/v1/markets", gz)
+                assert (status, coding) == (200, "gzip")
+            assert len(gzip.decompress(body)) >= OFF_LOOP
+            assert (await get("/v1/markets", plain))[2] is None
+            for _ in range(2):
+                status, _, coding = await get("/metrics", gz)
+                assert (status, coding) == (200, "gzip")
+            status, exposition, coding = await get("/metrics", plain)
+            assert status == 200 and coding is None
+    lines = exposition.decode().splitlines()
+    assert "oracled_api_bodies_gzipped_total 4.0" in lines
+    assert "oracled_api_bodies_gzipped_off_loop_total 3.0" in lines
+    assert "oracled_api_metrics_gzipped_total 2.0" in lines
 
 
 async def test_a_reload_that_removes_a_market_removes_its_counters(tmp_path: Path) -> None:
