@@ -6,7 +6,8 @@ later test of the run, and a server kept on its port; so a rig ends its processe
 `finally` or a fixture's teardown through `stop`, and the conftest fails the test that left one.
 A child started in a process group of its own (`process_group=0`: one that starts children of
 its own, a shell running a pipeline) is ended by `stop` with its whole group, so that none of
-them is left behind once their parent is gone.
+them is left behind once their parent is gone. `run_shell` runs a `sh -c` script so, under a
+timeout that fails the test rather than hanging the run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "alive_children",
     "become_subreaper",
     "end_children",
+    "run_shell",
     "still_running",
     "stop",
     "stop_async",
@@ -81,6 +83,40 @@ def stop(proc: subprocess.Popen[Any], *, term_s: float = 0.0) -> int:
     if proc.returncode is None:
         _ending(proc.pid, term_s)
     return proc.wait()
+
+
+def run_shell(
+    script: str, *, timeout_s: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`sh -c script` (stdin empty, stdout and stderr captured as text) in a process group of
+    its own. Past `timeout_s` the whole group, the shell and every process of its pipeline, is
+    ended and reaped, and the test fails naming the script and what it wrote to stderr:
+    `subprocess.run(timeout=...)` kills the shell alone and leaves the rest of a pipeline
+    running; without a timeout, a hang there hangs the whole run."""
+    proc = subprocess.Popen(
+        ["sh", "-c", script],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        process_group=0,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        try:  # what the group wrote before it was ended (a process that left it may hold on)
+            _, err = proc.communicate(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            err = "(not read: a process outside the group holds the pipe)"
+        raise AssertionError(
+            f"sh -c {script!r} did not end within {timeout_s:g} s; its process group was"
+            f" stopped. Its stderr: {(err or '')[-2000:]!r}"
+        ) from None
+    finally:
+        stop(proc)  # ended already, or an interrupt: its group goes with it either way
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 async def stop_async(proc: asyncio.subprocess.Process, *, term_s: float = 0.0) -> int:

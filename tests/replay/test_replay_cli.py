@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from children import stop
+from children import run_shell, stop
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "tapes"
 CONFIG = FIXTURES / "config.toml"
@@ -20,7 +20,7 @@ def test_a_closed_stdout_is_a_clear_error_not_a_traceback() -> None:
     """`oracled replay TAPE >&-` (stdout closed, so Python's sys.stdout is None) ended with
     AttributeError: 'NoneType' object has no attribute 'buffer'."""
     command = f"exec '{sys.executable}' -m oracled.cli replay --config '{CONFIG}' '{TAPE}' >&-"
-    proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False)
+    proc = run_shell(command, timeout_s=60)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "stdout is closed" in proc.stderr
@@ -48,6 +48,7 @@ def test_out_naming_the_tape_itself_is_refused_and_the_tape_kept(tmp_path: Path)
         capture_output=True,
         text=True,
         check=False,
+        timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
     assert "--out is the tape itself" in proc.stderr

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
 import threading
 import tomllib
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from children import run_shell
 from oracled_cli import run_oracled
 
 from oracled.cli import main
@@ -368,7 +368,7 @@ def test_a_gap_says_what_to_run_instead_and_each_way_it_gives_runs(
     )
     here = f"{sys.executable} -m oracled.cli stress"
     script = shell.replace("oracled stress", here) + " --max-gap 60 --json after.json"
-    proc = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, check=False)
+    proc = run_shell(script, timeout_s=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "before.jsonl").read_bytes() == b"".join(lines[:121])
     assert json.loads((tmp_path / "after.json").read_text())["rounds"] == 12
