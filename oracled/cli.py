@@ -151,17 +151,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: Path) -> tuple[Config, str]:
-    """The config and the sha256 of its file (kept in the audit trail)."""
+def _load(path: Path) -> tuple[Config, bytes]:
+    """The config and its file's bytes (kept in the audit trail, with their sha256)."""
     import structlog
 
-    from oracled.config import log_config_warnings, read_config
+    from oracled.config import log_config_warnings, read_config_text
     from oracled.logs import setup_logging
 
-    cfg, digest = read_config(path)
+    cfg, text = read_config_text(path)
     setup_logging(cfg.log.level, cfg.log.format)
     log_config_warnings(cfg, structlog.get_logger("oracled"))  # the lines check-config prints
-    return cfg, digest
+    return cfg, text
 
 
 def _start_problems(cfg: Config) -> list[str]:
@@ -308,7 +308,7 @@ def _latched(hangups: _Hangups, stops: _Stops) -> Callable[[Service], None]:
 def _cmd_run(
     args: argparse.Namespace, hangups: _Hangups, stops: _Stops, record: Path | None = None
 ) -> int:
-    cfg, digest = _load(args.config)  # before importing the runtime: a bad config fails fast
+    cfg, text = _load(args.config)  # before importing the runtime: a bad config fails fast
     from oracled.service import Service, run_service
 
     try:
@@ -318,7 +318,7 @@ def _cmd_run(
             record=record,
             record_append=record is not None and args.append,
             config_path=args.config,
-            config_sha256=digest,
+            config_text=text,
             freeze_gc=True,
         )
     except TapeError as exc:  # the tape exists, or another recorder writes it: left untouched

@@ -65,12 +65,15 @@ __all__ = [
     "SequencerConfig",
     "SigningConfig",
     "SourceConfig",
+    "config_document",
     "config_warnings",
     "load_config",
     "log_config_warnings",
     "nats_auth_keys",
     "parse_config",
+    "parse_config_text",
     "parse_listen",
+    "read_config_text",
     "resolution_floor",
     "slot_max_age_ms",
     "slot_route",
@@ -1788,6 +1791,15 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 def read_config(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[Config, str]:
     """`load_config`, and the sha256 of the bytes it parsed (the audit trail's record of the
     config in force): the file is read once, so the digest is of what was applied."""
+    cfg, raw = read_config_text(path, env)
+    return cfg, hashlib.sha256(raw).hexdigest()
+
+
+def read_config_text(
+    path: str | Path, env: Mapping[str, str] | None = None
+) -> tuple[Config, bytes]:
+    """`load_config`, and the bytes it parsed: the audit trail keeps them (schema version 7),
+    so that a replay needs no copy of the file."""
     path = Path(path)
     try:  # a FIFO, /dev/zero, a directory: refused, never waited on (oracled.files)
         raw = read_regular(path, MAX_CONFIG_BYTES + 1)[0]
@@ -1796,17 +1808,29 @@ def read_config(path: str | Path, env: Mapping[str, str] | None = None) -> tuple
     if len(raw) > MAX_CONFIG_BYTES:
         limit = f"{MAX_CONFIG_BYTES // 2**20} MiB"
         raise ConfigError([f"{path}: larger than {limit}: no config is this large"])
+    return parse_config_text(raw, str(path), env), raw
+
+
+def config_document(raw: bytes, where: str) -> dict[str, Any]:
+    """A config file's bytes as its TOML document, read as `read_config` reads them; the
+    problems name `where` (the file, or the audit trail's stored text)."""
     try:
         text = raw.decode("utf-8-sig")  # -sig: a byte order mark is no content
     except UnicodeDecodeError:
-        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+        raise ConfigError([f"{where}: not UTF-8 text"]) from None
     text = text.replace("\r\n", "\n").replace("\r", "\n")  # the newlines read_text gave
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+        raise ConfigError([f"{where}: not valid TOML ({exc})"]) from None
     except RecursionError:  # the parser recurses per level of arrays and inline tables
-        raise ConfigError([f"{path}: not valid TOML (nested too deeply)"]) from None
+        raise ConfigError([f"{where}: not valid TOML (nested too deeply)"]) from None
+
+
+def parse_config_text(raw: bytes, where: str, env: Mapping[str, str] | None = None) -> Config:
+    """A config file's bytes validated, as `read_config` validates the file's (`oracled audit
+    --replay` parses the trail's stored text with it)."""
+    data = config_document(raw, where)
     if "admin_token" in data:
         raise ConfigError(["admin_token: put the token in the environment, not the file"])
-    return parse_config(data, env), hashlib.sha256(raw).hexdigest()
+    return parse_config(data, env)

@@ -39,7 +39,7 @@ from oracled.config import (
     SourceConfig,
     log_config_warnings,
     parse_listen,
-    read_config,
+    read_config_text,
     slot_max_age_ms,
 )
 from oracled.core import Core, RoundResult
@@ -142,18 +142,18 @@ class _Applied:
     market: str
 
 
-async def _read_config(path: Path) -> tuple[Config, str]:
-    """`read_config` (the config and its file's sha256) in a daemon thread of its own. A read
+async def _read_config(path: Path) -> tuple[Config, bytes]:
+    """`read_config_text` (the config and its file's bytes) in a daemon thread of its own. A read
     that never returns (a hung network mount, a lease a file server does not give back; a FIFO
     is refused unread) must not hold the process: the loop's executor is joined on the way out
     (and its threads at interpreter exit), so a stop would log `stopped` and never end."""
-    future: concurrent.futures.Future[tuple[Config, str]] = concurrent.futures.Future()
+    future: concurrent.futures.Future[tuple[Config, bytes]] = concurrent.futures.Future()
 
     def read() -> None:
         if not future.set_running_or_notify_cancel():  # the reload was cancelled first
             return
         try:
-            future.set_result(read_config(path))
+            future.set_result(read_config_text(path))
         except BaseException as exc:  # handed to the awaiting reload
             future.set_exception(exc)
 
@@ -194,7 +194,7 @@ class Service:
         source_factory: SourceFactory = build_source,
         restart_base_s: float = 1.0,
         config_path: Path | None = None,
-        config_sha256: str | None = None,
+        config_text: bytes | None = None,
         freeze_gc: bool = False,
     ) -> None:
         self.cfg = cfg
@@ -240,10 +240,9 @@ class Service:
             check_audit_path(Path(cfg.audit.path))
         self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
         if self.audit is not None:  # the config in force, first in the trail (docs/publishing.md)
-            # the sha256 of the file `cfg` came from; without it (the demo, tests), of the settings
-            digest = config_sha256 or hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+            # the file `cfg` came from (`config_text`, its bytes), kept with its sha256
             path_text = None if config_path is None else str(config_path)
-            self.audit.record_config(self.clock.now_ms(), "start", "start", path_text, digest, "{}")
+            self.audit.record_start(self.clock.now_ms(), cfg, path_text, config_text)
         self._push_key = load_push_key(cfg.push) if cfg.push.enabled else None
         self.push_stats = PushStats() if cfg.push.enabled else None
         self.pusher: ChainPusher | None = None  # made in run(): it needs the HTTP session
@@ -532,13 +531,14 @@ class Service:
         async with self._reload_lock:
             self._refuse_if_stopping(actor)  # the stop began while an earlier reload ran
             try:
-                new, digest = await _read_config(self.config_path)
+                new, text = await _read_config(self.config_path)
             except ConfigError as exc:
                 self.metrics.reloads.labels("refused").inc()
                 self.metrics.reload_ok.set(0)
                 self.log.error("config reload refused", actor=actor, problems=exc.problems)
                 raise
             self._refuse_if_stopping(actor)  # the stop began while the file was read
+            loaded = new  # as the file parsed: the trail keeps its text and pricing digest
             new = new.model_copy(update={"admin_token": self.cfg.admin_token})
             changes = config_changes(self.cfg, new)
             new = running_config(self.cfg, new)  # restart-only settings keep running values
@@ -569,8 +569,10 @@ class Service:
                     "reload",
                     actor,
                     str(self.config_path),
-                    digest,
+                    hashlib.sha256(text).hexdigest(),
                     json.dumps(changes.as_dict(), sort_keys=True, default=str),
+                    text=text,
+                    loaded=loaded,
                 )
             log_config_warnings(new, self.log)  # valid, but maybe not what was meant
             self._check_open_file_limit()

@@ -55,12 +55,20 @@ Version 6 records, with each round, the pricing revision it was computed under
 header and a replay by an oracled of another revision says why its reports may differ from the
 stored ones. Older rounds keep null (unrecorded): their tapes name no revision. A version 2 to 5
 database is brought to version 6 in place the same way.
+
+Version 7 keeps the text of each config the daemon loaded (`configs.text`, on the first load
+of each sha256: a reload back to an earlier config keeps none again), so that `oracled audit
+--replay` needs no copy of the file. A URL's user part, path and query may hold a secret, and
+are replaced in what is kept (audit_config.py); the text is kept with the loaded config's
+pricing digest, which a replay checks. A version 2 to 6 database is brought to version 7 in
+place the same way; its config loads have no text (the replay looks for their files as before).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import os
 import queue
 import sqlite3
@@ -77,7 +85,7 @@ import msgspec
 import structlog
 
 from oracled import __version__
-from oracled.config import AuditConfig
+from oracled.config import AuditConfig, Config
 from oracled.errors import ConfigError, OracledError, described
 from oracled.files import NotRegularFileError, require_regular
 from oracled.lockfile import LockHeldError, LockState, lock_beside, lock_state
@@ -98,13 +106,14 @@ __all__ = [
     "AuditStats",
     "AuditTrail",
     "ConfigLoad",
+    "ConfigText",
     "OperatorAction",
     "StoredReport",
     "check_audit_path",
     "iso_time",
 ]
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 #: No round time is past this (year 146 million): the end of `oracled audit`'s default window.
 #: A stored one that is (or is text or bytes, which SQLite sorts above every number) was
 #: changed in the file.
@@ -140,7 +149,15 @@ _V5_COLUMNS: Final = (
 #: What version 6 adds to version 5: the pricing revision each round was computed under (null:
 #: stored before it was recorded).
 _V6_COLUMNS: Final = "ALTER TABLE rounds ADD COLUMN revision INTEGER;"
-#: Version 6, created in one transaction, so a database either has all of it or none.
+#: What version 7 adds to version 6: a config load's text, on the first row of its sha256 only
+#: (null on the others, and for a load from no file), with the number of URLs redacted in it
+#: (0: the file's bytes as they are) and the loaded config's pricing digest
+#: (`tape.pricing_digest`). Columns, not a table: no page more in a small trail.
+_V7_COLUMNS: Final = (
+    "ALTER TABLE configs ADD COLUMN text BLOB;ALTER TABLE configs ADD COLUMN redacted INTEGER;"
+    "ALTER TABLE configs ADD COLUMN pricing TEXT;"
+)
+#: Version 7, created in one transaction, so a database either has all of it or none.
 _SCHEMA: Final = f"""
 BEGIN;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -187,6 +204,7 @@ CREATE TABLE transitions (
 CREATE INDEX transitions_market_ts ON transitions (market, ts);
 {_V3_TABLES}
 {_V5_COLUMNS}
+{_V7_COLUMNS}
 INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}');
 COMMIT;
 """
@@ -335,6 +353,8 @@ class _Config:
     path: str | None
     sha256: str
     changes: str  # JSON: what a reload changed, {} at start
+    text: bytes | None = None  # the file's bytes (None: loaded from no file)
+    loaded: Config | None = None  # what they parsed to, for the text's pricing digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,12 +398,12 @@ def _schema_version(db: sqlite3.Connection) -> int | None:
 
 
 def _connect(path: Path, page_limit: int | None) -> sqlite3.Connection:
-    """Open (or create) a version 6 database for writing, bringing a version 2 to 5 one to
-    version 6; refuse any other version."""
+    """Open (or create) a version 7 database for writing, bringing a version 2 to 6 one to
+    version 7; refuse any other version."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         version = _schema_version(db)  # before any pragma: another version's file stays as it is
-        if version is not None and version not in (2, 3, 4, 5, SCHEMA_VERSION):
+        if version is not None and version not in (2, 3, 4, 5, 6, SCHEMA_VERSION):
             raise AuditSchemaError(
                 f"{path} is an audit database of schema version {version or 'unknown'}; "
                 f"this oracled writes version {SCHEMA_VERSION} and leaves it as it is: move the "
@@ -396,11 +416,11 @@ def _connect(path: Path, page_limit: int | None) -> sqlite3.Connection:
             db.execute(f"PRAGMA max_page_count={int(page_limit)}")
         if version is None:
             db.executescript(_SCHEMA)
-        elif version in (2, 3, 4, 5):  # only adds: its rows stay, all of it or none committed
+        elif version in (2, 3, 4, 5, 6):  # only adds: its rows stay, all of it or none committed
             db.executescript(
                 f"BEGIN IMMEDIATE;{_V3_TABLES if version == 2 else ''}"
                 f"{_V4_COLUMNS if version < 4 else ''}{_V5_COLUMNS if version < 5 else ''}"
-                f"{_V6_COLUMNS}"
+                f"{_V6_COLUMNS if version < 6 else ''}{_V7_COLUMNS}"
                 f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema';COMMIT;"
             )
     except (sqlite3.Error, AuditSchemaError):
@@ -542,11 +562,31 @@ class AuditTrail:
         self._put_event(_Action(ts, actor, action, market, round_no, round_ts))
 
     def record_config(
-        self, ts: int, event: str, actor: str, path: str | None, sha256: str, changes: str
+        self,
+        ts: int,
+        event: str,
+        actor: str,
+        path: str | None,
+        sha256: str,
+        changes: str,
+        *,
+        text: bytes | None = None,
+        loaded: Config | None = None,
     ) -> None:
         """Keep a config load (`start`) or reload: the sha256 of its text and, for a reload,
-        what it changed (JSON); never blocks."""
-        self._put_event(_Config(ts, event, actor, path, sha256, changes))
+        what it changed (JSON); with `text` (the file's bytes) and `loaded` (what they parsed
+        to) the text too, once per sha256 (the worker redacts it); never blocks."""
+        self._put_event(_Config(ts, event, actor, path, sha256, changes, text, loaded))
+
+    def record_start(self, ts: int, cfg: Config, path: str | None, text: bytes | None) -> None:
+        """Keep the config a daemon starts with, first in its trail: the sha256 and text of
+        the file it was read from (`text`), or, started without one (a library's service, a
+        test), the sha256 of its settings' JSON, no file or text to keep."""
+        if text is not None:
+            digest = hashlib.sha256(text).hexdigest()
+        else:
+            digest = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+        self.record_config(ts, "start", "start", path, digest, "{}", text=text, loaded=cfg)
 
     def _put_event(self, event: _Action | _Config) -> None:
         try:
@@ -825,10 +865,12 @@ class AuditTrail:
                         (item.ts, item.actor, item.action, item.market, item.round, item.round_ts),
                     )
                 elif isinstance(item, _Config):
+                    kept = self._kept_text(db, item)
                     db.execute(
-                        "INSERT INTO configs (ts, event, actor, path, sha256, changes) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (item.ts, item.event, item.actor, item.path, item.sha256, item.changes),
+                        "INSERT INTO configs (ts, event, actor, path, sha256, changes, text,"
+                        " redacted, pricing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (item.ts, item.event, item.actor, item.path, item.sha256, item.changes)
+                        + ((None, None, None) if kept is None else kept.row()),
                     )
                 elif isinstance(item, _Signed):
                     db.execute(
@@ -864,6 +906,29 @@ class AuditTrail:
         if time.monotonic() >= self._retention_at:
             self._retention(db)
         return None
+
+    def _kept_text(self, db: sqlite3.Connection, item: _Config) -> ConfigText | None:
+        """The text to keep with a config load: none when its sha256 has one already (a
+        reload back to an earlier config) or it came from no file; one that cannot be kept
+        safely (a URL written with escapes) is logged, and its replay needs the file as
+        before version 7. A few rows a day: read without an index."""
+        if item.text is None or item.loaded is None:
+            return None
+        held = "SELECT 1 FROM configs WHERE sha256 = ? AND text IS NOT NULL LIMIT 1"
+        if db.execute(held, (item.sha256,)).fetchone():
+            return None
+        from oracled.publish.audit_config import kept_text
+
+        kept = kept_text(item.text, item.loaded, os.environ)
+        if isinstance(kept, str):
+            self._log.warning(
+                "audit: a config's text is not kept: a replay of its rounds needs the file",
+                path=item.path,
+                sha256=item.sha256,
+                why=kept,
+            )
+            return None
+        return kept
 
     def _insert(self, db: sqlite3.Connection, item: _Item) -> None:
         result = item.result
@@ -1309,12 +1374,27 @@ class ConfigLoad:
     changes: str
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigText:
+    """A loaded config's stored text (schema version 7): the file's bytes, or them with
+    `redacted` URLs' user parts, paths and queries replaced (audit_config.py), and the pricing
+    digest of the config the daemon loaded from the file."""
+
+    text: bytes
+    redacted: int
+    pricing: str
+
+    def row(self) -> tuple[bytes, int, str]:
+        return self.text, self.redacted, self.pricing
+
+
 class AuditReader:
-    """Read-only queries over an audit database of schema version 1 to 6 (the `oracled audit`
+    """Read-only queries over an audit database of schema version 1 to 7 (the `oracled audit`
     command, tests): the same answers from each; operator actions and config loads are in
     version 3 on (older ones answer none), a signed round's format in version 4 on (None), the
     round an action first applied to in version 5 on (None), and only then are actions on its
-    tapes (`actions_on_tape`); a round's pricing revision in version 6 on (None)."""
+    tapes (`actions_on_tape`); a round's pricing revision in version 6 on (None); a config's
+    text in version 7 on (None)."""
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
@@ -1325,7 +1405,7 @@ class AuditReader:
         self._db = _open_read_only(path)
         try:
             version = _schema_version(self._db)
-            if version not in (1, 2, 3, 4, 5, SCHEMA_VERSION):
+            if version not in (1, 2, 3, 4, 5, 6, SCHEMA_VERSION):
                 raise AuditSchemaError(
                     f"{path}: not an audit database this oracled reads "
                     f"(schema version {version or 'unknown'}; it reads 1 to {SCHEMA_VERSION})"
@@ -1573,6 +1653,24 @@ class AuditReader:
             (start_ms, end_ms),
         )
         return [ConfigLoad(*row) for row in rows]
+
+    def config_text(self, sha256: str) -> ConfigText | None:
+        """The stored text of the config whose sha256 is `sha256` (None: not stored, or a
+        trail before schema version 7); AuditDataError for a row not as the writer wrote it."""
+        if self.version < 7:
+            return None
+        row = self._db.execute(
+            "SELECT text, redacted, pricing FROM configs WHERE sha256 = ? AND text IS NOT NULL"
+            " ORDER BY ts, rowid LIMIT 1",
+            (sha256,),
+        ).fetchone()
+        if row is None:
+            return None
+        text, redacted, pricing = row
+        if type(text) is not bytes or type(redacted) is not int or type(pricing) is not str:
+            what = f"configs: the text of sha256 {sha256[:12]} is not as written"
+            raise AuditDataError(None, None, f"{what}: changed after it was written")
+        return ConfigText(text, redacted, pricing)
 
     def config_at(self, ts: int) -> ConfigLoad | None:
         """The config in force at `ts`: the last one loaded at or before it."""

@@ -123,8 +123,8 @@ def add_parser(sub: Any) -> None:
         help="recompute the window's reports from the trail's stored quotes, manual pauses and"
         " the configs of its starts and reloads, and compare them with the stored ones (exit 0"
         " all equal, 1 no round, 2 bad request, 3 a mismatch, 4 rounds not reproducible: no"
-        " config with the stored sha256, quotes missing; 5 reports of another pricing revision"
-        " differ)",
+        " stored text or file with the stored sha256, quotes missing; 5 reports of another"
+        " pricing revision differ)",
     )
     p.add_argument(
         "--json",
@@ -141,7 +141,8 @@ def add_parser(sub: Any) -> None:
         action="append",
         help="with --verify or --at: the daemon's config (the exponent of a market that had no "
         "price; its signing.deployment); with --replay, repeatable: the config files of the "
-        "trail's starts and reloads, found by their sha256 (default: the paths the trail names)",
+        "trail's starts and reloads whose text it does not keep, found by their sha256"
+        " (default: the paths the trail names)",
     )
     p.add_argument(
         "--signer",

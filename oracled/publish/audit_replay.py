@@ -28,7 +28,7 @@ import msgspec
 
 from oracled.core import PRICING_REVISION
 from oracled.errors import ConfigError
-from oracled.publish.audit import AuditReader, AuditRound, ConfigLoad, iso_time
+from oracled.publish.audit import AuditReader, AuditRound, ConfigLoad, ConfigText, iso_time
 from oracled.reload import running_config
 
 if TYPE_CHECKING:
@@ -138,11 +138,15 @@ class _Unreproducible(Exception):
 
 
 class _Configs:
-    """The config files an auditor gave and the trail names, by the sha256 of their bytes."""
+    """The configs of the trail's loads: the text the trail stores (schema version 7), else the
+    file an auditor gave or the trail names whose sha256 is the one stored."""
 
-    def __init__(self, given: list[str]) -> None:
+    def __init__(self, reader: AuditReader, given: list[str]) -> None:
+        self._reader = reader
         self._given = given
         self._read: dict[str, tuple[Config, str] | str] = {}  # path -> (config, sha256), or why
+        self._stored: dict[str, Config | str] = {}  # sha256 -> its stored text's config, or why
+        self.whence: dict[str, str] = {}  # sha256 -> where its config was found
 
     def _load(self, path: str) -> tuple[Config, str] | str:
         if path not in self._read:
@@ -154,24 +158,83 @@ class _Configs:
                 self._read[path] = "; ".join(exc.problems)
         return self._read[path]
 
+    def _from_text(self, sha256: str) -> Config | str | None:
+        """The config of the stored text of `sha256` (None: none stored), or why it is none."""
+        if sha256 not in self._stored:
+            kept = self._reader.config_text(sha256)
+            if kept is None:
+                return None
+            self._stored[sha256] = _checked(kept, sha256)
+        return self._stored[sha256]
+
     def find(self, load: ConfigLoad) -> Config:
-        """The config `load` stored the sha256 of: a given file's, else the stored path's."""
+        """The config `load` stored the sha256 of: its stored text's, else a given file's,
+        else the stored path's."""
+        at = load.ts if load.event == "reload" else None
+        what = (
+            f"the config of the {load.event} at {iso_time(load.ts)} (by {load.actor}, sha256"
+            f" {load.sha256[:12]}"
+        )
+        stored = self._from_text(load.sha256)
+        if isinstance(stored, str):
+            redacted = self._reader.config_text(load.sha256)
+            kind = "redacted text" if redacted is not None and redacted.redacted else "text"
+            raise _Unreproducible(
+                f"{what}): its {kind} stored in the trail is not the one the daemon loaded:"
+                f" {stored}",
+                at,
+            )
+        if stored is not None:
+            self.whence[load.sha256] = "the trail's stored text"
+            return stored
         paths = [*self._given, *([] if load.path is None else [load.path])]
         for path in paths:
             read = self._load(path)
             if not isinstance(read, str) and read[1] == load.sha256:
+                self.whence[load.sha256] = path
                 return read[0]
         tried = "; ".join(
             f"{p}: {r if isinstance(r, str) else 'sha256 ' + r[1][:12]}"
             for p in dict.fromkeys(paths)
             for r in (self._load(p),)
         )
+        if load.path is None:
+            raise _Unreproducible(
+                f"{what}) is stored without a file path or its text (a daemon given its config"
+                " in process, not from a file: its sha256 is of the settings, which no file"
+                f" has){'; none of the files given has it (' + tried + ')' if tried else ''}",
+                at,
+            )
         raise _Unreproducible(
-            f"the config of the {load.event} at {iso_time(load.ts)} (by {load.actor}, sha256"
-            f" {load.sha256[:12]}, {load.path or 'no path stored'}) is none of the files at hand"
+            f"{what}, {load.path}) is none of the files at hand"
             f" ({tried or 'none given'}): give it with --config",
-            load.ts if load.event == "reload" else None,
+            at,
         )
+
+
+def _checked(kept: ConfigText, sha256: str) -> Config | str:
+    """A stored text's config, or why it is not the one the daemon loaded: an exact text whose
+    bytes do not hash to `sha256`, one that does not load, or one that prices otherwise than
+    the config the daemon loaded (its stored pricing digest)."""
+    from oracled.config import parse_config_text
+    from oracled.publish.audit_config import text_problem
+    from oracled.tape import pricing_digest
+
+    problem = text_problem(kept, sha256)
+    if problem is not None:
+        return problem
+    try:
+        cfg = parse_config_text(kept.text, "the stored text")
+    except ConfigError as exc:
+        return f"it does not load here ({'; '.join(exc.problems)})"
+    digest = pricing_digest(cfg)
+    if digest != kept.pricing:
+        return (
+            f"it prices otherwise here (pricing digest {digest[:12]}, the daemon's"
+            f" {kept.pricing[:12]}): changed after it was written, or an environment variable"
+            " it names (a chain's rpc_urls_env) set otherwise here"
+        )
+    return cfg
 
 
 def _schedule(rounds: Iterable[AuditRound], interval: int) -> Iterator[tuple[int, int]]:
@@ -301,7 +364,7 @@ def replay_trail(
             f"{before} round(s) of the window are older than the trail's first config load"
             " (stored before schema version 3, or its row lost): no config is known for them"
         )
-    files = _Configs(configs)
+    files = _Configs(reader, configs)
     for k, load in enumerate(starts):
         until = times[k + 1] - 1 if k + 1 < len(times) else _LAST
         low, high = max(start, load.ts), min(end, until)
@@ -415,9 +478,9 @@ def _replay_start(
             f"{missed} stored round(s) of the start at {iso_time(load.ts)} were not met by the"
             " replay's schedule"
         )
-    shown = f"{load.path} " if load.path else ""
     summary.starts.append(
-        f"start at {iso_time(load.ts)} (config {shown}sha256 {load.sha256[:12]}): {stats.rounds}"
+        f"start at {iso_time(load.ts)} (config sha256 {load.sha256[:12]}, from"
+        f" {files.whence[load.sha256]}): {stats.rounds}"
         f" round(s) replayed from round {1 if stats.rounds else '-'},"
         f" {len(swaps)} reload(s) applied, {stats.quotes} quote(s)"
     )

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import tomli_w
 from publish_rig import INTERVAL, PERP, SOURCES, T0, make_config
 
-from oracled.config import AuditConfig, Config
+from oracled.config import AuditConfig, Config, read_config_text
 from oracled.core import Core, RoundResult
 from oracled.model import Quote, Report
 from oracled.publish.audit import AuditTrail
@@ -21,12 +22,31 @@ from oracled.publish.signer import RoundSigner
 
 
 class Feed:
-    """Drives a core the way the daemon does: quotes arrive, then the round at the next tick;
-    every quote and round also goes to the audit trail, and to `kept` (round, its quotes)."""
+    """Drives a core the way the daemon does: its config's load first in the trail, then quotes
+    arrive and the round runs at the next tick; every quote and round also goes to the audit
+    trail, and to `kept` (round, its quotes)."""
 
-    def __init__(self, cfg: Config, audit: AuditTrail) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        audit: AuditTrail,
+        *,
+        now: int = T0,
+        config_file: Path | None = None,
+        start: bool = True,
+    ) -> None:
+        """The start is recorded as `oracled run` records it: with `config_file`, `cfg` is
+        written there as TOML and read back, and the trail keeps that file's path and text;
+        without, as a service given its config in process (the sha256 of its settings).
+        `start=False` records none: for a test whose queue or file sizes count rounds alone."""
+        text = None
+        if config_file is not None:
+            cfg, text = write_config(config_file, cfg)
+        if start:
+            path = None if config_file is None else str(config_file)
+            audit.record_start(now - 5, cfg, path, text)
         self.cfg, self.core, self.audit = cfg, Core(cfg), audit
-        self.now = T0
+        self.now = now
         self.prices = {"BTC/USD": 64_000.0, "ETH/USD": 3_100.0, "SOL/USD": 150.0}
         self.silent: set[str] = set()
         # Perpetual markets (`make_config(perps=...)`) are also quoted by their perpetual venue.
@@ -70,6 +90,13 @@ class Feed:
             self.audit.submit_signed(signer.sign(result))
 
 
+def write_config(path: Path, cfg: Config) -> tuple[Config, bytes]:
+    """`cfg` written to `path` as a TOML config file, and that file as the daemon loads it:
+    the config and its bytes."""
+    path.write_text(tomli_w.dumps(cfg.model_dump(by_alias=True, exclude_none=True)))
+    return read_config_text(path, env={})
+
+
 #: The disk reserve of a test trail: the smallest the config takes, not the shipped 8 MiB in
 #: every test's tmp dir (test_audit_full_disk.py keeps the shipped size: it fills a disk).
 RESERVE = 64 * 1024
@@ -100,9 +127,8 @@ def recorded(
     """A trail at `path` written `rounds` rounds by a fresh daemon-like feed, then closed; the
     feed (its audit closed) for the test to read back. `after`: the feed of an earlier run whose
     clock this one continues `gap_ms` later (a restart); `settings`: of the trail's config."""
-    feed = Feed(make_config(), trail(path, **settings))
-    if after is not None:
-        feed.now = after.now + gap_ms
+    now = T0 if after is None else after.now + gap_ms
+    feed = Feed(make_config(), trail(path, **settings), now=now)
     for _ in range(rounds):
         feed.round()
     feed.audit.close()

@@ -158,7 +158,7 @@ def test_csv_export_has_one_row_per_round_with_sources_and_reasons(tmp_path: Pat
 def test_a_full_queue_drops_rounds_and_counts_them_without_blocking(tmp_path: Path) -> None:
     """No writer running and a queue of 2: the third and later rounds are dropped, counted."""
     audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=2))
-    feed = Feed(make_config(), audit)
+    feed = Feed(make_config(), audit, start=False)
     for _ in range(5):
         feed.round()
     assert audit.stats.dropped == 3
@@ -176,7 +176,7 @@ def test_a_dropped_rounds_quotes_go_into_the_next_stored_round_so_the_tape_keeps
     round's price may rest on a quote that arrived in a dropped round)."""
     db = tmp_path / "a.sqlite3"
     audit = AuditTrail(audit_config(db, queue=2))
-    feed = Feed(make_config(), audit)
+    feed = Feed(make_config(), audit, start=False)
     for _ in range(6):
         feed.round()
     assert audit.stats.dropped == 4
@@ -210,7 +210,7 @@ def test_a_tape_whose_first_quoted_rounds_were_dropped_replays_with_the_daemons_
     numbered rounds 3 to 5 as 5 to 7). The two silent rounds, before any quote, have no replay."""
     db = tmp_path / "a.sqlite3"
     audit = AuditTrail(audit_config(db, queue=2))
-    feed = Feed(make_config(), audit)
+    feed = Feed(make_config(), audit, start=False)
     feed.silent = set(SOURCES)
     feed.round()
     feed.round()  # rounds 1 and 2, without quotes, fill the queue
@@ -256,7 +256,7 @@ def test_quotes_carried_past_dropped_rounds_are_capped_counted_and_logged(tmp_pa
     next stored round holds only what came after."""
     audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=1))
     audit.carry_max = 20  # quotes carried at most; a round brings 9
-    feed = Feed(make_config(), audit)
+    feed = Feed(make_config(), audit, start=False)
     with capture_logs() as logs:
         for _ in range(4):  # 1 queued; 9 carried, 18, then 27 > 20: all 27 dropped
             feed.round()
@@ -402,7 +402,7 @@ def test_a_drop_episode_is_logged_once_and_its_end_once(tmp_path: Path) -> None:
     """While the queue is full the first dropped round is logged, not every one; the first
     round that fits again says the queue has room, with the total dropped."""
     audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=1))
-    feed = Feed(make_config(), audit)
+    feed = Feed(make_config(), audit, start=False)
     with capture_logs() as logs:
         for _ in range(4):
             feed.round()  # no writer yet: one queued, three dropped
@@ -426,7 +426,7 @@ def test_an_operator_event_that_finds_the_queue_full_is_counted_and_named_in_wor
     which clashes with the log line's own event: a TypeError, raised on the round loop's path
     (the service records a pause just before the round it applies to)."""
     audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=1))
-    feed = Feed(make_config(), audit)
+    feed = Feed(make_config(), audit, start=False)
     with capture_logs() as logs:
         feed.round()  # no writer yet: the round fills the queue
         audit.record_action(T0 + 1, "alice", "pause", "BTC/USD", 2, T0 + INTERVAL)
@@ -454,7 +454,7 @@ def test_a_signature_that_finds_the_queue_full_is_counted_and_logged_not_silentl
     is counted and logged once. A signature of a round that was itself dropped stays silent
     (the round is counted)."""
     audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=1))
-    feed = Feed(make_config(), audit)
+    feed = Feed(make_config(), audit, start=False)
     signer = RoundSigner(SigningKey.generate(), "test")
     with capture_logs() as logs:
         feed.round(signer)  # no writer yet: the round is queued, its signature finds it full
@@ -561,7 +561,7 @@ def test_closing_while_the_writer_is_stuck_returns_and_a_later_close_finishes(
     db = tmp_path / "locked.sqlite3"
     audit = AuditTrail(audit_config(db, queue=1, batch_rounds=1))
     audit.start()
-    feed = Feed(make_config(), audit)
+    feed = Feed(make_config(), audit, start=False)
     with writer_stuck_on_a_lock(db, audit, feed):
         feed.round()  # queued: the queue is full
         audit.close(timeout_s=0.05)  # returns: no room for the stop, the writer is stuck
@@ -580,7 +580,7 @@ def test_close_waits_for_room_and_for_the_writer_within_one_timeout(tmp_path: Pa
     audit = AuditTrail(audit_config(db, queue=1, batch_rounds=1))
     audit._retry_s = 0.0  # the writer opens the database again at once after its failure
     audit.start()
-    feed = Feed(make_config(), audit)
+    feed = Feed(make_config(), audit, start=False)
     with writer_stuck_on_a_lock(db, audit, feed):
         held_at = time.monotonic()
         feed.round()  # queued: the queue is full

@@ -97,7 +97,7 @@ def test_an_upgrade_keeps_the_rounds_before_it_provable_each_in_its_format(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The release of format 1's trail, then this release on it: the writer brings it to
-    schema 6 in place (its rounds stay, their format unrecorded), records format 3 with every
+    schema 7 in place (its rounds stay, their format unrecorded), records format 3 with every
     signature it adds, and one `--verify` over the whole window proves all 8 signed rounds, 4 in
     format 1 and 4 in format 3 (exit 0). The leaves follow the format: a perpetual's mark
     changed in a format 3 round is a mismatch, in a format 1 round (which did not sign it) not."""
@@ -106,7 +106,7 @@ def test_an_upgrade_keeps_the_rounds_before_it_provable_each_in_its_format(
     reader = AuditReader(db)
     stored = reader.rounds(0, END)
     reader.close()
-    assert reader.version == 6
+    assert reader.version == 7
     assert [r.format for r in stored] == [None] * 5 + [SIGNED_FORMAT] * 4 == [None] * 5 + [3] * 4
     code, out = verify(db, capsys, "--deployment", "production", "--signer", ADDRESS)
     assert code == 0, out

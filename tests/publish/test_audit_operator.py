@@ -16,7 +16,7 @@ from audit_rig import Feed, recorded, trail
 from publish_rig import T0, make_config
 
 from oracled.cli import main
-from oracled.config import read_config
+from oracled.config import read_config_text
 from oracled.publish.audit import SCHEMA_VERSION, AuditReader, iso_time
 from oracled.replay import replay
 from oracled.service import Service
@@ -71,8 +71,8 @@ async def test_who_paused_a_market_and_under_which_config_is_answered_by_the_tra
         first = _CONFIG.format(deviation=0.02, **fields)
         second = _CONFIG.format(deviation=0.03, **fields)
         path.write_text(first)
-        cfg, digest = read_config(path, env={})
-        service = Service(cfg, config_path=path, config_sha256=digest)
+        cfg, text = read_config_text(path, env={})
+        service = Service(cfg, config_path=path, config_text=text)
         task = asyncio.create_task(service.run())
         try:
             await _rounds_written(service, 10)
@@ -118,7 +118,7 @@ async def test_who_paused_a_market_and_under_which_config_is_answered_by_the_tra
 
 
 def _as_version_2(db: Path) -> None:
-    """Take a version 6 database back to version 2's layout: what a daemon before version 3
+    """Take a version 7 database back to version 2's layout: what a daemon before version 3
     left on disk (the same tables but the two of version 3 and the rounds' signed format of
     version 4, the same rows)."""
     with sqlite3.connect(db) as con:
@@ -131,10 +131,12 @@ def _as_version_2(db: Path) -> None:
 
 
 def _as_version_4(db: Path) -> None:
-    """Take a version 6 database back to version 4's layout: its actions without the round
-    each first applied to, its rounds without their pricing revision."""
+    """Take a version 7 database back to version 4's layout: its actions without the round
+    each first applied to, its rounds without their pricing revision, no config texts."""
     with sqlite3.connect(db) as con:
         con.executescript(
+            "ALTER TABLE configs DROP COLUMN text; ALTER TABLE configs DROP COLUMN redacted;"
+            "ALTER TABLE configs DROP COLUMN pricing;"
             "ALTER TABLE actions DROP COLUMN round; ALTER TABLE actions DROP COLUMN round_ts;"
             "ALTER TABLE rounds DROP COLUMN revision;"
             "UPDATE meta SET value = '4' WHERE key = 'schema';"
@@ -163,7 +165,7 @@ def test_a_version_2_database_is_read_and_brought_to_version_5_in_place(tmp_path
     assert audit.close()
     assert audit.stats.ok and audit.stats.write_errors == 0
     reader = AuditReader(db)
-    assert reader.version == SCHEMA_VERSION == 6 and len(reader.rounds(0, 1 << 62)) == 7
+    assert reader.version == SCHEMA_VERSION == 7 and len(reader.rounds(0, 1 << 62)) == 7
     assert [r.format for r in reader.rounds(0, 1 << 62)] == [None] * 7  # none of them signed
     assert [(a.actor, a.action) for a in reader.actions("BTC/USD", 0, 1 << 62)] == [
         ("carol", "pause")
@@ -209,7 +211,7 @@ def test_a_version_4_database_is_read_and_brought_to_version_5_keeping_its_actio
     feed.round()
     assert feed.audit.close() and feed.audit.stats.write_errors == 0
     reader = AuditReader(db)
-    assert reader.version == 6 and reader.actions_on_tape
+    assert reader.version == 7 and reader.actions_on_tape
     actions = reader.actions(None, 0, 1 << 62)
     assert [(a.action, a.round, a.round_ts) for a in actions] == [
         ("pause", None, None),

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from daemon import ADMIN_TOKEN, Daemon
 
 from oracled.cli import main
-from oracled.config import Config, parse_config, read_config
+from oracled.config import Config, parse_config
 from oracled.core import PRICING_REVISION
 from oracled.model import Report
 from oracled.publish.audit import AuditReader, iso_time
@@ -213,13 +213,66 @@ def test_a_live_trail_replays_equal_across_late_rounds_a_pause_and_a_reload(
 
 
 @pytest.mark.integration
-def test_a_trail_without_its_start_config_at_hand_is_not_reproducible(
+def test_a_live_trail_replays_from_its_stored_config_texts_alone(
     live: LiveTrail, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without `--config`, the start's config is looked for at the path the trail names, which
-    holds the reloaded text now: no file has the stored sha256, so no round is replayed (exit 4)
-    and the line names the start, its sha256 and what to give."""
-    code, text = _replay(capsys, live.db, json_out=False)
+    """The daemon kept the text of the config it started with and of the one it reloaded
+    (schema version 7), its bytes as they are (no URL in them to redact): without `--config`,
+    and with the start's file no longer at the path the trail names, the replay takes both
+    texts from the trail and every report is equal."""
+    reader = AuditReader(live.db)
+    try:
+        texts = [reader.config_text(load.sha256) for load in live.loads]
+    finally:
+        reader.close()
+    assert [t.text for t in texts if t is not None] == [
+        live.started.read_bytes(),
+        live.reloaded.read_bytes(),
+    ]
+    assert all(t is not None and t.redacted == 0 for t in texts)
+    code, result = _replay(capsys, live.db)
+    assert code == 0, result
+    assert result["rounds"] == len(live.rounds) and result["equal"] == result["reports"]
+    assert result["problems"] == []
+    assert "from the trail's stored text)" in result["starts"][0]
+
+
+@pytest.mark.integration
+def test_a_stored_config_text_changed_in_the_file_is_not_reproducible_and_named(
+    live: LiveTrail, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The start's stored text changed after it was written (its resume rule): its bytes no
+    longer hash to the stored sha256, so nothing of that start is replayed, even with the
+    right file given, and the line names the start, its sha256 and what its text hashes to
+    (exit 4)."""
+    db = live.copy(tmp_path / "text.sqlite3")
+    sql(
+        db,
+        "UPDATE configs SET text = CAST(replace(CAST(text AS TEXT), 'resume_rounds = 3',"
+        " 'resume_rounds = 4') AS BLOB) WHERE event = 'start'",
+    )
+    code, text = _replay(capsys, db, "--config", str(live.started), json_out=False)
+    assert code == 4, text
+    start = live.loads[0]
+    assert (
+        f"not reproducible: the config of the start at {iso_time(start.ts)} (by start, sha256"
+        f" {start.sha256[:12]}): its text stored in the trail is not the one the daemon loaded:"
+        " its bytes hash to sha256 "
+    ) in text
+    assert f"{len(live.rounds)} round(s) not reproducible" in text
+
+
+@pytest.mark.integration
+def test_a_trail_without_its_start_config_at_hand_is_not_reproducible(
+    live: LiveTrail, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without stored texts (a trail before schema version 7: cleared here) and without
+    `--config`, the start's config is looked for at the path the trail names, which holds the
+    reloaded text now: no file has the stored sha256, so no round is replayed (exit 4) and the
+    line names the start, its sha256 and what to give."""
+    db = live.copy(tmp_path / "v6.sqlite3")
+    sql(db, "UPDATE configs SET text = NULL, redacted = NULL, pricing = NULL")
+    code, text = _replay(capsys, db, json_out=False)
     assert code == 4, text
     start = live.loads[0]
     assert (
@@ -291,11 +344,15 @@ def test_a_trail_of_another_pricing_revision_is_told_as_such(
 def test_rounds_after_a_reload_without_its_config_are_not_reproducible_the_rest_are_equal(
     live: LiveTrail, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A reload whose config no file at hand has (its stored sha256 changed here): the rounds
-    before it are replayed and equal, the ones after it are counted not reproducible, and the
-    line names the reload and what to give (exit 4)."""
+    """A reload whose config no file at hand has (its stored sha256 changed here, its text
+    cleared as in a trail before schema version 7): the rounds before it are replayed and
+    equal, the ones after it are counted not reproducible, and the line names the reload and
+    what to give (exit 4)."""
     db = live.copy(tmp_path / "reload.sqlite3")
-    sql(db, "UPDATE configs SET sha256 = '00' || substr(sha256, 3) WHERE event = 'reload'")
+    sql(
+        db,
+        "UPDATE configs SET sha256 = '00' || substr(sha256, 3), text = NULL WHERE event = 'reload'",
+    )
     code, result = _replay(capsys, db, "--config", str(live.started))
     assert code == 4, result
     reload_ts = live.loads[1].ts
@@ -313,13 +370,8 @@ def test_rounds_after_a_reload_without_its_config_are_not_reproducible_the_rest_
 def _feed_trail(tmp_path: Path) -> tuple[Path, Path, Feed]:
     """A trail written as a daemon writes it, the config's load first; its config file."""
     config = tmp_path / "feed.toml"
-    cfg = make_config()
-    config.write_text(tomli_w.dumps(cfg.model_dump(by_alias=True, exclude_none=True)))
-    loaded, digest = read_config(config)
     db = tmp_path / "feed.sqlite3"
-    feed = Feed(loaded, trail(db))
-    feed.audit.record_config(T0 - 5, "start", "start", str(config), digest, "{}")
-    return db, config, feed
+    return db, config, Feed(make_config(), trail(db), config_file=config)
 
 
 def _late(feed: Feed, rounds: int) -> None:
@@ -379,13 +431,8 @@ def test_each_start_of_a_restarted_daemon_replays_from_its_own_first_round(
     for _ in range(5):
         first.round()
     first.audit.close()
-    config = tmp_path / "second.toml"
     cfg = make_config(oracle={"round_interval_ms": INTERVAL, "resume_rounds": 3})
-    config.write_text(tomli_w.dumps(cfg.model_dump(by_alias=True, exclude_none=True)))
-    loaded, digest = read_config(config)
-    second = Feed(loaded, trail(db))
-    second.now = first.now + 10 * INTERVAL
-    second.audit.record_config(second.now - 5, "start", "start", str(config), digest, "{}")
+    second = Feed(cfg, trail(db), now=first.now + 10 * INTERVAL, config_file=tmp_path / "2.toml")
     second.silent = {"beta", "gamma"}  # paused for its quorum, then resuming under its own rule
     for _ in range(2):
         second.round()
@@ -415,20 +462,16 @@ def test_a_start_whose_first_rounds_retention_deleted_is_not_reproducible(
     active was a MISMATCH (exit 3): the daemon accused for inputs the trail had let go."""
     config = tmp_path / "resume3.toml"
     cfg = make_config(oracle={"round_interval_ms": INTERVAL, "resume_rounds": 3})
-    config.write_text(tomli_w.dumps(cfg.model_dump(by_alias=True, exclude_none=True)))
-    loaded, digest = read_config(config)
     db = tmp_path / "kept.sqlite3"
-    first = Feed(loaded, trail(db))
-    first.audit.record_config(T0 - 5, "start", "start", str(config), digest, "{}")
+    first = Feed(cfg, trail(db), config_file=config)
     for _ in range(10):
         first.round()
     first.audit.close()
     # The second start's writer keeps 20 intervals of rounds: the first start's last five
     # (and the second start whole, six rounds 10 intervals later) are left.
-    second = Feed(loaded, trail(db, retention_days=20 * INTERVAL / 86_400_000))
-    second.audit._retention_every_s = 0.0  # a retention pass after every batch
-    second.now = first.now + 10 * INTERVAL
-    second.audit.record_config(second.now - 5, "start", "start", str(config), digest, "{}")
+    keeping = trail(db, retention_days=20 * INTERVAL / 86_400_000)
+    keeping._retention_every_s = 0.0  # a retention pass after every batch
+    second = Feed(cfg, keeping, now=first.now + 10 * INTERVAL, config_file=config)
     for _ in range(6):
         second.round()
     second.audit.close()

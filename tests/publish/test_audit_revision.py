@@ -1,6 +1,6 @@
 """The pricing revision in the audit trail (schema version 6): each round stores the revision it
 was computed under, `oracled audit --tape` names it in the tape's header, and an upgrade in the
-window is said; older trails read as before and are brought to version 6 in place."""
+window is said; older trails read as before and are brought to version 6 (now 7) in place."""
 
 from __future__ import annotations
 
@@ -25,9 +25,12 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "audit"
 
 
 def _as_version_5(db: Path) -> None:
-    """Take a version 6 database back to version 5's layout: its rounds without a revision."""
+    """Take a version 7 database back to version 5's layout: its rounds without a revision, no
+    config texts."""
     with sqlite3.connect(db) as con:
         con.executescript(
+            "ALTER TABLE configs DROP COLUMN text; ALTER TABLE configs DROP COLUMN redacted;"
+            "ALTER TABLE configs DROP COLUMN pricing;"
             "ALTER TABLE rounds DROP COLUMN revision;"
             "UPDATE meta SET value = '5' WHERE key = 'schema';"
         )
@@ -68,8 +71,9 @@ def test_a_version_5_trail_reads_as_before_and_is_brought_to_version_6_in_place(
 ) -> None:
     """A version 5 trail (before the revision was kept): its rounds read with none, and its
     tape's header names none (a replay says nothing of revisions); the writer brings it to
-    version 6 in place, the rounds before kept as they were (none) and the new ones with this
-    revision; a tape of the old rounds still names none, one of the new rounds this one."""
+    version 6 (now 7) in place, the rounds before kept as they were (none) and the new ones
+    with this revision; a tape of the old rounds still names none, one of the new rounds this
+    one."""
     db = tmp_path / "audit.sqlite3"
     feed = recorded(db, 4)
     _as_version_5(db)
@@ -85,7 +89,7 @@ def test_a_version_5_trail_reads_as_before_and_is_brought_to_version_6_in_place(
         feed.round()
     assert feed.audit.close() and feed.audit.stats.write_errors == 0
     reader = AuditReader(db)
-    assert reader.version == 6
+    assert reader.version == 7
     assert [r.revision for r in reader.rounds(0, END)] == [None] * 4 + [PRICING_REVISION] * 3
     reader.close()
     before, _ = _tape(db, capsys, "--to", str(old_end))
@@ -98,7 +102,7 @@ def test_a_release_before_the_revision_is_upgraded_keeping_its_rounds_unrecorded
     tmp_path: Path,
 ) -> None:
     """The trail a release before this one wrote (tests/fixtures/audit, schema version 3) is
-    brought to version 6 by this writer: its five rounds stay without a revision, the rounds
+    brought to version 6 (now 7) by this writer: its five rounds stay without a revision, the rounds
     added have this one."""
     db = Path(shutil.copy(FIXTURES / "trail_format2.sqlite3", tmp_path / "trail.sqlite3"))
     feed = Feed(make_config(perps=("BTC/USD",)), trail(db))
@@ -107,7 +111,7 @@ def test_a_release_before_the_revision_is_upgraded_keeping_its_rounds_unrecorded
     feed.round()
     assert feed.audit.close() and feed.audit.stats.write_errors == 0
     reader = AuditReader(db)
-    assert reader.version == 6
+    assert reader.version == 7
     assert [r.revision for r in reader.rounds(0, END)] == [None] * 5 + [PRICING_REVISION] * 2
     reader.close()
 

@@ -110,7 +110,7 @@ def test_reports_and_quotes_come_back_exactly_as_the_rounds_made_them(tmp_path: 
     assert feed.audit.stats.rounds == 10 and feed.audit.stats.ok
 
     reader = AuditReader(db)
-    assert reader.version == SCHEMA_VERSION == 6
+    assert reader.version == SCHEMA_VERSION == 7
     for market in feed.prices:
         stored = list(reader.reports(market, 0, END))
         expected = [r for result, _ in feed.kept for r in result.reports() if r.market == market]
@@ -148,7 +148,7 @@ def test_a_version_1_database_answers_exactly_as_version_2(
     version 2 one: the summary, timeline, --at, CSV and tape of `oracled audit` are the same
     (the tape's header but for the rounds' pricing revision, which version 1 did not keep)."""
     v2, v1 = tmp_path / "v2.sqlite3", tmp_path / "v1.sqlite3"
-    feed = Feed(make_config(), trail(v2))
+    feed = Feed(make_config(), trail(v2), start=False)  # version 1 keeps no config load
     run(feed, 50, silent_until=2, pause=range(8, 38))
     feed.audit.close()
     write_v1(v1, feed.kept)
@@ -225,7 +225,7 @@ def test_the_writer_leaves_a_version_1_database_alone_and_prices_go_on(tmp_path:
     assert audit.stats.ok and audit.stats.rounds == 4 and audit.stats.write_errors == 3
     assert feed.core.rounds == 7  # the core never waited for the trail
     reader = AuditReader(db)
-    assert reader.version == 6 and [r.round for r in reader.rounds(0, END)] == [4, 5, 6, 7]
+    assert reader.version == 7 and [r.round for r in reader.rounds(0, END)] == [4, 5, 6, 7]
     reader.close()
     reader = AuditReader(aside)
     assert reader.version == 1 and len(reader.rounds(0, END)) == 5

@@ -34,7 +34,7 @@ def written(
     """A trail of `rounds` signed rounds of a daemon-like feed (BTC, ETH at -2, SOL at -3);
     `config`: a file recorded as the config the daemon loaded, as the service records it;
     `perps`: perpetual markets, whose leaves carry their mark."""
-    feed = Feed(make_config(markets, perps=perps), trail(path))
+    feed = Feed(make_config(markets, perps=perps), trail(path), start=config is None)
     if config is not None:
         feed.audit.record_config(T0, "start", "daemon", str(config), read_config(config)[1], "")
     signer = RoundSigner(KEY, "test")
