@@ -37,6 +37,9 @@ UNISWAP_ARTIFACTS = ROOT / "node_modules" / "@uniswap" / "v3-core" / "artifacts"
 MULTICALL3 = "0xcA11bde05977b3631167028862bE2a173976CA11"
 CHAIN_ID = 31337
 _SETUP_HINT = "run scripts/chain-setup.sh (or make install-test) to install the local chain"
+#: A block to read state at: a tag or number ("latest", "0x21"), or `{"blockHash": ...}`
+#: (EIP-1898), which names one block's state whatever is mined meanwhile.
+Block = str | dict[str, str]
 
 
 def _types(signature: str) -> list[str]:
@@ -195,7 +198,7 @@ class Chain:
         signature: str,
         *args: Any,
         returns: Sequence[str] = (),
-        block: str = "latest",
+        block: Block = "latest",
     ) -> tuple[Any, ...]:
         data = "0x" + calldata(signature, *args).hex()
         raw = await self.rpc("eth_call", [{"to": to, "data": data}, block])

@@ -52,7 +52,7 @@ from oracled.sim import BinanceSim
 from oracled.sources.evm.chain import ChainStats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chain"))
-from chain_rig import Anvil, Chain, RpcFailed, start_anvil
+from chain_rig import Anvil, Block, Chain, RpcFailed, start_anvil
 from rpc_proxy import MANGLED, RpcProxy
 
 GWEI = 10**9
@@ -101,7 +101,7 @@ class Rig:
         )
         return ChainPusher(cfg, chain, self.key, self.chain.session, self.clock)
 
-    async def stored(self, market: str, block: str = "latest") -> tuple[int, int, int, int]:
+    async def stored(self, market: str, block: Block = "latest") -> tuple[int, int, int, int]:
         price, expo, round_no, ts = await self.chain.call(
             self.feed,
             "latest(bytes32)",
@@ -111,7 +111,9 @@ class Rig:
         )
         return price, expo, round_no, ts
 
-    async def feed_of(self, market: str, block: str = "latest") -> tuple[int, int, int, int, bool]:
+    async def feed_of(
+        self, market: str, block: Block = "latest"
+    ) -> tuple[int, int, int, int, bool]:
         """Everything stored for `market`, paused or not (`latestFeed`)."""
         price, expo, round_no, ts, paused = await self.chain.call(
             self.feed,
@@ -122,7 +124,7 @@ class Rig:
         )
         return price, expo, round_no, ts, paused
 
-    async def refused(self, market: str, block: str = "latest") -> int:
+    async def refused(self, market: str, block: Block = "latest") -> int:
         """The pause ts that `latest(market)` names in its `FeedPaused` revert (fails if it
         answers a price)."""
         with pytest.raises(RpcFailed) as raised:
@@ -2559,9 +2561,12 @@ class FaultRun:
 
     async def check_chain(self, when: str) -> None:
         """A price is its round's active price; a pause is at a round the market was not
-        active in, and `latest` refuses it. All read at one block: a send the proxy forwarded
-        late may be mined between two reads of the latest."""
-        block = hex(await self.rig.chain.block_number())
+        active in, and `latest` refuses it. All read at one block, named by its hash: a send
+        the proxy forwarded late may be mined between two reads, and with the block named by
+        its number (the head's, then) a loaded CI run read a market paused by `latestFeed`
+        and priced by `latest` in one check (seed 13); a hash names one state, whatever is
+        mined meanwhile."""
+        block = {"blockHash": (await self.rig.chain.block())["hash"]}
         for market in self.markets:
             price, expo, round_no, ts, paused = await self.rig.feed_of(market, block)
             if paused:
