@@ -45,6 +45,7 @@ __all__ = [
     "CHAIN_SOURCE_TYPES",
     "MAX_CHAIN_ID",
     "MAX_CONFIG_BYTES",
+    "PUSH_PRICE_MAX",
     "RESOLUTION_UNITS",
     "SOURCE_KINDS",
     "WEIGHT_RANGE",
@@ -370,6 +371,11 @@ class AuditConfig(_Frozen):
         """Refused here: "" or "." once stopped the writer thread with a traceback at start-up
         (no file name to put its lock file beside), and a directory is no database."""
         return _names_a_file(value, "oracled-audit.sqlite3")
+
+
+#: The largest price mantissa the on-chain feed stores (its `int128 price`): a pushed market's
+#: price bound times 10 ** its decimals must stay within it.
+PUSH_PRICE_MAX = 2**127 - 1
 
 
 class PushMarketConfig(_Frozen):
@@ -1188,6 +1194,29 @@ def _push_relations(cfg: Config, symbols: set[str]) -> list[str]:
         problems.append("push.contract: is required when the pusher is enabled")
     if (push.key_file is None) == (push.key_env is None):
         problems.append("push: set exactly one of key_file and key_env")
+    problems.extend(_push_price_range(cfg))
+    return problems
+
+
+def _push_price_range(cfg: Config) -> list[str]:
+    """A pushed market whose price bound, at its decimals, is past the contract's `int128`: a
+    price up there could never be written on chain (the pusher skips it, counted). The bound
+    is the core's: the market's `max_price`, else `oracle.max_price` (a converted price is held
+    to the market's own alone)."""
+    pushed = set(cfg.push.markets)
+    problems: list[str] = []
+    for i, market in enumerate(cfg.markets):
+        if pushed and market.symbol not in pushed:
+            continue
+        ceiling = market.max_price or cfg.oracle.max_price
+        key = f"markets[{i}].max_price" if market.max_price else "oracle.max_price"
+        if math.ceil(Decimal(ceiling).scaleb(-market.price_exponent)) > PUSH_PRICE_MAX:
+            problems.append(
+                f"{key}: {ceiling:g} at {-market.price_exponent} decimals does not fit the "
+                f"on-chain feed's int128 price (at most {PUSH_PRICE_MAX:.4g}), and "
+                f"{market.symbol} is pushed: lower the bound or the market's decimals "
+                "(price_exponent)"
+            )
     return problems
 
 

@@ -292,7 +292,7 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
 
 
 _PUSH_TX_RESULTS = ("sent", "replaced", "confirmed", "reverted", "error", "gas_cap")
-_PUSH_SKIP_REASONS = ("paused", "unknown", "degraded")
+_PUSH_SKIP_REASONS = ("paused", "unknown", "degraded", "overflow")
 
 
 #: The audit trail's counters and gauges: (name, help, the AuditStats field it reads).
@@ -367,7 +367,8 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
     )
     skipped = _labelled(
         "oracled_push_skipped_markets",
-        "Markets not pushed in a round because they were not active, by status.",
+        "Markets not pushed in a round: not active (by status), or a price past the "
+        "contract's int128 (overflow).",
         "reason",
         _PUSH_SKIP_REASONS,
         stats.skipped if stats is not None else None,

@@ -9,7 +9,11 @@ as the prices, so that the contract's `latest` refuses its frozen price; its nex
 clears it. A degraded market gets none (it is live, with a warning): its price just ages. Nor
 does, for `start_grace_s` after a start, a market unknown and not active since: every market is
 unknown until its gates have seen enough rounds, and a restart must not pause and resume every
-market on chain (two batches of gas a market) for the seconds that takes.
+market on chain (two batches of gas a market) for the seconds that takes. A market a reload
+removed gets a pause entry too (nothing would write it again); the pusher remembers every
+market of the process's layouts for that, but a restart without it cannot know it. A price
+past the contract's `int128` is skipped (`overflow`) and its chain price paused: the config
+check refuses such a bound, and one bad market must not crash every push.
 
 The pusher runs in its own task. The round loop only calls `submit(result)`, which replaces the
 latest result (a queue of one: a slow chain makes pushes sparser, it never stalls a round nor
@@ -50,10 +54,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
+import numpy as np
 import structlog
 
 from oracled.clock import Clock
-from oracled.config import ChainConfig, PushConfig
+from oracled.config import PUSH_PRICE_MAX, ChainConfig, PushConfig
 from oracled.errors import ConfigError, OracledError, shown
 from oracled.eth import keccak, recursion_limit_kept, selector
 from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable
@@ -76,7 +81,9 @@ __all__ = [
 ]
 
 #: Why a market was not pushed in a round the pusher looked at.
-SKIP_REASONS: Final = ("paused", "unknown", "degraded")
+#: `overflow`: an active price whose mantissa does not fit the contract's `int128 price` (a
+#: config check refuses a market whose price bound allows one; this guards the pusher anyway).
+SKIP_REASONS: Final = ("paused", "unknown", "degraded", "overflow")
 #: What happened to transactions: sent (new nonce), replaced (same nonce, higher fee), confirmed
 #: (mined, status 1), reverted (mined, status 0), error (refused by the node), gas_cap (a push
 #: or a replacement held back because the fee it needs is above the cap).
@@ -97,6 +104,9 @@ _HASHES_KEPT: Final = 64
 _PUSH_BATCH: Final = selector("pushBatch(uint64,uint48,bytes32[],int128[],int8[],bytes32[])")
 _STATUS_NAMES: Final = tuple(s.label for s in Status)
 _RESTART_MAX_S: Final = 30.0
+#: Prices at or above this many units of their last digit are checked exactly against the
+#: contract's int128 (a float's rounding is far below the margin of 2**126 to 2**127).
+_NEAR_INT128: Final = float(2**126)
 #: Refusals of a transaction that mean the pusher's nonce is not the chain's: re-read it.
 #: "nonce too high": a node that takes no nonce ahead of the pool's (most queue it);
 #: "already known" (geth), "transaction already imported" (anvil), "known transaction" (Besu):
@@ -284,7 +294,16 @@ class ChainPusher:
         self._failing: str | None = None  # the failure logged for the current episode
         self._step_lines = LogEveryMinute()  # a step that failed on the node, by its log event
         self._started = False
-        self._read = False  # the stored prices were read (needs the first round's markets)
+        # The layout whose markets' chain entries were read (None: read again at the next look,
+        # which needs a round's markets), and the markets read since the last full read.
+        self._read_layout: object | None = None
+        self._read_markets: set[str] = set()
+        # Every market of every layout this process looked at, kept across a crash and a
+        # re-read: one a reload removed is still read, and paused on chain (`_due`).
+        self._known: dict[str, None] = {}
+        self._layout_set: tuple[object, frozenset[str]] | None = None
+        self._overflowed: set[str] = set()  # markets whose price does not fit (logged once)
+        self._removed_logged: set[str] = set()  # markets paused as no longer configured
         self._only = frozenset(cfg.markets)
         self._log = structlog.get_logger("oracled").bind(component="push")
         self.restart_base_s = 1.0  # the first backoff after a crash (tests shorten it)
@@ -331,7 +350,8 @@ class ChainPusher:
         """Forget what a crashed run knew: the next start reads the chain again (nonce, stored
         prices; a transaction left pending is replaced), and the round that may have caused the
         crash is dropped: the next round is looked at."""
-        self._started = self._read = False
+        self._started = False
+        self._forget_read()
         self._inflight, self._fee_floor, self._latest = None, None, None
         self._confirmed = None
         self.stats.pending = False
@@ -456,10 +476,22 @@ class ChainPusher:
         base = block.get("baseFeePerGas")
         return 0 if base is None else self._hex("eth_getBlockByNumber baseFeePerGas", base)
 
+    def _forget_read(self) -> None:
+        """The chain's entries are read again at the next look (a crash, a reorganisation)."""
+        self._read_layout = None
+        self._read_markets.clear()
+
     async def _read_stored(self) -> None:
+        """Read what the chain stores for the markets not read yet: at the first look, for
+        the markets a reload added, and again after `_forget_read`, for every market known
+        (those a reload removed too). Nothing when the layout was read already."""
         result = self._latest
-        markets = list(result.layout.markets) if result is not None else []
+        if result is None or result.layout is self._read_layout:
+            return
+        self._known.update(dict.fromkeys(result.layout.markets))
+        markets = [m for m in self._known if m not in self._read_markets]
         if not markets:
+            self._read_layout = result.layout
             return
         data = encode_latest_many([market_id(m) for m in markets])
         raw = await self.rpc.call("eth_call", [{"to": self.contract, "data": "0x" + data.hex()}])
@@ -473,7 +505,9 @@ class ChainPusher:
         except ValueError as exc:  # a decoding error, a result that is not hex
             self.stats.bad_answers += 1
             raise _BadAnswer(f"eth_call latestMany: {shown(raw)} unreadable ({exc})") from None
-        self._read = True  # only now: a failed read is tried again, never taken as "nothing"
+        # Only now: a failed read is tried again, never taken as "nothing".
+        self._read_layout = result.layout
+        self._read_markets.update(markets)
         rows = zip(markets, feeds.price, feeds.expo, feeds.ts, feeds.paused, strict=True)
         for market, price, expo, ts, paused in rows:
             if ts > 0:
@@ -483,8 +517,7 @@ class ChainPusher:
         """One unit of work: settle or replace the transaction in flight, else push what is due."""
         if not self._started:
             await self.start()
-        if not self._read and self._latest is not None:
-            await self._read_stored()
+        await self._read_stored()
         if self._inflight is not None:
             await self._settle(self._inflight)
             return
@@ -518,11 +551,16 @@ class ChainPusher:
     def _due(self, result: RoundResult) -> _Batch | None:
         """The entries of `result` to push now: pauses first (a market paused or unknown whose
         chain entry is a price; none for a market never on chain, where nothing can pass for
-        live; none within `start_grace_s` of the start for one unknown and not active since),
-        then prices, most due first; counts the markets skipped."""
+        live; none within `start_grace_s` of the start for one unknown and not active since;
+        a market whose price does not fit the contract; one a reload removed), then prices,
+        most due first; counts the markets skipped."""
         status = result.status.tolist()
         price = result.price.tolist()
         decimals = result.layout.decimals.tolist()
+        # Exactly checked only where a float says it may be near: one vector compare a look.
+        with np.errstate(invalid="ignore", over="ignore"):
+            near = result.price * 10.0**result.layout.decimals >= _NEAR_INT128
+        large = set(np.flatnonzero(near).tolist())
         count = result.round != self._counted_round
         self._counted_round = result.round
         if self._first_ts is None:
@@ -549,6 +587,21 @@ class ChainPusher:
                     pauses.append(market)
                 continue
             self._was_active.add(market)
+            if i in large and _mantissa(price[i], decimals[i]) > PUSH_PRICE_MAX:
+                if count:
+                    self.stats.skipped["overflow"] += 1
+                if market not in self._overflowed:
+                    self._overflowed.add(market)
+                    self._log.error(
+                        "price does not fit the contract's int128; not pushed",
+                        market=market,
+                        price=price[i],
+                        decimals=decimals[i],
+                    )
+                if stored is not None and not stored.paused and result.ts > stored.ts:
+                    pauses.append(market)  # its chain price is not its price any more
+                continue
+            self._overflowed.discard(market)
             if stored is None or stored.paused:  # a first price, or the one that resumes it
                 if stored is None or result.ts > stored.ts:
                     scored.append((math.inf, i))
@@ -558,15 +611,40 @@ class ChainPusher:
             waited = (result.ts - stored.ts) / heartbeat_ms
             if result.ts > stored.ts and (moved >= 1.0 or waited >= 1.0):
                 scored.append((max(moved, waited), i))
+        pauses.extend(self._removed(result))
         if not scored and not pauses:
             return None
         del pauses[self._batch_cap :]
         scored.sort(key=lambda item: (-item[0], item[1]))
         chosen = sorted(i for _, i in scored[: self._batch_cap - len(pauses)])
         markets = [result.layout.markets[i] for i in chosen]
-        prices = [decimal_to_int(format(price[i], f".{decimals[i]}f"), decimals[i]) for i in chosen]
+        prices = [_mantissa(price[i], decimals[i]) for i in chosen]
         expos = [-decimals[i] for i in chosen]
         return _Batch(result.round, result.ts, markets, prices, expos, pauses)
+
+    def _removed(self, result: RoundResult) -> list[str]:
+        """Markets with a live price on chain that the config no longer has (a reload removed
+        them): nothing will ever push them again, so their last price must not read as live.
+        Only this process knows them: a restart without them in its config cannot."""
+        layout = result.layout
+        if self._layout_set is None or self._layout_set[0] is not layout:
+            self._layout_set = (layout, frozenset(layout.markets))
+        current = self._layout_set[1]
+        removed = [
+            market
+            for market, stored in self._stored.items()
+            if market not in current
+            and (not self._only or market in self._only)
+            and not stored.paused
+            and result.ts > stored.ts
+        ]
+        for market in removed:
+            if market not in self._removed_logged:
+                self._removed_logged.add(market)
+                self._log.warning(
+                    "market no longer in the config; pausing its price on chain", market=market
+                )
+        return removed
 
     # -- fees ---------------------------------------------------------------------------------
 
@@ -858,7 +936,7 @@ class ChainPusher:
             self._nonce = self.stats.nonce = mined
             self._left_until = max(self._left_until, confirmed.nonce + 1)
         self._stored.clear()
-        self._read = False
+        self._forget_read()
         return False
 
     async def _mined_unread(self, inflight: _InFlight) -> bool:
@@ -913,7 +991,7 @@ class ChainPusher:
         self._inflight, self.stats.pending = None, False
         self._nonce = self.stats.nonce = mined
         self._stored.clear()
-        self._read = False
+        self._forget_read()
 
     def _mined(self, nonce: int, batch: _Batch, tx_hash: str, status: int, block: int) -> None:
         self._inflight, self.stats.pending = None, False
@@ -1077,6 +1155,11 @@ def _active_part(old: _Batch, result: RoundResult) -> _Batch:
         [old.expos[i] for i in keep],
         paused,
     )
+
+
+def _mantissa(price: float, decimals: int) -> int:
+    """The contract's integer of `price` at `decimals` places (the signed reports' digits)."""
+    return decimal_to_int(format(price, f".{decimals}f"), decimals)
 
 
 def _is_hex(text: str) -> bool:

@@ -25,7 +25,7 @@ from eth_account import Account
 from eth_account.typed_transactions import TypedTransaction
 from hexbytes import HexBytes
 from prometheus_client.parser import text_string_to_metric_families
-from publish_rig import INTERVAL, SOURCES, Rounds, make_config
+from publish_rig import BASE_PRICES, INTERVAL, SOURCES, Rounds, make_config
 from structlog.testing import capture_logs
 
 from oracled.clock import ManualClock
@@ -408,6 +408,156 @@ async def test_a_restart_leaves_markets_still_unknown_unpaused_for_the_start_gra
     await settle(second)
     assert second.stats.transactions["sent"] == 1 and second.stats.pauses == 1
     assert await rig.feed_of("BTC/USD") == (*before[:2], late.round, late.ts, True)
+
+
+def _big_rounds(big: float) -> Rounds:
+    """Rounds of BTC/USD and BIG/USD (at two decimals, quoted `big`), under a price bound of
+    1e40 that lets a BIG price past the contract's int128 (about 1.7e38 units, 1.7e36 at two
+    decimals) through the core. `check-config` refuses such a bound for a pushed market; the
+    pusher is held to it all the same, for the config it is handed."""
+    oracle = {"round_interval_ms": INTERVAL, "resume_rounds": 1, "max_price": 1e40}
+    prices = {"BTC/USD": 64_000.12, "BIG/USD": big}
+    return Rounds(make_config(prices, oracle=oracle), prices)
+
+
+def _overflow_lines(logs: list[dict[str, Any]]) -> list[str]:
+    return [
+        e["market"]
+        for e in logs
+        if e["event"] == "price does not fit the contract's int128; not pushed"
+    ]
+
+
+async def test_a_price_past_the_contracts_int128_is_skipped_counted_and_logged_once(
+    rig: Rig,
+) -> None:
+    """BIG/USD active at 1e37 (1e39 units at two decimals, past int128): four looks push BTC
+    (heartbeat half a second) and never BIG, whose chain entry stays unwritten; each round is
+    counted `overflow` and the pusher logs it once, as an error. Before, the encoder raised at
+    each look and the pusher crashed and restarted for ever, BTC never pushed."""
+    rounds = _big_rounds(1e37)
+    with capture_logs() as logs:
+        pusher = await first_push(rig, rounds, heartbeat_s=0.5)
+        await settle(pusher)
+        for _ in range(3):
+            rounds.step()
+            pusher.submit(rounds.step())
+            await settle(pusher)
+    assert rounds.step().report(1).status == "active"
+    assert pusher.stats.transactions["confirmed"] == 4 and pusher.stats.updates == 4
+    assert (await rig.stored("BTC/USD"))[3] == rounds.now - INTERVAL
+    assert await rig.feed_of("BIG/USD") == (0, 0, 0, 0, False)
+    assert pusher.stats.skipped["overflow"] == 4
+    assert _overflow_lines(logs) == ["BIG/USD"]
+    (line,) = (e for e in logs if e["event"].startswith("price does not fit"))
+    assert line["log_level"] == "error" and line["decimals"] == 2
+    assert [
+        (s.labels["reason"], s.value)
+        for s in exposed(pusher.stats)
+        if s.name == "oracled_push_skipped_markets_total"
+    ] == [("paused", 0.0), ("unknown", 0.0), ("degraded", 0.0), ("overflow", 4.0)]
+
+
+async def test_a_market_whose_price_grows_past_int128_is_paused_on_chain_until_it_fits_again(
+    rig: Rig,
+) -> None:
+    """BIG/USD goes on chain at 1.6e36 (1.6e38 units, inside int128), then moves 8 % up, past
+    it: the next look pushes BTC's move and BIG's pause entry, since the chain's BIG price is
+    no longer its price; `latest` refuses BIG from then on. Back inside, BIG's price goes on
+    and clears the pause, and a second excursion is logged again."""
+    rounds = _big_rounds(1.6e36)
+    pusher = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(pusher)
+    assert 1.5e38 < (await rig.stored("BIG/USD"))[0] < 2**127
+    with capture_logs() as logs:
+        over = rounds.step(BIG_USD=1.08, BTC_USD=1.02)
+        assert over.report(1).status == "active"
+        pusher.submit(over)
+        await pusher.step()
+        assert pusher._inflight is not None
+        assert pusher._inflight.batch.markets == ["BTC/USD"]
+        assert pusher._inflight.batch.paused == ["BIG/USD"]
+        await settle(pusher)
+        assert await rig.refused("BIG/USD") == over.ts
+        assert (await rig.stored("BTC/USD"))[3] == over.ts
+        back = rounds.step(BIG_USD=1 / 1.08)
+        assert back.report(1).status == "active"
+        pusher.submit(back)
+        await settle(pusher)
+        price = decimal_to_int(back.report(1).price, 2)
+        assert await rig.stored("BIG/USD") == (price, -2, back.round, back.ts)
+        pusher.submit(rounds.step(BIG_USD=1.08))
+        await settle(pusher)
+    assert pusher.stats.skipped["overflow"] == 2 and pusher.stats.pauses == 2
+    assert _overflow_lines(logs) == ["BIG/USD", "BIG/USD"]
+    assert pusher.stats.restarts == 0
+
+
+def _without_btc(rounds: Rounds) -> RoundResult:
+    """A reload that removes BTC/USD, as the service applies it (`Core.reconfigure`), and the
+    next round."""
+    rounds.core.reconfigure(make_config({m: p for m, p in BASE_PRICES.items() if m != "BTC/USD"}))
+    del rounds.prices["BTC/USD"]
+    result = rounds.step()
+    assert list(result.layout.markets) == ["ETH/USD", "SOL/USD"]
+    return result
+
+
+async def test_a_market_a_reload_removed_is_paused_on_chain_at_the_next_look(rig: Rig) -> None:
+    """Every market on chain, heartbeat an hour off; a reload removes BTC/USD. The next look
+    pushes BTC's pause entry (with a warning naming it), so `latest` refuses it from then on
+    with the first round without it, its last price kept in the full view, ETH and SOL
+    untouched; later looks send nothing more. Before, nothing would ever write BTC again, and
+    `latest` answered its last price for ever as if maintained."""
+    rounds = Rounds(make_config())
+    pusher = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(pusher)
+    before = {m: await rig.stored(m) for m in BASE_PRICES}
+    reloaded = _without_btc(rounds)
+    pusher.submit(reloaded)
+    with capture_logs() as logs:
+        await settle(pusher)
+        for _ in range(3):
+            pusher.submit(rounds.step())
+            await settle(pusher)
+    assert await rig.refused("BTC/USD") == reloaded.ts
+    btc = before["BTC/USD"]
+    assert await rig.feed_of("BTC/USD") == (*btc[:2], reloaded.round, reloaded.ts, True)
+    for market in ("ETH/USD", "SOL/USD"):
+        assert await rig.stored(market) == before[market]
+    assert pusher.stats.transactions["sent"] == 2 and pusher.stats.pauses == 1
+    assert [
+        e["market"] for e in logs if e["event"].startswith("market no longer in the config")
+    ] == ["BTC/USD"]
+    assert _pause_lines(logs) == [(["BTC/USD"], [])]
+
+
+async def test_a_pusher_that_crashed_after_a_reload_still_pauses_the_market_it_removed(
+    rig: Rig,
+) -> None:
+    """A reload removes BTC/USD and the pusher crashes at that look (a round it cannot index),
+    before BTC's pause went out. Started again, it reads the chain for every market this
+    process knew, BTC included, and pauses it. Read for the current markets alone, the
+    restarted pusher would never learn that BTC had a price on chain."""
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(interval_s=0.02, heartbeat_s=3600.0)
+    pusher.restart_base_s = 0.05
+    rounds.step()
+    pusher.submit(rounds.step())
+    task = asyncio.create_task(pusher.run())
+    try:
+        await until(lambda: pusher.stats.transactions["confirmed"] == 1)
+        reloaded = _without_btc(rounds)
+        pusher.submit(dataclasses.replace(reloaded, status=reloaded.status[:1]))
+        await until(lambda: task.done() or pusher.stats.restarts == 1)
+        assert not task.done() and pusher.stats.pauses == 0
+        good = rounds.step()
+        pusher.submit(good)
+        await until(lambda: pusher.stats.pauses == 1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert await rig.refused("BTC/USD") == good.ts
 
 
 async def test_a_pause_entry_a_reorganisation_took_off_the_chain_is_pushed_again(
@@ -2020,16 +2170,30 @@ async def test_a_reloaded_recheck_depth_applies_to_the_push_already_held(rig: Ri
 
 
 def _daemon_toml(
-    rig: Rig, venue: BinanceSim, key_file: Path, push: str, second: BinanceSim | None = None
+    rig: Rig,
+    venue: BinanceSim,
+    key_file: Path,
+    push: str,
+    second: BinanceSim | None = None,
+    symbols: tuple[str, ...] = ("BTC/USDT",),
 ) -> str:
-    """A daemon quoting BTC/USDT from `venue` and pushing it to the rig's contract; with a
-    `second` venue too, BTC/USDT is active (one venue alone is `thin`: degraded, never pushed)."""
+    """A daemon quoting BTC/USDT (or each of `symbols`) from `venue` and pushing it to the rig's
+    contract; with a `second` venue too, each is active (one venue alone is `thin`: degraded,
+    never pushed)."""
     venues = [("venue", venue)] + ([("second", second)] if second is not None else [])
     tables = "".join(
         f'[sources.{sid}]\ntype = "binance"\nws_url = "{v.ws_url}"\nrest_url = "{v.rest_url}"\n\n'
         for sid, v in venues
     )
-    listed = ", ".join(f'{{ source = "{sid}", pair = "BTC/USDT" }}' for sid, _ in venues)
+    markets = "".join(
+        "[[markets]]\n"
+        f'symbol = "{symbol}"\n'
+        "min_sources = 1\n"
+        "sources = ["
+        + ", ".join(f'{{ source = "{sid}", pair = "{symbol}" }}' for sid, _ in venues)
+        + "]\n\n"
+        for symbol in symbols
+    )
     return f"""
 [oracle]
 round_interval_ms = 100
@@ -2049,11 +2213,7 @@ contract = "{rig.feed}"
 key_file = "{key_file}"
 {push}
 
-{tables}[[markets]]
-symbol = "BTC/USDT"
-min_sources = 1
-sources = [{listed}]
-"""
+{tables}{markets}"""
 
 
 async def test_a_daemon_reload_hands_the_running_pusher_its_recheck_depth_and_regrowth(
@@ -2101,6 +2261,46 @@ async def test_a_daemon_reload_hands_the_running_pusher_its_recheck_depth_and_re
             ]
             assert (pusher.cfg.recheck_depth_blocks, pusher.cfg.grow_batch_after) == (5, 10)
             assert pusher.cfg.interval_s == 1.0 and service.cfg.push.interval_s == 1.0
+        finally:
+            service.stop()
+            await task
+
+
+async def test_a_daemon_reload_that_removes_a_market_pauses_it_on_chain(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """A running daemon pushes BTC/USDT and ETH/USDT (two venues each); its file is reloaded
+    without ETH/USDT. The reload names it removed, and the running pusher puts ETH's pause
+    entry on chain: `latest` refuses it, `latestFeed` keeps its last price, BTC goes on
+    answering. Before, ETH's last price stayed live on chain for ever."""
+    key_file = tmp_path / "push.key"
+    key_file.write_text(rig.key.hex())
+    key_file.chmod(0o600)
+    path = tmp_path / "oracled.toml"
+    quotes = {"BTCUSDT": 50_000.0, "ETHUSDT": 3_000.0}
+    sims = [BinanceSim(quotes, rate_hz=20.0, volatility=0.0) for _ in range(2)]
+    both = ("BTC/USDT", "ETH/USDT")
+    async with sims[0] as venue, sims[1] as second:
+        path.write_text(_daemon_toml(rig, venue, key_file, "interval_s = 0.1", second, both))
+        service = Service(load_config(path), config_path=path)
+        task = asyncio.create_task(service.run())
+        try:
+            async with asyncio.timeout(30):  # eth-account's import, the node's answers
+                while (await rig.stored("ETH/USDT"))[0] == 0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # the chain has no event to wait on
+            eth = await rig.stored("ETH/USDT")
+            path.write_text(
+                _daemon_toml(rig, venue, key_file, "interval_s = 0.1", second, both[:1])
+            )
+            changes = await service.reload("test")
+            assert changes["markets_removed"] == ["ETH/USDT"]
+            async with asyncio.timeout(30):
+                while not (await rig.feed_of("ETH/USDT"))[4]:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            paused = await rig.feed_of("ETH/USDT")
+            assert paused[:2] == eth[:2] and paused[3] > eth[3]
+            assert await rig.refused("ETH/USDT") == paused[3]
+            assert (await rig.stored("BTC/USDT"))[0] > 0
         finally:
             service.stop()
             await task
