@@ -14,7 +14,7 @@ import msgspec
 import tomli_w
 from publish_rig import INTERVAL, PERP, SOURCES, T0, make_config
 
-from oracled.config import AuditConfig, Config, read_config_text
+from oracled.config import AuditConfig, Config, parse_config, read_config_text
 from oracled.core import Core, RoundResult
 from oracled.model import Quote, Report
 from oracled.publish.audit import AuditTrail
@@ -88,6 +88,47 @@ class Feed:
         self.audit.submit(result)
         if signer is not None:
             self.audit.submit_signed(signer.sign(result))
+
+
+SPOT_USD = ("coinbase", "kraken", "bitstamp")
+
+
+def daemon_config(audit: Path) -> Config:
+    """A daemon of two markets on five loopback venues with its trail at `audit` (100 ms
+    rounds, BTC/USD routed through USDT/USD and perpetual-marked), for the tests that run
+    `oracled run` and read its trail."""
+    return parse_config(
+        {
+            "oracle": {"round_interval_ms": 100, "resume_rounds": 3, "jump_confirm_rounds": 2},
+            "api": {"admin_token_env": "ORACLED_TEST_ADMIN_TOKEN"},
+            "log": {"format": "json"},
+            # A short queue: a trail locked for a second drops rounds (test_audit_faults.py).
+            "audit": {"enabled": True, "path": str(audit), "reserve_bytes": 64 * 1024, "queue": 4},
+            "sources": {sid: {"type": sid} for sid in (*SPOT_USD, "binance", "okx")},
+            "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
+            "markets": [
+                {
+                    "symbol": "USDT/USD",
+                    "price_exponent": -6,
+                    "min_sources": 2,
+                    "max_age_ms": 1500,
+                    "sources": [{"source": s, "pair": "USDT/USD"} for s in SPOT_USD],
+                },
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 3,
+                    "max_age_ms": 1500,
+                    "max_deviation": 0.01,
+                    "sources": [
+                        *({"source": s, "pair": "BTC/USD"} for s in SPOT_USD),
+                        {"source": "binance", "pair": "BTC/USDT"},
+                    ],
+                    "perp_sources": [{"source": "okx", "pair": "BTC/USDT"}],
+                },
+            ],
+        },
+        env={},
+    )
 
 
 def write_config(path: Path, cfg: Config) -> tuple[Config, bytes]:

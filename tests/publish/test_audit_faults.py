@@ -37,56 +37,21 @@ import pytest
 import tomli_w
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from audit_rig import SPOT_USD, daemon_config
 from daemon import ADMIN_TOKEN, Daemon
 
 from oracled.cli import main
-from oracled.config import Config, load_config, parse_config
+from oracled.config import Config, load_config
 from oracled.publish.audit import AuditReader, iso_time
 from oracled.replay import replay
 from oracled.sim import VenueSim
 from oracled.sim.venues import SimulatedVenue, simulate
 
 pytestmark = pytest.mark.integration
-SPOT_USD = ("coinbase", "kraken", "bitstamp")
 LIVENESS = {"liveness_timeout_s": 1.0, "rest_poll_interval_s": 0.5, "reconnect_max_s": 0.5}
 _ROUND = re.compile(rb'"round":(\d+),')
 _LIVE = ("active", "degraded")
 _END = 1 << 62
-
-
-def _config(audit: Path) -> Config:
-    return parse_config(
-        {
-            "oracle": {"round_interval_ms": 100, "resume_rounds": 3, "jump_confirm_rounds": 2},
-            "api": {"admin_token_env": "ORACLED_TEST_ADMIN_TOKEN"},
-            "log": {"format": "json"},
-            # A short queue: a trail locked for a second drops rounds (`_faults`).
-            "audit": {"enabled": True, "path": str(audit), "reserve_bytes": 64 * 1024, "queue": 4},
-            "sources": {sid: {"type": sid} for sid in (*SPOT_USD, "binance", "okx")},
-            "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
-            "markets": [
-                {
-                    "symbol": "USDT/USD",
-                    "price_exponent": -6,
-                    "min_sources": 2,
-                    "max_age_ms": 1500,
-                    "sources": [{"source": s, "pair": "USDT/USD"} for s in SPOT_USD],
-                },
-                {
-                    "symbol": "BTC/USD",
-                    "min_sources": 3,
-                    "max_age_ms": 1500,
-                    "max_deviation": 0.01,
-                    "sources": [
-                        *({"source": s, "pair": "BTC/USD"} for s in SPOT_USD),
-                        {"source": "binance", "pair": "BTC/USDT"},
-                    ],
-                    "perp_sources": [{"source": "okx", "pair": "BTC/USDT"}],
-                },
-            ],
-        },
-        env={},
-    )
 
 
 _HEAD, _BATCH_HEAD = b'{"type":"report","data":', re.compile(rb'^\{"type":"reports","round":\d+,')
@@ -177,7 +142,7 @@ class _Run:
 
 async def _started(tmp_path: Path) -> _Run:
     cfg, venues = await simulate(
-        _config(tmp_path / "audit.sqlite3"), rate_hz=10.0, liveness=LIVENESS
+        daemon_config(tmp_path / "audit.sqlite3"), rate_hz=10.0, liveness=LIVENESS
     )
     dump = cfg.model_dump(by_alias=True, exclude={"admin_token"}, exclude_none=True)
     daemon = Daemon(tomli_w.dumps(dump), tmp_path)

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 import pytest
 import tomli_w
-from audit_rig import Feed, rewrite_report, sql, trail
+from audit_rig import Feed, daemon_config, rewrite_report, sql, trail
 from publish_rig import INTERVAL, T0, make_config
 from test_audit_schema import write_v1
 
@@ -34,50 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from daemon import ADMIN_TOKEN, Daemon
 
 from oracled.cli import main
-from oracled.config import Config, parse_config
 from oracled.core import PRICING_REVISION
 from oracled.model import Report
 from oracled.publish.audit import AuditReader, iso_time
 from oracled.publish.audit_replay import replay_trail
 from oracled.sim.venues import simulate
 
-SPOT_USD = ("coinbase", "kraken", "bitstamp")
 _LIVE = {"active", "degraded"}
 _END = 1 << 62
-
-
-def _config(audit: Path) -> Config:
-    return parse_config(
-        {
-            "oracle": {"round_interval_ms": 100, "resume_rounds": 3, "jump_confirm_rounds": 2},
-            "api": {"admin_token_env": "ORACLED_TEST_ADMIN_TOKEN"},
-            "log": {"format": "json"},
-            "audit": {"enabled": True, "path": str(audit), "reserve_bytes": 64 * 1024, "queue": 4},
-            "sources": {sid: {"type": sid} for sid in (*SPOT_USD, "binance", "okx")},
-            "routes": [{"from": "USDT", "to": "USD", "via": "USDT/USD"}],
-            "markets": [
-                {
-                    "symbol": "USDT/USD",
-                    "price_exponent": -6,
-                    "min_sources": 2,
-                    "max_age_ms": 1500,
-                    "sources": [{"source": s, "pair": "USDT/USD"} for s in SPOT_USD],
-                },
-                {
-                    "symbol": "BTC/USD",
-                    "min_sources": 3,
-                    "max_age_ms": 1500,
-                    "max_deviation": 0.01,
-                    "sources": [
-                        *({"source": s, "pair": "BTC/USD"} for s in SPOT_USD),
-                        {"source": "binance", "pair": "BTC/USDT"},
-                    ],
-                    "perp_sources": [{"source": "okx", "pair": "BTC/USDT"}],
-                },
-            ],
-        },
-        env={},
-    )
 
 
 class LiveTrail:
@@ -102,7 +66,7 @@ class LiveTrail:
 
 async def _run_daemon(tmp: Path) -> LiveTrail:
     cfg, venues = await simulate(
-        _config(tmp / "audit.sqlite3"),
+        daemon_config(tmp / "audit.sqlite3"),
         rate_hz=10.0,
         liveness={"liveness_timeout_s": 1.0, "rest_poll_interval_s": 0.5, "reconnect_max_s": 0.5},
     )
