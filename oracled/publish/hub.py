@@ -7,9 +7,12 @@ never held up by readers, and a slow reader never holds up anyone.
 Reports are encoded to JSON straight from the round's arrays (`ReportEncoder`, about 5 us a
 market at 8 sources, no `Report` objects), lazily: only for markets somebody asked for, at most
 once per round. Every subscriber of a market receives the very same `bytes` object. A fan-out
-that has many markets to encode does it in slices of `SLICE` markets, one per turn of the event
-loop, so that the sources keep being read while it runs; the subscribers get the round once all
-of it is encoded.
+that has many markets to encode does it in slices, one per turn of the event loop, so that the
+sources keep being read while it runs; the subscribers get the round once all of it is encoded.
+A slice is `SLICE` markets while the encoder still makes their templates (a layout's first
+round: the start, a reload; 20 to 45 us a market) and `WARM_SLICE` once it has them (about 5 us
+a market): more turns only delay the round, the reads between them making the encoding dearer
+(benchmarks/README.md, rounds 4 to 6).
 
 A subscription may ask for batches (`batch`): one frame per round,
 `{"type":"reports","round":...,"round_ts":...,"data":[...reports...]}`, instead of one frame per
@@ -67,6 +70,7 @@ __all__ = [
     "DROP_SLOW",
     "MARKET_REMOVED",
     "SLICE",
+    "WARM_SLICE",
     "Hub",
     "Subscription",
     "SubscriptionClosed",
@@ -88,6 +92,8 @@ _FRAME_TAIL = b"}"
 _BATCH_HEAD = b'{"type":"reports","round":%d,"round_ts":%d,"data":['
 _BATCH_TAIL = b"]}"
 SLICE = 200  # markets encoded per turn of the event loop in a fan-out (about 1 ms)
+#: Markets encoded per turn in a report fan-out whose markets all have templates (about 5 ms).
+WARM_SLICE = 1000
 _R = TypeVar("_R")  # the round a fan-out encodes: a RoundResult or a SignedRound
 
 
@@ -325,6 +331,7 @@ class Hub:
         "_snapshots",
         "_subs",
         "_wants",
+        "_warm_slice",
         "admin_refused",
         "api_closed",
         "bodies_gzipped",
@@ -335,10 +342,19 @@ class Hub:
         "signer",
     )
 
-    def __init__(self, queue_size: int = 256, encoder: ReportEncoder | None = None) -> None:
+    def __init__(
+        self,
+        queue_size: int = 256,
+        encoder: ReportEncoder | None = None,
+        *,
+        warm_slice: int = WARM_SLICE,
+    ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
+        if warm_slice < SLICE:
+            raise ValueError(f"warm_slice must be >= {SLICE}")
         self._queue_size = queue_size
+        self._warm_slice = warm_slice
         self._encoder = encoder or ReportEncoder()
         self._latest: RoundResult | None = None
         self._layout: Layout | None = None
@@ -462,13 +478,15 @@ class Hub:
         latest: Callable[[], _R | None],
         todo: Callable[[_R], list[int]],
         encode: Callable[[list[int]], object],
+        size: Callable[[_R, list[int]], int] | None = None,
     ) -> Generator[None, None, _R | None]:
-        """Encode a fan-out's markets (`todo` of the round `latest()` returns), `SLICE` per
-        turn of the loop (a yield between two slices). When a newer round came in meanwhile it
-        starts over on that one: subscribers get the latest round whole, never part of an older
-        one. When a subscription came or changed in the turns between two slices it asks `todo`
-        again: what that one wants is encoded in slices too, not all at delivery. Returns the
-        round encoded, or None when there is none to fan out."""
+        """Encode a fan-out's markets (`todo` of the round `latest()` returns), a slice per
+        turn of the loop (a yield between two slices): `size(round, rest)` markets of the rest,
+        else `SLICE`. When a newer round came in meanwhile it starts over on that one:
+        subscribers get the latest round whole, never part of an older one. When a subscription
+        came or changed in the turns between two slices it asks `todo` again: what that one
+        wants is encoded in slices too, not all at delivery. Returns the round encoded, or None
+        when there is none to fan out."""
         current = latest()
         busy = False  # a slice was encoded in this turn of the loop
         while current is not None:
@@ -477,14 +495,16 @@ class Hub:
             if not markets:
                 return current
             turned = False
-            for start in range(0, len(markets), SLICE):
+            start = 0
+            while start < len(markets):
                 if busy:
                     yield
                     turned, busy = True, False
                     if latest() is not current:
                         break
-                encode(markets[start : start + SLICE])
-                busy = True
+                stop = start + (SLICE if size is None else size(current, markets[start:]))
+                encode(markets[start:stop])
+                busy, start = True, stop
             else:
                 if not turned or self._wants == wants:  # nobody changed what is wanted
                     return current
@@ -495,7 +515,9 @@ class Hub:
     def _fan_out(self) -> Iterator[None]:
         """Encode what the report subscriptions will be sent, slice by slice, then deliver."""
         try:
-            result = yield from self._slices(self._unfanned, self._report_todo, self._ensure)
+            result = yield from self._slices(
+                self._unfanned, self._report_todo, self._ensure, self._report_slice
+            )
         finally:  # also when encoding raised: else no fan-out would ever be scheduled again
             self._scheduled = False
         if result is not None:
@@ -508,6 +530,12 @@ class Hub:
 
     def _report_todo(self, result: RoundResult) -> list[int]:
         return self._todo(result, False, self._encoded)
+
+    def _report_slice(self, result: RoundResult, rest: list[int]) -> int:
+        """How many of `rest` to encode in this turn: `warm_slice` when the encoder has their
+        templates already (a steady round, about 5 us a market), else `SLICE`."""
+        warm = rest[: self._warm_slice]
+        return len(warm) if self._encoder.warm(result, warm) else SLICE
 
     def _deliver(self, result: RoundResult) -> None:
         for sub in list(self._subs):

@@ -16,7 +16,7 @@ from oracled.core import Core, RoundResult
 from oracled.model import Quote
 from oracled.publish import DROP_SLOW, Hub
 from oracled.publish.encode import ReportEncoder
-from oracled.publish.hub import SLICE, Subscription
+from oracled.publish.hub import SLICE, WARM_SLICE, Subscription
 from oracled.publish.signer import RoundSigner, SignedRound, SigningKey
 
 SIGNER = RoundSigner(SigningKey.from_hex("0x" + "44" * 32), "test")
@@ -544,6 +544,59 @@ async def test_a_subscriber_leaving_mid_snapshot_gets_nothing_more() -> None:
     for _ in range(4):
         await asyncio.sleep(0)
     assert sub.pending == 0 and hub.subscribers == 0
+
+
+@pytest.mark.parametrize(("warm_slice", "later"), [(WARM_SLICE, [450]), (300, [300, 150])])
+async def test_a_layouts_later_rounds_go_in_warm_slices(
+    counter: TurnCounter, warm_slice: int, later: list[int]
+) -> None:
+    """The first round of a layout makes every market's templates, in slices of `SLICE`; the
+    next rounds, whose markets all have templates, in slices of `warm_slice` (one turn for the
+    450 markets here by default), and both are delivered whole."""
+    n = 2 * SLICE + 50
+    core = many_markets(n)
+    encoder = SliceEncoder(counter)
+    hub = Hub(queue_size=4 * n, encoder=encoder, warm_slice=warm_slice)
+    sub = hub.subscribe(None, batch=True)
+    first = quoted_round(core, T0)
+    hub.publish(first)
+    assert await turns_until(sub) == 3  # three slices, one turn each
+    assert frames(sub) == encoded_at_once(first, batch=True)
+    encoder.assert_sliced(n)
+    encoder.calls.clear()
+    second = quoted_round(core, T0 + 250)
+    hub.publish(second)
+    assert await turns_until(sub) == len(later)
+    assert frames(sub) == encoded_at_once(second, batch=True)
+    assert [size for _, size in encoder.calls] == later
+    turns = [t for t, _ in encoder.calls]
+    assert turns == sorted(set(turns)), encoder.calls  # a turn of the loop between two
+
+
+async def test_a_market_without_templates_keeps_a_later_round_in_small_slices(
+    counter: TurnCounter,
+) -> None:
+    """A later round whose markets include some never encoded (the first round had
+    subscribers of only some of them) goes in slices of `SLICE`, as a first round does."""
+    n = 2 * SLICE + 50
+    core = many_markets(n)
+    encoder = SliceEncoder(counter)
+    hub = Hub(queue_size=4 * n, encoder=encoder)
+    few = hub.subscribe(frozenset(core.markets[:SLICE]))
+    hub.publish(quoted_round(core, T0))
+    await turns_until(few)
+    encoder.calls.clear()
+    second = quoted_round(core, T0 + 250)
+    hub.publish(second)
+    every = hub.subscribe(None)  # no snapshot: the pending fan-out delivers round 2 to it
+    await turns_until(every)
+    assert frames(every) == encoded_at_once(second, batch=False)
+    assert [size for _, size in encoder.calls] == [SLICE, SLICE, 50]
+
+
+def test_a_warm_slice_smaller_than_a_slice_is_refused() -> None:
+    with pytest.raises(ValueError, match="warm_slice"):
+        Hub(warm_slice=SLICE - 1)
 
 
 async def test_a_subscriber_joining_mid_fan_out_is_encoded_in_slices_too(

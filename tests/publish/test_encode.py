@@ -362,3 +362,29 @@ def test_a_fresh_encoder_fed_subsets_in_any_order_first_matches_then_for_all() -
         fresh_layouts += fresh
         assert encoder.encode(result, every) == reference(result, every)
     assert fresh_layouts == 9  # the start, 6 reloads, 4 restarts (two on a reload's round)
+
+
+def test_warm_says_whether_encoding_would_make_a_template() -> None:
+    """`warm` (what the hub sizes its slices by) holds for markets encoded before in this
+    layout, and for nothing of a fresh encoder, of a new layout or after new flag names."""
+    rng = random.Random(5)
+    core = Core(make_config())
+    encoder = ReportEncoder()
+    feed(core, rng, T0)
+    result = core.run_round(T0)
+    every = list(range(len(result.layout.markets)))
+    assert len(every) > 2
+    assert not encoder.warm(result, every)
+    encoder.encode(result, every[:2])
+    assert encoder.warm(result, every[:2])
+    assert not encoder.warm(result, every)
+    encoder.encode(result, every)
+    assert encoder.warm(result, every)
+    feed(core, rng, T0 + 250)
+    assert encoder.warm(core.run_round(T0 + 250), every)  # templates outlive the round
+    renamed = dataclasses.replace(result, slot_names=(*result.slot_names, "newly-seen"))
+    assert not encoder.warm(renamed, every)
+    core.reconfigure(make_config(reloaded=True))
+    feed(core, rng, T0 + 500)
+    reloaded = core.run_round(T0 + 500)
+    assert not encoder.warm(reloaded, range(len(reloaded.layout.markets)))
