@@ -6,8 +6,9 @@ later test of the run, and a server kept on its port; so a rig ends its processe
 `finally` or a fixture's teardown through `stop`, and the conftest fails the test that left one.
 A child started in a process group of its own (`process_group=0`: one that starts children of
 its own, a shell running a pipeline) is ended by `stop` with its whole group, so that none of
-them is left behind once their parent is gone. `run_shell` runs a `sh -c` script so, under a
-timeout that fails the test rather than hanging the run.
+them is left behind once their parent is gone. `run_in_group` runs a command so, under a
+timeout that ends its whole group; `run_shell` runs a `sh -c` script through it, and fails the
+test rather than hanging the run.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "alive_children",
     "become_subreaper",
     "end_children",
+    "run_in_group",
     "run_shell",
     "still_running",
     "stop",
@@ -85,16 +87,15 @@ def stop(proc: subprocess.Popen[Any], *, term_s: float = 0.0) -> int:
     return proc.wait()
 
 
-def run_shell(
-    script: str, *, timeout_s: float, cwd: Path | None = None
+def run_in_group(
+    argv: list[str], *, timeout_s: float, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`sh -c script` (stdin empty, stdout and stderr captured as text) in a process group of
-    its own. Past `timeout_s` the whole group, the shell and every process of its pipeline, is
-    ended and reaped, and the test fails naming the script and what it wrote to stderr:
-    `subprocess.run(timeout=...)` kills the shell alone and leaves the rest of a pipeline
-    running; without a timeout, a hang there hangs the whole run."""
+    """`argv` (stdin empty, stdout and stderr captured as text) in a process group of its own.
+    Past `timeout_s` the whole group, the process and every child it started, is ended and
+    reaped, and `subprocess.TimeoutExpired` raised with what the group wrote:
+    `subprocess.run(timeout=...)` kills the process alone and leaves its children running."""
     proc = subprocess.Popen(
-        ["sh", "-c", script],
+        argv,
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -107,16 +108,29 @@ def run_shell(
     except subprocess.TimeoutExpired:
         stop(proc)
         try:  # what the group wrote before it was ended (a process that left it may hold on)
-            _, err = proc.communicate(timeout=5.0)
+            out, err = proc.communicate(timeout=5.0)
         except subprocess.TimeoutExpired:
-            err = "(not read: a process outside the group holds the pipe)"
-        raise AssertionError(
-            f"sh -c {script!r} did not end within {timeout_s:g} s; its process group was"
-            f" stopped. Its stderr: {(err or '')[-2000:]!r}"
-        ) from None
+            out, err = "", "(not read: a process outside the group holds the pipe)"
+        raise subprocess.TimeoutExpired(argv, timeout_s, out, err) from None
     finally:
         stop(proc)  # ended already, or an interrupt: its group goes with it either way
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_shell(
+    script: str, *, timeout_s: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`sh -c script` through `run_in_group`. Past `timeout_s` the shell and every process of
+    its pipeline are ended, and the test fails naming the script and what it wrote to stderr;
+    without a timeout, a hang there hangs the whole run."""
+    try:
+        return run_in_group(["sh", "-c", script], timeout_s=timeout_s, cwd=cwd)
+    except subprocess.TimeoutExpired as late:
+        err = late.stderr if isinstance(late.stderr, str) else ""
+        raise AssertionError(
+            f"sh -c {script!r} did not end within {timeout_s:g} s; its process group was"
+            f" stopped. Its stderr: {err[-2000:]!r}"
+        ) from None
 
 
 async def stop_async(proc: asyncio.subprocess.Process, *, term_s: float = 0.0) -> int:

@@ -1,10 +1,15 @@
 """`children.run_shell`: a shell script's result as `subprocess.run` gives it, and a script
-that does not end fails its test with the whole pipeline ended, instead of hanging the run."""
+that does not end fails its test with the whole pipeline ended, instead of hanging the run.
+`children.run_in_group` (under `run_shell` and `oracled_cli.run_oracled`): a command past its
+timeout is ended with the children it started."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from children import alive_children, run_shell, still_running
+from children import alive_children, run_in_group, run_shell, still_running
 
 
 def test_a_script_that_ends_gives_its_status_and_output() -> None:
@@ -26,3 +31,21 @@ def test_a_pipeline_past_its_timeout_fails_and_leaves_no_process() -> None:
     assert said.endswith("Its stderr: 'started\\n'")
     left = still_running(before, grace_s=5.0)  # the pytest process is the orphans' subreaper
     assert not [c for c in left.values() if "sleep" in c.command], left
+
+
+def test_a_command_past_its_timeout_is_ended_with_its_children() -> None:
+    """A Python process that started a child of its own and never ends: once the timeout
+    passes, `subprocess.TimeoutExpired` comes with what it wrote, and neither it nor its child
+    is left running (`subprocess.run`'s timeout killed the parent alone and the child lived on).
+    The 2 s is no timing claim (it gives the child time to start): the command would run a
+    minute."""
+    before = set(alive_children())
+    code = (
+        "import subprocess, sys, time; subprocess.Popen(['sleep', '62']);"
+        " print('started', file=sys.stderr, flush=True); time.sleep(60)"
+    )
+    with pytest.raises(subprocess.TimeoutExpired) as late:
+        run_in_group([sys.executable, "-c", code], timeout_s=2.0)
+    assert late.value.stderr == "started\n"
+    left = still_running(before, grace_s=5.0)  # the pytest process is the orphans' subreaper
+    assert not [c for c in left.values() if "sleep 62" in c.command or "-c" in c.command], left
