@@ -1196,8 +1196,13 @@ class Service:
         """The pusher restarts itself after a crash; only a PushError ends it."""
         try:
             await pusher.run()
-        except PushError as exc:  # wrong chain or no contract: nothing to retry
-            self.log.error("on-chain push stopped", error=str(exc))
+        except PushError as exc:  # wrong chain, no contract, another version: nothing to retry
+            self.log.error(
+                "on-chain push stopped",
+                error=str(exc),
+                chain=pusher.stats.chain,
+                contract=pusher.contract,
+            )
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self.log.info("signal received", signal=sig.name)

@@ -42,7 +42,8 @@ The task supervises itself, as the NATS sink does: an unreachable node, or an an
 read (a base fee, gas estimate or nonce that is not a hex quantity, a receipt without a status),
 is logged and retried with a backoff; a crash (a bug) is logged with its traceback, counted in
 `restarts`, and the pusher starts again from the chain's state after a backoff (1 s doubling to
-30 s). Only a `PushError` (wrong chain, no contract) ends it: a restart would find the same.
+30 s). Only a `PushError` (wrong chain, no contract, a contract that is not OracledFeed version
+2) ends it: a restart would find the same.
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ _ESTIMATE_MAX_FACTOR: Final = 4
 _HASHES_KEPT: Final = 64
 #: The contract's one write of a round's prices and pauses (OracledFeed version 2).
 _PUSH_BATCH: Final = selector("pushBatch(uint64,uint48,bytes32[],int128[],int8[],bytes32[])")
+#: The contract version the pusher speaks: `pushBatch`, and `latestMany` with the paused flag.
+FEED_VERSION: Final = 2
+_VERSION: Final = selector("VERSION()")
 _STATUS_NAMES: Final = tuple(s.label for s in Status)
 _RESTART_MAX_S: Final = 30.0
 #: Prices at or above this many units of their last digit are checked exactly against the
@@ -126,7 +130,8 @@ class _BadAnswer(RpcUnavailable):
 
 
 class PushError(OracledError):
-    """The pusher cannot run with what it was given (wrong chain, no contract at the address)."""
+    """The pusher cannot run with what it was given (wrong chain, no contract at the address,
+    a contract of another version than `FEED_VERSION`)."""
 
 
 def market_id(market: str) -> bytes:
@@ -153,7 +158,8 @@ class PushStats:
     pending: bool = False  # a transaction is in flight
     nonce: int = -1  # the next nonce the pusher will use (-1 before start)
     # True from a successful start until run() ends or crashes; it ends only on PushError (wrong
-    # chain, no contract), with one log line, so this is the only lasting sign that pushing stopped.
+    # chain, no contract, a contract not of version 2), with one log line, so this is the only
+    # lasting sign that pushing stopped.
     up: bool = False
     bad_answers: int = 0  # node answers the pusher could not read (retried)
     #: Requests the node refused as their own fault (a JSON-RPC error) where no step acts on the
@@ -419,7 +425,8 @@ class ChainPusher:
                 delay = min(delay * 2.0, 30.0)
 
     async def start(self) -> None:
-        """Check the chain id and the contract; read the nonce and the prices stored on chain."""
+        """Check the chain id and the contract (its code and `VERSION`); read the nonce and the
+        prices stored on chain."""
         chain_id = await self._quantity("eth_chainId", [])
         if chain_id != self.chain.chain_id:
             raise PushError(f"the node serves chain {chain_id}, not {self.chain.chain_id}")
@@ -435,6 +442,7 @@ class ChainPusher:
         pending = await self._quantity("eth_getTransactionCount", [self.address, "pending"])
         self._nonce = self.stats.nonce = mined
         self._left_until = pending
+        await self._check_version()
         if pending > mined:
             self._log.warning(
                 "transactions of a previous run are pending; the next pushes replace them",
@@ -450,6 +458,32 @@ class ChainPusher:
             nonce=mined,
             markets_on_chain=len(self._stored),
         )
+
+    async def _check_version(self) -> None:
+        """A PushError unless the contract says `VERSION` 2. Version 1 has no `VERSION` (the
+        call reverts): its `latestMany` answers four fields a market, which read as a bad answer
+        at every look, retried for ever, and it has no `pushBatch`. A contract that answers no
+        32-byte word, nor reverts, is a bad answer (retried), as a null code is."""
+        call = {"to": self.contract, "data": "0x" + _VERSION.hex()}
+        try:
+            raw = await self.rpc.call("eth_call", [call, "latest"])
+        except RpcError as exc:  # code 3 (anvil, geth with data), -32000 "execution reverted"
+            if exc.code != 3 and "revert" not in exc.message.lower():
+                raise
+            raw = "0x"
+        if raw == "0x":  # reverted, or a fallback that answers nothing: no VERSION
+            found = None
+        elif isinstance(raw, str) and len(raw) == 66 and _is_hex(raw):
+            found = int(raw, 16)
+        else:
+            self.stats.bad_answers += 1
+            raise _BadAnswer(f"eth_call VERSION(): {shown(raw)} is not a version")
+        if found != FEED_VERSION:
+            said = "no VERSION (version 1)" if found is None else f"VERSION {found}"
+            raise PushError(
+                f"the contract at {self.contract} on chain {self.stats.chain} "
+                f"({self.chain.chain_id}) is not OracledFeed version {FEED_VERSION}: it has {said}"
+            )
 
     async def _quantity(self, method: str, params: list[Any]) -> int:
         """A hex quantity the node answers; RpcUnavailable if the answer is none (a null, a

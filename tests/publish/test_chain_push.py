@@ -1910,6 +1910,79 @@ async def test_a_pusher_stopped_at_start_for_want_of_a_contract_reads_push_up_0(
     assert push_up(None) is None
 
 
+async def deploy_old_feed(rig: Rig, version: int | None) -> str:
+    """An OracledFeed as version 1 shipped it (no `VERSION`), or a contract whose `VERSION()`
+    answers `version`, with the rig's key as its pusher where it has one."""
+    if version is None:
+        return await rig.chain.deploy("OracledFeedV1", ["address"], [rig.key.address])
+    return await rig.chain.deploy("TestFeedVersion", ["uint8"], [version])
+
+
+@pytest.mark.parametrize(
+    ("version", "said"), [(None, "no VERSION (version 1)"), (1, "VERSION 1"), (3, "VERSION 3")]
+)
+async def test_a_contract_that_is_not_version_2_stops_the_pusher_at_start_naming_what_it_found(
+    rig: Rig, version: int | None, said: str
+) -> None:
+    """The task as the service runs it, pointed at a version 1 OracledFeed (no `VERSION`: the
+    call reverts) or at a contract whose `VERSION` is 1 or 3, ends at start with a PushError
+    that names the address, the chain and what it found: nothing is sent, no answer is counted
+    bad, `push_up` reads 0. Before, a version 1 contract passed the start, and its `latestMany`
+    (four fields a market) was a bad answer at every look, retried for ever."""
+    old = await deploy_old_feed(rig, version)
+    pusher = rig.pusher(contract=old, interval_s=0.02)
+    rounds = Rounds(make_config())
+    rounds.step()
+    pusher.submit(rounds.step())
+    task = asyncio.create_task(pusher.run())
+    with pytest.raises(PushError) as raised:
+        async with asyncio.timeout(10):
+            await task
+    assert str(raised.value) == (
+        f"the contract at {old} on chain local (31337) is not OracledFeed version 2: it has {said}"
+    )
+    assert pusher.stats.bad_answers == 0 and pusher.stats.restarts == 0
+    assert push_up(pusher.stats) == 0.0
+    assert await rig.nonce("pending") == 0
+
+
+@pytest.mark.parametrize("answer", ["0x" + "00" * 31, "0x" + "zz" * 32, None])
+async def test_a_version_answer_that_is_no_word_is_waited_for_not_the_end(
+    rig: Rig, answer: str | None
+) -> None:
+    """A node that answers the start's `VERSION()` call with a short word, a word that is not
+    hex or a null has said nothing about the contract: the start is retried (`chain
+    unreachable; retrying`, counted in `bad_answers`) and the pusher pushes once the node
+    answers, where a PushError would end pushing for the life of the daemon."""
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    rounds = Rounds(make_config())
+    pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
+    rounds.step()
+    pusher.submit(rounds.step())
+    version_call = "0x" + selector("VERSION()").hex()
+    left = [answer]
+
+    def first_version_answered(sent: Any, reply: Any) -> Any:
+        calls = isinstance(sent, dict) and sent["method"] == "eth_call"
+        if calls and left and sent["params"][0]["data"] == version_call:
+            reply["result"] = left.pop()
+        return reply
+
+    proxy.rewrite = first_version_answered
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: task.done() or pusher.stats.transactions["confirmed"] == 1)
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.stop()
+    retried = [e for e in logs if e["event"] == "chain unreachable; retrying"]
+    assert len(retried) == 1 and "VERSION()" in retried[0]["error"]
+    assert pusher.stats.bad_answers == 1
+
+
 @pytest.mark.parametrize("method", list(MANGLED))
 async def test_a_node_answer_the_pusher_cannot_read_is_a_counted_error_it_outlives(
     rig: Rig, method: str
@@ -2304,6 +2377,42 @@ async def test_a_daemon_reload_that_removes_a_market_pauses_it_on_chain(
         finally:
             service.stop()
             await task
+
+
+async def test_a_daemon_pushing_to_a_version_1_contract_says_so_once_and_prices_on(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """A daemon whose `push.contract` is a version 1 OracledFeed logs one error, `on-chain push
+    stopped`, naming the chain, the contract and the version found, and reads `push_up` 0;
+    nothing is sent, and its rounds go on being published meanwhile."""
+    old = await deploy_old_feed(rig, None)
+    key_file = tmp_path / "push.key"
+    key_file.write_text(rig.key.hex())
+    key_file.chmod(0o600)
+    path = tmp_path / "oracled.toml"
+    quotes = {"BTCUSDT": 50_000.0}
+    old_rig = Rig(rig.chain, old, rig.key, rig.url)
+    async with BinanceSim(quotes, rate_hz=20.0, volatility=0.0) as venue:
+        path.write_text(_daemon_toml(old_rig, venue, key_file, "interval_s = 0.1"))
+        service = Service(load_config(path), config_path=path)
+        with capture_logs() as logs:
+            task = asyncio.create_task(service.run())
+            try:
+                async with asyncio.timeout(30):  # eth-account's import, the node's answers
+                    while not any(e["event"] == "on-chain push stopped" for e in logs):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)  # the log has no event to wait on
+                    published = service.rounds_published
+                    while service.rounds_published < published + 5:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+            finally:
+                service.stop()
+                await task
+    stopped = [e for e in logs if e["event"] == "on-chain push stopped"]
+    assert len(stopped) == 1 and stopped[0]["log_level"] == "error"
+    assert (stopped[0]["chain"], stopped[0]["contract"]) == ("local", old)
+    assert "no VERSION (version 1)" in stopped[0]["error"] and old in stopped[0]["error"]
+    assert push_up(service.push_stats) == 0.0
+    assert await rig.nonce("pending") == 0
 
 
 _CHAINLINK_SOURCE = """
