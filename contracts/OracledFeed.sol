@@ -93,6 +93,9 @@ contract OracledFeed {
     /// @notice One round's prices and pauses in one call (the pusher's one transaction in
     /// flight): `markets[i]` at `prices[i] * 10**expos[i]`, then each of `paused` marked paused
     /// at this round. Returns how many entries were stored (newer than before).
+    /// @dev A market listed both in `markets` and in `paused` keeps the price: the price is
+    /// stored first, at this `ts`, and the pause at the same `ts` is not newer, so it is skipped
+    /// (not counted, no `MarketPaused`). The daemon never sends such a call.
     function pushBatch(
         uint64 round,
         uint48 ts,

@@ -32,7 +32,7 @@ from oracled.clock import ManualClock
 from oracled.config import ChainConfig, PushConfig, load_config
 from oracled.core import RoundResult
 from oracled.errors import ConfigError
-from oracled.eth import selector
+from oracled.eth import keccak, selector
 from oracled.jsonrpc import EndpointStats, RpcError, RpcUnavailable
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote, Status
@@ -1127,6 +1127,12 @@ async def test_the_contract_marks_a_market_paused_and_latest_refuses_its_price(r
         101, -2, 3, 3_000, False
     )  # fmt: skip
     assert await chain.call(feed, "latest(bytes32)", btc, returns=full[:4]) == (101, -2, 3, 3_000)
+    # Priced and paused in one call: the price is stored, the pause (same ts) is not newer.
+    receipt = await chain.transact(feed, push, 4, 4_000, [btc], [102], [-2], [btc])
+    assert [log["topics"][0] for log in receipt["logs"]] == [PRICE_UPDATED]
+    assert await chain.call(feed, "latestFeed(bytes32)", btc, returns=full) == (
+        102, -2, 4, 4_000, False
+    )  # fmt: skip
 
 
 async def test_the_pusher_task_keeps_up_with_rounds_submitted_by_a_loop(rig: Rig) -> None:
@@ -1153,6 +1159,7 @@ async def test_the_pusher_task_keeps_up_with_rounds_submitted_by_a_loop(rig: Rig
 # -- what the pusher must refuse, and the node's refusals it must survive -------------------------
 
 OTHER = "0x000000000000000000000000000000000000dEaD"
+PRICE_UPDATED = "0x" + keccak(b"PriceUpdated(bytes32,int128,int8,uint64,uint48)").hex()
 PUSHER_SLOT = "0x1"  # OracledFeed storage: owner at slot 0, pusher at slot 1
 
 
