@@ -16,7 +16,8 @@ once the very file is back; meanwhile nothing goes through an open descriptor in
 file either (each writer's docstring says why). `LOST`: write nothing more until a restart, said
 once as an error. The pauses file alone differs: it is rewritten whole from the daemon's state,
 so on `MOVED` or `LOST` it may lock the file now at the path and go on, if nobody holds that
-one and nobody wrote the file since (`oracled/manual.py`).
+one and nobody wrote the file since (`oracled/manual.py`). Each writer keeps the answers it got
+in a `LockWatch`, which tells it the changes (away, back, lost) once each.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ import tempfile
 from pathlib import Path
 
 __all__ = [
+    "LockChange",
     "LockHeldError",
     "LockState",
+    "LockWatch",
     "lock_beside",
+    "lock_path",
     "lock_state",
     "remove_stale_temporaries",
     "replace_durably",
@@ -50,11 +54,16 @@ class LockHeldError(Exception):
         super().__init__(f"{lock} is held by another process")
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file of `path`: `<path>.lock`, beside it (the name the writers' messages give)."""
+    return path.with_name(path.name + ".lock")
+
+
 def lock_beside(path: Path) -> int:
     """Take the lock of `path` and return its descriptor, to keep open while writing (closing it
     lets the lock go). LockHeldError if another process holds it; OSError if the lock file
     cannot be opened or locked for another reason."""
-    lock = path.with_name(path.name + ".lock")
+    lock = lock_path(path)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,12 +106,61 @@ def lock_state(path: Path, fd: int) -> LockState:
     if held.st_nlink == 0:
         return LockState.LOST
     try:
-        beside = os.stat(path.with_name(path.name + ".lock"))
+        beside = os.stat(lock_path(path))
     except OSError:
         return LockState.MOVED
     if (beside.st_dev, beside.st_ino) == (held.st_dev, held.st_ino):
         return LockState.HELD
     return LockState.LOST
+
+
+class LockChange(enum.Enum):
+    """A change of a writer's `lock_state` answers that it says, once (`LockWatch.update`)."""
+
+    #: MOVED after HELD: the writes are held back from here.
+    AWAY = "away"
+    #: HELD after MOVED: the very file is back, the writes go on.
+    BACK = "back"
+    #: LOST, the first time: nothing more is written until a restart (or a new lock).
+    LOST = "lost"
+
+
+class LockWatch:
+    """The `lock_state` a writer last acted on, so that it says each change once and not at each
+    write: a lock file away for an hour is one error line and one line when it is back, not one
+    a batch. `LOST` stays: a later answer (another file at the path moved away in turn, say)
+    cannot make the lock exclude a second writer again, so it changes nothing until `reset`,
+    which a writer that takes a new lock calls (the pauses file). Not thread-safe: a writer that
+    asks from two threads holds its own lock around `update`."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = LockState.HELD
+
+    @property
+    def away(self) -> bool:
+        """The lock file is not at its path (MOVED), as last seen: writes wait for it."""
+        return self.state is LockState.MOVED
+
+    @property
+    def lost(self) -> bool:
+        """The lock was found LOST: it excludes nobody, for good."""
+        return self.state is LockState.LOST
+
+    def update(self, state: LockState) -> LockChange | None:
+        """Take `state`, the newest `lock_state` answer; the change it makes, if any, else None
+        (the same answer again, or any answer once lost)."""
+        if self.state is LockState.LOST or state is self.state:
+            return None
+        self.state = state
+        if state is LockState.LOST:
+            return LockChange.LOST
+        return LockChange.AWAY if state is LockState.MOVED else LockChange.BACK
+
+    def reset(self) -> None:
+        """A new lock is taken: held, with nothing seen of it yet."""
+        self.state = LockState.HELD
 
 
 def replace_durably(path: Path, body: bytes) -> str | None:

@@ -63,7 +63,9 @@ from oracled.files import read_regular
 from oracled.lockfile import (
     LockHeldError,
     LockState,
+    LockWatch,
     lock_beside,
+    lock_path,
     lock_state,
     remove_stale_temporaries,
     replace_durably,
@@ -118,8 +120,9 @@ class ManualPauses:
         self._log = structlog.get_logger("oracled").bind(component="manual", path=str(path))
         self._lock_fd: int | None = None  # held from `claim` (or the first save) to `close`
         self._held_elsewhere: str | None = None  # another process held the lock: never written
-        self._relocking = False  # the lock file locked is not at the path: the next lock must find
-        # the file as this daemon left it
+        #: What became of the lock file locked: not held (moved or lost), the next lock taken
+        #: must find the file as this daemon left it (reset once one is)
+        self._lock_watch = LockWatch()
         self._written: bytes | None = None  # the file as last read or written (None: none)
         self.stats = PauseStats()
 
@@ -173,10 +176,9 @@ class ManualPauses:
         process, so a killed daemon never leaves it stuck)."""
         if self._lock_fd is not None:
             state = lock_state(self.path, self._lock_fd)
+            self._lock_watch.update(state)  # not held: the lock taken below is `_relocking`
             if state is LockState.HELD:
-                self._relocking = False
                 return None
-            self._relocking = True  # the lock taken below must find the file as we left it
             if state is LockState.LOST:  # excludes nobody: the file at the path is locked below
                 self._let_go()
             # MOVED: kept until a lock at the path is taken, and held again if it comes back
@@ -195,7 +197,7 @@ class ManualPauses:
         except OSError as exc:
             return f"cannot lock {self.path} ({exc.strerror or exc})"
         if self._relocking:
-            self._relocking = False
+            self._lock_watch.reset()
             if not self._unchanged():  # another daemon wrote it, locked, and let go since
                 os.close(fd)
                 return self._lose_lock()
@@ -209,6 +211,12 @@ class ManualPauses:
                 "manual pauses: removed temporary files a killed writer left", files=removed
             )
         return None
+
+    @property
+    def _relocking(self) -> bool:
+        """The lock file locked was found moved or lost, and no lock has been taken since: the
+        next one taken must find the file as this daemon left it."""
+        return self._lock_watch.state is not LockState.HELD
 
     def _let_go(self) -> None:
         if self._lock_fd is not None:
@@ -231,7 +239,7 @@ class ManualPauses:
         pauses would lift its. So, as for a lock held elsewhere, nothing is written until a
         restart (each save refused and counted); said once as an error."""
         self._let_go()  # a lock file moved away is not taken back either
-        lock = self.path.with_name(self.path.name + ".lock")
+        lock = lock_path(self.path)
         self._held_elsewhere = (
             f"its lock file {lock} is gone (removed, or its directory made again): another "
             "daemon may write the file; restart this one"

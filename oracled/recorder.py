@@ -24,7 +24,15 @@ import structlog
 from oracled import __version__
 from oracled.core import PRICING_REVISION
 from oracled.errors import TapeError, described
-from oracled.lockfile import LockHeldError, LockState, lock_beside, lock_state
+from oracled.lockfile import (
+    LockChange,
+    LockHeldError,
+    LockState,
+    LockWatch,
+    lock_beside,
+    lock_path,
+    lock_state,
+)
 from oracled.model import Quote
 from oracled.tape import (
     MAX_LINE_BYTES,
@@ -79,9 +87,7 @@ class TapeRecorder:
         self._lock = threading.Lock()
         self._pending: concurrent.futures.Future[None] | None = None
         self.error: str | None = None  # what stopped the recording
-        self.lock_lost = False  # `<tape>.lock` is no longer the file locked: nothing more written
-        #: `<tape>.lock` is not at its path (its directory moved away): lines wait till it is back
-        self.lock_away = False
+        self._lock_watch = LockWatch()  # what became of `<tape>.lock`, as `_lock_now` last saw
         self._held_back: list[bytes] = []  # lines the writer took while the lock file was away
         self._held_bytes = 0  # their bytes, part of the backlog `max_backlog` bounds
         self._log = structlog.get_logger("oracled").bind(component="tape", path=str(path))
@@ -232,7 +238,7 @@ class TapeRecorder:
             if self._backlog + self._held_bytes > self._max_backlog:
                 why = "a disk or reader that fell behind"
                 if self.lock_away:
-                    why = f"its lock file {self._lock_path()} away, its directory moved"
+                    why = f"its lock file {lock_path(self.path)} away, its directory moved"
                 self.error = (
                     f"more than {self._max_backlog} bytes of quotes waited for the tape's writes"
                     f" ({why})"
@@ -284,8 +290,16 @@ class TapeRecorder:
         if self._pending is not None:
             await asyncio.wait([asyncio.wrap_future(self._pending)], timeout=timeout_s)
 
-    def _lock_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock")
+    @property
+    def lock_lost(self) -> bool:
+        """`<tape>.lock` is no longer the file locked: nothing more is written."""
+        return self._lock_watch.lost
+
+    @property
+    def lock_away(self) -> bool:
+        """`<tape>.lock` is not at its path (its directory moved away): lines wait till it is
+        back."""
+        return self._lock_watch.away
 
     def _lock_now(self) -> LockState:
         """Whether `<tape>.lock` is still the file this recorder locked (`lockfile.lock_state`;
@@ -306,24 +320,20 @@ class TapeRecorder:
         if self._lock_fd is None:
             return LockState.HELD
         state = lock_state(self.path, self._lock_fd)
-        if state is LockState.HELD:
-            if self.lock_away:
-                self.lock_away = False
-                self._log.info(
-                    "tape lock file back: lines are written again", held_bytes=self._held_bytes
-                )
-        elif state is LockState.MOVED:
-            if not self.lock_away:
-                self.lock_away = True
-                self._log.error(
-                    "tape lock file missing: lines wait in memory until it is back",
-                    lock=str(self._lock_path()),
-                    max_backlog=self._max_backlog,
-                )
-        else:
-            self.lock_lost, self.lock_away = True, False
+        change = self._lock_watch.update(state)
+        if change is LockChange.BACK:
+            self._log.info(
+                "tape lock file back: lines are written again", held_bytes=self._held_bytes
+            )
+        elif change is LockChange.AWAY:
+            self._log.error(
+                "tape lock file missing: lines wait in memory until it is back",
+                lock=str(lock_path(self.path)),
+                max_backlog=self._max_backlog,
+            )
+        elif change is LockChange.LOST:
             self.error = self.error or (
-                f"its lock file {self._lock_path()} is gone (removed, or its directory made "
+                f"its lock file {lock_path(self.path)} is gone (removed, or its directory made "
                 "again): another recorder may write the tape now"
             )
         return state
@@ -373,7 +383,7 @@ class TapeRecorder:
                         file.writelines(lines)
                 elif state is LockState.MOVED and lines and self.error is None:
                     self.error = (
-                        f"the stop came while its lock file {self._lock_path()} was away (its "
+                        f"the stop came while its lock file {lock_path(self.path)} was away (its "
                         f"directory moved): the last {len(lines)} lines are not on the tape"
                     )
                 file.close()

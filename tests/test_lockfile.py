@@ -1,6 +1,7 @@
 """`oracled.lockfile.lock_state`: the one answer every single-writer file acts on, whether the
 lock file its writer locked still excludes a second writer (held), is only elsewhere for a while
-(moved), or never will again (lost)."""
+(moved), or never will again (lost); and `LockWatch`, which turns those answers into the changes
+a writer says once each."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from oracled.lockfile import LockState, lock_beside, lock_state
+from oracled.lockfile import LockChange, LockState, LockWatch, lock_beside, lock_path, lock_state
 
 
 @pytest.fixture
@@ -89,3 +90,82 @@ def test_a_lock_that_cannot_be_looked_at_is_moved_not_lost(locked: tuple[Path, i
     number could be reused by then."""
     path, _ = locked
     assert lock_state(path, -1) is LockState.MOVED
+
+
+def test_the_lock_path_is_the_data_file_s_name_and_lock_beside_it(tmp_path: Path) -> None:
+    """The name every writer's messages give is the file `lock_beside` locks."""
+    path = tmp_path / "audit.db"
+    fd = lock_beside(path)
+    try:
+        assert lock_path(path) == tmp_path / "audit.db.lock"
+        assert lock_path(path).is_file()
+    finally:
+        os.close(fd)
+
+
+def test_a_watch_starts_held_and_a_held_answer_changes_nothing() -> None:
+    """A lock just taken is held: asking again and again while it stays so says nothing."""
+    watch = LockWatch()
+    assert watch.state is LockState.HELD and not watch.away and not watch.lost
+    assert [watch.update(LockState.HELD) for _ in range(3)] == [None, None, None]
+    assert watch.state is LockState.HELD
+
+
+def test_a_watch_says_away_and_back_once_each_way() -> None:
+    """Moved: away once however often it is asked; held again: back once; and so again on the
+    next move (a directory moved away twice is said twice)."""
+    watch = LockWatch()
+    answers = [LockState.MOVED] * 3 + [LockState.HELD] * 3 + [LockState.MOVED, LockState.HELD]
+    changes = [watch.update(state) for state in answers]
+    away, back = LockChange.AWAY, LockChange.BACK
+    assert changes == [away, None, None, back, None, None, away, back]
+    assert watch.state is LockState.HELD and not watch.away
+
+
+def test_a_watch_is_away_while_moved() -> None:
+    """`away` is what the writers hold their writes back on: true from the move to the return."""
+    watch = LockWatch()
+    watch.update(LockState.MOVED)
+    assert watch.away and not watch.lost
+    watch.update(LockState.HELD)
+    assert not watch.away
+
+
+@pytest.mark.parametrize("before", [LockState.HELD, LockState.MOVED])
+def test_a_watch_says_lost_once_and_stays_lost(before: LockState) -> None:
+    """Lost, from held or from away: said once, no longer away, and no later answer (held,
+    moved, lost) changes it or is said: the lock let a second writer in for good."""
+    watch = LockWatch()
+    watch.update(before)
+    assert watch.update(LockState.LOST) is LockChange.LOST
+    assert watch.lost and not watch.away
+    later = [LockState.LOST, LockState.MOVED, LockState.HELD, LockState.LOST]
+    assert [watch.update(state) for state in later] == [None, None, None, None]
+    assert watch.state is LockState.LOST
+
+
+def test_a_reset_watch_is_held_and_says_the_next_changes_again() -> None:
+    """A new lock taken (the pauses file's) starts over: held, and its own losses said again."""
+    watch = LockWatch()
+    watch.update(LockState.LOST)
+    watch.reset()
+    assert watch.state is LockState.HELD and not watch.lost
+    assert watch.update(LockState.MOVED) is LockChange.AWAY
+    assert watch.update(LockState.LOST) is LockChange.LOST
+
+
+def test_a_watch_follows_a_real_lock_moved_and_brought_back(
+    locked: tuple[Path, int], tmp_path: Path
+) -> None:
+    """Fed `lock_state`'s answers on a real lock: the directory moved away is one change, its
+    return another, and the lock file removed is lost."""
+    path, fd = locked
+    watch = LockWatch()
+    away = tmp_path / "away"
+    path.parent.rename(away)
+    assert watch.update(lock_state(path, fd)) is LockChange.AWAY
+    assert watch.update(lock_state(path, fd)) is None
+    away.rename(path.parent)
+    assert watch.update(lock_state(path, fd)) is LockChange.BACK
+    lock_path(path).unlink()
+    assert watch.update(lock_state(path, fd)) is LockChange.LOST

@@ -88,7 +88,15 @@ from oracled import __version__
 from oracled.config import AuditConfig, Config
 from oracled.errors import ConfigError, OracledError, described
 from oracled.files import NotRegularFileError, require_regular
-from oracled.lockfile import LockHeldError, LockState, lock_beside, lock_state
+from oracled.lockfile import (
+    LockChange,
+    LockHeldError,
+    LockState,
+    LockWatch,
+    lock_beside,
+    lock_path,
+    lock_state,
+)
 from oracled.model import Quote, Report
 from oracled.publish.audit_reserve import DiskReserve
 from oracled.tape import command_to_line, header_line, line_ts, quote_to_line
@@ -458,9 +466,7 @@ class AuditTrail:
         #: in use then, so that the trail goes on inside its file (None: `max_bytes` only)
         self._cap: int | None = None
         self._lock_fd: int | None = None  # the writer lock (`_lock`), held while writing
-        self.lock_lost = False  # `<db>.lock` is no longer the file locked: no write till restart
-        #: `<db>.lock` is not at its path (its directory moved away): rounds wait till it is back
-        self.lock_away = False
+        self._lock_watch = LockWatch()  # what became of `<db>.lock`, as `_lock_now` last saw
         self._away_poll_s = _AWAY_POLL_S
         self._closing = threading.Event()  # `close` was called: a writer held back gives up
         self._gave_up = False  # stopped while the lock file was away (said once)
@@ -784,7 +790,7 @@ class AuditTrail:
                         self._log.error(
                             "audit trail stopped with its lock file away: rounds held back are "
                             "not written",
-                            lock=str(self.path.with_name(self.path.name + ".lock")),
+                            lock=str(lock_path(self.path)),
                         )
                     return
             held = self._write(held)
@@ -812,29 +818,35 @@ class AuditTrail:
         if self._lock_fd is None:
             return LockState.HELD
         state = lock_state(self.path, self._lock_fd)
-        lock = self.path.with_name(self.path.name + ".lock")
-        if state is LockState.HELD:
-            if self.lock_away:
-                self.lock_away = False
-                self._log.info("audit trail lock file back: rounds are written again")
-            return state
-        if state is LockState.MOVED:
-            if not self.lock_away:
-                self.lock_away = True
-                self._log.error(
-                    "audit trail lock file missing: rounds wait in the queue until it is back",
-                    lock=str(lock),
-                    queue=self.cfg.queue,
-                )
-                self.stats.ok, self.stats.last_error = False, f"lock file away: {lock}"
-            return state
-        self.lock_lost, self.lock_away = True, False
-        self._log.error(
-            "audit trail lock lost: no round is written until a restart", lock=str(lock)
-        )
-        self.stats.ok, self.stats.last_error = False, f"lock lost: {lock}"
-        self._packer = None
+        change = self._lock_watch.update(state)
+        lock = lock_path(self.path)
+        if change is LockChange.BACK:
+            self._log.info("audit trail lock file back: rounds are written again")
+        elif change is LockChange.AWAY:
+            self._log.error(
+                "audit trail lock file missing: rounds wait in the queue until it is back",
+                lock=str(lock),
+                queue=self.cfg.queue,
+            )
+            self.stats.ok, self.stats.last_error = False, f"lock file away: {lock}"
+        elif change is LockChange.LOST:
+            self._log.error(
+                "audit trail lock lost: no round is written until a restart", lock=str(lock)
+            )
+            self.stats.ok, self.stats.last_error = False, f"lock lost: {lock}"
+            self._packer = None
         return state
+
+    @property
+    def lock_lost(self) -> bool:
+        """`<db>.lock` is no longer the file locked: no round is written till a restart."""
+        return self._lock_watch.lost
+
+    @property
+    def lock_away(self) -> bool:
+        """`<db>.lock` is not at its path (its directory moved away): rounds wait till it is
+        back."""
+        return self._lock_watch.away
 
     def _write(self, items: list[object], *, made_room: bool = False) -> list[object] | None:
         """Write `items` in one transaction; the items to write again once the lock file is

@@ -43,9 +43,12 @@ from oracled.config import LEASE_FILE_REQUIRED
 from oracled.errors import ConfigError
 from oracled.files import read_regular
 from oracled.lockfile import (
+    LockChange,
     LockHeldError,
     LockState,
+    LockWatch,
     lock_beside,
+    lock_path,
     lock_state,
     remove_stale_temporaries,
     replace_durably,
@@ -139,8 +142,7 @@ class SignLease:
         self._lock_fd: int | None = None
         self._writing = False  # an extension is queued or being written
         self._failing = False  # the last write failed (logged once each way)
-        self.lost = False  # the lock file is no longer the one locked: no grant, no write
-        self._missing = False  # the lock file is not at its path: rounds held back till it is
+        self._lock_watch = LockWatch()  # what became of the lock file, as `held` last saw
         self._losing = threading.Lock()  # `held` is asked by the signer and the lease thread
         # leases to write (None: this key's entry taken out), then _STOP
         self._jobs: queue.SimpleQueue[int | _Stop | None] = queue.SimpleQueue()
@@ -270,25 +272,25 @@ class SignLease:
             if self.lost or self._lock_fd is None:  # lost, or let go at the stop
                 return False
             state = lock_state(self.path, self._lock_fd)
-            if state is LockState.HELD:
-                if self._missing:
-                    self._missing = False
-                    self._log.info("signing lease lock file back: rounds are signed again")
-                return True
-            if state is LockState.MOVED:
-                if not self._missing:
-                    self._missing = True
-                    self._log.error(
-                        "signing lease lock file missing: no round is signed until it is back",
-                        lock=str(self.path.with_name(self.path.name + ".lock")),
-                    )
-                return False
-            self.lost = True
-        self._log.error(
-            "signing lease lock lost: no round is signed until a restart",
-            lock=str(self.path.with_name(self.path.name + ".lock")),
-        )
-        return False
+            change = self._lock_watch.update(state)
+            if change is LockChange.BACK:
+                self._log.info("signing lease lock file back: rounds are signed again")
+            elif change is LockChange.AWAY:
+                self._log.error(
+                    "signing lease lock file missing: no round is signed until it is back",
+                    lock=str(lock_path(self.path)),
+                )
+        if change is LockChange.LOST:
+            self._log.error(
+                "signing lease lock lost: no round is signed until a restart",
+                lock=str(lock_path(self.path)),
+            )
+        return state is LockState.HELD
+
+    @property
+    def lost(self) -> bool:
+        """The lock file is no longer the one locked: no grant, no write, until a restart."""
+        return self._lock_watch.lost
 
     def _target(self, ts: int) -> int:
         """The lease to write for round time `ts`: a window ahead, never under the floor."""
