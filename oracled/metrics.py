@@ -607,8 +607,9 @@ class _StateCollector:
         for name, doc, read in (
             (
                 "oracled_api_bodies_gzipped",
-                "Read answers (prices, selections, one market, markets) gzipped for a client"
-                " that takes gzip: once per body, however many clients ask.",
+                "Read answers (prices, selections, one market, markets, the OpenAPI document)"
+                " gzipped for a client that takes gzip: once per body, however many clients"
+                " ask.",
                 self._in.bodies_gzipped,
             ),
             (

@@ -10,7 +10,7 @@ from importlib import resources
 from aiohttp import web
 
 from oracled.api.context import ALIVE_ROUNDS, READY_ROUNDS, ApiContext
-from oracled.api.encoding import MIN_GZIP, Body, accepts_gzip, body_response, gzip_bytes
+from oracled.api.encoding import MIN_GZIP, Body, accepts_gzip, counted_response, gzip_bytes
 from oracled.api.errors import json_response
 from oracled.model import Status
 
@@ -152,4 +152,7 @@ class OpsHandlers:
             done.exception()  # retrieved: every waiter may have gone away before it failed
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return await body_response(request, self._openapi)
+        """The document, gzipped once for every client that takes it, that compression counted
+        as the read answers' are (`oracled_api_bodies_gzipped_total`)."""
+        response, _ = await counted_response(request, self._openapi, self._ctx.hub)
+        return response

@@ -6,7 +6,7 @@ import numpy as np
 from aiohttp import web
 
 from oracled.api.context import ApiContext
-from oracled.api.encoding import Body, body_response
+from oracled.api.encoding import Body, counted_response
 from oracled.api.errors import ApiError, encode_json, json_response
 from oracled.api.params import market_list, path_market, query_once
 from oracled.config import Config, MarketConfig, MarketSource, slot_route
@@ -150,12 +150,7 @@ class ReadHandlers:
     async def _answer(
         self, request: web.Request, body: Body, key: _Key | None = None
     ) -> web.Response:
-        runs = body.runs
-        response = await body_response(request, body)
-        made = body.runs - runs  # compressions this request started (0 or 1)
-        hub = self._ctx.hub
-        hub.bodies_gzipped += made
-        hub.bodies_gzipped_off_loop += made if body.off_loop else 0
+        response, made = await counted_response(request, body, self._ctx.hub)
         if made and key is not None and self._bodies.get(key) is body:
             self._gzipped(key, body)
         return response

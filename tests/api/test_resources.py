@@ -106,6 +106,26 @@ async def test_gzip_refused_by_q_zero_and_other_read_answers(
         assert gzip.decompress(packed) == plain, path
 
 
+async def test_the_openapi_documents_gzip_is_made_once_and_counted(
+    make_client: ClientFactory, rig: Rig
+) -> None:
+    """`/openapi.json` for clients that take gzip: one compression for all of them, off the
+    loop (the document is past 64 KiB), counted where /metrics reads the read answers' gzip
+    (`oracled_api_bodies_gzipped_total`, `..._off_loop_total`); a client that does not take
+    gzip makes none. It was served gzipped and never counted."""
+    client = await make_client(rig)
+    read = client.server.app[READ]
+    _, _, plain = await _raw(client, "/openapi.json", IDENTITY)
+    assert len(plain) >= OFF_LOOP
+    assert (read.compressions, read.compressed_off_loop) == (0, 0)
+    answers = [await _raw(client, "/openapi.json", GZIP) for _ in range(3)]
+    assert {a[2] for a in answers} == {answers[0][2]}
+    assert all(a[1]["Content-Encoding"] == "gzip" for a in answers)
+    assert gzip.decompress(answers[0][2]) == plain
+    assert (read.compressions, read.compressed_off_loop) == (1, 1)
+    assert (rig.hub.bodies_gzipped, rig.hub.bodies_gzipped_off_loop) == (1, 1)
+
+
 async def test_streams_are_never_compressed(make_client: ClientFactory, rig: Rig) -> None:
     """The event stream is sent as it is even to a client that accepts gzip: a compressed
     stream would be held back by the compressor's buffer."""

@@ -178,10 +178,11 @@ async def test_the_apis_gzip_work_is_counted_in_the_metrics(tmp_path: Path) -> N
     """A daemon of 260 markets (its `/v1/prices` and `/v1/markets` past the 64 KiB gzipped in
     a worker thread), keeping no price body (`api.round_bodies = 0`): two gzip requests of
     `/v1/prices` gzip twice, off the loop; one of a single market once, on the loop; two of
-    `/v1/markets` once (kept with its config), off the loop; identity requests gzip nothing.
-    Two `/metrics` scrapes that ask for gzip, one after the other, gzip two renders. /metrics
-    serves the three counts as `oracled_api_bodies_gzipped_total` 4, `..._off_loop_total` 3
-    and `oracled_api_metrics_gzipped_total` 2."""
+    `/v1/markets` once (kept with its config), off the loop; two of `/openapi.json` once (kept
+    for the process), off the loop; identity requests gzip nothing. Two `/metrics` scrapes
+    that ask for gzip, one after the other, gzip two renders. /metrics serves the three counts
+    as `oracled_api_bodies_gzipped_total` 5, `..._off_loop_total` 4 and
+    `oracled_api_metrics_gzipped_total` 2."""
     symbols = [f"C{i:03d}" for i in range(260)]
     gz, plain = {"Accept-Encoding": "gzip"}, {"Accept-Encoding": "identity"}
     async with BinanceSim({f"{s}USDT": 100.0 for s in symbols}, rate_hz=1.0) as sim:
@@ -222,13 +223,18 @@ async def test_the_apis_gzip_work_is_counted_in_the_metrics(tmp_path: Path) -> N
             assert len(gzip.decompress(body)) >= OFF_LOOP
             assert (await get("/v1/markets", plain))[2] is None
             for _ in range(2):
+                status, body, coding = await get("/openapi.json", gz)
+                assert (status, coding) == (200, "gzip")
+            assert len(gzip.decompress(body)) >= OFF_LOOP
+            assert (await get("/openapi.json", plain))[2] is None
+            for _ in range(2):
                 status, _, coding = await get("/metrics", gz)
                 assert (status, coding) == (200, "gzip")
             status, exposition, coding = await get("/metrics", plain)
             assert status == 200 and coding is None
     lines = exposition.decode().splitlines()
-    assert "oracled_api_bodies_gzipped_total 4.0" in lines
-    assert "oracled_api_bodies_gzipped_off_loop_total 3.0" in lines
+    assert "oracled_api_bodies_gzipped_total 5.0" in lines
+    assert "oracled_api_bodies_gzipped_off_loop_total 4.0" in lines
     assert "oracled_api_metrics_gzipped_total 2.0" in lines
 
 
