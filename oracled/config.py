@@ -424,6 +424,14 @@ class PushConfig(_Frozen):
     #: pause, then resume, every market with a price on chain. Past it, or once the market was
     #: active in this run, `unknown` is paused on chain as `paused` is.
     start_grace_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 30.0
+    #: The contract's deployment block: from there the pusher scans the contract's
+    #: `PriceUpdated` logs for every market it ever priced, and pauses on chain the ones this
+    #: config does not push (None: no scan, and a market left out of the config before a
+    #: restart keeps its last price live on chain).
+    scan_from_block: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    #: Blocks an `eth_getLogs` request of that scan spans at most (public RPCs limit it): halved
+    #: while the node refuses a range, grown back by doubling after 8 ranges answered.
+    scan_max_blocks: Annotated[int, Field(ge=1, le=1_000_000)] = 2_000
     #: Markets to push (empty: every market).
     markets: tuple[Pair, ...] = ()
     overrides: dict[Pair, PushMarketConfig] = Field(default_factory=dict)

@@ -11,7 +11,10 @@ does, for `start_grace_s` after a start, a market unknown and not active since: 
 unknown until its gates have seen enough rounds, and a restart must not pause and resume every
 market on chain (two batches of gas a market) for the seconds that takes. A market a reload
 removed gets a pause entry too (nothing would write it again); the pusher remembers every
-market of the process's layouts for that, but a restart without it cannot know it. A price
+market of the process's layouts for that, but a restart without it cannot know it, unless the
+start-up scan (`push.scan_from_block`) is on: the looks after a start then read the contract's
+`PriceUpdated` logs in bounded ranges, and pause each market with a live price on chain that
+this config does not push (not in it, or left out of `push.markets`). A price
 past the contract's `int128` is skipped (`overflow`) and its chain price paused: the config
 check refuses such a bound, and one bad market must not crash every push.
 
@@ -51,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -106,6 +110,13 @@ _PUSH_BATCH: Final = selector("pushBatch(uint64,uint48,bytes32[],int128[],int8[]
 #: The contract version the pusher speaks: `pushBatch`, and `latestMany` with the paused flag.
 FEED_VERSION: Final = 2
 _VERSION: Final = selector("VERSION()")
+#: The topic of `PriceUpdated(bytes32 indexed market, ...)`, which every stored price emits:
+#: the start-up scan (`push.scan_from_block`) reads the markets ever priced from its logs.
+_PRICE_UPDATED: Final = "0x" + keccak(b"PriceUpdated(bytes32,int128,int8,uint64,uint48)").hex()
+#: `eth_getLogs` ranges a look asks for at most while the scan runs: pushes go on between.
+_SCAN_RANGES_A_LOOK: Final = 8
+#: Ranges answered in a row after which a halved span doubles again (at most `scan_max_blocks`).
+_SCAN_GROW_AFTER: Final = 8
 _STATUS_NAMES: Final = tuple(s.label for s in Status)
 _RESTART_MAX_S: Final = 30.0
 #: Prices at or above this many units of their last digit are checked exactly against the
@@ -137,6 +148,13 @@ class PushError(OracledError):
 def market_id(market: str) -> bytes:
     """The contract's key of a market: keccak256 of its symbol (as the signed leaves hash it)."""
     return keccak(market.encode())
+
+
+def _chain_id(key: str) -> bytes:
+    """The contract's key of a market the pusher tracks: its symbol's hash, or, for a market the
+    start-up scan found on chain and no config names, that hash itself, written `0x` and 64 hex
+    digits (no symbol can be: a symbol is `BASE/QUOTE`)."""
+    return bytes.fromhex(key[2:]) if key.startswith("0x") else market_id(key)
 
 
 def load_push_key(cfg: PushConfig) -> SigningKey:
@@ -199,7 +217,7 @@ class _Batch:
     def calldata(self) -> bytes:
         from eth_abi.abi import encode  # imported with eth-account: see `ChainPusher`
 
-        ids = [market_id(m) for m in self.markets]
+        ids = [_chain_id(m) for m in self.markets]
         args = encode(
             ["uint64", "uint48", "bytes32[]", "int128[]", "int8[]", "bytes32[]"],
             [
@@ -208,10 +226,23 @@ class _Batch:
                 ids,
                 self.prices,
                 self.expos,
-                [market_id(m) for m in self.paused],
+                [_chain_id(m) for m in self.paused],
             ],
         )
         return _PUSH_BATCH + args
+
+
+@dataclass(slots=True)
+class _Scan:
+    """The start-up scan of `PriceUpdated` logs: where it is, kept across a crash and a failed
+    look (it goes on from there), and the market ids found so far."""
+
+    next_block: int
+    span: int  # blocks a request spans: `scan_max_blocks`, halved while refused
+    end: int | None = None  # the head when the scan began (None: not read yet)
+    answered: int = 0  # ranges answered in a row at this span
+    requests: int = 0
+    found: dict[bytes, None] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -307,7 +338,14 @@ class ChainPusher:
         # Every market of every layout this process looked at, kept across a crash and a
         # re-read: one a reload removed is still read, and paused on chain (`_due`).
         self._known: dict[str, None] = {}
-        self._layout_set: tuple[object, frozenset[str]] | None = None
+        # The start-up scan (`push.scan_from_block`) while it runs; the ids it found, until a
+        # round's layout names them; and the keys of the markets it found.
+        start = cfg.scan_from_block
+        self._scan = _Scan(start, cfg.scan_max_blocks) if start is not None else None
+        self._found: list[bytes] = []
+        self._scanned: set[str] = set()
+        # (layout, its markets, those this config pushes)
+        self._layout_set: tuple[object, frozenset[str], frozenset[str]] | None = None
         self._overflowed: set[str] = set()  # markets whose price does not fit (logged once)
         self._removed_logged: set[str] = set()  # markets paused as no longer configured
         self._only = frozenset(cfg.markets)
@@ -523,11 +561,13 @@ class ChainPusher:
         if result is None or result.layout is self._read_layout:
             return
         self._known.update(dict.fromkeys(result.layout.markets))
+        if self._found or any(key.startswith("0x") for key in self._scanned):
+            self._name_scanned(result.layout.markets)
         markets = [m for m in self._known if m not in self._read_markets]
         if not markets:
             self._read_layout = result.layout
             return
-        data = encode_latest_many([market_id(m) for m in markets])
+        data = encode_latest_many([_chain_id(m) for m in markets])
         raw = await self.rpc.call("eth_call", [{"to": self.contract, "data": "0x" + data.hex()}])
         try:
             # numpy over the words, not eth-abi: 1,000 markets held the loop 36 to 67 ms
@@ -547,10 +587,32 @@ class ChainPusher:
             if ts > 0:
                 self._stored[market] = _Stored(price * 10.0**expo, ts, paused)
 
+    def _name_scanned(self, markets: Sequence[str]) -> None:
+        """The scan's markets under the names `markets` give them, by their id where no name
+        does (a market no config of this process names). A reload that adds a market known
+        by its id renames it: its entry is read again under its name, and the id's entry is
+        forgotten (a pause of the id and the name's price in one call would keep the price,
+        and leave the id taken for paused)."""
+        names = {market_id(m): m for m in markets}
+        for key in [k for k in self._scanned if k.startswith("0x")]:
+            name = names.get(bytes.fromhex(key[2:]))
+            if name is not None:
+                self._scanned.discard(key)
+                self._scanned.add(name)
+                self._known.pop(key, None)
+                self._stored.pop(key, None)
+                self._read_markets.discard(key)
+        keys = [names.get(i, "0x" + i.hex()) for i in self._found]
+        self._found = []
+        self._scanned.update(keys)
+        self._known.update(dict.fromkeys(keys))
+
     async def step(self) -> None:
         """One unit of work: settle or replace the transaction in flight, else push what is due."""
         if not self._started:
             await self.start()
+        if self._scan is not None:
+            await self._scan_look(self._scan)
         await self._read_stored()
         if self._inflight is not None:
             await self._settle(self._inflight)
@@ -573,6 +635,92 @@ class ChainPusher:
         if fees is None:
             return
         await self._send(batch, self._nonce, *fees, replacing=None)
+
+    # -- the start-up scan ---------------------------------------------------------------------
+
+    async def _scan_look(self, scan: _Scan) -> None:
+        """A look's share of the scan: up to `_SCAN_RANGES_A_LOOK` ranges of `PriceUpdated`
+        logs, so that pushes go on meanwhile. A failure is logged (once a minute) and the
+        scan goes on at the next look from where it stopped, never holding a push back. Once
+        past the head the scan began at, the markets found are read (`latestMany`) at this
+        look, and each live on chain that this config does not push gets a pause entry."""
+        try:
+            if scan.end is None:
+                scan.end = await self._quantity("eth_blockNumber", [])
+            for _ in range(_SCAN_RANGES_A_LOOK):
+                if scan.next_block > scan.end or not await self._scan_range(scan):
+                    break
+        except (RpcUnavailable, RpcError) as exc:
+            self._step_failed("on-chain scan failed; going on at the next look", exc)
+            return
+        if scan.next_block <= scan.end:
+            return
+        self._scan = None
+        self._found = list(scan.found)
+        self._read_layout = None  # read what the chain stores for them at this look
+        self._log.info(
+            "on-chain scan done",
+            from_block=self.cfg.scan_from_block,
+            to_block=scan.end,
+            requests=scan.requests,
+            markets=len(scan.found),
+        )
+
+    async def _scan_range(self, scan: _Scan) -> bool:
+        """One `eth_getLogs` of the next range; False when the look should stop (the node
+        did not answer). A range the node refuses (an error: providers word a range or result
+        limit in many ways, and some code it as a rate limit) or cannot answer (an answer too
+        large is no answer) is halved, down to one block; 8 ranges answered in a row double
+        it again, up to `scan_max_blocks`."""
+        assert scan.end is not None
+        last = min(scan.next_block + scan.span - 1, scan.end)
+        query = {
+            "address": self.contract,
+            "topics": [_PRICE_UPDATED],
+            "fromBlock": hex(scan.next_block),
+            "toBlock": hex(last),
+        }
+        scan.requests += 1
+        try:
+            logs = await self.rpc.call("eth_getLogs", [query], verdict=True)
+        except (RpcError, RpcUnavailable) as exc:
+            if scan.span == 1:
+                raise
+            scan.span, scan.answered = scan.span // 2, 0
+            self._log.warning(
+                "eth_getLogs range refused; halving it", blocks=scan.span, error=str(exc)
+            )
+            return isinstance(exc, RpcError)  # unreachable: not again at this look
+        scan.found.update(dict.fromkeys(self._logged_markets(logs)))
+        scan.next_block = last + 1
+        scan.answered += 1
+        if scan.answered >= _SCAN_GROW_AFTER and scan.span < self.cfg.scan_max_blocks:
+            scan.span, scan.answered = min(scan.span * 2, self.cfg.scan_max_blocks), 0
+        return True
+
+    def _logged_markets(self, logs: Any) -> list[bytes]:
+        """The market ids of `PriceUpdated` logs of the contract; a counted _BadAnswer for an
+        answer that is not such a list (another address, another event, a topic not 32 bytes)."""
+        contract = self.contract.lower()
+        ids: list[bytes] = []
+        for entry in logs if isinstance(logs, list) else [None]:
+            topics = entry.get("topics") if isinstance(entry, dict) else None
+            address = entry.get("address") if isinstance(entry, dict) else None
+            if (
+                not isinstance(topics, list)
+                or len(topics) < 2
+                or not isinstance(topics[0], str)
+                or topics[0].lower() != _PRICE_UPDATED
+                or not isinstance(address, str)
+                or address.lower() != contract
+                or not isinstance(topics[1], str)
+                or len(topics[1]) != 66
+                or not _is_hex(topics[1])
+            ):
+                self.stats.bad_answers += 1
+                raise _BadAnswer(f"eth_getLogs: {shown(logs)} is not a list of PriceUpdated logs")
+            ids.append(bytes.fromhex(topics[1][2:]))
+        return ids
 
     # -- deciding -----------------------------------------------------------------------------
 
@@ -659,25 +807,40 @@ class ChainPusher:
     def _removed(self, result: RoundResult) -> list[str]:
         """Markets with a live price on chain that the config no longer has (a reload removed
         them): nothing will ever push them again, so their last price must not read as live.
-        Only this process knows them: a restart without them in its config cannot."""
+        Only this process knows them: a restart without them in its config cannot, unless the
+        start-up scan (`push.scan_from_block`) is on. Then every market with a live price on
+        chain that this config does not push (not in it, or left out of `push.markets`) is
+        paused: those are not `unknown`, no start grace applies."""
         layout = result.layout
         if self._layout_set is None or self._layout_set[0] is not layout:
-            self._layout_set = (layout, frozenset(layout.markets))
-        current = self._layout_set[1]
+            ours = [m for m in layout.markets if not self._only or m in self._only]
+            self._layout_set = (layout, frozenset(layout.markets), frozenset(ours))
+        _, current, pushed = self._layout_set
+        scanning = self.cfg.scan_from_block is not None
         removed = [
             market
             for market, stored in self._stored.items()
-            if market not in current
-            and (not self._only or market in self._only)
+            if (
+                market not in pushed
+                if scanning
+                else market not in current and (not self._only or market in self._only)
+            )
             and not stored.paused
             and result.ts > stored.ts
         ]
         for market in removed:
             if market not in self._removed_logged:
                 self._removed_logged.add(market)
-                self._log.warning(
-                    "market no longer in the config; pausing its price on chain", market=market
-                )
+                if market in current or market in self._scanned:
+                    self._log.warning(
+                        "market on chain not pushed by this config; pausing its price on chain",
+                        market=market,
+                    )
+                else:
+                    self._log.warning(
+                        "market no longer in the config; pausing its price on chain",
+                        market=market,
+                    )
         return removed
 
     # -- fees ---------------------------------------------------------------------------------
@@ -1155,6 +1318,7 @@ class ChainPusher:
             "heartbeat_s": self.cfg.heartbeat_s,
             "max_gas_price_gwei": self.cfg.max_gas_price_gwei,
             "recheck_depth_blocks": self.cfg.recheck_depth_blocks,
+            "scan_from_block": self.cfg.scan_from_block,
         }
 
 

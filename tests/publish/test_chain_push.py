@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import random
 import re
 import sys
@@ -29,7 +30,7 @@ from publish_rig import BASE_PRICES, INTERVAL, SOURCES, Rounds, make_config
 from structlog.testing import capture_logs
 
 from oracled.clock import ManualClock
-from oracled.config import ChainConfig, PushConfig, load_config
+from oracled.config import ChainConfig, Config, PushConfig, load_config
 from oracled.core import RoundResult
 from oracled.errors import ConfigError
 from oracled.eth import keccak, selector
@@ -56,6 +57,8 @@ from chain_rig import Anvil, Block, Chain, RpcFailed, start_anvil
 from rpc_proxy import MANGLED, RpcProxy
 
 GWEI = 10**9
+OTHER = "0x000000000000000000000000000000000000dEaD"
+PRICE_UPDATED = "0x" + keccak(b"PriceUpdated(bytes32,int128,int8,uint64,uint48)").hex()
 #: The defaults of `push.recheck_depth_blocks` and `push.grow_batch_after`, which the tests
 #: below that do not set them run with.
 _RECHECK_DEPTH = PushConfig().recheck_depth_blocks
@@ -558,6 +561,204 @@ async def test_a_pusher_that_crashed_after_a_reload_still_pauses_the_market_it_r
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert await rig.refused("BTC/USD") == good.ts
+
+
+def _restarted(rounds: Rounds, cfg: Config) -> Rounds:
+    """A new daemon's rounds under `cfg`, their times after those of the run before."""
+    again = Rounds(cfg)
+    again.now = rounds.now
+    again.step()
+    return again
+
+
+def _scan_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "on-chain scan done"]
+
+
+@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("left", ["removed from the config", "left out of push.markets"])
+async def test_a_restart_with_the_scan_pauses_a_market_on_chain_this_config_does_not_push(
+    rig: Rig, left: str, scan: bool
+) -> None:
+    """Run one pushes BTC, ETH and SOL. Run two starts without BTC in its config, or with BTC
+    in it but not in `push.markets`. With `push.scan_from_block` set, its first look scans the
+    contract's `PriceUpdated` logs, finds the three markets, reads their flags and pushes BTC's
+    pause entry: `latest` refuses BTC with that round's ts and `latestFeed` keeps its last
+    price, paused, while ETH and SOL answer as before; a warning names BTC (by its id when no
+    config names it) and one line counts what the scan found. Without the scan BTC's price
+    stays live on chain: the limitation the scan is for (a restart knows only its config)."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(first)
+    before = {m: await rig.stored(m) for m in BASE_PRICES}
+    settings: dict[str, Any] = {"heartbeat_s": 3600.0}
+    if scan:
+        settings["scan_from_block"] = 0
+    if left == "removed from the config":
+        again = _restarted(rounds, make_config({"ETH/USD": 3_100.5, "SOL/USD": 150.125}))
+        name = "0x" + market_id("BTC/USD").hex()
+    else:
+        again = _restarted(rounds, make_config())
+        settings["markets"] = ["ETH/USD", "SOL/USD"]
+        name = "BTC/USD"
+    second = rig.pusher(**settings)
+    looked = again.step()
+    second.submit(looked)
+    await second.start()
+    with capture_logs() as logs:
+        await settle(second)
+        for _ in range(3):
+            second.submit(again.step())
+            await settle(second)
+    for market in ("ETH/USD", "SOL/USD"):
+        assert await rig.stored(market) == before[market]
+    btc = before["BTC/USD"]
+    if not scan:
+        assert await rig.feed_of("BTC/USD") == (*btc, False)
+        assert second.stats.transactions["sent"] == 0 and not _scan_lines(logs)
+        return
+    assert await rig.refused("BTC/USD") == looked.ts
+    assert await rig.feed_of("BTC/USD") == (*btc[:2], looked.round, looked.ts, True)
+    assert second.stats.transactions["sent"] == 1 and second.stats.pauses == 1
+    (done,) = _scan_lines(logs)
+    assert (done["from_block"], done["markets"], done["requests"]) == (0, 3, 1)
+    warned = [e for e in logs if e["event"].startswith("market on chain not pushed")]
+    assert [e["market"] for e in warned] == [name]
+    assert _pause_lines(logs) == [([name], [])]
+
+
+async def test_a_market_the_scan_found_by_its_id_and_a_reload_adds_is_priced_under_its_name(
+    rig: Rig,
+) -> None:
+    """Run two, without BTC and with the scan on, pauses BTC on chain by its id; a reload
+    that adds BTC back (its gates active again) pushes BTC's price at the next look, which
+    clears the pause: one line says BTC resumed, by its name, and the id is neither paused
+    again nor named in any later line."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(first)
+    btc = await rig.stored("BTC/USD")
+    again = _restarted(rounds, make_config({"ETH/USD": 3_100.5, "SOL/USD": 150.125}))
+    second = rig.pusher(heartbeat_s=3600.0, scan_from_block=0)
+    second.submit(again.step())
+    await second.start()
+    await settle(second)
+    assert (await rig.feed_of("BTC/USD"))[4] is True
+    again.core.reconfigure(make_config())
+    again.prices["BTC/USD"] = BASE_PRICES["BTC/USD"]
+    with capture_logs() as logs:
+        for _ in range(3):
+            second.submit(again.step())
+            await settle(second)
+    assert (await rig.feed_of("BTC/USD"))[0] == btc[0]
+    assert (await rig.feed_of("BTC/USD"))[4] is False
+    assert _pause_lines(logs) == [([], ["BTC/USD"])]
+    assert second.stats.pauses == 1 and second.stats.updates == 1
+    assert not [key for key in second._known if key.startswith("0x")]  # BTC is BTC now
+
+
+async def test_the_scan_halves_a_range_the_node_refuses_and_pushes_meanwhile(rig: Rig) -> None:
+    """A node that refuses any `eth_getLogs` over 2 blocks (as public RPCs limit ranges) in
+    front of a chain of some 70 blocks, `scan_max_blocks = 16`: the scan halves its range at
+    each refusal (a warning each) down to 2 blocks, grows it back after 8 ranges answered and
+    halves again, asks for every block from `scan_from_block` to the head once, each range
+    within the limit, a few ranges a look, and then pauses BTC, which run two's config lacks.
+    The looks before that push ETH's 2 % move: the scan holds no push back."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(first)
+    await rig.chain.mine(64)
+    head = await rig.chain.block_number()
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    answered: list[tuple[int, int]] = []
+
+    def range_limit(sent: Any, reply: Any) -> Any:
+        if not isinstance(sent, dict) or sent["method"] != "eth_getLogs":
+            return reply
+        query = sent["params"][0]
+        low, high = int(query["fromBlock"], 16), int(query["toBlock"], 16)
+        if high - low + 1 > 2:
+            error = {"code": -32614, "message": "eth_getLogs is limited to a 2 block range"}
+            return {"jsonrpc": "2.0", "id": sent["id"], "error": error}
+        answered.append((low, high))
+        return reply
+
+    proxy.rewrite = range_limit
+    try:
+        again = _restarted(rounds, make_config({"ETH/USD": 3_100.5, "SOL/USD": 150.125}))
+        second = rig.pusher(
+            urls=(proxy.url,), heartbeat_s=3600.0, scan_from_block=1, scan_max_blocks=16
+        )
+        moved = again.step(ETH_USD=1.02)
+        second.submit(moved)
+        await second.start()
+        with capture_logs() as logs:
+            await settle(second)
+            assert (await rig.stored("ETH/USD"))[3] == moved.ts
+            assert second._scan is not None  # the scan goes on at the next looks
+            for _ in range(20):
+                second.submit(again.step())
+                await settle(second)
+    finally:
+        await proxy.stop()
+    assert [e["blocks"] for e in logs if e["event"].startswith("eth_getLogs range refused")][
+        :4
+    ] == [8, 4, 2, 2]
+    assert answered[0][0] == 1 and answered[-1][1] == head
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(answered))
+    (done,) = _scan_lines(logs)
+    assert (done["to_block"], done["markets"]) == (head, 3)
+    assert (await rig.feed_of("BTC/USD"))[4] is True
+
+
+@pytest.mark.parametrize(
+    "logs",
+    [
+        "not a list",
+        [{"address": OTHER, "topics": [PRICE_UPDATED, "0x" + "11" * 32]}],
+        [{"topics": ["0x" + "22" * 32, "0x" + "11" * 32]}],
+        [{"topics": [PRICE_UPDATED, "0x11"]}],
+    ],
+)
+async def test_a_scan_answer_that_is_no_list_of_the_contracts_price_logs_is_asked_again(
+    rig: Rig, logs: Any
+) -> None:
+    """An `eth_getLogs` answer that is not a list, or holds a log of another address, of
+    another event or with a market topic that is not 32 bytes, is a counted bad answer, logged
+    as a failed scan, and the range is asked again at the next look (not skipped: its markets
+    would be missed); the scan then pauses BTC, which run two's config lacks."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(first)
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    bad = [logs]
+
+    def first_logs_bad(sent: Any, reply: Any) -> Any:
+        if isinstance(sent, dict) and sent["method"] == "eth_getLogs" and bad:
+            item = bad.pop()
+            for entry in item if isinstance(item, list) else []:
+                entry.setdefault("address", rig.feed)
+            reply["result"] = item
+        return reply
+
+    proxy.rewrite = first_logs_bad
+    try:
+        again = _restarted(rounds, make_config({"ETH/USD": 3_100.5, "SOL/USD": 150.125}))
+        second = rig.pusher(urls=(proxy.url,), heartbeat_s=3600.0, scan_from_block=0)
+        second.submit(again.step())
+        await second.start()
+        with capture_logs() as logs_seen:
+            for _ in range(3):
+                second.submit(again.step())
+                await settle(second)
+    finally:
+        await proxy.stop()
+    failed = [e for e in logs_seen if e["event"].startswith("on-chain scan failed")]
+    assert len(failed) == 1 and "eth_getLogs" in failed[0]["error"]
+    assert second.stats.bad_answers == 1
+    (done,) = _scan_lines(logs_seen)
+    assert (done["requests"], done["markets"]) == (2, 3)
+    assert (await rig.feed_of("BTC/USD"))[4] is True
 
 
 async def test_a_pause_entry_a_reorganisation_took_off_the_chain_is_pushed_again(
@@ -1158,8 +1359,6 @@ async def test_the_pusher_task_keeps_up_with_rounds_submitted_by_a_loop(rig: Rig
 
 # -- what the pusher must refuse, and the node's refusals it must survive -------------------------
 
-OTHER = "0x000000000000000000000000000000000000dEaD"
-PRICE_UPDATED = "0x" + keccak(b"PriceUpdated(bytes32,int128,int8,uint64,uint48)").hex()
 PUSHER_SLOT = "0x1"  # OracledFeed storage: owner at slot 0, pusher at slot 1
 
 
