@@ -299,29 +299,46 @@ _PUSH_SKIP_REASONS = ("paused", "unknown", "degraded", "overflow")
 _AUDIT_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("oracled_audit_rounds", "Rounds written to the audit trail.", "rounds"),
     (
-        "oracled_audit_dropped_rounds",
-        "Rounds left out of the audit trail because its queue was full.",
-        "dropped",
-    ),
-    (
-        "oracled_audit_dropped_quotes",
-        "Quotes of dropped rounds past the carry cap: the audit tape lacks them.",
-        "dropped_quotes",
-    ),
-    (
-        "oracled_audit_dropped_events",
-        "Operator actions and config loads left out of the audit trail: its queue was full.",
-        "dropped_events",
-    ),
-    (
-        "oracled_audit_dropped_signatures",
-        "Signatures left out of the audit trail (queue full): their rounds read as unsigned.",
-        "signatures_dropped",
-    ),
-    (
         "oracled_audit_write_errors",
         "Rounds the audit trail could not write (database error: full disk, read-only path).",
         "write_errors",
+    ),
+)
+#: Why the audit trail dropped an item (oracled.publish.audit.DROP_REASONS, and
+#: QUOTE_DROP_REASONS for quotes): the writer behind the rounds, or holding them while its lock
+#: file was away; quotes also when kept from rounds a failed write lost.
+_AUDIT_DROP_REASONS = ("writer_behind", "lock_away")
+_AUDIT_QUOTE_DROP_REASONS = (*_AUDIT_DROP_REASONS, "write_error")
+#: The audit trail's drop counters, by `reason`: (name, help, the AuditStats field, reasons).
+_AUDIT_DROPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    (
+        "oracled_audit_dropped_rounds",
+        "Rounds left out of the audit trail because its queue was full, by reason: writer_behind"
+        " (the database slower than the rounds) or lock_away (rounds held while its lock file"
+        " was away).",
+        "dropped",
+        _AUDIT_DROP_REASONS,
+    ),
+    (
+        "oracled_audit_dropped_quotes",
+        "Quotes of dropped rounds past the carry cap: the audit tape lacks them. By reason: the"
+        " rounds' (writer_behind, lock_away), or write_error (rounds a failed write lost).",
+        "dropped_quotes",
+        _AUDIT_QUOTE_DROP_REASONS,
+    ),
+    (
+        "oracled_audit_dropped_events",
+        "Operator actions and config loads left out of the audit trail: its queue was full"
+        " (reason: writer_behind or lock_away).",
+        "dropped_events",
+        _AUDIT_DROP_REASONS,
+    ),
+    (
+        "oracled_audit_dropped_signatures",
+        "Signatures left out of the audit trail (queue full): their rounds read as unsigned"
+        " (reason: writer_behind or lock_away).",
+        "signatures_dropped",
+        _AUDIT_DROP_REASONS,
     ),
 )
 _AUDIT_GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -350,6 +367,10 @@ def _audit_families(stats: AuditStats | None) -> Iterator[Metric]:
         counter = CounterMetricFamily(name, text)
         counter.add_metric([], getattr(stats, field) if stats is not None else 0)
         yield counter
+    for name, text, field, reasons in _AUDIT_DROPS:
+        yield _labelled(
+            name, text, "reason", reasons, getattr(stats, field) if stats is not None else None
+        )
     for name, text, field in _AUDIT_GAUGES:
         gauge = GaugeMetricFamily(name, text)
         gauge.add_metric([], getattr(stats, field) if stats is not None else 0)

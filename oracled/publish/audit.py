@@ -76,7 +76,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
@@ -106,6 +106,8 @@ if TYPE_CHECKING:
     from oracled.publish.signer import SignedRound
 
 __all__ = [
+    "DROP_REASONS",
+    "QUOTE_DROP_REASONS",
     "SCHEMA_VERSION",
     "AuditDataError",
     "AuditReader",
@@ -236,6 +238,14 @@ _STOP: Final = object()
 #: Quotes of dropped rounds kept for the next queued round at most (~200 B each: ~20 MB); past
 #: it a stuck writer would grow them without end, so they are dropped, counted and logged.
 _CARRY_MAX: Final = 100_000
+#: Why a round, its signature or an operator event was left out of the trail (`AuditStats`, the
+#: `reason` label): the writer was behind the rounds (a slow disk, another process holding the
+#: database's write lock) and its queue full, or it held its rounds while its lock file was away
+#: with its directory and the queue filled meanwhile. They call for different acts (a faster
+#: disk; putting the directory back), so they are told apart when the item is dropped.
+DROP_REASONS: Final = ("writer_behind", "lock_away")
+#: ... and for quotes past the carry cap, also those kept from rounds a failed write lost.
+QUOTE_DROP_REASONS: Final = (*DROP_REASONS, "write_error")
 
 _encoder = msgspec.msgpack.Encoder()
 _report_decoder = msgspec.msgpack.Decoder(Report)
@@ -323,15 +333,23 @@ class AuditStats:
     """Plain counters read by the metrics collector at scrape time."""
 
     rounds: int = 0  # rounds written
-    dropped: int = 0  # rounds dropped because the queue was full
-    #: quotes of dropped rounds past the carry cap: the tape lacks them from there
-    dropped_quotes: int = 0
-    dropped_events: int = 0  # operator actions and config loads dropped (the queue was full)
+    #: rounds dropped because the queue was full, by `DROP_REASONS`
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    #: quotes of dropped or lost rounds past the carry cap (the tape lacks them from there), by
+    #: `QUOTE_DROP_REASONS`
+    dropped_quotes: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(QUOTE_DROP_REASONS, 0)
+    )
+    #: operator actions and config loads dropped (the queue was full), by `DROP_REASONS`
+    dropped_events: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     write_errors: int = 0  # rounds lost to a database error
     ok: bool = False  # the last open/write succeeded
     last_error: str | None = None
-    #: signatures lost to a full queue while their round was queued: it reads as unsigned
-    signatures_dropped: int = 0
+    #: signatures lost to a full queue while their round was queued (it reads as unsigned), by
+    #: `DROP_REASONS`
+    signatures_dropped: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(DROP_REASONS, 0)
+    )
     queued: int = 0  # rounds waiting for the worker
     bytes: int = 0  # data in the database (pages in use), after the last retention check
     reserve: int = 0  # bytes of disk reserve held beside the database (0: given up or none)
@@ -503,11 +521,12 @@ class AuditTrail:
         try:
             self._queue.put_nowait(_Item(result, quotes))
         except queue.Full:
-            self.stats.dropped += 1
+            reason = self._drop_reason()
+            self.stats.dropped[reason] += 1
             if len(quotes) <= self.carry_max:
                 self._quotes = quotes  # the next round's quotes are appended after them
             else:
-                self.stats.dropped_quotes += len(quotes)
+                self.stats.dropped_quotes[reason] += len(quotes)
                 if not self._dropping_quotes:
                     self._dropping_quotes = True
                     self._log.error(
@@ -515,6 +534,7 @@ class AuditTrail:
                         carry_max=self.carry_max,
                         quotes=len(quotes),
                         round=result.round,
+                        reason=reason,
                     )
             self._dropped_recently.append((result.ts, result.round))
             if not self._dropping:
@@ -523,12 +543,14 @@ class AuditTrail:
                     "audit queue full: rounds are dropped from the trail",
                     queue=self.cfg.queue,
                     round=result.round,
+                    reason=reason,
                 )
             return
         self._dropping_quotes = False
         if self._dropping:
             self._dropping = False
-            self._log.warning("audit queue has room again", dropped_total=self.stats.dropped)
+            dropped = sum(self.stats.dropped.values())
+            self._log.warning("audit queue has room again", dropped_total=dropped)
         self.stats.queued = self._queue.qsize()
 
     def submit_signed(self, signed: SignedRound) -> None:
@@ -542,13 +564,15 @@ class AuditTrail:
             if (signed.ts, signed.round) in self._dropped_recently:
                 return  # the round itself was dropped too, and counted
             # its round is stored (or queued) and will read as unsigned in `oracled audit`
-            self.stats.signatures_dropped += 1
+            reason = self._drop_reason()
+            self.stats.signatures_dropped[reason] += 1
             if not self._dropping_signatures:
                 self._dropping_signatures = True
                 self._log.error(
                     "audit queue full: a stored round's signature is dropped from the trail",
                     queue=self.cfg.queue,
                     round=signed.round,
+                    reason=reason,
                 )
             return
         self._dropping_signatures = False
@@ -564,7 +588,7 @@ class AuditTrail:
     ) -> None:
         """Keep an operator's manual pause or resume (done at `ts`) with the round the core
         first applied it to, its number and time (None: no round followed it); never blocks (a
-        full queue drops it, counted in `stats.dropped_events` and logged)."""
+        full queue drops it, counted in `stats.dropped_events` by reason and logged)."""
         self._put_event(_Action(ts, actor, action, market, round_no, round_ts))
 
     def record_config(
@@ -598,7 +622,8 @@ class AuditTrail:
         try:
             self._queue.put_nowait(event)
         except queue.Full:
-            self.stats.dropped_events += 1
+            reason = self._drop_reason()
+            self.stats.dropped_events[reason] += 1
             # Its fields in words: `event=` would clash with the line's own event (a TypeError
             # on the round loop's path), and a repr is Python's, not the operator's.
             told: dict[str, str | None]
@@ -610,8 +635,14 @@ class AuditTrail:
                 "audit queue full: an operator event is dropped",
                 actor=event.actor,
                 ts=event.ts,
+                reason=reason,
                 **told,
             )
+
+    def _drop_reason(self) -> str:
+        """Why the queue is full, for the item it drops now: `lock_away` while the writer holds
+        its rounds for its lock file (as the worker thread last saw it), else `writer_behind`."""
+        return "lock_away" if self.lock_away else "writer_behind"
 
     def close(self, timeout_s: float = 3.0) -> bool:
         """Write what is queued (within `timeout_s`) and stop the worker; False if it has not
@@ -765,7 +796,7 @@ class AuditTrail:
             self._lost = lost
             return
         self._lost = []
-        self.stats.dropped_quotes += len(lost)
+        self.stats.dropped_quotes["write_error"] += len(lost)
         if not self._losing_quotes:
             self._losing_quotes = True
             self._log.error(

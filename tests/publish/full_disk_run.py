@@ -139,7 +139,7 @@ def trail_fills_it(fs: Path) -> dict[str, Any]:
         out["reserve_after"] = audit.stats.reserve, (fs / f"{FILE}.reserve").stat().st_size
         out["closed"] = audit.close()
     out["total"] = run.feed.core.rounds
-    out["stats"] = audit.stats.rounds, audit.stats.write_errors, audit.stats.dropped
+    out["stats"] = audit.stats.rounds, audit.stats.write_errors, sum(audit.stats.dropped.values())
     out["logs"] = [(e["log_level"], e["event"]) for e in logs]
     out["stored"] = stored(fs / FILE)
     return out

@@ -156,12 +156,13 @@ def test_csv_export_has_one_row_per_round_with_sources_and_reasons(tmp_path: Pat
 
 
 def test_a_full_queue_drops_rounds_and_counts_them_without_blocking(tmp_path: Path) -> None:
-    """No writer running and a queue of 2: the third and later rounds are dropped, counted."""
+    """No writer running and a queue of 2: the third and later rounds are dropped, counted as
+    `writer_behind` (the writer is not holding its rounds for its lock file)."""
     audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=2))
     feed = Feed(make_config(), audit, start=False)
     for _ in range(5):
         feed.round()
-    assert audit.stats.dropped == 3
+    assert audit.stats.dropped == {"writer_behind": 3, "lock_away": 0}
     audit.start()
     audit.close()
     assert audit.stats.rounds == 2
@@ -179,7 +180,7 @@ def test_a_dropped_rounds_quotes_go_into_the_next_stored_round_so_the_tape_keeps
     feed = Feed(make_config(), audit, start=False)
     for _ in range(6):
         feed.round()
-    assert audit.stats.dropped == 4
+    assert audit.stats.dropped == {"writer_behind": 4, "lock_away": 0}
     audit.start()
     while audit.stats.rounds < 2:  # the writer empties the queue
         time.sleep(0.01)
@@ -217,7 +218,7 @@ def test_a_tape_whose_first_quoted_rounds_were_dropped_replays_with_the_daemons_
     feed.silent = set()
     feed.round()
     feed.round()  # rounds 3 and 4 are dropped; their quotes are carried
-    assert audit.stats.dropped == 2
+    assert audit.stats.dropped == {"writer_behind": 2, "lock_away": 0}
     audit.start()
     while audit.stats.rounds < 2:  # the writer empties the queue
         time.sleep(0.01)
@@ -252,17 +253,20 @@ def test_a_tape_whose_first_quoted_rounds_were_dropped_replays_with_the_daemons_
 
 def test_quotes_carried_past_dropped_rounds_are_capped_counted_and_logged(tmp_path: Path) -> None:
     """A writer that stays stuck must not grow the carried quotes without limit: past the cap
-    they are dropped, counted in `stats.dropped_quotes` and logged once per episode, and the
-    next stored round holds only what came after."""
+    they are dropped, counted in `stats.dropped_quotes` (as `writer_behind`, their rounds'
+    reason) and logged once per episode with it, and the next stored round holds only what came
+    after."""
     audit = AuditTrail(audit_config(tmp_path / "a.sqlite3", queue=1))
     audit.carry_max = 20  # quotes carried at most; a round brings 9
     feed = Feed(make_config(), audit, start=False)
     with capture_logs() as logs:
         for _ in range(4):  # 1 queued; 9 carried, 18, then 27 > 20: all 27 dropped
             feed.round()
-    assert audit.stats.dropped == 3 and audit.stats.dropped_quotes == 27
+    assert audit.stats.dropped == {"writer_behind": 3, "lock_away": 0}
+    assert audit.stats.dropped_quotes == {"writer_behind": 27, "lock_away": 0, "write_error": 0}
     carry_lines = [e for e in logs if e["event"].startswith("audit queue full: quotes")]
     assert len(carry_lines) == 1 and carry_lines[0]["log_level"] == "error"
+    assert carry_lines[0]["reason"] == "writer_behind"
     audit.start()
     audit.close()
     assert audit.stats.rounds == 1
@@ -409,13 +413,13 @@ def test_a_drop_episode_is_logged_once_and_its_end_once(tmp_path: Path) -> None:
         audit.start()
         audit.close()  # the writer empties the queue
         feed.round()
-    assert audit.stats.dropped == 3
+    assert audit.stats.dropped == {"writer_behind": 3, "lock_away": 0}
     assert [(e["log_level"], e["event"]) for e in logs] == [
         ("error", "audit queue full: rounds are dropped from the trail"),
         ("info", "audit trail writing"),
         ("warning", "audit queue has room again"),
     ]
-    assert logs[-1]["dropped_total"] == 3
+    assert logs[0]["reason"] == "writer_behind" and logs[-1]["dropped_total"] == 3
 
 
 def test_an_operator_event_that_finds_the_queue_full_is_counted_and_named_in_words(
@@ -431,16 +435,17 @@ def test_an_operator_event_that_finds_the_queue_full_is_counted_and_named_in_wor
         feed.round()  # no writer yet: the round fills the queue
         audit.record_action(T0 + 1, "alice", "pause", "BTC/USD", 2, T0 + INTERVAL)
         audit.record_config(T0 + 2, "reload", "SIGHUP", "oracled.toml", "ab" * 32, "{}")
-    assert audit.stats.dropped_events == 2
+    assert audit.stats.dropped_events == {"writer_behind": 2, "lock_away": 0}
     dropped = [
-        {k: e.get(k) for k in ("what", "actor", "ts", "market", "path")}
+        {k: e.get(k) for k in ("what", "actor", "ts", "market", "path", "reason")}
         for e in logs
         if e["event"] == "audit queue full: an operator event is dropped"
     ]
     assert dropped == [
-        {"what": "pause", "actor": "alice", "ts": T0 + 1, "market": "BTC/USD", "path": None},
+        {"what": "pause", "actor": "alice", "ts": T0 + 1, "market": "BTC/USD", "path": None,
+         "reason": "writer_behind"},
         {"what": "config reload", "actor": "SIGHUP", "ts": T0 + 2, "market": None,
-         "path": "oracled.toml"},
+         "path": "oracled.toml", "reason": "writer_behind"},
     ]  # fmt: skip
     audit.start()
     audit.close()
@@ -461,10 +466,15 @@ def test_a_signature_that_finds_the_queue_full_is_counted_and_logged_not_silentl
         feed.round(signer)  # this round is dropped, and so is its signature
         audit.start()
         audit.close()
-    assert (audit.stats.dropped, audit.stats.signatures_dropped) == (1, 1)
+    assert audit.stats.dropped == {"writer_behind": 1, "lock_away": 0}
+    assert audit.stats.signatures_dropped == {"writer_behind": 1, "lock_away": 0}
     lost = [e for e in logs if "signature" in e["event"]]
-    assert [(e["event"], e["round"]) for e in lost] == [
-        ("audit queue full: a stored round's signature is dropped from the trail", 1)
+    assert [(e["event"], e["round"], e["reason"]) for e in lost] == [
+        (
+            "audit queue full: a stored round's signature is dropped from the trail",
+            1,
+            "writer_behind",
+        )
     ]
     reader = AuditReader(tmp_path / "a.sqlite3")
     assert [(r.round, r.signature) for r in reader.rounds(0, T0 * 2)] == [(1, None)]
@@ -539,7 +549,8 @@ def test_the_quotes_of_rounds_a_failed_write_lost_go_in_with_the_next_round_writ
     for _ in range(3):
         feed.round()
     assert audit.close()
-    assert audit.stats.rounds == len(feed.kept) - lost and audit.stats.dropped_quotes == 0
+    assert audit.stats.rounds == len(feed.kept) - lost
+    assert audit.stats.dropped_quotes == {"writer_behind": 0, "lock_away": 0, "write_error": 0}
     fed = [q for _, quotes in feed.kept for q in quotes]
     reader = AuditReader(db)
     tape = io.BytesIO()
@@ -567,7 +578,8 @@ def test_closing_while_the_writer_is_stuck_returns_and_a_later_close_finishes(
         audit.close(timeout_s=0.05)  # returns: no room for the stop, the writer is stuck
     audit.close()
     assert audit.stats.rounds == feed.core.rounds == 3
-    assert audit.stats.write_errors == 0 and audit.stats.dropped == 0
+    assert audit.stats.write_errors == 0
+    assert audit.stats.dropped == {"writer_behind": 0, "lock_away": 0}
 
 
 def test_close_waits_for_room_and_for_the_writer_within_one_timeout(tmp_path: Path) -> None:
@@ -591,7 +603,8 @@ def test_close_waits_for_room_and_for_the_writer_within_one_timeout(tmp_path: Pa
         assert audit.stats.write_errors == 1  # room came: the first round failed meanwhile
         assert took < 2.0, took
     assert audit.close()
-    assert audit.stats.rounds == 2 and audit.stats.dropped == 0
+    assert audit.stats.rounds == 2
+    assert audit.stats.dropped == {"writer_behind": 0, "lock_away": 0}
 
 
 def test_a_damaged_database_is_reported_with_exit_2_not_a_traceback(

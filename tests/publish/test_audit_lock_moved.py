@@ -7,10 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from audit_rig import Feed, trail, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 from publish_rig import T0, make_config
 from structlog.testing import capture_logs
 
-from oracled.publish.audit import AuditReader, AuditTrail
+from oracled.metrics import Metrics, MetricsInputs
+from oracled.publish.audit import AuditReader, AuditStats, AuditTrail
+from oracled.publish.signer import RoundSigner, SigningKey
 
 MISSING = "audit trail lock file missing: rounds wait in the queue until it is back"
 BACK = "audit trail lock file back: rounds are written again"
@@ -66,7 +69,8 @@ def test_rounds_wait_while_the_lock_file_is_away_and_go_in_in_order_once_it_is_b
             feed.round()
         assert audit.close()
     assert _stored(state / "audit.sqlite3") == [(n, 9) for n in range(1, 8)]
-    assert audit.stats.ok and audit.stats.write_errors == 0 and audit.stats.dropped == 0
+    assert audit.stats.ok and audit.stats.write_errors == 0
+    assert audit.stats.dropped == {"writer_behind": 0, "lock_away": 0}
     assert _lock_events(logs) == [("error", MISSING), ("info", BACK)]
 
 
@@ -74,12 +78,13 @@ def test_rounds_past_the_queue_while_the_lock_file_is_away_are_dropped_counted_q
     tmp_path: Path,
 ) -> None:
     """The queue holds `audit.queue` rounds while the writer waits: past it rounds are dropped
-    and counted as from a slow disk, their quotes carried into the next round queued once there
-    is room, so the trail's tape still has every quote; the rounds kept go in in order."""
+    and counted (as `lock_away`, not as from a slow disk), their quotes carried into the next
+    round queued once there is room, so the trail's tape still has every quote; the rounds kept
+    go in in order."""
     state, away, audit, feed = _moved_away(tmp_path, queue=4)
     for _ in range(10):  # rounds 5 to 14: 5 to 8 queued behind round 4, 9 to 14 dropped
         feed.round()
-    assert audit.stats.dropped == 6
+    assert audit.stats.dropped == {"writer_behind": 0, "lock_away": 6}
     away.rename(state)
     wait_for(lambda: audit.stats.rounds == 8)
     for _ in range(2):
@@ -89,6 +94,76 @@ def test_rounds_past_the_queue_while_the_lock_file_is_away_are_dropped_counted_q
     assert [n for n, _ in stored] == [*range(1, 9), 15, 16]
     assert [q for _, q in stored] == [9] * 8 + [9 * 7, 9]  # 9 to 14's quotes in with 15
     assert audit.stats.write_errors == 0
+
+
+def _drop_series(stats: AuditStats, feed: Feed) -> dict[str, dict[str, float]]:
+    """The audit trail's drop counters as /metrics shows them: {metric: {reason: value}}."""
+    metrics = Metrics(
+        MetricsInputs(
+            core=feed.core,
+            latest=lambda: None,
+            source_stats={},
+            now_ms=lambda: feed.now,
+            stream_subscribers=lambda: 0,
+            stream_dropped=dict,
+            audit=stats,
+        )
+    )
+    body, _ = metrics.render()
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name.startswith("oracled_audit_dropped_") and sample.name.endswith("_total"):
+                out.setdefault(sample.name, {})[sample.labels["reason"]] = sample.value
+    return out
+
+
+def test_what_a_full_queue_drops_while_the_lock_file_is_away_is_counted_as_lock_away(
+    tmp_path: Path,
+) -> None:
+    """While the writer holds its rounds for its lock file, what the full queue drops is
+    counted with `reason="lock_away"`, not as a writer behind a slow disk (`writer_behind`):
+    the rounds, the signature of a round queued, an operator's pause, and the quotes carried
+    past the cap. /metrics shows every reason of each drop counter from the start, those that
+    counted nothing at 0; once the lock file is back the rounds held go in."""
+    state, away, audit, feed = _moved_away(tmp_path, queue=4)
+    audit.carry_max = 20  # quotes carried at most; a round brings 9
+    before = _drop_series(audit.stats, feed)
+    assert before == {
+        "oracled_audit_dropped_rounds_total": {"writer_behind": 0.0, "lock_away": 0.0},
+        "oracled_audit_dropped_quotes_total": {
+            "writer_behind": 0.0,
+            "lock_away": 0.0,
+            "write_error": 0.0,
+        },
+        "oracled_audit_dropped_events_total": {"writer_behind": 0.0, "lock_away": 0.0},
+        "oracled_audit_dropped_signatures_total": {"writer_behind": 0.0, "lock_away": 0.0},
+    }
+    signer = RoundSigner(SigningKey.generate(), "test")
+    for _ in range(3):  # rounds 5 to 7 queued behind round 4, which the writer holds
+        feed.round()
+    feed.round(signer)  # round 8 fills the queue; its signature finds it full
+    for _ in range(3):  # rounds 9 to 11 dropped: 9 quotes carried, 18, then 27 > 20 dropped
+        feed.round()
+    audit.record_action(feed.now + 1, "alice", "pause", "BTC/USD")
+    assert audit.stats.dropped == {"writer_behind": 0, "lock_away": 3}
+    assert audit.stats.signatures_dropped == {"writer_behind": 0, "lock_away": 1}
+    assert audit.stats.dropped_events == {"writer_behind": 0, "lock_away": 1}
+    assert audit.stats.dropped_quotes == {"writer_behind": 0, "lock_away": 27, "write_error": 0}
+    assert _drop_series(audit.stats, feed) == {
+        "oracled_audit_dropped_rounds_total": {"writer_behind": 0.0, "lock_away": 3.0},
+        "oracled_audit_dropped_quotes_total": {
+            "writer_behind": 0.0,
+            "lock_away": 27.0,
+            "write_error": 0.0,
+        },
+        "oracled_audit_dropped_events_total": {"writer_behind": 0.0, "lock_away": 1.0},
+        "oracled_audit_dropped_signatures_total": {"writer_behind": 0.0, "lock_away": 1.0},
+    }
+    away.rename(state)
+    wait_for(lambda: audit.stats.rounds == 8)
+    assert audit.close()
+    assert _stored(state / "audit.sqlite3") == [(n, 9) for n in range(1, 9)]
 
 
 def test_a_lock_lost_while_away_stops_the_trail_for_good(tmp_path: Path) -> None:

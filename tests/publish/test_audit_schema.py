@@ -194,7 +194,9 @@ def test_a_version_1_database_answers_exactly_as_version_2(
 def test_the_writer_leaves_a_version_1_database_alone_and_prices_go_on(tmp_path: Path) -> None:
     """A version 1 file at audit.path: every round is counted lost with an error naming the file
     and what to do, and the file is not changed; once it is moved aside the running writer makes
-    a new database there at its next try, and the moved file still reads."""
+    a new database there at its next try, and the moved file still reads. The lost rounds'
+    quotes, kept for the next round written, are dropped past the carry cap, counted with
+    `reason="write_error"` and logged once."""
     db, aside = tmp_path / "audit.sqlite3", tmp_path / "audit-v1.sqlite3"
     first = Feed(make_config(), trail(tmp_path / "scratch.sqlite3"))
     run(first, 5)
@@ -204,11 +206,17 @@ def test_the_writer_leaves_a_version_1_database_alone_and_prices_go_on(tmp_path:
 
     audit = AuditTrail(audit_config(db))
     audit._retry_s = 0.0  # every batch tries the file again (5 s in the daemon)
+    audit.carry_max = 20  # quotes kept at most; a round brings 9
     audit.start()
     feed = Feed(make_config(), audit)
-    run(feed, 3)
-    wait_for(lambda: audit.stats.write_errors == 3)
+    with capture_logs() as logs:
+        run(feed, 3)
+        wait_for(lambda: audit.stats.write_errors == 3)
     assert audit.stats.rounds == 0 and not audit.stats.ok
+    # 9 kept, 18 kept, then 27 > 20: all dropped, however the writer batched the three rounds
+    assert audit.stats.dropped_quotes == {"writer_behind": 0, "lock_away": 0, "write_error": 27}
+    told = "audit trail not written: quotes of the rounds lost are dropped from the tape"
+    assert [e["quotes"] for e in logs if e["event"] == told] == [27]
     error = audit.stats.last_error
     assert error is not None
     assert str(db) in error and "schema version 1" in error and "move the file aside" in error
