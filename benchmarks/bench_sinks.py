@@ -14,7 +14,12 @@ Builds the world of `bench_round.py` (markets x sources, live prices) and measur
   contract's flag set in their slots), and of the batch of their prices that resumes them;
 - push read: the pusher's read of what the contract stores for every market (`latestMany`,
   at start and after a reorganisation), and the decode of that answer alone on the event loop,
-  the pusher's (numpy) and eth-abi's, on the same bytes.
+  the pusher's (numpy) and eth-abi's, on the same bytes;
+- push scan: the start-up scan (`push.scan_from_block`) of the `PriceUpdated` logs every push
+  above left, from the contract's first block in one `eth_getLogs` range: the look that asks
+  for them (the request, anvil's answer, its decode and check on the loop), and the check of
+  the decoded logs alone (`_logged_markets`, on the loop); then the whole scan of 10,000
+  blocks without a log (one request per 2,000 blocks, 8 a look), as after a long deployment.
 
     python benchmarks/bench_sinks.py --markets 1000 --rounds 40
 
@@ -40,13 +45,16 @@ from bench_round import build_config, build_quotes
 from oracled.clock import SystemClock
 from oracled.config import AuditConfig, ChainConfig, Config, PushConfig
 from oracled.core import Core, RoundResult
+from oracled.eth import keccak
 from oracled.model import Quote, Status
 from oracled.publish.audit import AuditTrail, _Item
-from oracled.publish.chain_push import ChainPusher, market_id
+from oracled.publish.chain_push import ChainPusher, _Scan, market_id
 from oracled.publish.feed_abi import decode_latest_many, encode_latest_many
 from oracled.publish.signer import SigningKey
 
 ROOT = Path(__file__).resolve().parents[1]
+_QUIET_BLOCKS = 10_000
+_PRICE_TOPIC = "0x" + keccak(b"PriceUpdated(bytes32,int128,int8,uint64,uint48)").hex()
 T0 = 1_700_000_000_000
 
 
@@ -181,6 +189,7 @@ async def bench_push(rounds: list[tuple[list[Quote], RoundResult]], batch: int) 
                     started = time.perf_counter()
                     abi_decode(["(int128,int8,uint48,uint64,bool)[]"], answer)
                     eth_abi_decode.append(time.perf_counter() - started)
+                scans, checks, logs = await bench_scan(pusher, chain, feed, len(rounds))
         finally:
             node.stop()
     return {
@@ -193,7 +202,43 @@ async def bench_push(rounds: list[tuple[list[Quote], RoundResult]], batch: int) 
         "read_stored_1000_markets": ms(reads),
         "decode_stored_numpy": ms(numpy_decode),
         "decode_stored_eth_abi": ms(eth_abi_decode),
+        "scan_logs": logs,
+        "scan_look": ms(scans),
+        "scan_check_logs": ms(checks),
     }
+
+
+async def bench_scan(
+    pusher: ChainPusher, chain: Any, feed: str, repeats: int
+) -> tuple[list[float], list[float], dict[str, int]]:
+    """The start-up scan's look over every block so far (one range: `scan_max_blocks` is the
+    default 2,000, and the pushes above take a block each), and the check of its logs alone."""
+    head = int(await pusher.rpc.call("eth_blockNumber", []), 16)
+    query = {"address": feed, "fromBlock": "0x0", "toBlock": hex(head)}
+    raw = await pusher.rpc.call("eth_getLogs", [{**query, "topics": [_PRICE_TOPIC]}])
+    looks, checks = [], []
+    for _ in range(repeats):
+        scan = _Scan(0, pusher.cfg.scan_max_blocks)
+        started = time.perf_counter()
+        await pusher._scan_look(scan)
+        looks.append(time.perf_counter() - started)
+        assert scan.next_block > head and len(scan.found) > 0
+        started = time.perf_counter()
+        pusher._logged_markets(raw)
+        checks.append(time.perf_counter() - started)
+    # Quiet blocks after them: the requests a scan of a long-deployed contract makes.
+    await chain.mine(_QUIET_BLOCKS)
+    empty = _Scan(head + 1, pusher.cfg.scan_max_blocks)
+    started = time.perf_counter()
+    while empty.end is None or empty.next_block <= empty.end:
+        await pusher._scan_look(empty)
+    quiet = time.perf_counter() - started
+    sizes = {"count": len(raw), "answer_bytes": len(json.dumps(raw))}
+    return (
+        looks,
+        checks,
+        {**sizes, "quiet_requests": empty.requests, "quiet_ms": round(quiet * 1e3)},
+    )
 
 
 async def pause_and_resume(
