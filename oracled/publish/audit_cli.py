@@ -122,9 +122,9 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="recompute the window's reports from the trail's stored quotes, manual pauses and"
         " the configs of its starts and reloads, and compare them with the stored ones (exit 0"
-        " all equal, 1 no round, 2 bad request, 3 a mismatch, 4 rounds not reproducible: no"
-        " stored text or file with the stored sha256, quotes missing; 5 reports of another"
-        " pricing revision differ)",
+        " all equal, 1 no round, 2 bad request, 3 a mismatch, else 4 rounds not reproducible:"
+        " no stored text or file with the stored sha256, quotes missing; else 5 reports of"
+        " another pricing revision differ, every round replayed)",
     )
     p.add_argument(
         "--json",
@@ -451,8 +451,8 @@ def _overwrites_database(args: argparse.Namespace) -> str | None:
 def cmd_audit(args: argparse.Namespace) -> int:
     """Run `oracled audit`; 0 when something was found, 1 when not, 2 on a bad request
     (`--verify`: 3 when a round does not match its signature, 4 when some could not be checked;
-    `--replay`: 3 a mismatch, 4 rounds not reproducible, 5 reports of another pricing revision
-    differ)."""
+    `--replay`: 3 a mismatch, else 4 rounds not reproducible, else 5 reports of another
+    pricing revision differ)."""
     problem = _usage_problem(args) or _overwrites_database(args)
     if problem is not None:
         print(f"oracled audit: {problem}", file=sys.stderr)

@@ -53,9 +53,11 @@ EXIT_OK: Final = 0  # every report compared is the one the core computes
 EXIT_EMPTY: Final = 1  # no round to compare in the window
 EXIT_MISMATCH: Final = 3  # a stored report differs from the core's, under this pricing revision
 #: no mismatch, but rounds of the window could not be replayed (no config with the stored
-#: sha256, no config loads in the trail, stored quotes missing, a schedule that does not add up)
+#: sha256, no config loads in the trail, stored quotes missing, a schedule that does not add up),
+#: whether or not reports of another pricing revision differ too
 EXIT_UNREPRODUCIBLE: Final = 4
-#: no mismatch under this revision, but reports of rounds computed under another one differ
+#: no mismatch under this revision and every round replayed, but reports of rounds computed
+#: under another revision differ
 EXIT_REVISION: Final = 5
 _LAST: Final = 1 << 62
 _KEPT: Final = 1000  # mismatches kept for the output (all are counted)
@@ -91,12 +93,14 @@ class ReplaySummary:
     mismatches: list[Mismatch] = field(default_factory=list)  # the first _KEPT
 
     def exit_code(self) -> int:
+        """3 a mismatch, then 4 rounds not replayed, then 5 only other-revision differences:
+        5 says everything else was equal, which rounds not replayed leave unknown."""
         if self.mismatched:
             return EXIT_MISMATCH
-        if self.other_revision:
-            return EXIT_REVISION
         if self.unreproducible or (self.problems and not self.reports):
             return EXIT_UNREPRODUCIBLE
+        if self.other_revision:
+            return EXIT_REVISION
         return EXIT_OK if self.reports else EXIT_EMPTY
 
     def as_dict(self) -> dict[str, Any]:

@@ -475,6 +475,39 @@ def test_the_round_where_the_numbers_stop_adding_up_is_counted_not_reproducible(
     assert result["problems"][0].startswith(f"round 4 at {iso_time(feed.now)} cannot follow")
 
 
+def test_rounds_not_reproducible_beside_other_revision_differences_exit_4_not_5(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both at once: every round stored under the revision before this one, a report of round
+    2 that differs (a revision difference, exit 5 alone), and the last round's number changed to
+    its predecessor's (not reproducible, exit 4 alone). Exit 4: 5 says every other report was
+    equal, which a round not replayed leaves unknown. Before, 5 won. A mismatch under this
+    revision (3) still wins over both."""
+    db, _, feed = _feed_trail(tmp_path)
+    for _ in range(5):
+        feed.round()
+    feed.audit.close()
+    sql(db, f"UPDATE rounds SET revision = {PRICING_REVISION - 1}")
+    rewrite_report(db, 2, "BTC/USD", lambda r: msgspec.structs.replace(r, status="stale"))
+    code, result = _replay(capsys, db)
+    assert code == 5, result  # the revision difference alone
+    sql(db, "UPDATE rounds SET round = 4 WHERE id = 5")
+    code, result = _replay(capsys, db)
+    assert code == 4, result
+    assert (result["mismatches"], result["other_revision_mismatches"]) == (0, 1)
+    assert result["unreproducible_rounds"] == 1 and result["exit"] == 4
+    code, text = _replay(capsys, db, json_out=False)
+    assert code == 4, text
+    assert "1 differ in rounds computed under pricing revision(s)" in text
+    assert "; 1 round(s) not reproducible" in text
+    sql(db, f"UPDATE rounds SET revision = {PRICING_REVISION} WHERE id = 3")
+    rewrite_report(db, 3, "BTC/USD", lambda r: msgspec.structs.replace(r, status="stale"))
+    code, result = _replay(capsys, db)
+    assert code == 3, result
+    assert (result["mismatches"], result["other_revision_mismatches"]) == (1, 1)
+    assert result["unreproducible_rounds"] == 1
+
+
 def test_the_rounds_of_a_long_trail_are_read_as_replayed_not_held_in_memory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
