@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -117,6 +118,9 @@ _PRICE_UPDATED: Final = "0x" + keccak(b"PriceUpdated(bytes32,int128,int8,uint64,
 _SCAN_RANGES_A_LOOK: Final = 8
 #: Ranges answered in a row after which a halved span doubles again (at most `scan_max_blocks`).
 _SCAN_GROW_AFTER: Final = 8
+#: One 32-byte word as a node writes it (a topic, a `VERSION` answer): ASCII hex digits only,
+#: as `bytes.fromhex` takes them (`int(_, 16)` also takes `_` and other scripts' digits).
+_WORD: Final = re.compile(r"0x[0-9a-fA-F]{64}")
 _STATUS_NAMES: Final = tuple(s.label for s in Status)
 _RESTART_MAX_S: Final = 30.0
 #: Prices at or above this many units of their last digit are checked exactly against the
@@ -511,7 +515,7 @@ class ChainPusher:
             raw = "0x"
         if raw == "0x":  # reverted, or a fallback that answers nothing: no VERSION
             found = None
-        elif isinstance(raw, str) and len(raw) == 66 and _is_hex(raw):
+        elif isinstance(raw, str) and _WORD.fullmatch(raw):
             found = int(raw, 16)
         else:
             self.stats.bad_answers += 1
@@ -714,8 +718,7 @@ class ChainPusher:
                 or not isinstance(address, str)
                 or address.lower() != contract
                 or not isinstance(topics[1], str)
-                or len(topics[1]) != 66
-                or not _is_hex(topics[1])
+                or not _WORD.fullmatch(topics[1])
             ):
                 self.stats.bad_answers += 1
                 raise _BadAnswer(f"eth_getLogs: {shown(logs)} is not a list of PriceUpdated logs")

@@ -718,6 +718,11 @@ async def test_the_scan_halves_a_range_the_node_refuses_and_pushes_meanwhile(rig
         [{"address": OTHER, "topics": [PRICE_UPDATED, "0x" + "11" * 32]}],
         [{"topics": ["0x" + "22" * 32, "0x" + "11" * 32]}],
         [{"topics": [PRICE_UPDATED, "0x11"]}],
+        # 66 characters that Python's int() reads as hex, but no 32 bytes: a digit separator,
+        # Arabic-Indic digits (before, bytes.fromhex raised out of the look: a crash at every
+        # start, and no push went out while the node answered so)
+        [{"topics": [PRICE_UPDATED, "0x" + "11" * 31 + "_1"]}],
+        [{"topics": [PRICE_UPDATED, "0x" + "\u0661" * 64]}],
     ],
 )
 async def test_a_scan_answer_that_is_no_list_of_the_contracts_price_logs_is_asked_again(
