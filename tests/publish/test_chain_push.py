@@ -153,12 +153,21 @@ async def rig(anvil: Anvil) -> AsyncIterator[Rig]:
 
 
 async def settle(pusher: ChainPusher) -> None:
-    """Step until the transaction in flight (if any) is confirmed (automine answers at once)."""
-    for _ in range(50):
-        await pusher.step()
-        if not pusher.stats.pending:
-            return
-    raise AssertionError("the push never settled")
+    """Step until the transaction in flight (if any) is confirmed, looking again every 2 ms.
+
+    automine answers `eth_sendRawTransaction` first and mines a moment later, and the
+    pusher's clock does not move here, so a look before the block just looks again. The looks
+    were 50 back to back: on a loaded machine the block came after all of them. The bound is
+    a time, as in `mined`, and only turns a push that never settles into a failure."""
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                await pusher.step()
+                if not pusher.stats.pending:
+                    return
+                await asyncio.sleep(0.002)
+    except TimeoutError:
+        raise AssertionError("the push never settled") from None
 
 
 async def first_push(rig: Rig, rounds: Rounds, **overrides: Any) -> ChainPusher:
