@@ -168,7 +168,8 @@ class Chain:
         return to_checksum_address(receipt["contractAddress"])
 
     async def transact(self, to: str, signature: str, *args: Any, value: int = 0) -> Any:
-        """Send a transaction (mined at once by anvil's automine); return its receipt."""
+        """Send a transaction (anvil's automine mines it, a moment after answering); return its
+        receipt."""
         tx: dict[str, Any] = {"to": to, "data": "0x" + calldata(signature, *args).hex()}
         if value:
             tx["value"] = hex(value)
@@ -181,15 +182,17 @@ class Chain:
             raise RpcFailed(f"transaction failed: {receipt}")
         return receipt
 
-    async def mined(self, tx_hash: str) -> Any:
-        """The receipt of `tx_hash` once it is mined (None if it is not within about a second):
-        automine answers the hash first and mines a moment later."""
+    async def mined(self, tx_hash: str, within_s: float = 10.0) -> Any:
+        """The receipt of `tx_hash` once it is mined (None if it is not within `within_s`):
+        automine answers the hash first and mines a moment later, up to about 2 s later on a
+        starved machine (a bound of 500 looks 2 ms apart ran out there). The bound only turns a
+        transaction that is never mined into a failure."""
         receipt = None
-        for _ in range(500):
+        deadline = asyncio.get_running_loop().time() + within_s
+        while receipt is None and asyncio.get_running_loop().time() < deadline:
             receipt = await self.rpc("eth_getTransactionReceipt", [tx_hash])
-            if receipt is not None:
-                break
-            await asyncio.sleep(0.002)
+            if receipt is None:
+                await asyncio.sleep(0.002)
         return receipt
 
     async def call(
