@@ -566,7 +566,7 @@ class ChainPusher:
             return
         self._known.update(dict.fromkeys(result.layout.markets))
         if self._found or any(key.startswith("0x") for key in self._scanned):
-            self._name_scanned(result.layout.markets)
+            self._name_scanned([m for m in self._known if not m.startswith("0x")])
         markets = [m for m in self._known if m not in self._read_markets]
         if not markets:
             self._read_layout = result.layout
@@ -593,10 +593,13 @@ class ChainPusher:
 
     def _name_scanned(self, markets: Sequence[str]) -> None:
         """The scan's markets under the names `markets` give them, by their id where no name
-        does (a market no config of this process names). A reload that adds a market known
-        by its id renames it: its entry is read again under its name, and the id's entry is
-        forgotten (a pause of the id and the name's price in one call would keep the price,
-        and leave the id taken for paused)."""
+        does (a market no config of this process names). `markets`: every market of this
+        process's layouts, not only the current one's: a market a reload removed before the
+        scan ended is tracked under its name already (tracked under its id too, it was paused
+        twice in one batch, and counted twice). A reload that adds a market known by its id
+        renames it: its entry is read again under its name, and the id's entry is forgotten
+        (a pause of the id and the name's price in one call would keep the price, and leave
+        the id taken for paused)."""
         names = {market_id(m): m for m in markets}
         for key in [k for k in self._scanned if k.startswith("0x")]:
             name = names.get(bytes.fromhex(key[2:]))

@@ -666,6 +666,35 @@ async def test_a_market_the_scan_found_by_its_id_and_a_reload_adds_is_priced_und
     assert not [key for key in second._known if key.startswith("0x")]  # BTC is BTC now
 
 
+async def test_a_market_a_reload_removed_before_the_scan_ended_is_paused_once_by_its_name(
+    rig: Rig,
+) -> None:
+    """Run two starts with the scan on and BTC in its config (read by name at the start); a
+    reload removes BTC before the scan's look. The scan finds BTC's id, which a config of this
+    process named: one pause entry, by name, counted once and warned of once. Named from the
+    current layout alone, BTC was tracked twice (by name and by id): two pause entries for the
+    one market in one batch, `pauses` counted 2, two warnings."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(first)
+    again = _restarted(rounds, make_config())
+    second = rig.pusher(heartbeat_s=3600.0, scan_from_block=0)
+    second.submit(again.step())
+    await second.start()  # reads BTC's entry under its name
+    with capture_logs() as logs:
+        second.submit(_without_btc(again))
+        await settle(second)
+        for _ in range(2):
+            second.submit(again.step())
+            await settle(second)
+    assert (await rig.feed_of("BTC/USD"))[4] is True
+    assert _pause_lines(logs) == [(["BTC/USD"], [])]
+    assert second.stats.pauses == 1 and second.stats.transactions["sent"] == 1
+    warned = [e["market"] for e in logs if e["event"].endswith("pausing its price on chain")]
+    assert warned == ["BTC/USD"]
+    assert not [key for key in second._known if key.startswith("0x")]
+
+
 async def test_the_scan_halves_a_range_the_node_refuses_and_pushes_meanwhile(rig: Rig) -> None:
     """A node that refuses any `eth_getLogs` over 2 blocks (as public RPCs limit ranges) in
     front of a chain of some 70 blocks, `scan_max_blocks = 16`: the scan halves its range at
