@@ -654,6 +654,12 @@ class ChainPusher:
         try:
             if scan.end is None:
                 scan.end = await self._quantity("eth_blockNumber", [])
+                if scan.next_block > scan.end:  # a block of another chain, a digit too many
+                    self._log.warning(
+                        "push.scan_from_block is past the chain's head: nothing is scanned",
+                        from_block=scan.next_block,
+                        head=scan.end,
+                    )
             for _ in range(_SCAN_RANGES_A_LOOK):
                 if scan.next_block > scan.end or not await self._scan_range(scan):
                     break

@@ -695,6 +695,32 @@ async def test_a_market_a_reload_removed_before_the_scan_ended_is_paused_once_by
     assert not [key for key in second._known if key.startswith("0x")]
 
 
+async def test_a_scan_from_a_block_past_the_head_says_it_scanned_nothing(rig: Rig) -> None:
+    """`push.scan_from_block` past the chain's head (a deployment block of another chain, a
+    digit too many) scans nothing: a warning says so, with the block and the head, and BTC,
+    which run two's config lacks, keeps its live price. Before, the only line was `on-chain
+    scan done` with 0 markets, which reads as a scan that found nothing to pause."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(first)
+    head = await rig.chain.block_number()
+    again = _restarted(rounds, make_config({"ETH/USD": 3_100.5, "SOL/USD": 150.125}))
+    second = rig.pusher(heartbeat_s=3600.0, scan_from_block=head + 10_000_000)
+    second.submit(again.step())
+    await second.start()
+    with capture_logs() as logs:
+        await settle(second)
+    (past,) = [e for e in logs if e["event"].startswith("push.scan_from_block is past")]
+    assert (past["from_block"], past["head"], past["log_level"]) == (
+        head + 10_000_000,
+        head,
+        "warning",
+    )
+    (done,) = _scan_lines(logs)
+    assert (done["requests"], done["markets"]) == (0, 0)
+    assert (await rig.feed_of("BTC/USD"))[4] is False
+
+
 async def test_the_scan_halves_a_range_the_node_refuses_and_pushes_meanwhile(rig: Rig) -> None:
     """A node that refuses any `eth_getLogs` over 2 blocks (as public RPCs limit ranges) in
     front of a chain of some 70 blocks, `scan_max_blocks = 16`: the scan halves its range at
