@@ -609,10 +609,23 @@ class ChainPusher:
                 self._known.pop(key, None)
                 self._stored.pop(key, None)
                 self._read_markets.discard(key)
+                self._rename_in_flight(key, name)
         keys = [names.get(i, "0x" + i.hex()) for i in self._found]
         self._found = []
         self._scanned.update(keys)
         self._known.update(dict.fromkeys(keys))
+
+    def _rename_in_flight(self, key: str, name: str) -> None:
+        """The id's pause entry in the transaction in flight, under the market's name (the same
+        calldata): its confirmation then marks the name's entry paused. Left under the id, it
+        went to the entry just forgotten, and the name's, read while the pause was pending,
+        passed for a live price: an active market stayed paused on chain until its heartbeat."""
+        inflight = self._inflight
+        if inflight is None:
+            return
+        for batch in (inflight.batch, *(sent for _, sent in inflight.sent)):
+            if key in batch.paused:
+                batch.paused = [name if k == key else k for k in batch.paused]
 
     async def step(self) -> None:
         """One unit of work: settle or replace the transaction in flight, else push what is due."""

@@ -721,6 +721,41 @@ async def test_a_scan_from_a_block_past_the_head_says_it_scanned_nothing(rig: Ri
     assert (await rig.feed_of("BTC/USD"))[4] is False
 
 
+async def test_a_market_a_reload_adds_while_its_scan_pause_is_pending_is_priced_again(
+    rig: Rig,
+) -> None:
+    """Run two, without BTC and with the scan on, sends BTC's pause by its id; before a block
+    mines it, a reload adds BTC back, whose entry is read under its name (still a live price:
+    the pause is pending). Once the pause is mined and BTC is active again, its price is pushed
+    at the next look, which clears the pause. Before, the pause's confirmation went to the id's
+    entry, forgotten at the rename, so the pusher took BTC for live on chain: paused there, and
+    active here, until its heartbeat (an hour) or a move past its deviation."""
+    rounds = Rounds(make_config())
+    first = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(first)
+    btc = await rig.stored("BTC/USD")
+    again = _restarted(rounds, make_config({"ETH/USD": 3_100.5, "SOL/USD": 150.125}))
+    second = rig.pusher(heartbeat_s=3600.0, scan_from_block=0)
+    second.submit(again.step())
+    await second.start()
+    await rig.chain.rpc("evm_setAutomine", [False])
+    await second.step()  # the scan ends: BTC's pause entry is sent, not mined
+    assert second._inflight is not None and second._inflight.batch.paused
+    again.core.reconfigure(make_config())
+    again.prices["BTC/USD"] = BASE_PRICES["BTC/USD"]
+    second.submit(again.step())
+    await second.step()  # reads BTC under its name: a live price, its pause still pending
+    await rig.chain.rpc("evm_mine")
+    await rig.chain.rpc("evm_setAutomine", [True])
+    await settle(second)
+    assert (await rig.feed_of("BTC/USD"))[4] is True and second.stats.pauses == 1
+    for _ in range(4):
+        second.submit(again.step())
+        await settle(second)
+    assert (await rig.feed_of("BTC/USD"))[0] == btc[0]
+    assert (await rig.feed_of("BTC/USD"))[4] is False
+
+
 async def test_the_scan_halves_a_range_the_node_refuses_and_pushes_meanwhile(rig: Rig) -> None:
     """A node that refuses any `eth_getLogs` over 2 blocks (as public RPCs limit ranges) in
     front of a chain of some 70 blocks, `scan_max_blocks = 16`: the scan halves its range at
