@@ -35,6 +35,10 @@ from oracled.core import USED
 from oracled.logs import log_lines_dropped
 from oracled.mark.engine import MODES
 from oracled.model import Status
+from oracled.publish.audit import DROP_REASONS as AUDIT_DROP_REASONS
+from oracled.publish.audit import QUOTE_DROP_REASONS as AUDIT_QUOTE_DROP_REASONS
+from oracled.publish.chain_push import SKIP_REASONS as PUSH_SKIP_REASONS
+from oracled.publish.chain_push import TX_RESULTS as PUSH_TX_RESULTS
 from oracled.sources.stats import LATENCY_BOUNDS_MS, ConnState, SourceStats
 
 if TYPE_CHECKING:
@@ -291,10 +295,6 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
     yield announced
 
 
-_PUSH_TX_RESULTS = ("sent", "replaced", "confirmed", "reverted", "error", "gas_cap")
-_PUSH_SKIP_REASONS = ("paused", "unknown", "degraded", "overflow")
-
-
 #: The audit trail's counters and gauges: (name, help, the AuditStats field it reads).
 _AUDIT_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("oracled_audit_rounds", "Rounds written to the audit trail.", "rounds"),
@@ -304,12 +304,8 @@ _AUDIT_COUNTERS: tuple[tuple[str, str, str], ...] = (
         "write_errors",
     ),
 )
-#: Why the audit trail dropped an item (oracled.publish.audit.DROP_REASONS, and
-#: QUOTE_DROP_REASONS for quotes): the writer behind the rounds, or holding them while its lock
-#: file was away; quotes also when kept from rounds a failed write lost.
-_AUDIT_DROP_REASONS = ("writer_behind", "lock_away")
-_AUDIT_QUOTE_DROP_REASONS = (*_AUDIT_DROP_REASONS, "write_error")
 #: The audit trail's drop counters, by `reason`: (name, help, the AuditStats field, reasons).
+#: The reasons are the trail's own tuples, which AuditStats counts under, so the two agree.
 _AUDIT_DROPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     (
         "oracled_audit_dropped_rounds",
@@ -317,28 +313,28 @@ _AUDIT_DROPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         " (the database slower than the rounds) or lock_away (rounds held while its lock file"
         " was away).",
         "dropped",
-        _AUDIT_DROP_REASONS,
+        AUDIT_DROP_REASONS,
     ),
     (
         "oracled_audit_dropped_quotes",
         "Quotes of dropped rounds past the carry cap: the audit tape lacks them. By reason: the"
         " rounds' (writer_behind, lock_away), or write_error (rounds a failed write lost).",
         "dropped_quotes",
-        _AUDIT_QUOTE_DROP_REASONS,
+        AUDIT_QUOTE_DROP_REASONS,
     ),
     (
         "oracled_audit_dropped_events",
         "Operator actions and config loads left out of the audit trail: its queue was full"
         " (reason: writer_behind or lock_away).",
         "dropped_events",
-        _AUDIT_DROP_REASONS,
+        AUDIT_DROP_REASONS,
     ),
     (
         "oracled_audit_dropped_signatures",
         "Signatures left out of the audit trail (queue full): their rounds read as unsigned"
         " (reason: writer_behind or lock_away).",
         "signatures_dropped",
-        _AUDIT_DROP_REASONS,
+        AUDIT_DROP_REASONS,
     ),
 )
 _AUDIT_GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -383,7 +379,7 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
         "oracled_push_transactions",
         "Push transactions by result: sent, replaced, confirmed, reverted, error, gas_cap.",
         "result",
-        _PUSH_TX_RESULTS,
+        PUSH_TX_RESULTS,
         stats.transactions if stats is not None else None,
     )
     skipped = _labelled(
@@ -391,7 +387,7 @@ def _push_families(stats: PushStats | None) -> Iterator[Metric]:
         "Markets not pushed in a round: not active (by status), or a price past the "
         "contract's int128 (overflow).",
         "reason",
-        _PUSH_SKIP_REASONS,
+        PUSH_SKIP_REASONS,
         stats.skipped if stats is not None else None,
     )
     updates = CounterMetricFamily(
