@@ -39,6 +39,12 @@ from oracled.publish.audit import DROP_REASONS as AUDIT_DROP_REASONS
 from oracled.publish.audit import QUOTE_DROP_REASONS as AUDIT_QUOTE_DROP_REASONS
 from oracled.publish.chain_push import SKIP_REASONS as PUSH_SKIP_REASONS
 from oracled.publish.chain_push import TX_RESULTS as PUSH_TX_RESULTS
+from oracled.publish.nats_reasons import (
+    CONNECT_FAILURE_REASONS as NATS_CONNECT_FAILURES,
+)
+from oracled.publish.nats_reasons import DENIED_SUBJECTS as NATS_DENIED
+from oracled.publish.nats_reasons import UNPUBLISHED_REASONS as NATS_UNPUBLISHED
+from oracled.publish.signer import ERROR_REASONS as SIGNER_ERROR_REASONS
 from oracled.sources.stats import LATENCY_BOUNDS_MS, ConnState, SourceStats
 
 if TYPE_CHECKING:
@@ -198,12 +204,6 @@ def _latency_family(stats: list[tuple[str, SourceStats]]) -> HistogramMetricFami
     return family
 
 
-_SIGNER_REASONS = ("busy", "error", "floor", "lease")
-_NATS_REASONS = ("disconnected", "queue_full", "error", "unsigned")
-_NATS_CONNECT_FAILURES = ("credentials", "tls", "unreachable", "server_error")
-_NATS_DENIED = ("prices", "rounds", "stalled", "jetstream_api", "inbox", "other")
-
-
 def _labelled(
     name: str,
     text: str,
@@ -229,7 +229,7 @@ def _signer_families(stats: SignerStats | None) -> Iterator[Metric]:
         "floor (its time is not after a round this key signed before), or lease (the signing "
         "lease on disk does not reach its time yet).",
         "reason",
-        _SIGNER_REASONS,
+        SIGNER_ERROR_REASONS,
         stats.errors if stats is not None else None,
     )
     duration = GaugeMetricFamily(
@@ -259,7 +259,7 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
         "oracled_nats_unpublished",
         "Messages not published, by reason: disconnected, queue_full, error, unsigned.",
         "reason",
-        _NATS_REASONS,
+        NATS_UNPUBLISHED,
         stats.unpublished if stats is not None else None,
     )
     reconnects = CounterMetricFamily("oracled_nats_reconnects", "Reconnects to a NATS server.")
@@ -274,7 +274,7 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
         "server), tls (a certificate refused, or no TLS), unreachable (no server answered), "
         "server_error (a server took the connection and ended it: at its connection limit).",
         "reason",
-        _NATS_CONNECT_FAILURES,
+        NATS_CONNECT_FAILURES,
         stats.connect_failures if stats is not None else None,
     )
     denied = _labelled(
@@ -282,7 +282,7 @@ def _nats_families(stats: NatsStats | None) -> Iterator[Metric]:
         "Publishes and subscriptions the NATS server's permissions refused the sink's user, by "
         "subject: prices, rounds, stalled, jetstream_api, inbox (the reply subscription), other.",
         "subject",
-        _NATS_DENIED,
+        NATS_DENIED,
         stats.permission_denied if stats is not None else None,
     )
     announced = CounterMetricFamily(

@@ -130,6 +130,11 @@ from oracled.publish.nats_conn import (
     ResettingClient,
     require_supported_client,
 )
+from oracled.publish.nats_reasons import (
+    CONNECT_FAILURE_REASONS,
+    DENIED_SUBJECTS,
+    UNPUBLISHED_REASONS,
+)
 from oracled.publish.signer import SignedRound
 from oracled.publish.signstall import StallNotice
 
@@ -149,17 +154,6 @@ __all__ = [
     "stalled_subject",
 ]
 
-#: Why a message was not published: no server, the sink's queue overflowed, a client error, or
-#: a round the signer left unsigned (signing on: only signed rounds go out).
-UNPUBLISHED_REASONS = ("disconnected", "queue_full", "error", "unsigned")
-#: Why an attempt to connect failed: the server refused the credentials, TLS failed (either
-#: side refused the other's certificate, or the server does not speak TLS), no server answered,
-#: or one answered and ended the connection with another error (at its connection limit).
-CONNECT_FAILURE_REASONS = ("credentials", "tls", "unreachable", "server_error")
-#: Which of the sink's subjects the server's permissions refused it: a price, a round or a stall
-#: notice, the JetStream API (creating the stream), the reply inbox of that request (a
-#: subscription), or any other (a subject this list does not know yet: a bug to report).
-DENIED_SUBJECTS = ("prices", "rounds", "stalled", "jetstream_api", "inbox", "other")
 _DENIED = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"', re.I)
 _YIELD_EVERY = 256  # publishes between two yields to the event loop
 #: JetStream's "insufficient storage resources" and "insufficient memory resources": the

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DOMAIN",
+    "ERROR_REASONS",
     "MARK_MODES",
     "PERP_PRICE_TYPE",
     "PRICE_TYPE",
@@ -562,6 +563,9 @@ class RoundMessage(msgspec.Struct, frozen=True):
 
 
 _ENCODER = msgspec.json.Encoder()
+#: Why a round was left unsigned: the previous one was still being signed, an error, its time
+#: not after one this key signed before (the floor), or the signing lease not reaching it yet.
+ERROR_REASONS: Final = ("busy", "error", "floor", "lease")
 
 
 @dataclass(slots=True)
@@ -569,9 +573,7 @@ class SignerStats:
     """Plain counters read by the metrics collector at scrape time."""
 
     signed: int = 0  # rounds signed
-    errors: dict[str, int] = field(
-        default_factory=lambda: {"busy": 0, "error": 0, "floor": 0, "lease": 0}
-    )
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_REASONS, 0))
     last_seconds: float = 0.0  # time the last round took to hash and sign
 
 
