@@ -140,8 +140,8 @@ _NONCE_OUT_OF_STEP: Final = (
 
 
 class _BadAnswer(RpcUnavailable):
-    """The node answered, but not in a form the pusher can read: treated as an unreachable
-    node (retried), and counted."""
+    """The node answered, but not in a form the pusher can read: retried as an unreachable
+    node is, counted, and logged under events of its own."""
 
 
 class PushError(OracledError):
@@ -454,7 +454,9 @@ class ChainPusher:
     async def _start_retrying(self) -> None:
         """start() until it succeeds: an unreachable node at start-up is waited for, and logged
         as a failed step is, once a minute with the failed starts since (its backoff reached
-        a line every 30 s, seven in the first minute)."""
+        a line every 30 s, seven in the first minute). A node that answered in a form the start
+        cannot read is retried the same way under its own event: an operator told "unreachable"
+        would look at the network, not at what the endpoint answers."""
         delay = 0.5
         while not self._started:
             try:
@@ -462,7 +464,12 @@ class ChainPusher:
             except (RpcUnavailable, RpcError) as exc:  # RpcError: a code not failed over
                 if isinstance(exc, RpcError):
                     self.stats.refused += 1
-                self._step_failed("chain unreachable; retrying", exc, delay_s=delay)
+                event = (
+                    "chain answer unreadable; retrying"
+                    if isinstance(exc, _BadAnswer)
+                    else "chain unreachable; retrying"
+                )
+                self._step_failed(event, exc, delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, 30.0)
 

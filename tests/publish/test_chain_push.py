@@ -1912,6 +1912,7 @@ async def test_the_pusher_task_outlasts_an_unreachable_node_at_start_and_later(
             await asyncio.gather(task, return_exceptions=True)
             await proxy.stop()
     assert [e["event"] for e in logs].count("chain unreachable; retrying") == 1
+    assert not any(e["event"] == "chain answer unreadable; retrying" for e in logs)
     assert (await rig.stored("BTC/USD"))[3] == rounds.now
 
 
@@ -1953,10 +1954,11 @@ async def test_a_node_failing_look_after_look_is_logged_once_a_minute_with_the_c
 
 async def test_a_node_that_answers_null_at_start_is_waited_for_not_a_crash(rig: Rig) -> None:
     """A node whose answers to the start's requests are null (the chain id, then the nonce) is
-    retried as an unreachable node: `chain unreachable; retrying`, no traceback, and the pusher
-    pushes once it answers. `int(None, 16)` used to end the pusher's task with `on-chain push
-    crashed`, for the life of the daemon (found pointing a daemon's push chain at an endpoint
-    that answered every request with a null result)."""
+    retried as an unreachable node is, no traceback, and the pusher pushes once it answers.
+    `int(None, 16)` used to end the pusher's task with `on-chain push crashed`, for the life of
+    the daemon (found pointing a daemon's push chain at an endpoint that answered every request
+    with a null result). The line says the node answered (`chain answer unreadable;
+    retrying`): it said `chain unreachable; retrying`, which sent an operator to the network."""
     proxy = await RpcProxy(rig.url, rig.chain.session).start()
     rounds = Rounds(make_config())
     pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
@@ -1972,11 +1974,12 @@ async def test_a_node_that_answers_null_at_start_is_waited_for_not_a_crash(rig: 
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await proxy.stop()
-    retried = [e for e in logs if e["event"] == "chain unreachable; retrying"]
+    retried = [e for e in logs if e["event"] == "chain answer unreadable; retrying"]
     # Both null answers failed a start; the second, within the minute, is held in `failures`.
     assert [(e["log_level"], e["failures"]) for e in retried] == [("warning", 1)]
     assert pusher.stats.bad_answers == 2
     assert "eth_chainId" in retried[0]["error"] and "None" in retried[0]["error"]
+    assert not any(e["event"] == "chain unreachable; retrying" for e in logs)
     assert not any("exc_info" in e for e in logs)
 
 
@@ -2020,7 +2023,7 @@ async def test_a_long_answer_the_pusher_cannot_read_is_quoted_cut_with_its_lengt
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await proxy.stop()
-    (retried,) = [e for e in logs if e["event"] == "chain unreachable; retrying"]
+    (retried,) = [e for e in logs if e["event"] == "chain answer unreadable; retrying"]
     assert retried["error"] == f"eth_getCode: {quoted} is not code"
     assert pusher.stats.bad_answers == 1
 
@@ -2041,7 +2044,7 @@ async def test_a_start_that_fails_again_and_again_is_logged_once_a_minute_with_t
     proxy.mode = "null_result"
 
     def lines() -> list[dict[str, Any]]:
-        return [e for e in logs if e["event"] == "chain unreachable; retrying"]
+        return [e for e in logs if e["event"] == "chain answer unreadable; retrying"]
 
     with capture_logs() as logs:
         task = asyncio.create_task(pusher.run())
@@ -2068,11 +2071,11 @@ async def test_a_null_answer_to_the_contract_check_at_start_is_waited_for_not_th
     rig: Rig,
 ) -> None:
     """A node that answers the start's `eth_getCode` with a null (no answer, said wrongly)
-    has not said that the address holds no code: the start is retried (`chain unreachable;
-    retrying`, counted in `bad_answers`) and the pusher pushes once the node answers. The null
-    was taken for an empty account: a PushError, which ends the pusher's task for the life of
-    the daemon (found by a seeded fault schedule that restarted the pusher behind a proxy
-    answering nulls)."""
+    has not said that the address holds no code: the start is retried (`chain answer
+    unreadable; retrying`, counted in `bad_answers`) and the pusher pushes once the node
+    answers. The null was taken for an empty account: a PushError, which ends the pusher's task
+    for the life of the daemon (found by a seeded fault schedule that restarted the pusher
+    behind a proxy answering nulls)."""
     proxy = await RpcProxy(rig.url, rig.chain.session).start()
     rounds = Rounds(make_config())
     pusher = rig.pusher(urls=(proxy.url,), interval_s=0.02)
@@ -2088,7 +2091,7 @@ async def test_a_null_answer_to_the_contract_check_at_start_is_waited_for_not_th
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await proxy.stop()
-    retried = [e for e in logs if e["event"] == "chain unreachable; retrying"]
+    retried = [e for e in logs if e["event"] == "chain answer unreadable; retrying"]
     assert len(retried) == 1 and "eth_getCode" in retried[0]["error"]
     assert pusher.stats.bad_answers == 1
 
@@ -2261,8 +2264,8 @@ async def test_a_version_answer_that_is_no_word_is_waited_for_not_the_end(
     rig: Rig, answer: str | None
 ) -> None:
     """A node that answers the start's `VERSION()` call with a short word, a word that is not
-    hex or a null has said nothing about the contract: the start is retried (`chain
-    unreachable; retrying`, counted in `bad_answers`) and the pusher pushes once the node
+    hex or a null has said nothing about the contract: the start is retried (`chain answer
+    unreadable; retrying`, counted in `bad_answers`) and the pusher pushes once the node
     answers, where a PushError would end pushing for the life of the daemon."""
     proxy = await RpcProxy(rig.url, rig.chain.session).start()
     rounds = Rounds(make_config())
@@ -2288,7 +2291,7 @@ async def test_a_version_answer_that_is_no_word_is_waited_for_not_the_end(
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await proxy.stop()
-    retried = [e for e in logs if e["event"] == "chain unreachable; retrying"]
+    retried = [e for e in logs if e["event"] == "chain answer unreadable; retrying"]
     assert len(retried) == 1 and "VERSION()" in retried[0]["error"]
     assert pusher.stats.bad_answers == 1
 
