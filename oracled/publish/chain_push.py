@@ -114,6 +114,13 @@ _VERSION: Final = selector("VERSION()")
 #: The topic of `PriceUpdated(bytes32 indexed market, ...)`, which every stored price emits:
 #: the start-up scan (`push.scan_from_block`) reads the markets ever priced from its logs.
 _PRICE_UPDATED: Final = "0x" + keccak(b"PriceUpdated(bytes32,int128,int8,uint64,uint48)").hex()
+#: Markets a `latestMany` call reads at most. A node caps an `eth_call`'s gas (geth's default
+#: is 50M, many providers set less) and the client caps an answer at 16 MiB: measured on anvil,
+#: the call takes 3,840 gas a market at 500 (1.9M, an 80 KB answer), 4,070 at 1,000 and 6,050
+#: at 5,000 (30.3M: memory costs grow with its square), so one call for every market would be
+#: refused at every look past a few thousand. More markets are read in calls of this many, all
+#: pinned to one block (`_read_feeds`).
+_READ_CHUNK: Final = 500
 #: `eth_getLogs` ranges a look asks for at most while the scan runs: pushes go on between.
 _SCAN_RANGES_A_LOOK: Final = 8
 #: Ranges answered in a row after which a halved span doubles again (at most `scan_max_blocks`).
@@ -355,6 +362,7 @@ class ChainPusher:
         self._only = frozenset(cfg.markets)
         self._log = structlog.get_logger("oracled").bind(component="push")
         self.restart_base_s = 1.0  # the first backoff after a crash (tests shorten it)
+        self.read_chunk = _READ_CHUNK  # markets a `latestMany` call at most (tests lower it)
 
     # -- the round side -----------------------------------------------------------------------
 
@@ -578,25 +586,49 @@ class ChainPusher:
         if not markets:
             self._read_layout = result.layout
             return
-        data = encode_latest_many([_chain_id(m) for m in markets])
-        raw = await self.rpc.call("eth_call", [{"to": self.contract, "data": "0x" + data.hex()}])
-        try:
-            # numpy over the words, not eth-abi: 1,000 markets held the loop 36 to 67 ms
-            if not isinstance(raw, str):
-                raise ValueError("not a hex string")
-            feeds = decode_latest_many(bytes.fromhex(raw[2:]))
-            if len(feeds.ts) != len(markets):
-                raise ValueError(f"{len(feeds.ts)} feeds for {len(markets)} markets")
-        except ValueError as exc:  # a decoding error, a result that is not hex
-            self.stats.bad_answers += 1
-            raise _BadAnswer(f"eth_call latestMany: {shown(raw)} unreadable ({exc})") from None
+        feeds = await self._read_feeds(markets)
         # Only now: a failed read is tried again, never taken as "nothing".
         self._read_layout = result.layout
         self._read_markets.update(markets)
-        rows = zip(markets, feeds.price, feeds.expo, feeds.ts, feeds.paused, strict=True)
-        for market, price, expo, ts, paused in rows:
+        for market, (price, expo, ts, paused) in zip(markets, feeds, strict=True):
             if ts > 0:
                 self._stored[market] = _Stored(price * 10.0**expo, ts, paused)
+
+    async def _read_feeds(self, markets: list[str]) -> list[tuple[int, int, int, bool]]:
+        """(price, expo, ts, paused) of each market, as the chain stores it: `latestMany` in
+        calls of `read_chunk` markets (`_READ_CHUNK`). Several calls are pinned to one block by
+        hash (EIP-1898, `requireCanonical`), the latest when the read begins, so that a read
+        never mixes two chain states: a reorganisation that takes the block away fails the read
+        (`UnknownBlock`), as a chunk the node fails or answers unreadably does; the look is
+        retried whole. One call alone reads one state, and is sent unpinned as before (a
+        balancer's node behind the head would refuse a pin to the head)."""
+        chunks = [markets[i : i + self.read_chunk] for i in range(0, len(markets), self.read_chunk)]
+        call: list[Any] = [] if len(chunks) == 1 else [await self._head_pin()]
+        feeds: list[tuple[int, int, int, bool]] = []
+        for chunk in chunks:
+            data = "0x" + encode_latest_many([_chain_id(m) for m in chunk]).hex()
+            raw = await self.rpc.call("eth_call", [{"to": self.contract, "data": data}, *call])
+            try:
+                # numpy over the words, not eth-abi: 1,000 markets held the loop 36 to 67 ms
+                if not isinstance(raw, str):
+                    raise ValueError("not a hex string")
+                got = decode_latest_many(bytes.fromhex(raw[2:]))
+                if len(got.ts) != len(chunk):
+                    raise ValueError(f"{len(got.ts)} feeds for {len(chunk)} markets")
+            except ValueError as exc:  # a decoding error, a result that is not hex
+                self.stats.bad_answers += 1
+                raise _BadAnswer(f"eth_call latestMany: {shown(raw)} unreadable ({exc})") from None
+            feeds += zip(got.price, got.expo, got.ts, got.paused, strict=True)
+        return feeds
+
+    async def _head_pin(self) -> dict[str, Any]:
+        """The latest block as an EIP-1898 pin that holds only while it is canonical."""
+        block = await self.rpc.call("eth_getBlockByNumber", ["latest", False])
+        found = block.get("hash") if isinstance(block, dict) else None
+        if not isinstance(found, str) or not _WORD.fullmatch(found):
+            self.stats.bad_answers += 1
+            raise _BadAnswer(f"eth_getBlockByNumber: {shown(block)} has no block hash")
+        return {"blockHash": found, "requireCanonical": True}
 
     def _name_scanned(self, markets: Sequence[str]) -> None:
         """The scan's markets under the names `markets` give them, by their id where no name

@@ -34,7 +34,7 @@ from oracled.config import ChainConfig, Config, PushConfig, load_config
 from oracled.core import RoundResult
 from oracled.errors import ConfigError
 from oracled.eth import keccak, selector
-from oracled.jsonrpc import EndpointStats, RpcError, RpcUnavailable
+from oracled.jsonrpc import EndpointStats, RpcError, RpcUnavailable, UnknownBlock
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Quote, Status
 from oracled.publish.chain_push import (
@@ -1438,6 +1438,119 @@ async def test_the_contract_marks_a_market_paused_and_latest_refuses_its_price(r
     assert await chain.call(feed, "latestFeed(bytes32)", btc, returns=full) == (
         102, -2, 4, 4_000, False
     )  # fmt: skip
+
+
+#: Five markets, for a read in chunks of two: two full chunks and one of a single market.
+_FIVE = {
+    "BTC/USD": 64_000.12,
+    "ETH/USD": 3_100.5,
+    "SOL/USD": 150.125,
+    "AVAX/USD": 35.25,
+    "LINK/USD": 18.5,
+}
+_LATEST_MANY = selector("latestMany(bytes32[])")
+
+
+async def _five_on_chain(rig: Rig) -> Rounds:
+    """The five markets pushed, then BTC and AVAX paused on chain (by hand)."""
+    rounds = Rounds(make_config(_FIVE), _FIVE)
+    pusher = await first_push(rig, rounds, heartbeat_s=3600.0)
+    await settle(pusher)
+    for market in ("BTC/USD", "AVAX/USD"):
+        rounds.core.set_manual(market, True)
+    pusher.submit(rounds.step())
+    await settle(pusher)
+    assert [m for m in _FIVE if (await rig.feed_of(m))[4]] == ["BTC/USD", "AVAX/USD"]
+    return rounds
+
+
+def _five_again(rounds: Rounds) -> Rounds:
+    """A restarted daemon's rounds of the five markets, at the same prices."""
+    again = Rounds(make_config(_FIVE), _FIVE)
+    again.now = rounds.now
+    again.step()
+    return again
+
+
+def _latest_many(request: Any) -> bool:
+    return request.get("method") == "eth_call" and request["params"][0]["data"].startswith(
+        "0x" + _LATEST_MANY.hex()
+    )
+
+
+async def test_a_read_in_chunks_takes_every_price_and_pause_all_at_one_block(rig: Rig) -> None:
+    """Markets read two a `latestMany` call: a restart's read of five markets is three calls,
+    each pinned by hash (canonical only) to the one block that was the latest when the read
+    began, and takes every price and pause flag as the chain holds them; its first look then
+    pushes only the two paused markets' prices (active again), the three others unchanged. One
+    call for every market was refused by a node past its gas cap at every look (3,840 gas a
+    market at 500 markets on anvil, 6,050 at 5,000: over 30M)."""
+    rounds = await _five_on_chain(rig)
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    try:
+        second = rig.pusher(urls=(proxy.url,), heartbeat_s=3600.0)
+        second.read_chunk = 2
+        again = _five_again(rounds)
+        second.submit(again.step())
+        await second.start()
+        head = await rig.chain.block()
+        assert proxy.pins[-3:] == [{"blockHash": head["hash"], "requireCanonical": True}] * 3
+        assert proxy.methods.count("eth_call") == 4  # VERSION, then 2 + 2 + 1 markets
+        for market in _FIVE:
+            price, expo, _, ts, paused = await rig.feed_of(market)
+            stored = second._stored[market]
+            assert (stored.price, stored.ts, stored.paused) == (price * 10.0**expo, ts, paused)
+        second.submit(again.step())
+        await second.step()
+        assert second._inflight is not None
+        assert sorted(second._inflight.batch.markets) == ["AVAX/USD", "BTC/USD"]
+        assert second._inflight.batch.paused == []
+        await settle(second)
+    finally:
+        await proxy.stop()
+    assert not [m for m in _FIVE if (await rig.feed_of(m))[4]]
+
+
+@pytest.mark.parametrize("fault", ["unreadable", "not_canonical"])
+async def test_a_chunk_that_fails_fails_the_whole_read_and_the_next_one_reads_every_chunk(
+    rig: Rig, fault: str
+) -> None:
+    """The second of three `latestMany` chunks answered unreadably (a word short: a counted bad
+    answer) or refused as pinned to a block no longer canonical (a reorganisation: the request's
+    own fault, not counted against the endpoint) fails the read as one call did: nothing of the
+    first chunk is taken, and the next try reads all three again, at a new block."""
+    rounds = await _five_on_chain(rig)
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    chunks: list[Any] = []
+
+    def second_chunk_fails(request: Any, answer: Any) -> Any:
+        if isinstance(request, dict) and _latest_many(request):
+            chunks.append(request["params"][1])
+            if len(chunks) == 2 and fault == "unreadable":
+                answer["result"] = answer["result"][:-64]
+            elif len(chunks) == 2:
+                gone = "hash " + request["params"][1]["blockHash"] + " is not currently canonical"
+                return {"jsonrpc": "2.0", "id": request["id"], "error": {
+                    "code": -32000, "message": gone}}  # fmt: skip
+        return answer
+
+    proxy.rewrite = second_chunk_fails
+    try:
+        second = rig.pusher(urls=(proxy.url,), heartbeat_s=3600.0)
+        second.read_chunk = 2
+        second.submit(_five_again(rounds).step())
+        failure = RpcUnavailable if fault == "unreadable" else UnknownBlock
+        with pytest.raises(failure, match="latestMany" if fault == "unreadable" else "canonical"):
+            await second.start()
+        assert second.stats.bad_answers == (1 if fault == "unreadable" else 0)
+        assert second._stored == {}
+        await rig.chain.mine()
+        await second.start()
+    finally:
+        await proxy.stop()
+    assert len(chunks) == 5 and chunks[0] == chunks[1] != chunks[2] == chunks[4]
+    assert {m for m, s in second._stored.items() if s.paused} == {"BTC/USD", "AVAX/USD"}
+    assert len(second._stored) == 5
 
 
 async def test_the_pusher_task_keeps_up_with_rounds_submitted_by_a_loop(rig: Rig) -> None:
