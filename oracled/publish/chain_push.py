@@ -463,8 +463,9 @@ class ChainPusher:
         """start() until it succeeds: an unreachable node at start-up is waited for, and logged
         as a failed step is, once a minute with the failed starts since (its backoff reached
         a line every 30 s, seven in the first minute). A node that answered in a form the start
-        cannot read is retried the same way under its own event: an operator told "unreachable"
-        would look at the network, not at what the endpoint answers."""
+        cannot read, or refused a request as its own fault, is retried the same way under its own
+        event (the one a step uses for a refusal): an operator told "unreachable" would look at
+        the network, not at what the endpoint answers."""
         delay = 0.5
         while not self._started:
             try:
@@ -472,11 +473,11 @@ class ChainPusher:
             except (RpcUnavailable, RpcError) as exc:  # RpcError: a code not failed over
                 if isinstance(exc, RpcError):
                     self.stats.refused += 1
-                event = (
-                    "chain answer unreadable; retrying"
-                    if isinstance(exc, _BadAnswer)
-                    else "chain unreachable; retrying"
-                )
+                    event = "request refused by the node; retrying"
+                elif isinstance(exc, _BadAnswer):
+                    event = "chain answer unreadable; retrying"
+                else:
+                    event = "chain unreachable; retrying"
                 self._step_failed(event, exc, delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, 30.0)
