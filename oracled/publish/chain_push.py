@@ -67,7 +67,7 @@ from oracled.clock import Clock
 from oracled.config import PUSH_PRICE_MAX, ChainConfig, PushConfig
 from oracled.errors import ConfigError, OracledError, shown
 from oracled.eth import keccak, recursion_limit_kept, selector
-from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable
+from oracled.jsonrpc import EndpointStats, RpcClient, RpcError, RpcUnavailable, UnknownBlock
 from oracled.lograte import LogEveryMinute
 from oracled.model import Status
 from oracled.publish.feed_abi import decode_latest_many, encode_latest_many
@@ -121,6 +121,9 @@ _PRICE_UPDATED: Final = "0x" + keccak(b"PriceUpdated(bytes32,int128,int8,uint64,
 #: refused at every look past a few thousand. More markets are read in calls of this many, all
 #: pinned to one block (`_read_feeds`).
 _READ_CHUNK: Final = 500
+#: A read pinned to a block that a reorganisation took away (`UnknownBlock`): the chain's doing,
+#: not a refusal of the request, so not counted as one; the read is tried again.
+_REORGANISED: Final = "chain reorganised under a read; retrying"
 #: `eth_getLogs` ranges a look asks for at most while the scan runs: pushes go on between.
 _SCAN_RANGES_A_LOOK: Final = 8
 #: Ranges answered in a row after which a halved span doubles again (at most `scan_max_blocks`).
@@ -432,6 +435,9 @@ class ChainPusher:
                 except RpcUnavailable as exc:
                     failing += 1
                     self._step_failed("chain unreachable", exc)
+                except UnknownBlock as exc:  # the block a read was pinned to: reorganised away
+                    failing += 1
+                    self._step_failed(_REORGANISED, exc)
                 except RpcError as exc:  # the node read the request and refused it
                     failing += 1
                     self.stats.refused += 1
@@ -471,7 +477,9 @@ class ChainPusher:
             try:
                 await self.start()
             except (RpcUnavailable, RpcError) as exc:  # RpcError: a code not failed over
-                if isinstance(exc, RpcError):
+                if isinstance(exc, UnknownBlock):
+                    event = _REORGANISED
+                elif isinstance(exc, RpcError):
                     self.stats.refused += 1
                     event = "request refused by the node; retrying"
                 elif isinstance(exc, _BadAnswer):

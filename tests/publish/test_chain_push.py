@@ -1553,6 +1553,47 @@ async def test_a_chunk_that_fails_fails_the_whole_read_and_the_next_one_reads_ev
     assert len(second._stored) == 5
 
 
+async def test_a_reorganisation_under_a_read_is_retried_and_not_counted_as_a_refusal(
+    rig: Rig,
+) -> None:
+    """The task's start reads five markets in three chunks; the node refuses the second as
+    pinned to a block no longer canonical. The start is retried under its own event (it was
+    counted in `oracled_push_refused_requests_total` and logged as a refusal: the chain
+    reorganised, nobody refused anything), then reads every chunk and pushes."""
+    rounds = await _five_on_chain(rig)
+    proxy = await RpcProxy(rig.url, rig.chain.session).start()
+    chunks: list[Any] = []
+
+    def second_chunk_orphaned(request: Any, answer: Any) -> Any:
+        if isinstance(request, dict) and _latest_many(request):
+            chunks.append(request["params"][1])
+            if len(chunks) == 2:
+                gone = "hash " + request["params"][1]["blockHash"] + " is not currently canonical"
+                return {"jsonrpc": "2.0", "id": request["id"], "error": {
+                    "code": -32000, "message": gone}}  # fmt: skip
+        return answer
+
+    proxy.rewrite = second_chunk_orphaned
+    pusher = rig.pusher(urls=(proxy.url,), heartbeat_s=3600.0, interval_s=0.02)
+    pusher.read_chunk = 2
+    again = _five_again(rounds)
+    pusher.submit(again.step())
+    with capture_logs() as logs:
+        task = asyncio.create_task(pusher.run())
+        try:
+            await until(lambda: task.done() or pusher.stats.up)
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await proxy.stop()
+    (said,) = [e for e in logs if "not currently canonical" in e.get("error", "")]
+    assert said["event"] == "chain reorganised under a read; retrying"
+    assert pusher.stats.refused == 0 and pusher.stats.bad_answers == 0
+    assert len(chunks) >= 5  # two of the first read, then all three again
+    assert len(pusher._stored) == 5
+
+
 async def test_the_pusher_task_keeps_up_with_rounds_submitted_by_a_loop(rig: Rig) -> None:
     """`run()` as the service starts it: rounds submitted every 20 ms (only the latest is kept),
     each a 2 % move, are pushed batch after batch by the task on its own."""
