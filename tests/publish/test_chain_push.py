@@ -1579,13 +1579,9 @@ async def test_a_reorganisation_under_a_read_is_retried_and_not_counted_as_a_ref
     again = _five_again(rounds)
     pusher.submit(again.step())
     with capture_logs() as logs:
-        task = asyncio.create_task(pusher.run())
         try:
-            await until(lambda: task.done() or pusher.stats.up)
-            assert not task.done()
+            await run_until(pusher, lambda: pusher.stats.up)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await proxy.stop()
     (said,) = [e for e in logs if "not currently canonical" in e.get("error", "")]
     assert said["event"] == "chain reorganised under a read; retrying"
@@ -2035,6 +2031,18 @@ async def until(done: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
+async def run_until(pusher: ChainPusher, done: Callable[[], bool]) -> None:
+    """`pusher.run()` as a task until `done()` holds, the task still running then (it ends only
+    on a PushError, which fails this), then cancelled and awaited."""
+    task = asyncio.create_task(pusher.run())
+    try:
+        await until(lambda: task.done() or done())
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @pytest.mark.parametrize("mode", ["error", "rate_limited"])
 async def test_the_pusher_task_outlasts_an_unreachable_node_at_start_and_later(
     rig: Rig, mode: str
@@ -2237,13 +2245,9 @@ async def test_a_null_answer_to_the_contract_check_at_start_is_waited_for_not_th
     pusher.submit(rounds.step())
     proxy.script = ["pass", "null_result"]  # the chain id, then the contract's code
     with capture_logs() as logs:
-        task = asyncio.create_task(pusher.run())
         try:
-            await until(lambda: task.done() or pusher.stats.transactions["confirmed"] == 1)
-            assert not task.done()
+            await run_until(pusher, lambda: pusher.stats.transactions["confirmed"] == 1)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await proxy.stop()
     retried = [e for e in logs if e["event"] == "chain answer unreadable; retrying"]
     assert len(retried) == 1 and "eth_getCode" in retried[0]["error"]
@@ -2267,13 +2271,9 @@ async def test_a_read_the_node_refuses_on_its_merits_is_counted_and_retried(
     pusher.submit(rounds.step())
     proxy.refuse[method] = [{"code": -32602, "message": "invalid argument 0"}]
     with capture_logs() as logs:
-        task = asyncio.create_task(pusher.run())
         try:
-            await until(lambda: task.done() or pusher.stats.transactions["confirmed"] == 1)
-            assert not task.done()
+            await run_until(pusher, lambda: pusher.stats.transactions["confirmed"] == 1)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await proxy.stop()
     assert pusher.stats.refused == 1 and pusher.stats.bad_answers == 0
     said = [e for e in logs if "invalid argument 0" in e.get("error", "")]
@@ -2439,13 +2439,9 @@ async def test_a_version_answer_that_is_no_word_is_waited_for_not_the_end(
 
     proxy.rewrite = first_version_answered
     with capture_logs() as logs:
-        task = asyncio.create_task(pusher.run())
         try:
-            await until(lambda: task.done() or pusher.stats.transactions["confirmed"] == 1)
-            assert not task.done()
+            await run_until(pusher, lambda: pusher.stats.transactions["confirmed"] == 1)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await proxy.stop()
     retried = [e for e in logs if e["event"] == "chain answer unreadable; retrying"]
     assert len(retried) == 1 and "VERSION()" in retried[0]["error"]
