@@ -119,6 +119,10 @@ _REQUEST_FAULTS: Final = (
     "max fee per gas less than block base fee",
     "max priority fee per gas higher than max fee per gas",
     "exceeds block gas limit",  # geth's pool; Besu "transaction gas limit exceeds ..."
+    # Infura's caps on one `eth_getLogs` (10,000 results, 10 s), under -32005, the code of its
+    # rate limits too: a narrower range cures them, a rest does not
+    "query returned more than",
+    "query timeout exceeded",
 )
 
 
@@ -164,9 +168,12 @@ def _server_side(code: int) -> bool:
 
 def _rate_limit(err: _Error) -> bool:
     """The error is the provider's rate or capacity limit (`_RATE_LIMITS`,
-    `_RATE_LIMIT_MESSAGES`), not a fault of the request or the node."""
+    `_RATE_LIMIT_MESSAGES`), not a fault of the request or the node (a -32005 worded as a cap
+    on the query itself is the request's, `_REQUEST_FAULTS`)."""
     words = _RATE_LIMIT_MESSAGES.get(err.code)
-    return err.code in _RATE_LIMITS or (words is not None and words in err.message.lower())
+    if err.code in _RATE_LIMITS:
+        return not _request_fault(err)
+    return words is not None and words in err.message.lower()
 
 
 def _block_unknown(err: _Error) -> bool:
