@@ -2,9 +2,10 @@
 
 It speaks the real wire protocol (see oracled/sources/binance.py for the docs): combined-stream
 ``<symbol>@bookTicker`` frames, ``SUBSCRIBE``/``UNSUBSCRIBE``/``LIST_SUBSCRIPTIONS`` with
-``{"result":null,"id":N}`` acks, error frames ``{"error":{"code":2,"msg":...},"id":N}``, server
-pings that expect a pong echoing their payload, the 5 incoming messages a second limit (a client
-over it is closed with 1008), and ``GET /api/v3/ticker/bookTicker``.
+``{"result":null,"id":N}`` acks, ``GET_PROPERTY`` of ``combined`` (answered ``{"result":true,
+"id":N}``), error frames ``{"error":{"code":2,"msg":...},"id":N}``, server pings that expect a
+pong echoing their payload, the 5 incoming messages a second limit (a client over it is closed
+with 1008), and ``GET /api/v3/ticker/bookTicker``.
 
 Two deliberate differences from the real venue, both to exercise the adapter's error paths: an
 unknown symbol in a SUBSCRIBE gets an error frame (the real venue stays silent), and the whole
@@ -76,6 +77,7 @@ class BinanceSim(VenueSim):
         )
         self.ping_interval_s = ping_interval_s
         self.pong_timeout_s = pong_timeout_s
+        self.pings_received = 0  # GET_PROPERTY requests: the USD-M adapter's keep-alive
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/stream", self.ws_handler)
@@ -152,6 +154,13 @@ class BinanceSim(VenueSim):
         ):
             return self._error(2, "Invalid request: request ID must be an unsigned integer", None)
         method, params = req["method"], req.get("params", [])
+        if method == "GET_PROPERTY":
+            # The one property is `combined`, true on `/stream` (all this venue serves): the
+            # USD-M adapter's keep-alive asks it.
+            self.pings_received += 1
+            if params != ["combined"]:
+                return self._error(0, "Unknown property", request_id)
+            return {"result": True, "id": request_id}
         if method == "LIST_SUBSCRIPTIONS":
             return {
                 "result": sorted(f"{s.lower()}{_SUFFIX}" for s in client.streams),

@@ -28,6 +28,12 @@ errors. What differs, from the docs:
 - The server pings every 3 minutes and drops a client without a pong for 10 minutes (the base
   answers pings); a client may send 10 messages a second; a connection lives at most 24 h (the
   config rotates at 23 h by default); 1024 streams per connection.
+- Three minutes between pings is far past the liveness timeout (30 s by default), and a quiet
+  book (or a venue whose engine pauses with its sockets open) sends nothing else, so the client
+  asks the documented ``{"method":"GET_PROPERTY","params":["combined"],"id":0}`` every 10 s
+  (``app_ping_interval_s``; keep ``liveness_timeout_s`` above it) and the answer,
+  ``{"result":true,"id":0}``, is the sign of life. Subscribe ids count from 1, so id 0 is the
+  keep-alive's alone. Before, such a connection was cut as silent every liveness timeout.
 - REST ``GET /fapi/v1/ticker/bookTicker`` has no multi-symbol parameter: one symbol costs weight 2,
   all symbols weight 5. One symbol asks for it alone; more ask for all in one request and keep
   the configured rows (5 weight per poll, far under the 2400 a minute an IP may spend).
@@ -97,6 +103,11 @@ _FRAME = msgspec.json.Decoder(_Combined, strict=False)
 _TEXT_FRAME = msgspec.json.Decoder(_TextCombined)
 _REST = msgspec.json.Decoder(list[_RestBook] | _RestBook)
 _NEVER: Final = -math.inf  # the update id "seen" for a symbol with none yet: every id is newer
+#: The keep-alive request's id: subscribe ids count from 1, so an answer with it is ours alone.
+_PING_ID: Final = 0
+_PING: Final = msgspec.json.encode(
+    {"method": "GET_PROPERTY", "params": ["combined"], "id": _PING_ID}
+).decode()
 
 
 class BinanceUsdmSource(BinanceSource):
@@ -107,6 +118,9 @@ class BinanceUsdmSource(BinanceSource):
     #: No snapshot: the futures bookTicker, like spot's, pushes each update of the best bid or
     #: ask's price or quantity, and nothing on subscribing.
     snapshot_on_subscribe: ClassVar[bool] = False
+    #: The venue's pings come every 3 minutes: a request answered at once keeps a quiet
+    #: connection alive for the watchdog (module docstring).
+    app_ping_interval_s: ClassVar[float | None] = 10.0
 
     def __init__(
         self,
@@ -131,6 +145,15 @@ class BinanceUsdmSource(BinanceSource):
         self._last_u.clear()
         self._last_e.clear()
         return self.stream_url()
+
+    def app_ping(self) -> str:
+        return _PING
+
+    def _ack(self, request_id: int | str | None) -> None:
+        """The keep-alive's answer is life, nothing more: no request of ours to settle."""
+        if request_id == _PING_ID:
+            return
+        super()._ack(request_id)
 
     def on_message(self, data: str | bytes, recv_ts: int) -> None:
         try:

@@ -5,7 +5,7 @@ test_stream_faults.py."""
 from __future__ import annotations
 
 from aiohttp import web
-from venue_cases import CASE, Start, Wait
+from venue_cases import CASE, RapidPingBinanceUsdm, Start, Wait
 
 from oracled.sim.binance_usdm import BinanceUsdmSim
 from oracled.sources import ConnState
@@ -41,3 +41,16 @@ async def test_opens_one_connection_and_answers_its_pings(start: Start, wait: Wa
         assert venue.stats.connections == 1 and venue.stats.active == 1
         assert [c.request.path for c in venue.clients] == ["/public/stream"]
         assert venue.other_paths == [] and run.stats.reconnects == 0
+
+
+async def test_get_property_answers_are_life_not_strays(start: Start, wait: Wait) -> None:
+    """The keep-alive (the venue pings only every 3 minutes, far past the liveness timeout) is
+    the documented GET_PROPERTY of `combined`, id 0: each answer, `{"result":true,"id":0}`,
+    shows the connection alive and is counted neither as a stray ack nor as a venue error, and
+    the subscribe requests (ids from 1) are acked as before."""
+    async with BinanceUsdmSim(PRICES, message_limit=30) as venue:
+        run = await start(venue, cls=RapidPingBinanceUsdm)
+        await wait(lambda: run.state() is ConnState.STREAMING and venue.pings_received >= 5)
+        assert run.stats.dropped["unsolicited"] == 0 and run.stats.dropped["venue_error"] == 0
+        assert run.stats.failed_instruments == {} and venue.stats.errors_sent == 0
+        assert venue.stats.rate_limited == 0 and run.stats.reconnects == 0

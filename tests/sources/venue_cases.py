@@ -33,6 +33,7 @@ from oracled.sim.kucoin import KucoinSim
 from oracled.sim.okx import OkxSim
 from oracled.sim.pyth_hermes import PythHermesSim
 from oracled.sources import ConnState, Source, SourceStats, build_source, source_class
+from oracled.sources.binance_usdm import BinanceUsdmSource
 from oracled.sources.bitstamp import BitstampSource
 from oracled.sources.gemini_ws import GeminiWsSource
 from oracled.sources.hostrests import HostRests
@@ -88,6 +89,14 @@ class FastLimitKraken(KrakenSource):
 class RapidPingOkx(OkxSource):
     """OKX pinging ten times a second (under a 30-a-second message limit), for a quiet market
     that must outlive the watchdog in about a second."""
+
+    app_ping_interval_s: ClassVar[float | None] = 0.1
+    max_messages_per_s: ClassVar[int] = 30
+
+
+class RapidPingBinanceUsdm(BinanceUsdmSource):
+    """Binance USD-M asking its keep-alive ten times a second (under a 30-a-second message
+    limit), for a quiet market that must outlive the watchdog in about a second."""
 
     app_ping_interval_s: ClassVar[float | None] = 0.1
     max_messages_per_s: ClassVar[int] = 30
@@ -203,6 +212,11 @@ def _bitstamp_heartbeats(sim: VenueSim) -> int:
     return sim.stats.requests - 2  # after the two subscribes, only bts:heartbeat
 
 
+def _binance_pings(sim: VenueSim) -> int:
+    assert isinstance(sim, BinanceSim)
+    return sim.pings_received
+
+
 def _okx_pings(sim: VenueSim) -> int:
     assert isinstance(sim, OkxSim)
     return sim.pings_received
@@ -219,9 +233,10 @@ def quoting_again(logs: list[dict[str, Any]]) -> bool:
 
 
 def control_requests(sim: VenueSim) -> int:
-    """Text messages the venue received, less application pings (Bybit, Gemini's new API, KuCoin
-    and OKX count a client's text ping among its requests)."""
-    pings = sim.pings_received if isinstance(sim, (BybitSim, GeminiWsSim, KucoinSim, OkxSim)) else 0
+    """Text messages the venue received, less application pings (Binance USD-M's GET_PROPERTY,
+    Bybit, Gemini's new API, KuCoin and OKX count a client's text ping among its requests)."""
+    pingers = (BinanceSim, BybitSim, GeminiWsSim, KucoinSim, OkxSim)
+    pings = sim.pings_received if isinstance(sim, pingers) else 0
     return sim.stats.requests - pings
 
 
@@ -397,6 +412,14 @@ CASES: tuple[Case, ...] = (
         rest_venue_time=True,  # the REST row's transaction time
         rest_leaves_out=True,  # every symbol's book in one answer
         active_lags=True,
+        # The venue pings every 3 minutes: the client's GET_PROPERTY answers keep it alive.
+        quiet=Quiet(
+            sim=lambda: BinanceUsdmSim(BINANCE_PRICES, rate_hz=0.1, message_limit=30),
+            keepalives=_binance_pings,
+            at_least=10,
+            data_frames=0,
+            cls=RapidPingBinanceUsdm,
+        ),
         # The batch, then one request per symbol.
         unknown=Unknown("FOOUSDT", "2: Invalid request: invalid stream", requests=4, errors=2),
     ),
