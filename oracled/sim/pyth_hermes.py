@@ -14,9 +14,15 @@ book's half spread, so `book(id)` gives exactly the (price - conf, price + conf)
 derive. ``publish_time`` is wall-clock seconds and ``metadata.slot`` a counter that grows with
 every update, as on Pythnet. The ``binary`` field is a fixed placeholder, not a signed update.
 
+The public limit, 30 requests per 10 s per IP and then 429 for the next 60 s, is held when
+`rest_limit` is set ((requests, window in seconds); `rest_ban_s` the 429 spell): on REST requests
+only, counted in `rest_limited` (the venue counts the stream's opens too, which the client paces
+by its reconnect backoff, not by its poll pacing). Off by default, so that fault tests may poll
+at test speed.
+
 Deliberate simplifications: each event carries one feed (Hermes sends one event per Pythnet slot
-with every requested feed in it), stream events always carry base64 ``binary`` whatever the
-requested encoding, and there is no per-IP rate limit.
+with every requested feed in it), and stream events always carry base64 ``binary`` whatever the
+requested encoding.
 
 VenueSim's sockets are WebSockets, so this module adds the SSE client (`_SseClient`, no ``ws``)
 and its writer, and overrides `stop`; every fault of the base still applies: `silence` (stream
@@ -114,6 +120,8 @@ class PythHermesSim(VenueSim):
         expo: int = -8,
         keepalive_s: float = 15.0,
         max_stream_s: float | None = 24 * 3600.0,
+        rest_limit: tuple[int, float] | None = None,
+        rest_ban_s: float = 60.0,
         **kwargs: Any,
     ) -> None:
         ids = {_normal_id(k): p for k, p in prices.items()}
@@ -123,6 +131,11 @@ class PythHermesSim(VenueSim):
         self.expo = expo
         self.keepalive_s = keepalive_s
         self.max_stream_s = max_stream_s
+        self.rest_limit = rest_limit
+        self.rest_ban_s = rest_ban_s
+        self.rest_limited = 0  # REST requests answered 429 by the public limit
+        self._rest_times: deque[float] = deque()
+        self._banned_until = 0.0
         self._latest: dict[str, dict[str, Any]] = {}
         self._ema: dict[str, float] = {}
 
@@ -231,6 +244,9 @@ class PythHermesSim(VenueSim):
         refused = await self.rest_gate()
         if refused is not None:
             return refused
+        if self._over_rest_limit():
+            self.rest_limited += 1
+            return self.rest_refusal(429)
         wanted = self._ids(request)
         if isinstance(wanted, web.Response):
             return wanted
@@ -239,6 +255,23 @@ class PythHermesSim(VenueSim):
         if request.query.get("parsed", "true") == "true":
             body["parsed"] = [self._latest.get(i) or self._update(i) for i in ids]
         return web.Response(text=self._encode(body), content_type="application/json")
+
+    def _over_rest_limit(self) -> bool:
+        """Whether this REST request is past `rest_limit`, or inside the ban one earlier began."""
+        if self.rest_limit is None:
+            return False
+        now = self.now()
+        if now < self._banned_until:
+            return True
+        most, window_s = self.rest_limit
+        times = self._rest_times
+        times.append(now)
+        while times[0] <= now - window_s:
+            times.popleft()
+        if len(times) > most:
+            self._banned_until = now + self.rest_ban_s
+            return True
+        return False
 
     async def _stream_handler(self, request: web.Request) -> web.StreamResponse:
         if not self.ws_enabled:

@@ -43,11 +43,15 @@ messages, no acks). Rules from the docs and the server source that shape this fi
   adapter also drops, per feed, an update older than the last one by (publish_time, slot), and
   an exact repeat (same publish_time and slot), e.g. a REST answer echoing a streamed update.
   Only a quoted update sets that bar: one from the future (dropped by the base) does not.
-- Public rate limit: 30 requests per 10 s per IP, then 429 for 60 s. The stream is one request
-  per connection; REST ``/v2/updates/price/latest`` takes many ids, so one poll is one request
-  for up to `rest_batch_size` ids (2 s interval by default: 5 requests per 10 s). Failed ids are
-  left out of polls. The docs name no ``Retry-After`` for the 429, so after one the next poll
-  waits the documented 60 s (`rate_limit_wait_s`), not one poll interval.
+- Public rate limit: 30 requests per 10 s per IP, every endpoint counted, then 429 for 60 s.
+  The stream is one request per connection; REST ``/v2/updates/price/latest`` takes many ids,
+  so one poll is one request for up to `rest_batch_size` ids (2 s interval by default: 5
+  requests per 10 s). Polls are paced (`rest_rate_per_s`, `rest_burst`): at most 2 at once,
+  then 2 a second, so 22 in any 10 s, leaving 8 of the 30 for the stream's reconnects; before,
+  more than 250 feeds (6 requests a poll) or a short ``rest_poll_interval_s`` went past the
+  limit and met the 60 s ban. Failed ids are left out of polls. The docs name no
+  ``Retry-After`` for the 429, so after one the next poll waits the documented 60 s
+  (`rate_limit_wait_s`), not one poll interval.
 """
 
 from __future__ import annotations
@@ -171,6 +175,10 @@ class PythHermesSource(Source):
     default_rest_url: ClassVar[str | None] = "https://hermes.pyth.network"
     #: Ids in one latest-price request: keeps the URL near 4 KB (75 characters an id).
     rest_batch_size: ClassVar[int] = 50
+    #: Under the public limit of 30 requests per 10 s per IP (module docstring): 22 polls in
+    #: any 10 s at most, the rest of the 30 left for the stream's reconnects.
+    rest_rate_per_s: ClassVar[float | None] = 2.0
+    rest_burst: ClassVar[float] = 2.0
     #: Not filtered: the SSE stream has its own `_session`, and each update carries its own
     #: ``publish_time`` (an exact repeat is dropped as ``duplicate``), so none looks fresher.
     snapshot_on_subscribe: ClassVar[bool] = False

@@ -92,6 +92,23 @@ async def test_a_rate_limited_poll_waits_the_documented_minute(
     assert run.stats.failed_instruments == {} and run.quotes == []
 
 
+async def test_polls_stay_under_the_public_rate_limit(start: Start, wait: Wait) -> None:
+    """Hermes answers 429 for 60 s to a client past 30 requests in 10 s. Polls are paced, at
+    most 2 at once and then 2 a second (22 in any 10 s), so 120 feeds (three requests a poll)
+    polled every 0.1 s stay under a simulator holding a stricter, test-sized limit of 7 in 2 s
+    (the pacing's 6 at most), every feed still quoted. Before, the polls went out unpaced, a
+    round of three every 0.1 s, and passed the limit in well under a second."""
+    feeds = {f"{i:064x}": 100.0 + i for i in range(1, 121)}
+    pairs = [(f"F{i}/USD", "spot") for i in range(1, 121)]
+    instruments = {pair: feed for (pair, _), feed in zip(pairs, feeds, strict=True)}
+    async with PythHermesSim(feeds, rate_hz=0.1, rest_limit=(7, 2.0)) as venue:
+        venue.ws_enabled = False  # no stream: the source polls
+        run = await start(venue, pairs=pairs, instruments=instruments)
+        await wait(lambda: venue.stats.rest_requests >= 8, within_s=10.0)
+        assert venue.rest_limited == 0
+        await wait(lambda: len(run.pairs()) == 120)
+
+
 async def test_hermes_time_limit_notice_is_a_planned_rotation(start: Start, wait: Wait) -> None:
     """Hermes's end-of-stream notice (24 h) reconnects at once: never down, never polling."""
     async with PythHermesSim(PRICES, rate_hz=40.0, max_stream_s=0.3) as short:
