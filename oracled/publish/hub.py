@@ -579,10 +579,12 @@ class Hub:
         (`oracled.publish.signstall`): the latest signed round is no current price. Every
         signed subscription of a market is told with `frame` (the signed `stalled` error
         frame), and until the next signed round a signed snapshot is that frame instead. Report
-        subscriptions are not told: their rounds still come. Like `tell`, it weighs nothing."""
+        subscriptions are not told: their rounds still come. Like `tell`, it weighs nothing,
+        and a filter forgets what it sent: the next signed round's frames go out, moved or not."""
         self._signed_stall = frame
         for sub in self._subs:
             if sub.signed and sub.markets != frozenset():
+                sub._sent.clear()  # the next signed round's frames go out, moved or not
                 self._notify(sub, frame)
 
     @property
@@ -881,9 +883,15 @@ class Hub:
         """Queue a notice (an error frame that answers no request, such as the API's `stalled`)
         to every subscription of at least one market, behind the frames buffered for it: the
         signed subscriptions get `signed` instead when given (the notice in its signed form).
-        Like an answer it weighs nothing against the bound: a notice never drops a subscriber."""
+        Like an answer it weighs nothing against the bound: a notice never drops a subscriber.
+
+        A filter forgets what it sent: a `deviation` subscriber told that its frames are no
+        current price would otherwise hear nothing of a price that did not move once rounds
+        come again, and could never tell the stall had ended. The next round's frame of each
+        of its markets goes out, moved or not."""
         for sub in self._subs:
             if sub.markets != frozenset():
+                sub._sent.clear()
                 self._notify(sub, signed if sub.signed and signed is not None else frame)
 
     def _notify(self, sub: Subscription, frame: bytes) -> None:

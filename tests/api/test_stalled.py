@@ -277,6 +277,33 @@ async def test_subscribers_are_told_once_when_the_round_loop_stalls(
     events.close()
 
 
+async def test_a_filtered_subscriber_told_of_a_stall_gets_the_next_round_unmoved(
+    make_client: Any,
+) -> None:
+    """A `deviation` filter holds back a price that did not move; once the subscriber was told
+    that the round it holds is no current price, the next round's report of each of its
+    markets comes, moved or not (a WebSocket and an event stream alike): else a consumer that
+    froze the market on `stalled` would wait for a move to learn that rounds came again. Once
+    sent, the filter holds back an unmoved price as before."""
+    rig = QuickRig(make_config())
+    client = await make_client(rig)
+    rig.step()
+    events = await client.get("/v1/events?markets=BTC-USD&deviation=0.05")
+    assert report((await next_event(events))[1]) == ("BTC/USD", 1)
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"], "deviation": 0.05})
+        assert report(await recv(ws)) == ("BTC/USD", 1)
+        rig.clock.advance(rig.LIMIT_MS + 1)
+        assert is_stalled(await recv(ws))
+        assert is_stalled((await next_event(events))[1])
+        rig.step()  # rounds again, the same price
+        assert report(await recv(ws)) == ("BTC/USD", 2)
+        assert report((await next_event(events))[1]) == ("BTC/USD", 2)
+        rig.step()  # unmoved, not after a stall: held back
+        assert (await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]}))["type"] == "subscribed"
+    events.close()
+
+
 async def test_no_stall_is_told_before_the_first_round(make_client: Any) -> None:
     """A loop that has run for longer than the limit without a first round has nothing that
     could be taken for current: no `stalled` frame (the price endpoints say `not_ready`)."""

@@ -430,6 +430,30 @@ async def test_a_round_signed_after_a_reload_removed_a_market_sends_no_frame_of_
     assert d.hub.latest_signed is None or d.hub.latest_signed.result is not before
 
 
+async def test_a_filtered_signed_subscriber_gets_the_next_signed_round_after_a_signing_stall(
+    client: Client, daemon: Daemonish
+) -> None:
+    """A signed subscriber with a `deviation` filter told that no round has been signed past
+    the limit gets the next signed round's frame though its price did not move: it holds the
+    signer stalled until a later round of it comes, which the filter would otherwise hold
+    back until the price moved."""
+    daemon.step()
+    assert daemon.signer is not None
+    last = daemon.hub.latest_signed
+    assert last is not None
+    async with client.ws_connect("/v1/stream") as ws:
+        request = {"op": "subscribe", "markets": ["BTC/USD"], "signed": True, "deviation": 0.05}
+        await ws.send_json(request)
+        assert (await recv(ws))["type"] == "subscribed"
+        assert (await recv(ws))["data"]["round"] == 1
+        frame = stall_notice("no round signed since round 1", last.ts, last.round, daemon.signer)
+        daemon.hub.signed_stalled(frame)
+        assert (await recv(ws))["code"] == "stalled"
+        daemon.step()  # signed again, the same price
+        again = await recv(ws)
+        assert (again["type"], again["data"]["round"]) == ("signed", 2)
+
+
 async def test_signed_subscribers_are_told_when_no_round_is_signed_and_report_ones_are_not(
     client: Client, daemon: Daemonish
 ) -> None:
