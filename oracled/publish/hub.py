@@ -27,8 +27,9 @@ Signed rounds arrive later than their reports (they are hashed and signed off th
 `publish_signed` fans `{"type":"signed",...}` frames out to the subscriptions that asked for
 them, which receive no report frames; they are encoded in slices of `SLICE` markets as the
 reports are. A subscription may also filter: with a `deviation` it gets a market only when the
-price moved by at least that fraction since the last frame it was sent (or the status changed),
-with a `heartbeat_ms` at least that often; these subscriptions get frames built for them alone,
+price (a perpetual market's mark too) moved by at least that fraction since the last frame it
+was sent (or the status, or the mark's mode, changed), with a `heartbeat_ms` at least that
+often; these subscriptions get frames built for them alone,
 the others keep sharing one batch per market set (what a filter lets through is encoded in the
 slices too). While no round is signed past the stall limit, the round loop running
 (`signed_stalled`), the signed subscriptions are told with the signed `stalled` frame, which
@@ -46,8 +47,17 @@ the client reads them in the order they were asked for, as when snapshots were s
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter, deque
-from collections.abc import Callable, Container, Generator, Iterable, Iterator, Sequence
+from collections.abc import (
+    Callable,
+    Container,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from functools import partial
 from itertools import repeat
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
@@ -57,6 +67,7 @@ import msgspec
 from oracled.aggregate.book import Layout
 from oracled.core import RoundResult
 from oracled.errors import OracledError
+from oracled.mark.engine import MarkValues
 from oracled.model import Report
 from oracled.publish.encode import ReportEncoder
 
@@ -95,6 +106,19 @@ SLICE = 200  # markets encoded per turn of the event loop in a fan-out (about 1 
 #: Markets encoded per turn in a report fan-out whose markets all have templates (about 5 ms).
 WARM_SLICE = 1000
 _R = TypeVar("_R")  # the round a fan-out encodes: a RoundResult or a SignedRound
+#: A market's mark as a filter compares it, (price, mode): NaN and 0 without one (a spot
+#: market, an index not live, a mark out of its band); mode 1 made from the perpetuals, 2 not.
+_Mark = tuple[float, int]
+_NO_MARK: _Mark = (math.nan, 0)
+
+
+def _filter_marks(values: Mapping[int, MarkValues], count: int) -> list[_Mark]:
+    """Each of `count` markets' mark as a filter compares it (`_Mark`), by layout position."""
+    marks = [_NO_MARK] * count
+    for i, v in values.items():
+        if math.isfinite(v.price):
+            marks[i] = (v.price, 1 if math.isfinite(v.perp_median) else 2)
+    return marks
 
 
 class SubscriptionClosed(OracledError):
@@ -140,7 +164,8 @@ class Subscription:
         self.batch = False  # one frame of all the round's reports instead of one per report
         self.deviation: float | None = None  # filter: a relative move that warrants a frame
         self.heartbeat_ms: int | None = None  # filter: the longest gap between two frames
-        self._sent: dict[str, tuple[float, int, int]] = {}  # market -> (price, status, ts) sent
+        # market -> (price, status, ts, mark) of the last frame sent
+        self._sent: dict[str, tuple[float, int, int, _Mark]] = {}
         self._queue_size = queue_size
         self._buf: deque[bytes] = deque()
         self._load = 0  # reports buffered (a batch frame counts its reports)
@@ -155,28 +180,39 @@ class Subscription:
     def filtered(self) -> bool:
         return self.deviation is not None or self.heartbeat_ms is not None
 
-    def _wants(self, market: str, price: float, status: int, ts: int) -> bool:
+    def _wants(
+        self, market: str, price: float, status: int, ts: int, mark: _Mark = _NO_MARK
+    ) -> bool:
         """The filter: a frame for `market` now? Records it as sent when it says yes.
 
         Only a deviation holds frames back; a heartbeat is a floor ("at least this often"),
         so with a heartbeat alone every round passes.
         """
-        send = self._passes(market, price, status, ts)
+        send = self._passes(market, price, status, ts, mark)
         if send:
-            self._sent[market] = (price, status, ts)
+            self._sent[market] = (price, status, ts, mark)
         return send
 
-    def _passes(self, market: str, price: float, status: int, ts: int) -> bool:
-        """The filter's answer for `market` now, not recorded."""
+    def _passes(
+        self, market: str, price: float, status: int, ts: int, mark: _Mark = _NO_MARK
+    ) -> bool:
+        """The filter's answer for `market` now, not recorded. A perpetual market's mark counts
+        as its price does: margin engines value positions at it, and it moves apart from the
+        index (the perpetuals' basis) and changes mode (`fallback`) while the index stands."""
         last = self._sent.get(market)
+        deviation = self.deviation
         return (
             last is None
             or last[1] != status
-            or self.deviation is None
+            or deviation is None
             or (self.heartbeat_ms is not None and ts - last[2] >= self.heartbeat_ms)
             or (
                 price == price  # not NaN
-                and (last[0] != last[0] or abs(price / last[0] - 1.0) >= self.deviation)
+                and (last[0] != last[0] or abs(price / last[0] - 1.0) >= deviation)
+            )
+            or (
+                last[3] is not mark  # both _NO_MARK: a spot market, or no mark then and now
+                and (last[3][1] != mark[1] or abs(mark[0] / last[3][0] - 1.0) >= deviation)
             )
         )
 
@@ -318,6 +354,7 @@ class Hub:
         "_index",
         "_latest",
         "_layout",
+        "_marks",
         "_queue_size",
         "_removed",
         "_reports",
@@ -358,6 +395,7 @@ class Hub:
         self._encoder = encoder or ReportEncoder()
         self._latest: RoundResult | None = None
         self._layout: Layout | None = None
+        self._marks: tuple[RoundResult, list[_Mark]] | None = None  # `_marks_of`'s round
         self._index: dict[str, int] = {}
         # Markets reloads removed since the last layout change was published: one added back
         # before the next round is a new market all the same, and its subscribers are told.
@@ -684,7 +722,21 @@ class Hub:
             return indices
         names, price, status = result.layout.markets, result.price, result.status
         wants, ts = sub._wants if record else sub._passes, result.ts
-        return [i for i in indices if wants(names[i], float(price[i]), int(status[i]), ts)]
+        if result.mark is None:  # no perpetual market
+            return [i for i in indices if wants(names[i], float(price[i]), int(status[i]), ts)]
+        marks = self._marks_of(result)
+        return [
+            i for i in indices if wants(names[i], float(price[i]), int(status[i]), ts, marks[i])
+        ]
+
+    def _marks_of(self, result: RoundResult) -> list[_Mark]:
+        """`result`'s marks as filters compare them, made once per round for every filter."""
+        kept = self._marks
+        if kept is None or kept[0] is not result:
+            assert result.mark is not None
+            marks = _filter_marks(result.mark.values, len(result.layout.markets))
+            kept = self._marks = (result, marks)
+        return kept[1]
 
     # -- encoding ----------------------------------------------------------------------------
 

@@ -36,8 +36,8 @@ KEY = SigningKey.from_hex("0x" + "33" * 32)
 class Daemonish:
     """The round side of a daemon: a core's rounds into a hub, each signed right after."""
 
-    def __init__(self, signing: bool = True) -> None:
-        self.cfg = make_config()
+    def __init__(self, signing: bool = True, perps: tuple[str, ...] = ()) -> None:
+        self.cfg = make_config(perps=perps)
         self.rounds = Rounds(self.cfg)
         self.hub = Hub(64)
         self.signer = RoundSigner(KEY, "test") if signing else None
@@ -428,6 +428,61 @@ async def test_a_round_signed_after_a_reload_removed_a_market_sends_no_frame_of_
     assert [f["code"] for f in frames if f["type"] == "error"] == ["market_removed"]
     assert [f["data"]["market"] for f in frames if f["type"] == "signed"] == []
     assert d.hub.latest_signed is None or d.hub.latest_signed.result is not before
+
+
+async def test_a_deviation_filter_sends_a_perpetuals_mark_that_changed_mode_or_moved(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+) -> None:
+    """Margin engines liquidate on the mark, which moves apart from the index (the perpetuals'
+    basis) and changes mode (`fallback` once they go quiet, which a consumer may freeze on):
+    a `deviation` subscriber of a perpetual market gets a round whose mark changed mode or
+    moved by its fraction, in report and signed frames alike, though the index did not move;
+    a round where neither moved is held back."""
+    daemon = Daemonish(perps=("BTC/USD",))
+    client = await aiohttp_client(build_app(daemon.context()))
+    daemon.step()
+    async with client.ws_connect("/v1/stream") as plain, client.ws_connect("/v1/stream") as signed:
+        request = {"op": "subscribe", "markets": ["BTC/USD"], "deviation": 0.01}
+        await plain.send_json(request)
+        await signed.send_json({**request, "signed": True})
+
+        def mark(frame: dict[str, Any]) -> tuple[int, str, str]:
+            data = frame["data"]
+            if frame["type"] == "signed":
+                return data["round"], data["mark_mode"], data["mark"]
+            perps = data["mark"]["estimators"]["perp_median"] is not None
+            mantissa = data["mark"]["price"].replace(".", "")
+            return data["round"], "perps" if perps else "fallback", mantissa
+
+        async def both() -> list[tuple[int, str, str]]:
+            return [mark(await recv(plain)), mark(await recv(signed))]
+
+        for ws in (plain, signed):
+            assert (await recv(ws))["type"] == "subscribed"
+        first = await both()
+        assert [m[:2] for m in first] == [(1, "perps")] * 2
+        daemon.rounds.perps_quiet = True  # the perpetual's last quote ages out
+        while (result := daemon.step()).mark.values[0].mode == "perps":  # type: ignore[union-attr]
+            pass  # the index and the mark stand still
+        fallback = await both()
+        assert [m[:2] for m in fallback] == [(result.round, "fallback")] * 2
+        # Another mode, the mark all but where it was (the basis decays): not a move.
+        assert abs(int(fallback[0][2]) / int(first[0][2]) - 1) < 0.001
+        assert fallback[0][2] == fallback[1][2]
+        daemon.rounds.perps_quiet = False
+        daemon.rounds.perp_premium = 0.04  # the perpetual 4 % above an index that stands still
+        moved = daemon.step()
+        assert moved.price[0] == result.price[0]
+        again = await both()
+        assert [m[:2] for m in again] == [(moved.round, "perps")] * 2
+        assert int(again[0][2]) > int(first[0][2]) * 1.01
+        daemon.step()  # the mark all but where it was: held back
+        daemon.rounds.perp_premium = -0.01  # the perpetual turns to a discount: the same mode
+        moved = daemon.step()
+        assert moved.price[0] == result.price[0]
+        down = await both()
+        assert [m[:2] for m in down] == [(moved.round, "perps")] * 2
+        assert int(down[0][2]) < int(again[0][2]) * 0.99
 
 
 async def test_a_filtered_signed_subscriber_gets_the_next_signed_round_after_a_signing_stall(
