@@ -179,8 +179,9 @@ class RiskPolicy(_Frozen):
     max_report_future_ms: Annotated[int, Field(ge=0, le=86_400_000)] = 2_000
     #: Use the mark price of a report when it carries a live one, else the index price.
     use_mark: bool = True
-    #: A mark not made from the perpetuals (`fallback`: the index plus the last basis, decayed):
-    #: `use` it, value positions at the `index` instead, or `freeze` the market.
+    #: A mark not made from the perpetuals (`fallback`: the index plus the last basis, decayed;
+    #: or none beside a live index, out of its band): `use` it (the index when there is none),
+    #: value positions at the `index` instead, or `freeze` the market.
     mark_fallback: Literal["use", "index", "freeze"] = "use"
     #: How long a paused or unknown market freezes liquidations before `after_grace` applies.
     pause_grace_ms: Annotated[int, Field(ge=0, le=30 * 86_400_000)] = 300_000

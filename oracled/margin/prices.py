@@ -130,7 +130,8 @@ class PriceView(msgspec.Struct, frozen=True, gc=False):
     mark_text: str | None
     signature: str | None
     #: What made the mark, as the signed leaf says it (docs/mark.md, signed): `perps` when the
-    #: perpetuals' median counted, else `fallback`; None without a mark.
+    #: perpetuals' median counted, else `fallback`; `none` for a perpetual market's report
+    #: without a mark (its index not live, or the mark out of its band); None for a spot market.
     mark_mode: str | None = None
     #: Signed mode: the verified reports the quorum view was made of (none from the wire).
     signers: tuple[SignerRef, ...] = ()
@@ -161,7 +162,9 @@ class PriceView(msgspec.Struct, frozen=True, gc=False):
         last_good, last_good_text = num("last_good_price", report.last_good_price)
         mark, mark_text = num("mark", mark_text)
         mode = None
-        if report.mark is not None and mark_text is not None:
+        if report.mark is not None and mark_text is None:
+            mode = "none"  # a perpetual market's, without a mark: none made from the perpetuals
+        elif report.mark is not None:
             est = report.mark.estimators  # a report without them proves no perpetual counted
             mode = "perps" if est is not None and est.perp_median is not None else "fallback"
         return cls(
@@ -276,13 +279,15 @@ class PriceBook:
         return view.status == "active" or (view.status == "degraded" and self.policy.allow_degraded)
 
     def _distrusted_mark(self, view: PriceView) -> bool:
-        """A fallback mark the policy freezes on: the report is no usable one (a pause of the
-        mark: measured from the last report with a mark from the perpetuals)."""
+        """A perpetual market's report without a mark from the perpetuals (a fallback, or no
+        mark at all beside a live index: out of its band), which the policy freezes on: the
+        report is no usable one (a pause of the mark: measured from the last report with a mark
+        from the perpetuals)."""
         policy = self.policy
         return (
             policy.use_mark
             and policy.mark_fallback == "freeze"
-            and view.mark is not None
+            and view.mark_mode is not None
             and view.mark_mode != "perps"
         )
 

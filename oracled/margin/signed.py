@@ -80,6 +80,8 @@ def view_of(market: MarketView) -> PriceView:
     mode = None
     if market.mark is not None:
         mode = "perps" if all(r.mark_mode == "perps" for r in live) else "fallback"
+    elif any(r.mark_mode is not None for r in live):  # a perpetual market without a mark
+        mode = "none"
     price_text = None if market.price is None else str(market.price)
     signers = tuple(
         SignerRef(

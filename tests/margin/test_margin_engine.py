@@ -11,7 +11,7 @@ import pytest
 from margin_helpers import T0, spec, view
 
 from oracled.config import parse_config
-from oracled.core import RoundResult
+from oracled.core import Core, RoundResult
 from oracled.margin import (
     FreezeCall,
     Liquidation,
@@ -22,6 +22,7 @@ from oracled.margin import (
     UnfreezeCall,
     encode_decision,
 )
+from oracled.model import Quote
 from oracled.replay import replay
 from oracled.stress.scenarios import build, scenario_config
 
@@ -417,6 +418,65 @@ def test_a_fallback_mark_is_used_replaced_by_the_index_or_frozen_on_as_the_polic
     assert any(isinstance(d, UnfreezeCall) for d in decisions)
     liquidated = [d for d in decisions if isinstance(d, Liquidation)]
     assert liquidated and liquidated[0].driver.kind == "mark"
+
+
+def _out_of_band_report() -> RoundResult:
+    """A core's round of BTC/USD: the index live at 48,000, the perpetual 4.5 % above it, so
+    the mark (about 50,160) is over the market's `max_price` of 50,000: null, reason `bounds`,
+    its estimators made from the perpetual."""
+    cfg = parse_config(
+        {
+            "oracle": {"round_interval_ms": 250, "resume_rounds": 1},
+            "sources": {
+                "alpha": {"type": "binance"},
+                "beta": {"type": "kraken"},
+                "perp": {"type": "okx"},
+            },
+            "markets": [
+                {
+                    "symbol": "BTC/USD",
+                    "min_sources": 1,
+                    "max_price": 50_000,
+                    "sources": [{"source": s, "pair": "BTC/USD"} for s in ("alpha", "beta")],
+                    "perp_sources": [{"source": "perp", "pair": "BTC/USD"}],
+                }
+            ],
+        },
+        env={},
+    )
+    core = Core(cfg)
+    core.ingest(Quote("alpha", "BTC/USD", T0 - 10, price=48_000.0))
+    core.ingest(Quote("beta", "BTC/USD", T0 - 10, price=48_000.0))
+    core.ingest(Quote("perp", "BTC/USD", T0 - 10, price=48_000.0 * 1.045, kind="perp"))
+    return core.run_round(T0)
+
+
+def test_a_live_index_whose_mark_is_out_of_its_band_is_no_perpetuals_mark_to_the_policy() -> None:
+    """A perpetual market's live report without a mark (out of its band: `bounds`) has no mark
+    made from the perpetuals, as a fallback has not: `mark_fallback = "freeze"` freezes it
+    (reason `mark_fallback`) rather than liquidate on the index, and `index` and `use` value
+    positions at the index (there is no mark to use), on the wire and in process alike.
+    Account a (20,000 USD, 10 BTC-PERP long from 50,000) is liquidatable at 48,000. Before,
+    a report without a mark passed for a spot market's: `freeze` liquidated on the index."""
+    report = _out_of_band_report().report(0)
+    assert report.status == "active" and report.mark is not None
+    assert (report.mark.price, report.mark.reason) == (None, "bounds")
+    for reading in (
+        PriceView.from_report(report),
+        PriceView.from_json(msgspec.json.encode(report)),
+    ):
+        taken: dict[str, list[Any]] = {}
+        for choice in ("use", "index", "freeze"):
+            policy = {"mark_fallback": choice}
+            engine = MarginEngine(spec(BANKRUPT_SET[:1], tiers=FLAT, policy=policy))
+            engine.on_report(reading)
+            taken[choice] = engine.step(T0)
+        for choice in ("use", "index"):
+            liquidated = [d for d in taken[choice] if isinstance(d, Liquidation)]
+            assert liquidated and liquidated[0].driver.kind == "index", choice
+        frozen = [d.reasons for d in taken["freeze"] if isinstance(d, FreezeCall)]
+        assert frozen == [["mark_fallback"]]
+        assert not any(isinstance(d, Liquidation) for d in taken["freeze"])
 
 
 def test_the_mark_mode_of_the_cores_reports_is_read_from_them_in_process_and_on_the_wire() -> None:

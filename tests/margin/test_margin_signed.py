@@ -26,15 +26,17 @@ from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from api_rig import CONFIG, INTERVAL, PRICES, T0, TOKEN, DaemonServer, Rig
+from margin_helpers import spec
 
 from oracled.api import build_app
 from oracled.cli import main
+from oracled.client import OracleClient
 from oracled.clock import ManualClock
 from oracled.config import parse_config
-from oracled.margin import MarginEngine, parse_accounts
+from oracled.margin import FreezeCall, Liquidation, MarginEngine, parse_accounts
 from oracled.margin.prices import Frozen, Resolved
 from oracled.margin.service import MarginService
-from oracled.margin.signed import SignedMarginService
+from oracled.margin.signed import SignedMarginService, view_of
 from oracled.model import Quote, Status
 from oracled.publish.signer import MARK_MODE_CODES, Leaf, RoundSigner, SigningKey
 from oracled.publish.signstall import stall_notice
@@ -48,10 +50,19 @@ class SignedRig(Rig):
     """The daemon's parts with BTC/USD a perpetual market, each round signed as the daemon
     signs it (a RoundSigner over the round, into the hub's signed frames)."""
 
-    def __init__(self, key: SigningKey, *, deployment: str = "test", scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        key: SigningKey,
+        *,
+        deployment: str = "test",
+        scale: float = 1.0,
+        max_price: float | None = None,
+    ) -> None:
         data = copy.deepcopy(CONFIG)
         data["sources"]["perp"] = {"type": "okx"}
         data["markets"][0]["perp_sources"] = [{"source": "perp", "pair": "BTC/USD"}]
+        if max_price is not None:  # BTC/USD's band: a mark above it is none
+            data["markets"][0]["max_price"] = max_price
         super().__init__(parse_config(data, env={"ORACLED_ADMIN_TOKEN": TOKEN}))
         self.signer = RoundSigner(key, deployment)
         self.hub.signer = key.address
@@ -1199,3 +1210,35 @@ async def test_oracled_margin_runs_signed_mode_from_the_accounts_file(
     refused = [json.loads(line) for line in log.read_text().splitlines() if "rejected" in line]
     assert refused and refused[0]["reason"] == "forged"
     assert float(liquidation["driver"]["price"]) == pytest.approx(64_000 * (1 + PREMIUM), rel=1e-4)
+
+
+def test_a_signed_live_price_without_a_mark_is_no_perpetuals_mark_to_the_policy() -> None:
+    """A round signed with BTC/USD live at 64,000 and its mark (0.1 % above) over the market's
+    `max_price` of 64,050: the leaf's mark mode is `none` beside a live price. The quorum view
+    of it is no mark made from the perpetuals: `mark_fallback = "freeze"` freezes the market
+    (reason `mark_fallback`) rather than liquidate on the index, and `index` values the
+    position at the index, as in unsigned mode. An account 10 BTC-PERP long from 70,000 with
+    1,000 USD is liquidatable at 64,000."""
+    rig = SignedRig(KEYS[0], max_price=64_050)
+    result = rig.step()
+    assert result.status[0] == Status.ACTIVE and result.mark.values[0].mode == "none"
+    client = OracleClient({KEYS[0].address}, deployment="test", now_ms=rig.clock.now_ms)
+    signed = rig.hub.latest_signed
+    assert signed is not None
+    client.feed(signed.envelope(0))
+    reading = view_of(client.price("BTC/USD"))
+    assert (reading.status, reading.mark, reading.mark_mode) == ("active", None, "none")
+    account = {
+        "id": "a",
+        "collateral": {"USD": 1_000},
+        "positions": [{"instrument": "BTC-PERP", "qty": 10, "entry": 70_000}],
+    }
+    taken: dict[str, list[Any]] = {}
+    for choice in ("index", "freeze"):
+        engine = MarginEngine(spec([account], policy={"mark_fallback": choice}))
+        engine.on_report(reading)
+        taken[choice] = engine.step(rig.clock.now_ms())
+    liquidated = [d for d in taken["index"] if isinstance(d, Liquidation)]
+    assert liquidated and liquidated[0].driver.kind == "index"
+    assert [d.reasons for d in taken["freeze"] if isinstance(d, FreezeCall)] == [["mark_fallback"]]
+    assert not any(isinstance(d, Liquidation) for d in taken["freeze"])
