@@ -307,8 +307,10 @@ class StreamHandler:
             raise ApiError(400, "bad_request", f"not a valid request: {exc}") from None
         options = self._options(op, sub)
         every = frozenset(self._order)  # the markets of the config in force
-        # A market a reload removed leaves the set (it has no position to list it by).
-        current = every if sub.markets is None else sub.markets & every
+        # A market a reload removed stays in the set until the hub tells the connection so with
+        # the next round (`market_removed`), which it tells only the connections that have it;
+        # the ack lists only the markets the config has (a removed one has no place to list).
+        current = every if sub.markets is None else sub.markets
         named = frozenset(market_list(op.markets, self._order)) if op.markets else None
         markets: frozenset[str] | None
         if op.op == "subscribe":
@@ -321,7 +323,8 @@ class StreamHandler:
             raise ApiError(
                 400, "bad_request", f"op: {op.op[:32]!r} is not subscribe or unsubscribe"
             )
-        listing = sorted(every if markets is None else markets, key=self._order.__getitem__)
+        listed = every if markets is None else markets & every
+        listing = sorted(listed, key=self._order.__getitem__)
         return encode_json({"type": kind, "markets": listing, **options}), markets, options
 
     def _options(self, op: _ClientOp, sub: Subscription) -> dict[str, Any]:

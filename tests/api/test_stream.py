@@ -413,6 +413,37 @@ async def test_subscribers_of_a_market_a_reload_removed_are_told_so(
         assert ack["markets"] == ["BTC/USD", "ETH/USD"]
 
 
+async def test_a_request_between_a_reload_and_its_round_leaves_the_removed_market_to_be_told(
+    make_client: ClientFactory,
+) -> None:
+    """A connection receiving SOL/USD asks for another market after a reload removed SOL/USD,
+    before the next round: its ack lists its set without SOL/USD, and the first round after the
+    reload still tells it `market_removed` naming SOL/USD, as every connection that was
+    receiving it. Before, the request took SOL/USD out of the set silently, and the round told
+    it nothing: a consumer (the margin service, which freezes such a market at once) kept its
+    last report as current until it went stale, and never asked for it again."""
+    rig = rig_whose_reload_removes_sol()
+    client = await make_client(rig)
+    rig.step()
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe", "markets": ["SOL/USD"]})
+        assert report(await recv(ws)) == ("SOL/USD", 1)
+        assert (await reload(client))["markets_removed"] == ["SOL/USD"]
+        ack = await ask(ws, {"op": "subscribe", "markets": ["BTC/USD"]})
+        assert ack == {"type": "subscribed", "markets": ["BTC/USD"]}
+        assert report(await recv(ws)) == ("BTC/USD", 1)
+        rig.step()
+        notice = await recv(ws)
+        assert (notice["type"], notice["code"], notice["markets"]) == (
+            "error",
+            "market_removed",
+            ["SOL/USD"],
+        )
+        assert report(await recv(ws)) == ("BTC/USD", 2)
+        ack = await ask(ws, {"op": "unsubscribe", "markets": ["ETH/USD"]})
+        assert ack == {"type": "unsubscribed", "markets": ["BTC/USD"]}
+
+
 async def _frames_after(
     make_client: ClientFactory, rig: Rig, requests: tuple[str, ...], count: int
 ) -> list[dict[str, Any]]:
