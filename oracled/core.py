@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from oracled.aggregate.book import FLAG_BASE, Book, DropReason, Layout, SlotKey
-from oracled.aggregate.robust import row_order, weighted_quantiles
+from oracled.aggregate.robust import BAND_SLACK, row_order, weighted_quantiles
 from oracled.config import Config
 from oracled.gates.machine import GateInputs, GateParams, GateState, step
 from oracled.mark.engine import MarkEngine, MarkRound
@@ -42,7 +42,7 @@ __all__ = ["PRICING_REVISION", "SLOT_REASONS", "Core", "RoundResult", "Transitio
 #: different reports (CHANGELOG.md names what each revision changed). Tapes and the audit trail
 #: carry it, so that a replay by an oracled of another revision says why its reports may differ
 #: from the recorded ones. Not the package version, which says nothing about the rules.
-PRICING_REVISION: Final = 16
+PRICING_REVISION: Final = 17
 
 # Per-slot outcome codes of a round, and the names reports use for them.
 USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(FLAG_BASE)
@@ -303,9 +303,11 @@ class Core:
 
             order = row_order(value, usable)  # sorted once: `keep` below is a subset of `usable`
             (center,) = weighted_quantiles(value, weight, usable, (0.5,), order)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                deviation = np.abs(value / center[:, None] - 1.0)
-            keep = usable & (deviation <= lay.max_deviation[idx, None])
+            # A venue exactly max_deviation away is kept (BAND_SLACK): measured as |v / c - 1|,
+            # 101 on a centre of 100 was 0.010000000000000009 away, an outlier at 1 %.
+            band = lay.max_deviation[idx, None] * BAND_SLACK * center[:, None]
+            with np.errstate(invalid="ignore"):
+                keep = usable & (np.abs(value - center[:, None]) <= band)
             q25, median, q75 = weighted_quantiles(value, weight, keep, (0.25, 0.5, 0.75), order)
 
             code = np.full(value.shape, NO_QUOTE, dtype=np.int8)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from oracled.aggregate.robust import BAND_SLACK
 from oracled.model import REASON_BITS, Status
 
 __all__ = ["GateInputs", "GateParams", "GateState", "step"]
@@ -143,12 +144,16 @@ def step(
     reasons |= np.where(manual, MANUAL, 0)
 
     last_good = state.last_good[idx]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        move = np.abs(x.candidate / last_good - 1.0)
-        moved_on = np.abs(x.candidate / state.jump_level[idx] - 1.0) > p.circuit_breaker
+    # A move of exactly the breaker is not beyond it (BAND_SLACK): measured as |a / b - 1|,
+    # 100 to 110 was 0.10000000000000009, held as a jump at a 10 % breaker.
+    breaker = p.circuit_breaker * BAND_SLACK
+    level = state.jump_level[idx]
+    with np.errstate(invalid="ignore"):
+        move_beyond = np.abs(x.candidate - last_good) > breaker * last_good
+        moved_on = np.abs(x.candidate - level) > breaker * level
     # Rounds under a manual pause do not count towards confirming a jump: otherwise a release
     # could land on a confirmed round and go live at once, skipping the healthy streak.
-    beyond = candidate_ok & ~manual & np.isfinite(last_good) & (move > p.circuit_breaker)
+    beyond = candidate_ok & ~manual & np.isfinite(last_good) & move_beyond
     was_live = state.status[idx] <= Status.DEGRADED
     prior_count = state.jump_count[idx]
     jump_count = np.where(beyond, prior_count + 1, 0)

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from oracled.aggregate.book import Layout, SlotKey
+from oracled.aggregate.robust import BAND_SLACK
 from oracled.config import Config, MarkConfig
 from oracled.mark.formulas import decay, ema_update, funding_rate, median, premium_of
 from oracled.model import Mark, MarkEstimators, Quote
@@ -281,7 +282,7 @@ class MarkEngine:
                     continue
                 mid, bid, ask = found
                 seen.append(mid)
-                if abs(mid / x - 1.0) > spec.max_dev:
+                if abs(mid - x) > spec.max_dev * BAND_SLACK * x:  # 103 on 100 counts at 3 %
                     reasons.append("deviation")
                     continue
                 reasons.append(None)

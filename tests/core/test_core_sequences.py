@@ -129,7 +129,9 @@ def test_a_crash_of_every_source_is_followed_within_the_jump_confirmation(
     for r in range(live, len(levels)):
         assert reports[r].status in LIVE, (r, reports[r])
         assert reports[r].price == format(BASE * levels[r], ".2f"), (r, reports[r])
-    breaker = cfg.markets[0].circuit_breaker
+    # A move of exactly the breaker is inside it (docs/pricing.md section 4): the ratios below
+    # round, so they may land a few units of the last bit past it.
+    breaker = cfg.markets[0].circuit_breaker * (1 + 1e-9)
     for r, rep in enumerate(reports):  # a hold ends back inside the breaker or at its level
         good = reports[r - 1].last_good_price
         if rep.status in LIVE and reports[r - 1].reasons == ["jump"] and good is not None:

@@ -13,6 +13,8 @@ from core_helpers import (
     standard_config,
     with_prices,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oracled.core import Core
 from oracled.model import Quote, Report
@@ -361,3 +363,28 @@ def test_the_breaker_holds_moves_beyond_it_and_follows_a_move_of_exactly_its_siz
     assert _summary(sc.round(btc(62_500.0))["BTC/USD"]) == ("active", [], "62500.00")
     beyond = btc(78_126.0)  # 78,125 would be exactly +25 % again
     assert _summary(sc.round(beyond)["BTC/USD"]) == ("paused", ["jump"], None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 50), st.integers(1, 1_000), st.booleans())
+def test_a_move_of_exactly_a_decimal_circuit_breaker_is_followed(
+    percent: int, thousands: int, down: bool
+) -> None:
+    """The same edge with a breaker of k / 100, which binary cannot hold (0.1, 0.03): every
+    source moving from a level L (a multiple of 1,000) by exactly L x k / 100, an integer, is
+    published at once; a unit further is held for `jump`. (Measured as |new / old - 1|, the
+    division's rounding put 100 to 110 at 0.10000000000000009: held at a 10 % breaker.)"""
+    level = 1_000.0 * thousands
+    step = float(10 * thousands * percent)  # level x percent / 100, exactly
+    sign = -1.0 if down else 1.0
+    btc = market("BTC/USD", "abcde", max_deviation=0.005, circuit_breaker=percent / 100)
+    for moved, followed in ((level + sign * step, True), (level + sign * (step + 1.0), False)):
+        sc = Scenario(config([btc], resume_rounds=1, jump_confirm_rounds=4))
+        assert _summary(sc.round({"BTC/USD": dict.fromkeys("abcde", level)})["BTC/USD"]) == (
+            "active",
+            [],
+            format(level, ".2f"),
+        )
+        after = _summary(sc.round({"BTC/USD": dict.fromkeys("abcde", moved)})["BTC/USD"])
+        expected = ("active", [], format(moved, ".2f")) if followed else ("paused", ["jump"], None)
+        assert after == expected, (level, moved)

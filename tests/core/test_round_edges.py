@@ -5,6 +5,8 @@ round's clock, and which reason a slot that is both stale and routed through a d
 from __future__ import annotations
 
 from core_helpers import T0, config, market, quote
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oracled.config import WEIGHT_RANGE
 from oracled.core import Core
@@ -104,6 +106,31 @@ def test_a_source_exactly_max_deviation_from_the_centre_is_kept() -> None:
     report = core.run_round(T0).report(0)
     assert all(s.used for s in report.sources)
     assert (report.status, report.reasons, report.price) == ("active", [], "50000.00")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 99), st.integers(1, 1_000), st.booleans())
+def test_a_source_exactly_a_decimal_max_deviation_from_the_centre_is_kept(
+    permille: int, thousands: int, below: bool
+) -> None:
+    """The same edge with a max_deviation of k / 1000, which binary cannot hold (0.01, 0.003):
+    four sources at a centre c (a multiple of 1,000) and one exactly c x k / 1000 away, an
+    integer, vote; one a unit further is an outlier. (Measured as |v / c - 1|, the division's
+    rounding put 101 on a centre of 100 at 0.010000000000000009: an outlier at 1 %.)"""
+    centre = 1_000.0 * thousands
+    off = float(thousands * permille)  # centre x permille / 1000, exactly
+    sign = -1.0 if below else 1.0
+    btc = market("BTC/USD", "abcde", max_deviation=permille / 1000, circuit_breaker=0.5)
+    for value, kept in ((centre + sign * off, True), (centre + sign * (off + 1.0), False)):
+        core = Core(config([btc], resume_rounds=1))
+        for s, price in zip("abcde", (centre,) * 4 + (value,), strict=True):
+            assert core.ingest(quote(s, "BTC/USD", price, T0)) is None
+        report = core.run_round(T0).report(0)
+        assert report.sources[-1].reason == (None if kept else "outlier"), (value, centre)
+        assert (report.status, report.price) == (
+            "active" if kept else "degraded",
+            format(centre, ".2f"),
+        )
 
 
 def test_age_ms_is_null_only_for_a_source_without_a_quote() -> None:

@@ -32,6 +32,16 @@ def test_a_perp_exactly_max_perp_deviation_from_the_index_counts() -> None:
     assert (mark.perps_used, mark.estimators.perp_median) == (1, "125.00")
 
 
+def test_a_perp_exactly_a_decimal_max_perp_deviation_from_the_index_counts() -> None:
+    """The same edge with 0.03, which binary cannot hold: perps at 103 and 97 on an index of 100
+    are exactly at the limit and count, 103.01 and 96.99 do not. (Measured as |mid / x - 1|,
+    the division's rounding put 103 at 0.030000000000000027, beyond the limit.)"""
+    for p, used in ((103.0, 1), (97.0, 1), (103.01, 0), (96.99, 0)):
+        rig = Rig(make_config(mark={"max_perp_deviation": 0.03}))
+        mark = rig.mark(B + 1_000, p=p)
+        assert mark.perps_used == used, p
+
+
 def test_a_perp_quote_counts_up_to_its_age_limit_by_venue_time() -> None:
     """BTC/USD's max_age_ms is 5,000: a perp quote 5,000 ms old counts, 5,001 ms old does not;
     the age is by the venue's time where sent (received just now, sent 5,001 ms ago: too old)."""

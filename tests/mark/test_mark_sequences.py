@@ -271,7 +271,7 @@ def _why(
         mid *= leg
         if bid is not None and ask is not None:
             bid, ask = bid * leg, ask * leg
-    if abs(mid / x - 1.0) > dev:
+    if abs(mid - x) > dev * (1 + 1e-12) * x:  # exactly at a decimal limit counts (mark.md)
         return "deviation", mid, math.nan
     if bid is not None and ask is not None:
         premium = (max(0.0, bid - x) - max(0.0, x - ask)) / x
