@@ -30,7 +30,9 @@ _EPS = 1e-12
 #: limit (101 on 100 at 1 %, 14,850 on 11,000 at 35 %) lands a few units of the last bit either
 #: side of it. 1e-12 of the band takes in every such value and none a price's digits can tell
 #: apart from them. Compared as |v - c| against it, never as |v / c - 1|, which rounds more.
-BAND_SLACK: Final = 1.0 + 1e-12
+#: The weight majority (gates) takes it too: survivors holding half of the usable weight in
+#: decimals are no majority whatever their float sums say, as weights within `_EPS` tie here.
+BAND_SLACK: Final = 1.0 + _EPS
 
 
 def row_order(values: FloatArray, mask: BoolArray) -> IntArray:

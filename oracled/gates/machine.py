@@ -124,7 +124,9 @@ def step(
     live price) for them."""
     quorum_ok = x.used >= p.min_sources
     wide = x.confidence > p.confidence_limit * x.candidate
-    no_majority = 2.0 * x.used_weight <= x.usable_weight
+    # Exactly half is no majority also for decimal weights, whose float sums miss the tie
+    # (0.05 + 0.67 of 1.44 came out above half): the slack the median's ties take too.
+    no_majority = 2.0 * x.used_weight <= x.usable_weight * BAND_SLACK
     dispersion = (x.usable >= p.min_sources) & (no_majority | wide)
 
     reasons = np.zeros(len(x.candidate), dtype=np.int64)

@@ -285,6 +285,28 @@ def test_exactly_half_of_the_weight_is_not_a_majority() -> None:
     assert [(s.id, s.used) for s in btc.sources[:3]] == [("a", False), ("b", True), ("c", False)]
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 99), st.integers(1, 99), st.integers(1, 99), st.integers(1, 99))
+def test_exactly_half_of_decimal_weights_is_not_a_majority(
+    low: int, b: int, c: int, high_or_more: int
+) -> None:
+    """The same edge with weights in hundredths, which binary cannot hold: b and c agree at
+    50,000 and hold exactly half of the weight, the dissenters at 40,000 and 60,000 the other
+    half. That is dispersion, whatever the float sums say (0.04, 0.01, 0.04, 0.01 made b and c
+    a majority, and the market live)."""
+    high = b + c - low
+    if not 1 <= high <= 99:
+        high = high_or_more  # not a tie: only checked to be a live price or dispersion
+    weights = {"a": low / 100, "b": b / 100, "c": c / 100, "d": high / 100}
+    cfg = config([market("BTC/USD", "abcd", weights=weights, min_sources=1)], resume_rounds=1)
+    prices = {"BTC/USD": {"a": 40_000.0, "b": 50_000.0, "c": 50_000.0, "d": 60_000.0}}
+    btc = Scenario(cfg).round(prices)["BTC/USD"]
+    if low + high == b + c:
+        assert _summary(btc) == ("unknown", ["dispersion"], None), weights
+    elif b + c > low + high:
+        assert _summary(btc) == ("degraded", ["outlier"], "50000.00"), weights
+
+
 def test_a_band_wider_than_max_confidence_ratio_is_dispersion() -> None:
     """All five sources within max_deviation (1 %) of the median, but their confidence (half the
     inter-quartile range, 100 on 50,000) is above max_confidence_ratio (0.1 %): dispersion. The
