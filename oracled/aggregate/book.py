@@ -43,6 +43,9 @@ MAX_FLAGS = 100
 NAMED_OTHER_SOURCES = 16
 OTHER_SOURCES = "(other sources)"  # no source id is spelled so (`config._ID`)
 _INF = math.inf
+#: Below this a value has no finite reciprocal to feed an inverted pair's slot (1 / 5e-324 is
+#: inf); only a global band reaching down to subnormals lets one in.
+_MIN_INVERTIBLE = 1e-308
 
 
 class DropReason(StrEnum):
@@ -213,19 +216,24 @@ class Book:
         self._named = set(cfg.sources)  # the sources `drops` names (`counted_as`)
         self._named_limit = len(self._named) + NAMED_OTHER_SOURCES
         self._feeds = layout.feeds
+        self._skew = cfg.oracle.max_clock_skew_ms
+        self._floor = cfg.oracle.min_price
+        self._ceiling = cfg.oracle.max_price
+        # The straight lines check the sides against the band, not their mid: under a band past
+        # half the float limit two sides inside it (1e308, 1.7e308) have an infinite mid, so
+        # every quote then takes the checked path, which drops it as absurd.
+        straight = math.isfinite(self._ceiling + self._ceiling)
         # Feeds of exactly one slot, not inverted, not also a perpetual of some market's mark:
         # the straight path of `ingest` (flat index).
         self._single = {
             key: slots[0][0]
             for key, slots in layout.feeds.items()
-            if len(slots) == 1 and not slots[0][1] and key not in layout.perp_feeds
+            if len(slots) == 1 and not slots[0][1] and key not in layout.perp_feeds and straight
         }
         self._perps = layout.perp_feeds
-        self._perp_only = layout.perp_feeds - layout.feeds.keys()  # a voting slot goes first
+        # A voting slot goes first.
+        self._perp_only = layout.perp_feeds - layout.feeds.keys() if straight else frozenset()
         self.perps: dict[SlotKey, Quote] = {}  # latest valid perpetual quote, for the mark price
-        self._skew = cfg.oracle.max_clock_skew_ms
-        self._floor = cfg.oracle.min_price
-        self._ceiling = cfg.oracle.max_price
         # Flat memoryviews of the arrays, made once: the hot path reads and writes single slots,
         # which costs a third of numpy's item access (the arrays are never reallocated).
         self._flat_mid = self.mid.reshape(-1).data.cast("B").cast("d")
@@ -367,6 +375,8 @@ class Book:
         else:
             return DropReason.NO_PRICE
         if not self._floor <= mid <= self._ceiling:
+            return DropReason.ABSURD
+        if mid < _MIN_INVERTIBLE and any(invert for _, invert in slots):
             return DropReason.ABSURD
         venue_ts = quote.venue_ts
         if venue_ts is None:

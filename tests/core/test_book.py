@@ -22,7 +22,7 @@ from oracled.aggregate.book import (
 )
 from oracled.config import Config
 from oracled.core import Core
-from oracled.model import Quote
+from oracled.model import Kind, Quote
 
 
 def _book(cfg: Config | None = None) -> Book:
@@ -431,3 +431,63 @@ def test_a_perpetual_quote_is_judged_alike_whether_it_votes_or_not(
         assert voting.ingest(q) == alone.ingest(q), q
     assert voting.drops == alone.drops
     assert voting.perps == alone.perps
+
+
+_EDGE = st.sampled_from((5e-324, 1e-308, 1e-300, 1e300, 1e308, 1.7e308, math.inf, math.nan, -1.0))
+_ANY_VALUE = st.one_of(st.none(), _EDGE, st.floats())
+_WIDE_FEEDS: tuple[tuple[str, Kind], ...] = (
+    ("BTC/USD", "spot"),
+    ("USD/JPY", "spot"),
+    ("BTC/USD", "perp"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("abcd"),
+            st.sampled_from(_WIDE_FEEDS),
+            _ANY_VALUE,
+            _ANY_VALUE,
+            _ANY_VALUE,
+        )
+    )
+)
+def test_under_a_band_reaching_the_float_limits_every_value_held_is_finite(
+    quotes: list[tuple[str, tuple[str, Kind], float | None, float | None, float | None]],
+) -> None:
+    """oracle.min_price 5e-324 and max_price 1.7e308: a book of 1e308 / 1.7e308, each side in
+    the band, has an infinite mid, and 5e-324 an infinite reciprocal on an inverted pair. Each
+    such quote is dropped as absurd, counted; every quote held has a finite value: its mid
+    (spot and perpetual, whose mid the mark reads) and its reciprocal. Before, both straight
+    lines held the infinite mid, uncounted, over the venue's last good quote."""
+    cfg = config(
+        [
+            market(
+                "BTC/USD",
+                "abcd",
+                min_sources=1,
+                perp_sources=[{"source": s, "pair": "BTC/USD"} for s in "abcd"],
+            ),
+            market("JPY/USD", "abcd", "USD/JPY", min_sources=1, price_exponent=-18),
+        ],
+        min_price=5e-324,
+        max_price=1.7e308,
+    )
+    book = _book(cfg)
+    for t, (source, (pair, kind), price, bid, ask) in enumerate(quotes):
+        quote = Quote(source, pair, T0 + t, price=price, bid=bid, ask=ask, kind=kind)
+        if book.ingest(quote) is not None:
+            continue
+        if kind == "perp":
+            held = book.perps[(source, pair, kind)]
+            if held.bid is not None and held.ask is not None:
+                mid = (held.bid + held.ask) * 0.5
+            else:
+                assert held.price is not None
+                mid = held.price
+            assert math.isfinite(mid), quote
+        else:
+            i, j = _slot(book, "JPY/USD" if pair == "USD/JPY" else "BTC/USD", source)
+            assert math.isfinite(book.mid[i, j]), quote
