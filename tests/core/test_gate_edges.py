@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from core_helpers import ROUND_MS, T0, Scenario, config, market, quote, standard_config, with_prices
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oracled.model import Quote, Report
 
@@ -27,6 +29,30 @@ def test_a_band_of_exactly_max_confidence_ratio_is_live() -> None:
     cfg = config([market("BTC/USD", "abcde", max_confidence_ratio=0.002)], resume_rounds=1)
     btc = Scenario(cfg).round({"BTC/USD": spread})["BTC/USD"]
     assert (btc.status, btc.price, btc.confidence) == ("active", "50000.00", "100.00")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 98), st.integers(1, 2_000))
+def test_a_band_of_exactly_a_decimal_max_confidence_ratio_is_live(
+    per_10k: int, ten_thousands: int
+) -> None:
+    """The same edge with a ratio of k / 10,000, which binary cannot hold (0.0096): five sources
+    around a price p (a multiple of 10,000) whose quartiles lie p x k / 10,000 either side, an
+    integer, are live; quartiles half a unit further out are dispersion. (The limit's product
+    rounded below the band for about one such ratio and price in fifteen: 0.0096 x 20,000,000
+    came out under 192,000, and the market was paused.)"""
+    price = 10_000.0 * ten_thousands
+    band = float(ten_thousands * per_10k)  # price x per_10k / 10,000, exactly
+    limit = {"max_confidence_ratio": per_10k / 10_000}
+    for extra, expected in ((0.0, "active"), (1.0, "unknown")):
+        low, high = price - band, price + band + extra
+        spread = dict(zip("abcde", (low, low, price, high, high), strict=True))
+        cfg = config([market("BTC/USD", "abcde", **limit)], resume_rounds=1)
+        btc = Scenario(cfg).round({"BTC/USD": spread})["BTC/USD"]
+        assert all(s.used for s in btc.sources), btc
+        assert btc.status == expected, (price, band, extra, btc)
+        if expected == "unknown":
+            assert btc.reasons == ["dispersion"], btc
 
 
 def test_a_wide_band_over_exactly_min_sources_is_dispersion() -> None:
