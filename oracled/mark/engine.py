@@ -357,7 +357,9 @@ class MarkEngine:
         if isfinite(premium) and weight > 0:
             state.acc_sum += weight * premium
             state.acc_weight += weight
-        if now == (current + 1) * size:
+        # Only the running interval's own end settles it: a round time that went back onto an
+        # earlier boundary (the core takes it as given) would settle it early, a grid ahead.
+        if now == (current + 1) * size and current == state.acc_id:
             self._settle(spec, state)
         if state.acc_weight <= 0.0:
             return nan

@@ -141,6 +141,30 @@ def test_a_sample_straddling_a_boundary_weighs_only_its_time_after_it() -> None:
     assert rig.mark(B + 62_000, p=100.4).funding_rate_estimate == "0.00250000"
 
 
+def test_a_round_time_that_goes_back_onto_a_boundary_settles_nothing() -> None:
+    """The core takes its round time as given: rounds at 30 s and 35 s (premium 0.002), then one
+    at 0 s, a boundary the running interval began at, then 60 s. The round at 0 s belongs to
+    the interval before and adds nothing; the running interval settles at 60 s, not at 0 s,
+    and the grid stays on 60 s. (Before, the round at 0 s settled it early, stamped 60 s, and
+    every later boundary was named one interval ahead: last_funding_ts 120 s at 60 s.)"""
+    rig = Rig(make_config(mark=MINUTE))
+    rig.mark(B + 30_000, p=100.2)
+    rig.mark(B + 35_000, p=100.2)
+    back = rig.core.run_round(B).report(rig.core.index["BTC/USD"]).mark
+    assert back is not None
+    assert (back.last_funding_rate, back.last_funding_ts, back.next_funding_ts) == (
+        None,
+        None,
+        B + 60_000,
+    )
+    on = rig.mark(B + 60_000, p=100.2)
+    assert (on.last_funding_rate, on.last_funding_ts, on.next_funding_ts) == (
+        "0.00150000",
+        B + 60_000,
+        B + 120_000,
+    )
+
+
 def test_a_reload_keeps_the_running_funding_interval_and_the_time_of_the_last_round() -> None:
     """Premium 0.002 at 10 s (weight 1 s: the first round's interval), a reload, then 0.004 at
     40 s: the second sample weighs the 30 s since the round before the reload, so the estimate is
