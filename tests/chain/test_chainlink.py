@@ -29,6 +29,7 @@ SET_ROUND = "setRound(uint80,int256,uint256,uint256,uint80)"
 DECIMALS = selector("decimals()")
 AGGREGATOR = selector("aggregator()")
 MAX_ANSWER = selector("maxAnswer()")
+ROUND = selector("latestRoundData()")
 
 
 class Lies:
@@ -499,3 +500,45 @@ async def test_one_lying_bound_answer_is_never_used(
     assert await reader.poll_once()
     assert [(q.price, q.flag) for q in got.quotes] == [(60000.0, None), (61000.0, None)]
     assert not got.stats.dropped
+
+
+@pytest.mark.parametrize(
+    ("word", "value", "reason"),
+    [(1, 0, "non_positive"), (4, 0, "carried_over_round")],
+    ids=["answer", "answeredInRound"],
+)
+async def test_a_garbled_answer_of_the_round_published_does_not_withhold_it_till_the_next(
+    anvil: Anvil,
+    http: aiohttp.ClientSession,
+    chain: Chain,
+    snapshot: Deployed,
+    proxy: RpcProxy,
+    word: int,
+    value: int,
+    reason: str,
+) -> None:
+    """A node (or a relay) garbles one word of the round already published, in one answer: it
+    is refused and the quote flagged `bad_answer`; the next block's honest answer of the same
+    round publishes it again unflagged, and the same garbled answer after it is refused (and
+    counted) again. Before, a refusal was remembered by round id and time alone: the honest
+    answer of that round was taken for the one refused, and the feed stayed withdrawn until
+    the aggregator's next round, a heartbeat on a calm market (a day for several feeds)."""
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
+    assert await reader.poll_once()
+    honest = await chain.rpc(
+        "eth_call", [{"to": snapshot.btc_proxy, "data": "0x" + ROUND.hex()}, "latest"]
+    )
+    words = bytearray(bytes.fromhex(honest[2:]))
+    words[32 * word : 32 * word + 32] = _word(value)
+    for _ in range(2):
+        proxy.rewrite = Lies((ROUND, True, bytes(words)))
+        await chain.mine()
+        assert await reader.poll_once()
+        await chain.mine()
+        assert await reader.poll_once()
+    assert [(q.price, q.flag) for q in got.quotes] == [
+        (60000.0, None), (60000.0, "bad_answer"), (60000.0, None),
+        (60000.0, "bad_answer"), (60000.0, None),
+    ]  # fmt: skip
+    assert got.stats.dropped == {reason: 2}

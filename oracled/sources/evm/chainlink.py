@@ -18,7 +18,9 @@ proxy moved to another aggregator, is not newer, and the last quote stands). The
 garbage from the feed itself, so its previous quote is not trusted either: the reader publishes
 it again flagged `bad_answer` until a valid round arrives (as after `unconfirmed_config`:
 decimals or bounds two answers disagree on); after `older_round` the published
-round is no longer on the chain, and the reader publishes it again flagged `reorged`. Flagged
+round is no longer on the chain, and the reader publishes it again flagged `reorged`. A round
+refused is counted once while it stays the latest, known by all five words of its answer (the
+honest answer of a round after a garbled one is a valid round, not the one refused). Flagged
 (the core excludes the slot with the flag as reason): an answer at a bound (`at_bound`); a round
 older than the feed's heartbeat by the block's clock (`stale`). `venue_ts` is `updatedAt`.
 
@@ -165,9 +167,11 @@ class ChainlinkFeed(Feed):
         self._decimals: _Held[int | None] = _Held()
         self._scale = 1.0
         self.description: str | None = None
-        # (roundId, updatedAt, answer, flag) of the last quote; (roundId, updatedAt) last refused.
+        # (roundId, updatedAt, answer, flag) of the last quote. The round last refused, whole
+        # (the words of `latestRoundData()`): its answer of the same round id and time can be
+        # garbled, by a node or a relay, and the honest answer that follows is no refused one.
         self._last: tuple[int, int, int, str | None] | None = None
-        self._rejected: tuple[int, int] | None = None
+        self._rejected: tuple[int, int, int, int, int] | None = None
         self._learning = True
         self._unusable_logged = False
         self._unconfirmed_logged: object = None  # the answer last logged as unconfirmed
@@ -221,12 +225,13 @@ class ChainlinkFeed(Feed):
                 )  # fmt: skip
             return "call_failed"
         self._call_failing = False
-        round_id, answer, _started, updated_at, answered_in = decode_round(data)
-        if self._rejected == (round_id, updated_at):
-            return None  # refused already; counted once
+        words = decode_round(data)
+        round_id, answer, _started, updated_at, answered_in = words
+        if self._rejected == words:
+            return None  # refused already; counted once while it stays the latest
         reason = self._refuse(round_id, answer, updated_at, answered_in, block.timestamp)
         if reason is not None:
-            self._rejected = (round_id, updated_at)
+            self._rejected = words
             if self._last is not None:
                 # The reader now publishes the last quote flagged (bad_answer or reorged): the
                 # next valid read is new, even the same round again (a reorg took the bad one
@@ -250,6 +255,7 @@ class ChainlinkFeed(Feed):
         if self._last == key:
             return None  # nothing new in this block
         self._last = key
+        self._rejected = None  # a valid round read since: the same garbage again is refused
         return Quote(
             self.source_id, self.pair, recv_ts, answer * self._scale, venue_ts=updated_at * 1000,
             flag=flag, block=block.number, block_ts=block.timestamp * 1000,
