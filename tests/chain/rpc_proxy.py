@@ -138,6 +138,20 @@ def with_result(request: Any, result: str, selector: bytes, ok: bool, data: byte
     return encode_results(pairs)
 
 
+class Lies:
+    """A proxy `rewrite`: the next eth_call answers, one each, with the result of one call
+    replaced (`(selector, success, data)`), then the node's own answers again."""
+
+    def __init__(self, *lies: tuple[bytes, bool, bytes]) -> None:
+        self.lies = list(lies)
+
+    def __call__(self, request: Any, answer: Any) -> Any:
+        if request.get("method") != "eth_call" or not self.lies:
+            return answer
+        target, ok, data = self.lies.pop(0)
+        return {**answer, "result": with_result(request, answer["result"], target, ok, data)}
+
+
 class RpcProxy:
     def __init__(self, upstream: str, session: aiohttp.ClientSession) -> None:
         self.upstream = upstream

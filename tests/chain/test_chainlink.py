@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -16,7 +15,7 @@ from chain_rig import (
     new_token,
 )
 from reading import chainlink_spec, make_reader, watch, watch_eth
-from rpc_proxy import RpcProxy, with_result
+from rpc_proxy import Lies, RpcProxy
 from structlog.testing import capture_logs
 
 from oracled.eth import selector
@@ -30,20 +29,6 @@ DECIMALS = selector("decimals()")
 AGGREGATOR = selector("aggregator()")
 MAX_ANSWER = selector("maxAnswer()")
 ROUND = selector("latestRoundData()")
-
-
-class Lies:
-    """A proxy `rewrite`: the next eth_call answers, one each, with the result of one call
-    replaced (`(selector, success, data)`), then the node's own answers again."""
-
-    def __init__(self, *lies: tuple[bytes, bool, bytes]) -> None:
-        self.lies = list(lies)
-
-    def __call__(self, request: Any, answer: Any) -> Any:
-        if request.get("method") != "eth_call" or not self.lies:
-            return answer
-        target, ok, data = self.lies.pop(0)
-        return {**answer, "result": with_result(request, answer["result"], target, ok, data)}
 
 
 def _word(value: int) -> bytes:

@@ -13,14 +13,18 @@ from chain_rig import (
     pyth_update,
 )
 from reading import make_reader, pyth_spec, watch
+from rpc_proxy import Lies, RpcProxy
 from structlog.testing import capture_logs
 
 from oracled.clock import SystemClock
 from oracled.config import SourceConfig
+from oracled.eth import selector
 from oracled.sources.evm.pyth_evm import PythEvmFeed, PythEvmSource
 from oracled.sources.stats import SourceStats
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PRICE = selector("getPriceUnsafe(bytes32)")
 
 
 async def test_normal_read_is_the_confidence_band(
@@ -251,3 +255,62 @@ async def test_max_conf_ratio_comes_from_the_source_config(
         assert await reader.poll_once()
         flags.append(got.last.flag)
     assert flags == ["confidence", None]
+
+
+async def _garbled(chain: Chain, pyth: str, word: int, value: int) -> bytes:
+    """The contract's current answer for the ETH price with word `word` set to `value`."""
+    honest = await chain.rpc(
+        "eth_call", [{"to": pyth, "data": "0x" + (PRICE + PYTH_ETH_ID).hex()}, "latest"]
+    )
+    words = bytearray(bytes.fromhex(honest[2:]))
+    words[32 * word : 32 * word + 32] = (value % 2**256).to_bytes(32, "big")
+    return bytes(words)
+
+
+async def test_the_honest_answer_after_a_garbled_exponent_is_published(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A node (or a relay) garbles the exponent of a new price in one answer: the price 100
+    times too high is published, as any lie of one answer is (docs/onchain.md, *Known limits*),
+    and the next block's honest answer of the same price publishes it as the chain holds it.
+    Before, a price was known by its time, price and band alone, and the honest answer taken
+    for nothing new: the lie stayed published, and voting, until Pyth's next update."""
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
+    assert await reader.poll_once()
+    now = await chain.timestamp()
+    await pyth_update(chain, snapshot.pyth, PYTH_ETH_ID, 301_000_000_000, 2_000_000, -8, now + 1)
+    proxy.rewrite = Lies((PRICE, True, await _garbled(chain, snapshot.pyth, 2, -6)))
+    assert await reader.poll_once()
+    await chain.mine()
+    assert await reader.poll_once()
+    assert [(q.bid, q.flag) for q in got.quotes] == [
+        (pytest.approx(3000.105, rel=1e-12), None),
+        (pytest.approx(300998.0, rel=1e-12), None),
+        (pytest.approx(3009.98, rel=1e-12), None),
+    ]
+    assert got.quotes[1].venue_ts == got.quotes[2].venue_ts == (now + 1) * 1000
+
+
+async def test_the_same_garbage_after_an_honest_answer_is_refused_again(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A node (or a relay) answers a price of zero for the price published, in every other
+    block: each such answer is dropped `non_positive` and flags the quote `bad_answer`, each
+    honest answer between them publishes it again unflagged. Before, a refusal was remembered
+    after a valid answer: the same garbage again was neither counted nor flagged."""
+    reader = make_reader([proxy.url], http)
+    got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID)))
+    assert await reader.poll_once()
+    zero = await _garbled(chain, snapshot.pyth, 0, 0)
+    for _ in range(2):
+        proxy.rewrite = Lies((PRICE, True, zero))
+        await chain.mine()
+        assert await reader.poll_once()
+        await chain.mine()
+        assert await reader.poll_once()
+    good = pytest.approx(3000.105, rel=1e-12)
+    assert [(q.bid, q.flag) for q in got.quotes] == [
+        (good, None), (good, "bad_answer"), (good, None), (good, "bad_answer"), (good, None),
+    ]  # fmt: skip
+    assert got.stats.dropped == {"non_positive": 2}

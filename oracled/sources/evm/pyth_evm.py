@@ -16,6 +16,8 @@ flagged stale and orders nothing); and garbage from the feed itself, after which
 quote is not trusted either and the reader publishes it again flagged `bad_answer` until a
 valid price arrives: `malformed` words, no price yet (`no_price`), `non_positive`, a band
 reaching zero (`wide_confidence`).
+A price is known by all four words (an honest answer after a garbled one of the same time is
+news), and a refusal is counted once while it stays the latest.
 
 Return value (a static struct, four words): ``(int64 price, uint64 conf, int32 expo,
 uint256 publishTime)``; https://docs.pyth.network/price-feeds/api-reference/evm/get-price-unsafe
@@ -82,8 +84,11 @@ class PythEvmFeed(Feed):
         self._call_failing = False  # logged once while the read reverts
         self._garbled = False  # logged once while the answer is not a price
         self._max_age_s = spec.max_age_s
-        self._last: tuple[int, int, int, str | None] | None = None  # publishTime, price, conf, flag
-        self._rejected: tuple[int, int, int] | None = None  # publishTime, price, conf refused last
+        # publishTime, price, conf, expo and flag of the last quote; the words refused last. A
+        # price is known by all its words: an answer of the same time can be garbled (by a node
+        # or a relay), and the honest answer after it is news, not the same price again.
+        self._last: tuple[int, int, int, int, str | None] | None = None
+        self._rejected: tuple[int, int, int, int] | None = None
         # The last price was stamped more than max_age_s past its block (flagged stale): no
         # time to order by. A price older than it is not a reorg's: before, one such answer (a
         # node's or a relay's garbage) had every real price after it refused `older_price`.
@@ -123,15 +128,16 @@ class PythEvmFeed(Feed):
                 block,
             )
         self._garbled = False
+        words = (publish_time, price, conf, expo)
         last = self._last
         if last is not None and publish_time < last[0] and not self._last_ahead:
-            return self._refused("older_price", publish_time, price, conf, block)
+            return self._refused("older_price", words, block)
         if publish_time == 0:
-            return self._refused("no_price", publish_time, price, conf, block)
+            return self._refused("no_price", words, block)
         if price <= 0:
-            return self._refused("non_positive", publish_time, price, conf, block)
+            return self._refused("non_positive", words, block)
         if conf >= price:  # the band reaches zero: no usable bid
-            return self._refused("wide_confidence", publish_time, price, conf, block)
+            return self._refused("wide_confidence", words, block)
         flag: str | None = None
         # Either way, as Pyth's own getPriceNoOlderThan (`diff(block.timestamp, publishTime)`):
         # a publishTime far ahead of the block is no fresher than one far behind it.
@@ -140,10 +146,11 @@ class PythEvmFeed(Feed):
             flag = "stale"
         elif conf > price * self._max_conf_ratio:
             flag = "confidence"
-        if last == (publish_time, price, conf, flag):
+        if last == (*words, flag):
             return None
-        self._last = (publish_time, price, conf, flag)
+        self._last = (*words, flag)
         self._last_ahead = ahead
+        self._rejected = None  # a valid price read since: the same garbage again is refused
         scale = 10.0**expo
         return Quote(
             self.source_id, self.pair, recv_ts, None, (price - conf) * scale,
@@ -165,16 +172,15 @@ class PythEvmFeed(Feed):
             )  # fmt: skip
         return self._distrusted("malformed")
 
-    def _refused(
-        self, reason: str, publish_time: int, price: int, conf: int, block: Block
-    ) -> str | None:
+    def _refused(self, reason: str, words: tuple[int, int, int, int], block: Block) -> str | None:
         """A refused price is counted and logged once, not on every block it stays stored."""
-        if self._rejected == (publish_time, price, conf):
+        if self._rejected == words:
             return None
-        self._rejected = (publish_time, price, conf)
+        self._rejected = words
         self._distrusted(reason)
+        publish_time, price, conf, expo = words
         self._log.warning(
-            "pyth price refused", reason=reason, price=price, conf=conf,
+            "pyth price refused", reason=reason, price=price, conf=conf, expo=expo,
             publish_time=publish_time, block=block.number,
         )  # fmt: skip
         return reason
@@ -185,7 +191,7 @@ class PythEvmFeed(Feed):
         new even if it repeats the last price (a reorg took the bad away, or brought the last
         back)."""
         if (reason in self.distrusting or reason in self.reorged) and self._last is not None:
-            self._last = (*self._last[:3], reason)
+            self._last = (*self._last[:4], reason)
         return reason
 
 
