@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from chain_rig import Anvil, Chain, Deployed
+from chain_rig import CHAIN_ID, Anvil, Chain, Deployed
 from reading import make_reader, watch, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
@@ -188,6 +188,59 @@ async def test_a_failed_reread_after_learning_publishes_nothing_until_the_next_b
     assert reader.stats.reads_failed == 1
     assert got.quotes == []
     assert got.stats.state == "down"
+    await chain.mine()
+    assert await reader.poll_once()
+    assert [q.price for q in got.quotes] == [3000.0]
+
+
+async def test_a_read_again_that_ran_on_another_block_is_never_published(
+    chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A new Chainlink feed learns its aggregator from block N's read, and the node executes the
+    read again, pinned to N, at its later head (it ignores the pin): the multicall's own block
+    number rides in the read again too, so the later block's round is not published as N's;
+    counted on the endpoint (`garbage`) and as the feed's `reread_failed`, and the next block
+    is priced. Before, the read again carried no proof of its block, and N was priced with
+    N + 1's round."""
+    reader = make_reader([proxy.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    await chain.mine()
+    n = await head(chain)
+    await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+    proxy.script = ["pass", "unpin"]  # the read of N, then its read again at the head
+    assert await reader.read_block(n)  # the block itself was good; only its read again failed
+    assert got.quotes == []
+    assert got.stats.dropped == {"reread_failed": 1}
+    assert reader.rpc.stats[0].garbage == 1
+    assert await reader.poll_once()
+    assert [(q.price, q.block) for q in got.quotes] == [(3100.0, n.number + 1)]
+
+
+async def test_a_read_again_that_ran_on_another_chain_is_never_published(
+    chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """The node behind the URL serves another chain by the time a new feed's read again
+    arrives: the multicall's own chain id rides in the read again too, so it is refused as a
+    read is (`wrong_chain`, an error logged) and nothing of it is published; once the node
+    serves the configured chain again, the feed is priced. Before, the read again was
+    published whatever chain it ran on."""
+    reader = make_reader([proxy.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    proxy.script = ["pass", "pass", "hold"]  # the head, its read, then the read again waits
+    poll = asyncio.create_task(reader.poll_once())
+    await proxy.arrived.wait()
+    await chain.rpc("anvil_setChainId", [CHAIN_ID + 1])
+    try:
+        proxy.release.set()
+        with capture_logs() as logs:
+            assert await poll
+    finally:
+        await chain.rpc("anvil_setChainId", [CHAIN_ID])
+    assert got.quotes == []
+    assert got.stats.dropped == {"reread_failed": 1}
+    assert reader.rpc.stats[0].by_kind == {"wrong_chain": 1}
+    errors = [e["event"] for e in logs if e["log_level"] == "error"]
+    assert errors == ["endpoint serves another chain: read refused"]
     await chain.mine()
     assert await reader.poll_once()
     assert [q.price for q in got.quotes] == [3000.0]

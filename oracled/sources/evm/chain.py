@@ -546,7 +546,11 @@ class ChainReader:
                          max_block_age_s=self.cfg.max_block_age_s)  # fmt: skip
         self._check_current()
 
-    async def _publish(self, block: Block, raw: Any, results: list[tuple[bool, bytes]]) -> bool:
+    def _proven(self, block: Block, results: list[tuple[bool, bytes]]) -> bool:
+        """The read ran on `block`, at its header's time and on the configured chain, by the
+        multicall's own answers at the head of `results`; else refused (counted, logged) as
+        the endpoint's fault. A read again carries them too: it is pinned as a read is, and
+        a node that ignores the pin, or now serves another chain, answers it as well."""
         ok, proof = results[_AT_BLOCK]
         if not ok or int.from_bytes(proof, "big") != block.number:
             self._garbage(block, ValueError("the node executed the read on another block"))
@@ -554,7 +558,10 @@ class ChainReader:
         if _other_time(block, results[_AT_TIME]):
             self._garbage(block, ValueError("the block's time is not the one its header said"))
             return False
-        if not self._on_our_chain(block, results[_AT_CHAIN]):
+        return self._on_our_chain(block, results[_AT_CHAIN])
+
+    async def _publish(self, block: Block, raw: Any, results: list[tuple[bool, bytes]]) -> bool:
+        if not self._proven(block, results):
             return False
         if self.cfg.cross_check and len(self.rpc.urls) > 1:
             voted = await self._cross_check(block, raw)
@@ -645,7 +652,7 @@ class ChainReader:
         return pending
 
     async def _reread(self, slots: list[_Slot], block: Block) -> list[_Slot]:
-        every: list[Call] = []
+        every = self._prefix[:_AT_SEQUENCER]  # the proofs of block, chain and time, as a read's
         for slot in slots:
             slot.calls = slot.feed.calls()
             slot.start, slot.count = len(every), len(slot.calls)
@@ -669,6 +676,9 @@ class ChainReader:
         except _READ_ERRORS as exc:
             self._read_failed(block, exc)
             self._unfinished(slots, block, str(exc))
+            return []
+        if not self._proven(block, results):
+            self._unfinished(slots, block, "the read again ran on another block, time or chain")
             return []
         # Received now, not when the block was first read: other sources stamped quotes while
         # this answer was on the wire, and the tape is in receive-time order.
