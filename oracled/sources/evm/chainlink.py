@@ -1,10 +1,11 @@
 """Chainlink AggregatorV3 feeds, read through their proxy, and distrusted the documented ways.
 
 Per block: `latestRoundData()`, `aggregator()` and `decimals()` on the proxy, and the current
-aggregator's `minAnswer()`/`maxAnswer()` (OCR aggregators clamp every answer into these bounds, so
-an answer sitting on one is not a market price: LUNA/USD stayed at its floor while the market fell
-below it). `description()` is read when the aggregator is first seen or replaced; the reader then
-reads the same block again with the full set of calls.
+aggregator's `minAnswer()`/`maxAnswer()` (an OCR aggregator refuses a report whose median is
+outside them, so the feed pauses at its last answer inside: LUNA/USD stayed by its floor while
+the market fell far below it; an answer on a bound is not a market price). `description()` is
+read when the aggregator is first seen or replaced; the reader then reads the same block again
+with the full set of calls.
 
 Decimals and bounds are held, and a change is taken only when a second answer (another request)
 says the same: one lying answer scaled a feed by a power of ten until the aggregator changed
