@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -14,8 +15,9 @@ from chain_rig import (
     Tokens,
     new_token,
 )
+from eth_abi.abi import encode as abi_encode
 from reading import chainlink_spec, make_reader, watch, watch_eth
-from rpc_proxy import Lies, RpcProxy
+from rpc_proxy import Lies, RpcProxy, with_result
 from structlog.testing import capture_logs
 
 from oracled.eth import selector
@@ -28,6 +30,7 @@ SET_ROUND = "setRound(uint80,int256,uint256,uint256,uint80)"
 DECIMALS = selector("decimals()")
 AGGREGATOR = selector("aggregator()")
 MAX_ANSWER = selector("maxAnswer()")
+DESCRIPTION = selector("description()")
 ROUND = selector("latestRoundData()")
 
 
@@ -527,3 +530,33 @@ async def test_a_garbled_answer_of_the_round_published_does_not_withhold_it_till
         (60000.0, "bad_answer"), (60000.0, None),
     ]  # fmt: skip
     assert got.stats.dropped == {reason: 2}
+
+
+async def test_a_description_that_is_not_utf8_is_a_label_lost_not_a_feed(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A proxy whose `description()` is a string of bytes that are not UTF-8 (here every answer
+    of it, as a contract of its own would give) is priced from its first block, without a
+    description, and one warning says so. Before, eth_abi's UnicodeDecodeError escaped the
+    feed's learning (only its DecodingError was caught): each block was dropped `decode_error`
+    and the feed learned again, never priced."""
+
+    def garbled(request: Any, answer: Any) -> Any:
+        if request.get("method") != "eth_call":
+            return answer
+        bad = abi_encode(["bytes"], [b"\xffBTC / USD"])
+        return {**answer, "result": with_result(request, answer["result"], DESCRIPTION, True, bad)}
+
+    reader = make_reader([proxy.url], http)
+    feed = ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy))
+    got = watch(reader, feed)
+    proxy.rewrite = garbled
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+        await chain.transact(snapshot.btc_aggregator, "updateAnswer(int256)", 61_000_00000000)
+        assert await reader.poll_once()
+    assert [(q.price, q.flag) for q in got.quotes] == [(60000.0, None), (61000.0, None)]
+    assert not got.stats.dropped
+    assert feed.description is None
+    unreadable = [e for e in logs if e["event"] == "chainlink description unreadable"]
+    assert [e["proxy"] for e in unreadable] == [snapshot.btc_proxy]

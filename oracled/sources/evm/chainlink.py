@@ -375,7 +375,9 @@ class ChainlinkFeed(Feed):
         if description[0]:
             try:
                 (self.description,) = abi_decode(["string"], description[1])
-            except DecodingError as exc:  # a label only: the feed reads on without it
+            except (DecodingError, UnicodeDecodeError) as exc:
+                # A label only: the feed reads on without it. eth_abi raises UnicodeDecodeError
+                # for bytes that are not UTF-8, which escaped and kept the feed learning.
                 self.description = None
                 self._log.warning(
                     "chainlink description unreadable", proxy=self._proxy, error=str(exc)[:200],
