@@ -63,6 +63,7 @@ import aiohttp
 import numpy as np
 import structlog
 
+from oracled.aggregate.robust import BAND_SLACK
 from oracled.clock import Clock
 from oracled.config import PUSH_PRICE_MAX, ChainConfig, PushConfig
 from oracled.errors import ConfigError, OracledError, shown
@@ -862,7 +863,10 @@ class ChainPusher:
                     scored.append((math.inf, i))
                 continue
             deviation, heartbeat_ms = self._threshold(market)
-            moved = abs(price[i] / stored.price - 1.0) / deviation if stored.price else math.inf
+            # |a - b| against the band, a move of exactly `deviation` included (BAND_SLACK):
+            # |a / b - 1| rounded 1,001 after 1,000 to under 0.1 %
+            band = deviation * abs(stored.price)
+            moved = abs(price[i] - stored.price) * BAND_SLACK / band if band else math.inf
             waited = (result.ts - stored.ts) / heartbeat_ms
             if result.ts > stored.ts and (moved >= 1.0 or waited >= 1.0):
                 scored.append((max(moved, waited), i))

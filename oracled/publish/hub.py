@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 import msgspec
 
 from oracled.aggregate.book import Layout
+from oracled.aggregate.robust import BAND_SLACK
 from oracled.core import RoundResult
 from oracled.errors import OracledError
 from oracled.mark.engine import MarkValues
@@ -110,6 +111,13 @@ _R = TypeVar("_R")  # the round a fan-out encodes: a RoundResult or a SignedRoun
 #: market, an index not live, a mark out of its band); mode 1 made from the perpetuals, 2 not.
 _Mark = tuple[float, int]
 _NO_MARK: _Mark = (math.nan, 0)
+
+
+def _moved(value: float, last: float, fraction: float) -> bool:
+    """`value` moved by at least `fraction` of `last`, a move of exactly `fraction` included
+    (BAND_SLACK): measured as |value / last - 1|, the division's rounding held back about half
+    of such moves (1,001 after 1,000 at 0.1 %)."""
+    return abs(value - last) * BAND_SLACK >= fraction * abs(last)
 
 
 def _filter_marks(values: Mapping[int, MarkValues], count: int) -> list[_Mark]:
@@ -208,11 +216,11 @@ class Subscription:
             or (self.heartbeat_ms is not None and ts - last[2] >= self.heartbeat_ms)
             or (
                 price == price  # not NaN
-                and (last[0] != last[0] or abs(price / last[0] - 1.0) >= deviation)
+                and (last[0] != last[0] or _moved(price, last[0], deviation))
             )
             or (
                 last[3] is not mark  # both _NO_MARK: a spot market, or no mark then and now
-                and (last[3][1] != mark[1] or abs(mark[0] / last[3][0] - 1.0) >= deviation)
+                and (last[3][1] != mark[1] or _moved(mark[0], last[3][0], deviation))
             )
         )
 

@@ -224,6 +224,22 @@ async def test_a_per_market_threshold_overrides_the_global_one(rig: Rig) -> None
     assert (await rig.stored("ETH/USD"))[3] != rounds.now
 
 
+@pytest.mark.parametrize("moved", [1001.0, 999.0])
+async def test_a_move_of_exactly_the_threshold_is_pushed(rig: Rig, moved: float) -> None:
+    """BTC at 1,000 with a 0.1 % threshold moves to exactly 1,001 (or 999): "moved by the
+    threshold" includes it. Measured as |1001 / 1000 - 1|, the division rounded to
+    0.00099999999999989, under the threshold, and the move waited for the heartbeat."""
+    rounds = Rounds(make_config(), prices={**BASE_PRICES, "BTC/USD": 1_000.0})
+    pusher = await first_push(rig, rounds, overrides={"BTC/USD": {"deviation": 0.001}})
+    await settle(pusher)
+    assert (await rig.stored("BTC/USD"))[:2] == (100_000, -2)
+    rounds.prices["BTC/USD"] = moved
+    pusher.submit(rounds.step())
+    await settle(pusher)
+    price, _, _, ts = await rig.stored("BTC/USD")
+    assert (price, ts) == (round(moved * 100), rounds.now)
+
+
 async def test_the_heartbeat_pushes_an_unchanged_price(rig: Rig) -> None:
     """No move at all: nothing is sent until the heartbeat (round time) has passed."""
     rounds = Rounds(make_config())

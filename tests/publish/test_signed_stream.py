@@ -175,6 +175,34 @@ async def test_deviation_filter_sends_only_moves_and_status_changes(
         assert (paused["round"], paused["status"]) == (moved["round"] + 2, "paused")
 
 
+@pytest.mark.parametrize("signed", [False, True])
+async def test_a_move_of_exactly_the_deviation_is_sent(
+    client: Client, daemon: Daemonish, signed: bool
+) -> None:
+    """BTC at 1,000 under a 0.1 % filter: 1,000.5 is held back, 1,001 (exactly 0.1 %) is
+    sent, and so is 999.999 after it (0.1 % of 1,001 down, which binary cannot hold).
+    Measured as |1001 / 1000 - 1|, the division rounded to 0.00099999999999989, under the
+    filter, and such a move waited for the next one."""
+    daemon.rounds.prices["BTC/USD"] = 1_000.0  # before the first round: no jump to hold
+    daemon.step()
+    async with client.ws_connect("/v1/stream") as ws:
+        request = {"op": "subscribe", "markets": ["BTC/USD"], "signed": signed, "deviation": 0.001}
+        await ws.send_json(request)
+        await recv(ws)
+        first = (await recv(ws))["data"]
+        daemon.rounds.prices["BTC/USD"] = 1_000.5
+        daemon.step()
+        await fanned_out()
+        daemon.rounds.prices["BTC/USD"] = 1_001.0
+        daemon.step()
+        up = (await recv(ws))["data"]
+        assert up["round"] == first["round"] + 2
+        daemon.rounds.prices["BTC/USD"] = 999.999
+        daemon.step()
+        down = (await recv(ws))["data"]
+        assert down["round"] == up["round"] + 1
+
+
 async def test_heartbeat_filter_sends_unmoved_markets_at_least_that_often(
     client: Client, daemon: Daemonish
 ) -> None:
