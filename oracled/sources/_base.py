@@ -15,7 +15,8 @@ A venue subclass declares its URLs and wire types and implements five small hook
   streamed quote (or book resent unchanged), and held for as long as a rate-limit answer asks
   (`rate_limit_wait_s`: ``Retry-After`` unless the venue says it another way), and, for a limit
   the venue documents as one on our IP, every source polling the same REST host rests with it
-  until the same instant (`HostRests`); while an answer is read, quotes go through a filtering
+  until the same instant (`HostRests`), and a REST rate documented per IP paces them as one
+  (`rest_rate_per_ip`); while an answer is read, quotes go through a filtering
   emitter (`_emit_polled`) that drops, as ``unchanged``, a quote without a venue time repeating
   its instrument's last book, the stream's last included, so that a frozen book is not made
   fresh by polls;
@@ -280,6 +281,10 @@ class Source(abc.ABC):
     #: is already far inside it), and how many may go at once.
     rest_rate_per_s: ClassVar[float | None] = None
     rest_burst: ClassVar[float] = 1.0
+    #: The venue documents that rate as one per IP, whatever the source: every source of this
+    #: class polling one REST host takes its turns from one pacer (`HostRests.pacer`), the first
+    #: source's, so that two sources each paced under the limit do not pass it together.
+    rest_rate_per_ip: ClassVar[bool] = False
     #: The venue answers a subscription with each instrument's current state (a snapshot, stamped
     #: when sent or not at all), so a new connection's first quote of an instrument may only
     #: repeat a book we had: `_emit_first` drops such a repeat. False only where the venue's docs
@@ -351,8 +356,8 @@ class Source(abc.ABC):
         # (set by a venue's `_fetch`): then every source polling the host rests with this one,
         # through `host_rests`, which the service sets to its one registry on each source.
         self._limit_ip_wide = False
-        self.host_rests = HostRests()
         self._rest_host = rest_host(self.rest_url)
+        self.host_rests = HostRests()
         self._rest_waited = -_INF  # the host's rest this source last said it waits for
         # The newest REST answer's headers: a venue that says a rate limit inside HTTP 200 (Bybit)
         # reads its wait from them in its `_fetch`.
@@ -407,6 +412,18 @@ class Source(abc.ABC):
         # Symbols asked for by REST answers without a usable price since the last one with
         # one: all of them, and the source is down (`_poll_loop`).
         self._unpriced: set[str] = set()
+
+    @property
+    def host_rests(self) -> HostRests:
+        """Until when each REST host rests for a limit on our IP, and each host's shared pacer
+        (`rest_rate_per_ip`): the service sets its one registry on every source it builds."""
+        return self._host_rests
+
+    @host_rests.setter
+    def host_rests(self, rests: HostRests) -> None:
+        self._host_rests = rests
+        if self.rest_rate_per_ip and self._pacer is not None and self._rest_host is not None:
+            self._pacer = rests.pacer(self._rest_host, self._pacer)
 
     @property
     def instruments(self) -> Mapping[str, tuple[str, Kind]]:

@@ -51,7 +51,11 @@ messages, no acks). Rules from the docs and the server source that shape this fi
   more than 250 feeds (6 requests a poll) or a short ``rest_poll_interval_s`` went past the
   limit and met the 60 s ban. Failed ids are left out of polls. The docs name no
   ``Retry-After`` for the 429, so after one the next poll waits the documented 60 s
-  (`rate_limit_wait_s`), not one poll interval.
+  (`rate_limit_wait_s`), not one poll interval. The limit counts the IP's requests, whichever
+  source sends them: a 429 rests every source polling the same REST host for those 60 s
+  (`oracled.sources.hostrests`), and those sources take their turns from one pacer
+  (`rest_rate_per_ip`), so that two sources (two sets of feeds, say) stay under the limit
+  together, not each.
 """
 
 from __future__ import annotations
@@ -179,6 +183,8 @@ class PythHermesSource(Source):
     #: any 10 s at most, the rest of the 30 left for the stream's reconnects.
     rest_rate_per_s: ClassVar[float | None] = 2.0
     rest_burst: ClassVar[float] = 2.0
+    #: The limit is the IP's: the sources polling one Hermes host share one pacer.
+    rest_rate_per_ip: ClassVar[bool] = True
     #: Not filtered: the SSE stream has its own `_session`, and each update carries its own
     #: ``publish_time`` (an exact repeat is dropped as ``duplicate``), so none looks fresher.
     snapshot_on_subscribe: ClassVar[bool] = False
@@ -253,10 +259,13 @@ class PythHermesSource(Source):
     async def _fetch(
         self, url: str, query: Mapping[str, str]
     ) -> tuple[int | None, bytes, str | None]:
-        """The base's GET; a 404 naming unknown ids fails them, so the next poll leaves them out."""
+        """The base's GET; a 404 naming unknown ids fails them, so the next poll leaves them out.
+        A 429 is the IP's (module doc): every source polling the host rests with this one."""
         status, body, error = await super()._fetch(url, query)
         if status == 404:
             self._fail_missing(body.decode(errors="replace"))
+        elif status == 429:
+            self._limit_ip_wide = True
         return status, body, error
 
     def rate_limit_wait_s(self, headers: Mapping[str, str]) -> float:

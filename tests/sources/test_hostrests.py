@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from oracled.clock import ManualClock
+from oracled.sources._base import RestPacer
 from oracled.sources.hostrests import HostRests, rest_host
 
 
@@ -33,3 +35,14 @@ def test_a_shorter_rest_never_cuts_a_longer_one_short() -> None:
     assert rests.until("api.bybit.com:443")[:2] == (1300.0, "bybit_spot")
     assert rests.until("api.bytick.com:443") == (-math.inf, "", "")
     assert rests.until(None) == (-math.inf, "", "")
+
+
+def test_a_host_keeps_the_first_pacer_offered() -> None:
+    """The sources of a host whose REST rate is per IP take their turns from one pacer: the
+    first offered, which a source built later (a restart, a reload) finds in place of its own;
+    another host keeps its own."""
+    rests, clock = HostRests(), ManualClock(0)
+    first, second, other = (RestPacer(2.0, 2.0, clock) for _ in range(3))
+    assert rests.pacer("hermes.pyth.network:443", first) is first
+    assert rests.pacer("hermes.pyth.network:443", second) is first
+    assert rests.pacer("127.0.0.1:8080", other) is other

@@ -1,22 +1,25 @@
 """The Pyth Hermes adapter on its loopback Hermes: unknown ids, error events, the 24 h notice,
-non-stream answers, the rate limit's minute. Shared faults (the first stream, keep-alives, REST
-fallback among them): test_stream_faults.py."""
+non-stream answers, the rate limit's minute and its pacing, shared by the sources of a host.
+Shared faults (the first stream, keep-alives, REST fallback among them): test_stream_faults.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
-from venue_cases import CASE, PYTH_BTC, PYTH_ETH, Start, Wait
+from venue_cases import CASE, PYTH_BTC, PYTH_ETH, Running, Start, Wait, running
 
 from oracled.sim.pyth_hermes import PythHermesSim
 from oracled.sources import ConnState
+from oracled.sources.hostrests import HostRests
 
 VENUE = CASE["pyth_hermes"]  # what `sim` and `start` build (conftest.py): the BTC and ETH feeds
 BTC, ETH = PYTH_BTC, PYTH_ETH
@@ -107,6 +110,73 @@ async def test_polls_stay_under_the_public_rate_limit(start: Start, wait: Wait) 
         await wait(lambda: venue.stats.rest_requests >= 8, within_s=10.0)
         assert venue.rest_limited == 0
         await wait(lambda: len(run.pairs()) == 120)
+
+
+@contextlib.asynccontextmanager
+async def _two_sources(
+    venue: PythHermesSim, http: aiohttp.ClientSession, feeds: Sequence[Mapping[str, str]]
+) -> AsyncIterator[list[Running]]:
+    """Two `pyth_hermes` sources, `pyth_a` and `pyth_b`, each with its own pairs -> feed ids,
+    polling one Hermes (one REST host) and sharing one `HostRests`, as the service's sources
+    do."""
+    rests = HostRests()
+    async with contextlib.AsyncExitStack() as stack:
+        runs = []
+        for name, instruments in zip(("pyth_a", "pyth_b"), feeds, strict=True):
+            cfg = VENUE.make_config(venue, instruments=dict(instruments))
+            pairs = [(pair, "spot") for pair in instruments]
+            run = running(name, cfg, pairs, http, host_rests=rests)
+            runs.append(await stack.enter_async_context(run))
+        yield runs
+
+
+async def test_a_429_met_by_one_source_rests_every_source_of_the_host(
+    http: aiohttp.ClientSession, wait: Wait
+) -> None:
+    """Hermes's limit counts our IP's requests, whichever source sends them, and answers 429 for
+    the next 60 s. Two sources poll one Hermes, which allows one request a minute here: the
+    second request, whichever source sends it, meets the 429; the other source then sends
+    nothing, says so once (`rest host rested`, naming the first) and is down, without a refused
+    request of its own. Before, the 429 rested only the source that met it, and the other polled
+    on into the ban at its interval (a second 429, then its own minute)."""
+    async with PythHermesSim(PRICES, rate_hz=0.1, rest_limit=(1, 60.0)) as venue:
+        venue.ws_enabled = False  # no stream: the sources poll
+        with capture_logs() as logs:
+            async with _two_sources(venue, http, [{"BTC/USD": BTC}, {"ETH/USD": ETH}]) as runs:
+                await wait(lambda: venue.rest_limited == 1)
+                await wait(lambda: any(e["event"] == "rest host rested" for e in logs))
+                sent = venue.stats.rest_requests
+                await asyncio.sleep(0.5)  # five poll intervals
+                assert venue.stats.rest_requests == sent and venue.rest_limited == 1
+                (met,) = [run for run in runs if run.stats.dropped["rest_error"] == 1]
+                (rested,) = [run for run in runs if run is not met]
+                assert rested.stats.dropped["rest_error"] == 0
+                assert rested.state() is ConnState.DOWN and met.state() is ConnState.DOWN
+    said = [(e["source"], e["by"], e["delay_s"]) for e in logs if e["event"] == "rest host rested"]
+    assert len(said) == 1 and said[0][:2] == (rested.source.source_id, met.source.source_id)
+    assert 30.0 < said[0][2] <= 60.0  # the documented minute, less the moments since
+
+
+async def test_sources_of_one_host_share_its_pacing(
+    http: aiohttp.ClientSession, wait: Wait
+) -> None:
+    """The public limit is the IP's, so two sources polling one Hermes take their turns from one
+    pacer (2 at once, then 2 a second). 120 feeds in two sources of 60 (two requests a poll
+    each), polled every 0.1 s, stay under a test-sized limit of 7 requests in 2 s (the shared
+    pacing's 6 at most), and every feed is quoted. Before, each source had a pacer of its own,
+    and the two together sent up to 12 in 2 s, past the limit."""
+    feeds = [f"{i:064x}" for i in range(1, 121)]
+    instruments = {f"F{i}/USD": feed for i, feed in enumerate(feeds, start=1)}
+    halves = [dict(list(instruments.items())[:60]), dict(list(instruments.items())[60:])]
+    async with PythHermesSim(
+        {feed: 100.0 + i for i, feed in enumerate(feeds)}, rate_hz=0.1, rest_limit=(7, 2.0)
+    ) as venue:
+        venue.ws_enabled = False  # no stream: the sources poll
+        async with _two_sources(venue, http, halves) as runs:
+            await wait(lambda: venue.stats.rest_requests >= 8, within_s=10.0)
+            assert venue.rest_limited == 0
+            await wait(lambda: all(len(run.pairs()) == 60 for run in runs))
+            assert venue.rest_limited == 0
 
 
 async def test_hermes_time_limit_notice_is_a_planned_rotation(start: Start, wait: Wait) -> None:
