@@ -22,6 +22,10 @@ every fault the adapters must survive:
 - `replay_stale(n)`: send the last `n` data frames again (duplicates, out of order);
 - `ws_enabled = False`: handshakes refused with 503; `rest_enabled = False`: REST answers 503;
 - `rest_status = 429 | 5xx`: REST answers that status; `rest_delay_s`: REST answers slowly;
+- `rest_limit = (requests, window_s)` (a constructor argument, off by default so that fault
+  tests poll at test speed): a venue's per-IP REST limit; a request past it, and every one for
+  `rest_ban_s` after (0: none), is refused as the venue words a rate limit
+  (`rest_refusal(429)`) and counted in `rest_limited`;
 - `reset()`: clears every fault.
 
 A subclass implements `routes()` (its HTTP and WebSocket paths), `on_text(client, text)` (its
@@ -133,6 +137,8 @@ class VenueSim(abc.ABC):
         market_seed: int | Mapping[str, str] | None = None,
         basis_bps: float = 2.0,
         stagger: bool = False,
+        rest_limit: tuple[int, float] | None = None,
+        rest_ban_s: float = 0.0,
     ) -> None:
         # market_seed: one seed for all symbols (venues of one market share it), or a seed per
         # symbol key so that venues naming an asset differently still walk it together.
@@ -171,6 +177,11 @@ class VenueSim(abc.ABC):
         self.ws_enabled = True
         self.rest_status: int | None = None  # e.g. 429 or 503: every REST call answers it
         self.rest_delay_s = 0.0
+        self.rest_limit = rest_limit
+        self.rest_ban_s = rest_ban_s
+        self.rest_limited = 0  # REST requests refused by `rest_limit`
+        self._rest_times: deque[float] = deque()  # when the requests in its window came
+        self._banned_until = -math.inf
         self.stats = SimStats()
         self.clients: set[Client] = set()
         self._silent_until = -math.inf
@@ -525,7 +536,27 @@ class VenueSim(abc.ABC):
             return web.Response(status=503, text="Service Unavailable")
         if self.rest_status is not None:
             return self.rest_refusal(self.rest_status)
+        if self._over_rest_limit():
+            self.rest_limited += 1
+            return self.rest_refusal(429)
         return None
+
+    def _over_rest_limit(self) -> bool:
+        """Whether this REST request is past `rest_limit`, or inside the ban one earlier began."""
+        if self.rest_limit is None:
+            return False
+        now = self.now()
+        if now < self._banned_until:
+            return True
+        most, window_s = self.rest_limit
+        times = self._rest_times
+        times.append(now)
+        while times[0] <= now - window_s:
+            times.popleft()
+        if len(times) > most:
+            self._banned_until = now + self.rest_ban_s
+            return True
+        return False
 
     def rest_refusal(self, status: int) -> web.Response:
         """The answer of a REST call failed by `rest_status`: a generic JSON error, unless the

@@ -11,7 +11,8 @@ Kraken's REST shape: asked by altname (``XBTUSD``), filed under the legacy key (
 errors as HTTP 200 with an ``error`` list (``EQuery:Unknown asset pair`` spoils the request).
 A rate limit is worded the same way: `rest_status` 429 answers HTTP 200 with
 ``{"error":["EAPI:Rate limit exceeded"],"result":{}}`` (`rate_limit_error` picks another of the
-venue's wordings), as Kraken's REST answers every API error; other statuses stay generic.
+venue's wordings), as Kraken's REST answers every API error, and so is a request past the base's
+`rest_limit`; other statuses stay generic.
 
 Deliberate simplifications: heartbeats go out every interval, not only when nothing else flowed;
 one message limit (close with 1008 above ``message_limit`` a second) stands in for Kraken's

@@ -15,10 +15,9 @@ derive. ``publish_time`` is wall-clock seconds and ``metadata.slot`` a counter t
 every update, as on Pythnet. The ``binary`` field is a fixed placeholder, not a signed update.
 
 The public limit, 30 requests per 10 s per IP and then 429 for the next 60 s, is held when
-`rest_limit` is set ((requests, window in seconds); `rest_ban_s` the 429 spell): on REST requests
-only, counted in `rest_limited` (the venue counts the stream's opens too, which the client paces
-by its reconnect backoff, not by its poll pacing). Off by default, so that fault tests may poll
-at test speed.
+`rest_limit` is set (`VenueSim`'s, here with `rest_ban_s` 60 s by default): on REST requests
+only (the venue counts the stream's opens too, which the client paces by its reconnect backoff,
+not by its poll pacing). Off by default, so that fault tests may poll at test speed.
 
 Deliberate simplifications: each event carries one feed (Hermes sends one event per Pythnet slot
 with every requested feed in it), and stream events always carry base64 ``binary`` whatever the
@@ -120,22 +119,17 @@ class PythHermesSim(VenueSim):
         expo: int = -8,
         keepalive_s: float = 15.0,
         max_stream_s: float | None = 24 * 3600.0,
-        rest_limit: tuple[int, float] | None = None,
         rest_ban_s: float = 60.0,
         **kwargs: Any,
     ) -> None:
         ids = {_normal_id(k): p for k, p in prices.items()}
         if None in ids:
             raise ValueError("feed ids must be 32 bytes in hex")
-        super().__init__({k: p for k, p in ids.items() if k is not None}, **kwargs)
+        known = {k: p for k, p in ids.items() if k is not None}
+        super().__init__(known, rest_ban_s=rest_ban_s, **kwargs)
         self.expo = expo
         self.keepalive_s = keepalive_s
         self.max_stream_s = max_stream_s
-        self.rest_limit = rest_limit
-        self.rest_ban_s = rest_ban_s
-        self.rest_limited = 0  # REST requests answered 429 by the public limit
-        self._rest_times: deque[float] = deque()
-        self._banned_until = 0.0
         self._latest: dict[str, dict[str, Any]] = {}
         self._ema: dict[str, float] = {}
 
@@ -244,9 +238,6 @@ class PythHermesSim(VenueSim):
         refused = await self.rest_gate()
         if refused is not None:
             return refused
-        if self._over_rest_limit():
-            self.rest_limited += 1
-            return self.rest_refusal(429)
         wanted = self._ids(request)
         if isinstance(wanted, web.Response):
             return wanted
@@ -255,23 +246,6 @@ class PythHermesSim(VenueSim):
         if request.query.get("parsed", "true") == "true":
             body["parsed"] = [self._latest.get(i) or self._update(i) for i in ids]
         return web.Response(text=self._encode(body), content_type="application/json")
-
-    def _over_rest_limit(self) -> bool:
-        """Whether this REST request is past `rest_limit`, or inside the ban one earlier began."""
-        if self.rest_limit is None:
-            return False
-        now = self.now()
-        if now < self._banned_until:
-            return True
-        most, window_s = self.rest_limit
-        times = self._rest_times
-        times.append(now)
-        while times[0] <= now - window_s:
-            times.popleft()
-        if len(times) > most:
-            self._banned_until = now + self.rest_ban_s
-            return True
-        return False
 
     async def _stream_handler(self, request: web.Request) -> web.StreamResponse:
         if not self.ws_enabled:

@@ -1134,7 +1134,9 @@ class Source(abc.ABC):
         """While the stream is down, poll all symbols in one request.
 
         A batch refused with HTTP 400 (one bad symbol spoils the whole request on some venues) is
-        retried once symbol by symbol; a symbol refused alone is marked failed and left out.
+        retried once symbol by symbol, each request through the venue's REST pacer (`_fetch`) as
+        every poll's: a venue whose limit one request a symbol would pass sets `rest_rate_per_s`
+        (Kraken); a symbol refused alone is marked failed and left out.
         Rate-limit answers (429, 418) are never split, so that they cannot multiply requests; they
         end the round, and the next waits as long as they ask (`rate_limit_wait_s`: the venues'
         rule).

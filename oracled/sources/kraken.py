@@ -26,13 +26,21 @@ logged. The docs give no maximum connection life; the config's daily rotation ap
 rates are limited per connection by a dynamic counter (no fixed number published): this adapter
 sends one subscribe request per 50 symbols.
 
-REST ``GET /0/public/Ticker?pair=XBTUSD,ETHUSD`` answers all pairs in one request; the docs ask
-public callers to stay at about one request a second, so the default poll (every 2 s, one request
-for every symbol) is half of that. Errors come back as HTTP 200 with an ``error`` list; an unknown
-pair spoils the whole request, which is reported to the base as HTTP 400 so that it retries symbol
-by symbol and fails only the bad one. A rate limit comes back the same way, under HTTP 200:
-``{"error":["EAPI:Rate limit exceeded"],"result":{}}`` (``EGeneral:Too many requests`` and
-``EService:Throttled: <time>`` are read the same). The docs
+REST ``GET /0/public/Ticker?pair=XBTUSD,ETHUSD`` answers all pairs in one request. The API docs'
+rate-limit guide (https://docs.kraken.com/api/docs/guides/spot-rest-ratelimits) counts private
+calls per API key and gives no figure for public ones; it points to the support centre's "What are
+the API rate limits?" (https://support.kraken.com/articles/206548367-what-are-the-api-rate-limits-),
+whose guidance for public endpoints is that calling them once a second or less stays within the
+limits (as client libraries quote it, ccxt's among them, which sets 1 s between public calls; the
+article's own text was not at hand here). No key is sent, so the count can only be our IP's.
+Every request is paced at that rate
+(`rest_rate_per_s`, one at once): the default poll (every 2 s, one request for every symbol)
+never waits. Errors come back as HTTP 200 with an ``error`` list; an unknown pair spoils the
+whole request, which is reported to the base as HTTP 400 so that it retries symbol by symbol and
+fails only the bad one; those one-pair requests go through the same pacer, one a second (before,
+they went out at once: a burst of as many requests as pairs). A rate limit comes back the same
+way, under HTTP 200: ``{"error":["EAPI:Rate limit exceeded"],"result":{}}``
+(``EGeneral:Too many requests`` and ``EService:Throttled: <time>`` are read the same). The docs
 (https://docs.kraken.com/api/docs/guides/spot-rest-ratelimits) say calls are then "restricted for
 a few seconds (or possibly longer if calls continue to be made while the rate limits are
 active)" and name no wait, so it is reported to the base as HTTP 429 and polls rest for
@@ -167,6 +175,11 @@ class KrakenSource(Source):
     max_symbols_per_request: ClassVar[int] = 50
     max_messages_per_s: ClassVar[int] = 5
     rest_batch_size: ClassVar[int] = 100  # one Ticker request per poll; keeps the URL short
+    #: The support centre's guidance for public endpoints, once a second or less (module doc):
+    #: one request at once, so that the one-pair requests after a batch refused for an unknown
+    #: pair do not go out as a burst.
+    rest_rate_per_s: ClassVar[float | None] = 1.0
+    rest_burst: ClassVar[float] = 1.0
     #: The v2 ticker answers a subscription with a ``snapshot`` (its ``snapshot`` flag, true by
     #: default and not set here), then updates.
     snapshot_on_subscribe: ClassVar[bool] = True

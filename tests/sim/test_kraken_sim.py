@@ -147,3 +147,19 @@ async def test_rest_rate_limit_wording_is_chosen_and_reset(
     sim.rest_status = 429
     async with http.get(url) as resp:
         assert (await resp.json())["error"] == ["EAPI:Rate limit exceeded"]
+
+
+async def test_a_request_past_the_rest_limit_is_refused_as_kraken_words_a_rate_limit(
+    http: aiohttp.ClientSession,
+) -> None:
+    """With `rest_limit` (requests in a window), the request past it answers Kraken's rate-limit
+    error list under HTTP 200, counted in `rest_limited`; the ones within it answer prices."""
+    async with KrakenSim(PRICES, rate_hz=1.0, rest_limit=(2, 60.0)) as venue:
+        url = f"{venue.rest_url}/0/public/Ticker"
+        bodies = []
+        for _ in range(3):
+            async with http.get(url, params={"pair": "XBTUSD"}) as resp:
+                assert resp.status == 200
+                bodies.append(await resp.json())
+    assert [body["error"] for body in bodies] == [[], [], ["EAPI:Rate limit exceeded"]]
+    assert venue.rest_limited == 1 and venue.stats.rest_requests == 3

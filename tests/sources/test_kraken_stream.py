@@ -1,6 +1,6 @@
-"""The Kraken adapter on its loopback simulator: an unknown pair and a rate limit over REST. The
-faults all venues share (first connection, heartbeats, REST fallback among them):
-test_stream_faults.py."""
+"""The Kraken adapter on its loopback simulator: an unknown pair (its one-pair requests paced)
+and a rate limit over REST. The faults all venues share (first connection, heartbeats, REST
+fallback among them): test_stream_faults.py."""
 
 from __future__ import annotations
 
@@ -75,6 +75,26 @@ async def test_rest_unknown_pair_fails_only_that_symbol(
     seen = len(run.quotes)
     await wait(lambda: run.pairs(seen) == {"BTC/USD", "ETH/USD"})
     assert run.stats.state is ConnState.POLLING
+
+
+async def test_the_one_pair_requests_after_an_unknown_pair_are_paced(
+    start: Start, wait: Wait
+) -> None:
+    """After a batch refused for an unknown pair, the base asks for each pair alone; those
+    requests go through the adapter's pacer, one a second, as every request does. Against a
+    simulator that refuses (``EAPI:Rate limit exceeded``) a fourth request within 2 s, the four
+    good pairs and the bad one, asked last, are asked for one by one without a refusal: the bad
+    pair is failed alone and the others quoted. Before, the five requests went out at once: the
+    fourth was refused, the round ended, and the next round's batch failed again, so the bad
+    pair was never reached."""
+    prices = {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0, "SOL/USD": 150.0, "LTC/USD": 80.0}
+    async with KrakenSim(prices, rate_hz=0.1, rest_limit=(3, 2.0)) as venue:
+        venue.ws_enabled = False  # no stream: the source polls
+        run = await start(venue, pairs=[*((pair, "spot") for pair in prices), VENUE.unknown_pair])
+        await wait(lambda: "FOO/USD" in run.stats.failed_instruments, within_s=15.0)
+        assert run.stats.failed_instruments == {"FOO/USD": "EQuery:Unknown asset pair"}
+        await wait(lambda: run.pairs() == set(prices))
+        assert venue.rest_limited == 0 and run.stats.state is ConnState.POLLING
 
 
 async def test_an_unreadable_rest_answer_is_counted_as_a_bad_body_not_a_failed_request(
