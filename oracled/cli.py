@@ -15,12 +15,13 @@ import contextlib
 import faulthandler
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from oracled import __version__
 from oracled.errors import ConfigError, TapeError, described, shown
@@ -376,12 +377,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         # Opening --out for writing empties it: were it the tape, the recording would be lost.
-        if (
-            not stdin
-            and args.out is not None
-            and args.out.exists()
-            and args.out.samefile(args.tape)
-        ):
+        if args.out is not None and _reads_from(tape, args.out):
             print(f"oracled replay: --out is the tape itself ({args.out})", file=sys.stderr)
             tape.close()
             return EXIT_CONFIG
@@ -422,6 +418,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{s} {r} {n}" for (s, r), n in sorted(stats.drops.items()))
         print(f"dropped by the core: {counts}", file=sys.stderr)
     return EXIT_TAPE_ERRORS if stats.malformed else EXIT_OK
+
+
+def _reads_from(tape: IO[bytes], out: Path) -> bool:
+    """Whether the open `tape` is the regular file `out` names (which opening `out` empties):
+    under a second name, or as the stdin a shell redirected from it (`replay - < t.jsonl --out
+    t.jsonl`), which a comparison of the paths does not see. A terminal read and written at
+    once is no such file."""
+    try:
+        held = os.fstat(tape.fileno())
+        return stat.S_ISREG(held.st_mode) and os.path.samestat(held, out.stat())
+    except (OSError, ValueError):  # `out` not there yet; a stdin without a descriptor
+        return False
 
 
 def _cmd_demo(args: argparse.Namespace, hangups: _Hangups, stops: _Stops) -> int:

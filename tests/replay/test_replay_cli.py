@@ -55,6 +55,24 @@ def test_out_naming_the_tape_itself_is_refused_and_the_tape_kept(tmp_path: Path)
     assert tape.read_bytes() == TAPE.read_bytes()
 
 
+def test_out_naming_the_file_stdin_reads_is_refused_and_the_tape_kept(tmp_path: Path) -> None:
+    """`oracled replay - < tape.jsonl --out tape.jsonl`: the check above compared the paths,
+    and a tape read from stdin has none, so --out was opened for writing and emptied the very
+    file the shell had redirected stdin from: the recording was lost (0 bytes) and the replay
+    blamed an 'empty tape'. The open tape itself is compared: refused, exit 2, tape intact."""
+    tape = tmp_path / "tape.jsonl"
+    shutil.copyfile(TAPE, tape)
+    command = (
+        f"exec '{sys.executable}' -m oracled.cli replay --config '{CONFIG}' --out '{tape}' -"
+        f" < '{tape}'"
+    )
+    proc = run_shell(command, timeout_s=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "--out is the tape itself" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert tape.read_bytes() == TAPE.read_bytes()
+
+
 def test_an_interrupted_replay_says_its_output_is_incomplete_and_exits_130(
     tmp_path: Path,
 ) -> None:
