@@ -547,7 +547,9 @@ class Service:
             await self._stop_sources(changes.sources_restarted)
             self._refuse_if_stopping(actor)  # the stop began while the sources stopped
             self.core.reconfigure(new)
-            self.cfg = new
+            old, self.cfg = self.cfg, new
+            if self._recorder is not None:
+                self._tape_reloaded(old, new)
             if self.pusher is not None:  # the two `[push]` keys a reload applies
                 self.pusher.reconfigure(new.push)
             for sid in changes.sources_restarted:
@@ -579,6 +581,21 @@ class Service:
             if self.chains is not None:  # after the starts: a restarted source keeps its reader
                 await self.chains.release(self.cfg.sources[sid] for sid in self._source_tasks)
             return changes.as_dict()
+
+    def _tape_reloaded(self, old: Config, new: Config) -> None:
+        """Say when a reload changed what prices the rounds (`pricing_digest`) under `record`:
+        the tape's header names the config the recording began with, true for every line of it
+        until now, and no line carries a reload, so its replay may differ from the next round
+        on (docs/contracts.md). Without this line a reload left no trace of it in the tape or
+        the log, and the replay's difference looked like a fault of the daemon's."""
+        digest = pricing_digest(new)
+        if digest != pricing_digest(old):
+            self.log.warning(
+                "tape: a reload changed the pricing config; a replay of the tape may differ from"
+                " this round on",
+                round=self.core.rounds + 1,
+                config_sha256=digest,
+            )
 
     def _applied_at(self) -> int:
         """The time the trail gives a reload just applied: now, or, when the round loop is

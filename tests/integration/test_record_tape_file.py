@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,54 @@ async def test_a_second_recorder_cannot_write_the_tape_the_first_is_writing(
         await d.close()
     headers, quotes, errors = _read(tape.read_bytes())
     assert len(headers) == 1 and errors == [] and len(quotes) > 50
+
+
+TAPE_RELOADED = (
+    "tape: a reload changed the pricing config; a replay of the tape may differ from this round on"
+)
+
+
+async def test_a_reload_that_changes_the_pricing_is_told_in_the_recorders_log(
+    venues: list[BinanceSim], tmp_path: Path
+) -> None:
+    """No tape line carries a reload, and the header names the config the recording began
+    with: a SIGHUP that changed a market's thresholds under `oracled record` left no trace in
+    the tape or the log, and a replay of it with its own config differed from the live reports
+    from the next round on, with nothing to say why. Such a reload is logged with the round
+    from which the replay may differ and the new config's digest; one that changes no pricing
+    (an API setting) is not."""
+    d = _recorder(venues, tmp_path)
+    tape = tmp_path / "t.jsonl"
+    text = d.config.read_text()
+
+    async def reloaded(n: int) -> None:
+        await d.wait_for(lambda: len(d.events("config reloaded")) >= n, 20, f"reload {n}")
+
+    try:
+        await d.start("--out", str(tape))
+        await _rounds(d, 5)
+        assert d.proc is not None
+        d.config.write_text(
+            text.replace(
+                '"ORACLED_TEST_ADMIN_TOKEN"',
+                '"ORACLED_TEST_ADMIN_TOKEN"\ncors_origins = ["https://example.org"]',
+            )
+        )
+        d.proc.send_signal(signal.SIGHUP)
+        await reloaded(1)
+        d.config.write_text(text.replace("max_deviation = 0.01", "max_deviation = 0.02"))
+        d.proc.send_signal(signal.SIGHUP)
+        await reloaded(2)
+        await _rounds(d, 15)
+        assert await asyncio.to_thread(d.terminate) == 0
+    finally:
+        await d.close()
+    first, second = d.events("config reloaded")
+    assert first["settings_changed"] == ["api.cors_origins"]
+    assert "markets.BTC/USD.max_deviation" in second["settings_changed"]
+    (told,) = d.events(TAPE_RELOADED)
+    assert told["config_sha256"] == pricing_digest(load_config(d.config))
+    assert told["round"] > 5
 
 
 @pytest.mark.parametrize("lost", ["lock file removed", "directory made again"])
