@@ -1066,6 +1066,7 @@ def _relations(cfg: Config) -> list[str]:
         if (sid, pair) not in used_pairs
     )
     problems.extend(_pyth_feed_ids(cfg))
+    problems.extend(_shared_venue_symbols(cfg))
     problems.extend(_chain_relations(cfg))
     problems.extend(_cycles(depends, symbols))
     if cfg.oracle.min_price >= cfg.oracle.max_price:
@@ -1170,6 +1171,38 @@ def _pyth_feed_ids(cfg: Config) -> list[str]:
             f"{where}: no feed id for {pair}, which a market asks of this source"
             for pair in sorted(wanted - set(src.instruments))
         )
+    return problems
+
+
+def _shared_venue_symbols(cfg: Config) -> list[str]:
+    """Two pairs of one kind that a source's `instruments` table makes one venue symbol (an
+    entry naming another pair's symbol, by its own entry or the adapter's rule): the source
+    keeps one pair per symbol it subscribes, so the other pair was never quoted by it, with no
+    word said (its slot `no_quote` in every round). The adapter, for its rule, is imported only
+    for a source with such a table: checking a config imports none otherwise."""
+    problems: list[str] = []
+    for sid, src in cfg.sources.items():
+        if not src.instruments or src.type in CHAIN_SOURCE_TYPES or src.type == "pyth_hermes":
+            continue  # pyth_hermes: one feed id per pair (`_pyth_feed_ids`)
+        asked: dict[tuple[str, str], None] = {}
+        for market in cfg.markets:
+            for ms in (*market.sources, *market.perp_sources):
+                if ms.source == sid:
+                    asked[(ms.pair, ms.kind)] = None
+        module, _, name = SOURCE_TYPES[src.type].partition(":")
+        adapter: Any = getattr(importlib.import_module(module), name)
+        seen: dict[tuple[str, str], str] = {}
+        for pair, kind in asked:
+            # every adapter's rule is a function of the pair alone
+            symbol = src.instruments.get(pair) or adapter.venue_symbol(None, pair)
+            first = seen.setdefault((symbol, kind), pair)
+            if first != pair:
+                key = pair if pair in src.instruments else first
+                problems.append(
+                    f"sources.{sid}.instruments.{key}: {pair} and {first} ({kind}) are both"
+                    f" {shown(symbol)} on this venue; the source quotes one pair per symbol, so"
+                    " one of them would never be quoted by it"
+                )
     return problems
 
 

@@ -14,6 +14,7 @@ import pydantic
 import pytest
 
 from oracled.config import (
+    CHAIN_SOURCE_TYPES,
     MAX_CONFIG_BYTES,
     SOURCE_KINDS,
     SOURCE_TYPES,
@@ -304,6 +305,17 @@ def test_the_kinds_each_source_type_serves_are_those_its_adapter_declares() -> N
     assert set(SOURCE_KINDS) == set(SOURCE_TYPES)
     for name in SOURCE_TYPES:
         assert SOURCE_KINDS[name] == source_class(name).kinds, name
+
+
+def test_every_venue_adapters_symbol_rule_reads_the_pair_alone() -> None:
+    """The check of an `instruments` table (two pairs one symbol) applies each adapter's rule
+    without making a source: a rule that came to read the instance would break config loading
+    rather than the check."""
+    from oracled.sources import source_class
+
+    for name in sorted(set(SOURCE_TYPES) - CHAIN_SOURCE_TYPES - {"pyth_hermes"}):
+        symbol = source_class(name).venue_symbol(None, "BTC/USDT")  # type: ignore[arg-type]
+        assert isinstance(symbol, str) and symbol, name
 
 
 @pytest.mark.parametrize("path", WARN, ids=[p.stem for p in WARN])
