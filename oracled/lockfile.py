@@ -163,11 +163,20 @@ class LockWatch:
         self.state = LockState.HELD
 
 
+def _target(path: Path) -> Path:
+    """The file `path` leads to: a symbolic link is followed, as a read of it follows it. The
+    rename of a rewrite replaced the link itself with a file of its own, and the file it pointed
+    at (on a volume that outlives the process, say) kept its old contents for the next start."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def replace_durably(path: Path, body: bytes) -> str | None:
     """Rewrite `path` whole with `body` and a newline, atomically and durably: a temporary file
     beside it, fsync, rename over it, fsync of the directory (so that the rename survives a power
-    cut too); a reader sees the old file or the new one, never a torn one. Why not, if it could
-    not be written (the old file is then left as it was)."""
+    cut too); a reader sees the old file or the new one, never a torn one. A symbolic link is
+    written through: the file it points at is rewritten, beside which the temporary file is
+    made. Why not, if it could not be written (the old file is then left as it was)."""
+    path = _target(path)
     directory = path.parent
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=directory)
@@ -201,7 +210,8 @@ def remove_stale_temporaries(path: Path) -> list[str]:
     for this very file match (`.<name>.` and eight random characters); call it holding the
     file's lock (`lock_beside`), when no writer of ours can be half-way through a rewrite.
     Returns the names removed; one that cannot be removed is left, unreported (the next start
-    tries again)."""
+    tries again). Beside the file a symbolic link `path` points at, where the rewrite makes them."""
+    path = _target(path)
     pattern = re.compile(re.escape(_temporary_prefix(path)) + _RANDOM)
     removed: list[str] = []
     try:

@@ -141,6 +141,28 @@ async def test_a_stop_writes_the_lease_down_so_a_restart_signs_its_next_round(
     behind.worker.close()
 
 
+async def test_a_lease_file_that_is_a_symbolic_link_is_written_where_it_points(
+    tmp_path: Path,
+) -> None:
+    """`signing.lease_file` a symbolic link to a file on a volume that outlives the process:
+    it was read through the link, but each rewrite renamed a new file over the link itself, so
+    the file it pointed at kept the lease the daemon started with. A start whose link was made
+    again (a new container over the same volume) read that stale lease, a floor below the round
+    times the key had signed since. The rewrites go where the link points; the link stays."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    path = tmp_path / "lease.json"
+    path.symlink_to(volume / "lease.json")
+    run = Signing(path)
+    for _ in range(5):
+        await run.step()
+    run.worker.close()
+    last = run.signed[-1].ts
+    assert path.is_symlink()
+    assert _on_disk(volume / "lease.json") == {KEY.address: last}
+    assert sorted(p.name for p in volume.iterdir()) == ["lease.json"]  # no temporary file left
+
+
 async def test_each_key_keeps_its_own_lease_in_the_file(tmp_path: Path) -> None:
     """A rotation to another key starts that key's own lease (no floor from the first key's)
     and keeps the first key's in the file, so a rotation back finds its floor again."""

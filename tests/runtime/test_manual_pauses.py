@@ -56,6 +56,25 @@ ManualPauses(Path(sys.argv[1])).save({"BTC/USDT": Pause("ops", 1)}).result()
 """
 
 
+def test_a_pauses_file_that_is_a_symbolic_link_is_written_where_it_points(tmp_path: Path) -> None:
+    """`oracle.manual_pauses_file` a symbolic link to a file on a volume that outlives the
+    process: a save renamed its new file over the link itself, so the file it pointed at kept
+    the pauses of the start, and a start whose link was made again (a new container over the
+    same volume) put the markets paused since back live. A save writes where the link points."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    path = tmp_path / "pauses.json"
+    path.symlink_to(volume / "pauses.json")
+    pauses = ManualPauses(path)
+    assert pauses.claim()
+    kept = {"ETH/USDT": Pause("ops@desk", 1_700_000_000_000)}
+    assert pauses.save(kept).result() is None
+    pauses.close()
+    assert path.is_symlink()
+    assert ManualPauses(volume / "pauses.json").load() == kept
+    assert sorted(p.name for p in volume.iterdir()) == ["pauses.json"]  # no temporary file left
+
+
 def test_a_writer_killed_mid_write_leaves_a_temporary_file_the_next_writer_removes(
     tmp_path: Path,
 ) -> None:
