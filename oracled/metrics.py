@@ -452,6 +452,7 @@ _RPC_ERROR_KINDS = (
 _REFUSED_REASONS = (
     ("backwards", "backwards"),
     ("too_old", "old_blocks"),
+    ("future", "future_blocks"),
     ("superseded", "superseded"),
     ("unknown", "unknown"),
 )
@@ -499,8 +500,9 @@ def _chain_families(
     }  # fmt: skip
     refused = CounterMetricFamily(
         "oracled_chain_blocks_refused",
-        "Blocks not published: backwards (below the last one published), too_old, superseded, "
-        "unknown (the node did not hold it at its read).",
+        "Blocks not published: backwards (below the last one published), too_old, future "
+        "(stamped ahead of our clock by more than max_clock_skew_ms), superseded, unknown (the "
+        "node did not hold it at its read).",
         labels=["chain", "reason"],
     )
     failovers = CounterMetricFamily(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 
 from oracled.clock import Clock, SystemClock
-from oracled.config import ChainConfig, FeedSpec
+from oracled.config import DEFAULT_MAX_CLOCK_SKEW_MS, ChainConfig, FeedSpec
 from oracled.jsonrpc import RpcClient
 from oracled.model import Quote
 from oracled.sources.evm.chain import ChainReader
@@ -43,6 +43,13 @@ class Collected:
         return self.quotes[-1]
 
 
+#: `max_clock_skew_ms` of a reader whose clock a test keeps behind the node's (it warps the node
+#: ahead for a round newer than deployment or a TWAP window of history, or holds a manual clock
+#: at a fixed time): a day. Every other reader refuses blocks from the future as the daemon
+#: does, by the default skew.
+WARPED: Final = 86_400_000
+
+
 def make_reader(
     urls: Sequence[str],
     http: aiohttp.ClientSession,
@@ -51,13 +58,17 @@ def make_reader(
     clock: Clock | None = None,
     rng: random.Random | None = None,
     rpc_clock: Clock | None = None,
+    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS,
     **chain: Any,
 ) -> ChainReader:
     """A reader of the local chain; `clock` is the reader's own, `rpc_clock` the RPC client's
     (for its endpoints' rests; the system clock unless given)."""
     cfg = ChainConfig(chain_id=31337, rpc_urls=tuple(urls), timeout_s=timeout_s, **chain)
     rpc = RpcClient(list(urls), http, timeout_s=timeout_s, clock=rpc_clock or SystemClock())
-    return ChainReader("local", cfg, rpc, clock or SystemClock(), http, rng=rng)
+    return ChainReader(
+        "local", cfg, rpc, clock or SystemClock(), http, rng=rng,
+        max_clock_skew_ms=max_clock_skew_ms,
+    )  # fmt: skip
 
 
 def watch(reader: ChainReader, feed: Feed) -> Collected:

@@ -49,7 +49,7 @@ from chain_rig import (
 from eth_abi.abi import encode as abi_encode
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
-from reading import Collected, make_reader, pyth_spec, watch, watch_eth
+from reading import WARPED, Collected, make_reader, pyth_spec, watch, watch_eth
 from rpc_proxy import RpcProxy, call_results, call_selectors, encode_results, with_result
 
 from oracled.clock import ManualClock
@@ -374,17 +374,18 @@ class Fuzzed:
 
     def blamed(self) -> int:
         """The counters of a node's fault: its endpoint's errors, and the chain's blocks
-        refused (a head that went back, or too old, or unknown at its read)."""
+        refused (a head that went back, too old, from the future, or unknown at its read)."""
         s = self.reader.stats
         endpoints = sum(sum(e.by_kind.values()) for e in self.reader.rpc.stats)
-        return endpoints + s.backwards + s.old_blocks + s.unknown + s.superseded
+        return endpoints + s.backwards + s.old_blocks + s.future_blocks + s.unknown + s.superseded
 
     def counted(self) -> int:
         """Every counter a refused answer can land in: the endpoints' errors, the chain's
         refusals and failed reads, the feeds' drops."""
         s = self.reader.stats
         endpoints = sum(sum(e.by_kind.values()) for e in self.reader.rpc.stats)
-        chain = s.reads_failed + s.backwards + s.old_blocks + s.unknown + s.superseded
+        chain = s.reads_failed + s.backwards + s.old_blocks + s.future_blocks + s.unknown
+        chain += s.superseded
         return endpoints + chain + sum(sum(f.stats.dropped.values()) for f in self.feeds)
 
 
@@ -447,7 +448,10 @@ async def test_a_hostile_node_never_crashes_the_reader_nor_gets_a_bad_value_publ
         relay.rewrite = hostile
     try:
         rpc_clock = ManualClock(0)
-        reader = make_reader([r.url for r in relays], http, rpc_clock=rpc_clock, timeout_s=5.0)
+        reader = make_reader(
+            [r.url for r in relays], http, rpc_clock=rpc_clock, timeout_s=5.0,
+            max_clock_skew_ms=WARPED,
+        )  # fmt: skip
         cl = watch_eth(reader, deployed.eth_proxy)
         pyth = watch(reader, PythEvmFeed("pyth", "ETH/USD", deployed.pyth, pyth_spec(PYTH_ETH_ID)))
         uni = UniswapV3Feed(

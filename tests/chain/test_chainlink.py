@@ -16,7 +16,7 @@ from chain_rig import (
     new_token,
 )
 from eth_abi.abi import encode as abi_encode
-from reading import chainlink_spec, make_reader, watch, watch_eth
+from reading import WARPED, chainlink_spec, make_reader, watch, watch_eth
 from rpc_proxy import Lies, RpcProxy, with_result
 from structlog.testing import capture_logs
 
@@ -102,7 +102,7 @@ async def test_stale_round_is_flagged(
 ) -> None:
     """A round older than the feed's heartbeat by the block's clock is re-published flagged
     `stale`, so the core excludes it whatever the market's own age limit."""
-    reader = make_reader([anvil.url], http)
+    reader = make_reader([anvil.url], http, max_clock_skew_ms=WARPED)
     # A round of the test's own, its blocks stamped by hand: its age is the chain's alone, not
     # the wall time since the session deployed the aggregator or a busy machine took between
     # two blocks (a warp of 599 s read 601 s old once under load).
@@ -215,7 +215,7 @@ async def test_a_new_phase_whose_round_is_older_keeps_the_last_quote_and_a_reorg
     it was refused `older_round` and the last quote withdrawn as `reorged` until that next
     round. A reorg that then takes the phase's newer round away (same phase, older round) is
     still `older_round`, withdrawn."""
-    reader = make_reader([anvil.url], http)
+    reader = make_reader([anvil.url], http, max_clock_skew_ms=WARPED)
     got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
     await chain.warp(60)
     now = await chain.timestamp()

@@ -12,7 +12,7 @@ from chain_rig import (
     Deployed,
     pyth_update,
 )
-from reading import make_reader, pyth_spec, watch
+from reading import WARPED, make_reader, pyth_spec, watch
 from rpc_proxy import Lies, RpcProxy
 from structlog.testing import capture_logs
 
@@ -55,7 +55,7 @@ async def test_stale_price_is_flagged(
 ) -> None:
     """A publishTime older than max_age_s by the block's clock flags the quote `stale`; a fresh
     update clears it."""
-    reader = make_reader([anvil.url], http)
+    reader = make_reader([anvil.url], http, max_clock_skew_ms=WARPED)
     got = watch(reader, PythEvmFeed("py", "ETH/USD", snapshot.pyth, pyth_spec(PYTH_ETH_ID, 30)))
     assert await reader.poll_once()
     assert got.last.flag is None

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import aiohttp
 import pytest
 from chain_rig import PYTH_ETH_ID, Anvil, Chain, Deployed, Tokens, make_pool
-from reading import make_reader, pyth_spec, watch, watch_eth
+from reading import WARPED, make_reader, pyth_spec, watch, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 
@@ -141,7 +141,7 @@ async def test_a_pool_answering_garbage_is_counted_and_logged_once_while_it_last
         "uniswap", "ETH/USD", pool.address, invert=tokens.weth == pool.token1,
         token0_decimals=pool.decimals0, token1_decimals=pool.decimals1, min_liquidity=10**16,
     )  # fmt: skip
-    reader = make_reader([anvil.url], http)
+    reader = make_reader([anvil.url], http, max_clock_skew_ms=WARPED)
     got = watch(reader, feed)
     assert await reader.poll_once()
     assert len(got.quotes) == 1

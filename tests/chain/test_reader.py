@@ -14,7 +14,7 @@ from chain_rig import (
     Deployed,
     start_anvil,
 )
-from reading import chainlink_spec, make_reader, watch, watch_eth
+from reading import WARPED, chainlink_spec, make_reader, watch, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 
@@ -192,7 +192,7 @@ async def test_a_round_reorged_out_is_published_again_flagged_until_a_newer_one(
     flagged `reorged` (excluded, never voting), logged with the block, and the drop counted
     (`older_round`); the earlier round that the chain holds again cannot replace it, since the
     core orders a slot by venue time. The next round newer than the withdrawn one clears it."""
-    reader = make_reader([anvil.url], http)
+    reader = make_reader([anvil.url], http, max_clock_skew_ms=WARPED)
     got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
     assert await reader.poll_once()
     await chain.warp(10)  # the round below is younger than the one set at deployment
@@ -226,7 +226,7 @@ async def test_a_round_taken_away_by_a_rollback_is_flagged_once_the_chain_grows_
     lower heads are refused (`backwards`, as from a lagging endpoint), and the first block read
     past the old height, which no longer holds the round, publishes the round again flagged
     `reorged`. If the same round comes back (mined again), it is published unflagged."""
-    reader = make_reader([anvil.url], http)
+    reader = make_reader([anvil.url], http, max_clock_skew_ms=WARPED)
     got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
     await chain.warp(10)  # the round below is younger than the one set at deployment
     now = await chain.timestamp()
@@ -251,7 +251,7 @@ async def test_sequencer_down_or_in_grace_flags_every_feed(
     seq = SequencerConfig(address=snapshot.sequencer, grace_period_s=600)
     now = await chain.timestamp()
     await chain.transact(snapshot.sequencer, UPDATE_SEQ, 1, 0, now - 3600, now - 3600)
-    reader = make_reader([anvil.url], http, sequencer=seq)
+    reader = make_reader([anvil.url], http, sequencer=seq, max_clock_skew_ms=WARPED)
     eth = watch_eth(reader, snapshot.eth_proxy)
     btc = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
     assert await reader.poll_once()
@@ -282,7 +282,9 @@ async def test_a_chain_not_read_for_max_block_age_s_flags_its_feeds_until_read_a
     have moved on unseen. Read again, they are re-emitted unflagged without waiting for a new
     round of the feed."""
     clock = ManualClock(await chain.timestamp() * 1000)
-    reader = make_reader([proxy.url], http, clock=clock, max_block_age_s=5.0)
+    reader = make_reader(
+        [proxy.url], http, clock=clock, max_block_age_s=5.0, max_clock_skew_ms=WARPED
+    )
     eth = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()
     assert (eth.last.flag, eth.last.price) == (None, 3000.0)
@@ -312,7 +314,7 @@ async def test_the_grace_period_ends_only_after_grace_period_s_has_passed(
     seq = SequencerConfig(address=snapshot.sequencer, grace_period_s=600)
     now = await chain.timestamp()
     await chain.transact(snapshot.sequencer, UPDATE_SEQ, 1, 0, now, now)
-    reader = make_reader([anvil.url], http, sequencer=seq)
+    reader = make_reader([anvil.url], http, sequencer=seq, max_clock_skew_ms=WARPED)
     eth = watch(reader, ChainlinkFeed("cl", "ETH/USD", chainlink_spec(snapshot.eth_proxy, 7200)))
     await chain.rpc("evm_setNextBlockTimestamp", [now + 600])
     await chain.mine()
@@ -398,6 +400,61 @@ async def test_a_block_older_than_max_block_age_is_never_published(
     assert await reader.poll_once()
     assert reader.stats.old_blocks == 1
     assert [q.price for q in got.quotes] == [3000.0]
+
+
+async def test_a_block_from_further_ahead_than_the_clock_skew_is_never_published(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """A block stamped ahead of the reader's clock by exactly `max_clock_skew_ms` is read; one
+    a millisecond further ahead is counted (`future_blocks`) and nothing from it is published,
+    as a venue's quote from the future is dropped."""
+    block_ms = await chain.timestamp() * 1000
+    clock = ManualClock(block_ms - 2_001)
+    reader = make_reader([anvil.url], http, clock=clock, max_clock_skew_ms=2_000)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert not await reader.poll_once()
+    assert reader.stats.future_blocks == 1
+    assert got.quotes == [] and reader.stats.last_block is None
+    clock.advance(1)
+    assert await reader.poll_once()
+    assert reader.stats.future_blocks == 1
+    assert [q.price for q in got.quotes] == [3000.0]
+
+
+async def test_a_chain_a_year_ahead_is_refused_and_never_freezes_the_reader(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """A node whose head and multicall time both say a year from now (its chain's clock, not a
+    garbled header) is refused block after block: counted, logged once while it lasts, counted
+    on the endpoint (`garbage`, the next poll goes to the next URL), never published and never
+    taken for the newest block. Before, it was published, and every later block of the honest
+    chain was refused as below it until the chain reached that time."""
+    clock = ManualClock(await chain.timestamp() * 1000)
+    reader = make_reader([proxy.url, anvil.url], http, clock=clock)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert await reader.poll_once()
+    published = reader.stats.last_block
+    before = await chain.snapshot()
+    year_ahead = await chain.timestamp() + 365 * 86_400
+    await chain.rpc("evm_setNextBlockTimestamp", [year_ahead])
+    await chain.mine(2)
+    with capture_logs() as logs:
+        assert not await reader.poll_once()
+        assert reader.rpc.active == 1  # the first URL's head was refused: the next one is asked
+        assert not await reader.poll_once()
+    assert reader.stats.future_blocks == 2
+    assert reader.stats.last_block == published
+    assert [e["event"] for e in logs].count("block from the future") == 1
+    assert [q.price for q in got.quotes] == [3000.0]
+    assert reader.rpc.stats[0].by_kind == {"garbage": 1}
+    assert reader.rpc.stats[1].by_kind == {"garbage": 1}
+    await chain.revert(before)  # the chain's own time again, and past the refused heights
+    await chain.transact(snapshot.eth_aggregator, "updateAnswer(int256)", 3100_00000000)
+    await chain.mine(2)
+    clock.advance(await chain.timestamp() * 1000 - clock.now_ms())
+    assert await reader.poll_once()
+    assert (got.last.price, got.last.flag) == (3100.0, None)
+    assert reader.stats.backwards == 0
 
 
 async def test_a_sequencer_feed_that_never_started_is_not_up(

@@ -7,7 +7,7 @@ import asyncio
 
 import aiohttp
 import pytest
-from chain_rig import Deployed
+from chain_rig import Chain, Deployed
 from reading import make_reader, watch_eth
 from rpc_proxy import RpcProxy
 
@@ -15,25 +15,24 @@ from oracled.clock import ManualClock
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-T0 = 1_700_000_000_000
-
 
 async def test_a_quote_from_a_reread_is_stamped_when_the_reread_answered(
-    http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+    http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
 ) -> None:
     """A new Chainlink feed learns its aggregator from a block and the block is read again.
     While that re-read is on the wire, other sources hand over quotes stamped with the later
     time; the feed's quote was stamped with the block's first read, so `oracled record` wrote
     it after lines with a later `ts`, and `oracled replay` skipped it as out of order, while
     the live core had used it. It now carries the time its answer came."""
-    clock = ManualClock(T0)
+    t0 = await chain.timestamp() * 1000  # the node's blocks are current by the reader's clock
+    clock = ManualClock(t0)
     reader = make_reader([proxy.url], http, clock=clock)
     got = watch_eth(reader, snapshot.eth_proxy)
     proxy.script = ["pass", "hold"]  # the block's read answers; the re-read waits
     poll = asyncio.create_task(reader.poll_once())
     await asyncio.wait_for(proxy.arrived.wait(), 5)
     assert got.quotes == []
-    clock.advance(700)  # a venue quote received now would be stamped T0 + 700
+    clock.advance(700)  # a venue quote received now would be stamped t0 + 700
     proxy.release.set()
     assert await asyncio.wait_for(poll, 5)
-    assert [(q.price, q.recv_ts) for q in got.quotes] == [(3000.0, T0 + 700)]
+    assert [(q.price, q.recv_ts) for q in got.quotes] == [(3000.0, t0 + 700)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from chain_rig import Anvil, Deployed
+from chain_rig import Anvil, Chain, Deployed
 from prometheus_client.parser import text_string_to_metric_families
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
@@ -351,7 +351,7 @@ async def test_a_chain_unreachable_at_start_is_retried_without_a_traceback(
 
 
 async def test_a_start_that_fails_again_and_again_is_logged_once_a_minute_with_the_count(
-    http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+    http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, proxy: RpcProxy
 ) -> None:
     """A node down at start is logged at the first failed start and then at most once a minute
     (the daemon's clock), with the number of failed starts since the last line (`failures`),
@@ -361,7 +361,7 @@ async def test_a_start_that_fails_again_and_again_is_logged_once_a_minute_with_t
     one every 30 s for as long as the node stayed down."""
     proxy.mode = "error"
     cfg = config(proxy.url, snapshot.eth_proxy)
-    clock = ManualClock(1_000_000)
+    clock = ManualClock(await chain.timestamp() * 1000)  # the node's blocks are current by it
     quotes: list[Quote] = []
     chains = ChainSet(cfg, http, clock)
     reader = chains.readers["local"]

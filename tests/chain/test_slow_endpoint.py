@@ -11,7 +11,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 from chain_rig import Anvil, Chain, Deployed
-from reading import make_reader, watch_eth
+from reading import WARPED, make_reader, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 
@@ -37,7 +37,9 @@ async def test_a_url_much_slower_than_the_next_is_left_for_it(
     counted as a slow switch and not as a failure. The next block's head and read go to the
     second URL; the slow one gets no request."""
     proxy.mode, proxy.delay_s = "slow", 0.8
-    reader = make_reader([proxy.url, anvil.url], http, clock=await _clock(chain))
+    reader = make_reader(
+        [proxy.url, anvil.url], http, clock=await _clock(chain), max_clock_skew_ms=WARPED
+    )
     got = watch_eth(reader, snapshot.eth_proxy)
     with capture_logs() as logs:
         assert await reader.poll_once()
@@ -75,7 +77,7 @@ async def test_a_faster_url_behind_the_chain_is_not_taken_and_asked_once_a_minut
         await chain.mine()
         proxy.mode, proxy.delay_s = "slow", 0.8
         clock = await _clock(chain)
-        reader = make_reader([proxy.url, behind.url], http, clock=clock)
+        reader = make_reader([proxy.url, behind.url], http, clock=clock, max_clock_skew_ms=WARPED)
         watch_eth(reader, snapshot.eth_proxy)
         assert await reader.poll_once()
         assert behind.requests == 2  # its frozen head, then the reader's question
@@ -174,7 +176,9 @@ async def test_a_url_whose_reads_drip_in_is_left_though_its_heads_are_quick(
     second's whole answer, the same bytes, is back far sooner, so it is taken (no failure
     counted), and the next block costs the first URL nothing."""
     proxy.mode, proxy.delay_s = "drip", 1.2
-    reader = make_reader([proxy.url, anvil.url], http, clock=await _clock(chain))
+    reader = make_reader(
+        [proxy.url, anvil.url], http, clock=await _clock(chain), max_clock_skew_ms=WARPED
+    )
     got = watch_eth(reader, snapshot.eth_proxy)
     assert await reader.poll_once()  # the head, the feed's set-up read, its read, the probe
     assert got.last.price == 3000.0

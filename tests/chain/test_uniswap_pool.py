@@ -26,7 +26,7 @@ from chain_rig import (
     slot0_tick,
     swap,
 )
-from reading import make_reader, watch
+from reading import WARPED, make_reader, watch
 from structlog.testing import capture_logs
 
 from oracled.clock import SystemClock
@@ -326,6 +326,7 @@ async def test_the_source_reads_its_pool_through_the_chain_reader(
     source = UniswapV3Source(
         "uni", cfg, [("ETH/USD", "spot")], quotes.append, SystemClock(), http, stats
     )
+    source.max_clock_skew_ms = WARPED  # as the service sets it; the reader takes it at attach
     reader = make_reader([anvil.url], http)
     source.attach(reader)
     task = asyncio.create_task(source.run(), name="uniswap-source")
@@ -356,7 +357,7 @@ async def test_spot_gaps_are_counted_on_the_chain_reader_for_the_metrics(
     the spot beyond max_spot_deviation, and gone when the feed is unregistered."""
     pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_above, "3000", liquidity=10**17)
     await chain.warp(2 * WINDOW)
-    reader = make_reader([anvil.url], http)
+    reader = make_reader([anvil.url], http, max_clock_skew_ms=WARPED)
     feed = feed_for(pool, tokens.weth, min_liquidity=10**16)
     got = watch(reader, feed)
     assert reader.stats.spot_gaps == {("uniswap", "ETH/USD"): 0}
@@ -388,7 +389,7 @@ async def test_a_twap_reorged_out_for_an_earlier_block_is_flagged_until_a_later_
     again without the swap."""
     pool = await make_pool(chain, tokens, tokens.weth, tokens.usd_above, "3000", liquidity=10**17)
     await chain.warp(2 * WINDOW)
-    reader = make_reader([anvil.url], http)
+    reader = make_reader([anvil.url], http, max_clock_skew_ms=WARPED)
     got = watch(reader, feed_for(pool, tokens.weth, min_liquidity=10**16))
     assert await reader.poll_once()
     await swap(chain, tokens, pool.address, False, 270_000 * 10**6)  # slot0 about 10 % up

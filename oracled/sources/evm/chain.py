@@ -16,7 +16,9 @@ Blocks never go backwards: a block below the last one processed is counted and n
 height with a new hash (a reorg) is read again, and each feed publishes only data newer than what
 it already published; a feed that finds older data (the chain no longer holds the value it
 published) has that value re-emitted flagged `reorged` until it has newer. A block older than
-`max_block_age_s` by our clock (a stuck node) is not published. With `cross_check`, the same read
+`max_block_age_s` by our clock (a stuck node) is not published, nor one stamped further ahead
+of our clock than `oracle.max_clock_skew_ms` (remembered as the newest, it would have every real
+block after it refused until the chain reached its time). With `cross_check`, the same read
 is repeated on a second endpoint pinned to the same block hash; a disagreement is settled by the
 other endpoints' reads when they come from three or more hosts (a majority of hosts is
 published, an endpoint it outvoted is counted, logged and left), else the block is withheld,
@@ -38,7 +40,7 @@ import msgspec
 import structlog
 
 from oracled.clock import Clock
-from oracled.config import ChainConfig
+from oracled.config import DEFAULT_MAX_CLOCK_SKEW_MS, ChainConfig
 from oracled.errors import SourceError, shown
 from oracled.headers import redirected_to
 from oracled.jsonrpc import (
@@ -117,6 +119,7 @@ class ChainStats:
     reorgs: int = 0  # same height, new hash
     backwards: int = 0  # a block below the last one processed (never published)
     old_blocks: int = 0  # blocks older than max_block_age_s (not published)
+    future_blocks: int = 0  # blocks stamped past our clock by more than the skew (not published)
     superseded: int = 0  # newHeads: heads passed over for a newer one while a read was slow
     unknown: int = 0  # heads the node did not hold at their read (reorged out, or a node behind)
     disagreements: int = 0  # cross-check: two endpoints answered differently
@@ -225,9 +228,13 @@ class ChainReader:
         session: aiohttp.ClientSession,
         *,
         rng: random.Random | None = None,
+        max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS,
     ) -> None:
         self.name = name
         self.cfg = cfg
+        #: The core's `oracle.max_clock_skew_ms`, the venues' rule: a block stamped further
+        #: ahead of our clock is refused (`ChainSource.attach` keeps it the config's).
+        self.max_clock_skew_ms = max_clock_skew_ms
         self.rpc = rpc
         self._clock = clock
         self._http = session
@@ -508,8 +515,12 @@ class ChainReader:
             self._log.warning(why, **detail)
 
     def _refusal(self, block: Block, **where: Any) -> str | None:
-        """None when `block` is to be read; else why not: "same" (nothing new), "backwards" or
-        "too_old" (both counted and logged, with `where` it came from)."""
+        """None when `block` is to be read; else why not: "same" (nothing new), "backwards",
+        "future" or "too_old" (counted and logged, with `where` it came from). A block stamped
+        further ahead of our clock than `max_clock_skew_ms` is refused as a venue's quote is:
+        a node or a chain whose time runs ahead, and the multicall's time agreeing proves
+        nothing. Before, such a block was published and, remembered as the newest, made a pool
+        refuse every later block as `older_block` until the chain reached its time."""
         last = self._last
         if last is not None and block.number < last.number:
             self.stats.backwards += 1
@@ -521,6 +532,13 @@ class ChainReader:
             self.stats.reorgs += 1
             self._log.warning("reorg at the head", block=block.number, hash=block.hash)
         age_ms = self._clock.now_ms() - block.timestamp * 1000
+        if -age_ms > self.max_clock_skew_ms:
+            self.stats.future_blocks += 1
+            self._reject(
+                "block from the future", block=block.number, ahead_ms=-age_ms,
+                max_clock_skew_ms=self.max_clock_skew_ms, **where,
+            )  # fmt: skip
+            return "future"
         if age_ms > self.cfg.max_block_age_s * 1000:
             self.stats.old_blocks += 1
             self._reject("block too old", block=block.number, age_s=age_ms // 1000, **where)
@@ -536,11 +554,13 @@ class ChainReader:
 
     def _behind(self, block: Block, why: str, endpoint: str) -> None:
         """The polled endpoint answered a head that is not the chain's (it lags, is syncing or
-        stalled). Count it on that endpoint and leave it, as after a failed request: the client
-        keeps the endpoint that answered, and one that answers from the past would otherwise hold
-        the reader until it caught up, however healthy the others."""
+        stalled; or, `future`, its time runs ahead: counted as `garbage`). Count it on that
+        endpoint and leave it, as after a failed request: the client keeps the endpoint that
+        answered, and one that answers from the past (or the future) would otherwise hold the
+        reader until it caught up (or the chain caught up with it), however healthy the others."""
         last = self._last.number if self._last is not None else None
-        self.rpc.fail_active("behind", f"head {block.number} {why}, last read {last}")
+        kind = "garbage" if why == "future" else "behind"
+        self.rpc.fail_active(kind, f"head {block.number} {why}, last read {last}")
         if why == "same":
             self._reject("no new block", block=block.number, endpoint=endpoint,
                          max_block_age_s=self.cfg.max_block_age_s)  # fmt: skip

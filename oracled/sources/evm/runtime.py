@@ -40,6 +40,7 @@ class ChainSet:
         self._session = session
         self._clock = clock
         self._lit: dict[str, ChainConfig] = {}  # chains with URLs, as the daemon started
+        self._skew_ms = cfg.oracle.max_clock_skew_ms  # a reload's comes with its sources
         self._tasks: dict[str, asyncio.Task[None]] = {}  # the started readers' tasks
         # The pusher logs `chain unreachable; retrying` too: its lines say `component=push`.
         self._log = structlog.get_logger("oracled").bind(component="chain")
@@ -91,7 +92,9 @@ class ChainSet:
         chain = self._lit[cid]
         session, clock = self._session, self._clock
         rpc = RpcClient(chain.resolved_urls, session, timeout_s=chain.timeout_s, clock=clock)
-        self.readers[cid] = ChainReader(cid, chain, rpc, clock, session)
+        self.readers[cid] = ChainReader(
+            cid, chain, rpc, clock, session, max_clock_skew_ms=self._skew_ms
+        )
         self._log.info(
             "chain enabled", chain=cid, chain_id=chain.chain_id,
             endpoints=[redact(u) for u in chain.resolved_urls],

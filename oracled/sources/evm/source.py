@@ -55,8 +55,11 @@ class ChainSource(Source):
         """The feed that reads `pair` as `spec` says."""
 
     def attach(self, reader: ChainReader) -> None:
-        """Give the source its chain's reader (the runtime does this before `run`)."""
+        """Give the source its chain's reader (the runtime does this before `run`), with the
+        `max_clock_skew_ms` the service set on the source: a reload that changes it restarts
+        every source, and the reader, built at start, refuses blocks from the future by it."""
         self.reader = reader
+        reader.max_clock_skew_ms = self.max_clock_skew_ms
 
     async def run(self) -> None:
         """Keep the feeds registered with the chain's reader until cancelled."""
