@@ -250,6 +250,50 @@ async def test_a_new_phase_whose_round_is_older_keeps_the_last_quote_and_a_reorg
     assert got.stats.dropped == {"older_round": 1}
 
 
+async def test_the_last_quote_kept_over_a_new_phase_behind_it_is_flagged_stale_at_the_heartbeat(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
+) -> None:
+    """The proxy moves to a new aggregator whose latest round is older than the last one
+    published: the last quote stands, and once the block's time is past the feed's heartbeat
+    (not at it) it is published again flagged `stale`, once, as a round read on the normal path
+    is. Before, nothing was said until the new aggregator's next round: the quote voted on past
+    its heartbeat until the core's age limit, the heartbeat plus 10 %."""
+    reader = make_reader([anvil.url], http, max_clock_skew_ms=WARPED)
+    feed = ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy, 600))
+    got = watch(reader, feed)
+    await chain.warp(60)  # the rounds below are younger than the one set at deployment
+    now = await chain.timestamp()
+    one, two = 1 << 64, 2 << 64
+    await chain.transact(
+        snapshot.btc_aggregator, SET_ROUND, one | 7, 60_000_00000000, now, now, one | 7
+    )
+    assert await reader.poll_once()
+    newer = await chain.deploy(
+        "TestAggregator", ["uint8", "string", "int192", "int192"],
+        [8, "BTC / USD", 1000_00000000, 1_000_000_00000000],
+    )  # fmt: skip
+    await chain.transact(newer, SET_ROUND, two | 3, 59_900_00000000, now - 30, now - 30, two | 3)
+    await chain.transact(snapshot.btc_proxy, "setAggregator(address)", newer)
+    assert await reader.poll_once()
+    await chain.rpc("evm_setNextBlockTimestamp", [now + 600])
+    await chain.mine()
+    assert await reader.poll_once()
+    assert [(q.price, q.flag) for q in got.quotes] == [(60000.0, None)]  # at the heartbeat
+    await chain.rpc("evm_setNextBlockTimestamp", [now + 601])
+    await chain.mine()
+    assert await reader.poll_once()
+    await chain.mine()
+    assert await reader.poll_once()
+    assert [(q.price, q.flag) for q in got.quotes] == [(60000.0, None), (60000.0, "stale")]
+    assert got.last.venue_ts == got.quotes[0].venue_ts == now * 1000
+    assert got.last.block_ts == (now + 601) * 1000
+    later = await chain.timestamp()
+    await chain.transact(newer, SET_ROUND, two | 4, 59_800_00000000, later, later, two | 4)
+    assert await reader.poll_once()
+    assert (got.last.price, got.last.flag) == (59800.0, None)
+    assert not got.stats.dropped
+
+
 async def test_a_proxy_without_latest_round_data_is_dropped_as_call_failed(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, tokens: Tokens, snapshot: Deployed
 ) -> None:

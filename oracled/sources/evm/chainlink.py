@@ -15,7 +15,8 @@ Rejected (counted drop reasons): `updatedAt == 0` (`incomplete_round`), `updated
 minute after the block read (`future_round`), `answer <= 0` (`non_positive`),
 `answeredInRound < roundId` (`carried_over_round`), a round older than one already published
 and of no later phase (`older_round`, after a reorg; a later phase's older round, after the
-proxy moved to another aggregator, is not newer, and the last quote stands). The first four are
+proxy moved to another aggregator, is not newer, and the last quote stands, flagged `stale`
+past the heartbeat as any round is). The first four are
 garbage from the feed itself, so its previous quote is not trusted either: the reader publishes
 it again flagged `bad_answer` until a valid round arrives (as after `unconfirmed_config`:
 decimals or bounds two answers disagree on); after `older_round` the published
@@ -34,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final, Generic, TypeVar
 
+import msgspec
 import structlog
 from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
@@ -139,6 +141,7 @@ class ChainlinkFeed(Feed):
         "_decimals",
         "_heartbeat_s",
         "_last",
+        "_last_quote",
         "_learning",
         "_log",
         "_phase_behind",
@@ -172,6 +175,7 @@ class ChainlinkFeed(Feed):
         # (the words of `latestRoundData()`): its answer of the same round id and time can be
         # garbled, by a node or a relay, and the honest answer that follows is no refused one.
         self._last: tuple[int, int, int, str | None] | None = None
+        self._last_quote: Quote | None = None  # the last quote made, as it was made
         self._rejected: tuple[int, int, int, int, int] | None = None
         self._learning = True
         self._unusable_logged = False
@@ -244,8 +248,7 @@ class ChainlinkFeed(Feed):
             )  # fmt: skip
             return reason
         if self._last is not None and updated_at < self._last[1]:
-            self._behind_new_phase(round_id, updated_at, self._last, block)
-            return None
+            return self._behind_new_phase(round_id, updated_at, self._last, block, recv_ts)
         flag: str | None = None
         bounds = self._bounds.value
         if bounds is not None and not bounds[0] < answer < bounds[1]:
@@ -257,10 +260,11 @@ class ChainlinkFeed(Feed):
             return None  # nothing new in this block
         self._last = key
         self._rejected = None  # a valid round read since: the same garbage again is refused
-        return Quote(
+        self._last_quote = Quote(
             self.source_id, self.pair, recv_ts, answer * self._scale, venue_ts=updated_at * 1000,
             flag=flag, block=block.number, block_ts=block.timestamp * 1000,
         )  # fmt: skip
+        return self._last_quote
 
     def _hold(
         self,
@@ -337,13 +341,28 @@ class ChainlinkFeed(Feed):
         return self._last is not None and round_id >> _PHASE_SHIFT > self._last[0] >> _PHASE_SHIFT
 
     def _behind_new_phase(
-        self, round_id: int, updated_at: int, last: tuple[int, int, int, str | None], block: Block
-    ) -> None:
+        self,
+        round_id: int,
+        updated_at: int,
+        last: tuple[int, int, int, str | None],
+        block: Block,
+        recv_ts: int,
+    ) -> Quote | None:
         """A new aggregator's latest round older than the previous aggregator's last one (the
         two ran side by side before the proxy moved). Not a reorg, which `older_round` would
         say, withdrawing a valid price until the new aggregator's next round (up to a
         heartbeat); not a newer price either (the core orders a slot by venue time). The last
-        quote stands and ages by its own `updatedAt`; logged once per such round."""
+        quote stands and ages by its own `updatedAt`; logged once per such round. Once the
+        block's time is past its heartbeat, it is published again flagged `stale`, as on the
+        normal path: before, it voted on until the core's age limit (the heartbeat plus 10 %)."""
+        stale = None
+        quote = self._last_quote
+        if last[3] is None and quote is not None and block.timestamp - last[1] > self._heartbeat_s:
+            self._last = (*last[:3], "stale")
+            stale = msgspec.structs.replace(
+                quote, recv_ts=recv_ts, flag="stale", block=block.number,
+                block_ts=block.timestamp * 1000,
+            )  # fmt: skip
         if self._phase_behind != round_id:
             self._phase_behind = round_id
             self._log.info(
@@ -351,6 +370,7 @@ class ChainlinkFeed(Feed):
                 phase=round_id >> _PHASE_SHIFT, updated_at=updated_at, last_round_id=last[0],
                 last_updated_at=last[1], block=block.number,
             )  # fmt: skip
+        return stale
 
     def _learn(
         self,
