@@ -137,6 +137,13 @@ def _as_tuple(value: Any) -> Any:
 #: How far ahead of our receive time a venue time may be (`oracle.max_clock_skew_ms`).
 DEFAULT_MAX_CLOCK_SKEW_MS = 2_000
 
+#: The fewest blocks of its chain a Uniswap v3 TWAP window should span: the price one block
+#: leaves (set by whoever builds it, with no trade against it inside) weighs 1/N of the TWAP
+#: (docs/onchain.md, *The window's floor*). Shorter windows are warned about.
+_TWAP_FLOOR_BLOCKS = 10
+#: The block time a chain without `block_time_s` is taken to have for that floor: Ethereum's.
+_TWAP_FLOOR_BLOCK_TIME_S = 12.0
+
 
 #: The name of an environment variable (what a shell can export), for the `*_env` keys.
 _EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -1561,6 +1568,7 @@ def config_warnings(cfg: Config) -> list[str]:
         *_polls_past_block_age(cfg),
         *_cross_check_shared_hosts(cfg),
         *_pools_without_base_token(cfg),
+        *_short_twap_windows(cfg),
         *_nats_secret_in_url(cfg),
         *_resolution_warnings(cfg),
     ]
@@ -1605,6 +1613,34 @@ def _pools_without_base_token(cfg: Config) -> list[str]:
         for pair, spec in src.feeds.items()
         if spec.base_token is None
     ]
+
+
+def _short_twap_windows(cfg: Config) -> list[str]:
+    """A pool's TWAP window under `_TWAP_FLOOR_BLOCKS` of its chain's blocks: the price a single
+    block leaves, which whoever builds the block sets with no trade against it, moves the TWAP
+    by more than a tenth of its move (the whole of it at one block: the spot price). Not
+    refused: a test chain, or a pool trusted for other reasons, may want a short window."""
+    out: list[str] = []
+    for sid, src in cfg.sources.items():
+        if src.type != "uniswap_v3":
+            continue
+        chain = cfg.chains.get(src.chain or "")
+        block_s = chain.block_time_s if chain is not None else None
+        assumed = block_s is None
+        block_s = _TWAP_FLOOR_BLOCK_TIME_S if block_s is None else block_s
+        floor = _TWAP_FLOOR_BLOCKS * block_s
+        for pair, spec in src.feeds.items():
+            if spec.twap_window_s >= floor:
+                continue
+            which = f"Ethereum's {block_s:g} s, block_time_s unset" if assumed else f"{block_s:g} s"
+            out.append(
+                f"sources.{sid}.feeds.{pair}.twap_window_s: {spec.twap_window_s} s is under "
+                f"{_TWAP_FLOOR_BLOCKS} blocks of chain {src.chain} ({floor:g} s at {which}): the "
+                f"price one block leaves weighs over 1/{_TWAP_FLOOR_BLOCKS} of the TWAP, and "
+                "whoever builds that block sets it with no trade against it; lengthen the window "
+                "(300 s by default)"
+            )
+    return out
 
 
 def _nats_secret_in_url(cfg: Config) -> list[str]:
