@@ -118,6 +118,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import APIError, BadRequestError
 
@@ -529,6 +530,7 @@ class NatsSink:
 
     async def _publish(self, nc: NatsClient, batch: SignedRound | RoundResult | _Notice) -> None:
         sent = 0
+        done = 0  # messages taken: sent, or refused on their own (over the server's max_payload)
         task = asyncio.current_task()
         losses = self._losses
         try:
@@ -537,29 +539,40 @@ class NatsSink:
                     # Lost part-way (noticed at a yield, or once a publish returned, maybe on
                     # the next connection): nats-py would keep the rest in its pending buffer
                     # and send it, late, whenever a server is back.
-                    self.stats.unpublished["disconnected"] += self._size(batch) - sent
+                    self.stats.unpublished["disconnected"] += self._size(batch) - done
                     return
-                await nc.publish(subject, payload)
-                sent += 1
+                try:
+                    await nc.publish(subject, payload)
+                except MaxPayloadError as exc:
+                    # Refused before anything is written, this message alone: the others of
+                    # the round (smaller: another symbol, a shorter proof, no mark) still go.
+                    self._publish_failed(exc, 1, subject=subject, size=len(payload))
+                else:
+                    sent += 1
+                done += 1
                 if task is not None and task.cancelling():
                     # nats-py swallows a cancellation that lands while a publish waits for its
                     # full buffer to be written (a stalled path): the task would never end.
                     raise asyncio.CancelledError
-                if sent % _YIELD_EVERY == 0:
+                if done % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
         except NatsError as exc:
-            # Counted each time, logged once a minute per kind: a round message over the
-            # server's max_payload fails every round, for as long as the markets stay.
-            lost = self._size(batch) - sent
-            self.stats.unpublished["error"] += lost
-            failures = self._failed_lines.due(type(exc).__name__, time.monotonic())
-            if failures is not None:
-                self._log.warning("nats publish failed", error=str(exc), lost=lost, rounds=failures)
+            self._publish_failed(exc, self._size(batch) - done)
         except Exception:  # a bug: the rest of this round is lost, and `run` restarts
-            self.stats.unpublished["error"] += self._size(batch) - sent
+            self.stats.unpublished["error"] += self._size(batch) - done
             raise
         finally:
             self.stats.published += sent
+
+    def _publish_failed(self, exc: NatsError, lost: int, **told: object) -> None:
+        """Counted each time, logged once a minute per kind: a round message over the server's
+        max_payload fails every round, for as long as the markets stay."""
+        self.stats.unpublished["error"] += lost
+        failures = self._failed_lines.due(type(exc).__name__, time.monotonic())
+        if failures is not None:
+            self._log.warning(
+                "nats publish failed", error=str(exc), lost=lost, rounds=failures, **told
+            )
 
     # -- nats-py callbacks (state changes only) --------------------------------------------
 

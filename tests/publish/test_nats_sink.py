@@ -535,6 +535,44 @@ async def test_a_message_over_the_servers_payload_limit_is_counted_as_an_error(
         srv.stop()
 
 
+async def test_a_price_message_over_the_payload_limit_leaves_the_rest_of_its_round_sent(
+    tmp_path: Path,
+) -> None:
+    """Price messages differ in size (a longer symbol, a longer proof for the leaves of the
+    tree's full part, a perpetual's mark): one over the server's max_payload is counted and not
+    sent, and the markets after it still go out. Before, the first such message ended the
+    round's publishing: every market after it and the round message were lost too, counted as
+    errors, on every round."""
+    markets = {"LONGBASESYMBOL01/USD": 10.0, **{f"C{i:02d}/USD": 11.0 + i for i in range(19)}}
+    rounds = Rounds(make_config(markets), markets)
+    signed = RoundSigner(KEY, "test").sign(rounds.step())
+    sizes = [len(signed.envelope(i)) for i in range(20)]
+    limit = sizes[0] - 1  # the first market's message alone is too large
+    assert max(sizes[1:]) <= limit < len(signed.message())
+    srv = NatsServer(tmp_path / "small", settings=f"max_payload: {limit}")
+    await srv.start()
+    sub_nc = await consumer(srv.url)
+    try:
+        received: dict[str, bytes] = {}
+
+        async def keep(msg: Any) -> None:
+            received[msg.subject] = msg.data
+
+        await subscribed(sub_nc, "oracled.prices.>", keep)
+        sink = NatsSink(NatsConfig(enabled=True, servers=(srv.url,)))
+        task = await running(sink)
+        sink.submit(signed)
+        expected = {price_subject("oracled", m) for m in list(markets)[1:]}
+        await until(lambda: expected <= set(received), "the markets that fit")
+        assert set(received) == expected
+        assert sink.stats.published == 19
+        assert sink.stats.unpublished["error"] == 2  # the first market's and the round message
+        await stop(task)
+    finally:
+        await sub_nc.close()
+        srv.stop()
+
+
 async def test_a_round_over_the_payload_limit_every_round_is_logged_once_a_minute(
     tmp_path: Path,
 ) -> None:
