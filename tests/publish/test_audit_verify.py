@@ -739,6 +739,26 @@ def test_a_round_whose_report_of_the_market_was_taken_away_is_checked_with_marke
     assert main([*base, "--market", "ETH/USD"]) == 3  # the round is short for every market
 
 
+def test_a_round_whose_report_of_the_market_was_taken_away_with_its_count_is_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The round's market count is a column like any other: one lowered with the BTC/USD
+    report deleted made the round hold all its reports and not the market, so `--verify
+    --market BTC/USD` passed it over ("5 signed and matching", exit 0), though its signature
+    covers a round of 3 and BTC/USD's leaf. A signed round without the market is passed over
+    only once it checks out."""
+    db = tmp_path / "audit.sqlite3"
+    written(db)
+    sql(db, "DELETE FROM reports WHERE round_id = 3 AND market = 'BTC/USD'")
+    sql(db, "UPDATE rounds SET markets = 2 WHERE id = 3")
+    capsys.readouterr()
+    base = ["audit", "--db", str(db), "--deployment", "test", "--verify"]
+    assert main([*base, "--market", "BTC/USD"]) == 3
+    out = capsys.readouterr().out
+    assert "mismatch: round 3 at 2023-11-14T22:13:20.750Z: " in out, out
+    assert main(base) == 3  # as without --market
+
+
 def test_a_stored_report_nested_past_the_decoders_depth_is_named_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
