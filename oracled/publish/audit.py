@@ -953,8 +953,8 @@ class AuditTrail:
     def _kept_text(self, db: sqlite3.Connection, item: _Config) -> ConfigText | None:
         """The text to keep with a config load: none when its sha256 has one already (a
         reload back to an earlier config) or it came from no file; one that cannot be kept
-        safely (a URL written with escapes) is logged, and its replay needs the file as
-        before version 7. A few rows a day: read without an index."""
+        safely (a URL written with escapes, or holding a quote) is logged, and its replay
+        needs the file as before version 7. A few rows a day: read without an index."""
         if item.text is None or item.loaded is None:
             return None
         held = "SELECT 1 FROM configs WHERE sha256 = ? AND text IS NOT NULL LIMIT 1"

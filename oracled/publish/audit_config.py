@@ -33,6 +33,9 @@ __all__ = ["kept_text", "redact_urls", "text_problem"]
 #: A URL as it sits in TOML text: up to a quote, a backslash (an escape: not followed, the
 #: document check below then refuses the text) or whitespace.
 _URL: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>[^\s\"'\\]+)")
+#: A URL in a string value: up to whitespace only. A quote or a backslash in a value is part of
+#: the URL (a password `it's`), where the text's URL ends at it and would keep the rest.
+_VALUE_URL: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>\S+)")
 
 
 def _clean(match: re.Match[str], numbers: dict[str, int]) -> str:
@@ -48,20 +51,20 @@ def _clean(match: re.Match[str], numbers: dict[str, int]) -> str:
     return f"{match.group('scheme')}://{user}{host}{path}"
 
 
-def redact_urls(text: str, numbers: dict[str, int]) -> str:
+def redact_urls(text: str, numbers: dict[str, int], url: re.Pattern[str] = _URL) -> str:
     """`text` with each URL's user part, path, query and fragment replaced; `numbers` maps each
     URL replaced to its N (shared by the calls of one config)."""
-    return _URL.sub(lambda m: _clean(m, numbers), text)
+    return url.sub(lambda m: _clean(m, numbers), text)
 
 
-def _redacted_values(value: Any, numbers: dict[str, int]) -> Any:
+def _redacted_values(value: Any, numbers: dict[str, int], url: re.Pattern[str] = _URL) -> Any:
     """A TOML document with the same replacement made in each string value."""
     if isinstance(value, str):
-        return redact_urls(value, numbers)
+        return redact_urls(value, numbers, url)
     if isinstance(value, dict):
-        return {k: _redacted_values(v, numbers) for k, v in value.items()}
+        return {k: _redacted_values(v, numbers, url) for k, v in value.items()}
     if isinstance(value, list):
-        return [_redacted_values(v, numbers) for v in value]
+        return [_redacted_values(v, numbers, url) for v in value]
     return value
 
 
@@ -83,6 +86,12 @@ def kept_text(raw: bytes, loaded: Config, env: Mapping[str, str]) -> ConfigText 
         after = config_document(redacted.encode(), "the redacted config") if numbers else document
         if after != _redacted_values(document, dict(numbers)):
             return "a URL in it is written with escapes: its redacted text is not its value"
+        if after != _redacted_values(document, dict(numbers), _VALUE_URL):
+            # the text's URL ended at a quote or a backslash that its value holds
+            return (
+                "a URL in it holds a quote or a backslash: its redacted text would keep the"
+                " part after it"
+            )
         if numbers and pricing_digest(parse_config(after, env)) != pricing:
             return "its redacted text prices otherwise than the loaded config"
     except ConfigError as exc:

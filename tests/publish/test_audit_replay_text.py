@@ -194,3 +194,47 @@ def test_a_url_written_with_escapes_keeps_no_text_and_says_so(tmp_path: Path) ->
         reader.close()
     (line,) = [e for e in logs if e["event"].startswith("audit: a config's text is not kept")]
     assert line["why"] == "a URL in it is written with escapes: its redacted text is not its value"
+
+
+@pytest.mark.parametrize(
+    ("quote", "password"),
+    [
+        ('"', "hun'ter2"),  # a basic string
+        ("'", 'hun"ter2'),  # a literal string
+        ("'", "hun\\ter2"),  # a literal string keeps its backslash
+    ],
+)
+def test_a_url_whose_password_holds_a_quote_or_backslash_keeps_no_text(
+    tmp_path: Path, quote: str, password: str
+) -> None:
+    """A password holding a quote of the other kind than its string's, or a backslash in a
+    literal string, is the URL's value as written (nats-py reads the user and password of
+    such a URL), but the redaction, which reads URLs in the text up to a quote or a backslash,
+    saw only `nats://s3cret-user:hun`: no user part, nothing redacted, and the trail kept the
+    file's bytes, password and all. No text is kept now; the writer's line says why."""
+    _, plain = write_config(
+        tmp_path / "plain.toml",
+        make_config(nats={"servers": ["nats://nats.example.com:4222"]}),
+    )
+    url = f"nats://s3cret-user:{password}@nats.example.com:4222"
+    path = tmp_path / "quoted.toml"
+    path.write_bytes(
+        plain.replace(b'"nats://nats.example.com:4222"', f"{quote}{url}{quote}".encode())
+    )
+    cfg, raw = read_config_text(path, env={})
+    assert cfg.nats.servers == (url,)
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    digest = hashlib.sha256(raw).hexdigest()
+    with capture_logs() as logs:
+        audit.record_config(T0, "start", "start", str(path), digest, "{}", text=raw, loaded=cfg)
+        assert audit.close()
+    assert b"ter2" not in db.read_bytes()
+    reader = AuditReader(db)
+    try:
+        assert [c.sha256 for c in reader.configs(0, _END)] == [digest]
+        assert reader.config_text(digest) is None
+    finally:
+        reader.close()
+    (line,) = [e for e in logs if e["event"].startswith("audit: a config's text is not kept")]
+    assert line["why"].startswith("a URL in it holds a quote or a backslash")
