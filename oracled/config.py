@@ -1182,20 +1182,24 @@ def _pyth_feed_ids(cfg: Config) -> list[str]:
 
 
 def _shared_venue_symbols(cfg: Config) -> list[str]:
-    """Two pairs of one kind that a source's `instruments` table makes one venue symbol (an
-    entry naming another pair's symbol, by its own entry or the adapter's rule): the source
-    keeps one pair per symbol it subscribes, so the other pair was never quoted by it, with no
-    word said (its slot `no_quote` in every round). The adapter, for its rule, is imported only
-    for a source with such a table: checking a config imports none otherwise."""
+    """Two pairs of one kind that a source subscribes as one venue symbol, by its `instruments`
+    table (an entry naming another pair's symbol) or by the adapter's rule alone (Kraken's
+    XBT/USD and BTC/USD are both BTC/USD): the source keeps one pair per symbol it subscribes,
+    so the other pair was never quoted by it, with no word said (its slot `no_quote` in every
+    round). The rule is the adapter's, so the adapters of the venue types the config uses are
+    imported: each ~10 ms after the HTTP client, which every `oracled` command has loaded
+    already (loading a config in a bare interpreter pays its ~0.3 s)."""
     problems: list[str] = []
     for sid, src in cfg.sources.items():
-        if not src.instruments or src.type in CHAIN_SOURCE_TYPES or src.type == "pyth_hermes":
+        if src.type in CHAIN_SOURCE_TYPES or src.type == "pyth_hermes":
             continue  # pyth_hermes: one feed id per pair (`_pyth_feed_ids`)
         asked: dict[tuple[str, str], None] = {}
         for market in cfg.markets:
             for ms in (*market.sources, *market.perp_sources):
                 if ms.source == sid:
                     asked[(ms.pair, ms.kind)] = None
+        if len(asked) < 2:
+            continue  # one pair cannot share its symbol: no adapter to import
         module, _, name = SOURCE_TYPES[src.type].partition(":")
         adapter: Any = getattr(importlib.import_module(module), name)
         seen: dict[tuple[str, str], str] = {}
@@ -1203,12 +1207,20 @@ def _shared_venue_symbols(cfg: Config) -> list[str]:
             # every adapter's rule is a function of the pair alone
             symbol = src.instruments.get(pair) or adapter.venue_symbol(None, pair)
             first = seen.setdefault((symbol, kind), pair)
-            if first != pair:
+            if first == pair:
+                continue
+            if pair in src.instruments or first in src.instruments:
                 key = pair if pair in src.instruments else first
                 problems.append(
                     f"sources.{sid}.instruments.{key}: {pair} and {first} ({kind}) are both"
                     f" {shown(symbol)} on this venue; the source quotes one pair per symbol, so"
                     " one of them would never be quoted by it"
+                )
+            else:
+                problems.append(
+                    f"sources.{sid}: {pair} and {first} ({kind}) are both {shown(symbol)} on this"
+                    f" venue by the {src.type} adapter's rule; the source quotes one pair per"
+                    " symbol, so one of them would never be quoted by it: ask it for one of them"
                 )
     return problems
 
