@@ -36,10 +36,12 @@ from oracled.lockfile import (
 from oracled.model import Quote
 from oracled.tape import (
     MAX_LINE_BYTES,
+    TapeLineError,
     header_line,
     line_ts,
     quote_to_line,
     read_header,
+    read_tape,
     tape_lines,
 )
 
@@ -96,8 +98,10 @@ class TapeRecorder:
         #: Line 1 of a new tape, written before its first line of quotes: `number` adds the
         #: daemon's first round to it (None: written, or a tape continued under its own).
         self._header: bytes | None = None
-        #: The line number of a torn last line `append` found and ended (a crash mid-write).
+        #: The line number of a torn last line `append` found and ended (a crash mid-write),
+        #: and whether a replay reads it all the same (it lacked only its newline).
         self.torn_line: int | None = None
+        self.torn_readable = False
         #: Whether manual commands go on the tape: not on a version 1 tape continued.
         self.commands = True
         header = self._header_line()
@@ -144,7 +148,8 @@ class TapeRecorder:
         the same config digest if it has one (a tape has one header, true for every line of it;
         one without a digest, from an older build or `audit --tape`, claims none). A last line
         without its newline (the process died mid-write) is ended, not cut: the torn bytes stay
-        as the evidence of the crash (a replay reports the line as unreadable)."""
+        as the evidence of the crash. Whether a replay reads that line (it may lack only its
+        newline) is found as the replay finds it, by reading the tape (`torn_readable`)."""
         with self.path.open("rb") as tape:  # never a line held whole: --out may name any file
             first = tape.readline(MAX_LINE_BYTES + 1)
             tape.seek(-1, os.SEEK_END)
@@ -152,7 +157,7 @@ class TapeRecorder:
             lines = 0
             if torn:
                 tape.seek(0)
-                lines = sum(1 for _ in tape_lines(tape))
+                lines, readable = _last_line_read(tape)
         try:
             existing = read_header(first)
         except TapeError as exc:  # its message says which line, not which file
@@ -175,7 +180,27 @@ class TapeRecorder:
         if torn:
             file.write(b"\n")
             self.torn_line = lines
+            self.torn_readable = readable
         return file
+
+    def torn_event(self) -> str | None:
+        """The log line for a last line `append` ended, true to what a replay makes of it: a
+        torn quote is reported unreadable, a whole one that lacked only its newline (or a
+        header with no line after it) is read as any other."""
+        if self.torn_line is None:
+            return None
+        ended = "ended it, and appending after it"
+        if self.torn_line == 1:
+            return f"tape: its header lacked its newline (a stop mid-write): {ended}; it is whole"
+        if self.torn_readable:
+            return (
+                f"tape: its last line lacked its newline (a stop mid-write): {ended}; the line is"
+                " whole, and a replay reads it"
+            )
+        return (
+            f"tape: its last line was torn (a stop mid-write): {ended}; a replay reports that"
+            " line as unreadable"
+        )
 
     def number(self, round_no: int, ts: int) -> None:
         """Name the daemon's first round (its number and time) in the header of a new tape, so
@@ -398,3 +423,25 @@ class TapeRecorder:
                 os.close(self._lock_fd)  # the next recorder may continue the tape
                 self._lock_fd = None
         return self.take_error()
+
+
+def _last_line_read(tape: IO[bytes]) -> tuple[int, bool]:
+    """How many lines the tape has, and whether the tape reader decodes the last one (line 1,
+    the header, is decoded by `_continue`). Only that line is decoded, after the header that
+    says what lines the tape holds: every line would take about 5 s a million, at the start."""
+    count = 0
+    first = last = b""
+    for line in tape_lines(tape):
+        count += 1
+        if count == 1:
+            first = line
+        last = line
+    if count < 2:
+        return count, True
+    errors: list[TapeLineError] = []
+    try:  # manual commands are read, as a replay applies them
+        for _ in read_tape((first, last), errors, on_command=lambda _command: None):
+            pass
+    except TapeError:  # a header this build does not read: `_continue` refuses it
+        return count, False
+    return count, not errors

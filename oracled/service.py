@@ -317,13 +317,8 @@ class Service:
             if record
             else None
         )
-        if self._recorder is not None and self._recorder.torn_line is not None:
-            self.log.warning(
-                "tape: its last line was torn (a stop mid-write): ended it, and appending after"
-                " it; a replay reports that line as unreadable",
-                path=str(record),
-                line=self._recorder.torn_line,
-            )
+        if self._recorder is not None and (torn := self._recorder.torn_event()) is not None:
+            self.log.warning(torn, path=str(record), line=self._recorder.torn_line)
         # The tick the round loop waits for, and the quotes received after it before its round
         # ran (see on_quote); no tick before the loop starts.
         self._tick = 1 << 62

@@ -251,6 +251,41 @@ async def test_append_continues_the_tape_and_ends_a_torn_last_line(
     assert quotes[:3] == old and len(quotes) > 50
 
 
+@pytest.mark.parametrize("quotes", [0, 2], ids=["header_only", "whole_quote"])
+async def test_append_after_a_last_line_lacking_only_its_newline_says_the_replay_reads_it(
+    venues: list[BinanceSim], tmp_path: Path, quotes: int
+) -> None:
+    """A stop between a line's bytes and its newline leaves a whole last line (or a tape of
+    just its header) that a replay reads: `--append` ends it as it ends a torn one, and its
+    warning said the replay reports the line as unreadable. It now says the line is whole."""
+    d = _recorder(venues, tmp_path)
+    digest = pricing_digest(load_config(d.config))
+    old = [Quote("v1", "BTC/USDT", 1_700_000_000_000 + k, 60_000.5) for k in range(quotes)]
+    before = header_line(digest) + b"".join(quote_to_line(q) for q in old)
+    tape = tmp_path / "t.jsonl"
+    tape.write_bytes(before[:-1])  # all but the newline
+    try:
+        await d.start("--out", str(tape), "--append")
+        await _rounds(d, 5)
+        assert await asyncio.to_thread(d.terminate) == 0
+    finally:
+        await d.close()
+    message = (
+        "tape: its header lacked its newline (a stop mid-write): ended it, and appending after"
+        " it; it is whole"
+        if quotes == 0
+        else "tape: its last line lacked its newline (a stop mid-write): ended it, and appending"
+        " after it; the line is whole, and a replay reads it"
+    )
+    (event,) = d.events(message)
+    assert event["line"] == quotes + 1
+    data = tape.read_bytes()
+    assert data.startswith(before)
+    headers, read, errors = _read(data)
+    assert [h.config_sha256 for h in headers] == [digest]
+    assert errors == [] and read[:quotes] == old and len(read) > quotes
+
+
 async def test_a_fifo_nobody_reads_does_not_hold_the_start_or_the_stop(
     venues: list[BinanceSim], tmp_path: Path
 ) -> None:
