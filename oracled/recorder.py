@@ -22,6 +22,7 @@ from typing import IO
 import structlog
 
 from oracled import __version__
+from oracled.config import Config
 from oracled.core import PRICING_REVISION
 from oracled.errors import TapeError, described
 from oracled.lockfile import (
@@ -445,3 +446,38 @@ def _last_line_read(tape: IO[bytes]) -> tuple[int, bool]:
     except TapeError:  # a header this build does not read: `_continue` refuses it
         return count, False
     return count, not errors
+
+
+#: Files SQLite and the trail keep beside the audit database, by the ending of their name.
+_AUDIT_BESIDE = ("-wal", "-shm", "-journal", ".reserve")
+
+
+def state_file_clash(tape: Path, cfg: Config, flag: str) -> str | None:
+    """Why `tape` may not be recorded to: it is one of the files the daemon keeps its state in
+    (the manual pauses file, the audit trail, the signing lease) or a file kept beside one
+    (its lock, SQLite's), or its own lock file is. Said before any of them is opened: the
+    recorder's own refusal named the wrong cause (a tape already there, a header unreadable),
+    or the tape went over the state where that file did not exist yet."""
+    kept: list[tuple[str, str, tuple[str, ...]]] = []
+    if cfg.oracle.manual_pauses_file is not None:
+        pauses = cfg.oracle.manual_pauses_file
+        kept.append(("the manual pauses file (oracle.manual_pauses_file)", pauses, ()))
+    if cfg.audit.enabled:
+        kept.append(("the audit trail (audit.path)", cfg.audit.path, _AUDIT_BESIDE))
+    if cfg.signing.enabled and cfg.signing.lease_file is not None:
+        kept.append(("the signing lease (signing.lease_file)", cfg.signing.lease_file, ()))
+    ours, its_lock = tape.resolve(), lock_path(tape).resolve()
+    for what, name, endings in kept:
+        path = Path(name)
+        files = [path, lock_path(path), *(path.with_name(path.name + e) for e in endings)]
+        for file in files:
+            told = what if file is path else f"{file}, kept beside {what}"
+            same = file is path and tape.exists() and path.exists() and tape.samefile(path)
+            if same or file.resolve() == ours:  # `same`: a hard link too
+                return f"{flag} {tape} is {told}, {name}: record to another {flag}"
+            if file.resolve() == its_lock:
+                return (
+                    f"{flag} {tape} would lock {lock_path(tape)}, which is {told}, {name}: record"
+                    f" to another {flag}"
+                )
+    return None

@@ -43,7 +43,7 @@ from oracled.config import (
     slot_max_age_ms,
 )
 from oracled.core import Core, RoundResult
-from oracled.errors import ConfigError, OracledError, ServiceStopping, described
+from oracled.errors import ConfigError, OracledError, ServiceStopping, TapeError, described
 from oracled.files import NotRegularFileError
 from oracled.logs import DRAIN_AT_EXIT_S
 from oracled.manual import ManualPauses, Pause
@@ -55,7 +55,7 @@ from oracled.publish.hub import Hub
 from oracled.publish.sign_lease import open_sign_lease, require_sign_lease
 from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, load_signing_key
 from oracled.publish.signstall import SignedStall
-from oracled.recorder import TapeRecorder
+from oracled.recorder import TapeRecorder, state_file_clash
 from oracled.reload import config_changes, running_config, source_pairs
 from oracled.runloop import CLOSE_S, MIN_WAIT_S, run_to_end
 from oracled.sources import Source, build_source
@@ -198,6 +198,8 @@ class Service:
         freeze_gc: bool = False,
     ) -> None:
         self.cfg = cfg
+        if record is not None and (clash := state_file_clash(record, cfg, record_flag)):
+            raise TapeError(clash)  # before any state file is opened: each is left as it is
         # `oracled run` freezes what start-up made (see oracled/gcpause.py); tests that run many
         # services in one process leave their collector alone.
         self._freeze_gc = freeze_gc

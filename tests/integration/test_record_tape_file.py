@@ -18,6 +18,7 @@ from venue_sims import BinanceVenues
 
 from oracled.config import load_config
 from oracled.model import Quote
+from oracled.publish.signer import SigningKey
 from oracled.sim import BinanceSim
 from oracled.tape import (
     TapeHeader,
@@ -100,6 +101,51 @@ def test_a_tape_path_that_cannot_be_written_is_refused_before_the_start(tmp_path
         assert proc.returncode == 2, proc.stderr
         assert f"oracled record: {out}" in proc.stderr and why in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_a_tape_naming_a_state_file_of_the_daemon_is_refused_naming_the_clash(
+    tmp_path: Path,
+) -> None:
+    """`--out` naming the manual pauses file was refused as written by another recorder (the
+    daemon held its lock); naming the audit trail, the tape and the trail wrote one file;
+    naming the signing lease (not there yet), the tape's header went into it before the lease
+    was refused as held by another process. Each is refused before any state file is opened
+    (exit 2), the message naming the setting, and the files are left as they were."""
+    key = tmp_path / "signing.key"
+    key.write_text(SigningKey.from_hex("0x" + "5a" * 32).hex() + "\n")
+    key.chmod(0o600)
+    pauses, audit, lease = (tmp_path / n for n in ("pauses.json", "audit.db", "lease.json"))
+    pauses.write_text(
+        '{"format":"oracled-manual-pauses","version":1,'
+        '"paused":{"BTC/USD":{"actor":"ops","ts":1700000000000}}}\n'
+    )
+    kept = pauses.read_bytes()
+    (tmp_path / "tape-link").symlink_to(pauses)
+    text = sim_config([("ws://127.0.0.1:9/ws", "http://127.0.0.1:9")] * 3).replace(
+        "[oracle]\n", f'[oracle]\nmanual_pauses_file = "{pauses}"\n', 1
+    )
+    config = tmp_path / "oracled.toml"
+    config.write_text(
+        f'{text}\n[audit]\nenabled = true\npath = "{audit}"\n'
+        f'[signing]\nenabled = true\ndeployment = "test"\nkey_file = "{key}"\n'
+        f'lease_file = "{lease}"\n'
+    )
+    in_pauses = f"is the manual pauses file (oracle.manual_pauses_file), {pauses}"
+    wal = tmp_path / "audit.db-wal"
+    for out, told in (
+        (pauses, in_pauses),
+        (tmp_path / "tape-link", in_pauses),
+        (audit, f"is the audit trail (audit.path), {audit}"),
+        (lease, f"is the signing lease (signing.lease_file), {lease}"),
+        (wal, f"is {wal}, kept beside the audit trail (audit.path), {audit}"),
+    ):
+        proc = _record(config, "--out", str(out))
+        assert proc.returncode == 2, proc.stderr
+        assert f"oracled record: --out {out} {told}: record to another --out" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert pauses.read_bytes() == kept
+        assert not audit.exists() and not lease.exists()
+        assert not wal.exists()
 
 
 async def test_a_second_recorder_cannot_write_the_tape_the_first_is_writing(
