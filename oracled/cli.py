@@ -333,7 +333,7 @@ def _cmd_run(
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from oracled.config import load_config
-    from oracled.replay import replay, revision_warning
+    from oracled.replay import chain_env_hint, replay, revision_warning
     from oracled.tape import TapeGapError, TapeHeader, TapeLineError, pricing_digest, tape_lines
 
     stdin = str(args.tape) == "-"
@@ -356,7 +356,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             print(
                 f"{name}: warning: recorded with another pricing config (sha256"
                 f" {header.config_sha256[:12]}, {args.config} is {digest[:12]}): the reports"
-                " may differ from the live ones",
+                " may differ from the live ones"
+                + chain_env_hint(args.config, cfg, header.config_sha256),
                 file=sys.stderr,
             )
         warning = revision_warning(header)

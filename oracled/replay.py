@@ -18,15 +18,18 @@ every line grows nothing but the counts.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 import msgspec
 
-from oracled.config import Config
+from oracled.config import Config, load_config
 from oracled.core import PRICING_REVISION, Core, RoundResult
+from oracled.errors import ConfigError
 from oracled.model import Quote
 from oracled.tape import (
     DEFAULT_MAX_GAP_MS,
@@ -34,10 +37,11 @@ from oracled.tape import (
     TapeGapError,
     TapeHeader,
     TapeLineError,
+    pricing_digest,
     read_tape,
 )
 
-__all__ = ["ReplayStats", "replay", "revision_warning"]
+__all__ = ["ReplayStats", "chain_env_hint", "replay", "revision_warning"]
 
 
 @dataclass(slots=True)
@@ -82,6 +86,35 @@ def revision_warning(header: TapeHeader) -> str | None:
         f"recorded under pricing revision {revision}{by}, this oracled prices under revision"
         f" {PRICING_REVISION}: the reports may differ from the recorded ones where the rules"
         " changed in between (CHANGELOG.md, Pricing revisions)"
+    )
+
+
+def chain_env_hint(config_path: Path, cfg: Config, recorded: str) -> str:
+    """What to add to the warning of a tape recorded with another pricing config when the
+    cause may be the environment, not the file: a chain whose `rpc_urls_env` is unset has its
+    on-chain sources taken out of the markets at load, which changes the digest. When setting
+    the unset ones gives the recorded digest, that is said, with the fix (a replay makes no
+    call, so any URL will do); else, for a config naming such a variable, that it may be."""
+    chains = {cid: ch.rpc_urls_env for cid, ch in cfg.chains.items() if ch.rpc_urls_env}
+    if not chains:
+        return ""
+    unset = {cid: env for cid, env in chains.items() if not cfg.chains[cid].resolved_urls}
+    if unset:
+        lit = {**os.environ, **dict.fromkeys(unset.values(), "http://127.0.0.1")}
+        try:
+            same = pricing_digest(load_config(config_path, env=lit)) == recorded
+        except (ConfigError, OSError):  # read again: changed or gone meanwhile
+            same = False
+        if same:
+            named = ", ".join(f"${env} (chains.{cid}.rpc_urls_env)" for cid, env in unset.items())
+            return (
+                f"; it was recorded with {named} set, unset here, so the markets here lack the"
+                " on-chain sources of that chain: set it to replay them (any URL: a replay"
+                " makes no call)"
+            )
+    return (
+        "; or an environment variable it names (a chain's rpc_urls_env) was set otherwise where"
+        " it was recorded"
     )
 
 

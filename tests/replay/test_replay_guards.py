@@ -5,6 +5,7 @@ config is said once, and `-` reads the tape from stdin."""
 from __future__ import annotations
 
 import io
+import os
 import shlex
 import subprocess
 import sys
@@ -114,6 +115,46 @@ def test_a_tape_recorded_with_another_config_is_replayed_after_one_warning(
         assert proc.stdout == plain.stdout
         assert proc.stderr.count(b"warning: recorded with another pricing config") == warnings
     assert b"warning" not in plain.stderr
+
+
+def test_a_tape_recorded_with_a_chains_rpc_urls_env_set_names_the_variable_where_unset(
+    tmp_path: Path,
+) -> None:
+    """A chain whose `rpc_urls_env` is unset has its on-chain sources taken out of the markets
+    at load, so a tape the shipped config recorded with $ORACLED_ETH_RPC_URLS set was said to
+    be "recorded with another pricing config" where it is unset, without a word of the
+    environment. The warning names the variable now, and is gone with it set; a digest that
+    setting it does not explain says the environment may be the cause."""
+    shipped = Path(__file__).parents[2] / "config" / "default.toml"
+    lit = {"ORACLED_ETH_RPC_URLS": "http://127.0.0.1:8545"}
+    tape, other = tmp_path / "t.jsonl", tmp_path / "other.jsonl"
+    tape.write_bytes(header_line(pricing_digest(load_config(shipped, env=lit))))
+    other.write_bytes(header_line("ab" * 32))
+    env = {k: v for k, v in os.environ.items() if k != "ORACLED_ETH_RPC_URLS"}
+
+    def replayed(path: Path, extra: dict[str, str]) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "oracled.cli", "replay", "--config", str(shipped), str(path)],
+            capture_output=True,
+            check=False,
+            timeout=60,
+            env={**env, **extra},
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr.decode()
+
+    err = replayed(tape, {})
+    assert err.count("warning: recorded with another pricing config") == 1, err
+    assert (
+        "it was recorded with $ORACLED_ETH_RPC_URLS (chains.ethereum.rpc_urls_env) set, unset"
+        " here, so the markets here lack the on-chain sources of that chain: set it to replay"
+        " them (any URL: a replay makes no call)"
+    ) in err
+    assert "warning" not in replayed(tape, lit)
+    err = replayed(other, {})
+    assert err.count("warning: recorded with another pricing config") == 1, err
+    assert "ORACLED_ETH_RPC_URLS" not in err
+    assert "or an environment variable it names (a chain's rpc_urls_env)" in err
 
 
 def test_a_tape_of_another_pricing_revision_is_replayed_after_one_warning(
