@@ -252,6 +252,68 @@ def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random)
 class Source(abc.ABC):
     """One feed instance; `run()` streams quotes into `emit` until cancelled."""
 
+    # The base's own attributes live in slots. Python 3.11 keeps an instance's attributes in a
+    # shared-key table only up to 30 of them; past that (the base alone has over 50) the
+    # instance gets a plain dict, whose reads the interpreter specialises less and whose
+    # methods (`self._quote(...)`, once per frame) it does not specialise at all. A venue's
+    # own few attributes stay in its instance dict.
+    __slots__ = (
+        "_answered_upto",
+        "_by_symbol",
+        "_clock",
+        "_counter_refusals",
+        "_cut",
+        "_deadline",
+        "_direct",
+        "_down",
+        "_emit",
+        "_first_timer",
+        "_heard",
+        "_host_rests",
+        "_http",
+        "_ids",
+        "_kept",
+        "_kept_ms",
+        "_last_rx",
+        "_left_out",
+        "_limit_ip_wide",
+        "_log",
+        "_opened_at",
+        "_opened_ms",
+        "_outage",
+        "_outbox",
+        "_pacer",
+        "_pending",
+        "_polled",
+        "_repeats",
+        "_requested_at",
+        "_rest_headers",
+        "_rest_host",
+        "_rest_waited",
+        "_retry_after_s",
+        "_rng",
+        "_rx_at",
+        "_said_silent",
+        "_sent",
+        "_silent_log",
+        "_sink",
+        "_streaming",
+        "_subscribed",
+        "_symbols_of",
+        "_unpriced",
+        "_venue_errors",
+        "_waiting",
+        "_watch",
+        "cfg",
+        "max_clock_skew_ms",
+        "rest_url",
+        "silent_after_ms",
+        "source_id",
+        "stats",
+        "symbols",
+        "ws_url",
+    )
+
     #: Venue defaults, used when the config leaves the URL out.
     default_ws_url: ClassVar[str]
     default_rest_url: ClassVar[str | None] = None
@@ -262,10 +324,6 @@ class Source(abc.ABC):
     #: Messages (requests, pings, pongs) the venue accepts from us per second; one slot in
     #: each second is kept free for a pong, which must never wait.
     max_messages_per_s: ClassVar[int] = 5
-    #: The core's `oracle.max_clock_skew_ms` (the service sets the configured one on each source
-    #: it builds): a quote whose venue time is further ahead of its receive time is dropped here
-    #: as `future`, before it can move a venue's ordering bar.
-    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
     #: Backoff grows from this; it is reset once a connection has streamed this long.
     backoff_base_s: ClassVar[float] = 0.5
     healthy_after_s: ClassVar[float] = 10.0
@@ -305,6 +363,10 @@ class Source(abc.ABC):
     ) -> None:
         self.source_id = source_id
         self.cfg = cfg
+        #: The core's `oracle.max_clock_skew_ms` (the service sets the configured one on each
+        #: source it builds): a quote whose venue time is further ahead of its receive time is
+        #: dropped here as `future`, before it can move a venue's ordering bar.
+        self.max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
         self.stats = stats
         self._emit = emit
         self._clock = clock
