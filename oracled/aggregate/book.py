@@ -245,16 +245,39 @@ class Book:
 
         The hot path: one call per venue frame. A quote of a feed with one plain slot (the usual
         case), with bid and ask inside the price bounds and no flag, takes the straight line
-        below; a perpetual for the mark price has its own (`_ingest_unsingled`); anything else,
-        including every quote that may be dropped for its prices, goes through `_ingest_checked`,
-        which names the reason.
+        below; a perpetual for the mark price has its own, written out here rather than called
+        (a Python call per perpetual frame cost more than its checks); anything else, including
+        every quote that may be dropped for its prices, goes through `_ingest_checked`, which
+        names the reason.
         """
         key = (quote.source, quote.pair, quote.kind)
         flat = self._single.get(key)
         bid = quote.bid
         ask = quote.ask
         if flat is None:
-            return self._ingest_unsingled(key, quote)
+            # A perpetual for the mark price: its own straight line for the usual quote, both
+            # sides inside the global price band, any last price finite and positive, the bid not
+            # above the ask, not from the future, not older than the one held; else the full path.
+            if key in self._perp_only:
+                recv_ts = quote.recv_ts
+                venue_ts = quote.venue_ts
+                if (
+                    bid is not None
+                    and ask is not None
+                    and self._floor <= bid <= ask <= self._ceiling
+                    and (quote.price is None or 0.0 < quote.price < _INF)
+                    and (venue_ts is None or venue_ts <= recv_ts + self._skew)
+                ):
+                    # `_keep_perp` inlined: not older than the one held.
+                    stamp = recv_ts if venue_ts is None else venue_ts
+                    held = self.perps.get(key)
+                    if held is None or stamp >= (
+                        held.recv_ts if held.venue_ts is None else held.venue_ts
+                    ):
+                        self.perps[key] = quote
+                        return None
+            # The full path names the reason (`out_of_order` for one older than the one held).
+            return self._ingest_checked(key, self._feeds.get(key), quote)
         # One chained comparison rejects a missing side, NaN, +-inf, zero, negatives, a crossed
         # book and both bounds (the mid of a pair inside the bounds is inside them).
         if (
@@ -273,43 +296,18 @@ class Book:
             return DropReason.FUTURE
         else:
             stamp = venue_ts
-        flat_stamp = self._flat_stamp
         try:
-            if stamp < flat_stamp[flat]:
+            if stamp < self._flat_stamp[flat]:
                 self.drops[(quote.source, DropReason.OUT_OF_ORDER)] += 1
                 return DropReason.OUT_OF_ORDER
-            flat_stamp[flat] = stamp  # first: the one write that refuses a time that is no int
+            # First: the one write that refuses a time that is no int.
+            self._flat_stamp[flat] = stamp
         except TypeError:
             return self._ingest_checked(key, self._feeds.get(key), quote)
         self._flat_mid[flat] = (bid + ask) * 0.5
         self._flat_flag[flat] = 0
         self.latest[key] = quote
         return None
-
-    def _ingest_unsingled(self, key: SlotKey, quote: Quote) -> DropReason | None:
-        """A quote of no single plain slot: a perpetual for the mark price (its own straight
-        line for the usual quote: both sides inside the global price band, any last price finite
-        and positive, the bid not above the ask, not from the future, not older than the one
-        held), else the full path."""
-        if key in self._perp_only:
-            bid, ask, price, venue_ts = quote.bid, quote.ask, quote.price, quote.venue_ts
-            if (
-                bid is not None
-                and ask is not None
-                and self._floor <= bid <= ask <= self._ceiling
-                and (price is None or 0.0 < price < _INF)
-                and (venue_ts is None or venue_ts <= quote.recv_ts + self._skew)
-            ):
-                # `_keep_perp` inlined (once per perpetual frame): not older than the one held.
-                held = self.perps.get(key)
-                if held is None or (quote.recv_ts if venue_ts is None else venue_ts) >= (
-                    held.recv_ts if held.venue_ts is None else held.venue_ts
-                ):
-                    self.perps[key] = quote
-                    return None
-                self.drops[(quote.source, DropReason.OUT_OF_ORDER)] += 1
-                return DropReason.OUT_OF_ORDER
-        return self._ingest_checked(key, self._feeds.get(key), quote)
 
     def _keep_perp(self, key: SlotKey, quote: Quote) -> DropReason | None:
         """Hold a checked perpetual quote unless it is older than the one held (a resent frame,
