@@ -38,6 +38,30 @@ def _word(value: int) -> bytes:
     return value.to_bytes(32, "big")
 
 
+_PHASE_1, _PHASE_2 = 1 << 64, 2 << 64  # a proxy's roundId: phaseId << 64 | aggregator round
+
+
+async def _new_phase_behind(chain: Chain, snapshot: Deployed, reader: Any) -> tuple[int, str]:
+    """Round 7 of phase 1 at the block's time, read by `reader`; then the proxy moves to a new
+    aggregator (phase 2) whose latest round, 3, is 30 s older: the block's time then, and the
+    new aggregator's address."""
+    await chain.warp(60)  # the rounds below are younger than the one set at deployment
+    now = await chain.timestamp()
+    await chain.transact(
+        snapshot.btc_aggregator, SET_ROUND, _PHASE_1 | 7, 60_000_00000000, now, now, _PHASE_1 | 7
+    )
+    assert await reader.poll_once()
+    newer = await chain.deploy(
+        "TestAggregator", ["uint8", "string", "int192", "int192"],
+        [8, "BTC / USD", 1000_00000000, 1_000_000_00000000],
+    )  # fmt: skip
+    await chain.transact(
+        newer, SET_ROUND, _PHASE_2 | 3, 59_900_00000000, now - 30, now - 30, _PHASE_2 | 3
+    )
+    await chain.transact(snapshot.btc_proxy, "setAggregator(address)", newer)
+    return now, newer
+
+
 async def test_normal_read_through_the_proxy(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:
@@ -217,19 +241,7 @@ async def test_a_new_phase_whose_round_is_older_keeps_the_last_quote_and_a_reorg
     still `older_round`, withdrawn."""
     reader = make_reader([anvil.url], http, max_clock_skew_ms=WARPED)
     got = watch(reader, ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy)))
-    await chain.warp(60)
-    now = await chain.timestamp()
-    one, two = 1 << 64, 2 << 64
-    await chain.transact(
-        snapshot.btc_aggregator, SET_ROUND, one | 7, 60_000_00000000, now, now, one | 7
-    )
-    assert await reader.poll_once()
-    newer = await chain.deploy(
-        "TestAggregator", ["uint8", "string", "int192", "int192"],
-        [8, "BTC / USD", 1000_00000000, 1_000_000_00000000],
-    )  # fmt: skip
-    await chain.transact(newer, SET_ROUND, two | 3, 59_900_00000000, now - 30, now - 30, two | 3)
-    await chain.transact(snapshot.btc_proxy, "setAggregator(address)", newer)
+    _, newer = await _new_phase_behind(chain, snapshot, reader)
     with capture_logs() as logs:
         assert await reader.poll_once()
         await chain.mine()
@@ -240,7 +252,9 @@ async def test_a_new_phase_whose_round_is_older_keeps_the_last_quote_and_a_reorg
         "chainlink feed", "chainlink new phase behind the last round: last kept",
     ]  # fmt: skip
     later = await chain.timestamp()
-    await chain.transact(newer, SET_ROUND, two | 4, 59_800_00000000, later, later, two | 4)
+    await chain.transact(
+        newer, SET_ROUND, _PHASE_2 | 4, 59_800_00000000, later, later, _PHASE_2 | 4
+    )
     assert await reader.poll_once()
     await chain.reorg(1)
     assert await reader.poll_once()
@@ -261,19 +275,7 @@ async def test_the_last_quote_kept_over_a_new_phase_behind_it_is_flagged_stale_a
     reader = make_reader([anvil.url], http, max_clock_skew_ms=WARPED)
     feed = ChainlinkFeed("cl", "BTC/USD", chainlink_spec(snapshot.btc_proxy, 600))
     got = watch(reader, feed)
-    await chain.warp(60)  # the rounds below are younger than the one set at deployment
-    now = await chain.timestamp()
-    one, two = 1 << 64, 2 << 64
-    await chain.transact(
-        snapshot.btc_aggregator, SET_ROUND, one | 7, 60_000_00000000, now, now, one | 7
-    )
-    assert await reader.poll_once()
-    newer = await chain.deploy(
-        "TestAggregator", ["uint8", "string", "int192", "int192"],
-        [8, "BTC / USD", 1000_00000000, 1_000_000_00000000],
-    )  # fmt: skip
-    await chain.transact(newer, SET_ROUND, two | 3, 59_900_00000000, now - 30, now - 30, two | 3)
-    await chain.transact(snapshot.btc_proxy, "setAggregator(address)", newer)
+    now, newer = await _new_phase_behind(chain, snapshot, reader)
     assert await reader.poll_once()
     await chain.rpc("evm_setNextBlockTimestamp", [now + 600])
     await chain.mine()
@@ -288,7 +290,9 @@ async def test_the_last_quote_kept_over_a_new_phase_behind_it_is_flagged_stale_a
     assert got.last.venue_ts == got.quotes[0].venue_ts == now * 1000
     assert got.last.block_ts == (now + 601) * 1000
     later = await chain.timestamp()
-    await chain.transact(newer, SET_ROUND, two | 4, 59_800_00000000, later, later, two | 4)
+    await chain.transact(
+        newer, SET_ROUND, _PHASE_2 | 4, 59_800_00000000, later, later, _PHASE_2 | 4
+    )
     assert await reader.poll_once()
     assert (got.last.price, got.last.flag) == (59800.0, None)
     assert not got.stats.dropped

@@ -33,6 +33,25 @@ def _replay(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> tuple[i
     return code, json.loads(capsys.readouterr().out)
 
 
+def _kept_no_text(tmp_path: Path, path: Path, cfg: Any, raw: bytes) -> tuple[bytes, str]:
+    """The start's config `path` (loaded as `cfg` from `raw`) recorded by a trail that must
+    keep no text of it: the trail's bytes, and why its writer's line says it kept none."""
+    db = tmp_path / "audit.sqlite3"
+    audit = trail(db)
+    digest = hashlib.sha256(raw).hexdigest()
+    with capture_logs() as logs:
+        audit.record_config(T0, "start", "start", str(path), digest, "{}", text=raw, loaded=cfg)
+        assert audit.close()
+    reader = AuditReader(db)
+    try:
+        assert [c.sha256 for c in reader.configs(0, _END)] == [digest]
+        assert reader.config_text(digest) is None
+    finally:
+        reader.close()
+    (line,) = [e for e in logs if e["event"].startswith("audit: a config's text is not kept")]
+    return db.read_bytes(), str(line["why"])
+
+
 def _with_secrets() -> dict[str, Any]:
     """Sources whose URLs carry the secrets, and a NATS server (off) with a user in its URL."""
     url = f"wss://{_SECRETS[0]}@stream.example.com:9443/ws/{_SECRETS[1]}"
@@ -179,21 +198,9 @@ def test_a_url_written_with_escapes_keeps_no_text_and_says_so(tmp_path: Path) ->
     path.write_bytes(plain.replace(f"{_SECRETS[0]}@".encode(), f"{_SECRETS[0]}\\u0040".encode()))
     cfg, raw = read_config_text(path, env={})
     assert raw != plain and cfg.nats.servers == tuple(servers)
-    db = tmp_path / "audit.sqlite3"
-    audit = trail(db)
-    digest = hashlib.sha256(raw).hexdigest()
-    with capture_logs() as logs:
-        audit.record_config(T0, "start", "start", str(path), digest, "{}", text=raw, loaded=cfg)
-        assert audit.close()
-    assert b"hunter2" not in db.read_bytes()
-    reader = AuditReader(db)
-    try:
-        assert [c.sha256 for c in reader.configs(0, _END)] == [digest]
-        assert reader.config_text(digest) is None
-    finally:
-        reader.close()
-    (line,) = [e for e in logs if e["event"].startswith("audit: a config's text is not kept")]
-    assert line["why"] == "a URL in it is written with escapes: its redacted text is not its value"
+    stored, why = _kept_no_text(tmp_path, path, cfg, raw)
+    assert b"hunter2" not in stored
+    assert why == "a URL in it is written with escapes: its redacted text is not its value"
 
 
 @pytest.mark.parametrize(
@@ -223,18 +230,6 @@ def test_a_url_whose_password_holds_a_quote_or_backslash_keeps_no_text(
     )
     cfg, raw = read_config_text(path, env={})
     assert cfg.nats.servers == (url,)
-    db = tmp_path / "audit.sqlite3"
-    audit = trail(db)
-    digest = hashlib.sha256(raw).hexdigest()
-    with capture_logs() as logs:
-        audit.record_config(T0, "start", "start", str(path), digest, "{}", text=raw, loaded=cfg)
-        assert audit.close()
-    assert b"ter2" not in db.read_bytes()
-    reader = AuditReader(db)
-    try:
-        assert [c.sha256 for c in reader.configs(0, _END)] == [digest]
-        assert reader.config_text(digest) is None
-    finally:
-        reader.close()
-    (line,) = [e for e in logs if e["event"].startswith("audit: a config's text is not kept")]
-    assert line["why"].startswith("a URL in it holds a quote or a backslash")
+    stored, why = _kept_no_text(tmp_path, path, cfg, raw)
+    assert b"ter2" not in stored
+    assert why.startswith("a URL in it holds a quote or a backslash")
