@@ -16,6 +16,7 @@ import errno
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -78,9 +79,12 @@ class TapeRecorder:
         append: bool = False,
         config_sha256: str | None = None,
         flag: str = "--out",
+        config_hint: Callable[[str], str] | None = None,
     ) -> None:
         # `flag` is the option that named the tape, for the refusals to name: `record --out`
-        # (which also takes --append) or `demo --record` (which does not).
+        # (which also takes --append) or `demo --record` (which does not). `config_hint` adds
+        # to the refusal of a tape of another config digest what may explain it besides the
+        # file (the service's `chain_env_hint`: a chain's rpc_urls_env set otherwise).
         self.path = path
         self._file: IO[bytes] | None = None
         self._lock_fd: int | None = None
@@ -96,6 +100,7 @@ class TapeRecorder:
         self._log = structlog.get_logger("oracled").bind(component="tape", path=str(path))
         self._told = False
         self._digest = config_sha256
+        self._config_hint = config_hint
         #: Line 1 of a new tape, written before its first line of quotes: `number` adds the
         #: daemon's first round to it (None: written, or a tape continued under its own).
         self._header: bytes | None = None
@@ -164,10 +169,11 @@ class TapeRecorder:
         except TapeError as exc:  # its message says which line, not which file
             raise TapeError(f"{self.path}: {exc}") from None
         if existing.config_sha256 not in (None, config_sha256):
+            hint = "" if self._config_hint is None else self._config_hint(existing.config_sha256)
             raise TapeError(
                 f"{self.path} was recorded with another pricing config (sha256"
                 f" {existing.config_sha256}): --append continues a tape only with its own config;"
-                " record to another --out"
+                f" record to another --out{hint}"
             )
         if existing.pricing_revision not in (None, PRICING_REVISION):
             raise TapeError(

@@ -89,12 +89,17 @@ def revision_warning(header: TapeHeader) -> str | None:
     )
 
 
-def chain_env_hint(config_path: Path, cfg: Config, recorded: str) -> str:
-    """What to add to the warning of a tape recorded with another pricing config when the
+#: The fix `chain_env_hint` gives a replay: it makes no call, so any URL will do.
+REPLAY_FIX = "replay them (any URL: a replay makes no call)"
+
+
+def chain_env_hint(config_path: Path, cfg: Config, recorded: str, fix: str = REPLAY_FIX) -> str:
+    """What to add to the message of a tape recorded with another pricing config when the
     cause may be the environment, not the file: a chain whose `rpc_urls_env` is unset has its
     on-chain sources taken out of the markets at load, which changes the digest. When setting
-    the unset ones gives the recorded digest, that is said, with the fix (a replay makes no
-    call, so any URL will do); else, for a config naming such a variable, that it may be."""
+    the unset ones gives the recorded digest, that is said, with `fix` (what setting it lets
+    the command do: `replay` and `record --append` both say it); else, for a config naming
+    such a variable, that it may be."""
     chains = {cid: ch.rpc_urls_env for cid, ch in cfg.chains.items() if ch.rpc_urls_env}
     if not chains:
         return ""
@@ -109,8 +114,7 @@ def chain_env_hint(config_path: Path, cfg: Config, recorded: str) -> str:
             named = ", ".join(f"${env} (chains.{cid}.rpc_urls_env)" for cid, env in unset.items())
             return (
                 f"; it was recorded with {named} set, unset here, so the markets here lack the"
-                " on-chain sources of that chain: set it to replay them (any URL: a replay"
-                " makes no call)"
+                f" on-chain sources of that chain: set it to {fix}"
             )
     return (
         "; or an environment variable it names (a chain's rpc_urls_env) was set otherwise where"

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,7 @@ from oracled.publish.signer import RoundSigner, SignedRound, SignerWorker, load_
 from oracled.publish.signstall import SignedStall
 from oracled.recorder import TapeRecorder, state_file_clash
 from oracled.reload import config_changes, running_config, source_pairs
+from oracled.replay import chain_env_hint
 from oracled.runloop import CLOSE_S, MIN_WAIT_S, run_to_end
 from oracled.sources import Source, build_source
 from oracled.sources.evm.runtime import ChainSet
@@ -315,6 +317,9 @@ class Service:
                 append=record_append,
                 config_sha256=pricing_digest(cfg),
                 flag=record_flag,
+                config_hint=None
+                if config_path is None
+                else partial(chain_env_hint, config_path, cfg, fix="continue the tape"),
             )
             if record
             else None

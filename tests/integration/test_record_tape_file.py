@@ -44,7 +44,9 @@ def _recorder(venues: list[BinanceSim], tmp_path: Path) -> Daemon:
     return d
 
 
-def _record(config: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def _record(
+    config: Path, *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """A second `oracled record` in the foreground, on a free port."""
     return subprocess.run(
         [
@@ -55,6 +57,7 @@ def _record(config: Path, *args: str, timeout: float = 30) -> subprocess.Complet
         text=True,
         check=False,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -88,6 +91,35 @@ def test_an_existing_tape_is_refused_and_left_whole(tmp_path: Path) -> None:
     assert "already holds a tape" in proc.stderr and "--append" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert tape.read_bytes() == kept
+
+
+def test_append_to_a_tape_recorded_with_a_chains_rpc_urls_env_set_names_the_variable(
+    tmp_path: Path,
+) -> None:
+    """A chain whose `rpc_urls_env` is unset has its on-chain sources taken out of the markets
+    at load: a tape the shipped config recorded with $ORACLED_ETH_RPC_URLS set was refused by
+    `--append` where it is unset as "recorded with another pricing config", without a word of
+    the environment. The refusal names the variable now, as `oracled replay` does; a digest
+    that setting it does not explain says the environment may be the cause."""
+    shipped = Path(__file__).parents[2] / "config" / "default.toml"
+    lit = {"ORACLED_ETH_RPC_URLS": "http://127.0.0.1:8545"}
+    tape, other = tmp_path / "t.jsonl", tmp_path / "other.jsonl"
+    tape.write_bytes(header_line(pricing_digest(load_config(shipped, env=lit))))
+    other.write_bytes(header_line("ab" * 32))
+    env = {k: v for k, v in os.environ.items() if k != "ORACLED_ETH_RPC_URLS"}
+    proc = _record(shipped, "--out", str(tape), "--append", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "another pricing config" in proc.stderr
+    assert (
+        "; it was recorded with $ORACLED_ETH_RPC_URLS (chains.ethereum.rpc_urls_env) set, unset"
+        " here, so the markets here lack the on-chain sources of that chain: set it to continue"
+        " the tape"
+    ) in proc.stderr
+    proc = _record(shipped, "--out", str(other), "--append", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "ORACLED_ETH_RPC_URLS" not in proc.stderr
+    assert "or an environment variable it names (a chain's rpc_urls_env)" in proc.stderr
+    assert tape.read_bytes() == header_line(pricing_digest(load_config(shipped, env=lit)))
 
 
 def test_a_tape_path_that_cannot_be_written_is_refused_before_the_start(tmp_path: Path) -> None:
