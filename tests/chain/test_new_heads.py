@@ -162,6 +162,34 @@ async def test_a_new_heads_message_nested_too_deep_falls_back_to_polling_and_rec
             await stop(task)
 
 
+async def test_a_notice_whose_number_is_no_hex_quantity_is_counted_as_a_polled_one_is(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """A newHeads notice was turned into a block by `int(x, 16)` alone, without the checks of
+    a polled head: a number "-0x5" became block -5, counted as a block gone backwards. Its
+    header now goes through the polled head's checks: counted as a failed read, never as a
+    block, the subscription kept."""
+    relay.mode = "negative"
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay())
+    got = watch_eth(reader, snapshot.eth_proxy)
+    with capture_logs() as logs:
+        task = asyncio.create_task(reader.run())
+        try:
+            await until(lambda: relay.following == 1 and reader.stats.mode == "newHeads")
+            failed = reader.stats.reads_failed
+            await chain.mine()
+            await until(lambda: relay.garbled >= 1)
+            await until(lambda: reader.stats.reads_failed > failed or reader.stats.backwards > 0)
+            assert reader.stats.backwards == 0
+            assert reader.stats.reads_failed == failed + 1
+            assert relay.connections == 1 and reader.stats.mode == "newHeads"
+            (event,) = [e for e in logs if e["event"] == "read failed"]
+            assert event["error"].startswith("newHeads notice: block header: number")
+            assert len(got.quotes) == 1  # the head polled at the subscription's start only
+        finally:
+            await stop(task)
+
+
 async def test_without_a_ws_url_the_reader_polls_every_interval(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed
 ) -> None:

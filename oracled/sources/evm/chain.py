@@ -155,7 +155,7 @@ class _Header(msgspec.Struct):
 
 
 class _Head(msgspec.Struct):
-    result: _Header
+    result: Any  # a header, checked by `_block` as a polled one is
 
 
 class _Notice(msgspec.Struct):
@@ -999,7 +999,10 @@ class ChainReader:
     ) -> None:
         """Take notices off the socket while blocks are read: a head that a newer one passes
         before its read began is skipped (counted), so an endpoint slower than the chain costs
-        blocks, not an ever-growing lag."""
+        blocks, not an ever-growing lag. A notice's header passes the checks of a polled one
+        (`_block`): one that fails them is counted as a polled head that fails them is (a
+        failed read), and skipped, the head before it still to be read. Before, `int(x, 16)`
+        took a number "-0x5" as block -5, refused as a block gone backwards."""
         while True:
             msg = await ws.receive(timeout=self.cfg.max_block_age_s)
             if msg.type != aiohttp.WSMsgType.TEXT:
@@ -1007,9 +1010,13 @@ class ChainReader:
             notice = _notice_decoder.decode(msg.data)
             if notice.params is None:
                 continue
-            h = notice.params.result
+            try:
+                block = _block(notice.params.result)
+            except (ValueError, msgspec.ValidationError) as exc:
+                self._read_failed(None, ValueError(f"newHeads notice: {exc}"))
+                continue
             self._heads += 1
             if newest:
                 self.stats.superseded += 1
-            newest[:] = [Block(int(h.number, 16), h.hash, int(h.timestamp, 16))]
+            newest[:] = [block]
             arrived.set()
