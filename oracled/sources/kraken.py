@@ -41,9 +41,8 @@ fails only the bad one; those one-pair requests go through the same pacer, one a
 they went out at once: a burst of as many requests as pairs). A rate limit comes back the same
 way, under HTTP 200: ``{"error":["EAPI:Rate limit exceeded"],"result":{}}``
 (``EGeneral:Too many requests`` and ``EService:Throttled: <time>`` are read the same). The docs
-(https://docs.kraken.com/api/docs/guides/spot-rest-ratelimits) say calls are then "restricted for
-a few seconds (or possibly longer if calls continue to be made while the rate limits are
-active)" and name no wait, so it is reported to the base as HTTP 429 and polls rest for
+name no wait for the public endpoints (their "restricted for a few seconds" is said of the
+private per-key counter), so it is reported to the base as HTTP 429 and polls rest for
 `rest_limit_window_s` (or a ``Retry-After``, if one is ever sent). The response keys are
 Kraken's legacy pair names (``XXBTZUSD`` for ``XBTUSD``, ``XBTUSDT`` for ``XBTUSDT``, ``SOLUSD``,
 ``USDTZUSD`` for ``USDTUSD``, ``ZEURZUSD`` for ``EURUSD``); every form a symbol can come back
@@ -183,9 +182,10 @@ class KrakenSource(Source):
     #: The v2 ticker answers a subscription with a ``snapshot`` (its ``snapshot`` flag, true by
     #: default and not set here), then updates.
     snapshot_on_subscribe: ClassVar[bool] = True
-    #: How long polls rest after a rate-limit error, which names no wait: the docs' "a few
-    #: seconds", and more than the 3 s the slowest tier's counter takes to forget one call
-    #: (0.33 a second), so that the first poll after it is not refused again.
+    #: How long polls rest after a rate-limit error, which names no wait: a figure of ours.
+    #: The docs give none for the public endpoints (the per-key counter, its decay and its "a
+    #: few seconds" are the private calls'; no key is sent); against the public guidance of
+    #: about one call a second, 5 s is five calls' worth of quiet before polls go on, paced.
     rest_limit_window_s: ClassVar[float] = 5.0
 
     def __init__(
