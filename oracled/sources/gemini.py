@@ -254,13 +254,17 @@ class PubtickerPolls(Source):
     """Gemini's REST fallback, shared by both Gemini adapters (their streams differ, their REST
     does not): ``GET /v1/pubticker/{symbol}`` serves one symbol (``rest_batch_size = 1``), and its
     body does not name it. Public endpoints allow 120 requests a minute and Gemini asks for at
-    most one a second, so polls are paced at one a second after a burst of five."""
+    most one a second, so polls are paced at one a second after a burst of five. No key is sent,
+    so the limit can only count our IP: the sources polling one host, `gemini` and `gemini_ws`
+    alike, take their turns from one pacer (`rest_rate_per_ip`)."""
 
     default_rest_url: ClassVar[str | None] = "https://api.gemini.com"
     rest_batch_size: ClassVar[int] = 1
     #: REST pacing: Gemini asks for at most one public request a second (limit 120 a minute).
     rest_rate_per_s: ClassVar[float] = 1.0
     rest_burst: ClassVar[float] = 5.0
+    #: That limit is the IP's: two sources each paced at one a second would send two together.
+    rest_rate_per_ip: ClassVar[bool] = True
     #: The symbol of the poll in flight (set per instance by `rest_request`).
     _rest_symbol: str = ""
 

@@ -1,14 +1,17 @@
 """The Gemini adapter on its loopback simulator: replayed diffs, REST pacing at one request a
-second. The faults all venues share (first connection and its book, heartbeats, REST fallback
-among them): test_stream_faults.py."""
+second, shared with `gemini_ws` on one host. The faults all venues share (first connection and
+its book, heartbeats, REST fallback among them): test_stream_faults.py."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
-from venue_cases import CASE, Start, Wait, book_matches
+import aiohttp
+from venue_cases import CASE, SPOT_USD, Start, Wait, book_matches, running
 
 from oracled.sim.gemini import GeminiSim
+from oracled.sources.hostrests import HostRests
 
 VENUE = CASE["gemini"]  # what `sim` and `start` build (conftest.py)
 
@@ -40,3 +43,30 @@ async def test_rest_polls_keep_to_one_a_second_after_the_burst(
     first = sim.stats.rest_requests
     await asyncio.sleep(1.0)
     assert sim.stats.rest_requests - first <= 2
+
+
+async def test_gemini_and_gemini_ws_polling_one_host_share_its_pacing(
+    http: aiohttp.ClientSession, wait: Wait
+) -> None:
+    """Gemini's public limit (120 requests a minute, at most one a second asked) counts our IP,
+    no key being sent, and `gemini` and `gemini_ws` both poll `/v1/pubticker` on one default
+    host. Two such sources on one simulator, sharing a `HostRests` as the service's sources do,
+    take their turns from one pacer (five at once, then one a second between them): they stay
+    under a test-sized limit of 8 requests in 2 s (the shared pacing's 7 at most) and both are
+    quoted. Before, each had a pacer of its own, and the two sent ten at once, past it."""
+    rests = HostRests()
+    async with GeminiSim(
+        {"BTCUSD": 67_000.0, "ETHUSD": 3_500.0}, rate_hz=0.1, rest_limit=(8, 2.0)
+    ) as venue:
+        venue.ws_enabled = False  # no stream: both sources poll
+        async with contextlib.AsyncExitStack() as stack:
+            runs = [
+                await stack.enter_async_context(
+                    running(vid, CASE[vid].make_config(venue), SPOT_USD, http, host_rests=rests)
+                )
+                for vid in ("gemini", "gemini_ws")
+            ]
+            await wait(lambda: venue.stats.rest_requests >= 9, within_s=10.0)
+            assert venue.rest_limited == 0
+            await wait(lambda: all(len(run.pairs()) == 2 for run in runs))
+            assert venue.rest_limited == 0
