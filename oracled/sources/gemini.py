@@ -25,7 +25,10 @@ a ``trade`` frame, or the snapshot's ``trades``) rides along as the quotes' last
 have no sequence numbers, so a replayed diff cannot be told apart; a book left crossed by one is
 rebuilt from a fresh snapshot by reconnecting (``book_crossed``).
 No maximum connection life is documented; the configured rotation applies. The REST fallback,
-``GET /v1/pubticker/{symbol}``, is `PubtickerPolls`, which `GeminiWsSource` polls through too.
+``GET /v1/pubticker/{symbol}``, is `PubtickerPolls`, which `GeminiWsSource` polls through too. Its
+public limit counts our IP (no key is sent) and answers 429 until the rate drops: a 429 rests every
+source polling the same REST host (`oracled.sources.hostrests`), for one poll interval (no
+``Retry-After`` is documented).
 """
 
 from __future__ import annotations
@@ -256,7 +259,8 @@ class PubtickerPolls(Source):
     body does not name it. Public endpoints allow 120 requests a minute and Gemini asks for at
     most one a second, so polls are paced at one a second after a burst of five. No key is sent,
     so the limit can only count our IP: the sources polling one host, `gemini` and `gemini_ws`
-    alike, take their turns from one pacer (`rest_rate_per_ip`)."""
+    alike, take their turns from one pacer (`rest_rate_per_ip`), and a 429 met by one rests them
+    all (`_fetch`)."""
 
     default_rest_url: ClassVar[str | None] = "https://api.gemini.com"
     rest_batch_size: ClassVar[int] = 1
@@ -273,6 +277,16 @@ class PubtickerPolls(Source):
         # The path takes the symbol in lower case, whichever case the stream names it in.
         self._rest_symbol = symbols[0]
         return f"{self.rest_url}/v1/pubticker/{symbols[0].lower()}", {}
+
+    async def _fetch(
+        self, url: str, query: Mapping[str, str]
+    ) -> tuple[int | None, bytes, str | None]:
+        """The base's GET; a 429 is the IP's limit, answered to every request until our rate
+        drops (rate-limit page): every source polling the host rests with this one."""
+        status, body, error = await super()._fetch(url, query)
+        if status == 429:
+            self._limit_ip_wide = True
+        return status, body, error
 
     def on_rest(self, body: bytes, recv_ts: int) -> None:
         ticker = self._decoded(_REST, body)

@@ -1,6 +1,6 @@
 """The Gemini adapter on its loopback simulator: replayed diffs, REST pacing at one request a
-second, shared with `gemini_ws` on one host. The faults all venues share (first connection and
-its book, heartbeats, REST fallback among them): test_stream_faults.py."""
+second, shared with `gemini_ws` on one host, as is a 429. The faults all venues share (first
+connection and its book, heartbeats, REST fallback among them): test_stream_faults.py."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import asyncio
 import contextlib
 
 import aiohttp
+from structlog.testing import capture_logs
 from venue_cases import CASE, SPOT_USD, Start, Wait, book_matches, running
 
 from oracled.sim.gemini import GeminiSim
+from oracled.sources import ConnState
 from oracled.sources.hostrests import HostRests
 
 VENUE = CASE["gemini"]  # what `sim` and `start` build (conftest.py)
@@ -70,3 +72,39 @@ async def test_gemini_and_gemini_ws_polling_one_host_share_its_pacing(
             assert venue.rest_limited == 0
             await wait(lambda: all(len(run.pairs()) == 2 for run in runs))
             assert venue.rest_limited == 0
+
+
+async def test_a_429_met_by_one_source_rests_every_source_of_the_host(
+    http: aiohttp.ClientSession, wait: Wait
+) -> None:
+    """Gemini's public limit counts our IP, no key being sent, and answers 429 to every request
+    until the rate drops. On a simulator allowing one request a minute, a `gemini` source polls
+    (every 10 s here) and meets the 429 on its second request, which rests the host for its poll
+    interval; a `gemini_ws` source on the same host, sharing a `HostRests` as the service's
+    sources do, then starts polling: it sends nothing, says so once (`rest host rested`, naming
+    the first) and is down, without a refused request of its own. Before, the 429 rested only
+    the source that met it, and the other polled into the limit (a second 429)."""
+    rests = HostRests()
+    async with GeminiSim(
+        {"BTCUSD": 67_000.0, "ETHUSD": 3_500.0}, rate_hz=0.1, rest_limit=(1, 60.0)
+    ) as venue:
+        venue.ws_enabled = False  # no stream: the sources poll
+        with capture_logs() as logs:
+            async with contextlib.AsyncExitStack() as stack:
+                cfg = CASE["gemini"].make_config(venue, rest_poll_interval_s=10.0)
+                met = await stack.enter_async_context(
+                    running("gemini", cfg, SPOT_USD, http, host_rests=rests)
+                )
+                await wait(lambda: venue.rest_limited == 1)
+                cfg = CASE["gemini_ws"].make_config(venue)
+                rested = await stack.enter_async_context(
+                    running("gemini_ws", cfg, SPOT_USD, http, host_rests=rests)
+                )
+                await wait(lambda: any(e["event"] == "rest host rested" for e in logs))
+                assert venue.stats.rest_requests == 2 and venue.rest_limited == 1
+                assert met.stats.dropped["rest_error"] == 1
+                assert rested.stats.dropped["rest_error"] == 0
+                assert rested.state() is ConnState.DOWN and met.state() is ConnState.DOWN
+    said = [(e["source"], e["by"], e["delay_s"]) for e in logs if e["event"] == "rest host rested"]
+    assert len(said) == 1 and said[0][:2] == ("gemini_ws", "gemini")
+    assert 0.0 < said[0][2] <= 10.0  # the poll interval of the source that met it, less since
