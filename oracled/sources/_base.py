@@ -98,6 +98,11 @@ __all__ = [
 _T = TypeVar("_T")
 
 
+class _HostRested(Exception):
+    """A limit on our IP was learnt (by this source or another of the host) while a request
+    waited for its turn: it is not sent, and the poll round ends (`_poll_loop`)."""
+
+
 class BodyTooLarge(aiohttp.ClientPayloadError):
     """A REST answer over `MAX_REST_BODY`: a failed request like any transport error."""
 
@@ -1201,7 +1206,8 @@ class Source(abc.ABC):
         (Kraken); a symbol refused alone is marked failed and left out.
         Rate-limit answers (429, 418) are never split, so that they cannot multiply requests; they
         end the round, and the next waits as long as they ask (`rate_limit_wait_s`: the venues'
-        rule).
+        rule). A limit on our IP that another source of the host learns during the round ends it
+        too, before its next request (`_fetch`).
         The source is polling only while answers bring prices (new ones, or ones we already
         had): a 200 without any (a proxy's page, an error body, no rows of ours) leaves it down,
         once such answers have asked for every symbol since the last one that priced (OKX polls
@@ -1218,13 +1224,17 @@ class Source(abc.ABC):
             symbols = [s for s in self.symbols if s not in self.stats.failed_instruments]
             size = 1 if split else self.rest_batch_size
             batches = [symbols[i : i + size] for i in range(0, len(symbols), size)]
-            split = False
+            split = rested = False
             answered, priced, pause = False, False, interval
             for batch in batches:
                 request = self.rest_request(batch)
                 if request is None:
                     break
-                status, body, error = await self._fetch(*request)
+                try:
+                    status, body, error = await self._fetch(*request)
+                except _HostRested:  # learnt during the round: the next one waits it out
+                    rested = True
+                    break
                 if not self._down.is_set():  # the stream came back during the request
                     break
                 if error is None:
@@ -1262,6 +1272,8 @@ class Source(abc.ABC):
                             until = self._clock.monotonic() + pause
                             self.host_rests.rest(self._rest_host, until, self.source_id, error)
                         break
+            if rested:
+                continue
             if pause > interval:
                 # The answer's own words too: a venue may say a limit under another status.
                 self._log.warning("rest rate limited", status=status, delay_s=pause, error=error)
@@ -1344,6 +1356,10 @@ class Source(abc.ABC):
         self._limit_ip_wide = False  # a venue's `_fetch` says when an answer is one
         if self._pacer is not None:
             await self._pacer.take()
+        # A round checks the host's rest when it starts; one learnt since (another source's
+        # 429 while this one waited for its turn) stops the round's later requests here.
+        if self.host_rests.until(self._rest_host)[0] > self._clock.monotonic():
+            raise _HostRested
         try:
             async with asyncio.timeout(max(self.cfg.rest_poll_interval_s, 1.0)):
                 async with self._http.get(url, params=query, allow_redirects=False) as resp:

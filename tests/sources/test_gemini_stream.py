@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import aiohttp
 from structlog.testing import capture_logs
 from venue_cases import CASE, SPOT_USD, Start, Wait, book_matches, running
 
+from oracled.model import Kind
 from oracled.sim.gemini import GeminiSim
 from oracled.sources import ConnState
-from oracled.sources.hostrests import HostRests
+from oracled.sources.hostrests import HostRests, rest_host
 
 VENUE = CASE["gemini"]  # what `sim` and `start` build (conftest.py)
 
@@ -108,3 +110,32 @@ async def test_a_429_met_by_one_source_rests_every_source_of_the_host(
     said = [(e["source"], e["by"], e["delay_s"]) for e in logs if e["event"] == "rest host rested"]
     assert len(said) == 1 and said[0][:2] == ("gemini_ws", "gemini")
     assert 0.0 < said[0][2] <= 10.0  # the poll interval of the source that met it, less since
+
+
+async def test_a_rest_learnt_during_a_round_stops_its_later_requests(
+    http: aiohttp.ClientSession, wait: Wait
+) -> None:
+    """A `gemini_ws` source polls its seven symbols one request each: five at once (the host
+    pacer's burst), then one a second. After the five another source of the host learns a
+    limit on our IP (set here as that source's 429 would set it): the sixth request is not
+    sent, and the source says at once that the host rests, naming who learnt it. Before, a
+    round checked the host's rest only when it started: the last two requests went into the
+    limit, and the rest was heard of only a poll interval later."""
+    rests = HostRests()
+    coins = ("BTC", "ETH", "SOL", "LTC", "LINK", "AVAX", "DOGE")
+    pairs: list[tuple[str, Kind]] = [(f"{coin}/USD", "spot") for coin in coins]
+    async with GeminiSim({f"{coin}USD": 100.0 for coin in coins}, rate_hz=0.1) as venue:
+        venue.ws_enabled = False  # no stream: the source polls
+        cfg = CASE["gemini_ws"].make_config(venue, rest_poll_interval_s=10.0)
+        with capture_logs() as logs:
+            async with running("gemini_ws", cfg, pairs, http, host_rests=rests) as run:
+                await wait(lambda: venue.stats.rest_requests == 5)
+                host = rest_host(run.source.rest_url)
+                assert host is not None
+                rests.rest(host, time.monotonic() + 60.0, "gemini", "HTTP 429: too many")
+                await wait(lambda: any(e["event"] == "rest host rested" for e in logs))
+                assert venue.stats.rest_requests == 5
+                assert run.stats.dropped["rest_error"] == 0
+                assert run.state() is ConnState.DOWN
+    (said,) = [e for e in logs if e["event"] == "rest host rested"]
+    assert said["by"] == "gemini"
