@@ -310,7 +310,8 @@ class StreamHandler:
         # A market a reload removed stays in the set until the hub tells the connection so with
         # the next round (`market_removed`), which it tells only the connections that have it;
         # the ack lists only the markets the config has (a removed one has no place to list).
-        current = every if sub.markets is None else sub.markets
+        # Every market is also the ones the hub still publishes, until that round.
+        current = every.union(self._ctx.hub.markets) if sub.markets is None else sub.markets
         named = frozenset(market_list(op.markets, self._order)) if op.markets else None
         markets: frozenset[str] | None
         if op.op == "subscribe":

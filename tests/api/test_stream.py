@@ -444,6 +444,37 @@ async def test_a_request_between_a_reload_and_its_round_leaves_the_removed_marke
         assert ack == {"type": "unsubscribed", "markets": ["BTC/USD"]}
 
 
+async def test_an_unsubscribe_of_every_market_between_a_reload_and_its_round_tells_the_removal(
+    make_client: ClientFactory,
+) -> None:
+    """A connection receiving every market (SOL/USD among them) unsubscribes ETH/USD after a
+    reload removed SOL/USD, before the next round: its set becomes the markets it was
+    receiving less ETH/USD, SOL/USD kept until the round tells it `market_removed`, as an
+    explicit set keeps it. Before, the set was made from the reloaded config alone, which
+    lacks SOL/USD: the round told the connection nothing of a market it had been receiving."""
+    rig = rig_whose_reload_removes_sol()
+    client = await make_client(rig)
+    rig.step()
+    async with client.ws_connect("/v1/stream") as ws:
+        await ask(ws, {"op": "subscribe"})
+        assert [report(await recv(ws)) for _ in range(3)] == [
+            ("BTC/USD", 1),
+            ("ETH/USD", 1),
+            ("SOL/USD", 1),
+        ]
+        assert (await reload(client))["markets_removed"] == ["SOL/USD"]
+        ack = await ask(ws, {"op": "unsubscribe", "markets": ["ETH/USD"]})
+        assert ack == {"type": "unsubscribed", "markets": ["BTC/USD"]}
+        rig.step()
+        notice = await recv(ws)
+        assert (notice["type"], notice.get("code"), notice.get("markets")) == (
+            "error",
+            "market_removed",
+            ["SOL/USD"],
+        )
+        assert report(await recv(ws)) == ("BTC/USD", 2)
+
+
 async def _frames_after(
     make_client: ClientFactory, rig: Rig, requests: tuple[str, ...], count: int
 ) -> list[dict[str, Any]]:
