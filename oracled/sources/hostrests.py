@@ -6,9 +6,9 @@ would each pay one refused request to learn a ban the other already knows, and a
 into an IP ban may prolong it. The source that meets such a limit writes here until when the
 host rests; every source polling that host reads it before each poll round
 (`Source._host_resting`) and sends nothing until then. A venue whose published REST rate is
-one per IP (`Source.rest_rate_per_ip`: Pyth Hermes, Gemini) has its sources take their turns
-from one pacer per host (`HostRests.pacer`), not one each: two sources paced each under the
-limit would pass it together.
+one per IP (`Source.rest_rate_per_ip`: Pyth Hermes, Gemini, Kraken) has its sources take their
+turns from one pacer per host (`HostRests.pacer`), not one each: two sources paced each under
+the limit would pass it together.
 
 The service owns one `HostRests` and hands it to every source it builds; a source built alone
 (a test, a tool) has one of its own, which is the behaviour of a single source. Times are the

@@ -34,7 +34,8 @@ whose guidance for public endpoints is that calling them once a second or less s
 limits (as client libraries quote it, ccxt's among them, which sets 1 s between public calls; the
 article's own text was not at hand here). No key is sent, so the count can only be our IP's.
 Every request is paced at that rate
-(`rest_rate_per_s`, one at once): the default poll (every 2 s, one request for every symbol)
+(`rest_rate_per_s`, one at once), the sources polling one host taking their turns from one
+pacer (`rest_rate_per_ip`): the default poll (every 2 s, one request for every symbol)
 never waits. Errors come back as HTTP 200 with an ``error`` list; an unknown pair spoils the
 whole request, which is reported to the base as HTTP 400 so that it retries symbol by symbol and
 fails only the bad one; those one-pair requests go through the same pacer, one a second (before,
@@ -179,6 +180,9 @@ class KrakenSource(Source):
     #: pair do not go out as a burst.
     rest_rate_per_s: ClassVar[float | None] = 1.0
     rest_burst: ClassVar[float] = 1.0
+    #: That guidance can only count our IP (no key is sent): the sources polling one host
+    #: share one pacer.
+    rest_rate_per_ip: ClassVar[bool] = True
     #: The v2 ticker answers a subscription with a ``snapshot`` (its ``snapshot`` flag, true by
     #: default and not set here), then updates.
     snapshot_on_subscribe: ClassVar[bool] = True

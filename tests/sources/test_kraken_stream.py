@@ -5,17 +5,20 @@ fallback among them): test_stream_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 from typing import Any, ClassVar
 
+import aiohttp
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
-from venue_cases import CASE, Start, Wait
+from venue_cases import CASE, SPOT_USD, Start, Wait, running
 
 from oracled.config import SourceConfig
 from oracled.sim.kraken import KrakenSim
 from oracled.sources import ConnState, Source
+from oracled.sources.hostrests import HostRests
 from oracled.sources.kraken import KrakenSource
 
 # What `sim` and `start` build (conftest.py), with the adapter's own rate-limit window: the
@@ -95,6 +98,30 @@ async def test_the_one_pair_requests_after_an_unknown_pair_are_paced(
         assert run.stats.failed_instruments == {"FOO/USD": "EQuery:Unknown asset pair"}
         await wait(lambda: run.pairs() == set(prices))
         assert venue.rest_limited == 0 and run.stats.state is ConnState.POLLING
+
+
+async def test_two_kraken_sources_polling_one_host_share_its_pacing(
+    http: aiohttp.ClientSession, wait: Wait
+) -> None:
+    """Kraken's public guidance (about one call a second) can only count our IP, no key being
+    sent: two Kraken sources polling one host, sharing a `HostRests` as the service's sources
+    do, take their turns from one pacer (one a second between them) and stay under a
+    simulator that refuses a fourth request within 2 s, both quoted. Before, each had a pacer
+    of its own: two a second together, past it."""
+    rests = HostRests()
+    async with KrakenSim({"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}, rest_limit=(3, 2.0)) as venue:
+        venue.ws_enabled = False  # no stream: both sources poll
+        async with contextlib.AsyncExitStack() as stack:
+            runs = [
+                await stack.enter_async_context(
+                    running(sid, VENUE.make_config(venue), SPOT_USD, http, host_rests=rests)
+                )
+                for sid in ("kraken", "kraken")
+            ]
+            await wait(lambda: venue.stats.rest_requests >= 5, within_s=10.0)
+            assert venue.rest_limited == 0
+            await wait(lambda: all(len(run.pairs()) == 2 for run in runs))
+            assert venue.rest_limited == 0
 
 
 async def test_an_unreadable_rest_answer_is_counted_as_a_bad_body_not_a_failed_request(
