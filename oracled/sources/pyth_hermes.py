@@ -69,6 +69,7 @@ import aiohttp
 import msgspec
 from multidict import MultiDict
 
+from oracled.aggregate.robust import BAND_SLACK
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
@@ -223,7 +224,9 @@ class PythHermesSource(Source):
         super().__init__(source_id, cfg, mapped, emit, clock, session, stats)
         # Newest (publish_time, slot) seen per feed, so that no older update overrides it.
         self._newest: dict[str, tuple[int, int]] = {}
-        self._max_conf_ratio = cfg.max_conf_ratio
+        # A band of exactly the ratio is not wider than it (BAND_SLACK, as the gates' band):
+        # 5,190,000,000,000 x 0.0003 rounds under 1,557,000,000.
+        self._max_conf_ratio = cfg.max_conf_ratio * BAND_SLACK
 
     # ----------------------------------------------------------------- venue hooks
 

@@ -79,6 +79,17 @@ def test_a_pyth_price_read_again_is_emitted_once_and_again_when_it_goes_stale() 
     assert again.bid == first.bid
 
 
+@pytest.mark.parametrize(("conf", "flag"), [(1_557_000_000, None), (1_557_000_001, "confidence")])
+def test_a_pyth_band_of_exactly_max_conf_ratio_is_not_flagged(conf: int, flag: str | None) -> None:
+    """A band of exactly `max_conf_ratio` of the price is not wider than it: 15.57 on 51,900 at
+    0.0003 votes, as the gates take a band of exactly `max_confidence_ratio`. Before, the
+    product rounded under the conf and the price was flagged `confidence`; one unit wider is."""
+    spec = FeedSpec(feed_id=FEED_ID, max_age_s=60)
+    feed = PythEvmFeed("py", "ETH/USD", PYTH, spec, max_conf_ratio=0.0003)
+    got = feed.decode([(True, pyth_answer(5_190_000_000_000, conf, -8, NOW))], BLOCK, NOW * 1000)
+    assert isinstance(got, Quote) and got.flag == flag
+
+
 @pytest.mark.parametrize(
     ("build", "spec"),
     [

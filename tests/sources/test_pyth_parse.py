@@ -242,6 +242,26 @@ async def test_max_conf_ratio_is_configurable_per_source() -> None:
     assert [q.flag for q in loose.quotes] == [None]
 
 
+async def test_a_band_of_exactly_max_conf_ratio_is_not_flagged() -> None:
+    """A band of exactly `max_conf_ratio` of the price is not wider than it: 15.57 on 51,900 at
+    0.0003 votes, as the gates take a band of exactly `max_confidence_ratio` (BAND_SLACK).
+    Before, 5,190,000,000,000 x 0.0003 rounded to 1,556,999,999.9999998, under the conf of
+    1,557,000,000, and the quote was flagged `confidence`; a conf one unit wider still is."""
+    exact = BTC_BODY.replace(
+        b'"price":"5190075917635","conf":"2661582364"',
+        b'"price":"5190000000000","conf":"1557000000"',
+        1,
+    )
+    wider = exact.replace(b'"conf":"1557000000"', b'"conf":"1557000001"', 1)
+    assert BTC_BODY != exact != wider
+    flags = []
+    for body in (exact, wider):
+        async with open_harness(PYTH, max_conf_ratio=0.0003) as h:
+            h.source.on_rest(body, RECV)
+        flags.extend(q.flag for q in h.quotes)
+    assert flags == [None, "confidence"]
+
+
 @pytest.mark.parametrize("publish_time", [-1, -(10**17)])
 def test_a_publish_time_before_1970_is_a_bad_number_not_a_quote(
     publish_time: int, harness: Harness[PythHermesSource]

@@ -30,6 +30,7 @@ from typing import Final
 
 import structlog
 
+from oracled.aggregate.robust import BAND_SLACK
 from oracled.config import FeedSpec, SourceConfig
 from oracled.model import Quote
 from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
@@ -75,7 +76,9 @@ class PythEvmFeed(Feed):
         max_conf_ratio: float = DEFAULT_MAX_CONF_RATIO,
     ) -> None:
         super().__init__(source_id, pair)
-        self._max_conf_ratio = max_conf_ratio
+        # A band of exactly the ratio is not wider than it (BAND_SLACK, as the gates' band):
+        # 5,190,000,000,000 x 0.0003 rounds under 1,557,000,000.
+        self._max_conf_ratio = max_conf_ratio * BAND_SLACK
         if spec.feed_id is None or spec.max_age_s is None:
             raise ValueError("a Pyth feed needs feed_id and max_age_s")
         feed_id = bytes.fromhex(spec.feed_id[2:])
