@@ -44,7 +44,8 @@ way, under HTTP 200: ``{"error":["EAPI:Rate limit exceeded"],"result":{}}``
 (``EGeneral:Too many requests`` and ``EService:Throttled: <time>`` are read the same). The docs
 name no wait for the public endpoints (their "restricted for a few seconds" is said of the
 private per-key counter), so it is reported to the base as HTTP 429 and polls rest for
-`rest_limit_window_s` (or a ``Retry-After``, if one is ever sent). The response keys are
+`rest_limit_window_s` (or a ``Retry-After``, if one is ever sent): those of every source polling
+the host, the limit, with no key sent, being our IP's (`HostRests`). The response keys are
 Kraken's legacy pair names (``XXBTZUSD`` for ``XBTUSD``, ``XBTUSDT`` for ``XBTUSDT``, ``SOLUSD``,
 ``USDTZUSD`` for ``USDTUSD``, ``ZEURZUSD`` for ``EURUSD``); every form a symbol can come back
 under is mapped at construction, so nothing is fetched at start-up. REST carries no event time.
@@ -297,7 +298,8 @@ class KrakenSource(Source):
     async def _fetch(
         self, url: str, query: Mapping[str, str]
     ) -> tuple[int | None, bytes, str | None]:
-        """Kraken reports errors inside HTTP 200; turn them into failures the base understands."""
+        """Kraken reports errors inside HTTP 200; turn them into failures the base understands.
+        A rate limit is our IP's: every source polling the host rests with this one."""
         status, body, error = await super()._fetch(url, query)
         if error is not None:
             return status, body, error
@@ -310,6 +312,7 @@ class KrakenSource(Source):
         message = "; ".join(errors)[:200]
         if any(e.startswith(_RATE_LIMITS) for e in errors):
             self._retry_after_s = self.rate_limit_wait_s({})  # the base reads none from a 200
+            self._limit_ip_wide = True  # the public limit can only count our IP (module doc)
             return 429, body, message
         unknown = any(e.startswith("EQuery:Unknown asset pair") for e in errors)
         return (400 if unknown else status), body, message

@@ -124,6 +124,42 @@ async def test_two_kraken_sources_polling_one_host_share_its_pacing(
             assert venue.rest_limited == 0
 
 
+async def test_a_rate_limit_met_by_one_source_rests_every_kraken_source_of_the_host(
+    http: aiohttp.ClientSession, wait: Wait
+) -> None:
+    """Kraken's public limit can only count our IP, no key being sent. On a simulator past its
+    limit (it allows none), a kraken source polls (every 10 s here) and meets
+    ``EAPI:Rate limit exceeded`` on its first request, which rests the host for its poll
+    interval; a second kraken source on the same host, sharing a `HostRests` as the service's
+    sources do, then starts polling: it sends nothing, says so once (`rest host rested`, naming
+    the first) and is down, without a refused request of its own. Before, the error rested only
+    the source that met it, and the other polled into the limit (a second refusal)."""
+    rests = HostRests()
+    async with KrakenSim(
+        {"BTC/USD": 67_000.0, "ETH/USD": 3_500.0}, rate_hz=0.1, rest_limit=(0, 60.0)
+    ) as venue:
+        venue.ws_enabled = False  # no stream: the sources poll
+        with capture_logs() as logs:
+            async with contextlib.AsyncExitStack() as stack:
+                cfg = VENUE.make_config(venue, rest_poll_interval_s=10.0)
+                met = await stack.enter_async_context(
+                    running("kraken_a", cfg, SPOT_USD, http, KrakenSource, host_rests=rests)
+                )
+                await wait(lambda: venue.rest_limited == 1)
+                cfg = VENUE.make_config(venue)
+                rested = await stack.enter_async_context(
+                    running("kraken_b", cfg, SPOT_USD, http, KrakenSource, host_rests=rests)
+                )
+                await wait(lambda: any(e["event"] == "rest host rested" for e in logs))
+                assert venue.stats.rest_requests == 1 and venue.rest_limited == 1
+                assert met.stats.dropped["rest_error"] == 1
+                assert rested.stats.dropped["rest_error"] == 0
+                assert rested.state() is ConnState.DOWN and met.state() is ConnState.DOWN
+    said = [(e["source"], e["by"], e["delay_s"]) for e in logs if e["event"] == "rest host rested"]
+    assert len(said) == 1 and said[0][:2] == ("kraken_b", "kraken_a")
+    assert 0.0 < said[0][2] <= 10.0  # the poll interval of the source that met it, less since
+
+
 async def test_an_unreadable_rest_answer_is_counted_as_a_bad_body_not_a_failed_request(
     aiohttp_server: Any, start_config: Any, wait: Wait
 ) -> None:
