@@ -11,7 +11,9 @@ Two deliberate differences from the real venue, both to exercise the adapter's e
 unknown symbol in a SUBSCRIBE gets an error frame (the real venue stays silent), and the whole
 request is refused (nothing in it is subscribed).
 
-`server_shutdown()` sends the venue's ``serverShutdown`` notice. Faults: `spike` (this venue alone
+`server_shutdown()` sends the venue's ``serverShutdown`` notice. Faults: `property_error` (a
+message: every ``GET_PROPERTY`` is answered with an error frame carrying it, as an unknown
+property is), `spike` (this venue alone
 prints a wrong price), `silence` (socket open, nothing sent, not
 even pings), `disconnect` (drop every client), `garbage` (malformed frames), `ws_enabled = False`
 (handshakes refused with 503), `rest_enabled = False` (REST answers 503), `reset` (all cleared).
@@ -78,6 +80,7 @@ class BinanceSim(VenueSim):
         self.ping_interval_s = ping_interval_s
         self.pong_timeout_s = pong_timeout_s
         self.pings_received = 0  # GET_PROPERTY requests: the USD-M adapter's keep-alive
+        self.property_error: str | None = None  # set: every GET_PROPERTY is refused with it
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/stream", self.ws_handler)
@@ -94,6 +97,10 @@ class BinanceSim(VenueSim):
 
     def on_text(self, client: Client, text: str) -> None:
         client.send(json.dumps(self._control(client, text), separators=(",", ":")))
+
+    def reset(self) -> None:
+        super().reset()
+        self.property_error = None
 
     def server_shutdown(self) -> None:
         """Announce a server shutdown to every client (the venue closes the connections later).
@@ -160,6 +167,8 @@ class BinanceSim(VenueSim):
             self.pings_received += 1
             if params != ["combined"]:
                 return self._error(0, "Unknown property", request_id)
+            if self.property_error is not None:
+                return self._error(0, self.property_error, request_id)
             return {"result": True, "id": request_id}
         if method == "LIST_SUBSCRIPTIONS":
             return {

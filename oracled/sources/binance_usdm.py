@@ -33,7 +33,9 @@ errors. What differs, from the docs:
   asks the documented ``{"method":"GET_PROPERTY","params":["combined"],"id":0}`` every 10 s
   (``app_ping_interval_s``; keep ``liveness_timeout_s`` above it) and the answer,
   ``{"result":true,"id":0}``, is the sign of life. Subscribe ids count from 1, so id 0 is the
-  keep-alive's alone. Before, such a connection was cut as silent every liveness timeout.
+  keep-alive's alone. Before, such a connection was cut as silent every liveness timeout. An
+  error answer to it is life too, but worth a look: counted ``venue_error`` and logged
+  (``keep-alive refused``) once a connection, not at every keep-alive.
 - REST ``GET /fapi/v1/ticker/bookTicker`` has no multi-symbol parameter: one symbol costs weight 2,
   all symbols weight 5. One symbol asks for it alone; more ask for all in one request and keep
   the configured rows (5 weight per poll, far under the 2400 a minute an IP may spend).
@@ -51,7 +53,7 @@ import msgspec
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
-from oracled.sources._base import read_decimal
+from oracled.sources._base import VENUE_TEXT_KEPT, read_decimal
 from oracled.sources.binance import BinanceSource
 from oracled.sources.stats import SourceStats
 
@@ -135,6 +137,7 @@ class BinanceUsdmSource(BinanceSource):
         super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
         self._last_u: dict[str, int] = {}
         self._last_e: dict[str, int | None] = {}  # the event time of the frame that set each id
+        self._ping_refused = False  # this connection has had its keep-alive refused (said once)
 
     def stream_url(self) -> str:
         return f"{self.ws_url}/public/stream"
@@ -144,6 +147,7 @@ class BinanceUsdmSource(BinanceSource):
         # sequence can never freeze a symbol.
         self._last_u.clear()
         self._last_e.clear()
+        self._ping_refused = False
         return self.stream_url()
 
     def app_ping(self) -> str:
@@ -154,6 +158,18 @@ class BinanceUsdmSource(BinanceSource):
         if request_id == _PING_ID:
             return
         super()._ack(request_id)
+
+    def _reject(self, request_id: int | str | None, message: str) -> None:
+        """An error answer to the keep-alive is still life, and the venue would repeat it every
+        10 s: counted `venue_error` and logged once a connection, not at each keep-alive."""
+        if request_id != _PING_ID:
+            super()._reject(request_id, message)
+            return
+        if self._ping_refused:
+            return
+        self._ping_refused = True
+        self.stats.dropped["venue_error"] += 1
+        self._log.warning("keep-alive refused", message=message[:VENUE_TEXT_KEPT])
 
     def on_message(self, data: str | bytes, recv_ts: int) -> None:
         try:

@@ -5,6 +5,7 @@ test_stream_faults.py."""
 from __future__ import annotations
 
 from aiohttp import web
+from structlog.testing import capture_logs
 from venue_cases import CASE, RapidPingBinanceUsdm, Start, Wait
 
 from oracled.sim.binance_usdm import BinanceUsdmSim
@@ -54,3 +55,34 @@ async def test_get_property_answers_are_life_not_strays(start: Start, wait: Wait
         assert run.stats.dropped["unsolicited"] == 0 and run.stats.dropped["venue_error"] == 0
         assert run.stats.failed_instruments == {} and venue.stats.errors_sent == 0
         assert venue.stats.rate_limited == 0 and run.stats.reconnects == 0
+
+
+async def test_a_refused_keep_alive_is_counted_and_logged_once_a_connection(
+    start: Start, wait: Wait
+) -> None:
+    """A venue that answers the keep-alive with an error (``{"error":{..},"id":0}``) would say so
+    at every keep-alive, every 10 s. The answer is still life (the market muted, the connection
+    outlives the watchdog many times over), and it is counted `venue_error` and logged
+    `keep-alive refused` once a connection: once on the first, once more on the next after a
+    disconnect. Before, every refused keep-alive counted a `venue_error`, and the log said it
+    again each minute."""
+    async with BinanceUsdmSim(PRICES, message_limit=30) as venue:
+        venue.property_error = "Service unavailable"
+        with capture_logs() as logs:
+            run = await start(venue, cls=RapidPingBinanceUsdm)
+            await wait(lambda: run.state() is ConnState.STREAMING)
+            for symbol in PRICES:
+                venue.mute(symbol)
+            await wait(lambda: venue.pings_received >= 20)  # 2 s, four liveness timeouts
+            assert run.stats.reconnects == 0 and run.state() is ConnState.STREAMING
+            assert run.stats.dropped["venue_error"] == 1
+            for symbol in PRICES:
+                venue.unmute(symbol)
+            venue.disconnect()
+            await wait(lambda: run.stats.reconnects == 1 and run.state() is ConnState.STREAMING)
+            seen = venue.pings_received
+            await wait(lambda: venue.pings_received >= seen + 10)
+            assert run.stats.dropped["venue_error"] == 2
+        assert run.stats.failed_instruments == {} and run.stats.dropped["unsolicited"] == 0
+    refused = [e for e in logs if e["event"] == "keep-alive refused"]
+    assert [e["message"] for e in refused] == ["0: Service unavailable"] * 2
