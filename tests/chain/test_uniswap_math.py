@@ -461,6 +461,27 @@ def test_the_twap_is_emitted_when_spot_is_far_off_and_the_gap_is_counted() -> No
     assert logs[0]["gap"] == pytest.approx(0.1, rel=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("twap", "spot", "limit"),
+    [(100.0, 103.0, 0.03), (100.0, 97.0, 0.03), (2000.0, 2100.0, 0.05), (1.0, 0.95, 0.05)],
+)
+def test_a_spot_gap_of_exactly_the_limit_is_not_counted(
+    twap: float, spot: float, limit: float
+) -> None:
+    """A spot exactly `max_spot_deviation` away from the TWAP is within it, as every band of
+    the project takes its limit (`BAND_SLACK`), and a hair further is a gap. Before, the gap
+    was judged as |spot / twap - 1|, which rounds 103 on 100 to 0.030000000000000027: counted
+    and logged at 3 %."""
+    feed = make_feed(max_spot_gap=limit)
+    with capture_logs() as logs:
+        feed._cross_check(twap, spot)
+        assert feed.spot_gaps == 0 and logs == []
+        assert feed.last_spot_gap == pytest.approx(limit, rel=1e-9)
+        feed._cross_check(twap, spot + (spot - twap) * 1e-6)
+    assert feed.spot_gaps == 1
+    assert [e["event"] for e in logs] == ["uniswap_spot_gap"]
+
+
 def test_a_pool_below_the_liquidity_minimum_is_flagged_not_priced() -> None:
     """In-range liquidity under the minimum: the quote carries flag 'liquidity'."""
     feed = make_feed(min_liquidity=10**18)
