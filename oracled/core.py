@@ -30,7 +30,8 @@ import numpy as np
 import numpy.typing as npt
 
 from oracled.aggregate.book import FLAG_BASE, Book, DropReason, Layout, SlotKey
-from oracled.aggregate.robust import BAND_SLACK, row_order, weighted_quantiles
+from oracled.aggregate.robust import row_order, weighted_quantiles
+from oracled.bands import BAND_SLACK
 from oracled.config import Config
 from oracled.gates.machine import GateInputs, GateParams, GateState, step
 from oracled.mark.engine import MarkEngine, MarkRound

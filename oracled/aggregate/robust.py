@@ -10,12 +10,10 @@ survivors, a subset of them): `row_order` lets the second call reuse the first c
 
 from __future__ import annotations
 
-from typing import Final
-
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BAND_SLACK", "row_order", "weighted_quantiles"]
+__all__ = ["row_order", "weighted_quantiles"]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -24,15 +22,6 @@ IntArray = npt.NDArray[np.intp]
 # Relative slack when comparing cumulative weights with a target, so that a target that falls
 # exactly on a boundary (the even-count median) averages the two neighbours, like the plain median.
 _EPS = 1e-12
-
-#: A relative band's edge as a factor on `limit x reference`: the config's limits are decimals
-#: binary cannot hold (0.01, 0.35), and the product rounds again, so a value exactly at a decimal
-#: limit (101 on 100 at 1 %, 14,850 on 11,000 at 35 %) lands a few units of the last bit either
-#: side of it. 1e-12 of the band takes in every such value and none a price's digits can tell
-#: apart from them. Compared as |v - c| against it, never as |v / c - 1|, which rounds more.
-#: The weight majority (gates) takes it too: survivors holding half of the usable weight in
-#: decimals are no majority whatever their float sums say, as weights within `_EPS` tie here.
-BAND_SLACK: Final = 1.0 + _EPS
 
 
 def row_order(values: FloatArray, mask: BoolArray) -> IntArray:

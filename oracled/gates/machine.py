@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from oracled.aggregate.robust import BAND_SLACK
+from oracled.bands import BAND_SLACK
 from oracled.model import REASON_BITS, Status
 
 __all__ = ["GateInputs", "GateParams", "GateState", "step"]

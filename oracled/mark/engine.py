@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from oracled.aggregate.book import Layout, SlotKey
-from oracled.aggregate.robust import BAND_SLACK
+from oracled.bands import BAND_SLACK
 from oracled.config import Config, MarkConfig
 from oracled.mark.formulas import decay, ema_update, funding_rate, median, premium_of
 from oracled.model import Mark, MarkEstimators, Quote

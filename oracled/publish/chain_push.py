@@ -63,7 +63,7 @@ import aiohttp
 import numpy as np
 import structlog
 
-from oracled.aggregate.robust import BAND_SLACK
+from oracled.bands import BAND_SLACK
 from oracled.clock import Clock
 from oracled.config import PUSH_PRICE_MAX, ChainConfig, PushConfig
 from oracled.errors import ConfigError, OracledError, shown

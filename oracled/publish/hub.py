@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 import msgspec
 
 from oracled.aggregate.book import Layout
-from oracled.aggregate.robust import BAND_SLACK
+from oracled.bands import BAND_SLACK
 from oracled.core import RoundResult
 from oracled.errors import OracledError
 from oracled.mark.engine import MarkValues

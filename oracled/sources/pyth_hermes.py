@@ -69,7 +69,7 @@ import aiohttp
 import msgspec
 from multidict import MultiDict
 
-from oracled.aggregate.robust import BAND_SLACK
+from oracled.bands import BAND_SLACK
 from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote

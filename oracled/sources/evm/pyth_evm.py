@@ -30,7 +30,7 @@ from typing import Final
 
 import structlog
 
-from oracled.aggregate.robust import BAND_SLACK
+from oracled.bands import BAND_SLACK
 from oracled.config import FeedSpec, SourceConfig
 from oracled.model import Quote
 from oracled.sources.evm.feed import Block, Call, Feed, FeedResult

@@ -49,7 +49,7 @@ from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_abi.exceptions import DecodingError
 
-from oracled.aggregate.robust import BAND_SLACK
+from oracled.bands import BAND_SLACK
 from oracled.config import FeedSpec
 from oracled.model import Quote
 from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
