@@ -98,9 +98,10 @@ __all__ = [
 _T = TypeVar("_T")
 
 
-class _HostRested(Exception):
-    """A limit on our IP was learnt (by this source or another of the host) while a request
-    waited for its turn: it is not sent, and the poll round ends (`_poll_loop`)."""
+class _NotSent(Exception):
+    """While a poll's request waited for its turn (the REST pacer), the stream came back or a
+    limit on our IP was learnt (by this source or another of the host): it is not sent, and
+    the poll round ends (`_poll_loop`)."""
 
 
 class BodyTooLarge(aiohttp.ClientPayloadError):
@@ -1207,7 +1208,7 @@ class Source(abc.ABC):
         Rate-limit answers (429, 418) are never split, so that they cannot multiply requests; they
         end the round, and the next waits as long as they ask (`rate_limit_wait_s`: the venues'
         rule). A limit on our IP that another source of the host learns during the round ends it
-        too, before its next request (`_fetch`).
+        too, before its next request (`_fetch`), as does the stream coming back.
         The source is polling only while answers bring prices (new ones, or ones we already
         had): a 200 without any (a proxy's page, an error body, no rows of ours) leaves it down,
         once such answers have asked for every symbol since the last one that priced (OKX polls
@@ -1224,7 +1225,7 @@ class Source(abc.ABC):
             symbols = [s for s in self.symbols if s not in self.stats.failed_instruments]
             size = 1 if split else self.rest_batch_size
             batches = [symbols[i : i + size] for i in range(0, len(symbols), size)]
-            split = rested = False
+            split = stopped = False
             answered, priced, pause = False, False, interval
             for batch in batches:
                 request = self.rest_request(batch)
@@ -1232,8 +1233,8 @@ class Source(abc.ABC):
                     break
                 try:
                     status, body, error = await self._fetch(*request)
-                except _HostRested:  # learnt during the round: the next one waits it out
-                    rested = True
+                except _NotSent:  # the next round waits for the outage, or out the rest
+                    stopped = True
                     break
                 if not self._down.is_set():  # the stream came back during the request
                     break
@@ -1272,7 +1273,7 @@ class Source(abc.ABC):
                             until = self._clock.monotonic() + pause
                             self.host_rests.rest(self._rest_host, until, self.source_id, error)
                         break
-            if rested:
+            if stopped:
                 continue
             if pause > interval:
                 # The answer's own words too: a venue may say a limit under another status.
@@ -1356,10 +1357,13 @@ class Source(abc.ABC):
         self._limit_ip_wide = False  # a venue's `_fetch` says when an answer is one
         if self._pacer is not None:
             await self._pacer.take()
-        # A round checks the host's rest when it starts; one learnt since (another source's
-        # 429 while this one waited for its turn) stops the round's later requests here.
-        if self.host_rests.until(self._rest_host)[0] > self._clock.monotonic():
-            raise _HostRested
+        # A round checks the outage and the host's rest when it starts; a stream back since, or
+        # a rest learnt since (another source's 429 while this one waited for its turn), stops
+        # the round's later requests here.
+        if not self._down.is_set() or (
+            self.host_rests.until(self._rest_host)[0] > self._clock.monotonic()
+        ):
+            raise _NotSent
         try:
             async with asyncio.timeout(max(self.cfg.rest_poll_interval_s, 1.0)):
                 async with self._http.get(url, params=query, allow_redirects=False) as resp:
