@@ -1360,9 +1360,7 @@ class Source(abc.ABC):
         # A round checks the outage and the host's rest when it starts; a stream back since, or
         # a rest learnt since (another source's 429 while this one waited for its turn), stops
         # the round's later requests here.
-        if not self._down.is_set() or (
-            self.host_rests.until(self._rest_host)[0] > self._clock.monotonic()
-        ):
+        if self._streaming or self.host_rests.until(self._rest_host)[0] > self._clock.monotonic():
             raise _NotSent
         try:
             async with asyncio.timeout(max(self.cfg.rest_poll_interval_s, 1.0)):
