@@ -1540,6 +1540,13 @@ async def test_a_read_in_chunks_takes_every_price_and_pause_all_at_one_block(rig
     assert not [m for m in _FIVE if (await rig.feed_of(m))[4]]
 
 
+def _not_canonical(request: Any) -> dict[str, Any]:
+    """geth's answer to a read pinned with `requireCanonical` to a block a reorganisation
+    orphaned (the request's own block hash)."""
+    gone = "hash " + request["params"][1]["blockHash"] + " is not currently canonical"
+    return {"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32000, "message": gone}}
+
+
 @pytest.mark.parametrize("fault", ["unreadable", "not_canonical"])
 async def test_a_chunk_that_fails_fails_the_whole_read_and_the_next_one_reads_every_chunk(
     rig: Rig, fault: str
@@ -1558,9 +1565,7 @@ async def test_a_chunk_that_fails_fails_the_whole_read_and_the_next_one_reads_ev
             if len(chunks) == 2 and fault == "unreadable":
                 answer["result"] = answer["result"][:-64]
             elif len(chunks) == 2:
-                gone = "hash " + request["params"][1]["blockHash"] + " is not currently canonical"
-                return {"jsonrpc": "2.0", "id": request["id"], "error": {
-                    "code": -32000, "message": gone}}  # fmt: skip
+                return _not_canonical(request)
         return answer
 
     proxy.rewrite = second_chunk_fails
@@ -1597,9 +1602,7 @@ async def test_a_reorganisation_under_a_read_is_retried_and_not_counted_as_a_ref
         if isinstance(request, dict) and _latest_many(request):
             chunks.append(request["params"][1])
             if len(chunks) == 2:
-                gone = "hash " + request["params"][1]["blockHash"] + " is not currently canonical"
-                return {"jsonrpc": "2.0", "id": request["id"], "error": {
-                    "code": -32000, "message": gone}}  # fmt: skip
+                return _not_canonical(request)
         return answer
 
     proxy.rewrite = second_chunk_orphaned
