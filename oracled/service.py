@@ -117,8 +117,8 @@ NO_CONFIG_FILE = "this daemon was not started from a config file"
 _RESTART_MAX_S = 30.0
 #: The interpreter's default: deep enough for the daemon, shallow enough for the C stack.
 RECURSION_LIMIT = 1000
-#: Most rounds a blocked round loop computes afterwards (10 minutes at 250 ms, a few seconds of
-#: CPU at 1,000 markets); a longer stall skips the rest, and says so.
+#: Most rounds a blocked round loop computes afterwards in one pass (10 minutes at 250 ms, a few
+#: seconds of CPU at 1,000 markets); a longer stall skips the rest, and says so.
 MAX_CATCH_UP_ROUNDS = 2_400
 
 
@@ -730,8 +730,7 @@ class Service:
                         by_ms=stepped,
                         rounds=missed,
                     )
-                self._catch_up(tick, missed, interval, log)
-                tick += missed * interval
+                tick = self._catch_up(tick, missed, interval, log)
                 self._release_held(tick)
             self.metrics.round_lag.observe(max(0, self.clock.now_ms() - tick) / 1000.0)
             if self._unapplied:
@@ -773,24 +772,38 @@ class Service:
 
     def _catch_up(
         self, first: int, missed: int, interval: int, log: structlog.typing.FilteringBoundLogger
-    ) -> None:
+    ) -> int:
         """Compute the rounds a blocked loop missed, in order and unpublished (their time has
-        passed). A replay of the tape runs every round (docs/contracts.md), so the gates'
-        streaks and the round numbers only match it if the daemon runs them too."""
-        run = min(missed, MAX_CATCH_UP_ROUNDS)  # counted, not logged: a loaded loop does it often
-        if run < missed:  # past the cap, the oldest are skipped: only those a replay runs
-            log.warning(
-                "round loop blocked past the catch-up limit: a replay differs from here",
-                missed=missed,
-                skipped=missed - run,
-            )
-        for k in range(missed - run, missed):
-            round_ts = first + k * interval
-            self._release_held(round_ts)
-            if self._unapplied:
-                self._applied_to(round_ts)
-            self._log_transitions(self.core.run_round(round_ts), log)
-        self.rounds_caught_up += run
+        passed), and return the time of the round to publish. A replay of the tape runs every
+        round (docs/contracts.md), so the gates' streaks and the round numbers only match it if
+        the daemon runs them too.
+
+        The catch-up takes time as well (seconds at 1,000 markets), and the round after it, had
+        it been chosen before, would have been published as old as the catch-up took: the
+        rounds whose time passed meanwhile are caught up too, pass after pass, while each pass
+        is shorter than the one before. A core slower than its clock never catches up: the
+        round after its last pass is the one returned."""
+        while True:
+            # Counted, not logged: a loaded loop does it often.
+            run = min(missed, MAX_CATCH_UP_ROUNDS)
+            if run < missed:  # past the cap, the oldest are skipped: only those a replay runs
+                log.warning(
+                    "round loop blocked past the catch-up limit: a replay differs from here",
+                    missed=missed,
+                    skipped=missed - run,
+                )
+            for k in range(missed - run, missed):
+                round_ts = first + k * interval
+                self._release_held(round_ts)
+                if self._unapplied:
+                    self._applied_to(round_ts)
+                self._log_transitions(self.core.run_round(round_ts), log)
+            self.rounds_caught_up += run
+            first += missed * interval
+            behind = self.clock.now_ms() - first
+            if behind <= interval or behind // interval >= run:  # caught up, or never will
+                return first
+            missed = behind // interval
 
     @staticmethod
     def _signing_floor(cfg: Config, signer: RoundSigner) -> int | None:

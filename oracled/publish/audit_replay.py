@@ -9,8 +9,8 @@ manual pauses and resumes at the rounds they first applied to and each reload's 
 in at its stored time. Rounds before the window are replayed, not compared: the gates remember.
 
 The schedule comes from the stored rounds, not from the interval: a blocked loop computes the
-rounds it missed late and unpublished (at most `service.MAX_CATCH_UP_ROUNDS`, the oldest ones
-beyond that never run), and a full queue drops rounds from the trail, so between two stored
+rounds it missed late and unpublished (at most `service.MAX_CATCH_UP_ROUNDS` a pass, the oldest
+ones beyond that never run), and a full queue drops rounds from the trail, so between two stored
 rounds numbered n1 < n2 at t1 < t2 the core ran n2 - n1 - 1 rounds, at the last ticks before t2.
 
 Each report is compared byte for byte with its stored body (the msgpack the writer stored,

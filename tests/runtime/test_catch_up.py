@@ -1,0 +1,81 @@
+"""After the round loop fell behind, the round it publishes is the present one, never a past one.
+
+A blocked loop (a stopped process, a starved CPU, a slow round) computes the rounds it missed,
+unpublished, then publishes the present round. The catch-up takes time too: at 1,000 markets
+its 2,400 rounds hold the loop about 3.5 s, and the present round, chosen before it ran, went
+out as old as the catch-up took, served by the API with 200 as the current price. Here the cost
+of a round is put on an injected clock that moves only when told, so the ages are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from one_venue import service_running, stalling_config
+
+from oracled.clock import ManualClock
+from oracled.config import Config
+from oracled.service import Service
+from oracled.sim import BinanceSim
+
+INTERVAL = 50  # stalling_config's round interval, ms
+T0 = 1_800_000_000_000  # a multiple of INTERVAL: the first round's tick
+
+
+class _Costly(Service):
+    """A daemon whose rounds each take `cost_ms` of its clock, as a core of many markets does:
+    the clock moves while the loop computes, through a catch-up too. `published` holds each
+    published round's time and the clock's when it went out."""
+
+    def __init__(self, cfg: Config, clock: ManualClock) -> None:
+        super().__init__(cfg, clock=clock)
+        self.manual = clock
+        self.cost_ms = 0
+        self.published: list[tuple[int, int]] = []
+
+    def _log_transitions(self, result: Any, log: Any) -> None:
+        super()._log_transitions(result, log)  # every round computed, published or not
+        if self.hub.latest_result is result:
+            self.published.append((result.ts, self.manual.now_ms()))
+        self.manual.advance(self.cost_ms)
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    """Until `done()` (bounded: a failure, not a hang)."""
+    async with asyncio.timeout(10):
+        while True:
+            if done():
+                return
+            await asyncio.sleep(0.005)
+
+
+async def _published(service: _Costly, count: int) -> None:
+    """Until `count` rounds have been published."""
+    await _until(lambda: len(service.published) >= count)
+
+
+async def test_the_round_published_after_a_catch_up_is_the_present_one() -> None:
+    """The loop blocked for 40 intervals, its rounds taking 10 ms each: the 39 rounds missed
+    take 390 ms to catch up, in which the clock passes 7 more round times, and so on. Every
+    round time is computed once, in order (the round numbers go on as a replay's), and the
+    round published is the latest whose time has passed when it goes out: it was the one
+    chosen before the catch-up, 390 ms (8 intervals) old."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        clock = ManualClock(T0)
+        service = _Costly(stalling_config(sim), clock)
+        async with service_running(service):
+            await service.started.wait()
+            clock.advance(1)  # past the first tick: round 1 runs
+            await _published(service, 1)
+            service.cost_ms = 10
+            clock.advance(40 * INTERVAL)  # the loop wakes 40 intervals late
+            await _published(service, 2)
+            latest = service.hub.latest_result
+    assert service.published[0] == (T0, T0 + 1)
+    ts, at = service.published[1]
+    assert 0 <= at - ts <= INTERVAL, (at - ts, service.published)
+    assert latest is not None and latest.ts == ts
+    assert latest.round == 1 + (ts - T0) // INTERVAL  # every round time computed once
+    assert service.rounds_caught_up == latest.round - 2
