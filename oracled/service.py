@@ -216,6 +216,7 @@ class Service:
         self.core = Core(cfg)
         self.rounds_caught_up = 0  # rounds the round loop computed late, unpublished
         self.rounds_published = 0  # rounds the round loop computed on time and published
+        self._behind_told = False  # that rounds go unpublished, older than the stall limit
         # Each perpetual market's last mark mode other than "none" (docs/mark.md), so that a
         # mark entering or leaving the fallback is logged once per change, not once per round.
         self._mark_modes: dict[str, str] = {}
@@ -735,6 +736,12 @@ class Service:
             self.metrics.round_lag.observe(max(0, self.clock.now_ms() - tick) / 1000.0)
             if self._unapplied:
                 self._applied_to(tick)
+            late, limit = self.clock.now_ms() - tick, self._stall_limit_ms()
+            if late > limit:  # no round older than the stall limit goes out
+                self._run_unpublished(tick, late, limit, log)
+                last = tick
+                continue
+            self._behind_told = False
             started = time.perf_counter()
             result = self.core.run_round(tick)
             if self._recorder is not None and not self.rounds_published:
@@ -782,7 +789,8 @@ class Service:
         it been chosen before, would have been published as old as the catch-up took: the
         rounds whose time passed meanwhile are caught up too, pass after pass, while each pass
         is shorter than the one before. A core slower than its clock never catches up: the
-        round after its last pass is the one returned."""
+        round after its last pass is the one returned (published only within the stall limit,
+        `_run_unpublished`)."""
         while True:
             # Counted, not logged: a loaded loop does it often.
             run = min(missed, MAX_CATCH_UP_ROUNDS)
@@ -804,6 +812,25 @@ class Service:
             if behind <= interval or behind // interval >= run:  # caught up, or never will
                 return first
             missed = behind // interval
+
+    def _run_unpublished(
+        self, tick: int, late: int, limit: float, log: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        """Compute the round at `tick`, `late` ms past its time, more than the stall limit
+        (`limit`, the API's): unpublished, counted as caught up. A core slower than its
+        clock gets here (`_catch_up`); its rounds would go out older every time, each served as
+        current: none goes out rather, so that the API says `stalled` after the limit, as for a
+        loop that publishes nothing. Said once, until a round goes out."""
+        if not self._behind_told:
+            log.warning(
+                "round loop behind its clock past the stall limit: rounds are computed, "
+                "not published",
+                behind_ms=late,
+                limit_ms=round(limit),
+            )
+            self._behind_told = True
+        self._log_transitions(self.core.run_round(tick), log)
+        self.rounds_caught_up += 1
 
     @staticmethod
     def _signing_floor(cfg: Config, signer: RoundSigner) -> int | None:

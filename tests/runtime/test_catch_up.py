@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from one_venue import service_running, stalling_config
 
 from oracled.clock import ManualClock
@@ -79,3 +80,36 @@ async def test_the_round_published_after_a_catch_up_is_the_present_one() -> None
     assert latest is not None and latest.ts == ts
     assert latest.round == 1 + (ts - T0) // INTERVAL  # every round time computed once
     assert service.rounds_caught_up == latest.round - 2
+
+
+async def test_a_core_slower_than_its_clock_publishes_no_round_past_the_stall_limit() -> None:
+    """Rounds taking 1.5 intervals each never catch up: the loop falls further behind every
+    round. It publishes while its rounds are within the stall limit (0.5 s here), then computes
+    them unpublished, and the price endpoints answer 503 `stalled`, as for a loop that publishes
+    nothing. Before, each catch-up published its present round, older every time (seconds,
+    then minutes), and the API served it with 200. Once rounds are cheap again it catches up
+    and publishes the present round."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        clock = ManualClock(T0)
+        service = _Costly(stalling_config(sim), clock)
+        service.ready_min_s = 0.5  # the stall limit: 0.5 s at 50 ms rounds
+        async with service_running(service), aiohttp.ClientSession() as http:
+            await service.started.wait()
+            base = f"http://127.0.0.1:{service.bound_port}"
+            clock.advance(1)
+            await _published(service, 1)
+            service.cost_ms = 75
+            clock.advance(INTERVAL)  # round 2's time: from here the loop falls behind
+            await _until(lambda: clock.now_ms() >= T0 + 3_000)  # 60 round times later
+            async with http.get(base + "/v1/prices") as resp:
+                stalled = resp.status, await resp.json()
+            behind = len(service.published)
+            service.cost_ms = 0
+            await _published(service, behind + 1)
+            async with http.get(base + "/v1/prices") as resp:
+                back = resp.status
+    ages = [at - ts for ts, at in service.published]
+    assert max(ages) <= 500, ages
+    assert stalled[0] == 503 and stalled[1]["error"]["code"] == "stalled", stalled
+    assert ages[-1] <= INTERVAL, ages
+    assert back == 200
