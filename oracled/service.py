@@ -340,6 +340,8 @@ class Service:
         self.stop_deadline: float | None = None  # the loop's time the stop must end by
         #: When (clock.monotonic()) the round loop last published, or started: /readyz, /healthz.
         self.round_at: float | None = None
+        #: How long after its time the latest round was published, s (the API's stall rule).
+        self.round_late_s = 0.0
         #: The floors of their round-age limits (oracled/api/ops.py; tests lower them).
         self.ready_min_s, self.alive_min_s = 5.0, 60.0
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
@@ -751,6 +753,7 @@ class Service:
             self.metrics.round_duration.observe(time.perf_counter() - started)
             self.hub.publish(result)
             self.round_at = self.clock.monotonic()
+            self.round_late_s = max(0, self.clock.now_ms() - tick) / 1000.0
             mark, still = (self.clock.now_ms(), self.round_at), False
             self._publish_round(result)
             if self.audit is not None:
@@ -986,6 +989,7 @@ class Service:
             on_reload=self.reload if self.config_path is not None else None,
             reload_unavailable=self.no_reload,
             round_at=lambda: self.round_at,
+            round_late_s=lambda: self.round_late_s,
             # A stalled loop: the stall watch signs one notice for the signed streams and NATS.
             signer=self.signer,
             on_stalled=self.nats.stalled if self.nats is not None else None,

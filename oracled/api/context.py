@@ -56,6 +56,11 @@ class ApiContext:
     #: When (`clock.monotonic()`) the round loop last published a round, or started; None
     #: before it starts. /readyz and /healthz fail when it is too long ago (oracled/api/ops.py).
     round_at: Callable[[], float | None] = lambda: None
+    #: How long after its time (s) the latest round was published: a round published late (a
+    #: core slower than its clock) is that much older than its publication says, and `stalled`
+    #: counts it. Read on the wall clock once, at the publication: a clock stepped later moves
+    #: nothing.
+    round_late_s: Callable[[], float] = lambda: 0.0
     #: The rounds' key, when they are signed: the stall watch signs its notice with it, so that
     #: the signed subscribers and NATS get a notice a client can verify.
     signer: RoundSigner | None = None
@@ -87,12 +92,16 @@ class ApiContext:
         return round_limit_s(self.current_config.oracle.round_interval_ms, rounds, floor_s)
 
     def stalled(self) -> str | None:
-        """Why the latest round is not served as current, or None while rounds come: the round
-        loop has published none for `READY_ROUNDS` intervals (`ready_min_s` at least), so its
-        last round would be read as live prices. Every answer built from it says so (code
-        `stalled`): the price endpoints, the streams' snapshots, /readyz."""
-        age = self.round_age_s()
+        """Why the latest round is not served as current, or None while rounds come: it is
+        older than `READY_ROUNDS` intervals (`ready_min_s` at least), its age being how late it
+        was published plus the time since (the round loop has published none for that long, or
+        published it late), so it would be read as live prices. Every answer built from it says
+        so (code `stalled`): the price endpoints, the streams' snapshots, /readyz."""
+        since = self.round_age_s()
+        if since is None:
+            return None
+        age = since + self.round_late_s()
         limit = self.round_limit_s(READY_ROUNDS, self.ready_min_s)
-        if age is None or age <= limit:
+        if age <= limit:
             return None
         return f"the latest round is {age:.1f} s old (limit {limit:g} s): rounds have stalled"

@@ -113,3 +113,31 @@ async def test_a_core_slower_than_its_clock_publishes_no_round_past_the_stall_li
     assert stalled[0] == 503 and stalled[1]["error"]["code"] == "stalled", stalled
     assert ages[-1] <= INTERVAL, ages
     assert back == 200
+
+
+async def test_a_round_published_late_is_as_old_as_its_time_says_to_the_stall_rule() -> None:
+    """Rounds that take exactly an interval each keep a loop that woke 9 intervals late that
+    far behind for good: every round it publishes is 461 ms past its time, within the stall
+    limit (0.5 s here), and the API, answering between two rounds, finds the latest 50 ms after
+    its publication: 511 ms old. The price endpoints answer 503 `stalled`. The stall rule
+    counted from the publication alone, 50 ms, and served the round with 200."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        clock = ManualClock(T0)
+        service = _Costly(stalling_config(sim), clock)
+        service.ready_min_s = 0.5
+        async with service_running(service), aiohttp.ClientSession() as http:
+            await service.started.wait()
+            base = f"http://127.0.0.1:{service.bound_port}"
+            clock.advance(1)
+            await _published(service, 1)
+            service.cost_ms = INTERVAL
+            clock.advance(10 * INTERVAL + 10)  # woken 9 intervals and 11 ms late
+            await _published(service, 3)
+            async with http.get(base + "/v1/prices/BTC-USDT") as resp:
+                answer = resp.status, await resp.json()
+            async with http.get(base + "/readyz") as resp:
+                ready = resp.status, await resp.json()
+    assert [at - ts for ts, at in service.published[1:]][:3] == [461, 461, 461]
+    assert answer[0] == 503 and answer[1]["error"]["code"] == "stalled", answer
+    assert "the latest round is 0.5 s old (limit 0.5 s)" in answer[1]["error"]["message"]
+    assert ready[0] == 503 and ready[1]["round_age_s"] == 0.05, ready  # since its publication
