@@ -505,6 +505,12 @@ def _chain_families(
         "node did not hold it at its read).",
         labels=["chain", "reason"],
     )
+    left = CounterMetricFamily(
+        "oracled_chain_new_heads_left",
+        "newHeads sockets left for polling: a poll found a block they had not delivered, "
+        "silent (no notice) or refused (only refused heads, e.g. from the future).",
+        labels=["chain", "reason"],
+    )
     failovers = CounterMetricFamily(
         "oracled_chain_failovers",
         "Switches to the next RPC endpoint after a failure, by client (reader, pusher).",
@@ -561,6 +567,8 @@ def _chain_families(
             family.add_metric(name, getattr(st, key))
         for reason, key in _REFUSED_REASONS:
             refused.add_metric([st.chain, reason], getattr(st, key))
+        left.add_metric([st.chain, "silent"], st.silent_left)
+        left.add_metric([st.chain, "refused"], st.refused_left)
         rpc(st.chain, _READER, st.endpoints)
         for (source, pair), gaps in sorted(st.spot_gaps.items()):
             spot_gaps.add_metric([st.chain, source, pair], gaps)
@@ -568,7 +576,7 @@ def _chain_families(
             sequencer.add_metric(name, 1.0 if st.sequencer_up else 0.0)
     if push is not None and push.endpoints:
         rpc(push.chain, _PUSHER, push.endpoints)
-    yield from (head, age, limit, *counters.values(), refused, failovers, requests, latency,
+    yield from (head, age, limit, *counters.values(), refused, left, failovers, requests, latency,
                 errors, spot_gaps, sequencer)  # fmt: skip
 
 

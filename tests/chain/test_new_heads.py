@@ -363,10 +363,44 @@ async def test_a_silent_subscription_is_caught_within_a_few_block_times(
             await until(lambda: relay.connections >= 2 and reader.stats.mode == "newHeads")
             down = [e for e in logs if e["event"] == "newHeads down, polling"]
             assert "silent" in down[0]["error"]
+            assert reader.stats.silent_left >= 1 and reader.stats.refused_left == 0
             relay.mode = "relay"
             await chain.mine()  # the second silent subscription is caught the same way
             await until(lambda: relay.following == 1 and reader.stats.mode == "newHeads")
             await read_by_new_heads(chain, snapshot, got)
+        finally:
+            await stop(task)
+
+
+async def test_a_subscription_sending_only_heads_from_the_future_is_left_for_polling(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """A subscription whose heads all come from the future (refused, counted `future`) arrive
+    more often than three block times: the silence rule never fired, and the reader stayed on
+    the socket, refusing head after head, while the chain moved on unread. Refused heads no
+    longer break the silence: the poll after three block times finds the new block, the
+    socket is left (counted, logged), and the reader subscribes again."""
+    relay.mode = "future"
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
+                         poll_interval_s=0.02, block_time_s=0.1)  # fmt: skip
+    got = watch_eth(reader, snapshot.eth_proxy)
+    with capture_logs() as logs:
+        task = asyncio.create_task(reader.run())
+        try:
+            await until(lambda: reader.stats.mode == "newHeads")
+            assert [q.price for q in got.quotes] == [3000.0]
+            await chain.transact(snapshot.eth_aggregator, UPDATE, 3200_00000000)
+            await got.until(lambda: got.last.price == 3200.0)
+            await until(lambda: reader.stats.refused_left >= 1 and relay.connections >= 2)
+            assert reader.stats.future_blocks >= 2  # refused head by head
+            assert reader.stats.silent_left == 0
+            down = [e for e in logs if e["event"] == "newHeads down, polling"]
+            assert "only refused heads" in down[0]["error"]
+            relay.mode = "relay"
+            await chain.mine()  # the second subscription from the future is left the same way
+            await until(lambda: relay.following == 1 and reader.stats.mode == "newHeads")
+            await read_by_new_heads(chain, snapshot, got)
+            assert reader.stats.last_block is not None and reader.stats.last_block < 1 << 32
         finally:
             await stop(task)
 

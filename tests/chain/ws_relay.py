@@ -10,7 +10,10 @@ limit (`_DEEP`, a broken or hostile node), then holds the socket; "redirect" ans
 handshake with a 307 to anvil's own WebSocket, spelled http:// as a client follows it (the
 node's notices, from a host nobody gave); "negative" relays as "relay" does, but with every
 notice's block number written negative ("0x1f" as "-0x1f", which `int(x, 16)` takes), each one
-so sent counted in `garbled`.
+so sent counted in `garbled`; "future" passes the subscription's answer and then, every
+`FUTURE_EVERY_S`, a notice of a new head (each a number higher, a hash of its own) stamped
+`FUTURE_S` ahead of this machine's clock, and nothing of the node's (a node whose clock runs
+ahead, sending heads faster than any silence is noticed), each one counted in `garbled`.
 `connections` counts the sockets opened to it, `open` those not closed yet, `following` the
 ones relayed past the subscription's answer in "relay" (or "negative") mode.
 """
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from typing import Final
 
 import aiohttp
 from aiohttp import web
@@ -26,6 +31,11 @@ from aiohttp import web
 _REFUSAL = '{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"method not found"}}'
 _CHATTER = '{"jsonrpc":"2.0","id":77,"result":true}'
 _DEEP = '{"jsonrpc":"2.0","x":' + "[" * 100_000 + "]" * 100_000 + "}"
+#: How far ahead of the clock a "future" head is stamped, and how often one is sent.
+FUTURE_S: Final = 3600
+FUTURE_EVERY_S: Final = 0.02
+#: The first "future" head's number: above any block a test's anvil makes.
+_FUTURE_FROM: Final = 1 << 32
 
 
 class WsRelay:
@@ -84,6 +94,9 @@ class WsRelay:
                 return ws
             if mode == "deep":
                 await ws.send_str(_DEEP)
+            if mode == "future":
+                await self._from_the_future(ws)
+                return ws
             if mode in ("silent", "deep"):
                 async for _ in ws:
                     pass
@@ -112,3 +125,28 @@ class WsRelay:
         header["number"] = "-" + header["number"]
         self.garbled += 1
         return json.dumps(notice)
+
+    async def _from_the_future(self, ws: web.WebSocketResponse) -> None:
+        """Send heads from the future until the client goes away."""
+
+        async def send() -> None:
+            number = _FUTURE_FROM
+            while True:
+                header = {
+                    "number": hex(number), "hash": "0x" + f"{number:064x}",
+                    "timestamp": hex(int(time.time()) + FUTURE_S),
+                }  # fmt: skip
+                notice = {"jsonrpc": "2.0", "method": "eth_subscription",
+                          "params": {"subscription": "0x1", "result": header}}  # fmt: skip
+                await ws.send_str(json.dumps(notice))
+                self.garbled += 1
+                number += 1
+                await asyncio.sleep(FUTURE_EVERY_S)
+
+        task = asyncio.create_task(send())
+        try:
+            async for _ in ws:
+                pass
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

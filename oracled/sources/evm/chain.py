@@ -33,7 +33,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import aiohttp
 import msgspec
@@ -124,6 +124,11 @@ class ChainStats:
     unknown: int = 0  # heads the node did not hold at their read (reorged out, or a node behind)
     disagreements: int = 0  # cross-check: two endpoints answered differently
     slow_switches: int = 0  # the active endpoint left for one much faster (`_prefer_faster`)
+    #: newHeads sockets the reader left for polling because a poll found a block they did not
+    #: deliver: `silent_left` after no notice at all, `refused_left` after notices whose heads
+    #: were all refused (from the future, too old, backwards) for as long.
+    silent_left: int = 0
+    refused_left: int = 0
     restarts: int = 0  # the reader started again by its supervisor (a failed start, a crash)
     sequencer_up: bool | None = None
     #: (source, pair) -> reads whose spot parted from the TWAP (Uniswap feeds only)
@@ -968,15 +973,22 @@ class ChainReader:
         `_silence_s` (three block times) costs one poll: a subscription can die on the node's
         side while its socket stays up and answers pings, and would otherwise blind the reader
         for max_block_age_s. A poll that finds a new block proves it: the socket is dropped
-        (polling, then a new subscription); one that finds none means a quiet chain."""
+        (polling, then a new subscription); one that finds none means a quiet chain. Heads the
+        reader refuses (`_usable`) do not break the silence: a socket that sends only heads
+        from the future (a node whose clock runs ahead), or too old or gone backwards (a node
+        stuck or syncing), delivers as little as a silent one. Before, each such head was
+        counted and refused, the socket kept, and no poll ever made: the chain went quiet."""
         newest: list[Block] = []  # the newest head not read yet (at most one)
         arrived = asyncio.Event()
         listener = asyncio.create_task(self._listen(ws, newest, arrived))
+        loop = asyncio.get_running_loop()
+        heard = loop.time()  # the last usable head read, or the last poll that found nothing
+        refused = 0  # heads refused since then
         try:
             while True:
                 waiter = asyncio.create_task(arrived.wait())
                 done, _ = await asyncio.wait(
-                    (listener, waiter), timeout=self._silence_s,
+                    (listener, waiter), timeout=max(0.0, heard + self._silence_s - loop.time()),
                     return_when=asyncio.FIRST_COMPLETED,
                 )  # fmt: skip
                 if listener.done():
@@ -985,14 +997,40 @@ class ChainReader:
                 if not done:
                     waiter.cancel()
                     if await self.poll_once():
-                        raise SourceError(
-                            f"newHeads silent for {self._silence_s:g} s while the chain moved"
-                        )
+                        self._leave_heads(refused)
+                    heard, refused = loop.time(), 0
                     continue
                 arrived.clear()
-                await self.read_block(newest.pop())
+                if await self._usable(newest.pop()):
+                    heard, refused = loop.time(), 0
+                else:
+                    refused += 1
         finally:
             await _stop(listener)
+
+    async def _usable(self, block: Block) -> bool:
+        """Read a newHeads head as `read_block` does; False when it was refused as no head of
+        the chain we follow (from the future, too old, below the last block read). One already
+        read (a poll found it first) or whose read failed (the HTTP endpoint's fault) proves
+        the subscription follows the chain."""
+        why = self._refusal(block)
+        if why is None:
+            await self._read(block)
+            return True
+        self._check_current()
+        return why == "same"
+
+    def _leave_heads(self, refused: int) -> NoReturn:
+        """A poll found a block the socket did not deliver in `_silence_s`: count why the
+        socket is left and raise (`run` logs it, polls, then subscribes again)."""
+        if refused:
+            self.stats.refused_left += 1
+            raise SourceError(
+                f"newHeads sent only refused heads ({refused}) for {self._silence_s:g} s "
+                "while the chain moved"
+            )
+        self.stats.silent_left += 1
+        raise SourceError(f"newHeads silent for {self._silence_s:g} s while the chain moved")
 
     async def _listen(
         self, ws: aiohttp.ClientWebSocketResponse, newest: list[Block], arrived: asyncio.Event
