@@ -16,8 +16,9 @@ every update, as on Pythnet. The ``binary`` field is a fixed placeholder, not a 
 
 The public limit, 30 requests per 10 s per IP and then 429 for the next 60 s, is held when
 `rest_limit` is set (`VenueSim`'s, here with `rest_ban_s` 60 s by default): on REST requests
-only (the venue counts the stream's opens too, which the client paces by its reconnect backoff,
-not by its poll pacing). Off by default, so that fault tests may poll at test speed.
+and stream opens alike, as the venue counts every endpoint (a stream open refused so is
+answered 429 and counted in `stream_limited`, not in `rest_limited`). Off by default, so that
+fault tests may poll at test speed.
 
 Deliberate simplifications: each event carries one feed (Hermes sends one event per Pythnet slot
 with every requested feed in it), and stream events always carry base64 ``binary`` whatever the
@@ -131,6 +132,7 @@ class PythHermesSim(VenueSim):
         self.keepalive_s = keepalive_s
         self.max_stream_s = max_stream_s
         self._latest: dict[str, dict[str, Any]] = {}
+        self.stream_limited = 0  # stream opens refused by `rest_limit`
         self._ema: dict[str, float] = {}
 
     @property
@@ -251,6 +253,9 @@ class PythHermesSim(VenueSim):
         if not self.ws_enabled:
             self.stats.refused += 1
             return web.Response(status=503, text="Service Unavailable")
+        if self._over_rest_limit():
+            self.stream_limited += 1
+            return self.rest_refusal(429)
         wanted = self._ids(request)
         if isinstance(wanted, web.Response):
             return wanted

@@ -55,7 +55,8 @@ messages, no acks). Rules from the docs and the server source that shape this fi
   source sends them: a 429 rests every source polling the same REST host for those 60 s
   (`oracled.sources.hostrests`), and those sources take their turns from one pacer
   (`rest_rate_per_ip`), so that two sources (two sets of feeds, say) stay under the limit
-  together, not each.
+  together, not each. Stream opens are requests of the IP too: a 429 on one rests the host
+  as a poll's does, and no stream opens while its host rests (`_host_rest_over`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ from oracled.clock import Clock
 from oracled.config import SourceConfig
 from oracled.model import Kind, Quote
 from oracled.sources._base import VENUE_TEXT_KEPT, Source, read_integer
+from oracled.sources.hostrests import rest_host
 from oracled.sources.stats import SourceStats
 
 __all__ = ["PythHermesSource", "normalize_feed_id"]
@@ -227,6 +229,10 @@ class PythHermesSource(Source):
         # A band of exactly the ratio is not wider than it (BAND_SLACK, as the gates' band):
         # 5,190,000,000,000 x 0.0003 rounds under 1,557,000,000.
         self._max_conf_ratio = cfg.max_conf_ratio * BAND_SLACK
+        # The stream's host in `host_rests` (one key with a REST URL of the same host): the
+        # limit counts the stream's opens with the polls, and a 429 on either rests both.
+        self._stream_host = rest_host(self.stream_url())
+        self._stream_waited = float("-inf")  # the host's rest the stream last said it waits for
 
     # ----------------------------------------------------------------- venue hooks
 
@@ -355,6 +361,7 @@ class PythHermesSource(Source):
     async def _session(self) -> str:
         """One SSE stream from request to end; returns why it ended (see the base)."""
         self._cut = None
+        await self._host_rest_over()
         async with asyncio.timeout(self.cfg.liveness_timeout_s):
             opened = await self._open()
         if isinstance(opened, str):
@@ -389,9 +396,35 @@ class PythHermesSource(Source):
                 resp.close()
             if resp.status == 404 and self._fail_missing(text):
                 continue  # one more request without the unknown ids: no backoff, no storm
+            if resp.status == 429 and self._stream_host is not None:
+                # The IP's limit (module doc), as a poll's 429: the host rests for every source
+                # of it, this stream's next open included (`_host_rest_over`).
+                wait = self.rate_limit_wait_s(resp.headers)
+                said = f"HTTP 429: {text[:200]}"
+                until = self._clock.monotonic() + wait
+                self.host_rests.rest(self._stream_host, until, self.source_id, said)
+                self._log.warning("stream rate limited", delay_s=wait, error=said)
             if resp.status == 200:  # e.g. a proxy's page: not a stream at all
                 return f"not an event stream ({resp.content_type})"
             return f"HTTP {resp.status}: {text[:200]}"
+
+    async def _host_rest_over(self) -> None:
+        """Wait out a rest of the stream's host (a 429 that a poll or a stream open of any
+        source of the host met) before opening: the open is one of the IP's requests, and one
+        sent into the limit only meets the 429 again. Down meanwhile, said once a rest, with
+        who learnt it; the clock read again at most every poll interval, as the polls' wait
+        (`_host_resting`): the rest may be moved on. Before, the stream reopened into the ban
+        at its backoff (0.5 s doubling), and its own 429s rested nothing."""
+        while True:
+            until, by, why = self.host_rests.until(self._stream_host)
+            left = until - self._clock.monotonic()
+            if left <= 0.0:
+                return
+            self._stream_down(f"host rested by {by}: {why}")
+            if until != self._stream_waited:
+                self._stream_waited = until
+                self._log.warning("stream host rested", by=by, delay_s=round(left, 3), error=why)
+            await asyncio.sleep(min(left, self.cfg.rest_poll_interval_s))
 
     async def _read_events(self, resp: aiohttp.ClientResponse) -> str:
         clock, stats = self._clock, self.stats

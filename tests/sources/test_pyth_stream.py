@@ -17,9 +17,10 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 from venue_cases import CASE, PYTH_BTC, PYTH_ETH, Running, Start, Wait, running
 
+from oracled.clock import SystemClock
 from oracled.sim.pyth_hermes import PythHermesSim
 from oracled.sources import ConnState
-from oracled.sources.hostrests import HostRests
+from oracled.sources.hostrests import HostRests, rest_host
 
 VENUE = CASE["pyth_hermes"]  # what `sim` and `start` build (conftest.py): the BTC and ETH feeds
 BTC, ETH = PYTH_BTC, PYTH_ETH
@@ -155,6 +156,49 @@ async def test_a_429_met_by_one_source_rests_every_source_of_the_host(
     said = [(e["source"], e["by"], e["delay_s"]) for e in logs if e["event"] == "rest host rested"]
     assert len(said) == 1 and said[0][:2] == (rested.source.source_id, met.source.source_id)
     assert 30.0 < said[0][2] <= 60.0  # the documented minute, less the moments since
+
+
+async def test_a_429_on_the_stream_rests_the_host_for_the_stream_and_the_polls(
+    http: aiohttp.ClientSession, wait: Wait
+) -> None:
+    """Hermes's limit counts every request of our IP, stream opens too, and answers 429 for the
+    next 60 s. A stream open that meets it rests the host as a poll's 429 does: no poll is sent
+    (the host rests for them), and the stream does not open again meanwhile. Before, the 429
+    rested nothing: the stream reopened into the ban at its backoff (0.5 s doubling to 0.2 s
+    here), and the first poll paid a refused request of its own."""
+    async with PythHermesSim(PRICES, rate_hz=0.1, rest_limit=(0, 60.0)) as venue:
+        with capture_logs() as logs:
+            async with running("pyth_hermes", VENUE.make_config(venue), VENUE.pairs, http) as run:
+                await wait(lambda: venue.stream_limited == 1)
+                await asyncio.sleep(0.6)  # three reconnect backoffs, six poll intervals
+                assert venue.stream_limited == 1 and venue.stats.rest_requests == 0
+                assert run.state() is ConnState.DOWN and run.quotes == []
+    (limited,) = [e for e in logs if e["event"] == "stream rate limited"]
+    assert limited["delay_s"] == 60.0 and limited["error"].startswith("HTTP 429")
+    (rested,) = [e for e in logs if e["event"] == "stream host rested"]
+    assert rested["by"] == "pyth_hermes" and 30.0 < rested["delay_s"] <= 60.0
+
+
+async def test_a_stream_waits_out_a_rest_of_its_host_before_opening(
+    http: aiohttp.ClientSession, wait: Wait
+) -> None:
+    """A 429 another source of the host met (a poll's, here written as the service's registry
+    holds it) rests the stream's open too: no request until the rest is over, the source down
+    and saying once why. Before, the stream opened at once, one more request into the ban."""
+    rests = HostRests()
+    async with PythHermesSim(PRICES, rate_hz=0.1) as venue:
+        host = rest_host(venue.rest_url)
+        assert host is not None
+        rests.rest(host, SystemClock().monotonic() + 1.0, "pyth_other", "HTTP 429: limited")
+        with capture_logs() as logs:
+            cfg = VENUE.make_config(venue)
+            async with running("pyth_hermes", cfg, VENUE.pairs, http, host_rests=rests) as run:
+                await wait(lambda: any(e["event"] == "stream host rested" for e in logs))
+                assert venue.stats.connections == 0 and venue.stats.rest_requests == 0
+                assert run.state() is ConnState.DOWN
+                await wait(lambda: venue.stats.connections == 1)  # opened once it is over
+    (rested,) = [e for e in logs if e["event"] == "stream host rested"]
+    assert rested["by"] == "pyth_other" and rested["error"] == "HTTP 429: limited"
 
 
 async def test_sources_of_one_host_share_its_pacing(
