@@ -104,6 +104,8 @@ class KrakenSim(VenueSim):
         self._by_alt = {rest_names(s)[0]: s for s in self.paths}
         #: The error string of `rest_status` 429's answer (Kraken's wording of its REST limit).
         self.rate_limit_error = _RATE_LIMIT
+        #: The pairs (altnames) each Ticker request past the REST faults named, in order.
+        self.rest_asked: list[list[str]] = []
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v2", self.ws_handler)
@@ -204,6 +206,7 @@ class KrakenSim(VenueSim):
             return refused
         asked = request.query.get("pair")
         names = asked.split(",") if asked else [rest_names(s)[0] for s in self.paths]
+        self.rest_asked.append(names)
         if any(n not in self._by_alt for n in names):
             return web.json_response({"error": ["EQuery:Unknown asset pair"]})
         result = {}

@@ -37,9 +37,11 @@ Every request is paced at that rate
 (`rest_rate_per_s`, one at once), the sources polling one host taking their turns from one
 pacer (`rest_rate_per_ip`): the default poll (every 2 s, one request for every symbol)
 never waits. Errors come back as HTTP 200 with an ``error`` list; an unknown pair spoils the
-whole request, which is reported to the base as HTTP 400 so that it retries symbol by symbol and
-fails only the bad one; those one-pair requests go through the same pacer, one a second (before,
-they went out at once: a burst of as many requests as pairs). A rate limit comes back the same
+whole request, which is reported to the base as HTTP 400 so that it asks the batch again in
+halves, halving a refused half again, and fails only the pair refused alone (one bad pair among
+100 costs about 15 requests, not 101); those requests go through the same pacer, one a second,
+and the failed pair is left out of later rounds, whose batch is one request again. A rate limit
+comes back the same
 way, under HTTP 200: ``{"error":["EAPI:Rate limit exceeded"],"result":{}}``
 (``EGeneral:Too many requests`` and ``EService:Throttled: <time>`` are read the same). The docs
 name no wait for the public endpoints (their "restricted for a few seconds" is said of the
@@ -177,8 +179,8 @@ class KrakenSource(Source):
     max_messages_per_s: ClassVar[int] = 5
     rest_batch_size: ClassVar[int] = 100  # one Ticker request per poll; keeps the URL short
     #: The support centre's guidance for public endpoints, once a second or less (module doc):
-    #: one request at once, so that the one-pair requests after a batch refused for an unknown
-    #: pair do not go out as a burst.
+    #: one request at once, so that the halves asked after a batch refused for an unknown pair
+    #: do not go out as a burst.
     rest_rate_per_s: ClassVar[float | None] = 1.0
     rest_burst: ClassVar[float] = 1.0
     #: That guidance can only count our IP (no key is sent): the sources polling one host

@@ -100,6 +100,38 @@ async def test_the_one_pair_requests_after_an_unknown_pair_are_paced(
         assert venue.rest_limited == 0 and run.stats.state is ConnState.POLLING
 
 
+class QuickKraken(KrakenSource):
+    """Kraken paced at 50 requests a second, so that a round of many one-pair answers is checked
+    in a moment: the test counts the round's requests, not its seconds."""
+
+    rest_rate_per_s: ClassVar[float | None] = 50.0
+
+
+async def test_an_unknown_pair_among_many_is_found_by_halving_the_batch(
+    start: Start, wait: Wait
+) -> None:
+    """32 pairs, the last one unknown: the batch is refused, then asked in halves, and a refused
+    half halved again, so the bad pair is found alone in 1 + 2 x 5 requests (the halves that
+    answer priced as they come), failed, and the next round asks the 31 others in one request.
+    Before, the round after the refusal asked each pair alone: 32 requests, at Kraken's one a
+    second 32 s, and pairs asked late aged past their markets' limits meanwhile."""
+    prices = {f"T{chr(65 + i // 26)}{chr(65 + i % 26)}/USD": 10.0 + i for i in range(31)}
+    bad = VENUE.unknown_pair
+    async with KrakenSim(prices, rate_hz=0.1) as venue:
+        venue.ws_enabled = False  # no stream: the source polls
+        pairs = [*((pair, "spot") for pair in prices), bad]
+        run = await start(venue, pairs=pairs, cls=QuickKraken)
+        await wait(lambda: bad[0] in run.stats.failed_instruments)
+        await wait(lambda: run.pairs() == set(prices))
+        await wait(lambda: len(venue.rest_asked) >= 12)
+    sizes = [len(asked) for asked in venue.rest_asked[:12]]
+    assert sizes == [32, 16, 16, 8, 8, 4, 4, 2, 2, 1, 1, 31]
+    assert venue.rest_asked[10] == ["FOOUSD"]
+    assert "FOOUSD" not in venue.rest_asked[11]
+    assert run.stats.failed_instruments == {bad[0]: "EQuery:Unknown asset pair"}
+    assert run.stats.dropped["rest_error"] == 6  # the batch and the five halves refused
+
+
 async def test_two_kraken_sources_polling_one_host_share_its_pacing(
     http: aiohttp.ClientSession, wait: Wait
 ) -> None:
