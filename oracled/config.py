@@ -1182,13 +1182,16 @@ def _pyth_feed_ids(cfg: Config) -> list[str]:
 
 
 def _shared_venue_symbols(cfg: Config) -> list[str]:
-    """Two pairs of one kind that a source subscribes as one venue symbol, by its `instruments`
-    table (an entry naming another pair's symbol) or by the adapter's rule alone (Kraken's
-    XBT/USD and BTC/USD are both BTC/USD): the source keeps one pair per symbol it subscribes,
-    so the other pair was never quoted by it, with no word said (its slot `no_quote` in every
-    round). The rule is the adapter's, so the adapters of the venue types the config uses are
-    imported: each ~10 ms after the HTTP client, which every `oracled` command has loaded
-    already (loading a config in a bare interpreter pays its ~0.3 s)."""
+    """Two pairs that a source subscribes as one venue symbol, by its `instruments` table (an
+    entry naming another pair's symbol) or by the adapter's rule alone (Kraken's XBT/USD and
+    BTC/USD are both BTC/USD): the source keeps one pair per symbol it subscribes, so the other
+    pair was never quoted by it, with no word said (its slot `no_quote` in every round). The
+    symbol is the one subscribed, after the adapter's `kind_symbol` (OKX names a perpetual
+    BTC-USDT-SWAP whether its entry says BTC-USDT or BTC-USDT-SWAP), and compared whatever the
+    kind, as the source keys its instruments. The rule is the adapter's, so the adapters of the
+    venue types the config uses are imported: each ~10 ms after the HTTP client, which every
+    `oracled` command has loaded already (loading a config in a bare interpreter pays its
+    ~0.3 s)."""
     problems: list[str] = []
     for sid, src in cfg.sources.items():
         if src.type in CHAIN_SOURCE_TYPES or src.type == "pyth_hermes":
@@ -1202,25 +1205,33 @@ def _shared_venue_symbols(cfg: Config) -> list[str]:
             continue  # one pair cannot share its symbol: no adapter to import
         module, _, name = SOURCE_TYPES[src.type].partition(":")
         adapter: Any = getattr(importlib.import_module(module), name)
-        seen: dict[tuple[str, str], str] = {}
+        seen: dict[str, tuple[str, str]] = {}
         for pair, kind in asked:
-            # every adapter's rule is a function of the pair alone
-            symbol = src.instruments.get(pair) or adapter.venue_symbol(None, pair)
-            first = seen.setdefault((symbol, kind), pair)
-            if first == pair:
+            if kind not in adapter.kinds:
+                continue  # never subscribed (`_unserved_kind` refuses the entry)
+            # every adapter's rule is a function of the pair (and kind) alone
+            named = src.instruments.get(pair) or adapter.venue_symbol(None, pair)
+            symbol = adapter.kind_symbol(named, kind)
+            first, first_kind = seen.setdefault(symbol, (pair, kind))
+            if (first, first_kind) == (pair, kind):
                 continue
+            both = (
+                f"{pair} and {first} ({kind})"
+                if kind == first_kind
+                else f"{pair} ({kind}) and {first} ({first_kind})"
+            )
             if pair in src.instruments or first in src.instruments:
                 key = pair if pair in src.instruments else first
                 problems.append(
-                    f"sources.{sid}.instruments.{key}: {pair} and {first} ({kind}) are both"
-                    f" {shown(symbol)} on this venue; the source quotes one pair per symbol, so"
-                    " one of them would never be quoted by it"
+                    f"sources.{sid}.instruments.{key}: {both} are both {shown(symbol)} on this"
+                    " venue; the source quotes one pair per symbol, so one of them would never"
+                    " be quoted by it"
                 )
             else:
                 problems.append(
-                    f"sources.{sid}: {pair} and {first} ({kind}) are both {shown(symbol)} on this"
-                    f" venue by the {src.type} adapter's rule; the source quotes one pair per"
-                    " symbol, so one of them would never be quoted by it: ask it for one of them"
+                    f"sources.{sid}: {both} are both {shown(symbol)} on this venue by the"
+                    f" {src.type} adapter's rule; the source quotes one pair per symbol, so one"
+                    " of them would never be quoted by it: ask it for one of them"
                 )
     return problems
 

@@ -394,8 +394,7 @@ class Source(abc.ABC):
             if kind not in self.kinds:
                 stats.failed_instruments[pair] = f"{cfg.type} does not serve {kind} instruments"
                 continue
-            symbol = cfg.instruments.get(pair) or self.venue_symbol(pair)
-            self._by_symbol[symbol] = (pair, kind)
+            self._by_symbol[self.instrument(pair, kind)] = (pair, kind)
         self.symbols: tuple[str, ...] = tuple(self._by_symbol)
         stats.symbol_of = {key: symbol for symbol, key in self._by_symbol.items()}
         self._ids = itertools.count(1)
@@ -510,6 +509,18 @@ class Source(abc.ABC):
     def venue_symbol(self, pair: str) -> str:
         """The venue's name for a pair the config does not override (BTC/USDT -> BTCUSDT)."""
         return pair.replace("/", "")
+
+    def instrument(self, pair: str, kind: Kind) -> str:
+        """The symbol subscribed for `pair` of `kind`: the config's `instruments` name, else
+        `venue_symbol`'s, made that kind's by `kind_symbol`."""
+        return self.kind_symbol(self.cfg.instruments.get(pair) or self.venue_symbol(pair), kind)
+
+    @staticmethod
+    def kind_symbol(symbol: str, kind: Kind) -> str:
+        """The symbol of the instrument of `kind` whose pair the venue (or the config) names
+        `symbol`: itself where each kind has names of its own. Static: the config's check of
+        two pairs on one symbol applies it with no source made."""
+        return symbol
 
     @abc.abstractmethod
     def stream_url(self) -> str:

@@ -175,13 +175,6 @@ class OkxSource(Source):
         stats: SourceStats,
     ) -> None:
         super().__init__(source_id, cfg, pairs, emit, clock, session, stats)
-        # The base names instruments by pair alone; on OKX spot and swap of one pair differ.
-        self._by_symbol = {
-            self.instrument(pair, kind): (pair, kind) for pair, kind in pairs if kind in self.kinds
-        }
-        self.symbols = tuple(self._by_symbol)
-        # The API reads each entry's instrument from here (the base's map lost the spot).
-        stats.symbol_of = {key: symbol for symbol, key in self._by_symbol.items()}
         self._last_ts: dict[str, int] = {}
         self._rest_turn = 0
         self._asked: dict[int, float] = {}  # request id -> when it was sent
@@ -189,12 +182,13 @@ class OkxSource(Source):
     def venue_symbol(self, pair: str) -> str:
         return pair.replace("/", "-")
 
-    def instrument(self, pair: str, kind: Kind) -> str:
-        """The instId of a pair: the config's name or BASE-QUOTE; a perp adds ``-SWAP``."""
-        spot = self.cfg.instruments.get(pair) or self.venue_symbol(pair)
-        if kind == "perp" and not spot.endswith(_SWAP):
-            return spot + _SWAP
-        return spot
+    @staticmethod
+    def kind_symbol(symbol: str, kind: Kind) -> str:
+        """The instId: spot and swap of one pair differ, a perp's is the name (the config's or
+        BASE-QUOTE) with ``-SWAP``, which a name ending in it already has."""
+        if kind == "perp" and not symbol.endswith(_SWAP):
+            return symbol + _SWAP
+        return symbol
 
     def stream_url(self) -> str:
         return f"{self.ws_url}/ws/v5/public"

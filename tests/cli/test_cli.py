@@ -77,6 +77,21 @@ def test_check_config_reports_every_problem_with_its_key_path(tmp_path: Path) ->
     ]
 
 
+def test_check_config_refuses_two_pairs_on_one_okx_swap() -> None:
+    """An OKX `instruments` entry naming a perpetual with or without -SWAP is the one swap the
+    adapter subscribes: two pairs on it are refused by check-config, as by the loader."""
+    bad = ROOT / "tests" / "config" / "bad" / "okx_perpetual_one_instrument_for_two_pairs.toml"
+    proc = _oracled("check-config", str(bad))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"{bad}: 3 problem(s)"
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        f"  sources.{sid}.instruments.XBT/USDT" for sid in ("okx", "okx_named", "okx_spot")
+    ]
+    good = ROOT / "tests" / "config" / "good" / "perp_instruments.toml"
+    assert _oracled("check-config", str(good)).returncode == 0
+
+
 def test_run_refuses_an_invalid_config_with_the_same_messages(tmp_path: Path) -> None:
     """`oracled run` does not start on a config that check-config rejects."""
     bad = tmp_path / "bad.toml"

@@ -310,12 +310,15 @@ def test_the_kinds_each_source_type_serves_are_those_its_adapter_declares() -> N
 def test_every_venue_adapters_symbol_rule_reads_the_pair_alone() -> None:
     """The check of an `instruments` table (two pairs one symbol) applies each adapter's rule
     without making a source: a rule that came to read the instance would break config loading
-    rather than the check."""
+    rather than the check. The kind's part of it (`kind_symbol`) too, for each kind served."""
     from oracled.sources import source_class
 
     for name in sorted(set(SOURCE_TYPES) - CHAIN_SOURCE_TYPES - {"pyth_hermes"}):
-        symbol = source_class(name).venue_symbol(None, "BTC/USDT")  # type: ignore[arg-type]
+        adapter = source_class(name)
+        symbol = adapter.venue_symbol(None, "BTC/USDT")  # type: ignore[arg-type]
         assert isinstance(symbol, str) and symbol, name
+        for kind in sorted(adapter.kinds):
+            assert adapter.kind_symbol(symbol, kind).startswith(symbol), (name, kind)
 
 
 @pytest.mark.parametrize("path", WARN, ids=[p.stem for p in WARN])
