@@ -1,8 +1,8 @@
-"""The one-writer lock beside a file (`<path>.lock`), shared by every file oracled appends to or
-rewrites: the audit trail, the manual pauses file, the signing lease and `oracled record`'s tape;
-and the atomic, durable rewrite of a small file (`replace_durably`) that the pauses file and the
-signing lease use, with the clean-up of the temporary files a writer killed mid-rewrite leaves
-(`remove_stale_temporaries`).
+"""The one-writer lock beside a file (`<path>.lock`, beside the file a symbolic link leads to),
+shared by every file oracled appends to or rewrites: the audit trail, the manual pauses file, the
+signing lease and `oracled record`'s tape; and the atomic, durable rewrite of a small file
+(`replace_durably`) that the pauses file and the signing lease use, with the clean-up of the
+temporary files a writer killed mid-rewrite leaves (`remove_stale_temporaries`).
 
 An advisory `flock` on a file of its own, never on the data file: the kernel releases it with
 the process, so a killed writer never leaves it stuck, and a second writer is told at once
@@ -55,7 +55,16 @@ class LockHeldError(Exception):
 
 
 def lock_path(path: Path) -> Path:
-    """The lock file of `path`: `<path>.lock`, beside it (the name the writers' messages give)."""
+    """The lock file of `path`: `<file>.lock` beside the file `path` leads to, symbolic links
+    followed (the file's own, relative to its directory, and its directories'), as each write of
+    it follows them: two daemons naming one file by a link and by its real path took two locks
+    and both wrote it. A link that points at no file yet (a dangling one) leads to where the
+    first write makes it. With no link on the way, `<path>.lock` as `path` is spelt (relative
+    stays relative); the writers' messages give this name. Asked again at each `lock_state`, so
+    a link pointed elsewhere meanwhile leads to the lock of the file now written."""
+    real = os.path.realpath(path)
+    if real != os.path.abspath(path):
+        path = Path(real)
     return path.with_name(path.name + ".lock")
 
 

@@ -6,12 +6,30 @@ a writer says once each."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from children import stop
 
 from oracled.lockfile import LockChange, LockState, LockWatch, lock_beside, lock_path, lock_state
+
+#: A lock holder of its own: takes the lock of argv[1], says so, and holds it until its stdin
+#: closes; exit 3 naming the lock file if another process holds it.
+_HOLDER = """
+import sys
+from pathlib import Path
+from oracled.lockfile import LockHeldError, lock_beside
+try:
+    lock_beside(Path(sys.argv[1]))
+except LockHeldError as exc:
+    print(f"held {exc.lock}", flush=True)
+    sys.exit(3)
+print("locked", flush=True)
+sys.stdin.read()
+"""
 
 
 @pytest.fixture
@@ -101,6 +119,90 @@ def test_the_lock_path_is_the_data_file_s_name_and_lock_beside_it(tmp_path: Path
         assert lock_path(path).is_file()
     finally:
         os.close(fd)
+
+
+def _linked_file(tmp_path: Path) -> Path:
+    """A link to a file, by an absolute target; the file made too."""
+    real = tmp_path / "volume" / "state.json"
+    real.touch()
+    link = tmp_path / "state.json"
+    link.symlink_to(real)
+    return link
+
+
+def _dangling(tmp_path: Path) -> Path:
+    """A link to a file not made yet (the first write makes it where the link points)."""
+    link = tmp_path / "state.json"
+    link.symlink_to(tmp_path / "volume" / "state.json")
+    return link
+
+
+def _relative(tmp_path: Path) -> Path:
+    """A link whose target is relative to its own directory, not to the working directory."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "volume" / "state.json").touch()
+    link = tmp_path / "run" / "state.json"
+    link.symlink_to(Path("..") / "volume" / "state.json")
+    return link
+
+
+def _through_a_directory_link(tmp_path: Path) -> Path:
+    """A name through a link to the file's directory (the file itself no link)."""
+    (tmp_path / "mounted").symlink_to(tmp_path / "volume")
+    return tmp_path / "mounted" / "state.json"
+
+
+@pytest.mark.parametrize(
+    "named",
+    [_linked_file, _dangling, _relative, _through_a_directory_link],
+    ids=["link", "dangling link", "relative link", "directory link"],
+)
+@pytest.mark.parametrize("first", ["by the link", "by the real path"])
+def test_two_processes_naming_one_file_by_a_link_and_its_real_path_take_one_lock(
+    tmp_path: Path, named: Callable[[Path], Path], first: str
+) -> None:
+    """A process holding the lock of a state file by one name, a second one taking it by the
+    other name is refused as held (whichever comes first), the lock file beside the real file.
+    Before, the lock of a link was `<link>.lock` beside the link: both processes took a lock and
+    both would have written the one file the link leads to. Run from another working directory,
+    so that a relative link read from it would lead elsewhere."""
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    link, real = named(tmp_path), tmp_path / "volume" / "state.json"
+    names = (link, real) if first == "by the link" else (real, link)
+    argv = [sys.executable, "-c", _HOLDER]
+    cwd = tmp_path / "elsewhere"
+    with subprocess.Popen(
+        [*argv, str(names[0])], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+            second = subprocess.run(
+                [*argv, str(names[1])],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                cwd=cwd,
+            )
+        finally:
+            stop(holder)
+    assert (second.returncode, second.stdout) == (3, f"held {real}.lock\n"), second.stderr
+    assert sorted(p.name for p in real.parent.iterdir() if p.name.endswith(".lock")) == [
+        "state.json.lock"
+    ]
+    assert not list(tmp_path.glob("*.lock"))  # none beside the link
+
+
+def test_the_lock_path_of_a_link_is_beside_the_file_it_leads_to(tmp_path: Path) -> None:
+    """What the writers' messages name: the real file's lock, for a link and for its target
+    alike; a path with no link on the way keeps its spelling, a relative one too."""
+    (tmp_path / "volume").mkdir()
+    link = _linked_file(tmp_path)
+    real = tmp_path / "volume" / "state.json.lock"
+    assert lock_path(link) == lock_path(link.resolve()) == real
+    assert lock_path(Path("no-such-dir/state.json")) == Path("no-such-dir/state.json.lock")
 
 
 def test_a_watch_starts_held_and_a_held_answer_changes_nothing() -> None:

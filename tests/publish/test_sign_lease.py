@@ -148,7 +148,8 @@ async def test_a_lease_file_that_is_a_symbolic_link_is_written_where_it_points(
     it was read through the link, but each rewrite renamed a new file over the link itself, so
     the file it pointed at kept the lease the daemon started with. A start whose link was made
     again (a new container over the same volume) read that stale lease, a floor below the round
-    times the key had signed since. The rewrites go where the link points; the link stays."""
+    times the key had signed since. The rewrites go where the link points, the lock is taken
+    beside the file written; the link stays."""
     volume = tmp_path / "volume"
     volume.mkdir()
     path = tmp_path / "lease.json"
@@ -160,7 +161,9 @@ async def test_a_lease_file_that_is_a_symbolic_link_is_written_where_it_points(
     last = run.signed[-1].ts
     assert path.is_symlink()
     assert _on_disk(volume / "lease.json") == {KEY.address: last}
-    assert sorted(p.name for p in volume.iterdir()) == ["lease.json"]  # no temporary file left
+    # no temporary file left; the lock beside the file written, none beside the link
+    assert sorted(p.name for p in volume.iterdir()) == ["lease.json", "lease.json.lock"]
+    assert not (tmp_path / "lease.json.lock").exists()
 
 
 async def test_each_key_keeps_its_own_lease_in_the_file(tmp_path: Path) -> None:

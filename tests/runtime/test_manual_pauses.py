@@ -60,7 +60,8 @@ def test_a_pauses_file_that_is_a_symbolic_link_is_written_where_it_points(tmp_pa
     """`oracle.manual_pauses_file` a symbolic link to a file on a volume that outlives the
     process: a save renamed its new file over the link itself, so the file it pointed at kept
     the pauses of the start, and a start whose link was made again (a new container over the
-    same volume) put the markets paused since back live. A save writes where the link points."""
+    same volume) put the markets paused since back live. A save writes where the link points,
+    and the lock is taken beside the file written."""
     volume = tmp_path / "volume"
     volume.mkdir()
     path = tmp_path / "pauses.json"
@@ -72,7 +73,9 @@ def test_a_pauses_file_that_is_a_symbolic_link_is_written_where_it_points(tmp_pa
     pauses.close()
     assert path.is_symlink()
     assert ManualPauses(volume / "pauses.json").load() == kept
-    assert sorted(p.name for p in volume.iterdir()) == ["pauses.json"]  # no temporary file left
+    # no temporary file left; the lock beside the file written, none beside the link
+    assert sorted(p.name for p in volume.iterdir()) == ["pauses.json", "pauses.json.lock"]
+    assert not (tmp_path / "pauses.json.lock").exists()
 
 
 def test_a_writer_killed_mid_write_leaves_a_temporary_file_the_next_writer_removes(
