@@ -42,6 +42,7 @@ from oracled.errors import ConfigError, shown
 from oracled.files import read_regular
 
 __all__ = [
+    "AUDIT_BESIDE",
     "CHAIN_SOURCE_TYPES",
     "MAX_CHAIN_ID",
     "MAX_CONFIG_BYTES",
@@ -1094,29 +1095,60 @@ def _relations(cfg: Config) -> list[str]:
     return problems
 
 
+#: Files the audit trail keeps beside its database, by the ending of their name, and what each
+#: is; every state file's writer keeps its lock file beside it too (`_LOCK_BESIDE`).
+AUDIT_BESIDE: dict[str, str] = {
+    "-wal": "SQLite's -wal file",
+    "-shm": "SQLite's -shm file",
+    "-journal": "SQLite's -journal file",
+    ".reserve": "the disk reserve",
+}
+_LOCK_BESIDE: dict[str, str] = {".lock": "the lock file"}
+
+
 def _shared_state_files(cfg: Config) -> list[str]:
-    """The files the daemon writes, each with its lock file beside it, are distinct: two keys
-    naming one file had the second writer refused at start as if another daemon held it ("held
-    by another process ... each daemon needs a lease_file of its own"), after check-config
-    passed the file, or a JSON file opened as the audit database."""
+    """The files the daemon writes are distinct, and none is a file another one's writer keeps
+    beside it. Two keys naming one file had the second writer refused at start as if another
+    daemon held it ("held by another process ... each daemon needs a lease_file of its own"),
+    after check-config passed the file, or a JSON file opened as the audit database. A file on
+    another's lock file or SQLite file loaded and ran: each rewrite of it renamed a new file over
+    that one, under its writer (a lock so lost, pauses no longer saved; the trail's -wal, with its
+    last commits, replaced by JSON)."""
+    signing, audit = cfg.signing, cfg.audit
     written = [
-        ("oracle.manual_pauses_file", cfg.oracle.manual_pauses_file),
-        ("signing.lease_file", cfg.signing.lease_file if cfg.signing.enabled else None),
-        ("audit.path", cfg.audit.path if cfg.audit.enabled else None),
+        ("oracle.manual_pauses_file", cfg.oracle.manual_pauses_file, _LOCK_BESIDE),
+        ("signing.lease_file", signing.lease_file if signing.enabled else None, _LOCK_BESIDE),
+        ("audit.path", audit.path if audit.enabled else None, {**_LOCK_BESIDE, **AUDIT_BESIDE}),
     ]
-    first: dict[str, str] = {}
+    # each name taken: the key, its path, and what the name is to it (None: its own file)
+    taken: dict[str, tuple[str, str, str | None]] = {}
     problems: list[str] = []
-    for key, path in written:
+    own = (
+        "each needs a file of its own (one writer per file: the second would be refused at "
+        "start as held by another process)"
+    )
+    kept = (
+        "a file a writer keeps beside its own is that writer's alone (each rewrite of the one "
+        "would replace the other under its writer)"
+    )
+    for key, path, beside in written:
         if path is None:
             continue
         name = os.path.normpath(path)
-        if name in first:
-            problems.append(
-                f"{key}: names the file of {first[name]} ({path}): each needs a file of its "
-                "own (one writer per file: the second would be refused at start as held by "
-                "another process)"
-            )
-        first.setdefault(name, key)
+        names = {name: None, **{name + end: what for end, what in beside.items()}}
+        for each, what in names.items():
+            if each not in taken:
+                continue
+            other, other_path, other_what = taken[each]
+            if what is None and other_what is None:
+                problems.append(f"{key}: names the file of {other} ({path}): {own}")
+            elif what is None:
+                problems.append(f"{key}: {path} is {other_what} of {other} ({other_path}): {kept}")
+            else:  # files kept beside two files meet only where the files do: said first
+                problems.append(f"{key}: {what} of {path} ({each}) is the file of {other}: {kept}")
+            break
+        for each, what in names.items():
+            taken.setdefault(each, (key, path, what))
     return problems
 
 

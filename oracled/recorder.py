@@ -23,7 +23,7 @@ from typing import IO
 import structlog
 
 from oracled import __version__
-from oracled.config import Config
+from oracled.config import AUDIT_BESIDE, Config
 from oracled.core import PRICING_REVISION
 from oracled.errors import TapeError, described
 from oracled.lockfile import (
@@ -454,10 +454,6 @@ def _last_line_read(tape: IO[bytes]) -> tuple[int, bool]:
     return count, not errors
 
 
-#: Files SQLite and the trail keep beside the audit database, by the ending of their name.
-_AUDIT_BESIDE = ("-wal", "-shm", "-journal", ".reserve")
-
-
 def state_file_clash(tape: Path, cfg: Config, flag: str) -> str | None:
     """Why `tape` may not be recorded to: it is one of the files the daemon keeps its state in
     (the manual pauses file, the audit trail, the signing lease) or a file kept beside one
@@ -469,7 +465,7 @@ def state_file_clash(tape: Path, cfg: Config, flag: str) -> str | None:
         pauses = cfg.oracle.manual_pauses_file
         kept.append(("the manual pauses file (oracle.manual_pauses_file)", pauses, ()))
     if cfg.audit.enabled:
-        kept.append(("the audit trail (audit.path)", cfg.audit.path, _AUDIT_BESIDE))
+        kept.append(("the audit trail (audit.path)", cfg.audit.path, tuple(AUDIT_BESIDE)))
     if cfg.signing.enabled and cfg.signing.lease_file is not None:
         kept.append(("the signing lease (signing.lease_file)", cfg.signing.lease_file, ()))
     ours, its_lock = tape.resolve(), lock_path(tape).resolve()
