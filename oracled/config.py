@@ -298,7 +298,10 @@ class NatsConfig(_Frozen):
     #: Capture every subject of the prefix in a JetStream stream, for late consumers.
     jetstream: bool = False
     stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")] = "ORACLED"
-    max_age_s: Annotated[float, Field(gt=0, le=366 * 86400)] = 3600.0
+    #: At least 0.1 s: nats-server refuses a stream kept less than 100 ms (the sink then logs
+    #: `jetstream stream not set up` and captures nothing), and a value under a nanosecond
+    #: reaches it as 0, which it reads as no age limit at all.
+    max_age_s: Annotated[float, Field(ge=0.1, le=366 * 86400)] = 3600.0
     #: The stream's size limit (the oldest messages go first): an hour of 1,000 markets at the
     #: default interval is about 18 GB, in memory with `storage = "memory"`.
     max_bytes: Annotated[int, Field(ge=1 << 20, le=1 << 50)] = 1 << 30
