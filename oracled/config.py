@@ -1855,11 +1855,24 @@ def _venue_urls(src: SourceConfig) -> tuple[str, ...]:
     return tuple(url.rstrip("/") for url in urls if url)
 
 
+def _feed_read(src: SourceConfig, pair: str) -> str | None:
+    """The on-chain feed an on-chain source reads for `pair`: its chain table and contract (the
+    Pyth contract and the feed id for pyth_evm), or None without one."""
+    spec = src.feeds.get(pair)
+    if spec is None:
+        return None
+    if src.type == "pyth_evm":
+        where = f"{(src.address or '').lower()}, feed {(spec.feed_id or '').lower()}"
+    else:
+        where = (spec.address or "").lower()
+    return f"chain {src.chain} at {where}"
+
+
 def _same_venue_twice(cfg: Config) -> list[str]:
     """Two ids of one type reading the same stream or REST URL in one market's list: the same
-    venue voting twice (for one kind). Not refused: a config for `oracled replay` dials nothing
-    and tells venues apart by the ids on the tape, so one type with its default URLs is a
-    placeholder there."""
+    venue voting twice (for one kind); for on-chain types, the same feed of the same chain table.
+    Not refused: a config for `oracled replay` dials nothing and tells venues apart by the ids on
+    the tape, so one type with its default URLs (or a copied feed) is a placeholder there."""
     out: list[str] = []
     for i, market in enumerate(cfg.markets):
         for field, listed in (("sources", market.sources), ("perp_sources", market.perp_sources)):
@@ -1867,17 +1880,27 @@ def _same_venue_twice(cfg: Config) -> list[str]:
             seen: dict[tuple[str, str, str], tuple[int, str]] = {}
             for j, ms in enumerate(listed):
                 src = cfg.sources[ms.source]
-                if src.type in CHAIN_SOURCE_TYPES or types.count(src.type) < 2:
+                if types.count(src.type) < 2:
                     continue
-                for url in _venue_urls(src):
-                    first = seen.setdefault((src.type, ms.kind, url), (j, ms.source))
-                    if first[1] != ms.source:
-                        out.append(
-                            f"markets[{i}].{field}[{j}].source: {ms.source} is the same venue as "
-                            f"{first[1]} ({field}[{first[0]}]): {src.type} at {url}; two votes "
-                            "for one venue (point one at another host, or list one)"
-                        )
-                        break
+                on_chain = src.type in CHAIN_SOURCE_TYPES
+                if on_chain:
+                    feed = _feed_read(src, ms.pair)
+                    reads: tuple[str, ...] = () if feed is None else (feed,)
+                else:
+                    reads = _venue_urls(src)
+                for read in reads:
+                    first = seen.setdefault((src.type, ms.kind, read), (j, ms.source))
+                    if first[1] == ms.source:
+                        continue
+                    other = f"{first[1]} ({field}[{first[0]}]): {src.type}"
+                    if on_chain:
+                        what = f"reads the same feed as {other} on {read}; two votes for one feed"
+                        advice = "list one"
+                    else:
+                        what = f"is the same venue as {other} at {read}; two votes for one venue"
+                        advice = "point one at another host, or list one"
+                    out.append(f"markets[{i}].{field}[{j}].source: {ms.source} {what} ({advice})")
+                    break
     return out
 
 
