@@ -103,7 +103,8 @@ class LockState(enum.Enum):
 
 def lock_state(path: Path, fd: int) -> LockState:
     """Whether the lock `fd` (from `lock_beside`) holds still excludes a second writer of
-    `path`. Two system calls, no lock taken, nothing written; a holder that must stay the only
+    `path`. A few system calls (an lstat per component of the path, for its links, then two;
+    tens of microseconds), no lock taken, nothing written; a holder that must stay the only
     writer asks before each write it could not take back."""
     try:
         held = os.fstat(fd)

@@ -335,7 +335,7 @@ class TapeRecorder:
 
     def _lock_now(self) -> LockState:
         """Whether `<tape>.lock` is still the file this recorder locked (`lockfile.lock_state`;
-        HELD when it holds none: a FIFO). Two system calls, asked in the writer thread before
+        HELD when it holds none: a FIFO). A few system calls, asked in the writer thread before
         each batch and at the stop.
 
         LOST (removed, a clean-up of lock files; or the directory removed and made again): it

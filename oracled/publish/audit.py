@@ -228,7 +228,7 @@ _TAPE_LEVEL: Final = 1  # a round's quote lines: ~5.4x at level 1; level 6 gains
 #: zlib looks back 32 KiB, so a longer dictionary is never used.
 _DICT_BYTES: Final = 32 * 1024
 _RETRY_S: Final = 5.0  # a failed database is tried again after this long
-#: How often a writer whose lock file is away looks whether it is back (two system calls).
+#: How often a writer whose lock file is away looks whether it is back (a few system calls).
 _AWAY_POLL_S: Final = 0.25
 _RETENTION_EVERY_S: Final = 30.0
 #: Deleted per transaction at most, about: ~0.6 s of the writer thread on a disk that deleted

@@ -266,8 +266,8 @@ class SignLease:
         Found `MOVED` (its directory moved away with it, a volume gone), it still excludes
         everyone: no round is signed, and no lease written, until the very file is back (the
         lease is rewritten by name, with no descriptor of it kept open: a write meanwhile would
-        go to whatever is at the path, not to the lease moved away). Two system calls, asked by
-        the signer thread before each signature, never on the loop."""
+        go to whatever is at the path, not to the lease moved away). A few system calls, asked
+        by the signer thread before each signature, never on the loop."""
         with self._losing:
             if self.lost or self._lock_fd is None:  # lost, or let go at the stop
                 return False
