@@ -1078,6 +1078,7 @@ def _relations(cfg: Config) -> list[str]:
     )
     problems.extend(_pyth_feed_ids(cfg))
     problems.extend(_shared_venue_symbols(cfg))
+    problems.extend(_instruments_in_another_case(cfg))
     problems.extend(_chain_relations(cfg))
     problems.extend(_cycles(depends, symbols))
     if cfg.oracle.min_price >= cfg.oracle.max_price:
@@ -1268,6 +1269,34 @@ def _shared_venue_symbols(cfg: Config) -> list[str]:
                     f" {src.type} adapter's rule; the source quotes one pair per symbol, so one"
                     " of them would never be quoted by it: ask it for one of them"
                 )
+    return problems
+
+
+def _instruments_in_another_case(cfg: Config) -> list[str]:
+    """An `instruments` entry in another case than the adapter's own rule writes symbols in
+    (`btcusdt` on binance): the source finds the pair of a message by the symbol the venue
+    sends, in the venue's case, so no message ever matched the entry and the pair was never
+    quoted by the source (each dropped as `unknown_symbol`), with no word said. The case is the
+    adapter's rule's (upper for most venues, lower for bitstamp and gemini_ws); the adapter is
+    imported only for a source with entries."""
+    problems: list[str] = []
+    for sid, src in cfg.sources.items():
+        if not src.instruments or src.type in CHAIN_SOURCE_TYPES or src.type == "pyth_hermes":
+            continue  # pyth_hermes: feed ids, read in any case (`_pyth_feed_ids`)
+        module, _, name = SOURCE_TYPES[src.type].partition(":")
+        adapter: Any = getattr(importlib.import_module(module), name)
+        rule = adapter.venue_symbol(None, "BTC/USDT")
+        case = str.upper if rule == rule.upper() else str.lower if rule == rule.lower() else None
+        if case is None:
+            continue  # a rule of mixed case says nothing of the case of a symbol
+        problems.extend(
+            f"sources.{sid}.instruments.{pair}: {shown(symbol)} is not in the case {src.type} "
+            f"writes symbols in ({shown(case(symbol))}, as {shown(rule)} for BTC/USDT): the "
+            "source matches the venue's messages by the symbol as the venue writes it, so "
+            f"{pair} would never be quoted by it"
+            for pair, symbol in src.instruments.items()
+            if case(symbol) != symbol
+        )
     return problems
 
 

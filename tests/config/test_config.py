@@ -321,6 +321,16 @@ def test_every_venue_adapters_symbol_rule_reads_the_pair_alone() -> None:
             assert adapter.kind_symbol(symbol, kind).startswith(symbol), (name, kind)
 
 
+def test_every_venue_adapters_rule_writes_symbols_in_one_case() -> None:
+    """An `instruments` entry is checked against the case of its adapter's rule (btcusdt on
+    binance is refused): a rule of mixed case would leave that venue's entries unchecked."""
+    from oracled.sources import source_class
+
+    for name in sorted(set(SOURCE_TYPES) - CHAIN_SOURCE_TYPES - {"pyth_hermes"}):
+        symbol = source_class(name).venue_symbol(None, "BTC/USDT")  # type: ignore[arg-type]
+        assert symbol in (symbol.upper(), symbol.lower()), name
+
+
 @pytest.mark.parametrize("path", WARN, ids=[p.stem for p in WARN])
 def test_a_config_that_loads_gives_exactly_its_warnings(path: Path) -> None:
     """Each file under warn/ loads (its settings have a use, so they are not refused) and gives
