@@ -195,6 +195,32 @@ def test_two_processes_naming_one_file_by_a_link_and_its_real_path_take_one_lock
     assert not list(tmp_path.glob("*.lock"))  # none beside the link
 
 
+def test_a_link_pointed_elsewhere_under_its_holder_is_moved_then_lost(tmp_path: Path) -> None:
+    """The lock is beside the file the link leads to now: pointed at another file with no lock
+    file beside it, the one locked still has a name but is not what the link leads to (moved:
+    writes wait); pointed back, held; pointed at a file another writer could lock (a lock file
+    beside it), lost. Before, the lock was beside the link, held whatever it pointed at, while
+    the writes followed the link to a file no lock covered."""
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "other").mkdir()
+    link = _linked_file(tmp_path)
+    fd = lock_beside(link)
+    try:
+        assert lock_state(link, fd) is LockState.HELD
+        link.unlink()
+        link.symlink_to(tmp_path / "other" / "state.json")
+        assert lock_state(link, fd) is LockState.MOVED
+        link.unlink()
+        link.symlink_to(tmp_path / "volume" / "state.json")
+        assert lock_state(link, fd) is LockState.HELD
+        (tmp_path / "other" / "state.json.lock").touch()
+        link.unlink()
+        link.symlink_to(tmp_path / "other" / "state.json")
+        assert lock_state(link, fd) is LockState.LOST
+    finally:
+        os.close(fd)
+
+
 def test_the_lock_path_of_a_link_is_beside_the_file_it_leads_to(tmp_path: Path) -> None:
     """What the writers' messages name: the real file's lock, for a link and for its target
     alike; a path with no link on the way keeps its spelling, a relative one too."""
