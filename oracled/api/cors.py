@@ -6,22 +6,44 @@ Origin`, or `*`). A preflight OPTIONS for GET or HEAD from such an origin is ans
 admin endpoints never carry these headers and never answer a preflight: a page on another
 origin must not be able to pause a market with a token it got hold of. No credentials are
 allowed: the read endpoints take none. The list is read from the config in force per request.
+
+A browser opens a WebSocket to any origin without asking (no preflight, and the page reads
+what the server sends whatever its headers), so the stream checks the `Origin` a browser sends
+itself (`refused_origin`): a page of its own origin or a listed one may open it, any other is
+refused. A client that sends no `Origin` is no browser page, and goes on as before.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from aiohttp import web
 
 from oracled.api.context import ApiContext
 from oracled.api.errors import Handler
 
-__all__ = ["Cors"]
+__all__ = ["Cors", "refused_origin"]
 
 _ADMIN = "/v1/admin/"
 _METHODS = "GET, HEAD"
 # Request headers a dashboard may set on a GET (EventSource resends Last-Event-ID).
 _HEADERS = "Accept, Cache-Control, Last-Event-ID"
 _MAX_AGE = "600"
+
+
+def refused_origin(request: web.Request, origins: Collection[str]) -> str | None:
+    """The `Origin` of a WebSocket handshake that a page of another, unlisted origin sent, or
+    None when it may go on: no `Origin` (not a browser page), one listed in `origins` (any with
+    `*`), or the API's own (its scheme's host and port are the `Host` asked for, as a browser
+    page served through the same host name sends it)."""
+    origin = request.headers.get("Origin")
+    if origin is None or "*" in origins or origin in origins:
+        return None
+    scheme, sep, authority = origin.partition("://")
+    host = request.headers.get("Host")
+    if host is None or not sep or scheme.lower() not in ("http", "https"):
+        return origin
+    return None if authority.lower() == host.strip().lower() else origin
 
 
 class Cors:

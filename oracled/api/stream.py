@@ -24,6 +24,10 @@ Server -> client:
         than the limit, signed and naming the last signed round, and in place of a signed
         snapshot until the next one: Hub.signed_stalled)
 
+A handshake a browser page of another origin sent (its `Origin` neither the API's own nor listed
+in `api.cors_origins`) is refused 403 `origin_refused`: browsers let any page open a WebSocket
+and read it, so the CORS list is held here (oracled/api/cors.py).
+
 A stream the server ends is closed with a reason that starts with the code the event stream's
 final error event carries (`slow_consumer: ...`, `shutdown: ...`); docs/contracts.md has the
 table of every code.
@@ -53,6 +57,7 @@ import structlog
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from oracled.api.context import ApiContext
+from oracled.api.cors import refused_origin
 from oracled.api.errors import ApiError, encode_json
 from oracled.api.params import market_list
 from oracled.api.stallwatch import StallWatch
@@ -154,6 +159,7 @@ class StreamHandler:
         )
         if not ws.can_prepare(request).ok:
             raise _refusal(request)
+        self._check_origin(request)
         await ws.prepare(request)
         hub = self._ctx.hub
         sub = hub.subscribe(frozenset())
@@ -173,6 +179,27 @@ class StreamHandler:
                 reader.cancel()
             await asyncio.gather(reader, writer, dropped, return_exceptions=True)
         return ws
+
+    def _check_origin(self, request: web.Request) -> None:
+        """Refuse (403 `origin_refused`, logged at most once a minute) a handshake a browser page
+        of another origin sent, unless `api.cors_origins` lists it: a browser lets any page
+        open a WebSocket and read it, with no preflight and whatever the answer's headers, so
+        this is where the CORS list holds for the stream (oracled/api/cors.py)."""
+        origin = refused_origin(request, self._ctx.current_config.api.cors_origins)
+        if origin is None:
+            return
+        shown = repr(origin[:64])
+        refused = self._log_every_minute.due("origin_refused", time.monotonic())
+        if refused is not None:  # any page can be made to try, again and again: no flood
+            _log.warning(
+                "stream_origin_refused", origin=shown, remote=request.remote, refused=refused
+            )
+        raise ApiError(
+            403,
+            "origin_refused",
+            f"a browser page of origin {shown} may not open the stream: "
+            "list the origin in api.cors_origins",
+        )
 
     async def shutdown(self, app: web.Application) -> None:
         """Close every stream with 1001 so that a graceful shutdown does not wait on them."""

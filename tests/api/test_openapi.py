@@ -38,6 +38,12 @@ BROKEN_HANDSHAKE = {
     "Sec-WebSocket-Version": "13",
     "Sec-WebSocket-Key": "c2hvcnQ=",
 }
+#: A well-formed upgrade a browser page of an origin the API does not list sent.
+CROSS_ORIGIN_HANDSHAKE = {
+    **BROKEN_HANDSHAKE,
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Origin": "https://page.example",
+}
 CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
 METHODS = {"get", "post", "put", "patch", "delete"}
 
@@ -140,6 +146,7 @@ async def test_every_documented_response_is_produced_and_valid(
         ("GET", "/v1/markets/BTC-USD/sources", {}),  # before any round
         ("GET", "/v1/stream", {}),  # 426
         ("GET", "/v1/stream", {"headers": BROKEN_HANDSHAKE}),  # 400
+        ("GET", "/v1/stream", {"headers": CROSS_ORIGIN_HANDSHAKE}),  # 403
     ]
     for method, path, kw in calls:
         await client.request(method, path, **kw)

@@ -337,6 +337,75 @@ async def test_cors_star_allows_any_origin(make_client: ClientFactory) -> None:
     assert pre.status == 204 and pre.headers["Access-Control-Allow-Origin"] == "*"
 
 
+_HANDSHAKE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+
+
+async def _opens_stream(client: TestClient[web.Request, web.Application], origin: str) -> bool:
+    """Whether a handshake sent with `Origin: origin` becomes a stream that serves reports
+    (False: refused with the documented 403, nothing subscribed)."""
+    try:
+        async with client.session.ws_connect(
+            client.make_url("/v1/stream"), headers={"Origin": origin}
+        ) as ws:
+            await ws.send_json({"op": "subscribe", "markets": ["BTC/USD"]})
+            assert (await ws.receive_json())["type"] == "subscribed"
+            assert (await ws.receive_json())["type"] == "report"
+            return True
+    except aiohttp.WSServerHandshakeError as exc:
+        assert exc.status == 403, exc
+    async with client.session.get(
+        client.make_url("/v1/stream"), headers={**_HANDSHAKE, "Origin": origin}
+    ) as resp:
+        assert resp.status == 403
+        body = await resp.json()
+    assert body["error"]["code"] == "origin_refused", body
+    assert "api.cors_origins" in body["error"]["message"]
+    return False
+
+
+async def test_a_page_of_another_origin_cannot_open_the_stream_unless_listed(
+    make_client: ClientFactory,
+) -> None:
+    """A browser lets any page open a WebSocket and read what it is sent (no preflight, and
+    the answer's CORS headers are not looked at), so the stream holds `api.cors_origins`
+    itself: a handshake whose `Origin` is neither listed nor the API's own is a 403
+    `origin_refused`, subscribes nothing, and is logged once a minute with the count; with
+    no `Origin` (not a browser page) or the API's own, it opens as before. Before, any web
+    page a visitor opened could read the stream of a daemon the visitor's browser reaches."""
+    rig = Rig(make_config())  # no cors_origins: no other origin may read
+    client = await make_client(rig)
+    rig.step()
+    own = f"http://{client.host}:{client.port}"
+    with capture_logs() as logs:
+        assert not await _opens_stream(client, "https://evil.example")
+        assert not await _opens_stream(client, "null")  # a sandboxed page, a file
+        assert not await _opens_stream(client, f"ftp://{client.host}:{client.port}")
+    assert rig.hub.subscribers == 0
+    refused = [e for e in logs if e["event"] == "stream_origin_refused"]
+    assert len(refused) == 1 and refused[0]["refused"] == 1, logs
+    assert refused[0]["origin"] == "'https://evil.example'"
+    assert await _opens_stream(client, own)
+    async with client.session.ws_connect(client.make_url("/v1/stream")) as ws:  # no Origin
+        await ws.send_json({"op": "subscribe", "markets": ["BTC/USD"]})
+        assert (await ws.receive_json())["type"] == "subscribed"
+
+    listed = Rig(make_config(cors_origins=[DASH]))
+    client = await make_client(listed)
+    listed.step()
+    assert await _opens_stream(client, DASH)
+    assert not await _opens_stream(client, "https://evil.example")
+
+    star = Rig(make_config(cors_origins=["*"]))
+    client = await make_client(star)
+    star.step()
+    assert await _opens_stream(client, "https://evil.example")
+
+
 def test_cors_origins_must_be_bare_origins() -> None:
     """An entry of `api.cors_origins` is `*` or scheme://host[:port] exactly as a browser sends
     it in Origin (no path, no trailing slash): anything else is refused at load."""
