@@ -10,11 +10,16 @@ over aiohttp's limit; `bad_request`: anything else it cannot parse) and logged a
 `api_bad_request`, at most once a minute per reason with the number since the last line; every
 other record (an exception that is our bug) goes to aiohttp's logger as before, traceback
 included.
+
+The line logs the parser's words only, never the bytes its message quotes: that is the line it
+stopped at, and a header line with a stray byte (a token file's CR left in by a script, a space
+before the colon) is the admin token's own `Authorization: Bearer ...`, which must reach no log.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +37,10 @@ __all__ = ["BAD_REQUEST_REASONS", "CLOSED_BAD_REQUEST", "CLOSED_TOO_LONG", "Serv
 CLOSED_BAD_REQUEST = "bad_request"
 CLOSED_TOO_LONG = "request_too_long"
 BAD_REQUEST_REASONS = (CLOSED_BAD_REQUEST, CLOSED_TOO_LONG)
-_MAX_ERROR = 120  # characters of aiohttp's message kept: it quotes the client's bytes
+_MAX_ERROR = 120  # characters of aiohttp's words kept
+#: Where aiohttp's message starts quoting what the client sent (`b'...'`, or a str literal):
+#: the words before it say what was wrong; the quote may hold a secret.
+_QUOTED = re.compile(r"""[\s:]*(?:\bb)?['"]""")
 
 _log = structlog.get_logger(component="api")
 
@@ -60,11 +68,11 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         closed = self._log_every_minute.due(reason, time.monotonic())
         if closed is None:
             return
-        error = " ".join(str(getattr(exc, "message", None) or exc).split()) or type(exc).__name__
+        error = " ".join(_QUOTED.split(str(getattr(exc, "message", None) or exc), 1)[0].split())
         fields: Mapping[str, object] = {
             "reason": reason,
             "remote": None if remote is None else str(remote),
-            "error": error[:_MAX_ERROR],
+            "error": error[:_MAX_ERROR] or type(exc).__name__,
             "closed": closed,  # since the last such line, this one included
         }
         _log.warning("api_bad_request", **fields)

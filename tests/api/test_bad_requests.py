@@ -103,6 +103,41 @@ async def test_unparseable_requests_are_counted_by_reason_and_logged_once_withou
     assert (await client.get("/healthz")).status == 200  # the server answers on
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Authorization: Bearer %s\r",  # a token file's CR, left in by the caller's script
+        b"Authorization : Bearer %s",  # a space before the colon
+        b"authorization:Bearer %s\x00",
+        b"Authorization: Bearer %s\nX-Next: 1",  # a bare LF
+        b"Authorization: Bearer %s" + b"!" * 9_000,  # a value over the parser's limit
+    ],
+)
+async def test_a_refused_header_line_holding_the_admin_token_is_never_logged(
+    make_client: ClientFactory, aiohttp_records: _Records, header: bytes
+) -> None:
+    """The parser's message quotes the line it stopped at, and a malformed `Authorization`
+    line is the admin token itself: it was logged whole in `api_bad_request`'s `error`
+    (`Missing expected LF after header value: b'Authorization: Bearer <token>\\r'`, for a
+    token read from a file with a Windows line end). The request is still answered 400,
+    counted and logged with the parser's words, and nothing of the token reaches a log."""
+    rig = Rig(make_config())
+    client = await make_client(rig)
+    request = b"POST /v1/admin/markets/BTC-USD/pause HTTP/1.1\r\nHost: t\r\n%s\r\n\r\n" % (
+        header % TOKEN.encode()
+    )
+    with capture_logs() as logs:
+        answer = await _send(str(client.host), int(client.port), request)  # type: ignore[arg-type]
+    assert b" 400 " in answer.partition(b"\r\n")[0], answer[:200]
+    assert sum(rig.hub.api_closed.values()) == 1
+    assert rig.manual == []  # nothing paused
+    [line] = [e for e in logs if e["event"] == "api_bad_request"]
+    assert line["error"] and line["error"][0].isalpha(), line  # the parser's words
+    written = json.dumps(logs) + "".join(r.getMessage() for r in aiohttp_records.records)
+    for part in (TOKEN, TOKEN[:8], TOKEN[-8:]):
+        assert part not in written, (part, written[:400])
+
+
 async def test_a_client_that_resets_before_its_answer_is_not_logged_as_a_server_error(
     aiohttp_records: _Records,
 ) -> None:
