@@ -109,6 +109,7 @@ from oracled.publish.signer import (
     round_digest,
     stall_digest,
 )
+from oracled.urls import shown_url
 
 __all__ = [
     "NATS_PENDING_BYTES",
@@ -968,7 +969,8 @@ class OracleClient:
         # None, or an empty list: every market, as the stream's contract says.
         subs = Subscriptions((None if markets is None else list(markets)) or None)
         self.unavailable[base_url] = subs.unavailable
-        log = _log.bind(url=base_url)
+        shown = shown_url(base_url)  # a proxy's user and password stay out of the log
+        log = _log.bind(url=shown)
         try:
             while True:
                 try:
@@ -977,7 +979,7 @@ class OracleClient:
                         # Only the daemon named is read, never wherever it (or a proxy) points.
                         if (moved := redirected_to(ws)) is not None:
                             raise aiohttp.ClientError(f"handshake redirected to {moved[:200]}")
-                        await self._stream(ws, base_url, request, subs, retry_s, log)
+                        await self._stream(ws, shown, request, subs, retry_s, log)
                         if ws.close_code is not None:  # the daemon closed it (1008: too slow)
                             log.warning("client stream closed", code=ws.close_code)
                 except (aiohttp.ClientError, OSError) as exc:
@@ -1239,7 +1241,8 @@ class OracleClient:
         from oracled.publish.nats_conn import AnnouncedClient
 
         listed = servers if isinstance(servers, list) else [servers]
-        log = _log.bind(servers=listed)
+        # A server's user and password, or token, stay out of the log.
+        log = _log.bind(servers=[shown_url(server) for server in listed])
 
         watch = object()  # this watch's slow-consumer episodes (several may share a subject)
         named = None if markets is None else list(markets)

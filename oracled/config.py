@@ -40,6 +40,7 @@ from pydantic import (
 
 from oracled.errors import ConfigError, shown
 from oracled.files import read_regular
+from oracled.urls import shown_url
 
 __all__ = [
     "AUDIT_BESIDE",
@@ -333,7 +334,7 @@ class NatsConfig(_Frozen):
         if not value:
             raise ValueError("list at least one server")
         for url in value:
-            quoted = shown(_redacted(url) if "@" in url else url)
+            quoted = shown(shown_url(url))
             if not re.fullmatch(r"(nats|tls)://[^\s/]+", url):
                 raise ValueError(f"{quoted} is not a nats:// or tls:// URL")
             _check_host_port(url, quoted)
@@ -1738,20 +1739,11 @@ def _nats_secret_in_url(cfg: Config) -> list[str]:
     The URL is shown without its user part, which may be the secret itself.
     """
     return [
-        f"nats.servers: {_redacted(url)} carries credentials in the config file; move them to "
+        f"nats.servers: {shown_url(url)} carries credentials in the config file; move them to "
         "user + password_env, token_env, creds_file or nkey_seed_file (docs/config.md)"
         for url in cfg.nats.servers
         if "@" in url
     ]
-
-
-def _redacted(url: str) -> str:
-    """`url` without what precedes its last `@` (a user, a password, a token), also when it
-    has no `scheme://` to tell where that part starts."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def _heads_without_block_time(cfg: Config) -> list[str]:

@@ -15,6 +15,7 @@ import structlog
 
 from oracled.errors import ConfigError
 from oracled.runloop import run_to_end
+from oracled.urls import shown_url
 
 if TYPE_CHECKING:  # the service loads only when the command runs
     from oracled.margin.service import MarginService
@@ -84,7 +85,7 @@ def _url_problem(urls: list[str], quorum: int | None) -> str | None:
     if repeated is not None:
         times = urls.count(repeated)
         said = "twice" if times == 2 else f"{times} times"
-        return f"--url {repeated} given {said}: give each daemon once"
+        return f"--url {shown_url(repeated)} given {said}: give each daemon once"
     if quorum is None and len(urls) > 1:
         return (
             "several --url need signed mode ([signed] in the accounts file): unsigned "

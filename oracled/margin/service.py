@@ -38,6 +38,7 @@ from oracled.lograte import LogEveryMinute
 from oracled.margin.decisions import encode_decision
 from oracled.margin.engine import MarginEngine
 from oracled.margin.prices import PriceView, WireReport
+from oracled.urls import shown_url
 
 __all__ = ["MarginService"]
 
@@ -236,7 +237,7 @@ class MarginService:
                 market=market,
                 code=refusal.code,
                 message=frame.message,
-                url=url,
+                url=shown_url(url),
             )
         if refusal.markets:
             self._decide()
@@ -244,7 +245,7 @@ class MarginService:
 
     def _stalled(self, message: str, url: str) -> None:
         """`url`'s daemon says its rounds have stalled: nothing it sent is current any more."""
-        _log.warning("stalled", message=message, url=url)
+        _log.warning("stalled", message=message, url=shown_url(url))
         self.engine.book.mark_stalled()
         self._decide()
 
@@ -282,7 +283,7 @@ class MarginService:
             # `start` asks for the markets refused before alone, after the others.
             subs = self._subs_of(url)
             await self._send(ws, subs.start())
-            _log.info("connected", url=url, unavailable=sorted(subs.unavailable))
+            _log.info("connected", url=shown_url(url), unavailable=sorted(subs.unavailable))
             self.connected.set()
             retry = asyncio.create_task(self._retry(ws, url), name="margin-retry")
             try:
@@ -312,9 +313,9 @@ class MarginService:
             try:
                 code = await self._connect_once(session, url)
                 delay = 0.1
-                _log.warning("disconnected", url=url, code=code)
+                _log.warning("disconnected", url=shown_url(url), code=code)
             except (aiohttp.ClientError, OSError) as exc:
                 self.connected.clear()
-                _log.warning("connect_failed", url=url, error=str(exc)[:200])
+                _log.warning("connect_failed", url=shown_url(url), error=str(exc)[:200])
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.reconnect_max_s)

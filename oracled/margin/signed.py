@@ -55,6 +55,7 @@ from oracled.margin.prices import PriceView, SignerRef, parse_price
 from oracled.margin.reads import Reads
 from oracled.margin.service import MarginService, _wall_ms
 from oracled.publish.signer import SIGNED_FORMAT
+from oracled.urls import shown_url
 
 __all__ = ["NO_QUORUM", "STALLED_QUORUM", "SignedMarginService", "view_of"]
 
@@ -280,14 +281,20 @@ class SignedMarginService(MarginService):
         """`url`'s daemon stalled: its signer's reports leave every quorum, the others price.
         Only on the daemon's StallNotice, which the client verifies (`take_stall`): a frame
         anyone on the way could write freezes nothing, as it moves no price."""
-        stall = self.client.take_stall(text, url)
+        stall = self.client.take_stall(text, shown_url(url))
         if stall is None:  # refused, or nothing held of it: it counts toward no quorum
             # Anyone on the way can send any number: a line a minute per daemon, with the count.
             count = self._refused_stalls.due(url, time.monotonic())
             if count is not None:
-                _log.warning("stalled", message=message[:200], url=url, identity=None, frames=count)
+                _log.warning(
+                    "stalled",
+                    message=message[:200],
+                    url=shown_url(url),
+                    identity=None,
+                    frames=count,
+                )
             return
-        _log.warning("stalled", message=message, url=url, identity=stall.identity)
+        _log.warning("stalled", message=message, url=shown_url(url), identity=stall.identity)
         self._refresh()
         super()._decide()
 

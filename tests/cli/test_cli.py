@@ -235,6 +235,13 @@ def test_margin_refuses_a_url_given_twice_naming_it(tmp_path: Path) -> None:
         proc = _oracled("margin", "--accounts", str(accounts), *["--url", url] * times)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr == f"oracled margin: --url {url} given {said}: give each daemon once\n"
+    # A proxy's user and password in the URL are not printed with it.
+    secret = "ws://reader:proxy-pass-77@127.0.0.1:9/v1/stream"
+    proc = _oracled("margin", "--accounts", str(accounts), "--url", secret, "--url", secret)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        "oracled margin: --url ws://***@127.0.0.1:9/v1/stream given twice: give each daemon once\n"
+    )
 
 
 def test_without_config_a_command_reads_the_shipped_config_from_any_directory(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -172,3 +173,40 @@ async def test_a_flood_past_the_pending_limits_is_counted_said_once_and_shown_un
     assert caught["subject"] == subject and caught["dropped"] == dropped
     view = client.price("BTC/USD")
     assert view.lagging == () and view.ts == second.ts
+
+
+async def test_a_password_in_a_server_url_is_used_and_never_logged(tmp_path: Path) -> None:
+    """The only way to give `watch_nats` a user and password is the server's URL
+    (`nats://reader:<password>@host:port`). The client logs in with them and verifies prices,
+    and the lines that name the servers (bound to every line of the watch: `client nats
+    error` and `client nats disconnected` when the server goes) show `nats://***@host:port`.
+    They showed the URL whole, the password in it."""
+    password = "nats-pass-3c9b0e"
+    server = NatsServer(
+        tmp_path / "nats",
+        jetstream=False,
+        settings=f'authorization {{ users = [ {{ user: reader, password: "{password}" }} ] }}',
+    )
+    await server.start()
+    signed = RoundSigner(KEY, "test").sign(Rounds(make_config()).step())
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: signed.ts)
+    url = f"nats://reader:{password}@127.0.0.1:{server.port}"
+    with capture_logs() as logs:
+        watcher = asyncio.create_task(client.watch_nats(url, ["BTC/USD"]))
+        try:
+            async with asyncio.timeout(SAFETY_S):
+                publisher = await nats.connect(url)
+                while not client.accepted:
+                    await publisher.publish(price_subject("oracled", "BTC/USD"), signed.envelope(0))
+                    await asyncio.sleep(0.05)
+                await publisher.close()
+                server.stop()
+                while not any(e["event"] == "client nats disconnected" for e in logs):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            server.stop()
+    named = [e["servers"] for e in logs if "servers" in e]
+    assert named and all(s == [f"nats://***@127.0.0.1:{server.port}"] for s in named), named
+    assert password not in json.dumps(logs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import sys
@@ -488,3 +489,39 @@ async def test_a_handshake_redirected_to_another_host_is_refused_and_nothing_is_
     assert failed[0]["error"] == f"handshake redirected to {target}"
     assert failed[0]["log_level"] == "warning"
     assert not any(e["event"] == "client subscribed" for e in logs)
+
+
+async def test_a_password_in_the_daemons_url_is_sent_and_never_logged() -> None:
+    """A daemon reached through a proxy that asks for a user and password
+    (`http://reader:<password>@host/`): the client sends them (aiohttp makes them Basic auth)
+    and verifies the prices, and its log lines (`client subscribed`, bound to every line of
+    the watch) name the URL as `http://***@host:port/`. They named it whole, the password
+    with it."""
+    password = "proxy-pass-5d0a71"
+    basic = "Basic " + base64.b64encode(f"reader:{password}".encode()).decode()
+    rounds = Rounds(make_config())
+    app = _daemon_app(True, rounds)
+
+    @web.middleware
+    async def proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.headers.get("Authorization") != basic:
+            raise web.HTTPUnauthorized()
+        return await handler(request)
+
+    app.middlewares.insert(0, proxy)
+    client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: rounds.now)
+    with capture_logs() as logs:
+        async with api_rig.DaemonServer(app, host="127.0.0.1") as server:
+            where = server.make_url("/")
+            url = str(where.with_user("reader").with_password(password))
+            watcher = asyncio.create_task(client.watch_ws(url, ["BTC/USD"]))
+            try:
+                async with asyncio.timeout(SAFETY_S):
+                    while not client.accepted:  # noqa: ASYNC110 - no event to wait on
+                        await asyncio.sleep(0.01)
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+    named = {e["url"] for e in logs if "url" in e}
+    assert named == {f"http://***@{where.host}:{where.port}/"}, named
+    assert password not in json.dumps(logs)
