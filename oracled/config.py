@@ -553,13 +553,16 @@ class ChainConfig(_Frozen):
 
     RPC URLs usually carry an API key, so the file names an environment variable holding them
     (comma-separated); `rpc_urls` in the file is meant for loopback test nodes. With neither,
-    the chain and every source on it stay off and the daemon says so at start-up.
+    the chain and every source on it stay off and the daemon says so at start-up. A provider's
+    WebSocket URL carries the key too: `ws_url_env` names the variable holding it instead of
+    `ws_url` (the reader uses `heads_url`).
     """
 
     chain_id: Annotated[int, Field(ge=1, le=MAX_CHAIN_ID)]
     rpc_urls_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
     rpc_urls: tuple[str, ...] = ()
     ws_url: str | None = None
+    ws_url_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
     poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     cross_check: bool = False
@@ -573,6 +576,8 @@ class ChainConfig(_Frozen):
     sequencer: SequencerConfig | None = None
     #: Filled by parse_config from `rpc_urls_env` (else `rpc_urls`); empty means disabled.
     resolved_urls: tuple[str, ...] = Field(default=(), exclude=True)
+    #: Filled by parse_config from `ws_url_env` when it is set; never written back out.
+    resolved_ws_url: str | None = Field(default=None, exclude=True)
 
     # resolved_urls too, so that a file setting it meets the relation check that names the
     # mistake, not a type error claiming its array is no array.
@@ -588,11 +593,19 @@ class ChainConfig(_Frozen):
     @field_validator("ws_url")
     @classmethod
     def _check_ws(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^wss?://[^\s/]+", value):
-            raise ValueError("must be an absolute ws:// or wss:// URL")
-        if value is not None:
-            _check_host_port(value, "the URL")
-        return value
+        return None if value is None else _check_ws_url(value)
+
+    @property
+    def heads_url(self) -> str | None:
+        """Where newHeads is read: the URL of `ws_url_env` when it is set, else `ws_url`."""
+        return self.resolved_ws_url or self.ws_url
+
+
+def _check_ws_url(url: str) -> str:
+    if not re.match(r"^wss?://[^\s/]+", url):
+        raise ValueError("must be an absolute ws:// or wss:// URL")
+    _check_host_port(url, "the URL")  # never the URL itself: it may hold an API key
+    return url
 
 
 def _check_http_url(url: str) -> str:
@@ -1480,10 +1493,11 @@ def _chain_relations(cfg: Config) -> list[str]:
             for pair in sorted(wanted.get(sid, set()) - set(src.feeds))
         )
     for cid, chain in cfg.chains.items():
-        if chain.resolved_urls:
-            problems.append(
-                f"chains.{cid}.resolved_urls: is set from the environment, not the file"
-            )
+        problems.extend(
+            f"chains.{cid}.{key}: is set from the environment, not the file"
+            for key in ("resolved_urls", "resolved_ws_url")
+            if getattr(chain, key)
+        )
         if chain.block_time_s is not None and chain.block_time_s >= chain.max_block_age_s:
             # The reader refuses a head older than max_block_age_s as a stuck node's and leaves
             # its endpoint as behind: with blocks that slow, a healthy chain's head often is.
@@ -1516,7 +1530,13 @@ def _resolve_chains(cfg: Config, env: Mapping[str, str]) -> dict[str, ChainConfi
                 _check_distinct_urls(urls)
             except ValueError as exc:
                 problems.append(f"chains.{cid}.rpc_urls: {exc}")
-        out[cid] = chain.model_copy(update={"resolved_urls": urls})
+        ws_url = None
+        if chain.ws_url_env and env.get(chain.ws_url_env, "").strip():
+            try:
+                ws_url = _check_ws_url(env[chain.ws_url_env].strip())
+            except ValueError as exc:  # never echo the URL: it may carry an API key
+                problems.append(f"chains.{cid}.ws_url_env: ${chain.ws_url_env}: {exc}")
+        out[cid] = chain.model_copy(update={"resolved_urls": urls, "resolved_ws_url": ws_url})
     if problems:
         raise ConfigError(problems)
     return out
@@ -1755,7 +1775,8 @@ def _heads_without_block_time(cfg: Config) -> list[str]:
         f"silently is noticed only after max_block_age_s ({chain.max_block_age_s:g} s); set the "
         "chain's block interval (12 for Ethereum, 2 for Base and Optimism)"
         for cid, chain in cfg.chains.items()
-        if chain.ws_url is not None and chain.block_time_s is None
+        if (chain.heads_url is not None or chain.ws_url_env is not None)
+        and chain.block_time_s is None
     ]
 
 

@@ -212,6 +212,46 @@ async def test_release_stops_the_reader_of_a_chain_that_no_running_source_reads(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+HEADS_ENV = "ORACLED_TEST_HEADS_URL"
+
+
+async def test_a_chains_websocket_url_may_come_from_the_environment(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """A provider's WebSocket URL carries its key as its RPC URLs do, so `ws_url_env` names
+    the variable that holds it, and the reader follows newHeads there with no URL in the file
+    (`chain enabled` says `newHeads`). Before, the key had to be written in the file: there was
+    no such variable (`ws_url_env` was refused as an unknown key)."""
+    relay = await WsRelay(anvil.ws_url, http).start()
+    feed = {"ETH/USD": {"address": snapshot.eth_proxy, "heartbeat_s": 3600}}
+    data = {
+        "chains": {"local": {"chain_id": 31337, "rpc_urls": [anvil.url], "ws_url_env": HEADS_ENV}},
+        "sources": {"cl": {"type": "chainlink", "chain": "local", "feeds": feed}},
+        "markets": [
+            {
+                "symbol": "ETH/USD",
+                "min_sources": 1,
+                "sources": [{"source": "cl", "pair": "ETH/USD"}],
+            }
+        ],
+    }
+    cfg = parse_config(data, env={HEADS_ENV: relay.url})
+    assert cfg.chains["local"].ws_url is None  # nothing of it in the file's values
+    try:
+        with capture_logs() as logs:
+            chains = ChainSet(cfg, http, SystemClock())
+            tasks = chains.start()
+            try:
+                await until(lambda: relay.following == 1)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await relay.stop()
+    assert [e["blocks"] for e in logs if e["event"] == "chain enabled"] == ["newHeads"]
+
+
 def _daemon_toml(anvil: Anvil, relay: WsRelay, venue: BinanceSim, proxy: str, cl: bool) -> str:
     """BTC/USDT from a venue; with `cl`, ETH/USD from a Chainlink source on the one chain,
     whose reader follows newHeads through `relay`."""

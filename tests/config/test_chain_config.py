@@ -78,6 +78,38 @@ def test_a_bad_url_in_the_environment_is_reported_without_echoing_it() -> None:
     assert "secret-key" not in problems[0]
 
 
+def test_the_websocket_url_may_come_from_the_environment_and_is_never_echoed() -> None:
+    """`ws_url_env` names the variable holding a chain's WebSocket URL (a provider's carries
+    its key): set, it is the URL newHeads is read from, over a `ws_url` in the file, and it is
+    never written back out; unset or empty, the file's `ws_url` (or none) is used. A malformed
+    one is named by its variable, never printed."""
+    doc = _doc()
+    doc["chains"]["eth"]["ws_url_env"] = "TEST_ETH_WS"
+    env = {"TEST_ETH_RPC": "https://one.example/k1"}
+    cfg = parse_config(doc, {**env, "TEST_ETH_WS": " wss://ws.example/v2/secret-key "})
+    chain = cfg.chains["eth"]
+    assert chain.heads_url == "wss://ws.example/v2/secret-key" and chain.ws_url is None
+    assert "secret-key" not in repr(cfg.model_dump())
+    doc["chains"]["eth"]["ws_url"] = "wss://file.example/ws"
+    cfg = parse_config(doc, {**env, "TEST_ETH_WS": "wss://ws.example/v2/secret-key"})
+    assert cfg.chains["eth"].heads_url == "wss://ws.example/v2/secret-key"  # the variable wins
+    for unset in ({}, {"TEST_ETH_WS": "  "}):
+        assert parse_config(doc, {**env, **unset}).chains["eth"].heads_url == (
+            "wss://file.example/ws"
+        )
+    problems = _problems(doc, {**env, "TEST_ETH_WS": "https://ws.example/v2/secret-key"})
+    assert problems == [
+        "chains.eth.ws_url_env: $TEST_ETH_WS: must be an absolute ws:// or wss:// URL"
+    ]
+    problems = _problems(doc, {**env, "TEST_ETH_WS": "wss://ws.example:99999/secret-key"})
+    assert len(problems) == 1 and problems[0].startswith("chains.eth.ws_url_env: $TEST_ETH_WS:")
+    assert "secret-key" not in problems[0]
+    doc["chains"]["eth"]["resolved_ws_url"] = "wss://ws.example/x"
+    assert "chains.eth.resolved_ws_url: is set from the environment, not the file" in _problems(
+        doc, env
+    )
+
+
 def test_mixed_case_address_with_a_wrong_checksum_is_refused() -> None:
     """A one-letter typo in a checksummed address is caught with its key path."""
     doc = _doc()

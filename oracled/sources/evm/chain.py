@@ -903,14 +903,14 @@ class ChainReader:
     async def run(self) -> None:
         """Follow the chain until cancelled: newHeads when possible, else polling."""
         await self.check_chain_id()
-        if self.cfg.ws_url is None:
+        if self.cfg.heads_url is None:
             await self._poll_forever()
             return
         attempt = 0
         while True:
             heads = self._heads
             try:
-                await self._follow_heads(self.cfg.ws_url)
+                await self._follow_heads(self.cfg.heads_url)
             except (aiohttp.ClientError, OSError, TimeoutError, SourceError, ValueError,
                     msgspec.MsgspecError, RecursionError) as exc:  # fmt: skip
                 # RecursionError: a message nested past the decoder's depth limit
@@ -926,7 +926,7 @@ class ChainReader:
     def _heads_error(self, exc: BaseException) -> str:
         """The error without the WebSocket URL, which may carry an API key: a refused handshake's
         text is the URL whole (as the client normalised it, so it is not simply replaced)."""
-        url = self.cfg.ws_url or ""
+        url = self.cfg.heads_url or ""
         if isinstance(exc, aiohttp.ClientResponseError):
             return f"{type(exc).__name__}: {exc.status}, {shown(exc.message)}, {redact(url)}"
         return f"{type(exc).__name__}: {exc}".replace(url, redact(url))

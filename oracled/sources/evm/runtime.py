@@ -98,7 +98,7 @@ class ChainSet:
         self._log.info(
             "chain enabled", chain=cid, chain_id=chain.chain_id,
             endpoints=[redact(u) for u in chain.resolved_urls],
-            blocks="newHeads" if chain.ws_url else "polling",
+            blocks="newHeads" if chain.heads_url else "polling",
         )  # fmt: skip
 
     def _task(self, cid: str) -> asyncio.Task[None]:
