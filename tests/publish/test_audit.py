@@ -584,24 +584,24 @@ def test_closing_while_the_writer_is_stuck_returns_and_a_later_close_finishes(
 
 def test_close_waits_for_room_and_for_the_writer_within_one_timeout(tmp_path: Path) -> None:
     """The stop gives the trail one timeout. A writer held by another connection's lock, with
-    the queue full: room comes a second into the close (SQLite's 5 s busy wait ends, the round
-    fails and the writer takes the next, where it waits again), and the close returns at its
-    timeout, not a second later (it waited a whole timeout for room, then another for the
-    writer: 2.5 s of a 1.5 s budget). The lock gone, a later close writes the round."""
+    the queue full: room comes when SQLite's 5 s busy wait ends (the round fails and the writer
+    takes the next, where it waits again). On the close's clock that wait took its whole
+    budget, so the close returns then, not free to wait a whole timeout more for the writer
+    (which, given it, would fail its round too, take the stop and finish). The lock gone, a
+    later close writes the round."""
     db = tmp_path / "locked.sqlite3"
     audit = AuditTrail(audit_config(db, queue=1, batch_rounds=1))
     audit._retry_s = 0.0  # the writer opens the database again at once after its failure
+    budget_s = 60.0  # far more than the writer needs for its two failed rounds
+    readings = iter((0.0, budget_s))  # when the close starts, and once it has room
+    audit._close_clock = lambda: next(readings)
     audit.start()
     feed = Feed(make_config(), audit, start=False)
     with writer_stuck_on_a_lock(db, audit, feed):
-        held_at = time.monotonic()
         feed.round()  # queued: the queue is full
-        time.sleep(max(0.0, held_at + 4.0 - time.monotonic()))
-        started = time.monotonic()
-        assert not audit.close(timeout_s=1.5)
-        took = time.monotonic() - started
+        assert not audit.close(timeout_s=budget_s)
         assert audit.stats.write_errors == 1  # room came: the first round failed meanwhile
-        assert took < 2.0, took
+    audit._close_clock = time.monotonic
     assert audit.close()
     assert audit.stats.rounds == 2
     assert audit.stats.dropped == {"writer_behind": 0, "lock_away": 0}
