@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -198,14 +197,19 @@ async def test_a_price_below_the_markets_resolution_is_paused_never_published_as
     assert len(moves) == 1 and moves[0][1] == "paused", moves
 
 
-async def test_sigterm_stops_the_daemon_cleanly_within_five_seconds(daemon: Daemon) -> None:
-    """SIGTERM: exit code 0, well inside the 5 s budget, with a 'stopped' log line."""
+async def test_sigterm_stops_the_daemon_cleanly(daemon: Daemon) -> None:
+    """SIGTERM: exit code 0 and one `stopped` line naming the parts it closed, with no part
+    left at its limit on the way: from `shutting down` to the exit, no task abandoned, nothing
+    warned or failed. (How long a stop takes: benchmarks/bench_stop.py.)"""
     await daemon.wait_status("BTC/USD", {"active", "degraded"})
-    started = time.monotonic()
     code = await asyncio.to_thread(daemon.terminate)
     assert code == 0, daemon.logs()[-3000:]
-    assert time.monotonic() - started < 5.0
-    assert len(daemon.events("stopped")) == 1, daemon.logs()[-3000:]
+    records = [json.loads(ln) for ln in daemon.logs().splitlines() if ln.startswith("{")]
+    events = [r["event"] for r in records]
+    assert events.count("shutting down") == 1 and events.count("stopped") == 1, events[-20:]
+    stop = records[events.index("shutting down") :]
+    assert [r for r in stop if r["level"] not in ("debug", "info")] == []
+    assert list(records[events.index("stopped")]["parts_s"]) == ["tasks", "api", "session"]
 
 
 async def test_garbage_frames_are_counted_and_never_published(
