@@ -74,14 +74,17 @@ def test_a_healthy_account_never_becomes_liquidatable_without_a_price_move(
         max_size=12,
     ),
     after_grace=st.sampled_from(["freeze", "last_good"]),
+    before=st.one_of(st.none(), prices),
 )
 def test_a_paused_price_never_liquidates(
-    acct: dict[str, Any], path: list[tuple[float, str]], after_grace: str
+    acct: dict[str, Any], path: list[tuple[float, str]], after_grace: str, before: float | None
 ) -> None:
-    """While the market is paused or unknown (within the grace period) nothing is liquidated."""
+    """While the market is paused or unknown (within the grace period) nothing is liquidated.
+    `before`: the daemon's last good price from before the engine started (None: it had
+    none), the one price a pause that comes first offers the engine that it never saw live."""
     policy = {"after_grace": after_grace, "pause_grace_ms": 3_600_000}
     engine = MarginEngine(spec([acct], policy=policy))
-    last_good: float | None = None
+    last_good = before
     for n, (price, status) in enumerate(path, start=1):
         ts = T0 + n * 1_000
         live = status in ("active", "degraded")
