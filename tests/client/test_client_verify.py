@@ -473,10 +473,12 @@ def test_verify_alone_compares_signers_case_insensitively() -> None:
 
 
 def test_the_client_needs_a_feasible_quorum() -> None:
-    """A quorum larger than the allowed signers, or no signers at all, is refused up front."""
-    with pytest.raises(ValueError):
+    """A quorum larger than the allowed signers, or no signers at all, is refused up front,
+    each for what it is (no signers would also fail the quorum's check, with a message that
+    sends the operator to the quorum)."""
+    with pytest.raises(ValueError, match="quorum must be between 1 and the 3 allowed signers"):
         OracleClient(ALLOWED, deployment="test", quorum=4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="allow at least one signer"):
         OracleClient([], deployment="test")
 
 
