@@ -1,8 +1,8 @@
-"""The two behaviours of the source base that play out over time, observed without timing them
-to the millisecond: the reconnect backoff growing and being reset by a healthy connection (read
-from the attempt each reconnect logs, with the source on a clock the venue moves), and the
-watchdog cutting a silent socket one liveness period after its last frame, not several (measured
-against the moment the venue itself sent that frame, with a whole period of slack)."""
+"""The two behaviours of the source base that play out over time, observed without timing them:
+the reconnect backoff growing and being reset by a healthy connection (read from the attempt each
+reconnect logs, with the source on a clock the venue moves), and the watchdog cutting a silent
+socket one liveness period after its last frame, not several (read from each look of the
+watchdog: when the connection's last frame came, and when it set its next look)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
@@ -96,12 +97,19 @@ async def until_closed(ws: web.WebSocketResponse) -> None:
 
 @asynccontextmanager
 async def running(
-    url: str, clock: Clock, http: aiohttp.ClientSession, **config: Any
+    url: str,
+    clock: Clock,
+    http: aiohttp.ClientSession,
+    before: Callable[[LineSource], None] | None = None,
+    **config: Any,
 ) -> AsyncIterator[tuple[SourceStats, list[Quote]]]:
-    """A `LineSource` streaming from `url` on `clock`; it must end by cancellation, not a crash."""
+    """A `LineSource` streaming from `url` on `clock`, started once `before` (if given) was
+    called with it; it must end by cancellation, not a crash."""
     cfg = SourceConfig(type="binance", ws_url=url, **config)
     stats, quotes = SourceStats("line"), list[Quote]()
     source = LineSource("line", cfg, PAIRS, quotes.append, clock, http, stats)
+    if before is not None:
+        before(source)
     task = asyncio.create_task(source.run(), name="test:line")
     try:
         yield stats, quotes
@@ -153,7 +161,36 @@ async def test_backoff_grows_per_failure_and_resets_only_after_a_healthy_connect
     ]
 
 
-LIVENESS_S = 1.0  # large beside scheduling noise (milliseconds), small enough for a quick test
+LIVENESS_S = 1.0  # small enough for a quick test
+
+
+@dataclass
+class Look:
+    """One look of the watchdog: the connection's last frame then, and when the look it
+    scheduled is due (None: this look cut the connection), on the source's clock."""
+
+    last_rx: float
+    at: float
+    next_at: float | None
+
+
+def watched(looks: list[Look]) -> Callable[[LineSource], None]:
+    """Make a source record each look of its watchdog in `looks`: a spy on `Source._check`,
+    which the watchdog schedules by attribute, so every look goes through it."""
+
+    def install(source: LineSource) -> None:
+        check = source._check
+
+        def look() -> None:
+            last_rx, at = source._last_rx, source._clock.monotonic()
+            check()
+            watch = source._watch
+            cut = source._cut is not None or watch is None or watch.cancelled()
+            looks.append(Look(last_rx, at, None if cut else watch.when()))
+
+        source._check = look  # type: ignore[method-assign]
+
+    return install
 
 
 @pytest.mark.parametrize(
@@ -164,15 +201,18 @@ LIVENESS_S = 1.0  # large beside scheduling noise (milliseconds), small enough f
 async def test_silent_socket_is_cut_one_liveness_period_after_its_last_frame(
     busy_s: float, aiohttp_server: Any, http: aiohttp.ClientSession, wait: Wait
 ) -> None:
-    """A socket left open but silent is cut by the watchdog (reason "silent") between one and two
-    liveness periods after the venue sent its last frame, whether the silence starts right after
-    the subscription (the watchdog's first look finds it almost a period idle) or after quotes
-    every 50 ms outlasted that first look (the watchdog must look again on its own schedule); a
-    watchdog waiting several periods overshoots the bound by a whole period. The gap runs from
-    just before the venue sent its last frame to the moment the venue saw the client close, on
-    the clock the source reads: the cut can only make it longer than the true idle time."""
+    """A socket left open but silent is cut by the watchdog (reason "silent") one liveness
+    period after its last frame, whether the silence starts right after the subscription or
+    after quotes every 50 ms outlasted the first look (the watchdog must look again on its own
+    schedule). Every look that finds the connection not yet a period idle schedules the next for
+    the moment it would be, from its last frame, or 5 ms on (a watchdog that waited a whole
+    period from the look would cut up to a period late); the look that cuts finds it a period
+    idle. Read from the looks themselves, on the source's clock (the event loop's): how late a
+    loaded machine runs them does not matter. The venue sees the close a period or more after
+    it sent its last frame."""
     last_sent: list[float] = []
     closed: list[float] = []
+    looks: list[Look] = []
 
     async def script(ws: web.WebSocketResponse, n: int) -> None:
         if n == 0:
@@ -190,10 +230,23 @@ async def test_silent_socket_is_cut_one_liveness_period_after_its_last_frame(
     url = await serve(aiohttp_server, script, lambda n: False)
     with capture_logs() as logs:
         async with running(
-            url, SystemClock(), http, liveness_timeout_s=LIVENESS_S, reconnect_max_s=0.2
+            url,
+            SystemClock(),
+            http,
+            watched(looks),
+            liveness_timeout_s=LIVENESS_S,
+            reconnect_max_s=0.2,
         ):
             await wait(lambda: closed != [], within_s=6 * LIVENESS_S)
-    gap = closed[0] - last_sent[0]
-    assert LIVENESS_S <= gap < 2 * LIVENESS_S, gap
+    *kept, cut = looks[: next(i for i, look in enumerate(looks) if look.next_at is None) + 1]
+    assert len(kept) >= (busy_s > 0), looks  # quotes outlasted the first look: it cut nothing
+    for look in kept:
+        assert look.at - look.last_rx < LIVENESS_S, look
+        due = max(look.last_rx + LIVENESS_S, look.at + 0.005)  # 5 ms at least: no busy loop
+        # The look reads the clock, then the loop's time to schedule: a process preempted
+        # between the two may lose a little; a watchdog off by a period is far outside.
+        assert look.next_at == pytest.approx(due, abs=0.1 * LIVENESS_S), look
+    assert cut.at - cut.last_rx >= LIVENESS_S, cut
+    assert closed[0] - last_sent[0] >= LIVENESS_S, (closed, last_sent)
     downs = [e for e in logs if e["event"] == "source state" and e["state"] == "down"]
     assert downs[0]["reason"] == "silent"
