@@ -116,7 +116,7 @@ class TapeRecorder:
         except FileNotFoundError:
             mode = stat.S_IFREG
         if stat.S_ISDIR(mode):  # said before the start, not at the first write
-            raise TapeError(f"{path} is a directory: {flag} names the tape file")
+            raise TapeError(_a_directory(path, flag))
         if not stat.S_ISREG(mode):  # a FIFO (`--out >(gzip > t.gz)`), /dev/stdout: the open
             self._header = header
             self._open_later()  # waits for a reader, which must not hold a stop
@@ -454,12 +454,20 @@ def _last_line_read(tape: IO[bytes]) -> tuple[int, bool]:
     return count, not errors
 
 
+def _a_directory(tape: Path, flag: str) -> str:
+    """The refusal of a tape path that is a directory."""
+    return f"{tape} is a directory: {flag} names the tape file"
+
+
 def state_file_clash(tape: Path, cfg: Config, flag: str) -> str | None:
     """Why `tape` may not be recorded to: it is one of the files the daemon keeps its state in
     (the manual pauses file, the audit trail, the signing lease) or a file kept beside one
     (its lock, SQLite's), or its own lock file is. Said before any of them is opened: the
     recorder's own refusal named the wrong cause (a tape already there, a header unreadable),
-    or the tape went over the state where that file did not exist yet."""
+    or the tape went over the state where that file did not exist yet. A path with no name
+    (`/`, `.`) is a directory, said here: it has no name to put a lock file beside."""
+    if not tape.name:
+        return _a_directory(tape, flag)
     kept: list[tuple[str, str, tuple[str, ...]]] = []
     if cfg.oracle.manual_pauses_file is not None:
         pauses = cfg.oracle.manual_pauses_file

@@ -125,10 +125,16 @@ def test_append_to_a_tape_recorded_with_a_chains_rpc_urls_env_set_names_the_vari
 def test_a_tape_path_that_cannot_be_written_is_refused_before_the_start(tmp_path: Path) -> None:
     """`--out` naming a directory started the daemon, which priced without a tape and said so
     only at its first write (exit 1 at the stop); one in a directory that does not exist ended
-    in a `fatal` line naming the lock file. Both are refused at once, naming the tape (exit 2)."""
+    in a `fatal` line naming the lock file. Both are refused at once, naming the tape (exit 2).
+    So is a path with no name (`/`, `.`), which ended in a traceback: no lock file can be named
+    beside it."""
     config = tmp_path / "oracled.toml"
     config.write_text(sim_config([("ws://127.0.0.1:9/ws", "http://127.0.0.1:9")] * 3))
-    for out, why in ((tmp_path, "is a directory"), (tmp_path / "no" / "t.jsonl", "cannot write")):
+    for out, why in (
+        (tmp_path, "is a directory"),
+        (Path("/"), "is a directory: --out names the tape file"),
+        (tmp_path / "no" / "t.jsonl", "cannot write"),
+    ):
         proc = _record(config, "--out", str(out))
         assert proc.returncode == 2, proc.stderr
         assert f"oracled record: {out}" in proc.stderr and why in proc.stderr
