@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import math
 import os
 import signal
 import stat
@@ -80,6 +81,18 @@ def _listen(value: str) -> str:
     return value
 
 
+def _duration(value: str) -> float:
+    """`demo --duration SECONDS` (an argparse type): a finite number above 0. NaN ended the
+    demo in a traceback, and 0 or less stopped it as soon as it had started, exit 0."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{shown(value)}: not a number of seconds > 0")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oracled", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"oracled {__version__}")
@@ -138,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
         f"(default: {DEFAULT_CONFIG}, else the one shipped with oracled)",
     )
     demo.add_argument("--listen", type=_listen, help="HOST:PORT for the API (overrides the config)")
-    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--duration", type=_duration, help="stop after this many seconds")
     demo.add_argument("--record", type=Path, help="also write the quotes to a tape")
 
     from oracled.margin.command import add_parser as add_margin

@@ -205,6 +205,18 @@ def test_bad_command_line_values_are_quoted_once_and_cut_when_long(tmp_path: Pat
     assert f"argument --market: {quoted} is not a market name like BTC/USD" in proc.stderr
 
 
+def test_a_demo_duration_that_is_no_positive_number_is_a_usage_error() -> None:
+    """`demo --duration nan` ended in a traceback from the event loop's timer, and `-5` (or 0)
+    ran a demo that stopped as soon as it started, exit 0: each is refused before the start,
+    exit 2, the value quoted as the other options' are."""
+    for value in ("nan", "-5", "0", "inf", "soon"):
+        proc = _oracled("demo", "--duration", value)
+        assert proc.returncode == 2, (value, proc.stderr)
+        said = f"argument --duration: {value!r}: not a number of seconds > 0"
+        assert proc.stderr.splitlines()[-1].endswith(said), proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
 def test_replay_to_an_out_it_cannot_write_says_so_in_words(tmp_path: Path) -> None:
     """`--out` in a directory that does not exist: the file and the system's reason, as every
     other file error of the command line reads (it printed `[Errno 2] No such file or
