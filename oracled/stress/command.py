@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from oracled.errors import ConfigError, TapeError
+from oracled.errors import ConfigError, TapeError, described
 from oracled.stress.scenarios import SCENARIOS, build, scenario_accounts, scenario_config
 from oracled.tape import DEFAULT_MAX_GAP_MS, TapeGapError, max_gap_ms, tape_lines
 
@@ -108,7 +108,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
         print(f"oracled stress: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
-        print(f"oracled stress: {exc}", file=sys.stderr)
+        print(f"oracled stress: {described(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except TapeGapError as exc:  # no results: they would be of the tape before the gap only
         print(f"oracled stress: {tape}: {exc.where}; no results written", file=sys.stderr)
@@ -137,7 +137,10 @@ def cmd_stress(args: argparse.Namespace) -> int:
         if args.plot is not None:
             plot(result, args.plot)
     except (OSError, RuntimeError) as exc:  # a file not written, or no matplotlib
-        print(f"oracled stress: {exc}", file=sys.stderr)
+        print(
+            f"oracled stress: {described(exc) if isinstance(exc, OSError) else exc}",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     return EXIT_TAPE_ERRORS if malformed else EXIT_OK  # results written, but of a partial tape
 
@@ -178,7 +181,7 @@ def cmd_scenario(args: argparse.Namespace) -> int:
         if args.accounts_out is not None:
             args.accounts_out.write_text(json.dumps(scenario_accounts(), indent=2) + "\n")
     except OSError as exc:
-        print(f"oracled scenario: {exc}", file=sys.stderr)
+        print(f"oracled scenario: {described(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"{args.out}: {scenario.name}: {scenario.description} ({len(scenario.lines) - 1} quotes)")
     return EXIT_OK

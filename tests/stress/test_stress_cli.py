@@ -195,15 +195,38 @@ def test_an_output_file_that_cannot_be_written_is_a_clear_error_on_stderr(
 ) -> None:
     """`--json` or `--plot` into a directory that does not exist: exit 1 with `oracled stress:`
     and the path on stderr, after the table; stdout holds the table only, no log line (it had
-    been a structured `fatal` log line on stdout, mixed into what a script reads)."""
+    been a structured `fatal` log line on stdout, mixed into what a script reads). The line is
+    the file and the system's reason in words, as `oracled replay --out` says it (it read
+    `[Errno 2] No such file or directory: '...'`)."""
     target = tmp_path / "missing" / name
     rc = main(["stress", "--scenario", "flash_crash", option, str(target)])
     captured = capsys.readouterr()
     assert rc == 1
-    assert captured.err.startswith("oracled stress: ") and str(target) in captured.err
+    assert captured.err == f"oracled stress: {target}: No such file or directory\n"
     assert "fatal" not in captured.out
     assert captured.out.startswith("scenario: flash_crash")
     assert captured.out.rstrip().endswith("this policy never did")
+
+
+def test_a_scenario_file_that_cannot_be_written_is_named_with_the_reason_in_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`oracled scenario` writing its tape, config or accounts where it cannot: exit 1, one
+    line with the file and the system's reason (it printed `[Errno 21] Is a directory: ...`)."""
+    tape, missing = tmp_path / "t.jsonl", tmp_path / "missing" / "c.toml"
+    for argv, said in (
+        (["--out", str(tmp_path)], f"{tmp_path}: Is a directory"),
+        (
+            ["--out", str(tape), "--config-out", str(missing)],
+            f"{missing}: No such file or directory",
+        ),
+        (
+            ["--out", str(tape), "--accounts-out", str(missing)],
+            f"{missing}: No such file or directory",
+        ),
+    ):
+        assert main(["scenario", "flash_crash", *argv]) == 1, argv
+        assert capsys.readouterr().err == f"oracled scenario: {said}\n", argv
 
 
 def test_the_plot_is_a_png_whatever_the_file_is_called(
