@@ -155,3 +155,33 @@ def test_every_panel_the_docs_name_is_a_panel_of_a_dashboard() -> None:
         named |= {n for m in _PANEL_MENTION.finditer(text) for n in m.groups() if n}
     assert len(named) > 8, named  # the scan finds the docs' panel mentions at all
     assert sorted(named - titles) == []
+
+
+_AGGREGATION = re.compile(r"\b(sum|count)\s*(?:by\s*\(([^)]*)\)\s*)?\(")
+
+
+def test_a_stat_that_counts_markets_or_sources_counts_them_per_instance() -> None:
+    """The overview's headline numbers summed every instance the `instance` variable selects,
+    All by default: with the two replicas of the shipped StatefulSet, each pricing every market,
+    it read 46 active markets of 23, and sources up of twice the sources. A stat panel's sum or
+    count over a metric labelled by market or source keeps `instance`, one number a replica,
+    as the Version stat shows one version a replica."""
+    listed, _ = catalogue()
+    checked, summed = 0, []
+    for name, dash in load().items():
+        for panel in every_panel(dash):
+            if panel["type"] != "stat":
+                continue
+            for target in panel["targets"]:
+                for match in _AGGREGATION.finditer(target["expr"]):
+                    inner = target["expr"][match.end() :]
+                    metrics = re.findall(r"\b(oracled_[a-z0-9_]+)\b", inner.split(")", 1)[0])
+                    labels = {lab for m in metrics for lab in listed.get(m, ("", set()))[1]}
+                    if not labels & {"market", "source"}:
+                        continue
+                    checked += 1
+                    grouping = {x.strip() for x in (match[2] or "").split(",")}
+                    if "instance" not in grouping or "{{instance}}" not in target["legendFormat"]:
+                        summed.append(f"{name} / {panel['title']}: {target['expr']}")
+    assert checked >= 6, checked  # the four status counts and the two of sources
+    assert summed == []
