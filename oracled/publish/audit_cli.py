@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from oracled.errors import ConfigError, shown
+from oracled.errors import ConfigError, described, shown
 from oracled.files import NotRegularFileError
 from oracled.model import Report, market_name
 from oracled.publish.audit import (
@@ -521,6 +521,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 2
     except ConfigError as exc:
         print(f"oracled audit: --config: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader of stdout went away: the command line's to answer
+        raise
+    except OSError as exc:  # OUT of --tape or --csv not written: not 1, which says "no round"
+        flag = "--tape" if args.tape is not None else "--csv"
+        print(f"oracled audit: {flag} {described(exc)}", file=sys.stderr)
         return 2
     finally:
         reader.close()

@@ -849,6 +849,25 @@ def test_an_output_that_is_the_database_itself_is_refused_and_the_trail_kept(
     assert main(["audit", "--db", str(db)]) == 0
 
 
+def test_an_output_that_cannot_be_written_is_named_with_its_option_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--tape` or `--csv` in a directory that does not exist ended in the daemon's `fatal` log
+    line and exit 1, which `oracled audit` answers when it finds no round: a script took an
+    output it could not write for an empty window. It is one line naming the option, the file
+    and the reason, exit 2 (a bad request), and the trail reads as before."""
+    db = tmp_path / "audit.sqlite3"
+    recorded(db, 3)
+    target = tmp_path / "missing" / "out"
+    for option in (["--tape"], ["--market", "BTC/USD", "--csv"]):
+        capsys.readouterr()
+        assert main(["audit", "--db", str(db), *option, str(target)]) == 2
+        assert capsys.readouterr().err == (
+            f"oracled audit: {option[-1]} {target}: No such file or directory\n"
+        )
+    assert main(["audit", "--db", str(db)]) == 0
+
+
 def test_the_reserve_is_as_configured_within_its_range_and_an_eighth_of_a_small_max_bytes(
     tmp_path: Path,
 ) -> None:
