@@ -10,10 +10,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import structlog
 
-from oracled.errors import ConfigError
+from oracled.errors import ConfigError, shown
 from oracled.runloop import run_to_end
 from oracled.urls import shown_url
 
@@ -79,6 +80,14 @@ def _url_problem(urls: list[str], quorum: int | None) -> str | None:
     """What is wrong with the --url list for the mode (`quorum`: None unsigned), if anything."""
     if not all(url.startswith(("ws://", "wss://")) for url in urls):
         return "--url must be ws:// or wss://"
+    for url in urls:  # else retried for ever, each failure logged as the URL alone
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # a port out of range, or no number, raises
+        except ValueError as exc:
+            return f"--url {shown(url)}: not a URL ({exc})"
+        if not parts.hostname:
+            return f"--url {shown(url)}: no host"
     # Compared as typed (the command normalises no URL: each is connected to as given). Merged
     # silently, a repeat left signed mode counting one --url fewer than the user typed.
     repeated = next((url for i, url in enumerate(urls) if url in urls[:i]), None)

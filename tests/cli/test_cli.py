@@ -256,6 +256,22 @@ def test_margin_refuses_a_url_given_twice_naming_it(tmp_path: Path) -> None:
     )
 
 
+def test_margin_refuses_a_url_without_a_host_or_port_it_can_connect_to(tmp_path: Path) -> None:
+    """A --url that names no host, a port out of range or a bracket left open was connected to
+    again and again for ever, each failure logged with the URL alone as its `error`: exit 2
+    before connecting, naming the URL and what is wrong with it."""
+    accounts = tmp_path / "accounts.json"
+    accounts.write_text(json.dumps({"assets": {"USD": {}}, "instruments": {}}))
+    for url, said in (
+        ("ws://127.0.0.1:99999/v1/stream", "not a URL (Port out of range 0-65535)"),
+        ("ws://[::1/v1/stream", "not a URL (Invalid IPv6 URL)"),
+        ("ws:///v1/stream", "no host"),
+    ):
+        proc = _oracled("margin", "--accounts", str(accounts), "--url", url)
+        assert proc.returncode == 2, (url, proc.stderr)
+        assert proc.stderr == f"oracled margin: --url {url!r}: {said}\n"
+
+
 def test_without_config_a_command_reads_the_shipped_config_from_any_directory(
     tmp_path: Path,
 ) -> None:
