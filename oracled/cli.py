@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", type=_listen, help="HOST:PORT for the API (overrides the config)")
 
     check = sub.add_parser("check-config", help="validate a config file and report every problem")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, help="the TOML config file to check")
     check.add_argument(
         "--as-daemon",
         action="store_true",

@@ -39,7 +39,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
     )
     margin.add_argument("--step-ms", type=int, default=1000, help="decision tick (default 1000)")
-    margin.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    margin.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="log lines on stderr (default: auto, console on a terminal, else JSON)",
+    )
 
 
 async def _serve(service: MarginService, early_stop: Callable[[], signal.Signals | None]) -> None:

@@ -49,9 +49,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     stress.add_argument("--plot", type=Path, help="write a PNG of price paths here")
 
     scenario = sub.add_parser("scenario", help=f"write a synthetic quote tape: {names}")
-    scenario.add_argument("name", choices=tuple(SCENARIOS))
+    scenario.add_argument("name", choices=tuple(SCENARIOS), help="the scenario to write")
     scenario.add_argument("--out", type=Path, required=True, help="tape file to write")
-    scenario.add_argument("--seed", type=int, default=0)
+    scenario.add_argument("--seed", type=int, default=0, help="scenario seed (default: 0)")
     scenario.add_argument("--config-out", type=Path, help="also write the scenario's config")
     scenario.add_argument("--accounts-out", type=Path, help="also write its accounts (JSON)")
 

@@ -117,3 +117,17 @@ def test_the_readme_demo_row_names_the_deployment_the_demo_signs_for() -> None:
     readme = (ROOT / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| `oracled demo "))
     assert f"deployment `{DEPLOYMENT}`" in row
+
+
+def test_every_argument_of_every_command_says_what_it_is_in_the_help() -> None:
+    """`oracled COMMAND --help` is where a person at a terminal looks first: `check-config`'s
+    file, `scenario`'s name and --seed, and `margin --log-format` were listed with nothing
+    beside them (what --log-format's `auto` picks was nowhere but the code)."""
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [
+        f"{name} {' '.join(action.option_strings) or action.dest}"
+        for name, sub in commands.choices.items()
+        for action in sub._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert bare == []
