@@ -17,6 +17,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 SECTIONS: dict[str, type[BaseModel]] = {
     "[oracle]": c.OracleConfig,
     "[api]": c.ApiConfig,
+    "[log]": c.LogConfig,
     "[sources.<id>]": c.SourceConfig,
     "[chains.<id>]": c.ChainConfig,
     "[[markets]]": c.MarketConfig,
