@@ -49,3 +49,16 @@ def unknown_metrics(expr: str) -> set[str]:
         if base not in known:
             missing.add(name)
     return missing
+
+
+def label_values() -> dict[str, set[str]]:
+    """Label -> the values *Labels and their bounds* lists for it (in backticks), the drop
+    reasons' rows counted among `reason`'s."""
+    text = CATALOGUE.read_text()
+    values: dict[str, set[str]] = {}
+    for line in text[text.index("## Labels and their bounds") :].splitlines():
+        if row := re.match(r"^\| `(\w+)` (?:\([^)]*\) )?\| (.+?) \| \d+", line):
+            values.setdefault(row[1], set()).update(re.findall(r"`([a-z0-9_]+)`", row[2]))
+    drops = text[text.index("## Drop reasons") : text.index("## Planned")]
+    values["reason"] |= set(re.findall(r"^\| `([a-z_]+)`", drops, re.M))
+    return values

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import yaml
-from catalogue import ROOT, catalogue, unknown_metrics
+from catalogue import ROOT, catalogue, label_values, unknown_metrics
 from dashboards import DASHBOARDS, every_panel, load, targets, variables
 
 PROVISIONING = ROOT / "grafana" / "provisioning"
@@ -75,25 +75,56 @@ def _series_names(legend: str) -> re.Pattern[str]:
     return re.compile(".+".join(re.escape(p) for p in parts))
 
 
+def _sample_names(legend: str) -> set[str]:
+    """Display names a legend template gives its series: each `{{label}}` filled with every
+    value the catalogue's labels table lists for it, an address for `instance`, `x` for a
+    label of open values."""
+    values = {**label_values(), "instance": {"10.0.0.1:8480"}}
+    names = {""}
+    for part in re.split(r"(\{\{\s*\w+\s*\}\})", legend):
+        label = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", part)
+        options = sorted(values.get(label[1], {"x"})) if label else [part]
+        names = {name + option for name in names for option in options}
+    return names
+
+
+def _regexp_matches(pattern: str, name: str) -> bool:
+    """Whether Grafana's `byRegexp` matcher takes a display name: a pattern between slashes is
+    a regular expression searched for, anything else one the whole name must match."""
+    slashed = re.fullmatch(r"/(.*)/([gimsy]*)", pattern)
+    if slashed:
+        return re.search(slashed[1], name, re.I if "i" in slashed[2] else 0) is not None
+    return re.fullmatch(pattern, name) is not None
+
+
 def test_every_override_by_name_matches_a_series_of_its_panel() -> None:
     """A `byName` override applies to the series whose display name is its name, which for a
     Prometheus query is its legend. The gate transitions panels (overview and market) coloured
     `active`, `degraded`, `paused` and `unknown` while their series are named `to active`, ...:
     no override ever applied, and the transitions came in the palette's colours, a transition to
     paused in green as likely as not. Each override's name must be one a legend of the panel
-    makes."""
+    makes, and a `byRegexp` override's pattern must match a name a legend makes with the values
+    its labels take (`to paused .+` for `to {{status}} {{instance}}`)."""
     dead = []
     checked = 0
     for name, dash in load().items():
         for panel in every_panel(dash):
             legends = [t.get("legendFormat", "") for t in panel.get("targets", [])]
             for override in panel.get("fieldConfig", {}).get("overrides", []):
-                if override["matcher"]["id"] != "byName":
+                kind, wanted = override["matcher"]["id"], override["matcher"]["options"]
+                if kind not in ("byName", "byRegexp"):
                     continue
                 checked += 1
-                wanted = override["matcher"]["options"]
                 assert all(legends) and "__auto" not in legends, (name, panel["title"])
-                if not any(_series_names(legend).fullmatch(wanted) for legend in legends):
+                if kind == "byName":
+                    found = any(_series_names(legend).fullmatch(wanted) for legend in legends)
+                else:
+                    found = any(
+                        _regexp_matches(wanted, shown)
+                        for legend in legends
+                        for shown in _sample_names(legend)
+                    )
+                if not found:
                     dead.append(f"{name} / {panel['title']}: {wanted!r} not in {legends}")
     assert dead == []
     assert checked >= 20
@@ -157,31 +188,43 @@ def test_every_panel_the_docs_name_is_a_panel_of_a_dashboard() -> None:
     assert sorted(named - titles) == []
 
 
-_AGGREGATION = re.compile(r"\b(sum|count)\s*(?:by\s*\(([^)]*)\)\s*)?\(")
+_AGGREGATION = re.compile(r"\b(sum|count|max|min|avg)\s*(?:by\s*\(([^)]*)\)\s*)?\(")
 
 
-def test_a_stat_that_counts_markets_or_sources_counts_them_per_instance() -> None:
-    """The overview's headline numbers summed every instance the `instance` variable selects,
-    All by default: with the two replicas of the shipped StatefulSet, each pricing every market,
-    it read 46 active markets of 23, and sources up of twice the sources. A stat panel's sum or
-    count over a metric labelled by market or source keeps `instance`, one number a replica,
-    as the Version stat shows one version a replica."""
+def _aggregated(expr: str) -> list[tuple[set[str], str]]:
+    """(the labels kept, what is aggregated) of each `sum`, `count`, ... of an expression."""
+    found = []
+    for match in _AGGREGATION.finditer(expr):
+        end, depth = match.end(), 1
+        while depth:
+            depth += {"(": 1, ")": -1}.get(expr[end], 0)
+            end += 1
+        kept = {label.strip() for label in (match[2] or "").split(",")} - {""}
+        found.append((kept, expr[match.end() : end - 1]))
+    return found
+
+
+def test_a_panel_that_counts_markets_or_sources_counts_them_per_instance() -> None:
+    """The overview summed every instance the `instance` variable selects, All by default: with
+    the two replicas of the shipped StatefulSet, each pricing every market, it read 46 active
+    markets of 23, twice the sources up, and every gate transition and manual action twice. A
+    panel that aggregates across markets or sources a per-market metric, or a per-source state
+    (a gauge of unit 1, `_info` joins aside), keeps `instance`, one series a replica, as the
+    Version stat shows one version a replica; a per-source rate summed by source (frames,
+    drops) or a latency merged across sources is no count and is left as it is."""
     listed, _ = catalogue()
     checked, summed = 0, []
     for name, dash in load().items():
-        for panel in every_panel(dash):
-            if panel["type"] != "stat":
-                continue
-            for target in panel["targets"]:
-                for match in _AGGREGATION.finditer(target["expr"]):
-                    inner = target["expr"][match.end() :]
-                    metrics = re.findall(r"\b(oracled_[a-z0-9_]+)\b", inner.split(")", 1)[0])
-                    labels = {lab for m in metrics for lab in listed.get(m, ("", set()))[1]}
-                    if not labels & {"market", "source"}:
+        for target in targets(name, dash):
+            for kept, inner in _aggregated(target.expr):
+                for metric in set(re.findall(r"\b(oracled_[a-z0-9_]+)\b", inner)):
+                    _, labels, unit = listed.get(metric, ("", frozenset(), ""))
+                    own = labels & {"market", "source"}
+                    counted = "market" in labels or (unit == "1" and not metric.endswith("_info"))
+                    if not own or own <= kept or not counted:
                         continue
                     checked += 1
-                    grouping = {x.strip() for x in (match[2] or "").split(",")}
-                    if "instance" not in grouping or "{{instance}}" not in target["legendFormat"]:
-                        summed.append(f"{name} / {panel['title']}: {target['expr']}")
-    assert checked >= 6, checked  # the four status counts and the two of sources
+                    if "instance" not in kept or "{{instance}}" not in target.legend:
+                        summed.append(f"{name} / {target.panel}: {target.expr}")
+    assert checked >= 12, checked  # the overview's counts, the transitions, the venues
     assert summed == []

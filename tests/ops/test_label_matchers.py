@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from catalogue import CATALOGUE, ROOT, Entry, catalogue
+from catalogue import ROOT, Entry, catalogue, label_values
 
 _SELECTOR = re.compile(r"\b((?:oracled|process)_[a-z0-9_]+)\{([^{}]*)\}")
 _MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
@@ -26,19 +26,6 @@ def _files() -> list[Path]:
         ROOT / "deploy" / "prometheus" / "alerts_test.yml",
         *sorted(ROOT.glob("grafana/**/*.json")),
     ]
-
-
-def _values() -> dict[str, set[str]]:
-    """Label -> the values *Labels and their bounds* lists for it (in backticks), the drop
-    reasons' rows counted among `reason`'s."""
-    text = CATALOGUE.read_text()
-    values: dict[str, set[str]] = {}
-    for line in text[text.index("## Labels and their bounds") :].splitlines():
-        if row := re.match(r"^\| `(\w+)` (?:\([^)]*\) )?\| (.+?) \| \d+", line):
-            values.setdefault(row[1], set()).update(re.findall(r"`([a-z0-9_]+)`", row[2]))
-    drops = text[text.index("## Drop reasons") : text.index("## Planned")]
-    values["reason"] |= set(re.findall(r"^\| `([a-z_]+)`", drops, re.M))
-    return values
 
 
 def _matchers() -> list[tuple[str, str, str, str, str]]:
@@ -95,7 +82,7 @@ def test_every_value_a_query_matches_is_one_its_label_takes() -> None:
     catalogue lists for it. The excluded slots' `reason` also takes the flags the adapters set
     on quotes (`sequencer`, `liquidity`), and is checked against the core's reasons only by the
     catalogue itself."""
-    values = _values()
+    values = label_values()
     checked, wrong = 0, []
     for where, name, label, op, value in _matchers():
         if label in _OPEN or label not in values or "$" in value:
