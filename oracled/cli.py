@@ -114,9 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--as-daemon",
         action="store_true",
-        help="also read what `run` reads at start besides the file (the keys, the signing "
-        "lease, the NATS credentials, the manual pauses file; read only): run it with the "
-        "daemon's environment, files and working directory",
+        help="also read what `run` reads at start besides the file (the signing and push "
+        "keys, the signing lease, the NATS credentials and client library, the manual pauses "
+        "file, the audit path; read only): run it with the daemon's environment, files and "
+        "working directory",
     )
 
     replay = sub.add_parser("replay", help="run a quote tape through the core")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 from pathlib import Path
 
-from oracled.cli import _parser
+from oracled.cli import _parser, _start_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "deploy" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -131,3 +132,30 @@ def test_every_argument_of_every_command_says_what_it_is_in_the_help() -> None:
         if not isinstance(action, argparse._HelpAction) and not action.help
     ]
     assert bare == []
+
+
+def test_what_check_config_as_daemon_reads_is_named_in_its_help_and_the_readme() -> None:
+    """`--as-daemon` reads, besides the file, what each table the start checks names (the
+    tables `_start_problems` looks at): its help and README's row list them. Both had lost the
+    audit path, refused since the check reads it, so a reader of either did not know that an
+    `audit.path` naming a directory stops compose and the pods there."""
+    words = {
+        "signing": "signing",
+        "push": "push",
+        "nats": "NATS",
+        "oracle": "pauses",
+        "audit": "audit",
+    }
+    tables = set(re.findall(r"cfg\.(\w+)\.\w+", inspect.getsource(_start_problems)))
+    assert tables == set(words), tables  # a new table read at start: name it, and add it here
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    (flag,) = [
+        a for a in commands.choices["check-config"]._actions if "--as-daemon" in a.option_strings
+    ]
+    row = next(
+        line
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("| `oracled check-config")
+    )
+    assert [w for w in words.values() if w not in (flag.help or "")] == []
+    assert [w for w in words.values() if w not in row] == []
