@@ -525,8 +525,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader of stdout went away: the command line's to answer
         raise
     except OSError as exc:  # OUT of --tape or --csv not written: not 1, which says "no round"
-        flag = "--tape" if args.tape is not None else "--csv"
-        print(f"oracled audit: {flag} {described(exc)}", file=sys.stderr)
+        flag, out = ("--tape", args.tape) if args.tape is not None else ("--csv", args.csv)
+        if out is None or exc.filename not in (None, str(out)):  # another file's: not ours
+            raise
+        print(f"oracled audit: {flag} {out}: {exc.strerror or described(exc)}", file=sys.stderr)
         return 2
     finally:
         reader.close()

@@ -855,16 +855,18 @@ def test_an_output_that_cannot_be_written_is_named_with_its_option_and_exit_2(
     """`--tape` or `--csv` in a directory that does not exist ended in the daemon's `fatal` log
     line and exit 1, which `oracled audit` answers when it finds no round: a script took an
     output it could not write for an empty window. It is one line naming the option, the file
-    and the reason, exit 2 (a bad request), and the trail reads as before."""
+    and the reason, exit 2 (a bad request), also for a write that fails once the file is open
+    (a full disk: /dev/full), and the trail reads as before."""
     db = tmp_path / "audit.sqlite3"
     recorded(db, 3)
-    target = tmp_path / "missing" / "out"
+    missing = tmp_path / "missing" / "out"
     for option in (["--tape"], ["--market", "BTC/USD", "--csv"]):
-        capsys.readouterr()
-        assert main(["audit", "--db", str(db), *option, str(target)]) == 2
-        assert capsys.readouterr().err == (
-            f"oracled audit: {option[-1]} {target}: No such file or directory\n"
-        )
+        for target, why in ((missing, "No such file or directory"), ("/dev/full", "No space")):
+            capsys.readouterr()
+            assert main(["audit", "--db", str(db), *option, str(target)]) == 2
+            said = capsys.readouterr().err
+            assert said.startswith(f"oracled audit: {option[-1]} {target}: {why}"), said
+            assert said.count("\n") == 1, said
     assert main(["audit", "--db", str(db)]) == 0
 
 
