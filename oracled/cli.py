@@ -525,10 +525,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except OSError as exc:
-        import structlog
+        if args.command in _STOPPED_COMMANDS:  # their logging is set up, on stderr
+            import structlog
 
-        structlog.get_logger("oracled").error("fatal", error=described(exc))
+            structlog.get_logger("oracled").error("fatal", error=described(exc))
+        else:  # the others set up none, and structlog's default writes to stdout: which failed?
+            with contextlib.suppress(OSError):
+                print(f"oracled {args.command}: {described(exc)}", file=sys.stderr)
+        _let_stdout_go()
         return EXIT_FAILURE
+
+
+def _let_stdout_go() -> None:
+    """Write out what stdout holds, or, if it cannot take it (a full disk, a closed terminal),
+    send it nowhere: the interpreter's own flush at the exit would fail again, loudly."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

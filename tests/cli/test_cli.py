@@ -230,6 +230,32 @@ def test_replay_to_an_out_it_cannot_write_says_so_in_words(tmp_path: Path) -> No
     assert proc.stderr == f"oracled replay: {out}: No such file or directory\n"
 
 
+def test_a_stdout_that_cannot_be_written_is_one_line_on_stderr_and_exit_1(tmp_path: Path) -> None:
+    """`check-config` or `audit` printing to a full disk (here /dev/full): the failure went to
+    the daemon's `fatal` log line, which, logging not being set up for these commands, is
+    written to stdout, the file that had just failed, so the process ended in two tracebacks.
+    It is one line on stderr naming the command and the reason, exit 1, nothing more."""
+    db = ROOT / "tests" / "fixtures" / "audit" / "trail_format1.sqlite3"
+    trail = tmp_path / "audit.sqlite3"
+    trail.write_bytes(db.read_bytes())
+    for command, args in (
+        ("check-config", [str(ROOT / "config" / "default.toml")]),
+        ("audit", ["--db", str(trail), "--market", "BTC/USD"]),
+    ):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(
+                [sys.executable, "-m", "oracled.cli", command, *args],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                check=False,
+                cwd=ROOT,
+            )
+        assert proc.returncode == 1, (command, proc.stderr)
+        assert proc.stderr == f"oracled {command}: No space left on device\n", proc.stderr
+
+
 def test_margin_refuses_a_url_given_twice_naming_it(tmp_path: Path) -> None:
     """`oracled margin` given the same --url twice (or more) refuses it, exit 2 before
     connecting, naming the URL and how often it was given. It used to merge the repeat
