@@ -404,7 +404,8 @@ def _csv(reader: AuditReader, args: argparse.Namespace) -> int:
 
 
 def _usage_problem(args: argparse.Namespace) -> str | None:
-    """A combination of options one of which would be silently ignored, or None."""
+    """A combination of options one of which would be silently ignored, or a window that holds
+    nothing by its bounds, or None."""
     window = args.start != 0 or args.end != _FAR_FUTURE
     if args.replay and (
         args.verify or args.at is not None or args.csv is not None or args.tape is not None
@@ -426,6 +427,8 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return "--at and --csv are about one market: add --market"
     if args.at is not None and (window or args.csv is not None or args.tape is not None):
         return "--at shows one moment: not with --from, --to, --csv or --tape"
+    if args.start > args.end:  # swapped: "no rounds stored" would say the trail has none
+        return f"--from {_iso(args.start)} is after --to {_iso(args.end)}: the window is empty"
     if args.tape is not None and (args.csv is not None or args.market is not None):
         return (
             "--tape writes every market's quotes of the window (routes need the other "

@@ -660,7 +660,8 @@ def test_options_that_would_be_ignored_are_refused(
 ) -> None:
     """`--at` without `--market` used to print the database's span, `--at` with `--csv` wrote
     the CSV, `--tape` with `--market` wrote every market: each option one of them ignored is
-    now a usage error (exit 2) that says which."""
+    now a usage error (exit 2) that says which. So is a `--from` after `--to` (swapped), which
+    answered `no rounds stored in this window` (exit 1) of a trail that holds the window."""
     db = tmp_path / "audit.sqlite3"
     audit = trail(db)
     feed = Feed(make_config(), audit)
@@ -675,6 +676,8 @@ def test_options_that_would_be_ignored_are_refused(
         (["--market", "BTC/USD", "--at", str(T0), "--csv", csv_file], "--at shows one moment"),
         (["--market", "BTC/USD", "--at", str(T0), "--from", str(T0)], "--at shows one moment"),
         (["--market", "BTC/USD", "--tape", tape], "not with --market or --csv"),
+        (["--market", "BTC/USD", "--from", str(T0 + 1), "--to", str(T0)], "the window is empty"),
+        (["--from", str(T0 + 1), "--to", str(T0), "--tape", tape], "the window is empty"),
     ):
         assert main([*base, *extra]) == 2, extra
         assert says in capsys.readouterr().err, extra
