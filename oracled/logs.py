@@ -270,7 +270,7 @@ def setup_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if console:
-        processors.append(structlog.dev.ConsoleRenderer())
+        processors.append(_console_renderer())
     else:
         processors += [
             structlog.processors.format_exc_info,
@@ -286,6 +286,16 @@ def setup_logging(
     _route_stdlib(out, console, _LEVELS[level])
 
 
+def _console_renderer() -> structlog.dev.ConsoleRenderer:
+    """The console renderer with a plain traceback, named, not left to structlog's default.
+
+    The default formatter is rich's (or better-exceptions') whenever that package happens to be
+    installed, and both print every frame's local variables: a signer's key bytes in
+    eth-account's frames would be written to the log.
+    """
+    return structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+
+
 def _route_stdlib(out: LogOutput, console: bool, level: int) -> None:
     """Give the standard library's loggers (aiohttp, asyncio, web3, nats) the same lines.
 
@@ -294,7 +304,7 @@ def _route_stdlib(out: LogOutput, console: bool, level: int) -> None:
     parse, which any client can send, and each one broke the log's readers (`jq`).
     """
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer()
+        _console_renderer()
         if console
         else structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     )

@@ -444,3 +444,53 @@ def test_a_child_forked_during_a_set_up_writes_to_the_new_stream_with_one_writer
     assert done.stdout.splitlines() == ["1", "1"]  # the child's writers, the stuck stream's lines
     events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
     assert events == ["child", "parent"]
+
+
+# pip vendors rich: with it importable as `rich`, structlog's default console traceback is
+# rich's, which prints each frame's local variables.
+_CONSOLE_TRACEBACK_WITH_RICH = """
+import logging
+import sys
+
+import pip._vendor.rich.console
+import pip._vendor.rich.traceback
+
+for name, module in list(sys.modules.items()):
+    if name.startswith("pip._vendor.rich"):
+        sys.modules[name.removeprefix("pip._vendor.")] = module
+import structlog
+
+from oracled.logs import setup_logging
+
+assert structlog.dev.default_exception_formatter is structlog.dev.rich_traceback
+setup_logging(fmt="console")
+
+
+def sign() -> None:
+    key_bytes = "kb-" + "5ecre7"
+    raise ValueError("signing failed " + str(len(key_bytes)))
+
+
+for log in (structlog.get_logger().exception, logging.getLogger("web3").exception):
+    try:
+        sign()
+    except ValueError:
+        log("failed")
+"""
+
+
+def test_a_console_traceback_never_prints_a_frames_local_variables() -> None:
+    """Found reviewing the console format: its renderer took structlog's default traceback
+    formatter, which is rich's when rich is installed (a developer's tool, or a dependency's),
+    and rich's prints the local variables of every frame, a signer's key bytes included. The
+    console format now names the plain formatter, for structlog's lines and the libraries'."""
+    pytest.importorskip("pip._vendor.rich.traceback")
+    done = subprocess.run(
+        [sys.executable, "-c", _CONSOLE_TRACEBACK_WITH_RICH],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("ValueError: signing failed 9") == 2, done.stderr[-2000:]
+    assert "5ecre7" not in done.stderr
