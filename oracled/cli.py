@@ -477,9 +477,26 @@ def _cmd_margin_tools(args: argparse.Namespace, stops: _Stops) -> int:
     return cmd_stress(args) if args.command == "stress" else cmd_scenario(args)
 
 
+#: What OpenBLAS reads for the size of its thread pool, in its order of precedence.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def _one_blas_thread() -> None:
+    """Run numpy's OpenBLAS on one thread unless the environment says otherwise.
+
+    OpenBLAS starts a thread per CPU but one when numpy is first imported, for matrix products
+    the daemon never computes. The deployments set `OPENBLAS_NUM_THREADS=1`; this gives it to
+    an `oracled` started any other way (`make run`, a `pip install`), and leaves a value the
+    operator set, in any of the variables OpenBLAS reads, as it is. Too late once numpy is in.
+    """
+    if "numpy" not in sys.modules and not any(v in os.environ for v in BLAS_THREAD_VARIABLES):
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # First of all: the imports below take a fifth of a second, the runtime's another second.
     stops, hangups = _Stops(), _Hangups()  # in this order: a caught SIGHUP means both are
+    _one_blas_thread()
     parsed: argparse.Namespace | None = None
     try:
         parsed = args = _parser().parse_args(argv)

@@ -104,8 +104,8 @@ def test_every_deployment_runs_the_daemon_without_idle_blas_threads(tmp_path: Pa
     """The image, compose and the unit set OPENBLAS_NUM_THREADS=1 (OpenBLAS also reads
     OMP_NUM_THREADS and GOTO_NUM_THREADS; none of them set another value), and under it the
     daemon on every CPU has exactly the threads of the daemon pinned to one CPU, which starts no
-    BLAS thread. Without it, on a machine of more than one CPU, it has more (one per CPU but
-    one): that is what this test would see if a deployment lost the setting."""
+    BLAS thread. With a thread per CPU asked for, on a machine of more than one CPU, it has more
+    (one per CPU but one): what the setting keeps away."""
     envs = deployment_environments()
     assert envs["image"] == envs["compose"] == envs["unit"] == {"OPENBLAS_NUM_THREADS": "1"}
     env = envs["image"]
@@ -113,5 +113,23 @@ def test_every_deployment_runs_the_daemon_without_idle_blas_threads(tmp_path: Pa
     assert _threads_of_a_running_daemon(tmp_path, env, pin=False) == pinned
     cpus = len(os.sched_getaffinity(0))
     if cpus > 1:
-        unset = _threads_of_a_running_daemon(tmp_path, {}, pin=False)
-        assert unset == pinned + cpus - 1
+        one_per_cpu = _threads_of_a_running_daemon(
+            tmp_path, {"OPENBLAS_NUM_THREADS": str(cpus)}, pin=False
+        )
+        assert one_per_cpu == pinned + cpus - 1
+
+
+def test_a_daemon_started_without_the_setting_has_no_idle_blas_thread_and_an_operator_can_override(
+    tmp_path: Path,
+) -> None:
+    """Found reviewing `make run` and `make demo`: they set no BLAS variable, and the daemon
+    they start carried an idle BLAS thread per CPU but one. The command now sets
+    OPENBLAS_NUM_THREADS=1 itself before numpy is imported, when none of the variables OpenBLAS
+    reads is set: unset, it has the threads of the daemon pinned to one CPU; a value the
+    operator gives (OMP_NUM_THREADS, which OpenBLAS also reads) is kept."""
+    cpus = len(os.sched_getaffinity(0))
+    pinned = _threads_of_a_running_daemon(tmp_path, {"OPENBLAS_NUM_THREADS": "1"}, pin=True)
+    assert _threads_of_a_running_daemon(tmp_path, {}, pin=False) == pinned
+    if cpus > 1:
+        override = _threads_of_a_running_daemon(tmp_path, {"OMP_NUM_THREADS": str(cpus)}, pin=False)
+        assert override == pinned + cpus - 1
