@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
+import stat
 import sys
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -174,14 +176,50 @@ def gap_advice(exc: TapeGapError, interval_ms: int, args: argparse.Namespace) ->
 
 def cmd_scenario(args: argparse.Namespace) -> int:
     scenario = build(args.name, args.seed)
+    outputs = [(args.out, scenario.tape())]
+    if args.config_out is not None:
+        outputs.append((args.config_out, scenario_config(scenario.name).encode()))
+    if args.accounts_out is not None:
+        outputs.append(
+            (args.accounts_out, (json.dumps(scenario_accounts(), indent=2) + "\n").encode())
+        )
     try:
-        args.out.write_bytes(scenario.tape())
-        if args.config_out is not None:
-            args.config_out.write_text(scenario_config(scenario.name))
-        if args.accounts_out is not None:
-            args.accounts_out.write_text(json.dumps(scenario_accounts(), indent=2) + "\n")
+        _write_all(outputs)
     except OSError as exc:
         print(f"oracled scenario: {described(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"{args.out}: {scenario.name}: {scenario.description} ({len(scenario.lines) - 1} quotes)")
     return EXIT_OK
+
+
+def _write_all(outputs: Sequence[tuple[Path, bytes]]) -> None:
+    """Write each file, once every one of them is open for writing: a file that cannot be
+    (a missing directory, a directory's name) leaves the others as they were, none made and
+    none emptied; before, the tape was written and left behind when the config could not be.
+    Opened without truncating, so a file that already exists is emptied only once all are
+    open; one that is not a regular file (`/dev/null`, a FIFO) is written as it is."""
+    opened: list[tuple[int, Path, bool]] = []
+    try:
+        for path, _ in outputs:
+            made = not path.exists()
+            opened.append(
+                (os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666), path, made)
+            )
+    except OSError:
+        for fd, path, made in opened:
+            os.close(fd)
+            if made:
+                Path(os.path.realpath(path)).unlink(missing_ok=True)
+        raise
+    with contextlib.ExitStack() as files:
+        for fd, _path, _ in opened:
+            files.callback(os.close, fd)
+        for (fd, path, _), (_, body) in zip(opened, outputs, strict=True):
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.ftruncate(fd, 0)
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc

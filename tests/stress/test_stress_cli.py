@@ -229,6 +229,29 @@ def test_a_scenario_file_that_cannot_be_written_is_named_with_the_reason_in_word
         assert capsys.readouterr().err == f"oracled scenario: {said}\n", argv
 
 
+def test_a_scenario_file_that_cannot_be_written_leaves_the_others_as_they_were(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found reviewing `oracled scenario`: it wrote `--out` before `--config-out` and
+    `--accounts-out`, so a config it could not write left a new tape behind, or an old tape
+    overwritten by one whose config never came. Every file is now open for writing before any
+    is written: a new tape is not made, an old one keeps its contents."""
+    tape, accounts = tmp_path / "t.jsonl", tmp_path / "a.json"
+    missing = tmp_path / "missing" / "c.toml"
+    argv = ["scenario", "flash_crash", "--out", str(tape), "--accounts-out", str(accounts)]
+    assert main([*argv, "--config-out", str(missing)]) == 1
+    assert capsys.readouterr().err == f"oracled scenario: {missing}: No such file or directory\n"
+    assert sorted(tmp_path.iterdir()) == []
+    tape.write_text("an old tape\n")
+    assert main([*argv, "--config-out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"oracled scenario: {tmp_path}: Is a directory\n"
+    assert sorted(tmp_path.iterdir()) == [tape]
+    assert tape.read_text() == "an old tape\n"
+    assert main([*argv, "--config-out", "/dev/null"]) == 0
+    assert tape.read_bytes() == build("flash_crash", 0).tape()
+    assert json.loads(accounts.read_text())
+
+
 def test_the_plot_is_a_png_whatever_the_file_is_called(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
