@@ -34,6 +34,7 @@ __all__ = [
     "LockHeldError",
     "LockState",
     "LockWatch",
+    "beside_target",
     "lock_beside",
     "lock_path",
     "lock_state",
@@ -62,10 +63,17 @@ def lock_path(path: Path) -> Path:
     first write makes it. With no link on the way, `<path>.lock` as `path` is spelt (relative
     stays relative); the writers' messages give this name. Asked again at each `lock_state`, so
     a link pointed elsewhere meanwhile leads to the lock of the file now written."""
+    return beside_target(path, ".lock")
+
+
+def beside_target(path: Path, ending: str) -> Path:
+    """`<file><ending>` beside the file `path` leads to, links followed as `lock_path` says:
+    a file kept for `path`'s sake (its lock, the audit trail's disk reserve) on the directory,
+    and so the filesystem, of the file itself. Spelt as `path` is when no link is on the way."""
     real = os.path.realpath(path)
     if real != os.path.abspath(path):
         path = Path(real)
-    return path.with_name(path.name + ".lock")
+    return path.with_name(path.name + ending)
 
 
 def lock_beside(path: Path) -> int:

@@ -93,6 +93,7 @@ from oracled.lockfile import (
     LockHeldError,
     LockState,
     LockWatch,
+    beside_target,
     lock_beside,
     lock_path,
     lock_state,
@@ -478,7 +479,8 @@ class AuditTrail:
         reserve = cfg.reserve_bytes
         if cfg.max_bytes:
             reserve = min(reserve, cfg.max_bytes // 8)
-        self.reserve = DiskReserve(self.path.with_name(self.path.name + ".reserve"), reserve)
+        # beside the file SQLite opens (a link followed), on the filesystem it reserves room on
+        self.reserve = DiskReserve(beside_target(self.path, ".reserve"), reserve)
         self._reserve_state: str | None = None  # held, released or missing, as last logged
         #: the data kept while the reserve is given up after a full disk: the database's pages
         #: in use then, so that the trail goes on inside its file (None: `max_bytes` only)

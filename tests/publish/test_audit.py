@@ -893,6 +893,29 @@ def test_the_reserve_is_as_configured_within_its_range_and_an_eighth_of_a_small_
         assert db.with_name(db.name + ".reserve").stat().st_size == size
 
 
+def test_the_reserve_of_a_database_named_by_a_link_is_beside_the_file_the_link_leads_to(
+    tmp_path: Path,
+) -> None:
+    """Found reviewing the reserve: it was made beside the configured name, while SQLite writes
+    the database (and its -wal) where a symbolic link leads; a link into a volume put the
+    reserve on another filesystem than the room it is there to give back. It now follows the
+    link as the lock file does, a link to a file not made yet included."""
+    volume, config_dir = tmp_path / "volume", tmp_path / "etc"
+    volume.mkdir()
+    config_dir.mkdir()
+    for name in ("made.sqlite3", "not-yet.sqlite3"):
+        real, link = volume / name, config_dir / name
+        if name == "made.sqlite3":
+            recorded(real, 1, reserve_bytes=100_000)
+            (volume / (name + ".reserve")).unlink()
+        link.symlink_to(real)
+        feed = recorded(link, 3, reserve_bytes=100_000)
+        assert feed.audit.stats.reserve == 100_000
+        assert (volume / (name + ".reserve")).stat().st_size == 100_000
+        assert not (config_dir / (name + ".reserve")).exists()
+        assert real.is_file() and link.is_symlink()
+
+
 def test_a_part_of_a_reserve_left_by_a_stop_on_a_full_disk_is_made_whole_once_there_is_room(
     tmp_path: Path,
 ) -> None:
