@@ -1131,14 +1131,16 @@ def _shared_state_files(cfg: Config) -> list[str]:
     after check-config passed the file, or a JSON file opened as the audit database. A file on
     another's lock file or SQLite file loaded and ran: each rewrite of it renamed a new file over
     that one, under its writer (a lock so lost, pauses no longer saved; the trail's -wal, with its
-    last commits, replaced by JSON)."""
+    last commits, replaced by JSON). Files are compared where their symbolic links lead, as the
+    writers open them: a link and its target are one file."""
     signing, audit = cfg.signing, cfg.audit
     written = [
         ("oracle.manual_pauses_file", cfg.oracle.manual_pauses_file, _LOCK_BESIDE),
         ("signing.lease_file", signing.lease_file if signing.enabled else None, _LOCK_BESIDE),
         ("audit.path", audit.path if audit.enabled else None, {**_LOCK_BESIDE, **AUDIT_BESIDE}),
     ]
-    # each name taken: the key, its path, and what the name is to it (None: its own file)
+    # each file taken, by the name links lead to: the key, its path, and what the file is to it
+    # (None: its own file)
     taken: dict[str, tuple[str, str, str | None]] = {}
     problems: list[str] = []
     own = (
@@ -1152,9 +1154,14 @@ def _shared_state_files(cfg: Config) -> list[str]:
     for key, path, beside in written:
         if path is None:
             continue
-        name = os.path.normpath(path)
-        names = {name: None, **{name + end: what for end, what in beside.items()}}
-        for each, what in names.items():
+        # a file kept beside it is beside the file its links lead to (the lock, SQLite's files,
+        # the reserve), spelt as configured when no link is on the way
+        real, spelt = os.path.realpath(path), os.path.normpath(path)
+        if real != os.path.abspath(path):
+            spelt = real
+        names: dict[str, tuple[str | None, str]] = {real: (None, spelt)}
+        names |= {real + end: (what, spelt + end) for end, what in beside.items()}
+        for each, (what, name) in names.items():
             if each not in taken:
                 continue
             other, other_path, other_what = taken[each]
@@ -1163,9 +1170,9 @@ def _shared_state_files(cfg: Config) -> list[str]:
             elif what is None:
                 problems.append(f"{key}: {path} is {other_what} of {other} ({other_path}): {kept}")
             else:  # files kept beside two files meet only where the files do: said first
-                problems.append(f"{key}: {what} of {path} ({each}) is the file of {other}: {kept}")
+                problems.append(f"{key}: {what} of {path} ({name}) is the file of {other}: {kept}")
             break
-        for each, what in names.items():
+        for each, (what, _) in names.items():
             taken.setdefault(each, (key, path, what))
     return problems
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from oracled.cli import main
 from oracled.config import (
     CHAIN_SOURCE_TYPES,
     MAX_CONFIG_BYTES,
@@ -476,3 +477,68 @@ def test_bybit_subscription_args_over_21000_characters_are_warned_about() -> Non
     ]
     longer = _one_venue("bybit_spot", 1000, instruments={"C0000/USDT": "C0000USDTX"})
     assert [w.split(":")[0] for w in config_warnings(longer)] == ["sources.v"]
+
+
+_STATE_FILES = """
+[oracle]
+manual_pauses_file = "{pauses}"
+
+[signing]
+enabled = true
+key_env = "ORACLED_SIGNING_KEY"
+deployment = "test"
+lease_file = "{lease}"
+
+[audit]
+enabled = true
+path = "{audit}"
+
+[sources.v]
+type = "binance"
+
+[[markets]]
+symbol = "BTC/USDT"
+min_sources = 1
+sources = [{{ source = "v", pair = "BTC/USDT" }}]
+"""
+
+
+def test_check_config_compares_the_files_the_daemon_writes_where_their_links_lead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found reviewing the shared-file check: it compared the names as written, so a link and
+    the file it leads to passed check-config, and `run` then refused the second writer as held
+    by another process (the lock follows links). It now compares where links lead: a file
+    named by a link, and a file on what a writer keeps beside the file a link leads to (a
+    directory link here, SQLite's -wal being beside the real database), are refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    Path("lease.json").symlink_to("state.json")
+    Path("data-link").symlink_to("data")
+    Path("pauses.json").symlink_to("data/trail.db-wal")
+    own = (
+        "each needs a file of its own (one writer per file: the second would be refused at "
+        "start as held by another process)"
+    )
+    kept = (
+        "a file a writer keeps beside its own is that writer's alone (each rewrite of the one "
+        "would replace the other under its writer)"
+    )
+    wal = tmp_path.resolve() / "data" / "trail.db-wal"
+    for files, problem in (
+        (
+            {"pauses": "state.json", "lease": "lease.json", "audit": "trail.db"},
+            f"signing.lease_file: names the file of oracle.manual_pauses_file (lease.json): {own}",
+        ),
+        (
+            {"pauses": "pauses.json", "lease": "lease.sig", "audit": "data-link/trail.db"},
+            f"audit.path: SQLite's -wal file of data-link/trail.db ({wal}) is the file of "
+            f"oracle.manual_pauses_file: {kept}",
+        ),
+    ):
+        config = tmp_path / "oracled.toml"
+        config.write_text(_STATE_FILES.format(**files))
+        assert main(["check-config", str(config)]) == 2, files
+        assert capsys.readouterr().err.splitlines() == [f"{config}: 1 problem(s)", f"  {problem}"]
+    config.write_text(_STATE_FILES.format(pauses="state.json", lease="lease.sig", audit="trail.db"))
+    assert main(["check-config", str(config)]) == 0
