@@ -806,7 +806,7 @@ class MarketConfig(_Frozen):
 class RouteConfig(_Frozen):
     """Convert prices quoted in `from` into `to` through the live price of market `via`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     from_: Annotated[str, Field(alias="from", pattern=r"^[A-Z0-9]{1,20}$")]
     to: Annotated[str, Field(pattern=r"^[A-Z0-9]{1,20}$")]
