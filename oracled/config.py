@@ -1686,6 +1686,25 @@ def config_warnings(cfg: Config) -> list[str]:
         *_short_twap_windows(cfg),
         *_nats_secret_in_url(cfg),
         *_resolution_warnings(cfg),
+        *_push_without_rpc_url(cfg),
+    ]
+
+
+def _push_without_rpc_url(cfg: Config) -> list[str]:
+    """The pusher enabled on a chain with no RPC URL: it does not start (`run` logs `on-chain
+    push off`). Warned, not refused, as a chain without one is not: its URLs come from the
+    environment, which check-config may not share with the daemon, and the default config lists
+    chains for when one is given."""
+    push = cfg.push
+    chain = cfg.chains.get(push.chain or "")
+    if not push.enabled or chain is None or chain.resolved_urls:
+        return []
+    where = f"chains.{push.chain}.rpc_urls lists none"
+    if chain.rpc_urls_env:
+        where = f"${chain.rpc_urls_env} is unset or empty and {where}"
+    return [
+        f"push.chain: chain {push.chain!r} has no RPC URL ({where}): the pusher does not start, "
+        "nothing is pushed on chain"
     ]
 
 
