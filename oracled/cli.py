@@ -33,6 +33,8 @@ from oracled.tape import DEFAULT_MAX_GAP_MS, max_gap_ms
 if TYPE_CHECKING:
     import asyncio
 
+    from _typeshed import SupportsWrite
+
     from oracled.config import Config
     from oracled.service import Service
 
@@ -93,8 +95,38 @@ def _duration(value: str) -> float:
     return seconds
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its help and version failing as the commands' output does when stdout
+    cannot take them: one line on stderr, exit 1 (a reader gone away is no error).
+
+    argparse drops a write error of what it prints, so `oracled --help > /dev/full` (any
+    command's --help, --version) lost the text and exited 0. It prints before `main` handles
+    errors, hence here. Its messages to stderr (a usage error) keep argparse's way: with stderr
+    failing there is nowhere to say more, and the exit stays 2."""
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if not message or file is None or file is not sys.stdout:
+            super()._print_message(message, file)
+            return
+        try:
+            _write_out(message)
+        except BrokenPipeError:  # the reader went away (`oracled --help | head -1`)
+            _let_stdout_go()
+        except OSError as exc:
+            _let_stdout_go()
+            with contextlib.suppress(OSError):
+                print(f"{self.prog}: {described(exc)}", file=sys.stderr)
+            self.exit(EXIT_FAILURE)
+
+
+def _write_out(text: str) -> None:
+    """`text` on stdout, now: a failure is raised here, not at some later flush."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oracled", description=__doc__.splitlines()[0])
+    parser: argparse.ArgumentParser = _Parser(prog="oracled", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"oracled {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

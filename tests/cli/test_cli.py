@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -254,6 +255,40 @@ def test_a_stdout_that_cannot_be_written_is_one_line_on_stderr_and_exit_1(tmp_pa
             )
         assert proc.returncode == 1, (command, proc.stderr)
         assert proc.stderr == f"oracled {command}: No space left on device\n", proc.stderr
+
+
+def test_a_help_that_cannot_be_written_is_one_line_on_stderr_and_exit_1() -> None:
+    """Found reviewing the CLI's output errors: argparse drops a write error of what it prints,
+    so `oracled --help > /dev/full` (and each command's --help, and --version) lost the text and
+    exited 0, before main's handling of a stdout that fails. Each is now one line on stderr
+    naming the command and the reason, exit 1; to a reader gone away (a closed pipe), exit 0."""
+    commands = ["run", "check-config", "replay", "record", "demo", "margin", "stress", "scenario"]
+    for argv in (["--help"], ["--version"], *([c, "--help"] for c in [*commands, "audit"])):
+        prog = " ".join(["oracled", *argv[:-1]])
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(
+                [sys.executable, "-m", "oracled.cli", *argv],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                check=False,
+                cwd=ROOT,
+            )
+        assert proc.returncode == 1, (argv, proc.stderr)
+        assert proc.stderr == f"{prog}: No space left on device\n", argv
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "w") as closed:
+        proc = subprocess.run(
+            [sys.executable, "-m", "oracled.cli", "--help"],
+            stdout=closed,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert (proc.returncode, proc.stderr) == (0, "")
 
 
 def test_margin_refuses_a_url_given_twice_naming_it(tmp_path: Path) -> None:
