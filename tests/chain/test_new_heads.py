@@ -136,6 +136,33 @@ async def test_a_new_heads_socket_that_ends_falls_back_to_polling_and_reconnects
             await stop(task)
 
 
+async def test_a_socket_dropping_after_every_subscription_is_logged_once_a_minute(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """A newHeads socket that ends after each subscription while the chain moves: the polls
+    between publish new blocks, and `newHeads down, polling` is still written once a minute,
+    not once per retry. Before, each published block made the next drop a change of kind,
+    and every retry wrote its line."""
+    relay.mode = "drop_after_ack"
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
+                         poll_interval_s=0.02)  # fmt: skip
+    got = watch_eth(reader, snapshot.eth_proxy)
+    with capture_logs() as logs:
+        task = asyncio.create_task(reader.run())
+        try:
+            for price in (3100, 3200, 3300):
+                await chain.transact(snapshot.eth_aggregator, UPDATE, price * 10**8)
+                await got.until(lambda p=price: bool(got.quotes) and got.last.price == p)
+                seen = relay.connections
+                await until(lambda s=seen: relay.connections >= s + 2)  # dropped since
+        finally:
+            await stop(task)
+    down = [e for e in logs if e["event"] == "newHeads down, polling"]
+    assert len(down) == 1, down  # before: one per failure
+    assert down[0]["failures"] == 1
+    assert "socket ended" in down[0]["error"]
+
+
 @pytest.mark.usefixtures("daemon_recursion_limit")
 async def test_a_new_heads_message_nested_too_deep_falls_back_to_polling_and_reconnects(
     anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay

@@ -135,6 +135,29 @@ async def test_a_failed_pinned_read_publishes_nothing(
     assert got.last.price == 3100.0
 
 
+async def test_reads_failing_between_good_blocks_are_logged_once_a_minute_and_all_counted(
+    chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
+) -> None:
+    """An endpoint that fails every other block's read: each failure is counted, and logged at
+    most once a minute with the failures since. Before, a good block between two failures made
+    each one a new kind of rejection, and every failed block wrote its `read failed` line."""
+    reader = make_reader([proxy.url], http)
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert await reader.poll_once()
+    with capture_logs() as logs:
+        for price in (3100, 3200, 3300):
+            await chain.transact(snapshot.eth_aggregator, UPDATE, price * 10**8)
+            proxy.mode = "error"
+            assert not await reader.read_block(await head(chain))
+            proxy.mode = "pass"
+            assert await reader.read_block(await head(chain))
+            assert got.last.price == price
+    assert reader.stats.reads_failed == 3
+    lines = [e for e in logs if e["event"] == "read failed"]
+    assert len(lines) == 1, lines  # before: one per failure
+    assert lines[0]["failures"] == 1
+
+
 async def test_a_late_answer_for_an_older_block_is_not_published(
     chain: Chain, http: aiohttp.ClientSession, snapshot: Deployed, proxy: RpcProxy
 ) -> None:

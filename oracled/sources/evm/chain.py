@@ -88,6 +88,10 @@ _SLOW_SHARE: Final = 0.25
 _PROBE_S: Final = 60.0
 #: ... and the next URL is taken when it answered the block's read this many times faster.
 _FASTER: Final = 2.0
+#: Rejections an endpoint can cause on every block or every retry: logged at most once a
+#: minute (`_reject`), and counted in the metrics each time (`reads_failed`, the endpoints'
+#: errors, `silent_left` and `refused_left`).
+_EVERY_MINUTE: Final = frozenset({"read failed", "newHeads down, polling"})
 
 
 def decode_round(data: bytes) -> tuple[int, int, int, int, int]:
@@ -265,6 +269,7 @@ class ChainReader:
         self._chain_unproven = False  # the multicall has no getChainId(): warned once
         self._last_rejection: str | None = None
         self._unfinished_log = LogEveryMinute()  # feeds whose block was not read again
+        self._reject_log = LogEveryMinute()  # the rejections of `_EVERY_MINUTE`, by kind
         self._heads = 0  # newHeads notices received
         self._next_probe_ms = 0  # when `_prefer_faster` may next ask another URL
         # newHeads silent this long: poll, and subscribe again if the poll finds a new block.
@@ -514,9 +519,18 @@ class ChainReader:
         return quote
 
     def _reject(self, why: str, **detail: Any) -> None:
-        """Log a rejection when its kind changes, not on every block."""
-        if why != self._last_rejection:
-            self._last_rejection = why
+        """Log a rejection when its kind changes, not on every block. The kinds an endpoint can
+        cause on every attempt (`_EVERY_MINUTE`) are logged at most once a minute besides, with
+        the number since (`failures`): one that fails every other block, or a socket that drops
+        after each subscription while polls publish between, changed kind each time and wrote
+        a line every block or every retry."""
+        changed = why != self._last_rejection
+        self._last_rejection = why
+        if why in _EVERY_MINUTE:
+            failures = self._reject_log.due(why, self._clock.monotonic())
+            if failures is not None:
+                self._log.warning(why, failures=failures, **detail)
+        elif changed:
             self._log.warning(why, **detail)
 
     def _refusal(self, block: Block, **where: Any) -> str | None:
