@@ -570,6 +570,12 @@ def test_a_feed_is_built_from_its_config_spec() -> None:
     assert UniswapV3Feed.from_spec("uni", "ETH/USDC", FeedSpec(
         address=POOL, min_liquidity=1, token0_decimals=6, token1_decimals=18
     )).max_spot_deviation == 0.05  # fmt: skip
+    # A deviation given is kept as it is, a falsy one too: before, `or` took the default for
+    # it. (The config refuses 0; a spec built without its validation shows what `or` did.)
+    assert UniswapV3Feed.from_spec("uni", "ETH/USDC", FeedSpec.model_construct(
+        address=POOL, min_liquidity=1, token0_decimals=6, token1_decimals=18,
+        max_spot_deviation=0.0,
+    )).max_spot_deviation == 0.0  # fmt: skip
     with pytest.raises(ValueError):
         UniswapV3Feed.from_spec("uni", "ETH/USDC", FeedSpec(address=POOL))
     assert source_class("uniswap_v3") is UniswapV3Source

@@ -296,6 +296,9 @@ class UniswapV3Feed(Feed):
             raise ValueError(
                 "a Uniswap v3 feed needs address, min_liquidity, token0_decimals, token1_decimals"
             )
+        # None only: the config refuses a deviation of 0 (`Fraction`), and one that reached here
+        # would mean a band of 0, not the default, as `or` made it.
+        deviation = spec.max_spot_deviation
         return cls(
             source_id,
             pair,
@@ -305,7 +308,7 @@ class UniswapV3Feed(Feed):
             token1_decimals=spec.token1_decimals,
             min_liquidity=float(spec.min_liquidity),
             twap_window_s=spec.twap_window_s,
-            max_spot_deviation=spec.max_spot_deviation or DEFAULT_MAX_SPOT_DEVIATION,
+            max_spot_deviation=DEFAULT_MAX_SPOT_DEVIATION if deviation is None else deviation,
             base_token=spec.base_token,
         )
 
