@@ -129,6 +129,16 @@ Pair = Annotated[str, Field(pattern=_PAIR), AfterValidator(_check_pair)]
 _ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+#: The shortest interval or timeout a key takes, 1 ms: no deployment paces a loop or waits on a
+#: peer for less (a venue's or a node's round trip alone is longer), and the test rigs' fastest,
+#: a REST poll of a loopback simulator, is 1 ms. Before, 1e-300 was taken, and the loop it
+#: paced (a poll, a reconnect, a push look) spun a core.
+MIN_INTERVAL_S = 0.001
+
+
+def _interval(most: float) -> Any:
+    """The bounds of an interval or timeout key, in seconds: `MIN_INTERVAL_S` to `most`."""
+    return Field(ge=MIN_INTERVAL_S, le=most, allow_inf_nan=False)
 
 
 def _as_tuple(value: Any) -> Any:
@@ -205,12 +215,12 @@ class ApiConfig(_Frozen):
     ready_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
     stream_queue: Annotated[int, Field(ge=1, le=100_000)] = 256
     #: An HTTP answer not written within this is abandoned and its connection closed.
-    send_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    send_timeout_s: Annotated[float, _interval(600)] = 10.0
     #: Client connections served at once; a request on one more is answered 503 and closed.
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
     #: A keep-alive connection idle this long is closed (aiohttp's own default is an hour, which
     #: lets clients that vanished hold places under max_connections).
-    idle_timeout_s: Annotated[float, Field(gt=0, le=3_600)] = 75.0
+    idle_timeout_s: Annotated[float, _interval(3_600)] = 75.0
     #: Browser origins allowed to read the API across origins (CORS); "*" for any. Empty: none.
     cors_origins: tuple[str, ...] = ()
     #: Bytes the price bodies kept for one round may hold, gzip forms included (api/read.py): a
@@ -394,7 +404,7 @@ class PushMarketConfig(_Frozen):
     """Per-market overrides of the on-chain push thresholds."""
 
     deviation: Fraction | None = None
-    heartbeat_s: Annotated[float, Field(gt=0, le=30 * 86_400, allow_inf_nan=False)] | None = None
+    heartbeat_s: Annotated[float, _interval(30 * 86_400)] | None = None
 
 
 class PushConfig(_Frozen):
@@ -411,17 +421,17 @@ class PushConfig(_Frozen):
     key_file: _FilePath | None = None
     key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     deviation: Fraction = 0.005
-    heartbeat_s: Annotated[float, Field(gt=0, le=30 * 86_400, allow_inf_nan=False)] = 3600.0
+    heartbeat_s: Annotated[float, _interval(30 * 86_400)] = 3600.0
     #: The most the pusher will ever offer per gas (maxFeePerGas), in gwei.
     max_gas_price_gwei: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 100.0
     #: The tip it starts from, in gwei (raised by replacements, never above the cap).
     priority_fee_gwei: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 1.0
     #: A transaction not mined after this long is replaced (same nonce, fees +12.5 %).
-    replace_after_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 30.0
+    replace_after_s: Annotated[float, _interval(3600)] = 30.0
     #: Markets per transaction at most (the most deviated and the most overdue go first).
     max_batch: Annotated[int, Field(ge=1, le=1_000)] = 100
     #: How often the pusher looks at the latest round.
-    interval_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 1.0
+    interval_s: Annotated[float, _interval(3600)] = 1.0
     #: The last confirmed push is looked for again once this many blocks are on top of its own,
     #: to notice a reorganisation that took it off: the chain's finality depth in its blocks.
     #: At most 100,000: past Ethereum's finality (64 to 96 blocks) and an L2's (4 blocks a
@@ -563,15 +573,15 @@ class ChainConfig(_Frozen):
     rpc_urls: tuple[str, ...] = ()
     ws_url: str | None = None
     ws_url_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
-    poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
-    timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    poll_interval_s: Annotated[float, _interval(3600)] = 1.0
+    timeout_s: Annotated[float, _interval(60)] = 2.0
     cross_check: bool = False
     #: A block older than this by our clock is not published (a node stuck or syncing). Bounded:
     #: inf, or a number that is inf once in milliseconds, turned that check off.
-    max_block_age_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 300.0
+    max_block_age_s: Annotated[float, _interval(86_400)] = 300.0
     #: The chain's usual block interval: newHeads silent for three of them makes the reader
     #: poll (and subscribe again if the poll finds a block); unset, it waits max_block_age_s.
-    block_time_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
+    block_time_s: Annotated[float, _interval(3600)] | None = None
     multicall: Address = MULTICALL3_ADDRESS
     sequencer: SequencerConfig | None = None
     #: Filled by parse_config from `rpc_urls_env` (else `rpc_urls`); empty means disabled.
@@ -670,12 +680,10 @@ class SourceConfig(_Frozen):
     instruments: dict[Pair, Annotated[str, Field(min_length=1), AfterValidator(_no_whitespace)]] = (
         Field(default_factory=dict)
     )
-    liveness_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    rest_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
-    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    max_connection_age_s: Annotated[float, Field(gt=0, le=7 * 86_400, allow_inf_nan=False)] = (
-        23 * 3600.0
-    )
+    liveness_timeout_s: Annotated[float, _interval(3600)] = 30.0
+    rest_poll_interval_s: Annotated[float, _interval(3600)] = 2.0
+    reconnect_max_s: Annotated[float, _interval(3600)] = 30.0
+    max_connection_age_s: Annotated[float, _interval(7 * 86_400)] = 23 * 3600.0
     #: On-chain types only: the `[chains.<id>]` to read from, the contract all feeds share
     #: (Pyth), and one feed spec per canonical pair.
     chain: Annotated[str, Field(pattern=_ID)] | None = None

@@ -17,6 +17,7 @@ from oracled.cli import main
 from oracled.config import (
     CHAIN_SOURCE_TYPES,
     MAX_CONFIG_BYTES,
+    MIN_INTERVAL_S,
     SOURCE_KINDS,
     SOURCE_TYPES,
     Config,
@@ -71,6 +72,68 @@ def test_a_bad_config_reports_exactly_its_problems(path: Path) -> None:
         assert problems == expect
     for problem in problems:
         assert f"  {problem}" in str(caught.value)
+
+
+#: Keys in seconds or milliseconds that may go below 1 ms, and why: none paces a loop or waits.
+_NO_INTERVAL_FLOOR = {
+    "start_grace_s": "0 is no grace after a start",
+    "grace_period_s": "0 is no grace after the sequencer is back",
+    "max_clock_skew_ms": "0 refuses every quote stamped ahead of our clock",
+    "basis_half_life_s": "a weight of the basis average, read per round",
+}
+
+
+def test_every_interval_and_timeout_key_takes_a_millisecond_at_least() -> None:
+    """Every key of the config in seconds (`_s`) or milliseconds (`_ms`) is bounded below by
+    MIN_INTERVAL_S (1 ms), but for the few where 0 or less means something: before, the
+    intervals and timeouts took anything above 0, and 1e-300 made the loop each paces spin a
+    core (bad/intervals_below_a_millisecond.toml). A key added without the floor fails here."""
+    schema = Config.model_json_schema()
+    models = [schema, *schema["$defs"].values()]
+    checked = set()
+    for model in models:
+        for key, prop in model.get("properties", {}).items():
+            scale = 1.0 if key.endswith("_s") else 1000.0 if key.endswith("_ms") else None
+            if scale is None or key in _NO_INTERVAL_FLOOR:
+                continue
+            numbers = [
+                o for o in prop.get("anyOf", [prop]) if o.get("type") in ("number", "integer")
+            ]
+            assert numbers, key
+            for number in numbers:
+                assert number.get("minimum", 0) >= MIN_INTERVAL_S * scale, (key, number)
+            checked.add(key)
+    assert {"rest_poll_interval_s", "poll_interval_s", "interval_s", "timeout_s"} <= checked
+
+
+def test_intervals_of_a_millisecond_load() -> None:
+    """The floor itself is taken, by every key that has it (the test rigs poll a loopback
+    simulator every 1 ms)."""
+    tick = MIN_INTERVAL_S
+    cfg = parse_config(
+        {
+            "api": {"send_timeout_s": tick, "idle_timeout_s": tick},
+            "chains": {"eth": {
+                "chain_id": 1, "rpc_urls": ["http://127.0.0.1:9"], "poll_interval_s": tick,
+                "timeout_s": tick, "max_block_age_s": 1.0, "block_time_s": tick,
+            }},
+            "sources": {"binance": {
+                "type": "binance", "liveness_timeout_s": tick, "rest_poll_interval_s": tick,
+                "reconnect_max_s": tick, "max_connection_age_s": tick,
+            }},
+            "push": {
+                "heartbeat_s": tick, "replace_after_s": tick, "interval_s": tick,
+                "overrides": {"BTC/USDT": {"heartbeat_s": tick}},
+            },
+            "markets": [
+                {"symbol": "BTC/USDT", "min_sources": 1,
+                 "sources": [{"source": "binance", "pair": "BTC/USDT"}]},
+            ],
+        },
+        env={},
+    )  # fmt: skip
+    assert cfg.sources["binance"].rest_poll_interval_s == tick
+    assert cfg.chains["eth"].poll_interval_s == tick
 
 
 def test_several_problems_are_reported_at_once() -> None:
