@@ -458,6 +458,10 @@ _REFUSED_REASONS = (
 )
 
 
+#: `mode` of `oracled_chain_mode`: each of `ChainStats.mode`'s values and its label value.
+_CHAIN_MODES = (("starting", "starting"), ("polling", "polling"), ("newHeads", "new_heads"))
+
+
 #: `client` of the RPC families: which RPC client of the chain, each with its own endpoints'
 #: state (a reader's and the pusher's count, rest and fail over apart, on the same URLs).
 _READER, _PUSHER = "reader", "pusher"
@@ -477,6 +481,12 @@ def _chain_families(
         "oracled_chain_head_age_seconds",
         "Our clock minus the newest published block's timestamp (NaN before the first).",
         labels=ch,
+    )
+    mode = GaugeMetricFamily(
+        "oracled_chain_mode",
+        "1 for how the chain's reader follows blocks (starting, polling, new_heads), 0 for the "
+        "others.",
+        labels=["chain", "mode"],
     )
     limit = GaugeMetricFamily(
         "oracled_chain_max_block_age_seconds",
@@ -563,6 +573,8 @@ def _chain_families(
         ts = st.last_block_ts
         age.add_metric(name, now_ms / 1000.0 - ts if ts is not None else float("nan"))
         limit.add_metric(name, st.max_block_age_s)
+        for held, label in _CHAIN_MODES:
+            mode.add_metric([st.chain, label], 1.0 if st.mode == held else 0.0)
         for key, family in counters.items():
             family.add_metric(name, getattr(st, key))
         for reason, key in _REFUSED_REASONS:
@@ -576,8 +588,8 @@ def _chain_families(
             sequencer.add_metric(name, 1.0 if st.sequencer_up else 0.0)
     if push is not None and push.endpoints:
         rpc(push.chain, _PUSHER, push.endpoints)
-    yield from (head, age, limit, *counters.values(), refused, left, failovers, requests, latency,
-                errors, spot_gaps, sequencer)  # fmt: skip
+    yield from (head, age, mode, limit, *counters.values(), refused, left, failovers, requests,
+                latency, errors, spot_gaps, sequencer)  # fmt: skip
 
 
 class _StateCollector:

@@ -12,10 +12,16 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from chain_rig import Anvil, Chain, Deployed
+from prometheus_client.parser import text_string_to_metric_families
 from reading import Collected, make_reader, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 from ws_relay import WsRelay
+
+from oracled.config import parse_config
+from oracled.core import Core
+from oracled.metrics import Metrics, MetricsInputs
+from oracled.sources.evm.chain import ChainReader
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -88,6 +94,51 @@ async def test_a_refused_subscription_polls_meanwhile_and_returns_to_new_heads(
             await read_by_new_heads(chain, snapshot, got)
         finally:
             await stop(task)
+
+
+def scraped_modes(reader: ChainReader) -> dict[str, float]:
+    """The reader's `oracled_chain_mode` series as a scrape renders them: mode -> value."""
+    market = {
+        "symbol": "BTC/USD",
+        "min_sources": 1,
+        "sources": [{"source": "a", "pair": "BTC/USD"}],
+    }
+    cfg = parse_config({"sources": {"a": {"type": "binance"}}, "markets": [market]}, env={})
+    metrics = Metrics(
+        MetricsInputs(
+            core=Core(cfg), latest=lambda: None, source_stats={}, now_ms=lambda: 0,
+            stream_subscribers=lambda: 0, stream_dropped=dict, chains=lambda: [reader.stats],
+        )
+    )  # fmt: skip
+    body, _ = metrics.render()
+    return {
+        sample.labels["mode"]: sample.value
+        for family in text_string_to_metric_families(body.decode())
+        if family.name == "oracled_chain_mode"
+        for sample in family.samples
+    }
+
+
+async def test_the_readers_mode_is_exported_starting_polling_then_new_heads(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """`oracled_chain_mode` says how the reader follows blocks, one mode at 1: starting before
+    it runs, polling while newHeads is refused, new_heads once the node accepts. Before, the
+    mode was held but not exported, and a reader left on polling did not show."""
+    relay.mode = "refuse"
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
+                         poll_interval_s=0.02)  # fmt: skip
+    got = watch_eth(reader, snapshot.eth_proxy)
+    assert scraped_modes(reader) == {"starting": 1.0, "polling": 0.0, "new_heads": 0.0}
+    task = asyncio.create_task(reader.run())
+    try:
+        await got.until(lambda: bool(got.quotes))  # polled while refused
+        assert scraped_modes(reader) == {"starting": 0.0, "polling": 1.0, "new_heads": 0.0}
+        relay.mode = "relay"
+        await until(lambda: reader.stats.mode == "newHeads")
+        assert scraped_modes(reader) == {"starting": 0.0, "polling": 0.0, "new_heads": 1.0}
+    finally:
+        await stop(task)
 
 
 async def test_a_new_heads_handshake_redirected_elsewhere_is_refused_and_blocks_are_polled(

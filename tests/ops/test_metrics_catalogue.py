@@ -203,6 +203,8 @@ _FIXED_LABELS = {
     ("kind", "RPC errors"): "oracled_chain_rpc_errors",
     ("client", "RPC clients"): "oracled_chain_rpc_requests",
     ("reason", "chain blocks"): "oracled_chain_blocks_refused",
+    ("mode", "chain readers"): "oracled_chain_mode",
+    ("mode", "marks"): "oracled_mark_mode",
     ("subject", "NATS permissions"): "oracled_nats_permission_denied",
 }
 

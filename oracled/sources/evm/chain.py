@@ -116,7 +116,7 @@ class ChainStats:
     #: The chain's configured `max_block_age_s` (the reader's, which a reload does not change):
     #: exported so that the chain's alert compares the head's age with its own limit.
     max_block_age_s: float = 300.0
-    mode: str = "starting"  # "newHeads", "polling" or "starting"
+    mode: str = "starting"  # "newHeads", "polling" or "starting" (`oracled_chain_mode`)
     blocks: int = 0  # blocks read and handed to the feeds
     round_trips: int = 0  # HTTP requests made to read blocks (a batch counts once)
     reads_failed: int = 0
