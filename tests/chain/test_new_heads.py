@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import aiohttp
 import pytest
@@ -13,7 +13,7 @@ import pytest_asyncio
 from aiohttp import web
 from chain_rig import Anvil, Chain, Deployed
 from prometheus_client.parser import text_string_to_metric_families
-from reading import Collected, make_reader, watch_eth
+from reading import Collected, make_reader, watch, watch_eth
 from rpc_proxy import RpcProxy
 from structlog.testing import capture_logs
 from ws_relay import WsRelay
@@ -22,6 +22,7 @@ from oracled.config import parse_config
 from oracled.core import Core
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.sources.evm.chain import ChainReader
+from oracled.sources.evm.feed import Block, Call, Feed, FeedResult
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -139,6 +140,44 @@ async def test_the_readers_mode_is_exported_starting_polling_then_new_heads(
         assert scraped_modes(reader) == {"starting": 0.0, "polling": 0.0, "new_heads": 1.0}
     finally:
         await stop(task)
+
+
+class BrokenFeed(Feed):
+    """A feed with a bug: asked for its calls, it raises what no read failure is."""
+
+    __slots__ = ()
+
+    def calls(self) -> Sequence[Call]:
+        raise RuntimeError("a bug in a feed")
+
+    def decode(
+        self, results: Sequence[tuple[bool, bytes]], block: Block, recv_ts: int
+    ) -> FeedResult:
+        return None
+
+
+async def test_a_reader_that_crashed_says_starting_until_its_restart_polls(
+    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
+) -> None:
+    """A reader that crashes (here a feed's bug, on the next block) waits for its supervisor's
+    restart, 1 s to 30 s: meanwhile its mode says `starting`, not the `new_heads` it had, and
+    `oracled_chain_mode` does not show a reader that reads nothing as following newHeads."""
+    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
+                         poll_interval_s=0.02)  # fmt: skip
+    got = watch_eth(reader, snapshot.eth_proxy)
+    task = asyncio.create_task(reader.run())
+    try:
+        await until(lambda: reader.stats.mode == "newHeads")
+        assert scraped_modes(reader)["new_heads"] == 1.0
+        watch(reader, BrokenFeed("bug", "BUG/USD"))
+        await chain.transact(snapshot.eth_aggregator, UPDATE, 3100_00000000)
+        with pytest.raises(RuntimeError, match="a bug in a feed"):
+            await task
+    finally:
+        task.cancel()
+    assert reader.stats.mode == "starting"
+    assert scraped_modes(reader) == {"starting": 1.0, "polling": 0.0, "new_heads": 0.0}
+    assert [q.price for q in got.quotes] == [3000.0]
 
 
 async def test_a_new_heads_handshake_redirected_elsewhere_is_refused_and_blocks_are_polled(

@@ -915,7 +915,16 @@ class ChainReader:
             await asyncio.sleep(min(r for r in rests if r > 0))
 
     async def run(self) -> None:
-        """Follow the chain until cancelled: newHeads when possible, else polling."""
+        """Follow the chain until cancelled: newHeads when possible, else polling. Once it ends
+        (a crash its supervisor restarts after a delay, a cancellation) the mode is `starting`
+        again until the next poll: before, the delay showed the mode it had when it crashed,
+        `new_heads` for a reader that read nothing."""
+        try:
+            await self._follow()
+        finally:
+            self.stats.mode = "starting"
+
+    async def _follow(self) -> None:
         await self.check_chain_id()
         if self.cfg.heads_url is None:
             await self._poll_forever()
