@@ -517,8 +517,9 @@ def _chain_families(
     )
     left = CounterMetricFamily(
         "oracled_chain_new_heads_left",
-        "newHeads sockets left for polling: a poll found a block they had not delivered, "
-        "silent (no notice) or refused (only refused heads, e.g. from the future).",
+        "newHeads sockets left for polling: failed (refused, ended, broken), or a poll found "
+        "a block they had not delivered, silent (no notice) or refused (only refused heads, "
+        "e.g. from the future).",
         labels=["chain", "reason"],
     )
     failovers = CounterMetricFamily(
@@ -581,6 +582,7 @@ def _chain_families(
             refused.add_metric([st.chain, reason], getattr(st, key))
         left.add_metric([st.chain, "silent"], st.silent_left)
         left.add_metric([st.chain, "refused"], st.refused_left)
+        left.add_metric([st.chain, "failed"], st.failed_left)
         rpc(st.chain, _READER, st.endpoints)
         for (source, pair), gaps in sorted(st.spot_gaps.items()):
             spot_gaps.add_metric([st.chain, source, pair], gaps)

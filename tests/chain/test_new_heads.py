@@ -251,6 +251,10 @@ async def test_a_socket_dropping_after_every_subscription_is_logged_once_a_minut
     assert len(down) == 1, down  # before: one per failure
     assert down[0]["failures"] == 1
     assert "socket ended" in down[0]["error"]
+    # Each socket that ended is counted all the same, as no poll left it (before: not at all).
+    stats = reader.stats
+    assert relay.connections - 1 <= stats.failed_left <= relay.connections  # the last: cut?
+    assert (stats.silent_left, stats.refused_left) == (0, 0)
 
 
 @pytest.mark.usefixtures("daemon_recursion_limit")

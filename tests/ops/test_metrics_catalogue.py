@@ -205,6 +205,7 @@ _FIXED_LABELS = {
     ("reason", "chain blocks"): "oracled_chain_blocks_refused",
     ("mode", "chain readers"): "oracled_chain_mode",
     ("mode", "marks"): "oracled_mark_mode",
+    ("reason", "newHeads left"): "oracled_chain_new_heads_left",
     ("subject", "NATS permissions"): "oracled_nats_permission_denied",
 }
 

@@ -90,8 +90,12 @@ _PROBE_S: Final = 60.0
 _FASTER: Final = 2.0
 #: Rejections an endpoint can cause on every block or every retry: logged at most once a
 #: minute (`_reject`), and counted in the metrics each time (`reads_failed`, the endpoints'
-#: errors, `silent_left` and `refused_left`).
+#: errors, `failed_left`, `silent_left` and `refused_left`).
 _EVERY_MINUTE: Final = frozenset({"read failed", "newHeads down, polling"})
+
+
+class _HeadsLeft(SourceError):
+    """A newHeads socket the reader leaves although it did not fail (`_leave_heads`)."""
 
 
 def decode_round(data: bytes) -> tuple[int, int, int, int, int]:
@@ -130,9 +134,11 @@ class ChainStats:
     slow_switches: int = 0  # the active endpoint left for one much faster (`_prefer_faster`)
     #: newHeads sockets the reader left for polling because a poll found a block they did not
     #: deliver: `silent_left` after no notice at all, `refused_left` after notices whose heads
-    #: were all refused (from the future, too old, backwards) for as long.
+    #: were all refused (from the future, too old, backwards) for as long; and `failed_left`,
+    #: sockets that failed (refused, redirected, ended, broken: `newHeads down, polling`).
     silent_left: int = 0
     refused_left: int = 0
+    failed_left: int = 0
     restarts: int = 0  # the reader started again by its supervisor (a failed start, a crash)
     sequencer_up: bool | None = None
     #: (source, pair) -> reads whose spot parted from the TWAP (Uniswap feeds only)
@@ -937,6 +943,8 @@ class ChainReader:
             except (aiohttp.ClientError, OSError, TimeoutError, SourceError, ValueError,
                     msgspec.MsgspecError, RecursionError) as exc:  # fmt: skip
                 # RecursionError: a message nested past the decoder's depth limit
+                if not isinstance(exc, _HeadsLeft):  # those are counted by why they were left
+                    self.stats.failed_left += 1
                 self._reject("newHeads down, polling", error=self._heads_error(exc)[:200])
             if self._heads != heads:
                 attempt = 0  # that subscription worked: this break starts the backoff again
@@ -1048,12 +1056,12 @@ class ChainReader:
         socket is left and raise (`run` logs it, polls, then subscribes again)."""
         if refused:
             self.stats.refused_left += 1
-            raise SourceError(
+            raise _HeadsLeft(
                 f"newHeads sent only refused heads ({refused}) for {self._silence_s:g} s "
                 "while the chain moved"
             )
         self.stats.silent_left += 1
-        raise SourceError(f"newHeads silent for {self._silence_s:g} s while the chain moved")
+        raise _HeadsLeft(f"newHeads silent for {self._silence_s:g} s while the chain moved")
 
     async def _listen(
         self, ws: aiohttp.ClientWebSocketResponse, newest: list[Block], arrived: asyncio.Event
