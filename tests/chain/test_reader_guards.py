@@ -338,6 +338,27 @@ async def test_a_feed_whose_decode_raises_is_counted_and_the_others_still_publis
     assert [e["feed"] for e in logs if e["event"] == "feed decode failed"] == ["BAD/USD"]
 
 
+async def test_a_feed_whose_decode_fails_every_block_is_logged_once_a_minute(
+    chain: Chain, http: aiohttp.ClientSession, anvil: Anvil, snapshot: Deployed
+) -> None:
+    """A feed whose decode fails on every block while the others publish: each block is its
+    drop, and its line is written once a minute with the failures since. Before, every
+    published block made its failure a new kind of rejection, and it wrote a line a block."""
+    reader = make_reader([anvil.url], http)
+    bad = watch(reader, WrongShapeFeed(snapshot.multicall))
+    good = watch_eth(reader, snapshot.eth_proxy)
+    with capture_logs() as logs:
+        assert await reader.poll_once()
+        for price in (3100, 3200):
+            await chain.transact(snapshot.eth_aggregator, UPDATE, price * 10**8)
+            assert await reader.poll_once()
+    assert bad.stats.dropped["decode_error"] == 3
+    assert [q.price for q in good.quotes] == [3000.0, 3100.0, 3200.0]
+    lines = [e for e in logs if e["event"] == "feed decode failed"]
+    assert len(lines) == 1, lines  # before: one a block
+    assert (lines[0]["feed"], lines[0]["failures"]) == ("BAD/USD", 1)
+
+
 @pytest.mark.parametrize("where", ["no_contract", "no_latest_round"])
 async def test_a_sequencer_feed_that_cannot_answer_keeps_the_gate_shut(
     chain: Chain, http: aiohttp.ClientSession, anvil: Anvil, snapshot: Deployed, where: str

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
@@ -88,10 +88,10 @@ _SLOW_SHARE: Final = 0.25
 _PROBE_S: Final = 60.0
 #: ... and the next URL is taken when it answered the block's read this many times faster.
 _FASTER: Final = 2.0
-#: Rejections an endpoint can cause on every block or every retry: logged at most once a
-#: minute (`_reject`), and counted in the metrics each time (`reads_failed`, the endpoints'
-#: errors, `failed_left`, `silent_left` and `refused_left`).
-_EVERY_MINUTE: Final = frozenset({"read failed", "newHeads down, polling"})
+#: Rejections an endpoint or a feed can cause on every block or every retry: logged at most
+#: once a minute (`_reject`), and counted in the metrics each time (`reads_failed`, the
+#: endpoints' errors, `failed_left`, `silent_left` and `refused_left`, the feed's drops).
+_EVERY_MINUTE: Final = frozenset({"read failed", "newHeads down, polling", "feed decode failed"})
 
 
 class _HeadsLeft(SourceError):
@@ -524,16 +524,17 @@ class ChainReader:
             return msgspec.structs.replace(quote, flag="sequencer")
         return quote
 
-    def _reject(self, why: str, **detail: Any) -> None:
-        """Log a rejection when its kind changes, not on every block. The kinds an endpoint can
-        cause on every attempt (`_EVERY_MINUTE`) are logged at most once a minute besides, with
-        the number since (`failures`): one that fails every other block, or a socket that drops
-        after each subscription while polls publish between, changed kind each time and wrote
-        a line every block or every retry."""
+    def _reject(self, why: str, per: Hashable = None, **detail: Any) -> None:
+        """Log a rejection when its kind changes, not on every block. The kinds an endpoint or
+        a feed can cause on every attempt (`_EVERY_MINUTE`) are logged at most once a minute
+        per kind (and `per`, a feed's), with the number since (`failures`): one that fails
+        every other block, a socket that drops after each subscription while polls publish
+        between, or a feed whose decode fails on every block while the others publish changed
+        kind each time and wrote a line every block or every retry."""
         changed = why != self._last_rejection
         self._last_rejection = why
         if why in _EVERY_MINUTE:
-            failures = self._reject_log.due(why, self._clock.monotonic())
+            failures = self._reject_log.due((why, per), self._clock.monotonic())
             if failures is not None:
                 self._log.warning(why, failures=failures, **detail)
         elif changed:
@@ -680,7 +681,10 @@ class ChainReader:
             except (ValueError, ArithmeticError, IndexError) as exc:
                 slot.stats.malformed += 1
                 slot.stats.dropped["decode_error"] += 1
-                self._reject("feed decode failed", feed=slot.feed.pair, error=str(exc)[:200])
+                self._reject(
+                    "feed decode failed", (slot.feed.source_id, slot.feed.pair),
+                    feed=slot.feed.pair, error=str(exc)[:200],
+                )  # fmt: skip
                 continue
             self._count_gaps(slot)
             if out is None:
