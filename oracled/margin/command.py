@@ -85,14 +85,16 @@ def _url_problem(urls: list[str], quorum: int | None) -> str | None:
     """What is wrong with the --url list for the mode (`quorum`: None unsigned), if anything."""
     if not all(url.startswith(("ws://", "wss://")) for url in urls):
         return "--url must be ws:// or wss://"
-    for url in urls:  # else retried for ever, each failure logged as the URL alone
+    # Else retried for ever, each failure logged as the URL alone. Named without its user part,
+    # as everywhere the margin service names a URL: it may be a proxy's user and password.
+    for url in urls:
         try:
             parts = urlsplit(url)
             _ = parts.port  # a port out of range, or no number, raises
         except ValueError as exc:
-            return f"--url {shown(url)}: not a URL ({exc})"
+            return f"--url {shown(shown_url(url))}: not a URL ({exc})"
         if not parts.hostname:
-            return f"--url {shown(url)}: no host"
+            return f"--url {shown(shown_url(url))}: no host"
     # Compared as typed (the command normalises no URL: each is connected to as given). Merged
     # silently, a repeat left signed mode counting one --url fewer than the user typed.
     repeated = next((url for i, url in enumerate(urls) if url in urls[:i]), None)

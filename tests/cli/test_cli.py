@@ -331,6 +331,16 @@ def test_margin_refuses_a_url_without_a_host_or_port_it_can_connect_to(tmp_path:
         proc = _oracled("margin", "--accounts", str(accounts), "--url", url)
         assert proc.returncode == 2, (url, proc.stderr)
         assert proc.stderr == f"oracled margin: --url {url!r}: {said}\n"
+    # A proxy's user and password in such a URL are not printed with it, as for a repeat.
+    for url, said in (
+        ("ws://reader:proxy-pass-77@127.0.0.1:99999/v1/stream", "not a URL (Port out of range"),
+        ("ws://reader:proxy-pass-77@/v1/stream", "no host"),
+    ):
+        proc = _oracled("margin", "--accounts", str(accounts), "--url", url)
+        assert proc.returncode == 2, (url, proc.stderr)
+        assert "proxy-pass-77" not in proc.stderr and "reader" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("oracled margin: --url 'ws://***@"), proc.stderr
+        assert said in proc.stderr, proc.stderr
 
 
 def test_without_config_a_command_reads_the_shipped_config_from_any_directory(
