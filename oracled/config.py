@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -40,7 +39,7 @@ from pydantic import (
 
 from oracled.errors import ConfigError, shown
 from oracled.files import read_regular
-from oracled.urls import shown_url
+from oracled.urls import host_port_problem, shown_url
 
 __all__ = [
     "AUDIT_BESIDE",
@@ -630,12 +629,7 @@ def _check_host_port(url: str, what: str) -> None:
     (`:99999`, `:9x`, another script's digits), an unclosed `[` or a control character loaded,
     and the source, chain reader or sink then failed every connect (aiohttp's
     InvalidUrlClientError), restarted forever, instead of the config naming the key."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # ValueError past 65535 or for anything but ASCII digits
-    except ValueError:
-        port = -1
-    if port == -1 or not parts.hostname or not url.isprintable():
+    if host_port_problem(url) is not None:
         raise ValueError(
             f"{what} must name a host and, if any, a port from 0 to 65535, with no control "
             "character or line break"

@@ -10,13 +10,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import structlog
 
 from oracled.errors import ConfigError, shown
 from oracled.runloop import run_to_end
-from oracled.urls import shown_url
+from oracled.urls import host_port_problem, shown_url
 
 if TYPE_CHECKING:  # the service loads only when the command runs
     from oracled.margin.service import MarginService
@@ -88,13 +87,8 @@ def _url_problem(urls: list[str], quorum: int | None) -> str | None:
     # Else retried for ever, each failure logged as the URL alone. Named without its user part,
     # as everywhere the margin service names a URL: it may be a proxy's user and password.
     for url in urls:
-        try:
-            parts = urlsplit(url)
-            _ = parts.port  # a port out of range, or no number, raises
-        except ValueError as exc:
-            return f"--url {shown(shown_url(url))}: not a URL ({exc})"
-        if not parts.hostname:
-            return f"--url {shown(shown_url(url))}: no host"
+        if (problem := host_port_problem(url)) is not None:
+            return f"--url {shown(shown_url(url))}: {problem}"
     # Compared as typed (the command normalises no URL: each is connected to as given). Merged
     # silently, a repeat left signed mode counting one --url fewer than the user typed.
     repeated = next((url for i, url in enumerate(urls) if url in urls[:i]), None)

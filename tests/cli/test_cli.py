@@ -331,6 +331,14 @@ def test_margin_refuses_a_url_without_a_host_or_port_it_can_connect_to(tmp_path:
         proc = _oracled("margin", "--accounts", str(accounts), "--url", url)
         assert proc.returncode == 2, (url, proc.stderr)
         assert proc.stderr == f"oracled margin: --url {url!r}: {said}\n"
+    # A control character in the host: the host the client reads cannot be resolved, and the
+    # URL was retried for ever (the config refuses it in any URL it dials).
+    url = "ws://127.0.0.1\x01:9/v1/stream"
+    proc = _oracled("margin", "--accounts", str(accounts), "--url", url)
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        proc.stderr == f"oracled margin: --url {url!r}: a control character or line break in it\n"
+    )
     # A proxy's user and password in such a URL are not printed with it, as for a repeat.
     for url, said in (
         ("ws://reader:proxy-pass-77@127.0.0.1:99999/v1/stream", "not a URL (Port out of range"),
