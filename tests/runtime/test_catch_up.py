@@ -10,6 +10,7 @@ of a round is put on an injected clock that moves only when told, so the ages ar
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -141,3 +142,45 @@ async def test_a_round_published_late_is_as_old_as_its_time_says_to_the_stall_ru
     assert answer[0] == 503 and answer[1]["error"]["code"] == "stalled", answer
     assert "the latest round is 0.5 s old (limit 0.5 s)" in answer[1]["error"]["message"]
     assert ready[0] == 503 and ready[1]["round_age_s"] == 0.05, ready  # since its publication
+
+
+async def test_the_event_loop_runs_between_the_passes_of_a_catch_up() -> None:
+    """Rounds taking 0.9 interval each catch up with their clock, slowly: each pass covers the
+    round times the one before took, nine tenths as many. Between two passes the event loop runs
+    its other tasks (the sources' sockets, the API): the longest run of rounds computed without
+    it is the rounds the stall missed, as before the catch-up went on past them. Done in one go,
+    the passes held the loop about ten times as long (a hundred times at 0.99), every socket
+    unread meanwhile. Counted in rounds, on a task that only counts its turns."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        clock = ManualClock(T0)
+        service = _Costly(stalling_config(sim), clock)
+        turns = 0  # the counting task's turns on the event loop
+        turn_of_round: list[int] = []  # each round computed: the turns counted by then
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        computed = service._log_transitions
+
+        def noted(result: Any, log: Any) -> None:
+            turn_of_round.append(turns)
+            computed(result, log)
+
+        service._log_transitions = noted  # type: ignore[method-assign]
+        async with service_running(service):
+            counter = asyncio.create_task(count_turns())
+            try:
+                await service.started.wait()
+                clock.advance(1)
+                await _published(service, 1)
+                service.cost_ms = 45
+                clock.advance(40 * INTERVAL)  # the loop wakes 40 intervals late
+                await _published(service, 2)
+            finally:
+                counter.cancel()
+    assert service.rounds_caught_up > 100  # passes after the first ran: 39, 35, 31, ...
+    runs = [len(list(group)) for _, group in itertools.groupby(turn_of_round)]
+    assert max(runs) <= 40, runs
