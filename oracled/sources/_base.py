@@ -252,6 +252,12 @@ def _halves(batch: list[str]) -> tuple[list[str], list[str]]:
     return batch[:middle], batch[middle:]
 
 
+def _singles(batch: list[str]) -> list[list[str]]:
+    """A refused batch asked symbol by symbol: where a request for several symbols names none
+    (`Source.rest_batch_named`), its halves would be the same request again."""
+    return [[symbol] for symbol in batch]
+
+
 def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
     """Seconds to wait before reconnect number `attempt` (0-based): full jitter.
 
@@ -348,6 +354,11 @@ class Source(abc.ABC):
     app_ping_interval_s: ClassVar[float | None] = None
     #: Most symbols in one REST request (venues without a multi-symbol endpoint: 1).
     rest_batch_size: ClassVar[int] = 1000
+    #: A request for several symbols names them, so a 400 may be one bad symbol's and halving
+    #: the batch finds it. False where such a request asks for every ticker of the venue and
+    #: names none (OKX, Bybit, Binance USD-M, KuCoin): a half of it is the same request, so a
+    #: refused batch is asked again symbol by symbol.
+    rest_batch_named: ClassVar[bool] = True
     #: REST requests a second allowed by the venue's public limit (None: one poll per interval
     #: is already far inside it), and how many may go at once.
     rest_rate_per_s: ClassVar[float | None] = None
@@ -1278,7 +1289,7 @@ class Source(abc.ABC):
                     continue
                 self.stats.dropped["rest_error"] += 1
                 if status == 400 and len(batch) > 1:
-                    batches.extend(_halves(batch))
+                    batches.extend(_halves(batch) if self.rest_batch_named else _singles(batch))
                 elif status == 400:
                     self._log.warning("instrument failed", symbol=batch[0], message=error)
                     self.stats.failed_instruments[batch[0]] = error

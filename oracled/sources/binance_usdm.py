@@ -117,6 +117,7 @@ class BinanceUsdmSource(BinanceSource):
     default_rest_url: ClassVar[str | None] = "https://fapi.binance.com"
     kinds: ClassVar[frozenset[Kind]] = frozenset({"perp"})
     max_messages_per_s: ClassVar[int] = 10
+    rest_batch_named: ClassVar[bool] = False  # bookTicker without symbol: every contract
     #: No snapshot: the futures bookTicker, like spot's, pushes each update of the best bid or
     #: ask's price or quantity, and nothing on subscribing.
     snapshot_on_subscribe: ClassVar[bool] = False

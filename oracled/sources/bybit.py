@@ -267,6 +267,7 @@ class _BybitSource(Source):
     default_rest_url: ClassVar[str | None] = "https://api.bybit.com"
     app_ping_interval_s: ClassVar[float | None] = 20.0
     max_messages_per_s: ClassVar[int] = 10  # not documented for public streams; kept modest
+    rest_batch_named: ClassVar[bool] = False  # tickers?category= names no symbol
     #: Both topics answer a subscription with a ``snapshot`` of the symbol (docs); linear tickers
     #: then send deltas, spot level 1 only further snapshots.
     snapshot_on_subscribe: ClassVar[bool] = True

@@ -188,6 +188,7 @@ class KucoinSource(Source):
     default_rest_url: ClassVar[str | None] = "https://api.kucoin.com"
     max_symbols_per_request: ClassVar[int] = 100
     max_messages_per_s: ClassVar[int] = 10
+    rest_batch_named: ClassVar[bool] = False  # allTickers names no symbol
     app_ping_interval_s: ClassVar[float | None] = 18.0  # replaced by the bullet's pingInterval
     #: No snapshot: the ticker topic pushes only when the book changed (each push has a new
     #: ``sequence``); in a recording, of ten symbols subscribed only those that moved sent one.

@@ -155,6 +155,7 @@ class OkxSource(Source):
     max_messages_per_s: ClassVar[int] = 3
     app_ping_interval_s: ClassVar[float | None] = 20.0
     rest_batch_size: ClassVar[int] = 1000
+    rest_batch_named: ClassVar[bool] = False  # tickers?instType= names no instrument
     #: The docs say only that a ticker is pushed on a trade or a best bid/ask change, but in the
     #: 2022 recording each ``tickers`` arg was answered 3 ms after the acks with the instrument's
     #: current ticker (``ts`` 2.4 to 2.5 s old, before the subscribe): a snapshot, so the filter

@@ -291,3 +291,38 @@ async def test_a_rest_answer_nested_past_the_decoder_depth_is_a_bad_frame_not_a_
         run = await start(venue)
         await wait(lambda: run.stats.dropped["decode"] >= 2)
         assert run.state() is ConnState.DOWN and run.quotes == []
+
+
+class CountingOkxSim(OkxSim):
+    """Counts the two REST endpoints apart: every ticker of a type, and one instrument's."""
+
+    def __init__(self, prices: dict[str, float]) -> None:
+        super().__init__(prices)
+        self.all_asked = 0
+        self.one_asked: list[str] = []
+
+    async def _tickers(self, request: web.Request) -> web.Response:
+        self.all_asked += 1
+        return await super()._tickers(request)
+
+    async def _ticker(self, request: web.Request) -> web.Response:
+        self.one_asked.append(request.query.get("instId", ""))
+        return await super()._ticker(request)
+
+
+async def test_a_refused_poll_of_every_ticker_is_asked_again_symbol_by_symbol(
+    start: Start, wait: Wait
+) -> None:
+    """OKX's request for several instruments (``tickers?instType=SPOT``) names none of them, so
+    half of a refused batch is the same request: a 400 on it is asked again instrument by
+    instrument (N + 1 requests for N), not halved (2N - 1, most of them the refused request
+    again: 3 of 7 for four instruments)."""
+    prices = {"BTC-USDT": 67_000.0, "ETH-USDT": 3_500.0, "SOL-USDT": 150.0, "XRP-USDT": 0.5}
+    async with CountingOkxSim(prices) as venue:
+        venue.ws_enabled, venue.rest_status = False, 400
+        pairs = [(symbol.replace("-", "/"), "spot") for symbol in prices]
+        run = await start(venue, pairs=pairs)
+        await wait(lambda: len(run.stats.failed_instruments) == len(prices))
+        await asyncio.sleep(0.5)  # five poll intervals: nothing is left to ask
+    assert venue.all_asked == 1
+    assert sorted(venue.one_asked) == sorted(prices)
