@@ -9,9 +9,11 @@ manual pauses and resumes at the rounds they first applied to and each reload's 
 in at its stored time. Rounds before the window are replayed, not compared: the gates remember.
 
 The schedule comes from the stored rounds, not from the interval: a blocked loop computes the
-rounds it missed late and unpublished (at most `service.MAX_CATCH_UP_ROUNDS` a pass, the oldest
-ones beyond that never run), and a full queue drops rounds from the trail, so between two stored
-rounds numbered n1 < n2 at t1 < t2 the core ran n2 - n1 - 1 rounds, at the last ticks before t2.
+rounds it missed late and unpublished, and a full queue drops rounds from the trail, so between
+two stored rounds numbered n1 < n2 at t1 < t2 the core ran n2 - n1 - 1 rounds. When they fill
+the ticks between, those are their times. A catch-up past `service.MAX_CATCH_UP_ROUNDS` never
+runs the oldest ticks, and a loop slower than its clock does so again before it publishes:
+skipped ticks with rounds among them have no stored times, and the start is replayed up to them.
 
 Each report is compared byte for byte with its stored body (the msgpack the writer stored,
 inflated), and where it differs the fields that differ are named.
@@ -243,7 +245,8 @@ def _checked(kept: ConfigText, sha256: str) -> Config | str:
 
 def _schedule(rounds: Iterable[AuditRound], interval: int) -> Iterator[tuple[int, int]]:
     """Every round the core ran up to the last stored one, (number, time), from the stored
-    ones: the rounds between two stored ones ran at the last ticks before the later one.
+    ones: the rounds between two stored ones ran at the ticks between them, which they fill;
+    `_Unreproducible` where they do not (ticks skipped beside them, or rows changed).
     Made as the replay takes them: a list of a start's rounds held 89 MB at two days."""
     number, ts = 0, None
     for stored in rounds:
@@ -253,6 +256,17 @@ def _schedule(rounds: Iterable[AuditRound], interval: int) -> Iterator[tuple[int
             raise _Unreproducible(
                 f"round {stored.round} at {iso_time(stored.ts)} cannot follow {was} at an interval"
                 f" of {interval} ms (a start missing from the trail, or rows changed)",
+                stored.ts,
+            )
+        if gap > 1 and ts is not None and stored.ts - ts > gap * interval:
+            # Ticks were skipped (a catch-up past its limit) and rounds ran between: where is
+            # not stored. One catch-up skips only before the rounds it runs, but a loop slower
+            # than its clock skips again before publishing, and the gates of a guess differ.
+            raise _Unreproducible(
+                f"round {stored.round} at {iso_time(stored.ts)} follows round {number} at"
+                f" {iso_time(ts)} after {gap - 1} round(s) computed unpublished and"
+                f" {(stored.ts - ts) // interval - gap} tick(s) skipped (a loop blocked past its"
+                " catch-up limit): the trail does not say which ticks those rounds ran at",
                 stored.ts,
             )
         for k in range(gap - 1, -1, -1):

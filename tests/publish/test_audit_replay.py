@@ -475,6 +475,38 @@ def test_the_round_where_the_numbers_stop_adding_up_is_counted_not_reproducible(
     assert result["problems"][0].startswith(f"round 4 at {iso_time(feed.now)} cannot follow")
 
 
+def test_rounds_computed_beside_skipped_ticks_are_not_reproducible_not_a_mismatch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A loop slower than its clock skips ticks past its catch-up limit, computes rounds
+    unpublished, and skips again before it publishes: the trail holds no time of those rounds.
+    Run at the last ticks before the next stored round, the replay's first two of them found
+    only quotes older than `max_age_ms` and paused every market, and the stored rounds, right
+    as the daemon computed them, were mismatches (exit 3). They are not reproducible (exit 4),
+    the rounds before them equal."""
+    db = tmp_path / "skips.sqlite3"
+    cfg = make_config(oracle={"round_interval_ms": INTERVAL, "resume_rounds": 5})
+    feed = Feed(cfg, trail(db), config_file=tmp_path / "skips.toml")
+    for _ in range(3):
+        feed.round()
+    for _ in range(2):
+        feed.now += 30 * INTERVAL  # more than max_age_ms: the quotes before are stale
+        _late(feed, 2)
+    feed.round()
+    feed.round()
+    feed.audit.close()
+    assert {r.status for r in feed.kept[-1][0].reports()} == {"active"}
+    code, result = _replay(capsys, db)
+    assert code == 4, result
+    assert (result["mismatches"], result["equal"], result["unreproducible_rounds"]) == (0, 9, 2)
+    assert result["problems"][0] == (
+        f"round 8 at {iso_time(feed.now - INTERVAL)} follows round 3 at"
+        f" {iso_time(T0 + 3 * INTERVAL)} after 4 round(s) computed unpublished and 60 tick(s)"
+        " skipped (a loop blocked past its catch-up limit): the trail does not say which ticks"
+        " those rounds ran at"
+    )
+
+
 def test_rounds_not_reproducible_beside_other_revision_differences_exit_4_not_5(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
