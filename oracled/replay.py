@@ -134,6 +134,7 @@ def replay(
     max_gap_ms: int | None = DEFAULT_MAX_GAP_MS,
     schedule: Iterable[tuple[int, int]] | None = None,
     reloads: Iterable[tuple[int, Config]] = (),
+    back_in_time: bool = False,
 ) -> ReplayStats:
     """Feed the tape to a fresh core and write every round's reports to `out`.
 
@@ -152,7 +153,9 @@ def replay(
     after the last quote (quotes after it are not read). `reloads` (time, config), in order,
     are swapped into the core (`Core.reconfigure`, as the daemon's reload) before the first
     quote and the first round later than their time. `out` None writes nothing (`on_round`
-    sees the rounds).
+    sees the rounds). `back_in_time` (`read_tape`'s) feeds a quote earlier than the one before
+    it to the core where it stands, before the next round, as the daemon took it after its
+    wall clock stepped back.
     """
     core = Core(cfg)
     ticks = None if schedule is None else iter(schedule)
@@ -252,7 +255,12 @@ def replay(
         core.rounds = max(1, number) - 1  # below 1: a config with another interval
 
     quotes = read_tape(
-        lines, errors, on_header=header_seen, max_gap_ms=max_gap_ms, on_command=command
+        lines,
+        errors,
+        on_header=header_seen,
+        max_gap_ms=max_gap_ms,
+        on_command=command,
+        back_in_time=back_in_time,
     )
     if ticks is not None:
         next_round = following()

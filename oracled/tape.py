@@ -418,13 +418,18 @@ def read_tape(
     on_header: Callable[[TapeHeader], None] | None = None,
     max_gap_ms: int | None = None,
     on_command: Callable[[ManualCommand], None] | None = None,
+    back_in_time: bool = False,
 ) -> Iterator[Quote]:
     """Yield the quotes of a tape in order; append every bad line to `errors` and skip it.
 
     `on_header` sees line 1 before any quote. With `max_gap_ms`, a quote further than that
     after the one before it raises TapeGapError instead of being yielded. A version 2 tape's
     manual commands go to `on_command` in their place among the quotes (before the next quote
-    is yielded); without it each is reported as a line this reader does not apply."""
+    is yielded); without it each is reported as a line this reader does not apply.
+    `back_in_time` yields a quote earlier than the one before it where it stands instead of
+    skipping it: the audit trail stores the quotes in the order the daemon took them, and
+    after its wall clock stepped back the daemon took such quotes (the gaps and the commands
+    are still measured from the latest time)."""
     it = iter(lines)
     try:
         first = next(it)
@@ -466,6 +471,9 @@ def read_tape(
                 on_command(command)
             continue
         if quote.recv_ts < last_ts:
+            if back_in_time:
+                yield quote
+                continue
             errors.append(TapeLineError(number, f"ts {quote.recv_ts} is before the previous line"))
             continue
         if max_gap_ms and last_ts > -math.inf and quote.recv_ts - last_ts > max_gap_ms:

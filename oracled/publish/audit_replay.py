@@ -487,6 +487,7 @@ def _replay_start(
         max_gap_ms=None,
         schedule=_schedule(reader.each_round(load.ts, limit), interval),
         reloads=swaps,
+        back_in_time=True,  # stored as the daemon took them: after a wall clock stepped back
     )
     held = reader.round_span(max(start, load.ts), min(end, limit))[0]
     missed = held - (summary.rounds - compared)

@@ -34,9 +34,12 @@ from oracled.config import Config, SourceConfig, load_config, parse_config
 from oracled.errors import ConfigError
 from oracled.model import Kind, Quote
 from oracled.publish.audit import AuditReader
+from oracled.publish.audit_replay import replay_trail
 from oracled.replay import replay
 from oracled.service import Service
 from oracled.sim import BinanceSim
+from oracled.sim._base import VenueSim
+from oracled.sim.coinbase import CoinbaseSim
 from oracled.sources import Source, SourceStats, build_source
 
 
@@ -517,12 +520,12 @@ async def test_every_source_the_service_builds_shares_its_host_rests(tmp_path: P
 
 
 @contextlib.contextmanager
-def _sim_in_thread() -> Iterator[BinanceSim]:
-    """A venue on its own event loop in a thread, so that it keeps sending while the daemon's
-    loop is held, as a real venue does."""
+def _sim_in_thread(venue: VenueSim | None = None) -> Iterator[Any]:
+    """A venue (a Binance one unless `venue` is given) on its own event loop in a thread, so
+    that it keeps sending while the daemon's loop is held, as a real venue does."""
     ready = threading.Event()
     loop = asyncio.new_event_loop()
-    sim = BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=400.0, volatility=0.001)
+    sim = venue or BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=400.0, volatility=0.001)
 
     def serve() -> None:
         loop.run_until_complete(sim.start())
@@ -549,11 +552,13 @@ async def _busy_loop() -> None:
         time.sleep(0.004)  # noqa: ASYNC251 - blocking the loop is the point
 
 
-def _stored_and_replayed(cfg: Config, trail: Path) -> tuple[dict[int, Any], dict[int, Any]]:
-    """BTC/USDT's reports in the audit trail, and those of a replay of the trail's own tape,
+def _stored_and_replayed(
+    cfg: Config, trail: Path, market: str = "BTC/USDT"
+) -> tuple[dict[int, Any], dict[int, Any]]:
+    """`market`'s reports in the audit trail, and those of a replay of the trail's own tape,
     each by round time."""
     reader = AuditReader(trail)
-    stored = {s.report.ts: s.report for s in reader.reports("BTC/USDT", 0, 1 << 62)}
+    stored = {s.report.ts: s.report for s in reader.reports(market, 0, 1 << 62)}
     tape = io.BytesIO()
     reader.tape(tape, 0, 1 << 62)
     reader.close()
@@ -729,6 +734,41 @@ async def test_round_times_only_grow_when_the_wall_clock_steps_back(tmp_path: Pa
     assert [r.ts - first.ts for r in stored] == [20 * (r.round - first.round) for r in stored]
     warned = [e for e in logs if e["event"] == "wall clock went back: rounds wait for it"]
     assert len(warned) == 1 and 500 <= warned[0]["by_ms"] <= 620
+
+
+async def test_a_trail_replays_equal_across_a_wall_clock_stepped_back(tmp_path: Path) -> None:
+    """A wall clock stepped back 1.5 s: the rounds wait for it, and meanwhile the daemon takes
+    the quotes of a venue that sends its own times (stamped before the last round, their venue
+    times newer than the ones held); the venue then goes quiet, so the rounds after the wait
+    price its last quote taken in the wait. `audit --replay` feeds the stored quotes as the
+    daemon took them and every report is equal; before, it skipped those quotes as earlier
+    than the line before, priced the venue's last quote before the step, and called the rounds
+    after the wait mismatches. A replay of the trail's `--tape` still skips them (the tape's
+    contract), so it differs: the stepped quotes mattered."""
+    trail = tmp_path / "audit.sqlite3"
+    venue = CoinbaseSim({"BTC-USD": 50_000.0}, rate_hz=400.0, volatility=0.001)
+    with _sim_in_thread(venue) as sim:
+        path = tmp_path / "oracled.toml"
+        text = one_venue_toml(sim.ws_url, sim.rest_url, 20, trail)
+        path.write_text(text.replace('"binance"', '"coinbase"').replace("BTC/USDT", "BTC/USD"))
+        cfg = load_config(path)
+        clock = _SteppedClock(0)
+        service = Service(cfg, clock=clock, config_path=path, config_text=path.read_bytes())
+        async with service_running(service):
+            await _round_times(service, 10)
+            clock.offset_ms = -1_500
+            await asyncio.sleep(0.5)  # the venue sends 200 quotes stamped before the last round
+            sim.silence(None)  # one attribute its publishing task reads: no lock needed
+            await _round_times(service, 10)
+    reader = AuditReader(trail)
+    try:
+        summary = replay_trail(reader, 0, 1 << 62, None, [])
+    finally:
+        reader.close()
+    assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
+    assert summary.rounds >= 15 and summary.equal == summary.reports == summary.rounds
+    stored, replayed = _stored_and_replayed(cfg, trail, "BTC/USD")
+    assert any(stored[ts].price != replayed[ts]["price"] for ts in stored.keys() & replayed.keys())
 
 
 async def test_a_wall_clock_stepped_forward_is_logged_and_a_blocked_loop_is_not(
