@@ -135,6 +135,7 @@ def replay(
     schedule: Iterable[tuple[int, int]] | None = None,
     reloads: Iterable[tuple[int, Config]] = (),
     back_in_time: bool = False,
+    ran_through: Callable[[], int] | None = None,
 ) -> ReplayStats:
     """Feed the tape to a fresh core and write every round's reports to `out`.
 
@@ -155,7 +156,10 @@ def replay(
     quote and the first round later than their time. `out` None writes nothing (`on_round`
     sees the rounds). `back_in_time` (`read_tape`'s) feeds a quote earlier than the one before
     it to the core where it stands, before the next round, as the daemon took it after its
-    wall clock stepped back.
+    wall clock stepped back. `ran_through`, with a `schedule`, is the time of the last round
+    the daemon had run before it took the quote being read (the audit trail stores a round's
+    quotes with it): those rounds run before that quote, even one stamped earlier (a wall clock
+    stepped back after the round).
     """
     core = Core(cfg)
     ticks = None if schedule is None else iter(schedule)
@@ -267,7 +271,9 @@ def replay(
     try:
         for quote in quotes:
             if ticks is not None:
-                run_until(quote.recv_ts)
+                run_until(
+                    quote.recv_ts if ran_through is None else max(quote.recv_ts, ran_through() + 1)
+                )
                 if next_round is None:  # past the schedule's last round
                     break
             elif next_round is None:

@@ -244,10 +244,12 @@ class Service:
         if cfg.audit.enabled:  # a directory there refuses the start (ConfigError)
             check_audit_path(Path(cfg.audit.path))
         self.audit = AuditTrail(cfg.audit) if cfg.audit.enabled else None
+        self._started_ms = 0  # the start's time in the trail: no reload is stored before it
         if self.audit is not None:  # the config in force, first in the trail (docs/publishing.md)
             # the file `cfg` came from (`config_text`, its bytes), kept with its sha256
             path_text = None if config_path is None else str(config_path)
-            self.audit.record_start(self.clock.now_ms(), cfg, path_text, config_text)
+            self._started_ms = self.clock.now_ms()
+            self.audit.record_start(self._started_ms, cfg, path_text, config_text)
         self._push_key = load_push_key(cfg.push) if cfg.push.enabled else None
         self.push_stats = PushStats() if cfg.push.enabled else None
         self.pusher: ChainPusher | None = None  # made in run(): it needs the HTTP session
@@ -606,8 +608,14 @@ class Service:
         """The time the trail gives a reload just applied: now, or, when the round loop is
         late (the tick it waits for has passed, its round not run yet), just before that tick:
         that round is computed under the new config, so the trail's timeline (`config_at`,
-        `audit --tape`'s warning) must put the reload before it, not after it."""
-        return min(self.clock.now_ms(), self._tick - 1)
+        `audit --tape`'s warning, `audit --replay`) must put the reload before it, not after
+        it. Nor before the round run last, or the start: a wall clock stepped back puts now
+        there, and the trail gave the rounds run under the old config the new one (before the
+        start: none of them, the reload left out of its start)."""
+        at = min(self.clock.now_ms(), self._tick - 1)
+        if self._tick != 1 << 62:  # the loop has a tick: the round before it has run
+            at = max(at, self._tick - self.cfg.oracle.round_interval_ms + 1)
+        return max(at, self._started_ms + 1)
 
     def _refuse_if_stopping(self, actor: str) -> None:
         """A reload once the stop began (an admin request in the API's last moments, or one
@@ -692,6 +700,7 @@ class Service:
                 await asyncio.sleep(interval / 1000.0)
                 continue
             tick = last + interval if last >= 0 else -(-now // interval) * interval
+            self._tick = tick  # the next round, also while a clock that went back is waited for
             if tick - now > interval:  # the wall clock went back: wait, looking every interval
                 if not waiting:
                     log.warning("wall clock went back: rounds wait for it", by_ms=last - now)
@@ -699,7 +708,6 @@ class Service:
                 await asyncio.sleep(interval / 1000.0)
                 continue
             waiting = False
-            self._tick = tick
             self._release_held(tick)
             await asyncio.sleep((tick - now) / 1000.0)
             if self.clock.now_ms() <= tick:

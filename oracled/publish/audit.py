@@ -1809,15 +1809,17 @@ class AuditReader:
         and this oracled's version, the tape's writer.
         """
         count = 0
-        for block, quotes in self.tape_blocks(start_ms, end_ms):
+        for block, quotes, _ in self.tape_blocks(start_ms, end_ms):
             out.write(block)
             count += quotes
         return count
 
-    def tape_blocks(self, start_ms: int, end_ms: int) -> Iterator[tuple[bytes, int]]:
-        """`tape`'s bytes as they are read, each with the quotes it holds: the header, a
-        round's lines at a time, and the commands after the last one (`oracled audit --replay`
-        reads a trail's tape without writing it anywhere: a day's is gigabytes)."""
+    def tape_blocks(self, start_ms: int, end_ms: int) -> Iterator[tuple[bytes, int, int | None]]:
+        """`tape`'s bytes as they are read, each with the quotes it holds and the time of the
+        stored round they were stored with (None: the header, the commands after the last
+        one): the header, a round's lines at a time, and those commands (`oracled audit
+        --replay` reads a trail's tape without writing it anywhere: a day's is gigabytes).
+        The daemon took a round's quotes before it ran that round, and after the one before."""
         first = self.first_quoted(start_ms, end_ms)  # replay numbers its rounds from it
         first_round, first_ts = (None, None) if first is None else first
         header = header_line(
@@ -1826,7 +1828,7 @@ class AuditReader:
             pricing_revision=self.first_revision(start_ms, end_ms),
             software_version=__version__,
         )
-        yield header, 0
+        yield header, 0, None
         if self.version == 1:
             yield from self._tape_v1(start_ms, end_ms)
             return
@@ -1845,9 +1847,9 @@ class AuditReader:
             except (zlib.error, TypeError, msgspec.DecodeError) as exc:  # overwritten: the tape
                 what = f"its stored quotes cannot be read ({exc})"  # would be torn there
                 raise AuditDataError(round_no, ts, what) from None
-            yield lines, count
+            yield lines, count, ts
         if commands:  # rounds after the last quote's
-            yield b"".join(line for _, line in commands), 0
+            yield b"".join(line for _, line in commands), 0, None
 
     def missing_tapes(self, start_ms: int, end_ms: int) -> int:
         """Rounds of the window that say they were given quotes and have no stored tape row
@@ -1876,11 +1878,11 @@ class AuditReader:
             for ts, round_no, action, market, actor in rows
         )
 
-    def _tape_v1(self, start_ms: int, end_ms: int) -> Iterator[tuple[bytes, int]]:
+    def _tape_v1(self, start_ms: int, end_ms: int) -> Iterator[tuple[bytes, int, int | None]]:
         rows = self._db.execute(
-            "SELECT q.line FROM quotes q JOIN rounds o ON o.id = q.round_id "
+            "SELECT q.line, o.ts FROM quotes q JOIN rounds o ON o.id = q.round_id "
             "WHERE o.ts >= ? AND o.ts <= ? ORDER BY q.round_id, q.seq",
             (start_ms, end_ms),
         )
-        for (line,) in rows:
-            yield line, 1
+        for line, ts in rows:
+            yield line, 1, ts

@@ -472,9 +472,16 @@ def _replay_start(
             " and have no stored tape row: stored quotes are missing"
         )
 
+    ran = 0  # the stored round the quotes read last were stored with: the daemon ran it next
+
     def lines() -> Iterator[bytes]:
-        for block, _ in reader.tape_blocks(load.ts, limit):
+        nonlocal ran
+        for block, _, ts in reader.tape_blocks(load.ts, limit):
             yield from block.splitlines(keepends=True)
+            ran = ran if ts is None else ts
+
+    def ran_through() -> int:
+        return ran
 
     stored = reader.round_bodies(max(start, load.ts), min(end, limit))
     comparer = _Comparer(summary, stored, start, market)
@@ -488,6 +495,7 @@ def _replay_start(
         schedule=_schedule(reader.each_round(load.ts, limit), interval),
         reloads=swaps,
         back_in_time=True,  # stored as the daemon took them: after a wall clock stepped back
+        ran_through=ran_through,
     )
     held = reader.round_span(max(start, load.ts), min(end, limit))[0]
     missed = held - (summary.rounds - compared)

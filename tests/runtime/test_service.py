@@ -771,6 +771,96 @@ async def test_a_trail_replays_equal_across_a_wall_clock_stepped_back(tmp_path: 
     assert any(stored[ts].price != replayed[ts]["price"] for ts in stored.keys() & replayed.keys())
 
 
+class _StepsBackAfterRound(Service):
+    """A daemon whose wall clock steps back `by_ms` right after it published round `at`, before
+    any quote could come in after that round (the step and the round are one step of its
+    loop)."""
+
+    def __init__(self, path: Path, clock: _SteppedClock, at: int, by_ms: int) -> None:
+        super().__init__(
+            load_config(path), clock=clock, config_path=path, config_text=path.read_bytes()
+        )
+        self.stepped_clock, self.at, self.by_ms = clock, at, by_ms
+
+    def _publish_round(self, result: Any) -> None:
+        super()._publish_round(result)
+        if result.round == self.at:
+            self.stepped_clock.offset_ms -= self.by_ms
+
+
+async def test_quotes_taken_after_a_round_replay_after_it_though_stamped_before(
+    tmp_path: Path,
+) -> None:
+    """A wall clock stepped back 1 s right after round 10: the quotes the daemon takes next
+    are stamped before round 10 (a venue sending its own times has them newer than the ones
+    held) and priced from round 11 on. `audit --replay` reads them after round 10, as the trail
+    stores them with round 11; before, it ran round 10 only at the first quote later than it,
+    after the wait, so round 10 priced the venue's quotes of the wait, a mismatch."""
+    trail = tmp_path / "audit.sqlite3"
+    venue = CoinbaseSim({"BTC-USD": 50_000.0}, rate_hz=400.0, volatility=0.001)
+    with _sim_in_thread(venue) as sim:
+        path = tmp_path / "oracled.toml"
+        text = one_venue_toml(sim.ws_url, sim.rest_url, 20, trail)
+        path.write_text(text.replace('"binance"', '"coinbase"').replace("BTC/USDT", "BTC/USD"))
+        service = _StepsBackAfterRound(path, _SteppedClock(0), 10, 1_000)
+        async with service_running(service):
+            while service.rounds_published < 20:
+                await _round_times(service, 1)
+    reader = AuditReader(trail)
+    try:
+        tenth = next(r for r in reader.rounds(0, 1 << 62) if r.round == 10)
+        blocks = [(b, ts) for b, _, ts in reader.tape_blocks(0, 1 << 62) if ts is not None]
+        summary = replay_trail(reader, 0, 1 << 62, None, [])
+    finally:
+        reader.close()
+    after = next(b for b, ts in blocks if ts > tenth.ts)  # the quotes taken after round 10
+    assert json.loads(after.splitlines()[0])["ts"] < tenth.ts
+    assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
+    assert summary.rounds >= 15 and summary.equal == summary.reports == summary.rounds
+
+
+async def test_a_reload_while_a_stepped_back_clock_is_waited_for_replays_equal(
+    tmp_path: Path,
+) -> None:
+    """A reload while the rounds wait for a wall clock stepped back 600 ms: the trail puts it
+    after the round run last (and after the start), and `audit --replay` applies it from the
+    next round on, every report equal. Before, the trail stored it at the stepped-back time,
+    before the start: the replay never applied it, and every round priced under it (at the
+    new exponent) was a mismatch. The quotes the daemon took after the step, stamped before
+    its last round, are read after that round, as the trail stores them."""
+    trail = tmp_path / "audit.sqlite3"
+    with _sim_in_thread() as sim:
+        path = tmp_path / "oracled.toml"
+        path.write_text(one_venue_toml(sim.ws_url, sim.rest_url, 20, trail))
+        clock = _SteppedClock(0)
+        service = Service(
+            load_config(path), clock=clock, config_path=path, config_text=path.read_bytes()
+        )
+        async with service_running(service):
+            await _round_times(service, 10)
+            clock.offset_ms = -600
+            await asyncio.sleep(0.2)  # within the 600 ms the rounds wait
+            before = service.hub.latest_result
+            exponent = "min_sources = 1\nprice_exponent = -1"
+            path.write_text(path.read_text().replace("min_sources = 1", exponent))
+            await service.reload("test")
+            await _round_times(service, 10)
+    assert before is not None
+    reader = AuditReader(trail)
+    try:
+        start, reload = reader.configs(0, 1 << 62)
+        after = list(reader.reports("BTC/USDT", reload.ts, 1 << 62))
+        summary = replay_trail(reader, 0, 1 << 62, None, [])
+    finally:
+        reader.close()
+    assert (start.event, reload.event) == ("start", "reload")
+    assert start.ts < before.ts < reload.ts
+    assert after and all(len(s.report.price.split(".")[1]) == 1 for s in after if s.report.price)
+    assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
+    assert "1 reload(s) applied" in summary.starts[0]
+    assert summary.rounds >= 15 and summary.equal == summary.reports == summary.rounds
+
+
 async def test_a_wall_clock_stepped_forward_is_logged_and_a_blocked_loop_is_not(
     tmp_path: Path,
 ) -> None:
