@@ -20,6 +20,7 @@ import sqlite3
 import sys
 import tomllib
 import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from daemon import ADMIN_TOKEN, Daemon
 
 from oracled.cli import main
-from oracled.core import PRICING_REVISION
+from oracled.core import PRICING_REVISION, Core
 from oracled.model import Report
 from oracled.publish.audit import AuditReader, iso_time
 from oracled.publish.audit_replay import replay_trail
+from oracled.publish.signer import RoundSigner, SigningKey
 from oracled.sim.venues import simulate
+from oracled.tape import header_line, quote_to_line, read_tape
 
 _LIVE = {"active", "degraded"}
 _END = 1 << 62
@@ -505,6 +508,50 @@ def test_rounds_computed_beside_skipped_ticks_are_not_reproducible_not_a_mismatc
         " skipped (a loop blocked past its catch-up limit): the trail does not say which ticks"
         " those rounds ran at"
     )
+
+
+def test_quotes_and_reports_rewritten_together_replay_equal_only_the_signature_tells(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What docs/publishing.md says `--replay` cannot prove: whoever can write the file can
+    change a round's stored quotes and its reports together, as the core computes them from
+    the changed quotes, and `--replay` finds every report equal (exit 0). The round's signature
+    is what tells: `--verify` finds it a mismatch (exit 3)."""
+    db, _, feed = _feed_trail(tmp_path)
+    signer = RoundSigner(SigningKey.generate(), "test")
+    for _ in range(4):
+        feed.round(signer)
+    feed.audit.close()
+    forged = Core(feed.cfg)  # the daemon's inputs, BTC/USD quoted 1 % higher in round 4
+    for result, quotes in feed.kept:
+        for quote in quotes:
+            if result.round == 4 and quote.pair == "BTC/USD":
+                assert quote.price is not None
+                quote = msgspec.structs.replace(quote, price=quote.price * 1.01)
+            forged.ingest(quote)
+        rebuilt = forged.run_round(result.ts)
+    db_file = sqlite3.connect(db)
+    (block,) = db_file.execute("SELECT lines FROM tapes WHERE round_id = 4").fetchone()
+    tape = (header_line() + zlib.decompress(block, wbits=-15)).splitlines(keepends=True)
+    lines = [
+        quote_to_line(msgspec.structs.replace(q, price=q.price * 1.01))
+        if q.pair == "BTC/USD" and q.price is not None
+        else quote_to_line(q)
+        for q in read_tape(tape, [])
+    ]
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    changed = packer.compress(b"".join(lines)) + packer.flush()
+    db_file.execute("UPDATE tapes SET lines = ? WHERE round_id = 4", (changed,))
+    db_file.commit()
+    db_file.close()
+    for i, market in enumerate(rebuilt.layout.markets):
+        rewrite_report(db, 4, market, lambda _, i=i: rebuilt.report(i))
+    code, result = _replay(capsys, db)
+    assert code == 0, result
+    assert result["equal"] == result["reports"] == 12
+    capsys.readouterr()
+    assert main(["audit", "--db", str(db), "--verify", "--deployment", "test"]) == 3
+    assert "round 4 at" in capsys.readouterr().out
 
 
 def test_rounds_not_reproducible_beside_other_revision_differences_exit_4_not_5(
