@@ -333,6 +333,7 @@ class Service:
         # ran (see on_quote); no tick before the loop starts.
         self._tick = 1 << 62
         self._held: list[Quote] = []
+        self._tape_flush_at = 4  # the core's round count at which `record`'s lines go next
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
         self.failed = False  # stopped by an error, not asked to: `oracled run` exits 1
@@ -750,6 +751,7 @@ class Service:
             if late > limit:  # no round older than the stall limit goes out
                 self._run_unpublished(tick, late, limit, log)
                 last = tick
+                self._flush_tape()
                 continue
             self._behind_told = False
             started = time.perf_counter()
@@ -769,11 +771,23 @@ class Service:
             if self.pusher is not None:
                 self.pusher.submit(result)  # replaces the latest: the chain never holds a round
             self._log_transitions(result, log)
-            if self._recorder is not None and result.round % 4 == 0:
-                self._recorder.flush()  # hands over, never waits: the disk may be slow
-                error = self._recorder.take_error()
-                if error is not None:
-                    self._tape_failed(error)
+            self._flush_tape()
+
+    def _flush_tape(self) -> None:
+        """Every 4 rounds computed, published or not, hand `record`'s lines to its writer
+        (never waiting: the disk may be slow). Counted by published round numbers, a loop
+        behind its clock flushed nothing while it published nothing (or only rounds numbered
+        off the multiples of 4), and its lines piled up until the backlog stopped the tape.
+        None before the first round is published: it numbers the tape's header."""
+        if self._recorder is None or not self.rounds_published:
+            return
+        if self.core.rounds < self._tape_flush_at:
+            return
+        self._tape_flush_at = self.core.rounds + 4
+        self._recorder.flush()
+        error = self._recorder.take_error()
+        if error is not None:
+            self._tape_failed(error)
 
     @property
     def tape_error(self) -> str | None:

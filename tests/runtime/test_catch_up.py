@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,8 +33,8 @@ class _Costly(Service):
     the clock moves while the loop computes, through a catch-up too. `published` holds each
     published round's time and the clock's when it went out."""
 
-    def __init__(self, cfg: Config, clock: ManualClock) -> None:
-        super().__init__(cfg, clock=clock)
+    def __init__(self, cfg: Config, clock: ManualClock, record: Path | None = None) -> None:
+        super().__init__(cfg, clock=clock, record=record)
         self.manual = clock
         self.cost_ms = 0
         self.published: list[tuple[int, int]] = []
@@ -114,6 +116,38 @@ async def test_a_core_slower_than_its_clock_publishes_no_round_past_the_stall_li
     assert stalled[0] == 503 and stalled[1]["error"]["code"] == "stalled", stalled
     assert ages[-1] <= INTERVAL, ages
     assert back == 200
+
+
+def _latest_on_tape(tape: Path) -> int:
+    """The latest quote time in the tape file as written so far (0: none yet)."""
+    lines = tape.read_bytes().splitlines()[1:] if tape.exists() else []
+    return max((json.loads(line)["ts"] for line in lines if b'"ts"' in line), default=0)
+
+
+async def test_a_core_slower_than_its_clock_keeps_writing_its_tape(tmp_path: Path) -> None:
+    """`record` under a core slower than its clock: while the loop publishes nothing (its
+    rounds past the stall limit), the quotes it takes still reach the tape file, handed to the
+    writer every 4 rounds computed. Before, only a published round numbered a multiple of 4
+    handed them over: nothing reached the file while the loop was behind, and the lines piled
+    up in memory until the 64 MiB backlog stopped the recording for good."""
+    tape = tmp_path / "tape.jsonl"
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        clock = ManualClock(T0)
+        service = _Costly(stalling_config(sim), clock, record=tape)
+        service.ready_min_s = 0.5  # the stall limit: 0.5 s at 50 ms rounds
+        async with service_running(service):
+            await service.started.wait()
+            clock.advance(1)
+            await _published(service, 1)
+            service.cost_ms = 75
+            clock.advance(INTERVAL)  # from here the loop falls behind
+            await _until(lambda: clock.now_ms() >= T0 + 3_000)
+            last = service.published[-1][0]  # none after it: the rounds are past the limit
+            await _until(lambda: _latest_on_tape(tape) > last + 1_000)
+            published = len(service.published)
+            service.cost_ms = 0
+    assert service.tape_error is None
+    assert service.published[published - 1][0] == last
 
 
 async def test_a_round_published_late_is_as_old_as_its_time_says_to_the_stall_rule() -> None:
