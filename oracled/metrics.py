@@ -226,8 +226,9 @@ def _signer_families(stats: SignerStats | None) -> Iterator[Metric]:
     errors = _labelled(
         "oracled_signer_errors",
         "Rounds left unsigned: busy (the previous round was still being signed), error, "
-        "floor (its time is not after a round this key signed before), or lease (the signing "
-        "lease on disk does not reach its time yet).",
+        "floor (its time is not after a round this key signed before), lease (the signing "
+        "lease on disk does not reach its time yet), or stale (signed before a stall of the "
+        "round loop, not sent: the round after the stall is signed instead).",
         "reason",
         SIGNER_ERROR_REASONS,
         stats.errors if stats is not None else None,

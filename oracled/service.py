@@ -216,6 +216,7 @@ class Service:
         self.core = Core(cfg)
         self.rounds_caught_up = 0  # rounds the round loop computed late, unpublished
         self.rounds_published = 0  # rounds the round loop computed on time and published
+        self._caught_up_out = 0  # `rounds_caught_up` when a round last went to the signer
         self._behind_told = False  # that rounds go unpublished, older than the stall limit
         # Each perpetual market's last mark mode other than "none" (docs/mark.md), so that a
         # mark entering or leaving the fallback is logged once per change, not once per round.
@@ -888,10 +889,16 @@ class Service:
         return floor
 
     def _publish_round(self, result: RoundResult) -> None:
-        """Hand a round to the signer (which publishes it once signed) or straight to NATS."""
+        """Hand a round to the signer (which publishes it once signed) or straight to NATS.
+        The first round out after rounds went unpublished (a stall, `_catch_up`) is signed, and
+        a signature of a round before the stall still on its way is not sent after it."""
         worker = self._signer_worker
         if worker is not None:
-            worker.submit(result)
+            resumed, self._caught_up_out = (
+                self.rounds_caught_up != self._caught_up_out,
+                self.rounds_caught_up,
+            )
+            worker.submit(result, resumed)
             if worker.signing == result.ts:  # being signed: when, for the stall rule
                 self._signing_at = self._monotonic_ms()
         elif self.nats is not None:

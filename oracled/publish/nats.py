@@ -31,16 +31,15 @@ signing on, the watch signs the notice with the rounds' key (`RoundSigner.sign_s
 that a client that trusts the key can tell it from one anyone on the bus could write.
 
 With signing on, the subjects carry signed messages only. A round the signer leaves unsigned
-(skipped as `busy`, under its `floor`, past its signing `lease`, or a signing `error`) is not
-published at all, never as its unsigned reports, which a consumer that does not verify would
-take as signed ones: its messages are counted as unpublished (reason `unsigned`), the signer's
-own count says why (`oracled_signer_errors_total`). The bus's last signed round is then its
-newest, a frozen price to a consumer that trusts reports longer than the stall limit: so once
-no round has been signed for longer than that limit (the API's), the daemon's one rule
-(`oracled.publish.signstall`, owned by the service) hands the sink a notice as for a stall,
-naming the last signed round in words that say why, the same bytes the signed streams get; the
-sink sends it once and keeps it (sent again after each reconnection) until the next signed
-round.
+(skipped as `busy`, under its `floor`, past its signing `lease`, a signing `error`, or its signature
+`stale` after a stall) is not published at all, never as its unsigned reports, which a consumer that
+does not verify would take as signed ones: its messages are counted as unpublished (reason
+`unsigned`), the signer's own count says why (`oracled_signer_errors_total`). The bus's last signed
+round is then its newest, a frozen price to a consumer that trusts reports longer than the stall
+limit: so once no round has been signed for longer than that limit (the API's), the daemon's one
+rule (`oracled.publish.signstall`, owned by the service) hands the sink a notice as for a stall,
+naming the last signed round in words that say why, the same bytes the signed streams get; the sink
+sends it once and keeps it (sent again after each reconnection) until the next signed round.
 
 The daemon never waits for NATS: `submit` only appends to a bounded queue, and the publisher task
 sends when it can. While the server is unreachable rounds are counted as unpublished (reason

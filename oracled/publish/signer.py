@@ -564,8 +564,9 @@ class RoundMessage(msgspec.Struct, frozen=True):
 
 _ENCODER = msgspec.json.Encoder()
 #: Why a round was left unsigned: the previous one was still being signed, an error, its time
-#: not after one this key signed before (the floor), or the signing lease not reaching it yet.
-ERROR_REASONS: Final = ("busy", "error", "floor", "lease")
+#: not after one this key signed before (the floor), the signing lease not reaching it yet, or
+#: signed before a stall of the round loop and not sent after it (stale).
+ERROR_REASONS: Final = ("busy", "error", "floor", "lease", "stale")
 
 
 @dataclass(slots=True)
@@ -752,8 +753,14 @@ class SignerWorker:
     `lease` (oracled/publish/sign_lease.py), nor one whose time the lease on disk does not reach
     yet (counted `lease`): the lease is extended in its own thread, never waited for here.
 
-    Every round submitted comes back once: signed to `on_signed`, or, skipped or failed, to
-    `on_unsigned` with the reason it was counted under (the NATS sink publishes signed rounds
+    After a stall of the round loop (`submit(..., resumed=True)`: rounds went unpublished
+    before this one), the round published is signed even if the one before the stall is still
+    on its way: the thread signs it next, and the pre-stall signature, which the blocked loop
+    did not hand on, never does go out (counted `stale`): it is older than the round the
+    consumers were just given.
+
+    Every round submitted comes back once: signed to `on_signed`, or, skipped, failed or stale,
+    to `on_unsigned` with the reason it was counted under (the NATS sink publishes signed rounds
     only, and must still learn that the round loop ran: a stall is over, whatever became of
     the signature).
     """
@@ -778,6 +785,10 @@ class SignerWorker:
         self._unleased = False  # skipping rounds past the lease (logged once each way)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="oracled-signer")
         self._pending: asyncio.Future[SignedRound | None] | None = None
+        #: the time of the round whose signature is on its way (not handed on yet), or None
+        self._on_its_way: int | None = None
+        #: the time of a round before a stall, whose signature is not handed on when it comes
+        self._stale: int | None = None
         self._log = structlog.get_logger("oracled").bind(component="signer")
 
     def take_lease(self, lease: SignLease) -> None:
@@ -787,11 +798,18 @@ class SignerWorker:
         if lease.floor is not None and (self.floor is None or lease.floor > self.floor):
             self.floor = lease.floor
 
-    def submit(self, result: RoundResult) -> None:
+    def submit(self, result: RoundResult, resumed: bool = False) -> None:
+        """Sign `result` in the thread, or hand it back unsigned with its reason. `resumed`:
+        rounds before it went unpublished (the loop stalled, or fell behind, and caught up): a
+        signature still on its way is stale, and this round is signed after it instead of
+        being skipped as `busy` (one that finished while the loop was blocked is not handed on
+        yet either: to the loop its round is still being signed)."""
         lease = self._lease
         if lease is not None and lease.due(result.ts):
             lease.extend(result.ts)  # queued for the lease thread: this round does not wait
-        if self._pending is not None and not self._pending.done():
+        if resumed and self._on_its_way is not None:
+            self._stale = self._on_its_way
+        elif self._pending is not None and not self._pending.done():
             self.signer.stats.errors["busy"] += 1
             self._unsigned(result, "busy")
             return
@@ -801,8 +819,8 @@ class SignerWorker:
         if lease is not None and not self._leased(lease, result.ts):
             self._unsigned(result, "lease")
             return
-        self.floor = result.ts
-        loop = asyncio.get_running_loop()
+        self.floor = self._on_its_way = result.ts
+        loop = asyncio.get_running_loop()  # one thread: a stale round's signing comes first
         self._pending = loop.run_in_executor(self._pool, self._timed_sign, result)
         self._pending.add_done_callback(partial(self._done, result))
 
@@ -868,6 +886,11 @@ class SignerWorker:
         return signed
 
     def _done(self, result: RoundResult, future: asyncio.Future[SignedRound | None]) -> None:
+        if self._on_its_way == result.ts:
+            self._on_its_way = None
+        stale = self._stale == result.ts  # a round before a stall: a newer one went out since
+        if stale:
+            self._stale = None
         if future.cancelled():
             return
         exc = future.exception()
@@ -880,6 +903,16 @@ class SignerWorker:
         if signed is None:  # the lease's lock was lost (logged there)
             self.signer.stats.errors["lease"] += 1
             self._unsigned(result, "lease")
+            return
+        if stale:
+            self.signer.stats.errors["stale"] += 1
+            self._log.warning(
+                "round signature not sent: the round loop stalled before it went out, and a "
+                "newer round went out since",
+                ts=result.ts,
+                round=result.round,
+            )
+            self._unsigned(result, "stale")
             return
         self._on_signed(signed)
 

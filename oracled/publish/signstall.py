@@ -1,14 +1,14 @@
 """No round signed for longer than the stall limit, the round loop running: told as a stall.
 
-With signing on, the signed consumers (the NATS subjects, the streams' `signed` frames) get
-nothing newer than the last signed round while the signer leaves rounds unsigned (its worker
-hands each one to `on_unsigned` with the reason: `busy`, `floor`, `lease`, `error`). A consumer
-that trusts a signed report for longer than the daemon's stall limit would keep that frozen
-price as current. `SignedStall` is the one rule that says when to tell them and in which words,
-and keeps the notice while the stall lasts; `stall_notice` writes it (a `StallNotice`: the
-streams' `stalled` error frame, the round it names, and the key's signature over them). The
-service owns the one `SignedStall` and hands its notice to every outlet (the hub, the NATS
-sink), so that the bus and the streams get the same bytes, decided once per round.
+With signing on, the signed consumers (the NATS subjects, the streams' `signed` frames) get nothing
+newer than the last signed round while the signer leaves rounds unsigned (its worker hands each one
+to `on_unsigned` with the reason: `busy`, `floor`, `lease`, `error`, `stale`). A consumer that
+trusts a signed report for longer than the daemon's stall limit would keep that frozen price as
+current. `SignedStall` is the one rule that says when to tell them and in which words, and keeps the
+notice while the stall lasts; `stall_notice` writes it (a `StallNotice`: the streams' `stalled`
+error frame, the round it names, and the key's signature over them). The service owns the one
+`SignedStall` and hands its notice to every outlet (the hub, the NATS sink), so that the bus and the
+streams get the same bytes, decided once per round.
 
 Nothing here does I/O or reads a clock: the times are handed in, the monotonic clock's (as the
 API's stall watch reads it), not the rounds' own, so that a wall clock stepped forward, whose

@@ -508,13 +508,41 @@ async def test_the_signer_worker_skips_a_round_while_the_last_is_being_signed() 
     assert worker.signing is None
     assert [s.round for s in delivered.rounds] == [first.round]
     assert (
-        signer.stats.errors == {"busy": 1, "error": 0, "floor": 0, "lease": 0}
+        signer.stats.errors == {"busy": 1, "error": 0, "floor": 0, "lease": 0, "stale": 0}
         and signer.stats.signed == 1
     )
     assert signer.stats.last_seconds > 0
     worker.submit(rounds.step())  # free again
     await delivered.next()
     assert len(delivered.rounds) == 2
+    worker.close()
+
+
+async def test_the_round_after_a_stall_is_signed_and_the_one_before_it_is_not_sent() -> None:
+    """A round handed on while the one before a stall is still on its way (`resumed`: the loop
+    caught up since) is signed after it, not skipped as busy; the pre-stall round's signature,
+    older than the round just published, comes back unsigned as `stale`, and is never handed
+    on."""
+    rounds = Rounds(make_config())
+    signer = RoundSigner(KEY, "test")
+    delivered = Delivery()
+    unsigned: list[tuple[RoundResult, str]] = []
+    worker = SignerWorker(signer, delivered, on_unsigned=lambda *args: unsigned.append(args))
+    before = rounds.step()
+    for _ in range(40):  # computed, unpublished, by the catch-up
+        rounds.step()
+    after = rounds.step()
+    worker.submit(before)
+    worker.submit(after, resumed=True)  # the first's future cannot be done yet
+    assert worker.signing == after.ts
+    await delivered.next()
+    assert [s.ts for s in delivered.rounds] == [after.ts]
+    assert unsigned == [(before, "stale")]
+    assert signer.stats.errors["stale"] == 1 and signer.stats.errors["busy"] == 0
+    assert signer.stats.signed == 2  # signed, not sent
+    worker.submit(rounds.step(), resumed=True)  # nothing on its way: nothing stale
+    await delivered.next()
+    assert len(delivered.rounds) == 2 and signer.stats.errors["stale"] == 1
     worker.close()
 
 

@@ -5,24 +5,31 @@ unpublished, then publishes the present round. The catch-up takes time too: at 1
 its 2,400 rounds hold the loop about 3.5 s, and the present round, chosen before it ran, went
 out as old as the catch-up took, served by the API with 200 as the current price. Here the cost
 of a round is put on an injected clock that moves only when told, so the ages are exact.
+With signing on, the round signed after the stall is that present one too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from one_venue import service_running, stalling_config
+from one_venue import bus_messages, reading, service_running, signing_table, stalling_config
 
 from oracled.clock import ManualClock
 from oracled.config import Config
 from oracled.service import Service
 from oracled.sim import BinanceSim
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "publish"))
+from publish_rig import NatsServer  # the publishing tests' real nats-server
 
 INTERVAL = 50  # stalling_config's round interval, ms
 T0 = 1_800_000_000_000  # a multiple of INTERVAL: the first round's tick
@@ -218,3 +225,121 @@ async def test_the_event_loop_runs_between_the_passes_of_a_catch_up() -> None:
     assert service.rounds_caught_up > 100  # passes after the first ran: 39, 35, 31, ...
     runs = [len(list(group)) for _, group in itertools.groupby(turn_of_round)]
     assert max(runs) <= 40, runs
+
+
+class _Stalling(_Costly):
+    """A signing `_Costly` whose loop stalls for `STALL_MS` of its clock at the round numbered
+    `stall_at`, once that round is handed to the signer; the loop stays blocked, in the first
+    round of the catch-up, until the signer thread has signed that round: its signature is
+    ready, and the blocked loop has not handed it on."""
+
+    STALL_MS = 40 * INTERVAL
+
+    def __init__(self, cfg: Config, clock: ManualClock) -> None:
+        super().__init__(cfg, clock)
+        self.stall_at: int | None = None
+        self.signed_before = 0  # the signer's count before the stalled round
+        self._blocking = False
+
+    def _log_transitions(self, result: Any, log: Any) -> None:
+        super()._log_transitions(result, log)
+        assert self.signer is not None
+        if result.round == self.stall_at and self.hub.latest_result is result:
+            self.manual.advance(self.STALL_MS)
+            self._blocking = True
+        elif self._blocking:  # the catch-up's first round: the loop is blocked
+            self._blocking = False
+            deadline = time.monotonic() + 10.0  # a guard against hangs only
+            while self.signer.stats.signed <= self.signed_before:
+                assert time.monotonic() < deadline, "the stalled round was never signed"
+                time.sleep(0.001)
+
+
+@contextlib.asynccontextmanager
+async def _events(http: aiohttp.ClientSession, url: str) -> AsyncIterator[list[dict[str, Any]]]:
+    """An event stream at `url`: every `data:` event's JSON, while the block runs."""
+    got: list[dict[str, Any]] = []
+    async with http.get(url) as resp:
+        assert resp.status == 200
+
+        async def read() -> None:
+            while line := await resp.content.readline():
+                if line.startswith(b"data: "):
+                    got.append(json.loads(line[6:]))
+
+        reader = asyncio.create_task(read(), name="test-events-reader")
+        try:
+            yield got
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_the_round_signed_after_a_stall_is_the_one_published_not_the_one_before(
+    tmp_path: Path,
+) -> None:
+    """Signing on: a round is handed to the signer, then the loop stalls 40 intervals, and the
+    signature finishes while it is blocked. The round published after the catch-up is the one
+    signed: the signed WebSocket and SSE streams and the bus's round subject go from the rounds
+    before the stall straight to it, and the pre-stall round's signature never goes out
+    (counted `stale`). Before, the blocked loop had not handed that signature on, so the round
+    after the stall was skipped as `busy` and the pre-stall round went out signed after it, the
+    newest signed price for a round older than the one just published."""
+    server = NatsServer(tmp_path / "nats", jetstream=False)
+    await server.start()
+    _, signing = signing_table(tmp_path, tmp_path / "signing-lease.json")
+    try:
+        async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+            bus_table = {"enabled": True, "servers": [server.url]}
+            clock = ManualClock(T0)
+            service = _Stalling(stalling_config(sim, signing=signing, nats=bus_table), clock)
+            assert service.signer is not None
+            stats = service.signer.stats
+            bus, rounds = await bus_messages(server.url, "oracled.rounds")
+            async with (
+                service_running(service),
+                aiohttp.ClientSession() as http,
+                asyncio.timeout(20),
+            ):
+                await service.started.wait()
+                base = f"http://127.0.0.1:{service.bound_port}"
+                request = {"op": "subscribe", "markets": ["BTC/USDT"], "signed": True}
+                query = "/v1/events?markets=BTC-USDT&signed=true"
+                async with reading(http, base, request) as ws, _events(http, base + query) as sse:
+                    await _until(
+                        lambda: (
+                            bool(ws) and service.nats is not None and service.nats.ready.is_set()
+                        )
+                    )
+                    clock.advance(1)
+                    for n in range(1, 4):  # three rounds signed on every outlet
+                        await _until(lambda n=n: len(rounds) >= n and stats.signed >= n)
+                        clock.advance(INTERVAL)
+                    await _until(lambda: len(rounds) >= 4)
+                    service.signed_before = stats.signed
+                    service.stall_at = len(service.published) + 1
+                    clock.advance(INTERVAL)  # the round that stalls, then the one after it
+                    await _published(service, service.stall_at + 1)
+                    stalled_ts = service.published[-2][0]
+                    after_ts = service.published[-1][0]
+                    clock.advance(INTERVAL)
+                    last = after_ts + INTERVAL  # the round after: on every outlet, then read
+
+                    def signed() -> tuple[list[int], list[int], list[int]]:
+                        on_bus = [json.loads(r)["ts"] for r in rounds]
+                        on_ws = [f["data"]["ts"] for f in ws if f["type"] == "signed"]
+                        on_sse = [e["data"]["ts"] for e in sse if e["type"] == "signed"]
+                        return on_bus, on_ws, on_sse
+
+                    await _until(lambda: all(last in outlet for outlet in signed()))
+                    outlets = signed()
+            await bus.close()
+    finally:
+        server.stop()
+    assert after_ts == stalled_ts + _Stalling.STALL_MS
+    for outlet in outlets:
+        assert stalled_ts not in outlet, (stalled_ts, outlet)
+        after = [ts for ts in outlet if ts > stalled_ts - INTERVAL]
+        assert after[:2] == [after_ts, after_ts + INTERVAL], (after_ts, outlet)
+        assert outlet == sorted(outlet)
+    assert stats.errors["stale"] == 1 and stats.errors["busy"] == 0, stats.errors
