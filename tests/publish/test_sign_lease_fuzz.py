@@ -14,10 +14,17 @@ One fault destroys what the lease exists to remember: the lease's directory remo
 that starts after it signs from its own clock, so a round time that some daemon signed before
 the removal (ahead of the wall clock, its clock stepped forward; or one a daemon with its clock
 stepped back reaches again) can be signed a second time (docs/publishing.md says so: never
-delete the lease file). Such a pair, one copy in before the removal and the other after it, is
-the one conflict allowed, and the client's refusal of it as `equivocation` with it. A copy in
-within `GRACE_S` after the removal counts as before it: it may have been signed before and still
-been on its way.
+delete the lease file). Such a pair, one copy signed before the removal and the other after it,
+is the one conflict allowed, and the client's refusal of it as `equivocation` with it.
+
+Before and after are told apart by the round numbers each process's copies carry, not by when
+they come in, which depends on the machine's load (and a frozen process's copies are on their
+way until it is thawed): right after the removal, each process running is asked the round it
+published last (`/readyz`; a frozen one answers once thawed). Its copies of rounds up to that
+one may have been signed before the removal, those of later rounds were signed after it; a
+process started after the removal signed everything after it, and one that ended before it
+answered signed nothing after it. A copy that came on NATS alone (its process unknown) may be
+either.
 
 `PYTHONPATH=tests python tests/publish/test_sign_lease_fuzz.py FIRST_SEED COUNT` runs more
 schedules (six steps more each), one line per schedule; a failed one's files are kept beside the
@@ -41,7 +48,7 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
-from lease_rig import KEY, WINDOW_MS, Daemon, lease_config, remove_dir
+from lease_rig import KEY, SAFETY_S, WINDOW_MS, Daemon, lease_config, remove_dir
 from publish_rig import NatsServer, subscribed, until
 
 from oracled.client import OracleClient, Rejection
@@ -66,9 +73,6 @@ BEHIND_MS = (0, 0, 400, 1_500)
 #: reach it over two ways (stream and NATS) in no fixed order across processes (`reordered`),
 #: and a daemon whose clock was stepped forward signs round times ahead of the client's (`future`).
 HARMLESS = {"reordered", "future"}
-#: A signed message read within this long after the lease's directory was removed may have been
-#: signed before it (module docstring).
-GRACE_S = 0.25
 FAULTS = (
     "kill9",
     "freeze",
@@ -105,21 +109,22 @@ class Feed:
     client: OracleClient
     seen: dict[int, set[tuple[Any, ...]]] = field(default_factory=dict)
     leaves: dict[tuple[str, int], set[tuple[Any, ...]]] = field(default_factory=dict)
-    #: Per round time, when (monotonic) each of its distinct contents first came in.
-    came: dict[int, dict[tuple[Any, ...], float]] = field(default_factory=dict)
+    #: Per round time and content, the processes (by index) whose streams carried it.
+    streamed: dict[tuple[int, tuple[Any, ...]], set[int]] = field(default_factory=dict)
     #: What the client refused: its reason and the round time.
     refused: list[tuple[str, int]] = field(default_factory=list)
     count: int = 0
 
-    def take(self, payload: dict[str, Any]) -> None:
+    def take(self, payload: dict[str, Any], process: int | None = None) -> None:
+        """One signed message, from the stream of `process` (its index), or from NATS (None)."""
         self.count += 1
         ts = payload["ts"]
         content = (payload["round"], payload["root"], payload["count"])
         self.seen.setdefault(ts, set()).add(content)
         leaf = (payload["status"], payload["price"], payload["confidence"], payload["expo"])
         self.leaves.setdefault((payload["market"], ts), set()).add(leaf)
-        now = time.monotonic()
-        self.came.setdefault(ts, {}).setdefault((*content, payload["market"], leaf), now)
+        if process is not None:
+            self.streamed.setdefault((ts, content), set()).add(process)
         try:
             self.client.feed(json.dumps(payload))
         except Rejection as exc:
@@ -143,7 +148,10 @@ class Schedule:
         self.daemons: list[Daemon] = []
         self.started = 0
         self.lease_lost = False  # the lease's history was lost: restarts keep the clock
-        self.removed_at: list[float] = []  # when (monotonic) the lease's directory was removed
+        #: Per removal of the lease's directory: the processes started before it (a count of
+        #: `daemons`), and the round each one running then had published last (`newest_round`).
+        self.removals: list[tuple[int, dict[int, int | None]]] = []
+        self.asking: list[tuple[Daemon, asyncio.Task[None]]] = []  # `newest_round`, in flight
         self.log: list[str] = []
         self.client = OracleClient(
             {KEY.address}, deployment="test", quorum=1, max_age_ms=600_000, log_every_ms=60_000
@@ -214,14 +222,47 @@ class Schedule:
             self.lease.with_name(self.lease.name + ".lock").unlink(missing_ok=True)
             self.log.append(f"{n}: lock file removed")
         elif fault == "dir_removed" and self.state.is_dir():
-            self.gather()  # what came in before the removal is counted as before it
-            self.removed_at.append(time.monotonic())
             remove_dir(self.state)
             self.state.mkdir()  # made again at once, empty: the leases it held are lost
             self.lease_lost = True
+            newest: dict[int, int | None] = {}
+            self.removals.append((len(self.daemons), newest))
+            for i, daemon in enumerate(self.daemons):
+                if daemon.alive():
+                    ask = asyncio.create_task(self.newest_round(daemon, i, newest, http))
+                    self.asking.append((daemon, ask))
             self.log.append(f"{n}: lease directory removed and made again")
         else:
             self.log.append(f"{n}: ({fault}: nothing to do)")
+
+    @staticmethod
+    async def newest_round(
+        daemon: Daemon, i: int, newest: dict[int, int | None], http: aiohttp.ClientSession
+    ) -> None:
+        """`newest[i]`: the round `daemon` published last, asked after a removal, so every round
+        it published before the removal is at or under it. 0 if its API never answered: it runs
+        no round before its API is up, and takes the lease after it. Left unset (all its copies
+        may be from before) if it ended before answering: frozen through the removal, or going
+        down, it ran no round after it."""
+        try:
+            async with http.get(daemon.base + "/readyz") as resp:
+                newest[i] = (await resp.json())["round"] or 0
+        except aiohttp.ClientConnectorError:  # nothing listens
+            if not daemon.connected:
+                newest[i] = 0
+        except aiohttp.ClientError:
+            pass
+
+    async def settle(self) -> None:
+        """Wait for the answers to `newest_round` of the processes not frozen: each answers, or
+        has ended. A frozen one is asked on: until it is thawed, it runs no round."""
+        frozen = {s.daemon for s in self.slots if s.thaw_at is not None}
+        waiting = [ask for daemon, ask in self.asking if daemon not in frozen]
+        try:
+            async with asyncio.timeout(SAFETY_S):
+                await asyncio.gather(*waiting)
+        except TimeoutError:
+            raise AssertionError(self.report("a process running did not answer /readyz")) from None
 
     def fix_lease(self) -> None:
         """What docs/publishing.md tells an operator to write over a lease that cannot be read:
@@ -237,15 +278,37 @@ class Schedule:
             frames = daemon.signed[self.fed.get(i, 0) :]
             self.fed[i] = self.fed.get(i, 0) + len(frames)
             for payload in frames:
-                self.feed.take(payload)
+                self.feed.take(payload, i)
 
     def forgotten(self, ts: int) -> bool:
-        """True if round time `ts` came in signed before a removal of the lease's directory
-        and again, otherwise, after it: the one conflict a lost lease allows (module
-        docstring)."""
-        came = self.feed.came.get(ts, {}).values()
-        first, last = min(came, default=0.0), max(came, default=0.0)
-        return any(first <= at + GRACE_S and last > at for at in self.removed_at)
+        """True if round time `ts` was signed before a removal of the lease's directory and
+        again, otherwise, after it: the one conflict a lost lease allows (module docstring)."""
+        contents = self.feed.seen.get(ts, set())
+        for removal in self.removals:
+            sides = {c: self.signed_around(removal, ts, c) for c in contents}
+            before = [c for c, (b, _) in sides.items() if b]
+            after = [c for c, (_, a) in sides.items() if a]
+            if any(b != a for b in before for a in after):
+                return True
+        return False
+
+    def signed_around(
+        self, removal: tuple[int, dict[int, int | None]], ts: int, content: tuple[Any, ...]
+    ) -> tuple[bool, bool]:
+        """Whether `content` of round time `ts` may have been signed before `removal`, and
+        after it, by the round numbers of the processes that streamed it (module docstring)."""
+        processes = self.feed.streamed.get((ts, content))
+        if not processes:
+            return True, True  # came on NATS alone: from a process not known
+        started, newest = removal
+        round_no = content[0]
+        before = after = False
+        for i in processes:
+            # None: it ran no round after the removal (ended, or frozen and not thawed yet)
+            last = 0 if i >= started else newest.get(i)
+            before = before or last is None or round_no <= last
+            after = after or (last is not None and round_no > last)
+        return before, after
 
     def check(self, when: str) -> None:
         self.gather()
@@ -311,6 +374,7 @@ async def run_schedule(seed: int, root: Path, steps: int = STEPS) -> Schedule:
             for n in range(steps):
                 schedule.step(n, http)
                 await asyncio.sleep(STEP_S)
+                await schedule.settle()
                 schedule.check(f"after step {n}")
             for slot in schedule.slots:  # everyone thawed: what they held back comes out
                 if slot.daemon is not None and slot.thaw_at is not None:
@@ -318,8 +382,12 @@ async def run_schedule(seed: int, root: Path, steps: int = STEPS) -> Schedule:
                     slot.thaw_at = None
             await asyncio.sleep(STEP_S)
             await nc.flush()
+            await schedule.settle()
             schedule.check("at the end")
         finally:
+            for _, ask in schedule.asking:
+                ask.cancel()
+            await asyncio.gather(*(ask for _, ask in schedule.asking), return_exceptions=True)
             await nc.close()
             for daemon in schedule.daemons:
                 daemon.signal(signal.SIGCONT)
