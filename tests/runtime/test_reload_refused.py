@@ -47,7 +47,7 @@ MISTAKES: list[tuple[str, tuple[str, str], str]] = [
     ("inf", ("[oracle]", "[chains.eth]\nchain_id = 1\nmax_block_age_s = inf\n\n[oracle]"),
      "chains.eth.max_block_age_s: must be a finite number"),
     ("negative duration", ('type = "binance"', 'type = "binance"\nreconnect_max_s = -1.0'),
-     "sources.good.reconnect_max_s: must be > 0"),
+     "sources.good.reconnect_max_s: must be >= 0.001"),
     ("zero interval", ("round_interval_ms = 50", "round_interval_ms = 0"),
      "oracle.round_interval_ms: must be >= 10"),
     ("empty list", ('sources = [{ source = "good", pair = "BTC/USDT" }]', "sources = []"),
