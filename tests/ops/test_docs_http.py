@@ -76,3 +76,22 @@ async def test_every_key_a_docs_look_up_reads_is_in_the_daemons_answer(daemon: D
         if absent:
             missing.append(f"{doc}: {path} | jq '{jq}': no {sorted(absent)}")
     assert missing == []
+
+
+async def test_every_daemon_path_the_docs_name_is_served(daemon: Daemon) -> None:
+    """Each `$ORACLED/...` path of the docs' commands is one the daemon serves: a GET of a read
+    path answers 200; an admin path, posted without the token, is refused for want of it (401),
+    not unknown (404)."""
+    paths = {
+        path.rstrip(".,;:")
+        for doc in DOCS
+        for path in re.findall(r"\$ORACLED(/[\w./-]+)", doc.read_text())
+    }
+    assert len(paths) > 5, paths  # the scan finds the runbook's paths at all
+    wrong = []
+    for path in sorted(paths):
+        admin = path.startswith("/v1/admin/")
+        status, _ = await (daemon.post(path) if admin else daemon.get(path))
+        if status != (401 if admin else 200):
+            wrong.append(f"{path}: {status}")
+    assert wrong == []
