@@ -736,6 +736,34 @@ async def test_round_times_only_grow_when_the_wall_clock_steps_back(tmp_path: Pa
     assert len(warned) == 1 and 500 <= warned[0]["by_ms"] <= 620
 
 
+async def _past_the_last_round(service: Service, source: str = "good") -> int:
+    """The time of the daemon's last round, once `source` has handed it a quote received after
+    that round (returned with no wait after the check: the caller acts before the next round).
+    A replay of the tape then runs a round after that one."""
+    stats = service.source_stats[source]
+    async with asyncio.timeout(10):
+        while True:
+            result = service.hub.latest_result
+            newest = stats.last_quote_ms
+            if (
+                result is not None
+                and result.round == service.core.rounds  # no round caught up since
+                and newest is not None
+                and newest > result.ts
+            ):
+                return result.ts
+            await asyncio.sleep(0.001)
+
+
+async def _quotes_taken(service: Service, count: int, source: str = "good") -> None:
+    """Return once the daemon has taken `count` more quotes from `source`."""
+    stats = service.source_stats[source]
+    goal = stats.quotes + count
+    async with asyncio.timeout(10):
+        while stats.quotes < goal:  # noqa: ASYNC110 - a counter, no event to await
+            await asyncio.sleep(0.005)
+
+
 async def test_a_trail_replays_equal_across_a_wall_clock_stepped_back(tmp_path: Path) -> None:
     """A wall clock stepped back 1.5 s: the rounds wait for it, and meanwhile the daemon takes
     the quotes of a venue that sends its own times (stamped before the last round, their venue
@@ -744,10 +772,17 @@ async def test_a_trail_replays_equal_across_a_wall_clock_stepped_back(tmp_path: 
     daemon took them and every report is equal; before, it skipped those quotes as earlier
     than the line before, priced the venue's last quote before the step, and called the rounds
     after the wait mismatches. A replay of the trail's `--tape` still skips them (the tape's
-    contract), so it differs: the stepped quotes mattered."""
+    contract), so it differs in the rounds after the wait: the stepped quotes mattered. The
+    venue's price rises every tick, so the quotes of the wait have prices of their own; the
+    clock steps back once the daemon has taken a quote after its last round, so the replay of
+    the `--tape` (which runs no round after its last quote read) prices a round after the
+    wait; the venue goes quiet once the daemon has taken 100 quotes in the wait."""
     trail = tmp_path / "audit.sqlite3"
-    venue = CoinbaseSim({"BTC-USD": 50_000.0}, rate_hz=400.0, volatility=0.001)
+    venue = CoinbaseSim({"BTC-USD": 50_000.0}, rate_hz=400.0)
     with _sim_in_thread(venue) as sim:
+        # 1 cent a ms, 2.5 cents a tick: one attribute its publishing task reads, set from
+        # this loop, whose time is the same monotonic clock as the venue's loop
+        sim.ramp("BTC-USD", 60_000.0, 1_000.0)
         path = tmp_path / "oracled.toml"
         text = one_venue_toml(sim.ws_url, sim.rest_url, 20, trail)
         path.write_text(text.replace('"binance"', '"coinbase"').replace("BTC/USDT", "BTC/USD"))
@@ -756,8 +791,9 @@ async def test_a_trail_replays_equal_across_a_wall_clock_stepped_back(tmp_path: 
         service = Service(cfg, clock=clock, config_path=path, config_text=path.read_bytes())
         async with service_running(service):
             await _round_times(service, 10)
+            last = await _past_the_last_round(service)
             clock.offset_ms = -1_500
-            await asyncio.sleep(0.5)  # the venue sends 200 quotes stamped before the last round
+            await _quotes_taken(service, 100)  # stamped before round `last`: the rounds wait
             sim.silence(None)  # one attribute its publishing task reads: no lock needed
             await _round_times(service, 10)
     reader = AuditReader(trail)
@@ -768,7 +804,8 @@ async def test_a_trail_replays_equal_across_a_wall_clock_stepped_back(tmp_path: 
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
     assert summary.rounds >= 15 and summary.equal == summary.reports == summary.rounds
     stored, replayed = _stored_and_replayed(cfg, trail, "BTC/USD")
-    assert any(stored[ts].price != replayed[ts]["price"] for ts in stored.keys() & replayed.keys())
+    after = [ts for ts in stored.keys() & replayed.keys() if ts > last]
+    assert after and all(stored[ts].price != replayed[ts]["price"] for ts in after)
 
 
 class _StepsBackAfterRound(Service):
