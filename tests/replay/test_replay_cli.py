@@ -73,6 +73,15 @@ def test_out_naming_the_file_stdin_reads_is_refused_and_the_tape_kept(tmp_path: 
     assert tape.read_bytes() == TAPE.read_bytes()
 
 
+def _as_in_the_foreground() -> None:
+    """SIGINT at its default, as a terminal starts a command: a shell starts a background job
+    with SIGINT ignored (the suite's shards are such jobs, scripts/pytest-shards.sh), and a
+    command started so keeps ignoring it, as Python does and `oracled replay` with it. Without
+    this the test depended on whether an earlier test of its process had left a handler of
+    its own (which a child does not inherit) where the shard began with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupted_replay_says_its_output_is_incomplete_and_exits_130(
     tmp_path: Path,
 ) -> None:
@@ -91,6 +100,7 @@ def test_an_interrupted_replay_says_its_output_is_incomplete_and_exits_130(
         [sys.executable, "-m", "oracled.cli", "replay", "--config", str(CONFIG), str(tape)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=_as_in_the_foreground,
     )
     try:
         assert proc.stdout is not None
