@@ -463,65 +463,58 @@ async def test_blocks_are_polled_while_the_new_heads_socket_is_opening(
             await server.wait_closed()
 
 
-async def test_a_silent_subscription_is_caught_within_a_few_block_times(
-    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
+@pytest.mark.parametrize(
+    ("mode", "why"),
+    [
+        # Accepted, then never a notice (the socket up and answering pings): after three block
+        # times of silence the reader polls, and the poll finds the block the socket kept quiet
+        # about (not only after max_block_age_s, 300 s).
+        ("silent", "silent"),
+        # Every head from the future (refused, counted `future`), more often than three block
+        # times: the silence rule never fired, and the reader stayed on the socket, refusing
+        # head after head, while the chain moved on unread. Refused heads no longer break the
+        # silence.
+        ("future", "only refused heads"),
+    ],
+)
+async def test_a_subscription_that_delivers_no_usable_head_is_left_for_polling(
+    anvil: Anvil,
+    http: aiohttp.ClientSession,
+    chain: Chain,
+    snapshot: Deployed,
+    relay: WsRelay,
+    mode: str,
+    why: str,
 ) -> None:
-    """A subscription that is accepted and then never delivers a notice (the socket up and
-    answering pings): with `block_time_s`, after three block times of silence the reader polls;
-    the poll finds the block the socket kept quiet about, so the new answer arrives, the warning
-    says why, and the reader subscribes again (not only after max_block_age_s, 300 s)."""
-    relay.mode = "silent"
+    """A subscription silent, or sending only heads from the future: with `block_time_s`, after
+    three block times without a usable head the reader polls; the poll finds the new block, so
+    the new answer arrives, the socket is left (counted by its reason, logged with it), and the
+    reader subscribes again; a second such subscription is left the same way."""
+    relay.mode = mode
     reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
                          poll_interval_s=0.02, block_time_s=0.1)  # fmt: skip
     got = watch_eth(reader, snapshot.eth_proxy)
+    stats = reader.stats
     with capture_logs() as logs:
         task = asyncio.create_task(reader.run())
         try:
-            await until(lambda: reader.stats.mode == "newHeads")
+            await until(lambda: stats.mode == "newHeads")
             assert [q.price for q in got.quotes] == [3000.0]
             await chain.transact(snapshot.eth_aggregator, UPDATE, 3200_00000000)
             await got.until(lambda: got.last.price == 3200.0)
-            await until(lambda: relay.connections >= 2 and reader.stats.mode == "newHeads")
+            left = (lambda: stats.silent_left) if mode == "silent" else (lambda: stats.refused_left)
+            await until(lambda: left() >= 1 and relay.connections >= 2 and stats.mode == "newHeads")
+            if mode == "silent":
+                assert stats.refused_left == 0
+            else:
+                assert stats.silent_left == 0 and stats.future_blocks >= 2  # refused one by one
             down = [e for e in logs if e["event"] == "newHeads down, polling"]
-            assert "silent" in down[0]["error"]
-            assert reader.stats.silent_left >= 1 and reader.stats.refused_left == 0
+            assert why in down[0]["error"]
             relay.mode = "relay"
-            await chain.mine()  # the second silent subscription is caught the same way
-            await until(lambda: relay.following == 1 and reader.stats.mode == "newHeads")
+            await chain.mine()  # the second such subscription is left the same way
+            await until(lambda: relay.following == 1 and stats.mode == "newHeads")
             await read_by_new_heads(chain, snapshot, got)
-        finally:
-            await stop(task)
-
-
-async def test_a_subscription_sending_only_heads_from_the_future_is_left_for_polling(
-    anvil: Anvil, http: aiohttp.ClientSession, chain: Chain, snapshot: Deployed, relay: WsRelay
-) -> None:
-    """A subscription whose heads all come from the future (refused, counted `future`) arrive
-    more often than three block times: the silence rule never fired, and the reader stayed on
-    the socket, refusing head after head, while the chain moved on unread. Refused heads no
-    longer break the silence: the poll after three block times finds the new block, the
-    socket is left (counted, logged), and the reader subscribes again."""
-    relay.mode = "future"
-    reader = make_reader([anvil.url], http, ws_url=relay.url, rng=FixedDelay(),
-                         poll_interval_s=0.02, block_time_s=0.1)  # fmt: skip
-    got = watch_eth(reader, snapshot.eth_proxy)
-    with capture_logs() as logs:
-        task = asyncio.create_task(reader.run())
-        try:
-            await until(lambda: reader.stats.mode == "newHeads")
-            assert [q.price for q in got.quotes] == [3000.0]
-            await chain.transact(snapshot.eth_aggregator, UPDATE, 3200_00000000)
-            await got.until(lambda: got.last.price == 3200.0)
-            await until(lambda: reader.stats.refused_left >= 1 and relay.connections >= 2)
-            assert reader.stats.future_blocks >= 2  # refused head by head
-            assert reader.stats.silent_left == 0
-            down = [e for e in logs if e["event"] == "newHeads down, polling"]
-            assert "only refused heads" in down[0]["error"]
-            relay.mode = "relay"
-            await chain.mine()  # the second subscription from the future is left the same way
-            await until(lambda: relay.following == 1 and reader.stats.mode == "newHeads")
-            await read_by_new_heads(chain, snapshot, got)
-            assert reader.stats.last_block is not None and reader.stats.last_block < 1 << 32
+            assert stats.last_block is not None and stats.last_block < 1 << 32
         finally:
             await stop(task)
 
