@@ -53,6 +53,20 @@ def _oracled(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _oracled_to_a_full_disk(*args: str) -> subprocess.CompletedProcess[str]:
+    """`oracled ARGS > /dev/full`: stdout a file every write to which fails (ENOSPC)."""
+    with open("/dev/full", "w") as full:
+        return subprocess.run(
+            [sys.executable, "-m", "oracled.cli", *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=ROOT,
+        )
+
+
 def _markets(replayed: str) -> set[str]:
     return {json.loads(line)["market"] for line in replayed.splitlines()}
 
@@ -243,16 +257,7 @@ def test_a_stdout_that_cannot_be_written_is_one_line_on_stderr_and_exit_1(tmp_pa
         ("check-config", [str(ROOT / "config" / "default.toml")]),
         ("audit", ["--db", str(trail), "--market", "BTC/USD"]),
     ):
-        with open("/dev/full", "w") as full:
-            proc = subprocess.run(
-                [sys.executable, "-m", "oracled.cli", command, *args],
-                stdout=full,
-                stderr=subprocess.PIPE,
-                text=True,
-                timeout=60,
-                check=False,
-                cwd=ROOT,
-            )
+        proc = _oracled_to_a_full_disk(command, *args)
         assert proc.returncode == 1, (command, proc.stderr)
         assert proc.stderr == f"oracled {command}: No space left on device\n", proc.stderr
 
@@ -265,16 +270,7 @@ def test_a_help_that_cannot_be_written_is_one_line_on_stderr_and_exit_1() -> Non
     commands = ["run", "check-config", "replay", "record", "demo", "margin", "stress", "scenario"]
     for argv in (["--help"], ["--version"], *([c, "--help"] for c in [*commands, "audit"])):
         prog = " ".join(["oracled", *argv[:-1]])
-        with open("/dev/full", "w") as full:
-            proc = subprocess.run(
-                [sys.executable, "-m", "oracled.cli", *argv],
-                stdout=full,
-                stderr=subprocess.PIPE,
-                text=True,
-                timeout=60,
-                check=False,
-                cwd=ROOT,
-            )
+        proc = _oracled_to_a_full_disk(*argv)
         assert proc.returncode == 1, (argv, proc.stderr)
         assert proc.stderr == f"{prog}: No space left on device\n", argv
     read, write = os.pipe()
