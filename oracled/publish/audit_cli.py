@@ -123,8 +123,9 @@ def add_parser(sub: Any) -> None:
         help="recompute the window's reports from the trail's stored quotes, manual pauses and"
         " the configs of its starts and reloads, and compare them with the stored ones (exit 0"
         " all equal, 1 no round, 2 bad request, 3 a mismatch, else 4 rounds not reproducible:"
-        " no stored text or file with the stored sha256, quotes missing; else 5 reports of"
-        " another pricing revision differ, every round replayed)",
+        " no stored text or file with the stored sha256, quotes missing, stored lines"
+        " unreadable; else 5 reports of another pricing revision differ, every round"
+        " replayed)",
     )
     p.add_argument(
         "--json",

@@ -22,7 +22,8 @@ inflated), and where it differs the fields that differ are named.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from oracled.config import Config
     from oracled.core import RoundResult
     from oracled.model import Report
+    from oracled.tape import TapeLineError
 
 __all__ = [
     "EXIT_EMPTY",
@@ -55,8 +57,9 @@ EXIT_OK: Final = 0  # every report compared is the one the core computes
 EXIT_EMPTY: Final = 1  # no round to compare in the window
 EXIT_MISMATCH: Final = 3  # a stored report differs from the core's, under this pricing revision
 #: no mismatch, but rounds of the window could not be replayed (no config with the stored
-#: sha256, no config loads in the trail, stored quotes missing, a schedule that does not add up),
-#: whether or not reports of another pricing revision differ too
+#: sha256, no config loads in the trail, stored quotes missing, a schedule that does not add up)
+#: or stored lines were unreadable and skipped, whether or not reports of another pricing
+#: revision differ too
 EXIT_UNREPRODUCIBLE: Final = 4
 #: no mismatch under this revision and every round replayed, but reports of rounds computed
 #: under another revision differ
@@ -91,15 +94,19 @@ class ReplaySummary:
     unrecorded: int = 0  # rounds compared whose revision the trail does not hold (schema < 6)
     unreproducible: int = 0  # stored rounds of the window not replayed
     problems: list[str] = field(default_factory=list)  # why, one line each
+    #: stored quote (or command) lines the replay could not read and skipped: the core ran
+    #: without them, so an equal report proves less, and an unequal one may be their doing
+    skipped: int = 0
     starts: list[str] = field(default_factory=list)  # what was replayed, one line per start
     mismatches: list[Mismatch] = field(default_factory=list)  # the first _KEPT
 
     def exit_code(self) -> int:
-        """3 a mismatch, then 4 rounds not replayed, then 5 only other-revision differences:
-        5 says everything else was equal, which rounds not replayed leave unknown."""
+        """3 a mismatch, then 4 rounds not replayed or stored lines skipped, then 5 only
+        other-revision differences: 5 says everything else was equal, which rounds not replayed
+        leave unknown, and so do inputs the core never got."""
         if self.mismatched:
             return EXIT_MISMATCH
-        if self.unreproducible or (self.problems and not self.reports):
+        if self.unreproducible or self.skipped or (self.problems and not self.reports):
             return EXIT_UNREPRODUCIBLE
         if self.other_revision:
             return EXIT_REVISION
@@ -118,6 +125,7 @@ class ReplaySummary:
             "other_revisions": sorted(self.revisions),
             "revision_not_recorded_rounds": self.unrecorded,
             "unreproducible_rounds": self.unreproducible,
+            "skipped_lines": self.skipped,
             "problems": self.problems,
             "starts": self.starts,
             "first_mismatches": [
@@ -356,9 +364,16 @@ class _Comparer:
 
 
 def replay_trail(
-    reader: AuditReader, start: int, end: int, market: str | None, configs: list[str]
+    reader: AuditReader,
+    start: int,
+    end: int,
+    market: str | None,
+    configs: list[str],
+    on_skipped: Callable[[str], None] | None = None,
 ) -> ReplaySummary:
-    """Replay every daemon start the window's rounds belong to and compare the window's."""
+    """Replay every daemon start the window's rounds belong to and compare the window's;
+    `on_skipped` gets where each stored line the replay could not read is and why, as it is
+    met (counted in `skipped` either way)."""
     summary = ReplaySummary()
     reader.check_round_times()  # a round in no window would be left out unsaid
     if not reader.round_span(start, end)[0]:
@@ -391,7 +406,9 @@ def replay_trail(
             continue
         reloads = [c for c in loads if c.event == "reload" and load.ts < c.ts <= until]
         try:
-            limit = _replay_start(reader, summary, files, load, reloads, last, (start, end, market))
+            limit = _replay_start(
+                reader, summary, files, load, reloads, last, (start, end, market), on_skipped
+            )
         except _Unreproducible as exc:
             # the rounds from exc.ts on were not replayed: counted below (a round at exc.ts
             # was in neither count, a window ending on it exit 0 with its problem said)
@@ -415,6 +432,7 @@ def _replay_start(
     reloads: list[ConfigLoad],
     last: int,
     asked: tuple[int, int, str | None],
+    on_skipped: Callable[[str], None] | None = None,
 ) -> int:
     """Replay one start up to `last` (the time of the window's last round of it) and compare
     the window's rounds; return the time up to which it was replayed (a reload without its
@@ -473,12 +491,25 @@ def _replay_start(
         )
 
     ran = 0  # the stored round the quotes read last were stored with: the daemon ran it next
+    # The block being read: the replay's line number of its first line, and its round's time
+    # (None: the header, or the commands after the last round). The replay judges a line
+    # before it reads the next, so a line it skips is one of this block's.
+    block_at: tuple[int, int | None] = (1, None)
 
     def lines() -> Iterator[bytes]:
-        nonlocal ran
+        nonlocal ran, block_at
+        number = 1
         for block, _, ts in reader.tape_blocks(load.ts, limit):
-            yield from block.splitlines(keepends=True)
+            block_at = (number, ts)
+            for line in block.splitlines(keepends=True):
+                yield line
+                number += 1
             ran = ran if ts is None else ts
+
+    def skipped(error: TapeLineError) -> None:
+        summary.skipped += 1
+        if on_skipped is not None:
+            on_skipped(_skipped_text(reader, error, *block_at))
 
     def ran_through() -> int:
         return ran
@@ -496,6 +527,7 @@ def _replay_start(
         reloads=swaps,
         back_in_time=True,  # stored as the daemon took them: after a wall clock stepped back
         ran_through=ran_through,
+        on_error=skipped,  # said as met, not held: a damaged trail may hold many
     )
     held = reader.round_span(max(start, load.ts), min(end, limit))[0]
     missed = held - (summary.rounds - compared)
@@ -514,6 +546,16 @@ def _replay_start(
     if problem is not None:
         raise problem
     return limit
+
+
+def _skipped_text(reader: AuditReader, error: TapeLineError, first: int, ts: int | None) -> str:
+    """Where a skipped line is stored, and why it was skipped: the round its quotes were stored
+    with and the line among them (`first`: the replay's line number of their first line)."""
+    if ts is None or error.line < first:  # the commands after the last round's quotes
+        return f"the replayed tape's line {error.line}: skipped: {error.message}"
+    held = next(reader.each_round(ts, ts), None)
+    which = f"round at {iso_time(ts)}" if held is None else f"round {held.round} at {iso_time(ts)}"
+    return f"{which}, line {error.line - first + 1} of its stored quotes: skipped: {error.message}"
 
 
 def _value(value: Any) -> str:
@@ -556,6 +598,11 @@ def print_summary(summary: ReplaySummary, out: TextIO) -> None:
             else ""
         )
         + (
+            f"; {summary.skipped} stored line(s) unreadable, skipped (the replay ran without them)"
+            if summary.skipped
+            else ""
+        )
+        + (
             f"; {summary.unrecorded} round(s) without a recorded pricing revision"
             if summary.unrecorded
             else ""
@@ -566,7 +613,13 @@ def print_summary(summary: ReplaySummary, out: TextIO) -> None:
 
 def cmd_replay(reader: AuditReader, args: Any, out: TextIO) -> int:
     """`oracled audit --replay`: the summary (or `--json`) on `out`; the exit code."""
-    summary = replay_trail(reader, args.start, args.end, args.market, list(args.config or ()))
+
+    def skipped(where: str) -> None:  # each as met, as `oracled replay` says a skipped line
+        print(f"{args.db}: {where}", file=sys.stderr)
+
+    summary = replay_trail(
+        reader, args.start, args.end, args.market, list(args.config or ()), skipped
+    )
     if args.json:
         out.write(json.dumps(summary.as_dict(), indent=2) + "\n")
     else:

@@ -679,3 +679,39 @@ def test_bad_replay_requests_are_refused_with_exit_2(
     capsys.readouterr()
     assert main(["audit", "--db", str(db), *args]) == 2
     assert f"oracled audit: {said}" in capsys.readouterr().err
+
+
+def test_a_stored_quote_line_the_replay_cannot_read_is_named_counted_and_exits_4(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line of a round's stored quotes damaged after it was written (one that no reader of
+    the tape can read, beside quotes left as they were): the replay skips it, its reports come
+    out equal all the same, and `--replay` still says so, on stderr with the round and the
+    line, in its counts, and with exit 4 (the check ran without an input), not 0."""
+    db, _, feed = _feed_trail(tmp_path)
+    for _ in range(5):
+        feed.round()
+    feed.audit.close()
+    db_file = sqlite3.connect(db)
+    (block,) = db_file.execute("SELECT lines FROM tapes WHERE round_id = 3").fetchone()
+    lines = zlib.decompress(block, wbits=-15).splitlines(keepends=True)
+    damaged = [*lines[:1], b'{"src":"alpha","ts":\n', *lines[1:]]  # its second line
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    changed = packer.compress(b"".join(damaged)) + packer.flush()
+    db_file.execute("UPDATE tapes SET lines = ? WHERE round_id = 3", (changed,))
+    (ts,) = db_file.execute("SELECT ts FROM rounds WHERE id = 3").fetchone()
+    db_file.commit()
+    db_file.close()
+    capsys.readouterr()
+    code = main(["audit", "--db", str(db), "--replay", "--json"])
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert code == 4 and result["exit"] == 4, result
+    assert result["skipped_lines"] == 1 and result["mismatches"] == 0, result
+    assert result["equal"] == result["reports"] > 0
+    (said,) = out.err.splitlines()
+    assert said.startswith(f"{db}: round 3 at {iso_time(ts)}, line 2 of its stored quotes: ")
+    assert "skipped:" in said
+    code, text = _replay(capsys, db, json_out=False)
+    assert code == 4, text
+    assert "1 stored line(s) unreadable, skipped" in text
