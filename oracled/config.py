@@ -1689,6 +1689,24 @@ def config_warnings(cfg: Config) -> list[str]:
         *_nats_secret_in_url(cfg),
         *_resolution_warnings(cfg),
         *_push_without_rpc_url(cfg),
+        *_heads_env_unset(cfg),
+    ]
+
+
+def _heads_env_unset(cfg: Config) -> list[str]:
+    """A chain with an RPC URL, read by an enabled source, whose `ws_url_env` is unset or empty
+    with no `ws_url` to fall back to: its reader polls instead of following newHeads, and
+    `run` says so at start (`chain polling: no WebSocket URL`). Warned, not refused, as an unset
+    `rpc_urls_env` is: polling works, and check-config may not share the daemon's environment."""
+    read = {
+        src.chain for src in cfg.sources.values() if src.enabled and src.type in CHAIN_SOURCE_TYPES
+    }
+    return [
+        f"chains.{cid}.ws_url_env: ${chain.ws_url_env} is unset or empty and chains.{cid}.ws_url"
+        f" is not set: the chain's reader polls for blocks every {chain.poll_interval_s:g} s"
+        " instead of following newHeads"
+        for cid, chain in cfg.chains.items()
+        if chain.ws_url_env and chain.heads_url is None and chain.resolved_urls and cid in read
     ]
 
 

@@ -252,6 +252,42 @@ async def test_a_chains_websocket_url_may_come_from_the_environment(
     assert [e["blocks"] for e in logs if e["event"] == "chain enabled"] == ["newHeads"]
 
 
+async def test_a_chains_websocket_url_variable_unset_is_warned_of_naming_the_variable(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """`ws_url_env` names a variable that is unset (and no `ws_url` stands in): the reader
+    polls, and a warning says so naming the variable to set, as an unset `rpc_urls_env` is
+    said. Set, there is no such warning, and no line carries its value. Before, only the info
+    line `chain enabled` said `polling`."""
+    feed = {"ETH/USD": {"address": snapshot.eth_proxy, "heartbeat_s": 3600}}
+    data = {
+        "chains": {"local": {"chain_id": 31337, "rpc_urls": [anvil.url], "ws_url_env": HEADS_ENV}},
+        "sources": {"cl": {"type": "chainlink", "chain": "local", "feeds": feed}},
+        "markets": [
+            {
+                "symbol": "ETH/USD",
+                "min_sources": 1,
+                "sources": [{"source": "cl", "pair": "ETH/USD"}],
+            }
+        ],
+    }
+    warned = "chain polling: no WebSocket URL"
+    with capture_logs() as logs:
+        ChainSet(parse_config(data, env={}), http, SystemClock())
+    (polling,) = [e for e in logs if e["event"] == warned]
+    assert (polling["log_level"], polling["chain"], polling["set"]) == (
+        "warning",
+        "local",
+        f"${HEADS_ENV}",
+    )
+    assert [e["blocks"] for e in logs if e["event"] == "chain enabled"] == ["polling"]
+    with capture_logs() as logs:
+        ChainSet(parse_config(data, env={HEADS_ENV: anvil.ws_url}), http, SystemClock())
+    assert not [e for e in logs if e["event"] == warned]
+    assert [e["blocks"] for e in logs if e["event"] == "chain enabled"] == ["newHeads"]
+    assert anvil.ws_url not in repr(logs)
+
+
 def _daemon_toml(anvil: Anvil, relay: WsRelay, venue: BinanceSim, proxy: str, cl: bool) -> str:
     """BTC/USDT from a venue; with `cl`, ETH/USD from a Chainlink source on the one chain,
     whose reader follows newHeads through `relay`."""

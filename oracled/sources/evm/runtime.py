@@ -100,6 +100,10 @@ class ChainSet:
             endpoints=[redact(u) for u in chain.resolved_urls],
             blocks="newHeads" if chain.heads_url else "polling",
         )  # fmt: skip
+        if chain.heads_url is None and chain.ws_url_env:  # set in the file, unset here
+            self._log.warning(
+                "chain polling: no WebSocket URL", chain=cid, set=f"${chain.ws_url_env}"
+            )
 
     def _task(self, cid: str) -> asyncio.Task[None]:
         task = asyncio.create_task(self._supervise(self.readers[cid]), name=f"chain:{cid}")
