@@ -748,15 +748,15 @@ class Service:
             self.metrics.round_lag.observe(max(0, self.clock.now_ms() - tick) / 1000.0)
             if self._unapplied:
                 self._applied_to(tick)
-            late, limit = self.clock.now_ms() - tick, self._stall_limit_ms()
-            if late > limit:  # no round older than the stall limit goes out
-                self._run_unpublished(tick, late, limit, log)
+            started = time.perf_counter()
+            result = self.core.run_round(tick)
+            late, limit = self.clock.now_ms() - tick, self._publish_limit_ms()
+            if late > limit:  # it would be stale before the next round could replace it
+                self._hold_back(result, late, limit, log)
                 last = tick
                 self._flush_tape()
                 continue
             self._behind_told = False
-            started = time.perf_counter()
-            result = self.core.run_round(tick)
             if self._recorder is not None and not self.rounds_published:
                 self._recorder.number(result.round, result.ts)
             self.rounds_published += 1
@@ -815,8 +815,8 @@ class Service:
         it been chosen before, would have been published as old as the catch-up took: the
         rounds whose time passed meanwhile are caught up too, pass after pass, while each pass
         is shorter than the one before. A core slower than its clock never catches up: the
-        round after its last pass is the one returned (published only within the stall limit,
-        `_run_unpublished`).
+        round after its last pass is the one returned (published only if it stays within the
+        stall limit until the next round is due, `_hold_back`).
 
         The loop's other tasks (the sources' sockets, the API) run between two passes: together
         the passes take up to 1 / (1 - r) times the first, r the share of an interval a round
@@ -846,14 +846,20 @@ class Service:
             self._tick = first  # the next round to compute: a quote stamped later is held
             await asyncio.sleep(0)
 
-    def _run_unpublished(
-        self, tick: int, late: int, limit: float, log: structlog.typing.FilteringBoundLogger
+    def _hold_back(
+        self,
+        result: RoundResult,
+        late: int,
+        limit: float,
+        log: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        """Compute the round at `tick`, `late` ms past its time, more than the stall limit
-        (`limit`, the API's): unpublished, counted as caught up. A core slower than its
-        clock gets here (`_catch_up`); its rounds would go out older every time, each served as
-        current: none goes out rather, so that the API says `stalled` after the limit, as for a
-        loop that publishes nothing. Said once, until a round goes out."""
+        """Keep the round just computed, `late` ms past its time, unpublished, counted as
+        caught up: it is past `limit` (`_publish_limit_ms`). A core slower than its clock gets
+        here (`_catch_up`); its rounds would go out older every time, each served as current,
+        or go stale before the next one came, so that the API and the streams flipped between
+        prices and `stalled` every round: none goes out rather, so that the API says `stalled`
+        after the limit, once, as for a loop that publishes nothing. Said once, until a round
+        goes out."""
         if not self._behind_told:
             log.warning(
                 "round loop behind its clock past the stall limit: rounds are computed, "
@@ -862,7 +868,7 @@ class Service:
                 limit_ms=round(limit),
             )
             self._behind_told = True
-        self._log_transitions(self.core.run_round(tick), log)
+        self._log_transitions(result, log)
         self.rounds_caught_up += 1
 
     @staticmethod
@@ -924,6 +930,13 @@ class Service:
         """The stall rule's time: the monotonic clock's, as the API's stall watch reads it (a
         round's time is the wall clock's, which a step forward moves past the limit at once)."""
         return self.clock.monotonic() * 1000.0
+
+    def _publish_limit_ms(self) -> float:
+        """How late (ms) a round may go out: the stall limit less one interval, so that a round
+        published stays within the limit until the next one is due. Published up to the limit
+        itself, a round the API takes for stalled within an interval flipped the price
+        endpoints to 503 and sent a `stalled` notice on every round."""
+        return self._stall_limit_ms() - self.core.config.oracle.round_interval_ms
 
     def _stall_limit_ms(self) -> float:
         """The API's stall limit (`ApiContext.stalled`), for the notice of rounds that go

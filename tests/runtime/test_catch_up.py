@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from one_venue import bus_messages, reading, service_running, signing_table, stalling_config
+from one_venue import (
+    bus_messages,
+    reading,
+    service_running,
+    signing_table,
+    stalling_config,
+    stalls,
+)
 
 from oracled.clock import ManualClock
 from oracled.config import Config
@@ -157,12 +164,69 @@ async def test_a_core_slower_than_its_clock_keeps_writing_its_tape(tmp_path: Pat
     assert service.published[published - 1][0] == last
 
 
+class _SteppedBack(ManualClock):
+    """A `ManualClock` whose wall time the test can step back (`back_ms`); its monotonic time
+    goes on."""
+
+    def __init__(self, start_ms: int) -> None:
+        super().__init__(start_ms)
+        self.back_ms = 0
+
+    def now_ms(self) -> int:
+        return super().now_ms() - self.back_ms
+
+
 async def test_a_round_published_late_is_as_old_as_its_time_says_to_the_stall_rule() -> None:
-    """Rounds that take exactly an interval each keep a loop that woke 9 intervals late that
-    far behind for good: every round it publishes is 461 ms past its time, within the stall
-    limit (0.5 s here), and the API, answering between two rounds, finds the latest 50 ms after
-    its publication: 511 ms old. The price endpoints answer 503 `stalled`. The stall rule
-    counted from the publication alone, 50 ms, and served the round with 200."""
+    """Rounds that take exactly an interval each keep a loop that woke 8 intervals late that
+    far behind for good: every round it publishes is 411 ms past its time, within the stall
+    limit (0.5 s here) by more than an interval. Then the wall clock steps back and the loop
+    waits for it, its latest round 100 ms after its publication: 511 ms old. The price
+    endpoints answer 503 `stalled`. The stall rule counted from the publication alone, 100 ms,
+    and served the round with 200."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        clock = _SteppedBack(T0)
+        service = _Costly(stalling_config(sim), clock)
+        service.ready_min_s = 0.5
+        computed = service._log_transitions
+
+        def stepped(result: Any, log: Any) -> None:
+            computed(result, log)  # the round's cost
+            if len(service.published) == 4 and not clock.back_ms:
+                clock.back_ms = 10_000  # the wall clock steps back: the loop waits for it
+                clock.advance(INTERVAL)  # while the monotonic clock goes on
+
+        service._log_transitions = stepped  # type: ignore[method-assign]
+        async with service_running(service), aiohttp.ClientSession() as http:
+            await service.started.wait()
+            base = f"http://127.0.0.1:{service.bound_port}"
+            clock.advance(1)
+            await _published(service, 1)
+            service.cost_ms = INTERVAL
+            clock.advance(9 * INTERVAL + 10)  # woken 8 intervals and 11 ms late
+            await _until(lambda: clock.back_ms > 0)
+            async with http.get(base + "/v1/prices/BTC-USDT") as resp:
+                answer = resp.status, await resp.json()
+            async with http.get(base + "/readyz") as resp:
+                ready = resp.status, await resp.json()
+    assert [at - ts for ts, at in service.published[1:]] == [411, 411, 411]
+    assert answer[0] == 503 and answer[1]["error"]["code"] == "stalled", answer
+    assert "the latest round is 0.5 s old (limit 0.5 s)" in answer[1]["error"]["message"]
+    assert ready[0] == 503 and ready[1]["round_age_s"] == 0.1, ready  # since its publication
+
+
+def _prices(frames: list[dict[str, Any]]) -> list[int]:
+    """The round times of the prices a stream subscriber got (snapshots and rounds)."""
+    got = [f["data"]["ts"] for f in frames if f["type"] == "report"]
+    return got + [f["round_ts"] for f in frames if f["type"] == "reports"]
+
+
+async def test_a_loop_held_near_the_stall_limit_does_not_flap_between_prices_and_stalled() -> None:
+    """Rounds that take exactly an interval each hold a loop that woke 9 intervals late at 461
+    ms past their time (92 % of the 0.5 s stall limit) for good. Each such round, published,
+    was stale within an interval: a stream subscriber got its price, then a `stalled` frame
+    (and NATS a stall notice), round after round. Rounds that would pass the limit before the
+    next one is due are not published: the subscriber is told of the stall once, and gets no
+    price of the stalled loop."""
     async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
         clock = ManualClock(T0)
         service = _Costly(stalling_config(sim), clock)
@@ -170,19 +234,23 @@ async def test_a_round_published_late_is_as_old_as_its_time_says_to_the_stall_ru
         async with service_running(service), aiohttp.ClientSession() as http:
             await service.started.wait()
             base = f"http://127.0.0.1:{service.bound_port}"
-            clock.advance(1)
-            await _published(service, 1)
-            service.cost_ms = INTERVAL
-            clock.advance(10 * INTERVAL + 10)  # woken 9 intervals and 11 ms late
-            await _published(service, 3)
-            async with http.get(base + "/v1/prices/BTC-USDT") as resp:
-                answer = resp.status, await resp.json()
-            async with http.get(base + "/readyz") as resp:
-                ready = resp.status, await resp.json()
-    assert [at - ts for ts, at in service.published[1:]][:3] == [461, 461, 461]
+            request = {"op": "subscribe", "markets": ["BTC/USDT"]}
+            async with reading(http, base, request) as ws:
+                await _until(lambda: bool(ws))
+                clock.advance(1)
+                await _published(service, 1)
+                await _until(lambda: bool(_prices(ws)))
+                service.cost_ms = INTERVAL
+                clock.advance(10 * INTERVAL + 10)  # woken 9 intervals and 11 ms late
+                await _until(lambda: clock.now_ms() >= T0 + 3_000)  # 50 round times later
+                await _until(lambda: bool(stalls(ws)))
+                async with http.get(base + "/v1/prices/BTC-USDT") as resp:
+                    answer = resp.status, await resp.json()
+    assert [ts for ts, _ in service.published] == [T0], service.published
+    prices = _prices(ws)
+    assert len(stalls(ws)) == 1, (len(stalls(ws)), prices)
+    assert prices == [T0], prices
     assert answer[0] == 503 and answer[1]["error"]["code"] == "stalled", answer
-    assert "the latest round is 0.5 s old (limit 0.5 s)" in answer[1]["error"]["message"]
-    assert ready[0] == 503 and ready[1]["round_age_s"] == 0.05, ready  # since its publication
 
 
 async def test_the_event_loop_runs_between_the_passes_of_a_catch_up() -> None:
