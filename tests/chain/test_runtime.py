@@ -215,16 +215,10 @@ async def test_release_stops_the_reader_of_a_chain_that_no_running_source_reads(
 HEADS_ENV = "ORACLED_TEST_HEADS_URL"
 
 
-async def test_a_chains_websocket_url_may_come_from_the_environment(
-    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
-) -> None:
-    """A provider's WebSocket URL carries its key as its RPC URLs do, so `ws_url_env` names
-    the variable that holds it, and the reader follows newHeads there with no URL in the file
-    (`chain enabled` says `newHeads`). Before, the key had to be written in the file: there was
-    no such variable (`ws_url_env` was refused as an unknown key)."""
-    relay = await WsRelay(anvil.ws_url, http).start()
+def _heads_env_config(anvil: Anvil, snapshot: Deployed) -> dict[str, Any]:
+    """One Chainlink feed on the local chain, whose newHeads URL is `HEADS_ENV`'s."""
     feed = {"ETH/USD": {"address": snapshot.eth_proxy, "heartbeat_s": 3600}}
-    data = {
+    return {
         "chains": {"local": {"chain_id": 31337, "rpc_urls": [anvil.url], "ws_url_env": HEADS_ENV}},
         "sources": {"cl": {"type": "chainlink", "chain": "local", "feeds": feed}},
         "markets": [
@@ -235,6 +229,17 @@ async def test_a_chains_websocket_url_may_come_from_the_environment(
             }
         ],
     }
+
+
+async def test_a_chains_websocket_url_may_come_from_the_environment(
+    anvil: Anvil, http: aiohttp.ClientSession, snapshot: Deployed
+) -> None:
+    """A provider's WebSocket URL carries its key as its RPC URLs do, so `ws_url_env` names
+    the variable that holds it, and the reader follows newHeads there with no URL in the file
+    (`chain enabled` says `newHeads`). Before, the key had to be written in the file: there was
+    no such variable (`ws_url_env` was refused as an unknown key)."""
+    relay = await WsRelay(anvil.ws_url, http).start()
+    data = _heads_env_config(anvil, snapshot)
     cfg = parse_config(data, env={HEADS_ENV: relay.url})
     assert cfg.chains["local"].ws_url is None  # nothing of it in the file's values
     try:
@@ -259,18 +264,7 @@ async def test_a_chains_websocket_url_variable_unset_is_warned_of_naming_the_var
     polls, and a warning says so naming the variable to set, as an unset `rpc_urls_env` is
     said. Set, there is no such warning, and no line carries its value. Before, only the info
     line `chain enabled` said `polling`."""
-    feed = {"ETH/USD": {"address": snapshot.eth_proxy, "heartbeat_s": 3600}}
-    data = {
-        "chains": {"local": {"chain_id": 31337, "rpc_urls": [anvil.url], "ws_url_env": HEADS_ENV}},
-        "sources": {"cl": {"type": "chainlink", "chain": "local", "feeds": feed}},
-        "markets": [
-            {
-                "symbol": "ETH/USD",
-                "min_sources": 1,
-                "sources": [{"source": "cl", "pair": "ETH/USD"}],
-            }
-        ],
-    }
+    data = _heads_env_config(anvil, snapshot)
     warned = "chain polling: no WebSocket URL"
     with capture_logs() as logs:
         ChainSet(parse_config(data, env={}), http, SystemClock())
