@@ -210,6 +210,25 @@ def test_two_venues_going_silent_during_a_fast_fall_leave_the_price_live_and_rig
     assert p[ORACLE]["max_error_pct"]["BTC/USD"] < 0.1
 
 
+def test_venues_silent_with_the_weight_majority_hold_the_price_until_their_quotes_age_out() -> None:
+    """The limit docs/pricing.md §2 states: v1, v2 and v3 (3 of 5.3 weight) fall silent behind
+    open sockets as the market drops 8 % in 10 s. Their last quotes are young, so they still
+    vote, and as the majority they are the centre: the venues still quoting are the outliers,
+    and the market stays live (degraded) at the level before the fall until the silent quotes
+    are older than `max_age_ms` (5 s here); the market then has no price (the routed venue's
+    leg lost its own quorum to the same silence). The core knows quotes, not connections."""
+    silent = _silence(("v1", "v2", "v3"), EVENT_S, EVENT_S + 15)
+    reports = _reports(CFG, _tape(Market(btc=_fall(0.08, 10), silent=silent)))
+    held = reports[EVENT_S + 3.0]
+    assert held.status == "degraded" and held.price is not None
+    assert abs(float(held.price) / BTC0 - 1) < 0.001  # the level before the fall
+    reasons = {s.id: s.reason for s in held.sources}
+    assert [reasons[v] for v in ("v1", "v2", "v3")] == [None, None, None]
+    assert [reasons[v] for v in ("v4", "thin", "chain")] == ["outlier"] * 3
+    aged = reports[EVENT_S + 5.0]
+    assert aged.price is None and [s.reason for s in aged.sources][:3] == ["stale"] * 3
+
+
 def test_a_venue_clock_ahead_keeps_its_last_quote_that_much_longer_and_never_votes_it_wrong() -> (
     None
 ):
