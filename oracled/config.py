@@ -39,6 +39,7 @@ from pydantic import (
 
 from oracled.errors import ConfigError, shown
 from oracled.files import read_regular
+from oracled.lockfile import beside_target
 from oracled.urls import host_port_problem, shown_url
 
 __all__ = [
@@ -1157,10 +1158,8 @@ def _shared_state_files(cfg: Config) -> list[str]:
         if path is None:
             continue
         # a file kept beside it is beside the file its links lead to (the lock, SQLite's files,
-        # the reserve), spelt as configured when no link is on the way
-        real, spelt = os.path.realpath(path), os.path.normpath(path)
-        if real != os.path.abspath(path):
-            spelt = real
+        # the reserve), spelt as configured when no link is on the way: as the writers name them
+        real, spelt = os.path.realpath(path), str(beside_target(Path(path), ""))
         names: dict[str, tuple[str | None, str]] = {real: (None, spelt)}
         names |= {real + end: (what, spelt + end) for end, what in beside.items()}
         for each, (what, name) in names.items():
