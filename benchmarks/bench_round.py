@@ -36,6 +36,8 @@ ROUND_MS = 250
 # Long enough that the fresh quotes stay fresh for every timed round; stale ones are far older.
 MAX_AGE_MS = 3_600_000
 STALE_AGE_MS = 2 * MAX_AGE_MS
+# Fresh but older than the markets' lag_ms (2 s by default): what `--old` stamps.
+OLD_AGE_MS = 3_000
 PERP_SOURCE = "perp"  # the perpetual venue of `build_config(perps=...)`
 
 
@@ -102,8 +104,9 @@ def build_config(markets: int, sources: int, perps: int = 0) -> Config:
     )
 
 
-def build_quotes(cfg: Config, now_ms: int, seed: int) -> list[Quote]:
-    """One quote per slot except ~5 % missing; ~5 % stale by venue time, ~3 % outliers."""
+def build_quotes(cfg: Config, now_ms: int, seed: int, old: float = 0.0) -> list[Quote]:
+    """One quote per slot except ~5 % missing; ~5 % stale by venue time, ~3 % outliers; of
+    the rest, a share `old` older than the markets' `lag_ms` (judged against the young ones)."""
     rng = random.Random(seed)
     quotes: list[Quote] = []
     for i, market in enumerate(cfg.markets):
@@ -123,6 +126,8 @@ def build_quotes(cfg: Config, now_ms: int, seed: int) -> list[Quote]:
             if roll < 0.08:
                 price *= 1.5
             venue_ts = now_ms - STALE_AGE_MS if roll > 0.95 else now_ms - rng.randrange(0, 500)
+            if roll <= 0.95 and rng.random() < old:
+                venue_ts = now_ms - OLD_AGE_MS
             bid, ask = price * 0.9999, price * 1.0001
             quotes.append(
                 Quote(
@@ -158,23 +163,23 @@ def _time_ns(fn: Callable[[], object]) -> int:
     return time.perf_counter_ns() - start
 
 
-def run_case(markets: int, sources: int, rounds: int, seed: int) -> Result:
+def run_case(markets: int, sources: int, rounds: int, seed: int, old: float = 0.0) -> Result:
     cfg = build_config(markets, sources)
     core = Core(cfg)
-    quotes = build_quotes(cfg, START_MS, seed)
+    quotes = build_quotes(cfg, START_MS, seed, old)
 
     # Ingest: every quote once into a fresh book (a second pass would be refused as out of order).
     ingest_ns = _time_ns(lambda: [core.ingest(q) for q in quotes])
 
-    # Warm up past the resume streak so that the timed rounds run the steady state.
+    # Warm up past the resume streak so that the timed rounds run the steady state. Every
+    # round runs at the same time: the quotes keep their ages (young ones stay younger than
+    # lag_ms), as the venues' streams keep them in the daemon.
     now = START_MS
     for _ in range(5):
-        now += ROUND_MS
         core.run_round(now)
 
     round_ns: list[int] = []
     for _ in range(rounds):
-        now += ROUND_MS
         start = time.perf_counter_ns()
         result = core.run_round(now)
         round_ns.append(time.perf_counter_ns() - start)
@@ -211,10 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", type=_ints, default=[8, 16])
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--old",
+        type=float,
+        default=0.0,
+        help="share of the fresh quotes older than lag_ms (on-chain feeds, quiet books)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
-    results = [run_case(m, s, args.rounds, args.seed) for m in args.markets for s in args.sources]
+    results = [
+        run_case(m, s, args.rounds, args.seed, args.old) for m in args.markets for s in args.sources
+    ]
     header = (
         f"{'markets':>7} {'sources':>7} {'slots':>7} {'round p50':>10} {'round p99':>10} "
         f"{'ns/slot':>8} {'ingest/q':>9} {'reports':>10} {'encode':>10} {'live':>6}"

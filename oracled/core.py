@@ -8,7 +8,9 @@ stress runs and audits possible.
 A round, for each layer of markets (conversion legs first):
 1. a slot is fresh if its quote's age (venue time where sent, else receive time) is within the
    slot's age limit (the market's `max_age_ms`, or an on-chain feed's own, see
-   config.slot_max_age_ms) and not further in the future than the clock-skew bound;
+   config.slot_max_age_ms) and not further in the future than the clock-skew bound; a fresh
+   slot older than the market's `lag_ms` is stale all the same when younger slots, a quorum of
+   their own, agree on a centre more than `max_deviation` away from it;
 2. routed slots are converted through the leg market's live price from this round; a leg that is
    not live blocks the slot (reason `route`) and is never replaced by 1.0;
 3. a weighted median over fresh slots; slots deviating more than `max_deviation` from it are
@@ -43,7 +45,7 @@ __all__ = ["PRICING_REVISION", "SLOT_REASONS", "Core", "RoundResult", "Transitio
 #: different reports (CHANGELOG.md names what each revision changed). Tapes and the audit trail
 #: carry it, so that a replay by an oracled of another revision says why its reports may differ
 #: from the recorded ones. Not the package version, which says nothing about the rules.
-PRICING_REVISION: Final = 20
+PRICING_REVISION: Final = 21
 
 # Per-slot outcome codes of a round, and the names reports use for them.
 USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(FLAG_BASE)
@@ -266,6 +268,40 @@ class Core:
         """Operator pause (or release). Releasing still needs the healthy streak to go live."""
         self.gates.manual[self.index[market]] = paused
 
+    def _lagging(
+        self,
+        value: npt.NDArray[np.float64],
+        weight: npt.NDArray[np.float64],
+        usable: npt.NDArray[np.bool_],
+        age: npt.NDArray[np.int64],
+        idx: npt.NDArray[np.int64] | slice,
+        order: npt.NDArray[np.intp],
+    ) -> npt.NDArray[np.bool_] | None:
+        """The usable slots outvoted by younger quotes (docs/pricing.md section 2), or None.
+
+        Where the slots no older than the market's `lag_ms` hold a quorum of their own (two
+        at least: one venue never outvotes the others) that agrees within `max_deviation` of
+        their weighted median, an older slot further than that from it lags the market: its
+        venue has stopped following it, and as a weight majority it would hold the price
+        where it was until its quote aged out.
+        """
+        lay = self.layout
+        old = usable & (age > lay.lag_ms[idx, None])
+        if not old.any():  # the usual round: every usable quote is young
+            return None
+        recent = usable & ~old
+        need = np.maximum(lay.min_sources[idx], 2)
+        rows = (recent.sum(axis=1) >= need) & old.any(axis=1)
+        if not rows.any():
+            return None
+        (lead,) = weighted_quantiles(value, weight, recent, (0.5,), order)
+        band = lay.max_deviation[idx, None] * BAND_SLACK * lead[:, None]
+        with np.errstate(invalid="ignore"):
+            near = np.abs(value - lead[:, None]) <= band
+        rows &= (recent & near).sum(axis=1) >= need
+        lagging: npt.NDArray[np.bool_] = old & ~near & rows[:, None]
+        return lagging
+
     def run_round(self, now_ms: int) -> RoundResult:
         lay, book, gates = self.layout, self.book, self.gates
         self.rounds += 1
@@ -302,7 +338,10 @@ class Core:
             usable = fresh & ~blocked & in_bounds & ~flagged
             weight = lay.weight[idx]
 
-            order = row_order(value, usable)  # sorted once: `keep` below is a subset of `usable`
+            order = row_order(value, usable)  # sorted once: the masks below are its subsets
+            lagging = self._lagging(value, weight, usable, age, idx, order)
+            if lagging is not None:
+                usable &= ~lagging
             (center,) = weighted_quantiles(value, weight, usable, (0.5,), order)
             # A venue exactly max_deviation away is kept (BAND_SLACK): measured as |v / c - 1|,
             # 101 on a centre of 100 was 0.010000000000000009 away, an outlier at 1 %.
@@ -313,6 +352,8 @@ class Core:
 
             code = np.full(value.shape, NO_QUOTE, dtype=np.int8)
             code[has_quote & ~fresh] = STALE
+            if lagging is not None:
+                code[lagging] = STALE
             code[blocked] = ROUTE
             code[fresh & ~blocked & ~in_bounds] = BOUNDS
             code[flagged] = flag[flagged]
@@ -328,7 +369,7 @@ class Core:
                 used_weight=np.where(keep, weight, 0.0).sum(axis=1),
                 usable_weight=np.where(usable, weight, 0.0).sum(axis=1),
                 outliers=(code == OUTLIER).sum(axis=1),
-                stale=(has_quote & ~fresh).sum(axis=1),
+                stale=(code == STALE).sum(axis=1),
                 route_blocked=blocked.sum(axis=1),
                 flagged=flagged.sum(axis=1),
             )

@@ -81,6 +81,7 @@ class Layout:
     perp_feeds: frozenset[SlotKey]  # perpetual instruments kept for the mark price, no vote
     min_sources: npt.NDArray[np.int64]
     max_age_ms: npt.NDArray[np.int64]  # (M, S): per slot (on-chain feeds have their own limits)
+    lag_ms: npt.NDArray[np.int64]  # quotes older than this are outvoted by a younger quorum
     max_deviation: npt.NDArray[np.float64]
     circuit_breaker: npt.NDArray[np.float64]
     confidence_limit: npt.NDArray[np.float64]
@@ -162,6 +163,7 @@ class Layout:
             ),
             min_sources=np.array([m.min_sources for m in cfg.markets], dtype=np.int64),
             max_age_ms=max_age,
+            lag_ms=np.array([m.lag_ms for m in cfg.markets], dtype=np.int64),
             max_deviation=np.array([m.max_deviation for m in cfg.markets]),
             circuit_breaker=np.array([m.circuit_breaker for m in cfg.markets]),
             confidence_limit=np.array([m.confidence_limit for m in cfg.markets]),

@@ -2,7 +2,8 @@
 
 `tests/fixtures/tapes/pricing.jsonl` with `pricing.toml` moves spot prices, both kinds of route
 (a leg and a leg listed the other way round), perpetuals into a mark with funding, and the gates
-(an outlier, a jump held then confirmed, a stale quorum, a manual pause): `pricing_digest.json`
+(an outlier, a jump held then confirmed, a stale quorum, a manual pause, a weight majority
+outvoted by younger quotes): `pricing_digest.json`
 holds the SHA-256 of its replay output and the `PRICING_REVISION` it was computed under. Output
 that changes while the revision does not fails here: the change moves some tape's reports, so
 the revision is bumped and CHANGELOG.md says how.
@@ -75,6 +76,9 @@ def test_the_pinned_tape_moves_spot_routes_perpetuals_and_the_gates() -> None:
         ("USDT/USD", "active"),
     ):
         assert states[state] > 0, state
+    sol = [r for r in reports if r["market"] == "SOL/USD" and r["price"] is not None]
+    lagged = [s for r in sol for s in r["sources"] if s["reason"] == "stale"]
+    assert any(s["age_ms"] < 5000 for s in lagged)  # outvoted by younger quotes (lag_ms)
     btc = [r for r in reports if r["market"] == "BTC/USD"]
     vias = {s["via"] for r in btc for s in r["sources"] if s.get("via") and s["used"]}
     assert vias == {"USDT/USD", "USD/USDC"}  # a leg, and one listed the other way round

@@ -210,37 +210,49 @@ def test_two_venues_going_silent_during_a_fast_fall_leave_the_price_live_and_rig
     assert p[ORACLE]["max_error_pct"]["BTC/USD"] < 0.1
 
 
-def test_venues_silent_with_the_weight_majority_hold_the_price_until_their_quotes_age_out() -> None:
-    """The limit docs/pricing.md §2 states: v1, v2 and v3 (3 of 5.3 weight) fall silent behind
-    open sockets as the market drops 8 % in 10 s. Their last quotes are young, so they still
-    vote, and as the majority they are the centre: the venues still quoting are the outliers,
-    and the market stays live (degraded) at the level before the fall until the silent quotes
-    are older than `max_age_ms` (5 s here); the market then has no price (the routed venue's
-    leg lost its own quorum to the same silence). The core knows quotes, not connections."""
+def test_venues_silent_with_the_weight_majority_are_outvoted_once_their_quotes_lag() -> None:
+    """v1, v2 and v3 (3 of 5.3 weight) fall silent behind open sockets as the market drops 8 %
+    in 10 s. Their last quotes are young enough to vote until they are older than the market's
+    `lag_ms` (2 s); then the venues still quoting, a quorum of their own (3), agree on a level
+    more than `max_deviation` below them, and the silent quotes are stale although younger than
+    `max_age_ms` (5 s). As a weight majority they would otherwise be the centre and keep the
+    market live at the level before the fall (docs/pricing.md section 2). Every live round
+    follows the fall; the market has no price once the routed venue's leg, quoted by the same
+    silent venues, loses its own quorum."""
     silent = _silence(("v1", "v2", "v3"), EVENT_S, EVENT_S + 15)
-    reports = _reports(CFG, _tape(Market(btc=_fall(0.08, 10), silent=silent)))
-    held = reports[EVENT_S + 3.0]
-    assert held.status == "degraded" and held.price is not None
-    assert abs(float(held.price) / BTC0 - 1) < 0.001  # the level before the fall
-    reasons = {s.id: s.reason for s in held.sources}
-    assert [reasons[v] for v in ("v1", "v2", "v3")] == [None, None, None]
-    assert [reasons[v] for v in ("v4", "thin", "chain")] == ["outlier"] * 3
-    aged = reports[EVENT_S + 5.0]
-    assert aged.price is None and [s.reason for s in aged.sources][:3] == ["stale"] * 3
+    btc = _fall(0.08, 10)
+    reports = _reports(CFG, _tape(Market(btc=btc, silent=silent)))
+    max_age = CFG.market("BTC/USD").max_age_ms  # type: ignore[union-attr]
+    lag = CFG.market("BTC/USD").lag_ms  # type: ignore[union-attr]
+    outvoted = reports[EVENT_S + 3.0]
+    assert outvoted.status == "degraded" and outvoted.price is not None
+    ages = {s.id: s.age_ms or 0 for s in outvoted.sources}
+    reasons = {s.id: s.reason for s in outvoted.sources}
+    assert [reasons[v] for v in ("v1", "v2", "v3")] == ["stale"] * 3
+    assert all(lag < ages[v] < max_age for v in ("v1", "v2", "v3"))
+    assert [reasons[v] for v in ("v4", "thin", "chain")] == [None] * 3
+    live = {t: r for t, r in reports.items() if EVENT_S <= t <= EVENT_S + 16 and r.price}
+    assert sorted(live) == [EVENT_S + k for k in (0.0, 1.0, 2.0, 3.0, 4.0)]
+    for t, r in live.items():  # within max_deviation of the market a second before
+        assert abs(float(r.price or 0) / btc(t - 1) - 1) < 0.01, t
+    dark = reports[EVENT_S + 5.0]
+    assert dark.status == "unknown" and "route" in dark.reasons
 
 
 def test_a_venue_clock_ahead_keeps_its_last_quote_that_much_longer_and_never_votes_it_wrong() -> (
     None
 ):
     """v1's clock runs 1.5 s ahead and it falls silent at 65 s in a 10 % fall: its last quote,
-    received at 64.05 s, is fresh until 70.55 s (max_age_ms + the lead) and an outlier all
-    that time, stale after; the market is live throughout (docs/pricing.md §2)."""
+    received at 64.05 s, is young until 67.55 s (`lag_ms` + the lead) and an outlier once the
+    fall leaves it behind, then stale, outvoted by the venues still quoting, well before
+    its age limit (70.55 s, max_age_ms + the lead); the market is live throughout
+    (docs/pricing.md §2)."""
     silent = _silence(("v1",), 65, 1e9)
     lines = _tape(Market(btc=_fall(0.10, 20), ahead_ms={"v1": 1500}, silent=silent))
     reports = _reports(CFG, lines)
     assert _not_live(reports) == []
     v1 = {t: next(s.reason for s in r.sources if s.id == "v1") for t, r in reports.items()}
-    assert v1[70.0] == "outlier" and v1[71.0] == "stale"
+    assert v1[66.0] is None and v1[67.0] == "outlier" and v1[68.0] == "stale"
 
 
 def test_a_usdt_depeg_whose_leg_reprices_late_shows_no_phantom_btc_move() -> None:

@@ -1,0 +1,112 @@
+"""Quotes that lag the market (docs/pricing.md section 2): a fresh quote older than `lag_ms` is
+stale when the younger quotes, a quorum of their own, agree on a centre more than
+`max_deviation` away from it. Venues silent behind open sockets must not hold a price through a
+move as a weight majority."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from oracled.config import ConfigError
+from oracled.core import Core
+from oracled.model import Report
+from tests.core.core_helpers import T0, config, market, quote
+
+HEAVY = {"a": 3.0, "b": 3.0, "c": 3.0}  # a, b, c: 9 of 12 weight; d, e, f: one each
+
+
+def _core(**extra: object) -> Core:
+    btc = market("BTC/USD", "abcdef", weights=HEAVY, **extra)
+    core = Core(config([btc], resume_rounds=1))
+    for s in "abcdef":
+        assert core.ingest(quote(s, "BTC/USD", 50_000.0, T0)) is None
+    assert core.run_round(T0).report(0).status == "active"
+    return core
+
+
+def _round(core: Core, now: int, prices: Mapping[str, float]) -> Report:
+    for s, price in prices.items():
+        assert core.ingest(quote(s, "BTC/USD", price, now)) is None
+    return core.run_round(now).report(0)
+
+
+def _reasons(report: Report) -> str:
+    return "".join("-" if s.used else (s.reason or "?")[0] for s in report.sources)
+
+
+def test_a_weight_majority_older_than_lag_ms_is_outvoted_by_a_younger_quorum() -> None:
+    """a, b, c (9 of 12 weight) last quoted 2,001 ms ago at 50,000; d, e, f (3, the quorum)
+    quote 49,000 now. Before the rule a, b, c were the centre and d, e, f outliers: the market
+    was live at 50,000, where nobody quoted any more."""
+    report = _round(_core(), T0 + 2_001, dict.fromkeys("def", 49_000.0))
+    assert _reasons(report) == "sss---"
+    assert [s.age_ms for s in report.sources[:3]] == [2_001] * 3  # younger than max_age_ms
+    assert (report.status, report.reasons, report.price) == ("degraded", ["thin"], "49000.00")
+
+
+def test_a_quote_exactly_lag_ms_old_still_votes() -> None:
+    """Older than `lag_ms` lags; as old as it does not: at 2,000 ms a, b, c are the centre and
+    the three younger quotes the outliers."""
+    report = _round(_core(), T0 + 2_000, dict.fromkeys("def", 49_000.0))
+    assert _reasons(report) == "---ooo"
+    assert (report.status, report.price) == ("degraded", "50000.00")
+
+
+def test_old_quotes_that_agree_with_the_younger_ones_keep_their_vote() -> None:
+    """A quiet book is not a silent venue: old quotes within `max_deviation` of the younger
+    quorum's centre vote, whatever their age under `max_age_ms`."""
+    report = _round(_core(), T0 + 9_000, dict.fromkeys("def", 49_600.0))
+    assert _reasons(report) == "------"
+    assert report.status == "active"
+
+
+def test_lag_ms_is_the_market_s_own() -> None:
+    """With `lag_ms = 5000`, quotes 4,000 ms old are young: they still hold the centre."""
+    report = _round(_core(lag_ms=5_000), T0 + 4_000, dict.fromkeys("def", 49_000.0))
+    assert _reasons(report) == "---ooo"
+    report = _round(_core(lag_ms=5_000), T0 + 5_001, dict.fromkeys("def", 49_000.0))
+    assert _reasons(report) == "sss---"
+
+
+def test_fewer_young_quotes_than_the_quorum_outvote_nobody() -> None:
+    """Two young quotes under `min_sources = 3`: the old majority stays the centre."""
+    report = _round(_core(), T0 + 3_000, dict.fromkeys("de", 49_000.0))
+    assert _reasons(report) == "---oo-"
+    assert report.price == "50000.00"
+
+
+def test_one_young_venue_never_outvotes_the_others_even_at_a_quorum_of_one() -> None:
+    """`min_sources = 1`: one venue quoting alone would be a quorum, but a lone print must
+    never move the price: the young set needs two venues at least."""
+    report = _round(_core(min_sources=1), T0 + 3_000, {"d": 48_000.0})
+    assert _reasons(report) == "---o--"
+    assert report.price == "50000.00"
+    report = _round(_core(min_sources=1), T0 + 3_000, dict.fromkeys("de", 48_000.0))
+    assert _reasons(report) == "sss--s"
+    assert report.price == "48000.00"
+
+
+def test_young_quotes_that_disagree_among_themselves_outvote_nobody() -> None:
+    """d, e and f are young but no quorum of them agrees (2 % apart each): there is no younger
+    market to lag, so the old quotes vote as before."""
+    report = _round(_core(), T0 + 3_000, {"d": 48_000.0, "e": 49_000.0, "f": 50_000.0})
+    assert _reasons(report)[:3] == "---"
+    assert report.price == "50000.00"
+
+
+def test_every_old_quote_is_judged_alike_whatever_its_weight() -> None:
+    """Under `min_sources = 2`, d and e (young, agreeing) are a quorum: f's quote, as old as
+    a, b and c's and as far from them, is stale with theirs, light as it is."""
+    report = _round(_core(min_sources=2), T0 + 3_000, dict.fromkeys("de", 49_000.0))
+    assert _reasons(report) == "sss--s"
+    assert (report.status, report.price) == ("degraded", "49000.00")
+
+
+@pytest.mark.parametrize(
+    ("value", "words"), [(0, "must be >= 1"), (-1, "must be >= 1"), (86_400_001, "must be <= ")]
+)
+def test_lag_ms_out_of_range_is_refused(value: int, words: str) -> None:
+    with pytest.raises(ConfigError, match=rf"markets\[0\]\.lag_ms: {words}"):
+        config([market("BTC/USD", "abc", lag_ms=value)])
