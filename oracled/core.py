@@ -9,8 +9,8 @@ A round, for each layer of markets (conversion legs first):
 1. a slot is fresh if its quote's age (venue time where sent, else receive time) is within the
    slot's age limit (the market's `max_age_ms`, or an on-chain feed's own, see
    config.slot_max_age_ms) and not further in the future than the clock-skew bound; a fresh
-   slot older than the market's `lag_ms` is stale all the same when younger slots, a quorum of
-   their own, agree on a centre more than `max_deviation` away from it;
+   slot older than the market's `lag_ms` is stale all the same when two or more younger slots
+   agree on a level more than `max_deviation` away from it (`Core._lagging`);
 2. routed slots are converted through the leg market's live price from this round; a leg that is
    not live blocks the slot (reason `route`) and is never replaced by 1.0;
 3. a weighted median over fresh slots; slots deviating more than `max_deviation` from it are
@@ -45,7 +45,7 @@ __all__ = ["PRICING_REVISION", "SLOT_REASONS", "Core", "RoundResult", "Transitio
 #: different reports (CHANGELOG.md names what each revision changed). Tapes and the audit trail
 #: carry it, so that a replay by an oracled of another revision says why its reports may differ
 #: from the recorded ones. Not the package version, which says nothing about the rules.
-PRICING_REVISION: Final = 21
+PRICING_REVISION: Final = 22
 
 # Per-slot outcome codes of a round, and the names reports use for them.
 USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(FLAG_BASE)
@@ -271,7 +271,6 @@ class Core:
     def _lagging(
         self,
         value: npt.NDArray[np.float64],
-        weight: npt.NDArray[np.float64],
         usable: npt.NDArray[np.bool_],
         age: npt.NDArray[np.int64],
         idx: npt.NDArray[np.int64] | slice,
@@ -279,27 +278,36 @@ class Core:
     ) -> npt.NDArray[np.bool_] | None:
         """The usable slots outvoted by younger quotes (docs/pricing.md section 2), or None.
 
-        Where the slots no older than the market's `lag_ms` hold a quorum of their own (two
-        at least: one venue never outvotes the others) that agrees within `max_deviation` of
-        their weighted median, an older slot further than that from it lags the market: its
-        venue has stopped following it, and as a weight majority it would hold the price
-        where it was until its quote aged out.
+        The young slots (no older than the market's `lag_ms`) of a row say where the market is
+        when at least two of them agree: their two middle values by count (one for an odd
+        count), within `max_deviation` of each other, with a second young value within it of
+        the lower one. An older slot further than `max_deviation` from both has been left
+        behind by its venue; as a weight majority it would hold the price where it was until
+        its quote aged out. Counted by venue, not weight, and read off the middle two: one
+        venue's print, however heavy, can never leave an old value that is within
+        `max_deviation` of every other young value outside both.
         """
         lay = self.layout
         old = usable & (age > lay.lag_ms[idx, None])
         if not old.any():  # the usual round: every usable quote is young
             return None
-        recent = usable & ~old
-        need = np.maximum(lay.min_sources[idx], 2)
-        rows = (recent.sum(axis=1) >= need) & old.any(axis=1)
+        young = usable & ~old
+        count = young.sum(axis=1)
+        rows = (count >= 2) & old.any(axis=1)
         if not rows.any():
             return None
-        (lead,) = weighted_quantiles(value, weight, recent, (0.5,), order)
-        band = lay.max_deviation[idx, None] * BAND_SLACK * lead[:, None]
+        # The young values' ranks along the row's sorted usable values (`order`).
+        ranks = np.cumsum(young.reshape(-1)[order], axis=1)
+        ordered = value.reshape(-1)[order]
+        at = np.arange(len(count))
+        lo = ordered[at, np.argmax(ranks > ((count - 1) // 2)[:, None], axis=1)]
+        hi = ordered[at, np.argmax(ranks > (count // 2)[:, None], axis=1)]
+        dev = lay.max_deviation[idx] * BAND_SLACK
         with np.errstate(invalid="ignore"):
-            near = np.abs(value - lead[:, None]) <= band
-        rows &= (recent & near).sum(axis=1) >= need
-        lagging: npt.NDArray[np.bool_] = old & ~near & rows[:, None]
+            near_lo = np.abs(value - lo[:, None]) <= (dev * lo)[:, None]
+            near_hi = np.abs(value - hi[:, None]) <= (dev * hi)[:, None]
+            rows &= (hi - lo <= dev * lo) & ((young & near_lo).sum(axis=1) >= 2)
+        lagging: npt.NDArray[np.bool_] = old & ~near_lo & ~near_hi & rows[:, None]
         return lagging
 
     def run_round(self, now_ms: int) -> RoundResult:
@@ -339,7 +347,7 @@ class Core:
             weight = lay.weight[idx]
 
             order = row_order(value, usable)  # sorted once: the masks below are its subsets
-            lagging = self._lagging(value, weight, usable, age, idx, order)
+            lagging = self._lagging(value, usable, age, idx, order)
             if lagging is not None:
                 usable &= ~lagging
             (center,) = weighted_quantiles(value, weight, usable, (0.5,), order)

@@ -1,7 +1,6 @@
 """Quotes that lag the market (docs/pricing.md section 2): a fresh quote older than `lag_ms` is
-stale when the younger quotes, a quorum of their own, agree on a centre more than
-`max_deviation` away from it. Venues silent behind open sockets must not hold a price through a
-move as a weight majority."""
+stale when two or more younger quotes agree on a level more than `max_deviation` away from it.
+Venues silent behind open sockets must not hold a price through a move as a weight majority."""
 
 from __future__ import annotations
 
@@ -70,11 +69,28 @@ def test_lag_ms_is_the_market_s_own() -> None:
     assert _reasons(report) == "sss---"
 
 
-def test_fewer_young_quotes_than_the_quorum_outvote_nobody() -> None:
-    """Two young quotes under `min_sources = 3`: the old majority stays the centre."""
+def test_two_young_quotes_under_the_quorum_pause_the_market_rather_than_leave_it_behind() -> None:
+    """Two young quotes that agree, under `min_sources = 3`: the old quotes are stale all the
+    same, and the market, short of its quorum, pauses (`quorum`, `stale`) where it stayed live
+    at 50,000, a level nobody quoted any more, with d and e its outliers."""
     report = _round(_core(), T0 + 3_000, dict.fromkeys("de", 49_000.0))
-    assert _reasons(report) == "---oo-"
-    assert report.price == "50000.00"
+    assert _reasons(report) == "sss--s"
+    assert (report.status, report.reasons, report.price) == ("paused", ["quorum", "stale"], None)
+
+
+def test_one_heavy_young_venue_cannot_leave_behind_an_old_value_the_others_agree_with() -> None:
+    """Under `min_sources = 2`, young d at 50,000 (weight 1) and e at 50,450 (weight 5, within
+    1 % of d); old a, b, c at 49,600, 0.8 % from d but 1.7 % from e. By weight e alone is the
+    young centre; the rule reads the young values by count (the two middle ones), so e's print
+    never makes a value stale that d, the other young venue, agrees with."""
+    weights = {"a": 3.0, "b": 3.0, "c": 3.0, "d": 1.0, "e": 5.0}
+    btc = market("BTC/USD", "abcde", weights=weights, min_sources=2)
+    core = Core(config([btc], resume_rounds=1))
+    for s in "abcde":
+        assert core.ingest(quote(s, "BTC/USD", 49_600.0, T0)) is None
+    assert core.run_round(T0).report(0).status == "active"
+    report = _round(core, T0 + 3_000, {"d": 50_000.0, "e": 50_450.0})
+    assert [s.reason for s in report.sources][:3] == [None, None, None]
 
 
 def test_one_young_venue_never_outvotes_the_others_even_at_a_quorum_of_one() -> None:
