@@ -1355,12 +1355,20 @@ def iso_time(ms: object) -> str:
     return f"{ms!r:.40} (no time)"
 
 
-def _with_commands(lines: bytes, commands: collections.deque[tuple[int, bytes]]) -> bytes:
-    """A round's stored quote lines with the commands due among them (taken from the front of
-    `commands`): each before the first quote later than its round's time, which a replay must
-    not read before applying it. A block whose last quote is not later than the next command's
-    round is returned as it is, read no further."""
-    if not lines or line_ts(lines[lines.rfind(b"\n", 0, -1) + 1 :]) <= commands[0][0]:
+def _with_commands(
+    lines: bytes, commands: collections.deque[tuple[int, bytes]], round_ts: int
+) -> bytes:
+    """The quote lines stored with the round at `round_ts` with the commands due among them
+    (taken from the front of `commands`): each before the first quote later than its round's
+    time, which a replay must not read before applying it, and those of this round or an
+    earlier one at the end at the latest. The quotes stored with the next round were taken
+    after this one ran, whatever their stamps: after a wall clock stepped back they are
+    stamped before it, and a command placed by time alone went after them, where a replay has
+    run its round already. A block that none is due in (the next command's round is later,
+    and so is it than the block's last quote) is returned as it is, read no further."""
+    if commands[0][0] > round_ts and (
+        not lines or line_ts(lines[lines.rfind(b"\n", 0, -1) + 1 :]) <= commands[0][0]
+    ):
         return lines
     out: list[bytes] = []
     for line in lines.splitlines(keepends=True):
@@ -1368,6 +1376,8 @@ def _with_commands(lines: bytes, commands: collections.deque[tuple[int, bytes]])
         while commands and commands[0][0] < ts:
             out.append(commands.popleft()[1])
         out.append(line)
+    while commands and commands[0][0] <= round_ts:
+        out.append(commands.popleft()[1])
     return b"".join(out)
 
 
@@ -1804,7 +1814,8 @@ class AuditReader:
         when the rounds the first quotes went into were dropped from the trail and their quotes
         stored with that later round. The operator actions of the window's rounds go in as
         manual commands (schema version 5 on), each before the first quote later than its
-        round's time: after the quotes of the rounds before it, as the replay needs. The header
+        round's time and before the quotes stored with a later round: after the quotes of the
+        rounds before it, as the replay needs. The header
         names the pricing revision that first round was computed under (schema version 6 on),
         and this oracled's version, the tape's writer.
         """
@@ -1843,7 +1854,7 @@ class AuditReader:
                 lines = zlib.decompress(block, wbits=_WBITS)
                 count = lines.count(b"\n")
                 if commands:
-                    lines = _with_commands(lines, commands)
+                    lines = _with_commands(lines, commands, ts)
             except (zlib.error, TypeError, msgspec.DecodeError) as exc:  # overwritten: the tape
                 what = f"its stored quotes cannot be read ({exc})"  # would be torn there
                 raise AuditDataError(round_no, ts, what) from None
