@@ -120,6 +120,9 @@ RECURSION_LIMIT = 1000
 #: Most rounds a blocked round loop computes afterwards in one pass (10 minutes at 250 ms, a few
 #: seconds of CPU at 1,000 markets); a longer stall skips the rest, and says so.
 MAX_CATCH_UP_ROUNDS = 2_400
+#: How long a reload waits, at most, for a time the audit trail can part the quotes at
+#: (`Service._parting_time`): on a wall clock that moves, a millisecond or two.
+PARTING_WAIT_MS = 50
 
 
 def silent_limits(cfg: Config) -> dict[str, dict[tuple[str, Kind], int]]:
@@ -330,10 +333,11 @@ class Service:
         )
         if self._recorder is not None and (torn := self._recorder.torn_event()) is not None:
             self.log.warning(torn, path=str(record), line=self._recorder.torn_line)
-        # The tick the round loop waits for, and the quotes received after it before its round
-        # ran (see on_quote); no tick before the loop starts.
+        # The tick the round loop waits for, and the quotes stamped at or after it received
+        # before its round ran (see on_quote); no tick before the loop starts.
         self._tick = 1 << 62
         self._held: list[Quote] = []
+        self._taken_ms = 0  # the newest receive time of a quote the core took (`reload`)
         self._tape_flush_at = 4  # the core's round count at which `record`'s lines go next
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
@@ -368,14 +372,19 @@ class Service:
         A quote received after the tick the round loop waits for, before that round ran (the
         loop wakes a little late), is held for the next round: a replay of the tape puts it
         there (a quote takes part in the rounds at or after its receive time), so the live
-        round must too, or its price would differ from the replay's, with a negative `age_ms`."""
+        round must too, or its price would differ from the replay's, with a negative `age_ms`.
+        One stamped at the tick itself is held until right before that round: a reload applied
+        while the loop is late is stored a millisecond before the tick (`_applied_at`), and a
+        replay of the trail takes such a quote under it, so the core must too."""
         if self._recorder is not None:
             self._recorder.add(quote)
         if self.audit is not None:
             self.audit.add_quote(quote)
-        if quote.recv_ts > self._tick:
+        if quote.recv_ts >= self._tick:
             self._held.append(quote)
         else:
+            if quote.recv_ts > self._taken_ms:
+                self._taken_ms = quote.recv_ts
             self.core.ingest(quote)
 
     def _release_held(self, upto: int) -> None:
@@ -383,6 +392,7 @@ class Service:
         held, self._held = self._held, []
         for quote in held:
             if quote.recv_ts <= upto:
+                self._taken_ms = max(self._taken_ms, quote.recv_ts)
                 self.core.ingest(quote)
             else:
                 self._held.append(quote)
@@ -554,6 +564,7 @@ class Service:
             # Stopped, all at once, before the swap: a source still running under the new
             # config would put its old feed's (or, disabled, any) quotes in the new book.
             await self._stop_sources(changes.sources_restarted)
+            at = await self._parting_time(actor)
             self._refuse_if_stopping(actor)  # the stop began while the sources stopped
             self.core.reconfigure(new)
             old, self.cfg = self.cfg, new
@@ -576,7 +587,7 @@ class Service:
             self.log.warning("config reloaded", actor=actor, **changes.as_dict())
             if self.audit is not None:
                 self.audit.record_config(
-                    self._applied_at(),
+                    at,
                     "reload",
                     actor,
                     str(self.config_path),
@@ -606,18 +617,50 @@ class Service:
                 config_sha256=digest,
             )
 
-    def _applied_at(self) -> int:
-        """The time the trail gives a reload just applied: now, or, when the round loop is
-        late (the tick it waits for has passed, its round not run yet), just before that tick:
-        that round is computed under the new config, so the trail's timeline (`config_at`,
-        `audit --tape`'s warning, `audit --replay`) must put the reload before it, not after
-        it. Nor before the round run last, or the start: a wall clock stepped back puts now
-        there, and the trail gave the rounds run under the old config the new one (before the
-        start: none of them, the reload left out of its start)."""
-        at = min(self.clock.now_ms(), self._tick - 1)
+    def _applied_at(self) -> tuple[int, bool]:
+        """The time the trail gives a reload applied now, and whether it parts the quotes and
+        rounds as the daemon took them: a replay applies a reload after every quote stamped at
+        or before that time and before every later one, and before the first round after it.
+
+        It is a millisecond before now: the quotes stamped now come after the reload, provided
+        the core took none yet (`_parting_time` waits till then). When the round loop is late
+        (the tick it waits for has passed, its round not run yet), a millisecond before that
+        tick: that round is computed under the new config, and so are the quotes stamped at or
+        after the tick, which the core takes only right before it (`on_quote`); so the trail's
+        timeline (`config_at`, `audit --tape`'s warning, `audit --replay`) puts the reload
+        before it, not after it. Nor before the round run last (after it), or the start: a wall
+        clock stepped back puts now there, and the trail gave the rounds run under the old
+        config the new one (before the start: none of them, the reload left out of its start);
+        such a time parts nothing exactly."""
+        at = min(self.clock.now_ms(), self._tick) - 1
+        floor = self._started_ms + 1
         if self._tick != 1 << 62:  # the loop has a tick: the round before it has run
-            at = max(at, self._tick - self.cfg.oracle.round_interval_ms + 1)
-        return max(at, self._started_ms + 1)
+            floor = max(floor, self._tick - self.cfg.oracle.round_interval_ms + 1)
+        return max(at, floor), floor <= at and self._taken_ms <= at
+
+    async def _parting_time(self, actor: str) -> int:
+        """The time the trail gives the reload about to be applied: once it parts the quotes
+        and rounds as the daemon takes them (`_applied_at`), the wall clock past the millisecond
+        of the newest quote the core took and of the round run last, a millisecond or two at
+        most. A clock that stands still, or one stepped back, is waited for `PARTING_WAIT_MS`
+        at most: the reload is applied then all the same, and logged, since a replay of the
+        trail may take the quotes of its millisecond under the other config. Without a trail
+        there is no wait: a tape of `record` holds no reload."""
+        for _ in range(PARTING_WAIT_MS if self.audit is not None else 0):
+            at, parts = self._applied_at()
+            if parts:
+                return at
+            await asyncio.sleep(0.001)
+        at, parts = self._applied_at()
+        if not parts and self.audit is not None:
+            self.log.warning(
+                "config reload applied with the wall clock standing still or stepped back: a"
+                " replay of the audit trail may take the quotes of its millisecond under the"
+                " other config",
+                actor=actor,
+                ts=at,
+            )
+        return at
 
     def _refuse_if_stopping(self, actor: str) -> None:
         """A reload once the stop began (an admin request in the API's last moments, or one
@@ -710,7 +753,7 @@ class Service:
                 await asyncio.sleep(interval / 1000.0)
                 continue
             waiting = False
-            self._release_held(tick)
+            self._release_held(tick - 1)  # those stamped at the tick: right before its round
             await asyncio.sleep((tick - now) / 1000.0)
             if self.clock.now_ms() <= tick:
                 # A quote is stamped and handed over in one step, so once the clock has passed
@@ -744,7 +787,7 @@ class Service:
                         rounds=missed,
                     )
                 tick = await self._catch_up(tick, missed, interval, log)
-                self._release_held(tick)
+            self._release_held(tick)
             self.metrics.round_lag.observe(max(0, self.clock.now_ms() - tick) / 1000.0)
             if self._unapplied:
                 self._applied_to(tick)

@@ -18,7 +18,7 @@ from oracled.clock import ManualClock
 from oracled.config import load_config
 from oracled.model import Quote
 from oracled.publish.audit import AuditReader
-from oracled.publish.audit_replay import replay_trail
+from oracled.publish.audit_replay import ReplaySummary, replay_trail
 from oracled.service import Service
 from oracled.sources import Source
 
@@ -29,11 +29,12 @@ T0 = 1_800_000_000_000  # a multiple of INTERVAL: the first round's tick
 END = 1 << 62
 
 
-def _toml(audit: Path) -> str:
+def _toml(audit: Path, skew_ms: int = 2_000) -> str:
     return f"""
 [oracle]
 round_interval_ms = {INTERVAL}
 resume_rounds = 1
+max_clock_skew_ms = {skew_ms}
 
 [api]
 listen = "127.0.0.1:0"
@@ -77,8 +78,41 @@ async def _round(service: Service, number: int) -> None:
             await asyncio.sleep(0.005)
 
 
-def _quote(ts: int, price: float) -> Quote:
-    return Quote("good", "BTC/USDT", ts, price=price)
+def _quote(ts: int, price: float, ahead_ms: int | None = None) -> Quote:
+    """A quote received at `ts`; with `ahead_ms`, its venue's time that much later."""
+    venue = None if ahead_ms is None else ts + ahead_ms
+    return Quote("good", "BTC/USDT", ts, price=price, venue_ts=venue)
+
+
+def _service(path: Path, clock: ManualClock) -> Service:
+    return Service(
+        load_config(path),
+        clock=clock,
+        source_factory=_idle,
+        config_path=path,
+        config_text=path.read_bytes(),
+    )
+
+
+async def _reload(service: Service, clock: ManualClock) -> None:
+    """`service.reload`, the clock moving on a millisecond every 5 ms (real time) until it is
+    done, as a wall clock does (this one stands still unless told)."""
+    reloading = asyncio.create_task(service.reload("test"))
+    while not reloading.done():
+        await asyncio.sleep(0.005)
+        if not reloading.done():
+            clock.advance(1)
+    await reloading
+
+
+def _replayed(trail: Path) -> tuple[dict[int, str | None], ReplaySummary]:
+    """BTC/USDT's stored price by round number, and `audit --replay` of the whole trail."""
+    reader = AuditReader(trail)
+    try:
+        prices = {s.report.round: s.report.price for s in reader.reports("BTC/USDT", 0, END)}
+        return prices, replay_trail(reader, 0, END, None, [])
+    finally:
+        reader.close()
 
 
 async def test_a_pause_before_a_round_after_which_the_clock_stepped_back_replays_at_its_round(
@@ -95,13 +129,7 @@ async def test_a_pause_before_a_round_after_which_the_clock_stepped_back_replays
     path = tmp_path / "oracled.toml"
     path.write_text(_toml(trail))
     clock = ManualClock(T0)
-    service = Service(
-        load_config(path),
-        clock=clock,
-        source_factory=_idle,
-        config_path=path,
-        config_text=path.read_bytes(),
-    )
+    service = _service(path, clock)
     async with asyncio.timeout(30):
         task = asyncio.create_task(service.run())
         try:
@@ -136,3 +164,87 @@ async def test_a_pause_before_a_round_after_which_the_clock_stepped_back_replays
     assert b'"ts":%d' % (T0 + INTERVAL - 99) in third[0]  # taken after round 2, stamped before
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
     assert summary.rounds == 4 and summary.equal == summary.reports == 4
+
+
+async def test_a_reload_in_the_millisecond_of_a_quote_parts_the_quotes_as_the_daemon_did(
+    tmp_path: Path,
+) -> None:
+    """A quote taken, a reload raising the clock skew bound asked for in that millisecond, and a
+    quote taken right after the reload, in the millisecond it was applied in: the daemon drops
+    the first (its venue time is past the bound then in force) and prices the second. The
+    reload waits for the clock to pass the millisecond of the quote it took, and the trail
+    stores it a millisecond before the one it was applied in, so it parts the quotes as the
+    daemon took them and `audit --replay` gives every report. Before, the reload was applied
+    at once and stored at the millisecond it shares with both quotes, and the replay, which
+    takes a reload after every quote stamped at or before its time, dropped the second quote
+    too: a mismatch at round 2."""
+    trail = tmp_path / "audit.sqlite3"
+    path = tmp_path / "oracled.toml"
+    path.write_text(_toml(trail, skew_ms=100))
+    clock = ManualClock(T0)
+    service = _service(path, clock)
+    async with asyncio.timeout(30):
+        task = asyncio.create_task(service.run())
+        try:
+            await service.started.wait()
+            service.on_quote(_quote(T0, 64_000.0))
+            clock.advance(1)
+            await _round(service, 1)
+            clock.advance(50)
+            service.on_quote(_quote(clock.now_ms(), 64_100.0, ahead_ms=1_000))  # too far ahead
+            path.write_text(_toml(trail, skew_ms=5_000))
+            await _reload(service, clock)
+            service.on_quote(_quote(clock.now_ms(), 64_200.0, ahead_ms=1_000))  # within it now
+            clock.advance(INTERVAL)
+            await _round(service, 2)
+        finally:
+            service.stop()
+            await task
+    prices, summary = _replayed(trail)
+    reader = AuditReader(trail)
+    try:
+        reload = reader.configs(0, END)[-1]
+    finally:
+        reader.close()
+    assert reload.event == "reload" and reload.ts == T0 + 51  # the first quote's millisecond
+    assert [prices[1], prices[2]] == ["64000.00", "64200.00"]
+    assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
+    assert "1 reload(s) applied" in summary.starts[0]
+    assert summary.rounds == 2 and summary.equal == summary.reports == 2
+
+
+async def test_a_quote_stamped_at_the_tick_of_a_late_round_is_taken_under_its_reload(
+    tmp_path: Path,
+) -> None:
+    """The round loop late (the wall clock past round 2's tick, its round not run yet): a quote
+    stamped at that very tick comes in, then a reload raising the clock skew bound. Round 2 is
+    computed under the reload (docs/publishing.md), and so is the quote: the core takes a quote
+    stamped at or after the next tick only right before that round, as the replay does (a
+    reload a millisecond before the tick, the quote after it). Before, the core took it at once
+    under the bound then in force and dropped it, while the replay took it after the reload and
+    priced it: a mismatch at round 2."""
+    trail = tmp_path / "audit.sqlite3"
+    path = tmp_path / "oracled.toml"
+    path.write_text(_toml(trail, skew_ms=100))
+    clock = ManualClock(T0)
+    service = _service(path, clock)
+    async with asyncio.timeout(30):
+        task = asyncio.create_task(service.run())
+        try:
+            await service.started.wait()
+            service.on_quote(_quote(T0, 64_000.0))
+            clock.advance(1)
+            await _round(service, 1)
+            clock.advance(INTERVAL + 10)  # round 2's tick passed; the loop sleeps on
+            service.on_quote(_quote(T0 + INTERVAL, 64_100.0, ahead_ms=1_000))
+            path.write_text(_toml(trail, skew_ms=5_000))
+            await _reload(service, clock)
+            await _round(service, 2)
+        finally:
+            service.stop()
+            await task
+    prices, summary = _replayed(trail)
+    assert [prices[1], prices[2]] == ["64000.00", "64100.00"]
+    assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
+    assert "1 reload(s) applied" in summary.starts[0]
+    assert summary.rounds == 2 and summary.equal == summary.reports == 2
