@@ -490,16 +490,24 @@ def _replay_start(
             " and have no stored tape row: stored quotes are missing"
         )
 
-    ran = 0  # the stored round the quotes read last were stored with: the daemon ran it next
+    #: The time of the stored round the daemon ran last before it took the quote being read:
+    #: the quotes stored with a round were taken after the stored round before it, also one
+    #: stored without quotes (no block of its own), whatever a wall clock stepped back stamped
+    #: them. Those rounds are read in step with the blocks.
+    ran = 0
+    each = reader.each_round(load.ts, limit)
+    after = next(each, None)  # the first stored round not known to have run yet
     # The block being read: the replay's line number of its first line, and its round's time
     # (None: the header, or the commands after the last round). The replay judges a line
     # before it reads the next, so a line it skips is one of this block's.
     block_at: tuple[int, int | None] = (1, None)
 
     def lines() -> Iterator[bytes]:
-        nonlocal ran, block_at
+        nonlocal ran, after, block_at
         number = 1
         for block, _, ts in reader.tape_blocks(load.ts, limit):
+            while ts is not None and after is not None and after.ts < ts:
+                ran, after = after.ts, next(each, None)
             block_at = (number, ts)
             for line in block.splitlines(keepends=True):
                 yield line

@@ -248,3 +248,40 @@ async def test_a_quote_stamped_at_the_tick_of_a_late_round_is_taken_under_its_re
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
     assert "1 reload(s) applied" in summary.starts[0]
     assert summary.rounds == 2 and summary.equal == summary.reports == 2
+
+
+async def test_quotes_taken_after_a_round_without_quotes_replay_after_it_though_stamped_before(
+    tmp_path: Path,
+) -> None:
+    """No quote comes in between rounds 1 and 2, so round 2 is stored without quotes; right
+    after it the wall clock steps back 100 ms, and the next quote, stored with round 3, is
+    stamped before round 2. The daemon priced round 2 from round 1's quote and took the new one
+    after it; `audit --replay` reads the quotes stored with round 3 after round 2, the stored
+    round before them, and every report is equal. Before, it read them after round 1, the
+    round of the block before, ran round 2 only at a quote later than it, and priced round 2
+    from the new quote: a mismatch."""
+    trail = tmp_path / "audit.sqlite3"
+    path = tmp_path / "oracled.toml"
+    path.write_text(_toml(trail))
+    clock = ManualClock(T0)
+    service = _service(path, clock)
+    async with asyncio.timeout(30):
+        task = asyncio.create_task(service.run())
+        try:
+            await service.started.wait()
+            service.on_quote(_quote(T0, 64_000.0))
+            clock.advance(1)
+            await _round(service, 1)
+            clock.advance(INTERVAL)  # no quote: round 2 is stored without any
+            await _round(service, 2)
+            clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
+            service.on_quote(_quote(clock.now_ms(), 65_000.0))  # stored with round 3
+            clock.advance(INTERVAL + 100)
+            await _round(service, 3)
+        finally:
+            service.stop()
+            await task
+    prices, summary = _replayed(trail)
+    assert [prices[1], prices[2], prices[3]] == ["64000.00", "64000.00", "65000.00"]
+    assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
+    assert summary.rounds == 3 and summary.equal == summary.reports == 3
