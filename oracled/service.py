@@ -626,12 +626,12 @@ class Service:
         the core took none yet (`_parting_time` waits till then). When the round loop is late
         (the tick it waits for has passed, its round not run yet), a millisecond before that
         tick: that round is computed under the new config, and so are the quotes stamped at or
-        after the tick, which the core takes only right before it (`on_quote`); so the trail's
-        timeline (`config_at`, `audit --tape`'s warning, `audit --replay`) puts the reload
-        before it, not after it. Nor before the round run last (after it), or the start: a wall
-        clock stepped back puts now there, and the trail gave the rounds run under the old
-        config the new one (before the start: none of them, the reload left out of its start);
-        such a time parts nothing exactly."""
+        after the tick, which the core takes right before it or after it (`on_quote`); so the
+        trail's timeline (`config_at`, `audit --tape`'s warning, `audit --replay`) puts the
+        reload before it, not after it. Nor before the round run last (after it), or the start:
+        a wall clock stepped back puts now there, and the trail gave the rounds run under the
+        old config the new one (before the start: none of them, the reload left out of its
+        start); such a time parts nothing exactly."""
         at = min(self.clock.now_ms(), self._tick) - 1
         floor = self._started_ms + 1
         if self._tick != 1 << 62:  # the loop has a tick: the round before it has run
