@@ -4,15 +4,17 @@ The daemon runs as `oracled run` in a subprocess, on the shipped `config/default
 source pointed at its loopback simulator (timings shortened so that a fault shows within seconds)
 and the audit trail on. This process runs the simulators, a stream subscriber that checks every
 published report, and a fault script that cycles through spikes, stalls, disconnects, garbage,
-bursts of duplicates, REST failures and a quorum loss, waiting after each for every market and
-source to be live again. At the end of each cycle it samples the daemon's resident memory, file
-descriptors, sockets and asyncio tasks. The first cycle is the warm-up; later samples are compared
-with the sample at its end.
+bursts of duplicates, REST failures, a quorum loss and a silent majority (a weight majority of one
+market's venues silent behind open sockets while that market moves), waiting after each for every
+market and source to be live again. At the end of each cycle it samples the daemon's resident
+memory, file descriptors, sockets and asyncio tasks. The first cycle is the warm-up; later samples
+are compared with the sample at its end.
 
     python benchmarks/soak.py --duration 3600 --json soak.json
 
 What is checked (see benchmarks/README.md, "soak.py"): no bad price (a live report's price within
-the simulators' true price band, a paused or unknown report's price null), every fault recovered,
+the simulators' true price band, a paused or unknown report's price null; during a silent majority,
+within the market's max_deviation of the venues still quoting), every fault recovered,
 resident memory within a few percent of the warm-up, no growth of tasks, descriptors or sockets,
 no source task crashed.
 """
@@ -42,16 +44,41 @@ import aiohttp
 import tomli_w
 
 from oracled.config import Config, load_config
+from oracled.model import Kind
 from oracled.sim.paths import PricePath
-from oracled.sim.venues import SimulatedVenue, simulate
+from oracled.sim.venues import SIMULATORS, SimulatedVenue, simulate
 
-__all__ = ["FAULTS", "SoakOptions", "SoakResult", "main", "run_soak", "soak_config"]
+__all__ = [
+    "FAULTS",
+    "LagWatch",
+    "SoakOptions",
+    "SoakResult",
+    "main",
+    "run_soak",
+    "silent_majority_markets",
+    "soak_config",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 STABLE = frozenset({"USD", "USDT", "USDC"})
 #: The fault script, in cycle order. A cycle ends with the faults that use no REST, so that
 #: the client's idle keep-alive connections to the venues have closed when it is sampled.
-FAULTS = ("rest_fail", "disconnect", "stall", "quorum_loss", "spike", "burst_replay", "garbage")
+FAULTS = (
+    "rest_fail",
+    "disconnect",
+    "stall",
+    "quorum_loss",
+    "silent_majority",
+    "spike",
+    "burst_replay",
+    "garbage",
+)
+#: During a silent majority, a live price is compared with what the venues still quoting printed
+#: from this long before its round to `LAG_AHEAD_MS` after: a quote is up to a tick old (250 ms at
+#: 4 Hz) when the round takes it, and the truth is sampled every 100 ms, so the mid a venue
+#: printed just before a round may first be seen in a sample after it.
+LAG_LOOKBACK_MS = 500
+LAG_AHEAD_MS = 250
 _STATE_LINE = re.compile(r'^oracled_source_state\{source="([^"]+)",state="([^"]+)"\} (\S+)$')
 _VALUE_LINE = re.compile(
     r"^(oracled_asyncio_tasks|oracled_source_restarts_total)(?:\{[^}]*\})? (\S+)$"
@@ -73,6 +100,15 @@ class SoakOptions:
     seed: int = 1
     rate_hz: float = 4.0
     max_age_ms: int = 2500
+    lag_ms: int | None = 1000  # every market's lag_ms (None: the config's own)
+    # The silent majority's market keeps its quotes fresh this long, so that the silent venues'
+    # quotes are still young when they lag: with 2.5 s they would age out as they start to lag.
+    lag_max_age_ms: int = 10_000
+    lag_market: str | None = None  # None: drawn by the seed from `silent_majority_markets`
+    lag_quiet_s: float = 1.5  # its majority silent this long before it moves (above lag_ms)
+    lag_move: float = 0.03  # the market moves this fraction while its majority is silent...
+    lag_ramp_s: float = 2.0  # ...over this long (slow enough that the quoting venues agree)
+    lag_hold_s: float = 1.0  # and stays there this long before the venues quote again
     audit: bool = True
     band_tolerance: float = 0.005  # a live price may be this fraction outside the true band
     rss_growth_limit: float = 0.05
@@ -116,6 +152,8 @@ class ReportCheck:
     examples: list[str] = field(default_factory=list)
     by_status: dict[str, int] = field(default_factory=dict)
     outliers_seen: set[tuple[str, str]] = field(default_factory=set)  # (market, source)
+    lag_live: int = 0  # live reports of a silent majority's market checked against its quoting
+    lag_max_error: float = 0.0  # venues, and the furthest one of them was from their band
 
     def violation(self, text: str) -> None:
         self.bad += 1
@@ -167,6 +205,8 @@ class SoakResult:
             ("reports checked", f"{self.reports.reports} ({self.reports.live} live)"),
             ("not live, price null", f"{self.reports.not_live}"),
             ("bad prices", f"{self.reports.bad}"),
+            ("silent majority: live, worst", f"{self.reports.lag_live} reports, "
+             f"{100 * self.reports.lag_max_error:.2f} % from the venues quoting"),
             ("RSS warm-up -> end", f"{f['rss_base_mb']:.1f} -> {f['rss_end_mb']:.1f} MB "
              f"({f['rss_growth_pct']:+.2f} %)"),
             ("RSS slope after warm-up", f"{f['rss_mb_per_hour']:+.2f} MB/h"),
@@ -183,11 +223,22 @@ class SoakResult:
 # -- the world ---------------------------------------------------------------------------------
 
 
-def soak_config(base: Config, *, max_age_ms: int, audit_path: Path | None) -> Config:
-    """The shipped config with every market's `max_age_ms` shortened and the audit trail set."""
+def soak_config(
+    base: Config,
+    *,
+    max_age_ms: int,
+    audit_path: Path | None,
+    lag_ms: int | None = None,
+    lag_market: str | None = None,
+    lag_max_age_ms: int = 10_000,
+) -> Config:
+    """The shipped config with every market's `max_age_ms` shortened (but `lag_market`'s, set to
+    `lag_max_age_ms`), its `lag_ms` set (None: kept), and the audit trail set."""
     data = base.model_dump(by_alias=True, exclude={"admin_token"})
     for market in data["markets"]:
-        market["max_age_ms"] = max_age_ms
+        market["max_age_ms"] = lag_max_age_ms if market["symbol"] == lag_market else max_age_ms
+        if lag_ms is not None:
+            market["lag_ms"] = lag_ms
     data["api"]["admin_token_env"] = "ORACLED_SOAK_ADMIN_TOKEN"
     data["log"]["format"] = "json"
     if audit_path is None:
@@ -203,11 +254,55 @@ def _toml(cfg: Config) -> str:
     return tomli_w.dumps(cfg.model_dump(by_alias=True, exclude={"admin_token"}, exclude_none=True))
 
 
-def _path(venue: SimulatedVenue, pair: str) -> PricePath | None:
-    key = venue.keys.get((pair, "spot"))
+def _sim_key(venue: SimulatedVenue, pair: str, kind: Kind = "spot") -> str | None:
+    """The simulator's own name of a pair's path (some simulators name their paths by pair)."""
+    key = venue.keys.get((pair, kind))
     if key is None:
         return None
-    return venue.sim.paths.get(key) or venue.sim.paths.get(pair)
+    return key if key in venue.sim.paths else pair if pair in venue.sim.paths else None
+
+
+def _path(venue: SimulatedVenue, pair: str) -> PricePath | None:
+    key = _sim_key(venue, pair)
+    return None if key is None else venue.sim.paths[key]
+
+
+def _majority(weights: dict[str, float], order: Sequence[str]) -> list[str]:
+    """The fewest sources, heaviest first (ties in `order`), that hold more than half the weight."""
+    total, held, chosen = sum(weights.values()), 0.0, []
+    for sid in sorted(order, key=lambda s: -weights[s]):  # stable: ties keep `order`
+        if held > total / 2:
+            break
+        chosen.append(sid)
+        held += weights[sid]
+    return chosen
+
+
+def _simulated_sources(cfg: Config, symbol: str) -> dict[str, float]:
+    """The voting sources of a market that run on a simulator, with their weights."""
+    market = cfg.market(symbol)
+    assert market is not None
+    return {
+        ms.source: ms.weight
+        for ms in market.sources
+        if cfg.sources[ms.source].enabled and cfg.sources[ms.source].type in SIMULATORS
+    }
+
+
+def silent_majority_markets(cfg: Config) -> list[str]:
+    """The markets a silent majority can be played on: not a stablecoin, and the venues left
+    quoting when a weight majority is silent are a quorum of their own (`min_sources`, two at
+    least). With fewer, the lagging rule (docs/pricing.md section 2) leaves every fresh quote
+    its vote, as it means to: BTC/USD's five of nine are not such a market."""
+    found = []
+    for market in cfg.markets:
+        if market.symbol.split("/")[0] in STABLE:
+            continue
+        weights = _simulated_sources(cfg, market.symbol)
+        left = len(weights) - len(_majority(weights, list(weights)))
+        if left >= max(market.min_sources, 2):
+            found.append(market.symbol)
+    return found
 
 
 class Truth:
@@ -249,6 +344,71 @@ class Truth:
                 low, high = snap[market]
                 lo, hi = min(lo, low), max(hi, high)
         return None if lo is math.inf else (lo, hi)
+
+
+@dataclass(slots=True)
+class LagWatch:
+    """One silent majority as the subscriber checks it: from `start_ms` (the silence) to `end_ms`
+    (the venues quote again), every live report of `market` carries a price within `tolerance`
+    of what the venues still quoting printed around its round (`band`), and the fault took
+    effect once a live report had every silent venue `stale` while younger than its age limit
+    (outvoted by the others, not aged out)."""
+
+    market: str
+    silent: tuple[str, ...]
+    quoting: tuple[PricePath, ...]  # the quoting venues' paths of the market's pairs
+    max_age_ms: int
+    tolerance: float  # the market's max_deviation plus the soak's band tolerance
+    start_ms: int
+    end_ms: int | None = None
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # (ms, low, high)
+    outvoted: bool = False
+    back: set[str] = field(default_factory=set)  # silent venues used again after the end
+
+    def sample(self, now_ms: int) -> None:
+        if self.end_ms is None:
+            mids = [p.mid for p in self.quoting]
+            self.history.append((now_ms, min(mids), max(mids)))
+
+    def band(self, ts: int) -> tuple[float, float] | None:
+        """(low, high) of the quoting venues' mids from `LAG_LOOKBACK_MS` before `ts` to
+        `LAG_AHEAD_MS` after, or None without a sample there."""
+        inside = [(lo, hi) for at, lo, hi in self.history
+                  if ts - LAG_LOOKBACK_MS <= at <= ts + LAG_AHEAD_MS]  # fmt: skip
+        if not inside:
+            return None
+        return min(lo for lo, _ in inside), max(hi for _, hi in inside)
+
+    def inspect(self, report: dict[str, Any], check: ReportCheck) -> None:
+        if report["market"] != self.market or report["ts"] < self.start_ms:
+            return
+        sources = {s["id"]: s for s in report.get("sources", ())}
+        if self.end_ms is not None and report["ts"] > self.end_ms:
+            self.back.update(s for s in self.silent if sources.get(s, {}).get("used"))
+            return
+        price = report["price"]
+        if report["status"] not in ("active", "degraded") or price is None:
+            return  # a paused market is right; a live one without a price, the main check's
+        if all(
+            sources.get(s, {}).get("reason") == "stale"
+            and (sources[s].get("age_ms") or 0) < self.max_age_ms
+            for s in self.silent
+        ):
+            self.outvoted = True
+        band = self.band(report["ts"])
+        if band is None:
+            return
+        check.lag_live += 1
+        lo, hi = band
+        value = float(price)
+        error = max(1 - value / lo, value / hi - 1, 0.0)  # as far as the check measures
+        check.lag_max_error = max(check.lag_max_error, error)
+        if not lo * (1 - self.tolerance) <= value <= hi * (1 + self.tolerance):
+            check.violation(
+                f"{self.market} {report['status']} at {report['ts']} with "
+                f"{','.join(self.silent)} silent: {price} outside the venues still quoting, "
+                f"[{lo:.8g}, {hi:.8g}] +- {100 * self.tolerance:.2f} %"
+            )
 
 
 def hold_stablecoins(venues: Sequence[SimulatedVenue]) -> None:
@@ -349,6 +509,7 @@ class Soak:
         daemon: DaemonProcess,
         session: aiohttp.ClientSession,
         log: Callable[[str], None],
+        lag_market: str | None = None,
     ) -> None:
         self.opts = opts
         self.cfg = cfg
@@ -368,6 +529,14 @@ class Soak:
         self.t0 = time.monotonic()
         self._paused_seen = 0
         self.malformed: dict[str, int] = {}  # per source, as of the latest scrape
+        # The silent majority: its market (None: the config has none, the fault is left out),
+        # its own draws (the other faults draw as before), the one in progress or last ended,
+        # and the market's level at the first one (each move heads back towards it).
+        self.lag_market = lag_market
+        self.lag_rng = random.Random(f"{opts.seed}:silent_majority")
+        self.watch: LagWatch | None = None
+        self._lag_level: float | None = None
+        self.fault_names = tuple(f for f in FAULTS if f != "silent_majority" or lag_market)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -426,6 +595,8 @@ class Soak:
     async def sample_truth(self) -> None:
         while True:
             self.truth.sample()
+            if self.watch is not None:
+                self.watch.sample(int(time.time() * 1000))
             await asyncio.sleep(0.1)
 
     async def subscribe(self) -> None:
@@ -458,6 +629,8 @@ class Soak:
         problem = judge(report, band, self.opts.band_tolerance)
         if problem is not None:
             c.violation(problem)
+        if self.watch is not None:
+            self.watch.inspect(report, c)
 
     # -- faults ------------------------------------------------------------------------------
     def _pick(self) -> SimulatedVenue:
@@ -514,6 +687,9 @@ class Soak:
                 f"{venue.source} {venue.sim.rest_status} delay {venue.sim.rest_delay_s}s",
                 lambda: venue.sim.stats.rest_requests > before,
             )
+        if fault == "silent_majority":
+            watch = self._silence_majority()
+            return f"{watch.market} {','.join(watch.silent)}", lambda: watch.outvoted
         if fault == "quorum_loss":
             silent = self.rng.sample(self.quoting, len(self.quoting) // 2 + 2)
             for venue in silent:
@@ -523,11 +699,77 @@ class Soak:
             return ",".join(sorted(v.source for v in silent)), lambda: self._paused_seen > before
         raise ValueError(f"unknown fault {fault!r}")
 
+    def _silence_majority(self) -> LagWatch:
+        """Mute the lag market's pair on a weight majority of its venues (drawn), each socket
+        kept open and every other symbol flowing; the watch of the venues left quoting."""
+        assert self.lag_market is not None
+        market = self.cfg.market(self.lag_market)
+        assert market is not None
+        weights = _simulated_sources(self.cfg, market.symbol)
+        silent = _majority(weights, self.lag_rng.sample(list(weights), len(weights)))
+        by_id = {v.source: v for v in self.venues}
+        quoting: list[PricePath] = []
+        for ms in market.sources:
+            venue = by_id.get(ms.source)
+            key = _sim_key(venue, ms.pair) if venue is not None else None
+            if venue is None or key is None:
+                continue
+            if ms.source in silent:
+                venue.sim.mute(key)
+            else:
+                quoting.append(venue.sim.paths[key])
+        self.watch = LagWatch(
+            market=market.symbol,
+            silent=tuple(sorted(silent)),
+            quoting=tuple(quoting),
+            max_age_ms=market.max_age_ms,
+            tolerance=market.max_deviation + self.opts.band_tolerance,
+            start_ms=int(time.time() * 1000),
+        )
+        return self.watch
+
+    async def _move_lag_market(self, watch: LagWatch) -> None:
+        """While its majority is silent, move the market by `lag_move` once the silent quotes
+        are older than `lag_ms`, every venue's path of its base asset together (the silent
+        venues' too: the market moves, they just do not say so), then hold it there."""
+        await asyncio.sleep(self.opts.lag_quiet_s)
+        level = sum(p.mid for p in watch.quoting) / len(watch.quoting)
+        if self._lag_level is None:
+            self._lag_level = level
+        move = self.opts.lag_move
+        factor = 1 - move if level >= self._lag_level else 1 + move  # back towards the start
+        base = watch.market.split("/")[0]
+        for venue in self.venues:
+            for pair, kind in venue.keys:
+                key = _sim_key(venue, pair, kind)
+                if key is not None and pair.split("/")[0] == base:
+                    venue.sim.ramp(key, venue.sim.paths[key].mid * factor, self.opts.lag_ramp_s)
+        await asyncio.sleep(self.opts.lag_ramp_s + self.opts.lag_hold_s)
+
+    def _window(self, fault: str) -> float:
+        if fault == "quorum_loss":
+            return self.opts.quorum_window_s
+        if fault == "silent_majority":
+            return self.opts.lag_quiet_s + self.opts.lag_ramp_s + self.opts.lag_hold_s
+        return self.opts.window_s
+
+    def _unrecovered(self, fault: str) -> list[str]:
+        """What the fault's own recovery still waits for: the silent venues used again."""
+        watch = self.watch
+        if fault != "silent_majority" or watch is None:
+            return []
+        return [f"{watch.market}:{s}:unused" for s in watch.silent if s not in watch.back]
+
     async def run_fault(self, fault: str, cycle: int) -> FaultRecord:
-        window = self.opts.quorum_window_s if fault == "quorum_loss" else self.opts.window_s
+        window = self._window(fault)
         started = self.elapsed()
         target, effect = self.inject(fault, cycle)
-        await asyncio.sleep(window)
+        if fault == "silent_majority":
+            assert self.watch is not None
+            await self._move_lag_market(self.watch)
+            self.watch.end_ms = int(time.time() * 1000)
+        else:
+            await asyncio.sleep(window)
         seen = bool(effect())
         for venue in self.venues:
             venue.sim.reset()
@@ -537,7 +779,7 @@ class Soak:
         lagging = ["no answer"]
         while time.monotonic() < deadline:
             with contextlib.suppress(aiohttp.ClientError):
-                lagging = await self.lagging()
+                lagging = await self.lagging() + self._unrecovered(fault)
                 if not lagging:
                     recovered = round(time.monotonic() - cleared, 2)
                     break
@@ -582,7 +824,7 @@ class Soak:
                  f"{len(self.baseline_streaming)} sources streaming")  # fmt: skip
         cycle = 0
         while True:
-            for fault in FAULTS:
+            for fault in self.fault_names:
                 self.faults.append(await self.run_fault(fault, cycle))
             await asyncio.sleep(self.opts.settle_s)
             s = await self.sample(cycle)
@@ -690,8 +932,22 @@ async def run_soak(
     """Run one soak in `workdir` (config, daemon log, audit database) and evaluate it."""
     base = load_config(config, env={})
     audit = workdir / "audit.sqlite3" if opts.audit else None
+    lag_market, candidates = opts.lag_market, silent_majority_markets(base)
+    if lag_market is None and candidates:
+        lag_market = random.Random(f"{opts.seed}:lag_market").choice(candidates)
+    elif lag_market is not None and lag_market not in candidates:
+        raise ValueError(
+            f"no silent majority can be played on {lag_market!r}; on one of {candidates}"
+        )
     cfg, venues = await simulate(
-        soak_config(base, max_age_ms=opts.max_age_ms, audit_path=audit),
+        soak_config(
+            base,
+            max_age_ms=opts.max_age_ms,
+            audit_path=audit,
+            lag_ms=opts.lag_ms,
+            lag_market=lag_market,
+            lag_max_age_ms=opts.lag_max_age_ms,
+        ),
         seed=opts.seed,
         rate_hz=opts.rate_hz,
         liveness={"liveness_timeout_s": 1.5, "rest_poll_interval_s": 0.5, "reconnect_max_s": 2.0},
@@ -705,7 +961,7 @@ async def run_soak(
         daemon.start()
         async with aiohttp.ClientSession() as session:
             await _wait_healthy(daemon, session)
-            soak = Soak(opts, cfg, venues, daemon, session, log)
+            soak = Soak(opts, cfg, venues, daemon, session, log, lag_market)
             background = [
                 asyncio.create_task(soak.sample_truth(), name="soak:truth"),
                 asyncio.create_task(soak.subscribe(), name="soak:subscriber"),
@@ -752,10 +1008,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "default.toml")
     parser.add_argument("--no-audit", action="store_true", help="run without the audit trail")
+    parser.add_argument(
+        "--lag-ms",
+        type=int,
+        default=1000,
+        help="every market's lag_ms (above 10000, the silent majority's age limit: no lag rule)",
+    )
+    parser.add_argument("--lag-market", default=None, help="the silent majority's market")
     parser.add_argument("--rss-limit", type=float, default=0.05, help="allowed RSS growth")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     parser.add_argument("--workdir", type=Path, default=None, help="keep config, log, audit here")
     args = parser.parse_args(argv)
+    if args.lag_market is not None:
+        candidates = silent_majority_markets(load_config(args.config, env={}))
+        if args.lag_market not in candidates:
+            parser.error(f"--lag-market: one of {', '.join(candidates) or 'none in this config'}")
     opts = SoakOptions(
         duration_s=args.duration,
         cycles=args.cycles,
@@ -765,6 +1032,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         audit=not args.no_audit,
         rss_growth_limit=args.rss_limit,
+        lag_ms=args.lag_ms,
+        lag_market=args.lag_market,
     )
 
     def stamp(text: str) -> None:

@@ -2,9 +2,10 @@
 
 `benchmarks/soak.py` runs the daemon as a subprocess with the audit trail on, checks every report
 it publishes on the stream, and injects each fault of its script once a cycle: REST failures,
-a dropped connection with handshakes refused, a stall, a quorum loss, a spike, a burst of replayed
-frames and garbage. The first cycle is the warm-up; resources are compared after it. No timing is
-asserted: recovery only has to happen within the harness's generous limit.
+a dropped connection with handshakes refused, a stall, a quorum loss, a weight majority of one
+market's venues silent behind open sockets while the market moves 3 %, a spike, a burst of
+replayed frames and garbage. The first cycle is the warm-up; resources are compared after it. No
+timing is asserted: recovery only has to happen within the harness's generous limit.
 """
 
 from __future__ import annotations
@@ -12,20 +13,36 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from soak import FAULTS, SoakOptions, judge, run_soak
+from soak import (
+    FAULTS,
+    ROOT,
+    LagWatch,
+    ReportCheck,
+    SoakOptions,
+    judge,
+    run_soak,
+    silent_majority_markets,
+)
+
+from oracled.config import load_config
+from oracled.sim.paths import PricePath
 
 pytestmark = pytest.mark.integration
 
 
 async def test_faults_recover_no_bad_price_and_no_leak(tmp_path: Path) -> None:
     """Every fault is recovered from, no published price leaves the true band or outlives a
-    pause, and memory, tasks, descriptors and sockets do not grow after the warm-up cycle."""
+    pause, none strays from the venues still quoting while a silent majority lags the market
+    (docs/pricing.md section 2), and memory, tasks, descriptors and sockets do not grow after
+    the warm-up cycle."""
     opts = SoakOptions(
         cycles=4,
         window_s=3.0,
         quorum_window_s=6.0,
         settle_s=3.0,
         recovery_limit_s=45.0,
+        lag_quiet_s=1.25,  # the silent majority: 0.25 s past lag_ms, a 2 s move, 0.5 s held
+        lag_hold_s=0.5,
         rss_growth_limit=0.05,
         keep_logs=tmp_path / "daemon.log",
     )
@@ -37,6 +54,7 @@ async def test_faults_recover_no_bad_price_and_no_leak(tmp_path: Path) -> None:
     assert checked.bad == 0, checked.examples
     assert checked.live > 1_000 and checked.unbanded < checked.live // 100
     assert checked.by_status.get("paused", 0) > 0  # the null-price rule was exercised
+    assert checked.lag_live > 0  # live rounds were held to the venues still quoting
     base, end = result.samples[0], result.samples[-1]
     assert base.tasks > len(result.faults) // len(FAULTS)  # the gauge counts the daemon's tasks
     assert end.tasks <= base.tasks + 2 and end.fds <= base.fds + 4
@@ -60,3 +78,57 @@ def test_the_subscriber_flags_every_kind_of_bad_report() -> None:
     assert "outside" in str(judge(report("degraded", "99.0"), band, 0.005))
     assert "without a price" in str(judge(report("active", None), band, 0.005))
     assert "with price" in str(judge(report("paused", "100.5"), band, 0.005))
+
+
+def _watch(start_ms: int = 1_000, end_ms: int | None = None) -> LagWatch:
+    """a, b, c silent on a market whose venues still quoting print 100 to 101 from 1,000 ms."""
+    quoting = (PricePath(100.0, seed=1, volatility=0.0), PricePath(101.0, seed=2, volatility=0.0))
+    watch = LagWatch("X/USD", ("a", "b", "c"), quoting, 10_000, 0.015, start_ms, end_ms)
+    for ms in range(1_000, 3_001, 100):
+        watch.sample(ms)
+    return watch
+
+
+def _report(
+    status: str, price: str | None, ts: int = 2_000, silent: tuple[str, int] | None = None
+) -> dict[str, object]:
+    """A report of X/USD; `silent`: the reason and age the silent venues a, b, c are shown with."""
+    reason, age = silent or (None, 100)
+    sources = [{"id": s, "used": reason is None, "reason": reason, "age_ms": age} for s in "abc"]
+    sources += [{"id": s, "used": True, "reason": None, "age_ms": 100} for s in "de"]
+    return {"market": "X/USD", "status": status, "price": price, "ts": ts, "sources": sources}
+
+
+def test_the_silent_majority_check_holds_live_prices_to_the_venues_still_quoting() -> None:
+    """A live price further than the tolerance from the quoting venues' band is reported (the
+    silent majority held the market where it was); one inside it, a paused report and reports
+    before the silence are not. The fault shows only by the silent venues `stale` younger than
+    their age limit: outvoted, not aged out. Used again after the end, they have recovered."""
+    watch, check = _watch(), ReportCheck()
+    watch.inspect(_report("active", "101.5"), check)  # within 1.5 % of 101
+    watch.inspect(_report("degraded", "98.6"), check)
+    watch.inspect(_report("paused", None), check)
+    watch.inspect(_report("active", "120.0", ts=900), check)  # before the silence
+    assert check.bad == 0 and check.lag_live == 2
+    assert round(check.lag_max_error, 4) == 0.014  # 98.6 is 1.4 % below 100
+    watch.inspect(_report("degraded", "103.0"), check)
+    watch.inspect(_report("active", "98.4"), check)
+    assert check.bad == 2 and "a,b,c silent: 103.0 outside" in check.examples[0]
+    assert not watch.outvoted
+    watch.inspect(_report("active", "100.5", silent=("stale", 10_000)), check)  # aged out
+    assert not watch.outvoted
+    watch.inspect(_report("active", "100.5", silent=("stale", 2_500)), check)
+    assert watch.outvoted and check.bad == 2
+    watch.end_ms = 2_500
+    watch.inspect(_report("active", "130.0", ts=2_750, silent=("stale", 3_000)), check)
+    assert check.bad == 2 and watch.back == set()  # after the end: the main check's
+    watch.inspect(_report("active", "100.5", ts=2_750), check)
+    assert watch.back == {"a", "b", "c"}
+
+
+def test_the_silent_majority_plays_where_the_venues_left_quoting_are_a_quorum() -> None:
+    """On the shipped config: not on a stablecoin, and not where the venues left quoting are
+    fewer than `min_sources` (BTC/USD: five of nine silent leave four of the five it needs)."""
+    markets = silent_majority_markets(load_config(ROOT / "config" / "default.toml", env={}))
+    assert "DOGE/USD" in markets and "AVAX/USD" in markets
+    assert not {"BTC/USD", "ETH/USD", "USDT/USD", "USDC/USD", "BNB/USD"} & set(markets)
