@@ -292,8 +292,9 @@ def _simulated_sources(cfg: Config, symbol: str) -> dict[str, float]:
 def silent_majority_markets(cfg: Config) -> list[str]:
     """The markets a silent majority can be played on: not a stablecoin, and the venues left
     quoting when a weight majority is silent are a quorum of their own (`min_sources`, two at
-    least). With fewer, the lagging rule (docs/pricing.md section 2) leaves every fresh quote
-    its vote, as it means to: BTC/USD's five of nine are not such a market."""
+    least), so that the market stays live and its prices can be held to theirs. With fewer,
+    the market pauses short of its quorum once the silent quotes lag (docs/pricing.md section
+    2), which has no price to check: BTC/USD's five silent venues of nine are such a case."""
     found = []
     for market in cfg.markets:
         if market.symbol.split("/")[0] in STABLE:
