@@ -337,7 +337,6 @@ class Service:
         # before its round ran (see on_quote); no tick before the loop starts.
         self._tick = 1 << 62
         self._held: list[Quote] = []
-        self._taken_ms = 0  # the newest receive time of a quote the core took (`reload`)
         self._tape_flush_at = 4  # the core's round count at which `record`'s lines go next
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
@@ -383,8 +382,6 @@ class Service:
         if quote.recv_ts >= self._tick:
             self._held.append(quote)
         else:
-            if quote.recv_ts > self._taken_ms:
-                self._taken_ms = quote.recv_ts
             self.core.ingest(quote)
 
     def _release_held(self, upto: int) -> None:
@@ -392,7 +389,6 @@ class Service:
         held, self._held = self._held, []
         for quote in held:
             if quote.recv_ts <= upto:
-                self._taken_ms = max(self._taken_ms, quote.recv_ts)
                 self.core.ingest(quote)
             else:
                 self._held.append(quote)
@@ -632,11 +628,16 @@ class Service:
         a wall clock stepped back puts now there, and the trail gave the rounds run under the
         old config the new one (before the start: none of them, the reload left out of its
         start); such a time parts nothing exactly."""
-        at = min(self.clock.now_ms(), self._tick) - 1
+        now = self.clock.now_ms()
+        at = min(now, self._tick) - 1
         floor = self._started_ms + 1
         if self._tick != 1 << 62:  # the loop has a tick: the round before it has run
             floor = max(floor, self._tick - self.cfg.oracle.round_interval_ms + 1)
-        return max(at, floor), floor <= at and self._taken_ms <= at
+        # The newest quote the core took: the audit trail's newest, which the core took unless
+        # the loop is late (then at is before the tick, and the quotes stamped after it wait
+        # for its round: nothing to part). Read here, not kept per quote on the hot path.
+        taken = 0 if now >= self._tick or self.audit is None else self.audit.newest_quote_ms()
+        return max(at, floor), floor <= at and taken <= at
 
     async def _parting_time(self, actor: str) -> int:
         """The time the trail gives the reload about to be applied: once it parts the quotes

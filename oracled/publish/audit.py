@@ -517,6 +517,13 @@ class AuditTrail:
         """Keep a quote for the next round's inputs (the service's quote hook)."""
         self._quotes.append(quote)
 
+    def newest_quote_ms(self) -> int:
+        """The receive time of the newest quote kept since the last round submitted (0: none),
+        which is the newest the core took while the round loop is not late: a reload is stored
+        at a millisecond after it (`Service._parting_time`)."""
+        quotes = self._quotes
+        return quotes[-1].recv_ts if quotes else 0
+
     def submit(self, result: RoundResult) -> None:
         """Hand a round and its inputs to the worker; never blocks. A full queue drops the
         round, not its quotes: they go in with the next round queued (a later price may rest on
