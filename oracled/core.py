@@ -10,7 +10,8 @@ A round, for each layer of markets (conversion legs first):
    slot's age limit (the market's `max_age_ms`, or an on-chain feed's own, see
    config.slot_max_age_ms) and not further in the future than the clock-skew bound; a fresh
    slot older than the market's `lag_ms` is stale all the same when two or more younger slots
-   agree on a level more than `max_deviation` away from it (`Core._lagging`);
+   (direct ones for a direct slot) agree on a level more than `max_deviation` away from it
+   (`Core._lagging`);
 2. routed slots are converted through the leg market's live price from this round; a leg that is
    not live blocks the slot (reason `route`) and is never replaced by 1.0;
 3. a weighted median over fresh slots; slots deviating more than `max_deviation` from it are
@@ -45,7 +46,7 @@ __all__ = ["PRICING_REVISION", "SLOT_REASONS", "Core", "RoundResult", "Transitio
 #: different reports (CHANGELOG.md names what each revision changed). Tapes and the audit trail
 #: carry it, so that a replay by an oracled of another revision says why its reports may differ
 #: from the recorded ones. Not the package version, which says nothing about the rules.
-PRICING_REVISION: Final = 22
+PRICING_REVISION: Final = 23
 
 # Per-slot outcome codes of a round, and the names reports use for them.
 USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(FLAG_BASE)
@@ -273,25 +274,48 @@ class Core:
         value: npt.NDArray[np.float64],
         usable: npt.NDArray[np.bool_],
         age: npt.NDArray[np.int64],
+        routed: npt.NDArray[np.bool_],
         idx: npt.NDArray[np.int64] | slice,
         order: npt.NDArray[np.intp],
     ) -> npt.NDArray[np.bool_] | None:
         """The usable slots outvoted by younger quotes (docs/pricing.md section 2), or None.
 
-        The young slots (no older than the market's `lag_ms`) of a row say where the market is
-        when at least two of them agree: their two middle values by count (one for an odd
-        count), within `max_deviation` of each other, with a second young value within it of
-        the lower one. An older slot further than `max_deviation` from both has been left
-        behind by its venue; as a weight majority it would hold the price where it was until
-        its quote aged out. Counted by venue, not weight, and read off the middle two: one
-        venue's print, however heavy, can never leave an old value that is within
-        `max_deviation` of every other young value outside both.
+        A slot older than the market's `lag_ms` is judged by the young ones (`_left_behind`).
+        Slots routed through a conversion leg share its error (a stablecoin repriced on the
+        books before its own leg market follows moves all of them alike), so they judge only
+        slots routed themselves: a directly quoted old slot is judged by the direct young ones
+        alone, and a leg's lag never makes quiet direct books stale.
         """
-        lay = self.layout
-        old = usable & (age > lay.lag_ms[idx, None])
+        old = usable & (age > self.layout.lag_ms[idx, None])
         if not old.any():  # the usual round: every usable quote is young
             return None
         young = usable & ~old
+        direct = self._left_behind(value, young & ~routed, old & ~routed, idx, order)
+        via_leg = self._left_behind(value, young, old & routed, idx, order)
+        if direct is None or via_leg is None:
+            return direct if via_leg is None else via_leg
+        return direct | via_leg
+
+    def _left_behind(
+        self,
+        value: npt.NDArray[np.float64],
+        young: npt.NDArray[np.bool_],
+        old: npt.NDArray[np.bool_],
+        idx: npt.NDArray[np.int64] | slice,
+        order: npt.NDArray[np.intp],
+    ) -> npt.NDArray[np.bool_] | None:
+        """The `old` slots the `young` ones have left behind, or None.
+
+        The young slots of a row say where the market is when at least two of them agree:
+        their two middle values by count (one for an odd count), within `max_deviation` of each
+        other, with a second young value within it of the lower one. An old slot further than
+        `max_deviation` from both has been left behind by its venue; as a weight majority it
+        would hold the price where it was until its quote aged out. Counted by venue, not
+        weight, and read off the middle two: one venue's print, however heavy, can never leave
+        an old value that is within `max_deviation` of every other young value outside both.
+        """
+        if not old.any():
+            return None
         count = young.sum(axis=1)
         rows = (count >= 2) & old.any(axis=1)
         if not rows.any():
@@ -302,13 +326,13 @@ class Core:
         at = np.arange(len(count))
         lo = ordered[at, np.argmax(ranks > ((count - 1) // 2)[:, None], axis=1)]
         hi = ordered[at, np.argmax(ranks > (count // 2)[:, None], axis=1)]
-        dev = lay.max_deviation[idx] * BAND_SLACK
+        dev = self.layout.max_deviation[idx] * BAND_SLACK
         with np.errstate(invalid="ignore"):
             near_lo = np.abs(value - lo[:, None]) <= (dev * lo)[:, None]
             near_hi = np.abs(value - hi[:, None]) <= (dev * hi)[:, None]
             rows &= (hi - lo <= dev * lo) & ((young & near_lo).sum(axis=1) >= 2)
-        lagging: npt.NDArray[np.bool_] = old & ~near_lo & ~near_hi & rows[:, None]
-        return lagging
+        left: npt.NDArray[np.bool_] = old & ~near_lo & ~near_hi & rows[:, None]
+        return left
 
     def run_round(self, now_ms: int) -> RoundResult:
         lay, book, gates = self.layout, self.book, self.gates
@@ -347,7 +371,7 @@ class Core:
             weight = lay.weight[idx]
 
             order = row_order(value, usable)  # sorted once: the masks below are its subsets
-            lagging = self._lagging(value, usable, age, idx, order)
+            lagging = self._lagging(value, usable, age, routed, idx, order)
             if lagging is not None:
                 usable &= ~lagging
             (center,) = weighted_quantiles(value, weight, usable, (0.5,), order)

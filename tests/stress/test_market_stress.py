@@ -280,6 +280,40 @@ def test_a_usdt_depeg_whose_leg_reprices_late_shows_no_phantom_btc_move() -> Non
     assert outliers == ["v3", "v4", "thin"]
 
 
+def test_a_usdt_depeg_whose_leg_reprices_late_moves_nothing_while_the_usd_books_are_quiet() -> None:
+    """As above, but the venues quoting BTC/USD directly (v1, v2 and chain, 3 of 5.3 weight)
+    send nothing for 8 s from the depeg: BTC is flat and their books are quiet, their last
+    quotes right. From 2 s on they are older than `lag_ms` while the three routed venues, young
+    and agreeing with each other, say BTC +4 %. Those three share one leg's error: routed
+    slots judge only routed ones, a direct quote is judged by the direct young quotes alone
+    (docs/pricing.md section 2), none here, so the quiet books keep their vote and every
+    published price is BTC's. Judged by the routed three (pricing revisions 21 and 22), they
+    were `stale` and BTC/USD went out 4.2 % high for three rounds."""
+    text = scenario_config()
+    for venue in ("v3", "thin"):
+        text = text.replace(
+            f'source = "{venue}", pair = "BTC/USD"', f'source = "{venue}", pair = "BTC/USDT"'
+        )
+    cfg = parse_config(tomllib.loads(text))
+
+    def usdt(t: float) -> float:
+        return 1.0 - 0.04 * min(max((t - EVENT_S) / 2, 0.0), 1.0)
+
+    quiet = _silence(("v1", "v2", "chain"), EVENT_S, EVENT_S + 8)
+    market = Market(usdt=usdt, usdt_leg_lag_s=4.0, usdt_venues=("v3", "v4", "thin"), silent=quiet)
+    reports = _reports(cfg, _tape(market, 120))
+    lag = cfg.market("BTC/USD").lag_ms  # type: ignore[union-attr]
+    for t in (EVENT_S + 3.0, EVENT_S + 4.0):
+        ages = {s.id: s.age_ms or 0 for s in reports[t].sources}
+        reasons = {s.id: s.reason for s in reports[t].sources}
+        assert all(ages[v] > lag for v in ("v1", "v2", "chain")), t
+        assert [reasons[v] for v in ("v1", "v2", "chain")] == [None] * 3, t
+        assert [reasons[v] for v in ("v3", "v4", "thin")] == ["outlier"] * 3, t
+    for t, r in reports.items():
+        if t > 5 and r.price is not None:
+            assert abs(float(r.price) / BTC0 - 1) < 0.002, t
+
+
 def test_an_instant_depeg_past_the_breaker_stops_the_routed_venues_not_the_market() -> None:
     """USDT drops 6 % at once: USDT/USD holds the jump, every routed BTC slot is excluded as
     `route` meanwhile (never converted at the old or at par), BTC/USD stays live on its direct
