@@ -1681,6 +1681,7 @@ def config_warnings(cfg: Config) -> list[str]:
     return [
         *_quorum_needs_disabled(cfg),
         *_outliers_beyond_breaker(cfg),
+        *_lag_beyond_max_age(cfg),
         *_same_venue_twice(cfg),
         *_short_connection_ages(cfg),
         *_over_connection_limits(cfg),
@@ -1937,6 +1938,31 @@ def _outliers_beyond_breaker(cfg: Config) -> list[str]:
         for i, m in enumerate(cfg.markets)
         if m.max_deviation >= m.circuit_breaker
     ]
+
+
+def _lag_beyond_max_age(cfg: Config) -> list[str]:
+    """A `lag_ms` set at or above the age limit of every venue slot of its market: a venue
+    quote is stale before it is old enough to lag, so the lag rule never acts on a venue of the
+    market, which is most likely not what setting it meant (swapped with max_age_ms, or seconds
+    for milliseconds). Not refused: the age limit then excludes old quotes sooner, as strictly.
+    The default `lag_ms` is not warned about: a market's short `max_age_ms` makes it moot."""
+    out: list[str] = []
+    for i, m in enumerate(cfg.markets):
+        if "lag_ms" not in m.model_fields_set:
+            continue
+        limits = [
+            slot_max_age_ms(cfg, m, ms)
+            for ms in m.sources
+            if ms.source in cfg.sources and cfg.sources[ms.source].type not in CHAIN_SOURCE_TYPES
+        ]
+        if limits and m.lag_ms >= max(limits):
+            out.append(
+                f"markets[{i}].lag_ms: {m.lag_ms} is not below the age limit of any of the "
+                f"market's venue slots (max_age_ms {max(limits)}): their quotes are stale before "
+                "they can lag, and no venue is outvoted by younger quotes (are lag_ms and "
+                "max_age_ms swapped?)"
+            )
+    return out
 
 
 def _venue_urls(src: SourceConfig) -> tuple[str, ...]:
