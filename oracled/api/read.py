@@ -59,6 +59,7 @@ def _market_view(cfg: Config, m: MarketConfig) -> dict[str, object]:
         "price_exponent": m.price_exponent,
         "min_sources": m.min_sources,
         "max_age_ms": m.max_age_ms,
+        "lag_ms": m.lag_ms,
         "max_deviation": m.max_deviation,
         "circuit_breaker": m.circuit_breaker,
         "max_confidence_ratio": m.max_confidence_ratio,

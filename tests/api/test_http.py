@@ -142,6 +142,7 @@ async def test_markets_list_configured_gate_params(client: Client, rig: Rig) -> 
     btc = body["markets"][0]
     assert btc["symbol"] == "BTC/USD"
     assert (btc["min_sources"], btc["max_age_ms"], btc["price_exponent"]) == (2, 1000, -2)
+    assert btc["lag_ms"] == rig.cfg.markets[0].lag_ms == 2_000  # the default
     assert btc["max_deviation"] == rig.cfg.markets[0].max_deviation
     gamma = btc["sources"][2]
     assert gamma == {"source": "gamma", "pair": "BTC/USD", "kind": "spot", "weight": 2.0}
