@@ -244,3 +244,26 @@ def test_a_reload_that_changes_a_source_s_venue_starts_its_slots_afresh() -> Non
     sources["b"]["enabled"] = False
     core.reconfigure(parse_config(doc, env={}))
     assert set(core.book.latest) == {("a", "BTC/USD", "spot")}
+
+
+def test_a_reload_that_changes_lag_ms_judges_the_next_round_by_the_new_one() -> None:
+    """a, b, c (9 of 12 weight) last quoted 3 s ago at 50,000; d, e, f quote 49,000 now. Under
+    lag_ms 2000 a, b and c lag (stale); a reload to 5000 makes them young again in the next
+    round, their quotes kept, and back to 2000 they lag again (docs/pricing.md section 2)."""
+    weights = {"a": 3.0, "b": 3.0, "c": 3.0}
+
+    def cfg(lag_ms: int) -> Config:
+        btc = market("BTC/USD", "abcdef", weights=weights, lag_ms=lag_ms)
+        return config([btc], resume_rounds=1)
+
+    core = Core(cfg(2_000))
+    _feed(core, T0, dict.fromkeys("abcdef", 50_000.0))
+    core.run_round(T0)
+    now = T0 + 3_000
+    _feed(core, now, dict.fromkeys("def", 49_000.0))
+    reasons = []
+    for lag_ms in (2_000, 5_000, 2_000):
+        core.reconfigure(cfg(lag_ms))
+        report = core.run_round(now).report(0)
+        reasons.append("".join("-" if s.used else (s.reason or "?")[0] for s in report.sources))
+    assert reasons == ["sss---", "---ooo", "sss---"]
