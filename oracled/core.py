@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from oracled.aggregate.book import FLAG_BASE, Book, DropReason, Layout, SlotKey
-from oracled.aggregate.robust import row_order, weighted_quantiles
+from oracled.aggregate.robust import SortedRows, row_counts, row_order
 from oracled.bands import BAND_SLACK
 from oracled.config import Config
 from oracled.gates.machine import GateInputs, GateParams, GateState, step
@@ -316,8 +316,8 @@ class Core:
         """
         if not old.any():
             return None
-        count = young.sum(axis=1)
-        rows = (count >= 2) & old.any(axis=1)
+        count = row_counts(young)
+        rows = count >= 2  # a row without old slots needs no check: `old & ...` marks none
         if not rows.any():
             return None
         # The young values' ranks along the row's sorted usable values (`order`).
@@ -330,9 +330,11 @@ class Core:
         with np.errstate(invalid="ignore"):
             near_lo = np.abs(value - lo[:, None]) <= (dev * lo)[:, None]
             near_hi = np.abs(value - hi[:, None]) <= (dev * hi)[:, None]
-            rows &= (hi - lo <= dev * lo) & ((young & near_lo).sum(axis=1) >= 2)
+            rows &= (hi - lo <= dev * lo) & (row_counts(young & near_lo) >= 2)
         left: npt.NDArray[np.bool_] = old & ~near_lo & ~near_hi & rows[:, None]
-        return left
+        # None also when nothing is left behind (old quotes that agree): the round skips its
+        # bookkeeping.
+        return left if left.any() else None
 
     def run_round(self, now_ms: int) -> RoundResult:
         lay, book, gates = self.layout, self.book, self.gates
@@ -371,16 +373,17 @@ class Core:
             weight = lay.weight[idx]
 
             order = row_order(value, usable)  # sorted once: the masks below are its subsets
+            ranked = SortedRows(value, weight, order)
             lagging = self._lagging(value, usable, age, routed, idx, order)
             if lagging is not None:
                 usable &= ~lagging
-            (center,) = weighted_quantiles(value, weight, usable, (0.5,), order)
+            (center,) = ranked.quantiles(usable, (0.5,))
             # A venue exactly max_deviation away is kept (BAND_SLACK): measured as |v / c - 1|,
             # 101 on a centre of 100 was 0.010000000000000009 away, an outlier at 1 %.
             band = lay.max_deviation[idx, None] * BAND_SLACK * center[:, None]
             with np.errstate(invalid="ignore"):
                 keep = usable & (np.abs(value - center[:, None]) <= band)
-            q25, median, q75 = weighted_quantiles(value, weight, keep, (0.25, 0.5, 0.75), order)
+            q25, median, q75 = ranked.quantiles(keep, (0.25, 0.5, 0.75))
 
             code = np.full(value.shape, NO_QUOTE, dtype=np.int8)
             code[has_quote & ~fresh] = STALE
@@ -392,18 +395,18 @@ class Core:
             code[usable & ~keep] = OUTLIER
             code[keep] = USED
 
-            used = keep.sum(axis=1)
+            used = row_counts(keep)
             inputs = GateInputs(
                 candidate=median,
                 confidence=(q75 - q25) * 0.5,
                 used=used,
-                usable=usable.sum(axis=1),
+                usable=row_counts(usable),
                 used_weight=np.where(keep, weight, 0.0).sum(axis=1),
                 usable_weight=np.where(usable, weight, 0.0).sum(axis=1),
-                outliers=(code == OUTLIER).sum(axis=1),
-                stale=(code == STALE).sum(axis=1),
-                route_blocked=blocked.sum(axis=1),
-                flagged=flagged.sum(axis=1),
+                outliers=row_counts(code == OUTLIER),
+                stale=row_counts(code == STALE),
+                route_blocked=row_counts(blocked),
+                flagged=row_counts(flagged),
             )
             params = GateParams(
                 min_sources=lay.min_sources[idx],

@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from oracled.aggregate.robust import row_order, weighted_quantiles
+from oracled.aggregate.robust import SortedRows, row_counts, row_order, weighted_quantiles
 
 QS = (0.25, 0.5, 0.75)
 
@@ -174,6 +174,45 @@ def test_an_order_sorted_over_a_superset_mask_gives_the_same_quantiles(seed: int
             assert np.array_equal(a, b, equal_nan=True)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_one_sort_answers_several_masks_as_fresh_sorts_do(seed: int) -> None:
+    """The round asks one `SortedRows` for three masks in turn (the young quotes, the usable
+    ones, the survivors): each answer is bit-identical to sorting over that mask alone, so no
+    call leaves anything behind for the next."""
+    rng = np.random.default_rng(seed)
+    rows, width = 300, 16
+    values = (
+        rng.choice([1.0, 2.0, 3.0, 5.0], (rows, width)) * rng.choice([1.0, 1.01], rows)[:, None]
+    )
+    weights = rng.choice([0.5, 1.0, 1.5, 2.0, 0.1], (rows, width))
+    usable = rng.random((rows, width)) < 0.8
+    ranked = SortedRows(values, weights, row_order(values, usable))
+    for mask in (usable & (rng.random((rows, width)) < 0.6), usable, usable & (values < 3.0)):
+        for qs in ((0.5,), QS):
+            got = ranked.quantiles(mask, qs)
+            for a, b in zip(weighted_quantiles(values, weights, mask, qs), got, strict=True):
+                assert np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("width", [255, 256, 300])
+def test_rows_wider_than_a_byte_still_pick_their_rank(width: int) -> None:
+    """Ranks are counted in bytes for rows up to 255 slots; wider rows (allowed, if never seen)
+    count them in machine integers, so a quantile past rank 255 is the right value."""
+    rng = np.random.default_rng(width)
+    values = np.stack([rng.permutation(width).astype(float) for _ in range(4)])
+    weights = rng.integers(1, 4, values.shape).astype(float)
+    mask = np.ones(values.shape, bool)
+    mask[1, : width // 3] = False
+    mask[3] = False
+    qs = (0.25, 0.5, 0.875, 0.984375)  # binary fractions: the reference takes q exactly
+    got = weighted_quantiles(values, weights, mask, qs)
+    for i in range(len(values)):
+        kept_v, kept_w = values[i][mask[i]].tolist(), weights[i][mask[i]].tolist()
+        for q, column in zip(qs, got, strict=True):
+            expected = reference(kept_v, kept_w, q)
+            assert column[i] == expected or (math.isnan(expected) and math.isnan(column[i]))
+
+
 @pytest.mark.parametrize(
     "weights", [(0.1, 0.7, 0.8), (0.1, 1.3, 1.4)], ids=["sum_rounds_below", "sum_rounds_above"]
 )
@@ -188,3 +227,19 @@ def test_a_median_boundary_lost_to_float_rounding_still_averages_the_neighbours(
     (median,) = weighted_quantiles(values, np.array([weights]), np.ones((1, 3), bool), (0.5,))
     assert median[0] == 2.5
     assert reference([1.0, 2.0, 3.0], [Fraction(str(w)) for w in weights], 0.5) == 2.5
+
+
+@pytest.mark.parametrize(("rows", "width"), [(50, 1), (50, 16), (300, 16), (300, 255), (300, 256)])
+def test_row_counts_are_the_true_slots_of_each_row(rows: int, width: int) -> None:
+    """Counts summed in bytes for masks of 4,096 slots and more up to 255 slots a row, in
+    machine integers otherwise: a full row of 256 would wrap to 0 in a byte. Views and slices of
+    rows count as well as whole arrays."""
+    rng = np.random.default_rng(width)
+    mask = rng.random((rows, width)) < 0.5
+    mask[0] = True
+    mask[1] = False
+    got = row_counts(mask)
+    assert got.dtype == np.int64
+    assert got.tolist() == mask.sum(axis=1).tolist()
+    assert got[0] == width
+    assert row_counts(mask[10:20]).tolist() == got[10:20].tolist()
