@@ -778,10 +778,10 @@ class MarketConfig(_Frozen):
     price_exponent: Annotated[int, Field(ge=-18, le=0)] = -2
     min_sources: Annotated[int, Field(ge=1, le=64)] = 3
     max_age_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 10_000
-    #: A fresh quote older than this lags: it is excluded as stale when the quotes younger than
-    #: this, a quorum of their own, agree on a centre more than `max_deviation` away from it
-    #: (docs/pricing.md section 2). Venues silent behind open sockets must not hold a price
-    #: through a move until their quotes age out.
+    #: A fresh quote older than this lags: it is excluded as stale when two or more quotes
+    #: younger than this (direct ones for a direct quote) agree on a level more than
+    #: `max_deviation` away from it (docs/pricing.md section 2, `Core._lagging`). Venues silent
+    #: behind open sockets must not hold a price through a move until their quotes age out.
     lag_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 2_000
     max_deviation: Fraction = 0.01
     circuit_breaker: Fraction = 0.1

@@ -213,7 +213,7 @@ def test_two_venues_going_silent_during_a_fast_fall_leave_the_price_live_and_rig
 def test_venues_silent_with_the_weight_majority_are_outvoted_once_their_quotes_lag() -> None:
     """v1, v2 and v3 (3 of 5.3 weight) fall silent behind open sockets as the market drops 8 %
     in 10 s. Their last quotes are young enough to vote until they are older than the market's
-    `lag_ms` (2 s); then the venues still quoting, a quorum of their own (3), agree on a level
+    `lag_ms` (2 s); then the venues still quoting (three, the market's quorum) agree on a level
     more than `max_deviation` below them, and the silent quotes are stale although younger than
     `max_age_ms` (5 s). As a weight majority they would otherwise be the centre and keep the
     market live at the level before the fall (docs/pricing.md section 2). Every live round
