@@ -3,10 +3,10 @@
 `tests/fixtures/tapes/pricing.jsonl` with `pricing.toml` moves spot prices, both kinds of route
 (a leg and a leg listed the other way round), perpetuals into a mark with funding, and the gates
 (an outlier, a jump held then confirmed, a stale quorum, a manual pause, a weight majority
-outvoted by younger quotes): `pricing_digest.json`
-holds the SHA-256 of its replay output and the `PRICING_REVISION` it was computed under. Output
-that changes while the revision does not fails here: the change moves some tape's reports, so
-the revision is bumped and CHANGELOG.md says how.
+outvoted by younger quotes, quiet direct books against routed quotes whose leg lags):
+`pricing_digest.json` holds the SHA-256 of its replay output and the `PRICING_REVISION` it was
+computed under. Output that changes while the revision does not fails here: the change moves
+some tape's reports, so the revision is bumped and CHANGELOG.md says how.
 """
 
 from __future__ import annotations
@@ -83,6 +83,11 @@ def test_the_pinned_tape_moves_spot_routes_perpetuals_and_the_gates() -> None:
     btc = [r for r in reports if r["market"] == "BTC/USD"]
     vias = {s["via"] for r in btc for s in r["sources"] if s.get("via") and s["used"]}
     assert vias == {"USDT/USD", "USD/USDC"}  # a leg, and one listed the other way round
+    # c, quoted directly, is old while the routed a and b agree against it (k 112 to 117): it is
+    # judged by the direct young quotes alone, and votes (revision 23)
+    direct = [s for r in btc for s in r["sources"] if s["id"] == "c"]
+    assert any(s["age_ms"] > 2000 and s["reason"] == "outlier" for s in direct)
+    assert not any(s["reason"] == "stale" and s["age_ms"] <= 5000 for s in direct)
     marks = [r["mark"] for r in btc if r["mark"] is not None]
     assert max(m["perps_used"] for m in marks) == 3
     assert {m["reason"] for m in marks} >= {None, "index"}
