@@ -10,8 +10,8 @@ A round, for each layer of markets (conversion legs first):
    slot's age limit (the market's `max_age_ms`, or an on-chain feed's own, see
    config.slot_max_age_ms) and not further in the future than the clock-skew bound; a fresh
    slot older than the market's `lag_ms` is stale all the same when two or more younger slots
-   (direct ones for a direct slot) agree on a level more than `max_deviation` away from it
-   (`Core._lagging`);
+   (direct ones for a direct slot, direct or through the same leg for a routed one) agree on a
+   level more than `max_deviation` away from it (`Core._lagging`);
 2. routed slots are converted through the leg market's live price from this round; a leg that is
    not live blocks the slot (reason `route`) and is never replaced by 1.0;
 3. a weighted median over fresh slots; slots deviating more than `max_deviation` from it are
@@ -46,7 +46,7 @@ __all__ = ["PRICING_REVISION", "SLOT_REASONS", "Core", "RoundResult", "Transitio
 #: different reports (CHANGELOG.md names what each revision changed). Tapes and the audit trail
 #: carry it, so that a replay by an oracled of another revision says why its reports may differ
 #: from the recorded ones. Not the package version, which says nothing about the rules.
-PRICING_REVISION: Final = 23
+PRICING_REVISION: Final = 24
 
 # Per-slot outcome codes of a round, and the names reports use for them.
 USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(FLAG_BASE)
@@ -283,18 +283,23 @@ class Core:
         A slot older than the market's `lag_ms` is judged by the young ones (`_left_behind`).
         Slots routed through a conversion leg share its error (a stablecoin repriced on the
         books before its own leg market follows moves all of them alike), so they judge only
-        slots routed themselves: a directly quoted old slot is judged by the direct young ones
-        alone, and a leg's lag never makes quiet direct books stale.
+        slots routed through that leg: a directly quoted old slot is judged by the direct young
+        ones alone, one routed through a leg by the direct ones and those through the same leg,
+        and a leg's lag never makes quiet direct books, or those of another leg, stale.
         """
         old = usable & (age > self.layout.lag_ms[idx, None])
         if not old.any():  # the usual round: every usable quote is young
             return None
         young = usable & ~old
-        direct = self._left_behind(value, young & ~routed, old & ~routed, idx, order)
-        via_leg = self._left_behind(value, young, old & routed, idx, order)
-        if direct is None or via_leg is None:
-            return direct if via_leg is None else via_leg
-        return direct | via_leg
+        via = self.layout.route_via[idx]
+        direct = ~routed
+        left = self._left_behind(value, young & direct, old & direct, idx, order)
+        for leg in np.unique(via[old & routed]).tolist():  # a leg or two in any real config
+            on_leg = via == leg
+            more = self._left_behind(value, young & (direct | on_leg), old & on_leg, idx, order)
+            if more is not None:
+                left = more if left is None else left | more
+        return left
 
     def _left_behind(
         self,

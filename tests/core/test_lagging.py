@@ -126,3 +126,41 @@ def test_every_old_quote_is_judged_alike_whatever_its_weight() -> None:
 def test_lag_ms_out_of_range_is_refused(value: int, words: str) -> None:
     with pytest.raises(ConfigError, match=rf"markets\[0\]\.lag_ms: {words}"):
         config([market("BTC/USD", "abc", lag_ms=value)])
+
+
+def test_a_lagging_leg_never_makes_quotes_routed_through_another_leg_stale() -> None:
+    """BTC/USD quoted through two legs: a, b, c in USDT (3 of 6 weight), d and e in USDC (1.5
+    each), f directly. USDT falls 2 %: the BTC/USDT books reprice at once, the USDT/USD books
+    have not followed, so a, b and c, young, agree on BTC +2 %; d, e and f are quiet (BTC and
+    USDC flat), their quotes right and older than `lag_ms`. a, b and c share their leg's error:
+    they must not judge d and e, whose leg is another. Judged by every young slot (pricing
+    revision 23), d and e were stale, a, b and c the weight majority, and BTC/USD went out 2 %
+    high."""
+    usdt, usdc = (market(leg, "uv", min_sources=2) for leg in ("USDT/USD", "USDC/USD"))
+    btc = {
+        "symbol": "BTC/USD",
+        "min_sources": 2,
+        "sources": [
+            *({"source": s, "pair": "BTC/USDT"} for s in "abc"),
+            *({"source": s, "pair": "BTC/USDC", "weight": 1.5} for s in "de"),
+            {"source": "f", "pair": "BTC/USD"},
+        ],
+    }
+    routes = [
+        {"from": "USDT", "to": "USD", "via": "USDT/USD"},
+        {"from": "USDC", "to": "USD", "via": "USDC/USD"},
+    ]
+    core = Core(config([usdt, usdc, btc], routes, resume_rounds=1))
+    pairs = {"a": "BTC/USDT", "b": "BTC/USDT", "c": "BTC/USDT", "d": "BTC/USDC", "e": "BTC/USDC"}
+    for now, price in ((T0, 50_000.0), (T0 + 3_000, 51_000.0)):
+        for s in "uv":
+            for leg in ("USDT/USD", "USDC/USD"):
+                assert core.ingest(quote(s, leg, 1.0, now)) is None
+        for s, pair in pairs.items() | {("f", "BTC/USD")}:
+            if now == T0 or pair == "BTC/USDT":
+                assert core.ingest(quote(s, pair, price, now)) is None
+        result = core.run_round(now)
+    report = result.report(result.layout.markets.index("BTC/USD"))
+    assert [s.age_ms for s in report.sources] == [0, 0, 0, 3_000, 3_000, 3_000]
+    assert _reasons(report) == "ooo---"
+    assert report.price == "50000.00"

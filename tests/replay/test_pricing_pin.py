@@ -83,11 +83,12 @@ def test_the_pinned_tape_moves_spot_routes_perpetuals_and_the_gates() -> None:
     btc = [r for r in reports if r["market"] == "BTC/USD"]
     vias = {s["via"] for r in btc for s in r["sources"] if s.get("via") and s["used"]}
     assert vias == {"USDT/USD", "USD/USDC"}  # a leg, and one listed the other way round
-    # c, quoted directly, is old while the routed a and b agree against it (k 112 to 117): it is
-    # judged by the direct young quotes alone, and votes (revision 23)
-    direct = [s for r in btc for s in r["sources"] if s["id"] == "c"]
-    assert any(s["age_ms"] > 2000 and s["reason"] == "outlier" for s in direct)
-    assert not any(s["reason"] == "stale" and s["age_ms"] <= 5000 for s in direct)
+    # c (direct) and d (through USD/USDC) are old while a and b, routed through USDT/USD, agree
+    # against them (k 112 to 117): a and b share their leg's error, so they judge neither, and
+    # both vote (c from revision 23, d from 24)
+    quiet = [s for r in btc for s in r["sources"] if s["id"] in "cd"]
+    assert {s["id"] for s in quiet if s["age_ms"] > 2000 and s["used"]} == {"c", "d"}
+    assert not any(s["reason"] == "stale" and s["age_ms"] <= 5000 for s in quiet)
     marks = [r["mark"] for r in btc if r["mark"] is not None]
     assert max(m["perps_used"] for m in marks) == 3
     assert {m["reason"] for m in marks} >= {None, "index"}

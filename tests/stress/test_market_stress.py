@@ -285,10 +285,10 @@ def test_a_usdt_depeg_whose_leg_reprices_late_moves_nothing_while_the_usd_books_
     send nothing for 8 s from the depeg: BTC is flat and their books are quiet, their last
     quotes right. From 2 s on they are older than `lag_ms` while the three routed venues, young
     and agreeing with each other, say BTC +4 %. Those three share one leg's error: routed
-    slots judge only routed ones, a direct quote is judged by the direct young quotes alone
-    (docs/pricing.md section 2), none here, so the quiet books keep their vote and every
-    published price is BTC's. Judged by the routed three (pricing revisions 21 and 22), they
-    were `stale` and BTC/USD went out 4.2 % high for three rounds."""
+    slots judge only those routed through the same leg, a direct quote is judged by the direct
+    young quotes alone (docs/pricing.md section 2), none here, so the quiet books keep their vote
+    and every published price is BTC's. Judged by the routed three (pricing revisions 21 and
+    22), they were `stale` and BTC/USD went out 4.2 % high for three rounds."""
     text = scenario_config()
     for venue in ("v3", "thin"):
         text = text.replace(
