@@ -2,13 +2,14 @@
 
 A fresh quote older than `lag_ms` is stale when two or more younger quotes agree far from it.
 What the rule must never do: let one venue move the price or exclude honest quotes; change
-anything when every usable quote is young. What it is for: old quotes of any weight far from
-young ones that agree are stale.
+anything when every usable quote is young; let quotes routed through a leg, which share its
+error, judge quotes that do not go through that leg. What it is for: old quotes of any weight
+far from young ones that agree are stale.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgspec
 from core_helpers import T0, config
@@ -246,3 +247,69 @@ def test_a_report_is_what_the_properties_compare() -> None:
     r = Round([3.0, 3.0, 1.0, 1.0], [100.0, 100.0, 95.0, 95.0], [3_000, 3_000, 0, 0], 0.01, 2)
     assert [s.reason for s in _run(r).report(0).sources] == ["stale", "stale", None, None]
     assert _by_id(_run(r)) != _by_id(_run(r, NO_LAG_MS))
+
+
+# A market quoted directly ("X/USD") and through two legs, each quoted at par by two venues of
+# its own, young: the legs are live in the round, and a routed value is its quote.
+GROUPS = ("X/USD", "X/AAA", "X/BBB")
+LEGS = ("AAA/USD", "BBB/USD")
+
+
+@st.composite
+def routed_rounds(draw: st.DrawFn) -> tuple[Round, list[int]]:
+    """Up to nine sources anywhere within 4 x max_deviation of 100, at any ages, each quoting
+    directly or through one of the two legs. Returns the round and each source's group."""
+    r = draw(rounds())
+    return r, draw(st.lists(st.integers(0, 2), min_size=len(r.price), max_size=len(r.price)))
+
+
+def _routed_run(r: Round, group: list[int]) -> RoundResult:
+    legs = [
+        {"symbol": leg, "min_sources": 2, "sources": [{"source": s, "pair": leg} for s in "uv"]}
+        for leg in LEGS
+    ]
+    x = {
+        "symbol": "X/USD",
+        "price_exponent": -8,
+        "min_sources": r.min_sources,
+        "max_deviation": r.max_deviation,
+        "max_age_ms": MAX_AGE_MS,
+        "lag_ms": LAG_MS,
+        "min_price": 1e-3,
+        "sources": [
+            {"source": f"s{k}", "pair": GROUPS[g], "weight": w}
+            for k, (g, w) in enumerate(zip(group, r.weight, strict=True))
+        ],
+    }
+    routes = [{"from": leg[:3], "to": "USD", "via": leg} for leg in LEGS]
+    core = Core(config([*legs, x], routes, resume_rounds=1))
+    for leg in LEGS:
+        for s in "uv":
+            assert core.ingest(Quote(s, leg, NOW, price=1.0, venue_ts=NOW)) is None
+    for k, g in enumerate(group):
+        quote = Quote(f"s{k}", GROUPS[g], NOW, price=r.price[k], venue_ts=NOW - r.age[k])
+        assert core.ingest(quote) is None
+    return core.run_round(NOW)
+
+
+@SETTINGS
+@given(routed_rounds(), st.integers(1, 2))
+@example(  # revision 23: young X/BBB quotes made a quiet X/AAA quote stale
+    (Round([1.0, 1.0, 1.0], [100.0, 102.0, 102.0], [3_000, 0, 0], 0.01, 1), [1, 2, 2]), 2
+)
+def test_young_quotes_through_a_leg_judge_no_quote_that_does_not_go_through_it(
+    case: tuple[Round, list[int]], leg: int
+) -> None:
+    """Whether the young quotes routed through one leg are there or too old to be fresh, every
+    other quote lags alike: they share the leg's error, and judge only quotes through it."""
+    r, group = case
+    others = [k for k, g in enumerate(group) if g != leg]
+    gone = [
+        MAX_AGE_MS + 1 if g == leg and a <= LAG_MS else a for g, a in zip(group, r.age, strict=True)
+    ]
+    result = _routed_run(r, group)
+    assert all(result.status[i] <= Status.DEGRADED for i in range(2))  # both legs live
+    without = _routed_run(replace(r, age=gone), group)
+    x = result.layout.markets.index("X/USD")
+    stale = result.slot_reason[x, others] == STALE
+    assert stale.tolist() == (without.slot_reason[x, others] == STALE).tolist()
