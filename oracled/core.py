@@ -294,7 +294,9 @@ class Core:
         via = self.layout.route_via[idx]
         direct = ~routed
         left = self._left_behind(value, young & direct, old & direct, idx, order)
-        for leg in np.unique(via[old & routed]).tolist():  # a leg or two in any real config
+        # The legs of the old routed slots (a leg or two in any real config); counted, not
+        # sorted: np.unique's sort cost more than the two passes of a one-leg layer.
+        for leg in np.flatnonzero(np.bincount(via[old & routed])).tolist():
             on_leg = via == leg
             more = self._left_behind(value, young & (direct | on_leg), old & on_leg, idx, order)
             if more is not None:
