@@ -779,9 +779,10 @@ class MarketConfig(_Frozen):
     min_sources: Annotated[int, Field(ge=1, le=64)] = 3
     max_age_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 10_000
     #: A fresh quote older than this lags: it is excluded as stale when two or more quotes
-    #: younger than this (direct ones for a direct quote) agree on a level more than
-    #: `max_deviation` away from it (docs/pricing.md section 2, `Core._lagging`). Venues silent
-    #: behind open sockets must not hold a price through a move until their quotes age out.
+    #: younger than this (direct ones for a direct quote, direct or through the same conversion
+    #: leg for a routed one) agree on a level more than `max_deviation` away from it
+    #: (docs/pricing.md section 2, `Core._lagging`). Venues silent behind open sockets must not
+    #: hold a price through a move until their quotes age out.
     lag_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 2_000
     max_deviation: Fraction = 0.01
     circuit_breaker: Fraction = 0.1
