@@ -518,11 +518,12 @@ class AuditTrail:
         self._quotes.append(quote)
 
     def newest_quote_ms(self) -> int:
-        """The receive time of the newest quote kept since the last round submitted (0: none),
-        which is the newest the core took while the round loop is not late: a reload is stored
-        at a millisecond after it (`Service._parting_time`)."""
-        quotes = self._quotes
-        return quotes[-1].recv_ts if quotes else 0
+        """The latest receive time of the quotes kept since the last round submitted (0: none),
+        that of the newest the core took while the round loop is not late: a reload is stored
+        at a millisecond after it (`Service._parting_time`). The latest, not the last one's: a
+        wall clock stepped back stamps a quote taken after another before it. A scan, read once
+        a reload, not kept per quote."""
+        return max((q.recv_ts for q in self._quotes), default=0)
 
     def submit(self, result: RoundResult) -> None:
         """Hand a round and its inputs to the worker; never blocks. A full queue drops the

@@ -213,6 +213,52 @@ async def test_a_reload_in_the_millisecond_of_a_quote_parts_the_quotes_as_the_da
     assert summary.rounds == 2 and summary.equal == summary.reports == 2
 
 
+async def test_a_reload_after_the_clock_stepped_back_waits_past_the_newest_quote_it_took(
+    tmp_path: Path,
+) -> None:
+    """A quote taken at 51 ms past round 1, the wall clock stepped back 3 ms, a second quote
+    taken at 48 ms, then a reload raising the clock skew bound: the daemon drops the first
+    (its venue time is past the bound then in force) and prices the second. The reload waits
+    for the clock to pass the newest quote the core took, not the one taken last, and is
+    stored at 51 ms: `audit --replay`, which reads the quotes as the daemon took them and
+    takes a reload before the first one stamped later than it, drops the first quote too.
+    Before, the reload was stored at 48 ms, past the quote taken last alone, and the replay
+    took the first quote under the new bound and priced it: a mismatch at round 2."""
+    trail = tmp_path / "audit.sqlite3"
+    path = tmp_path / "oracled.toml"
+    path.write_text(_toml(trail, skew_ms=100))
+    clock = ManualClock(T0)
+    service = _service(path, clock)
+    async with asyncio.timeout(30):
+        task = asyncio.create_task(service.run())
+        try:
+            await service.started.wait()
+            service.on_quote(_quote(T0, 64_000.0))
+            clock.advance(1)
+            await _round(service, 1)
+            clock.advance(50)
+            service.on_quote(_quote(clock.now_ms(), 64_100.0, ahead_ms=1_000))  # too far ahead
+            clock.advance(-3)  # stepped back, still after round 1
+            service.on_quote(_quote(clock.now_ms(), 64_050.0))
+            path.write_text(_toml(trail, skew_ms=5_000))
+            await _reload(service, clock)
+            clock.advance(INTERVAL)
+            await _round(service, 2)
+        finally:
+            service.stop()
+            await task
+    prices, summary = _replayed(trail)
+    reader = AuditReader(trail)
+    try:
+        reload = reader.configs(0, END)[-1]
+    finally:
+        reader.close()
+    assert reload.event == "reload" and reload.ts == T0 + 51  # the newest quote's millisecond
+    assert [prices[1], prices[2]] == ["64000.00", "64050.00"]
+    assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
+    assert summary.rounds == 2 and summary.equal == summary.reports == 2
+
+
 async def test_a_quote_stamped_at_the_tick_of_a_late_round_is_taken_under_its_reload(
     tmp_path: Path,
 ) -> None:
