@@ -81,7 +81,7 @@ class Layout:
     perp_feeds: frozenset[SlotKey]  # perpetual instruments kept for the mark price, no vote
     min_sources: npt.NDArray[np.int64]
     max_age_ms: npt.NDArray[np.int64]  # (M, S): per slot (on-chain feeds have their own limits)
-    lag_ms: npt.NDArray[np.int64]  # quotes older than this are outvoted by a younger quorum
+    lag_ms: npt.NDArray[np.int64]  # quotes older than this can be outvoted by younger ones
     max_deviation: npt.NDArray[np.float64]
     circuit_breaker: npt.NDArray[np.float64]
     confidence_limit: npt.NDArray[np.float64]

@@ -5,10 +5,10 @@ This is the "sort rows, missing values last, pick by cumulative weight" approach
 faster than `np.nanmedian` on this shape, and it handles weights, which numpy's quantile
 functions do not.
 
-The round asks up to three times per layer (the young quotes' lead where some quotes are older
-than `lag_ms`, the centre over the usable slots, the quartiles over the survivors: each mask a
-subset of the usable slots), so the values and weights are gathered into sorted order once
-(`SortedRows`) and each call only gathers its mask.
+The round asks twice per layer (the centre over the usable slots, then the quartiles over the
+survivors, a subset of them), so the values and weights are gathered into sorted order once
+(`SortedRows`) and each call only gathers its mask. The lag rule reads the same order
+(`Core._left_behind`), by count.
 """
 
 from __future__ import annotations
