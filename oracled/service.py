@@ -123,6 +123,9 @@ MAX_CATCH_UP_ROUNDS = 2_400
 #: How long a reload waits, at most, for a time the audit trail can part the quotes at
 #: (`Service._parting_time`): on a wall clock that moves, a millisecond or two.
 PARTING_WAIT_MS = 50
+#: How long a reload blocks the event loop, at most, for the wall clock to turn to its next
+#: millisecond (`Service._parting_time`): a millisecond on a clock that moves.
+PARTING_SPIN_S = 0.01
 
 
 def silent_limits(cfg: Config) -> dict[str, dict[tuple[str, Kind], int]]:
@@ -643,14 +646,22 @@ class Service:
         """The time the trail gives the reload about to be applied: once it parts the quotes
         and rounds as the daemon takes them (`_applied_at`), the wall clock past the millisecond
         of the newest quote the core took and of the round run last, a millisecond or two at
-        most. A clock that stands still, or one stepped back, is waited for `PARTING_WAIT_MS`
-        at most: the reload is applied then all the same, and logged, since a replay of the
-        trail may take the quotes of its millisecond under the other config. Without a trail
-        there is no wait: a tape of `record` holds no reload."""
-        for _ in range(PARTING_WAIT_MS if self.audit is not None else 0):
+        most. The first wait blocks the loop until the clock turns to its next millisecond:
+        awaited, a busy loop has the sources take quotes stamped in the new millisecond before
+        the reload looks again, and seldom leaves one without. A clock that stands still, or
+        one stepped back, is waited for `PARTING_WAIT_MS` at most: the reload is applied then
+        all the same, and logged, since a replay of the trail may take the quotes of its
+        millisecond under the other config. Without a trail there is no wait: a tape of
+        `record` holds no reload."""
+        for k in range(PARTING_WAIT_MS if self.audit is not None else 0):
             at, parts = self._applied_at()
             if parts:
                 return at
+            if k == 0:
+                self._next_millisecond()
+                at, parts = self._applied_at()
+                if parts:
+                    return at
             await asyncio.sleep(0.001)
         at, parts = self._applied_at()
         if not parts and self.audit is not None:
@@ -662,6 +673,14 @@ class Service:
                 ts=at,
             )
         return at
+
+    def _next_millisecond(self) -> None:
+        """Block the event loop until the wall clock's millisecond turns, `PARTING_SPIN_S` at
+        most: no source takes a quote meanwhile, so the quotes the core took are all stamped
+        before the new millisecond when the reload looks right after."""
+        now, until = self.clock.now_ms(), time.monotonic() + PARTING_SPIN_S
+        while self.clock.now_ms() == now and time.monotonic() < until:
+            pass
 
     def _refuse_if_stopping(self, actor: str) -> None:
         """A reload once the stop began (an admin request in the API's last moments, or one

@@ -14,7 +14,7 @@ from typing import Any
 
 from inert_source import InertSource
 
-from oracled.clock import ManualClock
+from oracled.clock import Clock, ManualClock, SystemClock
 from oracled.config import load_config
 from oracled.model import Quote
 from oracled.publish.audit import AuditReader
@@ -84,7 +84,7 @@ def _quote(ts: int, price: float, ahead_ms: int | None = None) -> Quote:
     return Quote("good", "BTC/USDT", ts, price=price, venue_ts=venue)
 
 
-def _service(path: Path, clock: ManualClock) -> Service:
+def _service(path: Path, clock: Clock) -> Service:
     return Service(
         load_config(path),
         clock=clock,
@@ -257,6 +257,58 @@ async def test_a_reload_after_the_clock_stepped_back_waits_past_the_newest_quote
     assert [prices[1], prices[2]] == ["64000.00", "64050.00"]
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
     assert summary.rounds == 2 and summary.equal == summary.reports == 2
+
+
+async def test_reloads_under_a_quote_in_every_millisecond_part_the_quotes_as_the_daemon_did(
+    tmp_path: Path,
+) -> None:
+    """On the system's clock, a source hands over a quote at every turn of the event loop,
+    its venue time 1 s ahead, each at its own price; the clock skew bound is lowered from 5 s
+    to 100 ms (the quotes dropped from then on) and raised again, a round between, four
+    times. Every reload parts the quotes as the daemon took them: the round after a lowering
+    shows the last quote taken before it (not fresh under the new bound), and `audit --replay`
+    gives every report. Before, the reload waited for a millisecond in which the core took no
+    quote yet, which a busy loop seldom has: after 50 ms it was applied all the same (`config
+    reload applied with the wall clock standing still or stepped back`) and stored a
+    millisecond before quotes the core took under the old bound, which the replay took under
+    the new one and dropped: a mismatch in the round after (an older quote's value)."""
+    trail = tmp_path / "audit.sqlite3"
+    path = tmp_path / "oracled.toml"
+    path.write_text(_toml(trail, skew_ms=5_000))
+    clock = SystemClock()
+    service = _service(path, clock)
+    feeding = True
+
+    async def feed() -> None:
+        price = 64_000.0
+        while feeding:
+            price += 0.01
+            service.on_quote(_quote(clock.now_ms(), round(price, 2), ahead_ms=1_000))
+            await asyncio.sleep(0)
+
+    async with asyncio.timeout(60):
+        task = asyncio.create_task(service.run())
+        try:
+            await service.started.wait()
+            feeder = asyncio.create_task(feed())
+            await _round(service, 2)
+            for k in range(4):
+                path.write_text(_toml(trail, skew_ms=100))
+                await service.reload("test")
+                await _round(service, 3 + 2 * k)
+                path.write_text(_toml(trail, skew_ms=5_000))
+                await service.reload("test")
+                await _round(service, 4 + 2 * k)
+            feeding = False
+            await feeder
+        finally:
+            service.stop()
+            await task
+    prices, summary = _replayed(trail)
+    assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
+    assert "8 reload(s) applied" in summary.starts[0]
+    assert summary.equal == summary.reports == summary.rounds >= 10
+    assert None in prices.values() and len(set(prices.values())) > 4  # lowered, raised
 
 
 async def test_a_quote_stamped_at_the_tick_of_a_late_round_is_taken_under_its_reload(
