@@ -176,9 +176,9 @@ def test_an_order_sorted_over_a_superset_mask_gives_the_same_quantiles(seed: int
 
 @pytest.mark.parametrize("seed", range(3))
 def test_one_sort_answers_several_masks_as_fresh_sorts_do(seed: int) -> None:
-    """The round asks one `SortedRows` for three masks in turn (the young quotes, the usable
-    ones, the survivors): each answer is bit-identical to sorting over that mask alone, so no
-    call leaves anything behind for the next."""
+    """One `SortedRows` asked for several masks in turn (a subset of the usable slots, the
+    usable ones, the survivors; the round asks for the last two): each answer is bit-identical
+    to sorting over that mask alone, so no call leaves anything behind for the next."""
     rng = np.random.default_rng(seed)
     rows, width = 300, 16
     values = (
