@@ -43,6 +43,7 @@ from typing import Any
 import aiohttp
 import tomli_w
 
+from oracled.aggregate.book import Layout
 from oracled.config import Config, load_config
 from oracled.model import Kind
 from oracled.sim.paths import PricePath
@@ -55,6 +56,7 @@ __all__ = [
     "SoakResult",
     "main",
     "run_soak",
+    "silent_majority",
     "silent_majority_markets",
     "soak_config",
 ]
@@ -289,19 +291,61 @@ def _simulated_sources(cfg: Config, symbol: str) -> dict[str, float]:
     }
 
 
+def _direct_sources(cfg: Config, symbol: str) -> set[str]:
+    """The sources of a market that quote it without a conversion leg."""
+    layout = Layout.from_config(cfg)
+    market = cfg.market(symbol)
+    assert market is not None
+    row = layout.slot_via[layout.markets.index(symbol)]
+    return {ms.source for ms, via in zip(market.sources, row, strict=False) if via is None}
+
+
+def _judged(
+    weights: dict[str, float], silent: Sequence[str], direct: set[str], quorum: int
+) -> bool:
+    """Whether the venues left quoting make the market's quorum (two at least) and the lag
+    rule can make every silent venue's quote stale: a routed one is judged by any two venues
+    left quoting, a direct one by two direct ones (pricing revision 23)."""
+    left = weights.keys() - set(silent)
+    return len(left) >= max(quorum, 2) and (not direct & set(silent) or len(direct & left) >= 2)
+
+
+def silent_majority(
+    cfg: Config, symbol: str, rng: random.Random
+) -> tuple[dict[str, float], list[str]]:
+    """The simulated voting sources of a market with their weights, and a weight majority of
+    them drawn to fall silent, among those the lag rule judges (`_judged`): where the venues
+    left quoting are all routed but one, silent direct venues vote until their quotes age out
+    (docs/pricing.md section 2), and the check would take that price for the rule failing.
+    Drawn among the orders of equal weights; the routed venues silenced first when a hundred
+    draws found none (`silent_majority_markets` lists only markets where that one is)."""
+    market = cfg.market(symbol)
+    assert market is not None
+    weights = _simulated_sources(cfg, symbol)
+    direct = _direct_sources(cfg, symbol)
+    for _ in range(100):
+        silent = _majority(weights, rng.sample(list(weights), len(weights)))
+        if _judged(weights, silent, direct, market.min_sources):
+            return weights, silent
+    return weights, _majority(weights, sorted(weights, key=lambda s: s in direct))
+
+
 def silent_majority_markets(cfg: Config) -> list[str]:
     """The markets a silent majority can be played on: not a stablecoin, and the venues left
     quoting when a weight majority is silent are a quorum of their own (`min_sources`, two at
     least), so that the market stays live and its prices can be held to theirs. With fewer,
     the market pauses short of its quorum once the silent quotes lag (docs/pricing.md section
-    2), which has no price to check: BTC/USD's five silent venues of nine are such a case."""
+    2), which has no price to check: BTC/USD's five silent venues of nine are such a case.
+    Two of them direct where direct ones are silent, with the routed venues silenced first
+    (`silent_majority`)."""
     found = []
     for market in cfg.markets:
         if market.symbol.split("/")[0] in STABLE:
             continue
         weights = _simulated_sources(cfg, market.symbol)
-        left = len(weights) - len(_majority(weights, list(weights)))
-        if left >= max(market.min_sources, 2):
+        direct = _direct_sources(cfg, market.symbol)
+        silent = _majority(weights, sorted(weights, key=lambda s: s in direct))
+        if _judged(weights, silent, direct, market.min_sources):
             found.append(market.symbol)
     return found
 
@@ -706,8 +750,7 @@ class Soak:
         assert self.lag_market is not None
         market = self.cfg.market(self.lag_market)
         assert market is not None
-        weights = _simulated_sources(self.cfg, market.symbol)
-        silent = _majority(weights, self.lag_rng.sample(list(weights), len(weights)))
+        _, silent = silent_majority(self.cfg, market.symbol, self.lag_rng)
         by_id = {v.source: v for v in self.venues}
         quoting: list[PricePath] = []
         for ms in market.sources:
