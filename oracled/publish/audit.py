@@ -1364,21 +1364,26 @@ def iso_time(ms: object) -> str:
 
 
 def _with_commands(
-    lines: bytes, commands: collections.deque[tuple[int, bytes]], round_ts: int
+    lines: bytes, commands: collections.deque[tuple[int, bytes]], round_ts: int, ran_ts: int
 ) -> bytes:
     """The quote lines stored with the round at `round_ts` with the commands due among them
     (taken from the front of `commands`): each before the first quote later than its round's
     time, which a replay must not read before applying it, and those of this round or an
-    earlier one at the end at the latest. The quotes stored with the next round were taken
-    after this one ran, whatever their stamps: after a wall clock stepped back they are
-    stamped before it, and a command placed by time alone went after them, where a replay has
-    run its round already. A block that none is due in (the next command's round is later,
-    and so is it than the block's last quote) is returned as it is, read no further."""
-    if commands[0][0] > round_ts and (
-        not lines or line_ts(lines[lines.rfind(b"\n", 0, -1) + 1 :]) <= commands[0][0]
-    ):
-        return lines
+    earlier one at the end at the latest. The quotes stored with a round were taken after the
+    stored round before it (at `ran_ts`, one stored without quotes too) ran, whatever their
+    stamps: after a wall clock stepped back they are stamped before it, and a command placed
+    by time alone went after them, where a replay has run its round already. So the commands
+    of that round or an earlier one go first. A block that none is due in (the next command's
+    round is later, and so is it than the block's last quote) is returned as it is, read no
+    further."""
     out: list[bytes] = []
+    while commands and commands[0][0] <= ran_ts:
+        out.append(commands.popleft()[1])
+    if not commands or (
+        commands[0][0] > round_ts
+        and (not lines or line_ts(lines[lines.rfind(b"\n", 0, -1) + 1 :]) <= commands[0][0])
+    ):
+        return b"".join(out) + lines if out else lines
     for line in lines.splitlines(keepends=True):
         ts = line_ts(line)
         while commands and commands[0][0] < ts:
@@ -1852,17 +1857,19 @@ class AuditReader:
             yield from self._tape_v1(start_ms, end_ms)
             return
         commands = self._commands(start_ms, end_ms)
+        # With the time of the stored round before each (0: none), also one without quotes.
         rows = self._db.execute(
-            "SELECT t.lines, o.round, o.ts FROM tapes t JOIN rounds o ON o.id = t.round_id "
+            "SELECT t.lines, o.round, o.ts, coalesce((SELECT p.ts FROM rounds p WHERE p.id < o.id"
+            " ORDER BY p.id DESC LIMIT 1), 0) FROM tapes t JOIN rounds o ON o.id = t.round_id "
             "WHERE o.ts >= ? AND o.ts <= ? ORDER BY t.round_id",
             (start_ms, end_ms),
         )
-        for block, round_no, ts in rows:
+        for block, round_no, ts, ran in rows:
             try:
                 lines = zlib.decompress(block, wbits=_WBITS)
                 count = lines.count(b"\n")
                 if commands:
-                    lines = _with_commands(lines, commands, ts)
+                    lines = _with_commands(lines, commands, ts, ran)
             except (zlib.error, TypeError, msgspec.DecodeError) as exc:  # overwritten: the tape
                 what = f"its stored quotes cannot be read ({exc})"  # would be torn there
                 raise AuditDataError(round_no, ts, what) from None

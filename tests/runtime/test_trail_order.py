@@ -166,6 +166,57 @@ async def test_a_pause_before_a_round_after_which_the_clock_stepped_back_replays
     assert summary.rounds == 4 and summary.equal == summary.reports == 4
 
 
+async def test_a_pause_before_a_round_without_quotes_replays_at_it_after_the_clock_stepped_back(
+    tmp_path: Path,
+) -> None:
+    """As above, but no quote comes in between round 1 and the pause, so round 2 is stored
+    without quotes; right after it the wall clock steps back 100 ms, and the next quote,
+    stored with round 3, is stamped before round 2. The trail's tape puts the pause before
+    that quote, since it was taken after round 2 ran, and `audit --replay` pauses round 2 as
+    the daemon did. Before, the pause went at the end of round 3's quotes (none later than
+    its round), after the quote at which the replay runs round 2 (`ran_through`): round 2
+    replayed unpaused, a mismatch."""
+    trail = tmp_path / "audit.sqlite3"
+    path = tmp_path / "oracled.toml"
+    path.write_text(_toml(trail))
+    clock = ManualClock(T0)
+    service = _service(path, clock)
+    async with asyncio.timeout(30):
+        task = asyncio.create_task(service.run())
+        try:
+            await service.started.wait()
+            service.on_quote(_quote(T0, 64_000.0))
+            clock.advance(1)
+            await _round(service, 1)
+            service.on_manual("BTC/USDT", True, "alice")  # first applied to round 2
+            clock.advance(INTERVAL)
+            await _round(service, 2)
+            clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
+            service.on_quote(_quote(clock.now_ms(), 64_002.0))  # stored with round 3
+            clock.advance(INTERVAL + 100)
+            await _round(service, 3)
+            service.on_quote(_quote(clock.now_ms(), 64_003.0))
+            clock.advance(INTERVAL)
+            await _round(service, 4)
+        finally:
+            service.stop()
+            await task
+    reader = AuditReader(trail)
+    try:
+        rounds = {r.round: r for r in reader.rounds(0, END)}
+        statuses = {s.report.round: s.report.status for s in reader.reports("BTC/USDT", 0, END)}
+        blocks = {ts: b for b, _, ts in reader.tape_blocks(0, END) if ts is not None}
+        summary = replay_trail(reader, 0, END, None, [])
+    finally:
+        reader.close()
+    assert rounds[2].ts not in blocks  # stored without quotes
+    assert [statuses[n] for n in (1, 2, 3, 4)] == ["degraded", "paused", "paused", "paused"]
+    third = blocks[rounds[3].ts].splitlines()
+    assert b'"manual":"pause"' in third[0] and b'"ts":%d' % (T0 + INTERVAL - 99) in third[1]
+    assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
+    assert summary.rounds == 4 and summary.equal == summary.reports == 4
+
+
 async def test_a_reload_in_the_millisecond_of_a_quote_parts_the_quotes_as_the_daemon_did(
     tmp_path: Path,
 ) -> None:
