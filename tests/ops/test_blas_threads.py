@@ -9,6 +9,7 @@ must leave a daemon on every CPU with as many threads as that one.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -83,12 +84,33 @@ def _threads_of_a_running_daemon(tmp_path: Path, env: dict[str, str], pin: bool)
         stop(proc)
 
 
+def _contracting_einsums(source: str) -> list[int]:
+    """The lines of `source` that call `np.einsum` with two or more operands or with
+    `optimize`: only a contraction of several operands can reach BLAS (numpy hands it to
+    tensordot); one operand (`np.einsum("ij->i", a)`, a row sum) is a loop of numpy's own."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and ast.unparse(node.func) == "np.einsum"
+        and (len(node.args) > 2 or any(k.arg == "optimize" for k in node.keywords))
+    ]
+
+
+def test_the_einsum_check_tells_a_contraction_from_a_row_sum() -> None:
+    """The check below is not blind: it finds a contraction and lets a row sum pass."""
+    assert _contracting_einsums('np.einsum("ij,jk->ik", a, b)') == [1]
+    assert _contracting_einsums('x = 1\nnp.einsum("ij->i", a, optimize=True)') == [2]
+    assert _contracting_einsums('np.einsum("ij->i", a.view(np.uint8))') == []
+
+
 def test_the_daemon_computes_no_matrix_product() -> None:
     """What makes BLAS threads worth having is absent: no module of the daemon calls numpy's
     matrix products, linear algebra or anything else OpenBLAS threads (one thread costs it
-    nothing)."""
+    nothing). `np.einsum` of one operand is a reduction (`aggregate.robust.row_counts`), never
+    BLAS; one of several operands is looked for by `_contracting_einsums`."""
     blas_calls = re.compile(
-        r"\bnp\.(dot|vdot|inner|outer|matmul|tensordot|einsum|linalg|cov|corrcoef|polyfit)\b"
+        r"\bnp\.(dot|vdot|inner|outer|matmul|tensordot|linalg|cov|corrcoef|polyfit)\b"
         r"|numpy\.linalg|\w @ \w"
     )
     found = [
@@ -96,6 +118,11 @@ def test_the_daemon_computes_no_matrix_product() -> None:
         for path in sorted((ROOT / "oracled").rglob("*.py"))
         for line in path.read_text().splitlines()
         if blas_calls.search(line.split("#")[0]) and not line.strip().startswith(('"', "'"))
+    ]
+    found += [
+        f"{path.relative_to(ROOT)}:{line}: np.einsum of several operands"
+        for path in sorted((ROOT / "oracled").rglob("*.py"))
+        for line in _contracting_einsums(path.read_text())
     ]
     assert found == []
 
