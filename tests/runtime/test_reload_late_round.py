@@ -10,11 +10,9 @@ round named the old config.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Any
 
-from inert_source import InertSource
+from inert_source import idle_source, published_round
 from one_venue import service_running
 
 from oracled.clock import ManualClock
@@ -22,7 +20,6 @@ from oracled.config import load_config
 from oracled.model import Quote
 from oracled.publish.audit import AuditReader
 from oracled.service import Service
-from oracled.sources import Source
 
 #: A long interval: the loop sleeps this long (real time) towards its tick, which the test's
 #: reload, a few milliseconds of work, falls well within.
@@ -58,27 +55,6 @@ reserve_bytes = 65_536
 """
 
 
-class _Idle(InertSource):
-    """A source that quotes nothing: the test hands the core its quotes itself."""
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-
-def _idle(sid: str, *args: Any) -> Source:
-    return _Idle(sid, *args)
-
-
-async def _round(service: Service, number: int) -> None:
-    """Until the service has published round `number`."""
-    async with asyncio.timeout(10 + INTERVAL / 1000):
-        while True:
-            result = service.hub.latest_result
-            if result is not None and result.round >= number:
-                return
-            await asyncio.sleep(0.005)
-
-
 async def test_a_reload_while_the_round_loop_is_late_is_stamped_before_the_round_it_priced(
     tmp_path: Path,
 ) -> None:
@@ -90,17 +66,17 @@ async def test_a_reload_while_the_round_loop_is_late_is_stamped_before_the_round
     path = tmp_path / "oracled.toml"
     path.write_text(_toml(trail, -2))
     clock = ManualClock(T0)
-    service = Service(load_config(path), clock=clock, source_factory=_idle, config_path=path)
+    service = Service(load_config(path), clock=clock, source_factory=idle_source, config_path=path)
     async with service_running(service):
         await service.started.wait()
         service.on_quote(Quote("good", "BTC/USDT", T0, price=64_000.123))
         clock.advance(1)  # past the first tick: round 1 runs, the loop then sleeps to the next
-        await _round(service, 1)
+        await published_round(service, 1, 10 + INTERVAL / 1000)
         clock.advance(INTERVAL + 500)  # the next tick passed; the loop sleeps on
         path.write_text(_toml(trail, -1))
         changes = await service.reload("test")
         assert changes["markets_changed"] == ["BTC/USDT"], changes
-        await _round(service, 2)
+        await published_round(service, 2, 10 + INTERVAL / 1000)
     reader = AuditReader(trail)
     try:
         stored = {s.report.round: s.report for s in reader.reports("BTC/USDT", 0, 1 << 62)}

@@ -9,10 +9,11 @@ of it that each test checks.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inert_source import InertSource
+from inert_source import idle_source, published_round
 
 from oracled.clock import Clock, ManualClock, SystemClock
 from oracled.config import load_config
@@ -20,7 +21,6 @@ from oracled.model import Quote
 from oracled.publish.audit import AuditReader
 from oracled.publish.audit_replay import ReplaySummary, replay_trail
 from oracled.service import Service
-from oracled.sources import Source
 
 #: The loop sleeps towards its next tick in real time (`tick - now`): short enough that a test
 #: of a few rounds takes about a second, long enough that a test acts between two rounds.
@@ -57,27 +57,6 @@ reserve_bytes = 65_536
 """
 
 
-class _Idle(InertSource):
-    """A source that quotes nothing: the test hands the service its quotes itself."""
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-
-def _idle(sid: str, *args: Any) -> Source:
-    return _Idle(sid, *args)
-
-
-async def _round(service: Service, number: int) -> None:
-    """Until the service has published round `number`."""
-    async with asyncio.timeout(10):
-        while True:
-            result = service.hub.latest_result
-            if result is not None and result.round >= number:
-                return
-            await asyncio.sleep(0.005)
-
-
 def _quote(ts: int, price: float, ahead_ms: int | None = None) -> Quote:
     """A quote received at `ts`; with `ahead_ms`, its venue's time that much later."""
     venue = None if ahead_ms is None else ts + ahead_ms
@@ -88,7 +67,7 @@ def _service(path: Path, clock: Clock) -> Service:
     return Service(
         load_config(path),
         clock=clock,
-        source_factory=_idle,
+        source_factory=idle_source,
         config_path=path,
         config_text=path.read_bytes(),
     )
@@ -115,16 +94,20 @@ def _replayed(trail: Path) -> tuple[dict[int, str | None], ReplaySummary]:
         reader.close()
 
 
-async def test_a_pause_before_a_round_after_which_the_clock_stepped_back_replays_at_its_round(
-    tmp_path: Path,
-) -> None:
-    """An operator pauses BTC/USDT before round 2; right after round 2 the wall clock steps back
-    100 ms, so the next quotes the daemon takes, stored with round 3, are stamped before round
-    2. The trail's tape puts the pause in the quotes of round 2, before the quotes taken after
-    that round, and `audit --replay` pauses round 2 as the daemon did: every report equal.
-    Before, the pause went before the first quote later than its round, after the quotes of
-    the wait: the replay ran round 2 unpaused at the first of them (it was taken after round
-    2) and paused from round 3 on, a mismatch at round 2."""
+@dataclass
+class _Stepped:
+    """What `_pause_then_step_back` left in the trail."""
+
+    rounds: dict[int, Any]  # stored rounds by number
+    statuses: dict[int, str]  # BTC/USDT's stored status by round number
+    blocks: dict[int, bytes]  # stored quote blocks by their round's time
+    summary: ReplaySummary  # `audit --replay` of the whole trail
+
+
+async def _pause_then_step_back(tmp_path: Path, quote_before_pause: bool) -> _Stepped:
+    """Round 1; a pause first applied to round 2 (with or without a quote taken before it);
+    round 2; the wall clock stepped back 100 ms, a quote taken then (stored with round 3,
+    stamped before round 2); rounds 3 and 4 with a quote each."""
     trail = tmp_path / "audit.sqlite3"
     path = tmp_path / "oracled.toml"
     path.write_text(_toml(trail))
@@ -136,34 +119,50 @@ async def test_a_pause_before_a_round_after_which_the_clock_stepped_back_replays
             await service.started.wait()
             service.on_quote(_quote(T0, 64_000.0))
             clock.advance(1)  # past the first tick: round 1
-            await _round(service, 1)
-            service.on_quote(_quote(T0 + 10, 64_001.0))
+            await published_round(service, 1)
+            if quote_before_pause:
+                service.on_quote(_quote(T0 + 10, 64_001.0))
             service.on_manual("BTC/USDT", True, "alice")  # first applied to round 2
             clock.advance(INTERVAL)
-            await _round(service, 2)
+            await published_round(service, 2)
             clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
             service.on_quote(_quote(clock.now_ms(), 64_002.0))  # stored with round 3
             clock.advance(INTERVAL + 100)
-            await _round(service, 3)
+            await published_round(service, 3)
             service.on_quote(_quote(clock.now_ms(), 64_003.0))
             clock.advance(INTERVAL)
-            await _round(service, 4)
+            await published_round(service, 4)
         finally:
             service.stop()
             await task
     reader = AuditReader(trail)
     try:
-        rounds = {r.round: r for r in reader.rounds(0, END)}
-        statuses = {s.report.round: s.report.status for s in reader.reports("BTC/USDT", 0, END)}
-        blocks = {ts: b for b, _, ts in reader.tape_blocks(0, END) if ts is not None}
-        summary = replay_trail(reader, 0, END, None, [])
+        return _Stepped(
+            rounds={r.round: r for r in reader.rounds(0, END)},
+            statuses={s.report.round: s.report.status for s in reader.reports("BTC/USDT", 0, END)},
+            blocks={ts: b for b, _, ts in reader.tape_blocks(0, END) if ts is not None},
+            summary=replay_trail(reader, 0, END, None, []),
+        )
     finally:
         reader.close()
-    assert [statuses[n] for n in (1, 2, 3, 4)] == ["degraded", "paused", "paused", "paused"]
-    third = blocks[rounds[3].ts].splitlines()
+
+
+async def test_a_pause_before_a_round_after_which_the_clock_stepped_back_replays_at_its_round(
+    tmp_path: Path,
+) -> None:
+    """An operator pauses BTC/USDT before round 2; right after round 2 the wall clock steps back
+    100 ms, so the next quotes the daemon takes, stored with round 3, are stamped before round
+    2. The trail's tape puts the pause in the quotes of round 2, before the quotes taken after
+    that round, and `audit --replay` pauses round 2 as the daemon did: every report equal.
+    Before, the pause went before the first quote later than its round, after the quotes of
+    the wait: the replay ran round 2 unpaused at the first of them (it was taken after round
+    2) and paused from round 3 on, a mismatch at round 2."""
+    run = await _pause_then_step_back(tmp_path, quote_before_pause=True)
+    assert [run.statuses[n] for n in (1, 2, 3, 4)] == ["degraded", "paused", "paused", "paused"]
+    third = run.blocks[run.rounds[3].ts].splitlines()
     assert b'"ts":%d' % (T0 + INTERVAL - 99) in third[0]  # taken after round 2, stamped before
-    assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
-    assert summary.rounds == 4 and summary.equal == summary.reports == 4
+    assert run.summary.exit_code() == 0, (run.summary.problems, run.summary.mismatches[:3])
+    assert run.summary.rounds == 4 and run.summary.equal == run.summary.reports == 4
 
 
 async def test_a_pause_before_a_round_without_quotes_replays_at_it_after_the_clock_stepped_back(
@@ -176,45 +175,13 @@ async def test_a_pause_before_a_round_without_quotes_replays_at_it_after_the_clo
     the daemon did. Before, the pause went at the end of round 3's quotes (none later than
     its round), after the quote at which the replay runs round 2 (`ran_through`): round 2
     replayed unpaused, a mismatch."""
-    trail = tmp_path / "audit.sqlite3"
-    path = tmp_path / "oracled.toml"
-    path.write_text(_toml(trail))
-    clock = ManualClock(T0)
-    service = _service(path, clock)
-    async with asyncio.timeout(30):
-        task = asyncio.create_task(service.run())
-        try:
-            await service.started.wait()
-            service.on_quote(_quote(T0, 64_000.0))
-            clock.advance(1)
-            await _round(service, 1)
-            service.on_manual("BTC/USDT", True, "alice")  # first applied to round 2
-            clock.advance(INTERVAL)
-            await _round(service, 2)
-            clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
-            service.on_quote(_quote(clock.now_ms(), 64_002.0))  # stored with round 3
-            clock.advance(INTERVAL + 100)
-            await _round(service, 3)
-            service.on_quote(_quote(clock.now_ms(), 64_003.0))
-            clock.advance(INTERVAL)
-            await _round(service, 4)
-        finally:
-            service.stop()
-            await task
-    reader = AuditReader(trail)
-    try:
-        rounds = {r.round: r for r in reader.rounds(0, END)}
-        statuses = {s.report.round: s.report.status for s in reader.reports("BTC/USDT", 0, END)}
-        blocks = {ts: b for b, _, ts in reader.tape_blocks(0, END) if ts is not None}
-        summary = replay_trail(reader, 0, END, None, [])
-    finally:
-        reader.close()
-    assert rounds[2].ts not in blocks  # stored without quotes
-    assert [statuses[n] for n in (1, 2, 3, 4)] == ["degraded", "paused", "paused", "paused"]
-    third = blocks[rounds[3].ts].splitlines()
+    run = await _pause_then_step_back(tmp_path, quote_before_pause=False)
+    assert run.rounds[2].ts not in run.blocks  # stored without quotes
+    assert [run.statuses[n] for n in (1, 2, 3, 4)] == ["degraded", "paused", "paused", "paused"]
+    third = run.blocks[run.rounds[3].ts].splitlines()
     assert b'"manual":"pause"' in third[0] and b'"ts":%d' % (T0 + INTERVAL - 99) in third[1]
-    assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
-    assert summary.rounds == 4 and summary.equal == summary.reports == 4
+    assert run.summary.exit_code() == 0, (run.summary.problems, run.summary.mismatches[:3])
+    assert run.summary.rounds == 4 and run.summary.equal == run.summary.reports == 4
 
 
 async def test_a_reload_in_the_millisecond_of_a_quote_parts_the_quotes_as_the_daemon_did(
@@ -240,14 +207,15 @@ async def test_a_reload_in_the_millisecond_of_a_quote_parts_the_quotes_as_the_da
             await service.started.wait()
             service.on_quote(_quote(T0, 64_000.0))
             clock.advance(1)
-            await _round(service, 1)
+            await published_round(service, 1)
             clock.advance(50)
             service.on_quote(_quote(clock.now_ms(), 64_100.0, ahead_ms=1_000))  # too far ahead
             path.write_text(_toml(trail, skew_ms=5_000))
             await _reload(service, clock)
-            service.on_quote(_quote(clock.now_ms(), 64_200.0, ahead_ms=1_000))  # within it now
+            second = clock.now_ms()
+            service.on_quote(_quote(second, 64_200.0, ahead_ms=1_000))  # within it now
             clock.advance(INTERVAL)
-            await _round(service, 2)
+            await published_round(service, 2)
         finally:
             service.stop()
             await task
@@ -257,7 +225,9 @@ async def test_a_reload_in_the_millisecond_of_a_quote_parts_the_quotes_as_the_da
         reload = reader.configs(0, END)[-1]
     finally:
         reader.close()
-    assert reload.event == "reload" and reload.ts == T0 + 51  # the first quote's millisecond
+    # Between the two quotes' stamps: at the first one's millisecond, or later when the clock
+    # (moved on in real time by `_reload`) turned more than once while the reload looked.
+    assert reload.event == "reload" and T0 + 51 <= reload.ts < second
     assert [prices[1], prices[2]] == ["64000.00", "64200.00"]
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
     assert "1 reload(s) applied" in summary.starts[0]
@@ -286,7 +256,7 @@ async def test_a_reload_after_the_clock_stepped_back_waits_past_the_newest_quote
             await service.started.wait()
             service.on_quote(_quote(T0, 64_000.0))
             clock.advance(1)
-            await _round(service, 1)
+            await published_round(service, 1)
             clock.advance(50)
             service.on_quote(_quote(clock.now_ms(), 64_100.0, ahead_ms=1_000))  # too far ahead
             clock.advance(-3)  # stepped back, still after round 1
@@ -294,7 +264,7 @@ async def test_a_reload_after_the_clock_stepped_back_waits_past_the_newest_quote
             path.write_text(_toml(trail, skew_ms=5_000))
             await _reload(service, clock)
             clock.advance(INTERVAL)
-            await _round(service, 2)
+            await published_round(service, 2)
         finally:
             service.stop()
             await task
@@ -304,7 +274,9 @@ async def test_a_reload_after_the_clock_stepped_back_waits_past_the_newest_quote
         reload = reader.configs(0, END)[-1]
     finally:
         reader.close()
-    assert reload.event == "reload" and reload.ts == T0 + 51  # the newest quote's millisecond
+    # Past the newest quote's millisecond (51), before round 2: at 51, or later when the clock
+    # (moved on in real time by `_reload`) turned more than once while the reload looked.
+    assert reload.event == "reload" and T0 + 51 <= reload.ts < T0 + INTERVAL
     assert [prices[1], prices[2]] == ["64000.00", "64050.00"]
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
     assert summary.rounds == 2 and summary.equal == summary.reports == 2
@@ -342,14 +314,14 @@ async def test_reloads_under_a_quote_in_every_millisecond_part_the_quotes_as_the
         try:
             await service.started.wait()
             feeder = asyncio.create_task(feed())
-            await _round(service, 2)
+            await published_round(service, 2)
             for k in range(4):
                 path.write_text(_toml(trail, skew_ms=100))
                 await service.reload("test")
-                await _round(service, 3 + 2 * k)
+                await published_round(service, 3 + 2 * k)
                 path.write_text(_toml(trail, skew_ms=5_000))
                 await service.reload("test")
-                await _round(service, 4 + 2 * k)
+                await published_round(service, 4 + 2 * k)
             feeding = False
             await feeder
         finally:
@@ -383,12 +355,12 @@ async def test_a_quote_stamped_at_the_tick_of_a_late_round_is_taken_under_its_re
             await service.started.wait()
             service.on_quote(_quote(T0, 64_000.0))
             clock.advance(1)
-            await _round(service, 1)
+            await published_round(service, 1)
             clock.advance(INTERVAL + 10)  # round 2's tick passed; the loop sleeps on
             service.on_quote(_quote(T0 + INTERVAL, 64_100.0, ahead_ms=1_000))
             path.write_text(_toml(trail, skew_ms=5_000))
             await _reload(service, clock)
-            await _round(service, 2)
+            await published_round(service, 2)
         finally:
             service.stop()
             await task
@@ -420,13 +392,13 @@ async def test_quotes_taken_after_a_round_without_quotes_replay_after_it_though_
             await service.started.wait()
             service.on_quote(_quote(T0, 64_000.0))
             clock.advance(1)
-            await _round(service, 1)
+            await published_round(service, 1)
             clock.advance(INTERVAL)  # no quote: round 2 is stored without any
-            await _round(service, 2)
+            await published_round(service, 2)
             clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
             service.on_quote(_quote(clock.now_ms(), 65_000.0))  # stored with round 3
             clock.advance(INTERVAL + 100)
-            await _round(service, 3)
+            await published_round(service, 3)
         finally:
             service.stop()
             await task
