@@ -255,21 +255,27 @@ def test_a_venue_clock_ahead_keeps_its_last_quote_that_much_longer_and_never_vot
     assert v1[66.0] is None and v1[67.0] == "outlier" and v1[68.0] == "stale"
 
 
-def test_a_usdt_depeg_whose_leg_reprices_late_shows_no_phantom_btc_move() -> None:
-    """USDT falls 4 % in 2 s; the BTC/USDT books (v3, v4 and thin, 2.3 of 5.3 weight) reprice
-    at once, the USDT/USD books 4 s later, so for those seconds the routed values say BTC +4 %.
-    The venues quoting BTC/USD directly hold the weight majority: the routed ones are outliers
-    and BTC/USD stays where it is in every round."""
+def _usdt_depeg() -> tuple[Config, Curve]:
+    """The scenarios' config with v3 and thin quoting BTC/USDT (so v3, v4 and thin, 2.3 of 5.3
+    weight, are routed through USDT/USD), and USDT falling 4 % in 2 s from the event on."""
     text = scenario_config()
     for venue in ("v3", "thin"):
         text = text.replace(
             f'source = "{venue}", pair = "BTC/USD"', f'source = "{venue}", pair = "BTC/USDT"'
         )
-    cfg = parse_config(tomllib.loads(text))
 
     def usdt(t: float) -> float:
         return 1.0 - 0.04 * min(max((t - EVENT_S) / 2, 0.0), 1.0)
 
+    return parse_config(tomllib.loads(text)), usdt
+
+
+def test_a_usdt_depeg_whose_leg_reprices_late_shows_no_phantom_btc_move() -> None:
+    """USDT falls 4 % in 2 s; the BTC/USDT books (v3, v4 and thin, 2.3 of 5.3 weight) reprice
+    at once, the USDT/USD books 4 s later, so for those seconds the routed values say BTC +4 %.
+    The venues quoting BTC/USD directly hold the weight majority: the routed ones are outliers
+    and BTC/USD stays where it is in every round."""
+    cfg, usdt = _usdt_depeg()
     market = Market(usdt=usdt, usdt_leg_lag_s=4.0, usdt_venues=("v3", "v4", "thin"))
     reports = _reports(cfg, _tape(market, 120))
     assert _not_live(reports) == []
@@ -289,16 +295,7 @@ def test_a_usdt_depeg_whose_leg_reprices_late_moves_nothing_while_the_usd_books_
     young quotes alone (docs/pricing.md section 2), none here, so the quiet books keep their vote
     and every published price is BTC's. Judged by the routed three (pricing revisions 21 and
     22), they were `stale` and BTC/USD went out 4.2 % high for three rounds."""
-    text = scenario_config()
-    for venue in ("v3", "thin"):
-        text = text.replace(
-            f'source = "{venue}", pair = "BTC/USD"', f'source = "{venue}", pair = "BTC/USDT"'
-        )
-    cfg = parse_config(tomllib.loads(text))
-
-    def usdt(t: float) -> float:
-        return 1.0 - 0.04 * min(max((t - EVENT_S) / 2, 0.0), 1.0)
-
+    cfg, usdt = _usdt_depeg()
     quiet = _silence(("v1", "v2", "chain"), EVENT_S, EVENT_S + 8)
     market = Market(usdt=usdt, usdt_leg_lag_s=4.0, usdt_venues=("v3", "v4", "thin"), silent=quiet)
     reports = _reports(cfg, _tape(market, 120))
