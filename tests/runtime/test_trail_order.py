@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inert_source import idle_source, published_round
+from one_venue import service_running
 
 from oracled.clock import Clock, ManualClock, SystemClock
 from oracled.config import load_config
@@ -113,28 +114,23 @@ async def _pause_then_step_back(tmp_path: Path, quote_before_pause: bool) -> _St
     path.write_text(_toml(trail))
     clock = ManualClock(T0)
     service = _service(path, clock)
-    async with asyncio.timeout(30):
-        task = asyncio.create_task(service.run())
-        try:
-            await service.started.wait()
-            service.on_quote(_quote(T0, 64_000.0))
-            clock.advance(1)  # past the first tick: round 1
-            await published_round(service, 1)
-            if quote_before_pause:
-                service.on_quote(_quote(T0 + 10, 64_001.0))
-            service.on_manual("BTC/USDT", True, "alice")  # first applied to round 2
-            clock.advance(INTERVAL)
-            await published_round(service, 2)
-            clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
-            service.on_quote(_quote(clock.now_ms(), 64_002.0))  # stored with round 3
-            clock.advance(INTERVAL + 100)
-            await published_round(service, 3)
-            service.on_quote(_quote(clock.now_ms(), 64_003.0))
-            clock.advance(INTERVAL)
-            await published_round(service, 4)
-        finally:
-            service.stop()
-            await task
+    async with asyncio.timeout(30), service_running(service):
+        await service.started.wait()
+        service.on_quote(_quote(T0, 64_000.0))
+        clock.advance(1)  # past the first tick: round 1
+        await published_round(service, 1)
+        if quote_before_pause:
+            service.on_quote(_quote(T0 + 10, 64_001.0))
+        service.on_manual("BTC/USDT", True, "alice")  # first applied to round 2
+        clock.advance(INTERVAL)
+        await published_round(service, 2)
+        clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
+        service.on_quote(_quote(clock.now_ms(), 64_002.0))  # stored with round 3
+        clock.advance(INTERVAL + 100)
+        await published_round(service, 3)
+        service.on_quote(_quote(clock.now_ms(), 64_003.0))
+        clock.advance(INTERVAL)
+        await published_round(service, 4)
     reader = AuditReader(trail)
     try:
         return _Stepped(
@@ -201,24 +197,19 @@ async def test_a_reload_in_the_millisecond_of_a_quote_parts_the_quotes_as_the_da
     path.write_text(_toml(trail, skew_ms=100))
     clock = ManualClock(T0)
     service = _service(path, clock)
-    async with asyncio.timeout(30):
-        task = asyncio.create_task(service.run())
-        try:
-            await service.started.wait()
-            service.on_quote(_quote(T0, 64_000.0))
-            clock.advance(1)
-            await published_round(service, 1)
-            clock.advance(50)
-            service.on_quote(_quote(clock.now_ms(), 64_100.0, ahead_ms=1_000))  # too far ahead
-            path.write_text(_toml(trail, skew_ms=5_000))
-            await _reload(service, clock)
-            second = clock.now_ms()
-            service.on_quote(_quote(second, 64_200.0, ahead_ms=1_000))  # within it now
-            clock.advance(INTERVAL)
-            await published_round(service, 2)
-        finally:
-            service.stop()
-            await task
+    async with asyncio.timeout(30), service_running(service):
+        await service.started.wait()
+        service.on_quote(_quote(T0, 64_000.0))
+        clock.advance(1)
+        await published_round(service, 1)
+        clock.advance(50)
+        service.on_quote(_quote(clock.now_ms(), 64_100.0, ahead_ms=1_000))  # too far ahead
+        path.write_text(_toml(trail, skew_ms=5_000))
+        await _reload(service, clock)
+        second = clock.now_ms()
+        service.on_quote(_quote(second, 64_200.0, ahead_ms=1_000))  # within it now
+        clock.advance(INTERVAL)
+        await published_round(service, 2)
     prices, summary = _replayed(trail)
     reader = AuditReader(trail)
     try:
@@ -250,24 +241,19 @@ async def test_a_reload_after_the_clock_stepped_back_waits_past_the_newest_quote
     path.write_text(_toml(trail, skew_ms=100))
     clock = ManualClock(T0)
     service = _service(path, clock)
-    async with asyncio.timeout(30):
-        task = asyncio.create_task(service.run())
-        try:
-            await service.started.wait()
-            service.on_quote(_quote(T0, 64_000.0))
-            clock.advance(1)
-            await published_round(service, 1)
-            clock.advance(50)
-            service.on_quote(_quote(clock.now_ms(), 64_100.0, ahead_ms=1_000))  # too far ahead
-            clock.advance(-3)  # stepped back, still after round 1
-            service.on_quote(_quote(clock.now_ms(), 64_050.0))
-            path.write_text(_toml(trail, skew_ms=5_000))
-            await _reload(service, clock)
-            clock.advance(INTERVAL)
-            await published_round(service, 2)
-        finally:
-            service.stop()
-            await task
+    async with asyncio.timeout(30), service_running(service):
+        await service.started.wait()
+        service.on_quote(_quote(T0, 64_000.0))
+        clock.advance(1)
+        await published_round(service, 1)
+        clock.advance(50)
+        service.on_quote(_quote(clock.now_ms(), 64_100.0, ahead_ms=1_000))  # too far ahead
+        clock.advance(-3)  # stepped back, still after round 1
+        service.on_quote(_quote(clock.now_ms(), 64_050.0))
+        path.write_text(_toml(trail, skew_ms=5_000))
+        await _reload(service, clock)
+        clock.advance(INTERVAL)
+        await published_round(service, 2)
     prices, summary = _replayed(trail)
     reader = AuditReader(trail)
     try:
@@ -309,24 +295,19 @@ async def test_reloads_under_a_quote_in_every_millisecond_part_the_quotes_as_the
             service.on_quote(_quote(clock.now_ms(), round(price, 2), ahead_ms=1_000))
             await asyncio.sleep(0)
 
-    async with asyncio.timeout(60):
-        task = asyncio.create_task(service.run())
-        try:
-            await service.started.wait()
-            feeder = asyncio.create_task(feed())
-            await published_round(service, 2)
-            for k in range(4):
-                path.write_text(_toml(trail, skew_ms=100))
-                await service.reload("test")
-                await published_round(service, 3 + 2 * k)
-                path.write_text(_toml(trail, skew_ms=5_000))
-                await service.reload("test")
-                await published_round(service, 4 + 2 * k)
-            feeding = False
-            await feeder
-        finally:
-            service.stop()
-            await task
+    async with asyncio.timeout(60), service_running(service):
+        await service.started.wait()
+        feeder = asyncio.create_task(feed())
+        await published_round(service, 2)
+        for k in range(4):
+            path.write_text(_toml(trail, skew_ms=100))
+            await service.reload("test")
+            await published_round(service, 3 + 2 * k)
+            path.write_text(_toml(trail, skew_ms=5_000))
+            await service.reload("test")
+            await published_round(service, 4 + 2 * k)
+        feeding = False
+        await feeder
     prices, summary = _replayed(trail)
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
     assert "8 reload(s) applied" in summary.starts[0]
@@ -349,21 +330,16 @@ async def test_a_quote_stamped_at_the_tick_of_a_late_round_is_taken_under_its_re
     path.write_text(_toml(trail, skew_ms=100))
     clock = ManualClock(T0)
     service = _service(path, clock)
-    async with asyncio.timeout(30):
-        task = asyncio.create_task(service.run())
-        try:
-            await service.started.wait()
-            service.on_quote(_quote(T0, 64_000.0))
-            clock.advance(1)
-            await published_round(service, 1)
-            clock.advance(INTERVAL + 10)  # round 2's tick passed; the loop sleeps on
-            service.on_quote(_quote(T0 + INTERVAL, 64_100.0, ahead_ms=1_000))
-            path.write_text(_toml(trail, skew_ms=5_000))
-            await _reload(service, clock)
-            await published_round(service, 2)
-        finally:
-            service.stop()
-            await task
+    async with asyncio.timeout(30), service_running(service):
+        await service.started.wait()
+        service.on_quote(_quote(T0, 64_000.0))
+        clock.advance(1)
+        await published_round(service, 1)
+        clock.advance(INTERVAL + 10)  # round 2's tick passed; the loop sleeps on
+        service.on_quote(_quote(T0 + INTERVAL, 64_100.0, ahead_ms=1_000))
+        path.write_text(_toml(trail, skew_ms=5_000))
+        await _reload(service, clock)
+        await published_round(service, 2)
     prices, summary = _replayed(trail)
     assert [prices[1], prices[2]] == ["64000.00", "64100.00"]
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
@@ -386,22 +362,17 @@ async def test_quotes_taken_after_a_round_without_quotes_replay_after_it_though_
     path.write_text(_toml(trail))
     clock = ManualClock(T0)
     service = _service(path, clock)
-    async with asyncio.timeout(30):
-        task = asyncio.create_task(service.run())
-        try:
-            await service.started.wait()
-            service.on_quote(_quote(T0, 64_000.0))
-            clock.advance(1)
-            await published_round(service, 1)
-            clock.advance(INTERVAL)  # no quote: round 2 is stored without any
-            await published_round(service, 2)
-            clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
-            service.on_quote(_quote(clock.now_ms(), 65_000.0))  # stored with round 3
-            clock.advance(INTERVAL + 100)
-            await published_round(service, 3)
-        finally:
-            service.stop()
-            await task
+    async with asyncio.timeout(30), service_running(service):
+        await service.started.wait()
+        service.on_quote(_quote(T0, 64_000.0))
+        clock.advance(1)
+        await published_round(service, 1)
+        clock.advance(INTERVAL)  # no quote: round 2 is stored without any
+        await published_round(service, 2)
+        clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
+        service.on_quote(_quote(clock.now_ms(), 65_000.0))  # stored with round 3
+        clock.advance(INTERVAL + 100)
+        await published_round(service, 3)
     prices, summary = _replayed(trail)
     assert [prices[1], prices[2], prices[3]] == ["64000.00", "64000.00", "65000.00"]
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
