@@ -293,12 +293,14 @@ class Core:
         young = usable & ~old
         via = self.layout.route_via[idx]
         direct = ~routed
-        left = self._left_behind(value, young & direct, old & direct, idx, order)
+        ordered = value.reshape(-1)[order]  # the rows' usable values sorted, for every pass
+        left = self._left_behind(value, ordered, young & direct, old & direct, idx, order)
         # The legs of the old routed slots (a leg or two in any real config); counted, not
         # sorted: np.unique's sort cost more than the two passes of a one-leg layer.
         for leg in np.flatnonzero(np.bincount(via[old & routed])).tolist():
             on_leg = via == leg
-            more = self._left_behind(value, young & (direct | on_leg), old & on_leg, idx, order)
+            judges = young & (direct | on_leg)
+            more = self._left_behind(value, ordered, judges, old & on_leg, idx, order)
             if more is not None:
                 left = more if left is None else left | more
         return left
@@ -306,6 +308,7 @@ class Core:
     def _left_behind(
         self,
         value: npt.NDArray[np.float64],
+        ordered: npt.NDArray[np.float64],
         young: npt.NDArray[np.bool_],
         old: npt.NDArray[np.bool_],
         idx: npt.NDArray[np.int64] | slice,
@@ -329,7 +332,6 @@ class Core:
             return None
         # The young values' ranks along the row's sorted usable values (`order`).
         ranks = np.cumsum(young.reshape(-1)[order], axis=1)
-        ordered = value.reshape(-1)[order]
         at = np.arange(len(count))
         lo = ordered[at, np.argmax(ranks > ((count - 1) // 2)[:, None], axis=1)]
         hi = ordered[at, np.argmax(ranks > (count // 2)[:, None], axis=1)]
