@@ -291,23 +291,28 @@ def _simulated_sources(cfg: Config, symbol: str) -> dict[str, float]:
     }
 
 
-def _direct_sources(cfg: Config, symbol: str) -> set[str]:
-    """The sources of a market that quote it without a conversion leg."""
+def _legs(cfg: Config, symbol: str) -> dict[str, str | None]:
+    """Each source of a market with the conversion leg it quotes through (None: direct)."""
     layout = Layout.from_config(cfg)
     market = cfg.market(symbol)
     assert market is not None
     row = layout.slot_via[layout.markets.index(symbol)]
-    return {ms.source for ms, via in zip(market.sources, row, strict=False) if via is None}
+    return {ms.source: via for ms, via in zip(market.sources, row, strict=False)}
 
 
 def _judged(
-    weights: dict[str, float], silent: Sequence[str], direct: set[str], quorum: int
+    weights: dict[str, float], silent: Sequence[str], legs: dict[str, str | None], quorum: int
 ) -> bool:
     """Whether the venues left quoting make the market's quorum (two at least) and the lag
-    rule can make every silent venue's quote stale: a routed one is judged by any two venues
-    left quoting, a direct one by two direct ones (pricing revision 23)."""
+    rule can make every silent venue's quote stale: each is judged by the direct venues left
+    quoting and, routed, those through its own leg; two of them are needed (docs/pricing.md
+    section 2)."""
     left = weights.keys() - set(silent)
-    return len(left) >= max(quorum, 2) and (not direct & set(silent) or len(direct & left) >= 2)
+
+    def judges(venue: str) -> int:
+        return sum(legs[v] is None or legs[v] == legs[venue] for v in left)
+
+    return len(left) >= max(quorum, 2) and all(judges(v) >= 2 for v in silent)
 
 
 def silent_majority(
@@ -322,12 +327,12 @@ def silent_majority(
     market = cfg.market(symbol)
     assert market is not None
     weights = _simulated_sources(cfg, symbol)
-    direct = _direct_sources(cfg, symbol)
+    legs = _legs(cfg, symbol)
     for _ in range(100):
         silent = _majority(weights, rng.sample(list(weights), len(weights)))
-        if _judged(weights, silent, direct, market.min_sources):
+        if _judged(weights, silent, legs, market.min_sources):
             return weights, silent
-    return weights, _majority(weights, sorted(weights, key=lambda s: s in direct))
+    return weights, _majority(weights, sorted(weights, key=lambda s: legs[s] is None))
 
 
 def silent_majority_markets(cfg: Config) -> list[str]:
@@ -343,9 +348,9 @@ def silent_majority_markets(cfg: Config) -> list[str]:
         if market.symbol.split("/")[0] in STABLE:
             continue
         weights = _simulated_sources(cfg, market.symbol)
-        direct = _direct_sources(cfg, market.symbol)
-        silent = _majority(weights, sorted(weights, key=lambda s: s in direct))
-        if _judged(weights, silent, direct, market.min_sources):
+        legs = _legs(cfg, market.symbol)
+        silent = _majority(weights, sorted(weights, key=lambda s: legs[s] is None))
+        if _judged(weights, silent, legs, market.min_sources):
             found.append(market.symbol)
     return found
 

@@ -143,9 +143,10 @@ def test_every_silent_majority_drawn_is_one_the_lag_rule_judges() -> None:
     are silent keeps those voting until their quotes age out (docs/pricing.md section 2), a
     price the check would take for the rule failing. On every market it plays on, whatever the
     seed, the silent venues are a weight majority, those left quoting make the quorum, and a
-    direct silent venue leaves two direct ones quoting. Before, the draw took any order of
-    equal weights: on the shipped markets of nine venues, four of them routed, 367 draws in
-    2,200 left one direct venue quoting or none."""
+    direct silent venue leaves two direct ones quoting, a routed one two direct ones or ones
+    through its own leg (revision 24). Before, the draw took any order of equal weights: on the
+    shipped markets of nine venues, four of them routed, 367 draws in 2,200 left one direct
+    venue quoting or none."""
     cfg = load_config(ROOT / "config" / "default.toml", env={})
     layout = Layout.from_config(cfg)
     for symbol in silent_majority_markets(cfg):
@@ -160,3 +161,7 @@ def test_every_silent_majority_drawn_is_one_the_lag_rule_judges() -> None:
             assert len(left) >= max(market.min_sources, 2), (symbol, seed)
             if direct & set(silent):
                 assert len(direct & left) >= 2, (symbol, seed, silent)
+            legs = dict(zip((ms.source for ms in market.sources), row, strict=False))
+            for venue in set(silent) - direct:  # a routed one: direct or through its own leg
+                judges = {v for v in left if v in direct or legs[v] == legs[venue]}
+                assert len(judges) >= 2, (symbol, seed, venue, silent)
