@@ -7,8 +7,10 @@ object. Like the rest of the core it never reads a clock: time is the round's `n
 
 Per market with perp_sources, with `x` the round's live index (NaN when not live):
 1. a perpetual quote counts if it is fresh (the market's `max_age_ms`, the clock-skew bound),
-   not flagged by its source, its conversion leg is live (the same routes as spot slots) and
-   its mid is within `max_perp_deviation` of `x`;
+   not flagged by its source, its conversion leg is live (the same routes as spot slots), not
+   left behind (older than the market's `lag_ms` and further than `max_deviation` from where the
+   index and the basis EMA put the perpetuals now: `_left_behind`) and its mid is within
+   `max_perp_deviation` of `x`;
 2. basis = median perp mid - x, as a fraction of x, updates the EMA (decayed by elapsed time);
    premium = median of the venues' premiums is one funding sample, weighted by the time since
    the previous round;
@@ -27,7 +29,7 @@ import numpy.typing as npt
 
 from oracled.aggregate.book import Layout, SlotKey
 from oracled.bands import BAND_SLACK
-from oracled.config import Config, MarkConfig
+from oracled.config import Config, MarketConfig
 from oracled.mark.formulas import decay, ema_update, funding_rate, median, premium_of
 from oracled.model import Mark, MarkEstimators, Quote
 
@@ -75,6 +77,8 @@ class _Spec:
     market: int
     perps: tuple[_Perp, ...]
     max_age_ms: int
+    lag_ms: int  # older than this, a perp must sit near the index and the basis (the lag rule)
+    lag_dev: float  # the market's `max_deviation`: how near
     max_dev: float
     min_perps: int
     half_life_ms: float
@@ -211,7 +215,7 @@ class MarkEngine:
                     )
                 )
             band = (float(layout.price_floor[i]), float(layout.price_ceiling[i]))
-            specs.append(_spec(i, tuple(perps), market.max_age_ms, market.mark, band))
+            specs.append(_spec(i, tuple(perps), market, band))
         self._specs = tuple(specs)
         self._states = {s.market: _State() for s in self._specs}
         self._skew = cfg.oracle.max_clock_skew_ms
@@ -274,14 +278,23 @@ class MarkEngine:
         reasons: list[str | None] = []
         seen: list[float] = []
         if isfinite(x):
+            # Where the perpetuals are now by the index and the basis they kept, decayed as the
+            # fallback decays it (before this round's sample): old perps are judged against it.
+            kept = state.ema * decay(now - state.ema_ts, spec.half_life_ms)
+            level = x * (1.0 + kept) if isfinite(kept) else x
             for perp in spec.perps:
-                found = _convert(perp, perps.get(perp.key), live, now, spec.max_age_ms, self._skew)
+                quote = perps.get(perp.key)
+                found = _convert(perp, quote, live, now, spec.max_age_ms, self._skew)
                 if isinstance(found, str):
                     reasons.append(found)
                     seen.append(nan)
                     continue
                 mid, bid, ask = found
                 seen.append(mid)
+                assert quote is not None  # _convert found a mid
+                if _left_behind(spec, quote, now, mid, level):
+                    reasons.append("stale")
+                    continue
                 if abs(mid - x) > spec.max_dev * BAND_SLACK * x:  # 103 on 100 counts at 3 %
                     reasons.append("deviation")
                     continue
@@ -386,14 +399,16 @@ def _interval(now: int, spec: _Spec) -> int:
 def _spec(
     market: int,
     perps: tuple[_Perp, ...],
-    max_age_ms: int,
-    mk: MarkConfig,
+    cfg: MarketConfig,
     band: tuple[float, float],
 ) -> _Spec:
+    mk = cfg.mark
     return _Spec(
         market=market,
         perps=perps,
-        max_age_ms=max_age_ms,
+        max_age_ms=cfg.max_age_ms,
+        lag_ms=cfg.lag_ms,
+        lag_dev=cfg.max_deviation,
         max_dev=mk.max_perp_deviation,
         min_perps=mk.min_perp_sources,
         half_life_ms=mk.basis_half_life_s * 1000.0,
@@ -404,6 +419,22 @@ def _spec(
         floor=band[0],
         ceiling=band[1],
     )
+
+
+def _left_behind(spec: _Spec, quote: Quote, now: int, mid: float, level: float) -> bool:
+    """True for a perpetual quote older than the market's `lag_ms` that is further than
+    `max_deviation` from `level`, where the index and the basis EMA put the perpetuals now.
+
+    The perps' analogue of the spot lag rule (docs/mark.md, Inputs): a perp venue silent behind
+    an open socket keeps its last quote fresh until `max_age_ms`, and through a fast move the
+    silent ones would hold the perp median, and the mark, at the level before it (up to
+    `max_perp_deviation` from the index). The judge is the index, not the young perps: it is
+    the market's price of this round, made of young spot quotes by the spot lag rule, where a
+    lone young perp could be one venue's wick. A quiet perp book near the index and the basis
+    still counts.
+    """
+    stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
+    return now - stamp > spec.lag_ms and abs(mid - level) > spec.lag_dev * BAND_SLACK * level
 
 
 def _convert(

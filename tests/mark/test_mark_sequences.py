@@ -12,7 +12,8 @@ settings, cross funding boundaries, and let perpetual venues print 0, negatives,
 
 BTC/USD (mark_rig): spot a, b, c; perpetuals p and r on BTC/USD, q on BTC/USDT through the
 USDT/USD leg (market 0); p may also vote in the index, and BTC/USD may have a max_price that the
-mark can pass. Rounds are whole seconds apart; max_age_ms is 5 s.
+mark can pass. Rounds are whole seconds apart; max_age_ms is 5 s, lag_ms 2 s and
+max_deviation 1 % (the defaults): a perp quote 3 s old is judged by the lag rule.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ LIVE = ("active", "degraded")
 BTC, USDT_MARKET = 1, 0  # market indices in mark_rig's config
 PERPS = (("p", "BTC/USD"), ("q", "BTC/USDT"), ("r", "BTC/USD"))
 MAX_AGE = 5_000
+LAG_MS, LAG_DEV = 2_000, 0.01  # BTC/USD's lag_ms and max_deviation (the defaults)
 ROUND_MS = 1_000
 INTERVAL_MS = 60_000  # funding_interval_s = 60: boundaries come within a tape
 INTEREST, CLAMP, CAP = 0.0001, 0.0005, 0.0075  # the defaults
@@ -246,10 +248,18 @@ def _close(got: float, want: float | None, scale: float = 1.0) -> bool:
 
 
 def _why(
-    held: Quote | None, x: float, leg: float, routed: bool, now: int, dev: float, skew: int
+    held: Quote | None,
+    x: float,
+    leg: float,
+    routed: bool,
+    now: int,
+    dev: float,
+    skew: int,
+    level: float,
 ) -> tuple[str | None, float, float]:
     """(reason or None, mid in market units, premium) of one perpetual per docs/mark.md, Inputs
-    (NaN for what it does not have)."""
+    (NaN for what it does not have); `level` is where the index and the kept basis put the
+    perpetuals, which judges quotes older than lag_ms."""
     if held is None:
         return "no_quote", math.nan, math.nan
     _valid_at_the_door(held)
@@ -271,6 +281,8 @@ def _why(
         mid *= leg
         if bid is not None and ask is not None:
             bid, ask = bid * leg, ask * leg
+    if now - stamp > LAG_MS and abs(mid - level) > LAG_DEV * (1 + 1e-12) * level:
+        return "stale", mid, math.nan  # left behind (docs/mark.md, Inputs)
     if abs(mid - x) > dev * (1 + 1e-12) * x:  # exactly at a decimal limit counts (mark.md)
         return "deviation", mid, math.nan
     if bid is not None and ask is not None:
@@ -333,10 +345,11 @@ def _check_mark(model: Model, core: Core, res: RoundResult, v: MarkValues) -> fl
     leg = float(res.price[USDT_MARKET])
     cfg = model.cfg
     skew = core.config.oracle.max_clock_skew_ms
-    seen = [
-        _why(core.book.perps.get((s, pair, "perp")), x, leg, pair != "BTC/USD", now, cfg.dev, skew)
-        for s, pair in PERPS
-    ]
+    level = x if model.ema is None else x * (1.0 + model.ema * model.decay(now))
+    held = [core.book.perps.get((s, pair, "perp")) for s, pair in PERPS]
+    routed = [pair != "BTC/USD" for _, pair in PERPS]
+    pairs = zip(held, routed, strict=True)
+    seen = [_why(q, x, leg, r, now, cfg.dev, skew, level) for q, r in pairs]
     counted = [(mid, prem) for why, mid, prem in seen if why is None]
     reasons = [why for why, _, _ in seen]
     if len(counted) < cfg.min_perps:

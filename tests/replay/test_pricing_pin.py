@@ -3,7 +3,8 @@
 `tests/fixtures/tapes/pricing.jsonl` with `pricing.toml` moves spot prices, both kinds of route
 (a leg and a leg listed the other way round), perpetuals into a mark with funding, and the gates
 (an outlier, a jump held then confirmed, a stale quorum, a manual pause, a weight majority
-outvoted by younger quotes, quiet direct books against routed quotes whose leg lags):
+outvoted by younger quotes, quiet direct books against routed quotes whose leg lags, silent
+perpetuals left behind by the index):
 `pricing_digest.json` holds the SHA-256 of its replay output and the `PRICING_REVISION` it was
 computed under. Output that changes while the revision does not fails here: the change moves
 some tape's reports, so the revision is bumped and CHANGELOG.md says how.
@@ -26,6 +27,7 @@ from oracled.replay import replay
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "tapes"
 ROOT = Path(__file__).parent.parent.parent
+B = 1_700_000_040_000  # the tape's start (make_pricing_tape.py)
 
 
 class _Pin(msgspec.Struct, forbid_unknown_fields=True):
@@ -91,6 +93,11 @@ def test_the_pinned_tape_moves_spot_routes_perpetuals_and_the_gates() -> None:
     assert not any(s["reason"] == "stale" and s["age_ms"] <= 5000 for s in quiet)
     marks = [r["mark"] for r in btc if r["mark"] is not None]
     assert max(m["perps_used"] for m in marks) == 3
+    # p and r silent while BTC rises 3 % (k 64 to 72): 3.5 and 4.5 s old, within
+    # max_perp_deviation but more than max_deviation from the index, they no longer count
+    # (revision 25); only q does
+    lifted = {r["ts"] - B: r["mark"]["perps_used"] for r in btc if r["ts"] - B in (67_000, 68_000)}
+    assert lifted == {67_000: 1, 68_000: 1}
     assert {m["reason"] for m in marks} >= {None, "index"}
     assert any(m["last_funding_ts"] is not None for m in marks)
 
