@@ -8,8 +8,8 @@ object. Like the rest of the core it never reads a clock: time is the round's `n
 Per market with perp_sources, with `x` the round's live index (NaN when not live):
 1. a perpetual quote counts if it is fresh (the market's `max_age_ms`, the clock-skew bound),
    not flagged by its source, its conversion leg is live (the same routes as spot slots), not
-   left behind (older than the market's `lag_ms` and further than `max_deviation` from where the
-   index and the basis EMA put the perpetuals now: `_left_behind`) and its mid is within
+   left behind (older than the market's `lag_ms` while `x` has moved more than `max_deviation`
+   since the first round that saw the quote: `_left_behind`) and its mid is within
    `max_perp_deviation` of `x`;
 2. basis = median perp mid - x, as a fraction of x, updates the EMA (decayed by elapsed time);
    premium = median of the venues' premiums is one funding sample, weighted by the time since
@@ -77,7 +77,7 @@ class _Spec:
     market: int
     perps: tuple[_Perp, ...]
     max_age_ms: int
-    lag_ms: int  # older than this, a perp must sit near the index and the basis (the lag rule)
+    lag_ms: int  # older than this, a perp counts while the index stays near (the lag rule)
     lag_dev: float  # the market's `max_deviation`: how near
     max_dev: float
     min_perps: int
@@ -93,7 +93,9 @@ class _Spec:
 class _State:
     """What a perpetual market remembers between rounds."""
 
-    __slots__ = ("acc_id", "acc_sum", "acc_weight", "ema", "ema_ts", "last_rate", "last_ts", "prev")
+    __slots__ = (
+        "acc_id", "acc_sum", "acc_weight", "ema", "ema_ts", "last_rate", "last_ts", "prev", "seen"
+    )  # fmt: skip
 
     def __init__(self) -> None:
         # EMA of the basis as a fraction of the index, so that it scales with the index through
@@ -107,6 +109,9 @@ class _State:
         self.last_rate = nan  # rate of the last completed interval, NaN if it had no sample
         self.last_ts: int | None = None  # end of that interval
         self.prev: int | None = None  # the previous round's time
+        # Per perpetual: the quote held, and the index of the first round with a live index
+        # that held it (the lag rule: how far the index has moved since)
+        self.seen: dict[SlotKey, tuple[Quote, float]] = {}
 
 
 class MarkValues(NamedTuple):
@@ -233,7 +238,9 @@ class MarkEngine:
 
         The basis EMA is kept, cut to the new `max_perp_deviation` (every estimator stays
         within the limit in force); the funding interval is kept only if its length is
-        unchanged (a running average over a different interval grid would settle a wrong rate).
+        unchanged (a running average over a different interval grid would settle a wrong rate);
+        the index each held perpetual quote was first seen with is kept for the perpetuals
+        still listed (the book keeps their quotes).
         """
         old_specs = {s.market: s for s in old._specs}
         for spec in self._specs:
@@ -242,6 +249,8 @@ class MarkEngine:
                 continue
             state, prior = self._states[spec.market], old._states[j]
             state.ema_ts, state.prev = prior.ema_ts, prior.prev
+            keys = {p.key for p in spec.perps}
+            state.seen = {k: v for k, v in prior.seen.items() if k in keys}
             dev = spec.max_dev
             state.ema = min(max(prior.ema, -dev), dev) if isfinite(prior.ema) else prior.ema
             if old_specs[j].interval_ms == spec.interval_ms:
@@ -278,13 +287,16 @@ class MarkEngine:
         reasons: list[str | None] = []
         seen: list[float] = []
         if isfinite(x):
-            # Where the perpetuals are now by the index and the basis they kept, decayed as the
-            # fallback decays it (before this round's sample): old perps are judged against it.
-            kept = state.ema * decay(now - state.ema_ts, spec.half_life_ms)
-            level = x * (1.0 + kept) if isfinite(kept) else x
             for perp in spec.perps:
                 quote = perps.get(perp.key)
                 found = _convert(perp, quote, live, now, spec.max_age_ms, self._skew)
+                then = x
+                if quote is not None:
+                    first = state.seen.get(perp.key)
+                    if first is None or first[0] is not quote:  # a new quote: seen at x
+                        state.seen[perp.key] = (quote, x)
+                    else:
+                        then = first[1]
                 if isinstance(found, str):
                     reasons.append(found)
                     seen.append(nan)
@@ -292,7 +304,7 @@ class MarkEngine:
                 mid, bid, ask = found
                 seen.append(mid)
                 assert quote is not None  # _convert found a mid
-                if _left_behind(spec, quote, now, mid, level):
+                if _left_behind(spec, quote, now, then, x):
                     reasons.append("stale")
                     continue
                 if abs(mid - x) > spec.max_dev * BAND_SLACK * x:  # 103 on 100 counts at 3 %
@@ -421,20 +433,20 @@ def _spec(
     )
 
 
-def _left_behind(spec: _Spec, quote: Quote, now: int, mid: float, level: float) -> bool:
-    """True for a perpetual quote older than the market's `lag_ms` that is further than
-    `max_deviation` from `level`, where the index and the basis EMA put the perpetuals now.
+def _left_behind(spec: _Spec, quote: Quote, now: int, then: float, x: float) -> bool:
+    """True for a perpetual quote older than the market's `lag_ms` while the index has moved by
+    more than `max_deviation` from `then`, its value in the first round that saw the quote.
 
     The perps' analogue of the spot lag rule (docs/mark.md, Inputs): a perp venue silent behind
     an open socket keeps its last quote fresh until `max_age_ms`, and through a fast move the
     silent ones would hold the perp median, and the mark, at the level before it (up to
-    `max_perp_deviation` from the index). The judge is the index, not the young perps: it is
-    the market's price of this round, made of young spot quotes by the spot lag rule, where a
-    lone young perp could be one venue's wick. A quiet perp book near the index and the basis
-    still counts.
+    `max_perp_deviation` from the index). The judge is the index, made of young spot quotes by
+    the spot lag rule, not the young perps (one may be a venue's wick) nor the basis EMA (which
+    the silent perps feed while they count: with a short half-life it followed them). A quiet
+    contract counts while the index stays where it was when the contract last quoted.
     """
     stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
-    return now - stamp > spec.lag_ms and abs(mid - level) > spec.lag_dev * BAND_SLACK * level
+    return now - stamp > spec.lag_ms and abs(x - then) > spec.lag_dev * BAND_SLACK * then
 
 
 def _convert(

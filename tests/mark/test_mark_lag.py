@@ -3,8 +3,8 @@
 A perp venue silent behind an open socket keeps its last quote fresh until `max_age_ms`. Through
 a fast move the silent ones held the perp median, and with it the mark that margin engines
 liquidate on, at the level before the move, up to `max_perp_deviation` from the index. A perp
-quote older than the market's `lag_ms` now counts only while it is within `max_deviation` of
-where the index and the kept basis put the perpetuals.
+quote older than the market's `lag_ms` now counts only while the index is within
+`max_deviation` of its value in the first round that saw the quote.
 
 BTC/USD (mark_rig): spot a, b, c; perps p (BTC/USD), q (BTC/USDT through USDT/USD) and r
 (BTC/USD); `lag_ms` 2 s and `max_deviation` 1 % (the defaults), `max_age_ms` 5 s.
@@ -45,10 +45,10 @@ def _step(
 
 def test_two_silent_perps_of_three_no_longer_hold_the_mark_through_a_fall() -> None:
     """An 8 % fall over 10 s with p and r silent from its start (min_perp_sources 2): their
-    quotes count while they are young (2 s), then are `stale` once the index has left them by
-    more than 1 %, and the mark falls back to the index and the kept basis instead of the old
-    level (before revision 25: the perp median at the old level until 5 s, the mark up to 1.3 %
-    above the index)."""
+    quotes count while they are young (2 s), then are `stale` once the index has moved more than
+    1 % since they quoted, and the mark falls back to the index and the kept basis instead of
+    the old level (before revision 25: the perp median at the old level until 5 s, the mark up
+    to 1.3 % above the index)."""
     rig = _rig(min_perp_sources=2)
     for s in range(5):  # calm: all three quote a small premium
         _step(rig, B + s * 1_000, 100.0, p=100.05, q=100.05, r=100.05)
@@ -59,9 +59,7 @@ def test_two_silent_perps_of_three_no_longer_hold_the_mark_through_a_fall() -> N
         index = 100.0 * (1.0 - 0.008 * tenth / 10)
         v = _step(rig, now, index, q=index * 1.0005)
         if tenth > 20:  # p and r older than lag_ms
-            off = index * 0.01 * (1 + 1e-12)
-            left = abs(100.05 - index * (1.0 + 0.0005)) > off  # the basis EMA is about 0.05 %
-            if left:
+            if 100.0 - index > 1.0 * (1 + 1e-12):  # moved 1 % since they last quoted at 100
                 assert v.perp_reasons == ("stale", "too_few", "stale"), (tenth, v)
                 assert v.mode == "fallback", v
             worst_after_lag = max(worst_after_lag, abs(v.price / index - 1.0))
@@ -69,9 +67,9 @@ def test_two_silent_perps_of_three_no_longer_hold_the_mark_through_a_fall() -> N
 
 
 def test_quiet_perps_near_the_index_and_the_basis_keep_counting() -> None:
-    """A calm market: p and r silent for 4 s (older than lag_ms) at a 2 % premium the basis EMA
-    has learnt still count, though 2 % from the index itself: they are judged against the index
-    times one plus the kept basis, not against the index."""
+    """A calm market: p and r silent for 4 s (older than lag_ms) at a 2 % premium still count,
+    though 2 % from the index: they are judged by how far the index has moved since they quoted,
+    not by how far they are from it (a contract trades at a basis)."""
     rig = _rig(max_perp_deviation=0.05)
     for s in range(120):  # two minutes at a steady 2 % premium: the EMA (60 s half-life) is there
         _step(rig, B + s * 1_000, 100.0, p=102.0, q=102.0, r=102.0)
@@ -81,16 +79,19 @@ def test_quiet_perps_near_the_index_and_the_basis_keep_counting() -> None:
     assert v.perps_used == 3
 
 
-def test_without_a_basis_yet_an_old_perp_is_judged_against_the_index() -> None:
-    """No basis sample yet (the EMA is NaN): the level is the index itself. An old quote 1.5 %
-    above it is stale, one exactly 1 % above it counts (the boundary counts, as everywhere)."""
+def test_an_old_perp_counts_until_the_index_has_moved_max_deviation_since_it_quoted() -> None:
+    """p quotes once with the index at 100; spot alone from then on. 3 s later (older than
+    lag_ms) it counts with the index 0.9 % and exactly 1 % away (the boundary counts, as
+    everywhere) and is stale at 1.1 %, its mid still shown."""
     rig = _rig()
-    rig.core.ingest(Quote("p", "BTC/USD", B, price=101.5, kind="perp"))
-    rig.core.ingest(Quote("r", "BTC/USD", B, price=101.0, kind="perp"))
-    # min_perp_sources 1; spot only from here, the index at 100
-    v = _step(rig, B + 3_000, 100.0)
-    assert v.perp_reasons == ("stale", "no_quote", None), v
-    assert v.perp_mids[0] == 101.5  # its mid is kept for /v1/markets/{market}/sources
+    _step(rig, B, 100.0, p=100.2)
+    assert _step(rig, B + 3_000, 100.9).perp_reasons[0] is None
+    assert _step(rig, B + 3_500, 101.0).perp_reasons[0] is None
+    v = _step(rig, B + 4_000, 101.1)
+    assert v.perp_reasons == ("stale", "no_quote", "no_quote"), v
+    assert v.perp_mids[0] == 100.2  # its mid is kept for /v1/markets/{market}/sources
+    back = _step(rig, B + 4_500, 100.5)  # the index back within 1 %: it counts again
+    assert back.perp_reasons[0] is None, back
 
 
 def test_a_young_perp_is_never_judged_by_the_rule() -> None:
@@ -103,9 +104,9 @@ def test_a_young_perp_is_never_judged_by_the_rule() -> None:
     assert math.isclose(v.perp_median, 103.0)
 
 
-def test_an_old_routed_perp_is_judged_in_market_units() -> None:
-    """q quotes BTC/USDT, converted through USDT/USD at 0.98: 102.04 USDT is 100 USD. Old and
-    converted it sits at the index and counts; unconverted it would be 2 % off."""
+def test_an_old_routed_perp_is_judged_like_a_direct_one() -> None:
+    """q quotes BTC/USDT, converted through USDT/USD at 0.98. Old, it counts while the index
+    stays where it was when q quoted, and is stale once the index has moved 2 %."""
     rig = _rig()
     rig.round(B, index=100.0, usdt=0.98, q=100.0 / 0.98)
     assert rig.last is not None and rig.last.mark is not None
@@ -120,10 +121,43 @@ def test_an_old_routed_perp_is_judged_in_market_units() -> None:
 
 
 def test_lag_ms_is_the_markets_own() -> None:
-    """A market with lag_ms 10 s keeps a 3 s old perp 2 % off the index counting; the same at
-    2 s makes it stale."""
+    """r quoted with the index at 100; 3 s later the index is at 98. A market with lag_ms 10 s
+    keeps r counting; the same at 2 s makes it stale."""
     for lag, want in ((10_000, None), (2_000, "stale")):
         rig = Rig(make_config(more_perps="r", lag_ms=lag))
-        rig.core.ingest(Quote("r", "BTC/USD", B, price=102.0, kind="perp"))
-        v = _step(rig, B + 3_000, 100.0)
+        _step(rig, B, 100.0, r=100.0)
+        v = _step(rig, B + 3_000, 98.0)
         assert v.perp_reasons[2] == want, (lag, v)
+
+
+def test_a_quote_first_seen_while_the_index_was_not_live_is_judged_from_the_first_live_round() -> (
+    None
+):
+    """No spot quote yet (no index): p's quote (96) is held but nothing is checked. The first live
+    round (index 95) is where it is seen: 3 s after its quote the index at 95.5 leaves it
+    counting, at 96.5 (1.6 % from 95) it is stale."""
+    rig = _rig()
+    assert rig.core.ingest(Quote("p", "BTC/USD", B, price=96.0, kind="perp")) is None
+    rig.round(B + 500, index=None, usdt=None)
+    assert rig.last is not None and rig.last.mark is not None
+    assert rig.last.mark.values[BTC].perp_reasons[0] == "index"
+    assert _step(rig, B + 1_000, 95.0).perp_reasons[0] is None
+    assert _step(rig, B + 3_000, 95.5).perp_reasons[0] is None
+    assert _step(rig, B + 3_500, 96.5).perp_reasons[0] == "stale"
+
+
+def test_a_short_basis_half_life_does_not_let_silent_perps_judge_themselves() -> None:
+    """With basis_half_life_s 0.5 the EMA follows whatever counts within a round or two: while
+    the silent perps held the median, their basis became the kept basis, and a level made of it
+    never left them behind. Judged by how far the index has moved since the round that first
+    saw each quote, they are stale once it has moved 1 %, whatever the EMA."""
+    rig = _rig(min_perp_sources=2, basis_half_life_s=0.5)
+    for s in range(5):
+        _step(rig, B + s * 1_000, 100.0, p=100.05, q=100.05, r=100.05)
+    start = B + 4_000
+    for tenth in range(1, 41):  # 8 % in 10 s, a round every 100 ms, for 4 s
+        now = start + tenth * 100
+        index = 100.0 * (1.0 - 0.008 * tenth / 10)
+        v = _step(rig, now, index, q=index * 1.0005)
+        if tenth > 20:  # older than lag_ms, and the index 1.6 % or more from where it was
+            assert v.perp_reasons == ("stale", "too_few", "stale"), (tenth, v)

@@ -13,7 +13,8 @@ settings, cross funding boundaries, and let perpetual venues print 0, negatives,
 BTC/USD (mark_rig): spot a, b, c; perpetuals p and r on BTC/USD, q on BTC/USDT through the
 USDT/USD leg (market 0); p may also vote in the index, and BTC/USD may have a max_price that the
 mark can pass. Rounds are whole seconds apart; max_age_ms is 5 s, lag_ms 2 s and
-max_deviation 1 % (the defaults): a perp quote 3 s old is judged by the lag rule.
+max_deviation 1 % (the defaults): a perp quote 3 s old is judged by the lag rule (the index's
+move since the first live round that held it).
 """
 
 from __future__ import annotations
@@ -204,6 +205,8 @@ class Model:
     prev: int | None = None  # the previous round's time
     first_interval: int | None = None
     funding: dict[int, list[float]] = field(default_factory=dict)  # interval -> [sum, weight]
+    # per perp: the quote held and the index of the first live round that held it
+    seen: dict[str, tuple[Quote, float]] = field(default_factory=dict)
 
     def reload(self, cfg: Settings) -> None:
         """A reload keeps the EMA; a tightened max_perp_deviation cuts it to the new limit."""
@@ -255,11 +258,11 @@ def _why(
     now: int,
     dev: float,
     skew: int,
-    level: float,
+    then: float,
 ) -> tuple[str | None, float, float]:
     """(reason or None, mid in market units, premium) of one perpetual per docs/mark.md, Inputs
-    (NaN for what it does not have); `level` is where the index and the kept basis put the
-    perpetuals, which judges quotes older than lag_ms."""
+    (NaN for what it does not have); `then` is the index of the first live round that held the
+    quote, which judges it once it is older than lag_ms."""
     if held is None:
         return "no_quote", math.nan, math.nan
     _valid_at_the_door(held)
@@ -281,7 +284,7 @@ def _why(
         mid *= leg
         if bid is not None and ask is not None:
             bid, ask = bid * leg, ask * leg
-    if now - stamp > LAG_MS and abs(mid - level) > LAG_DEV * (1 + 1e-12) * level:
+    if now - stamp > LAG_MS and abs(x - then) > LAG_DEV * (1 + 1e-12) * then:
         return "stale", mid, math.nan  # left behind (docs/mark.md, Inputs)
     if abs(mid - x) > dev * (1 + 1e-12) * x:  # exactly at a decimal limit counts (mark.md)
         return "deviation", mid, math.nan
@@ -345,11 +348,17 @@ def _check_mark(model: Model, core: Core, res: RoundResult, v: MarkValues) -> fl
     leg = float(res.price[USDT_MARKET])
     cfg = model.cfg
     skew = core.config.oracle.max_clock_skew_ms
-    level = x if model.ema is None else x * (1.0 + model.ema * model.decay(now))
-    held = [core.book.perps.get((s, pair, "perp")) for s, pair in PERPS]
-    routed = [pair != "BTC/USD" for _, pair in PERPS]
-    pairs = zip(held, routed, strict=True)
-    seen = [_why(q, x, leg, r, now, cfg.dev, skew, level) for q, r in pairs]
+    seen = []
+    for s, pair in PERPS:
+        held = core.book.perps.get((s, pair, "perp"))
+        then = x
+        if held is not None:
+            first = model.seen.get(s)
+            if first is None or first[0] is not held:
+                model.seen[s] = (held, x)
+            else:
+                then = first[1]
+        seen.append(_why(held, x, leg, pair != "BTC/USD", now, cfg.dev, skew, then))
     counted = [(mid, prem) for why, mid, prem in seen if why is None]
     reasons = [why for why, _, _ in seen]
     if len(counted) < cfg.min_perps:

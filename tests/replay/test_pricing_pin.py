@@ -98,6 +98,10 @@ def test_the_pinned_tape_moves_spot_routes_perpetuals_and_the_gates() -> None:
     # (revision 25); only q does
     lifted = {r["ts"] - B: r["mark"]["perps_used"] for r in btc if r["ts"] - B in (67_000, 68_000)}
     assert lifted == {67_000: 1, 68_000: 1}
+    # r quiet from k 81 at its own 1.5 % basis while BTC stays where it was: 2.5 to 4.5 s old,
+    # it counts (revision 26; 25 made it stale, 1.5 % from the index and the basis EMA)
+    quiet_r = {r["ts"] - B: r["mark"]["perps_used"] for r in btc if 84_000 <= r["ts"] - B <= 85_000}
+    assert quiet_r == {84_000: 3, 85_000: 3}
     assert {m["reason"] for m in marks} >= {None, "index"}
     assert any(m["last_funding_ts"] is not None for m in marks)
 
