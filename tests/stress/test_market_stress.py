@@ -72,7 +72,7 @@ class Market:
     usdt: Curve = _par  # USD per USDT, as the BTC/USDT books price it
     usdt_leg_lag_s: float = 0.0  # the USDT/USD books reprice this much later
     lag_s: dict[str, float] = field(default_factory=dict)  # venue -> seconds behind the truth
-    silent: Callable[[str, float], bool] = lambda venue, t: False
+    silent: Callable[[str, float], bool] = lambda venue, t: False  # perp venues too
     print_at: Callable[[str, float], float | None] = lambda venue, t: None  # a venue's own print
     ahead_ms: dict[str, int] = field(default_factory=dict)  # venue -> clock ahead of ours
     usdt_venues: tuple[str, ...] = ("v4",)  # venues quoting BTC/USDT (routed through USDT/USD)
@@ -108,6 +108,8 @@ def _tape(market: Market, seconds: int = 240, header: dict[str, Any] | None = No
         if market.perp_premium is not None:
             for k, venue in enumerate(("p1", "p2", "p3")):
                 t = second + 0.35 + 0.05 * k
+                if market.silent(venue, t):
+                    continue
                 mid = market.btc(t) * walk * (1.0 + market.perp_premium(t))
                 bid, ask = f"{mid * 0.99995:.2f}", f"{mid * 1.00005:.2f}"
                 perp = {"ts": T0 + int(t * 1000), "source": venue, "pair": "BTC/USDT"}
@@ -384,3 +386,33 @@ def test_a_perpetual_premium_blowing_out_never_drags_the_mark_past_max_perp_devi
             assert at_peak < 1 + limit / 2
         p = run_stress(cfg, lines, ACCOUNTS).summary()["policies"]
         assert p[ORACLE]["liquidations"] == 0
+
+
+def test_two_silent_perpetuals_of_three_no_longer_hold_the_mark_above_a_falling_index() -> None:
+    """Spot and perps fall 8 % in 10 s together at a 0.05 % premium; p2 and p3 fall silent
+    behind open sockets from the start of the fall, their last quotes fresh for max_age_ms (5 s).
+    They count while younger than lag_ms (2 s), then only while the index is within
+    max_deviation (1 %) of where it was in the round that first held them (docs/mark.md,
+    Inputs 4): stale from 63 s, and p1 alone (min_perp_sources 1) makes the mark. The bound is
+    that max_deviation, between the two engines' worst gaps on this tape: the silent pair can
+    hold the perp median at most about 1 % above the index, and the mark, the mean of that
+    median and the basis estimate, half of it (0.52 %, at 62 s); before pricing revision 25
+    they held the median until max_age_ms and the mark 1.36 % above the index at 64 s."""
+    cfg = parse_config(tomllib.loads(scenario_config("perp_market_crash")))
+    btc = cfg.market("BTC/USD")
+    assert btc is not None and btc.mark.min_perp_sources == 1
+    silent = _silence(("p2", "p3"), EVENT_S, 1e9)
+    market = Market(btc=_fall(0.08, 10), silent=silent, perp_premium=lambda t: 0.0005)
+    reports = _reports(cfg, _tape(market, 120))
+    assert _not_live(reports) == []
+    gaps = {
+        t: float(r.mark.price) / float(r.price) - 1
+        for t, r in reports.items()
+        if t > 5 and r.price is not None and r.mark is not None and r.mark.price is not None
+    }
+    assert len(gaps) == sum(t > 5 for t in reports) >= 110  # a live mark in every round
+    for t, gap in gaps.items():
+        assert abs(gap) <= btc.max_deviation, (t, gap)
+    used = {t: r.mark.perps_used for t, r in reports.items() if r.mark is not None}
+    assert used[EVENT_S + 1.0] == 3  # young: the silent pair still counts
+    assert used[EVENT_S + 3.0] == used[EVENT_S + 4.0] == 1  # old, the index 1.7 % and 2.5 % away
