@@ -308,6 +308,27 @@ def _perp_market_crash() -> _World:
     return world
 
 
+def _perp_silent() -> _World:
+    """p2 and p3 send nothing for a minute from the event on (sockets open, no frames) while
+    spot and p1 fall 8 % in 10 s: their last quotes are fresh for max_age_ms, and the mark must
+    not stay with them (the perpetuals' lag rule, docs/mark.md, Inputs)."""
+    start, end = EVENT_S, EVENT_S + 10
+
+    def btc(t: float) -> float:
+        return _ramp(t, start, end, BTC0, BTC0 * 0.92)
+
+    def override(venue: str, t: float) -> float | None:
+        return float("nan") if venue in ("p2", "p3") and start <= t < start + 60 else None
+
+    header = {
+        "single_venue": "p2",
+        "move_market": "BTC/USD",
+        "move_start_ms": T0 + start * 1000,
+        "move_end_ms": T0 + end * 1000,
+    }
+    return _World(btc=btc, perps=True, perp_override=override, header=header)
+
+
 SCENARIOS: dict[str, tuple[str, Callable[[], _World]]] = {
     "flash_crash": ("one venue prints -30 % for 20 s and recovers", _flash_crash),
     "stale_venue": ("one venue freezes while the market falls 12 %", _stale_venue),
@@ -319,6 +340,10 @@ SCENARIOS: dict[str, tuple[str, Callable[[], _World]]] = {
     "perp_market_crash": (
         "spot and perpetuals fall 25 % in 5 s together and stay there",
         _perp_market_crash,
+    ),
+    "perp_silent": (
+        "two of three perpetual venues fall silent as the market falls 8 %",
+        _perp_silent,
     ),
 }
 

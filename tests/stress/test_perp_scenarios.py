@@ -24,7 +24,7 @@ from oracled.stress.scenarios import (
 )
 
 ACCOUNTS = parse_accounts(scenario_accounts())
-PERP_SCENARIOS = ("perp_wick", "perp_market_crash")
+PERP_SCENARIOS = ("perp_wick", "perp_market_crash", "perp_silent")
 
 
 def _cfg(name: str | None) -> Config:
@@ -127,6 +127,27 @@ def test_a_real_crash_moves_the_mark_down_and_liquidates_at_the_mark() -> None:
     # The only rounds without a price are the gate's confirmation (and start-up): no freeze.
     assert oracle["price_used"]["none"] <= cfg.oracle.jump_confirm_rounds + 4
     assert oracle["price_used"]["mark"] == summary["mark"]["rounds"]
+
+
+def test_two_silent_perp_venues_never_hold_the_mark_above_a_falling_index() -> None:
+    """p2 and p3 send nothing for a minute from the start of an 8 % fall over 10 s: their last
+    quotes count while younger than lag_ms, then are stale once the index has moved more than
+    max_deviation since they were held (docs/mark.md, Inputs 4). The mark is live in every
+    round after start-up and never further than max_deviation from oracled's index (0.47 % with
+    seed 0; 1.35 % before pricing revision 25, when the pair held the perp median until
+    max_age_ms). Nobody is liquidated (the 10x long goes near -8.3 %); the engine reading the
+    silent p2 alone stays at the level before the fall."""
+    summary = _result("perp_silent").summary()
+    btc = _cfg("perp_silent").market("BTC/USD")
+    assert btc is not None
+    p, mark = summary["policies"], summary["mark"]
+    assert mark["rounds"] >= 355
+    assert p[ORACLE]["price_used"]["mark"] == mark["rounds"]
+    assert mark["max_basis_pct"] <= btc.max_deviation * 100
+    assert mark["max_error_pct"] <= btc.max_deviation * 100
+    assert p[ORACLE]["liquidations"] == p[REFERENCE]["liquidations"] == 0
+    assert p[ORACLE]["max_error_pct"]["BTC/USD"] < 0.1  # the index follows the fall
+    assert p["single_venue:p2"]["max_error_pct"]["BTC/USD"] > 8
 
 
 def test_the_engine_reads_the_mark_as_the_published_report_carries_it() -> None:
