@@ -126,7 +126,9 @@ def build_quotes(cfg: Config, now_ms: int, seed: int, old: float = 0.0) -> list[
             if roll < 0.08:
                 price *= 1.5
             venue_ts = now_ms - STALE_AGE_MS if roll > 0.95 else now_ms - rng.randrange(0, 500)
-            if roll <= 0.95 and rng.random() < old:
+            # `old and`: no draw without old quotes, so --old 0 gives the quotes of the script
+            # before the option, and its figures compare with those runs
+            if old and roll <= 0.95 and rng.random() < old:
                 venue_ts = now_ms - OLD_AGE_MS
             bid, ask = price * 0.9999, price * 1.0001
             quotes.append(
