@@ -210,8 +210,9 @@ def test_a_panel_that_counts_markets_or_sources_counts_them_per_instance() -> No
     markets of 23, twice the sources up, and every gate transition and manual action twice. A
     panel that aggregates across markets or sources a per-market metric, or a per-source state
     (a gauge of unit 1, `_info` joins aside), keeps `instance`, one series a replica, as the
-    Version stat shows one version a replica; a per-source rate summed by source (frames,
-    drops) or a latency merged across sources is no count and is left as it is."""
+    Version stat shows one version a replica. A per-source rate summed by source (frames,
+    drops) or a latency merged across sources is no count: the test below keeps those apart
+    per instance."""
     listed, _ = catalogue()
     checked, summed = 0, []
     for name, dash in load().items():
@@ -228,3 +229,28 @@ def test_a_panel_that_counts_markets_or_sources_counts_them_per_instance() -> No
                         summed.append(f"{name} / {target.panel}: {target.expr}")
     assert checked >= 12, checked  # the overview's counts, the transitions, the venues
     assert summed == []
+
+
+_THINGS = {"source", "venue", "market", "chain", "endpoint", "pair"}
+
+
+def test_a_panel_drawn_per_source_market_or_chain_draws_each_instance_apart() -> None:
+    """The source health panels summed by source across the instances the `instance` variable
+    selects, All by default: with two replicas each venue's frames, quotes, malformed frames,
+    reconnects and restarts were the sum of both daemons, so a venue whose frames halved on one
+    replica looked healthy and one replica's reconnect storm read as a few on each. The on-chain
+    panels did the same per chain and endpoint, and took the max of the sequencer's and the
+    sources' states, which hid one replica seeing them down. An aggregation that keeps a source,
+    venue, market, chain, RPC endpoint or pool keeps `instance` too, and its legend shows it,
+    as the alerts judge each instance apart."""
+    checked, merged = 0, []
+    for name, dash in load().items():
+        for target in targets(name, dash):
+            for kept, _ in _aggregated(target.expr):
+                if not kept & _THINGS:
+                    continue
+                checked += 1
+                if "instance" not in kept or "{{instance}}" not in target.legend:
+                    merged.append(f"{name} / {target.panel}: {target.expr} ({target.legend})")
+    assert checked >= 30, checked  # the sources, on-chain and market panels
+    assert merged == [], "\n".join(merged)
