@@ -4,6 +4,7 @@ test_prometheus.py)."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import yaml
 from catalogue import ROOT, catalogue, label_values, unknown_metrics
@@ -141,6 +142,21 @@ def _units(expr: str) -> list[str]:
     return units
 
 
+def _override_properties(panel: dict[str, Any], legend: str) -> dict[str, Any]:
+    """The properties a panel's overrides give the series of a legend: a `byName` override
+    naming the legend, a `byRegexp` one matching every name it makes (`price .+` for
+    `price {{instance}}`)."""
+    props: dict[str, Any] = {}
+    for override in panel["fieldConfig"]["overrides"]:
+        kind, wanted = override["matcher"]["id"], override["matcher"]["options"]
+        names = _sample_names(legend)
+        if (kind == "byName" and wanted == legend) or (
+            kind == "byRegexp" and all(_regexp_matches(wanted, n) for n in names)
+        ):
+            props |= {p["id"]: p["value"] for p in override["properties"]}
+    return props
+
+
 def test_a_ratio_drawn_beside_values_has_its_own_unit_and_axis() -> None:
     """The market drill-down's Confidence panel drew the band's half-width (in the quote
     currency, ~10 for BTC/USD) and the same divided by the price (~0.0001) on one axis with no
@@ -157,14 +173,9 @@ def test_a_ratio_drawn_beside_values_has_its_own_unit_and_axis() -> None:
                 (ratios if is_ratio else values).append(target.get("legendFormat", ""))
             if not (ratios and values):
                 continue
-            overrides = {
-                o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
-                for o in panel["fieldConfig"]["overrides"]
-                if o["matcher"]["id"] == "byName"
-            }
             for legend in ratios:
                 checked += 1
-                props = overrides.get(legend, {})
+                props = _override_properties(panel, legend)
                 assert props.get("unit") == "percentunit", (name, panel["title"], legend)
                 assert props.get("custom.axisPlacement") == "right", (name, panel["title"], legend)
     assert checked >= 1
@@ -254,3 +265,26 @@ def test_a_panel_drawn_per_source_market_or_chain_draws_each_instance_apart() ->
                     merged.append(f"{name} / {target.panel}: {target.expr} ({target.legend})")
     assert checked >= 30, checked  # the sources, on-chain and market panels
     assert merged == [], "\n".join(merged)
+
+
+def test_a_series_of_a_source_market_or_chain_drawn_as_it_is_names_its_instance() -> None:
+    """A per-source, per-market or per-chain series drawn without aggregation keeps its
+    instance, but a legend without `{{instance}}` gave the replicas' series one name: two
+    `binance` quote ages, two `price` lines on the market drill-down, and no telling which
+    daemon's was which. Each such legend names the instance (a table shows every label)."""
+    listed, _ = catalogue()
+    checked, unnamed = 0, []
+    for name, dash in load().items():
+        for panel in every_panel(dash):
+            if panel["type"] == "table":
+                continue
+            for target in panel.get("targets", []):
+                expr, legend = target["expr"], target.get("legendFormat", "")
+                metrics = set(re.findall(r"\b(oracled_[a-z0-9_]+)\b", expr))
+                if _aggregated(expr) or not any(listed[m][1] & _THINGS for m in metrics):
+                    continue
+                checked += 1
+                if "{{instance}}" not in legend:
+                    unnamed.append(f"{name} / {panel['title']}: {legend!r}")
+    assert checked >= 20, checked  # the market drill-down, the quote ages, the head ages
+    assert unnamed == [], "\n".join(unnamed)
