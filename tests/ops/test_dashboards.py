@@ -288,3 +288,21 @@ def test_a_series_of_a_source_market_or_chain_drawn_as_it_is_names_its_instance(
                     unnamed.append(f"{name} / {panel['title']}: {legend!r}")
     assert checked >= 20, checked  # the market drill-down, the quote ages, the head ages
     assert unnamed == [], "\n".join(unnamed)
+
+
+def test_no_panel_merges_the_instances() -> None:
+    """The overview and publishing panels drawn by reason, result or histogram bucket merged the
+    replicas too: a failed config reload, NATS credentials refused, rounds left unsigned or
+    subscribers dropped on one replica read as the fleet's, a slow replica's round duration and
+    publish lag blended into the other's, and the garbage collector's time paused (s/s), a share
+    of one process's time, added up past 1 with a few replicas. Every aggregation of every
+    dashboard keeps `instance`, and its legend names it: a fleet total is the sum of the lines."""
+    checked, merged = 0, []
+    for name, dash in load().items():
+        for target in targets(name, dash):
+            for kept, _ in _aggregated(target.expr):
+                checked += 1
+                if "instance" not in kept or "{{instance}}" not in target.legend:
+                    merged.append(f"{name} / {target.panel}: {target.expr} ({target.legend})")
+    assert checked >= 60, checked
+    assert merged == [], "\n".join(merged)
