@@ -8,9 +8,9 @@ object. Like the rest of the core it never reads a clock: time is the round's `n
 Per market with perp_sources, with `x` the round's live index (NaN when not live):
 1. a perpetual quote counts if it is fresh (the market's `max_age_ms`, the clock-skew bound),
    not flagged by its source, its conversion leg is live (the same routes as spot slots), not
-   left behind (older than the market's `lag_ms` while `x` has moved more than `max_deviation`
-   since the first round that saw the quote: `_left_behind`) and its mid is within
-   `max_perp_deviation` of `x`;
+   left behind (older than the market's `lag_ms` while `x`, in the perpetual's own currency, has
+   moved more than `max_deviation` since the first round that saw its venue time: `_left_behind`)
+   and its mid is within `max_perp_deviation` of `x`;
 2. basis = median perp mid - x, as a fraction of x, updates the EMA (decayed by elapsed time);
    premium = median of the venues' premiums is one funding sample, weighted by the time since
    the previous round;
@@ -109,9 +109,11 @@ class _State:
         self.last_rate = nan  # rate of the last completed interval, NaN if it had no sample
         self.last_ts: int | None = None  # end of that interval
         self.prev: int | None = None  # the previous round's time
-        # Per perpetual: the quote held, and the index of the first round with a live index
-        # that held it (the lag rule: how far the index has moved since)
-        self.seen: dict[SlotKey, tuple[Quote, float]] = {}
+        # Per perpetual: the venue time of the quote held, and the index in the perpetual's own
+        # currency in the first live round that held a quote of that time (the lag rule: how
+        # far the index has moved since). By time, not by quote: a REST poll repeating a frozen
+        # ticker is a new quote with the old venue time, and says nothing new.
+        self.seen: dict[SlotKey, tuple[int, float]] = {}
 
 
 class MarkValues(NamedTuple):
@@ -239,8 +241,8 @@ class MarkEngine:
         The basis EMA is kept, cut to the new `max_perp_deviation` (every estimator stays
         within the limit in force); the funding interval is kept only if its length is
         unchanged (a running average over a different interval grid would settle a wrong rate);
-        the index each held perpetual quote was first seen with is kept for the perpetuals
-        still listed (the book keeps their quotes).
+        the index each held perpetual quote's venue time was first seen with is kept for the
+        perpetuals still listed (the book keeps their quotes).
         """
         old_specs = {s.market: s for s in old._specs}
         for spec in self._specs:
@@ -290,11 +292,13 @@ class MarkEngine:
             for perp in spec.perps:
                 quote = perps.get(perp.key)
                 found = _convert(perp, quote, live, now, spec.max_age_ms, self._skew)
-                then = x
-                if quote is not None:
+                own = _own_index(perp, x, live)
+                then = own
+                if quote is not None and isfinite(own):
+                    stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
                     first = state.seen.get(perp.key)
-                    if first is None or first[0] is not quote:  # a new quote: seen at x
-                        state.seen[perp.key] = (quote, x)
+                    if first is None or first[0] != stamp:  # a new venue time: seen at `own`
+                        state.seen[perp.key] = (stamp, own)
                     else:
                         then = first[1]
                 if isinstance(found, str):
@@ -304,7 +308,7 @@ class MarkEngine:
                 mid, bid, ask = found
                 seen.append(mid)
                 assert quote is not None  # _convert found a mid
-                if _left_behind(spec, quote, now, then, x):
+                if _left_behind(spec, quote, now, then, own):
                     reasons.append("stale")
                     continue
                 if abs(mid - x) > spec.max_dev * BAND_SLACK * x:  # 103 on 100 counts at 3 %
@@ -433,9 +437,21 @@ def _spec(
     )
 
 
+def _own_index(perp: _Perp, x: float, live: list[float]) -> float:
+    """The index `x` in the perpetual's own currency (back through its leg; NaN when the leg is
+    not live): what a quiet contract's quote follows. A leg that moves while `x` stays (a
+    depeg) moves the contract's price in its currency, and a contract silent through it is left
+    behind; one whose leg and `x` moved together is where the market is."""
+    if perp.via < 0:
+        return x
+    leg = live[perp.via]
+    return x * leg if perp.invert else x / leg
+
+
 def _left_behind(spec: _Spec, quote: Quote, now: int, then: float, x: float) -> bool:
-    """True for a perpetual quote older than the market's `lag_ms` while the index has moved by
-    more than `max_deviation` from `then`, its value in the first round that saw the quote.
+    """True for a perpetual quote older than the market's `lag_ms` while the index (`x`, in the
+    perpetual's own currency: `_own_index`) has moved by more than `max_deviation` from `then`,
+    its value in the first round that saw the quote's venue time.
 
     The perps' analogue of the spot lag rule (docs/mark.md, Inputs): a perp venue silent behind
     an open socket keeps its last quote fresh until `max_age_ms`, and through a fast move the

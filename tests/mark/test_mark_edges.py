@@ -123,6 +123,28 @@ def test_a_perp_through_an_inverted_leg_is_divided_by_it() -> None:
     assert (mark.perps_used, mark.estimators.perp_median) == (1, "125.00")
 
 
+def test_an_old_perp_through_an_inverted_leg_is_judged_in_its_own_currency() -> None:
+    """q quotes BTC/USDT at 100 with USD/USDT at 1.00, then falls silent while USD/USDT rises 3 %
+    and BTC/USD falls to 100 / 1.03: BTC/USDT has not moved, and q's quote, 100 / 1.03 USD, is
+    the index. 3 s old, it counts: the index in USDT (x times the inverted leg) is where it was
+    (not so in USD, which moved 2.9 %, nor x divided by the leg, which moved 5.7 %)."""
+    core = Core(_inverted_leg_config())
+    for s in SPOT:
+        assert core.ingest(Quote(s, "USD/USDT", B, price=1.0)) is None
+        assert core.ingest(Quote(s, "BTC/USD", B, price=100.0)) is None
+    assert core.ingest(Quote("q", "BTC/USDT", B, price=100.0, kind="perp")) is None
+    core.run_round(B)
+    later = B + 3_000
+    for s in SPOT:
+        assert core.ingest(Quote(s, "USD/USDT", later, price=1.03)) is None
+        assert core.ingest(Quote(s, "BTC/USD", later, price=100.0 / 1.03)) is None
+    res = core.run_round(later)
+    assert res.mark is not None
+    v = res.mark.values[1]
+    assert v.perp_reasons == (None,), v
+    assert v.perps_used == 1
+
+
 def test_a_routed_perp_s_bid_and_ask_are_converted_for_the_premium() -> None:
     """USDT/USD at 0.5: q's bid 202 and ask 206 USDT are 101 and 103 USD, so the impact premium
     on an index of 100 is (101 - 100) / 100 = 0.01, not (202 - 100) / 100."""

@@ -161,3 +161,53 @@ def test_a_short_basis_half_life_does_not_let_silent_perps_judge_themselves() ->
         v = _step(rig, now, index, q=index * 1.0005)
         if tenth > 20:  # older than lag_ms, and the index 1.6 % or more from where it was
             assert v.perp_reasons == ("stale", "too_few", "stale"), (tenth, v)
+
+
+def test_a_frozen_ticker_polled_again_is_still_left_behind() -> None:
+    """r's stream is down and its venue's book frozen: each REST poll answers the same ticker with
+    the same venue time (a ticker stamped with its book's last change), a new quote the book
+    holds in place of the old one (not older). Its age runs from that venue time, and so does
+    the rule: through a 3 % fall it is stale once the index has left 100 by 1 %, however often
+    the poll repeats it (before, each repeat was judged from the index of its own round, and a
+    poll every round kept it counting until max_age_ms)."""
+    rig = _rig()
+    for s in range(3):
+        _step(rig, B + s * 1_000, 100.0, p=100.0, r=100.0)
+    frozen = B + 2_000
+    for tenth in range(1, 31):  # 3 % in 3 s, a round every 100 ms, a poll before each
+        now = frozen + tenth * 100
+        index = 100.0 * (1.0 - 0.01 * tenth / 10)
+        poll = Quote("r", "BTC/USD", now, price=100.0, kind="perp", venue_ts=frozen)
+        assert rig.core.ingest(poll) is None  # not older than the one held: it replaces it
+        v = _step(rig, now, index, p=index)
+        if tenth > 20:  # older than lag_ms, the index 2 % or more below 100
+            assert v.perp_reasons == (None, "no_quote", "stale"), (tenth, v)
+
+
+def test_an_old_routed_perp_is_left_behind_by_a_move_of_its_leg() -> None:
+    """q quotes BTC/USDT at 100 with USDT at 1.00, then falls silent; USDT/USD falls 3 % (a
+    depeg) while BTC/USD stays at 100, so BTC/USDT is now 103: q's old quote, 97 in USD, is 3 %
+    under the index, inside max_perp_deviation. It is judged by the index in its own currency
+    (x / leg), which has moved 3 %: stale (before, the index in USD had not moved, and q held
+    the perp median at 97)."""
+    rig = _rig()
+    rig.round(B, index=100.0, usdt=1.0, q=100.0)
+    rig.round(B + 3_000, index=100.0, usdt=0.97, p=100.0)
+    assert rig.last is not None and rig.last.mark is not None
+    v = rig.last.mark.values[BTC]
+    assert v.perp_reasons == (None, "stale", "no_quote"), v
+    assert math.isclose(v.perp_mids[1], 97.0)
+    assert v.perp_median == 100.0
+
+
+def test_an_old_routed_perp_that_moved_with_its_leg_keeps_counting() -> None:
+    """The other way round: q quotes BTC/USDT at 100 with USDT at 1.00; then USDT/USD and
+    BTC/USD both fall 3 % while BTC/USDT stays at 100. q's quiet quote, 97 in USD, is where the
+    market is: it counts (before, the 3 % move of the index in USD made it stale)."""
+    rig = _rig()
+    rig.round(B, index=100.0, usdt=1.0, q=100.0)
+    rig.round(B + 3_000, index=97.0, usdt=0.97)
+    assert rig.last is not None and rig.last.mark is not None
+    v = rig.last.mark.values[BTC]
+    assert v.perp_reasons == ("no_quote", None, "no_quote"), v
+    assert math.isclose(v.perp_median, 97.0)

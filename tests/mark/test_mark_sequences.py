@@ -14,7 +14,7 @@ BTC/USD (mark_rig): spot a, b, c; perpetuals p and r on BTC/USD, q on BTC/USDT t
 USDT/USD leg (market 0); p may also vote in the index, and BTC/USD may have a max_price that the
 mark can pass. Rounds are whole seconds apart; max_age_ms is 5 s, lag_ms 2 s and
 max_deviation 1 % (the defaults): a perp quote 3 s old is judged by the lag rule (the index's
-move since the first live round that held it).
+move, in the perp's own currency, since the first live round that held a quote of its time).
 """
 
 from __future__ import annotations
@@ -205,8 +205,9 @@ class Model:
     prev: int | None = None  # the previous round's time
     first_interval: int | None = None
     funding: dict[int, list[float]] = field(default_factory=dict)  # interval -> [sum, weight]
-    # per perp: the quote held and the index of the first live round that held it
-    seen: dict[str, tuple[Quote, float]] = field(default_factory=dict)
+    # per perp: the time of the quote held (venue time where sent) and the index in the perp's
+    # own currency in the first live round that held a quote of that time
+    seen: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def reload(self, cfg: Settings) -> None:
         """A reload keeps the EMA; a tightened max_perp_deviation cuts it to the new limit."""
@@ -252,6 +253,7 @@ def _close(got: float, want: float | None, scale: float = 1.0) -> bool:
 
 def _why(
     held: Quote | None,
+    own: float,
     x: float,
     leg: float,
     routed: bool,
@@ -261,8 +263,9 @@ def _why(
     then: float,
 ) -> tuple[str | None, float, float]:
     """(reason or None, mid in market units, premium) of one perpetual per docs/mark.md, Inputs
-    (NaN for what it does not have); `then` is the index of the first live round that held the
-    quote, which judges it once it is older than lag_ms."""
+    (NaN for what it does not have); `own` is the index in the perpetual's own currency and
+    `then` its value in the first live round that held a quote of this one's time, which judge
+    the quote once it is older than lag_ms."""
     if held is None:
         return "no_quote", math.nan, math.nan
     _valid_at_the_door(held)
@@ -284,7 +287,7 @@ def _why(
         mid *= leg
         if bid is not None and ask is not None:
             bid, ask = bid * leg, ask * leg
-    if now - stamp > LAG_MS and abs(x - then) > LAG_DEV * (1 + 1e-12) * then:
+    if now - stamp > LAG_MS and abs(own - then) > LAG_DEV * (1 + 1e-12) * then:
         return "stale", mid, math.nan  # left behind (docs/mark.md, Inputs)
     if abs(mid - x) > dev * (1 + 1e-12) * x:  # exactly at a decimal limit counts (mark.md)
         return "deviation", mid, math.nan
@@ -351,14 +354,17 @@ def _check_mark(model: Model, core: Core, res: RoundResult, v: MarkValues) -> fl
     seen = []
     for s, pair in PERPS:
         held = core.book.perps.get((s, pair, "perp"))
-        then = x
-        if held is not None:
+        routed = pair != "BTC/USD"
+        own = x / leg if routed else x  # the index in the perpetual's own currency
+        then = own
+        if held is not None and math.isfinite(own):
+            stamp = held.recv_ts if held.venue_ts is None else held.venue_ts
             first = model.seen.get(s)
-            if first is None or first[0] is not held:
-                model.seen[s] = (held, x)
+            if first is None or first[0] != stamp:
+                model.seen[s] = (stamp, own)
             else:
                 then = first[1]
-        seen.append(_why(held, x, leg, pair != "BTC/USD", now, cfg.dev, skew, then))
+        seen.append(_why(held, own, x, leg, routed, now, cfg.dev, skew, then))
     counted = [(mid, prem) for why, mid, prem in seen if why is None]
     reasons = [why for why, _, _ in seen]
     if len(counted) < cfg.min_perps:

@@ -4,7 +4,7 @@
 (a leg and a leg listed the other way round), perpetuals into a mark with funding, and the gates
 (an outlier, a jump held then confirmed, a stale quorum, a manual pause, a weight majority
 outvoted by younger quotes, quiet direct books against routed quotes whose leg lags, silent
-perpetuals left behind by the index):
+perpetuals left behind by the index, in their own currency too):
 `pricing_digest.json` holds the SHA-256 of its replay output and the `PRICING_REVISION` it was
 computed under. Output that changes while the revision does not fails here: the change moves
 some tape's reports, so the revision is bumped and CHANGELOG.md says how.
@@ -95,9 +95,14 @@ def test_the_pinned_tape_moves_spot_routes_perpetuals_and_the_gates() -> None:
     assert max(m["perps_used"] for m in marks) == 3
     # p and r silent while BTC rises 3 % (k 64 to 72): 3.5 and 4.5 s old, within
     # max_perp_deviation but more than max_deviation from the index, they no longer count
-    # (revision 25); only q does
+    # (revision 25), p though its polls repeat its frozen ticker every round (revision 27);
+    # only q does
     lifted = {r["ts"] - B: r["mark"]["perps_used"] for r in btc if r["ts"] - B in (67_000, 68_000)}
     assert lifted == {67_000: 1, 68_000: 1}
+    # q, quoted in USDT, silent while USDT falls 2 % and BTC/USD stays (k 94 to 99): 2.5 to 4.5 s
+    # old, the index in USDT has left it (revision 27); p and r count
+    depeg = {r["ts"] - B: r["mark"]["perps_used"] for r in btc if 96_000 <= r["ts"] - B <= 98_000}
+    assert depeg == {96_000: 2, 97_000: 2, 98_000: 2}
     # r quiet from k 81 at its own 1.5 % basis while BTC stays where it was: 2.5 to 4.5 s old,
     # it counts (revision 26; 25 made it stale, 1.5 % from the index and the basis EMA)
     quiet_r = {r["ts"] - B: r["mark"]["perps_used"] for r in btc if 84_000 <= r["ts"] - B <= 85_000}
