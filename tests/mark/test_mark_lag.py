@@ -211,3 +211,20 @@ def test_an_old_routed_perp_that_moved_with_its_leg_keeps_counting() -> None:
     v = rig.last.mark.values[BTC]
     assert v.perp_reasons == ("no_quote", None, "no_quote"), v
     assert math.isclose(v.perp_median, 97.0)
+
+
+def test_a_reload_keeps_the_index_each_old_perp_was_first_seen_with() -> None:
+    """p and q quote with the index at 100 and fall silent; a reload (lag_ms 2.5 s, r no longer
+    listed) comes as the index starts to move. 3 s after they quoted, the index at 102 has left
+    them by 2 % since they quoted: stale under the new lag_ms, as without the reload (a reload
+    that forgot where they were seen would judge them from the index of the first round after
+    it, and they would count through the move)."""
+    rig = _rig()
+    _step(rig, B, 100.0, p=100.0, q=100.0, r=100.0)
+    _step(rig, B + 1_000, 100.5)
+    rig.core.reconfigure(make_config(lag_ms=2_500))
+    rig.round(B + 2_000, index=101.0)
+    rig.round(B + 3_000, index=102.0)
+    assert rig.last is not None and rig.last.mark is not None
+    v = rig.last.mark.values[BTC]
+    assert v.perp_reasons == ("stale", "stale"), v
