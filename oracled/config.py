@@ -784,8 +784,8 @@ class MarketConfig(_Frozen):
     #: (docs/pricing.md section 2, `Core._lagging`). Venues silent behind open sockets must not
     #: hold a price through a move until their quotes age out. A perpetual quote older than this
     #: counts in the mark only while the index, in the contract's own currency, stays within
-    #: `max_deviation` of where it was when a quote of that venue time was first held
-    #: (docs/mark.md, Inputs, `mark.engine._left_behind`).
+    #: `max_deviation` of where it was at the quote's own time (docs/mark.md, Inputs,
+    #: `mark.engine._left_behind`).
     lag_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 2_000
     max_deviation: Fraction = 0.01
     circuit_breaker: Fraction = 0.1

@@ -46,7 +46,7 @@ __all__ = ["PRICING_REVISION", "SLOT_REASONS", "Core", "RoundResult", "Transitio
 #: different reports (CHANGELOG.md names what each revision changed). Tapes and the audit trail
 #: carry it, so that a replay by an oracled of another revision says why its reports may differ
 #: from the recorded ones. Not the package version, which says nothing about the rules.
-PRICING_REVISION: Final = 27
+PRICING_REVISION: Final = 28
 
 # Per-slot outcome codes of a round, and the names reports use for them.
 USED, NO_QUOTE, STALE, ROUTE, BOUNDS, OUTLIER = range(FLAG_BASE)

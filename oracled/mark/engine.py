@@ -9,7 +9,8 @@ Per market with perp_sources, with `x` the round's live index (NaN when not live
 1. a perpetual quote counts if it is fresh (the market's `max_age_ms`, the clock-skew bound),
    not flagged by its source, its conversion leg is live (the same routes as spot slots), not
    left behind (older than the market's `lag_ms` while `x`, in the perpetual's own currency, has
-   moved more than `max_deviation` since the first round that saw its venue time: `_left_behind`)
+   moved more than `max_deviation` since the first live round at or after its venue time:
+   `_left_behind`)
    and its mid is within `max_perp_deviation` of `x`;
 2. basis = median perp mid - x, as a fraction of x, updates the EMA (decayed by elapsed time);
    premium = median of the venues' premiums is one funding sample, weighted by the time since
@@ -19,6 +20,7 @@ Per market with perp_sources, with `x` the round's live index (NaN when not live
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from math import isfinite, nan
@@ -45,6 +47,11 @@ __all__ = [
 ]
 
 RATE_DECIMALS = 8  # premium and funding rates leave the process with 8 decimals
+# The most live rounds a market remembers for the lag rule, which keeps those of its last
+# `max_age_ms` (40 at the defaults, 10 s of 250 ms rounds) to read the index at a late quote's
+# own time. A bound for an age limit of many rounds (a day of 10 ms rounds would be 8.6
+# million): a quote older than the oldest kept is judged from that round.
+_PAST_ROUNDS = 1_024
 _RATE_FMT = f".{RATE_DECIMALS}f"
 REASON_INDEX = "index"  # the index is not live, so neither is the mark
 # The mark falls outside the market's price band (below one unit of its last decimal, say): it
@@ -77,6 +84,7 @@ class _Spec:
     market: int
     perps: tuple[_Perp, ...]
     max_age_ms: int
+    routed: bool  # some perp converts through a leg (else each one's own index is `x`)
     lag_ms: int  # older than this, a perp counts while the index stays near (the lag rule)
     lag_dev: float  # the market's `max_deviation`: how near
     max_dev: float
@@ -94,7 +102,8 @@ class _State:
     """What a perpetual market remembers between rounds."""
 
     __slots__ = (
-        "acc_id", "acc_sum", "acc_weight", "ema", "ema_ts", "last_rate", "last_ts", "prev", "seen"
+        "acc_id", "acc_sum", "acc_weight", "ema", "ema_ts", "last_rate", "last_ts", "past", "prev",
+        "seen",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -109,10 +118,15 @@ class _State:
         self.last_rate = nan  # rate of the last completed interval, NaN if it had no sample
         self.last_ts: int | None = None  # end of that interval
         self.prev: int | None = None  # the previous round's time
+        # The live rounds of the last `max_age_ms` (at most _PAST_ROUNDS): the round's time and,
+        # per perpetual in spec order, the index in its own currency (`_own_index`, NaN where
+        # its leg was not live).
+        self.past: deque[tuple[int, tuple[float, ...]]] = deque(maxlen=_PAST_ROUNDS)
         # Per perpetual: the venue time of the quote held, and the index in the perpetual's own
-        # currency in the first live round that held a quote of that time (the lag rule: how
-        # far the index has moved since). By time, not by quote: a REST poll repeating a frozen
-        # ticker is a new quote with the old venue time, and says nothing new.
+        # currency in the first live round at or after that time (`_then`; the lag rule: how far
+        # the index has moved since). Kept, so that a quote is judged from one index however the
+        # past is trimmed; by time, not by quote: a REST poll repeating a frozen ticker is a new
+        # quote with the old venue time, and says nothing new.
         self.seen: dict[SlotKey, tuple[int, float]] = {}
 
 
@@ -241,8 +255,8 @@ class MarkEngine:
         The basis EMA is kept, cut to the new `max_perp_deviation` (every estimator stays
         within the limit in force); the funding interval is kept only if its length is
         unchanged (a running average over a different interval grid would settle a wrong rate);
-        the index each held perpetual quote's venue time was first seen with is kept for the
-        perpetuals still listed (the book keeps their quotes).
+        the past rounds and the index each held perpetual quote was judged from are kept for
+        the perpetuals still listed (the book keeps their quotes; one newly listed has no past).
         """
         old_specs = {s.market: s for s in old._specs}
         for spec in self._specs:
@@ -253,6 +267,11 @@ class MarkEngine:
             state.ema_ts, state.prev = prior.ema_ts, prior.prev
             keys = {p.key for p in spec.perps}
             state.seen = {k: v for k, v in prior.seen.items() if k in keys}
+            where = {p.key: i for i, p in enumerate(old_specs[j].perps)}
+            picks = [where.get(p.key) for p in spec.perps]
+            state.past.extend(
+                (ts, tuple(nan if k is None else owns[k] for k in picks)) for ts, owns in prior.past
+            )
             dev = spec.max_dev
             state.ema = min(max(prior.ema, -dev), dev) if isfinite(prior.ema) else prior.ema
             if old_specs[j].interval_ms == spec.interval_ms:
@@ -289,16 +308,25 @@ class MarkEngine:
         reasons: list[str | None] = []
         seen: list[float] = []
         if isfinite(x):
-            for perp in spec.perps:
+            if spec.routed:
+                owns = tuple([_own_index(perp, x, live) for perp in spec.perps])
+            else:
+                owns = (x,) * len(spec.perps)
+            past = state.past
+            past.append((now, owns))
+            while past[0][0] < now - spec.max_age_ms:  # older quotes are stale by age anyway
+                past.popleft()
+            for i, perp in enumerate(spec.perps):
                 quote = perps.get(perp.key)
                 found = _convert(perp, quote, live, now, spec.max_age_ms, self._skew)
-                own = _own_index(perp, x, live)
-                then = own
+                own = then = owns[i]
                 if quote is not None and isfinite(own):
                     stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
                     first = state.seen.get(perp.key)
-                    if first is None or first[0] != stamp:  # a new venue time: seen at `own`
-                        state.seen[perp.key] = (stamp, own)
+                    if first is None or first[0] != stamp:  # a new venue time
+                        if len(past) > 1 and stamp <= past[-2][0]:  # before the last round
+                            then = _then(past, i, stamp)
+                        state.seen[perp.key] = (stamp, then)
                     else:
                         then = first[1]
                 if isinstance(found, str):
@@ -423,6 +451,7 @@ def _spec(
         market=market,
         perps=perps,
         max_age_ms=cfg.max_age_ms,
+        routed=any(p.via >= 0 for p in perps),
         lag_ms=cfg.lag_ms,
         lag_dev=cfg.max_deviation,
         max_dev=mk.max_perp_deviation,
@@ -448,10 +477,25 @@ def _own_index(perp: _Perp, x: float, live: list[float]) -> float:
     return x * leg if perp.invert else x / leg
 
 
+def _then(past: deque[tuple[int, tuple[float, ...]]], i: int, stamp: int) -> float:
+    """Perpetual `i`'s index in its own currency in the first remembered live round at or after
+    `stamp` (its leg live then), or the current round's for a time ahead of it: where the market
+    was when the venue quoted. A feed that lags delivers its quotes late, each at the level of
+    its own time; judged by the index of the round that first held it, a venue lagging by more
+    than `lag_ms` was never left behind through a move. The current round is last in `past`."""
+    then = past[-1][1][i]
+    for ts, owns in reversed(past):
+        if ts < stamp:
+            break
+        if isfinite(owns[i]):
+            then = owns[i]
+    return then
+
+
 def _left_behind(spec: _Spec, quote: Quote, now: int, then: float, x: float) -> bool:
     """True for a perpetual quote older than the market's `lag_ms` while the index (`x`, in the
     perpetual's own currency: `_own_index`) has moved by more than `max_deviation` from `then`,
-    its value in the first round that saw the quote's venue time.
+    its value in the first live round at or after the quote's venue time (`_then`).
 
     The perps' analogue of the spot lag rule (docs/mark.md, Inputs): a perp venue silent behind
     an open socket keeps its last quote fresh until `max_age_ms`, and through a fast move the

@@ -228,3 +228,55 @@ def test_a_reload_keeps_the_index_each_old_perp_was_first_seen_with() -> None:
     assert rig.last is not None and rig.last.mark is not None
     v = rig.last.mark.values[BTC]
     assert v.perp_reasons == ("stale", "stale"), v
+
+
+def test_perps_whose_quotes_arrive_late_do_not_hold_the_mark_through_a_fall() -> None:
+    """p and r quote all along, but their feeds lag 3 s: each quote arrives with the venue time
+    and the price of 3 s before. Through an 8 % fall over 10 s (min_perp_sources 2), older than
+    lag_ms as they arrive, each is judged from the index of the round at its own time, which the
+    index has left by 2.4 %: stale, and the mark falls back to the index and the kept basis
+    (before, each was judged from the index of the round that first held it, and the two held
+    the perp median, and the mark, up to 1.5 % over the index through the fall)."""
+    rig = _rig(min_perp_sources=2)
+
+    def level(t: int) -> float:  # the index t ms after the fall starts
+        return 100.0 * (1.0 - 0.08 * min(max(t, 0), 10_000) / 10_000)
+
+    start = B + 5_000
+    for tenth in range(-50, 101):  # 5 s calm, then the fall; a round every 100 ms
+        t = tenth * 100
+        now = start + t
+        for perp in "pr":  # the level of 3 s before, stamped then
+            late = Quote(
+                perp,
+                "BTC/USD",
+                now,
+                price=level(t - 3_000) * 1.0005,
+                kind="perp",
+                venue_ts=now - 3_000,
+            )
+            assert rig.core.ingest(late) is None
+        v = _step(rig, now, level(t), q=level(t) * 1.0005)
+        if t < 0:
+            assert v.perp_reasons == (None, None, None), (tenth, v)  # old, on a flat index
+        elif t > 1_300:  # the index 1 % or more from where it was at each quote's own time
+            assert v.perp_reasons == ("stale", "too_few", "stale"), (tenth, v)
+            assert abs(v.price / level(t) - 1.0) < 0.002, (tenth, v)
+
+
+def test_the_rounds_remembered_for_late_quotes_are_bounded() -> None:
+    """max_age_ms 200 s, rounds 100 ms apart: the engine would need 2,000 rounds to cover the age
+    limit, and keeps the last 1,024 (102.4 s; docs/mark.md, Inputs). The index is 100 for 20 s,
+    then 103. p's quote stamped at the start arrives 150 s late: judged from the oldest round
+    kept (103), not from its own time (100), it counts, as documented, and memory stays bounded
+    however long the age limit."""
+    rig = Rig(make_config(more_perps="r", max_age_ms=200_000))
+    for tenth in range(1_501):
+        now = B + tenth * 100
+        if tenth == 1_500:
+            late = Quote("p", "BTC/USD", now, price=100.0, kind="perp", venue_ts=B)
+            assert rig.core.ingest(late) is None
+        rig.round(now, index=100.0 if tenth < 200 else 103.0)
+    assert rig.last is not None and rig.last.mark is not None
+    v = rig.last.mark.values[BTC]
+    assert v.perp_reasons == (None, "no_quote", "no_quote"), v

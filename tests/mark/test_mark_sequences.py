@@ -14,7 +14,7 @@ BTC/USD (mark_rig): spot a, b, c; perpetuals p and r on BTC/USD, q on BTC/USDT t
 USDT/USD leg (market 0); p may also vote in the index, and BTC/USD may have a max_price that the
 mark can pass. Rounds are whole seconds apart; max_age_ms is 5 s, lag_ms 2 s and
 max_deviation 1 % (the defaults): a perp quote 3 s old is judged by the lag rule (the index's
-move, in the perp's own currency, since the first live round that held a quote of its time).
+move, in the perp's own currency, since the first live round at or after the quote's time).
 """
 
 from __future__ import annotations
@@ -206,8 +206,18 @@ class Model:
     first_interval: int | None = None
     funding: dict[int, list[float]] = field(default_factory=dict)  # interval -> [sum, weight]
     # per perp: the time of the quote held (venue time where sent) and the index in the perp's
-    # own currency in the first live round that held a quote of that time
+    # own currency in the first live round at or after that time
     seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # the live rounds: their time and each perp's index in its own currency (NaN: leg not live)
+    past: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+    def then(self, s: str, stamp: int, now: int) -> float:
+        """Perp `s`'s index in its own currency in the first live round at or after its quote's
+        time (its leg live then; rounds older than max_age_ms are forgotten), else now's."""
+        for ts, owns in self.past:
+            if ts >= max(stamp, now - MAX_AGE) and math.isfinite(owns[s]):
+                return owns[s]
+        return self.past[-1][1][s]
 
     def reload(self, cfg: Settings) -> None:
         """A reload keeps the EMA; a tightened max_perp_deviation cuts it to the new limit."""
@@ -264,8 +274,8 @@ def _why(
 ) -> tuple[str | None, float, float]:
     """(reason or None, mid in market units, premium) of one perpetual per docs/mark.md, Inputs
     (NaN for what it does not have); `own` is the index in the perpetual's own currency and
-    `then` its value in the first live round that held a quote of this one's time, which judge
-    the quote once it is older than lag_ms."""
+    `then` its value in the first live round at or after the quote's time, which judge the
+    quote once it is older than lag_ms."""
     if held is None:
         return "no_quote", math.nan, math.nan
     _valid_at_the_door(held)
@@ -352,16 +362,19 @@ def _check_mark(model: Model, core: Core, res: RoundResult, v: MarkValues) -> fl
     cfg = model.cfg
     skew = core.config.oracle.max_clock_skew_ms
     seen = []
+    # the index in each perpetual's own currency
+    owns = {s: x / leg if pair != "BTC/USD" else x for s, pair in PERPS}
+    model.past.append((now, owns))
     for s, pair in PERPS:
         held = core.book.perps.get((s, pair, "perp"))
         routed = pair != "BTC/USD"
-        own = x / leg if routed else x  # the index in the perpetual's own currency
-        then = own
+        own = then = owns[s]
         if held is not None and math.isfinite(own):
             stamp = held.recv_ts if held.venue_ts is None else held.venue_ts
             first = model.seen.get(s)
             if first is None or first[0] != stamp:
-                model.seen[s] = (stamp, own)
+                then = model.then(s, stamp, now)
+                model.seen[s] = (stamp, then)
             else:
                 then = first[1]
         seen.append(_why(held, own, x, leg, routed, now, cfg.dev, skew, then))
