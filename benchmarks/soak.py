@@ -14,9 +14,10 @@ are compared with the sample at its end.
 
 What is checked (see benchmarks/README.md, "soak.py"): no bad price (a live report's price within
 the simulators' true price band, a paused or unknown report's price null; during a silent majority,
-within the market's max_deviation of the venues still quoting), every fault recovered,
-resident memory within a few percent of the warm-up, no growth of tasks, descriptors or sockets,
-no source task crashed.
+within the market's max_deviation of the venues still quoting), no bad mark (a live report's mark
+within the band of the honest perpetual mids and the index, a paused or unknown one's null),
+every fault recovered, resident memory within a few percent of the warm-up, no growth of tasks,
+descriptors or sockets, no source task crashed.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ FAULTS = (
 #: printed just before a round may first be seen in a sample after it.
 LAG_LOOKBACK_MS = 500
 LAG_AHEAD_MS = 250
+#: The true bands of a round reach this far past it (`Truth.band`): a print seen in a round may
+#: have been sampled just after it.
+TRUTH_AHEAD_MS = 1_000
 _STATE_LINE = re.compile(r'^oracled_source_state\{source="([^"]+)",state="([^"]+)"\} (\S+)$')
 _VALUE_LINE = re.compile(
     r"^(oracled_asyncio_tasks|oracled_source_restarts_total)(?:\{[^}]*\})? (\S+)$"
@@ -113,6 +117,8 @@ class SoakOptions:
     lag_hold_s: float = 1.0  # and stays there this long before the venues quote again
     audit: bool = True
     band_tolerance: float = 0.005  # a live price may be this fraction outside the true band
+    # and a live mark this fraction outside the honest perpetual mids and the index (`judge_mark`)
+    mark_tolerance: float = 0.0025
     rss_growth_limit: float = 0.05
     task_slack: int = 2
     fd_slack: int = 4
@@ -156,9 +162,13 @@ class ReportCheck:
     outliers_seen: set[tuple[str, str]] = field(default_factory=set)  # (market, source)
     lag_live: int = 0  # live reports of a silent majority's market checked against its quoting
     lag_max_error: float = 0.0  # venues, and the furthest one of them was from their band
+    marks: int = 0  # live marks checked against the honest perpetual mids and the index,
+    mark_max_error: float = 0.0  # and the furthest one of them was from that band
+    bad_marks: int = 0  # of `bad`, the reports whose mark was wrong
 
-    def violation(self, text: str) -> None:
+    def violation(self, text: str, *, mark: bool = False) -> None:
         self.bad += 1
+        self.bad_marks += mark
         if len(self.examples) < 20:
             self.examples.append(text)
 
@@ -206,7 +216,10 @@ class SoakResult:
             ("recovery p50 / max", f"{f['recovery_p50_s']:.1f} s / {f['recovery_max_s']:.1f} s"),
             ("reports checked", f"{self.reports.reports} ({self.reports.live} live)"),
             ("not live, price null", f"{self.reports.not_live}"),
-            ("bad prices", f"{self.reports.bad}"),
+            ("bad prices", f"{self.reports.bad - self.reports.bad_marks}"),
+            ("marks checked, worst", f"{self.reports.marks} live, "
+             f"{100 * self.reports.mark_max_error:.2f} % from the perpetuals and the index"),
+            ("bad marks", f"{self.reports.bad_marks}"),
             ("silent majority: live, worst", f"{self.reports.lag_live} reports, "
              f"{100 * self.reports.lag_max_error:.2f} % from the venues quoting"),
             ("RSS warm-up -> end", f"{f['rss_base_mb']:.1f} -> {f['rss_end_mb']:.1f} MB "
@@ -264,9 +277,10 @@ def _sim_key(venue: SimulatedVenue, pair: str, kind: Kind = "spot") -> str | Non
     return key if key in venue.sim.paths else pair if pair in venue.sim.paths else None
 
 
-def _path(venue: SimulatedVenue, pair: str) -> PricePath | None:
-    key = _sim_key(venue, pair)
-    return None if key is None else venue.sim.paths[key]
+def _slot_path(venue: SimulatedVenue | None, pair: str, kind: Kind) -> PricePath | None:
+    """The path a venue walks for one of its pairs, None for a source without a simulator."""
+    key = None if venue is None else _sim_key(venue, pair, kind)
+    return None if venue is None or key is None else venue.sim.paths[key]
 
 
 def _majority(weights: dict[str, float], order: Sequence[str]) -> list[str]:
@@ -356,44 +370,60 @@ def silent_majority_markets(cfg: Config) -> list[str]:
 
 
 class Truth:
-    """The band every venue's honest mid spans, per market, over the last half minute.
+    """The band every venue's honest mid spans, per market, over the last half minute, and the
+    band its perpetual venues' honest mids span (`perps`).
 
-    The simulated venues of one asset walk one common path (each with a small basis); stablecoins
-    are held at 1.0, so a pair quoted in USDT or USDC has the same truth as its USD pair. A spike
-    changes what one venue prints, never its mid, so the band is what an honest oracle can print.
+    The simulated venues of one asset walk one common path (each with a small basis), perpetual
+    contracts too; stablecoins are held at 1.0, so a pair quoted in USDT or USDC has the same
+    truth as its USD pair. A spike changes what one venue prints, never its mid, so the band is
+    what an honest oracle can print.
     """
 
     def __init__(self, cfg: Config, venues: Sequence[SimulatedVenue]) -> None:
         by_id = {v.source: v for v in venues}
         self.paths: dict[str, list[PricePath]] = {}
+        self.perp_paths: dict[str, list[PricePath]] = {}
         self.max_age_ms = {m.symbol: m.max_age_ms for m in cfg.markets}
         for market in cfg.markets:
-            found = []
-            for ms in market.sources:
-                venue = by_id.get(ms.source)
-                path = _path(venue, ms.pair) if venue is not None else None
-                if path is not None and ms.pair.split("/")[1] in STABLE:
-                    found.append(path)
-            if found:
-                self.paths[market.symbol] = found
-        self.history: deque[tuple[int, dict[str, tuple[float, float]]]] = deque()
+            kinds = ((market.sources, self.paths), (market.perp_sources, self.perp_paths))
+            for slots, found in kinds:
+                paths = [
+                    path
+                    for ms in slots
+                    if ms.pair.split("/")[1] in STABLE
+                    and (path := _slot_path(by_id.get(ms.source), ms.pair, ms.kind)) is not None
+                ]
+                if paths:
+                    found[market.symbol] = paths
+        Snap = dict[str, tuple[float, float]]
+        self.history: deque[tuple[int, Snap, Snap]] = deque()
 
     def sample(self) -> None:
         now_ms = int(time.time() * 1000)
-        snap = {m: (min(p.mid for p in ps), max(p.mid for p in ps)) for m, ps in self.paths.items()}
-        self.history.append((now_ms, snap))
+        spot, perps = (
+            {m: (min(p.mid for p in ps), max(p.mid for p in ps)) for m, ps in paths.items()}
+            for paths in (self.paths, self.perp_paths)
+        )
+        self.history.append((now_ms, spot, perps))
         while self.history and self.history[0][0] < now_ms - 30_000:
             self.history.popleft()
 
-    def band(self, market: str, ts: int) -> tuple[float, float] | None:
-        """(low, high) of the market's honest mids from `max_age_ms` before `ts` to just after."""
-        start, end = ts - self.max_age_ms.get(market, 0) - 1_000, ts + 1_000
+    def band(self, market: str, ts: int, *, perps: bool = False) -> tuple[float, float] | None:
+        """(low, high) of the market's honest mids (`perps`: its perpetual venues') from
+        `max_age_ms` before `ts` to just after: a quote, spot or perpetual, counts until then."""
+        start, end = ts - self.max_age_ms.get(market, 0) - 1_000, ts + TRUTH_AHEAD_MS
         lo, hi = math.inf, -math.inf
-        for at, snap in self.history:
+        for at, spot, perp in self.history:
+            snap = perp if perps else spot
             if start <= at <= end and market in snap:
                 low, high = snap[market]
                 lo, hi = min(lo, low), max(hi, high)
         return None if lo is math.inf else (lo, hi)
+
+    @property
+    def latest_ms(self) -> int:
+        """When the latest sample was taken (0 before the first)."""
+        return self.history[-1][0] if self.history else 0
 
 
 @dataclass(slots=True)
@@ -451,7 +481,7 @@ class LagWatch:
         check.lag_live += 1
         lo, hi = band
         value = float(price)
-        error = max(1 - value / lo, value / hi - 1, 0.0)  # as far as the check measures
+        error = outside(value, lo, hi)  # as far as the check measures
         check.lag_max_error = max(check.lag_max_error, error)
         if not lo * (1 - self.tolerance) <= value <= hi * (1 + self.tolerance):
             check.violation(
@@ -587,6 +617,7 @@ class Soak:
         self.watch: LagWatch | None = None
         self._lag_level: float | None = None
         self.fault_names = tuple(f for f in FAULTS if f != "silent_majority" or lag_market)
+        self.marks_due: deque[dict[str, Any]] = deque()  # reports whose mark awaits its truth
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -645,6 +676,7 @@ class Soak:
     async def sample_truth(self) -> None:
         while True:
             self.truth.sample()
+            self.judge_marks()
             if self.watch is not None:
                 self.watch.sample(int(time.time() * 1000))
             await asyncio.sleep(0.1)
@@ -679,8 +711,31 @@ class Soak:
         problem = judge(report, band, self.opts.band_tolerance)
         if problem is not None:
             c.violation(problem)
+        if report.get("mark") is not None:
+            self.marks_due.append(report)
         if self.watch is not None:
             self.watch.inspect(report, c)
+
+    def judge_marks(self, *, final: bool = False) -> None:
+        """Judge the marks whose truth is sampled to a second past their round (`final`: all).
+
+        Not on arrival: a contract's print can be newer than the truth's latest sample, taken
+        every 100 ms on a busy loop, and in the 1.5 % a second of a silent majority's move that
+        put the perp median up to 0.4 % past the band of mids sampled by then."""
+        c, latest = self.check, self.truth.latest_ms
+        while self.marks_due and (final or self.marks_due[0]["ts"] + TRUTH_AHEAD_MS <= latest):
+            report = self.marks_due.popleft()
+            mark, price = report["mark"], report["price"]
+            live = report["status"] in ("active", "degraded")
+            perps = self.truth.band(report["market"], report["ts"], perps=True) if live else None
+            if perps is not None and mark["price"] is not None and price is not None:
+                c.marks += 1
+                value, x = float(mark["price"]), float(price)
+                error = outside(value, min(perps[0], x), max(perps[1], x))
+                c.mark_max_error = max(c.mark_max_error, error)
+            problem = judge_mark(report, perps, self.opts.mark_tolerance)
+            if problem is not None:
+                c.violation(problem, mark=True)
 
     # -- faults ------------------------------------------------------------------------------
     def _pick(self) -> SimulatedVenue:
@@ -901,6 +956,41 @@ def judge(report: dict[str, Any], band: tuple[float, float] | None, tolerance: f
     return None
 
 
+def judge_mark(
+    report: dict[str, Any], perps: tuple[float, float] | None, tolerance: float
+) -> str | None:
+    """What is wrong with one report's mark, or None. A paused or unknown report carries no mark
+    price (the mark never outlives the index), a live one a mark price unless it left the
+    market's band (reason `bounds`), within `tolerance` (a fraction) of the band the honest
+    perpetual mids (`perps`, in the market's units) and the index span: the mark is the mean of
+    the perp median and the index times one plus the basis EMA, or the index times one plus the
+    decayed EMA (docs/mark.md), and every term lies in that band but the EMA, a time average of
+    the few basis points the simulated contracts show over the index."""
+    mark = report.get("mark")
+    if mark is None:
+        return None
+    market, status, ts, value = report["market"], report["status"], report["ts"], mark["price"]
+    if status not in ("active", "degraded") or report["price"] is None:
+        return None if value is None else f"{market} {status} at {ts} with mark {value}"
+    if value is None:
+        why = mark.get("reason")
+        return None if why == "bounds" else f"{market} {status} at {ts} without a mark ({why})"
+    if perps is not None:
+        x = float(report["price"])
+        lo, hi = min(perps[0], x), max(perps[1], x)
+        if outside(float(value), lo, hi) > tolerance:
+            return (
+                f"{market} {status} at {ts}: mark {value} outside the perpetuals and the index "
+                f"[{lo:.8g}, {hi:.8g}] +- {100 * tolerance:.2f} %"
+            )
+    return None
+
+
+def outside(value: float, lo: float, hi: float) -> float:
+    """How far `value` lies outside [lo, hi], as a fraction of the nearer end (0 inside)."""
+    return max(1 - value / lo, value / hi - 1, 0.0)
+
+
 def _slope_per_hour(points: list[tuple[float, float]]) -> float:
     if len(points) < 2:
         return 0.0
@@ -934,8 +1024,11 @@ def evaluate(opts: SoakOptions, soak: Soak, restarts: int, exit_code: int | None
         "sockets_base": base.sockets if base else math.nan,
         "sockets_end": end.sockets if end else math.nan,
     }
-    if soak.check.bad:
-        problems.append(f"{soak.check.bad} bad prices published")
+    check = soak.check
+    if check.bad > check.bad_marks:
+        problems.append(f"{check.bad - check.bad_marks} bad prices published")
+    if check.bad_marks:
+        problems.append(f"{check.bad_marks} bad marks published")
     lost = [f"{f.fault}@{f.cycle}" for f in soak.faults if f.recovered_s is None]
     if lost:
         problems.append(f"not recovered: {', '.join(lost)}")
@@ -1022,6 +1115,7 @@ async def run_soak(
                 for task in done:
                     task.result()  # the subscriber or sampler failed: raise its error
             runner.result()
+            soak.judge_marks(final=True)
             _, _, restarts = await soak.scrape()
     finally:
         for task in background:

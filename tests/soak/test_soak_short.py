@@ -21,6 +21,7 @@ from soak import (
     ReportCheck,
     SoakOptions,
     judge,
+    judge_mark,
     run_soak,
     silent_majority,
     silent_majority_markets,
@@ -36,8 +37,8 @@ pytestmark = pytest.mark.integration
 async def test_faults_recover_no_bad_price_and_no_leak(tmp_path: Path) -> None:
     """Every fault is recovered from, no published price leaves the true band or outlives a
     pause, none strays from the venues still quoting while a silent majority lags the market
-    (docs/pricing.md section 2), and memory, tasks, descriptors and sockets do not grow after
-    the warm-up cycle."""
+    (docs/pricing.md section 2), no mark leaves the honest perpetuals and the index or outlives
+    the index, and memory, tasks, descriptors and sockets do not grow after the warm-up cycle."""
     opts = SoakOptions(
         cycles=4,
         window_s=3.0,
@@ -58,6 +59,7 @@ async def test_faults_recover_no_bad_price_and_no_leak(tmp_path: Path) -> None:
     assert checked.live > 1_000 and checked.unbanded < checked.live // 100
     assert checked.by_status.get("paused", 0) > 0  # the null-price rule was exercised
     assert checked.lag_live > 0  # live rounds were held to the venues still quoting
+    assert checked.bad_marks == 0 and checked.marks > 1_000  # live marks were held to the band
     base, end = result.samples[0], result.samples[-1]
     assert base.tasks > len(result.faults) // len(FAULTS)  # the gauge counts the daemon's tasks
     assert end.tasks <= base.tasks + 2 and end.fds <= base.fds + 4
@@ -81,6 +83,36 @@ def test_the_subscriber_flags_every_kind_of_bad_report() -> None:
     assert "outside" in str(judge(report("degraded", "99.0"), band, 0.005))
     assert "without a price" in str(judge(report("active", None), band, 0.005))
     assert "with price" in str(judge(report("paused", "100.5"), band, 0.005))
+
+
+def _marked(
+    status: str, price: str | None, mark: str | None, reason: str | None = None
+) -> dict[str, object]:
+    """A report of BTC/USD with a mark object (its other fields are not read by the check)."""
+    mark_object = {"price": mark, "reason": reason, "perps_used": 3}
+    return {"market": "BTC/USD", "status": status, "price": price, "ts": 1, "mark": mark_object}
+
+
+def test_the_subscriber_flags_every_kind_of_bad_mark() -> None:
+    """A live mark outside the band the honest perpetual mids and the index span (widened by
+    the tolerance), a live report without a mark unless it left the market's band, and a paused
+    report with one are each reported; good marks and spot-only reports are not."""
+
+    def mark(status: str, price: str | None, value: str | None, reason: str | None = None) -> str:
+        return str(judge_mark(_marked(status, price, value, reason), (100.0, 101.0), 0.0025))
+
+    assert mark("active", "100.5", "100.8") == "None"
+    assert mark("active", "99.0", "99.5") == "None"  # between the index and the perpetuals
+    assert mark("degraded", "100.5", "101.2") == "None"  # inside the tolerance
+    assert mark("active", "100.5", None, "bounds") == "None"
+    assert mark("paused", None, None, "index") == "None"
+    spot_only = {"market": "X/USD", "status": "active", "price": "1", "ts": 1}
+    assert judge_mark(spot_only, (100.0, 101.0), 0.0025) is None
+    assert "outside the perpetuals" in mark("active", "100.5", "101.3")
+    assert "outside the perpetuals" in mark("active", "99.0", "98.7")
+    assert "without a mark (index)" in mark("active", "100.5", None, "index")
+    assert "with mark" in mark("paused", None, "100.5")
+    assert "with mark" in mark("unknown", None, "100.5")
 
 
 def _watch(start_ms: int = 1_000, end_ms: int | None = None) -> LagWatch:
