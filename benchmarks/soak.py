@@ -4,9 +4,10 @@ The daemon runs as `oracled run` in a subprocess, on the shipped `config/default
 source pointed at its loopback simulator (timings shortened so that a fault shows within seconds)
 and the audit trail on. This process runs the simulators, a stream subscriber that checks every
 published report, and a fault script that cycles through spikes, stalls, disconnects, garbage,
-bursts of duplicates, REST failures, a quorum loss and a silent majority (a weight majority of one
-market's venues silent behind open sockets while that market moves), waiting after each for every
-market and source to be live again. At the end of each cycle it samples the daemon's resident
+bursts of duplicates, REST failures, a quorum loss, a silent majority (a weight majority of one
+market's venues silent behind open sockets while that market moves) and silent perpetuals (two of
+one market's three perpetual venues silent the same way while it moves), waiting after each for
+every market and source to be live again. At the end of each cycle it samples the daemon's resident
 memory, file descriptors, sockets and asyncio tasks. The first cycle is the warm-up; later samples
 are compared with the sample at its end.
 
@@ -15,9 +16,11 @@ are compared with the sample at its end.
 What is checked (see benchmarks/README.md, "soak.py"): no bad price (a live report's price within
 the simulators' true price band, a paused or unknown report's price null; during a silent majority,
 within the market's max_deviation of the venues still quoting), no bad mark (a live report's mark
-within the band of the honest perpetual mids and the index, a paused or unknown one's null),
-every fault recovered, resident memory within a few percent of the warm-up, no growth of tasks,
-descriptors or sockets, no source task crashed.
+within the band of the honest perpetual mids and the index, a paused or unknown one's null; during
+silent perpetuals, within the market's max_deviation of the contract quoting and the index, the
+silent ones not counted once the index has left them), every fault recovered, resident memory
+within a few percent of the warm-up, no growth of tasks, descriptors or sockets, no source task
+crashed.
 """
 
 from __future__ import annotations
@@ -53,12 +56,14 @@ from oracled.sim.venues import SIMULATORS, SimulatedVenue, simulate
 __all__ = [
     "FAULTS",
     "LagWatch",
+    "PerpWatch",
     "SoakOptions",
     "SoakResult",
     "main",
     "run_soak",
     "silent_majority",
     "silent_majority_markets",
+    "silent_perps_markets",
     "soak_config",
 ]
 
@@ -72,6 +77,7 @@ FAULTS = (
     "stall",
     "quorum_loss",
     "silent_majority",
+    "silent_perps",
     "spike",
     "burst_replay",
     "garbage",
@@ -115,6 +121,11 @@ class SoakOptions:
     lag_move: float = 0.03  # the market moves this fraction while its majority is silent...
     lag_ramp_s: float = 2.0  # ...over this long (slow enough that the quoting venues agree)
     lag_hold_s: float = 1.0  # and stays there this long before the venues quote again
+    # Silent perpetuals: their market (None: drawn by the seed from `silent_perps_markets`; it
+    # keeps `lag_max_age_ms` too) moves as the silent majority's does. A live mark may stray this
+    # much beyond the market's max_deviation from the quoting contract and the index (`PerpWatch`)
+    perp_market: str | None = None
+    perp_slack: float = 0.0025
     audit: bool = True
     band_tolerance: float = 0.005  # a live price may be this fraction outside the true band
     # and a live mark this fraction outside the honest perpetual mids and the index (`judge_mark`)
@@ -165,6 +176,8 @@ class ReportCheck:
     marks: int = 0  # live marks checked against the honest perpetual mids and the index,
     mark_max_error: float = 0.0  # and the furthest one of them was from that band
     bad_marks: int = 0  # of `bad`, the reports whose mark was wrong
+    perp_lag_live: int = 0  # live marks of silent perpetuals' market checked against the
+    perp_lag_max_error: float = 0.0  # contract still quoting and the index, and the furthest
 
     def violation(self, text: str, *, mark: bool = False) -> None:
         self.bad += 1
@@ -220,6 +233,8 @@ class SoakResult:
             ("marks checked, worst", f"{self.reports.marks} live, "
              f"{100 * self.reports.mark_max_error:.2f} % from the perpetuals and the index"),
             ("bad marks", f"{self.reports.bad_marks}"),
+            ("silent perpetuals: live, worst", f"{self.reports.perp_lag_live} marks, "
+             f"{100 * self.reports.perp_lag_max_error:.2f} % from the contract quoting"),
             ("silent majority: live, worst", f"{self.reports.lag_live} reports, "
              f"{100 * self.reports.lag_max_error:.2f} % from the venues quoting"),
             ("RSS warm-up -> end", f"{f['rss_base_mb']:.1f} -> {f['rss_end_mb']:.1f} MB "
@@ -246,12 +261,15 @@ def soak_config(
     lag_ms: int | None = None,
     lag_market: str | None = None,
     lag_max_age_ms: int = 10_000,
+    perp_market: str | None = None,
 ) -> Config:
-    """The shipped config with every market's `max_age_ms` shortened (but `lag_market`'s, set to
-    `lag_max_age_ms`), its `lag_ms` set (None: kept), and the audit trail set."""
+    """The shipped config with every market's `max_age_ms` shortened (but `lag_market`'s and
+    `perp_market`'s, set to `lag_max_age_ms`), its `lag_ms` set (None: kept), and the audit
+    trail set."""
     data = base.model_dump(by_alias=True, exclude={"admin_token"})
+    long = {lag_market, perp_market}
     for market in data["markets"]:
-        market["max_age_ms"] = lag_max_age_ms if market["symbol"] == lag_market else max_age_ms
+        market["max_age_ms"] = lag_max_age_ms if market["symbol"] in long else max_age_ms
         if lag_ms is not None:
             market["lag_ms"] = lag_ms
     data["api"]["admin_token_env"] = "ORACLED_SOAK_ADMIN_TOKEN"
@@ -369,6 +387,35 @@ def silent_majority_markets(cfg: Config) -> list[str]:
     return found
 
 
+#: Silent perpetuals mute this many of a market's perpetual venues, one fewer than it lists.
+SILENT_PERPS = 2
+
+
+def _simulated_perps(cfg: Config, symbol: str) -> list[str]:
+    """The perpetual venues of a market that run on a simulator."""
+    market = cfg.market(symbol)
+    assert market is not None
+    return [
+        ps.source
+        for ps in market.perp_sources
+        if cfg.sources[ps.source].enabled and cfg.sources[ps.source].type in SIMULATORS
+    ]
+
+
+def silent_perps_markets(cfg: Config) -> list[str]:
+    """The markets silent perpetuals can be played on: not a stablecoin, three perpetual venues
+    listed and simulated, so that two fall silent and one keeps quoting (the shipped config:
+    every perpetual market but SHIB/USD, which lists one; with `min_perp_sources = 2` the mark
+    falls back once the silent two are left behind)."""
+    return [
+        m.symbol
+        for m in cfg.markets
+        if m.symbol.split("/")[0] not in STABLE
+        and len(m.perp_sources) == SILENT_PERPS + 1
+        and len(_simulated_perps(cfg, m.symbol)) == SILENT_PERPS + 1
+    ]
+
+
 class Truth:
     """The band every venue's honest mid spans, per market, over the last half minute, and the
     band its perpetual venues' honest mids span (`perps`).
@@ -451,13 +498,8 @@ class LagWatch:
             self.history.append((now_ms, min(mids), max(mids)))
 
     def band(self, ts: int) -> tuple[float, float] | None:
-        """(low, high) of the quoting venues' mids from `LAG_LOOKBACK_MS` before `ts` to
-        `LAG_AHEAD_MS` after, or None without a sample there."""
-        inside = [(lo, hi) for at, lo, hi in self.history
-                  if ts - LAG_LOOKBACK_MS <= at <= ts + LAG_AHEAD_MS]  # fmt: skip
-        if not inside:
-            return None
-        return min(lo for lo, _ in inside), max(hi for _, hi in inside)
+        """(low, high) of the quoting venues' mids around `ts` (`quoting_band`)."""
+        return quoting_band(self.history, ts)
 
     def inspect(self, report: dict[str, Any], check: ReportCheck) -> None:
         if report["market"] != self.market or report["ts"] < self.start_ms:
@@ -489,6 +531,84 @@ class LagWatch:
                 f"{','.join(self.silent)} silent: {price} outside the venues still quoting, "
                 f"[{lo:.8g}, {hi:.8g}] +- {100 * self.tolerance:.2f} %"
             )
+
+
+@dataclass(slots=True)
+class PerpWatch:
+    """Silent perpetuals as the subscriber checks them: from `start_ms` (the silence) to `end_ms`
+    (the contracts quote again), every live mark of `market` lies within `tolerance` of the band
+    the contracts still quoting printed around its round (`band`) and the index; and once the
+    index has moved more than `tolerance` from its level at the silence (past the rule's
+    `max_deviation`), no silent contract counts: `perps_used` is at most the quoting ones. The
+    fault took effect once the daemon listed every silent contract `stale` while younger than its
+    age limit (left behind, not aged out; `Soak.probe_perps` reads it)."""
+
+    market: str
+    silent: tuple[str, ...]  # the perpetual venues muted
+    quoting: tuple[PricePath, ...]  # the paths of the market's contracts still quoting
+    max_age_ms: int
+    lag_ms: int
+    tolerance: float  # the market's max_deviation plus the soak's perp slack
+    start_ms: int
+    end_ms: int | None = None
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # (ms, low, high)
+    level: float | None = None  # the index of the market's first live report in the silence
+    left_behind: bool = False
+    back: bool = False  # every contract used again after the end
+
+    def sample(self, now_ms: int) -> None:
+        if self.end_ms is None:
+            mids = [p.mid for p in self.quoting]
+            self.history.append((now_ms, min(mids), max(mids)))
+
+    def inspect(self, report: dict[str, Any], check: ReportCheck) -> None:
+        if report["market"] != self.market or report["ts"] < self.start_ms:
+            return
+        mark, ts = report.get("mark") or {}, report["ts"]
+        used = mark.get("perps_used", 0)
+        if self.end_ms is not None and ts > self.end_ms:
+            self.back = self.back or used == len(self.silent) + len(self.quoting)
+            return
+        price, value = report["price"], mark.get("price")
+        if report["status"] not in ("active", "degraded") or price is None or value is None:
+            return  # the main checks'
+        x = float(price)
+        if self.level is None:
+            self.level = x
+        silent = ",".join(self.silent)
+        moved = abs(x / self.level - 1)
+        if ts - self.start_ms > self.lag_ms and moved > self.tolerance and used > len(self.quoting):
+            check.violation(
+                f"{self.market} at {ts} with {silent} silent: {used} perpetuals used, the index "
+                f"{100 * moved:.2f} % from {self.level:.8g}",
+                mark=True,
+            )
+        band = quoting_band(self.history, ts)
+        if band is None:
+            return
+        check.perp_lag_live += 1
+        lo, hi = min(band[0], x), max(band[1], x)
+        error = outside(float(value), lo, hi)
+        check.perp_lag_max_error = max(check.perp_lag_max_error, error)
+        if error > self.tolerance:
+            check.violation(
+                f"{self.market} at {ts} with {silent} silent: mark {value} outside the "
+                f"contracts quoting and the index, [{lo:.8g}, {hi:.8g}] +- "
+                f"{100 * self.tolerance:.2f} %",
+                mark=True,
+            )
+
+
+def quoting_band(
+    history: Sequence[tuple[int, float, float]], ts: int
+) -> tuple[float, float] | None:
+    """(low, high) of the quoting venues' mids sampled from `LAG_LOOKBACK_MS` before `ts` to
+    `LAG_AHEAD_MS` after, or None without a sample there."""
+    inside = [(lo, hi) for at, lo, hi in history
+              if ts - LAG_LOOKBACK_MS <= at <= ts + LAG_AHEAD_MS]  # fmt: skip
+    if not inside:
+        return None
+    return min(lo for lo, _ in inside), max(hi for _, hi in inside)
 
 
 def hold_stablecoins(venues: Sequence[SimulatedVenue]) -> None:
@@ -590,6 +710,7 @@ class Soak:
         session: aiohttp.ClientSession,
         log: Callable[[str], None],
         lag_market: str | None = None,
+        perp_market: str | None = None,
     ) -> None:
         self.opts = opts
         self.cfg = cfg
@@ -615,8 +736,13 @@ class Soak:
         self.lag_market = lag_market
         self.lag_rng = random.Random(f"{opts.seed}:silent_majority")
         self.watch: LagWatch | None = None
-        self._lag_level: float | None = None
-        self.fault_names = tuple(f for f in FAULTS if f != "silent_majority" or lag_market)
+        self._levels: dict[str, float] = {}
+        # Silent perpetuals, alike: their market (None: left out), draws, the one in progress.
+        self.perp_market = perp_market
+        self.perp_rng = random.Random(f"{opts.seed}:silent_perps")
+        self.perp_watch: PerpWatch | None = None
+        drawn = {"silent_majority": lag_market, "silent_perps": perp_market}
+        self.fault_names = tuple(f for f in FAULTS if f not in drawn or drawn[f])
         self.marks_due: deque[dict[str, Any]] = deque()  # reports whose mark awaits its truth
 
     def elapsed(self) -> float:
@@ -677,8 +803,11 @@ class Soak:
         while True:
             self.truth.sample()
             self.judge_marks()
+            now_ms = int(time.time() * 1000)
             if self.watch is not None:
-                self.watch.sample(int(time.time() * 1000))
+                self.watch.sample(now_ms)
+            if self.perp_watch is not None:
+                self.perp_watch.sample(now_ms)
             await asyncio.sleep(0.1)
 
     async def subscribe(self) -> None:
@@ -715,6 +844,8 @@ class Soak:
             self.marks_due.append(report)
         if self.watch is not None:
             self.watch.inspect(report, c)
+        if self.perp_watch is not None:
+            self.perp_watch.inspect(report, c)
 
     def judge_marks(self, *, final: bool = False) -> None:
         """Judge the marks whose truth is sampled to a second past their round (`final`: all).
@@ -795,6 +926,9 @@ class Soak:
         if fault == "silent_majority":
             watch = self._silence_majority()
             return f"{watch.market} {','.join(watch.silent)}", lambda: watch.outvoted
+        if fault == "silent_perps":
+            perps = self._silence_perps()
+            return f"{perps.market} {','.join(perps.silent)} perps", lambda: perps.left_behind
         if fault == "quorum_loss":
             silent = self.rng.sample(self.quoting, len(self.quoting) // 2 + 2)
             for venue in silent:
@@ -832,17 +966,62 @@ class Soak:
         )
         return self.watch
 
-    async def _move_lag_market(self, watch: LagWatch) -> None:
-        """While its majority is silent, move the market by `lag_move` once the silent quotes
-        are older than `lag_ms`, every venue's path of its base asset together (the silent
-        venues' too: the market moves, they just do not say so), then hold it there."""
+    def _silence_perps(self) -> PerpWatch:
+        """Mute the perp market's contract on two of its three perpetual venues (drawn), each
+        socket kept open and every other symbol flowing (okx's spot pair too); the watch of the
+        one left quoting."""
+        assert self.perp_market is not None
+        market = self.cfg.market(self.perp_market)
+        assert market is not None
+        silent = self.perp_rng.sample(_simulated_perps(self.cfg, market.symbol), SILENT_PERPS)
+        by_id = {v.source: v for v in self.venues}
+        quoting: list[PricePath] = []
+        for ps in market.perp_sources:
+            venue = by_id[ps.source]
+            key = _sim_key(venue, ps.pair, ps.kind)
+            assert key is not None
+            if ps.source in silent:
+                venue.sim.mute(key)
+            else:
+                quoting.append(venue.sim.paths[key])
+        self.perp_watch = PerpWatch(
+            market=market.symbol,
+            silent=tuple(sorted(silent)),
+            quoting=tuple(quoting),
+            max_age_ms=market.max_age_ms,
+            lag_ms=market.lag_ms,
+            tolerance=market.max_deviation + self.opts.perp_slack,
+            start_ms=int(time.time() * 1000),
+        )
+        return self.perp_watch
+
+    async def probe_perps(self, watch: PerpWatch) -> None:
+        """Until cancelled, read how the daemon last judged the market's perpetuals: the fault
+        took effect once every silent one is `stale` while younger than its age limit."""
+        url = f"{self.daemon.base}/v1/markets/{watch.market.replace('/', '-')}/sources"
+        while not watch.left_behind:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with self.session.get(url) as resp:
+                    body = await resp.json() if resp.status == 200 else {}
+                rows = {r["source"]: r for r in body.get("perp_sources", ())}
+                watch.left_behind = all(
+                    rows.get(s, {}).get("reason") == "stale"
+                    and (rows[s].get("age_ms") or 0) < watch.max_age_ms
+                    for s in watch.silent
+                )
+            await asyncio.sleep(0.2)
+
+    async def _move_market(self, market: str, quoting: Sequence[PricePath]) -> None:
+        """While some of its venues are silent, move the market by `lag_move` once the silent
+        quotes are older than `lag_ms`, every venue's path of its base asset together, spot and
+        perpetual (the silent venues' too: the market moves, they just do not say so), then
+        hold it there."""
         await asyncio.sleep(self.opts.lag_quiet_s)
-        level = sum(p.mid for p in watch.quoting) / len(watch.quoting)
-        if self._lag_level is None:
-            self._lag_level = level
+        level = sum(p.mid for p in quoting) / len(quoting)
+        start = self._levels.setdefault(market, level)
         move = self.opts.lag_move
-        factor = 1 - move if level >= self._lag_level else 1 + move  # back towards the start
-        base = watch.market.split("/")[0]
+        factor = 1 - move if level >= start else 1 + move  # back towards the start
+        base = market.split("/")[0]
         for venue in self.venues:
             for pair, kind in venue.keys:
                 key = _sim_key(venue, pair, kind)
@@ -853,16 +1032,18 @@ class Soak:
     def _window(self, fault: str) -> float:
         if fault == "quorum_loss":
             return self.opts.quorum_window_s
-        if fault == "silent_majority":
+        if fault in ("silent_majority", "silent_perps"):
             return self.opts.lag_quiet_s + self.opts.lag_ramp_s + self.opts.lag_hold_s
         return self.opts.window_s
 
     def _unrecovered(self, fault: str) -> list[str]:
         """What the fault's own recovery still waits for: the silent venues used again."""
-        watch = self.watch
-        if fault != "silent_majority" or watch is None:
-            return []
-        return [f"{watch.market}:{s}:unused" for s in watch.silent if s not in watch.back]
+        watch, perps = self.watch, self.perp_watch
+        if fault == "silent_majority" and watch is not None:
+            return [f"{watch.market}:{s}:unused" for s in watch.silent if s not in watch.back]
+        if fault == "silent_perps" and perps is not None and not perps.back:
+            return [f"{perps.market}:perps:unused"]
+        return []
 
     async def run_fault(self, fault: str, cycle: int) -> FaultRecord:
         window = self._window(fault)
@@ -870,8 +1051,16 @@ class Soak:
         target, effect = self.inject(fault, cycle)
         if fault == "silent_majority":
             assert self.watch is not None
-            await self._move_lag_market(self.watch)
+            await self._move_market(self.watch.market, self.watch.quoting)
             self.watch.end_ms = int(time.time() * 1000)
+        elif fault == "silent_perps":
+            assert self.perp_watch is not None
+            probe = asyncio.create_task(self.probe_perps(self.perp_watch))
+            await self._move_market(self.perp_watch.market, self.perp_watch.quoting)
+            self.perp_watch.end_ms = int(time.time() * 1000)
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
         else:
             await asyncio.sleep(window)
         seen = bool(effect())
@@ -1081,6 +1270,13 @@ async def run_soak(
         raise ValueError(
             f"no silent majority can be played on {lag_market!r}; on one of {candidates}"
         )
+    perp_market, perp_candidates = opts.perp_market, silent_perps_markets(base)
+    if perp_market is None and perp_candidates:
+        perp_market = random.Random(f"{opts.seed}:perp_market").choice(perp_candidates)
+    elif perp_market is not None and perp_market not in perp_candidates:
+        raise ValueError(
+            f"no silent perpetuals can be played on {perp_market!r}; on one of {perp_candidates}"
+        )
     cfg, venues = await simulate(
         soak_config(
             base,
@@ -1089,6 +1285,7 @@ async def run_soak(
             lag_ms=opts.lag_ms,
             lag_market=lag_market,
             lag_max_age_ms=opts.lag_max_age_ms,
+            perp_market=perp_market,
         ),
         seed=opts.seed,
         rate_hz=opts.rate_hz,
@@ -1103,7 +1300,7 @@ async def run_soak(
         daemon.start()
         async with aiohttp.ClientSession() as session:
             await _wait_healthy(daemon, session)
-            soak = Soak(opts, cfg, venues, daemon, session, log, lag_market)
+            soak = Soak(opts, cfg, venues, daemon, session, log, lag_market, perp_market)
             background = [
                 asyncio.create_task(soak.sample_truth(), name="soak:truth"),
                 asyncio.create_task(soak.subscribe(), name="soak:subscriber"),
@@ -1158,6 +1355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="every market's lag_ms (above 10000, the silent majority's age limit: no lag rule)",
     )
     parser.add_argument("--lag-market", default=None, help="the silent majority's market")
+    parser.add_argument("--perp-market", default=None, help="the silent perpetuals' market")
     parser.add_argument("--rss-limit", type=float, default=0.05, help="allowed RSS growth")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     parser.add_argument("--workdir", type=Path, default=None, help="keep config, log, audit here")
@@ -1166,6 +1364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         candidates = silent_majority_markets(load_config(args.config, env={}))
         if args.lag_market not in candidates:
             parser.error(f"--lag-market: one of {', '.join(candidates) or 'none in this config'}")
+    if args.perp_market is not None:
+        candidates = silent_perps_markets(load_config(args.config, env={}))
+        if args.perp_market not in candidates:
+            parser.error(f"--perp-market: one of {', '.join(candidates) or 'none in this config'}")
     opts = SoakOptions(
         duration_s=args.duration,
         cycles=args.cycles,
@@ -1177,6 +1379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rss_growth_limit=args.rss_limit,
         lag_ms=args.lag_ms,
         lag_market=args.lag_market,
+        perp_market=args.perp_market,
     )
 
     def stamp(text: str) -> None:

@@ -3,9 +3,10 @@
 `benchmarks/soak.py` runs the daemon as a subprocess with the audit trail on, checks every report
 it publishes on the stream, and injects each fault of its script once a cycle: REST failures,
 a dropped connection with handshakes refused, a stall, a quorum loss, a weight majority of one
-market's venues silent behind open sockets while the market moves 3 %, a spike, a burst of
-replayed frames and garbage. The first cycle is the warm-up; resources are compared after it. No
-timing is asserted: recovery only has to happen within the harness's generous limit.
+market's venues silent behind open sockets while the market moves 3 %, two of one market's three
+perpetual venues silent while it moves 3 %, a spike, a burst of replayed frames and garbage. The
+first cycle is the warm-up; resources are compared after it. No timing is asserted: recovery only
+has to happen within the harness's generous limit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from soak import (
     FAULTS,
     ROOT,
     LagWatch,
+    PerpWatch,
     ReportCheck,
     SoakOptions,
     judge,
@@ -25,6 +27,7 @@ from soak import (
     run_soak,
     silent_majority,
     silent_majority_markets,
+    silent_perps_markets,
 )
 
 from oracled.aggregate.book import Layout
@@ -38,14 +41,16 @@ async def test_faults_recover_no_bad_price_and_no_leak(tmp_path: Path) -> None:
     """Every fault is recovered from, no published price leaves the true band or outlives a
     pause, none strays from the venues still quoting while a silent majority lags the market
     (docs/pricing.md section 2), no mark leaves the honest perpetuals and the index or outlives
-    the index, and memory, tasks, descriptors and sockets do not grow after the warm-up cycle."""
+    the index, none strays from the contract still quoting while two perpetuals are silent
+    through a move (docs/mark.md, Inputs, item 4), and memory, tasks, descriptors and sockets do
+    not grow after the warm-up cycle."""
     opts = SoakOptions(
         cycles=4,
         window_s=3.0,
         quorum_window_s=6.0,
         settle_s=3.0,
         recovery_limit_s=45.0,
-        lag_quiet_s=1.25,  # the silent majority: 0.25 s past lag_ms, a 2 s move, 0.5 s held
+        lag_quiet_s=1.25,  # both silent faults: 0.25 s past lag_ms, a 2 s move, 0.5 s held
         lag_hold_s=0.5,
         rss_growth_limit=0.05,
         keep_logs=tmp_path / "daemon.log",
@@ -60,6 +65,7 @@ async def test_faults_recover_no_bad_price_and_no_leak(tmp_path: Path) -> None:
     assert checked.by_status.get("paused", 0) > 0  # the null-price rule was exercised
     assert checked.lag_live > 0  # live rounds were held to the venues still quoting
     assert checked.bad_marks == 0 and checked.marks > 1_000  # live marks were held to the band
+    assert checked.perp_lag_live > 0  # and to the contract quoting while the others were silent
     base, end = result.samples[0], result.samples[-1]
     assert base.tasks > len(result.faults) // len(FAULTS)  # the gauge counts the daemon's tasks
     assert end.tasks <= base.tasks + 2 and end.fds <= base.fds + 4
@@ -113,6 +119,61 @@ def test_the_subscriber_flags_every_kind_of_bad_mark() -> None:
     assert "without a mark (index)" in mark("active", "100.5", None, "index")
     assert "with mark" in mark("paused", None, "100.5")
     assert "with mark" in mark("unknown", None, "100.5")
+
+
+def _perp_report(
+    price: str | None, mark: str | None, used: int, ts: int, status: str = "active"
+) -> dict[str, object]:
+    """A report of X/USD with its mark's price and perps_used."""
+    return {
+        "market": "X/USD",
+        "status": status,
+        "price": price,
+        "ts": ts,
+        "mark": {"price": mark, "reason": None if mark else "index", "perps_used": used},
+    }
+
+
+def test_the_silent_perps_check_holds_marks_to_the_contract_still_quoting() -> None:
+    """p and q silent from 1,000 ms, r quoting at 101.5: a live mark further than the tolerance
+    from r and the index is reported, one inside it is not; so is a silent contract counted
+    (`perps_used` above r's one) once the index has moved past the tolerance from its level at
+    the silence and `lag_ms` has passed, not before. All three used after the end: recovered."""
+    quoting = (PricePath(101.5, seed=1, volatility=0.0),)
+    watch, check = (
+        PerpWatch("X/USD", ("p", "q"), quoting, 10_000, 1_000, 0.0125, 1_000),
+        ReportCheck(),
+    )
+    for ms in range(1_000, 4_001, 100):
+        watch.sample(ms)
+    watch.inspect(_perp_report("100.0", "100.0", 3, ts=900), check)  # before the silence
+    assert watch.level is None and check.perp_lag_live == 0
+    watch.inspect(_perp_report("100.0", "100.1", 3, ts=1_250), check)  # the level: 100
+    watch.inspect(_perp_report("101.5", "100.5", 3, ts=1_750), check)  # within lag_ms
+    watch.inspect(_perp_report("101.0", "100.6", 3, ts=2_500), check)  # moved 1 %
+    watch.inspect(_perp_report("101.5", "101.4", 0, ts=2_750), check)  # moved 1.5 %, fallback
+    watch.inspect(_perp_report(None, None, 0, ts=2_800, status="paused"), check)
+    assert watch.level == 100.0 and check.bad == 0 and check.perp_lag_live == 4
+    assert round(check.perp_lag_max_error, 4) == 0.0099  # 100.5 is 0.99 % below 101.5
+    watch.inspect(_perp_report("101.5", "101.5", 3, ts=3_000), check)
+    assert check.bad_marks == 1 and "3 perpetuals used, the index 1.50 %" in check.examples[0]
+    watch.inspect(_perp_report("101.5", "100.2", 0, ts=3_250), check)
+    assert check.bad_marks == 2 and "mark 100.2 outside" in check.examples[1]
+    watch.end_ms = 3_500
+    watch.inspect(_perp_report("101.5", "100.0", 2, ts=3_750), check)  # after the end: not here
+    assert check.bad == 2 and not watch.back
+    watch.inspect(_perp_report("101.5", "101.5", 3, ts=4_000), check)
+    assert watch.back
+
+
+def test_silent_perps_play_on_the_markets_with_three_simulated_perpetuals() -> None:
+    """On the shipped config: the markets that list three contracts, all on simulated venues;
+    not SHIB/USD, which lists one (two silent would leave none quoting), nor the stablecoins."""
+    cfg = load_config(ROOT / "config" / "default.toml", env={})
+    markets = silent_perps_markets(cfg)
+    assert {"BTC/USD", "ETH/USD", "SOL/USD", "DOGE/USD"} <= set(markets)
+    assert not {"SHIB/USD", "USDT/USD", "USDC/USD"} & set(markets)
+    assert len(markets) == sum(1 for m in cfg.markets if len(m.perp_sources) == 3)
 
 
 def _watch(start_ms: int = 1_000, end_ms: int | None = None) -> LagWatch:
