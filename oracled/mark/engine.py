@@ -61,8 +61,9 @@ REASON_BOUNDS = "bounds"
 # fallback (fewer than min_perp_sources counted), or nothing (the index is not live).
 MODES = ("perps", "fallback", "none")
 # Why a perpetual did not count in a round (docs/mark.md, Inputs): no quote held, flagged by its
-# source, too old or too far ahead, its conversion leg not live, too far from the index, fewer
-# counting than min_perp_sources, or no live index (nothing was checked).
+# source, too old (or left behind by the index: `_left_behind`) or too far ahead, its conversion
+# leg not live, too far from the index, fewer counting than min_perp_sources, or no live index
+# (nothing was checked).
 PERP_REASONS = (
     "no_quote", "flagged", "stale", "future", "route", "deviation", "too_few", "index"
 )  # fmt: skip
