@@ -1,10 +1,11 @@
-"""The perpetuals' lag rule (docs/mark.md, Inputs; pricing revision 25).
+"""The perpetuals' lag rule (docs/mark.md, Inputs; pricing revisions 25 to 28).
 
 A perp venue silent behind an open socket keeps its last quote fresh until `max_age_ms`. Through
 a fast move the silent ones held the perp median, and with it the mark that margin engines
 liquidate on, at the level before the move, up to `max_perp_deviation` from the index. A perp
-quote older than the market's `lag_ms` now counts only while the index is within
-`max_deviation` of its value in the first round that saw the quote.
+quote older than the market's `lag_ms` now counts only while the index, in the contract's own
+currency, is within `max_deviation` of its value in the first live round at or after the quote's
+own time (venue time where sent).
 
 BTC/USD (mark_rig): spot a, b, c; perps p (BTC/USD), q (BTC/USDT through USDT/USD) and r
 (BTC/USD); `lag_ms` 2 s and `max_deviation` 1 % (the defaults), `max_age_ms` 5 s.
@@ -149,8 +150,8 @@ def test_a_quote_first_seen_while_the_index_was_not_live_is_judged_from_the_firs
 def test_a_short_basis_half_life_does_not_let_silent_perps_judge_themselves() -> None:
     """With basis_half_life_s 0.5 the EMA follows whatever counts within a round or two: while
     the silent perps held the median, their basis became the kept basis, and a level made of it
-    never left them behind. Judged by how far the index has moved since the round that first
-    saw each quote, they are stale once it has moved 1 %, whatever the EMA."""
+    never left them behind. Judged by how far the index has moved since each quote's time, they
+    are stale once it has moved 1 %, whatever the EMA."""
     rig = _rig(min_perp_sources=2, basis_half_life_s=0.5)
     for s in range(5):
         _step(rig, B + s * 1_000, 100.0, p=100.05, q=100.05, r=100.05)

@@ -392,7 +392,7 @@ def test_two_silent_perpetuals_of_three_no_longer_hold_the_mark_above_a_falling_
     """Spot and perps fall 8 % in 10 s together at a 0.05 % premium; p2 and p3 fall silent
     behind open sockets from the start of the fall, their last quotes fresh for max_age_ms (5 s).
     They count while younger than lag_ms (2 s), then only while the index is within
-    max_deviation (1 %) of where it was in the round that first held them (docs/mark.md,
+    max_deviation (1 %) of where it was at their quotes' time (docs/mark.md,
     Inputs 4): stale from 63 s, and p1 alone (min_perp_sources 1) makes the mark. The bound is
     that max_deviation, between the two engines' worst gaps on this tape: the silent pair can
     hold the perp median at most about 1 % above the index, and the mark, the mean of that

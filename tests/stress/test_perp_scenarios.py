@@ -132,7 +132,7 @@ def test_a_real_crash_moves_the_mark_down_and_liquidates_at_the_mark() -> None:
 def test_two_silent_perp_venues_never_hold_the_mark_above_a_falling_index() -> None:
     """p2 and p3 send nothing for a minute from the start of an 8 % fall over 10 s: their last
     quotes count while younger than lag_ms, then are stale once the index has moved more than
-    max_deviation since they were held (docs/mark.md, Inputs 4). The mark is live in every
+    max_deviation since they quoted (docs/mark.md, Inputs 4). The mark is live in every
     round after start-up and never further than max_deviation from oracled's index (0.47 % with
     seed 0; 1.35 % before pricing revision 25, when the pair held the perp median until
     max_age_ms). Nobody is liquidated (the 10x long goes near -8.3 %); the engine reading the
