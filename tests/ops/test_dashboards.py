@@ -199,20 +199,57 @@ def test_every_panel_the_docs_name_is_a_panel_of_a_dashboard() -> None:
     assert sorted(named - titles) == []
 
 
-_AGGREGATION = re.compile(r"\b(sum|count|max|min|avg)\s*(?:by\s*\(([^)]*)\)\s*)?\(")
+# PromQL's aggregation operators, with `by` or `without` before the operand (or after it:
+# `_CLAUSE_AFTER`); `max_over_time(` and the like are no aggregation across series.
+_AGGREGATION = re.compile(
+    r"\b(sum|count|max|min|avg|group|stddev|stdvar|topk|bottomk|quantile|count_values)\s*"
+    r"(?:(by|without)\s*\(([^)]*)\)\s*)?\("
+)
+_CLAUSE_AFTER = re.compile(r"\s*(by|without)\s*\(([^)]*)\)")
+_SERIES_SUFFIXES = ("_bucket", "_count", "_sum")  # a histogram's series
 
 
 def _aggregated(expr: str) -> list[tuple[set[str], str]]:
-    """(the labels kept, what is aggregated) of each `sum`, `count`, ... of an expression."""
+    """(the labels kept, what is aggregated) of each `sum`, `count`, ... of an expression. A
+    `without` keeps the labels of the series aggregated (the catalogue's, `job`, `instance`
+    and a bucket's `le`) but those it names."""
+    listed, _ = catalogue()
     found = []
     for match in _AGGREGATION.finditer(expr):
         end, depth = match.end(), 1
         while depth:
             depth += {"(": 1, ")": -1}.get(expr[end], 0)
             end += 1
-        kept = {label.strip() for label in (match[2] or "").split(",")} - {""}
-        found.append((kept, expr[match.end() : end - 1]))
+        inner = expr[match.end() : end - 1]
+        clause, labels = match[2], match[3]
+        after = _CLAUSE_AFTER.match(expr, end)
+        if clause is None and after is not None:
+            clause, labels = after[1], after[2]
+        named = {label.strip() for label in (labels or "").split(",")} - {""}
+        if clause == "without":
+            present = {"job", "instance", "le"}
+            for metric in re.findall(r"\b(oracled_[a-z0-9_]+)\b", inner):
+                for name in (metric, *(metric.removesuffix(s) for s in _SERIES_SUFFIXES)):
+                    present |= listed.get(name, ("", frozenset(), ""))[1]
+            named = present - named
+        found.append((named, inner))
     return found
+
+
+def test_every_form_of_an_aggregation_is_read_with_the_labels_it_keeps() -> None:
+    """`by` before or after the operand, `without`, and the operators beyond sum and max: a
+    panel written `sum(...) by (source)` or `sum without (instance) (...)` merges the replicas
+    as surely as `sum by (source) (...)`, and the two tests below must see it."""
+    frames = 'rate(oracled_source_frames_total{job="$job"}[5m])'
+    assert _aggregated(f"sum by (source) ({frames})") == [({"source"}, frames)]
+    assert _aggregated(f"sum({frames}) by (instance, source)") == [({"instance", "source"}, frames)]
+    [(kept, _)] = _aggregated(f"sum without (instance) ({frames})")
+    assert "instance" not in kept and "source" in kept
+    [(kept, _)] = _aggregated(f"sum without (source) ({frames})")
+    assert {"instance", "job"} <= kept and "source" not in kept
+    assert [k for k, _ in _aggregated(f"topk(3, {frames})")] == [set()]
+    assert [k for k, _ in _aggregated(f"quantile by (instance) (0.9, {frames})")] == [{"instance"}]
+    assert _aggregated(f"max_over_time({frames}[1h:])") == []
 
 
 def test_a_panel_that_counts_markets_or_sources_counts_them_per_instance() -> None:
