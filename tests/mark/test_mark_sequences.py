@@ -488,6 +488,48 @@ def test_every_round_of_a_hostile_tape_marks_as_the_docs_say(
         _check(model, core, res)
 
 
+# Late feeds through moves: each perpetual quotes now, late (its venue time 0.5 to 4.5 s back),
+# or not at all, while the index and the USDT leg move by more than max_deviation in a round.
+late_print = st.one_of(
+    st.none(),
+    st.tuples(st.just("price"), st.floats(-0.01, 0.01)),
+    st.tuples(
+        st.just("sent"),
+        st.floats(-0.01, 0.01),
+        st.sampled_from((-500, -1_000, -1_500, -2_500, -3_000, -4_500)),
+    ),
+)
+late_tapes = st.lists(
+    st.builds(
+        Step,
+        st.sampled_from((1, 1, 1, 2)),
+        st.sampled_from((None, 1.0, 1.0, 1.006, 0.994, 1.015, 0.985)),
+        st.sampled_from((1.0, 1.0, 1.0, 0.98, None)),
+        st.tuples(late_print, late_print, late_print),
+        st.just(False),
+        st.none(),
+    ),
+    min_size=4,
+    max_size=30,
+)
+
+
+@SETTINGS
+@given(late_tapes, mark_settings)
+def test_late_perpetual_quotes_through_moves_are_judged_from_their_own_time(
+    tape: list[Step], first: Settings
+) -> None:
+    """The rounds of the hostile tapes rarely move the index by max_deviation within lag_ms of
+    a quote sent late, so this one does: spot moves of 0.6 % and 1.5 % a round, the USDT leg
+    2 % down and back, rounds without spot (a pause), and perpetuals quoting now, with a venue
+    time up to 4.5 s back, or not at all. Each round is checked as above; an old quote counts
+    while the index in its own currency is within max_deviation of the first live round at or
+    after its venue time (docs/mark.md, Inputs, item 4)."""
+    model = Model(first)
+    for core, _, res in _rounds(tape, first):
+        _check(model, core, res)
+
+
 @TWICE
 @given(tapes, mark_settings, st.randoms(use_true_random=False))
 def test_the_same_quotes_in_any_order_within_a_round_give_the_same_mark(
