@@ -281,3 +281,16 @@ def test_the_rounds_remembered_for_late_quotes_are_bounded() -> None:
     assert rig.last is not None and rig.last.mark is not None
     v = rig.last.mark.values[BTC]
     assert v.perp_reasons == (None, "no_quote", "no_quote"), v
+
+
+def test_a_quote_ahead_of_its_first_round_is_judged_from_that_round() -> None:
+    """r's venue clock runs 500 ms ahead: its quote, stamped after the round that first holds it
+    (index 100), is judged from that round's index, not from the next one's (101.5, the first at
+    or after its venue time), as docs/mark.md (Inputs, item 4) says: 2.5 s later, the index
+    still at 101.5, 1.5 % from 100, it is stale."""
+    rig = _rig()
+    ahead = Quote("r", "BTC/USD", B, price=100.0, kind="perp", venue_ts=B + 500)
+    assert rig.core.ingest(ahead) is None
+    assert _step(rig, B, 100.0).perp_reasons[2] is None
+    assert _step(rig, B + 1_000, 101.5).perp_reasons[2] is None  # young
+    assert _step(rig, B + 3_000, 101.5).perp_reasons[2] == "stale"
