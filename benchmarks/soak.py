@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ import aiohttp
 import tomli_w
 
 from oracled.aggregate.book import Layout
-from oracled.config import Config, load_config
+from oracled.config import Config, MarketSource, load_config
 from oracled.model import Kind
 from oracled.sim.paths import PricePath
 from oracled.sim.venues import SIMULATORS, SimulatedVenue, simulate
@@ -945,21 +945,10 @@ class Soak:
         market = self.cfg.market(self.lag_market)
         assert market is not None
         _, silent = silent_majority(self.cfg, market.symbol, self.lag_rng)
-        by_id = {v.source: v for v in self.venues}
-        quoting: list[PricePath] = []
-        for ms in market.sources:
-            venue = by_id.get(ms.source)
-            key = _sim_key(venue, ms.pair) if venue is not None else None
-            if venue is None or key is None:
-                continue
-            if ms.source in silent:
-                venue.sim.mute(key)
-            else:
-                quoting.append(venue.sim.paths[key])
         self.watch = LagWatch(
             market=market.symbol,
             silent=tuple(sorted(silent)),
-            quoting=tuple(quoting),
+            quoting=self._mute(market.sources, silent),
             max_age_ms=market.max_age_ms,
             tolerance=market.max_deviation + self.opts.band_tolerance,
             start_ms=int(time.time() * 1000),
@@ -974,26 +963,34 @@ class Soak:
         market = self.cfg.market(self.perp_market)
         assert market is not None
         silent = self.perp_rng.sample(_simulated_perps(self.cfg, market.symbol), SILENT_PERPS)
-        by_id = {v.source: v for v in self.venues}
-        quoting: list[PricePath] = []
-        for ps in market.perp_sources:
-            venue = by_id[ps.source]
-            key = _sim_key(venue, ps.pair, ps.kind)
-            assert key is not None
-            if ps.source in silent:
-                venue.sim.mute(key)
-            else:
-                quoting.append(venue.sim.paths[key])
         self.perp_watch = PerpWatch(
             market=market.symbol,
             silent=tuple(sorted(silent)),
-            quoting=tuple(quoting),
+            quoting=self._mute(market.perp_sources, silent),
             max_age_ms=market.max_age_ms,
             lag_ms=market.lag_ms,
             tolerance=market.max_deviation + self.opts.perp_slack,
             start_ms=int(time.time() * 1000),
         )
         return self.perp_watch
+
+    def _mute(
+        self, slots: Sequence[MarketSource], silent: Collection[str]
+    ) -> tuple[PricePath, ...]:
+        """Mute the slots of the `silent` venues, each socket kept open and every other symbol
+        flowing; the paths of the simulated slots left quoting (both silent faults)."""
+        by_id = {v.source: v for v in self.venues}
+        quoting: list[PricePath] = []
+        for slot in slots:
+            venue = by_id.get(slot.source)
+            key = None if venue is None else _sim_key(venue, slot.pair, slot.kind)
+            if venue is None or key is None:
+                continue
+            if slot.source in silent:
+                venue.sim.mute(key)
+            else:
+                quoting.append(venue.sim.paths[key])
+        return tuple(quoting)
 
     async def probe_perps(self, watch: PerpWatch) -> None:
         """Until cancelled, read how the daemon last judged the market's perpetuals: the fault
