@@ -13,7 +13,9 @@ some tape's reports, so the revision is bumped and CHANGELOG.md says how.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -117,3 +119,17 @@ def test_the_changelog_names_every_revision_up_to_this_one() -> None:
     text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     listed = [int(n) for n in re.findall(r"^- \*\*(\d+)\*\*:", text, flags=re.MULTILINE)]
     assert listed == list(range(PRICING_REVISION, 0, -1))
+
+
+def test_the_pinned_tape_is_what_its_generator_writes() -> None:
+    """make_pricing_tape.py is where a stretch of the tape is read and changed (its comments say
+    what each one moves); a tape edited by hand, or a generator changed without writing the tape
+    again, would pin reports that no longer match the stretches described."""
+    spec = importlib.util.spec_from_file_location(
+        "make_pricing_tape", FIXTURES / "make_pricing_tape.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = "".join(json.dumps(line) + "\n" for line in module.tape())
+    assert written == (FIXTURES / "pricing.jsonl").read_text()
