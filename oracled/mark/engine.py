@@ -321,8 +321,10 @@ class MarkEngine:
                 quote = perps.get(perp.key)
                 found = _convert(perp, quote, live, now, spec.max_age_ms, self._skew)
                 own = then = owns[i]
-                if quote is not None and isfinite(own):
+                stamp = 0  # the quote's venue time where sent (its age, the lag rule)
+                if quote is not None:
                     stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
+                if quote is not None and isfinite(own):
                     first = state.seen.get(perp.key)
                     if first is None or first[0] != stamp:  # a new venue time
                         if len(past) > 1 and stamp <= past[-2][0]:  # before the last round
@@ -336,8 +338,7 @@ class MarkEngine:
                     continue
                 mid, bid, ask = found
                 seen.append(mid)
-                assert quote is not None  # _convert found a mid
-                if _left_behind(spec, quote, now, then, own):
+                if _left_behind(spec, stamp, now, then, own):
                     reasons.append("stale")
                     continue
                 if abs(mid - x) > spec.max_dev * BAND_SLACK * x:  # 103 on 100 counts at 3 %
@@ -493,10 +494,10 @@ def _then(past: deque[tuple[int, tuple[float, ...]]], i: int, stamp: int) -> flo
     return then
 
 
-def _left_behind(spec: _Spec, quote: Quote, now: int, then: float, x: float) -> bool:
-    """True for a perpetual quote older than the market's `lag_ms` while the index (`x`, in the
-    perpetual's own currency: `_own_index`) has moved by more than `max_deviation` from `then`,
-    its value in the first live round at or after the quote's venue time (`_then`).
+def _left_behind(spec: _Spec, stamp: int, now: int, then: float, x: float) -> bool:
+    """True for a perpetual quote of venue time `stamp` older than the market's `lag_ms` while
+    the index (`x`, in the perpetual's own currency: `_own_index`) has moved by more than
+    `max_deviation` from `then`, its value in the first live round at or after `stamp` (`_then`).
 
     The perps' analogue of the spot lag rule (docs/mark.md, Inputs): a perp venue silent behind
     an open socket keeps its last quote fresh until `max_age_ms`, and through a fast move the
@@ -506,7 +507,6 @@ def _left_behind(spec: _Spec, quote: Quote, now: int, then: float, x: float) -> 
     the silent perps feed while they count: with a short half-life it followed them). A quiet
     contract counts while the index stays where it was when the contract last quoted.
     """
-    stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
     return now - stamp > spec.lag_ms and abs(x - then) > spec.lag_dev * BAND_SLACK * then
 
 
