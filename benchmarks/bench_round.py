@@ -6,6 +6,7 @@ outliers and some are missing, then times `Core.run_round` over many rounds. Not
 the network or the disk except the optional JSON output.
 
     python benchmarks/bench_round.py --markets 100,1000,5000 --sources 8,16 --rounds 200
+    python benchmarks/bench_round.py --markets 1000 --sources 16 --perps 1000 --perp-venues 3
 
 See benchmarks/README.md for what the figures mean.
 """
@@ -38,7 +39,7 @@ MAX_AGE_MS = 3_600_000
 STALE_AGE_MS = 2 * MAX_AGE_MS
 # Fresh but older than the markets' lag_ms (2 s by default): what `--old` stamps.
 OLD_AGE_MS = 3_000
-PERP_SOURCE = "perp"  # the perpetual venue of `build_config(perps=...)`
+PERP_SOURCE = "perp"  # the perpetual venue of `build_config(perps=...)`; more are "perp2", ...
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,16 @@ class Result:
     reports_all_us: float
     encode_all_us: float
     live_markets: int
+    perps: int = 0  # perpetual markets (markets 1 to `perps`), each with `perp_venues` venues
+    perp_venues: int = 1
 
 
-def build_config(markets: int, sources: int, perps: int = 0) -> Config:
+def build_config(markets: int, sources: int, perps: int = 0, perp_venues: int = 1) -> Config:
     """Market 0 is USDT/USD (direct USD quotes only); every fourth slot elsewhere quotes USDT.
-    Markets 1 to `perps` are perpetual markets too: one perpetual venue each (`PERP_SOURCE`)."""
+    Markets 1 to `perps` are perpetual markets too: `perp_venues` perpetual venues each
+    (`PERP_SOURCE` first)."""
     source_ids = [f"s{j:02d}" for j in range(sources)]
+    perp_ids = [PERP_SOURCE, *(f"{PERP_SOURCE}{k}" for k in range(2, perp_venues + 1))]
     market_tables: list[dict[str, Any]] = [
         {
             "symbol": "USDT/USD",
@@ -90,10 +95,12 @@ def build_config(markets: int, sources: int, perps: int = 0) -> Config:
             }
         )
         if i <= perps:
-            market_tables[-1]["perp_sources"] = [{"source": PERP_SOURCE, "pair": f"{base}/USD"}]
+            market_tables[-1]["perp_sources"] = [
+                {"source": p, "pair": f"{base}/USD"} for p in perp_ids
+            ]
     venues = {s: {"type": "binance"} for s in source_ids}
     if perps:
-        venues[PERP_SOURCE] = {"type": "okx"}
+        venues.update({p: {"type": "okx"} for p in perp_ids})
     return parse_config(
         {
             "sources": venues,
@@ -111,8 +118,9 @@ def build_quotes(cfg: Config, now_ms: int, seed: int, old: float = 0.0) -> list[
     quotes: list[Quote] = []
     for i, market in enumerate(cfg.markets):
         fair = 1.0 if i == 0 else 10.0 + i
-        for ps in market.perp_sources:  # a perpetual trading a little above the spot price
-            price = fair * 1.0005
+        # perpetuals trading a little above the spot price, a venue apart from the next
+        for k, ps in enumerate(market.perp_sources):
+            price = fair * (1.0005 + 0.0001 * k)
             quotes.append(
                 Quote(
                     ps.source, ps.pair, now_ms, bid=price * 0.9999, ask=price * 1.0001, kind="perp"
@@ -165,8 +173,16 @@ def _time_ns(fn: Callable[[], object]) -> int:
     return time.perf_counter_ns() - start
 
 
-def run_case(markets: int, sources: int, rounds: int, seed: int, old: float = 0.0) -> Result:
-    cfg = build_config(markets, sources)
+def run_case(
+    markets: int,
+    sources: int,
+    rounds: int,
+    seed: int,
+    old: float = 0.0,
+    perps: int = 0,
+    perp_venues: int = 1,
+) -> Result:
+    cfg = build_config(markets, sources, min(perps, markets - 1), perp_venues)
     core = Core(cfg)
     quotes = build_quotes(cfg, START_MS, seed, old)
 
@@ -205,6 +221,8 @@ def run_case(markets: int, sources: int, rounds: int, seed: int, old: float = 0.
         reports_all_us=reports_ns / 1e3,
         encode_all_us=encode_ns / 1e3,
         live_markets=int((result.status <= 1).sum()),
+        perps=min(perps, markets - 1),
+        perp_venues=perp_venues,
     )
 
 
@@ -224,11 +242,22 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="share of the fresh quotes older than lag_ms (on-chain feeds, quiet books)",
     )
+    parser.add_argument(
+        "--perps",
+        type=int,
+        default=0,
+        help="markets 1 to N are perpetual markets too: the round runs the mark step",
+    )
+    parser.add_argument(
+        "--perp-venues", type=int, default=1, help="perpetual venues of each perpetual market"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
     results = [
-        run_case(m, s, args.rounds, args.seed, args.old) for m in args.markets for s in args.sources
+        run_case(m, s, args.rounds, args.seed, args.old, args.perps, args.perp_venues)
+        for m in args.markets
+        for s in args.sources
     ]
     header = (
         f"{'markets':>7} {'sources':>7} {'slots':>7} {'round p50':>10} {'round p99':>10} "
@@ -244,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.round_p99_us / 1e3:>8.3f}ms {r.round_median_us * 1e3 / r.slots:>8.0f} "
             f"{r.ingest_per_quote_us:>7.2f}us "
             f"{r.reports_all_us / 1e3:>8.2f}ms {r.encode_all_us / 1e3:>8.2f}ms {r.live_markets:>6}"
+        )
+    if args.perps:
+        print(
+            f"\nperpetual markets: 1 to {args.perps} (all but USDT/USD at most), "
+            f"{args.perp_venues} venue(s) each"
         )
     budget = [r for r in results if (r.markets, r.sources) == (1000, 16)]
     if budget:
