@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from oracled.mark import decay, ema_update, funding_rate, median, premium_of
+from oracled.mark.formulas import clip
 
 H = 60_000.0  # a one-minute half-life, in ms
 
@@ -115,3 +117,40 @@ def test_funding_rate_at_each_boundary_of_the_clamp_and_the_cap(
 ) -> None:
     """F = P + clamp(I - P, -c, c), then clamped to [-cap, cap] (I 0.01 %, c 0.05 %, cap 0.75 %)."""
     assert funding_rate(premium, INTEREST, CLAMP, CAP) == pytest.approx(expected, abs=1e-15)
+
+
+def _same(a: float, b: float) -> bool:
+    """The same float bit for bit: NaN equals NaN, 0.0 differs from -0.0."""
+    return struct.pack("<d", a) == struct.pack("<d", b)
+
+
+_ANY = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, math.nan])
+
+
+@given(value=_ANY, low=_ANY, high=_ANY)
+def test_clip_is_min_of_max_for_every_float(value: float, low: float, high: float) -> None:
+    """`clip` replaces the builtins for speed only: NaN and signed zeros come out as they did."""
+    assert _same(clip(value, low, high), min(max(value, low), high))
+
+
+@given(index=_ANY, bid=_ANY, ask=_ANY)
+def test_premium_with_bid_and_ask_is_the_max_form_bit_for_bit(
+    index: float, bid: float, ask: float
+) -> None:
+    """The comparisons in `premium_of` give what `max(0.0, ...)` gave, NaN and -0.0 included."""
+    try:
+        want = (max(0.0, bid - index) - max(0.0, index - ask)) / index
+    except ZeroDivisionError:
+        with pytest.raises(ZeroDivisionError):
+            premium_of(index, math.nan, bid, ask)
+        return
+    assert _same(premium_of(index, math.nan, bid, ask), want)
+
+
+@given(premium=_ANY, interest=_ANY, clamp=_ANY, cap=_ANY)
+def test_funding_rate_is_the_min_max_form_bit_for_bit(
+    premium: float, interest: float, clamp: float, cap: float
+) -> None:
+    """`funding_rate` through `clip` is the builtin form for every float input."""
+    want = min(max(premium + min(max(interest - premium, -clamp), clamp), -cap), cap)
+    assert _same(funding_rate(premium, interest, clamp, cap), want)
