@@ -74,6 +74,7 @@ class _Perp:
     """One perpetual input of a market and how it converts into the market's units."""
 
     key: SlotKey
+    pos: int  # its place in the market's perp_sources (in `_State.past`, the reasons)
     via: int  # market index of the conversion leg, -1 for none
     invert: bool  # divide by the leg's price instead of multiplying
 
@@ -87,8 +88,9 @@ class _Spec:
     max_age_ms: int
     routed: bool  # some perp converts through a leg (else each one's own index is `x`)
     lag_ms: int  # older than this, a perp counts while the index stays near (the lag rule)
-    lag_dev: float  # the market's `max_deviation`: how near
+    lag_band: float  # the market's `max_deviation` x BAND_SLACK: how near
     max_dev: float
+    max_band: float  # max_dev x BAND_SLACK (the check's product, made once: the same float)
     min_perps: int
     half_life_ms: float
     interval_ms: int
@@ -200,6 +202,11 @@ def _dec(value: float, fmt: str) -> str | None:
     return text
 
 
+# Every field in order, with no defaults to fill: the same named tuple as `MarkValues(...)`, built
+# without running its generated Python `__new__` (a third of the cost, once per market per round)
+_new_values = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class MarkRound:
     """The mark outputs of one round, by market index (perpetual markets only)."""
@@ -215,7 +222,7 @@ class MarkRound:
 class MarkEngine:
     """Per-market mark state; `step` once per round, after the index prices are known."""
 
-    __slots__ = ("_round_ms", "_skew", "_specs", "_states")
+    __slots__ = ("_markets", "_round_ms", "_skew", "_specs", "_states")
 
     def __init__(self, cfg: Config, layout: Layout) -> None:
         index = {sym: i for i, sym in enumerate(layout.markets)}
@@ -226,12 +233,13 @@ class MarkEngine:
                 continue
             quote_ccy = market.symbol.split("/")[1]
             perps: list[_Perp] = []
-            for ps in market.perp_sources:
+            for pos, ps in enumerate(market.perp_sources):
                 p_quote = ps.pair.split("/")[1]
                 via_sym = None if p_quote == quote_ccy else routes[(p_quote, quote_ccy)]
                 perps.append(
                     _Perp(
                         key=(ps.source, ps.pair, ps.kind),
+                        pos=pos,
                         via=-1 if via_sym is None else index[via_sym],
                         invert=via_sym is not None and via_sym != f"{p_quote}/{quote_ccy}",
                     )
@@ -240,6 +248,8 @@ class MarkEngine:
             specs.append(_spec(i, tuple(perps), market, band))
         self._specs = tuple(specs)
         self._states = {s.market: _State() for s in self._specs}
+        # what `step` walks: a state looked up once, not per round (`carry_from` fills the same)
+        self._markets = tuple((s, self._states[s.market]) for s in self._specs)
         self._skew = cfg.oracle.max_clock_skew_ms
         self._round_ms = cfg.oracle.round_interval_ms
 
@@ -290,8 +300,8 @@ class MarkEngine:
         live = index.tolist()
         return MarkRound(
             {
-                spec.market: self._market(spec, self._states[spec.market], now_ms, live, perps)
-                for spec in self._specs
+                spec.market: self._market(spec, state, now_ms, live, perps)
+                for spec, state in self._markets
             }
         )
 
@@ -317,18 +327,21 @@ class MarkEngine:
             past.append((now, owns))
             while past[0][0] < now - spec.max_age_ms:  # older quotes are stale by age anyway
                 past.popleft()
-            for i, perp in enumerate(spec.perps):
+            for perp in spec.perps:  # not enumerate: one object fewer per market per round
                 quote = perps.get(perp.key)
-                found = _convert(perp, quote, live, now, spec.max_age_ms, self._skew)
-                own = then = owns[i]
-                stamp = 0  # the quote's venue time where sent (its age, the lag rule)
-                if quote is not None:
-                    stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
-                if quote is not None and isfinite(own):
+                if quote is None:
+                    reasons.append("no_quote")
+                    seen.append(nan)
+                    continue
+                stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
+                age = now - stamp  # read once here, not again in each check
+                found = _convert(perp, quote, age, live, spec.max_age_ms, self._skew)
+                own = then = owns[perp.pos]
+                if isfinite(own):
                     first = state.seen.get(perp.key)
                     if first is None or first[0] != stamp:  # a new venue time
                         if len(past) > 1 and stamp <= past[-2][0]:  # before the last round
-                            then = _then(past, i, stamp)
+                            then = _then(past, perp.pos, stamp)
                         state.seen[perp.key] = (stamp, then)
                     else:
                         then = first[1]
@@ -338,10 +351,10 @@ class MarkEngine:
                     continue
                 mid, bid, ask = found
                 seen.append(mid)
-                if _left_behind(spec, stamp, now, then, own):
+                if _left_behind(spec, age, then, own):
                     reasons.append("stale")
                     continue
-                if abs(mid - x) > spec.max_dev * BAND_SLACK * x:  # 103 on 100 counts at 3 %
+                if abs(mid - x) > spec.max_band * x:  # 103 on 100 counts at 3 %
                     reasons.append("deviation")
                     continue
                 reasons.append(None)
@@ -378,21 +391,24 @@ class MarkEngine:
 
         estimate = self._fund(spec, state, now, premium)
         assert state.acc_id is not None  # set by _fund
-        return MarkValues(
-            price=price,
-            basis_ema=basis_ema,
-            perp_median=perp_median,
-            fallback=fallback,
-            basis=basis,
-            premium=premium,
-            perps_used=len(mids),
-            funding_estimate=estimate,
-            last_funding=state.last_rate,
-            last_funding_ts=state.last_ts,
-            next_funding_ts=(state.acc_id + 1) * spec.interval_ms,
-            perp_reasons=tuple(reasons),
-            perp_mids=tuple(seen),
-            out_of_bounds=out_of_bounds,
+        return _new_values(
+            MarkValues,
+            (
+                price,
+                basis_ema,
+                perp_median,
+                fallback,
+                basis,
+                premium,
+                len(mids),
+                estimate,  # funding_estimate
+                state.last_rate,
+                state.last_ts,
+                (state.acc_id + 1) * spec.interval_ms,  # next_funding_ts
+                tuple(reasons),
+                tuple(seen),  # perp_mids
+                out_of_bounds,
+            ),
         )
 
     def _fund(self, spec: _Spec, state: _State, now: int, premium: float) -> float:
@@ -402,7 +418,7 @@ class MarkEngine:
         A sample's weight is the time since the previous round, cut at the interval's start.
         """
         size = spec.interval_ms
-        current = _interval(now, spec)
+        current = (now - 1) // size
         if state.acc_id is None:
             state.acc_id = current
         elif current > state.acc_id:
@@ -412,7 +428,8 @@ class MarkEngine:
                 state.acc_id = current
         prev = state.prev if state.prev is not None else now - self._round_ms
         state.prev = now
-        weight = now - max(prev, current * size)
+        start = current * size
+        weight = now - (start if start > prev else prev)  # max(prev, start), without the builtin
         if isfinite(premium) and weight > 0:
             state.acc_sum += weight * premium
             state.acc_weight += weight
@@ -438,10 +455,6 @@ class MarkEngine:
         state.acc_sum = state.acc_weight = 0.0
 
 
-def _interval(now: int, spec: _Spec) -> int:
-    return (now - 1) // spec.interval_ms
-
-
 def _spec(
     market: int,
     perps: tuple[_Perp, ...],
@@ -455,8 +468,9 @@ def _spec(
         max_age_ms=cfg.max_age_ms,
         routed=any(p.via >= 0 for p in perps),
         lag_ms=cfg.lag_ms,
-        lag_dev=cfg.max_deviation,
+        lag_band=cfg.max_deviation * BAND_SLACK,
         max_dev=mk.max_perp_deviation,
+        max_band=mk.max_perp_deviation * BAND_SLACK,
         min_perps=mk.min_perp_sources,
         half_life_ms=mk.basis_half_life_s * 1000.0,
         interval_ms=mk.funding_interval_s * 1000,
@@ -494,10 +508,11 @@ def _then(past: deque[tuple[int, tuple[float, ...]]], i: int, stamp: int) -> flo
     return then
 
 
-def _left_behind(spec: _Spec, stamp: int, now: int, then: float, x: float) -> bool:
-    """True for a perpetual quote of venue time `stamp` older than the market's `lag_ms` while
-    the index (`x`, in the perpetual's own currency: `_own_index`) has moved by more than
-    `max_deviation` from `then`, its value in the first live round at or after `stamp` (`_then`).
+def _left_behind(spec: _Spec, age: int, then: float, x: float) -> bool:
+    """True for a perpetual quote `age` ms old by its venue time, older than the market's
+    `lag_ms`, while the index (`x`, in the perpetual's own currency: `_own_index`) has moved by
+    more than `max_deviation` from `then`, its value in the first live round at or after the
+    quote's venue time (`_then`).
 
     The perps' analogue of the spot lag rule (docs/mark.md, Inputs): a perp venue silent behind
     an open socket keeps its last quote fresh until `max_age_ms`, and through a fast move the
@@ -507,25 +522,22 @@ def _left_behind(spec: _Spec, stamp: int, now: int, then: float, x: float) -> bo
     the silent perps feed while they count: with a short half-life it followed them). A quiet
     contract counts while the index stays where it was when the contract last quoted.
     """
-    return now - stamp > spec.lag_ms and abs(x - then) > spec.lag_dev * BAND_SLACK * then
+    return age > spec.lag_ms and abs(x - then) > spec.lag_band * then
 
 
 def _convert(
     perp: _Perp,
-    quote: Quote | None,
+    quote: Quote,
+    age: int,
     live: list[float],
-    now: int,
     max_age_ms: int,
     skew: int,
 ) -> tuple[float, float | None, float | None] | str:
-    """(mid, bid, ask) of a fresh perpetual quote in market units, or why it cannot count
-    (as a spot slot, a value its source flagged as not a price never counts)."""
-    if quote is None:
-        return "no_quote"
+    """(mid, bid, ask) of a fresh perpetual quote (`age` ms old by its venue time) in market
+    units, or why it cannot count (as a spot slot, a value its source flagged as not a price
+    never counts)."""
     if quote.flag is not None:
         return "flagged"
-    stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
-    age = now - stamp
     if age > max_age_ms:
         return "stale"
     if age < -skew:
