@@ -20,7 +20,7 @@ Per market with perp_sources, with `x` the round's live index (NaN when not live
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 from math import isfinite, nan
@@ -101,6 +101,67 @@ class _Spec:
     ceiling: float
 
 
+class _Past:
+    """The live rounds of a market's last `max_age_ms`, at most `_PAST_ROUNDS`, oldest first:
+    each round's time and, per perpetual, the index in its own currency.
+
+    Flat arrays of 8-byte numbers, not a tuple a round: at the bound, with a long age limit and
+    fast rounds, tuples took about 150 bytes a round, some 150 MB over 1,000 perpetual markets.
+    Rounds leave from the front by moving `_head`; the arrays are cut when half of them is gone.
+    """
+
+    __slots__ = ("_head", "_own", "_perps", "_ts")
+
+    def __init__(self, perps: int) -> None:
+        self._perps = perps
+        self._ts = array("q")
+        self._own = array("d")
+        self._head = 0
+
+    def add(self, now: int, owns: tuple[float, ...], oldest: int) -> None:
+        """Remember this round; forget rounds before `oldest`, and beyond the bound."""
+        ts = self._ts
+        ts.append(now)
+        self._own.extend(owns)
+        head = max(self._head, len(ts) - _PAST_ROUNDS)
+        while ts[head] < oldest:
+            head += 1
+        if head >= _PAST_ROUNDS // 4 and 2 * head >= len(ts):
+            del ts[:head]
+            del self._own[: head * self._perps]
+            head = 0
+        self._head = head
+
+    def take(self, prior: _Past, picks: list[int | None]) -> None:
+        """The rounds of `prior` (a reload), its perpetuals picked by their new places (None: a
+        perpetual newly listed, NaN in every round)."""
+        n = prior._perps
+        for r in range(prior._head, len(prior._ts)):
+            self._ts.append(prior._ts[r])
+            self._own.extend(nan if k is None else prior._own[r * n + k] for k in picks)
+
+    def before_this_round(self, stamp: int) -> bool:
+        """True if `stamp` is at or before the round before this one: a quote from a past round."""
+        return len(self._ts) - self._head > 1 and stamp <= self._ts[-2]
+
+    def first_at_or_after(self, stamp: int, i: int) -> float:
+        """Perpetual `i`'s index in its own currency in the first remembered live round at or
+        after `stamp` (its leg live then), or this round's for a time ahead of it: where the
+        market was when the venue quoted. A feed that lags delivers its quotes late, each at the
+        level of its own time; judged by the index of the round that first held it, a venue
+        lagging by more than `lag_ms` was never left behind through a move."""
+        ts, own, n = self._ts, self._own, self._perps
+        last = len(ts) - 1
+        then = own[last * n + i]
+        for r in range(last, self._head - 1, -1):
+            if ts[r] < stamp:
+                break
+            value = own[r * n + i]
+            if isfinite(value):
+                then = value
+        return then
+
+
 class _State:
     """What a perpetual market remembers between rounds."""
 
@@ -109,7 +170,7 @@ class _State:
         "seen",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, perps: int) -> None:
         # EMA of the basis as a fraction of the index, so that it scales with the index through
         # a large move (in price units, a 4.5 basis kept across a fall from 100 to 3 made the
         # mark negative); NaN until the first sample
@@ -124,12 +185,12 @@ class _State:
         # The live rounds of the last `max_age_ms` (at most _PAST_ROUNDS): the round's time and,
         # per perpetual in spec order, the index in its own currency (`_own_index`, NaN where
         # its leg was not live).
-        self.past: deque[tuple[int, tuple[float, ...]]] = deque(maxlen=_PAST_ROUNDS)
+        self.past = _Past(perps)
         # Per perpetual: the venue time of the quote held, and the index in the perpetual's own
-        # currency in the first live round at or after that time (`_then`; the lag rule: how far
-        # the index has moved since). Kept, so that a quote is judged from one index however the
-        # past is trimmed; by time, not by quote: a REST poll repeating a frozen ticker is a new
-        # quote with the old venue time, and says nothing new.
+        # currency in the first live round at or after that time (`_Past.first_at_or_after`;
+        # the lag rule: how far the index has moved since). Kept, so that a quote is judged from
+        # one index however the past is trimmed; by time, not by quote: a REST poll repeating a
+        # frozen ticker is a new quote with the old venue time, and says nothing new.
         self.seen: dict[SlotKey, tuple[int, float]] = {}
 
 
@@ -247,7 +308,7 @@ class MarkEngine:
             band = (float(layout.price_floor[i]), float(layout.price_ceiling[i]))
             specs.append(_spec(i, tuple(perps), market, band))
         self._specs = tuple(specs)
-        self._states = {s.market: _State() for s in self._specs}
+        self._states = {s.market: _State(len(s.perps)) for s in self._specs}
         # what `step` walks: a state looked up once, not per round (`carry_from` fills the same)
         self._markets = tuple((s, self._states[s.market]) for s in self._specs)
         self._skew = cfg.oracle.max_clock_skew_ms
@@ -280,9 +341,7 @@ class MarkEngine:
             state.seen = {k: v for k, v in prior.seen.items() if k in keys}
             where = {p.key: i for i, p in enumerate(old_specs[j].perps)}
             picks = [where.get(p.key) for p in spec.perps]
-            state.past.extend(
-                (ts, tuple(nan if k is None else owns[k] for k in picks)) for ts, owns in prior.past
-            )
+            state.past.take(prior.past, picks)
             dev = spec.max_dev
             state.ema = min(max(prior.ema, -dev), dev) if isfinite(prior.ema) else prior.ema
             if old_specs[j].interval_ms == spec.interval_ms:
@@ -324,9 +383,7 @@ class MarkEngine:
             else:
                 owns = (x,) * len(spec.perps)
             past = state.past
-            past.append((now, owns))
-            while past[0][0] < now - spec.max_age_ms:  # older quotes are stale by age anyway
-                past.popleft()
+            past.add(now, owns, now - spec.max_age_ms)  # older quotes are stale by age anyway
             for perp in spec.perps:  # not enumerate: one object fewer per market per round
                 quote = perps.get(perp.key)
                 if quote is None:
@@ -340,8 +397,8 @@ class MarkEngine:
                 if isfinite(own):
                     first = state.seen.get(perp.key)
                     if first is None or first[0] != stamp:  # a new venue time
-                        if len(past) > 1 and stamp <= past[-2][0]:  # before the last round
-                            then = _then(past, perp.pos, stamp)
+                        if past.before_this_round(stamp):
+                            then = past.first_at_or_after(stamp, perp.pos)
                         state.seen[perp.key] = (stamp, then)
                     else:
                         then = first[1]
@@ -493,26 +550,11 @@ def _own_index(perp: _Perp, x: float, live: list[float]) -> float:
     return x * leg if perp.invert else x / leg
 
 
-def _then(past: deque[tuple[int, tuple[float, ...]]], i: int, stamp: int) -> float:
-    """Perpetual `i`'s index in its own currency in the first remembered live round at or after
-    `stamp` (its leg live then), or the current round's for a time ahead of it: where the market
-    was when the venue quoted. A feed that lags delivers its quotes late, each at the level of
-    its own time; judged by the index of the round that first held it, a venue lagging by more
-    than `lag_ms` was never left behind through a move. The current round is last in `past`."""
-    then = past[-1][1][i]
-    for ts, owns in reversed(past):
-        if ts < stamp:
-            break
-        if isfinite(owns[i]):
-            then = owns[i]
-    return then
-
-
 def _left_behind(spec: _Spec, age: int, then: float, x: float) -> bool:
     """True for a perpetual quote `age` ms old by its venue time, older than the market's
     `lag_ms`, while the index (`x`, in the perpetual's own currency: `_own_index`) has moved by
     more than `max_deviation` from `then`, its value in the first live round at or after the
-    quote's venue time (`_then`).
+    quote's venue time (`_Past.first_at_or_after`).
 
     The perps' analogue of the spot lag rule (docs/mark.md, Inputs): a perp venue silent behind
     an open socket keeps its last quote fresh until `max_age_ms`, and through a fast move the
