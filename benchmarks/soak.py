@@ -1250,6 +1250,16 @@ def evaluate(opts: SoakOptions, soak: Soak, restarts: int, exit_code: int | None
     )
 
 
+def _fault_market(chosen: str | None, candidates: list[str], seed: str, what: str) -> str | None:
+    """The market a silent fault plays on: `chosen` if it can be played there, else one drawn
+    by the seed from `candidates` (None when no market can play it)."""
+    if chosen is None:
+        return random.Random(seed).choice(candidates) if candidates else None
+    if chosen not in candidates:
+        raise ValueError(f"no silent {what} can be played on {chosen!r}; on one of {candidates}")
+    return chosen
+
+
 async def run_soak(
     opts: SoakOptions,
     workdir: Path,
@@ -1260,20 +1270,12 @@ async def run_soak(
     """Run one soak in `workdir` (config, daemon log, audit database) and evaluate it."""
     base = load_config(config, env={})
     audit = workdir / "audit.sqlite3" if opts.audit else None
-    lag_market, candidates = opts.lag_market, silent_majority_markets(base)
-    if lag_market is None and candidates:
-        lag_market = random.Random(f"{opts.seed}:lag_market").choice(candidates)
-    elif lag_market is not None and lag_market not in candidates:
-        raise ValueError(
-            f"no silent majority can be played on {lag_market!r}; on one of {candidates}"
-        )
-    perp_market, perp_candidates = opts.perp_market, silent_perps_markets(base)
-    if perp_market is None and perp_candidates:
-        perp_market = random.Random(f"{opts.seed}:perp_market").choice(perp_candidates)
-    elif perp_market is not None and perp_market not in perp_candidates:
-        raise ValueError(
-            f"no silent perpetuals can be played on {perp_market!r}; on one of {perp_candidates}"
-        )
+    lag_market = _fault_market(
+        opts.lag_market, silent_majority_markets(base), f"{opts.seed}:lag_market", "majority"
+    )
+    perp_market = _fault_market(
+        opts.perp_market, silent_perps_markets(base), f"{opts.seed}:perp_market", "perpetuals"
+    )
     cfg, venues = await simulate(
         soak_config(
             base,

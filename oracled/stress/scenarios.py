@@ -246,18 +246,24 @@ def _stablecoin_depeg() -> _World:
     return _World(usdt=usdt, header={"single_venue": "v4"})
 
 
+def _moving(single_venue: str, start: float, end: float) -> dict[str, Any]:
+    """The header of a scenario where BTC/USD really moves from `start` to `end` (seconds): the
+    simulator judges the time each policy takes to follow it."""
+    return {
+        "single_venue": single_venue,
+        "move_market": "BTC/USD",
+        "move_start_ms": T0 + start * 1000,
+        "move_end_ms": T0 + end * 1000,
+    }
+
+
 def _market_crash() -> _World:
     start, end = EVENT_S, EVENT_S + 5
 
     def btc(t: float) -> float:
         return _ramp(t, start, end, BTC0, BTC0 * 0.75)
 
-    header = {
-        "single_venue": "v1",
-        "move_market": "BTC/USD",
-        "move_start_ms": T0 + start * 1000,
-        "move_end_ms": T0 + end * 1000,
-    }
+    header = _moving("v1", start, end)
     return _World(btc=btc, header=header)
 
 
@@ -273,12 +279,7 @@ def _chain_floor() -> _World:
     def flag(t: float) -> str | None:
         return "at_bound" if btc(t) < FLOOR else None
 
-    header = {
-        "single_venue": "chain",
-        "move_market": "BTC/USD",
-        "move_start_ms": T0 + start * 1000,
-        "move_end_ms": T0 + end * 1000,
-    }
+    header = _moving("chain", start, end)
     return _World(btc=btc, btc_override=override, chain_flag=flag, header=header)
 
 
@@ -320,12 +321,7 @@ def _perp_silent() -> _World:
     def override(venue: str, t: float) -> float | None:
         return float("nan") if venue in ("p2", "p3") and start <= t < start + 60 else None
 
-    header = {
-        "single_venue": "p2",
-        "move_market": "BTC/USD",
-        "move_start_ms": T0 + start * 1000,
-        "move_end_ms": T0 + end * 1000,
-    }
+    header = _moving("p2", start, end)
     return _World(btc=btc, perps=True, perp_override=override, header=header)
 
 
