@@ -9,6 +9,8 @@ of it that each test checks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from one_venue import service_running
 from oracled.clock import Clock, ManualClock, SystemClock
 from oracled.config import load_config
 from oracled.model import Quote
-from oracled.publish.audit import AuditReader
+from oracled.publish.audit import AuditReader, ConfigLoad
 from oracled.publish.audit_replay import ReplaySummary, replay_trail
 from oracled.service import Service
 
@@ -85,12 +87,62 @@ async def _reload(service: Service, clock: ManualClock) -> None:
     await reloading
 
 
+@dataclass
+class _Daemon:
+    """A test's daemon (`_past_round_one`): its service, its clock, its config file, its trail."""
+
+    service: Service
+    clock: ManualClock
+    path: Path
+    trail: Path
+
+    def take(self, price: float, ts: int | None = None, ahead_ms: int | None = None) -> None:
+        """The service takes a quote stamped `ts`, by default the clock's time (`_quote`)."""
+        self.service.on_quote(_quote(self.clock.now_ms() if ts is None else ts, price, ahead_ms))
+
+    def take_too_far_ahead(self, ts: int | None = None) -> None:
+        """A quote at 64,100 whose venue time is 1 s ahead: past the 100 ms clock skew bound
+        the reload tests start under, within the 5 s they raise it to."""
+        self.take(64_100.0, ts, ahead_ms=1_000)
+
+    async def reload(self, skew_ms: int) -> None:
+        """The config file rewritten with that clock skew bound, and reloaded (`_reload`)."""
+        self.path.write_text(_toml(self.trail, skew_ms))
+        await _reload(self.service, self.clock)
+
+
+@contextlib.asynccontextmanager
+async def _past_round_one(tmp_path: Path, skew_ms: int = 2_000) -> AsyncIterator[_Daemon]:
+    """A daemon with its trail and config in `tmp_path`, on a manual clock, running for the
+    block (30 s at most), which starts once round 1, priced from a quote at T0, is published."""
+    trail = tmp_path / "audit.sqlite3"
+    path = tmp_path / "oracled.toml"
+    path.write_text(_toml(trail, skew_ms))
+    clock = ManualClock(T0)
+    service = _service(path, clock)
+    async with asyncio.timeout(30), service_running(service):
+        await service.started.wait()
+        service.on_quote(_quote(T0, 64_000.0))
+        clock.advance(1)  # past the first tick: round 1
+        await published_round(service, 1)
+        yield _Daemon(service, clock, path, trail)
+
+
 def _replayed(trail: Path) -> tuple[dict[int, str | None], ReplaySummary]:
     """BTC/USDT's stored price by round number, and `audit --replay` of the whole trail."""
     reader = AuditReader(trail)
     try:
         prices = {s.report.round: s.report.price for s in reader.reports("BTC/USDT", 0, END)}
         return prices, replay_trail(reader, 0, END, None, [])
+    finally:
+        reader.close()
+
+
+def _last_config(trail: Path) -> ConfigLoad:
+    """The trail's newest config load."""
+    reader = AuditReader(trail)
+    try:
+        return reader.configs(0, END)[-1]
     finally:
         reader.close()
 
@@ -109,29 +161,20 @@ async def _pause_then_step_back(tmp_path: Path, quote_before_pause: bool) -> _St
     """Round 1; a pause first applied to round 2 (with or without a quote taken before it);
     round 2; the wall clock stepped back 100 ms, a quote taken then (stored with round 3,
     stamped before round 2); rounds 3 and 4 with a quote each."""
-    trail = tmp_path / "audit.sqlite3"
-    path = tmp_path / "oracled.toml"
-    path.write_text(_toml(trail))
-    clock = ManualClock(T0)
-    service = _service(path, clock)
-    async with asyncio.timeout(30), service_running(service):
-        await service.started.wait()
-        service.on_quote(_quote(T0, 64_000.0))
-        clock.advance(1)  # past the first tick: round 1
-        await published_round(service, 1)
+    async with _past_round_one(tmp_path) as run:
         if quote_before_pause:
-            service.on_quote(_quote(T0 + 10, 64_001.0))
-        service.on_manual("BTC/USDT", True, "alice")  # first applied to round 2
-        clock.advance(INTERVAL)
-        await published_round(service, 2)
-        clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
-        service.on_quote(_quote(clock.now_ms(), 64_002.0))  # stored with round 3
-        clock.advance(INTERVAL + 100)
-        await published_round(service, 3)
-        service.on_quote(_quote(clock.now_ms(), 64_003.0))
-        clock.advance(INTERVAL)
-        await published_round(service, 4)
-    reader = AuditReader(trail)
+            run.take(64_001.0, ts=T0 + 10)
+        run.service.on_manual("BTC/USDT", True, "alice")  # first applied to round 2
+        run.clock.advance(INTERVAL)
+        await published_round(run.service, 2)
+        run.clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
+        run.take(64_002.0)  # stored with round 3
+        run.clock.advance(INTERVAL + 100)
+        await published_round(run.service, 3)
+        run.take(64_003.0)
+        run.clock.advance(INTERVAL)
+        await published_round(run.service, 4)
+    reader = AuditReader(run.trail)
     try:
         return _Stepped(
             rounds={r.round: r for r in reader.rounds(0, END)},
@@ -192,30 +235,16 @@ async def test_a_reload_in_the_millisecond_of_a_quote_parts_the_quotes_as_the_da
     at once and stored at the millisecond it shares with both quotes, and the replay, which
     takes a reload after every quote stamped at or before its time, dropped the second quote
     too: a mismatch at round 2."""
-    trail = tmp_path / "audit.sqlite3"
-    path = tmp_path / "oracled.toml"
-    path.write_text(_toml(trail, skew_ms=100))
-    clock = ManualClock(T0)
-    service = _service(path, clock)
-    async with asyncio.timeout(30), service_running(service):
-        await service.started.wait()
-        service.on_quote(_quote(T0, 64_000.0))
-        clock.advance(1)
-        await published_round(service, 1)
-        clock.advance(50)
-        service.on_quote(_quote(clock.now_ms(), 64_100.0, ahead_ms=1_000))  # too far ahead
-        path.write_text(_toml(trail, skew_ms=5_000))
-        await _reload(service, clock)
-        second = clock.now_ms()
-        service.on_quote(_quote(second, 64_200.0, ahead_ms=1_000))  # within it now
-        clock.advance(INTERVAL)
-        await published_round(service, 2)
-    prices, summary = _replayed(trail)
-    reader = AuditReader(trail)
-    try:
-        reload = reader.configs(0, END)[-1]
-    finally:
-        reader.close()
+    async with _past_round_one(tmp_path, skew_ms=100) as run:
+        run.clock.advance(50)
+        run.take_too_far_ahead()
+        await run.reload(skew_ms=5_000)
+        second = run.clock.now_ms()
+        run.take(64_200.0, ahead_ms=1_000)  # within it now
+        run.clock.advance(INTERVAL)
+        await published_round(run.service, 2)
+    prices, summary = _replayed(run.trail)
+    reload = _last_config(run.trail)
     # Between the two quotes' stamps: at the first one's millisecond, or later when the clock
     # (moved on in real time by `_reload`) turned more than once while the reload looked.
     assert reload.event == "reload" and T0 + 51 <= reload.ts < second
@@ -236,30 +265,16 @@ async def test_a_reload_after_the_clock_stepped_back_waits_past_the_newest_quote
     takes a reload before the first one stamped later than it, drops the first quote too.
     Before, the reload was stored at 48 ms, past the quote taken last alone, and the replay
     took the first quote under the new bound and priced it: a mismatch at round 2."""
-    trail = tmp_path / "audit.sqlite3"
-    path = tmp_path / "oracled.toml"
-    path.write_text(_toml(trail, skew_ms=100))
-    clock = ManualClock(T0)
-    service = _service(path, clock)
-    async with asyncio.timeout(30), service_running(service):
-        await service.started.wait()
-        service.on_quote(_quote(T0, 64_000.0))
-        clock.advance(1)
-        await published_round(service, 1)
-        clock.advance(50)
-        service.on_quote(_quote(clock.now_ms(), 64_100.0, ahead_ms=1_000))  # too far ahead
-        clock.advance(-3)  # stepped back, still after round 1
-        service.on_quote(_quote(clock.now_ms(), 64_050.0))
-        path.write_text(_toml(trail, skew_ms=5_000))
-        await _reload(service, clock)
-        clock.advance(INTERVAL)
-        await published_round(service, 2)
-    prices, summary = _replayed(trail)
-    reader = AuditReader(trail)
-    try:
-        reload = reader.configs(0, END)[-1]
-    finally:
-        reader.close()
+    async with _past_round_one(tmp_path, skew_ms=100) as run:
+        run.clock.advance(50)
+        run.take_too_far_ahead()
+        run.clock.advance(-3)  # stepped back, still after round 1
+        run.take(64_050.0)
+        await run.reload(skew_ms=5_000)
+        run.clock.advance(INTERVAL)
+        await published_round(run.service, 2)
+    prices, summary = _replayed(run.trail)
+    reload = _last_config(run.trail)
     # Past the newest quote's millisecond (51), before round 2: at 51, or later when the clock
     # (moved on in real time by `_reload`) turned more than once while the reload looked.
     assert reload.event == "reload" and T0 + 51 <= reload.ts < T0 + INTERVAL
@@ -325,22 +340,12 @@ async def test_a_quote_stamped_at_the_tick_of_a_late_round_is_taken_under_its_re
     reload a millisecond before the tick, the quote after it). Before, the core took it at once
     under the bound then in force and dropped it, while the replay took it after the reload and
     priced it: a mismatch at round 2."""
-    trail = tmp_path / "audit.sqlite3"
-    path = tmp_path / "oracled.toml"
-    path.write_text(_toml(trail, skew_ms=100))
-    clock = ManualClock(T0)
-    service = _service(path, clock)
-    async with asyncio.timeout(30), service_running(service):
-        await service.started.wait()
-        service.on_quote(_quote(T0, 64_000.0))
-        clock.advance(1)
-        await published_round(service, 1)
-        clock.advance(INTERVAL + 10)  # round 2's tick passed; the loop sleeps on
-        service.on_quote(_quote(T0 + INTERVAL, 64_100.0, ahead_ms=1_000))
-        path.write_text(_toml(trail, skew_ms=5_000))
-        await _reload(service, clock)
-        await published_round(service, 2)
-    prices, summary = _replayed(trail)
+    async with _past_round_one(tmp_path, skew_ms=100) as run:
+        run.clock.advance(INTERVAL + 10)  # round 2's tick passed; the loop sleeps on
+        run.take_too_far_ahead(ts=T0 + INTERVAL)
+        await run.reload(skew_ms=5_000)
+        await published_round(run.service, 2)
+    prices, summary = _replayed(run.trail)
     assert [prices[1], prices[2]] == ["64000.00", "64100.00"]
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
     assert "1 reload(s) applied" in summary.starts[0]
@@ -357,23 +362,14 @@ async def test_quotes_taken_after_a_round_without_quotes_replay_after_it_though_
     round before them, and every report is equal. Before, it read them after round 1, the
     round of the block before, ran round 2 only at a quote later than it, and priced round 2
     from the new quote: a mismatch."""
-    trail = tmp_path / "audit.sqlite3"
-    path = tmp_path / "oracled.toml"
-    path.write_text(_toml(trail))
-    clock = ManualClock(T0)
-    service = _service(path, clock)
-    async with asyncio.timeout(30), service_running(service):
-        await service.started.wait()
-        service.on_quote(_quote(T0, 64_000.0))
-        clock.advance(1)
-        await published_round(service, 1)
-        clock.advance(INTERVAL)  # no quote: round 2 is stored without any
-        await published_round(service, 2)
-        clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
-        service.on_quote(_quote(clock.now_ms(), 65_000.0))  # stored with round 3
-        clock.advance(INTERVAL + 100)
-        await published_round(service, 3)
-    prices, summary = _replayed(trail)
+    async with _past_round_one(tmp_path) as run:
+        run.clock.advance(INTERVAL)  # no quote: round 2 is stored without any
+        await published_round(run.service, 2)
+        run.clock.advance(-100)  # stepped back: the rounds wait for it to pass round 2 again
+        run.take(65_000.0)  # stored with round 3
+        run.clock.advance(INTERVAL + 100)
+        await published_round(run.service, 3)
+    prices, summary = _replayed(run.trail)
     assert [prices[1], prices[2], prices[3]] == ["64000.00", "64000.00", "65000.00"]
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
     assert summary.rounds == 3 and summary.equal == summary.reports == 3
