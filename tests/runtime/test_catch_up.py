@@ -74,23 +74,36 @@ async def _published(service: _Costly, count: int) -> None:
     await _until(lambda: len(service.published) >= count)
 
 
+@contextlib.asynccontextmanager
+async def _past_round_one(
+    clock: ManualClock, stall_limit_s: float | None = None, record: Path | None = None
+) -> AsyncIterator[_Costly]:
+    """A `_Costly` daemon on `clock` (at T0) quoting from a Binance simulator, its stall limit
+    (`ready_min_s`) `stall_limit_s` if given, recording to `record` if given, running for the
+    block, which starts once it has published round 1 at its tick."""
+    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
+        service = _Costly(stalling_config(sim), clock, record=record)
+        if stall_limit_s is not None:
+            service.ready_min_s = stall_limit_s
+        async with service_running(service):
+            await service.started.wait()
+            clock.advance(1)  # past the first tick: round 1 runs
+            await _published(service, 1)
+            yield service
+
+
 async def test_the_round_published_after_a_catch_up_is_the_present_one() -> None:
     """The loop blocked for 40 intervals, its rounds taking 10 ms each: the 39 rounds missed
     take 390 ms to catch up, in which the clock passes 7 more round times, and so on. Every
     round time is computed once, in order (the round numbers go on as a replay's), and the
     round published is the latest whose time has passed when it goes out: it was the one
     chosen before the catch-up, 390 ms (8 intervals) old."""
-    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
-        clock = ManualClock(T0)
-        service = _Costly(stalling_config(sim), clock)
-        async with service_running(service):
-            await service.started.wait()
-            clock.advance(1)  # past the first tick: round 1 runs
-            await _published(service, 1)
-            service.cost_ms = 10
-            clock.advance(40 * INTERVAL)  # the loop wakes 40 intervals late
-            await _published(service, 2)
-            latest = service.hub.latest_result
+    clock = ManualClock(T0)
+    async with _past_round_one(clock) as service:
+        service.cost_ms = 10
+        clock.advance(40 * INTERVAL)  # the loop wakes 40 intervals late
+        await _published(service, 2)
+        latest = service.hub.latest_result
     assert service.published[0] == (T0, T0 + 1)
     ts, at = service.published[1]
     assert 0 <= at - ts <= INTERVAL, (at - ts, service.published)
@@ -106,25 +119,23 @@ async def test_a_core_slower_than_its_clock_publishes_no_round_past_the_stall_li
     nothing. Before, each catch-up published its present round, older every time (seconds,
     then minutes), and the API served it with 200. Once rounds are cheap again it catches up
     and publishes the present round."""
-    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
-        clock = ManualClock(T0)
-        service = _Costly(stalling_config(sim), clock)
-        service.ready_min_s = 0.5  # the stall limit: 0.5 s at 50 ms rounds
-        async with service_running(service), aiohttp.ClientSession() as http:
-            await service.started.wait()
-            base = f"http://127.0.0.1:{service.bound_port}"
-            clock.advance(1)
-            await _published(service, 1)
-            service.cost_ms = 75
-            clock.advance(INTERVAL)  # round 2's time: from here the loop falls behind
-            await _until(lambda: clock.now_ms() >= T0 + 3_000)  # 60 round times later
-            async with http.get(base + "/v1/prices") as resp:
-                stalled = resp.status, await resp.json()
-            behind = len(service.published)
-            service.cost_ms = 0
-            await _published(service, behind + 1)
-            async with http.get(base + "/v1/prices") as resp:
-                back = resp.status
+    clock = ManualClock(T0)
+    # the stall limit: 0.5 s at 50 ms rounds
+    async with (
+        _past_round_one(clock, stall_limit_s=0.5) as service,
+        aiohttp.ClientSession() as http,
+    ):
+        base = f"http://127.0.0.1:{service.bound_port}"
+        service.cost_ms = 75
+        clock.advance(INTERVAL)  # round 2's time: from here the loop falls behind
+        await _until(lambda: clock.now_ms() >= T0 + 3_000)  # 60 round times later
+        async with http.get(base + "/v1/prices") as resp:
+            stalled = resp.status, await resp.json()
+        behind = len(service.published)
+        service.cost_ms = 0
+        await _published(service, behind + 1)
+        async with http.get(base + "/v1/prices") as resp:
+            back = resp.status
     ages = [at - ts for ts, at in service.published]
     assert max(ages) <= 500, ages
     assert stalled[0] == 503 and stalled[1]["error"]["code"] == "stalled", stalled
@@ -145,21 +156,16 @@ async def test_a_core_slower_than_its_clock_keeps_writing_its_tape(tmp_path: Pat
     handed them over: nothing reached the file while the loop was behind, and the lines piled
     up in memory until the 64 MiB backlog stopped the recording for good."""
     tape = tmp_path / "tape.jsonl"
-    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
-        clock = ManualClock(T0)
-        service = _Costly(stalling_config(sim), clock, record=tape)
-        service.ready_min_s = 0.5  # the stall limit: 0.5 s at 50 ms rounds
-        async with service_running(service):
-            await service.started.wait()
-            clock.advance(1)
-            await _published(service, 1)
-            service.cost_ms = 75
-            clock.advance(INTERVAL)  # from here the loop falls behind
-            await _until(lambda: clock.now_ms() >= T0 + 3_000)
-            last = service.published[-1][0]  # none after it: the rounds are past the limit
-            await _until(lambda: _latest_on_tape(tape) > last + 1_000)
-            published = len(service.published)
-            service.cost_ms = 0
+    clock = ManualClock(T0)
+    # the stall limit: 0.5 s at 50 ms rounds
+    async with _past_round_one(clock, stall_limit_s=0.5, record=tape) as service:
+        service.cost_ms = 75
+        clock.advance(INTERVAL)  # from here the loop falls behind
+        await _until(lambda: clock.now_ms() >= T0 + 3_000)
+        last = service.published[-1][0]  # none after it: the rounds are past the limit
+        await _until(lambda: _latest_on_tape(tape) > last + 1_000)
+        published = len(service.published)
+        service.cost_ms = 0
     assert service.tape_error is None
     assert service.published[published - 1][0] == last
 
@@ -183,10 +189,12 @@ async def test_a_round_published_late_is_as_old_as_its_time_says_to_the_stall_ru
     waits for it, its latest round 100 ms after its publication: 511 ms old. The price
     endpoints answer 503 `stalled`. The stall rule counted from the publication alone, 100 ms,
     and served the round with 200."""
-    async with BinanceSim({"BTCUSDT": 50_000.0}, rate_hz=20.0) as sim:
-        clock = _SteppedBack(T0)
-        service = _Costly(stalling_config(sim), clock)
-        service.ready_min_s = 0.5
+    clock = _SteppedBack(T0)
+    async with (
+        _past_round_one(clock, stall_limit_s=0.5) as service,
+        aiohttp.ClientSession() as http,
+    ):
+        base = f"http://127.0.0.1:{service.bound_port}"
         computed = service._log_transitions
 
         def stepped(result: Any, log: Any) -> None:
@@ -196,18 +204,13 @@ async def test_a_round_published_late_is_as_old_as_its_time_says_to_the_stall_ru
                 clock.advance(INTERVAL)  # while the monotonic clock goes on
 
         service._log_transitions = stepped  # type: ignore[method-assign]
-        async with service_running(service), aiohttp.ClientSession() as http:
-            await service.started.wait()
-            base = f"http://127.0.0.1:{service.bound_port}"
-            clock.advance(1)
-            await _published(service, 1)
-            service.cost_ms = INTERVAL
-            clock.advance(9 * INTERVAL + 10)  # woken 8 intervals and 11 ms late
-            await _until(lambda: clock.back_ms > 0)
-            async with http.get(base + "/v1/prices/BTC-USDT") as resp:
-                answer = resp.status, await resp.json()
-            async with http.get(base + "/readyz") as resp:
-                ready = resp.status, await resp.json()
+        service.cost_ms = INTERVAL
+        clock.advance(9 * INTERVAL + 10)  # woken 8 intervals and 11 ms late
+        await _until(lambda: clock.back_ms > 0)
+        async with http.get(base + "/v1/prices/BTC-USDT") as resp:
+            answer = resp.status, await resp.json()
+        async with http.get(base + "/readyz") as resp:
+            ready = resp.status, await resp.json()
     assert [at - ts for ts, at in service.published[1:]] == [411, 411, 411]
     assert answer[0] == 503 and answer[1]["error"]["code"] == "stalled", answer
     assert "the latest round is 0.5 s old (limit 0.5 s)" in answer[1]["error"]["message"]
