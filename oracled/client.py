@@ -1200,7 +1200,10 @@ class OracleClient:
     ) -> None:
         """Subscribe to `<prefix>.prices.<market>` subjects (all with `>`) and to the daemons'
         stall notices (`<prefix>.stalled`: `note_stalled` for the signer each names and signed,
-        as `watch_ws` does on a `stalled` frame); run until cancelled.
+        as `watch_ws` does on a `stalled` frame); run until cancelled. One cancellation ends
+        it, and the NATS library's reconnection with it, also while a connection is being made
+        (`CancellableClient`): before, one that arrived as a step of it completed was dropped
+        (Python 3.11's `asyncio.wait_for`), and the watch went on connecting for good.
 
         A server that ends the connection with an error (`-ERR`: credentials revoked by its
         reload, an expired user, any protocol error) makes the NATS library close its client

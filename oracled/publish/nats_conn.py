@@ -24,7 +24,18 @@ the sink's client and of `oracled.client`'s, keeps the servers of the latest ann
 at most `MAX_ANNOUNCED_SERVERS` of them, beside the configured ones; what it leaves out (past
 the bound, or no server address at all) is handed to `on_refused` to count and log.
 
-Both reach into nats-py's private state as 2.16 has it (`missing_internals` lists the names).
+nats-py waits on each step of a connection (the TCP connect, the server's greeting, its PONG)
+through `asyncio.wait_for`, which under Python 3.11 drops a cancellation that arrives as the step
+completes: it returns the step's result, or raises its error, and the task goes on. A task
+connecting went on connecting, twice a second, for good: a consumer's watch cancelled once right
+after a server that closes at once took a connection, or nats-py's own reconnection task when
+`close` cancelled it (the client closed, its reconnection still running). `CancellableClient`,
+the base of both clients, raises that cancellation again after each step and before each attempt
+(the task's `cancelling()` still counts it), so one cancellation ends the attempt; its `connect`
+closes what the attempt had opened before it raises (nats-py left the socket to the collector),
+and closes a connection made as the cancellation was dropped.
+
+All of them reach into nats-py's private state as 2.16 has it (`missing_internals` lists the names).
 The sink's tests check the behaviour against the version installed, and
 `require_supported_client` refuses the sink's start, naming the version, where those names are
 not there: such a client would run, and silently neither reset nor drop nor bound the servers.
@@ -40,7 +51,7 @@ import socket
 import struct
 from collections.abc import Callable
 from importlib.metadata import version
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlparse
 
 import nats.aio.client
@@ -54,6 +65,7 @@ __all__ = [
     "NATS_PY_TESTED",
     "NATS_PY_VERSION",
     "AnnouncedClient",
+    "CancellableClient",
     "ResettingClient",
     "missing_internals",
     "require_supported_client",
@@ -82,7 +94,65 @@ def _netloc(url: object) -> str | None:
     return netloc or None
 
 
-class AnnouncedClient(Client):
+def _lost_cancellation() -> bool:
+    """Whether the current task was cancelled and goes on anyway: a cancellation that
+    `asyncio.wait_for` dropped (see the module docstring) is counted still."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _raise_lost_cancellation() -> None:
+    if _lost_cancellation():
+        raise asyncio.CancelledError
+
+
+class CancellableClient(Client):
+    """A nats-py client whose connection attempts end on a cancellation that nats-py's
+    `asyncio.wait_for` dropped, checked before each attempt and after its steps, and whose
+    `connect` leaves nothing open when it raises (nats-py left a cancelled attempt's socket to
+    the collector)."""
+
+    if not TYPE_CHECKING:  # to a type checker, nats-py's `connect` with its parameters
+
+        async def connect(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                await super().connect(*args, **kwargs)
+            except BaseException:
+                self._abort_socket()  # no task of nats-py runs yet: they start once connected
+                raise
+            if _lost_cancellation():  # dropped by the last step of a connection made
+                await self.close()
+                raise asyncio.CancelledError
+
+    async def _connect_to_server(self, s: Any) -> None:
+        _raise_lost_cancellation()
+        try:
+            await super()._connect_to_server(s)
+        except Exception:  # what a step raised in place of the cancellation
+            _raise_lost_cancellation()
+            raise
+        _raise_lost_cancellation()
+
+    async def _process_connect_init(self) -> None:
+        # Once it returns, the connection is made and nats-py's tasks run: `connect` (at start)
+        # or `_attempt_reconnect` (after a loss) goes on, and `close` undoes it.
+        try:
+            await super()._process_connect_init()
+        except Exception:
+            _raise_lost_cancellation()
+            raise
+
+    def _abort_socket(self) -> None:
+        writer = getattr(self._transport, "_io_writer", None)
+        if writer is not None:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):  # already closed: nothing left to keep
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            writer.transport.abort()
+
+
+class AnnouncedClient(CancellableClient):
     """A nats-py client that keeps the servers of the latest announcement only, at most
     `MAX_ANNOUNCED_SERVERS`; `on_refused` gets the number of those left out of each."""
 
@@ -158,15 +228,6 @@ class ResettingClient(AnnouncedClient):
         if dropped:
             self._on_dropped(dropped)
 
-    def _abort_socket(self) -> None:
-        writer = getattr(self._transport, "_io_writer", None)
-        if writer is not None:
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):  # already closed: nothing left to keep
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            writer.transport.abort()
-
 
 # nats-py's record of one server (`_server_pool`'s entries), looked up so that a release without
 # it is reported as missing rather than failing this module's import.
@@ -178,12 +239,18 @@ def missing_internals(
     transport: type[Any] = TcpTransport,
     server: Any = _SERVER_RECORD,
 ) -> list[str]:
-    """What `ResettingClient` and `AnnouncedClient` override or touch that `client` (its TCP
-    `transport`, its `server` record) lacks: empty for nats-py 2.16. A name gone means a reset
-    or a bound that does nothing, without an error."""
+    """What `ResettingClient`, `AnnouncedClient` and `CancellableClient` override or touch that
+    `client` (its TCP `transport`, its `server` record) lacks: empty for nats-py 2.16. A name
+    gone means a reset, a bound or a check of a lost cancellation that does nothing, without an
+    error."""
     missing = [
         f"Client.{name}()"
-        for name in ("_attempt_reconnect", "_connect_to_server", "_process_info")
+        for name in (
+            "_attempt_reconnect",
+            "_connect_to_server",
+            "_process_connect_init",
+            "_process_info",
+        )
         if not inspect.iscoroutinefunction(getattr(client, name, None))
     ]
     fresh = client()  # nats-py's client sets its state up in __init__ and connects nowhere

@@ -13,6 +13,9 @@ ways. The test then acts on the connections open at that moment, or on the next 
 - `mute()` makes the next connections meet a socket that accepts and never answers (no INFO),
   and `refuse()` ones that are closed at once; `pass_()` undoes either.
 
+`taken(n)` returns in the loop turn after the relay took its `n`th connection, so that a test
+acts at a known point of the client's attempt (the relay runs on the test's event loop).
+
 Only what the test sets is changed: the server is the real one, and so is the protocol.
 """
 
@@ -60,6 +63,7 @@ class NatsRelay:
         self.url = f"nats://127.0.0.1:{self.port}"
         self.accepted = 0  # connections taken, whatever became of them
         self._mode = "pass"
+        self._took = asyncio.Event()  # set at each connection taken
         self._rewrite: Callable[[bytes], bytes] | None = None
         self._pairs: set[_Pair] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -112,6 +116,13 @@ class NatsRelay:
     def pass_(self) -> None:
         self._mode = "pass"
 
+    async def taken(self, count: int) -> None:
+        """Return once `count` connections were taken in all: in the loop turn after the one
+        that took the last of them, if not before."""
+        while self.accepted < count:
+            self._took.clear()
+            await self._took.wait()
+
     @property
     def open(self) -> int:
         """Connections open through the relay now."""
@@ -126,6 +137,7 @@ class NatsRelay:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self._took.set()
         if self._mode == "refuse":
             writer.transport.abort()
             return

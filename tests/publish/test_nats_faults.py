@@ -65,7 +65,9 @@ async def stop(*tasks: asyncio.Task[Any]) -> None:
     returns the result of a future that completes as the cancellation arrives and drops the
     cancellation, and nats-py opens each connection through it. A relay that accepts and closes
     at once makes that race likely: a watcher cancelled right then went on retrying until the
-    bound (seen once in a CI run of the test below)."""
+    bound (seen once in a CI run of the test below). The NATS clients now end on one
+    cancellation (the `test_one_cancellation_...` tests cancel once): the repetition keeps a
+    test that fails from leaving its tasks running."""
     async with asyncio.timeout(SAFETY_S):
         while pending := [task for task in tasks if not task.done()]:
             for task in pending:
@@ -239,6 +241,122 @@ async def test_the_client_says_a_server_it_cannot_reach_once_not_per_attempt(
             await stop(watcher)
     errors = [e for e in logs if e["event"] == "client nats error"]
     assert [e["log_level"] for e in errors] == ["warning"]
+
+
+#: Loop turns from a connection taken (and closed at once) to the cancellation: nats-py's
+#: `asyncio.wait_for` lost it at 0 to 4 of them (Python 3.11.7), every time.
+TURNS = range(10)
+
+
+def running_since(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    """The tasks started since `before` and still running, but the relay's: what a NATS client
+    left behind (its attempt to connect, nats-py's reconnection)."""
+    return [
+        task for task in asyncio.all_tasks() - before if not name(task).startswith("NatsRelay.")
+    ]
+
+
+def name(task: asyncio.Task[Any]) -> str:
+    """What `task` runs (`Client._attempt_reconnect`)."""
+    return getattr(task.get_coro(), "__qualname__", task.get_name())
+
+
+async def cancel_once(
+    relay: NatsRelay, task: asyncio.Task[Any], turns: int, before: set[asyncio.Task[Any]]
+) -> None:
+    """Cancel `task` once, `turns` loop turns after the relay took its next connection; return
+    once it has ended, and every task started since `before` (the relay's aside). Fails if it
+    goes on after the cancellation, or if one of those connects again once it has ended."""
+    try:
+        await relay.taken(relay.accepted + 1)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.wait({task}, timeout=SAFETY_S)
+        assert task.cancelled(), f"{name(task)} went on after its cancellation ({turns} turns)"
+        ended = relay.accepted
+        await until(lambda: not running_since(before) or relay.accepted > ended, "tasks ended")
+        left = [name(other) for other in running_since(before)]
+        assert (relay.accepted - ended, left) == (0, []), f"after {turns} turns"
+    finally:  # a failure leaves nothing running
+        await stop(task, *running_since(before))
+
+
+async def test_one_cancellation_ends_a_client_watch_connecting_to_a_server_that_hangs_up(
+    relay: NatsRelay,
+) -> None:
+    """A consumer's watch started while every connection is closed at once (a server at its
+    connection limit, a proxy without one behind it) is cancelled once, right after a
+    connection was taken: it ends, and nothing of it goes on connecting. Before, nats-py's
+    `asyncio.wait_for` returned the connection (or the greeting) that completed as the
+    cancellation arrived and dropped the cancellation: the watch went on retrying twice a second
+    for good, and a consumer stopping (a margin engine's shutdown) was held by it."""
+    relay.refuse()
+    for turns in TURNS:
+        before = asyncio.all_tasks()
+        client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: 0)
+        watcher = asyncio.create_task(client.watch_nats(relay.url, ["BTC/USD"]))
+        await cancel_once(relay, watcher, turns, before)
+
+
+async def test_one_cancellation_ends_a_client_watch_and_the_reconnection_it_left(
+    server: NatsServer, relay: NatsRelay
+) -> None:
+    """A watch connected through the relay loses its server (the connection cut, the next ones
+    closed at once): nats-py connects again in a task of its own. The watch is cancelled once,
+    right after one of those attempts was taken: it ends, and so does that task. Before, the
+    watch ended, but nats-py's close cancelled the reconnection task once, through the same
+    `wait_for`, which could drop it: the task went on connecting for good, behind a consumer
+    that had stopped."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
+    rounds = Rounds(make_config())
+    signer = RoundSigner(KEY, "test")
+    newest = [0]
+    task = await running(sink)
+    try:
+        for turns in TURNS:
+            before = asyncio.all_tasks()
+            relay.pass_()
+            client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: newest[0])
+            watcher = asyncio.create_task(client.watch_nats(relay.url, ["BTC/USD"]))
+
+            def verified(client: OracleClient = client) -> bool:
+                """Publish the next round; True once the client verified a round."""
+                signed = signer.sign(rounds.step())
+                newest[0] = signed.ts
+                sink.submit(signed)
+                return client.price("BTC/USD").status == "active"
+
+            await until(verified, "a round verified")
+            relay.refuse()
+            relay.cut()
+            await cancel_once(relay, watcher, turns, before)
+    finally:
+        await stop(task)
+
+
+@pytest.mark.parametrize("connected", [False, True], ids=["at start", "after a cut"])
+async def test_one_cancellation_ends_the_sink_and_every_attempt_it_made(
+    relay: NatsRelay, connected: bool
+) -> None:
+    """The sink, cancelled once (the daemon stopping) right after a connection taken and closed
+    at once, at start or once its connection was cut: its task ends, and so do the tasks that
+    connect for it. Before, its task ended, but its attempt to connect (at start) or nats-py's
+    reconnection (after the cut) was cancelled once through nats-py's `wait_for`, which could
+    drop it: that task went on connecting for good."""
+    for turns in TURNS:
+        before = asyncio.all_tasks()
+        relay.pass_()
+        sink = NatsSink(NatsConfig(enabled=True, servers=(relay.url,)))
+        task = asyncio.create_task(sink.run(), name="nats-sink")
+        if connected:
+            async with asyncio.timeout(SAFETY_S):
+                await sink.ready.wait()
+            relay.refuse()
+            relay.cut()
+        else:
+            relay.refuse()
+        await cancel_once(relay, task, turns, before)
 
 
 async def test_a_server_at_its_connection_limit_is_counted_and_said_once(
