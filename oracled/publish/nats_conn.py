@@ -33,7 +33,9 @@ after a server that closes at once took a connection, or nats-py's own reconnect
 the base of both clients, raises that cancellation again after each step and before each attempt
 (the task's `cancelling()` still counts it), so one cancellation ends the attempt; its `connect`
 closes what the attempt had opened before it raises (nats-py left the socket to the collector),
-and closes a connection made as the cancellation was dropped.
+and closes a connection made as the cancellation was dropped. A reconnection that `close`
+cancelled as its connection was made went on as connected on the closed client (its read loop,
+its pings, and once that connection went, reconnections for good): it is stopped there too.
 
 All of them reach into nats-py's private state as 2.16 has it (`missing_internals` lists the names).
 The sink's tests check the behaviour against the version installed, and
@@ -123,6 +125,19 @@ class CancellableClient(Client):
             if _lost_cancellation():  # dropped by the last step of a connection made
                 await self.close()
                 raise asyncio.CancelledError
+
+    async def _attempt_reconnect(self) -> None:
+        await super()._attempt_reconnect()
+        if _lost_cancellation() and self._reconnection_task is asyncio.current_task():
+            # `close` cancelled this task (a newer reconnection would have taken its place)
+            # and a connection made as it did went on as connected on the closed client: its
+            # read loop, pings and, once that connection went, reconnections for good. The
+            # close, waiting for this task, closes the socket next.
+            self._status = Client.CLOSED
+            for task in (self._reading_task, self._ping_interval_task, self._flusher_task):
+                if task is not None:
+                    task.cancel()
+            raise asyncio.CancelledError
 
     async def _connect_to_server(self, s: Any) -> None:
         _raise_lost_cancellation()
@@ -257,9 +272,16 @@ def missing_internals(
     for name, kind in (("_pending", list), ("_pending_data_size", int), ("_server_pool", list)):
         if not isinstance(getattr(fresh, name, None), kind):
             missing.append(f"Client.{name}")
-    missing.extend(
-        f"Client.{name}" for name in ("_transport", "_current_server") if not hasattr(fresh, name)
+    state = (
+        "_transport",
+        "_current_server",
+        "_status",
+        "_reconnection_task",
+        "_reading_task",
+        "_ping_interval_task",
+        "_flusher_task",
     )
+    missing.extend(f"Client.{name}" for name in state if not hasattr(fresh, name))
     if not hasattr(transport(), "_io_writer"):
         missing.append("TcpTransport._io_writer")
     fields = (

@@ -11,10 +11,13 @@ ways. The test then acts on the connections open at that moment, or on the next 
 - `info(rewrite)` rewrites the server's INFO line of the connections made from then on (a
   smaller `max_payload`);
 - `mute()` makes the next connections meet a socket that accepts and never answers (no INFO),
-  and `refuse()` ones that are closed at once; `pass_()` undoes either.
+  and `refuse()` ones that are closed at once; `pass_()` undoes either;
+- `hold()` makes the next connections pass the server's INFO line and hold what it says next
+  (its answer to the client's CONNECT and PING) until `flow()`; `pass_()` undoes it too.
 
-`taken(n)` returns in the loop turn after the relay took its `n`th connection, so that a test
-acts at a known point of the client's attempt (the relay runs on the test's event loop).
+`taken(n)` returns in the loop turn after the relay took its `n`th connection, and `held(n)`
+once `n` connections hold the server's answer, so that a test acts at a known point of the
+client's attempt (the relay runs on the test's event loop).
 
 Only what the test sets is changed: the server is the real one, and so is the protocol.
 """
@@ -64,6 +67,8 @@ class NatsRelay:
         self.accepted = 0  # connections taken, whatever became of them
         self._mode = "pass"
         self._took = asyncio.Event()  # set at each connection taken
+        self.holding = 0  # connections that held the server's answer (`hold()`)
+        self._held = asyncio.Event()  # set at each of them
         self._rewrite: Callable[[bytes], bytes] | None = None
         self._pairs: set[_Pair] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -113,6 +118,9 @@ class NatsRelay:
     def refuse(self) -> None:
         self._mode = "refuse"
 
+    def hold(self) -> None:
+        self._mode = "hold"
+
     def pass_(self) -> None:
         self._mode = "pass"
 
@@ -122,6 +130,12 @@ class NatsRelay:
         while self.accepted < count:
             self._took.clear()
             await self._took.wait()
+
+    async def held(self, count: int) -> None:
+        """Return once `count` connections in all held the server's answer (`hold()`)."""
+        while self.holding < count:
+            self._held.clear()
+            await self._held.wait()
 
     @property
     def open(self) -> int:
@@ -154,7 +168,8 @@ class NatsRelay:
         pair = _Pair(writer, up_writer)
         self._pairs.add(pair)
         self._spawn(self._pump(reader, up_writer, pair))
-        self._spawn(self._pump(up_reader, writer, pair, rewrite=self._rewrite))
+        hold = self._mode == "hold"
+        self._spawn(self._pump(up_reader, writer, pair, rewrite=self._rewrite, hold=hold))
 
     async def _drain(self, reader: asyncio.StreamReader, pair: _Pair) -> None:
         """A mute peer: reads what the client sends and never answers."""
@@ -174,10 +189,19 @@ class NatsRelay:
         pair: _Pair,
         *,
         rewrite: Callable[[bytes], bytes] | None = None,
+        hold: bool = False,
     ) -> None:
         try:
-            if rewrite is not None:  # the server speaks first: its INFO line
-                writer.write(rewrite(await reader.readline()))
+            if rewrite is not None or hold:  # the server speaks first: its INFO line
+                info = await reader.readline()
+                writer.write(info if rewrite is None else rewrite(info))
+            if hold:  # then answers the client's CONNECT and PING: held until `flow()`
+                answer = await reader.read(65536)
+                pair.flowing.clear()
+                self.holding += 1
+                self._held.set()
+                await pair.flowing.wait()
+                writer.write(answer)
             while True:
                 await pair.flowing.wait()
                 data = await reader.read(65536)

@@ -8,7 +8,7 @@ with `-ERR`. Each case says what must hold and is bounded by `until` (no timing 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -262,13 +262,18 @@ def name(task: asyncio.Task[Any]) -> str:
 
 
 async def cancel_once(
-    relay: NatsRelay, task: asyncio.Task[Any], turns: int, before: set[asyncio.Task[Any]]
+    relay: NatsRelay,
+    task: asyncio.Task[Any],
+    turns: int,
+    before: set[asyncio.Task[Any]],
+    moment: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Cancel `task` once, `turns` loop turns after the relay took its next connection; return
-    once it has ended, and every task started since `before` (the relay's aside). Fails if it
-    goes on after the cancellation, or if one of those connects again once it has ended."""
+    """Cancel `task` once, `turns` loop turns after `moment` (by default, once the relay took
+    its next connection); return once it has ended, and every task started since `before` (the
+    relay's aside). Fails if it goes on after the cancellation, or if one of those connects
+    again once it has ended."""
     try:
-        await relay.taken(relay.accepted + 1)
+        await (moment or (lambda: relay.taken(relay.accepted + 1)))()
         for _ in range(turns):
             await asyncio.sleep(0)
         task.cancel()
@@ -331,6 +336,48 @@ async def test_one_cancellation_ends_a_client_watch_and_the_reconnection_it_left
             relay.refuse()
             relay.cut()
             await cancel_once(relay, watcher, turns, before)
+    finally:
+        await stop(task)
+
+
+async def test_one_cancellation_ends_a_client_watch_whose_reconnection_just_succeeded(
+    server: NatsServer, relay: NatsRelay
+) -> None:
+    """A watch's connection is cut and nats-py connects again in its reconnection task; the
+    relay holds the server's answer to the new connection, lets it through, and the watch is
+    cancelled once, 0 to 9 loop turns later: it ends, and so does all it started. Before,
+    nats-py's close cancelled the reconnection task, and its `wait_for` could drop that as the
+    answer came: the reconnection went on as connected, on the closed client, and once that
+    connection went it connected again, and again."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
+    rounds = Rounds(make_config())
+    signer = RoundSigner(KEY, "test")
+    newest = [0]
+    task = await running(sink)
+
+    async def answered() -> None:
+        """The new connection's answer held, then let through."""
+        await relay.held(relay.holding + 1)
+        relay.flow()
+
+    try:
+        for turns in TURNS:
+            before = asyncio.all_tasks()
+            relay.pass_()
+            client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: newest[0])
+            watcher = asyncio.create_task(client.watch_nats(relay.url, ["BTC/USD"]))
+
+            def verified(client: OracleClient = client) -> bool:
+                """Publish the next round; True once the client verified a round."""
+                signed = signer.sign(rounds.step())
+                newest[0] = signed.ts
+                sink.submit(signed)
+                return client.price("BTC/USD").status == "active"
+
+            await until(verified, "a round verified")
+            relay.hold()
+            relay.cut()
+            await cancel_once(relay, watcher, turns, before, answered)
     finally:
         await stop(task)
 
