@@ -407,9 +407,14 @@ class NatsSink:
             try:
                 nc = await attempt
             except asyncio.CancelledError:
-                # Our own cancellation is re-raised by the wait above; this one is ours: nats-py
-                # 2.16 never returns from its first connect after a failed TLS handshake (its
-                # close waits on the plain socket the handshake took over), so it never retries.
+                if _cancelled():
+                    # The sink's own, cancelled as it waited for the attempt cancelled above:
+                    # `Task.cancel` hands it to what the task waits for, the attempt, and it
+                    # comes back as the attempt's end.
+                    raise
+                # The attempt's (ours came through the wait above): nats-py 2.16 never returns
+                # from its first connect after a failed TLS handshake (its close waits on the
+                # plain socket the handshake took over), so it never retries.
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, 5.0)
                 continue
@@ -713,6 +718,13 @@ class NatsSink:
             "auth": self._auth.way,
             "tls": self._auth.tls,
         }
+
+
+def _cancelled() -> bool:
+    """Whether the current task was cancelled and runs still: a cancellation that an await
+    swallowed (nats-py's) or that reached the task as the end of what it waited for."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _refusal(exc: BaseException) -> str | None:

@@ -468,6 +468,53 @@ async def test_mutual_tls_with_a_token(start: Callable[..., Any], tmp_path: Path
     await publishes(NatsSink(cfg, env={"T": TOKEN}), srv.url, **consumer)
 
 
+#: Loop turns from a refused TLS handshake (counted by the sink's `_on_error`) to the sink's
+#: cancellation: the sink waited at 3 and 4 of them for the attempt it had cancelled (Python
+#: 3.11.7), every time.
+REFUSED_TURNS = range(10)
+
+
+async def test_one_cancellation_stops_the_sink_as_it_gives_up_a_refused_tls_handshake(
+    start: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The sink, its certificate check refusing the server's, cancels its attempt to connect
+    and waits for it to end before it tries again. Cancelled once (the daemon stopping) 0 to 9
+    loop turns after the refusal, it stops, with no attempt after it. Before, a cancellation
+    that came while it waited for that attempt reached it through the attempt, was taken for
+    the attempt's own and the sink slept and tried again, for good: a daemon's stop was held by
+    it until its timeout."""
+    pki = Pki(tmp_path / "pki")
+    srv = await start(pki.server_settings(verify=False), scheme="tls")
+    untrusted = NatsConfig(enabled=True, servers=(srv.url,), **FIRST)  # no CA for its cert
+    for turns in REFUSED_TURNS:
+        await cancelled_after_a_refusal(untrusted, turns)
+
+
+async def cancelled_after_a_refusal(cfg: NatsConfig, turns: int) -> None:
+    """Start a sink, cancel it once `turns` loop turns after its first refused TLS handshake was
+    counted; fail unless it stops, with no attempt after that one. A failure leaves nothing
+    running."""
+    sink = NatsSink(cfg, connect_timeout_s=1.0)
+    failures = sink.stats.connect_failures
+    with capture_logs():
+        task = asyncio.create_task(sink.run())
+        try:
+            async with asyncio.timeout(SAFETY_S):
+                while not failures["tls"]:  # noqa: ASYNC110 - the turn it is counted in
+                    await asyncio.sleep(0)
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            await until(lambda: task.done() or failures["tls"] > 1, "the sink stopped")
+            assert task.cancelled(), f"the sink went on after its cancellation ({turns} turns)"
+            assert failures["tls"] == 1, f"after {turns} turns"
+        finally:
+            async with asyncio.timeout(SAFETY_S):
+                while not task.done():
+                    task.cancel()
+                    await asyncio.wait({task}, timeout=0.1)
+
+
 class Recorder:
     """A loopback TCP proxy to `port` that keeps every byte the clients send: what the server,
     or anyone on the path, reads."""
