@@ -370,6 +370,10 @@ class NatsSink:
             nc = await self._connect()
             self._nc = nc
             await self._ensure_stream(nc)
+            if _cancelled():
+                # nats-py's request (its `asyncio.wait_for`) drops a cancellation that comes as
+                # the JetStream API answers: the sink would wait for rounds for good.
+                raise asyncio.CancelledError
             self.ready.set()
             self._tell_stall_again()
             while True:

@@ -459,6 +459,45 @@ async def test_a_server_without_room_for_max_bytes_gets_a_smaller_stream_not_non
         srv.stop()
 
 
+#: Loop turns from the sink's connection to its cancellation: nats-py's JetStream request dropped
+#: the cancellation as the server answered at 3 and 4 of them (Python 3.11.7), every time.
+STREAM_TURNS = range(10)
+
+
+async def test_one_cancellation_stops_the_sink_as_it_sets_its_stream_up(
+    server: NatsServer,
+) -> None:
+    """The sink, connected, asks the JetStream API for its stream; cancelled once (the daemon
+    stopping) 0 to 9 loop turns after it connected, it stops. Before, nats-py's request, waiting
+    for the answer through `asyncio.wait_for`, dropped a cancellation that came as the answer
+    did: the sink said it was ready and waited for rounds, for good, a daemon's stop held by it
+    until its deadline."""
+    cfg = NatsConfig(enabled=True, servers=(server.url,), jetstream=True, stream="STOPPING")
+    for turns in STREAM_TURNS:
+        await cancelled_after_connecting(NatsSink(cfg), turns)
+
+
+async def cancelled_after_connecting(sink: NatsSink, turns: int) -> None:
+    """Run `sink`, cancel it once `turns` loop turns after it connected; fail unless it stops.
+    A failure leaves nothing running."""
+    with capture_logs():
+        task = asyncio.create_task(sink.run())
+        try:
+            async with asyncio.timeout(SAFETY_S):
+                while not sink.stats.connected:  # noqa: ASYNC110 - the turn it connected in
+                    await asyncio.sleep(0)
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.wait({task}, timeout=SAFETY_S)
+            assert task.cancelled(), f"the sink went on after its cancellation ({turns} turns)"
+        finally:
+            async with asyncio.timeout(SAFETY_S):
+                while not task.done():
+                    task.cancel()
+                    await asyncio.wait({task}, timeout=0.1)
+
+
 async def test_an_existing_stream_with_other_settings_is_left_as_it_is(
     server: NatsServer,
 ) -> None:
