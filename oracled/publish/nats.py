@@ -404,6 +404,12 @@ class NatsSink:
             refused = asyncio.ensure_future(self._tls_refused.wait())
             try:
                 await asyncio.wait({attempt, refused}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
+                    # Connected as the cancellation came: its reading, pings and reconnections
+                    # would run on behind the stopped sink, for good.
+                    await attempt.result().close_within(_CLOSE_S)
+                raise
             finally:
                 refused.cancel()
                 if not attempt.done():

@@ -406,6 +406,30 @@ async def test_one_cancellation_ends_the_sink_and_every_attempt_it_made(
         await cancel_once(relay, task, turns, before)
 
 
+async def test_one_cancellation_ends_the_sink_as_its_first_connection_is_made(
+    relay: NatsRelay,
+) -> None:
+    """The relay holds the server's answer to the sink's first connection, lets it through, and
+    the sink is cancelled once, 0 to 9 loop turns later (the daemon stopping as it starts): its
+    task ends, and so does all its attempt started, the connection made included. Before, a
+    cancellation that came as the attempt connected ended the sink's task and left the client
+    connected: its reading and pings ran on behind the stopped sink, and it would reconnect for
+    good."""
+    relay.hold()
+
+    async def answered() -> None:
+        """The connection's answer held, then let through."""
+        await relay.held(relay.holding + 1)
+        relay.flow()
+
+    for turns in TURNS:
+        before = asyncio.all_tasks()
+        sink = NatsSink(NatsConfig(enabled=True, servers=(relay.url,)))
+        task = asyncio.create_task(sink.run(), name="nats-sink")
+        await cancel_once(relay, task, turns, before, answered)
+        await until(lambda: relay.open == 0, f"the connection closed ({turns} turns)")
+
+
 async def test_a_server_at_its_connection_limit_is_counted_and_said_once(
     tmp_path: Path,
 ) -> None:
