@@ -711,11 +711,14 @@ class NatsSink:
     async def flush(self) -> None:
         """Wait (up to 1 s) until the server has answered a PING sent after what was handed to
         the connection: a refusal of those publishes has come by then. The connection stays
-        open; the sink's task closes it when it ends."""
+        open; the sink's task closes it when it ends. Cancelled, it raises, also as the PONG
+        comes (nats-py would return)."""
         nc = self._nc
         if nc is not None and nc.is_connected:
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=1)
+            if _cancelled():  # nats-py's `asyncio.wait_for` drops one that comes as the PONG
+                raise asyncio.CancelledError
 
     def describe(self) -> dict[str, Any]:
         """What the sink publishes where, for start-up logs."""

@@ -498,6 +498,42 @@ async def cancelled_after_connecting(sink: NatsSink, turns: int) -> None:
                     await asyncio.wait({task}, timeout=0.1)
 
 
+#: Loop turns from the server's PONG taken (nats-py's `_pongs` emptied) to a flush's
+#: cancellation: nats-py's `asyncio.wait_for` dropped it at 0 and 1 of them (Python 3.11.7),
+#: every time; from 2 on the flush had returned.
+PONG_TURNS = range(4)
+
+
+async def test_one_cancellation_ends_a_flush_as_the_server_answers(server: NatsServer) -> None:
+    """`flush` waits for the server's PONG through nats-py's `asyncio.wait_for`: cancelled as
+    the PONG came (a caller's timeout, a caller stopping), it returned as if it had not been,
+    and its caller went on. It raises the cancellation now."""
+    sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
+    task = await running(sink)
+    try:
+        nc = sink._nc
+        assert nc is not None
+        cancelled = []
+        for turns in PONG_TURNS:
+            flushing = asyncio.create_task(sink.flush())
+            async with asyncio.timeout(SAFETY_S):
+                while not nc._pongs:  # noqa: ASYNC110 - the turn its PING is written in
+                    await asyncio.sleep(0)
+                while nc._pongs:  # noqa: ASYNC110 - the turn the PONG is taken in
+                    await asyncio.sleep(0)
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            if flushing.done():  # it returned first: nothing to cancel
+                continue
+            flushing.cancel()
+            await asyncio.wait({flushing}, timeout=SAFETY_S)
+            assert flushing.cancelled(), f"the flush went on, cancelled {turns} turns after"
+            cancelled.append(turns)
+        assert cancelled, "every flush returned before its cancellation"
+    finally:
+        await stop(task)
+
+
 async def test_an_existing_stream_with_other_settings_is_left_as_it_is(
     server: NatsServer,
 ) -> None:
