@@ -128,6 +128,7 @@ from oracled.publish.nats_auth import load_nats_auth
 from oracled.publish.nats_conn import (
     MAX_ANNOUNCED_SERVERS,
     ResettingClient,
+    lost_cancellation,
     require_supported_client,
 )
 from oracled.publish.nats_reasons import (
@@ -370,7 +371,7 @@ class NatsSink:
             nc = await self._connect()
             self._nc = nc
             await self._ensure_stream(nc)
-            if _cancelled():
+            if lost_cancellation():
                 # nats-py's request (its `asyncio.wait_for`) drops a cancellation that comes as
                 # the JetStream API answers: the sink would wait for rounds for good.
                 raise asyncio.CancelledError
@@ -417,7 +418,7 @@ class NatsSink:
             try:
                 nc = await attempt
             except asyncio.CancelledError:
-                if _cancelled():
+                if lost_cancellation():
                     # The sink's own, cancelled as it waited for the attempt cancelled above:
                     # `Task.cancel` hands it to what the task waits for, the attempt, and it
                     # comes back as the attempt's end.
@@ -717,7 +718,7 @@ class NatsSink:
         if nc is not None and nc.is_connected:
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=1)
-            if _cancelled():  # nats-py's `asyncio.wait_for` drops one that comes as the PONG
+            if lost_cancellation():  # nats-py's `asyncio.wait_for` drops one that comes as the PONG
                 raise asyncio.CancelledError
 
     def describe(self) -> dict[str, Any]:
@@ -731,13 +732,6 @@ class NatsSink:
             "auth": self._auth.way,
             "tls": self._auth.tls,
         }
-
-
-def _cancelled() -> bool:
-    """Whether the current task was cancelled and runs still: a cancellation that an await
-    swallowed (nats-py's) or that reached the task as the end of what it waited for."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _refusal(exc: BaseException) -> str | None:

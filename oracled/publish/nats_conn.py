@@ -69,6 +69,7 @@ __all__ = [
     "AnnouncedClient",
     "CancellableClient",
     "ResettingClient",
+    "lost_cancellation",
     "missing_internals",
     "require_supported_client",
 ]
@@ -96,15 +97,16 @@ def _netloc(url: object) -> str | None:
     return netloc or None
 
 
-def _lost_cancellation() -> bool:
-    """Whether the current task was cancelled and goes on anyway: a cancellation that
-    `asyncio.wait_for` dropped (see the module docstring) is counted still."""
+def lost_cancellation() -> bool:
+    """Whether the current task was cancelled and runs still: a cancellation that an await
+    dropped (nats-py's `asyncio.wait_for`, see the module docstring) or that reached the task as
+    the end of what it waited for is counted still."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
 
 
 def _raise_lost_cancellation() -> None:
-    if _lost_cancellation():
+    if lost_cancellation():
         raise asyncio.CancelledError
 
 
@@ -122,13 +124,13 @@ class CancellableClient(Client):
             except BaseException:
                 self._abort_socket()  # no task of nats-py runs yet: they start once connected
                 raise
-            if _lost_cancellation():  # dropped by the last step of a connection made
+            if lost_cancellation():  # dropped by the last step of a connection made
                 await self.close()
                 raise asyncio.CancelledError
 
     async def _attempt_reconnect(self) -> None:
         await super()._attempt_reconnect()
-        if _lost_cancellation() and self._reconnection_task is asyncio.current_task():
+        if lost_cancellation() and self._reconnection_task is asyncio.current_task():
             # `close` cancelled this task (a newer reconnection would have taken its place)
             # and a connection made as it did went on as connected on the closed client: its
             # read loop, pings and, once that connection went, reconnections for good. The
