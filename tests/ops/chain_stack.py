@@ -24,8 +24,12 @@ from chain_rig import Anvil, Chain, Pool, deploy_tokens, make_pool, start_anvil
 from oracled.publish.signer import SigningKey
 
 CHAIN = "ethereum"  # the shipped config's chain, re-pointed at the node
-BTC_ANSWER = 60_000_00000000  # 8 decimals; far from the simulated venues: an outlier, excluded
-BTC_POOL_PRICE = "60000"  # USD per WBTC: the pool is an outlier too, but read every block
+# 8 decimals; far from the simulated venues and ten minutes old: excluded as `stale` (the venues'
+# younger quotes have left it behind, docs/pricing.md section 2).
+BTC_ANSWER = 60_000_00000000
+# USD per WBTC: the pool is excluded too, but read every block: an `outlier`, or `stale` while
+# its last block is older than the market's `lag_ms`.
+BTC_POOL_PRICE = "60000"
 TWAP_WINDOW_S = 60
 
 
