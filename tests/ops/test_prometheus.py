@@ -163,7 +163,10 @@ async def test_every_dashboard_variable_and_panel_query_returns_series(stack: St
         venue.sim.replay_stale(20)
         venue.sim.garbage(2)
     await prom.wait_for('oracled_market_status{status="paused"} == 1', 15)
-    await prom.wait_for("oracled_admin_actions_total", 15)
+    # A counter that first appears now is on its panels as a rate or an increase over
+    # `__rate_interval`, which needs two of its samples in the window: wait for the second scrape.
+    window = BUILTINS["__rate_interval"]
+    await prom.wait_for(f"increase(oracled_admin_actions_total[{window}])", 15)
     # The pool quotes its TWAP (its price, not `no_quote`): it has a window of history. Too far
     # from the venues to vote, it is left out as an `outlier`, or as `stale` while the block it
     # was read at is older than the market's `lag_ms` (2 s, docs/pricing.md section 2): blocks a
@@ -177,8 +180,8 @@ async def test_every_dashboard_variable_and_panel_query_returns_series(stack: St
         15,
     )
     await chain.publish_btc(0)
-    await prom.wait_for("oracled_quotes_dropped_total", 15)
-    await prom.wait_for('oracled_quotes_dropped_total{source="chainlink"}', 15)
+    await prom.wait_for(f"rate(oracled_quotes_dropped_total[{window}])", 15)
+    await prom.wait_for(f'rate(oracled_quotes_dropped_total{{source="chainlink"}}[{window}])', 15)
     await prom.wait_for("count_over_time(oracled_rounds_total[15s]) >= 10", 20)
     # The on-chain pusher's RPC client, in the chain panels beside the reader's (the service
     # hands its endpoints to the metrics through PushStats).
