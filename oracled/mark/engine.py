@@ -16,13 +16,21 @@ Per market with perp_sources, with `x` the round's live index (NaN when not live
    premium = median of the venues' premiums is one funding sample, weighted by the time since
    the previous round;
 3. mark = median of the estimators that exist (see `Mark` and docs/mark.md).
+
+The step works on arrays, a row per perpetual market and a column per perpetual (`_Table`), as
+the spot layers do: Python per market cost 6 to 8 us a round, over the round's budget with
+hundreds of perpetual markets. Only reading the quotes held (`_gather`), the index of a quote
+from a past round (`_Past.first_at_or_after`) and `decay`'s `**` (once per distinct elapsed
+time and half-life) are Python. Every output is the per-market code's, bit for bit: the same
+IEEE operations in the same order, `formulas.decay` itself, medians sorted stably as `sorted`
+(tests/mark/test_mark_bits.py). `MarkValues` are made only when a round's `values` is read.
 """
 
 from __future__ import annotations
 
-from array import array
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from math import isfinite, nan
 from typing import NamedTuple
 
@@ -32,7 +40,7 @@ import numpy.typing as npt
 from oracled.aggregate.book import Layout, SlotKey
 from oracled.bands import BAND_SLACK
 from oracled.config import Config, MarketConfig
-from oracled.mark.formulas import decay, ema_update, funding_rate, median, premium_of
+from oracled.mark.formulas import decay, median
 from oracled.model import Mark, MarkEstimators, Quote
 
 __all__ = [
@@ -86,7 +94,6 @@ class _Spec:
     market: int
     perps: tuple[_Perp, ...]
     max_age_ms: int
-    routed: bool  # some perp converts through a leg (else each one's own index is `x`)
     lag_ms: int  # older than this, a perp counts while the index stays near (the lag rule)
     lag_band: float  # the market's `max_deviation` x BAND_SLACK: how near
     max_dev: float
@@ -101,97 +108,211 @@ class _Spec:
     ceiling: float
 
 
-class _Past:
-    """The live rounds of a market's last `max_age_ms`, at most `_PAST_ROUNDS`, oldest first:
-    each round's time and, per perpetual, the index in its own currency.
+_I64 = npt.NDArray[np.int64]
+_F64 = npt.NDArray[np.float64]
+_Bool = npt.NDArray[np.bool_]
 
-    Flat arrays of 8-byte numbers, not a tuple a round: at the bound, with a long age limit and
-    fast rounds, tuples took about 150 bytes a round, some 150 MB over 1,000 perpetual markets.
-    Rounds leave from the front by moving `_head`; the arrays are cut when half of them is gone.
+# A perpetual's reason code: its place in PERP_REASONS, or _COUNTED (reason None)
+_NO_QUOTE, _FLAGGED, _STALE, _FUTURE, _ROUTE, _DEVIATION, _TOO_FEW, _INDEX = range(8)
+_COUNTED = len(PERP_REASONS)
+_REASONS: tuple[str | None, ...] = (*PERP_REASONS, None)
+# What `_gather` reads of a quote held, as bits: held at all, both sides, a price, a flag
+_HELD, _TWO, _PRICED, _FLAG = 1, 2, 4, 8
+_ABSENT = (nan, nan, nan, 0)  # `_gather`'s row for a perpetual without a quote held
+_FIRST_ROUNDS = 64  # the history's first length per market; doubled when a window needs more
+
+
+class _Table:
+    """The perpetual markets' static inputs as arrays: a row per market (in config order), a
+    column per place in its perp_sources, `width` columns (the most any market lists; a market
+    with fewer has padding that never holds a quote). The step works on whole arrays rather
+    than per market in Python, as the spot layers do."""
+
+    __slots__ = (
+        "cap", "ceiling", "clamp", "counts", "floor", "half_life", "ids", "interest", "interval",
+        "invert", "keys", "lag_band", "lag_ms", "market", "max_age", "max_band", "min_perps",
+        "routed", "via",
+    )  # fmt: skip
+
+    def __init__(self, specs: tuple[_Spec, ...]) -> None:
+        width = max((len(s.perps) for s in specs), default=0)
+        rows = len(specs)
+        self.ids = [s.market for s in specs]  # market index of each row
+        self.market = np.array(self.ids, np.int64)
+        self.counts = [len(s.perps) for s in specs]
+        # row-major, None where a row has no perpetual: what `_gather` looks up
+        self.keys: list[SlotKey | None] = [
+            s.perps[k].key if k < len(s.perps) else None for s in specs for k in range(width)
+        ]
+        via = np.full((rows, width), -1, np.int64)
+        self.invert = np.zeros((rows, width), np.bool_)
+        for r, s in enumerate(specs):
+            for perp in s.perps:
+                via[r, perp.pos] = perp.via
+                self.invert[r, perp.pos] = perp.invert
+        self.routed = via >= 0
+        self.via = np.where(self.routed, via, 0)  # 0 where none: a valid place, never read
+
+        def ints(name: str) -> _I64:
+            return np.array([getattr(s, name) for s in specs], np.int64)
+
+        def floats(name: str) -> _F64:
+            return np.array([getattr(s, name) for s in specs], np.float64)
+
+        self.max_age, self.lag_ms = ints("max_age_ms"), ints("lag_ms")
+        self.min_perps, self.interval = ints("min_perps"), ints("interval_ms")
+        self.lag_band, self.max_band = floats("lag_band"), floats("max_band")
+        self.half_life, self.interest = floats("half_life_ms"), floats("interest")
+        self.clamp, self.cap = floats("clamp"), floats("cap")
+        self.floor, self.ceiling = floats("floor"), floats("ceiling")
+
+
+class _Past:
+    """Per market, the live rounds of its last `max_age_ms`, at most `_PAST_ROUNDS`: each
+    round's time and, per perpetual, the index in its own currency.
+
+    A market's rounds are `[head, end)` of its row, oldest first. Rounds leave from the front by
+    moving `head`; a full row moves its rounds to its start when half of it has left, else every
+    row doubles (at most to twice the bound). Arrays of 8-byte numbers, written for every live
+    market at once: at the bound, with a long age limit and fast rounds, a tuple a round took
+    about 150 bytes, some 150 MB over 1,000 perpetual markets.
     """
 
-    __slots__ = ("_head", "_own", "_perps", "_ts")
+    __slots__ = ("end", "head", "own", "ts")
 
-    def __init__(self, perps: int) -> None:
-        self._perps = perps
-        self._ts = array("q")
-        self._own = array("d")
-        self._head = 0
+    def __init__(self, markets: int, width: int) -> None:
+        self.ts = np.zeros((markets, _FIRST_ROUNDS), np.int64)
+        self.own = np.full((markets, _FIRST_ROUNDS, width), nan)
+        self.head = np.zeros(markets, np.int64)
+        self.end = np.zeros(markets, np.int64)
 
-    def add(self, now: int, owns: tuple[float, ...], oldest: int) -> None:
-        """Remember this round; forget rounds before `oldest`, and beyond the bound."""
-        ts = self._ts
-        ts.append(now)
-        self._own.extend(owns)
-        head = max(self._head, len(ts) - _PAST_ROUNDS)
-        while ts[head] < oldest:
-            head += 1
-        if head >= _PAST_ROUNDS // 4 and 2 * head >= len(ts):
-            del ts[:head]
-            del self._own[: head * self._perps]
-            head = 0
-        self._head = head
+    def add(self, rows: _I64, now: int, owns: _F64, oldest: _I64) -> None:
+        """Remember this round in `rows` (each market's `owns`); forget its rounds before its
+        `oldest`, and beyond the bound."""
+        end = self.end[rows]
+        full = end == self.ts.shape[1]
+        if full.any():
+            self._room(rows[full])
+            end = self.end[rows]
+        self.ts[rows, end] = now
+        self.own[rows, end] = owns
+        end += 1
+        self.end[rows] = end
+        head = np.maximum(self.head[rows], end - _PAST_ROUNDS)
+        behind = self.ts[rows, head] < oldest  # this round's time is not: the walk stops there
+        while behind.any():
+            head += behind
+            behind = self.ts[rows, head] < oldest
+        self.head[rows] = head
 
-    def take(self, prior: _Past, picks: list[int | None]) -> None:
-        """The rounds of `prior` (a reload), its perpetuals picked by their new places (None: a
-        perpetual newly listed, NaN in every round)."""
-        n = prior._perps
-        for r in range(prior._head, len(prior._ts)):
-            self._ts.append(prior._ts[r])
-            self._own.extend(nan if k is None else prior._own[r * n + k] for k in picks)
+    def _room(self, rows: _I64) -> None:
+        """Room for one more round in these full rows (rare: once in many rounds a market)."""
+        size = self.ts.shape[1]
+        for r in rows.tolist():
+            head, end = int(self.head[r]), int(self.end[r])
+            if 2 * head >= size:
+                self.ts[r, : end - head] = self.ts[r, head:end]
+                self.own[r, : end - head] = self.own[r, head:end]
+                self.head[r], self.end[r] = 0, end - head
+        if (self.end[rows] == size).any():
+            self._grow(2 * size)
 
-    def before_this_round(self, stamp: int) -> bool:
-        """True if `stamp` is at or before the round before this one: a quote from a past round."""
-        return len(self._ts) - self._head > 1 and stamp <= self._ts[-2]
+    def _grow(self, size: int) -> None:
+        """Every row `size` rounds long, the rounds kept in place."""
+        old = self.ts.shape[1]
+        ts = np.zeros((len(self.ts), size), np.int64)
+        own = np.full((len(self.ts), size, self.own.shape[2]), nan)
+        ts[:, :old], own[:, :old] = self.ts, self.own
+        self.ts, self.own = ts, own
 
-    def first_at_or_after(self, stamp: int, i: int) -> float:
-        """Perpetual `i`'s index in its own currency in the first remembered live round at or
+    def take(self, row: int, prior: _Past, at: int, picks: list[int | None]) -> None:
+        """Market `at`'s rounds of `prior` (a reload) into `row`, its perpetuals picked by their
+        new places (None: a perpetual newly listed, NaN in every round)."""
+        head, end = int(prior.head[at]), int(prior.end[at])
+        n = end - head
+        while self.ts.shape[1] < n:
+            self._grow(2 * self.ts.shape[1])
+        self.ts[row, :n] = prior.ts[at, head:end]
+        for k, pick in enumerate(picks):
+            if pick is not None:
+                self.own[row, :n, k] = prior.own[at, head:end, pick]
+        self.head[row], self.end[row] = 0, n
+
+    def previous(self) -> tuple[_I64, _Bool]:
+        """Each market's round before this one, and whether it has one: a quote stamped at or
+        before it is from a past round."""
+        rows = np.arange(len(self.end))
+        return self.ts[rows, np.maximum(self.end - 2, 0)], self.end - self.head > 1
+
+    def first_at_or_after(self, row: int, k: int, stamp: int) -> float:
+        """Perpetual `k`'s index in its own currency in the first remembered live round at or
         after `stamp` (its leg live then), or this round's for a time ahead of it: where the
         market was when the venue quoted. A feed that lags delivers its quotes late, each at the
         level of its own time; judged by the index of the round that first held it, a venue
-        lagging by more than `lag_ms` was never left behind through a move."""
-        ts, own, n = self._ts, self._own, self._perps
-        last = len(ts) - 1
-        then = own[last * n + i]
-        for r in range(last, self._head - 1, -1):
-            if ts[r] < stamp:
-                break
-            value = own[r * n + i]
-            if isfinite(value):
-                then = value
-        return then
+        lagging by more than `lag_ms` was never left behind through a move.
+
+        The rounds after the last one before `stamp` (a round time may go back: the core takes
+        it as given), the first of them with a finite value. Only for a new venue time from a
+        past round: per perpetual, in Python."""
+        head, end = int(self.head[row]), int(self.end[row])
+        before = np.flatnonzero(self.ts[row, head:end] < stamp)
+        start = head + (int(before[-1]) + 1 if len(before) else 0)
+        owns = self.own[row, start:end, k]
+        finite = np.flatnonzero(np.isfinite(owns))
+        return float(owns[finite[0]] if len(finite) else self.own[row, end - 1, k])
 
 
 class _State:
-    """What a perpetual market remembers between rounds."""
+    """What the perpetual markets remember between rounds, a row per market (`_Table`'s)."""
 
     __slots__ = (
-        "acc_id", "acc_sum", "acc_weight", "ema", "ema_ts", "last_rate", "last_ts", "past", "prev",
-        "seen",
+        "acc_id", "acc_on", "acc_sum", "acc_weight", "ema", "ema_ts", "last_on", "last_rate",
+        "last_ts", "past", "prev", "prev_on", "seen_on", "seen_then", "seen_ts",
     )  # fmt: skip
 
-    def __init__(self, perps: int) -> None:
+    def __init__(self, markets: int, width: int) -> None:
         # EMA of the basis as a fraction of the index, so that it scales with the index through
         # a large move (in price units, a 4.5 basis kept across a fall from 100 to 3 made the
         # mark negative); NaN until the first sample
-        self.ema = nan
-        self.ema_ts = 0  # time of the last basis sample
-        self.acc_id: int | None = None  # running funding interval: ((t - 1) // interval)
-        self.acc_sum = 0.0  # sum of weight x premium in the running interval
-        self.acc_weight = 0.0  # sum of weights (ms) in the running interval
-        self.last_rate = nan  # rate of the last completed interval, NaN if it had no sample
-        self.last_ts: int | None = None  # end of that interval
-        self.prev: int | None = None  # the previous round's time
+        self.ema = np.full(markets, nan)
+        self.ema_ts = np.zeros(markets, np.int64)  # time of the last basis sample
+        # the running funding interval ((t - 1) // interval), where `acc_on`
+        self.acc_on = np.zeros(markets, np.bool_)
+        self.acc_id = np.zeros(markets, np.int64)
+        self.acc_sum = np.zeros(markets)  # sum of weight x premium in the running interval
+        self.acc_weight = np.zeros(markets)  # sum of weights (ms) in the running interval
+        self.last_rate = np.full(markets, nan)  # the last completed interval's rate (NaN: none)
+        self.last_on = np.zeros(markets, np.bool_)  # whether one completed: `last_ts` its end
+        self.last_ts = np.zeros(markets, np.int64)
+        self.prev_on = np.zeros(markets, np.bool_)  # whether there was a round: `prev` its time
+        self.prev = np.zeros(markets, np.int64)
         # The live rounds of the last `max_age_ms` (at most _PAST_ROUNDS): the round's time and,
         # per perpetual in spec order, the index in its own currency (`_own_index`, NaN where
         # its leg was not live).
-        self.past = _Past(perps)
-        # Per perpetual: the venue time of the quote held, and the index in the perpetual's own
-        # currency in the first live round at or after that time (`_Past.first_at_or_after`;
-        # the lag rule: how far the index has moved since). Kept, so that a quote is judged from
-        # one index however the past is trimmed; by time, not by quote: a REST poll repeating a
-        # frozen ticker is a new quote with the old venue time, and says nothing new.
-        self.seen: dict[SlotKey, tuple[int, float]] = {}
+        self.past = _Past(markets, width)
+        # Per perpetual, where `seen_on`: the venue time of the quote held, and the index in the
+        # perpetual's own currency in the first live round at or after that time
+        # (`_Past.first_at_or_after`; the lag rule: how far the index has moved since). Kept,
+        # so that a quote is judged from one index however the past is trimmed; by time, not by
+        # quote: a REST poll repeating a frozen ticker is a new quote with the old venue time,
+        # and says nothing new.
+        self.seen_on = np.zeros((markets, width), np.bool_)
+        self.seen_ts = np.zeros((markets, width), np.int64)
+        self.seen_then = np.full((markets, width), nan)
+
+
+class _Quotes(NamedTuple):
+    """The quote held for each perpetual of a round (`_Table`'s shape; absent ones: `held` false,
+    NaN prices)."""
+
+    held: _Bool
+    flagged: _Bool
+    stamp: _I64  # venue time where sent, else receive time
+    two: _Bool  # both bid and ask quoted
+    priced: _Bool  # a last price quoted
+    bid: _F64
+    ask: _F64
+    price: _F64
 
 
 class MarkValues(NamedTuple):
@@ -264,8 +385,86 @@ def _dec(value: float, fmt: str) -> str | None:
 
 
 # Every field in order, with no defaults to fill: the same named tuple as `MarkValues(...)`, built
-# without running its generated Python `__new__` (a third of the cost, once per market per round)
+# without running its generated Python `__new__`
 _new_values = tuple.__new__
+
+
+class _Outputs(NamedTuple):
+    """One round's outputs as arrays, a row per perpetual market (`_Table`'s rows)."""
+
+    markets: list[int]  # market index of each row
+    counts: list[int]  # perpetuals listed per row
+    price: _F64
+    basis_ema: _F64
+    perp_median: _F64
+    fallback: _F64
+    basis: _F64
+    premium: _F64
+    used: _I64
+    estimate: _F64
+    last_rate: _F64
+    last_on: _Bool
+    last_ts: _I64
+    next_ts: _I64
+    codes: npt.NDArray[np.int64]  # reason code per perpetual
+    mids: _F64  # mid in market units per perpetual
+    out_of_bounds: _Bool
+
+
+class _Values(Mapping[int, MarkValues]):
+    """A round's `MarkValues` by market index, made from the arrays when first read: the round
+    itself only fills arrays, and a reader of one market pays for all of them once."""
+
+    __slots__ = ("_made", "_out")
+
+    def __init__(self, out: _Outputs) -> None:
+        self._out = out
+        self._made: dict[int, MarkValues] | None = None
+
+    def _all(self) -> dict[int, MarkValues]:
+        if self._made is None:
+            self._made = _materialize(self._out)
+        return self._made
+
+    def __getitem__(self, i: int) -> MarkValues:
+        return self._all()[i]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._out.markets)
+
+    def __len__(self) -> int:
+        return len(self._out.markets)
+
+    def __contains__(self, i: object) -> bool:
+        return i in self._all()
+
+
+def _materialize(out: _Outputs) -> dict[int, MarkValues]:
+    """Every row's `MarkValues`, of Python floats and ints as the fields were always built."""
+    codes, mids, counts = out.codes.tolist(), out.mids.tolist(), out.counts
+    last_ts = [
+        t if on else None for t, on in zip(out.last_ts.tolist(), out.last_on.tolist(), strict=True)
+    ]
+    columns = (
+        out.price.tolist(),
+        out.basis_ema.tolist(),
+        out.perp_median.tolist(),
+        out.fallback.tolist(),
+        out.basis.tolist(),
+        out.premium.tolist(),
+        out.used.tolist(),
+        out.estimate.tolist(),  # funding_estimate
+        out.last_rate.tolist(),
+        last_ts,
+        out.next_ts.tolist(),  # next_funding_ts
+        [tuple([_REASONS[c] for c in row[:n]]) for row, n in zip(codes, counts, strict=True)],
+        [tuple(row[:n]) for row, n in zip(mids, counts, strict=True)],  # perp_mids
+        out.out_of_bounds.tolist(),
+    )
+    return {
+        i: _new_values(MarkValues, row)
+        for i, row in zip(out.markets, zip(*columns, strict=True), strict=True)
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +482,7 @@ class MarkRound:
 class MarkEngine:
     """Per-market mark state; `step` once per round, after the index prices are known."""
 
-    __slots__ = ("_markets", "_round_ms", "_skew", "_specs", "_states")
+    __slots__ = ("_round_ms", "_skew", "_specs", "_state", "_table")
 
     def __init__(self, cfg: Config, layout: Layout) -> None:
         index = {sym: i for i, sym in enumerate(layout.markets)}
@@ -308,9 +507,8 @@ class MarkEngine:
             band = (float(layout.price_floor[i]), float(layout.price_ceiling[i]))
             specs.append(_spec(i, tuple(perps), market, band))
         self._specs = tuple(specs)
-        self._states = {s.market: _State(len(s.perps)) for s in self._specs}
-        # what `step` walks: a state looked up once, not per round (`carry_from` fills the same)
-        self._markets = tuple((s, self._states[s.market]) for s in self._specs)
+        self._table = _Table(self._specs)
+        self._state = _State(len(specs), self._table.via.shape[1])
         self._skew = cfg.oracle.max_clock_skew_ms
         self._round_ms = cfg.oracle.round_interval_ms
 
@@ -330,186 +528,219 @@ class MarkEngine:
         the past rounds and the index each held perpetual quote was judged from are kept for
         the perpetuals still listed (the book keeps their quotes; one newly listed has no past).
         """
-        old_specs = {s.market: s for s in old._specs}
-        for spec in self._specs:
+        old_rows = {s.market: r for r, s in enumerate(old._specs)}
+        state, prior = self._state, old._state
+        for row, spec in enumerate(self._specs):
             j = old_markets.get(markets[spec.market])
-            if j is None or j not in old._states:
+            if j is None or j not in old_rows:
                 continue
-            state, prior = self._states[spec.market], old._states[j]
-            state.ema_ts, state.prev = prior.ema_ts, prior.prev
-            keys = {p.key for p in spec.perps}
-            state.seen = {k: v for k, v in prior.seen.items() if k in keys}
-            where = {p.key: i for i, p in enumerate(old_specs[j].perps)}
+            at = old_rows[j]
+            old_spec = old._specs[at]
+            state.ema_ts[row] = prior.ema_ts[at]
+            state.prev_on[row], state.prev[row] = prior.prev_on[at], prior.prev[at]
+            where = {p.key: k for k, p in enumerate(old_spec.perps)}
             picks = [where.get(p.key) for p in spec.perps]
-            state.past.take(prior.past, picks)
-            dev = spec.max_dev
-            state.ema = min(max(prior.ema, -dev), dev) if isfinite(prior.ema) else prior.ema
-            if old_specs[j].interval_ms == spec.interval_ms:
-                state.acc_id, state.acc_sum, state.acc_weight = (
-                    prior.acc_id,
-                    prior.acc_sum,
-                    prior.acc_weight,
-                )
-                state.last_rate, state.last_ts = prior.last_rate, prior.last_ts
+            for k, pick in enumerate(picks):
+                if pick is not None:
+                    state.seen_on[row, k] = prior.seen_on[at, pick]
+                    state.seen_ts[row, k] = prior.seen_ts[at, pick]
+                    state.seen_then[row, k] = prior.seen_then[at, pick]
+            state.past.take(row, prior.past, at, picks)
+            ema, dev = float(prior.ema[at]), spec.max_dev
+            state.ema[row] = min(max(ema, -dev), dev) if isfinite(ema) else ema
+            if old_spec.interval_ms == spec.interval_ms:
+                for name in ("acc_on", "acc_id", "acc_sum", "acc_weight"):
+                    getattr(state, name)[row] = getattr(prior, name)[at]
+                for name in ("last_rate", "last_on", "last_ts"):
+                    getattr(state, name)[row] = getattr(prior, name)[at]
 
     def step(
         self, now_ms: int, index: npt.NDArray[np.float64], perps: Mapping[SlotKey, Quote]
     ) -> MarkRound:
         """Advance every perpetual market by one round at `now_ms` with this round's index."""
-        live = index.tolist()
-        return MarkRound(
-            {
-                spec.market: self._market(spec, state, now_ms, live, perps)
-                for spec, state in self._markets
-            }
-        )
+        t, state = self._table, self._state
+        quotes = _gather(t, perps)
+        with np.errstate(all="ignore"):  # NaN and inf are values here, as in the scalar rules
+            x = index[t.market]
+            live = np.isfinite(x)
+            leg = index[t.via]
+            xs = x[:, None]
+            own = np.where(t.routed, np.where(t.invert, xs * leg, xs / leg), xs)
+            rows = np.flatnonzero(live)
+            # older quotes are stale by age anyway
+            state.past.add(rows, now_ms, own[rows], now_ms - t.max_age[rows])
+            then = self._judged(quotes, own, live)
+            codes, mids, premiums = self._checks(now_ms, x, quotes, own, then, leg)
+            codes[~live] = _INDEX
+            counted = codes == _COUNTED
+            used = counted.sum(axis=1)
+            few = used < t.min_perps  # too few to outvote one venue: as if none counted
+            codes[counted & few[:, None]] = _TOO_FEW
+            counted &= ~few[:, None]
+            used[few] = 0
+            perp_median = _medians(mids, counted, used)
+            premium = _medians(premiums, counted, used)
+            shown = np.where(live[:, None], mids, nan)  # perp_mids: NaN where not converted
+            return MarkRound(
+                _Values(self._mark(now_ms, x, live, used, perp_median, premium, codes, shown))
+            )
 
-    def _market(
+    def _judged(self, quotes: _Quotes, own: _F64, live: _Bool) -> _F64:
+        """Per perpetual, the index in its own currency its held quote is judged from by the lag
+        rule (`_left_behind`): the index of the first live round at or after a new venue time,
+        kept while the venue time stays (`_State.seen`); `own` elsewhere."""
+        state = self._state
+        judged = quotes.held & live[:, None] & np.isfinite(own)
+        new = judged & ~(state.seen_on & (state.seen_ts == quotes.stamp))
+        previous, remembered = state.past.previous()
+        past = new & remembered[:, None] & (quotes.stamp <= previous[:, None])
+        then = np.where(judged & ~new, state.seen_then, own)
+        if past.any():  # a quote from a past round, first seen now (a feed that lags)
+            for r, k in zip(*np.nonzero(past), strict=True):
+                then[r, k] = state.past.first_at_or_after(r, k, int(quotes.stamp[r, k]))
+        state.seen_on |= new
+        state.seen_ts = np.where(new, quotes.stamp, state.seen_ts)
+        state.seen_then = np.where(new, then, state.seen_then)
+        return then
+
+    def _checks(
+        self, now: int, x: _F64, quotes: _Quotes, own: _F64, then: _F64, leg: _F64
+    ) -> tuple[_I64, _F64, _F64]:
+        """Each perpetual's reason code (the first check it fails, in `_convert`'s order, then
+        the lag rule and the deviation), its mid in market units (NaN where it did not
+        convert) and its premium over the index."""
+        t, q = self._table, quotes
+        xs = x[:, None]
+        age = now - q.stamp
+        inverted, multiplied = t.routed & t.invert, t.routed & ~t.invert
+        two_inv, two_mul = q.two & inverted, q.two & multiplied
+
+        def convert(value: _F64, divided: _Bool, multiplied: _Bool) -> _F64:
+            """Into market units through the leg, divided as spot slots are: one rounding."""
+            return np.where(divided, value / leg, np.where(multiplied, value * leg, value))
+
+        mid = convert(np.where(q.two, (q.bid + q.ask) * 0.5, q.price), inverted, multiplied)
+        bid, ask = convert(q.bid, two_inv, two_mul), convert(q.ask, two_inv, two_mul)
+        blocked = [
+            ~q.held,
+            q.flagged,
+            age > t.max_age[:, None],
+            age < -self._skew,
+            ~(q.two | q.priced),  # a lone bid or ask is no price at the door
+            t.routed & ~np.isfinite(leg),  # a leg not live blocks the perp, as spot slots
+        ]
+        checks = [
+            *blocked,
+            _left_behind(t, age, then, own),
+            abs(mid - xs) > t.max_band[:, None] * xs,  # 103 on 100 counts at 3 %
+        ]
+        reasons = [_NO_QUOTE, _FLAGGED, _STALE, _FUTURE, _NO_QUOTE, _ROUTE, _STALE, _DEVIATION]
+        codes = np.select(checks, reasons, _COUNTED).astype(np.int64)
+        converted = ~np.logical_or.reduce(blocked)
+        above, below = bid - xs, xs - ask  # what a seller gets over, a buyer saves under
+        impact = (np.where(above > 0.0, above, 0.0) - np.where(below > 0.0, below, 0.0)) / xs
+        premiums = np.where(q.two, impact, (mid - xs) / xs)  # formulas.premium_of
+        return codes, np.where(converted, mid, nan), premiums
+
+    def _mark(
         self,
-        spec: _Spec,
-        state: _State,
         now: int,
-        live: list[float],
-        perps: Mapping[SlotKey, Quote],
-    ) -> MarkValues:
-        x = live[spec.market]
-        mids: list[float] = []
-        premiums: list[float] = []
-        reasons: list[str | None] = []
-        seen: list[float] = []
-        if isfinite(x):
-            if spec.routed:
-                owns = tuple([_own_index(perp, x, live) for perp in spec.perps])
-            else:
-                owns = (x,) * len(spec.perps)
-            past = state.past
-            past.add(now, owns, now - spec.max_age_ms)  # older quotes are stale by age anyway
-            for perp in spec.perps:  # not enumerate: one object fewer per market per round
-                quote = perps.get(perp.key)
-                if quote is None:
-                    reasons.append("no_quote")
-                    seen.append(nan)
-                    continue
-                stamp = quote.venue_ts if quote.venue_ts is not None else quote.recv_ts
-                age = now - stamp  # read once here, not again in each check
-                found = _convert(perp, quote, age, live, spec.max_age_ms, self._skew)
-                own = then = owns[perp.pos]
-                if isfinite(own):
-                    first = state.seen.get(perp.key)
-                    if first is None or first[0] != stamp:  # a new venue time
-                        if past.before_this_round(stamp):
-                            then = past.first_at_or_after(stamp, perp.pos)
-                        state.seen[perp.key] = (stamp, then)
-                    else:
-                        then = first[1]
-                if isinstance(found, str):
-                    reasons.append(found)
-                    seen.append(nan)
-                    continue
-                mid, bid, ask = found
-                seen.append(mid)
-                if _left_behind(spec, age, then, own):
-                    reasons.append("stale")
-                    continue
-                if abs(mid - x) > spec.max_band * x:  # 103 on 100 counts at 3 %
-                    reasons.append("deviation")
-                    continue
-                reasons.append(None)
-                mids.append(mid)
-                premiums.append(premium_of(x, mid, bid, ask))
-            if len(mids) < spec.min_perps:  # too few to outvote one venue: as if none counted
-                mids.clear()
-                premiums.clear()
-                reasons = ["too_few" if r is None else r for r in reasons]
-        else:
-            reasons = ["index"] * len(spec.perps)
-            seen = [nan] * len(spec.perps)
-
-        perp_median = median(mids)
+        x: _F64,
+        live: _Bool,
+        used: _I64,
+        perp_median: _F64,
+        premium: _F64,
+        codes: _I64,
+        mids: _F64,
+    ) -> _Outputs:
+        """The estimators and the mark from this round's perp median (docs/mark.md), the basis
+        EMA updated where perpetuals counted, and the funding fields."""
+        t, state = self._table, self._state
         basis = perp_median - x  # NaN without a live index or a fresh perp
-        premium = median(premiums)
-        basis_ema = fallback = nan
-        if mids:
-            state.ema = ema_update(state.ema, basis / x, now - state.ema_ts, spec.half_life_ms)
-            state.ema_ts = now
-            basis_ema = x * (1.0 + state.ema)
-            price = (basis_ema + perp_median) * 0.5  # the median of two estimators
-        elif isfinite(x):
-            carried = state.ema * decay(now - state.ema_ts, spec.half_life_ms)
-            fallback = x * (1.0 + carried) if isfinite(carried) else x
-            price = fallback
-        else:
-            price = nan
+        counted = used > 0
+        ema = state.ema
+        keep = _decays(now - state.ema_ts, t.half_life, live & np.isfinite(ema))
+        sample = basis / x
+        # formulas.ema_update: a NaN EMA (no sample yet) starts at the sample
+        updated = np.where(np.isnan(ema), sample, ema * keep + sample * (1.0 - keep))
+        state.ema = np.where(counted, updated, ema)
+        state.ema_ts = np.where(counted, now, state.ema_ts)
+        basis_ema = np.where(counted, x * (1.0 + state.ema), nan)
+        carried = ema * keep
+        fallen = live & ~counted
+        fallback = np.where(fallen, np.where(np.isfinite(carried), x * (1.0 + carried), x), nan)
+        # with both estimators, their median is their mean
+        price = np.where(counted, (basis_ema + perp_median) * 0.5, fallback)
         # The index is in its band, but a perp far below it (up to max_perp_deviation) or an old
         # basis can take the mark under the market's floor: "0.00" at two decimals, a zero mark.
-        out_of_bounds = isfinite(price) and not spec.floor <= price <= spec.ceiling
-        if out_of_bounds:
-            price = nan
-
-        estimate = self._fund(spec, state, now, premium)
-        assert state.acc_id is not None  # set by _fund
-        return _new_values(
-            MarkValues,
-            (
-                price,
-                basis_ema,
-                perp_median,
-                fallback,
-                basis,
-                premium,
-                len(mids),
-                estimate,  # funding_estimate
-                state.last_rate,
-                state.last_ts,
-                (state.acc_id + 1) * spec.interval_ms,  # next_funding_ts
-                tuple(reasons),
-                tuple(seen),  # perp_mids
-                out_of_bounds,
-            ),
+        out_of_bounds = np.isfinite(price) & ~((t.floor <= price) & (price <= t.ceiling))
+        price = np.where(out_of_bounds, nan, price)
+        estimate = self._fund(now, premium)
+        return _Outputs(
+            markets=t.ids,
+            counts=t.counts,
+            price=price,
+            basis_ema=basis_ema,
+            perp_median=perp_median,
+            fallback=fallback,
+            basis=basis,
+            premium=premium,
+            used=used,
+            estimate=estimate,
+            last_rate=state.last_rate,
+            last_on=state.last_on,
+            last_ts=state.last_ts,
+            next_ts=(state.acc_id + 1) * t.interval,
+            codes=codes,
+            mids=mids,
+            out_of_bounds=out_of_bounds,
         )
 
-    def _fund(self, spec: _Spec, state: _State, now: int, premium: float) -> float:
-        """Add this round's premium sample to the running interval; settle intervals that ended.
+    def _fund(self, now: int, premium: _F64) -> _F64:
+        """Add this round's premium samples to the running intervals; settle intervals that
+        ended. Every state array is replaced, not written into: a round's outputs hold them.
 
         Interval k covers (k * I, (k + 1) * I]: a round exactly on a boundary closes the interval.
         A sample's weight is the time since the previous round, cut at the interval's start.
         """
-        size = spec.interval_ms
+        t, state = self._table, self._state
+        size = t.interval
         current = (now - 1) // size
-        if state.acc_id is None:
-            state.acc_id = current
-        elif current > state.acc_id:
-            self._settle(spec, state)
-            if current > state.acc_id:  # whole intervals passed without a round
-                state.last_rate, state.last_ts = nan, current * size
-                state.acc_id = current
-        prev = state.prev if state.prev is not None else now - self._round_ms
-        state.prev = now
+        ended = state.acc_on & (current > state.acc_id)
+        state.acc_id = np.where(state.acc_on, state.acc_id, current)
+        state.acc_on = np.ones_like(state.acc_on)
+        self._settle(ended)
+        skipped = ended & (current > state.acc_id)  # whole intervals passed without a round
+        state.last_rate = np.where(skipped, nan, state.last_rate)
+        state.last_ts = np.where(skipped, current * size, state.last_ts)
+        state.acc_id = np.where(skipped, current, state.acc_id)
+        prev = np.where(state.prev_on, state.prev, now - self._round_ms)
+        state.prev_on, state.prev = np.ones_like(state.prev_on), np.full_like(state.prev, now)
         start = current * size
-        weight = now - (start if start > prev else prev)  # max(prev, start), without the builtin
-        if isfinite(premium) and weight > 0:
-            state.acc_sum += weight * premium
-            state.acc_weight += weight
+        weight = now - np.where(start > prev, start, prev)  # max(prev, start)
+        sampled = np.isfinite(premium) & (weight > 0)
+        state.acc_sum = np.where(sampled, state.acc_sum + weight * premium, state.acc_sum)
+        state.acc_weight = np.where(sampled, state.acc_weight + weight, state.acc_weight)
         # Only the running interval's own end settles it: a round time that went back onto an
         # earlier boundary (the core takes it as given) would settle it early, a grid ahead.
-        if now == (current + 1) * size and current == state.acc_id:
-            self._settle(spec, state)
-        if state.acc_weight <= 0.0:
-            return nan
-        return funding_rate(state.acc_sum / state.acc_weight, spec.interest, spec.clamp, spec.cap)
+        self._settle((now == (current + 1) * size) & (current == state.acc_id))
+        weighed = state.acc_weight > 0.0
+        return np.where(weighed, _funding_rates(t, state.acc_sum / state.acc_weight), nan)
 
-    @staticmethod
-    def _settle(spec: _Spec, state: _State) -> None:
-        """Close the running interval: its rate becomes the last rate; a new interval starts."""
-        assert state.acc_id is not None
-        state.last_rate = (
-            funding_rate(state.acc_sum / state.acc_weight, spec.interest, spec.clamp, spec.cap)
-            if state.acc_weight > 0.0
-            else nan
-        )
-        state.last_ts = (state.acc_id + 1) * spec.interval_ms
-        state.acc_id += 1
-        state.acc_sum = state.acc_weight = 0.0
+    def _settle(self, rows: _Bool) -> None:
+        """Close the running interval of `rows`: its rate becomes the last rate; a new interval
+        starts."""
+        if not rows.any():
+            return
+        t, state = self._table, self._state
+        weighed = state.acc_weight > 0.0
+        rate = np.where(weighed, _funding_rates(t, state.acc_sum / state.acc_weight), nan)
+        state.last_rate = np.where(rows, rate, state.last_rate)
+        state.last_ts = np.where(rows, (state.acc_id + 1) * t.interval, state.last_ts)
+        state.last_on = state.last_on | rows
+        state.acc_id = state.acc_id + rows
+        state.acc_sum = np.where(rows, 0.0, state.acc_sum)
+        state.acc_weight = np.where(rows, 0.0, state.acc_weight)
 
 
 def _spec(
@@ -523,7 +754,6 @@ def _spec(
         market=market,
         perps=perps,
         max_age_ms=cfg.max_age_ms,
-        routed=any(p.via >= 0 for p in perps),
         lag_ms=cfg.lag_ms,
         lag_band=cfg.max_deviation * BAND_SLACK,
         max_dev=mk.max_perp_deviation,
@@ -539,22 +769,98 @@ def _spec(
     )
 
 
-def _own_index(perp: _Perp, x: float, live: list[float]) -> float:
-    """The index `x` in the perpetual's own currency (back through its leg; NaN when the leg is
-    not live): what a quiet contract's quote follows. A leg that moves while `x` stays (a
-    depeg) moves the contract's price in its currency, and a contract silent through it is left
-    behind; one whose leg and `x` moved together is where the market is."""
-    if perp.via < 0:
-        return x
-    leg = live[perp.via]
-    return x * leg if perp.invert else x / leg
+def _gather(t: _Table, perps: Mapping[SlotKey, Quote]) -> _Quotes:
+    """The quote held for each perpetual, read into arrays: per perpetual in Python (a lookup
+    and a few attributes), the one part of the step that is, so one list of rows and one
+    conversion rather than a list per attribute."""
+    get = perps.get
+    found = list(map(get, t.keys))  # type: ignore[arg-type]  # padding: None finds nothing
+    rows = [
+        _ABSENT
+        if q is None
+        else (
+            nan if q.bid is None else q.bid,
+            nan if q.ask is None else q.ask,
+            nan if q.price is None else q.price,
+            _HELD
+            | (_TWO if q.bid is not None and q.ask is not None else 0)
+            | (0 if q.price is None else _PRICED)
+            | (0 if q.flag is None else _FLAG),
+        )
+        for q in found
+    ]
+    stamps = [0 if q is None else q.recv_ts if q.venue_ts is None else q.venue_ts for q in found]
+    shape = t.via.shape
+    # flat: numpy's conversion of a list of rows costs more than making the rows
+    values = np.fromiter(chain.from_iterable(rows), np.float64, 4 * len(rows)).reshape(*shape, 4)
+    bits = values[..., 3].astype(np.int64)
+    return _Quotes(
+        held=bits > 0,
+        flagged=(bits & _FLAG) > 0,
+        stamp=np.fromiter(stamps, np.int64, len(stamps)).reshape(shape),
+        two=(bits & _TWO) > 0,
+        priced=(bits & _PRICED) > 0,
+        bid=values[..., 0],
+        ask=values[..., 1],
+        price=values[..., 2],
+    )
 
 
-def _left_behind(spec: _Spec, age: int, then: float, x: float) -> bool:
+def _medians(values: _F64, counted: _Bool, used: _I64) -> _F64:
+    """Per row, `formulas.median` of the counted values (`used` of them): sorted (stably, as
+    `sorted`, for signed zeros), the middle one or the mean of the middle two."""
+    rows = np.arange(len(values))
+    kept = np.where(counted, values, nan)  # NaN sorts last
+    odd = np.isnan(kept) & counted
+    kept.sort(axis=1, kind="stable")
+    high = kept[rows, used // 2]
+    low = kept[rows, np.maximum(used - 1, 0) // 2]
+    out = np.where(used % 2 == 1, high, (low + high) * 0.5)
+    out = np.where(used == 0, nan, out)
+    for r in np.flatnonzero(odd.any(axis=1)).tolist():  # a NaN that counted: sorted's order
+        out[r] = median(
+            [v for v, c in zip(values[r].tolist(), counted[r].tolist(), strict=True) if c]
+        )
+    return out
+
+
+def _decays(elapsed: _I64, half_life: _F64, rows: _Bool) -> _F64:
+    """`formulas.decay` per row of `rows` (1.0 elsewhere), computed once per distinct (elapsed,
+    half-life): Python's `**` as before, not a numpy power, so a replay gives the same bits
+    everywhere; nearly every market has the same two each round."""
+    keep = np.ones(len(elapsed))
+    if not rows.any():
+        return keep
+    times, halves = elapsed[rows], half_life[rows]
+    if (times == times[0]).all() and (halves == halves[0]).all():  # the common round
+        keep[rows] = decay(int(times[0]), float(halves[0]))
+        return keep
+    times, at_time = np.unique(times, return_inverse=True)
+    halves, at_half = np.unique(halves, return_inverse=True)
+    pairs, at_pair = np.unique(at_half * len(times) + at_time, return_inverse=True)
+    times_l, halves_l = times.tolist(), halves.tolist()
+    each = [decay(times_l[p % len(times_l)], halves_l[p // len(times_l)]) for p in pairs.tolist()]
+    keep[rows] = np.array(each)[at_pair]
+    return keep
+
+
+def _funding_rates(t: _Table, premium: _F64) -> _F64:
+    """`formulas.funding_rate` per row: premium + clip(interest - premium, -clamp, clamp),
+    capped; `clip` as there (a bound replaces a value only if strictly beyond it)."""
+    return _clip(premium + _clip(t.interest - premium, -t.clamp, t.clamp), -t.cap, t.cap)
+
+
+def _clip(value: _F64, low: _F64, high: _F64) -> _F64:
+    """`formulas.clip` per row."""
+    value = np.where(low > value, low, value)
+    return np.where(high < value, high, value)
+
+
+def _left_behind(t: _Table, age: _I64, then: _F64, own: _F64) -> _Bool:
     """True for a perpetual quote `age` ms old by its venue time, older than the market's
-    `lag_ms`, while the index (`x`, in the perpetual's own currency: `_own_index`) has moved by
-    more than `max_deviation` from `then`, its value in the first live round at or after the
-    quote's venue time (`_Past.first_at_or_after`).
+    `lag_ms`, while the index (`own`, in the perpetual's own currency) has moved by more than
+    `max_deviation` from `then`, its value in the first live round at or after the quote's
+    venue time (`_Past.first_at_or_after`).
 
     The perps' analogue of the spot lag rule (docs/mark.md, Inputs): a perp venue silent behind
     an open socket keeps its last quote fresh until `max_age_ms`, and through a fast move the
@@ -564,43 +870,4 @@ def _left_behind(spec: _Spec, age: int, then: float, x: float) -> bool:
     the silent perps feed while they count: with a short half-life it followed them). A quiet
     contract counts while the index stays where it was when the contract last quoted.
     """
-    return age > spec.lag_ms and abs(x - then) > spec.lag_band * then
-
-
-def _convert(
-    perp: _Perp,
-    quote: Quote,
-    age: int,
-    live: list[float],
-    max_age_ms: int,
-    skew: int,
-) -> tuple[float, float | None, float | None] | str:
-    """(mid, bid, ask) of a fresh perpetual quote (`age` ms old by its venue time) in market
-    units, or why it cannot count (as a spot slot, a value its source flagged as not a price
-    never counts)."""
-    if quote.flag is not None:
-        return "flagged"
-    if age > max_age_ms:
-        return "stale"
-    if age < -skew:
-        return "future"
-    bid, ask = quote.bid, quote.ask
-    if bid is not None and ask is not None:
-        mid = (bid + ask) * 0.5
-    elif quote.price is not None:
-        mid, bid, ask = quote.price, None, None
-    else:  # never held: a lone bid or ask is no price at the door (docs/pricing.md section 1)
-        return "no_quote"
-    if perp.via >= 0:
-        leg = live[perp.via]
-        if not isfinite(leg):
-            return "route"  # a leg that is not live blocks the perp, as it blocks spot slots
-        if perp.invert:  # divided, as spot slots are: one rounding, not two
-            mid /= leg
-            if bid is not None and ask is not None:
-                bid, ask = bid / leg, ask / leg
-        else:
-            mid *= leg
-            if bid is not None and ask is not None:
-                bid, ask = bid * leg, ask * leg
-    return mid, bid, ask
+    return (age > t.lag_ms[:, None]) & (abs(own - then) > t.lag_band[:, None] * then)
