@@ -19,11 +19,12 @@ Per market with perp_sources, with `x` the round's live index (NaN when not live
 
 The step works on arrays, a row per perpetual market and a column per perpetual (`_Table`), as
 the spot layers do: Python per market cost 6 to 8 us a round, over the round's budget with
-hundreds of perpetual markets. Only reading the quotes held (`_gather`), the index of a quote
-from a past round (`_Past.first_at_or_after`) and `decay`'s `**` (once per distinct elapsed
-time and half-life) are Python. Every output is the per-market code's, bit for bit: the same
-IEEE operations in the same order, `formulas.decay` itself, medians sorted stably as `sorted`
-(tests/mark/test_mark_bits.py). `MarkValues` are made only when a round's `values` is read.
+hundreds of perpetual markets. Only reading the quotes held (`_Reader`: those not read in an
+earlier round), the index of a quote from a past round (`_Past.first_at_or_after`) and
+`decay`'s `**` (once per distinct elapsed time and half-life) are Python. Every output is the
+per-market code's, bit for bit: the same IEEE operations in the same order, `formulas.decay`
+itself, medians sorted stably as `sorted` (tests/mark/test_mark_bits.py). `MarkValues` are
+made only when a round's `values` is read.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from math import isfinite, nan
+from operator import is_not
 from typing import NamedTuple
 
 import numpy as np
@@ -116,9 +118,9 @@ _Bool = npt.NDArray[np.bool_]
 _NO_QUOTE, _FLAGGED, _STALE, _FUTURE, _ROUTE, _DEVIATION, _TOO_FEW, _INDEX = range(8)
 _COUNTED = len(PERP_REASONS)
 _REASONS: tuple[str | None, ...] = (*PERP_REASONS, None)
-# What `_gather` reads of a quote held, as bits: held at all, both sides, a price, a flag
+# What `_Reader` reads of a quote held, as bits: held at all, both sides, a price, a flag
 _HELD, _TWO, _PRICED, _FLAG = 1, 2, 4, 8
-_ABSENT = (nan, nan, nan, 0)  # `_gather`'s row for a perpetual without a quote held
+_ABSENT = (nan, nan, nan, 0)  # `_rows`'s row for a perpetual without a quote held
 _FIRST_ROUNDS = 64  # the history's first length per market; doubled when a window needs more
 
 
@@ -140,7 +142,7 @@ class _Table:
         self.ids = [s.market for s in specs]  # market index of each row
         self.market = np.array(self.ids, np.int64)
         self.counts = [len(s.perps) for s in specs]
-        # row-major, None where a row has no perpetual: what `_gather` looks up
+        # row-major, None where a row has no perpetual: what `_Reader` looks up
         self.keys: list[SlotKey | None] = [
             s.perps[k].key if k < len(s.perps) else None for s in specs for k in range(width)
         ]
@@ -482,7 +484,7 @@ class MarkRound:
 class MarkEngine:
     """Per-market mark state; `step` once per round, after the index prices are known."""
 
-    __slots__ = ("_round_ms", "_skew", "_specs", "_state", "_table")
+    __slots__ = ("_reader", "_round_ms", "_skew", "_specs", "_state", "_table")
 
     def __init__(self, cfg: Config, layout: Layout) -> None:
         index = {sym: i for i, sym in enumerate(layout.markets)}
@@ -509,6 +511,7 @@ class MarkEngine:
         self._specs = tuple(specs)
         self._table = _Table(self._specs)
         self._state = _State(len(specs), self._table.via.shape[1])
+        self._reader = _Reader(self._table)
         self._skew = cfg.oracle.max_clock_skew_ms
         self._round_ms = cfg.oracle.round_interval_ms
 
@@ -559,7 +562,7 @@ class MarkEngine:
     ) -> MarkRound:
         """Advance every perpetual market by one round at `now_ms` with this round's index."""
         t, state = self._table, self._state
-        quotes = _gather(t, perps)
+        quotes = self._reader.read(t, perps)
         with np.errstate(all="ignore"):  # NaN and inf are values here, as in the scalar rules
             x = index[t.market]
             live = np.isfinite(x)
@@ -769,12 +772,53 @@ def _spec(
     )
 
 
-def _gather(t: _Table, perps: Mapping[SlotKey, Quote]) -> _Quotes:
-    """The quote held for each perpetual, read into arrays: per perpetual in Python (a lookup
-    and a few attributes), the one part of the step that is, so one list of rows and one
-    conversion rather than a list per attribute."""
-    get = perps.get
-    found = list(map(get, t.keys))  # type: ignore[arg-type]  # padding: None finds nothing
+class _Reader:
+    """Reads the quote held for each perpetual into arrays (`_Table`'s shape), in Python per
+    perpetual: a lookup, then, for a quote not read in an earlier round, a few attributes. A
+    quote held is immutable, so one held again (the same object) is not read again."""
+
+    __slots__ = ("_held", "_stamps", "_values")
+
+    def __init__(self, t: _Table) -> None:
+        self._held: list[Quote | None] = [None] * len(t.keys)
+        self._values = np.array([_ABSENT] * len(t.keys), np.float64).reshape(-1, 4)
+        self._stamps = np.zeros(len(t.keys), np.int64)
+
+    def read(self, t: _Table, perps: Mapping[SlotKey, Quote]) -> _Quotes:
+        """This round's quotes; the arrays are the reader's, valid until its next `read`."""
+        found = list(map(perps.get, t.keys))  # type: ignore[arg-type]  # padding: finds nothing
+        fresh = np.fromiter(map(is_not, found, self._held), np.bool_, len(found))
+        if fresh.any():
+            at: slice | _I64 = slice(None)  # all of them: no picking
+            got = found
+            if not fresh.all():
+                at = np.flatnonzero(fresh)
+                got = [found[i] for i in at.tolist()]
+            self._values[at] = _rows(got)
+            stamps = [
+                0 if q is None else q.recv_ts if q.venue_ts is None else q.venue_ts for q in got
+            ]
+            self._stamps[at] = np.fromiter(stamps, np.int64, len(stamps))
+            self._held = found
+        shape = t.via.shape
+        values = self._values.reshape(*shape, 4)
+        bits = values[..., 3].astype(np.int64)
+        return _Quotes(
+            held=bits > 0,
+            flagged=(bits & _FLAG) > 0,
+            stamp=self._stamps.reshape(shape),
+            two=(bits & _TWO) > 0,
+            priced=(bits & _PRICED) > 0,
+            bid=values[..., 0],
+            ask=values[..., 1],
+            price=values[..., 2],
+        )
+
+
+def _rows(quotes: list[Quote | None]) -> _F64:
+    """(bid, ask, price, what is present as bits) per quote, None read as NaN: one list of rows
+    and one flat conversion (numpy converts a list of rows or a list per attribute slower than
+    the rows are made)."""
     rows = [
         _ABSENT
         if q is None
@@ -787,23 +831,9 @@ def _gather(t: _Table, perps: Mapping[SlotKey, Quote]) -> _Quotes:
             | (0 if q.price is None else _PRICED)
             | (0 if q.flag is None else _FLAG),
         )
-        for q in found
+        for q in quotes
     ]
-    stamps = [0 if q is None else q.recv_ts if q.venue_ts is None else q.venue_ts for q in found]
-    shape = t.via.shape
-    # flat: numpy's conversion of a list of rows costs more than making the rows
-    values = np.fromiter(chain.from_iterable(rows), np.float64, 4 * len(rows)).reshape(*shape, 4)
-    bits = values[..., 3].astype(np.int64)
-    return _Quotes(
-        held=bits > 0,
-        flagged=(bits & _FLAG) > 0,
-        stamp=np.fromiter(stamps, np.int64, len(stamps)).reshape(shape),
-        two=(bits & _TWO) > 0,
-        priced=(bits & _PRICED) > 0,
-        bid=values[..., 0],
-        ask=values[..., 1],
-        price=values[..., 2],
-    )
+    return np.fromiter(chain.from_iterable(rows), np.float64, 4 * len(rows)).reshape(-1, 4)
 
 
 def _medians(values: _F64, counted: _Bool, used: _I64) -> _F64:
