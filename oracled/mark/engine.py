@@ -122,6 +122,10 @@ _REASONS: tuple[str | None, ...] = (*PERP_REASONS, None)
 _HELD, _TWO, _PRICED, _FLAG = 1, 2, 4, 8
 _ABSENT = (nan, nan, nan, 0)  # `_rows`'s row for a perpetual without a quote held
 _FIRST_ROUNDS = 64  # the history's first length per market; doubled when a window needs more
+# A quote's time is held within +-_FAR ms: the door bounds a venue time from above only, and
+# one beyond int64 (or near its limits) would not convert, or would wrap `now - stamp` into the
+# other sign. That far off, a quote is stale (or ahead) by age whatever its exact time.
+_FAR = 1 << 62
 
 
 class _Table:
@@ -798,7 +802,12 @@ class _Reader:
             stamps = [
                 0 if q is None else q.recv_ts if q.venue_ts is None else q.venue_ts for q in got
             ]
-            self._stamps[at] = np.fromiter(stamps, np.int64, len(stamps))
+            try:
+                read = np.fromiter(stamps, np.int64, len(stamps))
+            except OverflowError:  # a time beyond int64: as far off as _FAR
+                cut = [-_FAR if s < -_FAR else _FAR if s > _FAR else s for s in stamps]
+                read = np.fromiter(cut, np.int64, len(cut))
+            self._stamps[at] = np.clip(read, -_FAR, _FAR)
             self._held = found
         shape = t.via.shape
         values = self._values.reshape(*shape, 4)

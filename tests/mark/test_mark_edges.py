@@ -275,3 +275,18 @@ def test_a_reload_that_changes_the_funding_interval_clears_the_last_rate_until_i
                 "0.00350000",
                 B + 120_000,
             )
+
+
+def test_a_perp_quote_with_a_venue_time_far_in_the_past_is_stale_and_the_round_runs() -> None:
+    """The door bounds a venue time from above only. One beyond int64 stopped every round while
+    its quote was held (the step could not convert it), and one at int64's lower limit wrapped
+    its age into a negative number and read as ahead ("future"): each is stale, as any time
+    older than max_age_ms, and the other perpetual still counts."""
+    for venue_ts in (-(10**20), -(2**63), -(2**62) - 1):
+        rig = Rig()
+        rig._ingest(Quote("p", "BTC/USD", B + 1_000, price=101.0, kind="perp", venue_ts=venue_ts))
+        mark = rig.mark(B + 1_000, q=101.0)
+        assert rig.last is not None and rig.last.mark is not None
+        values = rig.last.mark.values[rig.core.index["BTC/USD"]]
+        assert values.perp_reasons == ("stale", None), venue_ts
+        assert (mark.perps_used, mark.estimators.perp_median) == (1, "101.00"), venue_ts
