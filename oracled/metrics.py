@@ -958,16 +958,18 @@ class _MarketText:
 
     def _mark(self, result: RoundResult) -> list[str]:
         """The perpetual markets' mark families (none without a perpetual market)."""
-        if result.mark is None or not result.mark.values:
+        mark = result.mark
+        if mark is None or not mark.markets:
             return []
-        found = sorted(result.mark.values.items())
-        marks = [(self._marks[i], v) for i, v in found]
+        # from the round's arrays, its rows by market index: `values` would make every
+        # market's MarkValues at each scrape
+        lines = [self._marks[i] for i in mark.markets]
         out = [_MARK_HEADS[0]]
-        out += [f"{lines[0]}{_num(v.price)}\n" for lines, v in marks]
+        out += [f"{m[0]}{_num(p)}\n" for m, p in zip(lines, mark.price.tolist(), strict=True)]
         out.append(_MARK_HEADS[1])
-        out += [f"{lines[1]}{v.perps_used}\n" for lines, v in marks]
+        out += [f"{m[1]}{n}\n" for m, n in zip(lines, mark.perps_used.tolist(), strict=True)]
         out.append(_MARK_HEADS[2])
-        out += [lines[2][v.mode] for lines, v in marks]
+        out += [m[2][MODES[c]] for m, c in zip(lines, mark.modes.tolist(), strict=True)]
         return out
 
     def _excluded(self, result: RoundResult, running: Collection[str]) -> list[str]:

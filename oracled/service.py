@@ -48,6 +48,7 @@ from oracled.errors import ConfigError, OracledError, ServiceStopping, TapeError
 from oracled.files import NotRegularFileError
 from oracled.logs import DRAIN_AT_EXIT_S
 from oracled.manual import ManualPauses, Pause
+from oracled.mark.engine import MODES
 from oracled.metrics import Metrics, MetricsInputs
 from oracled.model import Kind, Quote, market_name
 from oracled.publish.audit import AuditReader, AuditTrail, check_audit_path
@@ -1053,7 +1054,7 @@ class Service:
             )
         if result.layout is not self._mark_layout:  # a reload: a market no longer perpetual
             self._mark_layout = result.layout  # forgets its mode, so a later mark is a new one
-            kept = () if result.mark is None else result.mark.values
+            kept = () if result.mark is None else result.mark.markets
             perpetual = {result.layout.markets[i] for i in kept}
             self._mark_modes = {m: v for m, v in self._mark_modes.items() if m in perpetual}
         if result.mark is not None:
@@ -1064,28 +1065,23 @@ class Service:
     ) -> None:
         """`mark fallback` when a market's mark enters the fallback (fewer perpetuals than
         `min_perp_sources` count), `mark from perpetuals` when it leaves it. A round without a
-        live index ("none") changes nothing: the market's status line says why."""
-        assert result.mark is not None
+        live index ("none") changes nothing: the market's status line says why. From the
+        round's arrays: its `values` would make every market's MarkValues each round."""
+        mark = result.mark
+        assert mark is not None
         markets, modes = result.layout.markets, self._mark_modes
-        for i, values in result.mark.values.items():
-            mode = values.mode
+        rows = zip(mark.markets, mark.modes.tolist(), mark.perps_used.tolist(), strict=True)
+        for i, code, used in rows:
+            mode = MODES[code]
             if mode == "none" or modes.get(markets[i]) == mode:
                 continue
             was = modes.get(markets[i])
             modes[markets[i]] = mode
             if mode == "fallback":
-                log.warning(
-                    "mark fallback",
-                    market=markets[i],
-                    perps_used=values.perps_used,
-                    round=result.round,
-                )
+                log.warning("mark fallback", market=markets[i], perps_used=used, round=result.round)
             elif was is not None:
                 log.info(
-                    "mark from perpetuals",
-                    market=markets[i],
-                    perps_used=values.perps_used,
-                    round=result.round,
+                    "mark from perpetuals", market=markets[i], perps_used=used, round=result.round
                 )
 
     async def _start_api(self) -> web.AppRunner:

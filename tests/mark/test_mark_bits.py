@@ -25,7 +25,8 @@ import numpy as np
 
 from oracled.aggregate.book import Layout, SlotKey
 from oracled.config import Config, parse_config
-from oracled.mark import MarkEngine
+from oracled.mark import MarkEngine, MarkRound
+from oracled.mark.engine import MODES
 from oracled.model import Quote
 
 HOSTILE = (0.0, -0.0, -1.0, math.nan, math.inf, -math.inf, 5e-324, 1e-310, 1e300, 1.7e308)
@@ -148,8 +149,21 @@ def _tape(seed: int, rounds: int) -> str:
                     value *= level.get("USD/EUR", 1.0)
                 value *= 1 + rng.gauss(0.002, 0.01)
                 held[key] = _quote(rng, key, value, now, held.get(key))
-        out.append(repr(list(engine.step(now, index, held).values.items())))
+        result = engine.step(now, index, held)
+        _agrees(result)
+        out.append(repr(list(result.values.items())))
     return "\n".join(out)
+
+
+def _agrees(result: MarkRound) -> None:
+    """The round's arrays (what the mode log line and the metrics read) say what its `values`
+    say, market for market."""
+    values = result.values
+    assert list(result.markets) == sorted(values)
+    rows = zip(result.markets, result.modes.tolist(), result.perps_used.tolist(), strict=True)
+    for (i, mode, used), price in zip(rows, result.price.tolist(), strict=True):
+        v = values[i]
+        assert (MODES[mode], used, repr(price)) == (v.mode, v.perps_used, repr(v.price)), i
 
 
 def digest() -> str:
