@@ -121,7 +121,12 @@ _REASONS: tuple[str | None, ...] = (*PERP_REASONS, None)
 # What `_Reader` reads of a quote held, as bits: held at all, both sides, a price, a flag
 _HELD, _TWO, _PRICED, _FLAG = 1, 2, 4, 8
 _ABSENT = (nan, nan, nan, 0)  # `_rows`'s row for a perpetual without a quote held
-_FIRST_ROUNDS = 64  # the history's first length per market; doubled when a window needs more
+# The lengths of the history's rows (`_Past`), 64 to 1,024 and 1,280: doubled from the first
+# while a market's window needs more, up to the bound and room for `_PAST_SLACK` rounds more, so
+# that a row at the bound moves its rounds to its start once in that many rounds, not each one.
+_FIRST_ROUNDS = 64
+_PAST_SLACK = _PAST_ROUNDS // 4
+_LENGTHS = tuple(sorted({min(_FIRST_ROUNDS << n, _PAST_ROUNDS + _PAST_SLACK) for n in range(32)}))
 # A quote's time is held within +-_FAR ms: the door bounds a venue time from above only, and
 # one beyond int64 (or near its limits) would not convert, or would wrap `now - stamp` into the
 # other sign. That far off, a quote is stale (or ahead) by age whatever its exact time.
@@ -173,33 +178,54 @@ class _Table:
         self.floor, self.ceiling = floats("floor"), floats("ceiling")
 
 
-class _Past:
-    """Per market, the live rounds of its last `max_age_ms`, at most `_PAST_ROUNDS`: each
-    round's time and, per perpetual, the index in its own currency.
+class _Rounds:
+    """Rows of one length, each the history of one market (`_Past`): a time per round and, per
+    perpetual, the index in its own currency. A market's rounds are `[head, end)` of its row,
+    oldest first; rounds leave from the front by moving `head`. Rows no market uses are `free`
+    and given again before the arrays grow."""
 
-    A market's rounds are `[head, end)` of its row, oldest first. Rounds leave from the front by
-    moving `head`; a full row moves its rounds to its start when half of it has left, else every
-    row doubles (at most to twice the bound). Arrays of 8-byte numbers, written for every live
-    market at once: at the bound, with a long age limit and fast rounds, a tuple a round took
-    about 150 bytes, some 150 MB over 1,000 perpetual markets.
-    """
+    __slots__ = ("end", "free", "head", "own", "ts")
 
-    __slots__ = ("end", "head", "own", "ts")
+    def __init__(self, rows: int, size: int, width: int) -> None:
+        self.ts = np.zeros((rows, size), np.int64)
+        self.own = np.full((rows, size, width), nan)
+        self.head = np.zeros(rows, np.int64)
+        self.end = np.zeros(rows, np.int64)
+        self.free: list[int] = []
 
-    def __init__(self, markets: int, width: int) -> None:
-        self.ts = np.zeros((markets, _FIRST_ROUNDS), np.int64)
-        self.own = np.full((markets, _FIRST_ROUNDS, width), nan)
-        self.head = np.zeros(markets, np.int64)
-        self.end = np.zeros(markets, np.int64)
+    @property
+    def used(self) -> int:
+        """How many rows hold a market's history."""
+        return len(self.ts) - len(self.free)
+
+    def place(self, count: int) -> _I64:
+        """Rows for `count` markets: free ones first, then new ones, the arrays at least doubled
+        so that markets moving in one at a time copy them a few times only."""
+        taken = [self.free.pop() for _ in range(min(count, len(self.free)))]
+        more = count - len(taken)
+        if more:
+            rows, size, width = self.ts.shape[0], self.ts.shape[1], self.own.shape[2]
+            grow = max(more, rows)
+            self.ts = np.concatenate((self.ts, np.zeros((grow, size), np.int64)))
+            self.own = np.concatenate((self.own, np.full((grow, size, width), nan)))
+            self.head = np.concatenate((self.head, np.zeros(grow, np.int64)))
+            self.end = np.concatenate((self.end, np.zeros(grow, np.int64)))
+            taken += range(rows, rows + more)
+            self.free += range(rows + grow - 1, rows + more - 1, -1)
+        return np.array(taken, np.int64)
+
+    def release(self, rows: list[int]) -> None:
+        """These rows no longer hold a market's history; the arrays go when none does (a market
+        that moved through a length on its way to a longer one leaves nothing behind)."""
+        self.free += rows
+        if not self.used:
+            self.ts, self.own = self.ts[:0].copy(), self.own[:0].copy()
+            self.head, self.end, self.free = self.head[:0].copy(), self.end[:0].copy(), []
 
     def add(self, rows: _I64, now: int, owns: _F64, oldest: _I64) -> None:
-        """Remember this round in `rows` (each market's `owns`); forget its rounds before its
-        `oldest`, and beyond the bound."""
+        """Remember this round in `rows`, none of them full (each market's `owns`); forget
+        their rounds before their `oldest`, and beyond the bound."""
         end = self.end[rows]
-        full = end == self.ts.shape[1]
-        if full.any():
-            self._room(rows[full])
-            end = self.end[rows]
         self.ts[rows, end] = now
         self.own[rows, end] = owns
         end += 1
@@ -211,44 +237,135 @@ class _Past:
             behind = self.ts[rows, head] < oldest
         self.head[rows] = head
 
-    def _room(self, rows: _I64) -> None:
-        """Room for one more round in these full rows (rare: once in many rounds a market)."""
-        size = self.ts.shape[1]
+    def shift(self, rows: _I64) -> None:
+        """Move these rows' rounds to their start (rare: once in many rounds a market)."""
         for r in rows.tolist():
             head, end = int(self.head[r]), int(self.end[r])
-            if 2 * head >= size:
-                self.ts[r, : end - head] = self.ts[r, head:end]
-                self.own[r, : end - head] = self.own[r, head:end]
-                self.head[r], self.end[r] = 0, end - head
-        if (self.end[rows] == size).any():
-            self._grow(2 * size)
+            self.ts[r, : end - head] = self.ts[r, head:end]
+            self.own[r, : end - head] = self.own[r, head:end]
+            self.head[r], self.end[r] = 0, end - head
 
-    def _grow(self, size: int) -> None:
-        """Every row `size` rounds long, the rounds kept in place."""
-        old = self.ts.shape[1]
-        ts = np.zeros((len(self.ts), size), np.int64)
-        own = np.full((len(self.ts), size, self.own.shape[2]), nan)
-        ts[:, :old], own[:, :old] = self.ts, self.own
-        self.ts, self.own = ts, own
+    def previous(self, rows: _I64) -> tuple[_I64, _Bool]:
+        """`_Past.previous` for these rows."""
+        end = self.end[rows]
+        return self.ts[rows, np.maximum(end - 2, 0)], end - self.head[rows] > 1
+
+    def first_at_or_after(self, row: int, k: int, stamp: int) -> float:
+        """`_Past.first_at_or_after` in this row."""
+        head, end = int(self.head[row]), int(self.end[row])
+        before = np.flatnonzero(self.ts[row, head:end] < stamp)
+        start = head + (int(before[-1]) + 1 if len(before) else 0)
+        owns = self.own[row, start:end, k]
+        finite = np.flatnonzero(np.isfinite(owns))
+        return float(owns[finite[0]] if len(finite) else self.own[row, end - 1, k])
+
+
+class _Past:
+    """Per market, the live rounds of its last `max_age_ms`, at most `_PAST_ROUNDS`: each
+    round's time and, per perpetual, the index in its own currency.
+
+    A market's rounds are a row of one of the `_Rounds` of `_LENGTHS` (`level`, `slot`): every
+    market starts in the shortest; a full row moves its rounds to its start when half of it has
+    left (or at the longest, which holds the bound and `_PAST_SLACK` more), else the market
+    moves to the next length. One length for every market made one market with a long age limit
+    grow all the others' rows with its own (82 MB at 1,000 markets of 4 perpetuals). Arrays of
+    8-byte numbers, written for every live market of a length at once: at the bound, with a long
+    age limit and fast rounds, a tuple a round took about 150 bytes, some 150 MB over 1,000
+    perpetual markets.
+    """
+
+    __slots__ = ("groups", "level", "levels", "slot")
+
+    def __init__(self, markets: int, width: int) -> None:
+        self.groups = [
+            _Rounds(markets if n == 0 else 0, size, width) for n, size in enumerate(_LENGTHS)
+        ]
+        self.level = np.zeros(markets, np.int64)
+        self.slot = np.arange(markets, dtype=np.int64)
+        self.levels = [0]  # the lengths that hold a market (`_recount`)
+
+    def _parts(self, rows: _I64) -> list[tuple[_Rounds, _I64 | slice]]:
+        """`rows` by the length that holds them: (its `_Rounds`, where they are in `rows`), all
+        of them in one slice when one length holds every market (the usual case)."""
+        if len(self.levels) == 1:
+            return [(self.groups[self.levels[0]], slice(None))]
+        level = self.level[rows]
+        return [(self.groups[n], np.flatnonzero(level == n)) for n in self.levels]
+
+    def _recount(self) -> None:
+        """The lengths that hold a market, after markets moved."""
+        self.levels = [n for n, group in enumerate(self.groups) if group.used]
+
+    def add(self, rows: _I64, now: int, owns: _F64, oldest: _I64) -> None:
+        """Remember this round in `rows` (each market's `owns`); forget its rounds before its
+        `oldest`, and beyond the bound."""
+        slots = self.slot[rows]
+        full = [
+            rows[at][group.end[slots[at]] == group.ts.shape[1]] for group, at in self._parts(rows)
+        ]
+        if any(len(f) for f in full):
+            self._room(np.concatenate(full))
+            slots = self.slot[rows]
+        for group, at in self._parts(rows):
+            group.add(slots[at], now, owns[at], oldest[at])
+
+    def _room(self, rows: _I64) -> None:
+        """Room for one more round for these full markets: their rounds moved to the start of
+        their rows where half of it has left (always at the longest: the bound leaves
+        `_PAST_SLACK` free), else their rows moved to the next length."""
+        for group, at in self._parts(rows):
+            markets = rows[at]
+            slots = self.slot[markets]
+            size = group.ts.shape[1]
+            shift = (2 * group.head[slots] >= size) | (size == _LENGTHS[-1])
+            group.shift(slots[shift])
+            moving = markets[~shift]
+            if len(moving):
+                self._move(moving, int(self.level[moving[0]]) + 1)
+        self._recount()
+
+    def _move(self, markets: _I64, level: int) -> None:
+        """These markets' rows, all of one length, into the next length, rounds in place."""
+        source, target = self.groups[level - 1], self.groups[level]
+        old = self.slot[markets]
+        new = target.place(len(markets))
+        size = source.ts.shape[1]
+        target.ts[new, :size], target.own[new, :size] = source.ts[old], source.own[old]
+        target.head[new], target.end[new] = source.head[old], source.end[old]
+        source.release(old.tolist())
+        self.level[markets], self.slot[markets] = level, new
 
     def take(self, row: int, prior: _Past, at: int, picks: list[int | None]) -> None:
-        """Market `at`'s rounds of `prior` (a reload) into `row`, its perpetuals picked by their
-        new places (None: a perpetual newly listed, NaN in every round)."""
-        head, end = int(prior.head[at]), int(prior.end[at])
+        """Market `at`'s rounds of `prior` (a reload) into `row`, in the shortest length they
+        fit, its perpetuals picked by their new places (None: a perpetual newly listed, NaN in
+        every round)."""
+        group = prior.groups[int(prior.level[at])]
+        slot = int(prior.slot[at])
+        head, end = int(group.head[slot]), int(group.end[slot])
         n = end - head
-        while self.ts.shape[1] < n:
-            self._grow(2 * self.ts.shape[1])
-        self.ts[row, :n] = prior.ts[at, head:end]
+        level = next(i for i, size in enumerate(_LENGTHS) if size >= n)
+        self.groups[int(self.level[row])].release([int(self.slot[row])])
+        target = self.groups[level]
+        new = int(target.place(1)[0])
+        target.ts[new, :n] = group.ts[slot, head:end]
+        target.own[new] = nan
         for k, pick in enumerate(picks):
             if pick is not None:
-                self.own[row, :n, k] = prior.own[at, head:end, pick]
-        self.head[row], self.end[row] = 0, n
+                target.own[new, :n, k] = group.own[slot, head:end, pick]
+        target.head[new], target.end[new] = 0, n
+        self.level[row], self.slot[row] = level, new
+        self._recount()
 
     def previous(self) -> tuple[_I64, _Bool]:
         """Each market's round before this one, and whether it has one: a quote stamped at or
         before it is from a past round."""
-        rows = np.arange(len(self.end))
-        return self.ts[rows, np.maximum(self.end - 2, 0)], self.end - self.head > 1
+        if len(self.levels) == 1:
+            return self.groups[self.levels[0]].previous(self.slot)
+        ts = np.zeros(len(self.slot), np.int64)
+        remembered = np.zeros(len(self.slot), np.bool_)
+        for group, at in self._parts(np.arange(len(self.slot))):
+            ts[at], remembered[at] = group.previous(self.slot[at])
+        return ts, remembered
 
     def first_at_or_after(self, row: int, k: int, stamp: int) -> float:
         """Perpetual `k`'s index in its own currency in the first remembered live round at or
@@ -260,12 +377,8 @@ class _Past:
         The rounds after the last one before `stamp` (a round time may go back: the core takes
         it as given), the first of them with a finite value. Only for a new venue time from a
         past round: per perpetual, in Python."""
-        head, end = int(self.head[row]), int(self.end[row])
-        before = np.flatnonzero(self.ts[row, head:end] < stamp)
-        start = head + (int(before[-1]) + 1 if len(before) else 0)
-        owns = self.own[row, start:end, k]
-        finite = np.flatnonzero(np.isfinite(owns))
-        return float(owns[finite[0]] if len(finite) else self.own[row, end - 1, k])
+        group = self.groups[int(self.level[row])]
+        return group.first_at_or_after(int(self.slot[row]), k, stamp)
 
 
 class _State:

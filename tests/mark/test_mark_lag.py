@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import math
 import tracemalloc
+from typing import Any
 
+import numpy as np
 from mark_rig import B, Rig, make_config
 
-from oracled.mark import MarkValues
+from oracled.aggregate.book import Layout
+from oracled.config import parse_config
+from oracled.mark import MarkEngine, MarkValues
 from oracled.model import Quote
 
 BTC = 1  # market index in mark_rig's config
@@ -320,3 +324,71 @@ def test_the_rounds_remembered_take_a_few_bytes_each() -> None:
         for stat in end.filter_traces(engine).compare_to(start.filter_traces(engine), "filename")
     )
     assert grown < 2 * 1_024 * 32 * 1.25, grown  # 132 KB as tuples
+
+
+def _engine(count: int, long: int) -> MarkEngine:
+    """`count` markets X0/USD... of three perpetuals p, q, r (10 s `max_age_ms`, the default),
+    market `long` with 50 minutes instead, rounds of 1 s."""
+    markets: list[dict[str, Any]] = [
+        {
+            "symbol": f"X{i}/USD",
+            "min_sources": 1,
+            "sources": [{"source": "a", "pair": f"X{i}/USD"}],
+            "perp_sources": [{"source": s, "pair": f"X{i}/USD"} for s in "pqr"],
+        }
+        for i in range(count)
+    ]
+    markets[long]["max_age_ms"] = 3_000_000
+    cfg = parse_config(
+        {
+            "oracle": {"round_interval_ms": 1_000},
+            "sources": {s: {"type": "okx"} for s in "apqr"},
+            "markets": markets,
+        },
+        env={},
+    )
+    return MarkEngine(cfg, Layout.from_config(cfg))
+
+
+def test_one_long_age_limit_does_not_lengthen_every_market_s_history() -> None:
+    """100 markets of three perpetuals, one with a 50-minute `max_age_ms`, rounds of 1 s: the
+    long one keeps 1,024 rounds, the others the 10 of their 10 s. Each market's history is as
+    long as its own window needs (at most 128 rounds for 10, 1,280 at the bound: 0.45 MB); with
+    one length for every row, the long window grew all 100 to 2,048 rounds (6.6 MB)."""
+    index = np.full(100, 100.0)
+    tracemalloc.start(8)  # frames below the engine: numpy.full is Python
+    try:
+        start = tracemalloc.take_snapshot()
+        engine = _engine(100, long=37)
+        for s in range(1_100):
+            engine.step(B + s * 1_000, index, {})
+        end = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    kept = [tracemalloc.Filter(True, "*/mark/engine.py", all_frames=True)]
+    grown = sum(
+        stat.size_diff
+        for stat in end.filter_traces(kept).compare_to(start.filter_traces(kept), "filename")
+    )
+    per_round = 8 + 3 * 8  # a time and three indices
+    assert grown < (99 * 128 + 1_280) * per_round * 1.25, grown
+
+
+def test_a_late_quote_beside_a_market_with_a_shorter_history_is_judged_from_its_time() -> None:
+    """X1/USD keeps 50 minutes of rounds, X0/USD 10 s: after 100 rounds their histories are of
+    different lengths. p's quote for X1 arrives at 104 s stamped 98 s, when the index was 100;
+    the index has been 101.5 since 100 s, 1.5 % away, so the quote is stale, as it is beside
+    markets of its own length: X1's rounds are read, not X0's (whose index is not live since
+    99 s: by its rounds, 98 s is after the round before this one, and the quote is new).
+    """
+    engine = _engine(2, long=1)
+    for s in range(105):
+        index = np.array([100.0 if s < 99 else math.nan, 100.0 if s < 100 else 101.5])
+        perps: dict[tuple[str, str, str], Quote] = {}
+        if s == 104:
+            late = Quote(
+                "p", "X1/USD", B + s * 1_000, price=101.5, kind="perp", venue_ts=B + 98_000
+            )
+            perps[("p", "X1/USD", "perp")] = late
+        values = engine.step(B + s * 1_000, index, perps).values
+    assert values[1].perp_reasons == ("stale", "no_quote", "no_quote")
