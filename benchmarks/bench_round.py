@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -31,6 +32,7 @@ from oracled.config import Config, parse_config
 from oracled.core import Core
 from oracled.model import Quote
 from oracled.publish import Hub
+from oracled.publish.encode import ReportEncoder
 
 START_MS = 1_700_000_000_000
 ROUND_MS = 250
@@ -56,6 +58,7 @@ class Result:
     ingest_per_quote_us: float
     reports_all_us: float
     encode_all_us: float
+    direct_all_us: float
     live_markets: int
     perps: int = 0  # perpetual markets (markets 1 to `perps`), each with `perp_venues` venues
     perp_venues: int = 1
@@ -206,6 +209,15 @@ def run_case(
     reports = result.reports()
     encoder = msgspec.json.Encoder()
     encode_ns = min(_time_ns(lambda: [encoder.encode(r) for r in reports]) for _ in range(3))
+    # The hub's encoder over every market of a fresh round (a round's marks are made when first
+    # read, so each timing needs a round of its own), its templates made by a first round.
+    direct = ReportEncoder()
+    every = list(range(markets))
+    direct.encode(core.run_round(now), every)
+    direct_ns = []
+    for _ in range(9):
+        fresh = core.run_round(now)
+        direct_ns.append(_time_ns(partial(direct.encode, fresh, every)))
 
     ordered = sorted(round_ns)
     p99 = ordered[min(len(ordered) - 1, int(np.ceil(0.99 * len(ordered))) - 1)]
@@ -220,6 +232,7 @@ def run_case(
         ingest_per_quote_us=ingest_ns / len(quotes) / 1e3,
         reports_all_us=reports_ns / 1e3,
         encode_all_us=encode_ns / 1e3,
+        direct_all_us=statistics.median(direct_ns) / 1e3,
         live_markets=int((result.status <= 1).sum()),
         perps=min(perps, markets - 1),
         perp_venues=perp_venues,
@@ -261,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     header = (
         f"{'markets':>7} {'sources':>7} {'slots':>7} {'round p50':>10} {'round p99':>10} "
-        f"{'ns/slot':>8} {'ingest/q':>9} {'reports':>10} {'encode':>10} {'live':>6}"
+        f"{'ns/slot':>8} {'ingest/q':>9} {'reports':>10} {'encode':>10} {'direct':>10} "
+        f"{'live':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -272,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.markets:>7} {r.sources:>7} {r.slots:>7} {r.round_median_us / 1e3:>8.3f}ms "
             f"{r.round_p99_us / 1e3:>8.3f}ms {r.round_median_us * 1e3 / r.slots:>8.0f} "
             f"{r.ingest_per_quote_us:>7.2f}us "
-            f"{r.reports_all_us / 1e3:>8.2f}ms {r.encode_all_us / 1e3:>8.2f}ms {r.live_markets:>6}"
+            f"{r.reports_all_us / 1e3:>8.2f}ms {r.encode_all_us / 1e3:>8.2f}ms "
+            f"{r.direct_all_us / 1e3:>8.2f}ms {r.live_markets:>6}"
         )
     if args.perps:
         print(
