@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from itertools import chain
 from math import isfinite, nan
 from operator import is_not
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -534,16 +534,35 @@ class _Values(Mapping[int, MarkValues]):
     """A round's `MarkValues` by market index, made from the arrays when first read: the round
     itself only fills arrays, and a reader of one market pays for all of them once."""
 
-    __slots__ = ("_made", "_out")
+    __slots__ = ("_made", "_out", "_rows")
 
     def __init__(self, out: _Outputs) -> None:
         self._out = out
         self._made: dict[int, MarkValues] | None = None
+        self._rows: tuple[dict[int, int], list[tuple[Any, ...]]] | None = None
 
     def _all(self) -> dict[int, MarkValues]:
         if self._made is None:
             self._made = _materialize(self._out)
         return self._made
+
+    def mark(self, i: int, decimals: int) -> Mark | None:
+        """Market `i`'s `mark` object, or None for a market without perpetuals.
+
+        Without every `MarkValues` made, from the columns `to_mark` reads as Python lists
+        (made once a round, a few us each): the encoder writes the marks of the markets it
+        encodes, and the perpetuals' reasons and mids, most of the cost of making every
+        `MarkValues`, are in no `mark` object."""
+        if self._made is not None:
+            found = self._made.get(i)
+            return None if found is None else found.to_mark(decimals)
+        if self._rows is None:
+            self._rows = _rows_of(self._out)
+        row = self._rows[0].get(i)
+        if row is None:
+            return None
+        values: MarkValues = _new_values(MarkValues, self._rows[1][row])
+        return values.to_mark(decimals)
 
     def __getitem__(self, i: int) -> MarkValues:
         return self._all()[i]
@@ -555,7 +574,13 @@ class _Values(Mapping[int, MarkValues]):
         return len(self._out.markets)
 
     def __contains__(self, i: object) -> bool:
-        return i in self._all()
+        return i in (self._all() if self._made is not None else self._index())
+
+    def _index(self) -> dict[int, int]:
+        """Each market's row."""
+        if self._rows is None:
+            self._rows = _rows_of(self._out)
+        return self._rows[0]
 
 
 def _modes(out: _Outputs) -> npt.NDArray[np.int8]:
@@ -564,13 +589,21 @@ def _modes(out: _Outputs) -> npt.NDArray[np.int8]:
     return np.where(np.isfinite(out.price), perps, 2).astype(np.int8)
 
 
-def _materialize(out: _Outputs) -> dict[int, MarkValues]:
-    """Every row's `MarkValues`, of Python floats and ints as the fields were always built."""
-    codes, mids, counts = out.codes.tolist(), out.mids.tolist(), out.counts
+def _rows_of(out: _Outputs) -> tuple[dict[int, int], list[tuple[Any, ...]]]:
+    """Each market's row and every row's `MarkValues` fields, the perpetuals' reasons and mids
+    left empty (`to_mark` reads neither)."""
+    rows = {i: r for r, i in enumerate(out.markets)}
+    columns = _columns(out)
+    empty = [()] * len(out.markets)
+    return rows, list(zip(*columns, empty, empty, out.out_of_bounds.tolist(), strict=True))
+
+
+def _columns(out: _Outputs) -> tuple[list[Any], ...]:
+    """The `MarkValues` fields from `price` to `next_funding_ts`, a Python list each."""
     last_ts = [
         t if on else None for t, on in zip(out.last_ts.tolist(), out.last_on.tolist(), strict=True)
     ]
-    columns = (
+    return (
         out.price.tolist(),
         out.basis_ema.tolist(),
         out.perp_median.tolist(),
@@ -582,6 +615,14 @@ def _materialize(out: _Outputs) -> dict[int, MarkValues]:
         out.last_rate.tolist(),
         last_ts,
         out.next_ts.tolist(),  # next_funding_ts
+    )
+
+
+def _materialize(out: _Outputs) -> dict[int, MarkValues]:
+    """Every row's `MarkValues`, of Python floats and ints as the fields were always built."""
+    codes, mids, counts = out.codes.tolist(), out.mids.tolist(), out.counts
+    columns = (
+        *_columns(out),
         [tuple([_REASONS[c] for c in row[:n]]) for row, n in zip(codes, counts, strict=True)],
         [tuple(row[:n]) for row, n in zip(mids, counts, strict=True)],  # perp_mids
         out.out_of_bounds.tolist(),
@@ -608,8 +649,12 @@ class MarkRound:
     price: _F64  # NaN for none
 
     def mark(self, i: int, decimals: int) -> Mark | None:
-        """Market `i`'s `mark` object, or None for a market without perpetuals."""
-        found = self.values.get(i)
+        """Market `i`'s `mark` object, or None for a market without perpetuals (without making
+        every `MarkValues` of the round)."""
+        values = self.values
+        if isinstance(values, _Values):
+            return values.mark(i, decimals)
+        found = values.get(i)
         return None if found is None else found.to_mark(decimals)
 
 

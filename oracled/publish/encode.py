@@ -291,11 +291,11 @@ class ReportEncoder:
                 dec = b'"%%.%df"' % static.dec[i] if direct else _DEC
                 template = pair[direct] = self._template(static, i, keys[n], dec)
             data = template % tuple(args[n])
-            if mark is None or i not in mark.values:
+            found = None if mark is None else mark.mark(i, int(static.dec[i]))
+            if found is None:
                 append(data)
             else:
-                tail = _ENC.encode(mark.mark(i, int(static.dec[i])))
-                append(b"".join((data[:-5], tail, b"}")))  # "null}" -> mark
+                append(b"".join((data[:-5], _ENC.encode(found), b"}")))  # "null}" -> mark
         return out
 
     def _template(self, static: _Static, i: int, key: npt.NDArray[np.int16], dec: bytes) -> bytes:

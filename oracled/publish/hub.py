@@ -55,7 +55,6 @@ from collections.abc import (
     Generator,
     Iterable,
     Iterator,
-    Mapping,
     Sequence,
 )
 from functools import partial
@@ -68,7 +67,7 @@ from oracled.aggregate.book import Layout
 from oracled.bands import BAND_SLACK
 from oracled.core import RoundResult
 from oracled.errors import OracledError
-from oracled.mark.engine import MarkValues
+from oracled.mark.engine import MarkRound
 from oracled.model import Report
 from oracled.publish.encode import ReportEncoder
 
@@ -120,12 +119,14 @@ def _moved(value: float, last: float, fraction: float) -> bool:
     return abs(value - last) * BAND_SLACK >= fraction * abs(last)
 
 
-def _filter_marks(values: Mapping[int, MarkValues], count: int) -> list[_Mark]:
-    """Each of `count` markets' mark as a filter compares it (`_Mark`), by layout position."""
+def _filter_marks(mark: MarkRound, count: int) -> list[_Mark]:
+    """Each of `count` markets' mark as a filter compares it (`_Mark`), by layout position;
+    from the round's arrays (its MODES place: 0 perps, 1 fallback, 2 none without a price),
+    not its `MarkValues`, which would all be made for two fields."""
     marks = [_NO_MARK] * count
-    for i, v in values.items():
-        if math.isfinite(v.price):
-            marks[i] = (v.price, 1 if math.isfinite(v.perp_median) else 2)
+    for i, price, mode in zip(mark.markets, mark.price.tolist(), mark.modes.tolist(), strict=True):
+        if mode != 2:
+            marks[i] = (price, mode + 1)
     return marks
 
 
@@ -742,7 +743,7 @@ class Hub:
         kept = self._marks
         if kept is None or kept[0] is not result:
             assert result.mark is not None
-            marks = _filter_marks(result.mark.values, len(result.layout.markets))
+            marks = _filter_marks(result.mark, len(result.layout.markets))
             kept = self._marks = (result, marks)
         return kept[1]
 

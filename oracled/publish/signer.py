@@ -687,7 +687,14 @@ class RoundSigner:
         price = result.price.tolist()
         conf = result.confidence.tolist()
         decimals = result.layout.decimals.tolist()
-        marks = None if result.mark is None else result.mark.values
+        # A perpetual market's mark price and MODES place, from the round's arrays: making every
+        # `MarkValues` of the round for two fields would cost more than the leaves themselves.
+        marks: dict[int, tuple[float, int]] = {}
+        if result.mark is not None:
+            m = result.mark
+            marks = dict(
+                zip(m.markets, zip(m.price.tolist(), m.modes.tolist(), strict=True), strict=True)
+            )
         ts = result.ts
         out = []
         for i, market in enumerate(result.layout.markets):
@@ -696,12 +703,12 @@ class RoundSigner:
             fmt = f".{dec}f"
             px = decimal_to_int(format(price[i], fmt), dec) if live else 0
             cf = decimal_to_int(format(conf[i], fmt), dec) if live else 0
-            values = None if marks is None else marks.get(i)
-            if values is None:  # a spot market: a `Price` leaf
+            found = marks.get(i)
+            if found is None:  # a spot market: a `Price` leaf
                 out.append(Leaf(market, ts, status[i], px, cf, -dec))
                 continue
-            mode = MARK_MODE_CODES[values.mode]
-            mark = 0 if mode == _MODE_NONE else decimal_to_int(format(values.price, fmt), dec)
+            mark_price, mode = found
+            mark = 0 if mode == _MODE_NONE else decimal_to_int(format(mark_price, fmt), dec)
             out.append(Leaf(market, ts, status[i], px, cf, -dec, mark, mode))
         return tuple(out)
 

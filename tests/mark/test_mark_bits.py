@@ -156,9 +156,19 @@ def _tape(seed: int, rounds: int) -> str:
 
 
 def _agrees(result: MarkRound) -> None:
-    """The round's arrays (what the mode log line and the metrics read) say what its `values`
-    say, market for market."""
+    """The round's arrays (what the mode log line, the metrics, the hub's filters and the signer
+    read) say what its `values` say, market for market; so do the `mark` objects made from them
+    for the encoder, at any precision, before and after the values are made."""
+    width = max(result.markets, default=0) + 2  # and markets without perpetuals
+    places = [i % 19 for i in range(width)]  # every precision a market can have
+    before = [(i in result.values, result.mark(i, places[i])) for i in range(width)]
     values = result.values
+    made = [
+        (i in values, None if i not in values else values[i].to_mark(places[i]))
+        for i in range(width)
+    ]
+    assert before == made
+    assert [result.mark(i, places[i]) for i in range(width)] == [m for _, m in made]
     assert list(result.markets) == sorted(values)
     rows = zip(result.markets, result.modes.tolist(), result.perps_used.tolist(), strict=True)
     for (i, mode, used), price in zip(rows, result.price.tolist(), strict=True):
