@@ -287,6 +287,32 @@ async def cancel_once(
         await stop(task, *running_since(before))
 
 
+class Watching:
+    """Client watches through the relay of the signed rounds the sink publishes."""
+
+    def __init__(self, sink: NatsSink, relay: NatsRelay) -> None:
+        self.sink, self.relay = sink, relay
+        self.rounds = Rounds(make_config())
+        self.signer = RoundSigner(KEY, "test")
+        self.newest = 0
+
+    async def verified(self) -> asyncio.Task[None]:
+        """A new client's watch through the relay (let pass), once it verified a round."""
+        self.relay.pass_()
+        client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: self.newest)
+        watcher = asyncio.create_task(client.watch_nats(self.relay.url, ["BTC/USD"]))
+
+        def verified() -> bool:
+            """Publish the next round; True once the client verified a round."""
+            signed = self.signer.sign(self.rounds.step())
+            self.newest = signed.ts
+            self.sink.submit(signed)
+            return client.price("BTC/USD").status == "active"
+
+        await until(verified, "a round verified")
+        return watcher
+
+
 async def test_one_cancellation_ends_a_client_watch_connecting_to_a_server_that_hangs_up(
     relay: NatsRelay,
 ) -> None:
@@ -314,25 +340,12 @@ async def test_one_cancellation_ends_a_client_watch_and_the_reconnection_it_left
     `wait_for`, which could drop it: the task went on connecting for good, behind a consumer
     that had stopped."""
     sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
-    rounds = Rounds(make_config())
-    signer = RoundSigner(KEY, "test")
-    newest = [0]
     task = await running(sink)
+    watching = Watching(sink, relay)
     try:
         for turns in TURNS:
             before = asyncio.all_tasks()
-            relay.pass_()
-            client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: newest[0])
-            watcher = asyncio.create_task(client.watch_nats(relay.url, ["BTC/USD"]))
-
-            def verified(client: OracleClient = client) -> bool:
-                """Publish the next round; True once the client verified a round."""
-                signed = signer.sign(rounds.step())
-                newest[0] = signed.ts
-                sink.submit(signed)
-                return client.price("BTC/USD").status == "active"
-
-            await until(verified, "a round verified")
+            watcher = await watching.verified()
             relay.refuse()
             relay.cut()
             await cancel_once(relay, watcher, turns, before)
@@ -350,10 +363,8 @@ async def test_one_cancellation_ends_a_client_watch_whose_reconnection_just_succ
     answer came: the reconnection went on as connected, on the closed client, and once that
     connection went it connected again, and again."""
     sink = NatsSink(NatsConfig(enabled=True, servers=(server.url,)))
-    rounds = Rounds(make_config())
-    signer = RoundSigner(KEY, "test")
-    newest = [0]
     task = await running(sink)
+    watching = Watching(sink, relay)
 
     async def answered() -> None:
         """The new connection's answer held, then let through."""
@@ -363,18 +374,7 @@ async def test_one_cancellation_ends_a_client_watch_whose_reconnection_just_succ
     try:
         for turns in TURNS:
             before = asyncio.all_tasks()
-            relay.pass_()
-            client = OracleClient({KEY.address}, deployment="test", now_ms=lambda: newest[0])
-            watcher = asyncio.create_task(client.watch_nats(relay.url, ["BTC/USD"]))
-
-            def verified(client: OracleClient = client) -> bool:
-                """Publish the next round; True once the client verified a round."""
-                signed = signer.sign(rounds.step())
-                newest[0] = signed.ts
-                sink.submit(signed)
-                return client.price("BTC/USD").status == "active"
-
-            await until(verified, "a round verified")
+            watcher = await watching.verified()
             relay.hold()
             relay.cut()
             await cancel_once(relay, watcher, turns, before, answered)
