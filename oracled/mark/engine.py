@@ -648,6 +648,13 @@ class MarkRound:
     perps_used: _I64
     price: _F64  # NaN for none
 
+    @property
+    def outputs(self) -> _Outputs | None:
+        """The round's output arrays, a row per perpetual market (None when `values` is a plain
+        mapping): the hub's encoder writes `mark` objects from them."""
+        values = self.values
+        return values._out if isinstance(values, _Values) else None
+
     def mark(self, i: int, decimals: int) -> Mark | None:
         """Market `i`'s `mark` object, or None for a market without perpetuals (without making
         every `MarkValues` of the round)."""

@@ -27,7 +27,8 @@ encoded. `ReportEncoder` writes the very same bytes from the arrays instead:
 Python's `%.Nf` and `format(v, ".Nf")` are the same routine, and msgspec's own encoding is used
 for every literal, so the output is byte-identical to `msgspec.json.encode(result.report(i))`
 (tests/publish/test_encode.py compares them over runs of random rounds). A perpetual market's
-`mark` object is encoded by msgspec and spliced in.
+`mark` object is written from the round's mark arrays the same way (`MarkWriter`) and spliced
+in.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import numpy.typing as npt
 from oracled.aggregate.book import Layout
 from oracled.core import NO_QUOTE, USED, RoundResult
 from oracled.model import Status, reasons_from_bits
+from oracled.publish.markjson import MarkWriter
 
 __all__ = ["ReportEncoder"]
 
@@ -154,7 +156,7 @@ class ReportEncoder:
     Not thread-safe: one encoder per consumer (the hub has its own).
     """
 
-    __slots__ = ("_codes", "_names", "_static", "_templates")
+    __slots__ = ("_codes", "_marks", "_names", "_static", "_templates")
 
     def __init__(self) -> None:
         self._static: _Static | None = None
@@ -162,6 +164,7 @@ class ReportEncoder:
         self._templates: list[dict[bytes, list[bytes | None]]] = []
         # Per slot code: a slot's literal from its `used` value through the key of `age_ms`.
         self._codes: dict[int, bytes] = {}
+        self._marks = MarkWriter()
 
     def warm(self, result: RoundResult, indices: Sequence[int]) -> bool:
         """Whether encoding `indices` of `result` makes no template (each has one of this
@@ -275,6 +278,7 @@ class ReportEncoder:
         args = rows.tolist()
 
         mark = result.mark
+        marks = None if mark is None else self._marks.write(mark, idx, static.dec)
         templates = self._templates
         out: list[bytes] = []
         append = out.append
@@ -291,11 +295,15 @@ class ReportEncoder:
                 dec = b'"%%.%df"' % static.dec[i] if direct else _DEC
                 template = pair[direct] = self._template(static, i, keys[n], dec)
             data = template % tuple(args[n])
-            found = None if mark is None else mark.mark(i, int(static.dec[i]))
-            if found is None:
-                append(data)
-            else:
-                append(b"".join((data[:-5], _ENC.encode(found), b"}")))  # "null}" -> mark
+            if marks is not None:
+                written = marks[n]
+                if written is not None:
+                    data = b"".join((data[:-5], written, b"}"))  # "null}" -> mark
+            elif mark is not None:  # a round whose marks are not arrays
+                found = mark.mark(i, int(static.dec[i]))
+                if found is not None:
+                    data = b"".join((data[:-5], _ENC.encode(found), b"}"))
+            append(data)
         return out
 
     def _template(self, static: _Static, i: int, key: npt.NDArray[np.int16], dec: bytes) -> bytes:
