@@ -4,15 +4,19 @@ and around half a unit of the last place, huge and tiny magnitudes, at 0 to 18 p
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 
 import msgspec
 import numpy as np
 import pytest
+from test_encode import T0, feed, make_config, reference
 
+from oracled.core import Core
 from oracled.mark.engine import MarkRound, _materialize, _modes, _Outputs, _Values
 from oracled.publish import markjson
+from oracled.publish.encode import ReportEncoder
 from oracled.publish.markjson import MarkWriter
 
 _ENC = msgspec.json.Encoder()
@@ -118,3 +122,21 @@ def test_a_broken_template_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AssertionError):
         for seed in range(6):
             test_marks_from_the_arrays_are_msgspecs_bytes(seed)
+
+
+def test_hostile_marks_are_spliced_into_msgspecs_reports() -> None:
+    """Through the hub's encoder: rounds whose marks are hostile values, on random markets,
+    encode to exactly msgspec's bytes of `result.report(i)`, for every market or a subset."""
+    rng = random.Random(11)
+    core = Core(make_config())
+    encoder = ReportEncoder()
+    every = list(range(len(core.markets)))
+    places = core.layout.decimals.tolist()
+    for k in range(1, 31):
+        if k % 3:
+            feed(core, rng, T0 + 250 * k)
+        result = core.run_round(T0 + 250 * k)
+        markets = sorted(rng.sample(every, rng.randint(0, len(every))))
+        hostile = dataclasses.replace(result, mark=_round(rng, markets, places))
+        indices = every if k % 2 else rng.sample(every, rng.randint(1, len(every)))
+        assert encoder.encode(hostile, indices) == reference(hostile, indices)
