@@ -550,9 +550,10 @@ class _Values(Mapping[int, MarkValues]):
         """Market `i`'s `mark` object, or None for a market without perpetuals.
 
         Without every `MarkValues` made, from the columns `to_mark` reads as Python lists
-        (made once a round, a few us each): the encoder writes the marks of the markets it
-        encodes, and the perpetuals' reasons and mids, most of the cost of making every
-        `MarkValues`, are in no `mark` object."""
+        (made once a round, a few us each): a report made for one market (`RoundResult.report`)
+        reads its mark alone, and the perpetuals' reasons and mids, most of the cost of making
+        every `MarkValues`, are in no `mark` object. The hub's encoder writes marks straight
+        from the arrays (`oracled.publish.markjson`)."""
         if self._made is not None:
             found = self._made.get(i)
             return None if found is None else found.to_mark(decimals)
