@@ -799,15 +799,18 @@ class MarkEngine:
         t, q = self._table, quotes
         xs = x[:, None]
         age = now - q.stamp
-        inverted, multiplied = t.routed & t.invert, t.routed & ~t.invert
-        two_inv, two_mul = q.two & inverted, q.two & multiplied
-
-        def convert(value: _F64, divided: _Bool, multiplied: _Bool) -> _F64:
-            """Into market units through the leg, divided as spot slots are: one rounding."""
-            return np.where(divided, value / leg, np.where(multiplied, value * leg, value))
-
-        mid = convert(np.where(q.two, (q.bid + q.ask) * 0.5, q.price), inverted, multiplied)
-        bid, ask = convert(q.bid, two_inv, two_mul), convert(q.ask, two_inv, two_mul)
+        # bid, ask and mid in one array, converted into market units through the leg in one
+        # pass: divided as spot slots are, one rounding. A lone bid or ask converts too, unread:
+        # the premium takes bid and ask only where both are quoted.
+        trio = np.empty((3, *leg.shape))
+        trio[0], trio[1] = q.bid, q.ask
+        np.add(q.bid, q.ask, out=trio[2])
+        trio[2] *= 0.5
+        np.copyto(trio[2], q.price, where=~q.two)
+        legs = np.broadcast_to(leg, trio.shape)
+        np.divide(trio, legs, out=trio, where=t.routed & t.invert)
+        np.multiply(trio, legs, out=trio, where=t.routed & ~t.invert)
+        bid, ask, mid = trio
         blocked = [
             ~q.held,
             q.flagged,
@@ -896,11 +899,12 @@ class MarkEngine:
         ended = state.acc_on & (current > state.acc_id)
         state.acc_id = np.where(state.acc_on, state.acc_id, current)
         state.acc_on = np.ones_like(state.acc_on)
-        self._settle(ended)
-        skipped = ended & (current > state.acc_id)  # whole intervals passed without a round
-        state.last_rate = np.where(skipped, nan, state.last_rate)
-        state.last_ts = np.where(skipped, current * size, state.last_ts)
-        state.acc_id = np.where(skipped, current, state.acc_id)
+        if ended.any():  # most rounds end no interval: nothing to settle or skip
+            self._settle(ended)
+            skipped = ended & (current > state.acc_id)  # whole intervals passed without a round
+            state.last_rate = np.where(skipped, nan, state.last_rate)
+            state.last_ts = np.where(skipped, current * size, state.last_ts)
+            state.acc_id = np.where(skipped, current, state.acc_id)
         prev = np.where(state.prev_on, state.prev, now - self._round_ms)
         state.prev_on, state.prev = np.ones_like(state.prev_on), np.full_like(state.prev, now)
         start = current * size
