@@ -29,7 +29,7 @@ made only when a round's `values` is read.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from math import isfinite, nan
@@ -634,36 +634,41 @@ def _materialize(out: _Outputs) -> dict[int, MarkValues]:
     }
 
 
-@dataclass(frozen=True, slots=True)
 class MarkRound:
-    """The mark outputs of one round, by market index (perpetual markets only).
+    """The mark outputs of one round, by market index (perpetual markets only): the round's
+    arrays (`outputs`, a row per perpetual market, `markets` ascending), and what is read from
+    them.
 
     `values` makes every market's `MarkValues` when first read (about 1 ms at 1,000 perpetual
     markets); readers of a few fields for every market each round (the mode log line, the
-    metrics) take them from the arrays instead, a row per perpetual market in `markets` order.
+    metrics, the hub's filters, the signer, the encoder) take them from the arrays instead.
     """
 
-    values: Mapping[int, MarkValues]
-    markets: Sequence[int]  # market index of each row, ascending
-    modes: npt.NDArray[np.int8]  # each row's `MarkValues.mode`, as its place in MODES
-    perps_used: _I64
-    price: _F64  # NaN for none
+    __slots__ = ("modes", "outputs", "values")
+
+    def __init__(self, outputs: _Outputs) -> None:
+        self.outputs = outputs
+        self.values = _Values(outputs)
+        self.modes = _modes(outputs)  # each row's `MarkValues.mode`, as its place in MODES
 
     @property
-    def outputs(self) -> _Outputs | None:
-        """The round's output arrays, a row per perpetual market (None when `values` is a plain
-        mapping): the hub's encoder writes `mark` objects from them."""
-        values = self.values
-        return values._out if isinstance(values, _Values) else None
+    def markets(self) -> list[int]:
+        """The market index of each row, ascending."""
+        return self.outputs.markets
+
+    @property
+    def perps_used(self) -> _I64:
+        return self.outputs.used
+
+    @property
+    def price(self) -> _F64:
+        """Each row's mark, NaN for none."""
+        return self.outputs.price
 
     def mark(self, i: int, decimals: int) -> Mark | None:
         """Market `i`'s `mark` object, or None for a market without perpetuals (without making
         every `MarkValues` of the round)."""
-        values = self.values
-        if isinstance(values, _Values):
-            return values.mark(i, decimals)
-        found = values.get(i)
-        return None if found is None else found.to_mark(decimals)
+        return self.values.mark(i, decimals)
 
 
 class MarkEngine:
@@ -770,7 +775,7 @@ class MarkEngine:
             premium = _medians(premiums, counted, used)
             shown = np.where(live[:, None], mids, nan)  # perp_mids: NaN where not converted
             out = self._mark(now_ms, x, live, used, perp_median, premium, codes, shown)
-            return MarkRound(_Values(out), out.markets, _modes(out), out.used, out.price)
+            return MarkRound(out)
 
     def _judged(self, quotes: _Quotes, own: _F64, live: _Bool) -> _F64:
         """Per perpetual, the index in its own currency its held quote is judged from by the lag

@@ -295,14 +295,9 @@ class ReportEncoder:
                 dec = b'"%%.%df"' % static.dec[i] if direct else _DEC
                 template = pair[direct] = self._template(static, i, keys[n], dec)
             data = template % tuple(args[n])
-            if marks is not None:
-                written = marks[n]
-                if written is not None:
-                    data = b"".join((data[:-5], written, b"}"))  # "null}" -> mark
-            elif mark is not None:  # a round whose marks are not arrays
-                found = mark.mark(i, int(static.dec[i]))
-                if found is not None:
-                    data = b"".join((data[:-5], _ENC.encode(found), b"}"))
+            written = None if marks is None else marks[n]
+            if written is not None:
+                data = b"".join((data[:-5], written, b"}"))  # "null}" -> mark
             append(data)
         return out
 

@@ -93,12 +93,10 @@ class MarkWriter:
 
     def write(
         self, mark: MarkRound, idx: npt.NDArray[np.intp], decimals: npt.NDArray[np.intp]
-    ) -> list[bytes | None] | None:
+    ) -> list[bytes | None]:
         """The JSON of `mark.mark(i, decimals[i])` for each market `i` in `idx` (None for a
-        market without perpetuals), or None when the round has no arrays to write them from."""
+        market without perpetuals)."""
         out = mark.outputs
-        if out is None:
-            return None
         top = int(idx.max()) + 1
         if out is not self._outputs or len(self._row_of) < top:  # a new round: its rows
             row_of = np.full(max(top, max(out.markets, default=-1) + 1), -1, dtype=np.intp)

@@ -14,7 +14,7 @@ import pytest
 from test_encode import T0, feed, make_config, reference
 
 from oracled.core import Core
-from oracled.mark.engine import MarkRound, _materialize, _modes, _Outputs, _Values
+from oracled.mark.engine import MarkRound, _materialize, _Outputs
 from oracled.publish import markjson
 from oracled.publish.encode import ReportEncoder
 from oracled.publish.markjson import MarkWriter
@@ -76,7 +76,7 @@ def _round(rng: random.Random, markets: list[int], places: list[int]) -> MarkRou
         mids=np.full((n, 1), np.nan),
         out_of_bounds=np.array([rng.random() < 0.5 for _ in markets]),
     )
-    return MarkRound(_Values(out), markets, _modes(out), out.used, out.price)
+    return MarkRound(out)
 
 
 @pytest.mark.parametrize("seed", range(6))
