@@ -22,7 +22,7 @@ lint:
 	$(VENV)/bin/ruff format --check oracled tests benchmarks
 
 typecheck:
-	$(VENV)/bin/mypy oracled
+	$(VENV)/bin/mypy oracled benchmarks
 
 # The suite as two shards side by side (scripts/pytest-shards.sh); one file: .venv/bin/pytest FILE
 pytest:

@@ -55,6 +55,7 @@ import msgspec
 
 if TYPE_CHECKING:
     from oracled.config import Config
+    from oracled.core import RoundResult
 
 # OKX frames carry the venue's event time, which the reports hand back as age_ms (the latency
 # method needs it); Binance spot subscribes 200 symbols a request (quicker at 5,000 markets).
@@ -784,7 +785,7 @@ def encode_setup_bench(args: argparse.Namespace) -> dict[str, Any]:
     core = Core(cfg)
     rng = random.Random(1)
     now = 1_700_000_000_000
-    results = []
+    results: list[RoundResult] = []
     for _ in range(2):  # every slot quoted, then a round with no new quote (the same floats)
         now += args.round_ms
         if not results:

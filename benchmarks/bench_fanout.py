@@ -30,6 +30,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ async def one_case(
         if signed:
             ready = signer.sign(result)
             await settle(sub)  # the report fan-out (nothing for a signed subscriber) runs first
-            go = lambda s=ready: hub.publish_signed(s)  # noqa: E731
+            go = partial(hub.publish_signed, ready)
         if snapshot:  # no market subscribed: nothing of the round is encoded until `change`
             go()
             await settle(sub)

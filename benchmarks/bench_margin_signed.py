@@ -347,8 +347,12 @@ def main() -> None:
         ]
         print(table(rows))
     if args.json:
-        out = {"python": sys.version.split()[0], "machine": platform.machine(), "args": vars(args)}
-        out["cases"] = rows
+        out: dict[str, Any] = {
+            "python": sys.version.split()[0],
+            "machine": platform.machine(),
+            "args": vars(args),
+            "cases": rows,
+        }
         args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
 
 

@@ -98,7 +98,7 @@ def build(markets: int, sources: int) -> Metrics:
     return metrics
 
 
-async def _max_gaps(duration_s: float, work: asyncio.Future[object] | None) -> list[float]:
+async def _max_gaps(duration_s: float, work: asyncio.Future[None] | None) -> list[float]:
     """Gaps (ms) between wake-ups of a 1 ms ticker until `work` is done or the time is up."""
     loop = asyncio.get_running_loop()
     gaps: list[float] = []
