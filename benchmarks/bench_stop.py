@@ -93,11 +93,11 @@ def stuck_clients(port: int) -> list[socket.socket]:
     frame = bytes([0x81, 0x80 | len(subscribe)]) + mask
     frame += bytes(b ^ mask[i % 4] for i, b in enumerate(subscribe))
     requests = [
-        b"GET /v1/events HTTP/1.1\r\nHost: oracled\r\n\r\n",
-        b"GET /v1/stream HTTP/1.1\r\nHost: oracled\r\nUpgrade: websocket\r\n"
+        b"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Key: c3R1Y2stY2xpZW50LWtleQ==\r\n"
         b"Sec-WebSocket-Version: 13\r\n\r\n" + frame,
-        b"GET /metrics HTTP/1.1\r\nHost: oracled\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     ]
     clients = []
     for request in requests:

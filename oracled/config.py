@@ -232,8 +232,13 @@ class ApiConfig(_Frozen):
     #: kept. Up to 65,536: every market of a large config alone, and its selections, and far
     #: past what the bytes bound lets through at its default.
     round_bodies: Annotated[int, Field(ge=0, le=65_536)] = 256
+    #: Host names a request's `Host` may name besides the API's own (an IP address, localhost,
+    #: the listen host): a page whose name an attacker's DNS points at this address (DNS
+    #: rebinding) is refused. ".example.com" for any name under it; "*" for any Host.
+    allowed_hosts: tuple[str, ...] = ()
 
     _cors_tuple = field_validator("cors_origins", mode="before")(_as_tuple)
+    _hosts_tuple = field_validator("allowed_hosts", mode="before")(_as_tuple)
 
     @field_validator("listen")
     @classmethod
@@ -248,6 +253,22 @@ class ApiConfig(_Frozen):
             # As a browser serializes it in Origin: scheme://host[:port], nothing after.
             if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
                 raise ValueError(f"{shown(origin)} is not * or an origin like https://host[:port]")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            # The name alone, as a Host header names it less its port (any port is allowed).
+            name = host[1:] if host.startswith(".") else host
+            try:
+                if host != "*":
+                    _check_host(name)
+            except ValueError:
+                raise ValueError(
+                    f"{shown(host)} is not *, a host name (api.example.com, no scheme or port)"
+                    " or .example.com for the names under it"
+                ) from None
         return value
 
 

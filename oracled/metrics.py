@@ -624,7 +624,7 @@ class _StateCollector:
         closed = CounterMetricFamily(
             "oracled_api_connections_closed",
             "HTTP connections the API closed: a late send, over the cap, no request in time,"
-            " an expectation refused, or a request unparsed.",
+            " an expectation refused, a request unparsed, or a Host not the API's.",
             labels=["reason"],
         )
         for reason, count in sorted(self._in.api_closed().items()):

@@ -1104,6 +1104,7 @@ class Service:
             signed_floor=self._unsigned_floor,
             ready_min_s=self.ready_min_s,
             alive_min_s=self.alive_min_s,
+            listen_host=self.host,
         )
         runner = web.AppRunner(
             build_app(ctx),

@@ -9,6 +9,7 @@ from oracled.api.badrequests import ServerLog
 from oracled.api.context import ApiContext
 from oracled.api.cors import Cors
 from oracled.api.errors import Handler, error_middleware, expect_handler, no_store_middleware
+from oracled.api.hosts import HostCheck
 from oracled.api.limits import FIRST_REQUEST_TIMEOUT_S, LIMITS, REQUEST_TIMEOUT_S, Limits
 from oracled.api.ops import OpsHandlers
 from oracled.api.read import ReadHandlers
@@ -47,8 +48,16 @@ def build_app(
     # Outermost: it writes the finished answer under its deadline.
     limits = Limits(ctx, first_request_timeout, request_timeout)
     cors = Cors(ctx)
+    # Next: a request naming another host (DNS rebinding) is refused before anything reads it.
+    hosts = HostCheck(ctx)
     app = web.Application(
-        middlewares=[limits.middleware, no_store_middleware, cors.middleware, error_middleware],
+        middlewares=[
+            limits.middleware,
+            hosts.middleware,
+            no_store_middleware,
+            cors.middleware,
+            error_middleware,
+        ],
         client_max_size=MAX_BODY,
         # A client's unparseable bytes: counted, logged once a minute, no traceback.
         handler_args={"logger": ServerLog(ctx)},

@@ -73,6 +73,9 @@ class ApiContext:
     #: notice names it then (round 0), and tells a loop stuck before its first round: consumers
     #: may hold the run before's reports, newer than this run's unsigned rounds.
     signed_floor: Callable[[], int | None] = lambda: None
+    #: The host the API listens on (`api.listen`, or `--listen` over it): a `Host` naming it is
+    #: the API's own, whatever `api.allowed_hosts` lists (oracled/api/hosts.py).
+    listen_host: str | None = None
     #: The floors of those limits in seconds, whatever the round interval (tests lower them).
     ready_min_s: float = 5.0
     alive_min_s: float = 60.0

@@ -85,6 +85,7 @@ __all__ = [
     "CLOSED_ACCEPT_LIMIT",
     "CLOSED_EXPECT_REFUSED",
     "CLOSED_FIRST_REQUEST_TIMEOUT",
+    "CLOSED_HOST_REFUSED",
     "CLOSED_LIMIT",
     "CLOSED_REASONS",
     "CLOSED_REQUEST_TIMEOUT",
@@ -105,7 +106,9 @@ CLOSED_FIRST_REQUEST_TIMEOUT = "first_request_timeout"
 CLOSED_ACCEPT_LIMIT = "accept_limit"
 CLOSED_REQUEST_TIMEOUT = "request_timeout"
 CLOSED_EXPECT_REFUSED = "expect_refused"
-#: This module's reasons (oracled/api/badrequests.py has the parser's two).
+#: A request naming another host (oracled/api/hosts.py).
+CLOSED_HOST_REFUSED = "host_refused"
+#: The middlewares' reasons (oracled/api/badrequests.py has the parser's two).
 CLOSED_REASONS = (
     CLOSED_SEND_TIMEOUT,
     CLOSED_LIMIT,
@@ -113,6 +116,7 @@ CLOSED_REASONS = (
     CLOSED_ACCEPT_LIMIT,
     CLOSED_REQUEST_TIMEOUT,
     CLOSED_EXPECT_REFUSED,
+    CLOSED_HOST_REFUSED,
 )
 #: Seconds a new connection has to complete its first request's headers.
 FIRST_REQUEST_TIMEOUT_S = 10.0

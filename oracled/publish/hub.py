@@ -441,6 +441,7 @@ class Hub:
                 "expect_refused": 0,
                 "bad_request": 0,
                 "request_too_long": 0,
+                "host_refused": 0,
             }
         )
         #: Admin API requests refused, by reason (oracled/api/admin.py); same rule.

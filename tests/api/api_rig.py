@@ -48,7 +48,12 @@ INTERVAL = 250
 
 CONFIG: dict[str, Any] = {
     "oracle": {"round_interval_ms": INTERVAL, "resume_rounds": 1},
-    "api": {"ready_fraction": 0.5, "stream_queue": 4},
+    "api": {
+        "ready_fraction": 0.5,
+        "stream_queue": 4,
+        # The names the tests' raw requests send in Host (the Host check: tests/api/test_hosts.py).
+        "allowed_hosts": ["t", "x", "o", "oracled", "example.com"],
+    },
     "sources": {name: {"type": "binance"} for name in ("alpha", "beta", "gamma")},
     "markets": [
         {

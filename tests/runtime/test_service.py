@@ -374,7 +374,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_idle_timeout_s(tmp_
         await _round_times(service, 1)  # running: the API listens
         assert service.bound_port is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", service.bound_port)
-        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
         for _ in range(3):  # busy: 0.3 s apart, under the timeout, the connection stays
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
