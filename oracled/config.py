@@ -218,6 +218,9 @@ class ApiConfig(_Frozen):
     send_timeout_s: Annotated[float, _interval(600)] = 10.0
     #: Client connections served at once; a request on one more is answered 503 and closed.
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    #: Of those, connections one client address may hold; a request on one more is answered 429
+    #: and closed. A quarter of the cap's default: one client cannot take every place.
+    max_connections_per_address: Annotated[int, Field(ge=1, le=1_000_000)] = 256
     #: A keep-alive connection idle this long is closed (aiohttp's own default is an hour, which
     #: lets clients that vanished hold places under max_connections).
     idle_timeout_s: Annotated[float, _interval(3_600)] = 75.0

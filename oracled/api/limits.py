@@ -14,6 +14,10 @@ the client does not read), so both are a middleware, the outermost one:
   refused are an incident the operator must hear of). `/healthz`, `/metrics` and the admin
   endpoints are answered even then, on a connection closed after the answer, so that a probe,
   Prometheus or an operator gets through a flood (a failed scrape reads as a dead daemon).
+- Of those, at most `api.max_connections_per_address` come from one client address, so that
+  one client (a leak of connections, a flood) cannot take every place from the others: a request
+  on one more is answered 429 `too_many_client_connections` and its connection closed (reason
+  `client_connection_limit`, logged as `api_client_connection_limit`), with the same exceptions.
 
 Both are read from the config in force on each request, so a reload changes them.
 
@@ -70,6 +74,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
+from collections import Counter
 from typing import Any, cast
 
 import structlog
@@ -83,6 +88,7 @@ from oracled.lograte import LogEveryMinute
 __all__ = [
     "ACCEPT_MARGIN",
     "CLOSED_ACCEPT_LIMIT",
+    "CLOSED_CLIENT_LIMIT",
     "CLOSED_EXPECT_REFUSED",
     "CLOSED_FIRST_REQUEST_TIMEOUT",
     "CLOSED_HOST_REFUSED",
@@ -102,6 +108,7 @@ __all__ = [
 
 CLOSED_SEND_TIMEOUT = "send_timeout"
 CLOSED_LIMIT = "connection_limit"
+CLOSED_CLIENT_LIMIT = "client_connection_limit"
 CLOSED_FIRST_REQUEST_TIMEOUT = "first_request_timeout"
 CLOSED_ACCEPT_LIMIT = "accept_limit"
 CLOSED_REQUEST_TIMEOUT = "request_timeout"
@@ -117,6 +124,7 @@ CLOSED_REASONS = (
     CLOSED_REQUEST_TIMEOUT,
     CLOSED_EXPECT_REFUSED,
     CLOSED_HOST_REFUSED,
+    CLOSED_CLIENT_LIMIT,
 )
 #: Seconds a new connection has to complete its first request's headers.
 FIRST_REQUEST_TIMEOUT_S = 10.0
@@ -151,6 +159,7 @@ class Limits:
     """The send deadline, the connection cap and the request deadlines of one application."""
 
     __slots__ = (
+        "_by_address",
         "_ctx",
         "_first_request_timeout",
         "_live",
@@ -173,9 +182,11 @@ class Limits:
         # make a request with their deadline (insertion-ordered: the oldest goes first).
         self._live: dict[RequestHandler, _Guarded] = {}
         self._waiting: dict[RequestHandler, asyncio.TimerHandle] = {}
-        # Connections that have made a request, by aiohttp's per-connection protocol object;
-        # insertion-ordered. A closed one has no transport and is pruned when the cap is near.
-        self._open: dict[RequestHandler, None] = {}
+        # Connections that have made a request, by aiohttp's per-connection protocol object, to
+        # their client's address; insertion-ordered. A guarded one leaves when it closes; any
+        # other closed one has no transport and is pruned when a cap is near.
+        self._open: dict[RequestHandler, str | None] = {}
+        self._by_address: Counter[str] = Counter()  # of `_open`, by client address
         self._log_every_minute = LogEveryMinute()  # keyed by reason
 
     @property
@@ -217,6 +228,18 @@ class Limits:
         if guarded is not None:
             guarded.end_request(guarded.deadline)
         self._stop_waiting(protocol)
+        if protocol in self._open:
+            self._leave(self._open.pop(protocol))
+
+    def _leave(self, address: str | None) -> None:
+        """A connection of `address` no longer holds a place."""
+        if address is None:
+            return
+        left = self._by_address[address] - 1
+        if left > 0:
+            self._by_address[address] = left
+        else:
+            del self._by_address[address]
 
     def _first_request_late(self, protocol: RequestHandler) -> None:
         self._waiting.pop(protocol, None)
@@ -305,19 +328,30 @@ class Limits:
         return guarded
 
     def _prune(self) -> None:
-        self._open = {p: None for p in self._open if p.transport is not None}
+        self._open = {p: a for p, a in self._open.items() if p.transport is not None}
+        self._by_address = Counter(a for a in self._open.values() if a is not None)
 
-    def _admit(self, request: web.Request) -> bool:
+    def _admit(self, request: web.Request) -> str | None:
+        """None when the request's connection holds a place (it takes one if free), else the
+        reason it has none: the cap, or its address's share of it."""
         protocol = request.protocol
         if protocol in self._open:
-            return True
-        cap = self._ctx.current_config.api.max_connections
-        if len(self._open) >= cap:
+            return None
+        api = self._ctx.current_config.api
+        address = request.remote
+        per_address = api.max_connections_per_address
+        held = 0 if address is None else self._by_address[address]
+        if len(self._open) >= api.max_connections or held >= per_address:
             self._prune()
-        if len(self._open) >= cap:
-            return False
-        self._open[protocol] = None
-        return True
+            held = 0 if address is None else self._by_address[address]
+        if len(self._open) >= api.max_connections:
+            return CLOSED_LIMIT
+        if held >= per_address:
+            return CLOSED_CLIENT_LIMIT
+        self._open[protocol] = address
+        if address is not None:
+            self._by_address[address] = held + 1
+        return None
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -341,25 +375,14 @@ class Limits:
             self._start_request(guarded)
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._admit(request):
+        refused = self._admit(request)
+        if refused is None:
             response = await handler(request)
         elif request.path.startswith(_EXEMPT_PREFIXES):
             response = await handler(request)
             response.force_close()
         else:
-            self._closed(
-                CLOSED_LIMIT,
-                "api_connection_limit",
-                request,
-                max_connections=self._ctx.current_config.api.max_connections,
-            )
-            response = error_response(
-                503,
-                "too_many_connections",
-                "the API serves at most api.max_connections connections; retry shortly",
-                {"Retry-After": "1", "Cache-Control": NO_STORE},
-            )
-            response.force_close()
+            response = self._refuse(refused, request)
         if response.prepared or not isinstance(response, web.Response):
             return response  # a stream: it was written as it went
         try:
@@ -371,6 +394,35 @@ class Limits:
         except ConnectionError:  # the client went away first: its choice, as aiohttp takes it
             pass  # not a 500 with a traceback per request, which any client could cause
         return response  # aiohttp finishes it: a no-op, or a write to an aborted transport
+
+    def _refuse(self, reason: str, request: web.Request) -> web.Response:
+        """The answer to a request on a connection over the cap or its address's share of it:
+        counted, logged at most once a minute, and its connection closed after it."""
+        api = self._ctx.current_config.api
+        if reason == CLOSED_LIMIT:
+            self._closed(
+                reason, "api_connection_limit", request, max_connections=api.max_connections
+            )
+            status, code = 503, "too_many_connections"
+            message = "the API serves at most api.max_connections connections; retry shortly"
+        else:
+            self._closed(
+                reason,
+                "api_client_connection_limit",
+                request,
+                max_connections_per_address=api.max_connections_per_address,
+            )
+            status, code = 429, "too_many_client_connections"
+            message = (
+                f"this address holds {api.max_connections_per_address} connections already, the"
+                " most api.max_connections_per_address lets one address hold; use one of them,"
+                " or retry once one is closed"
+            )
+        response = error_response(
+            status, code, message, {"Retry-After": "1", "Cache-Control": NO_STORE}
+        )
+        response.force_close()
+        return response
 
     def _send_timed_out(self, request: web.Request) -> None:
         transport = request.transport

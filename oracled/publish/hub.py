@@ -442,6 +442,7 @@ class Hub:
                 "bad_request": 0,
                 "request_too_long": 0,
                 "host_refused": 0,
+                "client_connection_limit": 0,
             }
         )
         #: Admin API requests refused, by reason (oracled/api/admin.py); same rule.

@@ -36,4 +36,4 @@ def test_every_reason_is_counted_from_the_start_and_documented() -> None:
     assert dict(Hub(4).api_closed) == dict.fromkeys(reasons, 0)
     documented, bound, series = _documented()
     assert sorted(documented) == sorted(reasons)
-    assert bound == series == len(reasons) == 9
+    assert bound == series == len(reasons) == 10
