@@ -221,6 +221,11 @@ class ApiConfig(_Frozen):
     #: Of those, connections one client address may hold; a request on one more is answered 429
     #: and closed. A quarter of the cap's default: one client cannot take every place.
     max_connections_per_address: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    #: Failed admin token checks from one address within the window that refuse its admin calls
+    #: for `admin_lockout_s` (oracled/api/lockout.py). 0: no lock-out.
+    admin_lockout_failures: Annotated[int, Field(ge=0, le=1_000)] = 10
+    admin_lockout_window_s: Annotated[float, _interval(86_400)] = 60.0
+    admin_lockout_s: Annotated[float, _interval(86_400)] = 300.0
     #: A keep-alive connection idle this long is closed (aiohttp's own default is an hour, which
     #: lets clients that vanished hold places under max_connections).
     idle_timeout_s: Annotated[float, _interval(3_600)] = 75.0

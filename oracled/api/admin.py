@@ -11,12 +11,19 @@ without its scheme is the header's whole value).
 
 The token is checked before the body is read, and a client asking `Expect: 100-continue` is
 refused before it is invited to send one: the body is the client's to send only once it may act.
+
+An address whose token checks failed `api.admin_lockout_failures` times within
+`api.admin_lockout_window_s` (a wrong token, or one not sent as `Bearer <token>`) is refused
+for `api.admin_lockout_s`, the right token included: 429 `admin_locked_out` with `Retry-After`,
+counted under `locked_out`; the lock-out itself is logged as `api_admin_locked_out` at most once
+a minute (oracled/api/lockout.py). A check that passes forgives the address's failures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import re
 
 import msgspec
@@ -33,6 +40,7 @@ from oracled.api.errors import (
     json_response,
     refused_expectation,
 )
+from oracled.api.lockout import Lockout
 from oracled.api.params import path_market
 from oracled.errors import ConfigError, ServiceStopping
 from oracled.lograte import LogEveryMinute
@@ -40,12 +48,22 @@ from oracled.lograte import LogEveryMinute
 __all__ = ["REFUSED_REASONS", "AdminHandlers"]
 
 #: Why an admin request was refused: no token is configured (403), no `Authorization` header,
-#: one that is not `Bearer <token>`, a token that does not match (401).
+#: one that is not `Bearer <token>`, a token that does not match (401), an address locked out
+#: after too many of the last two (429).
 REFUSED_DISABLED = "disabled"
 REFUSED_MISSING = "missing"
 REFUSED_MALFORMED = "malformed"
 REFUSED_WRONG = "wrong"
-REFUSED_REASONS = (REFUSED_DISABLED, REFUSED_MISSING, REFUSED_MALFORMED, REFUSED_WRONG)
+REFUSED_LOCKED_OUT = "locked_out"
+REFUSED_REASONS = (
+    REFUSED_DISABLED,
+    REFUSED_MISSING,
+    REFUSED_MALFORMED,
+    REFUSED_WRONG,
+    REFUSED_LOCKED_OUT,
+)
+#: The refusals that count towards a lock-out: a token was sent, and it was not the one.
+_FAILED = frozenset({REFUSED_MALFORMED, REFUSED_WRONG})
 
 #: The OpenAPI document's pattern, matched whole (`fullmatch`: `$` alone would let a final
 #: line break through into the log line and the audit trail).
@@ -64,22 +82,29 @@ _log = structlog.get_logger(component="api")
 
 
 class AdminHandlers:
-    __slots__ = ("_ctx", "_refused_log", "_token")
+    __slots__ = ("_ctx", "_lockout", "_refused_log", "_token")
 
     def __init__(self, ctx: ApiContext) -> None:
         self._ctx = ctx
         secret = ctx.config.admin_token
         self._token = None if secret is None else secret.get_secret_value().encode()
         self._refused_log = LogEveryMinute()  # keyed by reason: anyone can send these at will
+        self._lockout = Lockout()
 
     def _authorize(self, request: web.Request) -> None:
-        """Raise the 401 or 403 of a request that may not act, counted and logged."""
-        refused = self._refusal(request)
+        """Raise the 401, 403 or 429 of a request that may not act, counted and logged."""
+        now = self._ctx.clock.monotonic()
+        refused = self._refusal(request, now)
+        address = request.remote
         if refused is None:
+            if address is not None:
+                self._lockout.succeeded(address)
             return
         reason, error = refused
         self._ctx.hub.admin_refused[reason] += 1
-        count = self._refused_log.due(reason, self._ctx.clock.monotonic())
+        if reason in _FAILED and address is not None:
+            self._failed(address, now)
+        count = self._refused_log.due(reason, now)
         if count is not None:
             resource = request.match_info.route.resource
             _log.warning(
@@ -91,7 +116,33 @@ class AdminHandlers:
             )
         raise error
 
-    def _refusal(self, request: web.Request) -> tuple[str, ApiError] | None:
+    def _failed(self, address: str, now: float) -> None:
+        """Count a failed check of `address`; the one that locks it out is logged (at most
+        once a minute: an attacker with many addresses must not flood the log)."""
+        api = self._ctx.current_config.api
+        if api.admin_lockout_failures == 0:
+            return
+        locked = self._lockout.failed(
+            address,
+            now,
+            api.admin_lockout_failures,
+            api.admin_lockout_window_s,
+            api.admin_lockout_s,
+        )
+        if not locked:
+            return
+        count = self._refused_log.due("locked", now)
+        if count is not None:
+            _log.warning(
+                "api_admin_locked_out",
+                remote=address,
+                failures=api.admin_lockout_failures,
+                window_s=api.admin_lockout_window_s,
+                lockout_s=api.admin_lockout_s,
+                locked=count,  # addresses locked out since the last such line, this one included
+            )
+
+    def _refusal(self, request: web.Request, now: float) -> tuple[str, ApiError] | None:
         """Why `request` may not act and its answer, or None when its token is the one."""
         if self._token is None:
             env = self._ctx.config.api.admin_token_env
@@ -100,6 +151,18 @@ class AdminHandlers:
                 403,
                 "admin_disabled",
                 f"admin endpoints are disabled: no admin token is configured{where}",
+            )
+        address = request.remote
+        left = None if address is None else self._lockout.locked_for(address, now)
+        if left is not None:
+            api = self._ctx.current_config.api
+            return REFUSED_LOCKED_OUT, ApiError(
+                429,
+                "admin_locked_out",
+                f"{api.admin_lockout_failures} failed token checks from this address within"
+                f" {api.admin_lockout_window_s:g} s: its admin calls are refused for"
+                f" {math.ceil(left)} s more",
+                {"Retry-After": str(math.ceil(left))},
             )
         header = request.headers.get("Authorization")
         scheme, _, given = (header or "").partition(" ")

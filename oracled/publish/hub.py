@@ -447,7 +447,7 @@ class Hub:
         )
         #: Admin API requests refused, by reason (oracled/api/admin.py); same rule.
         self.admin_refused: Counter[str] = Counter(
-            {"disabled": 0, "missing": 0, "malformed": 0, "wrong": 0}
+            {"disabled": 0, "missing": 0, "malformed": 0, "wrong": 0, "locked_out": 0}
         )
         #: Price bodies the API served without keeping them for the round (oracled/api/read.py).
         self.price_bodies_uncached = 0

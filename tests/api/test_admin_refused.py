@@ -85,8 +85,20 @@ async def test_each_refusal_is_counted_by_reason_and_logged_without_the_token(
             resp = await client.post(path, headers=headers)
             assert resp.status == 401, (path, headers)
             assert (await resp.json())["error"]["code"] == "unauthorized"
-    assert dict(rig.hub.admin_refused) == {"disabled": 0, "missing": 1, "malformed": 3, "wrong": 1}
-    assert _exposed(rig) == {"disabled": 0.0, "missing": 1.0, "malformed": 3.0, "wrong": 1.0}
+    assert dict(rig.hub.admin_refused) == {
+        "disabled": 0,
+        "missing": 1,
+        "malformed": 3,
+        "wrong": 1,
+        "locked_out": 0,
+    }
+    assert _exposed(rig) == {
+        "disabled": 0.0,
+        "missing": 1.0,
+        "malformed": 3.0,
+        "wrong": 1.0,
+        "locked_out": 0.0,
+    }
     lines = _refused_lines(logs)
     assert [(e["reason"], e["route"], e["refused"]) for e in lines] == [
         ("missing", "/v1/admin/markets/{market}/pause", 1),
@@ -116,7 +128,13 @@ async def test_a_valid_token_is_not_counted(client: Client, rig: Rig) -> None:
         # The scheme is case-insensitive, and whitespace around the token is no part of it.
         resp = await client.post(PAUSE, headers={"Authorization": f"bearer  {TOKEN} "})
         assert resp.status == 200
-    assert dict(rig.hub.admin_refused) == {"disabled": 0, "missing": 1, "malformed": 0, "wrong": 0}
+    assert dict(rig.hub.admin_refused) == {
+        "disabled": 0,
+        "missing": 1,
+        "malformed": 0,
+        "wrong": 0,
+        "locked_out": 0,
+    }
     assert [e["reason"] for e in _refused_lines(logs)] == ["missing"]
     assert rig.manual == [
         ("BTC/USD", True, "api"),
@@ -136,7 +154,13 @@ async def test_without_a_configured_token_every_call_is_counted_as_disabled(
     with capture_logs() as logs:
         for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
             assert (await client.post("/v1/admin/reload", headers=headers)).status == 403
-    assert dict(rig.hub.admin_refused) == {"disabled": 2, "missing": 0, "malformed": 0, "wrong": 0}
+    assert dict(rig.hub.admin_refused) == {
+        "disabled": 2,
+        "missing": 0,
+        "malformed": 0,
+        "wrong": 0,
+        "locked_out": 0,
+    }
     assert [(e["reason"], e["route"]) for e in _refused_lines(logs)] == [
         ("disabled", "/v1/admin/reload")
     ]

@@ -138,6 +138,8 @@ async def test_every_documented_response_is_produced_and_valid(
     client = await make_client(rig)
     closed = await make_client(Rig(make_config(token=None)))
     fileless = await make_client(Rig(make_config()))
+    # One failed token check locks its address out (429 on every admin route).
+    locked = await make_client(Rig(make_config(admin_lockout_failures=1)))
     auth = {"Authorization": f"Bearer {TOKEN}"}
     calls: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", "/readyz", {}),  # 503
@@ -200,6 +202,10 @@ async def test_every_documented_response_is_produced_and_valid(
     await client.post("/v1/admin/reload", headers=auth, data=b"[]")  # 400
     await closed.post("/v1/admin/reload", headers=auth)  # 403
     await fileless.post("/v1/admin/reload", headers=auth)  # 409
+    await locked.post("/v1/admin/reload", headers={"Authorization": "Bearer wrong"})  # 401
+    for path in (admin.format("BTC-USD", "pause"), admin.format("BTC-USD", "resume")):
+        await locked.post(path, headers=auth)  # 429
+    await locked.post("/v1/admin/reload", headers=auth)  # 429
     rig.next_config = ConfigError(["markets[0].min_sources: must be >= 1"])
     await client.post("/v1/admin/reload", headers=auth)  # 422
     rig.next_config = ServiceStopping("the daemon is stopping")
