@@ -11,6 +11,7 @@ is evaluated through Prometheus's HTTP API, as Grafana would send it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import tomli_w
 from catalogue import ROOT, catalogue
 from chain_stack import BTC_POOL_PRICE, LocalChain, start_local_chain
@@ -59,8 +61,8 @@ def _config(chain: LocalChain) -> Config:
 Stack = tuple[Daemon, list[SimulatedVenue], Prometheus, ScrapeProxy, LocalChain]
 
 
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+@contextlib.asynccontextmanager
+async def _running_stack(tmp_path: Path) -> AsyncIterator[Stack]:
     """The daemon, its venues, and a Prometheus scraping it through a `ScrapeProxy`."""
     # 3 s: well above the 10 Hz venues' frame gaps, so no source is cut as silent on a busy machine.
     liveness = {"liveness_timeout_s": 3.0, "rest_poll_interval_s": 0.5, "reconnect_max_s": 1.0}
@@ -87,6 +89,22 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         for venue in venues:
             await venue.sim.stop()
         chain.node.stop()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """A stack of the test's own, for a test that changes what the daemon reports (a pause)."""
+    async with _running_stack(tmp_path) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One stack for the tests that only read what it reports (the alert test adds dropped
+    quotes, which the others take as they come): a stack each spent most of their time
+    starting the stack and waiting for it to go live and be scraped."""
+    async with _running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
 
 
 async def _resolve(prom: Prometheus, dash_name: str, dash: dict[str, Any]) -> dict[str, str]:
@@ -215,12 +233,13 @@ async def test_every_dashboard_variable_and_panel_query_returns_series(stack: St
     assert checked >= 40
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_alert_rules_evaluate_cleanly_and_the_stored_metrics_are_catalogued(
-    stack: Stack,
+    shared_stack: Stack,
 ) -> None:
     """Every rule evaluates without error on real series, and names only metrics and labels the
     stored series have; every stored oracled_ name is known."""
-    _, venues, prom, _, _ = stack
+    _, venues, prom, _, _ = shared_stack
     for venue in venues:  # quotes dropped: a family whose series come with the first drop
         venue.sim.replay_stale(20)
     await prom.wait_for("count_over_time(oracled_rounds_total[1m]) >= 5", 30)
@@ -255,11 +274,14 @@ async def test_alert_rules_evaluate_cleanly_and_the_stored_metrics_are_catalogue
     assert unknown == []
 
 
-async def test_prometheus_asks_for_gzip_and_gets_it_and_reads_every_series(stack: Stack) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_prometheus_asks_for_gzip_and_gets_it_and_reads_every_series(
+    shared_stack: Stack,
+) -> None:
     """A real Prometheus sends `Accept-Encoding: gzip`; the daemon answers gzipped (the
     exposition is mostly repeated label text, several times smaller packed) and Prometheus
     reads it all: the target is up and every sample of a plain scrape is stored."""
-    daemon, _, prom, proxy, _ = stack
+    daemon, _, prom, proxy, _ = shared_stack
     await prom.wait_for('oracled_market_status{job="oracled", status="active"} == 1', 30)
     await prom.wait_for('up{job="oracled"} == 1', 10)
     scrapes = list(proxy.scrapes)
@@ -287,12 +309,13 @@ def _promtool_lint(exposition: str) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
-async def test_promtool_finds_nothing_to_lint_in_the_daemons_metrics(stack: Stack) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_promtool_finds_nothing_to_lint_in_the_daemons_metrics(shared_stack: Stack) -> None:
     """`promtool check metrics`, Prometheus's own linter, passes the daemon's whole exposition
     (every family of the stack: markets, sources, chain, push, audit, process): each has its
     HELP and TYPE, counters end in `_total`, units are base units in the name. A family that
     breaks a convention (a counter without `_total`, a `_milliseconds` gauge) fails here."""
-    daemon, _, prom, _, _ = stack
+    daemon, _, prom, _, _ = shared_stack
     await prom.wait_for('oracled_market_status{job="oracled", status="active"} == 1', 30)
     status, text = await daemon.get("/metrics", headers={"Accept-Encoding": "identity"})
     assert status == 200
