@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from catalogue import ROOT
 from daemon import Daemon, sim_config
 
 from oracled.sim import BinanceSim
 
-pytestmark = pytest.mark.integration
+# The tests only read the daemon (an admin path is posted without the token): they share one.
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 DOCS = [ROOT / "README.md", ROOT / "deploy" / "README.md", *sorted(ROOT.glob("docs/*.md"))]
 #: `curl -s $ORACLED/v1/markets/BTC-USD/sources | jq '.sources[] | {source, used}'`
@@ -48,10 +49,13 @@ def _keys(document: Any) -> set[str]:
     return set()
 
 
-@pytest.fixture
-async def daemon(venues: list[BinanceSim], tmp_path: Path) -> AsyncIterator[Daemon]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def daemon(
+    module_venues: list[BinanceSim], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Daemon]:
     """A daemon on the loopback venues, its markets live."""
-    running = Daemon(sim_config([(s.ws_url, s.rest_url) for s in venues]), tmp_path)
+    config = sim_config([(s.ws_url, s.rest_url) for s in module_venues])
+    running = Daemon(config, tmp_path_factory.mktemp("daemon"))
     await running.start()
     try:
         await running.wait_status("ETH/USD", {"active", "degraded"}, limit_s=20)

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from catalogue import ROOT
 from daemon import Daemon, sim_config
 from eth_account import Account
 
 from oracled.sim import BinanceSim
 
-pytestmark = pytest.mark.integration
+# The tests only read the daemons (a signed frame, their streams, a report): they share them.
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 #: The public development mnemonic whose accounts 16 and 17 are two of the signers
 #: docs/publishing.md's client example trusts: the daemons here sign with them, so that the
@@ -41,14 +43,16 @@ def _key(index: int) -> Any:
     return Account.from_mnemonic(_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
 
 
-@pytest.fixture
-async def daemons(venues: list[BinanceSim], tmp_path: Path) -> AsyncIterator[list[Daemon]]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def daemons(
+    module_venues: list[BinanceSim], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[list[Daemon]]:
     """Two daemons of the deployment `production` on the same venues, each with its own key."""
+    venues = module_venues
     running: list[Daemon] = []
     try:
         for index in _DOC_SIGNERS:
-            workdir = tmp_path / f"daemon-{index}"
-            workdir.mkdir()
+            workdir = tmp_path_factory.mktemp(f"daemon-{index}")
             key = workdir / "signing.key"
             key.write_text("0x" + bytes(_key(index).key).hex() + "\n")
             key.chmod(0o600)
