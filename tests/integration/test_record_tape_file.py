@@ -314,8 +314,15 @@ async def test_append_continues_the_tape_and_ends_a_torn_last_line(
     assert "another pricing config" in proc.stderr
     bare = tmp_path / "bare.jsonl"  # no digest (an older build, `audit --tape`): claims none
     bare.write_bytes(header_line() + quote_to_line(old[0]))
-    with pytest.raises(subprocess.TimeoutExpired):  # it records, until the timeout stops it
-        await asyncio.to_thread(_record, d.config, "--out", str(bare), "--append", timeout=6)
+    size = bare.stat().st_size
+    (tmp_path / "bare").mkdir()
+    b = _recorder(venues, tmp_path / "bare")
+    try:  # it records: quotes are appended, until it is stopped
+        await b.start("--out", str(bare), "--append")
+        await b.wait_for(lambda: bare.stat().st_size > size, 20, "quotes appended to a bare tape")
+        assert await asyncio.to_thread(b.terminate) == 0
+    finally:
+        await b.close()
     try:
         await d.start("--out", str(tape), "--append")
         await _rounds(d, 10)
