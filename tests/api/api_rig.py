@@ -403,3 +403,15 @@ async def until(check: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.025)
     raise AssertionError(f"never happened: {what}")
+
+
+async def raw_get(conn: Conn, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One GET on a raw connection (the connection limits count connections, which a client
+    session would pool): the status, the headers (names in lower case) and the body."""
+    reader, writer = conn
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    lines = head.split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+    body = await reader.readexactly(int(headers["content-length"]))
+    return int(lines[0].split()[1]), headers, body

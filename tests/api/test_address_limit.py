@@ -10,7 +10,7 @@ import asyncio
 import json
 
 import aiohttp
-from api_rig import Conn, ContractRecorder, Rig, make_config, serve_guarded, until
+from api_rig import Conn, ContractRecorder, Rig, make_config, raw_get, serve_guarded, until
 from structlog.testing import capture_logs
 
 from oracled.config import ApiConfig
@@ -20,16 +20,6 @@ GREEDY, OTHER, STREAMER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
 async def _connect(port: int, source: str) -> Conn:
     return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-
-
-async def _get(conn: Conn, path: str) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = conn
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    head = (await reader.readuntil(b"\r\n\r\n")).decode()
-    lines = head.split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
-    body = await reader.readexactly(int(headers["content-length"]))
-    return int(lines[0].split()[1]), headers, body
 
 
 def test_the_default_is_a_quarter_of_the_default_cap() -> None:
@@ -51,12 +41,12 @@ async def test_one_address_holds_at_most_its_share_and_others_are_served(
     async with serve_guarded(rig) as (port, limits):  # the 429 is any path's: body checked below
         first, second = await _connect(port, GREEDY), await _connect(port, GREEDY)
         for conn in (first, second, first):
-            assert (await _get(conn, "/v1/info"))[0] == 200
+            assert (await raw_get(conn, "/v1/info"))[0] == 200
         with capture_logs() as logs:
             third = await _connect(port, GREEDY)
-            status, headers, body = await _get(third, "/v1/prices")
+            status, headers, body = await raw_get(third, "/v1/prices")
             again = await _connect(port, GREEDY)
-            assert (await _get(again, "/v1/info"))[0] == 429  # counted, not logged again
+            assert (await raw_get(again, "/v1/info"))[0] == 429  # counted, not logged again
         assert status == 429 and headers["connection"] == "close", (status, headers)
         assert headers["retry-after"] == "1" and headers["cache-control"] == "no-store"
         contract.validator("/components/schemas/Error").validate(json.loads(body))
@@ -70,14 +60,14 @@ async def test_one_address_holds_at_most_its_share_and_others_are_served(
         assert rig.hub.api_closed["client_connection_limit"] == 2
         assert rig.hub.api_closed["connection_limit"] == 0
         probe = await _connect(port, GREEDY)
-        status, headers, _ = await _get(probe, "/healthz")
+        status, headers, _ = await raw_get(probe, "/healthz")
         assert status == 200 and headers["connection"] == "close"
         other = await _connect(port, OTHER)
-        assert (await _get(other, "/v1/prices"))[0] == 200
+        assert (await raw_get(other, "/v1/prices"))[0] == 200
         first[1].close()
         await until(lambda: limits.connections == 2, "the server saw the close")
         fourth = await _connect(port, GREEDY)
-        assert (await _get(fourth, "/v1/info"))[0] == 200
+        assert (await raw_get(fourth, "/v1/info"))[0] == 200
         for _, writer in (second, third, again, probe, other, fourth):
             writer.close()
 
@@ -94,9 +84,9 @@ async def test_an_open_stream_holds_its_address_s_place() -> None:
                 await ws.send_json({"op": "subscribe", "markets": ["BTC/USD"]})
                 assert (await ws.receive_json())["type"] == "subscribed"
                 second = await _connect(port, STREAMER)
-                assert (await _get(second, "/v1/info"))[0] == 429
+                assert (await raw_get(second, "/v1/info"))[0] == 429
                 second[1].close()
             await until(lambda: limits.connections == 0, "the stream's close")
             again = await _connect(port, STREAMER)
-            assert (await _get(again, "/v1/info"))[0] == 200
+            assert (await raw_get(again, "/v1/info"))[0] == 200
             again[1].close()

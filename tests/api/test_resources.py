@@ -26,6 +26,7 @@ from api_rig import (
     Rig,
     count_arrivals,
     make_config,
+    raw_get,
     serve_guarded,
     until,
 )
@@ -182,18 +183,6 @@ async def test_an_answer_the_client_does_not_read_is_cut_at_the_send_timeout(
     assert (await client.get("/v1/info")).status == 200
 
 
-async def _get(
-    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str
-) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = conn
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-    head = (await reader.readuntil(b"\r\n\r\n")).decode()
-    lines = head.split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
-    body = await reader.readexactly(int(headers["content-length"]))
-    return int(lines[0].split()[1]), headers, body
-
-
 async def test_connections_beyond_the_cap_are_refused_with_503_and_closed(
     aiohttp_client: Any, contract: ContractRecorder
 ) -> None:
@@ -212,13 +201,13 @@ async def test_connections_beyond_the_cap_are_refused_with_503_and_closed(
 
     first, second = await connect(), await connect()
     for conn in (first, second, first, second):
-        assert (await _get(conn, "/v1/info"))[0] == 200
+        assert (await raw_get(conn, "/v1/info"))[0] == 200
     third = await connect()
     with capture_logs() as logs:
-        status, headers, body = await _get(third, "/v1/info")
+        status, headers, body = await raw_get(third, "/v1/info")
         for _ in range(3):  # refused too, within the minute: counted, not logged again
             extra = await connect()
-            assert (await _get(extra, "/v1/info"))[0] == 503
+            assert (await raw_get(extra, "/v1/info"))[0] == 503
             extra[1].close()
     (event,) = [e for e in logs if e["event"] == "api_connection_limit"]
     assert event["log_level"] == "warning" and event["max_connections"] == 2
@@ -231,14 +220,14 @@ async def test_connections_beyond_the_cap_are_refused_with_503_and_closed(
     assert await third[0].read() == b""  # closed by the server
     assert rig.hub.api_closed["connection_limit"] == 4
     probe = await connect()
-    status, headers, _ = await _get(probe, "/healthz")
+    status, headers, _ = await raw_get(probe, "/healthz")
     assert status == 200 and headers["connection"] == "close"
     assert await probe[0].read() == b""
-    assert (await _get(first, "/v1/prices"))[0] == 200
+    assert (await raw_get(first, "/v1/prices"))[0] == 200
     first[1].close()
     await until(lambda: limits.connections == 1, "the server saw the close")
     fourth = await connect()
-    assert (await _get(fourth, "/v1/info"))[0] == 200
+    assert (await raw_get(fourth, "/v1/info"))[0] == 200
     for _, writer in (second, third, probe, fourth):
         writer.close()
 
@@ -251,14 +240,14 @@ async def test_a_scrape_beyond_the_connection_cap_is_answered(aiohttp_client: An
     rig.step()
     client = await aiohttp_client(build_app(rig.context()))
     held = await asyncio.open_connection(client.host, client.port)
-    assert (await _get(held, "/v1/info"))[0] == 200
+    assert (await raw_get(held, "/v1/info"))[0] == 200
     scraper = await asyncio.open_connection(client.host, client.port)
-    status, headers, body = await _get(scraper, "/metrics")
+    status, headers, body = await raw_get(scraper, "/metrics")
     assert status == 200 and headers["connection"] == "close"
     assert b"test_renders_total" in body
     assert await scraper[0].read() == b""
     refused = await asyncio.open_connection(client.host, client.port)
-    assert (await _get(refused, "/v1/prices"))[0] == 503  # the cap still holds for the rest
+    assert (await raw_get(refused, "/v1/prices"))[0] == 503  # the cap still holds for the rest
     for _, writer in (held, scraper, refused):
         writer.close()
 

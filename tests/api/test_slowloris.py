@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from api_rig import TOKEN, Conn, Rig, make_config, reloaded, serve_guarded, until
+from api_rig import TOKEN, Conn, Rig, make_config, raw_get, reloaded, serve_guarded, until
 from structlog.testing import capture_logs
 
 from oracled.api.limits import ACCEPT_MARGIN
@@ -21,16 +21,6 @@ async def _slow(port: int) -> Conn:
     conn[1].write(b"GET /v1/info HTTP/1.1\r\nHost: t\r\n")
     await conn[1].drain()
     return conn
-
-
-async def _get(conn: Conn, path: str) -> tuple[int, dict[str, str]]:
-    reader, writer = conn
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-    head = (await reader.readuntil(b"\r\n\r\n")).decode()
-    lines = head.split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
-    await reader.readexactly(int(headers["content-length"]))
-    return int(lines[0].split()[1]), headers
 
 
 async def _closed_by_server(conn: Conn) -> bool:
@@ -51,7 +41,7 @@ async def test_a_connection_without_a_complete_request_is_closed_at_the_deadline
     rig.step()
     async with serve_guarded(rig, first_request_timeout=0.3) as (port, limits):
         served = await asyncio.open_connection("127.0.0.1", port)
-        assert (await _get(served, "/v1/info"))[0] == 200
+        assert (await raw_get(served, "/v1/info"))[0] == 200
         with capture_logs() as logs:
             slow = [await _slow(port) for _ in range(3)]
             for _ in range(4):  # a header line every 0.1 s: the deadline is not a read timeout
@@ -64,7 +54,7 @@ async def test_a_connection_without_a_complete_request_is_closed_at_the_deadline
         assert events[0]["closed"] == 1 and events[0]["timeout_s"] == 0.3
         assert events[0]["remote"] == "127.0.0.1" and events[0]["log_level"] == "warning"
         assert rig.hub.api_closed["first_request_timeout"] == 3
-        assert (await _get(served, "/v1/prices"))[0] == 200  # well past its own deadline
+        assert (await raw_get(served, "/v1/prices"))[0] == 200  # well past its own deadline
         assert limits.accepted == 1
         served[1].close()
         await until(lambda: limits.accepted == 0, "the server saw the close")
@@ -85,7 +75,7 @@ async def test_a_flood_of_slow_connections_cannot_keep_out_a_probe() -> None:
             slow = [await _slow(port) for _ in range(room + 3)]
             await until(lambda: rig.hub.api_closed["accept_limit"] == 3, "three evicted")
             probe = await asyncio.open_connection("127.0.0.1", port)
-            status, _ = await _get(probe, "/healthz")
+            status, _, _ = await raw_get(probe, "/healthz")
         assert status == 200
         for conn in slow[:4]:  # the oldest waiting ones, the last evicted for the probe
             assert await _closed_by_server(conn)
@@ -108,7 +98,7 @@ async def test_with_every_place_held_by_served_connections_a_new_one_is_closed_a
     async with serve_guarded(rig, first_request_timeout=60.0) as (port, limits):
         served = [await asyncio.open_connection("127.0.0.1", port) for _ in range(room)]
         for conn in served:
-            assert (await _get(conn, "/v1/info"))[0] == 200
+            assert (await raw_get(conn, "/v1/info"))[0] == 200
         reload = (
             "POST /v1/admin/reload HTTP/1.1\r\nHost: t\r\n"
             f"Authorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
@@ -120,6 +110,6 @@ async def test_with_every_place_held_by_served_connections_a_new_one_is_closed_a
         assert await _closed_by_server(late)
         assert rig.hub.api_closed["accept_limit"] == 1
         assert limits.accepted == room
-        assert (await _get(served[1], "/healthz"))[0] == 200  # over the new cap: answered
+        assert (await raw_get(served[1], "/healthz"))[0] == 200  # over the new cap: answered
         for _, writer in [*served, late]:
             writer.close()
