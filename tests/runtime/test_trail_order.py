@@ -326,7 +326,10 @@ async def test_reloads_under_a_quote_in_every_millisecond_part_the_quotes_as_the
     prices, summary = _replayed(trail)
     assert summary.exit_code() == 0, (summary.problems, summary.mismatches[:3])
     assert "8 reload(s) applied" in summary.starts[0]
-    assert summary.equal == summary.reports == summary.rounds >= 10
+    # Every round the daemon published was stored and replays equal. A round the loop ran
+    # late (a loaded machine) is computed unpublished (`_catch_up`): not in the trail.
+    assert summary.equal == summary.reports == summary.rounds == service.rounds_published
+    assert service.rounds_published + service.rounds_caught_up >= 10
     assert None in prices.values() and len(set(prices.values())) > 4  # lowered, raised
 
 
