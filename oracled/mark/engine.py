@@ -1036,7 +1036,10 @@ def _rows(quotes: list[Quote | None]) -> _F64:
 
 def _medians(values: _F64, counted: _Bool, used: _I64) -> _F64:
     """Per row, `formulas.median` of the counted values (`used` of them): sorted (stably, as
-    `sorted`, for signed zeros), the middle one or the mean of the middle two."""
+    `sorted`, for signed zeros), the middle one or the mean of the middle two. With one
+    perpetual a market (the usual listing), the value itself where it counted: one call."""
+    if values.shape[1] == 1:
+        return np.where(counted[:, 0], values[:, 0], nan)
     rows = np.arange(len(values))
     kept = np.where(counted, values, nan)  # NaN sorts last
     odd = np.isnan(kept) & counted
