@@ -148,13 +148,15 @@ class _Table:
     __slots__ = (
         "blank", "cap", "ceiling", "clamp", "counts", "divided", "floor", "half_life", "ids",
         "interest", "interval", "invert", "keys", "lag_band", "lag_ms", "listed", "market",
-        "max_age", "max_band", "min_perps", "multiplied", "padded", "routed", "routes", "via",
+        "max_age", "max_band", "min_perps", "multiplied", "padded", "routed", "routes", "rows",
+        "via",
     )  # fmt: skip
 
     def __init__(self, specs: tuple[_Spec, ...]) -> None:
         width = max((len(s.perps) for s in specs), default=0)
         rows = len(specs)
         self.ids = [s.market for s in specs]  # market index of each row
+        self.rows = np.arange(rows, dtype=np.int64)
         self.market = np.array(self.ids, np.int64)
         self.counts = [len(s.perps) for s in specs]
         # row-major, None where a row has no perpetual: what `_Reader` looks up
@@ -773,34 +775,49 @@ class MarkEngine:
         with np.errstate(all="ignore"):  # NaN and inf are values here, as in the scalar rules
             x = index[t.market]
             live = np.isfinite(x)
-            leg = index[t.via]
+            every = bool(live.all())  # every index live (most rounds): no row to pick or blank
             xs = x[:, None]
-            own = np.where(t.routed, np.where(t.invert, xs * leg, xs / leg), xs)
-            rows = np.flatnonzero(live)
+            if t.routes:
+                leg = index[t.via]
+                own = np.where(t.routed, np.where(t.invert, xs * leg, xs / leg), xs)
+            else:  # the index is every perpetual's own; no leg is read
+                leg = own = xs
             # older quotes are stale by age anyway
-            state.past.add(rows, now_ms, own[rows], now_ms - t.max_age[rows])
-            then = self._judged(quotes, own, live)
+            if every:
+                state.past.add(t.rows, now_ms, own, now_ms - t.max_age)
+            else:
+                rows = np.flatnonzero(live)
+                state.past.add(rows, now_ms, own[rows], now_ms - t.max_age[rows])
+            then = self._judged(quotes, own, live, every)
             codes, mids, premiums = self._checks(now_ms, x, quotes, own, then, leg)
-            codes[~live] = _INDEX
+            if not every:
+                codes[~live] = _INDEX
             counted = codes == _COUNTED
             used = counted.sum(axis=1)
             few = used < t.min_perps  # too few to outvote one venue: as if none counted
-            codes[counted & few[:, None]] = _TOO_FEW
-            counted &= ~few[:, None]
-            used[few] = 0
+            if few.any():
+                codes[counted & few[:, None]] = _TOO_FEW
+                counted &= ~few[:, None]
+                used[few] = 0
             perp_median = _medians(mids, counted, used)
             premium = _medians(premiums, counted, used)
-            shown = np.where(live[:, None], mids, nan)  # perp_mids: NaN where not converted
+            # perp_mids: NaN where not converted
+            shown = mids if every else np.where(live[:, None], mids, nan)
             out = self._mark(now_ms, x, live, used, perp_median, premium, codes, shown)
             return MarkRound(out)
 
-    def _judged(self, quotes: _Quotes, own: _F64, live: _Bool) -> _F64:
+    def _judged(self, quotes: _Quotes, own: _F64, live: _Bool, every: bool) -> _F64:
         """Per perpetual, the index in its own currency its held quote is judged from by the lag
         rule (`_left_behind`): the index of the first live round at or after a new venue time,
-        kept while the venue time stays (`_State.seen`); `own` elsewhere."""
+        kept while the venue time stays (`_State.seen`); `own` elsewhere. `every`: every index
+        is live."""
         state = self._state
-        judged = quotes.held & live[:, None] & np.isfinite(own)
+        judged = quotes.held if every else quotes.held & live[:, None]
+        if self._table.routes:  # else `own` is the index: live where it is finite
+            judged = judged & np.isfinite(own)
         new = judged & ~(state.seen_on & (state.seen_ts == quotes.stamp))
+        if not new.any():  # every venue time held before (a quiet round): nothing to remember
+            return np.where(judged, state.seen_then, own)
         previous, remembered = state.past.previous()
         past = new & remembered[:, None] & (quotes.stamp <= previous[:, None])
         then = np.where(judged & ~new, state.seen_then, own)
