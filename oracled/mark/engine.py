@@ -147,9 +147,9 @@ class _Table:
 
     __slots__ = (
         "blank", "cap", "ceiling", "clamp", "counts", "divided", "floor", "half_life", "ids",
-        "interest", "interval", "invert", "keys", "lag_band", "lag_ms", "listed", "market",
-        "max_age", "max_band", "min_perps", "multiplied", "padded", "routed", "routes", "rows",
-        "via",
+        "interest", "interval", "invert", "keys", "lag_band", "lag_ms", "listed", "low_cap",
+        "low_clamp", "market", "max_age", "max_band", "min_perps", "multiplied", "one_half_life",
+        "padded", "routed", "routes", "rows", "via",
     )  # fmt: skip
 
     def __init__(self, specs: tuple[_Spec, ...]) -> None:
@@ -193,6 +193,8 @@ class _Table:
         self.half_life, self.interest = floats("half_life_ms"), floats("interest")
         self.clamp, self.cap = floats("clamp"), floats("cap")
         self.floor, self.ceiling = floats("floor"), floats("ceiling")
+        self.low_clamp, self.low_cap = -self.clamp, -self.cap  # the clips' lower bounds
+        self.one_half_life = len(set(self.half_life.tolist())) < 2  # every market's the same
 
 
 class _Rounds:
@@ -403,7 +405,7 @@ class _State:
 
     __slots__ = (
         "acc_id", "acc_on", "acc_sum", "acc_weight", "ema", "ema_ts", "last_on", "last_rate",
-        "last_ts", "past", "prev", "prev_on", "seen_on", "seen_then", "seen_ts",
+        "last_ts", "past", "prev", "prev_on", "seen_on", "seen_then", "seen_ts", "stepped",
     )  # fmt: skip
 
     def __init__(self, markets: int, width: int) -> None:
@@ -422,6 +424,9 @@ class _State:
         self.last_ts = np.zeros(markets, np.int64)
         self.prev_on = np.zeros(markets, np.bool_)  # whether there was a round: `prev` its time
         self.prev = np.zeros(markets, np.int64)
+        # whether a step ran: then every row's `acc_on` and `prev_on` are set (`carry_from` sets
+        # some of them in an engine that has not stepped yet)
+        self.stepped = False
         # The live rounds of the last `max_age_ms` (at most _PAST_ROUNDS): the round's time and,
         # per perpetual in spec order, the index in its own currency (`_own_index`, NaN where
         # its leg was not live).
@@ -898,18 +903,27 @@ class MarkEngine:
         basis = perp_median - x  # NaN without a live index or a fresh perp
         counted = used > 0
         ema = state.ema
-        keep = _decays(now - state.ema_ts, t.half_life, live & np.isfinite(ema))
+        every = counted.all()  # (most rounds) then every index is live, no market falls back
+        decaying = np.isfinite(ema) if every else live & np.isfinite(ema)
+        keep = _decays(now - state.ema_ts, t, decaying)
         sample = basis / x
         # formulas.ema_update: a NaN EMA (no sample yet) starts at the sample
         updated = np.where(np.isnan(ema), sample, ema * keep + sample * (1.0 - keep))
-        state.ema = np.where(counted, updated, ema)
-        state.ema_ts = np.where(counted, now, state.ema_ts)
-        basis_ema = np.where(counted, x * (1.0 + state.ema), nan)
-        carried = ema * keep
-        fallen = live & ~counted
-        fallback = np.where(fallen, np.where(np.isfinite(carried), x * (1.0 + carried), x), nan)
-        # with both estimators, their median is their mean
-        price = np.where(counted, (basis_ema + perp_median) * 0.5, fallback)
+        if every:  # the merges below, each taking its first branch everywhere
+            state.ema = updated
+            state.ema_ts = np.full_like(state.ema_ts, now)
+            basis_ema = x * (1.0 + updated)
+            fallback = np.full_like(x, nan)
+            price = (basis_ema + perp_median) * 0.5
+        else:
+            state.ema = np.where(counted, updated, ema)
+            state.ema_ts = np.where(counted, now, state.ema_ts)
+            basis_ema = np.where(counted, x * (1.0 + state.ema), nan)
+            carried = ema * keep
+            fallen = live & ~counted
+            fallback = np.where(fallen, np.where(np.isfinite(carried), x * (1.0 + carried), x), nan)
+            # with both estimators, their median is their mean
+            price = np.where(counted, (basis_ema + perp_median) * 0.5, fallback)
         # The index is in its band, but a perp far below it (up to max_perp_deviation) or an old
         # basis can take the mark under the market's floor: "0.00" at two decimals, a zero mark.
         out_of_bounds = np.isfinite(price) & ~((t.floor <= price) & (price <= t.ceiling))
@@ -945,22 +959,30 @@ class MarkEngine:
         t, state = self._table, self._state
         size = t.interval
         current = (now - 1) // size
-        ended = state.acc_on & (current > state.acc_id)
-        state.acc_id = np.where(state.acc_on, state.acc_id, current)
-        state.acc_on = np.ones_like(state.acc_on)
+        if state.stepped:  # every row has a running interval and a previous round
+            ended = current > state.acc_id
+            prev = state.prev
+        else:
+            ended = state.acc_on & (current > state.acc_id)
+            state.acc_id = np.where(state.acc_on, state.acc_id, current)
+            state.acc_on = np.ones_like(state.acc_on)
+            prev = np.where(state.prev_on, state.prev, now - self._round_ms)
+            state.prev_on, state.stepped = np.ones_like(state.prev_on), True
         if ended.any():  # most rounds end no interval: nothing to settle or skip
             self._settle(ended)
             skipped = ended & (current > state.acc_id)  # whole intervals passed without a round
             state.last_rate = np.where(skipped, nan, state.last_rate)
             state.last_ts = np.where(skipped, current * size, state.last_ts)
             state.acc_id = np.where(skipped, current, state.acc_id)
-        prev = np.where(state.prev_on, state.prev, now - self._round_ms)
-        state.prev_on, state.prev = np.ones_like(state.prev_on), np.full_like(state.prev, now)
-        start = current * size
-        weight = now - np.where(start > prev, start, prev)  # max(prev, start)
+        state.prev = np.full_like(state.prev, now)
+        weight = now - np.maximum(current * size, prev)  # since the later of both (integers)
         sampled = np.isfinite(premium) & (weight > 0)
-        state.acc_sum = np.where(sampled, state.acc_sum + weight * premium, state.acc_sum)
-        state.acc_weight = np.where(sampled, state.acc_weight + weight, state.acc_weight)
+        if sampled.all():  # (most rounds) the merges below, taking their first branch
+            state.acc_sum = state.acc_sum + weight * premium
+            state.acc_weight = state.acc_weight + weight
+        elif sampled.any():
+            state.acc_sum = np.where(sampled, state.acc_sum + weight * premium, state.acc_sum)
+            state.acc_weight = np.where(sampled, state.acc_weight + weight, state.acc_weight)
         # Only the running interval's own end settles it: a round time that went back onto an
         # earlier boundary (the core takes it as given) would settle it early, a grid ahead.
         self._settle((now == (current + 1) * size) & (current == state.acc_id))
@@ -1099,16 +1121,19 @@ def _medians(values: _F64, counted: _Bool, used: _I64) -> _F64:
     return out
 
 
-def _decays(elapsed: _I64, half_life: _F64, rows: _Bool) -> _F64:
-    """`formulas.decay` per row of `rows` (1.0 elsewhere), computed once per distinct (elapsed,
-    half-life): Python's `**` as before, not a numpy power, so a replay gives the same bits
-    everywhere; nearly every market has the same two each round."""
+def _decays(elapsed: _I64, t: _Table, rows: _Bool) -> _F64:
+    """`formulas.decay` per row of `rows` (1.0 elsewhere) with the market's basis half-life,
+    computed once per distinct (elapsed, half-life): Python's `**` as before, not a numpy power,
+    so a replay gives the same bits everywhere; nearly every market has the same two each
+    round."""
     keep = np.ones(len(elapsed))
     if not rows.any():
         return keep
-    times, halves = elapsed[rows], half_life[rows]
-    if (times == times[0]).all() and (halves == halves[0]).all():  # the common round
-        keep[rows] = decay(int(times[0]), float(halves[0]))
+    every = rows.all()
+    times = elapsed if every else elapsed[rows]
+    halves = t.half_life if every else t.half_life[rows]
+    if (times == times[0]).all() and (t.one_half_life or (halves == halves[0]).all()):
+        keep[rows] = decay(int(times[0]), float(halves[0]))  # the common round
         return keep
     times, at_time = np.unique(times, return_inverse=True)
     halves, at_half = np.unique(halves, return_inverse=True)
@@ -1122,7 +1147,7 @@ def _decays(elapsed: _I64, half_life: _F64, rows: _Bool) -> _F64:
 def _funding_rates(t: _Table, premium: _F64) -> _F64:
     """`formulas.funding_rate` per row: premium + clip(interest - premium, -clamp, clamp),
     capped; `clip` as there (a bound replaces a value only if strictly beyond it)."""
-    return _clip(premium + _clip(t.interest - premium, -t.clamp, t.clamp), -t.cap, t.cap)
+    return _clip(premium + _clip(t.interest - premium, t.low_clamp, t.clamp), t.low_cap, t.cap)
 
 
 def _clip(value: _F64, low: _F64, high: _F64) -> _F64:
