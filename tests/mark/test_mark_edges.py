@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from mark_rig import SPOT, B, Rig, make_config
 
-from oracled.aggregate.book import DropReason
+from oracled.aggregate.book import DropReason, Layout
 from oracled.config import DEFAULT_MAX_CLOCK_SKEW_MS, parse_config
 from oracled.core import Core
+from oracled.mark import MarkEngine
 from oracled.model import Quote
 
 MINUTE = {"funding_interval_s": 60}
@@ -290,3 +292,30 @@ def test_a_perp_quote_with_a_venue_time_far_in_the_past_is_stale_and_the_round_r
         values = rig.last.mark.values[rig.core.index["BTC/USD"]]
         assert values.perp_reasons == ("stale", None), venue_ts
         assert (mark.perps_used, mark.estimators.perp_median) == (1, "101.00"), venue_ts
+
+
+def test_an_equal_copy_of_a_held_perp_quote_with_the_other_zero_is_read_again() -> None:
+    """The step takes quotes that compare equal to last round's as the ones it read then, and
+    0.0 == -0.0: a copy with the other zero must still be read, or the perp's mid keeps the
+    sign of the one before. (Only a zero: the door holds none, the engine is driven directly.)"""
+    cfg = parse_config(
+        {
+            "sources": {"a": {"type": "binance"}, "p": {"type": "okx"}},
+            "markets": [
+                {
+                    "symbol": "X/USD",
+                    "min_sources": 1,
+                    "sources": [{"source": "a", "pair": "X/USD"}],
+                    "perp_sources": [{"source": "p", "pair": "X/USD"}],
+                }
+            ],
+        },
+        env={},
+    )
+    engine = MarkEngine(cfg, Layout.from_config(cfg))
+    key = ("p", "X/USD", "perp")
+    index = np.array([100.0])
+    minus, plus = (Quote("p", "X/USD", B, price=zero, kind="perp") for zero in (-0.0, 0.0))
+    assert minus == plus
+    mids = [engine.step(B + 1_000, index, {key: q}).values[0].perp_mids for q in (minus, plus)]
+    assert repr(mids) == "[(-0.0,), (0.0,)]"
