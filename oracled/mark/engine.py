@@ -926,8 +926,11 @@ class MarkEngine:
             price = np.where(counted, (basis_ema + perp_median) * 0.5, fallback)
         # The index is in its band, but a perp far below it (up to max_perp_deviation) or an old
         # basis can take the mark under the market's floor: "0.00" at two decimals, a zero mark.
-        out_of_bounds = np.isfinite(price) & ~((t.floor <= price) & (price <= t.ceiling))
-        price = np.where(out_of_bounds, nan, price)
+        # Outside the band and finite (NaN compares false; the band is never NaN).
+        out_of_bounds = (price < t.floor) | (price > t.ceiling)
+        if out_of_bounds.any():
+            out_of_bounds &= np.isfinite(price)
+            price = np.where(out_of_bounds, nan, price)
         estimate = self._fund(now, premium)
         return _Outputs(
             markets=t.ids,
@@ -985,7 +988,9 @@ class MarkEngine:
             state.acc_weight = np.where(sampled, state.acc_weight + weight, state.acc_weight)
         # Only the running interval's own end settles it: a round time that went back onto an
         # earlier boundary (the core takes it as given) would settle it early, a grid ahead.
-        self._settle((now == (current + 1) * size) & (current == state.acc_id))
+        ends = (current + 1) * size == now
+        if ends.any():
+            self._settle(ends & (current == state.acc_id))
         weighed = state.acc_weight > 0.0
         return np.where(weighed, _funding_rates(t, state.acc_sum / state.acc_weight), nan)
 
