@@ -1045,7 +1045,9 @@ class _Reader:
     a key found by its hash with the one it holds, at once when they are one object, element by
     element otherwise (a third of the lookups' cost)."""
 
-    __slots__ = ("_held", "_keys", "_known", "_quotes", "_stamps", "_values", "_zeros")
+    __slots__ = (
+        "_held", "_keys", "_known", "_listed", "_quotes", "_stamps", "_values", "_zeros"
+    )  # fmt: skip
 
     def __init__(self, t: _Table) -> None:
         self._held: list[Quote | None] = [None] * len(t.keys)
@@ -1054,21 +1056,33 @@ class _Reader:
         self._keys = t.keys
         self._known = -1  # how many keys the mapping held when `_keys` were taken from it
         self._quotes: _Quotes | None = None  # what the last `read` returned
-        self._zeros = False  # whether a price read is a zero (`read`: a signed zero)
+        self._zeros = False  # whether a price read is a zero (`_same`)
+        # the mapping's keys (None: not listed) and quotes, in its order, at the last `read`
+        self._listed: tuple[list[SlotKey] | None, list[Quote]] = (None, [])
 
     def read(self, t: _Table, perps: Mapping[SlotKey, Quote]) -> _Quotes:
         """This round's quotes; the arrays are the reader's, valid until its next `read`."""
+        # The mapping as it was last round (a quiet book): its quotes, then its keys, listed in
+        # its order without a lookup and compared as below. The keys are listed only when the
+        # quotes compare equal (a round with new quotes pays for one list).
+        quotes = list(perps.values())
+        if quotes == self._listed[1] and self._same():
+            keys = list(perps)
+            if keys == self._listed[0]:
+                return self._quotes  # type: ignore[return-value]  # _same: not None
+            self._listed = (keys, quotes)
+        else:
+            self._listed = (None, quotes)
         if len(perps) != self._known:  # keys came (or went): take the mapping's own again
             own = {key: key for key in perps}
             self._keys = [None if k is None else own.get(k, k) for k in t.keys]
             self._known = len(perps)
         found = list(map(perps.get, self._keys))  # type: ignore[arg-type]  # padding: finds none
         # The same quotes as last round (a quiet round): `==` on the lists compares each pair as
-        # one object first, then by value, in C. Equal quotes read the same numbers, but for the
-        # sign of a zero (0.0 == -0.0), so not while a zero price is held.
-        if found == self._held and self._quotes is not None and not self._zeros:
+        # one object first, then by value, in C.
+        if found == self._held and self._same():
             self._held = found
-            return self._quotes
+            return self._quotes  # type: ignore[return-value]  # _same: not None
         fresh = np.fromiter(map(is_not, found, self._held), np.bool_, len(found))
         if fresh.any():
             at: slice | _I64 = slice(None)  # all of them: no picking
@@ -1102,6 +1116,12 @@ class _Reader:
             price=values[..., 2],
         )
         return self._quotes
+
+    def _same(self) -> bool:
+        """Whether quotes equal to those last read may be taken as read: there is a last read,
+        and no zero price in it. Equal quotes read the same numbers but for the sign of a zero
+        (0.0 == -0.0)."""
+        return self._quotes is not None and not self._zeros
 
 
 def _rows(quotes: list[Quote | None]) -> _F64:

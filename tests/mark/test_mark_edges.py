@@ -294,28 +294,46 @@ def test_a_perp_quote_with_a_venue_time_far_in_the_past_is_stale_and_the_round_r
         assert (mark.perps_used, mark.estimators.perp_median) == (1, "101.00"), venue_ts
 
 
-def test_an_equal_copy_of_a_held_perp_quote_with_the_other_zero_is_read_again() -> None:
-    """The step takes quotes that compare equal to last round's as the ones it read then, and
-    0.0 == -0.0: a copy with the other zero must still be read, or the perp's mid keeps the
-    sign of the one before. (Only a zero: the door holds none, the engine is driven directly.)"""
+def _engine_of_x(perps: str) -> MarkEngine:
+    """An engine of one market, X/USD (spot a), with these perpetual venues for it."""
     cfg = parse_config(
         {
-            "sources": {"a": {"type": "binance"}, "p": {"type": "okx"}},
+            "sources": {"a": {"type": "binance"}, **{p: {"type": "okx"} for p in perps}},
             "markets": [
                 {
                     "symbol": "X/USD",
                     "min_sources": 1,
                     "sources": [{"source": "a", "pair": "X/USD"}],
-                    "perp_sources": [{"source": "p", "pair": "X/USD"}],
+                    "perp_sources": [{"source": p, "pair": "X/USD"} for p in perps],
                 }
             ],
         },
         env={},
     )
-    engine = MarkEngine(cfg, Layout.from_config(cfg))
+    return MarkEngine(cfg, Layout.from_config(cfg))
+
+
+def test_an_equal_copy_of_a_held_perp_quote_with_the_other_zero_is_read_again() -> None:
+    """The step takes quotes that compare equal to last round's as the ones it read then, and
+    0.0 == -0.0: a copy with the other zero must still be read, or the perp's mid keeps the
+    sign of the one before. (Only a zero: the door holds none, the engine is driven directly.)"""
+    engine = _engine_of_x("p")
     key = ("p", "X/USD", "perp")
     index = np.array([100.0])
     minus, plus = (Quote("p", "X/USD", B, price=zero, kind="perp") for zero in (-0.0, 0.0))
     assert minus == plus
     mids = [engine.step(B + 1_000, index, {key: q}).values[0].perp_mids for q in (minus, plus)]
     assert repr(mids) == "[(-0.0,), (0.0,)]"
+
+
+def test_the_same_quotes_held_under_other_keys_are_read_again() -> None:
+    """The step takes a mapping whose quotes are last round's, in order, as unchanged only if
+    its keys are too: the same quote held for another perpetual counts for that one."""
+    engine = _engine_of_x("pr")
+    quote = Quote("p", "X/USD", B, price=101.0, kind="perp")
+    index = np.array([100.0])
+    reasons = [
+        engine.step(B + 1_000 * k, index, {(s, "X/USD", "perp"): quote}).values[0].perp_reasons
+        for k, s in enumerate("ppr")
+    ]
+    assert reasons == [(None, "no_quote")] * 2 + [("no_quote", None)]
