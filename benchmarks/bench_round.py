@@ -7,6 +7,7 @@ the network or the disk except the optional JSON output.
 
     python benchmarks/bench_round.py --markets 100,1000,5000 --sources 8,16 --rounds 200
     python benchmarks/bench_round.py --markets 1000 --sources 16 --perps 1000 --perp-venues 3
+    python benchmarks/bench_round.py --markets 1000 --sources 16 --perps 1000 --moving
 
 See benchmarks/README.md for what the figures mean.
 """
@@ -62,6 +63,7 @@ class Result:
     live_markets: int
     perps: int = 0  # perpetual markets (markets 1 to `perps`), each with `perp_venues` venues
     perp_venues: int = 1
+    moving: bool = False  # every quote replaced before each round (`moved`)
 
 
 def build_config(markets: int, sources: int, perps: int = 0, perp_venues: int = 1) -> Config:
@@ -170,6 +172,24 @@ def warm_hub(markets: int, sources: int) -> tuple[Config, Core, Hub]:
     return cfg, core, hub
 
 
+def moved(quotes: list[Quote], k: int) -> list[Quote]:
+    """`quotes` as the venues would send them again `k` rounds later: every stamp `k` rounds on
+    (the same ages at round `k`), every price moved by a few millionths (a new value, so that no
+    quote equals the one it replaces), each a new object."""
+    shift = k * ROUND_MS
+    factor = 1.0 + 1e-6 * (k % 7 + 1)
+    return [
+        msgspec.structs.replace(
+            q,
+            recv_ts=q.recv_ts + shift,
+            venue_ts=None if q.venue_ts is None else q.venue_ts + shift,
+            bid=None if q.bid is None else q.bid * factor,
+            ask=None if q.ask is None else q.ask * factor,
+        )
+        for q in quotes
+    ]
+
+
 def _time_ns(fn: Callable[[], object]) -> int:
     start = time.perf_counter_ns()
     fn()
@@ -184,6 +204,7 @@ def run_case(
     old: float = 0.0,
     perps: int = 0,
     perp_venues: int = 1,
+    moving: bool = False,
 ) -> Result:
     cfg = build_config(markets, sources, min(perps, markets - 1), perp_venues)
     core = Core(cfg)
@@ -194,16 +215,31 @@ def run_case(
 
     # Warm up past the resume streak so that the timed rounds run the steady state. Every
     # round runs at the same time: the quotes keep their ages (young ones stay younger than
-    # lag_ms), as the venues' streams keep them in the daemon.
+    # lag_ms), as the venues' streams keep them in the daemon. With `moving`, each round runs
+    # a round interval after the last, every quote replaced before it (untimed) by `moved`:
+    # the same ages, new objects and values, new venue times, as a busy stream gives them.
     now = START_MS
+    k = 0
+
+    def next_round() -> int:
+        nonlocal k
+        if not moving:
+            return now
+        k += 1
+        for q in moved(quotes, k):
+            core.ingest(q)
+        return now + k * ROUND_MS
+
     for _ in range(5):
-        core.run_round(now)
+        core.run_round(next_round())
 
     round_ns: list[int] = []
     for _ in range(rounds):
+        at = next_round()
         start = time.perf_counter_ns()
-        result = core.run_round(now)
+        result = core.run_round(at)
         round_ns.append(time.perf_counter_ns() - start)
+    now = at if rounds else now
 
     reports_ns = min(_time_ns(result.reports) for _ in range(3))
     reports = result.reports()
@@ -236,6 +272,7 @@ def run_case(
         live_markets=int((result.status <= 1).sum()),
         perps=min(perps, markets - 1),
         perp_venues=perp_venues,
+        moving=moving,
     )
 
 
@@ -264,11 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--perp-venues", type=int, default=1, help="perpetual venues of each perpetual market"
     )
+    parser.add_argument(
+        "--moving",
+        action="store_true",
+        help="rounds a round interval apart, every quote replaced by a newer one before each",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
     results = [
-        run_case(m, s, args.rounds, args.seed, args.old, args.perps, args.perp_venues)
+        run_case(m, s, args.rounds, args.seed, args.old, args.perps, args.perp_venues, args.moving)
         for m in args.markets
         for s in args.sources
     ]
