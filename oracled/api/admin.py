@@ -153,9 +153,11 @@ class AdminHandlers:
                 f"admin endpoints are disabled: no admin token is configured{where}",
             )
         address = request.remote
+        api = self._ctx.current_config.api
+        if api.admin_lockout_failures == 0:  # off in the config in force: none runs on
+            self._lockout.clear()
         left = None if address is None else self._lockout.locked_for(address, now)
         if left is not None:
-            api = self._ctx.current_config.api
             return REFUSED_LOCKED_OUT, ApiError(
                 429,
                 "admin_locked_out",

@@ -67,6 +67,11 @@ class Lockout:
         entry.until = now + lockout_s
         return True
 
+    def clear(self) -> None:
+        """Forget every address: the lock-out was turned off (a reload), and a cool-down that
+        ran on would keep out the operators it was turned off for."""
+        self._entries.clear()
+
     def succeeded(self, address: str) -> None:
         """A check of `address` passed: its failures so far are forgiven."""
         self._entries.pop(address, None)

@@ -15,6 +15,7 @@ from api_rig import TOKEN, ClientFactory, Rig, make_config
 from structlog.testing import capture_logs
 
 from oracled.api.lockout import MAX_ADDRESSES, Lockout
+from oracled.reload import running_config
 
 PAUSE = "/v1/admin/markets/BTC-USD/pause"
 WRONG = TOKEN[:-1] + "x"
@@ -115,6 +116,24 @@ async def test_with_no_lock_out_configured_every_check_is_made(
     for _ in range(20):
         assert (await _post(client.port, GUESSER, WRONG))[0] == 401
     assert (await _post(client.port, GUESSER, TOKEN))[0] == 200
+
+
+async def test_a_reload_that_turns_the_lock_out_off_lifts_the_running_ones(
+    make_client: ClientFactory,
+) -> None:
+    """Behind a proxy one guesser locks every operator out; the documented way out is
+    `admin_lockout_failures = 0` and a reload (SIGHUP: the admin reload is locked out too).
+    From the next request the address acts with the token. Before, the cool-down ran on (300 s
+    by default, up to a day) though the config in force had no lock-out."""
+    rig = _rig()
+    client = await make_client(rig)
+    for _ in range(3):
+        assert (await _post(client.port, GUESSER, WRONG))[0] == 401
+    assert (await _post(client.port, GUESSER, TOKEN))[0] == 429
+    off = make_config(admin_lockout_failures=0)
+    rig.core.reconfigure(running_config(rig.core.config, off))
+    assert (await _post(client.port, GUESSER, TOKEN))[0] == 200
+    assert rig.manual == [("BTC/USD", True, "api")]
 
 
 async def test_a_locked_out_address_asking_100_continue_gets_the_429_instead(
