@@ -72,13 +72,17 @@ def _write(path: Path, text: str) -> None:
 
 
 async def _reload(service: Service, path: Path, text: str) -> tuple[dict[str, object], int]:
-    """Reload `text`; the answer and the round that ran last before it."""
+    """Reload `text`; the answer and the last round published under the old config.
+
+    Read when the reload returns, not before it starts: rounds go on while it reads the file
+    and stops sources, and on a loaded machine one ran in between, under the old config (the
+    tight max_deviation's round then priced both venues). The core takes the new config and
+    the reload returns with no wait between (no chain here), so every later round has it."""
     _write(path, text)
+    changes = await service.reload("test")
     result = service.hub.latest_result
     assert result is not None
-    before = result.round
-    changes = await service.reload("test")
-    return changes, before
+    return changes, result.round
 
 
 async def test_a_reloaded_threshold_is_reported_and_prices_the_next_round(tmp_path: Path) -> None:
