@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -310,20 +311,32 @@ def test_the_rounds_remembered_take_a_few_bytes_each() -> None:
     rig = Rig(make_config(more_perps="r", max_age_ms=200_000))
     for tenth in range(200):
         rig.round(B + tenth * 100, index=100.0, p=100.0)
-    tracemalloc.start(8)  # numpy allocates from a Python frame: the engine's may not be the last
-    try:
-        start = tracemalloc.take_snapshot()
+
+    def later_rounds() -> None:
         for tenth in range(200, 1_500):
             rig.round(B + tenth * 100, index=100.0)
+
+    grown = _engine_growth(later_rounds)
+    assert grown < 2 * 1_024 * 32 * 1.25, grown  # 132 KB as tuples
+
+
+def _engine_growth(run: Callable[[], object]) -> int:
+    """Bytes that allocations made in oracled/mark/engine.py grew by while `run` ran, what it
+    returns still held (an engine it made). Traced 8 frames deep: numpy allocates from Python
+    frames of its own (numpy.full), so the engine's frame may not be the last."""
+    tracemalloc.start(8)
+    try:
+        start = tracemalloc.take_snapshot()
+        held = run()
         end = tracemalloc.take_snapshot()
+        del held
     finally:
         tracemalloc.stop()
     engine = [tracemalloc.Filter(True, "*/mark/engine.py", all_frames=True)]
-    grown = sum(
+    return sum(
         stat.size_diff
         for stat in end.filter_traces(engine).compare_to(start.filter_traces(engine), "filename")
     )
-    assert grown < 2 * 1_024 * 32 * 1.25, grown  # 132 KB as tuples
 
 
 def _engine(count: int, long: int) -> MarkEngine:
@@ -356,20 +369,14 @@ def test_one_long_age_limit_does_not_lengthen_every_market_s_history() -> None:
     long as its own window needs (at most 128 rounds for 10, 1,280 at the bound: 0.45 MB); with
     one length for every row, the long window grew all 100 to 2,048 rounds (6.6 MB)."""
     index = np.full(100, 100.0)
-    tracemalloc.start(8)  # frames below the engine: numpy.full is Python
-    try:
-        start = tracemalloc.take_snapshot()
+
+    def rounds() -> MarkEngine:
         engine = _engine(100, long=37)
         for s in range(1_100):
             engine.step(B + s * 1_000, index, {})
-        end = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    kept = [tracemalloc.Filter(True, "*/mark/engine.py", all_frames=True)]
-    grown = sum(
-        stat.size_diff
-        for stat in end.filter_traces(kept).compare_to(start.filter_traces(kept), "filename")
-    )
+        return engine
+
+    grown = _engine_growth(rounds)
     per_round = 8 + 3 * 8  # a time and three indices
     assert grown < (99 * 128 + 1_280) * per_round * 1.25, grown
 
